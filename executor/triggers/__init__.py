@@ -1,0 +1,1 @@
+"""Trigger language and engine: parse trigger expressions, match events, fire callbacks."""

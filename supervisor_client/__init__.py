@@ -1,0 +1,1 @@
+"""What a supervisor imports: the executor client, and the embedded reference supervisor."""
