@@ -25,29 +25,29 @@ _sym_db = _symbol_database.Default()
 from supervisor_client.qbcallback.v1 import types_pb2 as qbcallback_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cqbcallback/v1/executor.proto\x12\rqbcallback.v1\x1a\x19qbcallback/v1/types.proto\"v\n\x06Limits\x12\x13\n\x0b\x63pu_seconds\x18\x01 \x01(\x01\x12\x14\n\x0cwall_seconds\x18\x02 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\x12\x14\n\x0coutput_bytes\x18\x04 \x01(\x04\x12\x15\n\rmax_processes\x18\x05 \x01(\r\"x\n\nJobContext\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.qbcallback.v1.Job\x12#\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x14.qbcallback.v1.Event\x12\x11\n\twork_name\x18\x03 \x01(\t\x12\x11\n\tsubjob_id\x18\x04 \x01(\x05\"\xa5\x01\n\x0e\x45xecuteRequest\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12)\n\x08\x63\x61llback\x18\x02 \x01(\x0b\x32\x17.qbcallback.v1.Callback\x12*\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x19.qbcallback.v1.JobContext\x12%\n\x06limits\x18\x04 \x01(\x0b\x32\x15.qbcallback.v1.Limits\"a\n\x05Usage\x12\x14\n\x0cwall_seconds\x18\x01 \x01(\x01\x12\x13\n\x0b\x63pu_seconds\x18\x02 \x01(\x01\x12\x16\n\x0epeak_rss_bytes\x18\x03 \x01(\x04\x12\x15\n\rqueue_seconds\x18\x04 \x01(\x01\"C\n\x06\x41\x63tion\x12\x0c\n\x04verb\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\x0f\n\x07message\x18\x04 \x01(\t\"E\n\x07\x46\x61ilure\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x16\n\x0e\x65xception_type\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\"\xbe\x02\n\x0f\x45xecuteResponse\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12\'\n\x07outcome\x18\x02 \x01(\x0e\x32\x16.qbcallback.v1.Outcome\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x0e\n\x06signal\x18\x04 \x01(\x05\x12\x0e\n\x06stdout\x18\x05 \x01(\t\x12\x0e\n\x06stderr\x18\x06 \x01(\t\x12\x18\n\x10stdout_truncated\x18\x07 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x08 \x01(\x08\x12\'\n\x07\x66\x61ilure\x18\t \x01(\x0b\x32\x16.qbcallback.v1.Failure\x12#\n\x05usage\x18\n \x01(\x0b\x32\x14.qbcallback.v1.Usage\x12&\n\x07\x61\x63tions\x18\x0b \x03(\x0b\x32\x15.qbcallback.v1.Action*\xc2\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_SUCCEEDED\x10\x01\x12\x12\n\x0eOUTCOME_FAILED\x10\x02\x12\x18\n\x14OUTCOME_WALL_TIMEOUT\x10\x03\x12\x15\n\x11OUTCOME_CPU_LIMIT\x10\x04\x12\x18\n\x14OUTCOME_MEMORY_LIMIT\x10\x05\x12\x12\n\x0eOUTCOME_KILLED\x10\x06\x12\x14\n\x10OUTCOME_REJECTED\x10\x07\x32\\\n\x10\x43\x61llbackExecutor\x12H\n\x07\x45xecute\x12\x1d.qbcallback.v1.ExecuteRequest\x1a\x1e.qbcallback.v1.ExecuteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cqbcallback/v1/executor.proto\x12\rqbcallback.v1\x1a\x19qbcallback/v1/types.proto\"v\n\x06Limits\x12\x13\n\x0b\x63pu_seconds\x18\x01 \x01(\x01\x12\x14\n\x0cwall_seconds\x18\x02 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\x12\x14\n\x0coutput_bytes\x18\x04 \x01(\x04\x12\x15\n\rmax_processes\x18\x05 \x01(\r\"\x8b\x01\n\nJobContext\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.qbcallback.v1.Job\x12#\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x14.qbcallback.v1.Event\x12\x11\n\twork_name\x18\x03 \x01(\t\x12\x16\n\tsubjob_id\x18\x04 \x01(\x05H\x00\x88\x01\x01\x42\x0c\n\n_subjob_id\"\xa5\x01\n\x0e\x45xecuteRequest\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12)\n\x08\x63\x61llback\x18\x02 \x01(\x0b\x32\x17.qbcallback.v1.Callback\x12*\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x19.qbcallback.v1.JobContext\x12%\n\x06limits\x18\x04 \x01(\x0b\x32\x15.qbcallback.v1.Limits\"a\n\x05Usage\x12\x14\n\x0cwall_seconds\x18\x01 \x01(\x01\x12\x13\n\x0b\x63pu_seconds\x18\x02 \x01(\x01\x12\x16\n\x0epeak_rss_bytes\x18\x03 \x01(\x04\x12\x15\n\rqueue_seconds\x18\x04 \x01(\x01\"C\n\x06\x41\x63tion\x12\x0c\n\x04verb\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\x0f\n\x07message\x18\x04 \x01(\t\"E\n\x07\x46\x61ilure\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x16\n\x0e\x65xception_type\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\"\xbe\x02\n\x0f\x45xecuteResponse\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12\'\n\x07outcome\x18\x02 \x01(\x0e\x32\x16.qbcallback.v1.Outcome\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x0e\n\x06signal\x18\x04 \x01(\x05\x12\x0e\n\x06stdout\x18\x05 \x01(\t\x12\x0e\n\x06stderr\x18\x06 \x01(\t\x12\x18\n\x10stdout_truncated\x18\x07 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x08 \x01(\x08\x12\'\n\x07\x66\x61ilure\x18\t \x01(\x0b\x32\x16.qbcallback.v1.Failure\x12#\n\x05usage\x18\n \x01(\x0b\x32\x14.qbcallback.v1.Usage\x12&\n\x07\x61\x63tions\x18\x0b \x03(\x0b\x32\x15.qbcallback.v1.Action*\xc2\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_SUCCEEDED\x10\x01\x12\x12\n\x0eOUTCOME_FAILED\x10\x02\x12\x18\n\x14OUTCOME_WALL_TIMEOUT\x10\x03\x12\x15\n\x11OUTCOME_CPU_LIMIT\x10\x04\x12\x18\n\x14OUTCOME_MEMORY_LIMIT\x10\x05\x12\x12\n\x0eOUTCOME_KILLED\x10\x06\x12\x14\n\x10OUTCOME_REJECTED\x10\x07\x32\\\n\x10\x43\x61llbackExecutor\x12H\n\x07\x45xecute\x12\x1d.qbcallback.v1.ExecuteRequest\x1a\x1e.qbcallback.v1.ExecuteResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'qbcallback.v1.executor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTCOME']._serialized_start=1045
-  _globals['_OUTCOME']._serialized_end=1239
+  _globals['_OUTCOME']._serialized_start=1065
+  _globals['_OUTCOME']._serialized_end=1259
   _globals['_LIMITS']._serialized_start=74
   _globals['_LIMITS']._serialized_end=192
-  _globals['_JOBCONTEXT']._serialized_start=194
-  _globals['_JOBCONTEXT']._serialized_end=314
-  _globals['_EXECUTEREQUEST']._serialized_start=317
-  _globals['_EXECUTEREQUEST']._serialized_end=482
-  _globals['_USAGE']._serialized_start=484
-  _globals['_USAGE']._serialized_end=581
-  _globals['_ACTION']._serialized_start=583
-  _globals['_ACTION']._serialized_end=650
-  _globals['_FAILURE']._serialized_start=652
-  _globals['_FAILURE']._serialized_end=721
-  _globals['_EXECUTERESPONSE']._serialized_start=724
-  _globals['_EXECUTERESPONSE']._serialized_end=1042
-  _globals['_CALLBACKEXECUTOR']._serialized_start=1241
-  _globals['_CALLBACKEXECUTOR']._serialized_end=1333
+  _globals['_JOBCONTEXT']._serialized_start=195
+  _globals['_JOBCONTEXT']._serialized_end=334
+  _globals['_EXECUTEREQUEST']._serialized_start=337
+  _globals['_EXECUTEREQUEST']._serialized_end=502
+  _globals['_USAGE']._serialized_start=504
+  _globals['_USAGE']._serialized_end=601
+  _globals['_ACTION']._serialized_start=603
+  _globals['_ACTION']._serialized_end=670
+  _globals['_FAILURE']._serialized_start=672
+  _globals['_FAILURE']._serialized_end=741
+  _globals['_EXECUTERESPONSE']._serialized_start=744
+  _globals['_EXECUTERESPONSE']._serialized_end=1062
+  _globals['_CALLBACKEXECUTOR']._serialized_start=1261
+  _globals['_CALLBACKEXECUTOR']._serialized_end=1353
 # @@protoc_insertion_point(module_scope)

@@ -139,7 +139,9 @@ class JobContext(_message.Message):
     returns and what "-work-self" qube codes act on); empty otherwise.
     """
     subjob_id: _builtins.int
-    """The triggering instance for subjob events (qb.subid()); -1 when none."""
+    """The triggering instance for subjob events (qb.subid()); unset when none
+    (qb.subid() then returns -1).
+    """
     @_builtins.property
     def job(self) -> _types_pb2.Job:
         """The job owning the callback (what qb.jobid() and qb.jobinfo() see)."""
@@ -154,13 +156,15 @@ class JobContext(_message.Message):
         job: _types_pb2.Job | None = ...,
         event: _types_pb2.Event | None = ...,
         work_name: _builtins.str = ...,
-        subjob_id: _builtins.int = ...,
+        subjob_id: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "job", b"job"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_subjob_id", b"_subjob_id", "event", b"event", "job", b"job", "subjob_id", b"subjob_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "job", b"job", "subjob_id", b"subjob_id", "work_name", b"work_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_subjob_id", b"_subjob_id", "event", b"event", "job", b"job", "subjob_id", b"subjob_id", "work_name", b"work_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__subjob_id: _TypeAlias = _typing.Literal["subjob_id"]  # noqa: Y015
+    _WhichOneofArgType__subjob_id: _TypeAlias = _typing.Literal["_subjob_id", b"_subjob_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__subjob_id) -> _WhichOneofReturnType__subjob_id | None: ...
 
 Global___JobContext: _TypeAlias = JobContext  # noqa: Y015
 

@@ -1,0 +1,1 @@
+"""Runs inside the sandbox: stdlib only, never grpc or executor internals."""

@@ -1,0 +1,121 @@
+"""Trampoline that runs first in every sandboxed child: confine, limit, then start the runtime.
+
+Started by the executor as ``python -I -B launcher.py SPEC_JSON`` in a new session with a
+scrubbed environment, a fresh working directory and only stdio plus the bridge socket
+open. Stdlib only: it must never import grpc or the executor.
+
+In order: join the pids cgroup (so every later process counts), forbid privilege gain,
+die with the parent, and, when asked, move the callback into a new PID namespace. In a
+namespace this process stays outside as a small shim that waits for the callback (PID 1
+inside, so ``kill(-1)``, ``getppid()`` and pids of the host do not reach the executor)
+and mirrors how it ended. Then rlimits and umask, then the language runtime.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+CHILD_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(CHILD_DIR))  # protocol, qb and the bootstraps are siblings
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
+# Exit code the shim uses when it could not start the callback at all.
+EXIT_LAUNCH_FAILED = 121
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def _prctl(option: int, value: int) -> None:
+    _check(_libc.prctl(option, value, 0, 0, 0), f"prctl({option})")
+
+
+def _join_cgroups(procs_files: list[str]) -> None:
+    for procs in procs_files:
+        with open(procs, "w") as handle:
+            handle.write(str(os.getpid()))
+
+
+def _apply_rlimits(rlimits: dict[str, list[int]]) -> None:
+    for name, (soft, hard) in rlimits.items():
+        resource.setrlimit(getattr(resource, f"RLIMIT_{name}"), (soft, hard))
+
+
+def _enter_namespaces(spec: dict[str, Any]) -> None:
+    flags = CLONE_NEWPID
+    if not spec.get("network", True):
+        flags |= CLONE_NEWNET
+    _check(_libc.unshare(flags), "unshare")
+
+
+def _mirror_exit(pid: int) -> int:
+    """Wait for the callback and end this shim the same way it ended."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the callback handles the deadline
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except ChildProcessError:
+            return EXIT_LAUNCH_FAILED
+        except InterruptedError:
+            continue
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else EXIT_LAUNCH_FAILED
+
+
+def _run_runtime(spec: dict[str, Any]) -> int:
+    bridge_fd = int(spec["bridge_fd"])
+    if spec["language"] == "python":
+        if os.getpid() == 1:
+            # PID 1 ignores signals it has no handler for, SIGXCPU included.
+            signal.signal(signal.SIGXCPU, lambda *_: os._exit(128 + signal.SIGXCPU))
+        import python_bootstrap
+
+        return python_bootstrap.run(bridge_fd)
+    argv = [str(arg).replace("{bridge_fd}", str(bridge_fd)) for arg in spec["argv"]]
+    os.execv(argv[0], argv)
+    return EXIT_LAUNCH_FAILED  # not reached
+
+
+def main(argv: list[str]) -> int:
+    """Confine this process as the spec says, then run the callback's runtime."""
+    spec = json.loads(argv[1])
+    # Started with -S (site's .pth processing is most of a cold start): add the
+    # site-packages directories themselves so callbacks can import installed packages.
+    sys.path.extend(spec.get("site_paths", []))
+    _join_cgroups(spec.get("cgroup_procs", []))
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if spec.get("pid_namespace"):
+        _enter_namespaces(spec)
+        pid = os.fork()
+        if pid:
+            os.close(int(spec["bridge_fd"]))  # EOF on the bridge must mean the callback is gone
+            return _mirror_exit(pid)
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    os.umask(0o077)
+    _apply_rlimits(spec.get("rlimits", {}))
+    return _run_runtime(spec)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,110 @@
+"""Run one Python callback inside the sandbox: bind ``qb``, exec the code, report a ``done`` frame.
+
+Runs after the launcher has applied the limits. ``sys.exit()`` ends only this process
+(reported as status ``exit``); a ``MemoryError`` under RLIMIT_AS is status ``memory``;
+code that does not compile is ``rejected`` and never runs.
+"""
+
+from __future__ import annotations
+
+import builtins
+import linecache
+import signal
+import sys
+import traceback
+import types
+from typing import Any
+
+import protocol
+import qb
+
+CALLBACK_FILENAME = "<callback>"
+EXIT_ON_SIGTERM = 128 + signal.SIGTERM
+
+
+def _on_sigterm(signum: int, frame: types.FrameType | None) -> None:
+    # The executor's wall deadline: unwind the callback (finally blocks run) before SIGKILL.
+    raise SystemExit(EXIT_ON_SIGTERM)
+
+
+def _user_traceback(err: BaseException) -> str:
+    """The traceback restricted to the callback's own frames."""
+    summary = traceback.TracebackException.from_exception(err)
+    summary.stack = traceback.StackSummary.from_list(
+        [frame for frame in summary.stack if frame.filename == CALLBACK_FILENAME]
+    )
+    return "".join(summary.format())
+
+
+def _exit_code(err: SystemExit) -> int:
+    if err.code is None:
+        return 0
+    if isinstance(err.code, int):
+        return err.code
+    print(err.code, file=sys.stderr)  # sys.exit("message") prints it, as CPython does
+    return 1
+
+
+def run(bridge_fd: int) -> int:
+    """Execute the callback the executor sends; returns the process exit code."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    start = protocol.read_frame(bridge_fd)
+    context: dict[str, Any] = start.get("context") or {}
+    source = str(start.get("code", ""))
+    qb._bind(bridge_fd, context)
+    sys.modules["qb"] = qb
+
+    try:
+        code = compile(source, CALLBACK_FILENAME, "exec", dont_inherit=True)
+    except (SyntaxError, ValueError) as err:
+        protocol.write_frame(
+            bridge_fd,
+            {
+                "type": "done",
+                "status": "rejected",
+                "exception_type": type(err).__name__,
+                "message": f"the callback does not compile: {err}",
+                "traceback": "".join(traceback.format_exception_only(err)),
+            },
+        )
+        return 2
+    linecache.cache[CALLBACK_FILENAME] = (len(source), None, source.splitlines(True), "")
+    namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, "qb": qb}
+
+    done: dict[str, Any]
+    try:
+        exec(code, namespace)
+        done = {"type": "done", "status": "ok", "exit_code": 0}
+    except SystemExit as err:
+        code_ = _exit_code(err)
+        done = {"type": "done", "status": "exit", "exit_code": code_}
+    except MemoryError as err:
+        done = {
+            "type": "done",
+            "status": "memory",
+            "exception_type": "MemoryError",
+            "message": "the callback ran out of memory (memory limit)",
+            "traceback": _user_traceback(err),
+        }
+    except BaseException as err:  # noqa: BLE001 - everything the callback raises is reported
+        done = {
+            "type": "done",
+            "status": "exception",
+            "exception_type": type(err).__name__,
+            "message": f"{type(err).__name__}: {err}",
+            "traceback": _user_traceback(err),
+        }
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass  # the callback closed or broke its own stdio; the done frame still matters
+    try:
+        protocol.write_frame(bridge_fd, done)
+    except OSError:
+        pass  # the callback closed the bridge; the exit status still tells the executor
+    if done["status"] == "ok":
+        return 0
+    if done["status"] == "exit":
+        return int(done["exit_code"])
+    return 1

@@ -1,0 +1,152 @@
+"""The callback-scoped ``qb`` module Python callbacks use (Qube's embedded callback API).
+
+Pre-bound in the callback's namespace and importable (``import qb``). Context functions
+(``jobid``, ``subid``, ``workid``, ``event``) answer locally; everything that reads or
+changes a job is one ``call`` frame to the executor, which validates the arguments,
+applies the callback owner's permissions through the supervisor and answers with a
+``reply``. Argument parsing lives in the executor (``executor/host_api.py``) so Python,
+Perl and qube callbacks behave the same. Errors raise subclasses of ``QbError``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import protocol
+
+QB_TIME_EPOCH_OFFSET = 946702800
+
+_bridge_fd = -1
+_context: dict[str, Any] = {}
+_call_ids = itertools.count(1)
+
+
+class QbError(Exception):
+    """A qb call failed; the message says why."""
+
+
+class PermissionDenied(QbError):  # noqa: N818 - Qube users read these names
+    """The callback's owner may not do this to that job."""
+
+
+class NoSuchJob(QbError):  # noqa: N818
+    """The job id does not exist."""
+
+
+class NoSuchWork(QbError):  # noqa: N818
+    """The work item does not exist in that job."""
+
+
+class InvalidArgument(QbError):  # noqa: N818
+    """The call's arguments are malformed."""
+
+
+class SupervisorUnavailable(QbError):  # noqa: N818
+    """The supervisor did not answer."""
+
+
+_ERRORS: dict[str, type[QbError]] = {
+    cls.__name__: cls
+    for cls in (PermissionDenied, NoSuchJob, NoSuchWork, InvalidArgument, SupervisorUnavailable)
+}
+
+
+def _bind(bridge_fd: int, context: dict[str, Any]) -> None:
+    """Called once by the bootstrap before user code runs."""
+    global _bridge_fd, _context
+    _bridge_fd = bridge_fd
+    _context = context
+
+
+def _call(fn: str, *args: Any, **kwargs: Any) -> Any:
+    call_id = next(_call_ids)
+    protocol.write_frame(
+        _bridge_fd, {"type": "call", "id": call_id, "fn": fn, "args": list(args), "kwargs": kwargs}
+    )
+    reply = protocol.read_frame(_bridge_fd)
+    if reply.get("type") != "reply" or reply.get("id") != call_id:
+        raise QbError(f"unexpected answer to qb.{fn}: {reply.get('type')!r}")
+    if reply.get("ok"):
+        return reply.get("value")
+    error = reply.get("error") or {}
+    raise _ERRORS.get(error.get("kind", ""), QbError)(error.get("message", f"qb.{fn} failed"))
+
+
+# -- context, answered locally ---------------------------------------------------------
+
+
+def jobid() -> int:
+    """Id of the job that owns the callback."""
+    return int(_context["job"]["id"])
+
+
+def subid() -> int:
+    """The triggering instance (subjob) id, or -1 when a subjob event did not fire this."""
+    return int(_context.get("subjob_id", -1))
+
+
+def workid() -> str:
+    """Name of the triggering work item, or '' when a work event did not fire this."""
+    return str(_context.get("work_name", ""))
+
+
+def event() -> dict[str, str] | None:
+    """The triggering event: {'name', 'type', 'context', 'extra'}, or None when run by hand."""
+    ev = _context.get("event")
+    return dict(ev) if ev else None
+
+
+def callback() -> dict[str, Any]:
+    """The running callback's record: id, triggers, language, user, count, maximum."""
+    return dict(_context.get("callback", {}))
+
+
+# -- supervisor calls --------------------------------------------------------------------
+
+
+def jobinfo(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """Job dicts: jobinfo('-id', n), jobinfo('-pgrp', n), jobinfo(id=n), jobinfo(pgrp=n).
+
+    Add ``callbacks=True`` (or the flag '-callbacks') to include each job's callbacks.
+    """
+    return list(_call("jobinfo", *args, **kwargs))
+
+
+def jobstatus(job: Any) -> str:
+    """Status string of a job ('blocked', 'running', ...)."""
+    return str(_call("jobstatus", job))
+
+
+def workstatus(work: str) -> str:
+    """Status string of a work item '<jobid>:<workname>'."""
+    return str(_call("workstatus", work))
+
+
+def subjobstatus(subjob: str) -> str:
+    """Status string of an instance '<jobid>.<subid>'."""
+    return str(_call("subjobstatus", subjob))
+
+
+def _verb(name: str) -> Any:
+    def verb(*targets: Any) -> int:
+        return int(_call(name, *targets))
+
+    verb.__name__ = name
+    verb.__doc__ = f"qb.{name}(...): returns how many jobs, items or instances changed."
+    return verb
+
+
+_JOB_VERBS = (
+    "unblock block kill remove retry requeue preempt interrupt migrate suspend resume "
+    "complete retire fail"
+).split()
+_WORK_VERBS = "unblock block kill retry requeue complete retire fail".split()
+
+for _name in _JOB_VERBS:
+    globals()[_name] = _verb(_name)
+for _name in _WORK_VERBS:
+    # Qube spells these both ways: workunblock / unblockwork.
+    globals()["work" + _name] = _verb("work" + _name)
+    globals()[_name + "work"] = globals()["work" + _name]
+del _name

@@ -1,0 +1,191 @@
+"""Settings: every default in one frozen dataclass, read from TOML, environment and flags.
+
+Precedence, lowest first: the defaults below, a TOML file (``--config``), ``CBEXEC_*``
+environment variables (named after the fields, e.g. ``CBEXEC_MAX_CONCURRENT``,
+``CBEXEC_DEFAULT_LIMITS__WALL_SECONDS``), then command-line flags. ``validate`` raises
+``ConfigError`` naming the offending setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from executor.errors import ConfigError
+from executor.model import Language, Limits
+
+MIB: Final = 1 << 20
+GIB: Final = 1 << 30
+ENV_PREFIX: Final = "CBEXEC_"
+
+# Qube's supervisor_language_flags bits (qube-callbacks.md §6) for the languages we run.
+LANGUAGE_BITS: Final = {Language.QUBE: 1, Language.PERL: 2, Language.PYTHON: 4}
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "cbexec"
+
+
+def parse_languages(value: str | int | list[str]) -> frozenset[Language]:
+    """Parse ``supervisor_language_flags`` style: names (comma list) or the numeric sum."""
+    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
+        bits = int(value)
+        return frozenset(lang for lang, bit in LANGUAGE_BITS.items() if bits & bit)
+    names = value if isinstance(value, list) else value.split(",")
+    languages = set()
+    for name in (n.strip().lower() for n in names):
+        if not name:
+            continue
+        try:
+            languages.add(Language(name))
+        except ValueError:
+            valid = ", ".join(lang.value for lang in Language)
+            raise ConfigError(f"languages: unknown language {name!r}; expected {valid}") from None
+    return frozenset(languages)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The executor's configuration."""
+
+    # host:port to serve on; loopback unless a site opens it on purpose.
+    bind: str = "127.0.0.1:50051"
+    # SQLite databases, callback logs and the embedded supervisor live here.
+    data_dir: Path = field(default_factory=_default_data_dir)
+    # Supervisor service address; empty runs the embedded reference supervisor.
+    supervisor: str = ""
+    # Limits a request gets for the fields it leaves at zero.
+    default_limits: Limits = Limits(
+        cpu_seconds=10, wall_seconds=30, memory_bytes=512 * MIB, output_bytes=1 * MIB,
+        max_processes=64,
+    )
+    # The most a request may ask for; more is INVALID_ARGUMENT.
+    max_limits: Limits = Limits(
+        cpu_seconds=600, wall_seconds=3600, memory_bytes=16 * GIB, output_bytes=64 * MIB,
+        max_processes=1024,
+    )
+    # Children running at once; further requests queue.
+    max_concurrent: int = field(default_factory=lambda: max(2, 2 * (os.cpu_count() or 1)))
+    # Requests waiting for a slot; beyond it RESOURCE_EXHAUSTED.
+    max_queue: int = 256
+    # Enabled languages (Qube's supervisor_language_flags). Unlike Qube, python and perl are
+    # on: they run sandboxed here, not inside the supervisor.
+    languages: frozenset[Language] = frozenset(Language)
+    # SIGTERM-to-SIGKILL grace at the wall deadline.
+    grace_seconds: float = 0.5
+    # Run callbacks in their own PID namespace: "auto" (when the host allows), "on", "off".
+    pid_namespace: str = "auto"
+    # Give callbacks the host network (False: a private, empty network namespace).
+    network: bool = True
+    # Cap processes with a pids cgroup: "auto", "on", "off".
+    cgroup: str = "auto"
+    # Seconds a qb call may wait for the supervisor.
+    supervisor_timeout_seconds: float = 10.0
+    log_level: str = "INFO"
+    # "text" or "json".
+    log_format: str = "text"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+_LIMIT_FIELDS = {f.name: f.type for f in dataclasses.fields(Limits)}
+
+
+def _coerce(name: str, raw: Any, current: Any) -> Any:
+    """Turn a TOML/env value into the type of the current value."""
+    try:
+        if isinstance(current, bool):
+            if isinstance(raw, bool):
+                return raw
+            lowered = str(raw).strip().lower()
+            if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(f"expected a boolean, got {raw!r}")
+            return lowered in ("1", "true", "yes", "on")
+        if isinstance(current, Path):
+            return Path(str(raw)).expanduser()
+        if isinstance(current, frozenset):
+            return parse_languages(raw)
+        if isinstance(current, Limits):
+            if not isinstance(raw, Mapping):
+                raise ValueError("expected a table")
+            changes = {}
+            for key, value in raw.items():
+                if key not in _LIMIT_FIELDS:
+                    raise ValueError(f"unknown limit {key!r}")
+                changes[key] = _coerce(f"{name}.{key}", value, getattr(current, key))
+            return dataclasses.replace(current, **changes)
+        if isinstance(current, float):
+            return float(raw)
+        if isinstance(current, int):
+            return int(raw)
+        return str(raw)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{name}: {err}") from err
+
+
+def apply(settings: Settings, values: Mapping[str, Any], origin: str) -> Settings:
+    """Overlay a mapping of field name -> raw value, naming ``origin`` in errors."""
+    known = {f.name for f in dataclasses.fields(Settings)}
+    changes = {}
+    for key, raw in values.items():
+        if key not in known:
+            raise ConfigError(f"{origin}: unknown setting {key!r}")
+        changes[key] = _coerce(f"{origin}: {key}", raw, getattr(settings, key))
+    return settings.replace(**changes)
+
+
+def from_toml(settings: Settings, path: Path) -> Settings:
+    """Overlay a TOML file (top-level keys are field names; limits are tables)."""
+    try:
+        values = tomllib.loads(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"config file {path}: {err.strerror or err}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {path}: {err}") from err
+    return apply(settings, values, str(path))
+
+
+def from_env(settings: Settings, environ: Mapping[str, str]) -> Settings:
+    """Overlay ``CBEXEC_<FIELD>`` and ``CBEXEC_<LIMITS>__<FIELD>`` variables (pure)."""
+    values: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == "CBEXEC_CONFIG":
+            continue
+        name = key[len(ENV_PREFIX):].lower()
+        if "__" in name:
+            table, sub = name.split("__", 1)
+            values.setdefault(table, {})[sub] = raw
+        else:
+            values[name] = raw
+    return apply(settings, values, "environment")
+
+
+def validate(settings: Settings) -> Settings:
+    """Reject settings that cannot work; returns them unchanged when they can."""
+    host, sep, port = settings.bind.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"bind: expected host:port, got {settings.bind!r}")
+    for name in ("default_limits", "max_limits"):
+        limits: Limits = getattr(settings, name)
+        for key in _LIMIT_FIELDS:
+            if getattr(limits, key) <= 0:
+                raise ConfigError(f"{name}.{key}: must be positive")
+    for key in _LIMIT_FIELDS:
+        default, cap = getattr(settings.default_limits, key), getattr(settings.max_limits, key)
+        if default > cap:
+            raise ConfigError(f"default_limits.{key}: {default} exceeds max_limits.{key} {cap}")
+    if settings.max_concurrent < 1 or settings.max_queue < 0:
+        raise ConfigError("max_concurrent must be >= 1 and max_queue >= 0")
+    for name in ("pid_namespace", "cgroup"):
+        if getattr(settings, name) not in ("auto", "on", "off"):
+            raise ConfigError(f"{name}: expected auto, on or off")
+    if settings.log_format not in ("text", "json"):
+        raise ConfigError("log_format: expected text or json")
+    return settings

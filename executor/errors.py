@@ -1,0 +1,44 @@
+"""Domain errors of the executor; they know nothing of gRPC (``status.py`` maps them).
+
+ExecutorError
+ +-- InvalidRequestError      the request is malformed or asks for more than the caps
+ +-- CapacityError            every slot is busy and the queue is full
+ +-- UnavailableError         draining, or a child could not be started
+ +-- ConfigError              settings that cannot work, naming the setting
+HostCallError                 a qb call from a callback failed (goes back to the callback)
+"""
+
+from __future__ import annotations
+
+
+class ExecutorError(Exception):
+    """Base of the executor's own errors."""
+
+
+class InvalidRequestError(ExecutorError):
+    """The request cannot be run as given; the message names the field."""
+
+
+class CapacityError(ExecutorError):
+    """Admission refused: all slots are busy and the queue is full."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class UnavailableError(ExecutorError):
+    """The executor cannot run callbacks right now (draining, spawn failure)."""
+
+
+class ConfigError(ExecutorError):
+    """A setting is invalid; the message names it."""
+
+
+class HostCallError(Exception):
+    """A qb call failed. ``kind`` is the exception class the callback sees."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message

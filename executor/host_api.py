@@ -1,0 +1,275 @@
+"""The host API: every ``qb`` function a callback calls, parsed and carried out in the executor.
+
+One table for all languages: the Python ``qb`` module, the Perl ``qb`` package and the
+qube code strings all send ``(fn, args, kwargs)`` here, so argument forms, range
+expansion, permissions (the supervisor checks the callback owner, ``actor``) and the
+recorded actions are the same everywhere.
+
+Argument forms (Qube's, qube-callbacks.md §3.5):
+- jobs: an id (int or digit string), or a list of them: ``qb.unblock(12)``;
+- work items: ``'<jobid>:<workname>'``; a name may be a comma list and a numeric range
+  ``'12:1-10'`` names frames 1..10, unless an item is literally named ``1-10`` (a chunk),
+  which wins; a list of such strings is accepted;
+- instances: ``'<jobid>.<subid>'``, or ``'<jobid>'`` for all instances;
+- ``jobinfo('-id', n)``, ``jobinfo('-pgrp', n)``, ``jobinfo(id=n)``, ``jobinfo(pgrp=n)``,
+  ``jobinfo(n)``, and no selector meaning the callback's own job; ``callbacks=True`` or
+  the flag ``'-callbacks'`` adds each job's callbacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from executor.errors import HostCallError
+from executor.model import ActionRecord, Invocation
+from executor.supervisor_link import JOB_VERBS, WORK_VERBS, SupervisorPort
+
+logger = logging.getLogger(__name__)
+
+MAX_CALLS_PER_RUN: Final = 10_000
+_RANGE = re.compile(r"^(-?\d+)-(-?\d+)$")
+_ALIASES: Final = {"retire": "complete"}
+
+
+def _invalid(message: str) -> HostCallError:
+    return HostCallError("InvalidArgument", message)
+
+
+def _job_id(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise _invalid(f"expected a job id, got {value!r}")
+    text = str(value).strip()
+    if not text.isdigit():
+        raise _invalid(f"expected a job id, got {value!r}")
+    return int(text)
+
+
+def _flatten(args: tuple[Any, ...] | list[Any]) -> list[Any]:
+    flat: list[Any] = []
+    for arg in args:
+        flat.extend(_flatten(arg) if isinstance(arg, (list, tuple)) else [arg])
+    return flat
+
+
+def _split_work_target(target: Any) -> tuple[int, str]:
+    text = str(target)
+    job, sep, names = text.partition(":")
+    if not sep or not names:
+        raise _invalid(f"expected '<jobid>:<workname>', got {target!r}")
+    return _job_id(job), names
+
+
+def expand_work_names(spec: str, agenda_names: list[str]) -> list[str]:
+    """Work names a spec like '5', '1-10', 'a,b' or '3,7-9' selects in an agenda."""
+    known = set(agenda_names)
+    selected: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if part in known:
+            selected.append(part)
+            continue
+        match = _RANGE.match(part)
+        if not match:
+            raise HostCallError("NoSuchWork", f"no work item {part!r}")
+        low, high = sorted((int(match.group(1)), int(match.group(2))))
+        in_range = [
+            name for name in agenda_names
+            if re.fullmatch(r"-?\d+", name) and low <= int(name) <= high
+        ]
+        if not in_range:
+            raise HostCallError("NoSuchWork", f"no work items in range {part!r}")
+        selected.extend(in_range)
+    return list(dict.fromkeys(selected))
+
+
+class HostApi:
+    """The qb functions of one run; records every call as an action."""
+
+    def __init__(self, supervisor: SupervisorPort, invocation: Invocation) -> None:
+        self._supervisor = supervisor
+        self._invocation = invocation
+        self.actions: list[ActionRecord] = []
+        self._functions: dict[str, Callable[..., Awaitable[Any]]] = {
+            "jobinfo": self.jobinfo,
+            "jobstatus": self.jobstatus,
+            "workstatus": self.workstatus,
+            "subjobstatus": self.subjobstatus,
+        }
+        for verb in (*JOB_VERBS, *_ALIASES):
+            self._functions[verb] = self._job_verb(_ALIASES.get(verb, verb))
+        for verb in (*WORK_VERBS, *_ALIASES):
+            call = self._work_verb(_ALIASES.get(verb, verb))
+            self._functions["work" + verb] = call
+            self._functions[verb + "work"] = call
+        for verb in JOB_VERBS:
+            self._functions["subjob" + verb] = self._subjob_verb(verb)
+
+    @property
+    def function_names(self) -> list[str]:
+        return sorted(self._functions)
+
+    async def call(self, fn: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """Run one qb call; raises HostCallError for the callback to see."""
+        if len(self.actions) >= MAX_CALLS_PER_RUN:
+            raise HostCallError("QbError", f"a callback may make at most {MAX_CALLS_PER_RUN} qb calls")
+        function = self._functions.get(fn)
+        target = ", ".join(str(a) for a in _flatten(args)) or ", ".join(
+            f"{k}={v}" for k, v in kwargs.items()
+        )
+        if function is None:
+            error = HostCallError("InvalidArgument", f"qb has no function {fn!r}")
+            self.actions.append(ActionRecord(fn, target, False, error.message))
+            raise error
+        try:
+            value, summary = await function(*args, **kwargs)
+        except HostCallError as err:
+            self.actions.append(ActionRecord(fn, target, False, f"{err.kind}: {err.message}"))
+            raise
+        except TypeError as err:  # wrong arity from the callback
+            self.actions.append(ActionRecord(fn, target, False, str(err)))
+            raise _invalid(f"qb.{fn}: {err}") from err
+        self.actions.append(ActionRecord(fn, target, True, summary))
+        return value
+
+    async def serve_frame(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """Answer one ``call`` frame from the child with a ``reply`` frame."""
+        call_id = frame.get("id")
+        args, kwargs = frame.get("args") or [], frame.get("kwargs") or {}
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            return {"type": "reply", "id": call_id, "ok": False,
+                    "error": {"kind": "InvalidArgument", "message": "malformed call frame"}}
+        try:
+            value = await self.call(str(frame.get("fn", "")), args, kwargs)
+        except HostCallError as err:
+            return {"type": "reply", "id": call_id, "ok": False,
+                    "error": {"kind": err.kind, "message": err.message}}
+        except Exception:
+            # An executor bug must not leave the callback waiting for a reply forever.
+            logger.exception("qb.%s failed inside the executor", frame.get("fn"))
+            return {"type": "reply", "id": call_id, "ok": False,
+                    "error": {"kind": "QbError", "message": "internal error in the executor"}}
+        return {"type": "reply", "id": call_id, "ok": True, "value": value}
+
+    # -- reading --------------------------------------------------------------------
+
+    async def _jobs(self, job_id: int | None = None, pgrp: int | None = None,
+                    include_callbacks: bool = False) -> list[dict[str, Any]]:
+        return await self._supervisor.job_info(
+            job_id=job_id, pgrp=pgrp, include_callbacks=include_callbacks,
+            actor=self._invocation.actor,
+        )
+
+    async def jobinfo(self, *args: Any, **kwargs: Any) -> tuple[list[dict[str, Any]], str]:
+        include = bool(kwargs.pop("callbacks", False))
+        kwargs.pop("fields", None)  # accepted for compatibility; whole dicts are returned
+        job_id: int | None = None
+        pgrp: int | None = None
+        rest = list(args)
+        while rest:
+            head = rest.pop(0)
+            if head == "-callbacks":
+                include = True
+            elif head in ("-id", "-pgrp"):
+                if not rest:
+                    raise _invalid(f"jobinfo: {head} needs a value")
+                value = _job_id(rest.pop(0))
+                job_id, pgrp = (value, pgrp) if head == "-id" else (job_id, value)
+            elif isinstance(head, str) and head.startswith("-"):
+                raise _invalid(f"jobinfo: unknown flag {head!r}; expected -id, -pgrp, -callbacks")
+            else:
+                job_id = _job_id(head)
+        for key, value in kwargs.items():
+            if key not in ("id", "pgrp"):
+                raise _invalid(f"jobinfo: unknown argument {key!r}")
+            if key == "id":
+                job_id = _job_id(value)
+            else:
+                pgrp = _job_id(value)
+        if pgrp is not None:
+            jobs = await self._jobs(pgrp=pgrp, include_callbacks=include)
+            return jobs, f"{len(jobs)} jobs of pgrp {pgrp}"
+        jobs = await self._jobs(job_id=job_id or self._invocation.job_id, include_callbacks=include)
+        return jobs, f"job {jobs[0]['id']}" if jobs else "no job"
+
+    async def jobstatus(self, job: Any) -> tuple[str, str]:
+        (info,) = await self._jobs(job_id=_job_id(job))
+        return str(info["status"]), str(info["status"])
+
+    async def workstatus(self, target: Any) -> tuple[str, str]:
+        job_id, name = _split_work_target(target)
+        (info,) = await self._jobs(job_id=job_id)
+        for work in info["agenda"]:
+            if work["name"] == name:
+                return str(work["status"]), str(work["status"])
+        raise HostCallError("NoSuchWork", f"job {job_id} has no work item {name!r}")
+
+    async def subjobstatus(self, target: Any) -> tuple[str, str]:
+        job_id, subids = self._split_subjob_target(target)
+        (info,) = await self._jobs(job_id=job_id)
+        for sub in info["subjobs"]:
+            if not subids or sub["id"] == subids[0]:
+                return str(sub["status"]), str(sub["status"])
+        raise HostCallError("NoSuchJob", f"job {job_id} has no instance {target!r}")
+
+    # -- verbs ----------------------------------------------------------------------
+
+    def _job_verb(self, verb: str) -> Callable[..., Awaitable[tuple[int, str]]]:
+        async def job_verb(*targets: Any) -> tuple[int, str]:
+            ids = [_job_id(t) for t in _flatten(targets)]
+            if not ids:
+                raise _invalid(f"{verb} needs at least one job id")
+            changed, messages = 0, []
+            for job_id in ids:
+                outcome = await self._supervisor.job_action(
+                    verb, job_id, actor=self._invocation.actor,
+                    invocation_id=self._invocation.invocation_id,
+                )
+                changed += outcome.changed
+                messages.append(outcome.message)
+            return changed, "; ".join(messages)
+
+        return job_verb
+
+    def _work_verb(self, verb: str) -> Callable[..., Awaitable[tuple[int, str]]]:
+        async def work_verb(*targets: Any) -> tuple[int, str]:
+            flat = _flatten(targets)
+            if not flat:
+                raise _invalid(f"work{verb} needs '<jobid>:<workname>'")
+            changed, messages = 0, []
+            for target in flat:
+                job_id, spec = _split_work_target(target)
+                (info,) = await self._jobs(job_id=job_id)
+                names = expand_work_names(spec, [w["name"] for w in info["agenda"]])
+                outcome = await self._supervisor.work_action(
+                    verb, job_id, names, actor=self._invocation.actor,
+                    invocation_id=self._invocation.invocation_id,
+                )
+                changed += outcome.changed
+                messages.append(outcome.message)
+            return changed, "; ".join(messages)
+
+        return work_verb
+
+    @staticmethod
+    def _split_subjob_target(target: Any) -> tuple[int, list[int]]:
+        job, sep, sub = str(target).partition(".")
+        if sep and not sub.lstrip("-").isdigit():
+            raise _invalid(f"expected '<jobid>.<subid>', got {target!r}")
+        return _job_id(job), [int(sub)] if sep else []
+
+    def _subjob_verb(self, verb: str) -> Callable[..., Awaitable[tuple[int, str]]]:
+        async def subjob_verb(*targets: Any) -> tuple[int, str]:
+            changed, messages = 0, []
+            for target in _flatten(targets):
+                job_id, subids = self._split_subjob_target(target)
+                outcome = await self._supervisor.subjob_action(
+                    verb, job_id, subids, actor=self._invocation.actor,
+                    invocation_id=self._invocation.invocation_id,
+                )
+                changed += outcome.changed
+                messages.append(outcome.message)
+            return changed, "; ".join(messages)
+
+        return subjob_verb

@@ -1,0 +1,1 @@
+"""Process lifecycle of sandboxed children (parent side): limits, spawn, supervision, exit."""

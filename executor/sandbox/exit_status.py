@@ -1,0 +1,85 @@
+"""Classify how a child ended into an Outcome, with a message a person can act on.
+
+Order matters: what the executor itself did (the wall deadline) wins over what the
+kernel did (CPU limit), which wins over what the callback reported (its ``done`` frame),
+which wins over the bare exit status.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+
+from executor.model import Failure, Limits, Outcome
+from executor.sandbox.process import ChildExit
+
+# The launcher's SIGXCPU handler exit code, used when the callback is PID 1 of its own
+# namespace (PID 1 ignores SIGXCPU without a handler, sandbox.md pitfall 3).
+EXIT_ON_SIGXCPU = 128 + signal.SIGXCPU
+EXIT_LAUNCH_FAILED = 121
+_MEMORY_MARKERS = ("MemoryError", "Out of memory!", "Cannot allocate memory")
+
+
+def describe_signal(signum: int) -> str:
+    """'signal 11 (SIGSEGV)', as trio and jupyter word it."""
+    try:
+        return f"signal {signum} ({signal.Signals(signum).name})"
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _hit_cpu_limit(child: ChildExit, limits: Limits) -> bool:
+    if child.signal == signal.SIGXCPU:
+        return True
+    soft = max(1, math.ceil(limits.cpu_seconds))
+    ended_by_limit = child.signal == signal.SIGKILL or child.exit_code == EXIT_ON_SIGXCPU
+    return ended_by_limit and child.cpu_seconds >= soft - 0.05
+
+
+def classify(child: ChildExit, limits: Limits) -> tuple[Outcome, Failure | None]:
+    """The outcome and, unless it succeeded, why."""
+    if child.timed_out:
+        return Outcome.WALL_TIMEOUT, Failure(
+            f"the callback exceeded its wall-clock limit of {limits.wall_seconds:g}s and was killed"
+        )
+    if _hit_cpu_limit(child, limits):
+        return Outcome.CPU_LIMIT, Failure(
+            f"the callback exceeded its CPU limit of {limits.cpu_seconds:g}s "
+            f"(used {child.cpu_seconds:.2f}s)"
+        )
+    done = child.done
+    if done is not None:
+        status = done.get("status")
+        exc = Failure(
+            message=str(done.get("message", "")),
+            exception_type=str(done.get("exception_type", "")),
+            traceback=str(done.get("traceback", "")),
+        )
+        if status == "ok":
+            return Outcome.SUCCEEDED, None
+        if status == "exit":
+            code = int(done.get("exit_code", 0))
+            if code == 0:
+                return Outcome.SUCCEEDED, None
+            return Outcome.FAILED, Failure(f"the callback exited with status {code}")
+        if status == "memory":
+            return Outcome.MEMORY_LIMIT, Failure(
+                f"the callback ran out of memory (limit {limits.memory_bytes} bytes)",
+                exc.exception_type,
+                exc.traceback,
+            )
+        if status == "rejected":
+            return Outcome.REJECTED, exc
+        if status == "exception":
+            return Outcome.FAILED, exc
+    if any(marker in child.stderr.text()[-4096:] for marker in _MEMORY_MARKERS):
+        return Outcome.MEMORY_LIMIT, Failure(
+            f"the callback ran out of memory (limit {limits.memory_bytes} bytes)"
+        )
+    if child.signal:
+        return Outcome.KILLED, Failure(f"the callback was killed by {describe_signal(child.signal)}")
+    if child.exit_code == 0:
+        return Outcome.SUCCEEDED, None
+    if child.exit_code == EXIT_LAUNCH_FAILED:
+        return Outcome.FAILED, Failure("the sandbox could not start the callback")
+    return Outcome.FAILED, Failure(f"the callback exited with status {child.exit_code}")

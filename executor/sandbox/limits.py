@@ -1,0 +1,60 @@
+"""Limits: merge a request's limits with the server's defaults and caps, and map them to rlimits.
+
+What each limit really bounds (setrlimit(2)):
+
+- ``cpu_seconds`` -> RLIMIT_CPU, per process, whole seconds: SIGXCPU at the soft limit
+  (rounded up), SIGKILL one second later. Processes the callback forks each get their own
+  budget; the wall limit bounds the total.
+- ``memory_bytes`` -> RLIMIT_AS: virtual address space per process, not RSS. Allocation
+  beyond it fails (Python MemoryError, Perl "Out of memory!").
+- ``max_processes`` -> the slot's pids cgroup (``pids.max``) when the host lets us write
+  one; otherwise RLIMIT_NPROC, which counts every process of the real uid and is ignored
+  for root, so it only isolates callbacks under a dedicated uid.
+- ``output_bytes`` is enforced by the reader in the executor, not by the kernel; RLIMIT_FSIZE
+  bounds files the callback writes to the same size (at least 64 MiB).
+- ``wall_seconds`` is the executor's deadline (SIGTERM, grace, SIGKILL to everything).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Final
+
+from executor.errors import InvalidRequestError
+from executor.model import Limits
+
+OPEN_FILES: Final = 256
+MIN_FILE_SIZE_BYTES: Final = 64 << 20
+
+
+def merge(requested: Limits, default: Limits, cap: Limits) -> Limits:
+    """Zero fields take the default; anything above the cap or negative is rejected."""
+    values = {}
+    for field in dataclasses.fields(Limits):
+        asked = getattr(requested, field.name)
+        if asked < 0:
+            raise InvalidRequestError(f"limits.{field.name} must not be negative (got {asked})")
+        if asked > getattr(cap, field.name):
+            raise InvalidRequestError(
+                f"limits.{field.name} = {asked} exceeds the server's cap of "
+                f"{getattr(cap, field.name)}"
+            )
+        values[field.name] = asked or getattr(default, field.name)
+    return Limits(**values)
+
+
+def rlimits(limits: Limits, *, cap_processes_with_nproc: bool) -> dict[str, list[int]]:
+    """The rlimits the launcher applies in the child, as {NAME: [soft, hard]}."""
+    cpu = max(1, math.ceil(limits.cpu_seconds))
+    file_size = max(limits.output_bytes, MIN_FILE_SIZE_BYTES)
+    result = {
+        "CPU": [cpu, cpu + 1],
+        "AS": [limits.memory_bytes, limits.memory_bytes],
+        "FSIZE": [file_size, file_size],
+        "NOFILE": [OPEN_FILES, OPEN_FILES],
+        "CORE": [0, 0],
+    }
+    if cap_processes_with_nproc:
+        result["NPROC"] = [limits.max_processes, limits.max_processes]
+    return result

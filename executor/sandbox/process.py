@@ -1,0 +1,295 @@
+"""Start one sandboxed child, serve its bridge, enforce the wall deadline, and always reap it.
+
+The executor never forks without exec (gRPC's fork handlers, sandbox.md pitfall 1):
+``subprocess.Popen`` forks and immediately execs the stdlib-only launcher. The child gets
+a new session, a scrubbed environment, a fresh 0700 working directory, stdin from
+/dev/null, and only stdio plus its end of the bridge socketpair.
+
+Supervision policy, in one place: the main process exits, or the wall deadline passes
+(SIGTERM to the group, ``grace_s``, SIGKILL); then every process left is killed (the
+process group, plus the slot's pids cgroup, which still lists setsid and double-fork
+escapes); then the child is reaped with wait4 for its rusage. The ``finally`` block does
+the kill, reap and cleanup on every other path too, cancellation included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from executor.child import protocol
+from executor.errors import UnavailableError
+from executor.model import Limits
+from executor.sandbox import limits as sandbox_limits
+from executor.sandbox.cgroup import PidsCgroups
+
+logger = logging.getLogger(__name__)
+
+LAUNCHER: Final = Path(__file__).resolve().parent.parent / "child" / "launcher.py"
+READ_CHUNK: Final = 64 << 10
+# After the main process ends, how long to wait for the output pipes to reach EOF.
+DRAIN_TIMEOUT_S: Final = 2.0
+SAFE_PATH: Final = "/usr/local/bin:/usr/bin:/bin"
+# Set in every callback's environment so leak checks can find escaped processes.
+SANDBOX_MARKER: Final = "CBEXEC_SANDBOX"
+
+CallHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxOptions:
+    """Host-level choices, probed once at start-up."""
+
+    python: str
+    site_paths: tuple[str, ...]
+    pid_namespace: bool
+    network: bool
+    grace_s: float
+    cgroups: PidsCgroups | None
+
+
+@dataclass(slots=True)
+class CapturedStream:
+    """Output kept up to a cap; the rest is read and dropped so the child never blocks."""
+
+    cap: int
+    data: bytearray = field(default_factory=bytearray)
+    truncated: bool = False
+
+    def feed(self, chunk: bytes) -> None:
+        room = self.cap - len(self.data)
+        if len(chunk) > room:
+            self.truncated = True
+            chunk = chunk[: max(room, 0)]
+        self.data += chunk
+
+    def text(self) -> str:
+        return self.data.decode("utf-8", errors="replace")
+
+
+@dataclass(slots=True)
+class ChildExit:
+    """How the child ended, before classification into an Outcome."""
+
+    wait_status: int = 0
+    cpu_seconds: float = 0.0
+    peak_rss_bytes: int = 0
+    wall_seconds: float = 0.0
+    timed_out: bool = False
+    done: dict[str, Any] | None = None
+    bridge_error: str = ""
+    stdout: CapturedStream = field(default_factory=lambda: CapturedStream(0))
+    stderr: CapturedStream = field(default_factory=lambda: CapturedStream(0))
+    escaped_pids: list[int] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return os.WEXITSTATUS(self.wait_status) if os.WIFEXITED(self.wait_status) else 0
+
+    @property
+    def signal(self) -> int:
+        return os.WTERMSIG(self.wait_status) if os.WIFSIGNALED(self.wait_status) else 0
+
+
+def child_environment(workdir: str) -> dict[str, str]:
+    """The whole environment a callback sees: nothing of the executor's."""
+    return {
+        "PATH": SAFE_PATH,
+        "HOME": workdir,
+        "TMPDIR": workdir,
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        # glibc's per-thread arenas make RLIMIT_AS cap threads early (sandbox.md pitfall 4).
+        "MALLOC_ARENA_MAX": "2",
+        SANDBOX_MARKER: "1",
+    }
+
+
+async def _read_stream(fd: int, sink: CapturedStream) -> None:
+    loop = asyncio.get_running_loop()
+    eof = loop.create_future()
+
+    def on_readable() -> None:
+        try:
+            chunk = os.read(fd, READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if chunk:
+            sink.feed(chunk)
+        elif not eof.done():
+            eof.set_result(None)
+
+    os.set_blocking(fd, False)
+    loop.add_reader(fd, on_readable)
+    try:
+        await eof
+    finally:
+        loop.remove_reader(fd)
+
+
+async def _serve_bridge(
+    sock: socket.socket, start: dict[str, Any], on_call: CallHandler, result: ChildExit
+) -> None:
+    """Send the start frame, answer calls, keep the done frame; stop on EOF or garbage."""
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    try:
+        writer.write(protocol.encode(start))
+        await writer.drain()
+        while True:
+            try:
+                header = await reader.readexactly(protocol.HEADER.size)
+            except asyncio.IncompleteReadError:
+                return  # the callback ended (or closed the bridge)
+            (size,) = protocol.HEADER.unpack(header)
+            if size > protocol.MAX_CHILD_FRAME_BYTES:
+                result.bridge_error = f"frame of {size} bytes exceeds the 1 MiB frame limit"
+                return
+            frame = protocol.decode_body(await reader.readexactly(size))
+            if frame["type"] == "call":
+                writer.write(protocol.encode(await on_call(frame)))
+                await writer.drain()
+            elif frame["type"] == "done":
+                result.done = frame
+            else:
+                result.bridge_error = f"unexpected frame type {frame['type']!r}"
+                return
+    except (protocol.FrameError, asyncio.IncompleteReadError) as err:
+        result.bridge_error = f"malformed frame: {err}"
+    except (ConnectionError, BrokenPipeError):
+        pass  # the callback went away mid-reply
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError, BrokenPipeError):
+            await writer.wait_closed()
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+class SandboxRunner:
+    """Runs children under the options probed at start-up."""
+
+    def __init__(self, options: SandboxOptions) -> None:
+        self.options = options
+
+    def _launch_spec(
+        self, runtime: dict[str, Any], limits: Limits, slot: int, bridge_fd: int
+    ) -> dict[str, Any]:
+        cgroups = self.options.cgroups
+        if cgroups is not None:
+            cgroups.set_max(slot, limits.max_processes)
+        return {
+            **runtime,
+            "bridge_fd": bridge_fd,
+            "site_paths": list(self.options.site_paths),
+            "pid_namespace": self.options.pid_namespace,
+            "network": self.options.network,
+            "cgroup_procs": [cgroups.procs_file(slot)] if cgroups is not None else [],
+            "rlimits": sandbox_limits.rlimits(limits, cap_processes_with_nproc=cgroups is None),
+        }
+
+    async def run(
+        self,
+        *,
+        runtime: dict[str, Any],
+        limits: Limits,
+        slot: int,
+        start: dict[str, Any],
+        on_call: CallHandler,
+    ) -> ChildExit:
+        """Run one child to completion; every process it made is gone when this returns."""
+        result = ChildExit(
+            stdout=CapturedStream(limits.output_bytes), stderr=CapturedStream(limits.output_bytes)
+        )
+        workdir = tempfile.mkdtemp(prefix="cbexec-run-")
+        parent_sock, child_sock = socket.socketpair()
+        spec = self._launch_spec(runtime, limits, slot, child_sock.fileno())
+        began = time.monotonic()
+        try:
+            proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+                [self.options.python, "-I", "-S", "-B", str(LAUNCHER), json.dumps(spec)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=workdir,
+                env=child_environment(workdir),
+                start_new_session=True,
+                pass_fds=(child_sock.fileno(),),
+            )
+        except OSError as err:
+            parent_sock.close()
+            child_sock.close()
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise UnavailableError(f"could not start the sandbox: {err}") from err
+        child_sock.close()
+        assert proc.stdout is not None and proc.stderr is not None
+        reaped = False
+        pidfd = os.pidfd_open(proc.pid)
+        loop = asyncio.get_running_loop()
+        exited = asyncio.Event()
+        loop.add_reader(pidfd, exited.set)
+        readers = [
+            asyncio.create_task(_read_stream(proc.stdout.fileno(), result.stdout)),
+            asyncio.create_task(_read_stream(proc.stderr.fileno(), result.stderr)),
+        ]
+        bridge = asyncio.create_task(_serve_bridge(parent_sock, start, on_call, result))
+        try:
+            try:
+                await asyncio.wait_for(exited.wait(), timeout=limits.wall_seconds)
+            except TimeoutError:
+                result.timed_out = True
+                _signal_group(proc.pid, signal.SIGTERM)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(exited.wait(), timeout=self.options.grace_s)
+            result.escaped_pids = await self._kill_everything(proc.pid, slot)
+            await exited.wait()
+            _, status, rusage = os.wait4(proc.pid, 0)
+            reaped = True
+            proc.returncode = os.waitstatus_to_exitcode(status)  # keep Popen from warning
+            result.wall_seconds = time.monotonic() - began
+            result.wait_status = status
+            result.cpu_seconds = rusage.ru_utime + rusage.ru_stime
+            result.peak_rss_bytes = rusage.ru_maxrss * 1024
+            # Everything that could hold the pipes is dead, so EOF is near.
+            await asyncio.wait(readers, timeout=DRAIN_TIMEOUT_S)
+            await asyncio.wait([bridge], timeout=DRAIN_TIMEOUT_S)
+        finally:
+            loop.remove_reader(pidfd)
+            if not reaped:
+                await self._kill_everything(proc.pid, slot)
+                with contextlib.suppress(ChildProcessError):
+                    _, status, _ = os.wait4(proc.pid, 0)
+                    proc.returncode = os.waitstatus_to_exitcode(status)
+            for task in (*readers, bridge):
+                task.cancel()
+            await asyncio.gather(*readers, bridge, return_exceptions=True)
+            os.close(pidfd)
+            proc.stdout.close()
+            proc.stderr.close()
+            parent_sock.close()
+            await asyncio.to_thread(shutil.rmtree, workdir, True)
+        return result
+
+    async def _kill_everything(self, pgid: int, slot: int) -> list[int]:
+        """SIGKILL the child's group and every process left in its slot's cgroup."""
+        _signal_group(pgid, signal.SIGKILL)
+        if self.options.cgroups is None:
+            return []
+        return await asyncio.to_thread(self.options.cgroups.kill_all, slot)

@@ -1,0 +1,75 @@
+"""Shared fixtures: a full executor stack on loopback, and the leak check every test ends with."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import psutil
+import pytest
+
+from executor import server
+from executor.config import Settings
+from supervisor_client import ExecutorClient, ReferenceSupervisor
+from supervisor_client.qbcallback.v1 import executor_pb2_grpc
+from tests.helpers.processes import wait_until_no_sandboxed_processes
+
+
+@dataclass
+class Stack:
+    """A running executor with the embedded supervisor, and clients for it."""
+
+    running: server.RunningServer
+    client: ExecutorClient
+    stub: executor_pb2_grpc.CallbackExecutorStub
+    channel: grpc.aio.Channel
+    settings: Settings
+
+    @property
+    def supervisor(self) -> ReferenceSupervisor:
+        assert self.running.reference is not None
+        return self.running.reference
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.running.port}"
+
+
+def stack_settings(data_dir: Path, **overrides: object) -> Settings:
+    """Settings for tests: loopback, ephemeral port, short grace."""
+    base = Settings(
+        bind="127.0.0.1:0", data_dir=data_dir, max_concurrent=4, max_queue=64, grace_seconds=0.3
+    )
+    return base.replace(**overrides)
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    settings = stack_settings(tmp_path / "data")
+    running = await server.start(settings)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    try:
+        yield Stack(
+            running,
+            ExecutorClient(channel),
+            executor_pb2_grpc.CallbackExecutorStub(channel),
+            channel,
+            settings,
+        )
+    finally:
+        await channel.close()
+        await running.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes() -> Iterator[None]:
+    """Fail a test that leaves a child of ours, or any sandboxed process, alive."""
+    yield
+    survivors = wait_until_no_sandboxed_processes()
+    children = [
+        c for c in psutil.Process().children(recursive=True) if c.status() != psutil.STATUS_ZOMBIE
+    ]
+    assert not survivors, f"sandboxed processes survived: {survivors}"
+    assert not children, f"child processes survived: {children}"

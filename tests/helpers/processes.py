@@ -1,0 +1,32 @@
+"""Find sandboxed processes that outlived their run (the leak check every test ends with)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psutil
+
+from executor.sandbox.process import SANDBOX_MARKER
+
+
+def sandboxed_processes() -> list[psutil.Process]:
+    """Every live (non-zombie) process started by a sandbox on this host."""
+    found = []
+    for proc in psutil.process_iter(["pid", "status"]):
+        if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.pid == os.getpid():
+            continue
+        try:
+            if proc.environ().get(SANDBOX_MARKER) == "1":
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def wait_until_no_sandboxed_processes(timeout_s: float = 5.0) -> list[psutil.Process]:
+    """Poll until none are left; returns the survivors (empty when clean)."""
+    deadline = time.monotonic() + timeout_s
+    while (left := sandboxed_processes()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left

@@ -1,0 +1,59 @@
+"""Settings: precedence, coercion, language flags and validation errors that name the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from executor import config
+from executor.errors import ConfigError
+from executor.model import Language
+
+pytestmark = pytest.mark.unit
+
+
+def test_languages_accept_names_and_qube_numeric_flags() -> None:
+    assert config.parse_languages("python, perl") == {Language.PYTHON, Language.PERL}
+    assert config.parse_languages(5) == {Language.QUBE, Language.PYTHON}
+    assert config.parse_languages("1") == {Language.QUBE}
+    with pytest.raises(ConfigError, match="unknown language 'ruby'"):
+        config.parse_languages("python,ruby")
+
+
+def test_toml_then_env_override(tmp_path: Path) -> None:
+    toml = tmp_path / "cbexec.toml"
+    toml.write_text('bind = "127.0.0.1:6000"\nmax_concurrent = 3\n[default_limits]\nwall_seconds = 5\n')
+    settings = config.from_toml(config.Settings(), toml)
+    settings = config.from_env(
+        settings, {"CBEXEC_MAX_CONCURRENT": "7", "CBEXEC_DEFAULT_LIMITS__CPU_SECONDS": "2", "HOME": "/x"}
+    )
+    assert settings.bind == "127.0.0.1:6000"
+    assert settings.max_concurrent == 7
+    assert settings.default_limits.wall_seconds == 5
+    assert settings.default_limits.cpu_seconds == 2
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"bogus": 1}, "unknown setting 'bogus'"),
+        ({"max_concurrent": "many"}, "max_concurrent"),
+        ({"default_limits": {"gpu": 1}}, "unknown limit 'gpu'"),
+        ({"network": "maybe"}, "expected a boolean"),
+    ],
+)
+def test_bad_values_name_the_setting(values: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config.apply(config.Settings(), values, "test")
+
+
+def test_validate_rejects_defaults_above_caps() -> None:
+    settings = config.apply(config.Settings(), {"default_limits": {"wall_seconds": 99999}}, "t")
+    with pytest.raises(ConfigError, match="default_limits.wall_seconds"):
+        config.validate(settings)
+
+
+def test_unreadable_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="missing.toml"):
+        config.from_toml(config.Settings(), tmp_path / "missing.toml")

@@ -1,0 +1,66 @@
+"""Classifying how a child ended: deadline > CPU limit > done frame > exit status."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import pytest
+
+from executor.model import Limits, Outcome
+from executor.sandbox.exit_status import classify, describe_signal
+from executor.sandbox.process import CapturedStream, ChildExit
+
+pytestmark = pytest.mark.unit
+
+LIMITS = Limits(cpu_seconds=2, wall_seconds=5, memory_bytes=1 << 28, output_bytes=1024, max_processes=8)
+
+
+def exited(code: int) -> int:
+    return code << 8
+
+
+def killed(signum: int) -> int:
+    return signum
+
+
+def child(status: int = 0, done: dict[str, Any] | None = None, **fields: Any) -> ChildExit:
+    result = ChildExit(wait_status=status, done=done, stderr=CapturedStream(4096), **fields)
+    return result
+
+
+@pytest.mark.parametrize(
+    ("exit_", "outcome"),
+    [
+        (child(exited(0), {"status": "ok"}), Outcome.SUCCEEDED),
+        (child(exited(0)), Outcome.SUCCEEDED),
+        (child(exited(0), {"status": "exit", "exit_code": 0}), Outcome.SUCCEEDED),
+        (child(exited(3), {"status": "exit", "exit_code": 3}), Outcome.FAILED),
+        (child(exited(1), {"status": "exception", "message": "x"}), Outcome.FAILED),
+        (child(exited(1), {"status": "memory"}), Outcome.MEMORY_LIMIT),
+        (child(exited(2), {"status": "rejected", "message": "no"}), Outcome.REJECTED),
+        (child(killed(signal.SIGXCPU)), Outcome.CPU_LIMIT),
+        (child(exited(152), cpu_seconds=2.0), Outcome.CPU_LIMIT),
+        (child(killed(signal.SIGKILL), cpu_seconds=3.0), Outcome.CPU_LIMIT),
+        (child(killed(signal.SIGKILL), cpu_seconds=0.1), Outcome.KILLED),
+        (child(killed(signal.SIGSEGV)), Outcome.KILLED),
+        (child(exited(7)), Outcome.FAILED),
+        (child(killed(signal.SIGKILL), {"status": "ok"}, timed_out=True), Outcome.WALL_TIMEOUT),
+    ],
+)
+def test_classification(exit_: ChildExit, outcome: Outcome) -> None:
+    assert classify(exit_, LIMITS)[0] == outcome
+
+
+def test_perl_out_of_memory_on_stderr_is_memory_limit() -> None:
+    exit_ = child(exited(1))
+    exit_.stderr.feed(b"Out of memory!\n")
+    outcome, failure = classify(exit_, LIMITS)
+    assert outcome == Outcome.MEMORY_LIMIT
+    assert failure is not None and "268435456" in failure.message
+
+
+def test_signal_description() -> None:
+    assert describe_signal(11) == "signal 11 (SIGSEGV)"
+    assert os.WTERMSIG(killed(9)) == 9

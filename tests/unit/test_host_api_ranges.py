@@ -1,0 +1,35 @@
+"""Work-target expansion shared by every language: exact names win, numeric ranges expand."""
+
+from __future__ import annotations
+
+import pytest
+
+from executor.errors import HostCallError
+from executor.host_api import expand_work_names
+
+pytestmark = pytest.mark.unit
+
+AGENDA = ["-2", "-1", "0", "1", "2", "3", "10", "1-10", "Initialize"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "names"),
+    [
+        ("3", ["3"]),
+        ("1-10", ["1-10"]),  # an item literally named like the range (a chunk) wins
+        ("2-3", ["2", "3"]),
+        ("-2--1", ["-2", "-1"]),
+        ("3,1", ["3", "1"]),
+        ("Initialize,0-1", ["Initialize", "0", "1"]),
+        ("3-2", ["2", "3"]),
+    ],
+)
+def test_expansion(spec: str, names: list[str]) -> None:
+    assert expand_work_names(spec, AGENDA) == names
+
+
+@pytest.mark.parametrize("spec", ["99", "render", "50-60"])
+def test_unknown_items_are_no_such_work(spec: str) -> None:
+    with pytest.raises(HostCallError) as err:
+        expand_work_names(spec, AGENDA)
+    assert err.value.kind == "NoSuchWork"
