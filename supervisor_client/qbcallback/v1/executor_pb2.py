@@ -25,15 +25,17 @@ _sym_db = _symbol_database.Default()
 from supervisor_client.qbcallback.v1 import types_pb2 as qbcallback_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cqbcallback/v1/executor.proto\x12\rqbcallback.v1\x1a\x19qbcallback/v1/types.proto\"v\n\x06Limits\x12\x13\n\x0b\x63pu_seconds\x18\x01 \x01(\x01\x12\x14\n\x0cwall_seconds\x18\x02 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\x12\x14\n\x0coutput_bytes\x18\x04 \x01(\x04\x12\x15\n\rmax_processes\x18\x05 \x01(\r\"\x8b\x01\n\nJobContext\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.qbcallback.v1.Job\x12#\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x14.qbcallback.v1.Event\x12\x11\n\twork_name\x18\x03 \x01(\t\x12\x16\n\tsubjob_id\x18\x04 \x01(\x05H\x00\x88\x01\x01\x42\x0c\n\n_subjob_id\"\xa5\x01\n\x0e\x45xecuteRequest\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12)\n\x08\x63\x61llback\x18\x02 \x01(\x0b\x32\x17.qbcallback.v1.Callback\x12*\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x19.qbcallback.v1.JobContext\x12%\n\x06limits\x18\x04 \x01(\x0b\x32\x15.qbcallback.v1.Limits\"a\n\x05Usage\x12\x14\n\x0cwall_seconds\x18\x01 \x01(\x01\x12\x13\n\x0b\x63pu_seconds\x18\x02 \x01(\x01\x12\x16\n\x0epeak_rss_bytes\x18\x03 \x01(\x04\x12\x15\n\rqueue_seconds\x18\x04 \x01(\x01\"C\n\x06\x41\x63tion\x12\x0c\n\x04verb\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\x0f\n\x07message\x18\x04 \x01(\t\"E\n\x07\x46\x61ilure\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x16\n\x0e\x65xception_type\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\"\xbe\x02\n\x0f\x45xecuteResponse\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12\'\n\x07outcome\x18\x02 \x01(\x0e\x32\x16.qbcallback.v1.Outcome\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x0e\n\x06signal\x18\x04 \x01(\x05\x12\x0e\n\x06stdout\x18\x05 \x01(\t\x12\x0e\n\x06stderr\x18\x06 \x01(\t\x12\x18\n\x10stdout_truncated\x18\x07 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x08 \x01(\x08\x12\'\n\x07\x66\x61ilure\x18\t \x01(\x0b\x32\x16.qbcallback.v1.Failure\x12#\n\x05usage\x18\n \x01(\x0b\x32\x14.qbcallback.v1.Usage\x12&\n\x07\x61\x63tions\x18\x0b \x03(\x0b\x32\x15.qbcallback.v1.Action*\xc2\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_SUCCEEDED\x10\x01\x12\x12\n\x0eOUTCOME_FAILED\x10\x02\x12\x18\n\x14OUTCOME_WALL_TIMEOUT\x10\x03\x12\x15\n\x11OUTCOME_CPU_LIMIT\x10\x04\x12\x18\n\x14OUTCOME_MEMORY_LIMIT\x10\x05\x12\x12\n\x0eOUTCOME_KILLED\x10\x06\x12\x14\n\x10OUTCOME_REJECTED\x10\x07\x32\\\n\x10\x43\x61llbackExecutor\x12H\n\x07\x45xecute\x12\x1d.qbcallback.v1.ExecuteRequest\x1a\x1e.qbcallback.v1.ExecuteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cqbcallback/v1/executor.proto\x12\rqbcallback.v1\x1a\x19qbcallback/v1/types.proto\"v\n\x06Limits\x12\x13\n\x0b\x63pu_seconds\x18\x01 \x01(\x01\x12\x14\n\x0cwall_seconds\x18\x02 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\x12\x14\n\x0coutput_bytes\x18\x04 \x01(\x04\x12\x15\n\rmax_processes\x18\x05 \x01(\r\"\x8b\x01\n\nJobContext\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.qbcallback.v1.Job\x12#\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x14.qbcallback.v1.Event\x12\x11\n\twork_name\x18\x03 \x01(\t\x12\x16\n\tsubjob_id\x18\x04 \x01(\x05H\x00\x88\x01\x01\x42\x0c\n\n_subjob_id\"\xa5\x01\n\x0e\x45xecuteRequest\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12)\n\x08\x63\x61llback\x18\x02 \x01(\x0b\x32\x17.qbcallback.v1.Callback\x12*\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x19.qbcallback.v1.JobContext\x12%\n\x06limits\x18\x04 \x01(\x0b\x32\x15.qbcallback.v1.Limits\"a\n\x05Usage\x12\x14\n\x0cwall_seconds\x18\x01 \x01(\x01\x12\x13\n\x0b\x63pu_seconds\x18\x02 \x01(\x01\x12\x16\n\x0epeak_rss_bytes\x18\x03 \x01(\x04\x12\x15\n\rqueue_seconds\x18\x04 \x01(\x01\"C\n\x06\x41\x63tion\x12\x0c\n\x04verb\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\x0f\n\x07message\x18\x04 \x01(\t\"E\n\x07\x46\x61ilure\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x16\n\x0e\x65xception_type\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\"\xbe\x02\n\x0f\x45xecuteResponse\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12\'\n\x07outcome\x18\x02 \x01(\x0e\x32\x16.qbcallback.v1.Outcome\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x0e\n\x06signal\x18\x04 \x01(\x05\x12\x0e\n\x06stdout\x18\x05 \x01(\t\x12\x0e\n\x06stderr\x18\x06 \x01(\t\x12\x18\n\x10stdout_truncated\x18\x07 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x08 \x01(\x08\x12\'\n\x07\x66\x61ilure\x18\t \x01(\x0b\x32\x16.qbcallback.v1.Failure\x12#\n\x05usage\x18\n \x01(\x0b\x32\x14.qbcallback.v1.Usage\x12&\n\x07\x61\x63tions\x18\x0b \x03(\x0b\x32\x15.qbcallback.v1.Action\"5\n\x12RegisterJobRequest\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.qbcallback.v1.Job\"\xc4\x01\n\x12RegisteredCallback\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\n\n\x02id\x18\x02 \x01(\r\x12\x10\n\x08triggers\x18\x03 \x01(\t\x12\x1a\n\x12\x63\x61nonical_triggers\x18\x04 \x01(\t\x12\x10\n\x08language\x18\x05 \x01(\t\x12\x11\n\tuniversal\x18\x06 \x01(\x08\x12\x0e\n\x06source\x18\x07 \x01(\t\x12\r\n\x05\x63ount\x18\x08 \x01(\r\x12\x0f\n\x07maximum\x18\t \x01(\r\x12\x0f\n\x07latches\x18\n \x03(\x08\"K\n\x13RegisterJobResponse\x12\x34\n\tcallbacks\x18\x01 \x03(\x0b\x32!.qbcallback.v1.RegisteredCallback\"\xa8\x01\n\x13PublishEventRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06job_id\x18\x03 \x01(\x04\x12\x11\n\twork_name\x18\x04 \x01(\t\x12\x16\n\tsubjob_id\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x0c\n\x04host\x18\x06 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x07 \x01(\t\x12\x0c\n\x04wait\x18\x08 \x01(\x08\x42\x0c\n\n_subjob_id\"\xab\x01\n\x06\x46iring\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\x13\n\x0b\x63\x61llback_id\x18\x02 \x01(\r\x12\x10\n\x08triggers\x18\x03 \x01(\t\x12\x10\n\x08language\x18\x04 \x01(\t\x12\x11\n\tuniversal\x18\x05 \x01(\x08\x12\x15\n\rinvocation_id\x18\x06 \x01(\t\x12.\n\x06result\x18\x07 \x01(\x0b\x32\x1e.qbcallback.v1.ExecuteResponse\"O\n\x14PublishEventResponse\x12$\n\x05\x66ired\x18\x01 \x03(\x0b\x32\x15.qbcallback.v1.Firing\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"s\n\x0e\x44ryRunResponse\x12)\n\nwould_fire\x18\x01 \x03(\x0b\x32\x15.qbcallback.v1.Firing\x12\x36\n\x0bwould_latch\x18\x02 \x03(\x0b\x32!.qbcallback.v1.RegisteredCallback\"!\n\x1fReloadUniversalCallbacksRequest\"T\n ReloadUniversalCallbacksResponse\x12\x10\n\x08reloaded\x18\x01 \x01(\x08\x12\x0e\n\x06\x65rrors\x18\x02 \x03(\t\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\r\"h\n\x0fListRunsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\'\n\x07outcome\x18\x02 \x01(\x0e\x32\x16.qbcallback.v1.Outcome\x12\r\n\x05since\x18\x03 \x01(\x01\x12\r\n\x05limit\x18\x04 \x01(\r\"\xaf\x02\n\x03Run\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\x04\x12\x13\n\x0b\x63\x61llback_id\x18\x03 \x01(\r\x12\x10\n\x08triggers\x18\x04 \x01(\t\x12\x10\n\x08language\x18\x05 \x01(\t\x12\'\n\x07outcome\x18\x06 \x01(\x0e\x32\x16.qbcallback.v1.Outcome\x12\x12\n\nstarted_at\x18\x07 \x01(\x01\x12#\n\x05usage\x18\x08 \x01(\x0b\x32\x14.qbcallback.v1.Usage\x12#\n\x05\x65vent\x18\t \x01(\x0b\x32\x14.qbcallback.v1.Event\x12\x11\n\twork_name\x18\n \x01(\t\x12.\n\x06result\x18\x0b \x01(\x0b\x32\x1e.qbcallback.v1.ExecuteResponse\"4\n\x10ListRunsResponse\x12 \n\x04runs\x18\x01 \x03(\x0b\x32\x12.qbcallback.v1.Run\"&\n\rGetRunRequest\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\"\x13\n\x11GetMetricsRequest\"W\n\tHistogram\x12\x16\n\x0e\x62ounds_seconds\x18\x01 \x03(\x01\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\x04\x12\r\n\x05total\x18\x03 \x01(\x04\x12\x13\n\x0bsum_seconds\x18\x04 \x01(\x01\"\xff\x02\n\x07Metrics\x12\x42\n\x0fruns_by_outcome\x18\x01 \x03(\x0b\x32).qbcallback.v1.Metrics.RunsByOutcomeEntry\x12\x1c\n\x14rejected_at_capacity\x18\x02 \x01(\x04\x12\x17\n\x0f\x61\x63tive_children\x18\x03 \x01(\r\x12\x13\n\x0bqueue_depth\x18\x04 \x01(\r\x12\x32\n\x10run_wall_seconds\x18\x05 \x01(\x0b\x32\x18.qbcallback.v1.Histogram\x12/\n\rqueue_seconds\x18\x06 \x01(\x0b\x32\x18.qbcallback.v1.Histogram\x12\x16\n\x0eoutbox_pending\x18\x07 \x01(\x04\x12\x18\n\x10\x65vents_published\x18\x08 \x01(\x04\x12\x17\n\x0f\x63\x61llbacks_fired\x18\t \x01(\x04\x1a\x34\n\x12RunsByOutcomeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*\xc2\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_SUCCEEDED\x10\x01\x12\x12\n\x0eOUTCOME_FAILED\x10\x02\x12\x18\n\x14OUTCOME_WALL_TIMEOUT\x10\x03\x12\x15\n\x11OUTCOME_CPU_LIMIT\x10\x04\x12\x18\n\x14OUTCOME_MEMORY_LIMIT\x10\x05\x12\x12\n\x0eOUTCOME_KILLED\x10\x06\x12\x14\n\x10OUTCOME_REJECTED\x10\x07\x32\xa6\x05\n\x10\x43\x61llbackExecutor\x12H\n\x07\x45xecute\x12\x1d.qbcallback.v1.ExecuteRequest\x1a\x1e.qbcallback.v1.ExecuteResponse\x12T\n\x0bRegisterJob\x12!.qbcallback.v1.RegisterJobRequest\x1a\".qbcallback.v1.RegisterJobResponse\x12W\n\x0cPublishEvent\x12\".qbcallback.v1.PublishEventRequest\x1a#.qbcallback.v1.PublishEventResponse\x12K\n\x06\x44ryRun\x12\".qbcallback.v1.PublishEventRequest\x1a\x1d.qbcallback.v1.DryRunResponse\x12{\n\x18ReloadUniversalCallbacks\x12..qbcallback.v1.ReloadUniversalCallbacksRequest\x1a/.qbcallback.v1.ReloadUniversalCallbacksResponse\x12K\n\x08ListRuns\x12\x1e.qbcallback.v1.ListRunsRequest\x1a\x1f.qbcallback.v1.ListRunsResponse\x12:\n\x06GetRun\x12\x1c.qbcallback.v1.GetRunRequest\x1a\x12.qbcallback.v1.Run\x12\x46\n\nGetMetrics\x12 .qbcallback.v1.GetMetricsRequest\x1a\x16.qbcallback.v1.Metricsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'qbcallback.v1.executor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTCOME']._serialized_start=1065
-  _globals['_OUTCOME']._serialized_end=1259
+  _globals['_METRICS_RUNSBYOUTCOMEENTRY']._loaded_options = None
+  _globals['_METRICS_RUNSBYOUTCOMEENTRY']._serialized_options = b'8\001'
+  _globals['_OUTCOME']._serialized_start=3062
+  _globals['_OUTCOME']._serialized_end=3256
   _globals['_LIMITS']._serialized_start=74
   _globals['_LIMITS']._serialized_end=192
   _globals['_JOBCONTEXT']._serialized_start=195
@@ -48,6 +50,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FAILURE']._serialized_end=741
   _globals['_EXECUTERESPONSE']._serialized_start=744
   _globals['_EXECUTERESPONSE']._serialized_end=1062
-  _globals['_CALLBACKEXECUTOR']._serialized_start=1261
-  _globals['_CALLBACKEXECUTOR']._serialized_end=1353
+  _globals['_REGISTERJOBREQUEST']._serialized_start=1064
+  _globals['_REGISTERJOBREQUEST']._serialized_end=1117
+  _globals['_REGISTEREDCALLBACK']._serialized_start=1120
+  _globals['_REGISTEREDCALLBACK']._serialized_end=1316
+  _globals['_REGISTERJOBRESPONSE']._serialized_start=1318
+  _globals['_REGISTERJOBRESPONSE']._serialized_end=1393
+  _globals['_PUBLISHEVENTREQUEST']._serialized_start=1396
+  _globals['_PUBLISHEVENTREQUEST']._serialized_end=1564
+  _globals['_FIRING']._serialized_start=1567
+  _globals['_FIRING']._serialized_end=1738
+  _globals['_PUBLISHEVENTRESPONSE']._serialized_start=1740
+  _globals['_PUBLISHEVENTRESPONSE']._serialized_end=1819
+  _globals['_DRYRUNRESPONSE']._serialized_start=1821
+  _globals['_DRYRUNRESPONSE']._serialized_end=1936
+  _globals['_RELOADUNIVERSALCALLBACKSREQUEST']._serialized_start=1938
+  _globals['_RELOADUNIVERSALCALLBACKSREQUEST']._serialized_end=1971
+  _globals['_RELOADUNIVERSALCALLBACKSRESPONSE']._serialized_start=1973
+  _globals['_RELOADUNIVERSALCALLBACKSRESPONSE']._serialized_end=2057
+  _globals['_LISTRUNSREQUEST']._serialized_start=2059
+  _globals['_LISTRUNSREQUEST']._serialized_end=2163
+  _globals['_RUN']._serialized_start=2166
+  _globals['_RUN']._serialized_end=2469
+  _globals['_LISTRUNSRESPONSE']._serialized_start=2471
+  _globals['_LISTRUNSRESPONSE']._serialized_end=2523
+  _globals['_GETRUNREQUEST']._serialized_start=2525
+  _globals['_GETRUNREQUEST']._serialized_end=2563
+  _globals['_GETMETRICSREQUEST']._serialized_start=2565
+  _globals['_GETMETRICSREQUEST']._serialized_end=2584
+  _globals['_HISTOGRAM']._serialized_start=2586
+  _globals['_HISTOGRAM']._serialized_end=2673
+  _globals['_METRICS']._serialized_start=2676
+  _globals['_METRICS']._serialized_end=3059
+  _globals['_METRICS_RUNSBYOUTCOMEENTRY']._serialized_start=3007
+  _globals['_METRICS_RUNSBYOUTCOMEENTRY']._serialized_end=3059
+  _globals['_CALLBACKEXECUTOR']._serialized_start=3259
+  _globals['_CALLBACKEXECUTOR']._serialized_end=3937
 # @@protoc_insertion_point(module_scope)

@@ -369,3 +369,543 @@ class ExecuteResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExecuteResponse: _TypeAlias = ExecuteResponse  # noqa: Y015
+
+@_typing.final
+class RegisterJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> _types_pb2.Job:
+        """The job: id, pgrp, label, pid, user and its callbacks are used; the rest is
+        kept as the context callbacks see until the supervisor is asked.
+        """
+
+    def __init__(
+        self,
+        *,
+        job: _types_pb2.Job | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterJobRequest: _TypeAlias = RegisterJobRequest  # noqa: Y015
+
+@_typing.final
+class RegisteredCallback(_message.Message):
+    """A callback as the trigger engine holds it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    TRIGGERS_FIELD_NUMBER: _builtins.int
+    CANONICAL_TRIGGERS_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    UNIVERSAL_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    MAXIMUM_FIELD_NUMBER: _builtins.int
+    LATCHES_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.int
+    """The owning job."""
+    id: _builtins.int
+    """Per-job callback id; universal callbacks get ids after the job's own."""
+    triggers: _builtins.str
+    """The trigger as written, and in canonical form."""
+    canonical_triggers: _builtins.str
+    language: _builtins.str
+    universal: _builtins.bool
+    """True for a callback attached from callbacks.conf; `source` names the file."""
+    source: _builtins.str
+    count: _builtins.int
+    maximum: _builtins.int
+    @_builtins.property
+    def latches(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
+        """Latch state of each atom of the trigger, in left-to-right order."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.int = ...,
+        id: _builtins.int = ...,
+        triggers: _builtins.str = ...,
+        canonical_triggers: _builtins.str = ...,
+        language: _builtins.str = ...,
+        universal: _builtins.bool = ...,
+        source: _builtins.str = ...,
+        count: _builtins.int = ...,
+        maximum: _builtins.int = ...,
+        latches: _abc.Iterable[_builtins.bool] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canonical_triggers", b"canonical_triggers", "count", b"count", "id", b"id", "job_id", b"job_id", "language", b"language", "latches", b"latches", "maximum", b"maximum", "source", b"source", "triggers", b"triggers", "universal", b"universal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisteredCallback: _TypeAlias = RegisteredCallback  # noqa: Y015
+
+@_typing.final
+class RegisterJobResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLBACKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def callbacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegisteredCallback]: ...
+    def __init__(
+        self,
+        *,
+        callbacks: _abc.Iterable[Global___RegisteredCallback] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callbacks", b"callbacks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterJobResponse: _TypeAlias = RegisterJobResponse  # noqa: Y015
+
+@_typing.final
+class PublishEventRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    WORK_NAME_FIELD_NUMBER: _builtins.int
+    SUBJOB_ID_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Event name: complete, failed, killed, blocked, running, waiting, submit,
+    assigned, removed, modified, timeout (done is derived, never published).
+    """
+    type: _builtins.str
+    """job, work, subjob or host."""
+    job_id: _builtins.int
+    """The job the transition happened to."""
+    work_name: _builtins.str
+    """The work item, for work events."""
+    subjob_id: _builtins.int
+    """The instance, for subjob events."""
+    host: _builtins.str
+    """The host, for host events."""
+    event_id: _builtins.str
+    """Idempotency key: a repeated event_id is acknowledged and ignored."""
+    wait: _builtins.bool
+    """Answer only after the fired callbacks have run (their results inline)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        job_id: _builtins.int = ...,
+        work_name: _builtins.str = ...,
+        subjob_id: _builtins.int | None = ...,
+        host: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+        wait: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_subjob_id", b"_subjob_id", "subjob_id", b"subjob_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_subjob_id", b"_subjob_id", "event_id", b"event_id", "host", b"host", "job_id", b"job_id", "name", b"name", "subjob_id", b"subjob_id", "type", b"type", "wait", b"wait", "work_name", b"work_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__subjob_id: _TypeAlias = _typing.Literal["subjob_id"]  # noqa: Y015
+    _WhichOneofArgType__subjob_id: _TypeAlias = _typing.Literal["_subjob_id", b"_subjob_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__subjob_id) -> _WhichOneofReturnType__subjob_id | None: ...
+
+Global___PublishEventRequest: _TypeAlias = PublishEventRequest  # noqa: Y015
+
+@_typing.final
+class Firing(_message.Message):
+    """One callback an event fired (or would fire)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    CALLBACK_ID_FIELD_NUMBER: _builtins.int
+    TRIGGERS_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    UNIVERSAL_FIELD_NUMBER: _builtins.int
+    INVOCATION_ID_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.int
+    callback_id: _builtins.int
+    triggers: _builtins.str
+    language: _builtins.str
+    universal: _builtins.bool
+    invocation_id: _builtins.str
+    """The run's id (empty in a dry run)."""
+    @_builtins.property
+    def result(self) -> Global___ExecuteResponse:
+        """The run's result, when the request asked to wait."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.int = ...,
+        callback_id: _builtins.int = ...,
+        triggers: _builtins.str = ...,
+        language: _builtins.str = ...,
+        universal: _builtins.bool = ...,
+        invocation_id: _builtins.str = ...,
+        result: Global___ExecuteResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_id", b"callback_id", "invocation_id", b"invocation_id", "job_id", b"job_id", "language", b"language", "result", b"result", "triggers", b"triggers", "universal", b"universal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Firing: _TypeAlias = Firing  # noqa: Y015
+
+@_typing.final
+class PublishEventResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIRED_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    duplicate: _builtins.bool
+    """True when event_id had been seen before (nothing was done)."""
+    @_builtins.property
+    def fired(self) -> _containers.RepeatedCompositeFieldContainer[Global___Firing]:
+        """In firing order: by owning job id, then callback id (universal callbacks
+        after the job's own).
+        """
+
+    def __init__(
+        self,
+        *,
+        fired: _abc.Iterable[Global___Firing] | None = ...,
+        duplicate: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "fired", b"fired"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishEventResponse: _TypeAlias = PublishEventResponse  # noqa: Y015
+
+@_typing.final
+class DryRunResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WOULD_FIRE_FIELD_NUMBER: _builtins.int
+    WOULD_LATCH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def would_fire(self) -> _containers.RepeatedCompositeFieldContainer[Global___Firing]: ...
+    @_builtins.property
+    def would_latch(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegisteredCallback]:
+        """Callbacks whose latches the event would set without firing yet."""
+
+    def __init__(
+        self,
+        *,
+        would_fire: _abc.Iterable[Global___Firing] | None = ...,
+        would_latch: _abc.Iterable[Global___RegisteredCallback] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["would_fire", b"would_fire", "would_latch", b"would_latch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DryRunResponse: _TypeAlias = DryRunResponse  # noqa: Y015
+
+@_typing.final
+class ReloadUniversalCallbacksRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReloadUniversalCallbacksRequest: _TypeAlias = ReloadUniversalCallbacksRequest  # noqa: Y015
+
+@_typing.final
+class ReloadUniversalCallbacksResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELOADED_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    reloaded: _builtins.bool
+    """True when the new set is active."""
+    active: _builtins.int
+    """How many universal callbacks are active now."""
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """"file:line: message" for each problem found (the old set stays active)."""
+
+    def __init__(
+        self,
+        *,
+        reloaded: _builtins.bool = ...,
+        errors: _abc.Iterable[_builtins.str] | None = ...,
+        active: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "errors", b"errors", "reloaded", b"reloaded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReloadUniversalCallbacksResponse: _TypeAlias = ReloadUniversalCallbacksResponse  # noqa: Y015
+
+@_typing.final
+class ListRunsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.int
+    """Filters; zero / empty means any."""
+    outcome: Global___Outcome.ValueType
+    since: _builtins.float
+    """Unix seconds: only runs that started at or after this."""
+    limit: _builtins.int
+    """At most this many (default 50, at most 1000)."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.int = ...,
+        outcome: Global___Outcome.ValueType = ...,
+        since: _builtins.float = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "limit", b"limit", "outcome", b"outcome", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRunsRequest: _TypeAlias = ListRunsRequest  # noqa: Y015
+
+@_typing.final
+class Run(_message.Message):
+    """One run in the history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOCATION_ID_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    CALLBACK_ID_FIELD_NUMBER: _builtins.int
+    TRIGGERS_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    WORK_NAME_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    invocation_id: _builtins.str
+    job_id: _builtins.int
+    callback_id: _builtins.int
+    triggers: _builtins.str
+    language: _builtins.str
+    outcome: Global___Outcome.ValueType
+    started_at: _builtins.float
+    """Unix seconds."""
+    work_name: _builtins.str
+    @_builtins.property
+    def usage(self) -> Global___Usage: ...
+    @_builtins.property
+    def event(self) -> _types_pb2.Event: ...
+    @_builtins.property
+    def result(self) -> Global___ExecuteResponse:
+        """The whole result (output, failure, actions); filled by GetRun only."""
+
+    def __init__(
+        self,
+        *,
+        invocation_id: _builtins.str = ...,
+        job_id: _builtins.int = ...,
+        callback_id: _builtins.int = ...,
+        triggers: _builtins.str = ...,
+        language: _builtins.str = ...,
+        outcome: Global___Outcome.ValueType = ...,
+        started_at: _builtins.float = ...,
+        usage: Global___Usage | None = ...,
+        event: _types_pb2.Event | None = ...,
+        work_name: _builtins.str = ...,
+        result: Global___ExecuteResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "result", b"result", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_id", b"callback_id", "event", b"event", "invocation_id", b"invocation_id", "job_id", b"job_id", "language", b"language", "outcome", b"outcome", "result", b"result", "started_at", b"started_at", "triggers", b"triggers", "usage", b"usage", "work_name", b"work_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Run: _TypeAlias = Run  # noqa: Y015
+
+@_typing.final
+class ListRunsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Run]: ...
+    def __init__(
+        self,
+        *,
+        runs: _abc.Iterable[Global___Run] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["runs", b"runs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRunsResponse: _TypeAlias = ListRunsResponse  # noqa: Y015
+
+@_typing.final
+class GetRunRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOCATION_ID_FIELD_NUMBER: _builtins.int
+    invocation_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        invocation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invocation_id", b"invocation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRunRequest: _TypeAlias = GetRunRequest  # noqa: Y015
+
+@_typing.final
+class GetMetricsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMetricsRequest: _TypeAlias = GetMetricsRequest  # noqa: Y015
+
+@_typing.final
+class Histogram(_message.Message):
+    """A latency histogram: counts[i] runs took at most bounds_seconds[i]; the last
+    count is everything slower.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOUNDS_SECONDS_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    SUM_SECONDS_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    sum_seconds: _builtins.float
+    @_builtins.property
+    def bounds_seconds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        bounds_seconds: _abc.Iterable[_builtins.float] | None = ...,
+        counts: _abc.Iterable[_builtins.int] | None = ...,
+        total: _builtins.int = ...,
+        sum_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bounds_seconds", b"bounds_seconds", "counts", b"counts", "sum_seconds", b"sum_seconds", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Histogram: _TypeAlias = Histogram  # noqa: Y015
+
+@_typing.final
+class Metrics(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RunsByOutcomeEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    RUNS_BY_OUTCOME_FIELD_NUMBER: _builtins.int
+    REJECTED_AT_CAPACITY_FIELD_NUMBER: _builtins.int
+    ACTIVE_CHILDREN_FIELD_NUMBER: _builtins.int
+    QUEUE_DEPTH_FIELD_NUMBER: _builtins.int
+    RUN_WALL_SECONDS_FIELD_NUMBER: _builtins.int
+    QUEUE_SECONDS_FIELD_NUMBER: _builtins.int
+    OUTBOX_PENDING_FIELD_NUMBER: _builtins.int
+    EVENTS_PUBLISHED_FIELD_NUMBER: _builtins.int
+    CALLBACKS_FIRED_FIELD_NUMBER: _builtins.int
+    rejected_at_capacity: _builtins.int
+    """Requests refused with RESOURCE_EXHAUSTED."""
+    active_children: _builtins.int
+    queue_depth: _builtins.int
+    outbox_pending: _builtins.int
+    """Results waiting in the outbox for the supervisor."""
+    events_published: _builtins.int
+    """Events published and callbacks fired by the trigger engine."""
+    callbacks_fired: _builtins.int
+    @_builtins.property
+    def runs_by_outcome(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Runs since start, by outcome name ("SUCCEEDED", ...)."""
+
+    @_builtins.property
+    def run_wall_seconds(self) -> Global___Histogram: ...
+    @_builtins.property
+    def queue_seconds(self) -> Global___Histogram: ...
+    def __init__(
+        self,
+        *,
+        runs_by_outcome: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        rejected_at_capacity: _builtins.int = ...,
+        active_children: _builtins.int = ...,
+        queue_depth: _builtins.int = ...,
+        run_wall_seconds: Global___Histogram | None = ...,
+        queue_seconds: Global___Histogram | None = ...,
+        outbox_pending: _builtins.int = ...,
+        events_published: _builtins.int = ...,
+        callbacks_fired: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["queue_seconds", b"queue_seconds", "run_wall_seconds", b"run_wall_seconds"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_children", b"active_children", "callbacks_fired", b"callbacks_fired", "events_published", b"events_published", "outbox_pending", b"outbox_pending", "queue_depth", b"queue_depth", "queue_seconds", b"queue_seconds", "rejected_at_capacity", b"rejected_at_capacity", "run_wall_seconds", b"run_wall_seconds", "runs_by_outcome", b"runs_by_outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Metrics: _TypeAlias = Metrics  # noqa: Y015

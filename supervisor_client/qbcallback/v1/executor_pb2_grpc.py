@@ -40,6 +40,41 @@ class CallbackExecutorStub:
                 request_serializer=qbcallback_dot_v1_dot_executor__pb2.ExecuteRequest.SerializeToString,
                 response_deserializer=qbcallback_dot_v1_dot_executor__pb2.ExecuteResponse.FromString,
                 _registered_method=True)
+        self.RegisterJob = channel.unary_unary(
+                '/qbcallback.v1.CallbackExecutor/RegisterJob',
+                request_serializer=qbcallback_dot_v1_dot_executor__pb2.RegisterJobRequest.SerializeToString,
+                response_deserializer=qbcallback_dot_v1_dot_executor__pb2.RegisterJobResponse.FromString,
+                _registered_method=True)
+        self.PublishEvent = channel.unary_unary(
+                '/qbcallback.v1.CallbackExecutor/PublishEvent',
+                request_serializer=qbcallback_dot_v1_dot_executor__pb2.PublishEventRequest.SerializeToString,
+                response_deserializer=qbcallback_dot_v1_dot_executor__pb2.PublishEventResponse.FromString,
+                _registered_method=True)
+        self.DryRun = channel.unary_unary(
+                '/qbcallback.v1.CallbackExecutor/DryRun',
+                request_serializer=qbcallback_dot_v1_dot_executor__pb2.PublishEventRequest.SerializeToString,
+                response_deserializer=qbcallback_dot_v1_dot_executor__pb2.DryRunResponse.FromString,
+                _registered_method=True)
+        self.ReloadUniversalCallbacks = channel.unary_unary(
+                '/qbcallback.v1.CallbackExecutor/ReloadUniversalCallbacks',
+                request_serializer=qbcallback_dot_v1_dot_executor__pb2.ReloadUniversalCallbacksRequest.SerializeToString,
+                response_deserializer=qbcallback_dot_v1_dot_executor__pb2.ReloadUniversalCallbacksResponse.FromString,
+                _registered_method=True)
+        self.ListRuns = channel.unary_unary(
+                '/qbcallback.v1.CallbackExecutor/ListRuns',
+                request_serializer=qbcallback_dot_v1_dot_executor__pb2.ListRunsRequest.SerializeToString,
+                response_deserializer=qbcallback_dot_v1_dot_executor__pb2.ListRunsResponse.FromString,
+                _registered_method=True)
+        self.GetRun = channel.unary_unary(
+                '/qbcallback.v1.CallbackExecutor/GetRun',
+                request_serializer=qbcallback_dot_v1_dot_executor__pb2.GetRunRequest.SerializeToString,
+                response_deserializer=qbcallback_dot_v1_dot_executor__pb2.Run.FromString,
+                _registered_method=True)
+        self.GetMetrics = channel.unary_unary(
+                '/qbcallback.v1.CallbackExecutor/GetMetrics',
+                request_serializer=qbcallback_dot_v1_dot_executor__pb2.GetMetricsRequest.SerializeToString,
+                response_deserializer=qbcallback_dot_v1_dot_executor__pb2.Metrics.FromString,
+                _registered_method=True)
 
 
 class CallbackExecutorServicer:
@@ -57,6 +92,62 @@ class CallbackExecutorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterJob(self, request, context):
+        """Event path. Registers (or re-registers) a job with its callbacks; universal
+        callbacks from callbacks.conf are attached to it. Labels are unique per pgrp:
+        a clash is INVALID_ARGUMENT, as is a trigger that does not parse (the message
+        names the callback and the column).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishEvent(self, request, context):
+        """One state transition of a job, work item or instance. The executor matches
+        it against registered triggers, latches && terms durably, and runs what
+        fires through the same sandbox as Execute. `done` is implied by complete,
+        failed and killed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DryRun(self, request, context):
+        """What an event would fire, without running anything or touching latches.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReloadUniversalCallbacks(self, request, context):
+        """Re-reads callbacks.conf from every universal-callback directory; on any
+        error the last good set stays active and the errors are returned.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRuns(self, request, context):
+        """History of runs, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRun(self, request, context):
+        """One run with its captured output.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMetrics(self, request, context):
+        """Counters and latency histograms of this executor process.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CallbackExecutorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -64,6 +155,41 @@ def add_CallbackExecutorServicer_to_server(servicer, server):
                     servicer.Execute,
                     request_deserializer=qbcallback_dot_v1_dot_executor__pb2.ExecuteRequest.FromString,
                     response_serializer=qbcallback_dot_v1_dot_executor__pb2.ExecuteResponse.SerializeToString,
+            ),
+            'RegisterJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterJob,
+                    request_deserializer=qbcallback_dot_v1_dot_executor__pb2.RegisterJobRequest.FromString,
+                    response_serializer=qbcallback_dot_v1_dot_executor__pb2.RegisterJobResponse.SerializeToString,
+            ),
+            'PublishEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishEvent,
+                    request_deserializer=qbcallback_dot_v1_dot_executor__pb2.PublishEventRequest.FromString,
+                    response_serializer=qbcallback_dot_v1_dot_executor__pb2.PublishEventResponse.SerializeToString,
+            ),
+            'DryRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.DryRun,
+                    request_deserializer=qbcallback_dot_v1_dot_executor__pb2.PublishEventRequest.FromString,
+                    response_serializer=qbcallback_dot_v1_dot_executor__pb2.DryRunResponse.SerializeToString,
+            ),
+            'ReloadUniversalCallbacks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadUniversalCallbacks,
+                    request_deserializer=qbcallback_dot_v1_dot_executor__pb2.ReloadUniversalCallbacksRequest.FromString,
+                    response_serializer=qbcallback_dot_v1_dot_executor__pb2.ReloadUniversalCallbacksResponse.SerializeToString,
+            ),
+            'ListRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRuns,
+                    request_deserializer=qbcallback_dot_v1_dot_executor__pb2.ListRunsRequest.FromString,
+                    response_serializer=qbcallback_dot_v1_dot_executor__pb2.ListRunsResponse.SerializeToString,
+            ),
+            'GetRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRun,
+                    request_deserializer=qbcallback_dot_v1_dot_executor__pb2.GetRunRequest.FromString,
+                    response_serializer=qbcallback_dot_v1_dot_executor__pb2.Run.SerializeToString,
+            ),
+            'GetMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMetrics,
+                    request_deserializer=qbcallback_dot_v1_dot_executor__pb2.GetMetricsRequest.FromString,
+                    response_serializer=qbcallback_dot_v1_dot_executor__pb2.Metrics.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -94,6 +220,195 @@ class CallbackExecutor:
             '/qbcallback.v1.CallbackExecutor/Execute',
             qbcallback_dot_v1_dot_executor__pb2.ExecuteRequest.SerializeToString,
             qbcallback_dot_v1_dot_executor__pb2.ExecuteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qbcallback.v1.CallbackExecutor/RegisterJob',
+            qbcallback_dot_v1_dot_executor__pb2.RegisterJobRequest.SerializeToString,
+            qbcallback_dot_v1_dot_executor__pb2.RegisterJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qbcallback.v1.CallbackExecutor/PublishEvent',
+            qbcallback_dot_v1_dot_executor__pb2.PublishEventRequest.SerializeToString,
+            qbcallback_dot_v1_dot_executor__pb2.PublishEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DryRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qbcallback.v1.CallbackExecutor/DryRun',
+            qbcallback_dot_v1_dot_executor__pb2.PublishEventRequest.SerializeToString,
+            qbcallback_dot_v1_dot_executor__pb2.DryRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadUniversalCallbacks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qbcallback.v1.CallbackExecutor/ReloadUniversalCallbacks',
+            qbcallback_dot_v1_dot_executor__pb2.ReloadUniversalCallbacksRequest.SerializeToString,
+            qbcallback_dot_v1_dot_executor__pb2.ReloadUniversalCallbacksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qbcallback.v1.CallbackExecutor/ListRuns',
+            qbcallback_dot_v1_dot_executor__pb2.ListRunsRequest.SerializeToString,
+            qbcallback_dot_v1_dot_executor__pb2.ListRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qbcallback.v1.CallbackExecutor/GetRun',
+            qbcallback_dot_v1_dot_executor__pb2.GetRunRequest.SerializeToString,
+            qbcallback_dot_v1_dot_executor__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qbcallback.v1.CallbackExecutor/GetMetrics',
+            qbcallback_dot_v1_dot_executor__pb2.GetMetricsRequest.SerializeToString,
+            qbcallback_dot_v1_dot_executor__pb2.Metrics.FromString,
             options,
             channel_credentials,
             insecure,

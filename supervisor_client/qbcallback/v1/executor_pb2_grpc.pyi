@@ -42,6 +42,30 @@ class CallbackExecutorStub:
     is a gRPC error (INVALID_ARGUMENT for malformed requests and limits above
     the server's caps, RESOURCE_EXHAUSTED when at capacity).
     """
+    RegisterJob: _grpc.UnaryUnaryMultiCallable[_executor_pb2.RegisterJobRequest, _executor_pb2.RegisterJobResponse]
+    """Event path. Registers (or re-registers) a job with its callbacks; universal
+    callbacks from callbacks.conf are attached to it. Labels are unique per pgrp:
+    a clash is INVALID_ARGUMENT, as is a trigger that does not parse (the message
+    names the callback and the column).
+    """
+    PublishEvent: _grpc.UnaryUnaryMultiCallable[_executor_pb2.PublishEventRequest, _executor_pb2.PublishEventResponse]
+    """One state transition of a job, work item or instance. The executor matches
+    it against registered triggers, latches && terms durably, and runs what
+    fires through the same sandbox as Execute. `done` is implied by complete,
+    failed and killed.
+    """
+    DryRun: _grpc.UnaryUnaryMultiCallable[_executor_pb2.PublishEventRequest, _executor_pb2.DryRunResponse]
+    """What an event would fire, without running anything or touching latches."""
+    ReloadUniversalCallbacks: _grpc.UnaryUnaryMultiCallable[_executor_pb2.ReloadUniversalCallbacksRequest, _executor_pb2.ReloadUniversalCallbacksResponse]
+    """Re-reads callbacks.conf from every universal-callback directory; on any
+    error the last good set stays active and the errors are returned.
+    """
+    ListRuns: _grpc.UnaryUnaryMultiCallable[_executor_pb2.ListRunsRequest, _executor_pb2.ListRunsResponse]
+    """History of runs, newest first."""
+    GetRun: _grpc.UnaryUnaryMultiCallable[_executor_pb2.GetRunRequest, _executor_pb2.Run]
+    """One run with its captured output."""
+    GetMetrics: _grpc.UnaryUnaryMultiCallable[_executor_pb2.GetMetricsRequest, _executor_pb2.Metrics]
+    """Counters and latency histograms of this executor process."""
 
 @_typing.type_check_only
 class CallbackExecutorAsyncStub(CallbackExecutorStub):
@@ -55,6 +79,30 @@ class CallbackExecutorAsyncStub(CallbackExecutorStub):
     is a gRPC error (INVALID_ARGUMENT for malformed requests and limits above
     the server's caps, RESOURCE_EXHAUSTED when at capacity).
     """
+    RegisterJob: _aio.UnaryUnaryMultiCallable[_executor_pb2.RegisterJobRequest, _executor_pb2.RegisterJobResponse]  # type: ignore[assignment]
+    """Event path. Registers (or re-registers) a job with its callbacks; universal
+    callbacks from callbacks.conf are attached to it. Labels are unique per pgrp:
+    a clash is INVALID_ARGUMENT, as is a trigger that does not parse (the message
+    names the callback and the column).
+    """
+    PublishEvent: _aio.UnaryUnaryMultiCallable[_executor_pb2.PublishEventRequest, _executor_pb2.PublishEventResponse]  # type: ignore[assignment]
+    """One state transition of a job, work item or instance. The executor matches
+    it against registered triggers, latches && terms durably, and runs what
+    fires through the same sandbox as Execute. `done` is implied by complete,
+    failed and killed.
+    """
+    DryRun: _aio.UnaryUnaryMultiCallable[_executor_pb2.PublishEventRequest, _executor_pb2.DryRunResponse]  # type: ignore[assignment]
+    """What an event would fire, without running anything or touching latches."""
+    ReloadUniversalCallbacks: _aio.UnaryUnaryMultiCallable[_executor_pb2.ReloadUniversalCallbacksRequest, _executor_pb2.ReloadUniversalCallbacksResponse]  # type: ignore[assignment]
+    """Re-reads callbacks.conf from every universal-callback directory; on any
+    error the last good set stays active and the errors are returned.
+    """
+    ListRuns: _aio.UnaryUnaryMultiCallable[_executor_pb2.ListRunsRequest, _executor_pb2.ListRunsResponse]  # type: ignore[assignment]
+    """History of runs, newest first."""
+    GetRun: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetRunRequest, _executor_pb2.Run]  # type: ignore[assignment]
+    """One run with its captured output."""
+    GetMetrics: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetMetricsRequest, _executor_pb2.Metrics]  # type: ignore[assignment]
+    """Counters and latency histograms of this executor process."""
 
 class CallbackExecutorServicer(metaclass=_abc_1.ABCMeta):
     """What a scheduler or supervisor calls."""
@@ -71,5 +119,71 @@ class CallbackExecutorServicer(metaclass=_abc_1.ABCMeta):
         is a gRPC error (INVALID_ARGUMENT for malformed requests and limits above
         the server's caps, RESOURCE_EXHAUSTED when at capacity).
         """
+
+    @_abc_1.abstractmethod
+    def RegisterJob(
+        self,
+        request: _executor_pb2.RegisterJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.RegisterJobResponse, _abc.Awaitable[_executor_pb2.RegisterJobResponse]]:
+        """Event path. Registers (or re-registers) a job with its callbacks; universal
+        callbacks from callbacks.conf are attached to it. Labels are unique per pgrp:
+        a clash is INVALID_ARGUMENT, as is a trigger that does not parse (the message
+        names the callback and the column).
+        """
+
+    @_abc_1.abstractmethod
+    def PublishEvent(
+        self,
+        request: _executor_pb2.PublishEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.PublishEventResponse, _abc.Awaitable[_executor_pb2.PublishEventResponse]]:
+        """One state transition of a job, work item or instance. The executor matches
+        it against registered triggers, latches && terms durably, and runs what
+        fires through the same sandbox as Execute. `done` is implied by complete,
+        failed and killed.
+        """
+
+    @_abc_1.abstractmethod
+    def DryRun(
+        self,
+        request: _executor_pb2.PublishEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.DryRunResponse, _abc.Awaitable[_executor_pb2.DryRunResponse]]:
+        """What an event would fire, without running anything or touching latches."""
+
+    @_abc_1.abstractmethod
+    def ReloadUniversalCallbacks(
+        self,
+        request: _executor_pb2.ReloadUniversalCallbacksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.ReloadUniversalCallbacksResponse, _abc.Awaitable[_executor_pb2.ReloadUniversalCallbacksResponse]]:
+        """Re-reads callbacks.conf from every universal-callback directory; on any
+        error the last good set stays active and the errors are returned.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRuns(
+        self,
+        request: _executor_pb2.ListRunsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.ListRunsResponse, _abc.Awaitable[_executor_pb2.ListRunsResponse]]:
+        """History of runs, newest first."""
+
+    @_abc_1.abstractmethod
+    def GetRun(
+        self,
+        request: _executor_pb2.GetRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.Run, _abc.Awaitable[_executor_pb2.Run]]:
+        """One run with its captured output."""
+
+    @_abc_1.abstractmethod
+    def GetMetrics(
+        self,
+        request: _executor_pb2.GetMetricsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.Metrics, _abc.Awaitable[_executor_pb2.Metrics]]:
+        """Counters and latency histograms of this executor process."""
 
 def add_CallbackExecutorServicer_to_server(servicer: CallbackExecutorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

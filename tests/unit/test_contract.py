@@ -1,0 +1,57 @@
+"""The picture stays true: fresh stubs, import boundaries, a typed client method per RPC."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+STDLIB = sys.stdlib_module_names
+
+pytestmark = pytest.mark.unit
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_generated_stubs_are_fresh() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--check"],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_child_code_imports_only_the_stdlib_and_its_siblings() -> None:
+    child = ROOT / "executor" / "child"
+    siblings = {p.stem for p in child.glob("*.py")}
+    for path in child.glob("*.py"):
+        for module in imported_modules(path):
+            top = module.split(".")[0]
+            assert top in STDLIB or top in siblings or top == "__future__", (path.name, module)
+
+
+def test_supervisor_client_never_imports_executor() -> None:
+    for path in (ROOT / "supervisor_client").rglob("*.py"):
+        for module in imported_modules(path):
+            assert module.split(".")[0] != "executor", (path, module)
+
+
+def test_only_the_edge_touches_generated_messages() -> None:
+    edge = {"servicer.py", "convert.py", "server.py", "supervisor_link.py"}
+    for path in (ROOT / "executor").rglob("*.py"):
+        touches = any("qbcallback" in m for m in imported_modules(path))
+        if touches:
+            assert path.name in edge or path.parent.name == "tests", path
