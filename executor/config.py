@@ -77,6 +77,8 @@ class Settings:
     # Enabled languages (Qube's supervisor_language_flags). Unlike Qube, python and perl are
     # on: they run sandboxed here, not inside the supervisor.
     languages: frozenset[Language] = frozenset(Language)
+    # How children start: "zygote" (fork of a warm helper process) or "cold" (fork+exec).
+    launcher: str = "zygote"
     # SIGTERM-to-SIGKILL grace at the wall deadline.
     grace_seconds: float = 0.5
     # Run callbacks in their own PID namespace: "auto" (when the host allows), "on", "off".
@@ -186,6 +188,8 @@ def validate(settings: Settings) -> Settings:
     for name in ("pid_namespace", "cgroup"):
         if getattr(settings, name) not in ("auto", "on", "off"):
             raise ConfigError(f"{name}: expected auto, on or off")
+    if settings.launcher not in ("zygote", "cold"):
+        raise ConfigError("launcher: expected zygote or cold")
     if settings.log_format not in ("text", "json"):
         raise ConfigError("log_format: expected text or json")
     return settings

@@ -26,6 +26,7 @@ from executor.errors import ConfigError
 from executor.qube_language import QubeInterpreter
 from executor.sandbox.cgroup import PidsCgroups
 from executor.sandbox.process import SandboxOptions, SandboxRunner
+from executor.sandbox.spawners import ColdSpawner, Spawner, ZygoteSpawner
 from executor.servicer import CallbackExecutorServicer
 from executor.supervisor_link import GrpcSupervisor
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc, supervisor_pb2
@@ -61,7 +62,6 @@ def sandbox_options(settings: Settings) -> SandboxOptions:
     if settings.cgroup == "on" and cgroups is None:
         raise ConfigError("cgroup: 'on' but no writable pids cgroup was found")
     return SandboxOptions(
-        python=python,
         site_paths=tuple(p for p in site.getsitepackages() if os.path.isdir(p)),
         pid_namespace=pid_namespace,
         network=settings.network,
@@ -77,6 +77,7 @@ class RunningServer:
     server: grpc.aio.Server
     port: int
     dispatcher: Dispatcher
+    spawner: Spawner
     health: health.HealthServicer
     supervisor_channel: grpc.aio.Channel
     options: SandboxOptions
@@ -88,6 +89,7 @@ class RunningServer:
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.dispatcher.drain()
         await self.server.stop(grace_s)
+        await self.spawner.close()
         await self.supervisor_channel.close()
         if self.options.cgroups is not None:
             self.options.cgroups.close()
@@ -120,8 +122,11 @@ async def start(settings: Settings) -> RunningServer:
         raise ConfigError(f"bind: could not listen on {settings.bind}")
     supervisor_address = settings.supervisor or f"127.0.0.1:{port}"
     channel = grpc.aio.insecure_channel(supervisor_address)
+    spawner: Spawner = (
+        ZygoteSpawner(sys.executable) if settings.launcher == "zygote" else ColdSpawner(sys.executable)
+    )
     dispatcher = Dispatcher(
-        runner=SandboxRunner(options),
+        runner=SandboxRunner(options, spawner),
         supervisor=GrpcSupervisor(channel, settings.supervisor_timeout_seconds),
         qube=QubeInterpreter(settings.mail),
         languages=settings.languages,
@@ -141,11 +146,13 @@ async def start(settings: Settings) -> RunningServer:
     for service in ("", EXECUTOR_SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     logger.info(
-        "serving on port %d; supervisor %s; sandbox: %s; languages: %s; slots %d, queue %d",
-        port, "embedded" if reference else supervisor_address, describe_tier(options),
+        "serving on port %d; supervisor %s; sandbox: %s, %s launcher; languages: %s; slots %d, queue %d",
+        port, "embedded" if reference else supervisor_address, describe_tier(options), settings.launcher,
         ",".join(sorted(settings.languages)), settings.max_concurrent, settings.max_queue,
     )
-    return RunningServer(server, port, dispatcher, health_servicer, channel, options, reference)
+    return RunningServer(
+        server, port, dispatcher, spawner, health_servicer, channel, options, reference
+    )
 
 
 async def serve_forever(settings: Settings) -> None:

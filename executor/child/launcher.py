@@ -19,11 +19,13 @@ import os
 import resource
 import signal
 import sys
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-CHILD_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(CHILD_DIR))  # protocol, qb and the bootstraps are siblings
+if TYPE_CHECKING:
+    from typing import Any
+
+CHILD_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, CHILD_DIR)  # protocol, qb and the bootstraps are siblings
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWPID = 0x20000000
@@ -96,9 +98,12 @@ def _run_runtime(spec: dict[str, Any]) -> int:
     return EXIT_LAUNCH_FAILED  # not reached
 
 
-def main(argv: list[str]) -> int:
-    """Confine this process as the spec says, then run the callback's runtime."""
-    spec = json.loads(argv[1])
+def confine_and_run(spec: dict[str, Any]) -> int:
+    """Confine this process as the spec says, then run the callback's runtime.
+
+    Shared by the cold path (``main``, a fresh interpreter) and the zygote (a fork of a
+    warm one), so both apply exactly the same limits.
+    """
     # Started with -S (site's .pth processing is most of a cold start): add the
     # site-packages directories themselves so callbacks can import installed packages.
     sys.path.extend(spec.get("site_paths", []))
@@ -115,6 +120,11 @@ def main(argv: list[str]) -> int:
     os.umask(0o077)
     _apply_rlimits(spec.get("rlimits", {}))
     return _run_runtime(spec)
+
+
+def main(argv: list[str]) -> int:
+    """Cold path: ``python -I -S -B launcher.py SPEC_JSON``."""
+    return confine_and_run(json.loads(argv[1]))
 
 
 if __name__ == "__main__":

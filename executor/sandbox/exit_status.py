@@ -42,6 +42,8 @@ def classify(child: ChildExit, limits: Limits) -> tuple[Outcome, Failure | None]
         return Outcome.WALL_TIMEOUT, Failure(
             f"the callback exceeded its wall-clock limit of {limits.wall_seconds:g}s and was killed"
         )
+    if child.lost_reason:
+        return Outcome.KILLED, Failure(child.lost_reason)
     if _hit_cpu_limit(child, limits):
         return Outcome.CPU_LIMIT, Failure(
             f"the callback exceeded its CPU limit of {limits.cpu_seconds:g}s "

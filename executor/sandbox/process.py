@@ -1,14 +1,14 @@
-"""Start one sandboxed child, serve its bridge, enforce the wall deadline, and always reap it.
+"""Run one sandboxed child: serve its bridge, capture its output, enforce the wall deadline, reap it.
 
-The executor never forks without exec (gRPC's fork handlers, sandbox.md pitfall 1):
-``subprocess.Popen`` forks and immediately execs the stdlib-only launcher. The child gets
-a new session, a scrubbed environment, a fresh 0700 working directory, stdin from
-/dev/null, and only stdio plus its end of the bridge socketpair.
+The child is started by a ``Spawner`` (a cold fork+exec, or a fork of the warm zygote;
+the executor itself never forks without exec). Either way it gets a new session, a
+scrubbed environment, a fresh 0700 working directory, stdin from /dev/null, and only
+stdio plus its end of the bridge socketpair.
 
 Supervision policy, in one place: the main process exits, or the wall deadline passes
 (SIGTERM to the group, ``grace_s``, SIGKILL); then every process left is killed (the
 process group, plus the slot's pids cgroup, which still lists setsid and double-fork
-escapes); then the child is reaped with wait4 for its rusage. The ``finally`` block does
+escapes); then the child is reaped (wait4, for its rusage). The ``finally`` block does
 the kill, reap and cleanup on every other path too, cancellation included.
 """
 
@@ -16,29 +16,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import shutil
 import signal
 import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final
 
 from executor.child import protocol
-from executor.errors import UnavailableError
 from executor.model import Limits
 from executor.sandbox import limits as sandbox_limits
 from executor.sandbox.cgroup import PidsCgroups
+from executor.sandbox.spawners import Spawner
 
 logger = logging.getLogger(__name__)
 
-LAUNCHER: Final = Path(__file__).resolve().parent.parent / "child" / "launcher.py"
 READ_CHUNK: Final = 64 << 10
 # After the main process ends, how long to wait for the output pipes to reach EOF.
 DRAIN_TIMEOUT_S: Final = 2.0
@@ -53,7 +49,6 @@ CallHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 class SandboxOptions:
     """Host-level choices, probed once at start-up."""
 
-    python: str
     site_paths: tuple[str, ...]
     pid_namespace: bool
     network: bool
@@ -94,6 +89,7 @@ class ChildExit:
     stdout: CapturedStream = field(default_factory=lambda: CapturedStream(0))
     stderr: CapturedStream = field(default_factory=lambda: CapturedStream(0))
     escaped_pids: list[int] = field(default_factory=list)
+    lost_reason: str = ""
 
     @property
     def exit_code(self) -> int:
@@ -184,20 +180,18 @@ def _signal_group(pgid: int, signum: int) -> None:
 
 
 class SandboxRunner:
-    """Runs children under the options probed at start-up."""
+    """Runs children under the options probed at start-up, started by ``spawner``."""
 
-    def __init__(self, options: SandboxOptions) -> None:
+    def __init__(self, options: SandboxOptions, spawner: Spawner) -> None:
         self.options = options
+        self.spawner = spawner
 
-    def _launch_spec(
-        self, runtime: dict[str, Any], limits: Limits, slot: int, bridge_fd: int
-    ) -> dict[str, Any]:
+    def _launch_spec(self, runtime: dict[str, Any], limits: Limits, slot: int) -> dict[str, Any]:
         cgroups = self.options.cgroups
         if cgroups is not None:
             cgroups.set_max(slot, limits.max_processes)
         return {
             **runtime,
-            "bridge_fd": bridge_fd,
             "site_paths": list(self.options.site_paths),
             "pid_namespace": self.options.pid_namespace,
             "network": self.options.network,
@@ -219,70 +213,62 @@ class SandboxRunner:
             stdout=CapturedStream(limits.output_bytes), stderr=CapturedStream(limits.output_bytes)
         )
         workdir = tempfile.mkdtemp(prefix="cbexec-run-")
+        stdout_r, stdout_w = os.pipe()
+        stderr_r, stderr_w = os.pipe()
         parent_sock, child_sock = socket.socketpair()
-        spec = self._launch_spec(runtime, limits, slot, child_sock.fileno())
         began = time.monotonic()
         try:
-            proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-                [self.options.python, "-I", "-S", "-B", str(LAUNCHER), json.dumps(spec)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+            handle = await self.spawner.spawn(
+                self._launch_spec(runtime, limits, slot),
                 cwd=workdir,
                 env=child_environment(workdir),
-                start_new_session=True,
-                pass_fds=(child_sock.fileno(),),
+                fds=(stdout_w, stderr_w, child_sock.fileno()),
             )
-        except OSError as err:
+        except BaseException:
+            for fd in (stdout_r, stderr_r):
+                os.close(fd)
             parent_sock.close()
-            child_sock.close()
             shutil.rmtree(workdir, ignore_errors=True)
-            raise UnavailableError(f"could not start the sandbox: {err}") from err
-        child_sock.close()
-        assert proc.stdout is not None and proc.stderr is not None
-        reaped = False
-        pidfd = os.pidfd_open(proc.pid)
-        loop = asyncio.get_running_loop()
-        exited = asyncio.Event()
-        loop.add_reader(pidfd, exited.set)
+            raise
+        finally:
+            # The child has its own copies now; ours would keep the pipes from reaching EOF.
+            os.close(stdout_w)
+            os.close(stderr_w)
+            child_sock.close()
         readers = [
-            asyncio.create_task(_read_stream(proc.stdout.fileno(), result.stdout)),
-            asyncio.create_task(_read_stream(proc.stderr.fileno(), result.stderr)),
+            asyncio.create_task(_read_stream(stdout_r, result.stdout)),
+            asyncio.create_task(_read_stream(stderr_r, result.stderr)),
         ]
         bridge = asyncio.create_task(_serve_bridge(parent_sock, start, on_call, result))
+        reaped = False
         try:
             try:
-                await asyncio.wait_for(exited.wait(), timeout=limits.wall_seconds)
+                await asyncio.wait_for(handle.exited.wait(), timeout=limits.wall_seconds)
             except TimeoutError:
                 result.timed_out = True
-                _signal_group(proc.pid, signal.SIGTERM)
+                _signal_group(handle.pid, signal.SIGTERM)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(exited.wait(), timeout=self.options.grace_s)
-            result.escaped_pids = await self._kill_everything(proc.pid, slot)
-            await exited.wait()
-            _, status, rusage = os.wait4(proc.pid, 0)
+                    await asyncio.wait_for(handle.exited.wait(), timeout=self.options.grace_s)
+            result.escaped_pids = await self._kill_everything(handle.pid, slot)
+            await self.spawner.reap(handle)
             reaped = True
-            proc.returncode = os.waitstatus_to_exitcode(status)  # keep Popen from warning
             result.wall_seconds = time.monotonic() - began
-            result.wait_status = status
-            result.cpu_seconds = rusage.ru_utime + rusage.ru_stime
-            result.peak_rss_bytes = rusage.ru_maxrss * 1024
+            result.wait_status = handle.wait_status
+            result.cpu_seconds = handle.cpu_seconds
+            result.peak_rss_bytes = handle.peak_rss_bytes
+            result.lost_reason = handle.lost_reason
             # Everything that could hold the pipes is dead, so EOF is near.
             await asyncio.wait(readers, timeout=DRAIN_TIMEOUT_S)
             await asyncio.wait([bridge], timeout=DRAIN_TIMEOUT_S)
         finally:
-            loop.remove_reader(pidfd)
             if not reaped:
-                await self._kill_everything(proc.pid, slot)
-                with contextlib.suppress(ChildProcessError):
-                    _, status, _ = os.wait4(proc.pid, 0)
-                    proc.returncode = os.waitstatus_to_exitcode(status)
+                await self._kill_everything(handle.pid, slot)
+                await self.spawner.reap(handle)
             for task in (*readers, bridge):
                 task.cancel()
             await asyncio.gather(*readers, bridge, return_exceptions=True)
-            os.close(pidfd)
-            proc.stdout.close()
-            proc.stderr.close()
+            for fd in (stdout_r, stderr_r):
+                os.close(fd)
             parent_sock.close()
             await asyncio.to_thread(shutil.rmtree, workdir, True)
         return result

@@ -1,0 +1,155 @@
+"""Warm fork server: forks one confined child per callback from a pre-loaded interpreter.
+
+Why: a cold ``python -I -S`` child spends ~50 ms importing json, traceback and ctypes
+and tearing down; a fork of this already-warm, single-threaded process costs ~1 ms
+(sandbox.md §5.1). The executor itself never forks without exec (gRPC's fork handlers);
+it starts this process with fork+exec and talks to it over a SOCK_SEQPACKET socket:
+
+executor -> zygote   ``{"type":"spawn","id":N,"spec":{...},"cwd":...,"env":{...}}``
+                     with SCM_RIGHTS fds [stdout_w, stderr_w, bridge]
+zygote -> executor   ``{"type":"started","id":N,"pid":P}`` or ``{"type":"failed","id":N,...}``
+                     ``{"type":"exited","pid":P,"status":S,"cpu":C,"maxrss_kib":K}``
+
+The child does what the cold path's Popen + launcher do: new session, stdin from
+/dev/null, the passed stdout/stderr, the bridge as fd 3, every other fd closed, the
+given working directory and environment, then ``launcher.confine_and_run``. The zygote
+reaps its children and reports their wait status and rusage. If this process dies,
+its children die with it (PR_SET_PDEATHSIG) and the executor reports them as killed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import json
+import os
+import resource
+import selectors
+import signal
+import socket
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I leaves it out
+
+import launcher  # noqa: E402
+import protocol  # noqa: F401  - warm for the children
+import python_bootstrap  # noqa: E402, F401
+import qb  # noqa: E402, F401
+
+BRIDGE_FD = 3
+MAX_MESSAGE = 1 << 20
+PR_SET_DUMPABLE = 4
+
+
+def _child(message: dict, fds: list[int]) -> None:  # type: ignore[type-arg]
+    """In the forked child: take the passed fds, confine, run; never returns."""
+    code = launcher.EXIT_LAUNCH_FAILED
+    try:
+        os.setsid()
+        stdout_w, stderr_w, bridge = fds
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        for source, target in ((devnull, 0), (stdout_w, 1), (stderr_w, 2), (bridge, BRIDGE_FD)):
+            os.dup2(source, target)
+        os.closerange(BRIDGE_FD + 1, os.sysconf("SC_OPEN_MAX"))
+        os.chdir(message["cwd"])
+        os.environ.clear()
+        os.environ.update(message["env"])
+        sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        spec = dict(message["spec"], bridge_fd=BRIDGE_FD)
+        code = launcher.confine_and_run(spec)
+        atexit._run_exitfuncs()
+    except SystemExit as err:
+        code = err.code if isinstance(err.code, int) else 1
+    except BaseException:  # noqa: BLE001 - report anything, then leave without the zygote's cleanup
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+
+def _send(control: socket.socket, message: dict) -> None:  # type: ignore[type-arg]
+    control.send(json.dumps(message).encode())
+
+
+def _reap(control: socket.socket, children: set[int]) -> None:
+    while children:
+        try:
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        children.discard(pid)
+        _send(control, {
+            "type": "exited",
+            "pid": pid,
+            "status": status,
+            "cpu": usage.ru_utime + usage.ru_stime,
+            "maxrss_kib": usage.ru_maxrss,
+        })
+
+
+def serve(control: socket.socket) -> None:
+    """Serve spawn requests until the executor closes the control socket."""
+    children: set[int] = set()
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    selector = selectors.DefaultSelector()
+    selector.register(control, selectors.EVENT_READ, "control")
+    selector.register(wake_r, selectors.EVENT_READ, "sigchld")
+    gc.freeze()  # keep the warm heap shared with the children (copy-on-write)
+    while True:
+        for key, _ in selector.select():
+            if key.data == "sigchld":
+                os.read(wake_r, 4096)
+                _reap(control, children)
+                continue
+            data, fds, _flags, _addr = socket.recv_fds(control, MAX_MESSAGE, 3)
+            if not data:
+                return  # the executor is gone; our children follow via PDEATHSIG
+            message = json.loads(data)
+            if len(fds) != 3:
+                for fd in fds:
+                    os.close(fd)
+                _send(control, {"type": "failed", "id": message.get("id"), "error": "expected 3 fds"})
+                continue
+            pid = os.fork()
+            if pid == 0:
+                selector.close()
+                control.close()
+                os.close(wake_r)
+                os.close(wake_w)
+                _child(message, fds)
+            for fd in fds:
+                os.close(fd)
+            children.add(pid)
+            _send(control, {"type": "started", "id": message["id"], "pid": pid})
+        _reap(control, children)
+
+
+def main(argv: list[str]) -> int:
+    """``python -I -S -B zygote.py CONTROL_FD``."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # no /proc/<pid>/mem or environ for callbacks
+    libc.prctl(launcher.PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    control = socket.socket(fileno=int(argv[1]))
+    serve(control)
+    return 0
+
+
+if __name__ == "__main__":
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    sys.exit(main(sys.argv))
