@@ -78,7 +78,7 @@ class RunningServer:
     port: int
     dispatcher: Dispatcher
     spawner: Spawner
-    health: health.HealthServicer
+    health: health.aio.HealthServicer
     supervisor_channel: grpc.aio.Channel
     options: SandboxOptions
     reference: ReferenceSupervisor | None
@@ -136,7 +136,7 @@ async def start(settings: Settings) -> RunningServer:
     executor_pb2_grpc.add_CallbackExecutorServicer_to_server(
         CallbackExecutorServicer(dispatcher, settings), server
     )
-    health_servicer = health.HealthServicer()
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = [EXECUTOR_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
     if reference is not None:

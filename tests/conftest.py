@@ -45,9 +45,10 @@ def stack_settings(data_dir: Path, **overrides: object) -> Settings:
     return base.replace(**overrides)
 
 
-@pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    settings = stack_settings(tmp_path / "data")
+@pytest.fixture(params=["zygote", "cold"])
+async def stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stack]:
+    """Every test using it runs on the warm (zygote) and the cold (fork+exec) path."""
+    settings = stack_settings(tmp_path / "data", launcher=request.param)
     running = await server.start(settings)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     try:
