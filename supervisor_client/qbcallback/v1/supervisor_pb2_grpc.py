@@ -74,8 +74,9 @@ class SupervisorServicer:
 
     def JobAction(self, request, context):
         """A job verb (qb.unblock(n), qb.kill(n), ...). NOT_FOUND for an unknown job,
-        PERMISSION_DENIED when the actor may not, FAILED_PRECONDITION when the job's
-        state does not allow the verb.
+        PERMISSION_DENIED when the actor may not. A verb the job's state does not
+        allow (unblocking a pending job) is not an error: it answers OK with
+        `changed` 0 and a message saying why.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

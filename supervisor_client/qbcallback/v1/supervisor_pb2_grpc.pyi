@@ -44,8 +44,9 @@ class SupervisorStub:
     """
     JobAction: _grpc.UnaryUnaryMultiCallable[_supervisor_pb2.JobActionRequest, _supervisor_pb2.ActionResponse]
     """A job verb (qb.unblock(n), qb.kill(n), ...). NOT_FOUND for an unknown job,
-    PERMISSION_DENIED when the actor may not, FAILED_PRECONDITION when the job's
-    state does not allow the verb.
+    PERMISSION_DENIED when the actor may not. A verb the job's state does not
+    allow (unblocking a pending job) is not an error: it answers OK with
+    `changed` 0 and a message saying why.
     """
     WorkAction: _grpc.UnaryUnaryMultiCallable[_supervisor_pb2.WorkActionRequest, _supervisor_pb2.ActionResponse]
     """A work verb (qb.workunblock('1234:5'), ranges allowed)."""
@@ -65,8 +66,9 @@ class SupervisorAsyncStub(SupervisorStub):
     """
     JobAction: _aio.UnaryUnaryMultiCallable[_supervisor_pb2.JobActionRequest, _supervisor_pb2.ActionResponse]  # type: ignore[assignment]
     """A job verb (qb.unblock(n), qb.kill(n), ...). NOT_FOUND for an unknown job,
-    PERMISSION_DENIED when the actor may not, FAILED_PRECONDITION when the job's
-    state does not allow the verb.
+    PERMISSION_DENIED when the actor may not. A verb the job's state does not
+    allow (unblocking a pending job) is not an error: it answers OK with
+    `changed` 0 and a message saying why.
     """
     WorkAction: _aio.UnaryUnaryMultiCallable[_supervisor_pb2.WorkActionRequest, _supervisor_pb2.ActionResponse]  # type: ignore[assignment]
     """A work verb (qb.workunblock('1234:5'), ranges allowed)."""
@@ -95,8 +97,9 @@ class SupervisorServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_supervisor_pb2.ActionResponse, _abc.Awaitable[_supervisor_pb2.ActionResponse]]:
         """A job verb (qb.unblock(n), qb.kill(n), ...). NOT_FOUND for an unknown job,
-        PERMISSION_DENIED when the actor may not, FAILED_PRECONDITION when the job's
-        state does not allow the verb.
+        PERMISSION_DENIED when the actor may not. A verb the job's state does not
+        allow (unblocking a pending job) is not an error: it answers OK with
+        `changed` 0 and a message saying why.
         """
 
     @_abc_1.abstractmethod

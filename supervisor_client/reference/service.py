@@ -1,0 +1,195 @@
+"""SupervisorServicer: the Supervisor gRPC service in front of a ReferenceSupervisor.
+
+The only module of the reference supervisor that touches protobuf: requests become store
+calls with plain values, store errors become gRPC statuses (one table below), job dicts
+become ``Job`` messages through ``supervisor_client.jobdict``, the converter the
+executor uses in the other direction. Store calls are local and short, so the aio
+handlers call them directly instead of through a thread pool.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from supervisor_client.jobdict import job_from_dict
+from supervisor_client.qbcallback.v1 import supervisor_pb2, supervisor_pb2_grpc
+from supervisor_client.reference.errors import (
+    NoSuchJobError,
+    NoSuchWorkError,
+    PermissionDeniedError,
+    SubmitError,
+)
+from supervisor_client.reference.store import ActionResult, ReferenceSupervisor
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+#: Store error → status, most specific first. A verb that does not apply to the job's
+#: state is not an error (ActionResponse.changed = 0), so FAILED_PRECONDITION is unused.
+STATUS_BY_ERROR: Final[tuple[tuple[type[Exception], grpc.StatusCode], ...]] = (
+    (NoSuchJobError, grpc.StatusCode.NOT_FOUND),
+    (NoSuchWorkError, grpc.StatusCode.NOT_FOUND),
+    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
+    (SubmitError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
+)
+
+
+def status_for(error: Exception) -> grpc.StatusCode | None:
+    """The status an expected store error maps to; None for anything else (a bug)."""
+    for error_type, code in STATUS_BY_ERROR:
+        if isinstance(error, error_type):
+            return code
+    return None
+
+
+def verb_name(enum_type: Any, value: int) -> str:
+    """The store's verb for a proto enum value: JOB_VERB_UNBLOCK → "unblock".
+
+    Raises ValueError for the unspecified value and for numbers this contract does not
+    know (proto3 enums are open, so a newer client can send them).
+    """
+    if value == 0:
+        raise ValueError("verb is required")
+    try:
+        name: str = enum_type.Name(value)
+    except ValueError:
+        raise ValueError(f"unknown verb number {value}") from None
+    return name.split("_VERB_", 1)[1].lower()
+
+
+def _plain(message: Message) -> dict[str, Any]:
+    """A message as the JSON mapping (enum names, field names as in the .proto)."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def result_payload(request: supervisor_pb2.ReportResultRequest) -> dict[str, Any]:
+    """What the store keeps of a reported run: the result, plus its callback and event."""
+    payload = _plain(request.result)
+    if request.HasField("callback"):
+        payload["callback"] = _plain(request.callback)
+    if request.HasField("event"):
+        payload["event"] = _plain(request.event)
+    return payload
+
+
+def _action_response(result: ActionResult) -> supervisor_pb2.ActionResponse:
+    return supervisor_pb2.ActionResponse(changed=result.changed, message=result.message)
+
+
+class SupervisorServicer(supervisor_pb2_grpc.SupervisorServicer):
+    """The Supervisor RPCs on a ReferenceSupervisor; ``actor`` is checked by the store."""
+
+    def __init__(self, supervisor: ReferenceSupervisor) -> None:
+        self._supervisor = supervisor
+
+    async def _call(self, context: Context, call: Callable[[], _T]) -> _T:
+        """Run one store call; expected errors abort with their status and message.
+
+        Anything else is a bug here: logged with its traceback, answered with INTERNAL
+        and a generic message (never gRPC's default UNKNOWN with the exception text).
+        """
+        try:
+            return call()
+        except Exception as err:
+            code = status_for(err)
+            if code is None:
+                logger.exception("reference supervisor failed")
+                code = grpc.StatusCode.INTERNAL
+                message = "internal error in the reference supervisor"
+            else:
+                message = str(err)
+        await context.abort(code, message)
+
+    async def JobInfo(
+        self, request: supervisor_pb2.JobInfoRequest, context: Context
+    ) -> supervisor_pb2.JobInfoResponse:
+        """One job (NOT_FOUND when unknown) or a pgrp's jobs; reading needs no rights."""
+        selector = request.WhichOneof("selector")
+        include = request.include_callbacks
+
+        def read() -> list[dict[str, Any]]:
+            if selector == "id":
+                return [self._supervisor.job(request.id, include_callbacks=include)]
+            if selector == "pgrp":
+                return self._supervisor.jobs_in_pgrp(request.pgrp, include_callbacks=include)
+            raise ValueError("JobInfoRequest needs an id or a pgrp")
+
+        jobs = await self._call(context, read)
+        return supervisor_pb2.JobInfoResponse(jobs=[job_from_dict(job) for job in jobs])
+
+    async def JobAction(
+        self, request: supervisor_pb2.JobActionRequest, context: Context
+    ) -> supervisor_pb2.ActionResponse:
+        """A job verb; a verb that does not apply answers changed=0 with the reason."""
+        result = await self._call(
+            context,
+            lambda: self._supervisor.job_action(
+                verb_name(supervisor_pb2.JobVerb, request.verb),
+                request.job_id,
+                request.actor,
+                invocation_id=request.invocation_id,
+            ),
+        )
+        return _action_response(result)
+
+    async def WorkAction(
+        self, request: supervisor_pb2.WorkActionRequest, context: Context
+    ) -> supervisor_pb2.ActionResponse:
+        """A work verb on exact work names (the executor has expanded ranges)."""
+        result = await self._call(
+            context,
+            lambda: self._supervisor.work_action(
+                verb_name(supervisor_pb2.WorkVerb, request.verb),
+                request.job_id,
+                list(request.work_names),
+                request.actor,
+                invocation_id=request.invocation_id,
+            ),
+        )
+        return _action_response(result)
+
+    async def SubjobAction(
+        self, request: supervisor_pb2.SubjobActionRequest, context: Context
+    ) -> supervisor_pb2.ActionResponse:
+        """A job verb on instances; no ids means every instance of the job."""
+        result = await self._call(
+            context,
+            lambda: self._supervisor.subjob_action(
+                verb_name(supervisor_pb2.JobVerb, request.verb),
+                request.job_id,
+                list(request.subjob_ids),
+                request.actor,
+                invocation_id=request.invocation_id,
+            ),
+        )
+        return _action_response(result)
+
+    async def ReportResult(
+        self, request: supervisor_pb2.ReportResultRequest, context: Context
+    ) -> supervisor_pb2.ReportResultResponse:
+        """Store a run's result once per invocation_id; a repeat answers duplicate=True."""
+        duplicate = await self._call(
+            context,
+            lambda: self._supervisor.report_result(
+                request.result.invocation_id, request.job_id, result_payload(request)
+            ),
+        )
+        return supervisor_pb2.ReportResultResponse(duplicate=duplicate)
+
+
+def add_reference_supervisor(
+    server: grpc.aio.Server, supervisor: ReferenceSupervisor
+) -> SupervisorServicer:
+    """Serve ``supervisor`` as the Supervisor service on an existing (not yet started) server."""
+    servicer = SupervisorServicer(supervisor)
+    supervisor_pb2_grpc.add_SupervisorServicer_to_server(servicer, server)
+    return servicer

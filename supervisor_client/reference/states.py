@@ -1,0 +1,292 @@
+"""Qube's job, work and instance states, the verb transition tables and the permission bits.
+
+Pure data and functions, no I/O: the store applies these tables, the tests read them.
+Sources are qube-callbacks.md §5 (states, transitions) and §6 (supervisor_default_security).
+Where the notes are silent, the choice made here is written next to the table entry.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Final
+
+
+class Status(enum.StrEnum):
+    """The states the reference supervisor uses for jobs, work items and instances."""
+
+    PENDING = "pending"
+    BLOCKED = "blocked"
+    RUNNING = "running"
+    WAITING = "waiting"
+    SUSPENDED = "suspended"
+    COMPLETE = "complete"
+    FAILED = "failed"
+    KILLED = "killed"
+
+
+#: Qube's numeric status codes (§5.1); terminal codes are below 0x100.
+STATUS_CODES: Final[Mapping[str, int]] = MappingProxyType(
+    {
+        "complete": 16,
+        "failed": 32,
+        "killed": 48,
+        "dying": 261,
+        "exiting": 262,
+        "registering": 265,
+        "blocked": 272,
+        "waiting": 288,
+        "suspended": 304,
+        "pending": 320,
+        "badlogin": 325,
+        "running": 336,
+    }
+)
+
+TERMINAL: Final = frozenset({Status.COMPLETE, Status.FAILED, Status.KILLED})
+NON_TERMINAL: Final = frozenset(Status) - TERMINAL
+
+#: The event a state change fires, by the new state. Qube has no "pending" event and
+#: suspending fires nothing; "done" is derived by the executor, never emitted here.
+_EVENT_BY_STATUS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        Status.COMPLETE: "complete",
+        Status.FAILED: "failed",
+        Status.KILLED: "killed",
+        Status.BLOCKED: "blocked",
+        Status.RUNNING: "running",
+        Status.WAITING: "waiting",
+    }
+)
+
+
+def is_terminal(status: str) -> bool:
+    """True for complete, failed and killed: the states only retry/requeue leave."""
+    return status in TERMINAL
+
+
+def event_name(status: str) -> str | None:
+    """The event name entering ``status`` fires, or None when Qube fires none."""
+    return _EVENT_BY_STATUS.get(status)
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One event: a job, work item or instance entered a state (or was submitted/removed).
+
+    ``name`` is the Qube event name of the new state (complete, failed, killed, blocked,
+    running, waiting, submit, removed); ``type`` is "job", "work" or "subjob".
+    """
+
+    name: str
+    type: str
+    job_id: int
+    work_name: str = ""
+    subjob_id: int = -1
+    host: str = ""
+
+
+# -- permissions (§6) -----------------------------------------------------------------
+
+#: supervisor_default_security bits by name.
+PERMISSION_BITS: Final[Mapping[str, int]] = MappingProxyType(
+    {
+        "submit_job": 1,
+        "submit_callback": 2,
+        "submit_global_callback": 4,
+        "bump": 8,
+        "kill": 16,
+        "remove": 32,
+        "modify": 64,
+        "preempt": 128,
+        "block": 256,
+        "interrupt": 512,
+        "complete": 1024,
+        "unblock": 2048,
+        "suspend": 4096,
+        "resume": 8192,
+        "retry": 16384,
+        "requeue": 32768,
+        "migrate": 65536,
+        "shove": 131072,
+        "fail": 262144,
+        "retire": 524288,
+        "reset": 1048576,
+        "lock_host": 0x8000000,
+        "sudo_admin": 0x10000000,
+        "impersonate": 0x20000000,
+        "admin": 0x40000000,
+    }
+)
+
+#: Qube's default: every non-admin right except bump and submit_global_callback, plus lock_host.
+DEFAULT_SECURITY: Final = 136314867
+
+
+def permits(actor: str, owner: str, verb: str, *, mask: int, admins: Collection[str]) -> bool:
+    """Whether ``actor`` may apply ``verb`` to a job owned by ``owner``.
+
+    Admins may act on any job. Everyone else only on their own jobs, and only when the
+    verb's bit is in ``mask`` (there are no per-user grants in the reference). An empty
+    actor is anonymous and may do nothing but read.
+    """
+    if not actor:
+        return False
+    if actor in admins:
+        return True
+    return actor == owner and bool(mask & PERMISSION_BITS[verb])
+
+
+# -- verb tables (§5.2) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VerbRule:
+    """What one verb does: from which states, to which state, and how work follows.
+
+    ``target`` None means the object is deleted (remove). ``work_moves`` only exists on
+    job verbs: the work items in a key state move to the value state along with the job.
+    ``applies_to`` names the source states for the "does not apply" message.
+    """
+
+    verb: str
+    sources: frozenset[str]
+    target: str | None
+    applies_to: str
+    work_moves: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def applies(self, status: str) -> bool:
+        """Whether the verb changes an object in ``status``."""
+        return status in self.sources and status != self.target
+
+    def refusal(self, subject: str, status: str) -> str | None:
+        """None when the verb applies in ``status``, else a sentence saying why not."""
+        if self.applies(status):
+            return None
+        if status == self.target and status in self.sources:
+            return f"{subject} is already {status}"
+        return f"{subject} is {status}; {self.verb} applies to {self.applies_to}"
+
+
+def _rule(
+    verb: str,
+    sources: Iterable[str],
+    target: str | None,
+    applies_to: str,
+    work_moves: Mapping[str, str] | None = None,
+) -> VerbRule:
+    return VerbRule(
+        verb, frozenset(sources), target, applies_to, MappingProxyType(dict(work_moves or {}))
+    )
+
+
+_ANY: Final = frozenset(Status)
+_RUNNING: Final = (Status.RUNNING,)
+_RUNNING_WORK_BACK: Final[Mapping[str, str]] = {Status.RUNNING: Status.PENDING}
+_ENDED_WORK_AGAIN: Final[Mapping[str, str]] = {
+    Status.FAILED: Status.PENDING,
+    Status.KILLED: Status.PENDING,
+}
+
+JOB_RULES: Final[Mapping[str, VerbRule]] = MappingProxyType(
+    {
+        "unblock": _rule("unblock", [Status.BLOCKED], Status.PENDING, "blocked jobs"),
+        "block": _rule("block", NON_TERMINAL, Status.BLOCKED, "jobs that have not ended"),
+        "kill": _rule(
+            "kill",
+            NON_TERMINAL,
+            Status.KILLED,
+            "jobs that have not ended",
+            {Status.RUNNING.value: Status.KILLED.value},
+        ),
+        "remove": _rule("remove", _ANY, None, "any job"),
+        "retry": _rule("retry", TERMINAL, Status.PENDING, "ended jobs", _ENDED_WORK_AGAIN),
+        # Choice: requeue is "retry, but held" — failed/killed work is made pending again so
+        # that unblocking the job runs it; only the job itself goes to blocked.
+        "requeue": _rule("requeue", TERMINAL, Status.BLOCKED, "ended jobs", _ENDED_WORK_AGAIN),
+        # Without real workers, preempt (let the frame finish) and interrupt/migrate (kill
+        # the frame) look the same: running work goes back to pending with the job.
+        "preempt": _rule("preempt", _RUNNING, Status.PENDING, "running jobs", _RUNNING_WORK_BACK),
+        "interrupt": _rule(
+            "interrupt", _RUNNING, Status.PENDING, "running jobs", _RUNNING_WORK_BACK
+        ),
+        "migrate": _rule("migrate", _RUNNING, Status.PENDING, "running jobs", _RUNNING_WORK_BACK),
+        # suspend/resume pause processes; work items keep their status.
+        "suspend": _rule("suspend", _RUNNING, Status.SUSPENDED, "running jobs"),
+        "resume": _rule("resume", [Status.SUSPENDED], Status.RUNNING, "suspended jobs"),
+        # complete (retire) and fail force the job's status; the agenda keeps its history.
+        "complete": _rule("complete", NON_TERMINAL, Status.COMPLETE, "jobs that have not ended"),
+        "fail": _rule("fail", NON_TERMINAL, Status.FAILED, "jobs that have not ended"),
+    }
+)
+
+WORK_RULES: Final[Mapping[str, VerbRule]] = MappingProxyType(
+    {
+        "unblock": _rule("unblock", [Status.BLOCKED], Status.PENDING, "blocked work"),
+        "block": _rule("block", [Status.PENDING], Status.BLOCKED, "pending work"),
+        "kill": _rule(
+            "kill", [Status.PENDING, Status.RUNNING], Status.KILLED, "pending or running work"
+        ),
+        "retry": _rule("retry", TERMINAL, Status.PENDING, "ended work"),
+        "requeue": _rule("requeue", TERMINAL, Status.BLOCKED, "ended work"),
+        "complete": _rule("complete", NON_TERMINAL, Status.COMPLETE, "work that has not ended"),
+        "fail": _rule("fail", NON_TERMINAL, Status.FAILED, "work that has not ended"),
+    }
+)
+
+#: Instances take the job verbs with the job's state rules, except remove (an instance
+#: cannot be deleted from its job); agenda work is not moved by instance verbs.
+SUBJOB_RULES: Final[Mapping[str, VerbRule]] = MappingProxyType(
+    {
+        verb: _rule(verb, rule.sources, rule.target, rule.applies_to.replace("jobs", "instances"))
+        for verb, rule in JOB_RULES.items()
+        if verb != "remove"
+    }
+)
+
+
+def _lookup(table: Mapping[str, VerbRule], verb: str, kind: str) -> VerbRule:
+    try:
+        return table[verb]
+    except KeyError:
+        known = ", ".join(table)
+        raise ValueError(f"unknown {kind} verb {verb!r}; expected one of {known}") from None
+
+
+def job_rule(verb: str) -> VerbRule:
+    """The rule of a job verb. Raises ValueError for an unknown verb."""
+    return _lookup(JOB_RULES, verb, "job")
+
+
+def work_rule(verb: str) -> VerbRule:
+    """The rule of a work verb. Raises ValueError for an unknown verb."""
+    return _lookup(WORK_RULES, verb, "work")
+
+
+def subjob_rule(verb: str) -> VerbRule:
+    """The rule of an instance verb. Raises ValueError for an unknown verb."""
+    return _lookup(SUBJOB_RULES, verb, "subjob")
+
+
+def derive_job_status(current: str, work_statuses: Iterable[str]) -> str:
+    """The job status its agenda implies after a work item changed.
+
+    All items complete → complete; all ended with any failed → failed; all ended with
+    any killed (none failed) → killed. Choice: an ended job whose agenda has unfinished
+    work again (a retried item) becomes pending. Otherwise, and for an empty agenda, the
+    job keeps ``current``.
+    """
+    statuses = list(work_statuses)
+    if not statuses:
+        return current
+    if all(is_terminal(status) for status in statuses):
+        if Status.FAILED in statuses:
+            return Status.FAILED
+        if Status.KILLED in statuses:
+            return Status.KILLED
+        return Status.COMPLETE
+    if is_terminal(current):
+        return Status.PENDING
+    return current

@@ -1,0 +1,909 @@
+"""ReferenceSupervisor: Qube-style jobs, work and instances on SQLite, with events and history.
+
+An embedded stand-in for a Qube supervisor, good enough for the executor's tests and
+demos: there are no workers, so tests drive work with ``start_work``/``complete_work``.
+Every state change becomes a ``Transition`` (the event a real supervisor would publish),
+delivered to listeners after the change is committed, outside the lock.
+
+One process owns the database file; inside it, one re-entrant lock serialises every use
+of the single connection, so the store is safe to call from any thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final
+
+from supervisor_client.reference.errors import (
+    NoSuchJobError,
+    NoSuchWorkError,
+    PermissionDeniedError,
+    SubmitError,
+)
+from supervisor_client.reference.states import (
+    DEFAULT_SECURITY,
+    NON_TERMINAL,
+    TERMINAL,
+    Status,
+    Transition,
+    derive_job_status,
+    event_name,
+    is_terminal,
+    job_rule,
+    permits,
+    subjob_rule,
+    work_rule,
+)
+
+logger = logging.getLogger(__name__)
+
+Listener = Callable[[Transition], None]
+
+DEFAULT_ADMINS: Final = frozenset({"root", "admin"})
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL, label TEXT NOT NULL, pgrp INTEGER NOT NULL, pid INTEGER NOT NULL,
+    status TEXT NOT NULL, user TEXT NOT NULL, priority INTEGER NOT NULL,
+    prototype TEXT NOT NULL, cpus INTEGER NOT NULL, mailaddress TEXT NOT NULL,
+    timesubmit INTEGER NOT NULL, timestart INTEGER NOT NULL DEFAULT 0,
+    timecomplete INTEGER NOT NULL DEFAULT 0, extra TEXT NOT NULL DEFAULT '{}',
+    UNIQUE (pgrp, label)
+);
+CREATE TABLE IF NOT EXISTS work (
+    job_id INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    position INTEGER NOT NULL, name TEXT NOT NULL, status TEXT NOT NULL,
+    subid INTEGER NOT NULL DEFAULT -1, host TEXT NOT NULL DEFAULT '',
+    count INTEGER NOT NULL DEFAULT 0, resultpackage TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (job_id, name)
+);
+CREATE TABLE IF NOT EXISTS subjobs (
+    job_id INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    id INTEGER NOT NULL, status TEXT NOT NULL, host TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (job_id, id)
+);
+CREATE TABLE IF NOT EXISTS callbacks (
+    job_id INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    id INTEGER NOT NULL, triggers TEXT NOT NULL, language TEXT NOT NULL, code TEXT NOT NULL,
+    user TEXT NOT NULL, count INTEGER NOT NULL DEFAULT 0, maximum INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, id)
+);
+-- History and results outlive their job: a callback may remove its own job.
+CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id INTEGER NOT NULL, time REAL NOT NULL,
+    text TEXT NOT NULL, invocation_id TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS history_by_job ON history (job_id, seq);
+CREATE TABLE IF NOT EXISTS results (
+    invocation_id TEXT PRIMARY KEY, job_id INTEGER NOT NULL, time REAL NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS results_by_job ON results (job_id);
+"""
+
+_JOB_COLUMNS: Final = (
+    "id",
+    "name",
+    "label",
+    "pgrp",
+    "pid",
+    "status",
+    "user",
+    "priority",
+    "prototype",
+    "cpus",
+    "mailaddress",
+    "timesubmit",
+    "timestart",
+    "timecomplete",
+)
+
+
+# -- submission parsing: Qube job dicts in, validated values out, before any SQL ------------
+
+#: Fields the supervisor assigns. A resubmitted jobinfo dict carries them; they are ignored.
+_ASSIGNED_FIELDS: Final = frozenset({"id", "timesubmit", "timestart", "timecomplete", "subjobs"})
+_INPUT_FIELDS: Final = frozenset(
+    {
+        "name",
+        "label",
+        "user",
+        "status",
+        "priority",
+        "prototype",
+        "cpus",
+        "pid",
+        "pgrp",
+        "mailaddress",
+        "agenda",
+        "callbacks",
+    }
+)
+#: A guard against a typo creating millions of instance rows; Qube farms are far smaller.
+MAX_CPUS: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class _NewWork:
+    name: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class _NewCallback:
+    triggers: str
+    language: str
+    code: str
+    user: str
+    maximum: int
+
+
+@dataclass(frozen=True, slots=True)
+class _NewJob:
+    name: str
+    label: str | None
+    user: str
+    status: str
+    priority: int
+    prototype: str
+    cpus: int
+    pid: int
+    pgrp: int | None
+    mailaddress: str
+    agenda: tuple[_NewWork, ...]
+    callbacks: tuple[_NewCallback, ...]
+    extra: str
+
+
+def _text(where: str, fields: Mapping[str, Any], key: str, default: str) -> str:
+    value = fields.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise SubmitError(f"{where}: {key} must be a string, got {value!r}")
+    return value
+
+
+def _integer(where: str, fields: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
+    """An int field; decimal strings are accepted because Perl submitters send them."""
+    value = fields.get(key)
+    if value is None:
+        return default
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SubmitError(f"{where}: {key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _status(where: str, value: Any) -> str:
+    if value is None:
+        return Status.PENDING
+    if value not in (Status.PENDING, Status.BLOCKED):
+        raise SubmitError(f"{where}: status must be 'pending' or 'blocked', got {value!r}")
+    return str(value)
+
+
+def _parse_agenda(where: str, entries: Any) -> tuple[_NewWork, ...]:
+    """Work names (str/int) or dicts with ``name`` and optional ``status``.
+
+    Items are pending unless they say "blocked", also in a blocked job: the job's own
+    status is what holds them back, as in Qube.
+    """
+    if entries is None:
+        return ()
+    if not isinstance(entries, list | tuple):
+        raise SubmitError(f"{where}: agenda must be a list, got {type(entries).__name__}")
+    agenda: list[_NewWork] = []
+    seen: set[str] = set()
+    for entry in entries:
+        fields = entry if isinstance(entry, Mapping) else {"name": entry}
+        name = fields.get("name")
+        if isinstance(name, bool) or not isinstance(name, str | int) or str(name) == "":
+            raise SubmitError(f"{where}: a work item needs a name (str or int), got {entry!r}")
+        if str(name) in seen:
+            raise SubmitError(f"{where}: work name {str(name)!r} appears twice in the agenda")
+        seen.add(str(name))
+        agenda.append(_NewWork(str(name), _status(f"{where}, work {name}", fields.get("status"))))
+    return tuple(agenda)
+
+
+def _parse_callbacks(where: str, entries: Any) -> tuple[_NewCallback, ...]:
+    """Callback dicts; ``id``, ``count`` and the like are assigned here, so they are ignored.
+
+    ``triggers`` must be one string: the list form of one Qube docstring is ambiguous
+    (qube-callbacks.md §8) and is rejected rather than guessed.
+    """
+    if entries is None:
+        return ()
+    if not isinstance(entries, list | tuple):
+        raise SubmitError(f"{where}: callbacks must be a list, got {type(entries).__name__}")
+    callbacks = []
+    for n, entry in enumerate(entries, start=1):
+        at = f"{where}, callback {n}"
+        if not isinstance(entry, Mapping):
+            raise SubmitError(f"{at}: must be a dict, got {entry!r}")
+        triggers = _text(at, entry, "triggers", "")
+        language = _text(at, entry, "language", "")
+        if not triggers or not language:
+            raise SubmitError(f"{at}: triggers and language are required")
+        callbacks.append(
+            _NewCallback(
+                triggers,
+                language,
+                _text(at, entry, "code", ""),
+                _text(at, entry, "user", ""),
+                _integer(at, entry, "maximum", 0, 0),
+            )
+        )
+    return tuple(callbacks)
+
+
+def _parse_job(index: int, job: Any) -> _NewJob:
+    if not isinstance(job, Mapping):
+        raise SubmitError(f"job {index} of the submission must be a dict, got {job!r}")
+    where = f"job {index} of the submission"
+    status = _status(where, job.get("status"))
+    cpus = _integer(where, job, "cpus", 1, 1)
+    if cpus > MAX_CPUS:
+        raise SubmitError(f"{where}: cpus = {cpus} is above the limit of {MAX_CPUS}")
+    extra = {k: v for k, v in job.items() if k not in _INPUT_FIELDS | _ASSIGNED_FIELDS}
+    try:
+        extra_json = json.dumps(extra, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise SubmitError(f"{where}: fields {sorted(extra)} are not JSON values: {err}") from err
+    return _NewJob(
+        name=_text(where, job, "name", ""),
+        label=_text(where, job, "label", "") or None,
+        user=_text(where, job, "user", "qube") or "qube",
+        status=status,
+        priority=_integer(where, job, "priority", 9999, -(2**31)),
+        prototype=_text(where, job, "prototype", "cmdline"),
+        cpus=cpus,
+        pid=_integer(where, job, "pid", 0, 0),
+        pgrp=_integer(where, job, "pgrp", 0, 0) or None,
+        mailaddress=_text(where, job, "mailaddress", ""),
+        agenda=_parse_agenda(where, job.get("agenda")),
+        callbacks=_parse_callbacks(where, job.get("callbacks")),
+        extra=extra_json,
+    )
+
+
+def _parse_submission(jobs: Any) -> list[_NewJob]:
+    if isinstance(jobs, Mapping | str | bytes) or not isinstance(jobs, Sequence):
+        raise SubmitError("submit takes a list of job dicts")
+    return [_parse_job(index, job) for index, job in enumerate(jobs)]
+
+
+# -- the store ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    """What a verb did: how many objects changed state, and a sentence saying so."""
+
+    changed: int
+    message: str
+
+
+@dataclass(slots=True)
+class _Changes:
+    """What one transaction did, kept until commit: events to deliver, history to write."""
+
+    transitions: list[Transition] = field(default_factory=list)
+    history: list[tuple[int, str, str]] = field(default_factory=list)
+
+    def note(self, job_id: int, text: str, invocation_id: str = "") -> None:
+        self.history.append((job_id, text, invocation_id))
+
+
+def _origin(invocation_id: str) -> str:
+    """The history tag of a verb: Qube logs callback actions apart from users' own."""
+    return "[callback]" if invocation_id else "[user]"
+
+
+def _names(job_id: int, names: Sequence[str], limit: int = 10) -> str:
+    shown = ",".join(names[:limit])
+    more = f",… ({len(names)} items)" if len(names) > limit else ""
+    return f"work {job_id}:{shown}{more}"
+
+
+class ReferenceSupervisor:
+    """Qube job state on SQLite: submission, jobinfo, verbs, work lifecycle, results.
+
+    Args:
+        path: the database file, or ":memory:".
+        admins: users who may act on any job.
+        default_security: Qube's supervisor_default_security mask, applied to every
+            non-admin acting on their own job (there are no per-user grants).
+        listeners: called with each Transition after its change is committed.
+        clock: Unix time source, replaceable for deterministic tests.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = ":memory:",
+        *,
+        admins: Collection[str] = DEFAULT_ADMINS,
+        default_security: int = DEFAULT_SECURITY,
+        listeners: Iterable[Listener] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._admins = frozenset(admins)
+        self._security = default_security
+        self._listeners = list(listeners)
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA foreign_keys = ON")
+        self._db.executescript(_SCHEMA)
+
+    # -- lifetime -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the database connection; the store is unusable afterwards."""
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> ReferenceSupervisor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener`` with every later Transition, after the listeners given so far."""
+        with self._lock:
+            self._listeners.append(listener)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[_Changes]:
+        """Run a change atomically; deliver its transitions once it is committed.
+
+        A listener that raises is logged and skipped: the change is already committed,
+        so failing the caller's verb would misreport what happened.
+        """
+        changes = _Changes()
+        with self._lock:
+            with self._db:
+                yield changes
+                now = self._clock()
+                self._db.executemany(
+                    "INSERT INTO history (job_id, time, text, invocation_id) VALUES (?, ?, ?, ?)",
+                    [(job_id, now, text, inv) for job_id, text, inv in changes.history],
+                )
+            listeners = tuple(self._listeners)
+        for transition in changes.transitions:
+            for listener in listeners:
+                try:
+                    listener(transition)
+                except Exception:
+                    logger.exception("listener %r failed on %s", listener, transition)
+
+    # -- submission ---------------------------------------------------------------------
+
+    def submit(self, jobs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Store Qube job dicts; all or nothing. Returns the stored jobs, in order.
+
+        Jobs join one new pgrp led by the first job that does not name an existing
+        ``pgrp``; that job's id is the pgrp id. Raises SubmitError naming the problem
+        (duplicate label or work name, unknown pgrp, malformed field).
+        """
+        parsed = _parse_submission(jobs)
+        with self._transaction() as changes:
+            ids = self._insert_jobs(changes, parsed)
+            return [self._job_dict(self._job_row(i), include_callbacks=False) for i in ids]
+
+    def _insert_jobs(self, changes: _Changes, jobs: Sequence[_NewJob]) -> list[int]:
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
+        first_id = (row["seq"] if row else 0) + 1
+        leader = next((first_id + i for i, job in enumerate(jobs) if job.pgrp is None), 0)
+        pgrps = [job.pgrp or leader for job in jobs]
+        labels = self._assign_labels(jobs, pgrps)
+        now = int(self._clock())
+        for offset, (job, pgrp, label) in enumerate(zip(jobs, pgrps, labels, strict=True)):
+            job_id = first_id + offset
+            self._db.execute(
+                "INSERT INTO jobs (id, name, label, pgrp, pid, status, user, priority, prototype,"
+                " cpus, mailaddress, timesubmit, extra) VALUES (:id, :name, :label, :pgrp, :pid,"
+                " :status, :user, :priority, :prototype, :cpus, :mailaddress, :timesubmit, :extra)",
+                {**asdict(job), "id": job_id, "label": label, "pgrp": pgrp, "timesubmit": now},
+            )
+            self._db.executemany(
+                "INSERT INTO work (job_id, position, name, status) VALUES (?, ?, ?, ?)",
+                [(job_id, pos, work.name, work.status) for pos, work in enumerate(job.agenda)],
+            )
+            self._db.executemany(
+                "INSERT INTO subjobs (job_id, id, status) VALUES (?, ?, ?)",
+                [(job_id, subid, job.status) for subid in range(job.cpus)],
+            )
+            self._db.executemany(
+                "INSERT INTO callbacks (job_id, id, triggers, language, code, user, maximum)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (job_id, n, cb.triggers, cb.language, cb.code, cb.user or job.user, cb.maximum)
+                    for n, cb in enumerate(job.callbacks, start=1)
+                ],
+            )
+            changes.transitions.append(Transition("submit", "job", job_id))
+            changes.note(job_id, f"[job] submitted by {job.user} into pgrp {pgrp} as {label!r}")
+        return [first_id + offset for offset in range(len(jobs))]
+
+    def _assign_labels(self, jobs: Sequence[_NewJob], pgrps: Sequence[int]) -> list[str]:
+        """Check explicit labels are unique per pgrp, then give the rest ``qube<N>``.
+
+        N starts at the job's position in its pgrp and skips labels already taken, so
+        an explicit "qube1" later in the submission is never given away.
+        """
+        taken: dict[int, set[str]] = {}
+        for job, pgrp in zip(jobs, pgrps, strict=True):
+            if pgrp not in taken:
+                rows = self._db.execute("SELECT label FROM jobs WHERE pgrp = ?", (pgrp,))
+                taken[pgrp] = {row["label"] for row in rows}
+                if job.pgrp is not None and not taken[pgrp]:
+                    raise SubmitError(f"pgrp {pgrp} does not exist")
+        # Labels are unique per pgrp, so the existing ones also count the existing jobs.
+        positions = {pgrp: len(labels) for pgrp, labels in taken.items()}
+        for job, pgrp in zip(jobs, pgrps, strict=True):
+            if job.label is None:
+                continue
+            if job.label in taken[pgrp]:
+                raise SubmitError(f"label {job.label!r} is not unique in pgrp {pgrp}")
+            taken[pgrp].add(job.label)
+        labels = []
+        for job, pgrp in zip(jobs, pgrps, strict=True):
+            label = job.label
+            if label is None:
+                n = positions[pgrp]
+                while f"qube{n}" in taken[pgrp]:
+                    n += 1
+                label = f"qube{n}"
+                taken[pgrp].add(label)
+            positions[pgrp] += 1
+            labels.append(label)
+        return labels
+
+    # -- reading ------------------------------------------------------------------------
+
+    def job(self, job_id: int, *, include_callbacks: bool = False) -> dict[str, Any]:
+        """The Qube job dict of one job. Raises NoSuchJobError."""
+        with self._lock:
+            return self._job_dict(self._job_row(job_id), include_callbacks=include_callbacks)
+
+    def jobs_in_pgrp(self, pgrp: int, *, include_callbacks: bool = False) -> list[dict[str, Any]]:
+        """Every job of a process group, by id; empty for an unknown pgrp."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM jobs WHERE pgrp = ? ORDER BY id", (pgrp,))
+            return [
+                self._job_dict(row, include_callbacks=include_callbacks) for row in rows.fetchall()
+            ]
+
+    def find_by_label(self, pgrp: int, label: str) -> dict[str, Any] | None:
+        """The job labelled ``label`` in ``pgrp`` (how trigger contexts name siblings)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM jobs WHERE pgrp = ? AND label = ?", (pgrp, label)
+            ).fetchone()
+            return None if row is None else self._job_dict(row, include_callbacks=False)
+
+    def history(self, job_id: int) -> list[dict[str, Any]]:
+        """The job's history lines, oldest first; kept after the job is removed."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT job_id, time, text, invocation_id FROM history WHERE job_id = ?"
+                " ORDER BY seq",
+                (job_id,),
+            )
+            return [dict(row) for row in rows.fetchall()]
+
+    def _job_row(self, job_id: int) -> sqlite3.Row:
+        row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NoSuchJobError(f"no job {job_id}")
+        return row  # type: ignore[no-any-return]  # sqlite3 types fetchone() as Any
+
+    def _work_rows(self, job_id: int) -> list[sqlite3.Row]:
+        return self._db.execute(
+            "SELECT * FROM work WHERE job_id = ? ORDER BY position", (job_id,)
+        ).fetchall()
+
+    def _job_dict(self, row: sqlite3.Row, *, include_callbacks: bool) -> dict[str, Any]:
+        job_id = row["id"]
+        job: dict[str, Any] = {name: row[name] for name in _JOB_COLUMNS}
+        job["agenda"] = [
+            {
+                "name": w["name"],
+                "status": w["status"],
+                "subid": w["subid"],
+                "host": w["host"],
+                "count": w["count"],
+                "resultpackage": json.loads(w["resultpackage"]),
+            }
+            for w in self._work_rows(job_id)
+        ]
+        job["subjobs"] = [
+            dict(sub)
+            for sub in self._db.execute(
+                "SELECT id, status, host FROM subjobs WHERE job_id = ? ORDER BY id", (job_id,)
+            )
+        ]
+        if include_callbacks:
+            job["callbacks"] = [
+                dict(cb)
+                for cb in self._db.execute(
+                    "SELECT id, triggers, language, code, user, count, maximum FROM callbacks"
+                    " WHERE job_id = ? ORDER BY id",
+                    (job_id,),
+                )
+            ]
+        job.update(json.loads(row["extra"]))
+        return job
+
+    # -- state changes (inside a transaction) ------------------------------------------
+
+    def _set_job_status(
+        self, changes: _Changes, job_id: int, new: str, instances_from: Collection[str] = ()
+    ) -> None:
+        """Move the job to ``new``, stamping times; its instances in ``instances_from`` follow.
+
+        timestart is set the first time the job runs; timecomplete when it ends, and it
+        is cleared again when a retry brings the job back.
+        """
+        now = int(self._clock())
+        self._db.execute(
+            "UPDATE jobs SET status = ?,"
+            " timestart = CASE WHEN ? AND timestart = 0 THEN ? ELSE timestart END,"
+            " timecomplete = CASE WHEN ? THEN ? ELSE 0 END WHERE id = ?",
+            (new, new == Status.RUNNING, now, is_terminal(new), now, job_id),
+        )
+        self._emit(changes, new, "job", job_id)
+        rows = self._db.execute(
+            "SELECT id, status, host FROM subjobs WHERE job_id = ? ORDER BY id", (job_id,)
+        ).fetchall()
+        for sub in rows:
+            if sub["status"] in instances_from and sub["status"] != new:
+                self._set_subjob_status(changes, job_id, sub["id"], new, sub["host"])
+
+    def _set_subjob_status(
+        self, changes: _Changes, job_id: int, subid: int, new: str, host: str
+    ) -> None:
+        self._db.execute(
+            "UPDATE subjobs SET status = ?, host = ? WHERE job_id = ? AND id = ?",
+            (new, host, job_id, subid),
+        )
+        self._emit(changes, new, "subjob", job_id, subjob_id=subid, host=host)
+
+    def _set_work_status(self, changes: _Changes, job_id: int, work: sqlite3.Row, new: str) -> None:
+        self._db.execute(
+            "UPDATE work SET status = ? WHERE job_id = ? AND name = ?", (new, job_id, work["name"])
+        )
+        self._emit(changes, new, "work", job_id, work_name=work["name"], host=work["host"])
+
+    @staticmethod
+    def _emit(changes: _Changes, status: str, kind: str, job_id: int, **where: Any) -> None:
+        name = event_name(status)
+        if name is not None:
+            changes.transitions.append(Transition(name, kind, job_id, **where))
+
+    def _derive_job_status(self, changes: _Changes, job_id: int) -> None:
+        """After work changed: let the agenda decide the job's status (states.derive_job_status)."""
+        current = self._job_row(job_id)["status"]
+        new = derive_job_status(current, [w["status"] for w in self._work_rows(job_id)])
+        if new != current:
+            instances_from = NON_TERMINAL if is_terminal(new) else TERMINAL
+            self._set_job_status(changes, job_id, new, instances_from)
+            changes.note(job_id, f"[job] {current} -> {new} (from its agenda)")
+
+    def _authorize(self, actor: str, job: sqlite3.Row, verb: str) -> None:
+        if not permits(actor, job["user"], verb, mask=self._security, admins=self._admins):
+            who = actor or "an anonymous caller"
+            raise PermissionDeniedError(
+                f"{who} may not {verb} job {job['id']} owned by {job['user']}"
+            )
+
+    # -- verbs ------------------------------------------------------------------------
+
+    def job_action(
+        self, verb: str, job_id: int, actor: str, *, invocation_id: str = ""
+    ) -> ActionResult:
+        """Apply a job verb (qube-callbacks.md §5.2) on behalf of ``actor``.
+
+        A verb that does not apply to the job's state changes nothing and says why
+        (``changed=0``); it is not an error. Raises ValueError for an unknown verb,
+        NoSuchJobError, PermissionDeniedError.
+        """
+        rule = job_rule(verb)
+        with self._transaction() as changes:
+            job = self._job_row(job_id)
+            self._authorize(actor, job, verb)
+            old = job["status"]
+            refusal = rule.refusal(f"job {job_id}", old)
+            if refusal is not None:
+                result = ActionResult(0, refusal)
+            elif rule.target is None:
+                self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+                changes.transitions.append(Transition("removed", "job", job_id))
+                result = ActionResult(1, f"job {job_id} removed")
+            else:
+                self._set_job_status(changes, job_id, rule.target, rule.sources)
+                moved = 0
+                for work in self._work_rows(job_id):
+                    follows = rule.work_moves.get(work["status"])
+                    if follows is not None:
+                        self._set_work_status(changes, job_id, work, follows)
+                        moved += 1
+                items = "work item" if moved == 1 else "work items"
+                suffix = f" ({moved} {items} moved with it)" if moved else ""
+                result = ActionResult(1, f"job {job_id} {old} -> {rule.target}{suffix}")
+            line = f"{_origin(invocation_id)} {verb} by {actor}: {result.message}"
+            changes.note(job_id, line, invocation_id)
+            return result
+
+    def work_action(
+        self,
+        verb: str,
+        job_id: int,
+        work_names: Sequence[str],
+        actor: str,
+        *,
+        invocation_id: str = "",
+    ) -> ActionResult:
+        """Apply a work verb to the named items (exact names; ranges are the caller's job).
+
+        Items the verb does not apply to are left alone and listed in the message; the
+        job's status is then derived from its agenda. Raises ValueError (unknown verb,
+        no names), NoSuchJobError, NoSuchWorkError naming every unknown item,
+        PermissionDeniedError (the bit of the same-named job verb).
+        """
+        rule = work_rule(verb)
+        names = list(dict.fromkeys(str(name) for name in work_names))
+        if not names:
+            raise ValueError(f"work {verb} needs at least one work name")
+        with self._transaction() as changes:
+            job = self._job_row(job_id)
+            self._authorize(actor, job, verb)
+            items = {work["name"]: work for work in self._work_rows(job_id)}
+            unknown = [name for name in names if name not in items]
+            if unknown:
+                listed = ", ".join(map(repr, unknown))
+                raise NoSuchWorkError(f"job {job_id} has no work item {listed}")
+            moved: list[str] = []
+            refused: dict[str, list[str]] = {}
+            for name in names:
+                status = items[name]["status"]
+                if rule.applies(status) and rule.target is not None:
+                    self._set_work_status(changes, job_id, items[name], rule.target)
+                    moved.append(name)
+                else:
+                    refused.setdefault(status, []).append(name)
+            parts = [f"{_names(job_id, moved)} -> {rule.target}"] if moved else []
+            parts += [
+                str(rule.refusal(_names(job_id, group), status))
+                for status, group in refused.items()
+            ]
+            if moved:
+                self._derive_job_status(changes, job_id)
+            result = ActionResult(len(moved), "; ".join(parts))
+            changes.note(
+                job_id,
+                f"{_origin(invocation_id)} work{verb} by {actor}: {result.message}",
+                invocation_id,
+            )
+            return result
+
+    def subjob_action(
+        self,
+        verb: str,
+        job_id: int,
+        subjob_ids: Sequence[int],
+        actor: str,
+        *,
+        invocation_id: str = "",
+    ) -> ActionResult:
+        """Apply a job verb to instances (all of them when ``subjob_ids`` is empty).
+
+        Instances follow the job's state rules; remove does not apply to them
+        (ValueError). Instance changes do not move the job or its work. Raises
+        NoSuchJobError for an unknown job or instance, PermissionDeniedError.
+        """
+        rule = subjob_rule(verb)
+        with self._transaction() as changes:
+            job = self._job_row(job_id)
+            self._authorize(actor, job, verb)
+            rows = self._db.execute(
+                "SELECT id, status, host FROM subjobs WHERE job_id = ? ORDER BY id", (job_id,)
+            ).fetchall()
+            instances = {sub["id"]: sub for sub in rows}
+            wanted = list(dict.fromkeys(subjob_ids)) or list(instances)
+            unknown = [str(subid) for subid in wanted if subid not in instances]
+            if unknown:
+                raise NoSuchJobError(f"job {job_id} has no instance {', '.join(unknown)}")
+            messages: list[str] = []
+            changed = 0
+            for subid in wanted:
+                sub = instances[subid]
+                refusal = rule.refusal(f"instance {job_id}.{subid}", sub["status"])
+                if refusal is None and rule.target is not None:
+                    self._set_subjob_status(changes, job_id, subid, rule.target, sub["host"])
+                    changed += 1
+                    messages.append(f"instance {job_id}.{subid} {sub['status']} -> {rule.target}")
+                else:
+                    messages.append(str(refusal))
+            result = ActionResult(changed, "; ".join(messages))
+            changes.note(
+                job_id,
+                f"{_origin(invocation_id)} subjob{verb} by {actor}: {result.message}",
+                invocation_id,
+            )
+            return result
+
+    # -- work lifecycle: what workers would do, driven by tests and demos --------------
+
+    def start_work(
+        self, job_id: int, name: str, host: str = "localhost", subid: int = 0
+    ) -> list[Transition]:
+        """A worker takes a pending item: the item, its instance and a pending job run.
+
+        Raises NoSuchJobError/NoSuchWorkError, or ValueError when the job or item is not
+        in a state a real supervisor would dispatch (the job pending or running, the item
+        pending). Returns the transitions it caused.
+        """
+        with self._transaction() as changes:
+            job = self._job_row(job_id)
+            work = self._work_row(job_id, name)
+            if job["status"] not in (Status.PENDING, Status.RUNNING):
+                raise ValueError(
+                    f"job {job_id} is {job['status']}; work starts in pending or running jobs"
+                )
+            if work["status"] != Status.PENDING:
+                raise ValueError(
+                    f"work {job_id}:{name} is {work['status']}; only pending work starts"
+                )
+            sub = self._db.execute(
+                "SELECT status FROM subjobs WHERE job_id = ? AND id = ?", (job_id, subid)
+            ).fetchone()
+            if sub is None:
+                raise NoSuchJobError(f"job {job_id} has no instance {subid}")
+            if job["status"] == Status.PENDING:
+                self._set_job_status(changes, job_id, Status.RUNNING)
+            if sub["status"] == Status.PENDING:
+                self._set_subjob_status(changes, job_id, subid, Status.RUNNING, host)
+            self._db.execute(
+                "UPDATE work SET subid = ?, host = ?, count = count + 1"
+                " WHERE job_id = ? AND name = ?",
+                (subid, host, job_id, name),
+            )
+            self._set_work_status(changes, job_id, self._work_row(job_id, name), Status.RUNNING)
+            changes.note(job_id, f"[work] {name} running on {host} (instance {job_id}.{subid})")
+            return list(changes.transitions)
+
+    def complete_work(
+        self, job_id: int, name: str, resultpackage: Mapping[str, Any] | None = None
+    ) -> list[Transition]:
+        """A running item completes, keeping the worker's result package (e.g. outputPaths)."""
+        return self._end_work(job_id, name, Status.COMPLETE, resultpackage)
+
+    def fail_work(self, job_id: int, name: str) -> list[Transition]:
+        """A running item fails."""
+        return self._end_work(job_id, name, Status.FAILED, None)
+
+    def _end_work(
+        self, job_id: int, name: str, new: str, resultpackage: Mapping[str, Any] | None
+    ) -> list[Transition]:
+        package = json.dumps(dict(resultpackage or {}), allow_nan=False)
+        with self._transaction() as changes:
+            self._job_row(job_id)
+            work = self._work_row(job_id, name)
+            if work["status"] != Status.RUNNING:
+                raise ValueError(
+                    f"work {job_id}:{name} is {work['status']}; only running work ends"
+                )
+            self._db.execute(
+                "UPDATE work SET resultpackage = ? WHERE job_id = ? AND name = ?",
+                (package, job_id, name),
+            )
+            self._set_work_status(changes, job_id, work, new)
+            changes.note(job_id, f"[work] {name} {new}")
+            self._derive_job_status(changes, job_id)
+            return list(changes.transitions)
+
+    def _work_row(self, job_id: int, name: str) -> sqlite3.Row:
+        row = self._db.execute(
+            "SELECT * FROM work WHERE job_id = ? AND name = ?", (job_id, name)
+        ).fetchone()
+        if row is None:
+            raise NoSuchWorkError(f"job {job_id} has no work item {name!r}")
+        return row  # type: ignore[no-any-return]  # sqlite3 types fetchone() as Any
+
+    def start_job(self, job_id: int, host: str = "localhost") -> list[Transition]:
+        """A job without an agenda starts: it and its pending instances run on ``host``."""
+        return self._drive_job(job_id, Status.PENDING, Status.RUNNING, host)
+
+    def complete_job(self, job_id: int) -> list[Transition]:
+        """A running job without an agenda completes, with its unfinished instances."""
+        return self._drive_job(job_id, Status.RUNNING, Status.COMPLETE, None)
+
+    def fail_job(self, job_id: int) -> list[Transition]:
+        """A running job without an agenda fails, with its unfinished instances."""
+        return self._drive_job(job_id, Status.RUNNING, Status.FAILED, None)
+
+    def _drive_job(
+        self, job_id: int, expected: str, new: str, host: str | None
+    ) -> list[Transition]:
+        with self._transaction() as changes:
+            job = self._job_row(job_id)
+            if self._work_rows(job_id):
+                raise ValueError(f"job {job_id} has an agenda; drive its work items instead")
+            if job["status"] != expected:
+                raise ValueError(f"job {job_id} is {job['status']}; expected {expected}")
+            if host is not None:
+                self._db.execute(
+                    "UPDATE subjobs SET host = ? WHERE job_id = ? AND status = ?",
+                    (host, job_id, Status.PENDING),
+                )
+            instances_from = NON_TERMINAL if is_terminal(new) else (Status.PENDING,)
+            self._set_job_status(changes, job_id, new, instances_from)
+            changes.note(job_id, f"[job] {expected} -> {new}" + (f" on {host}" if host else ""))
+            return list(changes.transitions)
+
+    # -- results ----------------------------------------------------------------------
+
+    def report_result(self, invocation_id: str, job_id: int, payload: Mapping[str, Any]) -> bool:
+        """Store one run's result; returns True when ``invocation_id`` was already stored.
+
+        The job need not exist any more: a callback may have removed its own job.
+        """
+        if not invocation_id:
+            raise ValueError("a result needs an invocation_id")
+        try:
+            text = json.dumps(dict(payload), allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"result payload is not JSON: {err}") from err
+        with self._transaction() as changes:
+            inserted = self._db.execute(
+                "INSERT INTO results (invocation_id, job_id, time, payload) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (invocation_id) DO NOTHING",
+                (invocation_id, job_id, self._clock(), text),
+            ).rowcount
+            if inserted:
+                outcome = payload.get("outcome", "no outcome")
+                line = f"[callback] result of invocation {invocation_id}: {outcome}"
+                changes.note(job_id, line, invocation_id)
+            return not inserted
+
+    def results(self, job_id: int | None = None) -> list[dict[str, Any]]:
+        """Stored results (``invocation_id, job_id, time, payload``), oldest first."""
+        query = "SELECT * FROM results"
+        args: tuple[int, ...] = ()
+        if job_id is not None:
+            query, args = query + " WHERE job_id = ?", (job_id,)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY time, rowid", args).fetchall()
+        return [self._result_dict(row) for row in rows]
+
+    def result(self, invocation_id: str) -> dict[str, Any] | None:
+        """One stored result, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM results WHERE invocation_id = ?", (invocation_id,)
+            ).fetchone()
+        return None if row is None else self._result_dict(row)
+
+    @staticmethod
+    def _result_dict(row: sqlite3.Row) -> dict[str, Any]:
+        return {
+            "invocation_id": row["invocation_id"],
+            "job_id": row["job_id"],
+            "time": row["time"],
+            "payload": json.loads(row["payload"]),
+        }

@@ -1,0 +1,102 @@
+"""supervisor_client's public surface: exact exports, one client method per RPC, error classes."""
+
+from __future__ import annotations
+
+import inspect
+import re
+
+import grpc
+import pytest
+
+import supervisor_client
+from supervisor_client import client as client_module
+from supervisor_client import errors
+from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
+
+pytestmark = pytest.mark.unit
+
+EXPORTED = {
+    "ExecutorClient",
+    "ExecutorRpcError",
+    "InvalidRequestError",
+    "ReferenceSupervisor",
+    "RetryableError",
+    "SupervisorServicer",
+    "add_reference_supervisor",
+}
+
+
+def test_all_is_exact_and_importable() -> None:
+    assert sorted(supervisor_client.__all__) == sorted(EXPORTED)
+    assert len(supervisor_client.__all__) == len(EXPORTED)
+    for name in EXPORTED:
+        assert getattr(supervisor_client, name) is not None
+
+
+def test_public_names_of_the_package_are_only_the_exports() -> None:
+    public = {
+        name
+        for name, value in vars(supervisor_client).items()
+        if not name.startswith("_") and not inspect.ismodule(value)
+    }
+    assert public == EXPORTED
+
+
+def test_generated_modules_are_not_reexported() -> None:
+    assert not any(name.endswith(("_pb2", "_pb2_grpc")) for name in supervisor_client.__all__)
+    assert not hasattr(supervisor_client, "executor_pb2")
+
+
+def snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def test_the_client_wraps_every_executor_rpc() -> None:
+    service = executor_pb2.DESCRIPTOR.services_by_name["CallbackExecutor"]
+    for method in service.methods:
+        wrapper = getattr(supervisor_client.ExecutorClient, snake(method.name), None)
+        assert inspect.iscoroutinefunction(wrapper), method.name
+        assert "timeout" in inspect.signature(wrapper).parameters, method.name
+
+
+@pytest.mark.parametrize(
+    ("code", "error_type"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, errors.RetryableError),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, errors.RetryableError),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, errors.RetryableError),
+        (grpc.StatusCode.INVALID_ARGUMENT, errors.InvalidRequestError),
+        (grpc.StatusCode.INTERNAL, errors.ExecutorRpcError),
+        (grpc.StatusCode.NOT_FOUND, errors.ExecutorRpcError),
+    ],
+)
+def test_from_rpc_error_sorts_by_retryability(
+    code: grpc.StatusCode, error_type: type[errors.ExecutorRpcError]
+) -> None:
+    raw = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details="why")
+
+    typed = errors.from_rpc_error(raw)
+
+    assert type(typed) is error_type
+    assert (typed.code, typed.details, str(typed)) == (code, "why", f"{code.name}: why")
+
+
+def test_from_rpc_error_without_details() -> None:
+    raw = grpc.aio.AioRpcError(grpc.StatusCode.UNKNOWN, grpc.aio.Metadata(), grpc.aio.Metadata())
+
+    assert errors.from_rpc_error(raw).details == ""
+
+
+def test_request_builder_rejects_what_the_messages_cannot_hold() -> None:
+    with pytest.raises(ValueError, match="wall_clock"):
+        client_module.build_execute_request(
+            language="python", code="x", job={"id": 1}, limits={"wall_clock": 3}
+        )
+    with pytest.raises(ValueError, match="when"):
+        client_module.build_execute_request(
+            language="python", code="x", job={"id": 1}, event={"when": "now"}
+        )
+    request = client_module.build_execute_request(
+        language="python", code="x", job=types_pb2.Job(id=4), invocation_id="fixed"
+    )
+    assert (request.invocation_id, request.context.job.id) == ("fixed", 4)

@@ -1,0 +1,173 @@
+"""Qube's state tables: statuses, events, verb transitions (§5.2) and permission bits (§6)."""
+
+from __future__ import annotations
+
+import pytest
+
+from supervisor_client.qbcallback.v1 import supervisor_pb2
+from supervisor_client.reference import states
+from supervisor_client.reference.states import Status
+
+pytestmark = pytest.mark.unit
+
+ALL = list(Status)
+
+
+def test_terminal_states_are_exactly_those_with_a_code_below_0x100() -> None:
+    for status in Status:
+        assert states.is_terminal(status) == (states.STATUS_CODES[status] < 0x100), status
+    assert {"complete", "failed", "killed"} == states.TERMINAL
+    assert set(Status) == states.TERMINAL | states.NON_TERMINAL
+    assert not states.TERMINAL & states.NON_TERMINAL
+
+
+@pytest.mark.parametrize(
+    ("status", "event"),
+    [
+        ("complete", "complete"),
+        ("failed", "failed"),
+        ("killed", "killed"),
+        ("blocked", "blocked"),
+        ("running", "running"),
+        ("waiting", "waiting"),
+        ("pending", None),
+        ("suspended", None),
+    ],
+)
+def test_event_name_of_each_new_state(status: str, event: str | None) -> None:
+    assert states.event_name(status) == event
+
+
+def test_done_is_never_an_event_name_of_a_state() -> None:
+    assert "done" not in {states.event_name(status) for status in Status}
+
+
+def test_job_and_work_verbs_match_the_contract_enums() -> None:
+    job_enum = supervisor_pb2.JobVerb.DESCRIPTOR.values_by_name
+    work_enum = supervisor_pb2.WorkVerb.DESCRIPTOR.values_by_name
+    job_verbs = {name.removeprefix("JOB_VERB_").lower() for name in job_enum}
+    work_verbs = {name.removeprefix("WORK_VERB_").lower() for name in work_enum}
+    assert set(states.JOB_RULES) == job_verbs - {"unspecified"}
+    assert set(states.WORK_RULES) == work_verbs - {"unspecified"}
+    assert set(states.SUBJOB_RULES) == set(states.JOB_RULES) - {"remove"}
+
+
+# (verb, statuses it moves, new status) — qube-callbacks.md §5.2 as the brief reads it.
+JOB_TABLE = [
+    ("unblock", {"blocked"}, "pending"),
+    ("block", {"pending", "running", "waiting", "suspended"}, "blocked"),
+    ("kill", {"pending", "blocked", "running", "waiting", "suspended"}, "killed"),
+    ("retry", {"complete", "failed", "killed"}, "pending"),
+    ("requeue", {"complete", "failed", "killed"}, "blocked"),
+    ("preempt", {"running"}, "pending"),
+    ("interrupt", {"running"}, "pending"),
+    ("migrate", {"running"}, "pending"),
+    ("suspend", {"running"}, "suspended"),
+    ("resume", {"suspended"}, "running"),
+    ("complete", {"pending", "blocked", "running", "waiting", "suspended"}, "complete"),
+    ("fail", {"pending", "blocked", "running", "waiting", "suspended"}, "failed"),
+]
+
+WORK_TABLE = [
+    ("unblock", {"blocked"}, "pending"),
+    ("block", {"pending"}, "blocked"),
+    ("kill", {"pending", "running"}, "killed"),
+    ("retry", {"failed", "killed", "complete"}, "pending"),
+    ("requeue", {"failed", "killed", "complete"}, "blocked"),
+    ("complete", {"pending", "blocked", "running", "waiting", "suspended"}, "complete"),
+    ("fail", {"pending", "blocked", "running", "waiting", "suspended"}, "failed"),
+]
+
+
+@pytest.mark.parametrize(("verb", "moves", "target"), JOB_TABLE, ids=[t[0] for t in JOB_TABLE])
+def test_job_verb_moves_exactly_its_source_states(verb: str, moves: set[str], target: str) -> None:
+    rule = states.job_rule(verb)
+    assert rule.target == target
+    assert {status for status in ALL if rule.applies(status)} == moves
+
+
+@pytest.mark.parametrize(("verb", "moves", "target"), WORK_TABLE, ids=[t[0] for t in WORK_TABLE])
+def test_work_verb_moves_exactly_its_source_states(verb: str, moves: set[str], target: str) -> None:
+    rule = states.work_rule(verb)
+    assert rule.target == target
+    assert {status for status in ALL if rule.applies(status)} == moves
+
+
+def test_remove_applies_to_every_job_and_has_no_target() -> None:
+    rule = states.job_rule("remove")
+    assert rule.target is None
+    assert all(rule.applies(status) for status in ALL)
+
+
+def test_job_verbs_carry_their_work_along() -> None:
+    assert dict(states.job_rule("kill").work_moves) == {"running": "killed"}
+    assert dict(states.job_rule("retry").work_moves) == {"failed": "pending", "killed": "pending"}
+    for verb in ("preempt", "interrupt", "migrate"):
+        assert dict(states.job_rule(verb).work_moves) == {"running": "pending"}
+    for verb in ("unblock", "block", "suspend", "resume", "complete", "fail"):
+        assert not states.job_rule(verb).work_moves, verb
+
+
+def test_refusal_says_why_a_verb_does_not_apply() -> None:
+    unblock = states.job_rule("unblock")
+    assert unblock.refusal("job 12", "blocked") is None
+    assert (
+        unblock.refusal("job 12", "pending") == "job 12 is pending; unblock applies to blocked jobs"
+    )
+    assert states.job_rule("block").refusal("job 12", "blocked") == "job 12 is already blocked"
+    assert states.subjob_rule("resume").refusal("instance 3.0", "pending") == (
+        "instance 3.0 is pending; resume applies to suspended instances"
+    )
+
+
+@pytest.mark.parametrize("lookup", [states.job_rule, states.work_rule, states.subjob_rule])
+def test_unknown_verb_is_a_value_error_listing_the_known_ones(lookup: object) -> None:
+    with pytest.raises(ValueError, match=r"unknown \w+ verb 'explode'; expected one of .*unblock"):
+        lookup("explode")  # type: ignore[operator]
+
+
+def test_remove_is_no_instance_verb() -> None:
+    with pytest.raises(ValueError, match="unknown subjob verb 'remove'"):
+        states.subjob_rule("remove")
+
+
+def test_default_security_is_every_non_admin_right_but_bump_and_global_callbacks() -> None:
+    bits = states.PERMISSION_BITS
+    expected = sum(v for n, v in bits.items() if v <= bits["reset"]) - bits["bump"]
+    expected += bits["lock_host"] - bits["submit_global_callback"]
+    assert states.DEFAULT_SECURITY == expected == 136314867
+
+
+def test_every_verb_has_a_permission_bit() -> None:
+    assert set(states.JOB_RULES) <= set(states.PERMISSION_BITS)
+
+
+@pytest.mark.parametrize(
+    ("actor", "owner", "mask", "allowed"),
+    [
+        ("alice", "alice", states.DEFAULT_SECURITY, True),
+        ("alice", "alice", states.DEFAULT_SECURITY & ~2048, False),
+        ("alice", "bob", states.DEFAULT_SECURITY, False),
+        ("root", "bob", 0, True),
+        ("", "", states.DEFAULT_SECURITY, False),
+    ],
+    ids=["owner", "owner-without-bit", "other-user", "admin", "anonymous"],
+)
+def test_permits(actor: str, owner: str, mask: int, allowed: bool) -> None:
+    assert states.permits(actor, owner, "unblock", mask=mask, admins={"root"}) is allowed
+
+
+@pytest.mark.parametrize(
+    ("current", "work", "derived"),
+    [
+        ("running", ["complete", "complete"], "complete"),
+        ("running", ["complete", "failed", "killed"], "failed"),
+        ("running", ["complete", "killed"], "killed"),
+        ("running", ["complete", "pending"], "running"),
+        ("blocked", ["complete", "running"], "blocked"),
+        ("complete", ["complete", "pending"], "pending"),
+        ("pending", [], "pending"),
+    ],
+)
+def test_job_status_derived_from_its_agenda(current: str, work: list[str], derived: str) -> None:
+    assert states.derive_job_status(current, work) == derived

@@ -1,0 +1,762 @@
+"""ReferenceSupervisor on SQLite: submission, verbs, work lifecycle, events, history, results."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisor_client.reference import (
+    NoSuchJobError,
+    NoSuchWorkError,
+    PermissionDeniedError,
+    ReferenceSupervisor,
+    SubmitError,
+    Transition,
+)
+
+pytestmark = pytest.mark.unit
+
+
+class Clock:
+    """A settable Unix clock, so job times are exact."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def events() -> list[Transition]:
+    return []
+
+
+@pytest.fixture
+def sup(clock: Clock, events: list[Transition]) -> Iterator[ReferenceSupervisor]:
+    with ReferenceSupervisor(":memory:", listeners=[events.append], clock=clock) as supervisor:
+        yield supervisor
+
+
+def submit_one(sup: ReferenceSupervisor, **fields: Any) -> int:
+    (job,) = sup.submit([{"name": "render", "user": "alice", **fields}])
+    return int(job["id"])
+
+
+def statuses(sup: ReferenceSupervisor, job_id: int) -> dict[str, str]:
+    return {work["name"]: work["status"] for work in sup.job(job_id)["agenda"]}
+
+
+# -- submission ---------------------------------------------------------------------------
+
+
+def test_submit_fills_qube_defaults(sup: ReferenceSupervisor, clock: Clock) -> None:
+    (job,) = sup.submit([{"name": "comp"}])
+
+    assert job == {
+        "id": 1,
+        "name": "comp",
+        "label": "qube0",
+        "pgrp": 1,
+        "pid": 0,
+        "status": "pending",
+        "user": "qube",
+        "priority": 9999,
+        "prototype": "cmdline",
+        "cpus": 1,
+        "mailaddress": "",
+        "timesubmit": int(clock.now),
+        "timestart": 0,
+        "timecomplete": 0,
+        "agenda": [],
+        "subjobs": [{"id": 0, "status": "pending", "host": ""}],
+    }
+    assert sup.job(1) == job
+
+
+def test_one_submission_is_one_pgrp_led_by_its_first_job(sup: ReferenceSupervisor) -> None:
+    first = sup.submit([{"name": "a"}, {"name": "b", "label": "comp"}, {"name": "c"}])
+    second = sup.submit([{"name": "d"}])
+
+    assert [(j["id"], j["pgrp"], j["label"]) for j in first] == [
+        (1, 1, "qube0"),
+        (2, 1, "comp"),
+        (3, 1, "qube2"),
+    ]
+    assert [(j["id"], j["pgrp"], j["label"]) for j in second] == [(4, 4, "qube0")]
+    assert [j["id"] for j in sup.jobs_in_pgrp(1)] == [1, 2, 3]
+    assert sup.find_by_label(1, "comp") == sup.job(2)
+    assert sup.find_by_label(4, "comp") is None
+
+
+def test_a_job_can_join_an_existing_pgrp(sup: ReferenceSupervisor) -> None:
+    sup.submit([{"name": "a"}, {"name": "b"}])
+    (joined,) = sup.submit([{"name": "late", "pgrp": 1}])
+
+    assert (joined["pgrp"], joined["label"]) == (1, "qube2")
+    with pytest.raises(SubmitError, match="pgrp 77 does not exist"):
+        sup.submit([{"name": "x", "pgrp": 77}])
+
+
+def test_auto_labels_never_take_an_explicit_label(sup: ReferenceSupervisor) -> None:
+    jobs = sup.submit([{"name": "a"}, {"name": "b"}, {"name": "c", "label": "qube1"}])
+
+    assert [j["label"] for j in jobs] == ["qube0", "qube2", "qube1"]
+
+
+@pytest.mark.parametrize(
+    ("batches", "message"),
+    [
+        ([[{"label": "comp"}, {"label": "comp"}]], "label 'comp' is not unique in pgrp 1"),
+        ([[{"label": "comp"}], [{"label": "comp", "pgrp": 1}]], "label 'comp' is not unique"),
+        ([[{"agenda": [1, "1"]}]], "work name '1' appears twice"),
+    ],
+    ids=["same-submission", "existing-pgrp", "work-names"],
+)
+def test_duplicates_reject_the_whole_submission(
+    sup: ReferenceSupervisor, batches: list[list[dict[str, Any]]], message: str
+) -> None:
+    *accepted, rejected = batches
+    for batch in accepted:
+        sup.submit(batch)
+    before = [sup.jobs_in_pgrp(1)]
+
+    with pytest.raises(SubmitError, match=message):
+        sup.submit([{"name": "ok"}, *rejected])
+
+    assert [sup.jobs_in_pgrp(1)] == before
+
+
+def test_rejected_submission_consumes_no_ids(sup: ReferenceSupervisor) -> None:
+    with pytest.raises(SubmitError):
+        sup.submit([{"label": "x"}, {"label": "x"}])
+
+    assert sup.submit([{"name": "next"}])[0]["id"] == 1
+
+
+@pytest.mark.parametrize(
+    ("job", "message"),
+    [
+        ({"status": "running"}, "status must be 'pending' or 'blocked'"),
+        ({"cpus": 0}, "cpus must be an integer >= 1"),
+        ({"cpus": 10**6}, "cpus = 1000000 is above the limit"),
+        ({"priority": "high"}, "priority must be an integer"),
+        ({"user": 5}, "user must be a string"),
+        ({"agenda": "1-10"}, "agenda must be a list"),
+        ({"agenda": [{"status": "blocked"}]}, "a work item needs a name"),
+        ({"agenda": [{"name": "1", "status": "complete"}]}, "work 1: status must be"),
+        ({"callbacks": [{"language": "python"}]}, "callback 1: triggers and language are required"),
+        (
+            {"callbacks": [{"triggers": ["done-job-self"], "language": "qube"}]},
+            "triggers must be a string",
+        ),
+        ({"package": {"x": float("nan")}}, r"fields \['package'\] are not JSON values"),
+        ({"package": object()}, "are not JSON values"),
+    ],
+)
+def test_malformed_jobs_are_rejected_naming_the_field(
+    sup: ReferenceSupervisor, job: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(SubmitError, match=message):
+        sup.submit([job])
+
+
+def test_submit_needs_a_list(sup: ReferenceSupervisor) -> None:
+    with pytest.raises(SubmitError, match="submit takes a list of job dicts"):
+        sup.submit({"name": "a"})  # type: ignore[arg-type]
+
+
+def test_agenda_forms_and_blocked_jobs(sup: ReferenceSupervisor) -> None:
+    job_id = submit_one(
+        sup,
+        status="blocked",
+        cpus=3,
+        agenda=[1, "2", {"name": "Initialize"}, {"name": 4, "status": "blocked"}],
+    )
+    job = sup.job(job_id)
+
+    assert job["status"] == "blocked"
+    assert statuses(sup, job_id) == {
+        "1": "pending",
+        "2": "pending",
+        "Initialize": "pending",
+        "4": "blocked",
+    }
+    assert job["agenda"][0] == {
+        "name": "1",
+        "status": "pending",
+        "subid": -1,
+        "host": "",
+        "count": 0,
+        "resultpackage": {},
+    }
+    assert job["subjobs"] == [{"id": n, "status": "blocked", "host": ""} for n in range(3)]
+
+
+def test_callbacks_are_numbered_and_only_shown_when_asked(sup: ReferenceSupervisor) -> None:
+    job_id = submit_one(
+        sup,
+        callbacks=[
+            {"triggers": "complete-job-self", "language": "python", "code": "print(1)", "id": 99},
+            {
+                "triggers": "done-work-self-*",
+                "language": "qube",
+                "code": "unblock-self",
+                "user": "bob",
+                "maximum": 2,
+            },
+        ],
+    )
+
+    assert "callbacks" not in sup.job(job_id)
+    assert sup.job(job_id, include_callbacks=True)["callbacks"] == [
+        {
+            "id": 1,
+            "triggers": "complete-job-self",
+            "language": "python",
+            "code": "print(1)",
+            "user": "alice",
+            "count": 0,
+            "maximum": 0,
+        },
+        {
+            "id": 2,
+            "triggers": "done-work-self-*",
+            "language": "qube",
+            "code": "unblock-self",
+            "user": "bob",
+            "count": 0,
+            "maximum": 2,
+        },
+    ]
+
+
+def test_other_fields_round_trip_and_assigned_ones_are_ignored(sup: ReferenceSupervisor) -> None:
+    job_id = submit_one(
+        sup,
+        package={"cmdline": "echo", "range": "1-10"},
+        notes="n",
+        cluster="/farm",
+        id=555,
+        timesubmit=1,
+        subjobs=[{"id": 9}],
+        mailaddress="a@b",
+        pid=7,
+        priority=10,
+    )
+    job = sup.job(job_id)
+
+    assert job["package"] == {"cmdline": "echo", "range": "1-10"}
+    assert (job["notes"], job["cluster"], job["mailaddress"]) == ("n", "/farm", "a@b")
+    assert (job["id"], job["pid"], job["priority"]) == (1, 7, 10)
+    assert job["timesubmit"] != 1
+    assert job["subjobs"] == [{"id": 0, "status": "pending", "host": ""}]
+
+
+def test_submit_emits_one_submit_event_per_job(
+    sup: ReferenceSupervisor, events: list[Transition]
+) -> None:
+    sup.submit([{"name": "a"}, {"name": "b"}])
+
+    assert events == [Transition("submit", "job", 1), Transition("submit", "job", 2)]
+
+
+# -- job verbs ----------------------------------------------------------------------------
+
+
+def test_unblock_blocked_job(sup: ReferenceSupervisor, events: list[Transition]) -> None:
+    job_id = submit_one(sup, status="blocked", cpus=2)
+    events.clear()
+
+    result = sup.job_action("unblock", job_id, "alice")
+
+    assert (result.changed, result.message) == (1, "job 1 blocked -> pending")
+    assert sup.job(job_id)["status"] == "pending"
+    assert [s["status"] for s in sup.job(job_id)["subjobs"]] == ["pending", "pending"]
+    assert events == []  # Qube has no "pending" event
+
+
+def test_a_verb_that_does_not_apply_changes_nothing_and_says_why(
+    sup: ReferenceSupervisor, events: list[Transition]
+) -> None:
+    job_id = submit_one(sup)
+    events.clear()
+
+    result = sup.job_action("unblock", job_id, "alice")
+
+    assert (result.changed, result.message) == (
+        0,
+        "job 1 is pending; unblock applies to blocked jobs",
+    )
+    assert sup.job(job_id)["status"] == "pending"
+    assert events == []
+
+
+def test_kill_running_job_kills_running_work_only(
+    sup: ReferenceSupervisor, events: list[Transition], clock: Clock
+) -> None:
+    job_id = submit_one(sup, agenda=[1, 2, 3])
+    sup.start_work(job_id, "1", host="node7")
+    events.clear()
+    clock.now += 60
+
+    result = sup.job_action("kill", job_id, "alice")
+
+    assert result.message == "job 1 running -> killed (1 work item moved with it)"
+    assert statuses(sup, job_id) == {"1": "killed", "2": "pending", "3": "pending"}
+    assert sup.job(job_id)["timecomplete"] == int(clock.now)
+    assert events == [
+        Transition("killed", "job", job_id),
+        Transition("killed", "subjob", job_id, subjob_id=0, host="node7"),
+        Transition("killed", "work", job_id, work_name="1", host="node7"),
+    ]
+
+
+def test_retry_brings_failed_and_killed_work_back(sup: ReferenceSupervisor) -> None:
+    job_id = submit_one(sup, agenda=[1, 2, 3])
+    for name, end in (("1", sup.complete_work), ("2", sup.fail_work)):
+        sup.start_work(job_id, name)
+        end(job_id, name)
+    sup.start_work(job_id, "3")
+    sup.work_action("kill", job_id, ["3"], "alice")
+    assert sup.job(job_id)["status"] == "failed"
+
+    result = sup.job_action("retry", job_id, "alice")
+
+    assert result.message == "job 1 failed -> pending (2 work items moved with it)"
+    assert statuses(sup, job_id) == {"1": "complete", "2": "pending", "3": "pending"}
+    assert sup.job(job_id)["timecomplete"] == 0
+
+
+def test_requeue_holds_the_job_with_its_work_ready(sup: ReferenceSupervisor) -> None:
+    job_id = submit_one(sup, agenda=[1])
+    sup.start_work(job_id, "1")
+    sup.fail_work(job_id, "1")
+
+    sup.job_action("requeue", job_id, "alice")
+
+    assert sup.job(job_id)["status"] == "blocked"
+    assert statuses(sup, job_id) == {"1": "pending"}
+
+
+@pytest.mark.parametrize("verb", ["preempt", "interrupt", "migrate"])
+def test_preempt_interrupt_migrate_send_running_work_back(
+    sup: ReferenceSupervisor, events: list[Transition], verb: str
+) -> None:
+    job_id = submit_one(sup, agenda=[1, 2])
+    sup.start_work(job_id, "1")
+    events.clear()
+
+    assert sup.job_action(verb, job_id, "alice").changed == 1
+
+    assert sup.job(job_id)["status"] == "pending"
+    assert statuses(sup, job_id) == {"1": "pending", "2": "pending"}
+    assert events == []
+
+
+def test_suspend_and_resume(sup: ReferenceSupervisor, events: list[Transition]) -> None:
+    job_id = submit_one(sup)
+    sup.start_job(job_id)
+    events.clear()
+
+    sup.job_action("suspend", job_id, "alice")
+    assert sup.job(job_id)["status"] == "suspended"
+    assert events == []
+    assert sup.job_action("suspend", job_id, "alice").changed == 0
+    sup.job_action("resume", job_id, "alice")
+
+    assert sup.job(job_id)["status"] == "running"
+    assert events[0] == Transition("running", "job", job_id)
+
+
+@pytest.mark.parametrize(
+    ("verb", "status"), [("complete", "complete"), ("fail", "failed"), ("block", "blocked")]
+)
+def test_forcing_verbs(
+    sup: ReferenceSupervisor, events: list[Transition], verb: str, status: str
+) -> None:
+    job_id = submit_one(sup)
+    events.clear()
+
+    sup.job_action(verb, job_id, "alice")
+
+    assert sup.job(job_id)["status"] == status
+    assert events[0] == Transition(status, "job", job_id)
+    assert sup.job_action(verb, job_id, "alice").changed == 0
+
+
+def test_remove_deletes_the_job_but_keeps_its_history(
+    sup: ReferenceSupervisor, events: list[Transition]
+) -> None:
+    job_id = submit_one(sup, agenda=[1], callbacks=[{"triggers": "x-job-self", "language": "qube"}])
+    events.clear()
+
+    assert sup.job_action("remove", job_id, "alice", invocation_id="inv-1").changed == 1
+
+    with pytest.raises(NoSuchJobError, match="no job 1"):
+        sup.job(job_id)
+    assert events == [Transition("removed", "job", job_id)]
+    assert sup.history(job_id)[-1]["text"] == "[callback] remove by alice: job 1 removed"
+    assert sup.jobs_in_pgrp(1) == []
+
+
+def test_unknown_job_and_unknown_verb(sup: ReferenceSupervisor) -> None:
+    with pytest.raises(NoSuchJobError, match="no job 42"):
+        sup.job_action("kill", 42, "alice")
+    with pytest.raises(ValueError, match="unknown job verb 'explode'"):
+        sup.job_action("explode", 42, "alice")
+
+
+# -- permissions --------------------------------------------------------------------------
+
+
+def test_only_owner_and_admins_may_act(sup: ReferenceSupervisor) -> None:
+    job_id = submit_one(sup, user="bob", status="blocked")
+
+    with pytest.raises(PermissionDeniedError, match=r"^alice may not unblock job 1 owned by bob$"):
+        sup.job_action("unblock", job_id, "alice")
+    with pytest.raises(PermissionDeniedError, match="an anonymous caller may not unblock"):
+        sup.job_action("unblock", job_id, "")
+    with pytest.raises(PermissionDeniedError):
+        sup.work_action("kill", job_id, ["x"], "alice")
+    assert sup.job(job_id)["status"] == "blocked"
+
+    assert sup.job_action("unblock", job_id, "root").changed == 1
+
+
+def test_the_mask_limits_owners_but_not_admins(clock: Clock) -> None:
+    without_kill = 136314867 & ~16
+    with ReferenceSupervisor(
+        admins={"wrangler"}, default_security=without_kill, clock=clock
+    ) as sup:
+        job_id = submit_one(sup, agenda=[1])
+
+        with pytest.raises(PermissionDeniedError, match="alice may not kill job 1 owned by alice"):
+            sup.job_action("kill", job_id, "alice")
+        with pytest.raises(PermissionDeniedError):
+            sup.work_action("kill", job_id, ["1"], "alice")
+        with pytest.raises(PermissionDeniedError):
+            sup.job_action("kill", job_id, "root")  # not an admin of this supervisor
+        assert sup.job_action("kill", job_id, "wrangler").changed == 1
+
+
+# -- work verbs and the derived job status ------------------------------------------------
+
+
+def test_workunblock_unblocks_exactly_the_named_items(sup: ReferenceSupervisor) -> None:
+    job_id = submit_one(sup, agenda=[{"name": str(n), "status": "blocked"} for n in range(1, 6)])
+
+    result = sup.work_action("unblock", job_id, ["2", "3", "4"], "alice")
+
+    assert (result.changed, result.message) == (3, "work 1:2,3,4 -> pending")
+    assert statuses(sup, job_id) == {
+        "1": "blocked",
+        "2": "pending",
+        "3": "pending",
+        "4": "pending",
+        "5": "blocked",
+    }
+
+
+def test_work_verb_reports_items_it_left_alone(sup: ReferenceSupervisor) -> None:
+    job_id = submit_one(sup, agenda=[1, {"name": "2", "status": "blocked"}])
+
+    result = sup.work_action("unblock", job_id, ["1", "2"], "alice")
+
+    assert result.changed == 1
+    assert (
+        result.message
+        == "work 1:2 -> pending; work 1:1 is pending; unblock applies to blocked work"
+    )
+
+
+def test_unknown_work_names_are_all_named(sup: ReferenceSupervisor) -> None:
+    job_id = submit_one(sup, agenda=[1])
+
+    with pytest.raises(NoSuchWorkError, match="job 1 has no work item '7', '2-4'"):
+        sup.work_action("block", job_id, ["1", "7", "2-4"], "alice")
+    with pytest.raises(ValueError, match="needs at least one work name"):
+        sup.work_action("block", job_id, [], "alice")
+    assert statuses(sup, job_id) == {"1": "pending"}
+
+
+@pytest.mark.parametrize(
+    ("ends", "job_status"),
+    [
+        (("complete", "complete"), "complete"),
+        (("complete", "fail"), "failed"),
+        (("kill", "complete"), "killed"),
+        (("kill", "fail"), "failed"),
+    ],
+)
+def test_job_status_follows_its_work(
+    sup: ReferenceSupervisor, events: list[Transition], ends: tuple[str, str], job_status: str
+) -> None:
+    job_id = submit_one(sup, agenda=["a", "b"])
+    sup.start_work(job_id, "a")
+    sup.work_action(ends[0], job_id, ["a"], "alice")
+    assert sup.job(job_id)["status"] == "running"
+    events.clear()
+
+    sup.work_action(ends[1], job_id, ["b"], "alice")
+
+    assert sup.job(job_id)["status"] == job_status
+    assert events[0].type == "work"
+    assert Transition(job_status, "job", job_id) in events
+    assert "done" not in {event.name for event in events}
+
+
+def test_retrying_work_of_an_ended_job_reopens_it(sup: ReferenceSupervisor) -> None:
+    job_id = submit_one(sup, agenda=["a"])
+    sup.work_action("complete", job_id, ["a"], "alice")
+    assert sup.job(job_id)["status"] == "complete"
+
+    sup.work_action("retry", job_id, ["a"], "alice")
+
+    assert sup.job(job_id)["status"] == "pending"
+    assert sup.job(job_id)["subjobs"][0]["status"] == "pending"
+
+
+# -- instance verbs -----------------------------------------------------------------------
+
+
+def test_subjob_verbs_act_on_the_named_instances_or_all(
+    sup: ReferenceSupervisor, events: list[Transition]
+) -> None:
+    job_id = submit_one(sup, cpus=3, status="blocked")
+    events.clear()
+
+    one = sup.subjob_action("unblock", job_id, [1], "alice")
+    rest = sup.subjob_action("unblock", job_id, [], "alice")
+
+    assert (one.changed, one.message) == (1, "instance 1.1 blocked -> pending")
+    assert rest.changed == 2
+    assert "instance 1.1 is pending; unblock applies to blocked instances" in rest.message
+    assert sup.job(job_id)["status"] == "blocked"  # instances do not move the job
+    sup.subjob_action("kill", job_id, [2], "alice")
+    assert events == [Transition("killed", "subjob", job_id, subjob_id=2)]
+    with pytest.raises(NoSuchJobError, match="job 1 has no instance 5"):
+        sup.subjob_action("kill", job_id, [5], "alice")
+    with pytest.raises(ValueError, match="unknown subjob verb 'remove'"):
+        sup.subjob_action("remove", job_id, [0], "alice")
+
+
+# -- work lifecycle -----------------------------------------------------------------------
+
+
+def test_start_work_runs_item_instance_and_job(
+    sup: ReferenceSupervisor, events: list[Transition], clock: Clock
+) -> None:
+    job_id = submit_one(sup, agenda=[1, 2], cpus=2)
+    events.clear()
+
+    returned = sup.start_work(job_id, "2", host="node3", subid=1)
+
+    assert (
+        returned
+        == events
+        == [
+            Transition("running", "job", job_id),
+            Transition("running", "subjob", job_id, subjob_id=1, host="node3"),
+            Transition("running", "work", job_id, work_name="2", host="node3"),
+        ]
+    )
+    job = sup.job(job_id)
+    assert job["agenda"][1] == {
+        "name": "2",
+        "status": "running",
+        "subid": 1,
+        "host": "node3",
+        "count": 1,
+        "resultpackage": {},
+    }
+    assert (job["status"], job["timestart"]) == ("running", int(clock.now))
+
+
+def test_complete_work_keeps_the_result_package(sup: ReferenceSupervisor, clock: Clock) -> None:
+    job_id = submit_one(sup, agenda=[1])
+    sup.start_work(job_id, "1")
+    clock.now += 5
+
+    sup.complete_work(job_id, "1", {"outputPaths": "/out/1.exr"})
+
+    job = sup.job(job_id)
+    assert job["agenda"][0]["resultpackage"] == {"outputPaths": "/out/1.exr"}
+    assert (job["status"], job["timecomplete"]) == ("complete", int(clock.now))
+    assert job["subjobs"][0]["status"] == "complete"
+
+
+@pytest.mark.parametrize(
+    ("setup", "call", "error", "message"),
+    [
+        (
+            {"status": "blocked", "agenda": [1]},
+            lambda s: s.start_work(1, "1"),
+            ValueError,
+            "job 1 is blocked; work starts in pending or running jobs",
+        ),
+        (
+            {"agenda": [{"name": "1", "status": "blocked"}]},
+            lambda s: s.start_work(1, "1"),
+            ValueError,
+            "only pending work starts",
+        ),
+        ({"agenda": [1]}, lambda s: s.start_work(1, "1", subid=4), NoSuchJobError, "no instance 4"),
+        ({"agenda": [1]}, lambda s: s.start_work(1, "9"), NoSuchWorkError, "no work item '9'"),
+        ({"agenda": [1]}, lambda s: s.complete_work(1, "1"), ValueError, "only running work ends"),
+        ({"agenda": [1]}, lambda s: s.start_job(1), ValueError, "has an agenda"),
+        ({}, lambda s: s.complete_job(1), ValueError, "job 1 is pending; expected running"),
+    ],
+)
+def test_lifecycle_refuses_what_a_worker_could_not_do(
+    sup: ReferenceSupervisor, setup: dict[str, Any], call: Any, error: type[Exception], message: str
+) -> None:
+    submit_one(sup, **setup)
+
+    with pytest.raises(error, match=message):
+        call(sup)
+
+
+@pytest.mark.parametrize(("end", "status"), [("complete_job", "complete"), ("fail_job", "failed")])
+def test_jobs_without_agenda_are_driven_directly(
+    sup: ReferenceSupervisor, events: list[Transition], end: str, status: str
+) -> None:
+    job_id = submit_one(sup)
+    events.clear()
+
+    sup.start_job(job_id, host="node1")
+    getattr(sup, end)(job_id)
+
+    assert events == [
+        Transition("running", "job", job_id),
+        Transition("running", "subjob", job_id, subjob_id=0, host="node1"),
+        Transition(status, "job", job_id),
+        Transition(status, "subjob", job_id, subjob_id=0, host="node1"),
+    ]
+
+
+# -- listeners and history ----------------------------------------------------------------
+
+
+def test_listeners_run_after_commit_outside_the_lock(sup: ReferenceSupervisor) -> None:
+    seen: list[tuple[str, str, bool]] = []
+
+    def read_from_another_thread(transition: Transition) -> None:
+        # The reader would block until the timeout if the store still held its lock.
+        status: list[str] = []
+        reader = threading.Thread(
+            target=lambda: status.append(sup.job(transition.job_id)["status"])
+        )
+        reader.start()
+        reader.join(timeout=5)
+        seen.append((transition.type, status[0] if status else "", reader.is_alive()))
+
+    job_id = submit_one(sup, status="blocked")
+    sup.add_listener(read_from_another_thread)
+    sup.job_action("kill", job_id, "alice")
+
+    assert seen == [("job", "killed", False), ("subjob", "killed", False)]
+
+
+def test_a_failing_listener_is_logged_and_the_next_still_called(
+    sup: ReferenceSupervisor, events: list[Transition], caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(transition: Transition) -> None:
+        raise RuntimeError("listener bug")
+
+    after: list[Transition] = []
+    sup.add_listener(broken)
+    sup.add_listener(after.append)
+
+    with caplog.at_level(logging.ERROR):
+        submit_one(sup)
+
+    assert after == events == [Transition("submit", "job", 1)]
+    assert "listener bug" in caplog.text
+
+
+def test_history_records_who_did_what(sup: ReferenceSupervisor) -> None:
+    job_id = submit_one(sup, status="blocked")
+    sup.job_action("unblock", job_id, "alice", invocation_id="inv-7")
+    sup.job_action("block", job_id, "root")
+
+    lines = sup.history(job_id)
+
+    assert [line["text"] for line in lines] == [
+        "[job] submitted by alice into pgrp 1 as 'qube0'",
+        "[callback] unblock by alice: job 1 blocked -> pending",
+        "[user] block by root: job 1 pending -> blocked",
+    ]
+    assert lines[1]["invocation_id"] == "inv-7"
+    assert sup.history(999) == []
+
+
+# -- results ------------------------------------------------------------------------------
+
+
+def test_results_are_stored_once_per_invocation(sup: ReferenceSupervisor) -> None:
+    job_id = submit_one(sup)
+    sup.job_action("remove", job_id, "alice")  # a callback may remove its own job
+
+    assert sup.report_result("inv-1", job_id, {"outcome": "OUTCOME_SUCCEEDED"}) is False
+    assert sup.report_result("inv-1", job_id, {"outcome": "OUTCOME_FAILED"}) is True
+    assert sup.report_result("inv-2", 99, {}) is False
+
+    assert sup.result("inv-1") is not None
+    assert sup.result("inv-1")["payload"] == {"outcome": "OUTCOME_SUCCEEDED"}  # type: ignore[index]
+    assert [r["invocation_id"] for r in sup.results(job_id)] == ["inv-1"]
+    assert [r["invocation_id"] for r in sup.results()] == ["inv-1", "inv-2"]
+    assert sup.result("nope") is None
+    texts = [line["text"] for line in sup.history(job_id) if "result" in line["text"]]
+    assert texts == ["[callback] result of invocation inv-1: OUTCOME_SUCCEEDED"]
+
+
+def test_results_need_an_id_and_json(sup: ReferenceSupervisor) -> None:
+    with pytest.raises(ValueError, match="needs an invocation_id"):
+        sup.report_result("", 1, {})
+    with pytest.raises(ValueError, match="not JSON"):
+        sup.report_result("x", 1, {"bad": object()})
+
+
+# -- storage ------------------------------------------------------------------------------
+
+
+def test_state_survives_reopening_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "supervisor.db"
+    with ReferenceSupervisor(path) as first:
+        first.submit([{"name": "a", "user": "alice", "status": "blocked", "agenda": [1]}])
+        first.job_action("unblock", 1, "alice")
+
+    with ReferenceSupervisor(str(path)) as second:
+        assert second.job(1)["status"] == "pending"
+        assert second.submit([{"name": "b"}])[0]["id"] == 2
+
+
+def test_concurrent_submissions_get_distinct_ids(sup: ReferenceSupervisor) -> None:
+    ids: list[int] = []
+    lock = threading.Lock()
+
+    def submit_many() -> None:
+        for _ in range(20):
+            job_id = submit_one(sup, agenda=[1, 2])
+            with lock:
+                ids.append(job_id)
+
+    threads = [threading.Thread(target=submit_many) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(ids) == list(range(1, 81))
+    assert all(sup.job(job_id)["pgrp"] == job_id for job_id in ids)
