@@ -63,6 +63,8 @@ def _enter_namespaces(spec: dict[str, Any]) -> None:
     flags = CLONE_NEWPID
     if not spec.get("network", True):
         flags |= CLONE_NEWNET
+    if spec.get("isolation"):
+        flags |= CLONE_NEWNS
     _check(_libc.unshare(flags), "unshare")
 
 
@@ -117,6 +119,13 @@ def confine_and_run(spec: dict[str, Any]) -> int:
             os.close(int(spec["bridge_fd"]))  # EOF on the bridge must mean the callback is gone
             return _mirror_exit(pid)
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        isolation = spec.get("isolation")
+        if isolation:
+            import isolation as hardened  # the sibling module, only needed in this tier
+
+            hardened.isolate_filesystem(isolation["masks"], isolation["keep"] + [os.getcwd()])
+            os.chdir(os.getcwd())  # re-enter the working directory through the new mount
+            hardened.drop_privileges(isolation["uid"], isolation["gid"])
     os.umask(0o077)
     _apply_rlimits(spec.get("rlimits", {}))
     return _run_runtime(spec)

@@ -31,6 +31,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I leaves it out
 
+import isolation  # noqa: E402, F401
 import launcher  # noqa: E402
 import protocol  # noqa: F401  - warm for the children
 import python_bootstrap  # noqa: E402, F401

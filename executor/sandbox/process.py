@@ -46,6 +46,23 @@ CallHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 @dataclass(frozen=True, slots=True)
+class IsolationPlan:
+    """The hardened tier: what each child hides and keeps, and the uids it runs as."""
+
+    masks: tuple[str, ...]
+    keep: tuple[str, ...]
+    uid_base: int
+
+    def for_slot(self, slot: int) -> dict[str, Any]:
+        return {
+            "masks": list(self.masks),
+            "keep": list(self.keep),
+            "uid": self.uid_base + slot,
+            "gid": self.uid_base + slot,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class SandboxOptions:
     """Host-level choices, probed once at start-up."""
 
@@ -54,6 +71,7 @@ class SandboxOptions:
     network: bool
     grace_s: float
     cgroups: PidsCgroups | None
+    isolation: IsolationPlan | None = None
 
 
 @dataclass(slots=True)
@@ -188,6 +206,7 @@ class SandboxRunner:
 
     def _launch_spec(self, runtime: dict[str, Any], limits: Limits, slot: int) -> dict[str, Any]:
         cgroups = self.options.cgroups
+        isolation = self.options.isolation
         if cgroups is not None:
             cgroups.set_max(slot, limits.max_processes)
         return {
@@ -196,7 +215,11 @@ class SandboxRunner:
             "pid_namespace": self.options.pid_namespace,
             "network": self.options.network,
             "cgroup_procs": [cgroups.procs_file(slot)] if cgroups is not None else [],
-            "rlimits": sandbox_limits.rlimits(limits, cap_processes_with_nproc=cgroups is None),
+            # With a dedicated uid per slot, RLIMIT_NPROC counts only this callback.
+            "rlimits": sandbox_limits.rlimits(
+                limits, cap_processes_with_nproc=cgroups is None or isolation is not None
+            ),
+            "isolation": isolation.for_slot(slot) if isolation is not None else None,
         }
 
     async def run(
@@ -213,6 +236,9 @@ class SandboxRunner:
             stdout=CapturedStream(limits.output_bytes), stderr=CapturedStream(limits.output_bytes)
         )
         workdir = tempfile.mkdtemp(prefix="cbexec-run-")
+        if self.options.isolation is not None:
+            owner = self.options.isolation.uid_base + slot
+            os.chown(workdir, owner, owner)
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
         parent_sock, child_sock = socket.socketpair()

@@ -1,0 +1,79 @@
+"""The hardened tier, inside the child's own mount and PID namespaces: a private view, then no root.
+
+Applied by the launcher, as root, in the callback's process (PID 1 of its namespace),
+before the runtime starts:
+
+1. every mount becomes private (nothing leaks back to the host);
+2. a fresh ``/proc`` shows only the callback's own processes;
+3. each *mask* directory (the executor's data dir, ``/tmp``, ``/dev/shm``, and any
+   ancestor of a needed path that others cannot traverse, such as ``/root`` on hosts
+   whose Python lives there) is covered by an empty tmpfs;
+4. the *keep* paths under a mask (the interpreter, the venv, the child code, the
+   callback's working directory) are bind-mounted back, from O_PATH descriptors opened
+   before anything was covered;
+5. the process drops to a dedicated unprivileged uid/gid with no supplementary groups,
+   which also drops every capability. RLIMIT_NPROC now counts only this slot's uid.
+
+Stdlib only (ctypes for mount(2)).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    result = _libc.mount(
+        source.encode() if source else None,
+        target.encode(),
+        fstype.encode() if fstype else None,
+        ctypes.c_ulong(flags),
+        data.encode() if data else None,
+    )
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"mount {target}: {os.strerror(errno)}")
+
+
+def _under(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def isolate_filesystem(masks: list[str], keep: list[str]) -> None:
+    """Private mounts, fresh /proc, tmpfs over ``masks``, ``keep`` paths bound back."""
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    # Outermost masks only: a mask inside another is already covered.
+    outer = [m for m in sorted(set(masks), key=len) if os.path.isdir(m)]
+    outer = [m for i, m in enumerate(outer) if not any(_under(m, o) for o in outer[:i])]
+    kept = {path: os.open(path, os.O_PATH) for path in keep if any(_under(path, m) for m in outer)}
+    try:
+        for mask in outer:
+            _mount("tmpfs", mask, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64m")
+        for path, fd in sorted(kept.items()):
+            if os.path.isdir(f"/proc/self/fd/{fd}"):
+                os.makedirs(path, mode=0o755, exist_ok=True)
+            else:
+                os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+                open(path, "a").close()  # noqa: SIM115 - a mount point for a file
+            _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+    finally:
+        for fd in kept.values():
+            os.close(fd)
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    """Become uid/gid for good: no groups, no capabilities, no way back."""
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
