@@ -1,0 +1,406 @@
+"""The trigger engine: registered jobs' callbacks fired by published events and by timers.
+
+Semantics (documented in the README):
+
+- Edge-triggered: an event sets the latch of every atom it matches; the callback's
+  expression is evaluated over its latches after each matching event. An atom whose
+  event happened before the job was registered never latches.
+- ``done`` atoms match complete, failed and killed events. A ``*`` atom latches on any
+  item, once (it is not per item).
+- Firing increments ``count``, honours ``maximum`` (0 = unlimited) and resets every latch
+  of the callback, so it can fire again on new events.
+- The callback runs in the context of the event that completed its trigger: that
+  event's work item (``qb.workid()``) and instance (``qb.subid()``).
+- Order within one event: by owning job id, then callback id; universal callbacks come
+  after the job's own. Firings of one event run one after another in that order.
+- Durability: latching, counting and queueing the firing commit in one transaction;
+  queued firings are run once after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Final
+
+from executor import triggers
+from executor.errors import InvalidRequestError
+from executor.model import CallbackSpec, EventSpec, Invocation, Limits, RunResult
+from executor.triggers.store import NewAtom, PendingFiring, StoredCallback, TriggerStore
+from executor.triggers.universal import UniversalCallback, UniversalConfigError, load_universal
+
+logger = logging.getLogger(__name__)
+
+TERMINAL_EVENTS: Final = frozenset({"complete", "failed", "killed"})
+TIME_TYPES: Final = frozenset({"time", "repeat", "globaltime", "globalrepeat"})
+# Types whose atoms carry an item in their extra (work name, subjob id, host).
+ITEM_TYPES: Final = frozenset({"work", "subjob", "host"})
+
+
+@dataclass(frozen=True, slots=True)
+class Occurrence:
+    """One published transition."""
+
+    name: str
+    type: str
+    job_id: int
+    work_name: str = ""
+    subjob_id: int = -1
+    host: str = ""
+    event_id: str = ""
+
+    def item(self) -> str:
+        if self.type == "work":
+            return self.work_name
+        if self.type == "subjob":
+            return str(self.subjob_id)
+        if self.type == "host":
+            return self.host
+        return ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "type": self.type, "job_id": self.job_id,
+            "work_name": self.work_name, "subjob_id": self.subjob_id, "host": self.host,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Fired:
+    """A callback an event fired (or would fire)."""
+
+    callback: StoredCallback
+    invocation_id: str = ""
+    result: RunResult | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Latched:
+    """A callback whose latches an event set without firing it."""
+
+    callback: StoredCallback
+    latches: tuple[bool, ...]
+
+
+@dataclass
+class EngineStats:
+    events_published: int = 0
+    callbacks_fired: int = 0
+
+
+@lru_cache(maxsize=65536)
+def _parsed(expression: str) -> Any:
+    return triggers.parse(expression)
+
+
+def check_trigger(expression: str) -> str | None:
+    """None when the expression parses, else the parser's message."""
+    try:
+        _parsed(expression)
+    except triggers.TriggerSyntaxError as err:
+        return str(err)
+    return None
+
+
+class TriggerEngine:
+    """Registers jobs, matches events, fires callbacks through ``run``."""
+
+    def __init__(
+        self,
+        store: TriggerStore,
+        run: Callable[[Invocation], Any],
+        *,
+        limits: Limits,
+        universal_dirs: Sequence[Path] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._run = run  # async (Invocation) -> RunResult; the dispatcher's execute
+        self._limits = limits
+        self._universal_dirs = list(universal_dirs)
+        self._universal: list[UniversalCallback] = []
+        self._clock = clock
+        self._timer_wakeup = asyncio.Event()
+        self._background: set[asyncio.Task[Any]] = set()
+        self.stats = EngineStats()
+
+    # -- universal callbacks --------------------------------------------------------
+
+    @property
+    def universal(self) -> list[UniversalCallback]:
+        return list(self._universal)
+
+    def reload_universal(self) -> list[str]:
+        """Re-read every callbacks.conf; on errors keep the last good set and return them."""
+        try:
+            loaded = load_universal(self._universal_dirs, check_trigger)
+        except UniversalConfigError as err:
+            for line in err.errors:
+                logger.error("universal callbacks not reloaded: %s", line)
+            return err.errors
+        self._universal = loaded
+        logger.info("%d universal callbacks active", len(loaded))
+        return []
+
+    # -- registration ---------------------------------------------------------------
+
+    def _scope(self, job: dict[str, Any], context: str) -> str:
+        job_id = int(job["id"])
+        if context == "self":
+            return f"job:{job_id}"
+        if context == "parent":
+            return f"job:{int(job.get('pid') or 0)}"
+        if context.isdigit():
+            return f"job:{int(context)}"
+        return f"label:{int(job.get('pgrp') or job_id)}:{context}"
+
+    def _index(self, job: dict[str, Any], expr: Any) -> tuple[list[NewAtom], list[tuple[int, float]]]:
+        atoms: list[NewAtom] = []
+        timers: list[tuple[int, float]] = []
+        now = self._clock()
+        for slot, atom in enumerate(triggers.atoms(expr)):
+            if atom.type in TIME_TYPES:
+                due = triggers.next_fire(atom, now)
+                if due is not None:
+                    timers.append((slot, due))
+                continue
+            extra = atom.extra if atom.type in ITEM_TYPES else ""
+            scope = self._scope(job, atom.context)
+            names = ("complete", "failed", "killed", "done") if atom.name == "done" else (atom.name,)
+            atoms.extend(NewAtom(slot, name, atom.type, scope, extra) for name in names)
+        return atoms, timers
+
+    def register_job(self, job: dict[str, Any]) -> list[StoredCallback]:
+        """Store a job with its callbacks and the universal ones; keeps state of unchanged ones."""
+        job_id = int(job.get("id") or 0)
+        if job_id <= 0:
+            raise InvalidRequestError("job.id is required to register a job")
+        job = dict(job, pgrp=int(job.get("pgrp") or job_id))
+        label = str(job.get("label") or "")
+        if label:
+            owner = self._store.label_owner(job["pgrp"], label)
+            if owner is not None and owner != job_id:
+                raise InvalidRequestError(
+                    f"label {label!r} is already used by job {owner} in pgrp {job['pgrp']}"
+                )
+        specs = self._callback_specs(job)
+        previous = {(cb.callback_id, cb.triggers, cb.code): cb for cb in self._store.callbacks_of(job_id)}
+        with self._store.transaction() as db:
+            TriggerStore.remove_job(db, job_id)
+            TriggerStore.put_job(db, {k: v for k, v in job.items() if k != "callbacks"})
+            for spec, expr in specs:
+                kept = previous.get((spec["id"], spec["triggers"], spec["code"]))
+                if kept is not None:
+                    spec.update(count=kept.count, latches=list(kept.latches))
+                atoms, timers = self._index(job, expr)
+                TriggerStore.put_callback(db, job_id, spec, atoms, timers)
+        self._timer_wakeup.set()
+        return self._store.callbacks_of(job_id)
+
+    def _callback_specs(self, job: dict[str, Any]) -> list[tuple[dict[str, Any], Any]]:
+        specs: list[tuple[dict[str, Any], Any]] = []
+        own = list(job.get("callbacks") or [])
+        next_id = 1
+        for index, cb in enumerate(own):
+            triggers_text = str(cb.get("triggers") or "")
+            try:
+                expr = _parsed(triggers_text)
+            except triggers.TriggerSyntaxError as err:
+                raise InvalidRequestError(f"job.callbacks[{index}].triggers: {err}") from err
+            callback_id = int(cb.get("id") or 0) or next_id
+            next_id = max(next_id, callback_id) + 1
+            specs.append((self._spec(cb, callback_id, job, expr), expr))
+        for universal in self._universal:
+            expr = _parsed(universal.triggers)
+            cb = {"triggers": universal.triggers, "language": universal.language,
+                  "code": universal.code, "universal": True, "source": universal.source}
+            specs.append((self._spec(cb, next_id, job, expr), expr))
+            next_id += 1
+        return specs
+
+    @staticmethod
+    def _spec(cb: dict[str, Any], callback_id: int, job: dict[str, Any], expr: Any) -> dict[str, Any]:
+        return {
+            "id": callback_id,
+            "triggers": str(cb.get("triggers") or ""),
+            "language": str(cb.get("language") or "qube"),
+            "code": str(cb.get("code") or ""),
+            "user": str(cb.get("user") or job.get("user") or ""),
+            "count": int(cb.get("count") or 0),
+            "maximum": int(cb.get("maximum") or 0),
+            "latches": [False] * len(triggers.atoms(expr)),
+            "universal": bool(cb.get("universal", False)),
+            "source": str(cb.get("source") or ""),
+        }
+
+    # -- matching -------------------------------------------------------------------
+
+    def _keys(self, event: Occurrence) -> list[tuple[str, str, str, str]]:
+        scopes = [f"job:{event.job_id}"]
+        job = self._store.job(event.job_id)
+        if job is not None and job.get("label"):
+            scopes.append(f"label:{int(job['pgrp'])}:{job['label']}")
+        extras = ["", "*", event.item()] if event.type in ITEM_TYPES else [""]
+        names = [event.name] + (["done"] if event.name in TERMINAL_EVENTS else [])
+        return [
+            (name, event.type, scope, extra)
+            for name in names for scope in scopes for extra in dict.fromkeys(extras)
+        ]
+
+    def _decide(
+        self, db: Any, hits: list[tuple[int, int]], event: dict[str, Any], *, dry: bool
+    ) -> tuple[list[Fired], list[Latched]]:
+        slots: dict[int, set[int]] = {}
+        for rowid, slot in hits:
+            slots.setdefault(rowid, set()).add(slot)
+        fired: list[Fired] = []
+        latched: list[Latched] = []
+        callbacks = TriggerStore.load_callbacks(db, slots)
+        for cb in sorted(callbacks, key=lambda c: (c.job_id, c.universal, c.callback_id)):
+            if cb.maximum and cb.count >= cb.maximum:
+                continue
+            latches = list(cb.latches)
+            for slot in slots[cb.rowid]:
+                if slot < len(latches):
+                    latches[slot] = True
+            if triggers.evaluate(_parsed(cb.triggers), latches):
+                invocation_id = "" if dry else str(uuid.uuid4())
+                if not dry:
+                    TriggerStore.save_state(db, cb.rowid, cb.count + 1, [False] * len(latches))
+                    TriggerStore.queue_firing(db, invocation_id, cb.rowid, event)
+                fired.append(Fired(cb, invocation_id))
+            elif latches != list(cb.latches):
+                if not dry:
+                    TriggerStore.save_state(db, cb.rowid, cb.count, latches)
+                latched.append(Latched(cb, tuple(latches)))
+        return fired, latched
+
+    def match(self, event: Occurrence, *, dry: bool) -> tuple[list[Fired], list[Latched], bool]:
+        """Apply (or, dry, simulate) one event. Returns fired, latched, and whether it was a repeat."""
+        keys = self._keys(event)
+        if dry:
+            with self._store.transaction() as db:
+                hits = TriggerStore.matching_atoms(db, keys)
+                fired, latched = self._decide(db, hits, event.as_dict(), dry=True)
+                return fired, latched, False
+        with self._store.transaction() as db:
+            if event.event_id and not TriggerStore.first_sighting(db, event.event_id):
+                return [], [], True
+            hits = TriggerStore.matching_atoms(db, keys)
+            fired, latched = self._decide(db, hits, event.as_dict(), dry=False)
+            if event.name == "removed" and event.type == "job":
+                TriggerStore.remove_job(db, event.job_id)
+        self.stats.events_published += 1
+        self.stats.callbacks_fired += len(fired)
+        return fired, latched, False
+
+    async def publish(self, event: Occurrence, *, wait: bool) -> tuple[list[Fired], bool]:
+        """Apply an event and run what it fires (inline when ``wait``, else in the background)."""
+        fired, _, duplicate = self.match(event, dry=False)
+        firings = [PendingFiring(f.invocation_id, f.callback, event.as_dict()) for f in fired]
+        if wait:
+            results = await self._run_in_order(firings)
+            return [Fired(f.callback, f.invocation_id, r) for f, r in zip(fired, results)], duplicate
+        self._spawn(self._run_in_order(firings))
+        return fired, duplicate
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _run_in_order(self, firings: list[PendingFiring]) -> list[RunResult | None]:
+        results: list[RunResult | None] = []
+        for firing in firings:
+            results.append(await self._run_firing(firing))
+        return results
+
+    async def _run_firing(self, firing: PendingFiring) -> RunResult | None:
+        """Run one queued firing; it leaves the queue once it has a result."""
+        cb, event = firing.callback, firing.event
+        job = self._store.job(cb.job_id) or {"id": cb.job_id}
+        invocation = Invocation(
+            invocation_id=firing.invocation_id,
+            callback=CallbackSpec(
+                language=cb.language, code=cb.code, triggers=cb.triggers, id=cb.callback_id,
+                user=cb.user, count=cb.count + 1, maximum=cb.maximum,
+            ),
+            job=job,
+            limits=self._limits,
+            event=EventSpec(event["name"], event["type"], str(event["job_id"]), _item(event)),
+            work_name=str(event.get("work_name") or ""),
+            subjob_id=int(event.get("subjob_id", -1)),
+        )
+        try:
+            result: RunResult = await self._run(invocation)
+        except Exception:
+            logger.exception("firing %s of callback %s could not run", firing.invocation_id, cb.callback_id)
+            return None
+        self._store.firing_done(firing.invocation_id)
+        return result
+
+    # -- restart and timers ---------------------------------------------------------
+
+    async def resume_pending(self) -> int:
+        """Run firings decided before a crash, once each; returns how many."""
+        pending = self._store.pending_firings()
+        if pending:
+            logger.info("running %d firings decided before the last stop", len(pending))
+            await self._run_in_order(pending)
+        return len(pending)
+
+    def fire_due_timers(self) -> list[Fired]:
+        """Latch every time atom that is due and fire what completes."""
+        now = self._clock()
+        fired_all: list[Fired] = []
+        with self._store.transaction() as db:
+            due = TriggerStore.due_timers(db, now)
+            for rowid, slot, _when in due:
+                cb = TriggerStore.load_callbacks(db, [rowid])
+                if not cb:
+                    continue
+                atom = triggers.atoms(_parsed(cb[0].triggers))[slot]
+                TriggerStore.reschedule_timer(
+                    db, rowid, slot, triggers.next_fire(atom, now, last_fired_unix=now)
+                )
+                event = {"name": atom.name or "dummy", "type": atom.type, "job_id": cb[0].job_id,
+                         "work_name": "", "subjob_id": -1, "host": "", "extra": atom.extra}
+                fired, _ = self._decide(db, [(rowid, slot)], event, dry=False)
+                fired_all.extend(fired)
+        if fired_all:
+            self.stats.callbacks_fired += len(fired_all)
+            firings = [PendingFiring(f.invocation_id, f.callback, {"name": "dummy", "type": "time",
+                       "job_id": f.callback.job_id}) for f in fired_all]
+            self._spawn(self._run_in_order(firings))
+        return fired_all
+
+    async def run_timers(self) -> None:
+        """Forever: sleep until the next due time atom (or a registration), then fire."""
+        while True:
+            self.fire_due_timers()
+            due = self._store.next_timer_due()
+            delay = 3600.0 if due is None else max(0.0, min(3600.0, due - self._clock()))
+            self._timer_wakeup.clear()
+            try:
+                await asyncio.wait_for(self._timer_wakeup.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _item(event: dict[str, Any]) -> str:
+    if event.get("type") == "work":
+        return str(event.get("work_name") or "")
+    if event.get("type") == "subjob":
+        return str(event.get("subjob_id"))
+    return str(event.get("host") or event.get("extra") or "")

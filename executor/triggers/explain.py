@@ -1,0 +1,133 @@
+"""Plain-English explanation of a trigger: what it waits for, atom by atom.
+
+Meant for people (CLI, error messages, the README); the wording is not a contract.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Final
+
+from executor.triggers.evaluate import qube_to_unix
+from executor.triggers.nodes import (
+    WILDCARD,
+    Atom,
+    ContextKind,
+    EventName,
+    EventType,
+    Expr,
+    Or,
+    atoms,
+    render_atom,
+)
+
+_VERBS: Final[dict[EventName, str]] = {
+    EventName.COMPLETE: "completes",
+    EventName.DONE: "is done (completes, fails or is killed)",
+    EventName.SUBMIT: "is submitted",
+    EventName.KILLED: "is killed",
+    EventName.BLOCKED: "is blocked",
+    EventName.FAILED: "fails",
+    EventName.RUNNING: "starts running",
+    EventName.WAITING: "is set to waiting",
+    EventName.ASSIGNED: "is assigned to a host",
+    EventName.REMOVED: "is removed",
+    EventName.MODIFIED: "is modified",
+    EventName.TIMEOUT: "times out",
+    EventName.DUMMY: "reaches its time",
+}
+
+_EDGE_NOTES: Final = (
+    (
+        "note: edge-triggered. An atom latches when its event happens after the callback is "
+        "registered; an event that already happened (a job that completed earlier) is never "
+        "seen again."
+    ),
+    (
+        "note: && remembers events that happen at different moments; the latches reset when "
+        "the callback fires."
+    ),
+)
+_WILDCARD_NOTE: Final = "note: a '*' atom latches once, on any item, not once per item."
+
+
+def explain(expr: Expr) -> str:
+    """A multi-line explanation of ``expr``.
+
+    The first line is the whole condition in words; then one line per atom with its
+    latch slot (and any parse warnings); then notes on edge-triggering.
+    """
+    lines = [f"fires when {_describe(expr)}", "atoms, by latch slot:"]
+    found = atoms(expr)
+    for slot, atom in enumerate(found):
+        lines.append(f"  [{slot}] {render_atom(atom)}  ->  {describe_atom(atom)}")
+        lines.extend(f"      warning: {warning}" for warning in atom.warnings)
+    lines.extend(_EDGE_NOTES)
+    if any(atom.extra == WILDCARD for atom in found):
+        lines.append(_WILDCARD_NOTE)
+    return "\n".join(lines)
+
+
+def _describe(expr: Expr) -> str:
+    if isinstance(expr, Atom):
+        return describe_atom(expr)
+    parts = [
+        f"({_describe(term)})" if not isinstance(term, Atom) else _describe(term)
+        for term in expr.terms
+    ]
+    if isinstance(expr, Or):
+        return "EITHER " + " OR ".join(parts)
+    return " AND ".join(parts)
+
+
+def describe_context(atom: Atom) -> str:
+    """The job an atom's context names, in words."""
+    kind = atom.context_kind
+    if kind is ContextKind.SELF:
+        return "this job"
+    if kind is ContextKind.PARENT:
+        return "the parent job"
+    if kind is ContextKind.JOB_ID:
+        return f"job {atom.context}"
+    if kind is ContextKind.LABEL:
+        return f"the job labelled '{atom.context}'"
+    return "the supervisor (no job)"
+
+
+def describe_atom(atom: Atom) -> str:
+    """One atom as a clause, e.g. ``work item '5' of the job labelled 'render' completes``."""
+    if atom.is_timed or atom.type is EventType.GLOBAL:
+        return _describe_clock(atom)
+    job = describe_context(atom)
+    verb = _VERBS[atom.name]
+    if atom.type is EventType.JOB:
+        return f"{job} {verb}"
+    any_item = atom.extra == WILDCARD
+    if atom.type is EventType.WORK:
+        item = "any work item" if any_item else f"work item '{atom.extra}'"
+    elif atom.type is EventType.SUBJOB:
+        item = "any instance (subjob)" if any_item else f"instance {atom.extra}"
+    else:
+        item = "any host" if any_item else f"host '{atom.extra}'"
+        return f"{item} {verb} (host event seen by {job})"
+    return f"{item} of {job} {verb}"
+
+
+def _describe_clock(atom: Atom) -> str:
+    if atom.type is EventType.GLOBAL:
+        return "a global event (nothing fires it on its own)"
+    start, _, interval = atom.extra.partition("-")
+    when = _format_qube_time(int(start))
+    owner = (
+        "global timer"
+        if atom.type in (EventType.GLOBALTIME, EventType.GLOBALREPEAT)
+        else f"timer of {describe_context(atom)}"
+    )
+    if interval:
+        return f"the clock reaches {when} and every {interval} s after ({owner})"
+    return f"the clock reaches {when} ({owner})"
+
+
+def _format_qube_time(qube_time: int) -> str:
+    moment = datetime.fromtimestamp(qube_to_unix(qube_time), tz=UTC)
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC (Qube time {qube_time})"

@@ -1,0 +1,357 @@
+"""Tokens to syntax tree: precedence, parentheses, and the validation of every atom.
+
+Grammar (``&&`` binds tighter than ``||``; both are associative, so a chain is one
+n-ary node; ``and``/``or`` in any case are aliases, see ``lexer``)::
+
+    trigger := or_expr END
+    or_expr := and_expr ( "||" and_expr )*
+    and_expr := primary ( "&&" primary )*
+    primary := ATOM | "(" or_expr ")"
+
+Qube does not document precedence (§1.1); we use the conventional one and
+recommend parentheses.
+
+Atoms, ``name-type-context-extra``, are split on the first three hyphens: name,
+type, context, and everything after the third hyphen is the extra, which may hold
+hyphens itself (work ``1-10``, frame ``-5``, repeat ``T-interval``). Hence a label
+used as a context cannot contain ``-`` (only letters, digits, ``_`` and ``.``).
+The global forms start with their type and carry neither name nor context:
+``global``, ``globaltime-<T>``, ``globalrepeat-<T>-<interval>``; their atoms get
+the name ``dummy`` and an empty context.
+
+Choices where Qube's documentation is silent or unclear:
+
+* Event names must be one of ``EventName``. Qube allows "user-defined" names but
+  nothing can raise one, so such a trigger could never fire; we reject it at
+  registration (this also rejects ``unblock-job-1234`` from one Qube page, most
+  likely a documentation slip). Names and types are case-sensitive.
+* Any real event name goes with any of job/subjob/work/host (e.g. ``submit-work``
+  is accepted though it may never happen); ``dummy`` only goes with ``time`` and
+  ``repeat``. The reverse is permissive: ``complete-time-self-<T>`` is accepted
+  with a warning and means the same as ``dummy-time-self-<T>``.
+* An extra on a ``job`` atom is dropped with a warning (Qube's old docs wrote
+  ``failed-job-self-*``).
+* ``subjob`` needs an instance id (non-negative int32) or ``*``; ``work`` a work
+  name or ``*``; ``host`` a host name or ``*``. Work and host names are any run of
+  characters the lexer leaves in an atom (no whitespace, ``&``, ``|``, parentheses).
+* ``<T>`` is an absolute Qube time (seconds since the Qube epoch), as in Qube's
+  delayed-start example, not a time of day; repeat intervals are positive seconds.
+* Job ids, subjob ids, times and intervals are stored canonically (``007`` → ``7``).
+* A list-valued ``triggers`` (allowed by Qube's class docstring, meaning
+  undocumented) is the OR of its items: ``parse_trigger_list``. OR is the reading
+  under which a one-item list equals its string, and what "a list of events the
+  callback reacts to" suggests. The items share one size budget.
+* ``global`` alone parses (Qube lists the type) but nothing fires it.
+
+Hostile input fails fast: more than ``MAX_TRIGGER_BYTES`` is refused before
+tokenising, and parentheses deeper than ``MAX_DEPTH`` before recursing further.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Final, NoReturn
+
+from executor.triggers.errors import TriggerSyntaxError
+from executor.triggers.lexer import MAX_DEPTH, MAX_TRIGGER_BYTES, Token, TokenKind, tokenize
+from executor.triggers.nodes import (
+    MAX_QUBE_TIME,
+    WILDCARD,
+    Atom,
+    EventName,
+    EventType,
+    Expr,
+    conjoin,
+    disjoin,
+)
+
+_NAMES: Final = frozenset(name.value for name in EventName)
+_TYPES: Final = frozenset(type_.value for type_ in EventType)
+_GLOBAL_HEADS: Final = ("global", "globaltime", "globalrepeat")
+_LABEL: Final = re.compile(r"[A-Za-z0-9_.]+")
+_MAX_JOB_ID_DIGITS: Final = 20  # a uint64
+_MAX_SUBJOB_ID: Final = 2**31 - 1  # an int32 on the wire
+
+EXPECT_NAME: Final = "one of " + ", ".join(EventName)
+EXPECT_TYPE: Final = "one of " + ", ".join(EventType)
+EXPECT_CONTEXT: Final = "self, parent, a job id or a label (letters, digits, '_' and '.')"
+EXPECT_TIME: Final = "a Qube time (whole seconds since 2000-01-01 05:00:00 UTC)"
+EXPECT_INTERVAL: Final = "'<T>-<seconds>' with a positive interval in seconds"
+EXPECT_OPERAND: Final = "an event or '('"
+
+
+def parse(expression: str) -> Expr:
+    """Parse one trigger expression.
+
+    Raises:
+        TriggerSyntaxError: with the column of the problem and what was expected.
+    """
+    return _Parser(expression, tokenize(expression)).parse()
+
+
+def parse_trigger_list(items: Sequence[str]) -> Expr:
+    """Parse a list-valued ``triggers`` as the OR of its items (see module docstring).
+
+    Errors name the 0-based item (``error.item``); columns count within that item.
+    All items together may not exceed ``MAX_TRIGGER_BYTES``.
+    """
+    if isinstance(items, str):
+        raise TypeError("parse_trigger_list takes a list of strings; use parse() for one")
+    if not items:
+        raise TriggerSyntaxError("empty trigger list", 1, "at least one trigger", "")
+    budget = MAX_TRIGGER_BYTES
+    terms: list[Expr] = []
+    for index, item in enumerate(items):
+        try:
+            tokens = tokenize(item)
+            budget -= len(item.encode("utf-8", "replace"))
+            if budget < 0:
+                raise TriggerSyntaxError(
+                    "trigger list too long",
+                    1,
+                    f"at most {MAX_TRIGGER_BYTES} bytes (UTF-8) in all items together",
+                    item,
+                )
+            terms.append(_Parser(item, tokens).parse())
+        except TriggerSyntaxError as err:
+            raise err.with_item(index) from None
+    return disjoin(terms)
+
+
+def parse_triggers(value: str | Sequence[str]) -> Expr:
+    """``parse`` for a string, ``parse_trigger_list`` for a list: what a job dict may hold."""
+    if isinstance(value, str):
+        return parse(value)
+    return parse_trigger_list(value)
+
+
+class _Parser:
+    """Recursive descent over a token list; depth is bounded by ``MAX_DEPTH``."""
+
+    def __init__(self, expression: str, tokens: list[Token]) -> None:
+        self._expression = expression
+        self._tokens = tokens
+        self._pos = 0
+
+    def parse(self) -> Expr:
+        if self._peek().kind is TokenKind.END:
+            self._fail("empty trigger", 1, "an event such as 'complete-job-self'")
+        expr = self._or_expr(0)
+        token = self._peek()
+        if token.kind is TokenKind.RPAREN:
+            self._fail("unmatched ')'", token.column, "'&&', '||' or end of trigger")
+        if token.kind is not TokenKind.END:
+            self._fail(
+                f"unexpected {token.describe()}", token.column, "'&&', '||' or end of trigger"
+            )
+        return expr
+
+    def _peek(self) -> Token:
+        return self._tokens[self._pos]
+
+    def _advance(self) -> Token:
+        token = self._tokens[self._pos]
+        if token.kind is not TokenKind.END:
+            self._pos += 1
+        return token
+
+    def _fail(self, reason: str, column: int, expected: str) -> NoReturn:
+        raise TriggerSyntaxError(reason, column, expected, self._expression)
+
+    def _or_expr(self, depth: int) -> Expr:
+        terms = [self._and_expr(depth)]
+        while self._peek().kind is TokenKind.OR:
+            self._advance()
+            terms.append(self._and_expr(depth))
+        return disjoin(terms)
+
+    def _and_expr(self, depth: int) -> Expr:
+        terms = [self._primary(depth)]
+        while self._peek().kind is TokenKind.AND:
+            self._advance()
+            terms.append(self._primary(depth))
+        return conjoin(terms)
+
+    def _primary(self, depth: int) -> Expr:
+        token = self._advance()
+        if token.kind is TokenKind.ATOM:
+            return _AtomParser(token.text, token.column, self._expression).parse()
+        if token.kind is TokenKind.LPAREN:
+            if depth >= MAX_DEPTH:
+                self._fail(
+                    "parentheses nested too deep",
+                    token.column,
+                    f"at most {MAX_DEPTH} levels of parentheses",
+                )
+            inner = self._or_expr(depth + 1)
+            close = self._peek()
+            if close.kind is TokenKind.RPAREN:
+                self._advance()
+                return inner
+            if close.kind is TokenKind.END:
+                self._fail("unclosed '('", token.column, "a matching ')'")
+            self._fail(f"unexpected {close.describe()}", close.column, "'&&', '||' or ')'")
+        self._fail(f"unexpected {token.describe()}", token.column, EXPECT_OPERAND)
+
+
+class _AtomParser:
+    """Validates one ``name-type-context-extra`` atom and builds its ``Atom``."""
+
+    def __init__(self, text: str, column: int, expression: str) -> None:
+        self._text = text
+        self._column = column
+        self._expression = expression
+
+    def _fail(self, reason: str, offset: int, expected: str) -> NoReturn:
+        raise TriggerSyntaxError(reason, self._column + offset, expected, self._expression)
+
+    def _atom(
+        self,
+        name: EventName,
+        type_: EventType,
+        context: str = "",
+        extra: str = "",
+        warnings: Sequence[str] = (),
+    ) -> Atom:
+        return Atom(name, type_, context, extra, self._column, self._text, tuple(warnings))
+
+    def parse(self) -> Atom:
+        head, dash, rest = self._text.partition("-")
+        if head in _GLOBAL_HEADS:
+            return self._global(EventType(head), dash, rest)
+        fields = self._text.split("-", 3)
+        # offsets[i]: where field i starts (or would start) within the atom
+        offsets = [0]
+        for field in fields[:-1]:
+            offsets.append(offsets[-1] + len(field) + 1)
+        offsets.extend([len(self._text)] * (4 - len(offsets)))
+        present = fields + [""] * (4 - len(fields))
+        name_text, type_text, context_text, extra_text = present
+
+        if not name_text:
+            self._fail("missing event name", 0, EXPECT_NAME)
+        if name_text not in _NAMES:
+            self._fail(f"unknown event name '{name_text}'", 0, EXPECT_NAME)
+        if not type_text:
+            self._fail("missing event type", offsets[1], EXPECT_TYPE)
+        if type_text not in _TYPES:
+            self._fail(f"unknown event type '{type_text}'", offsets[1], EXPECT_TYPE)
+        name = EventName(name_text)
+        type_ = EventType(type_text)
+        if type_.value in _GLOBAL_HEADS:
+            self._fail(
+                f"event type '{type_}' takes no name or context", 0, f"'{_global_form(type_)}'"
+            )
+        timed = type_ in (EventType.TIME, EventType.REPEAT)
+        if name is EventName.DUMMY and not timed:
+            self._fail(
+                f"event type '{type_}' after 'dummy'",
+                offsets[1],
+                "time or repeat (e.g. 'dummy-time-self-<T>')",
+            )
+        if not context_text:
+            self._fail("missing context", offsets[2], EXPECT_CONTEXT)
+        context = self._context(context_text, offsets[2])
+
+        warnings: list[str] = []
+        if timed and name is not EventName.DUMMY:
+            warnings.append(
+                f"time events are named 'dummy'; '{name}' is accepted and means the same"
+            )
+        has_extra = len(fields) == 4
+        offset = offsets[3]
+        extra = ""
+        if type_ is EventType.JOB:
+            if has_extra:
+                warnings.append(
+                    f"job events take no extra: '-{extra_text}' is ignored"
+                    " (a label cannot contain '-')"
+                )
+        elif type_ is EventType.SUBJOB:
+            extra = self._subjob_id(extra_text, offset)
+        elif type_ is EventType.WORK:
+            extra = self._required(extra_text, offset, "work name", "a work name or '*'")
+        elif type_ is EventType.HOST:
+            extra = self._required(extra_text, offset, "host name", "a host name or '*'")
+        elif type_ is EventType.TIME:
+            extra = self._qube_time(extra_text, offset)
+        else:
+            extra = self._repeat(extra_text, offset)
+        return self._atom(name, type_, context, extra, warnings)
+
+    def _global(self, type_: EventType, dash: str, rest: str) -> Atom:
+        offset = len(type_.value) + len(dash)
+        if type_ is EventType.GLOBAL:
+            if dash:
+                self._fail(f"unexpected '-{rest}' after 'global'", offset - 1, "'global' alone")
+            return self._atom(EventName.DUMMY, type_)
+        if type_ is EventType.GLOBALTIME:
+            extra = self._qube_time(rest, offset)
+        else:
+            extra = self._repeat(rest, offset)
+        return self._atom(EventName.DUMMY, type_, extra=extra)
+
+    def _context(self, text: str, offset: int) -> str:
+        if text in ("self", "parent"):
+            return text
+        if text.isascii() and text.isdigit():
+            if len(text) > _MAX_JOB_ID_DIGITS:
+                self._fail(
+                    f"job id '{text}' too long",
+                    offset,
+                    f"a job id of at most {_MAX_JOB_ID_DIGITS} digits",
+                )
+            return str(int(text))
+        if _LABEL.fullmatch(text) is None:
+            self._fail(f"bad context '{text}'", offset, EXPECT_CONTEXT)
+        return text
+
+    def _required(self, text: str, offset: int, what: str, expected: str) -> str:
+        if not text:
+            self._fail(f"missing {what}", offset, expected)
+        return text
+
+    def _subjob_id(self, text: str, offset: int) -> str:
+        expected = "a subjob id (0, 1, ...) or '*'"
+        self._required(text, offset, "subjob id", expected)
+        if text == WILDCARD:
+            return text
+        value = _small_int(text)
+        if value is None or value > _MAX_SUBJOB_ID:
+            self._fail(f"bad subjob id '{text}'", offset, expected)
+        return str(value)
+
+    def _qube_time(self, text: str, offset: int) -> str:
+        self._required(text, offset, "time", EXPECT_TIME)
+        value = _small_int(text)
+        if value is None or value > MAX_QUBE_TIME:
+            self._fail(f"bad time '{text}'", offset, EXPECT_TIME)
+        return str(value)
+
+    def _repeat(self, text: str, offset: int) -> str:
+        start, dash, interval_text = text.partition("-")
+        start_value = self._qube_time(start, offset)
+        interval_offset = offset + len(start) + len(dash)
+        if not interval_text:
+            self._fail("missing repeat interval", interval_offset, EXPECT_INTERVAL)
+        interval = _small_int(interval_text)
+        if interval is None or not 0 < interval <= MAX_QUBE_TIME:
+            self._fail(f"bad repeat interval '{interval_text}'", interval_offset, EXPECT_INTERVAL)
+        return f"{start_value}-{interval}"
+
+
+def _small_int(text: str, max_digits: int = 12) -> int | None:
+    """A non-negative ASCII decimal of at most ``max_digits`` digits, else None."""
+    if not (text.isascii() and text.isdigit()) or len(text) > max_digits:
+        return None
+    return int(text)
+
+
+def _global_form(type_: EventType) -> str:
+    forms: dict[EventType, str] = {
+        EventType.GLOBAL: "global",
+        EventType.GLOBALTIME: "globaltime-<T>",
+        EventType.GLOBALREPEAT: "globalrepeat-<T>-<interval>",
+    }
+    return forms[type_]

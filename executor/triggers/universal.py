@@ -1,0 +1,89 @@
+"""Universal callbacks: ``callbacks.conf`` in each universal-callback directory.
+
+Format (qube-callbacks.md §4): one ``filename = trigger`` per line, ``#`` starts a
+comment line, blank lines are ignored. The file named sits in the same directory and
+its extension picks the language: ``.py`` python, ``.pl`` perl, ``.qcb`` qube (the
+file holds the code string). A directory without a ``callbacks.conf`` contributes
+nothing. Every problem is reported as ``file:line: message``; a load with any problem
+is refused as a whole, so a reload keeps the last good set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+CONF_NAME: Final = "callbacks.conf"
+LANGUAGE_BY_SUFFIX: Final = {".py": "python", ".pl": "perl", ".qcb": "qube"}
+MAX_FILE_BYTES: Final = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class UniversalCallback:
+    """One line of a callbacks.conf, with the code it names."""
+
+    source: str  # "<dir>/<file>"
+    language: str
+    code: str
+    triggers: str
+
+
+class UniversalConfigError(Exception):
+    """callbacks.conf could not be loaded; ``errors`` holds 'file:line: message' lines."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+def load_universal(
+    directories: list[Path], check_trigger: Callable[[str], str | None]
+) -> list[UniversalCallback]:
+    """Load every directory's callbacks.conf; ``check_trigger`` returns an error or None."""
+    callbacks: list[UniversalCallback] = []
+    errors: list[str] = []
+    for directory in directories:
+        conf = directory / CONF_NAME
+        if not conf.is_file():
+            continue
+        try:
+            lines = conf.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            errors.append(f"{conf}: cannot read: {err}")
+            continue
+        for number, raw in enumerate(lines, start=1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            where = f"{conf}:{number}"
+            filename, sep, triggers = (part.strip() for part in line.partition("="))
+            if not sep or not filename or not triggers:
+                errors.append(f"{where}: expected 'filename = trigger', got {raw.strip()!r}")
+                continue
+            language = LANGUAGE_BY_SUFFIX.get(Path(filename).suffix)
+            if language is None:
+                valid = ", ".join(LANGUAGE_BY_SUFFIX)
+                errors.append(f"{where}: {filename!r} has no known extension ({valid})")
+                continue
+            path = directory / filename
+            if Path(filename).name != filename:
+                errors.append(f"{where}: {filename!r} must be a file in {directory}")
+                continue
+            try:
+                if path.stat().st_size > MAX_FILE_BYTES:
+                    errors.append(f"{where}: {filename} is larger than {MAX_FILE_BYTES} bytes")
+                    continue
+                code = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as err:
+                errors.append(f"{where}: cannot read {filename}: {getattr(err, 'strerror', err)}")
+                continue
+            problem = check_trigger(triggers)
+            if problem:
+                errors.append(f"{where}: {problem}")
+                continue
+            callbacks.append(UniversalCallback(str(path), language, code.strip() if language == "qube" else code, triggers))
+    if errors:
+        raise UniversalConfigError(errors)
+    return callbacks

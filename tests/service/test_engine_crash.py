@@ -1,0 +1,91 @@
+"""kill -9 between the two halves of an &&: after a restart the callback fires exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from supervisor_client.jobdict import job_from_dict
+from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
+
+pytestmark = pytest.mark.service
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def executor_process(data_dir: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `cbexec serve`, killed and reaped on the way out whatever happened."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "executor", "serve", "--bind", f"127.0.0.1:{port}",
+         "--data-dir", str(data_dir), "--log-level", "WARNING"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+async def wait_serving(channel: grpc.aio.Channel, proc: subprocess.Popen[bytes]) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    for _ in range(200):
+        assert proc.poll() is None, "the executor exited during start-up"
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the executor never became SERVING")
+
+
+def publish(job_id: int) -> executor_pb2.PublishEventRequest:
+    return executor_pb2.PublishEventRequest(name="complete", type="job", job_id=job_id, wait=True)
+
+
+async def test_sigkill_between_the_halves_of_an_and(tmp_path: Path) -> None:
+    port = free_port()
+    job = {"id": 30, "name": "waiter", "user": "alice", "callbacks": [
+        {"triggers": "complete-job-10 && complete-job-11", "language": "python",
+         "code": "print('fired for', qb.jobid())"}]}
+
+    with executor_process(tmp_path, port) as first:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await wait_serving(channel, first)
+            stub = executor_pb2_grpc.CallbackExecutorStub(channel)
+            await stub.RegisterJob(executor_pb2.RegisterJobRequest(job=job_from_dict(job)))
+            half = await stub.PublishEvent(publish(10))
+        assert list(half.fired) == []
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+
+    with executor_process(tmp_path, port) as second:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await wait_serving(channel, second)
+            stub = executor_pb2_grpc.CallbackExecutorStub(channel)
+            fired = await stub.PublishEvent(publish(11))
+            again = await stub.PublishEvent(publish(11))
+
+    (firing,) = fired.fired
+    assert firing.result.outcome == executor_pb2.Outcome.OUTCOME_SUCCEEDED
+    assert firing.result.stdout == "fired for 30\n"
+    assert list(again.fired) == []

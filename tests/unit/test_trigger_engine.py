@@ -1,0 +1,228 @@
+"""The trigger engine on a real SQLite store, with a recording stand-in for the sandbox runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from executor.errors import InvalidRequestError
+from executor.model import Invocation, Limits, Outcome, RunResult
+from executor.triggers.engine import Occurrence, TriggerEngine
+from executor.triggers.store import TriggerStore
+from executor.triggers.universal import UniversalConfigError, load_universal
+from executor.triggers.engine import check_trigger
+
+pytestmark = pytest.mark.unit
+
+LIMITS = Limits(1, 5, 1 << 28, 1 << 16, 8)
+
+
+class Recorder:
+    """Runs nothing; remembers what the engine asked to run, in order."""
+
+    def __init__(self) -> None:
+        self.runs: list[Invocation] = []
+
+    async def __call__(self, invocation: Invocation) -> RunResult:
+        self.runs.append(invocation)
+        return RunResult(invocation.invocation_id, Outcome.SUCCEEDED)
+
+
+def engine_at(path: Path, recorder: Recorder, **kwargs: Any) -> TriggerEngine:
+    return TriggerEngine(TriggerStore(str(path / "triggers.db")), recorder, limits=LIMITS, **kwargs)
+
+
+def job(
+    job_id: int, *callbacks: tuple[str, str], label: str = "", pgrp: int = 1, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "id": job_id,
+        "pgrp": pgrp,
+        "label": label,
+        "user": "alice",
+        **extra,
+        "callbacks": [{"triggers": t, "language": "qube", "code": c} for t, c in callbacks],
+    }
+
+
+async def test_and_latches_across_events_and_resets_after_firing(tmp_path: Path) -> None:
+    recorder = Recorder()
+    engine = engine_at(tmp_path, recorder)
+    engine.register_job(job(3, ("complete-job-1 && complete-job-2", "unblock-self")))
+
+    first, _ = await engine.publish(Occurrence("complete", "job", 1), wait=True)
+    second, _ = await engine.publish(Occurrence("complete", "job", 2), wait=True)
+    again, _ = await engine.publish(Occurrence("complete", "job", 2), wait=True)
+
+    assert (len(first), len(second), len(again)) == (0, 1, 0)
+    assert [run.callback.count for run in recorder.runs] == [1]
+
+
+async def test_half_latched_and_state_survive_a_new_engine(tmp_path: Path) -> None:
+    recorder = Recorder()
+    engine_at(tmp_path, recorder).register_job(job(3, ("complete-job-1 && complete-job-2", "x")))
+    await engine_at(tmp_path, recorder).publish(Occurrence("complete", "job", 1), wait=True)
+
+    fired, _ = await engine_at(tmp_path, recorder).publish(
+        Occurrence("complete", "job", 2), wait=True
+    )
+
+    assert len(fired) == 1
+
+
+async def test_a_decided_firing_runs_once_after_restart(tmp_path: Path) -> None:
+    recorder = Recorder()
+    engine = engine_at(tmp_path, recorder)
+    engine.register_job(job(3, ("complete-job-1", "unblock-self")))
+    engine.match(Occurrence("complete", "job", 1), dry=False)  # decided, then "crash"
+
+    restarted = engine_at(tmp_path, recorder)
+    assert await restarted.resume_pending() == 1
+    assert await engine_at(tmp_path, recorder).resume_pending() == 0
+    assert len(recorder.runs) == 1
+
+
+async def test_done_matches_complete_failed_and_killed(tmp_path: Path) -> None:
+    recorder = Recorder()
+    engine = engine_at(tmp_path, recorder)
+    engine.register_job(job(5, ("done-job-self", "x")))
+    for name in ("complete", "failed", "killed", "running"):
+        await engine.publish(Occurrence(name, "job", 5), wait=True)
+    assert len(recorder.runs) == 3
+
+
+async def test_maximum_stops_firing(tmp_path: Path) -> None:
+    recorder = Recorder()
+    engine = engine_at(tmp_path, recorder)
+    engine.register_job(
+        {
+            "id": 5,
+            "user": "a",
+            "callbacks": [
+                {"triggers": "complete-work-self-*", "language": "qube", "code": "x", "maximum": 2}
+            ],
+        }
+    )
+    for frame in "1234":
+        await engine.publish(Occurrence("complete", "work", 5, work_name=frame), wait=True)
+    assert [run.work_name for run in recorder.runs] == ["1", "2"]
+
+
+async def test_labels_parent_and_ids_resolve(tmp_path: Path) -> None:
+    recorder = Recorder()
+    engine = engine_at(tmp_path, recorder)
+    engine.register_job(job(10, label="render", pgrp=10))
+    engine.register_job(
+        job(
+            11,
+            ("complete-work-render-5", "a"),
+            ("failed-job-parent", "b"),
+            ("running-job-12", "c"),
+            pgrp=10,
+            pid=20,
+        )
+    )
+    await engine.publish(Occurrence("complete", "work", 10, work_name="4"), wait=True)
+    await engine.publish(Occurrence("complete", "work", 10, work_name="5"), wait=True)
+    await engine.publish(Occurrence("failed", "job", 20), wait=True)
+    await engine.publish(Occurrence("running", "job", 12), wait=True)
+    assert [run.callback.code for run in recorder.runs] == ["a", "b", "c"]
+    assert recorder.runs[0].work_name == "5"
+
+
+async def test_firing_order_is_job_then_callback_id(tmp_path: Path) -> None:
+    recorder = Recorder()
+    engine = engine_at(tmp_path, recorder)
+    engine.register_job(job(8, ("complete-job-1", "eight-a"), ("complete-job-1", "eight-b")))
+    engine.register_job(job(7, ("complete-job-1", "seven")))
+    await engine.publish(Occurrence("complete", "job", 1), wait=True)
+    assert [run.callback.code for run in recorder.runs] == ["seven", "eight-a", "eight-b"]
+
+
+async def test_dry_run_changes_nothing(tmp_path: Path) -> None:
+    recorder = Recorder()
+    engine = engine_at(tmp_path, recorder)
+    engine.register_job(job(3, ("complete-job-1 && complete-job-2", "x"), ("complete-job-2", "y")))
+    fired, latched, _ = engine.match(Occurrence("complete", "job", 2), dry=True)
+    assert [f.callback.code for f in fired] == ["y"]
+    assert [(item.callback.code, item.latches) for item in latched] == [("x", (False, True))]
+    assert all(not any(cb.latches) and cb.count == 0 for cb in engine._store.callbacks_of(3))
+
+
+async def test_repeated_event_id_is_ignored(tmp_path: Path) -> None:
+    recorder = Recorder()
+    engine = engine_at(tmp_path, recorder)
+    engine.register_job(job(3, ("complete-job-1", "x")))
+    await engine.publish(Occurrence("complete", "job", 1, event_id="e1"), wait=True)
+    _, duplicate = await engine.publish(Occurrence("complete", "job", 1, event_id="e1"), wait=True)
+    assert duplicate and len(recorder.runs) == 1
+
+
+def test_duplicate_label_and_bad_trigger_are_refused(tmp_path: Path) -> None:
+    engine = engine_at(tmp_path, Recorder())
+    engine.register_job(job(1, label="a", pgrp=1))
+    with pytest.raises(InvalidRequestError, match="label 'a' is already used by job 1"):
+        engine.register_job(job(2, label="a", pgrp=1))
+    with pytest.raises(InvalidRequestError, match=r"callbacks\[0\].triggers: .*jb"):
+        engine.register_job(job(3, ("complete-jb-self", "x")))
+
+
+async def test_universal_callbacks_attach_after_the_jobs_own(tmp_path: Path) -> None:
+    conf = tmp_path / "callback"
+    conf.mkdir()
+    (conf / "callbacks.conf").write_text(
+        "# site callbacks\nmail-status.qcb = done-job-self\n\ncheck.py = submit-job-self\n"
+    )
+    (conf / "mail-status.qcb").write_text("mail-status\n")
+    (conf / "check.py").write_text("print(qb.jobid())\n")
+    recorder = Recorder()
+    engine = engine_at(tmp_path, recorder, universal_dirs=[conf])
+    assert engine.reload_universal() == []
+    callbacks = engine.register_job(job(4, ("complete-job-self", "own")))
+    assert [(c.callback_id, c.universal, c.language) for c in callbacks] == [
+        (1, False, "qube"),
+        (2, True, "qube"),
+        (3, True, "python"),
+    ]
+    await engine.publish(Occurrence("complete", "job", 4), wait=True)
+    assert [run.callback.code for run in recorder.runs] == ["own", "mail-status"]
+
+
+def test_broken_callbacks_conf_is_reported_with_file_and_line_and_keeps_the_old_set(
+    tmp_path: Path,
+) -> None:
+    conf = tmp_path / "callback"
+    conf.mkdir()
+    (conf / "callbacks.conf").write_text("ok.qcb = done-job-self\n")
+    (conf / "ok.qcb").write_text("mail-status")
+    engine = engine_at(tmp_path, Recorder(), universal_dirs=[conf])
+    assert engine.reload_universal() == []
+    (conf / "callbacks.conf").write_text(
+        "ok.qcb = done-job-self\nmissing.py = done-job-self\nbad.qcb = complete-jb-self\nnoequals\n"
+    )
+    (conf / "bad.qcb").write_text("unblock-self")
+
+    errors = engine.reload_universal()
+
+    assert [e.split(": ", 1)[0] for e in errors] == [
+        f"{conf}/callbacks.conf:{n}" for n in (2, 3, 4)
+    ]
+    assert "cannot read missing.py" in errors[0]
+    assert "jb" in errors[1]
+    assert len(engine.universal) == 1
+    with pytest.raises(UniversalConfigError):
+        load_universal([conf], check_trigger)
+
+
+async def test_time_trigger_in_the_past_fires_at_once(tmp_path: Path) -> None:
+    recorder = Recorder()
+    now = 1_800_000_000.0
+    engine = engine_at(tmp_path, recorder, clock=lambda: now)
+    qube_past = int(now) - 946702800 - 60
+    engine.register_job(job(6, (f"dummy-time-self-{qube_past}", "unblock-self")))
+    fired = engine.fire_due_timers()
+    assert len(fired) == 1
+    assert engine.fire_due_timers() == []
+    await engine.close()

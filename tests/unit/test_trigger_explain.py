@@ -1,0 +1,109 @@
+"""Plain-English explanations of triggers."""
+
+from __future__ import annotations
+
+import pytest
+
+from executor.triggers.explain import describe_atom, explain
+from executor.triggers.nodes import Atom
+from executor.triggers.parser import parse
+
+pytestmark = pytest.mark.unit
+
+JOBD = "(complete-work-ribgen-5 && complete-work-render-5) || complete-work-composite-5"
+
+
+def atom(text: str) -> Atom:
+    parsed = parse(text)
+    assert isinstance(parsed, Atom)
+    return parsed
+
+
+def test_the_jobd_example_reads_as_documented() -> None:
+    lines = explain(parse(JOBD)).splitlines()
+    assert lines[0] == (
+        "fires when EITHER (work item '5' of the job labelled 'ribgen' completes AND "
+        "work item '5' of the job labelled 'render' completes) OR "
+        "work item '5' of the job labelled 'composite' completes"
+    )
+    assert lines[1:5] == [
+        "atoms, by latch slot:",
+        "  [0] complete-work-ribgen-5  ->  work item '5' of the job labelled 'ribgen' completes",
+        "  [1] complete-work-render-5  ->  work item '5' of the job labelled 'render' completes",
+        (
+            "  [2] complete-work-composite-5  ->  "
+            "work item '5' of the job labelled 'composite' completes"
+        ),
+    ]
+    assert lines[5].startswith("note: edge-triggered.")
+    assert "never seen again" in lines[5]
+    assert lines[6].startswith("note: && remembers events")
+    assert len(lines) == 7
+
+
+def test_an_or_inside_an_and_is_parenthesised_with_either() -> None:
+    first = explain(parse("complete-job-self && (done-job-7 || killed-job-parent)")).splitlines()[0]
+    assert first == (
+        "fires when this job completes AND "
+        "(EITHER job 7 is done (completes, fails or is killed) OR the parent job is killed)"
+    )
+
+
+def test_a_plain_chain_of_ands() -> None:
+    first = explain(parse("complete-job-self && complete-job-parent")).splitlines()[0]
+    assert first == "fires when this job completes AND the parent job completes"
+
+
+@pytest.mark.parametrize(
+    ("trigger", "phrase"),
+    [
+        ("complete-job-self", "this job completes"),
+        ("running-job-19294", "job 19294 starts running"),
+        ("done-job-hello", "the job labelled 'hello' is done (completes, fails or is killed)"),
+        ("submit-job-self", "this job is submitted"),
+        ("killed-job-self", "this job is killed"),
+        ("blocked-job-self", "this job is blocked"),
+        ("failed-job-self", "this job fails"),
+        ("waiting-job-self", "this job is set to waiting"),
+        ("assigned-job-self", "this job is assigned to a host"),
+        ("removed-job-self", "this job is removed"),
+        ("modified-job-self", "this job is modified"),
+        ("complete-subjob-self-2", "instance 2 of this job completes"),
+        ("timeout-subjob-self-*", "any instance (subjob) of this job times out"),
+        ("failed-work-self-*", "any work item of this job fails"),
+        ("complete-work-self-1-10", "work item '1-10' of this job completes"),
+        ("running-host-self-node01", "host 'node01' starts running (host event seen by this job)"),
+        ("running-host-self-*", "any host starts running (host event seen by this job)"),
+        (
+            "dummy-time-self-0",
+            "the clock reaches 2000-01-01 05:00:00 UTC (Qube time 0) (timer of this job)",
+        ),
+        (
+            "dummy-repeat-parent-86400-60",
+            (
+                "the clock reaches 2000-01-02 05:00:00 UTC (Qube time 86400) and every 60 s after "
+                "(timer of the parent job)"
+            ),
+        ),
+        (
+            "globaltime-10000",
+            "the clock reaches 2000-01-01 07:46:40 UTC (Qube time 10000) (global timer)",
+        ),
+        ("global", "a global event (nothing fires it on its own)"),
+    ],
+)
+def test_describe_atom(trigger: str, phrase: str) -> None:
+    assert describe_atom(atom(trigger)) == phrase
+
+
+def test_warnings_and_the_wildcard_note_are_shown() -> None:
+    text = explain(parse("failed-job-self-* || done-work-self-*"))
+    assert "  [0] failed-job-self  ->  this job fails" in text
+    assert "      warning: job events take no extra: '-*' is ignored" in text
+    assert text.endswith("note: a '*' atom latches once, on any item, not once per item.")
+
+
+def test_every_atom_gets_its_slot() -> None:
+    text = explain(parse("done-job-1 || done-job-2 && (done-job-3 || done-job-4)"))
+    for slot in range(4):
+        assert f"  [{slot}] done-job-{slot + 1}  ->  job {slot + 1} is done" in text
