@@ -1,0 +1,71 @@
+"""The hardened tier and the network switch, seen from inside a callback."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from supervisor_client.qbcallback.v1 import executor_pb2
+from tests.conftest import Stack, running_stack, stack_settings
+
+pytestmark = pytest.mark.service
+
+Outcome = executor_pb2.Outcome
+
+LOOK_AROUND = r"""
+import json, os
+view = {"uid": os.getuid(), "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+        "tmp": os.listdir("/tmp"), "cwd": os.getcwd()}
+try:
+    view["data_dir"] = os.listdir(DATA_DIR)
+except OSError as err:
+    view["data_dir"] = type(err).__name__
+try:
+    open("/etc/shadow").read()
+    view["shadow"] = "read"
+except OSError as err:
+    view["shadow"] = type(err).__name__
+import sqlite3, decimal  # stdlib imports still work behind the masks
+print(json.dumps(view))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the hardened tier needs root")
+async def test_a_hardened_callback_sees_only_itself(stack: Stack) -> None:
+    assert stack.running.options.isolation is not None
+    code = LOOK_AROUND.replace("DATA_DIR", repr(str(stack.settings.data_dir)))
+    first = await stack.client.execute_callback(language="python", code=code, job={"id": 1, "user": "a"})
+    assert first.outcome == Outcome.OUTCOME_SUCCEEDED, first.failure.message + first.stderr
+    view = json.loads(first.stdout)
+
+    assert view["uid"] >= stack.settings.sandbox_uid_base
+    assert view["pids"] == [1]
+    assert view["tmp"] == [os.path.basename(view["cwd"])]
+    assert view["data_dir"] == "FileNotFoundError"
+    assert view["shadow"] == "PermissionError"
+
+
+async def test_network_off_means_no_route_even_to_the_executor(tmp_path: Path) -> None:
+    settings = stack_settings(tmp_path / "data", network=False)
+    try:
+        context = running_stack(settings)
+        stack = await context.__aenter__()
+    except Exception as err:  # noqa: BLE001 - hosts without namespaces refuse this setting
+        pytest.skip(f"no network namespace here: {err}")
+    try:
+        code = (
+            "import socket\n"
+            "try:\n"
+            f"    socket.create_connection(('127.0.0.1', {stack.running.port}), timeout=2)\n"
+            "    print('connected')\n"
+            "except OSError as err:\n"
+            "    print('refused', type(err).__name__)\n"
+        )
+        response = await stack.client.execute_callback(language="python", code=code, job={"id": 1, "user": "a"})
+    finally:
+        await context.__aexit__(None, None, None)
+
+    assert response.stdout.startswith("refused"), response.stdout + response.stderr
