@@ -39,7 +39,8 @@ READ_CHUNK: Final = 64 << 10
 # After the main process ends, how long to wait for the output pipes to reach EOF.
 DRAIN_TIMEOUT_S: Final = 2.0
 SAFE_PATH: Final = "/usr/local/bin:/usr/bin:/bin"
-# Set in every callback's environment so leak checks can find escaped processes.
+# Set in every callback's environment, valued with the executor's pid, so a leak check can
+# find the processes (escaped ones included) that one executor started.
 SANDBOX_MARKER: Final = "CBEXEC_SANDBOX"
 
 CallHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -128,7 +129,7 @@ def child_environment(workdir: str) -> dict[str, str]:
         "LC_ALL": "C.UTF-8",
         # glibc's per-thread arenas make RLIMIT_AS cap threads early (sandbox.md pitfall 4).
         "MALLOC_ARENA_MAX": "2",
-        SANDBOX_MARKER: "1",
+        SANDBOX_MARKER: str(os.getpid()),
     }
 
 

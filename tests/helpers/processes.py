@@ -10,23 +10,26 @@ import psutil
 from executor.sandbox.process import SANDBOX_MARKER
 
 
-def sandboxed_processes() -> list[psutil.Process]:
-    """Every live (non-zombie) process started by a sandbox on this host."""
+def sandboxed_processes(executor_pid: int | None = None) -> list[psutil.Process]:
+    """Live (non-zombie) processes started by the executor ``executor_pid`` (default: us)."""
+    marker = str(executor_pid or os.getpid())
     found = []
     for proc in psutil.process_iter(["pid", "status"]):
         if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.pid == os.getpid():
             continue
         try:
-            if proc.environ().get(SANDBOX_MARKER) == "1":
+            if proc.environ().get(SANDBOX_MARKER) == marker:
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return found
 
 
-def wait_until_no_sandboxed_processes(timeout_s: float = 5.0) -> list[psutil.Process]:
+def wait_until_no_sandboxed_processes(
+    timeout_s: float = 5.0, executor_pid: int | None = None
+) -> list[psutil.Process]:
     """Poll until none are left; returns the survivors (empty when clean)."""
     deadline = time.monotonic() + timeout_s
-    while (left := sandboxed_processes()) and time.monotonic() < deadline:
+    while (left := sandboxed_processes(executor_pid)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return left

@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from supervisor_client.jobdict import job_from_dict
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
+from tests.helpers.processes import wait_until_no_sandboxed_processes
 
 pytestmark = pytest.mark.service
 
@@ -44,6 +45,8 @@ def executor_process(data_dir: Path, port: int) -> Iterator[subprocess.Popen[byt
         proc.wait()
         assert proc.stderr is not None
         proc.stderr.close()
+        # Whatever it had started dies with it (PDEATHSIG through the zygote).
+        assert not wait_until_no_sandboxed_processes(executor_pid=proc.pid)
 
 
 async def wait_serving(channel: grpc.aio.Channel, proc: subprocess.Popen[bytes]) -> None:
