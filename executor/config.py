@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from executor.errors import ConfigError
+from executor.mail import MailSettings
 from executor.model import Language, Limits
 
 MIB: Final = 1 << 20
@@ -85,13 +86,54 @@ class Settings:
     pid_namespace: str = "auto"
     # Give callbacks the host network (False: a private, empty network namespace).
     network: bool = True
+    # Run callbacks as a dedicated unprivileged uid per slot, in a private mount namespace
+    # that hides the data dir, /tmp and /dev/shm: "auto" (when running as root with
+    # namespaces), "on", "off".
+    dedicated_uid: str = "auto"
+    # Slot n runs as uid/gid sandbox_uid_base + n.
+    sandbox_uid_base: int = 64000
     # Cap processes with a pids cgroup: "auto", "on", "off".
     cgroup: str = "auto"
+    # Comma-separated directories holding callbacks.conf (Qube's
+    # supervisor_universal_callback_path); empty means <data_dir>/callback.
+    universal_callback_path: str = ""
+    # Mail for the qube mail-* codes: [mail] table; delivery "file" writes a maildir
+    # under <data_dir>/mail unless mail.directory is set.
+    mail: MailSettings = MailSettings(directory=Path(""))
     # Seconds a qb call may wait for the supervisor.
     supervisor_timeout_seconds: float = 10.0
     log_level: str = "INFO"
     # "text" or "json".
     log_format: str = "text"
+    # Root of Qube-style callback logs (job/<id//1000*1000>/<id>/<id>.cb); "" = <data_dir>/logs.
+    log_dir: str = ""
+    # Size at which a .cb file is rotated to .cb.1 (one old generation is kept).
+    callback_log_max_bytes: int = 10 * MIB
+    # Run history (<data_dir>/runs.db) keeps runs younger than this many days...
+    history_retention_days: float = 30.0
+    # ...and at most this many of them (the oldest go first).
+    history_max_runs: int = 100_000
+    # PEM files: server certificate chain and key (TLS); a client CA turns on mutual TLS.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    # Shared token callers must send as "authorization: Bearer <token>"; "" = no token.
+    auth_token: str = field(default="", repr=False)
+    # Report every finished run to the supervisor (ReportResult) through the durable outbox.
+    report_results: bool = True
+
+    @property
+    def mail_settings(self) -> MailSettings:
+        """The mail settings with the maildir defaulted into the data dir."""
+        if str(self.mail.directory) in ("", "."):
+            return dataclasses.replace(self.mail, directory=self.data_dir / "mail")
+        return self.mail
+
+    @property
+    def universal_callback_dirs(self) -> list[Path]:
+        if not self.universal_callback_path.strip():
+            return [self.data_dir / "callback"]
+        return [Path(p.strip()).expanduser() for p in self.universal_callback_path.split(",") if p.strip()]
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -110,17 +152,20 @@ def _coerce(name: str, raw: Any, current: Any) -> Any:
             if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
                 raise ValueError(f"expected a boolean, got {raw!r}")
             return lowered in ("1", "true", "yes", "on")
-        if isinstance(current, Path):
+        if isinstance(current, Path) or (current is None and name.endswith("_dir")):
             return Path(str(raw)).expanduser()
         if isinstance(current, frozenset):
             return parse_languages(raw)
-        if isinstance(current, Limits):
+        if dataclasses.is_dataclass(current) and not isinstance(current, type):
+            # A nested table ([default_limits], [mail]): coerce each key like the top level.
             if not isinstance(raw, Mapping):
                 raise ValueError("expected a table")
+            fields = {f.name for f in dataclasses.fields(current)}
             changes = {}
             for key, value in raw.items():
-                if key not in _LIMIT_FIELDS:
-                    raise ValueError(f"unknown limit {key!r}")
+                if key not in fields:
+                    noun = "limit" if isinstance(current, Limits) else "setting"
+                    raise ValueError(f"unknown {noun} {key!r}")
                 changes[key] = _coerce(f"{name}.{key}", value, getattr(current, key))
             return dataclasses.replace(current, **changes)
         if isinstance(current, float):
@@ -185,11 +230,19 @@ def validate(settings: Settings) -> Settings:
             raise ConfigError(f"default_limits.{key}: {default} exceeds max_limits.{key} {cap}")
     if settings.max_concurrent < 1 or settings.max_queue < 0:
         raise ConfigError("max_concurrent must be >= 1 and max_queue >= 0")
-    for name in ("pid_namespace", "cgroup"):
+    for name in ("pid_namespace", "cgroup", "dedicated_uid"):
         if getattr(settings, name) not in ("auto", "on", "off"):
             raise ConfigError(f"{name}: expected auto, on or off")
     if settings.launcher not in ("zygote", "cold"):
         raise ConfigError("launcher: expected zygote or cold")
     if settings.log_format not in ("text", "json"):
         raise ConfigError("log_format: expected text or json")
+    if settings.callback_log_max_bytes < 1 or settings.history_max_runs < 1:
+        raise ConfigError("callback_log_max_bytes and history_max_runs must be >= 1")
+    if settings.history_retention_days <= 0:
+        raise ConfigError("history_retention_days: must be positive")
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ConfigError("tls_cert and tls_key: set both (TLS) or neither (plaintext)")
+    if settings.tls_client_ca and not settings.tls_cert:
+        raise ConfigError("tls_client_ca: mutual TLS needs tls_cert and tls_key too")
     return settings

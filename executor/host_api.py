@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from executor.errors import HostCallError
 from executor.model import ActionRecord, Invocation
-from executor.supervisor_link import JOB_VERBS, WORK_VERBS, SupervisorPort
+from executor.supervisor_link import JOB_VERBS, SUBJOB_VERBS, WORK_VERBS, SupervisorPort
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class HostApi:
             call = self._work_verb(_ALIASES.get(verb, verb))
             self._functions["work" + verb] = call
             self._functions[verb + "work"] = call
-        for verb in JOB_VERBS:
+        for verb in SUBJOB_VERBS:
             self._functions["subjob" + verb] = self._subjob_verb(verb)
 
     @property

@@ -21,6 +21,9 @@ JOB_VERBS = (
     "migrate", "suspend", "resume", "complete", "fail",
 )
 WORK_VERBS = ("unblock", "block", "kill", "retry", "requeue", "complete", "fail")
+# The job verbs that apply to an instance (all but remove); the child-side qb
+# modules (Python qb.py, Perl qb.pm) carry the same list.
+SUBJOB_VERBS = tuple(verb for verb in JOB_VERBS if verb != "remove")
 
 _KIND_BY_CODE = {
     grpc.StatusCode.NOT_FOUND: "NoSuchJob",

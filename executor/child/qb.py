@@ -142,6 +142,8 @@ _JOB_VERBS = (
     "complete retire fail"
 ).split()
 _WORK_VERBS = "unblock block kill retry requeue complete retire fail".split()
+# Mirrors executor.supervisor_link.SUBJOB_VERBS (this module may not import it).
+_SUBJOB_VERBS = [verb for verb in _JOB_VERBS if verb not in ("remove", "retire")]
 
 for _name in _JOB_VERBS:
     globals()[_name] = _verb(_name)
@@ -149,4 +151,7 @@ for _name in _WORK_VERBS:
     # Qube spells these both ways: workunblock / unblockwork.
     globals()["work" + _name] = _verb("work" + _name)
     globals()[_name + "work"] = globals()["work" + _name]
+for _name in _SUBJOB_VERBS:
+    # Instance verbs: qb.subjobunblock('12.0'), or '12' for every instance.
+    globals()["subjob" + _name] = _verb("subjob" + _name)
 del _name

@@ -67,3 +67,19 @@ def test_only_the_edge_touches_generated_messages() -> None:
     for path in (ROOT / "executor").rglob("*.py"):
         if any("qbcallback" in m for m in imported_modules(path)):
             assert str(path.relative_to(ROOT)) in EDGE, path
+
+
+def test_every_language_offers_the_same_instance_verbs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import re
+
+    from executor.supervisor_link import SUBJOB_VERBS
+
+    monkeypatch.syspath_prepend(str(ROOT / "executor" / "child"))  # as inside the sandbox
+    qb = importlib.import_module("qb")
+
+    python = {name[len("subjob"):] for name in dir(qb) if name.startswith("subjob") and name != "subjobstatus"}
+    perl_source = (ROOT / "executor" / "child" / "perl" / "qb.pm").read_text()
+    match = re.search(r"my @SUBJOB_VERBS = qw\(([^)]*)\)", perl_source)
+    assert match is not None
+    assert python == set(SUBJOB_VERBS) == set(match.group(1).split())

@@ -1,0 +1,161 @@
+#!/usr/bin/perl
+# Run one Perl callback inside the sandbox: bind qb, eval the code, report a done frame.
+#
+# The Perl counterpart of executor/child/python_bootstrap.py, exec'd by the launcher
+# after the limits are applied:  perl -I<this dir> bootstrap.pl <bridge fd>
+#
+# done frame, by how the callback ended:
+#   ok         the code ran to its end (or returned)
+#   exit       `exit N` in the callback (CORE::GLOBAL::exit is overridden, so it ends only
+#              this child and is reported); SIGTERM (the executor's wall deadline) is exit 143
+#   exception  an uncaught die: exception_type "die" (or the qb::Error kind, or the class
+#              of a die object), message = the die message without its trailing newline,
+#              traceback = the message with the callback's call stack
+#   rejected   the code does not compile (syntax error, failing `use`); it never ran
+# Perl's "Out of memory!" cannot be trapped: no done frame is sent, the executor finds
+# the message on stderr. CORE::exit / POSIX::_exit skip the report; the exit status
+# then tells the executor.
+
+# Defined before any pragma or lexical of this file, so the callback's code sees
+# neither: it is compiled in package main, without strict, and may `use strict` itself.
+sub _eval_callback_source { eval shift; return $@ }    ## no critic (ProhibitStringyEval)
+
+use strict;
+use warnings;
+use IO::Handle;
+use POSIX ();
+use qb ();
+
+use constant {
+    CALLBACK_FILENAME => '<callback>',
+    EXIT_ON_SIGTERM   => 128 + 15,
+    EXIT_ON_SIGXCPU   => 128 + 24,
+    EXIT_BAD_START    => 2,
+};
+
+my $reported = 0;
+my $main_pid = $$;    # a process the callback forks must not report for it
+my $last_die;    # [error, location, stack] of the latest die, for the traceback
+
+sub report {
+    my ($done) = @_;
+    return if $reported || $$ != $main_pid;
+    $reported = 1;
+    # The callback may have closed or broken its own stdio; the done frame still matters.
+    eval { STDOUT->flush; STDERR->flush; 1 };
+    eval { qb::_write_frame({ type => 'done', %$done }); 1 };
+    return;
+}
+
+# `exit` anywhere in the callback (compiled after this) reports, then ends this child.
+sub callback_exit (;$) {
+    no warnings 'numeric';
+    my $code = @_ ? $_[0] : 0;
+    $code = 0 if !defined $code || $code !~ /\A\s*-?[0-9]+/;
+    $code = int $code;
+    report({ status => 'exit', exit_code => $code });
+    CORE::exit($code);
+}
+BEGIN { *CORE::GLOBAL::exit = \&callback_exit }
+
+sub _chomped {
+    my ($text) = @_;
+    $text =~ s/\n+\z//;
+    return $text;
+}
+
+sub _same_error {
+    my ($left, $right) = @_;
+    return 0 if !defined $left || !defined $right;
+    return ref $left ? (ref $right && $left == $right) : (!ref $right && $left eq $right);
+}
+
+sub _exception_type {
+    my ($err) = @_;
+    return 'die' if !ref $err;
+    return $err->{kind} || 'qb::Error' if eval { $err->isa('qb::Error') };
+    return ref $err;
+}
+
+# The die message plus where it was raised and the callback frames that led there.
+sub _traceback {
+    my ($err, $message) = @_;
+    return $message if !$last_die || !_same_error($last_die->[0], $err);
+    my ($location, @stack) = @{ $last_die->[1] };
+    my $text = $message;
+    $text .= " at $location" if $location && $text !~ / at \Q${\CALLBACK_FILENAME}\E line \d+/;
+    return join "\n", $text, map {"\t$_"} @stack;
+}
+
+sub _record_die {
+    my ($err) = @_;
+    my ($location, @stack);
+    for (my $level = 0; my @frame = caller($level); $level++) {
+        next if $frame[1] ne CALLBACK_FILENAME;
+        # Frame 0 is this handler, called where the die happened.
+        if (!defined $location) {
+            $location = "$frame[1] line $frame[2].";
+            next if $level == 0;
+        }
+        next if $level == 0 || $frame[3] eq '(eval)';
+        push @stack, "$frame[3] called at $frame[1] line $frame[2]";
+    }
+    $last_die = [ $err, [ $location, @stack ] ];
+    return;
+}
+
+sub run {
+    my ($fd) = @_;
+    open(my $bridge, '+<&=', $fd) or do {
+        print STDERR "bootstrap: cannot open bridge fd $fd: $!\n";
+        return EXIT_BAD_START;
+    };
+    binmode $bridge;
+    qb::_set_bridge($bridge);
+    # The executor's wall deadline: end through exit so the report is sent.
+    $SIG{TERM} = sub { callback_exit(EXIT_ON_SIGTERM) };
+    if ($$ == 1) {
+        # PID 1 of a namespace ignores signals it has no handler for, SIGXCPU included.
+        $SIG{XCPU} = sub { eval { STDOUT->flush; STDERR->flush }; POSIX::_exit(EXIT_ON_SIGXCPU) };
+    }
+    my $start = eval { qb::_read_frame() };
+    return EXIT_BAD_START if !$start || ($start->{type} // '') ne 'start';
+    qb::_bind($bridge, $start->{context});
+    my $source = defined $start->{code} ? $start->{code} : '';
+
+    # The first statement marks that compilation is over: an error before it is the
+    # code not compiling (rejected), after it a die at run time.
+    $qb::_started = 0;
+    my $wrapped = "package main; no strict; no warnings;\n\$qb::_started = 1;\n"
+        . "#line 1 \"" . CALLBACK_FILENAME . "\"\n$source\n";
+    local $SIG{__DIE__} = \&_record_die;
+    my $err = _eval_callback_source($wrapped);
+    my $failed = ref $err || (defined $err && length $err);
+
+    if ($failed && !$qb::_started) {
+        my $message = _chomped("$err");
+        report({
+            status         => 'rejected',
+            exception_type => 'CompileError',
+            message        => "the callback does not compile: $message",
+            traceback      => $message,
+        });
+        return EXIT_BAD_START;
+    }
+    if ($failed) {
+        my $message = _chomped("$err");
+        report({
+            status         => 'exception',
+            exception_type => _exception_type($err),
+            message        => $message,
+            traceback      => _traceback($err, $message),
+        });
+        return 1;
+    }
+    report({ status => 'ok', exit_code => 0 });
+    return 0;
+}
+
+@ARGV == 1 && $ARGV[0] =~ /\A[0-9]+\z/ or die "usage: bootstrap.pl <bridge fd>\n";
+my $bridge_fd = shift @ARGV;
+CORE::exit(run($bridge_fd));

@@ -1,0 +1,395 @@
+"""Mail of the qube ``mail-*`` code strings: render Qube-style templates, deliver to a maildir or SMTP.
+
+Templates (Qube's ``mail_job_status_format`` and friends, qube-callbacks.md §2 and §6)
+are text with ``$NAME`` or ``${NAME}`` placeholders, expanded with
+``string.Template.safe_substitute``: an unknown name, or a ``$`` not followed by a
+name, stays as written; ``$$`` is a literal ``$``. Leading ``Header: value`` lines up
+to the first blank line are headers (only ``Subject`` is used; From, To, Date and
+Message-ID are always ours); the rest is the body. A template without header lines is
+all body. The defaults below can be replaced per kind by ``job.mail``, ``work.mail``,
+``subjob.mail``, ``license.mail`` and ``report.mail`` in ``MailSettings.templates_dir``.
+
+Variables (all strings; unset ones are empty): the job's ``JOB_ACCOUNT`` ...
+``JOB_USER`` (see ``template_variables``), ``JOB_TIMESUBMIT``/``JOB_TIMESTART``/
+``JOB_TIMECOMPLETE`` as local ``YYYY-MM-DD HH:MM:SS``, ``JOB_TIMEELAPSED`` as H:MM:SS,
+``JOB_WORK_SUMMARY`` (``3 complete, 1 failed``), ``JOB_WORK_REPORT`` (one line per
+item), the triggering work item's ``WORK_*`` and instance's ``SUBJOB_*``, ``TRIGGERS``,
+``USER`` (the job's owner), ``HOST`` (this machine), ``MAIL_TO``.
+
+Recipients: the job's ``mailaddress`` (a comma, semicolon or space separated list),
+else its ``user``; a bare name gets ``@`` + ``default_domain``.
+
+Delivery: ``file`` (default) writes one RFC 5322 message per file into a maildir
+(``directory``/tmp, then an atomic rename into ``directory``/new, named ``*.eml``);
+``smtp`` sends through ``smtp_host``:``smtp_port`` with smtplib (optional STARTTLS and
+login). ``Mailer.deliver`` blocks; async callers run it with ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import os
+import re
+import smtplib
+import socket
+import ssl
+import string
+import time
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+from typing import Any, Final, Literal
+
+logger = logging.getLogger(__name__)
+
+MailKind = Literal["job", "work", "subjob", "license", "report"]
+KINDS: Final[tuple[str, ...]] = ("job", "work", "subjob", "license", "report")
+DELIVERIES: Final = ("file", "smtp")
+# Qube time 0 as Unix time: the Python client shows unset times as this value.
+QB_TIME_EPOCH_OFFSET: Final = 946702800
+
+_HEADER_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9-]*):[ \t]*(.*)$")
+_ADDRESS_SEPARATORS = re.compile(r"[,;\s]+")
+_delivery_counter = itertools.count(1)
+
+
+def _default_directory() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "cbexec" / "mail"
+
+
+class MailError(Exception):
+    """A mail could not be rendered or delivered; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class MailSettings:
+    """Where and how mail goes (Qube's mail_* qb.conf parameters)."""
+
+    # "file": a maildir under ``directory``; "smtp": an SMTP server.
+    delivery: str = "file"
+    # The maildir for file delivery (the executor passes <data_dir>/mail).
+    directory: Path = field(default_factory=_default_directory)
+    # Optional directory of job.mail, work.mail, subjob.mail, license.mail, report.mail.
+    templates_dir: Path | None = None
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    # Login when set (after STARTTLS when smtp_starttls).
+    smtp_user: str = ""
+    smtp_password: str = field(default="", repr=False)
+    smtp_starttls: bool = False
+    smtp_timeout_seconds: float = 30.0
+    # The From address (Qube's mail_from).
+    sender: str = "qube@localhost"
+    # Appended to bare user names (Qube's mail_domain).
+    default_domain: str = "localhost"
+
+    def __post_init__(self) -> None:
+        if self.delivery not in DELIVERIES:
+            raise ValueError(f"mail delivery: expected file or smtp, got {self.delivery!r}")
+        if not 0 < self.smtp_port < 65536:
+            raise ValueError(f"mail smtp_port: expected 1-65535, got {self.smtp_port}")
+
+
+DEFAULT_TEMPLATES: Final[dict[str, str]] = {
+    "job": """\
+Subject: [qube] job $JOB_ID ($JOB_NAME) is $JOB_STATUS
+
+Job $JOB_ID "$JOB_NAME" of $JOB_USER is $JOB_STATUS.
+
+  label        $JOB_LABEL
+  pgrp         $JOB_PGRP
+  priority     $JOB_PRIORITY
+  type         $JOB_PROTOTYPE
+  submitted    $JOB_TIMESUBMIT
+  started      $JOB_TIMESTART
+  completed    $JOB_TIMECOMPLETE
+  elapsed      $JOB_TIMEELAPSED
+  work         $JOB_WORK_SUMMARY
+
+Sent by the callback triggered by: $TRIGGERS
+""",
+    "work": """\
+Subject: [qube] job $JOB_ID ($JOB_NAME) work $WORK_NAME is $WORK_STATUS
+
+Work item $WORK_NAME of job $JOB_ID "$JOB_NAME" is $WORK_STATUS.
+
+  host         $WORK_HOST
+  instance     $WORK_SUBID
+  attempts     $WORK_COUNT
+  result       $WORK_RESULTPACKAGE
+  job status   $JOB_STATUS ($JOB_WORK_SUMMARY)
+
+Sent by the callback triggered by: $TRIGGERS
+""",
+    "subjob": """\
+Subject: [qube] job $JOB_ID ($JOB_NAME) instance $SUBJOB_ID is $SUBJOB_STATUS
+
+Instance $JOB_ID.$SUBJOB_ID of job "$JOB_NAME" is $SUBJOB_STATUS.
+
+  host         $SUBJOB_HOST
+  job status   $JOB_STATUS ($JOB_WORK_SUMMARY)
+
+Sent by the callback triggered by: $TRIGGERS
+""",
+    "license": """\
+Subject: [qube] license status (job $JOB_ID)
+
+License status: $LICENSE_STATUS
+
+This executor keeps no license data of its own; a site template (license.mail) can
+say more. Job $JOB_ID "$JOB_NAME" of $JOB_USER is $JOB_STATUS.
+
+Sent by the callback triggered by: $TRIGGERS
+""",
+    "report": """\
+Subject: [qube] report: job $JOB_ID ($JOB_NAME) is $JOB_STATUS
+
+Job $JOB_ID "$JOB_NAME" of $JOB_USER is $JOB_STATUS ($JOB_WORK_SUMMARY).
+Submitted $JOB_TIMESUBMIT, started $JOB_TIMESTART, completed $JOB_TIMECOMPLETE.
+
+Work items:
+$JOB_WORK_REPORT
+
+Sent by the callback triggered by: $TRIGGERS
+""",
+}
+
+# Job fields with a JOB_<FIELD> variable of the same name (qube-callbacks.md §2).
+_JOB_FIELDS: Final = (
+    "account", "cluster", "cpus", "domain", "globalorder", "groups", "hostorder", "hosts",
+    "id", "kind", "label", "localorder", "mailaddress", "name", "omitgroups", "omithosts",
+    "pgrp", "pid", "priority", "prototype", "requirements", "restrictions", "status",
+    "timeout", "user",
+)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (dict, list, tuple)):
+        if isinstance(value, (list, tuple)) and all(isinstance(v, (str, int)) for v in value):
+            return ",".join(str(v) for v in value)
+        return json.dumps(value, sort_keys=True, default=str)
+    return str(value)
+
+
+def _time(value: Any) -> str:
+    """A Unix time as local 'YYYY-MM-DD HH:MM:SS'; '' when unset (0 or Qube time 0)."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return _text(value)
+    if seconds <= 0 or seconds == QB_TIME_EPOCH_OFFSET:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
+def _elapsed(job: dict[str, Any], now: float) -> str:
+    try:
+        start = float(job.get("timestart") or 0)
+        end = float(job.get("timecomplete") or 0)
+    except (TypeError, ValueError):
+        return ""
+    if start <= 0 or start == QB_TIME_EPOCH_OFFSET:
+        return ""
+    seconds = int(max(0.0, (end if end > 0 else now) - start))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _work_summary(agenda: list[dict[str, Any]]) -> str:
+    counts: dict[str, int] = {}
+    for work in agenda:
+        status = str(work.get("status", "unknown"))
+        counts[status] = counts.get(status, 0) + 1
+    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no work items"
+
+
+def _work_report(agenda: list[dict[str, Any]]) -> str:
+    lines = [
+        f"  {_text(w.get('name')):<12} {_text(w.get('status')):<10} {_text(w.get('host'))}".rstrip()
+        for w in agenda
+    ]
+    return "\n".join(lines) or "  (no work items)"
+
+
+def template_variables(
+    job: dict[str, Any],
+    work: dict[str, Any] | None,
+    subjob: dict[str, Any] | None,
+    triggers: str,
+) -> dict[str, str]:
+    """Every ``$NAME`` a template may use, for this job and triggering item/instance."""
+    now = time.time()
+    agenda = [w for w in job.get("agenda") or [] if isinstance(w, dict)]
+    variables = {f"JOB_{name.upper()}": _text(job.get(name)) for name in _JOB_FIELDS}
+    variables.update(
+        JOB_TYPE=_text(job.get("prototype")),
+        JOB_FLAGS=_text(job.get("flagsstring") or job.get("flags")),
+        JOB_DATA=_text(job.get("data")),
+        JOB_PACKAGE=_text(job.get("package")),
+        JOB_TIMESUBMIT=_time(job.get("timesubmit")),
+        JOB_TIMESTART=_time(job.get("timestart")),
+        JOB_TIMECOMPLETE=_time(job.get("timecomplete")),
+        JOB_TIMEELAPSED=_elapsed(job, now),
+        JOB_WORK_SUMMARY=_work_summary(agenda),
+        JOB_WORK_REPORT=_work_report(agenda),
+        TRIGGERS=triggers,
+        USER=_text(job.get("user")),
+        HOST=socket.gethostname(),
+        LICENSE_STATUS=_text(job.get("license_status")) or "unknown",
+    )
+    work = work or {}
+    variables.update(
+        WORK_NAME=_text(work.get("name")),
+        WORK_STATUS=_text(work.get("status")),
+        WORK_HOST=_text(work.get("host")),
+        WORK_ADDRESS=_text(work.get("address") or work.get("host")),
+        WORK_PID=_text(work.get("pid", job.get("id") if work else None)),
+        WORK_SUBID=_text(work.get("subid")),
+        WORK_COUNT=_text(work.get("count")),
+        WORK_RESULTPACKAGE=_text(work.get("resultpackage")),
+    )
+    subjob = subjob or {}
+    variables.update(
+        SUBJOB_ID=_text(subjob.get("id")),
+        SUBJOB_STATUS=_text(subjob.get("status")),
+        SUBJOB_HOST=_text(subjob.get("host")),
+        SUBJOB_ADDRESS=_text(subjob.get("address") or subjob.get("host")),
+        SUBJOB_PID=_text(subjob.get("pid", job.get("id") if subjob else None)),
+    )
+    return variables
+
+
+def recipients(job: dict[str, Any], default_domain: str) -> list[str]:
+    """The job's mailaddress list, else its user; bare names get ``@default_domain``."""
+    names = [n for n in _ADDRESS_SEPARATORS.split(str(job.get("mailaddress") or "")) if n]
+    if not names and job.get("user"):
+        names = [str(job["user"])]
+    if not names:
+        raise MailError(f"job {job.get('id')} has neither a mailaddress nor a user to mail")
+    return [name if "@" in name else f"{name}@{default_domain}" for name in names]
+
+
+def load_template(kind: str, templates_dir: Path | None) -> str:
+    """The site's ``<kind>.mail`` from ``templates_dir`` if present, else the default."""
+    if kind not in KINDS:
+        raise MailError(f"unknown mail kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if templates_dir is not None:
+        path = Path(templates_dir) / f"{kind}.mail"
+        try:
+            return path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            pass
+        except (OSError, UnicodeDecodeError) as err:
+            raise MailError(f"mail template {path}: {err}") from err
+    return DEFAULT_TEMPLATES[kind]
+
+
+def _split_template(text: str) -> tuple[list[tuple[str, str]], str]:
+    """Leading 'Name: value' lines up to a blank line are headers; the rest is the body."""
+    lines = text.splitlines(keepends=True)
+    headers: list[tuple[str, str]] = []
+    for index, line in enumerate(lines):
+        if not line.strip():
+            return (headers, "".join(lines[index + 1:])) if headers else ([], text)
+        match = _HEADER_LINE.match(line.rstrip("\r\n"))
+        if match is None:
+            return [], text
+        headers.append((match.group(1), match.group(2)))
+    return [], text  # header-like lines without a blank line after them: all body
+
+
+def _one_line(value: str) -> str:
+    return " ".join(value.split())
+
+
+def render(
+    kind: MailKind,
+    job: dict[str, Any],
+    work: dict[str, Any] | None,
+    subjob: dict[str, Any] | None,
+    triggers: str,
+    settings: MailSettings | None = None,
+) -> EmailMessage:
+    """The message for one mail: template of ``kind`` expanded for this job, addressed."""
+    settings = settings or MailSettings()
+    variables = template_variables(job, work, subjob, triggers)
+    to = recipients(job, settings.default_domain)
+    variables["MAIL_TO"] = ", ".join(to)
+    headers, body = _split_template(load_template(kind, settings.templates_dir))
+    subject = f"[qube] job {variables['JOB_ID']} ({variables['JOB_NAME']}) is {variables['JOB_STATUS']}"
+    for name, value in headers:
+        if name.lower() == "subject":
+            subject = string.Template(value).safe_substitute(variables)
+    message = EmailMessage()
+    message["From"] = settings.sender
+    message["To"] = ", ".join(to)
+    message["Subject"] = _one_line(subject)
+    message["Date"] = formatdate(localtime=True)
+    message["Message-ID"] = make_msgid(domain=settings.default_domain or None)
+    message["X-Qube-Job"] = variables["JOB_ID"]
+    message["X-Qube-Mail"] = kind
+    message.set_content(string.Template(body).safe_substitute(variables))
+    return message
+
+
+class Mailer:
+    """Delivers rendered messages as ``settings`` say."""
+
+    def __init__(self, settings: MailSettings) -> None:
+        self.settings = settings
+
+    def deliver(self, message: EmailMessage) -> str:
+        """Send or store one message; returns where it went. Raises MailError. Blocks."""
+        if self.settings.delivery == "smtp":
+            return self._send_smtp(message)
+        return self._store_maildir(message)
+
+    def _store_maildir(self, message: EmailMessage) -> str:
+        root = Path(self.settings.directory)
+        try:
+            for sub in ("tmp", "new", "cur"):
+                (root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+            host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+            name = f"{time.time_ns()}.P{os.getpid()}Q{next(_delivery_counter)}.{host}.eml"
+            temporary, final = root / "tmp" / name, root / "new" / name
+            data = message.as_bytes()
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.rename(temporary, final)  # maildir: a message appears in new/ whole
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
+                raise
+        except OSError as err:
+            raise MailError(f"could not store the mail in {root}: {err}") from err
+        logger.info("mail to %s stored in %s", message["To"], final)
+        return str(final)
+
+    def _send_smtp(self, message: EmailMessage) -> str:
+        s = self.settings
+        where = f"smtp://{s.smtp_host}:{s.smtp_port}"
+        try:
+            with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout_seconds) as smtp:
+                if s.smtp_starttls:
+                    smtp.starttls(context=ssl.create_default_context())
+                if s.smtp_user:
+                    smtp.login(s.smtp_user, s.smtp_password)
+                refused = smtp.send_message(message)
+        except (smtplib.SMTPException, OSError) as err:
+            raise MailError(f"could not send the mail through {where}: {err}") from err
+        if refused:
+            logger.warning("mail server %s refused %s", where, ", ".join(refused))
+        logger.info("mail to %s sent through %s", message["To"], where)
+        return where

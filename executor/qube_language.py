@@ -1,0 +1,224 @@
+"""The qube callback language: Qube's built-in code strings, run in the executor through the host API.
+
+A qube callback's code is a code string naming a supervisor action on the callback's
+own job, or on the work item or instance whose event fired it (qube-callbacks.md §2).
+It needs no child process: every action is one host API call (``HostApi.call``), so
+permissions, the supervisor round trip and the recorded actions are exactly those of
+a Python or Perl callback calling the same ``qb`` function.
+
+Syntax: the code is stripped of surrounding whitespace and lower-cased. Several code
+strings separated by newlines or ``;`` run in order (``unblock-self; mail-status``);
+blank parts and lines starting with ``#`` are skipped. Every part is checked before any
+runs: an unknown code string rejects the whole callback (REJECTED, listing the valid
+ones); a work or instance code string when no work item or instance fired the callback
+fails it (FAILED). A failing call stops the run there (FAILED); what ran before stays
+done.
+
+Targets:
+- ``<verb>-self`` acts on the job (``qb.<verb>(jobid)``);
+- ``<verb>-work-self`` on the triggering work item (``qb.work<verb>('<jobid>:<name>')``);
+- ``<verb>-subjob-self`` on the triggering instance (``'<jobid>.<subid>'``);
+  ``unblock-subjob-self`` without a triggering instance unblocks all the job's
+  instances, ``unblock-subjob-self-single`` only ever the triggering one;
+- ``mail-status`` (job template), ``mail-subjob-status`` (instance),
+  ``mail-license-status``, ``mail-report-status``: read the job (``qb.jobinfo()``) so
+  the status is current, render the template (``executor/mail.py``) and deliver it.
+
+Each code string that ran adds one stdout line, e.g. ``unblock-self: job 12 blocked
+-> pending``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Final
+
+from executor.errors import HostCallError
+from executor.host_api import HostApi
+from executor.mail import Mailer, MailError, MailKind, MailSettings, render
+from executor.model import Failure, Invocation, Outcome, RunResult, Usage
+
+logger = logging.getLogger(__name__)
+
+JOB_CODES: Final[dict[str, str]] = {
+    f"{verb}-self": verb
+    for verb in (
+        "unblock", "block", "fail", "kill", "migrate", "preempt", "interrupt", "suspend",
+        "resume",
+    )
+}
+WORK_CODES: Final[dict[str, str]] = {
+    f"{verb}-work-self": verb
+    for verb in ("block", "unblock", "kill", "retry", "requeue", "complete", "fail")
+}
+SUBJOB_CODES: Final[dict[str, str]] = {
+    f"{verb}-subjob-self": verb
+    for verb in (
+        "unblock", "block", "fail", "kill", "migrate", "preempt", "interrupt", "suspend",
+        "resume",
+    )
+}
+UNBLOCK_SUBJOB_SINGLE: Final = "unblock-subjob-self-single"
+MAIL_CODES: Final[dict[str, MailKind]] = {
+    "mail-status": "job",
+    "mail-subjob-status": "subjob",
+    "mail-license-status": "license",
+    "mail-report-status": "report",
+}
+#: Every code string the interpreter knows, in the order of qube-callbacks.md §2.
+CODE_STRINGS: Final[tuple[str, ...]] = (
+    *JOB_CODES, *WORK_CODES, *SUBJOB_CODES, UNBLOCK_SUBJOB_SINGLE, *MAIL_CODES,
+)
+
+_SEPARATORS = re.compile(r"[;\n]")
+
+
+def split_codes(code: str) -> list[str]:
+    """The code strings of a qube callback, in order (see the module docstring)."""
+    parts = (part.strip().lower() for part in _SEPARATORS.split(code.strip()))
+    return [part for part in parts if part and not part.startswith("#")]
+
+
+def validate(code: str) -> str | None:
+    """None when every code string is known; otherwise why not, listing the valid ones."""
+    parts = split_codes(code)
+    valid = ", ".join(CODE_STRINGS)
+    if not parts:
+        return f"the qube callback has no code string; expected one of: {valid}"
+    unknown = [part for part in parts if part not in CODE_STRINGS]
+    if unknown:
+        listed = ", ".join(repr(part) for part in unknown)
+        return f"unknown qube code string {listed}; expected one of: {valid}"
+    return None
+
+
+def _missing_context(code: str, invocation: Invocation) -> str | None:
+    """Why ``code`` cannot run for this invocation (no triggering item), or None."""
+    if code in WORK_CODES and not invocation.work_name:
+        return f"{code} acts on the work item that fired the callback, and no work event did"
+    needs_instance = (
+        code == UNBLOCK_SUBJOB_SINGLE
+        or (code in SUBJOB_CODES and code != "unblock-subjob-self")
+        or code == "mail-subjob-status"
+    )
+    if needs_instance and invocation.subjob_id < 0:
+        return f"{code} acts on the instance that fired the callback, and no instance event did"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    code: str
+    summary: str
+
+
+class _StepFailed(Exception):
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+class QubeInterpreter:
+    """Runs qube code strings through a run's HostApi (dispatcher.QubeRunner)."""
+
+    def __init__(self, mail: MailSettings | None = None, *, mailer: Mailer | None = None) -> None:
+        self._mailer = mailer or Mailer(mail or MailSettings())
+
+    @property
+    def mail_settings(self) -> MailSettings:
+        return self._mailer.settings
+
+    async def run(self, invocation: Invocation, host: HostApi) -> RunResult:
+        """Run the invocation's code strings in order; one RunResult, never raises for them."""
+        began = time.monotonic()
+        lines: list[str] = []
+        failure: Failure | None = None
+        outcome = Outcome.SUCCEEDED
+        code = invocation.callback.code
+        problem = validate(code)
+        if problem is None:
+            missing = [m for c in split_codes(code) if (m := _missing_context(c, invocation))]
+            problem = "; ".join(missing) or None
+            outcome = Outcome.FAILED if problem else outcome
+        else:
+            outcome = Outcome.REJECTED
+        if problem is not None:
+            failure = Failure(problem, exception_type="QubeCodeError")
+        else:
+            for part in split_codes(code):
+                try:
+                    step = await self._run_one(part, invocation, host)
+                except _StepFailed as err:
+                    outcome, failure = Outcome.FAILED, err.failure
+                    break
+                lines.append(f"{step.code}: {step.summary}")
+        return RunResult(
+            invocation_id=invocation.invocation_id,
+            outcome=outcome,
+            stdout="".join(f"{line}\n" for line in lines),
+            failure=failure,
+            usage=Usage(wall_seconds=time.monotonic() - began),
+            actions=tuple(host.actions),
+        )
+
+    async def _call(self, code: str, host: HostApi, fn: str, target: Any) -> Any:
+        try:
+            return await host.call(fn, [target], {})
+        except HostCallError as err:
+            raise _StepFailed(
+                Failure(f"{code}: {err.kind}: {err.message}", exception_type=err.kind)
+            ) from err
+
+    async def _run_one(self, code: str, invocation: Invocation, host: HostApi) -> _Step:
+        job_id = invocation.job_id
+        target: int | str
+        if code in MAIL_CODES:
+            return await self._mail(code, MAIL_CODES[code], invocation, host)
+        if code in JOB_CODES:
+            fn, target = JOB_CODES[code], job_id
+        elif code in WORK_CODES:
+            fn, target = "work" + WORK_CODES[code], f"{job_id}:{invocation.work_name}"
+        elif code == UNBLOCK_SUBJOB_SINGLE:
+            fn, target = "subjobunblock", f"{job_id}.{invocation.subjob_id}"
+        else:
+            verb = SUBJOB_CODES[code]
+            all_instances = verb == "unblock" and invocation.subjob_id < 0
+            fn = "subjob" + verb
+            target = str(job_id) if all_instances else f"{job_id}.{invocation.subjob_id}"
+        await self._call(code, host, fn, target)
+        # HostApi records every call; its summary is the supervisor's own sentence.
+        return _Step(code, host.actions[-1].message)
+
+    async def _mail(
+        self, code: str, kind: MailKind, invocation: Invocation, host: HostApi
+    ) -> _Step:
+        try:
+            (job,) = await host.call("jobinfo", [], {})
+        except HostCallError as err:
+            raise _StepFailed(
+                Failure(f"{code}: {err.kind}: {err.message}", exception_type=err.kind)
+            ) from err
+        work = next(
+            (w for w in job.get("agenda") or [] if w.get("name") == invocation.work_name), None
+        ) if invocation.work_name else None
+        subjob = None
+        if invocation.subjob_id >= 0:
+            subjob = next(
+                (s for s in job.get("subjobs") or [] if s.get("id") == invocation.subjob_id),
+                {"id": invocation.subjob_id},
+            )
+        try:
+            message = render(
+                kind, job, work, subjob, invocation.callback.triggers, self._mailer.settings
+            )
+            where = await asyncio.to_thread(self._mailer.deliver, message)
+        except MailError as err:
+            raise _StepFailed(Failure(f"{code}: {err}", exception_type="MailError")) from err
+        status = subjob.get("status") if kind == "subjob" and subjob else job.get("status")
+        return _Step(
+            code, f"mailed the {kind} status ({status}) of job {job['id']} to {message['To']}: {where}"
+        )

@@ -1,0 +1,419 @@
+"""Real Perl children: the qb package round trips, how callbacks end, and the limits that hold them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from executor.host_api import HostApi
+from executor.model import Failure, Invocation, Language, Limits, Outcome
+from executor.runtimes import child_runtime
+from executor.sandbox.exit_status import classify
+from executor.sandbox.process import ChildExit, SandboxOptions, SandboxRunner
+from executor.sandbox.spawners import ColdSpawner
+from supervisor_client.reference import ReferenceSupervisor
+from tests.helpers.supervisor_port import ReferencePort, invocation_for
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("perl") is None, reason="perl is not installed"),
+]
+
+MIB = 1 << 20
+GIB = 1 << 30
+LIMITS = Limits(cpu_seconds=5, wall_seconds=20, memory_bytes=512 * MIB, output_bytes=1 * MIB,
+                max_processes=32)
+
+
+@dataclass
+class PerlRun:
+    outcome: Outcome
+    failure: Failure | None
+    child: ChildExit
+    host: HostApi
+
+    @property
+    def stdout(self) -> str:
+        return self.child.stdout.text()
+
+    @property
+    def stderr(self) -> str:
+        return self.child.stderr.text()
+
+
+@pytest.fixture
+def supervisor() -> Iterator[ReferenceSupervisor]:
+    with ReferenceSupervisor() as store:
+        yield store
+
+
+@pytest.fixture
+async def runner() -> AsyncIterator[SandboxRunner]:
+    spawner = ColdSpawner(sys.executable)
+    options = SandboxOptions(
+        site_paths=(), pid_namespace=True, network=True, grace_s=0.5, cgroups=None
+    )
+    try:
+        yield SandboxRunner(options, spawner)
+    finally:
+        await spawner.close()
+
+
+@pytest.fixture
+def job_id(supervisor: ReferenceSupervisor) -> int:
+    (job,) = supervisor.submit([{
+        "name": "comp", "user": "alice", "status": "blocked", "cpus": 2,
+        "agenda": [{"name": str(n), "status": "blocked"} for n in range(1, 6)],
+    }])
+    return int(job["id"])
+
+
+async def run_perl(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int, code: str,
+    *, work_name: str = "", subjob_id: int = -1, **limits: Any,
+) -> PerlRun:
+    invocation: Invocation = invocation_for(
+        supervisor.job(job_id), code, language="perl", work_name=work_name,
+        subjob_id=subjob_id, limits=dataclasses.replace(LIMITS, **limits),
+    )
+    host = HostApi(ReferencePort(supervisor), invocation)
+    child = await runner.run(
+        runtime=child_runtime(Language.PERL),
+        limits=invocation.limits,
+        slot=0,
+        start={"type": "start", "language": "perl", "code": code,
+               "context": invocation.child_context()},
+        on_call=host.serve_frame,
+    )
+    outcome, failure = classify(child, invocation.limits)
+    return PerlRun(outcome, failure, child, host)
+
+
+def succeeded(run: PerlRun) -> None:
+    assert run.outcome is Outcome.SUCCEEDED, (run.failure, run.stderr)
+
+
+# -- qb round trips -----------------------------------------------------------------------
+
+
+async def test_jobid_is_known_as_variable_and_function(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
+) -> None:
+    run = await run_perl(runner, supervisor, job_id, 'print "$qb::jobid ", qb::jobid(), "\\n";')
+
+    succeeded(run)
+    assert run.stdout == f"{job_id} {job_id}\n"
+    assert run.child.done == {"type": "done", "status": "ok", "exit_code": 0}
+
+
+async def test_unblock_changes_the_supervisor_state(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
+) -> None:
+    run = await run_perl(runner, supervisor, job_id, 'print qb::unblock($qb::jobid), "\\n";')
+
+    succeeded(run)
+    assert run.stdout == "1\n"
+    assert supervisor.job(job_id)["status"] == "pending"
+    (action,) = run.host.actions
+    assert (action.verb, action.target, action.ok) == ("unblock", str(job_id), True)
+
+
+async def test_workunblock_both_spellings(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
+) -> None:
+    code = 'my $frame = 3; qb::workunblock("$qb::jobid:$frame"); qb::unblockwork("$qb::jobid:4-5");'
+    run = await run_perl(runner, supervisor, job_id, code)
+
+    succeeded(run)
+    statuses = [w["status"] for w in supervisor.job(job_id)["agenda"]]
+    assert statuses == ["blocked", "blocked", "pending", "pending", "pending"]
+    # One function, two names (as in the Python qb): both call workunblock.
+    assert [a.verb for a in run.host.actions] == ["workunblock", "workunblock"]
+
+
+async def test_jobinfo_forms_and_contexts(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
+) -> None:
+    supervisor.submit([{"name": "sibling", "user": "alice", "pgrp": job_id}])
+    code = r"""
+use strict;
+use warnings;
+use qb;
+my @flag = qb::jobinfo('-id', $qb::jobid);
+my @arrow = qb::jobinfo(-id => $qb::jobid);
+my @hash = qb::jobinfo(id => "$qb::jobid");
+my $ref = qb::jobinfo();
+my @pgrp = qb::jobinfo(-pgrp => $qb::jobid);
+my ($with) = qb::jobinfo(id => $qb::jobid, callbacks => 1);
+print join(",", map { $_->[0]{id} } \@flag, \@arrow, \@hash, $ref), "\n";
+print scalar(@pgrp), " ", join(",", map { $_->{name} } @pgrp), "\n";
+print $flag[0]{name}, " ", $flag[0]{status}, " ", scalar @{ $flag[0]{agenda} }, "\n";
+print exists $with->{callbacks} ? "callbacks\n" : "none\n";
+print qb::jobstatus($qb::jobid), " ", qb::workstatus("$qb::jobid:2"), " ",
+      qb::subjobstatus("$qb::jobid.1"), "\n";
+"""
+    run = await run_perl(runner, supervisor, job_id, code)
+
+    succeeded(run)
+    assert run.stdout.splitlines() == [
+        ",".join([str(job_id)] * 4),
+        "2 comp,sibling",
+        "comp blocked 5",
+        "callbacks",
+        "blocked blocked blocked",
+    ]
+    calls = [a for a in run.host.actions if a.verb == "jobinfo"]
+    assert all(a.ok for a in calls)
+
+
+async def test_context_functions(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
+) -> None:
+    code = r"""
+my $cb = qb::callback();
+print join("|", qb::subid(), qb::workid(), defined qb::event() ? "event" : "no event",
+           $cb->{language}, $cb->{user}), "\n";
+"""
+    run = await run_perl(runner, supervisor, job_id, code, work_name="3", subjob_id=1)
+
+    succeeded(run)
+    assert run.stdout == "1|3|no event|perl|alice\n"
+
+
+async def test_failed_call_dies_with_a_qb_error(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
+) -> None:
+    code = r"""
+eval { qb::unblock(999999) };
+my $err = $@;
+print ref($err), "|", $err->{kind}, "|", $err->kind, "|$err\n";
+eval { qb::workunblock("$qb::jobid:77") };
+print $@->{kind}, "\n";
+eval { qb::jobinfo(-bogus => 1) };
+print $@->{kind}, "\n";
+"""
+    run = await run_perl(runner, supervisor, job_id, code)
+
+    succeeded(run)
+    assert run.stdout.splitlines() == [
+        "qb::Error|NoSuchJob|NoSuchJob|NoSuchJob: no job 999999",
+        "NoSuchWork",
+        "InvalidArgument",
+    ]
+
+
+async def test_qb_kill_leaves_the_builtin_kill_alone(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
+) -> None:
+    code = 'print kill(0, $$), "\\n"; print qb::kill($qb::jobid), "\\n";'
+    run = await run_perl(runner, supervisor, job_id, code)
+
+    succeeded(run)
+    assert run.stdout == "1\n1\n"
+    assert supervisor.job(job_id)["status"] == "killed"
+
+
+async def test_subjob_verbs(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
+) -> None:
+    run = await run_perl(runner, supervisor, job_id, 'qb::subjobunblock("$qb::jobid.1");')
+
+    succeeded(run)
+    assert [s["status"] for s in supervisor.job(job_id)["subjobs"]] == ["blocked", "pending"]
+
+
+async def test_named_subs_see_file_level_lexicals(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
+) -> None:
+    code = 'my $id = qb::jobid();\nsub show { print "id=$id\\n" }\nshow();\nreturn;\nprint "not reached\\n";'
+    run = await run_perl(runner, supervisor, job_id, code)
+
+    succeeded(run)
+    assert run.stdout == f"id={job_id}\n"
+
+
+async def test_text_round_trips_as_utf8_bytes(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor
+) -> None:
+    (job,) = supervisor.submit([{
+        "name": "Schnitt é ☺", "user": "alice", "status": "blocked",
+        "agenda": [{"name": "é", "status": "blocked"}, {"name": "☺", "status": "blocked"}],
+    }])
+    code = r"""
+my ($job) = qb::jobinfo();
+print $job->{name}, " ", length($job->{agenda}[0]{name}), "\n";
+qb::workunblock("$qb::jobid:$job->{agenda}[0]{name}");
+{ use utf8; qb::workunblock("$qb::jobid:☺"); }
+"""
+    run = await run_perl(runner, supervisor, int(job["id"]), code)
+
+    succeeded(run)
+    assert run.stdout == "Schnitt é ☺ 2\n"  # bytes: "é" is two
+    assert [w["status"] for w in supervisor.job(int(job["id"]))["agenda"]] == ["pending", "pending"]
+
+
+# -- how a callback ends ------------------------------------------------------------------
+
+
+async def test_die_fails_with_the_message(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
+) -> None:
+    code = 'print "before\\n";\nsub deeper { die "boom" }\ndeeper();\nprint "after\\n";'
+    run = await run_perl(runner, supervisor, job_id, code)
+
+    assert run.outcome is Outcome.FAILED
+    assert run.failure is not None
+    assert run.failure.exception_type == "die"
+    assert run.failure.message == "boom at <callback> line 2."
+    assert "main::deeper called at <callback> line 3" in run.failure.traceback
+    assert run.stdout == "before\n"
+
+
+async def test_die_with_newline_keeps_the_message_and_adds_the_line(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
+) -> None:
+    run = await run_perl(runner, supervisor, job_id, '\n\ndie "plain\\n";')
+
+    assert run.outcome is Outcome.FAILED
+    assert run.failure is not None
+    assert run.failure.message == "plain"
+    assert run.failure.traceback == "plain at <callback> line 3."
+
+
+async def test_uncaught_qb_error_names_its_kind(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
+) -> None:
+    run = await run_perl(runner, supervisor, job_id, "qb::unblock(424242);")
+
+    assert run.outcome is Outcome.FAILED
+    assert run.failure is not None
+    assert run.failure.exception_type == "NoSuchJob"
+    assert run.failure.message == "NoSuchJob: no job 424242"
+    assert "qb::unblock called at <callback> line 1" in run.failure.traceback
+
+
+@pytest.mark.parametrize(
+    ("code", "outcome", "exit_code"),
+    [
+        ("exit 0;", Outcome.SUCCEEDED, 0),
+        ("exit;", Outcome.SUCCEEDED, 0),
+        ("exit 3;", Outcome.FAILED, 3),
+        ("sub leave { exit(4) } eval { leave() }; print qq(not reached\\n);", Outcome.FAILED, 4),
+    ],
+)
+async def test_exit_ends_only_the_child_and_is_reported(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int,
+    code: str, outcome: Outcome, exit_code: int,
+) -> None:
+    run = await run_perl(runner, supervisor, job_id, f'print "out\\n"; {code}')
+
+    assert run.outcome is outcome, (run.failure, run.stderr)
+    assert run.child.done == {"type": "done", "status": "exit", "exit_code": exit_code}
+    assert run.child.exit_code == exit_code
+    assert run.stdout == "out\n"
+    if outcome is Outcome.FAILED:
+        assert run.failure is not None
+        assert run.failure.message == f"the callback exited with status {exit_code}"
+
+
+async def test_exit_in_a_forked_process_does_not_report_for_the_callback(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
+) -> None:
+    code = 'my $pid = fork(); if (!$pid) { exit 7 } waitpid($pid, 0); print "child ", $? >> 8, "\\n";'
+    run = await run_perl(runner, supervisor, job_id, code)
+
+    succeeded(run)
+    assert run.stdout == "child 7\n"
+    assert run.child.done == {"type": "done", "status": "ok", "exit_code": 0}
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        'print "ran\\n"; sub {',
+        'use strict; print "ran\\n"; $undeclared = 1;',
+        'use No::Such::Module; print "ran\\n";',
+    ],
+)
+async def test_code_that_does_not_compile_is_rejected_unrun(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int, code: str
+) -> None:
+    run = await run_perl(runner, supervisor, job_id, code)
+
+    assert run.outcome is Outcome.REJECTED
+    assert run.failure is not None
+    assert run.failure.message.startswith("the callback does not compile: ")
+    assert " at <callback> line " in run.failure.message
+    assert run.stdout == ""
+    assert run.host.actions == []
+
+
+async def test_stderr_is_captured(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
+) -> None:
+    run = await run_perl(runner, supervisor, job_id, 'print STDERR "to stderr\\n"; warn "warned\\n";')
+
+    succeeded(run)
+    assert run.stderr == "to stderr\nwarned\n"
+
+
+# -- limits -------------------------------------------------------------------------------
+
+
+async def test_cpu_spin_hits_the_cpu_limit(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
+) -> None:
+    run = await run_perl(runner, supervisor, job_id, "1 while 1;", cpu_seconds=1, wall_seconds=20)
+
+    assert run.outcome is Outcome.CPU_LIMIT, (run.failure, run.child.wait_status)
+
+
+async def test_huge_string_hits_the_memory_limit(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
+) -> None:
+    code = 'my $n = 4 * 1024 ** 3; my $s = "x" x $n; print length($s), "\\n";'
+    run = await run_perl(runner, supervisor, job_id, code, memory_bytes=256 * MIB)
+
+    assert run.outcome is Outcome.MEMORY_LIMIT, (run.failure, run.stderr)
+    assert "Out of memory!" in run.stderr
+    assert run.child.done is None  # not trappable, so no report
+
+
+async def test_sleep_past_the_wall_deadline(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
+) -> None:
+    run = await run_perl(runner, supervisor, job_id, 'print "start\\n"; sleep 30;', wall_seconds=1)
+
+    assert run.outcome is Outcome.WALL_TIMEOUT
+    assert run.stdout == "start\n"
+    assert run.child.done == {"type": "done", "status": "exit", "exit_code": 143}
+    assert run.child.wall_seconds < 5
+
+
+async def test_output_beyond_the_cap_is_truncated(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
+) -> None:
+    code = 'my $line = ("x" x 1023) . "\\n"; print $line for 1 .. 10 * 1024;'
+    run = await run_perl(runner, supervisor, job_id, code, output_bytes=64 * 1024)
+
+    succeeded(run)
+    assert run.child.stdout.truncated
+    assert len(run.child.stdout.data) == 64 * 1024
+
+
+async def test_jobinfo_dump_is_json_compatible(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
+) -> None:
+    code = "use JSON::PP; print JSON::PP->new->canonical->encode(scalar qb::jobinfo());"
+    run = await run_perl(runner, supervisor, job_id, code)
+
+    succeeded(run)
+    (job,) = json.loads(run.stdout)
+    assert job == json.loads(json.dumps(supervisor.job(job_id)))

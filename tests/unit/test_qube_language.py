@@ -1,0 +1,379 @@
+"""The qube code strings against the real reference supervisor, called in-process (no gRPC)."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from executor.host_api import HostApi
+from executor.mail import MailSettings
+from executor.model import Outcome, RunResult
+from executor.qube_language import CODE_STRINGS, JOB_CODES, QubeInterpreter, split_codes, validate
+from supervisor_client.reference import ReferenceSupervisor
+from tests.helpers.supervisor_port import ReferencePort, invocation_for
+
+pytestmark = pytest.mark.unit
+
+@pytest.fixture
+def supervisor() -> Iterator[ReferenceSupervisor]:
+    with ReferenceSupervisor() as store:
+        yield store
+
+
+@pytest.fixture
+def mail_dir(tmp_path: Path) -> Path:
+    return tmp_path / "mail"
+
+
+@pytest.fixture
+def interpreter(mail_dir: Path) -> QubeInterpreter:
+    return QubeInterpreter(MailSettings(directory=mail_dir))
+
+
+def submit(supervisor: ReferenceSupervisor, **fields: Any) -> int:
+    job = {"name": "comp", "user": "alice", "status": "blocked", "cpus": 2,
+           "agenda": [{"name": str(n), "status": "blocked"} for n in range(1, 4)], **fields}
+    (stored,) = supervisor.submit([job])
+    return int(stored["id"])
+
+
+async def run(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor, job_id: int, code: str,
+    **context: Any,
+) -> RunResult:
+    invocation = invocation_for(supervisor.job(job_id), code, **context)
+    return await interpreter.run(invocation, HostApi(ReferencePort(supervisor), invocation))
+
+
+def work_statuses(supervisor: ReferenceSupervisor, job_id: int) -> dict[str, str]:
+    return {w["name"]: w["status"] for w in supervisor.job(job_id)["agenda"]}
+
+
+def instance_statuses(supervisor: ReferenceSupervisor, job_id: int) -> dict[int, str]:
+    return {s["id"]: s["status"] for s in supervisor.job(job_id)["subjobs"]}
+
+
+def mails(mail_dir: Path) -> list[EmailMessage]:
+    found = []
+    for path in sorted((mail_dir / "new").glob("*.eml")):
+        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        found.append(message)
+    return found
+
+
+# -- the table of code strings ----------------------------------------------------------
+
+
+def test_code_strings_cover_the_documented_table() -> None:
+    assert len(CODE_STRINGS) == len(set(CODE_STRINGS)) == 30
+    for code in ("unblock-self", "fail-work-self", "resume-subjob-self",
+                 "unblock-subjob-self-single", "mail-report-status"):
+        assert code in CODE_STRINGS
+
+
+def test_validate_lists_the_valid_code_strings() -> None:
+    assert validate("unblock-self") is None
+    assert validate(" unblock-self ;\n mail-status\n") is None
+    problem = validate("unblock-selfish")
+    assert problem is not None
+    assert "'unblock-selfish'" in problem
+    assert all(code in problem for code in CODE_STRINGS)
+    assert validate("  \n ; ") is not None
+
+
+def test_split_codes_strips_separates_and_skips_comments() -> None:
+    code = "  # site default\nUnblock-Self ;mail-status;\n\n  kill-self  "
+    assert split_codes(code) == ["unblock-self", "mail-status", "kill-self"]
+
+
+# -- job level ----------------------------------------------------------------------------
+
+
+async def test_unblock_self_unblocks_the_own_job(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor
+) -> None:
+    job_id = submit(supervisor)
+
+    result = await run(interpreter, supervisor, job_id, "  unblock-self\n")
+
+    assert result.outcome is Outcome.SUCCEEDED, result.failure
+    assert supervisor.job(job_id)["status"] == "pending"
+    assert result.stdout == f"unblock-self: job {job_id} blocked -> pending\n"
+    (action,) = result.actions
+    assert (action.verb, action.target, action.ok) == ("unblock", str(job_id), True)
+    assert result.usage.wall_seconds > 0
+
+
+@pytest.mark.parametrize("code", list(JOB_CODES))
+async def test_every_job_code_calls_its_verb_on_the_own_job(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor, code: str
+) -> None:
+    job_id = submit(supervisor, status="pending", agenda=["1"])
+    supervisor.start_work(job_id, "1")  # running: most verbs apply
+
+    result = await run(interpreter, supervisor, job_id, code)
+
+    assert result.outcome is Outcome.SUCCEEDED, result.failure
+    (action,) = result.actions
+    assert (action.verb, action.target, action.ok) == (JOB_CODES[code], str(job_id), True)
+    assert result.stdout.startswith(f"{code}: ")
+
+
+async def test_verb_that_does_not_apply_succeeds_and_says_so(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor
+) -> None:
+    job_id = submit(supervisor, status="pending")
+
+    result = await run(interpreter, supervisor, job_id, "unblock-self")
+
+    assert result.outcome is Outcome.SUCCEEDED
+    assert supervisor.job(job_id)["status"] == "pending"
+    assert result.stdout.startswith("unblock-self: ")
+
+
+async def test_several_code_strings_run_in_order(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor, mail_dir: Path
+) -> None:
+    job_id = submit(supervisor)
+
+    result = await run(interpreter, supervisor, job_id, "unblock-self;block-self\nunblock-self")
+
+    assert result.outcome is Outcome.SUCCEEDED, result.failure
+    assert [a.verb for a in result.actions] == ["unblock", "block", "unblock"]
+    assert [line.split(":")[0] for line in result.stdout.splitlines()] == [
+        "unblock-self", "block-self", "unblock-self"]
+    assert supervisor.job(job_id)["status"] == "pending"
+
+
+async def test_unknown_code_string_is_rejected_before_anything_runs(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor
+) -> None:
+    job_id = submit(supervisor)
+
+    result = await run(interpreter, supervisor, job_id, "unblock-self\nunblock-everything")
+
+    assert result.outcome is Outcome.REJECTED
+    assert result.failure is not None
+    assert "'unblock-everything'" in result.failure.message
+    assert "unblock-subjob-self-single" in result.failure.message
+    assert result.actions == ()
+    assert supervisor.job(job_id)["status"] == "blocked"
+
+
+async def test_permission_denied_fails_with_the_supervisors_message(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor
+) -> None:
+    job_id = submit(supervisor)
+
+    result = await run(interpreter, supervisor, job_id, "unblock-self", user="mallory")
+
+    assert result.outcome is Outcome.FAILED
+    assert result.failure is not None
+    assert result.failure.exception_type == "PermissionDenied"
+    assert result.failure.message.startswith("unblock-self: PermissionDenied: ")
+    assert "mallory" in result.failure.message
+    assert supervisor.job(job_id)["status"] == "blocked"
+    (action,) = result.actions
+    assert not action.ok
+
+
+async def test_a_failing_step_stops_the_run(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor
+) -> None:
+    job_id = submit(supervisor)
+
+    # The job is gone by the time the callback runs (removed after the event).
+    invocation = invocation_for(supervisor.job(job_id), "unblock-self; kill-self")
+    supervisor.job_action("remove", job_id, "alice")
+    result = await interpreter.run(invocation, HostApi(ReferencePort(supervisor), invocation))
+    assert result.outcome is Outcome.FAILED
+    assert result.failure is not None
+    assert result.failure.exception_type == "NoSuchJob"
+    assert len(result.actions) == 1  # kill-self never ran
+    assert result.stdout == ""
+
+
+# -- work level ---------------------------------------------------------------------------
+
+
+async def test_unblock_work_self_unblocks_exactly_the_triggering_item(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor
+) -> None:
+    job_id = submit(supervisor, status="pending")
+
+    result = await run(interpreter, supervisor, job_id, "unblock-work-self", work_name="2")
+
+    assert result.outcome is Outcome.SUCCEEDED, result.failure
+    assert work_statuses(supervisor, job_id) == {"1": "blocked", "2": "pending", "3": "blocked"}
+    (action,) = result.actions
+    assert (action.verb, action.target) == ("workunblock", f"{job_id}:2")
+
+
+async def test_work_code_without_a_work_event_fails(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor
+) -> None:
+    job_id = submit(supervisor, status="pending")
+
+    result = await run(interpreter, supervisor, job_id, "unblock-self\nfail-work-self")
+
+    assert result.outcome is Outcome.FAILED
+    assert result.failure is not None
+    assert "fail-work-self" in result.failure.message
+    assert "work event" in result.failure.message
+    assert result.actions == ()  # checked before anything ran
+
+
+async def test_fail_work_self_fails_the_running_item(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor
+) -> None:
+    job_id = submit(supervisor, status="pending", agenda=["1", "2"])
+    supervisor.start_work(job_id, "1")
+
+    result = await run(interpreter, supervisor, job_id, "fail-work-self", work_name="1")
+
+    assert result.outcome is Outcome.SUCCEEDED, result.failure
+    assert work_statuses(supervisor, job_id)["1"] == "failed"
+
+
+# -- instance level -----------------------------------------------------------------------
+
+
+async def test_unblock_subjob_self_without_an_instance_unblocks_all(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor
+) -> None:
+    job_id = submit(supervisor)
+
+    result = await run(interpreter, supervisor, job_id, "unblock-subjob-self")
+
+    assert result.outcome is Outcome.SUCCEEDED, result.failure
+    assert instance_statuses(supervisor, job_id) == {0: "pending", 1: "pending"}
+    (action,) = result.actions
+    assert (action.verb, action.target) == ("subjobunblock", str(job_id))
+
+
+async def test_unblock_subjob_self_single_unblocks_only_the_triggering_instance(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor
+) -> None:
+    job_id = submit(supervisor)
+
+    result = await run(
+        interpreter, supervisor, job_id, "unblock-subjob-self-single", subjob_id=1
+    )
+
+    assert result.outcome is Outcome.SUCCEEDED, result.failure
+    assert instance_statuses(supervisor, job_id) == {0: "blocked", 1: "pending"}
+    assert result.stdout == f"unblock-subjob-self-single: instance {job_id}.1 blocked -> pending\n"
+
+
+@pytest.mark.parametrize("code", ["unblock-subjob-self-single", "kill-subjob-self"])
+async def test_instance_code_without_an_instance_event_fails(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor, code: str
+) -> None:
+    job_id = submit(supervisor)
+
+    result = await run(interpreter, supervisor, job_id, code)
+
+    assert result.outcome is Outcome.FAILED
+    assert result.failure is not None
+    assert "instance event" in result.failure.message
+    assert result.actions == ()
+    assert instance_statuses(supervisor, job_id) == {0: "blocked", 1: "blocked"}
+
+
+async def test_block_subjob_self_acts_on_the_triggering_instance(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor
+) -> None:
+    job_id = submit(supervisor, status="pending")
+
+    result = await run(interpreter, supervisor, job_id, "block-subjob-self", subjob_id=0)
+
+    assert result.outcome is Outcome.SUCCEEDED, result.failure
+    assert instance_statuses(supervisor, job_id) == {0: "blocked", 1: "pending"}
+
+
+# -- mail ---------------------------------------------------------------------------------
+
+
+async def test_mail_status_mails_the_current_status(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor, mail_dir: Path
+) -> None:
+    job_id = submit(supervisor, mailaddress="lead@studio.example, bob")
+
+    result = await run(interpreter, supervisor, job_id, "unblock-self\nmail-status")
+
+    assert result.outcome is Outcome.SUCCEEDED, result.failure
+    (mail,) = mails(mail_dir)
+    assert mail["To"] == "lead@studio.example, bob@localhost"
+    assert mail["Subject"] == f"[qube] job {job_id} (comp) is pending"  # read after the unblock
+    assert "done-job-self" in mail.get_content()
+    assert [a.verb for a in result.actions] == ["unblock", "jobinfo"]
+    assert result.stdout.splitlines()[1].startswith("mail-status: mailed the job status (pending)")
+    assert str(mail_dir / "new") in result.stdout
+    assert list((mail_dir / "tmp").iterdir()) == []
+
+
+async def test_mail_subjob_status_uses_the_instance(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor, mail_dir: Path
+) -> None:
+    job_id = submit(supervisor)
+
+    result = await run(interpreter, supervisor, job_id, "mail-subjob-status", subjob_id=1)
+
+    assert result.outcome is Outcome.SUCCEEDED, result.failure
+    (mail,) = mails(mail_dir)
+    assert mail["To"] == "alice@localhost"
+    assert mail["Subject"] == f"[qube] job {job_id} (comp) instance 1 is blocked"
+
+
+@pytest.mark.parametrize("code", ["mail-license-status", "mail-report-status"])
+async def test_license_and_report_mails(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor, mail_dir: Path, code: str
+) -> None:
+    job_id = submit(supervisor)
+
+    result = await run(interpreter, supervisor, job_id, code)
+
+    assert result.outcome is Outcome.SUCCEEDED, result.failure
+    (mail,) = mails(mail_dir)
+    assert mail["X-Qube-Mail"] == code.split("-")[1]
+    assert str(job_id) in mail["Subject"]
+
+
+async def test_mail_uses_site_templates(
+    supervisor: ReferenceSupervisor, tmp_path: Path, mail_dir: Path
+) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "job.mail").write_text(
+        "Subject: $JOB_NAME -> $JOB_STATUS ($$5)\n\nHi $USER, see $NOT_A_VARIABLE.\n"
+    )
+    interpreter = QubeInterpreter(MailSettings(directory=mail_dir, templates_dir=templates))
+    job_id = submit(supervisor)
+
+    result = await run(interpreter, supervisor, job_id, "mail-status")
+
+    assert result.outcome is Outcome.SUCCEEDED, result.failure
+    (mail,) = mails(mail_dir)
+    assert mail["Subject"] == "comp -> blocked ($5)"
+    assert mail.get_content() == "Hi alice, see $NOT_A_VARIABLE.\n"
+
+
+async def test_undeliverable_mail_fails(supervisor: ReferenceSupervisor, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    interpreter = QubeInterpreter(MailSettings(directory=blocker))
+    job_id = submit(supervisor)
+
+    result = await run(interpreter, supervisor, job_id, "mail-status")
+
+    assert result.outcome is Outcome.FAILED
+    assert result.failure is not None
+    assert result.failure.exception_type == "MailError"
+    assert result.failure.message.startswith("mail-status: could not store the mail")
