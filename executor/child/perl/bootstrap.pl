@@ -13,43 +13,50 @@
 #              traceback = the message with the callback's call stack
 #   rejected   the code does not compile (syntax error, failing `use`); it never ran
 # Perl's "Out of memory!" cannot be trapped: no done frame is sent, the executor finds
-# the message on stderr. CORE::exit / POSIX::_exit skip the report; the exit status
-# then tells the executor.
+# the message on stderr. CORE::exit skips the report; the exit status then tells the
+# executor.
 
 # Defined before any pragma or lexical of this file, so the callback's code sees
 # neither: it is compiled in package main, without strict, and may `use strict` itself.
 sub _eval_callback_source { eval shift; return $@ }    ## no critic (ProhibitStringyEval)
 
+# Every module is paid for on each callback's start: no `use warnings` or `use constant`
+# (3 ms each here); see qb.pm on the rest.
 use strict;
-use warnings;
-use IO::Handle;
-use POSIX ();
 use qb ();
 
-use constant {
-    CALLBACK_FILENAME => '<callback>',
-    EXIT_ON_SIGTERM   => 128 + 15,
-    EXIT_ON_SIGXCPU   => 128 + 24,
-    EXIT_BAD_START    => 2,
-};
+sub CALLBACK_FILENAME () { '<callback>' }
+sub EXIT_ON_SIGTERM ()   { 128 + 15 }
+sub EXIT_ON_SIGXCPU ()   { 128 + 24 }
+sub EXIT_BAD_START ()    { 2 }
 
 my $reported = 0;
 my $main_pid = $$;    # a process the callback forks must not report for it
 my $last_die;    # [error, location, stack] of the latest die, for the traceback
+
+# Setting $| flushes a handle at once (IO::Handle's flush without loading it).
+sub flush_stdio {
+    my $previous = select STDOUT;
+    $| = 1;
+    $| = 0;
+    select STDERR;
+    $| = 1;
+    select $previous;
+    return;
+}
 
 sub report {
     my ($done) = @_;
     return if $reported || $$ != $main_pid;
     $reported = 1;
     # The callback may have closed or broken its own stdio; the done frame still matters.
-    eval { STDOUT->flush; STDERR->flush; 1 };
+    eval { flush_stdio(); 1 };
     eval { qb::_write_frame({ type => 'done', %$done }); 1 };
     return;
 }
 
 # `exit` anywhere in the callback (compiled after this) reports, then ends this child.
 sub callback_exit (;$) {
-    no warnings 'numeric';
     my $code = @_ ? $_[0] : 0;
     $code = 0 if !defined $code || $code !~ /\A\s*-?[0-9]+/;
     $code = int $code;
@@ -116,7 +123,8 @@ sub run {
     $SIG{TERM} = sub { callback_exit(EXIT_ON_SIGTERM) };
     if ($$ == 1) {
         # PID 1 of a namespace ignores signals it has no handler for, SIGXCPU included.
-        $SIG{XCPU} = sub { eval { STDOUT->flush; STDERR->flush }; POSIX::_exit(EXIT_ON_SIGXCPU) };
+        # No done frame (report is not called): the executor reads 152 as the CPU limit.
+        $SIG{XCPU} = sub { eval { flush_stdio(); 1 }; CORE::exit(EXIT_ON_SIGXCPU) };
     }
     my $start = eval { qb::_read_frame() };
     return EXIT_BAD_START if !$start || ($start->{type} // '') ne 'start';

@@ -19,12 +19,11 @@ package qb;
 # and `$@->{kind}` says which (PermissionDenied, NoSuchJob, NoSuchWork, InvalidArgument,
 # SupervisorUnavailable, QbError).
 #
-# Core modules only (JSON::PP).
+# No modules beyond strict: JSON::PP, POSIX and IO::Handle each cost more to load
+# (14-21 ms) than the whole Perl interpreter (3 ms), so qb::JSON below is ours; even
+# `use warnings` (3 ms) is left out, and overload is loaded with the first error.
 
 use strict;
-use warnings;
-use JSON::PP ();
-use Sub::Util ();
 
 our $VERSION = '1.0';
 our $jobid;    # the job that owns the callback, set by bootstrap.pl
@@ -35,8 +34,6 @@ our $QB_TIME_EPOCH_OFFSET = 946702800;
 my $bridge;
 my %context;
 my $next_call_id = 0;
-my $JSON = JSON::PP->new->utf8(1)->canonical(1)->allow_blessed(1)->convert_blessed(1)
-    ->allow_unknown(1);
 
 # Every job, work and instance verb of executor/host_api.py's table.
 my @JOB_VERBS = qw(unblock block kill remove retry requeue preempt interrupt migrate
@@ -59,28 +56,6 @@ sub _bind {
 }
 
 sub _set_bridge { $bridge = $_[0]; return }
-
-# Incoming text becomes UTF-8 octets: the callback sees bytes, as from a file.
-sub _to_bytes {
-    my ($value) = @_;
-    my $type = ref $value;
-    if ($type eq 'HASH') {
-        my %copy;
-        for my $key (keys %$value) {
-            my $k = $key;
-            utf8::encode($k) if utf8::is_utf8($k);
-            $copy{$k} = _to_bytes($value->{$key});
-        }
-        return \%copy;
-    }
-    return [ map { _to_bytes($_) } @$value ] if $type eq 'ARRAY';
-    if (!$type && defined $value && utf8::is_utf8($value)) {
-        my $copy = $value;
-        utf8::encode($copy);
-        return $copy;
-    }
-    return $value;
-}
 
 # Outgoing strings become characters so the JSON is valid UTF-8 whatever the callback
 # passed: valid UTF-8 octets are decoded, other bytes are taken as Latin-1.
@@ -105,7 +80,7 @@ sub _to_text_scalar {
 
 sub _write_frame {
     my ($message) = @_;
-    my $body = $JSON->encode(_to_text($message));
+    my $body = qb::JSON::encode(_to_text($message));
     my $data = pack('N', length $body) . $body;
     while (length $data) {
         my $written = syswrite($bridge, $data);
@@ -134,10 +109,12 @@ sub _read_exactly {
 
 sub _read_frame {
     my $size = unpack('N', _read_exactly(4));
-    my $message = $JSON->decode(_read_exactly($size));
+    # Strings arrive as UTF-8 octets: the callback sees bytes, as from a file.
+    my $message = eval { qb::JSON::decode(_read_exactly($size)) };
+    die qb::Error->new('QbError', "the executor sent a malformed frame: $@") if $@;
     die qb::Error->new('QbError', 'the executor sent a frame that is not an object')
         if ref $message ne 'HASH';
-    return _to_bytes($message);
+    return $message;
 }
 
 # Ids that look like integers go as JSON numbers, as the Python qb sends them.
@@ -216,7 +193,7 @@ sub jobinfo {
         push @positional, $arg;
     }
     if (exists $kwargs{callbacks}) {
-        $kwargs{callbacks} = $kwargs{callbacks} ? JSON::PP::true : JSON::PP::false;
+        $kwargs{callbacks} = $kwargs{callbacks} ? 1 : 0;
     }
     for my $key (qw(id pgrp)) {
         $kwargs{$key} = _wire_arg($kwargs{$key}) if exists $kwargs{$key};
@@ -236,22 +213,19 @@ sub subjobstatus { return _call('subjobstatus', [@_]) }
 
 # Verbs return how many jobs, items or instances changed. qb::kill lives here only:
 # Perl's builtin kill in the callback's own package is untouched.
-{
+# Named subs (so stack traces say qb::unblock), defined without Sub::Util.
+for my $verb (@JOB_VERBS) {
+    eval "sub $verb { return 0 + _call('$verb', [\@_]) } 1" or die $@;    ## no critic (ProhibitStringyEval)
+}
+for my $verb (@WORK_VERBS) {
+    # Qube spells these both ways: workunblock / unblockwork.
+    eval "sub work$verb { return 0 + _call('work$verb', [\@_]) } 1" or die $@;    ## no critic
     no strict 'refs';    ## no critic (ProhibitNoStrict)
-    for my $verb (@JOB_VERBS) {
-        *{"qb::$verb"} = Sub::Util::set_subname("qb::$verb", sub { return 0 + _call($verb, [@_]) });
-    }
-    for my $verb (@WORK_VERBS) {
-        my $fn = "work$verb";
-        my $sub = Sub::Util::set_subname("qb::$fn", sub { return 0 + _call($fn, [@_]) });
-        *{"qb::work$verb"} = $sub;    # Qube spells these both ways: workunblock / unblockwork
-        *{"qb::${verb}work"} = $sub;
-    }
-    for my $verb (@SUBJOB_VERBS) {
-        my $fn = "subjob$verb";
-        # "<jobid>.<subid>", or "<jobid>" for all instances
-        *{"qb::$fn"} = Sub::Util::set_subname("qb::$fn", sub { return 0 + _call($fn, [@_]) });
-    }
+    *{"qb::${verb}work"} = \&{"qb::work$verb"};
+}
+for my $verb (@SUBJOB_VERBS) {
+    # "<jobid>.<subid>", or "<jobid>" for all instances
+    eval "sub subjob$verb { return 0 + _call('subjob$verb', [\@_]) } 1" or die $@;    ## no critic
 }
 
 
@@ -260,19 +234,135 @@ package qb::Error;
 # A failed qb call: kind (the Python exception class name) and message.
 
 use strict;
-use warnings;
-use overload
-    '""'     => sub { "$_[0]{kind}: $_[0]{message}" },
-    'bool'   => sub { 1 },
-    fallback => 1;
+
+my $overloaded;
 
 sub new {
     my ($class, $kind, $message) = @_;
+    if (!$overloaded++) {
+        require overload;    # stringify as "kind: message"; loaded only when needed
+        overload->import('""' => sub { "$_[0]{kind}: $_[0]{message}" }, 'bool' => sub { 1 },
+            fallback => 1);
+    }
     return bless { kind => $kind, message => $message }, $class;
 }
 
 sub kind    { return $_[0]{kind} }
 sub message { return $_[0]{message} }
 sub throw   { my $class = shift; die $class->new(@_) }
+
+
+package qb::JSON;
+
+# The JSON the bridge needs, in pure Perl: encode takes character strings and returns
+# UTF-8 octets; decode takes UTF-8 octets and returns structures whose strings are
+# octets. Scalars that hold a number (Perl's polymorphic `&` is numeric for them), and
+# integer-looking strings (ids, as _wire_arg sends them), encode as numbers; true/false
+# decode to 1/0, null to undef.
+
+use strict;
+
+my %ESCAPE = ('"' => '\\"', '\\' => '\\\\', "\n" => '\\n', "\r" => '\\r', "\t" => '\\t',
+    "\f" => '\\f', "\b" => '\\b');
+my %UNESCAPE = ('"' => '"', '\\' => '\\', '/' => '/', b => "\b", f => "\f", n => "\n",
+    r => "\r", t => "\t");
+
+sub encode {
+    my $json = _encode($_[0]);
+    utf8::encode($json);
+    return $json;
+}
+
+sub _encode {
+    my ($value) = @_;
+    return 'null' if !defined $value;
+    my $type = ref $value;
+    if ($type eq 'HASH') {
+        return '{' . join(',', map { _string($_) . ':' . _encode($value->{$_}) } sort keys %$value) . '}';
+    }
+    return '[' . join(',', map { _encode($_) } @$value) . ']' if $type eq 'ARRAY';
+    return _string("$value") if $type;
+    return $value if $value =~ /\A-?(?:0|[1-9][0-9]{0,14})\z/;
+    # A number, not a string (wide strings are strings, and & would die on them).
+    if ($value !~ /[^\x00-\xff]/ && length do { $value & '' }) {
+        return $value == $value && abs($value) != 9**9**9 ? "$value" : 'null';
+    }
+    return _string($value);
+}
+
+sub _string {
+    my ($text) = @_;
+    $text =~ s/(["\\\x00-\x1f])/$ESCAPE{$1} \/\/ sprintf('\\u%04x', ord $1)/ge;
+    return qq("$text");
+}
+
+sub decode {
+    my $text = $_[0];
+    pos($text) = 0;
+    my $value = _value(\$text);
+    $text =~ /\G[ \t\r\n]*/gc;
+    _fail(\$text, 'the end') if pos($text) != length $text;
+    return $value;
+}
+
+sub _value {
+    my ($ref) = @_;
+    $$ref =~ /\G[ \t\r\n]*/gc;
+    if ($$ref =~ /\G\{/gc) {
+        my %object;
+        return \%object if $$ref =~ /\G[ \t\r\n]*\}/gc;
+        while (1) {
+            $$ref =~ /\G[ \t\r\n]*"/gc or _fail($ref, 'a string key');
+            my $key = _string_body($ref);
+            $$ref =~ /\G[ \t\r\n]*:/gc or _fail($ref, "':'");
+            $object{$key} = _value($ref);
+            next if $$ref =~ /\G[ \t\r\n]*,/gc;
+            return \%object if $$ref =~ /\G[ \t\r\n]*\}/gc;
+            _fail($ref, "',' or '}'");
+        }
+    }
+    if ($$ref =~ /\G\[/gc) {
+        my @array;
+        return \@array if $$ref =~ /\G[ \t\r\n]*\]/gc;
+        while (1) {
+            push @array, _value($ref);
+            next if $$ref =~ /\G[ \t\r\n]*,/gc;
+            return \@array if $$ref =~ /\G[ \t\r\n]*\]/gc;
+            _fail($ref, "',' or ']'");
+        }
+    }
+    return _string_body($ref) if $$ref =~ /\G"/gc;
+    return 0 + $1 if $$ref =~ /\G(-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)/gc;
+    return 1 if $$ref =~ /\Gtrue/gc;
+    return 0 if $$ref =~ /\Gfalse/gc;
+    return undef if $$ref =~ /\Gnull/gc;    ## no critic (ProhibitExplicitReturnUndef)
+    _fail($ref, 'a JSON value');
+}
+
+sub _string_body {
+    my ($ref) = @_;
+    my $out = '';
+    while (1) {
+        if ($$ref =~ /\G([^"\\]+)/gc) { $out .= $1; next }
+        return $out if $$ref =~ /\G"/gc;
+        if ($$ref =~ /\G\\u([0-9a-fA-F]{4})/gc) {
+            my $code = hex $1;
+            if ($code >= 0xD800 && $code <= 0xDBFF && $$ref =~ /\G\\u([dD][c-fC-F][0-9a-fA-F]{2})/gc) {
+                $code = 0x10000 + (($code - 0xD800) << 10) + (hex($1) - 0xDC00);
+            }
+            my $char = chr $code;
+            utf8::encode($char);
+            $out .= $char;
+            next;
+        }
+        if ($$ref =~ m{\G\\(["\\/bfnrt])}gc) { $out .= $UNESCAPE{$1}; next }
+        _fail($ref, 'the end of the string');
+    }
+}
+
+sub _fail {
+    my ($ref, $what) = @_;
+    die "expected $what at byte " . (pos($$ref) // 0) . "\n";
+}
 
 1;
