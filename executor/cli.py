@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from executor import __version__, config, logs
+from executor import __version__, cli_runs, cli_triggers, config, logs
 from executor.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,10 @@ def _serve(args: argparse.Namespace) -> int:
     logs.configure(settings.log_level, settings.log_format)
     if args.check_config:
         print(settings)
+        from executor import security
+
+        security.server_credentials(settings)  # TLS files exist and read as PEM
+        print("endpoint:", security.describe(settings))
         options = server.sandbox_options(settings)
         print("sandbox:", server.describe_tier(options))
         if options.cgroups is not None:
@@ -82,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cbexec {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_serve(commands)
+    cli_triggers.add_parser(commands)
+    cli_runs.add_parsers(commands)
     return parser
 
 

@@ -82,7 +82,8 @@ class Dispatcher:
                 f"expected one of {valid}"
             ) from None
         if language not in self._languages:
-            return RunResult(
+            # Still a run: recorded and reported like any other (Qube fails silently here).
+            result = RunResult(
                 invocation.invocation_id,
                 Outcome.REJECTED,
                 failure=Failure(
@@ -90,13 +91,14 @@ class Dispatcher:
                     "(Qube's supervisor_language_flags)"
                 ),
             )
-        task = asyncio.current_task()
-        assert task is not None
-        self._active.add(task)  # type: ignore[arg-type]  # the servicer's task returns a proto
-        try:
-            result = await self._admitted(invocation, language)
-        finally:
-            self._active.discard(task)  # type: ignore[arg-type]
+        else:
+            task = asyncio.current_task()
+            assert task is not None
+            self._active.add(task)  # type: ignore[arg-type]  # the servicer's task returns a proto
+            try:
+                result = await self._admitted(invocation, language)
+            finally:
+                self._active.discard(task)  # type: ignore[arg-type]
         logger.info(
             "callback ran: job=%s callback=%s language=%s outcome=%s wall=%.3fs cpu=%.3fs "
             "rss=%dKiB queue=%.3fs actions=%d",

@@ -13,8 +13,9 @@ import os
 import site
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,12 +26,19 @@ from executor.dispatcher import Dispatcher
 from executor.errors import ConfigError
 from executor.qube_language import QubeInterpreter
 from executor.sandbox.cgroup import PidsCgroups
-from executor.sandbox.process import SandboxOptions, SandboxRunner
-from executor.sandbox.spawners import ColdSpawner, Spawner, ZygoteSpawner
+from executor.sandbox.process import IsolationPlan, SandboxOptions, SandboxRunner
+from executor.sandbox.spawners import CHILD_DIR, ColdSpawner, Spawner, ZygoteSpawner
+from executor import security
+from executor.metrics import Metrics
+from executor.recorder import Recorder
+from executor.runs_rpc import CapacityCounter, RunsService
 from executor.servicer import CallbackExecutorServicer
 from executor.supervisor_link import GrpcSupervisor
+from executor.triggers.engine import TriggerEngine
+from executor.triggers.store import TriggerStore
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc, supervisor_pb2
 from supervisor_client.reference import ReferenceSupervisor, add_reference_supervisor
+from supervisor_client.reference.forwarder import EventForwarder
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +58,29 @@ def probe_pid_namespace(python: str) -> bool:
     return probe.returncode == 0
 
 
+def _hidden_ancestors(path: str) -> list[str]:
+    """Ancestors of ``path`` that others may not traverse (e.g. /root, mode 0700)."""
+    hidden = []
+    parent = os.path.dirname(path)
+    while parent not in ("/", ""):
+        if not os.stat(parent).st_mode & 0o001:
+            hidden.append(parent)
+        parent = os.path.dirname(parent)
+    return hidden
+
+
+def isolation_plan(settings: Settings, site_paths: tuple[str, ...]) -> IsolationPlan:
+    """What a hardened child hides (data, temp dirs, closed ancestors) and keeps visible."""
+    keep = sorted({
+        os.path.realpath(p)
+        for p in (sys.base_prefix, sys.prefix, str(CHILD_DIR), *site_paths)
+    })
+    masks = {str(settings.data_dir.resolve()), "/tmp", "/dev/shm", tempfile.gettempdir()}
+    for path in keep:
+        masks.update(_hidden_ancestors(path))
+    return IsolationPlan(tuple(sorted(masks)), tuple(keep), settings.sandbox_uid_base)
+
+
 def sandbox_options(settings: Settings) -> SandboxOptions:
     """Probe the host once and decide the sandbox tier; 'on' settings must be satisfiable."""
     python = sys.executable
@@ -61,8 +92,15 @@ def sandbox_options(settings: Settings) -> SandboxOptions:
     cgroups = None if settings.cgroup == "off" else PidsCgroups.create(settings.max_concurrent)
     if settings.cgroup == "on" and cgroups is None:
         raise ConfigError("cgroup: 'on' but no writable pids cgroup was found")
+    site_paths = tuple(p for p in site.getsitepackages() if os.path.isdir(p))
+    isolation = None
+    if settings.dedicated_uid != "off" and os.geteuid() == 0 and pid_namespace:
+        isolation = isolation_plan(settings, site_paths)
+    if settings.dedicated_uid == "on" and isolation is None:
+        raise ConfigError("dedicated_uid: 'on' needs root and PID namespaces")
     return SandboxOptions(
-        site_paths=tuple(p for p in site.getsitepackages() if os.path.isdir(p)),
+        isolation=isolation,
+        site_paths=site_paths,
         pid_namespace=pid_namespace,
         network=settings.network,
         grace_s=settings.grace_seconds,
@@ -82,14 +120,28 @@ class RunningServer:
     supervisor_channel: grpc.aio.Channel
     options: SandboxOptions
     reference: ReferenceSupervisor | None
+    engine: TriggerEngine
+    trigger_store: TriggerStore
+    engine_tasks: list[asyncio.Task[Any]]
+    # The embedded supervisor's transitions, on their way to the engine (embedded mode only).
+    forwarder: EventForwarder | None
+    # Outbox, run history, callback logs and metrics (executor/recorder.py).
+    recorder: Recorder | None = None
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Report NOT_SERVING, end running callbacks (killing their children), stop serving."""
         for service in ("", EXECUTOR_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        for task in self.engine_tasks:
+            task.cancel()
+        await asyncio.gather(*self.engine_tasks, return_exceptions=True)
+        await self.engine.close()
         await self.dispatcher.drain()
+        if self.recorder is not None:  # before server.stop: the embedded supervisor is on it
+            await self.recorder.close()
         await self.server.stop(grace_s)
         await self.spawner.close()
+        self.trigger_store.close()
         await self.supervisor_channel.close()
         if self.options.cgroups is not None:
             self.options.cgroups.close()
@@ -101,6 +153,8 @@ def describe_tier(options: SandboxOptions) -> str:
     """One line saying which sandbox mechanisms are active."""
     parts = [
         "rlimits(cpu,as,fsize,nofile,core)",
+        f"dedicated uid {options.isolation.uid_base}+slot, private mounts"
+        if options.isolation else "callbacks run as the executor's uid",
         "pid namespace" if options.pid_namespace else "NO pid namespace (same-uid kill risk)",
         "pids cgroup" if options.cgroups else "RLIMIT_NPROC process cap (ignored for root)",
         "host network" if options.network else "private network namespace",
@@ -110,31 +164,48 @@ def describe_tier(options: SandboxOptions) -> str:
 
 async def start(settings: Settings) -> RunningServer:
     """Build and start everything the settings describe."""
+    credentials = security.server_credentials(settings)  # fail on bad TLS files before any start
     options = sandbox_options(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    server = grpc.aio.server()
+    metrics = Metrics()
+    server = grpc.aio.server(
+        interceptors=[*security.server_interceptors(settings), CapacityCounter(metrics)]
+    )
     reference = None
     if not settings.supervisor:
         reference = ReferenceSupervisor(str(settings.data_dir / "supervisor.db"))
         add_reference_supervisor(server, reference)
-    port = server.add_insecure_port(settings.bind)
+    port = security.add_port(server, settings, credentials)
     if port == 0:
         raise ConfigError(f"bind: could not listen on {settings.bind}")
     supervisor_address = settings.supervisor or f"127.0.0.1:{port}"
-    channel = grpc.aio.insecure_channel(supervisor_address)
+    channel = security.supervisor_channel(server, settings, port)
+    recorder = Recorder.open(settings, channel, metrics)
     spawner: Spawner = (
         ZygoteSpawner(sys.executable) if settings.launcher == "zygote" else ColdSpawner(sys.executable)
     )
     dispatcher = Dispatcher(
         runner=SandboxRunner(options, spawner),
         supervisor=GrpcSupervisor(channel, settings.supervisor_timeout_seconds),
-        qube=QubeInterpreter(settings.mail),
+        qube=QubeInterpreter(settings.mail_settings),
         languages=settings.languages,
         max_concurrent=settings.max_concurrent,
         max_queue=settings.max_queue,
+        on_result=recorder.on_result,
     )
+    trigger_store = TriggerStore(str(settings.data_dir / "triggers.db"))
+    engine = TriggerEngine(
+        trigger_store,
+        dispatcher.execute,
+        limits=settings.default_limits,
+        universal_dirs=settings.universal_callback_dirs,
+    )
+    engine.reload_universal()
     executor_pb2_grpc.add_CallbackExecutorServicer_to_server(
-        CallbackExecutorServicer(dispatcher, settings), server
+        CallbackExecutorServicer(
+            dispatcher, settings, engine, runs=RunsService(recorder, dispatcher, engine.stats)
+        ),
+        server,
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -143,6 +214,8 @@ async def start(settings: Settings) -> RunningServer:
         services.append(SUPERVISOR_SERVICE)
     reflection.enable_server_reflection(services, server)
     await server.start()
+    recorder.start()
+    logger.info("endpoint security: %s", security.describe(settings))
     for service in ("", EXECUTOR_SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     logger.info(
@@ -150,8 +223,18 @@ async def start(settings: Settings) -> RunningServer:
         port, "embedded" if reference else supervisor_address, describe_tier(options), settings.launcher,
         ",".join(sorted(settings.languages)), settings.max_concurrent, settings.max_queue,
     )
+    engine_tasks = [
+        asyncio.create_task(engine.resume_pending()),
+        asyncio.create_task(engine.run_timers()),
+    ]
+    forwarder = None
+    if reference is not None:
+        # The embedded supervisor talks to us as any supervisor would: over gRPC.
+        forwarder = EventForwarder(reference, channel)
+        engine_tasks.append(asyncio.create_task(forwarder.run()))
     return RunningServer(
-        server, port, dispatcher, spawner, health_servicer, channel, options, reference
+        server, port, dispatcher, spawner, health_servicer, channel, options, reference,
+        engine, trigger_store, engine_tasks, forwarder, recorder,
     )
 
 
@@ -164,6 +247,7 @@ async def serve_forever(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, running.engine.reload_universal)
     try:
         await stop.wait()
         logger.info("stopping: draining running callbacks")

@@ -9,16 +9,26 @@ import grpc
 from executor import convert, logs
 from executor.config import Settings
 from executor.dispatcher import Dispatcher
+from executor.runs_rpc import RunsRpcMixin, RunsService
 from executor.status import grpc_errors
+from executor.triggers.engine import TriggerEngine
+from executor.triggers.rpc import EventPathRpcs
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 
 
-class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServicer):
-    """Implements qbcallback.v1.CallbackExecutor."""
+class CallbackExecutorServicer(
+    EventPathRpcs, RunsRpcMixin, executor_pb2_grpc.CallbackExecutorServicer
+):
+    """Implements qbcallback.v1.CallbackExecutor; each feature's RPCs come from its mixin."""
 
-    def __init__(self, dispatcher: Dispatcher, settings: Settings) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, settings: Settings, engine: TriggerEngine,
+        runs: RunsService | None = None,
+    ) -> None:
         self._dispatcher = dispatcher
         self._settings = settings
+        self._engine = engine
+        self.runs = runs
 
     @grpc_errors
     async def Execute(  # noqa: N802 - gRPC method name

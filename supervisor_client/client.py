@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from supervisor_client.credentials import open_channel
 from supervisor_client.errors import from_rpc_error
 from supervisor_client.jobdict import job_from_dict
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc, types_pb2
@@ -72,13 +73,27 @@ class ExecutorClient:
 
     Args:
         channel_or_address: an open ``grpc.aio.Channel`` (the caller keeps owning it and
-            closes it), or a "host:port" to open an insecure channel that this client
-            owns and closes in ``close()``.
+            closes it), or a "host:port" to open a channel that this client owns and
+            closes in ``close()``; the options below apply to such a channel only.
+        root_certificates: PEM CA that signed the executor's certificate; turns on TLS.
+        private_key, certificate_chain: PEM client key and certificate (mutual TLS).
+        token: the executor's ``auth_token``, sent as ``authorization: Bearer <token>``.
     """
 
-    def __init__(self, channel_or_address: grpc.aio.Channel | str) -> None:
+    def __init__(
+        self,
+        channel_or_address: grpc.aio.Channel | str,
+        *,
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        token: str | None = None,
+    ) -> None:
         if isinstance(channel_or_address, str):
-            self._channel = grpc.aio.insecure_channel(channel_or_address)
+            self._channel = open_channel(
+                channel_or_address, root_certificates=root_certificates,
+                private_key=private_key, certificate_chain=certificate_chain, token=token,
+            )
             self._owns_channel = True
         else:
             self._channel = channel_or_address

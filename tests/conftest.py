@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,11 @@ class Stack:
         assert self.running.reference is not None
         return self.running.reference
 
+    async def settle(self) -> None:
+        """Wait until the embedded supervisor's transitions, and what they fired, are done."""
+        assert self.running.forwarder is not None
+        await self.running.forwarder.drain()
+
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.running.port}"
@@ -45,10 +51,9 @@ def stack_settings(data_dir: Path, **overrides: object) -> Settings:
     return base.replace(**overrides)
 
 
-@pytest.fixture(params=["zygote", "cold"])
-async def stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stack]:
-    """Every test using it runs on the warm (zygote) and the cold (fork+exec) path."""
-    settings = stack_settings(tmp_path / "data", launcher=request.param)
+@asynccontextmanager
+async def running_stack(settings: Settings) -> AsyncIterator[Stack]:
+    """Start an executor (with the embedded supervisor) and clients; stop it all after."""
     running = await server.start(settings)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     try:
@@ -62,6 +67,20 @@ async def stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     finally:
         await channel.close()
         await running.stop()
+
+
+@pytest.fixture(params=["zygote", "cold"])
+async def stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stack]:
+    """Every test using it runs on the warm (zygote) and the cold (fork+exec) path."""
+    async with running_stack(stack_settings(tmp_path / "data", launcher=request.param)) as s:
+        yield s
+
+
+@pytest.fixture
+async def stack_warm(tmp_path: Path) -> AsyncIterator[Stack]:
+    """The default (zygote) path only, for tests that are not about how children start."""
+    async with running_stack(stack_settings(tmp_path / "data")) as s:
+        yield s
 
 
 @pytest.fixture(autouse=True)

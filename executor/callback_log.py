@@ -1,0 +1,94 @@
+"""Qube-style callback logs: each run's output appended to ``<root>/job/<group>/<id>/<id>.cb``.
+
+Qube writes a callback's ``print`` output to ``<jobid>.cb`` in the job's log directory,
+``$LOGPATH/job/<jobid rounded down to 1000>/<jobid>/`` (qube-callbacks.md §3.3); admins
+and tools already look there, so we keep the place and the name. Each entry starts
+with one header line a person can grep (time, callback, trigger, language, outcome,
+invocation), then stdout, then stderr and the failure when there are any.
+
+Size cap: a file that would grow past ``max_bytes`` is first rotated to ``<id>.cb.1``
+(replacing the older generation), so a job's logs never take more than twice the cap;
+an entry larger than the cap on its own is cut, with a marker saying so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final
+
+from executor.model import Invocation, RunResult
+
+logger = logging.getLogger(__name__)
+
+CUT_MARKER: Final = "\n[... entry cut at callback_log_max_bytes]\n"
+
+
+def log_path(root: Path, job_id: int) -> Path:
+    """Where Qube keeps job ``job_id``'s callback log."""
+    group = job_id // 1000 * 1000
+    return root / "job" / str(group) / str(job_id) / f"{job_id}.cb"
+
+
+def format_entry(invocation: Invocation, result: RunResult, when: float) -> str:
+    """The text appended for one run: header line, stdout, stderr, failure."""
+    stamp = datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")
+    callback = invocation.callback
+    header = (
+        f"=== {stamp} callback={callback.id} trigger={json.dumps(callback.triggers)} "
+        f"language={callback.language} outcome={result.outcome.value} "
+        f"invocation={result.invocation_id}\n"
+    )
+    parts = [header]
+    for name, text, truncated in (
+        ("stdout", result.stdout, result.stdout_truncated),
+        ("stderr", result.stderr, result.stderr_truncated),
+    ):
+        if not text and not truncated:
+            continue
+        if name == "stderr":
+            parts.append("--- stderr\n")
+        parts.append(text if text.endswith("\n") or not text else text + "\n")
+        if truncated:
+            parts.append(f"[{name} truncated at the output_bytes limit]\n")
+    if result.failure is not None:
+        parts.append(f"--- failure: {result.failure.message}\n")
+        if result.failure.traceback:
+            tb = result.failure.traceback
+            parts.append(tb if tb.endswith("\n") else tb + "\n")
+    return "".join(parts)
+
+
+class CallbackLog:
+    """Appends run entries to per-job ``.cb`` files under ``root``, capped at ``max_bytes``."""
+
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self._root = root
+        self._max_bytes = max_bytes
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    def append(self, invocation: Invocation, result: RunResult, when: float) -> Path:
+        """Append one run's entry to its job's log; returns the file written."""
+        path = log_path(self._root, invocation.job_id)
+        data = format_entry(invocation, result, when).encode("utf-8", "replace")
+        if len(data) > self._max_bytes:
+            marker = CUT_MARKER.encode()
+            keep = max(0, self._max_bytes - len(marker))
+            data = data[:keep].decode("utf-8", "ignore").encode() + marker
+            data = data[: self._max_bytes]
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if size and size + len(data) > self._max_bytes:
+            os.replace(path, path.with_name(path.name + ".1"))
+        with path.open("ab") as log:
+            log.write(data)
+        return path

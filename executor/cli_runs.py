@@ -1,0 +1,373 @@
+"""``cbexec runs`` (history) and ``cbexec run`` (one callback by hand), as clients of an executor.
+
+``cbexec run`` is how an admin tries a callback before installing it: against the site's
+running executor (the callback really acts on the job, and its result is reported like
+any other), or with ``--embedded`` against a throwaway executor and embedded supervisor
+started in this process on 127.0.0.1:0, into which the job file is submitted first.
+
+Exit codes: 0 success (for ``run``: the callback SUCCEEDED), 1 the callback did not
+succeed, 2 bad arguments or configuration, 3 the executor refused or could not be
+reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+from google.protobuf import json_format
+
+from executor.config import Settings
+from executor.errors import ConfigError
+from supervisor_client import ExecutorClient, ExecutorRpcError
+from supervisor_client.client import build_execute_request
+from supervisor_client.qbcallback.v1 import executor_pb2
+
+EXIT_OK: Final = 0
+EXIT_NOT_SUCCEEDED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_RPC: Final = 3
+
+DEFAULT_ADDRESS: Final = "127.0.0.1:50051"
+_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+_EXTENSIONS: Final = {".py": "python", ".pl": "perl", ".pm": "perl", ".qube": "qube"}
+
+def parse_since(text: str, now: float) -> float:
+    """``1h``/``30m``/``2d``/``1w``/``45s`` ago, an ISO 8601 time, or Unix seconds → Unix seconds.
+
+    An ISO time without an offset is local time. Raises ValueError for anything else.
+    """
+    text = text.strip()
+    relative = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw])", text)
+    if relative:
+        return now - float(relative.group(1)) * _UNITS[relative.group(2)]
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return float(text)
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise ValueError(
+            f"--since {text!r}: expected a duration (30m, 1h, 2d), an ISO time or Unix seconds"
+        ) from None
+
+
+def parse_event(text: str) -> dict[str, str]:
+    """``complete-job-self`` → name/type/context/extra (extra keeps any further hyphens)."""
+    parts = text.split("-", 3)
+    if len(parts) < 2 or not all(parts[:2]):
+        raise ValueError(f"--event {text!r}: expected name-type[-context[-extra]]")
+    parts += [""] * (4 - len(parts))
+    return dict(zip(("name", "type", "context", "extra"), parts, strict=True))
+
+
+def outcome_name(value: executor_pb2.Outcome.ValueType) -> str:
+    return executor_pb2.Outcome.Name(value).removeprefix("OUTCOME_")
+
+
+def _local_time(unix_s: float) -> str:
+    return datetime.fromtimestamp(unix_s).astimezone().isoformat(timespec="seconds")
+
+
+# -- connection -----------------------------------------------------------------------
+
+
+def _connection_options(*, suppress: bool = False) -> argparse.ArgumentParser:
+    """Connection flags; ``suppress`` (for a sub-subcommand) leaves unset ones to the parent."""
+    parent = argparse.ArgumentParser(
+        add_help=False, argument_default=argparse.SUPPRESS if suppress else None
+    )
+    parent.add_argument(
+        "--address",
+        default=argparse.SUPPRESS if suppress else os.environ.get("CBEXEC_ADDRESS", DEFAULT_ADDRESS),
+        help="executor host:port (default $CBEXEC_ADDRESS or %(default)s)",
+    )
+    parent.add_argument(
+        "--token",
+        default=argparse.SUPPRESS if suppress else os.environ.get("CBEXEC_AUTH_TOKEN"),
+        help="the executor's auth_token (default $CBEXEC_AUTH_TOKEN)",
+    )
+    parent.add_argument("--tls-ca", type=Path, help="PEM CA of the executor's certificate")
+    parent.add_argument("--tls-cert", type=Path, help="PEM client certificate (mutual TLS)")
+    parent.add_argument("--tls-key", type=Path, help="PEM client key (mutual TLS)")
+    parent.add_argument("--timeout", type=float, help="seconds per call")
+    return parent
+
+
+def _read(path: Path | None, option: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{option}: cannot read {path}: {err.strerror or err}") from err
+
+
+def connect(args: argparse.Namespace, address: str | None = None) -> ExecutorClient:
+    """An ExecutorClient for the connection options (TLS when any certificate is given)."""
+    return ExecutorClient(
+        address or args.address,
+        root_certificates=_read(args.tls_ca, "--tls-ca"),
+        certificate_chain=_read(args.tls_cert, "--tls-cert"),
+        private_key=_read(args.tls_key, "--tls-key"),
+        token=args.token,
+    )
+
+
+def _rpc_command(
+    work: Callable[[argparse.Namespace, TextIO], Coroutine[Any, Any, int]],
+) -> Callable[[argparse.Namespace], int]:
+    """Run an async command; an RPC failure is one line on stderr and exit code 3."""
+
+    def handler(args: argparse.Namespace) -> int:
+        try:
+            return asyncio.run(work(args, sys.stdout))
+        except ExecutorRpcError as err:
+            print(f"cbexec: {err}", file=sys.stderr)
+            return EXIT_RPC
+
+    return handler
+
+
+# -- cbexec runs ------------------------------------------------------------------------
+
+
+def format_runs(runs: Sequence[executor_pb2.Run]) -> str:
+    """The ``cbexec runs`` table."""
+    header = ("STARTED", "INVOCATION", "JOB", "CB", "TRIGGER", "LANG", "OUTCOME",
+              "WALL", "QUEUE", "CPU", "RSS")
+    rows = [header]
+    for run in runs:
+        trigger = run.triggers if len(run.triggers) <= 28 else run.triggers[:27] + "…"
+        rows.append((
+            _local_time(run.started_at), run.invocation_id, str(run.job_id),
+            str(run.callback_id), trigger or "-", run.language, outcome_name(run.outcome),
+            f"{run.usage.wall_seconds:.3f}s", f"{run.usage.queue_seconds:.3f}s",
+            f"{run.usage.cpu_seconds:.3f}s", f"{run.usage.peak_rss_bytes // 1024}KiB",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def format_result(result: executor_pb2.ExecuteResponse) -> str:
+    """Outcome, usage, failure, actions and output of one run, for a person."""
+    lines = [f"outcome: {outcome_name(result.outcome)}"]
+    lines.append(f"exit: signal {result.signal}" if result.signal else f"exit: code {result.exit_code}")
+    usage = result.usage
+    lines.append(
+        f"usage: wall {usage.wall_seconds:.3f}s, cpu {usage.cpu_seconds:.3f}s, "
+        f"peak rss {usage.peak_rss_bytes // 1024} KiB, queued {usage.queue_seconds:.3f}s"
+    )
+    if result.HasField("failure") and result.failure.message:
+        lines.append(f"failure: {result.failure.message}")
+        if result.failure.traceback:
+            lines.append(result.failure.traceback.rstrip("\n"))
+    lines.append(f"actions: {len(result.actions)}")
+    for action in result.actions:
+        mark = "ok" if action.ok else "REFUSED"
+        lines.append(f"  {action.verb} {action.target}: {mark} {action.message}".rstrip())
+    for name, text, cut in (("stdout", result.stdout, result.stdout_truncated),
+                            ("stderr", result.stderr, result.stderr_truncated)):
+        suffix = " (truncated)" if cut else ""
+        lines.append(f"--- {name}{suffix}" if text else f"--- {name}: (empty)")
+        if text:
+            lines.append(text.rstrip("\n"))
+    return "\n".join(lines)
+
+
+def format_run(run: executor_pb2.Run) -> str:
+    """``cbexec runs show``: the run's record, then its result."""
+    event = "-"
+    if run.HasField("event") and run.event.name:
+        event = "-".join(p for p in (run.event.name, run.event.type, run.event.context,
+                                     run.event.extra) if p)
+    head = [
+        f"invocation: {run.invocation_id}",
+        f"job: {run.job_id}  callback: {run.callback_id}  language: {run.language}",
+        f"trigger: {run.triggers or '-'}",
+        f"event: {event}" + (f"  work: {run.work_name}" if run.work_name else ""),
+        f"started: {_local_time(run.started_at)}",
+    ]
+    return "\n".join(head) + "\n" + format_result(run.result)
+
+
+async def _runs(args: argparse.Namespace, out: TextIO) -> int:
+    request = executor_pb2.ListRunsRequest(limit=args.limit)
+    if args.job:
+        request.job_id = args.job
+    if args.outcome:
+        request.outcome = executor_pb2.Outcome.Value(f"OUTCOME_{args.outcome}")
+    if args.since:
+        request.since = args.since
+    async with connect(args) as client:
+        if args.runs_command == "show":
+            run = await client.get_run(args.invocation_id, timeout=args.timeout)
+            print(format_run(run), file=out)
+            return EXIT_OK
+        response = await client.list_runs(request, timeout=args.timeout)
+    if args.json:
+        for run in response.runs:
+            print(json.dumps(json_format.MessageToDict(run, preserving_proto_field_name=True)),
+                  file=out)
+    else:
+        print(format_runs(response.runs), file=out)
+    return EXIT_OK
+
+
+def _since(text: str) -> float:
+    try:
+        return parse_since(text, time.time())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _outcome(text: str) -> str:
+    name = text.strip().upper().removeprefix("OUTCOME_")
+    known = [v.name.removeprefix("OUTCOME_") for v in executor_pb2.Outcome.DESCRIPTOR.values][1:]
+    if name not in known:
+        raise argparse.ArgumentTypeError(
+            f"unknown outcome {text!r}; expected one of {', '.join(known)}"
+        )
+    return name
+
+
+def add_runs_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parent = _connection_options()
+    runs = commands.add_parser("runs", parents=[parent], help="list recent runs (run history)")
+    runs.add_argument("--job", type=int, help="only runs of this job id")
+    runs.add_argument("--outcome", type=_outcome, help="only runs with this outcome, e.g. FAILED")
+    runs.add_argument("--since", type=_since, help="only runs started since: 1h, 2d, ISO, Unix")
+    runs.add_argument("--limit", type=int, default=50, help="at most this many (max 1000)")
+    runs.add_argument("--json", action="store_true", help="one JSON object per run")
+    sub = runs.add_subparsers(dest="runs_command")
+    show = sub.add_parser(
+        "show", parents=[_connection_options(suppress=True)],
+        help="one run with its captured output",
+    )
+    show.add_argument("invocation_id")
+    runs.set_defaults(handler=_rpc_command(_runs), runs_command=None)
+
+
+# -- cbexec run -------------------------------------------------------------------------
+
+
+def _load_job(path: Path) -> dict[str, Any]:
+    try:
+        job = json.loads(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"--job: cannot read {path}: {err.strerror or err}") from err
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--job: {path} is not JSON: {err}") from err
+    if not isinstance(job, dict):
+        raise ConfigError(f"--job: {path} must hold one job dict (a JSON object)")
+    return job
+
+
+def _callback_source(args: argparse.Namespace) -> tuple[str, str]:
+    """(language, code) from FILE or --code, the language from --lang or the file's extension."""
+    if (args.file is None) == (args.code is None):
+        raise ConfigError("give the callback as FILE or with --code (exactly one)")
+    language = args.lang
+    if args.file is not None:
+        try:
+            code = args.file.read_text()
+        except OSError as err:
+            raise ConfigError(f"FILE: cannot read {args.file}: {err.strerror or err}") from err
+        language = language or _EXTENSIONS.get(args.file.suffix.lower())
+    else:
+        code = args.code
+    if not language:
+        raise ConfigError("--lang is required (python, perl or qube)")
+    return language, code
+
+
+def _submittable(job: Mapping[str, Any]) -> dict[str, Any]:
+    """A job dict the embedded supervisor accepts: ids and live state are its to assign."""
+    copy = {k: v for k, v in job.items() if k not in ("id", "pgrp", "pid")}
+    if copy.get("status") not in (None, "pending", "blocked"):
+        copy.pop("status")
+    return copy
+
+
+async def _run_one(args: argparse.Namespace, out: TextIO) -> int:
+    language, code = _callback_source(args)
+    job = _load_job(args.job)
+    try:
+        event = parse_event(args.event) if args.event else None
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if not args.embedded:
+        async with connect(args) as client:
+            return await _execute(client, args, language, code, job, event, out)
+    from executor import server  # the server's imports are heavy; only --embedded needs them
+
+    with tempfile.TemporaryDirectory(prefix="cbexec-run-") as scratch:
+        data_dir = args.data_dir or Path(scratch) / "data"
+        settings = Settings(bind="127.0.0.1:0", data_dir=data_dir, launcher="cold")
+        running = await server.start(settings)
+        try:
+            assert running.reference is not None
+            job = running.reference.submit([_submittable(job)])[0]
+            print(f"embedded executor on port {running.port}; job submitted as id {job['id']}",
+                  file=out)
+            async with ExecutorClient(f"127.0.0.1:{running.port}") as client:
+                return await _execute(client, args, language, code, job, event, out)
+        finally:
+            await running.stop()
+
+
+async def _execute(
+    client: ExecutorClient, args: argparse.Namespace, language: str, code: str,
+    job: Mapping[str, Any], event: Mapping[str, str] | None, out: TextIO,
+) -> int:
+    limits = {"wall_seconds": args.wall_seconds} if args.wall_seconds else None
+    try:
+        request = build_execute_request(
+            language=language, code=code, job=job, event=event, work_name=args.work or "",
+            subjob_id=args.subjob, owner=args.owner or "", limits=limits,
+        )
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"--job: {err}") from err
+    response = await client.execute(request, timeout=args.timeout)
+    print(f"invocation: {response.invocation_id}", file=out)
+    print(format_result(response), file=out)
+    return EXIT_OK if response.outcome == executor_pb2.OUTCOME_SUCCEEDED else EXIT_NOT_SUCCEEDED
+
+
+def add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = commands.add_parser(
+        "run", parents=[_connection_options()],
+        help="run one callback now and print its outcome, actions and output",
+    )
+    run.add_argument("file", nargs="?", type=Path, metavar="FILE", help="the callback's code")
+    run.add_argument("--code", help="the code inline (a qube code string, a Python one-liner)")
+    run.add_argument("--lang", choices=("python", "perl", "qube"), help="default: from FILE")
+    run.add_argument("--job", type=Path, required=True, metavar="JOB.json",
+                     help="the job dict the callback runs in (jobinfo output)")
+    run.add_argument("--event", help="the triggering event, e.g. complete-job-self")
+    run.add_argument("--work", help="the triggering work item's name")
+    run.add_argument("--subjob", type=int, default=-1, help="the triggering instance")
+    run.add_argument("--owner", help="the Qube user the callback acts as (default: job owner)")
+    run.add_argument("--wall-seconds", type=float, help="wall-time limit for this run")
+    run.add_argument("--embedded", action="store_true",
+                     help="start a throwaway executor + supervisor in this process")
+    run.add_argument("--data-dir", type=Path, help="with --embedded: keep its data here")
+    run.set_defaults(handler=_rpc_command(_run_one))
+
+
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``runs`` and ``run`` on the cbexec command."""
+    add_runs_parser(commands)
+    add_run_parser(commands)

@@ -1,0 +1,235 @@
+"""Run history: every finished run in SQLite (``<data_dir>/runs.db``), listed and pruned.
+
+The history answers "what ran, when, and how did it end" for ``ListRuns``/``GetRun`` and
+``cbexec runs``. The summary columns (job, callback, outcome, start, usage) are indexed
+for the list filters; the whole result (output, failure, actions) is kept as one JSON
+document because it is only ever read back whole, by ``GetRun``.
+
+Writes happen on the event loop, once per run: WAL with ``synchronous=NORMAL`` keeps a
+commit well under a millisecond and survives a crash of the executor (only a power loss
+can drop the last commits, which for a history — unlike the outbox — is acceptable).
+Retention is by age and by count; pruning runs at open and every ``prune_every`` runs,
+so it never costs more than one indexed DELETE per batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from executor.model import (
+    ActionRecord,
+    EventSpec,
+    Failure,
+    Invocation,
+    Outcome,
+    RunResult,
+    Usage,
+)
+
+logger = logging.getLogger(__name__)
+
+DAY_S: Final = 86_400.0
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS runs (
+    invocation_id TEXT PRIMARY KEY,
+    job_id INTEGER NOT NULL,
+    callback_id INTEGER NOT NULL,
+    triggers TEXT NOT NULL,
+    language TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    wall_seconds REAL NOT NULL,
+    cpu_seconds REAL NOT NULL,
+    peak_rss_bytes INTEGER NOT NULL,
+    queue_seconds REAL NOT NULL,
+    event TEXT,
+    work_name TEXT NOT NULL,
+    result TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_at);
+CREATE INDEX IF NOT EXISTS runs_by_job ON runs (job_id, started_at);
+CREATE INDEX IF NOT EXISTS runs_by_outcome ON runs (outcome, started_at);
+"""
+
+_SUMMARY_COLUMNS: Final = (
+    "invocation_id, job_id, callback_id, triggers, language, outcome, started_at, "
+    "wall_seconds, cpu_seconds, peak_rss_bytes, queue_seconds, event, work_name"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One run as the history keeps it; ``result`` is filled by ``RunHistory.get`` only."""
+
+    invocation_id: str
+    job_id: int
+    callback_id: int
+    triggers: str
+    language: str
+    outcome: Outcome
+    started_at: float
+    usage: Usage
+    event: EventSpec | None = None
+    work_name: str = ""
+    result: RunResult | None = None
+
+
+def result_to_json(result: RunResult) -> str:
+    """A RunResult as one JSON document (the inverse of ``result_from_json``)."""
+    return json.dumps(asdict(result), separators=(",", ":"))
+
+
+def result_from_json(text: str) -> RunResult:
+    """Rebuild a RunResult stored by ``result_to_json``."""
+    data: dict[str, Any] = json.loads(text)
+    failure = data.pop("failure")
+    return RunResult(
+        **{
+            **data,
+            "outcome": Outcome(data["outcome"]),
+            "failure": Failure(**failure) if failure is not None else None,
+            "usage": Usage(**data["usage"]),
+            "actions": tuple(ActionRecord(**action) for action in data["actions"]),
+        }
+    )
+
+
+def _event_json(event: EventSpec | None) -> str | None:
+    return None if event is None else json.dumps(asdict(event), separators=(",", ":"))
+
+
+class RunHistory:
+    """The run history database.
+
+    Args:
+        path: the SQLite file (created with its tables when missing), or ":memory:".
+        retention_days: runs that started longer ago than this are pruned.
+        max_runs: at most this many runs are kept; the oldest are pruned first.
+        clock: Unix time source, replaceable in tests.
+        prune_every: prune after this many recorded runs.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        retention_days: float,
+        max_runs: int,
+        clock: Callable[[], float] = time.time,
+        prune_every: int = 500,
+    ) -> None:
+        self._retention_s = retention_days * DAY_S
+        self._max_runs = max_runs
+        self._clock = clock
+        self._prune_every = prune_every
+        self._since_prune = 0
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        self._db.executescript(_SCHEMA)
+        self.prune()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def record(self, invocation: Invocation, result: RunResult, started_at: float) -> None:
+        """Store one finished run (a repeated invocation id replaces the earlier run)."""
+        usage = result.usage
+        self._db.execute(
+            "INSERT OR REPLACE INTO runs (invocation_id, job_id, callback_id, triggers, language,"
+            " outcome, started_at, wall_seconds, cpu_seconds, peak_rss_bytes, queue_seconds,"
+            " event, work_name, result) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                result.invocation_id, invocation.job_id, invocation.callback.id,
+                invocation.callback.triggers, invocation.callback.language, result.outcome.value,
+                started_at, usage.wall_seconds, usage.cpu_seconds, usage.peak_rss_bytes,
+                usage.queue_seconds, _event_json(invocation.event), invocation.work_name,
+                result_to_json(result),
+            ),
+        )
+        self._since_prune += 1
+        if self._since_prune >= self._prune_every:
+            self.prune()
+
+    def list_runs(
+        self,
+        *,
+        job_id: int | None = None,
+        outcome: Outcome | None = None,
+        since: float | None = None,
+        limit: int = 50,
+    ) -> list[RunRecord]:
+        """Runs matching every given filter, newest first, at most ``limit``."""
+        where: list[str] = []
+        args: list[object] = []
+        if job_id is not None:
+            where.append("job_id = ?")
+            args.append(job_id)
+        if outcome is not None:
+            where.append("outcome = ?")
+            args.append(outcome.value)
+        if since is not None:
+            where.append("started_at >= ?")
+            args.append(since)
+        query = f"SELECT {_SUMMARY_COLUMNS} FROM runs"
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        query += " ORDER BY started_at DESC, rowid DESC LIMIT ?"
+        rows = self._db.execute(query, (*args, limit)).fetchall()
+        return [self._record(row) for row in rows]
+
+    def get(self, invocation_id: str) -> RunRecord | None:
+        """One run with its whole result, or None when unknown (or pruned)."""
+        row = self._db.execute(
+            f"SELECT {_SUMMARY_COLUMNS}, result FROM runs WHERE invocation_id = ?",
+            (invocation_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return self._record(row, result=result_from_json(row["result"]))
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM runs").fetchone()[0])
+
+    def prune(self) -> int:
+        """Drop runs past the retention age, then the oldest beyond ``max_runs``."""
+        self._since_prune = 0
+        cutoff = self._clock() - self._retention_s
+        by_age = self._db.execute("DELETE FROM runs WHERE started_at < ?", (cutoff,)).rowcount
+        by_count = self._db.execute(
+            "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs"
+            " ORDER BY started_at DESC, rowid DESC LIMIT -1 OFFSET ?)",
+            (self._max_runs,),
+        ).rowcount
+        if by_age or by_count:
+            logger.debug("history pruned %d runs by age, %d by count", by_age, by_count)
+        return int(by_age + by_count)
+
+    @staticmethod
+    def _record(row: sqlite3.Row, result: RunResult | None = None) -> RunRecord:
+        event = EventSpec(**json.loads(row["event"])) if row["event"] else None
+        return RunRecord(
+            invocation_id=row["invocation_id"],
+            job_id=row["job_id"],
+            callback_id=row["callback_id"],
+            triggers=row["triggers"],
+            language=row["language"],
+            outcome=Outcome(row["outcome"]),
+            started_at=row["started_at"],
+            usage=Usage(
+                row["wall_seconds"], row["cpu_seconds"], row["peak_rss_bytes"],
+                row["queue_seconds"],
+            ),
+            event=event,
+            work_name=row["work_name"],
+            result=result,
+        )

@@ -1,0 +1,115 @@
+"""The dispatcher's ``on_result`` hook: a finished run goes to the outbox, history, callback log, metrics.
+
+Order matters: the outbox commit comes first, so once any trace of a run exists the
+supervisor is sure to hear of it. The other sinks are bookkeeping: one that fails
+(disk full, a bad path) is logged and skipped, and never costs the caller its answer
+or the other sinks their entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+from executor.callback_log import CallbackLog
+from executor.config import Settings
+from executor.history import RunHistory
+from executor.metrics import Metrics
+from executor.model import Invocation, RunResult
+from executor.outbox import Outbox
+from executor.reporting import GrpcReportTransport, report_request
+
+logger = logging.getLogger(__name__)
+
+
+def callback_log_dir(settings: Settings) -> Path:
+    """``log_dir``, or ``<data_dir>/logs`` when it is empty."""
+    return Path(settings.log_dir).expanduser() if settings.log_dir else settings.data_dir / "logs"
+
+
+class Recorder:
+    """Fans each finished run out to the sinks; owns them and closes them."""
+
+    def __init__(
+        self,
+        *,
+        history: RunHistory,
+        callback_log: CallbackLog,
+        metrics: Metrics,
+        outbox: Outbox | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.history = history
+        self.callback_log = callback_log
+        self.metrics = metrics
+        self.outbox = outbox
+        self._clock = clock
+
+    @classmethod
+    def open(
+        cls, settings: Settings, supervisor_channel: grpc.aio.Channel, metrics: Metrics
+    ) -> Recorder:
+        """The sinks the settings describe, with their files under ``data_dir``."""
+        outbox = None
+        if settings.report_results:
+            transport = GrpcReportTransport(supervisor_channel, settings.supervisor_timeout_seconds)
+            outbox = Outbox(settings.data_dir / "outbox.db", transport)
+        return cls(
+            history=RunHistory(
+                settings.data_dir / "runs.db",
+                retention_days=settings.history_retention_days,
+                max_runs=settings.history_max_runs,
+            ),
+            callback_log=CallbackLog(callback_log_dir(settings), settings.callback_log_max_bytes),
+            metrics=metrics,
+            outbox=outbox,
+        )
+
+    def on_result(self, invocation: Invocation, result: RunResult) -> None:
+        """Record one finished run (called by the dispatcher on the event loop)."""
+        now = self._clock()
+        if self.outbox is not None:
+            try:
+                payload = report_request(invocation, result).SerializeToString()
+                self.outbox.put(result.invocation_id, payload)
+            except Exception:
+                logger.exception(
+                    "result of %s could NOT be queued for the supervisor", result.invocation_id
+                )
+        started_at = now - result.usage.wall_seconds
+        sinks: tuple[tuple[str, Callable[[], object]], ...] = (
+            ("history", lambda: self.history.record(invocation, result, started_at)),
+            ("callback log", lambda: self.callback_log.append(invocation, result, now)),
+            ("metrics", lambda: self.metrics.observe(result)),
+        )
+        for name, write in sinks:
+            try:
+                write()
+            except Exception:
+                logger.exception("run %s: writing the %s failed", result.invocation_id, name)
+
+    def start(self) -> None:
+        """Start delivering results (needs the running event loop)."""
+        if self.outbox is not None:
+            self.outbox.start()
+
+    def outbox_pending(self) -> int:
+        return self.outbox.pending() if self.outbox is not None else 0
+
+    async def close(self, flush_timeout_s: float = 2.0) -> None:
+        """Give queued results a moment to go out, then close everything.
+
+        What is still pending stays in the outbox and goes out after the next start.
+        """
+        if self.outbox is not None:
+            if not await self.outbox.flush(flush_timeout_s):
+                logger.warning(
+                    "stopping with %d results not yet delivered; they go out after the next "
+                    "start", self.outbox.pending(),
+                )
+            await self.outbox.close()
+        self.history.close()

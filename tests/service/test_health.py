@@ -1,0 +1,84 @@
+"""The gRPC health service, as grpc_health_probe sees it: SERVING while up, NOT_SERVING while draining."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+
+from executor import server
+from supervisor_client import ExecutorClient, ExecutorRpcError
+from tests.conftest import Stack, stack_settings
+
+pytestmark = pytest.mark.service
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# Still running when the stop begins: the drain has a callback to end.
+STUBBORN = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)"
+
+
+async def check(stub: health_pb2_grpc.HealthStub, service: str = "") -> int:
+    response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+    return int(response.status)
+
+
+async def test_serving_while_up(stack: Stack) -> None:
+    stub = health_pb2_grpc.HealthStub(stack.channel)
+    assert await check(stub) == SERVING
+    assert await check(stub, server.EXECUTOR_SERVICE) == SERVING
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await check(stub, "no.such.Service")
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_not_serving_while_draining(tmp_path: Path) -> None:
+    running = await server.start(stack_settings(tmp_path / "data", grace_seconds=1.5))
+    address = f"127.0.0.1:{running.port}"
+    channel = grpc.aio.insecure_channel(address)
+    stub = health_pb2_grpc.HealthStub(channel)
+    watch = stub.Watch(health_pb2.HealthCheckRequest(service=server.EXECUTOR_SERVICE))
+    seen: list[int] = []
+
+    async def follow() -> None:
+        async for update in watch:
+            seen.append(int(update.status))
+
+    follower = asyncio.create_task(follow())
+    client = ExecutorClient(address)
+    stopping: asyncio.Task[None] | None = None
+    try:
+        busy = asyncio.create_task(
+            client.execute_callback(language="python", code=STUBBORN, job={"id": 1})
+        )
+        deadline = time.monotonic() + 10
+        while running.dispatcher.active == 0:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        assert await check(stub) == SERVING
+
+        stopping = asyncio.create_task(running.stop(grace_s=1.0))
+        samples: list[tuple[int, int]] = []  # (status, callbacks still being drained)
+        while not stopping.done() and len(samples) < 5:
+            try:
+                status = await check(stub)
+            except grpc.aio.AioRpcError:
+                break  # the server has stopped listening
+            samples.append((status, running.dispatcher.active))
+            await asyncio.sleep(0.05)
+        assert samples, "no health check answered while draining"
+        assert all(status == NOT_SERVING for status, _ in samples), samples
+        await stopping
+        with pytest.raises(ExecutorRpcError):
+            await busy
+        assert seen[:1] == [SERVING] and NOT_SERVING in seen
+    finally:
+        await (running.stop() if stopping is None else stopping)
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+        await client.close()
+        await channel.close()

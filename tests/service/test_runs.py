@@ -1,0 +1,227 @@
+"""Run history, metrics, callback logs and the `cbexec runs` / `cbexec run` commands, over gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from executor import server
+from executor.callback_log import log_path
+from supervisor_client import ExecutorClient, ExecutorRpcError
+from supervisor_client.qbcallback.v1 import executor_pb2
+from tests.conftest import Stack, stack_settings
+
+pytestmark = pytest.mark.service
+
+FAIL = "print('about to fail')\nraise ValueError('bad frame range')"
+
+
+def ids(response: executor_pb2.ListRunsResponse) -> list[str]:
+    return [r.invocation_id for r in response.runs]
+
+
+async def run_py(stack: Stack, code: str, job_id: int, **kwargs: Any) -> executor_pb2.ExecuteResponse:
+    return await stack.client.execute_callback(
+        language="python", code=code, job={"id": job_id, "user": "alice"}, **kwargs
+    )
+
+
+async def eventually(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+async def cbexec(*argv: str, timeout_s: float = 60.0) -> tuple[int, str, str]:
+    """Run the cbexec command as a real process (the server shares this event loop)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "executor", *argv,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "CBEXEC_ADDRESS": "", "CBEXEC_AUTH_TOKEN": ""},
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_list_runs_filters_newest_first(stack: Stack) -> None:
+    ok_a = await run_py(stack, "print('a')", 101, event={"name": "complete", "type": "job",
+                                                       "context": "self"}, work_name="7")
+    bad_a = await run_py(stack, FAIL, 101)
+    ok_b = await run_py(stack, "print('b')", 202)
+
+    everything = await stack.client.list_runs()
+    assert ids(everything) == [ok_b.invocation_id, bad_a.invocation_id, ok_a.invocation_id]
+    first = everything.runs[2]
+    assert (first.job_id, first.language, first.work_name) == (101, "python", "7")
+    assert (first.event.name, first.event.type, first.event.context) == ("complete", "job", "self")
+    assert first.outcome == executor_pb2.OUTCOME_SUCCEEDED
+    assert first.usage.wall_seconds > 0 and first.usage.peak_rss_bytes > 0
+    assert abs(first.started_at - time.time()) < 60
+    assert not first.HasField("result"), "ListRuns leaves the output to GetRun"
+
+    by_job = await stack.client.list_runs(executor_pb2.ListRunsRequest(job_id=101))
+    assert ids(by_job) == [bad_a.invocation_id, ok_a.invocation_id]
+    failed = await stack.client.list_runs(
+        executor_pb2.ListRunsRequest(outcome=executor_pb2.OUTCOME_FAILED)
+    )
+    assert ids(failed) == [bad_a.invocation_id]
+    assert ids(await stack.client.list_runs(executor_pb2.ListRunsRequest(limit=1))) == [
+        ok_b.invocation_id
+    ]
+    future = executor_pb2.ListRunsRequest(since=time.time() + 3600)
+    assert ids(await stack.client.list_runs(future)) == []
+
+
+async def test_get_run_has_the_whole_result(stack: Stack) -> None:
+    bad = await run_py(stack, FAIL, 303)
+    run = await stack.client.get_run(bad.invocation_id)
+    assert run.job_id == 303
+    assert run.result.stdout == "about to fail\n"
+    assert run.result.outcome == executor_pb2.OUTCOME_FAILED
+    assert "bad frame range" in run.result.failure.message
+    with pytest.raises(ExecutorRpcError) as refused:
+        await stack.client.get_run("no-such-run")
+    assert refused.value.code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_results_reach_the_supervisor_and_the_callback_log(stack: Stack) -> None:
+    done = await run_py(stack, "print('frame 1 ok')", 5042)
+    await eventually(lambda: stack.supervisor.result(done.invocation_id) is not None)
+    stored = stack.supervisor.result(done.invocation_id)
+    assert stored is not None and stored["job_id"] == 5042
+    cb_file = log_path(stack.settings.data_dir / "logs", 5042)
+    text = cb_file.read_text()
+    assert f"outcome=SUCCEEDED invocation={done.invocation_id}" in text
+    assert "frame 1 ok\n" in text
+    metrics = await stack.client.get_metrics()
+    assert metrics.outbox_pending == 0
+
+
+async def test_metrics_count_outcomes_latencies_and_gauges(stack: Stack) -> None:
+    await run_py(stack, "pass", 1)
+    await run_py(stack, FAIL, 1)
+    await run_py(stack, "pass", 1)
+    slow = asyncio.create_task(run_py(stack, "import time; time.sleep(1.5)", 1))
+    await eventually(lambda: stack.running.dispatcher.active == 1)
+    metrics = await stack.client.get_metrics()
+    assert dict(metrics.runs_by_outcome) == {"SUCCEEDED": 2, "FAILED": 1}
+    assert metrics.active_children == 1
+    assert metrics.queue_depth == 0
+    wall = metrics.run_wall_seconds
+    assert wall.total == 3 and sum(wall.counts) == 3
+    assert len(wall.counts) == len(wall.bounds_seconds) + 1
+    assert wall.sum_seconds > 0
+    assert metrics.queue_seconds.total == 3
+    await slow
+    after = await stack.client.get_metrics()
+    assert after.runs_by_outcome["SUCCEEDED"] == 3
+    assert after.active_children == 0
+
+
+@pytest.fixture
+async def one_slot(tmp_path: Path) -> AsyncIterator[ExecutorClient]:
+    """An executor with one slot and no queue: the second concurrent run is refused."""
+    running = await server.start(stack_settings(tmp_path / "data", max_concurrent=1, max_queue=0))
+    try:
+        async with ExecutorClient(f"127.0.0.1:{running.port}") as client:
+            yield client
+    finally:
+        await running.stop()
+
+
+async def test_metrics_count_refusals_at_capacity(one_slot: ExecutorClient) -> None:
+    job = {"id": 9}
+    slow = asyncio.create_task(
+        one_slot.execute_callback(language="python", code="import time; time.sleep(1)", job=job)
+    )
+    for _ in range(200):
+        if (await one_slot.get_metrics()).active_children == 1:
+            break
+        await asyncio.sleep(0.02)
+    with pytest.raises(ExecutorRpcError) as refused:
+        await one_slot.execute_callback(language="python", code="pass", job=job)
+    assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    await slow
+    metrics = await one_slot.get_metrics()
+    assert metrics.rejected_at_capacity == 1
+    assert dict(metrics.runs_by_outcome) == {"SUCCEEDED": 1}
+
+
+async def test_cbexec_runs_lists_filters_and_shows(stack: Stack) -> None:
+    ok = await run_py(stack, "print('hello from 77')", 77)
+    bad = await run_py(stack, FAIL, 78)
+    code, out, err = await cbexec("runs", "--address", stack.address)
+    assert code == 0, err
+    header, *rows = out.splitlines()
+    assert header.split()[:7] == ["STARTED", "INVOCATION", "JOB", "CB", "TRIGGER", "LANG", "OUTCOME"]
+    assert [row.split()[1] for row in rows] == [bad.invocation_id, ok.invocation_id]
+
+    code, out, _ = await cbexec("runs", "--address", stack.address, "--outcome", "failed",
+                                "--since", "1h")
+    assert code == 0
+    assert bad.invocation_id in out and ok.invocation_id not in out
+
+    code, out, _ = await cbexec("runs", "--address", stack.address, "--job", "77", "--json")
+    assert code == 0
+    assert [json.loads(line)["invocation_id"] for line in out.splitlines()] == [ok.invocation_id]
+
+    code, out, _ = await cbexec("runs", "show", ok.invocation_id, "--address", stack.address)
+    assert code == 0
+    assert "outcome: SUCCEEDED" in out and "hello from 77" in out
+
+    code, _, err = await cbexec("runs", "--address", stack.address, "show", "nope")
+    assert code == 3 and "NOT_FOUND" in err
+
+
+async def test_cbexec_run_through_a_running_executor(stack: Stack, tmp_path: Path) -> None:
+    job = stack.supervisor.submit([{"name": "shot", "user": "alice", "status": "blocked"}])[0]
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps(job))
+    script = tmp_path / "unblock.py"
+    script.write_text("print('unblocking', qb.jobid())\nqb.unblock(qb.jobid())\n")
+    code, out, err = await cbexec("run", str(script), "--job", str(job_file),
+                                  "--event", "complete-job-self", "--address", stack.address)
+    assert code == 0, out + err
+    assert "outcome: SUCCEEDED" in out
+    assert f"unblock {job['id']}: ok" in out
+    assert f"unblocking {job['id']}" in out
+    assert stack.supervisor.job(job["id"])["status"] == "pending"
+
+    code, out, _ = await cbexec("run", "--code", FAIL, "--lang", "python", "--job",
+                                str(job_file), "--address", stack.address)
+    assert code == 1
+    assert "outcome: FAILED" in out and "bad frame range" in out
+
+
+async def test_cbexec_run_embedded(tmp_path: Path) -> None:
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps({"id": 4000, "name": "x", "user": "bob", "status": "running"}))
+    code, out, err = await cbexec("run", "--embedded", "--lang", "python", "--job", str(job_file),
+                                  "--code", "print(qb.jobinfo('-id', qb.jobid())[0]['name'])")
+    assert code == 0, out + err
+    assert "job submitted as id" in out
+    assert "\nx\n" in out
+
+
+async def test_cbexec_run_usage_errors(tmp_path: Path) -> None:
+    code, _, err = await cbexec("run", "--code", "pass", "--lang", "python",
+                                "--job", str(tmp_path / "missing.json"), "--address", "127.0.0.1:1")
+    assert code == 2 and "missing.json" in err
+    code, _, err = await cbexec("run", "--address", "127.0.0.1:1", "--job", "x.json")
+    assert code == 2 and "FILE or with --code" in err

@@ -1,0 +1,266 @@
+"""Endpoint security over loopback: TLS, mutual TLS, the shared token, and clear startup errors."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+
+from executor import server
+from executor.config import Settings
+from executor.errors import ConfigError
+from supervisor_client import ExecutorClient, ExecutorRpcError
+from supervisor_client.qbcallback.v1 import executor_pb2
+from tests.conftest import stack_settings
+
+pytestmark = pytest.mark.service
+
+TOKEN = "s3cret-token"
+# Acts on a job through the embedded supervisor: proves the executor's own channel to it
+# (Unix socket under TLS, token-bearing under auth) works, not just the public port.
+UNBLOCK = "qb.unblock(qb.jobid())\nprint('status', qb.jobinfo('-id', qb.jobid())[0]['status'])"
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+    def read(self, name: str) -> bytes:
+        path: Path = getattr(self, name)
+        return path.read_bytes()
+
+
+def _make_pki(directory: Path) -> Pki:
+    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    except ImportError:
+        return _make_pki_with_openssl(directory)
+    import ipaddress
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    def write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+        path.write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ))
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = (
+        x509.CertificateBuilder().subject_name(name("test CA")).issuer_name(name("test CA"))
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    def leaf(common: str, usage: x509.ObjectIdentifier, san: list[x509.GeneralName]) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder().subject_name(name(common)).issuer_name(ca_cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        )
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        cert = builder.sign(ca_key, hashes.SHA256())
+        return cert.public_bytes(serialization.Encoding.PEM), key
+
+    pki = Pki(*(directory / n for n in ("ca.pem", "server.pem", "server.key", "client.pem",
+                                         "client.key")))
+    pki.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    server_pem, server_key = leaf("executor", ExtendedKeyUsageOID.SERVER_AUTH, [
+        x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ])
+    pki.server_cert.write_bytes(server_pem)
+    write_key(server_key, pki.server_key)
+    client_pem, client_key = leaf("supervisor", ExtendedKeyUsageOID.CLIENT_AUTH, [])
+    pki.client_cert.write_bytes(client_pem)
+    write_key(client_key, pki.client_key)
+    return pki
+
+
+def _make_pki_with_openssl(directory: Path) -> Pki:
+    """The same PKI with the openssl command, for hosts without the cryptography package."""
+    pki = Pki(*(directory / n for n in ("ca.pem", "server.pem", "server.key", "client.pem",
+                                         "client.key")))
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=test CA")
+    for stem, cn, ext in (
+        ("server", "executor", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+        ("client", "supervisor", "extendedKeyUsage=clientAuth"),
+    ):
+        (directory / f"{stem}.ext").write_text(ext + "\n")
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", f"{stem}.key", "-out", f"{stem}.csr", "-subj", f"/CN={cn}")
+        openssl("x509", "-req", "-in", f"{stem}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", f"{stem}.pem", "-days", "1", "-extfile", f"{stem}.ext")
+    return pki
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    directory = tmp_path / "pki"
+    directory.mkdir()
+    return _make_pki(directory)
+
+
+@pytest.fixture
+async def executor_with(tmp_path: Path) -> AsyncIterator[list[server.RunningServer]]:
+    """Stops whatever executors the test started."""
+    started: list[server.RunningServer] = []
+    try:
+        yield started
+    finally:
+        for running in started:
+            await running.stop()
+
+
+async def start(started: list[server.RunningServer], settings: Settings) -> str:
+    running = await server.start(settings)
+    started.append(running)
+    assert running.reference is not None
+    job = running.reference.submit([{"name": "shot", "user": "alice", "status": "blocked"}])[0]
+    assert job["id"] == 1
+    return f"127.0.0.1:{running.port}"
+
+
+async def unblock_job_1(client: ExecutorClient) -> executor_pb2.ExecuteResponse:
+    response = await client.execute_callback(
+        language="python", code=UNBLOCK, job={"id": 1, "user": "alice"}, timeout=30
+    )
+    assert response.outcome == executor_pb2.OUTCOME_SUCCEEDED, response
+    assert response.stdout == "status pending\n"
+    return response
+
+
+async def test_tls(tmp_path: Path, pki: Pki, executor_with: list[server.RunningServer]) -> None:
+    settings = stack_settings(tmp_path / "data", tls_cert=str(pki.server_cert),
+                              tls_key=str(pki.server_key))
+    address = await start(executor_with, settings)
+    async with ExecutorClient(address, root_certificates=pki.read("ca")) as client:
+        done = await unblock_job_1(client)
+        runs = await client.list_runs()
+        assert [r.invocation_id for r in runs.runs] == [done.invocation_id]
+    running = executor_with[0]
+    assert running.reference is not None
+    for _ in range(100):  # the result goes to the embedded supervisor over the Unix socket
+        if running.reference.result(done.invocation_id) is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert running.reference.result(done.invocation_id) is not None
+
+    async with ExecutorClient(address) as plaintext:
+        with pytest.raises(ExecutorRpcError) as refused:
+            await plaintext.get_metrics(timeout=5)
+    assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_mutual_tls(tmp_path: Path, pki: Pki, executor_with: list[server.RunningServer]) -> None:
+    settings = stack_settings(tmp_path / "data", tls_cert=str(pki.server_cert),
+                              tls_key=str(pki.server_key), tls_client_ca=str(pki.ca))
+    address = await start(executor_with, settings)
+    async with ExecutorClient(
+        address, root_certificates=pki.read("ca"), certificate_chain=pki.read("client_cert"),
+        private_key=pki.read("client_key"),
+    ) as client:
+        await unblock_job_1(client)
+    async with ExecutorClient(address, root_certificates=pki.read("ca")) as no_cert:
+        with pytest.raises(ExecutorRpcError) as refused:
+            await no_cert.get_metrics(timeout=5)
+    assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_token(tmp_path: Path, executor_with: list[server.RunningServer]) -> None:
+    address = await start(executor_with, stack_settings(tmp_path / "data", auth_token=TOKEN))
+    async with ExecutorClient(address, token=TOKEN) as client:
+        await unblock_job_1(client)  # qb calls reach the embedded supervisor with the token
+        assert (await client.get_metrics()).runs_by_outcome["SUCCEEDED"] == 1
+    for token in (None, "wrong", TOKEN + "x"):
+        async with ExecutorClient(address, token=token) as client:
+            with pytest.raises(ExecutorRpcError) as refused:
+                await client.execute_callback(language="python", code="pass", job={"id": 1})
+            assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+    async with grpc.aio.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING, "health stays open"
+        with pytest.raises(grpc.aio.AioRpcError) as refused_supervisor:
+            from supervisor_client.qbcallback.v1 import supervisor_pb2, supervisor_pb2_grpc
+
+            await supervisor_pb2_grpc.SupervisorStub(channel).JobAction(
+                supervisor_pb2.JobActionRequest(verb=supervisor_pb2.JOB_VERB_KILL, job_id=1,
+                                                actor="alice"), timeout=5)
+        assert refused_supervisor.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_token_and_tls_together(
+    tmp_path: Path, pki: Pki, executor_with: list[server.RunningServer]
+) -> None:
+    settings = stack_settings(tmp_path / "data", tls_cert=str(pki.server_cert),
+                              tls_key=str(pki.server_key), auth_token=TOKEN)
+    address = await start(executor_with, settings)
+    async with ExecutorClient(address, root_certificates=pki.read("ca"), token=TOKEN) as client:
+        await unblock_job_1(client)
+
+
+@pytest.mark.parametrize("missing", ["tls_cert", "tls_key", "tls_client_ca"])
+async def test_missing_certificate_is_a_clear_startup_error(
+    tmp_path: Path, pki: Pki, missing: str
+) -> None:
+    paths = {"tls_cert": str(pki.server_cert), "tls_key": str(pki.server_key),
+             "tls_client_ca": str(pki.ca)}
+    paths[missing] = str(tmp_path / "nowhere" / f"{missing}.pem")
+    with pytest.raises(ConfigError) as error:
+        await server.start(stack_settings(tmp_path / "data", **paths))
+    assert str(error.value) == (
+        f"{missing}: cannot read {paths[missing]}: No such file or directory"
+    )
+
+
+async def test_not_pem_is_a_clear_startup_error(tmp_path: Path, pki: Pki) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    with pytest.raises(ConfigError, match=rf"tls_key: {junk} is not a PEM file"):
+        await server.start(stack_settings(tmp_path / "data", tls_cert=str(pki.server_cert),
+                                          tls_key=str(junk)))
+
+
+def test_check_config_names_the_unreadable_file(tmp_path: Path, pki: Pki) -> None:
+    env = {**os.environ, "CBEXEC_TLS_CERT": str(pki.server_cert),
+           "CBEXEC_TLS_KEY": str(tmp_path / "gone.key"), "CBEXEC_AUTH_TOKEN": TOKEN}
+    done = subprocess.run(
+        [sys.executable, "-m", "executor", "serve", "--check-config",
+         "--data-dir", str(tmp_path / "data")],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )
+    assert done.returncode == 2
+    assert f"tls_key: cannot read {tmp_path / 'gone.key'}" in done.stderr
+    assert TOKEN not in done.stdout + done.stderr, "the token is never printed"

@@ -1,0 +1,83 @@
+"""Callback logs in Qube's place and shape, with the size cap and rotation."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from executor.callback_log import CUT_MARKER, CallbackLog, format_entry, log_path
+from executor.model import CallbackSpec, Failure, Invocation, Limits, Outcome, RunResult
+
+pytestmark = pytest.mark.unit
+
+WHEN = 1_700_000_000.25  # 2023-11-14T22:13:20.250Z
+
+
+def invocation(job_id: int = 5042, triggers: str = "complete-job-self") -> Invocation:
+    return Invocation(
+        invocation_id="inv-1",
+        callback=CallbackSpec("python", "print('hi')", triggers, id=3),
+        job={"id": job_id},
+        limits=Limits(1, 1, 1, 1, 1),
+    )
+
+
+def test_path_is_qubes_job_log_layout(tmp_path: Path) -> None:
+    assert log_path(tmp_path, 5042) == tmp_path / "job/5000/5042/5042.cb"
+    assert log_path(tmp_path, 999) == tmp_path / "job/0/999/999.cb"
+    assert log_path(tmp_path, 1000) == tmp_path / "job/1000/1000/1000.cb"
+
+
+def test_entry_has_header_then_output() -> None:
+    result = RunResult(
+        "inv-1", Outcome.FAILED, exit_code=1, stdout="hello\n", stderr="warn",
+        stderr_truncated=True,
+        failure=Failure("ZeroDivisionError: division by zero", "ZeroDivisionError", "Traceback\n"),
+    )
+    text = format_entry(invocation(triggers="(a && b) || c"), result, WHEN)
+    lines = text.splitlines()
+    assert lines[0] == (
+        '=== 2023-11-14T22:13:20.250+00:00 callback=3 trigger="(a && b) || c" '
+        "language=python outcome=FAILED invocation=inv-1"
+    )
+    assert lines[1:] == [
+        "hello",
+        "--- stderr",
+        "warn",
+        "[stderr truncated at the output_bytes limit]",
+        "--- failure: ZeroDivisionError: division by zero",
+        "Traceback",
+    ]
+
+
+def test_appends_runs_to_the_jobs_file(tmp_path: Path) -> None:
+    log = CallbackLog(tmp_path, max_bytes=1 << 20)
+    for n in range(3):
+        path = log.append(invocation(), RunResult(f"inv-{n}", Outcome.SUCCEEDED, stdout=f"run {n}"), WHEN)
+    assert path == tmp_path / "job/5000/5042/5042.cb"
+    text = path.read_text()
+    assert re.findall(r"invocation=(\S+)", text) == ["inv-0", "inv-1", "inv-2"]
+    assert re.findall(r"^run \d$", text, re.MULTILINE) == ["run 0", "run 1", "run 2"]
+
+
+def test_rotates_at_the_cap_and_keeps_one_generation(tmp_path: Path) -> None:
+    log = CallbackLog(tmp_path, max_bytes=1000)
+    path = log_path(tmp_path, 5042)
+    for n in range(30):
+        log.append(invocation(), RunResult(f"inv-{n}", Outcome.SUCCEEDED, stdout="x" * 100), WHEN)
+        assert path.stat().st_size <= 1000
+    rotated = path.with_name("5042.cb.1")
+    assert rotated.exists() and rotated.stat().st_size <= 1000
+    assert "invocation=inv-29" in path.read_text()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["5042.cb", "5042.cb.1"]
+
+
+def test_an_entry_larger_than_the_cap_is_cut(tmp_path: Path) -> None:
+    log = CallbackLog(tmp_path, max_bytes=500)
+    path = log.append(invocation(), RunResult("big", Outcome.SUCCEEDED, stdout="é" * 5000), WHEN)
+    data = path.read_bytes()
+    assert len(data) <= 500
+    assert data.decode().endswith(CUT_MARKER)
+    assert data.startswith(b"=== ")

@@ -1,0 +1,47 @@
+"""Argument parsing of `cbexec runs` / `cbexec run` (pure functions; the commands run in service tests)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from executor.cli_runs import parse_event, parse_since
+
+pytestmark = pytest.mark.unit
+
+NOW = 1_700_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("45s", NOW - 45), ("30m", NOW - 1800), ("1h", NOW - 3600), ("2d", NOW - 172_800),
+        ("1w", NOW - 604_800), ("1.5h", NOW - 5400), ("1699990000", 1_699_990_000.0),
+        ("2023-11-14T22:00:00+00:00", datetime(2023, 11, 14, 22, tzinfo=UTC).timestamp()),
+    ],
+)
+def test_since_accepts_durations_iso_and_unix(text: str, expected: float) -> None:
+    assert parse_since(text, NOW) == pytest.approx(expected)
+
+
+def test_since_iso_without_offset_is_local_time() -> None:
+    assert parse_since("2023-11-14T22:00:00", NOW) == datetime(2023, 11, 14, 22).timestamp()
+
+
+@pytest.mark.parametrize("text", ["yesterday", "1y", "-5m", ""])
+def test_since_refuses_the_rest(text: str) -> None:
+    with pytest.raises(ValueError, match="--since"):
+        parse_since(text, NOW)
+
+
+def test_event_splits_into_name_type_context_extra() -> None:
+    assert parse_event("complete-job-self") == {
+        "name": "complete", "type": "job", "context": "self", "extra": ""
+    }
+    assert parse_event("complete-work-render-1-10") == {
+        "name": "complete", "type": "work", "context": "render", "extra": "1-10"
+    }
+    assert parse_event("done-job") == {"name": "done", "type": "job", "context": "", "extra": ""}
+    with pytest.raises(ValueError, match="name-type"):
+        parse_event("complete")

@@ -1,0 +1,40 @@
+"""scripts/cbexec.example.toml stays loadable, valid, and complete."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from executor import config
+
+pytestmark = pytest.mark.unit
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "scripts" / "cbexec.example.toml"
+
+
+def test_example_config_loads_and_validates() -> None:
+    settings = config.validate(config.from_toml(config.Settings(), EXAMPLE))
+    assert settings.bind == "127.0.0.1:50051", "the sample keeps the loopback default"
+    assert settings.data_dir == Path("/var/lib/cbexec")
+    assert settings.default_limits == config.Settings().default_limits
+    assert settings.max_limits == config.Settings().max_limits
+    assert settings.mail_settings.directory == Path("/var/lib/cbexec/mail")
+
+
+def test_example_config_names_every_setting() -> None:
+    names = set(tomllib.loads(EXAMPLE.read_text()))
+    fields = {f.name for f in dataclasses.fields(config.Settings)}
+    assert sorted(fields - names) == [], "settings missing from scripts/cbexec.example.toml"
+
+
+def test_example_config_tables_name_every_field() -> None:
+    tables = {k: v for k, v in tomllib.loads(EXAMPLE.read_text()).items() if isinstance(v, dict)}
+    defaults = config.Settings()
+    for name, table in tables.items():
+        nested = getattr(defaults, name)
+        # TOML has no null: a field whose default is None can only be shown commented out.
+        fields = {f.name for f in dataclasses.fields(nested) if getattr(nested, f.name) is not None}
+        assert sorted(fields - set(table)) == [], f"[{name}] misses fields"

@@ -1,0 +1,122 @@
+"""RunHistory on a real SQLite file: record, filters, GetRun payload, retention."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from executor.history import RunHistory, result_from_json, result_to_json
+from executor.model import (
+    ActionRecord,
+    CallbackSpec,
+    EventSpec,
+    Failure,
+    Invocation,
+    Limits,
+    Outcome,
+    RunResult,
+    Usage,
+)
+
+pytestmark = pytest.mark.unit
+
+LIMITS = Limits(1, 1, 1 << 20, 1 << 10, 4)
+
+
+def invocation(inv_id: str, job_id: int = 10, callback_id: int = 1) -> Invocation:
+    return Invocation(
+        invocation_id=inv_id,
+        callback=CallbackSpec("python", "print(1)", "complete-job-self", callback_id),
+        job={"id": job_id},
+        limits=LIMITS,
+        event=EventSpec("complete", "job", "self"),
+        work_name="5",
+    )
+
+
+def result(inv_id: str, outcome: Outcome = Outcome.SUCCEEDED) -> RunResult:
+    failure = None if outcome is Outcome.SUCCEEDED else Failure("boom", "ValueError", "tb")
+    return RunResult(
+        inv_id, outcome, exit_code=0 if failure is None else 1, stdout="out\n", stderr="err",
+        failure=failure, usage=Usage(0.5, 0.25, 4096, 0.01),
+        actions=(ActionRecord("unblock", "10", True, "ok"),),
+    )
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> RunHistory:
+    return RunHistory(tmp_path / "runs.db", retention_days=1, max_runs=100)
+
+
+def test_result_json_round_trip() -> None:
+    original = result("a", Outcome.FAILED)
+    assert result_from_json(result_to_json(original)) == original
+    assert result_from_json(result_to_json(result("b"))) == result("b")
+
+
+def test_record_and_get_keeps_everything(history: RunHistory) -> None:
+    history.record(invocation("a"), result("a", Outcome.FAILED), started_at=1000.0)
+    run = history.get("a")
+    assert run is not None
+    assert (run.job_id, run.callback_id, run.triggers, run.language) == (
+        10, 1, "complete-job-self", "python"
+    )
+    assert run.outcome is Outcome.FAILED
+    assert run.started_at == 1000.0
+    assert run.usage == Usage(0.5, 0.25, 4096, 0.01)
+    assert run.event == EventSpec("complete", "job", "self")
+    assert run.work_name == "5"
+    assert run.result == result("a", Outcome.FAILED)
+    assert history.get("nope") is None
+
+
+def test_list_filters_and_order(history: RunHistory) -> None:
+    history.record(invocation("old", job_id=1), result("old"), started_at=100.0)
+    history.record(invocation("mid", job_id=2), result("mid", Outcome.FAILED), started_at=200.0)
+    history.record(invocation("new", job_id=1), result("new", Outcome.FAILED), started_at=300.0)
+    assert [r.invocation_id for r in history.list_runs()] == ["new", "mid", "old"]
+    assert [r.invocation_id for r in history.list_runs(job_id=1)] == ["new", "old"]
+    assert [r.invocation_id for r in history.list_runs(outcome=Outcome.FAILED)] == ["new", "mid"]
+    assert [r.invocation_id for r in history.list_runs(since=200.0)] == ["new", "mid"]
+    assert [r.invocation_id for r in history.list_runs(job_id=1, outcome=Outcome.FAILED)] == [
+        "new"
+    ]
+    assert [r.invocation_id for r in history.list_runs(limit=1)] == ["new"]
+    assert all(r.result is None for r in history.list_runs())
+
+
+def test_history_survives_reopen(tmp_path: Path) -> None:
+    first = RunHistory(tmp_path / "runs.db", retention_days=1e6, max_runs=10)
+    first.record(invocation("a"), result("a"), started_at=5.0)
+    first.close()
+    second = RunHistory(tmp_path / "runs.db", retention_days=1e6, max_runs=10)
+    assert [r.invocation_id for r in second.list_runs()] == ["a"]
+    second.close()
+
+
+def test_retention_by_age(tmp_path: Path) -> None:
+    clock = Clock(10 * 86_400.0)
+    history = RunHistory(tmp_path / "runs.db", retention_days=2, max_runs=100, clock=clock)
+    history.record(invocation("ancient"), result("ancient"), started_at=1 * 86_400.0)
+    history.record(invocation("recent"), result("recent"), started_at=9 * 86_400.0)
+    assert history.prune() == 1
+    assert [r.invocation_id for r in history.list_runs()] == ["recent"]
+
+
+def test_retention_by_count_runs_as_runs_are_recorded(tmp_path: Path) -> None:
+    history = RunHistory(
+        tmp_path / "runs.db", retention_days=1e6, max_runs=3, clock=Clock(1e6), prune_every=2
+    )
+    for n in range(6):
+        history.record(invocation(f"r{n}"), result(f"r{n}"), started_at=float(n))
+    assert history.count() == 3
+    assert [r.invocation_id for r in history.list_runs()] == ["r5", "r4", "r3"]

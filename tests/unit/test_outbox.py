@@ -1,0 +1,175 @@
+"""Outbox on real SQLite, delivering to a real ReferenceSupervisor (its idempotent report_result).
+
+The receiver below is the reference supervisor's store called in-process, with a switch
+that makes it unreachable and one that loses the acknowledgement after applying — the
+two failures the outbox exists for. No sockets here; tests/service/test_reporting.py
+does the same over gRPC with real processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from executor.outbox import Backoff, DeliveryError, Outbox
+from supervisor_client.reference import ReferenceSupervisor
+
+pytestmark = pytest.mark.unit
+
+FAST = Backoff(first_s=0.01, cap_s=0.05)
+
+
+class ReferenceReceiver:
+    """Delivers to ReferenceSupervisor.report_result, or fails the way a network does."""
+
+    def __init__(self, supervisor: ReferenceSupervisor) -> None:
+        self.supervisor = supervisor
+        self.down = False
+        self.lose_next_ack = False
+        self.refuse: set[str] = set()
+        self.calls: Counter[str] = Counter()
+        self.order: list[str] = []
+
+    async def deliver(self, key: str, payload: bytes) -> bool:
+        await asyncio.sleep(0)
+        self.calls[key] += 1
+        if self.down:
+            raise DeliveryError("UNAVAILABLE: connection refused", retryable=True)
+        if key in self.refuse:
+            raise DeliveryError("INVALID_ARGUMENT: bad result", retryable=False)
+        duplicate = self.supervisor.report_result(key, 1, json.loads(payload))
+        if not duplicate:
+            self.order.append(key)
+        if self.lose_next_ack:
+            self.lose_next_ack = False
+            raise DeliveryError("UNAVAILABLE: connection reset", retryable=True)
+        return duplicate
+
+
+def payload(n: int) -> bytes:
+    return json.dumps({"outcome": "OUTCOME_SUCCEEDED", "n": n}).encode()
+
+
+@pytest.fixture
+def receiver() -> ReferenceReceiver:
+    return ReferenceReceiver(ReferenceSupervisor(":memory:"))
+
+
+async def test_put_is_durable_before_delivery_starts(
+    tmp_path: Path, receiver: ReferenceReceiver
+) -> None:
+    outbox = Outbox(tmp_path / "outbox.db", receiver)
+    assert outbox.put("a", payload(1))
+    assert not outbox.put("a", payload(2)), "a repeated key adds nothing"
+    assert outbox.put("b", payload(3))
+    await outbox.close()  # never started: like a SIGKILL right after the commits
+    reopened = Outbox(tmp_path / "outbox.db", receiver, backoff=FAST)
+    assert reopened.pending() == 2
+    reopened.start()
+    assert await reopened.flush(5)
+    assert receiver.order == ["a", "b"]
+    stored = receiver.supervisor.result("a")
+    assert stored is not None and stored["payload"]["n"] == 1
+    await reopened.close()
+
+
+async def test_delivers_in_order_and_drains(tmp_path: Path, receiver: ReferenceReceiver) -> None:
+    outbox = Outbox(tmp_path / "outbox.db", receiver, backoff=FAST)
+    outbox.start()
+    keys = [f"k{n:03}" for n in range(150)]
+    for n, key in enumerate(keys):
+        outbox.put(key, payload(n))
+        if n % 40 == 0:
+            await asyncio.sleep(0.01)
+    assert await outbox.flush(10)
+    assert outbox.pending() == 0
+    assert receiver.order == keys
+    assert set(receiver.calls.values()) == {1}
+    stats = outbox.stats()
+    assert (stats.pending, stats.dead, stats.duplicates_acknowledged) == (0, 0, 0)
+    await outbox.close()
+
+
+async def test_retries_while_down_then_delivers_everything_once(
+    tmp_path: Path, receiver: ReferenceReceiver
+) -> None:
+    receiver.down = True
+    outbox = Outbox(tmp_path / "outbox.db", receiver, backoff=FAST)
+    outbox.start()
+    for n in range(20):
+        outbox.put(f"k{n}", payload(n))
+    await asyncio.sleep(0.3)
+    assert outbox.pending() == 20
+    assert receiver.calls["k0"] >= 3, "kept retrying the head of the queue"
+    assert receiver.calls["k1"] == 0, "never skipped ahead of an undelivered result"
+    receiver.down = False
+    assert await outbox.flush(5)
+    assert receiver.order == [f"k{n}" for n in range(20)]
+    assert len(receiver.supervisor.results()) == 20
+    await outbox.close()
+
+
+async def test_lost_acknowledgement_is_redelivered_and_applied_once(
+    tmp_path: Path, receiver: ReferenceReceiver
+) -> None:
+    receiver.lose_next_ack = True
+    outbox = Outbox(tmp_path / "outbox.db", receiver, backoff=FAST)
+    outbox.start()
+    outbox.put("a", payload(1))
+    outbox.put("b", payload(2))
+    assert await outbox.flush(5)
+    assert receiver.calls == Counter({"a": 2, "b": 1})
+    assert [r["invocation_id"] for r in receiver.supervisor.results()] == ["a", "b"]
+    assert outbox.stats().duplicates_acknowledged == 1
+    await outbox.close()
+
+
+async def test_refused_result_is_set_aside_without_blocking_the_rest(
+    tmp_path: Path, receiver: ReferenceReceiver
+) -> None:
+    receiver.refuse = {"bad"}
+    outbox = Outbox(tmp_path / "outbox.db", receiver, backoff=FAST)
+    outbox.start()
+    for key in ("a", "bad", "c"):
+        outbox.put(key, payload(0))
+    assert await outbox.flush(5)
+    assert receiver.order == ["a", "c"]
+    assert outbox.stats().dead == 1
+    assert receiver.calls["bad"] == 1
+    await outbox.close()
+
+
+async def test_a_transport_bug_does_not_end_delivery(tmp_path: Path) -> None:
+    class Flaky:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+            self.failed = False
+
+        async def deliver(self, key: str, payload: bytes) -> bool:
+            if not self.failed:
+                self.failed = True
+                raise RuntimeError("bug")
+            self.seen.append(key)
+            return False
+
+    flaky = Flaky()
+    outbox = Outbox(tmp_path / "outbox.db", flaky, backoff=FAST)
+    outbox.start()
+    outbox.put("a", b"x")
+    assert await outbox.flush(5)
+    assert flaky.seen == ["a"]
+    await outbox.close()
+
+
+def test_backoff_grows_exponentially_with_jitter_up_to_the_cap() -> None:
+    backoff = Backoff(first_s=0.1, cap_s=1.0)
+    rng = random.Random(7)
+    for failures, ceiling in ((1, 0.1), (2, 0.2), (3, 0.4), (4, 0.8), (5, 1.0), (30, 1.0)):
+        delays = [backoff.delay(failures, rng) for _ in range(50)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert len(set(delays)) > 1, "jittered"
