@@ -1,0 +1,191 @@
+"""Submission parsing for the reference supervisor: Qube job dicts in, validated values out.
+
+Everything a submission can get wrong is found here, before any SQL runs, so a rejected
+submission changes nothing and uses up no ids.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from supervisor_client.reference.errors import SubmitError
+from supervisor_client.reference.states import Status
+
+#: Fields the supervisor assigns. A resubmitted jobinfo dict carries them; they are ignored.
+_ASSIGNED_FIELDS: Final = frozenset({"id", "timesubmit", "timestart", "timecomplete", "subjobs"})
+_INPUT_FIELDS: Final = frozenset(
+    {
+        "name",
+        "label",
+        "user",
+        "status",
+        "priority",
+        "prototype",
+        "cpus",
+        "pid",
+        "pgrp",
+        "mailaddress",
+        "agenda",
+        "callbacks",
+    }
+)
+#: A guard against a typo creating millions of instance rows; Qube farms are far smaller.
+MAX_CPUS: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class _NewWork:
+    name: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class _NewCallback:
+    triggers: str
+    language: str
+    code: str
+    user: str
+    maximum: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    name: str
+    label: str | None
+    user: str
+    status: str
+    priority: int
+    prototype: str
+    cpus: int
+    pid: int
+    pgrp: int | None
+    mailaddress: str
+    agenda: tuple[_NewWork, ...]
+    callbacks: tuple[_NewCallback, ...]
+    extra: str
+
+
+def _text(where: str, fields: Mapping[str, Any], key: str, default: str) -> str:
+    value = fields.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise SubmitError(f"{where}: {key} must be a string, got {value!r}")
+    return value
+
+
+def _integer(where: str, fields: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
+    """An int field; decimal strings are accepted because Perl submitters send them."""
+    value = fields.get(key)
+    if value is None:
+        return default
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SubmitError(f"{where}: {key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _status(where: str, value: Any) -> str:
+    if value is None:
+        return Status.PENDING
+    if value not in (Status.PENDING, Status.BLOCKED):
+        raise SubmitError(f"{where}: status must be 'pending' or 'blocked', got {value!r}")
+    return str(value)
+
+
+def _parse_agenda(where: str, entries: Any) -> tuple[_NewWork, ...]:
+    """Work names (str/int) or dicts with ``name`` and optional ``status``.
+
+    Items are pending unless they say "blocked", also in a blocked job: the job's own
+    status is what holds them back, as in Qube.
+    """
+    if entries is None:
+        return ()
+    if not isinstance(entries, list | tuple):
+        raise SubmitError(f"{where}: agenda must be a list, got {type(entries).__name__}")
+    agenda: list[_NewWork] = []
+    seen: set[str] = set()
+    for entry in entries:
+        fields = entry if isinstance(entry, Mapping) else {"name": entry}
+        name = fields.get("name")
+        if isinstance(name, bool) or not isinstance(name, str | int) or str(name) == "":
+            raise SubmitError(f"{where}: a work item needs a name (str or int), got {entry!r}")
+        if str(name) in seen:
+            raise SubmitError(f"{where}: work name {str(name)!r} appears twice in the agenda")
+        seen.add(str(name))
+        agenda.append(_NewWork(str(name), _status(f"{where}, work {name}", fields.get("status"))))
+    return tuple(agenda)
+
+
+def _parse_callbacks(where: str, entries: Any) -> tuple[_NewCallback, ...]:
+    """Callback dicts; ``id``, ``count`` and the like are assigned here, so they are ignored.
+
+    ``triggers`` must be one string: the list form of one Qube docstring is ambiguous
+    (qube-callbacks.md §8) and is rejected rather than guessed.
+    """
+    if entries is None:
+        return ()
+    if not isinstance(entries, list | tuple):
+        raise SubmitError(f"{where}: callbacks must be a list, got {type(entries).__name__}")
+    callbacks = []
+    for n, entry in enumerate(entries, start=1):
+        at = f"{where}, callback {n}"
+        if not isinstance(entry, Mapping):
+            raise SubmitError(f"{at}: must be a dict, got {entry!r}")
+        triggers = _text(at, entry, "triggers", "")
+        language = _text(at, entry, "language", "")
+        if not triggers or not language:
+            raise SubmitError(f"{at}: triggers and language are required")
+        callbacks.append(
+            _NewCallback(
+                triggers,
+                language,
+                _text(at, entry, "code", ""),
+                _text(at, entry, "user", ""),
+                _integer(at, entry, "maximum", 0, 0),
+            )
+        )
+    return tuple(callbacks)
+
+
+def _parse_job(index: int, job: Any) -> NewJob:
+    if not isinstance(job, Mapping):
+        raise SubmitError(f"job {index} of the submission must be a dict, got {job!r}")
+    where = f"job {index} of the submission"
+    status = _status(where, job.get("status"))
+    cpus = _integer(where, job, "cpus", 1, 1)
+    if cpus > MAX_CPUS:
+        raise SubmitError(f"{where}: cpus = {cpus} is above the limit of {MAX_CPUS}")
+    extra = {k: v for k, v in job.items() if k not in _INPUT_FIELDS | _ASSIGNED_FIELDS}
+    try:
+        extra_json = json.dumps(extra, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise SubmitError(f"{where}: fields {sorted(extra)} are not JSON values: {err}") from err
+    return NewJob(
+        name=_text(where, job, "name", ""),
+        label=_text(where, job, "label", "") or None,
+        user=_text(where, job, "user", "qube") or "qube",
+        status=status,
+        priority=_integer(where, job, "priority", 9999, -(2**31)),
+        prototype=_text(where, job, "prototype", "cmdline"),
+        cpus=cpus,
+        pid=_integer(where, job, "pid", 0, 0),
+        pgrp=_integer(where, job, "pgrp", 0, 0) or None,
+        mailaddress=_text(where, job, "mailaddress", ""),
+        agenda=_parse_agenda(where, job.get("agenda")),
+        callbacks=_parse_callbacks(where, job.get("callbacks")),
+        extra=extra_json,
+    )
+
+
+def parse_submission(jobs: Any) -> list[NewJob]:
+    if isinstance(jobs, Mapping | str | bytes) or not isinstance(jobs, Sequence):
+        raise SubmitError("submit takes a list of job dicts")
+    return [_parse_job(index, job) for index, job in enumerate(jobs)]
+
+
+# -- the store ----------------------------------------------------------------------------
