@@ -74,15 +74,8 @@ def executor(launcher: str, data_dir: Path) -> Iterator[tuple[str, psutil.Proces
 
 
 async def wait_serving(address: str) -> None:
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        for _ in range(400):
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            await asyncio.sleep(0.05)
-    raise SystemExit(f"executor at {address} never became SERVING")
+    async with ExecutorClient(address) as client:
+        await client.wait_until_serving()
 
 
 async def timed(call: Callable[[], Awaitable[object]], runs: int) -> list[float]:

@@ -9,12 +9,15 @@ as the executor's wall-time cap allows.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import Awaitable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from supervisor_client.credentials import open_channel
 from supervisor_client.errors import from_rpc_error
@@ -115,6 +118,21 @@ class ExecutorClient:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    async def wait_until_serving(self, timeout: float = 30.0, *, poll_s: float = 0.05) -> None:
+        """Wait until the executor's health service answers SERVING (e.g. after a start).
+
+        Raises TimeoutError when it has not within ``timeout`` seconds.
+        """
+        health = health_pb2_grpc.HealthStub(self._channel)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            await asyncio.sleep(poll_s)
+        raise TimeoutError(f"the executor was not SERVING within {timeout:g}s")
 
     async def execute(
         self, request: executor_pb2.ExecuteRequest, *, timeout: float | None = None

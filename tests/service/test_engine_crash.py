@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -14,8 +13,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from supervisor_client import ExecutorClient
 from supervisor_client.jobdict import job_from_dict
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 from tests.helpers.processes import wait_until_no_sandboxed_processes
@@ -50,15 +49,10 @@ def executor_process(data_dir: Path, port: int) -> Iterator[subprocess.Popen[byt
 
 
 async def wait_serving(channel: grpc.aio.Channel, proc: subprocess.Popen[bytes]) -> None:
-    stub = health_pb2_grpc.HealthStub(channel)
-    for _ in range(200):
-        assert proc.poll() is None, "the executor exited during start-up"
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the executor never became SERVING")
+    try:
+        await ExecutorClient(channel).wait_until_serving(timeout=20)
+    except TimeoutError:
+        raise AssertionError(f"the executor never became SERVING (exit status {proc.poll()})") from None
 
 
 def publish(job_id: int) -> executor_pb2.PublishEventRequest:
