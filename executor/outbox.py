@@ -114,7 +114,10 @@ class Outbox:
         self._rng = rng or random.Random()
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = FULL")
+        # WAL + NORMAL: a commit survives the executor's own crash (kill -9); only an OS
+        # crash or power loss can drop the last commits. FULL fsyncs every run on the
+        # event loop, which measured ~5 ms per callback and capped throughput.
+        self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.executescript(_SCHEMA)
         self._wakeup = asyncio.Event()
         self._drained = asyncio.Event()

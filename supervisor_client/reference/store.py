@@ -168,6 +168,10 @@ class ReferenceSupervisor:
         self._db = sqlite3.connect(path, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA foreign_keys = ON")
+        # WAL + NORMAL: crash-safe for the process without an fsync per verb (the default
+        # rollback journal fsyncs twice per commit, in the caller's event loop).
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.executescript(_SCHEMA)
 
     # -- lifetime -----------------------------------------------------------------------
