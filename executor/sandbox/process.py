@@ -255,7 +255,7 @@ class SandboxRunner:
             for fd in (stdout_r, stderr_r):
                 os.close(fd)
             parent_sock.close()
-            shutil.rmtree(workdir, ignore_errors=True)
+            await _remove_workdir(workdir)
             raise
         finally:
             # The child has its own copies now; ours would keep the pipes from reaching EOF.
@@ -297,12 +297,21 @@ class SandboxRunner:
             for fd in (stdout_r, stderr_r):
                 os.close(fd)
             parent_sock.close()
-            await asyncio.to_thread(shutil.rmtree, workdir, True)
+            await _remove_workdir(workdir)
         return result
 
     async def _kill_everything(self, pgid: int, slot: int) -> list[int]:
         """SIGKILL the child's group and every process left in its slot's cgroup."""
         _signal_group(pgid, signal.SIGKILL)
-        if self.options.cgroups is None:
-            return []
-        return await asyncio.to_thread(self.options.cgroups.kill_all, slot)
+        cgroups = self.options.cgroups
+        if cgroups is None or not cgroups.pids(slot):
+            return []  # the common case: nothing left, no thread needed
+        return await asyncio.to_thread(cgroups.kill_all, slot)
+
+
+async def _remove_workdir(workdir: str) -> None:
+    """Remove the working directory: inline when empty, else in a thread (it may be huge)."""
+    try:
+        os.rmdir(workdir)
+    except OSError:
+        await asyncio.to_thread(shutil.rmtree, workdir, True)
