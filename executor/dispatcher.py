@@ -94,11 +94,11 @@ class Dispatcher:
         else:
             task = asyncio.current_task()
             assert task is not None
-            self._active.add(task)  # type: ignore[arg-type]  # the servicer's task returns a proto
+            self._active.add(task)
             try:
                 result = await self._admitted(invocation, language)
             finally:
-                self._active.discard(task)  # type: ignore[arg-type]
+                self._active.discard(task)
         logger.info(
             "callback ran: job=%s callback=%s language=%s outcome=%s wall=%.3fs cpu=%.3fs "
             "rss=%dKiB queue=%.3fs actions=%d",

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import grpc
-from grpc_health.v1 import health  # type: ignore[import-untyped]  # ships no stubs
+from grpc_health.v1 import health
 
 from executor.config import Settings
 from executor.errors import ConfigError

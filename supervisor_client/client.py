@@ -128,7 +128,10 @@ class ExecutorClient:
         deadline = asyncio.get_running_loop().time() + timeout
         while asyncio.get_running_loop().time() < deadline:
             with contextlib.suppress(grpc.aio.AioRpcError):
-                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                # The health stubs declare Check only on the sync stub's type.
+                reply = await health.Check(  # type: ignore[attr-defined]
+                    health_pb2.HealthCheckRequest(), timeout=1
+                )
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             await asyncio.sleep(poll_s)

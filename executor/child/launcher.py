@@ -94,10 +94,9 @@ def _run_runtime(spec: dict[str, Any]) -> int:
             signal.signal(signal.SIGXCPU, lambda *_: os._exit(128 + signal.SIGXCPU))
         import python_bootstrap
 
-        return python_bootstrap.run(bridge_fd)
+        return int(python_bootstrap.run(bridge_fd))
     argv = [str(arg).replace("{bridge_fd}", str(bridge_fd)) for arg in spec["argv"]]
     os.execv(argv[0], argv)
-    return EXIT_LAUNCH_FAILED  # not reached
 
 
 def confine_and_run(spec: dict[str, Any]) -> int:

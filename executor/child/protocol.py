@@ -50,7 +50,7 @@ def decode_body(body: bytes) -> dict[str, Any]:
 
 
 def _read_exactly(fd: int, size: int) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     remaining = size
     while remaining:
         chunk = os.read(fd, min(remaining, 1 << 20))

@@ -157,10 +157,10 @@ class ZygoteSpawner:
         if kind == "started":
             # Registered here, not by the spawning coroutine: "exited" may be the very
             # next message, handled before that coroutine resumes.
-            handle = self._children[message["pid"]] = ChildHandle(message["pid"])
+            started = self._children[message["pid"]] = ChildHandle(message["pid"])
             future = self._starting.pop(message["id"], None)
             if future is not None and not future.done():
-                future.set_result(handle)
+                future.set_result(started)
         elif kind == "failed":
             future = self._starting.pop(message["id"], None)
             if future is not None and not future.done():
