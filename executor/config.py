@@ -84,8 +84,11 @@ class Settings:
     grace_seconds: float = 0.5
     # Run callbacks in their own PID namespace: "auto" (when the host allows), "on", "off".
     pid_namespace: str = "auto"
-    # Give callbacks the host network (False: a private, empty network namespace).
-    network: bool = True
+    # Callback networking: "auto" (a private, empty network namespace where the host allows
+    # namespaces, else the host network), "none" (always empty; an error where impossible),
+    # "host". With the host network a callback can reach the executor's own port, so
+    # turn it on only with auth_token set (callbacks cannot read it).
+    network: str = "auto"
     # Run callbacks as a dedicated unprivileged uid per slot, in a private mount namespace
     # that hides the data dir, /tmp and /dev/shm: "auto" (when running as root with
     # namespaces), "on", "off".
@@ -230,6 +233,8 @@ def validate(settings: Settings) -> Settings:
             raise ConfigError(f"default_limits.{key}: {default} exceeds max_limits.{key} {cap}")
     if settings.max_concurrent < 1 or settings.max_queue < 0:
         raise ConfigError("max_concurrent must be >= 1 and max_queue >= 0")
+    if settings.network not in ("auto", "none", "host"):
+        raise ConfigError("network: expected auto, none or host")
     for name in ("pid_namespace", "cgroup", "dedicated_uid"):
         if getattr(settings, name) not in ("auto", "on", "off"):
             raise ConfigError(f"{name}: expected auto, on or off")

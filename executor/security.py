@@ -77,15 +77,12 @@ def add_port(server: grpc.aio.Server, settings: Settings,
     return server.add_secure_port(settings.bind, credentials)
 
 
-def supervisor_channel(server: grpc.aio.Server, settings: Settings, port: int) -> grpc.aio.Channel:
-    """The executor's channel to its supervisor (call before the server starts).
+def own_channel(server: grpc.aio.Server, settings: Settings, port: int) -> grpc.aio.Channel:
+    """A channel from the executor to its own CallbackExecutor service (before start).
 
-    A remote supervisor gets a plain channel and never our token (it is not theirs). The
-    embedded one is reached on our own loopback port, or under TLS on a private Unix
-    socket, with our token when one is set.
+    Used by the embedded supervisor's forwarder. Plain loopback, or under TLS a private
+    Unix socket, with our token when one is set.
     """
-    if settings.supervisor:
-        return open_channel(settings.supervisor)
     address = f"127.0.0.1:{port}"
     if settings.tls_cert:
         socket_path = settings.data_dir / "internal.sock"

@@ -15,35 +15,38 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from executor import security
 from executor.config import Settings
 from executor.dispatcher import Dispatcher
 from executor.errors import ConfigError
+from executor.metrics import Metrics
 from executor.qube_language import QubeInterpreter
+from executor.recorder import Recorder
+from executor.runs_rpc import CapacityCounter, RunsService
 from executor.sandbox.cgroup import PidsCgroups
 from executor.sandbox.process import IsolationPlan, SandboxOptions, SandboxRunner
 from executor.sandbox.spawners import CHILD_DIR, ColdSpawner, Spawner, ZygoteSpawner
-from executor import security
-from executor.metrics import Metrics
-from executor.recorder import Recorder
-from executor.runs_rpc import CapacityCounter, RunsService
 from executor.servicer import CallbackExecutorServicer
 from executor.supervisor_link import GrpcSupervisor
 from executor.triggers.engine import TriggerEngine
 from executor.triggers.store import TriggerStore
-from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc, supervisor_pb2
+from supervisor_client.credentials import open_channel
+from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 from supervisor_client.reference import ReferenceSupervisor, add_reference_supervisor
 from supervisor_client.reference.forwarder import EventForwarder
 
 logger = logging.getLogger(__name__)
 
+# sun_path holds 108 bytes, the terminating NUL included.
+MAX_UNIX_SOCKET_PATH: Final = 107
 EXECUTOR_SERVICE: Final = executor_pb2.DESCRIPTOR.services_by_name["CallbackExecutor"].full_name
-SUPERVISOR_SERVICE: Final = supervisor_pb2.DESCRIPTOR.services_by_name["Supervisor"].full_name
 _PROBE_PID_NAMESPACE: Final = (
     "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); "
     "os._exit(0 if libc.unshare(0x20000000) == 0 else 1)"
@@ -87,8 +90,12 @@ def sandbox_options(settings: Settings) -> SandboxOptions:
     pid_namespace = settings.pid_namespace != "off" and probe_pid_namespace(python)
     if settings.pid_namespace == "on" and not pid_namespace:
         raise ConfigError("pid_namespace: 'on' but this host does not allow a PID namespace")
-    if not settings.network and not pid_namespace:
-        raise ConfigError("network: false needs namespaces, which this host does not allow")
+    if settings.network == "none" and not pid_namespace:
+        raise ConfigError("network: 'none' needs namespaces, which this host does not allow")
+    host_network = settings.network == "host" or not pid_namespace
+    if settings.network == "auto" and host_network:
+        logger.warning("no namespaces here: callbacks share the host network, and can reach "
+                       "this executor's port; set auth_token")
     cgroups = None if settings.cgroup == "off" else PidsCgroups.create(settings.max_concurrent)
     if settings.cgroup == "on" and cgroups is None:
         raise ConfigError("cgroup: 'on' but no writable pids cgroup was found")
@@ -102,7 +109,7 @@ def sandbox_options(settings: Settings) -> SandboxOptions:
         isolation=isolation,
         site_paths=site_paths,
         pid_namespace=pid_namespace,
-        network=settings.network,
+        network=host_network,
         grace_s=settings.grace_seconds,
         cgroups=cgroups,
     )
@@ -118,6 +125,10 @@ class RunningServer:
     spawner: Spawner
     health: health.aio.HealthServicer
     supervisor_channel: grpc.aio.Channel
+    # The executor's channel to its own port (the embedded supervisor's forwarder uses it).
+    own_channel: grpc.aio.Channel
+    # The embedded supervisor's private server (a Unix socket in the data dir), if any.
+    supervisor_server: grpc.aio.Server | None
     options: SandboxOptions
     reference: ReferenceSupervisor | None
     engine: TriggerEngine
@@ -140,9 +151,12 @@ class RunningServer:
         if self.recorder is not None:  # before server.stop: the embedded supervisor is on it
             await self.recorder.close()
         await self.server.stop(grace_s)
+        if self.supervisor_server is not None:
+            await self.supervisor_server.stop(grace_s)
         await self.spawner.close()
         self.trigger_store.close()
         await self.supervisor_channel.close()
+        await self.own_channel.close()
         if self.options.cgroups is not None:
             self.options.cgroups.close()
         if self.reference is not None:
@@ -162,6 +176,28 @@ def describe_tier(options: SandboxOptions) -> str:
     return ", ".join(parts)
 
 
+async def start_embedded_supervisor(
+    reference: ReferenceSupervisor, data_dir: Path
+) -> tuple[grpc.aio.Server, str]:
+    """Serve the reference supervisor on a private Unix socket, never on the public port.
+
+    The Supervisor service trusts the ``actor`` it is told; on the public port any client,
+    a callback with network access included, could claim to be root. The socket sits in
+    the 0700 data dir, which the hardened tier hides from callbacks.
+    """
+    socket_path = data_dir / "supervisor.sock"
+    if len(str(socket_path)) > MAX_UNIX_SOCKET_PATH:
+        socket_path = Path(tempfile.mkdtemp(prefix="cbexec-")) / "supervisor.sock"
+    socket_path.unlink(missing_ok=True)
+    address = f"unix:{socket_path}"
+    server = grpc.aio.server()
+    add_reference_supervisor(server, reference)
+    if server.add_insecure_port(address) == 0:
+        raise ConfigError(f"data_dir: cannot listen on the supervisor socket {socket_path}")
+    await server.start()
+    return server, address
+
+
 async def start(settings: Settings) -> RunningServer:
     """Build and start everything the settings describe."""
     credentials = security.server_credentials(settings)  # fail on bad TLS files before any start
@@ -172,21 +208,28 @@ async def start(settings: Settings) -> RunningServer:
         interceptors=[*security.server_interceptors(settings), CapacityCounter(metrics)]
     )
     reference = None
-    if not settings.supervisor:
+    supervisor_server = None
+    if settings.supervisor:
+        supervisor_address = settings.supervisor
+        # A remote supervisor never gets our token: it is not theirs.
+        supervisor_channel = open_channel(settings.supervisor)
+    else:
         reference = ReferenceSupervisor(str(settings.data_dir / "supervisor.db"))
-        add_reference_supervisor(server, reference)
+        supervisor_server, supervisor_address = await start_embedded_supervisor(
+            reference, settings.data_dir
+        )
+        supervisor_channel = grpc.aio.insecure_channel(supervisor_address)
     port = security.add_port(server, settings, credentials)
     if port == 0:
         raise ConfigError(f"bind: could not listen on {settings.bind}")
-    supervisor_address = settings.supervisor or f"127.0.0.1:{port}"
-    channel = security.supervisor_channel(server, settings, port)
-    recorder = Recorder.open(settings, channel, metrics)
+    own_channel = security.own_channel(server, settings, port)
+    recorder = Recorder.open(settings, supervisor_channel, metrics)
     spawner: Spawner = (
         ZygoteSpawner(sys.executable) if settings.launcher == "zygote" else ColdSpawner(sys.executable)
     )
     dispatcher = Dispatcher(
         runner=SandboxRunner(options, spawner),
-        supervisor=GrpcSupervisor(channel, settings.supervisor_timeout_seconds),
+        supervisor=GrpcSupervisor(supervisor_channel, settings.supervisor_timeout_seconds),
         qube=QubeInterpreter(settings.mail_settings),
         languages=settings.languages,
         max_concurrent=settings.max_concurrent,
@@ -210,8 +253,6 @@ async def start(settings: Settings) -> RunningServer:
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = [EXECUTOR_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
-    if reference is not None:
-        services.append(SUPERVISOR_SERVICE)
     reflection.enable_server_reflection(services, server)
     await server.start()
     recorder.start()
@@ -230,11 +271,12 @@ async def start(settings: Settings) -> RunningServer:
     forwarder = None
     if reference is not None:
         # The embedded supervisor talks to us as any supervisor would: over gRPC.
-        forwarder = EventForwarder(reference, channel)
+        forwarder = EventForwarder(reference, own_channel)
         engine_tasks.append(asyncio.create_task(forwarder.run()))
     return RunningServer(
-        server, port, dispatcher, spawner, health_servicer, channel, options, reference,
-        engine, trigger_store, engine_tasks, forwarder, recorder,
+        server, port, dispatcher, spawner, health_servicer, supervisor_channel, own_channel,
+        supervisor_server, options, reference, engine, trigger_store, engine_tasks, forwarder,
+        recorder,
     )
 
 

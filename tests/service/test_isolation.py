@@ -55,8 +55,8 @@ async def test_a_hardened_callback_sees_only_itself(stack: Stack) -> None:
     assert view["shadow"] == "PermissionError"
 
 
-async def test_network_off_means_no_route_even_to_the_executor(tmp_path: Path) -> None:
-    settings = stack_settings(tmp_path / "data", network=False)
+async def test_network_none_means_no_route_even_to_the_executor(tmp_path: Path) -> None:
+    settings = stack_settings(tmp_path / "data", network="none")
     try:
         context = running_stack(settings)
         stack = await context.__aenter__()
@@ -76,3 +76,21 @@ async def test_network_off_means_no_route_even_to_the_executor(tmp_path: Path) -
         await context.__aexit__(None, None, None)
 
     assert response.stdout.startswith("refused"), response.stdout + response.stderr
+
+
+async def test_the_embedded_supervisor_is_not_on_the_public_port(stack_warm: Stack) -> None:
+    """It trusts the actor it is told, so reaching it must take more than a TCP connect."""
+    import grpc
+
+    from supervisor_client.qbcallback.v1 import supervisor_pb2, supervisor_pb2_grpc
+
+    (job,) = stack_warm.supervisor.submit([{"name": "guarded", "user": "bob", "status": "blocked"}])
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await supervisor_pb2_grpc.SupervisorStub(stack_warm.channel).JobAction(
+            supervisor_pb2.JobActionRequest(
+                verb=supervisor_pb2.JOB_VERB_UNBLOCK, job_id=job["id"], actor="root"
+            ),
+            timeout=5,
+        )
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert stack_warm.supervisor.job(job["id"])["status"] == "blocked"

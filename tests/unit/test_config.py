@@ -40,7 +40,7 @@ def test_toml_then_env_override(tmp_path: Path) -> None:
         ({"bogus": 1}, "unknown setting 'bogus'"),
         ({"max_concurrent": "many"}, "max_concurrent"),
         ({"default_limits": {"gpu": 1}}, "unknown limit 'gpu'"),
-        ({"network": "maybe"}, "expected a boolean"),
+        ({"grace_seconds": "soon"}, "grace_seconds"),
     ],
 )
 def test_bad_values_name_the_setting(values: dict[str, object], message: str) -> None:
@@ -57,3 +57,9 @@ def test_validate_rejects_defaults_above_caps() -> None:
 def test_unreadable_config_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="missing.toml"):
         config.from_toml(config.Settings(), tmp_path / "missing.toml")
+
+
+def test_network_takes_auto_none_or_host() -> None:
+    with pytest.raises(ConfigError, match="network: expected auto, none or host"):
+        config.validate(config.apply(config.Settings(), {"network": "maybe"}, "t"))
+    assert config.Settings().network == "auto"
