@@ -44,6 +44,7 @@ from supervisor_client.reference.forwarder import EventForwarder
 
 logger = logging.getLogger(__name__)
 
+MAX_REQUEST_BYTES: Final = 16 << 20
 # sun_path holds 108 bytes, the terminating NUL included.
 MAX_UNIX_SOCKET_PATH: Final = 107
 EXECUTOR_SERVICE: Final = executor_pb2.DESCRIPTOR.services_by_name["CallbackExecutor"].full_name
@@ -59,6 +60,10 @@ def probe_pid_namespace(python: str) -> bool:
         [python, "-I", "-S", "-c", _PROBE_PID_NAMESPACE], check=False, capture_output=True
     )
     return probe.returncode == 0
+
+
+# World-writable places where a callback could leave files for the host or the next one.
+SHARED_WRITABLE_DIRS: Final = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")
 
 
 def _hidden_ancestors(path: str) -> list[str]:
@@ -78,7 +83,7 @@ def isolation_plan(settings: Settings, site_paths: tuple[str, ...]) -> Isolation
         os.path.realpath(p)
         for p in (sys.base_prefix, sys.prefix, str(CHILD_DIR), *site_paths)
     })
-    masks = {str(settings.data_dir.resolve()), "/tmp", "/dev/shm", tempfile.gettempdir()}
+    masks = {str(settings.data_dir.resolve()), tempfile.gettempdir(), *SHARED_WRITABLE_DIRS}
     for path in keep:
         masks.update(_hidden_ancestors(path))
     return IsolationPlan(tuple(sorted(masks)), tuple(keep), settings.sandbox_uid_base)
@@ -205,7 +210,10 @@ async def start(settings: Settings) -> RunningServer:
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     metrics = Metrics()
     server = grpc.aio.server(
-        interceptors=[*security.server_interceptors(settings), CapacityCounter(metrics)]
+        interceptors=[*security.server_interceptors(settings), CapacityCounter(metrics)],
+        # Above gRPC's 4 MiB default, so an oversized callback meets our own validation (a
+        # clear INVALID_ARGUMENT naming the field) instead of a transport-level refusal.
+        options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES)],
     )
     reference = None
     supervisor_server = None

@@ -31,6 +31,18 @@ STATUS_BY_ERROR: Final[tuple[tuple[type[ExecutorError], grpc.StatusCode], ...]] 
 Response = TypeVar("Response")
 
 
+# Status details travel in a trailer; gRPC refuses (and the client sees INTERNAL) beyond
+# a few KiB. An error quoting a 60 KB trigger word is cut, keeping its start.
+MAX_DETAILS_CHARS: Final = 2000
+
+
+def bounded(message: str) -> str:
+    """The message, cut to MAX_DETAILS_CHARS with a note saying how much was left out."""
+    if len(message) <= MAX_DETAILS_CHARS:
+        return message
+    return f"{message[:MAX_DETAILS_CHARS]}... ({len(message) - MAX_DETAILS_CHARS} more characters)"
+
+
 def status_for(error: ExecutorError) -> grpc.StatusCode:
     for error_type, code in STATUS_BY_ERROR:
         if isinstance(error, error_type):
@@ -50,7 +62,7 @@ def grpc_errors(
         except ExecutorError as err:
             if isinstance(err, CapacityError):
                 context.set_trailing_metadata((("retry-after-s", f"{err.retry_after_s:g}"),))
-            await context.abort(status_for(err), str(err))
+            await context.abort(status_for(err), bounded(str(err)))
         except Exception:
             incident = uuid.uuid4().hex[:12]
             logger.exception("internal error, incident %s", incident)

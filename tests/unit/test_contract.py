@@ -83,3 +83,11 @@ def test_every_language_offers_the_same_instance_verbs(monkeypatch: pytest.Monke
     match = re.search(r"my @SUBJOB_VERBS = qw\(([^)]*)\)", perl_source)
     assert match is not None
     assert python == set(SUBJOB_VERBS) == set(match.group(1).split())
+
+
+def test_status_details_are_bounded() -> None:
+    from executor.status import MAX_DETAILS_CHARS, bounded
+
+    assert bounded("short") == "short"
+    long = bounded("x" * 100_000)
+    assert long.startswith("x" * MAX_DETAILS_CHARS) and long.endswith("(98000 more characters)")
