@@ -233,7 +233,9 @@ async def start(settings: Settings) -> RunningServer:
     own_channel = security.own_channel(server, settings, port)
     recorder = Recorder.open(settings, supervisor_channel, metrics)
     spawner: Spawner = (
-        ZygoteSpawner(sys.executable) if settings.launcher == "zygote" else ColdSpawner(sys.executable)
+        ZygoteSpawner(sys.executable, private_network=not options.network)
+        if settings.launcher == "zygote"
+        else ColdSpawner(sys.executable)
     )
     dispatcher = Dispatcher(
         runner=SandboxRunner(options, spawner),

@@ -61,7 +61,7 @@ def _apply_rlimits(rlimits: dict[str, list[int]]) -> None:
 
 def _enter_namespaces(spec: dict[str, Any]) -> None:
     flags = CLONE_NEWPID
-    if not spec.get("network", True):
+    if spec.get("unshare_network"):
         flags |= CLONE_NEWNET
     if spec.get("isolation"):
         flags |= CLONE_NEWNS

@@ -42,7 +42,7 @@ def decode_body(body: bytes) -> dict[str, Any]:
     """Parse one frame body, insisting on a JSON object."""
     try:
         message = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:  # 1 MiB of '[' recurses
         raise FrameError(f"frame is not UTF-8 JSON: {err}") from err
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise FrameError("frame is not a JSON object with a 'type'")

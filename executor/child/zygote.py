@@ -146,6 +146,11 @@ def main(argv: list[str]) -> int:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # no /proc/<pid>/mem or environ for callbacks
     libc.prctl(launcher.PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if "--private-network" in argv[2:]:
+        # One empty network namespace for every child (the control socket, a socketpair,
+        # keeps working across it).
+        if libc.unshare(launcher.CLONE_NEWNET) != 0:
+            return 1
     control = socket.socket(fileno=int(argv[1]))
     serve(control)
     return 0

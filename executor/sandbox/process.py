@@ -214,7 +214,9 @@ class SandboxRunner:
             **runtime,
             "site_paths": list(self.options.site_paths),
             "pid_namespace": self.options.pid_namespace,
-            "network": self.options.network,
+            # An empty network namespace per callback, unless the spawner's children
+            # already start in one (the zygote enters it once: netns creation is slow).
+            "unshare_network": not self.options.network,
             "cgroup_procs": [cgroups.procs_file(slot)] if cgroups is not None else [],
             # With a dedicated uid per slot, RLIMIT_NPROC counts only this callback.
             "rlimits": sandbox_limits.rlimits(

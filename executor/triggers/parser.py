@@ -232,11 +232,11 @@ class _AtomParser:
         if not name_text:
             self._fail("missing event name", 0, EXPECT_NAME)
         if name_text not in _NAMES:
-            self._fail(f"unknown event name '{name_text}'", 0, EXPECT_NAME)
+            self._fail(f"unknown event name {_quoted(name_text)}", 0, EXPECT_NAME)
         if not type_text:
             self._fail("missing event type", offsets[1], EXPECT_TYPE)
         if type_text not in _TYPES:
-            self._fail(f"unknown event type '{type_text}'", offsets[1], EXPECT_TYPE)
+            self._fail(f"unknown event type {_quoted(type_text)}", offsets[1], EXPECT_TYPE)
         name = EventName(name_text)
         type_ = EventType(type_text)
         if type_.value in _GLOBAL_HEADS:
@@ -298,13 +298,13 @@ class _AtomParser:
         if text.isascii() and text.isdigit():
             if len(text) > _MAX_JOB_ID_DIGITS:
                 self._fail(
-                    f"job id '{text}' too long",
+                    f"job id {_quoted(text)} too long",
                     offset,
                     f"a job id of at most {_MAX_JOB_ID_DIGITS} digits",
                 )
             return str(int(text))
         if _LABEL.fullmatch(text) is None:
-            self._fail(f"bad context '{text}'", offset, EXPECT_CONTEXT)
+            self._fail(f"bad context {_quoted(text)}", offset, EXPECT_CONTEXT)
         return text
 
     def _required(self, text: str, offset: int, what: str, expected: str) -> str:
@@ -319,14 +319,14 @@ class _AtomParser:
             return text
         value = _small_int(text)
         if value is None or value > _MAX_SUBJOB_ID:
-            self._fail(f"bad subjob id '{text}'", offset, expected)
+            self._fail(f"bad subjob id {_quoted(text)}", offset, expected)
         return str(value)
 
     def _qube_time(self, text: str, offset: int) -> str:
         self._required(text, offset, "time", EXPECT_TIME)
         value = _small_int(text)
         if value is None or value > MAX_QUBE_TIME:
-            self._fail(f"bad time '{text}'", offset, EXPECT_TIME)
+            self._fail(f"bad time {_quoted(text)}", offset, EXPECT_TIME)
         return str(value)
 
     def _repeat(self, text: str, offset: int) -> str:
@@ -337,8 +337,15 @@ class _AtomParser:
             self._fail("missing repeat interval", interval_offset, EXPECT_INTERVAL)
         interval = _small_int(interval_text)
         if interval is None or not 0 < interval <= MAX_QUBE_TIME:
-            self._fail(f"bad repeat interval '{interval_text}'", interval_offset, EXPECT_INTERVAL)
+            self._fail(f"bad repeat interval {_quoted(interval_text)}", interval_offset, EXPECT_INTERVAL)
         return f"{start_value}-{interval}"
+
+
+def _quoted(text: str, limit: int = 40) -> str:
+    """User text for an error message: quoted, and cut when long (a trigger may be 64 KiB)."""
+    if len(text) <= limit:
+        return f"'{text}'"
+    return f"'{text[:limit]}...' ({len(text)} characters)"
 
 
 def _small_int(text: str, max_digits: int = 12) -> int | None:

@@ -1,0 +1,197 @@
+"""Hostile callbacks against the bridge socket: closing it, garbage, oversized frames, call storms.
+
+The bridge is the callback's only channel to the executor (4-byte big-endian length +
+JSON frames, at most ``MAX_CHILD_FRAME_BYTES`` from the child). Whatever the callback
+writes on it may end its own run, never the service or another callback; the executor
+must not believe a length it was told (a 2 GiB header allocates nothing).
+"""
+
+from __future__ import annotations
+
+import psutil
+import pytest
+
+from executor.child.protocol import MAX_CHILD_FRAME_BYTES
+from executor.host_api import MAX_CALLS_PER_RUN
+from tests.hostile.harness import MIB, Arena, Outcome, assert_outcome
+
+pytestmark = [pytest.mark.hostile, pytest.mark.timeout(60)]
+
+FIND_BRIDGE = (
+    "import os, struct\n"
+    "def bridge_fd():\n"
+    "    for name in os.listdir('/proc/self/fd'):\n"
+    "        try:\n"
+    "            if os.readlink(f'/proc/self/fd/{name}').startswith('socket:'):\n"
+    "                return int(name)\n"
+    "        except OSError:\n"
+    "            pass\n"
+    "    raise SystemExit('no bridge socket found')\n"
+    "fd = bridge_fd()\n"
+)
+
+PERL_FIND_BRIDGE = (
+    "use POSIX ();\n"
+    "opendir(my $d, '/proc/self/fd') or die \"opendir: $!\";\n"
+    "my ($fd) = grep { (readlink(\"/proc/self/fd/$_\") // '') =~ /^socket:/ } readdir $d;\n"
+    "die \"no bridge socket found\\n\" unless defined $fd;\n"
+)
+
+
+async def test_closing_the_bridge_ends_qb_not_the_service(arena_warm: Arena, language: str) -> None:
+    code = {
+        "python": FIND_BRIDGE + (
+            "os.close(fd)\n"
+            "try:\n"
+            "    qb.jobstatus(qb.jobid())\n"
+            "except OSError as err:\n"
+            "    print('closed', err.errno)\n"
+        ),
+        "perl": PERL_FIND_BRIDGE + (
+            "POSIX::close($fd);\n"
+            "eval { qb::jobstatus(qb::jobid()); 1 } or print \"closed\\n\";\n"
+        ),
+    }[language]
+    response = await arena_warm.attack(code, language=language, limits={"wall_seconds": 5})
+
+    # Without a done frame the exit status tells how it ended.
+    assert_outcome(response, Outcome.OUTCOME_SUCCEEDED, Outcome.OUTCOME_FAILED)
+    assert response.stdout.startswith("closed"), response.stdout + response.stderr
+
+
+# Each writes its garbage, then makes a qb call and reports how that went.
+GARBAGE = {
+    "random-bytes": "payload = os.urandom(4 << 20)\n",
+    "not-json": "payload = struct.pack('>I', 64) + b'\\xff' * 64\n",
+    "json-not-object": "body = b'[1, 2, 3]'\npayload = struct.pack('>I', len(body)) + body\n",
+    "unknown-frame-type": (
+        "body = b'{\"type\": \"reply\", \"id\": 1, \"ok\": true}'\n"
+        "payload = struct.pack('>I', len(body)) + body\n"
+    ),
+    # Within the frame limit, but deeper than any JSON parser's recursion limit.
+    "nested-json": (
+        f"body = b'[' * ({MAX_CHILD_FRAME_BYTES} - 8)\n"
+        "payload = struct.pack('>I', len(body)) + body\n"
+    ),
+    "call-with-nested-args": (
+        "body = ('{\"type\":\"call\",\"id\":1,\"fn\":\"jobstatus\",\"args\":' + '[' * 900 + ']' * 900"
+        " + ',\"kwargs\":{}}').encode()\n"
+        "payload = struct.pack('>I', len(body)) + body\n"
+    ),
+    "call-with-bad-fields": (
+        "body = b'{\"type\": \"call\", \"id\": {\"x\": 1}, \"fn\": [1], \"args\": \"no\", \"kwargs\": 5}'\n"
+        "payload = struct.pack('>I', len(body)) + body\n"
+    ),
+    "oversized-frame": (
+        f"payload = struct.pack('>I', {MAX_CHILD_FRAME_BYTES} + 1) + b'x' * ({MAX_CHILD_FRAME_BYTES} + 1)\n"
+    ),
+    "2GiB-header": "payload = struct.pack('>I', 2 << 30) + b'x' * (8 << 20)\n",
+    "4GiB-header": "payload = struct.pack('>I', (4 << 30) - 1) + b'x' * (8 << 20)\n",
+}
+
+
+@pytest.mark.parametrize("kind", list(GARBAGE))
+async def test_garbage_on_the_bridge_ends_only_this_run(arena_warm: Arena, kind: str) -> None:
+    code = FIND_BRIDGE + GARBAGE[kind] + (
+        "try:\n"
+        "    os.write(fd, payload)\n"
+        "    print('written')\n"
+        "except OSError as err:\n"
+        "    print('write failed', type(err).__name__)\n"
+        "try:\n"
+        "    print('answer', qb.jobstatus(qb.jobid()))\n"
+        "except Exception as err:\n"
+        "    print('qb failed', type(err).__name__)\n"
+    )
+    executor = psutil.Process()
+    rss_before = executor.memory_info().rss
+
+    response = await arena_warm.attack(code, limits={"wall_seconds": 5})
+
+    assert_outcome(response, Outcome.OUTCOME_SUCCEEDED, Outcome.OUTCOME_FAILED)
+    if kind != "call-with-nested-args":  # a well-formed call: it may be answered (or refused)
+        assert "answer" not in response.stdout, response.stdout
+    # The executor believed no announced length (the test process is the executor).
+    assert executor.memory_info().rss - rss_before < 64 * MIB
+
+
+async def test_garbage_flood_on_the_bridge_from_perl(arena_warm: Arena) -> None:
+    code = PERL_FIND_BRIDGE + (
+        "open(my $b, '+<&=', $fd) or die \"fdopen: $!\";\n"
+        "binmode $b;\n"
+        "$SIG{PIPE} = 'IGNORE';\n"
+        "syswrite($b, pack('N', 2 << 30) . ('x' x (1 << 20))) for 1 .. 16;\n"
+        "eval { qb::jobstatus(qb::jobid()); print \"answered\\n\"; 1 } or print \"qb failed\\n\";\n"
+    )
+    response = await arena_warm.attack(code, language="perl", limits={"wall_seconds": 5})
+
+    assert_outcome(response, Outcome.OUTCOME_SUCCEEDED, Outcome.OUTCOME_FAILED)
+    assert "answered" not in response.stdout
+
+
+async def test_half_a_frame_then_silence_ends_at_the_wall_deadline(arena_warm: Arena) -> None:
+    code = FIND_BRIDGE + (
+        "import time\n"
+        f"os.write(fd, struct.pack('>I', {MAX_CHILD_FRAME_BYTES}) + b'{{\"type\"')\n"
+        "time.sleep(1000)\n"
+    )
+    response = await arena_warm.attack(code, limits={"wall_seconds": 1})
+
+    assert_outcome(response, Outcome.OUTCOME_WALL_TIMEOUT)
+
+
+async def test_qb_call_storm_is_cut_off_at_the_call_limit(arena_warm: Arena) -> None:
+    # 20000 real supervisor round trips were asked for; the executor answers the first
+    # MAX_CALLS_PER_RUN and refuses the rest (about 10 s of storm on the 2-core host).
+    code = (
+        "done = 0\n"
+        "try:\n"
+        "    for _ in range(20000):\n"
+        "        qb.jobstatus(qb.jobid())\n"
+        "        done += 1\n"
+        "except qb.QbError as err:\n"
+        "    print(done, type(err).__name__, err)\n"
+    )
+    response = await arena_warm.attack(code, limits={"wall_seconds": 50})
+
+    assert_outcome(response, Outcome.OUTCOME_SUCCEEDED)
+    count, kind, message = response.stdout.split(" ", 2)
+    assert int(count) == MAX_CALLS_PER_RUN
+    assert kind == "QbError"
+    assert f"at most {MAX_CALLS_PER_RUN} qb calls" in message
+    assert len(response.actions) == MAX_CALLS_PER_RUN
+
+
+async def test_qb_call_storm_from_perl_is_cut_off_too(arena_warm: Arena) -> None:
+    # Calls the executor refuses without asking the supervisor (a malformed job id)
+    # count as well, so this storm is quicker: InvalidArgument until the limit, then QbError.
+    calls = MAX_CALLS_PER_RUN + 100
+    code = (
+        "my %kinds;\n"
+        f"for (1 .. {calls}) {{\n"
+        "    eval { qb::jobstatus('not-a-job'); 1 } and next;\n"
+        "    $kinds{ $@->kind }++;\n"
+        "    $kinds{last} = $@->message;\n"
+        "}\n"
+        "print join(' ', map { \"$_=$kinds{$_}\" } qw(InvalidArgument QbError)), \"\\n$kinds{last}\\n\";\n"
+    )
+    response = await arena_warm.attack(code, language="perl", limits={"wall_seconds": 30})
+
+    assert_outcome(response, Outcome.OUTCOME_SUCCEEDED)
+    counts, last = response.stdout.splitlines()
+    assert counts == f"InvalidArgument={MAX_CALLS_PER_RUN} QbError={calls - MAX_CALLS_PER_RUN}"
+    assert f"at most {MAX_CALLS_PER_RUN} qb calls" in last
+    assert len(response.actions) == MAX_CALLS_PER_RUN
+
+
+async def test_oversized_qb_call_from_the_callback_fails_the_call(arena_warm: Arena) -> None:
+    code = (
+        "try:\n"
+        "    qb.jobstatus('1' * (2 << 20))\n"
+        "except Exception as err:\n"
+        "    print('refused', type(err).__name__)\n"
+    )
+    response = await arena_warm.attack(code, limits={"wall_seconds": 5})
+
+    assert_outcome(response, Outcome.OUTCOME_SUCCEEDED, Outcome.OUTCOME_FAILED)
+    assert response.stdout.startswith("refused"), response.stdout + response.stderr
