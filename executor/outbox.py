@@ -166,7 +166,8 @@ class Outbox:
         if not self.pending():
             return True
         try:
-            await asyncio.wait_for(self._drained.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):  # not wait_for: it can swallow a cancel
+                await self._drained.wait()
         except TimeoutError:
             return False
         return True

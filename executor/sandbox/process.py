@@ -271,13 +271,17 @@ class SandboxRunner:
         bridge = asyncio.create_task(_serve_bridge(parent_sock, start, on_call, result))
         reaped = False
         try:
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+            # that races with the awaited event.
             try:
-                await asyncio.wait_for(handle.exited.wait(), timeout=limits.wall_seconds)
+                async with asyncio.timeout(limits.wall_seconds):
+                    await handle.exited.wait()
             except TimeoutError:
                 result.timed_out = True
                 _signal_group(handle.pid, signal.SIGTERM)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(handle.exited.wait(), timeout=self.options.grace_s)
+                    async with asyncio.timeout(self.options.grace_s):
+                        await handle.exited.wait()
             result.escaped_pids = await self._kill_everything(handle.pid, slot)
             await self.spawner.reap(handle)
             reaped = True

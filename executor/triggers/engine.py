@@ -20,6 +20,7 @@ Semantics (documented in the README):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -387,10 +388,11 @@ class TriggerEngine:
             due = self._store.next_timer_due()
             delay = 3600.0 if due is None else max(0.0, min(3600.0, due - self._clock()))
             self._timer_wakeup.clear()
-            try:
-                await asyncio.wait_for(self._timer_wakeup.wait(), timeout=delay)
-            except TimeoutError:
-                pass
+            # asyncio.timeout, not wait_for: in 3.11 wait_for swallows a cancellation that
+            # races with a wake-up (a registration), and stop() then waits for ever.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._timer_wakeup.wait()
 
     async def close(self) -> None:
         for task in list(self._background):
