@@ -44,9 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 import psutil
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -217,15 +215,8 @@ def executor(data_dir: Path, launcher: str, max_concurrent: int, log: Path) -> I
 
 
 async def wait_serving(address: str) -> None:
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        for _ in range(600):
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            await asyncio.sleep(0.05)
-    raise SystemExit(f"executor at {address} never became SERVING")
+    async with ExecutorClient(address) as client:
+        await client.wait_until_serving(timeout=30)
 
 
 def sandboxed_processes() -> list[int]:
