@@ -154,6 +154,9 @@ class Dispatcher:
             on_call=host.serve_frame,
         )
         outcome, failure = classify(child, invocation.limits)
+        if child.escaped_pids:
+            logger.info("callback %s left %d processes running; they were killed",
+                        invocation.invocation_id, len(child.escaped_pids))
         if child.bridge_error:
             logger.warning("callback %s broke the bridge protocol: %s",
                            invocation.invocation_id, child.bridge_error)

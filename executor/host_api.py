@@ -25,7 +25,13 @@ from typing import Any, Final
 
 from executor.errors import HostCallError
 from executor.model import ActionRecord, Invocation
-from executor.supervisor_link import JOB_VERBS, SUBJOB_VERBS, WORK_VERBS, SupervisorPort
+from executor.supervisor_link import (
+    JOB_VERBS,
+    SUBJOB_VERBS,
+    WORK_VERBS,
+    ActionOutcome,
+    SupervisorPort,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +66,11 @@ def _split_work_target(target: Any) -> tuple[int, str]:
     if not sep or not names:
         raise _invalid(f"expected '<jobid>:<workname>', got {target!r}")
     return _job_id(job), names
+
+
+def _total(outcomes: list[ActionOutcome]) -> tuple[int, str]:
+    """A verb's value (how many changed) and its recorded summary, over all its targets."""
+    return sum(o.changed for o in outcomes), "; ".join(o.message for o in outcomes)
 
 
 def expand_work_names(spec: str, agenda_names: list[str]) -> list[str]:
@@ -220,15 +231,14 @@ class HostApi:
             ids = [_job_id(t) for t in _flatten(targets)]
             if not ids:
                 raise _invalid(f"{verb} needs at least one job id")
-            changed, messages = 0, []
-            for job_id in ids:
-                outcome = await self._supervisor.job_action(
+            outcomes = [
+                await self._supervisor.job_action(
                     verb, job_id, actor=self._invocation.actor,
                     invocation_id=self._invocation.invocation_id,
                 )
-                changed += outcome.changed
-                messages.append(outcome.message)
-            return changed, "; ".join(messages)
+                for job_id in ids
+            ]
+            return _total(outcomes)
 
         return job_verb
 
@@ -237,18 +247,16 @@ class HostApi:
             flat = _flatten(targets)
             if not flat:
                 raise _invalid(f"work{verb} needs '<jobid>:<workname>'")
-            changed, messages = 0, []
+            outcomes = []
             for target in flat:
                 job_id, spec = _split_work_target(target)
                 (info,) = await self._jobs(job_id=job_id)
                 names = expand_work_names(spec, [w["name"] for w in info["agenda"]])
-                outcome = await self._supervisor.work_action(
+                outcomes.append(await self._supervisor.work_action(
                     verb, job_id, names, actor=self._invocation.actor,
                     invocation_id=self._invocation.invocation_id,
-                )
-                changed += outcome.changed
-                messages.append(outcome.message)
-            return changed, "; ".join(messages)
+                ))
+            return _total(outcomes)
 
         return work_verb
 
@@ -261,15 +269,13 @@ class HostApi:
 
     def _subjob_verb(self, verb: str) -> Callable[..., Awaitable[tuple[int, str]]]:
         async def subjob_verb(*targets: Any) -> tuple[int, str]:
-            changed, messages = 0, []
+            outcomes = []
             for target in _flatten(targets):
                 job_id, subids = self._split_subjob_target(target)
-                outcome = await self._supervisor.subjob_action(
+                outcomes.append(await self._supervisor.subjob_action(
                     verb, job_id, subids, actor=self._invocation.actor,
                     invocation_id=self._invocation.invocation_id,
-                )
-                changed += outcome.changed
-                messages.append(outcome.message)
-            return changed, "; ".join(messages)
+                ))
+            return _total(outcomes)
 
         return subjob_verb

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import site
 import subprocess
 import sys
@@ -292,8 +293,6 @@ async def start(settings: Settings) -> RunningServer:
 
 async def serve_forever(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
-    import signal
-
     running = await start(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -107,6 +107,7 @@ class ChildExit:
     bridge_error: str = ""
     stdout: CapturedStream = field(default_factory=lambda: CapturedStream(0))
     stderr: CapturedStream = field(default_factory=lambda: CapturedStream(0))
+    # Processes still in the slot's cgroup when the main one had ended (killed then).
     escaped_pids: list[int] = field(default_factory=list)
     lost_reason: str = ""
 
