@@ -40,10 +40,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from supervisor_client import ExecutorClient  # noqa: E402
+from supervisor_client import ExecutorClient, ReferenceSupervisor, add_reference_supervisor  # noqa: E402
 from supervisor_client.qbcallback.v1 import executor_pb2  # noqa: E402
 
-JOB = {"id": 1, "name": "bench", "user": "bench", "status": "pending"}
+# Filled with the job submitted to the benchmark's own reference supervisor.
+JOB: dict[str, object] = {}
 TRIVIAL = {"python": "x = qb.jobid()", "perl": "my $x = $qb::jobid;", "qube": "unblock-self"}
 
 
@@ -54,12 +55,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def executor(launcher: str, data_dir: Path) -> Iterator[tuple[str, psutil.Process]]:
+def executor(launcher: str, data_dir: Path, supervisor: str) -> Iterator[tuple[str, psutil.Process]]:
     port = free_port()
     env = dict(os.environ, CBEXEC_LAUNCHER=launcher, CBEXEC_MAX_QUEUE="64")
     proc = subprocess.Popen(
         [sys.executable, "-m", "executor", "serve", "--bind", f"127.0.0.1:{port}",
-         "--data-dir", str(data_dir), "--log-level", "WARNING"],
+         "--data-dir", str(data_dir), "--supervisor", supervisor, "--log-level", "WARNING"],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL,
     )
     try:
@@ -173,9 +174,17 @@ async def main() -> int:
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
           f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Linux {platform.release()}, "
           f"Python {platform.python_version()}")
+    # The supervisor lives in this process, so the executor's RSS is its own.
+    reference = ReferenceSupervisor(":memory:")
+    (job,) = reference.submit([{"name": "bench", "user": "bench"}])
+    JOB.update(job)
+    supervisor_server = grpc.aio.server()
+    add_reference_supervisor(supervisor_server, reference)
+    supervisor_address = f"127.0.0.1:{supervisor_server.add_insecure_port('127.0.0.1:0')}"
+    await supervisor_server.start()
     with tempfile.TemporaryDirectory() as tmp:
         for launcher in ("zygote", "cold"):
-            with executor(launcher, Path(tmp) / launcher) as (address, proc):
+            with executor(launcher, Path(tmp) / launcher, supervisor_address) as (address, proc):
                 await wait_serving(address)
                 await asyncio.sleep(0.5)
                 if launcher == "zygote":
@@ -187,6 +196,8 @@ async def main() -> int:
                 if launcher == "zygote":
                     loads = [(clients, await throughput(address, clients, args.seconds)) for clients in (1, 8, 32)]
                     loaded = rss_mb(proc)
+    await supervisor_server.stop(None)
+    reference.close()
     rows.append(("floor: fork+wait, warm process", *summary(fork_floor(args.runs))))
     rows.append(("baseline: python3 -c per callback", *summary(naive_baseline(max(20, args.runs // 4)))))
 
