@@ -25,7 +25,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Final
@@ -33,6 +33,7 @@ from typing import Any, Final
 from executor import triggers
 from executor.errors import InvalidRequestError
 from executor.model import CallbackSpec, EventSpec, Invocation, Limits, RunResult
+from executor.triggers.evaluate import EventOccurrence
 from executor.triggers.store import NewAtom, PendingFiring, StoredCallback, TriggerStore
 from executor.triggers.universal import UniversalCallback, UniversalConfigError, load_universal
 
@@ -42,34 +43,6 @@ TERMINAL_EVENTS: Final = frozenset({"complete", "failed", "killed"})
 TIME_TYPES: Final = frozenset({"time", "repeat", "globaltime", "globalrepeat"})
 # Types whose atoms carry an item in their extra (work name, subjob id, host).
 ITEM_TYPES: Final = frozenset({"work", "subjob", "host"})
-
-
-@dataclass(frozen=True, slots=True)
-class Occurrence:
-    """One published transition."""
-
-    name: str
-    type: str
-    job_id: int
-    work_name: str = ""
-    subjob_id: int = -1
-    host: str = ""
-    event_id: str = ""
-
-    def item(self) -> str:
-        if self.type == "work":
-            return self.work_name
-        if self.type == "subjob":
-            return str(self.subjob_id)
-        if self.type == "host":
-            return self.host
-        return ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name, "type": self.type, "job_id": self.job_id,
-            "work_name": self.work_name, "subjob_id": self.subjob_id, "host": self.host,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +215,7 @@ class TriggerEngine:
 
     # -- matching -------------------------------------------------------------------
 
-    def _keys(self, event: Occurrence) -> list[tuple[str, str, str, str]]:
+    def _keys(self, event: EventOccurrence) -> list[tuple[str, str, str, str]]:
         scopes = [f"job:{event.job_id}"]
         job = self._store.job(event.job_id)
         if job is not None and job.get("label"):
@@ -282,7 +255,7 @@ class TriggerEngine:
                 latched.append(Latched(cb, tuple(latches)))
         return fired, latched
 
-    def match(self, event: Occurrence, *, dry: bool) -> tuple[list[Fired], list[Latched], bool]:
+    def match(self, event: EventOccurrence, *, dry: bool) -> tuple[list[Fired], list[Latched], bool]:
         """Apply (or, dry, simulate) one event. Returns fired, latched, and whether it was a repeat."""
         keys = self._keys(event)
         if dry:
@@ -301,7 +274,7 @@ class TriggerEngine:
         self.stats.callbacks_fired += len(fired)
         return fired, latched, False
 
-    async def publish(self, event: Occurrence, *, wait: bool) -> tuple[list[Fired], bool]:
+    async def publish(self, event: EventOccurrence, *, wait: bool) -> tuple[list[Fired], bool]:
         """Apply an event and run what it fires (inline when ``wait``, else in the background)."""
         fired, _, duplicate = self.match(event, dry=False)
         firings = [PendingFiring(f.invocation_id, f.callback, event.as_dict()) for f in fired]

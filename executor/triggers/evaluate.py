@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 from executor.triggers.nodes import (
     QB_TIME_EPOCH_OFFSET,
@@ -59,6 +59,7 @@ class EventOccurrence:
         work_name: The agenda item, for work events.
         subjob_id: The instance, for subjob events; -1 when none.
         host: The host name, for host events.
+        event_id: The publisher's idempotency key; "" when none.
     """
 
     name: str
@@ -67,6 +68,24 @@ class EventOccurrence:
     work_name: str = ""
     subjob_id: int = -1
     host: str = ""
+    event_id: str = ""
+
+    def item(self) -> str:
+        """The item the event is about: work name, subjob id or host ("" for jobs)."""
+        if self.type == "work":
+            return self.work_name
+        if self.type == "subjob":
+            return str(self.subjob_id)
+        if self.type == "host":
+            return self.host
+        return ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The event as stored with a queued firing (without its idempotency key)."""
+        return {
+            "name": self.name, "type": self.type, "job_id": self.job_id,
+            "work_name": self.work_name, "subjob_id": self.subjob_id, "host": self.host,
+        }
 
 
 def qube_to_unix(qube_time: int) -> int:

@@ -6,12 +6,13 @@ from typing import Any
 
 import grpc
 
+from executor import triggers
 from executor.convert import response_from_result
 from executor.errors import InvalidRequestError
 from executor.status import grpc_errors
-from executor.triggers.engine import Fired, Occurrence, TriggerEngine, _parsed
+from executor.triggers.engine import Fired, TriggerEngine, _parsed
+from executor.triggers.evaluate import EventOccurrence
 from executor.triggers.store import StoredCallback
-from executor import triggers
 from supervisor_client.jobdict import job_to_dict
 from supervisor_client.qbcallback.v1 import executor_pb2
 
@@ -38,7 +39,7 @@ def firing(fired: Fired) -> executor_pb2.Firing:
     return message
 
 
-def occurrence(request: executor_pb2.PublishEventRequest) -> Occurrence:
+def occurrence(request: executor_pb2.PublishEventRequest) -> EventOccurrence:
     if not request.name:
         raise InvalidRequestError("name is required (complete, failed, killed, running, ...)")
     if request.name == "done":
@@ -53,7 +54,7 @@ def occurrence(request: executor_pb2.PublishEventRequest) -> Occurrence:
         raise InvalidRequestError("work_name is required for work events")
     if request.type == "subjob" and not request.HasField("subjob_id"):
         raise InvalidRequestError("subjob_id is required for subjob events")
-    return Occurrence(
+    return EventOccurrence(
         name=request.name, type=request.type, job_id=request.job_id,
         work_name=request.work_name,
         subjob_id=request.subjob_id if request.HasField("subjob_id") else -1,
