@@ -64,12 +64,12 @@ class Settings:
     # Limits a request gets for the fields it leaves at zero.
     default_limits: Limits = Limits(
         cpu_seconds=10, wall_seconds=30, memory_bytes=512 * MIB, output_bytes=1 * MIB,
-        max_processes=64,
+        max_processes=64, disk_bytes=256 * MIB,
     )
     # The most a request may ask for; more is INVALID_ARGUMENT.
     max_limits: Limits = Limits(
         cpu_seconds=600, wall_seconds=3600, memory_bytes=16 * GIB, output_bytes=64 * MIB,
-        max_processes=1024,
+        max_processes=1024, disk_bytes=16 * GIB,
     )
     # Children running at once; further requests queue.
     max_concurrent: int = field(default_factory=lambda: max(2, 2 * (os.cpu_count() or 1)))
@@ -95,7 +95,7 @@ class Settings:
     dedicated_uid: str = "auto"
     # Slot n runs as uid/gid sandbox_uid_base + n.
     sandbox_uid_base: int = 64000
-    # Cap processes with a pids cgroup: "auto", "on", "off".
+    # Cap processes and memory with per-slot pids and memory cgroups: "auto", "on", "off".
     cgroup: str = "auto"
     # Comma-separated directories holding callbacks.conf (Qube's
     # supervisor_universal_callback_path); empty means <data_dir>/callback.

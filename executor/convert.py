@@ -31,6 +31,7 @@ def _limits(message: executor_pb2.Limits) -> Limits:
         memory_bytes=message.memory_bytes,
         output_bytes=message.output_bytes,
         max_processes=message.max_processes,
+        disk_bytes=message.disk_bytes,
     )
 
 

@@ -36,6 +36,7 @@ class Limits:
     memory_bytes: int
     output_bytes: int
     max_processes: int
+    disk_bytes: int
 
 
 @dataclass(frozen=True, slots=True)

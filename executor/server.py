@@ -31,7 +31,7 @@ from executor.metrics import Metrics
 from executor.qube_language import QubeInterpreter
 from executor.recorder import Recorder
 from executor.runs_rpc import CapacityCounter, RunsService
-from executor.sandbox.cgroup import PidsCgroups
+from executor.sandbox.cgroup import SlotCgroups
 from executor.sandbox.process import IsolationPlan, SandboxOptions, SandboxRunner
 from executor.sandbox.spawners import CHILD_DIR, ColdSpawner, Spawner, ZygoteSpawner
 from executor.servicer import CallbackExecutorServicer
@@ -102,9 +102,9 @@ def sandbox_options(settings: Settings) -> SandboxOptions:
     if settings.network == "auto" and host_network:
         logger.warning("no namespaces here: callbacks share the host network, and can reach "
                        "this executor's port; set auth_token")
-    cgroups = None if settings.cgroup == "off" else PidsCgroups.create(settings.max_concurrent)
+    cgroups = None if settings.cgroup == "off" else SlotCgroups.create(settings.max_concurrent)
     if settings.cgroup == "on" and cgroups is None:
-        raise ConfigError("cgroup: 'on' but no writable pids cgroup was found")
+        raise ConfigError("cgroup: 'on' but no writable pids or memory cgroup was found")
     site_paths = tuple(p for p in site.getsitepackages() if os.path.isdir(p))
     isolation = None
     if settings.dedicated_uid != "off" and os.geteuid() == 0 and pid_namespace:
@@ -176,7 +176,11 @@ def describe_tier(options: SandboxOptions) -> str:
         f"dedicated uid {options.isolation.uid_base}+slot, private mounts"
         if options.isolation else "callbacks run as the executor's uid",
         "pid namespace" if options.pid_namespace else "NO pid namespace (same-uid kill risk)",
-        "pids cgroup" if options.cgroups else "RLIMIT_NPROC process cap (ignored for root)",
+        "pids cgroup" if options.cgroups and "pids" in options.cgroups.controllers
+        else "RLIMIT_NPROC process cap (ignored for root)",
+        "memory cgroup (all processes together)"
+        if options.cgroups and "memory" in options.cgroups.controllers
+        else "NO memory cgroup (memory limit per process only)",
         "host network" if options.network else "private network namespace",
     ]
     return ", ".join(parts)

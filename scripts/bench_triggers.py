@@ -78,7 +78,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         engine = TriggerEngine(
             TriggerStore(str(Path(tmp) / "t.db")), lambda _inv: None,  # match() never runs anything
-            limits=Limits(1, 1, 1, 1, 1),
+            limits=Limits(1, 1, 1, 1, 1, 1),
         )
         started = time.perf_counter()
         for job in jobs:

@@ -173,7 +173,8 @@ class ExecutorClient:
             subjob_id: the triggering instance; -1 for none.
             owner: the Qube user the callback acts as; empty means the job's owner.
             limits: Limits fields (``cpu_seconds``, ``wall_seconds``, ``memory_bytes``,
-                ``output_bytes``, ``max_processes``); missing ones take server defaults.
+                ``output_bytes``, ``max_processes``, ``disk_bytes``); missing ones take
+                server defaults.
             invocation_id: the idempotency key; a fresh uuid4 when None.
             timeout: gRPC deadline in seconds for the whole call.
         """

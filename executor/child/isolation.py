@@ -8,10 +8,11 @@ before the runtime starts:
 3. each *mask* directory (the executor's data dir, ``/tmp``, ``/dev/shm``, and any
    ancestor of a needed path that others cannot traverse, such as ``/root`` on hosts
    whose Python lives there) is covered by an empty tmpfs;
-4. the *keep* paths under a mask (the interpreter, the venv, the child code, the
-   callback's working directory) are bind-mounted back, from O_PATH descriptors opened
-   before anything was covered;
-5. the process drops to a dedicated unprivileged uid/gid with no supplementary groups,
+4. the *keep* paths under a mask (the interpreter, the venv, the child code) are
+   bind-mounted back, from O_PATH descriptors opened before anything was covered;
+5. the working directory becomes a private tmpfs of the run's ``disk_bytes``, owned by
+   the callback's uid: a disk quota (ENOSPC beyond it) that vanishes with the run;
+6. the process drops to a dedicated unprivileged uid/gid with no supplementary groups,
    which also drops every capability. RLIMIT_NPROC now counts only this slot's uid.
 
 Stdlib only (ctypes for mount(2)).
@@ -28,6 +29,8 @@ MS_NOEXEC = 8
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
+# Files and directories the working directory may hold (tmpfs inodes cost kernel memory).
+MAX_WORKDIR_FILES = 65536
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -49,8 +52,11 @@ def _under(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
-def isolate_filesystem(masks: list[str], keep: list[str]) -> None:
-    """Private mounts, fresh /proc, tmpfs over ``masks``, ``keep`` paths bound back."""
+def isolate_filesystem(masks: list[str], keep: list[str], workdir: str, quota: dict[str, int]) -> None:
+    """Private mounts, fresh /proc, tmpfs over ``masks``, ``keep`` paths bound back, a quota'd workdir.
+
+    ``quota`` is ``{"bytes": ..., "uid": ..., "gid": ...}`` for the working directory.
+    """
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     # Outermost masks only: a mask inside another is already covered.
@@ -70,6 +76,10 @@ def isolate_filesystem(masks: list[str], keep: list[str]) -> None:
     finally:
         for fd in kept.values():
             os.close(fd)
+    os.makedirs(workdir, mode=0o700, exist_ok=True)  # under a mask it is gone until made again
+    _mount("tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV,
+           f"size={quota['bytes']},nr_inodes={MAX_WORKDIR_FILES},mode=0700,"
+           f"uid={quota['uid']},gid={quota['gid']}")
 
 
 def drop_privileges(uid: int, gid: int) -> None:

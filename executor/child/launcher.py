@@ -122,8 +122,12 @@ def confine_and_run(spec: dict[str, Any]) -> int:
         if isolation:
             import isolation as hardened  # the sibling module, only needed in this tier
 
-            hardened.isolate_filesystem(isolation["masks"], isolation["keep"] + [os.getcwd()])
-            os.chdir(os.getcwd())  # re-enter the working directory through the new mount
+            workdir = os.getcwd()
+            hardened.isolate_filesystem(
+                isolation["masks"], isolation["keep"], workdir,
+                {"bytes": int(spec["disk_bytes"]), "uid": isolation["uid"], "gid": isolation["gid"]},
+            )
+            os.chdir(workdir)  # enter the working directory's new tmpfs
             hardened.drop_privileges(isolation["uid"], isolation["gid"])
     os.umask(0o077)
     _apply_rlimits(spec.get("rlimits", {}))

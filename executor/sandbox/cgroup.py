@@ -1,13 +1,21 @@
-"""A pool of pre-made pids cgroups, one per concurrency slot: process caps and a complete kill.
+"""A pool of pre-made cgroups, one per concurrency slot: process and memory caps, and a complete kill.
 
 Pre-created and reused rather than made per call (mkdir/rmdir per run is what made
-isolate slow, sandbox.md §5.3). The launcher joins its slot's cgroup before anything
+isolate slow, sandbox.md §5.3). The launcher joins its slot's cgroups before anything
 forks, so every process the callback makes, setsid and double-fork escapes included, is
 listed in ``cgroup.procs`` until it dies: ``kill_all`` empties it.
 
-Works with cgroup v2 (a writable subtree with the pids controller) or the v1 pids
-hierarchy. When neither is writable, ``PidsCgroups.create`` returns None and the
-sandbox falls back to RLIMIT_NPROC.
+Two controllers, each used when the host lets us write it:
+
+- pids: ``pids.max`` caps the callback's processes and threads together;
+- memory: the limit caps what all of the callback's processes hold together (RLIMIT_AS
+  only bounds each process, so four children could each hold the whole limit). Beyond
+  it the kernel's OOM killer picks one of them; ``oom_kills`` counts those kills so the
+  run can be reported as MEMORY_LIMIT. Swap is off for the slot, so the limit is real.
+
+Works with cgroup v2 (a writable subtree with the controllers) or the v1 hierarchies.
+When neither controller is writable, ``SlotCgroups.create`` returns None and the
+sandbox falls back to RLIMIT_NPROC and RLIMIT_AS alone.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import logging
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -25,15 +34,33 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 PREFIX = "cbexec-"
 
 
-def _pids_root() -> Path | None:
-    """The directory under which we may create pids cgroups, if any."""
+@dataclass(frozen=True, slots=True)
+class _Hierarchy:
+    """Where one kind of slot cgroup lives and which files carry its limits."""
+
+    root: Path
+    v2: bool
+
+    def files(self, controller: str) -> dict[str, str]:
+        if controller == "pids":
+            return {"max": "pids.max"}
+        if self.v2:
+            return {"max": "memory.max", "events": "memory.events", "swap": "memory.swap.max"}
+        return {"max": "memory.limit_in_bytes", "events": "memory.oom_control",
+                "swap": "memory.swappiness"}
+
+
+def _hierarchies() -> dict[str, _Hierarchy]:
+    """The writable hierarchy of each controller we use, by controller name."""
     v2_controllers = CGROUP_ROOT / "cgroup.controllers"
-    if v2_controllers.exists() and "pids" in v2_controllers.read_text().split():
-        return CGROUP_ROOT
-    v1 = CGROUP_ROOT / "pids"
-    if (v1 / "cgroup.procs").exists():
-        return v1
-    return None
+    if v2_controllers.exists():
+        available = v2_controllers.read_text().split()
+        return {c: _Hierarchy(CGROUP_ROOT, v2=True) for c in ("pids", "memory") if c in available}
+    found = {}
+    for controller in ("pids", "memory"):
+        if (CGROUP_ROOT / controller / "cgroup.procs").exists():
+            found[controller] = _Hierarchy(CGROUP_ROOT / controller, v2=False)
+    return found
 
 
 def _remove_stale(root: Path) -> None:
@@ -62,39 +89,94 @@ def _kill_and_remove(cgroup: Path) -> None:
         cgroup.rmdir()
 
 
-class PidsCgroups:
-    """Slot cgroups under ``<root>/cbexec-<our pid>/slot-<n>``."""
+def _make_pool(controllers: list[str], hierarchy: _Hierarchy, slots: int) -> Path:
+    _remove_stale(hierarchy.root)
+    pool = hierarchy.root / f"{PREFIX}{os.getpid()}"
+    pool.mkdir(exist_ok=True)
+    if hierarchy.v2:  # slots need the controllers enabled below the pool
+        (pool / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in controllers))
+    for slot in range(slots):
+        (pool / f"slot-{slot}").mkdir(exist_ok=True)
+    return pool
 
-    def __init__(self, pool: Path) -> None:
-        self._pool = pool
+
+class SlotCgroups:
+    """Slot cgroups under ``<hierarchy>/cbexec-<our pid>/slot-<n>``, per controller."""
+
+    def __init__(self, pools: dict[str, Path], hierarchies: dict[str, _Hierarchy]) -> None:
+        self._pools = pools
+        self._hierarchies = hierarchies
+        # Where to list a slot's processes: any of our cgroups holds all of them.
+        self._listing = pools.get("pids") or next(iter(pools.values()))
 
     @classmethod
-    def create(cls, slots: int) -> PidsCgroups | None:
-        """Make the pool, or None when the host does not let us."""
-        root = _pids_root()
-        if root is None:
+    def create(cls, slots: int, *, memory: bool = True) -> SlotCgroups | None:
+        """Make the pools, or None when the host lets us write no controller at all."""
+        hierarchies = _hierarchies()
+        if not memory:
+            hierarchies.pop("memory", None)
+        pools: dict[str, Path] = {}
+        for controller, hierarchy in hierarchies.items():
+            try:
+                if hierarchy.v2 and pools:  # one v2 cgroup carries both controllers
+                    pools[controller] = next(iter(pools.values()))
+                    continue
+                wanted = [c for c, h in hierarchies.items() if h == hierarchy]
+                pools[controller] = _make_pool(wanted, hierarchy, slots)
+            except OSError as err:
+                logger.info("%s cgroup unavailable (%s)", controller, err)
+        if not pools:
             return None
-        try:
-            _remove_stale(root)
-            pool = root / f"{PREFIX}{os.getpid()}"
-            pool.mkdir(exist_ok=True)
-            if root == CGROUP_ROOT:  # v2: slots need the controller enabled below the pool
-                (pool / "cgroup.subtree_control").write_text("+pids")
+        cgroups = cls(pools, hierarchies)
+        if "memory" in pools:
             for slot in range(slots):
-                (pool / f"slot-{slot}").mkdir(exist_ok=True)
-        except OSError as err:
-            logger.info("pids cgroup unavailable (%s); process caps fall back to RLIMIT_NPROC", err)
-            return None
-        return cls(pool)
+                cgroups._disable_swap(slot)
+        return cgroups
 
-    def procs_file(self, slot: int) -> str:
-        return str(self._pool / f"slot-{slot}" / "cgroup.procs")
+    @property
+    def controllers(self) -> tuple[str, ...]:
+        return tuple(self._pools)
 
-    def set_max(self, slot: int, processes: int) -> None:
-        (self._pool / f"slot-{slot}" / "pids.max").write_text(str(processes))
+    def _file(self, controller: str, slot: int, role: str) -> Path:
+        name = self._hierarchies[controller].files(controller)[role]
+        return self._pools[controller] / f"slot-{slot}" / name
+
+    def _disable_swap(self, slot: int) -> None:
+        # v1: swappiness 0 keeps anonymous memory in RAM; v2: no swap at all.
+        with contextlib.suppress(OSError):
+            self._file("memory", slot, "swap").write_text("0")
+
+    def procs_files(self, slot: int) -> list[str]:
+        """The ``cgroup.procs`` files a child joins, one per distinct cgroup."""
+        return sorted({str(self._pools[c] / f"slot-{slot}" / "cgroup.procs") for c in self._pools})
+
+    def set_limits(self, slot: int, *, processes: int, memory_bytes: int) -> None:
+        """Set the slot's caps for the next run (the slot is empty between runs)."""
+        if "pids" in self._pools:
+            self._file("pids", slot, "max").write_text(str(processes))
+        if "memory" in self._pools:
+            try:
+                self._file("memory", slot, "max").write_text(str(memory_bytes))
+            except OSError as err:
+                # v1 refuses (EBUSY) a limit below what it cannot reclaim; the last limit stays.
+                logger.warning("slot %d: memory limit %d not set: %s", slot, memory_bytes, err)
+
+    def oom_kills(self, slot: int) -> int:
+        """Processes of the slot the kernel has killed for memory, since the pool was made."""
+        if "memory" not in self._pools:
+            return 0
+        try:
+            text = self._file("memory", slot, "events").read_text()
+        except OSError:
+            return 0
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return 0
 
     def pids(self, slot: int) -> list[int]:
-        return _pids_in(self._pool / f"slot-{slot}")
+        return _pids_in(self._listing / f"slot-{slot}")
 
     def kill_all(self, slot: int, timeout_s: float = 2.0) -> list[int]:
         """SIGKILL every process in the slot until it is empty; returns the pids killed.
@@ -116,8 +198,9 @@ class PidsCgroups:
         return killed
 
     def close(self) -> None:
-        """Kill what is left and remove the pool."""
-        for slot_dir in self._pool.glob("slot-*"):
-            _kill_and_remove(slot_dir)
-        with contextlib.suppress(OSError):
-            self._pool.rmdir()
+        """Kill what is left and remove the pools."""
+        for pool in set(self._pools.values()):
+            for slot_dir in pool.glob("slot-*"):
+                _kill_and_remove(slot_dir)
+            with contextlib.suppress(OSError):
+                pool.rmdir()

@@ -42,7 +42,22 @@ def _hit_cpu_limit(child: ChildExit, limits: Limits) -> bool:
 
 
 def classify(child: ChildExit, limits: Limits) -> tuple[Outcome, Failure | None]:
-    """The outcome and, unless it succeeded, why."""
+    """The outcome and, unless it succeeded, why.
+
+    A run that failed after the kernel OOM-killed one of its processes (the slot's
+    memory cgroup: all processes together) failed for memory, whatever the main process
+    then reported; one that succeeded anyway succeeded.
+    """
+    outcome, failure = _classify_exit(child, limits)
+    if child.oom_kills and outcome in (Outcome.FAILED, Outcome.KILLED):
+        return Outcome.MEMORY_LIMIT, Failure(
+            f"the callback's processes together exceeded the memory limit of "
+            f"{limits.memory_bytes} bytes: the kernel killed {child.oom_kills} of them"
+        )
+    return outcome, failure
+
+
+def _classify_exit(child: ChildExit, limits: Limits) -> tuple[Outcome, Failure | None]:
     if child.timed_out:
         return Outcome.WALL_TIMEOUT, Failure(
             f"the callback exceeded its wall-clock limit of {limits.wall_seconds:g}s and was killed"

@@ -6,13 +6,16 @@ What each limit really bounds (setrlimit(2)):
   (rounded up), SIGKILL one second later. Processes the callback forks each get their own
   budget; the wall limit bounds the total.
 - ``memory_bytes`` -> RLIMIT_AS: virtual address space per process, not RSS. Allocation
-  beyond it fails (Python MemoryError, Perl "Out of memory!").
+  beyond it fails (Python MemoryError, Perl "Out of memory!"). With a writable memory
+  cgroup, also the slot's limit on all the callback's processes together.
 - ``max_processes`` -> the slot's pids cgroup (``pids.max``) when the host lets us write
   one; otherwise RLIMIT_NPROC, which counts every process of the real uid and is ignored
   for root, so it only isolates callbacks under a dedicated uid.
 - ``output_bytes`` is enforced by the reader in the executor, not by the kernel; RLIMIT_FSIZE
   bounds files the callback writes to the same size (at least 64 MiB).
 - ``wall_seconds`` is the executor's deadline (SIGTERM, grace, SIGKILL to everything).
+- ``disk_bytes`` is the size of the working directory's private tmpfs (hardened tier,
+  ``isolation.py``); elsewhere nothing bounds the total beyond RLIMIT_FSIZE per file.
 """
 
 from __future__ import annotations

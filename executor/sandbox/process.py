@@ -30,7 +30,7 @@ from typing import Any, Final
 from executor.child import protocol
 from executor.model import Limits
 from executor.sandbox import limits as sandbox_limits
-from executor.sandbox.cgroup import PidsCgroups
+from executor.sandbox.cgroup import SlotCgroups
 from executor.sandbox.spawners import Spawner
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class SandboxOptions:
     pid_namespace: bool
     network: bool
     grace_s: float
-    cgroups: PidsCgroups | None
+    cgroups: SlotCgroups | None
     isolation: IsolationPlan | None = None
 
 
@@ -110,6 +110,8 @@ class ChildExit:
     # Processes still in the slot's cgroup when the main one had ended (killed then).
     escaped_pids: list[int] = field(default_factory=list)
     lost_reason: str = ""
+    # Processes of the callback the kernel killed for exceeding the slot's memory cgroup.
+    oom_kills: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -210,7 +212,7 @@ class SandboxRunner:
         cgroups = self.options.cgroups
         isolation = self.options.isolation
         if cgroups is not None:
-            cgroups.set_max(slot, limits.max_processes)
+            cgroups.set_limits(slot, processes=limits.max_processes, memory_bytes=limits.memory_bytes)
         return {
             **runtime,
             "site_paths": list(self.options.site_paths),
@@ -218,12 +220,15 @@ class SandboxRunner:
             # An empty network namespace per callback, unless the spawner's children
             # already start in one (the zygote enters it once: netns creation is slow).
             "unshare_network": not self.options.network,
-            "cgroup_procs": [cgroups.procs_file(slot)] if cgroups is not None else [],
+            "cgroup_procs": cgroups.procs_files(slot) if cgroups is not None else [],
             # With a dedicated uid per slot, RLIMIT_NPROC counts only this callback.
             "rlimits": sandbox_limits.rlimits(
-                limits, cap_processes_with_nproc=cgroups is None or isolation is not None
+                limits,
+                cap_processes_with_nproc=isolation is not None
+                or cgroups is None or "pids" not in cgroups.controllers,
             ),
             "isolation": isolation.for_slot(slot) if isolation is not None else None,
+            "disk_bytes": limits.disk_bytes,
         }
 
     async def run(
@@ -246,6 +251,8 @@ class SandboxRunner:
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
         parent_sock, child_sock = socket.socketpair()
+        cgroups = self.options.cgroups
+        oom_kills_before = cgroups.oom_kills(slot) if cgroups is not None else 0
         began = time.monotonic()
         try:
             handle = await self.spawner.spawn(
@@ -291,6 +298,8 @@ class SandboxRunner:
             result.cpu_seconds = handle.cpu_seconds
             result.peak_rss_bytes = handle.peak_rss_bytes
             result.lost_reason = handle.lost_reason
+            if cgroups is not None:
+                result.oom_kills = cgroups.oom_kills(slot) - oom_kills_before
             # Everything that could hold the pipes is dead, so EOF is near.
             await asyncio.wait(readers, timeout=DRAIN_TIMEOUT_S)
             await asyncio.wait([bridge], timeout=DRAIN_TIMEOUT_S)

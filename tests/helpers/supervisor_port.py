@@ -17,7 +17,7 @@ from supervisor_client.reference import (
 )
 
 LIMITS = Limits(cpu_seconds=5, wall_seconds=10, memory_bytes=512 << 20, output_bytes=1 << 20,
-                max_processes=32)
+                max_processes=32, disk_bytes=64 << 20)
 
 
 @contextmanager

@@ -29,7 +29,7 @@ pytestmark = [
 MIB = 1 << 20
 GIB = 1 << 30
 LIMITS = Limits(cpu_seconds=5, wall_seconds=20, memory_bytes=512 * MIB, output_bytes=1 * MIB,
-                max_processes=32)
+                max_processes=32, disk_bytes=64 << 20)
 
 
 @dataclass

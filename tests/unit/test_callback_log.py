@@ -20,7 +20,7 @@ def invocation(job_id: int = 5042, triggers: str = "complete-job-self") -> Invoc
         invocation_id="inv-1",
         callback=CallbackSpec("python", "print('hi')", triggers, id=3),
         job={"id": job_id},
-        limits=Limits(1, 1, 1, 1, 1),
+        limits=Limits(1, 1, 1, 1, 1, 1),
     )
 
 

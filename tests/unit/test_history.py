@@ -21,7 +21,7 @@ from executor.model import (
 
 pytestmark = pytest.mark.unit
 
-LIMITS = Limits(1, 1, 1 << 20, 1 << 10, 4)
+LIMITS = Limits(1, 1, 1 << 20, 1 << 10, 4, 1 << 20)
 
 
 def invocation(inv_id: str, job_id: int = 10, callback_id: int = 1) -> Invocation:

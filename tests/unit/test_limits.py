@@ -10,29 +10,29 @@ from executor.sandbox.limits import merge, rlimits
 
 pytestmark = pytest.mark.unit
 
-DEFAULT = Limits(10, 30, 512 << 20, 1 << 20, 64)
-CAP = Limits(60, 600, 4 << 30, 16 << 20, 256)
+DEFAULT = Limits(10, 30, 512 << 20, 1 << 20, 64, 256 << 20)
+CAP = Limits(60, 600, 4 << 30, 16 << 20, 256, 1 << 30)
 
 
 def test_zero_fields_take_the_default_and_others_are_kept() -> None:
-    merged = merge(Limits(0, 5, 0, 2048, 0), DEFAULT, CAP)
-    assert merged == Limits(10, 5, 512 << 20, 2048, 64)
+    merged = merge(Limits(0, 5, 0, 2048, 0, 0), DEFAULT, CAP)
+    assert merged == Limits(10, 5, 512 << 20, 2048, 64, 256 << 20)
 
 
 def test_above_the_cap_names_the_limit_and_the_cap() -> None:
     with pytest.raises(InvalidRequestError, match=r"limits.max_processes = 999 exceeds the server's cap of 256"):
-        merge(Limits(0, 0, 0, 0, 999), DEFAULT, CAP)
+        merge(Limits(0, 0, 0, 0, 999, 0), DEFAULT, CAP)
 
 
 def test_negative_is_rejected() -> None:
     with pytest.raises(InvalidRequestError, match="limits.wall_seconds must not be negative"):
-        merge(Limits(0, -1, 0, 0, 0), DEFAULT, CAP)
+        merge(Limits(0, -1, 0, 0, 0, 0), DEFAULT, CAP)
 
 
 def test_rlimits_round_cpu_up_and_keep_a_hard_margin() -> None:
-    limits = rlimits(Limits(1.2, 5, 256 << 20, 1 << 20, 8), cap_processes_with_nproc=True)
+    limits = rlimits(Limits(1.2, 5, 256 << 20, 1 << 20, 8, 1 << 20), cap_processes_with_nproc=True)
     assert limits["CPU"] == [2, 3]
     assert limits["AS"] == [256 << 20, 256 << 20]
     assert limits["CORE"] == [0, 0]
     assert limits["NPROC"] == [8, 8]
-    assert "NPROC" not in rlimits(Limits(1, 5, 1, 1, 8), cap_processes_with_nproc=False)
+    assert "NPROC" not in rlimits(Limits(1, 5, 1, 1, 8, 1), cap_processes_with_nproc=False)

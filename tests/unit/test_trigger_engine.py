@@ -16,7 +16,7 @@ from executor.triggers.universal import UniversalConfigError, load_universal
 
 pytestmark = pytest.mark.unit
 
-LIMITS = Limits(1, 5, 1 << 28, 1 << 16, 8)
+LIMITS = Limits(1, 5, 1 << 28, 1 << 16, 8, 1 << 20)
 
 
 class Recorder:

@@ -86,6 +86,7 @@ class Limits(_message.Message):
     MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     OUTPUT_BYTES_FIELD_NUMBER: _builtins.int
     MAX_PROCESSES_FIELD_NUMBER: _builtins.int
+    DISK_BYTES_FIELD_NUMBER: _builtins.int
     cpu_seconds: _builtins.float
     """CPU time of the callback's processes, enforced by RLIMIT_CPU in the child
     (SIGXCPU at the limit, SIGKILL one second later). Outcome CPU_LIMIT.
@@ -96,8 +97,10 @@ class Limits(_message.Message):
     the callback started. Outcome WALL_TIMEOUT.
     """
     memory_bytes: _builtins.int
-    """Address space of each callback process (RLIMIT_AS). Allocation beyond it
-    fails inside the callback. Outcome MEMORY_LIMIT.
+    """Memory of the callback: the address space of each process (RLIMIT_AS;
+    allocation beyond it fails inside the callback) and, where the host has a
+    writable memory cgroup, the memory of all its processes together (the
+    kernel kills one beyond it). Outcome MEMORY_LIMIT.
     """
     output_bytes: _builtins.int
     """Bytes of stdout and of stderr kept, each. Output past the cap is read and
@@ -107,6 +110,12 @@ class Limits(_message.Message):
     """Processes the callback may have at once, itself included (pids cgroup
     when the host allows it, else RLIMIT_NPROC). fork() beyond it fails.
     """
+    disk_bytes: _builtins.int
+    """Bytes the callback may keep in its working directory. In the hardened
+    tier (root, namespaces) the directory is a private tmpfs of this size:
+    writes beyond it fail with ENOSPC, and its pages count toward the memory
+    cgroup. Elsewhere only RLIMIT_FSIZE bounds each file.
+    """
     def __init__(
         self,
         *,
@@ -115,10 +124,11 @@ class Limits(_message.Message):
         memory_bytes: _builtins.int = ...,
         output_bytes: _builtins.int = ...,
         max_processes: _builtins.int = ...,
+        disk_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_seconds", b"cpu_seconds", "max_processes", b"max_processes", "memory_bytes", b"memory_bytes", "output_bytes", b"output_bytes", "wall_seconds", b"wall_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_seconds", b"cpu_seconds", "disk_bytes", b"disk_bytes", "max_processes", b"max_processes", "memory_bytes", b"memory_bytes", "output_bytes", b"output_bytes", "wall_seconds", b"wall_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
