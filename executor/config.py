@@ -80,6 +80,9 @@ class Settings:
     languages: frozenset[Language] = frozenset(Language)
     # How children start: "zygote" (fork of a warm helper process) or "cold" (fork+exec).
     launcher: str = "zygote"
+    # Start each slot's next child (confined, its runtime loaded) as soon as a run ends, so
+    # the next run with the same limits only hands it the code.
+    prepare_ahead: bool = True
     # SIGTERM-to-SIGKILL grace at the wall deadline.
     grace_seconds: float = 0.5
     # Run callbacks in their own PID namespace: "auto" (when the host allows), "on", "off".
@@ -93,7 +96,7 @@ class Settings:
     # that hides the data dir, /tmp and /dev/shm: "auto" (when running as root with
     # namespaces), "on", "off".
     dedicated_uid: str = "auto"
-    # Slot n runs as uid/gid sandbox_uid_base + n.
+    # Cell n (slot n // 2; python even, perl odd) runs as uid/gid sandbox_uid_base + n.
     sandbox_uid_base: int = 64000
     # Cap processes and memory with per-slot pids and memory cgroups: "auto", "on", "off".
     cgroup: str = "auto"

@@ -62,6 +62,10 @@ class Dispatcher:
         self._on_result = on_result
 
     @property
+    def runner(self) -> SandboxRunner:
+        return self._runner
+
+    @property
     def active(self) -> int:
         return len(self._active)
 
@@ -181,4 +185,5 @@ class Dispatcher:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._runner.close()  # the children prepared for runs that will not come
 

@@ -31,7 +31,7 @@ from executor.metrics import Metrics
 from executor.qube_language import QubeInterpreter
 from executor.recorder import Recorder
 from executor.runs_rpc import CapacityCounter, RunsService
-from executor.sandbox.cgroup import SlotCgroups
+from executor.sandbox.cgroup import CellCgroups
 from executor.sandbox.process import IsolationPlan, SandboxOptions, SandboxRunner
 from executor.sandbox.spawners import CHILD_DIR, ColdSpawner, Spawner, ZygoteSpawner
 from executor.servicer import CallbackExecutorServicer
@@ -102,7 +102,8 @@ def sandbox_options(settings: Settings) -> SandboxOptions:
     if settings.network == "auto" and host_network:
         logger.warning("no namespaces here: callbacks share the host network, and can reach "
                        "this executor's port; set auth_token")
-    cgroups = None if settings.cgroup == "off" else SlotCgroups.create(settings.max_concurrent)
+    cells = SandboxRunner.cells(settings.max_concurrent)
+    cgroups = None if settings.cgroup == "off" else CellCgroups.create(cells)
     if settings.cgroup == "on" and cgroups is None:
         raise ConfigError("cgroup: 'on' but no writable pids or memory cgroup was found")
     site_paths = tuple(p for p in site.getsitepackages() if os.path.isdir(p))
@@ -243,7 +244,7 @@ async def start(settings: Settings) -> RunningServer:
         else ColdSpawner(sys.executable)
     )
     dispatcher = Dispatcher(
-        runner=SandboxRunner(options, spawner),
+        runner=SandboxRunner(options, spawner, prepare_ahead=settings.prepare_ahead),
         supervisor=GrpcSupervisor(supervisor_channel, settings.supervisor_timeout_seconds),
         qube=QubeInterpreter(settings.mail_settings),
         languages=settings.languages,

@@ -10,8 +10,9 @@ before the runtime starts:
    whose Python lives there) is covered by an empty tmpfs;
 4. the *keep* paths under a mask (the interpreter, the venv, the child code) are
    bind-mounted back, from O_PATH descriptors opened before anything was covered;
-5. the working directory becomes a private tmpfs of the run's ``disk_bytes``, owned by
-   the callback's uid: a disk quota (ENOSPC beyond it) that vanishes with the run;
+5. the working directory (a path under the masked ``/tmp``, never made on the host) is a
+   private tmpfs of the run's ``disk_bytes``, owned by the callback's uid: a disk quota
+   (ENOSPC beyond it) that vanishes with the run;
 6. the process drops to a dedicated unprivileged uid/gid with no supplementary groups,
    which also drops every capability. RLIMIT_NPROC now counts only this slot's uid.
 
@@ -76,7 +77,7 @@ def isolate_filesystem(masks: list[str], keep: list[str], workdir: str, quota: d
     finally:
         for fd in kept.values():
             os.close(fd)
-    os.makedirs(workdir, mode=0o700, exist_ok=True)  # under a mask it is gone until made again
+    os.makedirs(workdir, mode=0o700, exist_ok=True)  # on the masked /tmp: ours alone
     _mount("tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV,
            f"size={quota['bytes']},nr_inodes={MAX_WORKDIR_FILES},mode=0700,"
            f"uid={quota['uid']},gid={quota['gid']}")

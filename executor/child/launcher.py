@@ -1,8 +1,10 @@
 """Trampoline that runs first in every sandboxed child: confine, limit, then start the runtime.
 
 Started by the executor as ``python -I -B launcher.py SPEC_JSON`` in a new session with a
-scrubbed environment, a fresh working directory and only stdio plus the bridge socket
-open. Stdlib only: it must never import grpc or the executor.
+scrubbed environment and only stdio plus the bridge socket open. Stdlib only: it must
+never import grpc or the executor. It enters the run's working directory itself
+(``spec["workdir"]``): one the executor made, or in the hardened tier a private tmpfs
+that exists only inside the callback's mount namespace.
 
 In order: join the pids cgroup (so every later process counts), forbid privilege gain,
 die with the parent, and, when asked, move the callback into a new PID namespace. In a
@@ -108,6 +110,10 @@ def confine_and_run(spec: dict[str, Any]) -> int:
     # Started with -S (site's .pth processing is most of a cold start): add the
     # site-packages directories themselves so callbacks can import installed packages.
     sys.path.extend(spec.get("site_paths", []))
+    isolation = spec.get("isolation")
+    workdir = spec["workdir"]
+    if not isolation:
+        os.chdir(workdir)  # made by the executor; in the hardened tier it is made below
     _join_cgroups(spec.get("cgroup_procs", []))
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -118,16 +124,14 @@ def confine_and_run(spec: dict[str, Any]) -> int:
             os.close(int(spec["bridge_fd"]))  # EOF on the bridge must mean the callback is gone
             return _mirror_exit(pid)
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        isolation = spec.get("isolation")
         if isolation:
             import isolation as hardened  # the sibling module, only needed in this tier
 
-            workdir = os.getcwd()
             hardened.isolate_filesystem(
                 isolation["masks"], isolation["keep"], workdir,
                 {"bytes": int(spec["disk_bytes"]), "uid": isolation["uid"], "gid": isolation["gid"]},
             )
-            os.chdir(workdir)  # enter the working directory's new tmpfs
+            os.chdir(workdir)  # the working directory's own tmpfs
             hardened.drop_privileges(isolation["uid"], isolation["gid"])
     os.umask(0o077)
     _apply_rlimits(spec.get("rlimits", {}))

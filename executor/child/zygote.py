@@ -5,14 +5,14 @@ and tearing down; a fork of this already-warm, single-threaded process costs ~1 
 (sandbox.md §5.1). The executor itself never forks without exec (gRPC's fork handlers);
 it starts this process with fork+exec and talks to it over a SOCK_SEQPACKET socket:
 
-executor -> zygote   ``{"type":"spawn","id":N,"spec":{...},"cwd":...,"env":{...}}``
+executor -> zygote   ``{"type":"spawn","id":N,"spec":{...},"env":{...}}``
                      with SCM_RIGHTS fds [stdout_w, stderr_w, bridge]
 zygote -> executor   ``{"type":"started","id":N,"pid":P}`` or ``{"type":"failed","id":N,...}``
                      ``{"type":"exited","pid":P,"status":S,"cpu":C,"maxrss_kib":K}``
 
 The child does what the cold path's Popen + launcher do: new session, stdin from
 /dev/null, the passed stdout/stderr, the bridge as fd 3, every other fd closed, the
-given working directory and environment, then ``launcher.confine_and_run``. The zygote
+given environment, then ``launcher.confine_and_run`` (which enters the working directory). The zygote
 reaps its children and reports their wait status and rusage. If this process dies,
 its children die with it (PR_SET_PDEATHSIG) and the executor reports them as killed.
 """
@@ -52,7 +52,6 @@ def _child(message: dict, fds: list[int]) -> None:  # type: ignore[type-arg]
         for source, target in ((devnull, 0), (stdout_w, 1), (stderr_w, 2), (bridge, BRIDGE_FD)):
             os.dup2(source, target)
         os.closerange(BRIDGE_FD + 1, os.sysconf("SC_OPEN_MAX"))
-        os.chdir(message["cwd"])
         os.environ.clear()
         os.environ.update(message["env"])
         sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115

@@ -1,7 +1,7 @@
-"""A pool of pre-made cgroups, one per concurrency slot: process and memory caps, and a complete kill.
+"""A pool of pre-made cgroups, one per cell (a concurrency slot and a child language): process and memory caps, and a complete kill.
 
 Pre-created and reused rather than made per call (mkdir/rmdir per run is what made
-isolate slow, sandbox.md §5.3). The launcher joins its slot's cgroups before anything
+isolate slow, sandbox.md §5.3). The launcher joins its cell's cgroups before anything
 forks, so every process the callback makes, setsid and double-fork escapes included, is
 listed in ``cgroup.procs`` until it dies: ``kill_all`` empties it.
 
@@ -11,10 +11,13 @@ Two controllers, each used when the host lets us write it:
 - memory: the limit caps what all of the callback's processes hold together (RLIMIT_AS
   only bounds each process, so four children could each hold the whole limit). Beyond
   it the kernel's OOM killer picks one of them; ``oom_kills`` counts those kills so the
-  run can be reported as MEMORY_LIMIT. Swap is off for the slot, so the limit is real.
+  run can be reported as MEMORY_LIMIT. Swap is off for the cell, so the limit is real.
+
+Limits are written before each run; an unchanged value is not written again (each
+write is a syscall on the request's path).
 
 Works with cgroup v2 (a writable subtree with the controllers) or the v1 hierarchies.
-When neither controller is writable, ``SlotCgroups.create`` returns None and the
+When neither controller is writable, ``CellCgroups.create`` returns None and the
 sandbox falls back to RLIMIT_NPROC and RLIMIT_AS alone.
 """
 
@@ -36,7 +39,7 @@ PREFIX = "cbexec-"
 
 @dataclass(frozen=True, slots=True)
 class _Hierarchy:
-    """Where one kind of slot cgroup lives and which files carry its limits."""
+    """Where one kind of cell cgroup lives and which files carry its limits."""
 
     root: Path
     v2: bool
@@ -68,8 +71,8 @@ def _remove_stale(root: Path) -> None:
     for pool in root.glob(f"{PREFIX}*"):
         owner = pool.name[len(PREFIX):]
         if owner.isdigit() and not Path(f"/proc/{owner}").exists():
-            for slot in pool.glob("slot-*"):
-                _kill_and_remove(slot)
+            for cell in pool.glob("cell-*"):
+                _kill_and_remove(cell)
             with contextlib.suppress(OSError):
                 pool.rmdir()
 
@@ -89,28 +92,29 @@ def _kill_and_remove(cgroup: Path) -> None:
         cgroup.rmdir()
 
 
-def _make_pool(controllers: list[str], hierarchy: _Hierarchy, slots: int) -> Path:
+def _make_pool(controllers: list[str], hierarchy: _Hierarchy, cells: int) -> Path:
     _remove_stale(hierarchy.root)
     pool = hierarchy.root / f"{PREFIX}{os.getpid()}"
     pool.mkdir(exist_ok=True)
-    if hierarchy.v2:  # slots need the controllers enabled below the pool
+    if hierarchy.v2:  # cells need the controllers enabled below the pool
         (pool / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in controllers))
-    for slot in range(slots):
-        (pool / f"slot-{slot}").mkdir(exist_ok=True)
+    for cell in range(cells):
+        (pool / f"cell-{cell}").mkdir(exist_ok=True)
     return pool
 
 
-class SlotCgroups:
-    """Slot cgroups under ``<hierarchy>/cbexec-<our pid>/slot-<n>``, per controller."""
+class CellCgroups:
+    """Cell cgroups under ``<hierarchy>/cbexec-<our pid>/cell-<n>``, per controller."""
 
     def __init__(self, pools: dict[str, Path], hierarchies: dict[str, _Hierarchy]) -> None:
         self._pools = pools
         self._hierarchies = hierarchies
-        # Where to list a slot's processes: any of our cgroups holds all of them.
+        # Where to list a cell's processes: any of our cgroups holds all of them.
         self._listing = pools.get("pids") or next(iter(pools.values()))
+        self._written: dict[str, str] = {}
 
     @classmethod
-    def create(cls, slots: int, *, memory: bool = True) -> SlotCgroups | None:
+    def create(cls, cells: int, *, memory: bool = True) -> CellCgroups | None:
         """Make the pools, or None when the host lets us write no controller at all."""
         hierarchies = _hierarchies()
         if not memory:
@@ -122,77 +126,85 @@ class SlotCgroups:
                     pools[controller] = next(iter(pools.values()))
                     continue
                 wanted = [c for c, h in hierarchies.items() if h == hierarchy]
-                pools[controller] = _make_pool(wanted, hierarchy, slots)
+                pools[controller] = _make_pool(wanted, hierarchy, cells)
             except OSError as err:
                 logger.info("%s cgroup unavailable (%s)", controller, err)
         if not pools:
             return None
         cgroups = cls(pools, hierarchies)
         if "memory" in pools:
-            for slot in range(slots):
-                cgroups._disable_swap(slot)
+            for cell in range(cells):
+                # v1: swappiness 0 keeps anonymous memory in RAM; v2: no swap at all.
+                with contextlib.suppress(OSError):
+                    cgroups._write(cgroups._file("memory", cell, "swap"), "0")
         return cgroups
 
     @property
     def controllers(self) -> tuple[str, ...]:
         return tuple(self._pools)
 
-    def _file(self, controller: str, slot: int, role: str) -> Path:
+    def _file(self, controller: str, cell: int, role: str) -> str:
         name = self._hierarchies[controller].files(controller)[role]
-        return self._pools[controller] / f"slot-{slot}" / name
+        return f"{self._pools[controller]}/cell-{cell}/{name}"
 
-    def _disable_swap(self, slot: int) -> None:
-        # v1: swappiness 0 keeps anonymous memory in RAM; v2: no swap at all.
-        with contextlib.suppress(OSError):
-            self._file("memory", slot, "swap").write_text("0")
+    def _write(self, path: str, value: str) -> None:
+        if self._written.get(path) == value:
+            return
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
+        self._written[path] = value
 
-    def procs_files(self, slot: int) -> list[str]:
+    def procs_files(self, cell: int) -> list[str]:
         """The ``cgroup.procs`` files a child joins, one per distinct cgroup."""
-        return sorted({str(self._pools[c] / f"slot-{slot}" / "cgroup.procs") for c in self._pools})
+        return sorted({f"{pool}/cell-{cell}/cgroup.procs" for pool in self._pools.values()})
 
-    def set_limits(self, slot: int, *, processes: int, memory_bytes: int) -> None:
-        """Set the slot's caps for the next run (the slot is empty between runs)."""
+    def set_limits(self, cell: int, *, processes: int, memory_bytes: int) -> None:
+        """Set the cell's caps for its next run."""
         if "pids" in self._pools:
-            self._file("pids", slot, "max").write_text(str(processes))
+            self._write(self._file("pids", cell, "max"), str(processes))
         if "memory" in self._pools:
             try:
-                self._file("memory", slot, "max").write_text(str(memory_bytes))
+                self._write(self._file("memory", cell, "max"), str(memory_bytes))
             except OSError as err:
                 # v1 refuses (EBUSY) a limit below what it cannot reclaim; the last limit stays.
-                logger.warning("slot %d: memory limit %d not set: %s", slot, memory_bytes, err)
+                logger.warning("cell %d: memory limit %d not set: %s", cell, memory_bytes, err)
 
-    def oom_kills(self, slot: int) -> int:
-        """Processes of the slot the kernel has killed for memory, since the pool was made."""
+    def oom_kills(self, cell: int) -> int:
+        """Processes of the cell the kernel has killed for memory, since the pool was made."""
         if "memory" not in self._pools:
             return 0
         try:
-            text = self._file("memory", slot, "events").read_text()
+            with open(self._file("memory", cell, "events"), "rb") as events:
+                text = events.read()
         except OSError:
             return 0
         for line in text.splitlines():
-            key, _, value = line.partition(" ")
-            if key == "oom_kill":
+            key, _, value = line.partition(b" ")
+            if key == b"oom_kill":
                 return int(value)
         return 0
 
-    def pids(self, slot: int) -> list[int]:
-        return _pids_in(self._listing / f"slot-{slot}")
+    def pids(self, cell: int) -> list[int]:
+        return _pids_in(self._listing / f"cell-{cell}")
 
-    def kill_all(self, slot: int, timeout_s: float = 2.0) -> list[int]:
-        """SIGKILL every process in the slot until it is empty; returns the pids killed.
+    def kill_all(self, cell: int, timeout_s: float = 2.0) -> list[int]:
+        """SIGKILL every process in the cell until it is empty; returns the pids killed.
 
         Killed processes leave cgroup.procs only once reaped; orphans are reaped by init
         (or our subreaper), so this polls briefly instead of assuming instant exit.
         """
         killed: list[int] = []
         deadline = time.monotonic() + timeout_s
-        while pids := self.pids(slot):
+        while pids := self.pids(cell):
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             killed.extend(p for p in pids if p not in killed)
             if time.monotonic() > deadline:
-                logger.warning("slot %d still has processes %s after SIGKILL", slot, pids)
+                logger.warning("cell %d still has processes %s after SIGKILL", cell, pids)
                 break
             time.sleep(0.002)
         return killed
@@ -200,7 +212,7 @@ class SlotCgroups:
     def close(self) -> None:
         """Kill what is left and remove the pools."""
         for pool in set(self._pools.values()):
-            for slot_dir in pool.glob("slot-*"):
-                _kill_and_remove(slot_dir)
+            for cell_dir in pool.glob("cell-*"):
+                _kill_and_remove(cell_dir)
             with contextlib.suppress(OSError):
                 pool.rmdir()

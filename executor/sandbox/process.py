@@ -18,6 +18,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
+import select
 import shutil
 import signal
 import socket
@@ -30,8 +32,8 @@ from typing import Any, Final
 from executor.child import protocol
 from executor.model import Limits
 from executor.sandbox import limits as sandbox_limits
-from executor.sandbox.cgroup import SlotCgroups
-from executor.sandbox.spawners import Spawner
+from executor.sandbox.cgroup import CellCgroups
+from executor.sandbox.spawners import ChildHandle, Spawner
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ SAFE_PATH: Final = "/usr/local/bin:/usr/bin:/bin"
 SANDBOX_MARKER: Final = "CBEXEC_SANDBOX"
 
 CallHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+# The languages that run in a child; each slot has one cell (cgroups, uid) per language.
+CHILD_LANGUAGES: Final = ("python", "perl")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +58,12 @@ class IsolationPlan:
     keep: tuple[str, ...]
     uid_base: int
 
-    def for_slot(self, slot: int) -> dict[str, Any]:
+    def for_cell(self, cell: int) -> dict[str, Any]:
         return {
             "masks": list(self.masks),
             "keep": list(self.keep),
-            "uid": self.uid_base + slot,
-            "gid": self.uid_base + slot,
+            "uid": self.uid_base + cell,
+            "gid": self.uid_base + cell,
         }
 
 
@@ -71,7 +75,7 @@ class SandboxOptions:
     pid_namespace: bool
     network: bool
     grace_s: float
-    cgroups: SlotCgroups | None
+    cgroups: CellCgroups | None
     isolation: IsolationPlan | None = None
 
 
@@ -160,14 +164,29 @@ async def _read_stream(fd: int, sink: CapturedStream) -> None:
         loop.remove_reader(fd)
 
 
+def _send_now(sock: socket.socket, frame: bytes) -> bytes:
+    """Write what the socket takes without blocking; returns the rest.
+
+    The start frame goes out before any task is scheduled, so a prepared child starts
+    on the callback while the executor is still setting up its readers.
+    """
+    try:
+        return frame[sock.send(frame, socket.MSG_DONTWAIT):]
+    except (BlockingIOError, InterruptedError):
+        return frame
+    except OSError:
+        return frame  # the child is gone; the bridge task meets the same error and stops
+
+
 async def _serve_bridge(
-    sock: socket.socket, start: dict[str, Any], on_call: CallHandler, result: ChildExit
+    sock: socket.socket, unsent: bytes, on_call: CallHandler, result: ChildExit
 ) -> None:
-    """Send the start frame, answer calls, keep the done frame; stop on EOF or garbage."""
+    """Finish sending the start frame, answer calls, keep the done frame; stop on EOF or garbage."""
     reader, writer = await asyncio.open_unix_connection(sock=sock)
     try:
-        writer.write(protocol.encode(start))
-        await writer.drain()
+        if unsent:
+            writer.write(unsent)
+            await writer.drain()
         while True:
             try:
                 header = await reader.readexactly(protocol.HEADER.size)
@@ -196,23 +215,88 @@ async def _serve_bridge(
             await writer.wait_closed()
 
 
+def _has_ended(pid: int) -> bool:
+    """Whether ``pid`` has ended, even before its parent has reaped or reported it."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([pidfd], [], [], 0)[0])  # a pidfd reads ready once it exits
+    finally:
+        os.close(pidfd)
+
+
 def _signal_group(pgid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+    """Signal the child's process group, or the child alone if it has not made it yet.
+
+    The child calls setsid() first thing, but a child just forked may not have.
+    """
+    try:
         os.killpg(pgid, signum)
+    except ProcessLookupError:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pgid, signum)
+    except PermissionError:
+        pass
+
+
+@dataclass(slots=True)
+class _Child:
+    """A started, confined child and the executor's ends of its pipes and bridge.
+
+    Until its start frame is sent it only waits (a *prepared* child): everything before
+    the callback's code (fork, namespaces, mounts, the uid drop, Perl's start-up) is
+    already done.
+    """
+
+    handle: ChildHandle
+    cell: int
+    spec: dict[str, Any]
+    # Made (and removed) by the executor; None when it exists only inside the child.
+    host_workdir: str | None
+    stdout_r: int
+    stderr_r: int
+    bridge: socket.socket
+
+    def close(self) -> None:
+        """Close the executor's ends (again is harmless)."""
+        for fd in (self.stdout_r, self.stderr_r):
+            if fd >= 0:
+                os.close(fd)
+        self.stdout_r = self.stderr_r = -1
+        self.bridge.close()
 
 
 class SandboxRunner:
-    """Runs children under the options probed at start-up, started by ``spawner``."""
+    """Runs children under the options probed at start-up, started by ``spawner``.
 
-    def __init__(self, options: SandboxOptions, spawner: Spawner) -> None:
+    Each (slot, language) pair is a *cell* with its own cgroups and uid. With
+    ``prepare_ahead``, a cell that has finished a run starts the next child with the
+    same launch spec straight away, and the next run in that cell that asks for that
+    spec only sends it its start frame: the start-up cost leaves the request's path.
+    A run asking for another spec (other limits) discards it and starts its own.
+    """
+
+    def __init__(self, options: SandboxOptions, spawner: Spawner, *, prepare_ahead: bool = False) -> None:
         self.options = options
         self.spawner = spawner
+        self._prepare_ahead = prepare_ahead
+        self._prepared: dict[int, asyncio.Task[_Child]] = {}
+        self._closing = False
 
-    def _launch_spec(self, runtime: dict[str, Any], limits: Limits, slot: int) -> dict[str, Any]:
+    @staticmethod
+    def cells(slots: int) -> int:
+        """Cells (cgroups, uids) needed for ``slots`` concurrent runs."""
+        return slots * len(CHILD_LANGUAGES)
+
+    @staticmethod
+    def cell(slot: int, language: str) -> int:
+        return slot * len(CHILD_LANGUAGES) + CHILD_LANGUAGES.index(language)
+
+    def _launch_spec(self, runtime: dict[str, Any], limits: Limits, cell: int) -> dict[str, Any]:
         cgroups = self.options.cgroups
         isolation = self.options.isolation
-        if cgroups is not None:
-            cgroups.set_limits(slot, processes=limits.max_processes, memory_bytes=limits.memory_bytes)
         return {
             **runtime,
             "site_paths": list(self.options.site_paths),
@@ -220,16 +304,102 @@ class SandboxRunner:
             # An empty network namespace per callback, unless the spawner's children
             # already start in one (the zygote enters it once: netns creation is slow).
             "unshare_network": not self.options.network,
-            "cgroup_procs": cgroups.procs_files(slot) if cgroups is not None else [],
-            # With a dedicated uid per slot, RLIMIT_NPROC counts only this callback.
+            "cgroup_procs": cgroups.procs_files(cell) if cgroups is not None else [],
+            # With a dedicated uid per cell, RLIMIT_NPROC counts only this callback.
             "rlimits": sandbox_limits.rlimits(
                 limits,
                 cap_processes_with_nproc=isolation is not None
                 or cgroups is None or "pids" not in cgroups.controllers,
             ),
-            "isolation": isolation.for_slot(slot) if isolation is not None else None,
+            "isolation": isolation.for_cell(cell) if isolation is not None else None,
             "disk_bytes": limits.disk_bytes,
         }
+
+    def _set_cgroup_limits(self, cell: int, limits: Limits) -> None:
+        if self.options.cgroups is not None:
+            self.options.cgroups.set_limits(
+                cell, processes=limits.max_processes, memory_bytes=limits.memory_bytes
+            )
+
+    async def _start(self, spec: dict[str, Any], limits: Limits, cell: int) -> _Child:
+        """Start a child that confines itself and then waits for its start frame."""
+        self._set_cgroup_limits(cell, limits)  # the child joins the cell's cgroups at once
+        if self.options.isolation is not None:
+            # Made by the child on its private /tmp: nothing on the host to make or remove.
+            workdir, host_workdir = f"/tmp/cbexec-run-{secrets.token_hex(6)}", None
+        else:
+            workdir = host_workdir = tempfile.mkdtemp(prefix="cbexec-run-")
+        stdout_r, stdout_w = os.pipe()
+        stderr_r, stderr_w = os.pipe()
+        parent_sock, child_sock = socket.socketpair()
+        try:
+            handle = await self.spawner.spawn(
+                dict(spec, workdir=workdir),
+                env=child_environment(workdir),
+                fds=(stdout_w, stderr_w, child_sock.fileno()),
+            )
+        except BaseException:
+            for fd in (stdout_r, stderr_r):
+                os.close(fd)
+            parent_sock.close()
+            await _remove_workdir(host_workdir)
+            raise
+        finally:
+            # The child has its own copies now; ours would keep the pipes from reaching EOF.
+            os.close(stdout_w)
+            os.close(stderr_w)
+            child_sock.close()
+        return _Child(handle, cell, spec, host_workdir, stdout_r, stderr_r, parent_sock)
+
+    async def _take(self, spec: dict[str, Any], limits: Limits, cell: int) -> _Child:
+        """The cell's prepared child when it fits ``spec`` and still lives, else a new one."""
+        pending = self._prepared.pop(cell, None)
+        if pending is not None:
+            try:
+                child = await pending
+            except Exception as err:  # noqa: BLE001 - a failed preparation only costs the head start
+                logger.warning("preparing a child in cell %d failed: %s", cell, err)
+            else:
+                if child.spec == spec and not _has_ended(child.handle.pid):
+                    return child
+                await self._dispose(child)
+        return await self._start(spec, limits, cell)
+
+    async def _dispose(self, child: _Child) -> list[int]:
+        """Kill every process of the child, reap it, close our ends, remove its workdir."""
+        try:
+            escaped = await self._kill_everything(child.handle.pid, child.cell)
+            child.close()  # EOF on the bridge too, for a child that waits for its start frame
+            await self.spawner.reap(child.handle)
+        finally:
+            child.close()
+            await _remove_workdir(child.host_workdir)
+        return escaped
+
+    def _prepare(self, spec: dict[str, Any], limits: Limits, cell: int) -> None:
+        if self._prepare_ahead and not self._closing and cell not in self._prepared:
+            self._prepared[cell] = asyncio.create_task(self._start(spec, limits, cell))
+
+    async def prepared_pids(self) -> list[int]:
+        """Pids of the children waiting for a run, once the ones being started are up."""
+        if self._prepared:
+            await asyncio.wait(self._prepared.values())
+        return [
+            task.result().handle.pid
+            for task in self._prepared.values()
+            if not task.cancelled() and task.exception() is None
+        ]
+
+    async def close(self) -> None:
+        """Stop preparing and dispose of every prepared child (after the last run)."""
+        self._closing = True
+        prepared, self._prepared = self._prepared, {}
+        for task in prepared.values():
+            try:
+                child = await task
+            except Exception:  # noqa: BLE001, S112 - nothing was started, nothing to dispose of
+                continue
+            await self._dispose(child)
 
     async def run(
         self,
@@ -244,39 +414,20 @@ class SandboxRunner:
         result = ChildExit(
             stdout=CapturedStream(limits.output_bytes), stderr=CapturedStream(limits.output_bytes)
         )
-        workdir = tempfile.mkdtemp(prefix="cbexec-run-")
-        if self.options.isolation is not None:
-            owner = self.options.isolation.uid_base + slot
-            os.chown(workdir, owner, owner)
-        stdout_r, stdout_w = os.pipe()
-        stderr_r, stderr_w = os.pipe()
-        parent_sock, child_sock = socket.socketpair()
+        cell = self.cell(slot, runtime["language"])
+        spec = self._launch_spec(runtime, limits, cell)
+        child = await self._take(spec, limits, cell)
+        handle = child.handle
+        self._set_cgroup_limits(cell, limits)  # this run's own, whoever started the child
         cgroups = self.options.cgroups
-        oom_kills_before = cgroups.oom_kills(slot) if cgroups is not None else 0
+        oom_kills_before = cgroups.oom_kills(cell) if cgroups is not None else 0
         began = time.monotonic()
-        try:
-            handle = await self.spawner.spawn(
-                self._launch_spec(runtime, limits, slot),
-                cwd=workdir,
-                env=child_environment(workdir),
-                fds=(stdout_w, stderr_w, child_sock.fileno()),
-            )
-        except BaseException:
-            for fd in (stdout_r, stderr_r):
-                os.close(fd)
-            parent_sock.close()
-            await _remove_workdir(workdir)
-            raise
-        finally:
-            # The child has its own copies now; ours would keep the pipes from reaching EOF.
-            os.close(stdout_w)
-            os.close(stderr_w)
-            child_sock.close()
+        unsent = _send_now(child.bridge, protocol.encode(start))
         readers = [
-            asyncio.create_task(_read_stream(stdout_r, result.stdout)),
-            asyncio.create_task(_read_stream(stderr_r, result.stderr)),
+            asyncio.create_task(_read_stream(child.stdout_r, result.stdout)),
+            asyncio.create_task(_read_stream(child.stderr_r, result.stderr)),
         ]
-        bridge = asyncio.create_task(_serve_bridge(parent_sock, start, on_call, result))
+        bridge = asyncio.create_task(_serve_bridge(child.bridge, unsent, on_call, result))
         reaped = False
         try:
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
@@ -290,7 +441,7 @@ class SandboxRunner:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.options.grace_s):
                         await handle.exited.wait()
-            result.escaped_pids = await self._kill_everything(handle.pid, slot)
+            result.escaped_pids = await self._kill_everything(handle.pid, cell)
             await self.spawner.reap(handle)
             reaped = True
             result.wall_seconds = time.monotonic() - began
@@ -299,34 +450,35 @@ class SandboxRunner:
             result.peak_rss_bytes = handle.peak_rss_bytes
             result.lost_reason = handle.lost_reason
             if cgroups is not None:
-                result.oom_kills = cgroups.oom_kills(slot) - oom_kills_before
+                result.oom_kills = cgroups.oom_kills(cell) - oom_kills_before
             # Everything that could hold the pipes is dead, so EOF is near.
             await asyncio.wait(readers, timeout=DRAIN_TIMEOUT_S)
             await asyncio.wait([bridge], timeout=DRAIN_TIMEOUT_S)
         finally:
             if not reaped:
-                await self._kill_everything(handle.pid, slot)
+                await self._kill_everything(handle.pid, cell)
                 await self.spawner.reap(handle)
             for task in (*readers, bridge):
                 task.cancel()
             await asyncio.gather(*readers, bridge, return_exceptions=True)
-            for fd in (stdout_r, stderr_r):
-                os.close(fd)
-            parent_sock.close()
-            await _remove_workdir(workdir)
+            child.close()
+            await _remove_workdir(child.host_workdir)
+        self._prepare(spec, limits, cell)
         return result
 
-    async def _kill_everything(self, pgid: int, slot: int) -> list[int]:
-        """SIGKILL the child's group and every process left in its slot's cgroup."""
+    async def _kill_everything(self, pgid: int, cell: int) -> list[int]:
+        """SIGKILL the child's group and every process left in its cell's cgroup."""
         _signal_group(pgid, signal.SIGKILL)
         cgroups = self.options.cgroups
-        if cgroups is None or not cgroups.pids(slot):
+        if cgroups is None or not cgroups.pids(cell):
             return []  # the common case: nothing left, no thread needed
-        return await asyncio.to_thread(cgroups.kill_all, slot)
+        return await asyncio.to_thread(cgroups.kill_all, cell)
 
 
-async def _remove_workdir(workdir: str) -> None:
+async def _remove_workdir(workdir: str | None) -> None:
     """Remove the working directory: inline when empty, else in a thread (it may be huge)."""
+    if workdir is None:
+        return
     try:
         os.rmdir(workdir)
     except OSError:

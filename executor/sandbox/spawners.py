@@ -51,7 +51,7 @@ class Spawner(Protocol):
     """Starts a child running ``launcher.confine_and_run(spec)``."""
 
     async def spawn(
-        self, spec: dict[str, Any], *, cwd: str, env: dict[str, str], fds: tuple[int, int, int]
+        self, spec: dict[str, Any], *, env: dict[str, str], fds: tuple[int, int, int]
     ) -> ChildHandle:
         """fds are (stdout write end, stderr write end, bridge); the caller closes its copies."""
         ...
@@ -71,7 +71,7 @@ class ColdSpawner:
         self._pidfds: dict[int, int] = {}
 
     async def spawn(
-        self, spec: dict[str, Any], *, cwd: str, env: dict[str, str], fds: tuple[int, int, int]
+        self, spec: dict[str, Any], *, env: dict[str, str], fds: tuple[int, int, int]
     ) -> ChildHandle:
         stdout_w, stderr_w, bridge = fds
         try:
@@ -79,7 +79,7 @@ class ColdSpawner:
                 [self._python, "-I", "-S", "-B", str(LAUNCHER),
                  json.dumps(dict(spec, bridge_fd=bridge))],
                 stdin=subprocess.DEVNULL, stdout=stdout_w, stderr=stderr_w,
-                cwd=cwd, env=env, start_new_session=True, pass_fds=(bridge,),
+                cwd="/", env=env, start_new_session=True, pass_fds=(bridge,),
             )
         except OSError as err:
             raise UnavailableError(f"could not start the sandbox: {err}") from err
@@ -202,7 +202,7 @@ class ZygoteSpawner:
         self._children.clear()
 
     async def spawn(
-        self, spec: dict[str, Any], *, cwd: str, env: dict[str, str], fds: tuple[int, int, int]
+        self, spec: dict[str, Any], *, env: dict[str, str], fds: tuple[int, int, int]
     ) -> ChildHandle:
         async with self._lock:
             control = await self._ensure_started()
@@ -211,7 +211,7 @@ class ZygoteSpawner:
             self._starting[request_id] = future
             if self._private_network:
                 spec = dict(spec, unshare_network=False)  # inherited from the zygote
-            message = {"type": "spawn", "id": request_id, "spec": spec, "cwd": cwd, "env": env}
+            message = {"type": "spawn", "id": request_id, "spec": spec, "env": env}
             try:
                 socket.send_fds(control, [json.dumps(message).encode()], list(fds))
             except OSError as err:

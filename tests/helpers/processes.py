@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 import psutil
 
@@ -26,10 +27,14 @@ def sandboxed_processes(executor_pid: int | None = None) -> list[psutil.Process]
 
 
 def wait_until_no_sandboxed_processes(
-    timeout_s: float = 5.0, executor_pid: int | None = None
+    timeout_s: float = 5.0,
+    executor_pid: int | None = None,
+    allowed: Callable[[int], bool] = lambda pid: False,
 ) -> list[psutil.Process]:
-    """Poll until none are left; returns the survivors (empty when clean)."""
+    """Poll until none but ``allowed`` pids are left; returns the survivors (empty when clean)."""
     deadline = time.monotonic() + timeout_s
-    while (left := sandboxed_processes(executor_pid)) and time.monotonic() < deadline:
+    while True:
+        left = [p for p in sandboxed_processes(executor_pid) if not allowed(p.pid)]
+        if not left or time.monotonic() >= deadline:
+            return left
         time.sleep(0.05)
-    return left

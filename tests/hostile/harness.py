@@ -24,12 +24,14 @@ import os
 import stat
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import psutil
 
+from executor.sandbox.process import SandboxRunner
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack
 from tests.helpers.processes import wait_until_no_sandboxed_processes
@@ -208,21 +210,42 @@ class Arena:
             f"{outcome_name(innocent.outcome)} {innocent.failure.message} {innocent.stderr[-500:]}"
         )
         assert innocent.stdout.split()[:2] == ["innocent", str(self.innocent_job_id)], innocent.stdout
-        self.assert_nothing_survives(token)
+        await self.assert_nothing_survives(token)
         self.planted.assert_unchanged()
         await self.assert_service_answers()
         return attack
 
-    def assert_nothing_survives(self, token: str | None = None) -> None:
-        survivors = wait_until_no_sandboxed_processes(timeout_s=3.0)
+    async def assert_nothing_survives(self, token: str | None = None) -> None:
+        # The children prepared for the next runs are allowed, and nothing else: each is
+        # one process (or a shim and its PID 1) that has not been given any code yet.
+        prepared = await self.prepared_processes()
+        survivors = wait_until_no_sandboxed_processes(timeout_s=3.0, allowed=prepared)
         assert not survivors, f"sandboxed processes survived the run: {survivors}"
         if token is not None:
             left = wait_until_gone(token)
             assert not left, f"processes of the attack survived the run: {left}"
         cgroups = self.stack.running.options.cgroups
         if cgroups is not None:
-            for slot in range(self.stack.settings.max_concurrent):
-                assert not cgroups.pids(slot), f"slot {slot}'s cgroup still lists {cgroups.pids(slot)}"
+            for cell in range(SandboxRunner.cells(self.stack.settings.max_concurrent)):
+                left = [pid for pid in cgroups.pids(cell) if not prepared(pid)]
+                assert not left, f"cell {cell}'s cgroup still lists {left}"
+
+    async def prepared_processes(self) -> Callable[[int], bool]:
+        """Whether a pid belongs to a child prepared for a later run (given no code yet).
+
+        Such a child is one process, or a shim outside a PID namespace and its PID 1.
+        """
+        shims = set(await self.stack.running.dispatcher.runner.prepared_pids())
+
+        def prepared(pid: int) -> bool:
+            if pid in shims:
+                return True
+            try:
+                process = psutil.Process(pid)
+                return process.ppid() in shims and not process.children()
+            except psutil.NoSuchProcess:
+                return True  # gone: nothing survives
+        return prepared
 
     async def assert_service_answers(self) -> None:
         response = await self.stack.client.execute_callback(

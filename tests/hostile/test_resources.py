@@ -359,7 +359,7 @@ async def test_exits_end_only_the_callback(arena_warm: Arena, language: str) -> 
         if "going away" in code and language == "python":
             assert "going away" in response.stderr
     assert not mismatches, mismatches
-    arena_warm.assert_nothing_survives()
+    await arena_warm.assert_nothing_survives()
     await arena_warm.assert_service_answers()
 
 

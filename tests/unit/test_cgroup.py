@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from executor.sandbox import cgroup
-from executor.sandbox.cgroup import SlotCgroups
+from executor.sandbox.cgroup import CellCgroups
 
 pytestmark = pytest.mark.unit
 
@@ -34,47 +34,47 @@ def v2_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_v1_puts_each_limit_in_its_own_hierarchy(v1_root: Path) -> None:
-    cgroups = SlotCgroups.create(2)
+    cgroups = CellCgroups.create(2)
     assert cgroups is not None and cgroups.controllers == ("pids", "memory")
 
     cgroups.set_limits(1, processes=16, memory_bytes=256 << 20)
 
     pool = f"cbexec-{os.getpid()}"
-    assert (v1_root / "pids" / pool / "slot-1" / "pids.max").read_text() == "16"
-    assert (v1_root / "memory" / pool / "slot-1" / "memory.limit_in_bytes").read_text() == str(256 << 20)
-    assert (v1_root / "memory" / pool / "slot-1" / "memory.swappiness").read_text() == "0"
+    assert (v1_root / "pids" / pool / "cell-1" / "pids.max").read_text() == "16"
+    assert (v1_root / "memory" / pool / "cell-1" / "memory.limit_in_bytes").read_text() == str(256 << 20)
+    assert (v1_root / "memory" / pool / "cell-1" / "memory.swappiness").read_text() == "0"
     assert cgroups.procs_files(1) == sorted(
-        str(v1_root / c / pool / "slot-1" / "cgroup.procs") for c in ("memory", "pids")
+        str(v1_root / c / pool / "cell-1" / "cgroup.procs") for c in ("memory", "pids")
     )
 
 
 def test_v2_uses_one_cgroup_with_both_controllers(v2_root: Path) -> None:
-    cgroups = SlotCgroups.create(1)
+    cgroups = CellCgroups.create(1)
     assert cgroups is not None
 
     cgroups.set_limits(0, processes=8, memory_bytes=1 << 30)
 
     pool = v2_root / f"cbexec-{os.getpid()}"
     assert (pool / "cgroup.subtree_control").read_text() == "+pids +memory"
-    assert (pool / "slot-0" / "pids.max").read_text() == "8"
-    assert (pool / "slot-0" / "memory.max").read_text() == str(1 << 30)
-    assert (pool / "slot-0" / "memory.swap.max").read_text() == "0"
-    assert cgroups.procs_files(0) == [str(pool / "slot-0" / "cgroup.procs")]
+    assert (pool / "cell-0" / "pids.max").read_text() == "8"
+    assert (pool / "cell-0" / "memory.max").read_text() == str(1 << 30)
+    assert (pool / "cell-0" / "memory.swap.max").read_text() == "0"
+    assert cgroups.procs_files(0) == [str(pool / "cell-0" / "cgroup.procs")]
 
 
 def test_oom_kills_are_read_from_either_layout(v1_root: Path) -> None:
-    cgroups = SlotCgroups.create(1)
+    cgroups = CellCgroups.create(1)
     assert cgroups is not None
     assert cgroups.oom_kills(0) == 0  # no file yet: nothing known, nothing killed
 
-    control = next((v1_root / "memory").glob("cbexec-*/slot-0")) / "memory.oom_control"
+    control = next((v1_root / "memory").glob("cbexec-*/cell-0")) / "memory.oom_control"
     control.write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n")
 
     assert cgroups.oom_kills(0) == 3
 
 
 def test_without_the_memory_controller_only_processes_are_capped(v1_root: Path) -> None:
-    cgroups = SlotCgroups.create(1, memory=False)
+    cgroups = CellCgroups.create(1, memory=False)
     assert cgroups is not None and cgroups.controllers == ("pids",)
 
     cgroups.set_limits(0, processes=4, memory_bytes=1 << 20)
@@ -85,4 +85,4 @@ def test_without_the_memory_controller_only_processes_are_capped(v1_root: Path) 
 
 def test_no_writable_controller_means_no_cgroups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cgroup, "CGROUP_ROOT", tmp_path)
-    assert SlotCgroups.create(2) is None
+    assert CellCgroups.create(2) is None

@@ -1,0 +1,130 @@
+"""Children prepared ahead: taken when they fit, discarded when they do not, never shared between runs.
+
+One slot, so every run lands in the same cells; both launchers. A spy on the real
+spawner counts the children started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from executor.sandbox.process import SandboxRunner
+from supervisor_client.qbcallback.v1 import executor_pb2
+from tests.conftest import Stack, running_stack, stack_settings
+
+pytestmark = pytest.mark.service
+
+SUCCEEDED = executor_pb2.Outcome.OUTCOME_SUCCEEDED
+
+
+@pytest.fixture(params=["zygote", "cold"])
+async def one_slot(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stack]:
+    settings = stack_settings(tmp_path / "data", launcher=request.param, max_concurrent=1)
+    async with running_stack(settings) as stack:
+        yield stack
+
+
+class SpawnCounter:
+    """Counts the children the real spawner starts."""
+
+    def __init__(self, runner: SandboxRunner) -> None:
+        self.count = 0
+        spawn = runner.spawner.spawn
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return await spawn(*args, **kwargs)
+
+        runner.spawner.spawn = counted  # type: ignore[method-assign]
+
+
+async def run(stack: Stack, code: str, language: str = "python", **limits: float) -> Any:
+    (job,) = stack.supervisor.submit([{"name": "prep", "user": "alice"}])
+    response = await stack.client.execute_callback(
+        language=language, code=code, job=job, limits=limits or None
+    )
+    assert response.outcome == SUCCEEDED, (response.failure.message, response.stderr[-500:])
+    return response
+
+
+async def test_a_run_with_the_same_limits_takes_the_prepared_child(one_slot: Stack) -> None:
+    runner = one_slot.running.dispatcher.runner
+    await run(one_slot, "pass")
+    (prepared,) = await runner.prepared_pids()
+    spawns = SpawnCounter(runner)
+
+    await run(one_slot, "print('second')")
+
+    assert spawns.count == 1, "the run started a child instead of taking the prepared one"
+    assert not psutil.pid_exists(prepared) or psutil.Process(prepared).status() == psutil.STATUS_ZOMBIE
+    assert await runner.prepared_pids() != [prepared]
+
+
+async def test_other_limits_discard_the_prepared_child(one_slot: Stack) -> None:
+    runner = one_slot.running.dispatcher.runner
+    await run(one_slot, "pass")
+    (prepared,) = await runner.prepared_pids()
+    spawns = SpawnCounter(runner)
+
+    await run(one_slot, "pass", cpu_seconds=3)
+
+    assert spawns.count == 2  # its own child, then the next one prepared with its limits
+    assert not psutil.pid_exists(prepared) or psutil.Process(prepared).status() == psutil.STATUS_ZOMBIE
+
+
+async def test_each_language_has_its_own_prepared_child(one_slot: Stack) -> None:
+    runner = one_slot.running.dispatcher.runner
+    await run(one_slot, "pass")
+    await run(one_slot, "1;", language="perl")
+    assert len(await runner.prepared_pids()) == 2
+    spawns = SpawnCounter(runner)
+
+    await run(one_slot, "pass")
+    await run(one_slot, "1;", language="perl")
+
+    assert spawns.count == 2  # only the replacements
+
+
+async def test_a_prepared_child_that_died_is_replaced(one_slot: Stack) -> None:
+    runner = one_slot.running.dispatcher.runner
+    await run(one_slot, "pass")
+    (prepared,) = await runner.prepared_pids()
+    os.kill(prepared, signal.SIGKILL)
+
+    response = await run(one_slot, "print('still fine')")
+
+    assert response.stdout == "still fine\n"
+
+
+async def test_nothing_of_a_run_reaches_the_next_one(one_slot: Stack) -> None:
+    first = await run(
+        one_slot,
+        "import os\nopen('left-behind', 'w').write('x')\nos.environ['LEAK'] = '1'\n"
+        "print(os.getcwd())",
+    )
+
+    second = await run(
+        one_slot, "import os\nprint(os.getcwd(), sorted(os.listdir('.')), os.environ.get('LEAK'))"
+    )
+
+    workdir, listing, leak = second.stdout.split(maxsplit=2)
+    assert workdir != first.stdout.strip()
+    assert listing == "[]" and leak.strip() == "None"
+
+
+async def test_stopping_the_executor_ends_the_prepared_children(tmp_path: Path) -> None:
+    async with running_stack(stack_settings(tmp_path / "data", max_concurrent=2)) as stack:
+        await run(stack, "pass")
+        await run(stack, "pass")
+        prepared = await stack.running.dispatcher.runner.prepared_pids()
+        assert len(prepared) == 2
+
+    assert not [pid for pid in prepared if psutil.pid_exists(pid)
+                and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
