@@ -77,9 +77,10 @@ def _remove_stale(root: Path) -> None:
                 pool.rmdir()
 
 
-def _pids_in(cgroup: Path) -> list[int]:
+def _pids_in(cgroup: Path | str) -> list[int]:
     try:
-        return [int(line) for line in (cgroup / "cgroup.procs").read_text().split()]
+        with open(f"{cgroup}/cgroup.procs", "rb") as procs:
+            return [int(line) for line in procs.read().split()]
     except OSError:
         return []
 
@@ -188,7 +189,7 @@ class CellCgroups:
         return 0
 
     def pids(self, cell: int) -> list[int]:
-        return _pids_in(self._listing / f"cell-{cell}")
+        return _pids_in(f"{self._listing}/cell-{cell}")
 
     def kill_all(self, cell: int, timeout_s: float = 2.0) -> list[int]:
         """SIGKILL every process in the cell until it is empty; returns the pids killed.
