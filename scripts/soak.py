@@ -219,13 +219,14 @@ async def wait_serving(address: str) -> None:
         await client.wait_until_serving(timeout=30)
 
 
-def sandboxed_processes() -> list[int]:
+def sandboxed_processes(executor_pid: int) -> list[int]:
+    """Live processes of that executor's sandbox: callbacks, and children prepared for the next ones."""
     found = []
     for proc in psutil.process_iter(["status"]):
         if proc.info["status"] == psutil.STATUS_ZOMBIE:
             continue
         with contextlib.suppress(psutil.Error):
-            if proc.environ().get(SANDBOX_MARKER) == "1":
+            if proc.environ().get(SANDBOX_MARKER) == str(executor_pid):
                 found.append(proc.pid)
     return found
 
@@ -240,6 +241,8 @@ class Sample:
     threads: int
     rss: int
     children: int
+    # The zygote's children waiting for a run (each cell keeps one) are among these.
+    sandboxed: int
     zygote_rss: int
     thread_names: collections.Counter[str]
 
@@ -257,20 +260,26 @@ def sample(proc: psutil.Process) -> Sample:
     children = live_children(proc)
     zygote_rss = sum(c.memory_info().rss for c in children)
     return Sample(
-        proc.num_fds(), proc.num_threads(), proc.memory_info().rss, len(children), zygote_rss,
-        thread_names(proc.pid),
+        proc.num_fds(), proc.num_threads(), proc.memory_info().rss, len(children),
+        len(sandboxed_processes(proc.pid)), zygote_rss, thread_names(proc.pid),
     )
 
 
-async def settled_sample(proc: psutil.Process, baseline_children: int, timeout_s: float = 60) -> Sample:
-    """Wait until the executor is idle again (children back, no sandboxed process), then sample.
+async def settled_sample(proc: psutil.Process, baseline: Sample | None, timeout_s: float = 60) -> Sample:
+    """Wait until the executor is idle again, then sample.
 
-    Takes the lowest of a few samples a second apart: the moment after a burst still
-    holds buffers the allocator is about to give back.
+    Idle: back to the baseline's child and sandboxed processes, or, for the baseline
+    itself, the same count for a second (the prepared children are up). Takes the lowest
+    of a few samples a second apart: the moment after a burst still holds buffers the
+    allocator is about to give back.
     """
     deadline = time.monotonic() + timeout_s
+    counts: list[tuple[int, int]] = []
     while time.monotonic() < deadline:
-        if len(live_children(proc)) <= baseline_children and not sandboxed_processes():
+        counts.append((len(live_children(proc)), len(sandboxed_processes(proc.pid))))
+        if baseline is not None and counts[-1] <= (baseline.children, baseline.sandboxed):
+            break
+        if baseline is None and len(counts) >= 5 and len(set(counts[-5:])) == 1:
             break
         await asyncio.sleep(0.2)
     await asyncio.sleep(2)  # outbox and history writes behind the last runs
@@ -347,7 +356,7 @@ async def soak(args: argparse.Namespace) -> int:
         # executor, gRPC's) reach their size before the baseline is taken.
         warmup = Tally()
         await run_mix(address, jobs, min(600, args.count), 2 * args.concurrency, args.seed + 1, warmup, False)
-        before = await settled_sample(proc, baseline_children=1)
+        before = await settled_sample(proc, baseline=None)
         print(f"executor pid {proc.pid} on {address}, launcher {args.launcher}, "
               f"{args.concurrency} clients, {args.max_concurrent} slots; data dir {data_dir}")
         print(f"warm-up: {sum(warmup.by_kind.values())} callbacks; running {args.count} ...", flush=True)
@@ -356,8 +365,7 @@ async def soak(args: argparse.Namespace) -> int:
         began = time.monotonic()
         await run_mix(address, jobs, args.count, args.concurrency, args.seed, tally, True)
         elapsed = time.monotonic() - began
-        after = await settled_sample(proc, baseline_children=before.children)
-        survivors = sandboxed_processes()
+        after = await settled_sample(proc, baseline=before)
 
         async with ExecutorClient(address) as client:
             final = await client.execute_callback(language="python", code="print(qb.jobid())", job=jobs[0])
@@ -374,6 +382,7 @@ async def soak(args: argparse.Namespace) -> int:
         ("threads", before.threads, after.threads, args.thread_tolerance, lambda v: str(int(v))),
         ("rss (MiB)", before.rss, after.rss, tolerance, mib),
         ("child processes", before.children, after.children, 0, lambda v: str(int(v))),
+        ("sandboxed processes", before.sandboxed, after.sandboxed, 0, lambda v: str(int(v))),
     ]
     rows = [("metric", "before", "after", "delta", "verdict")]
     for name, old, new, allowed, fmt in checks:
@@ -382,9 +391,8 @@ async def soak(args: argparse.Namespace) -> int:
         rows.append((name, fmt(old), fmt(new), fmt(new - old), "ok" if ok else f"LEAK (> {fmt(allowed)})"))
     rows.append(("zygote rss (MiB)", f"{before.zygote_rss / MIB:.1f}", f"{after.zygote_rss / MIB:.1f}",
                  f"{(after.zygote_rss - before.zygote_rss) / MIB:.1f}", "info"))
-    rows.append(("sandboxed survivors", "-", str(len(survivors)), "-", "ok" if not survivors else "LEAK"))
     rows.append(("answers afterwards", "-", "yes" if answers else "no", "-", "ok" if answers else "FAIL"))
-    leaked |= bool(survivors) or not answers
+    leaked |= not answers
     print(table(rows))
     grown = after.thread_names - before.thread_names
     if grown:
