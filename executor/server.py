@@ -174,8 +174,10 @@ def describe_tier(options: SandboxOptions) -> str:
     """One line saying which sandbox mechanisms are active."""
     parts = [
         "rlimits(cpu,as,fsize,nofile,core)",
-        f"dedicated uid {options.isolation.uid_base}+slot, private mounts"
-        if options.isolation else "callbacks run as the executor's uid",
+        f"dedicated uid {options.isolation.uid_base}+cell, private mounts, "
+        "tmpfs working directory (disk_bytes quota)"
+        if options.isolation
+        else "callbacks run as the executor's uid, working directory on the host disk (no quota)",
         "pid namespace" if options.pid_namespace else "NO pid namespace (same-uid kill risk)",
         "pids cgroup" if options.cgroups and "pids" in options.cgroups.controllers
         else "RLIMIT_NPROC process cap (ignored for root)",

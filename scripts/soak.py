@@ -220,13 +220,19 @@ async def wait_serving(address: str) -> None:
 
 
 def sandboxed_processes(executor_pid: int) -> list[int]:
-    """Live processes of that executor's sandbox: callbacks, and children prepared for the next ones."""
+    """Live processes of that executor's sandbox: callbacks, and children prepared for the next ones.
+
+    Marked by the environment (as exec'd) or by the executor's cell cgroups (a fork of
+    the zygote sets its environment with putenv, which /proc/<pid>/environ does not show).
+    """
     found = []
     for proc in psutil.process_iter(["status"]):
         if proc.info["status"] == psutil.STATUS_ZOMBIE:
             continue
-        with contextlib.suppress(psutil.Error):
+        with contextlib.suppress(psutil.Error, OSError):
             if proc.environ().get(SANDBOX_MARKER) == str(executor_pid):
+                found.append(proc.pid)
+            elif f"/cbexec-{executor_pid}/" in Path(f"/proc/{proc.pid}/cgroup").read_text():
                 found.append(proc.pid)
     return found
 

@@ -31,10 +31,14 @@ async def test_memory_bomb_hits_the_memory_limit(arena_warm: Arena, language: st
     assert "out of memory" in response.failure.message
 
 
-async def test_memory_limit_covers_the_callbacks_children_together(arena_warm: Arena) -> None:
-    cgroups = arena_warm.stack.running.options.cgroups
+def require_memory_cgroup(arena: Arena) -> None:
+    cgroups = arena.stack.running.options.cgroups
     if cgroups is None or "memory" not in cgroups.controllers:
         pytest.xfail("no writable memory cgroup: RLIMIT_AS bounds each process only")
+
+
+async def test_memory_limit_covers_the_callbacks_children_together(arena_warm: Arena) -> None:
+    require_memory_cgroup(arena_warm)
     # Four children each fill (and touch) 150 MiB under a 256 MiB limit, and report
     # when they hold it. With a per-callback memory cgroup at most one can.
     code = (
@@ -66,9 +70,7 @@ async def test_memory_limit_covers_the_callbacks_children_together(arena_warm: A
 
 
 async def test_a_child_killed_for_memory_fails_the_run_as_memory_limit(arena_warm: Arena) -> None:
-    cgroups = arena_warm.stack.running.options.cgroups
-    if cgroups is None or "memory" not in cgroups.controllers:
-        pytest.xfail("no writable memory cgroup: RLIMIT_AS bounds each process only")
+    require_memory_cgroup(arena_warm)
     # Each process stays under RLIMIT_AS; together they pass the cgroup's limit, and the
     # parent fails when a child does not come back.
     code = (
