@@ -418,18 +418,20 @@ class SandboxRunner:
         spec = self._launch_spec(runtime, limits, cell)
         child = await self._take(spec, limits, cell)
         handle = child.handle
-        self._set_cgroup_limits(cell, limits)  # this run's own, whoever started the child
         cgroups = self.options.cgroups
-        oom_kills_before = cgroups.oom_kills(cell) if cgroups is not None else 0
-        began = time.monotonic()
-        unsent = _send_now(child.bridge, protocol.encode(start))
-        readers = [
-            asyncio.create_task(_read_stream(child.stdout_r, result.stdout)),
-            asyncio.create_task(_read_stream(child.stderr_r, result.stderr)),
-        ]
-        bridge = asyncio.create_task(_serve_bridge(child.bridge, unsent, on_call, result))
+        tasks: list[asyncio.Task[None]] = []
         reaped = False
         try:
+            self._set_cgroup_limits(cell, limits)  # this run's own, whoever started the child
+            oom_kills_before = cgroups.oom_kills(cell) if cgroups is not None else 0
+            began = time.monotonic()
+            unsent = _send_now(child.bridge, protocol.encode(start))
+            readers = [
+                asyncio.create_task(_read_stream(child.stdout_r, result.stdout)),
+                asyncio.create_task(_read_stream(child.stderr_r, result.stderr)),
+            ]
+            bridge = asyncio.create_task(_serve_bridge(child.bridge, unsent, on_call, result))
+            tasks = [*readers, bridge]
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
             # that races with the awaited event.
             try:
@@ -458,9 +460,9 @@ class SandboxRunner:
             if not reaped:
                 await self._kill_everything(handle.pid, cell)
                 await self.spawner.reap(handle)
-            for task in (*readers, bridge):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*readers, bridge, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             child.close()
             await _remove_workdir(child.host_workdir)
         self._prepare(spec, limits, cell)

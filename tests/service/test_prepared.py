@@ -6,6 +6,7 @@ spawner counts the children started.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -43,6 +44,19 @@ class SpawnCounter:
             return await spawn(*args, **kwargs)
 
         runner.spawner.spawn = counted  # type: ignore[method-assign]
+
+
+async def until_ended(pid: int, timeout_s: float = 5.0) -> None:
+    """Wait until ``pid`` has ended (a zombie counts: it is not ours to reap)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"process {pid} did not end")
 
 
 async def run(stack: Stack, code: str, language: str = "python", **limits: float) -> Any:
@@ -97,6 +111,7 @@ async def test_a_prepared_child_that_died_is_replaced(one_slot: Stack) -> None:
     await run(one_slot, "pass")
     (prepared,) = await runner.prepared_pids()
     os.kill(prepared, signal.SIGKILL)
+    await until_ended(prepared)  # died while idle, not at the moment the run takes it
 
     response = await run(one_slot, "print('still fine')")
 
