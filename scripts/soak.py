@@ -230,9 +230,10 @@ def sandboxed_processes(executor_pid: int) -> list[int]:
         if proc.info["status"] == psutil.STATUS_ZOMBIE:
             continue
         with contextlib.suppress(psutil.Error, OSError):
-            if proc.environ().get(SANDBOX_MARKER) == str(executor_pid):
-                found.append(proc.pid)
-            elif f"/cbexec-{executor_pid}/" in Path(f"/proc/{proc.pid}/cgroup").read_text():
+            if (
+                proc.environ().get(SANDBOX_MARKER) == str(executor_pid)
+                or f"/cbexec-{executor_pid}/" in Path(f"/proc/{proc.pid}/cgroup").read_text()
+            ):
                 found.append(proc.pid)
     return found
 

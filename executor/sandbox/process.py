@@ -278,7 +278,9 @@ class SandboxRunner:
     A run asking for another spec (other limits) discards it and starts its own.
     """
 
-    def __init__(self, options: SandboxOptions, spawner: Spawner, *, prepare_ahead: bool = False) -> None:
+    def __init__(
+        self, options: SandboxOptions, spawner: Spawner, *, prepare_ahead: bool = False
+    ) -> None:
         self.options = options
         self.spawner = spawner
         self._prepare_ahead = prepare_ahead
@@ -365,16 +367,15 @@ class SandboxRunner:
                 await self._dispose(child)
         return await self._start(spec, limits, cell)
 
-    async def _dispose(self, child: _Child) -> list[int]:
-        """Kill every process of the child, reap it, close our ends, remove its workdir."""
+    async def _dispose(self, child: _Child) -> None:
+        """Kill every process of a child that will not run, reap it, close our ends, remove its workdir."""
         try:
-            escaped = await self._kill_everything(child.handle.pid, child.cell)
+            await self._kill_everything(child.handle.pid, child.cell)
             child.close()  # EOF on the bridge too, for a child that waits for its start frame
             await self.spawner.reap(child.handle)
         finally:
             child.close()
             await _remove_workdir(child.host_workdir)
-        return escaped
 
     def _prepare(self, spec: dict[str, Any], limits: Limits, cell: int) -> None:
         if self._prepare_ahead and not self._closing and cell not in self._prepared:
