@@ -14,7 +14,7 @@ before the runtime starts:
    private tmpfs of the run's ``disk_bytes``, owned by the callback's uid: a disk quota
    (ENOSPC beyond it) that vanishes with the run;
 6. the process drops to a dedicated unprivileged uid/gid with no supplementary groups,
-   which also drops every capability. RLIMIT_NPROC now counts only this slot's uid.
+   which also drops every capability. RLIMIT_NPROC now counts only this cell's uid.
 
 Stdlib only (ctypes for mount(2)).
 """
@@ -53,10 +53,13 @@ def _under(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
-def isolate_filesystem(masks: list[str], keep: list[str], workdir: str, quota: dict[str, int]) -> None:
-    """Private mounts, fresh /proc, tmpfs over ``masks``, ``keep`` paths bound back, a quota'd workdir.
+def isolate_filesystem(
+    masks: list[str], keep: list[str], workdir: str, quota: dict[str, int]
+) -> None:
+    """Private mounts, fresh /proc, tmpfs over ``masks``, ``keep`` bound back, a quota'd workdir.
 
-    ``quota`` is ``{"bytes": ..., "uid": ..., "gid": ...}`` for the working directory.
+    ``quota`` is ``{"bytes": ..., "uid": ..., "gid": ...}`` for the working directory,
+    which must lie under a mask: it is made there, never on the host's disk.
     """
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -77,6 +80,8 @@ def isolate_filesystem(masks: list[str], keep: list[str], workdir: str, quota: d
     finally:
         for fd in kept.values():
             os.close(fd)
+    if not any(_under(workdir, mask) for mask in outer):
+        raise OSError(f"working directory {workdir} is not under a masked directory")
     os.makedirs(workdir, mode=0o700, exist_ok=True)  # on the masked /tmp: ours alone
     _mount("tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV,
            f"size={quota['bytes']},nr_inodes={MAX_WORKDIR_FILES},mode=0700,"

@@ -12,8 +12,8 @@ zygote -> executor   ``{"type":"started","id":N,"pid":P}`` or ``{"type":"failed"
 
 The child does what the cold path's Popen + launcher do: new session, stdin from
 /dev/null, the passed stdout/stderr, the bridge as fd 3, every other fd closed, the
-given environment, then ``launcher.confine_and_run`` (which enters the working directory). The zygote
-reaps its children and reports their wait status and rusage. If this process dies,
+given environment, then ``launcher.confine_and_run`` (which enters the working
+directory). The zygote reaps its children and reports their wait status and rusage. If this process dies,
 its children die with it (PR_SET_PDEATHSIG) and the executor reports them as killed.
 """
 

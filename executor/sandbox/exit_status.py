@@ -44,7 +44,7 @@ def _hit_cpu_limit(child: ChildExit, limits: Limits) -> bool:
 def classify(child: ChildExit, limits: Limits) -> tuple[Outcome, Failure | None]:
     """The outcome and, unless it succeeded, why.
 
-    A run that failed after the kernel OOM-killed one of its processes (the slot's
+    A run that failed after the kernel OOM-killed one of its processes (the cell's
     memory cgroup: all processes together) failed for memory, whatever the main process
     then reported; one that succeeded anyway succeeded.
     """

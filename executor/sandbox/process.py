@@ -1,15 +1,17 @@
 """Run one sandboxed child: serve its bridge, capture its output, enforce the wall deadline, reap it.
 
 The child is started by a ``Spawner`` (a cold fork+exec, or a fork of the warm zygote;
-the executor itself never forks without exec). Either way it gets a new session, a
-scrubbed environment, a fresh 0700 working directory, stdin from /dev/null, and only
-stdio plus its end of the bridge socketpair.
+the executor itself never forks without exec), possibly before its run is asked for
+(``prepare_ahead``). Either way it gets a new session, a scrubbed environment, a fresh
+0700 working directory (a private tmpfs in the hardened tier), stdin from /dev/null,
+and only stdio plus its end of the bridge socketpair.
 
 Supervision policy, in one place: the main process exits, or the wall deadline passes
 (SIGTERM to the group, ``grace_s``, SIGKILL); then every process left is killed (the
-process group, plus the slot's pids cgroup, which still lists setsid and double-fork
+process group, plus the cell's cgroups, which still list setsid and double-fork
 escapes); then the child is reaped (wait4, for its rusage). The ``finally`` block does
-the kill, reap and cleanup on every other path too, cancellation included.
+the kill, reap and cleanup on every other path too, cancellation included; a prepared
+child that will not run is disposed of the same way.
 """
 
 from __future__ import annotations
@@ -111,10 +113,10 @@ class ChildExit:
     bridge_error: str = ""
     stdout: CapturedStream = field(default_factory=lambda: CapturedStream(0))
     stderr: CapturedStream = field(default_factory=lambda: CapturedStream(0))
-    # Processes still in the slot's cgroup when the main one had ended (killed then).
+    # Processes still in the cell's cgroup when the main one had ended (killed then).
     escaped_pids: list[int] = field(default_factory=list)
     lost_reason: str = ""
-    # Processes of the callback the kernel killed for exceeding the slot's memory cgroup.
+    # Processes of the callback the kernel killed for exceeding the cell's memory cgroup.
     oom_kills: int = 0
 
     @property
