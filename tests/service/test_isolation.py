@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
+from executor import server
+from executor.model import Language
+from executor.runtimes import child_runtime
+from executor.sandbox.exit_status import EXIT_LAUNCH_FAILED
+from executor.sandbox.process import SandboxRunner
+from executor.sandbox.spawners import ZygoteSpawner
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, running_stack, stack_settings
 
@@ -94,3 +103,36 @@ async def test_the_embedded_supervisor_is_not_on_the_public_port(stack_warm: Sta
         )
     assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert stack_warm.supervisor.job(job["id"])["status"] == "blocked"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the hardened tier needs root")
+async def test_a_working_directory_outside_the_masks_is_refused_not_made_on_the_host(
+    tmp_path: Path,
+) -> None:
+    # The runner puts working directories under /tmp, which the plan always masks; a plan
+    # without that mask must not make the directory on the host's own /tmp.
+    settings = stack_settings(tmp_path / "data", max_concurrent=1)
+    options = server.sandbox_options(settings)
+    assert options.isolation is not None
+    unmasked = dataclasses.replace(
+        options.isolation, masks=tuple(m for m in options.isolation.masks if m != "/tmp")
+    )
+    runner = SandboxRunner(
+        dataclasses.replace(options, isolation=unmasked), ZygoteSpawner(sys.executable)
+    )
+    before = set(Path("/tmp").glob("cbexec-run-*"))
+    try:
+        child = await runner.run(
+            runtime=child_runtime(Language.PYTHON), limits=settings.default_limits, slot=0,
+            start={"type": "start", "code": "print('ran')", "context": {}},
+            on_call=lambda frame: asyncio.sleep(0, {}),
+        )
+    finally:
+        await runner.close()
+        await runner.spawner.close()
+        if options.cgroups is not None:
+            options.cgroups.close()
+
+    assert child.done is None and child.exit_code == EXIT_LAUNCH_FAILED
+    assert "is not under a masked directory" in child.stderr.text()
+    assert set(Path("/tmp").glob("cbexec-run-*")) == before
