@@ -1,4 +1,4 @@
-"""A pool of pre-made cgroups, one per cell (a concurrency slot and a child language): process and memory caps, and a complete kill.
+"""Pre-made cgroups, one per cell (a slot and a child language): process and memory caps, a complete kill.
 
 Pre-created and reused rather than made per call (mkdir/rmdir per run is what made
 isolate slow, sandbox.md §5.3). The launcher joins its cell's cgroups before anything
