@@ -1,4 +1,4 @@
-"""Pre-made cgroups, one per cell (a slot and a child language): process and memory caps, a complete kill.
+"""Pre-made cgroups, one per cell (slot and child language): process and memory caps, a full kill.
 
 Pre-created and reused rather than made per call (mkdir/rmdir per run is what made
 isolate slow, sandbox.md §5.3). The launcher joins its cell's cgroups before anything
