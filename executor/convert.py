@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Final
 
@@ -16,7 +17,7 @@ from executor.model import (
 )
 from executor.sandbox.limits import merge
 from supervisor_client.jobdict import job_to_dict
-from supervisor_client.qbcallback.v1 import executor_pb2
+from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
 
 MAX_CODE_BYTES: Final = 1 << 20
 MAX_TRIGGER_BYTES: Final = 64 << 10
@@ -25,13 +26,14 @@ _OUTCOMES: Final = {outcome: executor_pb2.Outcome.Value(f"OUTCOME_{outcome.value
 
 
 def _limits(message: executor_pb2.Limits) -> Limits:
-    return Limits(
-        cpu_seconds=message.cpu_seconds,
-        wall_seconds=message.wall_seconds,
-        memory_bytes=message.memory_bytes,
-        output_bytes=message.output_bytes,
-        max_processes=message.max_processes,
-        disk_bytes=message.disk_bytes,
+    # The proto message and the dataclass name their fields alike, one for one.
+    return Limits(**{f.name: getattr(message, f.name) for f in dataclasses.fields(Limits)})
+
+
+def event_message(event: EventSpec) -> types_pb2.Event:
+    """The wire form of a triggering event."""
+    return types_pb2.Event(
+        name=event.name, type=event.type, context=event.context, extra=event.extra
     )
 
 

@@ -38,11 +38,7 @@ def report_request(invocation: Invocation, result: RunResult) -> supervisor_pb2.
         ),
     )
     if invocation.event is not None:
-        event = invocation.event
-        request.event.CopyFrom(
-            types_pb2.Event(name=event.name, type=event.type, context=event.context,
-                            extra=event.extra)
-        )
+        request.event.CopyFrom(convert.event_message(invocation.event))
     return request
 
 

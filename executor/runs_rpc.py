@@ -20,7 +20,7 @@ from executor.history import RunRecord
 from executor.metrics import Histogram, Metrics
 from executor.model import Outcome
 from executor.recorder import Recorder
-from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
+from supervisor_client.qbcallback.v1 import executor_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +66,7 @@ def run_message(record: RunRecord) -> executor_pb2.Run:
         work_name=record.work_name,
     )
     if record.event is not None:
-        event = record.event
-        run.event.CopyFrom(
-            types_pb2.Event(name=event.name, type=event.type, context=event.context,
-                            extra=event.extra)
-        )
+        run.event.CopyFrom(convert.event_message(record.event))
     if record.result is not None:
         run.result.CopyFrom(convert.response_from_result(record.result))
     return run
