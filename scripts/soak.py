@@ -49,7 +49,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from executor.sandbox.process import SANDBOX_MARKER  # noqa: E402
+from executor.sandbox.process import started_by  # noqa: E402
 from supervisor_client import ExecutorClient  # noqa: E402
 from supervisor_client.qbcallback.v1 import executor_pb2  # noqa: E402
 from supervisor_client.reference import ReferenceSupervisor  # noqa: E402
@@ -220,20 +220,13 @@ async def wait_serving(address: str) -> None:
 
 
 def sandboxed_processes(executor_pid: int) -> list[int]:
-    """Live processes of that executor's sandbox: callbacks, and children prepared for the next ones.
-
-    Marked by the environment (as exec'd) or by the executor's cell cgroups (a fork of
-    the zygote sets its environment with putenv, which /proc/<pid>/environ does not show).
-    """
+    """Live processes of that executor's sandbox: callbacks, and children prepared for the next ones."""
     found = []
     for proc in psutil.process_iter(["status"]):
         if proc.info["status"] == psutil.STATUS_ZOMBIE:
             continue
-        with contextlib.suppress(psutil.Error, OSError):
-            if (
-                proc.environ().get(SANDBOX_MARKER) == str(executor_pid)
-                or f"/cbexec-{executor_pid}/" in Path(f"/proc/{proc.pid}/cgroup").read_text()
-            ):
+        with contextlib.suppress(OSError):  # gone, or not ours to read
+            if started_by(proc.pid, executor_pid):
                 found.append(proc.pid)
     return found
 

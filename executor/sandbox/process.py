@@ -34,6 +34,7 @@ from typing import Any, Final
 from executor.child import protocol
 from executor.model import Limits
 from executor.sandbox import limits as sandbox_limits
+from executor.sandbox.cgroup import PREFIX as CGROUP_PREFIX
 from executor.sandbox.cgroup import CellCgroups
 from executor.sandbox.spawners import ChildHandle, Spawner
 
@@ -126,6 +127,21 @@ class ChildExit:
     @property
     def signal(self) -> int:
         return os.WTERMSIG(self.wait_status) if os.WIFSIGNALED(self.wait_status) else 0
+
+
+def started_by(pid: int, executor_pid: int) -> bool:
+    """Whether process ``pid`` belongs to the sandbox of executor ``executor_pid`` (leak checks).
+
+    Two marks, since neither sees everything: the environment marker (a fork of the
+    zygote sets it with putenv, which /proc/<pid>/environ does not show), and membership
+    of that executor's cell cgroups (joined only after a PID namespace is made, and absent
+    without a writable cgroup). OSError when the process is gone or not ours to read.
+    """
+    with open(f"/proc/{pid}/environ", "rb") as environ:
+        if f"{SANDBOX_MARKER}={executor_pid}".encode() in environ.read().split(b"\0"):
+            return True
+    with open(f"/proc/{pid}/cgroup") as cgroups:
+        return f"/{CGROUP_PREFIX}{executor_pid}/" in cgroups.read()
 
 
 def child_environment(workdir: str) -> dict[str, str]:

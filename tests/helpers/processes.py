@@ -8,21 +8,7 @@ from collections.abc import Callable
 
 import psutil
 
-from executor.sandbox.process import SANDBOX_MARKER
-
-
-def in_our_sandbox(proc: psutil.Process, executor_pid: int) -> bool:
-    """Whether ``proc`` was started by that executor's sandbox.
-
-    Two marks, since neither sees everything: the environment marker (a fork of the
-    zygote sets it with putenv, which /proc/<pid>/environ does not show), and membership
-    of the executor's cell cgroups (which the launcher joins only after a PID namespace
-    is made, and which does not exist without a writable cgroup).
-    """
-    if proc.environ().get(SANDBOX_MARKER) == str(executor_pid):
-        return True
-    with open(f"/proc/{proc.pid}/cgroup") as cgroups:
-        return f"/cbexec-{executor_pid}/" in cgroups.read()
+from executor.sandbox.process import started_by
 
 
 def sandboxed_processes(executor_pid: int | None = None) -> list[psutil.Process]:
@@ -33,10 +19,10 @@ def sandboxed_processes(executor_pid: int | None = None) -> list[psutil.Process]
         if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.pid == os.getpid():
             continue
         try:
-            if in_our_sandbox(proc, executor_pid):
+            if started_by(proc.pid, executor_pid):
                 found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
-            continue
+        except OSError:
+            continue  # gone, or not ours to read
     return found
 
 
