@@ -104,10 +104,12 @@ class Outbox:
         *,
         backoff: Backoff = Backoff(),
         keep_delivered: int = 1000,
+        linger_s: float = 0.005,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
         self._transport = transport
+        self._linger_s = linger_s
         self._backoff = backoff
         self._keep_delivered = keep_delivered
         self._clock = clock
@@ -197,6 +199,9 @@ class Outbox:
                 self._wakeup.clear()
                 self._drained.set()
                 await self._wakeup.wait()
+                # Linger a moment: the caller's answer leaves first, and results of
+                # runs that end meanwhile go out in the same pass.
+                await asyncio.sleep(self._linger_s)
                 continue
             for seq, key, payload in batch:
                 error = await self._deliver_one(seq, key, payload)

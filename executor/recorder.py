@@ -1,13 +1,15 @@
 """The dispatcher's ``on_result`` hook: a finished run goes to the outbox, history, callback log, metrics.
 
-Order matters: the outbox commit comes first, so once any trace of a run exists the
-supervisor is sure to hear of it. The other sinks are bookkeeping: one that fails
-(disk full, a bad path) is logged and skipped, and never costs the caller its answer
-or the other sinks their entry.
+Order matters: the outbox commit comes first, before the caller gets its answer, so
+once any trace of a run exists the supervisor is sure to hear of it. The other sinks
+are bookkeeping, written in the event loop's next turn: off the answer's path, but
+before any later request is handled. One that fails (disk full, a bad path) is logged
+and skipped, and never costs the caller its answer or the other sinks their entry.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -86,6 +88,17 @@ class Recorder:
             ("callback log", lambda: self.callback_log.append(invocation, result, now)),
             ("metrics", lambda: self.metrics.observe(result)),
         )
+        try:
+            # After the caller's answer is on its way, yet before any request that comes
+            # after it is handled (the event loop runs its callbacks in order).
+            asyncio.get_running_loop().call_soon(self._write_bookkeeping, result, sinks)
+        except RuntimeError:  # no event loop: a synchronous caller
+            self._write_bookkeeping(result, sinks)
+
+    @staticmethod
+    def _write_bookkeeping(
+        result: RunResult, sinks: tuple[tuple[str, Callable[[], object]], ...]
+    ) -> None:
         for name, write in sinks:
             try:
                 write()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import os
 import re
 import sys
 import tempfile
@@ -43,6 +44,10 @@ def generate(out_dir: Path) -> list[Path]:
         f"--mypy_grpc_out={out_dir}",
         *protos,
     ]
+    # The mypy plugins are console scripts beside this interpreter, whether or not its
+    # environment is activated (on PATH).
+    scripts_dir = str(Path(sys.executable).parent)
+    os.environ["PATH"] = os.pathsep.join([scripts_dir, os.environ.get("PATH", "")])
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     written = []

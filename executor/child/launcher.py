@@ -7,10 +7,11 @@ never import grpc or the executor. It enters the run's working directory itself
 that exists only inside the callback's mount namespace.
 
 In order: join the pids cgroup (so every later process counts), forbid privilege gain,
-die with the parent, and, when asked, move the callback into a new PID namespace. In a
-namespace this process stays outside as a small shim that waits for the callback (PID 1
-inside, so ``kill(-1)``, ``getppid()`` and pids of the host do not reach the executor)
-and mirrors how it ended. Then rlimits and umask, then the language runtime.
+die with the parent, and, when asked, move the callback into a new PID namespace (PID 1
+inside, so ``kill(-1)``, ``getppid()`` and pids of the host do not reach the executor).
+The zygote forks its children straight into a fresh PID namespace; a cold child has to
+make one itself, and then stays outside as a small shim that waits for the callback and
+mirrors how it ended. Then rlimits and umask, then the language runtime.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def _prctl(option: int, value: int) -> None:
 def _join_cgroups(procs_files: list[str]) -> None:
     for procs in procs_files:
         with open(procs, "w") as handle:
-            handle.write(str(os.getpid()))
+            handle.write("0")  # this process: its pid may be 1 of its own namespace
 
 
 def _apply_rlimits(rlimits: dict[str, list[int]]) -> None:
@@ -61,13 +62,14 @@ def _apply_rlimits(rlimits: dict[str, list[int]]) -> None:
         resource.setrlimit(getattr(resource, f"RLIMIT_{name}"), (soft, hard))
 
 
-def _enter_namespaces(spec: dict[str, Any]) -> None:
-    flags = CLONE_NEWPID
+def _enter_namespaces(spec: dict[str, Any], *, pid: bool) -> None:
+    flags = CLONE_NEWPID if pid else 0
     if spec.get("unshare_network"):
         flags |= CLONE_NEWNET
     if spec.get("isolation"):
         flags |= CLONE_NEWNS
-    _check(_libc.unshare(flags), "unshare")
+    if flags:
+        _check(_libc.unshare(flags), "unshare")
 
 
 def _mirror_exit(pid: int) -> int:
@@ -118,12 +120,15 @@ def confine_and_run(spec: dict[str, Any]) -> int:
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if spec.get("pid_namespace"):
-        _enter_namespaces(spec)
-        pid = os.fork()
-        if pid:
-            os.close(int(spec["bridge_fd"]))  # EOF on the bridge must mean the callback is gone
-            return _mirror_exit(pid)
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getpid() == 1:
+            _enter_namespaces(spec, pid=False)  # forked into its PID namespace by the zygote
+        else:
+            _enter_namespaces(spec, pid=True)
+            pid = os.fork()
+            if pid:
+                os.close(int(spec["bridge_fd"]))  # EOF on the bridge must mean the callback is gone
+                return _mirror_exit(pid)
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if isolation:
             import isolation as hardened  # the sibling module, only needed in this tier
 

@@ -13,13 +13,17 @@ zygote -> executor   ``{"type":"started","id":N,"pid":P}`` or ``{"type":"failed"
 The child does what the cold path's Popen + launcher do: new session, stdin from
 /dev/null, the passed stdout/stderr, the bridge as fd 3, every other fd closed, the
 given environment, then ``launcher.confine_and_run`` (which enters the working
-directory). The zygote reaps its children and reports their wait status and rusage. If this process dies,
-its children die with it (PR_SET_PDEATHSIG) and the executor reports them as killed.
+directory). When the spec asks for a PID namespace, the zygote forks the child straight
+into a fresh one (it is PID 1 there): the cold path's shim, a second fork of a Python
+process and its exit on every run, is not needed. The zygote reaps its children and
+reports their wait status and rusage. If this process dies, its children die with it
+(PR_SET_PDEATHSIG) and the executor reports them as killed.
 """
 
 from __future__ import annotations
 
 import atexit
+import ctypes
 import gc
 import json
 import os
@@ -40,6 +44,35 @@ import qb  # noqa: E402, F401
 BRIDGE_FD = 3
 MAX_MESSAGE = 1 << 20
 PR_SET_DUMPABLE = 4
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class PidNamespaces:
+    """Makes each next child PID 1 of a namespace of its own.
+
+    unshare(CLONE_NEWPID) only sets the namespace of the *next* children, and refuses
+    once that differs from our own; setns back to our own namespace first re-arms it.
+    """
+
+    def __init__(self) -> None:
+        self._own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+
+    def _call(self, result: int, what: str) -> None:
+        if result != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+    def next_child_in_new(self) -> None:
+        self._call(_libc.setns(self._own, launcher.CLONE_NEWPID), "setns")
+        self._call(_libc.unshare(launcher.CLONE_NEWPID), "unshare(CLONE_NEWPID)")
+
+    def next_child_in_own(self) -> None:
+        """Back to our own, so a finished child's namespace is not kept alive by us."""
+        self._call(_libc.setns(self._own, launcher.CLONE_NEWPID), "setns")
+
+    def close(self) -> None:
+        os.close(self._own)
 
 
 def _child(message: dict, fds: list[int]) -> None:  # type: ignore[type-arg]
@@ -108,6 +141,7 @@ def serve(control: socket.socket) -> None:
     selector = selectors.DefaultSelector()
     selector.register(control, selectors.EVENT_READ, "control")
     selector.register(wake_r, selectors.EVENT_READ, "sigchld")
+    namespaces = PidNamespaces()
     gc.freeze()  # keep the warm heap shared with the children (copy-on-write)
     while True:
         for key, _ in selector.select():
@@ -124,13 +158,25 @@ def serve(control: socket.socket) -> None:
                     os.close(fd)
                 _send(control, {"type": "failed", "id": message.get("id"), "error": "expected 3 fds"})
                 continue
-            pid = os.fork()
+            new_pid_namespace = bool(message["spec"].get("pid_namespace"))
+            try:
+                if new_pid_namespace:
+                    namespaces.next_child_in_new()
+                pid = os.fork()
+            except OSError as err:
+                for fd in fds:
+                    os.close(fd)
+                _send(control, {"type": "failed", "id": message["id"], "error": str(err)})
+                continue
             if pid == 0:
                 selector.close()
                 control.close()
+                namespaces.close()
                 os.close(wake_r)
                 os.close(wake_w)
                 _child(message, fds)
+            if new_pid_namespace:
+                namespaces.next_child_in_own()
             for fd in fds:
                 os.close(fd)
             children.add(pid)
@@ -140,15 +186,12 @@ def serve(control: socket.socket) -> None:
 
 def main(argv: list[str]) -> int:
     """``python -I -S -B zygote.py CONTROL_FD``."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # no /proc/<pid>/mem or environ for callbacks
-    libc.prctl(launcher.PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # no /proc/<pid>/mem or environ for callbacks
+    _libc.prctl(launcher.PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if "--private-network" in argv[2:]:
         # One empty network namespace for every child (the control socket, a socketpair,
         # keeps working across it).
-        if libc.unshare(launcher.CLONE_NEWNET) != 0:
+        if _libc.unshare(launcher.CLONE_NEWNET) != 0:
             return 1
     control = socket.socket(fileno=int(argv[1]))
     serve(control)

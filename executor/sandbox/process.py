@@ -43,6 +43,10 @@ logger = logging.getLogger(__name__)
 READ_CHUNK: Final = 64 << 10
 # After the main process ends, how long to wait for the output pipes to reach EOF.
 DRAIN_TIMEOUT_S: Final = 2.0
+# How long after a run a cell starts its next child: long enough for the run's answer to
+# leave first (a fork and the child's confinement take milliseconds of CPU), short next
+# to the time a busy executor takes to come round to the same cell again.
+PREPARE_DELAY_S: Final = 0.003
 SAFE_PATH: Final = "/usr/local/bin:/usr/bin:/bin"
 # Set in every callback's environment, valued with the executor's pid, so a leak check can
 # find the processes (escaped ones included) that one executor started.
@@ -303,6 +307,7 @@ class SandboxRunner:
         self.spawner = spawner
         self._prepare_ahead = prepare_ahead
         self._prepared: dict[int, asyncio.Task[_Child]] = {}
+        self._scheduled: dict[int, asyncio.TimerHandle] = {}
         self._closing = False
 
     @staticmethod
@@ -373,6 +378,9 @@ class SandboxRunner:
 
     async def _take(self, spec: dict[str, Any], limits: Limits, cell: int) -> _Child:
         """The cell's prepared child when it fits ``spec`` and still lives, else a new one."""
+        scheduled = self._scheduled.pop(cell, None)
+        if scheduled is not None:
+            scheduled.cancel()  # not started yet: this run starts its own at once
         pending = self._prepared.pop(cell, None)
         if pending is not None:
             try:
@@ -396,11 +404,21 @@ class SandboxRunner:
             await _remove_workdir(child.host_workdir)
 
     def _prepare(self, spec: dict[str, Any], limits: Limits, cell: int) -> None:
-        if self._prepare_ahead and not self._closing and cell not in self._prepared:
+        """Start the cell's next child shortly, once this run's answer has gone."""
+        if self._prepare_ahead and not self._closing and cell not in self._scheduled:
+            self._scheduled[cell] = asyncio.get_running_loop().call_later(
+                PREPARE_DELAY_S, self._prepare_now, spec, limits, cell
+            )
+
+    def _prepare_now(self, spec: dict[str, Any], limits: Limits, cell: int) -> None:
+        del self._scheduled[cell]
+        if not self._closing and cell not in self._prepared:
             self._prepared[cell] = asyncio.create_task(self._start(spec, limits, cell))
 
     async def prepared_pids(self) -> list[int]:
         """Pids of the children waiting for a run, once the ones being started are up."""
+        while self._scheduled:
+            await asyncio.sleep(PREPARE_DELAY_S)
         if self._prepared:
             await asyncio.wait(self._prepared.values())
         return [
@@ -412,6 +430,9 @@ class SandboxRunner:
     async def close(self) -> None:
         """Stop preparing and dispose of every prepared child (after the last run)."""
         self._closing = True
+        for scheduled in self._scheduled.values():
+            scheduled.cancel()
+        self._scheduled.clear()
         prepared, self._prepared = self._prepared, {}
         for task in prepared.values():
             try:

@@ -75,10 +75,11 @@ async def test_a_run_with_the_same_limits_takes_the_prepared_child(one_slot: Sta
     spawns = SpawnCounter(runner)
 
     await run(one_slot, "print('second')")
+    next_prepared = await runner.prepared_pids()
 
     assert spawns.count == 1, "the run started a child instead of taking the prepared one"
     assert not psutil.pid_exists(prepared) or psutil.Process(prepared).status() == psutil.STATUS_ZOMBIE
-    assert await runner.prepared_pids() != [prepared]
+    assert next_prepared != [prepared]
 
 
 async def test_other_limits_discard_the_prepared_child(one_slot: Stack) -> None:
@@ -88,6 +89,7 @@ async def test_other_limits_discard_the_prepared_child(one_slot: Stack) -> None:
     spawns = SpawnCounter(runner)
 
     await run(one_slot, "pass", cpu_seconds=3)
+    await runner.prepared_pids()
 
     assert spawns.count == 2  # its own child, then the next one prepared with its limits
     assert not psutil.pid_exists(prepared) or psutil.Process(prepared).status() == psutil.STATUS_ZOMBIE
@@ -102,6 +104,7 @@ async def test_each_language_has_its_own_prepared_child(one_slot: Stack) -> None
 
     await run(one_slot, "pass")
     await run(one_slot, "1;", language="perl")
+    await runner.prepared_pids()
 
     assert spawns.count == 2  # only the replacements
 
