@@ -1,8 +1,9 @@
 """How each language is launched inside the sandbox (the launcher's ``runtime`` spec).
 
-Python runs in the launcher's own interpreter (no second exec). Perl is exec'd by the
-launcher after the limits are applied, with the bootstrap and the ``qb`` package from
-``executor/child/perl``. The ``qube`` language never needs a child: its code strings are
+Python runs in the launcher's own interpreter (no second exec). On the cold path Perl is
+exec'd by the launcher after the limits are applied, with the bootstrap and the ``qb``
+package from ``executor/child/perl``; on the warm path each language has a zygote that
+has loaded its bootstrap once and forks a child per callback. The ``qube`` language never needs a child: its code strings are
 our own trusted interpreter (``executor/qube_language.py``), run in the executor.
 """
 
@@ -14,7 +15,14 @@ from typing import Any, Final
 
 from executor.model import Language
 
-PERL_DIR: Final = Path(__file__).resolve().parent / "child" / "perl"
+CHILD_DIR: Final = Path(__file__).resolve().parent / "child"
+PERL_DIR: Final = CHILD_DIR / "perl"
+# The languages with a warm zygote (``launcher = "zygote"``); qube needs no child.
+ZYGOTE_LANGUAGES: Final = ("python", "perl")
+
+
+def _perl() -> str:
+    return shutil.which("perl") or "/usr/bin/perl"
 
 
 def child_runtime(language: Language) -> dict[str, Any]:
@@ -22,9 +30,17 @@ def child_runtime(language: Language) -> dict[str, Any]:
     if language is Language.PYTHON:
         return {"language": "python"}
     if language is Language.PERL:
-        perl = shutil.which("perl") or "/usr/bin/perl"
         return {
             "language": "perl",
-            "argv": [perl, f"-I{PERL_DIR}", str(PERL_DIR / "bootstrap.pl"), "{bridge_fd}"],
+            "argv": [_perl(), f"-I{PERL_DIR}", str(PERL_DIR / "bootstrap.pl"), "{bridge_fd}"],
         }
     raise ValueError(f"{language} does not run in a child")
+
+
+def zygote_argv(language: str, python: str) -> list[str]:
+    """How ``language``'s zygote is started; its control socket's fd is appended."""
+    if language == "python":
+        return [python, "-I", "-S", "-B", str(CHILD_DIR / "zygote.py")]
+    if language == "perl":
+        return [_perl(), f"-I{PERL_DIR}", str(PERL_DIR / "zygote.pl")]
+    raise ValueError(f"{language} has no zygote")

@@ -33,7 +33,8 @@ from executor.recorder import Recorder
 from executor.runs_rpc import CapacityCounter, RunsService
 from executor.sandbox.cgroup import CellCgroups
 from executor.sandbox.process import IsolationPlan, SandboxOptions, SandboxRunner
-from executor.sandbox.spawners import CHILD_DIR, ColdSpawner, Spawner, ZygoteSpawner
+from executor.runtimes import CHILD_DIR
+from executor.sandbox.spawners import ColdSpawner, Spawner, ZygoteSpawner
 from executor.servicer import CallbackExecutorServicer
 from executor.supervisor_link import GrpcSupervisor
 from executor.triggers.engine import TriggerEngine
@@ -87,7 +88,18 @@ def isolation_plan(settings: Settings, site_paths: tuple[str, ...]) -> Isolation
     masks = {str(settings.data_dir.resolve()), tempfile.gettempdir(), *SHARED_WRITABLE_DIRS}
     for path in keep:
         masks.update(_hidden_ancestors(path))
-    return IsolationPlan(tuple(sorted(masks)), tuple(keep), settings.sandbox_uid_base)
+    return IsolationPlan(_outermost_dirs(masks), tuple(keep), settings.sandbox_uid_base)
+
+
+def _outermost_dirs(paths: set[str]) -> tuple[str, ...]:
+    """The directories among ``paths`` that exist and lie in no other: one tmpfs covers the rest."""
+
+    def under(path: str, directory: str) -> bool:
+        return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+    existing = sorted((p for p in paths if os.path.isdir(p)), key=len)
+    outer = [p for i, p in enumerate(existing) if not any(under(p, o) for o in existing[:i])]
+    return tuple(sorted(outer))
 
 
 def sandbox_options(settings: Settings) -> SandboxOptions:

@@ -58,14 +58,14 @@ def isolate_filesystem(
 ) -> None:
     """Private mounts, fresh /proc, tmpfs over ``masks``, ``keep`` bound back, a quota'd workdir.
 
+    ``masks`` are existing directories, none inside another (the executor's plan).
+
     ``quota`` is ``{"bytes": ..., "uid": ..., "gid": ...}`` for the working directory,
     which must lie under a mask: it is made there, never on the host's disk.
     """
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    # Outermost masks only: a mask inside another is already covered.
-    outer = [m for m in sorted(set(masks), key=len) if os.path.isdir(m)]
-    outer = [m for i, m in enumerate(outer) if not any(_under(m, o) for o in outer[:i])]
+    outer = masks  # the plan lists existing directories, outermost only
     kept = {path: os.open(path, os.O_PATH) for path in keep if any(_under(path, m) for m in outer)}
     try:
         for mask in outer:

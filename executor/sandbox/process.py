@@ -61,6 +61,7 @@ CHILD_LANGUAGES: Final = ("python", "perl")
 class IsolationPlan:
     """The hardened tier: what each child hides and keeps, and the uids it runs as."""
 
+    # Existing directories, none inside another: each gets one empty tmpfs.
     masks: tuple[str, ...]
     keep: tuple[str, ...]
     uid_base: int

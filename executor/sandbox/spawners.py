@@ -1,4 +1,4 @@
-"""How a sandboxed child is started: a cold fork+exec, or a fork of the warm zygote.
+"""How a sandboxed child is started: a cold fork+exec, or a fork of its language's warm zygote.
 
 Both give a ``ChildHandle``: the child's pid (also its process group: it runs in a new
 session), an event set when it has exited, and its wait status and rusage. The runner
@@ -25,12 +25,11 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from executor.errors import UnavailableError
+from executor.runtimes import CHILD_DIR, ZYGOTE_LANGUAGES, zygote_argv
 
 logger = logging.getLogger(__name__)
 
-CHILD_DIR: Final = Path(__file__).resolve().parent.parent / "child"
 LAUNCHER: Final = CHILD_DIR / "launcher.py"
-ZYGOTE: Final = CHILD_DIR / "zygote.py"
 MAX_MESSAGE: Final = 1 << 20
 
 
@@ -107,14 +106,12 @@ class ColdSpawner:
             await self.reap(ChildHandle(pid))
 
 
-class ZygoteSpawner:
-    """Forks children from a warm, single-threaded zygote process; restarts it if it dies."""
+class _Zygote:
+    """One warm helper process (one language) and the children it has forked."""
 
-    def __init__(self, python: str, *, private_network: bool = False) -> None:
-        self._python = python
-        # Enter one empty network namespace in the zygote, inherited by every child:
-        # creating a namespace per callback costs milliseconds under a kernel-wide lock.
-        self._private_network = private_network
+    def __init__(self, argv: list[str], language: str) -> None:
+        self._argv = argv
+        self.language = language
         self._ids = itertools.count(1)
         self._control: socket.socket | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -122,27 +119,31 @@ class ZygoteSpawner:
         self._children: dict[int, ChildHandle] = {}
         self._lock = asyncio.Lock()
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
     async def _ensure_started(self) -> socket.socket:
         if self._control is not None:
             return self._control
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        argv = [arg.replace("{control_fd}", str(theirs.fileno())) for arg in self._argv]
         try:
             self._process = subprocess.Popen(  # noqa: S603 - fixed argv
-                [self._python, "-I", "-S", "-B", str(ZYGOTE), str(theirs.fileno()),
-                 *(["--private-network"] if self._private_network else [])],
+                argv,
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=None,
                 pass_fds=(theirs.fileno(),), start_new_session=True,
                 env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"},
             )
         except OSError as err:
             ours.close()
-            raise UnavailableError(f"could not start the sandbox zygote: {err}") from err
+            raise UnavailableError(f"could not start the {self.language} zygote: {err}") from err
         finally:
             theirs.close()
         ours.setblocking(False)
         asyncio.get_running_loop().add_reader(ours, self._on_message)
         self._control = ours
-        logger.info("sandbox zygote started (pid %d)", self._process.pid)
+        logger.info("%s sandbox zygote started (pid %d)", self.language, self._process.pid)
         return ours
 
     def _on_message(self) -> None:
@@ -154,7 +155,7 @@ class ZygoteSpawner:
         except OSError:
             data = b""
         if not data:
-            self._on_zygote_death()
+            self._on_death()
             return
         message = json.loads(data)
         kind = message.get("type")
@@ -177,9 +178,10 @@ class ZygoteSpawner:
                 handle.peak_rss_bytes = message["maxrss_kib"] * 1024
                 handle.exited.set()
 
-    def _on_zygote_death(self) -> None:
+    def _on_death(self) -> None:
         """Every child in flight is reported lost (killed with the zygote); the next spawn restarts it."""
-        logger.error("sandbox zygote died; %d callbacks in flight are lost", len(self._children))
+        logger.error("%s sandbox zygote died; %d callbacks in flight are lost",
+                     self.language, len(self._children))
         control, self._control = self._control, None
         if control is not None:
             asyncio.get_running_loop().remove_reader(control)
@@ -202,26 +204,21 @@ class ZygoteSpawner:
         self._children.clear()
 
     async def spawn(
-        self, spec: dict[str, Any], *, env: dict[str, str], fds: tuple[int, int, int]
+        self, spec: dict[str, Any], env: dict[str, str], fds: tuple[int, int, int]
     ) -> ChildHandle:
         async with self._lock:
             control = await self._ensure_started()
             request_id = next(self._ids)
             future: asyncio.Future[ChildHandle] = asyncio.get_running_loop().create_future()
             self._starting[request_id] = future
-            if self._private_network:
-                spec = dict(spec, unshare_network=False)  # inherited from the zygote
             message = {"type": "spawn", "id": request_id, "spec": spec, "env": env}
             try:
                 socket.send_fds(control, [json.dumps(message).encode()], list(fds))
             except OSError as err:
                 self._starting.pop(request_id, None)
-                self._on_zygote_death()
+                self._on_death()
                 raise UnavailableError(f"could not reach the sandbox zygote: {err}") from err
         return await future
-
-    async def reap(self, handle: ChildHandle) -> None:
-        await handle.exited.wait()
 
     async def close(self) -> None:
         if self._control is not None:
@@ -234,6 +231,46 @@ class ZygoteSpawner:
             await asyncio.to_thread(self._process.wait)
             self._process = None
 
+
+class ZygoteSpawner:
+    """Forks children from a warm, single-threaded zygote per language; restarts one that dies.
+
+    Python's zygote (``zygote.py``) and Perl's (``perl/zygote.pl``) are started on their
+    language's first callback and confine their children the same way.
+    """
+
+    def __init__(self, python: str, *, private_network: bool = False) -> None:
+        # Enter one empty network namespace in each zygote, inherited by every child:
+        # creating a namespace per callback costs milliseconds under a kernel-wide lock.
+        self._private_network = private_network
+        extra = ["--private-network"] if private_network else []
+        self._zygotes = {
+            language: _Zygote([*zygote_argv(language, python), "{control_fd}", *extra], language)
+            for language in ZYGOTE_LANGUAGES
+        }
+
+    async def spawn(
+        self, spec: dict[str, Any], *, env: dict[str, str], fds: tuple[int, int, int]
+    ) -> ChildHandle:
+        zygote = self._zygotes.get(spec["language"])
+        if zygote is None:
+            raise UnavailableError(f"no zygote runs {spec['language']} callbacks")
+        if self._private_network:
+            spec = dict(spec, unshare_network=False)  # inherited from the zygote
+        return await zygote.spawn(spec, env, fds)
+
+    async def reap(self, handle: ChildHandle) -> None:
+        await handle.exited.wait()
+
+    async def close(self) -> None:
+        for zygote in self._zygotes.values():
+            await zygote.close()
+
+    def pid_of(self, language: str) -> int | None:
+        """The pid of ``language``'s zygote, None until its first callback."""
+        return self._zygotes[language].pid
+
     @property
     def zygote_pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        """The Python zygote's pid."""
+        return self.pid_of("python")

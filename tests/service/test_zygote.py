@@ -1,4 +1,4 @@
-"""The warm zygote: a death mid-callback is reported, never lost, and the next callback works."""
+"""The warm zygotes: a death mid-callback is reported, never lost, and the next callback works."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 
+import psutil
 import pytest
 
 from executor.sandbox.spawners import ZygoteSpawner
@@ -14,26 +15,63 @@ from tests.conftest import Stack
 
 pytestmark = pytest.mark.service
 
+SLEEP = {"python": "import time\ntime.sleep(30)", "perl": "sleep 30;"}
+ALIVE = {"python": "print('alive')", "perl": "print \"alive\\n\";"}
 
-async def test_zygote_death_reports_callbacks_in_flight_and_restarts(stack: Stack) -> None:
+
+def warm_spawner(stack: Stack) -> ZygoteSpawner:
     spawner = stack.running.spawner
-    if not isinstance(spawner, ZygoteSpawner):
-        pytest.skip("the cold path has no zygote")
+    assert isinstance(spawner, ZygoteSpawner)
+    return spawner
+
+
+@pytest.mark.parametrize("language", ["python", "perl"])
+async def test_zygote_death_reports_callbacks_in_flight_and_restarts(
+    stack_warm: Stack, language: str
+) -> None:
+    stack = stack_warm
+    spawner = warm_spawner(stack)
     (job,) = stack.supervisor.submit([{"name": "z", "user": "alice"}])
     running = asyncio.create_task(
         stack.client.execute_callback(
-            language="python", code="import time\ntime.sleep(30)", job=job, limits={"wall_seconds": 60}
+            language=language, code=SLEEP[language], job=job, limits={"wall_seconds": 60}
         )
     )
-    while spawner.zygote_pid is None or not stack.running.dispatcher.active:
+    while spawner.pid_of(language) is None or not stack.running.dispatcher.active:
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.2)  # let the child start
-    os.kill(spawner.zygote_pid, signal.SIGKILL)
+    zygote = spawner.pid_of(language)
+    assert zygote is not None
+    os.kill(zygote, signal.SIGKILL)
 
     lost = await asyncio.wait_for(running, timeout=10)
-    after = await stack.client.execute_callback(language="python", code="print('alive')", job=job)
+    after = await stack.client.execute_callback(language=language, code=ALIVE[language], job=job)
 
     assert lost.outcome == executor_pb2.Outcome.OUTCOME_KILLED
     assert "zygote died" in lost.failure.message
     assert after.outcome == executor_pb2.Outcome.OUTCOME_SUCCEEDED
     assert after.stdout == "alive\n"
+    assert spawner.pid_of(language) not in (None, zygote)
+
+
+async def test_a_warm_perl_callback_is_a_fork_of_the_perl_zygote(stack_warm: Stack) -> None:
+    stack = stack_warm
+    spawner = warm_spawner(stack)
+    (job,) = stack.supervisor.submit([{"name": "z", "user": "alice"}])
+    running = asyncio.create_task(
+        stack.client.execute_callback(language="perl", code="sleep 30;", job=job,
+                                      limits={"wall_seconds": 60})
+    )
+    while spawner.pid_of("perl") is None or not stack.running.dispatcher.active:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+    zygote = psutil.Process(spawner.pid_of("perl"))
+    # The running callback and the child prepared for the next run are its children,
+    # forked without an exec: they still run the zygote's script.
+    children = zygote.children()
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)
+
+    assert "zygote.pl" in " ".join(zygote.cmdline())
+    assert children and all(child.exe() == zygote.exe() for child in children)
+    assert all(child.cmdline() == zygote.cmdline() for child in children)

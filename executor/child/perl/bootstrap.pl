@@ -3,6 +3,7 @@
 #
 # The Perl counterpart of executor/child/python_bootstrap.py, exec'd by the launcher
 # after the limits are applied:  perl -I<this dir> bootstrap.pl <bridge fd>
+# or loaded once by the Perl zygote (zygote.pl), whose forked children call run().
 #
 # done frame, by how the callback ended:
 #   ok         the code ran to its end (or returned)
@@ -34,7 +35,7 @@ sub EXIT_ON_SIGXCPU ()   { 128 + 24 }
 sub EXIT_BAD_START ()    { 2 }
 
 my $reported = 0;
-my $main_pid = $$;    # a process the callback forks must not report for it
+my $main_pid;    # the callback's own process: one it forks must not report for it
 my $last_die;    # [error, location, stack] of the latest die, for the traceback
 
 # Setting $| flushes a handle at once (IO::Handle's flush without loading it).
@@ -116,6 +117,7 @@ sub _record_die {
 
 sub run {
     my ($fd) = @_;
+    $main_pid = $$;
     open(my $bridge, '+<&=', $fd) or do {
         print STDERR "bootstrap: cannot open bridge fd $fd: $!\n";
         return EXIT_BAD_START;
@@ -167,6 +169,8 @@ sub run {
     return 0;
 }
 
-@ARGV == 1 && $ARGV[0] =~ /\A[0-9]+\z/ or die "usage: bootstrap.pl <bridge fd>\n";
-my $bridge_fd = shift @ARGV;
-CORE::exit(run($bridge_fd));
+if (!caller) {    # run as a script (the cold path), not loaded by the zygote
+    @ARGV == 1 && $ARGV[0] =~ /\A[0-9]+\z/ or die "usage: bootstrap.pl <bridge fd>\n";
+    CORE::exit(run(shift @ARGV));    # the callback sees an empty @ARGV
+}
+1;

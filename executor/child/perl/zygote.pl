@@ -1,0 +1,343 @@
+#!/usr/bin/perl
+# Warm fork server for Perl callbacks: the Perl counterpart of executor/child/zygote.py.
+#
+# Why: a Perl child started from scratch spends ~7 ms of CPU compiling warnings.pm,
+# qb.pm and bootstrap.pl before it can take its start frame, and its exec tears down a
+# forked Python. This process compiles them once; each callback is a fork of it.
+#
+#   perl -I<this dir> zygote.pl CONTROL_FD [--private-network]
+#
+# Same control protocol as zygote.py, on a SOCK_SEQPACKET socket (one JSON object a
+# message):
+#   executor -> zygote  {"type":"spawn","id":N,"spec":{...},"env":{...}}
+#                       with SCM_RIGHTS fds [stdout_w, stderr_w, bridge]
+#   zygote -> executor  {"type":"started","id":N,"pid":P} | {"type":"failed","id":N,...}
+#                       {"type":"exited","pid":P,"status":S,"cpu":C,"maxrss_kib":K}
+#
+# Each child is confined as executor/child/launcher.py confines a Python one, step for
+# step and with the same spec: new session, stdin from /dev/null, the passed stdout,
+# stderr and bridge (as fd 3) and no other fd, the given environment, the cell's
+# cgroups, no new privileges, death with its parent; forked straight into a fresh PID
+# namespace (PID 1 there), then the hardened tier's mounts and uid (isolation.py),
+# umask 077 and the rlimits; then bootstrap.pl's run().
+#
+# Core Perl has no recvmsg, wait4, prctl, unshare or mount: they are made with
+# syscall(), by their Linux numbers (x86_64 and aarch64 below).
+
+use strict;
+use Config ();
+use POSIX ();
+
+# bootstrap.pl (and with it qb.pm and warnings.pm) compiled once, for every child.
+BEGIN { require 'bootstrap.pl' }
+
+package qb::Zygote;
+
+use strict;
+
+my %SYSCALLS = (
+    x86_64 => {
+        recvmsg => 47, wait4 => 61, setrlimit => 160, prctl => 157, unshare => 272,
+        setns => 308, mount => 165, setgroups => 116, setresuid => 117, setresgid => 119,
+        close_range => 436,
+    },
+    aarch64 => {
+        recvmsg => 212, wait4 => 260, setrlimit => 164, prctl => 167, unshare => 97,
+        setns => 268, mount => 40, setgroups => 159, setresuid => 147, setresgid => 149,
+        close_range => 436,
+    },
+);
+my ($ARCH) = $Config::Config{archname} =~ /\A(x86_64|aarch64)/
+    or die "perl zygote: no syscall table for $Config::Config{archname}\n";
+my $SYS = $SYSCALLS{$ARCH};
+
+sub CLONE_NEWNS ()          { 0x00020000 }
+sub CLONE_NEWPID ()         { 0x20000000 }
+sub CLONE_NEWNET ()         { 0x40000000 }
+sub PR_SET_PDEATHSIG ()     { 1 }
+sub PR_SET_DUMPABLE ()      { 4 }
+sub PR_SET_NO_NEW_PRIVS ()  { 38 }
+sub MS_NOSUID ()            { 2 }
+sub MS_NODEV ()             { 4 }
+sub MS_NOEXEC ()            { 8 }
+sub MS_BIND ()              { 4096 }
+sub MS_REC ()               { 16384 }
+sub MS_PRIVATE ()           { 1 << 18 }
+sub O_PATH ()               { 0x200000 }
+sub MSG_CMSG_CLOEXEC ()     { 0x40000000 }
+sub WNOHANG ()              { 1 }
+sub SIGKILL ()              { 9 }
+sub BRIDGE_FD ()            { 3 }
+sub MAX_MESSAGE ()          { 1 << 20 }
+sub EXIT_LAUNCH_FAILED ()   { 121 }    # launcher.py's: the callback never started
+sub MAX_WORKDIR_FILES ()    { 65536 }  # isolation.py's
+# While children are running, wake at least this often: a SIGCHLD that lands just
+# before select() is only handled once select() returns.
+sub REAP_POLL_S ()          { 0.02 }
+my %RLIMIT = (CPU => 0, FSIZE => 1, DATA => 2, STACK => 3, CORE => 4, RSS => 5,
+    NPROC => 6, NOFILE => 7, MEMLOCK => 8, AS => 9);
+
+sub sys {
+    my ($name, @args) = @_;
+    my $result = syscall($SYS->{$name}, @args);
+    die "$name: $!\n" if $result == -1;
+    return $result;
+}
+
+# -- control socket -----------------------------------------------------------------------
+
+my $buffer = "\0" x MAX_MESSAGE;    # reused: recvmsg writes into it in place
+
+# One message and the fds that came with it; '' when the executor has gone.
+sub receive {
+    my ($control_fd) = @_;
+    my $space = "\0" x 64;    # room for a cmsghdr and a few ints
+    my $iov = pack('pQ', $buffer, MAX_MESSAGE);
+    my $header = pack('QLx4pQpQix4', 0, 0, $iov, 1, $space, length $space, 0);
+    my $got = syscall($SYS->{recvmsg}, $control_fd, $header, MSG_CMSG_CLOEXEC);
+    return undef if $got == -1;
+    my $control_length = unpack('x40Q', $header);
+    my @fds;
+    if ($control_length >= 16) {
+        my ($length, $level, $type) = unpack('Qii', $space);
+        @fds = unpack('i*', substr($space, 16, $length - 16)) if $level == 1 && $type == 1;
+    }
+    return (substr($buffer, 0, $got), @fds);
+}
+
+sub send_message {
+    my ($control, $message) = @_;
+    my $json = qb::JSON::encode($message);
+    defined syswrite($control, $json) or die "perl zygote: control socket: $!\n";
+    return;
+}
+
+# -- reaping --------------------------------------------------------------------------------
+
+my %children;
+
+sub reap {
+    my ($control) = @_;
+    while (%children) {
+        my $status = pack('i', 0);
+        my $usage = "\0" x 144;
+        my $pid = syscall($SYS->{wait4}, -1, $status, WNOHANG, $usage);
+        return if $pid <= 0;
+        delete $children{$pid};
+        my ($user_s, $user_us, $system_s, $system_us, $maxrss) = unpack('q5', $usage);
+        send_message($control, {
+            type => 'exited', pid => $pid, status => unpack('i', $status),
+            cpu => $user_s + $system_s + ($user_us + $system_us) / 1e6,
+            maxrss_kib => $maxrss,
+        });
+    }
+    return;
+}
+
+# -- confinement, in the child ------------------------------------------------------------
+
+sub close_from {
+    my ($first) = @_;
+    return if syscall($SYS->{close_range}, $first, 0xFFFFFFFF, 0) == 0;
+    die "close_range: $!\n" if !$!{ENOSYS};    # kernels before 5.9: one by one
+    opendir(my $fds, '/proc/self/fd') or die "/proc/self/fd: $!\n";
+    my @open = grep { /\A[0-9]+\z/ && $_ >= $first } readdir $fds;
+    closedir $fds;
+    POSIX::close($_) for @open;
+    return;
+}
+
+sub prctl { sys('prctl', $_[0], $_[1], 0, 0, 0); return }
+
+sub mount {
+    my ($source, $target, $fstype, $flags, $data) = @_;
+    my $result = syscall($SYS->{mount}, $source // 0, $target, $fstype // 0, $flags, $data // 0);
+    die "mount $target: $!\n" if $result == -1;
+    return;
+}
+
+sub under {
+    my ($path, $directory) = @_;
+    (my $prefix = $directory) =~ s{/+\z}{};
+    return $path eq $directory || index($path, "$prefix/") == 0;
+}
+
+sub make_path {
+    my ($path) = @_;
+    my $so_far = '';
+    for my $part (grep { length } split m{/}, $path) {
+        $so_far .= "/$part";
+        mkdir $so_far, 0755 or $!{EEXIST} or die "mkdir $so_far: $!\n";
+    }
+    return;
+}
+
+# isolation.py's isolate_filesystem: private mounts, a fresh /proc, tmpfs over the masks
+# (the plan lists only the outermost ones), the kept paths bound back, a quota'd workdir.
+sub isolate_filesystem {
+    my ($plan, $workdir, $disk_bytes) = @_;
+    mount(undef, '/', undef, MS_REC | MS_PRIVATE);
+    mount('proc', '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC);
+    my @masks = @{ $plan->{masks} };
+    my %kept;
+    for my $path (@{ $plan->{keep} }) {
+        next if !grep { under($path, $_) } @masks;
+        $kept{$path} = POSIX::open($path, O_PATH) // die "open $path: $!\n";
+    }
+    mount('tmpfs', $_, 'tmpfs', MS_NOSUID | MS_NODEV, 'mode=0755,size=64m') for @masks;
+    for my $path (sort keys %kept) {
+        my $fd = $kept{$path};
+        if (-d "/proc/self/fd/$fd") {
+            make_path($path);
+        } else {
+            (my $parent = $path) =~ s{/[^/]*\z}{};
+            make_path($parent);
+            open(my $touch, '>>', $path) or die "create $path: $!\n";
+            close $touch;
+        }
+        mount("/proc/self/fd/$fd", $path, undef, MS_BIND | MS_REC);
+        POSIX::close($fd);
+    }
+    die "working directory $workdir is not under a masked directory\n"
+        if !grep { under($workdir, $_) } @masks;
+    make_path($workdir);
+    chmod 0700, $workdir;
+    mount('tmpfs', $workdir, 'tmpfs', MS_NOSUID | MS_NODEV,
+        "size=$disk_bytes,nr_inodes=${\MAX_WORKDIR_FILES},mode=0700,"
+        . "uid=$plan->{uid},gid=$plan->{gid}");
+    return;
+}
+
+sub drop_privileges {
+    my ($uid, $gid) = @_;
+    sys('setgroups', 0, 0);
+    sys('setresgid', $gid, $gid, $gid);
+    sys('setresuid', $uid, $uid, $uid);
+    return;
+}
+
+sub apply_rlimits {
+    my ($rlimits) = @_;
+    for my $name (sort keys %$rlimits) {
+        my ($soft, $hard) = map { $_ < 0 ? ~0 : $_ } @{ $rlimits->{$name} };
+        defined $RLIMIT{$name} or die "unknown rlimit $name\n";
+        sys('setrlimit', $RLIMIT{$name}, pack('QQ', $soft, $hard));
+    }
+    return;
+}
+
+# launcher.py's confine_and_run, for a child this zygote forked into its PID namespace.
+sub confine {
+    my ($spec) = @_;
+    my $isolation = $spec->{isolation};
+    if (!$isolation) {
+        chdir $spec->{workdir} or die "chdir $spec->{workdir}: $!\n";
+    }
+    for my $procs (@{ $spec->{cgroup_procs} || [] }) {
+        open(my $cgroup, '>', $procs) or die "open $procs: $!\n";
+        syswrite($cgroup, '0') // die "join $procs: $!\n";    # this process
+        close $cgroup;
+    }
+    prctl(PR_SET_NO_NEW_PRIVS, 1);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if ($spec->{pid_namespace}) {
+        my $flags = ($spec->{unshare_network} ? CLONE_NEWNET : 0) | ($isolation ? CLONE_NEWNS : 0);
+        sys('unshare', $flags) if $flags;
+        if ($isolation) {
+            isolate_filesystem($isolation, $spec->{workdir}, $spec->{disk_bytes});
+            chdir $spec->{workdir} or die "chdir $spec->{workdir}: $!\n";
+            drop_privileges($isolation->{uid}, $isolation->{gid});
+        }
+    }
+    umask 077;
+    apply_rlimits($spec->{rlimits} || {});
+    return;
+}
+
+# In the forked child: take the passed fds, confine, run the callback; never returns.
+sub child {
+    my ($message, $stdout_w, $stderr_w, $bridge) = @_;
+    my $code = EXIT_LAUNCH_FAILED;
+    my $ok = eval {
+        POSIX::setsid() // die "setsid: $!\n";
+        my $devnull = POSIX::open('/dev/null', POSIX::O_RDONLY()) // die "/dev/null: $!\n";
+        my @targets = ([$devnull, 0], [$stdout_w, 1], [$stderr_w, 2], [$bridge, BRIDGE_FD]);
+        for (@targets) {
+            my ($source, $target) = @$_;
+            next if $source == $target;
+            POSIX::dup2($source, $target) // die "dup2: $!\n";
+        }
+        close_from(BRIDGE_FD + 1);
+        %ENV = %{ $message->{env} || {} };
+        @ARGV = ();    # as a cold child's: the zygote's arguments are not the callback's
+        confine($message->{spec});
+        1;
+    };
+    if ($ok) {
+        $code = main::run(BRIDGE_FD);    # bootstrap.pl: the callback's run and its report
+    } else {
+        print STDERR "perl zygote: could not start the callback: $@";
+    }
+    CORE::exit($code);    # END blocks and output flushing, as a cold Perl child has
+}
+
+# -- the loop -------------------------------------------------------------------------------
+
+sub serve {
+    my ($control_fd) = @_;
+    open(my $control, '+<&=', $control_fd) or die "perl zygote: control fd $control_fd: $!\n";
+    open(my $own_namespace, '<', '/proc/self/ns/pid') or die "perl zygote: own PID namespace: $!\n";
+    $SIG{CHLD} = sub { };    # interrupts select(): exits are reaped straight away
+    while (1) {
+        my $wanted = '';
+        vec($wanted, $control_fd, 1) = 1;
+        my $ready = select(my $readable = $wanted, undef, undef, %children ? REAP_POLL_S : undef);
+        reap($control);
+        next if $ready <= 0;
+        my ($data, @fds) = receive($control_fd);
+        next if !defined $data && $!{EINTR};
+        return if !defined $data || $data eq '';    # the executor is gone; children follow
+        my $message = eval { qb::JSON::decode($data) };
+        if (ref $message ne 'HASH' || @fds != 3) {
+            POSIX::close($_) for @fds;
+            send_message($control, { type => 'failed', id => ref $message eq 'HASH' ? $message->{id} : undef,
+                error => 'expected a JSON object and 3 fds' });
+            next;
+        }
+        my $new_namespace = $message->{spec}{pid_namespace};
+        my $pid = eval {
+            if ($new_namespace) {
+                sys('setns', fileno $own_namespace, CLONE_NEWPID);
+                sys('unshare', CLONE_NEWPID);
+            }
+            fork // die "fork: $!\n";
+        };
+        if (!defined $pid) {
+            POSIX::close($_) for @fds;
+            send_message($control, { type => 'failed', id => $message->{id}, error => "$@" });
+            next;
+        }
+        if ($pid == 0) {
+            $SIG{CHLD} = 'DEFAULT';
+            child($message, @fds);
+        }
+        sys('setns', fileno $own_namespace, CLONE_NEWPID) if $new_namespace;
+        POSIX::close($_) for @fds;
+        $children{$pid} = 1;
+        send_message($control, { type => 'started', id => $message->{id}, pid => $pid });
+    }
+}
+
+sub main {
+    my @argv = @_;
+    @argv && $argv[0] =~ /\A[0-9]+\z/ or die "usage: zygote.pl CONTROL_FD [--private-network]\n";
+    prctl(PR_SET_DUMPABLE, 0);    # no /proc/<pid>/mem or environ for callbacks
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    sys('setrlimit', $RLIMIT{CORE}, pack('QQ', 0, 0));
+    # One empty network namespace for every child (the control socket keeps working).
+    sys('unshare', CLONE_NEWNET) if grep { $_ eq '--private-network' } @argv[1 .. $#argv];
+    serve($argv[0]);
+    return 0;
+}
+
+POSIX::_exit(main(@ARGV));
