@@ -2,8 +2,8 @@
 
 Why an outbox: a run's result must reach the supervisor even when the supervisor is
 down for a while or the executor is killed right after the run. ``put`` commits the
-message (WAL, ``synchronous=FULL``: it survives a SIGKILL of the executor and a power
-loss) before the run's caller is answered; one background task delivers the oldest
+message (WAL, ``synchronous=NORMAL``: it survives a SIGKILL of the executor; an OS crash
+may drop the last moments) before the run's caller is answered; one background task delivers the oldest
 undelivered message first, marks it delivered when the receiver acknowledges it, and
 backs off exponentially (with jitter, so a fleet of executors does not reconnect in
 step) while the receiver is unavailable. After a restart the task starts again from
@@ -17,6 +17,10 @@ at-least-once delivery + an idempotent receiver = exactly-once effect.
 A message the receiver refuses as malformed will never succeed; it is set aside as
 *dead* (logged at ERROR, kept in the table with its error) so it cannot block the
 messages behind it. Everything else is retried for as long as it takes.
+
+With a ``BatchTransport``, what has piled up (up to a batch) goes in one exchange and
+is marked delivered in one commit; a batch the receiver refuses is retried message by
+message, so the one bad message is found and set aside.
 
 This module knows nothing of gRPC: ``Transport`` delivers bytes (``reporting.py`` has
 the gRPC one).
@@ -32,7 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final, Protocol, cast, runtime_checkable
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +70,17 @@ class Transport(Protocol):
     async def deliver(self, key: str, payload: bytes) -> bool: ...
 
 
+@runtime_checkable
+class BatchTransport(Transport, Protocol):
+    """Also sends several messages in one exchange, all applied or none.
+
+    ``deliver_many`` returns, per message, whether the receiver had already applied it;
+    None when the receiver does not take batches (then messages go one by one).
+    """
+
+    async def deliver_many(self, messages: list[tuple[str, bytes]]) -> list[bool] | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Backoff:
     """Exponential backoff with jitter: attempt n waits in [d/2, d], d = min(cap, first * 2^(n-1))."""
@@ -94,6 +109,9 @@ class Outbox:
         transport: what delivers a message.
         backoff: retry timing while the transport fails.
         keep_delivered: delivered rows kept for inspection; older ones are deleted.
+        linger_s: how long delivery waits after a quiet spell before it sends, so the
+            run's caller is answered first and the results of runs ending meanwhile
+            share one exchange.
         rng: jitter source, seedable in tests.
     """
 
@@ -104,11 +122,12 @@ class Outbox:
         *,
         backoff: Backoff = Backoff(),
         keep_delivered: int = 1000,
-        linger_s: float = 0.005,
+        linger_s: float = 0.02,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
         self._transport = transport
+        self._batches = isinstance(transport, BatchTransport)
         self._linger_s = linger_s
         self._backoff = backoff
         self._keep_delivered = keep_delivered
@@ -200,9 +219,19 @@ class Outbox:
                 self._drained.set()
                 await self._wakeup.wait()
                 # Linger a moment: the caller's answer leaves first, and results of
-                # runs that end meanwhile go out in the same pass.
+                # runs that end meanwhile go out in the same exchange.
                 await asyncio.sleep(self._linger_s)
                 continue
+            if len(batch) > 1 and self._batches:
+                error = await self._deliver_many(batch)
+                if error is None:
+                    failures = 0
+                    continue
+                if error:  # the receiver is unreachable: back off, as for one message
+                    failures += 1
+                    await asyncio.sleep(self._backoff.delay(failures, self._rng))
+                    continue
+                # Refused or not supported: one by one finds the message at fault.
             for seq, key, payload in batch:
                 error = await self._deliver_one(seq, key, payload)
                 if error is None:
@@ -216,6 +245,44 @@ class Outbox:
                 )
                 await asyncio.sleep(delay)
                 break  # re-read from the oldest pending row: order is kept
+
+    async def _deliver_many(self, batch: list[tuple[int, str, bytes]]) -> str | None:
+        """Deliver a batch in one exchange: None when delivered, '' when it must go one by
+        one (refused, or batches not supported), else the error to back off on."""
+        transport = cast(BatchTransport, self._transport)
+        try:
+            duplicates = await transport.deliver_many([(key, payload) for _, key, payload in batch])
+        except DeliveryError as err:
+            if err.retryable:
+                logger.warning("outbox: delivery of %d results failed (%s); retrying",
+                               len(batch), err)
+                return str(err)
+            logger.info("outbox: a batch of %d was refused (%s); sending them one by one",
+                        len(batch), err)
+            return ""
+        except Exception:
+            logger.exception("outbox: transport failed unexpectedly on a batch")
+            return ""
+        if duplicates is None:
+            logger.info("outbox: the receiver takes no batches; sending results one by one")
+            self._batches = False
+            return ""
+        now = self._clock()
+        self._duplicates += sum(duplicates)
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany(
+                "UPDATE outbox SET attempts = attempts + 1, delivered_at = ? WHERE seq = ?",
+                [(now, seq) for seq, _, _ in batch],
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._delivered_since_trim += len(batch)
+        if self._delivered_since_trim >= 100:
+            self._trim_delivered()
+        return None
 
     async def _deliver_one(self, seq: int, key: str, payload: bytes) -> str | None:
         """Deliver one row; None when it is done with (delivered or dead), else the error."""

@@ -42,22 +42,48 @@ def report_request(invocation: Invocation, result: RunResult) -> supervisor_pb2.
     return request
 
 
+def _parsed(payload: bytes) -> supervisor_pb2.ReportResultRequest:
+    try:
+        return supervisor_pb2.ReportResultRequest.FromString(payload)
+    except DecodeError as err:
+        raise DeliveryError(f"stored request does not parse: {err}", retryable=False) from err
+
+
+def _delivery_error(err: grpc.aio.AioRpcError) -> DeliveryError:
+    return DeliveryError(
+        f"{err.code().name}: {err.details()}", retryable=err.code() not in PERMANENT_CODES
+    )
+
+
 class GrpcReportTransport:
-    """Delivers serialized ReportResultRequests with ``Supervisor.ReportResult``."""
+    """Delivers serialized ReportResultRequests with ``Supervisor.ReportResult(s)``."""
 
     def __init__(self, channel: grpc.aio.Channel, timeout_s: float) -> None:
         self._stub = supervisor_pb2_grpc.SupervisorStub(channel)
         self._timeout_s = timeout_s
 
     async def deliver(self, key: str, payload: bytes) -> bool:
-        try:
-            request = supervisor_pb2.ReportResultRequest.FromString(payload)
-        except DecodeError as err:
-            raise DeliveryError(f"stored request does not parse: {err}", retryable=False) from err
+        request = _parsed(payload)
         try:
             response = await self._stub.ReportResult(request, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as err:
-            raise DeliveryError(
-                f"{err.code().name}: {err.details()}", retryable=err.code() not in PERMANENT_CODES
-            ) from err
+            raise _delivery_error(err) from err
         return bool(response.duplicate)
+
+    async def deliver_many(self, messages: list[tuple[str, bytes]]) -> list[bool] | None:
+        """One ReportResults call; None when the supervisor does not implement it."""
+        request = supervisor_pb2.ReportResultsRequest(
+            results=[_parsed(payload) for _, payload in messages]
+        )
+        try:
+            response = await self._stub.ReportResults(request, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return None
+            raise _delivery_error(err) from err
+        if len(response.results) != len(messages):
+            raise DeliveryError(
+                f"ReportResults answered {len(response.results)} results for {len(messages)}",
+                retryable=False,
+            )
+        return [entry.duplicate for entry in response.results]

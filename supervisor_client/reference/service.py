@@ -185,6 +185,21 @@ class SupervisorServicer(supervisor_pb2_grpc.SupervisorServicer):
         )
         return supervisor_pb2.ReportResultResponse(duplicate=duplicate)
 
+    async def ReportResults(
+        self, request: supervisor_pb2.ReportResultsRequest, context: Context
+    ) -> supervisor_pb2.ReportResultsResponse:
+        """ReportResult for each entry, in one transaction: all stored, or none."""
+        duplicates = await self._call(
+            context,
+            lambda: self._supervisor.report_results([
+                (entry.result.invocation_id, entry.job_id, result_payload(entry))
+                for entry in request.results
+            ]),
+        )
+        return supervisor_pb2.ReportResultsResponse(
+            results=[supervisor_pb2.ReportResultResponse(duplicate=d) for d in duplicates]
+        )
+
 
 def add_reference_supervisor(
     server: grpc.aio.Server, supervisor: ReferenceSupervisor

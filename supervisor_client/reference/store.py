@@ -689,23 +689,39 @@ class ReferenceSupervisor:
 
         The job need not exist any more: a callback may have removed its own job.
         """
-        if not invocation_id:
-            raise ValueError("a result needs an invocation_id")
-        try:
-            text = json.dumps(dict(payload), allow_nan=False)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"result payload is not JSON: {err}") from err
+        (duplicate,) = self.report_results([(invocation_id, job_id, payload)])
+        return duplicate
+
+    def report_results(
+        self, reports: Sequence[tuple[str, int, Mapping[str, Any]]]
+    ) -> list[bool]:
+        """Store several runs' results in one transaction, all or none (ValueError).
+
+        ``reports`` are ``(invocation_id, job_id, payload)``; returns, for each, whether
+        its ``invocation_id`` was already stored.
+        """
+        rows = []
+        for invocation_id, job_id, payload in reports:
+            if not invocation_id:
+                raise ValueError("a result needs an invocation_id")
+            try:
+                text = json.dumps(dict(payload), allow_nan=False)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"result payload is not JSON: {err}") from err
+            rows.append((invocation_id, job_id, str(payload.get("outcome", "no outcome")), text))
+        duplicates = []
         with self._transaction() as changes:
-            inserted = self._db.execute(
-                "INSERT INTO results (invocation_id, job_id, time, payload) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (invocation_id) DO NOTHING",
-                (invocation_id, job_id, self._clock(), text),
-            ).rowcount
-            if inserted:
-                outcome = payload.get("outcome", "no outcome")
-                line = f"[callback] result of invocation {invocation_id}: {outcome}"
-                changes.note(job_id, line, invocation_id)
-            return not inserted
+            for invocation_id, job_id, outcome, text in rows:
+                inserted = self._db.execute(
+                    "INSERT INTO results (invocation_id, job_id, time, payload) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (invocation_id) DO NOTHING",
+                    (invocation_id, job_id, self._clock(), text),
+                ).rowcount
+                if inserted:
+                    line = f"[callback] result of invocation {invocation_id}: {outcome}"
+                    changes.note(job_id, line, invocation_id)
+                duplicates.append(not inserted)
+        return duplicates
 
     def results(self, job_id: int | None = None) -> list[dict[str, Any]]:
         """Stored results (``invocation_id, job_id, time, payload``), oldest first."""

@@ -269,6 +269,27 @@ async def test_report_result_needs_an_invocation_id(served: Served) -> None:
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def test_report_results_stores_a_batch_whole_or_refuses_it_whole(
+    served: Served, blocked_job: int
+) -> None:
+    def entry(invocation_id: str) -> supervisor_pb2.ReportResultRequest:
+        return supervisor_pb2.ReportResultRequest(
+            result=executor_pb2.ExecuteResponse(invocation_id=invocation_id),
+            job_id=blocked_job,
+        )
+
+    refused = await rpc_error(served.stub.ReportResults(
+        supervisor_pb2.ReportResultsRequest(results=[entry("inv-1"), entry("")])
+    ))
+    answer = await served.stub.ReportResults(
+        supervisor_pb2.ReportResultsRequest(results=[entry("inv-1"), entry("inv-2"), entry("inv-1")])
+    )
+
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [r.duplicate for r in answer.results] == [False, False, True]
+    assert [r["invocation_id"] for r in served.supervisor.results()] == ["inv-1", "inv-2"]
+
+
 async def test_a_store_failure_is_internal_with_a_generic_message(
     served: Served, caplog: pytest.LogCaptureFixture
 ) -> None:

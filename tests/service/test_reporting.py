@@ -38,12 +38,16 @@ RUNS = 200
 
 
 class CountingSupervisor(SupervisorServicer):
-    """The reference Supervisor service, counting ReportResult calls by invocation id."""
+    """The reference Supervisor service, counting reported results by invocation id.
+
+    Both ways in count: ReportResult, and each entry of a ReportResults batch.
+    """
 
     def __init__(self, store: ReferenceSupervisor, delay_s: float = 0.0) -> None:
         super().__init__(store)
         self.applied: Counter[str] = Counter()
         self.duplicates: Counter[str] = Counter()
+        self.batches: list[int] = []
         self.delay_s = delay_s
 
     async def ReportResult(
@@ -56,13 +60,31 @@ class CountingSupervisor(SupervisorServicer):
         counter[request.result.invocation_id] += 1
         return response
 
+    async def ReportResults(
+        self, request: supervisor_pb2.ReportResultsRequest, context: Any
+    ) -> supervisor_pb2.ReportResultsResponse:
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        response = await super().ReportResults(request, context)
+        for entry, answer in zip(request.results, response.results, strict=True):
+            counter = self.duplicates if answer.duplicate else self.applied
+            counter[entry.result.invocation_id] += 1
+        self.batches.append(len(request.results))
+        return response
+
+
+class SingleResultSupervisor(CountingSupervisor):
+    """A supervisor written before ReportResults: it answers UNIMPLEMENTED to batches."""
+
+    ReportResults = supervisor_pb2_grpc.SupervisorServicer.ReportResults  # type: ignore[assignment]
+
 
 class SupervisorEndpoint:
     """A Supervisor service on one loopback port that can be stopped and started again."""
 
-    def __init__(self, db: Path) -> None:
+    def __init__(self, db: Path, servicer: type[CountingSupervisor] = CountingSupervisor) -> None:
         self.store = ReferenceSupervisor(str(db))
-        self.servicer = CountingSupervisor(self.store)
+        self.servicer = servicer(self.store)
         self.port = 0
         self._server: grpc.aio.Server | None = None
 
@@ -94,9 +116,9 @@ class SupervisorEndpoint:
         assert set(self.servicer.applied.values()) == {1}, "a result was applied twice"
 
 
-@pytest.fixture
-async def endpoint(tmp_path: Path) -> AsyncIterator[SupervisorEndpoint]:
-    endpoint = SupervisorEndpoint(tmp_path / "supervisor.db")
+@pytest.fixture(params=[CountingSupervisor, SingleResultSupervisor], ids=["batches", "single"])
+async def endpoint(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[SupervisorEndpoint]:
+    endpoint = SupervisorEndpoint(tmp_path / "supervisor.db", request.param)
     await endpoint.start()
     try:
         yield endpoint
@@ -148,6 +170,10 @@ async def test_results_survive_a_supervisor_outage(
             caught_up_s = time.monotonic() - restarted
             endpoint.assert_exactly_once({*warm_up, *ids})
             assert (await client.get_metrics()).outbox_pending == 0
+            if isinstance(endpoint.servicer, SingleResultSupervisor):
+                assert not endpoint.servicer.batches
+            else:  # the backlog went in batches
+                assert max(endpoint.servicer.batches) > 1
             print(f"{RUNS} runs in {ran_s:.2f}s while the supervisor was down; "
                   f"all delivered {caught_up_s:.2f}s after it came back")
     finally:
@@ -232,7 +258,9 @@ async def test_sigkill_during_delivery_redelivers_without_applying_twice(
     tmp_path: Path, endpoint: SupervisorEndpoint
 ) -> None:
     data_dir = tmp_path / "data"
-    endpoint.servicer.delay_s = 0.02  # a slow supervisor: delivery is still going on at the kill
+    # A slow supervisor: delivery is still going on at the kill (a batch carries many).
+    batches = not isinstance(endpoint.servicer, SingleResultSupervisor)
+    endpoint.servicer.delay_s = 0.5 if batches else 0.02
     await endpoint.stop()
     async with executor_process(data_dir, endpoint.address, tmp_path / "first.log") as first:
         async with ExecutorClient(first.address) as client:
@@ -248,4 +276,5 @@ async def test_sigkill_during_delivery_redelivers_without_applying_twice(
     async with executor_process(data_dir, endpoint.address, tmp_path / "second.log"):
         await eventually(lambda: len(endpoint.stored_ids()) == RUNS)
     endpoint.assert_exactly_once(set(ids))
-    assert sum(endpoint.servicer.duplicates.values()) <= 1, "only the in-flight one is resent"
+    in_flight = max(endpoint.servicer.batches, default=1)
+    assert sum(endpoint.servicer.duplicates.values()) <= in_flight, "only the in-flight exchange is resent"

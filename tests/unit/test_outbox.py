@@ -51,6 +51,33 @@ class ReferenceReceiver:
         return duplicate
 
 
+class BatchReceiver(ReferenceReceiver):
+    """Also takes batches, all or nothing (ReferenceSupervisor.report_results)."""
+
+    def __init__(self, supervisor: ReferenceSupervisor, *, takes_batches: bool = True) -> None:
+        super().__init__(supervisor)
+        self.takes_batches = takes_batches
+        self.batch_calls = 0
+        self.batches: list[list[str]] = []
+
+    async def deliver_many(self, messages: list[tuple[str, bytes]]) -> list[bool] | None:
+        await asyncio.sleep(0)
+        self.batch_calls += 1
+        if not self.takes_batches:
+            return None
+        if self.down:
+            raise DeliveryError("UNAVAILABLE: connection refused", retryable=True)
+        keys = [key for key, _ in messages]
+        if self.refuse & set(keys):
+            raise DeliveryError("INVALID_ARGUMENT: bad result", retryable=False)
+        duplicates = self.supervisor.report_results(
+            [(key, 1, json.loads(body)) for key, body in messages]
+        )
+        self.order += [key for key, duplicate in zip(keys, duplicates) if not duplicate]
+        self.batches.append(keys)
+        return duplicates
+
+
 def payload(n: int) -> bytes:
     return json.dumps({"outcome": "OUTCOME_SUCCEEDED", "n": n}).encode()
 
@@ -173,3 +200,67 @@ def test_backoff_grows_exponentially_with_jitter_up_to_the_cap() -> None:
         delays = [backoff.delay(failures, rng) for _ in range(50)]
         assert all(ceiling / 2 <= d <= ceiling for d in delays)
         assert len(set(delays)) > 1, "jittered"
+
+
+async def test_a_backlog_goes_in_batches(tmp_path: Path) -> None:
+    receiver = BatchReceiver(ReferenceSupervisor(":memory:"))
+    outbox = Outbox(tmp_path / "outbox.db", receiver, backoff=FAST)
+    keys = [f"k{n:03}" for n in range(150)]
+    for n, key in enumerate(keys):
+        outbox.put(key, payload(n))
+    outbox.start()
+    assert await outbox.flush(5)
+    assert receiver.order == keys
+    assert [len(batch) for batch in receiver.batches] == [64, 64, 22]
+    assert not receiver.calls, "nothing went one by one"
+    assert outbox.stats().pending == 0
+    await outbox.close()
+
+
+async def test_a_refused_batch_goes_one_by_one_and_only_the_bad_result_is_set_aside(
+    tmp_path: Path,
+) -> None:
+    receiver = BatchReceiver(ReferenceSupervisor(":memory:"))
+    receiver.refuse = {"bad"}
+    outbox = Outbox(tmp_path / "outbox.db", receiver, backoff=FAST)
+    for key in ("a", "bad", "c"):
+        outbox.put(key, payload(0))
+    outbox.start()
+    assert await outbox.flush(5)
+    assert receiver.order == ["a", "c"]
+    assert receiver.calls == Counter({"a": 1, "bad": 1, "c": 1})
+    assert outbox.stats().dead == 1
+    await outbox.close()
+
+
+async def test_a_receiver_without_batches_is_asked_once_then_gets_results_one_by_one(
+    tmp_path: Path,
+) -> None:
+    receiver = BatchReceiver(ReferenceSupervisor(":memory:"), takes_batches=False)
+    outbox = Outbox(tmp_path / "outbox.db", receiver, backoff=FAST)
+    for n in range(5):
+        outbox.put(f"k{n}", payload(n))
+    outbox.start()
+    assert await outbox.flush(5)
+    for n in range(5, 10):
+        outbox.put(f"k{n}", payload(n))
+    assert await outbox.flush(5)
+    assert receiver.order == [f"k{n}" for n in range(10)]
+    assert receiver.batch_calls == 1
+    await outbox.close()
+
+
+async def test_batches_are_retried_while_the_receiver_is_down(tmp_path: Path) -> None:
+    receiver = BatchReceiver(ReferenceSupervisor(":memory:"))
+    receiver.down = True
+    outbox = Outbox(tmp_path / "outbox.db", receiver, backoff=FAST)
+    for n in range(20):
+        outbox.put(f"k{n}", payload(n))
+    outbox.start()
+    await asyncio.sleep(0.3)
+    assert outbox.pending() == 20
+    assert receiver.batch_calls >= 3 and not receiver.calls, "kept retrying the batch"
+    receiver.down = False
+    assert await outbox.flush(5)
+    assert receiver.order == [f"k{n}" for n in range(20)]
+    await outbox.close()

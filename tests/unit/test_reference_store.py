@@ -728,6 +728,21 @@ def test_results_need_an_id_and_json(sup: ReferenceSupervisor) -> None:
         sup.report_result("x", 1, {"bad": object()})
 
 
+def test_a_batch_of_results_is_stored_whole_or_not_at_all(sup: ReferenceSupervisor) -> None:
+    job_id = submit_one(sup)
+    sup.report_result("inv-1", job_id, {"outcome": "OUTCOME_SUCCEEDED"})
+
+    with pytest.raises(ValueError, match="not JSON"):
+        sup.report_results([("inv-2", job_id, {}), ("inv-3", job_id, {"bad": object()})])
+    assert sup.result("inv-2") is None
+
+    duplicates = sup.report_results(
+        [("inv-1", job_id, {}), ("inv-2", job_id, {}), ("inv-2", job_id, {})]
+    )
+    assert duplicates == [True, False, True]
+    assert [r["invocation_id"] for r in sup.results()] == ["inv-1", "inv-2"]
+
+
 # -- storage ------------------------------------------------------------------------------
 
 

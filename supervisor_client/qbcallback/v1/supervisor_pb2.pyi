@@ -6,8 +6,9 @@ The Supervisor service: what the executor calls on the supervisor side.
 The executor never owns job state. Every qb call a callback makes that reads
 or changes a job arrives here, carrying the callback owner as `actor` so the
 supervisor applies that user's permissions; every finished run is reported
-with ReportResult. A site implements this service for its real supervisor;
-supervisor_client ships an embedded reference implementation on SQLite.
+with ReportResult (or, several at once, ReportResults). A site implements
+this service for its real supervisor; supervisor_client ships an embedded
+reference implementation on SQLite.
 """
 
 from collections import abc as _abc
@@ -336,3 +337,45 @@ class ReportResultResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportResultResponse: _TypeAlias = ReportResultResponse  # noqa: Y015
+
+@_typing.final
+class ReportResultsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReportResultRequest]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___ReportResultRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportResultsRequest: _TypeAlias = ReportResultsRequest  # noqa: Y015
+
+@_typing.final
+class ReportResultsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReportResultResponse]:
+        """One per entry of the request, in its order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___ReportResultResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportResultsResponse: _TypeAlias = ReportResultsResponse  # noqa: Y015

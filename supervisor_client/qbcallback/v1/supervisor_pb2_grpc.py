@@ -59,6 +59,11 @@ class SupervisorStub:
                 request_serializer=qbcallback_dot_v1_dot_supervisor__pb2.ReportResultRequest.SerializeToString,
                 response_deserializer=qbcallback_dot_v1_dot_supervisor__pb2.ReportResultResponse.FromString,
                 _registered_method=True)
+        self.ReportResults = channel.unary_unary(
+                '/qbcallback.v1.Supervisor/ReportResults',
+                request_serializer=qbcallback_dot_v1_dot_supervisor__pb2.ReportResultsRequest.SerializeToString,
+                response_deserializer=qbcallback_dot_v1_dot_supervisor__pb2.ReportResultsResponse.FromString,
+                _registered_method=True)
 
 
 class SupervisorServicer:
@@ -104,6 +109,17 @@ class SupervisorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportResults(self, request, context):
+        """Several runs' outcomes at once, oldest first: ReportResult for each, in one
+        call (the executor sends what has piled up while a report was on its way).
+        All or nothing: INVALID_ARGUMENT for any entry refuses the whole batch, and
+        the executor then reports those runs one by one. A supervisor that answers
+        UNIMPLEMENTED gets ReportResult calls only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SupervisorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +147,11 @@ def add_SupervisorServicer_to_server(servicer, server):
                     servicer.ReportResult,
                     request_deserializer=qbcallback_dot_v1_dot_supervisor__pb2.ReportResultRequest.FromString,
                     response_serializer=qbcallback_dot_v1_dot_supervisor__pb2.ReportResultResponse.SerializeToString,
+            ),
+            'ReportResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportResults,
+                    request_deserializer=qbcallback_dot_v1_dot_supervisor__pb2.ReportResultsRequest.FromString,
+                    response_serializer=qbcallback_dot_v1_dot_supervisor__pb2.ReportResultsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +289,33 @@ class Supervisor:
             '/qbcallback.v1.Supervisor/ReportResult',
             qbcallback_dot_v1_dot_supervisor__pb2.ReportResultRequest.SerializeToString,
             qbcallback_dot_v1_dot_supervisor__pb2.ReportResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qbcallback.v1.Supervisor/ReportResults',
+            qbcallback_dot_v1_dot_supervisor__pb2.ReportResultsRequest.SerializeToString,
+            qbcallback_dot_v1_dot_supervisor__pb2.ReportResultsResponse.FromString,
             options,
             channel_credentials,
             insecure,

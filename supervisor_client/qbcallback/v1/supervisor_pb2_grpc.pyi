@@ -6,8 +6,9 @@ The Supervisor service: what the executor calls on the supervisor side.
 The executor never owns job state. Every qb call a callback makes that reads
 or changes a job arrives here, carrying the callback owner as `actor` so the
 supervisor applies that user's permissions; every finished run is reported
-with ReportResult. A site implements this service for its real supervisor;
-supervisor_client ships an embedded reference implementation on SQLite.
+with ReportResult (or, several at once, ReportResults). A site implements
+this service for its real supervisor; supervisor_client ships an embedded
+reference implementation on SQLite.
 """
 
 from collections import abc as _abc
@@ -56,6 +57,13 @@ class SupervisorStub:
     """The outcome of one run. Idempotent on `result.invocation_id`: a repeat is
     acknowledged with `duplicate` set and changes nothing.
     """
+    ReportResults: _grpc.UnaryUnaryMultiCallable[_supervisor_pb2.ReportResultsRequest, _supervisor_pb2.ReportResultsResponse]
+    """Several runs' outcomes at once, oldest first: ReportResult for each, in one
+    call (the executor sends what has piled up while a report was on its way).
+    All or nothing: INVALID_ARGUMENT for any entry refuses the whole batch, and
+    the executor then reports those runs one by one. A supervisor that answers
+    UNIMPLEMENTED gets ReportResult calls only.
+    """
 
 @_typing.type_check_only
 class SupervisorAsyncStub(SupervisorStub):
@@ -77,6 +85,13 @@ class SupervisorAsyncStub(SupervisorStub):
     ReportResult: _aio.UnaryUnaryMultiCallable[_supervisor_pb2.ReportResultRequest, _supervisor_pb2.ReportResultResponse]  # type: ignore[assignment]
     """The outcome of one run. Idempotent on `result.invocation_id`: a repeat is
     acknowledged with `duplicate` set and changes nothing.
+    """
+    ReportResults: _aio.UnaryUnaryMultiCallable[_supervisor_pb2.ReportResultsRequest, _supervisor_pb2.ReportResultsResponse]  # type: ignore[assignment]
+    """Several runs' outcomes at once, oldest first: ReportResult for each, in one
+    call (the executor sends what has piled up while a report was on its way).
+    All or nothing: INVALID_ARGUMENT for any entry refuses the whole batch, and
+    the executor then reports those runs one by one. A supervisor that answers
+    UNIMPLEMENTED gets ReportResult calls only.
     """
 
 class SupervisorServicer(metaclass=_abc_1.ABCMeta):
@@ -126,6 +141,19 @@ class SupervisorServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_supervisor_pb2.ReportResultResponse, _abc.Awaitable[_supervisor_pb2.ReportResultResponse]]:
         """The outcome of one run. Idempotent on `result.invocation_id`: a repeat is
         acknowledged with `duplicate` set and changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def ReportResults(
+        self,
+        request: _supervisor_pb2.ReportResultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_supervisor_pb2.ReportResultsResponse, _abc.Awaitable[_supervisor_pb2.ReportResultsResponse]]:
+        """Several runs' outcomes at once, oldest first: ReportResult for each, in one
+        call (the executor sends what has piled up while a report was on its way).
+        All or nothing: INVALID_ARGUMENT for any entry refuses the whole batch, and
+        the executor then reports those runs one by one. A supervisor that answers
+        UNIMPLEMENTED gets ReportResult calls only.
         """
 
 def add_SupervisorServicer_to_server(servicer: SupervisorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
