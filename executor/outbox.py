@@ -2,12 +2,12 @@
 
 Why an outbox: a run's result must reach the supervisor even when the supervisor is
 down for a while or the executor is killed right after the run. ``put`` commits the
-message (WAL, ``synchronous=NORMAL``: it survives a SIGKILL of the executor; an OS crash
-may drop the last moments) before the run's caller is answered; one background task delivers the oldest
-undelivered message first, marks it delivered when the receiver acknowledges it, and
-backs off exponentially (with jitter, so a fleet of executors does not reconnect in
-step) while the receiver is unavailable. After a restart the task starts again from
-the oldest undelivered row.
+message (WAL, ``synchronous=NORMAL``: it survives a SIGKILL of the executor; an OS
+crash may drop the last moments) before the run's caller is answered; one background
+task delivers the oldest undelivered message first, marks it delivered when the
+receiver acknowledges it, and backs off exponentially (with jitter, so a fleet of
+executors does not reconnect in step) while the receiver is unavailable. After a
+restart the task starts again from the oldest undelivered row.
 
 A message may be sent twice: when the executor dies (or the connection breaks) after
 the receiver applied it and before the acknowledgement was recorded. The receiver

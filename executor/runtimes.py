@@ -3,8 +3,9 @@
 Python runs in the launcher's own interpreter (no second exec). On the cold path Perl is
 exec'd by the launcher after the limits are applied, with the bootstrap and the ``qb``
 package from ``executor/child/perl``; on the warm path each language has a zygote that
-has loaded its bootstrap once and forks a child per callback. The ``qube`` language never needs a child: its code strings are
-our own trusted interpreter (``executor/qube_language.py``), run in the executor.
+has loaded its bootstrap once and forks a child per callback. The ``qube`` language
+never needs a child: its code strings are our own trusted interpreter
+(``executor/qube_language.py``), run in the executor.
 """
 
 from __future__ import annotations

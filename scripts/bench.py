@@ -9,9 +9,16 @@ with the warm (zygote) and the cold (fork+exec) launcher, and measures in one ru
 - the naive baseline: ``python3 -c`` per callback through ``subprocess`` (what a
   supervisor that shells out would do), and the floors: an empty gRPC call (health
   Check) and a fork+wait of a warm, gRPC-free process;
+- the same warm path without the hardened tier's private mounts and dedicated uid
+  (``dedicated_uid = off``: what a deployment that is not root gets, plus PID namespace
+  and cgroups);
+- CPU per call of each party (the executor, its zygotes and their children, and this
+  process: the client and the supervisor receiving the reports), which bounds what two
+  cores can sustain;
 - throughput with 1, 8 and 32 concurrent clients (errors other than RESOURCE_EXHAUSTED
   are counted and reported);
-- the executor's RSS idle and after the load (the zygote's RSS is listed apart).
+- the executor's RSS idle and after the load (the zygotes' RSS is listed apart);
+- the issue's targets next to what was measured.
 
 Not a test: the machines are shared and noisy; read medians and ratios.
 """
@@ -55,9 +62,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def executor(launcher: str, data_dir: Path, supervisor: str) -> Iterator[tuple[str, psutil.Process]]:
+def executor(
+    launcher: str, data_dir: Path, supervisor: str, **settings: str
+) -> Iterator[tuple[str, psutil.Process]]:
     port = free_port()
     env = dict(os.environ, CBEXEC_LAUNCHER=launcher, CBEXEC_MAX_QUEUE="64")
+    env.update({f"CBEXEC_{name.upper()}": value for name, value in settings.items()})
     proc = subprocess.Popen(
         [sys.executable, "-m", "executor", "serve", "--bind", f"127.0.0.1:{port}",
          "--data-dir", str(data_dir), "--supervisor", supervisor, "--log-level", "WARNING"],
@@ -158,11 +168,43 @@ def naive_baseline(runs: int) -> list[float]:
     return samples
 
 
+def cpu_seconds(proc: psutil.Process) -> float:
+    """CPU used by ``proc`` and by the children it has reaped."""
+    times = proc.cpu_times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+class CpuMeter:
+    """CPU per call of the executor, its zygotes (with their reaped children) and this process."""
+
+    def __init__(self, executor_proc: psutil.Process) -> None:
+        self._executor = executor_proc
+        self._me = psutil.Process()
+
+    def _zygotes(self) -> list[psutil.Process]:
+        return [c for c in self._executor.children() if "zygote" in " ".join(c.cmdline())]
+
+    def sample(self) -> tuple[float, float, float]:
+        times = self._executor.cpu_times()
+        own = times.user + times.system
+        me = self._me.cpu_times()
+        return own, sum(cpu_seconds(z) for z in self._zygotes()), me.user + me.system
+
+    async def per_call(self, work: Awaitable[list[float]]) -> tuple[list[float], tuple[float, ...]]:
+        before = self.sample()
+        samples = await work
+        after = self.sample()
+        return samples, tuple((a - b) / len(samples) * 1000 for a, b in zip(after, before))
+
+
 def rss_mb(proc: psutil.Process) -> tuple[float, float]:
     """(executor, its children summed) resident MiB."""
     own = proc.memory_info().rss / 2**20
     children = sum(c.memory_info().rss for c in proc.children(recursive=True)) / 2**20
     return own, children
+
+
+TARGETS = {"p50": 5.0, "p99": 20.0, "throughput": 400.0, "baseline_ratio": 5.0, "idle_rss": 80.0}
 
 
 async def main() -> int:
@@ -171,6 +213,7 @@ async def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
     rows: list[tuple[str, float, float]] = []
+    cpu_rows: list[tuple[str, tuple[float, ...]]] = []
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
           f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Linux {platform.release()}, "
           f"Python {platform.python_version()}")
@@ -182,42 +225,87 @@ async def main() -> int:
     add_reference_supervisor(supervisor_server, reference)
     supervisor_address = f"127.0.0.1:{supervisor_server.add_insecure_port('127.0.0.1:0')}"
     await supervisor_server.start()
+    setups = (
+        ("zygote", "zygote", {}),
+        ("zygote, no private mounts/uid", "zygote", {"dedicated_uid": "off"}),
+        ("cold", "cold", {}),
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        for launcher in ("zygote", "cold"):
-            with executor(launcher, Path(tmp) / launcher, supervisor_address) as (address, proc):
+        for index, (label, launcher, settings) in enumerate(setups):
+            data_dir = Path(tmp) / str(index)
+            with executor(launcher, data_dir, supervisor_address, **settings) as (address, proc):
                 await wait_serving(address)
                 await asyncio.sleep(0.5)
-                if launcher == "zygote":
+                main_setup = index == 0
+                if main_setup:
                     idle = rss_mb(proc)
                     rows.append(("floor: empty gRPC call", *summary(await grpc_floor(address, args.runs))))
+                meter = CpuMeter(proc)
                 for language in ("python", "perl", "qube"):
-                    samples = await latency(address, language, args.runs if launcher == "zygote" else args.runs // 4)
-                    rows.append((f"{launcher}: {language} callback", *summary(samples)))
-                if launcher == "zygote":
-                    loads = [(clients, await throughput(address, clients, args.seconds)) for clients in (1, 8, 32)]
+                    runs = args.runs if launcher == "zygote" else args.runs // 4
+                    samples, cpu = await meter.per_call(latency(address, language, runs))
+                    rows.append((f"{label}: {language} callback", *summary(samples)))
+                    if main_setup:
+                        cpu_rows.append((f"{language} callback, 1 client", cpu))
+                if main_setup:
+                    loads = []
+                    for clients in (1, 8, 32):
+                        before = meter.sample()
+                        rate, exhausted, errors = await throughput(address, clients, args.seconds)
+                        after = meter.sample()
+                        calls = rate * args.seconds
+                        loads.append((clients, (rate, exhausted, errors)))
+                        if clients == 32:
+                            cpu_rows.append(("python callback, 32 clients", tuple(
+                                (a - b) / calls * 1000 for a, b in zip(after, before))))
                     loaded = rss_mb(proc)
-    await supervisor_server.stop(None)
+    await supervisor_server.stop(2.0)  # let reports still in flight finish
     reference.close()
     rows.append(("floor: fork+wait, warm process", *summary(fork_floor(args.runs))))
     rows.append(("baseline: python3 -c per callback", *summary(naive_baseline(max(20, args.runs // 4)))))
 
-    print(f"\n{'end-to-end latency':<40}{'p50 ms':>10}{'p99 ms':>10}")
+    print(f"\n{'end-to-end latency':<50}{'p50 ms':>10}{'p99 ms':>10}")
     for name, p50, p99 in rows:
-        print(f"{name:<40}{p50:>10.2f}{p99:>10.2f}")
-    by_name = {name: p50 for name, p50, _ in rows}
-    baseline = by_name["baseline: python3 -c per callback"]
+        print(f"{name:<50}{p50:>10.2f}{p99:>10.2f}")
+    by_name = {name: (p50, p99) for name, p50, p99 in rows}
+    baseline = by_name["baseline: python3 -c per callback"][0]
     print("\nratios (p50):")
     for language in ("python", "perl", "qube"):
-        warm = by_name[f"zygote: {language} callback"]
+        warm = by_name[f"zygote: {language} callback"][0]
         print(f"  warm {language}: {baseline / warm:.1f}x faster than the python3 -c baseline, "
-              f"{warm / by_name['floor: fork+wait, warm process']:.1f}x the fork floor, "
-              f"{warm / by_name['floor: empty gRPC call']:.1f}x the gRPC floor")
-    print(f"  cold python vs warm python: {by_name['cold: python callback'] / by_name['zygote: python callback']:.1f}x")
-    print(f"\n{'throughput (trivial python, warm)':<40}{'calls/s':>10}{'exhausted':>11}{'errors':>8}")
+              f"{warm / by_name['floor: fork+wait, warm process'][0]:.1f}x the fork floor, "
+              f"{warm / by_name['floor: empty gRPC call'][0]:.1f}x the gRPC floor")
+    print(f"  cold python vs warm python: "
+          f"{by_name['cold: python callback'][0] / by_name['zygote: python callback'][0]:.1f}x")
+
+    print(f"\n{'CPU per call (ms)':<50}{'executor':>10}{'zygotes':>10}{'client+sup':>12}"
+          f"{'total':>8}")
+    for name, (own, zygotes, client) in cpu_rows:
+        total = own + zygotes + client
+        print(f"{name:<50}{own:>10.2f}{zygotes:>10.2f}{client:>12.2f}{total:>8.2f}")
+    print("  (zygotes: the zygotes and every child they forked, prepared ones included; "
+          f"{os.cpu_count()} cores bound the rate at cores / total)")
+
+    print(f"\n{'throughput (trivial python, warm)':<50}{'calls/s':>10}{'exhausted':>11}"
+          f"{'errors':>8}")
     for clients, (rate, exhausted, errors) in loads:
-        print(f"{f'{clients} concurrent clients':<40}{rate:>10.0f}{exhausted:>11}{errors:>8}")
-    print(f"\nexecutor RSS idle {idle[0]:.1f} MiB (zygote {idle[1]:.1f} MiB); "
-          f"after load {loaded[0]:.1f} MiB (children {loaded[1]:.1f} MiB)")
+        print(f"{f'{clients} concurrent clients':<50}{rate:>10.0f}{exhausted:>11}{errors:>8}")
+    print(f"\nexecutor RSS idle {idle[0]:.1f} MiB (zygotes {idle[1]:.1f} MiB); "
+          f"after load {loaded[0]:.1f} MiB (zygotes and children {loaded[1]:.1f} MiB)")
+
+    python, perl = by_name["zygote: python callback"], by_name["zygote: perl callback"]
+    checks = [
+        (f"python p50 <= {TARGETS['p50']:g} ms", python[0] <= TARGETS["p50"]),
+        (f"perl p50 <= {TARGETS['p50']:g} ms", perl[0] <= TARGETS["p50"]),
+        (f"python p99 <= {TARGETS['p99']:g} ms", python[1] <= TARGETS["p99"]),
+        (f"perl p99 <= {TARGETS['p99']:g} ms", perl[1] <= TARGETS["p99"]),
+        (f">= {TARGETS['throughput']:g} calls/s",
+         max(rate for _, (rate, _, _) in loads) >= TARGETS["throughput"]),
+        (f">= {TARGETS['baseline_ratio']:g}x the baseline (python)",
+         baseline / python[0] >= TARGETS["baseline_ratio"]),
+        (f"idle RSS <= {TARGETS['idle_rss']:g} MB", idle[0] * 2**20 / 1e6 <= TARGETS["idle_rss"]),
+    ]
+    print("\ntargets: " + "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in checks))
     return 0
 
 

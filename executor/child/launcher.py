@@ -98,7 +98,7 @@ def _run_runtime(spec: dict[str, Any]) -> int:
             signal.signal(signal.SIGXCPU, lambda *_: os._exit(128 + signal.SIGXCPU))
         import python_bootstrap
 
-        return int(python_bootstrap.run(bridge_fd))
+        return int(python_bootstrap.run(bridge_fd, warm_up=bool(spec.get("warm_up"))))
     argv = [str(arg).replace("{bridge_fd}", str(bridge_fd)) for arg in spec["argv"]]
     os.execv(argv[0], argv)
 

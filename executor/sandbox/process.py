@@ -43,10 +43,6 @@ logger = logging.getLogger(__name__)
 READ_CHUNK: Final = 64 << 10
 # After the main process ends, how long to wait for the output pipes to reach EOF.
 DRAIN_TIMEOUT_S: Final = 2.0
-# How long after a run a cell starts its next child: long enough for the run's answer to
-# leave first (a fork and the child's confinement take milliseconds of CPU), short next
-# to the time a busy executor takes to come round to the same cell again.
-PREPARE_DELAY_S: Final = 0.003
 SAFE_PATH: Final = "/usr/local/bin:/usr/bin:/bin"
 # Set in every callback's environment, valued with the executor's pid, so a leak check can
 # find the processes (escaped ones included) that one executor started.
@@ -308,7 +304,6 @@ class SandboxRunner:
         self.spawner = spawner
         self._prepare_ahead = prepare_ahead
         self._prepared: dict[int, asyncio.Task[_Child]] = {}
-        self._scheduled: dict[int, asyncio.TimerHandle] = {}
         self._closing = False
 
     @staticmethod
@@ -347,8 +342,13 @@ class SandboxRunner:
                 cell, processes=limits.max_processes, memory_bytes=limits.memory_bytes
             )
 
-    async def _start(self, spec: dict[str, Any], limits: Limits, cell: int) -> _Child:
-        """Start a child that confines itself and then waits for its start frame."""
+    async def _start(
+        self, spec: dict[str, Any], limits: Limits, cell: int, *, ahead: bool = False
+    ) -> _Child:
+        """Start a child that confines itself and then waits for its start frame.
+
+        A child started ``ahead`` of its run also warms itself up while it waits.
+        """
         self._set_cgroup_limits(cell, limits)  # the child joins the cell's cgroups at once
         if self.options.isolation is not None:
             # Made by the child on its private /tmp: nothing on the host to make or remove.
@@ -360,7 +360,7 @@ class SandboxRunner:
         parent_sock, child_sock = socket.socketpair()
         try:
             handle = await self.spawner.spawn(
-                dict(spec, workdir=workdir),
+                dict(spec, workdir=workdir, warm_up=ahead),
                 env=child_environment(workdir),
                 fds=(stdout_w, stderr_w, child_sock.fileno()),
             )
@@ -379,9 +379,6 @@ class SandboxRunner:
 
     async def _take(self, spec: dict[str, Any], limits: Limits, cell: int) -> _Child:
         """The cell's prepared child when it fits ``spec`` and still lives, else a new one."""
-        scheduled = self._scheduled.pop(cell, None)
-        if scheduled is not None:
-            scheduled.cancel()  # not started yet: this run starts its own at once
         pending = self._prepared.pop(cell, None)
         if pending is not None:
             try:
@@ -405,21 +402,13 @@ class SandboxRunner:
             await _remove_workdir(child.host_workdir)
 
     def _prepare(self, spec: dict[str, Any], limits: Limits, cell: int) -> None:
-        """Start the cell's next child shortly, once this run's answer has gone."""
-        if self._prepare_ahead and not self._closing and cell not in self._scheduled:
-            self._scheduled[cell] = asyncio.get_running_loop().call_later(
-                PREPARE_DELAY_S, self._prepare_now, spec, limits, cell
+        if self._prepare_ahead and not self._closing and cell not in self._prepared:
+            self._prepared[cell] = asyncio.create_task(
+                self._start(spec, limits, cell, ahead=True)
             )
-
-    def _prepare_now(self, spec: dict[str, Any], limits: Limits, cell: int) -> None:
-        del self._scheduled[cell]
-        if not self._closing and cell not in self._prepared:
-            self._prepared[cell] = asyncio.create_task(self._start(spec, limits, cell))
 
     async def prepared_pids(self) -> list[int]:
         """Pids of the children waiting for a run, once the ones being started are up."""
-        while self._scheduled:
-            await asyncio.sleep(PREPARE_DELAY_S)
         if self._prepared:
             await asyncio.wait(self._prepared.values())
         return [
@@ -431,9 +420,6 @@ class SandboxRunner:
     async def close(self) -> None:
         """Stop preparing and dispose of every prepared child (after the last run)."""
         self._closing = True
-        for scheduled in self._scheduled.values():
-            scheduled.cancel()
-        self._scheduled.clear()
         prepared, self._prepared = self._prepared, {}
         for task in prepared.values():
             try:

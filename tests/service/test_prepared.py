@@ -146,3 +146,14 @@ async def test_stopping_the_executor_ends_the_prepared_children(tmp_path: Path) 
 
     assert not [pid for pid in prepared if psutil.pid_exists(pid)
                 and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+
+
+async def test_a_prepared_childs_warm_up_leaves_nothing_in_the_callbacks_namespace(
+    one_slot: Stack,
+) -> None:
+    await run(one_slot, "pass")
+    await one_slot.running.dispatcher.runner.prepared_pids()  # the next one has warmed up
+
+    response = await run(one_slot, "print(sorted(n for n in globals() if not n.startswith('__')))")
+
+    assert response.stdout == "['qb']\n"

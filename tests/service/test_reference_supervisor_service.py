@@ -281,9 +281,8 @@ async def test_report_results_stores_a_batch_whole_or_refuses_it_whole(
     refused = await rpc_error(served.stub.ReportResults(
         supervisor_pb2.ReportResultsRequest(results=[entry("inv-1"), entry("")])
     ))
-    answer = await served.stub.ReportResults(
-        supervisor_pb2.ReportResultsRequest(results=[entry("inv-1"), entry("inv-2"), entry("inv-1")])
-    )
+    batch = [entry("inv-1"), entry("inv-2"), entry("inv-1")]
+    answer = await served.stub.ReportResults(supervisor_pb2.ReportResultsRequest(results=batch))
 
     assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [r.duplicate for r in answer.results] == [False, False, True]

@@ -117,7 +117,9 @@ class SupervisorEndpoint:
 
 
 @pytest.fixture(params=[CountingSupervisor, SingleResultSupervisor], ids=["batches", "single"])
-async def endpoint(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[SupervisorEndpoint]:
+async def endpoint(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[SupervisorEndpoint]:
     endpoint = SupervisorEndpoint(tmp_path / "supervisor.db", request.param)
     await endpoint.start()
     try:
@@ -277,4 +279,5 @@ async def test_sigkill_during_delivery_redelivers_without_applying_twice(
         await eventually(lambda: len(endpoint.stored_ids()) == RUNS)
     endpoint.assert_exactly_once(set(ids))
     in_flight = max(endpoint.servicer.batches, default=1)
-    assert sum(endpoint.servicer.duplicates.values()) <= in_flight, "only the in-flight exchange is resent"
+    resent = sum(endpoint.servicer.duplicates.values())
+    assert resent <= in_flight, "only the in-flight exchange is resent"

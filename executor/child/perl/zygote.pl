@@ -300,8 +300,9 @@ sub serve {
         my $message = eval { qb::JSON::decode($data) };
         if (ref $message ne 'HASH' || @fds != 3) {
             POSIX::close($_) for @fds;
-            send_message($control, { type => 'failed', id => ref $message eq 'HASH' ? $message->{id} : undef,
-                error => 'expected a JSON object and 3 fds' });
+            my $id = ref $message eq 'HASH' ? $message->{id} : undef;
+            send_message($control,
+                { type => 'failed', id => $id, error => 'expected a JSON object and 3 fds' });
             next;
         }
         my $new_namespace = $message->{spec}{pid_namespace};
