@@ -41,14 +41,15 @@ EXIT_LAUNCH_FAILED = 121
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _check(result: int, what: str) -> None:
+def check(result: int, what: str) -> None:
+    """Raise OSError (with errno) when a libc call failed."""
     if result != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"{what}: {os.strerror(errno)}")
 
 
 def _prctl(option: int, value: int) -> None:
-    _check(_libc.prctl(option, value, 0, 0, 0), f"prctl({option})")
+    check(_libc.prctl(option, value, 0, 0, 0), f"prctl({option})")
 
 
 def _join_cgroups(procs_files: list[str]) -> None:
@@ -69,7 +70,7 @@ def _enter_namespaces(spec: dict[str, Any], *, pid: bool) -> None:
     if spec.get("isolation"):
         flags |= CLONE_NEWNS
     if flags:
-        _check(_libc.unshare(flags), "unshare")
+        check(_libc.unshare(flags), "unshare")
 
 
 def _mirror_exit(pid: int) -> int:

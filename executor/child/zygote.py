@@ -58,18 +58,13 @@ class PidNamespaces:
     def __init__(self) -> None:
         self._own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
 
-    def _call(self, result: int, what: str) -> None:
-        if result != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"{what}: {os.strerror(errno)}")
-
     def next_child_in_new(self) -> None:
-        self._call(_libc.setns(self._own, launcher.CLONE_NEWPID), "setns")
-        self._call(_libc.unshare(launcher.CLONE_NEWPID), "unshare(CLONE_NEWPID)")
+        launcher.check(_libc.setns(self._own, launcher.CLONE_NEWPID), "setns")
+        launcher.check(_libc.unshare(launcher.CLONE_NEWPID), "unshare(CLONE_NEWPID)")
 
     def next_child_in_own(self) -> None:
         """Back to our own, so a finished child's namespace is not kept alive by us."""
-        self._call(_libc.setns(self._own, launcher.CLONE_NEWPID), "setns")
+        launcher.check(_libc.setns(self._own, launcher.CLONE_NEWPID), "setns")
 
     def close(self) -> None:
         os.close(self._own)
