@@ -75,3 +75,20 @@ async def test_a_warm_perl_callback_is_a_fork_of_the_perl_zygote(stack_warm: Sta
     assert "zygote.pl" in " ".join(zygote.cmdline())
     assert children and all(child.exe() == zygote.exe() for child in children)
     assert all(child.cmdline() == zygote.cmdline() for child in children)
+
+
+async def test_a_warm_perl_callback_gets_its_sigchld(stack_warm: Stack) -> None:
+    # The Perl zygote reads its children's exits through a signalfd, with SIGCHLD blocked;
+    # the callbacks it forks get the signal back.
+    (job,) = stack_warm.supervisor.submit([{"name": "z", "user": "alice"}])
+    code = (
+        "my $got = 0; $SIG{CHLD} = sub { $got++ };\n"
+        "my $pid = fork; CORE::exit(0) if !$pid;\n"
+        "for (1 .. 100) { last if $got; select(undef, undef, undef, 0.05) }\n"
+        "waitpid($pid, 0); print \"signalled $got\\n\";"
+    )
+
+    response = await stack_warm.client.execute_callback(language="perl", code=code, job=job)
+
+    assert response.outcome == executor_pb2.Outcome.OUTCOME_SUCCEEDED, response.stderr
+    assert response.stdout == "signalled 1\n"

@@ -39,12 +39,12 @@ my %SYSCALLS = (
     x86_64 => {
         recvmsg => 47, wait4 => 61, setrlimit => 160, prctl => 157, unshare => 272,
         setns => 308, mount => 165, setgroups => 116, setresuid => 117, setresgid => 119,
-        close_range => 436,
+        close_range => 436, signalfd4 => 289,
     },
     aarch64 => {
         recvmsg => 212, wait4 => 260, setrlimit => 164, prctl => 167, unshare => 97,
         setns => 268, mount => 40, setgroups => 159, setresuid => 147, setresgid => 149,
-        close_range => 436,
+        close_range => 436, signalfd4 => 74,
     },
 );
 my ($ARCH) = $Config::Config{archname} =~ /\A(x86_64|aarch64)/
@@ -71,9 +71,8 @@ sub BRIDGE_FD ()            { 3 }
 sub MAX_MESSAGE ()          { 1 << 20 }
 sub EXIT_LAUNCH_FAILED ()   { 121 }    # launcher.py's: the callback never started
 sub MAX_WORKDIR_FILES ()    { 65536 }  # isolation.py's
-# While children are running, wake at least this often: a SIGCHLD that lands just
-# before select() is only handled once select() returns.
-sub REAP_POLL_S ()          { 0.02 }
+sub SFD_NONBLOCK ()         { 0x800 }
+sub SFD_CLOEXEC ()          { 0x80000 }
 my %RLIMIT = (CPU => 0, FSIZE => 1, DATA => 2, STACK => 3, CORE => 4, RSS => 5,
     NPROC => 6, NOFILE => 7, MEMLOCK => 8, AS => 9);
 
@@ -283,17 +282,32 @@ sub child {
 
 # -- the loop -------------------------------------------------------------------------------
 
+# SIGCHLD as a readable fd: blocked as a signal and read through signalfd, a child's
+# exit wakes select() whenever it comes (a %SIG handler runs only between Perl ops, so
+# an exit just before select() would wait for the next message).
+sub child_exits_fd {
+    my ($blocked) = @_;
+    POSIX::sigprocmask(POSIX::SIG_BLOCK(), $blocked) or die "sigprocmask: $!\n";
+    my $mask = pack('Q', 1 << (POSIX::SIGCHLD() - 1));
+    return sys('signalfd4', -1, $mask, length $mask, SFD_NONBLOCK | SFD_CLOEXEC);
+}
+
 sub serve {
     my ($control_fd) = @_;
     open(my $control, '+<&=', $control_fd) or die "perl zygote: control fd $control_fd: $!\n";
     open(my $own_namespace, '<', '/proc/self/ns/pid') or die "perl zygote: own PID namespace: $!\n";
-    $SIG{CHLD} = sub { };    # interrupts select(): exits are reaped straight away
+    my $sigchld = POSIX::SigSet->new(POSIX::SIGCHLD());
+    my $exits_fd = child_exits_fd($sigchld);
     while (1) {
         my $wanted = '';
-        vec($wanted, $control_fd, 1) = 1;
-        my $ready = select(my $readable = $wanted, undef, undef, %children ? REAP_POLL_S : undef);
-        reap($control);
+        vec($wanted, $_, 1) = 1 for $control_fd, $exits_fd;
+        my $ready = select(my $readable = $wanted, undef, undef, undef);
         next if $ready <= 0;
+        if (vec($readable, $exits_fd, 1)) {
+            1 while (POSIX::read($exits_fd, my $info, 4096) // 0) > 0;    # drain the siginfos
+            reap($control);
+        }
+        next if !vec($readable, $control_fd, 1);
         my ($data, @fds) = receive($control_fd);
         next if !defined $data && $!{EINTR};
         return if !defined $data || $data eq '';    # the executor is gone; children follow
@@ -319,7 +333,7 @@ sub serve {
             next;
         }
         if ($pid == 0) {
-            $SIG{CHLD} = 'DEFAULT';
+            POSIX::sigprocmask(POSIX::SIG_UNBLOCK(), $sigchld);    # the callback's to use
             child($message, @fds);
         }
         sys('setns', fileno $own_namespace, CLONE_NEWPID) if $new_namespace;
