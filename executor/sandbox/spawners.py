@@ -21,7 +21,6 @@ import signal
 import socket
 import subprocess
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final, Protocol
 
 from executor.errors import UnavailableError
