@@ -41,12 +41,28 @@ import sqlite3, decimal  # stdlib imports still work behind the masks
 print(json.dumps(view))
 """
 
+# The same view from Perl: the Perl zygote confines its children with its own code.
+PERL_LOOK_AROUND = r"""
+my %view = (uid => $< + 0, cwd => readlink('/proc/self/cwd'));
+opendir(my $proc, '/proc') or die "no /proc: $!";
+$view{pids} = [sort { $a <=> $b } map { $_ + 0 } grep { /\A[0-9]+\z/ } readdir $proc];
+opendir(my $tmp, '/tmp') or die "no /tmp: $!";
+$view{tmp} = [grep { !/\A\.\.?\z/ } readdir $tmp];
+$view{data_dir} = opendir(my $data, DATA_DIR) ? [readdir $data]
+    : $!{ENOENT} ? 'FileNotFoundError' : "$!";
+$view{shadow} = open(my $shadow, '<', '/etc/shadow') ? 'read'
+    : $!{EACCES} ? 'PermissionError' : "$!";
+print qb::JSON::encode(\%view);
+"""
+
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the hardened tier needs root")
-async def test_a_hardened_callback_sees_only_itself(stack: Stack) -> None:
+@pytest.mark.parametrize("language", ["python", "perl"])
+async def test_a_hardened_callback_sees_only_itself(stack: Stack, language: str) -> None:
     assert stack.running.options.isolation is not None
-    code = LOOK_AROUND.replace("DATA_DIR", repr(str(stack.settings.data_dir)))
-    first = await stack.client.execute_callback(language="python", code=code, job={"id": 1, "user": "a"})
+    look_around = LOOK_AROUND if language == "python" else PERL_LOOK_AROUND
+    code = look_around.replace("DATA_DIR", repr(str(stack.settings.data_dir)))
+    first = await stack.client.execute_callback(language=language, code=code, job={"id": 1, "user": "a"})
     assert first.outcome == Outcome.OUTCOME_SUCCEEDED, first.failure.message + first.stderr
     view = json.loads(first.stdout)
 
@@ -64,7 +80,28 @@ async def test_a_hardened_callback_sees_only_itself(stack: Stack) -> None:
     assert view["shadow"] == "PermissionError"
 
 
-async def test_network_none_means_no_route_even_to_the_executor(tmp_path: Path) -> None:
+CONNECT = {
+    "python": (
+        "import socket\n"
+        "try:\n"
+        "    socket.create_connection(('127.0.0.1', PORT), timeout=2)\n"
+        "    print('connected')\n"
+        "except OSError as err:\n"
+        "    print('refused', type(err).__name__)\n"
+    ),
+    "perl": (
+        "use Socket;\n"
+        "socket(my $s, PF_INET, SOCK_STREAM, 0) or die \"socket: $!\";\n"
+        "print connect($s, pack_sockaddr_in(PORT, inet_aton('127.0.0.1')))"
+        " ? \"connected\\n\" : \"refused $!\\n\";\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("language", ["python", "perl"])
+async def test_network_none_means_no_route_even_to_the_executor(
+    tmp_path: Path, language: str
+) -> None:
     settings = stack_settings(tmp_path / "data", network="none")
     try:
         context = running_stack(settings)
@@ -72,15 +109,8 @@ async def test_network_none_means_no_route_even_to_the_executor(tmp_path: Path) 
     except Exception as err:  # noqa: BLE001 - hosts without namespaces refuse this setting
         pytest.skip(f"no network namespace here: {err}")
     try:
-        code = (
-            "import socket\n"
-            "try:\n"
-            f"    socket.create_connection(('127.0.0.1', {stack.running.port}), timeout=2)\n"
-            "    print('connected')\n"
-            "except OSError as err:\n"
-            "    print('refused', type(err).__name__)\n"
-        )
-        response = await stack.client.execute_callback(language="python", code=code, job={"id": 1, "user": "a"})
+        code = CONNECT[language].replace("PORT", str(stack.running.port))
+        response = await stack.client.execute_callback(language=language, code=code, job={"id": 1, "user": "a"})
     finally:
         await context.__aexit__(None, None, None)
 
