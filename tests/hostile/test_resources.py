@@ -200,6 +200,31 @@ async def test_many_files_cannot_fill_the_disk(arena_warm: Arena) -> None:
     assert 60 <= written_mib <= 100, f"wrote {written_mib} MiB under a 100 MiB quota"
 
 
+async def test_perl_cannot_fill_the_disk_either(arena_warm: Arena) -> None:
+    # The Perl zygote mounts a Perl child's working directory itself.
+    if arena_warm.stack.running.options.isolation is None:
+        pytest.xfail("the working directory is on the host's disk: needs the hardened tier")
+    code = (
+        "my $block = 'x' x (1 << 20); my $written = 0;\n"
+        "FILL: for my $n (0 .. 5) {\n"
+        "    open(my $f, '>', \"fill-$n\") or do { print 'stopped ', $! + 0, \"\\n\"; last };\n"
+        "    for (1 .. 60) {\n"
+        "        if (!defined syswrite($f, $block)) { print 'stopped ', $! + 0, \"\\n\"; last FILL }\n"
+        "        $written++;\n"
+        "    }\n"
+        "}\n"
+        "print \"$written\\n\";\n"
+    )
+    response = await arena_warm.attack(
+        code, language="perl", limits={"wall_seconds": 20, "disk_bytes": 100 * MIB}
+    )
+
+    assert_outcome(response, Outcome.OUTCOME_SUCCEEDED)
+    assert f"stopped {errno.ENOSPC}" in response.stdout
+    written_mib = int(response.stdout.split()[-1])
+    assert 60 <= written_mib <= 100, f"wrote {written_mib} MiB under a 100 MiB quota"
+
+
 async def test_thread_bomb_stops_at_the_process_cap(arena_warm: Arena) -> None:
     # Threads are tasks: the pids cgroup (and RLIMIT_NPROC) count them like processes.
     code = (
