@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 LAUNCHER: Final = CHILD_DIR / "launcher.py"
 MAX_MESSAGE: Final = 1 << 20
+# A language whose zygote fails this many spawns in a row starts its children cold.
+MAX_ZYGOTE_FAILURES: Final = 3
 
 
 @dataclass
@@ -235,7 +237,10 @@ class ZygoteSpawner:
     """Forks children from a warm, single-threaded zygote per language; restarts one that dies.
 
     Python's zygote (``zygote.py``) and Perl's (``perl/zygote.pl``) are started on their
-    language's first callback and confine their children the same way.
+    language's first callback and confine their children the same way. The cold path is
+    the fallback: a child its zygote could not start is started cold, and a language
+    whose zygote fails ``MAX_ZYGOTE_FAILURES`` times in a row (it cannot start here, say)
+    starts all its children cold from then on.
     """
 
     def __init__(self, python: str, *, private_network: bool = False) -> None:
@@ -247,27 +252,53 @@ class ZygoteSpawner:
             language: _Zygote([*zygote_argv(language, python), "{control_fd}", *extra], language)
             for language in ZYGOTE_LANGUAGES
         }
+        self._failures = dict.fromkeys(self._zygotes, 0)
+        self._cold = ColdSpawner(python)
+        self._cold_pids: set[int] = set()
 
     async def spawn(
         self, spec: dict[str, Any], *, env: dict[str, str], fds: tuple[int, int, int]
     ) -> ChildHandle:
-        zygote = self._zygotes.get(spec["language"])
-        if zygote is None:
-            raise UnavailableError(f"no zygote runs {spec['language']} callbacks")
-        if self._private_network:
-            spec = dict(spec, unshare_network=False)  # inherited from the zygote
-        return await zygote.spawn(spec, env, fds)
+        language = spec["language"]
+        zygote = self._zygotes.get(language)
+        if zygote is not None and self._failures[language] < MAX_ZYGOTE_FAILURES:
+            # The network namespace is inherited from the zygote.
+            warm_spec = dict(spec, unshare_network=False) if self._private_network else spec
+            try:
+                handle = await zygote.spawn(warm_spec, env, fds)
+            except UnavailableError as err:
+                self._failures[language] += 1
+                if self._failures[language] < MAX_ZYGOTE_FAILURES:
+                    logger.warning("%s zygote: %s; starting this child cold", language, err)
+                else:
+                    logger.error("%s zygote failed %d times in a row (%s); %s callbacks start "
+                                 "cold from now on", language, MAX_ZYGOTE_FAILURES, err, language)
+            else:
+                self._failures[language] = 0
+                return handle
+        handle = await self._cold.spawn(spec, env=env, fds=fds)  # our fds are still ours
+        self._cold_pids.add(handle.pid)
+        return handle
 
     async def reap(self, handle: ChildHandle) -> None:
-        await handle.exited.wait()
+        if handle.pid in self._cold_pids:
+            self._cold_pids.discard(handle.pid)
+            await self._cold.reap(handle)
+        else:
+            await handle.exited.wait()
 
     async def close(self) -> None:
         for zygote in self._zygotes.values():
             await zygote.close()
+        await self._cold.close()
 
     def pid_of(self, language: str) -> int | None:
         """The pid of ``language``'s zygote, None until its first callback."""
         return self._zygotes[language].pid
+
+    def warm(self, language: str) -> bool:
+        """Whether ``language``'s children still start from its zygote."""
+        return self._failures[language] < MAX_ZYGOTE_FAILURES
 
     @property
     def zygote_pid(self) -> int | None:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
+from pathlib import Path
 
 import psutil
 import pytest
 
-from executor.sandbox.spawners import ZygoteSpawner
+from executor.sandbox import spawners
+from executor.sandbox.spawners import MAX_ZYGOTE_FAILURES, ZygoteSpawner
 from supervisor_client.qbcallback.v1 import executor_pb2
-from tests.conftest import Stack
+from tests.conftest import Stack, running_stack, stack_settings
 
 pytestmark = pytest.mark.service
 
@@ -92,3 +95,31 @@ async def test_a_warm_perl_callback_gets_its_sigchld(stack_warm: Stack) -> None:
 
     assert response.outcome == executor_pb2.Outcome.OUTCOME_SUCCEEDED, response.stderr
     assert response.stdout == "signalled 1\n"
+
+
+async def test_a_language_whose_zygote_cannot_start_runs_its_callbacks_cold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A Perl "zygote" that exits at once, as one would on a host it cannot run on.
+    real_argv = spawners.zygote_argv
+    monkeypatch.setattr(
+        spawners, "zygote_argv",
+        lambda language, python: ["perl", "-e", "exit 3"] if language == "perl"
+        else real_argv(language, python),
+    )
+    with caplog.at_level(logging.WARNING, logger="executor.sandbox.spawners"):
+        async with running_stack(stack_settings(tmp_path / "data")) as stack:
+            (job,) = stack.supervisor.submit([{"name": "z", "user": "alice"}])
+            responses = [
+                await stack.client.execute_callback(language="perl", code=ALIVE["perl"], job=job)
+                for _ in range(MAX_ZYGOTE_FAILURES + 1)
+            ]
+            python = await stack.client.execute_callback(language="python", code=ALIVE["python"],
+                                                         job=job)
+            spawner = warm_spawner(stack)
+
+    assert [r.outcome for r in responses] == [executor_pb2.Outcome.OUTCOME_SUCCEEDED] * len(responses)
+    assert {r.stdout for r in responses} == {"alive\n"}
+    assert not spawner.warm("perl") and spawner.warm("python")
+    assert python.stdout == "alive\n"
+    assert "perl callbacks start cold from now on" in caplog.text
