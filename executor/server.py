@@ -32,9 +32,9 @@ from executor.metrics import Metrics
 from executor.qube_language import QubeInterpreter
 from executor.recorder import Recorder
 from executor.runs_rpc import CapacityCounter, RunsService
+from executor.runtimes import CHILD_DIR
 from executor.sandbox.cgroup import CellCgroups
 from executor.sandbox.process import IsolationPlan, SandboxOptions, SandboxRunner
-from executor.runtimes import CHILD_DIR
 from executor.sandbox.spawners import ColdSpawner, Spawner, ZygoteSpawner
 from executor.servicer import CallbackExecutorServicer
 from executor.supervisor_link import GrpcSupervisor
