@@ -154,15 +154,14 @@ def serve(control: socket.socket) -> None:
                 _send(control, {"type": "failed", "id": message.get("id"), "error": "expected 3 fds"})
                 continue
             new_pid_namespace = bool(message["spec"].get("pid_namespace"))
+            reply = {"type": "failed", "id": message["id"], "error": ""}
+            pid = -1
             try:
                 if new_pid_namespace:
                     namespaces.next_child_in_new()
                 pid = os.fork()
             except OSError as err:
-                for fd in fds:
-                    os.close(fd)
-                _send(control, {"type": "failed", "id": message["id"], "error": str(err)})
-                continue
+                reply["error"] = str(err)
             if pid == 0:
                 selector.close()
                 control.close()
@@ -171,11 +170,13 @@ def serve(control: socket.socket) -> None:
                 os.close(wake_w)
                 _child(message, fds)
             if new_pid_namespace:
-                namespaces.next_child_in_own()
+                namespaces.next_child_in_own()  # whatever happened: the next starts afresh
             for fd in fds:
                 os.close(fd)
-            children.add(pid)
-            _send(control, {"type": "started", "id": message["id"], "pid": pid})
+            if pid > 0:
+                children.add(pid)
+                reply = {"type": "started", "id": message["id"], "pid": pid}
+            _send(control, reply)
         _reap(control, children)
 
 

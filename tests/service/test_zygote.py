@@ -123,3 +123,22 @@ async def test_a_language_whose_zygote_cannot_start_runs_its_callbacks_cold(
     assert not spawner.warm("perl") and spawner.warm("python")
     assert python.stdout == "alive\n"
     assert "perl callbacks start cold from now on" in caplog.text
+
+
+@pytest.mark.parametrize("language", ["python", "perl"])
+async def test_the_zygotes_work_without_namespaces_or_cgroups(tmp_path: Path, language: str) -> None:
+    # What a host without root or user namespaces gives: no PID namespace, no cgroups,
+    # no private mounts; the zygotes must not reach for any of them.
+    settings = stack_settings(
+        tmp_path / "data", pid_namespace="off", cgroup="off", dedicated_uid="off", network="host"
+    )
+    async with running_stack(settings) as stack:
+        (job,) = stack.supervisor.submit([{"name": "z", "user": "alice"}])
+        responses = [
+            await stack.client.execute_callback(language=language, code=ALIVE[language], job=job)
+            for _ in range(3)
+        ]
+        warm = warm_spawner(stack).warm(language)
+
+    assert [r.stdout for r in responses] == ["alive\n"] * 3
+    assert warm, "the zygote failed and its children were started cold"

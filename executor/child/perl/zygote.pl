@@ -327,17 +327,18 @@ sub serve {
             }
             fork // die "fork: $!\n";
         };
-        if (!defined $pid) {
-            POSIX::close($_) for @fds;
-            send_message($control, { type => 'failed', id => $message->{id}, error => "$@" });
-            next;
-        }
-        if ($pid == 0) {
+        my $error = $@;
+        if (defined $pid && $pid == 0) {
             POSIX::sigprocmask(POSIX::SIG_UNBLOCK(), $sigchld);    # the callback's to use
             child($message, @fds);
         }
+        # Whatever happened, the next child starts afresh from our own namespace.
         sys('setns', fileno $own_namespace, CLONE_NEWPID) if $new_namespace;
         POSIX::close($_) for @fds;
+        if (!defined $pid) {
+            send_message($control, { type => 'failed', id => $message->{id}, error => $error });
+            next;
+        }
         $children{$pid} = 1;
         send_message($control, { type => 'started', id => $message->{id}, pid => $pid });
     }
