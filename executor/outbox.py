@@ -267,21 +267,8 @@ class Outbox:
             logger.info("outbox: the receiver takes no batches; sending results one by one")
             self._batches = False
             return ""
-        now = self._clock()
         self._duplicates += sum(duplicates)
-        self._db.execute("BEGIN")
-        try:
-            self._db.executemany(
-                "UPDATE outbox SET attempts = attempts + 1, delivered_at = ? WHERE seq = ?",
-                [(now, seq) for seq, _, _ in batch],
-            )
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._delivered_since_trim += len(batch)
-        if self._delivered_since_trim >= 100:
-            self._trim_delivered()
+        self._mark_delivered([seq for seq, _, _ in batch])
         return None
 
     async def _deliver_one(self, seq: int, key: str, payload: bytes) -> str | None:
@@ -303,14 +290,25 @@ class Outbox:
             logger.exception("outbox: transport failed unexpectedly on %s", key)
             return f"{type(err).__name__}: {err}"
         self._duplicates += duplicate
-        self._db.execute(
-            "UPDATE outbox SET attempts = attempts + 1, delivered_at = ? WHERE seq = ?",
-            (self._clock(), seq),
-        )
-        self._delivered_since_trim += 1
+        self._mark_delivered([seq])
+        return None
+
+    def _mark_delivered(self, seqs: list[int]) -> None:
+        """Record the rows as delivered, in one commit; trim the delivered ones now and then."""
+        now = self._clock()
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany(
+                "UPDATE outbox SET attempts = attempts + 1, delivered_at = ? WHERE seq = ?",
+                [(now, seq) for seq in seqs],
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._delivered_since_trim += len(seqs)
         if self._delivered_since_trim >= 100:
             self._trim_delivered()
-        return None
 
     def _trim_delivered(self) -> None:
         self._delivered_since_trim = 0

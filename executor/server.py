@@ -25,6 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from executor import security
+from executor.child.isolation import under
 from executor.config import Settings
 from executor.dispatcher import Dispatcher
 from executor.errors import ConfigError
@@ -94,10 +95,6 @@ def isolation_plan(settings: Settings, site_paths: tuple[str, ...]) -> Isolation
 
 def _outermost_dirs(paths: set[str]) -> tuple[str, ...]:
     """The directories among ``paths`` that exist and lie in no other: one tmpfs covers the rest."""
-
-    def under(path: str, directory: str) -> bool:
-        return path == directory or path.startswith(directory.rstrip("/") + "/")
-
     existing = sorted((p for p in paths if os.path.isdir(p)), key=len)
     outer = [p for i, p in enumerate(existing) if not any(under(p, o) for o in existing[:i])]
     return tuple(sorted(outer))

@@ -49,7 +49,8 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
         raise OSError(errno, f"mount {target}: {os.strerror(errno)}")
 
 
-def _under(path: str, directory: str) -> bool:
+def under(path: str, directory: str) -> bool:
+    """Whether ``path`` is ``directory`` or lies inside it (by name, no symlinks followed)."""
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
@@ -65,10 +66,9 @@ def isolate_filesystem(
     """
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    outer = masks  # the plan lists existing directories, outermost only
-    kept = {path: os.open(path, os.O_PATH) for path in keep if any(_under(path, m) for m in outer)}
+    kept = {path: os.open(path, os.O_PATH) for path in keep if any(under(path, m) for m in masks)}
     try:
-        for mask in outer:
+        for mask in masks:
             _mount("tmpfs", mask, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64m")
         for path, fd in sorted(kept.items()):
             if os.path.isdir(f"/proc/self/fd/{fd}"):
@@ -80,7 +80,7 @@ def isolate_filesystem(
     finally:
         for fd in kept.values():
             os.close(fd)
-    if not any(_under(workdir, mask) for mask in outer):
+    if not any(under(workdir, mask) for mask in masks):
         raise OSError(f"working directory {workdir} is not under a masked directory")
     os.makedirs(workdir, mode=0o700, exist_ok=True)  # on the masked /tmp: ours alone
     _mount("tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV,
