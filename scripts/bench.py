@@ -190,11 +190,14 @@ class CpuMeter:
         me = self._me.cpu_times()
         return own, sum(cpu_seconds(z) for z in self._zygotes()), me.user + me.system
 
+    def ms_per_call(self, before: tuple[float, float, float], calls: float) -> tuple[float, ...]:
+        """Milliseconds of CPU per call of each party since ``before`` (a ``sample()``)."""
+        return tuple((now - then) / calls * 1000 for now, then in zip(self.sample(), before))
+
     async def per_call(self, work: Awaitable[list[float]]) -> tuple[list[float], tuple[float, ...]]:
         before = self.sample()
         samples = await work
-        after = self.sample()
-        return samples, tuple((a - b) / len(samples) * 1000 for a, b in zip(after, before))
+        return samples, self.ms_per_call(before, len(samples))
 
 
 def rss_mb(proc: psutil.Process) -> tuple[float, float]:
@@ -252,12 +255,10 @@ async def main() -> int:
                     for clients in (1, 8, 32):
                         before = meter.sample()
                         rate, exhausted, errors = await throughput(address, clients, args.seconds)
-                        after = meter.sample()
-                        calls = rate * args.seconds
+                        cpu = meter.ms_per_call(before, rate * args.seconds)
                         loads.append((clients, (rate, exhausted, errors)))
                         if clients == 32:
-                            cpu_rows.append(("python callback, 32 clients", tuple(
-                                (a - b) / calls * 1000 for a, b in zip(after, before))))
+                            cpu_rows.append(("python callback, 32 clients", cpu))
                     loaded = rss_mb(proc)
     await supervisor_server.stop(2.0)  # let reports still in flight finish
     reference.close()

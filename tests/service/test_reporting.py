@@ -56,8 +56,7 @@ class CountingSupervisor(SupervisorServicer):
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         response = await super().ReportResult(request, context)
-        counter = self.duplicates if response.duplicate else self.applied
-        counter[request.result.invocation_id] += 1
+        self._count(request, response)
         return response
 
     async def ReportResults(
@@ -67,10 +66,15 @@ class CountingSupervisor(SupervisorServicer):
             await asyncio.sleep(self.delay_s)
         response = await super().ReportResults(request, context)
         for entry, answer in zip(request.results, response.results, strict=True):
-            counter = self.duplicates if answer.duplicate else self.applied
-            counter[entry.result.invocation_id] += 1
+            self._count(entry, answer)
         self.batches.append(len(request.results))
         return response
+
+    def _count(
+        self, request: supervisor_pb2.ReportResultRequest, answer: supervisor_pb2.ReportResultResponse
+    ) -> None:
+        counter = self.duplicates if answer.duplicate else self.applied
+        counter[request.result.invocation_id] += 1
 
 
 class SingleResultSupervisor(CountingSupervisor):
