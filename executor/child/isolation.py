@@ -16,6 +16,12 @@ before the runtime starts:
 6. the process drops to a dedicated unprivileged uid/gid with no supplementary groups,
    which also drops every capability. RLIMIT_NPROC now counts only this cell's uid.
 
+A zygote takes steps 1, 3 and 4 off its children (``share_masks``): once, in a mount
+namespace of its own, it covers every mask but the one that holds the working
+directories. Each child's namespace is a copy of that one, so the child only mounts its
+``/proc``, its own ``/tmp`` and its working directory (measured: ~1.1 ms of CPU less per
+child, about a sixth of a warm run).
+
 Stdlib only (ctypes for mount(2)).
 """
 
@@ -30,6 +36,8 @@ MS_NOEXEC = 8
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+CLONE_NEWNS = 0x00020000
 # Files and directories the working directory may hold (tmpfs inodes cost kernel memory).
 MAX_WORKDIR_FILES = 65536
 
@@ -54,18 +62,8 @@ def under(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
-def isolate_filesystem(
-    masks: list[str], keep: list[str], workdir: str, quota: dict[str, int]
-) -> None:
-    """Private mounts, fresh /proc, tmpfs over ``masks``, ``keep`` bound back, a quota'd workdir.
-
-    ``masks`` are existing directories, none inside another (the executor's plan).
-
-    ``quota`` is ``{"bytes": ..., "uid": ..., "gid": ...}`` for the working directory,
-    which must lie under a mask: it is made there, never on the host's disk.
-    """
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+def _cover(masks: list[str], keep: list[str]) -> None:
+    """An empty tmpfs over each mask; the ``keep`` paths under them bound back."""
     kept = {path: os.open(path, os.O_PATH) for path in keep if any(under(path, m) for m in masks)}
     try:
         for mask in masks:
@@ -80,6 +78,45 @@ def isolate_filesystem(
     finally:
         for fd in kept.values():
             os.close(fd)
+
+
+def share_masks(masks: list[str], keep: list[str], workdir: str) -> list[str]:
+    """In a zygote, once: cover in a mount namespace of its own every mask not holding ``workdir``.
+
+    Returns the masks covered. The namespace is a slave of the host's: mounts the host
+    makes later (automounted project storage) still reach the callbacks, and nothing
+    mounted in it, or in a child's copy of it, propagates back. The mask that holds the
+    working directories stays per child: each run sees only its own ``/tmp``, and no
+    run's mount point is left behind in a shared one.
+    """
+    if _libc.unshare(CLONE_NEWNS) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"unshare(CLONE_NEWNS): {os.strerror(errno)}")
+    _mount(None, "/", None, MS_REC | MS_SLAVE)
+    shared = [mask for mask in masks if not under(workdir, mask)]
+    _cover(shared, keep)
+    return shared
+
+
+def isolate_filesystem(
+    masks: list[str], keep: list[str], workdir: str, quota: dict[str, int],
+    shared_masks: list[str] | tuple[str, ...] = (),
+) -> None:
+    """Private mounts, fresh /proc, tmpfs over ``masks``, ``keep`` bound back, a quota'd workdir.
+
+    ``masks`` are existing directories, none inside another (the executor's plan).
+    ``shared_masks``: those the zygote covered already (``share_masks``) in the namespace
+    this one copies, which also keeps mounts from propagating to the host.
+
+    ``quota`` is ``{"bytes": ..., "uid": ..., "gid": ...}`` for the working directory,
+    which must lie under a mask: it is made there, never on the host's disk.
+    """
+    if not shared_masks:
+        _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    # A shared mask is covered again when it holds the working directory: its tmpfs is
+    # every child's, and the mount point would be left behind there.
+    _cover([m for m in masks if m not in shared_masks or under(workdir, m)], keep)
     if not any(under(workdir, mask) for mask in masks):
         raise OSError(f"working directory {workdir} is not under a masked directory")
     os.makedirs(workdir, mode=0o700, exist_ok=True)  # on the masked /tmp: ours alone

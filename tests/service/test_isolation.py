@@ -80,6 +80,44 @@ async def test_a_hardened_callback_sees_only_itself(stack: Stack, language: str)
     assert view["shadow"] == "PermissionError"
 
 
+# Each mount point's device, top of the stack last: a tmpfs is one device per instance.
+MOUNT_DEVICES = {
+    "python": (
+        "import json\n"
+        "print(json.dumps({line.split()[4]: line.split()[2]"
+        " for line in open('/proc/self/mountinfo')}))\n"
+    ),
+    "perl": (
+        "open(my $info, '<', '/proc/self/mountinfo') or die \"mountinfo: $!\";\n"
+        "my %devices = map { (split ' ')[4, 2] } <$info>;\n"
+        "print qb::JSON::encode(\\%devices);\n"
+    ),
+}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the hardened tier needs root")
+@pytest.mark.parametrize("language", ["python", "perl"])
+async def test_a_zygote_covers_the_masks_once_and_each_run_gets_its_own_tmp(
+    stack_warm: Stack, language: str
+) -> None:
+    assert stack_warm.running.options.isolation is not None
+    runs = []
+    for _ in range(2):
+        response = await stack_warm.client.execute_callback(
+            language=language, code=MOUNT_DEVICES[language], job={"id": 1, "user": "a"}
+        )
+        assert response.outcome == Outcome.OUTCOME_SUCCEEDED, response.failure.message + response.stderr
+        runs.append(json.loads(response.stdout))
+    first, second = runs
+    shared = [m for m in stack_warm.running.options.isolation.masks if m != "/tmp"]
+
+    assert shared, "the plan has no mask besides /tmp"
+    # The same tmpfs in both runs: covered once, in the zygote's namespace.
+    assert [first[m] for m in shared] == [second[m] for m in shared]
+    # /tmp, which holds the working directories, is every run's own.
+    assert first["/tmp"] != second["/tmp"]
+
+
 CONNECT = {
     "python": (
         "import socket\n"

@@ -63,6 +63,7 @@ sub MS_NOEXEC ()            { 8 }
 sub MS_BIND ()              { 4096 }
 sub MS_REC ()               { 16384 }
 sub MS_PRIVATE ()           { 1 << 18 }
+sub MS_SLAVE ()             { 1 << 19 }
 sub O_PATH ()               { 0x200000 }
 sub MSG_CMSG_CLOEXEC ()     { 0x40000000 }
 sub WNOHANG ()              { 1 }
@@ -171,19 +172,15 @@ sub make_path {
     return;
 }
 
-# isolation.py's isolate_filesystem: private mounts, a fresh /proc, tmpfs over the masks
-# (the plan lists only the outermost ones), the kept paths bound back, a quota'd workdir.
-sub isolate_filesystem {
-    my ($plan, $workdir, $disk_bytes) = @_;
-    mount(undef, '/', undef, MS_REC | MS_PRIVATE);
-    mount('proc', '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC);
-    my @masks = @{ $plan->{masks} };
+# isolation.py's _cover: an empty tmpfs over each mask, the kept paths under them bound back.
+sub cover {
+    my ($masks, $keep) = @_;
     my %kept;
-    for my $path (@{ $plan->{keep} }) {
-        next if !grep { under($path, $_) } @masks;
+    for my $path (@$keep) {
+        next if !grep { under($path, $_) } @$masks;
         $kept{$path} = POSIX::open($path, O_PATH) // die "open $path: $!\n";
     }
-    mount('tmpfs', $_, 'tmpfs', MS_NOSUID | MS_NODEV, 'mode=0755,size=64m') for @masks;
+    mount('tmpfs', $_, 'tmpfs', MS_NOSUID | MS_NODEV, 'mode=0755,size=64m') for @$masks;
     for my $path (sort keys %kept) {
         my $fd = $kept{$path};
         if (-d "/proc/self/fd/$fd") {
@@ -197,8 +194,40 @@ sub isolate_filesystem {
         mount("/proc/self/fd/$fd", $path, undef, MS_BIND | MS_REC);
         POSIX::close($fd);
     }
+    return;
+}
+
+# isolation.py's share_masks, once in this zygote: a mount namespace of its own (a slave
+# of the host's) in which every mask not holding the working directory is covered.
+my ($shared_plan, @shared_masks);
+sub share_masks {
+    my ($spec) = @_;
+    my $isolation = $spec->{isolation} or return;
+    my $plan = join("\0", @{ $isolation->{masks} }, '', @{ $isolation->{keep} });
+    if (!defined $shared_plan) {
+        $shared_plan = $plan;
+        sys('unshare', CLONE_NEWNS);
+        mount(undef, '/', undef, MS_REC | MS_SLAVE);
+        @shared_masks = grep { !under($spec->{workdir}, $_) } @{ $isolation->{masks} };
+        cover(\@shared_masks, $isolation->{keep});
+    }
+    # Another plan: the child covers every mask itself.
+    $isolation->{shared_masks} = $plan eq $shared_plan ? [@shared_masks] : [];
+    return;
+}
+
+# isolation.py's isolate_filesystem: private mounts, a fresh /proc, tmpfs over the masks
+# (the plan lists only the outermost ones) but those the zygote shares, the kept paths
+# bound back, a quota'd workdir.
+sub isolate_filesystem {
+    my ($plan, $workdir, $disk_bytes) = @_;
+    my %shared = map { $_ => 1 } @{ $plan->{shared_masks} || [] };
+    mount(undef, '/', undef, MS_REC | MS_PRIVATE) if !%shared;
+    mount('proc', '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC);
+    # A shared mask holding the working directory is covered again (see isolation.py).
+    cover([grep { !$shared{$_} || under($workdir, $_) } @{ $plan->{masks} }], $plan->{keep});
     die "working directory $workdir is not under a masked directory\n"
-        if !grep { under($workdir, $_) } @masks;
+        if !grep { under($workdir, $_) } @{ $plan->{masks} };
     make_path($workdir);
     chmod 0700, $workdir;
     mount('tmpfs', $workdir, 'tmpfs', MS_NOSUID | MS_NODEV,
@@ -318,6 +347,13 @@ sub serve {
             send_message($control,
                 { type => 'failed', id => $id, error => 'expected a JSON object and 3 fds' });
             next;
+        }
+        if (!eval { share_masks($message->{spec}); 1 }) {
+            # Our mounts are in an unknown state: no child may be forked from them.
+            POSIX::close($_) for @fds;
+            send_message($control,
+                { type => 'failed', id => $message->{id}, error => "could not cover the masks: $@" });
+            return;    # the executor starts a new zygote, or the cold path
         }
         my $new_namespace = $message->{spec}{pid_namespace};
         my $pid = eval {
