@@ -197,41 +197,67 @@ def _send_now(sock: socket.socket, frame: bytes) -> bytes:
         return frame  # the child is gone; the bridge task meets the same error and stops
 
 
+async def _next_frame(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, buffer: bytearray
+) -> dict[str, Any] | None:
+    """The child's next frame (what is read beyond it stays in ``buffer``); None at its end.
+
+    The bridge ending between frames, or inside a header, is the callback ending.
+    """
+    header = protocol.HEADER.size
+    size = -1
+    while True:
+        if size < 0 and len(buffer) >= header:
+            (size,) = protocol.HEADER.unpack_from(buffer)
+            if size > protocol.MAX_CHILD_FRAME_BYTES:
+                raise _BridgeViolation(f"frame of {size} bytes exceeds the 1 MiB frame limit")
+        if 0 <= size <= len(buffer) - header:
+            body = bytes(buffer[header:header + size])
+            del buffer[:header + size]
+            return protocol.decode_body(body)
+        chunk = await loop.sock_recv(sock, READ_CHUNK)
+        if not chunk:
+            if size >= 0:
+                raise protocol.FrameError("the bridge closed inside a frame")
+            return None
+        buffer += chunk
+
+
+class _BridgeViolation(Exception):
+    """The child broke the bridge protocol (the message says how)."""
+
+
 async def _serve_bridge(
     sock: socket.socket, unsent: bytes, on_call: CallHandler, result: ChildExit
 ) -> None:
-    """Finish sending the start frame, answer calls, keep the done frame; stop on EOF or garbage."""
-    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    """Finish sending the start frame, answer calls, keep the done frame; stop on EOF or garbage.
+
+    On the socket itself, not asyncio streams: a run exchanges one or two frames, and a
+    transport with its reader and writer cost more than the exchange.
+    """
+    loop = asyncio.get_running_loop()
+    buffer = bytearray()
     try:
         if unsent:
-            writer.write(unsent)
-            await writer.drain()
-        while True:
-            try:
-                header = await reader.readexactly(protocol.HEADER.size)
-            except asyncio.IncompleteReadError:
-                return  # the callback ended (or closed the bridge)
-            (size,) = protocol.HEADER.unpack(header)
-            if size > protocol.MAX_CHILD_FRAME_BYTES:
-                result.bridge_error = f"frame of {size} bytes exceeds the 1 MiB frame limit"
-                return
-            frame = protocol.decode_body(await reader.readexactly(size))
+            await loop.sock_sendall(sock, unsent)
+        while (frame := await _next_frame(loop, sock, buffer)) is not None:
             if frame["type"] == "call":
-                writer.write(protocol.encode(await on_call(frame)))
-                await writer.drain()
+                await loop.sock_sendall(sock, protocol.encode(await on_call(frame)))
             elif frame["type"] == "done":
                 result.done = frame
             else:
                 result.bridge_error = f"unexpected frame type {frame['type']!r}"
                 return
-    except (protocol.FrameError, asyncio.IncompleteReadError) as err:
+    except _BridgeViolation as err:
+        result.bridge_error = str(err)
+    except protocol.FrameError as err:
         result.bridge_error = f"malformed frame: {err}"
     except (ConnectionError, BrokenPipeError):
         pass  # the callback went away mid-reply
     finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError, BrokenPipeError):
-            await writer.wait_closed()
+        # The child sees EOF: a qb call after garbage fails at once instead of waiting.
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _has_ended(pid: int) -> bool:
@@ -358,6 +384,7 @@ class SandboxRunner:
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
         parent_sock, child_sock = socket.socketpair()
+        parent_sock.setblocking(False)
         try:
             handle = await self.spawner.spawn(
                 dict(spec, workdir=workdir, warm_up=ahead),
@@ -480,20 +507,29 @@ class SandboxRunner:
             result.lost_reason = handle.lost_reason
             if cgroups is not None:
                 result.oom_kills = cgroups.oom_kills(cell) - oom_kills_before
-            # Everything that could hold the pipes is dead, so EOF is near.
-            await asyncio.wait(readers, timeout=DRAIN_TIMEOUT_S)
-            await asyncio.wait([bridge], timeout=DRAIN_TIMEOUT_S)
+            # Everything that could hold the pipes is dead, so EOF is near (often read already).
+            for waited in (readers, [bridge]):
+                if not all(task.done() for task in waited):
+                    await asyncio.wait(waited, timeout=DRAIN_TIMEOUT_S)
         finally:
+            # Shielded: a second cancellation (a server stopping while a cancelled run
+            # unwinds) must not cut the cleanup short; it then finishes on its own.
+            await asyncio.shield(self._finish(child, tasks, reaped=reaped))
+        self._prepare(spec, limits, cell)
+        return result
+
+    async def _finish(self, child: _Child, tasks: list[asyncio.Task[None]], *, reaped: bool) -> None:
+        """Kill and reap the child unless done already, stop its tasks, close our ends, remove its workdir."""
+        try:
             if not reaped:
-                await self._kill_everything(handle.pid, cell)
-                await self.spawner.reap(handle)
+                await self._kill_everything(child.handle.pid, child.cell)
+                await self.spawner.reap(child.handle)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
             child.close()
             await _remove_workdir(child.host_workdir)
-        self._prepare(spec, limits, cell)
-        return result
 
     async def _kill_everything(self, pgid: int, cell: int) -> list[int]:
         """SIGKILL the child's group and every process left in its cell's cgroup."""

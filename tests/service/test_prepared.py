@@ -7,16 +7,20 @@ spawner counts the children started.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-from executor.sandbox.process import SandboxRunner
+from executor.model import Language
+from executor.runtimes import child_runtime
+from executor.sandbox.process import SandboxRunner, started_by
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, running_stack, stack_settings
 
@@ -157,3 +161,67 @@ async def test_a_prepared_childs_warm_up_leaves_nothing_in_the_callbacks_namespa
     response = await run(one_slot, "print(sorted(n for n in globals() if not n.startswith('__')))")
 
     assert response.stdout == "['qb']\n"
+
+
+def sandbox_pids() -> set[int]:
+    """The processes this executor's sandbox started (the executor runs in the test's process)."""
+    pids = set()
+    for pid in psutil.pids():
+        try:
+            if started_by(pid, os.getpid()):
+                pids.add(pid)
+        except OSError:
+            continue
+    return pids
+
+
+def open_files() -> set[str]:
+    """What this process's fds refer to (``pipe:[inode]``, ``socket:[inode]``, paths)."""
+    targets = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            targets.add(os.readlink(f"/proc/self/fd/{fd}"))
+    return targets
+
+
+async def test_a_run_cancelled_twice_still_ends_its_child_and_closes_its_ends(
+    one_slot: Stack,
+) -> None:
+    # A server that stops while a cancelled run unwinds cancels it a second time; the
+    # run's cleanup must still kill and reap its child and close the pipes and bridge.
+    runner = one_slot.running.dispatcher.runner
+    await run(one_slot, "pass")  # the zygote is up
+    assert one_slot.running.recorder is not None and one_slot.running.recorder.outbox is not None
+    await one_slot.running.recorder.outbox.flush(5.0)  # its connection to the supervisor is up too
+    before = open_files()
+    # Other limits: the run starts a child of its own, whose ends are not in ``before``.
+    limits = dataclasses.replace(one_slot.settings.default_limits, cpu_seconds=7)
+    running = asyncio.create_task(runner.run(
+        runtime=child_runtime(Language.PYTHON), limits=limits, slot=0,
+        start={"type": "start", "code": "import time\ntime.sleep(60)", "context": {}},
+        on_call=lambda frame: asyncio.sleep(0, {}),
+    ))
+    prepared = sandbox_pids()
+    while not (children := sandbox_pids() - prepared):
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # the child has taken its start frame
+
+    running.cancel()
+    await asyncio.sleep(0)  # into its cleanup, which waits for the child's exit
+    running.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+
+    # Reaped, not only ended (no zombie left for later); the cleanup may finish after
+    # the task has given up.
+    assert await eventually(lambda: not any(psutil.pid_exists(pid) for pid in children))
+    assert await eventually(lambda: open_files() <= before), open_files() - before
+
+
+async def eventually(condition: Callable[[], bool], timeout_s: float = 2.0) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
