@@ -82,13 +82,27 @@ class CallbackLog:
             keep = max(0, self._max_bytes - len(marker))
             data = data[:keep].decode("utf-8", "ignore").encode() + marker
             data = data[: self._max_bytes]
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        fd = self._open(path)
         try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            size = 0
-        if size and size + len(data) > self._max_bytes:
-            os.replace(path, path.with_name(path.name + ".1"))
-        with path.open("ab") as log:
-            log.write(data)
+            size = os.fstat(fd).st_size
+            if size and size + len(data) > self._max_bytes:
+                os.replace(path, path.with_name(path.name + ".1"))
+                os.close(fd)
+                fd = self._open(path)
+            unwritten = memoryview(data)
+            while unwritten:
+                unwritten = unwritten[os.write(fd, unwritten):]
+        finally:
+            os.close(fd)
         return path
+
+    @staticmethod
+    def _open(path: Path) -> int:
+        """The log for appending, made with its directories when missing (only then: a
+        run's bookkeeping is on the event loop, and most runs find them)."""
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        try:
+            return os.open(path, flags, 0o666)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+            return os.open(path, flags, 0o666)

@@ -19,7 +19,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -82,9 +82,33 @@ class RunRecord:
     result: RunResult | None = None
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...] | None] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...] | None:
+    """A dataclass type's field names; None for any other type (both remembered)."""
+    if cls not in _FIELD_NAMES:
+        _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls)) if is_dataclass(cls) else None
+    return _FIELD_NAMES[cls]
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses as dicts and tuples as lists, all the way down.
+
+    ``dataclasses.asdict`` without its deep copy of every leaf, which made it most of the
+    cost of recording a run.
+    """
+    names = _field_names(type(value))
+    if names is not None:
+        return {name: _plain(getattr(value, name)) for name in names}
+    if isinstance(value, tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
 def result_to_json(result: RunResult) -> str:
     """A RunResult as one JSON document (the inverse of ``result_from_json``)."""
-    return json.dumps(asdict(result), separators=(",", ":"))
+    return json.dumps(_plain(result), separators=(",", ":"))
 
 
 def result_from_json(text: str) -> RunResult:
@@ -103,7 +127,7 @@ def result_from_json(text: str) -> RunResult:
 
 
 def _event_json(event: EventSpec | None) -> str | None:
-    return None if event is None else json.dumps(asdict(event), separators=(",", ":"))
+    return None if event is None else json.dumps(_plain(event), separators=(",", ":"))
 
 
 class RunHistory:

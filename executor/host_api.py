@@ -18,6 +18,7 @@ Argument forms (Qube's, qube-callbacks.md §3.5):
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -102,20 +103,25 @@ class HostApi:
         self._supervisor = supervisor
         self._invocation = invocation
         self.actions: list[ActionRecord] = []
-        self._functions: dict[str, Callable[..., Awaitable[Any]]] = {
+
+    @functools.cached_property
+    def _functions(self) -> dict[str, Callable[..., Awaitable[Any]]]:
+        """Every qb function by name; made on the first call (most runs make none)."""
+        functions: dict[str, Callable[..., Awaitable[Any]]] = {
             "jobinfo": self.jobinfo,
             "jobstatus": self.jobstatus,
             "workstatus": self.workstatus,
             "subjobstatus": self.subjobstatus,
         }
         for verb in (*JOB_VERBS, *_ALIASES):
-            self._functions[verb] = self._job_verb(_ALIASES.get(verb, verb))
+            functions[verb] = self._job_verb(_ALIASES.get(verb, verb))
         for verb in (*WORK_VERBS, *_ALIASES):
             call = self._work_verb(_ALIASES.get(verb, verb))
-            self._functions["work" + verb] = call
-            self._functions[verb + "work"] = call
+            functions["work" + verb] = call
+            functions[verb + "work"] = call
         for verb in SUBJOB_VERBS:
-            self._functions["subjob" + verb] = self._subjob_verb(verb)
+            functions["subjob" + verb] = self._subjob_verb(verb)
+        return functions
 
     @property
     def function_names(self) -> list[str]:
