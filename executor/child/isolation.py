@@ -42,6 +42,7 @@ CLONE_NEWNS = 0x00020000
 MAX_WORKDIR_FILES = 65536
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount, _libc.unshare  # noqa: B018 - looked up now, as launcher.py explains
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:

@@ -16,6 +16,7 @@ mirrors how it ended. Then rlimits and umask, then the language runtime.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # signal's wrappers: ~70 page faults in a child
 import ctypes
 import json
 import os
@@ -39,6 +40,9 @@ PR_SET_NO_NEW_PRIVS = 38
 EXIT_LAUNCH_FAILED = 121
 
 _libc = ctypes.CDLL(None, use_errno=True)
+# Looked up now: a zygote's children then find them made (a first lookup in a forked
+# child builds the function object on the shared heap, ~50 page faults).
+_libc.prctl, _libc.unshare  # noqa: B018
 
 
 def check(result: int, what: str) -> None:
@@ -100,7 +104,7 @@ def _run_runtime(spec: dict[str, Any]) -> int:
     if spec["language"] == "python":
         if os.getpid() == 1:
             # PID 1 ignores signals it has no handler for, SIGXCPU included.
-            signal.signal(signal.SIGXCPU, lambda *_: os._exit(128 + signal.SIGXCPU))
+            _signal.signal(signal.SIGXCPU, lambda *_: os._exit(128 + signal.SIGXCPU))
         import python_bootstrap
 
         return int(python_bootstrap.run(bridge_fd, warm_up=bool(spec.get("warm_up"))))

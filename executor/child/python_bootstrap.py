@@ -7,6 +7,7 @@ code that does not compile is ``rejected`` and never runs.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # (no stubs) see launcher.py
 import builtins
 import linecache
 import signal
@@ -74,7 +75,7 @@ def run(bridge_fd: int, *, warm_up: bool = False) -> int:
 
     ``warm_up``: the child was started ahead of its run and waits for it anyway.
     """
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    _signal.signal(signal.SIGTERM, _on_sigterm)  # not signal's wrapper: see launcher.py
     if warm_up:
         _warm_up()
     start = protocol.read_frame(bridge_fd)

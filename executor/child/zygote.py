@@ -22,6 +22,7 @@ reports their wait status and rusage. If this process dies, its children die wit
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # (no stubs) see launcher.py
 import atexit
 import ctypes
 import gc
@@ -42,7 +43,7 @@ import python_bootstrap  # noqa: E402, F401
 import qb  # noqa: E402, F401
 
 BRIDGE_FD = 3
-MAX_MESSAGE = 1 << 20
+MAX_MESSAGE = 64 << 10  # spawner.py's; larger spawn messages are never sent
 PR_SET_DUMPABLE = 4
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -128,8 +129,9 @@ def _child(message: dict, fds: list[int]) -> None:  # type: ignore[type-arg]
         _replace_environment(message["env"])
         # sys.stdout and sys.stderr are the zygote's own, set up in main(): they write to
         # fds 1 and 2, which now are the run's pipes.
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
+        # _signal: signal's wrappers convert to and from enums, ~70 page faults here.
+        _signal.signal(signal.SIGCHLD, _signal.SIG_DFL)
+        _signal.set_wakeup_fd(-1)
         spec = dict(message["spec"], bridge_fd=BRIDGE_FD)
         code = launcher.confine_and_run(spec)
         atexit._run_exitfuncs()
@@ -215,11 +217,8 @@ def serve(control: socket.socket) -> None:
             except OSError as err:
                 reply["error"] = str(err)
             if pid == 0:
-                selector.close()
-                control.close()
-                namespaces.close()
-                os.close(wake_r)
-                os.close(wake_w)
+                # The child leaves our objects alone (each touch is a page fault) and
+                # never returns to them: closing fds above its bridge closes their fds.
                 _child(message, fds)
             if new_pid_namespace:
                 namespaces.next_child_in_own()  # whatever happened: the next starts afresh

@@ -29,7 +29,8 @@ from executor.runtimes import CHILD_DIR, ZYGOTE_LANGUAGES, zygote_argv
 logger = logging.getLogger(__name__)
 
 LAUNCHER: Final = CHILD_DIR / "launcher.py"
-MAX_MESSAGE: Final = 1 << 20
+# Control messages either way; a spawn message is ~2 KiB (zygote.py and zygote.pl).
+MAX_MESSAGE: Final = 64 << 10
 # A language whose zygote fails this many spawns in a row starts its children cold.
 MAX_ZYGOTE_FAILURES: Final = 3
 
@@ -119,6 +120,8 @@ class _Zygote:
         self._starting: dict[int, asyncio.Future[ChildHandle]] = {}
         self._children: dict[int, ChildHandle] = {}
         self._lock = asyncio.Lock()
+        # Reused: a fresh 64 KiB bytes per message costs more than reading the message.
+        self._buffer = bytearray(MAX_MESSAGE)
 
     @property
     def pid(self) -> int | None:
@@ -150,15 +153,15 @@ class _Zygote:
     def _on_message(self) -> None:
         assert self._control is not None
         try:
-            data = self._control.recv(MAX_MESSAGE)
+            size = self._control.recv_into(self._buffer)
         except BlockingIOError:
             return
         except OSError:
-            data = b""
-        if not data:
+            size = 0
+        if not size:
             self._on_death()
             return
-        message = json.loads(data)
+        message = json.loads(self._buffer[:size])
         kind = message.get("type")
         if kind == "started":
             # Registered here, not by the spawning coroutine: "exited" may be the very
@@ -210,11 +213,14 @@ class _Zygote:
         async with self._lock:
             control = await self._ensure_started()
             request_id = next(self._ids)
+            message = {"type": "spawn", "id": request_id, "spec": spec, "env": env}
+            payload = json.dumps(message).encode()
+            if len(payload) > MAX_MESSAGE:
+                raise UnavailableError(f"spawn message of {len(payload)} bytes exceeds {MAX_MESSAGE}")
             future: asyncio.Future[ChildHandle] = asyncio.get_running_loop().create_future()
             self._starting[request_id] = future
-            message = {"type": "spawn", "id": request_id, "spec": spec, "env": env}
             try:
-                socket.send_fds(control, [json.dumps(message).encode()], list(fds))
+                socket.send_fds(control, [payload], list(fds))
             except OSError as err:
                 self._starting.pop(request_id, None)
                 self._on_death()

@@ -69,7 +69,7 @@ sub MSG_CMSG_CLOEXEC ()     { 0x40000000 }
 sub WNOHANG ()              { 1 }
 sub SIGKILL ()              { 9 }
 sub BRIDGE_FD ()            { 3 }
-sub MAX_MESSAGE ()          { 1 << 20 }
+sub MAX_MESSAGE ()          { 64 << 10 }    # spawner.py's
 sub EXIT_LAUNCH_FAILED ()   { 121 }    # launcher.py's: the callback never started
 sub MAX_WORKDIR_FILES ()    { 65536 }  # isolation.py's
 sub SFD_NONBLOCK ()         { 0x800 }
