@@ -30,7 +30,7 @@ CUT_MARKER: Final = "\n[... entry cut at callback_log_max_bytes]\n"
 def log_path(root: Path, job_id: int) -> Path:
     """Where Qube keeps job ``job_id``'s callback log."""
     group = job_id // 1000 * 1000
-    return root / "job" / str(group) / str(job_id) / f"{job_id}.cb"
+    return root.joinpath(f"job/{group}/{job_id}/{job_id}.cb")  # one join: a run's bookkeeping
 
 
 def format_entry(invocation: Invocation, result: RunResult, when: float) -> str:

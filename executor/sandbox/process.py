@@ -331,6 +331,8 @@ class SandboxRunner:
         self._prepare_ahead = prepare_ahead
         self._prepared: dict[int, asyncio.Task[_Child]] = {}
         self._closing = False
+        # Each cell's OOM kill count when its last run ended: the next run's baseline.
+        self._oom_kills: dict[int, int] = {}
 
     @staticmethod
     def cells(slots: int) -> int:
@@ -477,7 +479,7 @@ class SandboxRunner:
         reaped = False
         try:
             self._set_cgroup_limits(cell, limits)  # this run's own, whoever started the child
-            oom_kills_before = cgroups.oom_kills(cell) if cgroups is not None else 0
+            oom_kills_before = self._oom_kills_seen(cell)
             began = time.monotonic()
             unsent = _send_now(child.bridge, protocol.encode(start))
             readers = [
@@ -506,7 +508,8 @@ class SandboxRunner:
             result.peak_rss_bytes = handle.peak_rss_bytes
             result.lost_reason = handle.lost_reason
             if cgroups is not None:
-                result.oom_kills = cgroups.oom_kills(cell) - oom_kills_before
+                self._oom_kills[cell] = cgroups.oom_kills(cell)
+                result.oom_kills = self._oom_kills[cell] - oom_kills_before
             # Everything that could hold the pipes is dead, so EOF is near (often read already).
             for waited in (readers, [bridge]):
                 if not all(task.done() for task in waited):
@@ -530,6 +533,15 @@ class SandboxRunner:
         finally:
             child.close()
             await _remove_workdir(child.host_workdir)
+
+    def _oom_kills_seen(self, cell: int) -> int:
+        """The cell's OOM kill count before this run, read from the cgroup only the first time."""
+        cgroups = self.options.cgroups
+        if cgroups is None:
+            return 0
+        if cell not in self._oom_kills:
+            self._oom_kills[cell] = cgroups.oom_kills(cell)
+        return self._oom_kills[cell]
 
     async def _kill_everything(self, pgid: int, cell: int) -> list[int]:
         """SIGKILL the child's group and every process left in its cell's cgroup."""
