@@ -16,7 +16,7 @@ from executor.model import Language
 from executor.runtimes import child_runtime
 from executor.sandbox.exit_status import EXIT_LAUNCH_FAILED
 from executor.sandbox.process import SandboxRunner
-from executor.sandbox.spawners import ZygoteSpawner
+from executor.sandbox.spawners import MAX_ZYGOTE_FAILURES, ZygoteSpawner
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, running_stack, stack_settings
 
@@ -116,6 +116,46 @@ async def test_a_zygote_covers_the_masks_once_and_each_run_gets_its_own_tmp(
     assert [first[m] for m in shared] == [second[m] for m in shared]
     # /tmp, which holds the working directories, is every run's own.
     assert first["/tmp"] != second["/tmp"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the hardened tier needs root")
+@pytest.mark.parametrize("language", ["python", "perl"])
+async def test_a_zygote_that_cannot_cover_the_masks_forks_nothing_more(
+    tmp_path: Path, language: str
+) -> None:
+    # A mask that is not there fails the zygote's own mount, leaving its mounts half
+    # made: it must refuse and exit, not fork children from them. Each child then
+    # starts cold (and fails its own mount), and after MAX_ZYGOTE_FAILURES zygotes the
+    # language stays cold.
+    missing = "/cbexec-test-missing-mask"
+    assert not os.path.exists(missing)
+    settings = stack_settings(tmp_path / "data", max_concurrent=1)
+    options = server.sandbox_options(settings)
+    assert options.isolation is not None
+    broken = dataclasses.replace(options.isolation, masks=(*options.isolation.masks, missing))
+    spawner = ZygoteSpawner(sys.executable)
+    runner = SandboxRunner(dataclasses.replace(options, isolation=broken), spawner)
+    code = {"python": "print('ran')", "perl": "print 'ran';"}[language]
+    try:
+        runs = [
+            await runner.run(
+                runtime=child_runtime(Language(language)), limits=settings.default_limits,
+                slot=0, start={"type": "start", "code": code, "context": {}},
+                on_call=lambda frame: asyncio.sleep(0, {}),
+            )
+            for _ in range(MAX_ZYGOTE_FAILURES)
+        ]
+        warm = spawner.warm(language)
+    finally:
+        await runner.close()
+        await spawner.close()
+        if options.cgroups is not None:
+            options.cgroups.close()
+
+    assert not warm
+    for run in runs:  # started cold, each failed at the same mount
+        assert run.done is None and run.exit_code != 0
+        assert missing in run.stderr.text()
 
 
 CONNECT = {
