@@ -63,9 +63,21 @@ def under(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
+def _under_any(path: str, directories: list[str]) -> bool:
+    # A loop, not any() over a generator: in a zygote's child every first use of a
+    # construct writes to pages of the shared heap (see launcher.py).
+    for directory in directories:
+        if under(path, directory):
+            return True
+    return False
+
+
 def _cover(masks: list[str], keep: list[str]) -> None:
     """An empty tmpfs over each mask; the ``keep`` paths under them bound back."""
-    kept = {path: os.open(path, os.O_PATH) for path in keep if any(under(path, m) for m in masks)}
+    kept = {}
+    for path in keep:
+        if _under_any(path, masks):
+            kept[path] = os.open(path, os.O_PATH)
     try:
         for mask in masks:
             _mount("tmpfs", mask, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64m")
@@ -118,9 +130,14 @@ def isolate_filesystem(
     # A shared mask is covered again when it holds the working directory: its tmpfs is
     # every child's, and the mount point would be left behind there.
     _cover([m for m in masks if m not in shared_masks or under(workdir, m)], keep)
-    if not any(under(workdir, mask) for mask in masks):
+    if not _under_any(workdir, masks):
         raise OSError(f"working directory {workdir} is not under a masked directory")
-    os.makedirs(workdir, mode=0o700, exist_ok=True)  # on the masked /tmp: ours alone
+    try:
+        os.mkdir(workdir, 0o700)  # on the masked /tmp: ours alone
+    except FileNotFoundError:
+        os.makedirs(workdir, mode=0o700, exist_ok=True)
+    except FileExistsError:
+        pass
     _mount("tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV,
            f"size={quota['bytes']},nr_inodes={MAX_WORKDIR_FILES},mode=0700,"
            f"uid={quota['uid']},gid={quota['gid']}")
