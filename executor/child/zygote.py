@@ -196,8 +196,8 @@ def serve(control: socket.socket) -> None:
     shared_masks = SharedMasks()
     gc.freeze()  # keep the warm heap shared with the children (copy-on-write)
     while True:
-        for fd, _ in poller.poll():
-            if fd == wake_r:
+        for ready, _ in poller.poll():
+            if ready == wake_r:
                 os.read(wake_r, 4096)
                 _reap(control, children)
                 continue
