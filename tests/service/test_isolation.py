@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
 import sys
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from executor import server
+from executor.config import Settings
 from executor.model import Language
 from executor.runtimes import child_runtime
 from executor.sandbox.exit_status import EXIT_LAUNCH_FAILED
-from executor.sandbox.process import SandboxRunner
+from executor.sandbox.process import ChildExit, SandboxRunner
 from executor.sandbox.spawners import MAX_ZYGOTE_FAILURES, ZygoteSpawner
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, running_stack, stack_settings
@@ -118,6 +121,34 @@ async def test_a_zygote_covers_the_masks_once_and_each_run_gets_its_own_tmp(
     assert first["/tmp"] != second["/tmp"]
 
 
+@contextlib.asynccontextmanager
+async def hardened_runner(
+    tmp_path: Path, masks: Callable[[tuple[str, ...]], tuple[str, ...]]
+) -> AsyncIterator[tuple[SandboxRunner, ZygoteSpawner, Settings]]:
+    """A warm runner of the hardened tier whose plan's masks are ``masks(the usual ones)``."""
+    settings = stack_settings(tmp_path / "data", max_concurrent=1)
+    options = server.sandbox_options(settings)
+    assert options.isolation is not None
+    plan = dataclasses.replace(options.isolation, masks=masks(options.isolation.masks))
+    spawner = ZygoteSpawner(sys.executable)
+    runner = SandboxRunner(dataclasses.replace(options, isolation=plan), spawner)
+    try:
+        yield runner, spawner, settings
+    finally:
+        await runner.close()
+        await spawner.close()
+        if options.cgroups is not None:
+            options.cgroups.close()
+
+
+async def run_once(runner: SandboxRunner, settings: Settings, language: str, code: str) -> ChildExit:
+    return await runner.run(
+        runtime=child_runtime(Language(language)), limits=settings.default_limits, slot=0,
+        start={"type": "start", "code": code, "context": {}},
+        on_call=lambda frame: asyncio.sleep(0, {}),
+    )
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="the hardened tier needs root")
 @pytest.mark.parametrize("language", ["python", "perl"])
 async def test_a_zygote_that_cannot_cover_the_masks_forks_nothing_more(
@@ -129,28 +160,10 @@ async def test_a_zygote_that_cannot_cover_the_masks_forks_nothing_more(
     # language stays cold.
     missing = "/cbexec-test-missing-mask"
     assert not os.path.exists(missing)
-    settings = stack_settings(tmp_path / "data", max_concurrent=1)
-    options = server.sandbox_options(settings)
-    assert options.isolation is not None
-    broken = dataclasses.replace(options.isolation, masks=(*options.isolation.masks, missing))
-    spawner = ZygoteSpawner(sys.executable)
-    runner = SandboxRunner(dataclasses.replace(options, isolation=broken), spawner)
     code = {"python": "print('ran')", "perl": "print 'ran';"}[language]
-    try:
-        runs = [
-            await runner.run(
-                runtime=child_runtime(Language(language)), limits=settings.default_limits,
-                slot=0, start={"type": "start", "code": code, "context": {}},
-                on_call=lambda frame: asyncio.sleep(0, {}),
-            )
-            for _ in range(MAX_ZYGOTE_FAILURES)
-        ]
+    async with hardened_runner(tmp_path, lambda masks: (*masks, missing)) as (runner, spawner, settings):
+        runs = [await run_once(runner, settings, language, code) for _ in range(MAX_ZYGOTE_FAILURES)]
         warm = spawner.warm(language)
-    finally:
-        await runner.close()
-        await spawner.close()
-        if options.cgroups is not None:
-            options.cgroups.close()
 
     assert not warm
     for run in runs:  # started cold, each failed at the same mount
@@ -219,27 +232,10 @@ async def test_a_working_directory_outside_the_masks_is_refused_not_made_on_the_
 ) -> None:
     # The runner puts working directories under /tmp, which the plan always masks; a plan
     # without that mask must not make the directory on the host's own /tmp.
-    settings = stack_settings(tmp_path / "data", max_concurrent=1)
-    options = server.sandbox_options(settings)
-    assert options.isolation is not None
-    unmasked = dataclasses.replace(
-        options.isolation, masks=tuple(m for m in options.isolation.masks if m != "/tmp")
-    )
-    runner = SandboxRunner(
-        dataclasses.replace(options, isolation=unmasked), ZygoteSpawner(sys.executable)
-    )
     before = set(Path("/tmp").glob("cbexec-run-*"))
-    try:
-        child = await runner.run(
-            runtime=child_runtime(Language.PYTHON), limits=settings.default_limits, slot=0,
-            start={"type": "start", "code": "print('ran')", "context": {}},
-            on_call=lambda frame: asyncio.sleep(0, {}),
-        )
-    finally:
-        await runner.close()
-        await runner.spawner.close()
-        if options.cgroups is not None:
-            options.cgroups.close()
+    unmasked = hardened_runner(tmp_path, lambda masks: tuple(m for m in masks if m != "/tmp"))
+    async with unmasked as (runner, _, settings):
+        child = await run_once(runner, settings, "python", "print('ran')")
 
     assert child.done is None and child.exit_code == EXIT_LAUNCH_FAILED
     assert "is not under a masked directory" in child.stderr.text()

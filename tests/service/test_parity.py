@@ -24,6 +24,7 @@ import pytest
 from supervisor_client import ReferenceSupervisor
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, running_stack, stack_settings
+from tests.helpers.waiting import eventually
 
 pytestmark = [
     pytest.mark.service,
@@ -210,15 +211,6 @@ print "checkWork: job $jobid ($job->{name}) work $work is $item->{status}\n";
 """
 
 
-async def eventually(check: Callable[[], Any], timeout_s: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.05)
-
-
 async def test_seed_universal_callbacks(tmp_path: Path) -> None:
     universal = tmp_path / "callback"
     universal.mkdir()
@@ -245,7 +237,9 @@ async def test_seed_universal_callbacks(tmp_path: Path) -> None:
         assert stack.supervisor.job(job_id)["status"] == "complete"
 
         mail_dir = settings.mail_settings.directory / "new"
-        files = await eventually(lambda: sorted(mail_dir.glob("*.eml")) if mail_dir.is_dir() else [])
+        files = await eventually(
+            lambda: sorted(mail_dir.glob("*.eml")) if mail_dir.is_dir() else [], timeout_s=15.0
+        )
         (mail_file,) = files
         mail = email.message_from_bytes(mail_file.read_bytes(), policy=email.policy.default)
         assert mail["To"] == "lead@studio.example"

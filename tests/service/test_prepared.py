@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,11 @@ import pytest
 
 from executor.model import Language
 from executor.runtimes import child_runtime
-from executor.sandbox.process import SandboxRunner, started_by
+from executor.sandbox.process import SandboxRunner
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, running_stack, stack_settings
+from tests.helpers.processes import sandboxed_processes
+from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.service
 
@@ -163,18 +165,6 @@ async def test_a_prepared_childs_warm_up_leaves_nothing_in_the_callbacks_namespa
     assert response.stdout == "['qb']\n"
 
 
-def sandbox_pids() -> set[int]:
-    """The processes this executor's sandbox started (the executor runs in the test's process)."""
-    pids = set()
-    for pid in psutil.pids():
-        try:
-            if started_by(pid, os.getpid()):
-                pids.add(pid)
-        except OSError:
-            continue
-    return pids
-
-
 def open_files() -> set[str]:
     """What this process's fds refer to (``pipe:[inode]``, ``socket:[inode]``, paths)."""
     targets = set()
@@ -201,8 +191,8 @@ async def test_a_run_cancelled_twice_still_ends_its_child_and_closes_its_ends(
         start={"type": "start", "code": "import time\ntime.sleep(60)", "context": {}},
         on_call=lambda frame: asyncio.sleep(0, {}),
     ))
-    prepared = sandbox_pids()
-    while not (children := sandbox_pids() - prepared):
+    prepared = {p.pid for p in sandboxed_processes()}
+    while not (children := {p.pid for p in sandboxed_processes()} - prepared):
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.2)  # the child has taken its start frame
 
@@ -214,14 +204,6 @@ async def test_a_run_cancelled_twice_still_ends_its_child_and_closes_its_ends(
 
     # Reaped, not only ended (no zombie left for later); the cleanup may finish after
     # the task has given up.
-    assert await eventually(lambda: not any(psutil.pid_exists(pid) for pid in children))
-    assert await eventually(lambda: open_files() <= before), open_files() - before
+    assert await eventually(lambda: not any(psutil.pid_exists(pid) for pid in children), 2.0)
+    assert await eventually(lambda: open_files() <= before, 2.0), open_files() - before
 
-
-async def eventually(condition: Callable[[], bool], timeout_s: float = 2.0) -> bool:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True

@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,7 @@ from executor import server
 from supervisor_client import ExecutorClient, ReferenceSupervisor, SupervisorServicer
 from supervisor_client.qbcallback.v1 import executor_pb2, supervisor_pb2, supervisor_pb2_grpc
 from tests.conftest import stack_settings
+from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.service
 
@@ -133,13 +134,6 @@ async def endpoint(
         endpoint.store.close()
 
 
-async def eventually(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
-
-
 async def run_many(client: ExecutorClient, count: int) -> list[str]:
     async def one(n: int) -> str:
         response = await client.execute_callback(
@@ -161,7 +155,7 @@ async def test_results_survive_a_supervisor_outage(
     try:
         async with ExecutorClient(f"127.0.0.1:{running.port}") as client:
             warm_up = await run_many(client, 1)
-            await eventually(lambda: endpoint.stored_ids() == warm_up)
+            assert await eventually(lambda: endpoint.stored_ids() == warm_up, timeout_s=30.0)
 
             await endpoint.stop()
             started = time.monotonic()
@@ -172,7 +166,7 @@ async def test_results_survive_a_supervisor_outage(
 
             await endpoint.start()
             restarted = time.monotonic()
-            await eventually(lambda: len(endpoint.stored_ids()) == RUNS + 1)
+            assert await eventually(lambda: len(endpoint.stored_ids()) == RUNS + 1, timeout_s=30.0)
             caught_up_s = time.monotonic() - restarted
             endpoint.assert_exactly_once({*warm_up, *ids})
             assert (await client.get_metrics()).outbox_pending == 0
@@ -254,7 +248,7 @@ async def test_queued_results_survive_sigkill_of_the_executor(
 
     await endpoint.start()
     async with executor_process(data_dir, endpoint.address, tmp_path / "second.log") as second:
-        await eventually(lambda: len(endpoint.stored_ids()) == RUNS)
+        assert await eventually(lambda: len(endpoint.stored_ids()) == RUNS, timeout_s=30.0)
         endpoint.assert_exactly_once(set(ids))
         async with ExecutorClient(second.address) as client:
             assert (await client.get_metrics()).outbox_pending == 0
@@ -272,7 +266,7 @@ async def test_sigkill_during_delivery_redelivers_without_applying_twice(
         async with ExecutorClient(first.address) as client:
             ids = await run_many(client, RUNS)
         await endpoint.start()
-        await eventually(lambda: len(endpoint.stored_ids()) >= RUNS // 4)
+        assert await eventually(lambda: len(endpoint.stored_ids()) >= RUNS // 4, timeout_s=30.0)
         first.sigkill()
         await first.proc.wait()
     delivered_before_kill = len(endpoint.stored_ids())
@@ -280,7 +274,7 @@ async def test_sigkill_during_delivery_redelivers_without_applying_twice(
 
     endpoint.servicer.delay_s = 0.0
     async with executor_process(data_dir, endpoint.address, tmp_path / "second.log"):
-        await eventually(lambda: len(endpoint.stored_ids()) == RUNS)
+        assert await eventually(lambda: len(endpoint.stored_ids()) == RUNS, timeout_s=30.0)
     endpoint.assert_exactly_once(set(ids))
     in_flight = max(endpoint.servicer.batches, default=1)
     resent = sum(endpoint.servicer.duplicates.values())

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from executor.callback_log import log_path
 from supervisor_client import ExecutorClient, ExecutorRpcError
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, stack_settings
+from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.service
 
@@ -33,13 +34,6 @@ async def run_py(stack: Stack, code: str, job_id: int, **kwargs: Any) -> executo
     return await stack.client.execute_callback(
         language="python", code=code, job={"id": job_id, "user": "alice"}, **kwargs
     )
-
-
-async def eventually(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 async def cbexec(*argv: str, timeout_s: float = 60.0) -> tuple[int, str, str]:
@@ -102,7 +96,7 @@ async def test_get_run_has_the_whole_result(stack: Stack) -> None:
 
 async def test_results_reach_the_supervisor_and_the_callback_log(stack: Stack) -> None:
     done = await run_py(stack, "print('frame 1 ok')", 5042)
-    await eventually(lambda: stack.supervisor.result(done.invocation_id) is not None)
+    assert await eventually(lambda: stack.supervisor.result(done.invocation_id) is not None)
     stored = stack.supervisor.result(done.invocation_id)
     assert stored is not None and stored["job_id"] == 5042
     cb_file = log_path(stack.settings.data_dir / "logs", 5042)
@@ -118,7 +112,7 @@ async def test_metrics_count_outcomes_latencies_and_gauges(stack: Stack) -> None
     await run_py(stack, FAIL, 1)
     await run_py(stack, "pass", 1)
     slow = asyncio.create_task(run_py(stack, "import time; time.sleep(1.5)", 1))
-    await eventually(lambda: stack.running.dispatcher.active == 1)
+    assert await eventually(lambda: stack.running.dispatcher.active == 1)
     metrics = await stack.client.get_metrics()
     assert dict(metrics.runs_by_outcome) == {"SUCCEEDED": 2, "FAILED": 1}
     assert metrics.active_children == 1

@@ -28,26 +28,33 @@ def warm_spawner(stack: Stack) -> ZygoteSpawner:
     return spawner
 
 
-@pytest.mark.parametrize("language", ["python", "perl"])
-async def test_zygote_death_reports_callbacks_in_flight_and_restarts(
-    stack_warm: Stack, language: str
-) -> None:
-    stack = stack_warm
-    spawner = warm_spawner(stack)
+async def sleeping_callback(stack: Stack, language: str) -> asyncio.Task[executor_pb2.ExecuteResponse]:
+    """A callback that sleeps, returned once its child is running."""
     (job,) = stack.supervisor.submit([{"name": "z", "user": "alice"}])
     running = asyncio.create_task(
         stack.client.execute_callback(
             language=language, code=SLEEP[language], job=job, limits={"wall_seconds": 60}
         )
     )
-    while spawner.pid_of(language) is None or not stack.running.dispatcher.active:
+    while warm_spawner(stack).pid_of(language) is None or not stack.running.dispatcher.active:
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.2)  # let the child start
+    return running
+
+
+@pytest.mark.parametrize("language", ["python", "perl"])
+async def test_zygote_death_reports_callbacks_in_flight_and_restarts(
+    stack_warm: Stack, language: str
+) -> None:
+    stack = stack_warm
+    spawner = warm_spawner(stack)
+    running = await sleeping_callback(stack, language)
     zygote = spawner.pid_of(language)
     assert zygote is not None
     os.kill(zygote, signal.SIGKILL)
 
     lost = await asyncio.wait_for(running, timeout=10)
+    (job,) = stack.supervisor.submit([{"name": "z", "user": "alice"}])
     after = await stack.client.execute_callback(language=language, code=ALIVE[language], job=job)
 
     assert lost.outcome == executor_pb2.Outcome.OUTCOME_KILLED
@@ -58,17 +65,8 @@ async def test_zygote_death_reports_callbacks_in_flight_and_restarts(
 
 
 async def test_a_warm_perl_callback_is_a_fork_of_the_perl_zygote(stack_warm: Stack) -> None:
-    stack = stack_warm
-    spawner = warm_spawner(stack)
-    (job,) = stack.supervisor.submit([{"name": "z", "user": "alice"}])
-    running = asyncio.create_task(
-        stack.client.execute_callback(language="perl", code="sleep 30;", job=job,
-                                      limits={"wall_seconds": 60})
-    )
-    while spawner.pid_of("perl") is None or not stack.running.dispatcher.active:
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.2)
-    zygote = psutil.Process(spawner.pid_of("perl"))
+    running = await sleeping_callback(stack_warm, "perl")
+    zygote = psutil.Process(warm_spawner(stack_warm).pid_of("perl"))
     # The running callback and the child prepared for the next run are its children,
     # forked without an exec: they still run the zygote's script.
     children = zygote.children()
