@@ -31,7 +31,7 @@ from executor import server
 from supervisor_client import ExecutorClient, ReferenceSupervisor, SupervisorServicer
 from supervisor_client.qbcallback.v1 import executor_pb2, supervisor_pb2, supervisor_pb2_grpc
 from tests.conftest import stack_settings
-from tests.helpers.waiting import eventually
+from tests.helpers.waiting import eventually, outbox_drained
 
 pytestmark = pytest.mark.service
 
@@ -169,7 +169,7 @@ async def test_results_survive_a_supervisor_outage(
             assert await eventually(lambda: len(endpoint.stored_ids()) == RUNS + 1, timeout_s=30.0)
             caught_up_s = time.monotonic() - restarted
             endpoint.assert_exactly_once({*warm_up, *ids})
-            assert (await client.get_metrics()).outbox_pending == 0
+            assert await outbox_drained(client)
             if isinstance(endpoint.servicer, SingleResultSupervisor):
                 assert not endpoint.servicer.batches
             else:  # the backlog went in batches
@@ -251,7 +251,7 @@ async def test_queued_results_survive_sigkill_of_the_executor(
         assert await eventually(lambda: len(endpoint.stored_ids()) == RUNS, timeout_s=30.0)
         endpoint.assert_exactly_once(set(ids))
         async with ExecutorClient(second.address) as client:
-            assert (await client.get_metrics()).outbox_pending == 0
+            assert await outbox_drained(client)
 
 
 async def test_sigkill_during_delivery_redelivers_without_applying_twice(

@@ -19,7 +19,7 @@ from executor.callback_log import log_path
 from supervisor_client import ExecutorClient, ExecutorRpcError
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, stack_settings
-from tests.helpers.waiting import eventually
+from tests.helpers.waiting import eventually, outbox_drained
 
 pytestmark = pytest.mark.service
 
@@ -103,8 +103,7 @@ async def test_results_reach_the_supervisor_and_the_callback_log(stack: Stack) -
     text = cb_file.read_text()
     assert f"outcome=SUCCEEDED invocation={done.invocation_id}" in text
     assert "frame 1 ok\n" in text
-    metrics = await stack.client.get_metrics()
-    assert metrics.outbox_pending == 0
+    assert await outbox_drained(stack.client)
 
 
 async def test_metrics_count_outcomes_latencies_and_gauges(stack: Stack) -> None:
