@@ -404,7 +404,6 @@ STDIN = {
 async def test_reading_stdin_gets_eof_at_once(arena_warm: Arena, language: str) -> None:
     response = await arena_warm.attack(STDIN[language], language=language, limits={"wall_seconds": 5})
 
-    assert_outcome(response, Outcome.OUTCOME_SUCCEEDED)
+    assert_outcome(response, Outcome.OUTCOME_SUCCEEDED)  # not blocked until the wall limit
     assert response.stdout.split()[0] == "eof"
     assert response.stdout.split()[-1] == "/dev/null"
-    assert response.usage.wall_seconds < 2

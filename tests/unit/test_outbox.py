@@ -18,6 +18,7 @@ import pytest
 
 from executor.outbox import Backoff, DeliveryError, Outbox
 from supervisor_client.reference import ReferenceSupervisor
+from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.unit
 
@@ -130,9 +131,8 @@ async def test_retries_while_down_then_delivers_everything_once(
     outbox.start()
     for n in range(20):
         outbox.put(f"k{n}", payload(n))
-    await asyncio.sleep(0.3)
+    assert await eventually(lambda: receiver.calls["k0"] >= 3), "kept retrying the head of the queue"
     assert outbox.pending() == 20
-    assert receiver.calls["k0"] >= 3, "kept retrying the head of the queue"
     assert receiver.calls["k1"] == 0, "never skipped ahead of an undelivered result"
     receiver.down = False
     assert await outbox.flush(5)
@@ -257,9 +257,8 @@ async def test_batches_are_retried_while_the_receiver_is_down(tmp_path: Path) ->
     for n in range(20):
         outbox.put(f"k{n}", payload(n))
     outbox.start()
-    await asyncio.sleep(0.3)
-    assert outbox.pending() == 20
-    assert receiver.batch_calls >= 3 and not receiver.calls, "kept retrying the batch"
+    assert await eventually(lambda: receiver.batch_calls >= 3), "kept retrying the batch"
+    assert outbox.pending() == 20 and not receiver.calls
     receiver.down = False
     assert await outbox.flush(5)
     assert receiver.order == [f"k{n}" for n in range(20)]
