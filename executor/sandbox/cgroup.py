@@ -78,15 +78,21 @@ def _remove_stale(root: Path) -> None:
                 pool.rmdir()
 
 
+def _read_whole(fd: int) -> bytes:
+    """The whole file from its start (a cgroup file is generated anew at offset 0)."""
+    content = b""
+    while chunk := os.pread(fd, READ_CHUNK, len(content)):
+        content += chunk
+    return content
+
+
 def _pids_in(cgroup: Path | str) -> list[int]:
     try:
         fd = os.open(f"{cgroup}/cgroup.procs", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return []
-    content = b""
     try:
-        while chunk := os.read(fd, READ_CHUNK):
-            content += chunk
+        content = _read_whole(fd)
     except OSError:
         return []
     finally:
@@ -176,10 +182,7 @@ class CellCgroups:
         fd = self._readers.get(path)
         if fd is None:
             fd = self._readers[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        content = b""
-        while chunk := os.pread(fd, READ_CHUNK, len(content)):
-            content += chunk
-        return content
+        return _read_whole(fd)
 
     def procs_files(self, cell: int) -> list[str]:
         """The ``cgroup.procs`` files a child joins, one per distinct cgroup."""
