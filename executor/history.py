@@ -8,6 +8,7 @@ document because it is only ever read back whole, by ``GetRun``.
 Writes happen on the event loop, once per run: WAL with ``synchronous=NORMAL`` keeps a
 commit well under a millisecond and survives a crash of the executor (only a power loss
 can drop the last commits, which for a history — unlike the outbox — is acceptable).
+The log's checkpoints, which fsync, run in a thread (``sqlite_checkpoints``).
 Retention is by age and by count; pruning runs at open and every ``prune_every`` runs,
 so it never costs more than one indexed DELETE per batch.
 """
@@ -32,6 +33,7 @@ from executor.model import (
     RunResult,
     Usage,
 )
+from executor.sqlite_checkpoints import BackgroundCheckpoints
 
 logger = logging.getLogger(__name__)
 
@@ -160,9 +162,11 @@ class RunHistory:
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.executescript(_SCHEMA)
+        self._checkpoints = BackgroundCheckpoints(self._db, path)
         self.prune()
 
     def close(self) -> None:
+        self._checkpoints.close()
         self._db.close()
 
     def record(self, invocation: Invocation, result: RunResult, started_at: float) -> None:
@@ -180,6 +184,7 @@ class RunHistory:
                 result_to_json(result),
             ),
         )
+        self._checkpoints.committed()
         self._since_prune += 1
         if self._since_prune >= self._prune_every:
             self.prune()
@@ -234,6 +239,7 @@ class RunHistory:
             " ORDER BY started_at DESC, rowid DESC LIMIT -1 OFFSET ?)",
             (self._max_runs,),
         ).rowcount
+        self._checkpoints.committed()
         if by_age or by_count:
             logger.debug("history pruned %d runs by age, %d by count", by_age, by_count)
         return int(by_age + by_count)

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol, cast, runtime_checkable
 
+from executor.sqlite_checkpoints import BackgroundCheckpoints
+
 logger = logging.getLogger(__name__)
 
 _SCHEMA: Final = """
@@ -140,6 +142,8 @@ class Outbox:
         # event loop, which measured ~5 ms per callback and capped throughput.
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.executescript(_SCHEMA)
+        # The log's checkpoints fsync; in a thread, they stall no answer (sqlite_checkpoints).
+        self._checkpoints = BackgroundCheckpoints(self._db, path)
         self._wakeup = asyncio.Event()
         self._drained = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -157,6 +161,7 @@ class Outbox:
             " ON CONFLICT (key) DO NOTHING",
             (key, payload, self._clock()),
         ).rowcount
+        self._checkpoints.committed()
         if added:
             self._drained.clear()
             self._wakeup.set()
@@ -199,6 +204,7 @@ class Outbox:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        self._checkpoints.close()
         self._db.close()
 
     def _next_batch(self, size: int = 64) -> list[tuple[int, str, bytes]]:
@@ -280,10 +286,12 @@ class Outbox:
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE seq = ?",
                 (str(err), seq),
             )
+            self._checkpoints.committed()
             if err.retryable:
                 return str(err)
             logger.error("outbox: %s refused for good, set aside: %s", key, err)
             self._db.execute("UPDATE outbox SET dead_at = ? WHERE seq = ?", (self._clock(), seq))
+            self._checkpoints.committed()
             return None
         except Exception as err:
             # A bug in a transport must not end delivery for good: log it and back off.
@@ -306,6 +314,7 @@ class Outbox:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        self._checkpoints.committed()
         self._delivered_since_trim += len(seqs)
         if self._delivered_since_trim >= 100:
             self._trim_delivered()
@@ -317,3 +326,4 @@ class Outbox:
             " ORDER BY seq DESC LIMIT -1 OFFSET ?)",
             (self._keep_delivered,),
         )
+        self._checkpoints.committed()

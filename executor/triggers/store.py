@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from executor.sqlite_checkpoints import BackgroundCheckpoints
+
 SCHEMA = """
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = NORMAL;
@@ -132,9 +134,12 @@ class TriggerStore:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA foreign_keys = ON")
         self._db.executescript(SCHEMA)
+        # A burst of events commits fast; the log's fsyncing checkpoints go to a thread.
+        self._checkpoints = BackgroundCheckpoints(self._db, path)
 
     def close(self) -> None:
         with self._lock:
+            self._checkpoints.close()
             self._db.close()
 
     @contextmanager
@@ -148,6 +153,7 @@ class TriggerStore:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            self._checkpoints.committed()
 
     # -- jobs and callbacks -----------------------------------------------------------
 
@@ -285,6 +291,7 @@ class TriggerStore:
     def firing_done(self, invocation_id: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM firings WHERE invocation_id = ?", (invocation_id,))
+            self._checkpoints.committed()
 
     def next_timer_due(self) -> float | None:
         with self._lock:
