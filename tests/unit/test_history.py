@@ -120,3 +120,27 @@ def test_retention_by_count_runs_as_runs_are_recorded(tmp_path: Path) -> None:
         history.record(invocation(f"r{n}"), result(f"r{n}"), started_at=float(n))
     assert history.count() == 3
     assert [r.invocation_id for r in history.list_runs()] == ["r5", "r4", "r3"]
+
+
+def test_a_replaced_run_counts_once_toward_the_limit(tmp_path: Path) -> None:
+    history = RunHistory(
+        tmp_path / "runs.db", retention_days=1e6, max_runs=2, clock=Clock(1e6), prune_every=1
+    )
+    history.record(invocation("a"), result("a"), started_at=1.0)
+    history.record(invocation("b"), result("b"), started_at=2.0)
+    history.record(invocation("b"), result("b"), started_at=3.0)  # the same run, recorded again
+    assert [r.invocation_id for r in history.list_runs()] == ["b", "a"]
+    history.close()
+
+
+def test_the_limit_holds_across_a_reopen(tmp_path: Path) -> None:
+    first = RunHistory(tmp_path / "runs.db", retention_days=1e6, max_runs=10, clock=Clock(1e6))
+    for n in range(3):
+        first.record(invocation(f"r{n}"), result(f"r{n}"), started_at=float(n))
+    first.close()
+    second = RunHistory(
+        tmp_path / "runs.db", retention_days=1e6, max_runs=3, clock=Clock(1e6), prune_every=1
+    )
+    second.record(invocation("r3"), result("r3"), started_at=3.0)
+    assert [r.invocation_id for r in second.list_runs()] == ["r3", "r2", "r1"]
+    second.close()
