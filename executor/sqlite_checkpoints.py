@@ -11,11 +11,13 @@ the p99 of a trivial callback.
 So a connection handed to ``BackgroundCheckpoints`` never checkpoints itself. After
 every ``every_commits`` commits, a thread of ours checkpoints the log on a connection
 of its own. The checkpoint is PASSIVE: it neither waits for the writer nor blocks it.
-It repeats while frames written meanwhile remain, so that the writer's next commit
-finds the log fully copied and starts it afresh (SQLite's own way to reuse the log).
-A writer that never pauses could still keep the log from restarting; once the log
-passes ``max_log_pages``, one TRUNCATE checkpoint empties it, holding the writer back
-for that one copy.
+The log restarts (SQLite's own way to reuse it) only when a commit begins while
+everything in it is copied, and a busy writer commits while the bulk is being copied.
+So the checkpoint repeats until a pass finds nothing new: a pass reports the log as it
+stood when the pass began, so only two passes seeing the same log prove that nothing
+was written in between. A writer that never pauses could still keep the log from
+restarting; once the log passes ``max_log_pages``, one TRUNCATE checkpoint empties it,
+holding the writer back for that one copy.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from typing import Final
 logger = logging.getLogger(__name__)
 
 # PASSIVE passes per checkpoint: the first copies the bulk, the next ones the few frames
-# committed meanwhile, which take about a millisecond.
-CATCH_UP_ROUNDS: Final = 3
+# committed meanwhile (about a millisecond), the last finds nothing new (microseconds).
+CATCH_UP_ROUNDS: Final = 4
 
 
 class BackgroundCheckpoints:
@@ -88,11 +90,12 @@ class BackgroundCheckpoints:
                 self._connection = sqlite3.connect(
                     self._path, timeout=self._busy_timeout_s, isolation_level=None
                 )
-            log = copied = 0
+            log = copied = seen = -1
             for _ in range(CATCH_UP_ROUNDS):
                 _, log, copied = self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                if copied >= log:
-                    return  # all copied: the writer's next commit restarts the log
+                if copied >= log and log == seen:
+                    return  # all copied, nothing new: the writer's next commit restarts the log
+                seen = log
             if log > self._max_log_pages:
                 busy, log, copied = self._connection.execute(
                     "PRAGMA wal_checkpoint(TRUNCATE)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,6 +59,20 @@ def test_checkpoints_let_the_log_restart(database: tuple[sqlite3.Connection, Pat
     assert log_bytes(path) <= 2 * one_round
     checkpoints.close()
     assert writer.execute("SELECT count(*) FROM t").fetchone()[0] == 21 * 50
+
+
+def test_a_writer_that_keeps_committing_still_gets_its_log_restarted(
+    database: tuple[sqlite3.Connection, Path],
+) -> None:
+    writer, path = database
+    checkpoints = BackgroundCheckpoints(writer, path, every_commits=20)
+    for _ in range(600):  # commits land while checkpoints copy, as on a busy executor
+        write(writer, checkpoints, 1)
+        time.sleep(0.002)
+    checkpoints.wait()
+    # ~1800 pages were written; a log that restarts holds the last few dozen commits.
+    assert log_bytes(path) < 400 * 4096
+    checkpoints.close()
 
 
 def test_a_log_that_cannot_restart_is_emptied_past_its_bound(
