@@ -62,6 +62,7 @@ class BackgroundCheckpoints:
         self._running: Future[None] | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-checkpoint")
         self._connection: sqlite3.Connection | None = None  # used by that thread only
+        self._closed = False
 
     def committed(self) -> None:
         """Count one commit; start a checkpoint when enough have gone by and none is running."""
@@ -79,10 +80,12 @@ class BackgroundCheckpoints:
             running.result()
 
     def close(self) -> None:
-        """Finish the running checkpoint and close our connection (the writer stays open)."""
+        """Finish the running checkpoint and close our connection (the writer stays open); idempotent."""
         self.wait()
-        self._thread.submit(self._close_connection).result()
-        self._thread.shutdown()
+        if not self._closed:
+            self._closed = True
+            self._thread.submit(self._close_connection).result()
+            self._thread.shutdown()
 
     def _checkpoint(self) -> None:
         try:
