@@ -206,4 +206,3 @@ async def test_a_run_cancelled_twice_still_ends_its_child_and_closes_its_ends(
     # the task has given up.
     assert await eventually(lambda: not any(psutil.pid_exists(pid) for pid in children), 10.0)
     assert await eventually(lambda: open_files() <= before, 10.0), open_files() - before
-
