@@ -91,7 +91,7 @@ class CallbackLog:
                 fd = self._open(path)
             unwritten = memoryview(data)
             while unwritten:
-                unwritten = unwritten[os.write(fd, unwritten):]
+                unwritten = unwritten[os.write(fd, unwritten) :]
         finally:
             os.close(fd)
         return path

@@ -41,7 +41,9 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def load_settings(args: argparse.Namespace, environ: dict[str, str]) -> config.Settings:
     """Defaults < TOML file < environment < flags."""
     settings = config.Settings()
-    config_file = args.config or (Path(environ["CBEXEC_CONFIG"]) if "CBEXEC_CONFIG" in environ else None)
+    config_file = args.config or (
+        Path(environ["CBEXEC_CONFIG"]) if "CBEXEC_CONFIG" in environ else None
+    )
     if config_file is not None:
         settings = config.from_toml(settings, config_file)
     settings = config.from_env(settings, environ)

@@ -42,6 +42,7 @@ DEFAULT_ADDRESS: Final = "127.0.0.1:50051"
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 _EXTENSIONS: Final = {".py": "python", ".pl": "perl", ".pm": "perl", ".qube": "qube"}
 
+
 def parse_since(text: str, now: float) -> float:
     """``1h``/``30m``/``2d``/``1w``/``45s`` ago, an ISO 8601 time, or Unix seconds → Unix seconds.
 
@@ -88,7 +89,9 @@ def _connection_options(*, suppress: bool = False) -> argparse.ArgumentParser:
     )
     parent.add_argument(
         "--address",
-        default=argparse.SUPPRESS if suppress else os.environ.get("CBEXEC_ADDRESS", DEFAULT_ADDRESS),
+        default=argparse.SUPPRESS
+        if suppress
+        else os.environ.get("CBEXEC_ADDRESS", DEFAULT_ADDRESS),
         help="executor host:port (default $CBEXEC_ADDRESS or %(default)s)",
     )
     parent.add_argument(
@@ -143,17 +146,37 @@ def _rpc_command(
 
 def format_runs(runs: Sequence[executor_pb2.Run]) -> str:
     """The ``cbexec runs`` table."""
-    header = ("STARTED", "INVOCATION", "JOB", "CB", "TRIGGER", "LANG", "OUTCOME",
-              "WALL", "QUEUE", "CPU", "RSS")
+    header = (
+        "STARTED",
+        "INVOCATION",
+        "JOB",
+        "CB",
+        "TRIGGER",
+        "LANG",
+        "OUTCOME",
+        "WALL",
+        "QUEUE",
+        "CPU",
+        "RSS",
+    )
     rows = [header]
     for run in runs:
         trigger = run.triggers if len(run.triggers) <= 28 else run.triggers[:27] + "…"
-        rows.append((
-            _local_time(run.started_at), run.invocation_id, str(run.job_id),
-            str(run.callback_id), trigger or "-", run.language, outcome_name(run.outcome),
-            f"{run.usage.wall_seconds:.3f}s", f"{run.usage.queue_seconds:.3f}s",
-            f"{run.usage.cpu_seconds:.3f}s", f"{run.usage.peak_rss_bytes // 1024}KiB",
-        ))
+        rows.append(
+            (
+                _local_time(run.started_at),
+                run.invocation_id,
+                str(run.job_id),
+                str(run.callback_id),
+                trigger or "-",
+                run.language,
+                outcome_name(run.outcome),
+                f"{run.usage.wall_seconds:.3f}s",
+                f"{run.usage.queue_seconds:.3f}s",
+                f"{run.usage.cpu_seconds:.3f}s",
+                f"{run.usage.peak_rss_bytes // 1024}KiB",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
@@ -164,7 +187,9 @@ def format_runs(runs: Sequence[executor_pb2.Run]) -> str:
 def format_result(result: executor_pb2.ExecuteResponse) -> str:
     """Outcome, usage, failure, actions and output of one run, for a person."""
     lines = [f"outcome: {outcome_name(result.outcome)}"]
-    lines.append(f"exit: signal {result.signal}" if result.signal else f"exit: code {result.exit_code}")
+    lines.append(
+        f"exit: signal {result.signal}" if result.signal else f"exit: code {result.exit_code}"
+    )
     usage = result.usage
     lines.append(
         f"usage: wall {usage.wall_seconds:.3f}s, cpu {usage.cpu_seconds:.3f}s, "
@@ -178,8 +203,10 @@ def format_result(result: executor_pb2.ExecuteResponse) -> str:
     for action in result.actions:
         mark = "ok" if action.ok else "REFUSED"
         lines.append(f"  {action.verb} {action.target}: {mark} {action.message}".rstrip())
-    for name, text, cut in (("stdout", result.stdout, result.stdout_truncated),
-                            ("stderr", result.stderr, result.stderr_truncated)):
+    for name, text, cut in (
+        ("stdout", result.stdout, result.stdout_truncated),
+        ("stderr", result.stderr, result.stderr_truncated),
+    ):
         suffix = " (truncated)" if cut else ""
         lines.append(f"--- {name}{suffix}" if text else f"--- {name}: (empty)")
         if text:
@@ -191,8 +218,9 @@ def format_run(run: executor_pb2.Run) -> str:
     """``cbexec runs show``: the run's record, then its result."""
     event = "-"
     if run.HasField("event") and run.event.name:
-        event = "-".join(p for p in (run.event.name, run.event.type, run.event.context,
-                                     run.event.extra) if p)
+        event = "-".join(
+            p for p in (run.event.name, run.event.type, run.event.context, run.event.extra) if p
+        )
     head = [
         f"invocation: {run.invocation_id}",
         f"job: {run.job_id}  callback: {run.callback_id}  language: {run.language}",
@@ -219,8 +247,10 @@ async def _runs(args: argparse.Namespace, out: TextIO) -> int:
         response = await client.list_runs(request, timeout=args.timeout)
     if args.json:
         for run in response.runs:
-            print(json.dumps(json_format.MessageToDict(run, preserving_proto_field_name=True)),
-                  file=out)
+            print(
+                json.dumps(json_format.MessageToDict(run, preserving_proto_field_name=True)),
+                file=out,
+            )
     else:
         print(format_runs(response.runs), file=out)
     return EXIT_OK
@@ -253,7 +283,8 @@ def add_runs_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     runs.add_argument("--json", action="store_true", help="one JSON object per run")
     sub = runs.add_subparsers(dest="runs_command")
     show = sub.add_parser(
-        "show", parents=[_connection_options(suppress=True)],
+        "show",
+        parents=[_connection_options(suppress=True)],
         help="one run with its captured output",
     )
     show.add_argument("invocation_id")
@@ -320,8 +351,10 @@ async def _run_one(args: argparse.Namespace, out: TextIO) -> int:
         try:
             assert running.reference is not None
             job = running.reference.submit([_submittable(job)])[0]
-            print(f"embedded executor on port {running.port}; job submitted as id {job['id']}",
-                  file=out)
+            print(
+                f"embedded executor on port {running.port}; job submitted as id {job['id']}",
+                file=out,
+            )
             async with ExecutorClient(f"127.0.0.1:{running.port}") as client:
                 return await _execute(client, args, language, code, job, event, out)
         finally:
@@ -329,14 +362,25 @@ async def _run_one(args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _execute(
-    client: ExecutorClient, args: argparse.Namespace, language: str, code: str,
-    job: Mapping[str, Any], event: Mapping[str, str] | None, out: TextIO,
+    client: ExecutorClient,
+    args: argparse.Namespace,
+    language: str,
+    code: str,
+    job: Mapping[str, Any],
+    event: Mapping[str, str] | None,
+    out: TextIO,
 ) -> int:
     limits = {"wall_seconds": args.wall_seconds} if args.wall_seconds else None
     try:
         request = build_execute_request(
-            language=language, code=code, job=job, event=event, work_name=args.work or "",
-            subjob_id=args.subjob, owner=args.owner or "", limits=limits,
+            language=language,
+            code=code,
+            job=job,
+            event=event,
+            work_name=args.work or "",
+            subjob_id=args.subjob,
+            owner=args.owner or "",
+            limits=limits,
         )
     except (TypeError, ValueError) as err:
         raise ConfigError(f"--job: {err}") from err
@@ -348,21 +392,30 @@ async def _execute(
 
 def add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = commands.add_parser(
-        "run", parents=[_connection_options()],
+        "run",
+        parents=[_connection_options()],
         help="run one callback now and print its outcome, actions and output",
     )
     run.add_argument("file", nargs="?", type=Path, metavar="FILE", help="the callback's code")
     run.add_argument("--code", help="the code inline (a qube code string, a Python one-liner)")
     run.add_argument("--lang", choices=("python", "perl", "qube"), help="default: from FILE")
-    run.add_argument("--job", type=Path, required=True, metavar="JOB.json",
-                     help="the job dict the callback runs in (jobinfo output)")
+    run.add_argument(
+        "--job",
+        type=Path,
+        required=True,
+        metavar="JOB.json",
+        help="the job dict the callback runs in (jobinfo output)",
+    )
     run.add_argument("--event", help="the triggering event, e.g. complete-job-self")
     run.add_argument("--work", help="the triggering work item's name")
     run.add_argument("--subjob", type=int, default=-1, help="the triggering instance")
     run.add_argument("--owner", help="the Qube user the callback acts as (default: job owner)")
     run.add_argument("--wall-seconds", type=float, help="wall-time limit for this run")
-    run.add_argument("--embedded", action="store_true",
-                     help="start a throwaway executor + supervisor in this process")
+    run.add_argument(
+        "--embedded",
+        action="store_true",
+        help="start a throwaway executor + supervisor in this process",
+    )
     run.add_argument("--data-dir", type=Path, help="with --embedded: keep its data here")
     run.set_defaults(handler=_rpc_command(_run_one))
 

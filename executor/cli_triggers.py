@@ -55,10 +55,14 @@ async def _dry_run(args: argparse.Namespace) -> int:
         stub = executor_pb2_grpc.CallbackExecutorStub(channel)
         reply = await stub.DryRun(_parse_event(args.event))
     for firing in reply.would_fire:
-        print(f"would fire: job {firing.job_id} callback {firing.callback_id} "
-              f"({firing.language}) {firing.triggers}")
+        print(
+            f"would fire: job {firing.job_id} callback {firing.callback_id} "
+            f"({firing.language}) {firing.triggers}"
+        )
     for cb in reply.would_latch:
-        print(f"would latch: job {cb.job_id} callback {cb.id} {cb.triggers} latches={list(cb.latches)}")
+        print(
+            f"would latch: job {cb.job_id} callback {cb.id} {cb.triggers} latches={list(cb.latches)}"
+        )
     if not reply.would_fire and not reply.would_latch:
         print("nothing would fire or latch")
     return EXIT_OK
@@ -85,7 +89,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     explain.add_argument("expression")
     explain.set_defaults(handler=_explain)
     dry = sub.add_parser("dry-run", help="what an event would fire on a running executor")
-    dry.add_argument("--event", required=True, help="NAME-TYPE-JOBID[-ITEM], e.g. complete-work-12-5")
+    dry.add_argument(
+        "--event", required=True, help="NAME-TYPE-JOBID[-ITEM], e.g. complete-work-12-5"
+    )
     dry.add_argument("--address", default="127.0.0.1:50051")
     dry.set_defaults(handler=lambda a: asyncio.run(_dry_run(a)))
     reload = sub.add_parser("reload", help="re-read callbacks.conf on a running executor")

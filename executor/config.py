@@ -63,13 +63,21 @@ class Settings:
     supervisor: str = ""
     # Limits a request gets for the fields it leaves at zero.
     default_limits: Limits = Limits(
-        cpu_seconds=10, wall_seconds=30, memory_bytes=512 * MIB, output_bytes=1 * MIB,
-        max_processes=64, disk_bytes=256 * MIB,
+        cpu_seconds=10,
+        wall_seconds=30,
+        memory_bytes=512 * MIB,
+        output_bytes=1 * MIB,
+        max_processes=64,
+        disk_bytes=256 * MIB,
     )
     # The most a request may ask for; more is INVALID_ARGUMENT.
     max_limits: Limits = Limits(
-        cpu_seconds=600, wall_seconds=3600, memory_bytes=16 * GIB, output_bytes=64 * MIB,
-        max_processes=1024, disk_bytes=16 * GIB,
+        cpu_seconds=600,
+        wall_seconds=3600,
+        memory_bytes=16 * GIB,
+        output_bytes=64 * MIB,
+        max_processes=1024,
+        disk_bytes=16 * GIB,
     )
     # Children running at once; further requests queue.
     max_concurrent: int = field(default_factory=lambda: max(2, 2 * (os.cpu_count() or 1)))
@@ -139,7 +147,11 @@ class Settings:
     def universal_callback_dirs(self) -> list[Path]:
         if not self.universal_callback_path.strip():
             return [self.data_dir / "callback"]
-        return [Path(p.strip()).expanduser() for p in self.universal_callback_path.split(",") if p.strip()]
+        return [
+            Path(p.strip()).expanduser()
+            for p in self.universal_callback_path.split(",")
+            if p.strip()
+        ]
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -211,7 +223,7 @@ def from_env(settings: Settings, environ: Mapping[str, str]) -> Settings:
     for key, raw in environ.items():
         if not key.startswith(ENV_PREFIX) or key == "CBEXEC_CONFIG":
             continue
-        name = key[len(ENV_PREFIX):].lower()
+        name = key[len(ENV_PREFIX) :].lower()
         if "__" in name:
             table, sub = name.split("__", 1)
             values.setdefault(table, {})[sub] = raw

@@ -22,7 +22,9 @@ from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
 MAX_CODE_BYTES: Final = 1 << 20
 MAX_TRIGGER_BYTES: Final = 64 << 10
 
-_OUTCOMES: Final = {outcome: executor_pb2.Outcome.Value(f"OUTCOME_{outcome.value}") for outcome in Outcome}
+_OUTCOMES: Final = {
+    outcome: executor_pb2.Outcome.Value(f"OUTCOME_{outcome.value}") for outcome in Outcome
+}
 
 
 def _limits(message: executor_pb2.Limits) -> Limits:

@@ -106,9 +106,15 @@ class Dispatcher:
         logger.info(
             "callback ran: job=%s callback=%s language=%s outcome=%s wall=%.3fs cpu=%.3fs "
             "rss=%dKiB queue=%.3fs actions=%d",
-            invocation.job_id, invocation.callback.id, language, result.outcome,
-            result.usage.wall_seconds, result.usage.cpu_seconds,
-            result.usage.peak_rss_bytes // 1024, result.usage.queue_seconds, len(result.actions),
+            invocation.job_id,
+            invocation.callback.id,
+            language,
+            result.outcome,
+            result.usage.wall_seconds,
+            result.usage.cpu_seconds,
+            result.usage.peak_rss_bytes // 1024,
+            result.usage.queue_seconds,
+            len(result.actions),
         )
         if self._on_result is not None:
             self._on_result(invocation, result)
@@ -159,11 +165,17 @@ class Dispatcher:
         )
         outcome, failure = classify(child, invocation.limits)
         if child.escaped_pids:
-            logger.info("callback %s left %d processes running; they were killed",
-                        invocation.invocation_id, len(child.escaped_pids))
+            logger.info(
+                "callback %s left %d processes running; they were killed",
+                invocation.invocation_id,
+                len(child.escaped_pids),
+            )
         if child.bridge_error:
-            logger.warning("callback %s broke the bridge protocol: %s",
-                           invocation.invocation_id, child.bridge_error)
+            logger.warning(
+                "callback %s broke the bridge protocol: %s",
+                invocation.invocation_id,
+                child.bridge_error,
+            )
         return RunResult(
             invocation_id=invocation.invocation_id,
             outcome=outcome,
@@ -186,4 +198,3 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._runner.close()  # the children prepared for runs that will not come
-

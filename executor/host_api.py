@@ -87,7 +87,8 @@ def expand_work_names(spec: str, agenda_names: list[str]) -> list[str]:
             raise HostCallError("NoSuchWork", f"no work item {part!r}")
         low, high = sorted((int(match.group(1)), int(match.group(2))))
         in_range = [
-            name for name in agenda_names
+            name
+            for name in agenda_names
             if re.fullmatch(r"-?\d+", name) and low <= int(name) <= high
         ]
         if not in_range:
@@ -130,7 +131,9 @@ class HostApi:
     async def call(self, fn: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         """Run one qb call; raises HostCallError for the callback to see."""
         if len(self.actions) >= MAX_CALLS_PER_RUN:
-            raise HostCallError("QbError", f"a callback may make at most {MAX_CALLS_PER_RUN} qb calls")
+            raise HostCallError(
+                "QbError", f"a callback may make at most {MAX_CALLS_PER_RUN} qb calls"
+            )
         function = self._functions.get(fn)
         target = ", ".join(str(a) for a in _flatten(args)) or ", ".join(
             f"{k}={v}" for k, v in kwargs.items()
@@ -155,26 +158,41 @@ class HostApi:
         call_id = frame.get("id")
         args, kwargs = frame.get("args") or [], frame.get("kwargs") or {}
         if not isinstance(args, list) or not isinstance(kwargs, dict):
-            return {"type": "reply", "id": call_id, "ok": False,
-                    "error": {"kind": "InvalidArgument", "message": "malformed call frame"}}
+            return {
+                "type": "reply",
+                "id": call_id,
+                "ok": False,
+                "error": {"kind": "InvalidArgument", "message": "malformed call frame"},
+            }
         try:
             value = await self.call(str(frame.get("fn", "")), args, kwargs)
         except HostCallError as err:
-            return {"type": "reply", "id": call_id, "ok": False,
-                    "error": {"kind": err.kind, "message": err.message}}
+            return {
+                "type": "reply",
+                "id": call_id,
+                "ok": False,
+                "error": {"kind": err.kind, "message": err.message},
+            }
         except Exception:
             # An executor bug must not leave the callback waiting for a reply forever.
             logger.exception("qb.%s failed inside the executor", frame.get("fn"))
-            return {"type": "reply", "id": call_id, "ok": False,
-                    "error": {"kind": "QbError", "message": "internal error in the executor"}}
+            return {
+                "type": "reply",
+                "id": call_id,
+                "ok": False,
+                "error": {"kind": "QbError", "message": "internal error in the executor"},
+            }
         return {"type": "reply", "id": call_id, "ok": True, "value": value}
 
     # -- reading --------------------------------------------------------------------
 
-    async def _jobs(self, job_id: int | None = None, pgrp: int | None = None,
-                    include_callbacks: bool = False) -> list[dict[str, Any]]:
+    async def _jobs(
+        self, job_id: int | None = None, pgrp: int | None = None, include_callbacks: bool = False
+    ) -> list[dict[str, Any]]:
         return await self._supervisor.job_info(
-            job_id=job_id, pgrp=pgrp, include_callbacks=include_callbacks,
+            job_id=job_id,
+            pgrp=pgrp,
+            include_callbacks=include_callbacks,
             actor=self._invocation.actor,
         )
 
@@ -239,7 +257,9 @@ class HostApi:
                 raise _invalid(f"{verb} needs at least one job id")
             outcomes = [
                 await self._supervisor.job_action(
-                    verb, job_id, actor=self._invocation.actor,
+                    verb,
+                    job_id,
+                    actor=self._invocation.actor,
                     invocation_id=self._invocation.invocation_id,
                 )
                 for job_id in ids
@@ -258,10 +278,15 @@ class HostApi:
                 job_id, spec = _split_work_target(target)
                 (info,) = await self._jobs(job_id=job_id)
                 names = expand_work_names(spec, [w["name"] for w in info["agenda"]])
-                outcomes.append(await self._supervisor.work_action(
-                    verb, job_id, names, actor=self._invocation.actor,
-                    invocation_id=self._invocation.invocation_id,
-                ))
+                outcomes.append(
+                    await self._supervisor.work_action(
+                        verb,
+                        job_id,
+                        names,
+                        actor=self._invocation.actor,
+                        invocation_id=self._invocation.invocation_id,
+                    )
+                )
             return _total(outcomes)
 
         return work_verb
@@ -278,10 +303,15 @@ class HostApi:
             outcomes = []
             for target in _flatten(targets):
                 job_id, subids = self._split_subjob_target(target)
-                outcomes.append(await self._supervisor.subjob_action(
-                    verb, job_id, subids, actor=self._invocation.actor,
-                    invocation_id=self._invocation.invocation_id,
-                ))
+                outcomes.append(
+                    await self._supervisor.subjob_action(
+                        verb,
+                        job_id,
+                        subids,
+                        actor=self._invocation.actor,
+                        invocation_id=self._invocation.invocation_id,
+                    )
+                )
             return _total(outcomes)
 
         return subjob_verb

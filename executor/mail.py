@@ -161,10 +161,31 @@ Sent by the callback triggered by: $TRIGGERS
 
 # Job fields with a JOB_<FIELD> variable of the same name (qube-callbacks.md §2).
 _JOB_FIELDS: Final = (
-    "account", "cluster", "cpus", "domain", "globalorder", "groups", "hostorder", "hosts",
-    "id", "kind", "label", "localorder", "mailaddress", "name", "omitgroups", "omithosts",
-    "pgrp", "pid", "priority", "prototype", "requirements", "restrictions", "status",
-    "timeout", "user",
+    "account",
+    "cluster",
+    "cpus",
+    "domain",
+    "globalorder",
+    "groups",
+    "hostorder",
+    "hosts",
+    "id",
+    "kind",
+    "label",
+    "localorder",
+    "mailaddress",
+    "name",
+    "omitgroups",
+    "omithosts",
+    "pgrp",
+    "pid",
+    "priority",
+    "prototype",
+    "requirements",
+    "restrictions",
+    "status",
+    "timeout",
+    "user",
 )
 
 
@@ -298,7 +319,7 @@ def _split_template(text: str) -> tuple[list[tuple[str, str]], str]:
     headers: list[tuple[str, str]] = []
     for index, line in enumerate(lines):
         if not line.strip():
-            return (headers, "".join(lines[index + 1:])) if headers else ([], text)
+            return (headers, "".join(lines[index + 1 :])) if headers else ([], text)
         match = _HEADER_LINE.match(line.rstrip("\r\n"))
         if match is None:
             return [], text
@@ -324,7 +345,9 @@ def render(
     to = recipients(job, settings.default_domain)
     variables["MAIL_TO"] = ", ".join(to)
     headers, body = _split_template(load_template(kind, settings.templates_dir))
-    subject = f"[qube] job {variables['JOB_ID']} ({variables['JOB_NAME']}) is {variables['JOB_STATUS']}"
+    subject = (
+        f"[qube] job {variables['JOB_ID']} ({variables['JOB_NAME']}) is {variables['JOB_STATUS']}"
+    )
     for name, value in headers:
         if name.lower() == "subject":
             subject = string.Template(value).safe_substitute(variables)

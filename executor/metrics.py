@@ -18,7 +18,20 @@ from executor.model import RunResult
 
 # Seconds. Spans a warm spawn (a few ms) to a long callback at the default wall cap.
 DEFAULT_BOUNDS_S: Final = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
 )
 
 
@@ -80,8 +93,13 @@ class Metrics:
         self.rejected_at_capacity += 1
 
     def snapshot(
-        self, *, active: int, queue_depth: int, outbox_pending: int,
-        events_published: int = 0, callbacks_fired: int = 0,
+        self,
+        *,
+        active: int,
+        queue_depth: int,
+        outbox_pending: int,
+        events_published: int = 0,
+        callbacks_fired: int = 0,
     ) -> MetricsSnapshot:
         """The counters now, with the gauges and trigger-engine counts their owners report."""
         return MetricsSnapshot(

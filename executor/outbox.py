@@ -247,7 +247,10 @@ class Outbox:
                 delay = self._backoff.delay(failures, self._rng)
                 logger.warning(
                     "outbox: delivery of %s failed (%s); %d pending, retrying in %.2fs",
-                    key, error, self.pending(), delay,
+                    key,
+                    error,
+                    self.pending(),
+                    delay,
                 )
                 await asyncio.sleep(delay)
                 break  # re-read from the oldest pending row: order is kept
@@ -260,11 +263,13 @@ class Outbox:
             duplicates = await transport.deliver_many([(key, payload) for _, key, payload in batch])
         except DeliveryError as err:
             if err.retryable:
-                logger.warning("outbox: delivery of %d results failed (%s); retrying",
-                               len(batch), err)
+                logger.warning(
+                    "outbox: delivery of %d results failed (%s); retrying", len(batch), err
+                )
                 return str(err)
-            logger.info("outbox: a batch of %d was refused (%s); sending them one by one",
-                        len(batch), err)
+            logger.info(
+                "outbox: a batch of %d was refused (%s); sending them one by one", len(batch), err
+            )
             return ""
         except Exception:
             logger.exception("outbox: transport failed unexpectedly on a batch")

@@ -47,7 +47,14 @@ logger = logging.getLogger(__name__)
 JOB_CODES: Final[dict[str, str]] = {
     f"{verb}-self": verb
     for verb in (
-        "unblock", "block", "fail", "kill", "migrate", "preempt", "interrupt", "suspend",
+        "unblock",
+        "block",
+        "fail",
+        "kill",
+        "migrate",
+        "preempt",
+        "interrupt",
+        "suspend",
         "resume",
     )
 }
@@ -58,7 +65,14 @@ WORK_CODES: Final[dict[str, str]] = {
 SUBJOB_CODES: Final[dict[str, str]] = {
     f"{verb}-subjob-self": verb
     for verb in (
-        "unblock", "block", "fail", "kill", "migrate", "preempt", "interrupt", "suspend",
+        "unblock",
+        "block",
+        "fail",
+        "kill",
+        "migrate",
+        "preempt",
+        "interrupt",
+        "suspend",
         "resume",
     )
 }
@@ -71,7 +85,11 @@ MAIL_CODES: Final[dict[str, MailKind]] = {
 }
 #: Every code string the interpreter knows, in the order of qube-callbacks.md §2.
 CODE_STRINGS: Final[tuple[str, ...]] = (
-    *JOB_CODES, *WORK_CODES, *SUBJOB_CODES, UNBLOCK_SUBJOB_SINGLE, *MAIL_CODES,
+    *JOB_CODES,
+    *WORK_CODES,
+    *SUBJOB_CODES,
+    UNBLOCK_SUBJOB_SINGLE,
+    *MAIL_CODES,
 )
 
 _SEPARATORS = re.compile(r"[;\n]")
@@ -202,9 +220,13 @@ class QubeInterpreter:
             raise _StepFailed(
                 Failure(f"{code}: {err.kind}: {err.message}", exception_type=err.kind)
             ) from err
-        work = next(
-            (w for w in job.get("agenda") or [] if w.get("name") == invocation.work_name), None
-        ) if invocation.work_name else None
+        work = (
+            next(
+                (w for w in job.get("agenda") or [] if w.get("name") == invocation.work_name), None
+            )
+            if invocation.work_name
+            else None
+        )
         subjob = None
         if invocation.subjob_id >= 0:
             subjob = next(
@@ -220,5 +242,6 @@ class QubeInterpreter:
             raise _StepFailed(Failure(f"{code}: {err}", exception_type="MailError")) from err
         status = subjob.get("status") if kind == "subjob" and subjob else job.get("status")
         return _Step(
-            code, f"mailed the {kind} status ({status}) of job {job['id']} to {message['To']}: {where}"
+            code,
+            f"mailed the {kind} status ({status}) of job {job['id']} to {message['To']}: {where}",
         )

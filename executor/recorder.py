@@ -121,8 +121,8 @@ class Recorder:
         if self.outbox is not None:
             if not await self.outbox.flush(flush_timeout_s):
                 logger.warning(
-                    "stopping with %d results not yet delivered; they go out after the next "
-                    "start", self.outbox.pending(),
+                    "stopping with %d results not yet delivered; they go out after the next start",
+                    self.outbox.pending(),
                 )
             await self.outbox.close()
         self.history.close()

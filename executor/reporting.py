@@ -20,9 +20,7 @@ from supervisor_client.qbcallback.v1 import supervisor_pb2, supervisor_pb2_grpc,
 # The receiver will refuse these again however often we retry; everything else (UNAVAILABLE,
 # DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED while a token is being rotated,
 # even INTERNAL or UNIMPLEMENTED while a supervisor is being upgraded) is retried.
-PERMANENT_CODES: Final = frozenset(
-    {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE}
-)
+PERMANENT_CODES: Final = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE})
 
 
 def report_request(invocation: Invocation, result: RunResult) -> supervisor_pb2.ReportResultRequest:
@@ -32,8 +30,12 @@ def report_request(invocation: Invocation, result: RunResult) -> supervisor_pb2.
         result=convert.response_from_result(result),
         job_id=invocation.job_id,
         callback=types_pb2.Callback(
-            id=callback.id, triggers=callback.triggers, language=callback.language,
-            code=callback.code, user=callback.user, count=callback.count,
+            id=callback.id,
+            triggers=callback.triggers,
+            language=callback.language,
+            code=callback.code,
+            user=callback.user,
+            count=callback.count,
             maximum=callback.maximum,
         ),
     )

@@ -60,8 +60,10 @@ def run_message(record: RunRecord) -> executor_pb2.Run:
         outcome=outcome_message(record.outcome),
         started_at=record.started_at,
         usage=executor_pb2.Usage(
-            wall_seconds=usage.wall_seconds, cpu_seconds=usage.cpu_seconds,
-            peak_rss_bytes=usage.peak_rss_bytes, queue_seconds=usage.queue_seconds,
+            wall_seconds=usage.wall_seconds,
+            cpu_seconds=usage.cpu_seconds,
+            peak_rss_bytes=usage.peak_rss_bytes,
+            queue_seconds=usage.queue_seconds,
         ),
         work_name=record.work_name,
     )
@@ -74,8 +76,10 @@ def run_message(record: RunRecord) -> executor_pb2.Run:
 
 def histogram_message(histogram: Histogram) -> executor_pb2.Histogram:
     return executor_pb2.Histogram(
-        bounds_seconds=histogram.bounds_s, counts=histogram.counts,
-        total=histogram.total, sum_seconds=histogram.sum_s,
+        bounds_seconds=histogram.bounds_s,
+        counts=histogram.counts,
+        total=histogram.total,
+        sum_seconds=histogram.sum_s,
     )
 
 

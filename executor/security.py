@@ -55,7 +55,9 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         return None
     chain = read_pem("tls_cert", settings.tls_cert)
     key = read_pem("tls_key", settings.tls_key)
-    client_ca = read_pem("tls_client_ca", settings.tls_client_ca) if settings.tls_client_ca else None
+    client_ca = (
+        read_pem("tls_client_ca", settings.tls_client_ca) if settings.tls_client_ca else None
+    )
     return grpc.ssl_server_credentials(
         [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
     )
@@ -69,8 +71,9 @@ def describe(settings: Settings) -> str:
     return f"{transport}, {'token required' if settings.auth_token else 'no token'}"
 
 
-def add_port(server: grpc.aio.Server, settings: Settings,
-             credentials: grpc.ServerCredentials | None) -> int:
+def add_port(
+    server: grpc.aio.Server, settings: Settings, credentials: grpc.ServerCredentials | None
+) -> int:
     """Listen on ``settings.bind``; returns the port (0 when binding failed)."""
     if credentials is None:
         return server.add_insecure_port(settings.bind)

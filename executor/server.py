@@ -83,10 +83,9 @@ def _hidden_ancestors(path: str) -> list[str]:
 
 def isolation_plan(settings: Settings, site_paths: tuple[str, ...]) -> IsolationPlan:
     """What a hardened child hides (data, temp dirs, closed ancestors) and keeps visible."""
-    keep = sorted({
-        os.path.realpath(p)
-        for p in (sys.base_prefix, sys.prefix, str(CHILD_DIR), *site_paths)
-    })
+    keep = sorted(
+        {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, str(CHILD_DIR), *site_paths)}
+    )
     masks = {str(settings.data_dir.resolve()), tempfile.gettempdir(), *SHARED_WRITABLE_DIRS}
     for path in keep:
         masks.update(_hidden_ancestors(path))
@@ -110,8 +109,10 @@ def sandbox_options(settings: Settings) -> SandboxOptions:
         raise ConfigError("network: 'none' needs namespaces, which this host does not allow")
     host_network = settings.network == "host" or not pid_namespace
     if settings.network == "auto" and host_network:
-        logger.warning("no namespaces here: callbacks share the host network, and can reach "
-                       "this executor's port; set auth_token")
+        logger.warning(
+            "no namespaces here: callbacks share the host network, and can reach "
+            "this executor's port; set auth_token"
+        )
     cells = SandboxRunner.cells(settings.max_concurrent)
     cgroups = None if settings.cgroup == "off" else CellCgroups.create(cells)
     if settings.cgroup == "on" and cgroups is None:
@@ -189,7 +190,8 @@ def describe_tier(options: SandboxOptions) -> str:
         if options.isolation
         else "callbacks run as the executor's uid, working directory on the host disk (no quota)",
         "pid namespace" if options.pid_namespace else "NO pid namespace (same-uid kill risk)",
-        "pids cgroup" if options.cgroups and "pids" in options.cgroups.controllers
+        "pids cgroup"
+        if options.cgroups and "pids" in options.cgroups.controllers
         else "RLIMIT_NPROC process cap (ignored for root)",
         "memory cgroup (all processes together)"
         if options.cgroups and "memory" in options.cgroups.controllers
@@ -289,8 +291,13 @@ async def start(settings: Settings) -> RunningServer:
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     logger.info(
         "serving on port %d; supervisor %s; sandbox: %s, %s launcher; languages: %s; slots %d, queue %d",
-        port, "embedded" if reference else supervisor_address, describe_tier(options), settings.launcher,
-        ",".join(sorted(settings.languages)), settings.max_concurrent, settings.max_queue,
+        port,
+        "embedded" if reference else supervisor_address,
+        describe_tier(options),
+        settings.launcher,
+        ",".join(sorted(settings.languages)),
+        settings.max_concurrent,
+        settings.max_queue,
     )
     engine_tasks = [
         asyncio.create_task(engine.resume_pending()),
@@ -302,8 +309,20 @@ async def start(settings: Settings) -> RunningServer:
         forwarder = EventForwarder(reference, own_channel)
         engine_tasks.append(asyncio.create_task(forwarder.run()))
     return RunningServer(
-        server, port, dispatcher, spawner, health_servicer, supervisor_channel, own_channel,
-        supervisor_server, options, reference, engine, trigger_store, engine_tasks, forwarder,
+        server,
+        port,
+        dispatcher,
+        spawner,
+        health_servicer,
+        supervisor_channel,
+        own_channel,
+        supervisor_server,
+        options,
+        reference,
+        engine,
+        trigger_store,
+        engine_tasks,
+        forwarder,
         recorder,
     )
 

@@ -22,7 +22,10 @@ class CallbackExecutorServicer(
     """Implements qbcallback.v1.CallbackExecutor; each feature's RPCs come from its mixin."""
 
     def __init__(
-        self, dispatcher: Dispatcher, settings: Settings, engine: TriggerEngine,
+        self,
+        dispatcher: Dispatcher,
+        settings: Settings,
+        engine: TriggerEngine,
         runs: RunsService | None = None,
     ) -> None:
         self._dispatcher = dispatcher

@@ -68,7 +68,9 @@ class BackgroundCheckpoints:
         """Count one commit; start a checkpoint when enough have gone by and none is running."""
         with self._lock:
             self._since += 1
-            if self._since < self._every or (self._running is not None and not self._running.done()):
+            if self._since < self._every or (
+                self._running is not None and not self._running.done()
+            ):
                 return
             self._since = 0
             self._running = self._thread.submit(self._checkpoint)
@@ -95,7 +97,9 @@ class BackgroundCheckpoints:
                 )
             log = copied = seen = -1
             for _ in range(CATCH_UP_ROUNDS):
-                _, log, copied = self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                _, log, copied = self._connection.execute(
+                    "PRAGMA wal_checkpoint(PASSIVE)"
+                ).fetchone()
                 if copied >= log and log == seen:
                     return  # all copied, nothing new: the writer's next commit restarts the log
                 seen = log
@@ -104,9 +108,12 @@ class BackgroundCheckpoints:
                     "PRAGMA wal_checkpoint(TRUNCATE)"
                 ).fetchone()
                 if busy:
-                    logger.warning("%s: the write-ahead log has %d pages and could not be "
-                                   "emptied (a reader held it); it will be tried again",
-                                   self._path, log)
+                    logger.warning(
+                        "%s: the write-ahead log has %d pages and could not be "
+                        "emptied (a reader held it); it will be tried again",
+                        self._path,
+                        log,
+                    )
         except sqlite3.Error as err:
             # Nothing is lost: the log keeps every commit until a checkpoint succeeds.
             logger.warning("%s: checkpoint failed: %s", self._path, err)

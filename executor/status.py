@@ -56,7 +56,9 @@ def grpc_errors(
     """Turn domain errors into their status; log anything else and answer INTERNAL."""
 
     @functools.wraps(handler)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Response:
+    async def wrapper(
+        self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Response:
         try:
             return await handler(self, request, context)
         except ExecutorError as err:

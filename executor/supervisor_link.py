@@ -17,8 +17,19 @@ from supervisor_client.jobdict import job_to_dict
 from supervisor_client.qbcallback.v1 import supervisor_pb2, supervisor_pb2_grpc
 
 JOB_VERBS = (
-    "unblock", "block", "kill", "remove", "retry", "requeue", "preempt", "interrupt",
-    "migrate", "suspend", "resume", "complete", "fail",
+    "unblock",
+    "block",
+    "kill",
+    "remove",
+    "retry",
+    "requeue",
+    "preempt",
+    "interrupt",
+    "migrate",
+    "suspend",
+    "resume",
+    "complete",
+    "fail",
 )
 WORK_VERBS = ("unblock", "block", "kill", "retry", "requeue", "complete", "fail")
 # The job verbs that apply to an instance (all but remove); the child-side qb
@@ -107,7 +118,9 @@ class GrpcSupervisor:
     ) -> ActionOutcome:
         request = supervisor_pb2.JobActionRequest(
             verb=supervisor_pb2.JobVerb.Value(f"JOB_VERB_{verb.upper()}"),
-            job_id=job_id, actor=actor, invocation_id=invocation_id,
+            job_id=job_id,
+            actor=actor,
+            invocation_id=invocation_id,
         )
         return await self._action(self._stub.JobAction, request)
 
@@ -116,7 +129,10 @@ class GrpcSupervisor:
     ) -> ActionOutcome:
         request = supervisor_pb2.WorkActionRequest(
             verb=supervisor_pb2.WorkVerb.Value(f"WORK_VERB_{verb.upper()}"),
-            job_id=job_id, work_names=work_names, actor=actor, invocation_id=invocation_id,
+            job_id=job_id,
+            work_names=work_names,
+            actor=actor,
+            invocation_id=invocation_id,
         )
         return await self._action(self._stub.WorkAction, request)
 
@@ -125,6 +141,9 @@ class GrpcSupervisor:
     ) -> ActionOutcome:
         request = supervisor_pb2.SubjobActionRequest(
             verb=supervisor_pb2.JobVerb.Value(f"JOB_VERB_{verb.upper()}"),
-            job_id=job_id, subjob_ids=subjob_ids, actor=actor, invocation_id=invocation_id,
+            job_id=job_id,
+            subjob_ids=subjob_ids,
+            actor=actor,
+            invocation_id=invocation_id,
         )
         return await self._action(self._stub.SubjobAction, request)

@@ -69,9 +69,23 @@ def executor(
     env = dict(os.environ, CBEXEC_LAUNCHER=launcher, CBEXEC_MAX_QUEUE="64")
     env.update({f"CBEXEC_{name.upper()}": value for name, value in settings.items()})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "executor", "serve", "--bind", f"127.0.0.1:{port}",
-         "--data-dir", str(data_dir), "--supervisor", supervisor, "--log-level", "WARNING"],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "executor",
+            "serve",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(data_dir),
+            "--supervisor",
+            supervisor,
+            "--log-level",
+            "WARNING",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
     )
     try:
         yield f"127.0.0.1:{port}", psutil.Process(proc.pid)
@@ -106,10 +120,14 @@ def summary(samples: list[float]) -> tuple[float, float]:
 
 async def latency(address: str, language: str, runs: int) -> list[float]:
     async with ExecutorClient(address) as client:
+
         async def once() -> None:
-            response = await client.execute_callback(language=language, code=TRIVIAL[language], job=JOB)
+            response = await client.execute_callback(
+                language=language, code=TRIVIAL[language], job=JOB
+            )
             if response.outcome != executor_pb2.Outcome.OUTCOME_SUCCEEDED:
                 raise SystemExit(f"{language}: {response.failure.message} {response.stderr[-300:]}")
+
         await once()  # warm-up
         return await timed(once, runs)
 
@@ -118,11 +136,14 @@ async def throughput(address: str, clients: int, seconds: float) -> tuple[float,
     done = errors = exhausted = 0
     deadline = time.perf_counter() + seconds
     async with ExecutorClient(address) as client:
+
         async def worker() -> None:
             nonlocal done, errors, exhausted
             while time.perf_counter() < deadline:
                 try:
-                    await client.execute_callback(language="python", code=TRIVIAL["python"], job=JOB)
+                    await client.execute_callback(
+                        language="python", code=TRIVIAL["python"], job=JOB
+                    )
                     done += 1
                 except Exception as err:  # noqa: BLE001 - counted and reported
                     if "RESOURCE_EXHAUSTED" in repr(err):
@@ -130,6 +151,7 @@ async def throughput(address: str, clients: int, seconds: float) -> tuple[float,
                         await asyncio.sleep(0.01)
                     else:
                         errors += 1
+
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
         elapsed = time.perf_counter() - started
@@ -152,7 +174,9 @@ def fork_floor(runs: int) -> list[float]:
         "    os.waitpid(pid, 0); samples.append(time.perf_counter() - t)\n"
         "print(json.dumps(samples))"
     )
-    out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True
+    )
     import json
 
     return list(json.loads(out.stdout))
@@ -217,9 +241,11 @@ async def main() -> int:
     args = parser.parse_args()
     rows: list[tuple[str, float, float]] = []
     cpu_rows: list[tuple[str, tuple[float, ...]]] = []
-    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
-          f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Linux {platform.release()}, "
-          f"Python {platform.python_version()}")
+    print(
+        f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Linux {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
     # The supervisor lives in this process, so the executor's RSS is its own.
     reference = ReferenceSupervisor(":memory:")
     (job,) = reference.submit([{"name": "bench", "user": "bench"}])
@@ -242,7 +268,9 @@ async def main() -> int:
                 main_setup = index == 0
                 if main_setup:
                     idle = rss_mb(proc)
-                    rows.append(("floor: empty gRPC call", *summary(await grpc_floor(address, args.runs))))
+                    rows.append(
+                        ("floor: empty gRPC call", *summary(await grpc_floor(address, args.runs)))
+                    )
                 meter = CpuMeter(proc)
                 for language in ("python", "perl", "qube"):
                     runs = args.runs if launcher == "zygote" else args.runs // 4
@@ -263,7 +291,9 @@ async def main() -> int:
     await supervisor_server.stop(2.0)  # let reports still in flight finish
     reference.close()
     rows.append(("floor: fork+wait, warm process", *summary(fork_floor(args.runs))))
-    rows.append(("baseline: python3 -c per callback", *summary(naive_baseline(max(20, args.runs // 4)))))
+    rows.append(
+        ("baseline: python3 -c per callback", *summary(naive_baseline(max(20, args.runs // 4))))
+    )
 
     print(f"\n{'end-to-end latency':<50}{'p50 ms':>10}{'p99 ms':>10}")
     for name, p50, p99 in rows:
@@ -273,26 +303,36 @@ async def main() -> int:
     print("\nratios (p50):")
     for language in ("python", "perl", "qube"):
         warm = by_name[f"zygote: {language} callback"][0]
-        print(f"  warm {language}: {baseline / warm:.1f}x faster than the python3 -c baseline, "
-              f"{warm / by_name['floor: fork+wait, warm process'][0]:.1f}x the fork floor, "
-              f"{warm / by_name['floor: empty gRPC call'][0]:.1f}x the gRPC floor")
-    print(f"  cold python vs warm python: "
-          f"{by_name['cold: python callback'][0] / by_name['zygote: python callback'][0]:.1f}x")
+        print(
+            f"  warm {language}: {baseline / warm:.1f}x faster than the python3 -c baseline, "
+            f"{warm / by_name['floor: fork+wait, warm process'][0]:.1f}x the fork floor, "
+            f"{warm / by_name['floor: empty gRPC call'][0]:.1f}x the gRPC floor"
+        )
+    print(
+        f"  cold python vs warm python: "
+        f"{by_name['cold: python callback'][0] / by_name['zygote: python callback'][0]:.1f}x"
+    )
 
-    print(f"\n{'CPU per call (ms)':<50}{'executor':>10}{'zygotes':>10}{'client+sup':>12}"
-          f"{'total':>8}")
+    print(
+        f"\n{'CPU per call (ms)':<50}{'executor':>10}{'zygotes':>10}{'client+sup':>12}{'total':>8}"
+    )
     for name, (own, zygotes, client) in cpu_rows:
         total = own + zygotes + client
         print(f"{name:<50}{own:>10.2f}{zygotes:>10.2f}{client:>12.2f}{total:>8.2f}")
-    print("  (zygotes: the zygotes and every child they forked, prepared ones included; "
-          f"{os.cpu_count()} cores bound the rate at cores / total)")
+    print(
+        "  (zygotes: the zygotes and every child they forked, prepared ones included; "
+        f"{os.cpu_count()} cores bound the rate at cores / total)"
+    )
 
-    print(f"\n{'throughput (trivial python, warm)':<50}{'calls/s':>10}{'exhausted':>11}"
-          f"{'errors':>8}")
+    print(
+        f"\n{'throughput (trivial python, warm)':<50}{'calls/s':>10}{'exhausted':>11}{'errors':>8}"
+    )
     for clients, (rate, exhausted, errors) in loads:
         print(f"{f'{clients} concurrent clients':<50}{rate:>10.0f}{exhausted:>11}{errors:>8}")
-    print(f"\nexecutor RSS idle {idle[0]:.1f} MiB (zygotes {idle[1]:.1f} MiB); "
-          f"after load {loaded[0]:.1f} MiB (zygotes and children {loaded[1]:.1f} MiB)")
+    print(
+        f"\nexecutor RSS idle {idle[0]:.1f} MiB (zygotes {idle[1]:.1f} MiB); "
+        f"after load {loaded[0]:.1f} MiB (zygotes and children {loaded[1]:.1f} MiB)"
+    )
 
     python, perl = by_name["zygote: python callback"], by_name["zygote: perl callback"]
     checks = [
@@ -300,10 +340,14 @@ async def main() -> int:
         (f"perl p50 <= {TARGETS['p50']:g} ms", perl[0] <= TARGETS["p50"]),
         (f"python p99 <= {TARGETS['p99']:g} ms", python[1] <= TARGETS["p99"]),
         (f"perl p99 <= {TARGETS['p99']:g} ms", perl[1] <= TARGETS["p99"]),
-        (f">= {TARGETS['throughput']:g} calls/s",
-         max(rate for _, (rate, _, _) in loads) >= TARGETS["throughput"]),
-        (f">= {TARGETS['baseline_ratio']:g}x the baseline (python)",
-         baseline / python[0] >= TARGETS["baseline_ratio"]),
+        (
+            f">= {TARGETS['throughput']:g} calls/s",
+            max(rate for _, (rate, _, _) in loads) >= TARGETS["throughput"],
+        ),
+        (
+            f">= {TARGETS['baseline_ratio']:g}x the baseline (python)",
+            baseline / python[0] >= TARGETS["baseline_ratio"],
+        ),
         (f"idle RSS <= {TARGETS['idle_rss']:g} MB", idle[0] * 2**20 / 1e6 <= TARGETS["idle_rss"]),
     ]
     print("\ntargets: " + "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in checks))

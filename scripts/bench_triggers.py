@@ -40,11 +40,23 @@ def build_jobs(callbacks: int) -> list[dict[str, object]]:
         cbs = []
         for n in range(per_job - 2):
             frame = (index * 7 + n) % FRAMES
-            cbs.append({"triggers": f"complete-work-{upstream}-{frame}", "language": "qube",
-                        "code": "unblock-work-self"})
-        cbs.append({"triggers": f"complete-job-{upstream}", "language": "qube", "code": "unblock-self"})
-        cbs.append({"triggers": f"complete-job-{upstream} && failed-work-self-*", "language": "qube",
-                    "code": "fail-self"})
+            cbs.append(
+                {
+                    "triggers": f"complete-work-{upstream}-{frame}",
+                    "language": "qube",
+                    "code": "unblock-work-self",
+                }
+            )
+        cbs.append(
+            {"triggers": f"complete-job-{upstream}", "language": "qube", "code": "unblock-self"}
+        )
+        cbs.append(
+            {
+                "triggers": f"complete-job-{upstream} && failed-work-self-*",
+                "language": "qube",
+                "code": "fail-self",
+            }
+        )
         jobs.append({"id": job_id, "pgrp": job_id, "user": "bench", "callbacks": cbs})
     return jobs
 
@@ -72,12 +84,15 @@ def main() -> int:
     jobs = build_jobs(args.callbacks)
     rng = random.Random(7)
     events = [
-        EventOccurrence("complete", "work", rng.choice(jobs)["id"], work_name=str(rng.randrange(FRAMES)))  # type: ignore[arg-type]
+        EventOccurrence(
+            "complete", "work", rng.choice(jobs)["id"], work_name=str(rng.randrange(FRAMES))
+        )  # type: ignore[arg-type]
         for _ in range(args.events)
     ]
     with tempfile.TemporaryDirectory() as tmp:
         engine = TriggerEngine(
-            TriggerStore(str(Path(tmp) / "t.db")), lambda _inv: None,  # match() never runs anything
+            TriggerStore(str(Path(tmp) / "t.db")),
+            lambda _inv: None,  # match() never runs anything
             limits=Limits(1, 1, 1, 1, 1, 1),
         )
         started = time.perf_counter()
@@ -91,8 +106,11 @@ def main() -> int:
             engine.match(event, dry=False)
             indexed.append(time.perf_counter() - t)
 
-    parsed = [(int(j["id"]), triggers.atoms(triggers.parse(cb["triggers"])))  # type: ignore[index]
-              for j in jobs for cb in j["callbacks"]]  # type: ignore[attr-defined]
+    parsed = [
+        (int(j["id"]), triggers.atoms(triggers.parse(cb["triggers"])))  # type: ignore[index]
+        for j in jobs
+        for cb in j["callbacks"]
+    ]  # type: ignore[attr-defined]
     naive = []
     for event in events[: max(20, args.events // 50)]:  # the naive scan is slow: sample it
         t = time.perf_counter()

@@ -97,10 +97,12 @@ KINDS = [
     Kind("perl-qb", 12, "perl", GOOD_PERL, ("SUCCEEDED",)),
     Kind("qube", 5, "qube", "unblock-self", ("SUCCEEDED",)),
     Kind("python-raises", 3, "python", "raise ValueError('soak')", ("FAILED",)),
-    Kind("perl-dies", 2, "perl", "die \"soak\\n\";", ("FAILED",)),
+    Kind("perl-dies", 2, "perl", 'die "soak\\n";', ("FAILED",)),
     Kind("os._exit", 3, "python", "import os\nos._exit(3)", ("FAILED",)),
     Kind(
-        "fork-bomb-capped", 4, "python",
+        "fork-bomb-capped",
+        4,
+        "python",
         "import os, time\n"
         "try:\n"
         "    while True:\n"
@@ -109,40 +111,62 @@ KINDS = [
         "            os._exit(0)\n"
         "except OSError:\n"
         "    pass\n",
-        ("SUCCEEDED",), {"max_processes": 8, "wall_seconds": 10},
+        ("SUCCEEDED",),
+        {"max_processes": 8, "wall_seconds": 10},
     ),
     Kind(
-        "fork-bomb-spinning", 0.5, "python",
+        "fork-bomb-spinning",
+        0.5,
+        "python",
         "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
-        ("WALL_TIMEOUT",), {"max_processes": 6, "wall_seconds": 0.5},
+        ("WALL_TIMEOUT",),
+        {"max_processes": 6, "wall_seconds": 0.5},
     ),
     Kind(
-        "memory-bomb", 3, "python",
+        "memory-bomb",
+        3,
+        "python",
         "chunks = []\nwhile True:\n    chunks.append(b'x' * (8 << 20))\n",
-        ("MEMORY_LIMIT",), {"memory_bytes": 128 * MIB},
+        ("MEMORY_LIMIT",),
+        {"memory_bytes": 128 * MIB},
     ),
     Kind(
-        "perl-memory-bomb", 1, "perl",
+        "perl-memory-bomb",
+        1,
+        "perl",
         "my @chunks;\nwhile (1) { push @chunks, 'x' x (8 << 20); }\n",
-        ("MEMORY_LIMIT",), {"memory_bytes": 128 * MIB},
+        ("MEMORY_LIMIT",),
+        {"memory_bytes": 128 * MIB},
     ),
     Kind(
-        "wall-timeout", 3, "python", "import time\ntime.sleep(1000)",
-        ("WALL_TIMEOUT",), {"wall_seconds": 0.3},
+        "wall-timeout",
+        3,
+        "python",
+        "import time\ntime.sleep(1000)",
+        ("WALL_TIMEOUT",),
+        {"wall_seconds": 0.3},
     ),
     Kind(
-        "ignores-sigterm", 1, "python",
+        "ignores-sigterm",
+        1,
+        "python",
         "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(1000)",
-        ("WALL_TIMEOUT",), {"wall_seconds": 0.3},
+        ("WALL_TIMEOUT",),
+        {"wall_seconds": 0.3},
     ),
     Kind(
-        "output-flood", 3, "python",
+        "output-flood",
+        3,
+        "python",
         "import sys\nblock = 'x' * 65536\nfor _ in range(64):\n"
         "    sys.stdout.write(block)\n    sys.stderr.write(block)\n",
-        ("SUCCEEDED",), {"output_bytes": 16 << 10},
+        ("SUCCEEDED",),
+        {"output_bytes": 16 << 10},
     ),
     Kind(
-        "setsid-daemon", 2, "python",
+        "setsid-daemon",
+        2,
+        "python",
         "import os, time\n"
         "if os.fork() == 0:\n"
         "    os.setsid()\n"
@@ -150,14 +174,21 @@ KINDS = [
         "        time.sleep(1000)\n"
         "    os._exit(0)\n"
         "os.wait()\n",
-        ("SUCCEEDED",), {"wall_seconds": 10},
+        ("SUCCEEDED",),
+        {"wall_seconds": 10},
     ),
     Kind(
-        "cpu-spin", 0.3, "python", "while True:\n    pass\n",
-        ("CPU_LIMIT",), {"cpu_seconds": 1, "wall_seconds": 10},
+        "cpu-spin",
+        0.3,
+        "python",
+        "while True:\n    pass\n",
+        ("CPU_LIMIT",),
+        {"cpu_seconds": 1, "wall_seconds": 10},
     ),
     Kind(
-        "bridge-garbage", 1, "python",
+        "bridge-garbage",
+        1,
+        "python",
         "import os, struct\n"
         "for name in os.listdir('/proc/self/fd'):\n"
         "    try:\n"
@@ -180,27 +211,52 @@ def seed_jobs(data_dir: Path) -> list[dict[str, Any]]:
     """Jobs for the good callbacks, written before the executor opens the database."""
     supervisor = ReferenceSupervisor(str(data_dir / "supervisor.db"))
     try:
-        return supervisor.submit([
-            {"name": f"soak-{n}", "user": "soak", "status": "pending",
-             "agenda": [{"name": str(f)} for f in range(1, FRAMES + 1)]}
-            for n in range(JOBS)
-        ])
+        return supervisor.submit(
+            [
+                {
+                    "name": f"soak-{n}",
+                    "user": "soak",
+                    "status": "pending",
+                    "agenda": [{"name": str(f)} for f in range(1, FRAMES + 1)],
+                }
+                for n in range(JOBS)
+            ]
+        )
     finally:
         supervisor.close()
 
 
 @contextlib.contextmanager
-def executor(data_dir: Path, launcher: str, max_concurrent: int, log: Path) -> Iterator[tuple[str, psutil.Process]]:
+def executor(
+    data_dir: Path, launcher: str, max_concurrent: int, log: Path
+) -> Iterator[tuple[str, psutil.Process]]:
     port = free_port()
     env = dict(
-        os.environ, CBEXEC_LAUNCHER=launcher, CBEXEC_MAX_QUEUE="1024",
-        CBEXEC_MAX_CONCURRENT=str(max_concurrent), CBEXEC_GRACE_SECONDS="0.3",
+        os.environ,
+        CBEXEC_LAUNCHER=launcher,
+        CBEXEC_MAX_QUEUE="1024",
+        CBEXEC_MAX_CONCURRENT=str(max_concurrent),
+        CBEXEC_GRACE_SECONDS="0.3",
     )
     with log.open("wb") as log_file:
         proc = subprocess.Popen(  # noqa: S603 - fixed argv
-            [sys.executable, "-m", "executor", "serve", "--bind", f"127.0.0.1:{port}",
-             "--data-dir", str(data_dir), "--log-level", "WARNING"],
-            env=env, cwd=ROOT, start_new_session=True, stdout=log_file, stderr=log_file,
+            [
+                sys.executable,
+                "-m",
+                "executor",
+                "serve",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--data-dir",
+                str(data_dir),
+                "--log-level",
+                "WARNING",
+            ],
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
+            stdout=log_file,
+            stderr=log_file,
         )
     try:
         yield f"127.0.0.1:{port}", psutil.Process(proc.pid)
@@ -260,12 +316,19 @@ def sample(proc: psutil.Process) -> Sample:
     children = live_children(proc)
     zygote_rss = sum(c.memory_info().rss for c in children)
     return Sample(
-        proc.num_fds(), proc.num_threads(), proc.memory_info().rss, len(children),
-        len(sandboxed_processes(proc.pid)), zygote_rss, thread_names(proc.pid),
+        proc.num_fds(),
+        proc.num_threads(),
+        proc.memory_info().rss,
+        len(children),
+        len(sandboxed_processes(proc.pid)),
+        zygote_rss,
+        thread_names(proc.pid),
     )
 
 
-async def settled_sample(proc: psutil.Process, baseline: Sample | None, timeout_s: float = 60) -> Sample:
+async def settled_sample(
+    proc: psutil.Process, baseline: Sample | None, timeout_s: float = 60
+) -> Sample:
     """Wait until the executor is idle again, then sample.
 
     Idle: back to the baseline's child and sandboxed processes, or, for the baseline
@@ -298,7 +361,12 @@ class Tally:
 
 
 async def run_mix(
-    address: str, jobs: list[dict[str, Any]], count: int, concurrency: int, seed: int, tally: Tally,
+    address: str,
+    jobs: list[dict[str, Any]],
+    count: int,
+    concurrency: int,
+    seed: int,
+    tally: Tally,
     progress: bool,
 ) -> None:
     rng = random.Random(seed)
@@ -310,6 +378,7 @@ async def run_mix(
     started = time.monotonic()
 
     async with ExecutorClient(address) as client:
+
         async def worker() -> None:
             while True:
                 try:
@@ -320,8 +389,11 @@ async def run_mix(
                 code = kind.code.replace("FRAME", str(1 + index % FRAMES))
                 try:
                     response = await client.execute_callback(
-                        language=kind.language, code=code, job=job,
-                        limits={"wall_seconds": 20, **kind.limits}, timeout=120,
+                        language=kind.language,
+                        code=code,
+                        job=job,
+                        limits={"wall_seconds": 20, **kind.limits},
+                        timeout=120,
                     )
                 except Exception as err:  # noqa: BLE001 - counted and reported
                     tally.rpc_errors[f"{kind.name}: {type(err).__name__}: {str(err)[:120]}"] += 1
@@ -342,7 +414,9 @@ async def run_mix(
 
 def table(rows: list[tuple[str, str, str, str, str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows
+    )
 
 
 async def soak(args: argparse.Namespace) -> int:
@@ -355,11 +429,18 @@ async def soak(args: argparse.Namespace) -> int:
         # Warm-up at twice the concurrency, so lazily grown pools (the asyncio default
         # executor, gRPC's) reach their size before the baseline is taken.
         warmup = Tally()
-        await run_mix(address, jobs, min(600, args.count), 2 * args.concurrency, args.seed + 1, warmup, False)
+        await run_mix(
+            address, jobs, min(600, args.count), 2 * args.concurrency, args.seed + 1, warmup, False
+        )
         before = await settled_sample(proc, baseline=None)
-        print(f"executor pid {proc.pid} on {address}, launcher {args.launcher}, "
-              f"{args.concurrency} clients, {args.max_concurrent} slots; data dir {data_dir}")
-        print(f"warm-up: {sum(warmup.by_kind.values())} callbacks; running {args.count} ...", flush=True)
+        print(
+            f"executor pid {proc.pid} on {address}, launcher {args.launcher}, "
+            f"{args.concurrency} clients, {args.max_concurrent} slots; data dir {data_dir}"
+        )
+        print(
+            f"warm-up: {sum(warmup.by_kind.values())} callbacks; running {args.count} ...",
+            flush=True,
+        )
 
         tally = Tally()
         began = time.monotonic()
@@ -368,12 +449,17 @@ async def soak(args: argparse.Namespace) -> int:
         after = await settled_sample(proc, baseline=before)
 
         async with ExecutorClient(address) as client:
-            final = await client.execute_callback(language="python", code="print(qb.jobid())", job=jobs[0])
-        answers = final.outcome == Outcome.OUTCOME_SUCCEEDED and final.stdout.strip() == str(jobs[0]["id"])
+            final = await client.execute_callback(
+                language="python", code="print(qb.jobid())", job=jobs[0]
+            )
+        answers = final.outcome == Outcome.OUTCOME_SUCCEEDED and final.stdout.strip() == str(
+            jobs[0]["id"]
+        )
 
     total = sum(tally.by_kind.values())
     print(f"\n{total} callbacks in {elapsed:.0f} s ({total / elapsed:.0f}/s)\n")
     tolerance = args.rss_tolerance_mib * MIB
+
     def mib(value: float) -> str:
         return f"{value / MIB:.1f}"
 
@@ -388,15 +474,29 @@ async def soak(args: argparse.Namespace) -> int:
     for name, old, new, allowed, fmt in checks:
         ok = new - old <= allowed
         leaked |= not ok
-        rows.append((name, fmt(old), fmt(new), fmt(new - old), "ok" if ok else f"LEAK (> {fmt(allowed)})"))
-    rows.append(("zygote rss (MiB)", f"{before.zygote_rss / MIB:.1f}", f"{after.zygote_rss / MIB:.1f}",
-                 f"{(after.zygote_rss - before.zygote_rss) / MIB:.1f}", "info"))
-    rows.append(("answers afterwards", "-", "yes" if answers else "no", "-", "ok" if answers else "FAIL"))
+        rows.append(
+            (name, fmt(old), fmt(new), fmt(new - old), "ok" if ok else f"LEAK (> {fmt(allowed)})")
+        )
+    rows.append(
+        (
+            "zygote rss (MiB)",
+            f"{before.zygote_rss / MIB:.1f}",
+            f"{after.zygote_rss / MIB:.1f}",
+            f"{(after.zygote_rss - before.zygote_rss) / MIB:.1f}",
+            "info",
+        )
+    )
+    rows.append(
+        ("answers afterwards", "-", "yes" if answers else "no", "-", "ok" if answers else "FAIL")
+    )
     leaked |= not answers
     print(table(rows))
     grown = after.thread_names - before.thread_names
     if grown:
-        print("threads added (by name): " + ", ".join(f"{name or '?'} +{n}" for name, n in grown.items()))
+        print(
+            "threads added (by name): "
+            + ", ".join(f"{name or '?'} +{n}" for name, n in grown.items())
+        )
 
     print("\nby kind and outcome:")
     kinds: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
@@ -411,7 +511,9 @@ async def soak(args: argparse.Namespace) -> int:
     print("  " + ", ".join(f"{o} {n}" for o, n in by_outcome.most_common()))
 
     expected = {kind.name: kind.outcomes for kind in KINDS}
-    unexpected = sum(n for (name, outcome), n in tally.by_kind.items() if outcome not in expected[name])
+    unexpected = sum(
+        n for (name, outcome), n in tally.by_kind.items() if outcome not in expected[name]
+    )
     if unexpected:
         print(f"\n{unexpected} callbacks ended with an outcome their kind cannot produce, e.g.:")
         for line in tally.unexpected:
@@ -436,14 +538,18 @@ async def soak(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=20_000, help="callbacks to run (default 20000)")
+    parser.add_argument(
+        "--count", type=int, default=20_000, help="callbacks to run (default 20000)"
+    )
     parser.add_argument("--concurrency", type=int, default=8, help="clients at once (default 8)")
     parser.add_argument("--max-concurrent", type=int, default=4, help="executor slots (default 4)")
     parser.add_argument("--launcher", choices=("zygote", "cold"), default="zygote")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rss-tolerance-mib", type=float, default=20.0)
     parser.add_argument(
-        "--thread-tolerance", type=int, default=2,
+        "--thread-tolerance",
+        type=int,
+        default=2,
         help="threads the executor may add (pools that grow lazily up to their cap; default 2)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the data dir even when it passes")

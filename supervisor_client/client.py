@@ -94,8 +94,11 @@ class ExecutorClient:
     ) -> None:
         if isinstance(channel_or_address, str):
             self._channel = open_channel(
-                channel_or_address, root_certificates=root_certificates,
-                private_key=private_key, certificate_chain=certificate_chain, token=token,
+                channel_or_address,
+                root_certificates=root_certificates,
+                private_key=private_key,
+                certificate_chain=certificate_chain,
+                token=token,
             )
             self._owns_channel = True
         else:

@@ -67,7 +67,9 @@ def open_channel(
     """
     interceptors = [BearerTokenInterceptor(token)] if token else None
     if tls or root_certificates or private_key or certificate_chain:
-        credentials = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates, private_key, certificate_chain
+        )
         return grpc.aio.secure_channel(
             address, credentials, options=list(options), interceptors=interceptors
         )

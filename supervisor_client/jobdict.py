@@ -14,8 +14,20 @@ from google.protobuf import json_format, struct_pb2
 from supervisor_client.qbcallback.v1 import types_pb2
 
 _SCALARS = (
-    "id", "name", "label", "pgrp", "pid", "status", "user", "priority", "prototype",
-    "mailaddress", "timesubmit", "timestart", "timecomplete", "cpus",
+    "id",
+    "name",
+    "label",
+    "pgrp",
+    "pid",
+    "status",
+    "user",
+    "priority",
+    "prototype",
+    "mailaddress",
+    "timesubmit",
+    "timestart",
+    "timecomplete",
+    "cpus",
 )
 _DEDICATED = frozenset((*_SCALARS, "agenda", "subjobs", "callbacks", "extra"))
 _CALLBACK_FIELDS = ("id", "triggers", "language", "code", "user", "count", "maximum")
@@ -97,7 +109,9 @@ def job_from_dict(job: dict[str, Any]) -> types_pb2.Job:
     message.agenda.extend(_work_item(entry) for entry in job.get("agenda") or [])
     for sub in job.get("subjobs") or []:
         message.subjobs.add(
-            id=int(sub.get("id", 0)), status=str(sub.get("status", "")), host=str(sub.get("host", ""))
+            id=int(sub.get("id", 0)),
+            status=str(sub.get("status", "")),
+            host=str(sub.get("host", "")),
         )
     for cb in job.get("callbacks") or []:
         message.callbacks.add(**{k: cb[k] for k in _CALLBACK_FIELDS if cb.get(k) is not None})

@@ -45,7 +45,9 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount, _libc.unshare  # noqa: B018 - looked up now, as launcher.py explains
 
 
-def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+def _mount(
+    source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None
+) -> None:
     result = _libc.mount(
         source.encode() if source else None,
         target.encode(),
@@ -112,7 +114,10 @@ def share_masks(masks: list[str], keep: list[str], workdir: str) -> list[str]:
 
 
 def isolate_filesystem(
-    masks: list[str], keep: list[str], workdir: str, quota: dict[str, int],
+    masks: list[str],
+    keep: list[str],
+    workdir: str,
+    quota: dict[str, int],
     shared_masks: list[str] | tuple[str, ...] = (),
 ) -> None:
     """Private mounts, fresh /proc, tmpfs over ``masks``, ``keep`` bound back, a quota'd workdir.
@@ -138,9 +143,14 @@ def isolate_filesystem(
         os.makedirs(workdir, mode=0o700, exist_ok=True)
     except FileExistsError:
         pass
-    _mount("tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV,
-           f"size={quota['bytes']},nr_inodes={MAX_WORKDIR_FILES},mode=0700,"
-           f"uid={quota['uid']},gid={quota['gid']}")
+    _mount(
+        "tmpfs",
+        workdir,
+        "tmpfs",
+        MS_NOSUID | MS_NODEV,
+        f"size={quota['bytes']},nr_inodes={MAX_WORKDIR_FILES},mode=0700,"
+        f"uid={quota['uid']},gid={quota['gid']}",
+    )
 
 
 def drop_privileges(uid: int, gid: int) -> None:

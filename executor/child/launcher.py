@@ -142,8 +142,14 @@ def confine_and_run(spec: dict[str, Any]) -> int:
             import isolation as hardened  # the sibling module, only needed in this tier
 
             hardened.isolate_filesystem(
-                isolation["masks"], isolation["keep"], workdir,
-                {"bytes": int(spec["disk_bytes"]), "uid": isolation["uid"], "gid": isolation["gid"]},
+                isolation["masks"],
+                isolation["keep"],
+                workdir,
+                {
+                    "bytes": int(spec["disk_bytes"]),
+                    "uid": isolation["uid"],
+                    "gid": isolation["gid"],
+                },
                 isolation.get("shared_masks", ()),  # set by a zygote that covered them
             )
             os.chdir(workdir)  # the working directory's own tmpfs

@@ -112,7 +112,9 @@ class SharedMasks:
         plan = (tuple(isolation["masks"]), tuple(isolation["keep"]))
         if self._plan is None:
             self._plan = plan
-            self._shared = isolation_module.share_masks(isolation["masks"], isolation["keep"], spec["workdir"])
+            self._shared = isolation_module.share_masks(
+                isolation["masks"], isolation["keep"], spec["workdir"]
+            )
         if plan != self._plan:
             return spec  # another plan: the child covers every mask itself
         return dict(spec, isolation=dict(isolation, shared_masks=self._shared))
@@ -164,7 +166,10 @@ def _started(request_id: int, pid: int) -> bytes:
 
 def _exited(pid: int, status: int, usage: resource.struct_rusage) -> bytes:
     return b'{"type":"exited","pid":%d,"status":%d,"cpu":%.6f,"maxrss_kib":%d}' % (
-        pid, status, usage.ru_utime + usage.ru_stime, usage.ru_maxrss,
+        pid,
+        status,
+        usage.ru_utime + usage.ru_stime,
+        usage.ru_maxrss,
     )
 
 
@@ -208,7 +213,9 @@ def serve(control: socket.socket) -> None:
             if len(fds) != 3:
                 for fd in fds:
                     os.close(fd)
-                _send(control, {"type": "failed", "id": message.get("id"), "error": "expected 3 fds"})
+                _send(
+                    control, {"type": "failed", "id": message.get("id"), "error": "expected 3 fds"}
+                )
                 continue
             new_pid_namespace = bool(message["spec"].get("pid_namespace"))
             reply = {"type": "failed", "id": message["id"], "error": ""}

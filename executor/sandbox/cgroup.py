@@ -50,8 +50,11 @@ class _Hierarchy:
             return {"max": "pids.max"}
         if self.v2:
             return {"max": "memory.max", "events": "memory.events", "swap": "memory.swap.max"}
-        return {"max": "memory.limit_in_bytes", "events": "memory.oom_control",
-                "swap": "memory.swappiness"}
+        return {
+            "max": "memory.limit_in_bytes",
+            "events": "memory.oom_control",
+            "swap": "memory.swappiness",
+        }
 
 
 def _hierarchies() -> dict[str, _Hierarchy]:
@@ -70,7 +73,7 @@ def _hierarchies() -> dict[str, _Hierarchy]:
 def _remove_stale(root: Path) -> None:
     """Remove pools left by executors that died without cleaning up."""
     for pool in root.glob(f"{PREFIX}*"):
-        owner = pool.name[len(PREFIX):]
+        owner = pool.name[len(PREFIX) :]
         if owner.isdigit() and not Path(f"/proc/{owner}").exists():
             for cell in pool.glob("cell-*"):
                 _kill_and_remove(cell)

@@ -99,7 +99,9 @@ def _classify_exit(child: ChildExit, limits: Limits) -> tuple[Outcome, Failure |
             f"the callback ran out of memory (limit {limits.memory_bytes} bytes)"
         )
     if child.signal:
-        return Outcome.KILLED, Failure(f"the callback was killed by {describe_signal(child.signal)}")
+        return Outcome.KILLED, Failure(
+            f"the callback was killed by {describe_signal(child.signal)}"
+        )
     if child.exit_code == 0:
         return Outcome.SUCCEEDED, None
     if child.exit_code == EXIT_LAUNCH_FAILED:

@@ -190,7 +190,7 @@ def _send_now(sock: socket.socket, frame: bytes) -> bytes:
     on the callback while the executor is still setting up its readers.
     """
     try:
-        return frame[sock.send(frame, socket.MSG_DONTWAIT):]
+        return frame[sock.send(frame, socket.MSG_DONTWAIT) :]
     except (BlockingIOError, InterruptedError):
         return frame
     except OSError:
@@ -212,8 +212,8 @@ async def _next_frame(
             if size > protocol.MAX_CHILD_FRAME_BYTES:
                 raise _BridgeViolation(f"frame of {size} bytes exceeds the 1 MiB frame limit")
         if 0 <= size <= len(buffer) - header:
-            body = bytes(buffer[header:header + size])
-            del buffer[:header + size]
+            body = bytes(buffer[header : header + size])
+            del buffer[: header + size]
             return protocol.decode_body(body)
         chunk = await loop.sock_recv(sock, READ_CHUNK)
         if not chunk:
@@ -358,7 +358,8 @@ class SandboxRunner:
             "rlimits": sandbox_limits.rlimits(
                 limits,
                 cap_processes_with_nproc=isolation is not None
-                or cgroups is None or "pids" not in cgroups.controllers,
+                or cgroups is None
+                or "pids" not in cgroups.controllers,
             ),
             "isolation": isolation.for_cell(cell) if isolation is not None else None,
             "disk_bytes": limits.disk_bytes,
@@ -432,9 +433,7 @@ class SandboxRunner:
 
     def _prepare(self, spec: dict[str, Any], limits: Limits, cell: int) -> None:
         if self._prepare_ahead and not self._closing and cell not in self._prepared:
-            self._prepared[cell] = asyncio.create_task(
-                self._start(spec, limits, cell, ahead=True)
-            )
+            self._prepared[cell] = asyncio.create_task(self._start(spec, limits, cell, ahead=True))
 
     async def prepared_pids(self) -> list[int]:
         """Pids of the children waiting for a run, once the ones being started are up."""
@@ -521,7 +520,9 @@ class SandboxRunner:
         self._prepare(spec, limits, cell)
         return result
 
-    async def _finish(self, child: _Child, tasks: list[asyncio.Task[None]], *, reaped: bool) -> None:
+    async def _finish(
+        self, child: _Child, tasks: list[asyncio.Task[None]], *, reaped: bool
+    ) -> None:
         """Kill and reap the child unless done already, stop its tasks, close our ends, remove its workdir."""
         try:
             if not reaped:

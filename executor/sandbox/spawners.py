@@ -77,10 +77,21 @@ class ColdSpawner:
         stdout_w, stderr_w, bridge = fds
         try:
             proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-                [self._python, "-I", "-S", "-B", str(LAUNCHER),
-                 json.dumps(dict(spec, bridge_fd=bridge))],
-                stdin=subprocess.DEVNULL, stdout=stdout_w, stderr=stderr_w,
-                cwd="/", env=env, start_new_session=True, pass_fds=(bridge,),
+                [
+                    self._python,
+                    "-I",
+                    "-S",
+                    "-B",
+                    str(LAUNCHER),
+                    json.dumps(dict(spec, bridge_fd=bridge)),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=stdout_w,
+                stderr=stderr_w,
+                cwd="/",
+                env=env,
+                start_new_session=True,
+                pass_fds=(bridge,),
             )
         except OSError as err:
             raise UnavailableError(f"could not start the sandbox: {err}") from err
@@ -135,8 +146,11 @@ class _Zygote:
         try:
             self._process = subprocess.Popen(  # noqa: S603 - fixed argv
                 argv,
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=None,
-                pass_fds=(theirs.fileno(),), start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=None,
+                pass_fds=(theirs.fileno(),),
+                start_new_session=True,
                 env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"},
             )
         except OSError as err:
@@ -184,8 +198,11 @@ class _Zygote:
 
     def _on_death(self) -> None:
         """Every child in flight is reported lost (killed with the zygote); the next spawn restarts it."""
-        logger.error("%s sandbox zygote died; %d callbacks in flight are lost",
-                     self.language, len(self._children))
+        logger.error(
+            "%s sandbox zygote died; %d callbacks in flight are lost",
+            self.language,
+            len(self._children),
+        )
         control, self._control = self._control, None
         if control is not None:
             asyncio.get_running_loop().remove_reader(control)
@@ -216,7 +233,9 @@ class _Zygote:
             message = {"type": "spawn", "id": request_id, "spec": spec, "env": env}
             payload = json.dumps(message).encode()
             if len(payload) > MAX_MESSAGE:
-                raise UnavailableError(f"spawn message of {len(payload)} bytes exceeds {MAX_MESSAGE}")
+                raise UnavailableError(
+                    f"spawn message of {len(payload)} bytes exceeds {MAX_MESSAGE}"
+                )
             future: asyncio.Future[ChildHandle] = asyncio.get_running_loop().create_future()
             self._starting[request_id] = future
             try:
@@ -277,8 +296,14 @@ class ZygoteSpawner:
                 if self._failures[language] < MAX_ZYGOTE_FAILURES:
                     logger.warning("%s zygote: %s; starting this child cold", language, err)
                 else:
-                    logger.error("%s zygote failed %d times in a row (%s); %s callbacks start "
-                                 "cold from now on", language, MAX_ZYGOTE_FAILURES, err, language)
+                    logger.error(
+                        "%s zygote failed %d times in a row (%s); %s callbacks start "
+                        "cold from now on",
+                        language,
+                        MAX_ZYGOTE_FAILURES,
+                        err,
+                        language,
+                    )
             else:
                 self._failures[language] = 0
                 return handle

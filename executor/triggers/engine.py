@@ -134,7 +134,9 @@ class TriggerEngine:
             return f"job:{int(context)}"
         return f"label:{int(job.get('pgrp') or job_id)}:{context}"
 
-    def _index(self, job: dict[str, Any], expr: Any) -> tuple[list[NewAtom], list[tuple[int, float]]]:
+    def _index(
+        self, job: dict[str, Any], expr: Any
+    ) -> tuple[list[NewAtom], list[tuple[int, float]]]:
         atoms: list[NewAtom] = []
         timers: list[tuple[int, float]] = []
         now = self._clock()
@@ -146,7 +148,9 @@ class TriggerEngine:
                 continue
             extra = atom.extra if atom.type in ITEM_TYPES else ""
             scope = self._scope(job, atom.context)
-            names = ("complete", "failed", "killed", "done") if atom.name == "done" else (atom.name,)
+            names = (
+                ("complete", "failed", "killed", "done") if atom.name == "done" else (atom.name,)
+            )
             atoms.extend(NewAtom(slot, name, atom.type, scope, extra) for name in names)
         return atoms, timers
 
@@ -164,7 +168,9 @@ class TriggerEngine:
                     f"label {label!r} is already used by job {owner} in pgrp {job['pgrp']}"
                 )
         specs = self._callback_specs(job)
-        previous = {(cb.callback_id, cb.triggers, cb.code): cb for cb in self._store.callbacks_of(job_id)}
+        previous = {
+            (cb.callback_id, cb.triggers, cb.code): cb for cb in self._store.callbacks_of(job_id)
+        }
         with self._store.transaction() as db:
             TriggerStore.remove_job(db, job_id)
             TriggerStore.put_job(db, {k: v for k, v in job.items() if k != "callbacks"})
@@ -192,14 +198,21 @@ class TriggerEngine:
             specs.append((self._spec(cb, callback_id, job, expr), expr))
         for universal in self._universal:
             expr = _parsed(universal.triggers)
-            cb = {"triggers": universal.triggers, "language": universal.language,
-                  "code": universal.code, "universal": True, "source": universal.source}
+            cb = {
+                "triggers": universal.triggers,
+                "language": universal.language,
+                "code": universal.code,
+                "universal": True,
+                "source": universal.source,
+            }
             specs.append((self._spec(cb, next_id, job, expr), expr))
             next_id += 1
         return specs
 
     @staticmethod
-    def _spec(cb: dict[str, Any], callback_id: int, job: dict[str, Any], expr: Any) -> dict[str, Any]:
+    def _spec(
+        cb: dict[str, Any], callback_id: int, job: dict[str, Any], expr: Any
+    ) -> dict[str, Any]:
         return {
             "id": callback_id,
             "triggers": str(cb.get("triggers") or ""),
@@ -224,7 +237,9 @@ class TriggerEngine:
         names = [event.name] + (["done"] if event.name in TERMINAL_EVENTS else [])
         return [
             (name, event.type, scope, extra)
-            for name in names for scope in scopes for extra in dict.fromkeys(extras)
+            for name in names
+            for scope in scopes
+            for extra in dict.fromkeys(extras)
         ]
 
     def _decide(
@@ -255,7 +270,9 @@ class TriggerEngine:
                 latched.append(Latched(cb, tuple(latches)))
         return fired, latched
 
-    def match(self, event: EventOccurrence, *, dry: bool) -> tuple[list[Fired], list[Latched], bool]:
+    def match(
+        self, event: EventOccurrence, *, dry: bool
+    ) -> tuple[list[Fired], list[Latched], bool]:
         """Apply (or, dry, simulate) one event. Returns fired, latched, and whether it was a repeat."""
         keys = self._keys(event)
         if dry:
@@ -280,7 +297,9 @@ class TriggerEngine:
         firings = [PendingFiring(f.invocation_id, f.callback, event.as_dict()) for f in fired]
         if wait:
             results = await self._run_in_order(firings)
-            return [Fired(f.callback, f.invocation_id, r) for f, r in zip(fired, results)], duplicate
+            return [
+                Fired(f.callback, f.invocation_id, r) for f, r in zip(fired, results)
+            ], duplicate
         self._spawn(self._run_in_order(firings))
         return fired, duplicate
 
@@ -302,8 +321,13 @@ class TriggerEngine:
         invocation = Invocation(
             invocation_id=firing.invocation_id,
             callback=CallbackSpec(
-                language=cb.language, code=cb.code, triggers=cb.triggers, id=cb.callback_id,
-                user=cb.user, count=cb.count + 1, maximum=cb.maximum,
+                language=cb.language,
+                code=cb.code,
+                triggers=cb.triggers,
+                id=cb.callback_id,
+                user=cb.user,
+                count=cb.count + 1,
+                maximum=cb.maximum,
             ),
             job=job,
             limits=self._limits,
@@ -314,7 +338,9 @@ class TriggerEngine:
         try:
             result: RunResult = await self._run(invocation)
         except Exception:
-            logger.exception("firing %s of callback %s could not run", firing.invocation_id, cb.callback_id)
+            logger.exception(
+                "firing %s of callback %s could not run", firing.invocation_id, cb.callback_id
+            )
             return None
         self._store.firing_done(firing.invocation_id)
         return result
@@ -343,14 +369,27 @@ class TriggerEngine:
                 TriggerStore.reschedule_timer(
                     db, rowid, slot, triggers.next_fire(atom, now, last_fired_unix=now)
                 )
-                event = {"name": atom.name or "dummy", "type": atom.type, "job_id": cb[0].job_id,
-                         "work_name": "", "subjob_id": -1, "host": "", "extra": atom.extra}
+                event = {
+                    "name": atom.name or "dummy",
+                    "type": atom.type,
+                    "job_id": cb[0].job_id,
+                    "work_name": "",
+                    "subjob_id": -1,
+                    "host": "",
+                    "extra": atom.extra,
+                }
                 fired, _ = self._decide(db, [(rowid, slot)], event, dry=False)
                 fired_all.extend(fired)
         if fired_all:
             self.stats.callbacks_fired += len(fired_all)
-            firings = [PendingFiring(f.invocation_id, f.callback, {"name": "dummy", "type": "time",
-                       "job_id": f.callback.job_id}) for f in fired_all]
+            firings = [
+                PendingFiring(
+                    f.invocation_id,
+                    f.callback,
+                    {"name": "dummy", "type": "time", "job_id": f.callback.job_id},
+                )
+                for f in fired_all
+            ]
             self._spawn(self._run_in_order(firings))
         return fired_all
 

@@ -83,8 +83,12 @@ class EventOccurrence:
     def as_dict(self) -> dict[str, Any]:
         """The event as stored with a queued firing (without its idempotency key)."""
         return {
-            "name": self.name, "type": self.type, "job_id": self.job_id,
-            "work_name": self.work_name, "subjob_id": self.subjob_id, "host": self.host,
+            "name": self.name,
+            "type": self.type,
+            "job_id": self.job_id,
+            "work_name": self.work_name,
+            "subjob_id": self.subjob_id,
+            "host": self.host,
         }
 
 

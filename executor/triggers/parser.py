@@ -337,7 +337,9 @@ class _AtomParser:
             self._fail("missing repeat interval", interval_offset, EXPECT_INTERVAL)
         interval = _small_int(interval_text)
         if interval is None or not 0 < interval <= MAX_QUBE_TIME:
-            self._fail(f"bad repeat interval {_quoted(interval_text)}", interval_offset, EXPECT_INTERVAL)
+            self._fail(
+                f"bad repeat interval {_quoted(interval_text)}", interval_offset, EXPECT_INTERVAL
+            )
         return f"{start_value}-{interval}"
 
 

@@ -21,18 +21,27 @@ PUBLISHABLE_TYPES = frozenset({"job", "work", "subjob", "host"})
 
 def registered(cb: StoredCallback) -> executor_pb2.RegisteredCallback:
     return executor_pb2.RegisteredCallback(
-        job_id=cb.job_id, id=cb.callback_id, triggers=cb.triggers,
-        canonical_triggers=triggers.render(_parsed(cb.triggers)), language=cb.language,
-        universal=cb.universal, source=cb.source, count=cb.count, maximum=cb.maximum,
+        job_id=cb.job_id,
+        id=cb.callback_id,
+        triggers=cb.triggers,
+        canonical_triggers=triggers.render(_parsed(cb.triggers)),
+        language=cb.language,
+        universal=cb.universal,
+        source=cb.source,
+        count=cb.count,
+        maximum=cb.maximum,
         latches=list(cb.latches),
     )
 
 
 def firing(fired: Fired) -> executor_pb2.Firing:
     message = executor_pb2.Firing(
-        job_id=fired.callback.job_id, callback_id=fired.callback.callback_id,
-        triggers=fired.callback.triggers, language=fired.callback.language,
-        universal=fired.callback.universal, invocation_id=fired.invocation_id,
+        job_id=fired.callback.job_id,
+        callback_id=fired.callback.callback_id,
+        triggers=fired.callback.triggers,
+        language=fired.callback.language,
+        universal=fired.callback.universal,
+        invocation_id=fired.invocation_id,
     )
     if fired.result is not None:
         message.result.CopyFrom(response_from_result(fired.result))
@@ -43,7 +52,9 @@ def occurrence(request: executor_pb2.PublishEventRequest) -> EventOccurrence:
     if not request.name:
         raise InvalidRequestError("name is required (complete, failed, killed, running, ...)")
     if request.name == "done":
-        raise InvalidRequestError("'done' is derived from complete, failed and killed; publish those")
+        raise InvalidRequestError(
+            "'done' is derived from complete, failed and killed; publish those"
+        )
     if request.type not in PUBLISHABLE_TYPES:
         raise InvalidRequestError(
             f"type {request.type!r} cannot be published; expected one of {', '.join(sorted(PUBLISHABLE_TYPES))}"
@@ -55,10 +66,13 @@ def occurrence(request: executor_pb2.PublishEventRequest) -> EventOccurrence:
     if request.type == "subjob" and not request.HasField("subjob_id"):
         raise InvalidRequestError("subjob_id is required for subjob events")
     return EventOccurrence(
-        name=request.name, type=request.type, job_id=request.job_id,
+        name=request.name,
+        type=request.type,
+        job_id=request.job_id,
         work_name=request.work_name,
         subjob_id=request.subjob_id if request.HasField("subjob_id") else -1,
-        host=request.host, event_id=request.event_id,
+        host=request.host,
+        event_id=request.event_id,
     )
 
 
@@ -80,7 +94,9 @@ class EventPathRpcs:
         self, request: executor_pb2.PublishEventRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> executor_pb2.PublishEventResponse:
         fired, duplicate = await self._engine.publish(occurrence(request), wait=request.wait)
-        return executor_pb2.PublishEventResponse(fired=[firing(f) for f in fired], duplicate=duplicate)
+        return executor_pb2.PublishEventResponse(
+            fired=[firing(f) for f in fired], duplicate=duplicate
+        )
 
     @grpc_errors
     async def DryRun(  # noqa: N802

@@ -101,9 +101,18 @@ class StoredCallback:
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> StoredCallback:
         return cls(
-            row["rowid"], row["job_id"], row["callback_id"], row["triggers"], row["language"],
-            row["code"], row["user"], row["count"], row["maximum"],
-            tuple(json.loads(row["latches"])), bool(row["universal"]), row["source"],
+            row["rowid"],
+            row["job_id"],
+            row["callback_id"],
+            row["triggers"],
+            row["language"],
+            row["code"],
+            row["user"],
+            row["count"],
+            row["maximum"],
+            tuple(json.loads(row["latches"])),
+            bool(row["universal"]),
+            row["source"],
         )
 
 
@@ -159,7 +168,9 @@ class TriggerStore:
 
     def job(self, job_id: int) -> dict[str, Any] | None:
         with self._lock:
-            row = self._db.execute("SELECT job_json FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            row = self._db.execute(
+                "SELECT job_json FROM jobs WHERE job_id = ?", (job_id,)
+            ).fetchone()
         return json.loads(row["job_json"]) if row else None
 
     def label_owner(self, pgrp: int, label: str) -> int | None:
@@ -191,8 +202,12 @@ class TriggerStore:
             "INSERT INTO jobs (job_id, pgrp, label, job_json) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (job_id) DO UPDATE SET pgrp = excluded.pgrp, label = excluded.label, "
             "job_json = excluded.job_json",
-            (int(job["id"]), int(job.get("pgrp") or job["id"]), str(job.get("label") or ""),
-             json.dumps(job)),
+            (
+                int(job["id"]),
+                int(job.get("pgrp") or job["id"]),
+                str(job.get("label") or ""),
+                json.dumps(job),
+            ),
         )
 
     @staticmethod
@@ -202,15 +217,28 @@ class TriggerStore:
 
     @staticmethod
     def put_callback(
-        db: sqlite3.Connection, job_id: int, spec: dict[str, Any], atoms: Iterable[NewAtom],
+        db: sqlite3.Connection,
+        job_id: int,
+        spec: dict[str, Any],
+        atoms: Iterable[NewAtom],
         timers: Iterable[tuple[int, float]],
     ) -> int:
         cursor = db.execute(
             "INSERT INTO callbacks (job_id, callback_id, triggers, language, code, user, count,"
             " maximum, latches, universal, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (job_id, spec["id"], spec["triggers"], spec["language"], spec["code"], spec["user"],
-             spec.get("count", 0), spec.get("maximum", 0), json.dumps(spec["latches"]),
-             int(spec.get("universal", False)), spec.get("source", "")),
+            (
+                job_id,
+                spec["id"],
+                spec["triggers"],
+                spec["language"],
+                spec["code"],
+                spec["user"],
+                spec.get("count", 0),
+                spec.get("maximum", 0),
+                json.dumps(spec["latches"]),
+                int(spec.get("universal", False)),
+                spec.get("source", ""),
+            ),
         )
         rowid = int(cursor.lastrowid or 0)
         db.executemany(
@@ -233,9 +261,11 @@ class TriggerStore:
         found: list[tuple[int, int]] = []
         for key in keys:
             found.extend(
-                (row[0], row[1]) for row in db.execute(
+                (row[0], row[1])
+                for row in db.execute(
                     "SELECT callback_rowid, slot FROM atoms "
-                    "WHERE name = ? AND type = ? AND scope = ? AND extra = ?", key,
+                    "WHERE name = ? AND type = ? AND scope = ? AND extra = ?",
+                    key,
                 )
             )
         return found
@@ -284,7 +314,9 @@ class TriggerStore:
                 "JOIN callbacks c ON c.rowid = f.callback_rowid ORDER BY f.seq"
             ).fetchall()
         return [
-            PendingFiring(row["invocation_id"], StoredCallback.from_row(row), json.loads(row["event_json"]))
+            PendingFiring(
+                row["invocation_id"], StoredCallback.from_row(row), json.loads(row["event_json"])
+            )
             for row in rows
         ]
 
@@ -313,5 +345,6 @@ class TriggerStore:
             db.execute("DELETE FROM timers WHERE callback_rowid = ? AND slot = ?", (rowid, slot))
         else:
             db.execute(
-                "UPDATE timers SET due = ? WHERE callback_rowid = ? AND slot = ?", (due, rowid, slot)
+                "UPDATE timers SET due = ? WHERE callback_rowid = ? AND slot = ?",
+                (due, rowid, slot),
             )

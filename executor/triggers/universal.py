@@ -83,7 +83,11 @@ def load_universal(
             if problem:
                 errors.append(f"{where}: {problem}")
                 continue
-            callbacks.append(UniversalCallback(str(path), language, code.strip() if language == "qube" else code, triggers))
+            callbacks.append(
+                UniversalCallback(
+                    str(path), language, code.strip() if language == "qube" else code, triggers
+                )
+            )
     if errors:
         raise UniversalConfigError(errors)
     return callbacks

@@ -99,8 +99,13 @@ class EventForwarder:
                 return  # removed before we got to it
             await self._stub.RegisterJob(executor_pb2.RegisterJobRequest(job=job_from_dict(job)))
         request = executor_pb2.PublishEventRequest(
-            name=t.name, type=t.type, job_id=t.job_id, work_name=t.work_name,
-            host=t.host, event_id=item.event_id, wait=True,
+            name=t.name,
+            type=t.type,
+            job_id=t.job_id,
+            work_name=t.work_name,
+            host=t.host,
+            event_id=item.event_id,
+            wait=True,
         )
         if t.type == "subjob":
             request.subjob_id = t.subjob_id

@@ -191,10 +191,12 @@ class SupervisorServicer(supervisor_pb2_grpc.SupervisorServicer):
         """ReportResult for each entry, in one transaction: all stored, or none."""
         duplicates = await self._call(
             context,
-            lambda: self._supervisor.report_results([
-                (entry.result.invocation_id, entry.job_id, result_payload(entry))
-                for entry in request.results
-            ]),
+            lambda: self._supervisor.report_results(
+                [
+                    (entry.result.invocation_id, entry.job_id, result_payload(entry))
+                    for entry in request.results
+                ]
+            ),
         )
         return supervisor_pb2.ReportResultsResponse(
             results=[supervisor_pb2.ReportResultResponse(duplicate=d) for d in duplicates]

@@ -692,9 +692,7 @@ class ReferenceSupervisor:
         (duplicate,) = self.report_results([(invocation_id, job_id, payload)])
         return duplicate
 
-    def report_results(
-        self, reports: Sequence[tuple[str, int, Mapping[str, Any]]]
-    ) -> list[bool]:
+    def report_results(self, reports: Sequence[tuple[str, int, Mapping[str, Any]]]) -> list[bool]:
         """Store several runs' results in one transaction, all or none (ValueError).
 
         ``reports`` are ``(invocation_id, job_id, payload)``; returns, for each, whether

@@ -16,8 +16,14 @@ from supervisor_client.reference import (
     ReferenceSupervisor,
 )
 
-LIMITS = Limits(cpu_seconds=5, wall_seconds=10, memory_bytes=512 << 20, output_bytes=1 << 20,
-                max_processes=32, disk_bytes=64 << 20)
+LIMITS = Limits(
+    cpu_seconds=5,
+    wall_seconds=10,
+    memory_bytes=512 << 20,
+    output_bytes=1 << 20,
+    max_processes=32,
+    disk_bytes=64 << 20,
+)
 
 
 @contextmanager

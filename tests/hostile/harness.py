@@ -44,13 +44,13 @@ MIB: Final = 1 << 20
 _SERVICE_OWNED_SUFFIXES: Final = ("-wal", "-shm", "-journal")
 
 INNOCENT: Final = (
-    "import time\n"
-    "time.sleep(0.3)\n"
-    "print('innocent', qb.jobid(), qb.jobstatus(qb.jobid()))\n"
+    "import time\ntime.sleep(0.3)\nprint('innocent', qb.jobid(), qb.jobstatus(qb.jobid()))\n"
 )
 
 # What a callback sees of the executor's secrets; planted before every attack.
-TLS_KEY: Final = "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1tYXRlcmlhbA==\n-----END PRIVATE KEY-----\n"
+TLS_KEY: Final = (
+    "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1tYXRlcmlhbA==\n-----END PRIVATE KEY-----\n"
+)
 CONFIG: Final = 'bind = "127.0.0.1:0"\nauth_token = "hostile-suite-secret-token"\n'
 
 
@@ -153,7 +153,8 @@ class Planted:
         after = snapshot(self.data_dir)
         assert "." in after, f"the data dir {self.data_dir} is gone"
         gone = [
-            name for name in self.before_data
+            name
+            for name in self.before_data
             if name not in after and not name.endswith(_SERVICE_OWNED_SUFFIXES)
         ]
         assert not gone, f"files of the data dir were removed: {gone}"
@@ -178,13 +179,22 @@ class Arena:
         return self.stack.settings.data_dir
 
     async def run(
-        self, code: str, *, language: str = "python", limits: dict[str, Any] | None = None,
-        owner: str = "", timeout: float = 60.0,
+        self,
+        code: str,
+        *,
+        language: str = "python",
+        limits: dict[str, Any] | None = None,
+        owner: str = "",
+        timeout: float = 60.0,
     ) -> executor_pb2.ExecuteResponse:
         """One callback on the attacker's job, without the surrounding checks."""
         return await self.stack.client.execute_callback(
-            language=language, code=code, job=self.stack.supervisor.job(self.job_id),
-            limits=limits, owner=owner, timeout=timeout,
+            language=language,
+            code=code,
+            job=self.stack.supervisor.job(self.job_id),
+            limits=limits,
+            owner=owner,
+            timeout=timeout,
         )
 
     async def attack(
@@ -201,15 +211,19 @@ class Arena:
         attack, innocent = await asyncio.gather(
             self.run(code.replace("{TOKEN}", token), language=language, limits=limits),
             self.stack.client.execute_callback(
-                language="python", code=INNOCENT,
-                job=self.stack.supervisor.job(self.innocent_job_id), timeout=60,
+                language="python",
+                code=INNOCENT,
+                job=self.stack.supervisor.job(self.innocent_job_id),
+                timeout=60,
             ),
         )
         assert innocent.outcome == Outcome.OUTCOME_SUCCEEDED, (
             "the innocent callback beside the attack failed: "
             f"{outcome_name(innocent.outcome)} {innocent.failure.message} {innocent.stderr[-500:]}"
         )
-        assert innocent.stdout.split()[:2] == ["innocent", str(self.innocent_job_id)], innocent.stdout
+        assert innocent.stdout.split()[:2] == ["innocent", str(self.innocent_job_id)], (
+            innocent.stdout
+        )
         await self.assert_nothing_survives(token)
         self.planted.assert_unchanged()
         await self.assert_service_answers()
@@ -245,15 +259,20 @@ class Arena:
                 return process.ppid() in shims and not process.children()
             except psutil.NoSuchProcess:
                 return True  # gone: nothing survives
+
         return prepared
 
     async def assert_service_answers(self) -> None:
         response = await self.stack.client.execute_callback(
-            language="python", code="print('alive', qb.jobid())",
-            job=self.stack.supervisor.job(self.innocent_job_id), timeout=30,
+            language="python",
+            code="print('alive', qb.jobid())",
+            job=self.stack.supervisor.job(self.innocent_job_id),
+            timeout=30,
         )
         assert response.outcome == Outcome.OUTCOME_SUCCEEDED, (
-            outcome_name(response.outcome), response.failure.message, response.stderr[-500:]
+            outcome_name(response.outcome),
+            response.failure.message,
+            response.stderr[-500:],
         )
         assert response.stdout.split() == ["alive", str(self.innocent_job_id)]
 

@@ -34,23 +34,22 @@ PERL_FIND_BRIDGE = (
     "use POSIX ();\n"
     "opendir(my $d, '/proc/self/fd') or die \"opendir: $!\";\n"
     "my ($fd) = grep { (readlink(\"/proc/self/fd/$_\") // '') =~ /^socket:/ } readdir $d;\n"
-    "die \"no bridge socket found\\n\" unless defined $fd;\n"
+    'die "no bridge socket found\\n" unless defined $fd;\n'
 )
 
 
 async def test_closing_the_bridge_ends_qb_not_the_service(arena_warm: Arena, language: str) -> None:
     code = {
-        "python": FIND_BRIDGE + (
+        "python": FIND_BRIDGE
+        + (
             "os.close(fd)\n"
             "try:\n"
             "    qb.jobstatus(qb.jobid())\n"
             "except OSError as err:\n"
             "    print('closed', err.errno)\n"
         ),
-        "perl": PERL_FIND_BRIDGE + (
-            "POSIX::close($fd);\n"
-            "eval { qb::jobstatus(qb::jobid()); 1 } or print \"closed\\n\";\n"
-        ),
+        "perl": PERL_FIND_BRIDGE
+        + ('POSIX::close($fd);\neval { qb::jobstatus(qb::jobid()); 1 } or print "closed\\n";\n'),
     }[language]
     response = await arena_warm.attack(code, language=language, limits={"wall_seconds": 5})
 
@@ -65,7 +64,7 @@ GARBAGE = {
     "not-json": "payload = struct.pack('>I', 64) + b'\\xff' * 64\n",
     "json-not-object": "body = b'[1, 2, 3]'\npayload = struct.pack('>I', len(body)) + body\n",
     "unknown-frame-type": (
-        "body = b'{\"type\": \"reply\", \"id\": 1, \"ok\": true}'\n"
+        'body = b\'{"type": "reply", "id": 1, "ok": true}\'\n'
         "payload = struct.pack('>I', len(body)) + body\n"
     ),
     # Within the frame limit, but deeper than any JSON parser's recursion limit.
@@ -74,12 +73,12 @@ GARBAGE = {
         "payload = struct.pack('>I', len(body)) + body\n"
     ),
     "call-with-nested-args": (
-        "body = ('{\"type\":\"call\",\"id\":1,\"fn\":\"jobstatus\",\"args\":' + '[' * 900 + ']' * 900"
+        'body = (\'{"type":"call","id":1,"fn":"jobstatus","args":\' + \'[\' * 900 + \']\' * 900'
         " + ',\"kwargs\":{}}').encode()\n"
         "payload = struct.pack('>I', len(body)) + body\n"
     ),
     "call-with-bad-fields": (
-        "body = b'{\"type\": \"call\", \"id\": {\"x\": 1}, \"fn\": [1], \"args\": \"no\", \"kwargs\": 5}'\n"
+        'body = b\'{"type": "call", "id": {"x": 1}, "fn": [1], "args": "no", "kwargs": 5}\'\n'
         "payload = struct.pack('>I', len(body)) + body\n"
     ),
     "oversized-frame": (
@@ -92,16 +91,20 @@ GARBAGE = {
 
 @pytest.mark.parametrize("kind", list(GARBAGE))
 async def test_garbage_on_the_bridge_ends_only_this_run(arena_warm: Arena, kind: str) -> None:
-    code = FIND_BRIDGE + GARBAGE[kind] + (
-        "try:\n"
-        "    os.write(fd, payload)\n"
-        "    print('written')\n"
-        "except OSError as err:\n"
-        "    print('write failed', type(err).__name__)\n"
-        "try:\n"
-        "    print('answer', qb.jobstatus(qb.jobid()))\n"
-        "except Exception as err:\n"
-        "    print('qb failed', type(err).__name__)\n"
+    code = (
+        FIND_BRIDGE
+        + GARBAGE[kind]
+        + (
+            "try:\n"
+            "    os.write(fd, payload)\n"
+            "    print('written')\n"
+            "except OSError as err:\n"
+            "    print('write failed', type(err).__name__)\n"
+            "try:\n"
+            "    print('answer', qb.jobstatus(qb.jobid()))\n"
+            "except Exception as err:\n"
+            "    print('qb failed', type(err).__name__)\n"
+        )
     )
     executor = psutil.Process()
     rss_before = executor.memory_info().rss
@@ -121,7 +124,7 @@ async def test_garbage_flood_on_the_bridge_from_perl(arena_warm: Arena) -> None:
         "binmode $b;\n"
         "$SIG{PIPE} = 'IGNORE';\n"
         "syswrite($b, pack('N', 2 << 30) . ('x' x (1 << 20))) for 1 .. 16;\n"
-        "eval { qb::jobstatus(qb::jobid()); print \"answered\\n\"; 1 } or print \"qb failed\\n\";\n"
+        'eval { qb::jobstatus(qb::jobid()); print "answered\\n"; 1 } or print "qb failed\\n";\n'
     )
     response = await arena_warm.attack(code, language="perl", limits={"wall_seconds": 5})
 
@@ -173,7 +176,7 @@ async def test_qb_call_storm_from_perl_is_cut_off_too(arena_warm: Arena) -> None
         "    $kinds{ $@->kind }++;\n"
         "    $kinds{last} = $@->message;\n"
         "}\n"
-        "print join(' ', map { \"$_=$kinds{$_}\" } qw(InvalidArgument QbError)), \"\\n$kinds{last}\\n\";\n"
+        'print join(\' \', map { "$_=$kinds{$_}" } qw(InvalidArgument QbError)), "\\n$kinds{last}\\n";\n'
     )
     response = await arena_warm.attack(code, language="perl", limits={"wall_seconds": 30})
 

@@ -23,12 +23,7 @@ SLACK_S = 2.0
 
 FORK_BOMB = {
     "python": (
-        "import os\n"
-        "while True:\n"
-        "    try:\n"
-        "        os.fork()\n"
-        "    except OSError:\n"
-        "        pass\n"
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
     ),
     "perl": "while (1) { fork; }\n",
 }
@@ -69,7 +64,7 @@ ESCAPES = {
         "}\n"
         "waitpid($pid, 0);\n"
         "select(undef, undef, undef, 0.3);\n"
-        "print \"daemon started\\n\";\n"
+        'print "daemon started\\n";\n'
     ),
 }
 
@@ -95,7 +90,7 @@ STRAYS = {
     "perl": (
         "system('sleep 1000 &');\n"
         "if (!fork) { %ENV = (); exec {'/bin/sh'} '{TOKEN}', '-c', 'sleep 1000; true'; }\n"
-        "print \"left running\\n\";\n"
+        'print "left running\\n";\n'
     ),
 }
 
@@ -194,7 +189,7 @@ def _kill_code(language: str, how: str, executor_pid: int) -> str:
         "kill-parent": "kill 'KILL', getppid();\nprint \"still here\\n\";\n",
         "kill-executor-pid": (
             f"kill 'KILL', $_ for ({executor_pid}, {executor_pid} + 1, {executor_pid} + 2);\n"
-            "print \"still here\\n\";\n"
+            'print "still here\\n";\n'
         ),
         "kill-every-pid": "kill 'KILL', $_ for 2 .. 32767;\nprint \"still here\\n\";\n",
     }

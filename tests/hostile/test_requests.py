@@ -79,24 +79,30 @@ def _register(stack: Stack, triggers: str) -> executor_pb2.RegisterJobRequest:
     [
         pytest.param(
             "complete-job-self && " * (3 * MIB // 21) + "complete-job-self",
-            f"at most {MAX_TRIGGER_BYTES} bytes", id="3MB-trigger",
+            f"at most {MAX_TRIGGER_BYTES} bytes",
+            id="3MB-trigger",
         ),
         pytest.param(
             "(" * 100_000 + "complete-job-self" + ")" * 100_000,
-            f"at most {MAX_TRIGGER_BYTES} bytes", id="100k-nested-parentheses",
+            f"at most {MAX_TRIGGER_BYTES} bytes",
+            id="100k-nested-parentheses",
         ),
         # Under the size limit, so the depth guard answers.
         pytest.param(
             "(" * 32_000 + "complete-job-self" + ")" * 32_000,
-            f"at most {MAX_DEPTH} levels of parentheses", id="32k-nested-within-size",
+            f"at most {MAX_DEPTH} levels of parentheses",
+            id="32k-nested-within-size",
         ),
         pytest.param(
             "(" * 32_000 + "complete-job-self",
-            f"at most {MAX_DEPTH} levels of parentheses", id="32k-unclosed",
+            f"at most {MAX_DEPTH} levels of parentheses",
+            id="32k-unclosed",
         ),
         # One 60 KB word: refused as an unknown event name.
         pytest.param(
-            "x" * 60_000 + "-job-self", "unknown event name", id="60k-atom",
+            "x" * 60_000 + "-job-self",
+            "unknown event name",
+            id="60k-atom",
         ),
     ],
 )

@@ -23,7 +23,8 @@ MEMORY_BOMB = {
 
 async def test_memory_bomb_hits_the_memory_limit(arena_warm: Arena, language: str) -> None:
     response = await arena_warm.attack(
-        MEMORY_BOMB[language], language=language,
+        MEMORY_BOMB[language],
+        language=language,
         limits={"memory_bytes": 256 * MIB, "wall_seconds": 10},
     )
 
@@ -151,12 +152,12 @@ HUGE_FILE = {
     "perl": (
         "use Cwd ();\n"
         "$| = 1;\n"
-        "print Cwd::getcwd(), \"\\n\";\n"
+        'print Cwd::getcwd(), "\\n";\n'
         "open(my $f, '>', 'huge') or die \"open: $!\";\n"
         "binmode $f;\n"
         "$f->autoflush(1);\n"
         "my $block = 'x' x (1 << 20);\n"
-        "while (1) { print {$f} $block or die \"write failed: $!\\n\"; }\n"
+        'while (1) { print {$f} $block or die "write failed: $!\\n"; }\n'
     ),
 }
 
@@ -199,7 +200,7 @@ FILL_THE_DISK = {
         "        $written++;\n"
         "    }\n"
         "}\n"
-        "print \"$written\\n\";\n"
+        'print "$written\\n";\n'
     ),
 }
 
@@ -209,7 +210,8 @@ async def test_many_files_cannot_fill_the_disk(arena_warm: Arena, language: str)
     if arena_warm.stack.running.options.isolation is None:
         pytest.xfail("the working directory is on the host's disk: needs the hardened tier")
     response = await arena_warm.attack(
-        FILL_THE_DISK[language], language=language,
+        FILL_THE_DISK[language],
+        language=language,
         limits={"wall_seconds": 20, "disk_bytes": 100 * MIB},
     )
 
@@ -258,7 +260,9 @@ OPEN_FDS = {
 }
 
 
-async def test_opening_thousands_of_fds_stops_at_the_fd_limit(arena_warm: Arena, language: str) -> None:
+async def test_opening_thousands_of_fds_stops_at_the_fd_limit(
+    arena_warm: Arena, language: str
+) -> None:
     response = await arena_warm.attack(OPEN_FDS[language], language=language)
 
     assert_outcome(response, Outcome.OUTCOME_SUCCEEDED)
@@ -284,7 +288,7 @@ RAISE_LIMITS = {
         "use POSIX ();\n"
         # No core module sets rlimits; prlimit(1) from util-linux does it for the process.
         "for my $name (qw(cpu as fsize nofile nproc core)) {\n"
-        "    my $ok = system('prlimit', \"--pid=$$\", \"--$name=unlimited:unlimited\") == 0;\n"
+        '    my $ok = system(\'prlimit\', "--pid=$$", "--$name=unlimited:unlimited") == 0;\n'
         "    print $name, ' ', ($ok ? 'raised' : 'refused'), \"\\n\";\n"
         "}\n"
     ),
@@ -320,7 +324,9 @@ async def test_recursion_to_stack_overflow_crashes_only_the_callback(
     arena_warm: Arena, language: str
 ) -> None:
     response = await arena_warm.attack(
-        RECURSION[language], language=language, limits={"memory_bytes": 256 * MIB, "wall_seconds": 20}
+        RECURSION[language],
+        language=language,
+        limits={"memory_bytes": 256 * MIB, "wall_seconds": 20},
     )
 
     assert_outcome(
@@ -353,15 +359,18 @@ EXITS = {
         ("import os\nos._exit(0)", Outcome.OUTCOME_SUCCEEDED, 0),
         ("raise SystemExit(3)", Outcome.OUTCOME_FAILED, 3),
         # An exit handler that never returns is still bounded by the wall limit.
-        ("import atexit, sys, time\natexit.register(time.sleep, 1000)\nsys.exit(0)",
-         Outcome.OUTCOME_WALL_TIMEOUT, None),
+        (
+            "import atexit, sys, time\natexit.register(time.sleep, 1000)\nsys.exit(0)",
+            Outcome.OUTCOME_WALL_TIMEOUT,
+            None,
+        ),
     ],
     "perl": [
-        ("print \"before\\n\";\nexit;\nprint \"after\\n\";", Outcome.OUTCOME_SUCCEEDED, 0),
+        ('print "before\\n";\nexit;\nprint "after\\n";', Outcome.OUTCOME_SUCCEEDED, 0),
         ("exit 7;", Outcome.OUTCOME_FAILED, 7),
         ("CORE::exit(6);", Outcome.OUTCOME_FAILED, 6),
         ("use POSIX ();\nPOSIX::_exit(5);", Outcome.OUTCOME_FAILED, 5),
-        ("die \"going away\\n\";", Outcome.OUTCOME_FAILED, None),
+        ('die "going away\\n";', Outcome.OUTCOME_FAILED, None),
         ("END { sleep 1000 }\nexit 0;", Outcome.OUTCOME_WALL_TIMEOUT, None),
     ],
 }
@@ -402,7 +411,9 @@ STDIN = {
 
 
 async def test_reading_stdin_gets_eof_at_once(arena_warm: Arena, language: str) -> None:
-    response = await arena_warm.attack(STDIN[language], language=language, limits={"wall_seconds": 5})
+    response = await arena_warm.attack(
+        STDIN[language], language=language, limits={"wall_seconds": 5}
+    )
 
     assert_outcome(response, Outcome.OUTCOME_SUCCEEDED)  # not blocked until the wall limit
     assert response.stdout.split()[0] == "eof"

@@ -100,7 +100,10 @@ async def test_callback_cannot_read_config_databases_or_tls_key(arena_warm: Aren
     databases = sorted(str(p) for p in arena_warm.data_dir.glob("*.db"))
     assert databases, "the executor has no database yet"
     paths = [
-        *databases, str(planted.tls_key), str(planted.config), str(planted.outside_config),
+        *databases,
+        str(planted.tls_key),
+        str(planted.config),
+        str(planted.outside_config),
         str(planted.sentinel / "world-readable.txt"),
     ]
     response = await arena_warm.attack(_read_attempts(paths))
@@ -130,7 +133,17 @@ async def test_deleting_the_data_dir_changes_nothing(arena_warm: Arena) -> None:
 def _world_writable_dirs() -> list[str]:
     """Directories anyone may create files in, outside the test's own tree."""
     found = []
-    for root in ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue", "/run", "/var", "/home", "/srv", "/opt"):
+    for root in (
+        "/tmp",
+        "/var/tmp",
+        "/dev/shm",
+        "/dev/mqueue",
+        "/run",
+        "/var",
+        "/home",
+        "/srv",
+        "/opt",
+    ):
         if not os.path.isdir(root) or os.path.islink(root):
             continue
         for dirpath, dirnames, _ in os.walk(root):
@@ -175,7 +188,9 @@ async def _files_left_by_writing_to(arena: Arena, targets: list[str]) -> list[st
     return left
 
 
-async def test_no_file_lands_in_tmp_shm_data_dir_or_elsewhere_on_the_host(arena_warm: Arena) -> None:
+async def test_no_file_lands_in_tmp_shm_data_dir_or_elsewhere_on_the_host(
+    arena_warm: Arena,
+) -> None:
     if arena_warm.stack.running.options.isolation is None:
         pytest.xfail("callbacks share the executor's uid and mounts: needs the dedicated-uid tier")
     targets = [*MASKED, str(arena_warm.planted.sentinel), str(arena_warm.data_dir)]

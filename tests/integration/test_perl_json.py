@@ -16,7 +16,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("perl") is None, reason="perl is not installed"),
 ]
 
-ROUND_TRIP = 'require qb; local $/; print qb::JSON::encode(qb::_to_text(qb::JSON::decode(<STDIN>)))'
+ROUND_TRIP = "require qb; local $/; print qb::JSON::encode(qb::_to_text(qb::JSON::decode(<STDIN>)))"
 
 
 def perl_round_trip(value: Any) -> Any:
@@ -49,7 +49,9 @@ def test_booleans_decode_to_numbers() -> None:
 def test_malformed_input_dies_with_the_position() -> None:
     result = subprocess.run(
         ["perl", f"-I{PERL_DIR}", "-e", 'require qb; qb::JSON::decode(q({"a": [1, 2}))'],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode != 0
     assert "expected ',' or ']' at byte" in result.stderr

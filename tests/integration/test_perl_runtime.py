@@ -28,8 +28,14 @@ pytestmark = [
 
 MIB = 1 << 20
 GIB = 1 << 30
-LIMITS = Limits(cpu_seconds=5, wall_seconds=20, memory_bytes=512 * MIB, output_bytes=1 * MIB,
-                max_processes=32, disk_bytes=64 << 20)
+LIMITS = Limits(
+    cpu_seconds=5,
+    wall_seconds=20,
+    memory_bytes=512 * MIB,
+    output_bytes=1 * MIB,
+    max_processes=32,
+    disk_bytes=64 << 20,
+)
 
 
 @dataclass
@@ -68,28 +74,49 @@ async def runner() -> AsyncIterator[SandboxRunner]:
 
 @pytest.fixture
 def job_id(supervisor: ReferenceSupervisor) -> int:
-    (job,) = supervisor.submit([{
-        "name": "comp", "user": "alice", "status": "blocked", "cpus": 2,
-        "agenda": [{"name": str(n), "status": "blocked"} for n in range(1, 6)],
-    }])
+    (job,) = supervisor.submit(
+        [
+            {
+                "name": "comp",
+                "user": "alice",
+                "status": "blocked",
+                "cpus": 2,
+                "agenda": [{"name": str(n), "status": "blocked"} for n in range(1, 6)],
+            }
+        ]
+    )
     return int(job["id"])
 
 
 async def run_perl(
-    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int, code: str,
-    *, work_name: str = "", subjob_id: int = -1, **limits: Any,
+    runner: SandboxRunner,
+    supervisor: ReferenceSupervisor,
+    job_id: int,
+    code: str,
+    *,
+    work_name: str = "",
+    subjob_id: int = -1,
+    **limits: Any,
 ) -> PerlRun:
     invocation: Invocation = invocation_for(
-        supervisor.job(job_id), code, language="perl", work_name=work_name,
-        subjob_id=subjob_id, limits=dataclasses.replace(LIMITS, **limits),
+        supervisor.job(job_id),
+        code,
+        language="perl",
+        work_name=work_name,
+        subjob_id=subjob_id,
+        limits=dataclasses.replace(LIMITS, **limits),
     )
     host = HostApi(ReferencePort(supervisor), invocation)
     child = await runner.run(
         runtime=child_runtime(Language.PERL),
         limits=invocation.limits,
         slot=0,
-        start={"type": "start", "language": "perl", "code": code,
-               "context": invocation.child_context()},
+        start={
+            "type": "start",
+            "language": "perl",
+            "code": code,
+            "context": invocation.child_context(),
+        },
         on_call=host.serve_frame,
     )
     outcome, failure = classify(child, invocation.limits)
@@ -242,10 +269,16 @@ async def test_named_subs_see_file_level_lexicals(
 async def test_text_round_trips_as_utf8_bytes(
     runner: SandboxRunner, supervisor: ReferenceSupervisor
 ) -> None:
-    (job,) = supervisor.submit([{
-        "name": "Schnitt é ☺", "user": "alice", "status": "blocked",
-        "agenda": [{"name": "é", "status": "blocked"}, {"name": "☺", "status": "blocked"}],
-    }])
+    (job,) = supervisor.submit(
+        [
+            {
+                "name": "Schnitt é ☺",
+                "user": "alice",
+                "status": "blocked",
+                "agenda": [{"name": "é", "status": "blocked"}, {"name": "☺", "status": "blocked"}],
+            }
+        ]
+    )
     code = r"""
 my ($job) = qb::jobinfo();
 print $job->{name}, " ", length($job->{agenda}[0]{name}), "\n";
@@ -309,8 +342,12 @@ async def test_uncaught_qb_error_names_its_kind(
     ],
 )
 async def test_exit_ends_only_the_child_and_is_reported(
-    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int,
-    code: str, outcome: Outcome, exit_code: int,
+    runner: SandboxRunner,
+    supervisor: ReferenceSupervisor,
+    job_id: int,
+    code: str,
+    outcome: Outcome,
+    exit_code: int,
 ) -> None:
     run = await run_perl(runner, supervisor, job_id, f'print "out\\n"; {code}')
 
@@ -326,7 +363,9 @@ async def test_exit_ends_only_the_child_and_is_reported(
 async def test_exit_in_a_forked_process_does_not_report_for_the_callback(
     runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
 ) -> None:
-    code = 'my $pid = fork(); if (!$pid) { exit 7 } waitpid($pid, 0); print "child ", $? >> 8, "\\n";'
+    code = (
+        'my $pid = fork(); if (!$pid) { exit 7 } waitpid($pid, 0); print "child ", $? >> 8, "\\n";'
+    )
     run = await run_perl(runner, supervisor, job_id, code)
 
     succeeded(run)
@@ -358,7 +397,9 @@ async def test_code_that_does_not_compile_is_rejected_unrun(
 async def test_stderr_is_captured(
     runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
 ) -> None:
-    run = await run_perl(runner, supervisor, job_id, 'print STDERR "to stderr\\n"; warn "warned\\n";')
+    run = await run_perl(
+        runner, supervisor, job_id, 'print STDERR "to stderr\\n"; warn "warned\\n";'
+    )
 
     succeeded(run)
     assert run.stderr == "to stderr\nwarned\n"

@@ -32,9 +32,21 @@ def free_port() -> int:
 def executor_process(data_dir: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
     """A real `cbexec serve`, killed and reaped on the way out whatever happened."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "executor", "serve", "--bind", f"127.0.0.1:{port}",
-         "--data-dir", str(data_dir), "--log-level", "WARNING"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "executor",
+            "serve",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(data_dir),
+            "--log-level",
+            "WARNING",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
     try:
         yield proc
@@ -52,7 +64,9 @@ async def wait_serving(channel: grpc.aio.Channel, proc: subprocess.Popen[bytes])
     try:
         await ExecutorClient(channel).wait_until_serving(timeout=20)
     except TimeoutError:
-        raise AssertionError(f"the executor never became SERVING (exit status {proc.poll()})") from None
+        raise AssertionError(
+            f"the executor never became SERVING (exit status {proc.poll()})"
+        ) from None
 
 
 def publish(job_id: int) -> executor_pb2.PublishEventRequest:
@@ -61,9 +75,18 @@ def publish(job_id: int) -> executor_pb2.PublishEventRequest:
 
 async def test_sigkill_between_the_halves_of_an_and(tmp_path: Path) -> None:
     port = free_port()
-    job = {"id": 30, "name": "waiter", "user": "alice", "callbacks": [
-        {"triggers": "complete-job-10 && complete-job-11", "language": "python",
-         "code": "print('fired for', qb.jobid())"}]}
+    job = {
+        "id": 30,
+        "name": "waiter",
+        "user": "alice",
+        "callbacks": [
+            {
+                "triggers": "complete-job-10 && complete-job-11",
+                "language": "python",
+                "code": "print('fired for', qb.jobid())",
+            }
+        ],
+    }
 
     with executor_process(tmp_path, port) as first:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:

@@ -19,7 +19,9 @@ Outcome = executor_pb2.Outcome
 MIB = 1 << 20
 
 
-async def run_python(stack: Stack, job_id: int, code: str, **limits: Any) -> executor_pb2.ExecuteResponse:
+async def run_python(
+    stack: Stack, job_id: int, code: str, **limits: Any
+) -> executor_pb2.ExecuteResponse:
     return await stack.client.execute_callback(
         language="python", code=code, job=stack.supervisor.job(job_id), limits=limits or None
     )
@@ -34,8 +36,14 @@ async def assert_service_answers(stack: Stack, job_id: int) -> None:
 @pytest.fixture
 def blocked_job(stack: Stack) -> int:
     (job,) = stack.supervisor.submit(
-        [{"name": "comp", "user": "alice", "status": "blocked",
-          "agenda": [{"name": str(n), "status": "blocked"} for n in range(1, 6)]}]
+        [
+            {
+                "name": "comp",
+                "user": "alice",
+                "status": "blocked",
+                "agenda": [{"name": str(n), "status": "blocked"} for n in range(1, 6)],
+            }
+        ]
     )
     return int(job["id"])
 
@@ -54,14 +62,24 @@ async def test_workunblock_unblocks_exactly_that_frame(stack: Stack, blocked_job
 
     assert response.outcome == Outcome.OUTCOME_SUCCEEDED, response.failure.message
     statuses = {w["name"]: w["status"] for w in stack.supervisor.job(blocked_job)["agenda"]}
-    assert statuses == {"1": "blocked", "2": "blocked", "3": "pending", "4": "blocked", "5": "blocked"}
+    assert statuses == {
+        "1": "blocked",
+        "2": "blocked",
+        "3": "pending",
+        "4": "blocked",
+        "5": "blocked",
+    }
 
 
 async def test_workunblock_range(stack: Stack, blocked_job: int) -> None:
-    response = await run_python(stack, blocked_job, "import qb\nqb.workunblock(f'{qb.jobid()}:2-4')")
+    response = await run_python(
+        stack, blocked_job, "import qb\nqb.workunblock(f'{qb.jobid()}:2-4')"
+    )
 
     assert response.outcome == Outcome.OUTCOME_SUCCEEDED, response.failure.message
-    pending = [w["name"] for w in stack.supervisor.job(blocked_job)["agenda"] if w["status"] == "pending"]
+    pending = [
+        w["name"] for w in stack.supervisor.job(blocked_job)["agenda"] if w["status"] == "pending"
+    ]
     assert pending == ["2", "3", "4"]
 
 
@@ -78,7 +96,9 @@ async def test_jobinfo_returns_the_job_dict(stack: Stack, blocked_job: int) -> N
 
 
 async def test_jobinfo_keyword_and_pgrp_forms(stack: Stack) -> None:
-    first, second = stack.supervisor.submit([{"name": "a", "user": "alice"}, {"name": "b", "user": "alice"}])
+    first, second = stack.supervisor.submit(
+        [{"name": "a", "user": "alice"}, {"name": "b", "user": "alice"}]
+    )
     code = (
         "print(len(qb.jobinfo('-pgrp', qb.jobid())), len(qb.jobinfo(pgrp=qb.jobid())),"
         " qb.jobinfo(id=%d)[0]['name'])" % second["id"]
@@ -203,12 +223,21 @@ async def test_exits_and_kills_harm_only_the_child(
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda r: setattr(r.callback, "language", "ruby"), "callback.language 'ruby' is not supported"),
+        (
+            lambda r: setattr(r.callback, "language", "ruby"),
+            "callback.language 'ruby' is not supported",
+        ),
         (lambda r: setattr(r.callback, "code", "   "), "callback.code is empty"),
         (lambda r: r.context.job.ClearField("id"), "context.job.id is required"),
         (lambda r: setattr(r.limits, "cpu_seconds", -1), "limits.cpu_seconds must not be negative"),
-        (lambda r: setattr(r.limits, "memory_bytes", 1 << 50), "limits.memory_bytes = 1125899906842624 exceeds the server's cap"),
-        (lambda r: setattr(r.limits, "wall_seconds", 1e9), "limits.wall_seconds = 1000000000.0 exceeds the server's cap of 3600"),
+        (
+            lambda r: setattr(r.limits, "memory_bytes", 1 << 50),
+            "limits.memory_bytes = 1125899906842624 exceeds the server's cap",
+        ),
+        (
+            lambda r: setattr(r.limits, "wall_seconds", 1e9),
+            "limits.wall_seconds = 1000000000.0 exceeds the server's cap of 3600",
+        ),
     ],
     ids=["language", "empty-code", "job-id", "negative", "memory-cap", "wall-cap"],
 )
@@ -235,7 +264,11 @@ async def test_malformed_requests_are_invalid_argument(
 async def test_raw_stub_and_typed_client_agree(stack: Stack, blocked_job: int) -> None:
     request = executor_pb2.ExecuteRequest(
         invocation_id="same-1",
-        callback=types_pb2.Callback(language="python", code="print(qb.jobid(), qb.workid(), qb.subid(), qb.event()['name'])", user="alice"),
+        callback=types_pb2.Callback(
+            language="python",
+            code="print(qb.jobid(), qb.workid(), qb.subid(), qb.event()['name'])",
+            user="alice",
+        ),
         context=executor_pb2.JobContext(
             job=job_from_dict(stack.supervisor.job(blocked_job)),
             event=types_pb2.Event(name="complete", type="work", context="self", extra="3"),

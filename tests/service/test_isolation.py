@@ -65,7 +65,9 @@ async def test_a_hardened_callback_sees_only_itself(stack: Stack, language: str)
     assert stack.running.options.isolation is not None
     look_around = LOOK_AROUND if language == "python" else PERL_LOOK_AROUND
     code = look_around.replace("DATA_DIR", repr(str(stack.settings.data_dir)))
-    first = await stack.client.execute_callback(language=language, code=code, job={"id": 1, "user": "a"})
+    first = await stack.client.execute_callback(
+        language=language, code=code, job={"id": 1, "user": "a"}
+    )
     assert first.outcome == Outcome.OUTCOME_SUCCEEDED, first.failure.message + first.stderr
     view = json.loads(first.stdout)
 
@@ -109,7 +111,9 @@ async def test_a_zygote_covers_the_masks_once_and_each_run_gets_its_own_tmp(
         response = await stack_warm.client.execute_callback(
             language=language, code=MOUNT_DEVICES[language], job={"id": 1, "user": "a"}
         )
-        assert response.outcome == Outcome.OUTCOME_SUCCEEDED, response.failure.message + response.stderr
+        assert response.outcome == Outcome.OUTCOME_SUCCEEDED, (
+            response.failure.message + response.stderr
+        )
         runs.append(json.loads(response.stdout))
     first, second = runs
     shared = [m for m in stack_warm.running.options.isolation.masks if m != "/tmp"]
@@ -141,9 +145,13 @@ async def hardened_runner(
             options.cgroups.close()
 
 
-async def run_once(runner: SandboxRunner, settings: Settings, language: str, code: str) -> ChildExit:
+async def run_once(
+    runner: SandboxRunner, settings: Settings, language: str, code: str
+) -> ChildExit:
     return await runner.run(
-        runtime=child_runtime(Language(language)), limits=settings.default_limits, slot=0,
+        runtime=child_runtime(Language(language)),
+        limits=settings.default_limits,
+        slot=0,
         start={"type": "start", "code": code, "context": {}},
         on_call=lambda frame: asyncio.sleep(0, {}),
     )
@@ -161,8 +169,14 @@ async def test_a_zygote_that_cannot_cover_the_masks_forks_nothing_more(
     missing = "/cbexec-test-missing-mask"
     assert not os.path.exists(missing)
     code = {"python": "print('ran')", "perl": "print 'ran';"}[language]
-    async with hardened_runner(tmp_path, lambda masks: (*masks, missing)) as (runner, spawner, settings):
-        runs = [await run_once(runner, settings, language, code) for _ in range(MAX_ZYGOTE_FAILURES)]
+    async with hardened_runner(tmp_path, lambda masks: (*masks, missing)) as (
+        runner,
+        spawner,
+        settings,
+    ):
+        runs = [
+            await run_once(runner, settings, language, code) for _ in range(MAX_ZYGOTE_FAILURES)
+        ]
         warm = spawner.warm(language)
 
     assert not warm
@@ -182,9 +196,9 @@ CONNECT = {
     ),
     "perl": (
         "use Socket;\n"
-        "socket(my $s, PF_INET, SOCK_STREAM, 0) or die \"socket: $!\";\n"
+        'socket(my $s, PF_INET, SOCK_STREAM, 0) or die "socket: $!";\n'
         "print connect($s, pack_sockaddr_in(PORT, inet_aton('127.0.0.1')))"
-        " ? \"connected\\n\" : \"refused $!\\n\";\n"
+        ' ? "connected\\n" : "refused $!\\n";\n'
     ),
 }
 
@@ -201,7 +215,9 @@ async def test_network_none_means_no_route_even_to_the_executor(
         pytest.skip(f"no network namespace here: {err}")
     try:
         code = CONNECT[language].replace("PORT", str(stack.running.port))
-        response = await stack.client.execute_callback(language=language, code=code, job={"id": 1, "user": "a"})
+        response = await stack.client.execute_callback(
+            language=language, code=code, job={"id": 1, "user": "a"}
+        )
     finally:
         await context.__aexit__(None, None, None)
 

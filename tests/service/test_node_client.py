@@ -19,11 +19,17 @@ CLIENT_DIR = REPO / "scripts" / "node-client"
 NODE, NPM = shutil.which("node"), shutil.which("npm")
 
 
-async def _run(*argv: str, cwd: Path, env: dict[str, str], timeout_s: float) -> tuple[int, str, str]:
+async def _run(
+    *argv: str, cwd: Path, env: dict[str, str], timeout_s: float
+) -> tuple[int, str, str]:
     """Run a command without blocking the event loop the executor is served from."""
     proc = await asyncio.create_subprocess_exec(
-        *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        *argv,
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
@@ -42,10 +48,17 @@ def installed_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("node and npm are not installed: the Node.js client cannot be tested here")
     target = tmp_path_factory.mktemp("node") / "node-client"
     shutil.copytree(CLIENT_DIR, target, ignore=shutil.ignore_patterns("node_modules"))
-    code, out, err = asyncio.run(_run(
-        NPM, "install", "--no-audit", "--no-fund", cwd=target, env=dict(os.environ),
-        timeout_s=110,
-    ))
+    code, out, err = asyncio.run(
+        _run(
+            NPM,
+            "install",
+            "--no-audit",
+            "--no-fund",
+            cwd=target,
+            env=dict(os.environ),
+            timeout_s=110,
+        )
+    )
     assert code == 0, f"npm install failed:\n{out}\n{err}"
     assert (target / "node_modules" / "@grpc" / "grpc-js").is_dir()
     return target
@@ -55,8 +68,16 @@ async def test_node_client_executes_and_publishes(stack: Stack, installed_client
     assert NODE is not None
     job = stack.supervisor.submit([{"name": "from-node", "user": "node"}])[0]
     env = {**os.environ, "CBEXEC_PROTO_ROOT": str(REPO / "proto"), "CBEXEC_AUTH_TOKEN": ""}
-    code, out, err = await _run(NODE, "client.js", stack.address, "--job", str(job["id"]),
-                                cwd=installed_client, env=env, timeout_s=60)
+    code, out, err = await _run(
+        NODE,
+        "client.js",
+        stack.address,
+        "--job",
+        str(job["id"]),
+        cwd=installed_client,
+        env=env,
+        timeout_s=60,
+    )
     assert code == 0, out + err
     executed, registered, published = (json.loads(line) for line in out.splitlines())
     assert executed["outcome"] == "OUTCOME_SUCCEEDED"
@@ -68,13 +89,17 @@ async def test_node_client_executes_and_publishes(stack: Stack, installed_client
     assert fired["stdout"] == f"fired by a node event for job {job['id']}\n"
 
     runs = await stack.client.list_runs()
-    assert {r.invocation_id for r in runs.runs} >= {executed["invocation_id"], fired["invocation_id"]}
+    assert {r.invocation_id for r in runs.runs} >= {
+        executed["invocation_id"],
+        fired["invocation_id"],
+    }
 
 
 async def test_node_client_reports_a_refusal(stack: Stack, installed_client: Path) -> None:
     assert NODE is not None
     env = {**os.environ, "CBEXEC_PROTO_ROOT": str(REPO / "proto"), "CBEXEC_AUTH_TOKEN": ""}
-    code, _, err = await _run(NODE, "client.js", stack.address, "--job", "0",
-                              cwd=installed_client, env=env, timeout_s=60)
+    code, _, err = await _run(
+        NODE, "client.js", stack.address, "--job", "0", cwd=installed_client, env=env, timeout_s=60
+    )
     assert code == 1
     assert "Execute failed: INVALID_ARGUMENT" in err

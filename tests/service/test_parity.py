@@ -37,19 +37,32 @@ LANGUAGES = ("python", "perl", "qube")
 
 
 def blocked_job(supervisor: ReferenceSupervisor) -> list[int]:
-    (job,) = supervisor.submit([{
-        "name": "comp", "user": "alice", "status": "blocked", "cpus": 2,
-        "agenda": [{"name": str(n), "status": "blocked"} for n in range(1, 4)],
-    }])
+    (job,) = supervisor.submit(
+        [
+            {
+                "name": "comp",
+                "user": "alice",
+                "status": "blocked",
+                "cpus": 2,
+                "agenda": [{"name": str(n), "status": "blocked"} for n in range(1, 4)],
+            }
+        ]
+    )
     return [int(job["id"])]
 
 
 def pgrp_with_blocked_sibling(supervisor: ReferenceSupervisor) -> list[int]:
-    lead, other = supervisor.submit([
-        {"name": "lead", "label": "lead", "user": "alice", "agenda": ["1"]},
-        {"name": "other", "label": "other", "user": "alice",
-         "agenda": [{"name": str(n), "status": "blocked"} for n in range(1, 4)]},
-    ])
+    lead, other = supervisor.submit(
+        [
+            {"name": "lead", "label": "lead", "user": "alice", "agenda": ["1"]},
+            {
+                "name": "other",
+                "label": "other",
+                "user": "alice",
+                "agenda": [{"name": str(n), "status": "blocked"} for n in range(1, 4)],
+            },
+        ]
+    )
     return [int(lead["id"]), int(other["id"])]
 
 
@@ -69,42 +82,52 @@ class Scenario:
 SCENARIOS = [
     Scenario(
         "unblock own job",
-        {"python": "qb.unblock(qb.jobid())",
-         "perl": "qb::unblock($qb::jobid);",
-         "qube": "unblock-self"},
+        {
+            "python": "qb.unblock(qb.jobid())",
+            "perl": "qb::unblock($qb::jobid);",
+            "qube": "unblock-self",
+        },
         Outcome.OUTCOME_SUCCEEDED,
     ),
     Scenario(
         "unblock the triggering frame",
-        {"python": "qb.workunblock('%d:%s' % (qb.jobid(), qb.workid()))",
-         "perl": 'qb::workunblock("$qb::jobid:" . qb::workid());',
-         "qube": "unblock-work-self"},
+        {
+            "python": "qb.workunblock('%d:%s' % (qb.jobid(), qb.workid()))",
+            "perl": 'qb::workunblock("$qb::jobid:" . qb::workid());',
+            "qube": "unblock-work-self",
+        },
         Outcome.OUTCOME_SUCCEEDED,
         context={"work_name": "2"},
     ),
     Scenario(
         "unblock a frame of another job in the pgrp",
-        {"python": "other = [j for j in qb.jobinfo('-pgrp', qb.jobid()) if j['name'] == 'other']\n"
-                   "qb.workunblock('%d:2' % other[0]['id'])",
-         "perl": "my ($other) = grep { $_->{name} eq 'other' } qb::jobinfo(-pgrp => $qb::jobid);\n"
-                 'qb::workunblock("$other->{id}:2");'},
+        {
+            "python": "other = [j for j in qb.jobinfo('-pgrp', qb.jobid()) if j['name'] == 'other']\n"
+            "qb.workunblock('%d:2' % other[0]['id'])",
+            "perl": "my ($other) = grep { $_->{name} eq 'other' } qb::jobinfo(-pgrp => $qb::jobid);\n"
+            'qb::workunblock("$other->{id}:2");',
+        },
         Outcome.OUTCOME_SUCCEEDED,
         setup=pgrp_with_blocked_sibling,
     ),
     Scenario(
         "read jobinfo",
-        {"python": "job = qb.jobinfo('-id', qb.jobid())[0]\n"
-                   "print(job['name'], job['status'], len(job['agenda']), job['user'])",
-         "perl": "my ($job) = qb::jobinfo(-id => $qb::jobid);\n"
-                 'print "$job->{name} $job->{status} ", scalar @{ $job->{agenda} }, " $job->{user}\\n";'},
+        {
+            "python": "job = qb.jobinfo('-id', qb.jobid())[0]\n"
+            "print(job['name'], job['status'], len(job['agenda']), job['user'])",
+            "perl": "my ($job) = qb::jobinfo(-id => $qb::jobid);\n"
+            'print "$job->{name} $job->{status} ", scalar @{ $job->{agenda} }, " $job->{user}\\n";',
+        },
         Outcome.OUTCOME_SUCCEEDED,
         same_output=True,
     ),
     Scenario(
         "a qb call the owner may not make",
-        {"python": "qb.unblock(qb.jobid())",
-         "perl": "qb::unblock($qb::jobid);",
-         "qube": "unblock-self"},
+        {
+            "python": "qb.unblock(qb.jobid())",
+            "perl": "qb::unblock($qb::jobid);",
+            "qube": "unblock-self",
+        },
         Outcome.OUTCOME_FAILED,
         context={"owner": "mallory"},
     ),
@@ -137,15 +160,16 @@ SCENARIOS = [
     ),
     Scenario(
         "exceed the memory limit",
-        {"python": "n = 4 << 30\ns = 'x' * n",
-         "perl": 'my $n = 4 * 1024 ** 3; my $s = "x" x $n;'},
+        {"python": "n = 4 << 30\ns = 'x' * n", "perl": 'my $n = 4 * 1024 ** 3; my $s = "x" x $n;'},
         Outcome.OUTCOME_MEMORY_LIMIT,
         limits={"memory_bytes": 256 * MIB},
     ),
     Scenario(
         "print to stdout and stderr",
-        {"python": "import sys\nprint('to stdout')\nprint('to stderr', file=sys.stderr)",
-         "perl": 'print "to stdout\\n"; print STDERR "to stderr\\n";'},
+        {
+            "python": "import sys\nprint('to stdout')\nprint('to stderr', file=sys.stderr)",
+            "perl": 'print "to stdout\\n"; print STDERR "to stderr\\n";',
+        },
         Outcome.OUTCOME_SUCCEEDED,
         same_output=True,
     ),
@@ -155,9 +179,12 @@ SCENARIOS = [
 def state(supervisor: ReferenceSupervisor, job_ids: list[int]) -> list[Any]:
     """What a scenario may change, without the ids that differ between submissions."""
     return [
-        (job["name"], job["status"],
-         [(w["name"], w["status"]) for w in job["agenda"]],
-         [(s["id"], s["status"]) for s in job["subjobs"]])
+        (
+            job["name"],
+            job["status"],
+            [(w["name"], w["status"]) for w in job["agenda"]],
+            [(s["id"], s["status"]) for s in job["subjobs"]],
+        )
         for job in (supervisor.job(job_id) for job_id in job_ids)
     ]
 
@@ -183,12 +210,18 @@ async def run_scenario(stack: Stack, scenario: Scenario, language: str) -> Langu
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
 async def test_languages_agree(stack: Stack, scenario: Scenario) -> None:
-    runs = {lang: await run_scenario(stack, scenario, lang)
-            for lang in LANGUAGES if lang in scenario.code}
+    runs = {
+        lang: await run_scenario(stack, scenario, lang)
+        for lang in LANGUAGES
+        if lang in scenario.code
+    }
 
     for language, run in runs.items():
         assert run.response.outcome == scenario.outcome, (
-            language, run.response.failure.message, run.response.stderr)
+            language,
+            run.response.failure.message,
+            run.response.stderr,
+        )
     first, *others = runs
     for language in others:
         assert runs[language].state == runs[first].state, language
@@ -224,10 +257,16 @@ async def test_seed_universal_callbacks(tmp_path: Path) -> None:
     settings = stack_settings(tmp_path / "data", universal_callback_path=str(universal))
 
     async with running_stack(settings) as stack:
-        (job,) = stack.supervisor.submit([
-            {"name": "seed", "user": "alice", "mailaddress": "lead@studio.example",
-             "agenda": ["1", "2"]},
-        ])
+        (job,) = stack.supervisor.submit(
+            [
+                {
+                    "name": "seed",
+                    "user": "alice",
+                    "mailaddress": "lead@studio.example",
+                    "agenda": ["1", "2"],
+                },
+            ]
+        )
         job_id = int(job["id"])
         await stack.settle()
         for frame in ("1", "2"):

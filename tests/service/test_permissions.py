@@ -23,8 +23,14 @@ Outcome = executor_pb2.Outcome
 
 def _blocked_job(stack: Stack, user: str) -> int:
     (job,) = stack.supervisor.submit(
-        [{"name": f"{user}-job", "user": user, "status": "blocked",
-          "agenda": [{"name": str(n), "status": "blocked"} for n in range(1, 4)]}]
+        [
+            {
+                "name": f"{user}-job",
+                "user": user,
+                "status": "blocked",
+                "agenda": [{"name": str(n), "status": "blocked"} for n in range(1, 4)],
+            }
+        ]
     )
     return int(job["id"])
 
@@ -43,7 +49,10 @@ async def run(
     stack: Stack, job_id: int, code: str, *, owner: str = "", language: str = "python"
 ) -> executor_pb2.ExecuteResponse:
     return await stack.client.execute_callback(
-        language=language, code=code, job=stack.supervisor.job(job_id), owner=owner,
+        language=language,
+        code=code,
+        job=stack.supervisor.job(job_id),
+        owner=owner,
         limits={"wall_seconds": 20},
     )
 
@@ -62,7 +71,9 @@ async def test_owner_may_unblock_their_own_job(stack_warm: Stack, alice_job: int
     (action,) = response.actions
     assert (action.verb, action.target, action.ok) == ("unblock", str(alice_job), True)
     # The supervisor saw who acted.
-    assert any("unblock by alice" in entry["text"] for entry in stack_warm.supervisor.history(alice_job))
+    assert any(
+        "unblock by alice" in entry["text"] for entry in stack_warm.supervisor.history(alice_job)
+    )
 
 
 async def test_acting_on_someone_elses_job_raises_permission_denied(
@@ -103,9 +114,16 @@ async def test_uncaught_permission_denied_fails_the_callback(
 @pytest.mark.parametrize(
     "call",
     [
-        "qb.block({bob})", "qb.kill({bob})", "qb.remove({bob})", "qb.complete({bob})",
-        "qb.retry({bob})", "qb.suspend({bob})", "qb.fail([{bob}])",
-        "qb.workunblock('{bob}:1')", "qb.workcomplete('{bob}:1-3')", "qb.workkill(['{bob}:2'])",
+        "qb.block({bob})",
+        "qb.kill({bob})",
+        "qb.remove({bob})",
+        "qb.complete({bob})",
+        "qb.retry({bob})",
+        "qb.suspend({bob})",
+        "qb.fail([{bob}])",
+        "qb.workunblock('{bob}:1')",
+        "qb.workcomplete('{bob}:1-3')",
+        "qb.workkill(['{bob}:2'])",
         # The Python qb module binds no subjob verbs (Perl's does); the host API has them.
         "qb._call('subjobkill', '{bob}')",
     ],
@@ -123,7 +141,9 @@ async def test_every_verb_on_someone_elses_job_is_refused(
     )
     response = await run(stack_warm, alice_job, code, owner="alice")
 
-    assert response.stdout.startswith("denied alice may not"), response.stdout + response.failure.message
+    assert response.stdout.startswith("denied alice may not"), (
+        response.stdout + response.failure.message
+    )
     assert _state(stack_warm, bob_job) == before
     assert response.actions and not response.actions[-1].ok
 
@@ -163,7 +183,8 @@ async def test_without_a_callback_user_the_jobs_owner_acts(
     stack_warm: Stack, alice_job: int, bob_job: int
 ) -> None:
     on_alices = await run(
-        stack_warm, alice_job,
+        stack_warm,
+        alice_job,
         f"try:\n    qb.unblock({bob_job})\nexcept qb.PermissionDenied as err:\n    print(err)",
     )
     on_bobs = await run(stack_warm, bob_job, "print(qb.unblock(qb.jobid()), qb.callback()['user'])")
@@ -188,7 +209,7 @@ async def test_perl_gets_a_permission_denied_error(
     stack_warm: Stack, alice_job: int, bob_job: int
 ) -> None:
     code = (
-        f"eval {{ qb::unblock({bob_job}); 1 }} and print \"allowed\\n\";\n"
+        f'eval {{ qb::unblock({bob_job}); 1 }} and print "allowed\\n";\n'
         "print ref($@), ' ', $@->kind, ' ', $@->message, \"\\n\" if $@;\n"
     )
     response = await run(stack_warm, alice_job, code, owner="alice", language="perl")

@@ -84,7 +84,9 @@ async def test_a_run_with_the_same_limits_takes_the_prepared_child(one_slot: Sta
     next_prepared = await runner.prepared_pids()
 
     assert spawns.count == 1, "the run started a child instead of taking the prepared one"
-    assert not psutil.pid_exists(prepared) or psutil.Process(prepared).status() == psutil.STATUS_ZOMBIE
+    assert (
+        not psutil.pid_exists(prepared) or psutil.Process(prepared).status() == psutil.STATUS_ZOMBIE
+    )
     assert next_prepared != [prepared]
 
 
@@ -98,7 +100,9 @@ async def test_other_limits_discard_the_prepared_child(one_slot: Stack) -> None:
     await runner.prepared_pids()
 
     assert spawns.count == 2  # its own child, then the next one prepared with its limits
-    assert not psutil.pid_exists(prepared) or psutil.Process(prepared).status() == psutil.STATUS_ZOMBIE
+    assert (
+        not psutil.pid_exists(prepared) or psutil.Process(prepared).status() == psutil.STATUS_ZOMBIE
+    )
 
 
 async def test_each_language_has_its_own_prepared_child(one_slot: Stack) -> None:
@@ -150,8 +154,11 @@ async def test_stopping_the_executor_ends_the_prepared_children(tmp_path: Path) 
         prepared = await stack.running.dispatcher.runner.prepared_pids()
         assert len(prepared) == 2
 
-    assert not [pid for pid in prepared if psutil.pid_exists(pid)
-                and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert not [
+        pid
+        for pid in prepared
+        if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    ]
 
 
 async def test_a_prepared_childs_warm_up_leaves_nothing_in_the_callbacks_namespace(
@@ -186,11 +193,15 @@ async def test_a_run_cancelled_twice_still_ends_its_child_and_closes_its_ends(
     before = open_files()
     # Other limits: the run starts a child of its own, whose ends are not in ``before``.
     limits = dataclasses.replace(one_slot.settings.default_limits, cpu_seconds=7)
-    running = asyncio.create_task(runner.run(
-        runtime=child_runtime(Language.PYTHON), limits=limits, slot=0,
-        start={"type": "start", "code": "import time\ntime.sleep(60)", "context": {}},
-        on_call=lambda frame: asyncio.sleep(0, {}),
-    ))
+    running = asyncio.create_task(
+        runner.run(
+            runtime=child_runtime(Language.PYTHON),
+            limits=limits,
+            slot=0,
+            start={"type": "start", "code": "import time\ntime.sleep(60)", "context": {}},
+            on_call=lambda frame: asyncio.sleep(0, {}),
+        )
+    )
     prepared = {p.pid for p in sandboxed_processes()}
     while not (children := {p.pid for p in sandboxed_processes()} - prepared):
         await asyncio.sleep(0.01)

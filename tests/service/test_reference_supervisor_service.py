@@ -278,9 +278,11 @@ async def test_report_results_stores_a_batch_whole_or_refuses_it_whole(
             job_id=blocked_job,
         )
 
-    refused = await rpc_error(served.stub.ReportResults(
-        supervisor_pb2.ReportResultsRequest(results=[entry("inv-1"), entry("")])
-    ))
+    refused = await rpc_error(
+        served.stub.ReportResults(
+            supervisor_pb2.ReportResultsRequest(results=[entry("inv-1"), entry("")])
+        )
+    )
     batch = [entry("inv-1"), entry("inv-2"), entry("inv-1")]
     answer = await served.stub.ReportResults(supervisor_pb2.ReportResultsRequest(results=batch))
 

@@ -72,7 +72,9 @@ class CountingSupervisor(SupervisorServicer):
         return response
 
     def _count(
-        self, request: supervisor_pb2.ReportResultRequest, answer: supervisor_pb2.ReportResultResponse
+        self,
+        request: supervisor_pb2.ReportResultRequest,
+        answer: supervisor_pb2.ReportResultResponse,
     ) -> None:
         counter = self.duplicates if answer.duplicate else self.applied
         counter[request.result.invocation_id] += 1
@@ -174,8 +176,10 @@ async def test_results_survive_a_supervisor_outage(
                 assert not endpoint.servicer.batches
             else:  # the backlog went in batches
                 assert max(endpoint.servicer.batches) > 1
-            print(f"{RUNS} runs in {ran_s:.2f}s while the supervisor was down; "
-                  f"all delivered {caught_up_s:.2f}s after it came back")
+            print(
+                f"{RUNS} runs in {ran_s:.2f}s while the supervisor was down; "
+                f"all delivered {caught_up_s:.2f}s after it came back"
+            )
     finally:
         await running.stop()
 
@@ -194,14 +198,29 @@ class ExecutorProcess:
 
 
 @asynccontextmanager
-async def executor_process(data_dir: Path, supervisor: str, log: Path) -> AsyncIterator[ExecutorProcess]:
+async def executor_process(
+    data_dir: Path, supervisor: str, log: Path
+) -> AsyncIterator[ExecutorProcess]:
     """`python -m executor serve` in its own session, logging to ``log``; always killed and reaped."""
     with log.open("wb") as stderr:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "executor", "serve", "--bind", "127.0.0.1:0",
-            "--data-dir", str(data_dir), "--supervisor", supervisor,
-            "--max-concurrent", "4", "--max-queue", "256",
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=stderr,
+            sys.executable,
+            "-m",
+            "executor",
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(data_dir),
+            "--supervisor",
+            supervisor,
+            "--max-concurrent",
+            "4",
+            "--max-queue",
+            "256",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=stderr,
             start_new_session=True,
         )
     family = psutil.Process(proc.pid)

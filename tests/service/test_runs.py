@@ -30,7 +30,9 @@ def ids(response: executor_pb2.ListRunsResponse) -> list[str]:
     return [r.invocation_id for r in response.runs]
 
 
-async def run_py(stack: Stack, code: str, job_id: int, **kwargs: Any) -> executor_pb2.ExecuteResponse:
+async def run_py(
+    stack: Stack, code: str, job_id: int, **kwargs: Any
+) -> executor_pb2.ExecuteResponse:
     return await stack.client.execute_callback(
         language="python", code=code, job={"id": job_id, "user": "alice"}, **kwargs
     )
@@ -39,8 +41,12 @@ async def run_py(stack: Stack, code: str, job_id: int, **kwargs: Any) -> executo
 async def cbexec(*argv: str, timeout_s: float = 60.0) -> tuple[int, str, str]:
     """Run the cbexec command as a real process (the server shares this event loop)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "executor", *argv,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "executor",
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "CBEXEC_ADDRESS": "", "CBEXEC_AUTH_TOKEN": ""},
     )
     try:
@@ -54,8 +60,13 @@ async def cbexec(*argv: str, timeout_s: float = 60.0) -> tuple[int, str, str]:
 
 
 async def test_list_runs_filters_newest_first(stack: Stack) -> None:
-    ok_a = await run_py(stack, "print('a')", 101, event={"name": "complete", "type": "job",
-                                                       "context": "self"}, work_name="7")
+    ok_a = await run_py(
+        stack,
+        "print('a')",
+        101,
+        event={"name": "complete", "type": "job", "context": "self"},
+        work_name="7",
+    )
     bad_a = await run_py(stack, FAIL, 101)
     ok_b = await run_py(stack, "print('b')", 202)
 
@@ -162,11 +173,20 @@ async def test_cbexec_runs_lists_filters_and_shows(stack: Stack) -> None:
     code, out, err = await cbexec("runs", "--address", stack.address)
     assert code == 0, err
     header, *rows = out.splitlines()
-    assert header.split()[:7] == ["STARTED", "INVOCATION", "JOB", "CB", "TRIGGER", "LANG", "OUTCOME"]
+    assert header.split()[:7] == [
+        "STARTED",
+        "INVOCATION",
+        "JOB",
+        "CB",
+        "TRIGGER",
+        "LANG",
+        "OUTCOME",
+    ]
     assert [row.split()[1] for row in rows] == [bad.invocation_id, ok.invocation_id]
 
-    code, out, _ = await cbexec("runs", "--address", stack.address, "--outcome", "failed",
-                                "--since", "1h")
+    code, out, _ = await cbexec(
+        "runs", "--address", stack.address, "--outcome", "failed", "--since", "1h"
+    )
     assert code == 0
     assert bad.invocation_id in out and ok.invocation_id not in out
 
@@ -188,16 +208,33 @@ async def test_cbexec_run_through_a_running_executor(stack: Stack, tmp_path: Pat
     job_file.write_text(json.dumps(job))
     script = tmp_path / "unblock.py"
     script.write_text("print('unblocking', qb.jobid())\nqb.unblock(qb.jobid())\n")
-    code, out, err = await cbexec("run", str(script), "--job", str(job_file),
-                                  "--event", "complete-job-self", "--address", stack.address)
+    code, out, err = await cbexec(
+        "run",
+        str(script),
+        "--job",
+        str(job_file),
+        "--event",
+        "complete-job-self",
+        "--address",
+        stack.address,
+    )
     assert code == 0, out + err
     assert "outcome: SUCCEEDED" in out
     assert f"unblock {job['id']}: ok" in out
     assert f"unblocking {job['id']}" in out
     assert stack.supervisor.job(job["id"])["status"] == "pending"
 
-    code, out, _ = await cbexec("run", "--code", FAIL, "--lang", "python", "--job",
-                                str(job_file), "--address", stack.address)
+    code, out, _ = await cbexec(
+        "run",
+        "--code",
+        FAIL,
+        "--lang",
+        "python",
+        "--job",
+        str(job_file),
+        "--address",
+        stack.address,
+    )
     assert code == 1
     assert "outcome: FAILED" in out and "bad frame range" in out
 
@@ -205,16 +242,33 @@ async def test_cbexec_run_through_a_running_executor(stack: Stack, tmp_path: Pat
 async def test_cbexec_run_embedded(tmp_path: Path) -> None:
     job_file = tmp_path / "job.json"
     job_file.write_text(json.dumps({"id": 4000, "name": "x", "user": "bob", "status": "running"}))
-    code, out, err = await cbexec("run", "--embedded", "--lang", "python", "--job", str(job_file),
-                                  "--code", "print(qb.jobinfo('-id', qb.jobid())[0]['name'])")
+    code, out, err = await cbexec(
+        "run",
+        "--embedded",
+        "--lang",
+        "python",
+        "--job",
+        str(job_file),
+        "--code",
+        "print(qb.jobinfo('-id', qb.jobid())[0]['name'])",
+    )
     assert code == 0, out + err
     assert "job submitted as id" in out
     assert "\nx\n" in out
 
 
 async def test_cbexec_run_usage_errors(tmp_path: Path) -> None:
-    code, _, err = await cbexec("run", "--code", "pass", "--lang", "python",
-                                "--job", str(tmp_path / "missing.json"), "--address", "127.0.0.1:1")
+    code, _, err = await cbexec(
+        "run",
+        "--code",
+        "pass",
+        "--lang",
+        "python",
+        "--job",
+        str(tmp_path / "missing.json"),
+        "--address",
+        "127.0.0.1:1",
+    )
     assert code == 2 and "missing.json" in err
     code, _, err = await cbexec("run", "--address", "127.0.0.1:1", "--job", "x.json")
     assert code == 2 and "FILE or with --code" in err

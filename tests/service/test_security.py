@@ -60,26 +60,37 @@ def _make_pki(directory: Path) -> Pki:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
 
     def write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
-        path.write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ))
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
-        x509.CertificateBuilder().subject_name(name("test CA")).issuer_name(name("test CA"))
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        x509.CertificateBuilder()
+        .subject_name(name("test CA"))
+        .issuer_name(name("test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
 
-    def leaf(common: str, usage: x509.ObjectIdentifier, san: list[x509.GeneralName]) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
+    def leaf(
+        common: str, usage: x509.ObjectIdentifier, san: list[x509.GeneralName]
+    ) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
         key = ec.generate_private_key(ec.SECP256R1())
         builder = (
-            x509.CertificateBuilder().subject_name(name(common)).issuer_name(ca_cert.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            x509.CertificateBuilder()
+            .subject_name(name(common))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
@@ -89,12 +100,18 @@ def _make_pki(directory: Path) -> Pki:
         cert = builder.sign(ca_key, hashes.SHA256())
         return cert.public_bytes(serialization.Encoding.PEM), key
 
-    pki = Pki(*(directory / n for n in ("ca.pem", "server.pem", "server.key", "client.pem",
-                                         "client.key")))
+    pki = Pki(
+        *(directory / n for n in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key"))
+    )
     pki.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    server_pem, server_key = leaf("executor", ExtendedKeyUsageOID.SERVER_AUTH, [
-        x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-    ])
+    server_pem, server_key = leaf(
+        "executor",
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        [
+            x509.DNSName("localhost"),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        ],
+    )
     pki.server_cert.write_bytes(server_pem)
     write_key(server_key, pki.server_key)
     client_pem, client_key = leaf("supervisor", ExtendedKeyUsageOID.CLIENT_AUTH, [])
@@ -105,23 +122,70 @@ def _make_pki(directory: Path) -> Pki:
 
 def _make_pki_with_openssl(directory: Path) -> Pki:
     """The same PKI with the openssl command, for hosts without the cryptography package."""
-    pki = Pki(*(directory / n for n in ("ca.pem", "server.pem", "server.key", "client.pem",
-                                         "client.key")))
+    pki = Pki(
+        *(directory / n for n in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key"))
+    )
 
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
 
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=test CA")
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test CA",
+    )
     for stem, cn, ext in (
-        ("server", "executor", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+        (
+            "server",
+            "executor",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth",
+        ),
         ("client", "supervisor", "extendedKeyUsage=clientAuth"),
     ):
         (directory / f"{stem}.ext").write_text(ext + "\n")
-        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                "-keyout", f"{stem}.key", "-out", f"{stem}.csr", "-subj", f"/CN={cn}")
-        openssl("x509", "-req", "-in", f"{stem}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-out", f"{stem}.pem", "-days", "1", "-extfile", f"{stem}.ext")
+        openssl(
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            f"{stem}.key",
+            "-out",
+            f"{stem}.csr",
+            "-subj",
+            f"/CN={cn}",
+        )
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{stem}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{stem}.pem",
+            "-days",
+            "1",
+            "-extfile",
+            f"{stem}.ext",
+        )
     return pki
 
 
@@ -162,8 +226,9 @@ async def unblock_job_1(client: ExecutorClient) -> executor_pb2.ExecuteResponse:
 
 
 async def test_tls(tmp_path: Path, pki: Pki, executor_with: list[server.RunningServer]) -> None:
-    settings = stack_settings(tmp_path / "data", tls_cert=str(pki.server_cert),
-                              tls_key=str(pki.server_key))
+    settings = stack_settings(
+        tmp_path / "data", tls_cert=str(pki.server_cert), tls_key=str(pki.server_key)
+    )
     address = await start(executor_with, settings)
     async with ExecutorClient(address, root_certificates=pki.read("ca")) as client:
         done = await unblock_job_1(client)
@@ -183,12 +248,20 @@ async def test_tls(tmp_path: Path, pki: Pki, executor_with: list[server.RunningS
     assert refused.value.code == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_mutual_tls(tmp_path: Path, pki: Pki, executor_with: list[server.RunningServer]) -> None:
-    settings = stack_settings(tmp_path / "data", tls_cert=str(pki.server_cert),
-                              tls_key=str(pki.server_key), tls_client_ca=str(pki.ca))
+async def test_mutual_tls(
+    tmp_path: Path, pki: Pki, executor_with: list[server.RunningServer]
+) -> None:
+    settings = stack_settings(
+        tmp_path / "data",
+        tls_cert=str(pki.server_cert),
+        tls_key=str(pki.server_key),
+        tls_client_ca=str(pki.ca),
+    )
     address = await start(executor_with, settings)
     async with ExecutorClient(
-        address, root_certificates=pki.read("ca"), certificate_chain=pki.read("client_cert"),
+        address,
+        root_certificates=pki.read("ca"),
+        certificate_chain=pki.read("client_cert"),
         private_key=pki.read("client_key"),
     ) as client:
         await unblock_job_1(client)
@@ -216,8 +289,11 @@ async def test_token(tmp_path: Path, executor_with: list[server.RunningServer]) 
             from supervisor_client.qbcallback.v1 import supervisor_pb2, supervisor_pb2_grpc
 
             await supervisor_pb2_grpc.SupervisorStub(channel).JobAction(
-                supervisor_pb2.JobActionRequest(verb=supervisor_pb2.JOB_VERB_KILL, job_id=1,
-                                                actor="alice"), timeout=5)
+                supervisor_pb2.JobActionRequest(
+                    verb=supervisor_pb2.JOB_VERB_KILL, job_id=1, actor="alice"
+                ),
+                timeout=5,
+            )
         # The embedded Supervisor service is not on the public port at all (it trusts the
         # actor it is told), only on a private socket in the data dir.
         assert refused_supervisor.value.code() == grpc.StatusCode.UNIMPLEMENTED
@@ -226,8 +302,12 @@ async def test_token(tmp_path: Path, executor_with: list[server.RunningServer]) 
 async def test_token_and_tls_together(
     tmp_path: Path, pki: Pki, executor_with: list[server.RunningServer]
 ) -> None:
-    settings = stack_settings(tmp_path / "data", tls_cert=str(pki.server_cert),
-                              tls_key=str(pki.server_key), auth_token=TOKEN)
+    settings = stack_settings(
+        tmp_path / "data",
+        tls_cert=str(pki.server_cert),
+        tls_key=str(pki.server_key),
+        auth_token=TOKEN,
+    )
     address = await start(executor_with, settings)
     async with ExecutorClient(address, root_certificates=pki.read("ca"), token=TOKEN) as client:
         await unblock_job_1(client)
@@ -237,8 +317,11 @@ async def test_token_and_tls_together(
 async def test_missing_certificate_is_a_clear_startup_error(
     tmp_path: Path, pki: Pki, missing: str
 ) -> None:
-    paths = {"tls_cert": str(pki.server_cert), "tls_key": str(pki.server_key),
-             "tls_client_ca": str(pki.ca)}
+    paths = {
+        "tls_cert": str(pki.server_cert),
+        "tls_key": str(pki.server_key),
+        "tls_client_ca": str(pki.ca),
+    }
     paths[missing] = str(tmp_path / "nowhere" / f"{missing}.pem")
     with pytest.raises(ConfigError) as error:
         await server.start(stack_settings(tmp_path / "data", **paths))
@@ -251,17 +334,33 @@ async def test_not_pem_is_a_clear_startup_error(tmp_path: Path, pki: Pki) -> Non
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate")
     with pytest.raises(ConfigError, match=rf"tls_key: {junk} is not a PEM file"):
-        await server.start(stack_settings(tmp_path / "data", tls_cert=str(pki.server_cert),
-                                          tls_key=str(junk)))
+        await server.start(
+            stack_settings(tmp_path / "data", tls_cert=str(pki.server_cert), tls_key=str(junk))
+        )
 
 
 def test_check_config_names_the_unreadable_file(tmp_path: Path, pki: Pki) -> None:
-    env = {**os.environ, "CBEXEC_TLS_CERT": str(pki.server_cert),
-           "CBEXEC_TLS_KEY": str(tmp_path / "gone.key"), "CBEXEC_AUTH_TOKEN": TOKEN}
+    env = {
+        **os.environ,
+        "CBEXEC_TLS_CERT": str(pki.server_cert),
+        "CBEXEC_TLS_KEY": str(tmp_path / "gone.key"),
+        "CBEXEC_AUTH_TOKEN": TOKEN,
+    }
     done = subprocess.run(
-        [sys.executable, "-m", "executor", "serve", "--check-config",
-         "--data-dir", str(tmp_path / "data")],
-        capture_output=True, text=True, env=env, timeout=60, check=False,
+        [
+            sys.executable,
+            "-m",
+            "executor",
+            "serve",
+            "--check-config",
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 2
     assert f"tls_key: cannot read {tmp_path / 'gone.key'}" in done.stderr

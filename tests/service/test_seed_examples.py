@@ -30,7 +30,11 @@ def blocked_agenda() -> list[dict[str, str]]:
 def per_frame(language: str, trigger: str) -> list[dict[str, Any]]:
     """One callback per frame, as the seed builds them: trigger with N, unblock that frame."""
     return [
-        {"triggers": trigger.replace("N", frame), "language": language, "code": UNBLOCK_FRAME[language]}
+        {
+            "triggers": trigger.replace("N", frame),
+            "language": language,
+            "code": UNBLOCK_FRAME[language],
+        }
         for frame in FRAMES
     ]
 
@@ -52,12 +56,25 @@ def language(request: pytest.FixtureRequest) -> str:
 
 async def test_job_b_waits_for_all_of_job_a(stack_warm: Stack, language: str) -> None:
     stack = stack_warm
-    job_a, job_b = stack.supervisor.submit([
-        {"name": "jobA", "label": "jobA", "user": "alice", "agenda": FRAMES},
-        {"name": "jobB", "label": "jobB", "user": "alice", "status": "blocked", "agenda": FRAMES,
-         "callbacks": [{"triggers": "complete-job-jobA", "language": language,
-                        "code": UNBLOCK_JOB[language]}]},
-    ])
+    job_a, job_b = stack.supervisor.submit(
+        [
+            {"name": "jobA", "label": "jobA", "user": "alice", "agenda": FRAMES},
+            {
+                "name": "jobB",
+                "label": "jobB",
+                "user": "alice",
+                "status": "blocked",
+                "agenda": FRAMES,
+                "callbacks": [
+                    {
+                        "triggers": "complete-job-jobA",
+                        "language": language,
+                        "code": UNBLOCK_JOB[language],
+                    }
+                ],
+            },
+        ]
+    )
     await stack.settle()
 
     for frame in FRAMES[:-1]:
@@ -73,11 +90,18 @@ async def test_each_frame_of_job_b_waits_for_the_same_frame_of_job_a(
     stack_warm: Stack, language: str
 ) -> None:
     stack = stack_warm
-    job_a, job_b = stack.supervisor.submit([
-        {"name": "jobA", "label": "jobA", "user": "alice", "agenda": FRAMES},
-        {"name": "jobB", "label": "jobB", "user": "alice", "agenda": blocked_agenda(),
-         "callbacks": per_frame(language, "complete-work-jobA-N")},
-    ])
+    job_a, job_b = stack.supervisor.submit(
+        [
+            {"name": "jobA", "label": "jobA", "user": "alice", "agenda": FRAMES},
+            {
+                "name": "jobB",
+                "label": "jobB",
+                "user": "alice",
+                "agenda": blocked_agenda(),
+                "callbacks": per_frame(language, "complete-work-jobA-N"),
+            },
+        ]
+    )
     await stack.settle()
 
     await complete(stack, job_a["id"], "2")
@@ -90,12 +114,21 @@ async def test_each_frame_of_job_b_waits_for_the_same_frame_of_job_a(
 
 async def test_job_c_frames_wait_for_ribgen_and_render(stack_warm: Stack, language: str) -> None:
     stack = stack_warm
-    ribgen, render, job_c = stack.supervisor.submit([
-        {"name": "ribgen", "label": "ribgen", "user": "alice", "agenda": FRAMES},
-        {"name": "render", "label": "render", "user": "alice", "agenda": FRAMES},
-        {"name": "jobC", "label": "jobC", "user": "alice", "agenda": blocked_agenda(),
-         "callbacks": per_frame(language, "complete-work-ribgen-N && complete-work-render-N")},
-    ])
+    ribgen, render, job_c = stack.supervisor.submit(
+        [
+            {"name": "ribgen", "label": "ribgen", "user": "alice", "agenda": FRAMES},
+            {"name": "render", "label": "render", "user": "alice", "agenda": FRAMES},
+            {
+                "name": "jobC",
+                "label": "jobC",
+                "user": "alice",
+                "agenda": blocked_agenda(),
+                "callbacks": per_frame(
+                    language, "complete-work-ribgen-N && complete-work-render-N"
+                ),
+            },
+        ]
+    )
     await stack.settle()
 
     await complete(stack, ribgen["id"], "1")  # one of two done: still blocked
@@ -112,16 +145,23 @@ async def test_job_d_frames_wait_for_ribgen_and_render_or_composite(
     stack_warm: Stack, language: str
 ) -> None:
     stack = stack_warm
-    ribgen, render, composite, job_d = stack.supervisor.submit([
-        {"name": "ribgen", "label": "ribgen", "user": "alice", "agenda": FRAMES},
-        {"name": "render", "label": "render", "user": "alice", "agenda": FRAMES},
-        {"name": "composite", "label": "composite", "user": "alice", "agenda": FRAMES},
-        {"name": "jobD", "label": "jobD", "user": "alice", "agenda": blocked_agenda(),
-         "callbacks": per_frame(
-             language,
-             "(complete-work-ribgen-N && complete-work-render-N) || complete-work-composite-N",
-         )},
-    ])
+    ribgen, render, composite, job_d = stack.supervisor.submit(
+        [
+            {"name": "ribgen", "label": "ribgen", "user": "alice", "agenda": FRAMES},
+            {"name": "render", "label": "render", "user": "alice", "agenda": FRAMES},
+            {"name": "composite", "label": "composite", "user": "alice", "agenda": FRAMES},
+            {
+                "name": "jobD",
+                "label": "jobD",
+                "user": "alice",
+                "agenda": blocked_agenda(),
+                "callbacks": per_frame(
+                    language,
+                    "(complete-work-ribgen-N && complete-work-render-N) || complete-work-composite-N",
+                ),
+            },
+        ]
+    )
     await stack.settle()
 
     await complete(stack, composite["id"], "3")  # the OR branch alone is enough

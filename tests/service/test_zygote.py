@@ -19,7 +19,7 @@ from tests.conftest import Stack, running_stack, stack_settings
 pytestmark = pytest.mark.service
 
 SLEEP = {"python": "import time\ntime.sleep(30)", "perl": "sleep 30;"}
-ALIVE = {"python": "print('alive')", "perl": "print \"alive\\n\";"}
+ALIVE = {"python": "print('alive')", "perl": 'print "alive\\n";'}
 
 
 def warm_spawner(stack: Stack) -> ZygoteSpawner:
@@ -28,7 +28,9 @@ def warm_spawner(stack: Stack) -> ZygoteSpawner:
     return spawner
 
 
-async def sleeping_callback(stack: Stack, language: str) -> asyncio.Task[executor_pb2.ExecuteResponse]:
+async def sleeping_callback(
+    stack: Stack, language: str
+) -> asyncio.Task[executor_pb2.ExecuteResponse]:
     """A callback that sleeps, returned once its child is running."""
     (job,) = stack.supervisor.submit([{"name": "z", "user": "alice"}])
     running = asyncio.create_task(
@@ -86,7 +88,7 @@ async def test_a_warm_perl_callback_gets_its_sigchld(stack_warm: Stack) -> None:
         "my $got = 0; $SIG{CHLD} = sub { $got++ };\n"
         "my $pid = fork; CORE::exit(0) if !$pid;\n"
         "for (1 .. 100) { last if $got; select(undef, undef, undef, 0.05) }\n"
-        "waitpid($pid, 0); print \"signalled $got\\n\";"
+        'waitpid($pid, 0); print "signalled $got\\n";'
     )
 
     response = await stack_warm.client.execute_callback(language="perl", code=code, job=job)
@@ -101,9 +103,11 @@ async def test_a_language_whose_zygote_cannot_start_runs_its_callbacks_cold(
     # A Perl "zygote" that exits at once, as one would on a host it cannot run on.
     real_argv = spawners.zygote_argv
     monkeypatch.setattr(
-        spawners, "zygote_argv",
-        lambda language, python: ["perl", "-e", "exit 3"] if language == "perl"
-        else real_argv(language, python),
+        spawners,
+        "zygote_argv",
+        lambda language, python: (
+            ["perl", "-e", "exit 3"] if language == "perl" else real_argv(language, python)
+        ),
     )
     with caplog.at_level(logging.WARNING, logger="executor.sandbox.spawners"):
         async with running_stack(stack_settings(tmp_path / "data")) as stack:
@@ -112,11 +116,14 @@ async def test_a_language_whose_zygote_cannot_start_runs_its_callbacks_cold(
                 await stack.client.execute_callback(language="perl", code=ALIVE["perl"], job=job)
                 for _ in range(MAX_ZYGOTE_FAILURES + 1)
             ]
-            python = await stack.client.execute_callback(language="python", code=ALIVE["python"],
-                                                         job=job)
+            python = await stack.client.execute_callback(
+                language="python", code=ALIVE["python"], job=job
+            )
             spawner = warm_spawner(stack)
 
-    assert [r.outcome for r in responses] == [executor_pb2.Outcome.OUTCOME_SUCCEEDED] * len(responses)
+    assert [r.outcome for r in responses] == [executor_pb2.Outcome.OUTCOME_SUCCEEDED] * len(
+        responses
+    )
     assert {r.stdout for r in responses} == {"alive\n"}
     assert not spawner.warm("perl") and spawner.warm("python")
     assert python.stdout == "alive\n"
@@ -124,7 +131,9 @@ async def test_a_language_whose_zygote_cannot_start_runs_its_callbacks_cold(
 
 
 @pytest.mark.parametrize("language", ["python", "perl"])
-async def test_the_zygotes_work_without_namespaces_or_cgroups(tmp_path: Path, language: str) -> None:
+async def test_the_zygotes_work_without_namespaces_or_cgroups(
+    tmp_path: Path, language: str
+) -> None:
     # What a host without root or user namespaces gives: no PID namespace, no cgroups,
     # no private mounts; the zygotes must not reach for any of them.
     settings = stack_settings(

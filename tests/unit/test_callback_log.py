@@ -32,7 +32,11 @@ def test_path_is_qubes_job_log_layout(tmp_path: Path) -> None:
 
 def test_entry_has_header_then_output() -> None:
     result = RunResult(
-        "inv-1", Outcome.FAILED, exit_code=1, stdout="hello\n", stderr="warn",
+        "inv-1",
+        Outcome.FAILED,
+        exit_code=1,
+        stdout="hello\n",
+        stderr="warn",
         stderr_truncated=True,
         failure=Failure("ZeroDivisionError: division by zero", "ZeroDivisionError", "Traceback\n"),
     )
@@ -55,7 +59,9 @@ def test_entry_has_header_then_output() -> None:
 def test_appends_runs_to_the_jobs_file(tmp_path: Path) -> None:
     log = CallbackLog(tmp_path, max_bytes=1 << 20)
     for n in range(3):
-        path = log.append(invocation(), RunResult(f"inv-{n}", Outcome.SUCCEEDED, stdout=f"run {n}"), WHEN)
+        path = log.append(
+            invocation(), RunResult(f"inv-{n}", Outcome.SUCCEEDED, stdout=f"run {n}"), WHEN
+        )
     assert path == tmp_path / "job/5000/5042/5042.cb"
     text = path.read_text()
     assert re.findall(r"invocation=(\S+)", text) == ["inv-0", "inv-1", "inv-2"]

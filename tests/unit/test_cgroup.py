@@ -41,7 +41,9 @@ def test_v1_puts_each_limit_in_its_own_hierarchy(v1_root: Path) -> None:
 
     pool = f"cbexec-{os.getpid()}"
     assert (v1_root / "pids" / pool / "cell-1" / "pids.max").read_text() == "16"
-    assert (v1_root / "memory" / pool / "cell-1" / "memory.limit_in_bytes").read_text() == str(256 << 20)
+    assert (v1_root / "memory" / pool / "cell-1" / "memory.limit_in_bytes").read_text() == str(
+        256 << 20
+    )
     assert (v1_root / "memory" / pool / "cell-1" / "memory.swappiness").read_text() == "0"
     assert cgroups.procs_files(1) == sorted(
         str(v1_root / c / pool / "cell-1" / "cgroup.procs") for c in ("memory", "pids")
@@ -83,6 +85,8 @@ def test_without_the_memory_controller_only_processes_are_capped(v1_root: Path) 
     assert not list((v1_root / "memory").glob("cbexec-*"))
 
 
-def test_no_writable_controller_means_no_cgroups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_writable_controller_means_no_cgroups(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(cgroup, "CGROUP_ROOT", tmp_path)
     assert CellCgroups.create(2) is None

@@ -16,8 +16,13 @@ NOW = 1_700_000_000.0
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("45s", NOW - 45), ("30m", NOW - 1800), ("1h", NOW - 3600), ("2d", NOW - 172_800),
-        ("1w", NOW - 604_800), ("1.5h", NOW - 5400), ("1699990000", 1_699_990_000.0),
+        ("45s", NOW - 45),
+        ("30m", NOW - 1800),
+        ("1h", NOW - 3600),
+        ("2d", NOW - 172_800),
+        ("1w", NOW - 604_800),
+        ("1.5h", NOW - 5400),
+        ("1699990000", 1_699_990_000.0),
         ("2023-11-14T22:00:00+00:00", datetime(2023, 11, 14, 22, tzinfo=UTC).timestamp()),
     ],
 )
@@ -37,10 +42,16 @@ def test_since_refuses_the_rest(text: str) -> None:
 
 def test_event_splits_into_name_type_context_extra() -> None:
     assert parse_event("complete-job-self") == {
-        "name": "complete", "type": "job", "context": "self", "extra": ""
+        "name": "complete",
+        "type": "job",
+        "context": "self",
+        "extra": "",
     }
     assert parse_event("complete-work-render-1-10") == {
-        "name": "complete", "type": "work", "context": "render", "extra": "1-10"
+        "name": "complete",
+        "type": "work",
+        "context": "render",
+        "extra": "1-10",
     }
     assert parse_event("done-job") == {"name": "done", "type": "job", "context": "", "extra": ""}
     with pytest.raises(ValueError, match="name-type"):

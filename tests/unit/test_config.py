@@ -23,10 +23,13 @@ def test_languages_accept_names_and_qube_numeric_flags() -> None:
 
 def test_toml_then_env_override(tmp_path: Path) -> None:
     toml = tmp_path / "cbexec.toml"
-    toml.write_text('bind = "127.0.0.1:6000"\nmax_concurrent = 3\n[default_limits]\nwall_seconds = 5\n')
+    toml.write_text(
+        'bind = "127.0.0.1:6000"\nmax_concurrent = 3\n[default_limits]\nwall_seconds = 5\n'
+    )
     settings = config.from_toml(config.Settings(), toml)
     settings = config.from_env(
-        settings, {"CBEXEC_MAX_CONCURRENT": "7", "CBEXEC_DEFAULT_LIMITS__CPU_SECONDS": "2", "HOME": "/x"}
+        settings,
+        {"CBEXEC_MAX_CONCURRENT": "7", "CBEXEC_DEFAULT_LIMITS__CPU_SECONDS": "2", "HOME": "/x"},
     )
     assert settings.bind == "127.0.0.1:6000"
     assert settings.max_concurrent == 7

@@ -29,7 +29,9 @@ def imported_modules(path: Path) -> set[str]:
 def test_generated_stubs_are_fresh() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--check"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
 
@@ -78,7 +80,11 @@ def test_every_language_offers_the_same_instance_verbs(monkeypatch: pytest.Monke
     monkeypatch.syspath_prepend(str(ROOT / "executor" / "child"))  # as inside the sandbox
     qb = importlib.import_module("qb")
 
-    python = {name[len("subjob"):] for name in dir(qb) if name.startswith("subjob") and name != "subjobstatus"}
+    python = {
+        name[len("subjob") :]
+        for name in dir(qb)
+        if name.startswith("subjob") and name != "subjobstatus"
+    }
     perl_source = (ROOT / "executor" / "child" / "perl" / "qb.pm").read_text()
     match = re.search(r"my @SUBJOB_VERBS = qw\(([^)]*)\)", perl_source)
     assert match is not None

@@ -14,8 +14,14 @@ from executor.sandbox.process import CapturedStream, ChildExit
 
 pytestmark = pytest.mark.unit
 
-LIMITS = Limits(cpu_seconds=2, wall_seconds=5, memory_bytes=1 << 28, output_bytes=1024, max_processes=8,
-                disk_bytes=1 << 20)
+LIMITS = Limits(
+    cpu_seconds=2,
+    wall_seconds=5,
+    memory_bytes=1 << 28,
+    output_bytes=1024,
+    max_processes=8,
+    disk_bytes=1 << 20,
+)
 
 
 def exited(code: int) -> int:
@@ -50,7 +56,10 @@ def child(status: int = 0, done: dict[str, Any] | None = None, **fields: Any) ->
         (child(exited(7)), Outcome.FAILED),
         # The memory cgroup's OOM killer: a failure after a kill is a memory failure.
         (child(killed(signal.SIGKILL), oom_kills=1), Outcome.MEMORY_LIMIT),
-        (child(exited(1), {"status": "exception", "message": "x"}, oom_kills=2), Outcome.MEMORY_LIMIT),
+        (
+            child(exited(1), {"status": "exception", "message": "x"}, oom_kills=2),
+            Outcome.MEMORY_LIMIT,
+        ),
         (child(exited(0), {"status": "ok"}, oom_kills=1), Outcome.SUCCEEDED),
         (child(killed(signal.SIGXCPU), oom_kills=1), Outcome.CPU_LIMIT),
         (child(killed(signal.SIGKILL), {"status": "ok"}, timed_out=True), Outcome.WALL_TIMEOUT),

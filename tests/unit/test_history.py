@@ -38,8 +38,13 @@ def invocation(inv_id: str, job_id: int = 10, callback_id: int = 1) -> Invocatio
 def result(inv_id: str, outcome: Outcome = Outcome.SUCCEEDED) -> RunResult:
     failure = None if outcome is Outcome.SUCCEEDED else Failure("boom", "ValueError", "tb")
     return RunResult(
-        inv_id, outcome, exit_code=0 if failure is None else 1, stdout="out\n", stderr="err",
-        failure=failure, usage=Usage(0.5, 0.25, 4096, 0.01),
+        inv_id,
+        outcome,
+        exit_code=0 if failure is None else 1,
+        stdout="out\n",
+        stderr="err",
+        failure=failure,
+        usage=Usage(0.5, 0.25, 4096, 0.01),
         actions=(ActionRecord("unblock", "10", True, "ok"),),
     )
 
@@ -68,7 +73,10 @@ def test_record_and_get_keeps_everything(history: RunHistory) -> None:
     run = history.get("a")
     assert run is not None
     assert (run.job_id, run.callback_id, run.triggers, run.language) == (
-        10, 1, "complete-job-self", "python"
+        10,
+        1,
+        "complete-job-self",
+        "python",
     )
     assert run.outcome is Outcome.FAILED
     assert run.started_at == 1000.0
@@ -87,9 +95,7 @@ def test_list_filters_and_order(history: RunHistory) -> None:
     assert [r.invocation_id for r in history.list_runs(job_id=1)] == ["new", "old"]
     assert [r.invocation_id for r in history.list_runs(outcome=Outcome.FAILED)] == ["new", "mid"]
     assert [r.invocation_id for r in history.list_runs(since=200.0)] == ["new", "mid"]
-    assert [r.invocation_id for r in history.list_runs(job_id=1, outcome=Outcome.FAILED)] == [
-        "new"
-    ]
+    assert [r.invocation_id for r in history.list_runs(job_id=1, outcome=Outcome.FAILED)] == ["new"]
     assert [r.invocation_id for r in history.list_runs(limit=1)] == ["new"]
     assert all(r.result is None for r in history.list_runs())
 

@@ -20,7 +20,9 @@ def test_zero_fields_take_the_default_and_others_are_kept() -> None:
 
 
 def test_above_the_cap_names_the_limit_and_the_cap() -> None:
-    with pytest.raises(InvalidRequestError, match=r"limits.max_processes = 999 exceeds the server's cap of 256"):
+    with pytest.raises(
+        InvalidRequestError, match=r"limits.max_processes = 999 exceeds the server's cap of 256"
+    ):
         merge(Limits(0, 0, 0, 0, 999, 0), DEFAULT, CAP)
 
 

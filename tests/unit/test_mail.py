@@ -28,17 +28,40 @@ from executor.mail import (
 pytestmark = pytest.mark.unit
 
 JOB: dict[str, Any] = {
-    "id": 42, "name": "comp", "label": "render", "status": "complete", "user": "alice",
-    "pgrp": 40, "priority": 9999, "prototype": "cmdline", "mailaddress": "",
-    "timesubmit": 1_700_000_000, "timestart": 1_700_000_060, "timecomplete": 1_700_003_725,
+    "id": 42,
+    "name": "comp",
+    "label": "render",
+    "status": "complete",
+    "user": "alice",
+    "pgrp": 40,
+    "priority": 9999,
+    "prototype": "cmdline",
+    "mailaddress": "",
+    "timesubmit": 1_700_000_000,
+    "timestart": 1_700_000_060,
+    "timecomplete": 1_700_003_725,
     "agenda": [
-        {"name": "1", "status": "complete", "host": "node1", "subid": 0, "count": 1,
-         "resultpackage": {"outputPaths": "/out/1.exr"}},
-        {"name": "2", "status": "failed", "host": "node2", "subid": 1, "count": 2,
-         "resultpackage": {}},
+        {
+            "name": "1",
+            "status": "complete",
+            "host": "node1",
+            "subid": 0,
+            "count": 1,
+            "resultpackage": {"outputPaths": "/out/1.exr"},
+        },
+        {
+            "name": "2",
+            "status": "failed",
+            "host": "node2",
+            "subid": 1,
+            "count": 2,
+            "resultpackage": {},
+        },
     ],
-    "subjobs": [{"id": 0, "status": "complete", "host": "node1"},
-                {"id": 1, "status": "failed", "host": "node2"}],
+    "subjobs": [
+        {"id": 0, "status": "complete", "host": "node1"},
+        {"id": 1, "status": "failed", "host": "node2"},
+    ],
 }
 
 
@@ -87,8 +110,10 @@ def test_unset_times_are_empty() -> None:
     [
         ({"user": "alice", "mailaddress": ""}, ["alice@studio.example"]),
         ({"user": "alice", "mailaddress": "lead@x.org"}, ["lead@x.org"]),
-        ({"user": "alice", "mailaddress": "lead@x.org, bob;carol dave@y.org"},
-         ["lead@x.org", "bob@studio.example", "carol@studio.example", "dave@y.org"]),
+        (
+            {"user": "alice", "mailaddress": "lead@x.org, bob;carol dave@y.org"},
+            ["lead@x.org", "bob@studio.example", "carol@studio.example", "dave@y.org"],
+        ),
     ],
 )
 def test_recipients(job: dict[str, Any], expected: list[str]) -> None:
@@ -102,8 +127,14 @@ def test_no_recipient_is_an_error() -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_kind_renders(kind: Any) -> None:
-    message = render(kind, JOB, JOB["agenda"][0], JOB["subjobs"][0], "done-job-self",
-                     MailSettings(sender="farm@studio.example"))
+    message = render(
+        kind,
+        JOB,
+        JOB["agenda"][0],
+        JOB["subjobs"][0],
+        "done-job-self",
+        MailSettings(sender="farm@studio.example"),
+    )
 
     assert message["From"] == "farm@studio.example"
     assert message["To"] == "alice@localhost"
@@ -194,7 +225,9 @@ def test_file_delivery_failure_is_a_mail_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
 
     with pytest.raises(MailError, match="could not store"):
-        Mailer(MailSettings(directory=tmp_path / "file")).deliver(render("job", JOB, None, None, ""))
+        Mailer(MailSettings(directory=tmp_path / "file")).deliver(
+            render("job", JOB, None, None, "")
+        )
 
 
 # -- SMTP delivery against a small real server ------------------------------------------------
@@ -215,7 +248,9 @@ class SmtpServer:
 
 
 async def _serve_smtp(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sessions: list[SmtpSession],
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    sessions: list[SmtpSession],
     refuse: set[str],
 ) -> None:
     """Just enough SMTP (RFC 5321) for smtplib: EHLO/HELO, MAIL, RCPT, DATA, QUIT."""
@@ -271,8 +306,13 @@ async def smtp_server() -> AsyncIterator[SmtpServer]:
 
 
 async def test_smtp_delivery_reaches_the_server(smtp_server: SmtpServer) -> None:
-    settings = MailSettings(delivery="smtp", smtp_host="127.0.0.1", smtp_port=smtp_server.port,
-                            sender="qube@farm.example", smtp_timeout_seconds=5)
+    settings = MailSettings(
+        delivery="smtp",
+        smtp_host="127.0.0.1",
+        smtp_port=smtp_server.port,
+        sender="qube@farm.example",
+        smtp_timeout_seconds=5,
+    )
     job = dict(JOB, mailaddress="lead@studio.example, bob")
     message = render("job", job, None, None, "done-job-self", settings)
 
@@ -285,12 +325,13 @@ async def test_smtp_delivery_reaches_the_server(smtp_server: SmtpServer) -> None
     assert session.rcpt_to == ["lead@studio.example", "bob@localhost"]
     received = parse(session.data)
     assert received["Subject"] == "[qube] job 42 (comp) is complete"
-    assert "Job 42 \"comp\" of alice is complete." in received.get_content()
+    assert 'Job 42 "comp" of alice is complete.' in received.get_content()
 
 
 async def test_smtp_refusing_every_recipient_is_a_mail_error(smtp_server: SmtpServer) -> None:
-    settings = MailSettings(delivery="smtp", smtp_host="127.0.0.1", smtp_port=smtp_server.port,
-                            smtp_timeout_seconds=5)
+    settings = MailSettings(
+        delivery="smtp", smtp_host="127.0.0.1", smtp_port=smtp_server.port, smtp_timeout_seconds=5
+    )
     message = render("job", dict(JOB, user="nobody"), None, None, "", settings)
 
     with pytest.raises(MailError, match="could not send the mail"):
@@ -301,8 +342,9 @@ async def test_smtp_connection_refused_is_a_mail_error() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    settings = MailSettings(delivery="smtp", smtp_host="127.0.0.1", smtp_port=port,
-                            smtp_timeout_seconds=5)
+    settings = MailSettings(
+        delivery="smtp", smtp_host="127.0.0.1", smtp_port=port, smtp_timeout_seconds=5
+    )
 
     with pytest.raises(MailError, match=f"smtp://127.0.0.1:{port}"):
         await asyncio.to_thread(Mailer(settings).deliver, render("job", JOB, None, None, ""))

@@ -26,8 +26,12 @@ def test_histogram_rejects_unsorted_bounds() -> None:
 
 def test_runs_by_outcome_and_latencies() -> None:
     metrics = Metrics(bounds_s=(0.01, 1.0))
-    metrics.observe(RunResult("a", Outcome.SUCCEEDED, usage=Usage(wall_seconds=0.5, queue_seconds=0.001)))
-    metrics.observe(RunResult("b", Outcome.SUCCEEDED, usage=Usage(wall_seconds=2.0, queue_seconds=0.5)))
+    metrics.observe(
+        RunResult("a", Outcome.SUCCEEDED, usage=Usage(wall_seconds=0.5, queue_seconds=0.001))
+    )
+    metrics.observe(
+        RunResult("b", Outcome.SUCCEEDED, usage=Usage(wall_seconds=2.0, queue_seconds=0.5))
+    )
     metrics.observe(RunResult("c", Outcome.WALL_TIMEOUT, usage=Usage(wall_seconds=30.0)))
     metrics.note_rejected()
     snapshot = metrics.snapshot(

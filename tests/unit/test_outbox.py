@@ -131,7 +131,9 @@ async def test_retries_while_down_then_delivers_everything_once(
     outbox.start()
     for n in range(20):
         outbox.put(f"k{n}", payload(n))
-    assert await eventually(lambda: receiver.calls["k0"] >= 3), "kept retrying the head of the queue"
+    assert await eventually(lambda: receiver.calls["k0"] >= 3), (
+        "kept retrying the head of the queue"
+    )
     assert outbox.pending() == 20
     assert receiver.calls["k1"] == 0, "never skipped ahead of an undelivered result"
     receiver.down = False

@@ -20,6 +20,7 @@ from tests.helpers.supervisor_port import ReferencePort, invocation_for
 
 pytestmark = pytest.mark.unit
 
+
 @pytest.fixture
 def supervisor() -> Iterator[ReferenceSupervisor]:
     with ReferenceSupervisor() as store:
@@ -37,14 +38,23 @@ def interpreter(mail_dir: Path) -> QubeInterpreter:
 
 
 def submit(supervisor: ReferenceSupervisor, **fields: Any) -> int:
-    job = {"name": "comp", "user": "alice", "status": "blocked", "cpus": 2,
-           "agenda": [{"name": str(n), "status": "blocked"} for n in range(1, 4)], **fields}
+    job = {
+        "name": "comp",
+        "user": "alice",
+        "status": "blocked",
+        "cpus": 2,
+        "agenda": [{"name": str(n), "status": "blocked"} for n in range(1, 4)],
+        **fields,
+    }
     (stored,) = supervisor.submit([job])
     return int(stored["id"])
 
 
 async def run(
-    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor, job_id: int, code: str,
+    interpreter: QubeInterpreter,
+    supervisor: ReferenceSupervisor,
+    job_id: int,
+    code: str,
     **context: Any,
 ) -> RunResult:
     invocation = invocation_for(supervisor.job(job_id), code, **context)
@@ -73,8 +83,13 @@ def mails(mail_dir: Path) -> list[EmailMessage]:
 
 def test_code_strings_cover_the_documented_table() -> None:
     assert len(CODE_STRINGS) == len(set(CODE_STRINGS)) == 30
-    for code in ("unblock-self", "fail-work-self", "resume-subjob-self",
-                 "unblock-subjob-self-single", "mail-report-status"):
+    for code in (
+        "unblock-self",
+        "fail-work-self",
+        "resume-subjob-self",
+        "unblock-subjob-self-single",
+        "mail-report-status",
+    ):
         assert code in CODE_STRINGS
 
 
@@ -148,7 +163,10 @@ async def test_several_code_strings_run_in_order(
     assert result.outcome is Outcome.SUCCEEDED, result.failure
     assert [a.verb for a in result.actions] == ["unblock", "block", "unblock"]
     assert [line.split(":")[0] for line in result.stdout.splitlines()] == [
-        "unblock-self", "block-self", "unblock-self"]
+        "unblock-self",
+        "block-self",
+        "unblock-self",
+    ]
     assert supervisor.job(job_id)["status"] == "pending"
 
 
@@ -263,9 +281,7 @@ async def test_unblock_subjob_self_single_unblocks_only_the_triggering_instance(
 ) -> None:
     job_id = submit(supervisor)
 
-    result = await run(
-        interpreter, supervisor, job_id, "unblock-subjob-self-single", subjob_id=1
-    )
+    result = await run(interpreter, supervisor, job_id, "unblock-subjob-self-single", subjob_id=1)
 
     assert result.outcome is Outcome.SUCCEEDED, result.failure
     assert instance_statuses(supervisor, job_id) == {0: "blocked", 1: "pending"}

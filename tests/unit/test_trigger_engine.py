@@ -156,7 +156,9 @@ async def test_repeated_event_id_is_ignored(tmp_path: Path) -> None:
     engine = engine_at(tmp_path, recorder)
     engine.register_job(job(3, ("complete-job-1", "x")))
     await engine.publish(EventOccurrence("complete", "job", 1, event_id="e1"), wait=True)
-    _, duplicate = await engine.publish(EventOccurrence("complete", "job", 1, event_id="e1"), wait=True)
+    _, duplicate = await engine.publish(
+        EventOccurrence("complete", "job", 1, event_id="e1"), wait=True
+    )
     assert duplicate and len(recorder.runs) == 1
 
 
