@@ -9,7 +9,7 @@ from typing import Final
 from executor.errors import InvalidRequestError
 from executor.model import (
     CallbackSpec,
-    EventSpec,
+    Event,
     Invocation,
     Limits,
     Outcome,
@@ -32,10 +32,10 @@ def _limits(message: executor_pb2.Limits) -> Limits:
     return Limits(**{f.name: getattr(message, f.name) for f in dataclasses.fields(Limits)})
 
 
-def event_message(event: EventSpec) -> types_pb2.Event:
-    """The wire form of a triggering event."""
+def event_message(event: Event) -> types_pb2.Event:
+    """The wire form of a triggering event: the job id as context, the item as extra."""
     return types_pb2.Event(
-        name=event.name, type=event.type, context=event.context, extra=event.extra
+        name=event.name, type=event.type, context=event.context, extra=event.item
     )
 
 
@@ -57,11 +57,11 @@ def invocation_from_request(
     if not request.HasField("context") or not request.context.job.id:
         raise InvalidRequestError("context.job.id is required: a callback runs in a job's context")
     context = request.context
+    job_id = context.job.id
     event = None
     if context.HasField("event") and context.event.name:
-        event = EventSpec(
-            context.event.name, context.event.type, context.event.context, context.event.extra
-        )
+        wire = context.event
+        event = Event.from_atom_form(wire.name, wire.type, wire.context, wire.extra, job_id=job_id)
     return Invocation(
         invocation_id=request.invocation_id or str(uuid.uuid4()),
         callback=CallbackSpec(

@@ -30,7 +30,7 @@ from typing import Any, Final
 
 from executor.model import (
     ActionRecord,
-    EventSpec,
+    Event,
     Failure,
     Invocation,
     Outcome,
@@ -83,7 +83,7 @@ class RunRecord:
     outcome: Outcome
     started_at: float
     usage: Usage
-    event: EventSpec | None = None
+    event: Event | None = None
     work_name: str = ""
     result: RunResult | None = None
 
@@ -132,8 +132,8 @@ def result_from_json(text: str) -> RunResult:
     )
 
 
-def _event_json(event: EventSpec | None) -> str | None:
-    return None if event is None else json.dumps(_plain(event), separators=(",", ":"))
+def _event_json(event: Event | None) -> str | None:
+    return None if event is None else json.dumps(event.as_dict(), separators=(",", ":"))
 
 
 class RunHistory:
@@ -269,7 +269,7 @@ class RunHistory:
 
     @staticmethod
     def _record(row: sqlite3.Row, result: RunResult | None = None) -> RunRecord:
-        event = EventSpec(**json.loads(row["event"])) if row["event"] else None
+        event = Event.from_dict(json.loads(row["event"])) if row["event"] else None
         return RunRecord(
             invocation_id=row["invocation_id"],
             job_id=row["job_id"],

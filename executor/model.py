@@ -52,14 +52,111 @@ class CallbackSpec:
     maximum: int = 0
 
 
+# Event types whose occurrences name an item of the job (work name, instance, host).
+ITEM_EVENT_TYPES = frozenset({"work", "subjob", "host"})
+
+
 @dataclass(frozen=True, slots=True)
-class EventSpec:
-    """A trigger event occurrence: name-type-context-extra."""
+class Event:
+    """One occurrence of a state transition (or a clock tick), from the edge to the firing.
+
+    The one shape an event has inside the executor: a published event, the event a
+    firing runs with (stored with it), the triggering event of an Execute request, the
+    run history's record and what ``qb.event()`` shows are all this.
+
+    Attributes:
+        name: complete, failed, killed, running, ... (``done`` is derived, never an
+            occurrence); ``dummy`` for clock events.
+        type: job, work, subjob, host; time, repeat, globaltime, globalrepeat for clocks.
+        job_id: The job it happened to; 0 for a global clock event.
+        work_name: The agenda item, for work events.
+        subjob_id: The instance, for subjob events; -1 when none.
+        host: The host, for host events.
+        extra: A clock event's time (``T`` or ``T-interval``, Qube time).
+        event_id: The publisher's idempotency key; "" when none.
+    """
 
     name: str
     type: str
-    context: str = ""
+    job_id: int = 0
+    work_name: str = ""
+    subjob_id: int = -1
+    host: str = ""
     extra: str = ""
+    event_id: str = ""
+
+    @property
+    def item(self) -> str:
+        """What a trigger atom's extra names: work name, instance id, host or clock time."""
+        if self.type == "work":
+            return self.work_name
+        if self.type == "subjob":
+            return str(self.subjob_id)
+        if self.type == "host":
+            return self.host
+        return self.extra
+
+    @property
+    def context(self) -> str:
+        """The job it happened to, as an atom's context names it ("" for global events)."""
+        return str(self.job_id) if self.job_id else ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The plain form stored with a firing or a run (``from_dict`` reads it back)."""
+        return {
+            "name": self.name,
+            "type": self.type,
+            "job_id": self.job_id,
+            "work_name": self.work_name,
+            "subjob_id": self.subjob_id,
+            "host": self.host,
+            "extra": self.extra,
+            "event_id": self.event_id,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Event:
+        """Read ``as_dict``'s form; also the ``{name, type, context, extra}`` form of older runs."""
+        if "job_id" not in data:
+            return cls.from_atom_form(
+                str(data.get("name", "")),
+                str(data.get("type", "")),
+                str(data.get("context", "")),
+                str(data.get("extra", "")),
+                job_id=0,
+            )
+        return cls(
+            name=str(data["name"]),
+            type=str(data["type"]),
+            job_id=int(data["job_id"]),
+            work_name=str(data.get("work_name", "")),
+            subjob_id=int(data.get("subjob_id", -1)),
+            host=str(data.get("host", "")),
+            extra=str(data.get("extra", "")),
+            event_id=str(data.get("event_id", "")),
+        )
+
+    @classmethod
+    def from_atom_form(
+        cls, name: str, type_: str, context: str, extra: str, *, job_id: int
+    ) -> Event:
+        """The event a ``name-type-context-extra`` description names.
+
+        ``context`` is a job id, or anything else (``self``, a label) meaning ``job_id``;
+        ``extra`` is the item (work name, instance, host) or a clock time, by type.
+        """
+        if context.isascii() and context.isdigit():
+            job_id = int(context)
+        subjob = extra.strip()
+        return cls(
+            name=name,
+            type=type_,
+            job_id=job_id,
+            work_name=extra if type_ == "work" else "",
+            subjob_id=int(subjob) if type_ == "subjob" and subjob.lstrip("-").isdigit() else -1,
+            host=extra if type_ == "host" else "",
+            extra="" if type_ in ITEM_EVENT_TYPES else extra,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +167,7 @@ class Invocation:
     callback: CallbackSpec
     job: dict[str, Any]
     limits: Limits
-    event: EventSpec | None = None
+    event: Event | None = None
     work_name: str = ""
     subjob_id: int = -1
 
@@ -91,7 +188,7 @@ class Invocation:
                 "name": self.event.name,
                 "type": self.event.type,
                 "context": self.event.context,
-                "extra": self.event.extra,
+                "extra": self.event.item,
             }
         return {
             "job": self.job,

@@ -32,7 +32,7 @@ from typing import Any, Final
 
 from executor import triggers
 from executor.errors import InvalidRequestError
-from executor.model import CallbackSpec, EventSpec, Invocation, Limits, RunResult
+from executor.model import CallbackSpec, Event, Invocation, Limits, RunResult
 from executor.triggers.evaluate import EventOccurrence
 from executor.triggers.store import NewAtom, PendingFiring, StoredCallback, TriggerStore
 from executor.triggers.universal import UniversalCallback, UniversalConfigError, load_universal
@@ -331,7 +331,7 @@ class TriggerEngine:
             ),
             job=job,
             limits=self._limits,
-            event=EventSpec(event["name"], event["type"], str(event["job_id"]), _item(event)),
+            event=Event.from_dict(event),
             work_name=str(event.get("work_name") or ""),
             subjob_id=int(event.get("subjob_id", -1)),
         )
@@ -410,11 +410,3 @@ class TriggerEngine:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-
-
-def _item(event: dict[str, Any]) -> str:
-    if event.get("type") == "work":
-        return str(event.get("work_name") or "")
-    if event.get("type") == "subjob":
-        return str(event.get("subjob_id"))
-    return str(event.get("host") or event.get("extra") or "")

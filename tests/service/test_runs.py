@@ -74,7 +74,7 @@ async def test_list_runs_filters_newest_first(stack: Stack) -> None:
     assert ids(everything) == [ok_b.invocation_id, bad_a.invocation_id, ok_a.invocation_id]
     first = everything.runs[2]
     assert (first.job_id, first.language, first.work_name) == (101, "python", "7")
-    assert (first.event.name, first.event.type, first.event.context) == ("complete", "job", "self")
+    assert (first.event.name, first.event.type, first.event.context) == ("complete", "job", "101")
     assert first.outcome == executor_pb2.OUTCOME_SUCCEEDED
     assert first.usage.wall_seconds > 0 and first.usage.peak_rss_bytes > 0
     assert abs(first.started_at - time.time()) < 60

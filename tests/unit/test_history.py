@@ -10,7 +10,7 @@ from executor.history import RunHistory, result_from_json, result_to_json
 from executor.model import (
     ActionRecord,
     CallbackSpec,
-    EventSpec,
+    Event,
     Failure,
     Invocation,
     Limits,
@@ -30,7 +30,7 @@ def invocation(inv_id: str, job_id: int = 10, callback_id: int = 1) -> Invocatio
         callback=CallbackSpec("python", "print(1)", "complete-job-self", callback_id),
         job={"id": job_id},
         limits=LIMITS,
-        event=EventSpec("complete", "job", "self"),
+        event=Event("complete", "job", 10),
         work_name="5",
     )
 
@@ -81,7 +81,7 @@ def test_record_and_get_keeps_everything(history: RunHistory) -> None:
     assert run.outcome is Outcome.FAILED
     assert run.started_at == 1000.0
     assert run.usage == Usage(0.5, 0.25, 4096, 0.01)
-    assert run.event == EventSpec("complete", "job", "self")
+    assert run.event == Event("complete", "job", 10)
     assert run.work_name == "5"
     assert run.result == result("a", Outcome.FAILED)
     assert history.get("nope") is None
