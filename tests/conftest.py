@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -46,7 +47,13 @@ class Stack:
 def stack_settings(data_dir: Path, **overrides: object) -> Settings:
     """Settings for tests: loopback, ephemeral port, short grace."""
     base = Settings(
-        bind="127.0.0.1:0", data_dir=data_dir, max_concurrent=4, max_queue=64, grace_seconds=0.3
+        bind="127.0.0.1:0",
+        data_dir=data_dir,
+        max_concurrent=4,
+        max_queue=64,
+        grace_seconds=0.3,
+        # Two suites run side by side on one host (two checkouts) keep their sandbox uids apart.
+        sandbox_uid_base=int(os.environ.get("CBEXEC_TEST_UID_BASE", "64000")),
     )
     return base.replace(**overrides)
 
