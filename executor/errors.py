@@ -2,6 +2,7 @@
 
 ExecutorError
  +-- InvalidRequestError      the request is malformed or asks for more than the caps
+ +-- NotFoundError            the request names something the executor does not have
  +-- CapacityError            every slot is busy and the queue is full
  +-- UnavailableError         draining, or a child could not be started
  +-- ConfigError              settings that cannot work, naming the setting
@@ -17,6 +18,10 @@ class ExecutorError(Exception):
 
 class InvalidRequestError(ExecutorError):
     """The request cannot be run as given; the message names the field."""
+
+
+class NotFoundError(ExecutorError):
+    """The request names a run, job or callback the executor does not know."""
 
 
 class CapacityError(ExecutorError):

@@ -15,15 +15,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import grpc
-
 from executor.callback_log import CallbackLog
 from executor.config import Settings
 from executor.history import RunHistory
 from executor.metrics import Metrics
 from executor.model import Invocation, RunResult
-from executor.outbox import Outbox
-from executor.reporting import GrpcReportTransport, report_request
+from executor.outbox import Outbox, Transport
+
+# Serializes one finished run's report for the outbox (the api layer knows the format).
+ReportEncoder = Callable[[Invocation, RunResult], bytes]
 
 logger = logging.getLogger(__name__)
 
@@ -43,22 +43,34 @@ class Recorder:
         callback_log: CallbackLog,
         metrics: Metrics,
         outbox: Outbox | None,
+        encode_report: ReportEncoder | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if outbox is not None and encode_report is None:
+            raise ValueError("an outbox needs encode_report")
         self.history = history
         self.callback_log = callback_log
         self.metrics = metrics
         self.outbox = outbox
+        self._encode_report = encode_report
         self._clock = clock
 
     @classmethod
     def open(
-        cls, settings: Settings, supervisor_channel: grpc.aio.Channel, metrics: Metrics
+        cls,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        transport: Transport | None,
+        encode_report: ReportEncoder | None,
     ) -> Recorder:
-        """The sinks the settings describe, with their files under ``data_dir``."""
+        """The sinks the settings describe, with their files under ``data_dir``.
+
+        ``transport`` and ``encode_report`` report each run to the supervisor through the
+        outbox; without a transport (``report_results = false``) nothing is reported.
+        """
         outbox = None
-        if settings.report_results:
-            transport = GrpcReportTransport(supervisor_channel, settings.supervisor_timeout_seconds)
+        if transport is not None:
             outbox = Outbox(settings.data_dir / "outbox.db", transport)
         return cls(
             history=RunHistory(
@@ -69,15 +81,15 @@ class Recorder:
             callback_log=CallbackLog(callback_log_dir(settings), settings.callback_log_max_bytes),
             metrics=metrics,
             outbox=outbox,
+            encode_report=encode_report,
         )
 
     def on_result(self, invocation: Invocation, result: RunResult) -> None:
         """Record one finished run (called by the dispatcher on the event loop)."""
         now = self._clock()
-        if self.outbox is not None:
+        if self.outbox is not None and self._encode_report is not None:
             try:
-                payload = report_request(invocation, result).SerializeToString()
-                self.outbox.put(result.invocation_id, payload)
+                self.outbox.put(result.invocation_id, self._encode_report(invocation, result))
             except Exception:
                 logger.exception(
                     "result of %s could NOT be queued for the supervisor", result.invocation_id

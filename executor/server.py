@@ -1,330 +1,191 @@
-"""Assemble and run the gRPC server: sandbox probe, dispatcher, services, graceful stop.
+"""Assembly: settings -> sandbox -> supervisor -> records -> dispatcher -> triggers -> api.
+
+Every part is entered on one ``AsyncExitStack``: a start that fails part-way (a port
+already taken, a bad TLS file) unwinds exactly what was started, and a stop is the same
+unwinding, in the order the parts were pushed, reversed. The pushes below are arranged
+so that a stop goes: embedded supervisor's forwarding stops, health says NOT_SERVING,
+the dispatcher drains (runs in flight end KILLED "the executor is shutting down", are
+recorded, and their callers get that answer), the trigger engine stops, the gRPC server
+stops (its calls in flight finish), results still in the outbox get a moment to reach
+the supervisor, then the children's helpers, databases, channels and cgroups close.
 
 With no ``supervisor`` address configured, the embedded reference supervisor (SQLite in
-the data dir) is served on the same port and the executor talks to it over loopback,
-the same code path a site's remote supervisor takes.
+the data dir) is served on a private socket and the executor talks to it over gRPC, the
+same code path a site's remote supervisor takes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
-import os
 import signal
-import site
-import subprocess
 import sys
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
+from contextlib import AsyncExitStack
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
-from executor import security
-from executor.child.isolation import under
+from executor.api import edge as api_edge
+from executor.api import embedded as api_embedded
+from executor.api import security
+from executor.api.reporting import GrpcReportTransport, encode_report
+from executor.api.supervisor import GrpcSupervisor
 from executor.config import Settings
 from executor.dispatcher import Dispatcher
-from executor.errors import ConfigError
 from executor.metrics import Metrics
 from executor.qube_language import QubeInterpreter
 from executor.recorder import Recorder
-from executor.runs_rpc import CapacityCounter, RunsService
-from executor.runtimes import CHILD_DIR
-from executor.sandbox.cgroup import CellCgroups
-from executor.sandbox.process import IsolationPlan, SandboxOptions, SandboxRunner
+from executor.sandbox.process import SandboxOptions, SandboxRunner
 from executor.sandbox.spawners import ColdSpawner, Spawner, ZygoteSpawner
-from executor.servicer import CallbackExecutorServicer
-from executor.supervisor_link import GrpcSupervisor
+from executor.sandbox.tier import describe_tier, sandbox_options
 from executor.triggers.engine import TriggerEngine
 from executor.triggers.store import TriggerStore
 from supervisor_client.credentials import open_channel
-from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
-from supervisor_client.reference import ReferenceSupervisor, add_reference_supervisor
+from supervisor_client.reference import ReferenceSupervisor
 from supervisor_client.reference.forwarder import EventForwarder
 
 logger = logging.getLogger(__name__)
 
-MAX_REQUEST_BYTES: Final = 16 << 20
-# sun_path holds 108 bytes, the terminating NUL included.
-MAX_UNIX_SOCKET_PATH: Final = 107
-EXECUTOR_SERVICE: Final = executor_pb2.DESCRIPTOR.services_by_name["CallbackExecutor"].full_name
-_PROBE_PID_NAMESPACE: Final = (
-    "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); "
-    "os._exit(0 if libc.unshare(0x20000000) == 0 else 1)"
-)
-
-
-def probe_pid_namespace(python: str) -> bool:
-    """Whether a child may unshare a PID namespace here (root, or unprivileged userns)."""
-    probe = subprocess.run(  # noqa: S603 - fixed argv
-        [python, "-I", "-S", "-c", _PROBE_PID_NAMESPACE], check=False, capture_output=True
-    )
-    return probe.returncode == 0
-
-
-# World-writable places where a callback could leave files for the host or the next one.
-SHARED_WRITABLE_DIRS: Final = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")
-
-
-def _hidden_ancestors(path: str) -> list[str]:
-    """Ancestors of ``path`` that others may not traverse (e.g. /root, mode 0700)."""
-    hidden = []
-    parent = os.path.dirname(path)
-    while parent not in ("/", ""):
-        if not os.stat(parent).st_mode & 0o001:
-            hidden.append(parent)
-        parent = os.path.dirname(parent)
-    return hidden
-
-
-def isolation_plan(settings: Settings, site_paths: tuple[str, ...]) -> IsolationPlan:
-    """What a hardened child hides (data, temp dirs, closed ancestors) and keeps visible."""
-    keep = sorted(
-        {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, str(CHILD_DIR), *site_paths)}
-    )
-    masks = {str(settings.data_dir.resolve()), tempfile.gettempdir(), *SHARED_WRITABLE_DIRS}
-    for path in keep:
-        masks.update(_hidden_ancestors(path))
-    return IsolationPlan(_outermost_dirs(masks), tuple(keep), settings.sandbox_uid_base)
-
-
-def _outermost_dirs(paths: set[str]) -> tuple[str, ...]:
-    """The directories among ``paths`` that exist and lie in no other: one tmpfs covers the rest."""
-    existing = sorted((p for p in paths if os.path.isdir(p)), key=len)
-    outer = [p for i, p in enumerate(existing) if not any(under(p, o) for o in existing[:i])]
-    return tuple(sorted(outer))
-
-
-def sandbox_options(settings: Settings) -> SandboxOptions:
-    """Probe the host once and decide the sandbox tier; 'on' settings must be satisfiable."""
-    python = sys.executable
-    pid_namespace = settings.pid_namespace != "off" and probe_pid_namespace(python)
-    if settings.pid_namespace == "on" and not pid_namespace:
-        raise ConfigError("pid_namespace: 'on' but this host does not allow a PID namespace")
-    if settings.network == "none" and not pid_namespace:
-        raise ConfigError("network: 'none' needs namespaces, which this host does not allow")
-    host_network = settings.network == "host" or not pid_namespace
-    if settings.network == "auto" and host_network:
-        logger.warning(
-            "no namespaces here: callbacks share the host network, and can reach "
-            "this executor's port; set auth_token"
-        )
-    cells = SandboxRunner.cells(settings.max_concurrent)
-    cgroups = None if settings.cgroup == "off" else CellCgroups.create(cells)
-    if settings.cgroup == "on" and cgroups is None:
-        raise ConfigError("cgroup: 'on' but no writable pids or memory cgroup was found")
-    site_paths = tuple(p for p in site.getsitepackages() if os.path.isdir(p))
-    isolation = None
-    if settings.dedicated_uid != "off" and os.geteuid() == 0 and pid_namespace:
-        isolation = isolation_plan(settings, site_paths)
-    if settings.dedicated_uid == "on" and isolation is None:
-        raise ConfigError("dedicated_uid: 'on' needs root and PID namespaces")
-    return SandboxOptions(
-        isolation=isolation,
-        site_paths=site_paths,
-        pid_namespace=pid_namespace,
-        network=host_network,
-        grace_s=settings.grace_seconds,
-        cgroups=cgroups,
-    )
+# Seconds calls in flight get to finish once the server stops.
+STOP_GRACE_S: Final = 5.0
 
 
 @dataclass
 class RunningServer:
     """A started executor; ``port`` is the bound port (useful with ':0')."""
 
-    server: grpc.aio.Server
     port: int
+    options: SandboxOptions
     dispatcher: Dispatcher
     spawner: Spawner
-    health: health.aio.HealthServicer
-    supervisor_channel: grpc.aio.Channel
-    # The executor's channel to its own port (the embedded supervisor's forwarder uses it).
-    own_channel: grpc.aio.Channel
-    # The embedded supervisor's private server (a Unix socket in the data dir), if any.
-    supervisor_server: grpc.aio.Server | None
-    options: SandboxOptions
-    reference: ReferenceSupervisor | None
     engine: TriggerEngine
-    trigger_store: TriggerStore
-    engine_tasks: list[asyncio.Task[Any]]
-    # The embedded supervisor's transitions, on their way to the engine (embedded mode only).
+    recorder: Recorder
+    # The embedded reference supervisor and its forwarder (embedded mode only).
+    reference: ReferenceSupervisor | None
     forwarder: EventForwarder | None
-    # Outbox, run history, callback logs and metrics (executor/recorder.py).
-    recorder: Recorder | None = None
+    _exit_stack: AsyncExitStack = field(repr=False)
 
-    async def stop(self, grace_s: float = 5.0) -> None:
-        """Report NOT_SERVING, end running callbacks (killing their children), stop serving."""
-        for service in ("", EXECUTOR_SERVICE):
-            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-        for task in self.engine_tasks:
-            task.cancel()
-        await asyncio.gather(*self.engine_tasks, return_exceptions=True)
-        await self.engine.close()
-        await self.dispatcher.drain()
-        if self.recorder is not None:  # before server.stop: the embedded supervisor is on it
-            await self.recorder.close()
-        await self.server.stop(grace_s)
-        if self.supervisor_server is not None:
-            await self.supervisor_server.stop(grace_s)
-        await self.spawner.close()
-        self.trigger_store.close()
-        await self.supervisor_channel.close()
-        await self.own_channel.close()
-        if self.options.cgroups is not None:
-            self.options.cgroups.close()
-        if self.reference is not None:
-            self.reference.close()
+    async def stop(self) -> None:
+        """Drain and stop everything, in the order ``start`` arranged (see the module doc)."""
+        await self._exit_stack.aclose()
 
 
-def describe_tier(options: SandboxOptions) -> str:
-    """One line saying which sandbox mechanisms are active."""
-    parts = [
-        "rlimits(cpu,as,fsize,nofile,core)",
-        f"dedicated uid {options.isolation.uid_base}+cell, private mounts, "
-        "tmpfs working directory (disk_bytes quota)"
-        if options.isolation
-        else "callbacks run as the executor's uid, working directory on the host disk (no quota)",
-        "pid namespace" if options.pid_namespace else "NO pid namespace (same-uid kill risk)",
-        "pids cgroup"
-        if options.cgroups and "pids" in options.cgroups.controllers
-        else "RLIMIT_NPROC process cap (ignored for root)",
-        "memory cgroup (all processes together)"
-        if options.cgroups and "memory" in options.cgroups.controllers
-        else "NO memory cgroup (memory limit per process only)",
-        "host network" if options.network else "private network namespace",
-    ]
-    return ", ".join(parts)
-
-
-async def start_embedded_supervisor(
-    reference: ReferenceSupervisor, data_dir: Path
-) -> tuple[grpc.aio.Server, str]:
-    """Serve the reference supervisor on a private Unix socket, never on the public port.
-
-    The Supervisor service trusts the ``actor`` it is told; on the public port any client,
-    a callback with network access included, could claim to be root. The socket sits in
-    the 0700 data dir, which the hardened tier hides from callbacks.
-    """
-    socket_path = data_dir / "supervisor.sock"
-    if len(str(socket_path)) > MAX_UNIX_SOCKET_PATH:
-        socket_path = Path(tempfile.mkdtemp(prefix="cbexec-")) / "supervisor.sock"
-    socket_path.unlink(missing_ok=True)
-    address = f"unix:{socket_path}"
-    server = grpc.aio.server()
-    add_reference_supervisor(server, reference)
-    if server.add_insecure_port(address) == 0:
-        raise ConfigError(f"data_dir: cannot listen on the supervisor socket {socket_path}")
-    await server.start()
-    return server, address
+def _spawner(settings: Settings, options: SandboxOptions) -> Spawner:
+    if settings.launcher == "zygote":
+        return ZygoteSpawner(sys.executable, private_network=not options.network)
+    return ColdSpawner(sys.executable)
 
 
 async def start(settings: Settings) -> RunningServer:
     """Build and start everything the settings describe."""
-    credentials = security.server_credentials(settings)  # fail on bad TLS files before any start
-    options = sandbox_options(settings)
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    metrics = Metrics()
-    server = grpc.aio.server(
-        interceptors=[*security.server_interceptors(settings), CapacityCounter(metrics)],
-        # Above gRPC's 4 MiB default, so an oversized callback meets our own validation (a
-        # clear INVALID_ARGUMENT naming the field) instead of a transport-level refusal.
-        options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES)],
-    )
-    reference = None
-    supervisor_server = None
-    if settings.supervisor:
-        supervisor_address = settings.supervisor
-        # A remote supervisor never gets our token: it is not theirs.
-        supervisor_channel = open_channel(settings.supervisor)
-    else:
-        reference = ReferenceSupervisor(str(settings.data_dir / "supervisor.db"))
-        supervisor_server, supervisor_address = await start_embedded_supervisor(
-            reference, settings.data_dir
+    async with AsyncExitStack() as stack:
+        credentials = security.server_credentials(settings)  # bad TLS files fail first
+        options = sandbox_options(settings)
+        if options.cgroups is not None:
+            stack.callback(options.cgroups.close)
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+        embedded = None
+        if settings.supervisor:
+            # A remote supervisor never gets our token: it is not theirs.
+            supervisor_channel = open_channel(settings.supervisor)
+            stack.push_async_callback(supervisor_channel.close)
+        else:
+            embedded = await api_embedded.start(settings.data_dir)
+            stack.push_async_callback(embedded.close, STOP_GRACE_S)
+            supervisor_channel = embedded.channel
+
+        metrics = Metrics()
+        transport = None
+        if settings.report_results:
+            transport = GrpcReportTransport(supervisor_channel, settings.supervisor_timeout_seconds)
+        recorder = Recorder.open(
+            settings, metrics, transport=transport, encode_report=encode_report
         )
-        supervisor_channel = grpc.aio.insecure_channel(supervisor_address)
-    port = security.add_port(server, settings, credentials)
-    if port == 0:
-        raise ConfigError(f"bind: could not listen on {settings.bind}")
-    own_channel = security.own_channel(server, settings, port)
-    recorder = Recorder.open(settings, supervisor_channel, metrics)
-    spawner: Spawner = (
-        ZygoteSpawner(sys.executable, private_network=not options.network)
-        if settings.launcher == "zygote"
-        else ColdSpawner(sys.executable)
-    )
-    dispatcher = Dispatcher(
-        runner=SandboxRunner(options, spawner, prepare_ahead=settings.prepare_ahead),
-        supervisor=GrpcSupervisor(supervisor_channel, settings.supervisor_timeout_seconds),
-        qube=QubeInterpreter(settings.mail_settings),
-        languages=settings.languages,
-        max_concurrent=settings.max_concurrent,
-        max_queue=settings.max_queue,
-        on_result=recorder.on_result,
-    )
-    trigger_store = TriggerStore(str(settings.data_dir / "triggers.db"))
-    engine = TriggerEngine(
-        trigger_store,
-        dispatcher.execute,
-        limits=settings.default_limits,
-        universal_dirs=settings.universal_callback_dirs,
-    )
-    engine.reload_universal()
-    executor_pb2_grpc.add_CallbackExecutorServicer_to_server(
-        CallbackExecutorServicer(
-            dispatcher, settings, engine, runs=RunsService(recorder, dispatcher, engine.stats)
-        ),
-        server,
-    )
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    services = [EXECUTOR_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
-    reflection.enable_server_reflection(services, server)
-    await server.start()
-    recorder.start()
-    logger.info("endpoint security: %s", security.describe(settings))
-    for service in ("", EXECUTOR_SERVICE):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    logger.info(
-        "serving on port %d; supervisor %s; sandbox: %s, %s launcher; languages: %s; slots %d, queue %d",
-        port,
-        "embedded" if reference else supervisor_address,
-        describe_tier(options),
-        settings.launcher,
-        ",".join(sorted(settings.languages)),
-        settings.max_concurrent,
-        settings.max_queue,
-    )
-    engine_tasks = [
-        asyncio.create_task(engine.resume_pending()),
-        asyncio.create_task(engine.run_timers()),
-    ]
-    forwarder = None
-    if reference is not None:
-        # The embedded supervisor talks to us as any supervisor would: over gRPC.
-        forwarder = EventForwarder(reference, own_channel)
-        engine_tasks.append(asyncio.create_task(forwarder.run()))
-    return RunningServer(
-        server,
-        port,
-        dispatcher,
-        spawner,
-        health_servicer,
-        supervisor_channel,
-        own_channel,
-        supervisor_server,
-        options,
-        reference,
-        engine,
-        trigger_store,
-        engine_tasks,
-        forwarder,
-        recorder,
-    )
+        stack.push_async_callback(recorder.close)
+
+        spawner = _spawner(settings, options)
+        stack.push_async_callback(spawner.close)
+        dispatcher = Dispatcher(
+            runner=SandboxRunner(options, spawner, prepare_ahead=settings.prepare_ahead),
+            supervisor=GrpcSupervisor(supervisor_channel, settings.supervisor_timeout_seconds),
+            qube=QubeInterpreter(settings.mail_settings),
+            languages=settings.languages,
+            max_concurrent=settings.max_concurrent,
+            max_queue=settings.max_queue,
+            on_result=recorder.on_result,
+        )
+
+        trigger_store = TriggerStore(str(settings.data_dir / "triggers.db"))
+        stack.callback(trigger_store.close)
+        engine = TriggerEngine(
+            trigger_store,
+            dispatcher.execute,
+            limits=settings.default_limits,
+            universal_dirs=settings.universal_callback_dirs,
+        )
+        engine.reload_universal()
+
+        edge = api_edge.build(
+            settings,
+            credentials,
+            metrics=metrics,
+            dispatcher=dispatcher,
+            engine=engine,
+            recorder=recorder,
+            gauges=dispatcher,
+            event_counts=engine.stats,
+        )
+        stack.push_async_callback(edge.close, STOP_GRACE_S)
+        await edge.server.start()
+        recorder.start()
+
+        engine_tasks = [
+            asyncio.create_task(engine.resume_pending()),
+            asyncio.create_task(engine.run_timers()),
+        ]
+        stack.push_async_callback(_stop_engine, engine, engine_tasks)
+        stack.push_async_callback(dispatcher.drain)
+        await edge.set_serving(True)
+        stack.push_async_callback(edge.set_serving, False)
+        forwarder = None
+        if embedded is not None:
+            forwarder = embedded.forward_to(edge.own_channel)
+            stack.push_async_callback(embedded.stop_forwarding)
+
+        logger.info("endpoint security: %s", security.describe(settings))
+        logger.info(
+            "serving on port %d; supervisor %s; sandbox: %s, %s launcher; languages: %s; "
+            "slots %d, queue %d",
+            edge.port,
+            "embedded" if embedded else settings.supervisor,
+            describe_tier(options),
+            settings.launcher,
+            ",".join(sorted(settings.languages)),
+            settings.max_concurrent,
+            settings.max_queue,
+        )
+        return RunningServer(
+            port=edge.port,
+            options=options,
+            dispatcher=dispatcher,
+            spawner=spawner,
+            engine=engine,
+            recorder=recorder,
+            reference=embedded.reference if embedded else None,
+            forwarder=forwarder,
+            _exit_stack=stack.pop_all(),
+        )
+    raise AssertionError("unreachable: the block returns or raises")
+
+
+async def _stop_engine(engine: TriggerEngine, tasks: Sequence[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await engine.close()
 
 
 async def serve_forever(settings: Settings) -> None:
@@ -337,9 +198,13 @@ async def serve_forever(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, running.engine.reload_universal)
+    loop.add_signal_handler(signal.SIGHUP, functools.partial(_reload, running.engine))
     try:
         await stop.wait()
         logger.info("stopping: draining running callbacks")
     finally:
         await running.stop()
+
+
+def _reload(engine: TriggerEngine) -> None:
+    engine.reload_universal()

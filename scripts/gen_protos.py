@@ -41,7 +41,7 @@ def generate(out_dir: Path) -> list[Path]:
         f"--python_out={out_dir}",
         f"--grpc_python_out={out_dir}",
         f"--mypy_out={out_dir}",
-        f"--mypy_grpc_out={out_dir}",
+        f"--mypy_grpc_out=only_async:{out_dir}",  # every server and client here is grpc.aio
         *protos,
     ]
     # The mypy plugins are console scripts beside this interpreter, whether or not its

@@ -1,10 +1,12 @@
-"""ExecutorClient: the supervisor's asyncio client of the CallbackExecutor service.
+"""ExecutorClient: the asyncio client of the executor's services (one channel, every RPC).
 
-One method per RPC, taking and returning the generated messages, plus
-``execute_callback`` which builds an ExecuteRequest from plain values. Every failed call
-raises an ``ExecutorRpcError`` subclass (errors.py) instead of ``grpc.aio.AioRpcError``.
-Deadlines are per call and off by default: a callback may legitimately run for as long
-as the executor's wall-time cap allows.
+One method per RPC of CallbackExecutorService, TriggerService and RunService, returning
+the generated messages; each takes its request message or, more simply, plain values
+(``execute_callback``, ``register_job(job_dict)``, ``publish_event(name=..., ...)``,
+``list_runs(job_id=...)``). Every failed call raises an ``ExecutorRpcError`` subclass
+(errors.py) instead of ``grpc.aio.AioRpcError``. Deadlines are per call and off by
+default: a callback may legitimately run for as long as the executor's wall-time cap
+allows. ``as_plain`` and ``outcome_name`` turn answers into plain values for printing.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from supervisor_client.credentials import open_channel
@@ -24,7 +28,14 @@ from supervisor_client.errors import from_rpc_error
 from supervisor_client.jobdict import job_from_dict
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc, types_pb2
 
-__all__ = ["ExecutorClient", "build_execute_request"]
+__all__ = [
+    "OUTCOMES",
+    "ExecutorClient",
+    "as_plain",
+    "build_execute_request",
+    "outcome_name",
+    "outcome_value",
+]
 
 _Response = TypeVar("_Response")
 
@@ -104,7 +115,9 @@ class ExecutorClient:
         else:
             self._channel = channel_or_address
             self._owns_channel = False
-        self._stub = executor_pb2_grpc.CallbackExecutorStub(self._channel)
+        self._executor = executor_pb2_grpc.CallbackExecutorServiceStub(self._channel)
+        self._triggers = executor_pb2_grpc.TriggerServiceStub(self._channel)
+        self._runs = executor_pb2_grpc.RunServiceStub(self._channel)
 
     async def close(self) -> None:
         """Close the channel if this client opened it."""
@@ -149,7 +162,7 @@ class ExecutorClient:
         executor is busy or unreachable (or ``timeout`` seconds passed), and
         ExecutorRpcError otherwise.
         """
-        return await _checked(self._stub.Execute(request, timeout=timeout))
+        return await _checked(self._executor.Execute(request, timeout=timeout))
 
     async def execute_callback(
         self,
@@ -194,48 +207,150 @@ class ExecutorClient:
         )
         return await self.execute(request, timeout=timeout)
 
-    # -- event path and administration: thin typed wrappers, one per RPC ---------------
+    # -- TriggerService -----------------------------------------------------------------
 
     async def register_job(
-        self, request: executor_pb2.RegisterJobRequest, *, timeout: float | None = None
+        self,
+        job: Mapping[str, Any] | types_pb2.Job | executor_pb2.RegisterJobRequest,
+        *,
+        timeout: float | None = None,
     ) -> executor_pb2.RegisterJobResponse:
-        """Register (or re-register) a job and its callbacks with the trigger engine."""
-        return await _checked(self._stub.RegisterJob(request, timeout=timeout))
+        """Register (or re-register) a job and its callbacks with the trigger engine.
+
+        ``job``: a Qube job dict (with ``callbacks``), a Job, or the whole request.
+        """
+        if isinstance(job, executor_pb2.RegisterJobRequest):
+            request = job
+        else:
+            message = job if isinstance(job, types_pb2.Job) else job_from_dict(dict(job))
+            request = executor_pb2.RegisterJobRequest(job=message)
+        return await _checked(self._triggers.RegisterJob(request, timeout=timeout))
 
     async def publish_event(
-        self, request: executor_pb2.PublishEventRequest, *, timeout: float | None = None
+        self,
+        request: executor_pb2.PublishEventRequest | None = None,
+        *,
+        timeout: float | None = None,
+        **fields: Any,
     ) -> executor_pb2.PublishEventResponse:
-        """Publish one state transition; the executor runs what it fires."""
-        return await _checked(self._stub.PublishEvent(request, timeout=timeout))
+        """Publish one state transition; the executor runs what it fires.
+
+        Give the request, or its fields: ``name``, ``type``, ``job_id``, ``work_name``,
+        ``subjob_id``, ``host``, ``event_id``, ``wait``.
+        """
+        request = request or executor_pb2.PublishEventRequest(**fields)
+        return await _checked(self._triggers.PublishEvent(request, timeout=timeout))
 
     async def dry_run(
-        self, request: executor_pb2.PublishEventRequest, *, timeout: float | None = None
+        self,
+        request: executor_pb2.DryRunRequest | None = None,
+        *,
+        timeout: float | None = None,
+        **fields: Any,
     ) -> executor_pb2.DryRunResponse:
-        """What an event would fire, without running or latching anything."""
-        return await _checked(self._stub.DryRun(request, timeout=timeout))
+        """What an event would fire, without running or latching anything.
+
+        Give the request, or its fields: ``name``, ``type``, ``job_id``, ``work_name``,
+        ``subjob_id``, ``host``.
+        """
+        request = request or executor_pb2.DryRunRequest(**fields)
+        return await _checked(self._triggers.DryRun(request, timeout=timeout))
 
     async def reload_universal_callbacks(
         self, *, timeout: float | None = None
     ) -> executor_pb2.ReloadUniversalCallbacksResponse:
         """Re-read callbacks.conf; on errors the last good set stays active."""
         request = executor_pb2.ReloadUniversalCallbacksRequest()
-        return await _checked(self._stub.ReloadUniversalCallbacks(request, timeout=timeout))
+        return await _checked(self._triggers.ReloadUniversalCallbacks(request, timeout=timeout))
+
+    # -- RunService -------------------------------------------------------------------------
 
     async def list_runs(
-        self, request: executor_pb2.ListRunsRequest | None = None, *, timeout: float | None = None
+        self,
+        request: executor_pb2.ListRunsRequest | None = None,
+        *,
+        job_id: int = 0,
+        outcome: str = "",
+        since: float = 0.0,
+        limit: int = 0,
+        timeout: float | None = None,
     ) -> executor_pb2.ListRunsResponse:
-        """Run history, newest first (no filter when ``request`` is None)."""
-        request = request or executor_pb2.ListRunsRequest()
-        return await _checked(self._stub.ListRuns(request, timeout=timeout))
+        """Run history, newest first.
+
+        Give the request, or filters: ``job_id``, ``outcome`` (a name such as "FAILED"),
+        ``since`` (Unix seconds), ``limit``; none means every run (the server's default
+        limit applies).
+        """
+        if request is None:
+            request = executor_pb2.ListRunsRequest(job_id=job_id, since=since, limit=limit)
+            if outcome:
+                request.outcome = outcome_value(outcome)
+        return await _checked(self._runs.ListRuns(request, timeout=timeout))
 
     async def get_run(
         self, invocation_id: str, *, timeout: float | None = None
     ) -> executor_pb2.Run:
-        """One run with its captured output."""
+        """One run with its captured output (NOT_FOUND when unknown or pruned)."""
         request = executor_pb2.GetRunRequest(invocation_id=invocation_id)
-        return await _checked(self._stub.GetRun(request, timeout=timeout))
+        response = await _checked(self._runs.GetRun(request, timeout=timeout))
+        return response.run
 
-    async def get_metrics(self, *, timeout: float | None = None) -> executor_pb2.Metrics:
+    async def get_metrics(self, *, timeout: float | None = None) -> executor_pb2.GetMetricsResponse:
         """Counters and latency histograms of the executor process."""
         request = executor_pb2.GetMetricsRequest()
-        return await _checked(self._stub.GetMetrics(request, timeout=timeout))
+        return await _checked(self._runs.GetMetrics(request, timeout=timeout))
+
+
+def outcome_name(value: int) -> str:
+    """ "SUCCEEDED" for OUTCOME_SUCCEEDED (the names the README and the CLI use)."""
+    return executor_pb2.Outcome.Name(executor_pb2.Outcome.ValueType(value)).removeprefix("OUTCOME_")
+
+
+def outcome_value(name: str) -> executor_pb2.Outcome.ValueType:
+    """The Outcome for "SUCCEEDED" (or "OUTCOME_SUCCEEDED"); ValueError for an unknown name."""
+    key = name.strip().upper()
+    key = key if key.startswith("OUTCOME_") else f"OUTCOME_{key}"
+    if key not in executor_pb2.Outcome.keys() or key == "OUTCOME_UNSPECIFIED":
+        raise ValueError(f"unknown outcome {name!r}; expected one of {', '.join(OUTCOMES)}")
+    return executor_pb2.Outcome.Value(key)
+
+
+# The outcome names, in the contract's order.
+OUTCOMES: tuple[str, ...] = tuple(
+    name.removeprefix("OUTCOME_") for name in executor_pb2.Outcome.keys()[1:]
+)
+
+
+def as_plain(message: Message) -> dict[str, Any]:
+    """A message as plain JSON-ready values: field names as in the .proto, every field
+    present (an unset message field as None), 64-bit integers as numbers (not the strings
+    of protobuf's JSON mapping) and outcomes by their short names ("SUCCEEDED")."""
+    plain: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        entry = field.message_type
+        if entry is not None and entry.GetOptions().map_entry:
+            value_field = entry.fields_by_name["value"]
+            plain[field.name] = {key: _plain_value(value_field, v) for key, v in value.items()}
+        elif field.is_repeated:
+            plain[field.name] = [_plain_value(field, item) for item in value]
+        elif field.has_presence and not message.HasField(field.name):
+            plain[field.name] = None
+        else:
+            plain[field.name] = _plain_value(field, value)
+    return plain
+
+
+def _plain_value(field: Any, value: Any) -> Any:
+    if field.message_type is not None:
+        if field.message_type.full_name == "google.protobuf.Struct":
+            return json_format.MessageToDict(value)
+        return as_plain(value)
+    if field.enum_type is not None:
+        known = field.enum_type.values_by_number.get(value)
+        if known is None:
+            return value  # a number this client's contract does not know
+        return (
+            known.name.removeprefix("OUTCOME_") if field.enum_type.name == "Outcome" else known.name
+        )
+    return value

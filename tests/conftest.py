@@ -25,7 +25,8 @@ class Stack:
 
     running: server.RunningServer
     client: ExecutorClient
-    stub: executor_pb2_grpc.CallbackExecutorStub
+    stub: executor_pb2_grpc.CallbackExecutorServiceStub
+    triggers: executor_pb2_grpc.TriggerServiceStub
     channel: grpc.aio.Channel
     settings: Settings
 
@@ -67,7 +68,8 @@ async def running_stack(settings: Settings) -> AsyncIterator[Stack]:
         yield Stack(
             running,
             ExecutorClient(channel),
-            executor_pb2_grpc.CallbackExecutorStub(channel),
+            executor_pb2_grpc.CallbackExecutorServiceStub(channel),
+            executor_pb2_grpc.TriggerServiceStub(channel),
             channel,
             settings,
         )

@@ -33,7 +33,6 @@ from typing import Any, Final
 from executor import triggers
 from executor.errors import InvalidRequestError
 from executor.model import CallbackSpec, Event, Invocation, Limits, RunResult
-from executor.triggers.evaluate import EventOccurrence
 from executor.triggers.store import NewAtom, PendingFiring, StoredCallback, TriggerStore
 from executor.triggers.universal import UniversalCallback, UniversalConfigError, load_universal
 
@@ -228,12 +227,12 @@ class TriggerEngine:
 
     # -- matching -------------------------------------------------------------------
 
-    def _keys(self, event: EventOccurrence) -> list[tuple[str, str, str, str]]:
+    def _keys(self, event: Event) -> list[tuple[str, str, str, str]]:
         scopes = [f"job:{event.job_id}"]
         job = self._store.job(event.job_id)
         if job is not None and job.get("label"):
             scopes.append(f"label:{int(job['pgrp'])}:{job['label']}")
-        extras = ["", "*", event.item()] if event.type in ITEM_TYPES else [""]
+        extras = ["", "*", event.item] if event.type in ITEM_TYPES else [""]
         names = [event.name] + (["done"] if event.name in TERMINAL_EVENTS else [])
         return [
             (name, event.type, scope, extra)
@@ -270,9 +269,7 @@ class TriggerEngine:
                 latched.append(Latched(cb, tuple(latches)))
         return fired, latched
 
-    def match(
-        self, event: EventOccurrence, *, dry: bool
-    ) -> tuple[list[Fired], list[Latched], bool]:
+    def match(self, event: Event, *, dry: bool) -> tuple[list[Fired], list[Latched], bool]:
         """Apply (or, dry, simulate) one event. Returns fired, latched, and whether it was a repeat."""
         keys = self._keys(event)
         if dry:
@@ -291,7 +288,7 @@ class TriggerEngine:
         self.stats.callbacks_fired += len(fired)
         return fired, latched, False
 
-    async def publish(self, event: EventOccurrence, *, wait: bool) -> tuple[list[Fired], bool]:
+    async def publish(self, event: Event, *, wait: bool) -> tuple[list[Fired], bool]:
         """Apply an event and run what it fires (inline when ``wait``, else in the background)."""
         fired, _, duplicate = self.match(event, dry=False)
         firings = [PendingFiring(f.invocation_id, f.callback, event.as_dict()) for f in fired]

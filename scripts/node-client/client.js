@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-// A Node.js caller of the callback executor: runs one callback with Execute, then registers
-// a job and publishes an event that fires its callback (PublishEvent with wait=true).
+// A Node.js caller of the callback executor: runs one callback with
+// CallbackExecutorService.Execute, then registers a job and publishes an event that fires
+// its callback (TriggerService.RegisterJob, TriggerService.PublishEvent with wait=true).
 //
 // It loads the .proto files of this repository at run time (no generated code), which is
 // how any language without our stubs can call the executor.
@@ -35,7 +36,7 @@ function parseArgs(argv) {
   return args;
 }
 
-function loadService() {
+function loadServices() {
   const definition = protoLoader.loadSync("qbcallback/v1/executor.proto", {
     includeDirs: [PROTO_ROOT],
     keepCase: true, // field names exactly as in the .proto (job_id, invocation_id)
@@ -44,7 +45,8 @@ function loadService() {
     defaults: true,
     oneofs: true,
   });
-  return grpc.loadPackageDefinition(definition).qbcallback.v1.CallbackExecutor;
+  const v1 = grpc.loadPackageDefinition(definition).qbcallback.v1;
+  return { CallbackExecutorService: v1.CallbackExecutorService, TriggerService: v1.TriggerService };
 }
 
 function credentials(args) {
@@ -63,13 +65,15 @@ function call(client, method, request, metadata) {
 
 async function main() {
   const args = parseArgs(process.argv.slice(2));
-  const CallbackExecutor = loadService();
-  const client = new CallbackExecutor(args.address, credentials(args));
+  const { CallbackExecutorService, TriggerService } = loadServices();
+  // Two services on the executor's one port; the clients share one channel's settings.
+  const executor = new CallbackExecutorService(args.address, credentials(args));
+  const triggers = new TriggerService(args.address, credentials(args));
   const metadata = new grpc.Metadata();
   if (args.token) metadata.set("authorization", `Bearer ${args.token}`);
   let ok = true;
   try {
-    const executed = await call(client, "Execute", {
+    const executed = await call(executor, "Execute", {
       invocation_id: crypto.randomUUID(),
       callback: { language: "python", code: "print('hello from node, job', qb.jobid())" },
       context: { job: { id: args.job, name: "node-client", user: "node" } },
@@ -78,7 +82,7 @@ async function main() {
     console.log(JSON.stringify({ call: "Execute", invocation_id: executed.invocation_id,
       outcome: executed.outcome, stdout: executed.stdout }));
 
-    const registered = await call(client, "RegisterJob", {
+    const registered = await call(triggers, "RegisterJob", {
       job: {
         id: args.job, name: "node-client", user: "node", pgrp: args.job,
         callbacks: [{ triggers: "complete-job-self", language: "python",
@@ -87,7 +91,7 @@ async function main() {
     }, metadata);
     console.log(JSON.stringify({ call: "RegisterJob", callbacks: registered.callbacks.length }));
 
-    const published = await call(client, "PublishEvent", {
+    const published = await call(triggers, "PublishEvent", {
       name: "complete", type: "job", job_id: args.job, event_id: crypto.randomUUID(), wait: true,
     }, metadata);
     const fired = published.fired.map((f) => ({
@@ -101,7 +105,8 @@ async function main() {
     const code = Object.keys(grpc.status).find((name) => grpc.status[name] === err.code);
     console.error(`${err.method || "client"} failed: ${code || err.code}: ${err.details || err.message}`);
   } finally {
-    client.close();
+    executor.close();
+    triggers.close();
   }
   process.exitCode = ok ? 0 : 1;
 }

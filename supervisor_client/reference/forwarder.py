@@ -35,7 +35,7 @@ class _Queued:
 
 
 class EventForwarder:
-    """Listens to a ReferenceSupervisor and forwards to a CallbackExecutor channel."""
+    """Listens to a ReferenceSupervisor and forwards to an executor's TriggerService."""
 
     def __init__(
         self,
@@ -45,7 +45,7 @@ class EventForwarder:
         max_backoff_s: float = 5.0,
     ) -> None:
         self._supervisor = supervisor
-        self._stub = executor_pb2_grpc.CallbackExecutorStub(channel)
+        self._stub = executor_pb2_grpc.TriggerServiceStub(channel)
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[_Queued] = asyncio.Queue()
         self._max_backoff_s = max_backoff_s

@@ -25,29 +25,32 @@ from supervisor_client.reference.errors import (
     PermissionDeniedError,
     SubmitError,
 )
-from supervisor_client.reference.store import ActionResult, ReferenceSupervisor
+from supervisor_client.reference.store import ReferenceSupervisor
 
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 Context = grpc.aio.ServicerContext[Any, Any]
 
-#: Store error → status, most specific first. A verb that does not apply to the job's
-#: state is not an error (ActionResponse.changed = 0), so FAILED_PRECONDITION is unused.
-STATUS_BY_ERROR: Final[tuple[tuple[type[Exception], grpc.StatusCode], ...]] = (
-    (NoSuchJobError, grpc.StatusCode.NOT_FOUND),
-    (NoSuchWorkError, grpc.StatusCode.NOT_FOUND),
-    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
-    (SubmitError, grpc.StatusCode.INVALID_ARGUMENT),
-    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
+#: Store error → status and the exception kind a callback sees (sent as the trailing
+#: metadata ``qb-error-kind``, see supervisor.proto), most specific first. A verb that does
+#: not apply to the job's state is not an error (``changed`` = 0), so FAILED_PRECONDITION
+#: is unused.
+STATUS_BY_ERROR: Final[tuple[tuple[type[Exception], grpc.StatusCode, str], ...]] = (
+    (NoSuchWorkError, grpc.StatusCode.NOT_FOUND, "NoSuchWork"),
+    (NoSuchJobError, grpc.StatusCode.NOT_FOUND, "NoSuchJob"),
+    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED, "PermissionDenied"),
+    (SubmitError, grpc.StatusCode.INVALID_ARGUMENT, "InvalidArgument"),
+    (ValueError, grpc.StatusCode.INVALID_ARGUMENT, "InvalidArgument"),
 )
+ERROR_KIND_KEY: Final = "qb-error-kind"
 
 
-def status_for(error: Exception) -> grpc.StatusCode | None:
-    """The status an expected store error maps to; None for anything else (a bug)."""
-    for error_type, code in STATUS_BY_ERROR:
+def status_for(error: Exception) -> tuple[grpc.StatusCode, str] | None:
+    """The status and qb error kind an expected store error maps to; None for a bug."""
+    for error_type, code, kind in STATUS_BY_ERROR:
         if isinstance(error, error_type):
-            return code
+            return code, kind
     return None
 
 
@@ -81,11 +84,7 @@ def result_payload(request: supervisor_pb2.ReportResultRequest) -> dict[str, Any
     return payload
 
 
-def _action_response(result: ActionResult) -> supervisor_pb2.ActionResponse:
-    return supervisor_pb2.ActionResponse(changed=result.changed, message=result.message)
-
-
-class SupervisorServicer(supervisor_pb2_grpc.SupervisorServicer):
+class SupervisorServicer(supervisor_pb2_grpc.SupervisorServiceServicer):
     """The Supervisor RPCs on a ReferenceSupervisor; ``actor`` is checked by the store."""
 
     def __init__(self, supervisor: ReferenceSupervisor) -> None:
@@ -100,13 +99,16 @@ class SupervisorServicer(supervisor_pb2_grpc.SupervisorServicer):
         try:
             return call()
         except Exception as err:
-            code = status_for(err)
-            if code is None:
+            mapped = status_for(err)
+            if mapped is None:
                 logger.exception("reference supervisor failed")
-                code = grpc.StatusCode.INTERNAL
-                message = "internal error in the reference supervisor"
+                code, message = (
+                    grpc.StatusCode.INTERNAL,
+                    "internal error in the reference supervisor",
+                )
             else:
-                message = str(err)
+                code, message = mapped[0], str(err)
+                context.set_trailing_metadata(((ERROR_KIND_KEY, mapped[1]),))
         await context.abort(code, message)
 
     async def JobInfo(
@@ -128,7 +130,7 @@ class SupervisorServicer(supervisor_pb2_grpc.SupervisorServicer):
 
     async def JobAction(
         self, request: supervisor_pb2.JobActionRequest, context: Context
-    ) -> supervisor_pb2.ActionResponse:
+    ) -> supervisor_pb2.JobActionResponse:
         """A job verb; a verb that does not apply answers changed=0 with the reason."""
         result = await self._call(
             context,
@@ -139,11 +141,11 @@ class SupervisorServicer(supervisor_pb2_grpc.SupervisorServicer):
                 invocation_id=request.invocation_id,
             ),
         )
-        return _action_response(result)
+        return supervisor_pb2.JobActionResponse(changed=result.changed, message=result.message)
 
     async def WorkAction(
         self, request: supervisor_pb2.WorkActionRequest, context: Context
-    ) -> supervisor_pb2.ActionResponse:
+    ) -> supervisor_pb2.WorkActionResponse:
         """A work verb on exact work names (the executor has expanded ranges)."""
         result = await self._call(
             context,
@@ -155,11 +157,11 @@ class SupervisorServicer(supervisor_pb2_grpc.SupervisorServicer):
                 invocation_id=request.invocation_id,
             ),
         )
-        return _action_response(result)
+        return supervisor_pb2.WorkActionResponse(changed=result.changed, message=result.message)
 
     async def SubjobAction(
         self, request: supervisor_pb2.SubjobActionRequest, context: Context
-    ) -> supervisor_pb2.ActionResponse:
+    ) -> supervisor_pb2.SubjobActionResponse:
         """A job verb on instances; no ids means every instance of the job."""
         result = await self._call(
             context,
@@ -171,7 +173,7 @@ class SupervisorServicer(supervisor_pb2_grpc.SupervisorServicer):
                 invocation_id=request.invocation_id,
             ),
         )
-        return _action_response(result)
+        return supervisor_pb2.SubjobActionResponse(changed=result.changed, message=result.message)
 
     async def ReportResult(
         self, request: supervisor_pb2.ReportResultRequest, context: Context
@@ -208,5 +210,5 @@ def add_reference_supervisor(
 ) -> SupervisorServicer:
     """Serve ``supervisor`` as the Supervisor service on an existing (not yet started) server."""
     servicer = SupervisorServicer(supervisor)
-    supervisor_pb2_grpc.add_SupervisorServicer_to_server(servicer, server)
+    supervisor_pb2_grpc.add_SupervisorServiceServicer_to_server(servicer, server)
     return servicer

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
-from executor.convert import MAX_CODE_BYTES
+from executor.api.convert import MAX_CODE_BYTES
 from executor.triggers.lexer import MAX_DEPTH, MAX_TRIGGER_BYTES
 from supervisor_client.jobdict import job_from_dict
 from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
@@ -109,7 +109,7 @@ def _register(stack: Stack, triggers: str) -> executor_pb2.RegisterJobRequest:
 async def test_register_job_refuses_hostile_triggers_fast(
     stack_warm: Stack, triggers: str, message: str
 ) -> None:
-    error = await _refused(stack_warm.stub.RegisterJob(_register(stack_warm, triggers)))
+    error = await _refused(stack_warm.triggers.RegisterJob(_register(stack_warm, triggers)))
 
     details = error.details() or ""
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (error.code(), details[:300])

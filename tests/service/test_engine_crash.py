@@ -91,7 +91,7 @@ async def test_sigkill_between_the_halves_of_an_and(tmp_path: Path) -> None:
     with executor_process(tmp_path, port) as first:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             await wait_serving(channel, first)
-            stub = executor_pb2_grpc.CallbackExecutorStub(channel)
+            stub = executor_pb2_grpc.TriggerServiceStub(channel)
             await stub.RegisterJob(executor_pb2.RegisterJobRequest(job=job_from_dict(job)))
             half = await stub.PublishEvent(publish(10))
         assert list(half.fired) == []
@@ -101,7 +101,7 @@ async def test_sigkill_between_the_halves_of_an_and(tmp_path: Path) -> None:
     with executor_process(tmp_path, port) as second:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             await wait_serving(channel, second)
-            stub = executor_pb2_grpc.CallbackExecutorStub(channel)
+            stub = executor_pb2_grpc.TriggerServiceStub(channel)
             fired = await stub.PublishEvent(publish(11))
             again = await stub.PublishEvent(publish(11))
 

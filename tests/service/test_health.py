@@ -11,6 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 
 from executor import server
+from executor.api.edge import SERVICES
 from supervisor_client import ExecutorClient, ExecutorRpcError
 from tests.conftest import Stack, stack_settings
 
@@ -30,7 +31,13 @@ async def check(stub: health_pb2_grpc.HealthStub, service: str = "") -> int:
 async def test_serving_while_up(stack: Stack) -> None:
     stub = health_pb2_grpc.HealthStub(stack.channel)
     assert await check(stub) == SERVING
-    assert await check(stub, server.EXECUTOR_SERVICE) == SERVING
+    assert SERVICES == (
+        "qbcallback.v1.CallbackExecutorService",
+        "qbcallback.v1.TriggerService",
+        "qbcallback.v1.RunService",
+    )
+    for service in SERVICES:
+        assert await check(stub, service) == SERVING
     with pytest.raises(grpc.aio.AioRpcError) as unknown:
         await check(stub, "no.such.Service")
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
@@ -41,7 +48,7 @@ async def test_not_serving_while_draining(tmp_path: Path) -> None:
     address = f"127.0.0.1:{running.port}"
     channel = grpc.aio.insecure_channel(address)
     stub = health_pb2_grpc.HealthStub(channel)
-    watch = stub.Watch(health_pb2.HealthCheckRequest(service=server.EXECUTOR_SERVICE))
+    watch = stub.Watch(health_pb2.HealthCheckRequest(service=SERVICES[0]))
     seen: list[int] = []
 
     async def follow() -> None:
@@ -61,7 +68,7 @@ async def test_not_serving_while_draining(tmp_path: Path) -> None:
             await asyncio.sleep(0.02)
         assert await check(stub) == SERVING
 
-        stopping = asyncio.create_task(running.stop(grace_s=1.0))
+        stopping = asyncio.create_task(running.stop())
         samples: list[tuple[int, int]] = []  # (status, callbacks still being drained)
         while not stopping.done() and len(samples) < 5:
             try:

@@ -232,7 +232,7 @@ async def test_the_embedded_supervisor_is_not_on_the_public_port(stack_warm: Sta
 
     (job,) = stack_warm.supervisor.submit([{"name": "guarded", "user": "bob", "status": "blocked"}])
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await supervisor_pb2_grpc.SupervisorStub(stack_warm.channel).JobAction(
+        await supervisor_pb2_grpc.SupervisorServiceStub(stack_warm.channel).JobAction(
             supervisor_pb2.JobActionRequest(
                 verb=supervisor_pb2.JOB_VERB_UNBLOCK, job_id=job["id"], actor="root"
             ),

@@ -38,7 +38,7 @@ WorkVerb = supervisor_pb2.WorkVerb
 @dataclass
 class Served:
     supervisor: ReferenceSupervisor
-    stub: supervisor_pb2_grpc.SupervisorAsyncStub
+    stub: supervisor_pb2_grpc.SupervisorServiceStub
     events: list[Transition]
 
 
@@ -52,7 +52,7 @@ async def served() -> AsyncIterator[Served]:
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield Served(supervisor, supervisor_pb2_grpc.SupervisorStub(channel), events)
+        yield Served(supervisor, supervisor_pb2_grpc.SupervisorServiceStub(channel), events)
     finally:
         await channel.close()
         await server.stop(None)
@@ -307,7 +307,7 @@ async def test_a_store_failure_is_internal_with_a_generic_message(
 # -- the executor client against a scripted executor ----------------------------------------
 
 
-class ScriptedExecutor(executor_pb2_grpc.CallbackExecutorServicer):
+class ScriptedExecutor(executor_pb2_grpc.CallbackExecutorServiceServicer):
     """Answers Execute by the callback's code: "ok", or the name of a status to fail with."""
 
     def __init__(self) -> None:
@@ -330,10 +330,10 @@ class ScriptedExecutor(executor_pb2_grpc.CallbackExecutorServicer):
 
 @pytest.fixture
 async def scripted() -> AsyncIterator[tuple[ScriptedExecutor, str]]:
-    # Only Execute is scripted; the other RPCs keep the base class's UNIMPLEMENTED answer.
-    executor = ScriptedExecutor()  # type: ignore[abstract]
+    # Only CallbackExecutorService is served: the other services answer UNIMPLEMENTED.
+    executor = ScriptedExecutor()
     server = grpc.aio.server()
-    executor_pb2_grpc.add_CallbackExecutorServicer_to_server(executor, server)
+    executor_pb2_grpc.add_CallbackExecutorServiceServicer_to_server(executor, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:

@@ -83,7 +83,7 @@ class CountingSupervisor(SupervisorServicer):
 class SingleResultSupervisor(CountingSupervisor):
     """A supervisor written before ReportResults: it answers UNIMPLEMENTED to batches."""
 
-    ReportResults = supervisor_pb2_grpc.SupervisorServicer.ReportResults  # type: ignore[assignment]
+    ReportResults = supervisor_pb2_grpc.SupervisorServiceServicer.ReportResults  # type: ignore[assignment]
 
 
 class SupervisorEndpoint:
@@ -101,7 +101,7 @@ class SupervisorEndpoint:
 
     async def start(self) -> None:
         self._server = grpc.aio.server()
-        supervisor_pb2_grpc.add_SupervisorServicer_to_server(self.servicer, self._server)
+        supervisor_pb2_grpc.add_SupervisorServiceServicer_to_server(self.servicer, self._server)
         bound = self._server.add_insecure_port(f"127.0.0.1:{self.port}")
         assert bound and (self.port in (0, bound)), "could not rebind the supervisor's port"
         self.port = bound

@@ -288,7 +288,7 @@ async def test_token(tmp_path: Path, executor_with: list[server.RunningServer]) 
         with pytest.raises(grpc.aio.AioRpcError) as refused_supervisor:
             from supervisor_client.qbcallback.v1 import supervisor_pb2, supervisor_pb2_grpc
 
-            await supervisor_pb2_grpc.SupervisorStub(channel).JobAction(
+            await supervisor_pb2_grpc.SupervisorServiceStub(channel).JobAction(
                 supervisor_pb2.JobActionRequest(
                     verb=supervisor_pb2.JOB_VERB_KILL, job_id=1, actor="alice"
                 ),

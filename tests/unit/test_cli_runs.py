@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from executor.cli_runs import parse_event, parse_since
+from executor.cli.runs import parse_event, parse_since
 
 pytestmark = pytest.mark.unit
 

@@ -7,6 +7,7 @@ import re
 
 import grpc
 import pytest
+from google.protobuf.descriptor import ServiceDescriptor
 
 import supervisor_client
 from supervisor_client import client as client_module
@@ -51,12 +52,41 @@ def snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-def test_the_client_wraps_every_executor_rpc() -> None:
-    service = executor_pb2.DESCRIPTOR.services_by_name["CallbackExecutor"]
+@pytest.mark.parametrize("service", executor_pb2.DESCRIPTOR.services_by_name.values(), ids=str)
+def test_the_client_wraps_every_executor_rpc(service: ServiceDescriptor) -> None:
+    assert service.methods
     for method in service.methods:
         wrapper = getattr(supervisor_client.ExecutorClient, snake(method.name), None)
         assert inspect.iscoroutinefunction(wrapper), method.name
         assert "timeout" in inspect.signature(wrapper).parameters, method.name
+
+
+def test_as_plain_keeps_numbers_and_short_outcome_names() -> None:
+    run = executor_pb2.Run(
+        invocation_id="i",
+        job_id=2**40,
+        outcome=executor_pb2.OUTCOME_FAILED,
+        started_at=1.5,
+        usage=executor_pb2.Usage(wall_seconds=0.25),
+    )
+    plain = client_module.as_plain(run)
+    assert plain["job_id"] == 2**40
+    assert plain["outcome"] == "FAILED"
+    assert plain["event"] is None and plain["result"] is None
+    assert plain["usage"] == {
+        "wall_seconds": 0.25,
+        "cpu_seconds": 0.0,
+        "peak_rss_bytes": 0,
+        "queue_seconds": 0.0,
+    }
+
+
+def test_outcome_names_round_trip() -> None:
+    for name in client_module.OUTCOMES:
+        assert client_module.outcome_name(client_module.outcome_value(name)) == name
+    assert client_module.outcome_value("outcome_killed") == executor_pb2.OUTCOME_KILLED
+    with pytest.raises(ValueError, match="expected one of SUCCEEDED"):
+        client_module.outcome_value("FINE")
 
 
 @pytest.mark.parametrize(

@@ -25,8 +25,8 @@ if _version_not_supported:
     )
 
 
-class CallbackExecutorStub:
-    """What a scheduler or supervisor calls.
+class CallbackExecutorServiceStub:
+    """What a scheduler or supervisor calls to run a callback it has matched itself.
     """
 
     def __init__(self, channel):
@@ -36,49 +36,14 @@ class CallbackExecutorStub:
             channel: A grpc.Channel.
         """
         self.Execute = channel.unary_unary(
-                '/qbcallback.v1.CallbackExecutor/Execute',
+                '/qbcallback.v1.CallbackExecutorService/Execute',
                 request_serializer=qbcallback_dot_v1_dot_executor__pb2.ExecuteRequest.SerializeToString,
                 response_deserializer=qbcallback_dot_v1_dot_executor__pb2.ExecuteResponse.FromString,
                 _registered_method=True)
-        self.RegisterJob = channel.unary_unary(
-                '/qbcallback.v1.CallbackExecutor/RegisterJob',
-                request_serializer=qbcallback_dot_v1_dot_executor__pb2.RegisterJobRequest.SerializeToString,
-                response_deserializer=qbcallback_dot_v1_dot_executor__pb2.RegisterJobResponse.FromString,
-                _registered_method=True)
-        self.PublishEvent = channel.unary_unary(
-                '/qbcallback.v1.CallbackExecutor/PublishEvent',
-                request_serializer=qbcallback_dot_v1_dot_executor__pb2.PublishEventRequest.SerializeToString,
-                response_deserializer=qbcallback_dot_v1_dot_executor__pb2.PublishEventResponse.FromString,
-                _registered_method=True)
-        self.DryRun = channel.unary_unary(
-                '/qbcallback.v1.CallbackExecutor/DryRun',
-                request_serializer=qbcallback_dot_v1_dot_executor__pb2.PublishEventRequest.SerializeToString,
-                response_deserializer=qbcallback_dot_v1_dot_executor__pb2.DryRunResponse.FromString,
-                _registered_method=True)
-        self.ReloadUniversalCallbacks = channel.unary_unary(
-                '/qbcallback.v1.CallbackExecutor/ReloadUniversalCallbacks',
-                request_serializer=qbcallback_dot_v1_dot_executor__pb2.ReloadUniversalCallbacksRequest.SerializeToString,
-                response_deserializer=qbcallback_dot_v1_dot_executor__pb2.ReloadUniversalCallbacksResponse.FromString,
-                _registered_method=True)
-        self.ListRuns = channel.unary_unary(
-                '/qbcallback.v1.CallbackExecutor/ListRuns',
-                request_serializer=qbcallback_dot_v1_dot_executor__pb2.ListRunsRequest.SerializeToString,
-                response_deserializer=qbcallback_dot_v1_dot_executor__pb2.ListRunsResponse.FromString,
-                _registered_method=True)
-        self.GetRun = channel.unary_unary(
-                '/qbcallback.v1.CallbackExecutor/GetRun',
-                request_serializer=qbcallback_dot_v1_dot_executor__pb2.GetRunRequest.SerializeToString,
-                response_deserializer=qbcallback_dot_v1_dot_executor__pb2.Run.FromString,
-                _registered_method=True)
-        self.GetMetrics = channel.unary_unary(
-                '/qbcallback.v1.CallbackExecutor/GetMetrics',
-                request_serializer=qbcallback_dot_v1_dot_executor__pb2.GetMetricsRequest.SerializeToString,
-                response_deserializer=qbcallback_dot_v1_dot_executor__pb2.Metrics.FromString,
-                _registered_method=True)
 
 
-class CallbackExecutorServicer:
-    """What a scheduler or supervisor calls.
+class CallbackExecutorServiceServicer:
+    """What a scheduler or supervisor calls to run a callback it has matched itself.
     """
 
     def Execute(self, request, context):
@@ -92,8 +57,92 @@ class CallbackExecutorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+
+def add_CallbackExecutorServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Execute': grpc.unary_unary_rpc_method_handler(
+                    servicer.Execute,
+                    request_deserializer=qbcallback_dot_v1_dot_executor__pb2.ExecuteRequest.FromString,
+                    response_serializer=qbcallback_dot_v1_dot_executor__pb2.ExecuteResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'qbcallback.v1.CallbackExecutorService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('qbcallback.v1.CallbackExecutorService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class CallbackExecutorService:
+    """What a scheduler or supervisor calls to run a callback it has matched itself.
+    """
+
+    @staticmethod
+    def Execute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qbcallback.v1.CallbackExecutorService/Execute',
+            qbcallback_dot_v1_dot_executor__pb2.ExecuteRequest.SerializeToString,
+            qbcallback_dot_v1_dot_executor__pb2.ExecuteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class TriggerServiceStub:
+    """The event path, for a scheduler without a trigger engine of its own.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.RegisterJob = channel.unary_unary(
+                '/qbcallback.v1.TriggerService/RegisterJob',
+                request_serializer=qbcallback_dot_v1_dot_executor__pb2.RegisterJobRequest.SerializeToString,
+                response_deserializer=qbcallback_dot_v1_dot_executor__pb2.RegisterJobResponse.FromString,
+                _registered_method=True)
+        self.PublishEvent = channel.unary_unary(
+                '/qbcallback.v1.TriggerService/PublishEvent',
+                request_serializer=qbcallback_dot_v1_dot_executor__pb2.PublishEventRequest.SerializeToString,
+                response_deserializer=qbcallback_dot_v1_dot_executor__pb2.PublishEventResponse.FromString,
+                _registered_method=True)
+        self.DryRun = channel.unary_unary(
+                '/qbcallback.v1.TriggerService/DryRun',
+                request_serializer=qbcallback_dot_v1_dot_executor__pb2.DryRunRequest.SerializeToString,
+                response_deserializer=qbcallback_dot_v1_dot_executor__pb2.DryRunResponse.FromString,
+                _registered_method=True)
+        self.ReloadUniversalCallbacks = channel.unary_unary(
+                '/qbcallback.v1.TriggerService/ReloadUniversalCallbacks',
+                request_serializer=qbcallback_dot_v1_dot_executor__pb2.ReloadUniversalCallbacksRequest.SerializeToString,
+                response_deserializer=qbcallback_dot_v1_dot_executor__pb2.ReloadUniversalCallbacksResponse.FromString,
+                _registered_method=True)
+
+
+class TriggerServiceServicer:
+    """The event path, for a scheduler without a trigger engine of its own.
+    """
+
     def RegisterJob(self, request, context):
-        """Event path. Registers (or re-registers) a job with its callbacks; universal
+        """Registers (or re-registers) a job with its callbacks; universal
         callbacks from callbacks.conf are attached to it. Labels are unique per pgrp:
         a clash is INVALID_ARGUMENT, as is a trigger that does not parse (the message
         names the callback and the column).
@@ -127,35 +176,9 @@ class CallbackExecutorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ListRuns(self, request, context):
-        """History of runs, newest first.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
 
-    def GetRun(self, request, context):
-        """One run with its captured output.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def GetMetrics(self, request, context):
-        """Counters and latency histograms of this executor process.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-
-def add_CallbackExecutorServicer_to_server(servicer, server):
+def add_TriggerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Execute': grpc.unary_unary_rpc_method_handler(
-                    servicer.Execute,
-                    request_deserializer=qbcallback_dot_v1_dot_executor__pb2.ExecuteRequest.FromString,
-                    response_serializer=qbcallback_dot_v1_dot_executor__pb2.ExecuteResponse.SerializeToString,
-            ),
             'RegisterJob': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterJob,
                     request_deserializer=qbcallback_dot_v1_dot_executor__pb2.RegisterJobRequest.FromString,
@@ -168,7 +191,7 @@ def add_CallbackExecutorServicer_to_server(servicer, server):
             ),
             'DryRun': grpc.unary_unary_rpc_method_handler(
                     servicer.DryRun,
-                    request_deserializer=qbcallback_dot_v1_dot_executor__pb2.PublishEventRequest.FromString,
+                    request_deserializer=qbcallback_dot_v1_dot_executor__pb2.DryRunRequest.FromString,
                     response_serializer=qbcallback_dot_v1_dot_executor__pb2.DryRunResponse.SerializeToString,
             ),
             'ReloadUniversalCallbacks': grpc.unary_unary_rpc_method_handler(
@@ -176,59 +199,17 @@ def add_CallbackExecutorServicer_to_server(servicer, server):
                     request_deserializer=qbcallback_dot_v1_dot_executor__pb2.ReloadUniversalCallbacksRequest.FromString,
                     response_serializer=qbcallback_dot_v1_dot_executor__pb2.ReloadUniversalCallbacksResponse.SerializeToString,
             ),
-            'ListRuns': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListRuns,
-                    request_deserializer=qbcallback_dot_v1_dot_executor__pb2.ListRunsRequest.FromString,
-                    response_serializer=qbcallback_dot_v1_dot_executor__pb2.ListRunsResponse.SerializeToString,
-            ),
-            'GetRun': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetRun,
-                    request_deserializer=qbcallback_dot_v1_dot_executor__pb2.GetRunRequest.FromString,
-                    response_serializer=qbcallback_dot_v1_dot_executor__pb2.Run.SerializeToString,
-            ),
-            'GetMetrics': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetMetrics,
-                    request_deserializer=qbcallback_dot_v1_dot_executor__pb2.GetMetricsRequest.FromString,
-                    response_serializer=qbcallback_dot_v1_dot_executor__pb2.Metrics.SerializeToString,
-            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'qbcallback.v1.CallbackExecutor', rpc_method_handlers)
+            'qbcallback.v1.TriggerService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('qbcallback.v1.CallbackExecutor', rpc_method_handlers)
+    server.add_registered_method_handlers('qbcallback.v1.TriggerService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class CallbackExecutor:
-    """What a scheduler or supervisor calls.
+class TriggerService:
+    """The event path, for a scheduler without a trigger engine of its own.
     """
-
-    @staticmethod
-    def Execute(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/qbcallback.v1.CallbackExecutor/Execute',
-            qbcallback_dot_v1_dot_executor__pb2.ExecuteRequest.SerializeToString,
-            qbcallback_dot_v1_dot_executor__pb2.ExecuteResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
 
     @staticmethod
     def RegisterJob(request,
@@ -244,7 +225,7 @@ class CallbackExecutor:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/qbcallback.v1.CallbackExecutor/RegisterJob',
+            '/qbcallback.v1.TriggerService/RegisterJob',
             qbcallback_dot_v1_dot_executor__pb2.RegisterJobRequest.SerializeToString,
             qbcallback_dot_v1_dot_executor__pb2.RegisterJobResponse.FromString,
             options,
@@ -271,7 +252,7 @@ class CallbackExecutor:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/qbcallback.v1.CallbackExecutor/PublishEvent',
+            '/qbcallback.v1.TriggerService/PublishEvent',
             qbcallback_dot_v1_dot_executor__pb2.PublishEventRequest.SerializeToString,
             qbcallback_dot_v1_dot_executor__pb2.PublishEventResponse.FromString,
             options,
@@ -298,8 +279,8 @@ class CallbackExecutor:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/qbcallback.v1.CallbackExecutor/DryRun',
-            qbcallback_dot_v1_dot_executor__pb2.PublishEventRequest.SerializeToString,
+            '/qbcallback.v1.TriggerService/DryRun',
+            qbcallback_dot_v1_dot_executor__pb2.DryRunRequest.SerializeToString,
             qbcallback_dot_v1_dot_executor__pb2.DryRunResponse.FromString,
             options,
             channel_credentials,
@@ -325,7 +306,7 @@ class CallbackExecutor:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/qbcallback.v1.CallbackExecutor/ReloadUniversalCallbacks',
+            '/qbcallback.v1.TriggerService/ReloadUniversalCallbacks',
             qbcallback_dot_v1_dot_executor__pb2.ReloadUniversalCallbacksRequest.SerializeToString,
             qbcallback_dot_v1_dot_executor__pb2.ReloadUniversalCallbacksResponse.FromString,
             options,
@@ -337,6 +318,89 @@ class CallbackExecutor:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class RunServiceStub:
+    """What ran, and how the executor is doing.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListRuns = channel.unary_unary(
+                '/qbcallback.v1.RunService/ListRuns',
+                request_serializer=qbcallback_dot_v1_dot_executor__pb2.ListRunsRequest.SerializeToString,
+                response_deserializer=qbcallback_dot_v1_dot_executor__pb2.ListRunsResponse.FromString,
+                _registered_method=True)
+        self.GetRun = channel.unary_unary(
+                '/qbcallback.v1.RunService/GetRun',
+                request_serializer=qbcallback_dot_v1_dot_executor__pb2.GetRunRequest.SerializeToString,
+                response_deserializer=qbcallback_dot_v1_dot_executor__pb2.GetRunResponse.FromString,
+                _registered_method=True)
+        self.GetMetrics = channel.unary_unary(
+                '/qbcallback.v1.RunService/GetMetrics',
+                request_serializer=qbcallback_dot_v1_dot_executor__pb2.GetMetricsRequest.SerializeToString,
+                response_deserializer=qbcallback_dot_v1_dot_executor__pb2.GetMetricsResponse.FromString,
+                _registered_method=True)
+
+
+class RunServiceServicer:
+    """What ran, and how the executor is doing.
+    """
+
+    def ListRuns(self, request, context):
+        """History of runs, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRun(self, request, context):
+        """One run with its captured output. NOT_FOUND when unknown or pruned.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMetrics(self, request, context):
+        """Counters and latency histograms of this executor process.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RunServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRuns,
+                    request_deserializer=qbcallback_dot_v1_dot_executor__pb2.ListRunsRequest.FromString,
+                    response_serializer=qbcallback_dot_v1_dot_executor__pb2.ListRunsResponse.SerializeToString,
+            ),
+            'GetRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRun,
+                    request_deserializer=qbcallback_dot_v1_dot_executor__pb2.GetRunRequest.FromString,
+                    response_serializer=qbcallback_dot_v1_dot_executor__pb2.GetRunResponse.SerializeToString,
+            ),
+            'GetMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMetrics,
+                    request_deserializer=qbcallback_dot_v1_dot_executor__pb2.GetMetricsRequest.FromString,
+                    response_serializer=qbcallback_dot_v1_dot_executor__pb2.GetMetricsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'qbcallback.v1.RunService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('qbcallback.v1.RunService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class RunService:
+    """What ran, and how the executor is doing.
+    """
 
     @staticmethod
     def ListRuns(request,
@@ -352,7 +416,7 @@ class CallbackExecutor:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/qbcallback.v1.CallbackExecutor/ListRuns',
+            '/qbcallback.v1.RunService/ListRuns',
             qbcallback_dot_v1_dot_executor__pb2.ListRunsRequest.SerializeToString,
             qbcallback_dot_v1_dot_executor__pb2.ListRunsResponse.FromString,
             options,
@@ -379,9 +443,9 @@ class CallbackExecutor:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/qbcallback.v1.CallbackExecutor/GetRun',
+            '/qbcallback.v1.RunService/GetRun',
             qbcallback_dot_v1_dot_executor__pb2.GetRunRequest.SerializeToString,
-            qbcallback_dot_v1_dot_executor__pb2.Run.FromString,
+            qbcallback_dot_v1_dot_executor__pb2.GetRunResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -406,9 +470,9 @@ class CallbackExecutor:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/qbcallback.v1.CallbackExecutor/GetMetrics',
+            '/qbcallback.v1.RunService/GetMetrics',
             qbcallback_dot_v1_dot_executor__pb2.GetMetricsRequest.SerializeToString,
-            qbcallback_dot_v1_dot_executor__pb2.Metrics.FromString,
+            qbcallback_dot_v1_dot_executor__pb2.GetMetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,

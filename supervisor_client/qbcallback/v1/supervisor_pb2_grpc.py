@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class SupervisorStub:
+class SupervisorServiceStub:
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -35,38 +35,38 @@ class SupervisorStub:
             channel: A grpc.Channel.
         """
         self.JobInfo = channel.unary_unary(
-                '/qbcallback.v1.Supervisor/JobInfo',
+                '/qbcallback.v1.SupervisorService/JobInfo',
                 request_serializer=qbcallback_dot_v1_dot_supervisor__pb2.JobInfoRequest.SerializeToString,
                 response_deserializer=qbcallback_dot_v1_dot_supervisor__pb2.JobInfoResponse.FromString,
                 _registered_method=True)
         self.JobAction = channel.unary_unary(
-                '/qbcallback.v1.Supervisor/JobAction',
+                '/qbcallback.v1.SupervisorService/JobAction',
                 request_serializer=qbcallback_dot_v1_dot_supervisor__pb2.JobActionRequest.SerializeToString,
-                response_deserializer=qbcallback_dot_v1_dot_supervisor__pb2.ActionResponse.FromString,
+                response_deserializer=qbcallback_dot_v1_dot_supervisor__pb2.JobActionResponse.FromString,
                 _registered_method=True)
         self.WorkAction = channel.unary_unary(
-                '/qbcallback.v1.Supervisor/WorkAction',
+                '/qbcallback.v1.SupervisorService/WorkAction',
                 request_serializer=qbcallback_dot_v1_dot_supervisor__pb2.WorkActionRequest.SerializeToString,
-                response_deserializer=qbcallback_dot_v1_dot_supervisor__pb2.ActionResponse.FromString,
+                response_deserializer=qbcallback_dot_v1_dot_supervisor__pb2.WorkActionResponse.FromString,
                 _registered_method=True)
         self.SubjobAction = channel.unary_unary(
-                '/qbcallback.v1.Supervisor/SubjobAction',
+                '/qbcallback.v1.SupervisorService/SubjobAction',
                 request_serializer=qbcallback_dot_v1_dot_supervisor__pb2.SubjobActionRequest.SerializeToString,
-                response_deserializer=qbcallback_dot_v1_dot_supervisor__pb2.ActionResponse.FromString,
+                response_deserializer=qbcallback_dot_v1_dot_supervisor__pb2.SubjobActionResponse.FromString,
                 _registered_method=True)
         self.ReportResult = channel.unary_unary(
-                '/qbcallback.v1.Supervisor/ReportResult',
+                '/qbcallback.v1.SupervisorService/ReportResult',
                 request_serializer=qbcallback_dot_v1_dot_supervisor__pb2.ReportResultRequest.SerializeToString,
                 response_deserializer=qbcallback_dot_v1_dot_supervisor__pb2.ReportResultResponse.FromString,
                 _registered_method=True)
         self.ReportResults = channel.unary_unary(
-                '/qbcallback.v1.Supervisor/ReportResults',
+                '/qbcallback.v1.SupervisorService/ReportResults',
                 request_serializer=qbcallback_dot_v1_dot_supervisor__pb2.ReportResultsRequest.SerializeToString,
                 response_deserializer=qbcallback_dot_v1_dot_supervisor__pb2.ReportResultsResponse.FromString,
                 _registered_method=True)
 
 
-class SupervisorServicer:
+class SupervisorServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def JobInfo(self, request, context):
@@ -121,7 +121,7 @@ class SupervisorServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_SupervisorServicer_to_server(servicer, server):
+def add_SupervisorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'JobInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.JobInfo,
@@ -131,17 +131,17 @@ def add_SupervisorServicer_to_server(servicer, server):
             'JobAction': grpc.unary_unary_rpc_method_handler(
                     servicer.JobAction,
                     request_deserializer=qbcallback_dot_v1_dot_supervisor__pb2.JobActionRequest.FromString,
-                    response_serializer=qbcallback_dot_v1_dot_supervisor__pb2.ActionResponse.SerializeToString,
+                    response_serializer=qbcallback_dot_v1_dot_supervisor__pb2.JobActionResponse.SerializeToString,
             ),
             'WorkAction': grpc.unary_unary_rpc_method_handler(
                     servicer.WorkAction,
                     request_deserializer=qbcallback_dot_v1_dot_supervisor__pb2.WorkActionRequest.FromString,
-                    response_serializer=qbcallback_dot_v1_dot_supervisor__pb2.ActionResponse.SerializeToString,
+                    response_serializer=qbcallback_dot_v1_dot_supervisor__pb2.WorkActionResponse.SerializeToString,
             ),
             'SubjobAction': grpc.unary_unary_rpc_method_handler(
                     servicer.SubjobAction,
                     request_deserializer=qbcallback_dot_v1_dot_supervisor__pb2.SubjobActionRequest.FromString,
-                    response_serializer=qbcallback_dot_v1_dot_supervisor__pb2.ActionResponse.SerializeToString,
+                    response_serializer=qbcallback_dot_v1_dot_supervisor__pb2.SubjobActionResponse.SerializeToString,
             ),
             'ReportResult': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportResult,
@@ -155,13 +155,13 @@ def add_SupervisorServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'qbcallback.v1.Supervisor', rpc_method_handlers)
+            'qbcallback.v1.SupervisorService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('qbcallback.v1.Supervisor', rpc_method_handlers)
+    server.add_registered_method_handlers('qbcallback.v1.SupervisorService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Supervisor:
+class SupervisorService:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -178,7 +178,7 @@ class Supervisor:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/qbcallback.v1.Supervisor/JobInfo',
+            '/qbcallback.v1.SupervisorService/JobInfo',
             qbcallback_dot_v1_dot_supervisor__pb2.JobInfoRequest.SerializeToString,
             qbcallback_dot_v1_dot_supervisor__pb2.JobInfoResponse.FromString,
             options,
@@ -205,9 +205,9 @@ class Supervisor:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/qbcallback.v1.Supervisor/JobAction',
+            '/qbcallback.v1.SupervisorService/JobAction',
             qbcallback_dot_v1_dot_supervisor__pb2.JobActionRequest.SerializeToString,
-            qbcallback_dot_v1_dot_supervisor__pb2.ActionResponse.FromString,
+            qbcallback_dot_v1_dot_supervisor__pb2.JobActionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -232,9 +232,9 @@ class Supervisor:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/qbcallback.v1.Supervisor/WorkAction',
+            '/qbcallback.v1.SupervisorService/WorkAction',
             qbcallback_dot_v1_dot_supervisor__pb2.WorkActionRequest.SerializeToString,
-            qbcallback_dot_v1_dot_supervisor__pb2.ActionResponse.FromString,
+            qbcallback_dot_v1_dot_supervisor__pb2.WorkActionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -259,9 +259,9 @@ class Supervisor:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/qbcallback.v1.Supervisor/SubjobAction',
+            '/qbcallback.v1.SupervisorService/SubjobAction',
             qbcallback_dot_v1_dot_supervisor__pb2.SubjobActionRequest.SerializeToString,
-            qbcallback_dot_v1_dot_supervisor__pb2.ActionResponse.FromString,
+            qbcallback_dot_v1_dot_supervisor__pb2.SubjobActionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -286,7 +286,7 @@ class Supervisor:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/qbcallback.v1.Supervisor/ReportResult',
+            '/qbcallback.v1.SupervisorService/ReportResult',
             qbcallback_dot_v1_dot_supervisor__pb2.ReportResultRequest.SerializeToString,
             qbcallback_dot_v1_dot_supervisor__pb2.ReportResultResponse.FromString,
             options,
@@ -313,7 +313,7 @@ class Supervisor:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/qbcallback.v1.Supervisor/ReportResults',
+            '/qbcallback.v1.SupervisorService/ReportResults',
             qbcallback_dot_v1_dot_supervisor__pb2.ReportResultsRequest.SerializeToString,
             qbcallback_dot_v1_dot_supervisor__pb2.ReportResultsResponse.FromString,
             options,

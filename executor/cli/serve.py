@@ -1,4 +1,4 @@
-"""The ``cbexec`` command: parse argv, build Settings, configure logging, run, map to exit codes."""
+"""``cbexec serve``: build Settings from defaults, file, environment and flags; check or run them."""
 
 from __future__ import annotations
 
@@ -6,20 +6,15 @@ import argparse
 import asyncio
 import logging
 import os
-import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from executor import __version__, cli_runs, cli_triggers, config, logs
-from executor.errors import ConfigError
+from executor import config, logs
+from executor.cli.connection import EXIT_OK
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_CONFIG = 2
 
-
-def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = commands.add_parser("serve", help="run the executor service")
     serve.add_argument("--config", type=Path, help="TOML settings file (also CBEXEC_CONFIG)")
     serve.add_argument("--bind", help="host:port to listen on (default 127.0.0.1:50051)")
@@ -68,43 +63,15 @@ def _serve(args: argparse.Namespace) -> int:
     logs.configure(settings.log_level, settings.log_format)
     if args.check_config:
         print(settings)
-        from executor import security
+        from executor.api import security
+        from executor.sandbox.tier import describe_tier, sandbox_options
 
         security.server_credentials(settings)  # TLS files exist and read as PEM
         print("endpoint:", security.describe(settings))
-        options = server.sandbox_options(settings)
-        print("sandbox:", server.describe_tier(options))
+        options = sandbox_options(settings)
+        print("sandbox:", describe_tier(options))
         if options.cgroups is not None:
             options.cgroups.close()
         return EXIT_OK
     asyncio.run(server.serve_forever(settings))
     return EXIT_OK
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cbexec", description="Sandboxed executor for render-farm job callbacks."
-    )
-    parser.add_argument("--version", action="version", version=f"cbexec {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    _add_serve(commands)
-    cli_triggers.add_parser(commands)
-    cli_runs.add_parsers(commands)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``cbexec`` console script."""
-    args = build_parser().parse_args(argv)
-    handler: Callable[[argparse.Namespace], int] = args.handler
-    try:
-        return handler(args)
-    except ConfigError as err:
-        print(f"cbexec: configuration error: {err}", file=sys.stderr)
-        return EXIT_CONFIG
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

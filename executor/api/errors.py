@@ -1,4 +1,10 @@
-"""The one table from domain errors to gRPC status codes, applied at the servicer boundary."""
+"""The one table from domain errors to gRPC status codes, applied at every servicer method.
+
+Three kinds of failure, three channels: a request the executor refuses is a gRPC status
+(this table); a callback that ran and failed is data in an OK response; a bug in the
+executor is INTERNAL with a generic message and an incident id (the traceback goes to
+the log only, never to the caller).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from executor.errors import (
     ConfigError,
     ExecutorError,
     InvalidRequestError,
+    NotFoundError,
     UnavailableError,
 )
 
@@ -23,13 +30,16 @@ logger = logging.getLogger(__name__)
 # Most specific first; anything unmatched becomes INTERNAL with an incident id.
 STATUS_BY_ERROR: Final[tuple[tuple[type[ExecutorError], grpc.StatusCode], ...]] = (
     (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (CapacityError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
 )
 
+Request = TypeVar("Request")
 Response = TypeVar("Response")
-
+Context = grpc.aio.ServicerContext[Any, Any]
+Handler = Callable[[Any, Request, Context], Awaitable[Response]]
 
 # Status details travel in a trailer; gRPC refuses (and the client sees INTERNAL) beyond
 # a few KiB. An error quoting a 60 KB trigger word is cut, keeping its start.
@@ -44,21 +54,27 @@ def bounded(message: str) -> str:
 
 
 def status_for(error: ExecutorError) -> grpc.StatusCode:
+    """The status code of a domain error (INTERNAL for one the table does not name)."""
     for error_type, code in STATUS_BY_ERROR:
         if isinstance(error, error_type):
             return code
     return grpc.StatusCode.INTERNAL
 
 
-def grpc_errors(
-    handler: Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Response]],
-) -> Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Response]]:
+async def abort_internal(context: Context, what: str) -> None:
+    """Log the exception being handled under a new incident id and answer INTERNAL."""
+    incident = uuid.uuid4().hex[:12]
+    logger.exception("internal error in %s, incident %s", what, incident)
+    await context.abort(
+        grpc.StatusCode.INTERNAL, f"internal error in the executor (incident {incident})"
+    )
+
+
+def grpc_errors(handler: Handler[Request, Response]) -> Handler[Request, Response]:
     """Turn domain errors into their status; log anything else and answer INTERNAL."""
 
     @functools.wraps(handler)
-    async def wrapper(
-        self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> Response:
+    async def wrapper(self: Any, request: Request, context: Context) -> Response:
         try:
             return await handler(self, request, context)
         except ExecutorError as err:
@@ -66,11 +82,7 @@ def grpc_errors(
                 context.set_trailing_metadata((("retry-after-s", f"{err.retry_after_s:g}"),))
             await context.abort(status_for(err), bounded(str(err)))
         except Exception:
-            incident = uuid.uuid4().hex[:12]
-            logger.exception("internal error, incident %s", incident)
-            await context.abort(
-                grpc.StatusCode.INTERNAL, f"internal error in the executor (incident {incident})"
-            )
+            await abort_internal(context, handler.__qualname__)
         raise AssertionError("unreachable: context.abort raises")
 
     return wrapper

@@ -13,34 +13,42 @@ reached.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
 import re
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-from google.protobuf import json_format
-
+from executor.cli.connection import (
+    EXIT_NOT_SUCCEEDED,
+    EXIT_OK,
+    connect,
+    connection_options,
+    rpc_command,
+)
 from executor.config import Settings
 from executor.errors import ConfigError
-from supervisor_client import ExecutorClient, ExecutorRpcError
-from supervisor_client.client import build_execute_request
-from supervisor_client.qbcallback.v1 import executor_pb2
+from supervisor_client import ExecutorClient
+from supervisor_client.client import (
+    OUTCOMES,
+    as_plain,
+    build_execute_request,
+    outcome_name,
+    outcome_value,
+)
 
-EXIT_OK: Final = 0
-EXIT_NOT_SUCCEEDED: Final = 1
-EXIT_USAGE: Final = 2
-EXIT_RPC: Final = 3
-
-DEFAULT_ADDRESS: Final = "127.0.0.1:50051"
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-_EXTENSIONS: Final = {".py": "python", ".pl": "perl", ".pm": "perl", ".qube": "qube"}
+# The languages a callback file's extension picks, as in callbacks.conf (plus .pm, .qube).
+_EXTENSIONS: Final = {
+    ".py": "python",
+    ".pl": "perl",
+    ".pm": "perl",
+    ".qcb": "qube",
+    ".qube": "qube",
+}
 
 
 def parse_since(text: str, now: float) -> float:
@@ -71,80 +79,14 @@ def parse_event(text: str) -> dict[str, str]:
     return dict(zip(("name", "type", "context", "extra"), parts, strict=True))
 
 
-def outcome_name(value: executor_pb2.Outcome.ValueType) -> str:
-    return executor_pb2.Outcome.Name(value).removeprefix("OUTCOME_")
-
-
 def _local_time(unix_s: float) -> str:
     return datetime.fromtimestamp(unix_s).astimezone().isoformat(timespec="seconds")
-
-
-# -- connection -----------------------------------------------------------------------
-
-
-def _connection_options(*, suppress: bool = False) -> argparse.ArgumentParser:
-    """Connection flags; ``suppress`` (for a sub-subcommand) leaves unset ones to the parent."""
-    parent = argparse.ArgumentParser(
-        add_help=False, argument_default=argparse.SUPPRESS if suppress else None
-    )
-    parent.add_argument(
-        "--address",
-        default=argparse.SUPPRESS
-        if suppress
-        else os.environ.get("CBEXEC_ADDRESS", DEFAULT_ADDRESS),
-        help="executor host:port (default $CBEXEC_ADDRESS or %(default)s)",
-    )
-    parent.add_argument(
-        "--token",
-        default=argparse.SUPPRESS if suppress else os.environ.get("CBEXEC_AUTH_TOKEN"),
-        help="the executor's auth_token (default $CBEXEC_AUTH_TOKEN)",
-    )
-    parent.add_argument("--tls-ca", type=Path, help="PEM CA of the executor's certificate")
-    parent.add_argument("--tls-cert", type=Path, help="PEM client certificate (mutual TLS)")
-    parent.add_argument("--tls-key", type=Path, help="PEM client key (mutual TLS)")
-    parent.add_argument("--timeout", type=float, help="seconds per call")
-    return parent
-
-
-def _read(path: Path | None, option: str) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return path.read_bytes()
-    except OSError as err:
-        raise ConfigError(f"{option}: cannot read {path}: {err.strerror or err}") from err
-
-
-def connect(args: argparse.Namespace, address: str | None = None) -> ExecutorClient:
-    """An ExecutorClient for the connection options (TLS when any certificate is given)."""
-    return ExecutorClient(
-        address or args.address,
-        root_certificates=_read(args.tls_ca, "--tls-ca"),
-        certificate_chain=_read(args.tls_cert, "--tls-cert"),
-        private_key=_read(args.tls_key, "--tls-key"),
-        token=args.token,
-    )
-
-
-def _rpc_command(
-    work: Callable[[argparse.Namespace, TextIO], Coroutine[Any, Any, int]],
-) -> Callable[[argparse.Namespace], int]:
-    """Run an async command; an RPC failure is one line on stderr and exit code 3."""
-
-    def handler(args: argparse.Namespace) -> int:
-        try:
-            return asyncio.run(work(args, sys.stdout))
-        except ExecutorRpcError as err:
-            print(f"cbexec: {err}", file=sys.stderr)
-            return EXIT_RPC
-
-    return handler
 
 
 # -- cbexec runs ------------------------------------------------------------------------
 
 
-def format_runs(runs: Sequence[executor_pb2.Run]) -> str:
+def format_runs(runs: Sequence[Any]) -> str:
     """The ``cbexec runs`` table."""
     header = (
         "STARTED",
@@ -184,7 +126,7 @@ def format_runs(runs: Sequence[executor_pb2.Run]) -> str:
     )
 
 
-def format_result(result: executor_pb2.ExecuteResponse) -> str:
+def format_result(result: Any) -> str:
     """Outcome, usage, failure, actions and output of one run, for a person."""
     lines = [f"outcome: {outcome_name(result.outcome)}"]
     lines.append(
@@ -214,7 +156,7 @@ def format_result(result: executor_pb2.ExecuteResponse) -> str:
     return "\n".join(lines)
 
 
-def format_run(run: executor_pb2.Run) -> str:
+def format_run(run: Any) -> str:
     """``cbexec runs show``: the run's record, then its result."""
     event = "-"
     if run.HasField("event") and run.event.name:
@@ -232,25 +174,21 @@ def format_run(run: executor_pb2.Run) -> str:
 
 
 async def _runs(args: argparse.Namespace, out: TextIO) -> int:
-    request = executor_pb2.ListRunsRequest(limit=args.limit)
-    if args.job:
-        request.job_id = args.job
-    if args.outcome:
-        request.outcome = executor_pb2.Outcome.Value(f"OUTCOME_{args.outcome}")
-    if args.since:
-        request.since = args.since
     async with connect(args) as client:
         if args.runs_command == "show":
             run = await client.get_run(args.invocation_id, timeout=args.timeout)
             print(format_run(run), file=out)
             return EXIT_OK
-        response = await client.list_runs(request, timeout=args.timeout)
+        response = await client.list_runs(
+            job_id=args.job or 0,
+            outcome=args.outcome or "",
+            since=args.since or 0.0,
+            limit=args.limit,
+            timeout=args.timeout,
+        )
     if args.json:
         for run in response.runs:
-            print(
-                json.dumps(json_format.MessageToDict(run, preserving_proto_field_name=True)),
-                file=out,
-            )
+            print(json.dumps(as_plain(run)), file=out)
     else:
         print(format_runs(response.runs), file=out)
     return EXIT_OK
@@ -264,31 +202,30 @@ def _since(text: str) -> float:
 
 
 def _outcome(text: str) -> str:
-    name = text.strip().upper().removeprefix("OUTCOME_")
-    known = [v.name.removeprefix("OUTCOME_") for v in executor_pb2.Outcome.DESCRIPTOR.values][1:]
-    if name not in known:
-        raise argparse.ArgumentTypeError(
-            f"unknown outcome {text!r}; expected one of {', '.join(known)}"
-        )
-    return name
+    try:
+        return outcome_name(outcome_value(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_runs_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parent = _connection_options()
+    parent = connection_options()
     runs = commands.add_parser("runs", parents=[parent], help="list recent runs (run history)")
     runs.add_argument("--job", type=int, help="only runs of this job id")
-    runs.add_argument("--outcome", type=_outcome, help="only runs with this outcome, e.g. FAILED")
+    runs.add_argument(
+        "--outcome", type=_outcome, help=f"only runs with this outcome: {', '.join(OUTCOMES)}"
+    )
     runs.add_argument("--since", type=_since, help="only runs started since: 1h, 2d, ISO, Unix")
     runs.add_argument("--limit", type=int, default=50, help="at most this many (max 1000)")
     runs.add_argument("--json", action="store_true", help="one JSON object per run")
     sub = runs.add_subparsers(dest="runs_command")
     show = sub.add_parser(
         "show",
-        parents=[_connection_options(suppress=True)],
+        parents=[connection_options(suppress=True)],
         help="one run with its captured output",
     )
     show.add_argument("invocation_id")
-    runs.set_defaults(handler=_rpc_command(_runs), runs_command=None)
+    runs.set_defaults(handler=rpc_command(_runs), runs_command=None)
 
 
 # -- cbexec run -------------------------------------------------------------------------
@@ -387,13 +324,13 @@ async def _execute(
     response = await client.execute(request, timeout=args.timeout)
     print(f"invocation: {response.invocation_id}", file=out)
     print(format_result(response), file=out)
-    return EXIT_OK if response.outcome == executor_pb2.OUTCOME_SUCCEEDED else EXIT_NOT_SUCCEEDED
+    return EXIT_OK if outcome_name(response.outcome) == "SUCCEEDED" else EXIT_NOT_SUCCEEDED
 
 
 def add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = commands.add_parser(
         "run",
-        parents=[_connection_options()],
+        parents=[connection_options()],
         help="run one callback now and print its outcome, actions and output",
     )
     run.add_argument("file", nargs="?", type=Path, metavar="FILE", help="the callback's code")
@@ -417,7 +354,7 @@ def add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         help="start a throwaway executor + supervisor in this process",
     )
     run.add_argument("--data-dir", type=Path, help="with --embedded: keep its data here")
-    run.set_defaults(handler=_rpc_command(_run_one))
+    run.set_defaults(handler=rpc_command(_run_one))
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

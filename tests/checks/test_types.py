@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 CHILD = ROOT / "executor" / "child"
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.checks
 
 
 def mypy(args: list[str], cwd: Path, cache: Path) -> subprocess.CompletedProcess[str]:

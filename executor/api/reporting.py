@@ -2,7 +2,8 @@
 
 The outbox stores the serialized ``ReportResultRequest`` rather than the domain values,
 so what is retried after a restart is byte for byte what would have been sent at once,
-whatever the executor's version.
+whatever the executor's version. The outbox itself knows only bytes: ``encode_report``
+makes them, ``GrpcReportTransport`` sends them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Final
 import grpc
 from google.protobuf.message import DecodeError
 
-from executor import convert
+from executor.api import convert
 from executor.model import Invocation, RunResult
 from executor.outbox import DeliveryError
 from supervisor_client.qbcallback.v1 import supervisor_pb2, supervisor_pb2_grpc, types_pb2
@@ -44,6 +45,11 @@ def report_request(invocation: Invocation, result: RunResult) -> supervisor_pb2.
     return request
 
 
+def encode_report(invocation: Invocation, result: RunResult) -> bytes:
+    """The outbox payload of one finished run: its serialized ReportResultRequest."""
+    return report_request(invocation, result).SerializeToString()
+
+
 def _parsed(payload: bytes) -> supervisor_pb2.ReportResultRequest:
     try:
         return supervisor_pb2.ReportResultRequest.FromString(payload)
@@ -58,10 +64,10 @@ def _delivery_error(err: grpc.aio.AioRpcError) -> DeliveryError:
 
 
 class GrpcReportTransport:
-    """Delivers serialized ReportResultRequests with ``Supervisor.ReportResult(s)``."""
+    """Delivers serialized ReportResultRequests with ``SupervisorService.ReportResult(s)``."""
 
     def __init__(self, channel: grpc.aio.Channel, timeout_s: float) -> None:
-        self._stub = supervisor_pb2_grpc.SupervisorStub(channel)
+        self._stub = supervisor_pb2_grpc.SupervisorServiceStub(channel)
         self._timeout_s = timeout_s
 
     async def deliver(self, key: str, payload: bytes) -> bool:

@@ -1,0 +1,33 @@
+"""CallbackExecutorService: Execute, one callback now; proto in, convert, dispatch, proto out."""
+
+from __future__ import annotations
+
+from executor import logs
+from executor.api import convert
+from executor.api.errors import Context, grpc_errors
+from executor.dispatcher import Dispatcher
+from executor.model import Limits
+from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
+
+
+class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer):
+    """Implements qbcallback.v1.CallbackExecutorService over the dispatcher."""
+
+    def __init__(
+        self, dispatcher: Dispatcher, *, default_limits: Limits, max_limits: Limits
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._default_limits = default_limits
+        self._max_limits = max_limits
+
+    @grpc_errors
+    async def Execute(
+        self, request: executor_pb2.ExecuteRequest, context: Context
+    ) -> executor_pb2.ExecuteResponse:
+        """Run one callback in a fresh sandboxed child; its failures are data in the answer."""
+        invocation = convert.invocation_from_request(
+            request, default_limits=self._default_limits, max_limits=self._max_limits
+        )
+        logs.invocation_id.set(invocation.invocation_id)
+        result = await self._dispatcher.execute(invocation)
+        return convert.response_from_result(result)

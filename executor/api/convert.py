@@ -1,0 +1,265 @@
+"""Pure conversions between the wire contract and the domain types, with request validation.
+
+The one place where a message becomes a domain value and back: every servicer and every
+client of another service in ``executor/api/`` converts here, so the shape of an
+outcome, a usage or an event on the wire is written once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from typing import Final
+
+from executor import triggers
+from executor.errors import InvalidRequestError
+from executor.history import RunRecord
+from executor.metrics import Histogram, MetricsSnapshot
+from executor.model import (
+    CallbackSpec,
+    Event,
+    Invocation,
+    Limits,
+    Outcome,
+    RunResult,
+    Usage,
+)
+from executor.sandbox.limits import merge
+from executor.triggers.engine import Fired
+from executor.triggers.store import StoredCallback
+from supervisor_client.jobdict import job_to_dict
+from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
+
+MAX_CODE_BYTES: Final = 1 << 20
+MAX_TRIGGER_BYTES: Final = 64 << 10
+
+_OUTCOMES: Final = {
+    outcome: executor_pb2.Outcome.Value(f"OUTCOME_{outcome.value}") for outcome in Outcome
+}
+
+
+def outcome_message(outcome: Outcome) -> executor_pb2.Outcome.ValueType:
+    """The wire enum of an outcome."""
+    return _OUTCOMES[outcome]
+
+
+def outcome_from_message(value: int) -> Outcome | None:
+    """The outcome a wire enum value names; None for OUTCOME_UNSPECIFIED.
+
+    Raises InvalidRequestError for a number this contract does not know.
+    """
+    if value == 0:
+        return None
+    if value not in executor_pb2.Outcome.values():
+        raise InvalidRequestError(f"outcome: unknown value {value}")
+    return Outcome(
+        executor_pb2.Outcome.Name(executor_pb2.Outcome.ValueType(value)).removeprefix("OUTCOME_")
+    )
+
+
+def usage_message(usage: Usage) -> executor_pb2.Usage:
+    """The wire form of a run's resource usage."""
+    return executor_pb2.Usage(
+        wall_seconds=usage.wall_seconds,
+        cpu_seconds=usage.cpu_seconds,
+        peak_rss_bytes=usage.peak_rss_bytes,
+        queue_seconds=usage.queue_seconds,
+    )
+
+
+def _limits(message: executor_pb2.Limits) -> Limits:
+    # The proto message and the dataclass name their fields alike, one for one.
+    return Limits(**{f.name: getattr(message, f.name) for f in dataclasses.fields(Limits)})
+
+
+def event_message(event: Event) -> types_pb2.Event:
+    """The wire form of a triggering event: the job id as context, the item as extra."""
+    return types_pb2.Event(
+        name=event.name, type=event.type, context=event.context, extra=event.item
+    )
+
+
+def invocation_from_request(
+    request: executor_pb2.ExecuteRequest, *, default_limits: Limits, max_limits: Limits
+) -> Invocation:
+    """Validate an ExecuteRequest into an Invocation; InvalidRequestError names the field."""
+    callback = request.callback
+    if not callback.language.strip():
+        raise InvalidRequestError("callback.language is required (python, perl or qube)")
+    if not callback.code.strip():
+        raise InvalidRequestError("callback.code is empty: there is nothing to run")
+    if len(callback.code.encode()) > MAX_CODE_BYTES:
+        raise InvalidRequestError(
+            f"callback.code is {len(callback.code.encode())} bytes; the limit is {MAX_CODE_BYTES}"
+        )
+    if len(callback.triggers.encode()) > MAX_TRIGGER_BYTES:
+        raise InvalidRequestError(f"callback.triggers is longer than {MAX_TRIGGER_BYTES} bytes")
+    if not request.HasField("context") or not request.context.job.id:
+        raise InvalidRequestError("context.job.id is required: a callback runs in a job's context")
+    context = request.context
+    job_id = context.job.id
+    event = None
+    if context.HasField("event") and context.event.name:
+        wire = context.event
+        event = Event.from_atom_form(wire.name, wire.type, wire.context, wire.extra, job_id=job_id)
+    return Invocation(
+        invocation_id=request.invocation_id or str(uuid.uuid4()),
+        callback=CallbackSpec(
+            language=callback.language.strip().lower(),
+            code=callback.code,
+            triggers=callback.triggers,
+            id=callback.id,
+            user=callback.user,
+            count=callback.count,
+            maximum=callback.maximum,
+        ),
+        job=job_to_dict(context.job, include_callbacks=True),
+        limits=merge(_limits(request.limits), default_limits, max_limits),
+        event=event,
+        work_name=context.work_name,
+        subjob_id=context.subjob_id if context.HasField("subjob_id") else -1,
+    )
+
+
+def response_from_result(result: RunResult) -> executor_pb2.ExecuteResponse:
+    """The wire form of a run's result."""
+    response = executor_pb2.ExecuteResponse(
+        invocation_id=result.invocation_id,
+        outcome=outcome_message(result.outcome),
+        exit_code=result.exit_code,
+        signal=result.signal,
+        stdout=result.stdout,
+        stderr=result.stderr,
+        stdout_truncated=result.stdout_truncated,
+        stderr_truncated=result.stderr_truncated,
+        usage=usage_message(result.usage),
+    )
+    if result.failure is not None:
+        response.failure.message = result.failure.message
+        response.failure.exception_type = result.failure.exception_type
+        response.failure.traceback = result.failure.traceback
+    for action in result.actions:
+        response.actions.add(
+            verb=action.verb, target=action.target, ok=action.ok, message=action.message
+        )
+    return response
+
+
+# -- the event path ---------------------------------------------------------------------
+
+# The event types a scheduler publishes; clock events are the executor's own.
+PUBLISHABLE_TYPES: Final = frozenset({"job", "work", "subjob", "host"})
+
+
+def event_from_request(
+    request: executor_pb2.PublishEventRequest | executor_pb2.DryRunRequest,
+) -> Event:
+    """Validate a published (or simulated) event; InvalidRequestError names the field."""
+    if not request.name:
+        raise InvalidRequestError("name is required (complete, failed, killed, running, ...)")
+    if request.name == "done":
+        raise InvalidRequestError(
+            "'done' is derived from complete, failed and killed; publish those"
+        )
+    if request.type not in PUBLISHABLE_TYPES:
+        raise InvalidRequestError(
+            f"type {request.type!r} cannot be published; "
+            f"expected one of {', '.join(sorted(PUBLISHABLE_TYPES))}"
+        )
+    if not request.job_id:
+        raise InvalidRequestError("job_id is required")
+    if request.type == "work" and not request.work_name:
+        raise InvalidRequestError("work_name is required for work events")
+    if request.type == "subjob" and not request.HasField("subjob_id"):
+        raise InvalidRequestError("subjob_id is required for subjob events")
+    event_id = request.event_id if isinstance(request, executor_pb2.PublishEventRequest) else ""
+    return Event(
+        name=request.name,
+        type=request.type,
+        job_id=request.job_id,
+        work_name=request.work_name,
+        subjob_id=request.subjob_id if request.HasField("subjob_id") else -1,
+        host=request.host,
+        event_id=event_id,
+    )
+
+
+def registered_message(
+    callback: StoredCallback, latches: tuple[bool, ...] | None = None
+) -> executor_pb2.RegisteredCallback:
+    """The wire form of a registered callback (with ``latches`` instead of its own, if given)."""
+    return executor_pb2.RegisteredCallback(
+        job_id=callback.job_id,
+        id=callback.callback_id,
+        triggers=callback.triggers,
+        canonical_triggers=triggers.render(triggers.parse(callback.triggers)),
+        language=callback.language,
+        universal=callback.universal,
+        source=callback.source,
+        count=callback.count,
+        maximum=callback.maximum,
+        latches=list(callback.latches if latches is None else latches),
+    )
+
+
+def firing_message(fired: Fired) -> executor_pb2.Firing:
+    """The wire form of one callback an event fired (with its result, when it has one)."""
+    message = executor_pb2.Firing(
+        job_id=fired.callback.job_id,
+        callback_id=fired.callback.callback_id,
+        triggers=fired.callback.triggers,
+        language=fired.callback.language,
+        universal=fired.callback.universal,
+        invocation_id=fired.invocation_id,
+    )
+    if fired.result is not None:
+        message.result.CopyFrom(response_from_result(fired.result))
+    return message
+
+
+# -- run history and metrics ------------------------------------------------------------
+
+
+def run_message(record: RunRecord) -> executor_pb2.Run:
+    """The wire form of a history record (with ``result`` when the record has it)."""
+    run = executor_pb2.Run(
+        invocation_id=record.invocation_id,
+        job_id=record.job_id,
+        callback_id=record.callback_id,
+        triggers=record.triggers,
+        language=record.language,
+        outcome=outcome_message(record.outcome),
+        started_at=record.started_at,
+        usage=usage_message(record.usage),
+        work_name=record.work_name,
+    )
+    if record.event is not None:
+        run.event.CopyFrom(event_message(record.event))
+    if record.result is not None:
+        run.result.CopyFrom(response_from_result(record.result))
+    return run
+
+
+def histogram_message(histogram: Histogram) -> executor_pb2.Histogram:
+    """The wire form of a latency histogram."""
+    return executor_pb2.Histogram(
+        bounds_seconds=histogram.bounds_s,
+        counts=histogram.counts,
+        total=histogram.total,
+        sum_seconds=histogram.sum_s,
+    )
+
+
+def metrics_message(snapshot: MetricsSnapshot) -> executor_pb2.GetMetricsResponse:
+    """The wire form of a metrics snapshot."""
+    return executor_pb2.GetMetricsResponse(
+        runs_by_outcome=snapshot.runs_by_outcome,
+        rejected_at_capacity=snapshot.rejected_at_capacity,
+        active_children=snapshot.active_children,
+        queue_depth=snapshot.queue_depth,
+        run_wall_seconds=histogram_message(snapshot.run_wall),
+        queue_seconds=histogram_message(snapshot.queue),
+        outbox_pending=snapshot.outbox_pending,
+        events_published=snapshot.events_published,
+        callbacks_fired=snapshot.callbacks_fired,
+    )

@@ -1,0 +1,101 @@
+"""The gRPC server: every service registered on the one port, health, reflection, the guards.
+
+One servicer per service (the shape of grpc's ``multiplex_server`` example), each method
+under the one error table (``errors.grpc_errors``). The server refuses to share its
+port (``grpc.so_reuseport`` off): a second executor on a port already in use fails at
+start instead of silently taking a share of the calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from executor.api import security
+from executor.api.callback_executor import CallbackExecutorServicer
+from executor.api.interceptors import CallGuard
+from executor.api.runs import EventCounts, Gauges, RunServicer
+from executor.api.triggers import TriggerServicer
+from executor.config import Settings
+from executor.dispatcher import Dispatcher
+from executor.metrics import Metrics
+from executor.recorder import Recorder
+from executor.triggers.engine import TriggerEngine
+from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
+
+# Above gRPC's 4 MiB default, so an oversized callback meets our own validation (a clear
+# INVALID_ARGUMENT naming the field) instead of a transport-level refusal.
+MAX_REQUEST_BYTES: Final = 16 << 20
+SERVICES: Final = tuple(
+    service.full_name for service in executor_pb2.DESCRIPTOR.services_by_name.values()
+)
+
+
+@dataclass
+class Edge:
+    """The executor's gRPC server, its health service and its channel to itself."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    own_channel: grpc.aio.Channel
+
+    async def set_serving(self, serving: bool) -> None:
+        """Health of the server and of each service: SERVING, or NOT_SERVING from a stop on."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", *SERVICES):
+            await self.health.set(service, status)
+
+    async def close(self, grace_s: float) -> None:
+        """Stop serving (calls in flight get ``grace_s`` to finish) and close our channel."""
+        await self.server.stop(grace_s)
+        await self.own_channel.close()
+
+
+def build(
+    settings: Settings,
+    credentials: grpc.ServerCredentials | None,
+    *,
+    metrics: Metrics,
+    dispatcher: Dispatcher,
+    engine: TriggerEngine,
+    recorder: Recorder,
+    gauges: Gauges,
+    event_counts: EventCounts,
+) -> Edge:
+    """The server with every service registered and its port bound; not started yet."""
+    server = grpc.aio.server(
+        interceptors=[*security.server_interceptors(settings), CallGuard(metrics)],
+        options=[
+            ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    executor_pb2_grpc.add_CallbackExecutorServiceServicer_to_server(
+        CallbackExecutorServicer(
+            dispatcher,
+            default_limits=settings.default_limits,
+            max_limits=settings.max_limits,
+        ),
+        server,
+    )
+    executor_pb2_grpc.add_TriggerServiceServicer_to_server(TriggerServicer(engine), server)
+    executor_pb2_grpc.add_RunServiceServicer_to_server(
+        RunServicer(recorder, gauges, event_counts), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = security.add_port(server, settings, credentials)
+    own_channel = security.own_channel(server, settings, port)
+    return Edge(server, port, health_servicer, own_channel)

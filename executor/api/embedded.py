@@ -1,0 +1,78 @@
+"""The embedded reference supervisor, served on a private Unix socket, never on the public port.
+
+The SupervisorService trusts the ``actor`` it is told; on the public port any client, a
+callback with network access included, could claim to be root. The socket sits in the
+0700 data dir, which the hardened tier hides from callbacks. The executor reaches it
+over gRPC like any site's supervisor, and its transitions reach the executor's
+TriggerService through ``EventForwarder``, as any scheduler's would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import grpc
+
+from executor.errors import ConfigError
+from supervisor_client.reference import ReferenceSupervisor, add_reference_supervisor
+from supervisor_client.reference.forwarder import EventForwarder
+
+# sun_path holds 108 bytes, the terminating NUL included.
+MAX_UNIX_SOCKET_PATH: Final = 107
+
+
+@dataclass
+class EmbeddedSupervisor:
+    """The reference supervisor, its private server and the executor's channel to it."""
+
+    reference: ReferenceSupervisor
+    server: grpc.aio.Server
+    channel: grpc.aio.Channel
+    forwarder: EventForwarder | None = None
+    _forwarding: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def forward_to(self, executor_channel: grpc.aio.Channel) -> EventForwarder:
+        """Start sending every transition to the executor's TriggerService."""
+        self.forwarder = EventForwarder(self.reference, executor_channel)
+        self._forwarding = asyncio.create_task(self.forwarder.run())
+        return self.forwarder
+
+    async def stop_forwarding(self) -> None:
+        """Stop sending transitions (those not yet sent are dropped with the process)."""
+        if self._forwarding is not None:
+            self._forwarding.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._forwarding
+            self._forwarding = None
+
+    async def close(self, grace_s: float) -> None:
+        """Stop serving and close the database."""
+        await self.stop_forwarding()
+        await self.channel.close()
+        await self.server.stop(grace_s)
+        self.reference.close()
+
+
+async def start(data_dir: Path) -> EmbeddedSupervisor:
+    """Open ``<data_dir>/supervisor.db`` and serve it on ``<data_dir>/supervisor.sock``."""
+    reference = ReferenceSupervisor(str(data_dir / "supervisor.db"))
+    socket_path = data_dir / "supervisor.sock"
+    if len(str(socket_path)) > MAX_UNIX_SOCKET_PATH:
+        socket_path = Path(tempfile.mkdtemp(prefix="cbexec-")) / "supervisor.sock"
+    socket_path.unlink(missing_ok=True)
+    address = f"unix:{socket_path}"
+    server = grpc.aio.server()
+    add_reference_supervisor(server, reference)
+    try:
+        if server.add_insecure_port(address) == 0:
+            raise ConfigError(f"data_dir: cannot listen on the supervisor socket {socket_path}")
+        await server.start()
+    except BaseException:
+        reference.close()
+        raise
+    return EmbeddedSupervisor(reference, server, grpc.aio.insecure_channel(address))

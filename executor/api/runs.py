@@ -1,0 +1,84 @@
+"""RunService: ListRuns, GetRun and GetMetrics over the run history, the metrics and the gauges.
+
+Refusals at capacity never reach the dispatcher's ``on_result`` (nothing ran), so
+``interceptors.CapacityCounter`` counts them where they become visible: as
+RESOURCE_EXHAUSTED statuses leaving the server.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Protocol
+
+from executor.api import convert
+from executor.api.errors import Context, grpc_errors
+from executor.errors import NotFoundError
+from executor.recorder import Recorder
+from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
+
+DEFAULT_LIST_LIMIT: Final = 50
+MAX_LIST_LIMIT: Final = 1000
+
+
+class Gauges(Protocol):
+    """What the dispatcher exposes about its current load."""
+
+    @property
+    def active(self) -> int: ...
+
+    @property
+    def waiting(self) -> int: ...
+
+
+class EventCounts(Protocol):
+    """The trigger engine's counters."""
+
+    events_published: int
+    callbacks_fired: int
+
+
+class RunServicer(executor_pb2_grpc.RunServiceServicer):
+    """Implements qbcallback.v1.RunService."""
+
+    def __init__(self, recorder: Recorder, gauges: Gauges, event_counts: EventCounts) -> None:
+        self._recorder = recorder
+        self._gauges = gauges
+        self._event_counts = event_counts
+
+    @grpc_errors
+    async def ListRuns(
+        self, request: executor_pb2.ListRunsRequest, context: Context
+    ) -> executor_pb2.ListRunsResponse:
+        """Run history, newest first; filters by job, outcome and start time."""
+        records = self._recorder.history.list_runs(
+            job_id=request.job_id or None,
+            outcome=convert.outcome_from_message(request.outcome),
+            since=request.since if request.since > 0 else None,
+            limit=min(request.limit or DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT),
+        )
+        return executor_pb2.ListRunsResponse(runs=[convert.run_message(r) for r in records])
+
+    @grpc_errors
+    async def GetRun(
+        self, request: executor_pb2.GetRunRequest, context: Context
+    ) -> executor_pb2.GetRunResponse:
+        """One run with its result; NOT_FOUND when unknown or pruned."""
+        record = self._recorder.history.get(request.invocation_id)
+        if record is None:
+            raise NotFoundError(
+                f"no run {request.invocation_id!r} in the history (unknown, or pruned)"
+            )
+        return executor_pb2.GetRunResponse(run=convert.run_message(record))
+
+    @grpc_errors
+    async def GetMetrics(
+        self, request: executor_pb2.GetMetricsRequest, context: Context
+    ) -> executor_pb2.GetMetricsResponse:
+        """Counters, histograms and gauges of this process."""
+        snapshot = self._recorder.metrics.snapshot(
+            active=self._gauges.active,
+            queue_depth=self._gauges.waiting,
+            outbox_pending=self._recorder.outbox_pending(),
+            events_published=self._event_counts.events_published,
+            callbacks_fired=self._event_counts.callbacks_fired,
+        )
+        return convert.metrics_message(snapshot)

@@ -1,0 +1,108 @@
+"""Endpoint security: TLS / mutual TLS from Settings paths, the listening port, the internal channel.
+
+Defaults keep the executor on loopback in plaintext. ``tls_cert`` + ``tls_key`` turn on
+TLS; ``tls_client_ca`` additionally requires a client certificate signed by that CA.
+``auth_token`` requires ``authorization: Bearer <token>`` on every call except the
+health service (``interceptors.TokenAuthInterceptor``).
+
+A missing or unreadable file is a ``ConfigError`` naming the setting and the path, raised
+before anything starts (gRPC itself would only log a vague handshake failure later).
+
+The embedded supervisor's forwarder calls the executor's own TriggerService for every
+transition. That internal channel carries the token; under TLS it goes through a Unix
+socket in ``data_dir`` (mode 0700) instead, because the executor cannot be expected to
+hold a client certificate for its own CA.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Final
+
+import grpc
+
+from executor.api.interceptors import TokenAuthInterceptor
+from executor.config import Settings
+from executor.errors import ConfigError
+from supervisor_client.credentials import open_channel
+
+# sockaddr_un.sun_path is 108 bytes on Linux, NUL included.
+_MAX_UNIX_PATH: Final = 100
+
+
+def read_pem(setting: str, value: str) -> bytes:
+    """The PEM file a setting names; ConfigError naming the setting and path otherwise."""
+    path = Path(value).expanduser()
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{setting}: cannot read {path}: {err.strerror or err}") from err
+    if b"-----BEGIN " not in data:
+        raise ConfigError(f"{setting}: {path} is not a PEM file")
+    return data
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS (or mutual TLS) credentials for the listening port; None for plaintext."""
+    if not settings.tls_cert:
+        return None
+    chain = read_pem("tls_cert", settings.tls_cert)
+    key = read_pem("tls_key", settings.tls_key)
+    client_ca = (
+        read_pem("tls_client_ca", settings.tls_client_ca) if settings.tls_client_ca else None
+    )
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+def describe(settings: Settings) -> str:
+    """One line for the startup log."""
+    transport = (
+        "mutual TLS" if settings.tls_client_ca else "TLS" if settings.tls_cert else "plaintext"
+    )
+    return f"{transport}, {'token required' if settings.auth_token else 'no token'}"
+
+
+def add_port(
+    server: grpc.aio.Server, settings: Settings, credentials: grpc.ServerCredentials | None
+) -> int:
+    """Listen on ``settings.bind``; returns the bound port.
+
+    ConfigError when the address cannot be bound (taken by another process, or not an
+    address of this host): gRPC would log a long traceback, or return port 0.
+    """
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(settings.bind)
+        else:
+            port = server.add_secure_port(settings.bind, credentials)
+    except RuntimeError as err:
+        port, reason = 0, str(err)
+    else:
+        reason = "the address is in use or not an address of this host"
+    if port == 0:
+        raise ConfigError(f"bind: cannot listen on {settings.bind}: {reason}")
+    return port
+
+
+def own_channel(server: grpc.aio.Server, settings: Settings, port: int) -> grpc.aio.Channel:
+    """A channel from the executor to its own services (call before the server starts).
+
+    Plain loopback, or under TLS a private Unix socket, with our token when one is set.
+    """
+    address = f"127.0.0.1:{port}"
+    if settings.tls_cert:
+        socket_path = settings.data_dir / "internal.sock"
+        if len(str(socket_path)) > _MAX_UNIX_PATH:
+            socket_path = Path(tempfile.mkdtemp(prefix="cbexec-")) / "internal.sock"
+        address = f"unix:{socket_path}"
+        if server.add_insecure_port(address) == 0:
+            raise ConfigError(f"data_dir: cannot listen on the internal socket {socket_path}")
+    return open_channel(address, token=settings.auth_token or None)
+
+
+def server_interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
+    """The security interceptors the settings ask for (outermost first)."""
+    return [TokenAuthInterceptor(settings.auth_token)] if settings.auth_token else []

@@ -1,0 +1,61 @@
+"""TriggerService: RegisterJob, PublishEvent, DryRun and ReloadUniversalCallbacks over the engine."""
+
+from __future__ import annotations
+
+from executor.api import convert
+from executor.api.errors import Context, grpc_errors
+from executor.triggers.engine import TriggerEngine
+from supervisor_client.jobdict import job_to_dict
+from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
+
+
+class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
+    """Implements qbcallback.v1.TriggerService over the trigger engine."""
+
+    def __init__(self, engine: TriggerEngine) -> None:
+        self._engine = engine
+
+    @grpc_errors
+    async def RegisterJob(
+        self, request: executor_pb2.RegisterJobRequest, context: Context
+    ) -> executor_pb2.RegisterJobResponse:
+        """Store a job with its callbacks and the universal ones; answer them as registered."""
+        job = job_to_dict(request.job, include_callbacks=True)
+        callbacks = self._engine.register_job(job)
+        return executor_pb2.RegisterJobResponse(
+            callbacks=[convert.registered_message(cb) for cb in callbacks]
+        )
+
+    @grpc_errors
+    async def PublishEvent(
+        self, request: executor_pb2.PublishEventRequest, context: Context
+    ) -> executor_pb2.PublishEventResponse:
+        """Apply one event durably and run what it fires (inline when ``wait``)."""
+        event = convert.event_from_request(request)
+        fired, duplicate = await self._engine.publish(event, wait=request.wait)
+        return executor_pb2.PublishEventResponse(
+            fired=[convert.firing_message(f) for f in fired], duplicate=duplicate
+        )
+
+    @grpc_errors
+    async def DryRun(
+        self, request: executor_pb2.DryRunRequest, context: Context
+    ) -> executor_pb2.DryRunResponse:
+        """What an event would fire or latch; nothing runs and no state changes."""
+        fired, latched, _ = self._engine.match(convert.event_from_request(request), dry=True)
+        return executor_pb2.DryRunResponse(
+            would_fire=[convert.firing_message(f) for f in fired],
+            would_latch=[
+                convert.registered_message(item.callback, item.latches) for item in latched
+            ],
+        )
+
+    @grpc_errors
+    async def ReloadUniversalCallbacks(
+        self, request: executor_pb2.ReloadUniversalCallbacksRequest, context: Context
+    ) -> executor_pb2.ReloadUniversalCallbacksResponse:
+        """Re-read callbacks.conf; on errors the last good set stays active."""
+        errors = self._engine.reload_universal()
+        return executor_pb2.ReloadUniversalCallbacksResponse(
+            reloaded=not errors, errors=errors, active=len(self._engine.universal)
+        )

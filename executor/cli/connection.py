@@ -1,0 +1,86 @@
+"""What every client command shares: connection options, the client they make, exit codes.
+
+Exit codes of every ``cbexec`` command: 0 success, 1 the thing asked about did not
+succeed (a callback that failed, a trigger that does not parse, a reload refused),
+2 bad arguments or configuration, 3 the executor refused the call or could not be
+reached. Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+from executor.errors import ConfigError
+from supervisor_client import ExecutorClient, ExecutorRpcError
+
+EXIT_OK: Final = 0
+EXIT_NOT_SUCCEEDED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_RPC: Final = 3
+
+DEFAULT_ADDRESS: Final = "127.0.0.1:50051"
+
+Command = Callable[[argparse.Namespace, TextIO], Coroutine[Any, Any, int]]
+
+
+def connection_options(*, suppress: bool = False) -> argparse.ArgumentParser:
+    """Connection flags; ``suppress`` (for a sub-subcommand) leaves unset ones to the parent."""
+    parent = argparse.ArgumentParser(
+        add_help=False, argument_default=argparse.SUPPRESS if suppress else None
+    )
+    parent.add_argument(
+        "--address",
+        default=argparse.SUPPRESS
+        if suppress
+        else os.environ.get("CBEXEC_ADDRESS", DEFAULT_ADDRESS),
+        help="executor host:port (default: $CBEXEC_ADDRESS, else 127.0.0.1:50051)",
+    )
+    parent.add_argument(
+        "--token",
+        default=argparse.SUPPRESS if suppress else os.environ.get("CBEXEC_AUTH_TOKEN"),
+        help="the executor's auth_token (default: $CBEXEC_AUTH_TOKEN)",
+    )
+    parent.add_argument("--tls-ca", type=Path, help="PEM CA of the executor's certificate")
+    parent.add_argument("--tls-cert", type=Path, help="PEM client certificate (mutual TLS)")
+    parent.add_argument("--tls-key", type=Path, help="PEM client key (mutual TLS)")
+    parent.add_argument("--timeout", type=float, help="seconds per call")
+    return parent
+
+
+def _read(path: Path | None, option: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{option}: cannot read {path}: {err.strerror or err}") from err
+
+
+def connect(args: argparse.Namespace, address: str | None = None) -> ExecutorClient:
+    """An ExecutorClient for the connection options (TLS when any certificate is given)."""
+    return ExecutorClient(
+        address or args.address,
+        root_certificates=_read(args.tls_ca, "--tls-ca"),
+        certificate_chain=_read(args.tls_cert, "--tls-cert"),
+        private_key=_read(args.tls_key, "--tls-key"),
+        token=args.token,
+    )
+
+
+def rpc_command(work: Command) -> Callable[[argparse.Namespace], int]:
+    """Run an async command; an RPC failure is one line on stderr and exit code 3."""
+
+    def handler(args: argparse.Namespace) -> int:
+        try:
+            return asyncio.run(work(args, sys.stdout))
+        except ExecutorRpcError as err:
+            print(f"cbexec: {err}", file=sys.stderr)
+            return EXIT_RPC
+
+    return handler
