@@ -22,8 +22,8 @@ import gc
 import logging
 import signal
 import sys
-from contextlib import AsyncExitStack
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -34,9 +34,9 @@ from executor.api.reporting import GrpcReportTransport, encode_report
 from executor.api.supervisor import GrpcSupervisor
 from executor.config import Settings
 from executor.dispatcher import Dispatcher
-from executor.metrics import Metrics
 from executor.qube_language import QubeInterpreter
-from executor.recorder import Recorder
+from executor.runs.metrics import Metrics
+from executor.runs.recorder import Recorder
 from executor.sandbox.process import SandboxOptions, SandboxRunner
 from executor.sandbox.spawners import ColdSpawner, Spawner, ZygoteSpawner
 from executor.sandbox.tier import describe_tier, sandbox_options

@@ -13,8 +13,6 @@ from typing import Final
 
 from executor import triggers
 from executor.errors import InvalidRequestError
-from executor.history import RunRecord
-from executor.metrics import Histogram, MetricsSnapshot
 from executor.model import (
     CallbackSpec,
     Event,
@@ -24,6 +22,8 @@ from executor.model import (
     RunResult,
     Usage,
 )
+from executor.runs.history import RunRecord
+from executor.runs.metrics import Histogram, MetricsSnapshot
 from executor.sandbox.limits import merge
 from executor.triggers.engine import Fired
 from executor.triggers.store import StoredCallback

@@ -22,8 +22,8 @@ from executor.api.runs import EventCounts, Gauges, RunServicer
 from executor.api.triggers import TriggerServicer
 from executor.config import Settings
 from executor.dispatcher import Dispatcher
-from executor.metrics import Metrics
-from executor.recorder import Recorder
+from executor.runs.metrics import Metrics
+from executor.runs.recorder import Recorder
 from executor.triggers.engine import TriggerEngine
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 

@@ -19,7 +19,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health
 
-from executor.metrics import Metrics
+from executor.runs.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 

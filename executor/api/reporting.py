@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 
 from executor.api import convert
 from executor.model import Invocation, RunResult
-from executor.outbox import DeliveryError
+from executor.runs.outbox import DeliveryError
 from supervisor_client.qbcallback.v1 import supervisor_pb2, supervisor_pb2_grpc, types_pb2
 
 # The receiver will refuse these again however often we retry; everything else (UNAVAILABLE,

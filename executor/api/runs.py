@@ -12,7 +12,7 @@ from typing import Final, Protocol
 from executor.api import convert
 from executor.api.errors import Context, grpc_errors
 from executor.errors import NotFoundError
-from executor.recorder import Recorder
+from executor.runs.recorder import Recorder
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 
 DEFAULT_LIST_LIMIT: Final = 50

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from executor.sqlite_checkpoints import BackgroundCheckpoints
+from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
 
 SCHEMA = """
 PRAGMA journal_mode = WAL;

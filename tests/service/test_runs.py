@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from executor import server
-from executor.callback_log import log_path
+from executor.runs.callback_log import log_path
 from supervisor_client import ExecutorClient, ExecutorRpcError
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, stack_settings

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from executor.callback_log import CUT_MARKER, CallbackLog, format_entry, log_path
 from executor.model import CallbackSpec, Failure, Invocation, Limits, Outcome, RunResult
+from executor.runs.callback_log import CUT_MARKER, CallbackLog, format_entry, log_path
 
 pytestmark = pytest.mark.unit
 

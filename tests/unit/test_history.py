@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from executor.history import RunHistory, result_from_json, result_to_json
 from executor.model import (
     ActionRecord,
     CallbackSpec,
@@ -18,6 +17,7 @@ from executor.model import (
     RunResult,
     Usage,
 )
+from executor.runs.history import RunHistory, result_from_json, result_to_json
 
 pytestmark = pytest.mark.unit
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from executor.metrics import Histogram, Metrics
 from executor.model import Outcome, RunResult, Usage
+from executor.runs.metrics import Histogram, Metrics
 
 pytestmark = pytest.mark.unit
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from executor.outbox import Backoff, DeliveryError, Outbox
+from executor.runs.outbox import Backoff, DeliveryError, Outbox
 from supervisor_client.reference import ReferenceSupervisor
 from tests.helpers.waiting import eventually
 

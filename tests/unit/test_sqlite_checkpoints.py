@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from executor.sqlite_checkpoints import BackgroundCheckpoints
+from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
 
 ROW = b"x" * 3000  # about a page per commit
 
@@ -107,7 +107,7 @@ def test_a_log_held_by_a_reader_is_reported_and_nothing_is_lost(
     checkpoints = BackgroundCheckpoints(
         writer, path, every_commits=50, max_log_pages=10, busy_timeout_s=0.05
     )
-    with caplog.at_level(logging.WARNING, logger="executor.sqlite_checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="executor.runs.sqlite_checkpoints"):
         write(writer, checkpoints, 50)
         checkpoints.wait()
     assert "could not be emptied" in caplog.text

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol, cast, runtime_checkable
 
-from executor.sqlite_checkpoints import BackgroundCheckpoints
+from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
 
 logger = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from executor.model import (
     RunResult,
     Usage,
 )
-from executor.sqlite_checkpoints import BackgroundCheckpoints
+from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
 
 logger = logging.getLogger(__name__)
 

@@ -15,12 +15,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from executor.callback_log import CallbackLog
 from executor.config import Settings
-from executor.history import RunHistory
-from executor.metrics import Metrics
 from executor.model import Invocation, RunResult
-from executor.outbox import Outbox, Transport
+from executor.runs.callback_log import CallbackLog
+from executor.runs.history import RunHistory
+from executor.runs.metrics import Metrics
+from executor.runs.outbox import Outbox, Transport
 
 # Serializes one finished run's report for the outbox (the api layer knows the format).
 ReportEncoder = Callable[[Invocation, RunResult], bytes]
