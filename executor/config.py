@@ -116,6 +116,9 @@ class Settings:
     mail: MailSettings = MailSettings(directory=Path(""))
     # Seconds a qb call may wait for the supervisor.
     supervisor_timeout_seconds: float = 10.0
+    # The largest message the supervisor takes (gRPC's default receive limit is 4 MiB):
+    # reports, and batches of them, stay under it; a larger result is reported reduced.
+    supervisor_max_message_bytes: int = 4 * MIB
     log_level: str = "INFO"
     # "text" or "json".
     log_format: str = "text"
@@ -237,6 +240,8 @@ def validate(settings: Settings) -> Settings:
     host, sep, port = settings.bind.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise ConfigError(f"bind: expected host:port, got {settings.bind!r}")
+    if int(port) > 65535:
+        raise ConfigError(f"bind: port {port} is out of range (1-65535, or 0 for any free port)")
     for name in ("default_limits", "max_limits"):
         limits: Limits = getattr(settings, name)
         for key in _LIMIT_FIELDS:
@@ -257,6 +262,8 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError("launcher: expected zygote or cold")
     if settings.log_format not in ("text", "json"):
         raise ConfigError("log_format: expected text or json")
+    if settings.supervisor_max_message_bytes < 256 << 10:
+        raise ConfigError("supervisor_max_message_bytes: must be at least 262144 (256 KiB)")
     if settings.callback_log_max_bytes < 1 or settings.history_max_runs < 1:
         raise ConfigError("callback_log_max_bytes and history_max_runs must be >= 1")
     if settings.history_retention_days <= 0:

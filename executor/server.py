@@ -30,7 +30,7 @@ from typing import Any, Final
 from executor.api import edge as api_edge
 from executor.api import embedded as api_embedded
 from executor.api import security
-from executor.api.reporting import GrpcReportTransport, encode_report
+from executor.api.reporting import GrpcReportTransport, ReportEncoder
 from executor.api.supervisor import GrpcSupervisor
 from executor.config import Settings
 from executor.dispatcher import Dispatcher
@@ -40,6 +40,7 @@ from executor.runs.recorder import Recorder
 from executor.sandbox.process import SandboxOptions, SandboxRunner
 from executor.sandbox.spawners import ColdSpawner, Spawner, ZygoteSpawner
 from executor.sandbox.tier import describe_tier, sandbox_options
+from executor.storage import StorageHealth
 from executor.triggers.engine import TriggerEngine
 from executor.triggers.store import TriggerStore
 from supervisor_client.credentials import open_channel
@@ -82,10 +83,12 @@ async def start(settings: Settings) -> RunningServer:
     """Build and start everything the settings describe."""
     async with AsyncExitStack() as stack:
         credentials = security.server_credentials(settings)  # bad TLS files fail first
+        security.check_bindable(settings.bind)
         options = sandbox_options(settings)
         if options.cgroups is not None:
             stack.callback(options.cgroups.close)
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        storage_health = StorageHealth(settings.data_dir)
 
         embedded = None
         if settings.supervisor:
@@ -93,7 +96,9 @@ async def start(settings: Settings) -> RunningServer:
             supervisor_channel = open_channel(settings.supervisor)
             stack.push_async_callback(supervisor_channel.close)
         else:
-            embedded = await api_embedded.start(settings.data_dir)
+            embedded = await api_embedded.start(
+                settings.data_dir, max_message_bytes=settings.supervisor_max_message_bytes
+            )
             stack.push_async_callback(embedded.close, STOP_GRACE_S)
             supervisor_channel = embedded.channel
 
@@ -102,7 +107,11 @@ async def start(settings: Settings) -> RunningServer:
         if settings.report_results:
             transport = GrpcReportTransport(supervisor_channel, settings.supervisor_timeout_seconds)
         recorder = Recorder.open(
-            settings, metrics, transport=transport, encode_report=encode_report
+            settings,
+            metrics,
+            transport=transport,
+            encode_report=ReportEncoder(settings.supervisor_max_message_bytes),
+            health=storage_health,
         )
         stack.push_async_callback(recorder.close)
 
@@ -137,6 +146,7 @@ async def start(settings: Settings) -> RunningServer:
             recorder=recorder,
             gauges=dispatcher,
             event_counts=engine.stats,
+            storage=storage_health,
         )
         stack.push_async_callback(edge.close, STOP_GRACE_S)
         await edge.server.start()
@@ -146,10 +156,15 @@ async def start(settings: Settings) -> RunningServer:
             asyncio.create_task(engine.resume_pending()),
             asyncio.create_task(engine.run_timers()),
         ]
-        stack.push_async_callback(_stop_engine, engine, engine_tasks)
+        stack.push_async_callback(_stop_tasks, engine_tasks)
+        stack.push_async_callback(engine.close)
         stack.push_async_callback(dispatcher.drain)
         await edge.set_serving(True)
-        stack.push_async_callback(edge.set_serving, False)
+        edge.follow(storage_health)
+        stack.push_async_callback(
+            _stop_tasks, [asyncio.create_task(storage_health.probe_forever())]
+        )
+        stack.push_async_callback(edge.stop_serving)
         forwarder = None
         if embedded is not None:
             forwarder = embedded.forward_to(edge.own_channel)
@@ -181,11 +196,10 @@ async def start(settings: Settings) -> RunningServer:
     raise AssertionError("unreachable: the block returns or raises")
 
 
-async def _stop_engine(engine: TriggerEngine, tasks: Sequence[asyncio.Task[Any]]) -> None:
+async def _stop_tasks(tasks: Sequence[asyncio.Task[Any]]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    await engine.close()
 
 
 async def serve_forever(settings: Settings) -> None:

@@ -14,16 +14,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from supervisor_client.credentials import open_channel
+from supervisor_client.credentials import RECONNECT_OPTIONS, open_channel
 from supervisor_client.errors import from_rpc_error
 from supervisor_client.jobdict import job_from_dict
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc, types_pb2
@@ -38,6 +38,11 @@ __all__ = [
 ]
 
 _Response = TypeVar("_Response")
+
+# The largest answer an executor sends: an Execute result holds at most two streams of
+# the output_bytes cap (64 MiB each), plus bounded actions and failure text. gRPC's
+# default receive limit (4 MiB) would refuse a large but legitimate result.
+MAX_ANSWER_BYTES: Final = 160 << 20
 
 
 async def _checked(call: Awaitable[_Response]) -> _Response:
@@ -110,6 +115,7 @@ class ExecutorClient:
                 private_key=private_key,
                 certificate_chain=certificate_chain,
                 token=token,
+                options=(*RECONNECT_OPTIONS, ("grpc.max_receive_message_length", MAX_ANSWER_BYTES)),
             )
             self._owns_channel = True
         else:
@@ -299,6 +305,22 @@ class ExecutorClient:
         """Counters and latency histograms of the executor process."""
         request = executor_pb2.GetMetricsRequest()
         return await _checked(self._runs.GetMetrics(request, timeout=timeout))
+
+    async def list_dead_letters(
+        self, *, limit: int = 0, timeout: float | None = None
+    ) -> executor_pb2.ListDeadLettersResponse:
+        """Results the outbox set aside instead of delivering them, newest first."""
+        request = executor_pb2.ListDeadLettersRequest(limit=limit)
+        return await _checked(self._runs.ListDeadLetters(request, timeout=timeout))
+
+    async def retry_dead_letters(
+        self, invocation_ids: Sequence[str] = (), *, timeout: float | None = None
+    ) -> executor_pb2.RetryDeadLettersResponse:
+        """Queue dead letters for delivery again: the ones named, or every one if none is."""
+        request = executor_pb2.RetryDeadLettersRequest(
+            invocation_ids=list(invocation_ids), all=not invocation_ids
+        )
+        return await _checked(self._runs.RetryDeadLetters(request, timeout=timeout))
 
 
 def outcome_name(value: int) -> str:

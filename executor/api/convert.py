@@ -24,6 +24,7 @@ from executor.model import (
 )
 from executor.runs.history import RunRecord
 from executor.runs.metrics import Histogram, MetricsSnapshot
+from executor.runs.outbox import DeadLetter
 from executor.sandbox.limits import merge
 from executor.triggers.engine import Fired
 from executor.triggers.store import StoredCallback
@@ -32,6 +33,28 @@ from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
 
 MAX_CODE_BYTES: Final = 1 << 20
 MAX_TRIGGER_BYTES: Final = 64 << 10
+# Ids are stored as SQLite integers (signed 64 bits): a uint64 above this cannot be kept.
+MAX_ID: Final = (1 << 63) - 1
+MAX_UINT32: Final = (1 << 32) - 1
+
+
+def check_id(field: str, value: int) -> int:
+    """``value`` when it fits a stored id; InvalidRequestError naming the field otherwise."""
+    if not 0 <= value <= MAX_ID:
+        raise InvalidRequestError(f"{field} = {value} is out of range (0 to {MAX_ID})")
+    return value
+
+
+def check_job(job: types_pb2.Job, where: str) -> None:
+    """The ids of a job fit what the executor stores; ``where`` names the job field."""
+    for name in ("id", "pgrp", "pid"):
+        check_id(f"{where}.{name}", getattr(job, name))
+
+
+def saturated(count: int) -> int:
+    """A count as a uint32 field carries it: at most 2^32-1 (counts saturate, never wrap)."""
+    return min(count, MAX_UINT32)
+
 
 _OUTCOMES: Final = {
     outcome: executor_pb2.Outcome.Value(f"OUTCOME_{outcome.value}") for outcome in Outcome
@@ -97,6 +120,7 @@ def invocation_from_request(
     if not request.HasField("context") or not request.context.job.id:
         raise InvalidRequestError("context.job.id is required: a callback runs in a job's context")
     context = request.context
+    check_job(context.job, "context.job")
     job_id = context.job.id
     event = None
     if context.HasField("event") and context.event.name:
@@ -168,6 +192,7 @@ def event_from_request(
         )
     if not request.job_id:
         raise InvalidRequestError("job_id is required")
+    check_id("job_id", request.job_id)
     if request.type == "work" and not request.work_name:
         raise InvalidRequestError("work_name is required for work events")
     if request.type == "subjob" and not request.HasField("subjob_id"):
@@ -196,8 +221,8 @@ def registered_message(
         language=callback.language,
         universal=callback.universal,
         source=callback.source,
-        count=callback.count,
-        maximum=callback.maximum,
+        count=saturated(callback.count),
+        maximum=saturated(callback.maximum),
         latches=list(callback.latches if latches is None else latches),
     )
 
@@ -262,4 +287,18 @@ def metrics_message(snapshot: MetricsSnapshot) -> executor_pb2.GetMetricsRespons
         outbox_pending=snapshot.outbox_pending,
         events_published=snapshot.events_published,
         callbacks_fired=snapshot.callbacks_fired,
+        outbox_dead_letters=snapshot.outbox_dead_letters,
+        storage_problem=snapshot.storage_problem,
+    )
+
+
+def dead_letter_message(letter: DeadLetter) -> executor_pb2.DeadLetter:
+    """The wire form of a result the outbox set aside."""
+    return executor_pb2.DeadLetter(
+        invocation_id=letter.key,
+        created_at=letter.created_at,
+        dead_at=letter.dead_at,
+        attempts=letter.attempts,
+        last_error=letter.last_error,
+        size_bytes=letter.size_bytes,
     )

@@ -8,6 +8,7 @@ start instead of silently taking a share of the calls.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Final
 
@@ -24,6 +25,7 @@ from executor.config import Settings
 from executor.dispatcher import Dispatcher
 from executor.runs.metrics import Metrics
 from executor.runs.recorder import Recorder
+from executor.storage import StorageHealth
 from executor.triggers.engine import TriggerEngine
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 
@@ -43,6 +45,22 @@ class Edge:
     port: int
     health: health.aio.HealthServicer
     own_channel: grpc.aio.Channel
+    _stopping: bool = False
+    _pending_health: asyncio.Future[None] | None = None
+
+    def follow(self, storage: StorageHealth) -> None:
+        """Answer NOT_SERVING while the storage cannot record results, SERVING again after."""
+
+        def changed(problem: str) -> None:
+            if not self._stopping:
+                self._pending_health = asyncio.ensure_future(self.set_serving(not problem))
+
+        storage.listeners.append(changed)
+
+    async def stop_serving(self) -> None:
+        """NOT_SERVING from now on, whatever the storage does (the start of a stop)."""
+        self._stopping = True
+        await self.set_serving(False)
 
     async def set_serving(self, serving: bool) -> None:
         """Health of the server and of each service: SERVING, or NOT_SERVING from a stop on."""
@@ -70,6 +88,7 @@ def build(
     recorder: Recorder,
     gauges: Gauges,
     event_counts: EventCounts,
+    storage: StorageHealth,
 ) -> Edge:
     """The server with every service registered and its port bound; not started yet."""
     server = grpc.aio.server(
@@ -89,7 +108,7 @@ def build(
     )
     executor_pb2_grpc.add_TriggerServiceServicer_to_server(TriggerServicer(engine), server)
     executor_pb2_grpc.add_RunServiceServicer_to_server(
-        RunServicer(recorder, gauges, event_counts), server
+        RunServicer(recorder, gauges, event_counts, storage), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

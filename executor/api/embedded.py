@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,15 +59,27 @@ class EmbeddedSupervisor:
         self.reference.close()
 
 
-async def start(data_dir: Path) -> EmbeddedSupervisor:
-    """Open ``<data_dir>/supervisor.db`` and serve it on ``<data_dir>/supervisor.sock``."""
-    reference = ReferenceSupervisor(str(data_dir / "supervisor.db"))
+async def start(data_dir: Path, *, max_message_bytes: int) -> EmbeddedSupervisor:
+    """Open ``<data_dir>/supervisor.db`` and serve it on ``<data_dir>/supervisor.sock``.
+
+    It takes messages as large as the executor sends (``max_message_bytes``). A file that
+    is not a database is a ConfigError naming it; it is left untouched.
+    """
+    path = data_dir / "supervisor.db"
+    try:
+        reference = ReferenceSupervisor(str(path))
+    except sqlite3.DatabaseError as err:
+        raise ConfigError(
+            f"{path}: {err}: the file is damaged or is not the embedded supervisor's database. "
+            "It was left untouched: restore it from a backup, or move it aside to start "
+            "with an empty one"
+        ) from err
     socket_path = data_dir / "supervisor.sock"
     if len(str(socket_path)) > MAX_UNIX_SOCKET_PATH:
         socket_path = Path(tempfile.mkdtemp(prefix="cbexec-")) / "supervisor.sock"
     socket_path.unlink(missing_ok=True)
     address = f"unix:{socket_path}"
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes)])
     add_reference_supervisor(server, reference)
     try:
         if server.add_insecure_port(address) == 0:

@@ -2,8 +2,8 @@
 
 The outbox stores the serialized ``ReportResultRequest`` rather than the domain values,
 so what is retried after a restart is byte for byte what would have been sent at once,
-whatever the executor's version. The outbox itself knows only bytes: ``encode_report``
-makes them, ``GrpcReportTransport`` sends them.
+whatever the executor's version. The outbox itself knows only bytes: ``ReportEncoder``
+makes them, never larger than the supervisor takes, and ``GrpcReportTransport`` sends them.
 """
 
 from __future__ import annotations
@@ -15,13 +15,18 @@ from google.protobuf.message import DecodeError
 
 from executor.api import convert
 from executor.model import Invocation, RunResult
-from executor.runs.outbox import DeliveryError
+from executor.runs.outbox import MESSAGE_MARGIN_BYTES, DeliveryError
 from supervisor_client.qbcallback.v1 import supervisor_pb2, supervisor_pb2_grpc, types_pb2
 
-# The receiver will refuse these again however often we retry; everything else (UNAVAILABLE,
-# DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED while a token is being rotated,
-# even INTERNAL or UNIMPLEMENTED while a supervisor is being upgraded) is retried.
+# The receiver will refuse these again however often we retry: the result is set aside.
 PERMANENT_CODES: Final = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE})
+# The receiver did not answer (down, restarting, hanging): retried for as long as it takes.
+UNREACHABLE_CODES: Final = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+)
+# Everything else (RESOURCE_EXHAUSTED for a message too large for it, UNAUTHENTICATED while
+# a token is being rotated, INTERNAL or UNIMPLEMENTED while a supervisor is being upgraded)
+# is retried, and a single result that keeps failing is set aside after a few tries.
 
 
 def report_request(invocation: Invocation, result: RunResult) -> supervisor_pb2.ReportResultRequest:
@@ -36,8 +41,8 @@ def report_request(invocation: Invocation, result: RunResult) -> supervisor_pb2.
             language=callback.language,
             code=callback.code,
             user=callback.user,
-            count=callback.count,
-            maximum=callback.maximum,
+            count=convert.saturated(callback.count),
+            maximum=convert.saturated(callback.maximum),
         ),
     )
     if invocation.event is not None:
@@ -45,9 +50,53 @@ def report_request(invocation: Invocation, result: RunResult) -> supervisor_pb2.
     return request
 
 
-def encode_report(invocation: Invocation, result: RunResult) -> bytes:
-    """The outbox payload of one finished run: its serialized ReportResultRequest."""
-    return report_request(invocation, result).SerializeToString()
+# Kept of a traceback when a report must shrink.
+SHRUNK_TRACEBACK_CHARS: Final = 4000
+
+
+class ReportEncoder:
+    """Serializes a run's ReportResultRequest for the outbox, never larger than ``max_bytes``.
+
+    A result too large for the supervisor's message limit (a few MB of output, or a
+    traceback of a deep recursion) is reported reduced: its output cut with the
+    ``*_truncated`` flags set, its traceback and actions shortened. The run history keeps
+    the whole result.
+    """
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self.max_bytes = max_message_bytes - MESSAGE_MARGIN_BYTES
+
+    def __call__(self, invocation: Invocation, result: RunResult) -> bytes:
+        request = report_request(invocation, result)
+        payload = request.SerializeToString()
+        if len(payload) <= self.max_bytes:
+            return payload
+        return self._shrunk(request).SerializeToString()
+
+    def _shrunk(
+        self, request: supervisor_pb2.ReportResultRequest
+    ) -> supervisor_pb2.ReportResultRequest:
+        reported = request.result
+        outputs = (("stdout", "stdout_truncated"), ("stderr", "stderr_truncated"))
+        texts = {name: getattr(reported, name) for name, _ in outputs}
+        for name, _ in outputs:
+            reported.ClearField(name)  # type: ignore[arg-type]  # the names above are fields
+        if len(reported.failure.traceback) > SHRUNK_TRACEBACK_CHARS:
+            reported.failure.traceback = reported.failure.traceback[-SHRUNK_TRACEBACK_CHARS:]
+        # The actions are the callback's own words: at most a quarter of the room.
+        while reported.actions and request.ByteSize() > self.max_bytes // 4:
+            del reported.actions[len(reported.actions) // 2 :]
+        room = max(0, self.max_bytes - request.ByteSize() - 64)
+        data = {name: texts[name].encode() for name, _ in outputs}
+        # The shorter stream keeps what it has, up to half the room; the other the rest.
+        (short, _), (long_, _) = sorted(outputs, key=lambda output: len(data[output[0]]))
+        keep = {short: min(len(data[short]), room // 2)}
+        keep[long_] = min(len(data[long_]), room - keep[short])
+        for name, flag in outputs:
+            if len(data[name]) > keep[name]:
+                setattr(reported, flag, True)
+            setattr(reported, name, data[name][: keep[name]].decode("utf-8", "ignore"))
+        return request
 
 
 def _parsed(payload: bytes) -> supervisor_pb2.ReportResultRequest:
@@ -58,8 +107,11 @@ def _parsed(payload: bytes) -> supervisor_pb2.ReportResultRequest:
 
 
 def _delivery_error(err: grpc.aio.AioRpcError) -> DeliveryError:
+    code = err.code()
     return DeliveryError(
-        f"{err.code().name}: {err.details()}", retryable=err.code() not in PERMANENT_CODES
+        f"{code.name}: {err.details()}",
+        retryable=code not in PERMANENT_CODES,
+        unreachable=code in UNREACHABLE_CODES,
     )
 
 

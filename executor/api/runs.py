@@ -7,15 +7,18 @@ RESOURCE_EXHAUSTED statuses leaving the server.
 
 from __future__ import annotations
 
+import math
 from typing import Final, Protocol
 
 from executor.api import convert
 from executor.api.errors import Context, grpc_errors
-from executor.errors import NotFoundError
+from executor.errors import InvalidRequestError, NotFoundError
 from executor.runs.recorder import Recorder
+from executor.storage import StorageHealth
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 
 DEFAULT_LIST_LIMIT: Final = 50
+DEFAULT_DEAD_LETTER_LIMIT: Final = 100
 MAX_LIST_LIMIT: Final = 1000
 
 
@@ -39,18 +42,27 @@ class EventCounts(Protocol):
 class RunServicer(executor_pb2_grpc.RunServiceServicer):
     """Implements qbcallback.v1.RunService."""
 
-    def __init__(self, recorder: Recorder, gauges: Gauges, event_counts: EventCounts) -> None:
+    def __init__(
+        self,
+        recorder: Recorder,
+        gauges: Gauges,
+        event_counts: EventCounts,
+        storage: StorageHealth,
+    ) -> None:
         self._recorder = recorder
         self._gauges = gauges
         self._event_counts = event_counts
+        self._storage = storage
 
     @grpc_errors
     async def ListRuns(
         self, request: executor_pb2.ListRunsRequest, context: Context
     ) -> executor_pb2.ListRunsResponse:
         """Run history, newest first; filters by job, outcome and start time."""
+        if not math.isfinite(request.since):
+            raise InvalidRequestError(f"since = {request.since} must be a finite number of seconds")
         records = self._recorder.history.list_runs(
-            job_id=request.job_id or None,
+            job_id=convert.check_id("job_id", request.job_id) or None,
             outcome=convert.outcome_from_message(request.outcome),
             since=request.since if request.since > 0 else None,
             limit=min(request.limit or DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT),
@@ -74,11 +86,39 @@ class RunServicer(executor_pb2_grpc.RunServiceServicer):
         self, request: executor_pb2.GetMetricsRequest, context: Context
     ) -> executor_pb2.GetMetricsResponse:
         """Counters, histograms and gauges of this process."""
+        outbox = self._recorder.outbox
         snapshot = self._recorder.metrics.snapshot(
             active=self._gauges.active,
             queue_depth=self._gauges.waiting,
-            outbox_pending=self._recorder.outbox_pending(),
+            outbox_pending=outbox.pending() if outbox is not None else 0,
             events_published=self._event_counts.events_published,
             callbacks_fired=self._event_counts.callbacks_fired,
+            outbox_dead_letters=outbox.dead() if outbox is not None else 0,
+            storage_problem=self._storage.problem,
         )
         return convert.metrics_message(snapshot)
+
+    @grpc_errors
+    async def ListDeadLetters(
+        self, request: executor_pb2.ListDeadLettersRequest, context: Context
+    ) -> executor_pb2.ListDeadLettersResponse:
+        """Results set aside instead of delivered, newest first."""
+        outbox = self._recorder.outbox
+        limit = min(request.limit or DEFAULT_DEAD_LETTER_LIMIT, MAX_LIST_LIMIT)
+        letters = outbox.dead_letters(limit) if outbox is not None else []
+        return executor_pb2.ListDeadLettersResponse(
+            dead_letters=[convert.dead_letter_message(letter) for letter in letters]
+        )
+
+    @grpc_errors
+    async def RetryDeadLetters(
+        self, request: executor_pb2.RetryDeadLettersRequest, context: Context
+    ) -> executor_pb2.RetryDeadLettersResponse:
+        """Queue dead letters (the ones named, or all) for delivery again."""
+        if request.all == bool(request.invocation_ids):
+            raise InvalidRequestError("name the invocation_ids to retry, or set all (not both)")
+        outbox = self._recorder.outbox
+        if outbox is None:
+            return executor_pb2.RetryDeadLettersResponse(queued=0)
+        keys = None if request.all else list(request.invocation_ids)
+        return executor_pb2.RetryDeadLettersResponse(queued=outbox.retry_dead(keys))

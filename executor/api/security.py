@@ -16,6 +16,7 @@ hold a client certificate for its own CA.
 
 from __future__ import annotations
 
+import socket
 import tempfile
 from pathlib import Path
 from typing import Final
@@ -63,6 +64,34 @@ def describe(settings: Settings) -> str:
         "mutual TLS" if settings.tls_client_ca else "TLS" if settings.tls_cert else "plaintext"
     )
     return f"{transport}, {'token required' if settings.auth_token else 'no token'}"
+
+
+def check_bindable(bind: str) -> None:
+    """ConfigError, in one line, when ``bind`` cannot be listened on (taken, not ours).
+
+    Checked before anything starts: gRPC would log its own multi-line error first, or,
+    with SO_REUSEPORT, silently share a port another executor holds.
+    """
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]")
+    try:
+        addresses = socket.getaddrinfo(
+            host or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"bind: cannot listen on {bind}: {err}") from err
+    problem: OSError | None = None
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does
+            try:
+                probe.bind(address)
+            except OSError as err:
+                problem = problem or err
+                continue
+        return
+    reason = problem.strerror if problem is not None and problem.strerror else str(problem)
+    raise ConfigError(f"bind: cannot listen on {bind}: {reason}")
 
 
 def add_port(

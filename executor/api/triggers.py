@@ -20,6 +20,7 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
         self, request: executor_pb2.RegisterJobRequest, context: Context
     ) -> executor_pb2.RegisterJobResponse:
         """Store a job with its callbacks and the universal ones; answer them as registered."""
+        convert.check_job(request.job, "job")
         job = job_to_dict(request.job, include_callbacks=True)
         callbacks = self._engine.register_job(job)
         return executor_pb2.RegisterJobResponse(

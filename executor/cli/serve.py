@@ -67,6 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
         from executor.sandbox.tier import describe_tier, sandbox_options
 
         security.server_credentials(settings)  # TLS files exist and read as PEM
+        security.check_bindable(settings.bind)
         print("endpoint:", security.describe(settings))
         options = sandbox_options(settings)
         print("sandbox:", describe_tier(options))

@@ -38,6 +38,7 @@ from executor.model import (
     Usage,
 )
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
+from executor.storage import StorageHealth, open_database, writing
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +146,7 @@ class RunHistory:
         max_runs: at most this many runs are kept; the oldest are pruned first.
         clock: Unix time source, replaceable in tests.
         prune_every: prune after this many recorded runs.
+        health: told when a write fails because of the storage.
     """
 
     def __init__(
@@ -155,13 +157,16 @@ class RunHistory:
         max_runs: int,
         clock: Callable[[], float] = time.time,
         prune_every: int = 50,
+        health: StorageHealth | None = None,
     ) -> None:
         self._retention_s = retention_days * DAY_S
         self._max_runs = max_runs
         self._clock = clock
         self._prune_every = prune_every
         self._since_prune = 0
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._path = str(path)
+        self._health = health
+        self._db = open_database(path)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")
@@ -180,27 +185,28 @@ class RunHistory:
         replaces = self._db.execute(
             "SELECT 1 FROM runs WHERE invocation_id = ?", (result.invocation_id,)
         ).fetchone()
-        self._db.execute(
-            "INSERT OR REPLACE INTO runs (invocation_id, job_id, callback_id, triggers, language,"
-            " outcome, started_at, wall_seconds, cpu_seconds, peak_rss_bytes, queue_seconds,"
-            " event, work_name, result) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                result.invocation_id,
-                invocation.job_id,
-                invocation.callback.id,
-                invocation.callback.triggers,
-                invocation.callback.language,
-                result.outcome.value,
-                started_at,
-                usage.wall_seconds,
-                usage.cpu_seconds,
-                usage.peak_rss_bytes,
-                usage.queue_seconds,
-                _event_json(invocation.event),
-                invocation.work_name,
-                result_to_json(result),
-            ),
-        )
+        with writing(self._path, self._health):
+            self._db.execute(
+                "INSERT OR REPLACE INTO runs (invocation_id, job_id, callback_id, triggers, language,"
+                " outcome, started_at, wall_seconds, cpu_seconds, peak_rss_bytes, queue_seconds,"
+                " event, work_name, result) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    result.invocation_id,
+                    invocation.job_id,
+                    invocation.callback.id,
+                    invocation.callback.triggers,
+                    invocation.callback.language,
+                    result.outcome.value,
+                    started_at,
+                    usage.wall_seconds,
+                    usage.cpu_seconds,
+                    usage.peak_rss_bytes,
+                    usage.queue_seconds,
+                    _event_json(invocation.event),
+                    invocation.work_name,
+                    result_to_json(result),
+                ),
+            )
         self._checkpoints.committed()
         if replaces is None:
             self._runs += 1

@@ -72,6 +72,8 @@ class MetricsSnapshot:
     outbox_pending: int
     events_published: int
     callbacks_fired: int
+    outbox_dead_letters: int = 0
+    storage_problem: str = ""
 
 
 class Metrics:
@@ -100,6 +102,8 @@ class Metrics:
         outbox_pending: int,
         events_published: int = 0,
         callbacks_fired: int = 0,
+        outbox_dead_letters: int = 0,
+        storage_problem: str = "",
     ) -> MetricsSnapshot:
         """The counters now, with the gauges and trigger-engine counts their owners report."""
         return MetricsSnapshot(
@@ -112,4 +116,6 @@ class Metrics:
             outbox_pending=outbox_pending,
             events_published=events_published,
             callbacks_fired=callbacks_fired,
+            outbox_dead_letters=outbox_dead_letters,
+            storage_problem=storage_problem,
         )

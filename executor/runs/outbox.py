@@ -14,21 +14,32 @@ the receiver applied it and before the acknowledgement was recorded. The receive
 (``Supervisor.ReportResult``) is idempotent on the message key (the invocation id), so
 at-least-once delivery + an idempotent receiver = exactly-once effect.
 
-A message the receiver refuses as malformed will never succeed; it is set aside as
-*dead* (logged at ERROR, kept in the table with its error) so it cannot block the
-messages behind it. Everything else is retried for as long as it takes.
+No message blocks the ones behind it. One the receiver refuses as malformed will never
+succeed: it is set aside at once as a *dead letter* (logged at ERROR, kept in the table
+with its error, counted, listed and retried on request). One the receiver answers but
+fails (too large for it, or anything else) waits out a backoff of its own while the
+messages behind it go on, and is set aside after ``max_attempts`` such failures. While
+the receiver does not answer at all (down, hanging), everything waits together and is
+retried for as long as it takes.
 
-With a ``BatchTransport``, what has piled up (up to a batch) goes in one exchange and
-is marked delivered in one commit; a batch the receiver refuses is retried message by
-message, so the one bad message is found and set aside.
+With a ``BatchTransport``, what has piled up goes in one exchange (at most
+``batch_size`` messages and ``batch_bytes`` bytes, so a batch stays under the
+receiver's message limit) and is marked delivered in one commit; a batch the receiver
+does not take is retried message by message, so a bad message is found and set aside.
 
-This module knows nothing of gRPC: ``Transport`` delivers bytes (``reporting.py`` has
-the gRPC one).
+The delivery task survives every error: each is logged, backed off from, and retried.
+A commit that fails because of the storage (``executor.storage``) raises
+``StorageError`` from ``put``, so a caller never gets an answer whose result has no
+durable record.
+
+This module knows nothing of gRPC: ``Transport`` delivers bytes (``api/reporting.py``
+has the gRPC one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import sqlite3
@@ -39,8 +50,13 @@ from pathlib import Path
 from typing import Final, Protocol, cast, runtime_checkable
 
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
+from executor.storage import StorageError, StorageHealth, open_database, writing
 
 logger = logging.getLogger(__name__)
+
+# Room left in a receiver's message limit for the batch around the messages and framing:
+# a message, or a batch of them, is at most the limit less this.
+MESSAGE_MARGIN_BYTES: Final = 64 << 10
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -48,10 +64,13 @@ CREATE TABLE IF NOT EXISTS outbox (
     key TEXT NOT NULL UNIQUE,
     payload BLOB NOT NULL,
     created_at REAL NOT NULL,
+    -- Failed attempts the receiver answered (an unreachable receiver's are not counted).
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT NOT NULL DEFAULT '',
     delivered_at REAL,
-    dead_at REAL
+    dead_at REAL,
+    -- Not before this Unix time: a message the receiver refused waits its own backoff.
+    retry_at REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq)
     WHERE delivered_at IS NULL AND dead_at IS NULL;
@@ -59,11 +78,17 @@ CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq)
 
 
 class DeliveryError(Exception):
-    """The transport could not deliver a message; ``retryable`` says whether to try again."""
+    """The transport could not deliver a message.
 
-    def __init__(self, message: str, *, retryable: bool) -> None:
+    ``retryable``: trying again may work (False: the receiver refused it for good).
+    ``unreachable``: the receiver did not answer at all (down, hanging); such failures
+    never count toward setting a message aside, since nothing else moves either.
+    """
+
+    def __init__(self, message: str, *, retryable: bool, unreachable: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.unreachable = unreachable
 
 
 class Transport(Protocol):
@@ -103,6 +128,18 @@ class OutboxStats:
     duplicates_acknowledged: int
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message set aside: never delivered, kept for a person to look at or retry."""
+
+    key: str
+    created_at: float
+    dead_at: float
+    attempts: int
+    last_error: str
+    size_bytes: int
+
+
 class Outbox:
     """The outbox table and its delivery task.
 
@@ -114,6 +151,12 @@ class Outbox:
         linger_s: how long delivery waits after a quiet spell before it sends, so the
             run's caller is answered first and the results of runs ending meanwhile
             share one exchange.
+        batch_size, batch_bytes: the most messages, and bytes of them, one exchange
+            carries (a single larger message still goes, alone).
+        max_attempts: failed tries after which a message the receiver keeps refusing
+            (while it answers) is set aside.
+        health: told when a write fails because of the storage.
+        clock: Unix time source, replaceable in tests.
         rng: jitter source, seedable in tests.
     """
 
@@ -125,9 +168,18 @@ class Outbox:
         backoff: Backoff = Backoff(),
         keep_delivered: int = 1000,
         linger_s: float = 0.02,
+        batch_size: int = 64,
+        batch_bytes: int = 3 << 20,
+        max_attempts: int = 8,
+        health: StorageHealth | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
+        self._path = str(path)
+        self._health = health
+        self._batch_size = batch_size
+        self._batch_bytes = batch_bytes
+        self._max_attempts = max_attempts
         self._transport = transport
         self._batches = isinstance(transport, BatchTransport)
         self._linger_s = linger_s
@@ -135,13 +187,16 @@ class Outbox:
         self._keep_delivered = keep_delivered
         self._clock = clock
         self._rng = rng or random.Random()
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db = open_database(path)
         self._db.execute("PRAGMA journal_mode = WAL")
         # WAL + NORMAL: a commit survives the executor's own crash (kill -9); only an OS
         # crash or power loss can drop the last commits. FULL fsyncs every run on the
         # event loop, which measured ~5 ms per callback and capped throughput.
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if "retry_at" not in columns:  # an outbox.db written before messages backed off alone
+            self._db.execute("ALTER TABLE outbox ADD COLUMN retry_at REAL NOT NULL DEFAULT 0")
         # The log's checkpoints fsync; in a thread, they stall no answer (sqlite_checkpoints).
         self._checkpoints = BackgroundCheckpoints(self._db, path)
         self._wakeup = asyncio.Event()
@@ -155,12 +210,16 @@ class Outbox:
     # -- the producer side: synchronous, durable before it returns ------------------------
 
     def put(self, key: str, payload: bytes) -> bool:
-        """Commit one message; False when ``key`` is already in the outbox (nothing added)."""
-        added = self._db.execute(
-            "INSERT INTO outbox (key, payload, created_at) VALUES (?, ?, ?)"
-            " ON CONFLICT (key) DO NOTHING",
-            (key, payload, self._clock()),
-        ).rowcount
+        """Commit one message; False when ``key`` is already in the outbox (nothing added).
+
+        Raises StorageError when the commit fails because of the storage.
+        """
+        with writing(self._path, self._health):
+            added = self._db.execute(
+                "INSERT INTO outbox (key, payload, created_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (key) DO NOTHING",
+                (key, payload, self._clock()),
+            ).rowcount
         self._checkpoints.committed()
         if added:
             self._drained.clear()
@@ -173,6 +232,10 @@ class Outbox:
             "SELECT count(*) FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL"
         ).fetchone()
         return int(row[0])
+
+    def dead(self) -> int:
+        """Messages set aside as dead letters."""
+        return int(self._db.execute("SELECT count(dead_at) FROM outbox").fetchone()[0])
 
     def stats(self) -> OutboxStats:
         delivered, dead = self._db.execute(
@@ -207,118 +270,197 @@ class Outbox:
         self._checkpoints.close()
         self._db.close()
 
-    def _next_batch(self, size: int = 64) -> list[tuple[int, str, bytes]]:
+    def _next_batch(self) -> list[tuple[int, str, bytes]]:
+        """The oldest rows due now, at most ``batch_size`` and ``batch_bytes`` (always one)."""
         rows = self._db.execute(
             "SELECT seq, key, payload FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL"
-            " ORDER BY seq LIMIT ?",
-            (size,),
+            " AND retry_at <= ? ORDER BY seq LIMIT ?",
+            (self._clock(), self._batch_size),
         ).fetchall()
-        return [(int(seq), str(key), bytes(payload)) for seq, key, payload in rows]
+        batch: list[tuple[int, str, bytes]] = []
+        size = 0
+        for seq, key, payload in rows:
+            size += len(payload)
+            if batch and size > self._batch_bytes:
+                break
+            batch.append((int(seq), str(key), bytes(payload)))
+        return batch
 
     async def _deliver_forever(self) -> None:
+        """Deliver until cancelled; no error ends it (each is logged, then backed off from)."""
         failures = 0
         while True:
-            batch = self._next_batch()
-            if not batch:
-                # No await between the query and clear(): put() cannot slip in between.
-                self._wakeup.clear()
-                self._drained.set()
-                await self._wakeup.wait()
-                # Linger a moment: the caller's answer leaves first, and results of
-                # runs that end meanwhile go out in the same exchange.
-                await asyncio.sleep(self._linger_s)
+            try:
+                delivered = await self._deliver_next()
+            except StorageError as err:  # e.g. the disk is full: wait for the probe's all-clear
+                logger.warning("outbox: %s", err)
+                delivered = False
+            except Exception:  # a database or transport bug: it must not end delivery
+                logger.exception("outbox: delivery failed unexpectedly; retrying")
+                delivered = False
+            if delivered is None:
+                continue  # nothing was pending: woken by a new message
+            if delivered:
+                failures = 0
                 continue
-            if len(batch) > 1 and self._batches:
-                error = await self._deliver_many(batch)
-                if error is None:
-                    failures = 0
-                    continue
-                if error:  # the receiver is unreachable: back off, as for one message
-                    failures += 1
-                    await asyncio.sleep(self._backoff.delay(failures, self._rng))
-                    continue
-                # Refused or not supported: one by one finds the message at fault.
-            for seq, key, payload in batch:
-                error = await self._deliver_one(seq, key, payload)
-                if error is None:
-                    failures = 0
-                    continue
-                failures += 1
-                delay = self._backoff.delay(failures, self._rng)
-                logger.warning(
-                    "outbox: delivery of %s failed (%s); %d pending, retrying in %.2fs",
-                    key,
-                    error,
-                    self.pending(),
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                break  # re-read from the oldest pending row: order is kept
+            failures += 1
+            delay = self._backoff.delay(failures, self._rng)
+            logger.warning("outbox: %d pending, retrying in %.2fs", self.pending(), delay)
+            await asyncio.sleep(delay)
 
-    async def _deliver_many(self, batch: list[tuple[int, str, bytes]]) -> str | None:
-        """Deliver a batch in one exchange: None when delivered, '' when it must go one by
-        one (refused, or batches not supported), else the error to back off on."""
+    async def _deliver_next(self) -> bool | None:
+        """Deliver what is pending now. True when all of it is done with (delivered or set
+        aside), False to back off, None when nothing was pending (after waiting for some)."""
+        batch = self._next_batch()
+        if not batch:
+            # No await between the query and clear(): put() cannot slip in between.
+            self._wakeup.clear()
+            waiting = self._next_retry_at()
+            if waiting is None:
+                self._drained.set()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(None if waiting is None else waiting - self._clock()):
+                    await self._wakeup.wait()
+            # Linger a moment: the caller's answer leaves first, and results of runs that
+            # end meanwhile go out in the same exchange.
+            await asyncio.sleep(self._linger_s)
+            return None
+        if len(batch) > 1 and self._batches:
+            error = await self._deliver_many(batch)
+            if error is None:
+                return True
+            if error.unreachable:
+                return False  # back off, as for one message
+            # Refused, too large, or not supported: one by one finds the message at fault.
+        for seq, key, payload in batch:
+            if not await self._deliver_one(seq, key, payload):
+                return False  # back off; then re-read from the oldest pending row
+        return True
+
+    async def _deliver_many(self, batch: list[tuple[int, str, bytes]]) -> DeliveryError | None:
+        """Deliver a batch in one exchange: None when delivered, else why not (an error that
+        is not ``unreachable`` means: send them one by one)."""
         transport = cast(BatchTransport, self._transport)
         try:
             duplicates = await transport.deliver_many([(key, payload) for _, key, payload in batch])
         except DeliveryError as err:
-            if err.retryable:
-                logger.warning(
-                    "outbox: delivery of %d results failed (%s); retrying", len(batch), err
-                )
-                return str(err)
-            logger.info(
-                "outbox: a batch of %d was refused (%s); sending them one by one", len(batch), err
-            )
-            return ""
-        except Exception:
-            logger.exception("outbox: transport failed unexpectedly on a batch")
-            return ""
+            logger.info("outbox: a batch of %d was not delivered (%s)", len(batch), err)
+            return err
         if duplicates is None:
             logger.info("outbox: the receiver takes no batches; sending results one by one")
             self._batches = False
-            return ""
+            return DeliveryError("the receiver takes no batches", retryable=True)
         self._duplicates += sum(duplicates)
         self._mark_delivered([seq for seq, _, _ in batch])
         return None
 
-    async def _deliver_one(self, seq: int, key: str, payload: bytes) -> str | None:
-        """Deliver one row; None when it is done with (delivered or dead), else the error."""
+    async def _deliver_one(self, seq: int, key: str, payload: bytes) -> bool:
+        """Deliver one row; True when it is done with (delivered or set aside)."""
         try:
             duplicate = await self._transport.deliver(key, payload)
         except DeliveryError as err:
-            self._db.execute(
-                "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE seq = ?",
-                (str(err), seq),
+            attempts = self._note_failure(seq, str(err), counted=not err.unreachable)
+            if not err.retryable:
+                self._set_aside(seq, key, f"refused: {err}")
+                return True
+            if err.unreachable:
+                logger.warning("outbox: delivery of %s failed (%s)", key, err)
+                return False  # nothing moves: back off as a whole
+            if attempts >= self._max_attempts:
+                # The receiver answers, but never takes this one.
+                self._set_aside(seq, key, f"failed {attempts} times, last: {err}")
+                return True
+            # It waits its own backoff while the messages behind it go on.
+            delay = self._backoff.delay(attempts, self._rng)
+            logger.warning(
+                "outbox: delivery of %s failed (%s); retrying it in %.2fs", key, err, delay
             )
-            self._checkpoints.committed()
-            if err.retryable:
-                return str(err)
-            logger.error("outbox: %s refused for good, set aside: %s", key, err)
-            self._db.execute("UPDATE outbox SET dead_at = ? WHERE seq = ?", (self._clock(), seq))
-            self._checkpoints.committed()
-            return None
-        except Exception as err:
-            # A bug in a transport must not end delivery for good: log it and back off.
-            logger.exception("outbox: transport failed unexpectedly on %s", key)
-            return f"{type(err).__name__}: {err}"
+            with writing(self._path, self._health):
+                self._db.execute(
+                    "UPDATE outbox SET retry_at = ? WHERE seq = ?", (self._clock() + delay, seq)
+                )
+            return True
         self._duplicates += duplicate
         self._mark_delivered([seq])
-        return None
+        return True
+
+    def _next_retry_at(self) -> float | None:
+        """When the earliest message waiting out its own backoff is due; None if none waits."""
+        row = self._db.execute(
+            "SELECT min(retry_at) FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL"
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def _note_failure(self, seq: int, error: str, *, counted: bool) -> int:
+        """Record a failed attempt of one row; returns how many attempts the receiver answered
+        and refused (``counted``; an unreachable receiver's are not)."""
+        with writing(self._path, self._health):
+            row = self._db.execute(
+                "UPDATE outbox SET attempts = attempts + ?, last_error = ? WHERE seq = ?"
+                " RETURNING attempts",
+                (int(counted), error, seq),
+            ).fetchone()
+        self._checkpoints.committed()
+        return int(row[0]) if row else 0
+
+    def _set_aside(self, seq: int, key: str, why: str) -> None:
+        logger.error("outbox: %s set aside as a dead letter: %s", key, why)
+        with writing(self._path, self._health):
+            self._db.execute(
+                "UPDATE outbox SET dead_at = ?, last_error = ? WHERE seq = ?",
+                (self._clock(), why, seq),
+            )
+        self._checkpoints.committed()
+
+    # -- dead letters ----------------------------------------------------------------------
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Messages set aside, newest first."""
+        rows = self._db.execute(
+            "SELECT key, created_at, dead_at, attempts, last_error, length(payload) FROM outbox"
+            " WHERE dead_at IS NOT NULL ORDER BY dead_at DESC, seq DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [
+            DeadLetter(str(k), float(c), float(d), int(a), str(e), int(n))
+            for k, c, d, a, e, n in rows
+        ]
+
+    def retry_dead(self, keys: list[str] | None = None) -> int:
+        """Queue dead letters again (all of them when ``keys`` is None); returns how many."""
+        with writing(self._path, self._health):
+            if keys is None:
+                cursor = self._db.execute(
+                    "UPDATE outbox SET dead_at = NULL, attempts = 0, retry_at = 0"
+                    " WHERE dead_at IS NOT NULL"
+                )
+            else:
+                cursor = self._db.executemany(
+                    "UPDATE outbox SET dead_at = NULL, attempts = 0, retry_at = 0"
+                    " WHERE key = ? AND dead_at IS NOT NULL",
+                    [(key,) for key in keys],
+                )
+        self._checkpoints.committed()
+        if cursor.rowcount:
+            self._drained.clear()
+            self._wakeup.set()
+        return int(cursor.rowcount)
 
     def _mark_delivered(self, seqs: list[int]) -> None:
         """Record the rows as delivered, in one commit; trim the delivered ones now and then."""
         now = self._clock()
-        self._db.execute("BEGIN")
-        try:
-            self._db.executemany(
-                "UPDATE outbox SET attempts = attempts + 1, delivered_at = ? WHERE seq = ?",
-                [(now, seq) for seq in seqs],
-            )
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+        with writing(self._path, self._health):
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "UPDATE outbox SET delivered_at = ? WHERE seq = ?",
+                    [(now, seq) for seq in seqs],
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:  # SQLite may have rolled back already (disk full)
+                    self._db.execute("ROLLBACK")
+                raise
         self._checkpoints.committed()
         self._delivered_since_trim += len(seqs)
         if self._delivered_since_trim >= 100:

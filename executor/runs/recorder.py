@@ -20,10 +20,11 @@ from executor.model import Invocation, RunResult
 from executor.runs.callback_log import CallbackLog
 from executor.runs.history import RunHistory
 from executor.runs.metrics import Metrics
-from executor.runs.outbox import Outbox, Transport
+from executor.runs.outbox import MESSAGE_MARGIN_BYTES, Outbox, Transport
+from executor.storage import StorageError, StorageHealth
 
 # Serializes one finished run's report for the outbox (the api layer knows the format).
-ReportEncoder = Callable[[Invocation, RunResult], bytes]
+EncodeReport = Callable[[Invocation, RunResult], bytes]
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class Recorder:
         callback_log: CallbackLog,
         metrics: Metrics,
         outbox: Outbox | None,
-        encode_report: ReportEncoder | None = None,
+        encode_report: EncodeReport | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if outbox is not None and encode_report is None:
@@ -62,21 +63,29 @@ class Recorder:
         metrics: Metrics,
         *,
         transport: Transport | None,
-        encode_report: ReportEncoder | None,
+        encode_report: EncodeReport | None,
+        health: StorageHealth | None = None,
     ) -> Recorder:
         """The sinks the settings describe, with their files under ``data_dir``.
 
         ``transport`` and ``encode_report`` report each run to the supervisor through the
         outbox; without a transport (``report_results = false``) nothing is reported.
+        ``health`` hears of writes that fail because of the storage.
         """
         outbox = None
         if transport is not None:
-            outbox = Outbox(settings.data_dir / "outbox.db", transport)
+            outbox = Outbox(
+                settings.data_dir / "outbox.db",
+                transport,
+                batch_bytes=settings.supervisor_max_message_bytes - MESSAGE_MARGIN_BYTES,
+                health=health,
+            )
         return cls(
             history=RunHistory(
                 settings.data_dir / "runs.db",
                 retention_days=settings.history_retention_days,
                 max_runs=settings.history_max_runs,
+                health=health,
             ),
             callback_log=CallbackLog(callback_log_dir(settings), settings.callback_log_max_bytes),
             metrics=metrics,
@@ -85,15 +94,20 @@ class Recorder:
         )
 
     def on_result(self, invocation: Invocation, result: RunResult) -> None:
-        """Record one finished run (called by the dispatcher on the event loop)."""
+        """Record one finished run (called by the dispatcher on the event loop).
+
+        Raises StorageError when the result could not be committed to the outbox: the
+        caller must not be told the run succeeded, since the supervisor would never hear
+        of it. The bookkeeping is still attempted.
+        """
         now = self._clock()
+        unrecorded: StorageError | None = None
         if self.outbox is not None and self._encode_report is not None:
             try:
                 self.outbox.put(result.invocation_id, self._encode_report(invocation, result))
-            except Exception:
-                logger.exception(
-                    "result of %s could NOT be queued for the supervisor", result.invocation_id
-                )
+            except StorageError as err:
+                logger.error("result of %s could NOT be recorded: %s", result.invocation_id, err)
+                unrecorded = err
         started_at = now - result.usage.wall_seconds
         sinks: tuple[tuple[str, Callable[[], object]], ...] = (
             ("history", lambda: self.history.record(invocation, result, started_at)),
@@ -106,6 +120,8 @@ class Recorder:
             asyncio.get_running_loop().call_soon(self._write_bookkeeping, result, sinks)
         except RuntimeError:  # no event loop: a synchronous caller
             self._write_bookkeeping(result, sinks)
+        if unrecorded is not None:
+            raise unrecorded
 
     @staticmethod
     def _write_bookkeeping(
@@ -114,6 +130,10 @@ class Recorder:
         for name, write in sinks:
             try:
                 write()
+            except (StorageError, OSError) as err:  # the disk, not us: one line is enough
+                logger.warning(
+                    "run %s: the %s was not written: %s", result.invocation_id, name, err
+                )
             except Exception:
                 logger.exception("run %s: writing the %s failed", result.invocation_id, name)
 
@@ -121,9 +141,6 @@ class Recorder:
         """Start delivering results (needs the running event loop)."""
         if self.outbox is not None:
             self.outbox.start()
-
-    def outbox_pending(self) -> int:
-        return self.outbox.pending() if self.outbox is not None else 0
 
     async def close(self, flush_timeout_s: float = 2.0) -> None:
         """Give queued results a moment to go out, then close everything.

@@ -32,10 +32,12 @@ MIN_FILE_SIZE_BYTES: Final = 64 << 20
 
 
 def merge(requested: Limits, default: Limits, cap: Limits) -> Limits:
-    """Zero fields take the default; anything above the cap or negative is rejected."""
+    """Zero fields take the default; anything above the cap, negative, NaN or infinite is rejected."""
     values = {}
     for field in dataclasses.fields(Limits):
         asked = getattr(requested, field.name)
+        if not math.isfinite(asked):
+            raise InvalidRequestError(f"limits.{field.name} must be a finite number (got {asked})")
         if asked < 0:
             raise InvalidRequestError(f"limits.{field.name} must not be negative (got {asked})")
         if asked > getattr(cap, field.name):

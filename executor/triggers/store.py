@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
+from executor.storage import open_database
 
 SCHEMA = """
 PRAGMA journal_mode = WAL;
@@ -139,7 +140,7 @@ class TriggerStore:
 
     def __init__(self, path: str) -> None:
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db = open_database(path)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA foreign_keys = ON")
         self._db.executescript(SCHEMA)

@@ -40,7 +40,7 @@ class ReferenceReceiver:
         await asyncio.sleep(0)
         self.calls[key] += 1
         if self.down:
-            raise DeliveryError("UNAVAILABLE: connection refused", retryable=True)
+            raise DeliveryError("UNAVAILABLE: connection refused", retryable=True, unreachable=True)
         if key in self.refuse:
             raise DeliveryError("INVALID_ARGUMENT: bad result", retryable=False)
         duplicate = self.supervisor.report_result(key, 1, json.loads(payload))
@@ -48,7 +48,7 @@ class ReferenceReceiver:
             self.order.append(key)
         if self.lose_next_ack:
             self.lose_next_ack = False
-            raise DeliveryError("UNAVAILABLE: connection reset", retryable=True)
+            raise DeliveryError("UNAVAILABLE: connection reset", retryable=True, unreachable=True)
         return duplicate
 
 
@@ -67,7 +67,7 @@ class BatchReceiver(ReferenceReceiver):
         if not self.takes_batches:
             return None
         if self.down:
-            raise DeliveryError("UNAVAILABLE: connection refused", retryable=True)
+            raise DeliveryError("UNAVAILABLE: connection refused", retryable=True, unreachable=True)
         keys = [key for key, _ in messages]
         if self.refuse & set(keys):
             raise DeliveryError("INVALID_ARGUMENT: bad result", retryable=False)

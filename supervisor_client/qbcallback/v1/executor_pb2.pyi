@@ -944,6 +944,8 @@ class GetMetricsResponse(_message.Message):
     OUTBOX_PENDING_FIELD_NUMBER: _builtins.int
     EVENTS_PUBLISHED_FIELD_NUMBER: _builtins.int
     CALLBACKS_FIRED_FIELD_NUMBER: _builtins.int
+    OUTBOX_DEAD_LETTERS_FIELD_NUMBER: _builtins.int
+    STORAGE_PROBLEM_FIELD_NUMBER: _builtins.int
     rejected_at_capacity: _builtins.int
     """Requests refused with RESOURCE_EXHAUSTED."""
     active_children: _builtins.int
@@ -953,6 +955,13 @@ class GetMetricsResponse(_message.Message):
     events_published: _builtins.int
     """Events published and callbacks fired by the trigger engine."""
     callbacks_fired: _builtins.int
+    outbox_dead_letters: _builtins.int
+    """Results set aside as dead letters (ListDeadLetters lists them)."""
+    storage_problem: _builtins.str
+    """What is wrong with the data dir's storage, "" when nothing is. While set, a result
+    cannot be recorded: Execute, RegisterJob and PublishEvent answer UNAVAILABLE and the
+    health service NOT_SERVING, until a write works again.
+    """
     @_builtins.property
     def runs_by_outcome(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Runs since start, by outcome name ("SUCCEEDED", ...)."""
@@ -973,11 +982,138 @@ class GetMetricsResponse(_message.Message):
         outbox_pending: _builtins.int = ...,
         events_published: _builtins.int = ...,
         callbacks_fired: _builtins.int = ...,
+        outbox_dead_letters: _builtins.int = ...,
+        storage_problem: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["queue_seconds", b"queue_seconds", "run_wall_seconds", b"run_wall_seconds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_children", b"active_children", "callbacks_fired", b"callbacks_fired", "events_published", b"events_published", "outbox_pending", b"outbox_pending", "queue_depth", b"queue_depth", "queue_seconds", b"queue_seconds", "rejected_at_capacity", b"rejected_at_capacity", "run_wall_seconds", b"run_wall_seconds", "runs_by_outcome", b"runs_by_outcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_children", b"active_children", "callbacks_fired", b"callbacks_fired", "events_published", b"events_published", "outbox_dead_letters", b"outbox_dead_letters", "outbox_pending", b"outbox_pending", "queue_depth", b"queue_depth", "queue_seconds", b"queue_seconds", "rejected_at_capacity", b"rejected_at_capacity", "run_wall_seconds", b"run_wall_seconds", "runs_by_outcome", b"runs_by_outcome", "storage_problem", b"storage_problem"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetMetricsResponse: _TypeAlias = GetMetricsResponse  # noqa: Y015
+
+@_typing.final
+class ListDeadLettersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """At most this many (default 100, at most 1000)."""
+    def __init__(
+        self,
+        *,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeadLettersRequest: _TypeAlias = ListDeadLettersRequest  # noqa: Y015
+
+@_typing.final
+class DeadLetter(_message.Message):
+    """A result the outbox set aside."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOCATION_ID_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    DEAD_AT_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    invocation_id: _builtins.str
+    created_at: _builtins.float
+    """Unix seconds: when the run's result was recorded, and when it was set aside."""
+    dead_at: _builtins.float
+    attempts: _builtins.int
+    """Delivery attempts the supervisor answered and refused."""
+    last_error: _builtins.str
+    """Why it was set aside."""
+    size_bytes: _builtins.int
+    """Size of the stored report."""
+    def __init__(
+        self,
+        *,
+        invocation_id: _builtins.str = ...,
+        created_at: _builtins.float = ...,
+        dead_at: _builtins.float = ...,
+        attempts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "created_at", b"created_at", "dead_at", b"dead_at", "invocation_id", b"invocation_id", "last_error", b"last_error", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeadLetter: _TypeAlias = DeadLetter  # noqa: Y015
+
+@_typing.final
+class ListDeadLettersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEAD_LETTERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dead_letters(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeadLetter]: ...
+    def __init__(
+        self,
+        *,
+        dead_letters: _abc.Iterable[Global___DeadLetter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letters", b"dead_letters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeadLettersResponse: _TypeAlias = ListDeadLettersResponse  # noqa: Y015
+
+@_typing.final
+class RetryDeadLettersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOCATION_IDS_FIELD_NUMBER: _builtins.int
+    ALL_FIELD_NUMBER: _builtins.int
+    all: _builtins.bool
+    @_builtins.property
+    def invocation_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The dead letters to queue again; empty with `all` set means every one."""
+
+    def __init__(
+        self,
+        *,
+        invocation_ids: _abc.Iterable[_builtins.str] | None = ...,
+        all: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "invocation_ids", b"invocation_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryDeadLettersRequest: _TypeAlias = RetryDeadLettersRequest  # noqa: Y015
+
+@_typing.final
+class RetryDeadLettersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUED_FIELD_NUMBER: _builtins.int
+    queued: _builtins.int
+    """How many were queued again."""
+    def __init__(
+        self,
+        *,
+        queued: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["queued", b"queued"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryDeadLettersResponse: _TypeAlias = RetryDeadLettersResponse  # noqa: Y015

@@ -345,6 +345,16 @@ class RunServiceStub:
                 request_serializer=qbcallback_dot_v1_dot_executor__pb2.GetMetricsRequest.SerializeToString,
                 response_deserializer=qbcallback_dot_v1_dot_executor__pb2.GetMetricsResponse.FromString,
                 _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/qbcallback.v1.RunService/ListDeadLetters',
+                request_serializer=qbcallback_dot_v1_dot_executor__pb2.ListDeadLettersRequest.SerializeToString,
+                response_deserializer=qbcallback_dot_v1_dot_executor__pb2.ListDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.RetryDeadLetters = channel.unary_unary(
+                '/qbcallback.v1.RunService/RetryDeadLetters',
+                request_serializer=qbcallback_dot_v1_dot_executor__pb2.RetryDeadLettersRequest.SerializeToString,
+                response_deserializer=qbcallback_dot_v1_dot_executor__pb2.RetryDeadLettersResponse.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -372,6 +382,21 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDeadLetters(self, request, context):
+        """Results the outbox set aside instead of delivering them (the supervisor refused
+        them, or kept failing on them while it answered), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryDeadLetters(self, request, context):
+        """Queues dead letters for delivery again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -389,6 +414,16 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.GetMetrics,
                     request_deserializer=qbcallback_dot_v1_dot_executor__pb2.GetMetricsRequest.FromString,
                     response_serializer=qbcallback_dot_v1_dot_executor__pb2.GetMetricsResponse.SerializeToString,
+            ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=qbcallback_dot_v1_dot_executor__pb2.ListDeadLettersRequest.FromString,
+                    response_serializer=qbcallback_dot_v1_dot_executor__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'RetryDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryDeadLetters,
+                    request_deserializer=qbcallback_dot_v1_dot_executor__pb2.RetryDeadLettersRequest.FromString,
+                    response_serializer=qbcallback_dot_v1_dot_executor__pb2.RetryDeadLettersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -473,6 +508,60 @@ class RunService:
             '/qbcallback.v1.RunService/GetMetrics',
             qbcallback_dot_v1_dot_executor__pb2.GetMetricsRequest.SerializeToString,
             qbcallback_dot_v1_dot_executor__pb2.GetMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qbcallback.v1.RunService/ListDeadLetters',
+            qbcallback_dot_v1_dot_executor__pb2.ListDeadLettersRequest.SerializeToString,
+            qbcallback_dot_v1_dot_executor__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qbcallback.v1.RunService/RetryDeadLetters',
+            qbcallback_dot_v1_dot_executor__pb2.RetryDeadLettersRequest.SerializeToString,
+            qbcallback_dot_v1_dot_executor__pb2.RetryDeadLettersResponse.FromString,
             options,
             channel_credentials,
             insecure,

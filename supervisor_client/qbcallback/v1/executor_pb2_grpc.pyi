@@ -126,6 +126,12 @@ class RunServiceStub:
     """One run with its captured output. NOT_FOUND when unknown or pruned."""
     GetMetrics: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetMetricsRequest, _executor_pb2.GetMetricsResponse]
     """Counters and latency histograms of this executor process."""
+    ListDeadLetters: _aio.UnaryUnaryMultiCallable[_executor_pb2.ListDeadLettersRequest, _executor_pb2.ListDeadLettersResponse]
+    """Results the outbox set aside instead of delivering them (the supervisor refused
+    them, or kept failing on them while it answered), newest first.
+    """
+    RetryDeadLetters: _aio.UnaryUnaryMultiCallable[_executor_pb2.RetryDeadLettersRequest, _executor_pb2.RetryDeadLettersResponse]
+    """Queues dead letters for delivery again."""
 
 class RunServiceServicer(metaclass=_abc_1.ABCMeta):
     """What ran, and how the executor is doing."""
@@ -153,5 +159,23 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _aio.ServicerContext[_executor_pb2.GetMetricsRequest, _abc.Awaitable[_executor_pb2.GetMetricsResponse]],
     ) -> _abc.Awaitable[_executor_pb2.GetMetricsResponse]:
         """Counters and latency histograms of this executor process."""
+
+    @_abc_1.abstractmethod
+    def ListDeadLetters(
+        self,
+        request: _executor_pb2.ListDeadLettersRequest,
+        context: _aio.ServicerContext[_executor_pb2.ListDeadLettersRequest, _abc.Awaitable[_executor_pb2.ListDeadLettersResponse]],
+    ) -> _abc.Awaitable[_executor_pb2.ListDeadLettersResponse]:
+        """Results the outbox set aside instead of delivering them (the supervisor refused
+        them, or kept failing on them while it answered), newest first.
+        """
+
+    @_abc_1.abstractmethod
+    def RetryDeadLetters(
+        self,
+        request: _executor_pb2.RetryDeadLettersRequest,
+        context: _aio.ServicerContext[_executor_pb2.RetryDeadLettersRequest, _abc.Awaitable[_executor_pb2.RetryDeadLettersResponse]],
+    ) -> _abc.Awaitable[_executor_pb2.RetryDeadLettersResponse]:
+        """Queues dead letters for delivery again."""
 
 def add_RunServiceServicer_to_server(servicer: RunServiceServicer, server: _aio.Server) -> None: ...

@@ -1,0 +1,64 @@
+"""``cbexec outbox``: the results the outbox set aside instead of delivering, and retrying them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime
+from typing import TextIO
+
+from executor.cli.connection import EXIT_OK, EXIT_USAGE, connect, connection_options, rpc_command
+from supervisor_client.client import as_plain
+
+
+def _local_time(unix_s: float) -> str:
+    return datetime.fromtimestamp(unix_s).astimezone().isoformat(timespec="seconds")
+
+
+async def _list(args: argparse.Namespace, out: TextIO) -> int:
+    async with connect(args) as client:
+        reply = await client.list_dead_letters(limit=args.limit, timeout=args.timeout)
+    if args.json:
+        for letter in reply.dead_letters:
+            print(json.dumps(as_plain(letter)), file=out)
+        return EXIT_OK
+    if not reply.dead_letters:
+        print("no dead letters: every result was delivered or is on its way", file=out)
+        return EXIT_OK
+    for letter in reply.dead_letters:
+        print(
+            f"{letter.invocation_id}  set aside {_local_time(letter.dead_at)}  "
+            f"{letter.size_bytes} bytes  {letter.attempts} refusals\n  {letter.last_error}",
+            file=out,
+        )
+    return EXIT_OK
+
+
+async def _retry(args: argparse.Namespace, out: TextIO) -> int:
+    if bool(args.invocation_ids) == args.all:
+        print("cbexec: name the invocation ids to retry, or give --all", file=out)
+        return EXIT_USAGE
+    async with connect(args) as client:
+        reply = await client.retry_dead_letters(args.invocation_ids, timeout=args.timeout)
+    print(f"queued {reply.queued} for delivery again", file=out)
+    return EXIT_OK
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``cbexec outbox ...``."""
+    parser = commands.add_parser(
+        "outbox", help="results the outbox set aside (dead letters), and retrying them"
+    )
+    sub = parser.add_subparsers(dest="outbox_command", required=True)
+    listing = sub.add_parser(
+        "dead", parents=[connection_options()], help="list the dead letters, newest first"
+    )
+    listing.add_argument("--limit", type=int, default=100, help="at most this many (max 1000)")
+    listing.add_argument("--json", action="store_true", help="one JSON object per dead letter")
+    listing.set_defaults(handler=rpc_command(_list))
+    retry = sub.add_parser(
+        "retry", parents=[connection_options()], help="queue dead letters for delivery again"
+    )
+    retry.add_argument("invocation_ids", nargs="*", metavar="INVOCATION_ID")
+    retry.add_argument("--all", action="store_true", help="every dead letter")
+    retry.set_defaults(handler=rpc_command(_retry))

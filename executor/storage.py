@@ -1,0 +1,159 @@
+"""The executor's SQLite files: opening them safely, and what a failed write means.
+
+Two kinds of trouble, two answers:
+
+- A file that is not a database (damaged, or something else at that path) found at
+  start-up is a ``ConfigError`` naming the file and what to do; the executor never
+  deletes or rewrites it (``open_database``).
+- A write that fails for a reason outside the executor (the disk is full, an I/O error,
+  the file became read-only) is a ``StorageError``: an ``UnavailableError`` naming the
+  file and the cause, which the caller gets instead of a success without a durable
+  record (``writing``). ``StorageHealth`` remembers the last such failure, so health and
+  metrics show the degraded state, and probes the data directory until a write works
+  again; then everything resumes by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Final
+
+from executor.errors import ConfigError, UnavailableError
+
+logger = logging.getLogger(__name__)
+
+# SQLite's primary result codes that mean "the storage failed us", not "our SQL is wrong".
+_STORAGE_CODES: Final = frozenset(
+    {
+        8,  # SQLITE_READONLY
+        10,  # SQLITE_IOERR
+        11,  # SQLITE_CORRUPT
+        13,  # SQLITE_FULL
+        14,  # SQLITE_CANTOPEN
+        26,  # SQLITE_NOTADB
+    }
+)
+# How often a degraded executor tries the data directory again.
+PROBE_INTERVAL_S: Final = 1.0
+PROBE_BYTES: Final = 64 << 10
+
+
+class StorageError(UnavailableError):
+    """A database write failed because of the storage (disk full, I/O error, read-only)."""
+
+    def __init__(self, path: Path | str, cause: str) -> None:
+        super().__init__(f"cannot write {path}: {cause}; the executor's data dir needs attention")
+        self.path = str(path)
+        self.cause = cause
+
+
+def is_storage_failure(err: sqlite3.Error) -> bool:
+    """Whether an SQLite error is the storage's fault (see ``_STORAGE_CODES``)."""
+    code = getattr(err, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _STORAGE_CODES
+
+
+def open_database(path: Path | str) -> sqlite3.Connection:
+    """An autocommit connection to ``path`` (created when missing), checked to be a database.
+
+    Raises ConfigError naming the file when it exists but is not a readable SQLite
+    database; the file is left exactly as it was.
+    """
+    try:
+        db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as err:
+        raise ConfigError(f"{path}: cannot open the database: {err}") from err
+    try:
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as err:
+        db.close()
+        raise ConfigError(
+            f"{path}: {err}: the file is damaged or is not one of the executor's databases. "
+            "It was left untouched: restore it from a backup, or move it aside to start "
+            "with an empty one"
+        ) from err
+    return db
+
+
+class StorageHealth:
+    """The last storage failure, if any, and the probe that clears it.
+
+    ``failed`` is called by whoever met a ``StorageError``; ``listeners`` hear every change
+    (the gRPC health service). While degraded, ``probe_forever`` writes a small file in
+    the data directory every second; once that works the state clears.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self._data_dir = data_dir
+        self._problem = ""
+        self._degraded = asyncio.Event()
+        self.listeners: list[Callable[[str], None]] = []
+
+    @property
+    def problem(self) -> str:
+        """What is wrong with the storage, "" when nothing is."""
+        return self._problem
+
+    def failed(self, error: StorageError) -> None:
+        """Note a storage failure (logged once per degraded spell)."""
+        if not self._problem:
+            logger.error("storage degraded: %s", error)
+        self._set(str(error))
+
+    def _set(self, problem: str) -> None:
+        if problem == self._problem:
+            return
+        self._problem = problem
+        if problem:
+            self._degraded.set()
+        else:
+            self._degraded.clear()
+        for listener in self.listeners:
+            listener(problem)
+
+    def probe(self) -> bool:
+        """Whether a small file can be written, synced and removed in the data dir (any thread)."""
+        path = self._data_dir / ".storage-probe"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, b"\0" * PROBE_BYTES)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        return True
+
+    async def probe_forever(self) -> None:
+        """While degraded, probe every PROBE_INTERVAL_S and clear the state once a write works."""
+        while True:
+            await self._degraded.wait()
+            await asyncio.sleep(PROBE_INTERVAL_S)
+            writable = await asyncio.to_thread(self.probe)
+            if writable and self._problem:
+                logger.info("storage writable again: %s", self._data_dir)
+                self._set("")
+
+
+@contextlib.contextmanager
+def writing(path: Path | str, health: StorageHealth | None = None) -> Iterator[None]:
+    """Turn a storage failure inside the block into a StorageError naming ``path``."""
+    try:
+        yield
+    except sqlite3.Error as err:
+        if not is_storage_failure(err):
+            raise
+        error = StorageError(path, str(err))
+        if health is not None:
+            health.failed(error)
+        raise error from err

@@ -1,0 +1,122 @@
+"""What the fault tests share: a small tmpfs to fill, raw calls with any bytes, a counting supervisor."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+
+from executor import server
+from executor.config import Settings
+from tests.helpers.supervisors import CountingSupervisor, SupervisorEndpoint
+
+_libc = ctypes.CDLL(None, use_errno=True)
+MNT_DETACH = 2
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size_bytes: int) -> Iterator[Path]:
+    """A tmpfs of ``size_bytes`` mounted at ``path`` for the block; skipped where mounting fails."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_bytes},mode=0700", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        # Lazy: a database the test still holds open must not keep the mount alive.
+        _libc.umount2(str(path).encode(), MNT_DETACH)
+
+
+def fill(directory: Path) -> Path:
+    """Fill the file system of ``directory`` to the last byte; returns the filler file."""
+    filler = directory / "filler"
+    with contextlib.suppress(OSError), filler.open("wb") as out:
+        chunk = b"\0" * (64 << 10)
+        while True:
+            out.write(chunk)
+            out.flush()
+    with contextlib.suppress(OSError), filler.open("ab") as out:  # the last few bytes
+        while True:
+            out.write(b"\0")
+            out.flush()
+    return filler
+
+
+async def raw_call(channel: grpc.aio.Channel, method: str, payload: bytes) -> grpc.StatusCode:
+    """Call ``method`` with ``payload`` as the request bytes; returns the status code."""
+    call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+    try:
+        await call(payload, timeout=10)
+    except grpc.aio.AioRpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK
+
+
+@asynccontextmanager
+async def supervisor_endpoint(
+    db: Path,
+    *,
+    servicer: type[CountingSupervisor] = CountingSupervisor,
+    max_receive_bytes: int | None = None,
+) -> AsyncIterator[SupervisorEndpoint]:
+    """A counting SupervisorService on loopback, stopped and closed after the block."""
+    endpoint = SupervisorEndpoint(db, servicer, max_receive_bytes=max_receive_bytes)
+    await endpoint.start()
+    try:
+        yield endpoint
+    finally:
+        await endpoint.stop()
+        endpoint.store.close()
+
+
+@asynccontextmanager
+async def executor(settings: Settings) -> AsyncIterator[server.RunningServer]:
+    """A started executor, stopped after the block."""
+    running = await server.start(settings)
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+def varint(value: int) -> bytes:
+    """Protobuf's base-128 varint."""
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+def nested_struct(depth: int) -> bytes:
+    """A google.protobuf.Struct nested ``depth`` levels deep: {"a": {"a": ...}}."""
+    inner = b""
+    for _ in range(depth):
+        value = field(5, inner)  # Value.struct_value
+        entry = field(1, b"a") + field(2, value)  # map entry: key, value
+        inner = field(1, entry)  # Struct.fields
+    return inner
+
+
+def env_without_pythonpath() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

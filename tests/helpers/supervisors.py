@@ -1,0 +1,113 @@
+"""A real SupervisorService on loopback for tests that count what the executor delivers.
+
+``CountingSupervisor`` is the reference supervisor's service, counting every reported
+result by invocation id (applied, or acknowledged as a duplicate); ``SupervisorEndpoint``
+serves it on one loopback port that can be stopped and started again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from supervisor_client import ReferenceSupervisor, SupervisorServicer
+from supervisor_client.qbcallback.v1 import supervisor_pb2, supervisor_pb2_grpc
+
+
+class CountingSupervisor(SupervisorServicer):
+    """The reference Supervisor service, counting reported results by invocation id.
+
+    Both ways in count: ReportResult, and each entry of a ReportResults batch.
+    """
+
+    def __init__(self, store: ReferenceSupervisor, delay_s: float = 0.0) -> None:
+        super().__init__(store)
+        self.applied: Counter[str] = Counter()
+        self.duplicates: Counter[str] = Counter()
+        self.batches: list[int] = []
+        self.delay_s = delay_s
+
+    async def ReportResult(
+        self, request: supervisor_pb2.ReportResultRequest, context: Any
+    ) -> supervisor_pb2.ReportResultResponse:
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        response = await super().ReportResult(request, context)
+        self._count(request, response)
+        return response
+
+    async def ReportResults(
+        self, request: supervisor_pb2.ReportResultsRequest, context: Any
+    ) -> supervisor_pb2.ReportResultsResponse:
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        response = await super().ReportResults(request, context)
+        for entry, answer in zip(request.results, response.results, strict=True):
+            self._count(entry, answer)
+        self.batches.append(len(request.results))
+        return response
+
+    def _count(
+        self,
+        request: supervisor_pb2.ReportResultRequest,
+        answer: supervisor_pb2.ReportResultResponse,
+    ) -> None:
+        counter = self.duplicates if answer.duplicate else self.applied
+        counter[request.result.invocation_id] += 1
+
+
+class SingleResultSupervisor(CountingSupervisor):
+    """A supervisor written before ReportResults: it answers UNIMPLEMENTED to batches."""
+
+    ReportResults = supervisor_pb2_grpc.SupervisorServiceServicer.ReportResults  # type: ignore[assignment]
+
+
+class SupervisorEndpoint:
+    """A Supervisor service on one loopback port that can be stopped and started again."""
+
+    def __init__(
+        self,
+        db: Path,
+        servicer: type[CountingSupervisor] = CountingSupervisor,
+        *,
+        max_receive_bytes: int | None = None,
+    ) -> None:
+        self.store = ReferenceSupervisor(str(db))
+        self.servicer = servicer(self.store)
+        self.port = 0
+        self.max_receive_bytes = max_receive_bytes
+        self._server: grpc.aio.Server | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        options = []
+        if self.max_receive_bytes is not None:
+            options.append(("grpc.max_receive_message_length", self.max_receive_bytes))
+        self._server = grpc.aio.server(options=options)
+        supervisor_pb2_grpc.add_SupervisorServiceServicer_to_server(self.servicer, self._server)
+        bound = self._server.add_insecure_port(f"127.0.0.1:{self.port}")
+        assert bound and (self.port in (0, bound)), "could not rebind the supervisor's port"
+        self.port = bound
+        await self._server.start()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(0)
+            self._server = None
+
+    def stored_ids(self) -> list[str]:
+        return [r["invocation_id"] for r in self.store.results()]
+
+    def assert_exactly_once(self, expected: set[str]) -> None:
+        stored = self.stored_ids()
+        assert len(stored) == len(set(stored))
+        assert set(stored) == expected
+        assert set(self.servicer.applied) == expected
+        assert set(self.servicer.applied.values()) == {1}, "a result was applied twice"
