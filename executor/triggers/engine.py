@@ -359,6 +359,7 @@ class TriggerEngine:
         """Latch every time atom that is due and fire what completes."""
         now = self._clock()
         fired_all: list[Fired] = []
+        firings: list[PendingFiring] = []
         with self._store.transaction() as db:
             due = TriggerStore.due_timers(db, now)
             for rowid, slot, _when in due:
@@ -369,9 +370,11 @@ class TriggerEngine:
                 TriggerStore.reschedule_timer(
                     db, rowid, slot, triggers.next_fire(atom, now, last_fired_unix=now)
                 )
+                # The event stored with the firing is the one it runs with: after a restart
+                # the callback sees what it would have seen.
                 event = {
-                    "name": atom.name or "dummy",
-                    "type": atom.type,
+                    "name": atom.name.value,
+                    "type": atom.type.value,
                     "job_id": cb[0].job_id,
                     "work_name": "",
                     "subjob_id": -1,
@@ -380,16 +383,9 @@ class TriggerEngine:
                 }
                 fired, _ = self._decide(db, [(rowid, slot)], event, dry=False)
                 fired_all.extend(fired)
+                firings.extend(PendingFiring(f.invocation_id, f.callback, event) for f in fired)
         if fired_all:
             self.stats.callbacks_fired += len(fired_all)
-            firings = [
-                PendingFiring(
-                    f.invocation_id,
-                    f.callback,
-                    {"name": "dummy", "type": "time", "job_id": f.callback.job_id},
-                )
-                for f in fired_all
-            ]
             self._spawn(self._run_in_order(firings))
         return fired_all
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from executor.errors import InvalidRequestError
-from executor.model import Invocation, Limits, Outcome, RunResult
+from executor.model import Event, Invocation, Limits, Outcome, RunResult
 from executor.triggers.engine import TriggerEngine, check_trigger
 from executor.triggers.evaluate import EventOccurrence
 from executor.triggers.store import TriggerStore
@@ -24,10 +25,19 @@ class Recorder:
 
     def __init__(self) -> None:
         self.runs: list[Invocation] = []
+        self._changed = asyncio.Event()
 
     async def __call__(self, invocation: Invocation) -> RunResult:
         self.runs.append(invocation)
+        self._changed.set()
         return RunResult(invocation.invocation_id, Outcome.SUCCEEDED)
+
+    async def ran(self, count: int) -> None:
+        """Until ``count`` runs have been asked for (background firings)."""
+        async with asyncio.timeout(10):
+            while len(self.runs) < count:
+                self._changed.clear()
+                await self._changed.wait()
 
 
 def engine_at(path: Path, recorder: Recorder, **kwargs: Any) -> TriggerEngine:
@@ -227,4 +237,21 @@ async def test_time_trigger_in_the_past_fires_at_once(tmp_path: Path) -> None:
     fired = engine.fire_due_timers()
     assert len(fired) == 1
     assert engine.fire_due_timers() == []
+    await engine.close()
+
+
+async def test_a_timer_firing_runs_with_the_event_stored_with_it(tmp_path: Path) -> None:
+    recorder = Recorder()
+    now = 1_800_000_000.0
+    engine = engine_at(tmp_path, recorder, clock=lambda: now)
+    start = int(now) - 946702800 - 60
+    engine.register_job(job(6, (f"dummy-repeat-self-{start}-60", "unblock-self")))
+
+    engine.fire_due_timers()
+    (stored,) = engine._store.pending_firings()
+    await recorder.ran(1)
+
+    expected = Event("dummy", "repeat", 6, extra=f"{start}-60")
+    assert Event.from_dict(stored.event) == expected
+    assert recorder.runs[0].event == expected
     await engine.close()
