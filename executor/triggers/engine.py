@@ -33,7 +33,6 @@ from typing import Any, Final
 from executor import triggers
 from executor.errors import InvalidRequestError
 from executor.model import CallbackSpec, Event, Invocation, Limits, RunResult
-from executor.triggers.evaluate import EventOccurrence
 from executor.triggers.store import NewAtom, PendingFiring, StoredCallback, TriggerStore
 from executor.triggers.universal import UniversalCallback, UniversalConfigError, load_universal
 
@@ -69,7 +68,7 @@ class EngineStats:
 
 
 @lru_cache(maxsize=65536)
-def _parsed(expression: str) -> Any:
+def _parsed(expression: str) -> triggers.Expr:
     return triggers.parse(expression)
 
 
@@ -80,6 +79,11 @@ def check_trigger(expression: str) -> str | None:
     except triggers.TriggerSyntaxError as err:
         return str(err)
     return None
+
+
+def canonical_triggers(expression: str) -> str:
+    """The canonical text of a registered callback's triggers (``render`` of its parse)."""
+    return triggers.render(_parsed(expression))
 
 
 class TriggerEngine:
@@ -228,12 +232,12 @@ class TriggerEngine:
 
     # -- matching -------------------------------------------------------------------
 
-    def _keys(self, event: EventOccurrence) -> list[tuple[str, str, str, str]]:
+    def _keys(self, event: Event) -> list[tuple[str, str, str, str]]:
         scopes = [f"job:{event.job_id}"]
         job = self._store.job(event.job_id)
         if job is not None and job.get("label"):
             scopes.append(f"label:{int(job['pgrp'])}:{job['label']}")
-        extras = ["", "*", event.item()] if event.type in ITEM_TYPES else [""]
+        extras = ["", "*", event.item] if event.type in ITEM_TYPES else [""]
         names = [event.name] + (["done"] if event.name in TERMINAL_EVENTS else [])
         return [
             (name, event.type, scope, extra)
@@ -243,7 +247,7 @@ class TriggerEngine:
         ]
 
     def _decide(
-        self, db: Any, hits: list[tuple[int, int]], event: dict[str, Any], *, dry: bool
+        self, db: Any, hits: list[tuple[int, int]], event: Event, *, dry: bool
     ) -> tuple[list[Fired], list[Latched]]:
         slots: dict[int, set[int]] = {}
         for rowid, slot in hits:
@@ -270,31 +274,29 @@ class TriggerEngine:
                 latched.append(Latched(cb, tuple(latches)))
         return fired, latched
 
-    def match(
-        self, event: EventOccurrence, *, dry: bool
-    ) -> tuple[list[Fired], list[Latched], bool]:
+    def match(self, event: Event, *, dry: bool) -> tuple[list[Fired], list[Latched], bool]:
         """Apply (or, dry, simulate) one event. Returns fired, latched, and whether it was a repeat."""
         keys = self._keys(event)
         if dry:
             with self._store.transaction() as db:
                 hits = TriggerStore.matching_atoms(db, keys)
-                fired, latched = self._decide(db, hits, event.as_dict(), dry=True)
+                fired, latched = self._decide(db, hits, event, dry=True)
                 return fired, latched, False
         with self._store.transaction() as db:
             if event.event_id and not TriggerStore.first_sighting(db, event.event_id):
                 return [], [], True
             hits = TriggerStore.matching_atoms(db, keys)
-            fired, latched = self._decide(db, hits, event.as_dict(), dry=False)
+            fired, latched = self._decide(db, hits, event, dry=False)
             if event.name == "removed" and event.type == "job":
                 TriggerStore.remove_job(db, event.job_id)
         self.stats.events_published += 1
         self.stats.callbacks_fired += len(fired)
         return fired, latched, False
 
-    async def publish(self, event: EventOccurrence, *, wait: bool) -> tuple[list[Fired], bool]:
+    async def publish(self, event: Event, *, wait: bool) -> tuple[list[Fired], bool]:
         """Apply an event and run what it fires (inline when ``wait``, else in the background)."""
         fired, _, duplicate = self.match(event, dry=False)
-        firings = [PendingFiring(f.invocation_id, f.callback, event.as_dict()) for f in fired]
+        firings = [PendingFiring(f.invocation_id, f.callback, event) for f in fired]
         if wait:
             results = await self._run_in_order(firings)
             return [
@@ -331,9 +333,9 @@ class TriggerEngine:
             ),
             job=job,
             limits=self._limits,
-            event=Event.from_dict(event),
-            work_name=str(event.get("work_name") or ""),
-            subjob_id=int(event.get("subjob_id", -1)),
+            event=event,
+            work_name=event.work_name,
+            subjob_id=event.subjob_id,
         )
         try:
             result: RunResult = await self._run(invocation)
@@ -372,15 +374,7 @@ class TriggerEngine:
                 )
                 # The event stored with the firing is the one it runs with: after a restart
                 # the callback sees what it would have seen.
-                event = {
-                    "name": atom.name.value,
-                    "type": atom.type.value,
-                    "job_id": cb[0].job_id,
-                    "work_name": "",
-                    "subjob_id": -1,
-                    "host": "",
-                    "extra": atom.extra,
-                }
+                event = Event(atom.name.value, atom.type.value, cb[0].job_id, extra=atom.extra)
                 fired, _ = self._decide(db, [(rowid, slot)], event, dry=False)
                 fired_all.extend(fired)
                 firings.extend(PendingFiring(f.invocation_id, f.callback, event) for f in fired)

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Final, TypeAlias
+from typing import Final, TypeAlias
 
+from executor.model import Event
 from executor.triggers.nodes import (
     QB_TIME_EPOCH_OFFSET,
     WILDCARD,
@@ -46,50 +46,6 @@ ContextResolver: TypeAlias = Callable[[str], int | None]
 DONE_EVENTS: Final = (EventName.COMPLETE, EventName.FAILED, EventName.KILLED, EventName.DONE)
 _ONE_SHOT: Final = frozenset({EventType.TIME, EventType.GLOBALTIME})
 _REPEATING: Final = frozenset({EventType.REPEAT, EventType.GLOBALREPEAT})
-
-
-@dataclass(frozen=True, slots=True)
-class EventOccurrence:
-    """One state transition of a job, work item, instance or host.
-
-    Attributes:
-        name: complete, failed, killed, running, ... (``done`` is implied).
-        type: job, subjob, work or host.
-        job_id: The job the transition happened to.
-        work_name: The agenda item, for work events.
-        subjob_id: The instance, for subjob events; -1 when none.
-        host: The host name, for host events.
-        event_id: The publisher's idempotency key; "" when none.
-    """
-
-    name: str
-    type: str
-    job_id: int
-    work_name: str = ""
-    subjob_id: int = -1
-    host: str = ""
-    event_id: str = ""
-
-    def item(self) -> str:
-        """The item the event is about: work name, subjob id or host ("" for jobs)."""
-        if self.type == "work":
-            return self.work_name
-        if self.type == "subjob":
-            return str(self.subjob_id)
-        if self.type == "host":
-            return self.host
-        return ""
-
-    def as_dict(self) -> dict[str, Any]:
-        """The event as stored with a queued firing (without its idempotency key)."""
-        return {
-            "name": self.name,
-            "type": self.type,
-            "job_id": self.job_id,
-            "work_name": self.work_name,
-            "subjob_id": self.subjob_id,
-            "host": self.host,
-        }
 
 
 def qube_to_unix(qube_time: int) -> int:
@@ -117,7 +73,7 @@ def index_keys(atom: Atom) -> list[tuple[str, str]]:
     return [index_key(atom)]
 
 
-def atom_matches(atom: Atom, event: EventOccurrence, resolve: ContextResolver) -> bool:
+def atom_matches(atom: Atom, event: Event, resolve: ContextResolver) -> bool:
     """Whether ``event`` sets the latch of ``atom``.
 
     Args:

@@ -6,12 +6,11 @@ from typing import Any
 
 import grpc
 
-from executor import triggers
 from executor.convert import response_from_result
 from executor.errors import InvalidRequestError
+from executor.model import Event
 from executor.status import grpc_errors
-from executor.triggers.engine import Fired, TriggerEngine, _parsed
-from executor.triggers.evaluate import EventOccurrence
+from executor.triggers.engine import Fired, TriggerEngine, canonical_triggers
 from executor.triggers.store import StoredCallback
 from supervisor_client.jobdict import job_to_dict
 from supervisor_client.qbcallback.v1 import executor_pb2
@@ -24,7 +23,7 @@ def registered(cb: StoredCallback) -> executor_pb2.RegisteredCallback:
         job_id=cb.job_id,
         id=cb.callback_id,
         triggers=cb.triggers,
-        canonical_triggers=triggers.render(_parsed(cb.triggers)),
+        canonical_triggers=canonical_triggers(cb.triggers),
         language=cb.language,
         universal=cb.universal,
         source=cb.source,
@@ -48,7 +47,7 @@ def firing(fired: Fired) -> executor_pb2.Firing:
     return message
 
 
-def occurrence(request: executor_pb2.PublishEventRequest) -> EventOccurrence:
+def occurrence(request: executor_pb2.PublishEventRequest) -> Event:
     if not request.name:
         raise InvalidRequestError("name is required (complete, failed, killed, running, ...)")
     if request.name == "done":
@@ -65,7 +64,7 @@ def occurrence(request: executor_pb2.PublishEventRequest) -> EventOccurrence:
         raise InvalidRequestError("work_name is required for work events")
     if request.type == "subjob" and not request.HasField("subjob_id"):
         raise InvalidRequestError("subjob_id is required for subjob events")
-    return EventOccurrence(
+    return Event(
         name=request.name,
         type=request.type,
         job_id=request.job_id,

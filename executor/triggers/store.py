@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from executor.model import Event
 from executor.sqlite_checkpoints import BackgroundCheckpoints
 
 SCHEMA = """
@@ -122,7 +123,7 @@ class PendingFiring:
 
     invocation_id: str
     callback: StoredCallback
-    event: dict[str, Any]
+    event: Event
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,13 +288,11 @@ class TriggerStore:
         )
 
     @staticmethod
-    def queue_firing(
-        db: sqlite3.Connection, invocation_id: str, rowid: int, event: dict[str, Any]
-    ) -> None:
+    def queue_firing(db: sqlite3.Connection, invocation_id: str, rowid: int, event: Event) -> None:
         db.execute(
             "INSERT INTO firings (invocation_id, callback_rowid, event_json, decided_at)"
             " VALUES (?, ?, ?, ?)",
-            (invocation_id, rowid, json.dumps(event), time.time()),
+            (invocation_id, rowid, json.dumps(event.as_dict()), time.time()),
         )
 
     @staticmethod
@@ -315,7 +314,9 @@ class TriggerStore:
             ).fetchall()
         return [
             PendingFiring(
-                row["invocation_id"], StoredCallback.from_row(row), json.loads(row["event_json"])
+                row["invocation_id"],
+                StoredCallback.from_row(row),
+                Event.from_dict(json.loads(row["event_json"])),
             )
             for row in rows
         ]

@@ -11,7 +11,6 @@ import pytest
 from executor.errors import InvalidRequestError
 from executor.model import Event, Invocation, Limits, Outcome, RunResult
 from executor.triggers.engine import TriggerEngine, check_trigger
-from executor.triggers.evaluate import EventOccurrence
 from executor.triggers.store import TriggerStore
 from executor.triggers.universal import UniversalConfigError, load_universal
 
@@ -62,9 +61,9 @@ async def test_and_latches_across_events_and_resets_after_firing(tmp_path: Path)
     engine = engine_at(tmp_path, recorder)
     engine.register_job(job(3, ("complete-job-1 && complete-job-2", "unblock-self")))
 
-    first, _ = await engine.publish(EventOccurrence("complete", "job", 1), wait=True)
-    second, _ = await engine.publish(EventOccurrence("complete", "job", 2), wait=True)
-    again, _ = await engine.publish(EventOccurrence("complete", "job", 2), wait=True)
+    first, _ = await engine.publish(Event("complete", "job", 1), wait=True)
+    second, _ = await engine.publish(Event("complete", "job", 2), wait=True)
+    again, _ = await engine.publish(Event("complete", "job", 2), wait=True)
 
     assert (len(first), len(second), len(again)) == (0, 1, 0)
     assert [run.callback.count for run in recorder.runs] == [1]
@@ -73,11 +72,9 @@ async def test_and_latches_across_events_and_resets_after_firing(tmp_path: Path)
 async def test_half_latched_and_state_survive_a_new_engine(tmp_path: Path) -> None:
     recorder = Recorder()
     engine_at(tmp_path, recorder).register_job(job(3, ("complete-job-1 && complete-job-2", "x")))
-    await engine_at(tmp_path, recorder).publish(EventOccurrence("complete", "job", 1), wait=True)
+    await engine_at(tmp_path, recorder).publish(Event("complete", "job", 1), wait=True)
 
-    fired, _ = await engine_at(tmp_path, recorder).publish(
-        EventOccurrence("complete", "job", 2), wait=True
-    )
+    fired, _ = await engine_at(tmp_path, recorder).publish(Event("complete", "job", 2), wait=True)
 
     assert len(fired) == 1
 
@@ -86,7 +83,7 @@ async def test_a_decided_firing_runs_once_after_restart(tmp_path: Path) -> None:
     recorder = Recorder()
     engine = engine_at(tmp_path, recorder)
     engine.register_job(job(3, ("complete-job-1", "unblock-self")))
-    engine.match(EventOccurrence("complete", "job", 1), dry=False)  # decided, then "crash"
+    engine.match(Event("complete", "job", 1), dry=False)  # decided, then "crash"
 
     restarted = engine_at(tmp_path, recorder)
     assert await restarted.resume_pending() == 1
@@ -99,7 +96,7 @@ async def test_done_matches_complete_failed_and_killed(tmp_path: Path) -> None:
     engine = engine_at(tmp_path, recorder)
     engine.register_job(job(5, ("done-job-self", "x")))
     for name in ("complete", "failed", "killed", "running"):
-        await engine.publish(EventOccurrence(name, "job", 5), wait=True)
+        await engine.publish(Event(name, "job", 5), wait=True)
     assert len(recorder.runs) == 3
 
 
@@ -116,7 +113,7 @@ async def test_maximum_stops_firing(tmp_path: Path) -> None:
         }
     )
     for frame in "1234":
-        await engine.publish(EventOccurrence("complete", "work", 5, work_name=frame), wait=True)
+        await engine.publish(Event("complete", "work", 5, work_name=frame), wait=True)
     assert [run.work_name for run in recorder.runs] == ["1", "2"]
 
 
@@ -134,10 +131,10 @@ async def test_labels_parent_and_ids_resolve(tmp_path: Path) -> None:
             pid=20,
         )
     )
-    await engine.publish(EventOccurrence("complete", "work", 10, work_name="4"), wait=True)
-    await engine.publish(EventOccurrence("complete", "work", 10, work_name="5"), wait=True)
-    await engine.publish(EventOccurrence("failed", "job", 20), wait=True)
-    await engine.publish(EventOccurrence("running", "job", 12), wait=True)
+    await engine.publish(Event("complete", "work", 10, work_name="4"), wait=True)
+    await engine.publish(Event("complete", "work", 10, work_name="5"), wait=True)
+    await engine.publish(Event("failed", "job", 20), wait=True)
+    await engine.publish(Event("running", "job", 12), wait=True)
     assert [run.callback.code for run in recorder.runs] == ["a", "b", "c"]
     assert recorder.runs[0].work_name == "5"
 
@@ -147,7 +144,7 @@ async def test_firing_order_is_job_then_callback_id(tmp_path: Path) -> None:
     engine = engine_at(tmp_path, recorder)
     engine.register_job(job(8, ("complete-job-1", "eight-a"), ("complete-job-1", "eight-b")))
     engine.register_job(job(7, ("complete-job-1", "seven")))
-    await engine.publish(EventOccurrence("complete", "job", 1), wait=True)
+    await engine.publish(Event("complete", "job", 1), wait=True)
     assert [run.callback.code for run in recorder.runs] == ["seven", "eight-a", "eight-b"]
 
 
@@ -155,7 +152,7 @@ async def test_dry_run_changes_nothing(tmp_path: Path) -> None:
     recorder = Recorder()
     engine = engine_at(tmp_path, recorder)
     engine.register_job(job(3, ("complete-job-1 && complete-job-2", "x"), ("complete-job-2", "y")))
-    fired, latched, _ = engine.match(EventOccurrence("complete", "job", 2), dry=True)
+    fired, latched, _ = engine.match(Event("complete", "job", 2), dry=True)
     assert [f.callback.code for f in fired] == ["y"]
     assert [(item.callback.code, item.latches) for item in latched] == [("x", (False, True))]
     assert all(not any(cb.latches) and cb.count == 0 for cb in engine._store.callbacks_of(3))
@@ -165,10 +162,8 @@ async def test_repeated_event_id_is_ignored(tmp_path: Path) -> None:
     recorder = Recorder()
     engine = engine_at(tmp_path, recorder)
     engine.register_job(job(3, ("complete-job-1", "x")))
-    await engine.publish(EventOccurrence("complete", "job", 1, event_id="e1"), wait=True)
-    _, duplicate = await engine.publish(
-        EventOccurrence("complete", "job", 1, event_id="e1"), wait=True
-    )
+    await engine.publish(Event("complete", "job", 1, event_id="e1"), wait=True)
+    _, duplicate = await engine.publish(Event("complete", "job", 1, event_id="e1"), wait=True)
     assert duplicate and len(recorder.runs) == 1
 
 
@@ -198,7 +193,7 @@ async def test_universal_callbacks_attach_after_the_jobs_own(tmp_path: Path) -> 
         (2, True, "qube"),
         (3, True, "python"),
     ]
-    await engine.publish(EventOccurrence("complete", "job", 4), wait=True)
+    await engine.publish(Event("complete", "job", 4), wait=True)
     assert [run.callback.code for run in recorder.runs] == ["own", "mail-status"]
 
 
@@ -252,6 +247,6 @@ async def test_a_timer_firing_runs_with_the_event_stored_with_it(tmp_path: Path)
     await recorder.ran(1)
 
     expected = Event("dummy", "repeat", 6, extra=f"{start}-60")
-    assert Event.from_dict(stored.event) == expected
+    assert stored.event == expected
     assert recorder.runs[0].event == expected
     await engine.close()

@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
+from executor.model import Event
 from executor.triggers.evaluate import (
-    EventOccurrence,
     atom_matches,
     evaluate,
     index_key,
@@ -45,16 +45,16 @@ def atom(text: str) -> Atom:
     return parsed
 
 
-def job_event(name: str, job_id: int = OWNER) -> EventOccurrence:
-    return EventOccurrence(name, "job", job_id)
+def job_event(name: str, job_id: int = OWNER) -> Event:
+    return Event(name, "job", job_id)
 
 
-def work_event(name: str, work: str, job_id: int = OWNER) -> EventOccurrence:
-    return EventOccurrence(name, "work", job_id, work_name=work)
+def work_event(name: str, work: str, job_id: int = OWNER) -> Event:
+    return Event(name, "work", job_id, work_name=work)
 
 
-def subjob_event(name: str, subjob: int, job_id: int = OWNER) -> EventOccurrence:
-    return EventOccurrence(name, "subjob", job_id, subjob_id=subjob)
+def subjob_event(name: str, subjob: int, job_id: int = OWNER) -> Event:
+    return Event(name, "subjob", job_id, subjob_id=subjob)
 
 
 # -- matching ------------------------------------------------------------------------------
@@ -99,21 +99,21 @@ def subjob_event(name: str, subjob: int, job_id: int = OWNER) -> EventOccurrence
         ("timeout-work-self-*", work_event("timeout", "0"), True),
         (
             "running-host-self-node01",
-            EventOccurrence("running", "host", OWNER, host="node01"),
+            Event("running", "host", OWNER, host="node01"),
             True,
         ),
         (
             "running-host-self-node01",
-            EventOccurrence("running", "host", OWNER, host="node02"),
+            Event("running", "host", OWNER, host="node02"),
             False,
         ),
-        ("running-host-self-*", EventOccurrence("running", "host", OWNER, host="node02"), True),
-        ("dummy-time-self-5", EventOccurrence("dummy", "time", OWNER), False),
-        ("globaltime-5", EventOccurrence("dummy", "globaltime", 0), False),
-        ("global", EventOccurrence("dummy", "global", 0), False),
+        ("running-host-self-*", Event("running", "host", OWNER, host="node02"), True),
+        ("dummy-time-self-5", Event("dummy", "time", OWNER), False),
+        ("globaltime-5", Event("dummy", "globaltime", 0), False),
+        ("global", Event("dummy", "global", 0), False),
     ],
 )
-def test_atom_matches(trigger: str, event: EventOccurrence, matches: bool) -> None:
+def test_atom_matches(trigger: str, event: Event, matches: bool) -> None:
     assert atom_matches(atom(trigger), event, resolve) is matches
 
 
@@ -229,7 +229,7 @@ def test_the_same_atom_twice_has_independent_slots() -> None:
     assert evaluate(expr, [True, False, True]) is True
 
 
-def latch_run(trigger: str, events: list[EventOccurrence]) -> list[int]:
+def latch_run(trigger: str, events: list[Event]) -> list[int]:
     """Feed events through match + latch + evaluate as the engine would; firing resets.
 
     Returns the indexes of the events at which the callback fired.
