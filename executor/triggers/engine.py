@@ -28,20 +28,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from executor import triggers
 from executor.errors import InvalidRequestError
 from executor.model import CallbackSpec, Event, Invocation, Limits, RunResult
+from executor.triggers.evaluate import (
+    AtomKey,
+    JobPlace,
+    atom_key,
+    clock_event,
+    event_keys,
+    latch,
+    next_fire,
+    spent,
+)
+from executor.triggers.nodes import EventName, EventType
 from executor.triggers.store import NewAtom, PendingFiring, StoredCallback, TriggerStore
 from executor.triggers.universal import UniversalCallback, UniversalConfigError, load_universal
 
 logger = logging.getLogger(__name__)
-
-TERMINAL_EVENTS: Final = frozenset({"complete", "failed", "killed"})
-TIME_TYPES: Final = frozenset({"time", "repeat", "globaltime", "globalrepeat"})
-# Types whose atoms carry an item in their extra (work name, subjob id, host).
-ITEM_TYPES: Final = frozenset({"work", "subjob", "host"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,35 +134,21 @@ class TriggerEngine:
 
     # -- registration ---------------------------------------------------------------
 
-    def _scope(self, job: dict[str, Any], context: str) -> str:
-        job_id = int(job["id"])
-        if context == "self":
-            return f"job:{job_id}"
-        if context == "parent":
-            return f"job:{int(job.get('pid') or 0)}"
-        if context.isdigit():
-            return f"job:{int(context)}"
-        return f"label:{int(job.get('pgrp') or job_id)}:{context}"
-
     def _index(
-        self, job: dict[str, Any], expr: Any
+        self, owner: JobPlace, expr: triggers.Expr
     ) -> tuple[list[NewAtom], list[tuple[int, float]]]:
-        atoms: list[NewAtom] = []
+        """The index rows and the first due times of a callback's atoms."""
+        indexed: list[NewAtom] = []
         timers: list[tuple[int, float]] = []
         now = self._clock()
         for slot, atom in enumerate(triggers.atoms(expr)):
-            if atom.type in TIME_TYPES:
-                due = triggers.next_fire(atom, now)
-                if due is not None:
-                    timers.append((slot, due))
-                continue
-            extra = atom.extra if atom.type in ITEM_TYPES else ""
-            scope = self._scope(job, atom.context)
-            names = (
-                ("complete", "failed", "killed", "done") if atom.name == "done" else (atom.name,)
-            )
-            atoms.extend(NewAtom(slot, name, atom.type, scope, extra) for name in names)
-        return atoms, timers
+            key = atom_key(atom, owner)
+            if key is not None:
+                indexed.append(NewAtom(slot, key))
+            due = next_fire(atom, now)
+            if due is not None:
+                timers.append((slot, due))
+        return indexed, timers
 
     def register_job(self, job: dict[str, Any]) -> list[StoredCallback]:
         """Store a job with its callbacks and the universal ones; keeps state of unchanged ones."""
@@ -166,15 +158,16 @@ class TriggerEngine:
         job = dict(job, pgrp=int(job.get("pgrp") or job_id))
         label = str(job.get("label") or "")
         if label:
-            owner = self._store.label_owner(job["pgrp"], label)
-            if owner is not None and owner != job_id:
+            holder = self._store.label_owner(job["pgrp"], label)
+            if holder is not None and holder != job_id:
                 raise InvalidRequestError(
-                    f"label {label!r} is already used by job {owner} in pgrp {job['pgrp']}"
+                    f"label {label!r} is already used by job {holder} in pgrp {job['pgrp']}"
                 )
         specs = self._callback_specs(job)
         previous = {
             (cb.callback_id, cb.triggers, cb.code): cb for cb in self._store.callbacks_of(job_id)
         }
+        place = JobPlace.of(job)
         with self._store.transaction() as db:
             TriggerStore.remove_job(db, job_id)
             TriggerStore.put_job(db, {k: v for k, v in job.items() if k != "callbacks"})
@@ -182,13 +175,13 @@ class TriggerEngine:
                 kept = previous.get((spec["id"], spec["triggers"], spec["code"]))
                 if kept is not None:
                     spec.update(count=kept.count, latches=list(kept.latches))
-                atoms, timers = self._index(job, expr)
+                atoms, timers = self._index(place, expr)
                 TriggerStore.put_callback(db, job_id, spec, atoms, timers)
         self._timer_wakeup.set()
         return self._store.callbacks_of(job_id)
 
-    def _callback_specs(self, job: dict[str, Any]) -> list[tuple[dict[str, Any], Any]]:
-        specs: list[tuple[dict[str, Any], Any]] = []
+    def _callback_specs(self, job: dict[str, Any]) -> list[tuple[dict[str, Any], triggers.Expr]]:
+        specs: list[tuple[dict[str, Any], triggers.Expr]] = []
         own = list(job.get("callbacks") or [])
         next_id = 1
         for index, cb in enumerate(own):
@@ -215,7 +208,7 @@ class TriggerEngine:
 
     @staticmethod
     def _spec(
-        cb: dict[str, Any], callback_id: int, job: dict[str, Any], expr: Any
+        cb: dict[str, Any], callback_id: int, job: dict[str, Any], expr: triggers.Expr
     ) -> dict[str, Any]:
         return {
             "id": callback_id,
@@ -232,19 +225,9 @@ class TriggerEngine:
 
     # -- matching -------------------------------------------------------------------
 
-    def _keys(self, event: Event) -> list[tuple[str, str, str, str]]:
-        scopes = [f"job:{event.job_id}"]
+    def _keys(self, event: Event) -> list[AtomKey]:
         job = self._store.job(event.job_id)
-        if job is not None and job.get("label"):
-            scopes.append(f"label:{int(job['pgrp'])}:{job['label']}")
-        extras = ["", "*", event.item] if event.type in ITEM_TYPES else [""]
-        names = [event.name] + (["done"] if event.name in TERMINAL_EVENTS else [])
-        return [
-            (name, event.type, scope, extra)
-            for name in names
-            for scope in scopes
-            for extra in dict.fromkeys(extras)
-        ]
+        return event_keys(event, None if job is None else JobPlace.of(job))
 
     def _decide(
         self, db: Any, hits: list[tuple[int, int]], event: Event, *, dry: bool
@@ -256,22 +239,19 @@ class TriggerEngine:
         latched: list[Latched] = []
         callbacks = TriggerStore.load_callbacks(db, slots)
         for cb in sorted(callbacks, key=lambda c: (c.job_id, c.universal, c.callback_id)):
-            if cb.maximum and cb.count >= cb.maximum:
+            if spent(cb.count, cb.maximum):
                 continue
-            latches = list(cb.latches)
-            for slot in slots[cb.rowid]:
-                if slot < len(latches):
-                    latches[slot] = True
-            if triggers.evaluate(_parsed(cb.triggers), latches):
+            fires, latches = latch(_parsed(cb.triggers), cb.latches, slots[cb.rowid])
+            if fires:
                 invocation_id = "" if dry else str(uuid.uuid4())
                 if not dry:
-                    TriggerStore.save_state(db, cb.rowid, cb.count + 1, [False] * len(latches))
+                    TriggerStore.save_state(db, cb.rowid, cb.count + 1, latches)
                     TriggerStore.queue_firing(db, invocation_id, cb.rowid, event)
                 fired.append(Fired(cb, invocation_id))
-            elif latches != list(cb.latches):
+            elif latches != cb.latches:
                 if not dry:
                     TriggerStore.save_state(db, cb.rowid, cb.count, latches)
-                latched.append(Latched(cb, tuple(latches)))
+                latched.append(Latched(cb, latches))
         return fired, latched
 
     def match(self, event: Event, *, dry: bool) -> tuple[list[Fired], list[Latched], bool]:
@@ -287,7 +267,7 @@ class TriggerEngine:
                 return [], [], True
             hits = TriggerStore.matching_atoms(db, keys)
             fired, latched = self._decide(db, hits, event, dry=False)
-            if event.name == "removed" and event.type == "job":
+            if event.name == EventName.REMOVED and event.type == EventType.JOB:
                 TriggerStore.remove_job(db, event.job_id)
         self.stats.events_published += 1
         self.stats.callbacks_fired += len(fired)
@@ -370,11 +350,11 @@ class TriggerEngine:
                     continue
                 atom = triggers.atoms(_parsed(cb[0].triggers))[slot]
                 TriggerStore.reschedule_timer(
-                    db, rowid, slot, triggers.next_fire(atom, now, last_fired_unix=now)
+                    db, rowid, slot, next_fire(atom, now, last_fired_unix=now)
                 )
                 # The event stored with the firing is the one it runs with: after a restart
                 # the callback sees what it would have seen.
-                event = Event(atom.name.value, atom.type.value, cb[0].job_id, extra=atom.extra)
+                event = clock_event(atom, cb[0].job_id)
                 fired, _ = self._decide(db, [(rowid, slot)], event, dry=False)
                 fired_all.extend(fired)
                 firings.extend(PendingFiring(f.invocation_id, f.callback, event) for f in fired)

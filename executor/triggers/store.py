@@ -5,11 +5,10 @@ in one transaction: latching an atom, evaluating, counting and queueing the firi
 commit together. So after ``kill -9`` a half-latched ``&&`` is still half-latched, and a
 firing that was decided but not yet run is still queued (it runs once at restart).
 
-The atom index is keyed by (event name, type, scope, extra), where scope is
-``job:<id>`` for self/parent/id contexts (resolved at registration) or
-``label:<pgrp>:<label>`` for labels (resolved at event time from the event's job), and
-extra is the work name / subjob id / host or ``*``. An event reads only the rows that
-can match it, so matching cost does not grow with callbacks that cannot match.
+The atom index holds each atom under its ``AtomKey`` (event name, type, scope, extra),
+and an event reads the rows under its keys; ``evaluate.atom_key`` and
+``evaluate.event_keys`` say what the keys are. An event reads only the rows that can
+match it, so matching cost does not grow with callbacks that cannot match.
 """
 
 from __future__ import annotations
@@ -18,13 +17,14 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from executor.model import Event
 from executor.sqlite_checkpoints import BackgroundCheckpoints
+from executor.triggers.evaluate import AtomKey
 
 SCHEMA = """
 PRAGMA journal_mode = WAL;
@@ -128,11 +128,10 @@ class PendingFiring:
 
 @dataclass(frozen=True, slots=True)
 class NewAtom:
+    """An index row to write: the atom in latch slot ``slot`` is found under ``key``."""
+
     slot: int
-    name: str
-    type: str
-    scope: str
-    extra: str
+    key: AtomKey
 
 
 class TriggerStore:
@@ -244,7 +243,7 @@ class TriggerStore:
         rowid = int(cursor.lastrowid or 0)
         db.executemany(
             "INSERT INTO atoms (callback_rowid, slot, name, type, scope, extra) VALUES (?,?,?,?,?,?)",
-            [(rowid, a.slot, a.name, a.type, a.scope, a.extra) for a in atoms],
+            [(rowid, a.slot, a.key.name, a.key.type, a.key.scope, a.key.extra) for a in atoms],
         )
         db.executemany(
             "INSERT INTO timers (callback_rowid, slot, due) VALUES (?, ?, ?)",
@@ -255,9 +254,7 @@ class TriggerStore:
     # -- matching -------------------------------------------------------------------
 
     @staticmethod
-    def matching_atoms(
-        db: sqlite3.Connection, keys: Iterable[tuple[str, str, str, str]]
-    ) -> list[tuple[int, int]]:
+    def matching_atoms(db: sqlite3.Connection, keys: Iterable[AtomKey]) -> list[tuple[int, int]]:
         """(callback rowid, slot) for every indexed atom under the given keys."""
         found: list[tuple[int, int]] = []
         for key in keys:
@@ -266,7 +263,7 @@ class TriggerStore:
                 for row in db.execute(
                     "SELECT callback_rowid, slot FROM atoms "
                     "WHERE name = ? AND type = ? AND scope = ? AND extra = ?",
-                    key,
+                    (key.name, key.type, key.scope, key.extra),
                 )
             )
         return found
@@ -281,10 +278,10 @@ class TriggerStore:
         return [StoredCallback.from_row(row) for row in rows]
 
     @staticmethod
-    def save_state(db: sqlite3.Connection, rowid: int, count: int, latches: list[bool]) -> None:
+    def save_state(db: sqlite3.Connection, rowid: int, count: int, latches: Sequence[bool]) -> None:
         db.execute(
             "UPDATE callbacks SET count = ?, latches = ? WHERE rowid = ?",
-            (count, json.dumps(latches), rowid),
+            (count, json.dumps(list(latches)), rowid),
         )
 
     @staticmethod
