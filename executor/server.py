@@ -272,6 +272,8 @@ async def start(settings: Settings) -> RunningServer:
         dispatcher.execute,
         limits=settings.default_limits,
         universal_dirs=settings.universal_callback_dirs,
+        # One event's firings run in order; as many events at once as there are slots.
+        max_parallel_events=settings.max_concurrent,
     )
     engine.reload_universal()
     executor_pb2_grpc.add_CallbackExecutorServicer_to_server(
@@ -299,10 +301,8 @@ async def start(settings: Settings) -> RunningServer:
         settings.max_concurrent,
         settings.max_queue,
     )
-    engine_tasks = [
-        asyncio.create_task(engine.resume_pending()),
-        asyncio.create_task(engine.run_timers()),
-    ]
+    engine.start()  # its firing worker and timers; stop() closes it
+    engine_tasks: list[asyncio.Task[Any]] = []
     forwarder = None
     if reference is not None:
         # The embedded supervisor talks to us as any supervisor would: over gRPC.

@@ -14,7 +14,8 @@ Semantics (documented in the README):
 - Order within one event: by owning job id, then callback id; universal callbacks come
   after the job's own. Firings of one event run one after another in that order.
 - Durability: latching, counting and queueing the firing commit in one transaction;
-  queued firings are run once after a restart.
+  the firing worker (firings.py) runs the queue, the firings queued before a restart
+  first, each once.
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from executor import triggers
-from executor.errors import InvalidRequestError
+from executor.errors import InvalidRequestError, UnavailableError
 from executor.model import CallbackSpec, Event, Invocation, Limits, RunResult
 from executor.triggers.evaluate import (
     AtomKey,
@@ -43,6 +44,7 @@ from executor.triggers.evaluate import (
     next_fire,
     spent,
 )
+from executor.triggers.firings import FiringWorker
 from executor.triggers.nodes import EventName, EventType
 from executor.triggers.store import NewAtom, PendingFiring, StoredCallback, TriggerStore
 from executor.triggers.universal import UniversalCallback, UniversalConfigError, load_universal
@@ -93,25 +95,44 @@ def canonical_triggers(expression: str) -> str:
 
 
 class TriggerEngine:
-    """Registers jobs, matches events, fires callbacks through ``run``."""
+    """Registers jobs, matches events, and fires callbacks through ``run`` on its own tasks.
+
+    Call ``start()`` in the running loop (the firing worker and the timers), ``close()``
+    to end them. Published events are applied whether or not it is started; what they
+    fire waits in the queue until it is.
+    """
 
     def __init__(
         self,
         store: TriggerStore,
-        run: Callable[[Invocation], Any],
+        run: Callable[[Invocation], Awaitable[RunResult]],
         *,
         limits: Limits,
         universal_dirs: Sequence[Path] = (),
         clock: Callable[[], float] = time.time,
+        max_parallel_events: int = 4,
     ) -> None:
+        """Build the engine over ``store``.
+
+        Args:
+            store: The durable state; the engine is its only writer.
+            run: Runs one invocation to its result (the dispatcher's ``execute``).
+            limits: The limits of every fired run.
+            universal_dirs: Where the universal callbacks' ``callbacks.conf`` files are.
+            clock: Unix time, for the timers.
+            max_parallel_events: How many events' firings may run at once.
+        """
         self._store = store
-        self._run = run  # async (Invocation) -> RunResult; the dispatcher's execute
+        self._run = run
         self._limits = limits
         self._universal_dirs = list(universal_dirs)
         self._universal: list[UniversalCallback] = []
         self._clock = clock
         self._timer_wakeup = asyncio.Event()
-        self._background: set[asyncio.Task[Any]] = set()
+        self._timers: asyncio.Task[None] | None = None
+        self._firings = FiringWorker(
+            store, self._run_firing, max_parallel_events=max_parallel_events
+        )
         self.stats = EngineStats()
 
     # -- universal callbacks --------------------------------------------------------
@@ -226,12 +247,14 @@ class TriggerEngine:
     # -- matching -------------------------------------------------------------------
 
     def _keys(self, event: Event) -> list[AtomKey]:
+        """The index keys ``event`` looks up; its job's label comes from the store."""
         job = self._store.job(event.job_id)
         return event_keys(event, None if job is None else JobPlace.of(job))
 
     def _decide(
-        self, db: Any, hits: list[tuple[int, int]], event: Event, *, dry: bool
+        self, db: Any, hits: list[tuple[int, int]], event: Event, batch: str, *, dry: bool
     ) -> tuple[list[Fired], list[Latched]]:
+        """Latch, count and (unless dry) queue the firings of one event as one ``batch``."""
         slots: dict[int, set[int]] = {}
         for rowid, slot in hits:
             slots.setdefault(rowid, set()).add(slot)
@@ -246,7 +269,7 @@ class TriggerEngine:
                 invocation_id = "" if dry else str(uuid.uuid4())
                 if not dry:
                     TriggerStore.save_state(db, cb.rowid, cb.count + 1, latches)
-                    TriggerStore.queue_firing(db, invocation_id, cb.rowid, event)
+                    TriggerStore.queue_firing(db, invocation_id, cb.rowid, event, batch)
                 fired.append(Fired(cb, invocation_id))
             elif latches != cb.latches:
                 if not dry:
@@ -254,50 +277,60 @@ class TriggerEngine:
                 latched.append(Latched(cb, latches))
         return fired, latched
 
-    def match(self, event: Event, *, dry: bool) -> tuple[list[Fired], list[Latched], bool]:
-        """Apply (or, dry, simulate) one event. Returns fired, latched, and whether it was a repeat."""
+    def _apply(self, event: Event) -> tuple[list[Fired], list[Latched], bool, list[PendingFiring]]:
+        """Apply one event durably: fired, latched, whether it was a repeat, the firings queued."""
         keys = self._keys(event)
-        if dry:
-            with self._store.transaction() as db:
-                hits = TriggerStore.matching_atoms(db, keys)
-                fired, latched = self._decide(db, hits, event, dry=True)
-                return fired, latched, False
+        batch = uuid.uuid4().hex
         with self._store.transaction() as db:
             if event.event_id and not TriggerStore.first_sighting(db, event.event_id):
-                return [], [], True
+                return [], [], True, []
             hits = TriggerStore.matching_atoms(db, keys)
-            fired, latched = self._decide(db, hits, event, dry=False)
+            fired, latched = self._decide(db, hits, event, batch, dry=False)
             if event.name == EventName.REMOVED and event.type == EventType.JOB:
                 TriggerStore.remove_job(db, event.job_id)
         self.stats.events_published += 1
         self.stats.callbacks_fired += len(fired)
-        return fired, latched, False
+        firings = [PendingFiring(f.invocation_id, f.callback, event, batch) for f in fired]
+        return fired, latched, False, firings
+
+    def match(self, event: Event, *, dry: bool) -> tuple[list[Fired], list[Latched], bool]:
+        """Apply (or, dry, simulate) one event; what it fires is queued for the worker.
+
+        Returns:
+            The callbacks it fired (would fire), those it latched without firing, and
+            whether it was a repeat of an ``event_id`` already applied.
+        """
+        if dry:
+            with self._store.transaction() as db:
+                hits = TriggerStore.matching_atoms(db, self._keys(event))
+                fired, latched = self._decide(db, hits, event, "", dry=True)
+                return fired, latched, False
+        fired, latched, duplicate, firings = self._apply(event)
+        self._firings.add(firings)
+        return fired, latched, duplicate
 
     async def publish(self, event: Event, *, wait: bool) -> tuple[list[Fired], bool]:
-        """Apply an event and run what it fires (inline when ``wait``, else in the background)."""
-        fired, _, duplicate = self.match(event, dry=False)
-        firings = [PendingFiring(f.invocation_id, f.callback, event) for f in fired]
-        if wait:
-            results = await self._run_in_order(firings)
-            return [
-                Fired(f.callback, f.invocation_id, r) for f, r in zip(fired, results)
-            ], duplicate
-        self._spawn(self._run_in_order(firings))
-        return fired, duplicate
+        """Apply an event; what it fires runs on the firing worker.
 
-    def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.ensure_future(coroutine)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        Returns:
+            The callbacks it fired, with their results when ``wait`` (a result is None
+            when the run raised), and whether it was a repeat.
 
-    async def _run_in_order(self, firings: list[PendingFiring]) -> list[RunResult | None]:
-        results: list[RunResult | None] = []
-        for firing in firings:
-            results.append(await self._run_firing(firing))
-        return results
+        Raises:
+            UnavailableError: the engine is closing (the event was not applied, unless it
+                was while a ``wait`` publisher waited: its firings then run at restart).
+        """
+        if self._firings.closed:
+            raise UnavailableError("the trigger engine is stopping; publish the event again")
+        fired, _, duplicate, firings = self._apply(event)
+        futures = self._firings.add(firings, wait=wait)
+        if not wait:
+            return fired, duplicate
+        results = await asyncio.gather(*futures)
+        return [Fired(f.callback, f.invocation_id, r) for f, r in zip(fired, results)], duplicate
 
-    async def _run_firing(self, firing: PendingFiring) -> RunResult | None:
-        """Run one queued firing; it leaves the queue once it has a result."""
+    async def _run_firing(self, firing: PendingFiring) -> RunResult:
+        """Run one queued firing in the context of its job and event (the worker's ``run``)."""
         cb, event = firing.callback, firing.event
         job = self._store.job(cb.job_id) or {"id": cb.job_id}
         invocation = Invocation(
@@ -317,31 +350,15 @@ class TriggerEngine:
             work_name=event.work_name,
             subjob_id=event.subjob_id,
         )
-        try:
-            result: RunResult = await self._run(invocation)
-        except Exception:
-            logger.exception(
-                "firing %s of callback %s could not run", firing.invocation_id, cb.callback_id
-            )
-            return None
-        self._store.firing_done(firing.invocation_id)
-        return result
+        return await self._run(invocation)
 
-    # -- restart and timers ---------------------------------------------------------
-
-    async def resume_pending(self) -> int:
-        """Run firings decided before a crash, once each; returns how many."""
-        pending = self._store.pending_firings()
-        if pending:
-            logger.info("running %d firings decided before the last stop", len(pending))
-            await self._run_in_order(pending)
-        return len(pending)
+    # -- timers and the engine's tasks ----------------------------------------------
 
     def fire_due_timers(self) -> list[Fired]:
-        """Latch every time atom that is due and fire what completes."""
+        """Latch every time atom that is due and fire what completes (each a batch of its own)."""
         now = self._clock()
         fired_all: list[Fired] = []
-        firings: list[PendingFiring] = []
+        batches: list[list[PendingFiring]] = []
         with self._store.transaction() as db:
             due = TriggerStore.due_timers(db, now)
             for rowid, slot, _when in due:
@@ -355,15 +372,18 @@ class TriggerEngine:
                 # The event stored with the firing is the one it runs with: after a restart
                 # the callback sees what it would have seen.
                 event = clock_event(atom, cb[0].job_id)
-                fired, _ = self._decide(db, [(rowid, slot)], event, dry=False)
+                batch = uuid.uuid4().hex
+                fired, _ = self._decide(db, [(rowid, slot)], event, batch, dry=False)
                 fired_all.extend(fired)
-                firings.extend(PendingFiring(f.invocation_id, f.callback, event) for f in fired)
-        if fired_all:
-            self.stats.callbacks_fired += len(fired_all)
-            self._spawn(self._run_in_order(firings))
+                batches.append(
+                    [PendingFiring(f.invocation_id, f.callback, event, batch) for f in fired]
+                )
+        self.stats.callbacks_fired += len(fired_all)
+        for firings in batches:
+            self._firings.add(firings)
         return fired_all
 
-    async def run_timers(self) -> None:
+    async def _run_timers(self) -> None:
         """Forever: sleep until the next due time atom (or a registration), then fire."""
         while True:
             self.fire_due_timers()
@@ -376,7 +396,23 @@ class TriggerEngine:
                 async with asyncio.timeout(delay):
                     await self._timer_wakeup.wait()
 
+    def start(self) -> None:
+        """Start the firing worker and the timers: tasks of the running loop, ended by ``close``.
+
+        The firings queued before a restart run first.
+        """
+        if self._timers is not None:
+            raise RuntimeError("the trigger engine is already started")
+        self._firings.start()
+        self._timers = asyncio.get_running_loop().create_task(self._run_timers())
+
+    async def wait_idle(self) -> None:
+        """Until no firing is queued or running (once started)."""
+        await self._firings.wait_idle()
+
     async def close(self) -> None:
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        """Stop the timers and the worker; unfinished firings stay queued for the next start."""
+        if self._timers is not None:
+            self._timers.cancel()
+            await asyncio.gather(self._timers, return_exceptions=True)
+        await self._firings.close()

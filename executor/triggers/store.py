@@ -73,7 +73,8 @@ CREATE TABLE IF NOT EXISTS firings (
     invocation_id TEXT NOT NULL UNIQUE,
     callback_rowid INTEGER NOT NULL,
     event_json TEXT NOT NULL,
-    decided_at REAL NOT NULL
+    decided_at REAL NOT NULL,
+    batch TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS seen_events (
     event_id TEXT PRIMARY KEY,
@@ -124,6 +125,8 @@ class PendingFiring:
     invocation_id: str
     callback: StoredCallback
     event: Event
+    # The firings one event decided share a batch (they run one after another).
+    batch: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +146,10 @@ class TriggerStore:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA foreign_keys = ON")
         self._db.executescript(SCHEMA)
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(firings)")}
+        if "batch" not in columns:
+            # A queue from before batches: its firings keep running one after another.
+            self._db.execute("ALTER TABLE firings ADD COLUMN batch TEXT NOT NULL DEFAULT ''")
         # A burst of events commits fast; the log's fsyncing checkpoints go to a thread.
         self._checkpoints = BackgroundCheckpoints(self._db, path)
 
@@ -285,11 +292,13 @@ class TriggerStore:
         )
 
     @staticmethod
-    def queue_firing(db: sqlite3.Connection, invocation_id: str, rowid: int, event: Event) -> None:
+    def queue_firing(
+        db: sqlite3.Connection, invocation_id: str, rowid: int, event: Event, batch: str
+    ) -> None:
         db.execute(
-            "INSERT INTO firings (invocation_id, callback_rowid, event_json, decided_at)"
-            " VALUES (?, ?, ?, ?)",
-            (invocation_id, rowid, json.dumps(event.as_dict()), time.time()),
+            "INSERT INTO firings (invocation_id, callback_rowid, event_json, decided_at, batch)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (invocation_id, rowid, json.dumps(event.as_dict()), time.time(), batch),
         )
 
     @staticmethod
@@ -306,7 +315,7 @@ class TriggerStore:
     def pending_firings(self) -> list[PendingFiring]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT f.invocation_id, f.event_json, c.* FROM firings f "
+                "SELECT f.invocation_id, f.event_json, f.batch, c.* FROM firings f "
                 "JOIN callbacks c ON c.rowid = f.callback_rowid ORDER BY f.seq"
             ).fetchall()
         return [
@@ -314,6 +323,7 @@ class TriggerStore:
                 row["invocation_id"],
                 StoredCallback.from_row(row),
                 Event.from_dict(json.loads(row["event_json"])),
+                row["batch"],
             )
             for row in rows
         ]
