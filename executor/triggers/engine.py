@@ -34,6 +34,7 @@ from typing import Any
 from executor import triggers
 from executor.errors import InvalidRequestError, UnavailableError
 from executor.model import CallbackSpec, Event, Invocation, Limits, RunResult
+from executor.outbox import Backoff
 from executor.triggers.evaluate import (
     AtomKey,
     JobPlace,
@@ -111,6 +112,7 @@ class TriggerEngine:
         universal_dirs: Sequence[Path] = (),
         clock: Callable[[], float] = time.time,
         max_parallel_events: int = 4,
+        retry: Backoff = Backoff(),
     ) -> None:
         """Build the engine over ``store``.
 
@@ -121,6 +123,7 @@ class TriggerEngine:
             universal_dirs: Where the universal callbacks' ``callbacks.conf`` files are.
             clock: Unix time, for the timers.
             max_parallel_events: How many events' firings may run at once.
+            retry: The delays between tries of a run refused for capacity or availability.
         """
         self._store = store
         self._run = run
@@ -131,7 +134,7 @@ class TriggerEngine:
         self._timer_wakeup = asyncio.Event()
         self._timers: asyncio.Task[None] | None = None
         self._firings = FiringWorker(
-            store, self._run_firing, max_parallel_events=max_parallel_events
+            store, self._run_firing, max_parallel_events=max_parallel_events, retry=retry
         )
         self.stats = EngineStats()
 
@@ -313,8 +316,9 @@ class TriggerEngine:
         """Apply an event; what it fires runs on the firing worker.
 
         Returns:
-            The callbacks it fired, with their results when ``wait`` (a result is None
-            when the run raised), and whether it was a repeat.
+            The callbacks it fired, with their results when ``wait`` (a refused run is
+            retried until it runs; a result is None when the run raised), and whether
+            it was a repeat.
 
         Raises:
             UnavailableError: the engine is closing (the event was not applied, unless it

@@ -7,6 +7,12 @@ queue holds; a firing leaves the queue when its run has ended:
 * In decision order. The firings of one event run one after another (the order the
   README promises: a callback may rely on what the one before it did); different
   events' firings run side by side, at most ``max_parallel_events`` events at once.
+* A run refused before it started (CapacityError: every slot busy; UnavailableError: a
+  child could not start) is retried with exponential backoff while the engine runs; it
+  never waits for a restart. The event's later firings wait behind it, so their order
+  holds.
+* A run that raised anything else is an executor bug: it is logged and the firing
+  leaves the queue all the same, so that it does not replay at every start.
 * Only the worker runs firings, so none runs twice. A publisher that waits for its
   event's results (``PublishEvent(wait=True)``) gets them through futures; if it goes
   away, the runs go on: they are durable work, not the caller's.
@@ -20,11 +26,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
-from executor.errors import UnavailableError
+from executor.errors import CapacityError, UnavailableError
 from executor.model import RunResult
+from executor.outbox import Backoff
 from executor.triggers.store import PendingFiring, TriggerStore
 
 logger = logging.getLogger(__name__)
@@ -39,12 +47,16 @@ class FiringWorker:
         run: Callable[[PendingFiring], Awaitable[RunResult]],
         *,
         max_parallel_events: int,
+        retry: Backoff = Backoff(),
+        rng: random.Random | None = None,
     ) -> None:
         if max_parallel_events < 1:
             raise ValueError(f"max_parallel_events must be at least 1, got {max_parallel_events}")
         self._store = store
         self._run = run
         self._max_parallel = max_parallel_events
+        self._retry = retry
+        self._rng = rng or random.Random()
         # Events whose firings wait for a turn, oldest decision first.
         self._waiting: deque[list[PendingFiring]] = deque()
         self._running: set[asyncio.Task[None]] = set()
@@ -144,14 +156,31 @@ class FiringWorker:
                 future.set_result(result)
 
     async def _run_one(self, firing: PendingFiring) -> RunResult | None:
-        try:
-            result = await self._run(firing)
-        except Exception:
-            logger.exception(
-                "firing %s of callback %s could not run; it runs at the next start",
-                firing.invocation_id,
-                firing.callback.callback_id,
-            )
-            return None
-        self._store.firing_done(firing.invocation_id)
-        return result
+        """Run a firing until it is not refused; it then leaves the queue."""
+        refusals = 0
+        while True:
+            try:
+                result: RunResult | None = await self._run(firing)
+            except (CapacityError, UnavailableError) as err:
+                refusals += 1
+                delay = self._retry.delay(refusals, self._rng)
+                # Once per firing at WARNING: a long overload must not flood the log.
+                logger.log(
+                    logging.WARNING if refusals == 1 else logging.DEBUG,
+                    "firing %s of callback %s refused (%s); retrying in %.2fs",
+                    firing.invocation_id,
+                    firing.callback.callback_id,
+                    err,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            except Exception:
+                logger.exception(
+                    "firing %s of callback %s raised; it is dropped from the queue",
+                    firing.invocation_id,
+                    firing.callback.callback_id,
+                )
+                result = None
+            self._store.firing_done(firing.invocation_id)
+            return result

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from executor.errors import InvalidRequestError, UnavailableError
+from executor.errors import CapacityError, InvalidRequestError, UnavailableError
 from executor.model import Event, Invocation, Limits, Outcome, RunResult
 from executor.triggers.engine import TriggerEngine, check_trigger
 from executor.triggers.store import TriggerStore
@@ -66,6 +66,23 @@ class Gated(Recorder):
         finally:
             self._running.discard(code)
         return result
+
+
+class Refusing(Recorder):
+    """Raises ``error`` for the first ``times`` runs asked for (any callback), then runs."""
+
+    def __init__(self, error: Exception, times: int) -> None:
+        super().__init__()
+        self._error = error
+        self._left = times
+        self.attempts: list[str] = []
+
+    async def __call__(self, invocation: Invocation) -> RunResult:
+        self.attempts.append(invocation.callback.code)
+        if self._left:
+            self._left -= 1
+            raise self._error
+        return await super().__call__(invocation)
 
 
 def engine_at(path: Path, recorder: Recorder, **kwargs: Any) -> TriggerEngine:
@@ -402,3 +419,37 @@ async def test_close_ends_runs_in_progress_and_they_run_at_the_next_start(
     after_restart = Recorder()
     await engines(after_restart).wait_idle()
     assert [run.invocation_id for run in after_restart.runs] == [recorder.runs[0].invocation_id]
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [CapacityError("all slots are busy", retry_after_s=1.0), UnavailableError("spawn failed")],
+    ids=["capacity", "unavailable"],
+)
+async def test_a_refused_firing_is_retried_while_the_engine_runs(
+    engines: Engines, refusal: Exception
+) -> None:
+    recorder = Refusing(refusal, times=2)
+    engine = engines(recorder)
+    engine.register_job(job(5, ("complete-job-1", "a"), ("complete-job-1", "b")))
+
+    fired, _ = await engine.publish(Event("complete", "job", 1), wait=True)
+
+    assert [f.result and f.result.outcome for f in fired] == [Outcome.SUCCEEDED] * 2
+    assert recorder.attempts == ["a", "a", "a", "b"]  # b waits its turn behind a
+    assert engine._store.pending_firings() == []
+
+
+async def test_a_firing_whose_run_raised_is_logged_and_not_replayed_at_every_start(
+    engines: Engines, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = Refusing(RuntimeError("executor bug"), times=1)
+    engine = engines(recorder)
+    engine.register_job(job(5, ("complete-job-1", "a"), ("complete-job-1", "b")))
+
+    fired, _ = await engine.publish(Event("complete", "job", 1), wait=True)
+    await engines(recorder).wait_idle()  # a restart
+
+    assert [f.result and f.result.outcome for f in fired] == [None, Outcome.SUCCEEDED]
+    assert recorder.attempts == ["a", "b"]
+    assert "executor bug" in caplog.text
