@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -255,7 +256,13 @@ class TriggerEngine:
         return event_keys(event, None if job is None else JobPlace.of(job))
 
     def _decide(
-        self, db: Any, hits: list[tuple[int, int]], event: Event, batch: str, *, dry: bool
+        self,
+        db: sqlite3.Connection,
+        hits: list[tuple[int, int]],
+        event: Event,
+        batch: str,
+        *,
+        dry: bool,
     ) -> tuple[list[Fired], list[Latched]]:
         """Latch, count and (unless dry) queue the firings of one event as one ``batch``."""
         slots: dict[int, set[int]] = {}

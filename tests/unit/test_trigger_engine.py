@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -399,6 +401,26 @@ async def test_firings_queued_before_the_start_run_first_in_decision_order(
     await restarted.wait_idle()
 
     assert recorder.codes == ["one", "two", "one"]
+
+
+async def test_a_queue_from_before_batches_runs_in_order(tmp_path: Path, engines: Engines) -> None:
+    recorder = Gated()
+    crashed = engines(recorder, start=False)
+    crashed.register_job(job(5, ("complete-job-1", "one"), ("complete-job-2", "two")))
+    crashed.match(Event("complete", "job", 1), dry=False)
+    crashed.match(Event("complete", "job", 2), dry=False)
+    with contextlib.closing(sqlite3.connect(tmp_path / "triggers.db")) as db:
+        db.execute("ALTER TABLE firings DROP COLUMN batch")  # as an earlier version left it
+
+    restarted = engines(recorder, max_parallel_events=2)
+    await recorder.ran(1)
+    recorder.open("one")
+    await recorder.ran(2)
+    recorder.open("two")
+    await restarted.wait_idle()
+
+    assert recorder.codes == ["one", "two"]
+    assert recorder.most_at_once == 1  # one batch: one after another, as before batches
 
 
 async def test_close_ends_runs_in_progress_and_they_run_at_the_next_start(
