@@ -127,13 +127,14 @@ async def start(settings: Settings) -> RunningServer:
             on_result=recorder.on_result,
         )
 
-        trigger_store = TriggerStore(str(settings.data_dir / "triggers.db"))
+        trigger_store = TriggerStore(str(settings.data_dir / "triggers.db"), health=storage_health)
         stack.callback(trigger_store.close)
         engine = TriggerEngine(
             trigger_store,
             dispatcher.execute,
             limits=settings.default_limits,
             universal_dirs=settings.universal_callback_dirs,
+            max_parallel_events=settings.max_concurrent,
         )
         engine.reload_universal()
 
@@ -152,12 +153,10 @@ async def start(settings: Settings) -> RunningServer:
         await edge.server.start()
         recorder.start()
 
-        engine_tasks = [
-            asyncio.create_task(engine.resume_pending()),
-            asyncio.create_task(engine.run_timers()),
-        ]
-        stack.push_async_callback(_stop_tasks, engine_tasks)
+        engine.start()  # firings decided before a restart run first, then new ones
         stack.push_async_callback(engine.close)
+        # Runs in flight end KILLED ("shutting down"), recorded and reported; the engine
+        # stops after them, so a fired run that was stopped is done, never replayed.
         stack.push_async_callback(dispatcher.drain)
         await edge.set_serving(True)
         edge.follow(storage_health)

@@ -18,6 +18,11 @@ from supervisor_client import ExecutorClient, ReferenceSupervisor
 from supervisor_client.qbcallback.v1 import executor_pb2_grpc
 from tests.helpers.processes import wait_until_no_sandboxed_processes
 
+# The suite's own knob, not a setting: a `cbexec` child a test starts reads every CBEXEC_*
+# variable as one and would refuse it. Its children get the same uids through the setting.
+TEST_UID_BASE = int(os.environ.pop("CBEXEC_TEST_UID_BASE", "64000"))
+os.environ.setdefault("CBEXEC_SANDBOX_UID_BASE", str(TEST_UID_BASE))
+
 
 @dataclass
 class Stack:
@@ -54,7 +59,7 @@ def stack_settings(data_dir: Path, **overrides: object) -> Settings:
         max_queue=64,
         grace_seconds=0.3,
         # Two suites run side by side on one host (two checkouts) keep their sandbox uids apart.
-        sandbox_uid_base=int(os.environ.get("CBEXEC_TEST_UID_BASE", "64000")),
+        sandbox_uid_base=TEST_UID_BASE,
     )
     return base.replace(**overrides)
 

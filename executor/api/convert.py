@@ -11,7 +11,6 @@ import dataclasses
 import uuid
 from typing import Final
 
-from executor import triggers
 from executor.errors import InvalidRequestError
 from executor.model import (
     CallbackSpec,
@@ -26,7 +25,7 @@ from executor.runs.history import RunRecord
 from executor.runs.metrics import Histogram, MetricsSnapshot
 from executor.runs.outbox import DeadLetter
 from executor.sandbox.limits import merge
-from executor.triggers.engine import Fired
+from executor.triggers.engine import Fired, canonical_triggers
 from executor.triggers.store import StoredCallback
 from supervisor_client.jobdict import job_to_dict
 from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
@@ -217,7 +216,7 @@ def registered_message(
         job_id=callback.job_id,
         id=callback.callback_id,
         triggers=callback.triggers,
-        canonical_triggers=triggers.render(triggers.parse(callback.triggers)),
+        canonical_triggers=canonical_triggers(callback.triggers),
         language=callback.language,
         universal=callback.universal,
         source=callback.source,

@@ -42,7 +42,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass

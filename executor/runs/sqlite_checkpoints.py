@@ -91,22 +91,14 @@ class BackgroundCheckpoints:
 
     def _checkpoint(self) -> None:
         try:
-            if self._connection is None:
-                self._connection = sqlite3.connect(
-                    self._path, timeout=self._busy_timeout_s, isolation_level=None
-                )
             log = copied = seen = -1
             for _ in range(CATCH_UP_ROUNDS):
-                _, log, copied = self._connection.execute(
-                    "PRAGMA wal_checkpoint(PASSIVE)"
-                ).fetchone()
+                _, log, copied = self._pass("PASSIVE")
                 if copied >= log and log == seen:
                     return  # all copied, nothing new: the writer's next commit restarts the log
                 seen = log
             if log > self._max_log_pages:
-                busy, log, copied = self._connection.execute(
-                    "PRAGMA wal_checkpoint(TRUNCATE)"
-                ).fetchone()
+                busy, log, copied = self._pass("TRUNCATE")
                 if busy:
                     logger.warning(
                         "%s: the write-ahead log has %d pages and could not be "
@@ -117,6 +109,15 @@ class BackgroundCheckpoints:
         except sqlite3.Error as err:
             # Nothing is lost: the log keeps every commit until a checkpoint succeeds.
             logger.warning("%s: checkpoint failed: %s", self._path, err)
+
+    def _pass(self, mode: str) -> tuple[int, int, int]:
+        """One checkpoint pass on our connection: (busy, pages in the log, pages copied)."""
+        if self._connection is None:
+            self._connection = sqlite3.connect(
+                self._path, timeout=self._busy_timeout_s, isolation_level=None
+            )
+        busy, log, copied = self._connection.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        return int(busy), int(log), int(copied)
 
     def _close_connection(self) -> None:
         if self._connection is not None:

@@ -1,8 +1,9 @@
 """Trigger language and engine: parse trigger expressions, match events, fire callbacks.
 
-The language (pure): ``parse`` / ``render`` / ``atoms`` (nodes, parser), ``evaluate`` and
-the clock functions (evaluate), ``explain``. The engine (durable, SQLite): engine, store,
-universal (callbacks.conf), rpc (the gRPC edge).
+The language (pure): ``parse`` / ``render`` / ``atoms`` (nodes, parser), the semantics the
+engine runs (evaluate: match keys, latching, clocks), ``explain``. The engine (durable,
+SQLite): engine, store, firings (the worker that runs what fired), universal
+(callbacks.conf), rpc (the gRPC edge).
 """
 
 from executor.triggers.errors import TriggerSyntaxError

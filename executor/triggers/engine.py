@@ -14,7 +14,8 @@ Semantics (documented in the README):
 - Order within one event: by owning job id, then callback id; universal callbacks come
   after the job's own. Firings of one event run one after another in that order.
 - Durability: latching, counting and queueing the firing commit in one transaction;
-  queued firings are run once after a restart.
+  the firing worker (firings.py) runs the queue, the firings queued before a restart
+  first, each once.
 """
 
 from __future__ import annotations
@@ -22,26 +23,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from executor import triggers
-from executor.errors import InvalidRequestError
+from executor.errors import InvalidRequestError, UnavailableError
 from executor.model import CallbackSpec, Event, Invocation, Limits, RunResult
+from executor.runs.outbox import Backoff
+from executor.triggers.evaluate import (
+    AtomKey,
+    JobPlace,
+    atom_key,
+    clock_event,
+    event_keys,
+    latch,
+    next_fire,
+    spent,
+)
+from executor.triggers.firings import FiringWorker
+from executor.triggers.nodes import EventName, EventType
 from executor.triggers.store import NewAtom, PendingFiring, StoredCallback, TriggerStore
 from executor.triggers.universal import UniversalCallback, UniversalConfigError, load_universal
 
 logger = logging.getLogger(__name__)
-
-TERMINAL_EVENTS: Final = frozenset({"complete", "failed", "killed"})
-TIME_TYPES: Final = frozenset({"time", "repeat", "globaltime", "globalrepeat"})
-# Types whose atoms carry an item in their extra (work name, subjob id, host).
-ITEM_TYPES: Final = frozenset({"work", "subjob", "host"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +78,7 @@ class EngineStats:
 
 
 @lru_cache(maxsize=65536)
-def _parsed(expression: str) -> Any:
+def _parsed(expression: str) -> triggers.Expr:
     return triggers.parse(expression)
 
 
@@ -81,26 +91,52 @@ def check_trigger(expression: str) -> str | None:
     return None
 
 
+def canonical_triggers(expression: str) -> str:
+    """The canonical text of a registered callback's triggers (``render`` of its parse)."""
+    return triggers.render(_parsed(expression))
+
+
 class TriggerEngine:
-    """Registers jobs, matches events, fires callbacks through ``run``."""
+    """Registers jobs, matches events, and fires callbacks through ``run`` on its own tasks.
+
+    Call ``start()`` in the running loop (the firing worker and the timers), ``close()``
+    to end them. Published events are applied whether or not it is started; what they
+    fire waits in the queue until it is.
+    """
 
     def __init__(
         self,
         store: TriggerStore,
-        run: Callable[[Invocation], Any],
+        run: Callable[[Invocation], Awaitable[RunResult]],
         *,
         limits: Limits,
         universal_dirs: Sequence[Path] = (),
         clock: Callable[[], float] = time.time,
+        max_parallel_events: int = 4,
+        retry: Backoff = Backoff(),
     ) -> None:
+        """Build the engine over ``store``.
+
+        Args:
+            store: The durable state; the engine is its only writer.
+            run: Runs one invocation to its result (the dispatcher's ``execute``).
+            limits: The limits of every fired run.
+            universal_dirs: Where the universal callbacks' ``callbacks.conf`` files are.
+            clock: Unix time, for the timers.
+            max_parallel_events: How many events' firings may run at once.
+            retry: The delays between tries of a run refused for capacity or availability.
+        """
         self._store = store
-        self._run = run  # async (Invocation) -> RunResult; the dispatcher's execute
+        self._run = run
         self._limits = limits
         self._universal_dirs = list(universal_dirs)
         self._universal: list[UniversalCallback] = []
         self._clock = clock
         self._timer_wakeup = asyncio.Event()
-        self._background: set[asyncio.Task[Any]] = set()
+        self._timers: asyncio.Task[None] | None = None
+        self._firings = FiringWorker(
+            store, self._run_firing, max_parallel_events=max_parallel_events, retry=retry
+        )
         self.stats = EngineStats()
 
     # -- universal callbacks --------------------------------------------------------
@@ -123,35 +159,21 @@ class TriggerEngine:
 
     # -- registration ---------------------------------------------------------------
 
-    def _scope(self, job: dict[str, Any], context: str) -> str:
-        job_id = int(job["id"])
-        if context == "self":
-            return f"job:{job_id}"
-        if context == "parent":
-            return f"job:{int(job.get('pid') or 0)}"
-        if context.isdigit():
-            return f"job:{int(context)}"
-        return f"label:{int(job.get('pgrp') or job_id)}:{context}"
-
     def _index(
-        self, job: dict[str, Any], expr: Any
+        self, owner: JobPlace, expr: triggers.Expr
     ) -> tuple[list[NewAtom], list[tuple[int, float]]]:
-        atoms: list[NewAtom] = []
+        """The index rows and the first due times of a callback's atoms."""
+        indexed: list[NewAtom] = []
         timers: list[tuple[int, float]] = []
         now = self._clock()
         for slot, atom in enumerate(triggers.atoms(expr)):
-            if atom.type in TIME_TYPES:
-                due = triggers.next_fire(atom, now)
-                if due is not None:
-                    timers.append((slot, due))
-                continue
-            extra = atom.extra if atom.type in ITEM_TYPES else ""
-            scope = self._scope(job, atom.context)
-            names = (
-                ("complete", "failed", "killed", "done") if atom.name == "done" else (atom.name,)
-            )
-            atoms.extend(NewAtom(slot, name, atom.type, scope, extra) for name in names)
-        return atoms, timers
+            key = atom_key(atom, owner)
+            if key is not None:
+                indexed.append(NewAtom(slot, key))
+            due = next_fire(atom, now)
+            if due is not None:
+                timers.append((slot, due))
+        return indexed, timers
 
     def register_job(self, job: dict[str, Any]) -> list[StoredCallback]:
         """Store a job with its callbacks and the universal ones; keeps state of unchanged ones."""
@@ -161,15 +183,16 @@ class TriggerEngine:
         job = dict(job, pgrp=int(job.get("pgrp") or job_id))
         label = str(job.get("label") or "")
         if label:
-            owner = self._store.label_owner(job["pgrp"], label)
-            if owner is not None and owner != job_id:
+            holder = self._store.label_owner(job["pgrp"], label)
+            if holder is not None and holder != job_id:
                 raise InvalidRequestError(
-                    f"label {label!r} is already used by job {owner} in pgrp {job['pgrp']}"
+                    f"label {label!r} is already used by job {holder} in pgrp {job['pgrp']}"
                 )
         specs = self._callback_specs(job)
         previous = {
             (cb.callback_id, cb.triggers, cb.code): cb for cb in self._store.callbacks_of(job_id)
         }
+        place = JobPlace.of(job)
         with self._store.transaction() as db:
             TriggerStore.remove_job(db, job_id)
             TriggerStore.put_job(db, {k: v for k, v in job.items() if k != "callbacks"})
@@ -177,13 +200,13 @@ class TriggerEngine:
                 kept = previous.get((spec["id"], spec["triggers"], spec["code"]))
                 if kept is not None:
                     spec.update(count=kept.count, latches=list(kept.latches))
-                atoms, timers = self._index(job, expr)
+                atoms, timers = self._index(place, expr)
                 TriggerStore.put_callback(db, job_id, spec, atoms, timers)
         self._timer_wakeup.set()
         return self._store.callbacks_of(job_id)
 
-    def _callback_specs(self, job: dict[str, Any]) -> list[tuple[dict[str, Any], Any]]:
-        specs: list[tuple[dict[str, Any], Any]] = []
+    def _callback_specs(self, job: dict[str, Any]) -> list[tuple[dict[str, Any], triggers.Expr]]:
+        specs: list[tuple[dict[str, Any], triggers.Expr]] = []
         own = list(job.get("callbacks") or [])
         next_id = 1
         for index, cb in enumerate(own):
@@ -210,7 +233,7 @@ class TriggerEngine:
 
     @staticmethod
     def _spec(
-        cb: dict[str, Any], callback_id: int, job: dict[str, Any], expr: Any
+        cb: dict[str, Any], callback_id: int, job: dict[str, Any], expr: triggers.Expr
     ) -> dict[str, Any]:
         return {
             "id": callback_id,
@@ -227,23 +250,21 @@ class TriggerEngine:
 
     # -- matching -------------------------------------------------------------------
 
-    def _keys(self, event: Event) -> list[tuple[str, str, str, str]]:
-        scopes = [f"job:{event.job_id}"]
+    def _keys(self, event: Event) -> list[AtomKey]:
+        """The index keys ``event`` looks up; its job's label comes from the store."""
         job = self._store.job(event.job_id)
-        if job is not None and job.get("label"):
-            scopes.append(f"label:{int(job['pgrp'])}:{job['label']}")
-        extras = ["", "*", event.item] if event.type in ITEM_TYPES else [""]
-        names = [event.name] + (["done"] if event.name in TERMINAL_EVENTS else [])
-        return [
-            (name, event.type, scope, extra)
-            for name in names
-            for scope in scopes
-            for extra in dict.fromkeys(extras)
-        ]
+        return event_keys(event, None if job is None else JobPlace.of(job))
 
     def _decide(
-        self, db: Any, hits: list[tuple[int, int]], event: dict[str, Any], *, dry: bool
+        self,
+        db: sqlite3.Connection,
+        hits: list[tuple[int, int]],
+        event: Event,
+        batch: str,
+        *,
+        dry: bool,
     ) -> tuple[list[Fired], list[Latched]]:
+        """Latch, count and (unless dry) queue the firings of one event as one ``batch``."""
         slots: dict[int, set[int]] = {}
         for rowid, slot in hits:
             slots.setdefault(rowid, set()).add(slot)
@@ -251,68 +272,76 @@ class TriggerEngine:
         latched: list[Latched] = []
         callbacks = TriggerStore.load_callbacks(db, slots)
         for cb in sorted(callbacks, key=lambda c: (c.job_id, c.universal, c.callback_id)):
-            if cb.maximum and cb.count >= cb.maximum:
+            if spent(cb.count, cb.maximum):
                 continue
-            latches = list(cb.latches)
-            for slot in slots[cb.rowid]:
-                if slot < len(latches):
-                    latches[slot] = True
-            if triggers.evaluate(_parsed(cb.triggers), latches):
+            fires, latches = latch(_parsed(cb.triggers), cb.latches, slots[cb.rowid])
+            if fires:
                 invocation_id = "" if dry else str(uuid.uuid4())
                 if not dry:
-                    TriggerStore.save_state(db, cb.rowid, cb.count + 1, [False] * len(latches))
-                    TriggerStore.queue_firing(db, invocation_id, cb.rowid, event)
+                    TriggerStore.save_state(db, cb.rowid, cb.count + 1, latches)
+                    TriggerStore.queue_firing(db, invocation_id, cb.rowid, event, batch)
                 fired.append(Fired(cb, invocation_id))
-            elif latches != list(cb.latches):
+            elif latches != cb.latches:
                 if not dry:
                     TriggerStore.save_state(db, cb.rowid, cb.count, latches)
-                latched.append(Latched(cb, tuple(latches)))
+                latched.append(Latched(cb, latches))
         return fired, latched
 
-    def match(self, event: Event, *, dry: bool) -> tuple[list[Fired], list[Latched], bool]:
-        """Apply (or, dry, simulate) one event. Returns fired, latched, and whether it was a repeat."""
+    def _apply(self, event: Event) -> tuple[list[Fired], list[Latched], bool, list[PendingFiring]]:
+        """Apply one event durably: fired, latched, whether it was a repeat, the firings queued."""
         keys = self._keys(event)
-        if dry:
-            with self._store.transaction() as db:
-                hits = TriggerStore.matching_atoms(db, keys)
-                fired, latched = self._decide(db, hits, event.as_dict(), dry=True)
-                return fired, latched, False
+        batch = uuid.uuid4().hex
         with self._store.transaction() as db:
             if event.event_id and not TriggerStore.first_sighting(db, event.event_id):
-                return [], [], True
+                return [], [], True, []
             hits = TriggerStore.matching_atoms(db, keys)
-            fired, latched = self._decide(db, hits, event.as_dict(), dry=False)
-            if event.name == "removed" and event.type == "job":
+            fired, latched = self._decide(db, hits, event, batch, dry=False)
+            if event.name == EventName.REMOVED and event.type == EventType.JOB:
                 TriggerStore.remove_job(db, event.job_id)
         self.stats.events_published += 1
         self.stats.callbacks_fired += len(fired)
-        return fired, latched, False
+        firings = [PendingFiring(f.invocation_id, f.callback, event, batch) for f in fired]
+        return fired, latched, False, firings
+
+    def match(self, event: Event, *, dry: bool) -> tuple[list[Fired], list[Latched], bool]:
+        """Apply (or, dry, simulate) one event; what it fires is queued for the worker.
+
+        Returns:
+            The callbacks it fired (would fire), those it latched without firing, and
+            whether it was a repeat of an ``event_id`` already applied.
+        """
+        if dry:
+            with self._store.transaction() as db:
+                hits = TriggerStore.matching_atoms(db, self._keys(event))
+                fired, latched = self._decide(db, hits, event, "", dry=True)
+                return fired, latched, False
+        fired, latched, duplicate, firings = self._apply(event)
+        self._firings.add(firings)
+        return fired, latched, duplicate
 
     async def publish(self, event: Event, *, wait: bool) -> tuple[list[Fired], bool]:
-        """Apply an event and run what it fires (inline when ``wait``, else in the background)."""
-        fired, _, duplicate = self.match(event, dry=False)
-        firings = [PendingFiring(f.invocation_id, f.callback, event.as_dict()) for f in fired]
-        if wait:
-            results = await self._run_in_order(firings)
-            return [
-                Fired(f.callback, f.invocation_id, r) for f, r in zip(fired, results)
-            ], duplicate
-        self._spawn(self._run_in_order(firings))
-        return fired, duplicate
+        """Apply an event; what it fires runs on the firing worker.
 
-    def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.ensure_future(coroutine)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        Returns:
+            The callbacks it fired, with their results when ``wait`` (a refused run is
+            retried until it runs; a result is None when the run raised), and whether
+            it was a repeat.
 
-    async def _run_in_order(self, firings: list[PendingFiring]) -> list[RunResult | None]:
-        results: list[RunResult | None] = []
-        for firing in firings:
-            results.append(await self._run_firing(firing))
-        return results
+        Raises:
+            UnavailableError: the engine is closing (the event was not applied, unless it
+                was while a ``wait`` publisher waited: its firings then run at restart).
+        """
+        if self._firings.closed:
+            raise UnavailableError("the trigger engine is stopping; publish the event again")
+        fired, _, duplicate, firings = self._apply(event)
+        futures = self._firings.add(firings, wait=wait)
+        if not wait:
+            return fired, duplicate
+        results = await asyncio.gather(*futures)
+        return [Fired(f.callback, f.invocation_id, r) for f, r in zip(fired, results)], duplicate
 
-    async def _run_firing(self, firing: PendingFiring) -> RunResult | None:
-        """Run one queued firing; it leaves the queue once it has a result."""
+    async def _run_firing(self, firing: PendingFiring) -> RunResult:
+        """Run one queued firing in the context of its job and event (the worker's ``run``)."""
         cb, event = firing.callback, firing.event
         job = self._store.job(cb.job_id) or {"id": cb.job_id}
         invocation = Invocation(
@@ -328,34 +357,19 @@ class TriggerEngine:
             ),
             job=job,
             limits=self._limits,
-            event=Event.from_dict(event),
-            work_name=str(event.get("work_name") or ""),
-            subjob_id=int(event.get("subjob_id", -1)),
+            event=event,
+            work_name=event.work_name,
+            subjob_id=event.subjob_id,
         )
-        try:
-            result: RunResult = await self._run(invocation)
-        except Exception:
-            logger.exception(
-                "firing %s of callback %s could not run", firing.invocation_id, cb.callback_id
-            )
-            return None
-        self._store.firing_done(firing.invocation_id)
-        return result
+        return await self._run(invocation)
 
-    # -- restart and timers ---------------------------------------------------------
-
-    async def resume_pending(self) -> int:
-        """Run firings decided before a crash, once each; returns how many."""
-        pending = self._store.pending_firings()
-        if pending:
-            logger.info("running %d firings decided before the last stop", len(pending))
-            await self._run_in_order(pending)
-        return len(pending)
+    # -- timers and the engine's tasks ----------------------------------------------
 
     def fire_due_timers(self) -> list[Fired]:
-        """Latch every time atom that is due and fire what completes."""
+        """Latch every time atom that is due and fire what completes (each a batch of its own)."""
         now = self._clock()
         fired_all: list[Fired] = []
+        batches: list[list[PendingFiring]] = []
         with self._store.transaction() as db:
             due = TriggerStore.due_timers(db, now)
             for rowid, slot, _when in due:
@@ -364,33 +378,23 @@ class TriggerEngine:
                     continue
                 atom = triggers.atoms(_parsed(cb[0].triggers))[slot]
                 TriggerStore.reschedule_timer(
-                    db, rowid, slot, triggers.next_fire(atom, now, last_fired_unix=now)
+                    db, rowid, slot, next_fire(atom, now, last_fired_unix=now)
                 )
-                event = {
-                    "name": atom.name or "dummy",
-                    "type": atom.type,
-                    "job_id": cb[0].job_id,
-                    "work_name": "",
-                    "subjob_id": -1,
-                    "host": "",
-                    "extra": atom.extra,
-                }
-                fired, _ = self._decide(db, [(rowid, slot)], event, dry=False)
+                # The event stored with the firing is the one it runs with: after a restart
+                # the callback sees what it would have seen.
+                event = clock_event(atom, cb[0].job_id)
+                batch = uuid.uuid4().hex
+                fired, _ = self._decide(db, [(rowid, slot)], event, batch, dry=False)
                 fired_all.extend(fired)
-        if fired_all:
-            self.stats.callbacks_fired += len(fired_all)
-            firings = [
-                PendingFiring(
-                    f.invocation_id,
-                    f.callback,
-                    {"name": "dummy", "type": "time", "job_id": f.callback.job_id},
+                batches.append(
+                    [PendingFiring(f.invocation_id, f.callback, event, batch) for f in fired]
                 )
-                for f in fired_all
-            ]
-            self._spawn(self._run_in_order(firings))
+        self.stats.callbacks_fired += len(fired_all)
+        for firings in batches:
+            self._firings.add(firings)
         return fired_all
 
-    async def run_timers(self) -> None:
+    async def _run_timers(self) -> None:
         """Forever: sleep until the next due time atom (or a registration), then fire."""
         while True:
             self.fire_due_timers()
@@ -403,7 +407,23 @@ class TriggerEngine:
                 async with asyncio.timeout(delay):
                     await self._timer_wakeup.wait()
 
+    def start(self) -> None:
+        """Start the firing worker and the timers: tasks of the running loop, ended by ``close``.
+
+        The firings queued before a restart run first.
+        """
+        if self._timers is not None:
+            raise RuntimeError("the trigger engine is already started")
+        self._firings.start()
+        self._timers = asyncio.get_running_loop().create_task(self._run_timers())
+
+    async def wait_idle(self) -> None:
+        """Until no firing is queued or running (once started)."""
+        await self._firings.wait_idle()
+
     async def close(self) -> None:
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        """Stop the timers and the worker; unfinished firings stay queued for the next start."""
+        if self._timers is not None:
+            self._timers.cancel()
+            await asyncio.gather(self._timers, return_exceptions=True)
+        await self._firings.close()

@@ -1,147 +1,150 @@
-"""Pure trigger semantics: which atoms an event matches, when a clock atom is due, and
-whether the latched atoms make the whole expression true.
+"""Pure trigger semantics, the ones the engine runs: which atoms an event matches, how
+latches fire a callback, and when a clock atom is due.
 
-The model (Qube stores a satisfied flag per atom in a callback's ``ready`` field):
+The engine keeps the state (latches, counts, the atom index, timers) in SQLite and asks
+this module everything that is not a lookup, so what the unit tests check here is what
+the service does.
 
-* Each atom has a latch slot, its index in ``atoms(expr)``. An event occurrence that
-  an atom matches sets that slot; ``evaluate`` then reads the expression over the
-  slots. Latches are edge-triggered: only transitions seen after registration count.
-* Resetting the latches after a firing, ``count``/``maximum`` and durability are the
-  engine's business; nothing here keeps state.
-* A ``*`` atom latches once, on any item; it does not remember which item.
-* ``done`` matches complete, failed and killed events (and ``done`` itself, should
-  the engine publish it alongside).
-* Host atoms match on the context's job id like the others and on the host name in
-  the extra (which jobs see host events is not documented by Qube).
-* Clock atoms (time, repeat, globaltime, globalrepeat) never match events. ``<T>``
-  is absolute Qube time, ``Unix time - QB_TIME_EPOCH_OFFSET``. A repeat fires at ``T``
-  and then every ``interval`` seconds on that grid. A ``T`` already past when the
-  atom is first scheduled fires at once; missed repeats are coalesced into a single
-  firing, after which the grid resumes. ``global`` alone has no time and never fires.
+Matching is by key. An atom is indexed under one ``AtomKey`` (``atom_key``); an event
+looks up every key that can match it (``event_keys``); the atom matches the event exactly
+when its key is among them. A key is (event name, type, scope, extra):
+
+* scope: ``job:<id>`` for the contexts ``self``, ``parent`` and a job id, resolved from
+  the owning job when it registers; ``label:<pgrp>:<label>`` for a label, resolved at
+  event time from the event's job, so the label may belong to a job registered later.
+  A ``parent`` context of a job without a parent names no job and matches nothing.
+* extra: the work name, subjob id or host, or ``*``, for item types (an item event looks
+  up its item and ``*``: a ``*`` atom latches once, on any item, and does not remember
+  which); "" for job atoms.
+* ``done`` is expanded here only: a ``done`` atom is indexed under ``done``, and a
+  complete, failed or killed event also looks up ``done``.
+* Host atoms match on the context's job id like the others and on the host name in the
+  extra (which jobs see host events is not documented by Qube).
+* Clock atoms (time, repeat, globaltime, globalrepeat) and ``global`` have no key: no
+  published event matches them.
+
+Latching (Qube stores a satisfied flag per atom in a callback's ``ready`` field): each
+atom has a latch slot, its index in ``atoms(expr)``. An event sets the slots of the atoms
+it matches and the expression is evaluated over the slots (``latch``). Latches are
+edge-triggered: only transitions seen after registration count. A firing resets every
+latch; a callback that has fired ``maximum`` times is ``spent``.
+
+Clocks: ``<T>`` is absolute Qube time, ``Unix time - QB_TIME_EPOCH_OFFSET``. A repeat
+fires at ``T`` and then every ``interval`` seconds on that grid. A ``T`` already past when
+the atom is first scheduled fires at once; missed repeats are coalesced into a single
+firing, after which the grid resumes (``next_fire``). ``global`` alone has no time and
+never fires. A due clock atom fires its callback with ``clock_event``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TypeAlias
+from typing import Any, Final
 
+from executor.model import Event
 from executor.triggers.nodes import (
+    ITEM_TYPES,
     QB_TIME_EPOCH_OFFSET,
+    TIME_TYPES,
     WILDCARD,
     And,
     Atom,
+    ContextKind,
     EventName,
     EventType,
     Expr,
     atoms,
 )
 
-# Maps an atom's context (self, parent, a label, a job id) to a job id, or None when
-# it names no known job. Resolving is the engine's job (it knows owner, pid, pgrp).
-ContextResolver: TypeAlias = Callable[[str], int | None]
-
-# Event names a ``done`` atom stands for.
-DONE_EVENTS: Final = (EventName.COMPLETE, EventName.FAILED, EventName.KILLED, EventName.DONE)
+# The events a ``done`` atom stands for.
+DONE_MEANS: Final = frozenset({EventName.COMPLETE, EventName.FAILED, EventName.KILLED})
 _ONE_SHOT: Final = frozenset({EventType.TIME, EventType.GLOBALTIME})
 _REPEATING: Final = frozenset({EventType.REPEAT, EventType.GLOBALREPEAT})
 
 
 @dataclass(frozen=True, slots=True)
-class EventOccurrence:
-    """One state transition of a job, work item, instance or host.
-
-    Attributes:
-        name: complete, failed, killed, running, ... (``done`` is implied).
-        type: job, subjob, work or host.
-        job_id: The job the transition happened to.
-        work_name: The agenda item, for work events.
-        subjob_id: The instance, for subjob events; -1 when none.
-        host: The host name, for host events.
-        event_id: The publisher's idempotency key; "" when none.
-    """
+class AtomKey:
+    """What an atom is indexed under, and what an event looks up (all plain strings)."""
 
     name: str
     type: str
+    scope: str
+    extra: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobPlace:
+    """What resolving a context needs to know of a job: its id, parent, pgrp and label."""
+
     job_id: int
-    work_name: str = ""
-    subjob_id: int = -1
-    host: str = ""
-    event_id: str = ""
+    pid: int = 0
+    pgrp: int = 0
+    label: str = ""
 
-    def item(self) -> str:
-        """The item the event is about: work name, subjob id or host ("" for jobs)."""
-        if self.type == "work":
-            return self.work_name
-        if self.type == "subjob":
-            return str(self.subjob_id)
-        if self.type == "host":
-            return self.host
-        return ""
-
-    def as_dict(self) -> dict[str, Any]:
-        """The event as stored with a queued firing (without its idempotency key)."""
-        return {
-            "name": self.name,
-            "type": self.type,
-            "job_id": self.job_id,
-            "work_name": self.work_name,
-            "subjob_id": self.subjob_id,
-            "host": self.host,
-        }
+    @classmethod
+    def of(cls, job: Mapping[str, Any]) -> JobPlace:
+        """The place of a job dict; a job outside any process group is its own."""
+        job_id = int(job["id"])
+        return cls(
+            job_id=job_id,
+            pid=int(job.get("pid") or 0),
+            pgrp=int(job.get("pgrp") or job_id),
+            label=str(job.get("label") or ""),
+        )
 
 
-def qube_to_unix(qube_time: int) -> int:
-    """Unix time of a Qube time."""
-    return qube_time + QB_TIME_EPOCH_OFFSET
+def _job_scope(job_id: int) -> str:
+    return f"job:{job_id}"
 
 
-def unix_to_qube(unix_time: float) -> int:
-    """Qube time (whole seconds) of a Unix time, as Qube's own clients compute it."""
-    return int(unix_time) - QB_TIME_EPOCH_OFFSET
+def _label_scope(pgrp: int, label: str) -> str:
+    return f"label:{pgrp}:{label}"
 
 
-def index_key(atom: Atom) -> tuple[str, str]:
-    """The (event name, type) an atom is primarily indexed under."""
-    return (atom.name.value, atom.type.value)
+def _atom_scope(atom: Atom, owner: JobPlace) -> str | None:
+    kind = atom.context_kind
+    if kind is ContextKind.SELF:
+        return _job_scope(owner.job_id)
+    if kind is ContextKind.PARENT:
+        return _job_scope(owner.pid) if owner.pid else None
+    if kind is ContextKind.JOB_ID:
+        return _job_scope(int(atom.context))
+    if kind is ContextKind.LABEL:
+        return _label_scope(owner.pgrp, atom.context)
+    return None
 
 
-def index_keys(atom: Atom) -> list[tuple[str, str]]:
-    """Every (event name, type) whose events can match ``atom``.
+def atom_key(atom: Atom, owner: JobPlace) -> AtomKey | None:
+    """The key ``atom`` of a callback of ``owner`` is indexed under; None: no event matches it."""
+    if atom.is_timed or atom.type is EventType.GLOBAL:
+        return None
+    scope = _atom_scope(atom, owner)
+    if scope is None:
+        return None
+    extra = atom.extra if atom.type in ITEM_TYPES else ""
+    return AtomKey(atom.name.value, atom.type.value, scope, extra)
 
-    A ``done`` atom is indexed under complete, failed, killed and done.
-    """
-    if atom.name is EventName.DONE:
-        return [(name.value, atom.type.value) for name in DONE_EVENTS]
-    return [index_key(atom)]
 
-
-def atom_matches(atom: Atom, event: EventOccurrence, resolve: ContextResolver) -> bool:
-    """Whether ``event`` sets the latch of ``atom``.
+def event_keys(event: Event, place: JobPlace | None) -> list[AtomKey]:
+    """Every key an atom matching ``event`` can be indexed under.
 
     Args:
-        atom: A parsed atom.
         event: The occurrence.
-        resolve: Maps ``atom.context`` to a job id (None: no such job, no match).
+        place: The event's job as registered (for its label); None when not registered.
     """
-    if atom.is_timed or atom.type is EventType.GLOBAL or event.type != atom.type:
-        return False
-    if atom.name is EventName.DONE:
-        if event.name not in DONE_EVENTS:
-            return False
-    elif event.name != atom.name:
-        return False
-    job_id = resolve(atom.context)
-    if job_id is None or job_id != event.job_id:
-        return False
-    if atom.type is EventType.JOB or atom.extra == WILDCARD:
-        return True
-    if atom.type is EventType.WORK:
-        return atom.extra == event.work_name
-    if atom.type is EventType.SUBJOB:
-        return atom.extra.isdigit() and int(atom.extra) == event.subjob_id
-    return atom.extra == event.host
+    names = [event.name, *([EventName.DONE.value] if event.name in DONE_MEANS else [])]
+    scopes = [_job_scope(event.job_id)]
+    if place is not None and place.label:
+        scopes.append(_label_scope(place.pgrp, place.label))
+    extras = dict.fromkeys([event.item, WILDCARD]) if event.type in ITEM_TYPES else [""]
+    return [
+        AtomKey(name, event.type, scope, extra)
+        for name in names
+        for scope in scopes
+        for extra in extras
+    ]
 
 
 def evaluate(expr: Expr, latched: Sequence[bool]) -> bool:
@@ -166,6 +169,33 @@ def _evaluate(expr: Expr, latched: Sequence[bool], slot: int) -> tuple[bool, int
         value, slot = _evaluate(term, latched, slot)
         values.append(value)
     return (all(values) if isinstance(expr, And) else any(values)), slot
+
+
+def latch(
+    expr: Expr, latched: Sequence[bool], slots: Iterable[int]
+) -> tuple[bool, tuple[bool, ...]]:
+    """Set the latches of ``slots`` (the atoms an event matched) and evaluate.
+
+    Returns:
+        Whether the callback fires, and its latches afterwards: all reset when it fires,
+        so it can fire again on new events.
+    """
+    after = list(latched)
+    for slot in slots:
+        after[slot] = True
+    if evaluate(expr, after):
+        return True, (False,) * len(after)
+    return False, tuple(after)
+
+
+def spent(count: int, maximum: int) -> bool:
+    """Whether a callback fired ``count`` times may fire no more (``maximum`` 0: unlimited)."""
+    return maximum > 0 and count >= maximum
+
+
+def qube_to_unix(qube_time: int) -> int:
+    """Unix time of a Qube time."""
+    return qube_time + QB_TIME_EPOCH_OFFSET
 
 
 def _schedule(atom: Atom) -> tuple[int, int] | None:
@@ -205,7 +235,12 @@ def next_fire(atom: Atom, now_unix: float, *, last_fired_unix: float | None = No
     return max(float(start + periods * interval), now_unix)
 
 
-def time_due(atom: Atom, now_unix: float, *, last_fired_unix: float | None = None) -> bool:
-    """Whether a clock atom should fire at ``now_unix`` (see ``next_fire``)."""
-    due = next_fire(atom, now_unix, last_fired_unix=last_fired_unix)
-    return due is not None and due <= now_unix
+def clock_event(atom: Atom, job_id: int) -> Event:
+    """The event a due clock atom of a callback of job ``job_id`` fires it with.
+
+    It is stored with the firing and the callback runs with it: ``qb.event()`` shows the
+    atom's name and type and its time (``T`` or ``T-interval``) as the extra.
+    """
+    if atom.type not in TIME_TYPES:
+        raise ValueError(f"{atom.type} atoms are not fired by a clock")
+    return Event(atom.name.value, atom.type.value, job_id, extra=atom.extra)

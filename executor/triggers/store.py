@@ -5,11 +5,10 @@ in one transaction: latching an atom, evaluating, counting and queueing the firi
 commit together. So after ``kill -9`` a half-latched ``&&`` is still half-latched, and a
 firing that was decided but not yet run is still queued (it runs once at restart).
 
-The atom index is keyed by (event name, type, scope, extra), where scope is
-``job:<id>`` for self/parent/id contexts (resolved at registration) or
-``label:<pgrp>:<label>`` for labels (resolved at event time from the event's job), and
-extra is the work name / subjob id / host or ``*``. An event reads only the rows that
-can match it, so matching cost does not grow with callbacks that cannot match.
+The atom index holds each atom under its ``AtomKey`` (event name, type, scope, extra),
+and an event reads the rows under its keys; ``evaluate.atom_key`` and
+``evaluate.event_keys`` say what the keys are. An event reads only the rows that can
+match it, so matching cost does not grow with callbacks that cannot match.
 """
 
 from __future__ import annotations
@@ -18,13 +17,15 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from executor.model import Event
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
-from executor.storage import open_database
+from executor.storage import StorageHealth, open_database, writing
+from executor.triggers.evaluate import AtomKey
 
 SCHEMA = """
 PRAGMA journal_mode = WAL;
@@ -73,7 +74,8 @@ CREATE TABLE IF NOT EXISTS firings (
     invocation_id TEXT NOT NULL UNIQUE,
     callback_rowid INTEGER NOT NULL,
     event_json TEXT NOT NULL,
-    decided_at REAL NOT NULL
+    decided_at REAL NOT NULL,
+    batch TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS seen_events (
     event_id TEXT PRIMARY KEY,
@@ -123,27 +125,34 @@ class PendingFiring:
 
     invocation_id: str
     callback: StoredCallback
-    event: dict[str, Any]
+    event: Event
+    # The firings one event decided share a batch (they run one after another).
+    batch: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class NewAtom:
+    """An index row to write: the atom in latch slot ``slot`` is found under ``key``."""
+
     slot: int
-    name: str
-    type: str
-    scope: str
-    extra: str
+    key: AtomKey
 
 
 class TriggerStore:
     """One SQLite connection guarded by a lock (the engine is the only writer)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, health: StorageHealth | None = None) -> None:
         self._lock = threading.RLock()
+        self._path = path
+        self._health = health
         self._db = open_database(path)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA foreign_keys = ON")
         self._db.executescript(SCHEMA)
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(firings)")}
+        if "batch" not in columns:
+            # A queue from before batches: its firings keep running one after another.
+            self._db.execute("ALTER TABLE firings ADD COLUMN batch TEXT NOT NULL DEFAULT ''")
         # A burst of events commits fast; the log's fsyncing checkpoints go to a thread.
         self._checkpoints = BackgroundCheckpoints(self._db, path)
 
@@ -154,13 +163,17 @@ class TriggerStore:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error), holding the lock."""
-        with self._lock:
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error), holding the lock.
+
+        A failure of the storage (disk full, ...) is a StorageError naming the file.
+        """
+        with self._lock, writing(self._path, self._health):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite may have rolled back already
+                    self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
             self._checkpoints.committed()
@@ -244,7 +257,7 @@ class TriggerStore:
         rowid = int(cursor.lastrowid or 0)
         db.executemany(
             "INSERT INTO atoms (callback_rowid, slot, name, type, scope, extra) VALUES (?,?,?,?,?,?)",
-            [(rowid, a.slot, a.name, a.type, a.scope, a.extra) for a in atoms],
+            [(rowid, a.slot, a.key.name, a.key.type, a.key.scope, a.key.extra) for a in atoms],
         )
         db.executemany(
             "INSERT INTO timers (callback_rowid, slot, due) VALUES (?, ?, ?)",
@@ -255,9 +268,7 @@ class TriggerStore:
     # -- matching -------------------------------------------------------------------
 
     @staticmethod
-    def matching_atoms(
-        db: sqlite3.Connection, keys: Iterable[tuple[str, str, str, str]]
-    ) -> list[tuple[int, int]]:
+    def matching_atoms(db: sqlite3.Connection, keys: Iterable[AtomKey]) -> list[tuple[int, int]]:
         """(callback rowid, slot) for every indexed atom under the given keys."""
         found: list[tuple[int, int]] = []
         for key in keys:
@@ -266,7 +277,7 @@ class TriggerStore:
                 for row in db.execute(
                     "SELECT callback_rowid, slot FROM atoms "
                     "WHERE name = ? AND type = ? AND scope = ? AND extra = ?",
-                    key,
+                    (key.name, key.type, key.scope, key.extra),
                 )
             )
         return found
@@ -281,20 +292,20 @@ class TriggerStore:
         return [StoredCallback.from_row(row) for row in rows]
 
     @staticmethod
-    def save_state(db: sqlite3.Connection, rowid: int, count: int, latches: list[bool]) -> None:
+    def save_state(db: sqlite3.Connection, rowid: int, count: int, latches: Sequence[bool]) -> None:
         db.execute(
             "UPDATE callbacks SET count = ?, latches = ? WHERE rowid = ?",
-            (count, json.dumps(latches), rowid),
+            (count, json.dumps(list(latches)), rowid),
         )
 
     @staticmethod
     def queue_firing(
-        db: sqlite3.Connection, invocation_id: str, rowid: int, event: dict[str, Any]
+        db: sqlite3.Connection, invocation_id: str, rowid: int, event: Event, batch: str
     ) -> None:
         db.execute(
-            "INSERT INTO firings (invocation_id, callback_rowid, event_json, decided_at)"
-            " VALUES (?, ?, ?, ?)",
-            (invocation_id, rowid, json.dumps(event), time.time()),
+            "INSERT INTO firings (invocation_id, callback_rowid, event_json, decided_at, batch)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (invocation_id, rowid, json.dumps(event.as_dict()), time.time(), batch),
         )
 
     @staticmethod
@@ -311,18 +322,21 @@ class TriggerStore:
     def pending_firings(self) -> list[PendingFiring]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT f.invocation_id, f.event_json, c.* FROM firings f "
+                "SELECT f.invocation_id, f.event_json, f.batch, c.* FROM firings f "
                 "JOIN callbacks c ON c.rowid = f.callback_rowid ORDER BY f.seq"
             ).fetchall()
         return [
             PendingFiring(
-                row["invocation_id"], StoredCallback.from_row(row), json.loads(row["event_json"])
+                row["invocation_id"],
+                StoredCallback.from_row(row),
+                Event.from_dict(json.loads(row["event_json"])),
+                row["batch"],
             )
             for row in rows
         ]
 
     def firing_done(self, invocation_id: str) -> None:
-        with self._lock:
+        with self._lock, writing(self._path, self._health):
             self._db.execute("DELETE FROM firings WHERE invocation_id = ?", (invocation_id,))
             self._checkpoints.committed()
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,18 +62,46 @@ def test_checkpoints_let_the_log_restart(database: tuple[sqlite3.Connection, Pat
     checkpoints.close()  # again: nothing to do
 
 
+class CommitsBetweenPasses(BackgroundCheckpoints):
+    """The writer commits a row before each checkpoint pass, as a busy executor does while
+    a checkpoint copies; here at fixed points, not wherever the scheduler puts them."""
+
+    def __init__(self, writer: sqlite3.Connection, path: Path, **kwargs: Any) -> None:
+        super().__init__(writer, path, **kwargs)
+        self._writer = writer
+        self.passes = 0
+
+    def _pass(self, mode: str) -> tuple[int, int, int]:
+        self.passes += 1
+        self._writer.execute("INSERT INTO t (payload) VALUES (?)", (ROW,))
+        return super()._pass(mode)
+
+
+def log_restarts(path: Path) -> int:
+    """The log header's checkpoint sequence number: SQLite adds one each time the log restarts."""
+    with open(f"{path}-wal", "rb") as log:
+        header = log.read(16)
+    return int.from_bytes(header[12:16], "big")
+
+
 def test_a_writer_that_keeps_committing_still_gets_its_log_restarted(
     database: tuple[sqlite3.Connection, Path],
 ) -> None:
     writer, path = database
-    checkpoints = BackgroundCheckpoints(writer, path, every_commits=20)
-    for _ in range(600):  # commits land while checkpoints copy, as on a busy executor
-        write(writer, checkpoints, 1)
-        time.sleep(0.002)
+    checkpoints = CommitsBetweenPasses(writer, path, every_commits=20)
+    write(writer, checkpoints, 20)  # the 20th commit starts the first checkpoint
     checkpoints.wait()
-    # ~1800 pages were written; a log that restarts holds the last few dozen commits.
-    assert log_bytes(path) < 400 * 4096
+    one_round = log_bytes(path)
+    first = log_restarts(path)
+    for _ in range(29):
+        write(writer, checkpoints, 20)
+        checkpoints.wait()  # the writer went on committing while it ran (between passes)
+    # Every checkpoint restarted the log at least once, so it holds about one round of
+    # commits, not the thirty rounds written.
+    assert log_restarts(path) - first >= 29
+    assert log_bytes(path) <= 2 * one_round
     checkpoints.close()
+    assert writer.execute("SELECT count(*) FROM t").fetchone()[0] == 30 * 20 + checkpoints.passes
 
 
 def test_a_log_that_cannot_restart_is_emptied_past_its_bound(

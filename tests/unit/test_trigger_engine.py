@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
-from executor.errors import InvalidRequestError
+from executor.errors import CapacityError, InvalidRequestError, UnavailableError
 from executor.model import Event, Invocation, Limits, Outcome, RunResult
 from executor.triggers.engine import TriggerEngine, check_trigger
 from executor.triggers.store import TriggerStore
@@ -23,14 +27,90 @@ class Recorder:
 
     def __init__(self) -> None:
         self.runs: list[Invocation] = []
+        self._changed = asyncio.Event()
 
     async def __call__(self, invocation: Invocation) -> RunResult:
         self.runs.append(invocation)
+        self._changed.set()
         return RunResult(invocation.invocation_id, Outcome.SUCCEEDED)
+
+    @property
+    def codes(self) -> list[str]:
+        return [run.callback.code for run in self.runs]
+
+    async def ran(self, count: int) -> None:
+        """Until ``count`` runs have been asked for (background firings)."""
+        async with asyncio.timeout(10):
+            while len(self.runs) < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+
+class Gated(Recorder):
+    """Each run holds until the test opens the gate of its callback's code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._gates: dict[str, asyncio.Event] = {}
+        self._running: set[str] = set()
+        self.most_at_once = 0
+
+    def open(self, code: str) -> None:
+        self._gates.setdefault(code, asyncio.Event()).set()
+
+    async def __call__(self, invocation: Invocation) -> RunResult:
+        code = invocation.callback.code
+        self._running.add(code)
+        self.most_at_once = max(self.most_at_once, len(self._running))
+        try:
+            result = await super().__call__(invocation)
+            await self._gates.setdefault(code, asyncio.Event()).wait()
+        finally:
+            self._running.discard(code)
+        return result
+
+
+class Refusing(Recorder):
+    """Raises ``error`` for the first ``times`` runs asked for (any callback), then runs."""
+
+    def __init__(self, error: Exception, times: int) -> None:
+        super().__init__()
+        self._error = error
+        self._left = times
+        self.attempts: list[str] = []
+
+    async def __call__(self, invocation: Invocation) -> RunResult:
+        self.attempts.append(invocation.callback.code)
+        if self._left:
+            self._left -= 1
+            raise self._error
+        return await super().__call__(invocation)
 
 
 def engine_at(path: Path, recorder: Recorder, **kwargs: Any) -> TriggerEngine:
+    """An engine that is not started: it decides, and queues what it fires."""
     return TriggerEngine(TriggerStore(str(path / "triggers.db")), recorder, limits=LIMITS, **kwargs)
+
+
+class Engines(Protocol):
+    def __call__(self, recorder: Recorder, *, start: bool = True, **kwargs: Any) -> TriggerEngine:
+        """An engine on the test's database, started unless told; closed after the test."""
+
+
+@pytest.fixture
+async def engines(tmp_path: Path) -> AsyncIterator[Engines]:
+    made: list[TriggerEngine] = []
+
+    def make(recorder: Recorder, *, start: bool = True, **kwargs: Any) -> TriggerEngine:
+        engine = engine_at(tmp_path, recorder, **kwargs)
+        if start:
+            engine.start()
+        made.append(engine)
+        return engine
+
+    yield make
+    for engine in made:
+        await engine.close()
 
 
 def job(
@@ -46,9 +126,9 @@ def job(
     }
 
 
-async def test_and_latches_across_events_and_resets_after_firing(tmp_path: Path) -> None:
+async def test_and_latches_across_events_and_resets_after_firing(engines: Engines) -> None:
     recorder = Recorder()
-    engine = engine_at(tmp_path, recorder)
+    engine = engines(recorder)
     engine.register_job(job(3, ("complete-job-1 && complete-job-2", "unblock-self")))
 
     first, _ = await engine.publish(Event("complete", "job", 1), wait=True)
@@ -59,40 +139,39 @@ async def test_and_latches_across_events_and_resets_after_firing(tmp_path: Path)
     assert [run.callback.count for run in recorder.runs] == [1]
 
 
-async def test_half_latched_and_state_survive_a_new_engine(tmp_path: Path) -> None:
+async def test_half_latched_and_state_survive_a_new_engine(engines: Engines) -> None:
     recorder = Recorder()
-    engine_at(tmp_path, recorder).register_job(job(3, ("complete-job-1 && complete-job-2", "x")))
-    await engine_at(tmp_path, recorder).publish(Event("complete", "job", 1), wait=True)
+    engines(recorder).register_job(job(3, ("complete-job-1 && complete-job-2", "x")))
+    await engines(recorder).publish(Event("complete", "job", 1), wait=True)
 
-    fired, _ = await engine_at(tmp_path, recorder).publish(Event("complete", "job", 2), wait=True)
+    fired, _ = await engines(recorder).publish(Event("complete", "job", 2), wait=True)
 
     assert len(fired) == 1
 
 
-async def test_a_decided_firing_runs_once_after_restart(tmp_path: Path) -> None:
+async def test_a_decided_firing_runs_once_after_restart(engines: Engines) -> None:
     recorder = Recorder()
-    engine = engine_at(tmp_path, recorder)
-    engine.register_job(job(3, ("complete-job-1", "unblock-self")))
-    engine.match(Event("complete", "job", 1), dry=False)  # decided, then "crash"
+    crashed = engines(recorder, start=False)
+    crashed.register_job(job(3, ("complete-job-1", "unblock-self")))
+    crashed.match(Event("complete", "job", 1), dry=False)  # decided, then "crash"
 
-    restarted = engine_at(tmp_path, recorder)
-    assert await restarted.resume_pending() == 1
-    assert await engine_at(tmp_path, recorder).resume_pending() == 0
-    assert len(recorder.runs) == 1
+    await engines(recorder).wait_idle()
+    await engines(recorder).wait_idle()
+    assert recorder.codes == ["unblock-self"]
 
 
-async def test_done_matches_complete_failed_and_killed(tmp_path: Path) -> None:
+async def test_done_matches_complete_failed_and_killed(engines: Engines) -> None:
     recorder = Recorder()
-    engine = engine_at(tmp_path, recorder)
+    engine = engines(recorder)
     engine.register_job(job(5, ("done-job-self", "x")))
     for name in ("complete", "failed", "killed", "running"):
         await engine.publish(Event(name, "job", 5), wait=True)
     assert len(recorder.runs) == 3
 
 
-async def test_maximum_stops_firing(tmp_path: Path) -> None:
+async def test_maximum_stops_firing(engines: Engines) -> None:
     recorder = Recorder()
-    engine = engine_at(tmp_path, recorder)
+    engine = engines(recorder)
     engine.register_job(
         {
             "id": 5,
@@ -107,9 +186,9 @@ async def test_maximum_stops_firing(tmp_path: Path) -> None:
     assert [run.work_name for run in recorder.runs] == ["1", "2"]
 
 
-async def test_labels_parent_and_ids_resolve(tmp_path: Path) -> None:
+async def test_labels_parent_and_ids_resolve(engines: Engines) -> None:
     recorder = Recorder()
-    engine = engine_at(tmp_path, recorder)
+    engine = engines(recorder)
     engine.register_job(job(10, label="render", pgrp=10))
     engine.register_job(
         job(
@@ -129,18 +208,18 @@ async def test_labels_parent_and_ids_resolve(tmp_path: Path) -> None:
     assert recorder.runs[0].work_name == "5"
 
 
-async def test_firing_order_is_job_then_callback_id(tmp_path: Path) -> None:
+async def test_firing_order_is_job_then_callback_id(engines: Engines) -> None:
     recorder = Recorder()
-    engine = engine_at(tmp_path, recorder)
+    engine = engines(recorder)
     engine.register_job(job(8, ("complete-job-1", "eight-a"), ("complete-job-1", "eight-b")))
     engine.register_job(job(7, ("complete-job-1", "seven")))
     await engine.publish(Event("complete", "job", 1), wait=True)
     assert [run.callback.code for run in recorder.runs] == ["seven", "eight-a", "eight-b"]
 
 
-async def test_dry_run_changes_nothing(tmp_path: Path) -> None:
+async def test_dry_run_changes_nothing(engines: Engines) -> None:
     recorder = Recorder()
-    engine = engine_at(tmp_path, recorder)
+    engine = engines(recorder)
     engine.register_job(job(3, ("complete-job-1 && complete-job-2", "x"), ("complete-job-2", "y")))
     fired, latched, _ = engine.match(Event("complete", "job", 2), dry=True)
     assert [f.callback.code for f in fired] == ["y"]
@@ -148,9 +227,9 @@ async def test_dry_run_changes_nothing(tmp_path: Path) -> None:
     assert all(not any(cb.latches) and cb.count == 0 for cb in engine._store.callbacks_of(3))
 
 
-async def test_repeated_event_id_is_ignored(tmp_path: Path) -> None:
+async def test_repeated_event_id_is_ignored(engines: Engines) -> None:
     recorder = Recorder()
-    engine = engine_at(tmp_path, recorder)
+    engine = engines(recorder)
     engine.register_job(job(3, ("complete-job-1", "x")))
     await engine.publish(Event("complete", "job", 1, event_id="e1"), wait=True)
     _, duplicate = await engine.publish(Event("complete", "job", 1, event_id="e1"), wait=True)
@@ -166,7 +245,9 @@ def test_duplicate_label_and_bad_trigger_are_refused(tmp_path: Path) -> None:
         engine.register_job(job(3, ("complete-jb-self", "x")))
 
 
-async def test_universal_callbacks_attach_after_the_jobs_own(tmp_path: Path) -> None:
+async def test_universal_callbacks_attach_after_the_jobs_own(
+    tmp_path: Path, engines: Engines
+) -> None:
     conf = tmp_path / "callback"
     conf.mkdir()
     (conf / "callbacks.conf").write_text(
@@ -175,7 +256,7 @@ async def test_universal_callbacks_attach_after_the_jobs_own(tmp_path: Path) -> 
     (conf / "mail-status.qcb").write_text("mail-status\n")
     (conf / "check.py").write_text("print(qb.jobid())\n")
     recorder = Recorder()
-    engine = engine_at(tmp_path, recorder, universal_dirs=[conf])
+    engine = engines(recorder, universal_dirs=[conf])
     assert engine.reload_universal() == []
     callbacks = engine.register_job(job(4, ("complete-job-self", "own")))
     assert [(c.callback_id, c.universal, c.language) for c in callbacks] == [
@@ -213,13 +294,184 @@ def test_broken_callbacks_conf_is_reported_with_file_and_line_and_keeps_the_old_
         load_universal([conf], check_trigger)
 
 
-async def test_time_trigger_in_the_past_fires_at_once(tmp_path: Path) -> None:
+async def test_time_trigger_in_the_past_fires_at_once(engines: Engines) -> None:
     recorder = Recorder()
     now = 1_800_000_000.0
-    engine = engine_at(tmp_path, recorder, clock=lambda: now)
+    engine = engines(recorder, start=False, clock=lambda: now)
     qube_past = int(now) - 946702800 - 60
     engine.register_job(job(6, (f"dummy-time-self-{qube_past}", "unblock-self")))
     fired = engine.fire_due_timers()
     assert len(fired) == 1
     assert engine.fire_due_timers() == []
+
+
+async def test_a_started_engine_fires_due_timers_by_itself(engines: Engines) -> None:
+    recorder = Recorder()
+    now = 1_800_000_000.0
+    engine = engines(recorder, clock=lambda: now)
+    qube_past = int(now) - 946702800 - 60
+    engine.register_job(job(6, (f"dummy-time-self-{qube_past}", "unblock-self")))
+    await recorder.ran(1)
+    await engine.wait_idle()
+    assert recorder.codes == ["unblock-self"]
+
+
+async def test_a_timer_firing_runs_with_the_event_stored_with_it(engines: Engines) -> None:
+    recorder = Recorder()
+    now = 1_800_000_000.0
+    engine = engines(recorder, start=False, clock=lambda: now)
+    start = int(now) - 946702800 - 60
+    engine.register_job(job(6, (f"dummy-repeat-self-{start}-60", "unblock-self")))
+
+    engine.fire_due_timers()
+    (stored,) = engine._store.pending_firings()
+    engine.start()
+    await recorder.ran(1)
+
+    expected = Event("dummy", "repeat", 6, extra=f"{start}-60")
+    assert stored.event == expected
+    assert recorder.runs[0].event == expected
+
+
+# -- the firing worker ----------------------------------------------------------------------
+
+
+async def test_one_events_firings_run_in_turn_and_events_side_by_side(engines: Engines) -> None:
+    recorder = Gated()
+    engine = engines(recorder, max_parallel_events=2)
+    engine.register_job(
+        job(
+            5,
+            ("complete-job-1", "a1"),
+            ("complete-job-1", "a2"),
+            ("complete-job-2", "b"),
+            ("complete-job-3", "c"),
+        )
+    )
+    for upstream in (1, 2, 3):
+        await engine.publish(Event("complete", "job", upstream), wait=False)
+
+    await recorder.ran(2)
+    assert recorder.codes == ["a1", "b"]  # a2 waits for a1; c for room (two events at once)
+    recorder.open("a1")
+    await recorder.ran(3)
+    assert recorder.codes[2] == "a2"
+    recorder.open("b")
+    await recorder.ran(4)
+    assert recorder.codes[3] == "c"
+    for code in ("a2", "c"):
+        recorder.open(code)
+    await engine.wait_idle()
+    assert recorder.most_at_once == 2
+    assert engine._store.pending_firings() == []
+
+
+async def test_a_waiting_publisher_gets_the_results_and_nothing_runs_twice(
+    engines: Engines,
+) -> None:
+    recorder = Recorder()
+    engine = engines(recorder)
+    engine.register_job(job(5, ("complete-job-1", "a"), ("complete-job-1", "b")))
+
+    fired, duplicate = await engine.publish(Event("complete", "job", 1), wait=True)
+
+    assert not duplicate
+    assert [(f.callback.code, f.result and f.result.outcome) for f in fired] == [
+        ("a", Outcome.SUCCEEDED),
+        ("b", Outcome.SUCCEEDED),
+    ]
+    assert [f.invocation_id for f in fired] == [run.invocation_id for run in recorder.runs]
+    await engine.wait_idle()
+    await engines(recorder).wait_idle()  # a restart finds nothing left to run
+    assert recorder.codes == ["a", "b"]
+
+
+async def test_firings_queued_before_the_start_run_first_in_decision_order(
+    engines: Engines,
+) -> None:
+    recorder = Recorder()
+    crashed = engines(recorder, start=False)
+    crashed.register_job(job(5, ("complete-job-1", "one"), ("complete-job-2", "two")))
+    crashed.match(Event("complete", "job", 1), dry=False)
+    crashed.match(Event("complete", "job", 2), dry=False)
+
+    restarted = engines(recorder, start=False, max_parallel_events=1)
+    await restarted.publish(Event("complete", "job", 1), wait=False)  # decided after them
+    restarted.start()
+    await restarted.wait_idle()
+
+    assert recorder.codes == ["one", "two", "one"]
+
+
+async def test_a_queue_from_before_batches_runs_in_order(tmp_path: Path, engines: Engines) -> None:
+    recorder = Gated()
+    crashed = engines(recorder, start=False)
+    crashed.register_job(job(5, ("complete-job-1", "one"), ("complete-job-2", "two")))
+    crashed.match(Event("complete", "job", 1), dry=False)
+    crashed.match(Event("complete", "job", 2), dry=False)
+    with contextlib.closing(sqlite3.connect(tmp_path / "triggers.db")) as db:
+        db.execute("ALTER TABLE firings DROP COLUMN batch")  # as an earlier version left it
+
+    restarted = engines(recorder, max_parallel_events=2)
+    await recorder.ran(1)
+    recorder.open("one")
+    await recorder.ran(2)
+    recorder.open("two")
+    await restarted.wait_idle()
+
+    assert recorder.codes == ["one", "two"]
+    assert recorder.most_at_once == 1  # one batch: one after another, as before batches
+
+
+async def test_close_ends_runs_in_progress_and_they_run_at_the_next_start(
+    engines: Engines,
+) -> None:
+    recorder = Gated()
+    engine = engines(recorder)
+    engine.register_job(job(5, ("complete-job-1", "x")))
+    waiting = asyncio.create_task(engine.publish(Event("complete", "job", 1), wait=True))
+    await recorder.ran(1)
+
     await engine.close()
+
+    with pytest.raises(UnavailableError, match="runs at its restart"):
+        await waiting
+    with pytest.raises(UnavailableError, match="stopping"):
+        await engine.publish(Event("complete", "job", 1), wait=False)
+    after_restart = Recorder()
+    await engines(after_restart).wait_idle()
+    assert [run.invocation_id for run in after_restart.runs] == [recorder.runs[0].invocation_id]
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [CapacityError("all slots are busy", retry_after_s=1.0), UnavailableError("spawn failed")],
+    ids=["capacity", "unavailable"],
+)
+async def test_a_refused_firing_is_retried_while_the_engine_runs(
+    engines: Engines, refusal: Exception
+) -> None:
+    recorder = Refusing(refusal, times=2)
+    engine = engines(recorder)
+    engine.register_job(job(5, ("complete-job-1", "a"), ("complete-job-1", "b")))
+
+    fired, _ = await engine.publish(Event("complete", "job", 1), wait=True)
+
+    assert [f.result and f.result.outcome for f in fired] == [Outcome.SUCCEEDED] * 2
+    assert recorder.attempts == ["a", "a", "a", "b"]  # b waits its turn behind a
+    assert engine._store.pending_firings() == []
+
+
+async def test_a_firing_whose_run_raised_is_logged_and_not_replayed_at_every_start(
+    engines: Engines, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = Refusing(RuntimeError("executor bug"), times=1)
+    engine = engines(recorder)
+    engine.register_job(job(5, ("complete-job-1", "a"), ("complete-job-1", "b")))
+
+    fired, _ = await engine.publish(Event("complete", "job", 1), wait=True)
+    await engines(recorder).wait_idle()  # a restart
+
+    assert [f.result and f.result.outcome for f in fired] == [None, Outcome.SUCCEEDED]
+    assert recorder.attempts == ["a", "b"]
+    assert "executor bug" in caplog.text

@@ -1,4 +1,4 @@
-"""Trigger semantics: event matching, latch evaluation, index keys and clock atoms."""
+"""Trigger semantics as the engine runs them: match keys, latching, clock atoms."""
 
 from __future__ import annotations
 
@@ -7,16 +7,18 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
+from executor.model import Event
 from executor.triggers.evaluate import (
-    EventOccurrence,
-    atom_matches,
+    AtomKey,
+    JobPlace,
+    atom_key,
+    clock_event,
     evaluate,
-    index_key,
-    index_keys,
+    event_keys,
+    latch,
     next_fire,
     qube_to_unix,
-    time_due,
-    unix_to_qube,
+    spent,
 )
 from executor.triggers.nodes import QB_TIME_EPOCH_OFFSET, Atom, Expr, atoms
 from executor.triggers.parser import parse
@@ -25,18 +27,19 @@ pytestmark = pytest.mark.unit
 
 OWNER = 100
 PARENT = 50
-JOBS_BY_LABEL = {"ribgen": 101, "render": 102, "composite": 103, "sibling": 104}
-
-
-def resolve(context: str) -> int | None:
-    """The engine's job in miniature: self=100, parent=50, labels from a table, ids as is."""
-    if context == "self":
-        return OWNER
-    if context == "parent":
-        return PARENT
-    if context.isdigit():
-        return int(context)
-    return JOBS_BY_LABEL.get(context)
+PGRP = 1
+# The registered jobs, as the engine's store knows them: the owner and its labelled siblings.
+PLACES = {
+    job.job_id: job
+    for job in [
+        JobPlace(OWNER, pid=PARENT, pgrp=PGRP),
+        JobPlace(101, pgrp=PGRP, label="ribgen"),
+        JobPlace(102, pgrp=PGRP, label="render"),
+        JobPlace(103, pgrp=PGRP, label="composite"),
+        JobPlace(104, pgrp=PGRP, label="sibling"),
+        JobPlace(201, pgrp=2, label="render"),
+    ]
+}
 
 
 def atom(text: str) -> Atom:
@@ -45,23 +48,29 @@ def atom(text: str) -> Atom:
     return parsed
 
 
-def job_event(name: str, job_id: int = OWNER) -> EventOccurrence:
-    return EventOccurrence(name, "job", job_id)
+def matches(trigger: str, event: Event, owner: JobPlace = PLACES[OWNER]) -> bool:
+    """What the engine's index lookup decides: the atom's key is among the event's keys."""
+    key = atom_key(atom(trigger), owner)
+    return key is not None and key in event_keys(event, PLACES.get(event.job_id))
 
 
-def work_event(name: str, work: str, job_id: int = OWNER) -> EventOccurrence:
-    return EventOccurrence(name, "work", job_id, work_name=work)
+def job_event(name: str, job_id: int = OWNER) -> Event:
+    return Event(name, "job", job_id)
 
 
-def subjob_event(name: str, subjob: int, job_id: int = OWNER) -> EventOccurrence:
-    return EventOccurrence(name, "subjob", job_id, subjob_id=subjob)
+def work_event(name: str, work: str, job_id: int = OWNER) -> Event:
+    return Event(name, "work", job_id, work_name=work)
+
+
+def subjob_event(name: str, subjob: int, job_id: int = OWNER) -> Event:
+    return Event(name, "subjob", job_id, subjob_id=subjob)
 
 
 # -- matching ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("trigger", "event", "matches"),
+    ("trigger", "event", "matched"),
     [
         ("complete-job-self", job_event("complete"), True),
         ("complete-job-self", job_event("failed"), False),
@@ -72,6 +81,7 @@ def subjob_event(name: str, subjob: int, job_id: int = OWNER) -> EventOccurrence
         ("running-job-019294", job_event("running", 19294), True),
         ("running-job-sibling", job_event("running", 104), True),
         ("running-job-nosuchlabel", job_event("running", 104), False),
+        ("complete-work-render-5", work_event("complete", "5", 201), False),  # another pgrp
         ("done-job-self", job_event("complete"), True),
         ("done-job-self", job_event("failed"), True),
         ("done-job-self", job_event("killed"), True),
@@ -92,63 +102,66 @@ def subjob_event(name: str, subjob: int, job_id: int = OWNER) -> EventOccurrence
         ("complete-work-self-Initialize", work_event("complete", "initialize"), False),
         ("done-work-self-*", work_event("killed", "3"), True),
         ("complete-subjob-self-2", subjob_event("complete", 2), True),
+        ("complete-subjob-self-02", subjob_event("complete", 2), True),
         ("complete-subjob-self-2", subjob_event("complete", 3), False),
         ("done-subjob-self-5", subjob_event("failed", 5), True),
         ("timeout-subjob-self-*", subjob_event("timeout", 0), True),
         ("timeout-subjob-self-*", work_event("timeout", "0"), False),
         ("timeout-work-self-*", work_event("timeout", "0"), True),
-        (
-            "running-host-self-node01",
-            EventOccurrence("running", "host", OWNER, host="node01"),
-            True,
-        ),
-        (
-            "running-host-self-node01",
-            EventOccurrence("running", "host", OWNER, host="node02"),
-            False,
-        ),
-        ("running-host-self-*", EventOccurrence("running", "host", OWNER, host="node02"), True),
-        ("dummy-time-self-5", EventOccurrence("dummy", "time", OWNER), False),
-        ("globaltime-5", EventOccurrence("dummy", "globaltime", 0), False),
-        ("global", EventOccurrence("dummy", "global", 0), False),
+        ("running-host-self-node01", Event("running", "host", OWNER, host="node01"), True),
+        ("running-host-self-node01", Event("running", "host", OWNER, host="node02"), False),
+        ("running-host-self-*", Event("running", "host", OWNER, host="node02"), True),
+        ("dummy-time-self-5", Event("dummy", "time", OWNER, extra="5"), False),
+        ("globaltime-5", Event("dummy", "globaltime", 0, extra="5"), False),
+        ("global", Event("dummy", "global", 0), False),
     ],
 )
-def test_atom_matches(trigger: str, event: EventOccurrence, matches: bool) -> None:
-    assert atom_matches(atom(trigger), event, resolve) is matches
+def test_matching(trigger: str, event: Event, matched: bool) -> None:
+    assert matches(trigger, event) is matched
 
 
-def test_an_unresolvable_context_matches_nothing() -> None:
-    assert not atom_matches(atom("complete-job-parent"), job_event("complete", 0), lambda _: None)
+def test_a_parent_context_of_a_job_without_a_parent_matches_nothing() -> None:
+    assert atom_key(atom("complete-job-parent"), JobPlace(OWNER)) is None
 
 
-def test_the_resolver_gets_the_context_as_written_canonically() -> None:
-    seen: list[str] = []
-
-    def spy(context: str) -> int | None:
-        seen.append(context)
-        return 7
-
-    assert atom_matches(atom("complete-job-007"), job_event("complete", 7), spy)
-    assert seen == ["7"]
+def test_a_label_names_whichever_job_holds_it_when_the_event_happens() -> None:
+    # The callback was registered before any job held the label: it is keyed by the label.
+    key = atom_key(atom("complete-job-later"), PLACES[OWNER])
+    assert key == AtomKey("complete", "job", "label:1:later", "")
+    assert key not in event_keys(job_event("complete", 300), None)
+    assert key in event_keys(job_event("complete", 300), JobPlace(300, pgrp=PGRP, label="later"))
 
 
 @pytest.mark.parametrize(
-    ("trigger", "key", "keys"),
+    ("trigger", "key"),
     [
-        ("complete-job-self", ("complete", "job"), [("complete", "job")]),
-        (
-            "done-work-self-*",
-            ("done", "work"),
-            [("complete", "work"), ("failed", "work"), ("killed", "work"), ("done", "work")],
-        ),
-        ("timeout-subjob-self-*", ("timeout", "subjob"), [("timeout", "subjob")]),
-        ("globaltime-5", ("dummy", "globaltime"), [("dummy", "globaltime")]),
+        ("complete-job-self", AtomKey("complete", "job", "job:100", "")),
+        ("complete-job-007", AtomKey("complete", "job", "job:7", "")),
+        ("failed-job-parent", AtomKey("failed", "job", "job:50", "")),
+        ("done-work-self-*", AtomKey("done", "work", "job:100", "*")),
+        ("timeout-subjob-render-3", AtomKey("timeout", "subjob", "label:1:render", "3")),
+        ("running-host-self-node01", AtomKey("running", "host", "job:100", "node01")),
+        ("dummy-repeat-self-5-60", None),
+        ("globaltime-5", None),
+        ("global", None),
     ],
 )
-def test_index_keys(trigger: str, key: tuple[str, str], keys: list[tuple[str, str]]) -> None:
-    assert index_key(atom(trigger)) == key
-    assert index_keys(atom(trigger)) == keys
-    assert all(type(part) is str for pair in index_keys(atom(trigger)) for part in pair)
+def test_atom_key(trigger: str, key: AtomKey | None) -> None:
+    found = atom_key(atom(trigger), PLACES[OWNER])
+    assert found == key
+    if found is not None:  # SQLite gets plain strings, never the nodes' enums
+        assert {type(part) for part in (found.name, found.type, found.scope, found.extra)} == {str}
+
+
+def test_event_keys_expand_done_and_look_up_item_and_wildcard() -> None:
+    keys = event_keys(work_event("failed", "7", 102), PLACES[102])
+    assert keys == [
+        AtomKey(name, "work", scope, extra)
+        for name in ("failed", "done")
+        for scope in ("job:102", "label:1:render")
+        for extra in ("7", "*")
+    ]
+    assert event_keys(job_event("running", 5), None) == [AtomKey("running", "job", "job:5", "")]
 
 
 # -- evaluation ----------------------------------------------------------------------------
@@ -229,24 +242,22 @@ def test_the_same_atom_twice_has_independent_slots() -> None:
     assert evaluate(expr, [True, False, True]) is True
 
 
-def latch_run(trigger: str, events: list[EventOccurrence]) -> list[int]:
-    """Feed events through match + latch + evaluate as the engine would; firing resets.
+def latch_run(trigger: str, events: list[Event]) -> list[int]:
+    """Feed events through the engine's steps: match keys, then ``latch``.
 
     Returns the indexes of the events at which the callback fired.
     """
     expr = parse(trigger)
-    slots = atoms(expr)
-    latched = [False] * len(slots)
+    keys = [atom_key(a, PLACES[OWNER]) for a in atoms(expr)]
+    latched: tuple[bool, ...] = (False,) * len(keys)
     fired: list[int] = []
     for index, event in enumerate(events):
-        hits = [slot for slot, a in enumerate(slots) if atom_matches(a, event, resolve)]
-        if not hits:
-            continue
-        for slot in hits:
-            latched[slot] = True
-        if evaluate(expr, latched):
-            fired.append(index)
-            latched = [False] * len(slots)
+        looked_up = event_keys(event, PLACES.get(event.job_id))
+        hits = [slot for slot, key in enumerate(keys) if key in looked_up]
+        if hits:
+            fires, latched = latch(expr, latched, hits)
+            if fires:
+                fired.append(index)
     return fired
 
 
@@ -273,46 +284,57 @@ def test_an_unrelated_event_in_between_does_not_disturb_latches() -> None:
     assert latch_run("complete-job-self && complete-job-parent", events) == [2]
 
 
+def test_latch_sets_the_matched_slots_and_a_firing_resets_them_all() -> None:
+    expr = parse("complete-job-1 && complete-job-2 && complete-job-3")
+    assert latch(expr, [False, False, False], [1]) == (False, (False, True, False))
+    assert latch(expr, [True, False, False], [1]) == (False, (True, True, False))
+    assert latch(expr, [True, True, False], [2]) == (True, (False, False, False))
+
+
+@pytest.mark.parametrize(
+    ("count", "maximum", "is_spent"),
+    [(0, 0, False), (99, 0, False), (1, 2, False), (2, 2, True), (3, 2, True)],
+)
+def test_spent_after_maximum_firings_and_never_when_unlimited(
+    count: int, maximum: int, is_spent: bool
+) -> None:
+    assert spent(count, maximum) is is_spent
+
+
 # -- clock atoms ---------------------------------------------------------------------------
 
 T0 = 800_000_000  # Qube time
 U0 = T0 + QB_TIME_EPOCH_OFFSET  # the same moment in Unix time
 
 
-def test_qube_time_conversions() -> None:
+def test_qube_time_conversion() -> None:
     assert QB_TIME_EPOCH_OFFSET == 946702800
     assert qube_to_unix(0) == 946702800
-    assert unix_to_qube(946702800.9) == 0
-    assert unix_to_qube(qube_to_unix(T0)) == T0
+    assert qube_to_unix(T0) == U0
 
 
 @pytest.mark.parametrize("trigger", [f"dummy-time-self-{T0}", f"globaltime-{T0}"])
 def test_a_one_shot_time_fires_at_t_then_never(trigger: str) -> None:
     clock = atom(trigger)
     assert next_fire(clock, U0 - 100) == U0
-    assert not time_due(clock, U0 - 1)
-    assert time_due(clock, U0)
-    assert time_due(clock, U0 + 1)
+    assert next_fire(clock, U0 - 1) == U0
     assert next_fire(clock, U0 + 5, last_fired_unix=U0) is None
-    assert not time_due(clock, U0 + 5, last_fired_unix=U0)
 
 
 @pytest.mark.parametrize("trigger", [f"dummy-time-self-{T0}", f"globaltime-{T0}"])
 def test_a_time_already_past_fires_at_once(trigger: str) -> None:
     now = U0 + 3600.5
     assert next_fire(atom(trigger), now) == now
-    assert time_due(atom(trigger), now)
 
 
 @pytest.mark.parametrize("trigger", [f"dummy-repeat-self-{T0}-60", f"globalrepeat-{T0}-60"])
 def test_a_repeat_fires_at_t_then_every_interval(trigger: str) -> None:
     clock = atom(trigger)
     assert next_fire(clock, U0 - 10) == U0
-    assert not time_due(clock, U0 - 10)
     assert next_fire(clock, U0, last_fired_unix=U0) == U0 + 60
     assert next_fire(clock, U0 + 60.2, last_fired_unix=U0 + 60.2) == U0 + 120
-    assert not time_due(clock, U0 + 119, last_fired_unix=U0 + 60)
-    assert time_due(clock, U0 + 120, last_fired_unix=U0 + 60)
+    assert next_fire(clock, U0 + 119, last_fired_unix=U0 + 60) == U0 + 120
+    assert next_fire(clock, U0 + 120, last_fired_unix=U0 + 60) == U0 + 120
 
 
 @pytest.mark.parametrize("trigger", [f"dummy-repeat-self-{T0}-60", f"globalrepeat-{T0}-60"])
@@ -332,9 +354,26 @@ def test_a_repeat_past_its_start_fires_at_once_then_resumes_its_grid(trigger: st
 )
 def test_non_clock_atoms_have_no_schedule(trigger: str) -> None:
     assert next_fire(atom(trigger), U0) is None
-    assert not time_due(atom(trigger), U0)
 
 
 def test_every_parsed_clock_atom_is_marked_timed() -> None:
     expr: Expr = parse("dummy-time-self-1 || globalrepeat-1-2 || global || done-job-self")
     assert [a.is_timed for a in atoms(expr)] == [True, True, False, False]
+
+
+@pytest.mark.parametrize(
+    ("trigger", "event"),
+    [
+        (f"dummy-time-self-{T0}", Event("dummy", "time", OWNER, extra=str(T0))),
+        (f"dummy-repeat-self-{T0}-60", Event("dummy", "repeat", OWNER, extra=f"{T0}-60")),
+        (f"globaltime-{T0}", Event("dummy", "globaltime", OWNER, extra=str(T0))),
+    ],
+)
+def test_clock_event_names_the_atom_and_its_time(trigger: str, event: Event) -> None:
+    assert clock_event(atom(trigger), OWNER) == event
+    assert clock_event(atom(trigger), OWNER).item == event.extra  # what qb.event() shows
+
+
+def test_only_clock_atoms_have_a_clock_event() -> None:
+    with pytest.raises(ValueError, match="job atoms are not fired by a clock"):
+        clock_event(atom("complete-job-self"), OWNER)

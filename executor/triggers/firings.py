@@ -1,0 +1,186 @@
+"""The firing worker: runs the durable queue of decided firings while the engine runs.
+
+The engine decides a firing in the transaction that latches and counts it, and that
+transaction also queues it (the store's ``firings`` table). This worker runs what the
+queue holds; a firing leaves the queue when its run has ended:
+
+* In decision order. The firings of one event run one after another (the order the
+  README promises: a callback may rely on what the one before it did); different
+  events' firings run side by side, at most ``max_parallel_events`` events at once.
+* A run refused before it started (CapacityError: every slot busy; UnavailableError: a
+  child could not start) is retried with exponential backoff while the engine runs; it
+  never waits for a restart. The event's later firings wait behind it, so their order
+  holds.
+* A run that raised anything else is an executor bug: it is logged and the firing
+  leaves the queue all the same, so that it does not replay at every start.
+* Only the worker runs firings, so none runs twice. A publisher that waits for its
+  event's results (``PublishEvent(wait=True)``) gets them through futures; if it goes
+  away, the runs go on: they are durable work, not the caller's.
+* The queue is mirrored in memory: the engine is the store's only writer, so the
+  worker loads the queue once, when the engine is built (the firings decided before a
+  restart), and the engine hands it each firing it decides after the commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+
+from executor.errors import CapacityError, UnavailableError
+from executor.model import RunResult
+from executor.runs.outbox import Backoff
+from executor.triggers.store import PendingFiring, TriggerStore
+
+logger = logging.getLogger(__name__)
+
+
+class FiringWorker:
+    """Runs queued firings through ``run``, in decision order, one event's after another."""
+
+    def __init__(
+        self,
+        store: TriggerStore,
+        run: Callable[[PendingFiring], Awaitable[RunResult]],
+        *,
+        max_parallel_events: int,
+        retry: Backoff = Backoff(),
+        rng: random.Random | None = None,
+    ) -> None:
+        if max_parallel_events < 1:
+            raise ValueError(f"max_parallel_events must be at least 1, got {max_parallel_events}")
+        self._store = store
+        self._run = run
+        self._max_parallel = max_parallel_events
+        self._retry = retry
+        self._rng = rng or random.Random()
+        # Events whose firings wait for a turn, oldest decision first.
+        self._waiting: deque[list[PendingFiring]] = deque()
+        self._running: set[asyncio.Task[None]] = set()
+        self._results: dict[str, asyncio.Future[RunResult | None]] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._started = False
+        self._closed = False
+        # The queue of the last run, event by event: one event's firings were queued in
+        # one transaction, so they are neighbours sharing a batch.
+        restored = store.pending_firings()
+        for _, firings in itertools.groupby(restored, key=lambda firing: firing.batch):
+            self._enqueue(list(firings))
+        self._restored = len(restored)
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close`` has begun: nothing more will run."""
+        return self._closed
+
+    def add(
+        self, firings: Sequence[PendingFiring], *, wait: bool = False
+    ) -> list[asyncio.Future[RunResult | None]]:
+        """Queue one event's firings (already committed to the store), in order.
+
+        Returns:
+            With ``wait``, one future per firing for its result (None when the run
+            raised); they fail with UnavailableError if the worker closes first.
+        """
+        if not firings:
+            return []
+        futures: list[asyncio.Future[RunResult | None]] = []
+        if wait:
+            loop = asyncio.get_running_loop()
+            for firing in firings:
+                future: asyncio.Future[RunResult | None] = loop.create_future()
+                self._results[firing.invocation_id] = future
+                futures.append(future)
+        self._enqueue(list(firings))
+        self._fill()
+        return futures
+
+    def start(self) -> None:
+        """Start running the queue (in the running loop); the restored firings go first."""
+        if self._restored:
+            logger.info("running %d firings decided before the last stop", self._restored)
+        self._started = True
+        self._fill()
+
+    async def wait_idle(self) -> None:
+        """Until nothing is queued or running (after ``start``; before it, what is queued waits)."""
+        await self._idle.wait()
+
+    async def close(self) -> None:
+        """Cancel the runs in progress; what has not finished stays queued for the next start."""
+        self._closed = True
+        for task in self._running:
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+        for future in self._results.values():
+            if not future.done():
+                future.set_exception(
+                    UnavailableError("the trigger engine stopped; the firing runs at its restart")
+                )
+        self._results.clear()
+
+    def _enqueue(self, firings: list[PendingFiring]) -> None:
+        self._waiting.append(firings)
+        self._idle.clear()
+
+    def _fill(self) -> None:
+        """Start the oldest waiting events while there is room."""
+        while (
+            self._started
+            and not self._closed
+            and self._waiting
+            and len(self._running) < self._max_parallel
+        ):
+            task = asyncio.get_running_loop().create_task(self._run_event(self._waiting.popleft()))
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("a firing task failed", exc_info=task.exception())
+        self._fill()
+        if not self._waiting and not self._running:
+            self._idle.set()
+
+    async def _run_event(self, firings: list[PendingFiring]) -> None:
+        for firing in firings:
+            result = await self._run_one(firing)
+            future = self._results.pop(firing.invocation_id, None)
+            # A waiting publisher that went away cancelled its future; the run counts anyway.
+            if future is not None and not future.done():
+                future.set_result(result)
+
+    async def _run_one(self, firing: PendingFiring) -> RunResult | None:
+        """Run a firing until it is not refused; it then leaves the queue."""
+        refusals = 0
+        while True:
+            try:
+                result: RunResult | None = await self._run(firing)
+            except (CapacityError, UnavailableError) as err:
+                refusals += 1
+                delay = self._retry.delay(refusals, self._rng)
+                # Once per firing at WARNING: a long overload must not flood the log.
+                logger.log(
+                    logging.WARNING if refusals == 1 else logging.DEBUG,
+                    "firing %s of callback %s refused (%s); retrying in %.2fs",
+                    firing.invocation_id,
+                    firing.callback.callback_id,
+                    err,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            except Exception:
+                logger.exception(
+                    "firing %s of callback %s raised; it is dropped from the queue",
+                    firing.invocation_id,
+                    firing.callback.callback_id,
+                )
+                result = None
+            self._store.firing_done(firing.invocation_id)
+            return result
