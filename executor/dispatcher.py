@@ -19,7 +19,7 @@ from typing import Protocol
 from executor.errors import CapacityError, InvalidRequestError, UnavailableError
 from executor.host_api import HostApi
 from executor.model import Failure, Invocation, Language, Outcome, RunResult, Usage
-from executor.runtimes import child_runtime
+from executor.runtimes.child import child_runtime
 from executor.sandbox.exit_status import classify
 from executor.sandbox.process import SandboxRunner
 from executor.supervisor_link import SupervisorPort
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 
 class QubeRunner(Protocol):
-    """Runs a qube-language code string through the host API (executor/qube_language.py)."""
+    """Runs a qube-language code string through the host API (executor/runtimes/qube.py)."""
 
     async def run(self, invocation: Invocation, host: HostApi) -> RunResult: ...
 

@@ -30,10 +30,10 @@ from executor.config import Settings
 from executor.dispatcher import Dispatcher
 from executor.errors import ConfigError
 from executor.metrics import Metrics
-from executor.qube_language import QubeInterpreter
 from executor.recorder import Recorder
 from executor.runs_rpc import CapacityCounter, RunsService
-from executor.runtimes import CHILD_DIR
+from executor.runtimes.child import CHILD_DIR
+from executor.runtimes.qube import QubeInterpreter
 from executor.sandbox.cgroup import CellCgroups
 from executor.sandbox.process import IsolationPlan, SandboxOptions, SandboxRunner
 from executor.sandbox.spawners import ColdSpawner, Spawner, ZygoteSpawner

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from executor.errors import UnavailableError
-from executor.runtimes import CHILD_DIR, ZYGOTE_LANGUAGES, zygote_argv
+from executor.runtimes.child import CHILD_DIR, ZYGOTE_LANGUAGES, zygote_argv
 
 logger = logging.getLogger(__name__)
 

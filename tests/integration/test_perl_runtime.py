@@ -14,7 +14,7 @@ import pytest
 
 from executor.host_api import HostApi
 from executor.model import Failure, Invocation, Language, Limits, Outcome
-from executor.runtimes import child_runtime
+from executor.runtimes.child import child_runtime
 from executor.sandbox.exit_status import classify
 from executor.sandbox.process import ChildExit, SandboxOptions, SandboxRunner
 from executor.sandbox.spawners import ColdSpawner

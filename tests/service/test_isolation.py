@@ -16,7 +16,7 @@ import pytest
 from executor import server
 from executor.config import Settings
 from executor.model import Language
-from executor.runtimes import child_runtime
+from executor.runtimes.child import child_runtime
 from executor.sandbox.exit_status import EXIT_LAUNCH_FAILED
 from executor.sandbox.process import ChildExit, SandboxRunner
 from executor.sandbox.spawners import MAX_ZYGOTE_FAILURES, ZygoteSpawner

@@ -5,7 +5,7 @@ exec'd by the launcher after the limits are applied, with the bootstrap and the 
 package from ``executor/child/perl``; on the warm path each language has a zygote that
 has loaded its bootstrap once and forks a child per callback. The ``qube`` language
 never needs a child: its code strings are our own trusted interpreter
-(``executor/qube_language.py``), run in the executor.
+(``executor/runtimes/qube.py``), run in the executor.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from executor.model import Language
 
-CHILD_DIR: Final = Path(__file__).resolve().parent / "child"
+CHILD_DIR: Final = Path(__file__).resolve().parents[1] / "child"
 PERL_DIR: Final = CHILD_DIR / "perl"
 # The languages with a warm zygote (``launcher = "zygote"``); qube needs no child.
 ZYGOTE_LANGUAGES: Final = ("python", "perl")
