@@ -72,8 +72,10 @@ def _serve(args: argparse.Namespace) -> int:
 
         security.server_credentials(settings)  # TLS files exist and read as PEM
         print("endpoint:", security.describe(settings))
-        options = server.sandbox_options(settings)
-        print("sandbox:", server.describe_tier(options))
+        from executor.sandbox import tier
+
+        options = tier.sandbox_options(settings)
+        print("sandbox:", tier.describe_tier(options))
         if options.cgroups is not None:
             options.cgroups.close()
         return EXIT_OK

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from executor import server
 from executor.config import Settings
 from executor.model import Language
 from executor.runtimes.child import child_runtime
+from executor.sandbox import tier
 from executor.sandbox.exit_status import EXIT_LAUNCH_FAILED
 from executor.sandbox.process import ChildExit, SandboxRunner
 from executor.sandbox.spawners import MAX_ZYGOTE_FAILURES, ZygoteSpawner
@@ -131,7 +131,7 @@ async def hardened_runner(
 ) -> AsyncIterator[tuple[SandboxRunner, ZygoteSpawner, Settings]]:
     """A warm runner of the hardened tier whose plan's masks are ``masks(the usual ones)``."""
     settings = stack_settings(tmp_path / "data", max_concurrent=1)
-    options = server.sandbox_options(settings)
+    options = tier.sandbox_options(settings)
     assert options.isolation is not None
     plan = dataclasses.replace(options.isolation, masks=masks(options.isolation.masks))
     spawner = ZygoteSpawner(sys.executable)
