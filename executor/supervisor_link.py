@@ -8,10 +8,11 @@ gRPC status codes become the exception kinds a callback sees (``qb.NoSuchJob``, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import grpc
 
+from executor.child.protocol import QbErrorKind
 from executor.errors import HostCallError
 from supervisor_client.jobdict import job_to_dict
 from supervisor_client.qbcallback.v1 import supervisor_pb2, supervisor_pb2_grpc
@@ -36,7 +37,7 @@ WORK_VERBS = ("unblock", "block", "kill", "retry", "requeue", "complete", "fail"
 # modules (Python qb.py, Perl qb.pm) carry the same list.
 SUBJOB_VERBS = tuple(verb for verb in JOB_VERBS if verb != "remove")
 
-_KIND_BY_CODE = {
+_KIND_BY_CODE: Final[dict[grpc.StatusCode, QbErrorKind]] = {
     grpc.StatusCode.NOT_FOUND: "NoSuchJob",
     grpc.StatusCode.PERMISSION_DENIED: "PermissionDenied",
     grpc.StatusCode.INVALID_ARGUMENT: "InvalidArgument",
@@ -72,7 +73,7 @@ class SupervisorPort(Protocol):
 
 def _host_error(err: grpc.aio.AioRpcError) -> HostCallError:
     code = err.code()
-    kind = _KIND_BY_CODE.get(code, "SupervisorUnavailable")
+    kind: QbErrorKind = _KIND_BY_CODE.get(code, "SupervisorUnavailable")
     details = err.details() or code.name
     if kind == "NoSuchJob" and "work" in details.lower():
         kind = "NoSuchWork"

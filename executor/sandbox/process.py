@@ -29,10 +29,20 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 from executor.child import protocol
+from executor.child.protocol import (
+    CallFrame,
+    ChildFrame,
+    DoneFrame,
+    IsolationSpec,
+    LaunchSpec,
+    ReplyFrame,
+    StartFrame,
+)
 from executor.model import Limits
+from executor.runtimes.child import CHILD_RUNTIMES, ChildRuntime
 from executor.sandbox import limits as sandbox_limits
 from executor.sandbox.cgroup import PREFIX as CGROUP_PREFIX
 from executor.sandbox.cgroup import CellCgroups
@@ -48,9 +58,10 @@ SAFE_PATH: Final = "/usr/local/bin:/usr/bin:/bin"
 # find the processes (escaped ones included) that one executor started.
 SANDBOX_MARKER: Final = "CBEXEC_SANDBOX"
 
-CallHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+# Answers one qb call of the child (the run's HostApi.serve_frame).
+CallHandler = Callable[[CallFrame], Awaitable[ReplyFrame]]
 # The languages that run in a child; each slot has one cell (cgroups, uid) per language.
-CHILD_LANGUAGES: Final = ("python", "perl")
+CHILD_LANGUAGES: Final = tuple(CHILD_RUNTIMES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,12 +73,13 @@ class IsolationPlan:
     keep: tuple[str, ...]
     uid_base: int
 
-    def for_cell(self, cell: int) -> dict[str, Any]:
+    def for_cell(self, cell: int) -> IsolationSpec:
         return {
             "masks": list(self.masks),
             "keep": list(self.keep),
             "uid": self.uid_base + cell,
             "gid": self.uid_base + cell,
+            "shared_masks": [],  # a zygote names those it covered already
         }
 
 
@@ -111,7 +123,7 @@ class ChildExit:
     peak_rss_bytes: int = 0
     wall_seconds: float = 0.0
     timed_out: bool = False
-    done: dict[str, Any] | None = None
+    done: DoneFrame | None = None
     bridge_error: str = ""
     stdout: CapturedStream = field(default_factory=lambda: CapturedStream(0))
     stderr: CapturedStream = field(default_factory=lambda: CapturedStream(0))
@@ -199,8 +211,8 @@ def _send_now(sock: socket.socket, frame: bytes) -> bytes:
 
 async def _next_frame(
     loop: asyncio.AbstractEventLoop, sock: socket.socket, buffer: bytearray
-) -> dict[str, Any] | None:
-    """The child's next frame (what is read beyond it stays in ``buffer``); None at its end.
+) -> ChildFrame | None:
+    """The child's next frame, checked (what is read beyond it stays in ``buffer``); None at its end.
 
     The bridge ending between frames, or inside a header, is the callback ending.
     """
@@ -214,7 +226,7 @@ async def _next_frame(
         if 0 <= size <= len(buffer) - header:
             body = bytes(buffer[header : header + size])
             del buffer[: header + size]
-            return protocol.decode_body(body)
+            return protocol.parse_child_frame(body)
         chunk = await loop.sock_recv(sock, READ_CHUNK)
         if not chunk:
             if size >= 0:
@@ -243,11 +255,8 @@ async def _serve_bridge(
         while (frame := await _next_frame(loop, sock, buffer)) is not None:
             if frame["type"] == "call":
                 await loop.sock_sendall(sock, protocol.encode(await on_call(frame)))
-            elif frame["type"] == "done":
-                result.done = frame
             else:
-                result.bridge_error = f"unexpected frame type {frame['type']!r}"
-                return
+                result.done = frame
     except _BridgeViolation as err:
         result.bridge_error = str(err)
     except protocol.FrameError as err:
@@ -297,7 +306,7 @@ class _Child:
 
     handle: ChildHandle
     cell: int
-    spec: dict[str, Any]
+    spec: LaunchSpec
     # Made (and removed) by the executor; None when it exists only inside the child.
     host_workdir: str | None
     stdout_r: int
@@ -343,11 +352,15 @@ class SandboxRunner:
     def cell(slot: int, language: str) -> int:
         return slot * len(CHILD_LANGUAGES) + CHILD_LANGUAGES.index(language)
 
-    def _launch_spec(self, runtime: dict[str, Any], limits: Limits, cell: int) -> dict[str, Any]:
+    def _launch_spec(
+        self, runtime: ChildRuntime, limits: Limits, cell: int, *, workdir: str, warm_up: bool
+    ) -> LaunchSpec:
+        """The one place a child's launch spec is made."""
         cgroups = self.options.cgroups
         isolation = self.options.isolation
         return {
-            **runtime,
+            "language": runtime.language.value,
+            "argv": runtime.argv(),
             "site_paths": list(self.options.site_paths),
             "pid_namespace": self.options.pid_namespace,
             # An empty network namespace per callback, unless the spawner's children
@@ -363,6 +376,8 @@ class SandboxRunner:
             ),
             "isolation": isolation.for_cell(cell) if isolation is not None else None,
             "disk_bytes": limits.disk_bytes,
+            "workdir": workdir,
+            "warm_up": warm_up,
         }
 
     def _set_cgroup_limits(self, cell: int, limits: Limits) -> None:
@@ -372,7 +387,7 @@ class SandboxRunner:
             )
 
     async def _start(
-        self, spec: dict[str, Any], limits: Limits, cell: int, *, ahead: bool = False
+        self, runtime: ChildRuntime, limits: Limits, cell: int, *, ahead: bool = False
     ) -> _Child:
         """Start a child that confines itself and then waits for its start frame.
 
@@ -384,13 +399,14 @@ class SandboxRunner:
             workdir, host_workdir = f"/tmp/cbexec-run-{secrets.token_hex(6)}", None
         else:
             workdir = host_workdir = tempfile.mkdtemp(prefix="cbexec-run-")
+        spec = self._launch_spec(runtime, limits, cell, workdir=workdir, warm_up=ahead)
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
         parent_sock, child_sock = socket.socketpair()
         parent_sock.setblocking(False)
         try:
             handle = await self.spawner.spawn(
-                dict(spec, workdir=workdir, warm_up=ahead),
+                spec,
                 env=child_environment(workdir),
                 fds=(stdout_w, stderr_w, child_sock.fileno()),
             )
@@ -407,8 +423,12 @@ class SandboxRunner:
             child_sock.close()
         return _Child(handle, cell, spec, host_workdir, stdout_r, stderr_r, parent_sock)
 
-    async def _take(self, spec: dict[str, Any], limits: Limits, cell: int) -> _Child:
-        """The cell's prepared child when it fits ``spec`` and still lives, else a new one."""
+    async def _take(self, runtime: ChildRuntime, limits: Limits, cell: int) -> _Child:
+        """The cell's prepared child when it fits this run and still lives, else a new one.
+
+        It fits when its launch spec is the one this run would have given it (in its
+        working directory): other limits, say, would confine it differently.
+        """
         pending = self._prepared.pop(cell, None)
         if pending is not None:
             try:
@@ -416,10 +436,13 @@ class SandboxRunner:
             except Exception as err:  # noqa: BLE001 - a failed preparation only costs the head start
                 logger.warning("preparing a child in cell %d failed: %s", cell, err)
             else:
-                if child.spec == spec and not _has_ended(child.handle.pid):
+                wanted = self._launch_spec(
+                    runtime, limits, cell, workdir=child.spec["workdir"], warm_up=True
+                )
+                if child.spec == wanted and not _has_ended(child.handle.pid):
                     return child
                 await self._dispose(child)
-        return await self._start(spec, limits, cell)
+        return await self._start(runtime, limits, cell)
 
     async def _dispose(self, child: _Child) -> None:
         """Kill every process of a child that will not run, reap it, close our ends, remove its workdir."""
@@ -431,9 +454,11 @@ class SandboxRunner:
             child.close()
             await _remove_workdir(child.host_workdir)
 
-    def _prepare(self, spec: dict[str, Any], limits: Limits, cell: int) -> None:
+    def _prepare(self, runtime: ChildRuntime, limits: Limits, cell: int) -> None:
         if self._prepare_ahead and not self._closing and cell not in self._prepared:
-            self._prepared[cell] = asyncio.create_task(self._start(spec, limits, cell, ahead=True))
+            self._prepared[cell] = asyncio.create_task(
+                self._start(runtime, limits, cell, ahead=True)
+            )
 
     async def prepared_pids(self) -> list[int]:
         """Pids of the children waiting for a run, once the ones being started are up."""
@@ -459,19 +484,18 @@ class SandboxRunner:
     async def run(
         self,
         *,
-        runtime: dict[str, Any],
+        runtime: ChildRuntime,
         limits: Limits,
         slot: int,
-        start: dict[str, Any],
+        start: StartFrame,
         on_call: CallHandler,
     ) -> ChildExit:
         """Run one child to completion; every process it made is gone when this returns."""
         result = ChildExit(
             stdout=CapturedStream(limits.output_bytes), stderr=CapturedStream(limits.output_bytes)
         )
-        cell = self.cell(slot, runtime["language"])
-        spec = self._launch_spec(runtime, limits, cell)
-        child = await self._take(spec, limits, cell)
+        cell = self.cell(slot, runtime.language)
+        child = await self._take(runtime, limits, cell)
         handle = child.handle
         cgroups = self.options.cgroups
         tasks: list[asyncio.Task[None]] = []
@@ -517,7 +541,7 @@ class SandboxRunner:
             # Shielded: a second cancellation (a server stopping while a cancelled run
             # unwinds) must not cut the cleanup short; it then finishes on its own.
             await asyncio.shield(self._finish(child, tasks, reaped=reaped))
-        self._prepare(spec, limits, cell)
+        self._prepare(runtime, limits, cell)
         return result
 
     async def _finish(

@@ -320,6 +320,20 @@ async def test_die_with_newline_keeps_the_message_and_adds_the_line(
     assert run.failure.traceback == "plain at <callback> line 3."
 
 
+async def test_a_message_that_looks_like_a_number_is_still_text(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
+) -> None:
+    # qb.pm's JSON sends integer-looking strings as numbers; the done frame's text fields
+    # must stay strings, or the executor refuses the frame (protocol.DoneFrame).
+    run = await run_perl(runner, supervisor, job_id, 'die "42\\n";')
+
+    assert run.outcome is Outcome.FAILED
+    assert run.failure is not None
+    assert run.failure.message == "42"
+    assert run.child.done is not None and run.child.done.get("message") == "42"
+    assert not run.child.bridge_error
+
+
 async def test_uncaught_qb_error_names_its_kind(
     runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
 ) -> None:

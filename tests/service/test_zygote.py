@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from executor.sandbox import spawners
+from executor.runtimes.child import PerlRuntime
 from executor.sandbox.spawners import MAX_ZYGOTE_FAILURES, ZygoteSpawner
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, running_stack, stack_settings
@@ -101,14 +101,7 @@ async def test_a_language_whose_zygote_cannot_start_runs_its_callbacks_cold(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A Perl "zygote" that exits at once, as one would on a host it cannot run on.
-    real_argv = spawners.zygote_argv
-    monkeypatch.setattr(
-        spawners,
-        "zygote_argv",
-        lambda language, python: (
-            ["perl", "-e", "exit 3"] if language == "perl" else real_argv(language, python)
-        ),
-    )
+    monkeypatch.setattr(PerlRuntime, "zygote_argv", lambda self, python: ["perl", "-e", "exit 3"])
     with caplog.at_level(logging.WARNING, logger="executor.sandbox.spawners"):
         async with running_stack(stack_settings(tmp_path / "data")) as stack:
             (job,) = stack.supervisor.submit([{"name": "z", "user": "alice"}])
