@@ -15,8 +15,8 @@ import pytest
 from executor.host_api import HostApi
 from executor.model import Failure, Invocation, Language, Limits, Outcome
 from executor.runtimes.child import child_runtime
-from executor.sandbox.exit_status import classify
-from executor.sandbox.process import ChildExit, SandboxOptions, SandboxRunner
+from executor.sandbox.exit_status import SandboxResult
+from executor.sandbox.process import SandboxOptions, SandboxRunner
 from executor.sandbox.spawners import ColdSpawner
 from supervisor_client.reference import ReferenceSupervisor
 from tests.helpers.supervisor_port import ReferencePort, invocation_for
@@ -42,16 +42,16 @@ LIMITS = Limits(
 class PerlRun:
     outcome: Outcome
     failure: Failure | None
-    child: ChildExit
+    child: SandboxResult
     host: HostApi
 
     @property
     def stdout(self) -> str:
-        return self.child.stdout.text()
+        return self.child.stdout
 
     @property
     def stderr(self) -> str:
-        return self.child.stderr.text()
+        return self.child.stderr
 
 
 @pytest.fixture
@@ -119,8 +119,7 @@ async def run_perl(
         },
         on_call=host.serve_frame,
     )
-    outcome, failure = classify(child, invocation.limits)
-    return PerlRun(outcome, failure, child, host)
+    return PerlRun(child.outcome, child.failure, child, host)
 
 
 def succeeded(run: PerlRun) -> None:
@@ -449,7 +448,7 @@ async def test_sleep_past_the_wall_deadline(
     assert run.outcome is Outcome.WALL_TIMEOUT
     assert run.stdout == "start\n"
     assert run.child.done == {"type": "done", "status": "exit", "exit_code": 143}
-    assert run.child.wall_seconds < 5
+    assert run.child.usage.wall_seconds < 5
 
 
 async def test_output_beyond_the_cap_is_truncated(
@@ -459,8 +458,8 @@ async def test_output_beyond_the_cap_is_truncated(
     run = await run_perl(runner, supervisor, job_id, code, output_bytes=64 * 1024)
 
     succeeded(run)
-    assert run.child.stdout.truncated
-    assert len(run.child.stdout.data) == 64 * 1024
+    assert run.child.stdout_truncated
+    assert len(run.child.stdout) == 64 * 1024
 
 
 async def test_jobinfo_dump_is_json_compatible(

@@ -17,8 +17,8 @@ from executor.config import Settings
 from executor.model import Language
 from executor.runtimes.child import child_runtime
 from executor.sandbox import tier
-from executor.sandbox.exit_status import EXIT_LAUNCH_FAILED
-from executor.sandbox.process import ChildExit, SandboxRunner
+from executor.sandbox.exit_status import EXIT_LAUNCH_FAILED, SandboxResult
+from executor.sandbox.process import SandboxRunner
 from executor.sandbox.spawners import MAX_ZYGOTE_FAILURES, ZygoteSpawner
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, running_stack, stack_settings
@@ -147,7 +147,7 @@ async def hardened_runner(
 
 async def run_once(
     runner: SandboxRunner, settings: Settings, language: str, code: str
-) -> ChildExit:
+) -> SandboxResult:
     return await runner.run(
         runtime=child_runtime(Language(language)),
         limits=settings.default_limits,
@@ -182,7 +182,7 @@ async def test_a_zygote_that_cannot_cover_the_masks_forks_nothing_more(
     assert not warm
     for run in runs:  # started cold, each failed at the same mount
         assert run.done is None and run.exit_code != 0
-        assert missing in run.stderr.text()
+        assert missing in run.stderr
 
 
 CONNECT = {
@@ -254,5 +254,5 @@ async def test_a_working_directory_outside_the_masks_is_refused_not_made_on_the_
         child = await run_once(runner, settings, "python", "print('ran')")
 
     assert child.done is None and child.exit_code == EXIT_LAUNCH_FAILED
-    assert "is not under a masked directory" in child.stderr.text()
+    assert "is not under a masked directory" in child.stderr
     assert set(Path("/tmp").glob("cbexec-run-*")) == before

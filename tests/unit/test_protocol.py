@@ -96,7 +96,10 @@ def test_well_formed_child_frames_pass_unchanged(frame: dict[str, Any]) -> None:
             body({"type": "done", "status": "ok", "traceback": None}),
             "done frame's 'traceback' must be a string, not NoneType",
         ),
-        (body({"type": "done", "status": "ok", "pid": 1}), "done frame with an unknown field 'pid'"),
+        (
+            body({"type": "done", "status": "ok", "pid": 1}),
+            "done frame with an unknown field 'pid'",
+        ),
     ],
 )
 def test_malformed_child_frames_are_refused_with_the_reason(raw: bytes, reason: str) -> None:
