@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,17 +86,34 @@ async def test_a_hardened_callback_sees_only_itself(stack: Stack, language: str)
     assert view["shadow"] == "PermissionError"
 
 
-# Each mount point's device, top of the stack last: a tmpfs is one device per instance.
-MOUNT_DEVICES = {
+# Leaves a file in its working directory (under its /tmp), then reports: each mount
+# point's device (top of the stack last: a tmpfs is one device per instance), its working
+# directory, what its /tmp holds, and whether the file an EARLIER run left is there.
+LEAVE_AND_LOOK = {
     "python": (
-        "import json\n"
-        "print(json.dumps({line.split()[4]: line.split()[2]"
-        " for line in open('/proc/self/mountinfo')}))\n"
+        "import json, os\n"
+        "open('left-behind', 'w').write('x')\n"
+        "mounts = [line.split() for line in open('/proc/self/mountinfo')]\n"
+        "print(json.dumps({\n"
+        "    'devices': {fields[4]: fields[2] for fields in mounts},\n"
+        "    'cwd': os.getcwd(),\n"
+        "    'tmp': os.listdir('/tmp'),\n"
+        "    'earlier': os.path.exists(EARLIER),\n"
+        "}))\n"
     ),
     "perl": (
+        "open(my $left, '>', 'left-behind') or die \"left-behind: $!\";\n"
+        "print $left 'x';\n"
+        "close $left;\n"
         "open(my $info, '<', '/proc/self/mountinfo') or die \"mountinfo: $!\";\n"
         "my %devices = map { (split ' ')[4, 2] } <$info>;\n"
-        "print qb::JSON::encode(\\%devices);\n"
+        "opendir(my $tmp, '/tmp') or die \"no /tmp: $!\";\n"
+        "print qb::JSON::encode({\n"
+        "    devices => \\%devices,\n"
+        "    cwd => readlink('/proc/self/cwd'),\n"
+        "    tmp => [grep { !/\\A\\.\\.?\\z/ } readdir $tmp],\n"
+        "    earlier => (-e EARLIER ? 1 : 0),\n"
+        "});\n"
     ),
 }
 
@@ -106,10 +124,14 @@ async def test_a_zygote_covers_the_masks_once_and_each_run_gets_its_own_tmp(
     stack_warm: Stack, language: str
 ) -> None:
     assert stack_warm.running.options.isolation is not None
-    runs = []
+    runs: list[dict[str, Any]] = []
     for _ in range(2):
+        # Python's repr of a path is a Perl string literal too (no quotes or backslashes).
+        earlier = os.path.join(runs[0]["cwd"], "left-behind") if runs else ""
         response = await stack_warm.client.execute_callback(
-            language=language, code=MOUNT_DEVICES[language], job={"id": 1, "user": "a"}
+            language=language,
+            code=LEAVE_AND_LOOK[language].replace("EARLIER", repr(earlier)),
+            job={"id": 1, "user": "a"},
         )
         assert response.outcome == Outcome.OUTCOME_SUCCEEDED, (
             response.failure.message + response.stderr
@@ -120,9 +142,13 @@ async def test_a_zygote_covers_the_masks_once_and_each_run_gets_its_own_tmp(
 
     assert shared, "the plan has no mask besides /tmp"
     # The same tmpfs in both runs: covered once, in the zygote's namespace.
-    assert [first[m] for m in shared] == [second[m] for m in shared]
-    # /tmp, which holds the working directories, is every run's own.
-    assert first["/tmp"] != second["/tmp"]
+    assert [first["devices"][m] for m in shared] == [second["devices"][m] for m in shared]
+    # /tmp, which holds the working directories, is every run's own: what the first run
+    # left there is not in the second's.
+    assert os.path.basename(first["cwd"]) in first["tmp"]
+    assert second["cwd"] != first["cwd"]
+    assert os.path.basename(first["cwd"]) not in second["tmp"]
+    assert not second["earlier"]
 
 
 @contextlib.asynccontextmanager
