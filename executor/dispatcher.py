@@ -82,8 +82,10 @@ class _Slots:
         # rotate over the cells (and over the children prepared in them).
         self._free = collections.deque(range(count))
         # A waiting run's ticket resolves to its slot, or to None when it is stopped first.
+        # Never a free slot while a ticket waits: release() hands each slot to the first
+        # waiting ticket, and a ticket is queued only when no slot is free.
         self._queue: collections.deque[asyncio.Future[int | None]] = collections.deque()
-        self.waiting = 0
+        self.waiting = 0  # tickets not resolved yet (a stale one counts until its callback)
 
     @property
     def busy(self) -> int:
@@ -92,7 +94,7 @@ class _Slots:
     def ticket(self, *, fired: bool) -> asyncio.Future[int | None]:
         """A place: a free slot at once, else in the queue. CapacityError past its bound."""
         ticket: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        if self._free and not self.waiting:
+        if self._free:
             ticket.set_result(self._free.popleft())
             return ticket
         if not fired and self.waiting >= self.max_queue:
@@ -102,12 +104,15 @@ class _Slots:
             )
         self._queue.append(ticket)
         self.waiting += 1
+        ticket.add_done_callback(self._left_queue)  # a slot, a withdrawal or a cancellation
         return ticket
+
+    def _left_queue(self, ticket: asyncio.Future[int | None]) -> None:
+        self.waiting -= 1
 
     def withdraw(self, ticket: asyncio.Future[int | None]) -> None:
         """A stopped run leaves the queue: its ticket resolves to None."""
         if not ticket.done():
-            self.waiting -= 1
             ticket.set_result(None)
 
     async def take(self, ticket: asyncio.Future[int | None]) -> int | None:
@@ -115,10 +120,9 @@ class _Slots:
         try:
             return await ticket
         except asyncio.CancelledError:
-            if ticket.cancelled():
-                self.waiting -= 1  # left the queue with the task (it is skipped there)
-            elif (slot := ticket.result()) is not None:
-                self.release(slot)  # handed a slot it will never use
+            # Cancelled with the task (the queue skips it), or handed a slot it will not use.
+            if not ticket.cancelled() and (slot := ticket.result()) is not None:
+                self.release(slot)
             raise
 
     def release(self, slot: int) -> None:
@@ -126,7 +130,6 @@ class _Slots:
         while self._queue:
             ticket = self._queue.popleft()
             if not ticket.done():
-                self.waiting -= 1
                 ticket.set_result(slot)
                 return
         self._free.append(slot)
