@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from executor.errors import ConfigError
-from executor.mail import MailSettings
 from executor.model import Language, Limits
+from executor.runtimes.mail import MailSettings
 
 MIB: Final = 1 << 20
 GIB: Final = 1 << 30

@@ -1,45 +1,157 @@
-"""Admission and dispatch: bounded slots and queue, language gating, one RunResult per run.
+"""Admission and dispatch: bounded slots and queue, language gating, one owned task and one RunResult per run.
 
 Every run takes a slot (its pids cgroup is the slot's), or waits in a bounded queue;
 past the queue the request is refused with CapacityError (RESOURCE_EXHAUSTED). Python
 and Perl run in a sandboxed child; qube code strings run in the executor's own
-interpreter. Draining refuses new runs and cancels running ones, whose sandboxes kill
-and reap their children on the way out.
+interpreter.
+
+Priority: slots are handed out first come, first served, to Execute requests and fired
+runs alike (``execute(..., fired=True)``: a callback the trigger engine fired, durable
+work that must not be lost). The only difference is at the queue's bound: a fired run
+is never refused for a full queue, it waits for a slot like the rest (so the queue may
+hold more than ``max_queue`` runs when fired ones are among them). Both are refused
+while draining.
+
+Each run is a task of this dispatcher, keyed by its invocation id; its caller awaits it
+shielded. A run ends early only through a stop with a reason (``lifecycle.RunStop``):
+``drain()`` stops every run ("the executor is shutting down"), and a caller cancelled
+(client deadline or cancel) stops its own ("the caller cancelled the request"). A
+stopped run ends as KILLED with that reason as its failure, its sandbox kills and reaps
+its child, and it is recorded through ``on_result`` like any other run; drain's callers
+get it as their answer, a cancelled caller its cancellation once the run has ended.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
-from typing import Protocol
+from dataclasses import dataclass, replace
+from typing import Final, Protocol
 
+from executor.child.protocol import StartFrame
 from executor.errors import CapacityError, InvalidRequestError, UnavailableError
 from executor.host_api import HostApi
-from executor.model import Failure, Invocation, Language, Outcome, RunResult, Usage
-from executor.runtimes import child_runtime
-from executor.sandbox.exit_status import classify
-from executor.sandbox.process import SandboxRunner
+from executor.model import ActionRecord, Failure, Invocation, Language, Limits, Outcome, RunResult
+from executor.runtimes.child import ChildRuntime, child_runtime
+from executor.sandbox.bridge import CallHandler
+from executor.sandbox.exit_status import SandboxResult
+from executor.sandbox.lifecycle import RunStop, RunStopped, stoppable
 from executor.supervisor_link import SupervisorPort
 
 logger = logging.getLogger(__name__)
 
+SHUTTING_DOWN: Final = "the executor is shutting down"
+CALLER_CANCELLED: Final = "the caller cancelled the request"
+
 
 class QubeRunner(Protocol):
-    """Runs a qube-language code string through the host API (executor/qube_language.py)."""
+    """Runs a qube-language code string through the host API (executor/runtimes/qube.py)."""
 
     async def run(self, invocation: Invocation, host: HostApi) -> RunResult: ...
 
 
+class ChildRunner(Protocol):
+    """Runs one callback in a sandboxed child (``SandboxRunner``; a fake in unit tests)."""
+
+    async def run(
+        self,
+        *,
+        runtime: ChildRuntime,
+        limits: Limits,
+        slot: int,
+        start: StartFrame,
+        on_call: CallHandler,
+        stop: RunStop | None = None,
+    ) -> SandboxResult: ...
+
+    async def close(self) -> None:
+        """Dispose of what was prepared for runs that will not come."""
+        ...
+
+
+class _Slots:
+    """The concurrency slots, handed out first come, first served; a bounded queue for the rest."""
+
+    def __init__(self, count: int, max_queue: int) -> None:
+        self.count = count
+        self.max_queue = max_queue
+        # Free slots in the order they came back: the one idle longest goes first, so runs
+        # rotate over the cells (and over the children prepared in them).
+        self._free = collections.deque(range(count))
+        # A waiting run's ticket resolves to its slot, or to None when it is stopped first.
+        # Never a free slot while a ticket waits: release() hands each slot to the first
+        # waiting ticket, and a ticket is queued only when no slot is free.
+        self._queue: collections.deque[asyncio.Future[int | None]] = collections.deque()
+        self.waiting = 0  # tickets not resolved yet (a stale one counts until its callback)
+
+    @property
+    def busy(self) -> int:
+        return self.count - len(self._free)
+
+    def ticket(self, *, fired: bool) -> asyncio.Future[int | None]:
+        """A place: a free slot at once, else in the queue. CapacityError past its bound."""
+        ticket: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        if self._free:
+            ticket.set_result(self._free.popleft())
+            return ticket
+        if not fired and self.waiting >= self.max_queue:
+            raise CapacityError(
+                f"all {self.count} slots are busy and {self.waiting} runs are queued; retry later",
+                retry_after_s=1.0,
+            )
+        self._queue.append(ticket)
+        self.waiting += 1
+        ticket.add_done_callback(self._left_queue)  # a slot, a withdrawal or a cancellation
+        return ticket
+
+    def _left_queue(self, ticket: asyncio.Future[int | None]) -> None:
+        self.waiting -= 1
+
+    def withdraw(self, ticket: asyncio.Future[int | None]) -> None:
+        """A stopped run leaves the queue: its ticket resolves to None."""
+        if not ticket.done():
+            ticket.set_result(None)
+
+    async def take(self, ticket: asyncio.Future[int | None]) -> int | None:
+        """The ticket's slot once it is this run's turn; None if it was withdrawn first."""
+        try:
+            return await ticket
+        except asyncio.CancelledError:
+            # Cancelled with the task (the queue skips it), or handed a slot it will not use.
+            if not ticket.cancelled() and (slot := ticket.result()) is not None:
+                self.release(slot)
+            raise
+
+    def release(self, slot: int) -> None:
+        """Give ``slot`` to the first run still waiting, else back to the free ones."""
+        while self._queue:
+            ticket = self._queue.popleft()
+            if not ticket.done():
+                ticket.set_result(slot)
+                return
+        self._free.append(slot)
+
+
+@dataclass(slots=True)
+class _Run:
+    """One admitted run: the task that owns it, and the way to stop it."""
+
+    invocation: Invocation
+    language: Language
+    stop: RunStop
+    task: asyncio.Task[RunResult] | None = None
+
+
 class Dispatcher:
-    """Runs invocations within the configured concurrency."""
+    """Runs invocations within the configured concurrency; owns every run until it has ended."""
 
     def __init__(
         self,
         *,
-        runner: SandboxRunner,
+        runner: ChildRunner,
         supervisor: SupervisorPort,
         qube: QubeRunner,
         languages: frozenset[Language],
@@ -51,32 +163,34 @@ class Dispatcher:
         self._supervisor = supervisor
         self._qube = qube
         self._languages = languages
-        self._max_queue = max_queue
-        self._max_concurrent = max_concurrent
-        self._free_slots: asyncio.Queue[int] = asyncio.Queue()
-        for slot in range(max_concurrent):
-            self._free_slots.put_nowait(slot)
-        self._waiting = 0
-        self._active: set[asyncio.Task[RunResult]] = set()
+        self._slots = _Slots(max_concurrent, max_queue)
+        self._runs: dict[str, _Run] = {}
         self._draining = False
         self._on_result = on_result
 
     @property
-    def runner(self) -> SandboxRunner:
+    def runner(self) -> ChildRunner:
         return self._runner
 
     @property
     def active(self) -> int:
-        return len(self._active)
+        """Runs holding a slot."""
+        return self._slots.busy
 
     @property
     def waiting(self) -> int:
-        return self._waiting
+        """Runs waiting for a slot."""
+        return self._slots.waiting
 
-    async def execute(self, invocation: Invocation) -> RunResult:
-        """Run one invocation to its RunResult. Raises CapacityError / UnavailableError."""
+    async def execute(self, invocation: Invocation, *, fired: bool = False) -> RunResult:
+        """Run one invocation to its RunResult. Raises CapacityError / UnavailableError.
+
+        ``fired``: the trigger engine fired it; it is never refused for a full queue. If
+        the caller is cancelled, the run is stopped (KILLED, recorded) and the
+        cancellation goes on once it has ended.
+        """
         if self._draining:
-            raise UnavailableError("the executor is shutting down")
+            raise UnavailableError(SHUTTING_DOWN)
         try:
             language = Language(invocation.callback.language)
         except ValueError:
@@ -95,14 +209,120 @@ class Dispatcher:
                     "(Qube's supervisor_language_flags)"
                 ),
             )
-        else:
-            task = asyncio.current_task()
-            assert task is not None
-            self._active.add(task)
+            self._finished(invocation, language, result)
+            return result
+        run = self._admit(invocation, language, fired=fired)
+        assert run.task is not None
+        try:
+            return await asyncio.shield(run.task)
+        except asyncio.CancelledError:
+            if run.task.done():
+                raise  # not the caller: the run itself was cancelled
+            run.stop.request(CALLER_CANCELLED)
+            # The run ends (KILLED, recorded) before the cancellation goes on; cancelling
+            # the caller again ends only this wait, the run still ends on its own.
+            await asyncio.wait([run.task])
+            if not run.task.cancelled() and (error := run.task.exception()) is not None:
+                logger.error("run %s failed", invocation.invocation_id, exc_info=error)
+            raise
+
+    def _admit(self, invocation: Invocation, language: Language, *, fired: bool) -> _Run:
+        """Take a place for the run (CapacityError) and start the task that owns it."""
+        if invocation.invocation_id in self._runs:
+            raise UnavailableError(
+                f"a run with invocation_id {invocation.invocation_id!r} is still in progress; "
+                "retry once it has ended"
+            )
+        ticket = self._slots.ticket(fired=fired)
+        run = _Run(invocation, language, RunStop())
+        run.task = asyncio.create_task(
+            self._run(run, ticket), name=f"run {invocation.invocation_id}"
+        )
+        self._runs[invocation.invocation_id] = run
+        return run
+
+    async def _run(self, run: _Run, ticket: asyncio.Future[int | None]) -> RunResult:
+        """The owned task of one run: wait for a slot, run, release it, record the result."""
+        invocation = run.invocation
+        try:
+            queued_at = time.monotonic()
+            with run.stop.calling(lambda: self._slots.withdraw(ticket)):
+                slot = await self._slots.take(ticket)
+            queue_s = time.monotonic() - queued_at
+            if slot is None or run.stop.requested:  # stopped before it started
+                result = self._stopped(invocation, run.stop, ())
+            else:
+                try:
+                    result = await self._run_in_slot(run, slot)
+                finally:
+                    self._slots.release(slot)
+            result = replace(result, usage=replace(result.usage, queue_seconds=queue_s))
+            self._finished(invocation, run.language, result)
+        finally:
+            del self._runs[invocation.invocation_id]
+        return result
+
+    async def _run_in_slot(self, run: _Run, slot: int) -> RunResult:
+        invocation = run.invocation
+        host = HostApi(self._supervisor, invocation)
+        if run.language is Language.QUBE:
             try:
-                result = await self._admitted(invocation, language)
-            finally:
-                self._active.discard(task)
+                async with stoppable(run.stop):
+                    return await self._qube.run(invocation, host)
+            except RunStopped:
+                return self._stopped(invocation, run.stop, tuple(host.actions))
+        child = await self._runner.run(
+            runtime=child_runtime(run.language),
+            limits=invocation.limits,
+            slot=slot,
+            start={
+                "type": "start",
+                "language": run.language.value,
+                "code": invocation.callback.code,
+                "context": invocation.child_context(),
+            },
+            on_call=host.serve_frame,
+            stop=run.stop,
+        )
+        if child.escaped_pids:
+            logger.info(
+                "callback %s left %d processes running; they were killed",
+                invocation.invocation_id,
+                len(child.escaped_pids),
+            )
+        if child.bridge_error:
+            logger.warning(
+                "callback %s broke the bridge protocol: %s",
+                invocation.invocation_id,
+                child.bridge_error,
+            )
+        return RunResult(
+            invocation_id=invocation.invocation_id,
+            outcome=child.outcome,
+            exit_code=child.exit_code,
+            signal=child.signal,
+            stdout=child.stdout,
+            stderr=child.stderr,
+            stdout_truncated=child.stdout_truncated,
+            stderr_truncated=child.stderr_truncated,
+            failure=child.failure,
+            usage=child.usage,
+            actions=tuple(host.actions),
+        )
+
+    @staticmethod
+    def _stopped(
+        invocation: Invocation, stop: RunStop, actions: tuple[ActionRecord, ...]
+    ) -> RunResult:
+        return RunResult(
+            invocation.invocation_id,
+            Outcome.KILLED,
+            failure=Failure(stop.reason),
+            actions=actions,
+        )
+
+    def _finished(self, invocation: Invocation, language: Language, result: RunResult) -> None:
+        """Log the run's one line and hand it to ``on_result`` (recording, reporting)."""
         logger.info(
             "callback ran: job=%s callback=%s language=%s outcome=%s wall=%.3fs cpu=%.3fs "
             "rss=%dKiB queue=%.3fs actions=%d",
@@ -118,83 +338,14 @@ class Dispatcher:
         )
         if self._on_result is not None:
             self._on_result(invocation, result)
-        return result
-
-    async def _admitted(self, invocation: Invocation, language: Language) -> RunResult:
-        if self._free_slots.empty() and self._waiting >= self._max_queue:
-            raise CapacityError(
-                f"all {self._max_concurrent} slots are busy and "
-                f"{self._waiting} runs are queued; retry later",
-                retry_after_s=1.0,
-            )
-        queued_at = time.monotonic()
-        self._waiting += 1
-        try:
-            slot = await self._free_slots.get()
-        finally:
-            self._waiting -= 1
-        queue_s = time.monotonic() - queued_at
-        try:
-            host = HostApi(self._supervisor, invocation)
-            if language is Language.QUBE:
-                result = await self._qube.run(invocation, host)
-            else:
-                result = await self._run_child(invocation, language, host, slot)
-        finally:
-            self._free_slots.put_nowait(slot)
-        usage = result.usage
-        return replace(
-            result,
-            usage=Usage(usage.wall_seconds, usage.cpu_seconds, usage.peak_rss_bytes, queue_s),
-        )
-
-    async def _run_child(
-        self, invocation: Invocation, language: Language, host: HostApi, slot: int
-    ) -> RunResult:
-        child = await self._runner.run(
-            runtime=child_runtime(language),
-            limits=invocation.limits,
-            slot=slot,
-            start={
-                "type": "start",
-                "language": language.value,
-                "code": invocation.callback.code,
-                "context": invocation.child_context(),
-            },
-            on_call=host.serve_frame,
-        )
-        outcome, failure = classify(child, invocation.limits)
-        if child.escaped_pids:
-            logger.info(
-                "callback %s left %d processes running; they were killed",
-                invocation.invocation_id,
-                len(child.escaped_pids),
-            )
-        if child.bridge_error:
-            logger.warning(
-                "callback %s broke the bridge protocol: %s",
-                invocation.invocation_id,
-                child.bridge_error,
-            )
-        return RunResult(
-            invocation_id=invocation.invocation_id,
-            outcome=outcome,
-            exit_code=child.exit_code,
-            signal=child.signal,
-            stdout=child.stdout.text(),
-            stderr=child.stderr.text(),
-            stdout_truncated=child.stdout.truncated,
-            stderr_truncated=child.stderr.truncated,
-            failure=failure,
-            usage=Usage(child.wall_seconds, child.cpu_seconds, child.peak_rss_bytes),
-            actions=tuple(host.actions),
-        )
 
     async def drain(self) -> None:
-        """Refuse new runs, cancel running ones, and wait until their children are gone."""
+        """Refuse new runs, stop every run (KILLED, recorded, answered), wait until all have ended."""
         self._draining = True
-        tasks = list(self._active)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        runs = list(self._runs.values())
+        for run in runs:
+            run.stop.request(SHUTTING_DOWN)
+        tasks = [run.task for run in runs if run.task is not None]
+        if tasks:
+            await asyncio.wait(tasks)
         await self._runner.close()  # the children prepared for runs that will not come

@@ -11,6 +11,8 @@ HostCallError                 a qb call from a callback failed (goes back to the
 
 from __future__ import annotations
 
+from executor.child.protocol import QbErrorKind
+
 
 class ExecutorError(Exception):
     """Base of the executor's own errors."""
@@ -43,7 +45,7 @@ class ConfigError(ExecutorError):
 class HostCallError(Exception):
     """A qb call failed. ``kind`` is the exception class the callback sees."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: QbErrorKind, message: str) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message

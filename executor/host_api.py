@@ -24,6 +24,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
+from executor.child.protocol import CallFrame, ReplyFrame
 from executor.errors import HostCallError
 from executor.model import ActionRecord, Invocation
 from executor.supervisor_link import (
@@ -153,19 +154,11 @@ class HostApi:
         self.actions.append(ActionRecord(fn, target, True, summary))
         return value
 
-    async def serve_frame(self, frame: dict[str, Any]) -> dict[str, Any]:
-        """Answer one ``call`` frame from the child with a ``reply`` frame."""
-        call_id = frame.get("id")
-        args, kwargs = frame.get("args") or [], frame.get("kwargs") or {}
-        if not isinstance(args, list) or not isinstance(kwargs, dict):
-            return {
-                "type": "reply",
-                "id": call_id,
-                "ok": False,
-                "error": {"kind": "InvalidArgument", "message": "malformed call frame"},
-            }
+    async def serve_frame(self, frame: CallFrame) -> ReplyFrame:
+        """Answer one ``call`` frame from the child (checked by the bridge) with a ``reply``."""
+        call_id = frame["id"]
         try:
-            value = await self.call(str(frame.get("fn", "")), args, kwargs)
+            value = await self.call(frame["fn"], frame["args"], frame["kwargs"])
         except HostCallError as err:
             return {
                 "type": "reply",
@@ -175,7 +168,7 @@ class HostApi:
             }
         except Exception:
             # An executor bug must not leave the callback waiting for a reply forever.
-            logger.exception("qb.%s failed inside the executor", frame.get("fn"))
+            logger.exception("qb.%s failed inside the executor", frame["fn"])
             return {
                 "type": "reply",
                 "id": call_id,

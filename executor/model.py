@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from executor.child.protocol import EventContext, StartContext
+
 
 class Language(enum.StrEnum):
     """Callback languages, named as in Qube's ``supervisor_language_flags``."""
@@ -180,9 +182,9 @@ class Invocation:
         """The Qube user the callback acts as: its owner, else the job's owner."""
         return self.callback.user or str(self.job.get("user", ""))
 
-    def child_context(self) -> dict[str, Any]:
+    def child_context(self) -> StartContext:
         """What the callback's ``qb`` module knows without asking (the start frame)."""
-        event = None
+        event: EventContext | None = None
         if self.event is not None:
             event = {
                 "name": self.event.name,

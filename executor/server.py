@@ -34,7 +34,7 @@ from executor.api.reporting import GrpcReportTransport, ReportEncoder
 from executor.api.supervisor import GrpcSupervisor
 from executor.config import Settings
 from executor.dispatcher import Dispatcher
-from executor.qube_language import QubeInterpreter
+from executor.runtimes.qube import QubeInterpreter
 from executor.runs.metrics import Metrics
 from executor.runs.recorder import Recorder
 from executor.sandbox.process import SandboxOptions, SandboxRunner
@@ -131,7 +131,8 @@ async def start(settings: Settings) -> RunningServer:
         stack.callback(trigger_store.close)
         engine = TriggerEngine(
             trigger_store,
-            dispatcher.execute,
+            # Fired callbacks are durable work: never refused at the queue bound.
+            functools.partial(dispatcher.execute, fired=True),
             limits=settings.default_limits,
             universal_dirs=settings.universal_callback_dirs,
             max_parallel_events=settings.max_concurrent,

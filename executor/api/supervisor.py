@@ -14,6 +14,7 @@ from typing import Any, Final, TypeVar
 
 import grpc
 
+from executor.child.protocol import QbErrorKind
 from executor.errors import HostCallError
 from executor.supervisor_link import ActionOutcome
 from supervisor_client.jobdict import job_to_dict
@@ -21,8 +22,10 @@ from supervisor_client.qbcallback.v1 import supervisor_pb2, supervisor_pb2_grpc
 
 ERROR_KIND_KEY: Final = "qb-error-kind"
 # The kinds a supervisor may name; anything else falls back to the status code.
-NAMED_KINDS: Final = frozenset({"NoSuchJob", "NoSuchWork", "PermissionDenied", "InvalidArgument"})
-_KIND_BY_CODE: Final = {
+NAMED_KINDS: Final[dict[str, QbErrorKind]] = {
+    kind: kind for kind in ("NoSuchJob", "NoSuchWork", "PermissionDenied", "InvalidArgument")
+}
+_KIND_BY_CODE: Final[dict[grpc.StatusCode, QbErrorKind]] = {
     grpc.StatusCode.NOT_FOUND: "NoSuchJob",
     grpc.StatusCode.PERMISSION_DENIED: "PermissionDenied",
     grpc.StatusCode.INVALID_ARGUMENT: "InvalidArgument",
@@ -35,12 +38,12 @@ _Response = TypeVar("_Response")
 def host_error(err: grpc.aio.AioRpcError) -> HostCallError:
     """The error a callback sees for a refused SupervisorService call."""
     code = err.code()
-    named = dict(err.trailing_metadata() or ()).get(ERROR_KIND_KEY)
-    kind = named if named in NAMED_KINDS else _KIND_BY_CODE.get(code, "SupervisorUnavailable")
+    named = NAMED_KINDS.get(str(dict(err.trailing_metadata() or ()).get(ERROR_KIND_KEY, "")))
+    kind = named or _KIND_BY_CODE.get(code, "SupervisorUnavailable")
     details = err.details() or code.name
     if kind == "SupervisorUnavailable":
         details = f"the supervisor did not answer: {code.name}: {details}"
-    return HostCallError(str(kind), details)
+    return HostCallError(kind, details)
 
 
 class GrpcSupervisor:

@@ -1,10 +1,12 @@
 """Trampoline that runs first in every sandboxed child: confine, limit, then start the runtime.
 
-Started by the executor as ``python -I -B launcher.py SPEC_JSON`` in a new session with a
-scrubbed environment and only stdio plus the bridge socket open. Stdlib only: it must
-never import grpc or the executor. It enters the run's working directory itself
-(``spec["workdir"]``): one the executor made, or in the hardened tier a private tmpfs
-that exists only inside the callback's mount namespace.
+Started by the executor as ``python -I -S -B launcher.py SPEC_JSON BRIDGE_FD`` in a new
+session with a scrubbed environment and only stdio plus the bridge socket open (the
+``protocol.LaunchSpec`` and the fd the bridge came on, which it moves to fd 3 first, where
+a zygote's children have it too); a zygote's children call ``confine_and_run`` instead.
+Stdlib only: it must never import grpc or the executor. It enters the run's working
+directory itself (``spec["workdir"]``): one the executor made, or in the hardened tier a
+private tmpfs that exists only inside the callback's mount namespace.
 
 In order: join the pids cgroup (so every later process counts), forbid privilege gain,
 die with the parent, and, when asked, move the callback into a new PID namespace (PID 1
@@ -26,7 +28,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from typing import Any
+    from protocol import LaunchSpec
 
 CHILD_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, CHILD_DIR)  # protocol, qb and the bootstraps are siblings
@@ -38,6 +40,9 @@ PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
 # Exit code the shim uses when it could not start the callback at all.
 EXIT_LAUNCH_FAILED = 121
+# protocol.BRIDGE_FD, spelled out: a cold Perl child never imports protocol (its types
+# cost ~0.5 ms to make); tests/unit/test_protocol.py holds the two equal.
+BRIDGE_FD = 3
 
 _libc = ctypes.CDLL(None, use_errno=True)
 # Looked up now: a zygote's children then find them made (a first lookup in a forked
@@ -71,11 +76,11 @@ def _apply_rlimits(rlimits: dict[str, list[int]]) -> None:
         resource.setrlimit(getattr(resource, f"RLIMIT_{name}"), (soft, hard))
 
 
-def _enter_namespaces(spec: dict[str, Any], *, pid: bool) -> None:
+def _enter_namespaces(spec: LaunchSpec, *, pid: bool) -> None:
     flags = CLONE_NEWPID if pid else 0
-    if spec.get("unshare_network"):
+    if spec["unshare_network"]:
         flags |= CLONE_NEWNET
-    if spec.get("isolation"):
+    if spec["isolation"] is not None:
         flags |= CLONE_NEWNS
     if flags:
         check(_libc.unshare(flags), "unshare")
@@ -99,20 +104,19 @@ def _mirror_exit(pid: int) -> int:
     return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else EXIT_LAUNCH_FAILED
 
 
-def _run_runtime(spec: dict[str, Any]) -> int:
-    bridge_fd = int(spec["bridge_fd"])
+def _run_runtime(spec: LaunchSpec) -> int:
     if spec["language"] == "python":
         if os.getpid() == 1:
             # PID 1 ignores signals it has no handler for, SIGXCPU included.
             _signal.signal(signal.SIGXCPU, lambda *_: os._exit(128 + signal.SIGXCPU))
         import python_bootstrap
 
-        return int(python_bootstrap.run(bridge_fd, warm_up=bool(spec.get("warm_up"))))
-    argv = [str(arg).replace("{bridge_fd}", str(bridge_fd)) for arg in spec["argv"]]
+        return int(python_bootstrap.run(BRIDGE_FD, warm_up=spec["warm_up"]))
+    argv = spec["argv"]
     os.execv(argv[0], argv)
 
 
-def confine_and_run(spec: dict[str, Any]) -> int:
+def confine_and_run(spec: LaunchSpec) -> int:
     """Confine this process as the spec says, then run the callback's runtime.
 
     Shared by the cold path (``main``, a fresh interpreter) and the zygote (a fork of a
@@ -120,47 +124,47 @@ def confine_and_run(spec: dict[str, Any]) -> int:
     """
     # Started with -S (site's .pth processing is most of a cold start): add the
     # site-packages directories themselves so callbacks can import installed packages.
-    sys.path.extend(spec.get("site_paths", []))
-    isolation = spec.get("isolation")
+    sys.path.extend(spec["site_paths"])
+    isolation = spec["isolation"]
     workdir = spec["workdir"]
-    if not isolation:
+    if isolation is None:
         os.chdir(workdir)  # made by the executor; in the hardened tier it is made below
-    _join_cgroups(spec.get("cgroup_procs", []))
+    _join_cgroups(spec["cgroup_procs"])
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if spec.get("pid_namespace"):
+    if spec["pid_namespace"]:
         if os.getpid() == 1:
             _enter_namespaces(spec, pid=False)  # forked into its PID namespace by the zygote
         else:
             _enter_namespaces(spec, pid=True)
             pid = os.fork()
             if pid:
-                os.close(int(spec["bridge_fd"]))  # EOF on the bridge must mean the callback is gone
+                os.close(BRIDGE_FD)  # EOF on the bridge must mean the callback is gone
                 return _mirror_exit(pid)
             _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if isolation:
+        if isolation is not None:
             import isolation as hardened  # the sibling module, only needed in this tier
 
             hardened.isolate_filesystem(
                 isolation["masks"],
                 isolation["keep"],
                 workdir,
-                {
-                    "bytes": int(spec["disk_bytes"]),
-                    "uid": isolation["uid"],
-                    "gid": isolation["gid"],
-                },
-                isolation.get("shared_masks", ()),  # set by a zygote that covered them
+                {"bytes": spec["disk_bytes"], "uid": isolation["uid"], "gid": isolation["gid"]},
+                isolation["shared_masks"],  # those a zygote covered already
             )
             os.chdir(workdir)  # the working directory's own tmpfs
             hardened.drop_privileges(isolation["uid"], isolation["gid"])
     os.umask(0o077)
-    _apply_rlimits(spec.get("rlimits", {}))
+    _apply_rlimits(spec["rlimits"])
     return _run_runtime(spec)
 
 
 def main(argv: list[str]) -> int:
-    """Cold path: ``python -I -S -B launcher.py SPEC_JSON``."""
+    """Cold path: ``python -I -S -B launcher.py SPEC_JSON BRIDGE_FD``."""
+    bridge = int(argv[2])
+    if bridge != BRIDGE_FD:
+        os.dup2(bridge, BRIDGE_FD)  # inheritable: an exec'd Perl finds it there too
+        os.close(bridge)
     return confine_and_run(json.loads(argv[1]))
 
 

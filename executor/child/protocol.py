@@ -1,45 +1,258 @@
-"""Parent<->child frames on the bridge socket: a 4-byte big-endian length, then one UTF-8 JSON object.
+"""Parent<->child contracts: the launch spec, the bridge frames and their framing and validation.
 
 Stdlib only: this module runs inside the sandbox (imported as ``protocol``) and in the
 executor (as ``executor.child.protocol``). JSON keeps the Perl side to core modules.
 
-Frames, by ``type``:
+On the bridge socket (fd ``BRIDGE_FD`` in every child), each frame is a 4-byte
+big-endian length, then one UTF-8 JSON object, by ``type``:
 
 parent -> child
-    ``start``  {language, code, context: {job, event, work_name, subjob_id, callback}}
-    ``reply``  {id, ok: true, value} | {id, ok: false, error: {kind, message}}
+    ``start``  ``StartFrame``: language, code, context (job, event, work_name, subjob_id,
+               callback)
+    ``reply``  ``ReplyOk`` {id, ok: true, value} | ``ReplyFailed`` {id, ok: false,
+               error: {kind, message}}; ``kind`` is a ``QbErrorKind``
 child -> parent
-    ``call``   {id, fn, args: [...], kwargs: {...}}   one qb function call, answered by a reply
-    ``done``   {status, exit_code?, exception_type?, message?, traceback?}
+    ``call``   ``CallFrame`` {id, fn, args: [...], kwargs: {...}}: one qb function call,
+               answered by a reply
+    ``done``   ``DoneFrame`` {status, exit_code?, exception_type?, message?, traceback?}
                status: ok | exit | exception | memory | rejected
-"""
 
-from __future__ import annotations
+The executor checks every frame a child sends (``parse_child_frame``): the child is
+running untrusted code. The child takes the executor's frames as typed (``read_frame``).
+
+A child is started from a ``LaunchSpec`` (the cold launcher's argument, or the
+``spec`` of a ``SpawnRequest`` to a zygote); the zygotes' control messages are typed
+here too.
+
+No ``from __future__ import annotations`` here: the TypedDicts below would then hold
+string annotations, which typing compiles one by one when each class is made (~1 ms
+more for every cold child).
+"""
 
 import json
 import os
 import struct
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Final, Literal, NotRequired, TypedDict, cast
 
-HEADER = struct.Struct(">I")
+HEADER: Final = struct.Struct(">I")
 # Child frames are small calls; a larger one is a protocol violation by the callback.
-MAX_CHILD_FRAME_BYTES = 1 << 20
+MAX_CHILD_FRAME_BYTES: Final = 1 << 20
 # Parent frames carry the start context and jobinfo replies (a pgrp with big agendas).
-MAX_PARENT_FRAME_BYTES = 64 << 20
+MAX_PARENT_FRAME_BYTES: Final = 64 << 20
+# Where every child has its end of the bridge: the zygotes dup it there, and so does the
+# cold launcher.
+BRIDGE_FD: Final = 3
+
+# The exceptions a qb call can raise in a callback: Python's qb.<kind> classes, Perl's
+# qb::Error kinds, the host API's HostCallError kinds.
+QbErrorKind = Literal[
+    "QbError",
+    "PermissionDenied",
+    "NoSuchJob",
+    "NoSuchWork",
+    "InvalidArgument",
+    "SupervisorUnavailable",
+]
+QB_ERROR_KINDS: Final[tuple[QbErrorKind, ...]] = (
+    "QbError",
+    "PermissionDenied",
+    "NoSuchJob",
+    "NoSuchWork",
+    "InvalidArgument",
+    "SupervisorUnavailable",
+)
+
+# How a callback ended, in its own words.
+DoneStatus = Literal["ok", "exit", "exception", "memory", "rejected"]
+DONE_STATUSES: Final[tuple[DoneStatus, ...]] = ("ok", "exit", "exception", "memory", "rejected")
 
 
 class FrameError(Exception):
     """A frame was malformed, too large, or the peer closed mid-frame."""
 
 
-def encode(message: dict[str, Any]) -> bytes:
+# -- the start frame -------------------------------------------------------------------
+
+
+class EventContext(TypedDict):
+    """The triggering event as ``qb.event()`` shows it."""
+
+    name: str
+    type: str
+    context: str
+    extra: str
+
+
+class CallbackContext(TypedDict):
+    """The running callback's record, as ``qb.callback()`` shows it."""
+
+    id: int
+    triggers: str
+    language: str
+    user: str
+    count: int
+    maximum: int
+
+
+class StartContext(TypedDict):
+    """What the callback's ``qb`` module knows without asking."""
+
+    job: dict[str, Any]
+    event: EventContext | None
+    work_name: str
+    subjob_id: int
+    callback: CallbackContext
+
+
+class StartFrame(TypedDict):
+    """parent -> child, once: the code to run and its context."""
+
+    type: Literal["start"]
+    language: str
+    code: str
+    context: StartContext
+
+
+# -- qb calls --------------------------------------------------------------------------
+
+
+class CallFrame(TypedDict):
+    """child -> parent: one qb function call."""
+
+    type: Literal["call"]
+    id: int
+    fn: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+
+
+class QbErrorBody(TypedDict):
+    """Why a qb call failed: the exception the callback gets."""
+
+    kind: QbErrorKind
+    message: str
+
+
+class ReplyOk(TypedDict):
+    """parent -> child: a qb call's value."""
+
+    type: Literal["reply"]
+    id: int
+    ok: Literal[True]
+    value: Any
+
+
+class ReplyFailed(TypedDict):
+    """parent -> child: a qb call failed."""
+
+    type: Literal["reply"]
+    id: int
+    ok: Literal[False]
+    error: QbErrorBody
+
+
+# -- the end ---------------------------------------------------------------------------
+
+
+class DoneFrame(TypedDict):
+    """child -> parent, last: how the callback ended (``exit_code`` always with ``exit``)."""
+
+    type: Literal["done"]
+    status: DoneStatus
+    exit_code: NotRequired[int]
+    exception_type: NotRequired[str]
+    message: NotRequired[str]
+    traceback: NotRequired[str]
+
+
+ReplyFrame = ReplyOk | ReplyFailed
+ParentFrame = StartFrame | ReplyOk | ReplyFailed
+ChildFrame = CallFrame | DoneFrame
+
+
+# -- launching a child -----------------------------------------------------------------
+
+
+class IsolationSpec(TypedDict):
+    """The hardened tier for one cell: what to hide and keep, the uid to become."""
+
+    masks: list[str]
+    keep: list[str]
+    uid: int
+    gid: int
+    # The masks a zygote covered already for all its children; [] otherwise.
+    shared_masks: list[str]
+
+
+class LaunchSpec(TypedDict):
+    """How to confine one child and start its runtime (launcher.confine_and_run)."""
+
+    language: str
+    # Exec'd once the child is confined; [] runs Python in the launcher's own interpreter.
+    argv: list[str]
+    site_paths: list[str]
+    pid_namespace: bool
+    unshare_network: bool
+    cgroup_procs: list[str]
+    # {NAME: [soft, hard]} for resource.RLIMIT_<NAME>.
+    rlimits: dict[str, list[int]]
+    isolation: IsolationSpec | None
+    disk_bytes: int
+    workdir: str
+    # Started ahead of its run: walk a trivial run's path while waiting for the start frame.
+    warm_up: bool
+
+
+class SpawnRequest(TypedDict):
+    """executor -> zygote, with SCM_RIGHTS fds [stdout_w, stderr_w, bridge]."""
+
+    type: Literal["spawn"]
+    id: int
+    spec: LaunchSpec
+    env: dict[str, str]
+
+
+class ZygoteStarted(TypedDict):
+    """zygote -> executor: the child of request ``id`` runs as ``pid``."""
+
+    type: Literal["started"]
+    id: int
+    pid: int
+
+
+class ZygoteFailed(TypedDict):
+    """zygote -> executor: request ``id`` started no child."""
+
+    type: Literal["failed"]
+    id: int | None
+    error: str
+
+
+class ZygoteExited(TypedDict):
+    """zygote -> executor: a child ended; its wait status and rusage."""
+
+    type: Literal["exited"]
+    pid: int
+    status: int
+    cpu: float
+    maxrss_kib: int
+
+
+ZygoteMessage = ZygoteStarted | ZygoteFailed | ZygoteExited
+
+
+# -- framing ---------------------------------------------------------------------------
+
+
+def encode(message: Mapping[str, object]) -> bytes:
     """Serialise one frame."""
     body = json.dumps(message, separators=(",", ":"), default=str).encode("utf-8")
     return HEADER.pack(len(body)) + body
 
 
 def decode_body(body: bytes) -> dict[str, Any]:
-    """Parse one frame body, insisting on a JSON object."""
+    """Parse one frame body, insisting on a JSON object with a string ``type``."""
     try:
         message = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as err:  # 1 MiB of '[' recurses
@@ -61,17 +274,91 @@ def _read_exactly(fd: int, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_frame(fd: int, max_bytes: int = MAX_PARENT_FRAME_BYTES) -> dict[str, Any]:
-    """Blocking read of one frame (the child side)."""
+def read_frame(fd: int, max_bytes: int = MAX_PARENT_FRAME_BYTES) -> ParentFrame:
+    """Blocking read of one frame from the executor (the child side).
+
+    Taken as typed, not checked field by field: the executor built it from these
+    types, and the child's path to its callback has no room for the work.
+    """
     (size,) = HEADER.unpack(_read_exactly(fd, HEADER.size))
     if size > max_bytes:
         raise FrameError(f"frame of {size} bytes exceeds {max_bytes}")
-    return decode_body(_read_exactly(fd, size))
+    return decode_body(_read_exactly(fd, size))  # type: ignore[return-value]  # trusted, see above
 
 
-def write_frame(fd: int, message: dict[str, Any]) -> None:
+def write_frame(fd: int, message: CallFrame | DoneFrame) -> None:
     """Blocking write of one frame (the child side)."""
     data = encode(message)
     while data:
         written = os.write(fd, data)
         data = data[written:]
+
+
+# -- validation of what a child sends ------------------------------------------------------
+
+_TYPE_NAMES: Final = {str: "a string", int: "an integer", list: "a list", dict: "an object"}
+# Every field a child frame may have, with its type; the required ones.
+_CALL_FIELDS: Final[dict[str, type]] = {
+    "type": str,
+    "id": int,
+    "fn": str,
+    "args": list,
+    "kwargs": dict,
+}
+_CALL_REQUIRED: Final = ("id", "fn", "args", "kwargs")
+_DONE_FIELDS: Final[dict[str, type]] = {
+    "type": str,
+    "status": str,
+    "exit_code": int,
+    "exception_type": str,
+    "message": str,
+    "traceback": str,
+}
+_DONE_REQUIRED: Final = ("status",)
+
+
+def _check_fields(
+    message: dict[str, Any], kind: str, fields: dict[str, type], required: tuple[str, ...]
+) -> None:
+    for name in required:
+        if name not in message:
+            raise FrameError(f"{kind} frame without {name!r}")
+    for name, value in message.items():
+        expected = fields.get(name)
+        if expected is None:
+            raise FrameError(f"{kind} frame with an unknown field {name!r}")
+        # bool is an int to isinstance, never to the schema.
+        if not isinstance(value, expected) or isinstance(value, bool):
+            raise FrameError(
+                f"{kind} frame's {name!r} must be {_TYPE_NAMES[expected]}, "
+                f"not {type(value).__name__} {value!r:.40}"
+            )
+
+
+def parse_child_frame(body: bytes) -> ChildFrame:
+    """One frame body from a child, checked against its schema.
+
+    Raises FrameError saying what is wrong: not a JSON object, too large, a type that
+    a child may not send, a missing, unknown or mistyped field, a status that is not a
+    ``DoneStatus``, an ``exit`` without its exit code.
+    """
+    if len(body) > MAX_CHILD_FRAME_BYTES:
+        raise FrameError(f"frame of {len(body)} bytes exceeds {MAX_CHILD_FRAME_BYTES}")
+    message = decode_body(body)
+    kind = message["type"]
+    if kind == "call":
+        _check_fields(message, "call", _CALL_FIELDS, _CALL_REQUIRED)
+        if not message["fn"]:
+            raise FrameError("call frame with an empty 'fn'")
+        return cast(CallFrame, message)
+    if kind == "done":
+        _check_fields(message, "done", _DONE_FIELDS, _DONE_REQUIRED)
+        if message["status"] not in DONE_STATUSES:
+            raise FrameError(
+                f"done frame's status {message['status']!r:.40} is not one of "
+                f"{', '.join(DONE_STATUSES)}"
+            )
+        if message["status"] == "exit" and "exit_code" not in message:
+            raise FrameError("done frame with status 'exit' without 'exit_code'")
+        return cast(DoneFrame, message)
+    raise FrameError(f"a child may not send a {kind!r:.40} frame, only 'call' and 'done'")

@@ -14,13 +14,18 @@ import signal
 import sys
 import traceback
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import protocol
 import qb
 
+if TYPE_CHECKING:
+    from protocol import DoneFrame
+
 CALLBACK_FILENAME = "<callback>"
 EXIT_ON_SIGTERM = 128 + signal.SIGTERM
+# The callback never ran: no start frame, or code that does not compile (as bootstrap.pl).
+EXIT_BAD_START = 2
 
 
 def _on_sigterm(signum: int, frame: types.FrameType | None) -> None:
@@ -50,13 +55,21 @@ def _exit_code(err: SystemExit) -> int:
 _WARM_UP_FRAME = protocol.encode(
     {
         "type": "start",
+        "language": "python",
         "code": "x = qb.jobid()",
         "context": {
             "job": {"id": 1, "name": "", "status": ""},
             "event": None,
             "work_name": "",
             "subjob_id": -1,
-            "callback": {"id": 1, "triggers": "", "language": "python"},
+            "callback": {
+                "id": 1,
+                "triggers": "",
+                "language": "python",
+                "user": "",
+                "count": 0,
+                "maximum": 0,
+            },
         },
     }
 )
@@ -87,9 +100,10 @@ def run(bridge_fd: int, *, warm_up: bool = False) -> int:
     if warm_up:
         _warm_up()
     start = protocol.read_frame(bridge_fd)
-    context: dict[str, Any] = start.get("context") or {}
-    source = str(start.get("code", ""))
-    qb._bind(bridge_fd, context)
+    if start["type"] != "start":
+        return EXIT_BAD_START
+    source = start["code"]
+    qb._bind(bridge_fd, start["context"])
     sys.modules["qb"] = qb
 
     try:
@@ -105,11 +119,11 @@ def run(bridge_fd: int, *, warm_up: bool = False) -> int:
                 "traceback": "".join(traceback.format_exception_only(err)),
             },
         )
-        return 2
+        return EXIT_BAD_START
     linecache.cache[CALLBACK_FILENAME] = (len(source), None, source.splitlines(True), "")
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, "qb": qb}
 
-    done: dict[str, Any]
+    done: DoneFrame
     try:
         exec(code, namespace)
         done = {"type": "done", "status": "ok", "exit_code": 0}
@@ -144,5 +158,5 @@ def run(bridge_fd: int, *, warm_up: bool = False) -> int:
     if done["status"] == "ok":
         return 0
     if done["status"] == "exit":
-        return int(done["exit_code"])
+        return done["exit_code"]
     return 1

@@ -11,14 +11,17 @@ Perl and qube callbacks behave the same. Errors raise subclasses of ``QbError``.
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import protocol
+
+if TYPE_CHECKING:
+    from protocol import CallbackContext, EventContext, QbErrorKind, StartContext
 
 QB_TIME_EPOCH_OFFSET = 946702800
 
 _bridge_fd = -1
-_context: dict[str, Any] = {}
+_context: StartContext
 _call_ids = itertools.count(1)
 
 
@@ -46,13 +49,18 @@ class SupervisorUnavailable(QbError):  # noqa: N818
     """The supervisor did not answer."""
 
 
-_ERRORS: dict[str, type[QbError]] = {
-    cls.__name__: cls
-    for cls in (PermissionDenied, NoSuchJob, NoSuchWork, InvalidArgument, SupervisorUnavailable)
+# Every protocol.QbErrorKind (tests/unit/test_protocol.py holds them equal).
+_ERRORS: dict[QbErrorKind, type[QbError]] = {
+    "QbError": QbError,
+    "PermissionDenied": PermissionDenied,
+    "NoSuchJob": NoSuchJob,
+    "NoSuchWork": NoSuchWork,
+    "InvalidArgument": InvalidArgument,
+    "SupervisorUnavailable": SupervisorUnavailable,
 }
 
 
-def _bind(bridge_fd: int, context: dict[str, Any]) -> None:
+def _bind(bridge_fd: int, context: StartContext) -> None:
     """Called once by the bootstrap before user code runs."""
     global _bridge_fd, _context
     _bridge_fd = bridge_fd
@@ -65,12 +73,12 @@ def _call(fn: str, *args: Any, **kwargs: Any) -> Any:
         _bridge_fd, {"type": "call", "id": call_id, "fn": fn, "args": list(args), "kwargs": kwargs}
     )
     reply = protocol.read_frame(_bridge_fd)
-    if reply.get("type") != "reply" or reply.get("id") != call_id:
-        raise QbError(f"unexpected answer to qb.{fn}: {reply.get('type')!r}")
-    if reply.get("ok"):
-        return reply.get("value")
-    error = reply.get("error") or {}
-    raise _ERRORS.get(error.get("kind", ""), QbError)(error.get("message", f"qb.{fn} failed"))
+    if reply["type"] != "reply" or reply["id"] != call_id:
+        raise QbError(f"unexpected answer to qb.{fn}: {reply['type']!r}")
+    if reply["ok"]:
+        return reply["value"]
+    error = reply["error"]
+    raise _ERRORS.get(error["kind"], QbError)(error["message"])
 
 
 # -- context, answered locally ---------------------------------------------------------
@@ -83,23 +91,23 @@ def jobid() -> int:
 
 def subid() -> int:
     """The triggering instance (subjob) id, or -1 when a subjob event did not fire this."""
-    return int(_context.get("subjob_id", -1))
+    return int(_context["subjob_id"])
 
 
 def workid() -> str:
     """Name of the triggering work item, or '' when a work event did not fire this."""
-    return str(_context.get("work_name", ""))
+    return str(_context["work_name"])
 
 
-def event() -> dict[str, str] | None:
+def event() -> EventContext | None:
     """The triggering event: {'name', 'type', 'context', 'extra'}, or None when run by hand."""
-    ev = _context.get("event")
-    return dict(ev) if ev else None
+    ev = _context["event"]
+    return ev.copy() if ev else None
 
 
-def callback() -> dict[str, Any]:
+def callback() -> CallbackContext:
     """The running callback's record: id, triggers, language, user, count, maximum."""
-    return dict(_context.get("callback", {}))
+    return _context["callback"].copy()
 
 
 # -- supervisor calls --------------------------------------------------------------------

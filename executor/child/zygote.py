@@ -10,6 +10,8 @@ executor -> zygote   ``{"type":"spawn","id":N,"spec":{...},"env":{...}}``
 zygote -> executor   ``{"type":"started","id":N,"pid":P}`` or ``{"type":"failed","id":N,...}``
                      ``{"type":"exited","pid":P,"status":S,"cpu":C,"maxrss_kib":K}``
 
+(``protocol.SpawnRequest``, ``ZygoteStarted``, ``ZygoteFailed``, ``ZygoteExited``.)
+
 The child does what the cold path's Popen + launcher do: new session, stdin from
 /dev/null, the passed stdout/stderr, the bridge as fd 3, every other fd closed, the
 given environment, then ``launcher.confine_and_run`` (which enters the working
@@ -33,16 +35,20 @@ import select
 import signal
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I leaves it out
 
 import isolation as isolation_module  # noqa: E402
 import launcher  # noqa: E402
-import protocol  # noqa: F401  - warm for the children
+import protocol  # noqa: E402 - warm for the children
 import python_bootstrap  # noqa: E402, F401
 import qb  # noqa: E402, F401
 
-BRIDGE_FD = 3
+if TYPE_CHECKING:
+    from protocol import LaunchSpec, SpawnRequest, ZygoteFailed
+
+BRIDGE_FD = protocol.BRIDGE_FD
 MAX_MESSAGE = 64 << 10  # spawner.py's; larger spawn messages are never sent
 PR_SET_DUMPABLE = 4
 
@@ -100,14 +106,14 @@ class SharedMasks:
         self._plan: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         self._shared: list[str] = []
 
-    def apply(self, spec: dict) -> dict:  # type: ignore[type-arg]
+    def apply(self, spec: LaunchSpec) -> LaunchSpec:
         """``spec`` as the child needs it: its isolation names the masks already covered.
 
         OSError when they could not be covered; this process's mounts are then in an
         unknown state, so the zygote must not fork from it any more.
         """
-        isolation = spec.get("isolation")
-        if not isolation:
+        isolation = spec["isolation"]
+        if isolation is None:
             return spec
         plan = (tuple(isolation["masks"]), tuple(isolation["keep"]))
         if self._plan is None:
@@ -117,10 +123,14 @@ class SharedMasks:
             )
         if plan != self._plan:
             return spec  # another plan: the child covers every mask itself
-        return dict(spec, isolation=dict(isolation, shared_masks=self._shared))
+        covered = isolation.copy()
+        covered["shared_masks"] = self._shared
+        confined = spec.copy()
+        confined["isolation"] = covered
+        return confined
 
 
-def _child(message: dict, fds: list[int]) -> None:  # type: ignore[type-arg]
+def _child(message: SpawnRequest, fds: list[int]) -> None:
     """In the forked child: take the passed fds, confine, run; never returns."""
     code = launcher.EXIT_LAUNCH_FAILED
     try:
@@ -136,8 +146,7 @@ def _child(message: dict, fds: list[int]) -> None:  # type: ignore[type-arg]
         # _signal: signal's wrappers convert to and from enums, ~70 page faults here.
         _signal.signal(signal.SIGCHLD, _signal.SIG_DFL)
         _signal.set_wakeup_fd(-1)
-        spec = dict(message["spec"], bridge_fd=BRIDGE_FD)
-        code = launcher.confine_and_run(spec)
+        code = launcher.confine_and_run(message["spec"])
         atexit._run_exitfuncs()
     except SystemExit as err:
         code = err.code if isinstance(err.code, int) else 1
@@ -154,7 +163,7 @@ def _child(message: dict, fds: list[int]) -> None:  # type: ignore[type-arg]
         os._exit(code)
 
 
-def _send(control: socket.socket, message: dict) -> None:  # type: ignore[type-arg]
+def _send(control: socket.socket, message: ZygoteFailed) -> None:
     control.send(json.dumps(message).encode())
 
 
@@ -209,23 +218,22 @@ def serve(control: socket.socket) -> None:
             data, fds, _flags, _addr = socket.recv_fds(control, MAX_MESSAGE, 3)
             if not data:
                 return  # the executor is gone; our children follow via PDEATHSIG
-            message = json.loads(data)
+            message: SpawnRequest = json.loads(data)
             if len(fds) != 3:
                 for fd in fds:
                     os.close(fd)
-                _send(
-                    control, {"type": "failed", "id": message.get("id"), "error": "expected 3 fds"}
-                )
+                _send(control, {"type": "failed", "id": message["id"], "error": "expected 3 fds"})
                 continue
-            new_pid_namespace = bool(message["spec"].get("pid_namespace"))
-            reply = {"type": "failed", "id": message["id"], "error": ""}
+            new_pid_namespace = message["spec"]["pid_namespace"]
+            reply: ZygoteFailed = {"type": "failed", "id": message["id"], "error": ""}
             pid = -1
             try:
                 message["spec"] = shared_masks.apply(message["spec"])
             except OSError as err:
                 for fd in fds:
                     os.close(fd)
-                _send(control, dict(reply, error=f"could not cover the masks: {err}"))
+                reply["error"] = f"could not cover the masks: {err}"
+                _send(control, reply)
                 return  # the executor starts a new zygote, or the cold path
             try:
                 namespaces.before_fork(new=new_pid_namespace)

@@ -1,1 +1,1 @@
-"""Process lifecycle of sandboxed children (parent side): limits, spawn, supervision, exit."""
+"""Process lifecycle of sandboxed children (parent side): tier, limits, spawn, supervision, exit."""

@@ -1,17 +1,95 @@
 """Classify how a child ended into an Outcome, with a message a person can act on.
 
-Order matters: what the executor itself did (the wall deadline) wins over what the
-kernel did (CPU limit), which wins over what the callback reported (its ``done`` frame),
-which wins over the bare exit status.
+The runner gathers the evidence (``ChildExit``: the wait status and rusage, the done
+frame, what the executor itself did) and answers with the classified ``SandboxResult``.
+
+Order matters: what the executor itself did (the wall deadline, a stop) wins over what
+the kernel did (CPU limit), which wins over what the callback reported (its ``done``
+frame), which wins over the bare exit status.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import signal
+from dataclasses import dataclass, field
 
-from executor.model import Failure, Limits, Outcome
-from executor.sandbox.process import ChildExit
+from executor.child.protocol import DoneFrame
+from executor.model import Failure, Limits, Outcome, Usage
+from executor.sandbox.capture import CapturedStream
+
+
+@dataclass(slots=True)
+class ChildExit:
+    """The evidence of how the child ended, gathered by the runner before classification."""
+
+    wait_status: int = 0
+    cpu_seconds: float = 0.0
+    peak_rss_bytes: int = 0
+    wall_seconds: float = 0.0
+    timed_out: bool = False
+    # Why the run was stopped (RunStop), if it was.
+    stop_reason: str = ""
+    done: DoneFrame | None = None
+    bridge_error: str = ""
+    stdout: CapturedStream = field(default_factory=lambda: CapturedStream(0))
+    stderr: CapturedStream = field(default_factory=lambda: CapturedStream(0))
+    # Processes still in the cell's cgroup when the main one had ended (killed then).
+    escaped_pids: list[int] = field(default_factory=list)
+    lost_reason: str = ""
+    # Processes of the callback the kernel killed for exceeding the cell's memory cgroup.
+    oom_kills: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        return os.WEXITSTATUS(self.wait_status) if os.WIFEXITED(self.wait_status) else 0
+
+    @property
+    def signal(self) -> int:
+        return os.WTERMSIG(self.wait_status) if os.WIFSIGNALED(self.wait_status) else 0
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxResult:
+    """What one sandboxed run produced, classified: ``SandboxRunner.run``'s answer.
+
+    ``usage`` has no queue time (the dispatcher's); ``done``, ``bridge_error`` and
+    ``escaped_pids`` are evidence kept for logs and tests.
+    """
+
+    outcome: Outcome
+    failure: Failure | None
+    exit_code: int
+    signal: int
+    stdout: str
+    stderr: str
+    stdout_truncated: bool
+    stderr_truncated: bool
+    usage: Usage
+    done: DoneFrame | None = None
+    bridge_error: str = ""
+    escaped_pids: tuple[int, ...] = ()
+
+
+def sandbox_result(child: ChildExit, limits: Limits) -> SandboxResult:
+    """The classified result of the evidence ``child``."""
+    outcome, failure = classify(child, limits)
+    return SandboxResult(
+        outcome=outcome,
+        failure=failure,
+        exit_code=child.exit_code,
+        signal=child.signal,
+        stdout=child.stdout.text(),
+        stderr=child.stderr.text(),
+        stdout_truncated=child.stdout.truncated,
+        stderr_truncated=child.stderr.truncated,
+        usage=Usage(child.wall_seconds, child.cpu_seconds, child.peak_rss_bytes),
+        done=child.done,
+        bridge_error=child.bridge_error,
+        escaped_pids=tuple(child.escaped_pids),
+    )
+
 
 # The launcher's SIGXCPU handler exit code, used when the callback is PID 1 of its own
 # namespace (PID 1 ignores SIGXCPU without a handler, sandbox.md pitfall 3).
@@ -49,7 +127,7 @@ def classify(child: ChildExit, limits: Limits) -> tuple[Outcome, Failure | None]
     then reported; one that succeeded anyway succeeded.
     """
     outcome, failure = _classify_exit(child, limits)
-    if child.oom_kills and outcome in (Outcome.FAILED, Outcome.KILLED):
+    if child.oom_kills and outcome in (Outcome.FAILED, Outcome.KILLED) and not child.stop_reason:
         return Outcome.MEMORY_LIMIT, Failure(
             f"the callback's processes together exceeded the memory limit of "
             f"{limits.memory_bytes} bytes: the kernel killed {child.oom_kills} of them"
@@ -62,6 +140,8 @@ def _classify_exit(child: ChildExit, limits: Limits) -> tuple[Outcome, Failure |
         return Outcome.WALL_TIMEOUT, Failure(
             f"the callback exceeded its wall-clock limit of {limits.wall_seconds:g}s and was killed"
         )
+    if child.stop_reason:
+        return Outcome.KILLED, Failure(child.stop_reason)
     if child.lost_reason:
         return Outcome.KILLED, Failure(child.lost_reason)
     if _hit_cpu_limit(child, limits):
@@ -71,16 +151,16 @@ def _classify_exit(child: ChildExit, limits: Limits) -> tuple[Outcome, Failure |
         )
     done = child.done
     if done is not None:
-        status = done.get("status")
+        status = done["status"]
         exc = Failure(
-            message=str(done.get("message", "")),
-            exception_type=str(done.get("exception_type", "")),
-            traceback=str(done.get("traceback", "")),
+            message=done.get("message", ""),
+            exception_type=done.get("exception_type", ""),
+            traceback=done.get("traceback", ""),
         )
         if status == "ok":
             return Outcome.SUCCEEDED, None
         if status == "exit":
-            code = int(done.get("exit_code", 0))
+            code = done.get("exit_code", 0)
             if code == 0:
                 return Outcome.SUCCEEDED, None
             return Outcome.FAILED, Failure(f"the callback exited with status {code}")

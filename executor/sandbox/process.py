@@ -1,56 +1,60 @@
-"""Run one sandboxed child: serve its bridge, capture its output, enforce the wall deadline, reap it.
+"""Run one callback in a sandboxed child to its classified result: start, supervise, end, reap.
 
 The child is started by a ``Spawner`` (a cold fork+exec, or a fork of the warm zygote;
 the executor itself never forks without exec), possibly before its run is asked for
 (``prepare_ahead``). Either way it gets a new session, a scrubbed environment, a fresh
 0700 working directory (a private tmpfs in the hardened tier), stdin from /dev/null,
-and only stdio plus its end of the bridge socketpair.
+and only stdio plus its end of the bridge socketpair (fd 3).
 
-Supervision policy, in one place: the main process exits, or the wall deadline passes
-(SIGTERM to the group, ``grace_s``, SIGKILL); then every process left is killed (the
-process group, plus the cell's cgroups, which still list setsid and double-fork
-escapes); then the child is reaped (wait4, for its rusage). The ``finally`` block does
-the kill, reap and cleanup on every other path too, cancellation included; a prepared
-child that will not run is disposed of the same way.
+Supervision, in one place (``SandboxRunner.run``): the child's stdout, stderr and
+bridge are served by tasks of one ``asyncio.TaskGroup``, while the run waits for the
+main process to exit, its wall deadline, or a stop (``lifecycle.RunStop``). However
+that wait ends (an exit, the deadline, a stop, an error in a reader, a cancellation),
+one shielded block ends the child: the deadline and a stop get the
+SIGTERM -> grace -> SIGKILL policy (``lifecycle.terminate``), everything else SIGKILL at
+once; then whatever is left in the cell's cgroups (setsid and double-fork escapes) is
+killed and the child reaped (wait4, for its rusage). A second cancellation cannot cut
+that block short: it runs on as a task, and the release of the child's pipes, bridge
+and working directory waits for it. A prepared child that will not run ends the same
+way. The evidence is then classified (``exit_status``) into the run's ``SandboxResult``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
-import select
 import shutil
-import signal
 import socket
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Final
 
 from executor.child import protocol
+from executor.child.protocol import IsolationSpec, LaunchSpec, StartFrame
 from executor.model import Limits
+from executor.runtimes.child import CHILD_RUNTIMES, ChildRuntime
 from executor.sandbox import limits as sandbox_limits
+from executor.sandbox.bridge import CallHandler, send_now, serve_bridge
+from executor.sandbox.capture import CapturedStream, read_stream
 from executor.sandbox.cgroup import PREFIX as CGROUP_PREFIX
 from executor.sandbox.cgroup import CellCgroups
+from executor.sandbox.exit_status import ChildExit, SandboxResult, sandbox_result
+from executor.sandbox.lifecycle import RunStop, has_ended, terminate
 from executor.sandbox.spawners import ChildHandle, Spawner
 
 logger = logging.getLogger(__name__)
 
-READ_CHUNK: Final = 64 << 10
 # After the main process ends, how long to wait for the output pipes to reach EOF.
 DRAIN_TIMEOUT_S: Final = 2.0
 SAFE_PATH: Final = "/usr/local/bin:/usr/bin:/bin"
 # Set in every callback's environment, valued with the executor's pid, so a leak check can
 # find the processes (escaped ones included) that one executor started.
 SANDBOX_MARKER: Final = "CBEXEC_SANDBOX"
-
-CallHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 # The languages that run in a child; each slot has one cell (cgroups, uid) per language.
-CHILD_LANGUAGES: Final = ("python", "perl")
+CHILD_LANGUAGES: Final = tuple(CHILD_RUNTIMES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,12 +66,13 @@ class IsolationPlan:
     keep: tuple[str, ...]
     uid_base: int
 
-    def for_cell(self, cell: int) -> dict[str, Any]:
+    def for_cell(self, cell: int) -> IsolationSpec:
         return {
             "masks": list(self.masks),
             "keep": list(self.keep),
             "uid": self.uid_base + cell,
             "gid": self.uid_base + cell,
+            "shared_masks": [],  # a zygote names those it covered already
         }
 
 
@@ -81,53 +86,6 @@ class SandboxOptions:
     grace_s: float
     cgroups: CellCgroups | None
     isolation: IsolationPlan | None = None
-
-
-@dataclass(slots=True)
-class CapturedStream:
-    """Output kept up to a cap; the rest is read and dropped so the child never blocks."""
-
-    cap: int
-    data: bytearray = field(default_factory=bytearray)
-    truncated: bool = False
-
-    def feed(self, chunk: bytes) -> None:
-        room = self.cap - len(self.data)
-        if len(chunk) > room:
-            self.truncated = True
-            chunk = chunk[: max(room, 0)]
-        self.data += chunk
-
-    def text(self) -> str:
-        return self.data.decode("utf-8", errors="replace")
-
-
-@dataclass(slots=True)
-class ChildExit:
-    """How the child ended, before classification into an Outcome."""
-
-    wait_status: int = 0
-    cpu_seconds: float = 0.0
-    peak_rss_bytes: int = 0
-    wall_seconds: float = 0.0
-    timed_out: bool = False
-    done: dict[str, Any] | None = None
-    bridge_error: str = ""
-    stdout: CapturedStream = field(default_factory=lambda: CapturedStream(0))
-    stderr: CapturedStream = field(default_factory=lambda: CapturedStream(0))
-    # Processes still in the cell's cgroup when the main one had ended (killed then).
-    escaped_pids: list[int] = field(default_factory=list)
-    lost_reason: str = ""
-    # Processes of the callback the kernel killed for exceeding the cell's memory cgroup.
-    oom_kills: int = 0
-
-    @property
-    def exit_code(self) -> int:
-        return os.WEXITSTATUS(self.wait_status) if os.WIFEXITED(self.wait_status) else 0
-
-    @property
-    def signal(self) -> int:
-        return os.WTERMSIG(self.wait_status) if os.WIFSIGNALED(self.wait_status) else 0
 
 
 def started_by(pid: int, executor_pid: int) -> bool:
@@ -159,133 +117,6 @@ def child_environment(workdir: str) -> dict[str, str]:
     }
 
 
-async def _read_stream(fd: int, sink: CapturedStream) -> None:
-    loop = asyncio.get_running_loop()
-    eof = loop.create_future()
-
-    def on_readable() -> None:
-        try:
-            chunk = os.read(fd, READ_CHUNK)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        if chunk:
-            sink.feed(chunk)
-        elif not eof.done():
-            eof.set_result(None)
-
-    os.set_blocking(fd, False)
-    loop.add_reader(fd, on_readable)
-    try:
-        await eof
-    finally:
-        loop.remove_reader(fd)
-
-
-def _send_now(sock: socket.socket, frame: bytes) -> bytes:
-    """Write what the socket takes without blocking; returns the rest.
-
-    The start frame goes out before any task is scheduled, so a prepared child starts
-    on the callback while the executor is still setting up its readers.
-    """
-    try:
-        return frame[sock.send(frame, socket.MSG_DONTWAIT) :]
-    except (BlockingIOError, InterruptedError):
-        return frame
-    except OSError:
-        return frame  # the child is gone; the bridge task meets the same error and stops
-
-
-async def _next_frame(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, buffer: bytearray
-) -> dict[str, Any] | None:
-    """The child's next frame (what is read beyond it stays in ``buffer``); None at its end.
-
-    The bridge ending between frames, or inside a header, is the callback ending.
-    """
-    header = protocol.HEADER.size
-    size = -1
-    while True:
-        if size < 0 and len(buffer) >= header:
-            (size,) = protocol.HEADER.unpack_from(buffer)
-            if size > protocol.MAX_CHILD_FRAME_BYTES:
-                raise _BridgeViolation(f"frame of {size} bytes exceeds the 1 MiB frame limit")
-        if 0 <= size <= len(buffer) - header:
-            body = bytes(buffer[header : header + size])
-            del buffer[: header + size]
-            return protocol.decode_body(body)
-        chunk = await loop.sock_recv(sock, READ_CHUNK)
-        if not chunk:
-            if size >= 0:
-                raise protocol.FrameError("the bridge closed inside a frame")
-            return None
-        buffer += chunk
-
-
-class _BridgeViolation(Exception):
-    """The child broke the bridge protocol (the message says how)."""
-
-
-async def _serve_bridge(
-    sock: socket.socket, unsent: bytes, on_call: CallHandler, result: ChildExit
-) -> None:
-    """Finish sending the start frame, answer calls, keep the done frame; stop on EOF or garbage.
-
-    On the socket itself, not asyncio streams: a run exchanges one or two frames, and a
-    transport with its reader and writer cost more than the exchange.
-    """
-    loop = asyncio.get_running_loop()
-    buffer = bytearray()
-    try:
-        if unsent:
-            await loop.sock_sendall(sock, unsent)
-        while (frame := await _next_frame(loop, sock, buffer)) is not None:
-            if frame["type"] == "call":
-                await loop.sock_sendall(sock, protocol.encode(await on_call(frame)))
-            elif frame["type"] == "done":
-                result.done = frame
-            else:
-                result.bridge_error = f"unexpected frame type {frame['type']!r}"
-                return
-    except _BridgeViolation as err:
-        result.bridge_error = str(err)
-    except protocol.FrameError as err:
-        result.bridge_error = f"malformed frame: {err}"
-    except (ConnectionError, BrokenPipeError):
-        pass  # the callback went away mid-reply
-    finally:
-        # The child sees EOF: a qb call after garbage fails at once instead of waiting.
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-
-
-def _has_ended(pid: int) -> bool:
-    """Whether ``pid`` has ended, even before its parent has reaped or reported it."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([pidfd], [], [], 0)[0])  # a pidfd reads ready once it exits
-    finally:
-        os.close(pidfd)
-
-
-def _signal_group(pgid: int, signum: int) -> None:
-    """Signal the child's process group, or the child alone if it has not made it yet.
-
-    The child calls setsid() first thing, but a child just forked may not have.
-    """
-    try:
-        os.killpg(pgid, signum)
-    except ProcessLookupError:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pgid, signum)
-    except PermissionError:
-        pass
-
-
 @dataclass(slots=True)
 class _Child:
     """A started, confined child and the executor's ends of its pipes and bridge.
@@ -297,12 +128,14 @@ class _Child:
 
     handle: ChildHandle
     cell: int
-    spec: dict[str, Any]
+    spec: LaunchSpec
     # Made (and removed) by the executor; None when it exists only inside the child.
     host_workdir: str | None
     stdout_r: int
     stderr_r: int
     bridge: socket.socket
+    # Ending it: started once, by whichever path gets there first (see _end).
+    ending: asyncio.Task[list[int]] | None = None
 
     def close(self) -> None:
         """Close the executor's ends (again is harmless)."""
@@ -343,11 +176,15 @@ class SandboxRunner:
     def cell(slot: int, language: str) -> int:
         return slot * len(CHILD_LANGUAGES) + CHILD_LANGUAGES.index(language)
 
-    def _launch_spec(self, runtime: dict[str, Any], limits: Limits, cell: int) -> dict[str, Any]:
+    def _launch_spec(
+        self, runtime: ChildRuntime, limits: Limits, cell: int, *, workdir: str, warm_up: bool
+    ) -> LaunchSpec:
+        """The one place a child's launch spec is made."""
         cgroups = self.options.cgroups
         isolation = self.options.isolation
         return {
-            **runtime,
+            "language": runtime.language.value,
+            "argv": runtime.argv(),
             "site_paths": list(self.options.site_paths),
             "pid_namespace": self.options.pid_namespace,
             # An empty network namespace per callback, unless the spawner's children
@@ -363,6 +200,8 @@ class SandboxRunner:
             ),
             "isolation": isolation.for_cell(cell) if isolation is not None else None,
             "disk_bytes": limits.disk_bytes,
+            "workdir": workdir,
+            "warm_up": warm_up,
         }
 
     def _set_cgroup_limits(self, cell: int, limits: Limits) -> None:
@@ -372,7 +211,7 @@ class SandboxRunner:
             )
 
     async def _start(
-        self, spec: dict[str, Any], limits: Limits, cell: int, *, ahead: bool = False
+        self, runtime: ChildRuntime, limits: Limits, cell: int, *, ahead: bool = False
     ) -> _Child:
         """Start a child that confines itself and then waits for its start frame.
 
@@ -384,13 +223,14 @@ class SandboxRunner:
             workdir, host_workdir = f"/tmp/cbexec-run-{secrets.token_hex(6)}", None
         else:
             workdir = host_workdir = tempfile.mkdtemp(prefix="cbexec-run-")
+        spec = self._launch_spec(runtime, limits, cell, workdir=workdir, warm_up=ahead)
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
         parent_sock, child_sock = socket.socketpair()
         parent_sock.setblocking(False)
         try:
             handle = await self.spawner.spawn(
-                dict(spec, workdir=workdir, warm_up=ahead),
+                spec,
                 env=child_environment(workdir),
                 fds=(stdout_w, stderr_w, child_sock.fileno()),
             )
@@ -407,8 +247,12 @@ class SandboxRunner:
             child_sock.close()
         return _Child(handle, cell, spec, host_workdir, stdout_r, stderr_r, parent_sock)
 
-    async def _take(self, spec: dict[str, Any], limits: Limits, cell: int) -> _Child:
-        """The cell's prepared child when it fits ``spec`` and still lives, else a new one."""
+    async def _take(self, runtime: ChildRuntime, limits: Limits, cell: int) -> _Child:
+        """The cell's prepared child when it fits this run and still lives, else a new one.
+
+        It fits when its launch spec is the one this run would have given it (in its
+        working directory): other limits, say, would confine it differently.
+        """
         pending = self._prepared.pop(cell, None)
         if pending is not None:
             try:
@@ -416,24 +260,23 @@ class SandboxRunner:
             except Exception as err:  # noqa: BLE001 - a failed preparation only costs the head start
                 logger.warning("preparing a child in cell %d failed: %s", cell, err)
             else:
-                if child.spec == spec and not _has_ended(child.handle.pid):
+                wanted = self._launch_spec(
+                    runtime, limits, cell, workdir=child.spec["workdir"], warm_up=True
+                )
+                if child.spec == wanted and not has_ended(child.handle.pid):
                     return child
                 await self._dispose(child)
-        return await self._start(spec, limits, cell)
+        return await self._start(runtime, limits, cell)
 
     async def _dispose(self, child: _Child) -> None:
-        """Kill every process of a child that will not run, reap it, close our ends, remove its workdir."""
-        try:
-            await self._kill_everything(child.handle.pid, child.cell)
-            child.close()  # EOF on the bridge too, for a child that waits for its start frame
-            await self.spawner.reap(child.handle)
-        finally:
-            child.close()
-            await _remove_workdir(child.host_workdir)
+        """End a child that will not run (SIGKILL, reap), close our ends, remove its workdir."""
+        await asyncio.shield(self._release(child))
 
-    def _prepare(self, spec: dict[str, Any], limits: Limits, cell: int) -> None:
+    def _prepare(self, runtime: ChildRuntime, limits: Limits, cell: int) -> None:
         if self._prepare_ahead and not self._closing and cell not in self._prepared:
-            self._prepared[cell] = asyncio.create_task(self._start(spec, limits, cell, ahead=True))
+            self._prepared[cell] = asyncio.create_task(
+                self._start(runtime, limits, cell, ahead=True)
+            )
 
     async def prepared_pids(self) -> list[int]:
         """Pids of the children waiting for a run, once the ones being started are up."""
@@ -459,78 +302,113 @@ class SandboxRunner:
     async def run(
         self,
         *,
-        runtime: dict[str, Any],
+        runtime: ChildRuntime,
         limits: Limits,
         slot: int,
-        start: dict[str, Any],
+        start: StartFrame,
         on_call: CallHandler,
-    ) -> ChildExit:
-        """Run one child to completion; every process it made is gone when this returns."""
-        result = ChildExit(
+        stop: RunStop | None = None,
+    ) -> SandboxResult:
+        """Run one callback in a child to its classified result; every process it made is gone then.
+
+        A ``stop`` ends the run early (SIGTERM, grace, SIGKILL; a run stopped before its
+        child got the start frame never starts): the outcome is KILLED with the stop's
+        reason as its failure. Raises UnavailableError when no child could be started.
+        """
+        stop = stop or RunStop()
+        cell = self.cell(slot, runtime.language)
+        child = await self._take(runtime, limits, cell)
+        evidence = ChildExit(
             stdout=CapturedStream(limits.output_bytes), stderr=CapturedStream(limits.output_bytes)
         )
-        cell = self.cell(slot, runtime["language"])
-        spec = self._launch_spec(runtime, limits, cell)
-        child = await self._take(spec, limits, cell)
-        handle = child.handle
-        cgroups = self.options.cgroups
-        tasks: list[asyncio.Task[None]] = []
-        reaped = False
         try:
-            self._set_cgroup_limits(cell, limits)  # this run's own, whoever started the child
-            oom_kills_before = self._oom_kills_seen(cell)
-            began = time.monotonic()
-            unsent = _send_now(child.bridge, protocol.encode(start))
-            readers = [
-                asyncio.create_task(_read_stream(child.stdout_r, result.stdout)),
-                asyncio.create_task(_read_stream(child.stderr_r, result.stderr)),
-            ]
-            bridge = asyncio.create_task(_serve_bridge(child.bridge, unsent, on_call, result))
-            tasks = [*readers, bridge]
+            async with asyncio.TaskGroup() as tasks:
+                readers: list[asyncio.Task[None]] = []
+                began = time.monotonic()
+                grace_s = 0.0
+                try:
+                    self._set_cgroup_limits(cell, limits)  # this run's own, whoever started it
+                    oom_kills_before = self._oom_kills_seen(cell)
+                    began = time.monotonic()
+                    started = not stop.requested
+                    unsent = send_now(child.bridge, protocol.encode(start)) if started else b""
+                    readers = [
+                        tasks.create_task(read_stream(child.stdout_r, evidence.stdout)),
+                        tasks.create_task(read_stream(child.stderr_r, evidence.stderr)),
+                        tasks.create_task(serve_bridge(child.bridge, unsent, on_call, evidence)),
+                    ]
+                    await self._wait_for_exit(child.handle, limits.wall_seconds, stop, evidence)
+                    if started and (evidence.timed_out or evidence.stop_reason):
+                        grace_s = self.options.grace_s
+                finally:
+                    # Every way out of the wait: shielded, so a second cancellation
+                    # cannot cut it short (it finishes on its own; _release waits for it).
+                    evidence.escaped_pids = await asyncio.shield(self._end(child, grace_s))
+                handle = child.handle
+                evidence.wall_seconds = time.monotonic() - began
+                evidence.wait_status = handle.wait_status
+                evidence.cpu_seconds = handle.cpu_seconds
+                evidence.peak_rss_bytes = handle.peak_rss_bytes
+                evidence.lost_reason = handle.lost_reason
+                cgroups = self.options.cgroups
+                if cgroups is not None:
+                    self._oom_kills[cell] = cgroups.oom_kills(cell)
+                    evidence.oom_kills = self._oom_kills[cell] - oom_kills_before
+                # Everything that could hold the pipes is dead, so EOF is near (often read
+                # already); what a process outside the cell still holds open is given up.
+                if not all(reader.done() for reader in readers):
+                    _, stuck = await asyncio.wait(readers, timeout=DRAIN_TIMEOUT_S)
+                    for reader in stuck:
+                        reader.cancel()
+        finally:
+            await asyncio.shield(self._release(child))
+        if not stop.requested:  # a stopped run's executor is going down, or its caller gone
+            self._prepare(runtime, limits, cell)
+        return sandbox_result(evidence, limits)
+
+    @staticmethod
+    async def _wait_for_exit(
+        handle: ChildHandle, wall_s: float, stop: RunStop, evidence: ChildExit
+    ) -> None:
+        """Until the main process exits, the wall deadline passes, or the run is stopped."""
+        loop = asyncio.get_running_loop()
+        try:
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
             # that races with the awaited event.
-            try:
-                async with asyncio.timeout(limits.wall_seconds):
+            async with asyncio.timeout(wall_s) as deadline:
+                # A stop ends the wait at once, as the deadline would.
+                with stop.calling(lambda: deadline.reschedule(loop.time())):
                     await handle.exited.wait()
-            except TimeoutError:
-                result.timed_out = True
-                _signal_group(handle.pid, signal.SIGTERM)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.options.grace_s):
-                        await handle.exited.wait()
-            result.escaped_pids = await self._kill_everything(handle.pid, cell)
-            await self.spawner.reap(handle)
-            reaped = True
-            result.wall_seconds = time.monotonic() - began
-            result.wait_status = handle.wait_status
-            result.cpu_seconds = handle.cpu_seconds
-            result.peak_rss_bytes = handle.peak_rss_bytes
-            result.lost_reason = handle.lost_reason
-            if cgroups is not None:
-                self._oom_kills[cell] = cgroups.oom_kills(cell)
-                result.oom_kills = self._oom_kills[cell] - oom_kills_before
-            # Everything that could hold the pipes is dead, so EOF is near (often read already).
-            for waited in (readers, [bridge]):
-                if not all(task.done() for task in waited):
-                    await asyncio.wait(waited, timeout=DRAIN_TIMEOUT_S)
-        finally:
-            # Shielded: a second cancellation (a server stopping while a cancelled run
-            # unwinds) must not cut the cleanup short; it then finishes on its own.
-            await asyncio.shield(self._finish(child, tasks, reaped=reaped))
-        self._prepare(spec, limits, cell)
-        return result
+        except TimeoutError:
+            if stop.requested:
+                evidence.stop_reason = stop.reason
+            else:
+                evidence.timed_out = True
 
-    async def _finish(
-        self, child: _Child, tasks: list[asyncio.Task[None]], *, reaped: bool
-    ) -> None:
-        """Kill and reap the child unless done already, stop its tasks, close our ends, remove its workdir."""
+    def _end(self, child: _Child, grace_s: float = 0.0) -> asyncio.Task[list[int]]:
+        """End every process of the child and reap it; returns the pids that had escaped its group.
+
+        Started once per child, as a task: the first caller's ``grace_s`` holds (the wall
+        deadline's and a stop's), and later callers wait for the same end.
+        """
+        if child.ending is None:
+            child.ending = asyncio.get_running_loop().create_task(
+                self._terminate_and_reap(child, grace_s)
+            )
+        return child.ending
+
+    async def _terminate_and_reap(self, child: _Child, grace_s: float) -> list[int]:
+        await terminate(child.handle.pid, child.handle.exited, grace_s)
+        escaped = await self._kill_escaped(child.cell)
+        await self.spawner.reap(child.handle)
+        return escaped
+
+    async def _release(self, child: _Child) -> None:
+        """Once the child has ended (ending it if nothing has), close our ends and remove its workdir."""
         try:
-            if not reaped:
-                await self._kill_everything(child.handle.pid, child.cell)
-                await self.spawner.reap(child.handle)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            ending = self._end(child)
+            if not ending.done():
+                await asyncio.wait([ending])
         finally:
             child.close()
             await _remove_workdir(child.host_workdir)
@@ -544,9 +422,8 @@ class SandboxRunner:
             self._oom_kills[cell] = cgroups.oom_kills(cell)
         return self._oom_kills[cell]
 
-    async def _kill_everything(self, pgid: int, cell: int) -> list[int]:
-        """SIGKILL the child's group and every process left in its cell's cgroup."""
-        _signal_group(pgid, signal.SIGKILL)
+    async def _kill_escaped(self, cell: int) -> list[int]:
+        """SIGKILL every process left in the cell's cgroups (setsid and double-fork escapes)."""
         cgroups = self.options.cgroups
         if cgroups is None or not cgroups.pids(cell):
             return []  # the common case: nothing left, no thread needed

@@ -21,14 +21,14 @@ import signal
 import socket
 import subprocess
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
+from executor.child.protocol import LaunchSpec, SpawnRequest, ZygoteMessage
 from executor.errors import UnavailableError
-from executor.runtimes import CHILD_DIR, ZYGOTE_LANGUAGES, zygote_argv
+from executor.runtimes.child import CHILD_RUNTIMES, LAUNCHER
 
 logger = logging.getLogger(__name__)
 
-LAUNCHER: Final = CHILD_DIR / "launcher.py"
 # Control messages either way; a spawn message is ~2 KiB (zygote.py and zygote.pl).
 MAX_MESSAGE: Final = 64 << 10
 # A language whose zygote fails this many spawns in a row starts its children cold.
@@ -49,10 +49,10 @@ class ChildHandle:
 
 
 class Spawner(Protocol):
-    """Starts a child running ``launcher.confine_and_run(spec)``."""
+    """Starts a child running ``launcher.confine_and_run(spec)``, its bridge on fd 3."""
 
     async def spawn(
-        self, spec: dict[str, Any], *, env: dict[str, str], fds: tuple[int, int, int]
+        self, spec: LaunchSpec, *, env: dict[str, str], fds: tuple[int, int, int]
     ) -> ChildHandle:
         """fds are (stdout write end, stderr write end, bridge); the caller closes its copies."""
         ...
@@ -65,26 +65,22 @@ class Spawner(Protocol):
 
 
 class ColdSpawner:
-    """fork+exec of ``python -I -S -B launcher.py SPEC`` per callback."""
+    """fork+exec of ``python -I -S -B launcher.py SPEC BRIDGE_FD`` per callback.
+
+    The launcher moves the bridge to fd 3 itself: Popen can place only stdio.
+    """
 
     def __init__(self, python: str) -> None:
         self._python = python
         self._pidfds: dict[int, int] = {}
 
     async def spawn(
-        self, spec: dict[str, Any], *, env: dict[str, str], fds: tuple[int, int, int]
+        self, spec: LaunchSpec, *, env: dict[str, str], fds: tuple[int, int, int]
     ) -> ChildHandle:
         stdout_w, stderr_w, bridge = fds
         try:
             proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-                [
-                    self._python,
-                    "-I",
-                    "-S",
-                    "-B",
-                    str(LAUNCHER),
-                    json.dumps(dict(spec, bridge_fd=bridge)),
-                ],
+                [self._python, "-I", "-S", "-B", str(LAUNCHER), json.dumps(spec), str(bridge)],
                 stdin=subprocess.DEVNULL,
                 stdout=stdout_w,
                 stderr=stderr_w,
@@ -120,10 +116,14 @@ class ColdSpawner:
 
 
 class _Zygote:
-    """One warm helper process (one language) and the children it has forked."""
+    """One warm helper process (one language) and the children it has forked.
 
-    def __init__(self, argv: list[str], language: str) -> None:
+    Started as ``argv`` + the fd of its end of the control socket + ``options``.
+    """
+
+    def __init__(self, argv: list[str], language: str, options: list[str]) -> None:
         self._argv = argv
+        self._options = options
         self.language = language
         self._ids = itertools.count(1)
         self._control: socket.socket | None = None
@@ -142,7 +142,7 @@ class _Zygote:
         if self._control is not None:
             return self._control
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        argv = [arg.replace("{control_fd}", str(theirs.fileno())) for arg in self._argv]
+        argv = [*self._argv, str(theirs.fileno()), *self._options]
         try:
             self._process = subprocess.Popen(  # noqa: S603 - fixed argv
                 argv,
@@ -175,20 +175,20 @@ class _Zygote:
         if not size:
             self._on_death()
             return
-        message = json.loads(self._buffer[:size])
-        kind = message.get("type")
-        if kind == "started":
+        message: ZygoteMessage = json.loads(self._buffer[:size])
+        if message["type"] == "started":
             # Registered here, not by the spawning coroutine: "exited" may be the very
             # next message, handled before that coroutine resumes.
             started = self._children[message["pid"]] = ChildHandle(message["pid"])
             future = self._starting.pop(message["id"], None)
             if future is not None and not future.done():
                 future.set_result(started)
-        elif kind == "failed":
-            future = self._starting.pop(message["id"], None)
+        elif message["type"] == "failed":
+            failed = message["id"]
+            future = self._starting.pop(failed, None) if failed is not None else None
             if future is not None and not future.done():
                 future.set_exception(UnavailableError(f"zygote could not fork: {message}"))
-        elif kind == "exited":
+        elif message["type"] == "exited":
             handle = self._children.pop(message["pid"], None)
             if handle is not None:
                 handle.wait_status = message["status"]
@@ -225,12 +225,12 @@ class _Zygote:
         self._children.clear()
 
     async def spawn(
-        self, spec: dict[str, Any], env: dict[str, str], fds: tuple[int, int, int]
+        self, spec: LaunchSpec, env: dict[str, str], fds: tuple[int, int, int]
     ) -> ChildHandle:
         async with self._lock:
             control = await self._ensure_started()
             request_id = next(self._ids)
-            message = {"type": "spawn", "id": request_id, "spec": spec, "env": env}
+            message: SpawnRequest = {"type": "spawn", "id": request_id, "spec": spec, "env": env}
             payload = json.dumps(message).encode()
             if len(payload) > MAX_MESSAGE:
                 raise UnavailableError(
@@ -272,23 +272,25 @@ class ZygoteSpawner:
         # Enter one empty network namespace in each zygote, inherited by every child:
         # creating a namespace per callback costs milliseconds under a kernel-wide lock.
         self._private_network = private_network
-        extra = ["--private-network"] if private_network else []
+        options = ["--private-network"] if private_network else []
         self._zygotes = {
-            language: _Zygote([*zygote_argv(language, python), "{control_fd}", *extra], language)
-            for language in ZYGOTE_LANGUAGES
+            str(language): _Zygote(runtime.zygote_argv(python), language, options)
+            for language, runtime in CHILD_RUNTIMES.items()
         }
         self._failures = dict.fromkeys(self._zygotes, 0)
         self._cold = ColdSpawner(python)
         self._cold_pids: set[int] = set()
 
     async def spawn(
-        self, spec: dict[str, Any], *, env: dict[str, str], fds: tuple[int, int, int]
+        self, spec: LaunchSpec, *, env: dict[str, str], fds: tuple[int, int, int]
     ) -> ChildHandle:
         language = spec["language"]
         zygote = self._zygotes.get(language)
         if zygote is not None and self._failures[language] < MAX_ZYGOTE_FAILURES:
-            # The network namespace is inherited from the zygote.
-            warm_spec = dict(spec, unshare_network=False) if self._private_network else spec
+            warm_spec = spec
+            if self._private_network:
+                warm_spec = spec.copy()
+                warm_spec["unshare_network"] = False  # inherited from the zygote
             try:
                 handle = await zygote.spawn(warm_spec, env, fds)
             except UnavailableError as err:

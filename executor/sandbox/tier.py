@@ -1,8 +1,8 @@
-"""Probe the host once at start-up and decide the sandbox tier: what each callback gets.
+"""Probe the host once at start-up and decide the sandbox tier: namespaces, cgroups, the hardened plan.
 
-``sandbox_options`` turns the ``auto``/``on``/``off`` settings into what this host
-allows (an ``on`` it cannot satisfy is a ConfigError), and ``describe_tier`` says in one
-line which mechanisms are active, for the startup log and ``serve --check-config``.
+What the host allows (a PID namespace, a writable cgroup, root for private mounts and
+dedicated uids) against what the settings ask (``on`` must be satisfiable, ``auto``
+takes what there is), and the one line that says which mechanisms are active.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Final
 from executor.child.isolation import under
 from executor.config import Settings
 from executor.errors import ConfigError
-from executor.runtimes import CHILD_DIR
+from executor.runtimes.child import CHILD_DIR
 from executor.sandbox.cgroup import CellCgroups
 from executor.sandbox.process import IsolationPlan, SandboxOptions, SandboxRunner
 

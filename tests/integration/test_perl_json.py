@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from executor.runtimes import PERL_DIR
+from executor.runtimes.child import PERL_DIR
 
 pytestmark = [
     pytest.mark.integration,

@@ -14,9 +14,9 @@ import pytest
 
 from executor.host_api import HostApi
 from executor.model import Failure, Invocation, Language, Limits, Outcome
-from executor.runtimes import child_runtime
-from executor.sandbox.exit_status import classify
-from executor.sandbox.process import ChildExit, SandboxOptions, SandboxRunner
+from executor.runtimes.child import child_runtime
+from executor.sandbox.exit_status import SandboxResult
+from executor.sandbox.process import SandboxOptions, SandboxRunner
 from executor.sandbox.spawners import ColdSpawner
 from supervisor_client.reference import ReferenceSupervisor
 from tests.helpers.supervisor_port import ReferencePort, invocation_for
@@ -42,16 +42,16 @@ LIMITS = Limits(
 class PerlRun:
     outcome: Outcome
     failure: Failure | None
-    child: ChildExit
+    child: SandboxResult
     host: HostApi
 
     @property
     def stdout(self) -> str:
-        return self.child.stdout.text()
+        return self.child.stdout
 
     @property
     def stderr(self) -> str:
-        return self.child.stderr.text()
+        return self.child.stderr
 
 
 @pytest.fixture
@@ -119,8 +119,7 @@ async def run_perl(
         },
         on_call=host.serve_frame,
     )
-    outcome, failure = classify(child, invocation.limits)
-    return PerlRun(outcome, failure, child, host)
+    return PerlRun(child.outcome, child.failure, child, host)
 
 
 def succeeded(run: PerlRun) -> None:
@@ -320,6 +319,20 @@ async def test_die_with_newline_keeps_the_message_and_adds_the_line(
     assert run.failure.traceback == "plain at <callback> line 3."
 
 
+async def test_a_message_that_looks_like_a_number_is_still_text(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
+) -> None:
+    # qb.pm's JSON sends integer-looking strings as numbers; the done frame's text fields
+    # must stay strings, or the executor refuses the frame (protocol.DoneFrame).
+    run = await run_perl(runner, supervisor, job_id, 'die "42\\n";')
+
+    assert run.outcome is Outcome.FAILED
+    assert run.failure is not None
+    assert run.failure.message == "42"
+    assert run.child.done is not None and run.child.done.get("message") == "42"
+    assert not run.child.bridge_error
+
+
 async def test_uncaught_qb_error_names_its_kind(
     runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
 ) -> None:
@@ -435,7 +448,7 @@ async def test_sleep_past_the_wall_deadline(
     assert run.outcome is Outcome.WALL_TIMEOUT
     assert run.stdout == "start\n"
     assert run.child.done == {"type": "done", "status": "exit", "exit_code": 143}
-    assert run.child.wall_seconds < 5
+    assert run.child.usage.wall_seconds < 5
 
 
 async def test_output_beyond_the_cap_is_truncated(
@@ -445,8 +458,8 @@ async def test_output_beyond_the_cap_is_truncated(
     run = await run_perl(runner, supervisor, job_id, code, output_bytes=64 * 1024)
 
     succeeded(run)
-    assert run.child.stdout.truncated
-    assert len(run.child.stdout.data) == 64 * 1024
+    assert run.child.stdout_truncated
+    assert len(run.child.stdout) == 64 * 1024
 
 
 async def test_jobinfo_dump_is_json_compatible(

@@ -12,7 +12,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-un
 
 from executor import server
 from executor.api.edge import SERVICES
-from supervisor_client import ExecutorClient, ExecutorRpcError
+from supervisor_client import ExecutorClient
+from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, stack_settings
 
 pytestmark = pytest.mark.service
@@ -80,8 +81,10 @@ async def test_not_serving_while_draining(tmp_path: Path) -> None:
         assert samples, "no health check answered while draining"
         assert all(status == NOT_SERVING for status, _ in samples), samples
         await stopping
-        with pytest.raises(ExecutorRpcError):
-            await busy
+        # The drain stopped it: answered (and recorded) as KILLED, with the reason.
+        answer = await busy
+        assert answer.outcome == executor_pb2.Outcome.OUTCOME_KILLED
+        assert answer.failure.message == "the executor is shutting down"
         assert seen[:1] == [SERVING] and NOT_SERVING in seen
     finally:
         await (running.stop() if stopping is None else stopping)

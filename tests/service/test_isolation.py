@@ -10,15 +10,16 @@ import os
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from executor import server
 from executor.config import Settings
 from executor.model import Language
-from executor.runtimes import child_runtime
-from executor.sandbox.exit_status import EXIT_LAUNCH_FAILED
-from executor.sandbox.process import ChildExit, SandboxRunner
+from executor.runtimes.child import child_runtime
+from executor.sandbox import tier
+from executor.sandbox.exit_status import EXIT_LAUNCH_FAILED, SandboxResult
+from executor.sandbox.process import SandboxRunner
 from executor.sandbox.spawners import MAX_ZYGOTE_FAILURES, ZygoteSpawner
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, running_stack, stack_settings
@@ -85,17 +86,34 @@ async def test_a_hardened_callback_sees_only_itself(stack: Stack, language: str)
     assert view["shadow"] == "PermissionError"
 
 
-# Each mount point's device, top of the stack last: a tmpfs is one device per instance.
-MOUNT_DEVICES = {
+# Leaves a file in its working directory (under its /tmp), then reports: each mount
+# point's device (top of the stack last: a tmpfs is one device per instance), its working
+# directory, what its /tmp holds, and whether the file an EARLIER run left is there.
+LEAVE_AND_LOOK = {
     "python": (
-        "import json\n"
-        "print(json.dumps({line.split()[4]: line.split()[2]"
-        " for line in open('/proc/self/mountinfo')}))\n"
+        "import json, os\n"
+        "open('left-behind', 'w').write('x')\n"
+        "mounts = [line.split() for line in open('/proc/self/mountinfo')]\n"
+        "print(json.dumps({\n"
+        "    'devices': {fields[4]: fields[2] for fields in mounts},\n"
+        "    'cwd': os.getcwd(),\n"
+        "    'tmp': os.listdir('/tmp'),\n"
+        "    'earlier': os.path.exists(EARLIER),\n"
+        "}))\n"
     ),
     "perl": (
+        "open(my $left, '>', 'left-behind') or die \"left-behind: $!\";\n"
+        "print $left 'x';\n"
+        "close $left;\n"
         "open(my $info, '<', '/proc/self/mountinfo') or die \"mountinfo: $!\";\n"
         "my %devices = map { (split ' ')[4, 2] } <$info>;\n"
-        "print qb::JSON::encode(\\%devices);\n"
+        "opendir(my $tmp, '/tmp') or die \"no /tmp: $!\";\n"
+        "print qb::JSON::encode({\n"
+        "    devices => \\%devices,\n"
+        "    cwd => readlink('/proc/self/cwd'),\n"
+        "    tmp => [grep { !/\\A\\.\\.?\\z/ } readdir $tmp],\n"
+        "    earlier => (-e EARLIER ? 1 : 0),\n"
+        "});\n"
     ),
 }
 
@@ -106,10 +124,14 @@ async def test_a_zygote_covers_the_masks_once_and_each_run_gets_its_own_tmp(
     stack_warm: Stack, language: str
 ) -> None:
     assert stack_warm.running.options.isolation is not None
-    runs = []
+    runs: list[dict[str, Any]] = []
     for _ in range(2):
+        # Python's repr of a path is a Perl string literal too (no quotes or backslashes).
+        earlier = os.path.join(runs[0]["cwd"], "left-behind") if runs else ""
         response = await stack_warm.client.execute_callback(
-            language=language, code=MOUNT_DEVICES[language], job={"id": 1, "user": "a"}
+            language=language,
+            code=LEAVE_AND_LOOK[language].replace("EARLIER", repr(earlier)),
+            job={"id": 1, "user": "a"},
         )
         assert response.outcome == Outcome.OUTCOME_SUCCEEDED, (
             response.failure.message + response.stderr
@@ -120,9 +142,13 @@ async def test_a_zygote_covers_the_masks_once_and_each_run_gets_its_own_tmp(
 
     assert shared, "the plan has no mask besides /tmp"
     # The same tmpfs in both runs: covered once, in the zygote's namespace.
-    assert [first[m] for m in shared] == [second[m] for m in shared]
-    # /tmp, which holds the working directories, is every run's own.
-    assert first["/tmp"] != second["/tmp"]
+    assert [first["devices"][m] for m in shared] == [second["devices"][m] for m in shared]
+    # /tmp, which holds the working directories, is every run's own: what the first run
+    # left there is not in the second's.
+    assert os.path.basename(first["cwd"]) in first["tmp"]
+    assert second["cwd"] != first["cwd"]
+    assert os.path.basename(first["cwd"]) not in second["tmp"]
+    assert not second["earlier"]
 
 
 @contextlib.asynccontextmanager
@@ -131,7 +157,7 @@ async def hardened_runner(
 ) -> AsyncIterator[tuple[SandboxRunner, ZygoteSpawner, Settings]]:
     """A warm runner of the hardened tier whose plan's masks are ``masks(the usual ones)``."""
     settings = stack_settings(tmp_path / "data", max_concurrent=1)
-    options = server.sandbox_options(settings)
+    options = tier.sandbox_options(settings)
     assert options.isolation is not None
     plan = dataclasses.replace(options.isolation, masks=masks(options.isolation.masks))
     spawner = ZygoteSpawner(sys.executable)
@@ -147,7 +173,7 @@ async def hardened_runner(
 
 async def run_once(
     runner: SandboxRunner, settings: Settings, language: str, code: str
-) -> ChildExit:
+) -> SandboxResult:
     return await runner.run(
         runtime=child_runtime(Language(language)),
         limits=settings.default_limits,
@@ -182,7 +208,7 @@ async def test_a_zygote_that_cannot_cover_the_masks_forks_nothing_more(
     assert not warm
     for run in runs:  # started cold, each failed at the same mount
         assert run.done is None and run.exit_code != 0
-        assert missing in run.stderr.text()
+        assert missing in run.stderr
 
 
 CONNECT = {
@@ -254,5 +280,5 @@ async def test_a_working_directory_outside_the_masks_is_refused_not_made_on_the_
         child = await run_once(runner, settings, "python", "print('ran')")
 
     assert child.done is None and child.exit_code == EXIT_LAUNCH_FAILED
-    assert "is not under a masked directory" in child.stderr.text()
+    assert "is not under a masked directory" in child.stderr
     assert set(Path("/tmp").glob("cbexec-run-*")) == before

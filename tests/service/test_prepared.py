@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from executor.model import Language
-from executor.runtimes import child_runtime
+from executor.runtimes.child import child_runtime
 from executor.sandbox.process import SandboxRunner
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, running_stack, stack_settings

@@ -11,14 +11,19 @@ from pathlib import Path
 import psutil
 import pytest
 
-from executor.sandbox import spawners
+from executor.runtimes.child import PerlRuntime
 from executor.sandbox.spawners import MAX_ZYGOTE_FAILURES, ZygoteSpawner
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, running_stack, stack_settings
+from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.service
 
-SLEEP = {"python": "import time\ntime.sleep(30)", "perl": "sleep 30;"}
+# Blocks its own job first: once the supervisor shows it, the callback is running.
+SLEEP = {
+    "python": "qb.block(qb.jobid())\nimport time\ntime.sleep(30)",
+    "perl": "qb::block(qb::jobid());\nsleep 30;",
+}
 ALIVE = {"python": "print('alive')", "perl": 'print "alive\\n";'}
 
 
@@ -31,16 +36,17 @@ def warm_spawner(stack: Stack) -> ZygoteSpawner:
 async def sleeping_callback(
     stack: Stack, language: str
 ) -> asyncio.Task[executor_pb2.ExecuteResponse]:
-    """A callback that sleeps, returned once its child is running."""
+    """A callback that sleeps, returned once its code runs (a fork of the zygote by then)."""
     (job,) = stack.supervisor.submit([{"name": "z", "user": "alice"}])
     running = asyncio.create_task(
         stack.client.execute_callback(
             language=language, code=SLEEP[language], job=job, limits={"wall_seconds": 60}
         )
     )
-    while warm_spawner(stack).pid_of(language) is None or not stack.running.dispatcher.active:
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.2)  # let the child start
+    blocked = await eventually(
+        lambda: running.done() or stack.supervisor.job(job["id"])["status"] == "blocked", 60
+    )
+    assert blocked and not running.done(), running
     return running
 
 
@@ -53,9 +59,10 @@ async def test_zygote_death_reports_callbacks_in_flight_and_restarts(
     running = await sleeping_callback(stack, language)
     zygote = spawner.pid_of(language)
     assert zygote is not None
+    assert psutil.Process(zygote).children(), "the callback did not start from the zygote"
     os.kill(zygote, signal.SIGKILL)
 
-    lost = await asyncio.wait_for(running, timeout=10)
+    lost = await running
     (job,) = stack.supervisor.submit([{"name": "z", "user": "alice"}])
     after = await stack.client.execute_callback(language=language, code=ALIVE[language], job=job)
 
@@ -101,14 +108,7 @@ async def test_a_language_whose_zygote_cannot_start_runs_its_callbacks_cold(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A Perl "zygote" that exits at once, as one would on a host it cannot run on.
-    real_argv = spawners.zygote_argv
-    monkeypatch.setattr(
-        spawners,
-        "zygote_argv",
-        lambda language, python: (
-            ["perl", "-e", "exit 3"] if language == "perl" else real_argv(language, python)
-        ),
-    )
+    monkeypatch.setattr(PerlRuntime, "zygote_argv", lambda self, python: ["perl", "-e", "exit 3"])
     with caplog.at_level(logging.WARNING, logger="executor.sandbox.spawners"):
         async with running_stack(stack_settings(tmp_path / "data")) as stack:
             (job,) = stack.supervisor.submit([{"name": "z", "user": "alice"}])

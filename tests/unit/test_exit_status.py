@@ -1,4 +1,4 @@
-"""Classifying how a child ended: deadline > CPU limit > done frame > exit status."""
+"""Classifying how a child ended: deadline or stop > CPU limit > done frame > exit status."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from executor.model import Limits, Outcome
-from executor.sandbox.exit_status import classify, describe_signal
-from executor.sandbox.process import CapturedStream, ChildExit
+from executor.sandbox.capture import CapturedStream
+from executor.sandbox.exit_status import ChildExit, classify, describe_signal, sandbox_result
 
 pytestmark = pytest.mark.unit
 
@@ -63,6 +63,10 @@ def child(status: int = 0, done: dict[str, Any] | None = None, **fields: Any) ->
         (child(exited(0), {"status": "ok"}, oom_kills=1), Outcome.SUCCEEDED),
         (child(killed(signal.SIGXCPU), oom_kills=1), Outcome.CPU_LIMIT),
         (child(killed(signal.SIGKILL), {"status": "ok"}, timed_out=True), Outcome.WALL_TIMEOUT),
+        # A stop: whatever the child then did, and even after an OOM kill.
+        (child(exited(143), {"status": "exit", "exit_code": 143}, stop_reason="x"), Outcome.KILLED),
+        (child(exited(0), {"status": "ok"}, stop_reason="x"), Outcome.KILLED),
+        (child(killed(signal.SIGKILL), stop_reason="x", oom_kills=1), Outcome.KILLED),
     ],
 )
 def test_classification(exit_: ChildExit, outcome: Outcome) -> None:
@@ -75,6 +79,29 @@ def test_perl_out_of_memory_on_stderr_is_memory_limit() -> None:
     outcome, failure = classify(exit_, LIMITS)
     assert outcome == Outcome.MEMORY_LIMIT
     assert failure is not None and "268435456" in failure.message
+
+
+def test_a_stopped_run_reports_the_reason_of_its_stop() -> None:
+    stopped = child(killed(signal.SIGTERM), stop_reason="the executor is shutting down")
+
+    result = sandbox_result(stopped, LIMITS)
+
+    assert result.outcome == Outcome.KILLED
+    assert result.failure is not None
+    assert result.failure.message == "the executor is shutting down"
+    assert result.signal == signal.SIGTERM
+
+
+def test_the_result_carries_output_exit_status_and_usage() -> None:
+    exit_ = child(exited(3), cpu_seconds=0.25, peak_rss_bytes=4096, wall_seconds=1.5)
+    exit_.stderr.feed(b"oops\n")
+
+    result = sandbox_result(exit_, LIMITS)
+
+    assert (result.outcome, result.exit_code, result.signal) == (Outcome.FAILED, 3, 0)
+    assert (result.stdout, result.stderr, result.stderr_truncated) == ("", "oops\n", False)
+    assert (result.usage.wall_seconds, result.usage.cpu_seconds) == (1.5, 0.25)
+    assert (result.usage.peak_rss_bytes, result.usage.queue_seconds) == (4096, 0.0)
 
 
 def test_signal_description() -> None:

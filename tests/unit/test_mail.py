@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from executor.mail import (
+from executor.runtimes.mail import (
     KINDS,
     Mailer,
     MailError,

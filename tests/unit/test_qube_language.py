@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from executor.host_api import HostApi
-from executor.mail import MailSettings
 from executor.model import Outcome, RunResult
-from executor.qube_language import CODE_STRINGS, JOB_CODES, QubeInterpreter, split_codes, validate
+from executor.runtimes.mail import MailSettings
+from executor.runtimes.qube import CODE_STRINGS, JOB_CODES, QubeInterpreter, split_codes, validate
 from supervisor_client.reference import ReferenceSupervisor
 from tests.helpers.supervisor_port import ReferencePort, invocation_for
 

@@ -55,7 +55,12 @@ sub report {
     $reported = 1;
     # The callback may have closed or broken its own stdio; the done frame still matters.
     eval { flush_stdio(); 1 };
-    eval { qb::_write_frame({ type => 'done', %$done }); 1 };
+    my %frame = (type => 'done', %$done);
+    # Strings, as protocol.DoneFrame says, even when they look like numbers (die "42").
+    for my $field (grep { exists $frame{$_} } qw(exception_type message traceback)) {
+        $frame{$field} = qb::JSON::text($frame{$field});
+    }
+    eval { qb::_write_frame(\%frame); 1 };
     return;
 }
 

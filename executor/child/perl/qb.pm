@@ -16,8 +16,9 @@ package qb;
 #
 # Errors: a failed call dies with a qb::Error object (fields kind and message; it
 # stringifies to "kind: message"), so `eval { qb::unblock($id) }; if ($@) {...}` works
-# and `$@->{kind}` says which (PermissionDenied, NoSuchJob, NoSuchWork, InvalidArgument,
-# SupervisorUnavailable, QbError).
+# and `$@->{kind}` says which: one of protocol.py's QbErrorKind (PermissionDenied,
+# NoSuchJob, NoSuchWork, InvalidArgument, SupervisorUnavailable, QbError), the names of
+# Python's qb exceptions.
 #
 # No modules beyond strict: JSON::PP, POSIX and IO::Handle each cost more to load
 # (14-21 ms) than the whole Perl interpreter (3 ms), so qb::JSON below is ours; even
@@ -70,6 +71,7 @@ sub _to_text {
     }
     return [ map { _to_text($_) } @$value ] if $type eq 'ARRAY';
     return _to_text_scalar($value) if !$type;
+    return qb::JSON::text(_to_text_scalar($$value)) if $type eq 'qb::JSON::Text';
     return $value;
 }
 
@@ -257,7 +259,8 @@ package qb::JSON;
 # UTF-8 octets; decode takes UTF-8 octets and returns structures whose strings are
 # octets. Scalars that hold a number (Perl's polymorphic `&` is numeric for them), and
 # integer-looking strings (ids, as _wire_arg sends them), encode as numbers; true/false
-# decode to 1/0, null to undef.
+# decode to 1/0, null to undef. text() marks a string that must stay a JSON string
+# whatever it looks like (the done frame's message of `die "42"` is text, not 42).
 
 use strict;
 
@@ -272,6 +275,11 @@ sub encode {
     return $json;
 }
 
+sub text {
+    my $copy = "$_[0]";
+    return bless \$copy, 'qb::JSON::Text';
+}
+
 sub _encode {
     my ($value) = @_;
     return 'null' if !defined $value;
@@ -280,7 +288,7 @@ sub _encode {
         return '{' . join(',', map { _string($_) . ':' . _encode($value->{$_}) } sort keys %$value) . '}';
     }
     return '[' . join(',', map { _encode($_) } @$value) . ']' if $type eq 'ARRAY';
-    return _string("$value") if $type;
+    return _string($type eq 'qb::JSON::Text' ? $$value : "$value") if $type;
     return $value if $value =~ /\A-?(?:0|[1-9][0-9]{0,14})\z/;
     # A number, not a string (wide strings are strings, and & would die on them).
     if ($value !~ /[^\x00-\xff]/ && length do { $value & '' }) {

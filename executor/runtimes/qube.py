@@ -22,7 +22,7 @@ Targets:
   instances, ``unblock-subjob-self-single`` only ever the triggering one;
 - ``mail-status`` (job template), ``mail-subjob-status`` (instance),
   ``mail-license-status``, ``mail-report-status``: read the job (``qb.jobinfo()``) so
-  the status is current, render the template (``executor/mail.py``) and deliver it.
+  the status is current, render the template (``executor/runtimes/mail.py``) and deliver it.
 
 Each code string that ran adds one stdout line, e.g. ``unblock-self: job 12 blocked
 -> pending``.
@@ -39,8 +39,8 @@ from typing import Any, Final
 
 from executor.errors import HostCallError
 from executor.host_api import HostApi
-from executor.mail import Mailer, MailError, MailKind, MailSettings, render
 from executor.model import Failure, Invocation, Outcome, RunResult, Usage
+from executor.runtimes.mail import Mailer, MailError, MailKind, MailSettings, render
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,122 @@
+"""How a sandboxed run ends early: a stop with its reason, and the SIGTERM -> grace -> SIGKILL policy.
+
+A run ends early for two reasons only: its wall deadline, or a ``RunStop`` (the
+executor shutting down, the caller gone). Either way its child gets the same policy,
+``terminate``: SIGTERM to its process group, a grace period to unwind (Python's
+``finally`` blocks, Perl's exit report), then SIGKILL. The runner calls it from the one
+block that also kills what escaped the group and reaps the child (``process.py``).
+
+A stop is a request, never a cancellation of the run's task: whatever waits on the
+run's behalf (a place in the queue, the child, a qube step) registers a wake-up with
+``RunStop.calling``, and the run then ends as KILLED with the stop's reason, recorded
+and answered like any other run. ``stoppable`` turns a stop into ``RunStopped`` out of
+a block of code, without touching a cancellation that comes from outside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import select
+import signal
+from collections.abc import AsyncIterator, Callable, Iterator
+
+
+class RunStop:
+    """A request to end one run early, and the reason its failure will report."""
+
+    __slots__ = ("_wakers", "reason")
+
+    def __init__(self) -> None:
+        self.reason = ""
+        self._wakers: list[Callable[[], object]] = []
+
+    @property
+    def requested(self) -> bool:
+        return bool(self.reason)
+
+    def request(self, reason: str) -> None:
+        """Stop the run; the first reason given is the one reported."""
+        if not reason:
+            raise ValueError("a stop needs a reason")
+        if self.reason:
+            return
+        self.reason = reason
+        for wake in list(self._wakers):
+            wake()
+
+    @contextlib.contextmanager
+    def calling(self, wake: Callable[[], object]) -> Iterator[None]:
+        """While inside, a stop calls ``wake`` (at once, if it was requested already)."""
+        if self.reason:
+            wake()
+        self._wakers.append(wake)
+        try:
+            yield
+        finally:
+            self._wakers.remove(wake)
+
+
+class RunStopped(Exception):  # noqa: N818 - an ending, not an error of ours
+    """A block under ``stoppable`` was ended by its stop; the message is the reason."""
+
+
+@contextlib.asynccontextmanager
+async def stoppable(stop: RunStop) -> AsyncIterator[None]:
+    """Run the block until it ends, or until ``stop`` is requested: then raise RunStopped.
+
+    A cancel scope built on ``asyncio.timeout``: the stop moves its deadline to now. Only
+    the scope's own cancellation becomes RunStopped; a cancellation from outside still
+    propagates as CancelledError, and a TimeoutError of the block's own passes through.
+    """
+    loop = asyncio.get_running_loop()
+    scope = asyncio.timeout(None)
+    try:
+        async with scope:
+            with stop.calling(lambda: scope.reschedule(loop.time())):
+                yield
+    except TimeoutError:
+        if not scope.expired():
+            raise
+        raise RunStopped(stop.reason) from None
+
+
+def has_ended(pid: int) -> bool:
+    """Whether ``pid`` has ended, even before its parent has reaped or reported it."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([pidfd], [], [], 0)[0])  # a pidfd reads ready once it exits
+    finally:
+        os.close(pidfd)
+
+
+def signal_group(pgid: int, signum: int) -> None:
+    """Signal the child's process group, or the child alone if it has not made it yet.
+
+    The child calls setsid() first thing, but a child just forked may not have.
+    """
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pgid, signum)
+    except PermissionError:
+        pass
+
+
+async def terminate(pgid: int, exited: asyncio.Event, grace_s: float) -> None:
+    """End a child's process group: SIGTERM, up to ``grace_s`` for the child to exit, SIGKILL.
+
+    With ``grace_s`` 0, or once the child has exited, it is SIGKILL at once, which also
+    ends whatever the child left running in its group.
+    """
+    if grace_s > 0 and not exited.is_set():
+        signal_group(pgid, signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace_s):
+                await exited.wait()
+    signal_group(pgid, signal.SIGKILL)

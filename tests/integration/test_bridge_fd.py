@@ -1,0 +1,89 @@
+"""Every child, started cold or forked from its zygote, Python or Perl, has its bridge on fd 3."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+
+from executor.child.protocol import BRIDGE_FD, ReplyFrame
+from executor.model import Language, Outcome
+from executor.runtimes.child import child_runtime
+from executor.sandbox.process import SandboxOptions, SandboxRunner
+from executor.sandbox.spawners import ColdSpawner, Spawner, ZygoteSpawner
+from tests.helpers.supervisor_port import LIMITS
+
+pytestmark = pytest.mark.integration
+
+# The open fds (the last one: the listing's own handle) and what fd 3 is.
+LOOK = {
+    "python": (
+        "import os\n"
+        "fds = sorted(int(fd) for fd in os.listdir('/proc/self/fd'))\n"
+        "print(fds, os.readlink('/proc/self/fd/3').split(':')[0])\n"
+    ),
+    "perl": (
+        "opendir(my $d, '/proc/self/fd') or die $!;\n"
+        "my @fds = sort { $a <=> $b } grep { /\\A[0-9]+\\z/ } readdir $d;\n"
+        "my ($kind) = split /:/, readlink('/proc/self/fd/3');\n"
+        "print '[', join(', ', @fds), '] ', $kind, \"\\n\";\n"
+    ),
+}
+
+
+@pytest.fixture(params=["cold", "zygote"])
+async def runner(request: pytest.FixtureRequest) -> AsyncIterator[SandboxRunner]:
+    spawner: Spawner = (
+        ColdSpawner(sys.executable) if request.param == "cold" else ZygoteSpawner(sys.executable)
+    )
+    options = SandboxOptions(
+        site_paths=(), pid_namespace=True, network=True, grace_s=0.5, cgroups=None
+    )
+    try:
+        yield SandboxRunner(options, spawner)
+    finally:
+        await spawner.close()
+
+
+async def no_call(frame: object) -> ReplyFrame:
+    raise AssertionError(f"no qb call expected: {frame}")
+
+
+@pytest.mark.parametrize("language", ["python", "perl"])
+async def test_the_bridge_is_fd_3_and_nothing_else_is_open(
+    runner: SandboxRunner, language: str
+) -> None:
+    if language == "perl" and shutil.which("perl") is None:
+        pytest.skip("perl is not installed")
+
+    result = await runner.run(
+        runtime=child_runtime(Language(language)),
+        limits=LIMITS,
+        slot=0,
+        start={
+            "type": "start",
+            "language": language,
+            "code": LOOK[language],
+            "context": {
+                "job": {"id": 1},
+                "event": None,
+                "work_name": "",
+                "subjob_id": -1,
+                "callback": {
+                    "id": 1,
+                    "triggers": "",
+                    "language": language,
+                    "user": "",
+                    "count": 0,
+                    "maximum": 0,
+                },
+            },
+        },
+        on_call=no_call,
+    )
+
+    assert result.outcome is Outcome.SUCCEEDED, (result.failure, result.stderr)
+    # stdio, the bridge, and the handle that listed them.
+    assert result.stdout == f"[0, 1, 2, {BRIDGE_FD}, {BRIDGE_FD + 1}] socket\n"

@@ -1,0 +1,269 @@
+"""Dispatcher admission on a fake sandbox: slots, the queue bound, fired runs, stops, drain.
+
+No processes: the fake runner's runs wait until the test lets them end, or until they
+are stopped, and report what they were given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from executor.child.protocol import StartFrame
+from executor.dispatcher import CALLER_CANCELLED, SHUTTING_DOWN, Dispatcher
+from executor.errors import CapacityError, InvalidRequestError, UnavailableError
+from executor.host_api import HostApi
+from executor.model import (
+    CallbackSpec,
+    Failure,
+    Invocation,
+    Language,
+    Limits,
+    Outcome,
+    RunResult,
+    Usage,
+)
+from executor.runtimes.child import ChildRuntime
+from executor.sandbox.exit_status import SandboxResult
+from executor.sandbox.lifecycle import RunStop, RunStopped, stoppable
+
+pytestmark = pytest.mark.unit
+
+LIMITS = Limits(1, 5, 1 << 28, 1 << 16, 8, 1 << 20)
+
+
+def sandbox_result(outcome: Outcome, failure: Failure | None = None) -> SandboxResult:
+    return SandboxResult(outcome, failure, 0, 0, "", "", False, False, Usage(0.01, 0.005, 4096))
+
+
+class FakeRunner:
+    """A sandbox whose runs (named by their code) last until ``finish(code)`` or a stop."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[str, int]] = []  # (code, slot), in the order they began
+        self.stopped: list[str] = []
+        self._gates: dict[str, asyncio.Event] = {}
+        self.closed = False
+
+    def finish(self, code: str) -> None:
+        self._gates.setdefault(code, asyncio.Event()).set()
+
+    async def run(
+        self,
+        *,
+        runtime: ChildRuntime,
+        limits: Limits,
+        slot: int,
+        start: StartFrame,
+        on_call: Any,
+        stop: RunStop | None = None,
+    ) -> SandboxResult:
+        code = start["code"]
+        assert start["language"] == runtime.language
+        self.started.append((code, slot))
+        stop = stop or RunStop()
+        try:
+            async with stoppable(stop):
+                await self._gates.setdefault(code, asyncio.Event()).wait()
+        except RunStopped:
+            self.stopped.append(code)
+            return sandbox_result(Outcome.KILLED, Failure(stop.reason))
+        return sandbox_result(Outcome.SUCCEEDED)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class FakeQube:
+    """Qube code strings that never end on their own."""
+
+    async def run(self, invocation: Invocation, host: HostApi) -> RunResult:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+class Harness:
+    def __init__(self, *, slots: int, queue: int, languages: str = "python,qube") -> None:
+        self.runner = FakeRunner()
+        self.recorded: list[RunResult] = []
+        self.dispatcher = Dispatcher(
+            runner=self.runner,
+            supervisor=None,  # type: ignore[arg-type]  # no qb call reaches it
+            qube=FakeQube(),
+            languages=frozenset(Language(name) for name in languages.split(",")),
+            max_concurrent=slots,
+            max_queue=queue,
+            on_result=lambda invocation, result: self.recorded.append(result),
+        )
+
+    def start(
+        self, code: str, *, fired: bool = False, language: str = "python"
+    ) -> asyncio.Task[RunResult]:
+        return asyncio.create_task(self.dispatcher.execute(invocation(code, language), fired=fired))
+
+    def execute(self, code: str, *, fired: bool = False, language: str = "python") -> Any:
+        return self.dispatcher.execute(invocation(code, language), fired=fired)
+
+    def outcomes(self) -> dict[str, tuple[Outcome, str]]:
+        return {
+            r.invocation_id: (r.outcome, r.failure.message if r.failure else "")
+            for r in self.recorded
+        }
+
+
+def invocation(code: str, language: str = "python") -> Invocation:
+    return Invocation(
+        invocation_id=f"run-{code}",
+        callback=CallbackSpec(language=language, code=code),
+        job={"id": 1, "user": "alice"},
+        limits=LIMITS,
+    )
+
+
+async def settle() -> None:
+    """Let every task that can move do so (no real I/O here: a few loop turns suffice)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def test_runs_take_free_slots_then_queue_in_order_then_are_refused() -> None:
+    harness = Harness(slots=2, queue=2)
+    tasks = [harness.start(code) for code in "abcd"]
+    await settle()
+
+    assert harness.runner.started == [("a", 0), ("b", 1)]
+    assert (harness.dispatcher.active, harness.dispatcher.waiting) == (2, 2)
+    with pytest.raises(CapacityError, match="all 2 slots are busy and 2 runs are queued"):
+        await harness.execute("e")
+
+    harness.runner.finish("b")
+    await settle()
+    assert harness.runner.started[2:] == [("c", 1)]  # first come, first served
+    harness.runner.finish("a")
+    await settle()
+    assert harness.runner.started[3:] == [("d", 0)]
+    for code in "cd":
+        harness.runner.finish(code)
+
+    results = await asyncio.gather(*tasks)
+    assert [r.outcome for r in results] == [Outcome.SUCCEEDED] * 4
+    assert [r.invocation_id for r in harness.recorded] == ["run-b", "run-a", "run-c", "run-d"]
+    assert results[2].usage.queue_seconds > 0
+    assert (harness.dispatcher.active, harness.dispatcher.waiting) == (0, 0)
+
+
+async def test_a_fired_run_is_never_refused_for_a_full_queue() -> None:
+    harness = Harness(slots=1, queue=1)
+    running = harness.start("a")
+    queued = harness.start("b")
+    await settle()
+    with pytest.raises(CapacityError):
+        await harness.execute("c")
+
+    fired = [harness.start(f"fired{n}", fired=True) for n in range(3)]
+    await settle()
+
+    assert harness.dispatcher.waiting == 4  # beyond the bound: fired runs wait
+    with pytest.raises(CapacityError):
+        await harness.execute("d")  # an Execute still is refused
+    for code in ["a", "b", "fired0", "fired1", "fired2"]:
+        harness.runner.finish(code)
+        await settle()
+    await asyncio.gather(running, queued, *fired)
+    assert [code for code, _ in harness.runner.started] == ["a", "b", "fired0", "fired1", "fired2"]
+
+
+async def test_drain_stops_every_run_records_it_and_answers_its_caller() -> None:
+    harness = Harness(slots=2, queue=4)
+    child = harness.start("a")
+    qube = harness.start("unblock-self", language="qube")
+    queued = harness.start("b")
+    fired = harness.start("c", fired=True)
+    await settle()
+    assert (harness.dispatcher.active, harness.dispatcher.waiting) == (2, 2)
+
+    await harness.dispatcher.drain()
+
+    results = await asyncio.gather(child, qube, queued, fired)
+    assert {r.outcome for r in results} == {Outcome.KILLED}
+    assert {r.failure.message for r in results if r.failure} == {SHUTTING_DOWN}
+    assert harness.outcomes() == {r.invocation_id: (Outcome.KILLED, SHUTTING_DOWN) for r in results}
+    assert harness.runner.stopped == ["a"]  # the queued ones never started
+    assert harness.runner.closed
+    assert (harness.dispatcher.active, harness.dispatcher.waiting) == (0, 0)
+    with pytest.raises(UnavailableError, match=SHUTTING_DOWN):
+        await harness.execute("d")
+    with pytest.raises(UnavailableError, match=SHUTTING_DOWN):
+        await harness.execute("e", fired=True)
+
+
+async def test_a_cancelled_caller_stops_its_run_which_is_still_recorded() -> None:
+    harness = Harness(slots=1, queue=1)
+    caller = harness.start("a")
+    await settle()
+
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+
+    assert harness.runner.stopped == ["a"]
+    assert harness.outcomes() == {"run-a": (Outcome.KILLED, CALLER_CANCELLED)}
+    assert harness.dispatcher.active == 0
+    harness.runner.finish("b")
+    assert (await harness.execute("b")).outcome == Outcome.SUCCEEDED  # the slot came back
+
+
+async def test_a_caller_cancelled_in_the_queue_gives_up_its_place() -> None:
+    harness = Harness(slots=1, queue=2)
+    running = harness.start("a")
+    waiting = harness.start("b")
+    behind = harness.start("c")
+    await settle()
+
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert harness.dispatcher.waiting == 1
+    harness.runner.finish("a")
+    harness.runner.finish("c")
+    await asyncio.gather(running, behind)
+
+    assert [code for code, _ in harness.runner.started] == ["a", "c"]
+    assert harness.outcomes()["run-b"] == (Outcome.KILLED, CALLER_CANCELLED)
+
+
+async def test_a_disabled_language_is_rejected_and_recorded_without_a_slot() -> None:
+    harness = Harness(slots=1, queue=0, languages="qube")
+    harness.start("a", language="qube")
+    await settle()
+
+    result = await harness.execute("b", language="perl")
+
+    assert result.outcome == Outcome.REJECTED
+    assert result.failure is not None and "'languages' setting" in result.failure.message
+    assert harness.recorded == [result]
+    await harness.dispatcher.drain()
+
+
+async def test_an_unknown_language_is_an_invalid_request() -> None:
+    harness = Harness(slots=1, queue=0)
+
+    with pytest.raises(InvalidRequestError, match="callback.language 'cobol'"):
+        await harness.execute("a", language="cobol")
+
+    assert harness.recorded == []
+
+
+async def test_an_invocation_id_still_running_is_not_run_twice() -> None:
+    harness = Harness(slots=2, queue=0)
+    first = harness.start("a")
+    await settle()
+
+    with pytest.raises(UnavailableError, match="still in progress"):
+        await harness.execute("a")
+
+    harness.runner.finish("a")
+    assert (await first).outcome == Outcome.SUCCEEDED
+    assert (await harness.execute("a")).outcome == Outcome.SUCCEEDED  # once it has ended
