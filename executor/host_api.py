@@ -24,6 +24,13 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
+from executor.bounds import (
+    MAX_ACTIONS_BYTES,
+    MAX_MESSAGE_CHARS,
+    MAX_TARGET_CHARS,
+    MAX_VERB_CHARS,
+    cut,
+)
 from executor.child.protocol import CallFrame, ReplyFrame
 from executor.errors import HostCallError
 from executor.model import ActionRecord, Invocation
@@ -98,13 +105,70 @@ def expand_work_names(spec: str, agenda_names: list[str]) -> list[str]:
     return list(dict.fromkeys(selected))
 
 
+def _target(args: list[Any], kwargs: dict[str, Any]) -> str:
+    """What a call acted on, for its action record (built no longer than it can be kept)."""
+    parts: list[str] = []
+    size = 0
+    for part in [*(str(a) for a in _flatten(args))] or [f"{k}={v}" for k, v in kwargs.items()]:
+        parts.append(part)
+        size += len(part) + 2
+        if size > MAX_TARGET_CHARS:
+            break
+    return cut(", ".join(parts), MAX_TARGET_CHARS)
+
+
+class ActionLog:
+    """A run's qb calls as action records, within a stated size.
+
+    Each record's fields are cut to ``MAX_*_CHARS`` with a marker; once the records hold
+    ``MAX_ACTIONS_BYTES`` of text, later calls are counted but not kept, and one last
+    record says how many were left out. What a callback makes the executor hold and send
+    for its actions is therefore bounded, however many calls it makes.
+    """
+
+    def __init__(self, budget_bytes: int = MAX_ACTIONS_BYTES) -> None:
+        self._budget = budget_bytes
+        self._used = 0
+        self._kept: list[ActionRecord] = []
+        self._left_out = 0
+
+    def add(self, verb: str, target: str, ok: bool, message: str) -> None:
+        record = ActionRecord(
+            cut(verb, MAX_VERB_CHARS), target, ok, cut(message, MAX_MESSAGE_CHARS)
+        )
+        size = len(record.verb) + len(record.target) + len(record.message)
+        if self._left_out or self._used + size > self._budget:
+            self._left_out += 1
+            return
+        self._used += size
+        self._kept.append(record)
+
+    @property
+    def records(self) -> list[ActionRecord]:
+        if not self._left_out:
+            return self._kept
+        note = ActionRecord(
+            "…",
+            f"{self._left_out} more qb calls",
+            False,
+            f"not recorded: a run's actions are kept up to {self._budget} bytes",
+        )
+        return [*self._kept, note]
+
+
 class HostApi:
     """The qb functions of one run; records every call as an action."""
 
     def __init__(self, supervisor: SupervisorPort, invocation: Invocation) -> None:
         self._supervisor = supervisor
         self._invocation = invocation
-        self.actions: list[ActionRecord] = []
+        self._log = ActionLog()
+        self._calls = 0
+
+    @property
+    def actions(self) -> list[ActionRecord]:
+        """The run's calls so far, within the action log's bounds."""
+        return self._log.records
 
     @functools.cached_property
     def _functions(self) -> dict[str, Callable[..., Awaitable[Any]]]:
@@ -131,27 +195,28 @@ class HostApi:
 
     async def call(self, fn: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         """Run one qb call; raises HostCallError for the callback to see."""
-        if len(self.actions) >= MAX_CALLS_PER_RUN:
+        if self._calls >= MAX_CALLS_PER_RUN:
             raise HostCallError(
                 "QbError", f"a callback may make at most {MAX_CALLS_PER_RUN} qb calls"
             )
+        self._calls += 1
         function = self._functions.get(fn)
-        target = ", ".join(str(a) for a in _flatten(args)) or ", ".join(
-            f"{k}={v}" for k, v in kwargs.items()
-        )
+        target = _target(args, kwargs)
         if function is None:
-            error = HostCallError("InvalidArgument", f"qb has no function {fn!r}")
-            self.actions.append(ActionRecord(fn, target, False, error.message))
+            error = HostCallError(
+                "InvalidArgument", f"qb has no function {cut(fn, MAX_VERB_CHARS)!r}"
+            )
+            self._log.add(fn, target, False, error.message)
             raise error
         try:
             value, summary = await function(*args, **kwargs)
         except HostCallError as err:
-            self.actions.append(ActionRecord(fn, target, False, f"{err.kind}: {err.message}"))
+            self._log.add(fn, target, False, f"{err.kind}: {err.message}")
             raise
         except TypeError as err:  # wrong arity from the callback
-            self.actions.append(ActionRecord(fn, target, False, str(err)))
-            raise _invalid(f"qb.{fn}: {err}") from err
-        self.actions.append(ActionRecord(fn, target, True, summary))
+            self._log.add(fn, target, False, str(err))
+            raise _invalid(cut(f"qb.{fn}: {err}", MAX_MESSAGE_CHARS)) from err
+        self._log.add(fn, target, True, summary)
         return value
 
     async def serve_frame(self, frame: CallFrame) -> ReplyFrame:

@@ -34,9 +34,10 @@ from executor.api.reporting import GrpcReportTransport, ReportEncoder
 from executor.api.supervisor import GrpcSupervisor
 from executor.config import Settings
 from executor.dispatcher import Dispatcher
-from executor.runtimes.qube import QubeInterpreter
 from executor.runs.metrics import Metrics
 from executor.runs.recorder import Recorder
+from executor.runtimes.qube import QubeInterpreter
+from executor.sandbox.identity import UidClaim
 from executor.sandbox.process import SandboxOptions, SandboxRunner
 from executor.sandbox.spawners import ColdSpawner, Spawner, ZygoteSpawner
 from executor.sandbox.tier import describe_tier, sandbox_options
@@ -87,6 +88,9 @@ async def start(settings: Settings) -> RunningServer:
         options = sandbox_options(settings)
         if options.cgroups is not None:
             stack.callback(options.cgroups.close)
+        if options.isolation is not None:
+            plan = options.isolation
+            stack.callback(UidClaim.take(plan.uid_base, plan.uid_count).release)
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         storage_health = StorageHealth(settings.data_dir)
 

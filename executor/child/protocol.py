@@ -288,7 +288,11 @@ def read_frame(fd: int, max_bytes: int = MAX_PARENT_FRAME_BYTES) -> ParentFrame:
 
 def write_frame(fd: int, message: CallFrame | DoneFrame) -> None:
     """Blocking write of one frame (the child side)."""
-    data = encode(message)
+    write_all(fd, encode(message))
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Blocking write of encoded frames (the child side)."""
     while data:
         written = os.write(fd, data)
         data = data[written:]

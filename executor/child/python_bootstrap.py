@@ -26,6 +26,8 @@ CALLBACK_FILENAME = "<callback>"
 EXIT_ON_SIGTERM = 128 + signal.SIGTERM
 # The callback never ran: no start frame, or code that does not compile (as bootstrap.pl).
 EXIT_BAD_START = 2
+# Each text of a done frame is cut to this, so the frame stays under the bridge's limit.
+DONE_TEXT_CHARS = 16 << 10  # JSON may spend 12 bytes on a character
 
 
 def _on_sigterm(signum: int, frame: types.FrameType | None) -> None:
@@ -151,6 +153,9 @@ def run(bridge_fd: int, *, warm_up: bool = False) -> int:
         sys.stderr.flush()
     except (OSError, ValueError):
         pass  # the callback closed or broke its own stdio; the done frame still matters
+    for field in ("exception_type", "message", "traceback"):
+        if field in done:  # short enough for the frame limit (the executor cuts further)
+            done[field] = done[field][:DONE_TEXT_CHARS]
     try:
         protocol.write_frame(bridge_fd, done)
     except OSError:

@@ -69,9 +69,17 @@ def _bind(bridge_fd: int, context: StartContext) -> None:
 
 def _call(fn: str, *args: Any, **kwargs: Any) -> Any:
     call_id = next(_call_ids)
-    protocol.write_frame(
-        _bridge_fd, {"type": "call", "id": call_id, "fn": fn, "args": list(args), "kwargs": kwargs}
+    frame = protocol.encode(
+        {"type": "call", "id": call_id, "fn": fn, "args": list(args), "kwargs": kwargs}
     )
+    if len(frame) - protocol.HEADER.size > protocol.MAX_CHILD_FRAME_BYTES:
+        # Refused here: a frame beyond the limit breaks the bridge protocol, and the
+        # executor would end the run.
+        raise InvalidArgument(
+            f"qb.{fn}: the call is {len(frame)} bytes; at most "
+            f"{protocol.MAX_CHILD_FRAME_BYTES} can be sent"
+        )
+    protocol.write_all(_bridge_fd, frame)
     reply = protocol.read_frame(_bridge_fd)
     if reply["type"] != "reply" or reply["id"] != call_id:
         raise QbError(f"unexpected answer to qb.{fn}: {reply['type']!r}")

@@ -70,12 +70,18 @@ async def _next_frame(
 
 
 async def serve_bridge(
-    sock: socket.socket, unsent: bytes, on_call: CallHandler, result: ChildExit
+    sock: socket.socket,
+    unsent: bytes,
+    on_call: CallHandler,
+    result: ChildExit,
+    on_violation: Callable[[str], object],
 ) -> None:
     """Finish sending the start frame, answer calls, keep the done frame; stop on EOF or garbage.
 
-    On the socket itself, not asyncio streams: a run exchanges one or two frames, and a
-    transport with its reader and writer cost more than the exchange.
+    A frame that breaks the protocol is a violation: it is kept as ``bridge_error`` and
+    ``on_violation`` hears of it (the runner ends the run: a callback that forges frames
+    gets no further say). On the socket itself, not asyncio streams: a run exchanges
+    one or two frames, and a transport with its reader and writer cost more.
     """
     loop = asyncio.get_running_loop()
     buffer = bytearray()
@@ -84,7 +90,10 @@ async def serve_bridge(
             await loop.sock_sendall(sock, unsent)
         while (frame := await _next_frame(loop, sock, buffer)) is not None:
             if frame["type"] == "call":
+                result.calls += 1
                 await loop.sock_sendall(sock, protocol.encode(await on_call(frame)))
+            elif result.done is not None:
+                raise BridgeViolation("a second done frame")
             else:
                 result.done = frame
     except BridgeViolation as err:
@@ -97,3 +106,5 @@ async def serve_bridge(
         # The child sees EOF: a qb call after garbage fails at once instead of waiting.
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
+    if result.bridge_error:
+        on_violation(f"the callback broke the bridge protocol: {result.bridge_error}")

@@ -30,7 +30,22 @@ class CapturedStream:
         self.data += chunk
 
     def text(self) -> str:
-        return self.data.decode("utf-8", errors="replace")
+        """The output as text: at most ``cap`` bytes of UTF-8, whatever the child wrote.
+
+        Invalid UTF-8 is replaced (U+FFFD), which takes three bytes for each bad one: a
+        megabyte of 0xff would come back as three. So the text is cut again to the cap
+        after decoding (and ``truncated`` set), and ``output_bytes`` bounds what returns.
+        """
+        try:
+            return self.data.decode("utf-8")  # the common case: nothing to replace
+        except UnicodeDecodeError:
+            pass
+        text = self.data.decode("utf-8", errors="replace")
+        encoded = text.encode("utf-8")
+        if len(encoded) <= self.cap:
+            return text
+        self.truncated = True
+        return encoded[: self.cap].decode("utf-8", errors="ignore")
 
 
 async def read_stream(fd: int, sink: CapturedStream) -> None:

@@ -3,9 +3,16 @@
 The runner gathers the evidence (``ChildExit``: the wait status and rusage, the done
 frame, what the executor itself did) and answers with the classified ``SandboxResult``.
 
-Order matters: what the executor itself did (the wall deadline, a stop) wins over what
-the kernel did (CPU limit), which wins over what the callback reported (its ``done``
-frame), which wins over the bare exit status.
+Order matters, and the child's word never beats the kernel's: what the executor itself
+did (the wall deadline, a stop, a child that broke the bridge protocol) wins over what
+the kernel did (a signal, the CPU limit, OOM kills), which wins over what the callback
+reported (its ``done`` frame). The frame is believed only where the kernel agrees: a
+process that reported success and then died of a signal, or exited with another status
+than the one its frame implies, is classified by the kernel's evidence; ``REJECTED``
+("never ran") only when the code made no qb call. Usage always comes from the kernel
+(wait4's rusage, reported by the zygote or taken by the executor), never from the child.
+Classification never raises: every frame was checked against its schema before it was
+kept as evidence.
 """
 
 from __future__ import annotations
@@ -14,7 +21,14 @@ import math
 import os
 import signal
 from dataclasses import dataclass, field
+from typing import Final
 
+from executor.bounds import (
+    MAX_EXCEPTION_TYPE_CHARS,
+    MAX_FAILURE_MESSAGE_CHARS,
+    MAX_TRACEBACK_CHARS,
+    cut,
+)
 from executor.child.protocol import DoneFrame
 from executor.model import Failure, Limits, Outcome, Usage
 from executor.sandbox.capture import CapturedStream
@@ -33,6 +47,8 @@ class ChildExit:
     stop_reason: str = ""
     done: DoneFrame | None = None
     bridge_error: str = ""
+    # qb call frames the child sent (a callback that made any has run).
+    calls: int = 0
     stdout: CapturedStream = field(default_factory=lambda: CapturedStream(0))
     stderr: CapturedStream = field(default_factory=lambda: CapturedStream(0))
     # Processes still in the cell's cgroup when the main one had ended (killed then).
@@ -72,16 +88,28 @@ class SandboxResult:
     escaped_pids: tuple[int, ...] = ()
 
 
+def _bounded(failure: Failure | None) -> Failure | None:
+    """The failure with each field cut to its stated size (its text comes from the callback)."""
+    if failure is None:
+        return None
+    return Failure(
+        cut(failure.message, MAX_FAILURE_MESSAGE_CHARS),
+        cut(failure.exception_type, MAX_EXCEPTION_TYPE_CHARS),
+        cut(failure.traceback, MAX_TRACEBACK_CHARS),
+    )
+
+
 def sandbox_result(child: ChildExit, limits: Limits) -> SandboxResult:
-    """The classified result of the evidence ``child``."""
+    """The classified result of the evidence ``child``, every text within its stated size."""
     outcome, failure = classify(child, limits)
+    stdout, stderr = child.stdout.text(), child.stderr.text()  # may set *.truncated
     return SandboxResult(
         outcome=outcome,
-        failure=failure,
+        failure=_bounded(failure),
         exit_code=child.exit_code,
         signal=child.signal,
-        stdout=child.stdout.text(),
-        stderr=child.stderr.text(),
+        stdout=stdout,
+        stderr=stderr,
         stdout_truncated=child.stdout.truncated,
         stderr_truncated=child.stderr.truncated,
         usage=Usage(child.wall_seconds, child.cpu_seconds, child.peak_rss_bytes),
@@ -95,6 +123,8 @@ def sandbox_result(child: ChildExit, limits: Limits) -> SandboxResult:
 # namespace (PID 1 ignores SIGXCPU without a handler, sandbox.md pitfall 3).
 EXIT_ON_SIGXCPU = 128 + signal.SIGXCPU
 EXIT_LAUNCH_FAILED = 121
+# How both bootstraps exit when their start frame or the callback's code is refused.
+EXIT_BAD_START = 2
 _MEMORY_MARKERS = ("MemoryError", "Out of memory!", "Cannot allocate memory")
 
 
@@ -107,16 +137,29 @@ def describe_signal(signum: int) -> str:
 
 
 def _hit_cpu_limit(child: ChildExit, limits: Limits) -> bool:
+    """Whether the kernel ended the child for its CPU time (never the child's word alone)."""
     if child.signal == signal.SIGXCPU:
         return True
-    if child.exit_code == EXIT_ON_SIGXCPU and child.done is None:
-        # Only the SIGXCPU handler exits 152 without a done frame (sys.exit(152) and Perl's
-        # exit 152 report one first).
-        return True
-    # The hard limit's SIGKILL. The kernel enforces RLIMIT_CPU on tick-sampled time while
-    # wait4 reports precise runtime, so a process stopped at the limit can show ~10% less.
     soft = max(1, math.ceil(limits.cpu_seconds))
+    # SIGXCPU's handler (a PID 1 has one) exits 152: it counts only with the CPU time to
+    # show for it (`exit 152` alone is just an exit). The kernel enforces RLIMIT_CPU on
+    # tick-sampled time while wait4 reports precise runtime, so a process stopped at the
+    # limit can show less than the limit: a quarter of it is allowed for.
+    if child.exit_code == EXIT_ON_SIGXCPU and not child.signal:
+        return child.cpu_seconds >= 0.75 * soft
+    # The hard limit's SIGKILL, a second after the soft one.
     return child.signal == signal.SIGKILL and child.cpu_seconds >= soft - max(0.1, 0.1 * soft)
+
+
+# The exit status each done status implies (bootstrap.py and bootstrap.pl): the frame is
+# believed only when the process ended that way.
+_EXIT_OF_STATUS: Final = {"ok": 0, "exception": 1, "memory": 1, "rejected": EXIT_BAD_START}
+
+
+def _expected_exit(done: DoneFrame) -> int:
+    if done["status"] == "exit":
+        return done.get("exit_code", 0) & 0xFF
+    return _EXIT_OF_STATUS[done["status"]]
 
 
 def classify(child: ChildExit, limits: Limits) -> tuple[Outcome, Failure | None]:
@@ -142,6 +185,10 @@ def _classify_exit(child: ChildExit, limits: Limits) -> tuple[Outcome, Failure |
         )
     if child.stop_reason:
         return Outcome.KILLED, Failure(child.stop_reason)
+    if child.bridge_error:
+        return Outcome.KILLED, Failure(
+            f"the callback broke the bridge protocol: {child.bridge_error}"
+        )
     if child.lost_reason:
         return Outcome.KILLED, Failure(child.lost_reason)
     if _hit_cpu_limit(child, limits):
@@ -149,41 +196,60 @@ def _classify_exit(child: ChildExit, limits: Limits) -> tuple[Outcome, Failure |
             f"the callback exceeded its CPU limit of {limits.cpu_seconds:g}s "
             f"(used {child.cpu_seconds:.2f}s)"
         )
-    done = child.done
-    if done is not None:
-        status = done["status"]
-        exc = Failure(
-            message=done.get("message", ""),
-            exception_type=done.get("exception_type", ""),
-            traceback=done.get("traceback", ""),
-        )
-        if status == "ok":
-            return Outcome.SUCCEEDED, None
-        if status == "exit":
-            code = done.get("exit_code", 0)
-            if code == 0:
-                return Outcome.SUCCEEDED, None
-            return Outcome.FAILED, Failure(f"the callback exited with status {code}")
-        if status == "memory":
-            return Outcome.MEMORY_LIMIT, Failure(
-                f"the callback ran out of memory (limit {limits.memory_bytes} bytes)",
-                exc.exception_type,
-                exc.traceback,
-            )
-        if status == "rejected":
-            return Outcome.REJECTED, exc
-        if status == "exception":
-            return Outcome.FAILED, exc
-    if any(marker in child.stderr.text()[-4096:] for marker in _MEMORY_MARKERS):
-        return Outcome.MEMORY_LIMIT, Failure(
-            f"the callback ran out of memory (limit {limits.memory_bytes} bytes)"
-        )
     if child.signal:
         return Outcome.KILLED, Failure(
             f"the callback was killed by {describe_signal(child.signal)}"
+        )
+    done = child.done
+    if done is not None and child.exit_code == _expected_exit(done):
+        believed = _classify_done(done, child, limits)
+        if believed is not None:
+            return believed
+    if (
+        done is None
+        and any(marker in child.stderr.text()[-4096:] for marker in _MEMORY_MARKERS)
+        and child.exit_code
+    ):
+        return Outcome.MEMORY_LIMIT, Failure(
+            f"the callback ran out of memory (limit {limits.memory_bytes} bytes)"
         )
     if child.exit_code == 0:
         return Outcome.SUCCEEDED, None
     if child.exit_code == EXIT_LAUNCH_FAILED:
         return Outcome.FAILED, Failure("the sandbox could not start the callback")
-    return Outcome.FAILED, Failure(f"the callback exited with status {child.exit_code}")
+    message = f"the callback exited with status {child.exit_code}"
+    if done is not None:
+        message += f" (after reporting {done['status']!r}, which is not how it ended)"
+    return Outcome.FAILED, Failure(message)
+
+
+def _classify_done(
+    done: DoneFrame, child: ChildExit, limits: Limits
+) -> tuple[Outcome, Failure | None] | None:
+    """The outcome the child reported, when the kernel agrees; None to go by the exit status."""
+    status = done["status"]
+    if status == "ok":
+        return Outcome.SUCCEEDED, None
+    if status == "exit":
+        code = done.get("exit_code", 0)
+        if code == 0:
+            return Outcome.SUCCEEDED, None
+        return Outcome.FAILED, Failure(f"the callback exited with status {code}")
+    exc = Failure(
+        message=done.get("message", ""),
+        exception_type=done.get("exception_type", ""),
+        traceback=done.get("traceback", ""),
+    )
+    if status == "memory":
+        return Outcome.MEMORY_LIMIT, Failure(
+            f"the callback ran out of memory (limit {limits.memory_bytes} bytes)",
+            exc.exception_type,
+            exc.traceback,
+        )
+    if status == "rejected":
+        if child.calls:
+            return Outcome.FAILED, Failure(
+                f"the callback reported it never ran, yet it made {child.calls} qb calls"
+            )
+        return Outcome.REJECTED, exc
+    return Outcome.FAILED, exc

@@ -65,6 +65,8 @@ class IsolationPlan:
     masks: tuple[str, ...]
     keep: tuple[str, ...]
     uid_base: int
+    # Cells, one uid each: uid_base .. uid_base + uid_count - 1 (claimed at start).
+    uid_count: int
 
     def for_cell(self, cell: int) -> IsolationSpec:
         return {
@@ -335,7 +337,9 @@ class SandboxRunner:
                     readers = [
                         tasks.create_task(read_stream(child.stdout_r, evidence.stdout)),
                         tasks.create_task(read_stream(child.stderr_r, evidence.stderr)),
-                        tasks.create_task(serve_bridge(child.bridge, unsent, on_call, evidence)),
+                        tasks.create_task(
+                            serve_bridge(child.bridge, unsent, on_call, evidence, stop.request)
+                        ),
                     ]
                     await self._wait_for_exit(child.handle, limits.wall_seconds, stop, evidence)
                     if started and (evidence.timed_out or evidence.stop_reason):

@@ -61,7 +61,12 @@ def isolation_plan(settings: Settings, site_paths: tuple[str, ...]) -> Isolation
     masks = {str(settings.data_dir.resolve()), tempfile.gettempdir(), *SHARED_WRITABLE_DIRS}
     for path in keep:
         masks.update(_hidden_ancestors(path))
-    return IsolationPlan(_outermost_dirs(masks), tuple(keep), settings.sandbox_uid_base)
+    return IsolationPlan(
+        _outermost_dirs(masks),
+        tuple(keep),
+        settings.sandbox_uid_base,
+        SandboxRunner.cells(settings.max_concurrent),
+    )
 
 
 def _outermost_dirs(paths: set[str]) -> tuple[str, ...]:
@@ -109,7 +114,9 @@ def describe_tier(options: SandboxOptions) -> str:
     """One line saying which sandbox mechanisms are active."""
     parts = [
         "rlimits(cpu,as,fsize,nofile,core)",
-        f"dedicated uid {options.isolation.uid_base}+cell, private mounts, "
+        f"dedicated uids {options.isolation.uid_base}-"
+        f"{options.isolation.uid_base + options.isolation.uid_count - 1} (one per cell), "
+        "private mounts, "
         "tmpfs working directory (disk_bytes quota)"
         if options.isolation
         else "callbacks run as the executor's uid, working directory on the host disk (no quota)",

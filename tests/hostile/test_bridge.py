@@ -111,8 +111,11 @@ async def test_garbage_on_the_bridge_ends_only_this_run(arena_warm: Arena, kind:
 
     response = await arena_warm.attack(code, limits={"wall_seconds": 5})
 
-    assert_outcome(response, Outcome.OUTCOME_SUCCEEDED, Outcome.OUTCOME_FAILED)
-    if kind != "call-with-nested-args":  # a well-formed call: it may be answered (or refused)
+    if kind == "call-with-nested-args":  # a well-formed call: it may be answered (or refused)
+        assert_outcome(response, Outcome.OUTCOME_SUCCEEDED, Outcome.OUTCOME_FAILED)
+    else:  # a protocol violation: the run is ended at once, and says why
+        assert_outcome(response, Outcome.OUTCOME_KILLED)
+        assert response.failure.message.startswith("the callback broke the bridge protocol")
         assert "answer" not in response.stdout, response.stdout
     # The executor believed no announced length (the test process is the executor).
     assert executor.memory_info().rss - rss_before < 64 * MIB
@@ -128,7 +131,8 @@ async def test_garbage_flood_on_the_bridge_from_perl(arena_warm: Arena) -> None:
     )
     response = await arena_warm.attack(code, language="perl", limits={"wall_seconds": 5})
 
-    assert_outcome(response, Outcome.OUTCOME_SUCCEEDED, Outcome.OUTCOME_FAILED)
+    assert_outcome(response, Outcome.OUTCOME_KILLED)
+    assert response.failure.message.startswith("the callback broke the bridge protocol")
     assert "answered" not in response.stdout
 
 
@@ -187,14 +191,22 @@ async def test_qb_call_storm_from_perl_is_cut_off_too(arena_warm: Arena) -> None
     assert len(response.actions) == MAX_CALLS_PER_RUN
 
 
-async def test_oversized_qb_call_from_the_callback_fails_the_call(arena_warm: Arena) -> None:
-    code = (
-        "try:\n"
-        "    qb.jobstatus('1' * (2 << 20))\n"
-        "except Exception as err:\n"
-        "    print('refused', type(err).__name__)\n"
-    )
-    response = await arena_warm.attack(code, limits={"wall_seconds": 5})
+async def test_oversized_qb_call_from_the_callback_fails_the_call(
+    arena_warm: Arena, language: str
+) -> None:
+    code = {
+        "python": (
+            "try:\n"
+            "    qb.jobstatus('1' * (2 << 20))\n"
+            "except Exception as err:\n"
+            "    print('refused', type(err).__name__)\n"
+        ),
+        "perl": (
+            "eval { qb::jobstatus('1' x (2 << 20)); 1 } or print 'refused ', $@->kind, \"\\n\";\n"
+        ),
+    }[language]
+    response = await arena_warm.attack(code, language=language, limits={"wall_seconds": 5})
 
-    assert_outcome(response, Outcome.OUTCOME_SUCCEEDED, Outcome.OUTCOME_FAILED)
-    assert response.stdout.startswith("refused"), response.stdout + response.stderr
+    # Refused in the callback before it is sent: the run goes on.
+    assert_outcome(response, Outcome.OUTCOME_SUCCEEDED)
+    assert response.stdout == "refused InvalidArgument\n", response.stdout + response.stderr

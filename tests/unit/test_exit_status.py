@@ -1,4 +1,4 @@
-"""Classifying how a child ended: deadline or stop > CPU limit > done frame > exit status."""
+"""Classifying how a child ended: deadline or stop > the kernel's evidence > done frame > exit."""
 
 from __future__ import annotations
 
@@ -50,6 +50,14 @@ def child(status: int = 0, done: dict[str, Any] | None = None, **fields: Any) ->
         (child(killed(signal.SIGXCPU)), Outcome.CPU_LIMIT),
         (child(exited(152), cpu_seconds=1.7), Outcome.CPU_LIMIT),
         (child(exited(152), {"status": "exit", "exit_code": 152}), Outcome.FAILED),
+        (child(exited(152)), Outcome.FAILED),  # no CPU time to show for a CPU limit
+        # The kernel's word beats the child's: a done frame the exit does not bear out.
+        (child(exited(152), {"status": "ok"}, cpu_seconds=2.0), Outcome.CPU_LIMIT),
+        (child(killed(signal.SIGSEGV), {"status": "ok"}), Outcome.KILLED),
+        (child(exited(3), {"status": "ok"}), Outcome.FAILED),
+        (child(exited(0), {"status": "exception", "message": "forged"}), Outcome.SUCCEEDED),
+        (child(exited(2), {"status": "rejected"}, calls=1), Outcome.FAILED),
+        (child(exited(0), {"status": "ok"}, bridge_error="bad"), Outcome.KILLED),
         (child(killed(signal.SIGKILL), cpu_seconds=3.0), Outcome.CPU_LIMIT),
         (child(killed(signal.SIGKILL), cpu_seconds=0.1), Outcome.KILLED),
         (child(killed(signal.SIGSEGV)), Outcome.KILLED),

@@ -49,6 +49,9 @@ sub flush_stdio {
     return;
 }
 
+# Each text of a done frame is cut to this, so the frame stays under the bridge's limit.
+sub DONE_TEXT_CHARS () { 16 << 10 }    # JSON may spend 12 bytes on a character
+
 sub report {
     my ($done) = @_;
     return if $reported || $$ != $main_pid;
@@ -56,9 +59,10 @@ sub report {
     # The callback may have closed or broken its own stdio; the done frame still matters.
     eval { flush_stdio(); 1 };
     my %frame = (type => 'done', %$done);
-    # Strings, as protocol.DoneFrame says, even when they look like numbers (die "42").
+    # Strings, as protocol.DoneFrame says, even when they look like numbers (die "42"),
+    # and short enough for the frame limit (the executor cuts them shorter still).
     for my $field (grep { exists $frame{$_} } qw(exception_type message traceback)) {
-        $frame{$field} = qb::JSON::text($frame{$field});
+        $frame{$field} = qb::JSON::text(substr($frame{$field} // '', 0, DONE_TEXT_CHARS));
     }
     eval { qb::_write_frame(\%frame); 1 };
     return;

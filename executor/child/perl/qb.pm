@@ -83,9 +83,19 @@ sub _to_text_scalar {
     return $copy;
 }
 
+# protocol.py's MAX_CHILD_FRAME_BYTES: a larger frame breaks the bridge protocol and the
+# executor ends the run, so a call that large is refused here (a done frame's texts are
+# cut by bootstrap.pl before it gets here).
+sub MAX_FRAME_BYTES () { 1 << 20 }
+
 sub _write_frame {
     my ($message) = @_;
     my $body = qb::JSON::encode(_to_text($message));
+    if (length $body > MAX_FRAME_BYTES) {
+        die qb::Error->new('InvalidArgument', "qb::$message->{fn}: the call is "
+            . length($body) . ' bytes; at most ' . MAX_FRAME_BYTES . ' can be sent')
+            if ($message->{type} // '') eq 'call';
+    }
     my $data = pack('N', length $body) . $body;
     while (length $data) {
         my $written = syswrite($bridge, $data);

@@ -1,0 +1,30 @@
+"""What a callback can make the executor hold and send: the stated sizes, and text cut to them.
+
+A callback chooses the text of its output, its qb calls and its failure; every answer,
+report and history record carries them. So each has a size, stated in the README:
+
+- stdout and stderr: each at most the run's ``output_bytes`` of UTF-8 (after invalid
+  bytes are replaced), see ``sandbox/capture.py``;
+- actions: each record's verb, target and message cut to the sizes below, at most
+  ``MAX_ACTIONS_BYTES`` of them together (later calls are counted, not kept);
+- a failure: its message, exception type and traceback cut to the sizes below.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+MAX_VERB_CHARS: Final = 64
+MAX_TARGET_CHARS: Final = 512
+MAX_MESSAGE_CHARS: Final = 1024
+MAX_ACTIONS_BYTES: Final = 1 << 20
+MAX_FAILURE_MESSAGE_CHARS: Final = 4096
+MAX_EXCEPTION_TYPE_CHARS: Final = 256
+MAX_TRACEBACK_CHARS: Final = 64 << 10
+
+
+def cut(text: str, limit: int) -> str:
+    """``text``, or its first ``limit`` characters and a marker saying how many were left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}…[{len(text) - limit} more characters]"

@@ -1,0 +1,71 @@
+"""This executor's sandbox uids: a range claimed for as long as it runs, so no other executor uses it.
+
+Each cell runs its callbacks as a dedicated uid (``sandbox_uid_base`` + cell). Anything
+the kernel keys by uid (RLIMIT_NPROC, the user keyring, IPC objects' owners, files a
+callback leaves in a world-writable place) would cross between two executors on one
+host that used the same uids: two sites' instances, or a fleet's replicas side by side.
+So the range is claimed at start: one lock file per uid under ``/run/cbexec/uids``,
+each held with ``flock`` by this process. A uid already held by a live executor stops
+start-up with a clear message naming it; the locks go with the process, on a stop or a
+``kill -9`` alike, so a crashed executor never leaves its range taken.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+from typing import Final
+
+from executor.errors import ConfigError
+
+CLAIM_DIR: Final = Path("/run/cbexec/uids")
+
+
+class UidClaim:
+    """The uids ``first`` .. ``first + count - 1``, held until ``release``."""
+
+    def __init__(self, first: int, count: int, fds: list[int]) -> None:
+        self.first = first
+        self.count = count
+        self._fds = fds
+
+    @classmethod
+    def take(cls, first: int, count: int, directory: Path = CLAIM_DIR) -> UidClaim:
+        """Claim the range, or raise ConfigError naming the uid another executor holds."""
+        directory.mkdir(parents=True, exist_ok=True, mode=0o755)
+        fds: list[int] = []
+        try:
+            for uid in range(first, first + count):
+                fd = os.open(
+                    directory / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+                )
+                fds.append(fd)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                    raise ConfigError(
+                        f"sandbox_uid_base: uid {uid} of this executor's range {first}-"
+                        f"{first + count - 1} is in use by another executor (pid {holder}); "
+                        f"give each executor on a host its own range, e.g. "
+                        f"sandbox_uid_base = {first + count}"
+                    ) from None
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return cls(first, count, fds)
+
+    def release(self) -> None:
+        """Let the range go (closing the files drops the locks); again is harmless."""
+        fds, self._fds = self._fds, []
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __str__(self) -> str:
+        return f"{self.first}-{self.first + self.count - 1}"

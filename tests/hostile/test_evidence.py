@@ -1,0 +1,194 @@
+"""The child's word never beats the kernel's, and nothing a callback sends grows the executor.
+
+A callback can write any frame on its bridge. What it reports is believed only where the
+kernel agrees: success then a signal, success then spinning into the CPU limit, "never
+ran" after a qb call, a frame that is not of its schema. And whatever it sends (long
+function names, a storm of calls, bytes that are not UTF-8) comes back within the sizes
+the README states.
+"""
+
+from __future__ import annotations
+
+import psutil
+import pytest
+
+from executor.bounds import MAX_ACTIONS_BYTES, MAX_VERB_CHARS
+from tests.hostile.harness import MIB, Arena, Outcome, assert_outcome
+from tests.hostile.test_bridge import FIND_BRIDGE, PERL_FIND_BRIDGE
+
+pytestmark = [pytest.mark.hostile, pytest.mark.timeout(90)]
+
+# A done frame, written by the callback itself on its bridge (fd found as test_bridge does).
+FORGE_DONE = FIND_BRIDGE + (
+    "import json\n"
+    "def forge(frame):\n"
+    "    body = json.dumps(frame).encode()\n"
+    "    os.write(fd, struct.pack('>I', len(body)) + body)\n"
+)
+PERL_FORGE_DONE = PERL_FIND_BRIDGE + (
+    "open(my $b, '+<&=', $fd) or die \"fdopen: $!\";\n"
+    "binmode $b;\n"
+    "sub forge { my ($body) = @_; syswrite($b, pack('N', length $body) . $body) }\n"
+)
+
+
+async def test_success_then_spinning_into_the_cpu_limit_is_cpu_limit(
+    arena_warm: Arena, language: str
+) -> None:
+    code = {
+        "python": FORGE_DONE + "forge({'type': 'done', 'status': 'ok'})\nwhile True:\n    pass\n",
+        "perl": PERL_FORGE_DONE + "forge('{\"type\":\"done\",\"status\":\"ok\"}');\n1 while 1;\n",
+    }[language]
+    response = await arena_warm.attack(
+        code, language=language, limits={"cpu_seconds": 1, "wall_seconds": 20}
+    )
+
+    assert_outcome(response, Outcome.OUTCOME_CPU_LIMIT)
+    assert response.usage.cpu_seconds >= 0.75
+
+
+async def test_success_then_a_segfault_is_killed(arena_warm: Arena, language: str) -> None:
+    code = {
+        "python": FORGE_DONE
+        + "forge({'type': 'done', 'status': 'ok'})\nimport ctypes\nctypes.string_at(0)\n",
+        "perl": PERL_FORGE_DONE
+        + "forge('{\"type\":\"done\",\"status\":\"ok\"}');\nmy $x = unpack('p', pack('J', 8));\n",
+    }[language]
+    response = await arena_warm.attack(code, language=language)
+
+    assert_outcome(response, Outcome.OUTCOME_KILLED)
+    assert response.signal == 11
+    assert "SIGSEGV" in response.failure.message
+
+
+async def test_never_ran_after_a_qb_call_is_failed_not_rejected(
+    arena_warm: Arena, language: str
+) -> None:
+    code = {
+        "python": FORGE_DONE
+        + (
+            "qb.block(qb.jobid())\n"
+            "forge({'type': 'done', 'status': 'rejected', 'message': 'never ran, honest'})\n"
+            "os._exit(2)\n"
+        ),
+        "perl": PERL_FORGE_DONE
+        + (
+            "qb::block(qb::jobid());\n"
+            "forge('{\"type\":\"done\",\"status\":\"rejected\",\"message\":\"never ran\"}');\n"
+            "POSIX::_exit(2);\n"
+        ),
+    }[language]
+    response = await arena_warm.attack(code, language=language)
+
+    assert_outcome(response, Outcome.OUTCOME_FAILED)
+    assert "made 1 qb calls" in response.failure.message
+    assert [(a.verb, a.ok) for a in response.actions] == [("block", True)]
+
+
+async def test_a_malformed_done_frame_is_a_recorded_and_reported_violation(
+    arena_warm: Arena, language: str
+) -> None:
+    code = {
+        "python": FORGE_DONE
+        + (
+            "qb.block(qb.jobid())\n"
+            "forge({'type': 'done', 'status': 'exit', 'exit_code': 'not-a-number'})\n"
+            "import time\ntime.sleep(30)\n"
+        ),
+        "perl": PERL_FORGE_DONE
+        + (
+            "qb::block(qb::jobid());\n"
+            "forge('{\"type\":\"done\",\"status\":\"exit\",\"exit_code\":\"not-a-number\"}');\n"
+            "sleep 30;\n"
+        ),
+    }[language]
+    response = await arena_warm.attack(code, language=language, limits={"wall_seconds": 20})
+
+    assert_outcome(response, Outcome.OUTCOME_KILLED)
+    assert "broke the bridge protocol" in response.failure.message
+    assert "exit_code" in response.failure.message
+    assert response.usage.wall_seconds < 15, "the violation ended the run at once"
+    run = await arena_warm.stack.client.get_run(response.invocation_id)
+    assert run.outcome == Outcome.OUTCOME_KILLED
+    assert [a.verb for a in run.result.actions] == ["block"]
+
+
+async def test_usage_cannot_be_reported_by_the_child(arena_warm: Arena) -> None:
+    code = FORGE_DONE + (
+        "forge({'type': 'done', 'status': 'ok', 'cpu_seconds': 0, 'peak_rss_bytes': 1})\n"
+    )
+    response = await arena_warm.attack(code)
+
+    assert_outcome(response, Outcome.OUTCOME_KILLED)
+    assert "unknown field 'cpu_seconds'" in response.failure.message
+
+
+async def test_huge_function_names_do_not_grow_the_executor(arena_warm: Arena) -> None:
+    code = FIND_BRIDGE + (
+        "import json\n"
+        "name = 'f' * 800_000\n"
+        "for n in range(32):\n"
+        "    body = json.dumps({'type': 'call', 'id': n + 1, 'fn': name, 'args': ['x' * 100_000],"
+        " 'kwargs': {}}).encode()\n"
+        "    os.write(fd, struct.pack('>I', len(body)) + body)\n"
+        "    size = struct.unpack('>I', os.read(fd, 4))[0]\n"
+        "    while size:\n"
+        "        size -= len(os.read(fd, size))\n"
+        "print('sent 32')\n"
+    )
+    executor = psutil.Process()
+    rss_before = executor.memory_info().rss
+
+    response = await arena_warm.attack(code, limits={"memory_bytes": 64 * MIB})
+
+    assert_outcome(response, Outcome.OUTCOME_SUCCEEDED)
+    assert response.stdout == "sent 32\n"
+    assert len(response.actions) == 32
+    assert all(len(a.verb) <= MAX_VERB_CHARS + 40 for a in response.actions)
+    assert sum(len(a.verb) + len(a.target) + len(a.message) for a in response.actions) < 256_000
+    assert response.ByteSize() < 512_000
+    assert executor.memory_info().rss - rss_before < 32 * MIB
+
+
+async def test_a_storm_of_long_calls_keeps_the_actions_within_their_budget(
+    arena_warm: Arena,
+) -> None:
+    code = (
+        "target = '12:' + ','.join(str(n) for n in range(2000))\n"
+        "for _ in range(3000):\n"
+        "    try:\n"
+        "        qb.workunblock(target)\n"
+        "    except qb.QbError:\n"
+        "        pass\n"
+        "print('done')\n"
+    )
+    response = await arena_warm.attack(code, limits={"wall_seconds": 60})
+
+    assert_outcome(response, Outcome.OUTCOME_SUCCEEDED)
+    kept = sum(len(a.verb) + len(a.target) + len(a.message) for a in response.actions)
+    assert kept <= MAX_ACTIONS_BYTES + 1000
+    assert response.actions[-1].target.endswith("more qb calls")
+    assert response.ByteSize() < MAX_ACTIONS_BYTES + 512_000
+
+
+async def test_output_that_is_not_utf8_stays_within_output_bytes(
+    arena_warm: Arena, language: str
+) -> None:
+    code = {
+        "python": (
+            "import sys\n"
+            "sys.stdout.buffer.write(b'\\xff' * (1 << 20))\n"
+            "sys.stderr.buffer.write(b'\\xfe' * (1 << 20))\n"
+        ),
+        "perl": "binmode STDOUT; binmode STDERR;\n"
+        "print STDOUT \"\\xff\" x (1 << 20);\nprint STDERR \"\\xfe\" x (1 << 20);\n",
+    }[language]
+    response = await arena_warm.attack(code, language=language, limits={"output_bytes": MIB})
+
+    assert_outcome(response, Outcome.OUTCOME_SUCCEEDED)
+    for text, cut in (
+        (response.stdout, response.stdout_truncated),
+        (response.stderr, response.stderr_truncated),
+    ):
+        assert len(text.encode()) <= MIB
+        assert cut, "replacing invalid bytes would have tripled the output"
