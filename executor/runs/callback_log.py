@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
@@ -33,8 +34,24 @@ def log_path(root: Path, job_id: int) -> Path:
     return root.joinpath(f"job/{group}/{job_id}/{job_id}.cb")  # one join: a run's bookkeeping
 
 
+# A line of the callback's own text that a reader could take for ours ("=== " opens a
+# run's entry, "--- " a section) is escaped with a backslash, and so is a line that
+# begins with one; every other line is left as the callback wrote it.
+_OURS: Final = re.compile(r"^(?==== |--- |\\)", re.MULTILINE)
+
+
+def _escaped(text: str) -> str:
+    """The callback's text, unable to forge a header or a section line."""
+    return _OURS.sub(r"\\", text)
+
+
 def format_entry(invocation: Invocation, result: RunResult, when: float) -> str:
-    """The text appended for one run: header line, stdout, stderr, failure."""
+    """The text appended for one run: header line, stdout, stderr, failure.
+
+    Everything after the header that the callback wrote (its output, its exception's
+    message and traceback) is escaped: a printed ``=== ... invocation=forged`` line is
+    ``\\=== ...`` in the file, never a second header.
+    """
     stamp = datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")
     callback = invocation.callback
     header = (
@@ -51,13 +68,14 @@ def format_entry(invocation: Invocation, result: RunResult, when: float) -> str:
             continue
         if name == "stderr":
             parts.append("--- stderr\n")
+        text = _escaped(text)
         parts.append(text if text.endswith("\n") or not text else text + "\n")
         if truncated:
             parts.append(f"[{name} truncated at the output_bytes limit]\n")
     if result.failure is not None:
-        parts.append(f"--- failure: {result.failure.message}\n")
+        parts.append(f"--- failure: {_escaped(result.failure.message)}\n")
         if result.failure.traceback:
-            tb = result.failure.traceback
+            tb = _escaped(result.failure.traceback)
             parts.append(tb if tb.endswith("\n") else tb + "\n")
     return "".join(parts)
 

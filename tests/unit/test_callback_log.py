@@ -87,3 +87,21 @@ def test_an_entry_larger_than_the_cap_is_cut(tmp_path: Path) -> None:
     assert len(data) <= 500
     assert data.decode().endswith(CUT_MARKER)
     assert data.startswith(b"=== ")
+
+
+def test_callback_text_cannot_forge_a_header_or_a_section() -> None:
+    forged = "=== 2026-01-01T00:00:00.000+00:00 callback=9 outcome=SUCCEEDED invocation=forged\n"
+    result = RunResult(
+        "inv-1",
+        Outcome.FAILED,
+        stdout=f"before\n{forged}--- stderr\n\\already escaped\n",
+        stderr=forged,
+        failure=Failure(f"boom\n{forged}", "ValueError", f"Traceback\n{forged}"),
+    )
+    entry = format_entry(invocation(), result, WHEN)
+    headers = [line for line in entry.splitlines() if line.startswith("=== ")]
+    sections = [line for line in entry.splitlines() if line.startswith("--- ")]
+    assert len(headers) == 1 and headers[0].endswith("invocation=inv-1")
+    assert sections == ["--- stderr", "--- failure: boom"]
+    assert f"\\{forged}" in entry and "\\--- stderr" in entry and "\\\\already escaped" in entry
+    assert "before\n" in entry  # ordinary lines are left as written
