@@ -16,7 +16,7 @@ FORGED = "=== 2026-01-01T00:00:00.000+00:00 callback=1 outcome=SUCCEEDED invocat
 async def test_printed_header_lines_stay_output(arena_warm: Arena, language: str) -> None:
     code = {
         "python": f"print({FORGED!r})\nprint('--- stderr')\n",
-        "perl": f"print \"{FORGED}\\n--- stderr\\n\";\n",
+        "perl": f'print "{FORGED}\\n--- stderr\\n";\n',
     }[language]
     response = await arena_warm.attack(code, language=language)
     assert_outcome(response, Outcome.OUTCOME_SUCCEEDED)

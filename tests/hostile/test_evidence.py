@@ -37,7 +37,7 @@ async def test_success_then_spinning_into_the_cpu_limit_is_cpu_limit(
 ) -> None:
     code = {
         "python": FORGE_DONE + "forge({'type': 'done', 'status': 'ok'})\nwhile True:\n    pass\n",
-        "perl": PERL_FORGE_DONE + "forge('{\"type\":\"done\",\"status\":\"ok\"}');\n1 while 1;\n",
+        "perl": PERL_FORGE_DONE + 'forge(\'{"type":"done","status":"ok"}\');\n1 while 1;\n',
     }[language]
     response = await arena_warm.attack(
         code, language=language, limits={"cpu_seconds": 1, "wall_seconds": 20}
@@ -52,7 +52,7 @@ async def test_success_then_a_segfault_is_killed(arena_warm: Arena, language: st
         "python": FORGE_DONE
         + "forge({'type': 'done', 'status': 'ok'})\nimport ctypes\nctypes.string_at(0)\n",
         "perl": PERL_FORGE_DONE
-        + "forge('{\"type\":\"done\",\"status\":\"ok\"}');\nmy $x = unpack('p', pack('J', 8));\n",
+        + 'forge(\'{"type":"done","status":"ok"}\');\nmy $x = unpack(\'p\', pack(\'J\', 8));\n',
     }[language]
     response = await arena_warm.attack(code, language=language)
 
@@ -74,7 +74,7 @@ async def test_never_ran_after_a_qb_call_is_failed_not_rejected(
         "perl": PERL_FORGE_DONE
         + (
             "qb::block(qb::jobid());\n"
-            "forge('{\"type\":\"done\",\"status\":\"rejected\",\"message\":\"never ran\"}');\n"
+            'forge(\'{"type":"done","status":"rejected","message":"never ran"}\');\n'
             "POSIX::_exit(2);\n"
         ),
     }[language]
@@ -98,7 +98,7 @@ async def test_a_malformed_done_frame_is_a_recorded_and_reported_violation(
         "perl": PERL_FORGE_DONE
         + (
             "qb::block(qb::jobid());\n"
-            "forge('{\"type\":\"done\",\"status\":\"exit\",\"exit_code\":\"not-a-number\"}');\n"
+            'forge(\'{"type":"done","status":"exit","exit_code":"not-a-number"}\');\n'
             "sleep 30;\n"
         ),
     }[language]
@@ -181,7 +181,7 @@ async def test_output_that_is_not_utf8_stays_within_output_bytes(
             "sys.stderr.buffer.write(b'\\xfe' * (1 << 20))\n"
         ),
         "perl": "binmode STDOUT; binmode STDERR;\n"
-        "print STDOUT \"\\xff\" x (1 << 20);\nprint STDERR \"\\xfe\" x (1 << 20);\n",
+        'print STDOUT "\\xff" x (1 << 20);\nprint STDERR "\\xfe" x (1 << 20);\n',
     }[language]
     response = await arena_warm.attack(code, language=language, limits={"output_bytes": MIB})
 

@@ -1,0 +1,174 @@
+"""Request conversion at the edge: what a message must hold, and what it becomes inside."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from executor.api import convert
+from executor.errors import InvalidRequestError
+from executor.model import Event, Limits, Outcome, RunResult, Usage
+from executor.runs.metrics import Histogram, MetricsSnapshot
+from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
+
+pytestmark = pytest.mark.unit
+
+DEFAULTS = Limits(10, 30, 512 << 20, 1 << 20, 64, 256 << 20)
+CAPS = Limits(600, 3600, 16 << 30, 64 << 20, 1024, 16 << 30)
+
+
+def request(**overrides: object) -> executor_pb2.ExecuteRequest:
+    message = executor_pb2.ExecuteRequest(
+        invocation_id="inv-1",
+        callback=types_pb2.Callback(language=" Python ", code="print(1)", user="alice"),
+        context=executor_pb2.JobContext(job=types_pb2.Job(id=12, pgrp=10, user="bob")),
+    )
+    for path, value in overrides.items():
+        target = message
+        *parents, name = path.split("__")
+        for parent in parents:
+            target = getattr(target, parent)
+        setattr(target, name, value)
+    return message
+
+
+def invocation(message: executor_pb2.ExecuteRequest) -> object:
+    return convert.invocation_from_request(message, default_limits=DEFAULTS, max_limits=CAPS)
+
+
+def test_a_request_becomes_an_invocation() -> None:
+    got = convert.invocation_from_request(request(), default_limits=DEFAULTS, max_limits=CAPS)
+    assert (got.invocation_id, got.job_id, got.actor) == ("inv-1", 12, "alice")
+    assert got.callback.language == "python"
+    assert got.limits == DEFAULTS
+    assert (got.event, got.work_name, got.subjob_id) == (None, "", -1)
+
+
+def test_a_missing_invocation_id_gets_a_fresh_one() -> None:
+    got = convert.invocation_from_request(
+        request(invocation_id=""), default_limits=DEFAULTS, max_limits=CAPS
+    )
+    assert len(got.invocation_id) == 36
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"callback__language": ""}, "callback.language"),
+        ({"callback__code": "  "}, "callback.code"),
+        ({"callback__code": "x" * ((1 << 20) + 1)}, "callback.code"),
+        ({"callback__triggers": "a" * (65 << 10)}, "callback.triggers"),
+        ({"context__job__id": 0}, "context.job.id"),
+        ({"context__job__id": 1 << 63}, "context.job.id"),
+        ({"context__job__pgrp": 1 << 63}, "context.job.pgrp"),
+        ({"context__job__pid": (1 << 64) - 1}, "context.job.pid"),
+        ({"limits__cpu_seconds": math.nan}, "limits.cpu_seconds"),
+        ({"limits__wall_seconds": math.inf}, "limits.wall_seconds"),
+        ({"limits__wall_seconds": -1.0}, "limits.wall_seconds"),
+        ({"limits__memory_bytes": 32 << 30}, "limits.memory_bytes"),
+    ],
+)
+def test_what_a_request_may_not_hold_is_refused_naming_the_field(
+    overrides: dict[str, object], field: str
+) -> None:
+    with pytest.raises(InvalidRequestError, match=field.replace(".", r"\.")):
+        invocation(request(**overrides))
+
+
+def test_limits_may_lower_the_defaults_and_zero_means_default() -> None:
+    got = convert.invocation_from_request(
+        request(limits__wall_seconds=5.0, limits__memory_bytes=0),
+        default_limits=DEFAULTS,
+        max_limits=CAPS,
+    )
+    assert (got.limits.wall_seconds, got.limits.memory_bytes) == (5.0, DEFAULTS.memory_bytes)
+
+
+@pytest.mark.parametrize(
+    ("wire", "event"),
+    [
+        (("complete", "job", "self", ""), Event("complete", "job", 12)),
+        (("complete", "work", "12", "5"), Event("complete", "work", 12, work_name="5")),
+        (("done", "subjob", "render", "3"), Event("done", "subjob", 12, subjob_id=3)),
+        (("down", "host", "40", "node7"), Event("down", "host", 40, host="node7")),
+        (("dummy", "time", "", "790000000"), Event("dummy", "time", 12, extra="790000000")),
+    ],
+)
+def test_the_triggering_event_names_its_job_by_id(
+    wire: tuple[str, str, str, str], event: Event
+) -> None:
+    name, type_, context, extra = wire
+    message = request()
+    message.context.event.CopyFrom(
+        types_pb2.Event(name=name, type=type_, context=context, extra=extra)
+    )
+    got = convert.invocation_from_request(message, default_limits=DEFAULTS, max_limits=CAPS)
+    assert got.event == event
+    wire_back = convert.event_message(event)
+    assert (wire_back.context, wire_back.extra) == (event.context, event.item)
+
+
+def publish(**fields: object) -> executor_pb2.PublishEventRequest:
+    return executor_pb2.PublishEventRequest(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"type": "job", "job_id": 1}, "name is required"),
+        ({"name": "done", "type": "job", "job_id": 1}, "'done' is derived"),
+        ({"name": "complete", "type": "time", "job_id": 1}, "cannot be published"),
+        ({"name": "complete", "type": "job"}, "job_id is required"),
+        ({"name": "complete", "type": "job", "job_id": 1 << 63}, "job_id = "),
+        ({"name": "complete", "type": "work", "job_id": 1}, "work_name is required"),
+        ({"name": "complete", "type": "subjob", "job_id": 1}, "subjob_id is required"),
+    ],
+)
+def test_a_published_event_is_checked(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidRequestError, match=message):
+        convert.event_from_request(publish(**fields))
+
+
+def test_a_published_event_keeps_its_id_a_dry_run_has_none() -> None:
+    fields = {"name": "complete", "type": "subjob", "job_id": 4, "subjob_id": 0}
+    published = convert.event_from_request(publish(**fields, event_id="e-1"))
+    assert published == Event("complete", "subjob", 4, subjob_id=0, event_id="e-1")
+    dry = convert.event_from_request(executor_pb2.DryRunRequest(**fields))  # type: ignore[arg-type]
+    assert dry.event_id == ""
+
+
+def test_outcomes_round_trip_and_unknown_numbers_are_refused() -> None:
+    for outcome in Outcome:
+        assert convert.outcome_from_message(convert.outcome_message(outcome)) is outcome
+    assert convert.outcome_from_message(0) is None
+    with pytest.raises(InvalidRequestError, match="unknown value 99"):
+        convert.outcome_from_message(99)
+
+
+def test_counts_saturate_instead_of_wrapping() -> None:
+    assert convert.saturated(5) == 5
+    assert convert.saturated(1 << 40) == (1 << 32) - 1
+
+
+def test_a_result_and_metrics_on_the_wire() -> None:
+    result = RunResult("inv-1", Outcome.CPU_LIMIT, usage=Usage(1.5, 1.0, 4096, 0.25), stdout="x")
+    wire = convert.response_from_result(result)
+    assert (wire.outcome, wire.usage.queue_seconds, wire.stdout) == (
+        executor_pb2.OUTCOME_CPU_LIMIT,
+        0.25,
+        "x",
+    )
+    assert not wire.HasField("failure")
+    histogram = Histogram((0.1, 1.0))
+    histogram.observe(0.5)
+    snapshot = MetricsSnapshot(
+        {"SUCCEEDED": 2}, 1, 0, 0, histogram, histogram.copy(), 3, 4, 5, 6, "disk full"
+    )
+    metrics = convert.metrics_message(snapshot)
+    assert (metrics.outbox_pending, metrics.outbox_dead_letters, metrics.storage_problem) == (
+        3,
+        6,
+        "disk full",
+    )
+    assert list(metrics.run_wall_seconds.counts) == [0, 1, 0]

@@ -1,0 +1,103 @@
+"""The one error table: each domain error becomes its documented status; anything else INTERNAL."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, NoReturn
+
+import grpc
+import pytest
+
+from executor.api.errors import STATUS_BY_ERROR, grpc_errors, status_for
+from executor.errors import (
+    CapacityError,
+    ConfigError,
+    ExecutorError,
+    InvalidRequestError,
+    NotFoundError,
+    UnavailableError,
+)
+from executor.storage import StorageError
+
+pytestmark = pytest.mark.unit
+
+
+class Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class FakeContext:
+    """The servicer context's abort and trailers, recorded (no server involved)."""
+
+    def __init__(self) -> None:
+        self.trailers: tuple[tuple[str, str], ...] = ()
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
+        raise Aborted(code, details)
+
+    def set_trailing_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.trailers = metadata
+
+
+class Servicer:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    @grpc_errors
+    async def Call(self, request: Any, context: Any) -> str:
+        raise self.error
+
+
+# The README's error paragraph, as a table: the documented status of each domain error.
+DOCUMENTED = [
+    (InvalidRequestError("bad field"), grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFoundError("no such run"), grpc.StatusCode.NOT_FOUND),
+    (CapacityError("busy", retry_after_s=1.5), grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (UnavailableError("stopping"), grpc.StatusCode.UNAVAILABLE),
+    (StorageError("/data/outbox.db", "database or disk is full"), grpc.StatusCode.UNAVAILABLE),
+    (ConfigError("bad setting"), grpc.StatusCode.FAILED_PRECONDITION),
+]
+
+
+@pytest.mark.parametrize(("error", "code"), DOCUMENTED, ids=lambda v: type(v).__name__)
+async def test_each_domain_error_has_its_documented_status(
+    error: ExecutorError, code: grpc.StatusCode
+) -> None:
+    context = FakeContext()
+    with pytest.raises(Aborted) as aborted:
+        await Servicer(error).Call(None, context)
+    assert aborted.value.code == code == status_for(error)
+    assert aborted.value.details == str(error)
+
+
+def test_the_table_names_every_domain_error() -> None:
+    named = {error_type for error_type, _ in STATUS_BY_ERROR}
+    assert named == {type(error) for error, _ in DOCUMENTED} - {StorageError}
+    assert status_for(ExecutorError("a new kind nobody mapped")) == grpc.StatusCode.INTERNAL
+
+
+async def test_capacity_refusals_say_when_to_retry() -> None:
+    context = FakeContext()
+    with pytest.raises(Aborted):
+        await Servicer(CapacityError("busy", retry_after_s=2.5)).Call(None, context)
+    assert context.trailers == (("retry-after-s", "2.5"),)
+
+
+async def test_a_bug_is_internal_with_an_incident_id_and_no_details(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.ERROR), pytest.raises(Aborted) as aborted:
+        await Servicer(KeyError("secret internals")).Call(None, FakeContext())
+    assert aborted.value.code == grpc.StatusCode.INTERNAL
+    assert "secret" not in aborted.value.details
+    incident = aborted.value.details.rsplit("incident ", 1)[1].rstrip(")")
+    assert incident in caplog.text and "KeyError" in caplog.text
+
+
+async def test_long_details_are_bounded() -> None:
+    with pytest.raises(Aborted) as aborted:
+        await Servicer(InvalidRequestError("x" * 10_000)).Call(None, FakeContext())
+    assert len(aborted.value.details) < 2100
