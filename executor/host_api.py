@@ -189,10 +189,6 @@ class HostApi:
             functions["subjob" + verb] = self._subjob_verb(verb)
         return functions
 
-    @property
-    def function_names(self) -> list[str]:
-        return sorted(self._functions)
-
     async def call(self, fn: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         """Run one qb call; raises HostCallError for the callback to see."""
         if self._calls >= MAX_CALLS_PER_RUN:

@@ -332,8 +332,3 @@ class ZygoteSpawner:
     def warm(self, language: str) -> bool:
         """Whether ``language``'s children still start from its zygote."""
         return self._failures[language] < MAX_ZYGOTE_FAILURES
-
-    @property
-    def zygote_pid(self) -> int | None:
-        """The Python zygote's pid."""
-        return self.pid_of("python")

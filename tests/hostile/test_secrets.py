@@ -59,7 +59,8 @@ ALLOWED_ENV = {"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "MALLOC_ARENA_MAX", S
 
 async def test_callback_cannot_find_or_read_the_executor_process(arena_warm: Arena) -> None:
     spawner = arena_warm.stack.running.spawner
-    zygote_pid = getattr(spawner, "zygote_pid", None) or 0
+    pid_of = getattr(spawner, "pid_of", None)
+    zygote_pid = (pid_of("python") if pid_of else None) or 0
     code = LOOK_FOR_THE_EXECUTOR.replace("EXECUTOR_PID", str(os.getpid())).replace(
         "ZYGOTE_PID", str(zygote_pid)
     )
