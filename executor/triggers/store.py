@@ -201,11 +201,6 @@ class TriggerStore:
             ).fetchall()
         return [StoredCallback.from_row(row) for row in rows]
 
-    def callback(self, rowid: int) -> StoredCallback | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM callbacks WHERE rowid = ?", (rowid,)).fetchone()
-        return StoredCallback.from_row(row) if row else None
-
     def count_callbacks(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM callbacks").fetchone()[0])
