@@ -169,10 +169,6 @@ class Dispatcher:
         self._on_result = on_result
 
     @property
-    def runner(self) -> ChildRunner:
-        return self._runner
-
-    @property
     def active(self) -> int:
         """Runs holding a slot."""
         return self._slots.busy

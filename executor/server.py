@@ -61,6 +61,7 @@ class RunningServer:
     port: int
     options: SandboxOptions
     dispatcher: Dispatcher
+    runner: SandboxRunner
     spawner: Spawner
     engine: TriggerEngine
     recorder: Recorder
@@ -121,8 +122,9 @@ async def start(settings: Settings) -> RunningServer:
 
         spawner = _spawner(settings, options)
         stack.push_async_callback(spawner.close)
+        runner = SandboxRunner(options, spawner, prepare_ahead=settings.prepare_ahead)
         dispatcher = Dispatcher(
-            runner=SandboxRunner(options, spawner, prepare_ahead=settings.prepare_ahead),
+            runner=runner,
             supervisor=GrpcSupervisor(supervisor_channel, settings.supervisor_timeout_seconds),
             qube=QubeInterpreter(settings.mail_settings),
             languages=settings.languages,
@@ -190,6 +192,7 @@ async def start(settings: Settings) -> RunningServer:
             port=edge.port,
             options=options,
             dispatcher=dispatcher,
+            runner=runner,
             spawner=spawner,
             engine=engine,
             recorder=recorder,

@@ -1,4 +1,4 @@
-"""mypy --strict stays clean: the packages, and the child code on the path the sandbox gives it."""
+"""mypy --strict stays clean: the packages, the tests, and the child code on the sandbox's path."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ def mypy(args: list[str], cwd: Path, cache: Path) -> subprocess.CompletedProcess
     )
 
 
-def test_packages_type_check(tmp_path: Path) -> None:
-    result = mypy(["executor", "supervisor_client"], ROOT, tmp_path)
+def test_packages_and_tests_type_check(tmp_path: Path) -> None:
+    result = mypy(["executor", "supervisor_client", "tests"], ROOT, tmp_path)
     assert result.returncode == 0, result.stdout
 
 

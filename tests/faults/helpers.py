@@ -57,7 +57,9 @@ def fill(directory: Path) -> Path:
 
 async def raw_call(channel: grpc.aio.Channel, method: str, payload: bytes) -> grpc.StatusCode:
     """Call ``method`` with ``payload`` as the request bytes; returns the status code."""
-    call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+        method, request_serializer=None, response_deserializer=None
+    )
     try:
         await call(payload, timeout=10)
     except grpc.aio.AioRpcError as err:

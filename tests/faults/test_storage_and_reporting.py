@@ -13,26 +13,16 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from supervisor_client import ExecutorClient, RetryableError
 from supervisor_client.qbcallback.v1 import executor_pb2, supervisor_pb2
 from tests.conftest import stack_settings
 from tests.faults.helpers import executor, fill, small_tmpfs, supervisor_endpoint
+from tests.helpers.health import NOT_SERVING, SERVING, health_status
 from tests.helpers.supervisors import CountingSupervisor
 from tests.helpers.waiting import eventually, outbox_drained
 
 pytestmark = pytest.mark.faults
-
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-async def health(channel: grpc.aio.Channel) -> int:
-    reply = await health_pb2_grpc.HealthStub(channel).Check(
-        health_pb2.HealthCheckRequest(), timeout=5
-    )
-    return int(reply.status)
 
 
 async def test_a_full_data_disk_refuses_answers_it_cannot_record_and_recovers(
@@ -82,7 +72,7 @@ async def test_a_full_data_disk_refuses_answers_it_cannot_record_and_recovers(
 
 
 async def _is(channel: grpc.aio.Channel, status: int) -> bool:
-    return await health(channel) == status
+    return await health_status(channel) == status
 
 
 def _print(size: int) -> str:

@@ -6,16 +6,28 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 from supervisor_client import ExecutorClient
 
 T = TypeVar("T")
 
 
+@overload
 async def eventually(
-    check: Callable[[], T | Awaitable[T]], timeout_s: float = 10.0, interval_s: float = 0.02
-) -> T:
+    check: Callable[[], Awaitable[T]], timeout_s: float = ..., interval_s: float = ...
+) -> T: ...
+
+
+@overload
+async def eventually(
+    check: Callable[[], T], timeout_s: float = ..., interval_s: float = ...
+) -> T: ...
+
+
+async def eventually(
+    check: Callable[[], Any], timeout_s: float = 10.0, interval_s: float = 0.02
+) -> Any:
     """Poll ``check`` until its value is truthy or ``timeout_s`` has passed; returns the last value.
 
     ``check`` may be a coroutine function, for conditions only an RPC can see.

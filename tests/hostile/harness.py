@@ -241,15 +241,15 @@ class Arena:
         cgroups = self.stack.running.options.cgroups
         if cgroups is not None:
             for cell in range(SandboxRunner.cells(self.stack.settings.max_concurrent)):
-                left = [pid for pid in cgroups.pids(cell) if not prepared(pid)]
-                assert not left, f"cell {cell}'s cgroup still lists {left}"
+                listed = [pid for pid in cgroups.pids(cell) if not prepared(pid)]
+                assert not listed, f"cell {cell}'s cgroup still lists {listed}"
 
     async def prepared_processes(self) -> Callable[[int], bool]:
         """Whether a pid belongs to a child prepared for a later run (given no code yet).
 
         Such a child is one process, or a shim outside a PID namespace and its PID 1.
         """
-        shims = set(await self.stack.running.dispatcher.runner.prepared_pids())
+        shims = set(await self.stack.running.runner.prepared_pids())
 
         def prepared(pid: int) -> bool:
             if pid in shims:

@@ -426,7 +426,7 @@ async def test_cpu_spin_hits_the_cpu_limit(
 ) -> None:
     run = await run_perl(runner, supervisor, job_id, "1 while 1;", cpu_seconds=1, wall_seconds=20)
 
-    assert run.outcome is Outcome.CPU_LIMIT, (run.failure, run.child.wait_status)
+    assert run.outcome is Outcome.CPU_LIMIT, (run.failure, run.child.exit_code, run.child.signal)
 
 
 async def test_huge_string_hits_the_memory_limit(

@@ -8,39 +8,32 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 
 from executor import server
 from executor.api.edge import SERVICES
 from supervisor_client import ExecutorClient
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, stack_settings
+from tests.helpers.health import NOT_SERVING, SERVING, health_status, health_updates
 
 pytestmark = pytest.mark.service
 
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # Still running when the stop begins: the drain has a callback to end.
 STUBBORN = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)"
 
 
-async def check(stub: health_pb2_grpc.HealthStub, service: str = "") -> int:
-    response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
-    return int(response.status)
-
-
 async def test_serving_while_up(stack: Stack) -> None:
-    stub = health_pb2_grpc.HealthStub(stack.channel)
-    assert await check(stub) == SERVING
+    stub = stack.channel
+    assert await health_status(stub) == SERVING
     assert SERVICES == (
         "qbcallback.v1.CallbackExecutorService",
         "qbcallback.v1.TriggerService",
         "qbcallback.v1.RunService",
     )
     for service in SERVICES:
-        assert await check(stub, service) == SERVING
+        assert await health_status(stub, service) == SERVING
     with pytest.raises(grpc.aio.AioRpcError) as unknown:
-        await check(stub, "no.such.Service")
+        await health_status(stub, "no.such.Service")
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -48,8 +41,8 @@ async def test_not_serving_while_draining(tmp_path: Path) -> None:
     running = await server.start(stack_settings(tmp_path / "data", grace_seconds=1.5))
     address = f"127.0.0.1:{running.port}"
     channel = grpc.aio.insecure_channel(address)
-    stub = health_pb2_grpc.HealthStub(channel)
-    watch = stub.Watch(health_pb2.HealthCheckRequest(service=SERVICES[0]))
+    stub = channel
+    watch = health_updates(channel, SERVICES[0])
     seen: list[int] = []
 
     async def follow() -> None:
@@ -67,13 +60,13 @@ async def test_not_serving_while_draining(tmp_path: Path) -> None:
         while running.dispatcher.active == 0:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
-        assert await check(stub) == SERVING
+        assert await health_status(stub) == SERVING
 
         stopping = asyncio.create_task(running.stop())
         samples: list[tuple[int, int]] = []  # (status, callbacks still being drained)
         while not stopping.done() and len(samples) < 5:
             try:
-                status = await check(stub)
+                status = await health_status(stub)
             except grpc.aio.AioRpcError:
                 break  # the server has stopped listening
             samples.append((status, running.dispatcher.active))

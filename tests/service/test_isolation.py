@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import json
@@ -23,6 +22,7 @@ from executor.sandbox.process import SandboxRunner
 from executor.sandbox.spawners import MAX_ZYGOTE_FAILURES, ZygoteSpawner
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, running_stack, stack_settings
+from tests.helpers.frames import refuse_calls, start_frame
 
 pytestmark = pytest.mark.service
 
@@ -178,8 +178,8 @@ async def run_once(
         runtime=child_runtime(Language(language)),
         limits=settings.default_limits,
         slot=0,
-        start={"type": "start", "code": code, "context": {}},
-        on_call=lambda frame: asyncio.sleep(0, {}),
+        start=start_frame(code),
+        on_call=refuse_calls,
     )
 
 

@@ -23,6 +23,7 @@ from executor.runtimes.child import child_runtime
 from executor.sandbox.process import SandboxRunner
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, running_stack, stack_settings
+from tests.helpers.frames import refuse_calls, start_frame
 from tests.helpers.processes import sandboxed_processes
 from tests.helpers.waiting import eventually
 
@@ -75,7 +76,7 @@ async def run(stack: Stack, code: str, language: str = "python", **limits: float
 
 
 async def test_a_run_with_the_same_limits_takes_the_prepared_child(one_slot: Stack) -> None:
-    runner = one_slot.running.dispatcher.runner
+    runner = one_slot.running.runner
     await run(one_slot, "pass")
     (prepared,) = await runner.prepared_pids()
     spawns = SpawnCounter(runner)
@@ -91,7 +92,7 @@ async def test_a_run_with_the_same_limits_takes_the_prepared_child(one_slot: Sta
 
 
 async def test_other_limits_discard_the_prepared_child(one_slot: Stack) -> None:
-    runner = one_slot.running.dispatcher.runner
+    runner = one_slot.running.runner
     await run(one_slot, "pass")
     (prepared,) = await runner.prepared_pids()
     spawns = SpawnCounter(runner)
@@ -106,7 +107,7 @@ async def test_other_limits_discard_the_prepared_child(one_slot: Stack) -> None:
 
 
 async def test_each_language_has_its_own_prepared_child(one_slot: Stack) -> None:
-    runner = one_slot.running.dispatcher.runner
+    runner = one_slot.running.runner
     await run(one_slot, "pass")
     await run(one_slot, "1;", language="perl")
     assert len(await runner.prepared_pids()) == 2
@@ -120,7 +121,7 @@ async def test_each_language_has_its_own_prepared_child(one_slot: Stack) -> None
 
 
 async def test_a_prepared_child_that_died_is_replaced(one_slot: Stack) -> None:
-    runner = one_slot.running.dispatcher.runner
+    runner = one_slot.running.runner
     await run(one_slot, "pass")
     (prepared,) = await runner.prepared_pids()
     os.kill(prepared, signal.SIGKILL)
@@ -151,7 +152,7 @@ async def test_stopping_the_executor_ends_the_prepared_children(tmp_path: Path) 
     async with running_stack(stack_settings(tmp_path / "data", max_concurrent=2)) as stack:
         await run(stack, "pass")
         await run(stack, "pass")
-        prepared = await stack.running.dispatcher.runner.prepared_pids()
+        prepared = await stack.running.runner.prepared_pids()
         assert len(prepared) == 2
 
     assert not [
@@ -165,7 +166,7 @@ async def test_a_prepared_childs_warm_up_leaves_nothing_in_the_callbacks_namespa
     one_slot: Stack,
 ) -> None:
     await run(one_slot, "pass")
-    await one_slot.running.dispatcher.runner.prepared_pids()  # the next one has warmed up
+    await one_slot.running.runner.prepared_pids()  # the next one has warmed up
 
     response = await run(one_slot, "print(sorted(n for n in globals() if not n.startswith('__')))")
 
@@ -186,7 +187,7 @@ async def test_a_run_cancelled_twice_still_ends_its_child_and_closes_its_ends(
 ) -> None:
     # A server that stops while a cancelled run unwinds cancels it a second time; the
     # run's cleanup must still kill and reap its child and close the pipes and bridge.
-    runner = one_slot.running.dispatcher.runner
+    runner = one_slot.running.runner
     await run(one_slot, "pass")  # the zygote is up
     assert one_slot.running.recorder is not None and one_slot.running.recorder.outbox is not None
     await one_slot.running.recorder.outbox.flush(5.0)  # its connection to the supervisor is up too
@@ -198,8 +199,8 @@ async def test_a_run_cancelled_twice_still_ends_its_child_and_closes_its_ends(
             runtime=child_runtime(Language.PYTHON),
             limits=limits,
             slot=0,
-            start={"type": "start", "code": "import time\ntime.sleep(60)", "context": {}},
-            on_call=lambda frame: asyncio.sleep(0, {}),
+            start=start_frame("import time\ntime.sleep(60)"),
+            on_call=refuse_calls,
         )
     )
     prepared = {p.pid for p in sandboxed_processes()}

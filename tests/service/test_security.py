@@ -13,7 +13,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 
 from executor import server
 from executor.config import Settings
@@ -21,6 +20,7 @@ from executor.errors import ConfigError
 from supervisor_client import ExecutorClient, ExecutorRpcError
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import stack_settings
+from tests.helpers.health import SERVING, health_status
 
 pytestmark = pytest.mark.service
 
@@ -282,9 +282,7 @@ async def test_token(tmp_path: Path, executor_with: list[server.RunningServer]) 
                 await client.execute_callback(language="python", code="pass", job={"id": 1})
             assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
     async with grpc.aio.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
-        assert answer.status == health_pb2.HealthCheckResponse.SERVING, "health stays open"
+        assert await health_status(channel) == SERVING, "health stays open"
         with pytest.raises(grpc.aio.AioRpcError) as refused_supervisor:
             from supervisor_client.qbcallback.v1 import supervisor_pb2, supervisor_pb2_grpc
 

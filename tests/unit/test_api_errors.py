@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import grpc
 import pytest
@@ -42,6 +42,10 @@ class FakeContext:
         self.trailers = metadata
 
 
+def as_context(fake: FakeContext) -> grpc.aio.ServicerContext[Any, Any]:
+    return cast("grpc.aio.ServicerContext[Any, Any]", fake)  # only abort and trailers are used
+
+
 class Servicer:
     def __init__(self, error: BaseException) -> None:
         self.error = error
@@ -68,7 +72,7 @@ async def test_each_domain_error_has_its_documented_status(
 ) -> None:
     context = FakeContext()
     with pytest.raises(Aborted) as aborted:
-        await Servicer(error).Call(None, context)
+        await Servicer(error).Call(None, as_context(context))
     assert aborted.value.code == code == status_for(error)
     assert aborted.value.details == str(error)
 
@@ -82,7 +86,7 @@ def test_the_table_names_every_domain_error() -> None:
 async def test_capacity_refusals_say_when_to_retry() -> None:
     context = FakeContext()
     with pytest.raises(Aborted):
-        await Servicer(CapacityError("busy", retry_after_s=2.5)).Call(None, context)
+        await Servicer(CapacityError("busy", retry_after_s=2.5)).Call(None, as_context(context))
     assert context.trailers == (("retry-after-s", "2.5"),)
 
 
@@ -90,7 +94,7 @@ async def test_a_bug_is_internal_with_an_incident_id_and_no_details(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.ERROR), pytest.raises(Aborted) as aborted:
-        await Servicer(KeyError("secret internals")).Call(None, FakeContext())
+        await Servicer(KeyError("secret internals")).Call(None, as_context(FakeContext()))
     assert aborted.value.code == grpc.StatusCode.INTERNAL
     assert "secret" not in aborted.value.details
     incident = aborted.value.details.rsplit("incident ", 1)[1].rstrip(")")
@@ -99,5 +103,5 @@ async def test_a_bug_is_internal_with_an_incident_id_and_no_details(
 
 async def test_long_details_are_bounded() -> None:
     with pytest.raises(Aborted) as aborted:
-        await Servicer(InvalidRequestError("x" * 10_000)).Call(None, FakeContext())
+        await Servicer(InvalidRequestError("x" * 10_000)).Call(None, as_context(FakeContext()))
     assert len(aborted.value.details) < 2100

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
+from executor.child.protocol import DoneFrame
 from executor.model import Limits, Outcome
 from executor.sandbox.capture import CapturedStream
 from executor.sandbox.exit_status import ChildExit, classify, describe_signal, sandbox_result
@@ -33,7 +34,8 @@ def killed(signum: int) -> int:
 
 
 def child(status: int = 0, done: dict[str, Any] | None = None, **fields: Any) -> ChildExit:
-    result = ChildExit(wait_status=status, done=done, stderr=CapturedStream(4096), **fields)
+    frame = cast("DoneFrame | None", done)  # the cases build frames by hand, some odd on purpose
+    result = ChildExit(wait_status=status, done=frame, stderr=CapturedStream(4096), **fields)
     return result
 
 
