@@ -207,22 +207,23 @@ class Dispatcher:
             )
             self._finished(invocation, language, result)
             return result
-        run = self._admit(invocation, language, fired=fired)
-        assert run.task is not None
+        run, task = self._admit(invocation, language, fired=fired)
         try:
-            return await asyncio.shield(run.task)
+            return await asyncio.shield(task)
         except asyncio.CancelledError:
-            if run.task.done():
+            if task.done():
                 raise  # not the caller: the run itself was cancelled
             run.stop.request(CALLER_CANCELLED)
             # The run ends (KILLED, recorded) before the cancellation goes on; cancelling
             # the caller again ends only this wait, the run still ends on its own.
-            await asyncio.wait([run.task])
-            if not run.task.cancelled() and (error := run.task.exception()) is not None:
+            await asyncio.wait([task])
+            if not task.cancelled() and (error := task.exception()) is not None:
                 logger.error("run %s failed", invocation.invocation_id, exc_info=error)
             raise
 
-    def _admit(self, invocation: Invocation, language: Language, *, fired: bool) -> _Run:
+    def _admit(
+        self, invocation: Invocation, language: Language, *, fired: bool
+    ) -> tuple[_Run, asyncio.Task[RunResult]]:
         """Take a place for the run (CapacityError) and start the task that owns it."""
         if invocation.invocation_id in self._runs:
             raise UnavailableError(
@@ -231,11 +232,11 @@ class Dispatcher:
             )
         ticket = self._slots.ticket(fired=fired)
         run = _Run(invocation, language, RunStop())
-        run.task = asyncio.create_task(
+        task = run.task = asyncio.create_task(
             self._run(run, ticket), name=f"run {invocation.invocation_id}"
         )
         self._runs[invocation.invocation_id] = run
-        return run
+        return run, task
 
     async def _run(self, run: _Run, ticket: asyncio.Future[int | None]) -> RunResult:
         """The owned task of one run: wait for a slot, run, release it, record the result."""

@@ -81,7 +81,7 @@ def _spawner(settings: Settings, options: SandboxOptions) -> Spawner:
     return ColdSpawner(sys.executable)
 
 
-async def start(settings: Settings) -> RunningServer:
+async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the whole assembly
     """Build and start everything the settings describe."""
     async with AsyncExitStack() as stack:
         credentials = security.server_credentials(settings)  # bad TLS files fail first

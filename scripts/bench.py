@@ -165,7 +165,7 @@ async def grpc_floor(address: str, runs: int) -> list[float]:
 
 
 def fork_floor(runs: int) -> list[float]:
-    """fork + exit + wait of a small gRPC-free process (a fresh interpreter measures it)."""
+    """Fork + exit + wait of a small gRPC-free process (a fresh interpreter measures it)."""
     code = (
         "import os, time, json\nsamples = []\n"
         f"for _ in range({runs}):\n"
@@ -216,7 +216,9 @@ class CpuMeter:
 
     def ms_per_call(self, before: tuple[float, float, float], calls: float) -> tuple[float, ...]:
         """Milliseconds of CPU per call of each party since ``before`` (a ``sample()``)."""
-        return tuple((now - then) / calls * 1000 for now, then in zip(self.sample(), before))
+        return tuple(
+            (now - then) / calls * 1000 for now, then in zip(self.sample(), before, strict=True)
+        )
 
     async def per_call(self, work: Awaitable[list[float]]) -> tuple[list[float], tuple[float, ...]]:
         before = self.sample()

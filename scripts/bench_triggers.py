@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from executor import triggers  # noqa: E402
-from executor.model import Event, Invocation, Limits, RunResult  # noqa: E402
-from executor.triggers.engine import TriggerEngine  # noqa: E402
-from executor.triggers.store import TriggerStore  # noqa: E402
+from executor import triggers
+from executor.model import Event, Invocation, Limits, RunResult
+from executor.triggers.engine import TriggerEngine
+from executor.triggers.store import TriggerStore
 
 FRAMES = 100
 
@@ -69,7 +69,7 @@ def naive_match(parsed: list[tuple[int, list[object]]], event: Event) -> int:
     hits = 0
     for owner, atoms in parsed:
         for atom in atoms:
-            context = getattr(atom, "context")
+            context = atom.context
             target = owner if context == "self" else int(context) if context.isdigit() else -1
             names = ("complete", "failed", "killed") if atom.name == "done" else (atom.name,)  # type: ignore[attr-defined]
             if event.name in names and atom.type == event.type and target == event.job_id:  # type: ignore[attr-defined]

@@ -239,7 +239,7 @@ def executor(
         CBEXEC_GRACE_SECONDS="0.3",
     )
     with log.open("wb") as log_file:
-        proc = subprocess.Popen(  # noqa: S603 - fixed argv
+        proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",

@@ -324,7 +324,7 @@ class ExecutorClient:
 
 
 def outcome_name(value: int) -> str:
-    """ "SUCCEEDED" for OUTCOME_SUCCEEDED (the names the README and the CLI use)."""
+    """The short name of an outcome, as the README and the CLI write it: SUCCEEDED."""
     return executor_pb2.Outcome.Name(executor_pb2.Outcome.ValueType(value)).removeprefix("OUTCOME_")
 
 
@@ -332,7 +332,7 @@ def outcome_value(name: str) -> executor_pb2.Outcome.ValueType:
     """The Outcome for "SUCCEEDED" (or "OUTCOME_SUCCEEDED"); ValueError for an unknown name."""
     key = name.strip().upper()
     key = key if key.startswith("OUTCOME_") else f"OUTCOME_{key}"
-    if key not in executor_pb2.Outcome.keys() or key == "OUTCOME_UNSPECIFIED":
+    if key not in executor_pb2.Outcome.keys() or key == "OUTCOME_UNSPECIFIED":  # noqa: SIM118
         raise ValueError(f"unknown outcome {name!r}; expected one of {', '.join(OUTCOMES)}")
     return executor_pb2.Outcome.Value(key)
 
@@ -344,9 +344,12 @@ OUTCOMES: tuple[str, ...] = tuple(
 
 
 def as_plain(message: Message) -> dict[str, Any]:
-    """A message as plain JSON-ready values: field names as in the .proto, every field
-    present (an unset message field as None), 64-bit integers as numbers (not the strings
-    of protobuf's JSON mapping) and outcomes by their short names ("SUCCEEDED")."""
+    """A message as plain JSON-ready values, for printing.
+
+    Field names as in the .proto, every field present (an unset message field as None),
+    64-bit integers as numbers (not the strings of protobuf's JSON mapping) and outcomes
+    by their short names ("SUCCEEDED").
+    """
     plain: dict[str, Any] = {}
     for field in message.DESCRIPTOR.fields:
         value = getattr(message, field.name)

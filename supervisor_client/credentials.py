@@ -59,11 +59,14 @@ def open_channel(
     """A channel to ``address``: TLS when any certificate is given, plaintext otherwise.
 
     Args:
+        address: "host:port", or any target gRPC takes ("unix:/path", "dns:///name").
         root_certificates: PEM CA bundle that signed the server's certificate (None with
             TLS on means the system roots).
-        private_key, certificate_chain: the client's key and certificate, for mutual TLS.
+        private_key: the client's PEM key, for mutual TLS.
+        certificate_chain: the client's PEM certificate chain, for mutual TLS.
         token: the executor's ``auth_token``, sent as a bearer token on every call.
         tls: force TLS even without any certificate (system roots).
+        options: gRPC channel options (by default: reconnect quickly).
     """
     interceptors = [BearerTokenInterceptor(token)] if token else None
     if tls or root_certificates or private_key or certificate_chain:

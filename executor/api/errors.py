@@ -64,7 +64,8 @@ def status_for(error: ExecutorError) -> grpc.StatusCode:
 async def abort_internal(context: Context, what: str) -> None:
     """Log the exception being handled under a new incident id and answer INTERNAL."""
     incident = uuid.uuid4().hex[:12]
-    logger.exception("internal error in %s, incident %s", what, incident)
+    # Called from inside the handler of the exception being logged.
+    logger.exception("internal error in %s, incident %s", what, incident)  # noqa: LOG004
     await context.abort(
         grpc.StatusCode.INTERNAL, f"internal error in the executor (incident {incident})"
     )
@@ -81,7 +82,7 @@ def grpc_errors(handler: Handler[Request, Response]) -> Handler[Request, Respons
             if isinstance(err, CapacityError):
                 context.set_trailing_metadata((("retry-after-s", f"{err.retry_after_s:g}"),))
             await context.abort(status_for(err), bounded(str(err)))
-        except Exception:
+        except Exception:  # noqa: BLE001 - a bug of ours: INTERNAL with an incident id, logged
             await abort_internal(context, handler.__qualname__)
         raise AssertionError("unreachable: context.abort raises")
 

@@ -68,7 +68,7 @@ def under(path: str, directory: str) -> bool:
 def _under_any(path: str, directories: list[str]) -> bool:
     # A loop, not any() over a generator: in a zygote's child every first use of a
     # construct writes to pages of the shared heap (see launcher.py).
-    for directory in directories:
+    for directory in directories:  # noqa: SIM110
         if under(path, directory):
             return True
     return False
@@ -88,7 +88,7 @@ def _cover(masks: list[str], keep: list[str]) -> None:
                 os.makedirs(path, mode=0o755, exist_ok=True)
             else:
                 os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-                open(path, "a").close()  # noqa: SIM115 - a mount point for a file
+                open(path, "a").close()  # a mount point for a file
             _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
     finally:
         for fd in kept.values():

@@ -156,7 +156,8 @@ def run(bridge_fd: int, *, warm_up: bool = False) -> int:
     for field in ("exception_type", "message", "traceback"):
         if field in done:  # short enough for the frame limit (the executor cuts further)
             done[field] = done[field][:DONE_TEXT_CHARS]
-    try:
+    # Not contextlib.suppress: it is one more module a forked child would touch.
+    try:  # noqa: SIM105
         protocol.write_frame(bridge_fd, done)
     except OSError:
         pass  # the callback closed the bridge; the exit status still tells the executor

@@ -29,23 +29,23 @@ class QbError(Exception):
     """A qb call failed; the message says why."""
 
 
-class PermissionDenied(QbError):  # noqa: N818 - Qube users read these names
+class PermissionDenied(QbError):
     """The callback's owner may not do this to that job."""
 
 
-class NoSuchJob(QbError):  # noqa: N818
+class NoSuchJob(QbError):
     """The job id does not exist."""
 
 
-class NoSuchWork(QbError):  # noqa: N818
+class NoSuchWork(QbError):
     """The work item does not exist in that job."""
 
 
-class InvalidArgument(QbError):  # noqa: N818
+class InvalidArgument(QbError):
     """The call's arguments are malformed."""
 
 
-class SupervisorUnavailable(QbError):  # noqa: N818
+class SupervisorUnavailable(QbError):
     """The supervisor did not answer."""
 
 
@@ -122,7 +122,7 @@ def callback() -> CallbackContext:
 
 
 def jobinfo(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-    """Job dicts: jobinfo('-id', n), jobinfo('-pgrp', n), jobinfo(id=n), jobinfo(pgrp=n).
+    """Job dicts, as Qube spells the call: ``'-id', n``, ``'-pgrp', n``, ``id=n``, ``pgrp=n``.
 
     Add ``callbacks=True`` (or the flag '-callbacks') to include each job's callbacks.
     """
@@ -153,11 +153,23 @@ def _verb(name: str) -> Any:
     return verb
 
 
-_JOB_VERBS = (
-    "unblock block kill remove retry requeue preempt interrupt migrate suspend resume "
-    "complete retire fail"
-).split()
-_WORK_VERBS = "unblock block kill retry requeue complete retire fail".split()
+_JOB_VERBS = [
+    "unblock",
+    "block",
+    "kill",
+    "remove",
+    "retry",
+    "requeue",
+    "preempt",
+    "interrupt",
+    "migrate",
+    "suspend",
+    "resume",
+    "complete",
+    "retire",
+    "fail",
+]
+_WORK_VERBS = ["unblock", "block", "kill", "retry", "requeue", "complete", "retire", "fail"]
 # Mirrors executor.supervisor_link.SUBJOB_VERBS (this module may not import it).
 _SUBJOB_VERBS = [verb for verb in _JOB_VERBS if verb not in ("remove", "retire")]
 

@@ -286,7 +286,8 @@ async def _run_one(args: argparse.Namespace, out: TextIO) -> int:
         settings = Settings(bind="127.0.0.1:0", data_dir=data_dir, launcher="cold")
         running = await server.start(settings)
         try:
-            assert running.reference is not None
+            if running.reference is None:  # never: the settings above embed the supervisor
+                raise ConfigError("--embedded: the executor started without its supervisor")
             job = running.reference.submit([_submittable(job)])[0]
             print(
                 f"embedded executor on port {running.port}; job submitted as id {job['id']}",

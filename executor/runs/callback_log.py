@@ -46,7 +46,7 @@ def _escaped(text: str) -> str:
 
 
 def format_entry(invocation: Invocation, result: RunResult, when: float) -> str:
-    """The text appended for one run: header line, stdout, stderr, failure.
+    r"""The text appended for one run: header line, stdout, stderr, failure.
 
     Everything after the header that the callback wrote (its output, its exception's
     message and traceback) is escaped: a printed ``=== ... invocation=forged`` line is
@@ -68,8 +68,8 @@ def format_entry(invocation: Invocation, result: RunResult, when: float) -> str:
             continue
         if name == "stderr":
             parts.append("--- stderr\n")
-        text = _escaped(text)
-        parts.append(text if text.endswith("\n") or not text else text + "\n")
+        escaped = _escaped(text)
+        parts.append(escaped if escaped.endswith("\n") or not escaped else escaped + "\n")
         if truncated:
             parts.append(f"[{name} truncated at the output_bytes limit]\n")
     if result.failure is not None:
@@ -116,8 +116,10 @@ class CallbackLog:
 
     @staticmethod
     def _open(path: Path) -> int:
-        """The log for appending, made with its directories when missing (only then: a
-        run's bookkeeping is on the event loop, and most runs find them)."""
+        """The log for appending, made with its directories when missing.
+
+        Only then: a run's bookkeeping is on the event loop, and most runs find them.
+        """
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         try:
             return os.open(path, flags, 0o666)

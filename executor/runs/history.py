@@ -234,7 +234,7 @@ class RunHistory:
         if since is not None:
             where.append("started_at >= ?")
             args.append(since)
-        query = f"SELECT {_SUMMARY_COLUMNS} FROM runs"
+        query = f"SELECT {_SUMMARY_COLUMNS} FROM runs"  # noqa: S608 - our columns; values bound
         if where:
             query += " WHERE " + " AND ".join(where)
         query += " ORDER BY started_at DESC, rowid DESC LIMIT ?"
@@ -244,7 +244,7 @@ class RunHistory:
     def get(self, invocation_id: str) -> RunRecord | None:
         """One run with its whole result, or None when unknown (or pruned)."""
         row = self._db.execute(
-            f"SELECT {_SUMMARY_COLUMNS}, result FROM runs WHERE invocation_id = ?",
+            f"SELECT {_SUMMARY_COLUMNS}, result FROM runs WHERE invocation_id = ?",  # noqa: S608
             (invocation_id,),
         ).fetchone()
         if row is None:

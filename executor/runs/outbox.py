@@ -308,8 +308,11 @@ class Outbox:
             await asyncio.sleep(delay)
 
     async def _deliver_next(self) -> bool | None:
-        """Deliver what is pending now. True when all of it is done with (delivered or set
-        aside), False to back off, None when nothing was pending (after waiting for some)."""
+        """Deliver what is pending now, or wait for something to be.
+
+        True when all of it is done with (delivered or set aside), False to back off, None
+        when nothing was pending (after waiting for some).
+        """
         batch = self._next_batch()
         if not batch:
             # No await between the query and clear(): put() cannot slip in between.
@@ -337,8 +340,10 @@ class Outbox:
         return True
 
     async def _deliver_many(self, batch: list[tuple[int, str, bytes]]) -> DeliveryError | None:
-        """Deliver a batch in one exchange: None when delivered, else why not (an error that
-        is not ``unreachable`` means: send them one by one)."""
+        """Deliver a batch in one exchange: None when delivered, else why not.
+
+        An error that is not ``unreachable`` means: send them one by one.
+        """
         transport = cast(BatchTransport, self._transport)
         try:
             duplicates = await transport.deliver_many([(key, payload) for _, key, payload in batch])
@@ -391,8 +396,11 @@ class Outbox:
         return None if row[0] is None else float(row[0])
 
     def _note_failure(self, seq: int, error: str, *, counted: bool) -> int:
-        """Record a failed attempt of one row; returns how many attempts the receiver answered
-        and refused (``counted``; an unreachable receiver's are not)."""
+        """Record a failed attempt of one row.
+
+        Returns how many attempts the receiver answered and refused (``counted``; an
+        unreachable receiver's are not).
+        """
         with writing(self._path, self._health):
             row = self._db.execute(
                 "UPDATE outbox SET attempts = attempts + ?, last_error = ? WHERE seq = ?"

@@ -58,7 +58,7 @@ class RunStop:
             self._wakers.remove(wake)
 
 
-class RunStopped(Exception):  # noqa: N818 - an ending, not an error of ours
+class RunStopped(Exception):
     """A block under ``stoppable`` was ended by its stop; the message is the reason."""
 
 

@@ -54,7 +54,7 @@ class Spawner(Protocol):
     async def spawn(
         self, spec: LaunchSpec, *, env: dict[str, str], fds: tuple[int, int, int]
     ) -> ChildHandle:
-        """fds are (stdout write end, stderr write end, bridge); the caller closes its copies."""
+        """Fds are (stdout write end, stderr write end, bridge); the caller closes its copies."""
         ...
 
     async def reap(self, handle: ChildHandle) -> None:
@@ -79,7 +79,9 @@ class ColdSpawner:
     ) -> ChildHandle:
         stdout_w, stderr_w, bridge = fds
         try:
-            proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            # Popen returns once the child has exec'd (vfork): no need for asyncio's
+            # subprocess transport and its watcher, since we reap with wait4 ourselves.
+            proc = subprocess.Popen(  # noqa: ASYNC220
                 [self._python, "-I", "-S", "-B", str(LAUNCHER), json.dumps(spec), str(bridge)],
                 stdin=subprocess.DEVNULL,
                 stdout=stdout_w,
@@ -105,7 +107,8 @@ class ColdSpawner:
             asyncio.get_running_loop().remove_reader(pidfd)
             os.close(pidfd)
         with contextlib.suppress(ChildProcessError):
-            _, status, usage = os.wait4(handle.pid, 0)
+            # Called once the child has exited (its pidfd read ready): wait4 does not block.
+            _, status, usage = os.wait4(handle.pid, 0)  # noqa: ASYNC222
             handle.wait_status = status
             handle.cpu_seconds = usage.ru_utime + usage.ru_stime
             handle.peak_rss_bytes = usage.ru_maxrss * 1024
@@ -144,7 +147,7 @@ class _Zygote:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         argv = [*self._argv, str(theirs.fileno()), *self._options]
         try:
-            self._process = subprocess.Popen(  # noqa: S603 - fixed argv
+            self._process = subprocess.Popen(  # noqa: ASYNC220 - as ColdSpawner.spawn
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -165,9 +168,11 @@ class _Zygote:
         return ours
 
     def _on_message(self) -> None:
-        assert self._control is not None
+        control = self._control
+        if control is None:  # a message queued before the socket was closed
+            return
         try:
-            size = self._control.recv_into(self._buffer)
+            size = control.recv_into(self._buffer)
         except BlockingIOError:
             return
         except OSError:

@@ -32,7 +32,7 @@ _PROBE_PID_NAMESPACE: Final = (
 
 def probe_pid_namespace(python: str) -> bool:
     """Whether a child may unshare a PID namespace here (root, or unprivileged userns)."""
-    probe = subprocess.run(  # noqa: S603 - fixed argv
+    probe = subprocess.run(
         [python, "-I", "-S", "-c", _PROBE_PID_NAMESPACE], check=False, capture_output=True
     )
     return probe.returncode == 0

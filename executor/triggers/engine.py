@@ -338,7 +338,9 @@ class TriggerEngine:
         if not wait:
             return fired, duplicate
         results = await asyncio.gather(*futures)
-        return [Fired(f.callback, f.invocation_id, r) for f, r in zip(fired, results)], duplicate
+        return [
+            Fired(f.callback, f.invocation_id, r) for f, r in zip(fired, results, strict=True)
+        ], duplicate
 
     async def _run_firing(self, firing: PendingFiring) -> RunResult:
         """Run one queued firing in the context of its job and event (the worker's ``run``)."""

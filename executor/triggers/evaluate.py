@@ -1,5 +1,6 @@
-"""Pure trigger semantics, the ones the engine runs: which atoms an event matches, how
-latches fire a callback, and when a clock atom is due.
+"""Pure trigger semantics, the ones the engine runs: matching, latching, firing, clock times.
+
+Which atoms an event matches, how latches fire a callback, and when a clock atom is due.
 
 The engine keeps the state (latches, counts, the atom index, timers) in SQLite and asks
 this module everything that is not a lookup, so what the unit tests check here is what

@@ -82,13 +82,14 @@ class EventForwarder:
         while True:
             try:
                 await self._forward(item)
-                return
             except grpc.aio.AioRpcError as err:
                 if err.code() not in RETRYABLE:
                     logger.error("executor refused %s: %s", item.transition, err.details())
                     return
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff_s)
+            else:
+                return
 
     async def _forward(self, item: _Queued) -> None:
         t = item.transition

@@ -1,5 +1,7 @@
-"""Hostile callbacks against the executor's secrets and files: environment, config, databases,
-TLS key, the data dir itself, stray files outside the working directory, and the network.
+"""Hostile callbacks against the executor's secrets and files, and the network.
+
+Its environment, config, databases, TLS key, the data dir itself, stray files outside
+the working directory, and the network.
 
 The executor runs inside the test process here, so "the executor's environment" is this
 process's. Cases for hardening the host does not give yet are strict xfails naming

@@ -101,7 +101,7 @@ async def test_jobinfo_keyword_and_pgrp_forms(stack: Stack) -> None:
     )
     code = (
         "print(len(qb.jobinfo('-pgrp', qb.jobid())), len(qb.jobinfo(pgrp=qb.jobid())),"
-        " qb.jobinfo(id=%d)[0]['name'])" % second["id"]
+        f" qb.jobinfo(id={second['id']})[0]['name'])"
     )
     response = await run_python(stack, first["id"], code)
 

@@ -204,8 +204,8 @@ async def test_a_run_cancelled_twice_still_ends_its_child_and_closes_its_ends(
         )
     )
     prepared = {p.pid for p in sandboxed_processes()}
-    while not (children := {p.pid for p in sandboxed_processes()} - prepared):
-        await asyncio.sleep(0.01)
+    while not (children := {p.pid for p in sandboxed_processes()} - prepared):  # noqa: ASYNC110
+        await asyncio.sleep(0.01)  # polling /proc: no event tells when a child appears
     await asyncio.sleep(0.2)  # the child has taken its start frame
 
     running.cancel()

@@ -24,7 +24,7 @@ from tests.helpers.health import SERVING, health_status
 
 pytestmark = pytest.mark.service
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token"  # noqa: S105 - the test's own token
 # Acts on a job through the embedded supervisor: proves the executor's own channel to it
 # (Unix socket under TLS, token-bearing under auth) works, not just the public port.
 UNBLOCK = "qb.unblock(qb.jobid())\nprint('status', qb.jobinfo('-id', qb.jobid())[0]['status'])"
@@ -283,15 +283,13 @@ async def test_token(tmp_path: Path, executor_with: list[server.RunningServer]) 
             assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
     async with grpc.aio.insecure_channel(address) as channel:
         assert await health_status(channel) == SERVING, "health stays open"
-        with pytest.raises(grpc.aio.AioRpcError) as refused_supervisor:
-            from supervisor_client.qbcallback.v1 import supervisor_pb2, supervisor_pb2_grpc
+        from supervisor_client.qbcallback.v1 import supervisor_pb2, supervisor_pb2_grpc
 
-            await supervisor_pb2_grpc.SupervisorServiceStub(channel).JobAction(
-                supervisor_pb2.JobActionRequest(
-                    verb=supervisor_pb2.JOB_VERB_KILL, job_id=1, actor="alice"
-                ),
-                timeout=5,
-            )
+        kill = supervisor_pb2.JobActionRequest(
+            verb=supervisor_pb2.JOB_VERB_KILL, job_id=1, actor="alice"
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused_supervisor:
+            await supervisor_pb2_grpc.SupervisorServiceStub(channel).JobAction(kill, timeout=5)
         # The embedded Supervisor service is not on the public port at all (it trusts the
         # actor it is told), only on a private socket in the data dir.
         assert refused_supervisor.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -53,12 +53,12 @@ def test_bad_values_name_the_setting(values: dict[str, object], message: str) ->
 
 def test_validate_rejects_defaults_above_caps() -> None:
     settings = config.apply(config.Settings(), {"default_limits": {"wall_seconds": 99999}}, "t")
-    with pytest.raises(ConfigError, match="default_limits.wall_seconds"):
+    with pytest.raises(ConfigError, match=r"default_limits\.wall_seconds"):
         config.validate(settings)
 
 
 def test_unreadable_config_file_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="missing.toml"):
+    with pytest.raises(ConfigError, match=r"missing\.toml"):
         config.from_toml(config.Settings(), tmp_path / "missing.toml")
 
 

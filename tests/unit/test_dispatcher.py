@@ -250,7 +250,7 @@ async def test_a_disabled_language_is_rejected_and_recorded_without_a_slot() -> 
 async def test_an_unknown_language_is_an_invalid_request() -> None:
     harness = Harness(slots=1, queue=0)
 
-    with pytest.raises(InvalidRequestError, match="callback.language 'cobol'"):
+    with pytest.raises(InvalidRequestError, match=r"callback\.language 'cobol'"):
         await harness.execute("a", language="cobol")
 
     assert harness.recorded == []

@@ -35,8 +35,7 @@ def killed(signum: int) -> int:
 
 def child(status: int = 0, done: dict[str, Any] | None = None, **fields: Any) -> ChildExit:
     frame = cast("DoneFrame | None", done)  # the cases build frames by hand, some odd on purpose
-    result = ChildExit(wait_status=status, done=frame, stderr=CapturedStream(4096), **fields)
-    return result
+    return ChildExit(wait_status=status, done=frame, stderr=CapturedStream(4096), **fields)
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ def test_above_the_cap_names_the_limit_and_the_cap() -> None:
 
 
 def test_negative_is_rejected() -> None:
-    with pytest.raises(InvalidRequestError, match="limits.wall_seconds must not be negative"):
+    with pytest.raises(InvalidRequestError, match=r"limits\.wall_seconds must not be negative"):
         merge(Limits(0, -1, 0, 0, 0, 0), DEFAULT, CAP)
 
 

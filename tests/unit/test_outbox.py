@@ -74,7 +74,9 @@ class BatchReceiver(ReferenceReceiver):
         duplicates = self.supervisor.report_results(
             [(key, 1, json.loads(body)) for key, body in messages]
         )
-        self.order += [key for key, duplicate in zip(keys, duplicates) if not duplicate]
+        self.order += [
+            key for key, duplicate in zip(keys, duplicates, strict=True) if not duplicate
+        ]
         self.batches.append(keys)
         return duplicates
 

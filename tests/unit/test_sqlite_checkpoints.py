@@ -63,8 +63,11 @@ def test_checkpoints_let_the_log_restart(database: tuple[sqlite3.Connection, Pat
 
 
 class CommitsBetweenPasses(BackgroundCheckpoints):
-    """The writer commits a row before each checkpoint pass, as a busy executor does while
-    a checkpoint copies; here at fixed points, not wherever the scheduler puts them."""
+    """The writer commits a row before each checkpoint pass, as a busy executor does.
+
+    A busy executor commits while a checkpoint copies; here at fixed points, not wherever
+    the scheduler puts them.
+    """
 
     def __init__(self, writer: sqlite3.Connection, path: Path, **kwargs: Any) -> None:
         super().__init__(writer, path, **kwargs)
