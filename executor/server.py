@@ -36,10 +36,11 @@ from executor.config import Settings
 from executor.dispatcher import Dispatcher
 from executor.qube_language import QubeInterpreter
 from executor.runs.metrics import Metrics
+from executor.runs.readings import ReadingSources, TierFlags
 from executor.runs.recorder import Recorder
 from executor.sandbox.process import SandboxOptions, SandboxRunner
 from executor.sandbox.spawners import ColdSpawner, Spawner, ZygoteSpawner
-from executor.sandbox.tier import describe_tier, sandbox_options
+from executor.sandbox.tier import describe_tier, mechanisms, sandbox_options
 from executor.storage import StorageHealth
 from executor.triggers.engine import TriggerEngine
 from executor.triggers.store import TriggerStore
@@ -138,6 +139,18 @@ async def start(settings: Settings) -> RunningServer:
         )
         engine.reload_universal()
 
+        metrics.read_from(
+            _reading_sources(
+                settings,
+                options,
+                dispatcher,
+                spawner,
+                recorder,
+                engine,
+                trigger_store,
+                storage_health,
+            ).read
+        )
         edge = api_edge.build(
             settings,
             credentials,
@@ -145,9 +158,6 @@ async def start(settings: Settings) -> RunningServer:
             dispatcher=dispatcher,
             engine=engine,
             recorder=recorder,
-            gauges=dispatcher,
-            event_counts=engine.stats,
-            storage=storage_health,
         )
         stack.push_async_callback(edge.close, STOP_GRACE_S)
         await edge.server.start()
@@ -193,6 +203,38 @@ async def start(settings: Settings) -> RunningServer:
             _exit_stack=stack.pop_all(),
         )
     raise AssertionError("unreachable: the block returns or raises")
+
+
+def _reading_sources(
+    settings: Settings,
+    options: SandboxOptions,
+    dispatcher: Dispatcher,
+    spawner: Spawner,
+    recorder: Recorder,
+    engine: TriggerEngine,
+    store: TriggerStore,
+    storage: StorageHealth,
+) -> ReadingSources:
+    """Where each gauge of the metrics comes from (each read on the event loop)."""
+    outbox = recorder.outbox
+    stats = engine.stats
+    return ReadingSources(
+        load=dispatcher,
+        slots=settings.max_concurrent,
+        queue_limit=settings.max_queue,
+        tier=TierFlags(
+            describe_tier(options), settings.launcher, tuple(mechanisms(options).items())
+        ),
+        prepared_children=lambda: dispatcher.runner.prepared,
+        outbox=(lambda: (outbox.pending(), outbox.dead()))
+        if outbox is not None
+        else lambda: (0, 0),
+        storage_problem=lambda: storage.problem,
+        trigger_counts=lambda: (stats.events_published, stats.callbacks_fired),
+        trigger_store=lambda: (store.count_jobs(), store.count_callbacks()),
+        universal=lambda: (len(engine.universal), len(engine.universal_reload.errors)),
+        zygotes=spawner.status if isinstance(spawner, ZygoteSpawner) else tuple,
+    )
 
 
 async def _stop_tasks(tasks: Sequence[asyncio.Task[Any]]) -> None:

@@ -435,6 +435,11 @@ class SandboxRunner:
         if self._prepare_ahead and not self._closing and cell not in self._prepared:
             self._prepared[cell] = asyncio.create_task(self._start(spec, limits, cell, ahead=True))
 
+    @property
+    def prepared(self) -> int:
+        """Children started ahead and not yet taken (those still starting included)."""
+        return len(self._prepared)
+
     async def prepared_pids(self) -> list[int]:
         """Pids of the children waiting for a run, once the ones being started are up."""
         if self._prepared:
