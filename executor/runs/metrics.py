@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, ProcessCollector
 from prometheus_client import Histogram as PromHistogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -169,6 +169,9 @@ class Metrics:
         )
         self._readings = ReadingsCollector()
         self.registry.register(self._readings)
+        # The executor process's own CPU, memory and open files (process_*), as every
+        # Prometheus client exposes them: what the run counters cost the host.
+        ProcessCollector(registry=self.registry)
         self._read: Callable[[], Readings] | None = None
 
     def observe(self, result: RunResult, *, language: str = "", source: str = "execute") -> None:
