@@ -19,7 +19,7 @@ from executor.web.layout import badge, definitions, live, notice
 from supervisor_client.client import OUTCOMES, outcome_name
 
 LANGUAGES: Final = ("python", "perl", "qube")
-DEFAULT_LIMIT: Final = 100
+DEFAULT_LIMIT: Final = 50
 MAX_LIMIT: Final = 1000
 TRIGGER_CHARS: Final = 48
 
