@@ -77,8 +77,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer("POST")
 
     def _answer(self, method: str, *, body: bool = True) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            self.send_error(400, "bad Content-Length")
+            return
+        if not 0 <= length <= MAX_BODY_BYTES:
             self.send_error(413, "request body too large")
             return
         request = Request.parse(
