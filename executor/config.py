@@ -138,6 +138,12 @@ class Settings:
     auth_token: str = field(default="", repr=False)
     # Report every finished run to the supervisor (ReportResult) through the durable outbox.
     report_results: bool = True
+    # host:port of the HTTP side port (/metrics, /healthz, the read-only dashboard); "" = off.
+    # It takes the TLS settings and the token of the gRPC port.
+    http_bind: str = ""
+    # Serve /metrics and /healthz without the token (for a scraper or load balancer that
+    # cannot send one); the dashboard still asks for it.
+    http_exempt_metrics: bool = False
 
     @property
     def mail_settings(self) -> MailSettings:
@@ -235,13 +241,21 @@ def from_env(settings: Settings, environ: Mapping[str, str]) -> Settings:
     return apply(settings, values, "environment")
 
 
+def _check_address(name: str, value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"{name}: expected host:port, got {value!r}")
+    if int(port) > 65535:
+        raise ConfigError(f"{name}: port {port} is out of range (1-65535, or 0 for any free port)")
+
+
 def validate(settings: Settings) -> Settings:
     """Reject settings that cannot work; returns them unchanged when they can."""
-    host, sep, port = settings.bind.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ConfigError(f"bind: expected host:port, got {settings.bind!r}")
-    if int(port) > 65535:
-        raise ConfigError(f"bind: port {port} is out of range (1-65535, or 0 for any free port)")
+    _check_address("bind", settings.bind)
+    if settings.http_bind:
+        _check_address("http_bind", settings.http_bind)
+        if settings.http_bind == settings.bind and not settings.bind.endswith(":0"):
+            raise ConfigError("http_bind: must differ from bind (the gRPC port)")
     for name in ("default_limits", "max_limits"):
         limits: Limits = getattr(settings, name)
         for key in _LIMIT_FIELDS:

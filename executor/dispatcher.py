@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from executor.child.protocol import StartFrame
 from executor.errors import CapacityError, InvalidRequestError, UnavailableError
@@ -45,6 +45,29 @@ logger = logging.getLogger(__name__)
 
 SHUTTING_DOWN: Final = "the executor is shutting down"
 CALLER_CANCELLED: Final = "the caller cancelled the request"
+
+
+# A failure's first line is enough to tell runs apart in a log; the whole is in the history.
+MAX_LOGGED_FAILURE_CHARS: Final = 200
+
+
+def run_log_fields(invocation: Invocation, language: str, result: RunResult) -> dict[str, Any]:
+    """The per-run line's fields, each its own key in the JSON log (``logs.JsonFormatter``)."""
+    failure = result.failure.message.strip().partition("\n")[0] if result.failure else ""
+    return {
+        "invocation_id": invocation.invocation_id,
+        "job_id": invocation.job_id,
+        "callback_id": invocation.callback.id,
+        "language": str(language),
+        "source": invocation.source,
+        "outcome": result.outcome.value,
+        "wall_seconds": round(result.usage.wall_seconds, 6),
+        "cpu_seconds": round(result.usage.cpu_seconds, 6),
+        "peak_rss_bytes": result.usage.peak_rss_bytes,
+        "queue_seconds": round(result.usage.queue_seconds, 6),
+        "actions": len(result.actions),
+        "failure": failure[:MAX_LOGGED_FAILURE_CHARS],
+    }
 
 
 class QubeRunner(Protocol):
@@ -320,18 +343,22 @@ class Dispatcher:
 
     def _finished(self, invocation: Invocation, language: Language, result: RunResult) -> None:
         """Log the run's one line and hand it to ``on_result`` (recording, reporting)."""
+        fields = run_log_fields(invocation, language, result)
         logger.info(
-            "callback ran: job=%s callback=%s language=%s outcome=%s wall=%.3fs cpu=%.3fs "
-            "rss=%dKiB queue=%.3fs actions=%d",
+            "callback ran: job=%s callback=%s language=%s source=%s outcome=%s wall=%.3fs "
+            "cpu=%.3fs rss=%dKiB queue=%.3fs actions=%d%s",
             invocation.job_id,
             invocation.callback.id,
             language,
+            invocation.source,
             result.outcome,
             result.usage.wall_seconds,
             result.usage.cpu_seconds,
             result.usage.peak_rss_bytes // 1024,
             result.usage.queue_seconds,
             len(result.actions),
+            f" failure={fields['failure']!r}" if fields["failure"] else "",
+            extra=fields,
         )
         if self._on_result is not None:
             self._on_result(invocation, result)

@@ -172,6 +172,10 @@ class Invocation:
     event: Event | None = None
     work_name: str = ""
     subjob_id: int = -1
+    # Where the run came from: "execute" (the Execute RPC), or "job" / "universal" (fired
+    # by the trigger engine for a job's own callback or a callbacks.conf one). A bounded
+    # value: the metrics' and the log line's label.
+    source: str = "execute"
 
     @property
     def job_id(self) -> int:

@@ -27,6 +27,8 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import grpc
+
 from executor.api import edge as api_edge
 from executor.api import embedded as api_embedded
 from executor.api import security
@@ -35,15 +37,21 @@ from executor.api.supervisor import GrpcSupervisor
 from executor.config import Settings
 from executor.dispatcher import Dispatcher
 from executor.runs.metrics import Metrics
+from executor.runs.readings import ReadingSources, TierFlags
 from executor.runs.recorder import Recorder
 from executor.runtimes.qube import QubeInterpreter
 from executor.sandbox.identity import UidClaim
 from executor.sandbox.process import SandboxOptions, SandboxRunner
 from executor.sandbox.spawners import ColdSpawner, Spawner, ZygoteSpawner
-from executor.sandbox.tier import describe_tier, sandbox_options
+from executor.sandbox.tier import describe_tier, mechanisms, sandbox_options
 from executor.storage import StorageHealth
 from executor.triggers.engine import TriggerEngine
 from executor.triggers.store import TriggerStore
+from executor.web.app import Dashboard
+from executor.web.auth import Access
+from executor.web.server import SidePort
+from executor.web.source import ExecutorSource
+from supervisor_client import ExecutorClient
 from supervisor_client.credentials import open_channel
 from supervisor_client.reference import ReferenceSupervisor
 from supervisor_client.reference.forwarder import EventForwarder
@@ -68,7 +76,9 @@ class RunningServer:
     # The embedded reference supervisor and its forwarder (embedded mode only).
     reference: ReferenceSupervisor | None
     forwarder: EventForwarder | None
-    _exit_stack: AsyncExitStack = field(repr=False)
+    # The HTTP side port's bound port; None when http_bind is empty.
+    http_port: int | None = None
+    _exit_stack: AsyncExitStack = field(default_factory=AsyncExitStack, repr=False)
 
     async def stop(self) -> None:
         """Drain and stop everything, in the order ``start`` arranged (see the module doc)."""
@@ -86,6 +96,8 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
     async with AsyncExitStack() as stack:
         credentials = security.server_credentials(settings)  # bad TLS files fail first
         security.check_bindable(settings.bind)
+        if settings.http_bind:
+            security.check_bindable(settings.http_bind, setting="http_bind")
         options = sandbox_options(settings)
         if options.cgroups is not None:
             stack.callback(options.cgroups.close)
@@ -145,6 +157,19 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         )
         engine.reload_universal()
 
+        metrics.read_from(
+            _reading_sources(
+                settings,
+                options,
+                dispatcher,
+                runner,
+                spawner,
+                recorder,
+                engine,
+                trigger_store,
+                storage_health,
+            ).read
+        )
         edge = api_edge.build(
             settings,
             credentials,
@@ -152,9 +177,6 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             dispatcher=dispatcher,
             engine=engine,
             recorder=recorder,
-            gauges=dispatcher,
-            event_counts=engine.stats,
-            storage=storage_health,
         )
         stack.push_async_callback(edge.close, STOP_GRACE_S)
         await edge.server.start()
@@ -175,6 +197,12 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         if embedded is not None:
             forwarder = embedded.forward_to(edge.own_channel)
             stack.push_async_callback(embedded.stop_forwarding)
+        http_port = None
+        if settings.http_bind:
+            # Last in, first out: pages and scrapes stop before anything they read does.
+            side_port = _start_side_port(settings, edge.own_channel, metrics)
+            stack.push_async_callback(side_port.close)
+            http_port = side_port.port
 
         logger.info("endpoint security: %s", security.describe(settings))
         logger.info(
@@ -198,9 +226,54 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             recorder=recorder,
             reference=embedded.reference if embedded else None,
             forwarder=forwarder,
+            http_port=http_port,
             _exit_stack=stack.pop_all(),
         )
     raise AssertionError("unreachable: the block returns or raises")
+
+
+def _start_side_port(settings: Settings, channel: grpc.aio.Channel, metrics: Metrics) -> SidePort:
+    """The HTTP side port, reading through the executor's own channel (it carries the token)."""
+    source = ExecutorSource(asyncio.get_running_loop(), ExecutorClient(channel), metrics)
+    access = Access(
+        settings.auth_token,
+        exempt_probes=settings.http_exempt_metrics,
+        secure_cookie=bool(settings.tls_cert),
+    )
+    return SidePort.start(settings, Dashboard(source, metrics.registry, access))
+
+
+def _reading_sources(
+    settings: Settings,
+    options: SandboxOptions,
+    dispatcher: Dispatcher,
+    runner: SandboxRunner,
+    spawner: Spawner,
+    recorder: Recorder,
+    engine: TriggerEngine,
+    store: TriggerStore,
+    storage: StorageHealth,
+) -> ReadingSources:
+    """Where each gauge of the metrics comes from (each read on the event loop)."""
+    outbox = recorder.outbox
+    stats = engine.stats
+    return ReadingSources(
+        load=dispatcher,
+        slots=settings.max_concurrent,
+        queue_limit=settings.max_queue,
+        tier=TierFlags(
+            describe_tier(options), settings.launcher, tuple(mechanisms(options).items())
+        ),
+        prepared_children=lambda: runner.prepared,
+        outbox=(lambda: (outbox.pending(), outbox.dead()))
+        if outbox is not None
+        else lambda: (0, 0),
+        storage_problem=lambda: storage.problem,
+        trigger_counts=lambda: (stats.events_published, stats.callbacks_fired),
+        trigger_store=lambda: (store.count_jobs(), store.count_callbacks()),
+        universal=lambda: (len(engine.universal), len(engine.universal_reload.errors)),
+        zygotes=spawner.status if isinstance(spawner, ZygoteSpawner) else tuple,
+    )
 
 
 async def _stop_tasks(tasks: Sequence[asyncio.Task[Any]]) -> None:

@@ -18,7 +18,12 @@ with the warm (zygote) and the cold (fork+exec) launcher, and measures in one ru
 - throughput with 1, 8 and 32 concurrent clients (errors other than RESOURCE_EXHAUSTED
   are counted and reported);
 - the executor's RSS idle and after the load (the zygotes' RSS is listed apart);
-- the issue's targets next to what was measured.
+- the issue's targets next to what was measured;
+- the HTTP side port's cost: the callback path's p50/p99 and calls/s with ``http_bind``
+  off, and on with a scraper polling ``/metrics`` every second and a dashboard page
+  open (its first load, then what its script fetches: the runs table every 2 s),
+  alternating off and on ``--http-rounds`` times; medians side by side
+  (``--only http`` runs just this part).
 
 Not a test: the machines are shared and noisy; read medians and ratios.
 """
@@ -36,7 +41,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -96,6 +103,90 @@ def executor(
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+class HttpLoad:
+    """A Prometheus scraper (every 1 s) and an open dashboard page (its script's 2 s refresh)."""
+
+    def __init__(self, port: int) -> None:
+        self._base = f"http://127.0.0.1:{port}"
+        self._stop = threading.Event()
+        self.scrapes = self.refreshes = self.errors = 0
+        self._threads = [
+            threading.Thread(target=self._every, args=(1.0, ["/metrics"], "scrapes")),
+            threading.Thread(
+                target=self._every, args=(2.0, ["/runs", "/runs?part=rows"], "refreshes")
+            ),
+        ]
+
+    def _every(self, period_s: float, paths: list[str], counter: str) -> None:
+        first = True
+        while not self._stop.is_set():
+            path = paths[0] if first else paths[-1]  # the page loads once, then refreshes
+            first = False
+            try:
+                with urllib.request.urlopen(self._base + path, timeout=10) as response:  # noqa: S310 - loopback
+                    response.read()
+                setattr(self, counter, getattr(self, counter) + 1)
+            except OSError:
+                self.errors += 1
+            self._stop.wait(period_s)
+
+    def __enter__(self) -> HttpLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
+async def http_side_by_side(
+    supervisor: str, tmp: Path, runs: int, seconds: float, rounds: int
+) -> dict[str, list[tuple[float, float, float]]]:
+    """(p50 ms, p99 ms, calls/s with 8 clients) per round, HTTP port off and on, alternating."""
+    results: dict[str, list[tuple[float, float, float]]] = {"off": [], "on": []}
+    for round_ in range(rounds):
+        for mode in ("off", "on"):
+            settings = {}
+            http_port = free_port()
+            if mode == "on":
+                settings["http_bind"] = f"127.0.0.1:{http_port}"
+            data_dir = tmp / f"http-{mode}-{round_}"
+            with executor("zygote", data_dir, supervisor, **settings) as (address, _):
+                await wait_serving(address)
+                await asyncio.sleep(0.5)
+                load = HttpLoad(http_port) if mode == "on" else contextlib.nullcontext()
+                with load:
+                    p50, p99 = summary(await latency(address, "python", runs))
+                    rate, _, _ = await throughput(address, 8, seconds)
+                if isinstance(load, HttpLoad):
+                    print(
+                        f"  round {round_ + 1}, on: {load.scrapes} scrapes, "
+                        f"{load.refreshes} page refreshes, {load.errors} errors"
+                    )
+            results[mode].append((p50, p99, rate))
+    return results
+
+
+def print_http(results: dict[str, list[tuple[float, float, float]]]) -> None:
+    print(
+        f"\n{'HTTP side port (python, warm; medians of rounds)':<50}"
+        f"{'p50 ms':>10}{'p99 ms':>10}{'calls/s':>10}"
+    )
+    for mode, label in (("off", "off"), ("on", "on: /metrics every 1 s + page open")):
+        rounds = results[mode]
+        p50 = statistics.median(r[0] for r in rounds)
+        p99 = statistics.median(r[1] for r in rounds)
+        rate = statistics.median(r[2] for r in rounds)
+        print(f"{label:<50}{p50:>10.2f}{p99:>10.2f}{rate:>10.0f}")
+    for mode in ("off", "on"):
+        print(
+            f"  {mode} by round: "
+            + ", ".join(f"{p50:.2f} ms / {rate:.0f}/s" for p50, _, rate in results[mode])
+        )
 
 
 async def wait_serving(address: str) -> None:
@@ -240,6 +331,8 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--http-rounds", type=int, default=3)
+    parser.add_argument("--only", choices=("http",), help="run only this part")
     args = parser.parse_args()
     rows: list[tuple[str, float, float]] = []
     cpu_rows: list[tuple[str, tuple[float, ...]]] = []
@@ -256,6 +349,15 @@ async def main() -> int:
     add_reference_supervisor(supervisor_server, reference)
     supervisor_address = f"127.0.0.1:{supervisor_server.add_insecure_port('127.0.0.1:0')}"
     await supervisor_server.start()
+    if args.only == "http":
+        with tempfile.TemporaryDirectory() as tmp:
+            results = await http_side_by_side(
+                supervisor_address, Path(tmp), args.runs, args.seconds, args.http_rounds
+            )
+        await supervisor_server.stop(2.0)
+        reference.close()
+        print_http(results)
+        return 0
     setups = (
         ("zygote", "zygote", {}),
         ("zygote, no private mounts/uid", "zygote", {"dedicated_uid": "off"}),
@@ -290,6 +392,9 @@ async def main() -> int:
                         if clients == 32:
                             cpu_rows.append(("python callback, 32 clients", cpu))
                     loaded = rss_mb(proc)
+        http_results = await http_side_by_side(
+            supervisor_address, Path(tmp), args.runs, args.seconds, args.http_rounds
+        )
     await supervisor_server.stop(2.0)  # let reports still in flight finish
     reference.close()
     rows.append(("floor: fork+wait, warm process", *summary(fork_floor(args.runs))))
@@ -353,6 +458,7 @@ async def main() -> int:
         (f"idle RSS <= {TARGETS['idle_rss']:g} MB", idle[0] * 2**20 / 1e6 <= TARGETS["idle_rss"]),
     ]
     print("\ntargets: " + "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in checks))
+    print_http(http_results)
     return 0
 
 

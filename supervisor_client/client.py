@@ -159,6 +159,18 @@ class ExecutorClient:
             await asyncio.sleep(poll_s)
         raise TimeoutError(f"the executor was not SERVING within {timeout:g}s")
 
+    async def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """The standard health service's answer for ``service`` ("" = the whole executor).
+
+        "SERVING", or "NOT_SERVING" while the storage cannot record results and from the
+        start of a stop. Raises RetryableError when the executor cannot be reached.
+        """
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        request = health_pb2.HealthCheckRequest(service=service)
+        # The health stubs declare Check only on the sync stub's type.
+        reply = await _checked(stub.Check(request, timeout=timeout))  # type: ignore[attr-defined]
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
     async def execute(
         self, request: executor_pb2.ExecuteRequest, *, timeout: float | None = None
     ) -> executor_pb2.ExecuteResponse:
@@ -269,6 +281,31 @@ class ExecutorClient:
         request = executor_pb2.ReloadUniversalCallbacksRequest()
         return await _checked(self._triggers.ReloadUniversalCallbacks(request, timeout=timeout))
 
+    async def list_registered_jobs(
+        self,
+        *,
+        job_id: int = 0,
+        limit: int = 0,
+        before_job_id: int = 0,
+        timeout: float | None = None,
+    ) -> executor_pb2.ListRegisteredJobsResponse:
+        """Jobs registered with the trigger engine, newest id first, with their callbacks.
+
+        ``job_id`` asks for one job; ``limit`` and ``before_job_id`` page through the rest
+        (the next page starts below the last id of this one).
+        """
+        request = executor_pb2.ListRegisteredJobsRequest(
+            job_id=job_id, limit=limit, before_job_id=before_job_id
+        )
+        return await _checked(self._triggers.ListRegisteredJobs(request, timeout=timeout))
+
+    async def get_universal_callbacks(
+        self, *, timeout: float | None = None
+    ) -> executor_pb2.GetUniversalCallbacksResponse:
+        """The active universal callbacks per directory, and the last reload's errors."""
+        request = executor_pb2.GetUniversalCallbacksRequest()
+        return await _checked(self._triggers.GetUniversalCallbacks(request, timeout=timeout))
+
     # -- RunService -------------------------------------------------------------------------
 
     async def list_runs(
@@ -279,16 +316,19 @@ class ExecutorClient:
         outcome: str = "",
         since: float = 0.0,
         limit: int = 0,
+        language: str = "",
         timeout: float | None = None,
     ) -> executor_pb2.ListRunsResponse:
         """Run history, newest first.
 
         Give the request, or filters: ``job_id``, ``outcome`` (a name such as "FAILED"),
-        ``since`` (Unix seconds), ``limit``; none means every run (the server's default
-        limit applies).
+        ``since`` (Unix seconds), ``language``, ``limit``; none means every run (the
+        server's default limit applies).
         """
         if request is None:
-            request = executor_pb2.ListRunsRequest(job_id=job_id, since=since, limit=limit)
+            request = executor_pb2.ListRunsRequest(
+                job_id=job_id, since=since, limit=limit, language=language
+            )
             if outcome:
                 request.outcome = outcome_value(outcome)
         return await _checked(self._runs.ListRuns(request, timeout=timeout))

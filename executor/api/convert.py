@@ -22,7 +22,6 @@ from executor.model import (
     Usage,
 )
 from executor.runs.history import RunRecord
-from executor.runs.metrics import Histogram, MetricsSnapshot
 from executor.runs.outbox import DeadLetter
 from executor.sandbox.limits import merge
 from executor.triggers.engine import Fired, canonical_triggers
@@ -241,7 +240,7 @@ def firing_message(fired: Fired) -> executor_pb2.Firing:
     return message
 
 
-# -- run history and metrics ------------------------------------------------------------
+# -- run history ----------------------------------------------------------------------
 
 
 def run_message(record: RunRecord) -> executor_pb2.Run:
@@ -262,33 +261,6 @@ def run_message(record: RunRecord) -> executor_pb2.Run:
     if record.result is not None:
         run.result.CopyFrom(response_from_result(record.result))
     return run
-
-
-def histogram_message(histogram: Histogram) -> executor_pb2.Histogram:
-    """The wire form of a latency histogram."""
-    return executor_pb2.Histogram(
-        bounds_seconds=histogram.bounds_s,
-        counts=histogram.counts,
-        total=histogram.total,
-        sum_seconds=histogram.sum_s,
-    )
-
-
-def metrics_message(snapshot: MetricsSnapshot) -> executor_pb2.GetMetricsResponse:
-    """The wire form of a metrics snapshot."""
-    return executor_pb2.GetMetricsResponse(
-        runs_by_outcome=snapshot.runs_by_outcome,
-        rejected_at_capacity=snapshot.rejected_at_capacity,
-        active_children=snapshot.active_children,
-        queue_depth=snapshot.queue_depth,
-        run_wall_seconds=histogram_message(snapshot.run_wall),
-        queue_seconds=histogram_message(snapshot.queue),
-        outbox_pending=snapshot.outbox_pending,
-        events_published=snapshot.events_published,
-        callbacks_fired=snapshot.callbacks_fired,
-        outbox_dead_letters=snapshot.outbox_dead_letters,
-        storage_problem=snapshot.storage_problem,
-    )
 
 
 def dead_letter_message(letter: DeadLetter) -> executor_pb2.DeadLetter:

@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from executor.api import security
 from executor.api.callback_executor import CallbackExecutorServicer
 from executor.api.interceptors import CallGuard
-from executor.api.runs import EventCounts, Gauges, RunServicer
+from executor.api.runs import RunServicer
 from executor.api.triggers import TriggerServicer
 from executor.config import Settings
 from executor.dispatcher import Dispatcher
@@ -86,9 +86,6 @@ def build(
     dispatcher: Dispatcher,
     engine: TriggerEngine,
     recorder: Recorder,
-    gauges: Gauges,
-    event_counts: EventCounts,
-    storage: StorageHealth,
 ) -> Edge:
     """The server with every service registered and its port bound; not started yet."""
     server = grpc.aio.server(
@@ -107,9 +104,7 @@ def build(
         server,
     )
     executor_pb2_grpc.add_TriggerServiceServicer_to_server(TriggerServicer(engine), server)
-    executor_pb2_grpc.add_RunServiceServicer_to_server(
-        RunServicer(recorder, gauges, event_counts, storage), server
-    )
+    executor_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(recorder), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

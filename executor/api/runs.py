@@ -1,20 +1,22 @@
-"""RunService: ListRuns, GetRun and GetMetrics over the run history, the metrics and the gauges.
+"""RunService: ListRuns, GetRun and GetMetrics over the run history and the metrics registry.
 
 Refusals at capacity never reach the dispatcher's ``on_result`` (nothing ran), so
-``interceptors.CapacityCounter`` counts them where they become visible: as
-RESOURCE_EXHAUSTED statuses leaving the server.
+``interceptors.CallGuard`` counts them where they become visible: as
+RESOURCE_EXHAUSTED statuses leaving the server. GetMetrics takes the readings of the
+executor's parts at the moment it is asked (``Metrics.refresh``), as a scrape of
+``/metrics`` does, so both show the same numbers.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Final, Protocol
+from typing import Final
 
-from executor.api import convert
+from executor.api import convert, convert_status
 from executor.api.errors import Context, grpc_errors
 from executor.errors import InvalidRequestError, NotFoundError
+from executor.model import Language
 from executor.runs.recorder import Recorder
-from executor.storage import StorageHealth
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 
 DEFAULT_LIST_LIMIT: Final = 50
@@ -22,37 +24,11 @@ DEFAULT_DEAD_LETTER_LIMIT: Final = 100
 MAX_LIST_LIMIT: Final = 1000
 
 
-class Gauges(Protocol):
-    """What the dispatcher exposes about its current load."""
-
-    @property
-    def active(self) -> int: ...
-
-    @property
-    def waiting(self) -> int: ...
-
-
-class EventCounts(Protocol):
-    """The trigger engine's counters."""
-
-    events_published: int
-    callbacks_fired: int
-
-
 class RunServicer(executor_pb2_grpc.RunServiceServicer):
     """Implements qbcallback.v1.RunService."""
 
-    def __init__(
-        self,
-        recorder: Recorder,
-        gauges: Gauges,
-        event_counts: EventCounts,
-        storage: StorageHealth,
-    ) -> None:
+    def __init__(self, recorder: Recorder) -> None:
         self._recorder = recorder
-        self._gauges = gauges
-        self._event_counts = event_counts
-        self._storage = storage
 
     @grpc_errors
     async def ListRuns(
@@ -61,10 +37,14 @@ class RunServicer(executor_pb2_grpc.RunServiceServicer):
         """Run history, newest first; filters by job, outcome and start time."""
         if not math.isfinite(request.since):
             raise InvalidRequestError(f"since = {request.since} must be a finite number of seconds")
+        if request.language and request.language not in set(Language):
+            valid = ", ".join(Language)
+            raise InvalidRequestError(f"language {request.language!r}: expected one of {valid}")
         records = self._recorder.history.list_runs(
             job_id=convert.check_id("job_id", request.job_id) or None,
             outcome=convert.outcome_from_message(request.outcome),
             since=request.since if request.since > 0 else None,
+            language=request.language or None,
             limit=min(request.limit or DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT),
         )
         return executor_pb2.ListRunsResponse(runs=[convert.run_message(r) for r in records])
@@ -85,18 +65,10 @@ class RunServicer(executor_pb2_grpc.RunServiceServicer):
     async def GetMetrics(
         self, request: executor_pb2.GetMetricsRequest, context: Context
     ) -> executor_pb2.GetMetricsResponse:
-        """Counters, histograms and gauges of this process."""
-        outbox = self._recorder.outbox
-        snapshot = self._recorder.metrics.snapshot(
-            active=self._gauges.active,
-            queue_depth=self._gauges.waiting,
-            outbox_pending=outbox.pending() if outbox is not None else 0,
-            events_published=self._event_counts.events_published,
-            callbacks_fired=self._event_counts.callbacks_fired,
-            outbox_dead_letters=outbox.dead() if outbox is not None else 0,
-            storage_problem=self._storage.problem,
-        )
-        return convert.metrics_message(snapshot)
+        """Counters, histograms and the readings of the executor's parts, now."""
+        metrics = self._recorder.metrics
+        metrics.refresh()
+        return convert_status.metrics_message(metrics.snapshot())
 
     @grpc_errors
     async def ListDeadLetters(

@@ -66,7 +66,7 @@ def describe(settings: Settings) -> str:
     return f"{transport}, {'token required' if settings.auth_token else 'no token'}"
 
 
-def check_bindable(bind: str) -> None:
+def check_bindable(bind: str, *, setting: str = "bind") -> None:
     """ConfigError, in one line, when ``bind`` cannot be listened on (taken, not ours).
 
     Checked before anything starts: gRPC would log its own multi-line error first, or,
@@ -79,7 +79,7 @@ def check_bindable(bind: str) -> None:
             host or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except (OSError, ValueError) as err:
-        raise ConfigError(f"bind: cannot listen on {bind}: {err}") from err
+        raise ConfigError(f"{setting}: cannot listen on {bind}: {err}") from err
     problem: OSError | None = None
     for family, kind, protocol, _, address in addresses:
         with socket.socket(family, kind, protocol) as probe:
@@ -91,7 +91,7 @@ def check_bindable(bind: str) -> None:
                 continue
         return
     reason = problem.strerror if problem is not None and problem.strerror else str(problem)
-    raise ConfigError(f"bind: cannot listen on {bind}: {reason}")
+    raise ConfigError(f"{setting}: cannot listen on {bind}: {reason}")
 
 
 def add_port(

@@ -1,12 +1,17 @@
-"""TriggerService: RegisterJob, PublishEvent, DryRun and ReloadUniversalCallbacks over the engine."""
+"""TriggerService: RegisterJob, PublishEvent, DryRun, the universal callbacks and the registered jobs."""
 
 from __future__ import annotations
 
-from executor.api import convert
+from typing import Final
+
+from executor.api import convert, convert_status
 from executor.api.errors import Context, grpc_errors
 from executor.triggers.engine import TriggerEngine
 from supervisor_client.jobdict import job_to_dict
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
+
+DEFAULT_JOBS_LIMIT: Final = 50
+MAX_JOBS_LIMIT: Final = 1000
 
 
 class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
@@ -59,4 +64,36 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
         errors = self._engine.reload_universal()
         return executor_pb2.ReloadUniversalCallbacksResponse(
             reloaded=not errors, errors=errors, active=len(self._engine.universal)
+        )
+
+    @grpc_errors
+    async def ListRegisteredJobs(
+        self, request: executor_pb2.ListRegisteredJobsRequest, context: Context
+    ) -> executor_pb2.ListRegisteredJobsResponse:
+        """Registered jobs, newest id first, with their callbacks' latches and counts."""
+        store = self._engine.store
+        if request.job_id:
+            job = store.job(convert.check_id("job_id", request.job_id))
+            jobs = [job] if job is not None else []
+        else:
+            jobs = store.jobs(
+                limit=min(request.limit or DEFAULT_JOBS_LIMIT, MAX_JOBS_LIMIT),
+                before=convert.check_id("before_job_id", request.before_job_id),
+            )
+        return executor_pb2.ListRegisteredJobsResponse(
+            jobs=[
+                convert_status.registered_job_message(job, store.callbacks_of(int(job["id"])))
+                for job in jobs
+            ],
+            total=store.count_jobs(),
+        )
+
+    @grpc_errors
+    async def GetUniversalCallbacks(
+        self, request: executor_pb2.GetUniversalCallbacksRequest, context: Context
+    ) -> executor_pb2.GetUniversalCallbacksResponse:
+        """The active universal callbacks per directory, and the last reload."""
+        engine = self._engine
+        return convert_status.universal_message(
+            engine.universal_dirs, engine.universal, engine.universal_reload
         )

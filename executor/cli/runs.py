@@ -184,6 +184,7 @@ async def _runs(args: argparse.Namespace, out: TextIO) -> int:
             outcome=args.outcome or "",
             since=args.since or 0.0,
             limit=args.limit,
+            language=args.language or "",
             timeout=args.timeout,
         )
     if args.json:
@@ -216,6 +217,9 @@ def add_runs_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "--outcome", type=_outcome, help=f"only runs with this outcome: {', '.join(OUTCOMES)}"
     )
     runs.add_argument("--since", type=_since, help="only runs started since: 1h, 2d, ISO, Unix")
+    runs.add_argument(
+        "--language", choices=("python", "perl", "qube"), help="only runs in this language"
+    )
     runs.add_argument("--limit", type=int, default=50, help="at most this many (max 1000)")
     runs.add_argument("--json", action="store_true", help="one JSON object per run")
     sub = runs.add_subparsers(dest="runs_command")

@@ -18,6 +18,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve = commands.add_parser("serve", help="run the executor service")
     serve.add_argument("--config", type=Path, help="TOML settings file (also CBEXEC_CONFIG)")
     serve.add_argument("--bind", help="host:port to listen on (default 127.0.0.1:50051)")
+    serve.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="serve /metrics, /healthz and the dashboard on this address (setting http_bind)",
+    )
     serve.add_argument("--data-dir", type=Path, help="where databases and logs live")
     serve.add_argument(
         "--supervisor", help="address of a remote Supervisor service (default: embedded)"
@@ -44,6 +49,7 @@ def load_settings(args: argparse.Namespace, environ: dict[str, str]) -> config.S
     settings = config.from_env(settings, environ)
     flags = {
         "bind": args.bind,
+        "http_bind": args.http,
         "data_dir": args.data_dir,
         "supervisor": args.supervisor,
         "max_concurrent": args.max_concurrent,
@@ -68,6 +74,8 @@ def _serve(args: argparse.Namespace) -> int:
 
         security.server_credentials(settings)  # TLS files exist and read as PEM
         security.check_bindable(settings.bind)
+        if settings.http_bind:
+            security.check_bindable(settings.http_bind, setting="http_bind")
         print("endpoint:", security.describe(settings))
         options = sandbox_options(settings)
         print("sandbox:", describe_tier(options))

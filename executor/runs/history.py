@@ -221,6 +221,7 @@ class RunHistory:
         outcome: Outcome | None = None,
         since: float | None = None,
         limit: int = 50,
+        language: str | None = None,
     ) -> list[RunRecord]:
         """Runs matching every given filter, newest first, at most ``limit``."""
         where: list[str] = []
@@ -234,6 +235,9 @@ class RunHistory:
         if since is not None:
             where.append("started_at >= ?")
             args.append(since)
+        if language is not None:
+            where.append("language = ?")
+            args.append(language)
         query = f"SELECT {_SUMMARY_COLUMNS} FROM runs"  # noqa: S608 - our columns; values bound
         if where:
             query += " WHERE " + " AND ".join(where)

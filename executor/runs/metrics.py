@@ -1,20 +1,43 @@
-"""In-process metrics: runs by outcome, capacity refusals, latency histograms, live gauges.
+"""The executor's metrics in a prometheus_client registry: what happened, and what the parts read now.
 
-Counters live for the life of the process (a restart resets them, as Prometheus
-counters do); gauges (active children, queue depth, outbox backlog) and the trigger
-engine's own counts are read at the moment of the snapshot from whoever owns them, so
-they can never drift. Everything is
-touched from the event loop only, so no locks.
+Two kinds of number, two ways in:
+
+- What happens (a run ends, a request is refused at capacity): counters and histograms
+  the event loop increments as it happens (``observe``, ``note_rejected``).
+  prometheus_client's values take a lock per update, so the HTTP thread can expose them
+  while the loop writes.
+- What *is* (active and prepared children, queue depth, outbox backlog, trigger-store
+  size, zygotes, the sandbox tier, the trigger engine's own counts): owned by other
+  parts, read on the event loop (``readings.ReadingSources``) and handed over as one
+  frozen ``Readings`` (``update``), which a collector yields at each scrape. Read at the
+  moment asked, they cannot drift from their owners; handed over frozen, no thread but
+  the loop ever touches an owner or its SQLite connection.
+
+``snapshot`` reads the registry back for GetMetrics, so ``cbexec metrics``, the dashboard
+and a Prometheus scrape show the same numbers. Labels are bounded (outcome, language,
+source, zygote language, sandbox mechanism): never a job, user or invocation id.
+A restart resets the counters, as Prometheus expects of counters.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections import Counter
+import itertools
+import math
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
+from prometheus_client import CollectorRegistry, Counter, ProcessCollector
+from prometheus_client import Histogram as PromHistogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from executor import __version__
 from executor.model import RunResult
+from executor.runs.readings import Readings
 
 # Seconds. Spans a warm spawn (a few ms) to a long callback at the default wall cap.
 DEFAULT_BOUNDS_S: Final = (
@@ -33,11 +56,15 @@ DEFAULT_BOUNDS_S: Final = (
     60.0,
     300.0,
 )
+PREFIX: Final = "cbexec"
 
 
 @dataclass
 class Histogram:
-    """Per-bucket counts: ``counts[i]`` observations in (bounds_s[i-1], bounds_s[i]]; last = slower."""
+    """Per-bucket counts: ``counts[i]`` observations in (bounds_s[i-1], bounds_s[i]]; last = slower.
+
+    The shape GetMetrics answers; the registry keeps Prometheus' cumulative buckets.
+    """
 
     bounds_s: tuple[float, ...] = DEFAULT_BOUNDS_S
     counts: list[int] = field(default_factory=list)
@@ -61,61 +88,260 @@ class Histogram:
 
 @dataclass(frozen=True, slots=True)
 class MetricsSnapshot:
-    """What GetMetrics answers."""
+    """What GetMetrics answers: the counters now, with the readings taken last."""
 
     runs_by_outcome: dict[str, int]
     rejected_at_capacity: int
-    active_children: int
-    queue_depth: int
     run_wall: Histogram
     queue: Histogram
-    outbox_pending: int
-    events_published: int
-    callbacks_fired: int
-    outbox_dead_letters: int = 0
-    storage_problem: str = ""
+    readings: Readings = field(default_factory=Readings)
+    # (outcome, language, source) -> runs; runs_by_outcome sums it over language and source.
+    runs: dict[tuple[str, str, str], int] = field(default_factory=dict)
+
+    @property
+    def active_children(self) -> int:
+        return self.readings.active_children
+
+    @property
+    def queue_depth(self) -> int:
+        return self.readings.queue_depth
+
+    @property
+    def outbox_pending(self) -> int:
+        return self.readings.outbox_pending
+
+    @property
+    def outbox_dead_letters(self) -> int:
+        return self.readings.outbox_dead_letters
+
+    @property
+    def events_published(self) -> int:
+        return self.readings.events_published
+
+    @property
+    def callbacks_fired(self) -> int:
+        return self.readings.callbacks_fired
+
+    @property
+    def storage_problem(self) -> str:
+        return self.readings.storage_problem
 
 
 class Metrics:
-    """The executor's counters; ``observe`` is called once per finished run."""
+    """The executor's registry; ``observe`` is called once per finished run, on the event loop."""
 
     def __init__(self, bounds_s: tuple[float, ...] = DEFAULT_BOUNDS_S) -> None:
-        self.runs_by_outcome: Counter[str] = Counter()
-        self.rejected_at_capacity = 0
-        self.run_wall = Histogram(bounds_s)
-        self.queue = Histogram(bounds_s)
+        if list(bounds_s) != sorted(bounds_s):
+            raise ValueError("histogram bounds must be ascending")
+        self.bounds_s = bounds_s
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._runs = Counter(
+            f"{PREFIX}_runs",
+            "Callback runs finished, by outcome, language and source "
+            "(execute: the Execute RPC; job or universal: fired by the trigger engine).",
+            ("outcome", "language", "source"),
+            registry=self.registry,
+        )
+        self._wall = PromHistogram(
+            f"{PREFIX}_run_duration_seconds",
+            "Wall time of a run, from the child's start to its end.",
+            ("language",),
+            buckets=bounds_s,
+            registry=self.registry,
+        )
+        self._queue = PromHistogram(
+            f"{PREFIX}_queue_wait_seconds",
+            "Time a run waited for a free slot before its child started.",
+            ("language",),
+            buckets=bounds_s,
+            registry=self.registry,
+        )
+        self._cpu = Counter(
+            f"{PREFIX}_run_cpu_seconds",
+            "CPU time (user + system) of the callbacks' processes.",
+            ("language",),
+            registry=self.registry,
+        )
+        self._refused = Counter(
+            f"{PREFIX}_refused_at_capacity",
+            "Requests refused with RESOURCE_EXHAUSTED: every slot busy and the queue full.",
+            registry=self.registry,
+        )
+        self._readings = ReadingsCollector()
+        self.registry.register(self._readings)
+        # The executor process's own CPU, memory and open files (process_*), as every
+        # Prometheus client exposes them: what the run counters cost the host.
+        ProcessCollector(registry=self.registry)
+        self._read: Callable[[], Readings] | None = None
 
-    def observe(self, result: RunResult) -> None:
-        self.runs_by_outcome[result.outcome.value] += 1
-        self.run_wall.observe(result.usage.wall_seconds)
-        self.queue.observe(result.usage.queue_seconds)
+    def observe(self, result: RunResult, *, language: str = "", source: str = "execute") -> None:
+        """Count one finished run (its outcome, latencies and CPU)."""
+        language = language or "unknown"
+        self._runs.labels(result.outcome.value, language, source).inc()
+        self._wall.labels(language).observe(result.usage.wall_seconds)
+        self._queue.labels(language).observe(result.usage.queue_seconds)
+        self._cpu.labels(language).inc(max(0.0, result.usage.cpu_seconds))
 
     def note_rejected(self) -> None:
         """A request was refused with RESOURCE_EXHAUSTED (never reached a slot)."""
-        self.rejected_at_capacity += 1
+        self._refused.inc()
 
-    def snapshot(
-        self,
-        *,
-        active: int,
-        queue_depth: int,
-        outbox_pending: int,
-        events_published: int = 0,
-        callbacks_fired: int = 0,
-        outbox_dead_letters: int = 0,
-        storage_problem: str = "",
-    ) -> MetricsSnapshot:
-        """The counters now, with the gauges and trigger-engine counts their owners report."""
+    def read_from(self, read: Callable[[], Readings]) -> None:
+        """Where ``refresh`` takes the readings from (the server's ``ReadingSources.read``)."""
+        self._read = read
+
+    def refresh(self) -> Readings:
+        """Take the readings now and hand them over (call on the event loop only)."""
+        if self._read is not None:
+            self.update(self._read())
+        return self._readings.latest
+
+    def update(self, readings: Readings) -> None:
+        """Hand over what the executor's parts read now (from the event loop)."""
+        self._readings.latest = readings
+
+    @property
+    def readings(self) -> Readings:
+        return self._readings.latest
+
+    def snapshot(self) -> MetricsSnapshot:
+        """The counters and histograms now, with the last readings handed over."""
+        runs: Tally[tuple[str, str, str]] = Tally()
+        for sample in _samples(self._runs, "_total"):
+            labels = sample.labels
+            runs[(labels["outcome"], labels["language"], labels["source"])] += int(sample.value)
+        by_outcome: Tally[str] = Tally()
+        for (outcome, _, _), count in runs.items():
+            by_outcome[outcome] += count
+        refused = sum(int(s.value) for s in _samples(self._refused, "_total"))
         return MetricsSnapshot(
-            runs_by_outcome=dict(self.runs_by_outcome),
-            rejected_at_capacity=self.rejected_at_capacity,
-            active_children=active,
-            queue_depth=queue_depth,
-            run_wall=self.run_wall.copy(),
-            queue=self.queue.copy(),
-            outbox_pending=outbox_pending,
-            events_published=events_published,
-            callbacks_fired=callbacks_fired,
-            outbox_dead_letters=outbox_dead_letters,
-            storage_problem=storage_problem,
+            runs_by_outcome={k: v for k, v in by_outcome.items() if v},
+            rejected_at_capacity=refused,
+            run_wall=self._histogram(self._wall),
+            queue=self._histogram(self._queue),
+            readings=self._readings.latest,
+            runs={k: v for k, v in runs.items() if v},
         )
+
+    def _histogram(self, metric: PromHistogram) -> Histogram:
+        """Prometheus' cumulative buckets of every label set, summed and made per-bucket."""
+        cumulative = [0] * (len(self.bounds_s) + 1)
+        total, sum_s = 0, 0.0
+        for sample in _samples(metric, ""):
+            if sample.name.endswith("_bucket"):
+                bound = float(sample.labels["le"])
+                index = len(self.bounds_s) if math.isinf(bound) else self.bounds_s.index(bound)
+                cumulative[index] += int(sample.value)
+            elif sample.name.endswith("_count"):
+                total += int(sample.value)
+            elif sample.name.endswith("_sum"):
+                sum_s += sample.value
+        counts = [cumulative[0]] + [b - a for a, b in itertools.pairwise(cumulative)]
+        return Histogram(self.bounds_s, counts, total, sum_s)
+
+
+def _samples(metric: Counter | PromHistogram, suffix: str) -> Iterator[_Sample]:
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.name.endswith(suffix):
+                yield _Sample(sample.name, sample.labels, sample.value)
+
+
+@dataclass(frozen=True, slots=True)
+class _Sample:
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+class ReadingsCollector(Collector):
+    """Yields the last ``Readings`` handed over; the scrape thread only reads a frozen value."""
+
+    def __init__(self) -> None:
+        # Replaced whole by the event loop, read whole by a scrape: one reference, no lock.
+        self.latest = Readings()
+
+    def describe(self) -> list[Metric]:
+        return list(self._families(Readings()))
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(self.latest)
+
+    @staticmethod
+    def _families(r: Readings) -> Iterator[Metric]:
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+
+        yield InfoMetricFamily(
+            f"{PREFIX}_build", "The executor's version.", {"version": __version__}
+        )
+        yield gauge("active_children", "Runs holding a slot now.", r.active_children)
+        yield gauge(
+            "prepared_children",
+            "Children started ahead, confined and waiting for their run (prepare_ahead).",
+            r.prepared_children,
+        )
+        yield gauge("slots", "Runs allowed at once (max_concurrent).", r.slots)
+        yield gauge("queue_depth", "Runs waiting for a free slot.", r.queue_depth)
+        yield gauge("queue_limit", "Runs allowed to wait (max_queue).", r.queue_limit)
+        yield gauge(
+            "outbox_pending", "Results waiting in the outbox for the supervisor.", r.outbox_pending
+        )
+        yield gauge(
+            "outbox_dead_letters",
+            "Results set aside instead of delivered (cbexec outbox list).",
+            r.outbox_dead_letters,
+        )
+        yield gauge(
+            "storage_degraded",
+            "1 while a write to the data dir fails (results cannot be recorded).",
+            1 if r.storage_problem else 0,
+        )
+        yield counter(
+            "events_published", "Events applied by the trigger engine.", r.events_published
+        )
+        yield counter(
+            "callbacks_fired",
+            "Callbacks the trigger engine fired (events and timers).",
+            r.callbacks_fired,
+        )
+        yield gauge("trigger_jobs", "Jobs registered with the trigger engine.", r.trigger_jobs)
+        yield gauge(
+            "trigger_callbacks",
+            "Callbacks registered with the trigger engine (universal copies included).",
+            r.trigger_callbacks,
+        )
+        yield gauge(
+            "universal_callbacks",
+            "Universal callbacks loaded from callbacks.conf.",
+            r.universal_callbacks,
+        )
+        yield gauge(
+            "universal_reload_errors",
+            "Problems found by the last reload of callbacks.conf (0: it was taken).",
+            r.universal_reload_errors,
+        )
+        up = GaugeMetricFamily(
+            f"{PREFIX}_zygote_up", "1 while a language's zygote process runs.", labels=["language"]
+        )
+        restarts = CounterMetricFamily(
+            f"{PREFIX}_zygote_restarts",
+            "Times a language's zygote was started again after the first.",
+            labels=["language"],
+        )
+        for zygote in r.zygotes:
+            up.add_metric([zygote.language], 1 if zygote.pid else 0)
+            restarts.add_metric([zygote.language], zygote.restarts)
+        yield up
+        yield restarts
+        tier = GaugeMetricFamily(
+            f"{PREFIX}_sandbox_mechanism",
+            "1 for each sandbox mechanism active for every callback on this host, 0 if not.",
+            labels=["mechanism"],
+        )
+        for mechanism, active in r.tier.flags():
+            tier.add_metric([mechanism], 1 if active else 0)
+        yield tier

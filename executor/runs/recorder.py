@@ -112,7 +112,12 @@ class Recorder:
         sinks: tuple[tuple[str, Callable[[], object]], ...] = (
             ("history", lambda: self.history.record(invocation, result, started_at)),
             ("callback log", lambda: self.callback_log.append(invocation, result, now)),
-            ("metrics", lambda: self.metrics.observe(result)),
+            (
+                "metrics",
+                lambda: self.metrics.observe(
+                    result, language=invocation.callback.language, source=invocation.source
+                ),
+            ),
         )
         try:
             # After the caller's answer is on its way, yet before any request that comes

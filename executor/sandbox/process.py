@@ -280,6 +280,11 @@ class SandboxRunner:
                 self._start(runtime, limits, cell, ahead=True)
             )
 
+    @property
+    def prepared(self) -> int:
+        """Children started ahead and not yet taken (those still starting included)."""
+        return len(self._prepared)
+
     async def prepared_pids(self) -> list[int]:
         """Pids of the children waiting for a run, once the ones being started are up."""
         if self._prepared:

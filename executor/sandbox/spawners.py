@@ -118,6 +118,17 @@ class ColdSpawner:
             await self.reap(ChildHandle(pid))
 
 
+@dataclass(frozen=True, slots=True)
+class ZygoteStatus:
+    """One language's warm helper: its pid (0 while not running) and how often it restarted."""
+
+    language: str
+    pid: int = 0
+    restarts: int = 0
+    # False once the language fell back to cold starts for good (MAX_ZYGOTE_FAILURES).
+    warm: bool = True
+
+
 class _Zygote:
     """One warm helper process (one language) and the children it has forked.
 
@@ -134,6 +145,8 @@ class _Zygote:
         self._starting: dict[int, asyncio.Future[ChildHandle]] = {}
         self._children: dict[int, ChildHandle] = {}
         self._lock = asyncio.Lock()
+        # Processes started so far: every one after the first replaced one that died.
+        self.starts = 0
         # Reused: a fresh 64 KiB bytes per message costs more than reading the message.
         self._buffer = bytearray(MAX_MESSAGE)
 
@@ -161,6 +174,7 @@ class _Zygote:
             raise UnavailableError(f"could not start the {self.language} zygote: {err}") from err
         finally:
             theirs.close()
+        self.starts += 1
         ours.setblocking(False)
         asyncio.get_running_loop().add_reader(ours, self._on_message)
         self._control = ours
@@ -337,3 +351,15 @@ class ZygoteSpawner:
     def warm(self, language: str) -> bool:
         """Whether ``language``'s children still start from its zygote."""
         return self._failures[language] < MAX_ZYGOTE_FAILURES
+
+    def status(self) -> tuple[ZygoteStatus, ...]:
+        """Each language's zygote now (for the metrics and the health page)."""
+        return tuple(
+            ZygoteStatus(
+                language,
+                zygote.pid or 0,
+                max(0, zygote.starts - 1),
+                self.warm(language),
+            )
+            for language, zygote in self._zygotes.items()
+        )

@@ -130,3 +130,15 @@ def describe_tier(options: SandboxOptions) -> str:
         "host network" if options.network else "private network namespace",
     ]
     return ", ".join(parts)
+
+
+def mechanisms(options: SandboxOptions) -> dict[str, bool]:
+    """Which sandbox mechanisms every callback gets: the flags behind ``describe_tier``."""
+    controllers = options.cgroups.controllers if options.cgroups is not None else ()
+    return {
+        "pid_namespace": options.pid_namespace,
+        "network_namespace": not options.network,
+        "dedicated_uid": options.isolation is not None,
+        "pids_cgroup": "pids" in controllers,
+        "memory_cgroup": "memory" in controllers,
+    }

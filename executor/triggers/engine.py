@@ -49,7 +49,12 @@ from executor.triggers.evaluate import (
 from executor.triggers.firings import FiringWorker
 from executor.triggers.nodes import EventName, EventType
 from executor.triggers.store import NewAtom, PendingFiring, StoredCallback, TriggerStore
-from executor.triggers.universal import UniversalCallback, UniversalConfigError, load_universal
+from executor.triggers.universal import (
+    ReloadStatus,
+    UniversalCallback,
+    UniversalConfigError,
+    load_universal,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +136,7 @@ class TriggerEngine:
         self._limits = limits
         self._universal_dirs = list(universal_dirs)
         self._universal: list[UniversalCallback] = []
+        self.universal_reload = ReloadStatus()
         self._clock = clock
         self._timer_wakeup = asyncio.Event()
         self._timers: asyncio.Task[None] | None = None
@@ -145,15 +151,29 @@ class TriggerEngine:
     def universal(self) -> list[UniversalCallback]:
         return list(self._universal)
 
+    @property
+    def store(self) -> TriggerStore:
+        """The durable state, for reading (the engine is its only writer)."""
+        return self._store
+
+    @property
+    def universal_dirs(self) -> list[Path]:
+        return list(self._universal_dirs)
+
     def reload_universal(self) -> list[str]:
         """Re-read every callbacks.conf; on errors keep the last good set and return them."""
+        now = self._clock()
         try:
             loaded = load_universal(self._universal_dirs, check_trigger)
         except UniversalConfigError as err:
             for line in err.errors:
                 logger.error("universal callbacks not reloaded: %s", line)
+            self.universal_reload = ReloadStatus(
+                now, self.universal_reload.loaded_at, tuple(err.errors)
+            )
             return err.errors
         self._universal = loaded
+        self.universal_reload = ReloadStatus(now, now)
         logger.info("%d universal callbacks active", len(loaded))
         return []
 
@@ -362,6 +382,7 @@ class TriggerEngine:
             event=event,
             work_name=event.work_name,
             subjob_id=event.subjob_id,
+            source="universal" if cb.universal else "job",
         )
         return await self._run(invocation)
 

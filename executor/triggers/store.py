@@ -205,6 +205,19 @@ class TriggerStore:
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM callbacks").fetchone()[0])
 
+    def count_jobs(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM jobs").fetchone()[0])
+
+    def jobs(self, *, limit: int, before: int = 0) -> list[dict[str, Any]]:
+        """Registered jobs, newest id first: at most ``limit``, with ids below ``before`` if set."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT job_json FROM jobs WHERE ? = 0 OR job_id < ? ORDER BY job_id DESC LIMIT ?",
+                (before, before, limit),
+            ).fetchall()
+        return [json.loads(row["job_json"]) for row in rows]
+
     @staticmethod
     def put_job(db: sqlite3.Connection, job: dict[str, Any]) -> None:
         db.execute(

@@ -30,6 +30,17 @@ class UniversalCallback:
     triggers: str
 
 
+@dataclass(frozen=True, slots=True)
+class ReloadStatus:
+    """The last load of callbacks.conf: when it was tried, what it found wrong, when a set was taken."""
+
+    # Unix seconds; 0 when it never happened.
+    attempted_at: float = 0.0
+    loaded_at: float = 0.0
+    # 'file:line: message' of the last attempt; empty when it was taken.
+    errors: tuple[str, ...] = ()
+
+
 class UniversalConfigError(Exception):
     """callbacks.conf could not be loaded; ``errors`` holds 'file:line: message' lines."""
 

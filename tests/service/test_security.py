@@ -24,7 +24,7 @@ from tests.helpers.health import SERVING, health_status
 
 pytestmark = pytest.mark.service
 
-TOKEN = "s3cret-token"  # noqa: S105 - the test's own token
+TOKEN = "s3cret-token"
 # Acts on a job through the embedded supervisor: proves the executor's own channel to it
 # (Unix socket under TLS, token-bearing under auth) works, not just the public port.
 UNBLOCK = "qb.unblock(qb.jobid())\nprint('status', qb.jobinfo('-id', qb.jobid())[0]['status'])"

@@ -6,10 +6,11 @@ import math
 
 import pytest
 
-from executor.api import convert
+from executor.api import convert, convert_status
 from executor.errors import InvalidRequestError
 from executor.model import Event, Limits, Outcome, RunResult, Usage
 from executor.runs.metrics import Histogram, MetricsSnapshot
+from executor.runs.readings import Readings
 from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
 
 pytestmark = pytest.mark.unit
@@ -162,10 +163,9 @@ def test_a_result_and_metrics_on_the_wire() -> None:
     assert not wire.HasField("failure")
     histogram = Histogram((0.1, 1.0))
     histogram.observe(0.5)
-    snapshot = MetricsSnapshot(
-        {"SUCCEEDED": 2}, 1, 0, 0, histogram, histogram.copy(), 3, 4, 5, 6, "disk full"
-    )
-    metrics = convert.metrics_message(snapshot)
+    readings = Readings(outbox_pending=3, outbox_dead_letters=6, storage_problem="disk full")
+    snapshot = MetricsSnapshot({"SUCCEEDED": 2}, 1, histogram, histogram.copy(), readings)
+    metrics = convert_status.metrics_message(snapshot)
     assert (metrics.outbox_pending, metrics.outbox_dead_letters, metrics.storage_problem) == (
         3,
         6,

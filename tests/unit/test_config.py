@@ -66,3 +66,16 @@ def test_network_takes_auto_none_or_host() -> None:
     with pytest.raises(ConfigError, match="network: expected auto, none or host"):
         config.validate(config.apply(config.Settings(), {"network": "maybe"}, "t"))
     assert config.Settings().network == "auto"
+
+
+def test_http_bind_is_off_by_default_and_checked_when_set() -> None:
+    assert config.Settings().http_bind == ""
+    assert config.validate(config.Settings(http_bind="127.0.0.1:50052")).http_bind
+    with pytest.raises(ConfigError, match="http_bind: expected host:port"):
+        config.validate(config.Settings(http_bind="50052"))
+    with pytest.raises(ConfigError, match="http_bind: must differ from bind"):
+        config.validate(config.Settings(http_bind="127.0.0.1:50051"))
+    env = config.from_env(
+        config.Settings(), {"CBEXEC_HTTP_BIND": "[::1]:9000", "CBEXEC_HTTP_EXEMPT_METRICS": "yes"}
+    )
+    assert (env.http_bind, env.http_exempt_metrics) == ("[::1]:9000", True)

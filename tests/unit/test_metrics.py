@@ -1,13 +1,27 @@
-"""Metrics counters and histograms."""
+"""Metrics: the registry's counters and histograms, the readings, and the snapshot GetMetrics answers."""
 
 from __future__ import annotations
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from executor.model import Outcome, RunResult, Usage
 from executor.runs.metrics import Histogram, Metrics
+from executor.runs.readings import Readings, ReadingSources, TierFlags
+from executor.sandbox.spawners import ZygoteStatus
 
 pytestmark = pytest.mark.unit
+
+
+def scrape(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a scrape, parsed by prometheus_client's own parser."""
+    text = generate_latest(metrics.registry).decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def test_histogram_buckets_are_upper_inclusive_with_an_overflow_bucket() -> None:
@@ -22,32 +36,105 @@ def test_histogram_buckets_are_upper_inclusive_with_an_overflow_bucket() -> None
 def test_histogram_rejects_unsorted_bounds() -> None:
     with pytest.raises(ValueError, match="ascending"):
         Histogram((1.0, 0.5))
+    with pytest.raises(ValueError, match="ascending"):
+        Metrics((1.0, 0.5))
 
 
 def test_runs_by_outcome_and_latencies() -> None:
     metrics = Metrics(bounds_s=(0.01, 1.0))
     metrics.observe(
-        RunResult("a", Outcome.SUCCEEDED, usage=Usage(wall_seconds=0.5, queue_seconds=0.001))
+        RunResult("a", Outcome.SUCCEEDED, usage=Usage(wall_seconds=0.5, queue_seconds=0.001)),
+        language="python",
     )
     metrics.observe(
-        RunResult("b", Outcome.SUCCEEDED, usage=Usage(wall_seconds=2.0, queue_seconds=0.5))
+        RunResult("b", Outcome.SUCCEEDED, usage=Usage(wall_seconds=2.0, queue_seconds=0.5)),
+        language="perl",
+        source="job",
     )
-    metrics.observe(RunResult("c", Outcome.WALL_TIMEOUT, usage=Usage(wall_seconds=30.0)))
+    metrics.observe(
+        RunResult("c", Outcome.WALL_TIMEOUT, usage=Usage(wall_seconds=30.0)), language="python"
+    )
     metrics.note_rejected()
-    snapshot = metrics.snapshot(
-        active=3, queue_depth=7, outbox_pending=11, events_published=1, callbacks_fired=2
-    )
+    metrics.update(Readings(active_children=3, queue_depth=7, outbox_pending=11))
+    snapshot = metrics.snapshot()
     assert snapshot.runs_by_outcome == {"SUCCEEDED": 2, "WALL_TIMEOUT": 1}
+    assert snapshot.runs == {
+        ("SUCCEEDED", "python", "execute"): 1,
+        ("SUCCEEDED", "perl", "job"): 1,
+        ("WALL_TIMEOUT", "python", "execute"): 1,
+    }
     assert snapshot.rejected_at_capacity == 1
     assert (snapshot.active_children, snapshot.queue_depth, snapshot.outbox_pending) == (3, 7, 11)
     assert snapshot.run_wall.counts == [0, 1, 2]
+    assert snapshot.run_wall.total == 3
+    assert snapshot.run_wall.sum_s == pytest.approx(32.5)
     assert snapshot.queue.counts == [2, 1, 0]
-    assert (snapshot.events_published, snapshot.callbacks_fired) == (1, 2)
 
 
 def test_snapshot_is_a_copy() -> None:
     metrics = Metrics()
-    snapshot = metrics.snapshot(active=0, queue_depth=0, outbox_pending=0)
+    snapshot = metrics.snapshot()
     metrics.observe(RunResult("a", Outcome.FAILED))
     assert snapshot.run_wall.total == 0
     assert snapshot.runs_by_outcome == {}
+
+
+def test_a_scrape_shows_counters_cumulative_buckets_and_readings() -> None:
+    metrics = Metrics(bounds_s=(0.01, 1.0))
+    metrics.observe(
+        RunResult("a", Outcome.FAILED, usage=Usage(wall_seconds=0.5, cpu_seconds=0.25)),
+        language="python",
+    )
+    metrics.read_from(
+        ReadingSources(
+            load=_Load(active=2, waiting=5),
+            slots=4,
+            queue_limit=64,
+            tier=TierFlags("tier", "zygote", (("pid_namespace", True), ("memory_cgroup", False))),
+            outbox=lambda: (3, 1),
+            storage_problem=lambda: "disk full",
+            trigger_counts=lambda: (10, 4),
+            zygotes=lambda: (ZygoteStatus("python", pid=123, restarts=2),),
+        ).read
+    )
+    assert metrics.refresh().queue_depth == 5
+
+    samples = scrape(metrics)
+
+    lang = (("language", "python"),)
+    assert samples[("cbexec_runs_total", (*lang, ("outcome", "FAILED"), ("source", "execute")))]
+    assert samples[("cbexec_run_duration_seconds_bucket", (*lang, ("le", "0.01")))] == 0
+    assert samples[("cbexec_run_duration_seconds_bucket", (*lang, ("le", "1.0")))] == 1
+    assert samples[("cbexec_run_duration_seconds_bucket", (*lang, ("le", "+Inf")))] == 1
+    assert samples[("cbexec_run_cpu_seconds_total", lang)] == 0.25
+    assert samples[("cbexec_active_children", ())] == 2
+    assert samples[("cbexec_queue_depth", ())] == 5
+    assert samples[("cbexec_slots", ())] == 4
+    assert samples[("cbexec_outbox_pending", ())] == 3
+    assert samples[("cbexec_outbox_dead_letters", ())] == 1
+    assert samples[("cbexec_storage_degraded", ())] == 1
+    assert samples[("cbexec_events_published_total", ())] == 10
+    assert samples[("cbexec_callbacks_fired_total", ())] == 4
+    assert samples[("cbexec_zygote_up", lang)] == 1
+    assert samples[("cbexec_zygote_restarts_total", lang)] == 2
+    assert samples[("cbexec_sandbox_mechanism", (("mechanism", "pid_namespace"),))] == 1
+    assert samples[("cbexec_sandbox_mechanism", (("mechanism", "memory_cgroup"),))] == 0
+    assert samples[("cbexec_sandbox_mechanism", (("mechanism", "zygote_launcher"),))] == 1
+
+
+def test_labels_are_bounded() -> None:
+    """No label may carry a job, user or invocation id: only the known, bounded names."""
+    metrics = Metrics()
+    metrics.observe(RunResult("an-invocation-id", Outcome.SUCCEEDED), language="qube")
+    metrics.update(Readings(zygotes=(ZygoteStatus("perl"),), tier=TierFlags()))
+    label_names = {name for _, labels in scrape(metrics) for name, _ in labels}
+    assert label_names <= {"outcome", "language", "source", "le", "mechanism", "version"}
+    assert not any(
+        "an-invocation-id" in value for _, labels in scrape(metrics) for _, value in labels
+    )
+
+
+class _Load:
+    def __init__(self, *, active: int, waiting: int) -> None:
+        self.active = active
+        self.waiting = waiting

@@ -714,6 +714,217 @@ class ReloadUniversalCallbacksResponse(_message.Message):
 Global___ReloadUniversalCallbacksResponse: _TypeAlias = ReloadUniversalCallbacksResponse  # noqa: Y015
 
 @_typing.final
+class ListRegisteredJobsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    BEFORE_JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.int
+    """Only this job; 0 means every job."""
+    limit: _builtins.int
+    """At most this many jobs (default 50, at most 1000)."""
+    before_job_id: _builtins.int
+    """Only jobs whose id is below this (0: from the newest). The next page starts
+    below the last id of this one.
+    """
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.int = ...,
+        limit: _builtins.int = ...,
+        before_job_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["before_job_id", b"before_job_id", "job_id", b"job_id", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRegisteredJobsRequest: _TypeAlias = ListRegisteredJobsRequest  # noqa: Y015
+
+@_typing.final
+class RegisteredJob(_message.Message):
+    """A job as the trigger engine holds it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    PGRP_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    CALLBACKS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    pgrp: _builtins.int
+    label: _builtins.str
+    name: _builtins.str
+    user: _builtins.str
+    pid: _builtins.int
+    """The parent job (what a `parent` context names); 0 when none."""
+    @_builtins.property
+    def callbacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegisteredCallback]:
+        """Its own callbacks, then the universal ones attached to it."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        pgrp: _builtins.int = ...,
+        label: _builtins.str = ...,
+        name: _builtins.str = ...,
+        user: _builtins.str = ...,
+        pid: _builtins.int = ...,
+        callbacks: _abc.Iterable[Global___RegisteredCallback] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callbacks", b"callbacks", "id", b"id", "label", b"label", "name", b"name", "pgrp", b"pgrp", "pid", b"pid", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisteredJob: _TypeAlias = RegisteredJob  # noqa: Y015
+
+@_typing.final
+class ListRegisteredJobsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    """Jobs registered in all."""
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegisteredJob]: ...
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[Global___RegisteredJob] | None = ...,
+        total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRegisteredJobsResponse: _TypeAlias = ListRegisteredJobsResponse  # noqa: Y015
+
+@_typing.final
+class GetUniversalCallbacksRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUniversalCallbacksRequest: _TypeAlias = GetUniversalCallbacksRequest  # noqa: Y015
+
+@_typing.final
+class UniversalCallback(_message.Message):
+    """One line of a callbacks.conf, as loaded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    TRIGGERS_FIELD_NUMBER: _builtins.int
+    CANONICAL_TRIGGERS_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """"<directory>/<file>": the file the line names."""
+    language: _builtins.str
+    triggers: _builtins.str
+    canonical_triggers: _builtins.str
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        language: _builtins.str = ...,
+        triggers: _builtins.str = ...,
+        canonical_triggers: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canonical_triggers", b"canonical_triggers", "language", b"language", "source", b"source", "triggers", b"triggers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UniversalCallback: _TypeAlias = UniversalCallback  # noqa: Y015
+
+@_typing.final
+class UniversalDirectory(_message.Message):
+    """A universal-callback directory and the active callbacks that came from it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    HAS_CONF_FIELD_NUMBER: _builtins.int
+    CALLBACKS_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    has_conf: _builtins.bool
+    """Whether <path>/callbacks.conf exists now (without one a directory adds nothing)."""
+    @_builtins.property
+    def callbacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___UniversalCallback]: ...
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        has_conf: _builtins.bool = ...,
+        callbacks: _abc.Iterable[Global___UniversalCallback] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callbacks", b"callbacks", "has_conf", b"has_conf", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UniversalDirectory: _TypeAlias = UniversalDirectory  # noqa: Y015
+
+@_typing.final
+class GetUniversalCallbacksResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIRECTORIES_FIELD_NUMBER: _builtins.int
+    LAST_RELOAD_AT_FIELD_NUMBER: _builtins.int
+    LOADED_AT_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    last_reload_at: _builtins.float
+    """Unix seconds of the last reload, and of the load that made the active set;
+    0 when it never happened.
+    """
+    loaded_at: _builtins.float
+    @_builtins.property
+    def directories(self) -> _containers.RepeatedCompositeFieldContainer[Global___UniversalDirectory]:
+        """In the order of the universal_callback_path setting."""
+
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the last reload found wrong ("file:line: message"); empty when it was
+        taken. While not empty, the set loaded at `loaded_at` stays active.
+        """
+
+    def __init__(
+        self,
+        *,
+        directories: _abc.Iterable[Global___UniversalDirectory] | None = ...,
+        last_reload_at: _builtins.float = ...,
+        loaded_at: _builtins.float = ...,
+        errors: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["directories", b"directories", "errors", b"errors", "last_reload_at", b"last_reload_at", "loaded_at", b"loaded_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUniversalCallbacksResponse: _TypeAlias = GetUniversalCallbacksResponse  # noqa: Y015
+
+@_typing.final
 class ListRunsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -721,6 +932,7 @@ class ListRunsRequest(_message.Message):
     OUTCOME_FIELD_NUMBER: _builtins.int
     SINCE_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     """Filters; zero / empty means any."""
     outcome: Global___Outcome.ValueType
@@ -728,6 +940,8 @@ class ListRunsRequest(_message.Message):
     """Unix seconds: only runs that started at or after this."""
     limit: _builtins.int
     """At most this many (default 50, at most 1000)."""
+    language: _builtins.str
+    """python, perl or qube; empty means any."""
     def __init__(
         self,
         *,
@@ -735,10 +949,11 @@ class ListRunsRequest(_message.Message):
         outcome: Global___Outcome.ValueType = ...,
         since: _builtins.float = ...,
         limit: _builtins.int = ...,
+        language: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "limit", b"limit", "outcome", b"outcome", "since", b"since"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "language", b"language", "limit", b"limit", "outcome", b"outcome", "since", b"since"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -946,6 +1161,16 @@ class GetMetricsResponse(_message.Message):
     CALLBACKS_FIRED_FIELD_NUMBER: _builtins.int
     OUTBOX_DEAD_LETTERS_FIELD_NUMBER: _builtins.int
     STORAGE_PROBLEM_FIELD_NUMBER: _builtins.int
+    PREPARED_CHILDREN_FIELD_NUMBER: _builtins.int
+    SLOTS_FIELD_NUMBER: _builtins.int
+    QUEUE_LIMIT_FIELD_NUMBER: _builtins.int
+    TRIGGER_JOBS_FIELD_NUMBER: _builtins.int
+    TRIGGER_CALLBACKS_FIELD_NUMBER: _builtins.int
+    UNIVERSAL_CALLBACKS_FIELD_NUMBER: _builtins.int
+    UNIVERSAL_RELOAD_ERRORS_FIELD_NUMBER: _builtins.int
+    ZYGOTES_FIELD_NUMBER: _builtins.int
+    SANDBOX_FIELD_NUMBER: _builtins.int
+    RUNS_FIELD_NUMBER: _builtins.int
     rejected_at_capacity: _builtins.int
     """Requests refused with RESOURCE_EXHAUSTED."""
     active_children: _builtins.int
@@ -962,6 +1187,19 @@ class GetMetricsResponse(_message.Message):
     cannot be recorded: Execute, RegisterJob and PublishEvent answer UNAVAILABLE and the
     health service NOT_SERVING, until a write works again.
     """
+    prepared_children: _builtins.int
+    """Children started ahead, confined and waiting for their run (prepare_ahead)."""
+    slots: _builtins.int
+    """Runs allowed at once (max_concurrent) and runs allowed to wait (max_queue)."""
+    queue_limit: _builtins.int
+    trigger_jobs: _builtins.int
+    """Jobs and callbacks registered with the trigger engine."""
+    trigger_callbacks: _builtins.int
+    universal_callbacks: _builtins.int
+    """Universal callbacks loaded, and the problems the last reload of callbacks.conf
+    found (0 when it was taken).
+    """
+    universal_reload_errors: _builtins.int
     @_builtins.property
     def runs_by_outcome(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Runs since start, by outcome name ("SUCCEEDED", ...)."""
@@ -970,6 +1208,18 @@ class GetMetricsResponse(_message.Message):
     def run_wall_seconds(self) -> Global___Histogram: ...
     @_builtins.property
     def queue_seconds(self) -> Global___Histogram: ...
+    @_builtins.property
+    def zygotes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Zygote]:
+        """Each language's warm helper process."""
+
+    @_builtins.property
+    def sandbox(self) -> Global___SandboxTier:
+        """The sandbox every callback gets on this host, probed at start-up."""
+
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunCount]:
+        """Runs since start by outcome, language and source; runs_by_outcome sums them."""
+
     def __init__(
         self,
         *,
@@ -984,14 +1234,142 @@ class GetMetricsResponse(_message.Message):
         callbacks_fired: _builtins.int = ...,
         outbox_dead_letters: _builtins.int = ...,
         storage_problem: _builtins.str = ...,
+        prepared_children: _builtins.int = ...,
+        slots: _builtins.int = ...,
+        queue_limit: _builtins.int = ...,
+        trigger_jobs: _builtins.int = ...,
+        trigger_callbacks: _builtins.int = ...,
+        universal_callbacks: _builtins.int = ...,
+        universal_reload_errors: _builtins.int = ...,
+        zygotes: _abc.Iterable[Global___Zygote] | None = ...,
+        sandbox: Global___SandboxTier | None = ...,
+        runs: _abc.Iterable[Global___RunCount] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["queue_seconds", b"queue_seconds", "run_wall_seconds", b"run_wall_seconds"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["queue_seconds", b"queue_seconds", "run_wall_seconds", b"run_wall_seconds", "sandbox", b"sandbox"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_children", b"active_children", "callbacks_fired", b"callbacks_fired", "events_published", b"events_published", "outbox_dead_letters", b"outbox_dead_letters", "outbox_pending", b"outbox_pending", "queue_depth", b"queue_depth", "queue_seconds", b"queue_seconds", "rejected_at_capacity", b"rejected_at_capacity", "run_wall_seconds", b"run_wall_seconds", "runs_by_outcome", b"runs_by_outcome", "storage_problem", b"storage_problem"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_children", b"active_children", "callbacks_fired", b"callbacks_fired", "events_published", b"events_published", "outbox_dead_letters", b"outbox_dead_letters", "outbox_pending", b"outbox_pending", "prepared_children", b"prepared_children", "queue_depth", b"queue_depth", "queue_limit", b"queue_limit", "queue_seconds", b"queue_seconds", "rejected_at_capacity", b"rejected_at_capacity", "run_wall_seconds", b"run_wall_seconds", "runs", b"runs", "runs_by_outcome", b"runs_by_outcome", "sandbox", b"sandbox", "slots", b"slots", "storage_problem", b"storage_problem", "trigger_callbacks", b"trigger_callbacks", "trigger_jobs", b"trigger_jobs", "universal_callbacks", b"universal_callbacks", "universal_reload_errors", b"universal_reload_errors", "zygotes", b"zygotes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetMetricsResponse: _TypeAlias = GetMetricsResponse  # noqa: Y015
+
+@_typing.final
+class Zygote(_message.Message):
+    """A language's zygote: the warm process its children are forked from."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    RESTARTS_FIELD_NUMBER: _builtins.int
+    WARM_FIELD_NUMBER: _builtins.int
+    language: _builtins.str
+    pid: _builtins.int
+    """0 while it is not running (before its language's first callback)."""
+    restarts: _builtins.int
+    """Times it was started again after the first."""
+    warm: _builtins.bool
+    """False once the language fell back to starting every child cold."""
+    def __init__(
+        self,
+        *,
+        language: _builtins.str = ...,
+        pid: _builtins.int = ...,
+        restarts: _builtins.int = ...,
+        warm: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["language", b"language", "pid", b"pid", "restarts", b"restarts", "warm", b"warm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Zygote: _TypeAlias = Zygote  # noqa: Y015
+
+@_typing.final
+class SandboxMechanism(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """pid_namespace, network_namespace, dedicated_uid, pids_cgroup, memory_cgroup,
+    zygote_launcher.
+    """
+    active: _builtins.bool
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        active: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SandboxMechanism: _TypeAlias = SandboxMechanism  # noqa: Y015
+
+@_typing.final
+class SandboxTier(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    LAUNCHER_FIELD_NUMBER: _builtins.int
+    MECHANISMS_FIELD_NUMBER: _builtins.int
+    description: _builtins.str
+    """In one line, as the startup log says it."""
+    launcher: _builtins.str
+    """zygote or cold."""
+    @_builtins.property
+    def mechanisms(self) -> _containers.RepeatedCompositeFieldContainer[Global___SandboxMechanism]: ...
+    def __init__(
+        self,
+        *,
+        description: _builtins.str = ...,
+        launcher: _builtins.str = ...,
+        mechanisms: _abc.Iterable[Global___SandboxMechanism] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "launcher", b"launcher", "mechanisms", b"mechanisms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SandboxTier: _TypeAlias = SandboxTier  # noqa: Y015
+
+@_typing.final
+class RunCount(_message.Message):
+    """Runs of one outcome, language and source (execute: the Execute RPC; job or
+    universal: fired by the trigger engine).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    RUNS_FIELD_NUMBER: _builtins.int
+    outcome: Global___Outcome.ValueType
+    language: _builtins.str
+    source: _builtins.str
+    runs: _builtins.int
+    def __init__(
+        self,
+        *,
+        outcome: Global___Outcome.ValueType = ...,
+        language: _builtins.str = ...,
+        source: _builtins.str = ...,
+        runs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["language", b"language", "outcome", b"outcome", "runs", b"runs", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunCount: _TypeAlias = RunCount  # noqa: Y015
 
 @_typing.final
 class ListDeadLettersRequest(_message.Message):

@@ -135,6 +135,16 @@ class TriggerServiceStub:
                 request_serializer=qbcallback_dot_v1_dot_executor__pb2.ReloadUniversalCallbacksRequest.SerializeToString,
                 response_deserializer=qbcallback_dot_v1_dot_executor__pb2.ReloadUniversalCallbacksResponse.FromString,
                 _registered_method=True)
+        self.ListRegisteredJobs = channel.unary_unary(
+                '/qbcallback.v1.TriggerService/ListRegisteredJobs',
+                request_serializer=qbcallback_dot_v1_dot_executor__pb2.ListRegisteredJobsRequest.SerializeToString,
+                response_deserializer=qbcallback_dot_v1_dot_executor__pb2.ListRegisteredJobsResponse.FromString,
+                _registered_method=True)
+        self.GetUniversalCallbacks = channel.unary_unary(
+                '/qbcallback.v1.TriggerService/GetUniversalCallbacks',
+                request_serializer=qbcallback_dot_v1_dot_executor__pb2.GetUniversalCallbacksRequest.SerializeToString,
+                response_deserializer=qbcallback_dot_v1_dot_executor__pb2.GetUniversalCallbacksResponse.FromString,
+                _registered_method=True)
 
 
 class TriggerServiceServicer:
@@ -176,6 +186,22 @@ class TriggerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRegisteredJobs(self, request, context):
+        """The registered jobs, newest id first, each with its callbacks as the engine
+        holds them now (latches, count, maximum).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUniversalCallbacks(self, request, context):
+        """The universal callbacks loaded from each directory's callbacks.conf, and the
+        last reload: when it happened and what it found wrong.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TriggerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -198,6 +224,16 @@ def add_TriggerServiceServicer_to_server(servicer, server):
                     servicer.ReloadUniversalCallbacks,
                     request_deserializer=qbcallback_dot_v1_dot_executor__pb2.ReloadUniversalCallbacksRequest.FromString,
                     response_serializer=qbcallback_dot_v1_dot_executor__pb2.ReloadUniversalCallbacksResponse.SerializeToString,
+            ),
+            'ListRegisteredJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRegisteredJobs,
+                    request_deserializer=qbcallback_dot_v1_dot_executor__pb2.ListRegisteredJobsRequest.FromString,
+                    response_serializer=qbcallback_dot_v1_dot_executor__pb2.ListRegisteredJobsResponse.SerializeToString,
+            ),
+            'GetUniversalCallbacks': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUniversalCallbacks,
+                    request_deserializer=qbcallback_dot_v1_dot_executor__pb2.GetUniversalCallbacksRequest.FromString,
+                    response_serializer=qbcallback_dot_v1_dot_executor__pb2.GetUniversalCallbacksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -309,6 +345,60 @@ class TriggerService:
             '/qbcallback.v1.TriggerService/ReloadUniversalCallbacks',
             qbcallback_dot_v1_dot_executor__pb2.ReloadUniversalCallbacksRequest.SerializeToString,
             qbcallback_dot_v1_dot_executor__pb2.ReloadUniversalCallbacksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRegisteredJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qbcallback.v1.TriggerService/ListRegisteredJobs',
+            qbcallback_dot_v1_dot_executor__pb2.ListRegisteredJobsRequest.SerializeToString,
+            qbcallback_dot_v1_dot_executor__pb2.ListRegisteredJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUniversalCallbacks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qbcallback.v1.TriggerService/GetUniversalCallbacks',
+            qbcallback_dot_v1_dot_executor__pb2.GetUniversalCallbacksRequest.SerializeToString,
+            qbcallback_dot_v1_dot_executor__pb2.GetUniversalCallbacksResponse.FromString,
             options,
             channel_credentials,
             insecure,

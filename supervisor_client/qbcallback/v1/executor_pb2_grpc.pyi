@@ -68,6 +68,14 @@ class TriggerServiceStub:
     """Re-reads callbacks.conf from every universal-callback directory; on any
     error the last good set stays active and the errors are returned.
     """
+    ListRegisteredJobs: _aio.UnaryUnaryMultiCallable[_executor_pb2.ListRegisteredJobsRequest, _executor_pb2.ListRegisteredJobsResponse]
+    """The registered jobs, newest id first, each with its callbacks as the engine
+    holds them now (latches, count, maximum).
+    """
+    GetUniversalCallbacks: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetUniversalCallbacksRequest, _executor_pb2.GetUniversalCallbacksResponse]
+    """The universal callbacks loaded from each directory's callbacks.conf, and the
+    last reload: when it happened and what it found wrong.
+    """
 
 class TriggerServiceServicer(metaclass=_abc_1.ABCMeta):
     """The event path, for a scheduler without a trigger engine of its own."""
@@ -112,6 +120,26 @@ class TriggerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_executor_pb2.ReloadUniversalCallbacksResponse]:
         """Re-reads callbacks.conf from every universal-callback directory; on any
         error the last good set stays active and the errors are returned.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRegisteredJobs(
+        self,
+        request: _executor_pb2.ListRegisteredJobsRequest,
+        context: _aio.ServicerContext[_executor_pb2.ListRegisteredJobsRequest, _abc.Awaitable[_executor_pb2.ListRegisteredJobsResponse]],
+    ) -> _abc.Awaitable[_executor_pb2.ListRegisteredJobsResponse]:
+        """The registered jobs, newest id first, each with its callbacks as the engine
+        holds them now (latches, count, maximum).
+        """
+
+    @_abc_1.abstractmethod
+    def GetUniversalCallbacks(
+        self,
+        request: _executor_pb2.GetUniversalCallbacksRequest,
+        context: _aio.ServicerContext[_executor_pb2.GetUniversalCallbacksRequest, _abc.Awaitable[_executor_pb2.GetUniversalCallbacksResponse]],
+    ) -> _abc.Awaitable[_executor_pb2.GetUniversalCallbacksResponse]:
+        """The universal callbacks loaded from each directory's callbacks.conf, and the
+        last reload: when it happened and what it found wrong.
         """
 
 def add_TriggerServiceServicer_to_server(servicer: TriggerServiceServicer, server: _aio.Server) -> None: ...

@@ -1,0 +1,101 @@
+"""``cbexec metrics``: the executor's counters, latencies and readings, for a person (or ``--json``).
+
+The same numbers a Prometheus scrape of ``/metrics`` shows, read through GetMetrics, so
+it works without the HTTP port. Latency lines give the bucket bound each quantile falls
+under (a histogram knows no more than that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, TextIO
+
+from executor.cli.connection import EXIT_OK, connect, connection_options, rpc_command
+from supervisor_client.client import as_plain, outcome_name
+
+
+def quantile_bound(histogram: Any, quantile: float) -> str:
+    """'<= 0.025s': the upper bound of the bucket where ``quantile`` of the runs fall."""
+    if not histogram.total:
+        return "-"
+    wanted = quantile * histogram.total
+    seen = 0
+    for bound, count in zip(histogram.bounds_seconds, histogram.counts, strict=False):
+        seen += count
+        if seen >= wanted:
+            return f"<= {bound:g}s"
+    return f"> {histogram.bounds_seconds[-1]:g}s" if histogram.bounds_seconds else "-"
+
+
+def _latency(name: str, histogram: Any) -> str:
+    mean = histogram.sum_seconds / histogram.total if histogram.total else 0.0
+    return (
+        f"{name:<16}{histogram.total} runs, mean {mean:.3f}s, "
+        f"p50 {quantile_bound(histogram, 0.5)}, p90 {quantile_bound(histogram, 0.9)}, "
+        f"p99 {quantile_bound(histogram, 0.99)}"
+    )
+
+
+def format_metrics(m: Any) -> str:
+    """The ``cbexec metrics`` text."""
+    total = sum(m.runs_by_outcome.values())
+    outcomes = ", ".join(f"{name} {count}" for name, count in sorted(m.runs_by_outcome.items()))
+    lines = [f"{'runs':<16}{total}" + (f" ({outcomes})" if outcomes else "")]
+    lines.extend(
+        f"{'':<16}{count.language:<8}{count.source:<11}"
+        f"{outcome_name(count.outcome):<14}{count.runs}"
+        for count in m.runs
+    )
+    lines += [
+        _latency("run wall time", m.run_wall_seconds),
+        _latency("queue wait", m.queue_seconds),
+        (
+            f"{'slots':<16}{m.active_children} of {m.slots} busy, "
+            f"{m.prepared_children} children prepared ahead"
+        ),
+        (
+            f"{'queue':<16}{m.queue_depth} waiting of {m.queue_limit} allowed; "
+            f"{m.rejected_at_capacity} refused at capacity"
+        ),
+        f"{'outbox':<16}{m.outbox_pending} pending, {m.outbox_dead_letters} dead letters",
+        f"{'storage':<16}" + (f"DEGRADED: {m.storage_problem}" if m.storage_problem else "ok"),
+        (
+            f"{'trigger engine':<16}{m.events_published} events, {m.callbacks_fired} firings; "
+            f"{m.trigger_jobs} jobs, {m.trigger_callbacks} callbacks registered"
+        ),
+        f"{'universal':<16}{m.universal_callbacks} loaded"
+        + (
+            f"; the last reload found {m.universal_reload_errors} problems"
+            if m.universal_reload_errors
+            else ""
+        ),
+    ]
+    for zygote in m.zygotes:
+        state = f"pid {zygote.pid}" if zygote.pid else "not started"
+        lines.append(
+            f"{'zygote':<16}{zygote.language:<8}{state}, {zygote.restarts} restarts"
+            + ("" if zygote.warm else ", gave up: children start cold")
+        )
+    active = [mech.name for mech in m.sandbox.mechanisms if mech.active]
+    lines.append(f"{'sandbox':<16}{', '.join(active) or 'rlimits only'}")
+    lines.append(f"{'':<16}{m.sandbox.description}")
+    return "\n".join(lines)
+
+
+async def _metrics(args: argparse.Namespace, out: TextIO) -> int:
+    async with connect(args) as client:
+        reply = await client.get_metrics(timeout=args.timeout)
+    print(json.dumps(as_plain(reply)) if args.json else format_metrics(reply), file=out)
+    return EXIT_OK
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``cbexec metrics``."""
+    parser = commands.add_parser(
+        "metrics",
+        parents=[connection_options()],
+        help="the executor's counters, latencies, load and sandbox tier",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object")
+    parser.set_defaults(handler=rpc_command(_metrics))

@@ -1,0 +1,109 @@
+"""What the executor's parts report at one moment: load, backlog, trigger-store size, zygotes, tier.
+
+``ReadingSources.read`` asks each owner on the event loop (the dispatcher for slots and
+queue, the sandbox runner for prepared children, the spawner for its zygotes, the
+outbox for its backlog, the trigger store for its size, ...) and returns one frozen
+``Readings``. The metrics registry hands that value to scrapes in another thread, and
+GetMetrics answers with it: the owners themselves stay on the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from executor.sandbox.spawners import ZygoteStatus
+
+
+@dataclass(frozen=True, slots=True)
+class TierFlags:
+    """The sandbox tier every callback gets on this host (probed once at start-up)."""
+
+    # One line, as the startup log says it (tier.describe_tier).
+    description: str = ""
+    launcher: str = ""
+    # (mechanism, active), as tier.mechanisms says them.
+    mechanisms: tuple[tuple[str, bool], ...] = ()
+
+    def flags(self) -> tuple[tuple[str, bool], ...]:
+        """(mechanism, active) pairs: the bounded label values of the tier gauge."""
+        return (*self.mechanisms, ("zygote_launcher", self.launcher == "zygote"))
+
+
+@dataclass(frozen=True, slots=True)
+class Readings:
+    """The executor's gauges and its parts' own counts at one moment (all zero before the first)."""
+
+    active_children: int = 0
+    prepared_children: int = 0
+    slots: int = 0
+    queue_depth: int = 0
+    queue_limit: int = 0
+    outbox_pending: int = 0
+    outbox_dead_letters: int = 0
+    storage_problem: str = ""
+    events_published: int = 0
+    callbacks_fired: int = 0
+    trigger_jobs: int = 0
+    trigger_callbacks: int = 0
+    universal_callbacks: int = 0
+    universal_reload_errors: int = 0
+    zygotes: tuple[ZygoteStatus, ...] = ()
+    tier: TierFlags = TierFlags()
+
+
+class Load(Protocol):
+    """What the dispatcher says about its load."""
+
+    @property
+    def active(self) -> int: ...
+
+    @property
+    def waiting(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingSources:
+    """Where each reading comes from; ``read`` is called on the event loop only.
+
+    Each source is a small function, so the parts need not know about metrics, and a
+    test can give numbers of its own.
+    """
+
+    load: Load
+    slots: int
+    queue_limit: int
+    tier: TierFlags
+    prepared_children: Callable[[], int] = lambda: 0
+    outbox: Callable[[], tuple[int, int]] = lambda: (0, 0)  # (pending, dead letters)
+    storage_problem: Callable[[], str] = lambda: ""
+    trigger_counts: Callable[[], tuple[int, int]] = lambda: (0, 0)  # (events, firings)
+    trigger_store: Callable[[], tuple[int, int]] = lambda: (0, 0)  # (jobs, callbacks)
+    universal: Callable[[], tuple[int, int]] = lambda: (0, 0)  # (loaded, reload errors)
+    zygotes: Callable[[], tuple[ZygoteStatus, ...]] = tuple
+
+    def read(self) -> Readings:
+        """Every reading now."""
+        pending, dead = self.outbox()
+        events, fired = self.trigger_counts()
+        jobs, callbacks = self.trigger_store()
+        universal, reload_errors = self.universal()
+        return Readings(
+            active_children=self.load.active,
+            prepared_children=self.prepared_children(),
+            slots=self.slots,
+            queue_depth=self.load.waiting,
+            queue_limit=self.queue_limit,
+            outbox_pending=pending,
+            outbox_dead_letters=dead,
+            storage_problem=self.storage_problem(),
+            events_published=events,
+            callbacks_fired=fired,
+            trigger_jobs=jobs,
+            trigger_callbacks=callbacks,
+            universal_callbacks=universal,
+            universal_reload_errors=reload_errors,
+            zygotes=self.zygotes(),
+            tier=self.tier,
+        )

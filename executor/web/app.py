@@ -1,0 +1,300 @@
+"""The HTTP side port's routes: /metrics, /healthz, the dashboard's pages, sign-in, static files.
+
+A request comes in as a ``Request`` and leaves as a ``Response`` (``server.py`` does
+the sockets), so every route is a plain function of what the ``Source`` answers and can
+be tested without a socket. Pages carry a Content-Security-Policy that allows scripts
+from this origin only: even markup that slipped through the escaping could run no
+script of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import parse_qsl, quote, unquote
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from executor.web import runs_pages
+from executor.web.auth import Access
+from executor.web.explain import Explainer, explain_from_latches
+from executor.web.html import Html, tag
+from executor.web.jobs_pages import JobsQuery, jobs_body, jobs_page
+from executor.web.layout import notice, page
+from executor.web.source import SourceUnavailable
+from executor.web.status_pages import health_body, health_page, universal_page
+from supervisor_client import ExecutorRpcError
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR: Final = Path(__file__).parent / "static"
+STATIC_TYPES: Final = {
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+HTML_TYPE: Final = "text/html; charset=utf-8"
+MAX_FORM_BYTES: Final = 4096
+SECURITY_HEADERS: Final = (
+    (
+        "Content-Security-Policy",
+        (
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+            "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+        ),
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What the handler read: method, path, query, headers (lower-cased names), body."""
+
+    method: str
+    path: str
+    query: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    @classmethod
+    def parse(
+        cls, method: str, target: str, headers: Mapping[str, str], body: bytes = b""
+    ) -> Request:
+        """From the request line's target (path and query) and the headers."""
+        path, _, query = target.partition("?")
+        return cls(
+            method,
+            unquote(path) or "/",
+            dict(parse_qsl(query)),
+            {k.lower(): v for k, v in headers.items()},
+            body,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """Status, body, content type and any further headers."""
+
+    status: int
+    body: bytes = b""
+    content_type: str = HTML_TYPE
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class Dashboard:
+    """Routes requests to pages over ``source`` (an ``ExecutorSource`` or a test's own)."""
+
+    def __init__(
+        self,
+        source: Any,
+        registry: CollectorRegistry,
+        access: Access,
+        *,
+        explain: Explainer = explain_from_latches,
+    ) -> None:
+        self._source = source
+        self._registry = registry
+        self._access = access
+        self._explain = explain
+        self._static = {
+            path.name: (path.read_bytes(), STATIC_TYPES[path.suffix])
+            for path in STATIC_DIR.iterdir()
+            if path.suffix in STATIC_TYPES
+        }
+        self._pages: dict[str, Callable[[Request], Response]] = {
+            "/runs": self._runs,
+            "/jobs": self._jobs,
+            "/universal": lambda r: self._page("Universal callbacks", r, universal_page),
+            "/health": self._health,
+        }
+
+    def handle(self, request: Request) -> Response:
+        """The response to one request; never raises."""
+        try:
+            response = self._route(request)
+        except SourceUnavailable as err:
+            response = self._error(503, "The executor is not answering", str(err), request)
+        except Exception:
+            incident = uuid.uuid4().hex[:12]
+            logger.exception(
+                "dashboard: %s %s failed (incident %s)", request.method, request.path, incident
+            )
+            response = self._error(500, "Internal error", f"incident {incident}", request)
+        return Response(
+            response.status,
+            response.body,
+            response.content_type,
+            (*response.headers, *SECURITY_HEADERS),
+        )
+
+    def _route(self, request: Request) -> Response:
+        path = request.path.rstrip("/") or "/"
+        if not self._access.allowed(path, request.headers):
+            return self._refuse(request)
+        if path == "/login":
+            return self._login(request)
+        if request.method == "POST" and path == "/logout":
+            cookie = self._access.sign_out(request.headers)
+            return Response(303, headers=(("Location", "/login"), ("Set-Cookie", cookie)))
+        if request.method != "GET":
+            return Response(405, b"method not allowed\n", "text/plain", (("Allow", "GET"),))
+        if path.startswith("/static/"):
+            found = self._static.get(path.removeprefix("/static/"))
+            if found is None:
+                return Response(404, b"not found\n", "text/plain")
+            return Response(200, found[0], found[1], (("Cache-Control", "max-age=300"),))
+        if path == "/":
+            return Response(302, headers=(("Location", "/runs"),))
+        if path == "/metrics":
+            return self._metrics(request)
+        if path == "/healthz":
+            return self._healthz()
+        if path.startswith("/runs/"):
+            return self._run(request, path.removeprefix("/runs/"))
+        route = self._pages.get(path)
+        if route is None:
+            return self._error(404, "Not found", f"There is no page {path}.", request)
+        return route(request)
+
+    # -- probes ---------------------------------------------------------------------------
+
+    def _metrics(self, request: Request) -> Response:
+        self._source.refresh_metrics()
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(200, encoder(self._registry), content_type)
+
+    def _healthz(self) -> Response:
+        status = self._source.health()
+        problem = self._source.metrics().storage_problem
+        body = json.dumps({"status": status, "storage_problem": problem}).encode() + b"\n"
+        return Response(200 if status == "SERVING" else 503, body, "application/json")
+
+    # -- pages --------------------------------------------------------------------------
+
+    def _page(self, title: str, request: Request, render: Callable[[Any], Html]) -> Response:
+        body = page(
+            title,
+            render(self._source),
+            active=request.path,
+            signed_in=self._access.session_of(request.headers) is not None,
+        )
+        return _html(200, body)
+
+    def _runs(self, request: Request) -> Response:
+        filters, problem = runs_pages.RunFilters.parse(request.query, runs_pages.now())
+        if request.query.get("part") == "rows":
+            return _html(200, runs_pages.runs_rows(self._source, filters))
+        return self._page("Runs", request, lambda s: runs_pages.runs_page(s, filters, problem))
+
+    def _run(self, request: Request, invocation_id: str) -> Response:
+        try:
+            run = self._source.get_run(invocation_id)
+        except ExecutorRpcError:
+            run = None
+        if run is None:
+            return self._error(
+                404, "No such run", f"No run {invocation_id!r} in the history.", request
+            )
+        return self._page(f"Run {invocation_id[:8]}", request, lambda _: runs_pages.run_page(run))
+
+    def _jobs(self, request: Request) -> Response:
+        query = JobsQuery.parse(request.query)
+        if request.query.get("part") == "body":
+            return _html(200, jobs_body(self._source, query, self._explain))
+        return self._page("Jobs & callbacks", request, lambda s: jobs_page(s, query, self._explain))
+
+    def _health(self, request: Request) -> Response:
+        if request.query.get("part") == "body":
+            return _html(200, health_body(self._source))
+        return self._page("Health", request, health_page)
+
+    # -- signing in -----------------------------------------------------------------------
+
+    def _refuse(self, request: Request) -> Response:
+        if (
+            request.method == "GET"
+            and request.path not in ("/metrics", "/healthz")
+            and ("text/html" in request.headers.get("accept", ""))
+        ):
+            target = quote(request.path + _query_string(request), safe="/")
+            return Response(303, headers=(("Location", f"/login?next={target}"),))
+        return Response(
+            401,
+            b"this executor requires 'Authorization: Bearer <token>'\n",
+            "text/plain",
+            (("WWW-Authenticate", 'Bearer realm="cbexec"'),),
+        )
+
+    def _login(self, request: Request) -> Response:
+        wanted = _safe_next(request.query.get("next", "/runs"))
+        if request.method == "POST":
+            form = dict(parse_qsl(request.body[:MAX_FORM_BYTES].decode("utf-8", "replace")))
+            wanted = _safe_next(form.get("next", "/runs"))
+            cookie = self._access.sign_in(form.get("token", ""))
+            if cookie is not None:
+                return Response(303, headers=(("Location", wanted), ("Set-Cookie", cookie)))
+            return _html(401, _login_page(wanted, "That is not this executor's token."))
+        if not self._access.required:
+            return Response(302, headers=(("Location", wanted),))
+        return _html(200, _login_page(wanted, ""))
+
+    def _error(self, status: int, title: str, text: str, request: Request) -> Response:
+        if request.query.get("part"):  # a live region: keep what it shows, say why below
+            return _html(status, notice(text, "error"))
+        return _html(status, page(title, notice(text, "error")))
+
+
+def _html(status: int, body: Html) -> Response:
+    return Response(status, body.encode(), HTML_TYPE, (("Cache-Control", "no-store"),))
+
+
+def _query_string(request: Request) -> str:
+    return (
+        ("?" + "&".join(f"{k}={quote(v)}" for k, v in request.query.items()))
+        if request.query
+        else ""
+    )
+
+
+def _safe_next(target: str) -> str:
+    """Only a path of this server (never ``//host`` or a URL) is a place to go after signing in."""
+    return target if target.startswith("/") and not target.startswith("//") else "/runs"
+
+
+def _login_page(wanted: str, problem: str) -> Html:
+    form = tag(
+        "form",
+        tag(
+            "label",
+            "Token",
+            tag(
+                "input",
+                type="password",
+                name="token",
+                autofocus=True,
+                autocomplete="current-password",
+            ),
+        ),
+        tag("input", type="hidden", name="next", value=wanted),
+        tag("button", "Sign in", type="submit"),
+        method="post",
+        action="/login",
+        class_="login",
+    )
+    hint = tag(
+        "p",
+        "The executor's auth_token (the one gRPC clients send). Scripts can send "
+        "'Authorization: Bearer <token>' instead.",
+        class_="hint",
+    )
+    body = Html(notice(problem, "error") + form + hint) if problem else Html(form + hint)
+    return page("Sign in", body)

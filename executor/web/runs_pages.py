@@ -1,0 +1,276 @@
+"""The runs pages: the filterable, live table of runs, and one run with its output and failure.
+
+Everything a callback produced (output, failure, traceback, action messages) and
+everything a scheduler sent (job names, triggers, work names) is text to these pages:
+``html.esc`` turns it into text, whatever it holds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Final
+from urllib.parse import quote, urlencode
+
+from executor.cli.runs import parse_since
+from executor.web.html import Html, join, local_time, seconds, size, tag
+from executor.web.layout import badge, definitions, live, notice
+from supervisor_client.client import OUTCOMES, outcome_name
+
+LANGUAGES: Final = ("python", "perl", "qube")
+DEFAULT_LIMIT: Final = 50
+MAX_LIMIT: Final = 1000
+TRIGGER_CHARS: Final = 48
+
+
+@dataclass(frozen=True, slots=True)
+class RunFilters:
+    """The runs table's filters, as the query string gives them."""
+
+    job_id: int = 0
+    outcome: str = ""
+    language: str = ""
+    since_text: str = ""
+    since: float = 0.0
+    limit: int = DEFAULT_LIMIT
+
+    @classmethod
+    def parse(cls, query: Mapping[str, str], now: float) -> tuple[RunFilters, str]:
+        """The filters, and what was wrong with the query ("" when nothing: a bad one is ignored)."""
+        filters, problems = cls(), []
+        job = query.get("job", "").strip()
+        if job:
+            if job.isdigit():
+                filters = replace(filters, job_id=int(job))
+            else:
+                problems.append(f"job {job!r} is not a job id")
+        outcome = query.get("outcome", "").strip().upper()
+        if outcome:
+            if outcome in OUTCOMES:
+                filters = replace(filters, outcome=outcome)
+            else:
+                problems.append(f"outcome {outcome!r} is not one of {', '.join(OUTCOMES)}")
+        language = query.get("language", "").strip().lower()
+        if language:
+            if language in LANGUAGES:
+                filters = replace(filters, language=language)
+            else:
+                problems.append(f"language {language!r} is not one of {', '.join(LANGUAGES)}")
+        since = query.get("since", "").strip()
+        if since:
+            try:
+                filters = replace(filters, since_text=since, since=parse_since(since, now))
+            except ValueError as err:
+                problems.append(str(err).replace("--since", "since"))
+        limit = query.get("limit", "").strip()
+        if limit.isdigit() and int(limit) > 0:
+            filters = replace(filters, limit=min(int(limit), MAX_LIMIT))
+        return filters, "; ".join(problems)
+
+    def query(self, **extra: str) -> str:
+        """The query string that gives these filters back (plus ``extra``)."""
+        values = {
+            "job": str(self.job_id) if self.job_id else "",
+            "outcome": self.outcome,
+            "language": self.language,
+            "since": self.since_text,
+            "limit": str(self.limit) if self.limit != DEFAULT_LIMIT else "",
+            **extra,
+        }
+        return urlencode({k: v for k, v in values.items() if v})
+
+
+def runs_page(source: Any, filters: RunFilters, problem: str) -> Html:
+    """The filter form and the live table (its body is ``runs_rows``)."""
+    form = tag(
+        "form",
+        tag("label", "Job", tag("input", name="job", value=filters.job_id or "", size=8)),
+        tag("label", "Outcome", _select("outcome", ("", *OUTCOMES), filters.outcome)),
+        tag("label", "Language", _select("language", ("", *LANGUAGES), filters.language)),
+        tag(
+            "label",
+            "Since",
+            tag(
+                "input", name="since", value=filters.since_text, size=10, placeholder="1h, 2d, ISO"
+            ),
+        ),
+        tag("button", "Filter", type="submit"),
+        tag("a", "clear", href="/runs", class_="clear"),
+        method="get",
+        action="/runs",
+        class_="filters",
+    )
+    head = tag(
+        "thead",
+        tag(
+            "tr",
+            *(
+                tag("th", name)
+                for name in (
+                    "Started",
+                    "Invocation",
+                    "Job",
+                    "Callback",
+                    "Trigger",
+                    "Language",
+                    "Outcome",
+                    "Wall",
+                    "Queue",
+                    "CPU",
+                    "Peak memory",
+                )
+            ),
+        ),
+    )
+    body = live(
+        f"/runs?{filters.query(part='rows')}",
+        runs_rows(source, filters),
+        element="tbody",
+        id="runs-body",
+    )
+    return join(
+        [
+            notice(problem, "warn") if problem else "",
+            form,
+            tag("table", head, body, class_="runs", id="runs"),
+            tag("p", "Newest first; the table updates by itself.", class_="hint"),
+        ]
+    )
+
+
+def runs_rows(source: Any, filters: RunFilters) -> Html:
+    """The table's rows (what the live region refreshes)."""
+    runs = source.list_runs(
+        job_id=filters.job_id,
+        outcome=filters.outcome,
+        language=filters.language,
+        since=filters.since,
+        limit=filters.limit,
+    ).runs
+    if not runs:
+        return tag("tr", tag("td", "No runs match.", colspan=11, class_="empty"))
+    return join(_row(run) for run in runs)
+
+
+def _row(run: Any) -> Html:
+    outcome = outcome_name(run.outcome)
+    trigger = run.triggers or "-"
+    short = trigger if len(trigger) <= TRIGGER_CHARS else trigger[: TRIGGER_CHARS - 1] + "…"
+    return tag(
+        "tr",
+        tag("td", local_time(run.started_at), class_="nowrap"),
+        tag(
+            "td",
+            tag(
+                "a",
+                run.invocation_id[:8],
+                href=f"/runs/{quote(run.invocation_id, safe='')}",
+                title=run.invocation_id,
+                class_="mono",
+            ),
+        ),
+        tag("td", tag("a", run.job_id, href=f"/jobs?job={run.job_id}")),
+        tag("td", run.callback_id or "-"),
+        tag("td", short, title=trigger, class_="mono"),
+        tag("td", run.language),
+        tag("td", badge(outcome)),
+        tag("td", seconds(run.usage.wall_seconds), class_="num"),
+        tag("td", seconds(run.usage.queue_seconds), class_="num"),
+        tag("td", seconds(run.usage.cpu_seconds), class_="num"),
+        tag("td", size(run.usage.peak_rss_bytes), class_="num"),
+        data_key=run.invocation_id,
+        class_=f"outcome-{outcome.lower()}",
+    )
+
+
+def _select(name: str, options: tuple[str, ...], chosen: str) -> Html:
+    return tag(
+        "select",
+        *(
+            tag("option", value or "any", value=value, selected=value == chosen)
+            for value in options
+        ),
+        name=name,
+    )
+
+
+def run_page(run: Any) -> Html:
+    """One run: what it was, how it ended, what it did and printed."""
+    result = run.result
+    outcome = outcome_name(run.outcome)
+    event = run.event if run.HasField("event") else None
+    event_text = (
+        "-".join(part for part in (event.name, event.type, event.context, event.extra) if part)
+        if event is not None
+        else "none (run by hand or by a scheduler's own trigger match)"
+    )
+    ended = f"signal {result.signal}" if result.signal else f"exit code {result.exit_code}"
+    facts = definitions(
+        [
+            ("Outcome", join([badge(outcome), "  ", ended])),
+            ("Invocation", tag("span", run.invocation_id, class_="mono")),
+            ("Job", tag("a", run.job_id, href=f"/jobs?job={run.job_id}")),
+            ("Callback", run.callback_id or "-"),
+            ("Trigger", tag("span", run.triggers or "-", class_="mono")),
+            ("Event", tag("span", event_text, class_="mono")),
+            ("Work item", run.work_name or "-"),
+            ("Language", run.language),
+            ("Started", local_time(run.started_at)),
+        ]
+    )
+    usage = definitions(
+        [
+            ("Wall", seconds(run.usage.wall_seconds)),
+            ("CPU", seconds(run.usage.cpu_seconds)),
+            ("Peak memory", size(run.usage.peak_rss_bytes)),
+            ("Queued", seconds(run.usage.queue_seconds)),
+        ]
+    )
+    parts: list[object] = [tag("div", facts, usage, class_="columns")]
+    if result.HasField("failure") and (result.failure.message or result.failure.traceback):
+        failure = result.failure
+        parts.append(
+            tag(
+                "section",
+                tag("h2", "Failure"),
+                tag("p", failure.message, class_="failure-message", id="failure"),
+                tag("p", "Exception: ", tag("code", failure.exception_type))
+                if failure.exception_type
+                else "",
+                tag("pre", failure.traceback) if failure.traceback else "",
+                class_="failure",
+            )
+        )
+    parts.append(tag("section", tag("h2", "Actions"), _actions(result.actions)))
+    parts.append(_stream("Output", result.stdout, result.stdout_truncated, "stdout"))
+    parts.append(_stream("Errors", result.stderr, result.stderr_truncated, "stderr"))
+    return join(parts)
+
+
+def _actions(actions: Any) -> Html:
+    if not actions:
+        return tag("p", "No qb calls.", class_="hint")
+    rows = [
+        tag(
+            "tr",
+            tag("td", action.verb, class_="mono"),
+            tag("td", action.target, class_="mono"),
+            tag("td", "ok" if action.ok else "refused", class_="ok" if action.ok else "bad"),
+            tag("td", action.message),
+        )
+        for action in actions
+    ]
+    head = tag("tr", *(tag("th", name) for name in ("qb call", "Target", "Result", "Message")))
+    return tag("table", tag("thead", head), tag("tbody", *rows), class_="actions")
+
+
+def _stream(title: str, text: str, truncated: bool, element_id: str) -> Html:
+    note = tag("span", " (cut at the output_bytes limit)", class_="hint") if truncated else ""
+    content = tag("pre", text, id=element_id) if text else tag("p", "(empty)", class_="hint")
+    return tag("section", tag("h2", title, note), content)
+
+
+def now() -> float:
+    """The clock the runs filters read (``since``)."""
+    return time.time()

@@ -1,0 +1,210 @@
+"""The HTTP side port: a stdlib ``ThreadingHTTPServer`` in threads of its own, started and stopped with us.
+
+Why threads and not the event loop: the callback path lives on the loop, and a page
+(HTML rendering, TLS handshakes, slow clients on keep-alive connections) should not
+take turns with it. The threads only render and send; what they show they ask the loop
+for (``source.ExecutorSource``), and the Prometheus registry they expose is one the
+loop updates under prometheus_client's own locks. ``scripts/bench.py`` measures the
+callback path with the port off and on (scraped every second, a dashboard page open).
+
+TLS comes from the gRPC port's settings (``tls_cert``/``tls_key``; ``tls_client_ca``
+requires client certificates here too), the handshake done in the connection's own
+thread so a slow client never holds up ``accept``. ``close`` stops accepting, ends
+every open connection (an idle keep-alive one included), and joins every thread before
+it returns: nothing of the port outlives the executor's stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Final
+
+from executor.api import security
+from executor.config import Settings
+from executor.errors import ConfigError
+from executor.web.app import Dashboard, Request
+
+logger = logging.getLogger(__name__)
+
+# An idle keep-alive connection is closed after this; a request must arrive within it.
+IDLE_TIMEOUT_S: Final = 30.0
+MAX_BODY_BYTES: Final = 64 << 10
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """A server context from the gRPC port's TLS settings; None for plaintext."""
+    if not settings.tls_cert:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # read_pem first: the same one-line ConfigError as the gRPC port for a bad path.
+    security.read_pem("tls_cert", settings.tls_cert)
+    security.read_pem("tls_key", settings.tls_key)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (ssl.SSLError, OSError) as err:
+        raise ConfigError(f"tls_cert/tls_key: cannot use them for the HTTP port: {err}") from err
+    if settings.tls_client_ca:
+        ca = security.read_pem("tls_client_ca", settings.tls_client_ca)
+        context.load_verify_locations(cadata=ca.decode())
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One connection: reads requests, asks the dashboard, writes its answers."""
+
+    server: _Server
+    timeout = IDLE_TIMEOUT_S
+    protocol_version = "HTTP/1.1"
+    server_version = "cbexec"
+    sys_version = ""
+
+    def do_GET(self) -> None:  # the name http.server dispatches to
+        self._answer("GET")
+
+    def do_HEAD(self) -> None:
+        self._answer("GET", body=False)
+
+    def do_POST(self) -> None:
+        self._answer("POST")
+
+    def _answer(self, method: str, *, body: bool = True) -> None:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            self.send_error(400, "bad Content-Length")
+            return
+        if not 0 <= length <= MAX_BODY_BYTES:
+            self.send_error(413, "request body too large")
+            return
+        request = Request.parse(
+            method,
+            self.path,
+            dict(self.headers.items()),
+            self.rfile.read(length) if length else b"",
+        )
+        response = self.server.dashboard.handle(request)
+        self.send_response(response.status)
+        if response.status not in (204, 304):
+            self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
+        for name, value in response.headers:
+            self.send_header(name, value)
+        self.end_headers()
+        if body:
+            self.wfile.write(response.body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # the stdlib's signature
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("http %s: %s", self.address_string(), format % args)
+
+
+class _Server(ThreadingHTTPServer):
+    """Tracks its connections so ``close`` can end idle ones, and does TLS per connection."""
+
+    daemon_threads = False  # joined by server_close: no thread outlives the stop
+    block_on_close = True
+
+    def __init__(
+        self, address: tuple[str, int], dashboard: Dashboard, tls: ssl.SSLContext | None
+    ) -> None:
+        self.dashboard = dashboard
+        self._tls = tls
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self._tls is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(IDLE_TIMEOUT_S)
+        try:
+            wrapped = self._tls.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as err:
+            logger.info("http: TLS handshake with %s failed: %s", client_address[0], err)
+            return
+        with self._connections_lock:  # the TLS socket now owns the connection
+            self._connections.discard(request)
+            self._connections.add(wrapped)
+        try:
+            super().finish_request(wrapped, client_address)
+        finally:
+            with self._connections_lock:
+                self._connections.discard(wrapped)
+            wrapped.close()
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver calls this inside its own except block: the exception is at hand.
+        logger.debug(
+            "http: connection from %s ended with an error", client_address, exc_info=sys.exc_info()
+        )
+
+    def end_connections(self) -> None:
+        """Wake every connection's thread (one idle on keep-alive included) so it ends."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+
+class SidePort:
+    """The running HTTP side port: its thread, its server, the port it bound."""
+
+    def __init__(self, server: _Server) -> None:
+        self._server = server
+        self.port: int = server.server_address[1]
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.5}, name="cbexec-http"
+        )
+
+    @classmethod
+    def start(cls, settings: Settings, dashboard: Dashboard) -> SidePort:
+        """Bind ``http_bind`` and serve in a thread; ConfigError when the address cannot be bound."""
+        host, _, port = settings.http_bind.rpartition(":")
+        tls = tls_context(settings)
+        try:
+            server = _Server((host.strip("[]"), int(port)), dashboard, tls)
+        except OSError as err:
+            raise ConfigError(
+                f"http_bind: cannot listen on {settings.http_bind}: {err.strerror or err}"
+            ) from err
+        side = cls(server)
+        side._thread.start()
+        logger.info(
+            "HTTP side port on %s:%d (%s): /metrics, /healthz, dashboard",
+            host,
+            side.port,
+            "TLS" if tls else "plaintext",
+        )
+        return side
+
+    async def close(self) -> None:
+        """Stop accepting, end every connection, join every thread (off the event loop)."""
+        await asyncio.to_thread(self._stop)
+
+    def _stop(self) -> None:
+        self._server.shutdown()  # serve_forever returns
+        self._server.end_connections()
+        self._server.server_close()  # joins the connections' threads
+        self._thread.join()

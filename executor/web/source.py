@@ -1,0 +1,120 @@
+"""What the dashboard reads: the executor's own gRPC API, called on the event loop from the HTTP thread.
+
+The HTTP side port runs in threads of its own; the executor's state lives on the event
+loop (SQLite connections included, which no other thread may use). So the pages read
+it the way ``cbexec`` does, as a client of the API (``ExecutorClient`` over the
+executor's internal channel, which carries the token), with each call handed to the
+loop (``asyncio.run_coroutine_threadsafe``) and waited for in the HTTP thread, under a
+deadline. The loop spends on a page what it spends on a ``cbexec runs``; rendering and
+sending happen in the HTTP thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
+
+import grpc
+
+from executor.runs.metrics import Metrics
+from supervisor_client import ExecutorClient, ExecutorRpcError
+
+T = TypeVar("T")
+
+# A page waits at most this long for the loop; beyond it the page says the executor is busy.
+DEFAULT_TIMEOUT_S: Final = 5.0
+
+
+class SourceUnavailable(Exception):
+    """The executor did not answer in time, refused, or is stopping (a 503 page)."""
+
+
+class ExecutorSource:
+    """The dashboard's reads, each one call of the executor's API on its event loop."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        client: ExecutorClient,
+        metrics: Metrics,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self._loop = loop
+        self._client = client
+        self._metrics = metrics
+        self._timeout_s = timeout_s
+        self._loop_thread = threading.get_ident()  # made on the loop's thread
+
+    def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+        if threading.get_ident() == self._loop_thread:
+            raise RuntimeError("the dashboard's source waits for the loop: never call it there")
+
+        async def run() -> T:
+            return await call()
+
+        try:
+            future = asyncio.run_coroutine_threadsafe(run(), self._loop)
+        except RuntimeError as err:  # the loop is closed: the executor is stopping
+            raise SourceUnavailable("the executor is stopping") from err
+        try:
+            return future.result(self._timeout_s)
+        except concurrent.futures.TimeoutError as err:
+            future.cancel()
+            raise SourceUnavailable(
+                f"the executor did not answer within {self._timeout_s:g} s"
+            ) from err
+        except concurrent.futures.CancelledError as err:
+            raise SourceUnavailable("the executor is stopping") from err
+        except ExecutorRpcError as err:
+            if err.code == grpc.StatusCode.NOT_FOUND:
+                raise
+            raise SourceUnavailable(str(err)) from err
+
+    def list_runs(
+        self, *, job_id: int, outcome: str, language: str, since: float, limit: int
+    ) -> Any:
+        """ListRuns with the page's filters."""
+        return self._call(
+            lambda: self._client.list_runs(
+                job_id=job_id, outcome=outcome, language=language, since=since, limit=limit
+            )
+        )
+
+    def get_run(self, invocation_id: str) -> Any | None:
+        """One run with its result; None when unknown or pruned."""
+        try:
+            return self._call(lambda: self._client.get_run(invocation_id))
+        except ExecutorRpcError:  # NOT_FOUND: _call lets only that one through
+            return None
+
+    def list_jobs(self, *, job_id: int, limit: int, before: int) -> Any:
+        """ListRegisteredJobs: one job, or a page of them."""
+        return self._call(
+            lambda: self._client.list_registered_jobs(
+                job_id=job_id, limit=limit, before_job_id=before
+            )
+        )
+
+    def universal(self) -> Any:
+        """GetUniversalCallbacks."""
+        return self._call(self._client.get_universal_callbacks)
+
+    def metrics(self) -> Any:
+        """GetMetrics: counters and the readings of the executor's parts, now."""
+        return self._call(self._client.get_metrics)
+
+    def health(self) -> str:
+        """The health service's status for the whole executor."""
+        return self._call(self._client.health)
+
+    def refresh_metrics(self) -> None:
+        """Take the readings for a scrape of /metrics (on the loop; the registry is then read here)."""
+
+        async def refresh() -> None:
+            self._metrics.refresh()
+
+        self._call(refresh)

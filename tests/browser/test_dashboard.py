@@ -1,0 +1,122 @@
+"""The dashboard in a real browser (Debian's headless Chromium): live runs, a run's page, what a callback waits for.
+
+Skipped, with the reason, only where Chromium or its driver is not installed;
+``.ci/run`` installs both, so CI always runs these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Stack, running_stack, stack_settings
+from tests.helpers.browser import Browser, chromium, missing
+from tests.service.test_runs import FAIL, run_py
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(missing() is not None, reason=str(missing())),
+]
+
+INJECTION = (
+    "print('<script>window.__pwned = 1</script>')\n"
+    "print('<img src=x onerror=\"window.__pwned = 2\">')\n"
+    "print('</pre><b id=\"escaped\">bold</b>')"
+)
+
+
+@pytest.fixture
+async def web(tmp_path: Path) -> AsyncIterator[Stack]:
+    settings = stack_settings(tmp_path / "data", http_bind="127.0.0.1:0")
+    async with running_stack(settings) as stack:
+        yield stack
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with chromium() as opened:
+        yield opened
+
+
+def page(stack: Stack, path: str) -> str:
+    return f"http://127.0.0.1:{stack.running.http_port}{path}"
+
+
+async def test_a_run_appears_without_a_reload_and_its_page_shows_the_output(
+    web: Stack, browser: Browser
+) -> None:
+    await browser.open(page(web, "/runs"))
+    await browser.wait_for("#runs-body", containing="No runs match")
+    await browser.script("window.__sameDocument = true")
+
+    done = await run_py(web, "print('frame 1001 rendered')", 41)
+
+    row = f'tr[data-key="{done.invocation_id}"]'
+    assert "SUCCEEDED" in await browser.wait_for(row)
+    assert await browser.script("return window.__sameDocument") is True, "no reload"
+    await browser.click(f"{row} a.mono")
+    assert "frame 1001 rendered" in await browser.wait_for("#stdout")
+    assert done.invocation_id in await browser.text("table.facts")
+
+
+async def test_a_failing_run_is_shown_failed_with_its_message(web: Stack, browser: Browser) -> None:
+    bad = await run_py(web, FAIL, 42)
+    await browser.open(page(web, "/runs?outcome=FAILED"))
+    row = await browser.wait_for(f'tr[data-key="{bad.invocation_id}"]')
+    assert "FAILED" in row and "42" in row
+    await browser.open(page(web, f"/runs/{bad.invocation_id}"))
+    assert "ValueError: bad frame range" in await browser.wait_for("#failure")
+    assert "about to fail" in await browser.text("#stdout")
+
+
+async def test_what_an_and_trigger_still_waits_for(web: Stack, browser: Browser) -> None:
+    await web.client.register_job(
+        {
+            "id": 43,
+            "name": "comp",
+            "callbacks": [
+                {
+                    "triggers": "complete-work-self-1 && complete-work-self-2",
+                    "language": "qube",
+                    "code": "unblock-self",
+                }
+            ],
+        }
+    )
+    await browser.open(page(web, "/jobs?job=43"))
+    assert "work item '1' of this job completes AND work item '2'" in await browser.wait_for(
+        "td.waiting"
+    )
+
+    await web.client.publish_event(name="complete", type="work", job_id=43, work_name="1")
+
+    # The page updates by itself: the half that happened is no longer waited for.
+    waiting = await browser.wait_for("td.waiting", containing="work item '2'", lacking="'1'")
+    assert waiting == "work item '2' of this job completes"
+    assert "complete-work-self-1" in await browser.text(".latch.on")
+    assert "0 / ∞" in await browser.text("tr[data-callback] td.num")
+
+
+async def test_printed_markup_stays_text(web: Stack, browser: Browser) -> None:
+    hostile = await run_py(web, INJECTION, 44)
+    for path in ("/runs", f"/runs/{hostile.invocation_id}"):
+        await browser.open(page(web, path))
+        await browser.wait_for("main h1")
+        assert await browser.script("return window.__pwned === undefined") is True, path
+    stdout = await browser.wait_for("#stdout")
+    assert "<script>window.__pwned = 1</script>" in stdout
+    assert '<img src=x onerror="window.__pwned = 2">' in stdout
+    assert await browser.script("return document.getElementById('escaped')") is None
+
+
+async def test_signing_in_with_the_token(tmp_path: Path, browser: Browser) -> None:
+    settings = stack_settings(tmp_path / "data", http_bind="127.0.0.1:0", auth_token="t0ken")
+    async with running_stack(settings) as web:
+        await browser.open(page(web, "/health"))
+        await browser.wait_for("form.login")
+        await browser.type("input[name=token]", "t0ken")
+        await browser.click("form.login button")
+        assert "SERVING" in await browser.wait_for("#serving")
+        assert browser.url.endswith("/health")

@@ -1,0 +1,218 @@
+"""The HTTP side port on loopback: /metrics for a real scraper, /healthz, the token, TLS, a clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import socket
+import ssl
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from executor import server
+from executor.config import Settings
+from executor.errors import ConfigError
+from tests.conftest import Stack, running_stack, stack_settings
+from tests.service.test_runs import FAIL, run_py
+from tests.service.test_security import Pki, _make_pki
+
+pytestmark = pytest.mark.service
+
+TOKEN = "dashboard-token"
+
+
+def http_settings(tmp_path: Path, **overrides: object) -> Settings:
+    return stack_settings(tmp_path / "data", http_bind="127.0.0.1:0", **overrides)
+
+
+@pytest.fixture
+async def web(tmp_path: Path) -> AsyncIterator[Stack]:
+    async with running_stack(http_settings(tmp_path)) as stack:
+        yield stack
+
+
+def url(stack: Stack, path: str, scheme: str = "http") -> str:
+    return f"{scheme}://127.0.0.1:{stack.running.http_port}{path}"
+
+
+async def fetch(
+    target: str,
+    *,
+    headers: dict[str, str] | None = None,
+    data: bytes | None = None,
+    context: ssl.SSLContext | None = None,
+) -> tuple[int, dict[str, str], str]:
+    """GET (or POST ``data``) in a thread: the executor's pages need this event loop free."""
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: object, **kwargs: object) -> None:
+            return None
+
+    def call() -> tuple[int, dict[str, str], str]:
+        opener = urllib.request.build_opener(
+            NoRedirect(), urllib.request.HTTPSHandler(context=context)
+        )
+        # http(s) to the executor under test, never a file: or another scheme.
+        request = urllib.request.Request(target, data=data, headers=headers or {})  # noqa: S310
+        try:
+            with opener.open(request, timeout=15) as response:
+                return response.status, dict(response.headers), response.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, dict(err.headers), err.read().decode()
+
+    return await asyncio.to_thread(call)
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A scrape parsed by prometheus_client's own parser."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_metrics_scraped_by_prometheus_parser_move_with_real_runs(web: Stack) -> None:
+    status, headers, before = await fetch(url(web, "/metrics"))
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    succeeded = (
+        "cbexec_runs_total",
+        (("language", "python"), ("outcome", "SUCCEEDED"), ("source", "execute")),
+    )
+    failed = (
+        "cbexec_runs_total",
+        (("language", "python"), ("outcome", "FAILED"), ("source", "execute")),
+    )
+    assert samples(before).get(succeeded, 0) == 0
+
+    await run_py(web, "print('a')", 1)
+    await run_py(web, "print('b')", 1)
+    await run_py(web, FAIL, 1)
+
+    _, _, after = await fetch(url(web, "/metrics"))
+    scraped = samples(after)
+    assert scraped[succeeded] == 2 and scraped[failed] == 1
+    count = ("cbexec_run_duration_seconds_count", (("language", "python"),))
+    infinite = ("cbexec_run_duration_seconds_bucket", (("language", "python"), ("le", "+Inf")))
+    assert scraped[count] == scraped[infinite] == 3
+    buckets = sorted(
+        (float(dict(labels)["le"]), value)
+        for (name, labels), value in scraped.items()
+        if name == "cbexec_run_duration_seconds_bucket"
+    )
+    assert [v for _, v in buckets] == sorted(v for _, v in buckets), "cumulative buckets"
+    assert scraped[("cbexec_slots", ())] == 4
+    assert scraped[("cbexec_zygote_up", (("language", "python"),))] == 1
+    metrics = await web.client.get_metrics()
+    assert dict(metrics.runs_by_outcome) == {"SUCCEEDED": 2, "FAILED": 1}, "GetMetrics agrees"
+
+    _, headers, open_metrics = await fetch(
+        url(web, "/metrics"), headers={"Accept": "application/openmetrics-text"}
+    )
+    assert headers["Content-Type"].startswith("application/openmetrics-text")
+    assert open_metrics.rstrip().endswith("# EOF")
+
+
+async def test_healthz_and_pages_answer(web: Stack) -> None:
+    status, _, body = await fetch(url(web, "/healthz"))
+    assert (status, body.strip()) == (200, '{"status": "SERVING", "storage_problem": ""}')
+    bad = await run_py(web, "print('<script>document.title=\"pwned\"</script>')", 3)
+    for path in ("/runs", "/jobs", "/universal", "/health", f"/runs/{bad.invocation_id}"):
+        status, headers, page = await fetch(url(web, path))
+        assert status == 200, path
+        assert "script-src 'self'" in headers["Content-Security-Policy"]
+        assert "<script>document" not in page, path
+    _, _, page = await fetch(url(web, f"/runs/{bad.invocation_id}"))
+    assert "&lt;script&gt;document.title=&quot;pwned&quot;&lt;/script&gt;" in page
+    status, _, _ = await fetch(url(web, "/runs/no-such-run"))
+    assert status == 404
+    status, headers, _ = await fetch(url(web, "/"))
+    assert (status, headers["Location"]) == (302, "/runs")
+
+
+async def test_token_bearer_login_and_exempt_probes(tmp_path: Path) -> None:
+    async with running_stack(http_settings(tmp_path, auth_token=TOKEN)) as web:
+        status, headers, _ = await fetch(url(web, "/metrics"))
+        assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        assert (await fetch(url(web, "/metrics"), headers=bearer))[0] == 200
+        assert (await fetch(url(web, "/runs"), headers=bearer))[0] == 200
+        wrong = {"Authorization": "Bearer nope"}
+        assert (await fetch(url(web, "/runs"), headers=wrong))[0] == 401
+
+        status, headers, _ = await fetch(url(web, "/jobs?job=3"), headers={"Accept": "text/html"})
+        assert (status, headers["Location"]) == (303, "/login?next=/jobs%3Fjob%3D3")
+        assert (await fetch(url(web, "/login")))[0] == 200
+        assert (await fetch(url(web, "/static/app.css")))[0] == 200
+
+        refused = await fetch(url(web, "/login"), data=b"token=guess&next=/jobs")
+        assert refused[0] == 401 and "Set-Cookie" not in refused[1]
+        status, headers, _ = await fetch(
+            url(web, "/login"), data=f"token={TOKEN}&next=/jobs".encode()
+        )
+        assert (status, headers["Location"]) == (303, "/jobs")
+        cookie = headers["Set-Cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and TOKEN not in cookie
+        session = {"Cookie": cookie.split(";", 1)[0]}
+        assert (await fetch(url(web, "/health"), headers=session))[0] == 200
+        status, headers, _ = await fetch(url(web, "/logout"), headers=session, data=b"")
+        assert status == 303
+        assert (await fetch(url(web, "/health"), headers=session))[0] == 401
+
+    async with running_stack(
+        http_settings(tmp_path / "2", auth_token=TOKEN, http_exempt_metrics=True)
+    ) as web:
+        assert (await fetch(url(web, "/metrics")))[0] == 200
+        assert (await fetch(url(web, "/healthz")))[0] == 200
+        assert (await fetch(url(web, "/runs")))[0] == 401
+
+
+async def test_tls_from_the_grpc_settings(tmp_path: Path) -> None:
+    directory = tmp_path / "pki"
+    directory.mkdir()
+    pki: Pki = _make_pki(directory)
+    settings = http_settings(tmp_path, tls_cert=str(pki.server_cert), tls_key=str(pki.server_key))
+    async with running_stack(settings) as web:
+        context = ssl.create_default_context(cafile=str(pki.ca))
+        status, _, body = await fetch(url(web, "/healthz", "https"), context=context)
+        assert status == 200 and "SERVING" in body
+        with pytest.raises(OSError):  # noqa: PT011 - plaintext to the TLS port: reset, or a URLError
+            await fetch(url(web, "/healthz"))
+
+
+async def test_stop_ends_idle_connections_and_every_thread(tmp_path: Path) -> None:
+    before = set(threading.enumerate())
+    running = await server.start(http_settings(tmp_path))
+    assert running.http_port is not None
+    idle = socket.create_connection(("127.0.0.1", running.http_port))  # never sends a byte
+    kept = http.client.HTTPConnection("127.0.0.1", running.http_port, timeout=10)
+    try:
+
+        def keep_alive() -> int:
+            kept.request("GET", "/healthz")
+            response = kept.getresponse()
+            response.read()
+            return response.status  # and the connection stays open, idle
+
+        assert await asyncio.to_thread(keep_alive) == 200
+    finally:
+        await asyncio.wait_for(running.stop(), 15)
+        idle.close()
+        kept.close()
+    leftover = [t for t in set(threading.enumerate()) - before if t.is_alive()]
+    assert not [t for t in leftover if not t.name.startswith(("asyncio_", "ThreadPoolExecutor"))]
+
+
+async def test_a_taken_http_port_is_a_clear_startup_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"http_bind: cannot listen on 127.0.0.1:{port}"):
+            await server.start(stack_settings(tmp_path / "data", http_bind=f"127.0.0.1:{port}"))

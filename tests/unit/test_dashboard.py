@@ -1,0 +1,198 @@
+"""The dashboard without sockets: escaping, filters, what a callback waits for, per-frame rows, access."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from executor.web.app import Dashboard, Request
+from executor.web.auth import Access
+from executor.web.explain import explain_callback
+from executor.web.html import Html, esc, tag
+from executor.web.jobs_pages import frame_shape
+from executor.web.runs_pages import RunFilters
+from supervisor_client.qbcallback.v1 import executor_pb2
+
+pytestmark = pytest.mark.unit
+
+HOSTILE = "<script>alert(1)</script>\"'&"
+
+
+def callback(triggers: str, latches: list[bool], count: int = 0, maximum: int = 0) -> Any:
+    return executor_pb2.RegisteredCallback(
+        id=1,
+        triggers=triggers,
+        canonical_triggers=triggers,
+        latches=latches,
+        count=count,
+        maximum=maximum,
+        language="qube",
+    )
+
+
+class FakeSource:
+    """Answers like ExecutorSource, from messages made here."""
+
+    def __init__(self) -> None:
+        result = executor_pb2.ExecuteResponse(
+            outcome=executor_pb2.OUTCOME_FAILED,
+            stdout=HOSTILE,
+            failure=executor_pb2.Failure(message=HOSTILE, traceback=HOSTILE),
+            actions=[executor_pb2.Action(verb="unblock", target="7", ok=False, message=HOSTILE)],
+        )
+        self.run = executor_pb2.Run(
+            invocation_id="inv-1",
+            job_id=7,
+            triggers=HOSTILE,
+            language="python",
+            outcome=executor_pb2.OUTCOME_FAILED,
+            work_name=HOSTILE,
+            result=result,
+        )
+
+    def list_runs(self, **_: object) -> Any:
+        return executor_pb2.ListRunsResponse(runs=[self.run])
+
+    def get_run(self, invocation_id: str) -> Any:
+        return self.run if invocation_id == "inv-1" else None
+
+    def list_jobs(self, **_: object) -> Any:
+        job = executor_pb2.RegisteredJob(
+            id=7, pgrp=7, name=HOSTILE, callbacks=[callback("complete-job-self", [False])]
+        )
+        return executor_pb2.ListRegisteredJobsResponse(jobs=[job], total=1)
+
+    def universal(self) -> Any:
+        return executor_pb2.GetUniversalCallbacksResponse(errors=[HOSTILE])
+
+    def metrics(self) -> Any:
+        return executor_pb2.GetMetricsResponse(storage_problem=HOSTILE)
+
+    def health(self) -> str:
+        return "SERVING"
+
+    def refresh_metrics(self) -> None:
+        pass
+
+
+def get(path: str, **headers: str) -> Request:
+    return Request.parse("GET", path, headers)
+
+
+def test_tags_escape_text_and_attributes() -> None:
+    built = tag("a", HOSTILE, href=HOSTILE, class_="x", hidden=True, title=None)
+    assert "<script>" not in built and "&lt;script&gt;" in built
+    assert 'href="&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#x27;&amp;"' in built
+    assert " hidden" in built and "title" not in built
+    assert esc(Html("<b>")) == "<b>", "built HTML is not escaped twice"
+
+
+@pytest.mark.parametrize(
+    "path", ["/runs", "/runs/inv-1", "/jobs", "/universal", "/health", "/runs?part=rows"]
+)
+def test_no_page_lets_callback_text_become_markup(path: str) -> None:
+    dashboard = Dashboard(FakeSource(), CollectorRegistry(), Access(""))
+    response = dashboard.handle(get(path))
+    assert response.status == 200
+    body = response.body.decode()
+    assert "<script>alert" not in body
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body
+
+
+def test_unknown_paths_and_methods() -> None:
+    dashboard = Dashboard(FakeSource(), CollectorRegistry(), Access(""))
+    assert dashboard.handle(get("/runs/other")).status == 404
+    assert dashboard.handle(get("/nowhere")).status == 404
+    assert dashboard.handle(get("/static/../app.py")).status == 404
+    assert dashboard.handle(Request.parse("PUT", "/runs", {})).status == 405
+
+
+def test_a_failing_source_is_a_503_and_a_bug_a_500_with_an_incident() -> None:
+    class Broken(FakeSource):
+        def list_runs(self, **_: object) -> Any:
+            from executor.web.source import SourceUnavailable
+
+            raise SourceUnavailable("the executor did not answer within 5 s")
+
+        def universal(self) -> Any:
+            raise KeyError("bug")
+
+    dashboard = Dashboard(Broken(), CollectorRegistry(), Access(""))
+    assert dashboard.handle(get("/runs")).status == 503
+    broken = dashboard.handle(get("/universal"))
+    assert broken.status == 500 and b"incident" in broken.body and b"bug" not in broken.body
+
+
+def test_run_filters_parse_and_round_trip() -> None:
+    filters, problem = RunFilters.parse(
+        {"job": "12", "outcome": "failed", "language": "perl", "since": "1h"}, now=10_000.0
+    )
+    assert (filters.job_id, filters.outcome, filters.language, filters.since) == (
+        12,
+        "FAILED",
+        "perl",
+        6400.0,
+    )
+    assert problem == ""
+    assert (
+        RunFilters.parse(dict(part.split("=") for part in filters.query().split("&")), 10_000.0)[0]
+        == filters
+    )
+    bad, problem = RunFilters.parse({"job": "x", "outcome": "meh", "since": "soon"}, 0.0)
+    assert bad == RunFilters()
+    assert "job 'x'" in problem and "outcome 'MEH'" in problem and "since 'soon'" in problem
+
+
+def test_what_a_callback_still_waits_for() -> None:
+    half = explain_callback(callback("complete-job-render && complete-work-self-2", [True, False]))
+    assert [a.latched for a in half.atoms] == [True, False]
+    assert half.waiting_for == "work item '2' of this job completes"
+
+    either = explain_callback(
+        callback("(complete-job-a && complete-job-b) || failed-job-self", [True, False, False])
+    )
+    assert either.waiting_for == ("(the job labelled 'b' completes) OR this job fails")
+    spent = explain_callback(callback("complete-job-self", [False], count=1, maximum=1))
+    assert spent.spent and spent.waiting_for == ""
+
+
+def test_per_frame_callbacks_share_a_shape() -> None:
+    assert frame_shape("complete-work-self-12") == ("complete-work-self-{frame}", "12")
+    assert frame_shape("complete-work-12-5 && complete-work-self-5") == (
+        "complete-work-12-{frame} && complete-work-self-{frame}",
+        "5",
+    )
+    assert frame_shape("complete-work-self-1 && complete-work-self-2") is None
+    assert frame_shape("complete-job-self") is None
+    assert frame_shape("complete-work-self-*") is None
+
+
+def test_access_by_bearer_or_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("executor.web.auth.WRONG_TOKEN_DELAY_S", 0)
+    access = Access("tok", exempt_probes=True)
+    assert access.allowed("/metrics", {}) and access.allowed("/login", {})
+    assert not access.allowed("/runs", {})
+    assert access.allowed("/runs", {"authorization": "Bearer tok"})
+    assert not access.allowed("/runs", {"authorization": "Bearer tok2"})
+    assert access.sign_in("wrong") is None
+    cookie = access.sign_in("tok")
+    assert cookie is not None and "tok;" not in cookie
+    session = {"cookie": cookie.split(";", 1)[0]}
+    assert access.allowed("/runs", session)
+    access.sign_out(session)
+    assert not access.allowed("/runs", session)
+    assert not access.allowed("/runs", {"cookie": "cbexec_session=forged"})
+    assert Access("").allowed("/runs", {}), "no token: open, as the gRPC port is"
+
+
+def test_sessions_expire() -> None:
+    now = SimpleNamespace(t=0.0)
+    access = Access("tok", clock=lambda: now.t)
+    cookie = access.sign_in("tok")
+    assert cookie is not None
+    session = {"cookie": cookie.split(";", 1)[0]}
+    now.t = 13 * 3600.0
+    assert not access.allowed("/runs", session)
