@@ -87,6 +87,8 @@ async def start(settings: Settings) -> RunningServer:
         options = sandbox_options(settings)
         if options.cgroups is not None:
             stack.callback(options.cgroups.close)
+        if options.bridge_network is not None:
+            stack.callback(options.bridge_network.close)
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         storage_health = StorageHealth(settings.data_dir)
 
