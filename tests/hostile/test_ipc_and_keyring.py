@@ -226,3 +226,24 @@ async def test_nothing_left_in_the_keyring_reaches_a_later_run(arena: Arena, lan
         assert token not in response.stdout, "a run read the key an earlier run left"
         assert response.stdout.strip() == "add: errno 1; earlier: errno 1", response.stdout
     await arena.assert_nothing_survives()
+
+
+@pytest.mark.parametrize("launcher", ["zygote", "cold"])
+async def test_nothing_left_in_the_keyring_survives_an_executor_restart(
+    tmp_path: Path, launcher: str
+) -> None:
+    token = f"cbexec-hostile-{os.urandom(6).hex()}"
+    code = _keyring_code("python", token)
+    # One slot: both executors run it in cell 0, as the same uid.
+    settings = stack_settings(tmp_path / "data", launcher=launcher, max_concurrent=1)
+    seen = []
+    for _ in range(2):
+        async with running_stack(settings) as stack:
+            arena = Arena(stack, tmp_path)
+            response = await arena.run(code)
+            await arena.assert_nothing_survives()
+        assert_outcome(response, Outcome.OUTCOME_SUCCEEDED)
+        seen.append(response.stdout.strip())
+
+    assert token not in seen[1], "the run after the restart read the key left before it"
+    assert seen == ["add: errno 1; earlier: errno 1"] * 2, seen
