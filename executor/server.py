@@ -104,6 +104,8 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         if options.isolation is not None:
             plan = options.isolation
             stack.callback(UidClaim.take(plan.uid_base, plan.uid_count).release)
+        if options.bridge_network is not None:
+            stack.callback(options.bridge_network.close)
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         storage_health = StorageHealth(settings.data_dir)
 

@@ -24,6 +24,12 @@ with the warm (zygote) and the cold (fork+exec) launcher, and measures in one ru
   open (its first load, then what its script fetches: the runs table every 2 s),
   alternating off and on ``--http-rounds`` times; medians side by side
   (``--only http`` runs just this part).
+- as root, what each sandbox mechanism of the hardening round costs a child, measured
+  apart (``--mechanisms-only`` runs just that): the IPC and cgroup namespaces, the
+  syscall filter, the tmpfs over the cgroup tree, the zygote's setns into a cell's
+  network namespace, the bridge made in an empty one; fork+exit+wait of a warm process
+  with and without each, wall time and the CPU of the whole machine (namespace
+  teardown runs in kernel workers, not in the child).
 
 Not a test: the machines are shared and noisy; read medians and ratios.
 """
@@ -273,6 +279,153 @@ def fork_floor(runs: int) -> list[float]:
     return list(json.loads(out.stdout))
 
 
+# Each variant: fork a warm process, do it in the child (or, for "setns", in the parent
+# before the fork, as the zygote does), exit, wait. Printed as JSON: variant -> [wall
+# us, machine CPU us] per child.
+_MECHANISMS = r"""
+import ctypes, json, os, socket, sys, time
+sys.path.insert(0, sys.argv[1])
+import seccomp
+runs = int(sys.argv[2])
+libc = ctypes.CDLL(None, use_errno=True)
+prepared = seccomp.Prepared(seccomp.build(seccomp.native_arch()))
+own = os.open('/proc/self/ns/net', os.O_RDONLY)
+assert libc.unshare(0x40000000) == 0
+cell = os.open('/proc/self/ns/net', os.O_RDONLY)
+assert libc.setns(own, 0x40000000) == 0
+
+def busy():
+    with open('/proc/stat') as stat:
+        fields = [int(x) for x in stat.readline().split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf('SC_CLK_TCK')
+
+def private_mounts():
+    assert libc.unshare(0x00020000) == 0
+    assert libc.mount(None, b'/', None, ctypes.c_ulong(16384 | (1 << 18)), None) == 0
+
+def mask():
+    private_mounts()
+    assert libc.mount(b'tmpfs', b'/sys/fs/cgroup', b'tmpfs', ctypes.c_ulong(6), b'size=4k') == 0
+
+def seccomp_filter():
+    libc.prctl(38, 1, 0, 0, 0)
+    seccomp.install(prepared)
+
+in_child = {
+    'plain fork': lambda: None,
+    'IPC namespace': lambda: libc.unshare(0x08000000) == 0 or os._exit(1),
+    'cgroup namespace': lambda: libc.unshare(0x02000000) == 0 or os._exit(1),
+    'syscall filter': seccomp_filter,
+    'mount namespace (reference)': private_mounts,
+    'mount namespace + /sys/fs/cgroup mask': mask,
+    'new network namespace (reference)': lambda: libc.unshare(0x40000000) == 0 or os._exit(1),
+}
+before_fork = {'setns into the cell network namespace': lambda: libc.setns(cell, 0x40000000)}
+
+def process_cpu():
+    import resource
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+def measure(child, parent=lambda: None):
+    for _ in range(20):  # warm up
+        pid = os.fork()
+        if pid == 0:
+            child(); os._exit(0)
+        os.waitpid(pid, 0)
+    time.sleep(0.2)  # let the warm-up's deferred teardown finish
+    wall, cpu, mine = time.perf_counter(), busy(), process_cpu()
+    for _ in range(runs):
+        parent()
+        pid = os.fork()
+        if pid == 0:
+            child(); os._exit(0)
+        if os.waitpid(pid, 0)[1]:
+            raise SystemExit('a child failed')
+    time.sleep(0.2)  # deferred teardown (namespaces are freed by kernel workers)
+    wall = time.perf_counter() - wall - 0.2
+    return [wall / runs * 1e6, (process_cpu() - mine) / runs * 1e6, (busy() - cpu) / runs * 1e6]
+
+# Rounds interleave the variants (the machine's speed drifts); the median round is kept.
+rounds = {name: [] for name in [*in_child, *before_fork]}
+for _ in range(5):
+    for name, child in in_child.items():
+        rounds[name].append(measure(child))
+    for name, parent in before_fork.items():
+        rounds[name].append(measure(lambda: None, parent))
+        libc.setns(own, 0x40000000)
+found = {
+    name: [sorted(column)[len(column) // 2] for column in zip(*samples)]
+    for name, samples in rounds.items()
+}
+
+def pairs(make):
+    started = time.perf_counter()
+    for _ in range(runs * 10):
+        a, b = make(); a.close(); b.close()
+    return (time.perf_counter() - started) / (runs * 10) * 1e6
+
+def in_empty():
+    libc.setns(cell, 0x40000000)
+    try:
+        return socket.socketpair()
+    finally:
+        libc.setns(own, 0x40000000)
+
+found['bridge socketpair in an empty network namespace'] = [pairs(in_empty), None, None]
+found['bridge socketpair (reference)'] = [pairs(socket.socketpair), None, None]
+print(json.dumps(found))
+"""
+
+
+def mechanism_costs(runs: int) -> dict[str, list[float | None]]:
+    """Per child, what each mechanism costs (root only; see _MECHANISMS)."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-S",
+            "-c",
+            _MECHANISMS,
+            str(ROOT / "executor" / "child"),
+            str(runs),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    import json
+
+    return dict(json.loads(out.stdout))
+
+
+def print_mechanism_costs(runs: int) -> None:
+    if os.geteuid() != 0:
+        print("\nsandbox mechanisms: not measured (needs root)")
+        return
+    costs = mechanism_costs(runs)
+    plain = costs["plain fork"]
+    print(
+        f"\n{'sandbox mechanisms, per child (us)':<50}"
+        f"{'wall':>8}{'+wall':>8}{'cpu':>8}{'+cpu':>8}{'+machine':>10}"
+    )
+    for name, (wall, cpu, machine) in costs.items():
+        if cpu is None or machine is None:  # in the executor, no fork
+            print(f"{name:<50}{wall:>8.1f}")
+            continue
+        print(
+            f"{name:<50}{wall:>8.1f}{wall - plain[0]:>8.1f}{cpu:>8.1f}{cpu - plain[1]:>8.1f}"
+            f"{machine - plain[2]:>10.1f}"
+        )
+    print(
+        "  (+: over a plain fork+exit+wait of a warm process, median of 5 interleaved rounds;\n"
+        "   cpu: the parent's and the child's; +machine: every core's busy time, so kernel\n"
+        "   workers' teardown of namespaces too, and anything else running; the mask's cost\n"
+        "   is over the mount namespace, which every hardened child has anyway)"
+    )
+
+
 def naive_baseline(runs: int) -> list[float]:
     """One fresh ``python3 -c`` per callback through subprocess, as a shell-out supervisor does."""
     samples = []
@@ -333,7 +486,13 @@ async def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--http-rounds", type=int, default=3)
     parser.add_argument("--only", choices=("http",), help="run only this part")
+    parser.add_argument(
+        "--mechanisms-only", action="store_true", help="only the per-mechanism costs (root)"
+    )
     args = parser.parse_args()
+    if args.mechanisms_only:
+        print_mechanism_costs(args.runs)
+        return 0
     rows: list[tuple[str, float, float]] = []
     cpu_rows: list[tuple[str, tuple[float, ...]]] = []
     print(
@@ -459,6 +618,7 @@ async def main() -> int:
     ]
     print("\ntargets: " + "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in checks))
     print_http(http_results)
+    print_mechanism_costs(args.runs)
     return 0
 
 

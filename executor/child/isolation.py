@@ -13,7 +13,9 @@ before the runtime starts:
 5. the working directory (a path under the masked ``/tmp``, never made on the host) is a
    private tmpfs of the run's ``disk_bytes``, owned by the callback's uid: a disk quota
    (ENOSPC beyond it) that vanishes with the run;
-6. the process drops to a dedicated unprivileged uid/gid with no supplementary groups,
+6. the *late masks* (the cgroup tree, ``/sys/fs/cgroup``) are covered too: the child
+   had to join its cgroups through them first, so no zygote can cover them for it;
+7. the process drops to a dedicated unprivileged uid/gid with no supplementary groups,
    which also drops every capability. RLIMIT_NPROC now counts only this cell's uid.
 
 A zygote takes steps 1, 3 and 4 off its children (``share_masks``): once, in a mount
@@ -119,12 +121,14 @@ def isolate_filesystem(
     workdir: str,
     quota: dict[str, int],
     shared_masks: list[str] | tuple[str, ...] = (),
+    late_masks: list[str] | tuple[str, ...] = (),
 ) -> None:
     """Private mounts, fresh /proc, tmpfs over ``masks``, ``keep`` bound back, a quota'd workdir.
 
     ``masks`` are existing directories, none inside another (the executor's plan).
     ``shared_masks``: those the zygote covered already (``share_masks``) in the namespace
     this one copies, which also keeps mounts from propagating to the host.
+    ``late_masks``: covered here in every case (see step 6 above).
 
     ``quota`` is ``{"bytes": ..., "uid": ..., "gid": ...}`` for the working directory,
     which must lie under a mask: it is made there, never on the host's disk.
@@ -134,7 +138,9 @@ def isolate_filesystem(
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     # A shared mask is covered again when it holds the working directory: its tmpfs is
     # every child's, and the mount point would be left behind there.
-    _cover([m for m in masks if m not in shared_masks or under(workdir, m)], keep)
+    covered = [m for m in masks if m not in shared_masks or under(workdir, m)]
+    covered.extend(late_masks)
+    _cover(covered, keep)
     if not _under_any(workdir, masks):
         raise OSError(f"working directory {workdir} is not under a masked directory")
     try:

@@ -13,7 +13,11 @@ die with the parent, and, when asked, move the callback into a new PID namespace
 inside, so ``kill(-1)``, ``getppid()`` and pids of the host do not reach the executor).
 The zygote forks its children straight into a fresh PID namespace; a cold child has to
 make one itself, and then stays outside as a small shim that waits for the callback and
-mirrors how it ended. Then rlimits and umask, then the language runtime.
+mirrors how it ended. With the PID namespace come a new IPC namespace and a cgroup
+namespace (rooted at the cell's cgroups, joined just before), a private network
+namespace on the cold path (a zygote's children join their cell's), and the hardened
+tier's mounts and uid. Then rlimits and umask, then the syscall filter (``seccomp.py``,
+the last step: everything before it may use what it denies), then the language runtime.
 """
 
 from __future__ import annotations
@@ -33,7 +37,11 @@ if TYPE_CHECKING:
 CHILD_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, CHILD_DIR)  # protocol, qb and the bootstraps are siblings
 
+import seccomp  # noqa: E402 - a sibling, found through CHILD_DIR
+
 CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
@@ -76,12 +84,36 @@ def _apply_rlimits(rlimits: dict[str, list[int]]) -> None:
         resource.setrlimit(getattr(resource, f"RLIMIT_{name}"), (soft, hard))
 
 
+# The filter of the last spawn, ready for prctl: (its hex, the prepared program).
+_filter: tuple[str, seccomp.Prepared] | None = None
+
+
+def prepare_filter(program: str) -> seccomp.Prepared | None:
+    """The spec's syscall filter made ready once; a zygote calls this before it forks.
+
+    Its children then find it made: a ctypes object built in a forked child would cost
+    it page faults on the shared heap.
+    """
+    global _filter
+    if not program:
+        return None
+    if _filter is None or _filter[0] != program:
+        _filter = (program, seccomp.Prepared(bytes.fromhex(program)))
+    return _filter[1]
+
+
 def _enter_namespaces(spec: LaunchSpec, *, pid: bool) -> None:
     flags = CLONE_NEWPID if pid else 0
     if spec["unshare_network"]:
         flags |= CLONE_NEWNET
     if spec["isolation"] is not None:
         flags |= CLONE_NEWNS
+    if spec["ipc_namespace"]:
+        flags |= CLONE_NEWIPC
+    if spec["cgroup_namespace"]:
+        # After _join_cgroups: its root is the cell's cgroup, so /proc/self/cgroup names
+        # nothing of the executor's.
+        flags |= CLONE_NEWCGROUP
     if flags:
         check(_libc.unshare(flags), "unshare")
 
@@ -99,7 +131,8 @@ def _mirror_exit(pid: int) -> int:
             continue
     if os.WIFSIGNALED(status):
         signum = os.WTERMSIG(status)
-        signal.signal(signum, signal.SIG_DFL)
+        if signum not in (signal.SIGKILL, signal.SIGSTOP):  # theirs cannot be set (EINVAL)
+            signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
     return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else EXIT_LAUNCH_FAILED
 
@@ -151,11 +184,15 @@ def confine_and_run(spec: LaunchSpec) -> int:
                 workdir,
                 {"bytes": spec["disk_bytes"], "uid": isolation["uid"], "gid": isolation["gid"]},
                 isolation["shared_masks"],  # those a zygote covered already
+                isolation["late_masks"],  # the cgroup tree, joined above
             )
             os.chdir(workdir)  # the working directory's own tmpfs
             hardened.drop_privileges(isolation["uid"], isolation["gid"])
     os.umask(0o077)
     _apply_rlimits(spec["rlimits"])
+    prepared = prepare_filter(spec["seccomp_filter"])
+    if prepared is not None:
+        seccomp.install(prepared)  # survives the exec of Perl on the cold path
     return _run_runtime(spec)
 
 

@@ -183,6 +183,8 @@ class IsolationSpec(TypedDict):
     gid: int
     # The masks a zygote covered already for all its children; [] otherwise.
     shared_masks: list[str]
+    # Covered by each child itself once it has joined its cgroups (the cgroup tree).
+    late_masks: list[str]
 
 
 class LaunchSpec(TypedDict):
@@ -194,6 +196,15 @@ class LaunchSpec(TypedDict):
     site_paths: list[str]
     pid_namespace: bool
     unshare_network: bool
+    # The child's cell: a zygote with a private network gives each cell its own empty
+    # network namespace, which every child of the cell joins.
+    cell: int
+    # With the PID namespace: a new IPC namespace (SysV and POSIX IPC die with the run),
+    # and a cgroup namespace rooted at the cell's cgroups, made after joining them.
+    ipc_namespace: bool
+    cgroup_namespace: bool
+    # The syscall filter (seccomp.py's program, hex), installed last; "" for none.
+    seccomp_filter: str
     cgroup_procs: list[str]
     # {NAME: [soft, hard]} for resource.RLIMIT_<NAME>.
     rlimits: dict[str, list[int]]

@@ -20,6 +20,12 @@ into a fresh one (it is PID 1 there): the cold path's shim, a second fork of a P
 process and its exit on every run, is not needed. The zygote reaps its children and
 reports their wait status and rusage. If this process dies, its children die with it
 (PR_SET_PDEATHSIG) and the executor reports them as killed.
+
+With ``--private-network`` each cell (one run at a time) has an empty network namespace
+of its own, made here on its first child (~1 ms, once) and entered before each of its
+children is forked (a setns, microseconds): abstract Unix sockets, which live in a
+network namespace, never reach another cell's callbacks. The syscall filter of the
+spec is made ready here before the fork too (``launcher.prepare_filter``).
 """
 
 from __future__ import annotations
@@ -77,6 +83,32 @@ class PidNamespaces:
         if new:
             self._next_in_own = False  # whether unshare works or not: re-arm next time
             launcher.check(_libc.unshare(launcher.CLONE_NEWPID), "unshare(CLONE_NEWPID)")
+
+
+class CellNetworks:
+    """Puts each next child in its cell's own empty network namespace.
+
+    Made on the cell's first child (unshare, ~1 ms under a kernel-wide lock) and kept
+    open; later children of the cell are forked after a setns into it. Done before the
+    fork, as PidNamespaces is: nothing for the child to do.
+    """
+
+    def __init__(self) -> None:
+        self._cells: dict[int, int] = {}
+        self._current = -1
+
+    def before_fork(self, cell: int) -> None:
+        """The next child starts in ``cell``'s network namespace."""
+        if cell == self._current:
+            return
+        self._current = -1  # unknown until the call below succeeds
+        fd = self._cells.get(cell)
+        if fd is None:
+            launcher.check(_libc.unshare(launcher.CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+            self._cells[cell] = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        else:
+            launcher.check(_libc.setns(fd, launcher.CLONE_NEWNET), "setns(network)")
+        self._current = cell
 
 
 def _replace_environment(env: dict[str, str]) -> None:
@@ -195,7 +227,7 @@ def _reap(control: socket.socket, children: set[int]) -> None:
         control.send(_exited(pid, status, usage))
 
 
-def serve(control: socket.socket) -> None:
+def serve(control: socket.socket, *, private_network: bool = False) -> None:  # noqa: PLR0915
     """Serve spawn requests until the executor closes the control socket."""
     children: set[int] = set()
     wake_r, wake_w = os.pipe()
@@ -208,6 +240,7 @@ def serve(control: socket.socket) -> None:
     poller.register(control, select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     namespaces = PidNamespaces()
+    networks = CellNetworks() if private_network else None
     shared_masks = SharedMasks()
     gc.freeze()  # keep the warm heap shared with the children (copy-on-write)
     while True:
@@ -237,6 +270,9 @@ def serve(control: socket.socket) -> None:
                 _send(control, reply)
                 return  # the executor starts a new zygote, or the cold path
             try:
+                launcher.prepare_filter(message["spec"]["seccomp_filter"])
+                if networks is not None:
+                    networks.before_fork(message["spec"]["cell"])
                 namespaces.before_fork(new=new_pid_namespace)
                 pid = os.fork()
             except OSError as err:
@@ -259,9 +295,10 @@ def main(argv: list[str]) -> int:
     """``python -I -S -B zygote.py CONTROL_FD``."""
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # no /proc/<pid>/mem or environ for callbacks
     _libc.prctl(launcher.PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    # One empty network namespace for every child (the control socket, a socketpair,
-    # keeps working across it).
-    if "--private-network" in argv[2:] and _libc.unshare(launcher.CLONE_NEWNET) != 0:
+    private_network = "--private-network" in argv[2:]
+    # Out of the host's network at once; each cell gets one of its own (CellNetworks).
+    # The control socket, a socketpair, keeps working across namespaces.
+    if private_network and _libc.unshare(launcher.CLONE_NEWNET) != 0:
         return 1
     # The children's stdout and stderr (fds 1 and 2 are replaced in each). A fresh
     # wrapper per child would cost it ~0.4 ms of page faults. The zygote itself never
@@ -269,7 +306,7 @@ def main(argv: list[str]) -> int:
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(encoding="utf-8", errors="backslashreplace")  # type: ignore[union-attr]
     control = socket.socket(fileno=int(argv[1]))
-    serve(control)
+    serve(control, private_network=private_network)
     return 0
 
 

@@ -43,6 +43,7 @@ from executor.sandbox.cgroup import PREFIX as CGROUP_PREFIX
 from executor.sandbox.cgroup import CellCgroups
 from executor.sandbox.exit_status import ChildExit, SandboxResult, sandbox_result
 from executor.sandbox.lifecycle import RunStop, has_ended, terminate
+from executor.sandbox.netns import EmptyNetwork
 from executor.sandbox.spawners import ChildHandle, Spawner
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ class IsolationPlan:
     uid_base: int
     # Cells, one uid each: uid_base .. uid_base + uid_count - 1 (claimed at start).
     uid_count: int
+    # Covered by each child after it joined its cgroups (the cgroup tree).
+    late_masks: tuple[str, ...] = ()
 
     def for_cell(self, cell: int) -> IsolationSpec:
         return {
@@ -75,6 +78,7 @@ class IsolationPlan:
             "uid": self.uid_base + cell,
             "gid": self.uid_base + cell,
             "shared_masks": [],  # a zygote names those it covered already
+            "late_masks": list(self.late_masks),
         }
 
 
@@ -88,6 +92,15 @@ class SandboxOptions:
     grace_s: float
     cgroups: CellCgroups | None
     isolation: IsolationPlan | None = None
+    # With the PID namespace: a new IPC namespace per child, and a cgroup namespace.
+    ipc_namespace: bool = False
+    cgroup_namespace: bool = False
+    # seccomp.py's program for this machine, hex; "" when the host cannot take it.
+    seccomp_filter: str = ""
+    # Where the bridge socketpairs are made (nothing of the host's network to see).
+    bridge_network: EmptyNetwork | None = None
+    # Each mechanism the host could not give, with the reason (for the tier report).
+    inactive: tuple[tuple[str, str], ...] = ()
 
 
 def started_by(pid: int, executor_pid: int) -> bool:
@@ -190,8 +203,13 @@ class SandboxRunner:
             "site_paths": list(self.options.site_paths),
             "pid_namespace": self.options.pid_namespace,
             # An empty network namespace per callback, unless the spawner's children
-            # already start in one (the zygote enters it once: netns creation is slow).
+            # already start in one (a zygote makes one per cell, once: netns creation is
+            # slow).
             "unshare_network": not self.options.network,
+            "cell": cell,
+            "ipc_namespace": self.options.ipc_namespace,
+            "cgroup_namespace": self.options.cgroup_namespace,
+            "seccomp_filter": self.options.seccomp_filter,
             "cgroup_procs": cgroups.procs_files(cell) if cgroups is not None else [],
             # With a dedicated uid per cell, RLIMIT_NPROC counts only this callback.
             "rlimits": sandbox_limits.rlimits(
@@ -228,7 +246,8 @@ class SandboxRunner:
         spec = self._launch_spec(runtime, limits, cell, workdir=workdir, warm_up=ahead)
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
-        parent_sock, child_sock = socket.socketpair()
+        network = self.options.bridge_network
+        parent_sock, child_sock = network.socketpair() if network else socket.socketpair()
         parent_sock.setblocking(False)
         try:
             handle = await self.spawner.spawn(

@@ -1,12 +1,15 @@
 """Probe the host once at start-up and decide the sandbox tier: namespaces, cgroups, the hardened plan.
 
-What the host allows (a PID namespace, a writable cgroup, root for private mounts and
-dedicated uids) against what the settings ask (``on`` must be satisfiable, ``auto``
-takes what there is), and the one line that says which mechanisms are active.
+What the host allows (PID, IPC and cgroup namespaces, a syscall filter, a writable
+cgroup, root for private mounts, dedicated uids and the bridge's empty network
+namespace) against what the settings ask (``on`` must be satisfiable, ``auto`` takes
+what there is), and the one line that says which mechanisms are active, and why not
+where one is not.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import site
@@ -15,31 +18,82 @@ import sys
 import tempfile
 from typing import Final
 
+from executor.child import seccomp
 from executor.child.isolation import under
 from executor.config import Settings
 from executor.errors import ConfigError
 from executor.runtimes.child import CHILD_DIR
-from executor.sandbox.cgroup import CellCgroups
+from executor.sandbox.cgroup import CGROUP_ROOT, CellCgroups
+from executor.sandbox.netns import EmptyNetwork
 from executor.sandbox.process import IsolationPlan, SandboxOptions, SandboxRunner
 
 logger = logging.getLogger(__name__)
 
-_PROBE_PID_NAMESPACE: Final = (
-    "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); "
-    "os._exit(0 if libc.unshare(0x20000000) == 0 else 1)"
-)
+# Run as ``python -I -S -c _PROBE CHILD_DIR FILTER_HEX``; prints what a child may do here,
+# each in a fork of its own (unshare changes the process that calls it).
+_PROBE: Final = r"""
+import ctypes, errno, json, os, sys
+sys.path.insert(0, sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+
+def in_child(test):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os._exit(0 if test() else 1)
+        except BaseException:
+            os._exit(2)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+def filtered():
+    import seccomp
+    if libc.prctl(38, 1, 0, 0, 0) != 0:
+        return False
+    seccomp.install(seccomp.Prepared(bytes.fromhex(sys.argv[2])))
+    denied = libc.unshare(0x10000000) != 0 and ctypes.get_errno() == errno.EPERM
+    return denied and in_child(lambda: True)
+
+print(json.dumps({
+    name: in_child(lambda: libc.unshare(flag) == 0)
+    for name, flag in (("pid", 0x20000000), ("ipc", 0x08000000), ("cgroup", 0x02000000))
+} | {"seccomp": bool(sys.argv[2]) and in_child(filtered)}))
+"""
 
 
-def probe_pid_namespace(python: str) -> bool:
-    """Whether a child may unshare a PID namespace here (root, or unprivileged userns)."""
+def probe_host(python: str, program: bytes) -> dict[str, bool]:
+    """What a child may do here: pid, ipc and cgroup namespaces, the seccomp ``program``."""
     probe = subprocess.run(
-        [python, "-I", "-S", "-c", _PROBE_PID_NAMESPACE], check=False, capture_output=True
+        [python, "-I", "-S", "-c", _PROBE, str(CHILD_DIR), program.hex()],
+        check=False,
+        capture_output=True,
     )
-    return probe.returncode == 0
+    try:
+        found = json.loads(probe.stdout)
+    except ValueError:
+        logger.warning("sandbox probe failed: %s", probe.stderr.decode(errors="replace")[-500:])
+        return {}
+    return {str(name): bool(value) for name, value in found.items()}
 
 
 # World-writable places where a callback could leave files for the host or the next one.
 SHARED_WRITABLE_DIRS: Final = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")
+# What a callback has no business seeing of the host: its daemons' sockets and state
+# (/run; /var/run is a link to it on most hosts) and its network interfaces in sysfs.
+HOST_INFORMATION_DIRS: Final = ("/run", "/var/run", "/sys/class/net")
+SYS_CLASS_NET: Final = "/sys/class/net"
+
+
+def _network_device_dirs() -> set[str]:
+    """The sysfs directories that hold the host's network interfaces.
+
+    Masking /sys/class/net alone would leave each interface under its device
+    (/sys/devices/virtual/net/..., /sys/devices/pci.../net/eth0).
+    """
+    try:
+        names = os.listdir(SYS_CLASS_NET)
+    except OSError:
+        return set()
+    return {os.path.dirname(os.path.realpath(f"{SYS_CLASS_NET}/{name}")) for name in names}
 
 
 def _hidden_ancestors(path: str) -> list[str]:
@@ -59,13 +113,19 @@ def isolation_plan(settings: Settings, site_paths: tuple[str, ...]) -> Isolation
         {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, str(CHILD_DIR), *site_paths)}
     )
     masks = {str(settings.data_dir.resolve()), tempfile.gettempdir(), *SHARED_WRITABLE_DIRS}
+    masks.update(os.path.realpath(path) for path in HOST_INFORMATION_DIRS)
+    masks.update(_network_device_dirs())
     for path in keep:
         masks.update(_hidden_ancestors(path))
+    # The cgroup tree: every cell's counters and the executor's pid in its paths. Joined
+    # through it first, so each child covers it itself (IsolationPlan.late_masks).
+    late = (str(CGROUP_ROOT),) if CGROUP_ROOT.is_dir() else ()
     return IsolationPlan(
         _outermost_dirs(masks),
         tuple(keep),
         settings.sandbox_uid_base,
         SandboxRunner.cells(settings.max_concurrent),
+        late_masks=late,
     )
 
 
@@ -79,7 +139,11 @@ def _outermost_dirs(paths: set[str]) -> tuple[str, ...]:
 def sandbox_options(settings: Settings) -> SandboxOptions:
     """Probe the host once and decide the sandbox tier; 'on' settings must be satisfiable."""
     python = sys.executable
-    pid_namespace = settings.pid_namespace != "off" and probe_pid_namespace(python)
+    inactive: list[tuple[str, str]] = []
+    arch = seccomp.native_arch()
+    program = seccomp.build(arch) if arch is not None else b""
+    probed = probe_host(python, program) if settings.pid_namespace != "off" or program else {}
+    pid_namespace = settings.pid_namespace != "off" and probed.get("pid", False)
     if settings.pid_namespace == "on" and not pid_namespace:
         raise ConfigError("pid_namespace: 'on' but this host does not allow a PID namespace")
     if settings.network == "none" and not pid_namespace:
@@ -90,6 +154,33 @@ def sandbox_options(settings: Settings) -> SandboxOptions:
             "no namespaces here: callbacks share the host network, and can reach "
             "this executor's port; set auth_token"
         )
+    no_namespaces = (
+        "no PID namespace here" if settings.pid_namespace != "off" else ("pid_namespace is off")
+    )
+    ipc_namespace = pid_namespace and probed.get("ipc", False)
+    if not ipc_namespace:
+        inactive.append(("IPC namespace", no_namespaces if not pid_namespace else "refused"))
+    cgroup_namespace = pid_namespace and probed.get("cgroup", False)
+    if not cgroup_namespace:
+        inactive.append(("cgroup namespace", no_namespaces if not pid_namespace else "refused"))
+    seccomp_filter = program.hex() if probed.get("seccomp", False) else ""
+    if not seccomp_filter:
+        inactive.append(
+            (
+                "syscall filter",
+                f"no syscall table for {os.uname().machine}"
+                if arch is None
+                else "the kernel refused the filter",
+            )
+        )
+    bridge_network = None
+    if host_network:
+        inactive.append(("network namespace per cell", "callbacks use the host network"))
+    made = EmptyNetwork.create() if pid_namespace else no_namespaces
+    if isinstance(made, EmptyNetwork):
+        bridge_network = made
+    else:
+        inactive.append(("bridge in an empty network namespace", made))
     cells = SandboxRunner.cells(settings.max_concurrent)
     cgroups = None if settings.cgroup == "off" else CellCgroups.create(cells)
     if settings.cgroup == "on" and cgroups is None:
@@ -100,6 +191,8 @@ def sandbox_options(settings: Settings) -> SandboxOptions:
         isolation = isolation_plan(settings, site_paths)
     if settings.dedicated_uid == "on" and isolation is None:
         raise ConfigError("dedicated_uid: 'on' needs root and PID namespaces")
+    if isolation is None:
+        inactive.append(("masks of /run, host interfaces and the cgroup tree", "no private mounts"))
     return SandboxOptions(
         isolation=isolation,
         site_paths=site_paths,
@@ -107,11 +200,16 @@ def sandbox_options(settings: Settings) -> SandboxOptions:
         network=host_network,
         grace_s=settings.grace_seconds,
         cgroups=cgroups,
+        ipc_namespace=ipc_namespace,
+        cgroup_namespace=cgroup_namespace,
+        seccomp_filter=seccomp_filter,
+        bridge_network=bridge_network,
+        inactive=tuple(inactive),
     )
 
 
 def describe_tier(options: SandboxOptions) -> str:
-    """One line saying which sandbox mechanisms are active."""
+    """One line saying which sandbox mechanisms are active, and why each missing one is not."""
     parts = [
         "rlimits(cpu,as,fsize,nofile,core)",
         f"dedicated uids {options.isolation.uid_base}-"
@@ -127,8 +225,23 @@ def describe_tier(options: SandboxOptions) -> str:
         "memory cgroup (all processes together)"
         if options.cgroups and "memory" in options.cgroups.controllers
         else "NO memory cgroup (memory limit per process only)",
-        "host network" if options.network else "private network namespace",
+        "host network"
+        if options.network
+        else "private network namespace (an empty one per cell; per child when cold)",
     ]
+    if options.ipc_namespace:
+        parts.append("IPC namespace per child")
+    if options.cgroup_namespace:
+        parts.append("cgroup namespace per child")
+    if options.seccomp_filter:
+        parts.append(f"syscall filter ({len(options.seccomp_filter) // 16} BPF instructions)")
+    if options.isolation:
+        masked = [*options.isolation.late_masks]
+        masked += [m for m in options.isolation.masks if m.startswith(("/run", "/sys"))]
+        parts.append(f"masked {', '.join(sorted(masked))}")
+    if options.bridge_network:
+        parts.append("bridge made in an empty network namespace")
+    parts += [f"NO {name} ({reason})" for name, reason in options.inactive]
     return ", ".join(parts)
 
 

@@ -282,3 +282,46 @@ async def test_a_working_directory_outside_the_masks_is_refused_not_made_on_the_
     assert child.done is None and child.exit_code == EXIT_LAUNCH_FAILED
     assert "is not under a masked directory" in child.stderr
     assert set(Path("/tmp").glob("cbexec-run-*")) == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the hardened tier needs root")
+async def test_the_tier_report_names_every_mechanism_as_active(stack_warm: Stack) -> None:
+    report = tier.describe_tier(stack_warm.running.options)
+
+    for mechanism in (
+        "IPC namespace per child",
+        "cgroup namespace per child",
+        "syscall filter",
+        "an empty one per cell",
+        "masked /run",
+        "/sys/class/net",
+        "/sys/fs/cgroup",
+        "bridge made in an empty network namespace",
+    ):
+        assert mechanism in report, (mechanism, report)
+    assert "NO " not in report, report
+
+
+async def test_without_namespaces_the_executor_starts_and_says_what_is_missing(
+    tmp_path: Path,
+) -> None:
+    settings = stack_settings(tmp_path / "data", pid_namespace="off")
+    async with running_stack(settings) as stack:
+        report = tier.describe_tier(stack.running.options)
+        response = await stack.client.execute_callback(
+            language="python", code="print('ran')", job={"id": 1, "user": "a"}
+        )
+
+    assert response.outcome == Outcome.OUTCOME_SUCCEEDED, response.failure.message
+    assert response.stdout == "ran\n"
+    for missing in (
+        "NO IPC namespace (pid_namespace is off)",
+        "NO cgroup namespace (pid_namespace is off)",
+        "NO network namespace per cell (callbacks use the host network)",
+        "NO bridge in an empty network namespace (pid_namespace is off)",
+        "NO masks of /run, host interfaces and the cgroup tree (no private mounts)",
+    ):
+        assert missing in report, (missing, report)
+    # The filter needs no namespace: it holds wherever the kernel takes it.
+    if stack.running.options.seccomp_filter:
+        assert "syscall filter" in report

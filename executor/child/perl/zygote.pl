@@ -18,8 +18,11 @@
 # step and with the same spec: new session, stdin from /dev/null, the passed stdout,
 # stderr and bridge (as fd 3) and no other fd, the given environment, the cell's
 # cgroups, no new privileges, death with its parent; forked straight into a fresh PID
-# namespace (PID 1 there), then the hardened tier's mounts and uid (isolation.py),
-# umask 077 and the rlimits; then bootstrap.pl's run().
+# namespace (PID 1 there) with a new IPC namespace and a cgroup namespace, then the
+# hardened tier's mounts and uid (isolation.py), umask 077, the rlimits and last the
+# syscall filter (seccomp.py's program, from the spec); then bootstrap.pl's run().
+# With --private-network each cell has an empty network namespace of its own, made on
+# its first child and entered (setns) before each of its children is forked.
 #
 # Core Perl has no recvmsg, wait4, prctl, unshare or mount: they are made with
 # syscall(), by their Linux numbers (x86_64 and aarch64 below).
@@ -52,11 +55,15 @@ my ($ARCH) = $Config::Config{archname} =~ /\A(x86_64|aarch64)/
 my $SYS = $SYSCALLS{$ARCH};
 
 sub CLONE_NEWNS ()          { 0x00020000 }
+sub CLONE_NEWCGROUP ()      { 0x02000000 }
+sub CLONE_NEWIPC ()         { 0x08000000 }
 sub CLONE_NEWPID ()         { 0x20000000 }
 sub CLONE_NEWNET ()         { 0x40000000 }
 sub PR_SET_PDEATHSIG ()     { 1 }
 sub PR_SET_DUMPABLE ()      { 4 }
 sub PR_SET_NO_NEW_PRIVS ()  { 38 }
+sub PR_SET_SECCOMP ()       { 22 }
+sub SECCOMP_MODE_FILTER ()  { 2 }
 sub MS_NOSUID ()            { 2 }
 sub MS_NODEV ()             { 4 }
 sub MS_NOEXEC ()            { 8 }
@@ -224,8 +231,10 @@ sub isolate_filesystem {
     my %shared = map { $_ => 1 } @{ $plan->{shared_masks} || [] };
     mount(undef, '/', undef, MS_REC | MS_PRIVATE) if !%shared;
     mount('proc', '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC);
-    # A shared mask holding the working directory is covered again (see isolation.py).
-    cover([grep { !$shared{$_} || under($workdir, $_) } @{ $plan->{masks} }], $plan->{keep});
+    # A shared mask holding the working directory is covered again (see isolation.py);
+    # the late masks (the cgroup tree, joined by now) always.
+    cover([(grep { !$shared{$_} || under($workdir, $_) } @{ $plan->{masks} }),
+        @{ $plan->{late_masks} || [] }], $plan->{keep});
     die "working directory $workdir is not under a masked directory\n"
         if !grep { under($workdir, $_) } @{ $plan->{masks} };
     make_path($workdir);
@@ -254,6 +263,39 @@ sub apply_rlimits {
     return;
 }
 
+# The spec's syscall filter as a struct sock_fprog, made before the fork (launcher.py's
+# prepare_filter): (its hex, the program's bytes, the sock_fprog pointing at them). The
+# bytes are never changed while the pointer lives.
+my ($filter_hex, $filter_program, $filter_fprog) = ('');
+
+sub prepare_filter {
+    my ($hex) = @_;
+    return if !$hex || $hex eq $filter_hex;
+    $filter_program = pack('H*', $hex);
+    $filter_fprog = pack('S x6 p', length($filter_program) / 8, $filter_program);
+    $filter_hex = $hex;
+    return;
+}
+
+# Each cell's empty network namespace (a handle on /proc/self/ns/net), and the one the
+# next child would start in.
+my (%cell_networks, $current_cell);
+
+sub enter_cell_network {
+    my ($cell) = @_;
+    return if defined $current_cell && $current_cell == $cell;
+    undef $current_cell;    # unknown until the calls below succeed
+    if (my $network = $cell_networks{$cell}) {
+        sys('setns', fileno $network, CLONE_NEWNET);
+    } else {
+        sys('unshare', CLONE_NEWNET);
+        open(my $made, '<', '/proc/self/ns/net') or die "own network namespace: $!\n";
+        $cell_networks{$cell} = $made;
+    }
+    $current_cell = $cell;
+    return;
+}
+
 # launcher.py's confine_and_run, for a child this zygote forked into its PID namespace.
 sub confine {
     my ($spec) = @_;
@@ -269,7 +311,10 @@ sub confine {
     prctl(PR_SET_NO_NEW_PRIVS, 1);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if ($spec->{pid_namespace}) {
-        my $flags = ($spec->{unshare_network} ? CLONE_NEWNET : 0) | ($isolation ? CLONE_NEWNS : 0);
+        my $flags = ($spec->{unshare_network} ? CLONE_NEWNET : 0) | ($isolation ? CLONE_NEWNS : 0)
+            | ($spec->{ipc_namespace} ? CLONE_NEWIPC : 0)
+            # After joining the cgroups: rooted at the cell's, naming nothing of the executor.
+            | ($spec->{cgroup_namespace} ? CLONE_NEWCGROUP : 0);
         sys('unshare', $flags) if $flags;
         if ($isolation) {
             isolate_filesystem($isolation, $spec->{workdir}, $spec->{disk_bytes});
@@ -279,6 +324,10 @@ sub confine {
     }
     umask 077;
     apply_rlimits($spec->{rlimits} || {});
+    if ($spec->{seccomp_filter}) {
+        prepare_filter($spec->{seccomp_filter});    # made already, unless it changed
+        sys('prctl', PR_SET_SECCOMP, SECCOMP_MODE_FILTER, $filter_fprog, 0, 0);
+    }
     return;
 }
 
@@ -322,7 +371,7 @@ sub child_exits_fd {
 }
 
 sub serve {
-    my ($control_fd) = @_;
+    my ($control_fd, $private_network) = @_;
     open(my $control, '+<&=', $control_fd) or die "perl zygote: control fd $control_fd: $!\n";
     open(my $own_namespace, '<', '/proc/self/ns/pid') or die "perl zygote: own PID namespace: $!\n";
     my $sigchld = POSIX::SigSet->new(POSIX::SIGCHLD());
@@ -357,6 +406,8 @@ sub serve {
         }
         my $new_namespace = $message->{spec}{pid_namespace};
         my $pid = eval {
+            prepare_filter($message->{spec}{seccomp_filter});
+            enter_cell_network($message->{spec}{cell} // 0) if $private_network;
             if ($new_namespace) {
                 sys('setns', fileno $own_namespace, CLONE_NEWPID);
                 sys('unshare', CLONE_NEWPID);
@@ -386,9 +437,11 @@ sub main {
     prctl(PR_SET_DUMPABLE, 0);    # no /proc/<pid>/mem or environ for callbacks
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     sys('setrlimit', $RLIMIT{CORE}, pack('QQ', 0, 0));
-    # One empty network namespace for every child (the control socket keeps working).
-    sys('unshare', CLONE_NEWNET) if grep { $_ eq '--private-network' } @argv[1 .. $#argv];
-    serve($argv[0]);
+    # Out of the host's network at once; each cell gets one of its own
+    # (enter_cell_network). The control socket keeps working across namespaces.
+    my $private_network = grep { $_ eq '--private-network' } @argv[1 .. $#argv];
+    sys('unshare', CLONE_NEWNET) if $private_network;
+    serve($argv[0], $private_network);
     return 0;
 }
 

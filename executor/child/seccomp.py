@@ -1,0 +1,268 @@
+"""The syscall filter of every sandboxed child: a classic BPF program, assembled here and installed.
+
+Stdlib only, like the rest of ``executor/child``: the executor assembles the program
+once (``build``) and hands its bytes to both zygotes and the cold launcher in the launch
+spec (hex); the child installs it with ``prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER)``
+as the last confinement step, after no_new_privs, its namespaces, mounts, the uid drop
+and the rlimits, right before the callback's code. It survives fork and exec, so every
+process of the callback (an exec'd Perl on the cold path too) runs under it.
+
+What it decides, for the one architecture it was built for:
+
+- another architecture (i386 through ``int 0x80`` on x86_64, say) and x86 x32 syscall
+  numbers (``>= 0x40000000``): EPERM;
+- ``clone3``: ENOSYS, so glibc falls back to ``clone``, whose flags a classic filter can
+  read (EPERM would make ``pthread_create`` fail: sandbox.md pitfall 2);
+- ``clone`` with any ``CLONE_NEW*`` flag, and ``unshare``/``setns`` whatever they ask:
+  EPERM (no new user namespace, hence no capability set to play with);
+- ``socket``/``socketpair`` of a family other than AF_UNIX, AF_INET, AF_INET6 and
+  AF_NETLINK: EAFNOSUPPORT, what a kernel without that family says;
+- ``personality`` other than the query (0xffffffff) and PER_LINUX: EPERM;
+- the calls in ``DENIED`` (io_uring, keyrings, bpf, perf events, userfaultfd, ptrace and
+  cross-process memory, mounts old and new, modules, kexec, clocks, ...): EPERM;
+- everything else: allowed.
+
+A denied call fails with an errno, never a kill: the callback gets a clear error it can
+report. Most syscalls are decided without looking at their arguments, so the kernel's
+seccomp cache (5.11+) allows them without running the program at all.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+import sys
+from typing import Final
+
+AUDIT_ARCH_X86_64: Final = 0xC000003E
+AUDIT_ARCH_AARCH64: Final = 0xC00000B7
+X32_SYSCALL_BIT: Final = 0x40000000
+ARCHES: Final = {"x86_64": AUDIT_ARCH_X86_64, "aarch64": AUDIT_ARCH_AARCH64}
+
+SECCOMP_RET_ALLOW: Final = 0x7FFF0000
+SECCOMP_RET_ERRNO: Final = 0x00050000
+EPERM: Final = 1
+ENOSYS: Final = 38
+EAFNOSUPPORT: Final = 97
+PR_SET_SECCOMP: Final = 22
+SECCOMP_MODE_FILTER: Final = 2
+
+# Classic BPF opcodes (linux/filter.h): load a word of seccomp_data, jumps on a
+# constant, return a constant.
+LD_W_ABS: Final = 0x20
+JEQ_K: Final = 0x15
+JGE_K: Final = 0x35
+JSET_K: Final = 0x45
+RET_K: Final = 0x06
+# struct seccomp_data: int nr; __u32 arch; __u64 instruction_pointer; __u64 args[6].
+NR_OFFSET: Final = 0
+ARCH_OFFSET: Final = 4
+ARGS_OFFSET: Final = 16
+# The low 32 bits of args[0]: every argument checked here is an int (clone's flags are
+# truncated to 32 bits by the kernel too).
+ARG0_LOW: Final = ARGS_OFFSET + (0 if sys.byteorder == "little" else 4)
+
+CLONE_NEW_FLAGS: Final = (
+    0x00020000  # CLONE_NEWNS
+    | 0x02000000  # CLONE_NEWCGROUP
+    | 0x04000000  # CLONE_NEWUTS
+    | 0x08000000  # CLONE_NEWIPC
+    | 0x10000000  # CLONE_NEWUSER
+    | 0x20000000  # CLONE_NEWPID
+    | 0x40000000  # CLONE_NEWNET
+)
+ALLOWED_SOCKET_FAMILIES: Final = (1, 2, 10, 16)  # AF_UNIX, AF_INET, AF_INET6, AF_NETLINK
+ALLOWED_PERSONALITIES: Final = (0xFFFFFFFF, 0)  # the query, PER_LINUX
+
+# Syscall numbers: (x86_64, aarch64); None where the architecture has no such call.
+# Checked against this machine's asm/unistd_64.h and asm-generic/unistd.h.
+SYSCALLS: Final[dict[str, tuple[int | None, int | None]]] = {
+    "clone": (56, 220),
+    "clone3": (435, 435),
+    "socket": (41, 198),
+    "socketpair": (53, 199),
+    "personality": (135, 92),
+    "unshare": (272, 97),
+    "setns": (308, 268),
+    "io_uring_setup": (425, 425),
+    "io_uring_enter": (426, 426),
+    "io_uring_register": (427, 427),
+    "keyctl": (250, 219),
+    "add_key": (248, 217),
+    "request_key": (249, 218),
+    "bpf": (321, 280),
+    "perf_event_open": (298, 241),
+    "userfaultfd": (323, 282),
+    "ptrace": (101, 117),
+    "process_vm_readv": (310, 270),
+    "process_vm_writev": (311, 271),
+    "pidfd_getfd": (438, 438),
+    "mount": (165, 40),
+    "umount2": (166, 39),
+    "pivot_root": (155, 41),
+    "chroot": (161, 51),
+    "fsopen": (430, 430),
+    "fsconfig": (431, 431),
+    "fsmount": (432, 432),
+    "fspick": (433, 433),
+    "move_mount": (429, 429),
+    "open_tree": (428, 428),
+    "mount_setattr": (442, 442),
+    "kexec_load": (246, 104),
+    "kexec_file_load": (320, 294),
+    "init_module": (175, 105),
+    "finit_module": (313, 273),
+    "delete_module": (176, 106),
+    "swapon": (167, 224),
+    "swapoff": (168, 225),
+    "reboot": (169, 142),
+    "acct": (163, 89),
+    "open_by_handle_at": (304, 265),
+    "name_to_handle_at": (303, 264),
+    "lookup_dcookie": (212, 18),
+    "quotactl": (179, 60),
+    "quotactl_fd": (443, 443),
+    "syslog": (103, 116),
+    "vhangup": (153, 58),
+    "settimeofday": (164, 170),
+    "clock_settime": (227, 112),
+    "clock_adjtime": (305, 266),
+    "adjtimex": (159, 171),
+    "sethostname": (170, 161),
+    "setdomainname": (171, 162),
+    "fanotify_init": (300, 262),
+    "iopl": (172, None),
+    "ioperm": (173, None),
+    "uselib": (134, None),
+}
+# Denied outright with EPERM (clone, clone3, socket, socketpair and personality have
+# rules of their own).
+DENIED: Final = tuple(
+    name
+    for name in SYSCALLS
+    if name not in ("clone", "clone3", "socket", "socketpair", "personality")
+)
+
+# An instruction: (code, jump if true, jump if false, k). Jump targets are labels here,
+# offsets once assembled; None is the next instruction.
+_Insn = tuple[int, str | None, str | None, int]
+
+
+def _assemble(lines: list[_Insn | str]) -> bytes:
+    """Labels (str) to positions, jumps to offsets (0-255 forward), then sock_filter bytes."""
+    positions: dict[str, int] = {}
+    insns: list[_Insn] = []
+    for line in lines:
+        if isinstance(line, str):
+            positions[line] = len(insns)
+        else:
+            insns.append(line)
+    program = b""
+    for index, (code, if_true, if_false, k) in enumerate(insns):
+        offsets = []
+        for target in (if_true, if_false):
+            offset = 0 if target is None else positions[target] - index - 1
+            if not 0 <= offset <= 255:
+                raise ValueError(f"jump to {target} out of reach ({offset})")
+            offsets.append(offset)
+        program += struct.pack("=HBBI", code, offsets[0], offsets[1], k)
+    return program
+
+
+def _ret(value: int) -> _Insn:
+    return (RET_K, None, None, value)
+
+
+def _jeq(k: int, if_true: str | None, if_false: str | None = None) -> _Insn:
+    return (JEQ_K, if_true, if_false, k)
+
+
+def build(arch: str) -> bytes:
+    """The filter program for ``arch`` (a key of ``ARCHES``), as ``struct sock_filter`` bytes."""
+    column = list(ARCHES).index(arch)
+
+    def nr(name: str) -> int | None:
+        return SYSCALLS[name][column]
+
+    lines: list[_Insn | str] = [
+        (LD_W_ABS, None, None, ARCH_OFFSET),
+        _jeq(ARCHES[arch], None, "eperm"),
+        (LD_W_ABS, None, None, NR_OFFSET),
+    ]
+    if arch == "x86_64":
+        lines.append((JGE_K, "eperm", None, X32_SYSCALL_BIT))
+    for name, target in (
+        ("clone3", "enosys"),
+        ("clone", "clone"),
+        ("socket", "socket"),
+        ("socketpair", "socket"),
+        ("personality", "personality"),
+    ):
+        number = nr(name)
+        if number is None:  # every architecture the filter knows has these
+            raise ValueError(f"no syscall number for {name} on {arch}")
+        lines.append(_jeq(number, target))
+    for name in DENIED:
+        number = nr(name)
+        if number is not None:
+            lines.append(_jeq(number, "eperm"))
+    lines += [
+        _ret(SECCOMP_RET_ALLOW),
+        # Classic BPF jumps only forward: the blocks that read an argument come before
+        # the shared returns they end in.
+        "clone",
+        (LD_W_ABS, None, None, ARG0_LOW),
+        (JSET_K, "eperm", "allow", CLONE_NEW_FLAGS),
+        "socket",
+        (LD_W_ABS, None, None, ARG0_LOW),
+        *(_jeq(family, "allow") for family in ALLOWED_SOCKET_FAMILIES),
+        _ret(SECCOMP_RET_ERRNO | EAFNOSUPPORT),
+        "personality",
+        (LD_W_ABS, None, None, ARG0_LOW),
+        *(_jeq(persona, "allow") for persona in ALLOWED_PERSONALITIES),
+        "eperm",
+        _ret(SECCOMP_RET_ERRNO | EPERM),
+        "allow",
+        _ret(SECCOMP_RET_ALLOW),
+        "enosys",
+        _ret(SECCOMP_RET_ERRNO | ENOSYS),
+    ]
+    return _assemble(lines)
+
+
+def native_arch() -> str | None:
+    """This machine's architecture when the filter knows it, else None."""
+    machine = os.uname().machine
+    return machine if machine in ARCHES else None
+
+
+# -- installing it, in the child -------------------------------------------------------
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+
+class Prepared:
+    """A program ready for prctl: the sock_fprog and the buffer it points to.
+
+    Made before a zygote forks (``launcher.prepare_filter``), so a child only passes it
+    on: building ctypes objects in a forked child writes to the shared heap.
+    """
+
+    def __init__(self, program: bytes) -> None:
+        self.buffer = ctypes.create_string_buffer(program, len(program))
+        self.fprog = _SockFprog(len(program) // 8, ctypes.addressof(self.buffer))
+        self.pointer = ctypes.byref(self.fprog)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.prctl  # noqa: B018 - looked up now, as launcher.py explains
+
+
+def install(prepared: Prepared) -> None:
+    """Put this process (and everything it starts) under the filter; needs no_new_privs."""
+    if _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, prepared.pointer, 0, 0) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"seccomp filter: {os.strerror(errno)}")

@@ -1,0 +1,155 @@
+"""Hostile callbacks against the kernel's attack surface: the syscall filter holds, callbacks still work.
+
+Every child runs under ``executor/child/seccomp.py``'s filter, installed after its other
+confinement and before its code, by both zygotes and by the cold launcher (where it
+survives the exec of Perl). A denied call fails with an errno the callback can see, and
+what callbacks need (threads, fork, subprocesses, sockets, qb) goes on working.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from executor.child import seccomp
+from tests.hostile.harness import Arena, Outcome, assert_outcome
+
+pytestmark = [pytest.mark.hostile, pytest.mark.timeout(60)]
+
+# Each attempt prints "ok" or "errno N"; then what must still work.
+PROBE = {
+    "python": r"""
+import ctypes, json, os, socket, subprocess, threading
+libc = ctypes.CDLL(None, use_errno=True)
+seen = {}
+def outcome(result):
+    return 'ok' if result >= 0 else f'errno {ctypes.get_errno()}'
+seen['unshare(CLONE_NEWUSER)'] = outcome(libc.unshare(0x10000000))
+seen['setns'] = outcome(libc.setns(os.open('/proc/self/ns/net', os.O_RDONLY), 0))
+params = ctypes.create_string_buffer(120)
+seen['io_uring_setup'] = outcome(libc.syscall(SYS_io_uring_setup, 1, params))
+seen['userfaultfd'] = outcome(libc.syscall(SYS_userfaultfd, 1))  # UFFD_USER_MODE_ONLY
+attr = ctypes.create_string_buffer(128)
+ctypes.memmove(attr, (1).to_bytes(4, 'little') + (128).to_bytes(4, 'little'), 8)  # software, size
+seen['perf_event_open'] = outcome(libc.syscall(SYS_perf_event_open, attr, 0, -1, -1, 0))
+seen['bpf'] = outcome(libc.syscall(SYS_bpf, 0, ctypes.create_string_buffer(128), 128))
+seen['ptrace(TRACEME)'] = outcome(libc.syscall(SYS_ptrace, 0, 0, 0, 0))
+seen['personality(ADDR_NO_RANDOMIZE)'] = outcome(libc.personality(0x0040000))
+seen['clone3'] = outcome(libc.syscall(SYS_clone3, None, 0))
+child = libc.syscall(SYS_clone, 0x10000000 | 17, 0, 0, 0, 0)  # CLONE_NEWUSER | SIGCHLD
+if child == 0:
+    os._exit(0)
+seen['clone(CLONE_NEWUSER)'] = outcome(child)
+if child > 0:
+    os.waitpid(child, 0)
+try:
+    socket.socket(38, socket.SOCK_SEQPACKET).close()  # AF_ALG
+    seen['socket(AF_ALG)'] = 'ok'
+except OSError as err:
+    seen['socket(AF_ALG)'] = f'errno {err.errno}'
+seen['filter'] = [l.split()[1] for l in open('/proc/self/status') if l.startswith('Seccomp:')]
+# What must still work.
+threads = [threading.Thread(target=lambda: None) for _ in range(4)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+seen['threads'] = len(threads)
+pid = os.fork()
+if pid == 0:
+    os._exit(7)
+seen['fork'] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+seen['subprocess'] = subprocess.run(['/bin/sh', '-c', 'echo hi'], capture_output=True, text=True).stdout
+socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
+socket.socketpair()[0].close()
+seen['qb'] = qb.jobid()
+print(json.dumps(seen))
+""",
+    "perl": r"""
+use POSIX ();
+my %seen;
+sub outcome { return $_[0] >= 0 ? 'ok' : 'errno ' . ($! + 0) }
+$seen{'unshare(CLONE_NEWUSER)'} = outcome(syscall(SYS_unshare, 0x10000000));
+open(my $own, '<', '/proc/self/ns/net') or die "ns: $!";
+$seen{setns} = outcome(syscall(SYS_setns, fileno $own, 0));
+my $params = "\0" x 120;
+$seen{io_uring_setup} = outcome(syscall(SYS_io_uring_setup, 1, $params));
+$seen{userfaultfd} = outcome(syscall(SYS_userfaultfd, 1));
+my $attr = pack('LL', 1, 128) . ("\0" x 120);
+$seen{perf_event_open} = outcome(syscall(SYS_perf_event_open, $attr, 0, -1, -1, 0));
+my $bpf_attr = "\0" x 128;
+$seen{bpf} = outcome(syscall(SYS_bpf, 0, $bpf_attr, 128));
+$seen{'ptrace(TRACEME)'} = outcome(syscall(SYS_ptrace, 0, 0, 0, 0));
+$seen{'personality(ADDR_NO_RANDOMIZE)'} = outcome(syscall(SYS_personality, 0x0040000));
+$seen{clone3} = outcome(syscall(SYS_clone3, 0, 0));
+my $child = syscall(SYS_clone, 0x10000000 | 17, 0, 0, 0, 0);
+POSIX::_exit(0) if $child == 0;
+$seen{'clone(CLONE_NEWUSER)'} = outcome($child);
+waitpid($child, 0) if $child > 0;
+$seen{'socket(AF_ALG)'} = socket(my $alg, 38, 5, 0) ? 'ok' : 'errno ' . ($! + 0);
+open(my $status, '<', '/proc/self/status') or die "status: $!";
+$seen{filter} = [map { (split)[1] } grep { /\ASeccomp:/ } <$status>];
+# What must still work.
+my $pid = fork // die "fork: $!";
+POSIX::_exit(7) if !$pid;
+waitpid($pid, 0);
+$seen{fork} = $? >> 8;
+$seen{subprocess} = `/bin/sh -c 'echo hi'`;
+$seen{qb} = qb::jobid();
+print qb::JSON::encode(\%seen);
+""",
+}
+
+DENIED = {
+    "unshare(CLONE_NEWUSER)": "errno 1",
+    "setns": "errno 1",
+    "io_uring_setup": "errno 1",
+    "userfaultfd": "errno 1",
+    "perf_event_open": "errno 1",
+    "bpf": "errno 1",
+    "ptrace(TRACEME)": "errno 1",
+    "personality(ADDR_NO_RANDOMIZE)": "errno 1",
+    "clone(CLONE_NEWUSER)": "errno 1",
+    "clone3": "errno 38",  # ENOSYS: glibc falls back to clone
+    "socket(AF_ALG)": "errno 97",  # EAFNOSUPPORT
+}
+
+
+def _probe(language: str) -> str:
+    arch = seccomp.native_arch()
+    if arch is None:
+        pytest.skip(f"no syscall filter for {os.uname().machine}")
+    code = PROBE[language]
+    for name, numbers in sorted(seccomp.SYSCALLS.items(), key=lambda item: -len(item[0])):
+        number = numbers[list(seccomp.ARCHES).index(arch)]
+        code = code.replace(f"SYS_{name}", str(number))
+    return code
+
+
+async def test_the_filter_denies_and_everything_else_works(arena: Arena, language: str) -> None:
+    response = await arena.attack(_probe(language), language=language)
+
+    assert_outcome(response, Outcome.OUTCOME_SUCCEEDED)
+    seen = json.loads(response.stdout)
+    assert {name: seen[name] for name in DENIED} == DENIED
+    assert [str(mode) for mode in seen["filter"]] == ["2"]  # SECCOMP_MODE_FILTER
+    assert seen.get("threads", 4) == 4
+    assert seen["fork"] == 7
+    assert seen["subprocess"] == "hi\n"
+    assert seen["qb"] == arena.job_id
+
+
+async def test_a_denied_call_is_an_error_the_callback_can_report(arena: Arena) -> None:
+    code = (
+        "import ctypes, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "if libc.unshare(0x10000000) != 0:\n"
+        "    raise PermissionError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))\n"
+    )
+    response = await arena.attack(code)
+
+    assert_outcome(response, Outcome.OUTCOME_FAILED)
+    assert response.failure.exception_type == "PermissionError"
+    assert "Operation not permitted" in response.failure.message
