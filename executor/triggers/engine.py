@@ -263,13 +263,14 @@ class TriggerEngine:
         batch: str,
         *,
         dry: bool,
-    ) -> tuple[list[Fired], list[Latched]]:
+    ) -> tuple[list[Fired], list[Latched], list[PendingFiring]]:
         """Latch, count and (unless dry) queue the firings of one event as one ``batch``."""
         slots: dict[int, set[int]] = {}
         for rowid, slot in hits:
             slots.setdefault(rowid, set()).add(slot)
         fired: list[Fired] = []
         latched: list[Latched] = []
+        firings: list[PendingFiring] = []
         callbacks = TriggerStore.load_callbacks(db, slots)
         for cb in sorted(callbacks, key=lambda c: (c.job_id, c.universal, c.callback_id)):
             if spent(cb.count, cb.maximum):
@@ -278,14 +279,18 @@ class TriggerEngine:
             if fires:
                 invocation_id = "" if dry else str(uuid.uuid4())
                 if not dry:
+                    firing = PendingFiring(
+                        invocation_id, cb, event, batch, cb.count + 1, event.work_name
+                    )
                     TriggerStore.save_state(db, cb.rowid, cb.count + 1, latches)
-                    TriggerStore.queue_firing(db, invocation_id, cb.rowid, event, batch)
+                    TriggerStore.queue_firing(db, firing)
+                    firings.append(firing)
                 fired.append(Fired(cb, invocation_id))
             elif latches != cb.latches:
                 if not dry:
                     TriggerStore.save_state(db, cb.rowid, cb.count, latches)
                 latched.append(Latched(cb, latches))
-        return fired, latched
+        return fired, latched, firings
 
     def _apply(self, event: Event) -> tuple[list[Fired], list[Latched], bool, list[PendingFiring]]:
         """Apply one event durably: fired, latched, whether it was a repeat, the firings queued."""
@@ -295,12 +300,11 @@ class TriggerEngine:
             if event.event_id and not TriggerStore.first_sighting(db, event.event_id):
                 return [], [], True, []
             hits = TriggerStore.matching_atoms(db, keys)
-            fired, latched = self._decide(db, hits, event, batch, dry=False)
+            fired, latched, firings = self._decide(db, hits, event, batch, dry=False)
             if event.name == EventName.REMOVED and event.type == EventType.JOB:
                 TriggerStore.remove_job(db, event.job_id)
         self.stats.events_published += 1
         self.stats.callbacks_fired += len(fired)
-        firings = [PendingFiring(f.invocation_id, f.callback, event, batch) for f in fired]
         return fired, latched, False, firings
 
     def match(self, event: Event, *, dry: bool) -> tuple[list[Fired], list[Latched], bool]:
@@ -313,7 +317,7 @@ class TriggerEngine:
         if dry:
             with self._store.transaction() as db:
                 hits = TriggerStore.matching_atoms(db, self._keys(event))
-                fired, latched = self._decide(db, hits, event, "", dry=True)
+                fired, latched, _ = self._decide(db, hits, event, "", dry=True)
                 return fired, latched, False
         fired, latched, duplicate, firings = self._apply(event)
         self._firings.add(firings)
@@ -341,7 +345,10 @@ class TriggerEngine:
         return [Fired(f.callback, f.invocation_id, r) for f, r in zip(fired, results)], duplicate
 
     async def _run_firing(self, firing: PendingFiring) -> RunResult:
-        """Run one queued firing in the context of its job and event (the worker's ``run``)."""
+        """Run one queued firing in the context of its job and event (the worker's ``run``).
+
+        The callback, its count and its work item are the firing's, as decided.
+        """
         cb, event = firing.callback, firing.event
         job = self._store.job(cb.job_id) or {"id": cb.job_id}
         invocation = Invocation(
@@ -352,13 +359,13 @@ class TriggerEngine:
                 triggers=cb.triggers,
                 id=cb.callback_id,
                 user=cb.user,
-                count=cb.count + 1,
+                count=firing.count,
                 maximum=cb.maximum,
             ),
             job=job,
             limits=self._limits,
             event=event,
-            work_name=event.work_name,
+            work_name=firing.work_name,
             subjob_id=event.subjob_id,
         )
         return await self._run(invocation)
@@ -384,11 +391,9 @@ class TriggerEngine:
                 # the callback sees what it would have seen.
                 event = clock_event(atom, cb[0].job_id)
                 batch = uuid.uuid4().hex
-                fired, _ = self._decide(db, [(rowid, slot)], event, batch, dry=False)
+                fired, _, firings = self._decide(db, [(rowid, slot)], event, batch, dry=False)
                 fired_all.extend(fired)
-                batches.append(
-                    [PendingFiring(f.invocation_id, f.callback, event, batch) for f in fired]
-                )
+                batches.append(firings)
         self.stats.callbacks_fired += len(fired_all)
         for firings in batches:
             self._firings.add(firings)

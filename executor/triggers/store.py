@@ -14,6 +14,7 @@ match it, so matching cost does not grow with callbacks that cannot match.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -26,6 +27,8 @@ from executor.model import Event
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
 from executor.storage import StorageHealth, open_database, writing
 from executor.triggers.evaluate import AtomKey
+
+logger = logging.getLogger(__name__)
 
 SCHEMA = """
 PRAGMA journal_mode = WAL;
@@ -75,7 +78,8 @@ CREATE TABLE IF NOT EXISTS firings (
     callback_rowid INTEGER NOT NULL,
     event_json TEXT NOT NULL,
     decided_at REAL NOT NULL,
-    batch TEXT NOT NULL DEFAULT ''
+    batch TEXT NOT NULL DEFAULT '',
+    snapshot_json TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS seen_events (
     event_id TEXT PRIMARY KEY,
@@ -101,6 +105,40 @@ class StoredCallback:
     universal: bool
     source: str
 
+    def as_dict(self) -> dict[str, Any]:
+        """The plain form a firing keeps of the callback it runs (``from_dict`` reads it)."""
+        return {
+            "rowid": self.rowid,
+            "job_id": self.job_id,
+            "callback_id": self.callback_id,
+            "triggers": self.triggers,
+            "language": self.language,
+            "code": self.code,
+            "user": self.user,
+            "count": self.count,
+            "maximum": self.maximum,
+            "latches": list(self.latches),
+            "universal": self.universal,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StoredCallback:
+        return cls(
+            int(data["rowid"]),
+            int(data["job_id"]),
+            int(data["callback_id"]),
+            str(data["triggers"]),
+            str(data["language"]),
+            str(data["code"]),
+            str(data["user"]),
+            int(data["count"]),
+            int(data["maximum"]),
+            tuple(bool(x) for x in data["latches"]),
+            bool(data["universal"]),
+            str(data["source"]),
+        )
+
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> StoredCallback:
         return cls(
@@ -121,13 +159,29 @@ class StoredCallback:
 
 @dataclass(frozen=True, slots=True)
 class PendingFiring:
-    """A firing decided and committed but not yet run."""
+    """A firing decided and committed but not yet run.
+
+    It carries everything its run needs, as decided: the callback as it was, the count
+    the run reports (the callback's count with this firing) and the work item it runs
+    for. Stored with the firing, so neither a re-registration nor a ``removed`` job
+    between the decision and the run (or a restart) changes what runs.
+    """
 
     invocation_id: str
     callback: StoredCallback
     event: Event
     # The firings one event decided share a batch (they run one after another).
     batch: str = ""
+    # The count the run reports: how many times the callback has fired, this one included.
+    count: int = 0
+    # The work item whose context it runs in (qb.workid()).
+    work_name: str = ""
+
+    def snapshot(self) -> str:
+        """The JSON stored in the firing's row: what ``pending_firings`` restores."""
+        return json.dumps(
+            {"callback": self.callback.as_dict(), "count": self.count, "work_name": self.work_name}
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +207,11 @@ class TriggerStore:
         if "batch" not in columns:
             # A queue from before batches: its firings keep running one after another.
             self._db.execute("ALTER TABLE firings ADD COLUMN batch TEXT NOT NULL DEFAULT ''")
+        if "snapshot_json" not in columns:
+            # A queue from before snapshots: pending_firings reads its callbacks' rows.
+            self._db.execute(
+                "ALTER TABLE firings ADD COLUMN snapshot_json TEXT NOT NULL DEFAULT ''"
+            )
         # A burst of events commits fast; the log's fsyncing checkpoints go to a thread.
         self._checkpoints = BackgroundCheckpoints(self._db, path)
 
@@ -299,13 +358,18 @@ class TriggerStore:
         )
 
     @staticmethod
-    def queue_firing(
-        db: sqlite3.Connection, invocation_id: str, rowid: int, event: Event, batch: str
-    ) -> None:
+    def queue_firing(db: sqlite3.Connection, firing: PendingFiring) -> None:
         db.execute(
-            "INSERT INTO firings (invocation_id, callback_rowid, event_json, decided_at, batch)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (invocation_id, rowid, json.dumps(event.as_dict()), time.time(), batch),
+            "INSERT INTO firings (invocation_id, callback_rowid, event_json, decided_at, batch,"
+            " snapshot_json) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                firing.invocation_id,
+                firing.callback.rowid,
+                json.dumps(firing.event.as_dict()),
+                time.time(),
+                firing.batch,
+                firing.snapshot(),
+            ),
         )
 
     @staticmethod
@@ -320,20 +384,40 @@ class TriggerStore:
     # -- firings and timers ---------------------------------------------------------
 
     def pending_firings(self) -> list[PendingFiring]:
+        """The firings decided and not yet run, in decision order, as they were decided.
+
+        A queue from before snapshots names its callback's row only: it runs with that
+        row, whose count was taken when it was decided; when the row is gone too (its
+        job was removed or re-registered) nothing says what to run, and the firing
+        leaves the queue with a warning instead of staying in it for ever.
+        """
         with self._lock:
             rows = self._db.execute(
-                "SELECT f.invocation_id, f.event_json, f.batch, c.* FROM firings f "
-                "JOIN callbacks c ON c.rowid = f.callback_rowid ORDER BY f.seq"
+                "SELECT f.invocation_id, f.event_json, f.batch, f.snapshot_json, c.* "
+                "FROM firings f LEFT JOIN callbacks c ON c.rowid = f.callback_rowid "
+                "ORDER BY f.seq"
             ).fetchall()
-        return [
-            PendingFiring(
-                row["invocation_id"],
-                StoredCallback.from_row(row),
-                Event.from_dict(json.loads(row["event_json"])),
-                row["batch"],
+        firings: list[PendingFiring] = []
+        for row in rows:
+            event = Event.from_dict(json.loads(row["event_json"]))
+            if row["snapshot_json"]:
+                snapshot = json.loads(row["snapshot_json"])
+                callback = StoredCallback.from_dict(snapshot["callback"])
+                count, work_name = int(snapshot["count"]), str(snapshot["work_name"])
+            elif row["job_id"] is not None:
+                callback = StoredCallback.from_row(row)
+                count, work_name = callback.count, event.work_name
+            else:
+                logger.warning(
+                    "firing %s has lost its callback (queued before snapshots); dropped",
+                    row["invocation_id"],
+                )
+                self.firing_done(row["invocation_id"])
+                continue
+            firings.append(
+                PendingFiring(row["invocation_id"], callback, event, row["batch"], count, work_name)
             )
-            for row in rows
-        ]
+        return firings
 
     def firing_done(self, invocation_id: str) -> None:
         with self._lock, writing(self._path, self._health):

@@ -160,6 +160,68 @@ async def test_a_decided_firing_runs_once_after_restart(engines: Engines) -> Non
     assert recorder.codes == ["unblock-self"]
 
 
+async def test_a_restored_firing_reports_the_count_it_was_decided_with(engines: Engines) -> None:
+    recorder = Recorder()
+    crashed = engines(recorder, start=False)
+    crashed.register_job(job(3, ("complete-job-1", "unblock-self")))
+    crashed.match(Event("complete", "job", 1), dry=False)  # count 0 -> 1, then "crash"
+
+    await engines(recorder).wait_idle()
+
+    assert [run.callback.count for run in recorder.runs] == [1]
+
+
+async def test_a_firing_of_a_job_removed_by_the_same_event_runs_after_a_restart(
+    engines: Engines,
+) -> None:
+    recorder = Recorder()
+    crashed = engines(recorder, start=False)
+    crashed.register_job(job(5, ("removed-job-self", "cleanup")))
+    crashed.match(Event("removed", "job", 5), dry=False)  # fires, then deletes the job
+    assert crashed._store.callbacks_of(5) == []
+
+    restarted = engines(recorder)
+    await restarted.wait_idle()
+
+    assert [(run.callback.code, run.callback.count) for run in recorder.runs] == [("cleanup", 1)]
+    assert restarted._store.pending_firings() == []
+
+
+async def test_a_firing_runs_as_decided_when_its_job_is_registered_again_before_it_runs(
+    engines: Engines,
+) -> None:
+    recorder = Recorder()
+    crashed = engines(recorder, start=False)
+    crashed.register_job(job(5, ("complete-job-1", "old code")))
+    crashed.match(Event("complete", "job", 1), dry=False)
+    crashed.register_job(job(5, ("complete-job-1", "new code")))
+
+    await engines(recorder).wait_idle()
+
+    assert recorder.codes == ["old code"]
+
+
+async def test_a_queued_firing_from_before_snapshots_whose_callback_is_gone_leaves_the_queue(
+    tmp_path: Path, engines: Engines, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = Recorder()
+    crashed = engines(recorder, start=False)
+    crashed.register_job(job(5, ("complete-job-1", "x"), ("complete-job-2", "y")))
+    crashed.match(Event("complete", "job", 1), dry=False)
+    crashed.match(Event("complete", "job", 2), dry=False)
+    with contextlib.closing(sqlite3.connect(tmp_path / "triggers.db")) as db:
+        db.execute("ALTER TABLE firings DROP COLUMN snapshot_json")  # as an earlier version left it
+        db.execute("DELETE FROM callbacks WHERE code = 'x'")
+        db.commit()
+
+    restarted = engines(recorder)
+    await restarted.wait_idle()
+
+    assert [(run.callback.code, run.callback.count) for run in recorder.runs] == [("y", 1)]
+    assert restarted._store.pending_firings() == []
+    assert "lost its callback" in caplog.text
+
+
 async def test_done_matches_complete_failed_and_killed(engines: Engines) -> None:
     recorder = Recorder()
     engine = engines(recorder)
