@@ -42,6 +42,7 @@ from executor.sandbox.spawners import ColdSpawner, Spawner, ZygoteSpawner
 from executor.sandbox.tier import describe_tier, sandbox_options
 from executor.storage import StorageHealth
 from executor.triggers.engine import TriggerEngine
+from executor.triggers.journal import JournalLimits
 from executor.triggers.store import TriggerStore
 from supervisor_client.credentials import open_channel
 from supervisor_client.reference import ReferenceSupervisor
@@ -135,6 +136,10 @@ async def start(settings: Settings) -> RunningServer:
             limits=settings.default_limits,
             universal_dirs=settings.universal_callback_dirs,
             max_parallel_events=settings.max_concurrent,
+            journal_limits=JournalLimits(
+                entries=settings.trigger_journal_entries,
+                max_age_s=settings.trigger_journal_days * 86400.0,
+            ),
         )
         engine.reload_universal()
 

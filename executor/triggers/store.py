@@ -2,13 +2,20 @@
 
 Everything that decides whether a callback fires lives here, and each event is applied
 in one transaction: latching an atom, evaluating, counting and queueing the firing
-commit together. So after ``kill -9`` a half-latched ``&&`` is still half-latched, and a
-firing that was decided but not yet run is still queued (it runs once at restart).
+commit together, with the journal's entries (journal.py), the known states (states.py)
+and the registration checks (checks.py), whose tables share this database. So after
+``kill -9`` a half-latched ``&&`` is still half-latched, its journal says which event
+latched it, and a firing that was decided but not yet run is still queued (it runs
+once at restart).
 
 The atom index holds each atom under its ``AtomKey`` (event name, type, scope, extra),
 and an event reads the rows under its keys; ``evaluate.atom_key`` and
 ``evaluate.event_keys`` say what the keys are. An event reads only the rows that can
-match it, so matching cost does not grow with callbacks that cannot match.
+match it, so matching cost does not grow with callbacks that cannot match. A ``{work}``
+callback is one callback with one set of index rows whatever its job's agenda; its
+per-item latches are rows of ``work_latches``, read by primary key for the item an
+event names (so its cost does not grow with the items that cannot match either).
+Label atoms also carry their pgrp and label, for the near-miss lookups.
 """
 
 from __future__ import annotations
@@ -21,14 +28,20 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from executor.model import Event
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
 from executor.storage import StorageHealth, open_database, writing
-from executor.triggers.evaluate import AtomKey
+from executor.triggers import checks, journal, states
+from executor.triggers.evaluate import AtomKey, scope_label
+from executor.triggers.journal import SeenEvent, marks_from_json, marks_to_json
 
 logger = logging.getLogger(__name__)
+
+EDGE: Final = "edge"
+LEVEL: Final = "level"
+MODES: Final = (EDGE, LEVEL)
 
 SCHEMA = """
 PRAGMA journal_mode = WAL;
@@ -53,6 +66,8 @@ CREATE TABLE IF NOT EXISTS callbacks (
     latches TEXT NOT NULL,
     universal INTEGER NOT NULL DEFAULT 0,
     source TEXT NOT NULL DEFAULT '',
+    mode TEXT NOT NULL DEFAULT 'edge',
+    latched_by TEXT NOT NULL DEFAULT '[]',
     UNIQUE (job_id, callback_id)
 );
 CREATE TABLE IF NOT EXISTS atoms (
@@ -61,10 +76,20 @@ CREATE TABLE IF NOT EXISTS atoms (
     name TEXT NOT NULL,
     type TEXT NOT NULL,
     scope TEXT NOT NULL,
-    extra TEXT NOT NULL
+    extra TEXT NOT NULL,
+    pgrp INTEGER NOT NULL DEFAULT 0,
+    label TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS atoms_lookup ON atoms (name, type, scope, extra);
 CREATE INDEX IF NOT EXISTS atoms_callback ON atoms (callback_rowid);
+CREATE TABLE IF NOT EXISTS work_latches (
+    callback_rowid INTEGER NOT NULL REFERENCES callbacks (rowid) ON DELETE CASCADE,
+    work_name TEXT NOT NULL,
+    count INTEGER NOT NULL DEFAULT 0,
+    latches TEXT NOT NULL,
+    latched_by TEXT NOT NULL DEFAULT '[]',
+    PRIMARY KEY (callback_rowid, work_name)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS timers (
     callback_rowid INTEGER NOT NULL REFERENCES callbacks (rowid) ON DELETE CASCADE,
     slot INTEGER NOT NULL,
@@ -86,6 +111,23 @@ CREATE TABLE IF NOT EXISTS seen_events (
     seen_at REAL NOT NULL
 );
 """
+# Created after the columns they index exist (a database from before them gets those first).
+LABEL_INDEXES = """
+CREATE INDEX IF NOT EXISTS atoms_unresolved ON atoms (pgrp, type, name, extra) WHERE label != '';
+CREATE INDEX IF NOT EXISTS atoms_by_label ON atoms (label, type, name, extra) WHERE label != '';
+"""
+# Columns added since the first schema: (table, column, definition).
+_ADDED_COLUMNS: Final = (
+    # A queue from before batches: its firings keep running one after another.
+    ("firings", "batch", "TEXT NOT NULL DEFAULT ''"),
+    # A queue from before snapshots: pending_firings reads its callbacks' rows.
+    ("firings", "snapshot_json", "TEXT NOT NULL DEFAULT ''"),
+    ("callbacks", "mode", "TEXT NOT NULL DEFAULT 'edge'"),
+    # Latches from before provenance read as set by an unknown event.
+    ("callbacks", "latched_by", "TEXT NOT NULL DEFAULT '[]'"),
+    ("atoms", "pgrp", "INTEGER NOT NULL DEFAULT 0"),
+    ("atoms", "label", "TEXT NOT NULL DEFAULT ''"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +146,17 @@ class StoredCallback:
     latches: tuple[bool, ...]
     universal: bool
     source: str
+    # "edge" (Qube's) or "level" (latches already-happened events at registration).
+    mode: str = EDGE
+    # Per latch slot, the event that set it (None: not set, or set before provenance).
+    latched_by: tuple[SeenEvent | None, ...] = ()
+
+    @property
+    def marks(self) -> tuple[SeenEvent | None, ...]:
+        """``latched_by`` with one entry per latch."""
+        if len(self.latched_by) == len(self.latches):
+            return self.latched_by
+        return (None,) * len(self.latches)
 
     def as_dict(self) -> dict[str, Any]:
         """The plain form a firing keeps of the callback it runs (``from_dict`` reads it)."""
@@ -120,6 +173,7 @@ class StoredCallback:
             "latches": list(self.latches),
             "universal": self.universal,
             "source": self.source,
+            "mode": self.mode,
         }
 
     @classmethod
@@ -137,10 +191,12 @@ class StoredCallback:
             tuple(bool(x) for x in data["latches"]),
             bool(data["universal"]),
             str(data["source"]),
+            str(data.get("mode", EDGE)),
         )
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> StoredCallback:
+        latches = tuple(bool(x) for x in json.loads(row["latches"]))
         return cls(
             row["rowid"],
             row["job_id"],
@@ -151,9 +207,11 @@ class StoredCallback:
             row["user"],
             row["count"],
             row["maximum"],
-            tuple(json.loads(row["latches"])),
+            latches,
             bool(row["universal"]),
             row["source"],
+            row["mode"],
+            marks_from_json(row["latched_by"], len(latches)),
         )
 
 
@@ -192,6 +250,37 @@ class NewAtom:
     key: AtomKey
 
 
+@dataclass(frozen=True, slots=True)
+class WorkState:
+    """The latches and count of one work item of a ``{work}`` callback."""
+
+    count: int
+    latches: tuple[bool, ...]
+    latched_by: tuple[SeenEvent | None, ...]
+
+    @classmethod
+    def fresh(cls, size: int) -> WorkState:
+        """An item no event has touched."""
+        return cls(0, (False,) * size, (None,) * size)
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row, size: int) -> WorkState:
+        latches = tuple(bool(x) for x in json.loads(row["latches"]))
+        if len(latches) != size:  # the trigger changed under a kept row: start afresh
+            return cls(int(row["count"]), (False,) * size, (None,) * size)
+        return cls(int(row["count"]), latches, marks_from_json(row["latched_by"], size))
+
+
+@dataclass(frozen=True, slots=True)
+class AtomRef:
+    """An indexed label atom: the callback row, the latch slot, and the label it names."""
+
+    rowid: int
+    slot: int
+    pgrp: int
+    label: str
+
+
 class TriggerStore:
     """One SQLite connection guarded by a lock (the engine is the only writer)."""
 
@@ -202,23 +291,39 @@ class TriggerStore:
         self._db = open_database(path)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA foreign_keys = ON")
-        self._db.executescript(SCHEMA)
-        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(firings)")}
-        if "batch" not in columns:
-            # A queue from before batches: its firings keep running one after another.
-            self._db.execute("ALTER TABLE firings ADD COLUMN batch TEXT NOT NULL DEFAULT ''")
-        if "snapshot_json" not in columns:
-            # A queue from before snapshots: pending_firings reads its callbacks' rows.
-            self._db.execute(
-                "ALTER TABLE firings ADD COLUMN snapshot_json TEXT NOT NULL DEFAULT ''"
-            )
+        self._db.executescript(SCHEMA + journal.SCHEMA + states.SCHEMA + checks.SCHEMA)
+        self._migrate()
+        self._db.executescript(LABEL_INDEXES)
         # A burst of events commits fast; the log's fsyncing checkpoints go to a thread.
         self._checkpoints = BackgroundCheckpoints(self._db, path)
+
+    def _migrate(self) -> None:
+        """Add the columns a database from an earlier version lacks."""
+        for table, column, definition in _ADDED_COLUMNS:
+            present = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+                if (table, column) == ("atoms", "label"):
+                    # Label atoms indexed before these columns: read them off the scope.
+                    for rowid, scope in self._db.execute(
+                        "SELECT rowid, scope FROM atoms WHERE scope LIKE 'label:%'"
+                    ).fetchall():
+                        pgrp, label = scope_label(scope) or (0, "")
+                        self._db.execute(
+                            "UPDATE atoms SET pgrp = ?, label = ? WHERE rowid = ?",
+                            (pgrp, label, rowid),
+                        )
 
     def close(self) -> None:
         with self._lock:
             self._checkpoints.close()
             self._db.close()
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection for reads (no transaction), holding the lock."""
+        with self._lock:
+            yield self._db
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -265,9 +370,29 @@ class TriggerStore:
             row = self._db.execute("SELECT * FROM callbacks WHERE rowid = ?", (rowid,)).fetchone()
         return StoredCallback.from_row(row) if row else None
 
+    def labels_in(self, pgrp: int) -> dict[str, int]:
+        """Label -> job id of every labelled job registered in ``pgrp``."""
+        with self._lock:
+            return self.labels_of(self._db, pgrp)
+
     def count_callbacks(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM callbacks").fetchone()[0])
+
+    @staticmethod
+    def job_in(db: sqlite3.Connection, job_id: int) -> dict[str, Any] | None:
+        """``job`` inside a transaction."""
+        row = db.execute("SELECT job_json FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return json.loads(row["job_json"]) if row else None
+
+    @staticmethod
+    def labels_of(db: sqlite3.Connection, pgrp: int) -> dict[str, int]:
+        """``labels_in`` inside a transaction."""
+        rows = db.execute(
+            "SELECT label, job_id FROM jobs WHERE pgrp = ? AND label != '' ORDER BY label",
+            (pgrp,),
+        ).fetchall()
+        return {str(row[0]): int(row[1]) for row in rows}
 
     @staticmethod
     def put_job(db: sqlite3.Connection, job: dict[str, Any]) -> None:
@@ -296,9 +421,11 @@ class TriggerStore:
         atoms: Iterable[NewAtom],
         timers: Iterable[tuple[int, float]],
     ) -> int:
+        latches = list(spec["latches"])
         cursor = db.execute(
             "INSERT INTO callbacks (job_id, callback_id, triggers, language, code, user, count,"
-            " maximum, latches, universal, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " maximum, latches, universal, source, mode, latched_by)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 job_id,
                 spec["id"],
@@ -308,15 +435,24 @@ class TriggerStore:
                 spec["user"],
                 spec.get("count", 0),
                 spec.get("maximum", 0),
-                json.dumps(spec["latches"]),
+                json.dumps(latches),
                 int(spec.get("universal", False)),
                 spec.get("source", ""),
+                spec.get("mode", EDGE),
+                marks_to_json(spec.get("latched_by") or [None] * len(latches)),
             ),
         )
         rowid = int(cursor.lastrowid or 0)
+        rows = []
+        for a in atoms:
+            pgrp, label = scope_label(a.key.scope) or (0, "")
+            rows.append(
+                (rowid, a.slot, a.key.name, a.key.type, a.key.scope, a.key.extra, pgrp, label)
+            )
         db.executemany(
-            "INSERT INTO atoms (callback_rowid, slot, name, type, scope, extra) VALUES (?,?,?,?,?,?)",
-            [(rowid, a.slot, a.key.name, a.key.type, a.key.scope, a.key.extra) for a in atoms],
+            "INSERT INTO atoms (callback_rowid, slot, name, type, scope, extra, pgrp, label)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
         )
         db.executemany(
             "INSERT INTO timers (callback_rowid, slot, due) VALUES (?, ?, ?)",
@@ -351,11 +487,87 @@ class TriggerStore:
         return [StoredCallback.from_row(row) for row in rows]
 
     @staticmethod
-    def save_state(db: sqlite3.Connection, rowid: int, count: int, latches: Sequence[bool]) -> None:
+    def save_state(
+        db: sqlite3.Connection,
+        rowid: int,
+        count: int,
+        latches: Sequence[bool],
+        latched_by: Sequence[SeenEvent | None],
+    ) -> None:
         db.execute(
-            "UPDATE callbacks SET count = ?, latches = ? WHERE rowid = ?",
-            (count, json.dumps(list(latches)), rowid),
+            "UPDATE callbacks SET count = ?, latches = ?, latched_by = ? WHERE rowid = ?",
+            (count, json.dumps(list(latches)), marks_to_json(latched_by), rowid),
         )
+
+    @staticmethod
+    def save_count(db: sqlite3.Connection, rowid: int, count: int) -> None:
+        """A ``{work}`` callback's total count (its items' latches are rows of their own)."""
+        db.execute("UPDATE callbacks SET count = ? WHERE rowid = ?", (count, rowid))
+
+    # -- work items of {work} callbacks ---------------------------------------------
+
+    @staticmethod
+    def work_state(db: sqlite3.Connection, rowid: int, work_name: str, size: int) -> WorkState:
+        """An item's state (fresh when no event has touched it)."""
+        row = db.execute(
+            "SELECT count, latches, latched_by FROM work_latches"
+            " WHERE callback_rowid = ? AND work_name = ?",
+            (rowid, work_name),
+        ).fetchone()
+        return WorkState.fresh(size) if row is None else WorkState.from_row(row, size)
+
+    @staticmethod
+    def work_states(db: sqlite3.Connection, rowid: int, size: int) -> dict[str, WorkState]:
+        """Every item of the callback that holds state (latches or a count)."""
+        rows = db.execute(
+            "SELECT work_name, count, latches, latched_by FROM work_latches"
+            " WHERE callback_rowid = ?",
+            (rowid,),
+        ).fetchall()
+        return {str(row["work_name"]): WorkState.from_row(row, size) for row in rows}
+
+    @staticmethod
+    def save_work_state(
+        db: sqlite3.Connection, rowid: int, work_name: str, state: WorkState
+    ) -> None:
+        if state.count == 0 and not any(state.latches):
+            # An untouched item holds no row: a job's agenda costs nothing until events come.
+            db.execute(
+                "DELETE FROM work_latches WHERE callback_rowid = ? AND work_name = ?",
+                (rowid, work_name),
+            )
+            return
+        db.execute(
+            "INSERT INTO work_latches (callback_rowid, work_name, count, latches, latched_by)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (callback_rowid, work_name) DO UPDATE SET"
+            " count = excluded.count, latches = excluded.latches,"
+            " latched_by = excluded.latched_by",
+            (
+                rowid,
+                work_name,
+                state.count,
+                json.dumps(list(state.latches)),
+                marks_to_json(state.latched_by),
+            ),
+        )
+
+    # -- near misses ----------------------------------------------------------------
+
+    @staticmethod
+    def unresolved_label_atoms(
+        db: sqlite3.Connection, keys: Iterable[AtomKey], pgrp: int, limit: int
+    ) -> list[AtomRef]:
+        """Label atoms of ``pgrp`` under the keys' name, type and extra whose label no
+        registered job of that pgrp holds."""
+        return _label_atoms(db, keys, "a.pgrp = ?", (pgrp,), limit)
+
+    @staticmethod
+    def unresolved_atoms_of_label(
+        db: sqlite3.Connection, keys: Iterable[AtomKey], label: str, pgrp: int, limit: int
+    ) -> list[AtomRef]:
+        """Atoms of other pgrps than ``pgrp`` naming ``label``, under the keys' name, type
+        and extra, whose label no registered job of their own pgrp holds."""
+        return _label_atoms(db, keys, "a.label = ? AND a.pgrp != ?", (label, pgrp), limit)
 
     @staticmethod
     def queue_firing(db: sqlite3.Connection, firing: PendingFiring) -> None:
@@ -447,3 +659,28 @@ class TriggerStore:
                 "UPDATE timers SET due = ? WHERE callback_rowid = ? AND slot = ?",
                 (due, rowid, slot),
             )
+
+
+def _label_atoms(
+    db: sqlite3.Connection,
+    keys: Iterable[AtomKey],
+    where: str,
+    params: tuple[Any, ...],
+    limit: int,
+) -> list[AtomRef]:
+    """Label atoms matching ``where`` under the (name, type, extra) of ``keys`` whose
+    label is held by no registered job of the atom's pgrp (at most ``limit``)."""
+    triples = sorted({(key.name, key.type, key.extra) for key in keys})
+    found: list[AtomRef] = []
+    for name, type_, extra in triples:
+        rows = db.execute(
+            "SELECT a.callback_rowid, a.slot, a.pgrp, a.label FROM atoms a"  # noqa: S608 - fixed clauses
+            f" WHERE {where} AND a.name = ? AND a.type = ? AND a.extra = ? AND a.label != ''"
+            " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.pgrp = a.pgrp AND j.label = a.label)"
+            " LIMIT ?",
+            (*params, name, type_, extra, limit - len(found)),
+        ).fetchall()
+        found.extend(AtomRef(int(r[0]), int(r[1]), int(r[2]), str(r[3])) for r in rows)
+        if len(found) >= limit:
+            break
+    return found
