@@ -29,7 +29,7 @@ import difflib
 import enum
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from executor.triggers.evaluate import DONE_MEANS, JobPlace
@@ -126,6 +126,13 @@ class Surroundings:
     labels: Mapping[str, int]
     agendas: Mapping[int, Sequence[str]]
     published: frozenset[str] | None = None
+    # The agendas as sets: a job registering thousands of callbacks checks each work name
+    # in constant time.
+    members: Mapping[int, frozenset[str]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        members = {job_id: frozenset(names) for job_id, names in self.agendas.items()}
+        object.__setattr__(self, "members", members)
 
 
 def referenced_job(atom: Atom, where: Surroundings) -> int | None:
@@ -267,7 +274,7 @@ def _work_problem(atom: Atom, where: Surroundings) -> str:
     agenda = where.agendas.get(job_id or 0) or ()
     if job_id is None or not agenda:
         return ""
-    names = set(agenda)
+    names = where.members[job_id]
     if atom.extra == PLACEHOLDER:
         own = where.agendas.get(where.owner.job_id) or ()
         missing = [item for item in own if item not in names]

@@ -271,14 +271,9 @@ class TriggerEngine:
 
     # -- matching -------------------------------------------------------------------
 
-    def _place(self, job_id: int) -> JobPlace | None:
-        """The registered job's place (for its label), None when it is not registered."""
-        job = self._store.job(job_id)
-        return None if job is None else JobPlace.of(job)
-
     def _decide(self, db: sqlite3.Connection, event: Event, batch: str, *, dry: bool) -> Decision:
         """Every decision of one event in the open transaction, with its near misses."""
-        place = self._place(event.job_id)
+        place = self._store.place(event.job_id)
         keys = event_keys(event, place)
         seen = SeenEvent(event, self._clock())
         decider = Decider(db, seen, batch, dry=dry, parsed=_parsed)

@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS known_states (
     seen_json TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (job_id, type, item)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS known_states_agenda ON known_states (job_id, type, position);
+
 """
 
 JOB: Final = "job"

@@ -34,7 +34,7 @@ from executor.model import Event
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
 from executor.storage import StorageHealth, open_database, writing
 from executor.triggers import checks, journal, states
-from executor.triggers.evaluate import AtomKey, scope_label
+from executor.triggers.evaluate import AtomKey, JobPlace, scope_label
 from executor.triggers.journal import SeenEvent, marks_from_json, marks_to_json
 
 logger = logging.getLogger(__name__)
@@ -351,6 +351,15 @@ class TriggerStore:
             ).fetchone()
         return json.loads(row["job_json"]) if row else None
 
+    def place(self, job_id: int) -> JobPlace | None:
+        """A registered job's pgrp and label, from their columns: an event's lookup never
+        reads the job's JSON, whose agenda may hold thousands of items."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT pgrp, label FROM jobs WHERE job_id = ?", (job_id,)
+            ).fetchone()
+        return None if row is None else JobPlace(job_id, pgrp=int(row[0]), label=str(row[1]))
+
     def label_owner(self, pgrp: int, label: str) -> int | None:
         with self._lock:
             row = self._db.execute(
@@ -464,16 +473,27 @@ class TriggerStore:
 
     @staticmethod
     def matching_atoms(db: sqlite3.Connection, keys: Iterable[AtomKey]) -> list[tuple[int, int]]:
-        """(callback rowid, slot) for every indexed atom under the given keys."""
+        """(callback rowid, slot) for every indexed atom under the given keys.
+
+        One query per type: the keys of an event are a cross product of names, scopes and
+        extras, which SQLite walks in the index as IN lists; a row is kept only when its
+        own key is one of ``keys``.
+        """
+        wanted = set(keys)
         found: list[tuple[int, int]] = []
-        for key in keys:
+        for type_ in sorted({key.type for key in wanted}):
+            of_type = [key for key in wanted if key.type == type_]
+            names = sorted({key.name for key in of_type})
+            scopes = sorted({key.scope for key in of_type})
+            extras = sorted({key.extra for key in of_type})
+            rows = db.execute(
+                "SELECT callback_rowid, slot, name, scope, extra FROM atoms"  # noqa: S608 - marks only
+                f" WHERE name IN ({_marks(names)}) AND type = ? AND scope IN ({_marks(scopes)})"
+                f" AND extra IN ({_marks(extras)})",
+                (*names, type_, *scopes, *extras),
+            )
             found.extend(
-                (row[0], row[1])
-                for row in db.execute(
-                    "SELECT callback_rowid, slot FROM atoms "
-                    "WHERE name = ? AND type = ? AND scope = ? AND extra = ?",
-                    (key.name, key.type, key.scope, key.extra),
-                )
+                (row[0], row[1]) for row in rows if AtomKey(row[2], type_, row[3], row[4]) in wanted
             )
         return found
 
@@ -661,6 +681,10 @@ class TriggerStore:
             )
 
 
+def _marks(values: Sequence[object]) -> str:
+    return ",".join("?" * len(values))
+
+
 def _label_atoms(
     db: sqlite3.Connection,
     keys: Iterable[AtomKey],
@@ -670,17 +694,24 @@ def _label_atoms(
 ) -> list[AtomRef]:
     """Label atoms matching ``where`` under the (name, type, extra) of ``keys`` whose
     label is held by no registered job of the atom's pgrp (at most ``limit``)."""
-    triples = sorted({(key.name, key.type, key.extra) for key in keys})
+    triples = {(key.name, key.type, key.extra) for key in keys}
     found: list[AtomRef] = []
-    for name, type_, extra in triples:
+    for type_ in sorted({type_ for _, type_, _ in triples}):
+        names = sorted({name for name, of_type, _ in triples if of_type == type_})
+        extras = sorted({extra for _, of_type, extra in triples if of_type == type_})
         rows = db.execute(
-            "SELECT a.callback_rowid, a.slot, a.pgrp, a.label FROM atoms a"  # noqa: S608 - fixed clauses
-            f" WHERE {where} AND a.name = ? AND a.type = ? AND a.extra = ? AND a.label != ''"
+            "SELECT a.callback_rowid, a.slot, a.pgrp, a.label, a.name, a.extra FROM atoms a"  # noqa: S608 - fixed clauses
+            f" WHERE {where} AND a.type = ? AND a.name IN ({_marks(names)})"
+            f" AND a.extra IN ({_marks(extras)}) AND a.label != ''"
             " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.pgrp = a.pgrp AND j.label = a.label)"
             " LIMIT ?",
-            (*params, name, type_, extra, limit - len(found)),
+            (*params, type_, *names, *extras, limit - len(found)),
         ).fetchall()
-        found.extend(AtomRef(int(r[0]), int(r[1]), int(r[2]), str(r[3])) for r in rows)
+        found.extend(
+            AtomRef(int(r[0]), int(r[1]), int(r[2]), str(r[3]))
+            for r in rows
+            if (r[4], type_, r[5]) in triples
+        )
         if len(found) >= limit:
             break
     return found
