@@ -1,21 +1,29 @@
 """The trigger engine: registered jobs' callbacks fired by published events and by timers.
 
-Semantics (documented in the README):
+Semantics (documented in the README; every decision is one of evaluate's functions):
 
-- Edge-triggered: an event sets the latch of every atom it matches; the callback's
-  expression is evaluated over its latches after each matching event. An atom whose
-  event happened before the job was registered never latches.
+- Edge-triggered by default: an event sets the latch of every atom it matches; the
+  callback's expression is evaluated over its latches after each matching event. An
+  atom whose event happened before the job was registered never latches.
+- Level mode (a callback's ``mode``): at registration, the atoms whose events have
+  already happened (the engine's known states, states.py) latch, and the callback fires
+  at once if that makes its trigger true (registration.py); edge afterwards.
 - ``done`` atoms match complete, failed and killed events. A ``*`` atom latches on any
-  item, once (it is not per item).
+  item, once (it is not per item). A trigger with ``{work}`` keeps one latch vector,
+  count and firing per work item of its job (decide.py).
 - Firing increments ``count``, honours ``maximum`` (0 = unlimited) and resets every latch
-  of the callback, so it can fire again on new events.
+  of the callback (of the work item), so it can fire again on new events.
 - The callback runs in the context of the event that completed its trigger: that
-  event's work item (``qb.workid()``) and instance (``qb.subid()``).
+  event's work item (``qb.workid()``; for ``{work}``, the item that fired) and instance
+  (``qb.subid()``).
 - Order within one event: by owning job id, then callback id; universal callbacks come
   after the job's own. Firings of one event run one after another in that order.
-- Durability: latching, counting and queueing the firing commit in one transaction;
-  the firing worker (firings.py) runs the queue, the firings queued before a restart
-  first, each once.
+- Durability: latching, counting, queueing the firing, the journal's entries and the
+  known states commit in one transaction; the firing worker (firings.py) runs the
+  queue, the firings queued before a restart first, each once.
+- Explanations: registration checks (checks.py) come back from ``register_job``; the
+  journal (journal.py) says what each event did to each callback; ``explain`` (why.py)
+  puts it together for a job.
 """
 
 from __future__ import annotations

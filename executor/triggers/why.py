@@ -5,8 +5,9 @@ atom with the job its context names now (label -> job id and pgrp, ``parent`` ->
 id), its latch and the event that set it, what the trigger still waits for in words
 (``residual`` over the latches, each open atom with its job and that object's last
 known state), the checks registration found, and the newest journal entries. A
-``{work}`` callback shows its work items compactly: each item holding a latch on its
-own line with its atoms, the others grouped by count.
+``{work}`` callback shows its work items compactly: up to ``MAX_ITEMS_IN_FULL`` items
+holding a latch each in full with its atoms, the others grouped by latches and count
+(one item in full on request).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from executor.errors import NotFoundError
 from executor.triggers import checks, journal, states
@@ -38,6 +40,10 @@ from executor.triggers.nodes import (
     substitute_all,
 )
 from executor.triggers.store import EDGE, StoredCallback, TriggerStore, WorkState
+
+# Up to this many work items holding latches are explained one by one (with their atoms
+# and the events that set them); more are grouped by latches and count, like the rest.
+MAX_ITEMS_IN_FULL: Final = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,24 +340,27 @@ def _work_items(
         return (_one_item(view, cb, expr, work_name, held.get(work_name, WorkState.fresh(size))),)
     agenda = states.agenda(db, cb.job_id)
     names = [*agenda, *(name for name in held if name not in set(agenda))]
+    latched = [name for name in names if name in held and any(held[name].latches)]
     single: list[WorkExplanation] = []
-    groups: dict[int, list[str]] = {}
+    if len(latched) <= MAX_ITEMS_IN_FULL:
+        single = [_one_item(view, cb, expr, name, held[name]) for name in latched]
+    groups: dict[tuple[int, tuple[bool, ...]], list[str]] = {}
     for name in names:
         state = held.get(name, WorkState.fresh(size))
-        if any(state.latches):
-            single.append(_one_item(view, cb, expr, name, state))
-        else:
-            groups.setdefault(state.count, []).append(name)
+        if single and name in latched:
+            continue
+        groups.setdefault((state.count, state.latches), []).append(name)
     grouped = []
-    for count, members in sorted(groups.items()):
+    for (count, latches), members in sorted(groups.items(), key=lambda g: (-sum(g[0][1]), g[0][0])):
         is_spent = spent(count, cb.maximum)
+        rest, _ = residual(expr, latches)
         grouped.append(
             WorkExplanation(
                 work_names=tuple(members),
                 count=count,
-                latches=(False,) * size,
+                latches=latches,
                 spent=is_spent,
-                waiting="" if is_spent else render(expr),
+                waiting="" if is_spent or rest is None else render(rest),
                 waiting_for=(),
             )
         )

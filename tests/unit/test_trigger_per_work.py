@@ -157,3 +157,17 @@ async def test_a_big_agenda_costs_no_rows_until_events_name_its_items(
     finally:
         db.close()
     assert (rows, callbacks, indexed) == (1, 1, 2)
+
+
+async def test_many_half_latched_items_are_grouped_by_their_latches(engines: Engines) -> None:
+    engine = engines(Recorder())
+    for job in jobs(PER_FRAME, frames=tuple(str(n) for n in range(1, 31))):
+        engine.register_job(job)
+    for frame in range(1, 21):
+        await complete(engine, 10, str(frame))
+
+    (explained,) = engine.explain(12).callbacks
+    assert [(len(w.work_names), w.latches, w.waiting, len(w.atoms)) for w in explained.work] == [
+        (20, (True, False), "complete-work-render-{work}", 0),
+        (10, (False, False), PER_FRAME, 0),
+    ]

@@ -1070,8 +1070,8 @@ Global___AtomExplanation: _TypeAlias = AtomExplanation  # noqa: Y015
 
 @_typing.final
 class WorkItemExplanation(_message.Message):
-    """Work items of a {work} callback in one state; a single item when it holds
-    latches (then with its atoms).
+    """Work items of a {work} callback in one state (count and latches). When few
+    items hold latches, each of them is one item alone, with its atoms.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1101,7 +1101,7 @@ class WorkItemExplanation(_message.Message):
 
     @_builtins.property
     def atoms(self) -> _containers.RepeatedCompositeFieldContainer[Global___AtomExplanation]:
-        """The item's atoms (a single item)."""
+        """The item's atoms (a single item holding latches, or the one asked for)."""
 
     def __init__(
         self,
@@ -1199,7 +1199,9 @@ class ExplainCallbacksRequest(_message.Message):
     work_name: _builtins.str
     """For a trigger with {work}: explain this work item in full."""
     journal_limit: _builtins.int
-    """Journal entries per callback (0: all the executor keeps)."""
+    """At most this many journal entries per callback, the newest (0: as many as
+    the executor keeps per callback, its trigger_journal_entries).
+    """
     def __init__(
         self,
         *,
