@@ -93,6 +93,11 @@ def entry_effect(entry: Mapping[str, Any]) -> str:
     return "; ".join(parts) or kind
 
 
+def times(count: int) -> str:
+    """``0 times``, ``once``, ``3 times``."""
+    return "once" if count == 1 else f"{count} times"
+
+
 def _atom_line(atom: Mapping[str, Any]) -> str:
     words = ", ".join(part for part in (atom.get("resolution"), atom.get("state")) if part)
     latch = ""
@@ -115,14 +120,18 @@ def _work_lines(items: Sequence[Mapping[str, Any]], maximum: int, indent: str) -
         noun = "work" if len(names) == 1 else f"work items ({len(names)})"
         head = f"{indent}{noun} {compact_names(names)}"
         if item["spent"]:
-            out.append(f"{head}: fired {item['count']}x, spent (maximum {maximum} reached)")
+            out.append(f"{head}: fired {times(item['count'])}, spent (maximum {maximum} reached)")
             continue
         if not item.get("atoms"):
-            again = f"fired {item['count']}x; waiting again for" if item["count"] else "waiting for"
+            again = (
+                f"fired {times(item['count'])}; waiting again for"
+                if item["count"]
+                else "waiting for"
+            )
             out.append(f"{head}: {again} {item['waiting']}")
             continue
         if item["count"]:
-            head += f" (fired {item['count']}x before)"
+            head += f" (fired {times(item['count'])} before)"
         out.append(f"{head}:")
         latched = [atom for atom in item["atoms"] if atom["latched"]]
         out.extend(f"{indent}{_INDENT}{_atom_line(atom)}" for atom in latched)
@@ -142,11 +151,11 @@ def format_callback(explained: Mapping[str, Any], indent: str = "") -> list[str]
     maximum = f" of {cb['maximum']}" if cb["maximum"] else ", no maximum"
     if cb.get("per_work_item"):
         lines.append(
-            f"{inner}one callback per work item; fired {cb['count']}x in all, "
+            f"{inner}one callback per work item; fired {times(cb['count'])} in all, "
             f"maximum {cb['maximum'] or 'none'} per item"
         )
     else:
-        lines.append(f"{inner}fired {cb['count']}x{maximum}")
+        lines.append(f"{inner}fired {times(cb['count'])}{maximum}")
     lines.append(f"{inner}atoms:")
     lines.extend(f"{inner}{_INDENT}{_atom_line(atom)}" for atom in explained["atoms"])
     if cb.get("per_work_item"):

@@ -323,7 +323,7 @@ class Decider:
                 latched=tuple(render_atom(found[slot]) for slot in newly),
                 invocation_id=invocation_id,
                 count=after.count,
-                waiting_for="" if rest is None else render(rest),
+                waiting_for="" if rest is None or moved.fires else render(rest),
             )
         )
         return after

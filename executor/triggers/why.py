@@ -252,6 +252,7 @@ class _View:
 def _waiting_for(
     view: _View,
     mode: str,
+    count: int,
     expr: Expr,
     explained: Sequence[AtomExplanation],
     latches: Sequence[bool],
@@ -266,10 +267,13 @@ def _waiting_for(
         item = explained[slot]
         words = ", ".join(part for part in (item.resolution, item.state) if part)
         line = f"{item.atom}: {words}" if words else f"{item.atom}: {item.description}"
-        if mode == EDGE and _already(view, found[slot], item.job_id):
+        if _already(view, found[slot], item.job_id):
+            # Never fired and not latched: the event came before the callback could see it.
             line += (
                 " (already happened before it could latch: edge-triggered, this waits for the"
                 " next such event; mode level would have latched it at registration)"
+                if mode == EDGE and count == 0
+                else " (already happened; this waits for the next such event)"
             )
         lines.append(line)
     return render(rest), tuple(lines)
@@ -308,7 +312,9 @@ def _callback(
         )
         is_spent = spent(cb.count, cb.maximum)
         waiting, waiting_for = (
-            ("", ()) if is_spent else _waiting_for(view, cb.mode, expr, explained, cb.latches)
+            ("", ())
+            if is_spent
+            else _waiting_for(view, cb.mode, cb.count, expr, explained, cb.latches)
         )
     entries = journal.read(
         db,
@@ -377,7 +383,9 @@ def _one_item(
     )
     is_spent = spent(state.count, cb.maximum)
     waiting, waiting_for = (
-        ("", ()) if is_spent else _waiting_for(view, cb.mode, item_expr, explained, state.latches)
+        ("", ())
+        if is_spent
+        else _waiting_for(view, cb.mode, state.count, item_expr, explained, state.latches)
     )
     return WorkExplanation(
         work_names=(name,),
