@@ -1,4 +1,4 @@
-"""Dependencies that explain themselves, over gRPC: checks, why, near misses, level mode, the CLI."""
+"""Dependencies that explain themselves, over gRPC: checks, why, near misses, level mode, CLI."""
 
 from __future__ import annotations
 

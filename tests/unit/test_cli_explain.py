@@ -68,8 +68,8 @@ async def test_why_reads_as_the_readme_shows(engines: Engines) -> None:
     assert "  work 1:" in lines
     assert "      complete-work-render-1: job 14 'render' in pgrp 3, work 1 is running" in lines
     assert (
-        "  work items (2) 2-3: waiting for complete-work-ribgen-{work} && complete-work-render-{work}"
-        in lines
+        "  work items (2) 2-3: waiting for "
+        "complete-work-ribgen-{work} && complete-work-render-{work}" in lines
     )
     assert (
         "    callback 2 complete-work-ribgn-*: label 'ribgn' names no job in pgrp 3 yet "

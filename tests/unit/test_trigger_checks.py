@@ -1,4 +1,4 @@
-"""Checks at registration: warnings, strict refusals, pending labels resolved later, universal ones."""
+"""Checks at registration: warnings, strict refusals, pending labels resolved later, universal."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Level mode: a callback registered after its dependency happened latches it; edge waits for ever."""
+"""Level mode: registered after its dependency happened, it latches it; edge waits for ever."""
 
 from __future__ import annotations
 
