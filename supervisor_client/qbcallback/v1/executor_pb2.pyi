@@ -964,8 +964,9 @@ class JournalEntry(_message.Message):
     WAITING_FOR_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
-    """The callback."""
+    """The callback's job."""
     callback_id: _builtins.int
+    """The callback's id in its job."""
     kind: Global___JournalEntryKind.ValueType
     """What happened."""
     work_name: _builtins.str
@@ -1037,16 +1038,21 @@ class AtomExplanation(_message.Message):
     description: _builtins.str
     """In words."""
     job_id: _builtins.int
-    """The job its context names now, and its pgrp; 0 when none."""
+    """The job its context names now; 0 when none."""
     pgrp: _builtins.int
+    """That job's pgrp; 0 when none."""
     resolution: _builtins.str
     """How the context resolved (label -> job, parent -> job), or why it did not."""
     latched: _builtins.bool
-    """Its latch, and the event that set it."""
+    """Its latch."""
     state: _builtins.str
     """The last known state of what it watches, in words."""
     @_builtins.property
-    def latched_by(self) -> Global___SeenEvent: ...
+    def latched_by(self) -> Global___SeenEvent:
+        """The event that set the latch; unset when not latched (or set before the
+        executor kept it).
+        """
+
     def __init__(
         self,
         *,
@@ -1084,7 +1090,7 @@ class WorkItemExplanation(_message.Message):
     WAITING_FOR_FIELD_NUMBER: _builtins.int
     ATOMS_FIELD_NUMBER: _builtins.int
     count: _builtins.int
-    """Their count and latches."""
+    """How many times each of them has fired."""
     spent: _builtins.bool
     """True when they have fired their maximum."""
     waiting: _builtins.str
@@ -1094,7 +1100,9 @@ class WorkItemExplanation(_message.Message):
         """The items."""
 
     @_builtins.property
-    def latches(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]: ...
+    def latches(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
+        """Their latches, one per atom of the trigger."""
+
     @_builtins.property
     def waiting_for(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """In words, one line per open atom (a single item)."""
@@ -1186,6 +1194,8 @@ Global___CallbackExplanation: _TypeAlias = CallbackExplanation  # noqa: Y015
 
 @_typing.final
 class ExplainCallbacksRequest(_message.Message):
+    """Which callbacks to explain."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
@@ -1220,6 +1230,8 @@ Global___ExplainCallbacksRequest: _TypeAlias = ExplainCallbacksRequest  # noqa: 
 
 @_typing.final
 class ExplainCallbacksResponse(_message.Message):
+    """A registered job's callbacks, explained."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
@@ -1229,10 +1241,13 @@ class ExplainCallbacksResponse(_message.Message):
     CALLBACKS_FIELD_NUMBER: _builtins.int
     CHECKS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
-    """The job as registered."""
+    """The job."""
     name: _builtins.str
+    """Its name, as registered."""
     label: _builtins.str
+    """Its label, as registered ("" when none)."""
     pgrp: _builtins.int
+    """Its process group."""
     @_builtins.property
     def callbacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___CallbackExplanation]:
         """Its callbacks, by id."""
