@@ -218,3 +218,20 @@ async def test_why_names_what_is_not_registered(stack_warm: Stack) -> None:
 async def test_the_new_commands_have_help(command: str) -> None:
     code, out, _ = await cbexec("triggers", command, "--help")
     assert code == 0 and out.startswith("usage: cbexec triggers")
+
+
+async def test_reload_reports_the_universal_triggers_checks(stack_warm: Stack) -> None:
+    conf = stack_warm.settings.data_dir / "callback"
+    conf.mkdir(exist_ok=True)
+    (conf / "callbacks.conf").write_text("notify.qcb [level] = failed-job-self-*\n")
+    (conf / "notify.qcb").write_text("mail-status")
+
+    reply = await stack_warm.client.reload_universal_callbacks()
+
+    assert (reply.reloaded, reply.active) == (True, 1)
+    assert list(reply.warnings) == [
+        f"{conf}/callbacks.conf:1: failed-job-self-*: job events take no extra: '-*' is "
+        "ignored (a label cannot contain '-')"
+    ]
+    code, out, _ = await cbexec("triggers", "reload", "--address", stack_warm.address)
+    assert code == 0 and out.startswith("warning: ")
