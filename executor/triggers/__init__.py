@@ -4,9 +4,10 @@ The language (pure): ``parse`` / ``render`` / ``atoms`` (nodes, parser), the sem
 engine runs (evaluate: match keys, latching, residuals, {work} items, level mode,
 clocks), ``explain`` (the words), checks (what cannot work, found at registration). The
 engine (durable, SQLite): engine, decide (one event's decisions), registration, store,
-journal (what each event did to each callback), states (the last known state of jobs
-and work items), why (explanations), firings (the worker that runs what fired),
-universal (callbacks.conf). The gRPC edge is executor/api/triggers.py.
+items ({work} callbacks' per-item latches), journal (what each event did to each
+callback), near_misses, states (the last known state of jobs and work items), why
+(explanations), firings (the worker that runs what fired), universal (callbacks.conf).
+The gRPC edge is executor/api/triggers.py.
 """
 
 from executor.triggers.errors import TriggerSyntaxError

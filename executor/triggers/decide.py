@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from executor.model import Event, RunResult
-from executor.triggers import states
+from executor.triggers import items, near_misses, states
 from executor.triggers.evaluate import AtomKey, JobPlace, Step, residual, step, work_targets
 from executor.triggers.explain import near_miss_reason, outside_agenda_reason
 from executor.triggers.journal import EntryKind, JournalEntry, SeenEvent
@@ -37,7 +37,8 @@ from executor.triggers.nodes import (
     render_atom,
     substitute_all,
 )
-from executor.triggers.store import PendingFiring, StoredCallback, TriggerStore, WorkState
+from executor.triggers.items import WorkState
+from executor.triggers.store import PendingFiring, StoredCallback, TriggerStore
 
 MAX_NEAR_MISSES: Final = 16
 
@@ -139,20 +140,20 @@ class Decider:
         held: dict[str, WorkState] = {}
         if any(not found[slot].per_work for slot in slots):
             # An atom without the placeholder latches in every item's vector.
-            held = TriggerStore.work_states(self._db, cb.rowid, size)
+            held = items.held(self._db, cb.rowid, size)
             agenda = states.agenda(self._db, job_id)
-            items = [*agenda, *(name for name in held if name not in set(agenda))]
+            names = [*agenda, *(name for name in held if name not in set(agenda))]
         elif not known or states.in_agenda(self._db, job_id, work_name):
-            items = [work_name]
+            names = [work_name]
         else:
-            items = []
-        targets, outside = work_targets(expr, slots, work_name, items, agenda_known=known)
+            names = []
+        targets, outside = work_targets(expr, slots, work_name, names, agenda_known=known)
         if outside:
             agenda = states.agenda(self._db, job_id)
             self._near_miss(cb, outside, outside_agenda_reason(work_name, job_id, agenda))
         total = cb.count
         for item, item_slots in targets.items():
-            state = held.get(item) or TriggerStore.work_state(self._db, cb.rowid, item, size)
+            state = held.get(item) or items.state(self._db, cb.rowid, item, size)
             item_expr = substitute_all(expr, item)
             moved = step(
                 item_expr, state.latches, item_slots, count=state.count, maximum=cb.maximum
@@ -168,7 +169,7 @@ class Decider:
                     self.decision.latched.append(Latched(cb, moved.latches, item))
                 self._entry(cb, item_expr, moved, count=state.count, work_name=item)
             if not self._dry and (moved.fires or moved.newly):
-                TriggerStore.save_work_state(self._db, cb.rowid, item, after)
+                items.save(self._db, cb.rowid, item, after)
         if total != cb.count and not self._dry:
             TriggerStore.save_count(self._db, cb.rowid, total)
 
@@ -250,9 +251,9 @@ class Decider:
     ) -> None:
         """Journal the label atoms the event almost matched (see the module docstring)."""
         matched = set(hits)
-        refs = TriggerStore.unresolved_label_atoms(self._db, keys, place.pgrp, MAX_NEAR_MISSES)
+        refs = near_misses.unresolved_in_pgrp(self._db, keys, place.pgrp, MAX_NEAR_MISSES)
         if place.label and len(refs) < MAX_NEAR_MISSES:
-            refs += TriggerStore.unresolved_atoms_of_label(
+            refs += near_misses.unresolved_elsewhere(
                 self._db, keys, place.label, place.pgrp, MAX_NEAR_MISSES - len(refs)
             )
         refs = [ref for ref in refs if (ref.rowid, ref.slot) not in matched]

@@ -46,7 +46,7 @@ from executor import triggers
 from executor.errors import InvalidRequestError, UnavailableError
 from executor.model import CallbackSpec, Event, Invocation, Limits, RunResult
 from executor.runs.outbox import Backoff
-from executor.triggers import checks, journal, states, why
+from executor.triggers import checks, items, journal, states, why
 from executor.triggers.decide import Decider, Decision, Fired
 from executor.triggers.evaluate import JobPlace, atom_key, clock_event, event_keys, next_fire
 from executor.triggers.firings import FiringWorker
@@ -241,7 +241,7 @@ class TriggerEngine:
         batch = uuid.uuid4().hex
         with self._store.transaction() as db:
             kept_items = {
-                key: TriggerStore.work_states(db, cb.rowid, len(cb.latches))
+                key: items.held(db, cb.rowid, len(cb.latches))
                 for key, cb in previous.items()
                 if per_work(_parsed(cb.triggers))
             }
@@ -262,7 +262,7 @@ class TriggerEngine:
                 rowid = TriggerStore.put_callback(db, job_id, spec, atoms, timers)
                 if kept is not None:
                     for work_name, state in kept_items.get(key, {}).items():
-                        TriggerStore.save_work_state(db, rowid, work_name, state)
+                        items.save(db, rowid, work_name, state)
                 elif spec["mode"] == LEVEL:
                     (stored,) = TriggerStore.load_callbacks(db, [rowid])
                     level_pass(db, decider, stored, expr, place, agenda)

@@ -17,7 +17,7 @@ from typing import Any
 
 from executor.errors import InvalidRequestError
 from executor.model import Event
-from executor.triggers import checks, states
+from executor.triggers import checks, items, states
 from executor.triggers.decide import Decider, Fired
 from executor.triggers.errors import TriggerSyntaxError
 from executor.triggers.evaluate import JobPlace, happened
@@ -191,7 +191,7 @@ def level_pass(
         marks = [known.mark(atom) for atom in atoms(item_expr)]
         after = decider.level(cb, item_expr, marks, item)
         if after is not None:
-            TriggerStore.save_work_state(db, cb.rowid, item, after)
+            items.save(db, cb.rowid, item, after)
             total += after.count
     if total:
         TriggerStore.save_count(db, cb.rowid, total)

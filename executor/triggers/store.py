@@ -13,9 +13,9 @@ and an event reads the rows under its keys; ``evaluate.atom_key`` and
 ``evaluate.event_keys`` say what the keys are. An event reads only the rows that can
 match it, so matching cost does not grow with callbacks that cannot match. A ``{work}``
 callback is one callback with one set of index rows whatever its job's agenda; its
-per-item latches are rows of ``work_latches``, read by primary key for the item an
+per-item latches are rows of their own (items.py), read by primary key for the item an
 event names (so its cost does not grow with the items that cannot match either).
-Label atoms also carry their pgrp and label, for the near-miss lookups.
+Label atoms also carry their pgrp and label, for the near-miss lookups (near_misses.py).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any, Final
 from executor.model import Event
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
 from executor.storage import StorageHealth, open_database, writing
-from executor.triggers import checks, journal, states
+from executor.triggers import checks, items, journal, states
 from executor.triggers.evaluate import AtomKey, JobPlace, scope_label
 from executor.triggers.journal import SeenEvent, marks_from_json, marks_to_json
 
@@ -82,14 +82,6 @@ CREATE TABLE IF NOT EXISTS atoms (
 );
 CREATE INDEX IF NOT EXISTS atoms_lookup ON atoms (name, type, scope, extra);
 CREATE INDEX IF NOT EXISTS atoms_callback ON atoms (callback_rowid);
-CREATE TABLE IF NOT EXISTS work_latches (
-    callback_rowid INTEGER NOT NULL REFERENCES callbacks (rowid) ON DELETE CASCADE,
-    work_name TEXT NOT NULL,
-    count INTEGER NOT NULL DEFAULT 0,
-    latches TEXT NOT NULL,
-    latched_by TEXT NOT NULL DEFAULT '[]',
-    PRIMARY KEY (callback_rowid, work_name)
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS timers (
     callback_rowid INTEGER NOT NULL REFERENCES callbacks (rowid) ON DELETE CASCADE,
     slot INTEGER NOT NULL,
@@ -250,37 +242,6 @@ class NewAtom:
     key: AtomKey
 
 
-@dataclass(frozen=True, slots=True)
-class WorkState:
-    """The latches and count of one work item of a ``{work}`` callback."""
-
-    count: int
-    latches: tuple[bool, ...]
-    latched_by: tuple[SeenEvent | None, ...]
-
-    @classmethod
-    def fresh(cls, size: int) -> WorkState:
-        """An item no event has touched."""
-        return cls(0, (False,) * size, (None,) * size)
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row, size: int) -> WorkState:
-        latches = tuple(bool(x) for x in json.loads(row["latches"]))
-        if len(latches) != size:  # the trigger changed under a kept row: start afresh
-            return cls(int(row["count"]), (False,) * size, (None,) * size)
-        return cls(int(row["count"]), latches, marks_from_json(row["latched_by"], size))
-
-
-@dataclass(frozen=True, slots=True)
-class AtomRef:
-    """An indexed label atom: the callback row, the latch slot, and the label it names."""
-
-    rowid: int
-    slot: int
-    pgrp: int
-    label: str
-
-
 class TriggerStore:
     """One SQLite connection guarded by a lock (the engine is the only writer)."""
 
@@ -291,7 +252,9 @@ class TriggerStore:
         self._db = open_database(path)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA foreign_keys = ON")
-        self._db.executescript(SCHEMA + journal.SCHEMA + states.SCHEMA + checks.SCHEMA)
+        self._db.executescript(
+            SCHEMA + items.SCHEMA + journal.SCHEMA + states.SCHEMA + checks.SCHEMA
+        )
         self._migrate()
         self._db.executescript(LABEL_INDEXES)
         # A burst of events commits fast; the log's fsyncing checkpoints go to a thread.
@@ -524,71 +487,6 @@ class TriggerStore:
         """A ``{work}`` callback's total count (its items' latches are rows of their own)."""
         db.execute("UPDATE callbacks SET count = ? WHERE rowid = ?", (count, rowid))
 
-    # -- work items of {work} callbacks ---------------------------------------------
-
-    @staticmethod
-    def work_state(db: sqlite3.Connection, rowid: int, work_name: str, size: int) -> WorkState:
-        """An item's state (fresh when no event has touched it)."""
-        row = db.execute(
-            "SELECT count, latches, latched_by FROM work_latches"
-            " WHERE callback_rowid = ? AND work_name = ?",
-            (rowid, work_name),
-        ).fetchone()
-        return WorkState.fresh(size) if row is None else WorkState.from_row(row, size)
-
-    @staticmethod
-    def work_states(db: sqlite3.Connection, rowid: int, size: int) -> dict[str, WorkState]:
-        """Every item of the callback that holds state (latches or a count)."""
-        rows = db.execute(
-            "SELECT work_name, count, latches, latched_by FROM work_latches"
-            " WHERE callback_rowid = ?",
-            (rowid,),
-        ).fetchall()
-        return {str(row["work_name"]): WorkState.from_row(row, size) for row in rows}
-
-    @staticmethod
-    def save_work_state(
-        db: sqlite3.Connection, rowid: int, work_name: str, state: WorkState
-    ) -> None:
-        if state.count == 0 and not any(state.latches):
-            # An untouched item holds no row: a job's agenda costs nothing until events come.
-            db.execute(
-                "DELETE FROM work_latches WHERE callback_rowid = ? AND work_name = ?",
-                (rowid, work_name),
-            )
-            return
-        db.execute(
-            "INSERT INTO work_latches (callback_rowid, work_name, count, latches, latched_by)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (callback_rowid, work_name) DO UPDATE SET"
-            " count = excluded.count, latches = excluded.latches,"
-            " latched_by = excluded.latched_by",
-            (
-                rowid,
-                work_name,
-                state.count,
-                json.dumps(list(state.latches)),
-                marks_to_json(state.latched_by),
-            ),
-        )
-
-    # -- near misses ----------------------------------------------------------------
-
-    @staticmethod
-    def unresolved_label_atoms(
-        db: sqlite3.Connection, keys: Iterable[AtomKey], pgrp: int, limit: int
-    ) -> list[AtomRef]:
-        """Label atoms of ``pgrp`` under the keys' name, type and extra whose label no
-        registered job of that pgrp holds."""
-        return _label_atoms(db, keys, "a.pgrp = ?", (pgrp,), limit)
-
-    @staticmethod
-    def unresolved_atoms_of_label(
-        db: sqlite3.Connection, keys: Iterable[AtomKey], label: str, pgrp: int, limit: int
-    ) -> list[AtomRef]:
-        """Atoms of other pgrps than ``pgrp`` naming ``label``, under the keys' name, type
-        and extra, whose label no registered job of their own pgrp holds."""
-        return _label_atoms(db, keys, "a.label = ? AND a.pgrp != ?", (label, pgrp), limit)
-
     @staticmethod
     def queue_firing(db: sqlite3.Connection, firing: PendingFiring) -> None:
         db.execute(
@@ -683,35 +581,3 @@ class TriggerStore:
 
 def _marks(values: Sequence[object]) -> str:
     return ",".join("?" * len(values))
-
-
-def _label_atoms(
-    db: sqlite3.Connection,
-    keys: Iterable[AtomKey],
-    where: str,
-    params: tuple[Any, ...],
-    limit: int,
-) -> list[AtomRef]:
-    """Label atoms matching ``where`` under the (name, type, extra) of ``keys`` whose
-    label is held by no registered job of the atom's pgrp (at most ``limit``)."""
-    triples = {(key.name, key.type, key.extra) for key in keys}
-    found: list[AtomRef] = []
-    for type_ in sorted({type_ for _, type_, _ in triples}):
-        names = sorted({name for name, of_type, _ in triples if of_type == type_})
-        extras = sorted({extra for _, of_type, extra in triples if of_type == type_})
-        rows = db.execute(
-            "SELECT a.callback_rowid, a.slot, a.pgrp, a.label, a.name, a.extra FROM atoms a"  # noqa: S608 - fixed clauses
-            f" WHERE {where} AND a.type = ? AND a.name IN ({_marks(names)})"
-            f" AND a.extra IN ({_marks(extras)}) AND a.label != ''"
-            " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.pgrp = a.pgrp AND j.label = a.label)"
-            " LIMIT ?",
-            (*params, type_, *names, *extras, limit - len(found)),
-        ).fetchall()
-        found.extend(
-            AtomRef(int(r[0]), int(r[1]), int(r[2]), str(r[3]))
-            for r in rows
-            if (r[4], type_, r[5]) in triples
-        )
-        if len(found) >= limit:
-            break
-    return found

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from executor.errors import NotFoundError
-from executor.triggers import checks, journal, states
+from executor.triggers import checks, items, journal, states
 from executor.triggers.evaluate import JobPlace, happened, residual, spent
 from executor.triggers.explain import (
     describe_atom,
@@ -39,7 +39,8 @@ from executor.triggers.nodes import (
     render_atom,
     substitute_all,
 )
-from executor.triggers.store import EDGE, StoredCallback, TriggerStore, WorkState
+from executor.triggers.items import WorkState
+from executor.triggers.store import EDGE, StoredCallback, TriggerStore
 
 # Up to this many work items holding latches are explained one by one (with their atoms
 # and the events that set them); more are grouped by latches and count, like the rest.
@@ -341,7 +342,7 @@ def _work_items(
     db: sqlite3.Connection, view: _View, cb: StoredCallback, expr: Expr, work_name: str
 ) -> tuple[WorkExplanation, ...]:
     size = len(atoms(expr))
-    held = TriggerStore.work_states(db, cb.rowid, size)
+    held = items.held(db, cb.rowid, size)
     if work_name:
         return (_one_item(view, cb, expr, work_name, held.get(work_name, WorkState.fresh(size))),)
     agenda = states.agenda(db, cb.job_id)
