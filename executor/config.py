@@ -130,6 +130,11 @@ class Settings:
     history_retention_days: float = 30.0
     # ...and at most this many of them (the oldest go first).
     history_max_runs: int = 100_000
+    # The trigger engine's journal (cbexec triggers why) keeps this many entries per
+    # callback (per work item of a {work} callback)...
+    trigger_journal_entries: int = 20
+    # ...none older than this many days.
+    trigger_journal_days: float = 7.0
     # PEM files: server certificate chain and key (TLS); a client CA turns on mutual TLS.
     tls_cert: str = ""
     tls_key: str = ""
@@ -282,6 +287,10 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError("callback_log_max_bytes and history_max_runs must be >= 1")
     if settings.history_retention_days <= 0:
         raise ConfigError("history_retention_days: must be positive")
+    if settings.trigger_journal_entries < 1:
+        raise ConfigError("trigger_journal_entries: must be >= 1")
+    if settings.trigger_journal_days <= 0:
+        raise ConfigError("trigger_journal_days: must be positive")
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("tls_cert and tls_key: set both (TLS) or neither (plaintext)")
     if settings.tls_client_ca and not settings.tls_cert:

@@ -46,6 +46,7 @@ from executor.sandbox.spawners import ColdSpawner, Spawner, ZygoteSpawner
 from executor.sandbox.tier import describe_tier, mechanisms, sandbox_options
 from executor.storage import StorageHealth
 from executor.triggers.engine import TriggerEngine
+from executor.triggers.journal import JournalLimits
 from executor.triggers.store import TriggerStore
 from executor.web.app import Dashboard
 from executor.web.auth import Access
@@ -156,6 +157,10 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             limits=settings.default_limits,
             universal_dirs=settings.universal_callback_dirs,
             max_parallel_events=settings.max_concurrent,
+            journal_limits=JournalLimits(
+                entries=settings.trigger_journal_entries,
+                max_age_s=settings.trigger_journal_days * 86400.0,
+            ),
         )
         engine.reload_universal()
 

@@ -1,13 +1,23 @@
-"""Benchmark trigger matching: the indexed engine vs a naive scan, with 100k registered callbacks.
+"""Benchmark trigger matching: the index vs a naive scan, and {work} vs a callback per frame.
 
 Usage: python scripts/bench_triggers.py [--callbacks 100000] [--events 2000]
+                                        [--frames 10000] [--only index|frames]
 
-Registers N callbacks spread over N/10 jobs (per-frame work triggers, job triggers and
-&& pairs), then publishes events that each match a handful of them. Measured side by
-side in one run: events/s through ``TriggerEngine.match`` (SQLite index on name, type,
-scope, extra; durable latching in a transaction per event) and through a naive
-in-memory scan that tests every atom of every callback per event. Reports medians of
-per-event latency and the ratio. Nothing runs callbacks (``match`` only decides).
+index: registers N callbacks spread over N/10 jobs (per-frame work triggers, job
+triggers and && pairs), then publishes events that each match a handful of them.
+Measured side by side in one run: events/s through ``TriggerEngine.match`` (SQLite
+index on name, type, scope, extra; durable latching and journal in a transaction per
+event) and through a naive in-memory scan that tests every atom of every callback per
+event. Reports medians of per-event latency and the ratio.
+
+frames: Qube's frame-by-frame dependency for a job of F frames (F = 10,000), written
+the seed's way (F callbacks, ``complete-work-ribgen-<n> && complete-work-render-<n>``)
+and as one callback with ``{work}``: the time to register the waiting job, the median
+latency of the events that half-latch a frame and of those that fire it, and the rows
+the engine keeps. Then the {work} callback again with F/10 frames: its per-event cost
+must not grow with the frames an event cannot match.
+
+Nothing runs callbacks (``match`` decides and queues; the engine is not started).
 """
 
 from __future__ import annotations
@@ -79,11 +89,106 @@ def naive_match(parsed: list[tuple[int, list[object]]], event: Event) -> int:
     return hits
 
 
+def frame_jobs(frames: int, *, per_work: bool) -> list[dict[str, object]]:
+    """Ribgen and render with ``frames`` frames, and comp waiting frame by frame on both."""
+    agenda = [{"name": str(n), "status": "pending"} for n in range(1, frames + 1)]
+    blocked = [dict(item, status="blocked") for item in agenda]
+    trigger = "complete-work-ribgen-{n} && complete-work-render-{n}"
+    if per_work:
+        callbacks = [
+            {
+                "triggers": trigger.format(n="{work}"),
+                "language": "qube",
+                "code": "unblock-work-self",
+            }
+        ]
+    else:
+        callbacks = [
+            {"triggers": trigger.format(n=n), "language": "qube", "code": "unblock-work-self"}
+            for n in range(1, frames + 1)
+        ]
+    return [
+        {"id": 1, "pgrp": 1, "label": "ribgen", "agenda": agenda},
+        {"id": 2, "pgrp": 1, "label": "render", "agenda": agenda},
+        {"id": 3, "pgrp": 1, "label": "comp", "agenda": blocked, "callbacks": callbacks},
+    ]
+
+
+def bench_frames(frames: int, events: int, *, per_work: bool) -> dict[str, float]:
+    """Register the frame-by-frame jobs, then complete ribgen's and render's frames."""
+    rng = random.Random(11)
+    chosen = rng.sample(range(1, frames + 1), min(events, frames))
+    with tempfile.TemporaryDirectory() as tmp:
+        store = TriggerStore(str(Path(tmp) / "t.db"))
+        engine = TriggerEngine(store, never_runs, limits=Limits(1, 1, 1, 1, 1, 1))
+        upstream, waiting = (
+            frame_jobs(frames, per_work=per_work)[:2],
+            frame_jobs(frames, per_work=per_work)[2],
+        )
+        for job in upstream:
+            engine.register_job(job)
+        started = time.perf_counter()
+        engine.register_job(waiting)
+        register_s = time.perf_counter() - started
+        half, fire = [], []
+        fired = 0
+        for n in chosen:
+            for job_id, into in ((1, half), (2, fire)):
+                t = time.perf_counter()
+                decision = engine.match(
+                    Event("complete", "work", job_id, work_name=str(n)), dry=False
+                )
+                into.append(time.perf_counter() - t)
+                fired += len(decision.fired)
+        with store.reading() as db:
+            rows = {
+                table: int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # noqa: S608
+                for table in ("callbacks", "atoms", "work_latches", "journal")
+            }
+        store.close()
+    assert fired == len(chosen), (fired, len(chosen))
+    return {
+        "register_s": register_s,
+        "half_ms": statistics.median(half) * 1000,
+        "fire_ms": statistics.median(fire) * 1000,
+        **{f"rows_{table}": float(count) for table, count in rows.items()},
+    }
+
+
+def report_frames(frames: int, events: int) -> None:
+    separate = bench_frames(frames, events, per_work=False)
+    placeholder = bench_frames(frames, events, per_work=True)
+    small = bench_frames(max(1, frames // 10), events, per_work=True)
+    print(f"frame by frame, {frames} frames, {min(events, frames)} frames completed on both jobs")
+    print(
+        f"{'written as':<34}{'register s':>11}{'half-latch ms':>15}{'fire ms':>9}"
+        f"{'callbacks':>11}{'atoms':>8}{'item rows':>11}{'journal':>9}"
+    )
+    for name, result in (
+        (f"{frames} callbacks (seed)", separate),
+        ("1 callback with {work}", placeholder),
+        (f"1 callback with {{work}}, {max(1, frames // 10)} fr.", small),
+    ):
+        print(
+            f"{name:<34}{result['register_s']:>11.3f}{result['half_ms']:>15.3f}"
+            f"{result['fire_ms']:>9.3f}{result['rows_callbacks']:>11.0f}"
+            f"{result['rows_atoms']:>8.0f}{result['rows_work_latches']:>11.0f}"
+            f"{result['rows_journal']:>9.0f}"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--callbacks", type=int, default=100_000)
     parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--frames", type=int, default=10_000)
+    parser.add_argument("--only", choices=("index", "frames"))
     args = parser.parse_args()
+    if args.only != "index":
+        report_frames(args.frames, args.events)
+        if args.only == "frames":
+            return 0
+        print()
     jobs = build_jobs(args.callbacks)
     rng = random.Random(7)
     events = [

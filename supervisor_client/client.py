@@ -231,17 +231,28 @@ class ExecutorClient:
         self,
         job: Mapping[str, Any] | types_pb2.Job | executor_pb2.RegisterJobRequest,
         *,
+        strict: bool = False,
+        published_events: Sequence[str] = (),
         timeout: float | None = None,
     ) -> executor_pb2.RegisterJobResponse:
         """Register (or re-register) a job and its callbacks with the trigger engine.
 
-        ``job``: a Qube job dict (with ``callbacks``), a Job, or the whole request.
+        Args:
+            job: a Qube job dict (with ``callbacks``; a callback's ``mode`` may be
+                "level"), a Job, or the whole request (the options below are then unused).
+            strict: refuse the job (InvalidRequestError) when a check fails on one of its
+                own callbacks; otherwise the response's ``warnings`` list them.
+            published_events: the events the scheduler publishes ("complete",
+                "running-job"), so that a trigger waiting for another is reported.
+            timeout: gRPC deadline in seconds.
         """
         if isinstance(job, executor_pb2.RegisterJobRequest):
             request = job
         else:
             message = job if isinstance(job, types_pb2.Job) else job_from_dict(dict(job))
-            request = executor_pb2.RegisterJobRequest(job=message)
+            request = executor_pb2.RegisterJobRequest(
+                job=message, strict=strict, published_events=list(published_events)
+            )
         return await _checked(self._triggers.RegisterJob(request, timeout=timeout))
 
     async def publish_event(
@@ -305,6 +316,29 @@ class ExecutorClient:
         """The active universal callbacks per directory, and the last reload's errors."""
         request = executor_pb2.GetUniversalCallbacksRequest()
         return await _checked(self._triggers.GetUniversalCallbacks(request, timeout=timeout))
+
+    async def explain_callbacks(
+        self,
+        job_id: int,
+        callback_id: int = 0,
+        *,
+        work_name: str = "",
+        journal_limit: int = 0,
+        timeout: float | None = None,
+    ) -> executor_pb2.ExplainCallbacksResponse:
+        """Why a job's callbacks (or one of them) did or did not fire, and what they wait for.
+
+        ``work_name`` explains one work item of a ``{work}`` callback in full;
+        ``journal_limit`` bounds the journal entries per callback (0: the executor's
+        bound). NOT_FOUND (ExecutorRpcError) for a job or callback not registered.
+        """
+        request = executor_pb2.ExplainCallbacksRequest(
+            job_id=job_id,
+            callback_id=callback_id,
+            work_name=work_name,
+            journal_limit=journal_limit,
+        )
+        return await _checked(self._triggers.ExplainCallbacks(request, timeout=timeout))
 
     # -- RunService -------------------------------------------------------------------------
 

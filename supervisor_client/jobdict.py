@@ -31,6 +31,8 @@ _SCALARS = (
 )
 _DEDICATED = frozenset((*_SCALARS, "agenda", "subjobs", "callbacks", "extra"))
 _CALLBACK_FIELDS = ("id", "triggers", "language", "code", "user", "count", "maximum")
+# A callback dict's "mode" ("edge" or "level") <-> the wire's TriggerMode; unset is edge.
+_MODES = {"edge": types_pb2.TRIGGER_MODE_EDGE, "level": types_pb2.TRIGGER_MODE_LEVEL}
 
 
 def _plain(value: Any) -> Any:
@@ -55,7 +57,22 @@ def dict_to_struct(values: dict[str, Any]) -> struct_pb2.Struct:
 
 
 def callback_to_dict(callback: types_pb2.Callback) -> dict[str, Any]:
-    return {name: getattr(callback, name) for name in _CALLBACK_FIELDS}
+    plain = {name: getattr(callback, name) for name in _CALLBACK_FIELDS}
+    if callback.mode == types_pb2.TRIGGER_MODE_LEVEL:
+        plain["mode"] = "level"
+    elif callback.mode not in (types_pb2.TRIGGER_MODE_UNSPECIFIED, types_pb2.TRIGGER_MODE_EDGE):
+        plain["mode"] = str(callback.mode)  # a mode this contract does not know: refused later
+    return plain
+
+
+def _callback(cb: Any) -> types_pb2.Callback:
+    message = types_pb2.Callback(**{k: cb[k] for k in _CALLBACK_FIELDS if cb.get(k) is not None})
+    mode = cb.get("mode")
+    if mode:
+        if mode not in _MODES:
+            raise ValueError(f"callback mode {mode!r}: expected {' or '.join(_MODES)}")
+        message.mode = _MODES[mode]
+    return message
 
 
 def job_to_dict(job: types_pb2.Job, *, include_callbacks: bool = False) -> dict[str, Any]:
@@ -113,8 +130,7 @@ def job_from_dict(job: dict[str, Any]) -> types_pb2.Job:
             status=str(sub.get("status", "")),
             host=str(sub.get("host", "")),
         )
-    for cb in job.get("callbacks") or []:
-        message.callbacks.add(**{k: cb[k] for k in _CALLBACK_FIELDS if cb.get(k) is not None})
+    message.callbacks.extend(_callback(cb) for cb in job.get("callbacks") or [])
     extra = {key: value for key, value in job.items() if key not in _DEDICATED}
     if extra:
         try:

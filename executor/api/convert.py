@@ -24,8 +24,9 @@ from executor.model import (
 from executor.runs.history import RunRecord
 from executor.runs.outbox import DeadLetter
 from executor.sandbox.limits import merge
-from executor.triggers.engine import Fired, canonical_triggers
-from executor.triggers.store import StoredCallback
+from executor.triggers.decide import Fired
+from executor.triggers.engine import canonical_triggers, is_per_work
+from executor.triggers.store import LEVEL, StoredCallback
 from supervisor_client.jobdict import job_to_dict
 from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
 
@@ -207,11 +208,18 @@ def event_from_request(
     )
 
 
+def mode_message(mode: str) -> types_pb2.TriggerMode.ValueType:
+    """The wire enum of a callback's trigger mode."""
+    return types_pb2.TRIGGER_MODE_LEVEL if mode == LEVEL else types_pb2.TRIGGER_MODE_EDGE
+
+
 def registered_message(
     callback: StoredCallback, latches: tuple[bool, ...] | None = None
 ) -> executor_pb2.RegisteredCallback:
     """The wire form of a registered callback (with ``latches`` instead of its own, if given)."""
     return executor_pb2.RegisteredCallback(
+        mode=mode_message(callback.mode),
+        per_work_item=is_per_work(callback.triggers),
         job_id=callback.job_id,
         id=callback.callback_id,
         triggers=callback.triggers,
@@ -234,6 +242,7 @@ def firing_message(fired: Fired) -> executor_pb2.Firing:
         language=fired.callback.language,
         universal=fired.callback.universal,
         invocation_id=fired.invocation_id,
+        work_name=fired.work_name,
     )
     if fired.result is not None:
         message.result.CopyFrom(response_from_result(fired.result))

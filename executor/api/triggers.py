@@ -1,11 +1,12 @@
-"""TriggerService: RegisterJob, PublishEvent, DryRun, the universal callbacks and the registered jobs."""
+"""TriggerService: jobs' callbacks, events, dry runs, explanations, the universal callbacks."""
 
 from __future__ import annotations
 
 from typing import Final
 
-from executor.api import convert, convert_status
+from executor.api import convert, convert_status, explanations
 from executor.api.errors import Context, grpc_errors
+from executor.errors import InvalidRequestError
 from executor.triggers.engine import TriggerEngine
 from supervisor_client.jobdict import job_to_dict
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
@@ -24,12 +25,22 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
     async def RegisterJob(
         self, request: executor_pb2.RegisterJobRequest, context: Context
     ) -> executor_pb2.RegisterJobResponse:
-        """Store a job with its callbacks and the universal ones; answer them as registered."""
+        """Store a job with its callbacks and the universal ones; answer them as registered.
+
+        The answer holds the checks they failed (refused instead when ``strict``).
+        """
         convert.check_job(request.job, "job")
         job = job_to_dict(request.job, include_callbacks=True)
-        callbacks = self._engine.register_job(job)
+        published = frozenset(name.strip() for name in request.published_events if name.strip())
+        registration = self._engine.register_job(
+            job, strict=request.strict, published=published or None
+        )
         return executor_pb2.RegisterJobResponse(
-            callbacks=[convert.registered_message(cb) for cb in callbacks]
+            callbacks=[convert.registered_message(cb) for cb in registration.callbacks],
+            warnings=[
+                explanations.check_message(request.job.id, check) for check in registration.checks
+            ],
+            fired=[convert.firing_message(f) for f in registration.fired],
         )
 
     @grpc_errors
@@ -47,13 +58,14 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
     async def DryRun(
         self, request: executor_pb2.DryRunRequest, context: Context
     ) -> executor_pb2.DryRunResponse:
-        """What an event would fire or latch; nothing runs and no state changes."""
-        fired, latched, _ = self._engine.match(convert.event_from_request(request), dry=True)
+        """What an event would fire or latch, and why; nothing runs and no state changes."""
+        decision = self._engine.match(convert.event_from_request(request), dry=True)
         return executor_pb2.DryRunResponse(
-            would_fire=[convert.firing_message(f) for f in fired],
+            would_fire=[convert.firing_message(f) for f in decision.fired],
             would_latch=[
-                convert.registered_message(item.callback, item.latches) for item in latched
+                convert.registered_message(item.callback, item.latches) for item in decision.latched
             ],
+            explanations=[explanations.journal_message(entry) for entry in decision.entries],
         )
 
     @grpc_errors
@@ -63,7 +75,10 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
         """Re-read callbacks.conf; on errors the last good set stays active."""
         errors = self._engine.reload_universal()
         return executor_pb2.ReloadUniversalCallbacksResponse(
-            reloaded=not errors, errors=errors, active=len(self._engine.universal)
+            reloaded=not errors,
+            errors=errors,
+            active=len(self._engine.universal),
+            warnings=self._engine.universal_warnings,
         )
 
     @grpc_errors
@@ -97,3 +112,19 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
         return convert_status.universal_message(
             engine.universal_dirs, engine.universal, engine.universal_reload
         )
+
+    @grpc_errors
+    async def ExplainCallbacks(
+        self, request: executor_pb2.ExplainCallbacksRequest, context: Context
+    ) -> executor_pb2.ExplainCallbacksResponse:
+        """Why a job's callbacks did or did not fire (NOT_FOUND when it is not registered)."""
+        if not request.job_id:
+            raise InvalidRequestError("job_id is required")
+        convert.check_id("job_id", request.job_id)
+        explained = self._engine.explain(
+            request.job_id,
+            request.callback_id,
+            work_name=request.work_name,
+            journal_limit=request.journal_limit,
+        )
+        return explanations.explanation_message(explained)

@@ -1,8 +1,16 @@
-"""``cbexec triggers``: check and explain trigger expressions, dry-run events, reload universal callbacks."""
+"""``cbexec triggers``: expressions, registrations, why callbacks did or did not fire, dry runs.
+
+Check and explain expressions, register jobs, say why callbacks did or did not fire,
+dry-run events, reload universal callbacks.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import tomllib
+from pathlib import Path
 from typing import Any, TextIO
 
 from executor import triggers
@@ -13,7 +21,10 @@ from executor.cli.connection import (
     connection_options,
     rpc_command,
 )
+from executor.cli.explain import format_check, format_dry_run, format_explanation
 from executor.errors import ConfigError
+from supervisor_client import InvalidRequestError
+from supervisor_client.client import as_plain
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -69,20 +80,78 @@ async def _dry_run(args: argparse.Namespace, out: TextIO) -> int:
     event = parse_published_event(args.event)
     async with connect(args) as client:
         reply = await client.dry_run(timeout=args.timeout, **event)
-    for firing in reply.would_fire:
-        print(
-            f"would fire: job {firing.job_id} callback {firing.callback_id} "
-            f"({firing.language}) {firing.triggers}",
-            file=out,
+    if args.json:
+        print(json.dumps(as_plain(reply)), file=out)
+    else:
+        print(format_dry_run(reply), file=out)
+    return EXIT_OK
+
+
+def parse_target(text: str) -> tuple[int, int]:
+    """``JOB`` or ``JOB:CALLBACK`` -> (job id, callback id or 0); ConfigError otherwise."""
+    job, sep, callback = text.partition(":")
+    if not job.isdigit() or int(job) == 0 or (sep and not callback.isdigit()):
+        raise ConfigError(f"expected JOB or JOB:CALLBACK (numbers, e.g. 12 or 12:1), got {text!r}")
+    return int(job), int(callback) if sep else 0
+
+
+async def _why(args: argparse.Namespace, out: TextIO) -> int:
+    job_id, callback_id = parse_target(args.target)
+    async with connect(args) as client:
+        reply = await client.explain_callbacks(
+            job_id,
+            callback_id,
+            work_name=args.work or "",
+            journal_limit=args.journal,
+            timeout=args.timeout,
         )
-    for cb in reply.would_latch:
-        print(
-            f"would latch: job {cb.job_id} callback {cb.id} {cb.triggers} "
-            f"latches={list(cb.latches)}",
-            file=out,
-        )
-    if not reply.would_fire and not reply.would_latch:
-        print("nothing would fire or latch", file=out)
+    if args.json:
+        print(json.dumps(as_plain(reply)), file=out)
+    else:
+        print(format_explanation(reply), file=out)
+    return EXIT_OK
+
+
+def load_job_file(path: Path) -> dict[str, Any]:
+    """A job dict from a JSON or (``.toml``) TOML file; ConfigError naming what is wrong."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from err
+    try:
+        job = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+        kind = "TOML" if path.suffix == ".toml" else "JSON"
+        raise ConfigError(f"{path}: not {kind}: {err}") from err
+    if not isinstance(job, dict):
+        raise ConfigError(f"{path}: must hold one job (an object with id, callbacks, ...)")
+    return job
+
+
+async def _register(args: argparse.Namespace, out: TextIO) -> int:
+    job = load_job_file(args.job)
+    published = [name.strip() for name in (args.publishes or "").split(",") if name.strip()]
+    try:
+        async with connect(args) as client:
+            reply = await client.register_job(
+                job, strict=args.strict, published_events=published, timeout=args.timeout
+            )
+    except ValueError as err:  # a job dict the wire Job cannot hold
+        raise ConfigError(f"{args.job}: {err}") from err
+    except InvalidRequestError as err:
+        print(f"cbexec: refused: {err.details}", file=sys.stderr)
+        return EXIT_NOT_SUCCEEDED
+    if args.json:
+        print(json.dumps(as_plain(reply)), file=out)
+        return EXIT_OK
+    for cb in reply.callbacks:
+        origin = f"universal {cb.source}" if cb.universal else cb.language
+        print(f"registered: job {cb.job_id} callback {cb.id} ({origin}) {cb.triggers}", file=out)
+    for firing in reply.fired:
+        work = f" for work {firing.work_name}" if firing.work_name else ""
+        print(f"fired at registration (level): callback {firing.callback_id}{work}", file=out)
+    for check in reply.warnings:
+        print(f"warning: {format_check(as_plain(check))}", file=out)
     return EXIT_OK
 
 
@@ -91,6 +160,8 @@ async def _reload(args: argparse.Namespace, out: TextIO) -> int:
         reply = await client.reload_universal_callbacks(timeout=args.timeout)
     for error in reply.errors:
         print(error, file=out)
+    for warning in reply.warnings:
+        print(f"warning: {warning}", file=out)
     print(
         f"{'reloaded' if reply.reloaded else 'kept the previous set'}: {reply.active} active",
         file=out,
@@ -116,7 +187,41 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     dry.add_argument(
         "--event", required=True, help="NAME-TYPE-JOBID[-ITEM], e.g. complete-work-12-5"
     )
+    dry.add_argument("--json", action="store_true", help="the answer as JSON")
     dry.set_defaults(handler=rpc_command(_dry_run))
+    why = sub.add_parser(
+        "why",
+        parents=[connection_options()],
+        help="why a job's callbacks did or did not fire, and what they wait for",
+        description=(
+            "Explain a registered job's callbacks: each atom with the job its context names,"
+            " its latch and the event that set it, what the trigger still waits for, the"
+            " checks found at registration, and the recent journal of events."
+        ),
+    )
+    why.add_argument("target", metavar="JOB[:CALLBACK]", help="e.g. 12, or 12:1 for callback 1")
+    why.add_argument("--work", metavar="NAME", help="one work item of a {work} callback, in full")
+    why.add_argument(
+        "--journal", type=int, default=0, metavar="N", help="journal entries per callback"
+    )
+    why.add_argument("--json", action="store_true", help="the answer as JSON")
+    why.set_defaults(handler=rpc_command(_why))
+    register = sub.add_parser(
+        "register",
+        parents=[connection_options()],
+        help="register a job (JSON or TOML job dict) and show what the checks found",
+    )
+    register.add_argument("job", type=Path, metavar="JOB_FILE", help="a job dict: .json or .toml")
+    register.add_argument(
+        "--strict", action="store_true", help="refuse the job when a check fails (exit 1)"
+    )
+    register.add_argument(
+        "--publishes",
+        metavar="EVENTS",
+        help="comma-separated events the scheduler publishes (complete,failed,running-job,...)",
+    )
+    register.add_argument("--json", action="store_true", help="the answer as JSON")
+    register.set_defaults(handler=rpc_command(_register))
     reload = sub.add_parser(
         "reload",
         parents=[connection_options()],

@@ -1,9 +1,13 @@
-"""Trigger language and engine: parse trigger expressions, match events, fire callbacks.
+"""Trigger language and engine: parse trigger expressions, match events, fire callbacks, say why.
 
 The language (pure): ``parse`` / ``render`` / ``atoms`` (nodes, parser), the semantics the
-engine runs (evaluate: match keys, latching, clocks), ``explain``. The engine (durable,
-SQLite): engine, store, firings (the worker that runs what fired), universal
-(callbacks.conf), rpc (the gRPC edge).
+engine runs (evaluate: match keys, latching, residuals, {work} items, level mode,
+clocks), ``explain`` (the words), checks (what cannot work, found at registration). The
+engine (durable, SQLite): engine, decide (one event's decisions), registration, store,
+items ({work} callbacks' per-item latches), journal (what each event did to each
+callback), near_misses, states (the last known state of jobs and work items), why
+(explanations), firings (the worker that runs what fired), universal (callbacks.conf).
+The gRPC edge is executor/api/triggers.py.
 """
 
 from executor.triggers.errors import TriggerSyntaxError

@@ -1,33 +1,43 @@
 """The trigger engine: registered jobs' callbacks fired by published events and by timers.
 
-Semantics (documented in the README):
+Semantics (documented in the README; every decision is one of evaluate's functions):
 
-- Edge-triggered: an event sets the latch of every atom it matches; the callback's
-  expression is evaluated over its latches after each matching event. An atom whose
-  event happened before the job was registered never latches.
+- Edge-triggered by default: an event sets the latch of every atom it matches; the
+  callback's expression is evaluated over its latches after each matching event. An
+  atom whose event happened before the job was registered never latches.
+- Level mode (a callback's ``mode``): at registration, the atoms whose events have
+  already happened (the engine's known states, states.py) latch, and the callback fires
+  at once if that makes its trigger true (registration.py); edge afterwards.
 - ``done`` atoms match complete, failed and killed events. A ``*`` atom latches on any
-  item, once (it is not per item).
+  item, once (it is not per item). A trigger with ``{work}`` keeps one latch vector,
+  count and firing per work item of its job (decide.py).
 - Firing increments ``count``, honours ``maximum`` (0 = unlimited) and resets every latch
-  of the callback, so it can fire again on new events.
+  of the callback (of the work item), so it can fire again on new events.
 - The callback runs in the context of the event that completed its trigger: that
-  event's work item (``qb.workid()``) and instance (``qb.subid()``).
+  event's work item (``qb.workid()``; for ``{work}``, the item that fired) and instance
+  (``qb.subid()``).
 - Order within one event: by owning job id, then callback id; universal callbacks come
   after the job's own. Firings of one event run one after another in that order.
-- Durability: latching, counting and queueing the firing commit in one transaction;
-  the firing worker (firings.py) runs the queue, the firings queued before a restart
-  first, each once.
+- Durability: latching, counting, queueing the firing, the journal's entries and the
+  known states commit in one transaction; the firing worker (firings.py) runs the
+  queue, the firings queued before a restart first, each once.
+- Explanations: registration checks (checks.py) come back from ``register_job``; the
+  journal (journal.py) says what each event did to each callback; ``explain`` (why.py)
+  puts it together for a job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -36,44 +46,23 @@ from executor import triggers
 from executor.errors import InvalidRequestError, UnavailableError
 from executor.model import CallbackSpec, Event, Invocation, Limits, RunResult
 from executor.runs.outbox import Backoff
-from executor.triggers.evaluate import (
-    AtomKey,
-    JobPlace,
-    atom_key,
-    clock_event,
-    event_keys,
-    latch,
-    next_fire,
-    spent,
-)
+from executor.triggers import checks, items, journal, states, why
+from executor.triggers.decide import Decider, Decision, Fired
+from executor.triggers.evaluate import JobPlace, atom_key, clock_event, event_keys, next_fire
 from executor.triggers.firings import FiringWorker
-from executor.triggers.nodes import EventName, EventType
-from executor.triggers.store import NewAtom, PendingFiring, StoredCallback, TriggerStore
+from executor.triggers.journal import JournalLimits, SeenEvent
+from executor.triggers.nodes import EventName, EventType, per_work
+from executor.triggers.registration import Registration, callback_specs, level_pass, surroundings
+from executor.triggers.store import LEVEL, NewAtom, PendingFiring, TriggerStore
 from executor.triggers.universal import (
     ReloadStatus,
     UniversalCallback,
     UniversalConfigError,
     load_universal,
 )
+from executor.triggers.why import JobExplanation
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Fired:
-    """A callback an event fired (or would fire)."""
-
-    callback: StoredCallback
-    invocation_id: str = ""
-    result: RunResult | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Latched:
-    """A callback whose latches an event set without firing it."""
-
-    callback: StoredCallback
-    latches: tuple[bool, ...]
 
 
 @dataclass
@@ -96,9 +85,23 @@ def check_trigger(expression: str) -> str | None:
     return None
 
 
+def trigger_warnings(expression: str) -> list[str]:
+    """The checks a trigger alone can fail (a universal callback's, at load), as lines."""
+    return [f"{check.atom}: {check.message}" for check in checks.static_checks(_parsed(expression))]
+
+
+def _iso(unix_s: float) -> str:
+    return datetime.fromtimestamp(unix_s).astimezone().isoformat(timespec="seconds")
+
+
 def canonical_triggers(expression: str) -> str:
     """The canonical text of a registered callback's triggers (``render`` of its parse)."""
     return triggers.render(_parsed(expression))
+
+
+def is_per_work(expression: str) -> bool:
+    """Whether a registered callback's triggers hold the ``{work}`` placeholder."""
+    return per_work(_parsed(expression))
 
 
 class TriggerEngine:
@@ -119,6 +122,7 @@ class TriggerEngine:
         clock: Callable[[], float] = time.time,
         max_parallel_events: int = 4,
         retry: Backoff = Backoff(),
+        journal_limits: JournalLimits = JournalLimits(),
     ) -> None:
         """Build the engine over ``store``.
 
@@ -130,6 +134,7 @@ class TriggerEngine:
             clock: Unix time, for the timers.
             max_parallel_events: How many events' firings may run at once.
             retry: The delays between tries of a run refused for capacity or availability.
+            journal_limits: How much of the per-callback journal is kept.
         """
         self._store = store
         self._run = run
@@ -143,6 +148,8 @@ class TriggerEngine:
         self._firings = FiringWorker(
             store, self._run_firing, max_parallel_events=max_parallel_events, retry=retry
         )
+        self._journal = journal_limits
+        self._journal_pruned_at = float("-inf")
         self.stats = EngineStats()
 
     # -- universal callbacks --------------------------------------------------------
@@ -160,11 +167,19 @@ class TriggerEngine:
     def universal_dirs(self) -> list[Path]:
         return list(self._universal_dirs)
 
+    @property
+    def universal_warnings(self) -> list[str]:
+        """The active universal callbacks' check warnings, as ``file:line: message``."""
+        return [warning for cb in self._universal for warning in cb.warnings]
+
     def reload_universal(self) -> list[str]:
-        """Re-read every callbacks.conf; on errors keep the last good set and return them."""
+        """Re-read every callbacks.conf; on errors keep the last good set and return them.
+
+        The triggers' check warnings are logged and kept (``universal_warnings``).
+        """
         now = self._clock()
         try:
-            loaded = load_universal(self._universal_dirs, check_trigger)
+            loaded = load_universal(self._universal_dirs, check_trigger, trigger_warnings)
         except UniversalConfigError as err:
             for line in err.errors:
                 logger.error("universal callbacks not reloaded: %s", line)
@@ -174,6 +189,8 @@ class TriggerEngine:
             return err.errors
         self._universal = loaded
         self.universal_reload = ReloadStatus(now, now)
+        for warning in self.universal_warnings:
+            logger.warning("universal callback: %s", warning)
         logger.info("%d universal callbacks active", len(loaded))
         return []
 
@@ -195,8 +212,25 @@ class TriggerEngine:
                 timers.append((slot, due))
         return indexed, timers
 
-    def register_job(self, job: dict[str, Any]) -> list[StoredCallback]:
-        """Store a job with its callbacks and the universal ones; keeps state of unchanged ones."""
+    def register_job(
+        self,
+        job: dict[str, Any],
+        *,
+        strict: bool = False,
+        published: frozenset[str] | None = None,
+    ) -> Registration:
+        """Store a job with its callbacks and the universal ones; keeps state of unchanged ones.
+
+        Args:
+            job: The Qube job dict, with its callbacks (each may say ``mode``).
+            strict: Refuse the registration when its own callbacks fail a check.
+            published: The events the scheduler publishes ("complete", "running-job"),
+                for the never-happens check; None when not declared.
+
+        Raises:
+            InvalidRequestError: no id, a label clash, a trigger that does not parse, a
+                mode not known, or (``strict``) a failed check.
+        """
         job_id = int(job.get("id") or 0)
         if job_id <= 0:
             raise InvalidRequestError("job.id is required to register a job")
@@ -208,136 +242,116 @@ class TriggerEngine:
                 raise InvalidRequestError(
                     f"label {label!r} is already used by job {holder} in pgrp {job['pgrp']}"
                 )
-        specs = self._callback_specs(job)
-        previous = {
-            (cb.callback_id, cb.triggers, cb.code): cb for cb in self._store.callbacks_of(job_id)
-        }
+        specs = callback_specs(job, self._universal, _parsed)
         place = JobPlace.of(job)
+        where = surroundings(self._store, place, job, [expr for _, expr in specs], published)
+        found = checks.job_checks(place)
+        for spec, expr in specs:
+            found += checks.trigger_checks(expr, spec["id"], where, universal=spec["universal"])
+        own = [check for check in found if not check.universal]
+        if strict and own:
+            problems = "; ".join(check.line() for check in own)
+            raise InvalidRequestError(f"job {job_id} (strict): {problems}")
+        previous = {
+            (cb.callback_id, cb.triggers, cb.code, cb.mode): cb
+            for cb in self._store.callbacks_of(job_id)
+        }
+        agenda = list(where.agendas.get(job_id) or [])
+        now = self._clock()
+        batch = uuid.uuid4().hex
         with self._store.transaction() as db:
+            kept_items = {
+                key: items.held(db, cb.rowid, len(cb.latches))
+                for key, cb in previous.items()
+                if per_work(_parsed(cb.triggers))
+            }
             TriggerStore.remove_job(db, job_id)
             TriggerStore.put_job(db, {k: v for k, v in job.items() if k != "callbacks"})
+            states.register_job(db, job)
+            decider = Decider(
+                db, SeenEvent(Event("submit", "job", job_id), now), batch, dry=False, parsed=_parsed
+            )
             for spec, expr in specs:
-                kept = previous.get((spec["id"], spec["triggers"], spec["code"]))
+                key = (spec["id"], spec["triggers"], spec["code"], spec["mode"])
+                kept = previous.get(key)
                 if kept is not None:
-                    spec.update(count=kept.count, latches=list(kept.latches))
+                    spec.update(
+                        count=kept.count, latches=list(kept.latches), latched_by=list(kept.marks)
+                    )
                 atoms, timers = self._index(place, expr)
-                TriggerStore.put_callback(db, job_id, spec, atoms, timers)
+                rowid = TriggerStore.put_callback(db, job_id, spec, atoms, timers)
+                if kept is not None:
+                    for work_name, state in kept_items.get(key, {}).items():
+                        items.save(db, rowid, work_name, state)
+                elif spec["mode"] == LEVEL:
+                    (stored,) = TriggerStore.load_callbacks(db, [rowid])
+                    level_pass(db, decider, stored, expr, place, agenda)
+            checks.replace_job(db, job_id, found)
+            if label:
+                checks.resolve_label(
+                    db, place.pgrp, label, f"label '{label}' names job {job_id} since {_iso(now)}"
+                )
+            journal.append(db, decider.decision.entries, self._journal)
+        self.stats.callbacks_fired += len(decider.decision.fired)
+        self._firings.add(decider.decision.firings)
         self._timer_wakeup.set()
-        return self._store.callbacks_of(job_id)
-
-    def _callback_specs(self, job: dict[str, Any]) -> list[tuple[dict[str, Any], triggers.Expr]]:
-        specs: list[tuple[dict[str, Any], triggers.Expr]] = []
-        own = list(job.get("callbacks") or [])
-        next_id = 1
-        for index, cb in enumerate(own):
-            triggers_text = str(cb.get("triggers") or "")
-            try:
-                expr = _parsed(triggers_text)
-            except triggers.TriggerSyntaxError as err:
-                raise InvalidRequestError(f"job.callbacks[{index}].triggers: {err}") from err
-            callback_id = int(cb.get("id") or 0) or next_id
-            next_id = max(next_id, callback_id) + 1
-            specs.append((self._spec(cb, callback_id, job, expr), expr))
-        for universal in self._universal:
-            expr = _parsed(universal.triggers)
-            cb = {
-                "triggers": universal.triggers,
-                "language": universal.language,
-                "code": universal.code,
-                "universal": True,
-                "source": universal.source,
-            }
-            specs.append((self._spec(cb, next_id, job, expr), expr))
-            next_id += 1
-        return specs
-
-    @staticmethod
-    def _spec(
-        cb: dict[str, Any], callback_id: int, job: dict[str, Any], expr: triggers.Expr
-    ) -> dict[str, Any]:
-        return {
-            "id": callback_id,
-            "triggers": str(cb.get("triggers") or ""),
-            "language": str(cb.get("language") or "qube"),
-            "code": str(cb.get("code") or ""),
-            "user": str(cb.get("user") or job.get("user") or ""),
-            "count": int(cb.get("count") or 0),
-            "maximum": int(cb.get("maximum") or 0),
-            "latches": [False] * len(triggers.atoms(expr)),
-            "universal": bool(cb.get("universal", False)),
-            "source": str(cb.get("source") or ""),
-        }
+        return Registration(self._store.callbacks_of(job_id), found, decider.decision.fired)
 
     # -- matching -------------------------------------------------------------------
 
-    def _keys(self, event: Event) -> list[AtomKey]:
-        """The index keys ``event`` looks up; its job's label comes from the store."""
-        job = self._store.job(event.job_id)
-        return event_keys(event, None if job is None else JobPlace.of(job))
+    def _decide(self, db: sqlite3.Connection, event: Event, batch: str, *, dry: bool) -> Decision:
+        """Every decision of one event in the open transaction, with its near misses."""
+        place = self._store.place(event.job_id)
+        keys = event_keys(event, place)
+        seen = SeenEvent(event, self._clock())
+        decider = Decider(db, seen, batch, dry=dry, parsed=_parsed)
+        hits = TriggerStore.matching_atoms(db, keys)
+        decider.matched(hits)
+        if place is not None:
+            decider.near_misses(keys, place, hits)
+            if not dry:
+                states.record(db, seen)
+        return decider.decision
 
-    def _decide(
-        self,
-        db: sqlite3.Connection,
-        hits: list[tuple[int, int]],
-        event: Event,
-        batch: str,
-        *,
-        dry: bool,
-    ) -> tuple[list[Fired], list[Latched]]:
-        """Latch, count and (unless dry) queue the firings of one event as one ``batch``."""
-        slots: dict[int, set[int]] = {}
-        for rowid, slot in hits:
-            slots.setdefault(rowid, set()).add(slot)
-        fired: list[Fired] = []
-        latched: list[Latched] = []
-        callbacks = TriggerStore.load_callbacks(db, slots)
-        for cb in sorted(callbacks, key=lambda c: (c.job_id, c.universal, c.callback_id)):
-            if spent(cb.count, cb.maximum):
-                continue
-            fires, latches = latch(_parsed(cb.triggers), cb.latches, slots[cb.rowid])
-            if fires:
-                invocation_id = "" if dry else str(uuid.uuid4())
-                if not dry:
-                    TriggerStore.save_state(db, cb.rowid, cb.count + 1, latches)
-                    TriggerStore.queue_firing(db, invocation_id, cb.rowid, event, batch)
-                fired.append(Fired(cb, invocation_id))
-            elif latches != cb.latches:
-                if not dry:
-                    TriggerStore.save_state(db, cb.rowid, cb.count, latches)
-                latched.append(Latched(cb, latches))
-        return fired, latched
-
-    def _apply(self, event: Event) -> tuple[list[Fired], list[Latched], bool, list[PendingFiring]]:
-        """Apply one event durably: fired, latched, whether it was a repeat, the firings queued."""
-        keys = self._keys(event)
+    def _apply(self, event: Event) -> tuple[Decision, bool]:
+        """Apply one event durably: what it decided, and whether it was a repeat."""
         batch = uuid.uuid4().hex
         with self._store.transaction() as db:
             if event.event_id and not TriggerStore.first_sighting(db, event.event_id):
-                return [], [], True, []
-            hits = TriggerStore.matching_atoms(db, keys)
-            fired, latched = self._decide(db, hits, event, batch, dry=False)
+                return Decision(), True
+            decision = self._decide(db, event, batch, dry=False)
+            journal.append(db, decision.entries, self._journal)
             if event.name == EventName.REMOVED and event.type == EventType.JOB:
                 TriggerStore.remove_job(db, event.job_id)
+                states.forget_job(db, event.job_id)
+                checks.forget_job(db, event.job_id)
+            self._prune_journal(db)
         self.stats.events_published += 1
-        self.stats.callbacks_fired += len(fired)
-        firings = [PendingFiring(f.invocation_id, f.callback, event, batch) for f in fired]
-        return fired, latched, False, firings
+        self.stats.callbacks_fired += len(decision.fired)
+        return decision, False
 
-    def match(self, event: Event, *, dry: bool) -> tuple[list[Fired], list[Latched], bool]:
+    def _prune_journal(self, db: sqlite3.Connection) -> None:
+        """Drop journal entries past their age, at most once per ``PRUNE_EVERY_S``."""
+        now = self._clock()
+        if now - self._journal_pruned_at < journal.PRUNE_EVERY_S:
+            return
+        self._journal_pruned_at = now
+        journal.prune_older_than(db, now - self._journal.max_age_s)
+
+    def match(self, event: Event, *, dry: bool) -> Decision:
         """Apply (or, dry, simulate) one event; what it fires is queued for the worker.
 
         Returns:
-            The callbacks it fired (would fire), those it latched without firing, and
-            whether it was a repeat of an ``event_id`` already applied.
+            What it fired (would fire), latched without firing, and the journal entries
+            that say why (a dry run writes none of it). A repeat of an ``event_id``
+            already applied decides nothing.
         """
         if dry:
             with self._store.transaction() as db:
-                hits = TriggerStore.matching_atoms(db, self._keys(event))
-                fired, latched = self._decide(db, hits, event, "", dry=True)
-                return fired, latched, False
-        fired, latched, duplicate, firings = self._apply(event)
-        self._firings.add(firings)
-        return fired, latched, duplicate
+                return self._decide(db, event, "", dry=True)
+        decision, _ = self._apply(event)
+        self._firings.add(decision.firings)
+        return decision
 
     async def publish(self, event: Event, *, wait: bool) -> tuple[list[Fired], bool]:
         """Apply an event; what it fires runs on the firing worker.
@@ -353,17 +367,40 @@ class TriggerEngine:
         """
         if self._firings.closed:
             raise UnavailableError("the trigger engine is stopping; publish the event again")
-        fired, _, duplicate, firings = self._apply(event)
-        futures = self._firings.add(firings, wait=wait)
+        decision, duplicate = self._apply(event)
+        futures = self._firings.add(decision.firings, wait=wait)
         if not wait:
-            return fired, duplicate
+            return decision.fired, duplicate
         results = await asyncio.gather(*futures)
         return [
-            Fired(f.callback, f.invocation_id, r) for f, r in zip(fired, results, strict=True)
+            dataclasses.replace(fired, result=result)
+            for fired, result in zip(decision.fired, results, strict=True)
         ], duplicate
 
+    # -- explanations ---------------------------------------------------------------
+
+    def explain(
+        self, job_id: int, callback_id: int = 0, *, work_name: str = "", journal_limit: int = 0
+    ) -> JobExplanation:
+        """Why each callback of a job did or did not fire, and what it still waits for.
+
+        Raises:
+            NotFoundError: the job (or the callback) is not registered.
+        """
+        return why.explain_job(
+            self._store,
+            job_id,
+            callback_id,
+            work_name=work_name,
+            journal_limit=journal_limit or self._journal.entries,
+            parsed=_parsed,
+        )
+
     async def _run_firing(self, firing: PendingFiring) -> RunResult:
-        """Run one queued firing in the context of its job and event (the worker's ``run``)."""
+        """Run one queued firing in the context of its job and event (the worker's ``run``).
+
+        The callback, its count and its work item are the firing's, as decided.
+        """
         cb, event = firing.callback, firing.event
         job = self._store.job(cb.job_id) or {"id": cb.job_id}
         invocation = Invocation(
@@ -374,13 +411,13 @@ class TriggerEngine:
                 triggers=cb.triggers,
                 id=cb.callback_id,
                 user=cb.user,
-                count=cb.count + 1,
+                count=firing.count,
                 maximum=cb.maximum,
             ),
             job=job,
             limits=self._limits,
             event=event,
-            work_name=event.work_name,
+            work_name=firing.work_name,
             subjob_id=event.subjob_id,
             source="universal" if cb.universal else "job",
         )
@@ -406,12 +443,13 @@ class TriggerEngine:
                 # The event stored with the firing is the one it runs with: after a restart
                 # the callback sees what it would have seen.
                 event = clock_event(atom, cb[0].job_id)
-                batch = uuid.uuid4().hex
-                fired, _ = self._decide(db, [(rowid, slot)], event, batch, dry=False)
-                fired_all.extend(fired)
-                batches.append(
-                    [PendingFiring(f.invocation_id, f.callback, event, batch) for f in fired]
+                decider = Decider(
+                    db, SeenEvent(event, now), uuid.uuid4().hex, dry=False, parsed=_parsed
                 )
+                decider.matched([(rowid, slot)])
+                journal.append(db, decider.decision.entries, self._journal)
+                fired_all.extend(decider.decision.fired)
+                batches.append(decider.decision.firings)
         self.stats.callbacks_fired += len(fired_all)
         for firings in batches:
             self._firings.add(firings)

@@ -19,6 +19,8 @@ when its key is among them. A key is (event name, type, scope, extra):
   which); "" for job atoms.
 * ``done`` is expanded here only: a ``done`` atom is indexed under ``done``, and a
   complete, failed or killed event also looks up ``done``.
+* ``{work}``: a per-work atom (nodes) is indexed under the extra ``{work}``, which every
+  work event also looks up; ``work_targets`` then says whose latches it sets.
 * Host atoms match on the context's job id like the others and on the host name in the
   extra (which jobs see host events is not documented by Qube).
 * Clock atoms (time, repeat, globaltime, globalrepeat) and ``global`` have no key: no
@@ -29,6 +31,27 @@ atom has a latch slot, its index in ``atoms(expr)``. An event sets the slots of 
 it matches and the expression is evaluated over the slots (``latch``). Latches are
 edge-triggered: only transitions seen after registration count. A firing resets every
 latch; a callback that has fired ``maximum`` times is ``spent``.
+
+What an event does to a callback it matched is one ``step``: a spent callback changes
+nothing; otherwise the matched slots latch (``newly``; those already latched are
+``already``) and the callback fires when its expression becomes true. ``residual`` is
+what the expression still waits for.
+
+Per work item (a trigger with ``{work}``): the callback keeps one latch vector and one
+count per work item of its own job (its agenda as registered; when the registration
+carried none, the items events have named). A matched per-work atom sets the latch of
+the event's item only (an item outside a known agenda is a near miss); a matched
+atom without the placeholder sets its latch in every item's vector. Each item steps,
+fires (in its own context: ``qb.workid()`` is the item), counts against ``maximum`` and
+resets on its own, exactly as one callback per item would.
+
+Level mode (opt-in per callback): at registration, an atom latches when its event has
+already happened, judged by the last known state of each object it names
+(``happened``): the state the last state-changing event left it in (``state_after``), or
+the status the object's registration carried. ``done`` means complete, failed or
+killed; ``submit`` has happened for every job the engine knows. Events that change no
+state (assigned, modified, timeout, host events) and clock atoms never latch this way.
+After that first evaluation the callback is edge-triggered like any other.
 
 Clocks: ``<T>`` is absolute Qube time, ``Unix time - QB_TIME_EPOCH_OFFSET``. A repeat
 fires at ``T`` and then every ``interval`` seconds on that grid. A ``T`` already past when
@@ -47,6 +70,7 @@ from typing import Any, Final
 from executor.model import Event
 from executor.triggers.nodes import (
     ITEM_TYPES,
+    PLACEHOLDER,
     QB_TIME_EPOCH_OFFSET,
     TIME_TYPES,
     WILDCARD,
@@ -56,11 +80,26 @@ from executor.triggers.nodes import (
     EventName,
     EventType,
     Expr,
+    Or,
     atoms,
+    conjoin,
+    disjoin,
 )
 
 # The events a ``done`` atom stands for.
 DONE_MEANS: Final = frozenset({EventName.COMPLETE, EventName.FAILED, EventName.KILLED})
+# The events that leave their object in a state of the same name (the others change
+# no state; ``removed`` ends the object).
+STATE_EVENTS: Final = frozenset(
+    {
+        EventName.COMPLETE,
+        EventName.FAILED,
+        EventName.KILLED,
+        EventName.BLOCKED,
+        EventName.RUNNING,
+        EventName.WAITING,
+    }
+)
 _ONE_SHOT: Final = frozenset({EventType.TIME, EventType.GLOBALTIME})
 _REPEATING: Final = frozenset({EventType.REPEAT, EventType.GLOBALREPEAT})
 
@@ -104,6 +143,15 @@ def _label_scope(pgrp: int, label: str) -> str:
     return f"label:{pgrp}:{label}"
 
 
+def scope_label(scope: str) -> tuple[int, str] | None:
+    """(pgrp, label) of a label scope; None for a job scope."""
+    kind, _, rest = scope.partition(":")
+    if kind != "label":
+        return None
+    pgrp, _, label = rest.partition(":")
+    return int(pgrp), label
+
+
 def _atom_scope(atom: Atom, owner: JobPlace) -> str | None:
     kind = atom.context_kind
     if kind is ContextKind.SELF:
@@ -139,7 +187,11 @@ def event_keys(event: Event, place: JobPlace | None) -> list[AtomKey]:
     scopes = [_job_scope(event.job_id)]
     if place is not None and place.label:
         scopes.append(_label_scope(place.pgrp, place.label))
-    extras = dict.fromkeys([event.item, WILDCARD]) if event.type in ITEM_TYPES else [""]
+    extras: Sequence[str] = [""]
+    if event.type == EventType.WORK:
+        extras = list(dict.fromkeys([event.item, WILDCARD, PLACEHOLDER]))
+    elif event.type in ITEM_TYPES:
+        extras = list(dict.fromkeys([event.item, WILDCARD]))
     return [
         AtomKey(name, event.type, scope, extra)
         for name in names
@@ -192,6 +244,127 @@ def latch(
 def spent(count: int, maximum: int) -> bool:
     """Whether a callback fired ``count`` times may fire no more (``maximum`` 0: unlimited)."""
     return maximum > 0 and count >= maximum
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What one event did to one latch vector of a callback (see ``step``)."""
+
+    fires: bool
+    latches: tuple[bool, ...]
+    newly: tuple[int, ...]
+    already: tuple[int, ...]
+    spent: bool = False
+
+
+def step(
+    expr: Expr, latched: Sequence[bool], slots: Iterable[int], *, count: int, maximum: int
+) -> Step:
+    """The matched ``slots`` applied to a latch vector that has fired ``count`` times.
+
+    A spent vector (``maximum`` reached) is left as it is. Otherwise ``latch``: the
+    matched slots latch and the vector fires when the expression becomes true.
+    """
+    matched = sorted(set(slots))
+    already = tuple(slot for slot in matched if latched[slot])
+    if spent(count, maximum):
+        return Step(False, tuple(latched), (), already, spent=True)
+    fires, after = latch(expr, latched, matched)
+    newly = tuple(slot for slot in matched if not latched[slot])
+    return Step(fires, after, newly, already)
+
+
+def residual(expr: Expr, latched: Sequence[bool]) -> tuple[Expr | None, tuple[int, ...]]:
+    """What ``expr`` still waits for given its latches, and the slots of those atoms.
+
+    Latched atoms are true and drop out: ``(a && b) || c`` with ``a`` latched leaves
+    ``b || c``. None (and no slots) when the expression is already true.
+    """
+    if len(latched) != len(atoms(expr)):
+        raise ValueError(f"{len(latched)} latches for a trigger with {len(atoms(expr))} atoms")
+    rest, _, open_slots = _residual(expr, latched, 0)
+    return rest, tuple(open_slots)
+
+
+def _residual(expr: Expr, latched: Sequence[bool], slot: int) -> tuple[Expr | None, int, list[int]]:
+    """(residual or None when true, the slot after ``expr``, the open slots)."""
+    if isinstance(expr, Atom):
+        if latched[slot]:
+            return None, slot + 1, []
+        return expr, slot + 1, [slot]
+    rests: list[Expr] = []
+    open_slots: list[int] = []
+    satisfied = False
+    for term in expr.terms:
+        rest, slot, term_open = _residual(term, latched, slot)
+        if rest is None:
+            satisfied = True
+        else:
+            rests.append(rest)
+            open_slots.extend(term_open)
+    if isinstance(expr, Or):
+        return (None, slot, []) if satisfied else (disjoin(rests), slot, open_slots)
+    return (conjoin(rests), slot, open_slots) if rests else (None, slot, [])
+
+
+def work_targets(
+    expr: Expr,
+    slots: Iterable[int],
+    work_name: str,
+    items: Sequence[str],
+    *,
+    agenda_known: bool,
+) -> tuple[dict[str, tuple[int, ...]], tuple[int, ...]]:
+    """Whose latch vectors the matched ``slots`` of a per-work callback set.
+
+    Args:
+        expr: The callback's trigger (it holds ``{work}``).
+        slots: The slots the event matched.
+        work_name: The event's work item ("" for other events).
+        items: The callback's work items: its job's agenda, then the items that hold
+            state without being in it (an agenda not known at registration).
+        agenda_known: Whether the job registered with an agenda; if not, any work
+            item an event names is one of the callback's.
+
+    Returns:
+        The slots to set per item, in ``items`` order (the event's own item last if
+        it is new), and the per-work slots that matched for an item outside a known
+        agenda (a near miss: nothing latches for them).
+    """
+    found = atoms(expr)
+    matched = sorted(set(slots))
+    placed = tuple(slot for slot in matched if found[slot].per_work)
+    shared = tuple(slot for slot in matched if not found[slot].per_work)
+    outside: tuple[int, ...] = ()
+    targets: dict[str, tuple[int, ...]] = {}
+    if shared:
+        targets = dict.fromkeys(items, shared)
+    if placed:
+        if agenda_known and work_name not in items:
+            outside = placed
+        else:
+            targets[work_name] = tuple(sorted({*targets.get(work_name, ()), *placed}))
+    return targets, outside
+
+
+def state_after(event: Event) -> str | None:
+    """The state an event leaves its object in (its name), None if it changes none."""
+    return event.name if event.name in STATE_EVENTS else None
+
+
+def happened(atom: Atom, states: Iterable[str]) -> bool:
+    """Level mode: whether ``atom``'s event has already happened.
+
+    Given the last known states of the objects it names (for a ``*`` atom, every item of
+    its job; none when unknown).
+    """
+    if atom.is_timed or atom.type in (EventType.GLOBAL, EventType.HOST):
+        return False
+    known = list(states)
+    if atom.name is EventName.SUBMIT:
+        return atom.type is EventType.JOB and bool(known)
+    names = DONE_MEANS if atom.name is EventName.DONE else frozenset({atom.name}) & STATE_EVENTS
+    return any(state in names for state in known)
 
 
 def qube_to_unix(qube_time: int) -> int:

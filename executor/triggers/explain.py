@@ -1,15 +1,20 @@
-"""Plain-English explanation of a trigger: what it waits for, atom by atom.
+"""Plain-English explanation of a trigger: what it waits for, atom by atom, and why it missed.
 
-Meant for people (CLI, error messages, the README); the wording is not a contract.
+Meant for people (CLI, error messages, the journal, ``why``); the wording is not a
+contract.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Final
 
-from executor.triggers.evaluate import qube_to_unix
+from executor.model import Event
+from executor.triggers.evaluate import JobPlace, qube_to_unix
 from executor.triggers.nodes import (
+    PLACEHOLDER,
     WILDCARD,
     Atom,
     ContextKind,
@@ -49,6 +54,11 @@ _EDGE_NOTES: Final = (
     ),
 )
 _WILDCARD_NOTE: Final = "note: a '*' atom latches once, on any item, not once per item."
+_PER_WORK_NOTE: Final = (
+    "note: {work} makes it one callback per work item of this job: each item has its own "
+    "latches, count and firing, and runs with qb.workid() set to the item."
+)
+_INTEGER: Final = re.compile(r"-?\d+")
 
 
 def explain(expr: Expr) -> str:
@@ -65,6 +75,8 @@ def explain(expr: Expr) -> str:
     lines.extend(_EDGE_NOTES)
     if any(atom.extra == WILDCARD for atom in found):
         lines.append(_WILDCARD_NOTE)
+    if any(atom.per_work for atom in found):
+        lines.append(_PER_WORK_NOTE)
     return "\n".join(lines)
 
 
@@ -104,6 +116,8 @@ def describe_atom(atom: Atom) -> str:
         return f"{job} {verb}"
     any_item = atom.extra == WILDCARD
     if atom.type is EventType.WORK:
+        if atom.per_work:
+            return f"the same work item of {job} {verb}"
         item = "any work item" if any_item else f"work item '{atom.extra}'"
     elif atom.type is EventType.SUBJOB:
         item = "any instance (subjob)" if any_item else f"instance {atom.extra}"
@@ -131,3 +145,61 @@ def _describe_clock(atom: Atom) -> str:
 def _format_qube_time(qube_time: int) -> str:
     moment = datetime.fromtimestamp(qube_to_unix(qube_time), tz=UTC)
     return f"{moment:%Y-%m-%d %H:%M:%S} UTC (Qube time {qube_time})"
+
+
+def compact_names(names: Sequence[str], limit: int = 12) -> str:
+    """Work names for people: integers as sorted ranges (``1-4,6,9-10``).
+
+    Other names as given; past ``limit`` parts, the count of the rest.
+    """
+    if not names:
+        return "none"
+    parts: list[str]
+    if all(_INTEGER.fullmatch(name) for name in names):
+        numbers = sorted({int(name) for name in names})
+        parts = []
+        start = previous = numbers[0]
+        for number in [*numbers[1:], None]:
+            if number is not None and number == previous + 1:
+                previous = number
+                continue
+            parts.append(str(start) if start == previous else f"{start}-{previous}")
+            if number is not None:
+                start = previous = number
+    else:
+        parts = list(names)
+    if len(parts) > limit:
+        return f"{','.join(parts[:limit])},... ({len(names)} in all)"
+    return ",".join(parts)
+
+
+def describe_job(job_id: int, place: JobPlace | None) -> str:
+    """``job 14 'render' in pgrp 3`` (what the engine knows of a job)."""
+    if place is None:
+        return f"job {job_id} (not registered here)"
+    label = f" '{place.label}'" if place.label else ""
+    return f"job {job_id}{label} in pgrp {place.pgrp}"
+
+
+def unresolved_label(label: str, pgrp: int, labels: Sequence[str]) -> str:
+    """Why a label context names no job, with the labels that are there."""
+    there = f"labels there: {', '.join(sorted(labels))}" if labels else "no job there has a label"
+    return f"label '{label}' names no job in pgrp {pgrp} ({there})"
+
+
+def near_miss_reason(
+    atom: Atom, owner: JobPlace, labels: Sequence[str], event: Event, place: JobPlace
+) -> str:
+    """Why an event whose name, type and extra match a label atom did not latch it."""
+    this = f"this event was {describe_job(event.job_id, place)}"
+    if place.pgrp == owner.pgrp:
+        return f"{unresolved_label(atom.context, owner.pgrp, labels)}; {this}"
+    return f"label '{atom.context}' names no job in pgrp {owner.pgrp}; {this}"
+
+
+def outside_agenda_reason(work_name: str, job_id: int, agenda: Sequence[str]) -> str:
+    """Why a ``{work}`` atom did not latch for an event's work item."""
+    return (
+        f"work '{work_name}' is not in the agenda of job {job_id} ({compact_names(agenda)}): "
+        f"{PLACEHOLDER} stands for its items only"
+    )

@@ -12,6 +12,11 @@ text as written and parse warnings are carried along for messages but ignored by
 The position of an atom in ``atoms(expr)`` (left to right) is its *latch slot*:
 the index of its satisfied-flag in the engine's per-callback latch vector (Qube's
 ``ready`` field).
+
+A work atom whose extra is the placeholder ``{work}`` names, for each work item of
+the callback's own job, the item of the same name (``complete-work-ribgen-{work}``:
+"the same frame of ribgen"). A trigger holding one is *per work item*: the engine keeps
+a latch vector per item (see evaluate); ``substitute`` gives an item's atom.
 """
 
 from __future__ import annotations
@@ -73,6 +78,8 @@ GLOBAL_TYPES: Final = frozenset({EventType.GLOBAL, EventType.GLOBALTIME, EventTy
 # Types that name an item of the job in their extra (or ``*``).
 ITEM_TYPES: Final = frozenset({EventType.SUBJOB, EventType.WORK, EventType.HOST})
 WILDCARD: Final = "*"
+# The extra of a work atom that stands for each work item of the callback's own job.
+PLACEHOLDER: Final = "{work}"
 
 # Qube time = Unix time - QB_TIME_EPOCH_OFFSET (the Qube epoch is 2000-01-01 05:00:00 UTC).
 QB_TIME_EPOCH_OFFSET: Final = 946702800
@@ -133,6 +140,11 @@ class Atom:
         """True for atoms a clock fires (time, repeat, globaltime, globalrepeat)."""
         return self.type in TIME_TYPES
 
+    @property
+    def per_work(self) -> bool:
+        """True for a work atom whose extra is the ``{work}`` placeholder."""
+        return self.type is EventType.WORK and self.extra == PLACEHOLDER
+
 
 @dataclass(frozen=True, slots=True)
 class And:
@@ -192,6 +204,27 @@ def atoms(expr: Expr) -> list[Atom]:
         else:
             stack.extend(reversed(node.terms))
     return found
+
+
+def per_work(expr: Expr) -> bool:
+    """Whether ``expr`` names the callback's own work items with ``{work}`` (any atom)."""
+    return any(atom.per_work for atom in atoms(expr))
+
+
+def substitute(atom: Atom, work_name: str) -> Atom:
+    """The atom for work item ``work_name``: the placeholder replaced; any other atom as is."""
+    if not atom.per_work:
+        return atom
+    text = atom.text[: len(atom.text) - len(PLACEHOLDER)] + work_name if atom.text else ""
+    return Atom(atom.name, atom.type, atom.context, work_name, atom.column, text, atom.warnings)
+
+
+def substitute_all(expr: Expr, work_name: str) -> Expr:
+    """``expr`` with every ``{work}`` atom replaced by work item ``work_name``'s."""
+    if isinstance(expr, Atom):
+        return substitute(expr, work_name)
+    terms = tuple(substitute_all(term, work_name) for term in expr.terms)
+    return And(terms) if isinstance(expr, And) else Or(terms)
 
 
 def render_atom(atom: Atom) -> str:

@@ -42,6 +42,10 @@ Choices where Qube's documentation is silent or unclear:
   under which a one-item list equals its string, and what "a list of events the
   callback reacts to" suggests. The items share one size budget.
 * ``global`` alone parses (Qube lists the type) but nothing fires it.
+* ``{work}`` as the whole extra of a work atom is the per-work-item placeholder
+  (nodes). Any other ``{...}`` extra is refused as an unknown placeholder (a typo such
+  as ``{frame}`` would otherwise be a work name no item has), and so is ``{work}`` in a
+  subjob or host atom.
 
 Hostile input fails fast: more than ``MAX_TRIGGER_BYTES`` is refused before
 tokenising, and parentheses deeper than ``MAX_DEPTH`` before recursing further.
@@ -57,6 +61,7 @@ from executor.triggers.errors import TriggerSyntaxError
 from executor.triggers.lexer import MAX_DEPTH, MAX_TRIGGER_BYTES, Token, TokenKind, tokenize
 from executor.triggers.nodes import (
     MAX_QUBE_TIME,
+    PLACEHOLDER,
     WILDCARD,
     Atom,
     EventName,
@@ -79,6 +84,7 @@ EXPECT_CONTEXT: Final = "self, parent, a job id or a label (letters, digits, '_'
 EXPECT_TIME: Final = "a Qube time (whole seconds since 2000-01-01 05:00:00 UTC)"
 EXPECT_INTERVAL: Final = "'<T>-<seconds>' with a positive interval in seconds"
 EXPECT_OPERAND: Final = "an event or '('"
+EXPECT_WORK: Final = f"a work name, '*' or {PLACEHOLDER} (each work item of this job)"
 
 
 def parse(expression: str) -> Expr:
@@ -262,6 +268,10 @@ class _AtomParser:
         has_extra = len(fields) == 4
         offset = offsets[3]
         extra = ""
+        if _is_placeholder(extra_text) and (
+            type_ is not EventType.WORK or extra_text != PLACEHOLDER
+        ):
+            self._placeholder(extra_text, type_, offset)
         if type_ is EventType.JOB:
             if has_extra:
                 warnings.append(
@@ -271,7 +281,7 @@ class _AtomParser:
         elif type_ is EventType.SUBJOB:
             extra = self._subjob_id(extra_text, offset)
         elif type_ is EventType.WORK:
-            extra = self._required(extra_text, offset, "work name", "a work name or '*'")
+            extra = self._required(extra_text, offset, "work name", EXPECT_WORK)
         elif type_ is EventType.HOST:
             extra = self._required(extra_text, offset, "host name", "a host name or '*'")
         elif type_ is EventType.TIME:
@@ -291,6 +301,15 @@ class _AtomParser:
         else:
             extra = self._repeat(rest, offset)
         return self._atom(EventName.DUMMY, type_, extra=extra)
+
+    def _placeholder(self, text: str, type_: EventType, offset: int) -> NoReturn:
+        if text == PLACEHOLDER:
+            self._fail(
+                f"the {PLACEHOLDER} placeholder in a {type_} atom",
+                offset,
+                f"{PLACEHOLDER} in a work atom only (it names a work item of this job)",
+            )
+        self._fail(f"unknown placeholder {_quoted(text)}", offset, EXPECT_WORK)
 
     def _context(self, text: str, offset: int) -> str:
         if text in ("self", "parent"):
@@ -348,6 +367,10 @@ def _quoted(text: str, limit: int = 40) -> str:
     if len(text) <= limit:
         return f"'{text}'"
     return f"'{text[:limit]}...' ({len(text)} characters)"
+
+
+def _is_placeholder(text: str) -> bool:
+    return text.startswith("{") and text.endswith("}")
 
 
 def _small_int(text: str, max_digits: int = 12) -> int | None:

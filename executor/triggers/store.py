@@ -2,30 +2,46 @@
 
 Everything that decides whether a callback fires lives here, and each event is applied
 in one transaction: latching an atom, evaluating, counting and queueing the firing
-commit together. So after ``kill -9`` a half-latched ``&&`` is still half-latched, and a
-firing that was decided but not yet run is still queued (it runs once at restart).
+commit together, with the journal's entries (journal.py), the known states (states.py)
+and the registration checks (checks.py), whose tables share this database. So after
+``kill -9`` a half-latched ``&&`` is still half-latched, its journal says which event
+latched it, and a firing that was decided but not yet run is still queued (it runs
+once at restart).
 
 The atom index holds each atom under its ``AtomKey`` (event name, type, scope, extra),
 and an event reads the rows under its keys; ``evaluate.atom_key`` and
 ``evaluate.event_keys`` say what the keys are. An event reads only the rows that can
-match it, so matching cost does not grow with callbacks that cannot match.
+match it, so matching cost does not grow with callbacks that cannot match. A ``{work}``
+callback is one callback with one set of index rows whatever its job's agenda; its
+per-item latches are rows of their own (items.py), read by primary key for the item an
+event names (so its cost does not grow with the items that cannot match either).
+Label atoms also carry their pgrp and label, for the near-miss lookups (near_misses.py).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from executor.model import Event
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
 from executor.storage import StorageHealth, open_database, writing
-from executor.triggers.evaluate import AtomKey
+from executor.triggers import checks, items, journal, states
+from executor.triggers.evaluate import AtomKey, JobPlace, scope_label
+from executor.triggers.journal import SeenEvent, marks_from_json, marks_to_json
+
+logger = logging.getLogger(__name__)
+
+EDGE: Final = "edge"
+LEVEL: Final = "level"
+MODES: Final = (EDGE, LEVEL)
 
 SCHEMA = """
 PRAGMA journal_mode = WAL;
@@ -50,6 +66,8 @@ CREATE TABLE IF NOT EXISTS callbacks (
     latches TEXT NOT NULL,
     universal INTEGER NOT NULL DEFAULT 0,
     source TEXT NOT NULL DEFAULT '',
+    mode TEXT NOT NULL DEFAULT 'edge',
+    latched_by TEXT NOT NULL DEFAULT '[]',
     UNIQUE (job_id, callback_id)
 );
 CREATE TABLE IF NOT EXISTS atoms (
@@ -58,7 +76,9 @@ CREATE TABLE IF NOT EXISTS atoms (
     name TEXT NOT NULL,
     type TEXT NOT NULL,
     scope TEXT NOT NULL,
-    extra TEXT NOT NULL
+    extra TEXT NOT NULL,
+    pgrp INTEGER NOT NULL DEFAULT 0,
+    label TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS atoms_lookup ON atoms (name, type, scope, extra);
 CREATE INDEX IF NOT EXISTS atoms_callback ON atoms (callback_rowid);
@@ -75,13 +95,31 @@ CREATE TABLE IF NOT EXISTS firings (
     callback_rowid INTEGER NOT NULL,
     event_json TEXT NOT NULL,
     decided_at REAL NOT NULL,
-    batch TEXT NOT NULL DEFAULT ''
+    batch TEXT NOT NULL DEFAULT '',
+    snapshot_json TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS seen_events (
     event_id TEXT PRIMARY KEY,
     seen_at REAL NOT NULL
 );
 """
+# Created after the columns they index exist (a database from before them gets those first).
+LABEL_INDEXES = """
+CREATE INDEX IF NOT EXISTS atoms_unresolved ON atoms (pgrp, type, name, extra) WHERE label != '';
+CREATE INDEX IF NOT EXISTS atoms_by_label ON atoms (label, type, name, extra) WHERE label != '';
+"""
+# Columns added since the first schema: (table, column, definition).
+_ADDED_COLUMNS: Final = (
+    # A queue from before batches: its firings keep running one after another.
+    ("firings", "batch", "TEXT NOT NULL DEFAULT ''"),
+    # A queue from before snapshots: pending_firings reads its callbacks' rows.
+    ("firings", "snapshot_json", "TEXT NOT NULL DEFAULT ''"),
+    ("callbacks", "mode", "TEXT NOT NULL DEFAULT 'edge'"),
+    # Latches from before provenance read as set by an unknown event.
+    ("callbacks", "latched_by", "TEXT NOT NULL DEFAULT '[]'"),
+    ("atoms", "pgrp", "INTEGER NOT NULL DEFAULT 0"),
+    ("atoms", "label", "TEXT NOT NULL DEFAULT ''"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +138,57 @@ class StoredCallback:
     latches: tuple[bool, ...]
     universal: bool
     source: str
+    # "edge" (Qube's) or "level" (latches already-happened events at registration).
+    mode: str = EDGE
+    # Per latch slot, the event that set it (None: not set, or set before provenance).
+    latched_by: tuple[SeenEvent | None, ...] = ()
+
+    @property
+    def marks(self) -> tuple[SeenEvent | None, ...]:
+        """``latched_by`` with one entry per latch."""
+        if len(self.latched_by) == len(self.latches):
+            return self.latched_by
+        return (None,) * len(self.latches)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The plain form a firing keeps of the callback it runs (``from_dict`` reads it)."""
+        return {
+            "rowid": self.rowid,
+            "job_id": self.job_id,
+            "callback_id": self.callback_id,
+            "triggers": self.triggers,
+            "language": self.language,
+            "code": self.code,
+            "user": self.user,
+            "count": self.count,
+            "maximum": self.maximum,
+            "latches": list(self.latches),
+            "universal": self.universal,
+            "source": self.source,
+            "mode": self.mode,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StoredCallback:
+        return cls(
+            int(data["rowid"]),
+            int(data["job_id"]),
+            int(data["callback_id"]),
+            str(data["triggers"]),
+            str(data["language"]),
+            str(data["code"]),
+            str(data["user"]),
+            int(data["count"]),
+            int(data["maximum"]),
+            tuple(bool(x) for x in data["latches"]),
+            bool(data["universal"]),
+            str(data["source"]),
+            str(data.get("mode", EDGE)),
+        )
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> StoredCallback:
+        latches = tuple(bool(x) for x in json.loads(row["latches"]))
         return cls(
             row["rowid"],
             row["job_id"],
@@ -113,21 +199,39 @@ class StoredCallback:
             row["user"],
             row["count"],
             row["maximum"],
-            tuple(json.loads(row["latches"])),
+            latches,
             bool(row["universal"]),
             row["source"],
+            row["mode"],
+            marks_from_json(row["latched_by"], len(latches)),
         )
 
 
 @dataclass(frozen=True, slots=True)
 class PendingFiring:
-    """A firing decided and committed but not yet run."""
+    """A firing decided and committed but not yet run.
+
+    It carries everything its run needs, as decided: the callback as it was, the count
+    the run reports (the callback's count with this firing) and the work item it runs
+    for. Stored with the firing, so neither a re-registration nor a ``removed`` job
+    between the decision and the run (or a restart) changes what runs.
+    """
 
     invocation_id: str
     callback: StoredCallback
     event: Event
     # The firings one event decided share a batch (they run one after another).
     batch: str = ""
+    # The count the run reports: how many times the callback has fired, this one included.
+    count: int = 0
+    # The work item whose context it runs in (qb.workid()).
+    work_name: str = ""
+
+    def snapshot(self) -> str:
+        """The JSON stored in the firing's row: what ``pending_firings`` restores."""
+        return json.dumps(
+            {"callback": self.callback.as_dict(), "count": self.count, "work_name": self.work_name}
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,18 +252,41 @@ class TriggerStore:
         self._db = open_database(path)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA foreign_keys = ON")
-        self._db.executescript(SCHEMA)
-        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(firings)")}
-        if "batch" not in columns:
-            # A queue from before batches: its firings keep running one after another.
-            self._db.execute("ALTER TABLE firings ADD COLUMN batch TEXT NOT NULL DEFAULT ''")
+        self._db.executescript(
+            SCHEMA + items.SCHEMA + journal.SCHEMA + states.SCHEMA + checks.SCHEMA
+        )
+        self._migrate()
+        self._db.executescript(LABEL_INDEXES)
         # A burst of events commits fast; the log's fsyncing checkpoints go to a thread.
         self._checkpoints = BackgroundCheckpoints(self._db, path)
+
+    def _migrate(self) -> None:
+        """Add the columns a database from an earlier version lacks."""
+        for table, column, definition in _ADDED_COLUMNS:
+            present = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+                if (table, column) == ("atoms", "label"):
+                    # Label atoms indexed before these columns: read them off the scope.
+                    for rowid, scope in self._db.execute(
+                        "SELECT rowid, scope FROM atoms WHERE scope LIKE 'label:%'"
+                    ).fetchall():
+                        pgrp, label = scope_label(scope) or (0, "")
+                        self._db.execute(
+                            "UPDATE atoms SET pgrp = ?, label = ? WHERE rowid = ?",
+                            (pgrp, label, rowid),
+                        )
 
     def close(self) -> None:
         with self._lock:
             self._checkpoints.close()
             self._db.close()
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection for reads (no transaction), holding the lock."""
+        with self._lock:
+            yield self._db
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -187,6 +314,18 @@ class TriggerStore:
             ).fetchone()
         return json.loads(row["job_json"]) if row else None
 
+    def place(self, job_id: int) -> JobPlace | None:
+        """A registered job's pgrp and label, from their columns.
+
+        An event's lookup never reads the job's JSON, whose agenda may hold thousands of
+        items.
+        """
+        with self._lock:
+            row = self._db.execute(
+                "SELECT pgrp, label FROM jobs WHERE job_id = ?", (job_id,)
+            ).fetchone()
+        return None if row is None else JobPlace(job_id, pgrp=int(row[0]), label=str(row[1]))
+
     def label_owner(self, pgrp: int, label: str) -> int | None:
         with self._lock:
             row = self._db.execute(
@@ -200,6 +339,11 @@ class TriggerStore:
                 "SELECT * FROM callbacks WHERE job_id = ? ORDER BY callback_id", (job_id,)
             ).fetchall()
         return [StoredCallback.from_row(row) for row in rows]
+
+    def labels_in(self, pgrp: int) -> dict[str, int]:
+        """Label -> job id of every labelled job registered in ``pgrp``."""
+        with self._lock:
+            return self.labels_of(self._db, pgrp)
 
     def count_callbacks(self) -> int:
         with self._lock:
@@ -217,6 +361,21 @@ class TriggerStore:
                 (before, before, limit),
             ).fetchall()
         return [json.loads(row["job_json"]) for row in rows]
+
+    @staticmethod
+    def job_in(db: sqlite3.Connection, job_id: int) -> dict[str, Any] | None:
+        """``job`` inside a transaction."""
+        row = db.execute("SELECT job_json FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return json.loads(row["job_json"]) if row else None
+
+    @staticmethod
+    def labels_of(db: sqlite3.Connection, pgrp: int) -> dict[str, int]:
+        """``labels_in`` inside a transaction."""
+        rows = db.execute(
+            "SELECT label, job_id FROM jobs WHERE pgrp = ? AND label != '' ORDER BY label",
+            (pgrp,),
+        ).fetchall()
+        return {str(row[0]): int(row[1]) for row in rows}
 
     @staticmethod
     def put_job(db: sqlite3.Connection, job: dict[str, Any]) -> None:
@@ -245,9 +404,11 @@ class TriggerStore:
         atoms: Iterable[NewAtom],
         timers: Iterable[tuple[int, float]],
     ) -> int:
+        latches = list(spec["latches"])
         cursor = db.execute(
             "INSERT INTO callbacks (job_id, callback_id, triggers, language, code, user, count,"
-            " maximum, latches, universal, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " maximum, latches, universal, source, mode, latched_by)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 job_id,
                 spec["id"],
@@ -257,15 +418,24 @@ class TriggerStore:
                 spec["user"],
                 spec.get("count", 0),
                 spec.get("maximum", 0),
-                json.dumps(spec["latches"]),
+                json.dumps(latches),
                 int(spec.get("universal", False)),
                 spec.get("source", ""),
+                spec.get("mode", EDGE),
+                marks_to_json(spec.get("latched_by") or [None] * len(latches)),
             ),
         )
         rowid = int(cursor.lastrowid or 0)
+        rows = []
+        for a in atoms:
+            pgrp, label = scope_label(a.key.scope) or (0, "")
+            rows.append(
+                (rowid, a.slot, a.key.name, a.key.type, a.key.scope, a.key.extra, pgrp, label)
+            )
         db.executemany(
-            "INSERT INTO atoms (callback_rowid, slot, name, type, scope, extra) VALUES (?,?,?,?,?,?)",
-            [(rowid, a.slot, a.key.name, a.key.type, a.key.scope, a.key.extra) for a in atoms],
+            "INSERT INTO atoms (callback_rowid, slot, name, type, scope, extra, pgrp, label)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
         )
         db.executemany(
             "INSERT INTO timers (callback_rowid, slot, due) VALUES (?, ?, ?)",
@@ -277,16 +447,27 @@ class TriggerStore:
 
     @staticmethod
     def matching_atoms(db: sqlite3.Connection, keys: Iterable[AtomKey]) -> list[tuple[int, int]]:
-        """(callback rowid, slot) for every indexed atom under the given keys."""
+        """(callback rowid, slot) for every indexed atom under the given keys.
+
+        One query per type: the keys of an event are a cross product of names, scopes and
+        extras, which SQLite walks in the index as IN lists; a row is kept only when its
+        own key is one of ``keys``.
+        """
+        wanted = set(keys)
         found: list[tuple[int, int]] = []
-        for key in keys:
+        for type_ in sorted({key.type for key in wanted}):
+            of_type = [key for key in wanted if key.type == type_]
+            names = sorted({key.name for key in of_type})
+            scopes = sorted({key.scope for key in of_type})
+            extras = sorted({key.extra for key in of_type})
+            rows = db.execute(
+                "SELECT callback_rowid, slot, name, scope, extra FROM atoms"  # noqa: S608 - marks only
+                f" WHERE name IN ({_marks(names)}) AND type = ? AND scope IN ({_marks(scopes)})"
+                f" AND extra IN ({_marks(extras)})",
+                (*names, type_, *scopes, *extras),
+            )
             found.extend(
-                (row[0], row[1])
-                for row in db.execute(
-                    "SELECT callback_rowid, slot FROM atoms "
-                    "WHERE name = ? AND type = ? AND scope = ? AND extra = ?",
-                    (key.name, key.type, key.scope, key.extra),
-                )
+                (row[0], row[1]) for row in rows if AtomKey(row[2], type_, row[3], row[4]) in wanted
             )
         return found
 
@@ -300,20 +481,36 @@ class TriggerStore:
         return [StoredCallback.from_row(row) for row in rows]
 
     @staticmethod
-    def save_state(db: sqlite3.Connection, rowid: int, count: int, latches: Sequence[bool]) -> None:
+    def save_state(
+        db: sqlite3.Connection,
+        rowid: int,
+        count: int,
+        latches: Sequence[bool],
+        latched_by: Sequence[SeenEvent | None],
+    ) -> None:
         db.execute(
-            "UPDATE callbacks SET count = ?, latches = ? WHERE rowid = ?",
-            (count, json.dumps(list(latches)), rowid),
+            "UPDATE callbacks SET count = ?, latches = ?, latched_by = ? WHERE rowid = ?",
+            (count, json.dumps(list(latches)), marks_to_json(latched_by), rowid),
         )
 
     @staticmethod
-    def queue_firing(
-        db: sqlite3.Connection, invocation_id: str, rowid: int, event: Event, batch: str
-    ) -> None:
+    def save_count(db: sqlite3.Connection, rowid: int, count: int) -> None:
+        """A ``{work}`` callback's total count (its items' latches are rows of their own)."""
+        db.execute("UPDATE callbacks SET count = ? WHERE rowid = ?", (count, rowid))
+
+    @staticmethod
+    def queue_firing(db: sqlite3.Connection, firing: PendingFiring) -> None:
         db.execute(
-            "INSERT INTO firings (invocation_id, callback_rowid, event_json, decided_at, batch)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (invocation_id, rowid, json.dumps(event.as_dict()), time.time(), batch),
+            "INSERT INTO firings (invocation_id, callback_rowid, event_json, decided_at, batch,"
+            " snapshot_json) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                firing.invocation_id,
+                firing.callback.rowid,
+                json.dumps(firing.event.as_dict()),
+                time.time(),
+                firing.batch,
+                firing.snapshot(),
+            ),
         )
 
     @staticmethod
@@ -328,20 +525,40 @@ class TriggerStore:
     # -- firings and timers ---------------------------------------------------------
 
     def pending_firings(self) -> list[PendingFiring]:
+        """The firings decided and not yet run, in decision order, as they were decided.
+
+        A queue from before snapshots names its callback's row only: it runs with that
+        row, whose count was taken when it was decided; when the row is gone too (its
+        job was removed or re-registered) nothing says what to run, and the firing
+        leaves the queue with a warning instead of staying in it for ever.
+        """
         with self._lock:
             rows = self._db.execute(
-                "SELECT f.invocation_id, f.event_json, f.batch, c.* FROM firings f "
-                "JOIN callbacks c ON c.rowid = f.callback_rowid ORDER BY f.seq"
+                "SELECT f.invocation_id, f.event_json, f.batch, f.snapshot_json, c.* "
+                "FROM firings f LEFT JOIN callbacks c ON c.rowid = f.callback_rowid "
+                "ORDER BY f.seq"
             ).fetchall()
-        return [
-            PendingFiring(
-                row["invocation_id"],
-                StoredCallback.from_row(row),
-                Event.from_dict(json.loads(row["event_json"])),
-                row["batch"],
+        firings: list[PendingFiring] = []
+        for row in rows:
+            event = Event.from_dict(json.loads(row["event_json"]))
+            if row["snapshot_json"]:
+                snapshot = json.loads(row["snapshot_json"])
+                callback = StoredCallback.from_dict(snapshot["callback"])
+                count, work_name = int(snapshot["count"]), str(snapshot["work_name"])
+            elif row["job_id"] is not None:
+                callback = StoredCallback.from_row(row)
+                count, work_name = callback.count, event.work_name
+            else:
+                logger.warning(
+                    "firing %s has lost its callback (queued before snapshots); dropped",
+                    row["invocation_id"],
+                )
+                self.firing_done(row["invocation_id"])
+                continue
+            firings.append(
+                PendingFiring(row["invocation_id"], callback, event, row["batch"], count, work_name)
             )
-            for row in rows
-        ]
+        return firings
 
     def firing_done(self, invocation_id: str) -> None:
         with self._lock, writing(self._path, self._health):
@@ -371,3 +588,7 @@ class TriggerStore:
                 "UPDATE timers SET due = ? WHERE callback_rowid = ? AND slot = ?",
                 (due, rowid, slot),
             )
+
+
+def _marks(values: Sequence[object]) -> str:
+    return ",".join("?" * len(values))

@@ -76,6 +76,7 @@ CREATE TABLE IF NOT EXISTS callbacks (
     job_id INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
     id INTEGER NOT NULL, triggers TEXT NOT NULL, language TEXT NOT NULL, code TEXT NOT NULL,
     user TEXT NOT NULL, count INTEGER NOT NULL DEFAULT 0, maximum INTEGER NOT NULL DEFAULT 0,
+    mode TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (job_id, id)
 );
 -- History and results outlive their job: a callback may remove its own job.
@@ -173,6 +174,9 @@ class ReferenceSupervisor:
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(callbacks)")}
+        if "mode" not in columns:  # a database from before the trigger engine's modes
+            self._db.execute("ALTER TABLE callbacks ADD COLUMN mode TEXT NOT NULL DEFAULT ''")
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -254,10 +258,19 @@ class ReferenceSupervisor:
                 [(job_id, subid, job.status) for subid in range(job.cpus)],
             )
             self._db.executemany(
-                "INSERT INTO callbacks (job_id, id, triggers, language, code, user, maximum)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO callbacks (job_id, id, triggers, language, code, user, maximum, mode)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (job_id, n, cb.triggers, cb.language, cb.code, cb.user or job.user, cb.maximum)
+                    (
+                        job_id,
+                        n,
+                        cb.triggers,
+                        cb.language,
+                        cb.code,
+                        cb.user or job.user,
+                        cb.maximum,
+                        cb.mode,
+                    )
                     for n, cb in enumerate(job.callbacks, start=1)
                 ],
             )
@@ -365,10 +378,10 @@ class ReferenceSupervisor:
         ]
         if include_callbacks:
             job["callbacks"] = [
-                dict(cb)
+                {key: value for key, value in dict(cb).items() if key != "mode" or value}
                 for cb in self._db.execute(
-                    "SELECT id, triggers, language, code, user, count, maximum FROM callbacks"
-                    " WHERE job_id = ? ORDER BY id",
+                    "SELECT id, triggers, language, code, user, count, maximum, mode"
+                    " FROM callbacks WHERE job_id = ? ORDER BY id",
                     (job_id,),
                 )
             ]

@@ -49,6 +49,12 @@ class _NewCallback:
     code: str
     user: str
     maximum: int
+    # The trigger engine's mode, "edge" or "level"; "" leaves it to the engine (edge).
+    mode: str = ""
+
+
+#: A callback's ``mode`` values (the trigger engine's; not Qube's).
+_MODES: Final = ("", "edge", "level")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +146,9 @@ def _parse_callbacks(where: str, entries: Any) -> tuple[_NewCallback, ...]:
         language = _text(at, entry, "language", "")
         if not triggers or not language:
             raise SubmitError(f"{at}: triggers and language are required")
+        mode = _text(at, entry, "mode", "")
+        if mode not in _MODES:
+            raise SubmitError(f"{at}: mode must be 'edge' or 'level', got {mode!r}")
         callbacks.append(
             _NewCallback(
                 triggers,
@@ -147,6 +156,7 @@ def _parse_callbacks(where: str, entries: Any) -> tuple[_NewCallback, ...]:
                 _text(at, entry, "code", ""),
                 _text(at, entry, "user", ""),
                 _integer(at, entry, "maximum", 0, 0),
+                mode,
             )
         )
     return tuple(callbacks)

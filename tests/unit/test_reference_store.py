@@ -241,6 +241,23 @@ def test_callbacks_are_numbered_and_only_shown_when_asked(sup: ReferenceSupervis
     ]
 
 
+def test_a_callbacks_trigger_mode_is_kept_for_the_trigger_engine(
+    sup: ReferenceSupervisor,
+) -> None:
+    job_id = submit_one(
+        sup,
+        callbacks=[
+            {"triggers": "complete-job-7", "language": "qube", "code": "unblock-self"},
+            {"triggers": "complete-job-7", "language": "qube", "code": "x", "mode": "level"},
+        ],
+    )
+    plain, level = sup.job(job_id, include_callbacks=True)["callbacks"]
+    assert "mode" not in plain
+    assert level["mode"] == "level"
+    with pytest.raises(SubmitError, match="mode must be 'edge' or 'level', got 'levle'"):
+        submit_one(sup, callbacks=[{"triggers": "t", "language": "qube", "mode": "levle"}])
+
+
 def test_other_fields_round_trip_and_assigned_ones_are_ignored(sup: ReferenceSupervisor) -> None:
     job_id = submit_one(
         sup,

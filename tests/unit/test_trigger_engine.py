@@ -5,125 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Protocol
 
 import pytest
 
 from executor.errors import CapacityError, InvalidRequestError, UnavailableError
-from executor.model import Event, Invocation, Limits, Outcome, RunResult
-from executor.triggers.engine import TriggerEngine, check_trigger
-from executor.triggers.store import TriggerStore
+from executor.model import Event, Outcome
+from executor.triggers.engine import check_trigger
 from executor.triggers.universal import UniversalConfigError, load_universal
+from tests.helpers.trigger_engines import Engines, Gated, Recorder, Refusing, engine_at, job
 
 pytestmark = pytest.mark.unit
-
-LIMITS = Limits(1, 5, 1 << 28, 1 << 16, 8, 1 << 20)
-
-
-class Recorder:
-    """Runs nothing; remembers what the engine asked to run, in order."""
-
-    def __init__(self) -> None:
-        self.runs: list[Invocation] = []
-        self._changed = asyncio.Event()
-
-    async def __call__(self, invocation: Invocation) -> RunResult:
-        self.runs.append(invocation)
-        self._changed.set()
-        return RunResult(invocation.invocation_id, Outcome.SUCCEEDED)
-
-    @property
-    def codes(self) -> list[str]:
-        return [run.callback.code for run in self.runs]
-
-    async def ran(self, count: int) -> None:
-        """Until ``count`` runs have been asked for (background firings)."""
-        async with asyncio.timeout(10):
-            while len(self.runs) < count:
-                self._changed.clear()
-                await self._changed.wait()
-
-
-class Gated(Recorder):
-    """Each run holds until the test opens the gate of its callback's code."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._gates: dict[str, asyncio.Event] = {}
-        self._running: set[str] = set()
-        self.most_at_once = 0
-
-    def open(self, code: str) -> None:
-        self._gates.setdefault(code, asyncio.Event()).set()
-
-    async def __call__(self, invocation: Invocation) -> RunResult:
-        code = invocation.callback.code
-        self._running.add(code)
-        self.most_at_once = max(self.most_at_once, len(self._running))
-        try:
-            result = await super().__call__(invocation)
-            await self._gates.setdefault(code, asyncio.Event()).wait()
-        finally:
-            self._running.discard(code)
-        return result
-
-
-class Refusing(Recorder):
-    """Raises ``error`` for the first ``times`` runs asked for (any callback), then runs."""
-
-    def __init__(self, error: Exception, times: int) -> None:
-        super().__init__()
-        self._error = error
-        self._left = times
-        self.attempts: list[str] = []
-
-    async def __call__(self, invocation: Invocation) -> RunResult:
-        self.attempts.append(invocation.callback.code)
-        if self._left:
-            self._left -= 1
-            raise self._error
-        return await super().__call__(invocation)
-
-
-def engine_at(path: Path, recorder: Recorder, **kwargs: Any) -> TriggerEngine:
-    """An engine that is not started: it decides, and queues what it fires."""
-    return TriggerEngine(TriggerStore(str(path / "triggers.db")), recorder, limits=LIMITS, **kwargs)
-
-
-class Engines(Protocol):
-    def __call__(self, recorder: Recorder, *, start: bool = True, **kwargs: Any) -> TriggerEngine:
-        """An engine on the test's database, started unless told; closed after the test."""
-
-
-@pytest.fixture
-async def engines(tmp_path: Path) -> AsyncIterator[Engines]:
-    made: list[TriggerEngine] = []
-
-    def make(recorder: Recorder, *, start: bool = True, **kwargs: Any) -> TriggerEngine:
-        engine = engine_at(tmp_path, recorder, **kwargs)
-        if start:
-            engine.start()
-        made.append(engine)
-        return engine
-
-    yield make
-    for engine in made:
-        await engine.close()
-
-
-def job(
-    job_id: int, *callbacks: tuple[str, str], label: str = "", pgrp: int = 1, **extra: Any
-) -> dict[str, Any]:
-    return {
-        "id": job_id,
-        "pgrp": pgrp,
-        "label": label,
-        "user": "alice",
-        **extra,
-        "callbacks": [{"triggers": t, "language": "qube", "code": c} for t, c in callbacks],
-    }
 
 
 async def test_and_latches_across_events_and_resets_after_firing(engines: Engines) -> None:
@@ -158,6 +50,68 @@ async def test_a_decided_firing_runs_once_after_restart(engines: Engines) -> Non
     await engines(recorder).wait_idle()
     await engines(recorder).wait_idle()
     assert recorder.codes == ["unblock-self"]
+
+
+async def test_a_restored_firing_reports_the_count_it_was_decided_with(engines: Engines) -> None:
+    recorder = Recorder()
+    crashed = engines(recorder, start=False)
+    crashed.register_job(job(3, ("complete-job-1", "unblock-self")))
+    crashed.match(Event("complete", "job", 1), dry=False)  # count 0 -> 1, then "crash"
+
+    await engines(recorder).wait_idle()
+
+    assert [run.callback.count for run in recorder.runs] == [1]
+
+
+async def test_a_firing_of_a_job_removed_by_the_same_event_runs_after_a_restart(
+    engines: Engines,
+) -> None:
+    recorder = Recorder()
+    crashed = engines(recorder, start=False)
+    crashed.register_job(job(5, ("removed-job-self", "cleanup")))
+    crashed.match(Event("removed", "job", 5), dry=False)  # fires, then deletes the job
+    assert crashed._store.callbacks_of(5) == []
+
+    restarted = engines(recorder)
+    await restarted.wait_idle()
+
+    assert [(run.callback.code, run.callback.count) for run in recorder.runs] == [("cleanup", 1)]
+    assert restarted._store.pending_firings() == []
+
+
+async def test_a_firing_runs_as_decided_when_its_job_is_registered_again_before_it_runs(
+    engines: Engines,
+) -> None:
+    recorder = Recorder()
+    crashed = engines(recorder, start=False)
+    crashed.register_job(job(5, ("complete-job-1", "old code")))
+    crashed.match(Event("complete", "job", 1), dry=False)
+    crashed.register_job(job(5, ("complete-job-1", "new code")))
+
+    await engines(recorder).wait_idle()
+
+    assert recorder.codes == ["old code"]
+
+
+async def test_a_queued_firing_from_before_snapshots_whose_callback_is_gone_leaves_the_queue(
+    tmp_path: Path, engines: Engines, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = Recorder()
+    crashed = engines(recorder, start=False)
+    crashed.register_job(job(5, ("complete-job-1", "x"), ("complete-job-2", "y")))
+    crashed.match(Event("complete", "job", 1), dry=False)
+    crashed.match(Event("complete", "job", 2), dry=False)
+    with contextlib.closing(sqlite3.connect(tmp_path / "triggers.db")) as db:
+        db.execute("ALTER TABLE firings DROP COLUMN snapshot_json")  # as an earlier version left it
+        db.execute("DELETE FROM callbacks WHERE code = 'x'")
+        db.commit()
+
+    restarted = engines(recorder)
+    await restarted.wait_idle()
+
+    assert [(run.callback.code, run.callback.count) for run in recorder.runs] == [("y", 1)]
+    assert restarted._store.pending_firings() == []
+    assert "lost its callback" in caplog.text
 
 
 async def test_done_matches_complete_failed_and_killed(engines: Engines) -> None:
@@ -221,9 +175,11 @@ async def test_dry_run_changes_nothing(engines: Engines) -> None:
     recorder = Recorder()
     engine = engines(recorder)
     engine.register_job(job(3, ("complete-job-1 && complete-job-2", "x"), ("complete-job-2", "y")))
-    fired, latched, _ = engine.match(Event("complete", "job", 2), dry=True)
-    assert [f.callback.code for f in fired] == ["y"]
-    assert [(item.callback.code, item.latches) for item in latched] == [("x", (False, True))]
+    decision = engine.match(Event("complete", "job", 2), dry=True)
+    assert [f.callback.code for f in decision.fired] == ["y"]
+    assert [(item.callback.code, item.latches) for item in decision.latched] == [
+        ("x", (False, True))
+    ]
     assert all(not any(cb.latches) and cb.count == 0 for cb in engine._store.callbacks_of(3))
 
 
@@ -258,7 +214,7 @@ async def test_universal_callbacks_attach_after_the_jobs_own(
     recorder = Recorder()
     engine = engines(recorder, universal_dirs=[conf])
     assert engine.reload_universal() == []
-    callbacks = engine.register_job(job(4, ("complete-job-self", "own")))
+    callbacks = engine.register_job(job(4, ("complete-job-self", "own"))).callbacks
     assert [(c.callback_id, c.universal, c.language) for c in callbacks] == [
         (1, False, "qube"),
         (2, True, "qube"),

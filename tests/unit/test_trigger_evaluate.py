@@ -11,16 +11,29 @@ from executor.model import Event
 from executor.triggers.evaluate import (
     AtomKey,
     JobPlace,
+    Step,
     atom_key,
     clock_event,
     evaluate,
     event_keys,
+    happened,
     latch,
     next_fire,
     qube_to_unix,
+    residual,
     spent,
+    state_after,
+    step,
+    work_targets,
 )
-from executor.triggers.nodes import QB_TIME_EPOCH_OFFSET, Atom, Expr, atoms
+from executor.triggers.nodes import (
+    QB_TIME_EPOCH_OFFSET,
+    Atom,
+    Expr,
+    atoms,
+    render,
+    substitute_all,
+)
 from executor.triggers.parser import parse
 
 pytestmark = pytest.mark.unit
@@ -153,13 +166,18 @@ def test_atom_key(trigger: str, key: AtomKey | None) -> None:
         assert {type(part) for part in (found.name, found.type, found.scope, found.extra)} == {str}
 
 
-def test_event_keys_expand_done_and_look_up_item_and_wildcard() -> None:
+def test_event_keys_expand_done_and_look_up_item_wildcard_and_placeholder() -> None:
     keys = event_keys(work_event("failed", "7", 102), PLACES[102])
     assert keys == [
         AtomKey(name, "work", scope, extra)
         for name in ("failed", "done")
         for scope in ("job:102", "label:1:render")
-        for extra in ("7", "*")
+        for extra in ("7", "*", "{work}")
+    ]
+    assert event_keys(subjob_event("failed", 2, 102), None) == [
+        AtomKey(name, "subjob", "job:102", extra)
+        for name in ("failed", "done")
+        for extra in ("2", "*")
     ]
     assert event_keys(job_event("running", 5), None) == [AtomKey("running", "job", "job:5", "")]
 
@@ -377,3 +395,155 @@ def test_clock_event_names_the_atom_and_its_time(trigger: str, event: Event) -> 
 def test_only_clock_atoms_have_a_clock_event() -> None:
     with pytest.raises(ValueError, match="job atoms are not fired by a clock"):
         clock_event(atom("complete-job-self"), OWNER)
+
+
+# -- one step, and what is still open ------------------------------------------------------
+
+JOBD = "(complete-work-ribgen-5 && complete-work-render-5) || complete-work-composite-5"
+
+
+def test_a_step_says_what_latched_what_was_latched_and_whether_it_fired() -> None:
+    expr = parse(JOBD)
+    first = step(expr, [False, False, False], [0], count=0, maximum=0)
+    assert first == Step(False, (True, False, False), newly=(0,), already=())
+    again = step(expr, first.latches, [0], count=0, maximum=0)
+    assert again == Step(False, (True, False, False), newly=(), already=(0,))
+    fired = step(expr, again.latches, [1], count=0, maximum=0)
+    assert fired == Step(True, (False, False, False), newly=(1,), already=())
+
+
+def test_a_spent_step_changes_nothing() -> None:
+    moved = step(
+        parse("complete-job-1 && complete-job-2"), [True, False], [0, 1], count=2, maximum=2
+    )
+    assert moved == Step(False, (True, False), newly=(), already=(0,), spent=True)
+
+
+@pytest.mark.parametrize(
+    ("latched", "rest", "open_slots"),
+    [
+        ([False, False, False], render(parse(JOBD)), (0, 1, 2)),
+        ([True, False, False], "complete-work-render-5 || complete-work-composite-5", (1, 2)),
+        ([False, True, False], "complete-work-ribgen-5 || complete-work-composite-5", (0, 2)),
+        ([True, True, False], None, ()),
+        ([False, False, True], None, ()),
+    ],
+)
+def test_residual_is_what_the_trigger_still_waits_for(
+    latched: list[bool], rest: str | None, open_slots: tuple[int, ...]
+) -> None:
+    found, slots = residual(parse(JOBD), latched)
+    assert (None if found is None else render(found)) == rest
+    assert slots == open_slots
+
+
+def test_residual_of_an_and_keeps_only_the_open_terms() -> None:
+    expr = parse("complete-job-1 && (done-job-2 || done-job-3) && complete-job-4")
+    found, slots = residual(expr, [True, False, True, False])
+    assert found is not None and render(found) == "complete-job-4"
+    assert slots == (3,)
+    found, slots = residual(expr, [False, False, False, True])
+    assert found is not None and render(found) == "complete-job-1 && (done-job-2 || done-job-3)"
+
+
+# -- per work item ({work}) ---------------------------------------------------------------
+
+PER_FRAME = "complete-work-ribgen-{work} && complete-work-render-{work}"
+
+
+def test_a_work_event_looks_up_the_placeholder_and_matches_per_work_atoms() -> None:
+    assert matches("complete-work-ribgen-{work}", work_event("complete", "5", 101))
+    assert not matches("complete-work-ribgen-{work}", work_event("complete", "5", 102))
+    assert not matches("complete-work-ribgen-{work}", job_event("complete", 101))
+
+
+def test_a_per_work_atom_latches_for_the_events_item_only() -> None:
+    targets, outside = work_targets(parse(PER_FRAME), [0], "5", ["1", "5", "9"], agenda_known=True)
+    assert (targets, outside) == ({"5": (0,)}, ())
+
+
+def test_an_item_outside_a_known_agenda_is_a_near_miss_and_latches_nothing() -> None:
+    targets, outside = work_targets(parse(PER_FRAME), [0], "7", [], agenda_known=True)
+    assert (targets, outside) == ({}, (0,))
+
+
+def test_without_an_agenda_any_item_an_event_names_is_the_callbacks() -> None:
+    targets, outside = work_targets(parse(PER_FRAME), [1], "7", ["7"], agenda_known=False)
+    assert (targets, outside) == ({"7": (1,)}, ())
+
+
+def test_an_atom_without_the_placeholder_latches_in_every_items_vector() -> None:
+    expr = parse("complete-work-ribgen-{work} && complete-job-setup")
+    targets, _ = work_targets(expr, [1], "", ["1", "2", "3"], agenda_known=True)
+    assert targets == {"1": (1,), "2": (1,), "3": (1,)}
+    both, _ = work_targets(
+        parse("complete-work-self-{work} && done-work-self-*"),
+        [0, 1],
+        "2",
+        ["1", "2"],
+        agenda_known=True,
+    )
+    assert both == {"1": (1,), "2": (0, 1)}
+
+
+def test_per_work_items_step_like_separate_callbacks_would() -> None:
+    """The frame-by-frame example: each item's vector is the vector of its own callback."""
+    expr = parse(PER_FRAME)
+    vectors: dict[str, tuple[bool, ...]] = dict.fromkeys(("1", "2", "3"), (False, False))
+    fired: list[str] = []
+    events = [("ribgen", "1"), ("render", "2"), ("render", "1"), ("ribgen", "2"), ("ribgen", "3")]
+    labels = {"ribgen": 0, "render": 1}
+    for label, item in events:
+        targets, _ = work_targets(expr, [labels[label]], item, list(vectors), agenda_known=True)
+        for target, slots in targets.items():
+            moved = step(substitute_all(expr, target), vectors[target], slots, count=0, maximum=0)
+            vectors[target] = moved.latches
+            if moved.fires:
+                fired.append(target)
+    assert fired == ["1", "2"]
+    assert vectors == {"1": (False, False), "2": (False, False), "3": (True, False)}
+
+
+# -- level mode -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("trigger", "states", "already"),
+    [
+        ("complete-job-10", ["complete"], True),
+        ("complete-job-10", ["running"], False),
+        ("complete-job-10", [], False),
+        ("done-job-10", ["killed"], True),
+        ("done-job-10", ["failed"], True),
+        ("done-job-10", ["pending"], False),
+        ("running-job-10", ["running"], True),
+        ("running-job-10", ["complete"], False),  # the state now, not every state it passed
+        ("complete-work-10-*", ["pending", "complete"], True),
+        ("submit-job-10", ["blocked"], True),
+        ("submit-job-10", [], False),
+        ("modified-job-10", ["modified"], False),
+        ("timeout-work-10-1", ["timeout"], False),
+        ("running-host-10-node1", ["running"], False),
+        ("dummy-time-self-5", ["complete"], False),
+    ],
+)
+def test_level_mode_latches_what_the_known_states_show_has_happened(
+    trigger: str, states: list[str], already: bool
+) -> None:
+    assert happened(atom(trigger), states) is already
+
+
+@pytest.mark.parametrize(
+    ("event", "state"),
+    [
+        (job_event("complete"), "complete"),
+        (work_event("running", "1"), "running"),
+        (job_event("blocked"), "blocked"),
+        (job_event("submit"), None),
+        (job_event("modified"), None),
+        (work_event("timeout", "1"), None),
+        (job_event("removed"), None),
+    ],
+)
+def test_the_state_an_event_leaves_its_object_in(event: Event, state: str | None) -> None:
+    assert state_after(event) == state

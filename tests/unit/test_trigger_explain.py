@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from executor.triggers.explain import describe_atom, explain
+from executor.model import Event
+from executor.triggers.evaluate import JobPlace
+from executor.triggers.explain import (
+    compact_names,
+    describe_atom,
+    explain,
+    near_miss_reason,
+    outside_agenda_reason,
+)
 from executor.triggers.nodes import Atom
 from executor.triggers.parser import parse
 
@@ -90,6 +98,10 @@ def test_a_plain_chain_of_ands() -> None:
             "the clock reaches 2000-01-01 07:46:40 UTC (Qube time 10000) (global timer)",
         ),
         ("global", "a global event (nothing fires it on its own)"),
+        (
+            "complete-work-ribgen-{work}",
+            "the same work item of the job labelled 'ribgen' completes",
+        ),
     ],
 )
 def test_describe_atom(trigger: str, phrase: str) -> None:
@@ -107,3 +119,59 @@ def test_every_atom_gets_its_slot() -> None:
     text = explain(parse("done-job-1 || done-job-2 && (done-job-3 || done-job-4)"))
     for slot in range(4):
         assert f"  [{slot}] done-job-{slot + 1}  ->  job {slot + 1} is done" in text
+
+
+def test_a_per_work_trigger_says_it_is_one_callback_per_item() -> None:
+    text = explain(parse("complete-work-ribgen-{work} && complete-work-render-{work}"))
+    assert text.splitlines()[0] == (
+        "fires when the same work item of the job labelled 'ribgen' completes AND "
+        "the same work item of the job labelled 'render' completes"
+    )
+    assert text.endswith("runs with qb.workid() set to the item.")
+
+
+@pytest.mark.parametrize(
+    ("names", "text"),
+    [
+        ([], "none"),
+        (["3", "1", "2", "5", "7", "8"], "1-3,5,7-8"),
+        (["-2", "-1", "0", "4"], "-2-0,4"),
+        (["Initialize", "1-10"], "Initialize,1-10"),
+        ([str(n) for n in range(0, 40, 2)], "0,2,4,6,8,10,12,14,16,18,20,22,... (20 in all)"),
+    ],
+)
+def test_work_names_are_compact(names: list[str], text: str) -> None:
+    assert compact_names(names) == text
+
+
+def test_a_near_miss_in_the_same_pgrp_names_the_labels_there() -> None:
+    reason = near_miss_reason(
+        atom("complete-work-ribgn-*"),
+        JobPlace(15, pgrp=3, label="comp"),
+        ["ribgen", "render", "comp"],
+        Event("complete", "work", 12, work_name="5"),
+        JobPlace(12, pgrp=3, label="ribgen"),
+    )
+    assert reason == (
+        "label 'ribgn' names no job in pgrp 3 (labels there: comp, render, ribgen); "
+        "this event was job 12 'ribgen' in pgrp 3"
+    )
+
+
+def test_a_near_miss_across_pgrps_names_both_pgrps() -> None:
+    reason = near_miss_reason(
+        atom("complete-job-ribgen"),
+        JobPlace(15, pgrp=3, label="comp"),
+        ["comp"],
+        Event("complete", "job", 40),
+        JobPlace(40, pgrp=7, label="ribgen"),
+    )
+    assert (
+        reason == "label 'ribgen' names no job in pgrp 3; this event was job 40 'ribgen' in pgrp 7"
+    )
+
+
+def test_an_item_outside_the_agenda() -> None:
+    assert outside_agenda_reason("9", 12, ["1", "2", "3"]) == (
+        "work '9' is not in the agenda of job 12 (1-3): {work} stands for its items only"
+    )

@@ -19,7 +19,10 @@ from executor.triggers.nodes import (
     Or,
     atoms,
     parse_warnings,
+    per_work,
     render,
+    substitute,
+    substitute_all,
 )
 from executor.triggers.parser import parse, parse_trigger_list, parse_triggers
 
@@ -328,12 +331,18 @@ INTERVAL = "'<T>-<seconds>' with a positive interval in seconds"
         (
             "complete-work-self",
             19,
-            "missing work name at column 19; expected a work name or '*'",
+            (
+                "missing work name at column 19; "
+                "expected a work name, '*' or {work} (each work item of this job)"
+            ),
         ),
         (
             "complete-work-self-",
             20,
-            "missing work name at column 20; expected a work name or '*'",
+            (
+                "missing work name at column 20; "
+                "expected a work name, '*' or {work} (each work item of this job)"
+            ),
         ),
         (
             "done-subjob-self",
@@ -560,3 +569,47 @@ def test_nesting_up_to_the_limit_parses() -> None:
     assert len(atoms(parse(mixed))) == MAX_DEPTH + 1
     with pytest.raises(TriggerSyntaxError, match="nested too deep"):
         parse("(" + mixed + ")")
+
+
+# -- the {work} placeholder -------------------------------------------------------------
+
+
+def test_the_work_placeholder_makes_a_per_work_atom_and_substitutes() -> None:
+    expr = parse("complete-work-ribgen-{work} && complete-job-setup")
+    first, second = atoms(expr)
+    assert first.per_work and not second.per_work
+    assert per_work(expr)
+    assert render(substitute_all(expr, "7")) == "complete-work-ribgen-7 && complete-job-setup"
+    assert substitute(first, "7").text == "complete-work-ribgen-7"
+    assert render(parse(render(expr))) == render(expr)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "complete-work-ribgen-{frame}",
+            "unknown placeholder '{frame}' at column 22; "
+            "expected a work name, '*' or {work} (each work item of this job)",
+        ),
+        (
+            "complete-subjob-self-{work}",
+            "the {work} placeholder in a subjob atom at column 22; "
+            "expected {work} in a work atom only (it names a work item of this job)",
+        ),
+        (
+            "complete-job-self-{work}",
+            "the {work} placeholder in a job atom at column 19; "
+            "expected {work} in a work atom only (it names a work item of this job)",
+        ),
+        (
+            "running-host-self-{work}",
+            "the {work} placeholder in a host atom at column 19; "
+            "expected {work} in a work atom only (it names a work item of this job)",
+        ),
+    ],
+)
+def test_a_placeholder_anywhere_else_is_refused_with_what_would_do(text: str, message: str) -> None:
+    with pytest.raises(TriggerSyntaxError) as caught:
+        parse(text)
+    assert str(caught.value) == message

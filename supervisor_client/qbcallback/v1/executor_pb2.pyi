@@ -74,6 +74,86 @@ unknown qube code string.
 """
 Global___Outcome: _TypeAlias = Outcome  # noqa: Y015
 
+class _TriggerCheckKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TriggerCheckKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TriggerCheckKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRIGGER_CHECK_KIND_UNSPECIFIED: _TriggerCheckKind.ValueType  # 0
+    """Not set."""
+    TRIGGER_CHECK_KIND_UNKNOWN_LABEL: _TriggerCheckKind.ValueType  # 1
+    """A label no job of the pgrp holds (yet); a job registered later with it
+    resolves the check.
+    """
+    TRIGGER_CHECK_KIND_UNKNOWN_WORK: _TriggerCheckKind.ValueType  # 2
+    """A work name missing from the referenced job's known agenda."""
+    TRIGGER_CHECK_KIND_NEVER_HAPPENS: _TriggerCheckKind.ValueType  # 3
+    """An atom no event can match (global, parent of a job without one, an
+    event the scheduler declared it never publishes).
+    """
+    TRIGGER_CHECK_KIND_LABEL_SPLIT: _TriggerCheckKind.ValueType  # 4
+    """A label holding '-', which the trigger grammar splits."""
+    TRIGGER_CHECK_KIND_PARSE_WARNING: _TriggerCheckKind.ValueType  # 5
+    """Something the parser accepted with a warning (an extra on a job atom)."""
+
+class TriggerCheckKind(_TriggerCheckKind, metaclass=_TriggerCheckKindEnumTypeWrapper):
+    """What a check found in a trigger (or a job's label) at registration."""
+
+TRIGGER_CHECK_KIND_UNSPECIFIED: TriggerCheckKind.ValueType  # 0
+"""Not set."""
+TRIGGER_CHECK_KIND_UNKNOWN_LABEL: TriggerCheckKind.ValueType  # 1
+"""A label no job of the pgrp holds (yet); a job registered later with it
+resolves the check.
+"""
+TRIGGER_CHECK_KIND_UNKNOWN_WORK: TriggerCheckKind.ValueType  # 2
+"""A work name missing from the referenced job's known agenda."""
+TRIGGER_CHECK_KIND_NEVER_HAPPENS: TriggerCheckKind.ValueType  # 3
+"""An atom no event can match (global, parent of a job without one, an
+event the scheduler declared it never publishes).
+"""
+TRIGGER_CHECK_KIND_LABEL_SPLIT: TriggerCheckKind.ValueType  # 4
+"""A label holding '-', which the trigger grammar splits."""
+TRIGGER_CHECK_KIND_PARSE_WARNING: TriggerCheckKind.ValueType  # 5
+"""Something the parser accepted with a warning (an extra on a job atom)."""
+Global___TriggerCheckKind: _TypeAlias = TriggerCheckKind  # noqa: Y015
+
+class _JournalEntryKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JournalEntryKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JournalEntryKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOURNAL_ENTRY_KIND_UNSPECIFIED: _JournalEntryKind.ValueType  # 0
+    """Not set."""
+    JOURNAL_ENTRY_KIND_MATCHED: _JournalEntryKind.ValueType  # 1
+    """It latched atoms (or found them latched); the trigger is still open."""
+    JOURNAL_ENTRY_KIND_FIRED: _JournalEntryKind.ValueType  # 2
+    """The trigger became true: the callback fired."""
+    JOURNAL_ENTRY_KIND_SPENT: _JournalEntryKind.ValueType  # 3
+    """It matched, but the callback has fired its maximum: nothing changed."""
+    JOURNAL_ENTRY_KIND_NEAR_MISS: _JournalEntryKind.ValueType  # 4
+    """Its name, type and extra matched an atom whose context names another job."""
+    JOURNAL_ENTRY_KIND_LEVEL: _JournalEntryKind.ValueType  # 5
+    """Level mode latched events that had already happened, at registration."""
+
+class JournalEntryKind(_JournalEntryKind, metaclass=_JournalEntryKindEnumTypeWrapper):
+    """What one event did to a callback."""
+
+JOURNAL_ENTRY_KIND_UNSPECIFIED: JournalEntryKind.ValueType  # 0
+"""Not set."""
+JOURNAL_ENTRY_KIND_MATCHED: JournalEntryKind.ValueType  # 1
+"""It latched atoms (or found them latched); the trigger is still open."""
+JOURNAL_ENTRY_KIND_FIRED: JournalEntryKind.ValueType  # 2
+"""The trigger became true: the callback fired."""
+JOURNAL_ENTRY_KIND_SPENT: JournalEntryKind.ValueType  # 3
+"""It matched, but the callback has fired its maximum: nothing changed."""
+JOURNAL_ENTRY_KIND_NEAR_MISS: JournalEntryKind.ValueType  # 4
+"""Its name, type and extra matched an atom whose context names another job."""
+JOURNAL_ENTRY_KIND_LEVEL: JournalEntryKind.ValueType  # 5
+"""Level mode latched events that had already happened, at registration."""
+Global___JournalEntryKind: _TypeAlias = JournalEntryKind  # noqa: Y015
+
 @_typing.final
 class Limits(_message.Message):
     """Resource limits for one run. A zero field means "the server's default";
@@ -387,20 +467,35 @@ class RegisterJobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
+    STRICT_FIELD_NUMBER: _builtins.int
+    PUBLISHED_EVENTS_FIELD_NUMBER: _builtins.int
+    strict: _builtins.bool
+    """Refuse the registration (INVALID_ARGUMENT listing every problem) when a
+    check fails on one of the job's own callbacks, instead of warning.
+    """
     @_builtins.property
     def job(self) -> _types_pb2.Job:
         """The job: id, pgrp, label, pid, user and its callbacks are used; the rest is
         kept as the context callbacks see until the supervisor is asked.
         """
 
+    @_builtins.property
+    def published_events(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The events the scheduler publishes, as "NAME" or "NAME-TYPE" (e.g.
+        "complete", "running-job"); an atom waiting for any other is reported as
+        never happening. Empty: not declared, not checked.
+        """
+
     def __init__(
         self,
         *,
         job: _types_pb2.Job | None = ...,
+        strict: _builtins.bool = ...,
+        published_events: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "published_events", b"published_events", "strict", b"strict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -422,6 +517,8 @@ class RegisteredCallback(_message.Message):
     COUNT_FIELD_NUMBER: _builtins.int
     MAXIMUM_FIELD_NUMBER: _builtins.int
     LATCHES_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    PER_WORK_ITEM_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     """The owning job."""
     id: _builtins.int
@@ -435,9 +532,18 @@ class RegisteredCallback(_message.Message):
     source: _builtins.str
     count: _builtins.int
     maximum: _builtins.int
+    mode: _types_pb2.TriggerMode.ValueType
+    """How the trigger latches."""
+    per_work_item: _builtins.bool
+    """True when the trigger holds the {work} placeholder: one latch set, count
+    and firing per work item of the job.
+    """
     @_builtins.property
     def latches(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
-        """Latch state of each atom of the trigger, in left-to-right order."""
+        """Latch state of each atom of the trigger, in left-to-right order. For a
+        trigger with {work}, all false: each work item has its own (see
+        ExplainCallbacks).
+        """
 
     def __init__(
         self,
@@ -452,30 +558,98 @@ class RegisteredCallback(_message.Message):
         count: _builtins.int = ...,
         maximum: _builtins.int = ...,
         latches: _abc.Iterable[_builtins.bool] | None = ...,
+        mode: _types_pb2.TriggerMode.ValueType = ...,
+        per_work_item: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["canonical_triggers", b"canonical_triggers", "count", b"count", "id", b"id", "job_id", b"job_id", "language", b"language", "latches", b"latches", "maximum", b"maximum", "source", b"source", "triggers", b"triggers", "universal", b"universal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canonical_triggers", b"canonical_triggers", "count", b"count", "id", b"id", "job_id", b"job_id", "language", b"language", "latches", b"latches", "maximum", b"maximum", "mode", b"mode", "per_work_item", b"per_work_item", "source", b"source", "triggers", b"triggers", "universal", b"universal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegisteredCallback: _TypeAlias = RegisteredCallback  # noqa: Y015
 
 @_typing.final
+class TriggerCheck(_message.Message):
+    """One problem a check found."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    CALLBACK_ID_FIELD_NUMBER: _builtins.int
+    SLOT_FIELD_NUMBER: _builtins.int
+    ATOM_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    UNIVERSAL_FIELD_NUMBER: _builtins.int
+    RESOLVED_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.int
+    """The job registered."""
+    callback_id: _builtins.int
+    """The callback; 0 when the check is about the job itself."""
+    slot: _builtins.int
+    """The atom's latch slot; -1 when about no single atom."""
+    atom: _builtins.str
+    """The atom as written."""
+    kind: Global___TriggerCheckKind.ValueType
+    """What was found."""
+    message: _builtins.str
+    """In words, with what would do instead."""
+    universal: _builtins.bool
+    """True for a universal callback's check (never refuses a strict registration)."""
+    resolved: _builtins.str
+    """Empty while pending; once a later registration resolved it, how."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.int = ...,
+        callback_id: _builtins.int = ...,
+        slot: _builtins.int = ...,
+        atom: _builtins.str = ...,
+        kind: Global___TriggerCheckKind.ValueType = ...,
+        message: _builtins.str = ...,
+        universal: _builtins.bool = ...,
+        resolved: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["atom", b"atom", "callback_id", b"callback_id", "job_id", b"job_id", "kind", b"kind", "message", b"message", "resolved", b"resolved", "slot", b"slot", "universal", b"universal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TriggerCheck: _TypeAlias = TriggerCheck  # noqa: Y015
+
+@_typing.final
 class RegisterJobResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CALLBACKS_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
+    FIRED_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def callbacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegisteredCallback]: ...
+    def callbacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegisteredCallback]:
+        """The job's callbacks as registered, then the universal ones."""
+
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedCompositeFieldContainer[Global___TriggerCheck]:
+        """The checks that failed (warnings; a strict request is refused instead)."""
+
+    @_builtins.property
+    def fired(self) -> _containers.RepeatedCompositeFieldContainer[Global___Firing]:
+        """Level callbacks that fired at registration (their triggers were already
+        true); their runs are queued like any firing.
+        """
+
     def __init__(
         self,
         *,
         callbacks: _abc.Iterable[Global___RegisteredCallback] | None = ...,
+        warnings: _abc.Iterable[Global___TriggerCheck] | None = ...,
+        fired: _abc.Iterable[Global___Firing] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["callbacks", b"callbacks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callbacks", b"callbacks", "fired", b"fired", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -584,6 +758,7 @@ class Firing(_message.Message):
     UNIVERSAL_FIELD_NUMBER: _builtins.int
     INVOCATION_ID_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    WORK_NAME_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     callback_id: _builtins.int
     triggers: _builtins.str
@@ -591,6 +766,10 @@ class Firing(_message.Message):
     universal: _builtins.bool
     invocation_id: _builtins.str
     """The run's id (empty in a dry run)."""
+    work_name: _builtins.str
+    """The work item whose context the run has (qb.workid()): the event's, or, for
+    a trigger with {work}, the item that fired.
+    """
     @_builtins.property
     def result(self) -> Global___ExecuteResponse:
         """The run's result, when the request asked to wait."""
@@ -605,10 +784,11 @@ class Firing(_message.Message):
         universal: _builtins.bool = ...,
         invocation_id: _builtins.str = ...,
         result: Global___ExecuteResponse | None = ...,
+        work_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_id", b"callback_id", "invocation_id", b"invocation_id", "job_id", b"job_id", "language", b"language", "result", b"result", "triggers", b"triggers", "universal", b"universal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_id", b"callback_id", "invocation_id", b"invocation_id", "job_id", b"job_id", "language", b"language", "result", b"result", "triggers", b"triggers", "universal", b"universal", "work_name", b"work_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -648,21 +828,30 @@ class DryRunResponse(_message.Message):
 
     WOULD_FIRE_FIELD_NUMBER: _builtins.int
     WOULD_LATCH_FIELD_NUMBER: _builtins.int
+    EXPLANATIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def would_fire(self) -> _containers.RepeatedCompositeFieldContainer[Global___Firing]: ...
     @_builtins.property
     def would_latch(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegisteredCallback]:
         """Callbacks whose latches the event would set without firing yet."""
 
+    @_builtins.property
+    def explanations(self) -> _containers.RepeatedCompositeFieldContainer[Global___JournalEntry]:
+        """Per callback the event would touch, the journal entry it would write: the
+        atoms it would latch, those already latched, what would still be open, why
+        nothing would fire, and the near misses (atoms it would not latch, and why).
+        """
+
     def __init__(
         self,
         *,
         would_fire: _abc.Iterable[Global___Firing] | None = ...,
         would_latch: _abc.Iterable[Global___RegisteredCallback] | None = ...,
+        explanations: _abc.Iterable[Global___JournalEntry] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["would_fire", b"would_fire", "would_latch", b"would_latch"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["explanations", b"explanations", "would_fire", b"would_fire", "would_latch", b"would_latch"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -690,6 +879,7 @@ class ReloadUniversalCallbacksResponse(_message.Message):
     RELOADED_FIELD_NUMBER: _builtins.int
     ERRORS_FIELD_NUMBER: _builtins.int
     ACTIVE_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     reloaded: _builtins.bool
     """True when the new set is active."""
     active: _builtins.int
@@ -698,20 +888,391 @@ class ReloadUniversalCallbacksResponse(_message.Message):
     def errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """"file:line: message" for each problem found (the old set stays active)."""
 
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """"file:line: message" for each check a loaded trigger failed (warnings: the
+        new set is active).
+        """
+
     def __init__(
         self,
         *,
         reloaded: _builtins.bool = ...,
         errors: _abc.Iterable[_builtins.str] | None = ...,
         active: _builtins.int = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "errors", b"errors", "reloaded", b"reloaded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "errors", b"errors", "reloaded", b"reloaded", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReloadUniversalCallbacksResponse: _TypeAlias = ReloadUniversalCallbacksResponse  # noqa: Y015
+
+@_typing.final
+class SeenEvent(_message.Message):
+    """An event as the trigger engine handled it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The publisher's idempotency key, "" when none."""
+    at: _builtins.float
+    """When the engine handled it, Unix seconds."""
+    job_id: _builtins.int
+    """The job it happened to."""
+    @_builtins.property
+    def event(self) -> _types_pb2.Event:
+        """What happened."""
+
+    def __init__(
+        self,
+        *,
+        event: _types_pb2.Event | None = ...,
+        event_id: _builtins.str = ...,
+        at: _builtins.float = ...,
+        job_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "event", b"event", "event_id", b"event_id", "job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SeenEvent: _TypeAlias = SeenEvent  # noqa: Y015
+
+@_typing.final
+class JournalEntry(_message.Message):
+    """One entry of a callback's journal."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    CALLBACK_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SEEN_FIELD_NUMBER: _builtins.int
+    WORK_NAME_FIELD_NUMBER: _builtins.int
+    LATCHED_FIELD_NUMBER: _builtins.int
+    ALREADY_LATCHED_FIELD_NUMBER: _builtins.int
+    INVOCATION_ID_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    WAITING_FOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.int
+    """The callback's job."""
+    callback_id: _builtins.int
+    """The callback's id in its job."""
+    kind: Global___JournalEntryKind.ValueType
+    """What happened."""
+    work_name: _builtins.str
+    """The work item, for a trigger with {work}."""
+    invocation_id: _builtins.str
+    """The firing's run, when it fired ("" in a dry run)."""
+    count: _builtins.int
+    """The callback's (the work item's) count after the event."""
+    waiting_for: _builtins.str
+    """What the trigger still waits for afterwards, canonical; for a near miss,
+    the atom that missed.
+    """
+    reason: _builtins.str
+    """Why nothing fired, or why it was a near miss, in words."""
+    @_builtins.property
+    def seen(self) -> Global___SeenEvent:
+        """The event."""
+
+    @_builtins.property
+    def latched(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The atoms the event latched."""
+
+    @_builtins.property
+    def already_latched(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The atoms it matched that were latched already."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.int = ...,
+        callback_id: _builtins.int = ...,
+        kind: Global___JournalEntryKind.ValueType = ...,
+        seen: Global___SeenEvent | None = ...,
+        work_name: _builtins.str = ...,
+        latched: _abc.Iterable[_builtins.str] | None = ...,
+        already_latched: _abc.Iterable[_builtins.str] | None = ...,
+        invocation_id: _builtins.str = ...,
+        count: _builtins.int = ...,
+        waiting_for: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["seen", b"seen"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_latched", b"already_latched", "callback_id", b"callback_id", "count", b"count", "invocation_id", b"invocation_id", "job_id", b"job_id", "kind", b"kind", "latched", b"latched", "reason", b"reason", "seen", b"seen", "waiting_for", b"waiting_for", "work_name", b"work_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JournalEntry: _TypeAlias = JournalEntry  # noqa: Y015
+
+@_typing.final
+class AtomExplanation(_message.Message):
+    """One atom of a registered trigger, as things stand."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SLOT_FIELD_NUMBER: _builtins.int
+    ATOM_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    PGRP_FIELD_NUMBER: _builtins.int
+    RESOLUTION_FIELD_NUMBER: _builtins.int
+    LATCHED_FIELD_NUMBER: _builtins.int
+    LATCHED_BY_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    slot: _builtins.int
+    """Its latch slot."""
+    atom: _builtins.str
+    """Canonical text (a work item's, when explaining one)."""
+    description: _builtins.str
+    """In words."""
+    job_id: _builtins.int
+    """The job its context names now; 0 when none."""
+    pgrp: _builtins.int
+    """That job's pgrp; 0 when none."""
+    resolution: _builtins.str
+    """How the context resolved (label -> job, parent -> job), or why it did not."""
+    latched: _builtins.bool
+    """Its latch."""
+    state: _builtins.str
+    """The last known state of what it watches, in words."""
+    @_builtins.property
+    def latched_by(self) -> Global___SeenEvent:
+        """The event that set the latch; unset when not latched (or set before the
+        executor kept it).
+        """
+
+    def __init__(
+        self,
+        *,
+        slot: _builtins.int = ...,
+        atom: _builtins.str = ...,
+        description: _builtins.str = ...,
+        job_id: _builtins.int = ...,
+        pgrp: _builtins.int = ...,
+        resolution: _builtins.str = ...,
+        latched: _builtins.bool = ...,
+        latched_by: Global___SeenEvent | None = ...,
+        state: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["latched_by", b"latched_by"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["atom", b"atom", "description", b"description", "job_id", b"job_id", "latched", b"latched", "latched_by", b"latched_by", "pgrp", b"pgrp", "resolution", b"resolution", "slot", b"slot", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AtomExplanation: _TypeAlias = AtomExplanation  # noqa: Y015
+
+@_typing.final
+class WorkItemExplanation(_message.Message):
+    """Work items of a {work} callback in one state (count and latches). When few
+    items hold latches, each of them is one item alone, with its atoms.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORK_NAMES_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    LATCHES_FIELD_NUMBER: _builtins.int
+    SPENT_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
+    WAITING_FOR_FIELD_NUMBER: _builtins.int
+    ATOMS_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """How many times each of them has fired."""
+    spent: _builtins.bool
+    """True when they have fired their maximum."""
+    waiting: _builtins.str
+    """What they still wait for, canonical."""
+    @_builtins.property
+    def work_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The items."""
+
+    @_builtins.property
+    def latches(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
+        """Their latches, one per atom of the trigger."""
+
+    @_builtins.property
+    def waiting_for(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """In words, one line per open atom (a single item)."""
+
+    @_builtins.property
+    def atoms(self) -> _containers.RepeatedCompositeFieldContainer[Global___AtomExplanation]:
+        """The item's atoms (a single item holding latches, or the one asked for)."""
+
+    def __init__(
+        self,
+        *,
+        work_names: _abc.Iterable[_builtins.str] | None = ...,
+        count: _builtins.int = ...,
+        latches: _abc.Iterable[_builtins.bool] | None = ...,
+        spent: _builtins.bool = ...,
+        waiting: _builtins.str = ...,
+        waiting_for: _abc.Iterable[_builtins.str] | None = ...,
+        atoms: _abc.Iterable[Global___AtomExplanation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["atoms", b"atoms", "count", b"count", "latches", b"latches", "spent", b"spent", "waiting", b"waiting", "waiting_for", b"waiting_for", "work_names", b"work_names"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkItemExplanation: _TypeAlias = WorkItemExplanation  # noqa: Y015
+
+@_typing.final
+class CallbackExplanation(_message.Message):
+    """One callback, explained."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLBACK_FIELD_NUMBER: _builtins.int
+    ATOMS_FIELD_NUMBER: _builtins.int
+    SPENT_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
+    WAITING_FOR_FIELD_NUMBER: _builtins.int
+    WORK_ITEMS_FIELD_NUMBER: _builtins.int
+    JOURNAL_FIELD_NUMBER: _builtins.int
+    CHECKS_FIELD_NUMBER: _builtins.int
+    spent: _builtins.bool
+    """True when it has fired its maximum."""
+    waiting: _builtins.str
+    """What the trigger still waits for, canonical ("" when spent)."""
+    @_builtins.property
+    def callback(self) -> Global___RegisteredCallback:
+        """The callback (trigger as written and canonical, count, maximum, mode)."""
+
+    @_builtins.property
+    def atoms(self) -> _containers.RepeatedCompositeFieldContainer[Global___AtomExplanation]:
+        """Its atoms; for a trigger with {work}, as written (see work_items)."""
+
+    @_builtins.property
+    def waiting_for(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The same in words, one line per open atom."""
+
+    @_builtins.property
+    def work_items(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkItemExplanation]:
+        """For a trigger with {work}: its work items, compactly."""
+
+    @_builtins.property
+    def journal(self) -> _containers.RepeatedCompositeFieldContainer[Global___JournalEntry]:
+        """Its newest journal entries, oldest first."""
+
+    @_builtins.property
+    def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___TriggerCheck]:
+        """The checks registration found in it, pending or resolved."""
+
+    def __init__(
+        self,
+        *,
+        callback: Global___RegisteredCallback | None = ...,
+        atoms: _abc.Iterable[Global___AtomExplanation] | None = ...,
+        spent: _builtins.bool = ...,
+        waiting: _builtins.str = ...,
+        waiting_for: _abc.Iterable[_builtins.str] | None = ...,
+        work_items: _abc.Iterable[Global___WorkItemExplanation] | None = ...,
+        journal: _abc.Iterable[Global___JournalEntry] | None = ...,
+        checks: _abc.Iterable[Global___TriggerCheck] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["atoms", b"atoms", "callback", b"callback", "checks", b"checks", "journal", b"journal", "spent", b"spent", "waiting", b"waiting", "waiting_for", b"waiting_for", "work_items", b"work_items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallbackExplanation: _TypeAlias = CallbackExplanation  # noqa: Y015
+
+@_typing.final
+class ExplainCallbacksRequest(_message.Message):
+    """Which callbacks to explain."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    CALLBACK_ID_FIELD_NUMBER: _builtins.int
+    WORK_NAME_FIELD_NUMBER: _builtins.int
+    JOURNAL_LIMIT_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.int
+    """The job."""
+    callback_id: _builtins.int
+    """One callback; 0 for all of them."""
+    work_name: _builtins.str
+    """For a trigger with {work}: explain this work item in full."""
+    journal_limit: _builtins.int
+    """At most this many journal entries per callback, the newest (0: as many as
+    the executor keeps per callback, its trigger_journal_entries).
+    """
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.int = ...,
+        callback_id: _builtins.int = ...,
+        work_name: _builtins.str = ...,
+        journal_limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_id", b"callback_id", "job_id", b"job_id", "journal_limit", b"journal_limit", "work_name", b"work_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainCallbacksRequest: _TypeAlias = ExplainCallbacksRequest  # noqa: Y015
+
+@_typing.final
+class ExplainCallbacksResponse(_message.Message):
+    """A registered job's callbacks, explained."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    PGRP_FIELD_NUMBER: _builtins.int
+    CALLBACKS_FIELD_NUMBER: _builtins.int
+    CHECKS_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.int
+    """The job."""
+    name: _builtins.str
+    """Its name, as registered."""
+    label: _builtins.str
+    """Its label, as registered ("" when none)."""
+    pgrp: _builtins.int
+    """Its process group."""
+    @_builtins.property
+    def callbacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___CallbackExplanation]:
+        """Its callbacks, by id."""
+
+    @_builtins.property
+    def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___TriggerCheck]:
+        """Checks about the job itself (its label)."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.int = ...,
+        name: _builtins.str = ...,
+        label: _builtins.str = ...,
+        pgrp: _builtins.int = ...,
+        callbacks: _abc.Iterable[Global___CallbackExplanation] | None = ...,
+        checks: _abc.Iterable[Global___TriggerCheck] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callbacks", b"callbacks", "checks", b"checks", "job_id", b"job_id", "label", b"label", "name", b"name", "pgrp", b"pgrp"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainCallbacksResponse: _TypeAlias = ExplainCallbacksResponse  # noqa: Y015
 
 @_typing.final
 class ListRegisteredJobsRequest(_message.Message):

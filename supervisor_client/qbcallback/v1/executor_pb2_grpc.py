@@ -145,6 +145,11 @@ class TriggerServiceStub:
                 request_serializer=qbcallback_dot_v1_dot_executor__pb2.GetUniversalCallbacksRequest.SerializeToString,
                 response_deserializer=qbcallback_dot_v1_dot_executor__pb2.GetUniversalCallbacksResponse.FromString,
                 _registered_method=True)
+        self.ExplainCallbacks = channel.unary_unary(
+                '/qbcallback.v1.TriggerService/ExplainCallbacks',
+                request_serializer=qbcallback_dot_v1_dot_executor__pb2.ExplainCallbacksRequest.SerializeToString,
+                response_deserializer=qbcallback_dot_v1_dot_executor__pb2.ExplainCallbacksResponse.FromString,
+                _registered_method=True)
 
 
 class TriggerServiceServicer:
@@ -202,6 +207,17 @@ class TriggerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExplainCallbacks(self, request, context):
+        """Why a job's callbacks did or did not fire: each trigger's atoms with the
+        job their context names now, their latches and the events that set them,
+        what the trigger still waits for in words, the checks found at
+        registration, and each callback's recent journal. NOT_FOUND for a job (or
+        callback) that is not registered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TriggerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -234,6 +250,11 @@ def add_TriggerServiceServicer_to_server(servicer, server):
                     servicer.GetUniversalCallbacks,
                     request_deserializer=qbcallback_dot_v1_dot_executor__pb2.GetUniversalCallbacksRequest.FromString,
                     response_serializer=qbcallback_dot_v1_dot_executor__pb2.GetUniversalCallbacksResponse.SerializeToString,
+            ),
+            'ExplainCallbacks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainCallbacks,
+                    request_deserializer=qbcallback_dot_v1_dot_executor__pb2.ExplainCallbacksRequest.FromString,
+                    response_serializer=qbcallback_dot_v1_dot_executor__pb2.ExplainCallbacksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -399,6 +420,33 @@ class TriggerService:
             '/qbcallback.v1.TriggerService/GetUniversalCallbacks',
             qbcallback_dot_v1_dot_executor__pb2.GetUniversalCallbacksRequest.SerializeToString,
             qbcallback_dot_v1_dot_executor__pb2.GetUniversalCallbacksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainCallbacks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qbcallback.v1.TriggerService/ExplainCallbacks',
+            qbcallback_dot_v1_dot_executor__pb2.ExplainCallbacksRequest.SerializeToString,
+            qbcallback_dot_v1_dot_executor__pb2.ExplainCallbacksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -76,6 +76,13 @@ class TriggerServiceStub:
     """The universal callbacks loaded from each directory's callbacks.conf, and the
     last reload: when it happened and what it found wrong.
     """
+    ExplainCallbacks: _aio.UnaryUnaryMultiCallable[_executor_pb2.ExplainCallbacksRequest, _executor_pb2.ExplainCallbacksResponse]
+    """Why a job's callbacks did or did not fire: each trigger's atoms with the
+    job their context names now, their latches and the events that set them,
+    what the trigger still waits for in words, the checks found at
+    registration, and each callback's recent journal. NOT_FOUND for a job (or
+    callback) that is not registered.
+    """
 
 class TriggerServiceServicer(metaclass=_abc_1.ABCMeta):
     """The event path, for a scheduler without a trigger engine of its own."""
@@ -140,6 +147,19 @@ class TriggerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_executor_pb2.GetUniversalCallbacksResponse]:
         """The universal callbacks loaded from each directory's callbacks.conf, and the
         last reload: when it happened and what it found wrong.
+        """
+
+    @_abc_1.abstractmethod
+    def ExplainCallbacks(
+        self,
+        request: _executor_pb2.ExplainCallbacksRequest,
+        context: _aio.ServicerContext[_executor_pb2.ExplainCallbacksRequest, _abc.Awaitable[_executor_pb2.ExplainCallbacksResponse]],
+    ) -> _abc.Awaitable[_executor_pb2.ExplainCallbacksResponse]:
+        """Why a job's callbacks did or did not fire: each trigger's atoms with the
+        job their context names now, their latches and the events that set them,
+        what the trigger still waits for in words, the checks found at
+        registration, and each callback's recent journal. NOT_FOUND for a job (or
+        callback) that is not registered.
         """
 
 def add_TriggerServiceServicer_to_server(servicer: TriggerServiceServicer, server: _aio.Server) -> None: ...

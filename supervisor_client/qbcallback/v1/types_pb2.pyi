@@ -13,6 +13,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -23,6 +24,36 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _TriggerMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TriggerModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TriggerMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRIGGER_MODE_UNSPECIFIED: _TriggerMode.ValueType  # 0
+    """Edge (the default)."""
+    TRIGGER_MODE_EDGE: _TriggerMode.ValueType  # 1
+    """Qube's: an atom latches when its event happens after registration."""
+    TRIGGER_MODE_LEVEL: _TriggerMode.ValueType  # 2
+    """At registration, every atom whose event has already happened (by the last
+    known state of the job, work item or instance it names) latches, and the
+    callback fires at once if its trigger is then true; edge afterwards.
+    """
+
+class TriggerMode(_TriggerMode, metaclass=_TriggerModeEnumTypeWrapper):
+    """How a registered callback's trigger latches."""
+
+TRIGGER_MODE_UNSPECIFIED: TriggerMode.ValueType  # 0
+"""Edge (the default)."""
+TRIGGER_MODE_EDGE: TriggerMode.ValueType  # 1
+"""Qube's: an atom latches when its event happens after registration."""
+TRIGGER_MODE_LEVEL: TriggerMode.ValueType  # 2
+"""At registration, every atom whose event has already happened (by the last
+known state of the job, work item or instance it names) latches, and the
+callback fires at once if its trigger is then true; edge afterwards.
+"""
+Global___TriggerMode: _TypeAlias = TriggerMode  # noqa: Y015
 
 @_typing.final
 class WorkItem(_message.Message):
@@ -113,6 +144,7 @@ class Callback(_message.Message):
     USER_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
     MAXIMUM_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Per-job callback id (Qube numbers them from 1); 0 for an ad hoc callback."""
     triggers: _builtins.str
@@ -130,7 +162,11 @@ class Callback(_message.Message):
     count: _builtins.int
     """Times the callback has run so far."""
     maximum: _builtins.int
-    """Upper bound on runs; 0 means unlimited."""
+    """Upper bound on runs; 0 means unlimited. For a trigger with the {work}
+    placeholder, the bound of each work item.
+    """
+    mode: Global___TriggerMode.ValueType
+    """How the trigger engine evaluates the trigger; unset is edge, as in Qube."""
     def __init__(
         self,
         *,
@@ -141,10 +177,11 @@ class Callback(_message.Message):
         user: _builtins.str = ...,
         count: _builtins.int = ...,
         maximum: _builtins.int = ...,
+        mode: Global___TriggerMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "count", b"count", "id", b"id", "language", b"language", "maximum", b"maximum", "triggers", b"triggers", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "count", b"count", "id", b"id", "language", b"language", "maximum", b"maximum", "mode", b"mode", "triggers", b"triggers", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

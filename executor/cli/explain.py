@@ -1,0 +1,218 @@
+"""Text of the trigger engine's explanations: ``why``, a dry run's, registration warnings.
+
+Shared by ``cbexec triggers why`` / ``dry-run`` / ``register`` and any other command that
+shows a job's callbacks (``cbexec farm show``): give ``format_explanation`` the answer of
+``ExecutorClient.explain_callbacks`` (or its ``as_plain`` form, as ``--json`` prints it)
+and print what it returns. Everything reads the plain form, so the text and ``--json``
+say the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final
+
+from executor.triggers.explain import compact_names
+from supervisor_client.client import as_plain
+
+_INDENT: Final = "  "
+
+
+def _plain(message: Any) -> Mapping[str, Any]:
+    return message if isinstance(message, Mapping) else as_plain(message)
+
+
+def _short(enum_name: str, prefix: str) -> str:
+    """``JOURNAL_ENTRY_KIND_NEAR_MISS`` -> ``near miss``."""
+    return enum_name.removeprefix(prefix).lower().replace("_", " ")
+
+
+def _when(unix_s: float) -> str:
+    if not unix_s:
+        return "at registration"
+    return datetime.fromtimestamp(unix_s).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def event_text(seen: Mapping[str, Any] | None) -> str:
+    """An event as ``cbexec triggers dry-run --event`` takes it: ``complete-work-12-5``."""
+    if not seen or not seen.get("event"):
+        return "?"
+    event = seen["event"]
+    parts = [event["name"], event["type"], str(seen.get("job_id") or event.get("context") or "")]
+    if event.get("extra") and event["type"] in ("work", "subjob", "host"):
+        parts.append(event["extra"])
+    text = "-".join(part for part in parts if part)
+    return f"{text} (event id {seen['event_id']})" if seen.get("event_id") else text
+
+
+def format_check(check: Mapping[str, Any]) -> str:
+    """One registration check: ``callback 2 complete-work-ribgn-*: label 'ribgn' ...``."""
+    where = f"callback {check['callback_id']}" if check["callback_id"] else "job"
+    if check.get("universal"):
+        where = f"universal {where}"
+    atom = f" {check['atom']}" if check.get("atom") else ""
+    kind = _short(check["kind"], "TRIGGER_CHECK_KIND_")
+    line = f"{where}{atom}: {check['message']} [{kind}]"
+    if check.get("resolved"):
+        line += f"; resolved: {check['resolved']}"
+    return line
+
+
+def format_entry(entry: Mapping[str, Any]) -> str:
+    """One journal entry on one line: when, the event, what it did."""
+    seen = entry.get("seen") or {}
+    head = f"{_when(seen.get('at', 0))} {event_text(seen)}"
+    if entry.get("work_name"):
+        head += f" [work {entry['work_name']}]"
+    return f"{head}: {entry_effect(entry)}"
+
+
+def entry_effect(entry: Mapping[str, Any]) -> str:
+    """What a journal entry (or a dry run's explanation) says the event did, and why."""
+    kind = _short(entry["kind"], "JOURNAL_ENTRY_KIND_")
+    parts: list[str] = []
+    if entry.get("latched"):
+        parts.append(f"latched {', '.join(entry['latched'])}")
+    if entry.get("already_latched"):
+        parts.append(f"already latched {', '.join(entry['already_latched'])}")
+    if kind == "fired":
+        run = f" as {entry['invocation_id']}" if entry.get("invocation_id") else ""
+        parts.append(f"FIRED{run} (count {entry['count']})")
+    elif kind == "level":
+        parts.insert(0, "level mode at registration")
+        if entry.get("count"):
+            run = f" as {entry['invocation_id']}" if entry.get("invocation_id") else ""
+            parts.append(f"FIRED{run}")
+    elif kind == "spent":
+        parts.append(f"not fired: {entry['reason']}")
+    elif kind == "near miss":
+        parts.append(f"near miss of {entry['waiting_for']}: {entry['reason']}")
+    if entry.get("waiting_for") and kind in ("matched", "level"):
+        parts.append(f"still waiting for {entry['waiting_for']}")
+    return "; ".join(parts) or kind
+
+
+def times(count: int) -> str:
+    """``0 times``, ``once``, ``3 times``."""
+    return "once" if count == 1 else f"{count} times"
+
+
+def _atom_line(atom: Mapping[str, Any]) -> str:
+    words = ", ".join(part for part in (atom.get("resolution"), atom.get("state")) if part)
+    latch = ""
+    if atom.get("latched"):
+        by = atom.get("latched_by")
+        latch = f"  [latched by {event_text(by)} {_when(by['at'])}]" if by else "  [latched]"
+    return f"[{atom['slot']}] {atom['atom']}  ->  {words or atom['description']}{latch}"
+
+
+def _waiting(waiting: str, lines: Iterable[str], indent: str) -> list[str]:
+    out = [f"{indent}waiting for {waiting}"]
+    out.extend(f"{indent}{_INDENT}{line}" for line in lines)
+    return out
+
+
+def _work_lines(items: Sequence[Mapping[str, Any]], maximum: int, indent: str) -> list[str]:
+    out: list[str] = []
+    for item in items:
+        names = item["work_names"]
+        noun = "work" if len(names) == 1 else f"work items ({len(names)})"
+        head = f"{indent}{noun} {compact_names(names)}"
+        if item["spent"]:
+            out.append(f"{head}: fired {times(item['count'])}, spent (maximum {maximum} reached)")
+            continue
+        if not item.get("atoms"):
+            again = (
+                f"fired {times(item['count'])}; waiting again for"
+                if item["count"]
+                else "waiting for"
+            )
+            out.append(f"{head}: {again} {item['waiting']}")
+            continue
+        if item["count"]:
+            head += f" (fired {times(item['count'])} before)"
+        out.append(f"{head}:")
+        latched = [atom for atom in item["atoms"] if atom["latched"]]
+        out.extend(f"{indent}{_INDENT}{_atom_line(atom)}" for atom in latched)
+        out.extend(_waiting(item["waiting"], item["waiting_for"], indent + _INDENT))
+    return out
+
+
+def format_callback(explained: Mapping[str, Any], indent: str = "") -> list[str]:
+    """The lines of one callback's explanation."""
+    cb = explained["callback"]
+    mode = _short(cb["mode"], "TRIGGER_MODE_") or "edge"
+    origin = f"universal, {cb['source']}" if cb["universal"] else cb["language"]
+    lines = [f"{indent}callback {cb['id']} ({origin}, {mode}): {cb['triggers']}"]
+    inner = indent + _INDENT
+    if cb["canonical_triggers"] != cb["triggers"]:
+        lines.append(f"{inner}canonical: {cb['canonical_triggers']}")
+    maximum = f" of {cb['maximum']}" if cb["maximum"] else ", no maximum"
+    if cb.get("per_work_item"):
+        lines.append(
+            f"{inner}one callback per work item; fired {times(cb['count'])} in all, "
+            f"maximum {cb['maximum'] or 'none'} per item"
+        )
+    else:
+        lines.append(f"{inner}fired {times(cb['count'])}{maximum}")
+    lines.append(f"{inner}atoms:")
+    lines.extend(f"{inner}{_INDENT}{_atom_line(atom)}" for atom in explained["atoms"])
+    if cb.get("per_work_item"):
+        lines.extend(_work_lines(explained["work_items"], cb["maximum"], inner))
+    elif explained["spent"]:
+        lines.append(f"{inner}spent: it has fired its maximum ({cb['maximum']})")
+    elif explained["waiting"]:
+        lines.extend(_waiting(explained["waiting"], explained["waiting_for"], inner))
+    if explained["checks"]:
+        lines.append(f"{inner}checks at registration:")
+        lines.extend(f"{inner}{_INDENT}{format_check(check)}" for check in explained["checks"])
+    if explained["journal"]:
+        lines.append(f"{inner}journal (oldest first):")
+        lines.extend(f"{inner}{_INDENT}{format_entry(entry)}" for entry in explained["journal"])
+    else:
+        lines.append(f"{inner}journal: no event has touched it yet")
+    return lines
+
+
+def format_explanation(reply: Any) -> str:
+    """The text of an ExplainCallbacks answer (the message or its ``as_plain`` dict)."""
+    plain = _plain(reply)
+    label = f" '{plain['label']}'" if plain["label"] else ""
+    name = f" ({plain['name']})" if plain["name"] and plain["name"] != plain["label"] else ""
+    lines = [f"job {plain['job_id']}{label}{name} in pgrp {plain['pgrp']}"]
+    lines.extend(f"{_INDENT}{format_check(check)}" for check in plain["checks"])
+    if not plain["callbacks"]:
+        lines.append(f"{_INDENT}no callbacks")
+    for explained in plain["callbacks"]:
+        lines.append("")
+        lines.extend(format_callback(explained))
+    return "\n".join(lines)
+
+
+def format_dry_run(reply: Any) -> str:
+    """The text of a DryRun answer: what would fire or latch, then why, callback by callback."""
+    plain = _plain(reply)
+    lines: list[str] = []
+    for firing in plain["would_fire"]:
+        work = f" for work {firing['work_name']}" if firing.get("work_name") else ""
+        lines.append(
+            f"would fire: job {firing['job_id']} callback {firing['callback_id']}{work} "
+            f"({firing['language']}) {firing['triggers']}"
+        )
+    lines.extend(
+        f"would latch: job {cb['job_id']} callback {cb['id']} {cb['triggers']} "
+        f"latches={cb['latches']}"
+        for cb in plain["would_latch"]
+    )
+    if not plain["would_fire"] and not plain["would_latch"]:
+        lines.append("nothing would fire or latch")
+    if plain.get("explanations"):
+        lines.append("why:")
+        for entry in plain["explanations"]:
+            work = f" [work {entry['work_name']}]" if entry.get("work_name") else ""
+            lines.append(
+                f"{_INDENT}job {entry['job_id']} callback {entry['callback_id']}{work}: "
+                f"{entry_effect(entry)}"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,352 @@
+"""Checks at registration: what in a trigger cannot work as written, found before any event.
+
+``trigger_checks`` looks at one callback's trigger with what the engine knows around its
+job (``Surroundings``), ``job_checks`` at the job itself, ``static_checks`` at a trigger
+alone (the universal callbacks at load, when there is no job). What they find:
+
+* ``unknown_label``: a label no job of the job's pgrp holds (yet), with the labels that
+  are there and the closest one. Jobs of one pgrp may register in any order, so this
+  is kept as *pending*: when a job registers later with that label in that pgrp, the
+  check is marked resolved (``resolve_label``) and ``why`` says by which job.
+* ``unknown_work``: a work name (or, for ``{work}``, the job's own items) missing from
+  the referenced job's agenda, when that agenda is known.
+* ``never_happens``: an atom no event can match: ``global``, ``parent`` of a job without
+  one, an event the scheduler declared it never publishes.
+* ``label_split``: a label holding ``-``, which the grammar splits (``complete-job-a-b``
+  names label ``a``).
+* ``parse_warning``: what the parser accepted with a warning (an extra on a job atom is
+  ignored).
+
+A registration gets them as warnings; a strict one is refused instead (its own
+callbacks' checks only: a site's universal callbacks are not the submitter's to fix).
+The table here keeps each registered job's checks until it is registered again or
+removed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Final
+
+from executor.triggers.evaluate import DONE_MEANS, JobPlace
+from executor.triggers.explain import compact_names
+from executor.triggers.nodes import (
+    PLACEHOLDER,
+    TIME_TYPES,
+    WILDCARD,
+    Atom,
+    ContextKind,
+    EventName,
+    EventType,
+    Expr,
+    atoms,
+    render_atom,
+)
+
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS trigger_checks (
+    job_id INTEGER NOT NULL,
+    callback_id INTEGER NOT NULL,
+    slot INTEGER NOT NULL,
+    atom TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    universal INTEGER NOT NULL DEFAULT 0,
+    pgrp INTEGER NOT NULL DEFAULT 0,
+    label TEXT NOT NULL DEFAULT '',
+    resolved TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS trigger_checks_by_job ON trigger_checks (job_id);
+CREATE INDEX IF NOT EXISTS trigger_checks_pending
+    ON trigger_checks (pgrp, label) WHERE label != '' AND resolved = '';
+"""
+
+
+class CheckKind(enum.StrEnum):
+    """What a check found."""
+
+    UNKNOWN_LABEL = "unknown_label"
+    UNKNOWN_WORK = "unknown_work"
+    NEVER_HAPPENS = "never_happens"
+    LABEL_SPLIT = "label_split"
+    PARSE_WARNING = "parse_warning"
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One finding.
+
+    Attributes:
+        kind: What was found.
+        message: In words, naming what would do instead.
+        callback_id: The callback; 0 when it is about the job itself.
+        slot: The atom's latch slot; -1 when it is about no atom.
+        atom: The atom as written.
+        universal: True for a universal callback's.
+        pgrp, label: For ``unknown_label``, the label whose registration in that pgrp
+            resolves it.
+        resolved: Once resolved, by what (``why`` shows it); "" while pending.
+    """
+
+    kind: CheckKind
+    message: str
+    callback_id: int = 0
+    slot: int = -1
+    atom: str = ""
+    universal: bool = False
+    pgrp: int = 0
+    label: str = ""
+    resolved: str = ""
+
+    def line(self) -> str:
+        """One line naming the callback and the atom."""
+        where = f"callback {self.callback_id}" if self.callback_id else "job"
+        what = f" {self.atom}" if self.atom else ""
+        return f"{where}{what}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class Surroundings:
+    """What the checks know around a registering job.
+
+    Attributes:
+        owner: The job.
+        labels: Label -> job id of the jobs of its pgrp (its own label included).
+        agendas: Job id -> the work names of its registered agenda, for the jobs the
+            triggers name (the owner included); missing or empty: not known.
+        published: The events the scheduler declared it publishes ("complete" or
+            "complete-work"); None when it declared nothing.
+    """
+
+    owner: JobPlace
+    labels: Mapping[str, int]
+    agendas: Mapping[int, Sequence[str]]
+    published: frozenset[str] | None = None
+    # The agendas as sets: a job registering thousands of callbacks checks each work name
+    # in constant time.
+    members: Mapping[int, frozenset[str]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        members = {job_id: frozenset(names) for job_id, names in self.agendas.items()}
+        object.__setattr__(self, "members", members)
+
+
+def referenced_job(atom: Atom, where: Surroundings) -> int | None:
+    """The job an atom's context names now (None: none, or not resolvable)."""
+    kind = atom.context_kind
+    if kind is ContextKind.SELF:
+        return where.owner.job_id
+    if kind is ContextKind.PARENT:
+        return where.owner.pid or None
+    if kind is ContextKind.JOB_ID:
+        return int(atom.context)
+    if kind is ContextKind.LABEL:
+        return where.labels.get(atom.context)
+    return None
+
+
+def static_checks(expr: Expr) -> list[Check]:
+    """What is wrong with a trigger whatever job it belongs to (slots filled in)."""
+    found: list[Check] = []
+    for slot, atom in enumerate(atoms(expr)):
+        text = atom.text or render_atom(atom)
+        found.extend(
+            Check(CheckKind.PARSE_WARNING, warning, slot=slot, atom=text)
+            for warning in atom.warnings
+        )
+        if atom.type is EventType.GLOBAL:
+            found.append(
+                Check(
+                    CheckKind.NEVER_HAPPENS,
+                    "nothing fires 'global' on its own; use globaltime-<T> or "
+                    "globalrepeat-<T>-<seconds>",
+                    slot=slot,
+                    atom=text,
+                )
+            )
+    return found
+
+
+def job_checks(owner: JobPlace) -> list[Check]:
+    """What is wrong with the job itself: a label the grammar cannot name."""
+    if "-" not in owner.label:
+        return []
+    head = owner.label.split("-", 1)[0]
+    return [
+        Check(
+            CheckKind.LABEL_SPLIT,
+            f"label '{owner.label}' holds '-', which splits an atom: "
+            f"complete-job-{owner.label} names label '{head}'. No trigger can name this "
+            "job by its label; use letters, digits, '_' and '.'",
+            pgrp=owner.pgrp,
+        )
+    ]
+
+
+def trigger_checks(
+    expr: Expr, callback_id: int, where: Surroundings, *, universal: bool = False
+) -> list[Check]:
+    """Everything wrong with one callback's trigger where its job registers."""
+    found = static_checks(expr)
+    for slot, atom in enumerate(atoms(expr)):
+        text = atom.text or render_atom(atom)
+        found.extend(
+            Check(kind, message, slot=slot, atom=text, pgrp=pgrp, label=label)
+            for kind, message, pgrp, label in _atom_problems(atom, where)
+        )
+    return [replace(check, callback_id=callback_id, universal=universal) for check in found]
+
+
+def _atom_problems(atom: Atom, where: Surroundings) -> Iterable[tuple[CheckKind, str, int, str]]:
+    """(kind, message, pgrp, label) of each problem of one atom."""
+    owner = where.owner
+    if atom.is_timed or atom.type is EventType.GLOBAL:
+        return
+    kind = atom.context_kind
+    if kind is ContextKind.PARENT and not owner.pid:
+        yield (
+            CheckKind.NEVER_HAPPENS,
+            f"job {owner.job_id} has no parent (pid 0): 'parent' names no job",
+            0,
+            "",
+        )
+    if kind is ContextKind.LABEL:
+        yield from _label_problems(atom, where)
+    if not _published(atom, where.published):
+        declared = ", ".join(sorted(where.published or ()))
+        yield (
+            CheckKind.NEVER_HAPPENS,
+            f"the scheduler publishes {declared}: no '{atom.name}-{atom.type}' event will come",
+            0,
+            "",
+        )
+    if atom.type is EventType.WORK and atom.extra != WILDCARD:
+        message = _work_problem(atom, where)
+        if message:
+            yield CheckKind.UNKNOWN_WORK, message, 0, ""
+
+
+def _label_problems(atom: Atom, where: Surroundings) -> Iterable[tuple[CheckKind, str, int, str]]:
+    pgrp = where.owner.pgrp
+    written = atom.text.split("-", 2)[2] if atom.text.count("-") >= 2 else atom.context
+    for label in where.labels:
+        # The atom as written reads as this hyphenated label, which the grammar split.
+        if (
+            "-" in label
+            and label.startswith(f"{atom.context}-")
+            and (written == label or written.startswith(f"{label}-"))
+        ):
+            yield (
+                CheckKind.LABEL_SPLIT,
+                f"'{label}' is a label in pgrp {pgrp}, but the grammar splits it at '-': "
+                f"this atom names label '{atom.context}'",
+                0,
+                "",
+            )
+    if atom.context in where.labels:
+        return
+    labels = sorted(where.labels)
+    there = f"labels there: {', '.join(labels)}" if labels else "no job there has a label"
+    close = difflib.get_close_matches(atom.context, labels, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    yield (
+        CheckKind.UNKNOWN_LABEL,
+        f"label '{atom.context}' names no job in pgrp {pgrp} yet ({there}){hint}",
+        pgrp,
+        atom.context,
+    )
+
+
+def _published(atom: Atom, published: frozenset[str] | None) -> bool:
+    if published is None or atom.type in TIME_TYPES:
+        return True
+    names = DONE_MEANS if atom.name is EventName.DONE else frozenset({atom.name})
+    return any(name in published or f"{name}-{atom.type}" in published for name in names)
+
+
+def _work_problem(atom: Atom, where: Surroundings) -> str:
+    """Why the work item(s) an atom names are not in its job's agenda ("" when fine)."""
+    job_id = referenced_job(atom, where)
+    agenda = where.agendas.get(job_id or 0) or ()
+    if job_id is None or not agenda:
+        return ""
+    names = where.members[job_id]
+    if atom.extra == PLACEHOLDER:
+        own = where.agendas.get(where.owner.job_id) or ()
+        missing = [item for item in own if item not in names]
+        if not missing:
+            return ""
+        return (
+            f"work items {compact_names(missing)} of job {where.owner.job_id} are not in the "
+            f"agenda of job {job_id} ({compact_names(agenda)}): for them {PLACEHOLDER} "
+            "never matches"
+        )
+    if atom.extra in names:
+        return ""
+    return f"work '{atom.extra}' is not in the agenda of job {job_id} ({compact_names(agenda)})"
+
+
+# -- the table ------------------------------------------------------------------------
+
+
+def replace_job(db: sqlite3.Connection, job_id: int, found: Iterable[Check]) -> None:
+    """The job's checks are now ``found`` (a registration replaces the last one's)."""
+    forget_job(db, job_id)
+    db.executemany(
+        "INSERT INTO trigger_checks (job_id, callback_id, slot, atom, kind, message, universal,"
+        " pgrp, label, resolved) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                job_id,
+                c.callback_id,
+                c.slot,
+                c.atom,
+                c.kind.value,
+                c.message,
+                int(c.universal),
+                c.pgrp,
+                c.label if c.kind is CheckKind.UNKNOWN_LABEL else "",
+                c.resolved,
+            )
+            for c in found
+        ],
+    )
+
+
+def resolve_label(db: sqlite3.Connection, pgrp: int, label: str, resolution: str) -> int:
+    """Mark the pending ``unknown_label`` checks of ``label`` in ``pgrp`` resolved."""
+    return db.execute(
+        "UPDATE trigger_checks SET resolved = ? WHERE pgrp = ? AND label = ? AND label != ''"
+        " AND resolved = ''",
+        (resolution, pgrp, label),
+    ).rowcount
+
+
+def forget_job(db: sqlite3.Connection, job_id: int) -> None:
+    db.execute("DELETE FROM trigger_checks WHERE job_id = ?", (job_id,))
+
+
+def of_job(db: sqlite3.Connection, job_id: int) -> list[Check]:
+    """The job's checks, pending and resolved, by callback and slot."""
+    rows = db.execute(
+        "SELECT * FROM trigger_checks WHERE job_id = ? ORDER BY callback_id, slot, rowid",
+        (job_id,),
+    ).fetchall()
+    return [
+        Check(
+            CheckKind(row["kind"]),
+            row["message"],
+            callback_id=int(row["callback_id"]),
+            slot=int(row["slot"]),
+            atom=row["atom"],
+            universal=bool(row["universal"]),
+            pgrp=int(row["pgrp"]),
+            label=row["label"],
+            resolved=row["resolved"],
+        )
+        for row in rows
+    ]

@@ -1,0 +1,331 @@
+"""One event's decisions inside its transaction: latches, work items, firings, journal entries.
+
+The engine looks up the atoms an event matches (the index) and hands them here with the
+open transaction; every decision is one of evaluate's pure functions (``step``,
+``residual``, ``work_targets``), and what they decide is written (unless dry) in that
+same transaction: the latches and their provenance, counts, the queued firings. The
+journal entries come back for the engine to write with them, or, for a dry run, to
+answer with.
+
+Near misses are found by two lookups in the label atoms (store): atoms of the event's
+pgrp whose label no job there holds (a typo, or a job not registered yet), and atoms
+of other pgrps naming the event's job's label whose label does not resolve in their
+own pgrp (the job landed in another pgrp). An atom whose label does resolve is not a
+near miss of other pgrps' events: a farm reuses the same labels in every pgrp, and
+each of their events would be one. At most ``MAX_NEAR_MISSES`` per event.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from executor.model import Event, RunResult
+from executor.triggers import items, near_misses, states
+from executor.triggers.evaluate import AtomKey, JobPlace, Step, residual, step, work_targets
+from executor.triggers.explain import near_miss_reason, outside_agenda_reason
+from executor.triggers.items import WorkState
+from executor.triggers.journal import EntryKind, JournalEntry, SeenEvent
+from executor.triggers.nodes import (
+    Atom,
+    Expr,
+    atoms,
+    per_work,
+    render,
+    render_atom,
+    substitute_all,
+)
+from executor.triggers.store import PendingFiring, StoredCallback, TriggerStore
+
+MAX_NEAR_MISSES: Final = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Fired:
+    """A callback an event fired (or would fire), for one of its work items if it has them."""
+
+    callback: StoredCallback
+    invocation_id: str = ""
+    result: RunResult | None = None
+    work_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Latched:
+    """A callback (a work item of one) whose latches an event set without firing it."""
+
+    callback: StoredCallback
+    latches: tuple[bool, ...]
+    work_name: str = ""
+
+
+@dataclass
+class Decision:
+    """What one event decided: in firing order, and the journal entries that say why."""
+
+    fired: list[Fired] = field(default_factory=list)
+    latched: list[Latched] = field(default_factory=list)
+    firings: list[PendingFiring] = field(default_factory=list)
+    entries: list[JournalEntry] = field(default_factory=list)
+
+
+def firing_order(callback: StoredCallback) -> tuple[int, bool, int]:
+    """By owning job, the job's own callbacks before universal ones, then callback id."""
+    return callback.job_id, callback.universal, callback.callback_id
+
+
+class Decider:
+    """Decides one event (or one level registration) in an open transaction."""
+
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        seen: SeenEvent,
+        batch: str,
+        *,
+        dry: bool,
+        parsed: Callable[[str], Expr],
+    ) -> None:
+        self._db = db
+        self._seen = seen
+        self._batch = batch
+        self._dry = dry
+        self._parsed = parsed
+        self.decision = Decision()
+
+    @property
+    def event(self) -> Event:
+        return self._seen.event
+
+    def matched(self, hits: Iterable[tuple[int, int]]) -> None:
+        """Step every callback the event matched (``hits``: callback row, latch slot)."""
+        slots: dict[int, set[int]] = {}
+        for rowid, slot in hits:
+            slots.setdefault(rowid, set()).add(slot)
+        for cb in sorted(TriggerStore.load_callbacks(self._db, slots), key=firing_order):
+            expr = self._parsed(cb.triggers)
+            if per_work(expr):
+                self._work_callback(cb, expr, slots[cb.rowid])
+            else:
+                self._callback(cb, expr, slots[cb.rowid])
+
+    # -- one latch vector -------------------------------------------------------------
+
+    def _callback(self, cb: StoredCallback, expr: Expr, slots: Iterable[int]) -> None:
+        moved = step(expr, cb.latches, slots, count=cb.count, maximum=cb.maximum)
+        marks = self._marks(cb.marks, moved)
+        if moved.fires:
+            self._fire(cb, cb.count + 1, self.event.work_name, expr, moved)
+            if not self._dry:
+                TriggerStore.save_state(
+                    self._db, cb.rowid, cb.count + 1, moved.latches, [None] * len(marks)
+                )
+            return
+        if moved.newly and not self._dry:
+            TriggerStore.save_state(self._db, cb.rowid, cb.count, moved.latches, marks)
+        if moved.newly:
+            self.decision.latched.append(Latched(cb, moved.latches))
+        self._entry(cb, expr, moved, count=cb.count)
+
+    def _work_callback(self, cb: StoredCallback, expr: Expr, slots: set[int]) -> None:
+        """A ``{work}`` callback: the slots latch in the item vectors ``work_targets`` says."""
+        found = atoms(expr)
+        size = len(found)
+        job_id = cb.job_id
+        work_name = self.event.work_name if self.event.type == "work" else ""
+        known = states.agenda_known(self._db, job_id)
+        held: dict[str, WorkState] = {}
+        if any(not found[slot].per_work for slot in slots):
+            # An atom without the placeholder latches in every item's vector.
+            held = items.held(self._db, cb.rowid, size)
+            agenda = states.agenda(self._db, job_id)
+            names = [*agenda, *(name for name in held if name not in set(agenda))]
+        elif not known or states.in_agenda(self._db, job_id, work_name):
+            names = [work_name]
+        else:
+            names = []
+        targets, outside = work_targets(expr, slots, work_name, names, agenda_known=known)
+        if outside:
+            agenda = states.agenda(self._db, job_id)
+            self._near_miss(cb, outside, outside_agenda_reason(work_name, job_id, agenda))
+        total = cb.count
+        for item, item_slots in targets.items():
+            state = held.get(item) or items.state(self._db, cb.rowid, item, size)
+            item_expr = substitute_all(expr, item)
+            moved = step(
+                item_expr, state.latches, item_slots, count=state.count, maximum=cb.maximum
+            )
+            marks = self._marks(state.latched_by, moved)
+            if moved.fires:
+                total += 1
+                after = WorkState(state.count + 1, moved.latches, (None,) * size)
+                self._fire(cb, state.count + 1, item, item_expr, moved)
+            else:
+                after = WorkState(state.count, moved.latches, marks)
+                if moved.newly:
+                    self.decision.latched.append(Latched(cb, moved.latches, item))
+                self._entry(cb, item_expr, moved, count=state.count, work_name=item)
+            if not self._dry and (moved.fires or moved.newly):
+                items.save(self._db, cb.rowid, item, after)
+        if total != cb.count and not self._dry:
+            TriggerStore.save_count(self._db, cb.rowid, total)
+
+    def _marks(
+        self, before: Sequence[SeenEvent | None], moved: Step
+    ) -> tuple[SeenEvent | None, ...]:
+        marks = list(before)
+        for slot in moved.newly:
+            marks[slot] = self._seen
+        return tuple(marks)
+
+    def _fire(
+        self, cb: StoredCallback, count: int, work_name: str, expr: Expr, moved: Step
+    ) -> None:
+        invocation_id = "" if self._dry else str(uuid.uuid4())
+        if not self._dry:
+            firing = PendingFiring(invocation_id, cb, self.event, self._batch, count, work_name)
+            TriggerStore.queue_firing(self._db, firing)
+            self.decision.firings.append(firing)
+        self.decision.fired.append(Fired(cb, invocation_id, work_name=work_name))
+        self._entry(cb, expr, moved, count=count, work_name=work_name, invocation_id=invocation_id)
+
+    def _entry(
+        self,
+        cb: StoredCallback,
+        expr: Expr,
+        moved: Step,
+        *,
+        count: int,
+        work_name: str = "",
+        invocation_id: str = "",
+    ) -> None:
+        found = atoms(expr)
+        if moved.spent:
+            kind = EntryKind.SPENT
+            reason = f"maximum reached: fired {count} of {cb.maximum} times"
+            waiting = ""
+        elif moved.fires:
+            kind, reason, waiting = EntryKind.FIRED, "", ""
+        else:
+            kind, reason = EntryKind.MATCHED, ""
+            rest, _ = residual(expr, moved.latches)
+            waiting = "" if rest is None else render(rest)
+        self.decision.entries.append(
+            JournalEntry(
+                job_id=cb.job_id,
+                callback_id=cb.callback_id,
+                kind=kind,
+                seen=self._seen,
+                work_name=work_name,
+                latched=tuple(render_atom(found[slot]) for slot in moved.newly),
+                already=tuple(render_atom(found[slot]) for slot in moved.already),
+                invocation_id=invocation_id,
+                count=count,
+                waiting_for=waiting,
+                reason=reason,
+            )
+        )
+
+    def _near_miss(self, cb: StoredCallback, slots: Iterable[int], reason: str) -> None:
+        found = atoms(self._parsed(cb.triggers))
+        self.decision.entries.append(
+            JournalEntry(
+                job_id=cb.job_id,
+                callback_id=cb.callback_id,
+                kind=EntryKind.NEAR_MISS,
+                seen=self._seen,
+                already=(),
+                latched=(),
+                waiting_for=" ".join(render_atom(found[slot]) for slot in slots),
+                reason=reason,
+            )
+        )
+
+    # -- near misses ------------------------------------------------------------------
+
+    def near_misses(
+        self, keys: Sequence[AtomKey], place: JobPlace, hits: Iterable[tuple[int, int]]
+    ) -> None:
+        """Journal the label atoms the event almost matched (see the module docstring)."""
+        matched = set(hits)
+        refs = near_misses.unresolved_in_pgrp(self._db, keys, place.pgrp, MAX_NEAR_MISSES)
+        if place.label and len(refs) < MAX_NEAR_MISSES:
+            refs += near_misses.unresolved_elsewhere(
+                self._db, keys, place.label, place.pgrp, MAX_NEAR_MISSES - len(refs)
+            )
+        refs = [ref for ref in refs if (ref.rowid, ref.slot) not in matched]
+        if not refs:
+            return
+        callbacks = {
+            cb.rowid: cb for cb in TriggerStore.load_callbacks(self._db, (r.rowid for r in refs))
+        }
+        labels: dict[int, list[str]] = {}
+        for ref in refs:
+            cb = callbacks.get(ref.rowid)
+            job = TriggerStore.job_in(self._db, cb.job_id) if cb else None
+            if cb is None or job is None:
+                continue
+            owner = JobPlace.of(job)
+            if owner.pgrp not in labels:
+                labels[owner.pgrp] = list(TriggerStore.labels_of(self._db, owner.pgrp))
+            atom: Atom = atoms(self._parsed(cb.triggers))[ref.slot]
+            reason = near_miss_reason(atom, owner, labels[owner.pgrp], self.event, place)
+            self._near_miss(cb, [ref.slot], reason)
+
+    # -- level mode at registration ---------------------------------------------------
+
+    def level(
+        self,
+        cb: StoredCallback,
+        expr: Expr,
+        marks: Sequence[SeenEvent | None],
+        work_name: str = "",
+    ) -> WorkState | None:
+        """Latch what already happened in a new level callback's vector; fire if it is true.
+
+        The vector is an item's, for a ``{work}`` callback.
+
+        Args:
+            cb: The callback, as just stored.
+            expr: Its trigger (substituted for ``work_name``).
+            marks: Per slot, the event that already happened (None: it has not).
+            work_name: The item, for a ``{work}`` callback.
+
+        Returns the vector's state to store (None when nothing latched). A firing runs
+        with the latest of the events, as if it had just happened.
+        """
+        newly = tuple(slot for slot, mark in enumerate(marks) if mark is not None)
+        if not newly:
+            return None
+        latest = max((mark for mark in marks if mark is not None), key=lambda mark: mark.at)
+        seen = SeenEvent(latest.event, self._seen.at)
+        moved = step(expr, [False] * len(marks), newly, count=0, maximum=cb.maximum)
+        found = atoms(expr)
+        invocation_id = ""
+        after = WorkState(0, moved.latches, tuple(marks))
+        if moved.fires:
+            after = WorkState(1, moved.latches, (None,) * len(marks))
+            invocation_id = "" if self._dry else str(uuid.uuid4())
+            if not self._dry:
+                firing = PendingFiring(invocation_id, cb, latest.event, self._batch, 1, work_name)
+                TriggerStore.queue_firing(self._db, firing)
+                self.decision.firings.append(firing)
+            self.decision.fired.append(Fired(cb, invocation_id, work_name=work_name))
+        rest, _ = residual(expr, moved.latches)
+        self.decision.entries.append(
+            JournalEntry(
+                job_id=cb.job_id,
+                callback_id=cb.callback_id,
+                kind=EntryKind.LEVEL,
+                seen=seen,
+                work_name=work_name,
+                latched=tuple(render_atom(found[slot]) for slot in newly),
+                invocation_id=invocation_id,
+                count=after.count,
+                waiting_for="" if rest is None or moved.fires else render(rest),
+            )
+        )
+        return after

@@ -1,0 +1,89 @@
+"""Work-item latches of ``{work}`` callbacks: one row per item an event has touched.
+
+A ``{work}`` callback is stored once (store.py); each of its work items has its own
+latch vector, the events that set its latches, and its count. An item no event has
+touched has no row (``WorkState.fresh``), so registering a job of 10,000 frames writes
+nothing here, and an event reads the one row of the item it names, by primary key.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import Final
+
+from executor.triggers.journal import SeenEvent, marks_from_json, marks_to_json
+
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS work_latches (
+    callback_rowid INTEGER NOT NULL REFERENCES callbacks (rowid) ON DELETE CASCADE,
+    work_name TEXT NOT NULL,
+    count INTEGER NOT NULL DEFAULT 0,
+    latches TEXT NOT NULL,
+    latched_by TEXT NOT NULL DEFAULT '[]',
+    PRIMARY KEY (callback_rowid, work_name)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkState:
+    """The latches and count of one work item of a ``{work}`` callback."""
+
+    count: int
+    latches: tuple[bool, ...]
+    latched_by: tuple[SeenEvent | None, ...]
+
+    @classmethod
+    def fresh(cls, size: int) -> WorkState:
+        """An item no event has touched."""
+        return cls(0, (False,) * size, (None,) * size)
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row, size: int) -> WorkState:
+        latches = tuple(bool(x) for x in json.loads(row["latches"]))
+        if len(latches) != size:  # the trigger changed under a kept row: start afresh
+            return cls(int(row["count"]), (False,) * size, (None,) * size)
+        return cls(int(row["count"]), latches, marks_from_json(row["latched_by"], size))
+
+
+def state(db: sqlite3.Connection, rowid: int, work_name: str, size: int) -> WorkState:
+    """An item's state (fresh when no event has touched it)."""
+    row = db.execute(
+        "SELECT count, latches, latched_by FROM work_latches"
+        " WHERE callback_rowid = ? AND work_name = ?",
+        (rowid, work_name),
+    ).fetchone()
+    return WorkState.fresh(size) if row is None else WorkState.from_row(row, size)
+
+
+def held(db: sqlite3.Connection, rowid: int, size: int) -> dict[str, WorkState]:
+    """Every item of the callback that holds state (latches or a count)."""
+    rows = db.execute(
+        "SELECT work_name, count, latches, latched_by FROM work_latches WHERE callback_rowid = ?",
+        (rowid,),
+    ).fetchall()
+    return {str(row["work_name"]): WorkState.from_row(row, size) for row in rows}
+
+
+def save(db: sqlite3.Connection, rowid: int, work_name: str, work: WorkState) -> None:
+    """Store an item's state (an untouched item's row goes)."""
+    if work.count == 0 and not any(work.latches):
+        db.execute(
+            "DELETE FROM work_latches WHERE callback_rowid = ? AND work_name = ?",
+            (rowid, work_name),
+        )
+        return
+    db.execute(
+        "INSERT INTO work_latches (callback_rowid, work_name, count, latches, latched_by)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (callback_rowid, work_name) DO UPDATE SET"
+        " count = excluded.count, latches = excluded.latches, latched_by = excluded.latched_by",
+        (
+            rowid,
+            work_name,
+            work.count,
+            json.dumps(list(work.latches)),
+            marks_to_json(work.latched_by),
+        ),
+    )

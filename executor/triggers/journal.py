@@ -1,0 +1,215 @@
+"""The per-callback event journal: what each event did to a callback, and why, kept bounded.
+
+For every event the engine handles it records, per callback the event touched, one
+entry: the atoms it latched (and those it matched that were already latched), whether
+the trigger became true, the firing and its invocation id, or why nothing fired (the
+maximum was reached, the rest of the trigger is still open). Near misses are entries
+too: an event whose name, type and extra match an atom whose context names another
+job, with the reason. Level mode's latching at registration is an entry of its own.
+
+Entries are written in the transaction that changes the latches they describe, so the
+journal and the state never disagree, after ``kill -9`` included. They are bounded:
+the newest ``JournalLimits.entries`` per callback (per work item for a ``{work}``
+callback, whose items are as many callbacks), and none older than
+``JournalLimits.max_age_s`` (pruned at most once a minute, by the engine). An entry
+holds the texts of its atoms as they were, so it still reads right after the trigger
+is registered anew.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from executor.model import Event
+
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS journal (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER NOT NULL,
+    callback_id INTEGER NOT NULL,
+    work_name TEXT NOT NULL,
+    at REAL NOT NULL,
+    entry_json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS journal_by_callback ON journal (job_id, callback_id, seq);
+CREATE INDEX IF NOT EXISTS journal_by_item ON journal (job_id, callback_id, work_name, seq);
+CREATE INDEX IF NOT EXISTS journal_by_age ON journal (at);
+"""
+
+# How often the engine prunes entries by age (each prune is one indexed DELETE).
+PRUNE_EVERY_S: Final = 60.0
+
+
+class EntryKind(enum.StrEnum):
+    """What an event did to a callback."""
+
+    MATCHED = "matched"  # latched atoms (or found them latched); the trigger is still open
+    FIRED = "fired"  # the trigger became true: a firing was queued
+    SPENT = "spent"  # matched, but the callback has fired its maximum: nothing changed
+    NEAR_MISS = "near_miss"  # name, type and extra matched; the context named another job
+    LEVEL = "level"  # level mode latched already-happened events at registration
+
+
+@dataclass(frozen=True, slots=True)
+class SeenEvent:
+    """An event as the engine saw it: what happened, and when (Unix seconds)."""
+
+    event: Event
+    at: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"event": self.event.as_dict(), "at": self.at}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SeenEvent:
+        return cls(Event.from_dict(data["event"]), float(data["at"]))
+
+
+def marks_to_json(marks: Sequence[SeenEvent | None]) -> str:
+    """The stored form of a latch vector's provenance (which event set each latch)."""
+    return json.dumps([None if mark is None else mark.as_dict() for mark in marks])
+
+
+def marks_from_json(text: str, size: int) -> tuple[SeenEvent | None, ...]:
+    """Read ``marks_to_json``; a vector stored before provenance reads as all unknown."""
+    stored = json.loads(text or "[]")
+    if len(stored) != size:
+        return (None,) * size
+    return tuple(None if mark is None else SeenEvent.from_dict(mark) for mark in stored)
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One event's effect on one callback (or on one work item of a ``{work}`` callback).
+
+    Attributes:
+        job_id, callback_id: The callback.
+        kind: What happened.
+        seen: The event, and when the engine handled it.
+        work_name: The work item of a ``{work}`` callback; "" otherwise.
+        latched: The atoms the event latched, as text (an item's atoms substituted).
+        already: The atoms it matched that were latched already.
+        invocation_id: The firing's run, for FIRED (and a LEVEL entry that fired);
+            "" in a dry run.
+        count: The callback's (the item's) count after the event.
+        waiting_for: What the trigger still waits for after the event, canonical; ""
+            when it fired.
+        reason: In words, why nothing fired (SPENT) or why it was a near miss.
+    """
+
+    job_id: int
+    callback_id: int
+    kind: EntryKind
+    seen: SeenEvent
+    work_name: str = ""
+    latched: tuple[str, ...] = ()
+    already: tuple[str, ...] = ()
+    invocation_id: str = ""
+    count: int = 0
+    waiting_for: str = ""
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind.value,
+            "seen": self.seen.as_dict(),
+            "latched": list(self.latched),
+            "already": list(self.already),
+            "invocation_id": self.invocation_id,
+            "count": self.count,
+            "waiting_for": self.waiting_for,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> JournalEntry:
+        data = json.loads(row["entry_json"])
+        return cls(
+            job_id=int(row["job_id"]),
+            callback_id=int(row["callback_id"]),
+            kind=EntryKind(data["kind"]),
+            seen=SeenEvent.from_dict(data["seen"]),
+            work_name=str(row["work_name"]),
+            latched=tuple(data["latched"]),
+            already=tuple(data["already"]),
+            invocation_id=str(data["invocation_id"]),
+            count=int(data["count"]),
+            waiting_for=str(data["waiting_for"]),
+            reason=str(data["reason"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class JournalLimits:
+    """How much journal is kept: the newest ``entries`` per callback, none older than ``max_age_s``.
+
+    Per work item, for a ``{work}`` callback.
+    """
+
+    entries: int = 20
+    max_age_s: float = 7 * 86400.0
+
+    def __post_init__(self) -> None:
+        if self.entries < 1:
+            raise ValueError(f"a journal keeps at least 1 entry per callback, not {self.entries}")
+        if self.max_age_s <= 0:
+            raise ValueError(f"a journal's maximum age must be positive, not {self.max_age_s}")
+
+
+def append(db: sqlite3.Connection, entries: Iterable[JournalEntry], limits: JournalLimits) -> None:
+    """Write entries in the caller's transaction; keep the newest of each callback they touch.
+
+    ``limits.entries`` are kept of each callback and work item.
+    """
+    touched: set[tuple[int, int, str]] = set()
+    for entry in entries:
+        db.execute(
+            "INSERT INTO journal (job_id, callback_id, work_name, at, entry_json)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (
+                entry.job_id,
+                entry.callback_id,
+                entry.work_name,
+                entry.seen.at,
+                json.dumps(entry.as_dict()),
+            ),
+        )
+        touched.add((entry.job_id, entry.callback_id, entry.work_name))
+    for job_id, callback_id, work_name in touched:
+        db.execute(
+            "DELETE FROM journal WHERE job_id = ?1 AND callback_id = ?2 AND work_name = ?3"
+            " AND seq <= (SELECT seq FROM journal WHERE job_id = ?1 AND callback_id = ?2"
+            " AND work_name = ?3 ORDER BY seq DESC LIMIT 1 OFFSET ?4)",
+            (job_id, callback_id, work_name, limits.entries),
+        )
+
+
+def prune_older_than(db: sqlite3.Connection, cutoff: float) -> int:
+    """Delete entries from before ``cutoff`` (Unix seconds); how many went."""
+    return db.execute("DELETE FROM journal WHERE at < ?", (cutoff,)).rowcount
+
+
+def read(
+    db: sqlite3.Connection, job_id: int, callback_id: int, *, limit: int, work_name: str | None
+) -> list[JournalEntry]:
+    """The newest ``limit`` entries of a callback, oldest first.
+
+    Of one work item when ``work_name`` is given.
+    """
+    if work_name is None:
+        rows = db.execute(
+            "SELECT * FROM journal WHERE job_id = ? AND callback_id = ? ORDER BY seq DESC LIMIT ?",
+            (job_id, callback_id, limit),
+        ).fetchall()
+    else:
+        rows = db.execute(
+            "SELECT * FROM journal WHERE job_id = ? AND callback_id = ? AND work_name = ?"
+            " ORDER BY seq DESC LIMIT ?",
+            (job_id, callback_id, work_name, limit),
+        ).fetchall()
+    return [JournalEntry.from_row(row) for row in reversed(rows)]

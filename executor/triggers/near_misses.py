@@ -1,0 +1,86 @@
+"""Near misses in the index: the label atoms an event almost matched, and why they did not.
+
+An atom whose label names no job in its pgrp waits for nothing. Two lookups find the
+ones an event would have matched but for that (name, type and extra match): atoms of
+the event's own pgrp whose label no job there holds (a typo, or a job not registered
+yet), and atoms of other pgrps naming the event's job's label that does not resolve in
+their own pgrp (the job landed in another pgrp). Both walk the partial indexes on the
+label atoms (store.py), with the keys' names and extras as IN lists, and stop at a limit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from executor.triggers.evaluate import AtomKey
+
+
+@dataclass(frozen=True, slots=True)
+class AtomRef:
+    """An indexed label atom: the callback row, the latch slot, and the label it names."""
+
+    rowid: int
+    slot: int
+    pgrp: int
+    label: str
+
+
+def unresolved_in_pgrp(
+    db: sqlite3.Connection, keys: Iterable[AtomKey], pgrp: int, limit: int
+) -> list[AtomRef]:
+    """Label atoms of ``pgrp`` under the keys whose label no registered job of the pgrp holds.
+
+    The keys' name, type and extra are matched.
+    """
+    return _label_atoms(db, keys, "a.pgrp = ?", (pgrp,), limit)
+
+
+def unresolved_elsewhere(
+    db: sqlite3.Connection, keys: Iterable[AtomKey], label: str, pgrp: int, limit: int
+) -> list[AtomRef]:
+    """Atoms of other pgrps naming ``label`` that no registered job of their own pgrp holds.
+
+    Under the keys' name, type and extra; ``pgrp`` itself is left out.
+    """
+    return _label_atoms(db, keys, "a.label = ? AND a.pgrp != ?", (label, pgrp), limit)
+
+
+def _marks(values: Sequence[object]) -> str:
+    return ",".join("?" * len(values))
+
+
+def _label_atoms(
+    db: sqlite3.Connection,
+    keys: Iterable[AtomKey],
+    where: str,
+    params: tuple[Any, ...],
+    limit: int,
+) -> list[AtomRef]:
+    """Label atoms matching ``where`` whose label no registered job of the atom's pgrp holds.
+
+    Under the (name, type, extra) of ``keys``; at most ``limit``.
+    """
+    triples = {(key.name, key.type, key.extra) for key in keys}
+    found: list[AtomRef] = []
+    for type_ in sorted({type_ for _, type_, _ in triples}):
+        names = sorted({name for name, of_type, _ in triples if of_type == type_})
+        extras = sorted({extra for _, of_type, extra in triples if of_type == type_})
+        rows = db.execute(
+            "SELECT a.callback_rowid, a.slot, a.pgrp, a.label, a.name, a.extra FROM atoms a"  # noqa: S608
+            f" WHERE {where} AND a.type = ? AND a.name IN ({_marks(names)})"
+            f" AND a.extra IN ({_marks(extras)}) AND a.label != ''"
+            " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.pgrp = a.pgrp AND j.label = a.label)"
+            " LIMIT ?",
+            (*params, type_, *names, *extras, limit - len(found)),
+        ).fetchall()
+        found.extend(
+            AtomRef(int(r[0]), int(r[1]), int(r[2]), str(r[3]))
+            for r in rows
+            if (r[4], type_, r[5]) in triples
+        )
+        if len(found) >= limit:
+            break
+    return found

@@ -1,0 +1,202 @@
+"""Registering a job: its callbacks as the engine stores them, their checks, level mode's start.
+
+The engine's ``register_job`` runs these in order: ``callback_specs`` (the job's own
+callbacks, then the universal ones; a trigger that does not parse or a mode that is
+neither edge nor level refuses the registration), ``surroundings`` and the checks
+(checks.py) before anything is written, then, in the registration's transaction, the
+level pass (``level_pass``) for each new level callback: what has already happened
+latches, and what that makes true fires, in that same transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from executor.errors import InvalidRequestError
+from executor.model import Event
+from executor.triggers import checks, items, states
+from executor.triggers.decide import Decider, Fired
+from executor.triggers.errors import TriggerSyntaxError
+from executor.triggers.evaluate import JobPlace, happened
+from executor.triggers.journal import SeenEvent
+from executor.triggers.nodes import (
+    WILDCARD,
+    Atom,
+    EventName,
+    EventType,
+    Expr,
+    atoms,
+    per_work,
+    substitute_all,
+)
+from executor.triggers.store import EDGE, LEVEL, MODES, StoredCallback, TriggerStore
+from executor.triggers.universal import UniversalCallback
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """What registering a job did: its callbacks as stored, the checks, what level mode fired."""
+
+    callbacks: list[StoredCallback]
+    checks: list[checks.Check]
+    fired: list[Fired]
+
+
+def callback_specs(
+    job: Mapping[str, Any],
+    universal: Sequence[UniversalCallback],
+    parsed: Callable[[str], Expr],
+) -> list[tuple[dict[str, Any], Expr]]:
+    """The job's callbacks (then the universal ones) as stored, each with its parsed trigger.
+
+    Raises:
+        InvalidRequestError: a trigger that does not parse, a mode that is not known.
+    """
+    specs: list[tuple[dict[str, Any], Expr]] = []
+    next_id = 1
+    for index, cb in enumerate(job.get("callbacks") or []):
+        try:
+            expr = parsed(str(cb.get("triggers") or ""))
+        except TriggerSyntaxError as err:
+            raise InvalidRequestError(f"job.callbacks[{index}].triggers: {err}") from err
+        mode = str(cb.get("mode") or EDGE)
+        if mode not in MODES:
+            raise InvalidRequestError(
+                f"job.callbacks[{index}].mode: {mode!r}; expected {' or '.join(MODES)}"
+            )
+        callback_id = int(cb.get("id") or 0) or next_id
+        next_id = max(next_id, callback_id) + 1
+        specs.append((_spec(cb, callback_id, job, expr, mode), expr))
+    for attached in universal:
+        expr = parsed(attached.triggers)
+        cb = {
+            "triggers": attached.triggers,
+            "language": attached.language,
+            "code": attached.code,
+            "universal": True,
+            "source": attached.source,
+        }
+        specs.append((_spec(cb, next_id, job, expr, attached.mode), expr))
+        next_id += 1
+    return specs
+
+
+def _spec(
+    cb: Mapping[str, Any], callback_id: int, job: Mapping[str, Any], expr: Expr, mode: str
+) -> dict[str, Any]:
+    return {
+        "id": callback_id,
+        "triggers": str(cb.get("triggers") or ""),
+        "language": str(cb.get("language") or "qube"),
+        "code": str(cb.get("code") or ""),
+        "user": str(cb.get("user") or job.get("user") or ""),
+        "count": int(cb.get("count") or 0),
+        "maximum": int(cb.get("maximum") or 0),
+        "latches": [False] * len(atoms(expr)),
+        "universal": bool(cb.get("universal", False)),
+        "source": str(cb.get("source") or ""),
+        "mode": mode,
+    }
+
+
+def surroundings(
+    store: TriggerStore,
+    place: JobPlace,
+    job: Mapping[str, Any],
+    exprs: Sequence[Expr],
+    published: frozenset[str] | None,
+) -> checks.Surroundings:
+    """What the checks need around a registering job.
+
+    Its pgrp's labels, the agendas of the jobs its triggers name.
+    """
+    labels = store.labels_in(place.pgrp)
+    if place.label:
+        labels[place.label] = place.job_id
+    own = [str(w["name"]) if isinstance(w, Mapping) else str(w) for w in job.get("agenda") or []]
+    partial = checks.Surroundings(place, labels, {place.job_id: own}, published)
+    agendas: dict[int, Sequence[str]] = {place.job_id: own}
+    with store.reading() as db:
+        for expr in exprs:
+            for atom in atoms(expr):
+                job_id = checks.referenced_job(atom, partial)
+                if atom.type is EventType.WORK and job_id is not None and job_id not in agendas:
+                    agendas[job_id] = states.agenda(db, job_id)
+    return checks.Surroundings(place, labels, agendas, published)
+
+
+class _Known:
+    """The known states a level pass reads, each job's items loaded once."""
+
+    def __init__(self, db: sqlite3.Connection, place: JobPlace) -> None:
+        self._db = db
+        self._place = place
+        self._labels = TriggerStore.labels_of(db, place.pgrp)
+        self._items: dict[tuple[int, str], dict[str, states.KnownState]] = {}
+
+    def job_of(self, atom: Atom) -> int | None:
+        where = checks.Surroundings(self._place, self._labels, {})
+        return checks.referenced_job(atom, where)
+
+    def items(self, job_id: int, type_: str) -> dict[str, states.KnownState]:
+        key = (job_id, type_)
+        if key not in self._items:
+            self._items[key] = states.items(self._db, job_id, type_)
+        return self._items[key]
+
+    def mark(self, atom: Atom) -> SeenEvent | None:
+        """The event that shows ``atom``'s event has already happened; None if it has not."""
+        job_id = self.job_of(atom)
+        if job_id is None or atom.is_timed:
+            return None
+        type_ = atom.type.value
+        if atom.type is EventType.JOB:
+            known = states.state(self._db, job_id, type_)
+            candidates = [("", known)] if known is not None else []
+        elif atom.type in (EventType.WORK, EventType.SUBJOB):
+            found = self.items(job_id, type_)
+            if atom.extra == WILDCARD:
+                candidates = list(found.items())
+            else:
+                candidates = [(atom.extra, found[atom.extra])] if atom.extra in found else []
+        else:
+            return None
+        for item, known in candidates:
+            if happened(atom, [known.state]):
+                if atom.name is EventName.SUBMIT:
+                    return SeenEvent(Event("submit", "job", job_id), 0.0)
+                return states.seen_or_registered(known, job_id, type_, item)
+        return None
+
+
+def level_pass(
+    db: sqlite3.Connection,
+    decider: Decider,
+    cb: StoredCallback,
+    expr: Expr,
+    place: JobPlace,
+    agenda: Sequence[str],
+) -> None:
+    """Level mode's first evaluation of a new callback, in its registration's transaction."""
+    known = _Known(db, place)
+    if not per_work(expr):
+        after = decider.level(cb, expr, [known.mark(atom) for atom in atoms(expr)])
+        if after is not None:
+            TriggerStore.save_state(db, cb.rowid, after.count, after.latches, after.latched_by)
+        return
+    total = 0
+    for item in agenda:
+        item_expr = substitute_all(expr, item)
+        marks = [known.mark(atom) for atom in atoms(item_expr)]
+        after = decider.level(cb, item_expr, marks, item)
+        if after is not None:
+            items.save(db, cb.rowid, item, after)
+            total += after.count
+    if total:
+        TriggerStore.save_count(db, cb.rowid, total)
+
+
+__all__ = ["LEVEL", "Registration", "callback_specs", "level_pass", "surroundings"]

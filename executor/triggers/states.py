@@ -1,0 +1,163 @@
+"""The last known state of every registered job, work item and instance, and the agendas.
+
+The engine keeps it from what it has been told: a registration carries the job's status
+and its agenda with each item's status (the supervisor's view at that moment, which
+replaces what was known), and each later event that changes a state (``state_after``)
+moves its object there. What it is for: level mode (has an atom's event already
+happened?), the agenda a ``{work}`` callback's items come from, and ``why`` ("frame 5
+is running"). Qube publishes no event for ``pending``: an item unblocked since its last
+event still shows that event's state.
+
+Only registered jobs are kept (an event of a job the engine does not know is not
+recorded); a job's states go when a ``removed`` event removes it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from executor.model import Event
+from executor.triggers.evaluate import state_after
+from executor.triggers.journal import SeenEvent
+
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS known_states (
+    job_id INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    item TEXT NOT NULL,
+    position INTEGER NOT NULL DEFAULT -1,
+    state TEXT NOT NULL,
+    seen_json TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (job_id, type, item)
+) WITHOUT ROWID;
+
+"""
+
+JOB: Final = "job"
+WORK: Final = "work"
+SUBJOB: Final = "subjob"
+
+
+@dataclass(frozen=True, slots=True)
+class KnownState:
+    """An object's last known state, and the event that left it there.
+
+    None when its registration did.
+    """
+
+    state: str
+    seen: SeenEvent | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> KnownState:
+        seen = SeenEvent.from_dict(json.loads(row["seen_json"])) if row["seen_json"] else None
+        return cls(str(row["state"]), seen)
+
+
+def register_job(db: sqlite3.Connection, job: Mapping[str, Any]) -> None:
+    """Replace what is known of a job by what its registration says (status, agenda, instances)."""
+    job_id = int(job["id"])
+    forget_job(db, job_id)
+    rows: list[tuple[int, str, str, int, str]] = [
+        (job_id, JOB, "", -1, str(job.get("status") or ""))
+    ]
+    for position, work in enumerate(job.get("agenda") or []):
+        if isinstance(work, Mapping):
+            rows.append((job_id, WORK, str(work["name"]), position, str(work.get("status") or "")))
+        else:
+            rows.append((job_id, WORK, str(work), position, ""))
+    rows.extend(
+        (job_id, SUBJOB, str(sub.get("id", 0)), -1, str(sub.get("status") or ""))
+        for sub in job.get("subjobs") or []
+    )
+    # A repeated work name keeps its first place (INSERT OR IGNORE): names are unique in Qube.
+    db.executemany(
+        "INSERT OR IGNORE INTO known_states (job_id, type, item, position, state)"
+        " VALUES (?, ?, ?, ?, ?)",
+        rows,
+    )
+
+
+def record(db: sqlite3.Connection, seen: SeenEvent) -> None:
+    """Move the event's object to the state the event leaves it in (if it changes one)."""
+    event = seen.event
+    state = state_after(event)
+    if state is None or event.type not in (JOB, WORK, SUBJOB):
+        return
+    item = "" if event.type == JOB else event.item
+    db.execute(
+        "INSERT INTO known_states (job_id, type, item, state, seen_json) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT (job_id, type, item) DO UPDATE SET state = excluded.state,"
+        " seen_json = excluded.seen_json",
+        (event.job_id, event.type, item, state, json.dumps(seen.as_dict())),
+    )
+
+
+def forget_job(db: sqlite3.Connection, job_id: int) -> None:
+    db.execute("DELETE FROM known_states WHERE job_id = ?", (job_id,))
+
+
+def state(db: sqlite3.Connection, job_id: int, type_: str, item: str = "") -> KnownState | None:
+    """The last known state of one object; None when nothing is known of it."""
+    row = db.execute(
+        "SELECT state, seen_json FROM known_states WHERE job_id = ? AND type = ? AND item = ?",
+        (job_id, type_, item),
+    ).fetchone()
+    return None if row is None else KnownState.from_row(row)
+
+
+def items(db: sqlite3.Connection, job_id: int, type_: str) -> dict[str, KnownState]:
+    """Every known item of a type (work or subjob) of a job, agenda order first."""
+    rows = db.execute(
+        "SELECT item, state, seen_json FROM known_states WHERE job_id = ? AND type = ?"
+        " ORDER BY position < 0, position, item",
+        (job_id, type_),
+    ).fetchall()
+    return {str(row["item"]): KnownState.from_row(row) for row in rows}
+
+
+def agenda(db: sqlite3.Connection, job_id: int) -> list[str]:
+    """The work names of the job's agenda as registered, in order ([] when none was)."""
+    return [
+        str(row[0])
+        for row in db.execute(
+            "SELECT item FROM known_states WHERE job_id = ? AND type = 'work' AND position >= 0"
+            " ORDER BY position",
+            (job_id,),
+        )
+    ]
+
+
+def agenda_known(db: sqlite3.Connection, job_id: int) -> bool:
+    """Whether the job registered with an agenda."""
+    row = db.execute(
+        "SELECT 1 FROM known_states WHERE job_id = ? AND type = 'work' AND position >= 0 LIMIT 1",
+        (job_id,),
+    ).fetchone()
+    return row is not None
+
+
+def in_agenda(db: sqlite3.Connection, job_id: int, work_name: str) -> bool:
+    """Whether ``work_name`` is in the job's registered agenda."""
+    row = db.execute(
+        "SELECT position FROM known_states WHERE job_id = ? AND type = 'work' AND item = ?",
+        (job_id, work_name),
+    ).fetchone()
+    return row is not None and int(row[0]) >= 0
+
+
+def seen_or_registered(known: KnownState, job_id: int, type_: str, item: str) -> SeenEvent:
+    """The event that left an object in its state.
+
+    For a state its registration gave, the event that state stands for (so a level
+    firing has an event to run with).
+    """
+    if known.seen is not None:
+        return known.seen
+    return SeenEvent(
+        Event.from_atom_form(known.state, type_, str(job_id), item, job_id=job_id), 0.0
+    )

@@ -1,0 +1,401 @@
+"""Why a job's callbacks did or did not fire: each trigger's atoms resolved, latched, waited for.
+
+Read-only over the store. For each callback: the trigger as written and canonical, every
+atom with the job its context names now (label -> job id and pgrp, ``parent`` -> job
+id), its latch and the event that set it, what the trigger still waits for in words
+(``residual`` over the latches, each open atom with its job and that object's last
+known state), the checks registration found, and the newest journal entries. A
+``{work}`` callback shows its work items compactly: up to ``MAX_ITEMS_IN_FULL`` items
+holding a latch each in full with its atoms, the others grouped by latches and count
+(one item in full on request).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from executor.errors import NotFoundError
+from executor.triggers import checks, items, journal, states
+from executor.triggers.evaluate import JobPlace, happened, residual, spent
+from executor.triggers.explain import (
+    describe_atom,
+    describe_job,
+    unresolved_label,
+)
+from executor.triggers.items import WorkState
+from executor.triggers.journal import JournalEntry, SeenEvent
+from executor.triggers.nodes import (
+    WILDCARD,
+    Atom,
+    ContextKind,
+    EventType,
+    Expr,
+    atoms,
+    per_work,
+    render,
+    render_atom,
+    substitute_all,
+)
+from executor.triggers.store import EDGE, StoredCallback, TriggerStore
+
+# Up to this many work items holding latches are explained one by one (with their atoms
+# and the events that set them); more are grouped by latches and count, like the rest.
+MAX_ITEMS_IN_FULL: Final = 10
+
+
+@dataclass(frozen=True, slots=True)
+class AtomExplanation:
+    """One atom of a trigger as things stand.
+
+    Attributes:
+        slot: Its latch slot.
+        atom: Canonical text (an item's, when explaining one work item).
+        description: In words (``describe_atom``).
+        job_id, pgrp: The job its context names now; 0 when none.
+        resolution: In words, how the context resolved (or why it did not).
+        latched: Its latch.
+        latched_by: The event that set the latch; None when not latched (or unknown).
+        state: In words, the last known state of the object it watches ("" if none).
+    """
+
+    slot: int
+    atom: str
+    description: str
+    job_id: int
+    pgrp: int
+    resolution: str
+    latched: bool
+    latched_by: SeenEvent | None
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkExplanation:
+    """Work items of a ``{work}`` callback in the same state (one item when it holds latches).
+
+    ``atoms`` is filled for a single item only.
+    """
+
+    work_names: tuple[str, ...]
+    count: int
+    latches: tuple[bool, ...]
+    spent: bool
+    waiting: str
+    waiting_for: tuple[str, ...]
+    atoms: tuple[AtomExplanation, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackExplanation:
+    """One callback: its atoms, what it waits for, its work items, checks and journal."""
+
+    callback: StoredCallback
+    canonical: str
+    per_work: bool
+    atoms: tuple[AtomExplanation, ...]
+    spent: bool
+    # Canonical residual of the trigger ("" when spent or true); for a {work} callback,
+    # that of an untouched item, with the placeholder.
+    waiting: str
+    waiting_for: tuple[str, ...]
+    work: tuple[WorkExplanation, ...]
+    journal: tuple[JournalEntry, ...]
+    checks: tuple[checks.Check, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class JobExplanation:
+    """A registered job and its callbacks, explained."""
+
+    job_id: int
+    name: str
+    label: str
+    pgrp: int
+    callbacks: tuple[CallbackExplanation, ...]
+    # Checks about the job itself (its label).
+    checks: tuple[checks.Check, ...]
+
+
+def explain_job(
+    store: TriggerStore,
+    job_id: int,
+    callback_id: int = 0,
+    *,
+    work_name: str = "",
+    journal_limit: int,
+    parsed: Callable[[str], Expr],
+) -> JobExplanation:
+    """Explain a job's callbacks.
+
+    One of them when ``callback_id``; one work item of a ``{work}`` callback when
+    ``work_name``.
+
+    Raises:
+        NotFoundError: the job or the callback is not registered.
+    """
+    job = store.job(job_id)
+    if job is None:
+        raise NotFoundError(
+            f"job {job_id} is not registered with the trigger engine (never, or removed)"
+        )
+    callbacks = store.callbacks_of(job_id)
+    if callback_id:
+        callbacks = [cb for cb in callbacks if cb.callback_id == callback_id]
+        if not callbacks:
+            known = ", ".join(str(cb.callback_id) for cb in store.callbacks_of(job_id))
+            raise NotFoundError(
+                f"job {job_id} has no callback {callback_id} (its callbacks: {known or 'none'})"
+            )
+    place = JobPlace.of(job)
+    with store.reading() as db:
+        found = checks.of_job(db, job_id)
+        view = _View(db, place)
+        explained = tuple(
+            _callback(
+                db,
+                view,
+                cb,
+                parsed(cb.triggers),
+                work_name=work_name,
+                journal_limit=journal_limit,
+                checks_found=tuple(c for c in found if c.callback_id == cb.callback_id),
+            )
+            for cb in callbacks
+        )
+    return JobExplanation(
+        job_id=job_id,
+        name=str(job.get("name") or ""),
+        label=place.label,
+        pgrp=place.pgrp,
+        callbacks=explained,
+        checks=tuple(c for c in found if c.callback_id == 0),
+    )
+
+
+class _View:
+    """What is known around the job: places, labels and states, each read once."""
+
+    def __init__(self, db: sqlite3.Connection, owner: JobPlace) -> None:
+        self.db = db
+        self.owner = owner
+        self.labels = TriggerStore.labels_of(db, owner.pgrp)
+        self._places: dict[int, JobPlace | None] = {}
+
+    def place(self, job_id: int) -> JobPlace | None:
+        if job_id not in self._places:
+            job = TriggerStore.job_in(self.db, job_id)
+            self._places[job_id] = None if job is None else JobPlace.of(job)
+        return self._places[job_id]
+
+    def resolve(self, atom: Atom) -> tuple[int, str]:
+        """(job id or 0, the resolution in words) of an atom's context."""
+        owner = self.owner
+        kind = atom.context_kind
+        if kind is ContextKind.NONE:
+            return 0, "no job (a global atom)"
+        if kind is ContextKind.PARENT and not owner.pid:
+            return 0, f"no parent: job {owner.job_id} has pid 0"
+        if kind is ContextKind.LABEL and atom.context not in self.labels:
+            return 0, unresolved_label(atom.context, owner.pgrp, list(self.labels))
+        job_id = {
+            ContextKind.SELF: owner.job_id,
+            ContextKind.PARENT: owner.pid,
+            ContextKind.JOB_ID: int(atom.context) if kind is ContextKind.JOB_ID else 0,
+            ContextKind.LABEL: self.labels.get(atom.context, 0),
+        }[kind]
+        words = describe_job(job_id, self.place(job_id))
+        if kind is ContextKind.SELF:
+            words = f"this job: {words}"
+        elif kind is ContextKind.PARENT:
+            words = f"parent: {words}"
+        return job_id, words
+
+    def state(self, atom: Atom, job_id: int) -> str:
+        """The last known state of what the atom watches, in words ("" when nothing to say)."""
+        if not job_id or atom.is_timed or self.place(job_id) is None:
+            return ""
+        if atom.type is EventType.JOB:
+            known = states.state(self.db, job_id, "job")
+            return f"job {job_id} is {known.state}" if known and known.state else ""
+        if atom.type not in (EventType.WORK, EventType.SUBJOB):
+            return ""
+        noun = "work" if atom.type is EventType.WORK else "instance"
+        if atom.extra == WILDCARD:
+            known_items = states.items(self.db, job_id, atom.type.value).values()
+            tally = Counter(k.state or "no event yet" for k in known_items)
+            if not tally:
+                return f"no {noun} item of job {job_id} is known"
+            parts = ", ".join(f"{n} {state}" for state, n in sorted(tally.items()))
+            return f"its {noun} items: {parts}"
+        known = states.state(self.db, job_id, atom.type.value, atom.extra)
+        if known is None:
+            return f"{noun} {atom.extra} is not known (not in job {job_id}'s agenda)"
+        return f"{noun} {atom.extra} is {known.state or 'in the agenda, no event seen yet'}"
+
+    def atom(self, slot: int, atom: Atom, latched: bool, mark: SeenEvent | None) -> AtomExplanation:
+        job_id, resolution = self.resolve(atom)
+        place = self.place(job_id) if job_id else None
+        return AtomExplanation(
+            slot=slot,
+            atom=render_atom(atom),
+            description=describe_atom(atom),
+            job_id=job_id,
+            pgrp=place.pgrp if place else 0,
+            resolution=resolution,
+            latched=latched,
+            latched_by=mark if latched else None,
+            state="" if atom.per_work else self.state(atom, job_id),
+        )
+
+
+def _waiting_for(
+    view: _View,
+    mode: str,
+    count: int,
+    expr: Expr,
+    explained: Sequence[AtomExplanation],
+    latches: Sequence[bool],
+) -> tuple[str, tuple[str, ...]]:
+    """(canonical residual, one line per open atom) of a latch vector."""
+    rest, open_slots = residual(expr, latches)
+    if rest is None:
+        return "", ()
+    lines = []
+    found = atoms(expr)
+    for slot in open_slots:
+        item = explained[slot]
+        words = ", ".join(part for part in (item.resolution, item.state) if part)
+        line = f"{item.atom}: {words}" if words else f"{item.atom}: {item.description}"
+        if _already(view, found[slot], item.job_id):
+            # Never fired and not latched: the event came before the callback could see it.
+            line += (
+                " (already happened before it could latch: edge-triggered, this waits for the"
+                " next such event; mode level would have latched it at registration)"
+                if mode == EDGE and count == 0
+                else " (already happened; this waits for the next such event)"
+            )
+        lines.append(line)
+    return render(rest), tuple(lines)
+
+
+def _already(view: _View, atom: Atom, job_id: int) -> bool:
+    if not job_id or atom.per_work or atom.extra == WILDCARD or atom.is_timed:
+        return False
+    item = "" if atom.type is EventType.JOB else atom.extra
+    known = states.state(view.db, job_id, atom.type.value, item)
+    return known is not None and happened(atom, [known.state])
+
+
+def _callback(
+    db: sqlite3.Connection,
+    view: _View,
+    cb: StoredCallback,
+    expr: Expr,
+    *,
+    work_name: str,
+    journal_limit: int,
+    checks_found: tuple[checks.Check, ...],
+) -> CallbackExplanation:
+    found = atoms(expr)
+    work: tuple[WorkExplanation, ...] = ()
+    if per_work(expr):
+        explained = tuple(view.atom(slot, atom, False, None) for slot, atom in enumerate(found))
+        is_spent = False
+        waiting = render(expr)
+        waiting_for = tuple(f"{item.atom}: {item.resolution}" for item in explained)
+        work = _work_items(db, view, cb, expr, work_name)
+    else:
+        marks = cb.marks
+        explained = tuple(
+            view.atom(slot, atom, cb.latches[slot], marks[slot]) for slot, atom in enumerate(found)
+        )
+        is_spent = spent(cb.count, cb.maximum)
+        waiting, waiting_for = (
+            ("", ())
+            if is_spent
+            else _waiting_for(view, cb.mode, cb.count, expr, explained, cb.latches)
+        )
+    entries = journal.read(
+        db,
+        cb.job_id,
+        cb.callback_id,
+        limit=journal_limit,
+        work_name=work_name if work_name and per_work(expr) else None,
+    )
+    return CallbackExplanation(
+        callback=cb,
+        canonical=render(expr),
+        per_work=per_work(expr),
+        atoms=explained,
+        spent=is_spent,
+        waiting=waiting,
+        waiting_for=waiting_for,
+        work=work,
+        journal=tuple(entries),
+        checks=checks_found,
+    )
+
+
+def _work_items(
+    db: sqlite3.Connection, view: _View, cb: StoredCallback, expr: Expr, work_name: str
+) -> tuple[WorkExplanation, ...]:
+    size = len(atoms(expr))
+    held = items.held(db, cb.rowid, size)
+    if work_name:
+        return (_one_item(view, cb, expr, work_name, held.get(work_name, WorkState.fresh(size))),)
+    agenda = states.agenda(db, cb.job_id)
+    names = [*agenda, *(name for name in held if name not in set(agenda))]
+    latched = [name for name in names if name in held and any(held[name].latches)]
+    single: list[WorkExplanation] = []
+    if len(latched) <= MAX_ITEMS_IN_FULL:
+        single = [_one_item(view, cb, expr, name, held[name]) for name in latched]
+    groups: dict[tuple[int, tuple[bool, ...]], list[str]] = {}
+    for name in names:
+        state = held.get(name, WorkState.fresh(size))
+        if single and name in latched:
+            continue
+        groups.setdefault((state.count, state.latches), []).append(name)
+    grouped = []
+    for (count, latches), members in sorted(groups.items(), key=lambda g: (-sum(g[0][1]), g[0][0])):
+        is_spent = spent(count, cb.maximum)
+        rest, _ = residual(expr, latches)
+        grouped.append(
+            WorkExplanation(
+                work_names=tuple(members),
+                count=count,
+                latches=latches,
+                spent=is_spent,
+                waiting="" if is_spent or rest is None else render(rest),
+                waiting_for=(),
+            )
+        )
+    return (*single, *grouped)
+
+
+def _one_item(
+    view: _View, cb: StoredCallback, expr: Expr, name: str, state: WorkState
+) -> WorkExplanation:
+    item_expr = substitute_all(expr, name)
+    explained = tuple(
+        view.atom(slot, atom, state.latches[slot], state.latched_by[slot])
+        for slot, atom in enumerate(atoms(item_expr))
+    )
+    is_spent = spent(state.count, cb.maximum)
+    waiting, waiting_for = (
+        ("", ())
+        if is_spent
+        else _waiting_for(view, cb.mode, state.count, item_expr, explained, state.latches)
+    )
+    return WorkExplanation(
+        work_names=(name,),
+        count=state.count,
+        latches=state.latches,
+        spent=is_spent,
+        waiting=waiting,
+        waiting_for=waiting_for,
+        atoms=explained,
+    )

@@ -1,0 +1,101 @@
+"""Trigger engines for unit tests: on a real SQLite store, with stand-ins for the sandbox runner."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, Protocol
+
+from executor.model import Invocation, Limits, Outcome, RunResult
+from executor.triggers.engine import TriggerEngine
+from executor.triggers.store import TriggerStore
+
+LIMITS = Limits(1, 5, 1 << 28, 1 << 16, 8, 1 << 20)
+
+
+class Recorder:
+    """Runs nothing; remembers what the engine asked to run, in order."""
+
+    def __init__(self) -> None:
+        self.runs: list[Invocation] = []
+        self._changed = asyncio.Event()
+
+    async def __call__(self, invocation: Invocation) -> RunResult:
+        self.runs.append(invocation)
+        self._changed.set()
+        return RunResult(invocation.invocation_id, Outcome.SUCCEEDED)
+
+    @property
+    def codes(self) -> list[str]:
+        return [run.callback.code for run in self.runs]
+
+    async def ran(self, count: int) -> None:
+        """Until ``count`` runs have been asked for (background firings)."""
+        async with asyncio.timeout(10):
+            while len(self.runs) < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+
+class Gated(Recorder):
+    """Each run holds until the test opens the gate of its callback's code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._gates: dict[str, asyncio.Event] = {}
+        self._running: set[str] = set()
+        self.most_at_once = 0
+
+    def open(self, code: str) -> None:
+        self._gates.setdefault(code, asyncio.Event()).set()
+
+    async def __call__(self, invocation: Invocation) -> RunResult:
+        code = invocation.callback.code
+        self._running.add(code)
+        self.most_at_once = max(self.most_at_once, len(self._running))
+        try:
+            result = await super().__call__(invocation)
+            await self._gates.setdefault(code, asyncio.Event()).wait()
+        finally:
+            self._running.discard(code)
+        return result
+
+
+class Refusing(Recorder):
+    """Raises ``error`` for the first ``times`` runs asked for (any callback), then runs."""
+
+    def __init__(self, error: Exception, times: int) -> None:
+        super().__init__()
+        self._error = error
+        self._left = times
+        self.attempts: list[str] = []
+
+    async def __call__(self, invocation: Invocation) -> RunResult:
+        self.attempts.append(invocation.callback.code)
+        if self._left:
+            self._left -= 1
+            raise self._error
+        return await super().__call__(invocation)
+
+
+def engine_at(path: Path, recorder: Recorder, **kwargs: Any) -> TriggerEngine:
+    """An engine that is not started: it decides, and queues what it fires."""
+    return TriggerEngine(TriggerStore(str(path / "triggers.db")), recorder, limits=LIMITS, **kwargs)
+
+
+class Engines(Protocol):
+    def __call__(self, recorder: Recorder, *, start: bool = True, **kwargs: Any) -> TriggerEngine:
+        """An engine on the test's database, started unless told; closed after the test."""
+
+
+def job(
+    job_id: int, *callbacks: tuple[str, str], label: str = "", pgrp: int = 1, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "id": job_id,
+        "pgrp": pgrp,
+        "label": label,
+        "user": "alice",
+        **extra,
+        "callbacks": [{"triggers": t, "language": "qube", "code": c} for t, c in callbacks],
+    }

@@ -1,0 +1,237 @@
+"""Dependencies that explain themselves, over gRPC: checks, why, near misses, level mode, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisor_client import InvalidRequestError
+from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
+from tests.conftest import Stack
+from tests.service.test_runs import cbexec
+
+pytestmark = pytest.mark.service
+
+FRAMES = ["1", "2"]
+
+
+def typo_job(job_id: int, pgrp: int) -> dict[str, Any]:
+    return {
+        "id": job_id,
+        "pgrp": pgrp,
+        "label": "comp",
+        "user": "alice",
+        "callbacks": [
+            {"triggers": "complete-work-ribgn-*", "language": "qube", "code": "unblock-self"}
+        ],
+    }
+
+
+async def complete_all(stack: Stack, job_id: int) -> None:
+    for frame in FRAMES:
+        stack.supervisor.start_work(job_id, frame)
+        stack.supervisor.complete_work(job_id, frame)
+    await stack.settle()
+
+
+async def test_a_label_typo_is_found_at_registration_and_explained_by_why(
+    stack_warm: Stack,
+) -> None:
+    stack = stack_warm
+    (ribgen,) = stack.supervisor.submit(
+        [{"name": "ribgen", "label": "ribgen", "user": "alice", "agenda": FRAMES}]
+    )
+    await stack.settle()
+    pgrp = ribgen["pgrp"]
+
+    with pytest.raises(InvalidRequestError, match=r"strict.*label 'ribgn' names no job"):
+        await stack.client.register_job(typo_job(900, pgrp), strict=True)
+    reply = await stack.client.register_job(typo_job(900, pgrp))
+    (warning,) = reply.warnings
+    assert warning.kind == executor_pb2.TRIGGER_CHECK_KIND_UNKNOWN_LABEL
+    assert (warning.job_id, warning.callback_id, warning.atom) == (
+        900,
+        1,
+        "complete-work-ribgn-*",
+    )
+    assert "did you mean 'ribgen'?" in warning.message
+
+    await complete_all(stack, ribgen["id"])  # the frames it was meant to wait for
+
+    (explained,) = (await stack.client.explain_callbacks(900)).callbacks
+    assert explained.callback.count == 0
+    assert explained.checks[0].message == warning.message
+    assert explained.waiting_for[0].startswith(
+        f"complete-work-ribgn-*: label 'ribgn' names no job in pgrp {pgrp}"
+    )
+    misses = [e for e in explained.journal if e.kind == executor_pb2.JOURNAL_ENTRY_KIND_NEAR_MISS]
+    assert len(misses) == 2  # one per completed frame of ribgen
+    assert misses[0].reason.endswith(f"this event was job {ribgen['id']} 'ribgen' in pgrp {pgrp}")
+
+    code, out, err = await cbexec("triggers", "why", "900:1", "--address", stack.address)
+    assert (code, err) == (0, "")
+    assert out.startswith(f"job 900 'comp' in pgrp {pgrp}\n")
+    assert "did you mean 'ribgen'? [unknown label]" in out
+    assert "near miss of complete-work-ribgn-*" in out
+    code, out, _ = await cbexec("triggers", "why", "900", "--json", "--address", stack.address)
+    plain = json.loads(out)
+    assert code == 0 and plain["job_id"] == 900
+    assert plain["callbacks"][0]["checks"][0]["kind"] == "TRIGGER_CHECK_KIND_UNKNOWN_LABEL"
+
+
+async def test_a_near_miss_across_pgrps_is_explained(stack_warm: Stack) -> None:
+    stack = stack_warm
+    (waiter,) = stack.supervisor.submit(
+        [
+            {
+                "name": "comp",
+                "label": "comp",
+                "user": "alice",
+                "status": "blocked",
+                "callbacks": [
+                    {"triggers": "complete-job-ribgen", "language": "qube", "code": "unblock-self"}
+                ],
+            }
+        ]
+    )
+    # ribgen submitted on its own: it lands in a pgrp of its own, not the waiter's.
+    (ribgen,) = stack.supervisor.submit(
+        [{"name": "ribgen", "label": "ribgen", "user": "alice", "agenda": FRAMES}]
+    )
+    await complete_all(stack, ribgen["id"])
+
+    assert stack.supervisor.job(waiter["id"])["status"] == "blocked"
+    (explained,) = (await stack.client.explain_callbacks(waiter["id"])).callbacks
+    (miss,) = explained.journal
+    assert miss.kind == executor_pb2.JOURNAL_ENTRY_KIND_NEAR_MISS
+    assert miss.reason == (
+        f"label 'ribgen' names no job in pgrp {waiter['pgrp']}; "
+        f"this event was job {ribgen['id']} 'ribgen' in pgrp {ribgen['pgrp']}"
+    )
+    assert miss.seen.event.name == "complete" and miss.seen.job_id == ribgen["id"]
+
+
+@pytest.mark.parametrize("language", ["python", "qube"])
+async def test_level_mode_fires_once_for_a_job_submitted_after_its_dependency_completed(
+    stack_warm: Stack, language: str
+) -> None:
+    stack = stack_warm
+    (job_a,) = stack.supervisor.submit([{"name": "jobA", "user": "alice", "agenda": FRAMES}])
+    await complete_all(stack, job_a["id"])
+    assert stack.supervisor.job(job_a["id"])["status"] == "complete"
+    code = {"python": "qb.unblock(qb.jobid())", "qube": "unblock-self"}[language]
+
+    def later(mode: str) -> dict[str, Any]:
+        return {
+            "name": f"jobB-{mode}",
+            "user": "alice",
+            "status": "blocked",
+            "callbacks": [
+                {
+                    "triggers": f"complete-job-{job_a['id']}",
+                    "language": language,
+                    "code": code,
+                    "mode": mode,
+                }
+            ],
+        }
+
+    level, edge = stack.supervisor.submit([later("level"), later("edge")])
+    await stack.settle()
+    await stack.running.engine.wait_idle()
+
+    assert stack.supervisor.job(level["id"])["status"] == "pending"
+    assert stack.supervisor.job(edge["id"])["status"] == "blocked"  # Qube's pitfall, kept
+    (fired,) = (await stack.client.explain_callbacks(level["id"])).callbacks
+    assert fired.callback.mode == types_pb2.TRIGGER_MODE_LEVEL
+    assert fired.callback.count == 1
+    assert [e.kind for e in fired.journal] == [executor_pb2.JOURNAL_ENTRY_KIND_LEVEL]
+    (waiting,) = (await stack.client.explain_callbacks(edge["id"])).callbacks
+    assert "mode level would have latched it at registration" in waiting.waiting_for[0]
+    runs = await stack.client.list_runs(job_id=level["id"])
+    assert [run.callback_id for run in runs.runs] == [1]  # once
+
+
+async def test_a_dry_run_explains_over_the_wire_and_the_cli(stack_warm: Stack) -> None:
+    stack = stack_warm
+    await stack.client.register_job(
+        {
+            "id": 700,
+            "user": "alice",
+            "callbacks": [
+                {"triggers": "complete-job-1 && complete-job-2", "language": "qube", "code": "x"}
+            ],
+        }
+    )
+    reply = await stack.client.dry_run(name="complete", type="job", job_id=2)
+    (entry,) = reply.explanations
+    assert (entry.kind, list(entry.latched), entry.waiting_for) == (
+        executor_pb2.JOURNAL_ENTRY_KIND_MATCHED,
+        ["complete-job-2"],
+        "complete-job-1",
+    )
+    code, out, _ = await cbexec(
+        "triggers", "dry-run", "--event", "complete-job-2", "--address", stack.address
+    )
+    assert code == 0
+    assert "job 700 callback 1: latched complete-job-2; still waiting for complete-job-1" in out
+    assert (await stack.client.explain_callbacks(700)).callbacks[0].journal == []
+
+
+async def test_register_from_the_cli_warns_and_strict_refuses(
+    stack_warm: Stack, tmp_path: Path
+) -> None:
+    stack = stack_warm
+    job = tmp_path / "job.toml"
+    job.write_text(
+        'id = 800\nuser = "alice"\n\n[[callbacks]]\ntriggers = "done-job-parent"\n'
+        'language = "qube"\ncode = "unblock-self"\nmode = "level"\n'
+    )
+    code, out, err = await cbexec(
+        "triggers", "register", str(job), "--strict", "--address", stack.address
+    )
+    assert code == 1
+    assert "refused" in err and "job 800 has no parent" in err
+    code, out, err = await cbexec("triggers", "register", str(job), "--address", stack.address)
+    assert (code, err) == (0, "")
+    assert "registered: job 800 callback 1 (qube) done-job-parent" in out
+    assert "warning: callback 1 done-job-parent: job 800 has no parent" in out
+    (explained,) = (await stack.client.explain_callbacks(800)).callbacks
+    assert explained.callback.mode == types_pb2.TRIGGER_MODE_LEVEL
+
+
+async def test_why_names_what_is_not_registered(stack_warm: Stack) -> None:
+    code, _, err = await cbexec("triggers", "why", "4242", "--address", stack_warm.address)
+    assert code == 3
+    assert err == (
+        "cbexec: NOT_FOUND: job 4242 is not registered with the trigger engine "
+        "(never, or removed)\n"
+    )
+    code, _, err = await cbexec("triggers", "why", "12:x")
+    assert code == 2 and "expected JOB or JOB:CALLBACK" in err
+
+
+@pytest.mark.parametrize("command", ["why", "register", "dry-run"])
+async def test_the_new_commands_have_help(command: str) -> None:
+    code, out, _ = await cbexec("triggers", command, "--help")
+    assert code == 0 and out.startswith("usage: cbexec triggers")
+
+
+async def test_reload_reports_the_universal_triggers_checks(stack_warm: Stack) -> None:
+    conf = stack_warm.settings.data_dir / "callback"
+    conf.mkdir(exist_ok=True)
+    (conf / "callbacks.conf").write_text("notify.qcb [level] = failed-job-self-*\n")
+    (conf / "notify.qcb").write_text("mail-status")
+
+    reply = await stack_warm.client.reload_universal_callbacks()
+
+    assert (reply.reloaded, reply.active) == (True, 1)
+    assert list(reply.warnings) == [
+        f"{conf}/callbacks.conf:1: failed-job-self-*: job events take no extra: '-*' is "
+        "ignored (a label cannot contain '-')"
+    ]
+    code, out, _ = await cbexec("triggers", "reload", "--address", stack_warm.address)
+    assert code == 0 and out.startswith("warning: ")

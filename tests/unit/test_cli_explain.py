@@ -1,0 +1,110 @@
+"""The text of `cbexec triggers why` / `dry-run` / `register`, from the engine's own answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from executor.api.explanations import explanation_message, journal_message
+from executor.api.triggers import TriggerServicer
+from executor.cli.explain import format_dry_run, format_explanation
+from executor.cli.triggers import parse_target
+from executor.errors import ConfigError
+from executor.model import Event
+from supervisor_client.client import as_plain
+from supervisor_client.qbcallback.v1 import executor_pb2
+from tests.helpers.trigger_engines import Engines, Recorder
+
+pytestmark = pytest.mark.unit
+
+
+def frames(*names: str, status: str = "pending") -> list[dict[str, str]]:
+    return [{"name": name, "status": status} for name in names]
+
+
+def cb(triggers: str, **extra: Any) -> dict[str, Any]:
+    return {"triggers": triggers, "language": "qube", "code": "unblock-work-self", **extra}
+
+
+@pytest.mark.parametrize(("text", "target"), [("12", (12, 0)), ("12:3", (12, 3))])
+def test_a_target_is_a_job_and_maybe_a_callback(text: str, target: tuple[int, int]) -> None:
+    assert parse_target(text) == target
+
+
+@pytest.mark.parametrize("text", ["", "0", "x", "12:", "12:x", "-1", "12:1:2"])
+def test_a_bad_target_says_what_would_do(text: str) -> None:
+    with pytest.raises(ConfigError, match="expected JOB or JOB:CALLBACK"):
+        parse_target(text)
+
+
+async def test_why_reads_as_the_readme_shows(engines: Engines) -> None:
+    engine = engines(Recorder())
+    engine.register_job({"id": 12, "pgrp": 3, "label": "ribgen", "agenda": frames("1", "2", "3")})
+    engine.register_job({"id": 14, "pgrp": 3, "label": "render", "agenda": frames("1", "2", "3")})
+    engine.register_job(
+        {
+            "id": 15,
+            "pgrp": 3,
+            "label": "comp",
+            "agenda": frames("1", "2", "3", status="blocked"),
+            "callbacks": [
+                cb("complete-work-ribgen-{work} && complete-work-render-{work}"),
+                cb("complete-work-ribgn-*", code="unblock-self"),
+            ],
+        }
+    )
+    for job_id, name, frame in [(12, "complete", "1"), (14, "running", "1")]:
+        await engine.publish(Event(name, "work", job_id, work_name=frame), wait=True)
+
+    text = format_explanation(explanation_message(engine.explain(15)))
+
+    lines = text.splitlines()
+    assert lines[0] == "job 15 'comp' in pgrp 3"
+    assert (
+        "callback 1 (qube, edge): complete-work-ribgen-{work} && complete-work-render-{work}"
+        in text
+    )
+    assert "  work 1:" in lines
+    assert "      complete-work-render-1: job 14 'render' in pgrp 3, work 1 is running" in lines
+    assert (
+        "  work items (2) 2-3: waiting for "
+        "complete-work-ribgen-{work} && complete-work-render-{work}" in lines
+    )
+    assert (
+        "    callback 2 complete-work-ribgn-*: label 'ribgn' names no job in pgrp 3 yet "
+        "(labels there: comp, render, ribgen); did you mean 'ribgen'? [unknown label]"
+    ) in lines
+    assert any(
+        "complete-work-12-1: near miss of complete-work-ribgn-*: label 'ribgn'" in line
+        for line in lines
+    )
+    # --json prints the same data: the text is made from it.
+    plain = as_plain(explanation_message(engine.explain(15)))
+    assert format_explanation(plain) == text
+    assert plain["callbacks"][0]["callback"]["per_work_item"] is True
+
+
+async def test_a_dry_run_says_why_per_callback(engines: Engines) -> None:
+    engine = engines(Recorder())
+    engine.register_job(
+        {"id": 3, "callbacks": [cb("complete-job-1 && complete-job-2"), cb("complete-job-2")]}
+    )
+    decision = engine.match(Event("complete", "job", 2), dry=True)
+    reply = executor_pb2.DryRunResponse(
+        explanations=[journal_message(entry) for entry in decision.entries]
+    )
+    reply.would_fire.add(job_id=3, callback_id=2, language="qube", triggers="complete-job-2")
+
+    assert format_dry_run(reply).splitlines() == [
+        "would fire: job 3 callback 2 (qube) complete-job-2",
+        "why:",
+        "  job 3 callback 1: latched complete-job-2; still waiting for complete-job-1",
+        "  job 3 callback 2: latched complete-job-2; FIRED (count 1)",
+    ]
+
+
+def test_every_trigger_rpc_is_served() -> None:
+    service = executor_pb2.DESCRIPTOR.services_by_name["TriggerService"]
+    for method in service.methods:
+        assert callable(getattr(TriggerServicer, method.name, None)), method.name

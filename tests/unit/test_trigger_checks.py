@@ -1,0 +1,211 @@
+"""Checks at registration: warnings, strict refusals, pending labels resolved later, universal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from executor.errors import InvalidRequestError
+from executor.triggers.checks import CheckKind, Surroundings, job_checks, trigger_checks
+from executor.triggers.engine import check_trigger, trigger_warnings
+from executor.triggers.evaluate import JobPlace
+from executor.triggers.parser import parse
+from executor.triggers.universal import UniversalConfigError, load_universal
+from tests.helpers.trigger_engines import Engines, Recorder, engine_at
+
+pytestmark = pytest.mark.unit
+
+OWNER = JobPlace(15, pid=0, pgrp=3, label="comp")
+AROUND = Surroundings(
+    OWNER,
+    labels={"comp": 15, "ribgen": 12, "render": 14, "shot-v2": 16},
+    agendas={15: ["1", "2", "3"], 12: ["1", "2", "3"], 14: ["1", "2"]},
+)
+
+
+def found(trigger: str, where: Surroundings = AROUND) -> list[tuple[CheckKind, str]]:
+    return [(check.kind, check.message) for check in trigger_checks(parse(trigger), 1, where)]
+
+
+def test_a_sound_trigger_passes() -> None:
+    assert found("complete-work-ribgen-2 && complete-job-render && done-work-self-*") == []
+
+
+def test_a_label_typo_names_the_labels_there_and_the_closest() -> None:
+    assert found("complete-work-ribgn-*") == [
+        (
+            CheckKind.UNKNOWN_LABEL,
+            "label 'ribgn' names no job in pgrp 3 yet (labels there: comp, render, ribgen, "
+            "shot-v2); did you mean 'ribgen'?",
+        )
+    ]
+
+
+def test_a_work_name_not_in_the_agenda() -> None:
+    assert found("complete-work-render-7") == [
+        (CheckKind.UNKNOWN_WORK, "work '7' is not in the agenda of job 14 (1-2)")
+    ]
+
+
+def test_the_work_placeholder_checks_every_item_of_the_job_against_the_other_agenda() -> None:
+    assert found("complete-work-ribgen-{work}") == []
+    assert found("complete-work-render-{work}") == [
+        (
+            CheckKind.UNKNOWN_WORK,
+            "work items 3 of job 15 are not in the agenda of job 14 (1-2): "
+            "for them {work} never matches",
+        )
+    ]
+
+
+def test_an_unknown_agenda_is_not_checked() -> None:
+    assert found("complete-work-77-9") == []
+
+
+@pytest.mark.parametrize(
+    ("trigger", "message"),
+    [
+        ("done-job-parent", "job 15 has no parent (pid 0): 'parent' names no job"),
+        (
+            "global",
+            "nothing fires 'global' on its own; use globaltime-<T> or globalrepeat-<T>-<seconds>",
+        ),
+    ],
+)
+def test_atoms_that_can_never_happen(trigger: str, message: str) -> None:
+    assert found(trigger) == [(CheckKind.NEVER_HAPPENS, message)]
+
+
+def test_an_event_the_scheduler_does_not_publish() -> None:
+    declared = Surroundings(OWNER, AROUND.labels, AROUND.agendas, frozenset({"complete", "failed"}))
+    assert found("done-job-render && failed-work-self-*", declared) == []
+    assert found("running-job-render", declared) == [
+        (
+            CheckKind.NEVER_HAPPENS,
+            "the scheduler publishes complete, failed: no 'running-job' event will come",
+        )
+    ]
+    per_type = Surroundings(OWNER, AROUND.labels, AROUND.agendas, frozenset({"running-job"}))
+    assert found("running-job-render", per_type) == []
+    assert [kind for kind, _ in found("running-work-self-*", per_type)] == [CheckKind.NEVER_HAPPENS]
+
+
+def test_an_extra_on_a_job_atom_is_reported_as_the_parser_warned() -> None:
+    assert found("failed-job-self-*") == [
+        (
+            CheckKind.PARSE_WARNING,
+            "job events take no extra: '-*' is ignored (a label cannot contain '-')",
+        )
+    ]
+
+
+def test_a_label_with_a_hyphen_is_split_by_the_grammar() -> None:
+    kinds = [kind for kind, _ in found("complete-job-shot-v2")]
+    assert CheckKind.LABEL_SPLIT in kinds
+    (check,) = job_checks(JobPlace(16, pgrp=3, label="shot-v2"))
+    assert check.kind is CheckKind.LABEL_SPLIT
+    assert check.message.startswith("label 'shot-v2' holds '-', which splits an atom")
+
+
+# -- at registration -------------------------------------------------------------------------
+
+
+def typo_job(**extra: Any) -> dict[str, Any]:
+    return {
+        "id": 15,
+        "pgrp": 3,
+        "label": "comp",
+        "callbacks": [
+            {"triggers": "complete-work-ribgn-*", "language": "qube", "code": "unblock-self"}
+        ],
+        **extra,
+    }
+
+
+def test_registration_warns_and_strict_refuses(tmp_path: Path) -> None:
+    engine = engine_at(tmp_path, Recorder())
+    engine.register_job({"id": 12, "pgrp": 3, "label": "ribgen"})
+    with pytest.raises(InvalidRequestError, match=r"job 15 \(strict\): callback 1 complete-work"):
+        engine.register_job(typo_job(), strict=True)
+    assert engine._store.job(15) is None  # refused: nothing was written
+
+    (warning,) = engine.register_job(typo_job()).checks
+    assert (warning.kind, warning.callback_id, warning.slot) == (CheckKind.UNKNOWN_LABEL, 1, 0)
+    assert engine.explain(15).callbacks[0].checks == (warning,)
+
+
+def test_a_label_registered_later_resolves_the_pending_check(tmp_path: Path) -> None:
+    engine = engine_at(tmp_path, Recorder(), clock=lambda: 1_800_000_000.0)
+    engine.register_job(typo_job())
+    engine.register_job({"id": 17, "pgrp": 3, "label": "ribgn"})  # the job it meant, late
+
+    (check,) = engine.explain(15).callbacks[0].checks
+    assert check.resolved.startswith("label 'ribgn' names job 17 since ")
+    assert engine.explain(15).callbacks[0].atoms[0].job_id == 17
+
+
+def test_a_universal_callbacks_checks_warn_and_never_refuse_a_strict_job(tmp_path: Path) -> None:
+    conf = tmp_path / "callback"
+    conf.mkdir()
+    (conf / "callbacks.conf").write_text("cascade.qcb = done-job-parent\n")
+    (conf / "cascade.qcb").write_text("kill-self")
+    engine = engine_at(tmp_path, Recorder(), universal_dirs=[conf])
+    assert engine.reload_universal() == []
+
+    registration = engine.register_job({"id": 4, "callbacks": []}, strict=True)
+
+    (check,) = registration.checks
+    assert check.universal and check.kind is CheckKind.NEVER_HAPPENS
+
+
+# -- universal callbacks at load -------------------------------------------------------------
+
+
+def test_callbacks_conf_takes_a_mode_and_reports_its_triggers_checks(tmp_path: Path) -> None:
+    (tmp_path / "callbacks.conf").write_text(
+        "late.qcb [level] = complete-job-parent\nold.qcb = failed-job-self-*\n"
+    )
+    (tmp_path / "late.qcb").write_text("unblock-self")
+    (tmp_path / "old.qcb").write_text("mail-status")
+
+    late, old = load_universal([tmp_path], check_trigger, trigger_warnings)
+
+    assert (late.mode, late.source, late.warnings) == ("level", str(tmp_path / "late.qcb"), ())
+    assert old.mode == "edge"
+    assert old.warnings == (
+        f"{tmp_path}/callbacks.conf:2: failed-job-self-*: job events take no extra: '-*' is "
+        "ignored (a label cannot contain '-')",
+    )
+
+
+def test_an_unknown_option_in_callbacks_conf_is_an_error_with_file_and_line(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "callbacks.conf").write_text("late.qcb [levle] = complete-job-self\n")
+    (tmp_path / "late.qcb").write_text("unblock-self")
+    with pytest.raises(UniversalConfigError) as caught:
+        load_universal([tmp_path], check_trigger)
+    assert caught.value.errors == [
+        f"{tmp_path}/callbacks.conf:1: unknown option 'levle'; expected edge or level"
+    ]
+
+
+async def test_a_level_universal_callback_latches_what_happened_when_a_job_registers(
+    tmp_path: Path, engines: Engines
+) -> None:
+    conf = tmp_path / "callback"
+    conf.mkdir()
+    (conf / "callbacks.conf").write_text("late.qcb [level] = complete-job-parent\n")
+    (conf / "late.qcb").write_text("unblock-self")
+    recorder = Recorder()
+    engine = engines(recorder, universal_dirs=[conf])
+    engine.reload_universal()
+    engine.register_job({"id": 9, "status": "complete"})
+
+    registration = engine.register_job({"id": 10, "pid": 9})
+
+    assert [f.callback.universal for f in registration.fired] == [True]
+    await recorder.ran(1)
+    assert recorder.codes == ["unblock-self"]

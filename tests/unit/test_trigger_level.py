@@ -1,0 +1,124 @@
+"""Level mode: registered after its dependency happened, it latches it; edge waits for ever."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from executor.errors import InvalidRequestError
+from executor.model import Event
+from executor.triggers.journal import EntryKind
+from tests.helpers.trigger_engines import Engines, Recorder
+
+pytestmark = pytest.mark.unit
+
+
+def waiter(job_id: int, trigger: str, mode: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": job_id,
+        "pgrp": 1,
+        **extra,
+        "callbacks": [{"triggers": trigger, "language": "qube", "code": mode, "mode": mode}],
+    }
+
+
+async def test_a_job_registered_after_its_dependency_completed_fires_once_in_level_mode(
+    engines: Engines,
+) -> None:
+    recorder = Recorder()
+    engine = engines(recorder)
+    engine.register_job({"id": 10, "pgrp": 1, "label": "jobA", "status": "running"})
+    await engine.publish(Event("complete", "job", 10, event_id="a-done"), wait=True)
+
+    level = engine.register_job(waiter(20, "complete-job-jobA", "level"))
+    edge = engine.register_job(waiter(21, "complete-job-jobA", "edge"))
+    await recorder.ran(1)
+    await engine.wait_idle()
+
+    assert [f.callback.job_id for f in level.fired] == [20]
+    assert edge.fired == []
+    assert recorder.codes == ["level"]
+    (run,) = recorder.runs
+    assert run.event == Event("complete", "job", 10, event_id="a-done")  # as if it just happened
+    assert run.callback.count == 1
+    (entry,) = engine.explain(20).callbacks[0].journal
+    assert (entry.kind, entry.latched, entry.count) == (EntryKind.LEVEL, ("complete-job-jobA",), 1)
+
+
+async def test_level_latches_what_happened_and_waits_for_the_rest(engines: Engines) -> None:
+    recorder = Recorder()
+    engine = engines(recorder)
+    engine.register_job({"id": 10, "pgrp": 1, "status": "complete"})  # the registration says so
+
+    registration = engine.register_job(waiter(20, "complete-job-10 && complete-job-11", "level"))
+
+    assert registration.fired == []
+    (explained,) = engine.explain(20).callbacks
+    assert [atom.latched for atom in explained.atoms] == [True, False]
+    assert explained.waiting == "complete-job-11"
+    fired, _ = await engine.publish(Event("complete", "job", 11), wait=True)
+    assert [f.callback.job_id for f in fired] == [20]
+
+
+async def test_a_level_per_work_callback_fires_the_items_already_done(engines: Engines) -> None:
+    recorder = Recorder()
+    engine = engines(recorder)
+    frames = [{"name": n, "status": "pending"} for n in ("1", "2", "3")]
+    engine.register_job({"id": 10, "pgrp": 1, "label": "ribgen", "agenda": frames})
+    for frame in ("1", "3"):
+        await engine.publish(Event("complete", "work", 10, work_name=frame), wait=True)
+
+    registration = engine.register_job(
+        waiter(20, "complete-work-ribgen-{work}", "level", agenda=frames)
+    )
+    await recorder.ran(2)
+
+    assert [f.work_name for f in registration.fired] == ["1", "3"]
+    assert [run.work_name for run in recorder.runs] == ["1", "3"]
+    fired, _ = await engine.publish(Event("complete", "work", 10, work_name="2"), wait=True)
+    assert [f.work_name for f in fired] == ["2"]
+
+
+async def test_registering_a_level_callback_again_does_not_fire_it_again(
+    engines: Engines,
+) -> None:
+    recorder = Recorder()
+    engine = engines(recorder)
+    engine.register_job({"id": 10, "pgrp": 1, "status": "complete"})
+    engine.register_job(waiter(20, "complete-job-10", "level"))
+
+    again = engine.register_job(waiter(20, "complete-job-10", "level"))
+
+    assert again.fired == []
+    await engine.wait_idle()
+    assert recorder.codes == ["level"]
+
+
+async def test_level_reads_the_last_state_not_every_state_passed(engines: Engines) -> None:
+    engine = engines(Recorder())
+    engine.register_job({"id": 10, "pgrp": 1})
+    await engine.publish(Event("running", "job", 10), wait=True)
+    await engine.publish(Event("complete", "job", 10), wait=True)
+
+    running = engine.register_job(waiter(20, "running-job-10", "level"))
+    done = engine.register_job(waiter(21, "done-job-10", "level"))
+
+    assert (running.fired, len(done.fired)) == ([], 1)
+
+
+async def test_level_state_survives_a_restart(engines: Engines) -> None:
+    recorder = Recorder()
+    first = engines(recorder)
+    first.register_job({"id": 10, "pgrp": 1})
+    await first.publish(Event("complete", "job", 10), wait=True)
+
+    registration = engines(recorder).register_job(waiter(20, "complete-job-10", "level"))
+
+    assert len(registration.fired) == 1
+
+
+def test_a_mode_that_is_not_known_is_refused(engines: Engines) -> None:
+    engine = engines(Recorder(), start=False)
+    with pytest.raises(InvalidRequestError, match=r"callbacks\[0\].mode: 'levle'; expected edge"):
+        engine.register_job(waiter(20, "complete-job-10", "levle"))
