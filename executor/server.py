@@ -50,6 +50,7 @@ from executor.triggers.journal import JournalLimits
 from executor.triggers.store import TriggerStore
 from executor.web.app import Dashboard
 from executor.web.auth import Access
+from executor.web.explain import explain_from_engine
 from executor.web.server import SidePort
 from executor.web.source import ExecutorSource
 from supervisor_client import ExecutorClient
@@ -247,7 +248,8 @@ def _start_side_port(settings: Settings, channel: grpc.aio.Channel, metrics: Met
         exempt_probes=settings.http_exempt_metrics,
         secure_cookie=bool(settings.tls_cert),
     )
-    return SidePort.start(settings, Dashboard(source, metrics.registry, access))
+    dashboard = Dashboard(source, metrics.registry, access, explain=explain_from_engine(source))
+    return SidePort.start(settings, dashboard)
 
 
 def _reading_sources(

@@ -1,15 +1,14 @@
 """What each callback of a job still waits for, in words: the jobs page's one plug-in point.
 
-Today the explanation is made here, from what ListRegisteredJobs already answers: the
-trigger, each atom's latch, count and maximum. ``explain_from_latches`` walks the
-trigger and names, in the engine's own words (``triggers.explain.describe_atom``), the
-atoms whose events have not happened yet; an ``||`` says which alternatives remain.
-
-The trigger engine's ExplainCallbacks RPC (issue 19) knows more: each atom's resolved
-context (a label as job id and pgrp, ``parent`` as a job id), the event that set a
-latch, near misses and a journal. When it lands, an ``Explainer`` that calls it
-replaces ``explain_from_latches`` in ``Dashboard(explain=...)``; the pages only read
-``Explanation``.
+The dashboard asks the trigger engine (``explain_from_engine``: its ExplainCallbacks
+RPC, what ``cbexec triggers why`` prints): each atom's resolved context (a label as a
+job id and pgrp, ``parent`` as a job id), the last known state of what it watches,
+what the trigger still waits for, per work item for a ``{work}`` callback, and the
+callback's recent journal. For a job the engine no longer knows it falls back to
+``explain_from_latches``, which reads what ListRegisteredJobs already answered (the
+trigger, each atom's latch, count and maximum) and names the atoms whose events have not
+happened yet in the engine's own words (``triggers.explain.describe_atom``). The pages
+only read ``Explanation``.
 """
 
 from __future__ import annotations
@@ -105,3 +104,52 @@ def _missing(expr: Expr, latched: Iterator[bool]) -> tuple[bool, str]:
 
 def _grouped(term: Expr, text: str) -> str:
     return text if isinstance(term, Atom) else f"({text})"
+
+
+def _atom_words(atom: Any) -> str:
+    """An atom in words, with what its context names now and the state of what it watches."""
+    parts = [atom.description]
+    if atom.resolution:
+        parts.append(f"({atom.resolution})")
+    if atom.state:
+        parts.append(f"- {atom.state}")
+    return " ".join(parts)
+
+
+def _work_item_lines(item: Any) -> list[str]:
+    names = ", ".join(item.work_names[:12]) + (" …" if len(item.work_names) > 12 else "")
+    if item.spent:
+        return [f"work {names}: fired its maximum"]
+    if not item.waiting:
+        return []
+    return [f"work {names}: waiting for {line}" for line in item.waiting_for or [item.waiting]]
+
+
+def explain_reply(reply: Any) -> dict[int, Explanation]:
+    """An ExplainCallbacksResponse as the pages' explanations, by callback id."""
+    from executor.cli.explain import format_entry  # the journal in the words of `triggers why`
+    from supervisor_client.client import as_plain
+
+    explained: dict[int, Explanation] = {}
+    for item in reply.callbacks:
+        atoms = tuple(AtomState(atom.atom, _atom_words(atom), atom.latched) for atom in item.atoms)
+        lines = list(item.waiting_for) or ([item.waiting] if item.waiting else [])
+        for work in item.work_items:
+            lines += _work_item_lines(work)
+        journal = tuple(format_entry(as_plain(entry)) for entry in item.journal)
+        explained[item.callback.id] = Explanation(
+            atoms, "; ".join(lines), spent=item.spent, journal=journal
+        )
+    return explained
+
+
+def explain_from_engine(source: Any) -> Explainer:
+    """The Explainer that asks the trigger engine (``source.explain``: ExplainCallbacks)."""
+
+    def explain(job: Any) -> Mapping[int, Explanation]:
+        reply = source.explain(job.id)
+        if reply is None:  # removed meanwhile: what ListRegisteredJobs said is all there is
+            return explain_from_latches(job)
+        return explain_reply(reply)
+
+    return explain

@@ -99,6 +99,15 @@ class ExecutorSource:
             )
         )
 
+    def explain(self, job_id: int, journal_limit: int = 5) -> Any | None:
+        """ExplainCallbacks for a job; None when the engine does not know it (any more)."""
+        try:
+            return self._call(
+                lambda: self._client.explain_callbacks(job_id, journal_limit=journal_limit)
+            )
+        except ExecutorRpcError:  # NOT_FOUND: _call lets only that one through
+            return None
+
     def universal(self) -> Any:
         """GetUniversalCallbacks."""
         return self._call(self._client.get_universal_callbacks)
