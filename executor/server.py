@@ -11,7 +11,9 @@ the supervisor, then the children's helpers, databases, channels and cgroups clo
 
 With no ``supervisor`` address configured, the embedded reference supervisor (SQLite in
 the data dir) is served on a private socket and the executor talks to it over gRPC, the
-same code path a site's remote supervisor takes.
+same code path a site's remote supervisor takes; its farm (FarmService: submit jobs,
+move frames, simulated workers) is served on the public port beside the executor's
+services.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any, Final
 from executor.api import edge as api_edge
 from executor.api import embedded as api_embedded
 from executor.api import security
+from executor.api.farm import FarmServicer
 from executor.api.reporting import GrpcReportTransport, ReportEncoder
 from executor.api.supervisor import GrpcSupervisor
 from executor.config import Settings
@@ -45,6 +48,7 @@ from executor.triggers.engine import TriggerEngine
 from executor.triggers.store import TriggerStore
 from supervisor_client.credentials import open_channel
 from supervisor_client.reference import ReferenceSupervisor
+from supervisor_client.reference.farm import Farm
 from supervisor_client.reference.forwarder import EventForwarder
 
 logger = logging.getLogger(__name__)
@@ -138,6 +142,10 @@ async def start(settings: Settings) -> RunningServer:
         )
         engine.reload_universal()
 
+        farm = None
+        if embedded is not None:
+            # The farm's changes reach the engine through the forwarder like any transition.
+            farm = FarmServicer(Farm(embedded.reference), engine.callbacks_of, embedded.drain)
         edge = api_edge.build(
             settings,
             credentials,
@@ -148,6 +156,7 @@ async def start(settings: Settings) -> RunningServer:
             gauges=dispatcher,
             event_counts=engine.stats,
             storage=storage_health,
+            farm=farm,
         )
         stack.push_async_callback(edge.close, STOP_GRACE_S)
         await edge.server.start()

@@ -205,6 +205,10 @@ class TriggerEngine:
         self._timer_wakeup.set()
         return self._store.callbacks_of(job_id)
 
+    def callbacks_of(self, job_id: int) -> list[StoredCallback]:
+        """A registered job's callbacks (universal ones included) with counts and latches."""
+        return self._store.callbacks_of(job_id)
+
     def _callback_specs(self, job: dict[str, Any]) -> list[tuple[dict[str, Any], triggers.Expr]]:
         specs: list[tuple[dict[str, Any], triggers.Expr]] = []
         own = list(job.get("callbacks") or [])
