@@ -10,11 +10,12 @@ and reap their children on the way out.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Protocol
+from typing import Final, Protocol
 
 from executor.errors import CapacityError, InvalidRequestError, UnavailableError
 from executor.host_api import HostApi
@@ -25,6 +26,21 @@ from executor.sandbox.process import SandboxRunner
 from executor.supervisor_link import SupervisorPort
 
 logger = logging.getLogger(__name__)
+
+
+# A failure's first line in the run's log line: enough to tell one failure from another
+# without reading the history; the traceback stays in the history and the .cb log.
+MAX_LOGGED_FAILURE_CHARS: Final = 200
+
+
+def failure_note(result: RunResult) -> str:
+    """`` failure="<first line>"`` for a run that did not succeed, else ""."""
+    if result.failure is None or not result.failure.message.strip():
+        return ""
+    first = result.failure.message.strip().splitlines()[0]
+    if len(first) > MAX_LOGGED_FAILURE_CHARS:
+        first = first[:MAX_LOGGED_FAILURE_CHARS] + "..."
+    return f" failure={json.dumps(first)}"
 
 
 class QubeRunner(Protocol):
@@ -105,9 +121,9 @@ class Dispatcher:
                 self._active.discard(task)
         logger.info(
             "callback ran: job=%s callback=%s language=%s outcome=%s wall=%.3fs cpu=%.3fs "
-            "rss=%dKiB queue=%.3fs actions=%d",
+            "rss=%dKiB queue=%.3fs actions=%d%s",
             invocation.job_id,
-            invocation.callback.id,
+            invocation.callback.name,
             language,
             result.outcome,
             result.usage.wall_seconds,
@@ -115,6 +131,7 @@ class Dispatcher:
             result.usage.peak_rss_bytes // 1024,
             result.usage.queue_seconds,
             len(result.actions),
+            failure_note(result),
         )
         if self._on_result is not None:
             self._on_result(invocation, result)

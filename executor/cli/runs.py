@@ -109,7 +109,7 @@ def format_runs(runs: Sequence[Any]) -> str:
                 _local_time(run.started_at),
                 run.invocation_id,
                 str(run.job_id),
-                str(run.callback_id),
+                run.source.rsplit("/", 1)[-1] if run.source else str(run.callback_id),
                 trigger or "-",
                 run.language,
                 outcome_name(run.outcome),
@@ -165,7 +165,9 @@ def format_run(run: Any) -> str:
         )
     head = [
         f"invocation: {run.invocation_id}",
-        f"job: {run.job_id}  callback: {run.callback_id}  language: {run.language}",
+        f"job: {run.job_id}  callback: {run.callback_id}"
+        + (f" ({run.source})" if run.source else "")
+        + f"  language: {run.language}",
         f"trigger: {run.triggers or '-'}",
         f"event: {event}" + (f"  work: {run.work_name}" if run.work_name else ""),
         f"started: {_local_time(run.started_at)}",

@@ -358,6 +358,7 @@ class TriggerEngine:
                 user=cb.user,
                 count=cb.count + 1,
                 maximum=cb.maximum,
+                source=cb.source,
             ),
             job=job,
             limits=self._limits,

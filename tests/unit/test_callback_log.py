@@ -87,3 +87,16 @@ def test_an_entry_larger_than_the_cap_is_cut(tmp_path: Path) -> None:
     assert len(data) <= 500
     assert data.decode().endswith(CUT_MARKER)
     assert data.startswith(b"=== ")
+
+
+def test_a_universal_callback_is_named_by_its_file() -> None:
+    universal = Invocation(
+        invocation_id="inv-2",
+        callback=CallbackSpec(
+            "qube", "mail-status", "done-job-self", id=4, source="/etc/cb/mail-status.qcb"
+        ),
+        job={"id": 7},
+        limits=Limits(1, 1, 1, 1, 1, 1),
+    )
+    header = format_entry(universal, RunResult("inv-2", Outcome.SUCCEEDED), WHEN).splitlines()[0]
+    assert " callback=mail-status.qcb trigger=" in header

@@ -761,6 +761,7 @@ class Run(_message.Message):
     EVENT_FIELD_NUMBER: _builtins.int
     WORK_NAME_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     invocation_id: _builtins.str
     job_id: _builtins.int
     callback_id: _builtins.int
@@ -770,6 +771,10 @@ class Run(_message.Message):
     started_at: _builtins.float
     """Unix seconds."""
     work_name: _builtins.str
+    source: _builtins.str
+    """The file a universal callback came from ("<dir>/mail-status.qcb"); empty for
+    a job's own callback and for Execute.
+    """
     @_builtins.property
     def usage(self) -> Global___Usage: ...
     @_builtins.property
@@ -792,10 +797,11 @@ class Run(_message.Message):
         event: _types_pb2.Event | None = ...,
         work_name: _builtins.str = ...,
         result: Global___ExecuteResponse | None = ...,
+        source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "result", b"result", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_id", b"callback_id", "event", b"event", "invocation_id", b"invocation_id", "job_id", b"job_id", "language", b"language", "outcome", b"outcome", "result", b"result", "started_at", b"started_at", "triggers", b"triggers", "usage", b"usage", "work_name", b"work_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_id", b"callback_id", "event", b"event", "invocation_id", b"invocation_id", "job_id", b"job_id", "language", b"language", "outcome", b"outcome", "result", b"result", "source", b"source", "started_at", b"started_at", "triggers", b"triggers", "usage", b"usage", "work_name", b"work_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
