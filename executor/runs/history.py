@@ -262,6 +262,17 @@ class RunHistory:
             return None
         return self._record(row, result=result_from_json(row["result"]))
 
+    def ids_starting_with(self, prefix: str, limit: int = 3) -> list[str]:
+        """Up to ``limit`` invocation ids that start with ``prefix`` (taken literally)."""
+        # GLOB, not LIKE: a prefix's "_" and "%" are characters here, not wildcards.
+        pattern = "".join(f"[{c}]" if c in "*?[" else c for c in prefix) + "*"
+        rows = self._db.execute(
+            "SELECT invocation_id FROM runs WHERE invocation_id GLOB ? ORDER BY invocation_id"
+            " LIMIT ?",
+            (pattern, limit),
+        ).fetchall()
+        return [row["invocation_id"] for row in rows]
+
     def count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM runs").fetchone()[0])
 

@@ -833,6 +833,10 @@ class GetRunRequest(_message.Message):
 
     INVOCATION_ID_FIELD_NUMBER: _builtins.int
     invocation_id: _builtins.str
+    """The run's invocation id, or a prefix of it (at least 4 characters) that only
+    one run's id starts with, as git takes a commit id. A prefix several ids start
+    with is INVALID_ARGUMENT naming some of them.
+    """
     def __init__(
         self,
         *,
