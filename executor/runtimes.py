@@ -38,6 +38,29 @@ def child_runtime(language: Language) -> dict[str, Any]:
     raise ValueError(f"{language} does not run in a child")
 
 
+def check_source(language: str, code: str, path: Path) -> str | None:
+    """Why ``code`` cannot run as a ``language`` callback ("LINE: message"), or None.
+
+    Python is compiled here, as the child would (compiling runs nothing); a qube file's
+    code strings are looked up. Perl is not checked before it runs: ``perl -c`` runs a
+    file's BEGIN blocks and ``use`` lines, which must happen inside the sandbox.
+    """
+    if language == Language.PYTHON:
+        try:
+            compile(code, str(path), "exec", dont_inherit=True)
+        except SyntaxError as err:  # also IndentationError, TabError
+            return f"{err.lineno or 1}: {type(err).__name__}: {err.msg}"
+        except ValueError as err:  # NUL bytes in the source
+            return f"1: {err}"
+    elif language == Language.QUBE:
+        from executor.qube_language import validate  # the interpreter, only for this check
+
+        problem = validate(code)
+        if problem:
+            return f"1: {problem}"
+    return None
+
+
 def zygote_argv(language: str, python: str) -> list[str]:
     """How ``language``'s zygote is started; its control socket's fd is appended."""
     if language == "python":

@@ -37,9 +37,11 @@ from executor.api.reporting import GrpcReportTransport, ReportEncoder
 from executor.api.supervisor import GrpcSupervisor
 from executor.config import Settings
 from executor.dispatcher import Dispatcher
+from executor.errors import ConfigError
 from executor.qube_language import QubeInterpreter
 from executor.runs.metrics import Metrics
 from executor.runs.recorder import Recorder
+from executor.runtimes import check_source
 from executor.sandbox.process import SandboxOptions, SandboxRunner
 from executor.sandbox.spawners import ColdSpawner, Spawner, ZygoteSpawner
 from executor.sandbox.tier import describe_tier, sandbox_options
@@ -139,8 +141,9 @@ async def start(settings: Settings) -> RunningServer:
             limits=settings.default_limits,
             universal_dirs=settings.universal_callback_dirs,
             max_parallel_events=settings.max_concurrent,
+            check_code=check_source,
         )
-        engine.reload_universal()
+        _load_universal(engine, settings)
 
         farm = None
         if embedded is not None:
@@ -202,6 +205,23 @@ async def start(settings: Settings) -> RunningServer:
             _exit_stack=stack.pop_all(),
         )
     raise AssertionError("unreachable: the block returns or raises")
+
+
+def _load_universal(engine: TriggerEngine, settings: Settings) -> None:
+    """Load callbacks.conf; a broken one is one prominent line, or (``strict``) no start."""
+    problems = engine.reload_universal(quiet=True)
+    if not problems:
+        return
+    count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+    if settings.strict:
+        raise ConfigError(f"universal callbacks: {count} in callbacks.conf; first: {problems[0]}")
+    logger.error(
+        "UNIVERSAL CALLBACKS ARE OFF: callbacks.conf has %s, so none of its callbacks is "
+        "active; first: %s (all of them: cbexec serve --check-config; fix, then cbexec "
+        "triggers reload)",
+        count,
+        problems[0],
+    )
 
 
 async def _stop_tasks(tasks: Sequence[asyncio.Task[Any]]) -> None:

@@ -49,7 +49,13 @@ from executor.triggers.evaluate import (
 from executor.triggers.firings import FiringWorker
 from executor.triggers.nodes import EventName, EventType
 from executor.triggers.store import NewAtom, PendingFiring, StoredCallback, TriggerStore
-from executor.triggers.universal import UniversalCallback, UniversalConfigError, load_universal
+from executor.triggers.universal import (
+    CodeCheck,
+    UniversalCallback,
+    UniversalConfigError,
+    load_universal,
+    no_code_check,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +120,7 @@ class TriggerEngine:
         clock: Callable[[], float] = time.time,
         max_parallel_events: int = 4,
         retry: Backoff = Backoff(),
+        check_code: CodeCheck = no_code_check,
     ) -> None:
         """Build the engine over ``store``.
 
@@ -125,12 +132,14 @@ class TriggerEngine:
             clock: Unix time, for the timers.
             max_parallel_events: How many events' firings may run at once.
             retry: The delays between tries of a run refused for capacity or availability.
+            check_code: Checks a universal callback's code when it is loaded.
         """
         self._store = store
         self._run = run
         self._limits = limits
         self._universal_dirs = list(universal_dirs)
         self._universal: list[UniversalCallback] = []
+        self._check_code = check_code
         self._clock = clock
         self._timer_wakeup = asyncio.Event()
         self._timers: asyncio.Task[None] | None = None
@@ -145,13 +154,17 @@ class TriggerEngine:
     def universal(self) -> list[UniversalCallback]:
         return list(self._universal)
 
-    def reload_universal(self) -> list[str]:
-        """Re-read every callbacks.conf; on errors keep the last good set and return them."""
+    def reload_universal(self, *, quiet: bool = False) -> list[str]:
+        """Re-read every callbacks.conf; on errors keep the last good set and return them.
+
+        ``quiet`` leaves the errors to the caller to report (start-up says it in one line).
+        """
         try:
-            loaded = load_universal(self._universal_dirs, check_trigger)
+            loaded = load_universal(self._universal_dirs, check_trigger, self._check_code)
         except UniversalConfigError as err:
-            for line in err.errors:
-                logger.error("universal callbacks not reloaded: %s", line)
+            if not quiet:
+                for line in err.errors:
+                    logger.error("universal callbacks not reloaded: %s", line)
             return err.errors
         self._universal = loaded
         logger.info("%d universal callbacks active", len(loaded))

@@ -4,8 +4,10 @@ Format (qube-callbacks.md §4): one ``filename = trigger`` per line, ``#`` start
 comment line, blank lines are ignored. The file named sits in the same directory and
 its extension picks the language: ``.py`` python, ``.pl`` perl, ``.qcb`` qube (the
 file holds the code string). A directory without a ``callbacks.conf`` contributes
-nothing. Every problem is reported as ``file:line: message``; a load with any problem
-is refused as a whole, so a reload keeps the last good set.
+nothing. Each file's code is checked at load by ``check_code`` (Python is compiled, qube
+code strings are looked up), so a syntax error is reported when the file is installed,
+not when it first fires. Every problem is reported as ``file:line: message``; a load
+with any problem is refused as a whole, so a reload keeps the last good set.
 """
 
 from __future__ import annotations
@@ -18,6 +20,14 @@ from typing import Final
 CONF_NAME: Final = "callbacks.conf"
 LANGUAGE_BY_SUFFIX: Final = {".py": "python", ".pl": "perl", ".qcb": "qube"}
 MAX_FILE_BYTES: Final = 1 << 20
+
+# (language, code, path) -> "line: message" or "message" when the code cannot run, else None.
+CodeCheck = Callable[[str, str, Path], str | None]
+
+
+def no_code_check(language: str, code: str, path: Path) -> str | None:
+    """Accept any code (the check for callers that only read callbacks.conf)."""
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +49,11 @@ class UniversalConfigError(Exception):
 
 
 def load_universal(
-    directories: list[Path], check_trigger: Callable[[str], str | None]
+    directories: list[Path],
+    check_trigger: Callable[[str], str | None],
+    check_code: CodeCheck = no_code_check,
 ) -> list[UniversalCallback]:
-    """Load every directory's callbacks.conf; ``check_trigger`` returns an error or None."""
+    """Load every directory's callbacks.conf; the checks return an error or None."""
     callbacks: list[UniversalCallback] = []
     errors: list[str] = []
     for directory in directories:
@@ -82,6 +94,10 @@ def load_universal(
             problem = check_trigger(triggers)
             if problem:
                 errors.append(f"{where}: {problem}")
+                continue
+            problem = check_code(language, code, path)
+            if problem:
+                errors.append(f"{path}:{problem} (named at {where})")
                 continue
             callbacks.append(
                 UniversalCallback(
