@@ -38,9 +38,8 @@ async def submit(stack: Stack, path: Path) -> dict[str, int]:
     """Submit an example with the CLI; the job ids by name, from what it printed."""
     said = await cbexec("farm", "submit", str(path), address=stack.address)
     assert said.code == 0, said.out + said.err
-    ids = dict(
-        (name, int(job_id)) for job_id, name in re.findall(r"submitted job (\d+) '(\w+)'", said.out)
-    )
+    found = re.findall(r"submitted job (\d+) '(\w+)'", said.out)
+    ids = {name: int(job_id) for job_id, name in found}
     assert ids, said.out
     await stack.settle()
     return ids

@@ -205,7 +205,7 @@ async def test_a_stopped_worker_finishes_its_frame_first(stack_warm: Stack) -> N
     try:
 
         def running() -> bool:
-            return stack_warm.supervisor.job(1)["agenda"][0]["status"] == "running"
+            return bool(stack_warm.supervisor.job(1)["agenda"][0]["status"] == "running")
 
         assert await eventually(running, timeout_s=20)
     finally:

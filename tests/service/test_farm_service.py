@@ -6,7 +6,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from executor.api.edge import FARM_SERVICE
@@ -50,7 +50,7 @@ async def test_submit_drive_and_read_a_frame_by_frame_dependency(stack_warm: Sta
         submitted = await farm.submit_jobs(frame_by_frame())
         job_a, job_b = (job.id for job in submitted.jobs)
         assert [j.label for j in submitted.jobs] == ["jobA", "jobB"]
-        assert [cb.triggers for cb in submitted.jobs[1].callbacks][0] == "complete-work-jobA-1"
+        assert submitted.jobs[1].callbacks[0].triggers == "complete-work-jobA-1"
 
         done = await farm.change_work(job_id=job_a, work=["2"], change="complete", host="w1")
         assert (done.changed, list(done.selected), done.job_status) == (1, ["2"], "running")

@@ -7,6 +7,7 @@ or taken (tests/faults/test_bad_input.py) are pinned elsewhere.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import shutil
@@ -17,6 +18,7 @@ import pytest
 
 from executor import server
 from executor.errors import ConfigError
+from executor.model import Language
 from executor.runtimes import check_source
 from executor.triggers.engine import check_trigger
 from executor.triggers.universal import UniversalConfigError, load_universal
@@ -35,7 +37,7 @@ def job_file(tmp_path: Path, job: dict[str, object]) -> Path:
 
 
 async def test_quickstart_check_says_why_a_callback_did_not_succeed(tmp_path: Path) -> None:
-    settings = stack_settings(tmp_path / "data", languages=frozenset({"qube"}))  # type: ignore[arg-type]
+    settings = stack_settings(tmp_path / "data", languages=frozenset({Language.QUBE}))
     async with running_stack(settings) as stack:
         proc = await cbexec_script("scripts/quickstart_check.py", stack.address)
     code, out = proc
@@ -51,8 +53,6 @@ async def test_quickstart_check_says_why_a_callback_did_not_succeed(tmp_path: Pa
 
 
 async def cbexec_script(script: str, *args: str) -> tuple[int, str]:
-    import asyncio
-
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(ROOT / script), *args, stdout=asyncio.subprocess.PIPE
     )
