@@ -93,6 +93,8 @@ Global___WorkChange: _TypeAlias = WorkChange  # noqa: Y015
 
 @_typing.final
 class SubmitJobsRequest(_message.Message):
+    """Jobs to submit together."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOBS_FIELD_NUMBER: _builtins.int
@@ -119,6 +121,8 @@ Global___SubmitJobsRequest: _TypeAlias = SubmitJobsRequest  # noqa: Y015
 
 @_typing.final
 class SubmitJobsResponse(_message.Message):
+    """The jobs as stored."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOBS_FIELD_NUMBER: _builtins.int
@@ -143,6 +147,8 @@ Global___SubmitJobsResponse: _TypeAlias = SubmitJobsResponse  # noqa: Y015
 
 @_typing.final
 class ListJobsRequest(_message.Message):
+    """Which jobs to list."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     STATUS_FIELD_NUMBER: _builtins.int
@@ -169,6 +175,8 @@ Global___ListJobsRequest: _TypeAlias = ListJobsRequest  # noqa: Y015
 
 @_typing.final
 class ListJobsResponse(_message.Message):
+    """The jobs listed."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOBS_FIELD_NUMBER: _builtins.int
@@ -191,6 +199,8 @@ Global___ListJobsResponse: _TypeAlias = ListJobsResponse  # noqa: Y015
 
 @_typing.final
 class GetJobRequest(_message.Message):
+    """The job to read."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
@@ -241,6 +251,8 @@ Global___HistoryEntry: _TypeAlias = HistoryEntry  # noqa: Y015
 
 @_typing.final
 class GetJobResponse(_message.Message):
+    """One job, as the farm and the trigger engine know it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
@@ -277,6 +289,8 @@ Global___GetJobResponse: _TypeAlias = GetJobResponse  # noqa: Y015
 
 @_typing.final
 class ChangeWorkRequest(_message.Message):
+    """A change to some of a job's work items."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
@@ -328,6 +342,8 @@ Global___ChangeWorkRequest: _TypeAlias = ChangeWorkRequest  # noqa: Y015
 
 @_typing.final
 class ChangeWorkResponse(_message.Message):
+    """What a work change did."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CHANGED_FIELD_NUMBER: _builtins.int
@@ -362,6 +378,8 @@ Global___ChangeWorkResponse: _TypeAlias = ChangeWorkResponse  # noqa: Y015
 
 @_typing.final
 class ChangeJobRequest(_message.Message):
+    """A job verb to apply."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
@@ -394,6 +412,8 @@ Global___ChangeJobRequest: _TypeAlias = ChangeJobRequest  # noqa: Y015
 
 @_typing.final
 class ChangeJobResponse(_message.Message):
+    """What a job verb did."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CHANGED_FIELD_NUMBER: _builtins.int
@@ -424,6 +444,8 @@ Global___ChangeJobResponse: _TypeAlias = ChangeJobResponse  # noqa: Y015
 
 @_typing.final
 class TakeWorkRequest(_message.Message):
+    """A worker asking for work."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     HOST_FIELD_NUMBER: _builtins.int
@@ -444,6 +466,8 @@ Global___TakeWorkRequest: _TypeAlias = TakeWorkRequest  # noqa: Y015
 
 @_typing.final
 class TakeWorkResponse(_message.Message):
+    """The item a worker took, if any."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TAKEN_FIELD_NUMBER: _builtins.int
@@ -484,6 +508,8 @@ Global___TakeWorkResponse: _TypeAlias = TakeWorkResponse  # noqa: Y015
 
 @_typing.final
 class WaitJobsRequest(_message.Message):
+    """Jobs to wait for."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_IDS_FIELD_NUMBER: _builtins.int
@@ -536,6 +562,8 @@ Global___JobStatus: _TypeAlias = JobStatus  # noqa: Y015
 
 @_typing.final
 class WaitJobsResponse(_message.Message):
+    """How a wait ended."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DONE_FIELD_NUMBER: _builtins.int

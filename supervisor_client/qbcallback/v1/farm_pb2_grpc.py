@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class FarmServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """The farm: jobs in, work and job states changed, waits.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -72,7 +73,8 @@ class FarmServiceStub:
 
 
 class FarmServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The farm: jobs in, work and job states changed, waits.
+    """
 
     def SubmitJobs(self, request, context):
         """Submits Qube job dicts, all or nothing, with the reference supervisor's
@@ -180,7 +182,8 @@ def add_FarmServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class FarmService:
-    """Missing associated documentation comment in .proto file."""
+    """The farm: jobs in, work and job states changed, waits.
+    """
 
     @staticmethod
     def SubmitJobs(request,

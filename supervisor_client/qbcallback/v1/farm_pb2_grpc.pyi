@@ -29,6 +29,8 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class FarmServiceStub:
+    """The farm: jobs in, work and job states changed, waits."""
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     SubmitJobs: _aio.UnaryUnaryMultiCallable[_farm_pb2.SubmitJobsRequest, _farm_pb2.SubmitJobsResponse]
     """Submits Qube job dicts, all or nothing, with the reference supervisor's
@@ -62,6 +64,8 @@ class FarmServiceStub:
     """
 
 class FarmServiceServicer(metaclass=_abc_1.ABCMeta):
+    """The farm: jobs in, work and job states changed, waits."""
+
     @_abc_1.abstractmethod
     def SubmitJobs(
         self,
