@@ -23,6 +23,9 @@ from executor.runtimes.mail import MailSettings
 MIB: Final = 1 << 20
 GIB: Final = 1 << 30
 ENV_PREFIX: Final = "CBEXEC_"
+# CBEXEC_* variables that are not settings: the config file's path, and the address the
+# clients (cbexec farm, runs, ...) call, which a shell may export for them and the service.
+NOT_SETTINGS: Final = frozenset({"CBEXEC_CONFIG", "CBEXEC_ADDRESS"})
 
 # Qube's supervisor_language_flags bits (qube-callbacks.md §6) for the languages we run.
 LANGUAGE_BITS: Final = {Language.QUBE: 1, Language.PERL: 2, Language.PYTHON: 4}
@@ -31,6 +34,11 @@ LANGUAGE_BITS: Final = {Language.QUBE: 1, Language.PERL: 2, Language.PYTHON: 4}
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "cbexec"
+
+
+def default_max_concurrent() -> int:
+    """Two children per CPU, at least two: callbacks mostly wait on I/O and the supervisor."""
+    return max(2, 2 * (os.cpu_count() or 1))
 
 
 def parse_languages(value: str | int | list[str]) -> frozenset[Language]:
@@ -79,8 +87,9 @@ class Settings:
         max_processes=1024,
         disk_bytes=16 * GIB,
     )
-    # Children running at once; further requests queue.
-    max_concurrent: int = field(default_factory=lambda: max(2, 2 * (os.cpu_count() or 1)))
+    # Children running at once; further requests queue. 0 (in a file, the environment or a
+    # flag) means this default, which depends on the host: 2 x CPUs, at least 2.
+    max_concurrent: int = field(default_factory=default_max_concurrent)
     # Requests waiting for a slot; beyond it RESOURCE_EXHAUSTED.
     max_queue: int = 256
     # Enabled languages (Qube's supervisor_language_flags). Unlike Qube, python and perl are
@@ -149,6 +158,9 @@ class Settings:
     # Serve /metrics and /healthz without the token (for a scraper or load balancer that
     # cannot send one); the dashboard still asks for it.
     http_exempt_metrics: bool = False
+    # Refuse to start when callbacks.conf has a problem, instead of starting (and saying
+    # so in one line) without universal callbacks.
+    strict: bool = False
 
     @property
     def mail_settings(self) -> MailSettings:
@@ -217,6 +229,8 @@ def apply(settings: Settings, values: Mapping[str, Any], origin: str) -> Setting
         if key not in known:
             raise ConfigError(f"{origin}: unknown setting {key!r}")
         changes[key] = _coerce(f"{origin}: {key}", raw, getattr(settings, key))
+    if changes.get("max_concurrent") == 0:
+        changes["max_concurrent"] = default_max_concurrent()
     return settings.replace(**changes)
 
 
@@ -235,7 +249,7 @@ def from_env(settings: Settings, environ: Mapping[str, str]) -> Settings:
     """Overlay ``CBEXEC_<FIELD>`` and ``CBEXEC_<LIMITS>__<FIELD>`` variables (pure)."""
     values: dict[str, Any] = {}
     for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == "CBEXEC_CONFIG":
+        if not key.startswith(ENV_PREFIX) or key in NOT_SETTINGS:
             continue
         name = key[len(ENV_PREFIX) :].lower()
         if "__" in name:
@@ -252,6 +266,43 @@ def _check_address(name: str, value: str) -> None:
         raise ConfigError(f"{name}: expected host:port, got {value!r}")
     if int(port) > 65535:
         raise ConfigError(f"{name}: port {port} is out of range (1-65535, or 0 for any free port)")
+
+
+# Settings whose values are secrets: shown as set or not, never printed.
+SECRETS: Final = frozenset({"auth_token", "mail.smtp_password"})
+
+
+def _shown(name: str, value: Any) -> str:
+    if name in SECRETS:
+        return '"(set)"' if value else '""'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, frozenset):
+        return "[" + ", ".join(f'"{v}"' for v in sorted(value)) + "]"
+    if value is None:
+        return "(unset)"
+    if isinstance(value, int | float):
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def describe(settings: Settings) -> list[str]:
+    """The effective settings as ``name = value`` lines, in TOML's spelling.
+
+    Tables are ``table.key``; secrets only say whether they are set.
+    """
+    lines = []
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if f.name == "mail":
+            value = settings.mail_settings  # the maildir as start-up resolves it
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for sub in dataclasses.fields(value):
+                name = f"{f.name}.{sub.name}"
+                lines.append(f"{name} = {_shown(name, getattr(value, sub.name))}")
+        else:
+            lines.append(f"{f.name} = {_shown(f.name, value)}")
+    return lines
 
 
 def validate(settings: Settings) -> Settings:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -58,6 +59,7 @@ def run_log_fields(invocation: Invocation, language: str, result: RunResult) -> 
         "invocation_id": invocation.invocation_id,
         "job_id": invocation.job_id,
         "callback_id": invocation.callback.id,
+        "callback": invocation.callback.name,
         "language": str(language),
         "source": invocation.source,
         "outcome": result.outcome.value,
@@ -348,7 +350,7 @@ class Dispatcher:
             "callback ran: job=%s callback=%s language=%s source=%s outcome=%s wall=%.3fs "
             "cpu=%.3fs rss=%dKiB queue=%.3fs actions=%d%s",
             invocation.job_id,
-            invocation.callback.id,
+            invocation.callback.name,
             language,
             invocation.source,
             result.outcome,
@@ -357,7 +359,7 @@ class Dispatcher:
             result.usage.peak_rss_bytes // 1024,
             result.usage.queue_seconds,
             len(result.actions),
-            f" failure={fields['failure']!r}" if fields["failure"] else "",
+            f" failure={json.dumps(fields['failure'])}" if fields["failure"] else "",
             extra=fields,
         )
         if self._on_result is not None:

@@ -3,6 +3,7 @@
 ExecutorError
  +-- InvalidRequestError      the request is malformed or asks for more than the caps
  +-- NotFoundError            the request names something the executor does not have
+ +-- PermissionDeniedError    the caller's Qube user may not do what it asks (the farm)
  +-- CapacityError            every slot is busy and the queue is full
  +-- UnavailableError         draining, or a child could not be started
  +-- ConfigError              settings that cannot work, naming the setting
@@ -24,6 +25,10 @@ class InvalidRequestError(ExecutorError):
 
 class NotFoundError(ExecutorError):
     """The request names a run, job or callback the executor does not know."""
+
+
+class PermissionDeniedError(ExecutorError):
+    """The Qube user a request acts as may not apply that verb to that job."""
 
 
 class CapacityError(ExecutorError):

@@ -52,6 +52,13 @@ class CallbackSpec:
     user: str = ""
     count: int = 0
     maximum: int = 0
+    # A universal callback's file (``<dir>/mail-status.qcb``); "" for a job's own callback.
+    source: str = ""
+
+    @property
+    def name(self) -> str:
+        """How logs and listings name it: a universal callback's file name, else its id."""
+        return self.source.rsplit("/", 1)[-1] if self.source else str(self.id)
 
 
 # Event types whose occurrences name an item of the job (work name, instance, host).

@@ -11,7 +11,9 @@ the supervisor, then the children's helpers, databases, channels and cgroups clo
 
 With no ``supervisor`` address configured, the embedded reference supervisor (SQLite in
 the data dir) is served on a private socket and the executor talks to it over gRPC, the
-same code path a site's remote supervisor takes.
+same code path a site's remote supervisor takes; its farm (FarmService: submit jobs,
+move frames, simulated workers) is served on the public port beside the executor's
+services.
 """
 
 from __future__ import annotations
@@ -32,13 +34,16 @@ import grpc
 from executor.api import edge as api_edge
 from executor.api import embedded as api_embedded
 from executor.api import security
+from executor.api.farm import FarmServicer
 from executor.api.reporting import GrpcReportTransport, ReportEncoder
 from executor.api.supervisor import GrpcSupervisor
 from executor.config import Settings
 from executor.dispatcher import Dispatcher
+from executor.errors import ConfigError
 from executor.runs.metrics import Metrics
 from executor.runs.readings import ReadingSources, TierFlags
 from executor.runs.recorder import Recorder
+from executor.runtimes.check import check_source
 from executor.runtimes.qube import QubeInterpreter
 from executor.sandbox.identity import UidClaim
 from executor.sandbox.process import SandboxOptions, SandboxRunner
@@ -56,6 +61,7 @@ from executor.web.source import ExecutorSource
 from supervisor_client import ExecutorClient
 from supervisor_client.credentials import open_channel
 from supervisor_client.reference import ReferenceSupervisor
+from supervisor_client.reference.farm import Farm
 from supervisor_client.reference.forwarder import EventForwarder
 
 logger = logging.getLogger(__name__)
@@ -162,8 +168,9 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
                 entries=settings.trigger_journal_entries,
                 max_age_s=settings.trigger_journal_days * 86400.0,
             ),
+            check_code=check_source,
         )
-        engine.reload_universal()
+        _load_universal(engine, settings)
 
         metrics.read_from(
             _reading_sources(
@@ -178,6 +185,10 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
                 storage_health,
             ).read
         )
+        farm = None
+        if embedded is not None:
+            # The farm's changes reach the engine through the forwarder like any transition.
+            farm = FarmServicer(Farm(embedded.reference), engine.store.callbacks_of, embedded.drain)
         edge = api_edge.build(
             settings,
             credentials,
@@ -185,6 +196,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             dispatcher=dispatcher,
             engine=engine,
             recorder=recorder,
+            farm=farm,
         )
         stack.push_async_callback(edge.close, STOP_GRACE_S)
         await edge.server.start()
@@ -282,6 +294,23 @@ def _reading_sources(
         trigger_store=lambda: (store.count_jobs(), store.count_callbacks()),
         universal=lambda: (len(engine.universal), len(engine.universal_reload.errors)),
         zygotes=spawner.status if isinstance(spawner, ZygoteSpawner) else tuple,
+    )
+
+
+def _load_universal(engine: TriggerEngine, settings: Settings) -> None:
+    """Load callbacks.conf; a broken one is one prominent line, or (``strict``) no start."""
+    problems = engine.reload_universal(quiet=True)
+    if not problems:
+        return
+    count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+    if settings.strict:
+        raise ConfigError(f"universal callbacks: {count} in callbacks.conf; first: {problems[0]}")
+    logger.error(
+        "UNIVERSAL CALLBACKS ARE OFF: callbacks.conf has %s, so none of its callbacks is "
+        "active; first: %s (all of them: cbexec serve --check-config; fix, then cbexec "
+        "triggers reload)",
+        count,
+        problems[0],
     )
 
 

@@ -1,4 +1,4 @@
-"""What a supervisor imports: the executor client, and the embedded reference supervisor.
+"""What a supervisor imports: the executor and farm clients, and the embedded reference supervisor.
 
 The generated messages stay in ``supervisor_client.qbcallback.v1``; they are not
 re-exported here. Nothing in this package imports ``executor``.
@@ -6,6 +6,7 @@ re-exported here. Nothing in this package imports ``executor``.
 
 from supervisor_client.client import ExecutorClient
 from supervisor_client.errors import ExecutorRpcError, InvalidRequestError, RetryableError
+from supervisor_client.farm_client import FarmClient
 from supervisor_client.reference import (
     ReferenceSupervisor,
     SupervisorServicer,
@@ -15,6 +16,7 @@ from supervisor_client.reference import (
 __all__ = [
     "ExecutorClient",
     "ExecutorRpcError",
+    "FarmClient",
     "InvalidRequestError",
     "ReferenceSupervisor",
     "RetryableError",

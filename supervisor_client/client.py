@@ -33,6 +33,7 @@ __all__ = [
     "ExecutorClient",
     "as_plain",
     "build_execute_request",
+    "executor_channel",
     "outcome_name",
     "outcome_value",
 ]
@@ -87,6 +88,32 @@ def build_execute_request(
     return request
 
 
+def executor_channel(
+    channel_or_address: grpc.aio.Channel | str,
+    *,
+    root_certificates: bytes | None = None,
+    private_key: bytes | None = None,
+    certificate_chain: bytes | None = None,
+    token: str | None = None,
+) -> tuple[grpc.aio.Channel, bool]:
+    """The channel a client uses, and whether the client opened it (and so closes it).
+
+    A channel given is used as it is; for an address, one is opened with the TLS and
+    token options, taking answers as large as an executor sends.
+    """
+    if not isinstance(channel_or_address, str):
+        return channel_or_address, False
+    channel = open_channel(
+        channel_or_address,
+        root_certificates=root_certificates,
+        private_key=private_key,
+        certificate_chain=certificate_chain,
+        token=token,
+        options=(*RECONNECT_OPTIONS, ("grpc.max_receive_message_length", MAX_ANSWER_BYTES)),
+    )
+    return channel, True
+
+
 class ExecutorClient:
     """Calls a callback executor over one gRPC channel.
 
@@ -108,19 +135,13 @@ class ExecutorClient:
         certificate_chain: bytes | None = None,
         token: str | None = None,
     ) -> None:
-        if isinstance(channel_or_address, str):
-            self._channel = open_channel(
-                channel_or_address,
-                root_certificates=root_certificates,
-                private_key=private_key,
-                certificate_chain=certificate_chain,
-                token=token,
-                options=(*RECONNECT_OPTIONS, ("grpc.max_receive_message_length", MAX_ANSWER_BYTES)),
-            )
-            self._owns_channel = True
-        else:
-            self._channel = channel_or_address
-            self._owns_channel = False
+        self._channel, self._owns_channel = executor_channel(
+            channel_or_address,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            token=token,
+        )
         self._executor = executor_pb2_grpc.CallbackExecutorServiceStub(self._channel)
         self._triggers = executor_pb2_grpc.TriggerServiceStub(self._channel)
         self._runs = executor_pb2_grpc.RunServiceStub(self._channel)

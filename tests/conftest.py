@@ -20,7 +20,10 @@ from tests.helpers.processes import wait_until_no_sandboxed_processes
 
 # The suite's own knob, not a setting: a `cbexec` child a test starts reads every CBEXEC_*
 # variable as one and would refuse it. Its children get the same uids through the setting.
-TEST_UID_BASE = int(os.environ.pop("CBEXEC_TEST_UID_BASE", "64000"))
+# The default keeps clear of a service started with the defaults (sandbox_uid_base 64000),
+# such as the quick start's, which may run beside the suite.
+DEFAULT_TEST_UID_BASE = 62000
+TEST_UID_BASE = int(os.environ.pop("CBEXEC_TEST_UID_BASE", str(DEFAULT_TEST_UID_BASE)))
 os.environ.setdefault("CBEXEC_SANDBOX_UID_BASE", str(TEST_UID_BASE))
 
 

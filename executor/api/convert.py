@@ -264,6 +264,7 @@ def run_message(record: RunRecord) -> executor_pb2.Run:
         started_at=record.started_at,
         usage=usage_message(record.usage),
         work_name=record.work_name,
+        source=record.source,
     )
     if record.event is not None:
         run.event.CopyFrom(event_message(record.event))

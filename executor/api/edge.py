@@ -1,9 +1,11 @@
 """The gRPC server: every service registered on the one port, health, reflection, the guards.
 
-One servicer per service (the shape of grpc's ``multiplex_server`` example), each method
-under the one error table (``errors.grpc_errors``). The server refuses to share its
-port (``grpc.so_reuseport`` off): a second executor on a port already in use fails at
-start instead of silently taking a share of the calls.
+The executor's three services always; the FarmService (farm.py) too when the executor
+runs the embedded reference supervisor, whose farm it drives. One servicer per service
+(the shape of grpc's ``multiplex_server`` example), each method under the one error
+table (``errors.grpc_errors``). The server refuses to share its port
+(``grpc.so_reuseport`` off): a second executor on a port already in use fails at start
+instead of silently taking a share of the calls.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from executor.api import security
 from executor.api.callback_executor import CallbackExecutorServicer
+from executor.api.farm import FarmServicer
 from executor.api.interceptors import CallGuard
 from executor.api.runs import RunServicer
 from executor.api.triggers import TriggerServicer
@@ -27,7 +30,7 @@ from executor.runs.metrics import Metrics
 from executor.runs.recorder import Recorder
 from executor.storage import StorageHealth
 from executor.triggers.engine import TriggerEngine
-from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
+from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc, farm_pb2, farm_pb2_grpc
 
 # Above gRPC's 4 MiB default, so an oversized callback meets our own validation (a clear
 # INVALID_ARGUMENT naming the field) instead of a transport-level refusal.
@@ -35,6 +38,7 @@ MAX_REQUEST_BYTES: Final = 16 << 20
 SERVICES: Final = tuple(
     service.full_name for service in executor_pb2.DESCRIPTOR.services_by_name.values()
 )
+FARM_SERVICE: Final = farm_pb2.DESCRIPTOR.services_by_name["FarmService"].full_name
 
 
 @dataclass
@@ -45,6 +49,8 @@ class Edge:
     port: int
     health: health.aio.HealthServicer
     own_channel: grpc.aio.Channel
+    # The services registered (health answers for each by name).
+    services: tuple[str, ...] = SERVICES
     _stopping: bool = False
     _pending_health: asyncio.Future[None] | None = None
 
@@ -69,7 +75,7 @@ class Edge:
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for service in ("", *SERVICES):
+        for service in ("", *self.services):
             await self.health.set(service, status)
 
     async def close(self, grace_s: float) -> None:
@@ -86,8 +92,12 @@ def build(
     dispatcher: Dispatcher,
     engine: TriggerEngine,
     recorder: Recorder,
+    farm: FarmServicer | None = None,
 ) -> Edge:
-    """The server with every service registered and its port bound; not started yet."""
+    """The server with every service registered and its port bound; not started yet.
+
+    ``farm`` is the embedded supervisor's FarmService, registered only when given.
+    """
     server = grpc.aio.server(
         interceptors=[*security.server_interceptors(settings), CallGuard(metrics)],
         options=[
@@ -105,11 +115,15 @@ def build(
     )
     executor_pb2_grpc.add_TriggerServiceServicer_to_server(TriggerServicer(engine), server)
     executor_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(recorder), server)
+    services = SERVICES
+    if farm is not None:
+        farm_pb2_grpc.add_FarmServiceServicer_to_server(farm, server)
+        services = (*SERVICES, FARM_SERVICE)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     port = security.add_port(server, settings, credentials)
     own_channel = security.own_channel(server, settings, port)
-    return Edge(server, port, health_servicer, own_channel)
+    return Edge(server, port, health_servicer, own_channel, services)

@@ -43,6 +43,11 @@ class EmbeddedSupervisor:
         self._forwarding = asyncio.create_task(self.forwarder.run())
         return self.forwarder
 
+    async def drain(self) -> None:
+        """Until every transition so far, and what the callbacks it fired did, is forwarded."""
+        if self.forwarder is not None:
+            await self.forwarder.drain()
+
     async def stop_forwarding(self) -> None:
         """Stop sending transitions (those not yet sent are dropped with the process)."""
         if self._forwarding is not None:

@@ -22,6 +22,7 @@ from executor.errors import (
     ExecutorError,
     InvalidRequestError,
     NotFoundError,
+    PermissionDeniedError,
     UnavailableError,
 )
 
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 STATUS_BY_ERROR: Final[tuple[tuple[type[ExecutorError], grpc.StatusCode], ...]] = (
     (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (CapacityError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),

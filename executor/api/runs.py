@@ -20,6 +20,8 @@ from executor.runs.recorder import Recorder
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 
 DEFAULT_LIST_LIMIT: Final = 50
+# The shortest prefix GetRun resolves, as git's shortest abbreviation of a commit id.
+MIN_PREFIX_CHARS: Final = 4
 DEFAULT_DEAD_LETTER_LIMIT: Final = 100
 MAX_LIST_LIMIT: Final = 1000
 
@@ -53,12 +55,20 @@ class RunServicer(executor_pb2_grpc.RunServiceServicer):
     async def GetRun(
         self, request: executor_pb2.GetRunRequest, context: Context
     ) -> executor_pb2.GetRunResponse:
-        """One run with its result; NOT_FOUND when unknown or pruned."""
-        record = self._recorder.history.get(request.invocation_id)
+        """One run with its result, by its id or a unique prefix; NOT_FOUND when unknown."""
+        history = self._recorder.history
+        wanted = request.invocation_id
+        record = history.get(wanted)
+        if record is None and len(wanted) >= MIN_PREFIX_CHARS:
+            matches = history.ids_starting_with(wanted)
+            if len(matches) > 1:
+                shown = ", ".join(matches[:2]) + (", ..." if len(matches) > 2 else "")
+                raise InvalidRequestError(
+                    f"{wanted!r} is the start of several runs ({shown}); give more of the id"
+                )
+            record = history.get(matches[0]) if matches else None
         if record is None:
-            raise NotFoundError(
-                f"no run {request.invocation_id!r} in the history (unknown, or pruned)"
-            )
+            raise NotFoundError(f"no run {wanted!r} in the history (unknown, or pruned)")
         return executor_pb2.GetRunResponse(run=convert.run_message(record))
 
     @grpc_errors

@@ -1,8 +1,8 @@
 """The ``cbexec`` command: one subcommand per module; errors are one line and an exit code.
 
 ``serve`` runs the service (serve.py); ``run``, ``runs`` (runs.py), ``triggers``
-(triggers.py), ``outbox`` (outbox.py) and ``metrics`` (metrics.py) are clients of a
-running executor, through ``supervisor_client`` only.
+(triggers.py), ``outbox`` (outbox.py), ``metrics`` (metrics.py) and ``farm`` (farm.py)
+are clients of a running executor, through ``supervisor_client`` only.
 Exit codes are in connection.py.
 """
 
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from executor import __version__
-from executor.cli import metrics, outbox, runs, serve, triggers
+from executor.cli import farm, metrics, outbox, runs, serve, triggers
 from executor.cli.connection import EXIT_USAGE
 from executor.errors import ConfigError
 
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_parsers(commands)
     outbox.add_parser(commands)
     metrics.add_parser(commands)
+    farm.add_parser(commands)
     return parser
 
 

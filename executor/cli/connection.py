@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 from executor.errors import ConfigError
-from supervisor_client import ExecutorClient, ExecutorRpcError
+from supervisor_client import ExecutorClient, ExecutorRpcError, FarmClient
 
 EXIT_OK: Final = 0
 EXIT_NOT_SUCCEEDED: Final = 1
@@ -66,6 +66,17 @@ def connect(args: argparse.Namespace, address: str | None = None) -> ExecutorCli
     """An ExecutorClient for the connection options (TLS when any certificate is given)."""
     return ExecutorClient(
         address or args.address,
+        root_certificates=_read(args.tls_ca, "--tls-ca"),
+        certificate_chain=_read(args.tls_cert, "--tls-cert"),
+        private_key=_read(args.tls_key, "--tls-key"),
+        token=args.token,
+    )
+
+
+def connect_farm(args: argparse.Namespace) -> FarmClient:
+    """A FarmClient for the connection options, as ``connect`` makes an ExecutorClient."""
+    return FarmClient(
+        args.address,
         root_certificates=_read(args.tls_ca, "--tls-ca"),
         certificate_chain=_read(args.tls_cert, "--tls-cert"),
         private_key=_read(args.tls_key, "--tls-key"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from datetime import datetime
 from typing import TextIO
 
@@ -36,7 +37,7 @@ async def _list(args: argparse.Namespace, out: TextIO) -> int:
 
 async def _retry(args: argparse.Namespace, out: TextIO) -> int:
     if bool(args.invocation_ids) == args.all:
-        print("cbexec: name the invocation ids to retry, or give --all", file=out)
+        print("cbexec: name the invocation ids to retry, or give --all", file=sys.stderr)
         return EXIT_USAGE
     async with connect(args) as client:
         reply = await client.retry_dead_letters(args.invocation_ids, timeout=args.timeout)

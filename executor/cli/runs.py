@@ -13,8 +13,10 @@ reached.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -31,6 +33,7 @@ from executor.cli.connection import (
 )
 from executor.config import Settings
 from executor.errors import ConfigError
+from executor.triggers.nodes import EventName, EventType
 from supervisor_client import ExecutorClient
 from supervisor_client.client import (
     OUTCOMES,
@@ -71,12 +74,30 @@ def parse_since(text: str, now: float) -> float:
 
 
 def parse_event(text: str) -> dict[str, str]:
-    """``complete-job-self`` → name/type/context/extra (extra keeps any further hyphens)."""
+    """``complete-job-self`` → name/type/context/extra (extra keeps any further hyphens).
+
+    Raises ValueError naming a part that is not a known event name or type, and the
+    valid ones: a typo would otherwise run the callback with an event nothing can raise.
+    """
     parts = text.split("-", 3)
     if len(parts) < 2 or not all(parts[:2]):
         raise ValueError(f"--event {text!r}: expected name-type[-context[-extra]]")
+    names, types = [n.value for n in EventName], [t.value for t in EventType]
+    if parts[0] not in names:
+        raise ValueError(
+            f"--event {text!r}: unknown event name {parts[0]!r}; expected one of {', '.join(names)}"
+        )
+    if parts[1] not in types:
+        raise ValueError(
+            f"--event {text!r}: unknown event type {parts[1]!r}; expected one of {', '.join(types)}"
+        )
     parts += [""] * (4 - len(parts))
     return dict(zip(("name", "type", "context", "extra"), parts, strict=True))
+
+
+def embedded_mail_dir() -> Path:
+    """Where ``run --embedded`` keeps mail: beside the default data dir, one maildir for all runs."""
+    return Settings().data_dir.parent / "cbexec-run-mail"
 
 
 def _local_time(unix_s: float) -> str:
@@ -109,7 +130,7 @@ def format_runs(runs: Sequence[Any]) -> str:
                 _local_time(run.started_at),
                 run.invocation_id,
                 str(run.job_id),
-                str(run.callback_id),
+                run.source.rsplit("/", 1)[-1] if run.source else str(run.callback_id),
                 trigger or "-",
                 run.language,
                 outcome_name(run.outcome),
@@ -165,7 +186,9 @@ def format_run(run: Any) -> str:
         )
     head = [
         f"invocation: {run.invocation_id}",
-        f"job: {run.job_id}  callback: {run.callback_id}  language: {run.language}",
+        f"job: {run.job_id}  callback: {run.callback_id}"
+        + (f" ({run.source})" if run.source else "")
+        + f"  language: {run.language}",
         f"trigger: {run.triggers or '-'}",
         f"event: {event}" + (f"  work: {run.work_name}" if run.work_name else ""),
         f"started: {_local_time(run.started_at)}",
@@ -228,7 +251,9 @@ def add_runs_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         parents=[connection_options(suppress=True)],
         help="one run with its captured output",
     )
-    show.add_argument("invocation_id")
+    show.add_argument(
+        "invocation_id", metavar="ID", help="the invocation id, or a unique prefix (4+ chars)"
+    )
     runs.set_defaults(handler=rpc_command(_runs), runs_command=None)
 
 
@@ -274,12 +299,12 @@ def _submittable(job: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def _run_one(args: argparse.Namespace, out: TextIO) -> int:
-    language, code = _callback_source(args)
-    job = _load_job(args.job)
     try:
         event = parse_event(args.event) if args.event else None
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    language, code = _callback_source(args)
+    job = _load_job(args.job)
     if not args.embedded:
         async with connect(args) as client:
             return await _execute(client, args, language, code, job, event, out)
@@ -288,6 +313,11 @@ async def _run_one(args: argparse.Namespace, out: TextIO) -> int:
     with tempfile.TemporaryDirectory(prefix="cbexec-run-") as scratch:
         data_dir = args.data_dir or Path(scratch) / "data"
         settings = Settings(bind="127.0.0.1:0", data_dir=data_dir, launcher="cold")
+        if args.data_dir is None:
+            # The throwaway data dir goes with the run; mail (whose path the run prints)
+            # must outlive it to be read.
+            mail = dataclasses.replace(settings.mail, directory=embedded_mail_dir())
+            settings = settings.replace(mail=mail)
         running = await server.start(settings)
         try:
             if running.reference is None:  # never: the settings above embed the supervisor
@@ -329,7 +359,22 @@ async def _execute(
     response = await client.execute(request, timeout=args.timeout)
     print(f"invocation: {response.invocation_id}", file=out)
     print(format_result(response), file=out)
+    if not args.embedded and unknown_job(response):
+        print(
+            f"hint: the supervisor behind {args.address} does not know job {job.get('id')}: "
+            "try the callback with --embedded (a throwaway executor and supervisor that "
+            "get the job file first), or submit the job to the farm with "
+            "`cbexec farm submit JOB.json` and run it against its new id",
+            file=sys.stderr,
+        )
     return EXIT_OK if outcome_name(response.outcome) == "SUCCEEDED" else EXIT_NOT_SUCCEEDED
+
+
+def unknown_job(response: Any) -> bool:
+    """Whether a qb call of the run was refused because the supervisor has no such job."""
+    refused = [action.message for action in response.actions if not action.ok]
+    failure = response.failure.exception_type if response.HasField("failure") else ""
+    return failure == "NoSuchJob" or any(m.startswith("NoSuchJob:") for m in refused)
 
 
 def add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

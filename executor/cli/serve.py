@@ -6,10 +6,11 @@ import argparse
 import asyncio
 import logging
 import os
+import sys
 from pathlib import Path
 
 from executor import config, logs
-from executor.cli.connection import EXIT_OK
+from executor.cli.connection import EXIT_OK, EXIT_USAGE
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,16 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
     serve.add_argument("--log-format", choices=("text", "json"))
     serve.add_argument(
-        "--check-config", action="store_true", help="validate the settings, print them, exit"
+        "--strict",
+        action="store_true",
+        default=None,
+        help="refuse to start when callbacks.conf has a problem (setting: strict)",
+    )
+    serve.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate everything start-up would (settings, TLS files, port, sandbox, "
+        "universal callbacks), print the effective settings, exit",
     )
     serve.set_defaults(handler=_serve)
 
@@ -57,6 +67,7 @@ def load_settings(args: argparse.Namespace, environ: dict[str, str]) -> config.S
         "languages": args.languages,
         "log_level": args.log_level,
         "log_format": args.log_format,
+        "strict": args.strict,
     }
     settings = config.apply(settings, {k: v for k, v in flags.items() if v is not None}, "flag")
     return config.validate(settings)
@@ -68,19 +79,14 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(args, dict(os.environ))
     logs.configure(settings.log_level, settings.log_format)
     if args.check_config:
-        print(settings)
-        from executor.api import security
-        from executor.sandbox.tier import describe_tier, sandbox_options
+        from executor.cli.check_config import check
 
-        security.server_credentials(settings)  # TLS files exist and read as PEM
-        security.check_bindable(settings.bind)
-        if settings.http_bind:
-            security.check_bindable(settings.http_bind, setting="http_bind")
-        print("endpoint:", security.describe(settings))
-        options = sandbox_options(settings)
-        print("sandbox:", describe_tier(options))
-        if options.cgroups is not None:
-            options.cgroups.close()
+        problems = check(settings, sys.stdout)
+        for problem in problems:
+            print(f"cbexec: {problem}", file=sys.stderr)
+        if problems:
+            return EXIT_USAGE
+        print("ok: start-up would succeed with these settings")
         return EXIT_OK
     asyncio.run(server.serve_forever(settings))
     return EXIT_OK

@@ -55,7 +55,7 @@ def format_entry(invocation: Invocation, result: RunResult, when: float) -> str:
     stamp = datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")
     callback = invocation.callback
     header = (
-        f"=== {stamp} callback={callback.id} trigger={json.dumps(callback.triggers)} "
+        f"=== {stamp} callback={callback.name} trigger={json.dumps(callback.triggers)} "
         f"language={callback.language} outcome={result.outcome.value} "
         f"invocation={result.invocation_id}\n"
     )

@@ -59,7 +59,8 @@ CREATE TABLE IF NOT EXISTS runs (
     queue_seconds REAL NOT NULL,
     event TEXT,
     work_name TEXT NOT NULL,
-    result TEXT NOT NULL
+    result TEXT NOT NULL,
+    source TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_at);
 CREATE INDEX IF NOT EXISTS runs_by_job ON runs (job_id, started_at);
@@ -68,7 +69,7 @@ CREATE INDEX IF NOT EXISTS runs_by_outcome ON runs (outcome, started_at);
 
 _SUMMARY_COLUMNS: Final = (
     "invocation_id, job_id, callback_id, triggers, language, outcome, started_at, "
-    "wall_seconds, cpu_seconds, peak_rss_bytes, queue_seconds, event, work_name"
+    "wall_seconds, cpu_seconds, peak_rss_bytes, queue_seconds, event, work_name, source"
 )
 
 
@@ -87,6 +88,8 @@ class RunRecord:
     event: Event | None = None
     work_name: str = ""
     result: RunResult | None = None
+    # A universal callback's file; "" for a job's own callback or an Execute.
+    source: str = ""
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...] | None] = {}
@@ -171,9 +174,16 @@ class RunHistory:
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.executescript(_SCHEMA)
+        self._add_source_column()
         self._checkpoints = BackgroundCheckpoints(self._db, path)
         self._runs = self.count()
         self.prune()
+
+    def _add_source_column(self) -> None:
+        """A history from before ``source`` was kept gets the column (empty for old runs)."""
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(runs)")}
+        if "source" not in columns:
+            self._db.execute("ALTER TABLE runs ADD COLUMN source TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         self._checkpoints.close()
@@ -189,7 +199,7 @@ class RunHistory:
             self._db.execute(
                 "INSERT OR REPLACE INTO runs (invocation_id, job_id, callback_id, triggers, language,"
                 " outcome, started_at, wall_seconds, cpu_seconds, peak_rss_bytes, queue_seconds,"
-                " event, work_name, result) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " event, work_name, result, source) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     result.invocation_id,
                     invocation.job_id,
@@ -205,6 +215,7 @@ class RunHistory:
                     _event_json(invocation.event),
                     invocation.work_name,
                     result_to_json(result),
+                    invocation.callback.source,
                 ),
             )
         self._checkpoints.committed()
@@ -255,6 +266,17 @@ class RunHistory:
             return None
         return self._record(row, result=result_from_json(row["result"]))
 
+    def ids_starting_with(self, prefix: str, limit: int = 3) -> list[str]:
+        """Up to ``limit`` invocation ids that start with ``prefix`` (taken literally)."""
+        # GLOB, not LIKE: a prefix's "_" and "%" are characters here, not wildcards.
+        pattern = "".join(f"[{c}]" if c in "*?[" else c for c in prefix) + "*"
+        rows = self._db.execute(
+            "SELECT invocation_id FROM runs WHERE invocation_id GLOB ? ORDER BY invocation_id"
+            " LIMIT ?",
+            (pattern, limit),
+        ).fetchall()
+        return [row["invocation_id"] for row in rows]
+
     def count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM runs").fetchone()[0])
 
@@ -297,4 +319,5 @@ class RunHistory:
             event=event,
             work_name=row["work_name"],
             result=result,
+            source=row["source"],
         )

@@ -55,10 +55,12 @@ from executor.triggers.nodes import EventName, EventType, per_work
 from executor.triggers.registration import Registration, callback_specs, level_pass, surroundings
 from executor.triggers.store import LEVEL, NewAtom, PendingFiring, TriggerStore
 from executor.triggers.universal import (
+    CodeCheck,
     ReloadStatus,
     UniversalCallback,
     UniversalConfigError,
     load_universal,
+    no_code_check,
 )
 from executor.triggers.why import JobExplanation
 
@@ -123,6 +125,7 @@ class TriggerEngine:
         max_parallel_events: int = 4,
         retry: Backoff = Backoff(),
         journal_limits: JournalLimits = JournalLimits(),
+        check_code: CodeCheck = no_code_check,
     ) -> None:
         """Build the engine over ``store``.
 
@@ -135,6 +138,7 @@ class TriggerEngine:
             max_parallel_events: How many events' firings may run at once.
             retry: The delays between tries of a run refused for capacity or availability.
             journal_limits: How much of the per-callback journal is kept.
+            check_code: Checks a universal callback's code when it is loaded.
         """
         self._store = store
         self._run = run
@@ -142,6 +146,7 @@ class TriggerEngine:
         self._universal_dirs = list(universal_dirs)
         self._universal: list[UniversalCallback] = []
         self.universal_reload = ReloadStatus()
+        self._check_code = check_code
         self._clock = clock
         self._timer_wakeup = asyncio.Event()
         self._timers: asyncio.Task[None] | None = None
@@ -172,17 +177,24 @@ class TriggerEngine:
         """The active universal callbacks' check warnings, as ``file:line: message``."""
         return [warning for cb in self._universal for warning in cb.warnings]
 
-    def reload_universal(self) -> list[str]:
+    def reload_universal(self, *, quiet: bool = False) -> list[str]:
         """Re-read every callbacks.conf; on errors keep the last good set and return them.
 
         The triggers' check warnings are logged and kept (``universal_warnings``).
+        ``quiet`` leaves the errors to the caller to report (start-up says it in one line).
         """
         now = self._clock()
         try:
-            loaded = load_universal(self._universal_dirs, check_trigger, trigger_warnings)
+            loaded = load_universal(
+                self._universal_dirs,
+                check_trigger,
+                check_code=self._check_code,
+                warn=trigger_warnings,
+            )
         except UniversalConfigError as err:
-            for line in err.errors:
-                logger.error("universal callbacks not reloaded: %s", line)
+            if not quiet:
+                for line in err.errors:
+                    logger.error("universal callbacks not reloaded: %s", line)
             self.universal_reload = ReloadStatus(
                 now, self.universal_reload.loaded_at, tuple(err.errors)
             )
@@ -413,6 +425,7 @@ class TriggerEngine:
                 user=cb.user,
                 count=firing.count,
                 maximum=cb.maximum,
+                source=cb.source,
             ),
             job=job,
             limits=self._limits,

@@ -4,8 +4,10 @@ Format (qube-callbacks.md §4): one ``filename = trigger`` per line, ``#`` start
 comment line, blank lines are ignored. The file named sits in the same directory and
 its extension picks the language: ``.py`` python, ``.pl`` perl, ``.qcb`` qube (the
 file holds the code string). A directory without a ``callbacks.conf`` contributes
-nothing. Every problem is reported as ``file:line: message``; a load with any problem
-is refused as a whole, so a reload keeps the last good set.
+nothing. Each file's code is checked at load by ``check_code`` (Python is compiled, qube
+code strings are looked up), so a syntax error is reported when the file is installed,
+not when it first fires. Every problem is reported as ``file:line: message``; a load
+with any problem is refused as a whole, so a reload keeps the last good set.
 
 Our extension: options in square brackets after the file name, ``filename [level] =
 trigger``. The one option today is the trigger mode, ``level`` or ``edge`` (the
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
@@ -30,6 +32,14 @@ MODES: Final = ("edge", "level")
 _OPTIONS: Final = re.compile(r"(?P<file>[^\[]*?)\s*\[(?P<options>[^\]]*)\]")
 LANGUAGE_BY_SUFFIX: Final = {".py": "python", ".pl": "perl", ".qcb": "qube"}
 MAX_FILE_BYTES: Final = 1 << 20
+
+# (language, code, path) -> "line: message" or "message" when the code cannot run, else None.
+CodeCheck = Callable[[str, str, Path], str | None]
+
+
+def no_code_check(language: str, code: str, path: Path) -> str | None:
+    """Accept any code (the check for callers that only read callbacks.conf)."""
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +90,8 @@ def _options(where: str, left: str) -> tuple[str, str, str | None]:
 def load_universal(
     directories: list[Path],
     check_trigger: Callable[[str], str | None],
+    *,
+    check_code: CodeCheck = no_code_check,
     warn: Callable[[str], list[str]] | None = None,
 ) -> list[UniversalCallback]:
     """Load every directory's callbacks.conf.
@@ -87,6 +99,7 @@ def load_universal(
     Args:
         directories: Where the callbacks.conf files are.
         check_trigger: An error for a trigger that cannot be used, or None.
+        check_code: An error for a file's code that cannot run, or None.
         warn: The warnings for a usable trigger (kept on the callback, not errors).
     """
     callbacks: list[UniversalCallback] = []
@@ -105,50 +118,53 @@ def load_universal(
             if not line or line.startswith("#"):
                 continue
             where = f"{conf}:{number}"
-            left, sep, triggers = (part.strip() for part in line.partition("="))
-            filename, mode, problem = _options(where, left)
-            if problem is not None:
-                errors.append(problem)
+            loaded = _load_line(directory, where, line, check_trigger, check_code)
+            if isinstance(loaded, str):
+                errors.append(loaded)
                 continue
-            if not sep or not filename or not triggers:
-                errors.append(
-                    f"{where}: expected 'filename [options] = trigger', got {raw.strip()!r}"
-                )
-                continue
-            language = LANGUAGE_BY_SUFFIX.get(Path(filename).suffix)
-            if language is None:
-                valid = ", ".join(LANGUAGE_BY_SUFFIX)
-                errors.append(f"{where}: {filename!r} has no known extension ({valid})")
-                continue
-            path = directory / filename
-            if Path(filename).name != filename:
-                errors.append(f"{where}: {filename!r} must be a file in {directory}")
-                continue
-            try:
-                if path.stat().st_size > MAX_FILE_BYTES:
-                    errors.append(f"{where}: {filename} is larger than {MAX_FILE_BYTES} bytes")
-                    continue
-                code = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as err:
-                errors.append(f"{where}: cannot read {filename}: {getattr(err, 'strerror', err)}")
-                continue
-            problem = check_trigger(triggers)
-            if problem:
-                errors.append(f"{where}: {problem}")
-                continue
-            callbacks.append(
-                UniversalCallback(
-                    str(path),
-                    language,
-                    code.strip() if language == "qube" else code,
-                    triggers,
-                    mode,
-                    tuple(f"{where}: {warning}" for warning in (warn or _none)(triggers)),
-                )
-            )
+            warnings = (warn or _none)(loaded.triggers)
+            callbacks.append(replace(loaded, warnings=tuple(f"{where}: {w}" for w in warnings)))
     if errors:
         raise UniversalConfigError(errors)
     return callbacks
+
+
+def _load_line(
+    directory: Path,
+    where: str,
+    line: str,
+    check_trigger: Callable[[str], str | None],
+    check_code: CodeCheck,
+) -> UniversalCallback | str:
+    """One ``filename [options] = trigger`` line's callback, or its problem."""
+    left, sep, triggers = (part.strip() for part in line.partition("="))
+    filename, mode, problem = _options(where, left)
+    if problem is not None:
+        return problem
+    if not sep or not filename or not triggers:
+        return f"{where}: expected 'filename [options] = trigger', got {line!r}"
+    language = LANGUAGE_BY_SUFFIX.get(Path(filename).suffix)
+    if language is None:
+        valid = ", ".join(LANGUAGE_BY_SUFFIX)
+        return f"{where}: {filename!r} has no known extension ({valid})"
+    path = directory / filename
+    if Path(filename).name != filename:
+        return f"{where}: {filename!r} must be a file in {directory}"
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            return f"{where}: {filename} is larger than {MAX_FILE_BYTES} bytes"
+        code = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        return f"{where}: cannot read {filename}: {getattr(err, 'strerror', err)}"
+    problem = check_trigger(triggers)
+    if problem:
+        return f"{where}: {problem}"
+    problem = check_code(language, code, path)
+    if problem:
+        return f"{path}:{problem} (named at {where})"
+    return UniversalCallback(
+        str(path), language, code.strip() if language == "qube" else code, triggers, mode
+    )
 
 
 def _none(triggers: str) -> list[str]:

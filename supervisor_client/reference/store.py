@@ -1,7 +1,8 @@
 """ReferenceSupervisor: Qube-style jobs, work and instances on SQLite, with events and history.
 
 An embedded stand-in for a Qube supervisor, good enough for the executor's tests and
-demos: there are no workers, so tests drive work with ``start_work``/``complete_work``.
+demos: there are no workers, so tests and the farm (farm.py: simulated workers, an
+operator's commands) drive work with ``start_work``/``complete_work``.
 Every state change becomes a ``Transition`` (the event a real supervisor would publish),
 delivered to listeners after the change is committed, outside the lock.
 
@@ -326,6 +327,20 @@ class ReferenceSupervisor:
             return [
                 self._job_dict(row, include_callbacks=include_callbacks) for row in rows.fetchall()
             ]
+
+    def jobs(self, *, statuses: Collection[str] = ()) -> list[dict[str, Any]]:
+        """Every job (only those in ``statuses`` when given), by id, without callbacks."""
+        query, args = "SELECT * FROM jobs", list(statuses)
+        if args:
+            query += f" WHERE status IN ({', '.join('?' * len(args))})"
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY id", args).fetchall()
+            return [self._job_dict(row, include_callbacks=False) for row in rows]
+
+    def job_ids(self) -> list[int]:
+        """The ids of every job, ascending."""
+        with self._lock:
+            return [row[0] for row in self._db.execute("SELECT id FROM jobs ORDER BY id")]
 
     def find_by_label(self, pgrp: int, label: str) -> dict[str, Any] | None:
         """The job labelled ``label`` in ``pgrp`` (how trigger contexts name siblings)."""

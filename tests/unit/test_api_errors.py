@@ -15,6 +15,7 @@ from executor.errors import (
     ExecutorError,
     InvalidRequestError,
     NotFoundError,
+    PermissionDeniedError,
     UnavailableError,
 )
 from executor.storage import StorageError
@@ -63,6 +64,7 @@ DOCUMENTED = [
     (UnavailableError("stopping"), grpc.StatusCode.UNAVAILABLE),
     (StorageError("/data/outbox.db", "database or disk is full"), grpc.StatusCode.UNAVAILABLE),
     (ConfigError("bad setting"), grpc.StatusCode.FAILED_PRECONDITION),
+    (PermissionDeniedError("job 3 belongs to alice"), grpc.StatusCode.PERMISSION_DENIED),
 ]
 
 

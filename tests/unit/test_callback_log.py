@@ -105,3 +105,16 @@ def test_callback_text_cannot_forge_a_header_or_a_section() -> None:
     assert sections == ["--- stderr", "--- failure: boom"]
     assert f"\\{forged}" in entry and "\\--- stderr" in entry and "\\\\already escaped" in entry
     assert "before\n" in entry  # ordinary lines are left as written
+
+
+def test_a_universal_callback_is_named_by_its_file() -> None:
+    universal = Invocation(
+        invocation_id="inv-2",
+        callback=CallbackSpec(
+            "qube", "mail-status", "done-job-self", id=4, source="/etc/cb/mail-status.qcb"
+        ),
+        job={"id": 7},
+        limits=Limits(1, 1, 1, 1, 1, 1),
+    )
+    header = format_entry(universal, RunResult("inv-2", Outcome.SUCCEEDED), WHEN).splitlines()[0]
+    assert " callback=mail-status.qcb trigger=" in header

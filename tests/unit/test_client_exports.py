@@ -12,13 +12,14 @@ from google.protobuf.descriptor import ServiceDescriptor
 import supervisor_client
 from supervisor_client import client as client_module
 from supervisor_client import errors
-from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
+from supervisor_client.qbcallback.v1 import executor_pb2, farm_pb2, types_pb2
 
 pytestmark = pytest.mark.unit
 
 EXPORTED = {
     "ExecutorClient",
     "ExecutorRpcError",
+    "FarmClient",
     "InvalidRequestError",
     "ReferenceSupervisor",
     "RetryableError",
@@ -57,6 +58,15 @@ def test_the_client_wraps_every_executor_rpc(service: ServiceDescriptor) -> None
     assert service.methods
     for method in service.methods:
         wrapper = getattr(supervisor_client.ExecutorClient, snake(method.name), None)
+        assert inspect.iscoroutinefunction(wrapper), method.name
+        assert "timeout" in inspect.signature(wrapper).parameters, method.name
+
+
+def test_the_farm_client_wraps_every_farm_rpc() -> None:
+    (service,) = farm_pb2.DESCRIPTOR.services_by_name.values()
+    assert service.methods
+    for method in service.methods:
+        wrapper = getattr(supervisor_client.FarmClient, snake(method.name), None)
         assert inspect.iscoroutinefunction(wrapper), method.name
         assert "timeout" in inspect.signature(wrapper).parameters, method.name
 

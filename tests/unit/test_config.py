@@ -79,3 +79,22 @@ def test_http_bind_is_off_by_default_and_checked_when_set() -> None:
         config.Settings(), {"CBEXEC_HTTP_BIND": "[::1]:9000", "CBEXEC_HTTP_EXEMPT_METRICS": "yes"}
     )
     assert (env.http_bind, env.http_exempt_metrics) == ("[::1]:9000", True)
+
+
+def test_the_clients_address_variable_is_not_a_setting() -> None:
+    settings = config.from_env(
+        config.Settings(), {"CBEXEC_ADDRESS": "10.0.0.1:50051", "CBEXEC_MAX_QUEUE": "9"}
+    )
+    assert settings.max_queue == 9
+
+
+def test_max_concurrent_zero_means_the_hosts_default() -> None:
+    settings = config.from_env(config.Settings(max_concurrent=3), {"CBEXEC_MAX_CONCURRENT": "0"})
+    assert settings.max_concurrent == config.default_max_concurrent()
+
+
+def test_describe_prints_toml_spelling_and_hides_secrets() -> None:
+    lines = config.describe(config.Settings(auth_token="s3cret", languages=frozenset()))
+    assert 'auth_token = "(set)"' in lines and "languages = []" in lines
+    assert "grace_seconds = 0.5" in lines and "prepare_ahead = true" in lines
+    assert not any("s3cret" in line for line in lines)

@@ -24,6 +24,22 @@ def test_example_config_loads_and_validates() -> None:
     assert settings.mail_settings.directory == Path("/var/lib/cbexec/mail")
 
 
+def test_example_config_shows_the_defaults() -> None:
+    """Every value is the default, but data_dir (its comment says why)."""
+    example = config.validate(config.from_toml(config.Settings(), EXAMPLE))
+    defaults = config.Settings()
+    differ = [
+        f.name
+        for f in dataclasses.fields(config.Settings)
+        if f.name != "mail" and getattr(example, f.name) != getattr(defaults, f.name)
+    ]
+    assert differ == ["data_dir"]
+    assert example.max_concurrent == config.default_max_concurrent()
+    assert dataclasses.replace(example.mail, directory=Path("")) == dataclasses.replace(
+        defaults.mail, directory=Path("")
+    )
+
+
 def test_example_config_names_every_setting() -> None:
     names = set(tomllib.loads(EXAMPLE.read_text()))
     fields = {f.name for f in dataclasses.fields(config.Settings)}

@@ -150,3 +150,35 @@ def test_the_limit_holds_across_a_reopen(tmp_path: Path) -> None:
     second.record(invocation("r3"), result("r3"), started_at=3.0)
     assert [r.invocation_id for r in second.list_runs()] == ["r3", "r2", "r1"]
     second.close()
+
+
+def test_a_universal_callbacks_file_is_kept_and_an_old_history_gains_the_column(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "runs.db"
+    with sqlite3.connect(path) as db:  # the table as it was before ``source``
+        db.execute(
+            "CREATE TABLE runs (invocation_id TEXT PRIMARY KEY, job_id INTEGER NOT NULL,"
+            " callback_id INTEGER NOT NULL, triggers TEXT NOT NULL, language TEXT NOT NULL,"
+            " outcome TEXT NOT NULL, started_at REAL NOT NULL, wall_seconds REAL NOT NULL,"
+            " cpu_seconds REAL NOT NULL, peak_rss_bytes INTEGER NOT NULL,"
+            " queue_seconds REAL NOT NULL, event TEXT, work_name TEXT NOT NULL,"
+            " result TEXT NOT NULL)"
+        )
+        db.execute(
+            "INSERT INTO runs VALUES ('old', 1, 1, 't', 'python', 'SUCCEEDED', 1e12, 0, 0, 0, 0,"
+            " NULL, '', ?)",
+            (result_to_json(result("old")),),
+        )
+    history = RunHistory(path, retention_days=1e6, max_runs=10)
+    try:
+        spec = CallbackSpec("qube", "mail-status", "done-job-self", 5, source="/cb/mail-status.qcb")
+        history.record(Invocation("new", spec, {"id": 1}, LIMITS), result("new"), started_at=2e12)
+        listed = {r.invocation_id: r.source for r in history.list_runs()}
+        assert listed == {"new": "/cb/mail-status.qcb", "old": ""}
+        got = history.get("new")
+        assert got is not None and got.source == "/cb/mail-status.qcb"
+    finally:
+        history.close()

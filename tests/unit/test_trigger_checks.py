@@ -170,7 +170,7 @@ def test_callbacks_conf_takes_a_mode_and_reports_its_triggers_checks(tmp_path: P
     (tmp_path / "late.qcb").write_text("unblock-self")
     (tmp_path / "old.qcb").write_text("mail-status")
 
-    late, old = load_universal([tmp_path], check_trigger, trigger_warnings)
+    late, old = load_universal([tmp_path], check_trigger, warn=trigger_warnings)
 
     assert (late.mode, late.source, late.warnings) == ("level", str(tmp_path / "late.qcb"), ())
     assert old.mode == "edge"

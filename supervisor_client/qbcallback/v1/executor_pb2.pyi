@@ -1537,6 +1537,7 @@ class Run(_message.Message):
     EVENT_FIELD_NUMBER: _builtins.int
     WORK_NAME_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     invocation_id: _builtins.str
     job_id: _builtins.int
     callback_id: _builtins.int
@@ -1546,6 +1547,10 @@ class Run(_message.Message):
     started_at: _builtins.float
     """Unix seconds."""
     work_name: _builtins.str
+    source: _builtins.str
+    """The file a universal callback came from ("<dir>/mail-status.qcb"); empty for
+    a job's own callback and for Execute.
+    """
     @_builtins.property
     def usage(self) -> Global___Usage: ...
     @_builtins.property
@@ -1568,10 +1573,11 @@ class Run(_message.Message):
         event: _types_pb2.Event | None = ...,
         work_name: _builtins.str = ...,
         result: Global___ExecuteResponse | None = ...,
+        source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "result", b"result", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_id", b"callback_id", "event", b"event", "invocation_id", b"invocation_id", "job_id", b"job_id", "language", b"language", "outcome", b"outcome", "result", b"result", "started_at", b"started_at", "triggers", b"triggers", "usage", b"usage", "work_name", b"work_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_id", b"callback_id", "event", b"event", "invocation_id", b"invocation_id", "job_id", b"job_id", "language", b"language", "outcome", b"outcome", "result", b"result", "source", b"source", "started_at", b"started_at", "triggers", b"triggers", "usage", b"usage", "work_name", b"work_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1603,6 +1609,10 @@ class GetRunRequest(_message.Message):
 
     INVOCATION_ID_FIELD_NUMBER: _builtins.int
     invocation_id: _builtins.str
+    """The run's invocation id, or a prefix of it (at least 4 characters) that only
+    one run's id starts with, as git takes a commit id. A prefix several ids start
+    with is INVALID_ARGUMENT naming some of them.
+    """
     def __init__(
         self,
         *,

@@ -507,7 +507,8 @@ class RunServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetRun(self, request, context):
-        """One run with its captured output. NOT_FOUND when unknown or pruned.
+        """One run with its captured output, by its id or a unique prefix of it.
+        NOT_FOUND when unknown or pruned.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

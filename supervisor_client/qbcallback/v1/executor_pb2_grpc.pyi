@@ -171,7 +171,9 @@ class RunServiceStub:
     ListRuns: _aio.UnaryUnaryMultiCallable[_executor_pb2.ListRunsRequest, _executor_pb2.ListRunsResponse]
     """History of runs, newest first."""
     GetRun: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetRunRequest, _executor_pb2.GetRunResponse]
-    """One run with its captured output. NOT_FOUND when unknown or pruned."""
+    """One run with its captured output, by its id or a unique prefix of it.
+    NOT_FOUND when unknown or pruned.
+    """
     GetMetrics: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetMetricsRequest, _executor_pb2.GetMetricsResponse]
     """Counters and latency histograms of this executor process."""
     ListDeadLetters: _aio.UnaryUnaryMultiCallable[_executor_pb2.ListDeadLettersRequest, _executor_pb2.ListDeadLettersResponse]
@@ -198,7 +200,9 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _executor_pb2.GetRunRequest,
         context: _aio.ServicerContext[_executor_pb2.GetRunRequest, _abc.Awaitable[_executor_pb2.GetRunResponse]],
     ) -> _abc.Awaitable[_executor_pb2.GetRunResponse]:
-        """One run with its captured output. NOT_FOUND when unknown or pruned."""
+        """One run with its captured output, by its id or a unique prefix of it.
+        NOT_FOUND when unknown or pruned.
+        """
 
     @_abc_1.abstractmethod
     def GetMetrics(

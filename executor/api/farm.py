@@ -1,0 +1,234 @@
+"""FarmService: the embedded reference supervisor's farm over gRPC (submit, read, drive, wait).
+
+Registered on the executor's port only with the embedded supervisor (edge.py). Requests
+become calls of ``supervisor_client.reference.farm.Farm`` with plain values; the farm's
+errors become the executor's domain errors, and so statuses through the one table
+(errors.py). Work ranges are expanded by ``host_api.expand_work_names``, the function
+behind ``qb.workunblock('12:1-10')``: one meaning of a range for callbacks and people.
+
+The changes the farm makes reach the trigger engine through the embedded supervisor's
+forwarder like any other transition; ``WaitJobs`` waits for that forwarder to drain, so
+when it answers, the callbacks those changes fired have run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Final
+
+from executor.api import convert
+from executor.api.errors import Context, grpc_errors
+from executor.errors import (
+    HostCallError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from executor.host_api import expand_work_names
+from executor.triggers.store import StoredCallback
+from supervisor_client.jobdict import job_from_dict, struct_to_dict
+from supervisor_client.qbcallback.v1 import farm_pb2, farm_pb2_grpc, supervisor_pb2
+from supervisor_client.reference import errors as reference_errors
+from supervisor_client.reference.farm import Farm, describe_agenda
+from supervisor_client.reference.service import verb_name
+from supervisor_client.reference.states import is_terminal
+
+DEFAULT_WAIT_S: Final = 60.0
+MAX_WAIT_S: Final = 3600.0
+_POLL_S: Final = 0.05
+
+CallbacksOf = Callable[[int], list[StoredCallback]]
+Settle = Callable[[], Awaitable[None]]
+
+
+@contextlib.contextmanager
+def _farm_errors() -> Iterator[None]:
+    """The reference supervisor's errors as the executor's own (then statuses, errors.py)."""
+    try:
+        yield
+    except (reference_errors.NoSuchJobError, reference_errors.NoSuchWorkError) as err:
+        raise NotFoundError(str(err)) from err
+    except reference_errors.PermissionDeniedError as err:
+        raise PermissionDeniedError(str(err)) from err
+    except (reference_errors.SubmitError, ValueError) as err:
+        raise InvalidRequestError(str(err)) from err
+
+
+def _change_name(value: int) -> str:
+    """WORK_CHANGE_START -> "start"; InvalidRequestError naming the valid changes."""
+    valid = [name.removeprefix("WORK_CHANGE_").lower() for name in farm_pb2.WorkChange.keys()[1:]]
+    if value not in farm_pb2.WorkChange.values() or value == 0:
+        raise InvalidRequestError(f"change is required; expected one of {', '.join(valid)}")
+    name = farm_pb2.WorkChange.Name(farm_pb2.WorkChange.ValueType(value))
+    return name.removeprefix("WORK_CHANGE_").lower()
+
+
+class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
+    """Implements qbcallback.v1.FarmService over a Farm and the trigger engine's callbacks.
+
+    Args:
+        farm: the embedded reference supervisor's farm.
+        callbacks_of: the trigger engine's registered callbacks of a job (with latches).
+        settle: waits until every transition so far, and what it fired, has been handled.
+    """
+
+    def __init__(self, farm: Farm, callbacks_of: CallbacksOf, settle: Settle) -> None:
+        self._farm = farm
+        self._callbacks_of = callbacks_of
+        self._settle = settle
+
+    @grpc_errors
+    async def SubmitJobs(
+        self, request: farm_pb2.SubmitJobsRequest, context: Context
+    ) -> farm_pb2.SubmitJobsResponse:
+        """Submit job dicts with the reference supervisor's validation, all or nothing."""
+        if not request.jobs:
+            raise InvalidRequestError("jobs: there is nothing to submit")
+        with _farm_errors():
+            stored = self._farm.submit([struct_to_dict(job) for job in request.jobs])
+        return farm_pb2.SubmitJobsResponse(jobs=[job_from_dict(job) for job in stored])
+
+    @grpc_errors
+    async def ListJobs(
+        self, request: farm_pb2.ListJobsRequest, context: Context
+    ) -> farm_pb2.ListJobsResponse:
+        """The jobs by id, filtered by status and pgrp."""
+        with _farm_errors():
+            jobs = self._farm.jobs(
+                status=request.status, pgrp=convert.check_id("pgrp", request.pgrp)
+            )
+        return farm_pb2.ListJobsResponse(jobs=[job_from_dict(job) for job in jobs])
+
+    @grpc_errors
+    async def GetJob(
+        self, request: farm_pb2.GetJobRequest, context: Context
+    ) -> farm_pb2.GetJobResponse:
+        """The job, its registered callbacks with their latches, and its history."""
+        job_id = convert.check_id("job_id", request.job_id)
+        with _farm_errors():
+            job = self._farm.job(job_id)
+        return farm_pb2.GetJobResponse(
+            job=job_from_dict(job),
+            callbacks=[convert.registered_message(cb) for cb in self._callbacks_of(job_id)],
+            history=[
+                farm_pb2.HistoryEntry(
+                    time=line["time"], text=line["text"], invocation_id=line["invocation_id"]
+                )
+                for line in self._farm.history(job_id)
+            ],
+        )
+
+    @grpc_errors
+    async def ChangeWork(
+        self, request: farm_pb2.ChangeWorkRequest, context: Context
+    ) -> farm_pb2.ChangeWorkResponse:
+        """A worker's change or an operator's work verb, on work names and ranges."""
+        change = _change_name(request.change)
+        job_id = convert.check_id("job_id", request.job_id)
+        with _farm_errors():
+            agenda = [w["name"] for w in self._farm.job(job_id, include_callbacks=False)["agenda"]]
+            names: list[str] = []
+            for spec in request.work:
+                try:
+                    names += expand_work_names(spec, agenda)
+                except HostCallError as err:
+                    what = f"its agenda is {describe_agenda(agenda)}" if agenda else "no agenda"
+                    raise NotFoundError(f"job {job_id}: {err.message}; {what}") from err
+            package = (
+                struct_to_dict(request.result_package)
+                if request.HasField("result_package")
+                else None
+            )
+            result = self._farm.change_work(
+                change,
+                job_id,
+                names,
+                host=request.host,
+                actor=request.actor,
+                resultpackage=package,
+            )
+        return farm_pb2.ChangeWorkResponse(
+            changed=result.changed,
+            selected=list(result.selected),
+            message=result.message,
+            job_status=result.job_status,
+        )
+
+    @grpc_errors
+    async def ChangeJob(
+        self, request: farm_pb2.ChangeJobRequest, context: Context
+    ) -> farm_pb2.ChangeJobResponse:
+        """A job verb as the operator (the job's owner unless ``actor`` says otherwise)."""
+        job_id = convert.check_id("job_id", request.job_id)
+        with _farm_errors():
+            verb = verb_name(supervisor_pb2.JobVerb, request.verb)
+            result = self._farm.change_job(verb, job_id, request.actor)
+        return farm_pb2.ChangeJobResponse(
+            changed=result.changed, message=result.message, job_status=result.job_status
+        )
+
+    @grpc_errors
+    async def TakeWork(
+        self, request: farm_pb2.TakeWorkRequest, context: Context
+    ) -> farm_pb2.TakeWorkResponse:
+        """Start the next item a free worker would be given; ``taken`` false when none."""
+        with _farm_errors():
+            taken = self._farm.take_work(request.host or "localhost")
+        if taken is None:
+            return farm_pb2.TakeWorkResponse(taken=False)
+        return farm_pb2.TakeWorkResponse(
+            taken=True,
+            job_id=taken.job_id,
+            work_name=taken.work_name,
+            job_name=taken.job_name,
+            attempt=taken.attempt,
+        )
+
+    @grpc_errors
+    async def WaitJobs(
+        self, request: farm_pb2.WaitJobsRequest, context: Context
+    ) -> farm_pb2.WaitJobsResponse:
+        """Until the jobs have ended and what their events fired has run, or the timeout."""
+        timeout = request.timeout_seconds or DEFAULT_WAIT_S
+        if not math.isfinite(timeout) or not 0 < timeout <= MAX_WAIT_S:
+            raise InvalidRequestError(
+                f"timeout_seconds = {request.timeout_seconds} must be above 0 and at most "
+                f"{MAX_WAIT_S:g}"
+            )
+        asked = [convert.check_id("job_ids", job_id) for job_id in request.job_ids]
+        for job_id in asked:
+            if self._farm.status(job_id) == "removed" and not self._farm.history(job_id):
+                raise self._not_found(job_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        done = False
+        while True:
+            ids = asked or self._farm.supervisor.job_ids()
+            if self._ended(ids):
+                try:
+                    async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                        await self._settle()
+                except TimeoutError:
+                    break
+                # A callback may have brought a job back (a retry): check again.
+                if self._ended(asked or self._farm.supervisor.job_ids()):
+                    done = True
+                    break
+            if loop.time() >= deadline:
+                break
+            await asyncio.sleep(_POLL_S)
+        ids = asked or self._farm.supervisor.job_ids()
+        return farm_pb2.WaitJobsResponse(
+            done=done,
+            jobs=[farm_pb2.JobStatus(job_id=i, status=self._farm.status(i)) for i in ids],
+        )
+
+    def _ended(self, job_ids: list[int]) -> bool:
+        statuses = [self._farm.status(job_id) for job_id in job_ids]
+        return all(status == "removed" or is_terminal(status) for status in statuses)
+
+    def _not_found(self, job_id: int) -> NotFoundError:
+        return NotFoundError(str(self._farm.no_such_job(job_id)))

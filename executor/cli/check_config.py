@@ -1,0 +1,103 @@
+"""``cbexec serve --check-config``: check everything start-up would, print the effective settings.
+
+Start-up refuses bad TLS files, a port it cannot bind, a data dir it cannot use, a
+damaged database, a sandbox setting the host cannot satisfy; and with ``strict`` a
+broken ``callbacks.conf``. The check runs each of those (collecting every problem
+rather than stopping at the first), loads and compiles the universal callbacks as
+start-up does, and prints the settings start-up would run with, one ``name = value``
+line each, so a systemd ``ExecStartPre`` or a person sees the whole picture at once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final, TextIO
+
+from executor import config
+from executor.api import security
+from executor.errors import ConfigError
+from executor.runtimes.check import check_source
+from executor.sandbox.tier import describe_tier, sandbox_options
+from executor.triggers.engine import check_trigger
+from executor.triggers.universal import CONF_NAME, UniversalConfigError, load_universal
+
+# The databases start-up opens in the data dir, and the first bytes of every SQLite file.
+DATABASES: Final = ("runs.db", "outbox.db", "triggers.db", "supervisor.db")
+_SQLITE_HEADER: Final = b"SQLite format 3\x00"
+
+
+def _data_dir(settings: config.Settings) -> str:
+    """How the data dir looks to start-up: usable, or why not."""
+    path = settings.data_dir
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"data_dir: {path} is not a directory")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"data_dir: {path} is not writable by this user")
+        for name in DATABASES:
+            db = path / name
+            if db.is_file() and db.stat().st_size and not _is_sqlite(db):
+                raise ConfigError(f"data_dir: {db} is not an SQLite database (damaged?)")
+        return f"{path} (exists)"
+    parent = next(p for p in path.parents if p.exists())
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"data_dir: {path} does not exist and {parent} is not writable")
+    return f"{path} (made at start-up)"
+
+
+def _is_sqlite(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(len(_SQLITE_HEADER)) == _SQLITE_HEADER
+
+
+def _sandbox(settings: config.Settings) -> str:
+    options = sandbox_options(settings)
+    try:
+        return describe_tier(options)
+    finally:
+        if options.cgroups is not None:
+            options.cgroups.close()
+
+
+def _universal(settings: config.Settings) -> str:
+    """How many universal callbacks start-up would load, from where; every problem otherwise."""
+    dirs = settings.universal_callback_dirs
+    try:
+        loaded = load_universal(dirs, check_trigger, check_code=check_source)
+    except UniversalConfigError as err:
+        raise ConfigError("\n".join(f"universal callbacks: {e}" for e in err.errors)) from err
+    confs = [str(d / CONF_NAME) for d in dirs if (d / CONF_NAME).is_file()]
+    if not confs:
+        return f"none (no {CONF_NAME} in {', '.join(map(str, dirs))})"
+    return f"{len(loaded)} from {', '.join(confs)}"
+
+
+def check(settings: config.Settings, out: TextIO) -> list[str]:
+    """Print the effective settings and each check's finding; the problems found."""
+    print("effective settings (defaults < config file < CBEXEC_* < flags):", file=out)
+    for line in config.describe(settings):
+        print(f"  {line}", file=out)
+    checks: list[tuple[str, Callable[[], str]]] = [
+        ("endpoint", lambda: _endpoint(settings)),
+        ("data dir", lambda: _data_dir(settings)),
+        ("sandbox", lambda: _sandbox(settings)),
+        ("universal callbacks", lambda: _universal(settings)),
+    ]
+    problems: list[str] = []
+    for name, run in checks:
+        try:
+            print(f"{name}: {run()}", file=out)
+        except ConfigError as err:
+            problems += str(err).splitlines()
+    return problems
+
+
+def _endpoint(settings: config.Settings) -> str:
+    security.server_credentials(settings)  # TLS files exist and read as PEM
+    security.check_bindable(settings.bind)
+    if settings.http_bind:
+        security.check_bindable(settings.http_bind, setting="http_bind")
+    http = f"; HTTP side port {settings.http_bind}" if settings.http_bind else ""
+    return f"{settings.bind}, {security.describe(settings)}{http}"

@@ -1,0 +1,359 @@
+"""``cbexec farm``: drive the embedded farm: submit jobs, list and show them, move work, run workers.
+
+A client of the executor's FarmService through ``supervisor_client.FarmClient``:
+
+- ``submit FILE`` (a Qube submission script, or a .json/.toml job file: farm_submit.py);
+- ``jobs`` and ``show ID`` (agenda, callbacks with their latches, history), ``--json``;
+- a worker's changes ``start|complete|fail ID:FRAMES`` and the operator's
+  ``retry|kill|block|unblock|requeue ID[:FRAMES]`` (a job, or its frames) and
+  ``remove ID``; FRAMES as the qb work verbs take them: ``5``, ``1-10``, ``3,7-9``;
+- ``workers N`` (simulated workers, farm_workers.py) and ``wait [ID...]``.
+
+Exit codes as every cbexec command (connection.py); a change that left some of what was
+asked alone exits 1, naming it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import re
+import sys
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+import grpc
+
+from executor import triggers
+from executor.cli.connection import (
+    EXIT_NOT_SUCCEEDED,
+    EXIT_OK,
+    EXIT_RPC,
+    Command,
+    connect_farm,
+    connection_options,
+    rpc_command,
+)
+from executor.cli.farm_submit import describe_submitted, submit_file
+from executor.cli.farm_workers import WorkerPlan, Workers, run_until_signalled
+from executor.errors import ConfigError
+from supervisor_client import ExecutorRpcError
+from supervisor_client.client import as_plain
+from supervisor_client.jobdict import job_to_dict
+
+_TARGET: Final = re.compile(r"^(\d+)(?::(.+))?$")
+WORKER_VERBS: Final = ("start", "complete", "fail")
+OPERATOR_VERBS: Final = ("retry", "kill", "block", "unblock", "requeue")
+STATUSES: Final = ("pending", "blocked", "running", "complete", "failed", "killed", "suspended")
+MAX_WORKERS: Final = 64
+
+
+def parse_target(text: str) -> tuple[int, str]:
+    """``12`` -> (12, ""), ``12:1-3,7`` -> (12, "1-3,7"); ConfigError saying what is valid."""
+    match = _TARGET.match(text.strip())
+    if not match:
+        raise ConfigError(
+            f"{text!r} is not a job or its frames: expected ID or ID:FRAMES "
+            "(12, 12:5, 12:1-10, 12:3,7-9)"
+        )
+    return int(match.group(1)), match.group(2) or ""
+
+
+def _local_time(unix_s: float) -> str:
+    return datetime.fromtimestamp(unix_s).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def tally(agenda: Sequence[Any]) -> str:
+    """An agenda's statuses in a few words: "2 complete, 1 running" ("-" when empty)."""
+    if not agenda:
+        return "-"
+    counts = Counter(work.status for work in agenda)
+    order = ("complete", "running", "pending", "blocked", "failed", "killed")
+    ranked = sorted(counts, key=lambda s: order.index(s) if s in order else len(order))
+    return ", ".join(f"{counts[status]} {status}" for status in ranked)
+
+
+def _table(rows: list[tuple[str, ...]], indent: str = "") -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        indent
+        + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def format_jobs(jobs: Sequence[Any]) -> str:
+    """The ``cbexec farm jobs`` table."""
+    rows: list[tuple[str, ...]] = [("ID", "NAME", "LABEL", "PGRP", "STATUS", "USER", "FRAMES")]
+    rows += [
+        (str(j.id), j.name or "-", j.label, str(j.pgrp), j.status, j.user, tally(j.agenda))
+        for j in jobs
+    ]
+    return _table(rows)
+
+
+def _latches(triggers_text: str, latches: Sequence[bool]) -> str:
+    """Each atom of a trigger with its latch: "[x] complete-work-a-1, [ ] complete-work-b-1"."""
+    try:
+        atoms = [triggers.render(a) for a in triggers.atoms(triggers.parse(triggers_text))]
+    except triggers.TriggerSyntaxError:
+        atoms = [f"atom {n + 1}" for n in range(len(latches))]
+    return ", ".join(
+        f"[{'x' if latched else ' '}] {atom}" for atom, latched in zip(atoms, latches, strict=False)
+    )
+
+
+def format_job(reply: Any) -> str:
+    """``cbexec farm show``: the job, its agenda, its callbacks with latches, its history."""
+    job = reply.job
+    head = f"job {job.id} {job.name!r}: {job.status}  (label {job.label}, pgrp {job.pgrp}, "
+    lines = [head + f"user {job.user}, priority {job.priority})"]
+    if job.agenda:
+        lines.append(f"agenda: {tally(job.agenda)}")
+        rows: list[tuple[str, ...]] = [("FRAME", "STATUS", "HOST", "ATTEMPTS")]
+        rows += [(w.name, w.status, w.host or "-", str(w.count)) for w in job.agenda]
+        lines.append(_table(rows, indent="  "))
+    else:
+        lines.append("agenda: none (the job runs as a whole)")
+    if reply.callbacks:
+        lines.append("callbacks:")
+        rows = [("ID", "LANGUAGE", "TRIGGER", "RAN", "LATCHES")]
+        for cb in reply.callbacks:
+            source = cb.source.rsplit("/", 1)[-1]
+            language = f"{cb.language} ({source})" if cb.universal else cb.language
+            ran = f"{cb.count}" + (f"/{cb.maximum}" if cb.maximum else "")
+            rows.append((str(cb.id), language, cb.triggers, ran, _latches(cb.triggers, cb.latches)))
+        lines.append(_table(rows, indent="  "))
+    else:
+        lines.append("callbacks: none")
+    lines.append("history:")
+    lines += [f"  {_local_time(h.time)}  {h.text}" for h in reply.history]
+    return "\n".join(lines)
+
+
+def farm_command(work: Command) -> Callable[[argparse.Namespace], int]:
+    """``rpc_command``, saying what an executor without a farm means."""
+
+    async def guarded(args: argparse.Namespace, out: TextIO) -> int:
+        try:
+            return await work(args, out)
+        except ExecutorRpcError as err:
+            if err.code != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            print(
+                f"cbexec: {args.address} has no farm: it runs with a remote supervisor "
+                "(the farm is the embedded reference supervisor's; start cbexec serve "
+                "without --supervisor)",
+                file=sys.stderr,
+            )
+            return EXIT_RPC
+
+    return rpc_command(guarded)
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+async def _submit(args: argparse.Namespace, out: TextIO) -> int:
+    async with connect_farm(args) as farm:
+        jobs, problem = await submit_file(farm, args.file, args.args, args.user or "")
+    for job in jobs:
+        print(describe_submitted(job), file=out)
+    if problem is not None:
+        print(f"cbexec: {problem}", file=sys.stderr)
+        return EXIT_NOT_SUCCEEDED
+    if not jobs:
+        print(f"{args.file} submitted no jobs", file=out)
+    return EXIT_OK
+
+
+async def _jobs(args: argparse.Namespace, out: TextIO) -> int:
+    async with connect_farm(args) as farm:
+        reply = await farm.list_jobs(status=args.status or "", pgrp=args.pgrp or 0)
+    if args.json:
+        for job in reply.jobs:
+            print(json.dumps(job_to_dict(job)), file=out)
+    elif reply.jobs:
+        print(format_jobs(reply.jobs), file=out)
+    else:
+        print("no jobs" + (" match" if args.status or args.pgrp else " on the farm yet"), file=out)
+    return EXIT_OK
+
+
+async def _show(args: argparse.Namespace, out: TextIO) -> int:
+    async with connect_farm(args) as farm:
+        reply = await farm.get_job(args.job_id)
+    if args.json:
+        shown = {
+            "job": job_to_dict(reply.job, include_callbacks=True),
+            "callbacks": [as_plain(cb) for cb in reply.callbacks],
+            "history": [as_plain(line) for line in reply.history],
+        }
+        print(json.dumps(shown), file=out)
+    else:
+        print(format_job(reply), file=out)
+    return EXIT_OK
+
+
+async def _change(args: argparse.Namespace, out: TextIO) -> int:
+    verb: str = args.verb
+    targets = [parse_target(text) for text in args.targets]
+    all_applied = True
+    async with connect_farm(args) as farm:
+        for job_id, frames in targets:
+            if verb == "remove" and frames:
+                raise ConfigError(f"remove takes job ids, not frames: give {job_id}")
+            if frames or verb in WORKER_VERBS:
+                work = await farm.change_work(
+                    job_id=job_id,
+                    work=[frames] if frames else [],
+                    change=verb,
+                    host=getattr(args, "host", "") or "",
+                    actor=getattr(args, "actor", "") or "",
+                )
+                message, applied = work.message, work.changed >= (len(work.selected) or 1)
+            else:
+                job = await farm.change_job(job_id=job_id, verb=verb, actor=args.actor or "")
+                message, applied = job.message, job.changed == 1
+            print(message, file=out)
+            all_applied = all_applied and applied
+    return EXIT_OK if all_applied else EXIT_NOT_SUCCEEDED
+
+
+async def _workers(args: argparse.Namespace, out: TextIO) -> int:
+    if not 1 <= args.count <= MAX_WORKERS:
+        raise ConfigError(f"N: {args.count} workers; expected 1 to {MAX_WORKERS}")
+    if not math.isfinite(args.frame_seconds) or args.frame_seconds < 0:
+        raise ConfigError(f"--frame-seconds {args.frame_seconds}: expected 0 or more seconds")
+    if not 0.0 <= args.fail_rate <= 1.0:
+        raise ConfigError(f"--fail-rate {args.fail_rate}: expected a fraction from 0 to 1")
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
+    plan = WorkerPlan(args.count, args.frame_seconds, args.fail_rate, seed)
+    print(
+        f"{plan.count} worker{'s' if plan.count > 1 else ''} on {args.address}: "
+        f"{plan.frame_seconds:g}s a frame, fail rate {plan.fail_rate:g}, seed {seed} "
+        "(Ctrl-C to stop)",
+        file=out,
+        flush=True,
+    )
+    async with connect_farm(args) as farm:
+        workers = Workers(farm, plan, out)
+        await run_until_signalled(workers, lambda line: print(line, file=out, flush=True))
+    print(f"stopped after {workers.finished} items", file=out)
+    return EXIT_OK
+
+
+async def _wait(args: argparse.Namespace, out: TextIO) -> int:
+    async with connect_farm(args) as farm:
+        reply = await farm.wait_jobs(args.job_ids, wait_seconds=args.wait_timeout)
+    for job in reply.jobs:
+        print(f"job {job.job_id}: {job.status}", file=out)
+    if not reply.done:
+        print(f"cbexec: still waiting after {args.wait_timeout:g}s", file=sys.stderr)
+        return EXIT_NOT_SUCCEEDED
+    return EXIT_OK
+
+
+# -- the parser -------------------------------------------------------------------------
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``cbexec farm ...``."""
+    parser = commands.add_parser(
+        "farm",
+        help="drive the embedded farm: submit jobs, move frames, run simulated workers",
+        description="The embedded reference supervisor's farm, over the executor's port.",
+    )
+    sub = parser.add_subparsers(dest="farm_command", required=True, metavar="COMMAND")
+    conn = connection_options()
+
+    submit = sub.add_parser(
+        "submit",
+        parents=[conn],
+        help="submit a Qube submission script (.py) or job file (.json, .toml)",
+        description="A .py script runs here, in this process, with `import qb` giving "
+        "qb.Job, qb.genframes, qb.submit, qb.jobinfo; .json/.toml files hold job dicts.",
+    )
+    submit.add_argument("file", type=Path, metavar="FILE")
+    submit.add_argument("args", nargs="*", metavar="ARGS", help="sys.argv[1:] of a .py script")
+    submit.add_argument("--user", help="the Qube user of jobs without one (default: you)")
+    submit.set_defaults(handler=farm_command(_submit))
+
+    jobs = sub.add_parser("jobs", parents=[conn], help="list the farm's jobs")
+    jobs.add_argument("--status", choices=STATUSES, help="only jobs in this status")
+    jobs.add_argument("--pgrp", type=int, help="only the jobs of this process group")
+    jobs.add_argument("--json", action="store_true", help="one Qube job dict (JSON) per line")
+    jobs.set_defaults(handler=farm_command(_jobs))
+
+    show = sub.add_parser(
+        "show", parents=[conn], help="one job: agenda, callbacks with their latches, history"
+    )
+    show.add_argument("job_id", type=int, metavar="ID")
+    show.add_argument("--json", action="store_true", help="the job, callbacks and history")
+    show.set_defaults(handler=farm_command(_show))
+
+    for verb in WORKER_VERBS:
+        change = sub.add_parser(
+            verb,
+            parents=[conn],
+            help=f"as a worker: {verb} frames (ID:FRAMES), or a job without agenda (ID)",
+        )
+        change.add_argument("targets", nargs="+", metavar="ID[:FRAMES]", help="12:5, 12:1-10")
+        change.add_argument("--host", help="the worker's host name (default localhost)")
+        change.set_defaults(handler=farm_command(_change), verb=verb, actor="")
+    for verb in (*OPERATOR_VERBS, "remove"):
+        what = "a job (ID)" if verb == "remove" else "a job (ID) or its frames (ID:FRAMES)"
+        change = sub.add_parser(verb, parents=[conn], help=f"as an operator: {verb} {what}")
+        change.add_argument(
+            "targets", nargs="+", metavar="ID" if verb == "remove" else "ID[:FRAMES]"
+        )
+        change.add_argument(
+            "--actor", help="the Qube user acting (their permissions apply; default: the owner)"
+        )
+        change.set_defaults(handler=farm_command(_change), verb=verb)
+
+    workers = sub.add_parser(
+        "workers",
+        parents=[conn],
+        help="run N simulated workers until Ctrl-C",
+        description="Each worker takes the next pending frame of an unblocked job, renders "
+        "it for --frame-seconds, and completes or fails it. Whether an attempt fails depends "
+        "only on --seed, the job, the frame and the attempt.",
+    )
+    workers.add_argument("count", type=int, metavar="N", help="how many workers")
+    workers.add_argument("--frame-seconds", type=float, default=1.0, help="per frame (default 1)")
+    workers.add_argument(
+        "--fail-rate", type=float, default=0.0, help="fraction of attempts that fail"
+    )
+    workers.add_argument("--seed", type=int, help="makes the failures reproducible")
+    workers.set_defaults(handler=farm_command(_workers))
+
+    wait = sub.add_parser(
+        "wait",
+        parents=[conn],
+        help="wait until jobs have ended and the callbacks they fired have run",
+    )
+    wait.add_argument("job_ids", nargs="*", type=int, metavar="ID", help="default: every job")
+    wait.add_argument(
+        "--wait-timeout",
+        type=_positive_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="give up after this long (default 60; exit 1)",
+    )
+    wait.set_defaults(handler=farm_command(_wait))

@@ -1,0 +1,154 @@
+"""``cbexec farm submit FILE``: a submission script (.py) or job file (.json, .toml) to the farm.
+
+A ``.py`` file runs here, in the CLI process, as the user's own Qube submission script
+would on their workstation: it is their code on their machine, not a callback, so it
+is not sandboxed; ``import qb`` gives it ``farm_qb``'s submission API, bound to the
+farm. A ``.json`` file holds a job dict, a list of them, or ``{"jobs": [...]}``; a
+``.toml`` file a job's keys at the top level, or ``[[jobs]]`` tables. The jobs of one
+file are one submission: one process group, all or nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import json
+import runpy
+import sys
+import tomllib
+import traceback
+from collections.abc import Coroutine, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from executor.cli.farm_qb import SubmissionApi
+from executor.errors import ConfigError
+from supervisor_client import FarmClient
+from supervisor_client.jobdict import job_to_dict
+
+SUFFIXES = (".py", ".json", ".toml")
+
+
+class ScriptError(Exception):
+    """The submission script raised; the message is ``file:line: Type: message``."""
+
+
+def _jobs_of(data: Any, path: Path) -> list[dict[str, Any]]:
+    """The job dicts a parsed file holds: a list, ``{"jobs": [...]}``, or one job."""
+    if isinstance(data, dict) and "jobs" in data:
+        data = data["jobs"]
+    jobs = [data] if isinstance(data, dict) else data
+    if not isinstance(jobs, list) or not jobs or not all(isinstance(j, dict) for j in jobs):
+        raise ConfigError(
+            f"FILE: {path} holds no jobs; expected a job, a list of jobs, or a 'jobs' list"
+        )
+    return jobs
+
+
+def load_job_file(path: Path) -> list[dict[str, Any]]:
+    """The jobs of a .json or .toml file; ConfigError naming the file and the problem."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"FILE: cannot read {path}: {err.strerror or err}") from err
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+        kind = path.suffix.lower().lstrip(".").upper()
+        raise ConfigError(f"FILE: {path} is not valid {kind}: {err}") from err
+    return _jobs_of(data, path)
+
+
+def _where(err: BaseException, path: Path) -> str:
+    """``file:line`` of the innermost frame of the script in ``err``'s traceback."""
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename == str(path)]
+    return f"{path}:{frames[-1].lineno}" if frames else str(path)
+
+
+@contextlib.contextmanager
+def _as_qb(module: Any, argv: Sequence[str]) -> Iterator[None]:
+    """``import qb`` gives ``module`` and ``sys.argv`` is the script's, while the block runs."""
+    previous, old_argv = sys.modules.get("qb"), sys.argv
+    sys.modules["qb"], sys.argv = module, list(argv)
+    try:
+        yield
+    finally:
+        sys.argv = old_argv
+        if previous is None:
+            sys.modules.pop("qb", None)
+        else:
+            sys.modules["qb"] = previous
+
+
+async def run_script(
+    farm: FarmClient, path: Path, args: Sequence[str], user: str
+) -> tuple[list[dict[str, Any]], ScriptError | None]:
+    """Run a submission script; the jobs it submitted, and its error if it raised.
+
+    RPC errors the script did not catch propagate as they are (the command prints them).
+    """
+    if not path.is_file():  # noqa: ASYNC240 - one stat before the script runs
+        raise ConfigError(f"FILE: {path} does not exist")
+    loop = asyncio.get_running_loop()
+
+    def call(coroutine: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+
+    api = SubmissionApi(farm, call, user)
+
+    def run() -> ScriptError | None:
+        with _as_qb(api.module(), [str(path), *args]):
+            try:
+                runpy.run_path(str(path), run_name="__main__")
+            except SystemExit as stop:
+                if stop.code in (None, 0):
+                    return None
+                return ScriptError(f"{path}: exited with {stop.code}")
+            except Exception as err:
+                if type(err).__module__.startswith(("supervisor_client", "grpc")):
+                    raise
+                return ScriptError(f"{_where(err, path)}: {type(err).__name__}: {err}")
+        return None
+
+    problem = await asyncio.to_thread(run)
+    return api.submitted, problem
+
+
+async def submit_file(
+    farm: FarmClient, path: Path, args: Sequence[str], user: str = ""
+) -> tuple[list[dict[str, Any]], ScriptError | None]:
+    """Submit a script's or a job file's jobs; the stored jobs and a script's error."""
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ConfigError(
+            f"FILE: {path} is not a submission: expected a .py script, a .json or a .toml job file"
+        )
+    user = user or getpass.getuser()
+    if suffix == ".py":
+        return await run_script(farm, path, args, user)
+    if args:
+        raise ConfigError(f"ARGS are passed to a .py script only, not to {path.name}")
+    jobs = [{"user": user, **job} for job in load_job_file(path)]
+    try:
+        response = await farm.submit_jobs(jobs)
+    except ValueError as err:
+        raise ConfigError(f"FILE: {path}: {err}") from err
+    return [job_to_dict(job, include_callbacks=True) for job in response.jobs], None
+
+
+def describe_submitted(job: dict[str, Any]) -> str:
+    """One line per submitted job, for the person who submitted it."""
+    agenda = job.get("agenda") or []
+    parts = [str(job["status"])]
+    if agenda:
+        held = sum(1 for work in agenda if work["status"] == "blocked")
+        frames = f"{len(agenda)} frame{'s' if len(agenda) != 1 else ''}"
+        parts.append(frames + (f" ({held} blocked)" if held else ""))
+    callbacks = job.get("callbacks") or []
+    if callbacks:
+        parts.append(f"{len(callbacks)} callback{'s' if len(callbacks) != 1 else ''}")
+    return (
+        f"submitted job {job['id']} {job['name']!r} (label {job['label']}, pgrp {job['pgrp']}): "
+        + ", ".join(parts)
+    )

@@ -1,0 +1,145 @@
+"""``cbexec farm workers N``: simulated render workers that take, run and finish frames.
+
+Each worker is a task of this client process that calls the farm like a real worker's
+daemon would: ``TakeWork`` (the farm picks the item, Qube's way: one item per instance,
+priority then age), waits ``frame_seconds``, then completes or fails it with
+``ChangeWork``. A job whose agenda is done completes by the supervisor's own rule.
+Workers are a client, not a serve setting, so they can be started, stopped and scaled
+while the service runs, from any machine that reaches it, through the same RPCs and
+token a real farm would use.
+
+Determinism: whether an attempt fails depends only on ``--seed``, the job id, the item
+and the attempt number, never on which worker took it or when. Which worker takes which
+item depends on timing.
+
+Stopping: the first SIGINT/SIGTERM stops taking work and finishes the items in flight
+(at most ``frame_seconds``); a second one leaves them running and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import random
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, TextIO
+
+from supervisor_client import ExecutorRpcError, FarmClient, RetryableError
+
+IDLE_POLL_S: Final = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPlan:
+    """How the simulated workers behave."""
+
+    count: int
+    frame_seconds: float
+    fail_rate: float
+    seed: int
+    host_prefix: str = "worker"
+
+
+def fails(plan: WorkerPlan, job_id: int, work_name: str, attempt: int) -> bool:
+    """Whether this attempt fails: a pure function of the seed and the attempt's identity."""
+    if plan.fail_rate <= 0:
+        return False
+    key = f"{plan.seed}:{job_id}:{work_name}:{attempt}".encode()
+    draw = random.Random(hashlib.sha256(key).digest()).random()
+    return draw < plan.fail_rate
+
+
+class Workers:
+    """N workers on one farm client; ``run`` until ``stop`` (then drain) or ``abandon``."""
+
+    def __init__(self, farm: FarmClient, plan: WorkerPlan, out: TextIO) -> None:
+        self._farm = farm
+        self._plan = plan
+        self._out = out
+        self._stopping = asyncio.Event()
+        self.finished = 0
+
+    def _say(self, line: str) -> None:
+        print(line, file=self._out, flush=True)
+
+    def stop(self) -> None:
+        """Take no more work; finish the items in flight."""
+        self._stopping.set()
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+
+    async def _worker(self, host: str) -> None:
+        while not self._stopping.is_set():
+            taken = await self._farm.take_work(host)
+            if not taken.taken:
+                await self._pause(IDLE_POLL_S)
+                continue
+            item = f"{taken.job_id}:{taken.work_name}" if taken.work_name else f"job {taken.job_id}"
+            attempt = f", attempt {taken.attempt}" if taken.attempt > 1 else ""
+            self._say(f"{host}: took {item} ({taken.job_name}{attempt})")
+            await asyncio.sleep(self._plan.frame_seconds)  # the frame renders; not cut short
+            change = (
+                "fail"
+                if fails(self._plan, taken.job_id, taken.work_name, taken.attempt)
+                else "complete"
+            )
+            try:
+                done = await self._farm.change_work(
+                    job_id=taken.job_id,
+                    work=[taken.work_name] if taken.work_name else [],
+                    change=change,
+                    host=host,
+                )
+            except RetryableError:
+                raise
+            except ExecutorRpcError as err:  # removed meanwhile, say: report, go on
+                self._say(f"{host}: {item} could not {change}: {err.details}")
+                continue
+            self.finished += 1
+            if done.changed:
+                self._say(f"{host}: {item} {'failed' if change == 'fail' else 'complete'}")
+            else:  # killed or blocked by an operator meanwhile
+                self._say(f"{host}: {item} left alone: {done.message}")
+
+    async def run(self) -> None:
+        """Run every worker until stopped; an RPC error that is not about one item ends all."""
+        hosts = [f"{self._plan.host_prefix}-{n}" for n in range(1, self._plan.count + 1)]
+        tasks = [asyncio.create_task(self._worker(host)) for host in hosts]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def run_until_signalled(workers: Workers, say: Callable[[str], None]) -> None:
+    """Run the workers; the first SIGINT/SIGTERM drains them, a second abandons them."""
+    loop = asyncio.get_running_loop()
+    running = asyncio.create_task(workers.run())
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            say("stopping: finishing the items in flight (again to leave them running)")
+            workers.stop()
+        else:
+            running.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal)
+    try:
+        await asyncio.wait([running])  # ends when the workers drain, fail, or are abandoned
+        if not running.cancelled():
+            running.result()  # an RPC error that ended them
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)

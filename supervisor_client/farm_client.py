@@ -1,0 +1,227 @@
+"""FarmClient: the asyncio client of the embedded farm (FarmService), one method per RPC.
+
+The farm is the executor's embedded reference supervisor driven from outside: submit
+Qube job dicts, read jobs with their callbacks' latches and history, move work the way
+a worker or an operator would, take work as a simulated worker, wait for jobs to end.
+Each method takes plain values (or its request message) and returns the generated
+response; a failed call raises an ``ExecutorRpcError`` subclass, as ``ExecutorClient``
+does. An executor with a remote ``supervisor`` has no farm: its calls are UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Final, TypeVar
+
+import grpc
+
+from supervisor_client.client import executor_channel
+from supervisor_client.errors import from_rpc_error
+from supervisor_client.jobdict import dict_to_struct
+from supervisor_client.qbcallback.v1 import farm_pb2, farm_pb2_grpc, supervisor_pb2
+
+__all__ = ["JOB_VERBS", "WORK_CHANGES", "FarmClient", "job_struct"]
+
+_Response = TypeVar("_Response")
+
+#: The work changes by name, in the contract's order: a worker's, then an operator's.
+WORK_CHANGES: Final = tuple(
+    name.removeprefix("WORK_CHANGE_").lower() for name in farm_pb2.WorkChange.keys()[1:]
+)
+#: The job verbs by name, in the contract's order.
+JOB_VERBS: Final = tuple(
+    name.removeprefix("JOB_VERB_").lower() for name in supervisor_pb2.JobVerb.keys()[1:]
+)
+
+
+async def _checked(call: Awaitable[_Response]) -> _Response:
+    try:
+        return await call
+    except grpc.aio.AioRpcError as err:
+        raise from_rpc_error(err) from err
+
+
+def job_struct(job: Mapping[str, Any], index: int = 0) -> Any:
+    """A job dict as the Struct SubmitJobs carries; ValueError naming a non-JSON field.
+
+    The dict goes through JSON first, so dict subclasses (``qb.Job``), tuples and ints
+    arrive as plain JSON values, and what cannot travel is named before anything is sent.
+    """
+    try:
+        plain = json.loads(json.dumps(dict(job), allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"job {index} of the submission is not JSON: {err}") from err
+    return dict_to_struct(plain)
+
+
+def work_change_value(change: str) -> farm_pb2.WorkChange.ValueType:
+    """WorkChange for "start", "complete", ...; ValueError naming the valid ones."""
+    key = f"WORK_CHANGE_{change.strip().upper()}"
+    if change.strip().lower() not in WORK_CHANGES:
+        raise ValueError(
+            f"unknown work change {change!r}; expected one of {', '.join(WORK_CHANGES)}"
+        )
+    return farm_pb2.WorkChange.Value(key)
+
+
+def job_verb_value(verb: str) -> supervisor_pb2.JobVerb.ValueType:
+    """JobVerb for "block", "kill", ...; ValueError naming the valid ones."""
+    if verb.strip().lower() not in JOB_VERBS:
+        raise ValueError(f"unknown job verb {verb!r}; expected one of {', '.join(JOB_VERBS)}")
+    return supervisor_pb2.JobVerb.Value(f"JOB_VERB_{verb.strip().upper()}")
+
+
+class FarmClient:
+    """Drives an executor's embedded farm over one gRPC channel.
+
+    Args:
+        channel_or_address: an open ``grpc.aio.Channel`` (kept by the caller, e.g. the
+            one an ``ExecutorClient`` uses), or "host:port" for a channel this client
+            opens and closes; the options below apply to such a channel only.
+        root_certificates, private_key, certificate_chain, token: as for ExecutorClient.
+    """
+
+    def __init__(
+        self,
+        channel_or_address: grpc.aio.Channel | str,
+        *,
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        token: str | None = None,
+    ) -> None:
+        self._channel, self._owns_channel = executor_channel(
+            channel_or_address,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            token=token,
+        )
+        self._farm = farm_pb2_grpc.FarmServiceStub(self._channel)
+
+    async def close(self) -> None:
+        """Close the channel if this client opened it."""
+        if self._owns_channel:
+            await self._channel.close()
+
+    async def __aenter__(self) -> FarmClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def submit_jobs(
+        self,
+        jobs: Sequence[Mapping[str, Any]] | farm_pb2.SubmitJobsRequest,
+        *,
+        timeout: float | None = None,
+    ) -> farm_pb2.SubmitJobsResponse:
+        """Submit Qube job dicts (all or nothing); the answer holds them with their ids.
+
+        Raises ValueError before sending for a job that is not JSON, InvalidRequestError
+        for a submission the supervisor refuses (the message names the job and field).
+        """
+        if isinstance(jobs, farm_pb2.SubmitJobsRequest):
+            request = jobs
+        else:
+            request = farm_pb2.SubmitJobsRequest(
+                jobs=[job_struct(job, index) for index, job in enumerate(jobs)]
+            )
+        return await _checked(self._farm.SubmitJobs(request, timeout=timeout))
+
+    async def list_jobs(
+        self,
+        request: farm_pb2.ListJobsRequest | None = None,
+        *,
+        status: str = "",
+        pgrp: int = 0,
+        timeout: float | None = None,
+    ) -> farm_pb2.ListJobsResponse:
+        """The farm's jobs by id; ``status`` and ``pgrp`` filter (empty / 0: any)."""
+        request = request or farm_pb2.ListJobsRequest(status=status, pgrp=pgrp)
+        return await _checked(self._farm.ListJobs(request, timeout=timeout))
+
+    async def get_job(
+        self, job_id: int, *, timeout: float | None = None
+    ) -> farm_pb2.GetJobResponse:
+        """One job with its agenda, its registered callbacks (latches) and its history."""
+        request = farm_pb2.GetJobRequest(job_id=job_id)
+        return await _checked(self._farm.GetJob(request, timeout=timeout))
+
+    async def change_work(
+        self,
+        request: farm_pb2.ChangeWorkRequest | None = None,
+        *,
+        job_id: int = 0,
+        work: Sequence[str] = (),
+        change: str = "",
+        host: str = "",
+        actor: str = "",
+        result_package: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> farm_pb2.ChangeWorkResponse:
+        """Change work items as a worker or an operator would.
+
+        ``change`` is start, complete, fail (a worker's) or kill, retry, requeue, block,
+        unblock (an operator's); ``work`` holds names or ranges ("5", "1-10", "3,7-9").
+        ValueError for an unknown change, before sending.
+        """
+        if request is None:
+            request = farm_pb2.ChangeWorkRequest(
+                job_id=job_id,
+                work=list(work),
+                change=work_change_value(change),
+                host=host,
+                actor=actor,
+            )
+            if result_package:
+                request.result_package.CopyFrom(dict_to_struct(dict(result_package)))
+        return await _checked(self._farm.ChangeWork(request, timeout=timeout))
+
+    async def change_job(
+        self,
+        request: farm_pb2.ChangeJobRequest | None = None,
+        *,
+        job_id: int = 0,
+        verb: str = "",
+        actor: str = "",
+        timeout: float | None = None,
+    ) -> farm_pb2.ChangeJobResponse:
+        """Apply a job verb (block, unblock, kill, remove, retry, ...) as the operator.
+
+        ValueError for an unknown verb, before sending.
+        """
+        if request is None:
+            request = farm_pb2.ChangeJobRequest(
+                job_id=job_id, verb=job_verb_value(verb), actor=actor
+            )
+        return await _checked(self._farm.ChangeJob(request, timeout=timeout))
+
+    async def take_work(
+        self, host: str = "", *, timeout: float | None = None
+    ) -> farm_pb2.TakeWorkResponse:
+        """As a worker on ``host``: take and start the next item; ``taken`` false when none."""
+        request = farm_pb2.TakeWorkRequest(host=host)
+        return await _checked(self._farm.TakeWork(request, timeout=timeout))
+
+    async def wait_jobs(
+        self,
+        job_ids: Sequence[int] = (),
+        *,
+        wait_seconds: float = 0.0,
+        timeout: float | None = None,
+    ) -> farm_pb2.WaitJobsResponse:
+        """Wait until the jobs have ended and the callbacks their events fired have run.
+
+        Every job when none is named; ``done`` false when ``wait_seconds`` (default 60)
+        passed.
+        """
+        request = farm_pb2.WaitJobsRequest(job_ids=list(job_ids), timeout_seconds=wait_seconds)
+        return await _checked(self._farm.WaitJobs(request, timeout=timeout))

@@ -1,0 +1,279 @@
+"""The farm: what workers and operators do to the reference supervisor's jobs, in Qube's terms.
+
+A thin layer over ``ReferenceSupervisor``: every change is one of its own transitions
+(``start_work``, ``complete_work``, ``fail_work``, ``work_action``, ``job_action``,
+``start_job``...), so each becomes the same ``Transition`` a callback's verbs cause and
+reaches the executor through the same forwarder. What this adds is the worker's view:
+
+- ``take_work``: the next item a free worker would be dispatched, Qube's way. An instance
+  runs one item at a time, so a job with ``cpus`` = 1 runs its frames one after the other
+  however many workers there are; jobs are taken by priority (lower first), then age.
+- ``change_work``: the worker's changes (start, complete, fail) and the operator's work
+  verbs on a list of exact item names. Items a change does not apply to are left alone
+  and named in the result, as the supervisor's verbs do.
+- messages that name the job or item and say what exists.
+
+Single-threaded use is assumed (the executor's event loop): ``take_work`` reads and then
+starts, which is atomic only because nothing else runs in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from supervisor_client.reference.errors import NoSuchJobError, NoSuchWorkError
+from supervisor_client.reference.states import Status
+from supervisor_client.reference.store import ActionResult, ReferenceSupervisor
+
+#: A worker's changes: they move items along the dispatch path.
+WORKER_CHANGES: Final = ("start", "complete", "fail")
+#: The operator's work verbs (the supervisor's ``work_action``).
+OPERATOR_CHANGES: Final = ("kill", "retry", "requeue", "block", "unblock")
+DEFAULT_HOST: Final = "localhost"
+_DISPATCHABLE: Final = (Status.PENDING, Status.RUNNING)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkChangeResult:
+    """What a work change did: how many items changed, which were asked for, and why not."""
+
+    changed: int
+    selected: tuple[str, ...]
+    message: str
+    job_status: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobChangeResult:
+    """What a job verb did, and the job's status after it ("" once removed)."""
+
+    changed: int
+    message: str
+    job_status: str
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """A work item a worker took and started (``work_name`` "" for a job without agenda)."""
+
+    job_id: int
+    work_name: str
+    job_name: str
+    attempt: int
+
+
+def describe_ids(ids: Sequence[int]) -> str:
+    """1, 2, 3, 5 -> "1-3, 5": how the farm names a set of jobs in a message."""
+    runs: list[str] = []
+    start = previous = None
+    for value in [*sorted(ids), None]:
+        if value is not None and previous is not None and value == previous + 1:
+            previous = value
+            continue
+        if start is not None:
+            runs.append(str(start) if start == previous else f"{start}-{previous}")
+        start = previous = value
+    return ", ".join(runs)
+
+
+def describe_agenda(names: Sequence[str], limit: int = 12) -> str:
+    """An agenda in a few words: "1-10" for frames 1 to 10, else the first names."""
+    if names and all(n.lstrip("-").isdigit() for n in names):
+        numbers = [int(n) for n in names]
+        if numbers == list(range(numbers[0], numbers[0] + len(numbers))):
+            return f"{numbers[0]}-{numbers[-1]}" if len(numbers) > 1 else str(numbers[0])
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} items)" if len(names) > limit else "")
+
+
+class Farm:
+    """Drives a ReferenceSupervisor's jobs as workers and operators would."""
+
+    def __init__(self, supervisor: ReferenceSupervisor) -> None:
+        self._supervisor = supervisor
+
+    @property
+    def supervisor(self) -> ReferenceSupervisor:
+        return self._supervisor
+
+    # -- reading ------------------------------------------------------------------------
+
+    def no_such_job(self, job_id: int) -> NoSuchJobError:
+        """The error for an unknown job, naming the jobs that do exist."""
+        ids = self._supervisor.job_ids()
+        known = f"the farm has jobs {describe_ids(ids)}" if ids else "the farm has no jobs"
+        return NoSuchJobError(f"no job {job_id}; {known}")
+
+    def job(self, job_id: int, *, include_callbacks: bool = True) -> dict[str, Any]:
+        """The job dict; NoSuchJobError naming the jobs that exist."""
+        try:
+            return self._supervisor.job(job_id, include_callbacks=include_callbacks)
+        except NoSuchJobError:
+            raise self.no_such_job(job_id) from None
+
+    def jobs(self, *, status: str = "", pgrp: int = 0) -> list[dict[str, Any]]:
+        """The farm's jobs by id, filtered by status and process group."""
+        if status and status not in {s.value for s in Status}:
+            valid = ", ".join(s.value for s in Status)
+            raise ValueError(f"status {status!r} is not a job status; expected one of {valid}")
+        if pgrp:
+            jobs = self._supervisor.jobs_in_pgrp(pgrp)
+            return [job for job in jobs if not status or job["status"] == status]
+        return self._supervisor.jobs(statuses=(status,) if status else ())
+
+    def history(self, job_id: int) -> list[dict[str, Any]]:
+        """The job's history lines, oldest first (kept after the job is removed)."""
+        return self._supervisor.history(job_id)
+
+    def status(self, job_id: int) -> str:
+        """The job's status, or "removed" when it no longer exists."""
+        try:
+            return str(self._supervisor.job(job_id)["status"])
+        except NoSuchJobError:
+            return "removed"
+
+    def submit(self, jobs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Submit job dicts (all or nothing); the stored jobs with their callbacks."""
+        stored = self._supervisor.submit(jobs)
+        return [self._supervisor.job(job["id"], include_callbacks=True) for job in stored]
+
+    # -- a worker's dispatch ------------------------------------------------------------
+
+    @staticmethod
+    def _idle_instances(job: Mapping[str, Any]) -> list[int]:
+        """Instances that may take an item: pending or running, and not busy with one."""
+        busy = {w["subid"] for w in job["agenda"] if w["status"] == Status.RUNNING}
+        return [
+            sub["id"]
+            for sub in job["subjobs"]
+            if sub["status"] in _DISPATCHABLE and sub["id"] not in busy
+        ]
+
+    def take_work(self, host: str = DEFAULT_HOST) -> Taken | None:
+        """Start the next item a free worker would get, on ``host``; None when there is none."""
+        jobs = self._supervisor.jobs(statuses=_DISPATCHABLE)
+        for job in sorted(jobs, key=lambda j: (j["priority"], j["id"])):
+            idle = self._idle_instances(job)
+            if not idle:
+                continue
+            if not job["agenda"]:
+                if job["status"] == Status.PENDING:
+                    self._supervisor.start_job(job["id"], host)
+                    return Taken(job["id"], "", job["name"], 1)
+                continue
+            item = next((w for w in job["agenda"] if w["status"] == Status.PENDING), None)
+            if item is None:
+                continue
+            self._supervisor.start_work(job["id"], item["name"], host, subid=idle[0])
+            return Taken(job["id"], item["name"], job["name"], item["count"] + 1)
+        return None
+
+    # -- changes ------------------------------------------------------------------------
+
+    def change_work(
+        self,
+        change: str,
+        job_id: int,
+        names: Sequence[str],
+        *,
+        host: str = "",
+        actor: str = "",
+        resultpackage: Mapping[str, Any] | None = None,
+    ) -> WorkChangeResult:
+        """Apply a worker's change or an operator's work verb to exact item names.
+
+        Empty ``names`` with start, complete or fail drives a job without an agenda.
+        Raises ValueError (unknown change, names missing), NoSuchJobError,
+        NoSuchWorkError naming the unknown items and the agenda, PermissionDeniedError.
+        """
+        job = self.job(job_id, include_callbacks=False)
+        agenda = [w["name"] for w in job["agenda"]]
+        unknown = [name for name in names if name not in agenda]
+        if unknown:
+            listed = ", ".join(map(repr, unknown))
+            what = f"its agenda is {describe_agenda(agenda)}" if agenda else "it has no agenda"
+            raise NoSuchWorkError(f"job {job_id} has no work item {listed}; {what}")
+        names = list(dict.fromkeys(names))
+        if change in OPERATOR_CHANGES:
+            if not names:
+                raise ValueError(
+                    f"{change} needs work names; job {job_id}'s agenda is "
+                    f"{describe_agenda(agenda) if agenda else 'empty'}"
+                )
+            result = self._supervisor.work_action(change, job_id, names, actor or job["user"])
+            return self._work_result(job_id, result, names)
+        if change not in WORKER_CHANGES:
+            valid = ", ".join((*WORKER_CHANGES, *OPERATOR_CHANGES))
+            raise ValueError(f"unknown work change {change!r}; expected one of {valid}")
+        if not names:
+            if agenda:
+                raise ValueError(
+                    f"name the work items to {change}: job {job_id}'s agenda is "
+                    f"{describe_agenda(agenda)}"
+                )
+            return self._work_result(job_id, self._drive_job(change, job, host), ())
+        host = host or DEFAULT_HOST
+        if job["status"] not in _DISPATCHABLE:
+            refusal = f"job {job_id} is {job['status']}; work runs only in pending or running jobs"
+            return WorkChangeResult(0, tuple(names), refusal, job["status"])
+        statuses = {w["name"]: w["status"] for w in job["agenda"]}
+        wanted = (Status.PENDING,) if change == "start" else _DISPATCHABLE
+        idle = self._idle_instances(job) or [0]
+        moved: list[str] = []
+        refused: dict[str, list[str]] = {}
+        for name in names:
+            status = statuses[name]
+            if status not in wanted:
+                refused.setdefault(status, []).append(name)
+                continue
+            if status == Status.PENDING:
+                self._supervisor.start_work(job_id, name, host, subid=idle[0])
+            if change == "complete":
+                self._supervisor.complete_work(job_id, name, resultpackage)
+            elif change == "fail":
+                self._supervisor.fail_work(job_id, name)
+            moved.append(name)
+        accepts = " or ".join(wanted)
+        parts = [f"work {job_id}:{','.join(moved)} -> {_TARGET[change]}"] if moved else []
+        parts += [
+            f"work {job_id}:{','.join(group)} is {status}; {change} takes {accepts} work"
+            for status, group in refused.items()
+        ]
+        return WorkChangeResult(len(moved), tuple(names), "; ".join(parts), self.status(job_id))
+
+    def _drive_job(self, change: str, job: Mapping[str, Any], host: str) -> ActionResult:
+        """Start / complete / fail of a job without an agenda: the job itself runs or ends."""
+        job_id, status = job["id"], job["status"]
+        wanted = (Status.PENDING,) if change == "start" else _DISPATCHABLE
+        if status not in wanted:
+            accepts = " or ".join(wanted)
+            return ActionResult(0, f"job {job_id} is {status}; {change} takes {accepts} jobs")
+        if status == Status.PENDING:
+            self._supervisor.start_job(job_id, host or DEFAULT_HOST)
+        if change == "complete":
+            self._supervisor.complete_job(job_id)
+        elif change == "fail":
+            self._supervisor.fail_job(job_id)
+        return ActionResult(1, f"job {job_id} {status} -> {_TARGET[change]}")
+
+    def _work_result(
+        self, job_id: int, result: ActionResult, names: Sequence[str]
+    ) -> WorkChangeResult:
+        return WorkChangeResult(result.changed, tuple(names), result.message, self.status(job_id))
+
+    def change_job(self, verb: str, job_id: int, actor: str = "") -> JobChangeResult:
+        """Apply a job verb as ``actor`` (default: the job's owner).
+
+        Raises ValueError for an unknown verb, NoSuchJobError, PermissionDeniedError.
+        """
+        job = self.job(job_id, include_callbacks=False)
+        result = self._supervisor.job_action(verb, job_id, actor or job["user"])
+        status = self.status(job_id)
+        return JobChangeResult(
+            result.changed, result.message, "" if status == "removed" else status
+        )
+
+
+_TARGET: Final = {"start": Status.RUNNING, "complete": Status.COMPLETE, "fail": Status.FAILED}

@@ -1,0 +1,104 @@
+"""Every cbexec command's error path: the documented exit code and one clear line, no traceback.
+
+Exit codes (executor/cli/connection.py): 1 what was asked did not succeed, 2 bad
+arguments or configuration, 3 the executor refused the call or could not be reached.
+Argument errors found by argparse print its usage line first, then the error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Stack, running_stack, stack_settings
+from tests.helpers.cli import cbexec
+from tests.helpers.supervisors import SupervisorEndpoint
+
+pytestmark = pytest.mark.service
+
+UNREACHABLE = "127.0.0.1:1"
+
+# (argv, exit code, text the error holds); "{job}" is a job file that does not exist.
+CASES: list[tuple[tuple[str, ...], int, str]] = [
+    ((), 2, "the following arguments are required: command"),
+    (("serve", "--bind", "nonsense"), 2, "bind: expected host:port, got 'nonsense'"),
+    (("run", "--job", "{job}", "--code", "pass", "--lang", "python"), 2, "cannot read"),
+    (("runs", "--outcome", "FINE"), 2, "unknown outcome 'FINE'; expected one of SUCCEEDED"),
+    (("runs", "show", "0000-nope"), 3, "NOT_FOUND: no run '0000-nope'"),
+    (("triggers",), 2, "required: triggers_command"),
+    (("triggers", "check", "complete-jb-self"), 1, "unknown event type 'jb'"),
+    (("triggers", "explain", "(complete-job-self"), 1, "expected"),
+    (("triggers", "dry-run", "--event", "complete-job"), 2, "--event expects NAME-TYPE-JOBID"),
+    (("triggers", "reload", "--address", UNREACHABLE), 3, "UNAVAILABLE"),
+    (("triggers", "register", "{job}"), 2, "job.json: cannot read"),
+    (("triggers", "why", "abc"), 2, "expected JOB or JOB:CALLBACK"),
+    (("triggers", "why", "99"), 3, "NOT_FOUND"),
+    (("metrics", "--address", UNREACHABLE), 3, "UNAVAILABLE"),
+    (("outbox",), 2, "required: outbox_command"),
+    (("outbox", "dead", "--address", UNREACHABLE), 3, "UNAVAILABLE"),
+    (("outbox", "retry"), 2, "name the invocation ids to retry, or give --all"),
+    (("farm",), 2, "required: COMMAND"),
+    (("farm", "submit", "{missing}.py"), 2, "does not exist"),
+    (("farm", "submit", "notes.txt"), 2, "is not a submission: expected a .py script"),
+    (("farm", "jobs", "--status", "done"), 2, "invalid choice: 'done'"),
+    (("farm", "show", "99"), 3, "NOT_FOUND: no job 99; the farm has no jobs"),
+    (("farm", "start", "x"), 2, "'x' is not a job or its frames: expected ID or ID:FRAMES"),
+    (("farm", "complete", "1:1"), 3, "NOT_FOUND: no job 1; the farm has no jobs"),
+    (("farm", "fail", "4:2"), 3, "no job 4"),
+    (("farm", "retry", "4"), 3, "no job 4"),
+    (("farm", "kill", "4:1-3"), 3, "no job 4"),
+    (("farm", "block", "4"), 3, "no job 4"),
+    (("farm", "unblock", "4"), 3, "no job 4"),
+    (("farm", "requeue", "4"), 3, "no job 4"),
+    (("farm", "remove", "4:2"), 2, "remove takes job ids, not frames: give 4"),
+    (("farm", "workers", "0"), 2, "N: 0 workers; expected 1 to 64"),
+    (("farm", "wait", "7"), 3, "NOT_FOUND: no job 7"),
+]
+
+
+@pytest.mark.parametrize(("argv", "code", "text"), CASES, ids=[" ".join(c[0]) for c in CASES])
+async def test_error_path(
+    stack_warm: Stack, tmp_path: Path, argv: tuple[str, ...], code: int, text: str
+) -> None:
+    argv = tuple(
+        a.replace("{job}", str(tmp_path / "job.json")).replace("{missing}", str(tmp_path / "m"))
+        for a in argv
+    )
+    said = await cbexec(*argv, address=stack_warm.address)
+    assert said.code == code, said
+    # A check that fails (exit 1) prints its finding as its answer; errors go to stderr.
+    assert text in (said.out + said.err if code == 1 else said.err), said
+    assert "Traceback" not in said.err + said.out
+    lines = said.err.strip().splitlines()
+    if code == 1:
+        return
+    if lines[0].startswith("usage:"):  # argparse: its usage, then the one error line
+        assert lines[-1].startswith("cbexec") and ": error: " in lines[-1]
+    elif code in (2, 3):
+        assert len(lines) == 1 and lines[0].startswith("cbexec: "), lines
+
+
+def test_every_command_has_an_error_path() -> None:
+    from tests.unit.test_cli_help import ALL
+
+    covered = {argv[: len(path)] for argv, _, _ in CASES for path in ALL}
+    missing = [" ".join(path) for path in ALL if path not in covered]
+    assert missing == []
+
+
+async def test_an_executor_without_a_farm_says_so(tmp_path: Path) -> None:
+    endpoint = SupervisorEndpoint(tmp_path / "remote.db")
+    await endpoint.start()
+    try:
+        settings = stack_settings(tmp_path / "data", supervisor=endpoint.address)
+        async with running_stack(settings) as stack:
+            said = await cbexec("farm", "jobs", address=stack.address)
+    finally:
+        await endpoint.stop()
+        endpoint.store.close()
+    assert said.code == 3
+    assert said.err.strip() == (
+        f"cbexec: {stack.address} has no farm: it runs with a remote supervisor (the farm is "
+        "the embedded reference supervisor's; start cbexec serve without --supervisor)"
+    )

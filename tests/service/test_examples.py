@@ -1,0 +1,198 @@
+"""scripts/examples/ through ``cbexec farm`` against a real executor, frame by frame.
+
+Each dependency example is submitted as written (its ``qube`` and its ``python`` form)
+with ``cbexec farm submit``; frames are completed with ``cbexec farm complete``; after
+each step the test waits for the callbacks it fired and asserts exactly which frames
+are unblocked, negative cases included. The universal-callbacks example is installed
+into the executor's callback directory and reloaded with ``cbexec triggers reload``.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Final
+
+import pytest
+
+from executor.model import RunResult
+from executor.runs.history import RunRecord
+from tests.conftest import Stack
+from tests.helpers.cli import ROOT, cbexec
+
+pytestmark = pytest.mark.service
+
+EXAMPLES: Final = ROOT / "scripts" / "examples"
+FRAMES: Final = ("1", "2", "3", "4", "5")
+PENDING, BLOCKED = "pending", "blocked"
+
+
+@pytest.fixture(params=["qube", "python"])
+def form(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def submit(stack: Stack, path: Path) -> dict[str, int]:
+    """Submit an example with the CLI; the job ids by name, from what it printed."""
+    said = await cbexec("farm", "submit", str(path), address=stack.address)
+    assert said.code == 0, said.out + said.err
+    found = re.findall(r"submitted job (\d+) '(\w+)'", said.out)
+    ids = {name: int(job_id) for job_id, name in found}
+    assert ids, said.out
+    await stack.settle()
+    return ids
+
+
+async def complete(stack: Stack, *targets: str) -> None:
+    said = await cbexec("farm", "complete", *targets, address=stack.address)
+    assert said.code == 0, said.out + said.err
+    await stack.settle()
+
+
+def agenda(stack: Stack, job_id: int) -> dict[str, str]:
+    return {w["name"]: w["status"] for w in stack.supervisor.job(job_id)["agenda"]}
+
+
+def only(pending: str, of: tuple[str, ...] = FRAMES) -> dict[str, str]:
+    """Frames in ``pending`` (a "1,3" list) pending, the others blocked."""
+    wanted = set(pending.split(",")) if pending else set()
+    return {frame: PENDING if frame in wanted else BLOCKED for frame in of}
+
+
+async def test_job_b_waits_for_job_a(stack_warm: Stack, form: str) -> None:
+    stack = stack_warm
+    jobs = await submit(stack, EXAMPLES / "job-b-waits-for-job-a" / f"{form}.py")
+    a, b = jobs["jobA"], jobs["jobB"]
+    assert stack.supervisor.job(b)["status"] == BLOCKED
+
+    await complete(stack, f"{a}:1-4")
+    assert stack.supervisor.job(b)["status"] == BLOCKED
+    await complete(stack, f"{a}:5")
+
+    assert stack.supervisor.job(a)["status"] == "complete"
+    assert stack.supervisor.job(b)["status"] == PENDING
+    assert agenda(stack, b) == dict.fromkeys(FRAMES, PENDING)
+
+
+async def test_frame_by_frame(stack_warm: Stack, form: str) -> None:
+    stack = stack_warm
+    jobs = await submit(stack, EXAMPLES / "frame-by-frame" / f"{form}.py")
+    a, b = jobs["jobA"], jobs["jobB"]
+    assert agenda(stack, b) == only("")
+
+    await complete(stack, f"{a}:2")
+    assert agenda(stack, b) == only("2")
+    await complete(stack, f"{a}:1,5")
+    assert agenda(stack, b) == only("1,2,5")
+    await complete(stack, f"{a}:3-4")
+    assert agenda(stack, b) == only("1,2,3,4,5")
+
+
+async def test_job_c_waits_for_a_and_b(stack_warm: Stack, form: str) -> None:
+    stack = stack_warm
+    jobs = await submit(stack, EXAMPLES / "job-c-waits-for-a-and-b" / f"{form}.py")
+    ribgen, render, c = jobs["ribgen"], jobs["render"], jobs["jobC"]
+
+    await complete(stack, f"{ribgen}:1")  # one half of frame 1
+    assert agenda(stack, c) == only("")
+    await complete(stack, f"{render}:2")  # the other half, but of frame 2
+    assert agenda(stack, c) == only("")
+    await complete(stack, f"{render}:1")  # frame 1 has both now
+    assert agenda(stack, c) == only("1")
+    await complete(stack, f"{ribgen}:2")
+    assert agenda(stack, c) == only("1,2")
+    await complete(stack, f"{ribgen}:3-5", f"{render}:3-5")
+    assert agenda(stack, c) == only("1,2,3,4,5")
+
+
+async def test_job_d_waits_for_a_and_b_or_c(stack_warm: Stack, form: str) -> None:
+    stack = stack_warm
+    jobs = await submit(stack, EXAMPLES / "job-d-waits-for-a-and-b-or-c" / f"{form}.py")
+    ribgen, render, composite, d = (jobs[n] for n in ("ribgen", "render", "composite", "jobD"))
+
+    await complete(stack, f"{composite}:3")  # the OR branch alone is enough
+    assert agenda(stack, d) == only("3")
+    await complete(stack, f"{render}:1")  # half of the AND branch: not yet
+    assert agenda(stack, d) == only("3")
+    await complete(stack, f"{ribgen}:1")
+    assert agenda(stack, d) == only("1,3")
+    await complete(stack, f"{ribgen}:2")  # frame 2 still lacks render (or composite)
+    assert agenda(stack, d) == only("1,3")
+    await complete(stack, f"{composite}:2,4-5")
+    assert agenda(stack, d) == only("1,2,3,4,5")
+
+
+def install_universal_callbacks(stack: Stack) -> Path:
+    """Copy the example into the executor's callback directory, as the README says."""
+    target = stack.settings.universal_callback_dirs[0]
+    target.mkdir(parents=True, exist_ok=True)
+    for path in (EXAMPLES / "universal-callbacks").iterdir():
+        if path.suffix in (".conf", ".py", ".pl", ".qcb"):
+            shutil.copy(path, target / path.name)
+    return target
+
+
+@pytest.mark.skipif(shutil.which("perl") is None, reason="checkWork.pl needs perl")
+async def test_universal_callbacks(stack_warm: Stack) -> None:
+    stack = stack_warm
+    install_universal_callbacks(stack)
+    said = await cbexec("triggers", "reload", address=stack.address)
+    assert (said.code, said.out.strip()) == (0, "reloaded: 4 active"), said.err
+
+    jobs = await submit(stack, EXAMPLES / "universal-callbacks" / "shot.toml")
+    shot = jobs["shot010"]
+    await complete(stack, f"{shot}:1-2")
+    failed = await cbexec("farm", "fail", f"{shot}:3", address=stack.address)
+    assert failed.code == 0, failed.err
+    await stack.settle()
+    assert stack.supervisor.job(shot)["status"] == "failed"
+
+    history = stack.running.recorder.history
+    runs: dict[str, list[RunRecord | None]] = {}
+    for record in history.list_runs(job_id=shot, limit=100):
+        runs.setdefault(Path(record.source).name, []).append(history.get(record.invocation_id))
+    assert sorted((name, len(found)) for name, found in runs.items()) == [
+        ("checkWork.pl", 3),
+        ("logFailuresToDB.py", 1),
+        ("mail-status.qcb", 1),
+        ("submitted.py", 1),
+    ]
+
+    def result(name: str, index: int = 0) -> RunResult:
+        record = runs[name][index]
+        assert record is not None and record.result is not None
+        return record.result
+
+    submitted = result("submitted.py")
+    assert submitted.outcome == "SUCCEEDED"
+    assert f"job {shot} (shot010) submitted by" in submitted.stdout
+    checks = sorted(result("checkWork.pl", n).stdout for n in range(3))
+    assert [line.split(" on ")[0] for line in checks] == [
+        f"frame 1 of job {shot} (shot010): complete",
+        f"frame 2 of job {shot} (shot010): complete",
+        f"frame 3 of job {shot} (shot010): failed",
+    ]
+    assert result("mail-status.qcb").outcome == "SUCCEEDED"
+    mails = list((stack.settings.data_dir / "mail" / "new").iterdir())
+    assert len(mails) == 1
+    assert "To: lighting@example.com" in mails[0].read_text()
+
+    logged = result("logFailuresToDB.py")
+    assert f"job {shot} (shot010) of" in logged.stdout and "failed: frames 3" in logged.stdout
+    if stack.running.options.isolation is not None:
+        # Today's confinement: as root, a callback runs as a dedicated uid in a private
+        # mount namespace where /var/tmp is an empty, root-owned tmpfs, so the database
+        # cannot be created and the run fails saying so (its line is in its output).
+        # TODO(issue 20): a sandbox policy for universal callbacks will let this one
+        # write DB_PATH on the host; then assert SUCCEEDED and the row, as below.
+        assert logged.outcome == "FAILED"
+        assert "cannot record job" in logged.stderr and "/var/tmp/qube-failures.db" in logged.stderr
+    else:  # callbacks run as the executor's user, on the host's file system
+        assert logged.outcome == "SUCCEEDED", logged.stderr
+        with sqlite3.connect("/var/tmp/qube-failures.db") as db:
+            rows = db.execute(
+                "SELECT frames FROM failures WHERE job_id = ? AND name = 'shot010'", (shot,)
+            ).fetchall()
+        assert ("3",) in rows

@@ -1,0 +1,227 @@
+"""``cbexec farm`` as a user runs it: submit files and scripts, read, change, workers, wait."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from executor.cli.farm_workers import WorkerPlan, fails
+from tests.conftest import Stack
+from tests.helpers.cli import ROOT, cbexec, cli_env
+from tests.helpers.waiting import eventually
+
+pytestmark = pytest.mark.service
+
+
+async def test_submit_a_json_and_a_toml_job_file(stack_warm: Stack, tmp_path: Path) -> None:
+    listing = tmp_path / "jobs.json"
+    listing.write_text(
+        json.dumps({"jobs": [{"name": "plate", "agenda": [1, 2]}, {"name": "comp", "pgrp": 0}]})
+    )
+    said = await cbexec("farm", "submit", str(listing), "--user", "ann", address=stack_warm.address)
+    assert said.code == 0, said.err
+    assert said.out.splitlines() == [
+        "submitted job 1 'plate' (label qube0, pgrp 1): pending, 2 frames",
+        "submitted job 2 'comp' (label qube1, pgrp 1): pending",
+    ]
+    assert stack_warm.supervisor.job(1)["user"] == "ann"
+
+    single = tmp_path / "one.toml"
+    single.write_text('name = "solo"\nstatus = "blocked"\nagenda = ["a", "b"]\n')
+    said = await cbexec("farm", "submit", str(single), address=stack_warm.address)
+    assert said.out.strip() == "submitted job 3 'solo' (label qube0, pgrp 3): blocked, 2 frames"
+
+
+async def test_a_submission_script_gets_qb_and_its_arguments(
+    stack_warm: Stack, tmp_path: Path
+) -> None:
+    script = tmp_path / "submit.py"
+    script.write_text(
+        "import sys\n"
+        "import qb\n"
+        "job = qb.Job(name='shot' + sys.argv[1], agenda=qb.genframes('1-9x4'))\n"
+        "job['callbacks'] = [{'triggers': 'complete-job-self', 'language': 'qube',"
+        " 'code': 'mail-status'}]\n"
+        "[stored] = qb.submit(job)\n"
+        "print('got id', stored['id'], [w['name'] for w in stored['agenda']])\n"
+        "print('status', qb.jobstatus(stored['id']), len(qb.jobinfo('-pgrp', stored['pgrp'])))\n"
+        "print('blocked', qb.block(stored['id']), qb.jobinfo(id=stored['id'])[0]['status'])\n"
+        "print('chunks', [w['name'] for w in qb.genchunks(2, '1-5')])\n"
+    )
+    said = await cbexec("farm", "submit", str(script), "042", address=stack_warm.address)
+    assert said.code == 0, said.err
+    assert said.out.splitlines() == [
+        "got id 1 ['1', '5', '9']",
+        "status pending 1",
+        "blocked 1 blocked",
+        "chunks ['1-2', '3-4', '5']",
+        "submitted job 1 'shot042' (label qube0, pgrp 1): pending, 3 frames, 1 callback",
+    ]
+
+
+async def test_a_failing_script_names_its_line_and_keeps_what_it_submitted(
+    stack_warm: Stack, tmp_path: Path
+) -> None:
+    script = tmp_path / "half.py"
+    script.write_text("import qb\nqb.submit([{'name': 'first'}])\nqb.genframes('1-x')\n")
+    said = await cbexec("farm", "submit", str(script), address=stack_warm.address)
+    assert said.code == 1
+    assert said.out.strip() == "submitted job 1 'first' (label qube0, pgrp 1): pending"
+    assert said.err.strip() == (
+        f"cbexec: {script}:3: ValueError: genframes: '1-x' is not a frame spec (5, 1-10 or 1-10x2)"
+    )
+    refused = tmp_path / "refused.py"
+    refused.write_text("import qb\nqb.submit([{'name': 'x', 'status': 'running'}])\n")
+    said = await cbexec("farm", "submit", str(refused), address=stack_warm.address)
+    assert said.code == 3
+    assert said.err.strip() == (
+        "cbexec: INVALID_ARGUMENT: job 0 of the submission: status must be 'pending' or "
+        "'blocked', got 'running'"
+    )
+
+
+async def test_jobs_show_and_changes(stack_warm: Stack) -> None:
+    address = stack_warm.address
+    example = ROOT / "scripts" / "examples" / "job-c-waits-for-a-and-b" / "qube.py"
+    assert (await cbexec("farm", "submit", str(example), address=address)).code == 0
+    await stack_warm.settle()
+
+    done = await cbexec("farm", "complete", "1:1", "2:2", address=address)
+    assert (done.code, done.out.splitlines()) == (
+        0,
+        ["work 1:1 -> complete", "work 2:2 -> complete"],
+    )
+    await stack_warm.settle()
+
+    table = await cbexec("farm", "jobs", address=address)
+    assert table.code == 0
+    rows = [line.split() for line in table.out.splitlines()]
+    assert rows[0] == ["ID", "NAME", "LABEL", "PGRP", "STATUS", "USER", "FRAMES"]
+    assert [row[:5] for row in rows[1:]] == [
+        ["1", "ribgen", "ribgen", "1", "running"],
+        ["2", "render", "render", "1", "running"],
+        ["3", "jobC", "jobC", "1", "pending"],
+    ]
+    assert table.out.splitlines()[3].endswith("5 blocked")
+
+    shown = await cbexec("farm", "show", "3", address=address)
+    assert shown.code == 0
+    text = shown.out
+    assert text.startswith("job 3 'jobC': pending  (label jobC, pgrp 1, user ")
+    assert "agenda: 5 blocked" in text
+    assert "[x] complete-work-ribgen-1, [ ] complete-work-render-1" in text
+    assert "[ ] complete-work-ribgen-2, [x] complete-work-render-2" in text
+    assert "[job] submitted by" in text
+
+    plain = json.loads((await cbexec("farm", "show", "3", "--json", address=address)).out)
+    assert plain["job"]["id"] == 3 and len(plain["job"]["callbacks"]) == 5
+    assert plain["callbacks"][0]["latches"] == [True, False]
+    assert plain["callbacks"][0]["job_id"] == 3  # a number, not protobuf's JSON string
+    lines = (await cbexec("farm", "jobs", "--json", "--status", "pending", address=address)).out
+    assert [json.loads(line)["name"] for line in lines.splitlines()] == ["jobC"]
+
+    partly = await cbexec("farm", "complete", "1:1-2", address=address)
+    assert partly.code == 1
+    assert partly.out.strip() == (
+        "work 1:2 -> complete; work 1:1 is complete; complete takes pending or running work"
+    )
+    blocked = await cbexec("farm", "block", "3", address=address)
+    assert (blocked.code, blocked.out.strip()) == (0, "job 3 pending -> blocked")
+    again = await cbexec("farm", "block", "3", address=address)
+    assert (again.code, again.out.strip()) == (1, "job 3 is already blocked")
+    killed = await cbexec("farm", "kill", "2:3-5", address=address)
+    assert (killed.code, killed.out.strip()) == (0, "work 2:3,4,5 -> killed")
+    retried = await cbexec("farm", "retry", "2:3", address=address)
+    assert retried.code == 0
+    removed = await cbexec("farm", "remove", "3", address=address)
+    assert (removed.code, removed.out.strip()) == (0, "job 3 removed")
+    waited = await cbexec("farm", "wait", "3", address=address)
+    assert (waited.code, waited.out.strip()) == (0, "job 3: removed")
+    waiting = await cbexec("farm", "wait", "1", "--wait-timeout", "0.3", address=address)
+    assert (waiting.code, waiting.out.strip()) == (1, "job 1: running")
+    assert "still waiting after 0.3s" in waiting.err
+
+
+async def start_workers(address: str, *argv: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "executor",
+        "farm",
+        "workers",
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env(address),
+    )
+
+
+async def stop(proc: asyncio.subprocess.Process) -> tuple[int, str, str]:
+    """SIGTERM, then wait for it to drain (killed if it does not); its code and output."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_workers_fail_exactly_the_attempts_their_seed_says(stack_warm: Stack) -> None:
+    frames = [str(n) for n in range(1, 21)]
+    stack_warm.supervisor.submit([{"name": "many", "cpus": 4, "agenda": frames}])
+    proc = await start_workers(
+        stack_warm.address, "3", "--frame-seconds", "0", "--fail-rate", "0.5", "--seed", "11"
+    )
+    try:
+        waited = await cbexec("farm", "wait", "1", address=stack_warm.address)
+        assert waited.code == 0, waited.err
+    finally:
+        code, out, err = await stop(proc)
+    assert code == 0, err
+    plan = WorkerPlan(3, 0.0, 0.5, 11)
+    expected = {f for f in frames if fails(plan, 1, f, 1)}
+    agenda = stack_warm.supervisor.job(1)["agenda"]
+    assert {w["name"] for w in agenda if w["status"] == "failed"} == expected
+    assert 0 < len(expected) < len(frames)
+    assert out.splitlines()[0] == (
+        f"3 workers on {stack_warm.address}: 0s a frame, fail rate 0.5, seed 11 (Ctrl-C to stop)"
+    )
+    assert {w["host"] for w in agenda} <= {"worker-1", "worker-2", "worker-3"}
+    assert out.splitlines()[-1] == "stopped after 20 items"
+
+
+async def test_a_stopped_worker_finishes_its_frame_first(stack_warm: Stack) -> None:
+    stack_warm.supervisor.submit([{"name": "slow", "agenda": ["1", "2"]}])
+    proc = await start_workers(stack_warm.address, "2", "--frame-seconds", "1.5")
+    try:
+
+        def running() -> bool:
+            return bool(stack_warm.supervisor.job(1)["agenda"][0]["status"] == "running")
+
+        assert await eventually(running, timeout_s=20)
+    finally:
+        code, out, err = await stop(proc)
+    assert code == 0, err
+    assert "stopping: finishing the items in flight" in out
+    assert "worker-1: 1:1 complete" in out or "worker-2: 1:1 complete" in out
+    statuses = [w["status"] for w in stack_warm.supervisor.job(1)["agenda"]]
+    assert statuses == ["complete", "pending"], "frame 2 was never taken"
+
+
+def test_worker_failures_depend_only_on_seed_job_frame_and_attempt() -> None:
+    plan = WorkerPlan(2, 1.0, 0.3, seed=5)
+    first = [fails(plan, 7, str(n), 1) for n in range(200)]
+    assert first == [fails(WorkerPlan(9, 0.0, 0.3, seed=5), 7, str(n), 1) for n in range(200)]
+    assert 30 < sum(first) < 90
+    assert first != [fails(WorkerPlan(2, 1.0, 0.3, seed=6), 7, str(n), 1) for n in range(200)]
+    assert not any(fails(WorkerPlan(2, 1.0, 0.0, seed=5), 7, str(n), 1) for n in range(200))
+    assert all(fails(WorkerPlan(2, 1.0, 1.0, seed=5), 7, str(n), 1) for n in range(200))

@@ -1,0 +1,206 @@
+"""The FarmService on the executor's port: submit, read, drive and wait, with callbacks firing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from executor.api.edge import FARM_SERVICE
+from supervisor_client import ExecutorRpcError, FarmClient, InvalidRequestError
+from supervisor_client.qbcallback.v1 import farm_pb2, farm_pb2_grpc
+from tests.conftest import Stack, running_stack, stack_settings
+from tests.helpers.health import SERVING, health_status
+from tests.helpers.supervisors import SupervisorEndpoint
+
+pytestmark = pytest.mark.service
+
+FRAMES = ["1", "2", "3"]
+
+
+def frame_by_frame() -> list[dict[str, object]]:
+    """Job B's frame N waits for job A's frame N (the qube form)."""
+    return [
+        {"name": "jobA", "label": "jobA", "user": "alice", "agenda": FRAMES},
+        {
+            "name": "jobB",
+            "label": "jobB",
+            "user": "alice",
+            "agenda": [{"name": f, "status": "blocked"} for f in FRAMES],
+            "callbacks": [
+                {
+                    "triggers": f"complete-work-jobA-{f}",
+                    "language": "qube",
+                    "code": "unblock-work-self",
+                }
+                for f in FRAMES
+            ],
+        },
+    ]
+
+
+def agenda(response: farm_pb2.GetJobResponse) -> dict[str, str]:
+    return {w.name: w.status for w in response.job.agenda}
+
+
+async def test_submit_drive_and_read_a_frame_by_frame_dependency(stack_warm: Stack) -> None:
+    async with FarmClient(stack_warm.channel) as farm:
+        submitted = await farm.submit_jobs(frame_by_frame())
+        job_a, job_b = (job.id for job in submitted.jobs)
+        assert [j.label for j in submitted.jobs] == ["jobA", "jobB"]
+        assert submitted.jobs[1].callbacks[0].triggers == "complete-work-jobA-1"
+
+        done = await farm.change_work(job_id=job_a, work=["2"], change="complete", host="w1")
+        assert (done.changed, list(done.selected), done.job_status) == (1, ["2"], "running")
+        assert (await farm.wait_jobs([job_a], wait_seconds=0.5)).done is False
+
+        b = await farm.get_job(job_b)
+        assert agenda(b) == {"1": "blocked", "2": "pending", "3": "blocked"}
+        assert [(cb.id, cb.count, list(cb.latches)) for cb in b.callbacks] == [
+            (1, 0, [False]),
+            (2, 1, [False]),
+            (3, 0, [False]),
+        ]
+        texts = [h.text for h in b.history]
+        assert "[callback] workunblock by alice: work 2:2 -> pending" in texts
+        assert any(h.invocation_id for h in b.history)
+
+        rest = await farm.change_work(job_id=job_a, work=["1-3"], change="complete")
+        assert (rest.changed, rest.job_status) == (2, "complete")
+        assert "work 1:2 is complete" in rest.message
+        waited = await farm.wait_jobs([job_a], wait_seconds=30)
+        assert waited.done and [(j.job_id, j.status) for j in waited.jobs] == [(1, "complete")]
+        assert agenda(await farm.get_job(job_b)) == dict.fromkeys(FRAMES, "pending")
+
+        listing = await farm.list_jobs(status="pending")
+        assert [j.id for j in listing.jobs] == [job_b]
+
+
+async def test_simulated_worker_calls_and_job_verbs(stack_warm: Stack) -> None:
+    async with FarmClient(stack_warm.channel) as farm:
+        await farm.submit_jobs(frame_by_frame())
+        taken = await farm.take_work("worker-1")
+        assert (taken.taken, taken.job_id, taken.work_name, taken.job_name, taken.attempt) == (
+            True,
+            1,
+            "1",
+            "jobA",
+            1,
+        )
+        # jobA has one instance and it is busy; jobB's frames are blocked.
+        assert (await farm.take_work("worker-2")).taken is False
+        await farm.change_work(job_id=1, work=["1"], change="fail")
+        retried = await farm.change_work(job_id=1, work=["1"], change="retry")
+        assert retried.changed == 1
+        again = await farm.take_work("worker-2")
+        assert (again.work_name, again.attempt) == ("1", 2)
+
+        killed = await farm.change_job(job_id=2, verb="kill")
+        assert (killed.changed, killed.job_status) == (1, "killed")
+        noop = await farm.change_job(job_id=2, verb="unblock")
+        assert (noop.changed, noop.message) == (
+            0,
+            "job 2 is killed; unblock applies to blocked jobs",
+        )
+        removed = await farm.change_job(job_id=2, verb="remove")
+        assert (removed.changed, removed.job_status) == (1, "")
+        gone = await farm.wait_jobs([2], wait_seconds=5)
+        assert gone.done and gone.jobs[0].status == "removed"
+
+
+async def test_errors_name_what_is_wrong_and_what_exists(stack_warm: Stack) -> None:
+    async with FarmClient(stack_warm.channel) as farm:
+        await farm.submit_jobs(frame_by_frame())
+        cases = [
+            (farm.get_job(9), grpc.StatusCode.NOT_FOUND, "no job 9; the farm has jobs 1-2"),
+            (
+                farm.change_work(job_id=1, work=["4-6"], change="complete"),
+                grpc.StatusCode.NOT_FOUND,
+                "job 1: no work items in range '4-6'; its agenda is 1-3",
+            ),
+            (
+                farm.change_work(job_id=1, work=["1"], change="kill", actor="mallory"),
+                grpc.StatusCode.PERMISSION_DENIED,
+                "mallory may not kill job 1 owned by alice",
+            ),
+            (
+                farm.submit_jobs([{"name": "x", "agenda": ["1", "1"]}]),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "job 0 of the submission: work name '1' appears twice",
+            ),
+            (farm.submit_jobs([]), grpc.StatusCode.INVALID_ARGUMENT, "nothing to submit"),
+            (
+                farm.list_jobs(status="done"),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "expected one of pending",
+            ),
+            (farm.wait_jobs([42]), grpc.StatusCode.NOT_FOUND, "no job 42"),
+            (
+                farm.wait_jobs([1], wait_seconds=-1),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "timeout_seconds = -1",
+            ),
+            (
+                farm.change_work(farm_pb2.ChangeWorkRequest(job_id=1, work=["1"])),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "change is required; expected one of start, complete, fail",
+            ),
+        ]
+        for call, code, text in cases:
+            with pytest.raises(ExecutorRpcError) as err:
+                await call
+            assert err.value.code == code, err.value
+            assert text in err.value.details, err.value.details
+        with pytest.raises(ValueError, match="unknown work change 'finish'"):
+            await farm.change_work(job_id=1, work=["1"], change="finish")
+        with pytest.raises(ValueError, match="not JSON"):
+            await farm.submit_jobs([{"name": "x", "when": object()}])
+        with pytest.raises(InvalidRequestError, match="verb is required"):
+            await farm.change_job(farm_pb2.ChangeJobRequest(job_id=1))
+
+
+async def test_the_farm_is_listed_by_health_and_reflection(stack_warm: Stack) -> None:
+    assert await health_status(stack_warm.channel, FARM_SERVICE) == SERVING
+    assert FARM_SERVICE in await reflected_services(stack_warm.channel)
+
+
+async def reflected_services(channel: grpc.aio.Channel) -> set[str]:
+    # The reflection stub is typed for sync channels; on an aio one the call streams.
+    stub: Any = reflection_pb2_grpc.ServerReflectionStub(channel)  # type: ignore[arg-type]
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    async for answer in stub.ServerReflectionInfo(iter([request])):
+        return {s.name for s in answer.list_services_response.service}
+    raise AssertionError("no reflection answer")
+
+
+async def test_no_farm_with_a_remote_supervisor(tmp_path: Path) -> None:
+    endpoint = SupervisorEndpoint(tmp_path / "remote.db")
+    await endpoint.start()
+    try:
+        settings = stack_settings(tmp_path / "data", supervisor=endpoint.address)
+        async with running_stack(settings) as stack:
+            stub = farm_pb2_grpc.FarmServiceStub(stack.channel)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.ListJobs(farm_pb2.ListJobsRequest(), timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert FARM_SERVICE not in await reflected_services(stack.channel)
+            with pytest.raises(grpc.aio.AioRpcError) as unknown:
+                await health_status(stack.channel, FARM_SERVICE)
+            assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        await endpoint.stop()
+        endpoint.store.close()
+
+
+async def test_the_farm_takes_the_executors_token(tmp_path: Path) -> None:
+    settings = stack_settings(tmp_path / "data", auth_token="s3cret")
+    async with running_stack(settings) as stack:
+        async with FarmClient(stack.address) as anonymous:
+            with pytest.raises(ExecutorRpcError) as err:
+                await anonymous.list_jobs()
+            assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
+        async with FarmClient(stack.address, token="s3cret") as farm:
+            assert list((await farm.list_jobs()).jobs) == []

@@ -1,0 +1,174 @@
+"""The farm over an in-memory reference supervisor: dispatch order, worker changes, messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from supervisor_client.reference import (
+    NoSuchJobError,
+    NoSuchWorkError,
+    PermissionDeniedError,
+    ReferenceSupervisor,
+    Transition,
+)
+from supervisor_client.reference.farm import Farm, describe_agenda, describe_ids
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def events() -> list[Transition]:
+    return []
+
+
+@pytest.fixture
+def farm(events: list[Transition]) -> Farm:
+    return Farm(ReferenceSupervisor(":memory:", listeners=[events.append]))
+
+
+def statuses(farm: Farm, job_id: int) -> dict[str, str]:
+    return {w["name"]: w["status"] for w in farm.job(job_id)["agenda"]}
+
+
+def test_describe_ids_and_agenda() -> None:
+    assert describe_ids([5, 1, 2, 3, 9, 10]) == "1-3, 5, 9-10"
+    assert describe_ids([]) == ""
+    assert describe_agenda(["1", "2", "3"]) == "1-3"
+    assert describe_agenda(["7"]) == "7"
+    assert describe_agenda(["1", "3"]) == "1, 3"
+    assert describe_agenda(["init", "render"]) == "init, render"
+    assert describe_agenda([str(n) for n in range(0, 40, 2)], limit=3) == "0, 2, 4, ... (20 items)"
+
+
+def test_submit_returns_the_jobs_with_callbacks(farm: Farm) -> None:
+    job_a, job_b = farm.submit(
+        [
+            {"name": "a", "label": "a", "agenda": ["1", "2"]},
+            {
+                "name": "b",
+                "status": "blocked",
+                "callbacks": [{"triggers": "complete-job-a", "language": "qube", "code": "x"}],
+            },
+        ]
+    )
+    assert (job_a["id"], job_a["pgrp"], job_b["pgrp"]) == (1, 1, 1)
+    assert job_b["callbacks"][0]["triggers"] == "complete-job-a"
+    assert [j["id"] for j in farm.jobs(status="blocked")] == [2]
+    assert [j["id"] for j in farm.jobs(pgrp=1)] == [1, 2]
+    with pytest.raises(ValueError, match="expected one of pending"):
+        farm.jobs(status="done")
+
+
+def test_one_item_at_a_time_per_instance_by_priority_then_age(farm: Farm) -> None:
+    farm.submit([{"name": "late", "agenda": ["1", "2"], "priority": 10}])
+    farm.submit([{"name": "urgent", "agenda": ["1", "2"], "priority": 1, "cpus": 2}])
+    farm.submit([{"name": "held", "agenda": ["1"], "status": "blocked", "priority": 0}])
+
+    taken = [farm.take_work(f"w{n}") for n in range(5)]
+
+    # urgent (priority 1) has two instances: two of its frames at once; late gets one
+    # instance, so one frame; the blocked job nothing; then the farm is out of work.
+    assert [(t.job_id, t.work_name) if t else None for t in taken] == [
+        (2, "1"),
+        (2, "2"),
+        (1, "1"),
+        None,
+        None,
+    ]
+    assert farm.job(2)["agenda"][1]["host"] == "w1"
+    assert farm.job(2)["status"] == "running"
+    farm.change_work("complete", 1, ["1"])
+    nxt = farm.take_work("w9")
+    assert nxt is not None and (nxt.job_id, nxt.work_name, nxt.attempt) == (1, "2", 1)
+
+
+def test_worker_changes_start_pending_items_and_name_the_rest(
+    farm: Farm, events: list[Transition]
+) -> None:
+    (job,) = farm.submit([{"name": "j", "agenda": ["1", "2", {"name": "3", "status": "blocked"}]}])
+    done = farm.change_work("complete", job["id"], ["1", "3"], host="h", resultpackage={"x": 1})
+    assert done.changed == 1
+    assert done.message == (
+        "work 1:1 -> complete; work 1:3 is blocked; complete takes pending or running work"
+    )
+    assert farm.job(1)["agenda"][0]["resultpackage"] == {"x": 1}
+    names = [(e.name, e.type, e.work_name) for e in events if e.type != "subjob"]
+    assert names == [
+        ("submit", "job", ""),
+        ("running", "job", ""),
+        ("running", "work", "1"),
+        ("complete", "work", "1"),
+    ]
+    assert farm.change_work("start", 1, ["2"]).message == "work 1:2 -> running"
+    failed = farm.change_work("fail", 1, ["2"])
+    assert (failed.changed, failed.job_status) == (1, "running")
+    assert statuses(farm, 1) == {"1": "complete", "2": "failed", "3": "blocked"}
+
+
+def test_operator_changes_go_through_the_work_verbs(farm: Farm) -> None:
+    farm.submit([{"name": "j", "user": "alice", "agenda": ["1", "2"]}])
+    farm.change_work("fail", 1, ["1"])
+    assert farm.change_work("retry", 1, ["1"]).changed == 1
+    assert farm.change_work("block", 1, ["1", "2"]).changed == 2
+    assert farm.change_work("unblock", 1, ["2"]).changed == 1
+    assert statuses(farm, 1) == {"1": "blocked", "2": "pending"}
+    history = [line["text"] for line in farm.history(1)]
+    assert "[user] workblock by alice: work 1:1,2 -> blocked" in history
+    with pytest.raises(PermissionDeniedError, match="mallory may not kill job 1"):
+        farm.change_work("kill", 1, ["2"], actor="mallory")
+
+
+def test_work_in_a_held_job_does_not_move(farm: Farm) -> None:
+    farm.submit([{"name": "j", "status": "blocked", "agenda": ["1"]}])
+    result = farm.change_work("complete", 1, ["1"])
+    assert (result.changed, result.message) == (
+        0,
+        "job 1 is blocked; work runs only in pending or running jobs",
+    )
+
+
+def test_errors_name_the_job_or_item_and_what_exists(farm: Farm) -> None:
+    farm.submit([{"name": "j", "agenda": ["1", "2", "3"]}])
+    farm.submit([{"name": "k"}])
+    with pytest.raises(NoSuchJobError, match="no job 7; the farm has jobs 1-2"):
+        farm.change_work("complete", 7, ["1"])
+    with pytest.raises(NoSuchWorkError, match=r"no work item '9'; its agenda is 1-3"):
+        farm.change_work("complete", 1, ["9"])
+    with pytest.raises(NoSuchWorkError, match="it has no agenda"):
+        farm.change_work("complete", 2, ["1"])
+    with pytest.raises(ValueError, match=r"name the work items to complete: .* agenda is 1-3"):
+        farm.change_work("complete", 1, [])
+    with pytest.raises(ValueError, match="unknown work change 'finish'; expected one of start"):
+        farm.change_work("finish", 1, ["1"])
+    with pytest.raises(ValueError, match="kill needs work names"):
+        farm.change_work("kill", 1, [])
+    assert Farm(ReferenceSupervisor()).no_such_job(3).args == ("no job 3; the farm has no jobs",)
+
+
+def test_a_job_without_agenda_is_run_and_ended_itself(farm: Farm) -> None:
+    farm.submit([{"name": "single"}])
+    taken = farm.take_work("w")
+    assert taken is not None and (taken.job_id, taken.work_name) == (1, "")
+    assert farm.take_work("w") is None
+    result = farm.change_work("complete", 1, [])
+    assert (result.changed, result.job_status) == (1, "complete")
+    again = farm.change_work("fail", 1, [])
+    assert (again.changed, again.message) == (
+        0,
+        "job 1 is complete; fail takes pending or running jobs",
+    )
+
+
+def test_job_verbs_and_removal(farm: Farm) -> None:
+    farm.submit([{"name": "j", "agenda": ["1"]}])
+    blocked = farm.change_job("block", 1)
+    assert (blocked.changed, blocked.job_status) == (1, "blocked")
+    noop = farm.change_job("retry", 1)
+    assert (noop.changed, noop.message) == (0, "job 1 is blocked; retry applies to ended jobs")
+    removed = farm.change_job("remove", 1)
+    assert (removed.changed, removed.job_status) == (1, "")
+    assert farm.status(1) == "removed"
+    assert farm.history(1), "history outlives the job"
+    (other,) = farm.submit([{"name": "x"}])
+    with pytest.raises(ValueError, match="unknown job verb 'explode'"):
+        farm.change_job("explode", other["id"])
