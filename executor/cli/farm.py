@@ -129,6 +129,7 @@ def format_job(reply: Any) -> str:
             ran = f"{cb.count}" + (f"/{cb.maximum}" if cb.maximum else "")
             rows.append((str(cb.id), language, cb.triggers, ran, _latches(cb.triggers, cb.latches)))
         lines.append(_table(rows, indent="  "))
+        lines.append(f"  (what each waits for and why: cbexec triggers why {job.id})")
     else:
         lines.append("callbacks: none")
     lines.append("history:")

@@ -117,6 +117,7 @@ async def test_jobs_show_and_changes(stack_warm: Stack) -> None:
     assert "[x] complete-work-ribgen-1, [ ] complete-work-render-1" in text
     assert "[ ] complete-work-ribgen-2, [x] complete-work-render-2" in text
     assert "[job] submitted by" in text
+    assert "(what each waits for and why: cbexec triggers why 3)" in text
 
     plain = json.loads((await cbexec("farm", "show", "3", "--json", address=address)).out)
     assert plain["job"]["id"] == 3 and len(plain["job"]["callbacks"]) == 5
