@@ -65,9 +65,8 @@ class Browser:
         return await self._run(lambda: self.driver.execute_script(source, *args))
 
     async def text(self, css: str) -> str:
-        from selenium.webdriver.common.by import By
-
-        return str(await self._run(lambda: self.driver.find_element(By.CSS_SELECTOR, css).text))
+        """The text of the first element matching ``css`` (read again if the page re-rendered it)."""
+        return await self.wait_for(css)
 
     async def click(self, css: str) -> None:
         from selenium.webdriver.common.by import By
@@ -86,6 +85,7 @@ class Browser:
 
         Its text must hold ``containing`` (and not ``lacking``).
         """
+        from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support.ui import WebDriverWait
 
@@ -97,7 +97,14 @@ class Browser:
             return False
 
         result = await self._run(
-            lambda: WebDriverWait(self.driver, timeout_s, poll_frequency=0.1).until(found)
+            # The live pages re-render: an element found may be replaced before its text is
+            # read; the next poll finds its successor.
+            lambda: WebDriverWait(
+                self.driver,
+                timeout_s,
+                poll_frequency=0.1,
+                ignored_exceptions=(StaleElementReferenceException,),
+            ).until(found)
         )
         return result if isinstance(result, str) else ""
 
