@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import sys
 import tempfile
@@ -298,6 +299,24 @@ def _submittable(job: Mapping[str, Any]) -> dict[str, Any]:
     return copy
 
 
+def _throwaway_settings(data_dir: Path) -> Settings:
+    """The ``--embedded`` executor's settings: loopback, any port, cold children.
+
+    As root its sandbox uids are the first range no running executor holds, from
+    ``$CBEXEC_SANDBOX_UID_BASE`` (or the default) on: a service on this host keeps its own.
+    """
+    from executor import config
+    from executor.sandbox.identity import UidClaim
+    from executor.sandbox.process import SandboxRunner
+
+    settings = Settings(bind="127.0.0.1:0", data_dir=data_dir, launcher="cold")
+    if os.geteuid() != 0:
+        return settings
+    first = config.from_env(settings, os.environ).sandbox_uid_base
+    cells = SandboxRunner.cells(settings.max_concurrent)
+    return settings.replace(sandbox_uid_base=UidClaim.free_first(first, cells))
+
+
 async def _run_one(args: argparse.Namespace, out: TextIO) -> int:
     try:
         event = parse_event(args.event) if args.event else None
@@ -312,7 +331,7 @@ async def _run_one(args: argparse.Namespace, out: TextIO) -> int:
 
     with tempfile.TemporaryDirectory(prefix="cbexec-run-") as scratch:
         data_dir = args.data_dir or Path(scratch) / "data"
-        settings = Settings(bind="127.0.0.1:0", data_dir=data_dir, launcher="cold")
+        settings = _throwaway_settings(data_dir)
         if args.data_dir is None:
             # The throwaway data dir goes with the run; mail (whose path the run prints)
             # must outlive it to be read.

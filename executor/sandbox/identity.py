@@ -60,6 +60,28 @@ class UidClaim:
             raise
         return cls(first, count, fds)
 
+    @classmethod
+    def free_first(
+        cls, first: int, count: int, *, tries: int = 64, directory: Path = CLAIM_DIR
+    ) -> int:
+        """The first range of ``count`` uids from ``first`` on that no executor holds now.
+
+        For a throwaway executor (``cbexec run --embedded``) beside a running one: it
+        takes the next free range instead of refusing to start. Its own ``take`` at
+        start still decides: a range claimed in between is refused as usual.
+        """
+        for attempt in range(tries):
+            candidate = first + attempt * count
+            try:
+                cls.take(candidate, count, directory).release()
+            except ConfigError:
+                continue
+            return candidate
+        raise ConfigError(
+            f"sandbox_uid_base: no free range of {count} uids from {first} to "
+            f"{first + tries * count - 1}; stop an executor or set sandbox_uid_base"
+        )
+
     def release(self) -> None:
         """Let the range go (closing the files drops the locks); again is harmless."""
         fds, self._fds = self._fds, []

@@ -95,3 +95,14 @@ async def test_a_killed_executor_leaves_its_uids_free(tmp_path: Path) -> None:
     claim = UidClaim.take(70000, 4, claims)
     assert str(claim) == "70000-70003"
     claim.release()
+
+
+def test_a_throwaway_executor_takes_the_next_free_range(tmp_path: Path) -> None:
+    held = UidClaim.take(70000, 4, tmp_path)
+    try:
+        assert UidClaim.free_first(70000, 4, directory=tmp_path) == 70004
+        with pytest.raises(ConfigError, match="no free range of 4 uids from 70000 to 70003"):
+            UidClaim.free_first(70000, 4, tries=1, directory=tmp_path)
+    finally:
+        held.release()
+    assert UidClaim.free_first(70000, 4, directory=tmp_path) == 70000

@@ -38,7 +38,9 @@ async def run_py(
     )
 
 
-async def cbexec(*argv: str, timeout_s: float = 60.0) -> tuple[int, str, str]:
+async def cbexec(
+    *argv: str, timeout_s: float = 60.0, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
     """Run the cbexec command as a real process (the server shares this event loop)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -47,7 +49,7 @@ async def cbexec(*argv: str, timeout_s: float = 60.0) -> tuple[int, str, str]:
         *argv,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "CBEXEC_ADDRESS": "", "CBEXEC_AUTH_TOKEN": ""},
+        env={**os.environ, "CBEXEC_ADDRESS": "", "CBEXEC_AUTH_TOKEN": "", **(env or {})},
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
@@ -239,9 +241,11 @@ async def test_cbexec_run_through_a_running_executor(stack: Stack, tmp_path: Pat
     assert "outcome: FAILED" in out and "bad frame range" in out
 
 
-async def test_cbexec_run_embedded(tmp_path: Path) -> None:
+async def test_cbexec_run_embedded(stack: Stack, tmp_path: Path) -> None:
     job_file = tmp_path / "job.json"
     job_file.write_text(json.dumps({"id": 4000, "name": "x", "user": "bob", "status": "running"}))
+    # A service runs on this host (``stack``, holding the suite's uid range): the throwaway
+    # executor takes the next free range instead of refusing to start.
     code, out, err = await cbexec(
         "run",
         "--embedded",
@@ -251,6 +255,7 @@ async def test_cbexec_run_embedded(tmp_path: Path) -> None:
         str(job_file),
         "--code",
         "print(qb.jobinfo('-id', qb.jobid())[0]['name'])",
+        env={"CBEXEC_SANDBOX_UID_BASE": str(stack.settings.sandbox_uid_base)},
     )
     assert code == 0, out + err
     assert "job submitted as id" in out
