@@ -80,12 +80,17 @@ def _ip_and_port(address: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Ad
     return ip, int(port)
 
 
-def _split(addresses: str | Sequence[str]) -> list[str]:
+def _given(addresses: str | Sequence[str]) -> list[str]:
     given = [addresses] if isinstance(addresses, str) else list(addresses)
     for item in given:
         if not isinstance(item, str):
             raise TypeError(f"expected an address string, got {item!r}")
-    return [part.strip() for item in given for part in item.split(",") if part.strip()]
+    return [item.strip() for item in given if item.strip()]
+
+
+def _is_fleet_target(text: str) -> bool:
+    """An ipv4:/ipv6: list (commas belong to it), or one dns: name."""
+    return text.startswith(("ipv4:", "ipv6:")) or (text.startswith("dns:") and "," not in text)
 
 
 def resolve_target(addresses: str | Sequence[str]) -> Target:
@@ -94,14 +99,14 @@ def resolve_target(addresses: str | Sequence[str]) -> Target:
     ``addresses``: a string, possibly a comma-separated list, or a sequence of them (a
     repeated command-line flag). Raises ValueError naming the bad entry.
     """
-    parts = _split(addresses)
+    given = _given(addresses)
+    if len(given) == 1 and _is_fleet_target(given[0]):
+        return Target(given[0], FLEET_SERVICE_CONFIG)  # a gRPC fleet target, as is
+    parts = [part.strip() for item in given for part in item.split(",") if part.strip()]
     if not parts:
         raise ValueError("no executor address given")
     if len(parts) == 1:
-        (only,) = parts
-        if only.startswith(_FLEET_SCHEMES):
-            return Target(only, FLEET_SERVICE_CONFIG)
-        return Target(only)
+        return Target(parts[0])
     for part in parts:
         if ":/" in part or part.startswith(_FLEET_SCHEMES):
             raise ValueError(

@@ -129,6 +129,18 @@ async def test_an_executor_that_is_not_serving_gets_no_calls_until_it_serves_aga
                 await channel.close()
 
 
+async def test_a_fleet_named_by_dns_is_reached_through_its_records(tmp_path: Path) -> None:
+    """A DNS name: every record of localhost; the one with an executor takes every call.
+
+    localhost may also resolve to ::1, where no executor listens: that record is skipped.
+    """
+    async with executor(tmp_path / "a", 1) as a:
+        async with ExecutorClient(f"dns:///localhost:{a.port}") as fleet:
+            for n in range(3):
+                await run(fleet, n)
+        assert await eventually(lambda: _is_count(f"127.0.0.1:{a.port}", 3), timeout_s=10)
+
+
 async def _is_count(address: str, expected: int) -> bool:
     return await succeeded(address) == expected
 
