@@ -14,6 +14,12 @@ Argument forms (Qube's, qube-callbacks.md §3.5):
 - ``jobinfo('-id', n)``, ``jobinfo('-pgrp', n)``, ``jobinfo(id=n)``, ``jobinfo(pgrp=n)``,
   ``jobinfo(n)``, and no selector meaning the callback's own job; ``callbacks=True`` or
   the flag ``'-callbacks'`` adds each job's callbacks.
+
+Effects are numbered: every supervisor action request (one per job, per work target,
+per instance target) and every mail takes the run's next ``action_seq``, from 1, in the
+order the callback makes them. A re-run of the same callback with the same invocation id
+numbers the same actions the same way, and the supervisor applies each
+``(invocation_id, action_seq)`` once (supervisor.proto). Reads take no number.
 """
 
 from __future__ import annotations
@@ -164,6 +170,12 @@ class HostApi:
         self._invocation = invocation
         self._log = ActionLog()
         self._calls = 0
+        self._action_seq = 0
+
+    def next_action_seq(self) -> int:
+        """The number of the run's next effect (1, 2, ...): a supervisor action or a mail."""
+        self._action_seq += 1
+        return self._action_seq
 
     @property
     def actions(self) -> list[ActionRecord]:
@@ -315,6 +327,7 @@ class HostApi:
                     job_id,
                     actor=self._invocation.actor,
                     invocation_id=self._invocation.invocation_id,
+                    action_seq=self.next_action_seq(),
                 )
                 for job_id in ids
             ]
@@ -339,6 +352,7 @@ class HostApi:
                         names,
                         actor=self._invocation.actor,
                         invocation_id=self._invocation.invocation_id,
+                        action_seq=self.next_action_seq(),
                     )
                 )
             return _total(outcomes)
@@ -364,6 +378,7 @@ class HostApi:
                         subids,
                         actor=self._invocation.actor,
                         invocation_id=self._invocation.invocation_id,
+                        action_seq=self.next_action_seq(),
                     )
                 )
             return _total(outcomes)

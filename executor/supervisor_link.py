@@ -3,6 +3,11 @@
 ``executor.api.supervisor.GrpcSupervisor`` implements the port over the SupervisorService
 (a site's supervisor, or the embedded reference one on its private socket); a failed
 call raises ``HostCallError`` with the exception kind the callback sees.
+
+Every action carries ``invocation_id`` and ``action_seq`` (its position among the run's
+effects, from 1, numbered by ``host_api.HostApi``): a supervisor applies each pair once,
+so a run repeated with the same invocation id (a fleet re-running a firing whose replica
+died) does not apply its actions twice. Reads (``job_info``) are not numbered.
 """
 
 from __future__ import annotations
@@ -45,13 +50,27 @@ class SupervisorPort(Protocol):
     ) -> list[dict[str, Any]]: ...
 
     async def job_action(
-        self, verb: str, job_id: int, *, actor: str, invocation_id: str
+        self, verb: str, job_id: int, *, actor: str, invocation_id: str, action_seq: int
     ) -> ActionOutcome: ...
 
     async def work_action(
-        self, verb: str, job_id: int, work_names: list[str], *, actor: str, invocation_id: str
+        self,
+        verb: str,
+        job_id: int,
+        work_names: list[str],
+        *,
+        actor: str,
+        invocation_id: str,
+        action_seq: int,
     ) -> ActionOutcome: ...
 
     async def subjob_action(
-        self, verb: str, job_id: int, subjob_ids: list[int], *, actor: str, invocation_id: str
+        self,
+        verb: str,
+        job_id: int,
+        subjob_ids: list[int],
+        *,
+        actor: str,
+        invocation_id: str,
+        action_seq: int,
     ) -> ActionOutcome: ...

@@ -27,6 +27,7 @@ from supervisor_client.credentials import RECONNECT_OPTIONS, open_channel
 from supervisor_client.errors import from_rpc_error
 from supervisor_client.jobdict import job_from_dict
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc, types_pb2
+from supervisor_client.targets import resolve_target
 
 __all__ = [
     "OUTCOMES",
@@ -89,27 +90,39 @@ def build_execute_request(
 
 
 def executor_channel(
-    channel_or_address: grpc.aio.Channel | str,
+    channel_or_address: grpc.aio.Channel | str | Sequence[str],
     *,
     root_certificates: bytes | None = None,
     private_key: bytes | None = None,
     certificate_chain: bytes | None = None,
     token: str | None = None,
+    fleet: bool = True,
 ) -> tuple[grpc.aio.Channel, bool]:
     """The channel a client uses, and whether the client opened it (and so closes it).
 
-    A channel given is used as it is; for an address, one is opened with the TLS and
-    token options, taking answers as large as an executor sends.
+    A channel given is used as it is; for addresses (one, a list, or a DNS name, see
+    ``targets.py``), one is opened with the TLS and token options, taking answers as
+    large as an executor sends; a fleet's channel balances round-robin over healthy
+    executors. ``fleet=False`` refuses several (ValueError): for what one executor owns.
     """
-    if not isinstance(channel_or_address, str):
+    if isinstance(channel_or_address, grpc.aio.Channel):
         return channel_or_address, False
+    where = resolve_target(channel_or_address)
+    if where.is_fleet and not fleet:
+        raise ValueError(f"expected one executor's address, got a fleet: {where.target}")
+    options: list[tuple[str, Any]] = [
+        *RECONNECT_OPTIONS,
+        ("grpc.max_receive_message_length", MAX_ANSWER_BYTES),
+    ]
+    if where.service_config is not None:
+        options.append(("grpc.service_config", where.service_config))
     channel = open_channel(
-        channel_or_address,
+        where.target,
         root_certificates=root_certificates,
         private_key=private_key,
         certificate_chain=certificate_chain,
         token=token,
-        options=(*RECONNECT_OPTIONS, ("grpc.max_receive_message_length", MAX_ANSWER_BYTES)),
+        options=options,
     )
     return channel, True
 
@@ -119,8 +132,11 @@ class ExecutorClient:
 
     Args:
         channel_or_address: an open ``grpc.aio.Channel`` (the caller keeps owning it and
-            closes it), or a "host:port" to open a channel that this client owns and
-            closes in ``close()``; the options below apply to such a channel only.
+            closes it), or where to open a channel that this client owns and closes in
+            ``close()``: a "host:port"; a fleet as a list of "IP:PORT" (comma-separated,
+            or a sequence of strings) or as "dns:///name:port" (every record of the
+            name), balanced round-robin over the executors that are healthy (see
+            ``supervisor_client.targets``). The options below apply to such a channel only.
         root_certificates: PEM CA that signed the executor's certificate; turns on TLS.
         private_key, certificate_chain: PEM client key and certificate (mutual TLS).
         token: the executor's ``auth_token``, sent as ``authorization: Bearer <token>``.
@@ -128,7 +144,7 @@ class ExecutorClient:
 
     def __init__(
         self,
-        channel_or_address: grpc.aio.Channel | str,
+        channel_or_address: grpc.aio.Channel | str | Sequence[str],
         *,
         root_certificates: bytes | None = None,
         private_key: bytes | None = None,

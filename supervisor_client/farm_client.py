@@ -79,7 +79,8 @@ class FarmClient:
     Args:
         channel_or_address: an open ``grpc.aio.Channel`` (kept by the caller, e.g. the
             one an ``ExecutorClient`` uses), or "host:port" for a channel this client
-            opens and closes; the options below apply to such a channel only.
+            opens and closes (one executor: a list or a DNS name is a ValueError); the
+            options below apply to such a channel only.
         root_certificates, private_key, certificate_chain, token: as for ExecutorClient.
     """
 
@@ -98,6 +99,7 @@ class FarmClient:
             private_key=private_key,
             certificate_chain=certificate_chain,
             token=token,
+            fleet=False,  # a farm is one executor's embedded supervisor
         )
         self._farm = farm_pb2_grpc.FarmServiceStub(self._channel)
 

@@ -71,19 +71,27 @@ class GrpcSupervisor:
         return [job_to_dict(job, include_callbacks=include_callbacks) for job in response.jobs]
 
     async def job_action(
-        self, verb: str, job_id: int, *, actor: str, invocation_id: str
+        self, verb: str, job_id: int, *, actor: str, invocation_id: str, action_seq: int
     ) -> ActionOutcome:
         request = supervisor_pb2.JobActionRequest(
             verb=supervisor_pb2.JobVerb.Value(f"JOB_VERB_{verb.upper()}"),
             job_id=job_id,
             actor=actor,
             invocation_id=invocation_id,
+            action_seq=action_seq,
         )
         response = await self._call(self._stub.JobAction, request)
         return ActionOutcome(response.changed, response.message)
 
     async def work_action(
-        self, verb: str, job_id: int, work_names: list[str], *, actor: str, invocation_id: str
+        self,
+        verb: str,
+        job_id: int,
+        work_names: list[str],
+        *,
+        actor: str,
+        invocation_id: str,
+        action_seq: int,
     ) -> ActionOutcome:
         request = supervisor_pb2.WorkActionRequest(
             verb=supervisor_pb2.WorkVerb.Value(f"WORK_VERB_{verb.upper()}"),
@@ -91,12 +99,20 @@ class GrpcSupervisor:
             work_names=work_names,
             actor=actor,
             invocation_id=invocation_id,
+            action_seq=action_seq,
         )
         response = await self._call(self._stub.WorkAction, request)
         return ActionOutcome(response.changed, response.message)
 
     async def subjob_action(
-        self, verb: str, job_id: int, subjob_ids: list[int], *, actor: str, invocation_id: str
+        self,
+        verb: str,
+        job_id: int,
+        subjob_ids: list[int],
+        *,
+        actor: str,
+        invocation_id: str,
+        action_seq: int,
     ) -> ActionOutcome:
         request = supervisor_pb2.SubjobActionRequest(
             verb=supervisor_pb2.JobVerb.Value(f"JOB_VERB_{verb.upper()}"),
@@ -104,6 +120,7 @@ class GrpcSupervisor:
             subjob_ids=subjob_ids,
             actor=actor,
             invocation_id=invocation_id,
+            action_seq=action_seq,
         )
         response = await self._call(self._stub.SubjobAction, request)
         return ActionOutcome(response.changed, response.message)

@@ -12,7 +12,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Final, TextIO
 
@@ -29,6 +29,27 @@ DEFAULT_ADDRESS: Final = "127.0.0.1:50051"
 Command = Callable[[argparse.Namespace, TextIO], Coroutine[Any, Any, int]]
 
 
+class AddressList(argparse.Action):
+    """``--address`` repeated: the values join into one comma-separated list.
+
+    The first ``--address`` replaces the default (the very object argparse put there);
+    later ones add to it. A list is a fleet (``supervisor_client.targets``).
+    """
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        current = getattr(namespace, self.dest, None)
+        given = str(values)
+        if isinstance(current, str) and current is not self.default:
+            given = f"{current},{given}"
+        setattr(namespace, self.dest, given)
+
+
 def connection_options(*, suppress: bool = False) -> argparse.ArgumentParser:
     """Connection flags; ``suppress`` (for a sub-subcommand) leaves unset ones to the parent."""
     parent = argparse.ArgumentParser(
@@ -36,10 +57,13 @@ def connection_options(*, suppress: bool = False) -> argparse.ArgumentParser:
     )
     parent.add_argument(
         "--address",
+        action=AddressList,
         default=argparse.SUPPRESS
         if suppress
         else os.environ.get("CBEXEC_ADDRESS", DEFAULT_ADDRESS),
-        help="executor host:port (default: $CBEXEC_ADDRESS, else 127.0.0.1:50051)",
+        help="executor host:port, or a fleet: IP:PORT,IP:PORT (or the flag repeated), or "
+        "dns:///NAME:PORT, balanced round-robin over the healthy ones "
+        "(default: $CBEXEC_ADDRESS, else 127.0.0.1:50051)",
     )
     parent.add_argument(
         "--token",
@@ -63,25 +87,40 @@ def _read(path: Path | None, option: str) -> bytes | None:
 
 
 def connect(args: argparse.Namespace, address: str | None = None) -> ExecutorClient:
-    """An ExecutorClient for the connection options (TLS when any certificate is given)."""
-    return ExecutorClient(
-        address or args.address,
-        root_certificates=_read(args.tls_ca, "--tls-ca"),
-        certificate_chain=_read(args.tls_cert, "--tls-cert"),
-        private_key=_read(args.tls_key, "--tls-key"),
-        token=args.token,
-    )
+    """An ExecutorClient for the connection options (TLS when any certificate is given).
+
+    ``--address`` may name a fleet (several addresses, or dns:///NAME:PORT); a malformed
+    one is a ConfigError naming it.
+    """
+    try:
+        return ExecutorClient(
+            address or args.address,
+            root_certificates=_read(args.tls_ca, "--tls-ca"),
+            certificate_chain=_read(args.tls_cert, "--tls-cert"),
+            private_key=_read(args.tls_key, "--tls-key"),
+            token=args.token,
+        )
+    except ValueError as err:
+        raise ConfigError(f"--address: {err}") from err
 
 
 def connect_farm(args: argparse.Namespace) -> FarmClient:
-    """A FarmClient for the connection options, as ``connect`` makes an ExecutorClient."""
-    return FarmClient(
-        args.address,
-        root_certificates=_read(args.tls_ca, "--tls-ca"),
-        certificate_chain=_read(args.tls_cert, "--tls-cert"),
-        private_key=_read(args.tls_key, "--tls-key"),
-        token=args.token,
-    )
+    """A FarmClient for the connection options, as ``connect`` makes an ExecutorClient.
+
+    A farm is one executor's embedded supervisor: ``--address`` must name one executor.
+    """
+    try:
+        return FarmClient(
+            args.address,
+            root_certificates=_read(args.tls_ca, "--tls-ca"),
+            certificate_chain=_read(args.tls_cert, "--tls-cert"),
+            private_key=_read(args.tls_key, "--tls-key"),
+            token=args.token,
+        )
+    except ValueError as err:
+        raise ConfigError(
+            f"--address: {err}; the farm is one executor's embedded supervisor"
+        ) from err
 
 
 def rpc_command(work: Command) -> Callable[[argparse.Namespace], int]:

@@ -19,6 +19,13 @@ item), the triggering work item's ``WORK_*`` and instance's ``SUBJOB_*``, ``TRIG
 Recipients: the job's ``mailaddress`` (a comma, semicolon or space separated list),
 else its ``user``; a bare name gets ``@`` + ``default_domain``.
 
+Message-ID: a mail a callback sends is named by its run and position,
+``<cbexec.<invocation id>.<action seq>@<default_domain>>`` (``message_id``), the same on
+every executor and every re-run of the run, so a mail re-sent by a re-run (a fleet
+re-running a firing whose replica died) carries the Message-ID of the first and an MTA
+or mail client that drops duplicates recognises it. An invocation id with characters a
+Message-ID may not hold is replaced by its SHA-256.
+
 Delivery: ``file`` (default) writes one RFC 5322 message per file into a maildir
 (``directory``/tmp, then an atomic rename into ``directory``/new, named ``*.eml``);
 ``smtp`` sends through ``smtp_host``:``smtp_port`` with smtplib (optional STARTTLS and
@@ -28,6 +35,7 @@ login). ``Mailer.deliver`` blocks; async callers run it with ``asyncio.to_thread
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
@@ -54,6 +62,8 @@ QB_TIME_EPOCH_OFFSET: Final = 946702800
 
 _HEADER_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9-]*):[ \t]*(.*)$")
 _ADDRESS_SEPARATORS = re.compile(r"[,;\s]+")
+# What an invocation id may hold to appear in a Message-ID as is (a uuid does).
+_MESSAGE_ID_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _delivery_counter = itertools.count(1)
 
 
@@ -331,6 +341,14 @@ def _one_line(value: str) -> str:
     return " ".join(value.split())
 
 
+def message_id(invocation_id: str, action_seq: int, domain: str) -> str:
+    """The Message-ID of the mail a run sends at ``action_seq``: stable across re-runs."""
+    local = invocation_id
+    if not _MESSAGE_ID_SAFE.match(local):
+        local = hashlib.sha256(invocation_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"<cbexec.{local}.{action_seq}@{domain or 'localhost'}>"
+
+
 def render(
     kind: MailKind,
     job: dict[str, Any],
@@ -338,8 +356,13 @@ def render(
     subjob: dict[str, Any] | None,
     triggers: str,
     settings: MailSettings | None = None,
+    *,
+    message_id: str | None = None,
 ) -> EmailMessage:
-    """The message for one mail: template of ``kind`` expanded for this job, addressed."""
+    """The message for one mail: template of ``kind`` expanded for this job, addressed.
+
+    ``message_id`` (see ``message_id()``) names it; without one it gets a unique one.
+    """
     settings = settings or MailSettings()
     variables = template_variables(job, work, subjob, triggers)
     to = recipients(job, settings.default_domain)
@@ -356,7 +379,7 @@ def render(
     message["To"] = ", ".join(to)
     message["Subject"] = _one_line(subject)
     message["Date"] = formatdate(localtime=True)
-    message["Message-ID"] = make_msgid(domain=settings.default_domain or None)
+    message["Message-ID"] = message_id or make_msgid(domain=settings.default_domain or None)
     message["X-Qube-Job"] = variables["JOB_ID"]
     message["X-Qube-Mail"] = kind
     message.set_content(string.Template(body).safe_substitute(variables))

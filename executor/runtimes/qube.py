@@ -22,7 +22,10 @@ Targets:
   instances, ``unblock-subjob-self-single`` only ever the triggering one;
 - ``mail-status`` (job template), ``mail-subjob-status`` (instance),
   ``mail-license-status``, ``mail-report-status``: read the job (``qb.jobinfo()``) so
-  the status is current, render the template (``executor/runtimes/mail.py``) and deliver it.
+  the status is current, render the template (``executor/runtimes/mail.py``) and deliver it,
+  named by a Message-ID made of the invocation id and the mail's ``action_seq`` (the
+  run's effects are numbered by ``HostApi.next_action_seq``), so a re-run's mail is
+  recognisably the same mail.
 
 Each code string that ran adds one stdout line, e.g. ``unblock-self: job 12 blocked
 -> pending``.
@@ -40,7 +43,14 @@ from typing import Any, Final
 from executor.errors import HostCallError
 from executor.host_api import HostApi
 from executor.model import Failure, Invocation, Outcome, RunResult, Usage
-from executor.runtimes.mail import Mailer, MailError, MailKind, MailSettings, render
+from executor.runtimes.mail import (
+    Mailer,
+    MailError,
+    MailKind,
+    MailSettings,
+    message_id,
+    render,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -214,6 +224,8 @@ class QubeInterpreter:
     async def _mail(
         self, code: str, kind: MailKind, invocation: Invocation, host: HostApi
     ) -> _Step:
+        # The mail's place among the run's effects, taken first: the same on a re-run.
+        action_seq = host.next_action_seq()
         try:
             (job,) = await host.call("jobinfo", [], {})
         except HostCallError as err:
@@ -234,8 +246,17 @@ class QubeInterpreter:
                 {"id": invocation.subjob_id},
             )
         try:
+            settings = self._mailer.settings
             message = render(
-                kind, job, work, subjob, invocation.callback.triggers, self._mailer.settings
+                kind,
+                job,
+                work,
+                subjob,
+                invocation.callback.triggers,
+                settings,
+                message_id=message_id(
+                    invocation.invocation_id, action_seq, settings.default_domain
+                ),
             )
             where = await asyncio.to_thread(self._mailer.deliver, message)
         except MailError as err:

@@ -7,9 +7,19 @@
 // how any language without our stubs can call the executor.
 //
 //   npm install
-//   node client.js HOST:PORT [--job ID] [--token TOKEN] [--ca CA.pem [--cert C.pem --key K.pem]]
+//   node client.js ADDRESS [--job ID] [--token TOKEN] [--ca CA.pem [--cert C.pem --key K.pem]]
+//                  [--executes N] [--no-events]
 //
-// Prints one JSON object per call on stdout; exits 0 when both calls succeeded and the
+// ADDRESS is one executor's HOST:PORT, or a fleet: IP:PORT,IP:PORT,... (all IPv4 or all
+// IPv6 in brackets) or dns:///NAME:PORT (every record of the name). A fleet's channel
+// balances the calls round-robin (grpc-js's round_robin policy, chosen by the service
+// config) over the executors it can connect to. grpc-js has no client-side health
+// checking: an executor that is down is skipped, but one that is up and NOT_SERVING
+// (stopping, or its storage failing) still gets its share and answers UNAVAILABLE.
+// --executes runs Execute N times (default 1); --no-events skips RegisterJob and
+// PublishEvent, for executors that do not share one trigger store.
+//
+// Prints one JSON object per call on stdout; exits 0 when every call succeeded and the
 // callbacks they ran SUCCEEDED, 1 otherwise. The token defaults to $CBEXEC_AUTH_TOKEN.
 "use strict";
 
@@ -21,19 +31,46 @@ const protoLoader = require("@grpc/proto-loader");
 
 const PROTO_ROOT = process.env.CBEXEC_PROTO_ROOT || path.resolve(__dirname, "..", "..", "proto");
 
+const USAGE = "usage: node client.js ADDRESS [--job ID] [--token T] [--ca CA.pem [--cert C --key K]]"
+  + " [--executes N] [--no-events]";
+
 function parseArgs(argv) {
-  const args = { address: argv[0], job: "1", token: process.env.CBEXEC_AUTH_TOKEN || "" };
+  const args = {
+    address: argv[0], job: "1", token: process.env.CBEXEC_AUTH_TOKEN || "", executes: "1",
+    events: true,
+  };
   for (let i = 1; i < argv.length; i += 2) {
+    if (argv[i] === "--no-events") {
+      args.events = false;
+      i -= 1;
+      continue;
+    }
     const key = argv[i].replace(/^--/, "");
-    if (!["job", "token", "ca", "cert", "key"].includes(key) || argv[i + 1] === undefined) {
+    if (!["job", "token", "ca", "cert", "key", "executes"].includes(key) || argv[i + 1] === undefined) {
       throw new Error(`unknown or incomplete option ${argv[i]}`);
     }
     args[key] = argv[i + 1];
   }
-  if (!args.address || args.address.startsWith("--")) {
-    throw new Error("usage: node client.js HOST:PORT [--job ID] [--token T] [--ca CA.pem [--cert C --key K]]");
-  }
+  if (!args.address || args.address.startsWith("--")) throw new Error(USAGE);
+  if (!/^[1-9][0-9]*$/.test(args.executes)) throw new Error(`--executes: expected a count, got ${args.executes}`);
   return args;
+}
+
+// One executor as given; a fleet as a gRPC target and the service config that balances it.
+function fleetTarget(address) {
+  const roundRobin = JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] });
+  if (/^(ipv4|ipv6):/.test(address) || (address.startsWith("dns:") && !address.includes(","))) {
+    return { target: address, options: { "grpc.service_config": roundRobin } };
+  }
+  const parts = address.split(",").map((part) => part.trim()).filter(Boolean);
+  if (parts.length === 1) return { target: parts[0], options: {} };
+  const v4 = parts.every((part) => /^\d{1,3}(\.\d{1,3}){3}:\d+$/.test(part));
+  const v6 = parts.every((part) => /^\[[0-9A-Fa-f:.]+\]:\d+$/.test(part));
+  if (!v4 && !v6) {
+    throw new Error(`a list of executors takes IP:PORT entries, all IPv4 or all [IPv6]:PORT; `
+      + `name a fleet by a host name as dns:///NAME:PORT (got ${address})`);
+  }
+  return { target: `${v4 ? "ipv4" : "ipv6"}:${parts.join(",")}`, options: { "grpc.service_config": roundRobin } };
 }
 
 function loadServices() {
@@ -63,43 +100,51 @@ function call(client, method, request, metadata) {
   });
 }
 
+// Register a job with a callback, publish the event that fires it; true when it SUCCEEDED.
+async function registerAndPublish(triggers, args, metadata) {
+  const registered = await call(triggers, "RegisterJob", {
+    job: {
+      id: args.job, name: "node-client", user: "node", pgrp: args.job,
+      callbacks: [{ triggers: "complete-job-self", language: "python",
+        code: "print('fired by a node event for job', qb.jobid())" }],
+    },
+  }, metadata);
+  console.log(JSON.stringify({ call: "RegisterJob", callbacks: registered.callbacks.length }));
+
+  const published = await call(triggers, "PublishEvent", {
+    name: "complete", type: "job", job_id: args.job, event_id: crypto.randomUUID(), wait: true,
+  }, metadata);
+  const fired = published.fired.map((f) => ({
+    callback_id: f.callback_id, triggers: f.triggers, invocation_id: f.invocation_id,
+    outcome: f.result ? f.result.outcome : null, stdout: f.result ? f.result.stdout : null,
+  }));
+  const ok = fired.length > 0 && fired.every((f) => f.outcome === "OUTCOME_SUCCEEDED");
+  console.log(JSON.stringify({ call: "PublishEvent", duplicate: published.duplicate, fired }));
+  return ok;
+}
+
 async function main() {
   const args = parseArgs(process.argv.slice(2));
   const { CallbackExecutorService, TriggerService } = loadServices();
+  const { target, options } = fleetTarget(args.address);
   // Two services on the executor's one port; the clients share one channel's settings.
-  const executor = new CallbackExecutorService(args.address, credentials(args));
-  const triggers = new TriggerService(args.address, credentials(args));
+  const executor = new CallbackExecutorService(target, credentials(args), options);
+  const triggers = new TriggerService(target, credentials(args), options);
   const metadata = new grpc.Metadata();
   if (args.token) metadata.set("authorization", `Bearer ${args.token}`);
   let ok = true;
   try {
-    const executed = await call(executor, "Execute", {
-      invocation_id: crypto.randomUUID(),
-      callback: { language: "python", code: "print('hello from node, job', qb.jobid())" },
-      context: { job: { id: args.job, name: "node-client", user: "node" } },
-    }, metadata);
-    ok = ok && executed.outcome === "OUTCOME_SUCCEEDED";
-    console.log(JSON.stringify({ call: "Execute", invocation_id: executed.invocation_id,
-      outcome: executed.outcome, stdout: executed.stdout }));
-
-    const registered = await call(triggers, "RegisterJob", {
-      job: {
-        id: args.job, name: "node-client", user: "node", pgrp: args.job,
-        callbacks: [{ triggers: "complete-job-self", language: "python",
-          code: "print('fired by a node event for job', qb.jobid())" }],
-      },
-    }, metadata);
-    console.log(JSON.stringify({ call: "RegisterJob", callbacks: registered.callbacks.length }));
-
-    const published = await call(triggers, "PublishEvent", {
-      name: "complete", type: "job", job_id: args.job, event_id: crypto.randomUUID(), wait: true,
-    }, metadata);
-    const fired = published.fired.map((f) => ({
-      callback_id: f.callback_id, triggers: f.triggers, invocation_id: f.invocation_id,
-      outcome: f.result ? f.result.outcome : null, stdout: f.result ? f.result.stdout : null,
-    }));
-    ok = ok && fired.length > 0 && fired.every((f) => f.outcome === "OUTCOME_SUCCEEDED");
-    console.log(JSON.stringify({ call: "PublishEvent", duplicate: published.duplicate, fired }));
+    for (let n = 0; n < Number(args.executes); n += 1) {
+      const executed = await call(executor, "Execute", {
+        invocation_id: crypto.randomUUID(),
+        callback: { language: "python", code: "print('hello from node, job', qb.jobid())" },
+        context: { job: { id: args.job, name: "node-client", user: "node" } },
+      }, metadata);
+      ok = ok && executed.outcome === "OUTCOME_SUCCEEDED";
+      console.log(JSON.stringify({ call: "Execute", invocation_id: executed.invocation_id,
+        outcome: executed.outcome, stdout: executed.stdout }));
+    }
+    if (args.events) ok = (await registerAndPublish(triggers, args, metadata)) && ok;
   } catch (err) {
     ok = false;
     const code = Object.keys(grpc.status).find((name) => grpc.status[name] === err.code);

@@ -1,8 +1,9 @@
 """The embedded reference supervisor: Qube job/work state on SQLite behind the Supervisor service.
 
 ``ReferenceSupervisor`` (store.py) keeps jobs, applies Qube's verbs (states.py) with
-Qube's permission mask and emits a ``Transition`` per state change; ``SupervisorServicer``
-(service.py) serves it over gRPC. Errors are in errors.py.
+Qube's permission mask and emits a ``Transition`` per state change, and applies each
+numbered action of a run once (applied.py); ``SupervisorServicer`` (service.py) serves it
+over gRPC. Errors are in errors.py.
 """
 
 from supervisor_client.reference.errors import (

@@ -3,7 +3,9 @@
 The only module of the reference supervisor that touches protobuf: requests become store
 calls with plain values, store errors become gRPC statuses (one table below), job dicts
 become ``Job`` messages through ``supervisor_client.jobdict``, the converter the
-executor uses in the other direction. Store calls are local and short, so the aio
+executor uses in the other direction. Actions carry ``action_seq``, and the store
+applies each ``(invocation_id, action_seq)`` once (applied.py): a repeat gets the first
+answer, an error included. Store calls are local and short, so the aio
 handlers call them directly instead of through a thread pool.
 """
 
@@ -139,6 +141,7 @@ class SupervisorServicer(supervisor_pb2_grpc.SupervisorServiceServicer):
                 request.job_id,
                 request.actor,
                 invocation_id=request.invocation_id,
+                action_seq=request.action_seq,
             ),
         )
         return supervisor_pb2.JobActionResponse(changed=result.changed, message=result.message)
@@ -155,6 +158,7 @@ class SupervisorServicer(supervisor_pb2_grpc.SupervisorServiceServicer):
                 list(request.work_names),
                 request.actor,
                 invocation_id=request.invocation_id,
+                action_seq=request.action_seq,
             ),
         )
         return supervisor_pb2.WorkActionResponse(changed=result.changed, message=result.message)
@@ -171,6 +175,7 @@ class SupervisorServicer(supervisor_pb2_grpc.SupervisorServiceServicer):
                 list(request.subjob_ids),
                 request.actor,
                 invocation_id=request.invocation_id,
+                action_seq=request.action_seq,
             ),
         )
         return supervisor_pb2.SubjobActionResponse(changed=result.changed, message=result.message)

@@ -6,6 +6,10 @@ operator's commands) drive work with ``start_work``/``complete_work``.
 Every state change becomes a ``Transition`` (the event a real supervisor would publish),
 delivered to listeners after the change is committed, outside the lock.
 
+A numbered action (``invocation_id`` + ``action_seq``, from a callback's run) is applied
+once: its answer is kept in the same transaction (applied.py), and a repeat is answered
+from there without applying again.
+
 One process owns the database file; inside it, one re-entrant lock serialises every use
 of the single connection, so the store is safe to call from any thread.
 """
@@ -23,6 +27,14 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
+from supervisor_client.reference.applied import (
+    DEFAULT_RETENTION_S,
+    REMEMBERED_ERRORS,
+    ActionKey,
+    Answer,
+    AppliedActions,
+    describe,
+)
 from supervisor_client.reference.errors import (
     NoSuchJobError,
     NoSuchWorkError,
@@ -151,6 +163,8 @@ class ReferenceSupervisor:
             non-admin acting on their own job (there are no per-user grants).
         listeners: called with each Transition after its change is committed.
         clock: Unix time source, replaceable for deterministic tests.
+        action_retention_s: how long the answer to a numbered action is kept to answer
+            a repeat (applied.py).
     """
 
     def __init__(
@@ -161,6 +175,7 @@ class ReferenceSupervisor:
         default_security: int = DEFAULT_SECURITY,
         listeners: Iterable[Listener] = (),
         clock: Callable[[], float] = time.time,
+        action_retention_s: float = DEFAULT_RETENTION_S,
     ) -> None:
         self._admins = frozenset(admins)
         self._security = default_security
@@ -178,6 +193,7 @@ class ReferenceSupervisor:
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(callbacks)")}
         if "mode" not in columns:  # a database from before the trigger engine's modes
             self._db.execute("ALTER TABLE callbacks ADD COLUMN mode TEXT NOT NULL DEFAULT ''")
+        self._applied = AppliedActions(self._db, action_retention_s)
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -467,17 +483,54 @@ class ReferenceSupervisor:
 
     # -- verbs ------------------------------------------------------------------------
 
+    def _once(
+        self, key: ActionKey | None, request: str, apply: Callable[[_Changes], ActionResult]
+    ) -> ActionResult:
+        """Apply a verb in one transaction; a numbered one only the first time (applied.py)."""
+        if key is None:
+            with self._transaction() as changes:
+                return apply(changes)
+        try:
+            with self._transaction() as changes:
+                earlier = self._applied.find(key, request)
+                if earlier is None:
+                    result = apply(changes)
+                    answer = Answer(request, result.changed, result.message)
+                    self._applied.remember(key, answer, self._clock())
+                    return result
+                repeat = earlier  # answered after the (empty) transaction, outside the lock
+        except tuple(REMEMBERED_ERRORS.values()) as err:
+            # Refused: its transaction rolled back; a repeat is refused the same way.
+            with self._lock, self._db:
+                refusal = Answer(request, 0, str(err), type(err).__name__)
+                self._applied.remember(key, refusal, self._clock())
+            raise
+        logger.info(
+            "action %d of invocation %s repeated: answered as the first time, not applied again",
+            key.action_seq,
+            key.invocation_id,
+        )
+        repeat.raise_error()
+        return ActionResult(repeat.changed, repeat.message)
+
+    def applied_action_count(self) -> int:
+        """How many numbered actions' answers are kept (applied.py)."""
+        with self._lock:
+            return self._applied.count()
+
     def job_action(
-        self, verb: str, job_id: int, actor: str, *, invocation_id: str = ""
+        self, verb: str, job_id: int, actor: str, *, invocation_id: str = "", action_seq: int = 0
     ) -> ActionResult:
         """Apply a job verb (qube-callbacks.md §5.2) on behalf of ``actor``.
 
         A verb that does not apply to the job's state changes nothing and says why
         (``changed=0``); it is not an error. Raises ValueError for an unknown verb,
-        NoSuchJobError, PermissionDeniedError.
+        NoSuchJobError, PermissionDeniedError. A numbered action (``action_seq`` > 0)
+        that was answered before is answered the same way and not applied again.
         """
         rule = job_rule(verb)
-        with self._transaction() as changes:
+
+        def apply(changes: _Changes) -> ActionResult:
             job = self._job_row(job_id)
             self._authorize(actor, job, verb)
             old = job["status"]
@@ -503,6 +556,9 @@ class ReferenceSupervisor:
             changes.note(job_id, line, invocation_id)
             return result
 
+        request = describe(verb, "job", job_id, "as", actor)
+        return self._once(ActionKey.of(invocation_id, action_seq), request, apply)
+
     def work_action(
         self,
         verb: str,
@@ -511,19 +567,22 @@ class ReferenceSupervisor:
         actor: str,
         *,
         invocation_id: str = "",
+        action_seq: int = 0,
     ) -> ActionResult:
         """Apply a work verb to the named items (exact names; ranges are the caller's job).
 
         Items the verb does not apply to are left alone and listed in the message; the
         job's status is then derived from its agenda. Raises ValueError (unknown verb,
         no names), NoSuchJobError, NoSuchWorkError naming every unknown item,
-        PermissionDeniedError (the bit of the same-named job verb).
+        PermissionDeniedError (the bit of the same-named job verb). Numbered actions
+        are applied once, as ``job_action``'s.
         """
         rule = work_rule(verb)
         names = list(dict.fromkeys(str(name) for name in work_names))
         if not names:
             raise ValueError(f"work {verb} needs at least one work name")
-        with self._transaction() as changes:
+
+        def apply(changes: _Changes) -> ActionResult:
             job = self._job_row(job_id)
             self._authorize(actor, job, verb)
             items = {work["name"]: work for work in self._work_rows(job_id)}
@@ -555,6 +614,9 @@ class ReferenceSupervisor:
             )
             return result
 
+        request = describe(f"work{verb}", f"{job_id}:{','.join(names)}", "as", actor)
+        return self._once(ActionKey.of(invocation_id, action_seq), request, apply)
+
     def subjob_action(
         self,
         verb: str,
@@ -563,15 +625,18 @@ class ReferenceSupervisor:
         actor: str,
         *,
         invocation_id: str = "",
+        action_seq: int = 0,
     ) -> ActionResult:
         """Apply a job verb to instances (all of them when ``subjob_ids`` is empty).
 
         Instances follow the job's state rules; remove does not apply to them
         (ValueError). Instance changes do not move the job or its work. Raises
-        NoSuchJobError for an unknown job or instance, PermissionDeniedError.
+        NoSuchJobError for an unknown job or instance, PermissionDeniedError. Numbered
+        actions are applied once, as ``job_action``'s.
         """
         rule = subjob_rule(verb)
-        with self._transaction() as changes:
+
+        def apply(changes: _Changes) -> ActionResult:
             job = self._job_row(job_id)
             self._authorize(actor, job, verb)
             rows = self._db.execute(
@@ -600,6 +665,10 @@ class ReferenceSupervisor:
                 invocation_id,
             )
             return result
+
+        instances = f"{job_id}.{','.join(map(str, subjob_ids)) or 'all'}"
+        request = describe(f"subjob{verb}", instances, "as", actor)
+        return self._once(ActionKey.of(invocation_id, action_seq), request, apply)
 
     # -- work lifecycle: what workers would do, driven by tests and demos --------------
 

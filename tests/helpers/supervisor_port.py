@@ -55,27 +55,53 @@ class ReferencePort:
             return [self.supervisor.job(job_id or 0, include_callbacks=include_callbacks)]
 
     async def job_action(
-        self, verb: str, job_id: int, *, actor: str, invocation_id: str
+        self, verb: str, job_id: int, *, actor: str, invocation_id: str, action_seq: int
     ) -> ActionOutcome:
         with _as_host_errors():
-            result = self.supervisor.job_action(verb, job_id, actor, invocation_id=invocation_id)
+            result = self.supervisor.job_action(
+                verb, job_id, actor, invocation_id=invocation_id, action_seq=action_seq
+            )
         return ActionOutcome(result.changed, result.message)
 
     async def work_action(
-        self, verb: str, job_id: int, work_names: list[str], *, actor: str, invocation_id: str
+        self,
+        verb: str,
+        job_id: int,
+        work_names: list[str],
+        *,
+        actor: str,
+        invocation_id: str,
+        action_seq: int,
     ) -> ActionOutcome:
         with _as_host_errors():
             result = self.supervisor.work_action(
-                verb, job_id, work_names, actor, invocation_id=invocation_id
+                verb,
+                job_id,
+                work_names,
+                actor,
+                invocation_id=invocation_id,
+                action_seq=action_seq,
             )
         return ActionOutcome(result.changed, result.message)
 
     async def subjob_action(
-        self, verb: str, job_id: int, subjob_ids: list[int], *, actor: str, invocation_id: str
+        self,
+        verb: str,
+        job_id: int,
+        subjob_ids: list[int],
+        *,
+        actor: str,
+        invocation_id: str,
+        action_seq: int,
     ) -> ActionOutcome:
         with _as_host_errors():
             result = self.supervisor.subjob_action(
-                verb, job_id, subjob_ids, actor, invocation_id=invocation_id
+                verb,
+                job_id,
+                subjob_ids,
+                actor,
+                invocation_id=invocation_id,
+                action_seq=action_seq,
             )
         return ActionOutcome(result.changed, result.message)
 

@@ -1,7 +1,9 @@
 """A real SupervisorService on loopback for tests that count what the executor delivers.
 
 ``CountingSupervisor`` is the reference supervisor's service, counting every reported
-result by invocation id (applied, or acknowledged as a duplicate); ``SupervisorEndpoint``
+result by invocation id (applied, or acknowledged as a duplicate) and every action
+request by ``(invocation_id, action_seq)`` (the store applies each pair once; its
+history shows what was applied); ``SupervisorEndpoint``
 serves it on one loopback port that can be stopped and started again.
 """
 
@@ -30,6 +32,26 @@ class CountingSupervisor(SupervisorServicer):
         self.duplicates: Counter[str] = Counter()
         self.batches: list[int] = []
         self.delay_s = delay_s
+        # Every action request, in arrival order: (invocation_id, action_seq).
+        self.action_requests: list[tuple[str, int]] = []
+
+    async def JobAction(
+        self, request: supervisor_pb2.JobActionRequest, context: Any
+    ) -> supervisor_pb2.JobActionResponse:
+        self.action_requests.append((request.invocation_id, request.action_seq))
+        return await super().JobAction(request, context)
+
+    async def WorkAction(
+        self, request: supervisor_pb2.WorkActionRequest, context: Any
+    ) -> supervisor_pb2.WorkActionResponse:
+        self.action_requests.append((request.invocation_id, request.action_seq))
+        return await super().WorkAction(request, context)
+
+    async def SubjobAction(
+        self, request: supervisor_pb2.SubjobActionRequest, context: Any
+    ) -> supervisor_pb2.SubjobActionResponse:
+        self.action_requests.append((request.invocation_id, request.action_seq))
+        return await super().SubjobAction(request, context)
 
     async def ReportResult(
         self, request: supervisor_pb2.ReportResultRequest, context: Any

@@ -6,11 +6,14 @@ import asyncio
 import json
 import os
 import shutil
+import socket
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Stack
+from tests.conftest import TEST_UID_BASE, Stack, running_stack, stack_settings
+from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.service
 
@@ -103,3 +106,54 @@ async def test_node_client_reports_a_refusal(stack: Stack, installed_client: Pat
     )
     assert code == 1
     assert "Execute failed: INVALID_ARGUMENT" in err
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_node_client_skips_an_executor_that_is_down(
+    stack: Stack, installed_client: Path
+) -> None:
+    """A fleet list whose first executor is down: every call goes to the one that is up."""
+    assert NODE is not None
+    job = stack.supervisor.submit([{"name": "from-node", "user": "node"}])[0]
+    env = {**os.environ, "CBEXEC_PROTO_ROOT": str(REPO / "proto"), "CBEXEC_AUTH_TOKEN": ""}
+    fleet = f"127.0.0.1:{_closed_port()},{stack.address}"
+    code, out, err = await _run(
+        NODE, "client.js", fleet, "--job", str(job["id"]), "--executes", "3",
+        cwd=installed_client, env=env, timeout_s=60,
+    )  # fmt: skip
+    assert code == 0, out + err
+    calls = [json.loads(line)["call"] for line in out.splitlines()]
+    assert calls == ["Execute"] * 3 + ["RegisterJob", "PublishEvent"]
+
+
+async def test_node_client_balances_round_robin_over_two_executors(
+    stack_warm: Stack, installed_client: Path, tmp_path: Path
+) -> None:
+    """Two executors (separate trigger stores, so Execute only): both take calls."""
+    assert NODE is not None
+    second_settings = stack_settings(tmp_path / "second", sandbox_uid_base=TEST_UID_BASE + 100)
+    async with running_stack(second_settings) as second:
+        env = {**os.environ, "CBEXEC_PROTO_ROOT": str(REPO / "proto"), "CBEXEC_AUTH_TOKEN": ""}
+        fleet = f"{stack_warm.address},{second.address}"
+        code, out, err = await _run(
+            NODE, "client.js", fleet, "--executes", "8", "--no-events",
+            cwd=installed_client, env=env, timeout_s=60,
+        )  # fmt: skip
+        assert code == 0, out + err
+        assert len(out.splitlines()) == 8
+
+        async def ran(stack: Stack) -> int:
+            return (await stack.client.get_metrics()).runs_by_outcome.get("SUCCEEDED", 0)
+
+        assert await eventually(lambda: _both_ran(ran(stack_warm), ran(second), 8), timeout_s=10)
+
+
+async def _both_ran(first: Awaitable[int], second: Awaitable[int], total: int) -> bool:
+    on_first, on_second = await first, await second
+    return on_first >= 2 and on_second >= 2 and on_first + on_second == total

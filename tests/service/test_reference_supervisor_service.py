@@ -236,6 +236,47 @@ async def test_subjob_action(served: Served, blocked_job: int) -> None:
     assert remove.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def test_a_repeated_numbered_action_gets_the_first_answer_and_applies_nothing(
+    served: Served, blocked_job: int
+) -> None:
+    unblock = supervisor_pb2.JobActionRequest(
+        verb=JobVerb.JOB_VERB_UNBLOCK,
+        job_id=blocked_job,
+        actor="alice",
+        invocation_id="inv-1",
+        action_seq=1,
+    )
+    first = await served.stub.JobAction(unblock)
+    served.supervisor.job_action("block", blocked_job, "alice")  # an operator's, applied
+    repeat = await served.stub.JobAction(unblock)
+
+    assert first.changed == 1 and repeat == first
+    assert served.supervisor.job(blocked_job)["status"] == "blocked"
+    history = served.supervisor.history(blocked_job)
+    assert [line["invocation_id"] for line in history].count("inv-1") == 1
+
+
+async def test_a_repeated_numbered_refusal_is_refused_the_same_way(
+    served: Served, blocked_job: int
+) -> None:
+    request = supervisor_pb2.WorkActionRequest(
+        verb=WorkVerb.WORK_VERB_UNBLOCK,
+        job_id=blocked_job,
+        work_names=["9"],
+        actor="alice",
+        invocation_id="inv-2",
+        action_seq=4,
+    )
+    first = await rpc_error(served.stub.WorkAction(request))
+    request.work_names[:] = ["1"]  # the same position: answered as the first time
+    repeat = await rpc_error(served.stub.WorkAction(request))
+
+    assert first.code() == repeat.code() == grpc.StatusCode.NOT_FOUND
+    assert first.details() == repeat.details() == f"job {blocked_job} has no work item '9'"
+    assert dict(repeat.trailing_metadata() or ())["qb-error-kind"] == "NoSuchWork"
+    assert served.supervisor.job(blocked_job)["agenda"][0]["status"] == "blocked"
+
+
 # -- results ------------------------------------------------------------------------------
 
 

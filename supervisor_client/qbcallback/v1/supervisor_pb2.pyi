@@ -10,6 +10,18 @@ with ReportResult (or, several at once, ReportResults). A site implements
 this service for its real supervisor; supervisor_client ships an embedded
 reference implementation on SQLite.
 
+Effects once: a callback may run more than once with the same invocation id
+(in a fleet, a replica that dies mid-run loses its lease and another re-runs
+the firing). Every request that applies an action (JobAction, WorkAction,
+SubjobAction) therefore carries `invocation_id` and `action_seq`, the
+action's position among the run's effects. A supervisor applies each
+(invocation_id, action_seq) pair once: a repeat answers what the first call
+answered (the same response, or the same error) and changes nothing. The
+pair names a position, not a content: a re-run that asks something else at
+the same position gets the first answer. `action_seq` 0 (or an empty
+`invocation_id`) means not numbered: apply it, nothing to deduplicate.
+JobInfo reads only and is never deduplicated.
+
 Errors: NOT_FOUND for an unknown job (or work item), PERMISSION_DENIED when
 the actor may not, INVALID_ARGUMENT for a malformed request. A supervisor may
 name the exception a callback should see in the trailing metadata key
@@ -167,12 +179,21 @@ class JobActionRequest(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
     INVOCATION_ID_FIELD_NUMBER: _builtins.int
+    ACTION_SEQ_FIELD_NUMBER: _builtins.int
     verb: Global___JobVerb.ValueType
     job_id: _builtins.int
     actor: _builtins.str
     """The Qube user on whose behalf the callback acts."""
     invocation_id: _builtins.str
-    """The run making the call, for the supervisor's history."""
+    """The run making the call: the history's reference, and with action_seq
+    the key a repeated action is recognised by.
+    """
+    action_seq: _builtins.int
+    """The action's position among the run's effects: 1 for its first, then
+    strictly increasing in the order the callback made them (gaps allowed: a
+    mail takes a number too). A repeated (invocation_id, action_seq) must be
+    answered as the first time, without applying again; 0 means not numbered.
+    """
     def __init__(
         self,
         *,
@@ -180,10 +201,11 @@ class JobActionRequest(_message.Message):
         job_id: _builtins.int = ...,
         actor: _builtins.str = ...,
         invocation_id: _builtins.str = ...,
+        action_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "invocation_id", b"invocation_id", "job_id", b"job_id", "verb", b"verb"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_seq", b"action_seq", "actor", b"actor", "invocation_id", b"invocation_id", "job_id", b"job_id", "verb", b"verb"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -198,10 +220,20 @@ class WorkActionRequest(_message.Message):
     WORK_NAMES_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
     INVOCATION_ID_FIELD_NUMBER: _builtins.int
+    ACTION_SEQ_FIELD_NUMBER: _builtins.int
     verb: Global___WorkVerb.ValueType
     job_id: _builtins.int
     actor: _builtins.str
     invocation_id: _builtins.str
+    """The run making the call: the history's reference, and with action_seq
+    the key a repeated action is recognised by.
+    """
+    action_seq: _builtins.int
+    """The action's position among the run's effects: 1 for its first, then
+    strictly increasing in the order the callback made them (gaps allowed: a
+    mail takes a number too). A repeated (invocation_id, action_seq) must be
+    answered as the first time, without applying again; 0 means not numbered.
+    """
     @_builtins.property
     def work_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Work names to act on, already expanded from ranges ("5", "1-10" names a
@@ -216,10 +248,11 @@ class WorkActionRequest(_message.Message):
         work_names: _abc.Iterable[_builtins.str] | None = ...,
         actor: _builtins.str = ...,
         invocation_id: _builtins.str = ...,
+        action_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "invocation_id", b"invocation_id", "job_id", b"job_id", "verb", b"verb", "work_names", b"work_names"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_seq", b"action_seq", "actor", b"actor", "invocation_id", b"invocation_id", "job_id", b"job_id", "verb", b"verb", "work_names", b"work_names"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -234,6 +267,7 @@ class SubjobActionRequest(_message.Message):
     SUBJOB_IDS_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
     INVOCATION_ID_FIELD_NUMBER: _builtins.int
+    ACTION_SEQ_FIELD_NUMBER: _builtins.int
     verb: Global___JobVerb.ValueType
     """Uses the job verbs that apply to instances: unblock, block, kill, fail,
     migrate, preempt, interrupt, suspend, resume, retry.
@@ -241,6 +275,15 @@ class SubjobActionRequest(_message.Message):
     job_id: _builtins.int
     actor: _builtins.str
     invocation_id: _builtins.str
+    """The run making the call: the history's reference, and with action_seq
+    the key a repeated action is recognised by.
+    """
+    action_seq: _builtins.int
+    """The action's position among the run's effects: 1 for its first, then
+    strictly increasing in the order the callback made them (gaps allowed: a
+    mail takes a number too). A repeated (invocation_id, action_seq) must be
+    answered as the first time, without applying again; 0 means not numbered.
+    """
     @_builtins.property
     def subjob_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Instance numbers; empty means every instance of the job."""
@@ -253,10 +296,11 @@ class SubjobActionRequest(_message.Message):
         subjob_ids: _abc.Iterable[_builtins.int] | None = ...,
         actor: _builtins.str = ...,
         invocation_id: _builtins.str = ...,
+        action_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "invocation_id", b"invocation_id", "job_id", b"job_id", "subjob_ids", b"subjob_ids", "verb", b"verb"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_seq", b"action_seq", "actor", b"actor", "invocation_id", b"invocation_id", "job_id", b"job_id", "subjob_ids", b"subjob_ids", "verb", b"verb"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -10,6 +10,18 @@ with ReportResult (or, several at once, ReportResults). A site implements
 this service for its real supervisor; supervisor_client ships an embedded
 reference implementation on SQLite.
 
+Effects once: a callback may run more than once with the same invocation id
+(in a fleet, a replica that dies mid-run loses its lease and another re-runs
+the firing). Every request that applies an action (JobAction, WorkAction,
+SubjobAction) therefore carries `invocation_id` and `action_seq`, the
+action's position among the run's effects. A supervisor applies each
+(invocation_id, action_seq) pair once: a repeat answers what the first call
+answered (the same response, or the same error) and changes nothing. The
+pair names a position, not a content: a re-run that asks something else at
+the same position gets the first answer. `action_seq` 0 (or an empty
+`invocation_id`) means not numbered: apply it, nothing to deduplicate.
+JobInfo reads only and is never deduplicated.
+
 Errors: NOT_FOUND for an unknown job (or work item), PERMISSION_DENIED when
 the actor may not, INVALID_ARGUMENT for a malformed request. A supervisor may
 name the exception a callback should see in the trailing metadata key

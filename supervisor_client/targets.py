@@ -1,0 +1,126 @@
+"""Where a client finds its executors: one address, a list of them, or a DNS name.
+
+- ``"host:port"`` (or any other target gRPC takes, such as ``"unix:/path"``): one
+  executor, through gRPC's default policy (pick_first), exactly as before.
+- A list: ``"10.0.0.1:50051,10.0.0.2:50051"`` (comma-separated), or a sequence of such
+  strings, becomes gRPC's static target ``"ipv4:10.0.0.1:50051,10.0.0.2:50051"``
+  (``"ipv6:[fd00::1]:50051,..."`` for IPv6). gRPC's ``ipv4:``/``ipv6:`` targets hold IP
+  addresses only, each with its port, all of one family: a host name in a list is
+  refused with a message naming the DNS form.
+- ``"dns:///name:port"`` (or ``"dns://server/name:port"``): every A/AAAA record of the
+  name, re-resolved by gRPC as executors come and go. An ``"ipv4:..."``/``"ipv6:..."``
+  target given as is counts as a list.
+
+A list and a DNS name are a fleet: the channel balances calls round-robin over every
+executor (``loadBalancingConfig: round_robin``) and checks each one's health
+(``healthCheckConfig``: the standard health service, for ``CallbackExecutorService``,
+which an executor answers SERVING while it is up and NOT_SERVING from the start of a
+stop or while its storage cannot record results), so an executor that is gone or not
+serving gets no calls while another is. gRPC's C core does the health checking itself:
+the service config is all a client needs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from supervisor_client.qbcallback.v1 import executor_pb2
+
+__all__ = ["FLEET_SERVICE_CONFIG", "HEALTH_SERVICE", "Target", "resolve_target"]
+
+#: The service whose health a fleet channel watches (the executor answers for each).
+HEALTH_SERVICE: Final = executor_pb2.DESCRIPTOR.services_by_name[
+    "CallbackExecutorService"
+].full_name
+#: The service config of a fleet channel: round-robin over every executor, healthy ones only.
+FLEET_SERVICE_CONFIG: Final = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "healthCheckConfig": {"serviceName": HEALTH_SERVICE},
+    }
+)
+_FLEET_SCHEMES: Final = ("dns:", "ipv4:", "ipv6:")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The gRPC target for some addresses, and the service config a fleet needs."""
+
+    target: str
+    # FLEET_SERVICE_CONFIG for a list or a DNS name; None for one plain address.
+    service_config: str | None = None
+
+    @property
+    def is_fleet(self) -> bool:
+        return self.service_config is not None
+
+
+def _ip_and_port(address: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    """``"1.2.3.4:5"`` or ``"[::1]:5"`` as an IP address and port; ValueError otherwise."""
+    if address.startswith("["):
+        host, sep, port = address[1:].partition("]:")
+    else:
+        host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"address {address!r} needs a port: IP:PORT, or [IPv6]:PORT")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(
+            f"address {address!r} in a list is not an IP address: a list takes IP:PORT "
+            "entries (gRPC's ipv4:/ipv6: targets); name a fleet by a host name as one DNS "
+            "name with a record per executor, dns:///NAME:PORT"
+        ) from None
+    if isinstance(ip, ipaddress.IPv6Address) and not address.startswith("["):
+        raise ValueError(f"address {address!r}: write an IPv6 address in brackets, [IPv6]:PORT")
+    return ip, int(port)
+
+
+def _given(addresses: str | Sequence[str]) -> list[str]:
+    given = [addresses] if isinstance(addresses, str) else list(addresses)
+    for item in given:
+        if not isinstance(item, str):
+            raise TypeError(f"expected an address string, got {item!r}")
+    return [item.strip() for item in given if item.strip()]
+
+
+def _is_fleet_target(text: str) -> bool:
+    """An ipv4:/ipv6: list (commas belong to it), or one dns: name."""
+    return text.startswith(("ipv4:", "ipv6:")) or (text.startswith("dns:") and "," not in text)
+
+
+def resolve_target(addresses: str | Sequence[str]) -> Target:
+    """The gRPC target (and fleet service config) for one address, a list, or a DNS name.
+
+    ``addresses``: a string, possibly a comma-separated list, or a sequence of them (a
+    repeated command-line flag). Raises ValueError naming the bad entry.
+    """
+    given = _given(addresses)
+    if len(given) == 1 and _is_fleet_target(given[0]):
+        return Target(given[0], FLEET_SERVICE_CONFIG)  # a gRPC fleet target, as is
+    parts = [part.strip() for item in given for part in item.split(",") if part.strip()]
+    if not parts:
+        raise ValueError("no executor address given")
+    if len(parts) == 1:
+        return Target(parts[0])
+    for part in parts:
+        if ":/" in part or part.startswith(_FLEET_SCHEMES):
+            raise ValueError(
+                f"{part!r} cannot be part of a list: a list takes IP:PORT entries only"
+            )
+    parsed = [_ip_and_port(part) for part in parts]
+    families = {ip.version for ip, _ in parsed}
+    if len(families) > 1:
+        raise ValueError(
+            "an address list must be all IPv4 or all IPv6 (gRPC's ipv4:/ipv6: targets); "
+            "name a mixed fleet by one DNS name, dns:///NAME:PORT"
+        )
+    if families == {4}:
+        listed = ",".join(f"{ip}:{port}" for ip, port in parsed)
+        return Target(f"ipv4:{listed}", FLEET_SERVICE_CONFIG)
+    listed = ",".join(f"[{ip}]:{port}" for ip, port in parsed)
+    return Target(f"ipv6:{listed}", FLEET_SERVICE_CONFIG)

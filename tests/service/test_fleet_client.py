@@ -1,0 +1,149 @@
+"""Clients find the fleet: one ExecutorClient over two real executors on loopback.
+
+The client names both (``"127.0.0.1:A,127.0.0.1:B"``); its channel balances round-robin
+and checks each executor's health (``supervisor_client.targets``). Where each call ran
+is read from each executor's own metrics (``runs_by_outcome``), asked on a channel of
+its own.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+
+from executor import server
+from supervisor_client import ExecutorClient, RetryableError
+from supervisor_client.qbcallback.v1 import executor_pb2
+from tests.conftest import TEST_UID_BASE, stack_settings
+from tests.faults.helpers import fill, small_tmpfs, supervisor_endpoint
+from tests.helpers.executor_process import executor_process
+from tests.helpers.health import NOT_SERVING, SERVING, health_status
+from tests.helpers.waiting import eventually
+
+pytestmark = pytest.mark.service
+
+
+@asynccontextmanager
+async def executor(
+    data_dir: Path, nth: int, supervisor: str = ""
+) -> AsyncIterator[server.RunningServer]:
+    """A real executor in this process, with a uid range of its own.
+
+    Only one of the executors in a test may stop before the others: executors in one
+    process share its cgroup directory, which the first to stop removes.
+    """
+    settings = stack_settings(
+        data_dir, sandbox_uid_base=TEST_UID_BASE + 100 * nth, supervisor=supervisor
+    )
+    running = await server.start(settings)
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+async def succeeded(address: str) -> int:
+    """How many runs the one executor at ``address`` has answered SUCCEEDED."""
+    async with ExecutorClient(address) as client:
+        return (await client.get_metrics()).runs_by_outcome.get("SUCCEEDED", 0)
+
+
+async def run(client: ExecutorClient, n: int) -> None:
+    response = await client.execute_callback(
+        language="python", code=f"print('call {n}')", job={"id": 1}, timeout=30
+    )
+    assert response.outcome == executor_pb2.OUTCOME_SUCCEEDED, response.stderr
+    assert response.stdout == f"call {n}\n"
+
+
+async def test_calls_spread_over_the_fleet_and_survive_one_executor_stopping(
+    tmp_path: Path,
+) -> None:
+    """A runs as its own process (stopped with SIGTERM), B in this one; one supervisor."""
+    async with (
+        supervisor_endpoint(tmp_path / "supervisor.db") as endpoint,
+        executor_process(tmp_path / "a", endpoint.address, tmp_path / "a.log") as a,
+        executor(tmp_path / "b", 1, supervisor=endpoint.address) as b,
+    ):
+        direct_b = f"127.0.0.1:{b.port}"
+        async with ExecutorClient(f"{a.address},{direct_b}") as fleet:
+            await fleet.wait_until_serving()
+            for n in range(20):
+                await run(fleet, n)
+            on_a = await succeeded(a.address)
+            assert await eventually(lambda: _is_count(direct_b, 20 - on_a), timeout_s=10)
+            assert on_a >= 5 and 20 - on_a >= 5, on_a  # round-robin: about 10 each
+
+            a.proc.send_signal(signal.SIGTERM)  # A stops the way systemd stops it
+            assert await a.proc.wait() == 0, (tmp_path / "a.log").read_text()
+            for n in range(20, 30):
+                await run(fleet, n)  # every call still succeeds, on B
+            assert await eventually(lambda: _is_count(direct_b, 30 - on_a), timeout_s=10)
+        assert await eventually(lambda: len(endpoint.stored_ids()) == 30, timeout_s=30)
+
+
+async def test_an_executor_that_is_not_serving_gets_no_calls_until_it_serves_again(
+    tmp_path: Path,
+) -> None:
+    """Client-side health checking: a full data disk makes A NOT_SERVING (it is still up)."""
+    with small_tmpfs(tmp_path / "disk", 16 << 20) as disk:
+        async with executor(disk / "a", 1) as a, executor(tmp_path / "b", 2) as b:
+            direct_a = f"127.0.0.1:{a.port}"
+            channel = grpc.aio.insecure_channel(direct_a)
+            try:
+                filler = fill(disk)
+                async with ExecutorClient(direct_a) as only_a:
+                    for n in range(30):  # A answers until a write of its own fails
+                        try:
+                            await run(only_a, n)
+                        except RetryableError:
+                            break
+                assert await eventually(lambda: _status(channel, NOT_SERVING), timeout_s=10), (
+                    "A never said NOT_SERVING"
+                )
+                direct_b = f"127.0.0.1:{b.port}"
+                before_a, before_b = await succeeded(direct_a), await succeeded(direct_b)
+
+                async with ExecutorClient(f"{direct_a},{direct_b}") as fleet:
+                    for n in range(20):
+                        await run(fleet, n)  # none reaches A, so none is refused
+                    assert await eventually(
+                        lambda: _is_count(direct_b, before_b + 20), timeout_s=10
+                    )
+                    assert await succeeded(direct_a) == before_a
+
+                    filler.unlink()  # A's disk has room again: it serves, and gets calls
+                    assert await eventually(lambda: _status(channel, SERVING), timeout_s=15)
+
+                    async def a_gets_calls() -> bool:
+                        await run(fleet, 99)
+                        return await succeeded(direct_a) > before_a
+
+                    assert await eventually(a_gets_calls, timeout_s=15)
+            finally:
+                await channel.close()
+
+
+async def test_a_fleet_named_by_dns_is_reached_through_its_records(tmp_path: Path) -> None:
+    """A DNS name: every record of localhost; the one with an executor takes every call.
+
+    localhost may also resolve to ::1, where no executor listens: that record is skipped.
+    """
+    async with executor(tmp_path / "a", 1) as a:
+        async with ExecutorClient(f"dns:///localhost:{a.port}") as fleet:
+            for n in range(3):
+                await run(fleet, n)
+        assert await eventually(lambda: _is_count(f"127.0.0.1:{a.port}", 3), timeout_s=10)
+
+
+async def _is_count(address: str, expected: int) -> bool:
+    return await succeeded(address) == expected
+
+
+async def _status(channel: grpc.aio.Channel, status: int) -> bool:
+    return await health_status(channel) == status

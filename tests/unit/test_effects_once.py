@@ -1,0 +1,320 @@
+"""Effects once: each (invocation_id, action_seq) applied once, numbered in order, mail named.
+
+The reference supervisor applies each pair once, the host API numbers a run's effects in
+order, and a mail's Message-ID names its run. A re-run of a callback with the same
+invocation id (a fleet re-running a firing whose replica died) must not apply its
+actions twice; these tests run the real ReferenceSupervisor (in-process, SQLite), the
+real host API and the real qube interpreter.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from executor.host_api import HostApi
+from executor.model import Outcome
+from executor.runtimes.mail import MailSettings, message_id
+from executor.runtimes.qube import QubeInterpreter
+from executor.supervisor_link import ActionOutcome
+from supervisor_client.reference import NoSuchWorkError, ReferenceSupervisor
+from supervisor_client.reference.applied import PRUNE_EVERY_S
+from tests.helpers.supervisor_port import ReferencePort, invocation_for
+
+pytestmark = pytest.mark.unit
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def sup(clock: Clock) -> Iterator[ReferenceSupervisor]:
+    with ReferenceSupervisor(":memory:", clock=clock) as supervisor:
+        yield supervisor
+
+
+def submit(sup: ReferenceSupervisor, **fields: Any) -> int:
+    job = {
+        "name": "comp",
+        "user": "alice",
+        "status": "pending",
+        "cpus": 2,
+        "agenda": [{"name": str(n), "status": "blocked"} for n in range(1, 4)],
+        **fields,
+    }
+    (stored,) = sup.submit([job])
+    return int(stored["id"])
+
+
+def callback_lines(sup: ReferenceSupervisor, job_id: int, invocation_id: str) -> list[str]:
+    """The job's history lines of verbs the run applied (not its result)."""
+    return [
+        line["text"]
+        for line in sup.history(job_id)
+        if line["invocation_id"] == invocation_id and " by " in line["text"]
+    ]
+
+
+# -- the reference supervisor --------------------------------------------------------------
+
+
+def test_a_repeated_job_action_is_answered_as_before_and_not_applied_again(
+    sup: ReferenceSupervisor,
+) -> None:
+    job_id = submit(sup)
+
+    first = sup.job_action("block", job_id, "alice", invocation_id="run-1", action_seq=1)
+    sup.job_action("unblock", job_id, "alice")  # an operator's, unnumbered: applied
+    repeat = sup.job_action("block", job_id, "alice", invocation_id="run-1", action_seq=1)
+
+    assert first.changed == 1 and first.message == f"job {job_id} pending -> blocked"
+    assert repeat == first
+    assert sup.job(job_id)["status"] == "pending"  # the repeat did not block it again
+    assert len(callback_lines(sup, job_id, "run-1")) == 1
+    assert sup.applied_action_count() == 1
+
+
+def test_work_and_instance_actions_are_applied_once(sup: ReferenceSupervisor) -> None:
+    job_id = submit(sup)
+    work = sup.work_action("unblock", job_id, ["1", "2"], "alice", invocation_id="r", action_seq=1)
+    sub = sup.subjob_action("block", job_id, [0], "alice", invocation_id="r", action_seq=2)
+    sup.work_action("block", job_id, ["1", "2"], "alice")
+    sup.subjob_action("unblock", job_id, [0], "alice")
+
+    assert (
+        sup.work_action("unblock", job_id, ["1", "2"], "alice", invocation_id="r", action_seq=1)
+        == work
+    )
+    assert sup.subjob_action("block", job_id, [0], "alice", invocation_id="r", action_seq=2) == sub
+    assert work.changed == 2 and sub.changed == 1
+    assert {w["name"]: w["status"] for w in sup.job(job_id)["agenda"]}["1"] == "blocked"
+    assert sup.job(job_id)["subjobs"][0]["status"] == "pending"
+    assert len(callback_lines(sup, job_id, "r")) == 2
+
+
+def test_the_same_position_of_another_run_is_another_action(sup: ReferenceSupervisor) -> None:
+    job_id = submit(sup, status="blocked")
+    sup.job_action("unblock", job_id, "alice", invocation_id="run-1", action_seq=1)
+    sup.job_action("block", job_id, "alice", invocation_id="run-2", action_seq=1)
+    sup.job_action("unblock", job_id, "alice", invocation_id="run-1", action_seq=2)
+
+    assert sup.job(job_id)["status"] == "pending"
+    assert sup.applied_action_count() == 3
+
+
+def test_unnumbered_actions_are_applied_every_time(sup: ReferenceSupervisor) -> None:
+    job_id = submit(sup)
+    for _ in range(2):
+        sup.job_action("block", job_id, "alice", invocation_id="old-executor", action_seq=0)
+        sup.job_action("unblock", job_id, "alice", invocation_id="old-executor", action_seq=0)
+
+    assert len(callback_lines(sup, job_id, "old-executor")) == 4
+    assert sup.applied_action_count() == 0
+
+
+def test_a_refusal_is_repeated_without_looking_again(sup: ReferenceSupervisor) -> None:
+    job_id = submit(sup)
+    with pytest.raises(NoSuchWorkError, match="no work item '9'") as first:
+        sup.work_action("unblock", job_id, ["9"], "alice", invocation_id="r", action_seq=1)
+
+    # Matched by position: the first answer stands, even for a request that would succeed.
+    with pytest.raises(NoSuchWorkError) as repeat:
+        sup.work_action("unblock", job_id, ["1"], "alice", invocation_id="r", action_seq=1)
+
+    assert str(repeat.value) == str(first.value)
+    assert sup.job(job_id)["agenda"][0]["status"] == "blocked"
+
+
+def test_another_request_at_the_same_position_gets_the_first_answer_and_a_warning(
+    sup: ReferenceSupervisor, caplog: pytest.LogCaptureFixture
+) -> None:
+    job_id = submit(sup)
+    first = sup.job_action("block", job_id, "alice", invocation_id="r", action_seq=1)
+
+    with caplog.at_level(logging.WARNING, logger="supervisor_client.reference.applied"):
+        repeat = sup.job_action("kill", job_id, "alice", invocation_id="r", action_seq=1)
+
+    assert repeat == first
+    assert sup.job(job_id)["status"] == "blocked"
+    assert "answered as the first time" in caplog.text and "'kill job" in caplog.text
+
+
+def test_answers_survive_a_restart_and_expire_after_the_retention(
+    tmp_path: Path, clock: Clock
+) -> None:
+    path = tmp_path / "supervisor.db"
+    with ReferenceSupervisor(path, clock=clock, action_retention_s=1000) as first:
+        job_id = submit(first)
+        answer = first.job_action("block", job_id, "alice", invocation_id="r", action_seq=1)
+        first.job_action("unblock", job_id, "alice")
+    with ReferenceSupervisor(path, clock=clock, action_retention_s=1000) as second:
+        assert (
+            second.job_action("block", job_id, "alice", invocation_id="r", action_seq=1) == answer
+        )
+        assert second.job(job_id)["status"] == "pending"
+
+        # A later answer, kept once the first has outlived the retention, prunes it.
+        clock.now += max(1000, PRUNE_EVERY_S) + 1
+        second.job_action("block", job_id, "alice", invocation_id="later", action_seq=1)
+        assert second.applied_action_count() == 1
+        second.job_action("unblock", job_id, "alice")
+        second.job_action("block", job_id, "alice", invocation_id="r", action_seq=1)
+        assert second.job(job_id)["status"] == "blocked"  # forgotten: applied as new
+
+
+def test_the_retention_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="action retention"):
+        ReferenceSupervisor(action_retention_s=0)
+
+
+# -- the host API numbers a run's effects ----------------------------------------------------
+
+
+class RecordingPort(ReferencePort):
+    """The reference port, recording the (invocation_id, action_seq) of every action."""
+
+    def __init__(self, supervisor: ReferenceSupervisor) -> None:
+        super().__init__(supervisor)
+        self.keys: list[tuple[str, int]] = []
+
+    async def job_action(
+        self, verb: str, job_id: int, *, actor: str, invocation_id: str, action_seq: int
+    ) -> ActionOutcome:
+        self.keys.append((invocation_id, action_seq))
+        return await super().job_action(
+            verb, job_id, actor=actor, invocation_id=invocation_id, action_seq=action_seq
+        )
+
+    async def work_action(
+        self,
+        verb: str,
+        job_id: int,
+        work_names: list[str],
+        *,
+        actor: str,
+        invocation_id: str,
+        action_seq: int,
+    ) -> ActionOutcome:
+        self.keys.append((invocation_id, action_seq))
+        return await super().work_action(
+            verb,
+            job_id,
+            work_names,
+            actor=actor,
+            invocation_id=invocation_id,
+            action_seq=action_seq,
+        )
+
+    async def subjob_action(
+        self,
+        verb: str,
+        job_id: int,
+        subjob_ids: list[int],
+        *,
+        actor: str,
+        invocation_id: str,
+        action_seq: int,
+    ) -> ActionOutcome:
+        self.keys.append((invocation_id, action_seq))
+        return await super().subjob_action(
+            verb,
+            job_id,
+            subjob_ids,
+            actor=actor,
+            invocation_id=invocation_id,
+            action_seq=action_seq,
+        )
+
+
+async def test_every_action_request_takes_the_next_number_and_reads_take_none(
+    sup: ReferenceSupervisor,
+) -> None:
+    job_id = submit(sup)
+    other = submit(sup)
+    port = RecordingPort(sup)
+    invocation = invocation_for(sup.job(job_id), "", language="python")
+
+    async def calls(host: HostApi) -> list[Any]:
+        return [
+            await host.call("jobinfo", [], {}),
+            await host.call("unblock", [[job_id, other]], {}),  # two requests
+            await host.call("jobstatus", [job_id], {}),
+            await host.call("workblock", [f"{job_id}:1", f"{job_id}:2-3"], {}),  # two
+            await host.call("subjobkill", [f"{job_id}.0"], {}),
+            await host.call("block", [job_id], {}),
+        ]
+
+    first = await calls(HostApi(port, invocation))
+    keys = list(port.keys)
+    port.keys.clear()
+    # The same callback re-run with the same invocation id: the same numbers, the same answers.
+    sup.job_action("unblock", job_id, "alice")
+    repeat = await calls(HostApi(port, invocation))
+
+    run = invocation.invocation_id
+    assert keys == [(run, seq) for seq in range(1, 7)]
+    assert port.keys == keys
+    assert repeat[1:] == first[1:] and repeat[1:3] == [0, "pending"]
+    assert sup.job(job_id)["status"] == "pending"  # the repeated block was not applied
+    assert len(callback_lines(sup, job_id, run)) == 5
+
+
+# -- qube code strings and mail -------------------------------------------------------------
+
+
+def mails(mail_dir: Path) -> list[email.message.EmailMessage]:
+    found = []
+    for path in sorted((mail_dir / "new").glob("*.eml")):
+        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        assert isinstance(message, email.message.EmailMessage)
+        found.append(message)
+    return found
+
+
+async def test_a_rerun_qube_callback_applies_once_and_mails_with_the_same_message_id(
+    sup: ReferenceSupervisor, tmp_path: Path
+) -> None:
+    job_id = submit(sup)
+    interpreter = QubeInterpreter(MailSettings(directory=tmp_path / "mail"))
+    invocation = invocation_for(sup.job(job_id), "block-self\nmail-status")
+
+    first = await interpreter.run(invocation, HostApi(ReferencePort(sup), invocation))
+    sup.job_action("unblock", job_id, "alice")
+    repeat = await interpreter.run(invocation, HostApi(ReferencePort(sup), invocation))
+
+    assert first.outcome is repeat.outcome is Outcome.SUCCEEDED, (first.failure, repeat.failure)
+    assert repeat.actions[0] == first.actions[0]
+    assert sup.job(job_id)["status"] == "pending"
+    assert len(callback_lines(sup, job_id, invocation.invocation_id)) == 1
+    sent = mails(tmp_path / "mail")
+    assert len(sent) == 2  # the file delivery keeps both: recognisable, not suppressed
+    expected = f"<cbexec.{invocation.invocation_id}.2@localhost>"
+    assert [m["Message-ID"] for m in sent] == [expected, expected]
+
+
+def test_a_message_id_names_the_run_and_its_position() -> None:
+    uuid = "0b0d7c1e-53c6-4f0e-9a57-4c1c3f6b7a10"
+    assert message_id(uuid, 3, "studio.example") == f"<cbexec.{uuid}.3@studio.example>"
+    assert message_id(uuid, 3, "") == f"<cbexec.{uuid}.3@localhost>"
+    assert message_id(uuid, 4, "x") != message_id(uuid, 3, "x")
+    # An id a Message-ID cannot hold as is becomes its digest: still stable, still distinct.
+    odd = message_id("job 12 <retry>@farm", 1, "x")
+    assert odd == message_id("job 12 <retry>@farm", 1, "x")
+    assert odd != message_id("job 12 <retry>@farm2", 1, "x")
+    assert " " not in odd and odd.count("<") == 1 and odd.count("@") == 1

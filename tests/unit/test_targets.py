@@ -1,0 +1,81 @@
+"""Where clients find executors: one address, a list, a DNS name (supervisor_client.targets)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from executor.cli import build_parser, main
+from supervisor_client import FarmClient
+from supervisor_client.targets import FLEET_SERVICE_CONFIG, HEALTH_SERVICE, resolve_target
+
+pytestmark = pytest.mark.unit
+
+
+def test_one_address_is_used_as_given_without_a_fleet_policy() -> None:
+    for address in ("127.0.0.1:50051", "executor.example:50051", "unix:/run/cbexec.sock"):
+        target = resolve_target(address)
+        assert (target.target, target.service_config, target.is_fleet) == (address, None, False)
+
+
+def test_a_list_is_a_static_ipv4_target_balanced_round_robin_over_healthy_executors() -> None:
+    joined = resolve_target("10.0.0.1:50051, 10.0.0.2:50052,")
+    repeated = resolve_target(["10.0.0.1:50051", "10.0.0.2:50052"])
+
+    assert joined == repeated
+    assert joined.target == "ipv4:10.0.0.1:50051,10.0.0.2:50052"
+    assert joined.service_config == FLEET_SERVICE_CONFIG
+    assert json.loads(FLEET_SERVICE_CONFIG) == {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "healthCheckConfig": {"serviceName": "qbcallback.v1.CallbackExecutorService"},
+    }
+    assert HEALTH_SERVICE == "qbcallback.v1.CallbackExecutorService"
+
+
+def test_an_ipv6_list_and_the_dns_and_static_forms() -> None:
+    assert resolve_target("[::1]:1,[fd00::2]:2").target == "ipv6:[::1]:1,[fd00::2]:2"
+    for fleet in ("dns:///executors.example:50051", "ipv4:10.0.0.1:1,10.0.0.2:1"):
+        assert resolve_target(fleet) == resolve_target([fleet])
+        assert resolve_target(fleet).target == fleet and resolve_target(fleet).is_fleet
+
+
+@pytest.mark.parametrize(
+    ("addresses", "message"),
+    [
+        ("", "no executor address"),
+        ("exec1:50051,exec2:50051", "not an IP address.*dns:///NAME:PORT"),
+        ("10.0.0.1,10.0.0.2:1", "needs a port"),
+        ("10.0.0.1:0,10.0.0.2:1", "needs a port"),
+        ("10.0.0.1:1,[::1]:1", "all IPv4 or all IPv6"),
+        ("::1:5,10.0.0.1:1", "brackets"),
+        ("unix:/a.sock,10.0.0.1:1", "cannot be part of a list"),
+        ("dns:///a:1,10.0.0.1:1", "cannot be part of a list"),
+    ],
+)
+def test_bad_lists_are_refused_naming_the_entry(addresses: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        resolve_target(addresses)
+
+
+def test_the_address_flag_takes_a_list_or_repeats() -> None:
+    parser = build_parser()
+    one = parser.parse_args(["metrics", "--address", "10.0.0.1:1"])
+    several = parser.parse_args(
+        ["metrics", "--address", "10.0.0.1:1", "--address", "10.0.0.2:1,10.0.0.3:1"]
+    )
+    assert one.address == "10.0.0.1:1"
+    assert several.address == "10.0.0.1:1,10.0.0.2:1,10.0.0.3:1"
+    assert parser.parse_args(["metrics"]).address  # the default stays one address
+
+
+def test_a_bad_address_list_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["metrics", "--address", "exec1:1,exec2:1"]) == 2
+    assert "cbexec: --address: address 'exec1:1' in a list" in capsys.readouterr().err
+
+
+def test_a_farm_is_one_executor(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match="one executor"):
+        FarmClient("10.0.0.1:1,10.0.0.2:1")
+    assert main(["farm", "jobs", "--address", "dns:///executors.example:1"]) == 2
+    assert "the farm is one executor's embedded supervisor" in capsys.readouterr().err
