@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -22,8 +23,36 @@ from tests.helpers.processes import wait_until_no_sandboxed_processes
 # variable as one and would refuse it. Its children get the same uids through the setting.
 # The default keeps clear of a service started with the defaults (sandbox_uid_base 64000),
 # such as the quick start's, which may run beside the suite.
-DEFAULT_TEST_UID_BASE = 62000
-TEST_UID_BASE = int(os.environ.pop("CBEXEC_TEST_UID_BASE", str(DEFAULT_TEST_UID_BASE)))
+# Without the knob, a suite takes the first of these bases no other suite on the host holds
+# (a lock held for the whole session), so two checkouts tested side by side keep apart.
+DEFAULT_TEST_UID_BASES = range(62000, 49999, -1000)
+SUITE_LOCKS = Path("/run/cbexec/test-suites")
+
+
+def _hold_suite_lock(base: int) -> bool:
+    """Hold ``base``'s suite lock for the session; False when another suite holds it."""
+    SUITE_LOCKS.mkdir(parents=True, exist_ok=True)
+    fd = os.open(SUITE_LOCKS / f"{base}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    return True  # the descriptor stays open: the lock lasts as long as this session
+
+
+def _suite_uid_base() -> int:
+    chosen = os.environ.pop("CBEXEC_TEST_UID_BASE", None)
+    if chosen is not None:  # by hand: used as given, and kept from automatic choices
+        _hold_suite_lock(int(chosen))
+        return int(chosen)
+    for base in DEFAULT_TEST_UID_BASES:
+        if _hold_suite_lock(base):
+            return base
+    raise RuntimeError(f"every test uid base in {DEFAULT_TEST_UID_BASES} is held by a suite")
+
+
+TEST_UID_BASE = _suite_uid_base()
 os.environ.setdefault("CBEXEC_SANDBOX_UID_BASE", str(TEST_UID_BASE))
 
 

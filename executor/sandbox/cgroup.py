@@ -24,6 +24,7 @@ sandbox falls back to RLIMIT_NPROC and RLIMIT_AS alone.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -36,6 +37,11 @@ logger = logging.getLogger(__name__)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PREFIX = "cbexec-"
 READ_CHUNK = 64 << 10
+
+# Pools made by this process so far: a second executor in one process (tests, an
+# embedded run beside a service object) gets ``cbexec-<pid>.<n>``, so stopping one
+# never removes the other's cells.
+_pools_made = itertools.count()
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +79,7 @@ def _hierarchies() -> dict[str, _Hierarchy]:
 def _remove_stale(root: Path) -> None:
     """Remove pools left by executors that died without cleaning up."""
     for pool in root.glob(f"{PREFIX}*"):
-        owner = pool.name[len(PREFIX) :]
+        owner = pool.name[len(PREFIX) :].partition(".")[0]
         if owner.isdigit() and not Path(f"/proc/{owner}").exists():
             for cell in pool.glob("cell-*"):
                 _kill_and_remove(cell)
@@ -111,9 +117,14 @@ def _kill_and_remove(cgroup: Path) -> None:
         cgroup.rmdir()
 
 
-def _make_pool(controllers: list[str], hierarchy: _Hierarchy, cells: int) -> Path:
+def pool_name(pid: int, instance: int) -> str:
+    """``cbexec-<pid>`` for a process's first pool, ``cbexec-<pid>.<n>`` after it."""
+    return f"{PREFIX}{pid}" if instance == 0 else f"{PREFIX}{pid}.{instance}"
+
+
+def _make_pool(controllers: list[str], hierarchy: _Hierarchy, cells: int, name: str) -> Path:
     _remove_stale(hierarchy.root)
-    pool = hierarchy.root / f"{PREFIX}{os.getpid()}"
+    pool = hierarchy.root / name
     pool.mkdir(exist_ok=True)
     if hierarchy.v2:  # cells need the controllers enabled below the pool
         (pool / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in controllers))
@@ -123,7 +134,7 @@ def _make_pool(controllers: list[str], hierarchy: _Hierarchy, cells: int) -> Pat
 
 
 class CellCgroups:
-    """Cell cgroups under ``<hierarchy>/cbexec-<our pid>/cell-<n>``, per controller."""
+    """Cell cgroups under ``<hierarchy>/<pool_name>/cell-<n>``, per controller."""
 
     def __init__(self, pools: dict[str, Path], hierarchies: dict[str, _Hierarchy]) -> None:
         self._pools = pools
@@ -143,13 +154,14 @@ class CellCgroups:
         if not memory:
             hierarchies.pop("memory", None)
         pools: dict[str, Path] = {}
+        name = pool_name(os.getpid(), next(_pools_made))
         for controller, hierarchy in hierarchies.items():
             try:
                 if hierarchy.v2 and pools:  # one v2 cgroup carries both controllers
                     pools[controller] = next(iter(pools.values()))
                     continue
                 wanted = [c for c, h in hierarchies.items() if h == hierarchy]
-                pools[controller] = _make_pool(wanted, hierarchy, cells)
+                pools[controller] = _make_pool(wanted, hierarchy, cells, name)
             except OSError as err:
                 logger.info("%s cgroup unavailable (%s)", controller, err)
         if not pools:

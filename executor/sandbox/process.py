@@ -115,7 +115,9 @@ def started_by(pid: int, executor_pid: int) -> bool:
         if f"{SANDBOX_MARKER}={executor_pid}".encode() in environ.read().split(b"\0"):
             return True
     with open(f"/proc/{pid}/cgroup") as cgroups:
-        return f"/{CGROUP_PREFIX}{executor_pid}/" in cgroups.read()
+        listed = cgroups.read()
+    pool = f"/{CGROUP_PREFIX}{executor_pid}"
+    return f"{pool}/" in listed or f"{pool}." in listed
 
 
 def child_environment(workdir: str) -> dict[str, str]:

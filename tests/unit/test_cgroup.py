@@ -6,6 +6,7 @@ which limit on the layout the development machine does not have.
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -23,6 +24,8 @@ def v1_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (tmp_path / controller).mkdir()
         (tmp_path / controller / "cgroup.procs").write_text("")
     monkeypatch.setattr(cgroup, "CGROUP_ROOT", tmp_path)
+    # Executors earlier in this process made pools: start the count afresh.
+    monkeypatch.setattr(cgroup, "_pools_made", itertools.count())
     return tmp_path
 
 
@@ -30,6 +33,7 @@ def v1_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def v2_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
     monkeypatch.setattr(cgroup, "CGROUP_ROOT", tmp_path)
+    monkeypatch.setattr(cgroup, "_pools_made", itertools.count())
     return tmp_path
 
 
@@ -62,6 +66,15 @@ def test_v2_uses_one_cgroup_with_both_controllers(v2_root: Path) -> None:
     assert (pool / "cell-0" / "memory.max").read_text() == str(1 << 30)
     assert (pool / "cell-0" / "memory.swap.max").read_text() == "0"
     assert cgroups.procs_files(0) == [str(pool / "cell-0" / "cgroup.procs")]
+
+
+def test_two_executors_in_one_process_keep_their_own_cells(v2_root: Path) -> None:
+    first = CellCgroups.create(1)
+    second = CellCgroups.create(1)
+    assert first is not None and second is not None
+    # Stopping one removes only its own pool (a real cgroup rmdir; here a directory).
+    assert first.procs_files(0) == [str(v2_root / f"cbexec-{os.getpid()}/cell-0/cgroup.procs")]
+    assert second.procs_files(0) == [str(v2_root / f"cbexec-{os.getpid()}.1/cell-0/cgroup.procs")]
 
 
 def test_oom_kills_are_read_from_either_layout(v1_root: Path) -> None:
