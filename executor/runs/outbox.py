@@ -42,13 +42,16 @@ import asyncio
 import contextlib
 import logging
 import random
+import sqlite3
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol, cast, runtime_checkable
 
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
+from executor.sql import Db, NoCheckpoints, PgDb, is_postgres, row_lock
 from executor.storage import StorageError, StorageHealth, open_database, writing
 
 logger = logging.getLogger(__name__)
@@ -57,7 +60,7 @@ logger = logging.getLogger(__name__)
 # a message, or a batch of them, is at most the limit less this.
 MESSAGE_MARGIN_BYTES: Final = 64 << 10
 
-_SCHEMA: Final = """
+SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     key TEXT NOT NULL UNIQUE,
@@ -69,11 +72,20 @@ CREATE TABLE IF NOT EXISTS outbox (
     delivered_at REAL,
     dead_at REAL,
     -- Not before this Unix time: a message the receiver refused waits its own backoff.
-    retry_at REAL NOT NULL DEFAULT 0
+    retry_at REAL NOT NULL DEFAULT 0,
+    -- In a fleet: which replica delivers it, until when (a dead replica's are taken over).
+    owner TEXT NOT NULL DEFAULT '',
+    lease_until REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq)
     WHERE delivered_at IS NULL AND dead_at IS NULL;
 """
+# Columns added since the first outbox.db: (column, definition).
+_ADDED_COLUMNS: Final = (
+    ("retry_at", "REAL NOT NULL DEFAULT 0"),
+    ("owner", "TEXT NOT NULL DEFAULT ''"),
+    ("lease_until", "REAL NOT NULL DEFAULT 0"),
+)
 
 
 class DeliveryError(Exception):
@@ -173,8 +185,11 @@ class Outbox:
         health: StorageHealth | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        lease_s: float = 15.0,
     ) -> None:
         self._path = str(path)
+        self._lease_s = lease_s
+        self._owner = uuid.uuid4().hex
         self._health = health
         self._batch_size = batch_size
         self._batch_bytes = batch_bytes
@@ -186,18 +201,17 @@ class Outbox:
         self._keep_delivered = keep_delivered
         self._clock = clock
         self._rng = rng or random.Random()
-        self._db = open_database(path)
-        self._db.execute("PRAGMA journal_mode = WAL")
-        # WAL + NORMAL: a commit survives the executor's own crash (kill -9); only an OS
-        # crash or power loss can drop the last commits. FULL fsyncs every run on the
-        # event loop, which measured ~5 ms per callback and capped throughput.
-        self._db.execute("PRAGMA synchronous = NORMAL")
-        self._db.executescript(_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
-        if "retry_at" not in columns:  # an outbox.db written before messages backed off alone
-            self._db.execute("ALTER TABLE outbox ADD COLUMN retry_at REAL NOT NULL DEFAULT 0")
-        # The log's checkpoints fsync; in a thread, they stall no answer (sqlite_checkpoints).
-        self._checkpoints = BackgroundCheckpoints(self._db, path)
+        self._db: Db
+        self._checkpoints: BackgroundCheckpoints | NoCheckpoints
+        if is_postgres(self._path):
+            from executor.migrations import open_postgres
+
+            self._db = open_postgres(self._path, application_name="cbexec-outbox")
+            self._checkpoints = NoCheckpoints()
+        else:
+            self._db = self._open_sqlite(self._path)
+            # The log's checkpoints fsync; in a thread, they stall no answer.
+            self._checkpoints = BackgroundCheckpoints(self._db, path)
         self._wakeup = asyncio.Event()
         self._drained = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -205,6 +219,26 @@ class Outbox:
         self._delivered_since_trim = 0
         if self.pending():
             logger.info("outbox: %d results from an earlier run still to deliver", self.pending())
+
+    @staticmethod
+    def _open_sqlite(path: str) -> sqlite3.Connection:
+        db = open_database(path)
+        db.execute("PRAGMA journal_mode = WAL")
+        # WAL + NORMAL: a commit survives the executor's own crash (kill -9); only an OS
+        # crash or power loss can drop the last commits. FULL fsyncs every run on the
+        # event loop, which measured ~5 ms per callback and capped throughput.
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.executescript(SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+        for column, definition in _ADDED_COLUMNS:
+            if column not in columns:  # an outbox.db from before the column
+                db.execute(f"ALTER TABLE outbox ADD COLUMN {column} {definition}")
+        return db
+
+    @property
+    def fleet(self) -> bool:
+        """Whether the outbox is a fleet's, in PostgreSQL (shared by every replica)."""
+        return isinstance(self._db, PgDb)
 
     # -- the producer side: synchronous, durable before it returns ------------------------
 
@@ -214,10 +248,11 @@ class Outbox:
         Raises StorageError when the commit fails because of the storage.
         """
         with writing(self._path, self._health):
+            # The replica that ran it delivers it (its lease); another only if it dies.
             added = self._db.execute(
-                "INSERT INTO outbox (key, payload, created_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (key) DO NOTHING",
-                (key, payload, self._clock()),
+                "INSERT INTO outbox (key, payload, created_at, owner, lease_until)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
+                (key, payload, self._clock(), self._owner, self._clock() + self._lease_s),
             ).rowcount
         self._checkpoints.committed()
         if added:
@@ -270,12 +305,28 @@ class Outbox:
         self._db.close()
 
     def _next_batch(self) -> list[tuple[int, str, bytes]]:
-        """The oldest rows due now, at most ``batch_size`` and ``batch_bytes`` (always one)."""
-        rows = self._db.execute(
-            "SELECT seq, key, payload FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL"
-            " AND retry_at <= ? ORDER BY seq LIMIT ?",
-            (self._clock(), self._batch_size),
-        ).fetchall()
+        """The oldest rows due now, at most ``batch_size`` and ``batch_bytes`` (always one).
+
+        In a fleet: this replica's own, and those whose replica's lease ran out, claimed
+        ``FOR UPDATE SKIP LOCKED`` with a lease of this replica's.
+        """
+        now = self._clock()
+        if self.fleet:
+            rows = self._db.execute(
+                "UPDATE outbox SET owner = ?, lease_until = ? WHERE seq IN (SELECT seq FROM outbox"  # noqa: S608 - a lock clause
+                " WHERE delivered_at IS NULL AND dead_at IS NULL AND retry_at <= ?"
+                " AND (owner = ? OR lease_until < ?) ORDER BY seq LIMIT ?"
+                + row_lock(self._db, skip_locked=True)
+                + ") RETURNING seq, key, payload",
+                (self._owner, now + self._lease_s, now, self._owner, now, self._batch_size),
+            ).fetchall()
+            rows.sort(key=lambda row: int(row[0]))
+        else:
+            rows = self._db.execute(
+                "SELECT seq, key, payload FROM outbox WHERE delivered_at IS NULL"
+                " AND dead_at IS NULL AND retry_at <= ? ORDER BY seq LIMIT ?",
+                (now, self._batch_size),
+            ).fetchall()
         batch: list[tuple[int, str, bytes]] = []
         size = 0
         for seq, key, payload in rows:
@@ -320,6 +371,9 @@ class Outbox:
             waiting = self._next_retry_at()
             if waiting is None:
                 self._drained.set()
+            if self.fleet:
+                # Another replica's results wait for this one if that replica dies: look again.
+                waiting = min(waiting or float("inf"), self._clock() + self._lease_s / 3)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(None if waiting is None else waiting - self._clock()):
                     await self._wakeup.wait()
@@ -476,8 +530,8 @@ class Outbox:
     def _trim_delivered(self) -> None:
         self._delivered_since_trim = 0
         self._db.execute(
-            "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE delivered_at IS NOT NULL"
-            " ORDER BY seq DESC LIMIT -1 OFFSET ?)",
+            "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE delivered_at IS NOT NULL"  # noqa: S608
+            f" ORDER BY seq DESC LIMIT {'ALL' if self.fleet else '-1'} OFFSET ?)",
             (self._keep_delivered,),
         )
         self._checkpoints.committed()

@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,12 +39,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from executor import triggers
 from executor.errors import InvalidRequestError, UnavailableError
 from executor.model import CallbackSpec, Event, Invocation, Limits, RunResult
 from executor.runs.outbox import Backoff
+from executor.sql import Db, StoreConflict
 from executor.triggers import checks, items, journal, states, why
 from executor.triggers.decide import Decider, Decision, Fired
 from executor.triggers.evaluate import JobPlace, atom_key, clock_event, event_keys, next_fire
@@ -94,6 +94,23 @@ def trigger_warnings(expression: str) -> list[str]:
 
 def _iso(unix_s: float) -> str:
     return datetime.fromtimestamp(unix_s).astimezone().isoformat(timespec="seconds")
+
+
+_T = TypeVar("_T")
+# How often a transaction that lost a deadlock (a fleet's replicas racing) is run again.
+_CONFLICT_TRIES = 8
+
+
+def _retrying(run: Callable[[], _T]) -> _T:
+    """``run()``, again while PostgreSQL picks it as a deadlock's or serialization's victim."""
+    for attempt in range(1, _CONFLICT_TRIES + 1):
+        try:
+            return run()
+        except StoreConflict:
+            if attempt == _CONFLICT_TRIES:
+                raise
+            logger.debug("store conflict (try %d); running the transaction again", attempt)
+    raise AssertionError("unreachable")
 
 
 def canonical_triggers(expression: str) -> str:
@@ -231,6 +248,16 @@ class TriggerEngine:
         strict: bool = False,
         published: frozenset[str] | None = None,
     ) -> Registration:
+        """Store a job (``_register_job``), again when a fleet's transaction lost a deadlock."""
+        return _retrying(lambda: self._register_job(job, strict=strict, published=published))
+
+    def _register_job(
+        self,
+        job: dict[str, Any],
+        *,
+        strict: bool = False,
+        published: frozenset[str] | None = None,
+    ) -> Registration:
         """Store a job with its callbacks and the universal ones; keeps state of unchanged ones.
 
         Args:
@@ -304,6 +331,7 @@ class TriggerEngine:
                     db, place.pgrp, label, f"label '{label}' names job {job_id} since {_iso(now)}"
                 )
             journal.append(db, decider.decision.entries, self._journal)
+            self._own(db, batch, decider.decision.firings)
         self.stats.callbacks_fired += len(decider.decision.fired)
         self._firings.add(decider.decision.firings)
         self._timer_wakeup.set()
@@ -311,7 +339,7 @@ class TriggerEngine:
 
     # -- matching -------------------------------------------------------------------
 
-    def _decide(self, db: sqlite3.Connection, event: Event, batch: str, *, dry: bool) -> Decision:
+    def _decide(self, db: Db, event: Event, batch: str, *, dry: bool) -> Decision:
         """Every decision of one event in the open transaction, with its near misses."""
         place = self._store.place(event.job_id)
         keys = event_keys(event, place)
@@ -325,13 +353,23 @@ class TriggerEngine:
                 states.record(db, seen)
         return decider.decision
 
+    def _own(self, db: Db, batch: str, firings: Sequence[PendingFiring]) -> None:
+        """In a fleet, claim what a transaction queued for this replica (it runs them)."""
+        if firings and self._store.fleet:
+            TriggerStore.own_batch(db, batch, self._store.owner, self._store.lease_until())
+
     def _apply(self, event: Event) -> tuple[Decision, bool]:
+        """Apply one event durably (``_apply_once``; again after a lost deadlock)."""
+        return _retrying(lambda: self._apply_once(event))
+
+    def _apply_once(self, event: Event) -> tuple[Decision, bool]:
         """Apply one event durably: what it decided, and whether it was a repeat."""
         batch = uuid.uuid4().hex
         with self._store.transaction() as db:
             if event.event_id and not TriggerStore.first_sighting(db, event.event_id):
                 return Decision(), True
             decision = self._decide(db, event, batch, dry=False)
+            self._own(db, batch, decision.firings)
             journal.append(db, decision.entries, self._journal)
             if event.name == EventName.REMOVED and event.type == EventType.JOB:
                 TriggerStore.remove_job(db, event.job_id)
@@ -342,7 +380,7 @@ class TriggerEngine:
         self.stats.callbacks_fired += len(decision.fired)
         return decision, False
 
-    def _prune_journal(self, db: sqlite3.Connection) -> None:
+    def _prune_journal(self, db: Db) -> None:
         """Drop journal entries past their age, at most once per ``PRUNE_EVERY_S``."""
         now = self._clock()
         if now - self._journal_pruned_at < journal.PRUNE_EVERY_S:
@@ -439,7 +477,15 @@ class TriggerEngine:
     # -- timers and the engine's tasks ----------------------------------------------
 
     def fire_due_timers(self) -> list[Fired]:
-        """Latch every time atom that is due and fire what completes (each a batch of its own)."""
+        """Latch every due time atom (``_fire_due_timers``; again after a lost deadlock)."""
+        return _retrying(self._fire_due_timers)
+
+    def _fire_due_timers(self) -> list[Fired]:
+        """Latch every time atom that is due and fire what completes (each a batch of its own).
+
+        In a fleet the due timers are claimed ``FOR UPDATE SKIP LOCKED``: a timer due at
+        three replicas at once is fired by the one that locked it, and moved on by it.
+        """
         now = self._clock()
         fired_all: list[Fired] = []
         batches: list[list[PendingFiring]] = []
@@ -456,10 +502,10 @@ class TriggerEngine:
                 # The event stored with the firing is the one it runs with: after a restart
                 # the callback sees what it would have seen.
                 event = clock_event(atom, cb[0].job_id)
-                decider = Decider(
-                    db, SeenEvent(event, now), uuid.uuid4().hex, dry=False, parsed=_parsed
-                )
+                batch = uuid.uuid4().hex
+                decider = Decider(db, SeenEvent(event, now), batch, dry=False, parsed=_parsed)
                 decider.matched([(rowid, slot)])
+                self._own(db, batch, decider.decision.firings)
                 journal.append(db, decider.decision.entries, self._journal)
                 fired_all.extend(decider.decision.fired)
                 batches.append(decider.decision.firings)
