@@ -155,7 +155,11 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             on_result=recorder.on_result,
         )
 
-        trigger_store = TriggerStore(str(settings.data_dir / "triggers.db"), health=storage_health)
+        trigger_store = TriggerStore(
+            settings.store or str(settings.data_dir / "triggers.db"),
+            health=storage_health,
+            lease_s=settings.store_lease_seconds,
+        )
         stack.callback(trigger_store.close)
         engine = TriggerEngine(
             trigger_store,
