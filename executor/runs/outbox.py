@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Final, Protocol, cast, runtime_checkable
 
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
+from executor.errors import UnavailableError
 from executor.sql import Db, NoCheckpoints, PgDb, is_postgres, row_lock
 from executor.storage import StorageError, StorageHealth, open_database, writing
 
@@ -342,7 +343,7 @@ class Outbox:
         while True:
             try:
                 delivered = await self._deliver_next()
-            except StorageError as err:  # e.g. the disk is full: wait for the probe's all-clear
+            except UnavailableError as err:  # the disk is full, PostgreSQL is restarting: wait
                 logger.warning("outbox: %s", err)
                 delivered = False
             except Exception:  # a database or transport bug: it must not end delivery
@@ -355,7 +356,10 @@ class Outbox:
                 continue
             failures += 1
             delay = self._backoff.delay(failures, self._rng)
-            logger.warning("outbox: %d pending, retrying in %.2fs", self.pending(), delay)
+            try:
+                logger.warning("outbox: %d pending, retrying in %.2fs", self.pending(), delay)
+            except UnavailableError:  # the store itself is what is away
+                logger.warning("outbox: retrying in %.2fs", delay)
             await asyncio.sleep(delay)
 
     async def _deliver_next(self) -> bool | None:

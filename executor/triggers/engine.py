@@ -99,6 +99,8 @@ def _iso(unix_s: float) -> str:
 _T = TypeVar("_T")
 # How often a transaction that lost a deadlock (a fleet's replicas racing) is run again.
 _CONFLICT_TRIES = 8
+# How long the timers wait before they try an unreachable store again.
+_STORE_RETRY_S = 1.0
 
 
 def _retrying(run: Callable[[], _T]) -> _T:
@@ -517,8 +519,13 @@ class TriggerEngine:
     async def _run_timers(self) -> None:
         """Forever: sleep until the next due time atom (or a registration), then fire."""
         while True:
-            self.fire_due_timers()
-            due = self._store.next_timer_due()
+            try:
+                self.fire_due_timers()
+                due = self._store.next_timer_due()
+            except UnavailableError as err:  # PostgreSQL restarting: the timers wait for it
+                logger.warning("timers: %s; trying again in %.0fs", err, _STORE_RETRY_S)
+                await asyncio.sleep(_STORE_RETRY_S)
+                continue
             delay = 3600.0 if due is None else max(0.0, min(3600.0, due - self._clock()))
             self._timer_wakeup.clear()
             # asyncio.timeout, not wait_for: in 3.11 wait_for swallows a cancellation that
