@@ -50,10 +50,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol, cast, runtime_checkable
 
-from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
 from executor.errors import UnavailableError
+from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
 from executor.sql import Db, NoCheckpoints, PgDb, is_postgres, row_lock
-from executor.storage import StorageError, StorageHealth, open_database, writing
+from executor.storage import StorageHealth, open_database, writing
 
 logger = logging.getLogger(__name__)
 

@@ -72,6 +72,14 @@ class Clients:
                 await asyncio.sleep(0.1)
         raise AssertionError("no replica took the call")
 
+    async def register(self, job: dict[str, Any]) -> None:
+        await self.call(lambda c: c.register_job(job))
+
+    async def publish(self, job_id: int, event_id: str) -> None:
+        await self.call(
+            lambda c: c.publish_event(name="complete", type="job", job_id=job_id, event_id=event_id)
+        )
+
     async def close(self) -> None:
         for client in self._clients.values():
             await client.close()
@@ -96,15 +104,11 @@ async def test_a_replica_killed_in_a_burst_loses_nothing_and_a_restarted_one_joi
         try:
             jobs = submit_blocked(group, 45)
             for job in jobs:
-                await clients.call(lambda c, job=job: c.register_job(job))
+                await clients.register(job)
             answered: list[str] = []
 
             async def publish(n: int, job: dict[str, Any]) -> None:
-                await clients.call(
-                    lambda c: c.publish_event(
-                        name="complete", type="job", job_id=job["id"], event_id=f"burst-{n}"
-                    )
-                )
+                await clients.publish(job["id"], f"burst-{n}")
 
             async def execute(n: int) -> None:
                 response = await clients.call(
@@ -168,13 +172,9 @@ async def test_postgresql_restarted_mid_run_the_replicas_wait_retry_and_lose_not
         try:
             jobs = submit_blocked(group, 20)
             for job in jobs:
-                await clients.call(lambda c, job=job: c.register_job(job))
+                await clients.register(job)
             for n, job in enumerate(jobs[:5]):
-                await clients.call(
-                    lambda c, n=n, job=job: c.publish_event(
-                        name="complete", type="job", job_id=job["id"], event_id=f"before-{n}"
-                    )
-                )
+                await clients.publish(job["id"], f"before-{n}")
             postgres.stop("fast")
             down = asyncio.get_running_loop().time()
 
@@ -183,11 +183,7 @@ async def test_postgresql_restarted_mid_run_the_replicas_wait_retry_and_lose_not
                 await asyncio.to_thread(postgres.start)
 
             async def publish(n: int, job: dict[str, Any]) -> None:
-                await clients.call(
-                    lambda c: c.publish_event(
-                        name="complete", type="job", job_id=job["id"], event_id=f"during-{n}"
-                    )
-                )
+                await clients.publish(job["id"], f"during-{n}")
 
             await asyncio.gather(
                 restart_later(), *(publish(n, job) for n, job in enumerate(jobs[5:]))
