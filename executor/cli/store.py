@@ -5,23 +5,35 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
+from executor import config
 from executor.cli.connection import EXIT_OK, EXIT_USAGE
 from executor.errors import UnavailableError
 
 
+def store_url(args: argparse.Namespace, environ: dict[str, str]) -> str:
+    """The ``store`` setting as ``serve`` would read it: defaults < TOML < environment < flag."""
+    settings = config.Settings()
+    config_file = args.config or (
+        Path(environ["CBEXEC_CONFIG"]) if "CBEXEC_CONFIG" in environ else None
+    )
+    if config_file is not None:
+        settings = config.from_toml(settings, config_file)
+    settings = config.from_env(settings, environ)
+    if args.store is not None:
+        settings = config.apply(settings, {"store": args.store}, "flag")
+    return config.validate(settings).store
+
+
 def _migrate(args: argparse.Namespace) -> int:
     from executor.migrations import migrate
-    from executor.sql import is_postgres
 
-    url = args.store or os.environ.get("CBEXEC_STORE", "")
-    if not is_postgres(url):
-        print(
-            "cbexec: store migrate needs --store postgresql://user@host/db (or CBEXEC_STORE); "
-            "the SQLite store needs no migration",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+    url = store_url(args, dict(os.environ))
+    if not url:
+        # The systemd unit runs this before every start, fleet or not.
+        print("store is SQLite (in the data dir): nothing to migrate")
+        return EXIT_OK
     try:
         before, after = migrate(url)
     except UnavailableError as err:
@@ -43,5 +55,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="create or upgrade the store's schema to this version (idempotent; run before "
         "the executors start)",
     )
-    migrate.add_argument("--store", help="postgresql://user@host/db (default: CBEXEC_STORE)")
+    migrate.add_argument("--config", type=Path, help="TOML settings file (also CBEXEC_CONFIG)")
+    migrate.add_argument(
+        "--store", help="postgresql://user@host/db (default: the store setting, CBEXEC_STORE)"
+    )
     migrate.set_defaults(handler=_migrate)
