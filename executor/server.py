@@ -343,4 +343,4 @@ async def serve_forever(settings: Settings) -> None:
 
 
 def _reload(engine: TriggerEngine) -> None:
-    engine.reload_universal()
+    engine.reload_universal(fleet_wide=True)

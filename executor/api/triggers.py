@@ -72,8 +72,8 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
     async def ReloadUniversalCallbacks(
         self, request: executor_pb2.ReloadUniversalCallbacksRequest, context: Context
     ) -> executor_pb2.ReloadUniversalCallbacksResponse:
-        """Re-read callbacks.conf; on errors the last good set stays active."""
-        errors = self._engine.reload_universal()
+        """Re-read callbacks.conf (in a fleet, every replica does); on errors the last good set stays."""
+        errors = self._engine.reload_universal(fleet_wide=True)
         return executor_pb2.ReloadUniversalCallbacksResponse(
             reloaded=not errors,
             errors=errors,

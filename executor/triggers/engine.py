@@ -99,6 +99,10 @@ def _iso(unix_s: float) -> str:
 _T = TypeVar("_T")
 # How often a transaction that lost a deadlock (a fleet's replicas racing) is run again.
 _CONFLICT_TRIES = 8
+# In a fleet: the version row replicas follow to reload the universal callbacks, and how
+# often they look (one indexed read a second per replica).
+UNIVERSAL_VERSION = "universal"
+FLEET_POLL_S = 1.0
 # How long the timers wait before they try an unreachable store again.
 _STORE_RETRY_S = 1.0
 
@@ -173,6 +177,8 @@ class TriggerEngine:
             store, self._run_firing, max_parallel_events=max_parallel_events, retry=retry
         )
         self._journal = journal_limits
+        self._universal_version = store.fleet_version(UNIVERSAL_VERSION) if store.fleet else 0
+        self._follower: asyncio.Task[None] | None = None
         self._journal_pruned_at = float("-inf")
         self.stats = EngineStats()
 
@@ -196,12 +202,20 @@ class TriggerEngine:
         """The active universal callbacks' check warnings, as ``file:line: message``."""
         return [warning for cb in self._universal for warning in cb.warnings]
 
-    def reload_universal(self, *, quiet: bool = False) -> list[str]:
+    def reload_universal(self, *, quiet: bool = False, fleet_wide: bool = False) -> list[str]:
         """Re-read every callbacks.conf; on errors keep the last good set and return them.
 
         The triggers' check warnings are logged and kept (``universal_warnings``).
         ``quiet`` leaves the errors to the caller to report (start-up says it in one line).
+        ``fleet_wide`` (a reload asked for by a person: the RPC, SIGHUP): in a fleet,
+        every other replica reloads its own callbacks.conf too, within a second
+        (``_follow_fleet`` polls the store's version row).
         """
+        if fleet_wide and self._store.fleet:
+            self._universal_version = self._store.bump_fleet_version(UNIVERSAL_VERSION)
+        return self._reload_universal(quiet=quiet)
+
+    def _reload_universal(self, *, quiet: bool) -> list[str]:
         now = self._clock()
         try:
             loaded = load_universal(
@@ -543,6 +557,22 @@ class TriggerEngine:
             raise RuntimeError("the trigger engine is already started")
         self._firings.start()
         self._timers = asyncio.get_running_loop().create_task(self._run_timers())
+        if self._store.fleet:
+            self._follower = asyncio.get_running_loop().create_task(self._follow_fleet())
+
+    async def _follow_fleet(self) -> None:
+        """In a fleet: reload the universal callbacks when another replica was asked to."""
+        while True:
+            await asyncio.sleep(FLEET_POLL_S)
+            try:
+                version = self._store.fleet_version(UNIVERSAL_VERSION)
+            except UnavailableError as err:
+                logger.debug("fleet version: %s", err)
+                continue
+            if version != self._universal_version:
+                self._universal_version = version
+                logger.info("another replica reloaded the universal callbacks: reloading")
+                self._reload_universal(quiet=False)
 
     async def wait_idle(self) -> None:
         """Until no firing is queued or running (once started)."""
@@ -550,7 +580,8 @@ class TriggerEngine:
 
     async def close(self) -> None:
         """Stop the timers and the worker; unfinished firings stay queued for the next start."""
-        if self._timers is not None:
-            self._timers.cancel()
-            await asyncio.gather(self._timers, return_exceptions=True)
+        for task in (self._timers, self._follower):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self._firings.close()

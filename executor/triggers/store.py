@@ -631,6 +631,26 @@ class TriggerStore:
             self._checkpoints.committed()
         return bool(cursor.rowcount)
 
+    # -- what every replica of a fleet must reload ---------------------------------------
+
+    def fleet_version(self, name: str) -> int:
+        """The version of ``name`` (e.g. "universal") the fleet is at; 0 before any bump."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT version FROM fleet_versions WHERE name = ?", (name,)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def bump_fleet_version(self, name: str) -> int:
+        """Tell every replica to reload ``name``; the new version."""
+        with self._lock, writing(self._path, self._health):
+            row = self._db.execute(
+                "INSERT INTO fleet_versions (name, version) VALUES (?, 1) ON CONFLICT (name)"
+                " DO UPDATE SET version = fleet_versions.version + 1 RETURNING version",
+                (name,),
+            ).fetchone()
+        return int(row[0])
+
     # -- a fleet's claims ---------------------------------------------------------------
 
     @staticmethod
