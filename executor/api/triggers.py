@@ -13,6 +13,8 @@ from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 
 DEFAULT_JOBS_LIMIT: Final = 50
 MAX_JOBS_LIMIT: Final = 1000
+# Events in one PublishEvents call (one transaction): a batch a scheduler has piled up.
+MAX_BATCH_EVENTS: Final = 1000
 
 
 class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
@@ -52,6 +54,31 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
         fired, duplicate = await self._engine.publish(event, wait=request.wait)
         return executor_pb2.PublishEventResponse(
             fired=[convert.firing_message(f) for f in fired], duplicate=duplicate
+        )
+
+    @grpc_errors
+    async def PublishEvents(
+        self, request: executor_pb2.PublishEventsRequest, context: Context
+    ) -> executor_pb2.PublishEventsResponse:
+        """Apply several events in order, in one transaction; what they fire runs after."""
+        if len(request.events) > MAX_BATCH_EVENTS:
+            raise InvalidRequestError(
+                f"events: at most {MAX_BATCH_EVENTS} per call, got {len(request.events)}"
+            )
+        for index, one in enumerate(request.events):
+            if one.wait:
+                raise InvalidRequestError(
+                    f"events[{index}].wait: a batched event cannot wait; use PublishEvent"
+                )
+        events = [convert.event_from_request(one) for one in request.events]
+        applied = self._engine.publish_many(events)
+        return executor_pb2.PublishEventsResponse(
+            results=[
+                executor_pb2.PublishEventResponse(
+                    fired=[convert.firing_message(f) for f in fired], duplicate=duplicate
+                )
+                for fired, duplicate in applied
+            ]
         )
 
     @grpc_errors

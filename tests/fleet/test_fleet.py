@@ -156,36 +156,36 @@ async def test_both_halves_of_an_and_at_two_replicas_at_once_fire_exactly_once(
 async def test_a_reload_reaches_every_replica_and_every_replica_reads_the_fleets_history(
     tmp_path: Path, pg_url: str
 ) -> None:
-    async with fleet(tmp_path, pg_url, replicas=2) as group:
-        async with (
-            ExecutorClient(group.address(0)) as first,
-            ExecutorClient(group.address(1)) as second,
-        ):
-            # Each replica reads its own callbacks.conf; both get the same file here.
-            for index in range(2):
-                directory = tmp_path / f"replica-{index}" / "callback"
-                directory.mkdir(exist_ok=True)
-                (directory / "noted.py").write_text("print('noted')\n")
-                (directory / "callbacks.conf").write_text("noted.py = submit-job-self\n")
-            reloaded = await first.reload_universal_callbacks()
-            assert reloaded.reloaded and reloaded.active == 1
+    async with (
+        fleet(tmp_path, pg_url, replicas=2) as group,
+        ExecutorClient(group.address(0)) as first,
+        ExecutorClient(group.address(1)) as second,
+    ):
+        # Each replica reads its own callbacks.conf; both get the same file here.
+        for index in range(2):
+            directory = tmp_path / f"replica-{index}" / "callback"
+            directory.mkdir(exist_ok=True)
+            (directory / "noted.py").write_text("print('noted')\n")
+            (directory / "callbacks.conf").write_text("noted.py = submit-job-self\n")
+        reloaded = await first.reload_universal_callbacks()
+        assert reloaded.reloaded and reloaded.active == 1
 
-            async def second_has_it() -> bool:
-                job_id = 70_000 + len(second_jobs)
-                second_jobs.append(job_id)
-                reply = await second.register_job({"id": job_id, "name": "late"})
-                return any(cb.universal for cb in reply.callbacks)
+        async def second_has_it() -> bool:
+            job_id = 70_000 + len(second_jobs)
+            second_jobs.append(job_id)
+            reply = await second.register_job({"id": job_id, "name": "late"})
+            return any(cb.universal for cb in reply.callbacks)
 
-            second_jobs: list[int] = []
-            assert await eventually(second_has_it, timeout_s=10, interval_s=0.2), (
-                "the reload on one replica never reached the other"
-            )
+        second_jobs: list[int] = []
+        assert await eventually(second_has_it, timeout_s=10, interval_s=0.2), (
+            "the reload on one replica never reached the other"
+        )
 
-            # A run on one replica is in the history every replica reads.
-            ran = await second.execute_callback(
-                language="python", code="print('here')", job={"id": 70_999, "user": "fleet"}
-            )
-            listed = await first.list_runs(job_id=70_999)
-            assert [run.invocation_id for run in listed.runs] == [ran.invocation_id]
-            got = await first.get_run(ran.invocation_id)
-            assert got.invocation_id == ran.invocation_id and "here" in got.result.stdout
+        # A run on one replica is in the history every replica reads.
+        ran = await second.execute_callback(
+            language="python", code="print('here')", job={"id": 70_999, "user": "fleet"}
+        )
+        listed = await first.list_runs(job_id=70_999)
+        assert [run.invocation_id for run in listed.runs] == [ran.invocation_id]
+        got = await first.get_run(ran.invocation_id)
+        assert got.invocation_id == ran.invocation_id and "here" in got.result.stdout
