@@ -157,8 +157,8 @@ class PgDb:
     ``BEGIN`` ... ``COMMIT``. A connection lost (PostgreSQL restarted, the network) is
     ``StoreUnavailable`` for the statement that met it; the next statement outside a
     transaction connects again, so the executor carries on once the server is back.
-    A deadlock or serialization failure is ``StoreConflict``: the caller runs the
-    transaction again.
+    A deadlock, a serialization failure or a unique key two replicas raced for is
+    ``StoreConflict``: the caller runs the transaction again.
     """
 
     def __init__(self, url: str, *, application_name: str = "cbexec") -> None:
@@ -229,7 +229,13 @@ class PgDb:
                 self._connect()
             try:
                 cursor = call(self._conn, pg_sql(sql) if translate else sql)
-            except (errors.DeadlockDetected, errors.SerializationFailure) as err:
+            except (
+                errors.DeadlockDetected,
+                errors.SerializationFailure,
+                # Two replicas inserting the same key at once (registering one job): the
+                # loser runs again and then sees the winner's row.
+                errors.UniqueViolation,
+            ) as err:
                 raise StoreConflict(f"PostgreSQL store: {_first_line(err)}") from err
             except psycopg.OperationalError as err:
                 if self._conn.broken or self._conn.closed:

@@ -209,9 +209,15 @@ class RunHistory:
     def record(self, invocation: Invocation, result: RunResult, started_at: float) -> None:
         """Store one finished run (a repeated invocation id replaces the earlier run)."""
         usage = result.usage
-        replaces = self._db.execute(
-            "SELECT 1 FROM runs WHERE invocation_id = ?", (result.invocation_id,)
-        ).fetchone()
+        # In a fleet other replicas record too: the count is taken afresh at each prune
+        # instead, and a run costs one round trip to PostgreSQL, not two.
+        replaces = (
+            None
+            if isinstance(self._db, PgDb)
+            else self._db.execute(
+                "SELECT 1 FROM runs WHERE invocation_id = ?", (result.invocation_id,)
+            ).fetchone()
+        )
         with writing(self._path, self._health):
             self._db.execute(
                 "INSERT INTO runs (invocation_id"  # noqa: S608 - our columns
@@ -309,6 +315,8 @@ class RunHistory:
     def prune(self) -> int:
         """Drop runs past the retention age, then the oldest beyond ``max_runs``."""
         self._since_prune = 0
+        if isinstance(self._db, PgDb):
+            self._runs = self.count()
         cutoff = self._clock() - self._retention_s
         by_age = self._db.execute("DELETE FROM runs WHERE started_at < ?", (cutoff,)).rowcount
         self._runs -= by_age

@@ -48,7 +48,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Protocol, cast, runtime_checkable
+from typing import Final, Protocol, TypeVar, cast, runtime_checkable
 
 from executor.errors import UnavailableError
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
@@ -56,6 +56,8 @@ from executor.sql import Db, NoCheckpoints, PgDb, is_postgres, row_lock
 from executor.storage import StorageHealth, open_database, writing
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 # Room left in a receiver's message limit for the batch around the messages and framing:
 # a message, or a batch of them, is at most the limit less this.
@@ -208,9 +210,14 @@ class Outbox:
             from executor.migrations import open_postgres
 
             self._db = open_postgres(self._path, application_name="cbexec-outbox")
+            # Delivery's bookkeeping goes through a connection of its own, in a thread:
+            # a round trip to PostgreSQL is ~0.3-1 ms, and the event loop's requests
+            # (an Execute committing its result) must not wait behind them.
+            self._ddb: Db = open_postgres(self._path, application_name="cbexec-delivery")
             self._checkpoints = NoCheckpoints()
         else:
             self._db = self._open_sqlite(self._path)
+            self._ddb = self._db
             # The log's checkpoints fsync; in a thread, they stall no answer.
             self._checkpoints = BackgroundCheckpoints(self._db, path)
         self._wakeup = asyncio.Event()
@@ -303,6 +310,8 @@ class Outbox:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         self._checkpoints.close()
+        if self._ddb is not self._db:
+            self._ddb.close()
         self._db.close()
 
     def _next_batch(self) -> list[tuple[int, str, bytes]]:
@@ -313,17 +322,17 @@ class Outbox:
         """
         now = self._clock()
         if self.fleet:
-            rows = self._db.execute(
+            rows = self._ddb.execute(
                 "UPDATE outbox SET owner = ?, lease_until = ? WHERE seq IN (SELECT seq FROM outbox"  # noqa: S608 - a lock clause
                 " WHERE delivered_at IS NULL AND dead_at IS NULL AND retry_at <= ?"
                 " AND (owner = ? OR lease_until < ?) ORDER BY seq LIMIT ?"
-                + row_lock(self._db, skip_locked=True)
+                + row_lock(self._ddb, skip_locked=True)
                 + ") RETURNING seq, key, payload",
                 (self._owner, now + self._lease_s, now, self._owner, now, self._batch_size),
             ).fetchall()
             rows.sort(key=lambda row: int(row[0]))
         else:
-            rows = self._db.execute(
+            rows = self._ddb.execute(
                 "SELECT seq, key, payload FROM outbox WHERE delivered_at IS NULL"
                 " AND dead_at IS NULL AND retry_at <= ? ORDER BY seq LIMIT ?",
                 (now, self._batch_size),
@@ -362,17 +371,23 @@ class Outbox:
                 logger.warning("outbox: retrying in %.2fs", delay)
             await asyncio.sleep(delay)
 
+    async def _io(self, step: Callable[[], _T]) -> _T:
+        """A delivery step's database work: in a thread in a fleet, inline on SQLite."""
+        if self._ddb is self._db:
+            return step()
+        return await asyncio.to_thread(step)
+
     async def _deliver_next(self) -> bool | None:
         """Deliver what is pending now, or wait for something to be.
 
         True when all of it is done with (delivered or set aside), False to back off, None
         when nothing was pending (after waiting for some).
         """
-        batch = self._next_batch()
+        batch = await self._io(self._next_batch)
         if not batch:
             # No await between the query and clear(): put() cannot slip in between.
             self._wakeup.clear()
-            waiting = self._next_retry_at()
+            waiting = await self._io(self._next_retry_at)
             if waiting is None:
                 self._drained.set()
             if self.fleet:
@@ -413,7 +428,7 @@ class Outbox:
             self._batches = False
             return DeliveryError("the receiver takes no batches", retryable=True)
         self._duplicates += sum(duplicates)
-        self._mark_delivered([seq for seq, _, _ in batch])
+        await self._io(lambda: self._mark_delivered([seq for seq, _, _ in batch]))
         return None
 
     async def _deliver_one(self, seq: int, key: str, payload: bytes) -> bool:
@@ -421,16 +436,18 @@ class Outbox:
         try:
             duplicate = await self._transport.deliver(key, payload)
         except DeliveryError as err:
-            attempts = self._note_failure(seq, str(err), counted=not err.unreachable)
+            error, counted = str(err), not err.unreachable
+            attempts = await self._io(lambda: self._note_failure(seq, error, counted=counted))
             if not err.retryable:
-                self._set_aside(seq, key, f"refused: {err}")
+                await self._io(lambda: self._set_aside(seq, key, f"refused: {error}"))
                 return True
             if err.unreachable:
                 logger.warning("outbox: delivery of %s failed (%s)", key, err)
                 return False  # nothing moves: back off as a whole
             if attempts >= self._max_attempts:
                 # The receiver answers, but never takes this one.
-                self._set_aside(seq, key, f"failed {attempts} times, last: {err}")
+                why = f"failed {attempts} times, last: {err}"
+                await self._io(lambda: self._set_aside(seq, key, why))
                 return True
             # It waits its own backoff while the messages behind it go on.
             delay = self._backoff.delay(attempts, self._rng)
@@ -438,17 +455,17 @@ class Outbox:
                 "outbox: delivery of %s failed (%s); retrying it in %.2fs", key, err, delay
             )
             with writing(self._path, self._health):
-                self._db.execute(
+                self._ddb.execute(
                     "UPDATE outbox SET retry_at = ? WHERE seq = ?", (self._clock() + delay, seq)
                 )
             return True
         self._duplicates += duplicate
-        self._mark_delivered([seq])
+        await self._io(lambda: self._mark_delivered([seq]))
         return True
 
     def _next_retry_at(self) -> float | None:
         """When the earliest message waiting out its own backoff is due; None if none waits."""
-        row = self._db.execute(
+        row = self._ddb.execute(
             "SELECT min(retry_at) FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL"
         ).fetchone()
         return None if row[0] is None else float(row[0])
@@ -460,7 +477,7 @@ class Outbox:
         unreachable receiver's are not).
         """
         with writing(self._path, self._health):
-            row = self._db.execute(
+            row = self._ddb.execute(
                 "UPDATE outbox SET attempts = attempts + ?, last_error = ? WHERE seq = ?"
                 " RETURNING attempts",
                 (int(counted), error, seq),
@@ -471,7 +488,7 @@ class Outbox:
     def _set_aside(self, seq: int, key: str, why: str) -> None:
         logger.error("outbox: %s set aside as a dead letter: %s", key, why)
         with writing(self._path, self._health):
-            self._db.execute(
+            self._ddb.execute(
                 "UPDATE outbox SET dead_at = ?, last_error = ? WHERE seq = ?",
                 (self._clock(), why, seq),
             )
@@ -515,16 +532,16 @@ class Outbox:
         """Record the rows as delivered, in one commit; trim the delivered ones now and then."""
         now = self._clock()
         with writing(self._path, self._health):
-            self._db.execute("BEGIN")
+            self._ddb.execute("BEGIN")
             try:
-                self._db.executemany(
+                self._ddb.executemany(
                     "UPDATE outbox SET delivered_at = ? WHERE seq = ?",
                     [(now, seq) for seq in seqs],
                 )
-                self._db.execute("COMMIT")
+                self._ddb.execute("COMMIT")
             except BaseException:
-                if self._db.in_transaction:  # SQLite may have rolled back already (disk full)
-                    self._db.execute("ROLLBACK")
+                if self._ddb.in_transaction:  # SQLite may have rolled back already (disk full)
+                    self._ddb.execute("ROLLBACK")
                 raise
         self._checkpoints.committed()
         self._delivered_since_trim += len(seqs)
@@ -533,7 +550,7 @@ class Outbox:
 
     def _trim_delivered(self) -> None:
         self._delivered_since_trim = 0
-        self._db.execute(
+        self._ddb.execute(
             "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE delivered_at IS NOT NULL"  # noqa: S608
             f" ORDER BY seq DESC LIMIT {'ALL' if self.fleet else '-1'} OFFSET ?)",
             (self._keep_delivered,),

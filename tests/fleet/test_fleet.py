@@ -120,6 +120,14 @@ async def test_both_halves_of_an_and_at_two_replicas_at_once_fire_exactly_once(
         ExecutorClient(group.address(0)) as first,
         ExecutorClient(group.address(1)) as second,
     ):
+        # One job registered at both replicas at once: both answer, one job is kept.
+        for n in range(10):
+            job = {"id": 40_000 + n, "name": "twice", "label": "twice"}
+            await asyncio.gather(first.register_job(job), second.register_job(job))
+        listed = await first.list_registered_jobs(limit=1000)
+        twice = sorted(j.id for j in listed.jobs if 40_000 <= j.id < 40_010)
+        assert twice == [40_000 + n for n in range(10)]
+
         fired: dict[int, list[str]] = {}
         for n in range(rounds):
             a, b, c = 50_000 + 3 * n, 50_001 + 3 * n, 50_002 + 3 * n
