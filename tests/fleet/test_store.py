@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from executor.errors import ConfigError
@@ -39,6 +41,22 @@ async def test_store_migrate_is_explicit_versioned_and_idempotent(
         assert store.fleet and store.count_jobs() == 0
     finally:
         store.close()
+
+
+async def test_check_config_checks_the_store_is_reached_and_migrated(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = postgres.create_database("check_config")
+    argv = ("serve", "--check-config", "--data-dir", str(tmp_path), "--bind", "127.0.0.1:0")
+    said = await cbexec(*argv, "--store", url)
+    assert said.code == 2
+    assert "cbexec: store: the PostgreSQL store is at schema version 0" in said.err
+    assert "cbexec store migrate" in said.err
+    assert (await cbexec("store", "migrate", "--store", url)).code == 0
+    said = await cbexec(*argv, "--store", url.replace("postgres@", "postgres:secret@"))
+    assert said.code == 0, said.err
+    assert f"store: PostgreSQL, schema version {schema_version()}" in said.out
+    assert "secret" not in said.out  # a password in the URL is never printed
 
 
 async def test_store_migrate_without_a_postgresql_store_has_nothing_to_do() -> None:
