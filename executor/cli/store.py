@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from executor import config
-from executor.cli.connection import EXIT_OK, EXIT_USAGE
+from executor.cli.connection import EXIT_OK, EXIT_RPC
 from executor.errors import UnavailableError
 
 
@@ -36,9 +36,9 @@ def _migrate(args: argparse.Namespace) -> int:
         return EXIT_OK
     try:
         before, after = migrate(url)
-    except UnavailableError as err:
+    except UnavailableError as err:  # the database could not be reached
         print(f"cbexec: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_RPC
     if before == after:
         print(f"store schema already at version {after}")
     else:
