@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -69,6 +70,13 @@ class Settings:
     data_dir: Path = field(default_factory=_default_data_dir)
     # Supervisor service address; empty runs the embedded reference supervisor.
     supervisor: str = ""
+    # Where the trigger store, the outbox and the run history live: "" = SQLite files in
+    # data_dir (one executor); a postgresql:// URL = that database, shared by a fleet of
+    # executors (its schema made by `cbexec store migrate`).
+    store: str = ""
+    # In a fleet, how long a replica's claim on a firing or a result lasts without renewal:
+    # a replica that dies has its work taken over this long after its last renewal.
+    store_lease_seconds: float = 15.0
     # Limits a request gets for the fields it leaves at zero.
     default_limits: Limits = Limits(
         cpu_seconds=10,
@@ -270,11 +278,15 @@ def _check_address(name: str, value: str) -> None:
 
 # Settings whose values are secrets: shown as set or not, never printed.
 SECRETS: Final = frozenset({"auth_token", "mail.smtp_password"})
+# Settings that may carry a password inside (a database URL): shown without it.
+_URLS: Final = frozenset({"store"})
 
 
 def _shown(name: str, value: Any) -> str:
     if name in SECRETS:
         return '"(set)"' if value else '""'
+    if name in _URLS:
+        value = re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:(set)@", str(value))
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, frozenset):
@@ -344,6 +356,12 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError("trigger_journal_days: must be positive")
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("tls_cert and tls_key: set both (TLS) or neither (plaintext)")
+    if settings.store and not settings.store.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            "store: expected a postgresql://user@host/db URL, or empty for SQLite in data_dir"
+        )
+    if settings.store_lease_seconds < 1:
+        raise ConfigError("store_lease_seconds: must be at least 1")
     if settings.tls_client_ca and not settings.tls_cert:
         raise ConfigError("tls_client_ca: mutual TLS needs tls_cert and tls_key too")
     return settings

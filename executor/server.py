@@ -155,7 +155,11 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             on_result=recorder.on_result,
         )
 
-        trigger_store = TriggerStore(str(settings.data_dir / "triggers.db"), health=storage_health)
+        trigger_store = TriggerStore(
+            settings.store or str(settings.data_dir / "triggers.db"),
+            health=storage_health,
+            lease_s=settings.store_lease_seconds,
+        )
         stack.callback(trigger_store.close)
         engine = TriggerEngine(
             trigger_store,
@@ -339,4 +343,4 @@ async def serve_forever(settings: Settings) -> None:
 
 
 def _reload(engine: TriggerEngine) -> None:
-    engine.reload_universal()
+    engine.reload_universal(fleet_wide=True)

@@ -307,6 +307,28 @@ class ExecutorClient:
         request = request or executor_pb2.PublishEventRequest(**fields)
         return await _checked(self._triggers.PublishEvent(request, timeout=timeout))
 
+    async def publish_events(
+        self,
+        events: Sequence[executor_pb2.PublishEventRequest | Mapping[str, Any]],
+        *,
+        timeout: float | None = None,
+    ) -> executor_pb2.PublishEventsResponse:
+        """Publish several transitions at once, applied in order in one transaction.
+
+        Each is a request or its fields (as ``publish_event`` takes them; ``wait`` is not
+        allowed). All are applied or none; sending the batch again is safe when each
+        event has an ``event_id``.
+        """
+        request = executor_pb2.PublishEventsRequest(
+            events=[
+                e
+                if isinstance(e, executor_pb2.PublishEventRequest)
+                else executor_pb2.PublishEventRequest(**e)
+                for e in events
+            ]
+        )
+        return await _checked(self._triggers.PublishEvents(request, timeout=timeout))
+
     async def dry_run(
         self,
         request: executor_pb2.DryRunRequest | None = None,

@@ -13,6 +13,8 @@ from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 
 DEFAULT_JOBS_LIMIT: Final = 50
 MAX_JOBS_LIMIT: Final = 1000
+# Events in one PublishEvents call (one transaction): a batch a scheduler has piled up.
+MAX_BATCH_EVENTS: Final = 1000
 
 
 class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
@@ -55,6 +57,31 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
         )
 
     @grpc_errors
+    async def PublishEvents(
+        self, request: executor_pb2.PublishEventsRequest, context: Context
+    ) -> executor_pb2.PublishEventsResponse:
+        """Apply several events in order, in one transaction; what they fire runs after."""
+        if len(request.events) > MAX_BATCH_EVENTS:
+            raise InvalidRequestError(
+                f"events: at most {MAX_BATCH_EVENTS} per call, got {len(request.events)}"
+            )
+        for index, one in enumerate(request.events):
+            if one.wait:
+                raise InvalidRequestError(
+                    f"events[{index}].wait: a batched event cannot wait; use PublishEvent"
+                )
+        events = [convert.event_from_request(one) for one in request.events]
+        applied = self._engine.publish_many(events)
+        return executor_pb2.PublishEventsResponse(
+            results=[
+                executor_pb2.PublishEventResponse(
+                    fired=[convert.firing_message(f) for f in fired], duplicate=duplicate
+                )
+                for fired, duplicate in applied
+            ]
+        )
+
+    @grpc_errors
     async def DryRun(
         self, request: executor_pb2.DryRunRequest, context: Context
     ) -> executor_pb2.DryRunResponse:
@@ -72,8 +99,8 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
     async def ReloadUniversalCallbacks(
         self, request: executor_pb2.ReloadUniversalCallbacksRequest, context: Context
     ) -> executor_pb2.ReloadUniversalCallbacksResponse:
-        """Re-read callbacks.conf; on errors the last good set stays active."""
-        errors = self._engine.reload_universal()
+        """Re-read callbacks.conf (in a fleet, every replica does); on errors the last good set stays."""
+        errors = self._engine.reload_universal(fleet_wide=True)
         return executor_pb2.ReloadUniversalCallbacksResponse(
             reloaded=not errors,
             errors=errors,

@@ -2,7 +2,8 @@
 
 ``serve`` runs the service (serve.py); ``run``, ``runs`` (runs.py), ``triggers``
 (triggers.py), ``outbox`` (outbox.py), ``metrics`` (metrics.py) and ``farm`` (farm.py)
-are clients of a running executor, through ``supervisor_client`` only.
+are clients of a running executor, through ``supervisor_client`` only; ``store``
+(store.py) prepares a fleet's PostgreSQL database.
 Exit codes are in connection.py.
 """
 
@@ -13,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from executor import __version__
-from executor.cli import farm, metrics, outbox, runs, serve, triggers
+from executor.cli import farm, metrics, outbox, runs, serve, store, triggers
 from executor.cli.connection import EXIT_USAGE
 from executor.errors import ConfigError
 
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     outbox.add_parser(commands)
     metrics.add_parser(commands)
     farm.add_parser(commands)
+    store.add_parser(commands)
     return parser
 
 

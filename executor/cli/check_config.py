@@ -1,7 +1,8 @@
 """``cbexec serve --check-config``: check everything start-up would, print the effective settings.
 
 Start-up refuses bad TLS files, a port it cannot bind, a data dir it cannot use, a
-damaged database, a sandbox setting the host cannot satisfy; and with ``strict`` a
+damaged database, a PostgreSQL store it cannot reach or that is not migrated, a sandbox
+setting the host cannot satisfy; and with ``strict`` a
 broken ``callbacks.conf``. The check runs each of those (collecting every problem
 rather than stopping at the first), loads and compiles the universal callbacks as
 start-up does, and prints the settings start-up would run with, one ``name = value``
@@ -74,6 +75,22 @@ def _universal(settings: config.Settings) -> str:
     return f"{len(loaded)} from {', '.join(confs)}"
 
 
+def _store(settings: config.Settings) -> str:
+    """Where the triggers, outbox and history live; a fleet's database reached and migrated."""
+    if not settings.store:
+        return f"SQLite in {settings.data_dir}"
+    from executor.errors import UnavailableError
+    from executor.migrations import open_postgres, schema_version
+
+    try:
+        open_postgres(settings.store, application_name="cbexec-check").close()
+    except UnavailableError as err:
+        raise ConfigError(f"store: {err}") from err
+    except ConfigError as err:
+        raise ConfigError(f"store: {err}") from err
+    return f"PostgreSQL, schema version {schema_version()} (a fleet's shared store)"
+
+
 def check(settings: config.Settings, out: TextIO) -> list[str]:
     """Print the effective settings and each check's finding; the problems found."""
     print("effective settings (defaults < config file < CBEXEC_* < flags):", file=out)
@@ -82,6 +99,7 @@ def check(settings: config.Settings, out: TextIO) -> list[str]:
     checks: list[tuple[str, Callable[[], str]]] = [
         ("endpoint", lambda: _endpoint(settings)),
         ("data dir", lambda: _data_dir(settings)),
+        ("store", lambda: _store(settings)),
         ("sandbox", lambda: _sandbox(settings)),
         ("universal callbacks", lambda: _universal(settings)),
     ]

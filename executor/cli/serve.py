@@ -28,6 +28,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument(
         "--supervisor", help="address of a remote Supervisor service (default: embedded)"
     )
+    serve.add_argument(
+        "--store",
+        help="postgresql://user@host/db: keep triggers, outbox and history there, shared by a "
+        "fleet of executors (default: SQLite in the data dir; also CBEXEC_STORE)",
+    )
     serve.add_argument("--max-concurrent", type=int, help="callbacks running at once")
     serve.add_argument("--max-queue", type=int, help="requests waiting for a slot")
     serve.add_argument("--languages", help="enabled languages: names or Qube's numeric flags")
@@ -62,6 +67,7 @@ def load_settings(args: argparse.Namespace, environ: dict[str, str]) -> config.S
         "http_bind": args.http,
         "data_dir": args.data_dir,
         "supervisor": args.supervisor,
+        "store": args.store,
         "max_concurrent": args.max_concurrent,
         "max_queue": args.max_queue,
         "languages": args.languages,

@@ -38,13 +38,14 @@ from executor.model import (
     Usage,
 )
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
+from executor.sql import Db, NoCheckpoints, PgDb, Row, is_postgres
 from executor.storage import StorageHealth, open_database, writing
 
 logger = logging.getLogger(__name__)
 
 DAY_S: Final = 86_400.0
 
-_SCHEMA: Final = """
+SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS runs (
     invocation_id TEXT PRIMARY KEY,
     job_id INTEGER NOT NULL,
@@ -70,6 +71,12 @@ CREATE INDEX IF NOT EXISTS runs_by_outcome ON runs (outcome, started_at);
 _SUMMARY_COLUMNS: Final = (
     "invocation_id, job_id, callback_id, triggers, language, outcome, started_at, "
     "wall_seconds, cpu_seconds, peak_rss_bytes, queue_seconds, event, work_name, source"
+)
+
+# A repeated invocation id replaces the earlier run (SQLite's INSERT OR REPLACE, in the
+# spelling PostgreSQL shares).
+_REPLACE: Final = ", ".join(
+    f"{column} = excluded.{column}" for column in (*_SUMMARY_COLUMNS.split(", ")[1:], "result")
 )
 
 
@@ -169,13 +176,23 @@ class RunHistory:
         self._since_prune = 0
         self._path = str(path)
         self._health = health
-        self._db = open_database(path)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._add_source_column()
-        self._checkpoints = BackgroundCheckpoints(self._db, path)
+        self._db: Db
+        self._checkpoints: BackgroundCheckpoints | NoCheckpoints
+        if is_postgres(self._path):
+            # A fleet's history: every replica's runs, in the shared store.
+            from executor.migrations import open_postgres
+
+            self._db = open_postgres(self._path, application_name="cbexec-history")
+            self._checkpoints = NoCheckpoints()
+        else:
+            db = open_database(path)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.executescript(SCHEMA)
+            self._db = db
+            self._add_source_column()
+            self._checkpoints = BackgroundCheckpoints(db, path)
         self._runs = self.count()
         self.prune()
 
@@ -192,14 +209,22 @@ class RunHistory:
     def record(self, invocation: Invocation, result: RunResult, started_at: float) -> None:
         """Store one finished run (a repeated invocation id replaces the earlier run)."""
         usage = result.usage
-        replaces = self._db.execute(
-            "SELECT 1 FROM runs WHERE invocation_id = ?", (result.invocation_id,)
-        ).fetchone()
+        # In a fleet other replicas record too: the count is taken afresh at each prune
+        # instead, and a run costs one round trip to PostgreSQL, not two.
+        replaces = (
+            None
+            if isinstance(self._db, PgDb)
+            else self._db.execute(
+                "SELECT 1 FROM runs WHERE invocation_id = ?", (result.invocation_id,)
+            ).fetchone()
+        )
         with writing(self._path, self._health):
             self._db.execute(
-                "INSERT OR REPLACE INTO runs (invocation_id, job_id, callback_id, triggers, language,"
+                "INSERT INTO runs (invocation_id"  # noqa: S608 - our columns
+                ", job_id, callback_id, triggers, language,"
                 " outcome, started_at, wall_seconds, cpu_seconds, peak_rss_bytes, queue_seconds,"
-                " event, work_name, result, source) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " event, work_name, result, source) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                f" ON CONFLICT (invocation_id) DO UPDATE SET {_REPLACE}",
                 (
                     result.invocation_id,
                     invocation.job_id,
@@ -268,6 +293,13 @@ class RunHistory:
 
     def ids_starting_with(self, prefix: str, limit: int = 3) -> list[str]:
         """Up to ``limit`` invocation ids that start with ``prefix`` (taken literally)."""
+        if isinstance(self._db, PgDb):
+            rows = self._db.execute(
+                "SELECT invocation_id FROM runs WHERE starts_with(invocation_id, ?)"
+                " ORDER BY invocation_id LIMIT ?",
+                (prefix, limit),
+            ).fetchall()
+            return [row["invocation_id"] for row in rows]
         # GLOB, not LIKE: a prefix's "_" and "%" are characters here, not wildcards.
         pattern = "".join(f"[{c}]" if c in "*?[" else c for c in prefix) + "*"
         rows = self._db.execute(
@@ -283,6 +315,8 @@ class RunHistory:
     def prune(self) -> int:
         """Drop runs past the retention age, then the oldest beyond ``max_runs``."""
         self._since_prune = 0
+        if isinstance(self._db, PgDb):
+            self._runs = self.count()
         cutoff = self._clock() - self._retention_s
         by_age = self._db.execute("DELETE FROM runs WHERE started_at < ?", (cutoff,)).rowcount
         self._runs -= by_age
@@ -300,7 +334,7 @@ class RunHistory:
         return int(by_age + by_count)
 
     @staticmethod
-    def _record(row: sqlite3.Row, result: RunResult | None = None) -> RunRecord:
+    def _record(row: Row, result: RunResult | None = None) -> RunRecord:
         event = Event.from_dict(json.loads(row["event"])) if row["event"] else None
         return RunRecord(
             invocation_id=row["invocation_id"],

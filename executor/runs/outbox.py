@@ -42,22 +42,28 @@ import asyncio
 import contextlib
 import logging
 import random
+import sqlite3
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Protocol, cast, runtime_checkable
+from typing import Final, Protocol, TypeVar, cast, runtime_checkable
 
+from executor.errors import UnavailableError
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
-from executor.storage import StorageError, StorageHealth, open_database, writing
+from executor.sql import Db, NoCheckpoints, PgDb, is_postgres, row_lock
+from executor.storage import StorageHealth, open_database, writing
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 # Room left in a receiver's message limit for the batch around the messages and framing:
 # a message, or a batch of them, is at most the limit less this.
 MESSAGE_MARGIN_BYTES: Final = 64 << 10
 
-_SCHEMA: Final = """
+SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     key TEXT NOT NULL UNIQUE,
@@ -69,11 +75,20 @@ CREATE TABLE IF NOT EXISTS outbox (
     delivered_at REAL,
     dead_at REAL,
     -- Not before this Unix time: a message the receiver refused waits its own backoff.
-    retry_at REAL NOT NULL DEFAULT 0
+    retry_at REAL NOT NULL DEFAULT 0,
+    -- In a fleet: which replica delivers it, until when (a dead replica's are taken over).
+    owner TEXT NOT NULL DEFAULT '',
+    lease_until REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq)
     WHERE delivered_at IS NULL AND dead_at IS NULL;
 """
+# Columns added since the first outbox.db: (column, definition).
+_ADDED_COLUMNS: Final = (
+    ("retry_at", "REAL NOT NULL DEFAULT 0"),
+    ("owner", "TEXT NOT NULL DEFAULT ''"),
+    ("lease_until", "REAL NOT NULL DEFAULT 0"),
+)
 
 
 class DeliveryError(Exception):
@@ -173,8 +188,11 @@ class Outbox:
         health: StorageHealth | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        lease_s: float = 15.0,
     ) -> None:
         self._path = str(path)
+        self._lease_s = lease_s
+        self._owner = uuid.uuid4().hex
         self._health = health
         self._batch_size = batch_size
         self._batch_bytes = batch_bytes
@@ -186,18 +204,22 @@ class Outbox:
         self._keep_delivered = keep_delivered
         self._clock = clock
         self._rng = rng or random.Random()
-        self._db = open_database(path)
-        self._db.execute("PRAGMA journal_mode = WAL")
-        # WAL + NORMAL: a commit survives the executor's own crash (kill -9); only an OS
-        # crash or power loss can drop the last commits. FULL fsyncs every run on the
-        # event loop, which measured ~5 ms per callback and capped throughput.
-        self._db.execute("PRAGMA synchronous = NORMAL")
-        self._db.executescript(_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
-        if "retry_at" not in columns:  # an outbox.db written before messages backed off alone
-            self._db.execute("ALTER TABLE outbox ADD COLUMN retry_at REAL NOT NULL DEFAULT 0")
-        # The log's checkpoints fsync; in a thread, they stall no answer (sqlite_checkpoints).
-        self._checkpoints = BackgroundCheckpoints(self._db, path)
+        self._db: Db
+        self._checkpoints: BackgroundCheckpoints | NoCheckpoints
+        if is_postgres(self._path):
+            from executor.migrations import open_postgres
+
+            self._db = open_postgres(self._path, application_name="cbexec-outbox")
+            # Delivery's bookkeeping goes through a connection of its own, in a thread:
+            # a round trip to PostgreSQL is ~0.3-1 ms, and the event loop's requests
+            # (an Execute committing its result) must not wait behind them.
+            self._ddb: Db = open_postgres(self._path, application_name="cbexec-delivery")
+            self._checkpoints = NoCheckpoints()
+        else:
+            self._db = self._open_sqlite(self._path)
+            self._ddb = self._db
+            # The log's checkpoints fsync; in a thread, they stall no answer.
+            self._checkpoints = BackgroundCheckpoints(self._db, path)
         self._wakeup = asyncio.Event()
         self._drained = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -205,6 +227,26 @@ class Outbox:
         self._delivered_since_trim = 0
         if self.pending():
             logger.info("outbox: %d results from an earlier run still to deliver", self.pending())
+
+    @staticmethod
+    def _open_sqlite(path: str) -> sqlite3.Connection:
+        db = open_database(path)
+        db.execute("PRAGMA journal_mode = WAL")
+        # WAL + NORMAL: a commit survives the executor's own crash (kill -9); only an OS
+        # crash or power loss can drop the last commits. FULL fsyncs every run on the
+        # event loop, which measured ~5 ms per callback and capped throughput.
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.executescript(SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+        for column, definition in _ADDED_COLUMNS:
+            if column not in columns:  # an outbox.db from before the column
+                db.execute(f"ALTER TABLE outbox ADD COLUMN {column} {definition}")
+        return db
+
+    @property
+    def fleet(self) -> bool:
+        """Whether the outbox is a fleet's, in PostgreSQL (shared by every replica)."""
+        return isinstance(self._db, PgDb)
 
     # -- the producer side: synchronous, durable before it returns ------------------------
 
@@ -214,10 +256,11 @@ class Outbox:
         Raises StorageError when the commit fails because of the storage.
         """
         with writing(self._path, self._health):
+            # The replica that ran it delivers it (its lease); another only if it dies.
             added = self._db.execute(
-                "INSERT INTO outbox (key, payload, created_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (key) DO NOTHING",
-                (key, payload, self._clock()),
+                "INSERT INTO outbox (key, payload, created_at, owner, lease_until)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
+                (key, payload, self._clock(), self._owner, self._clock() + self._lease_s),
             ).rowcount
         self._checkpoints.committed()
         if added:
@@ -267,15 +310,33 @@ class Outbox:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         self._checkpoints.close()
+        if self._ddb is not self._db:
+            self._ddb.close()
         self._db.close()
 
     def _next_batch(self) -> list[tuple[int, str, bytes]]:
-        """The oldest rows due now, at most ``batch_size`` and ``batch_bytes`` (always one)."""
-        rows = self._db.execute(
-            "SELECT seq, key, payload FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL"
-            " AND retry_at <= ? ORDER BY seq LIMIT ?",
-            (self._clock(), self._batch_size),
-        ).fetchall()
+        """The oldest rows due now, at most ``batch_size`` and ``batch_bytes`` (always one).
+
+        In a fleet: this replica's own, and those whose replica's lease ran out, claimed
+        ``FOR UPDATE SKIP LOCKED`` with a lease of this replica's.
+        """
+        now = self._clock()
+        if self.fleet:
+            rows = self._ddb.execute(
+                "UPDATE outbox SET owner = ?, lease_until = ? WHERE seq IN (SELECT seq FROM outbox"  # noqa: S608 - a lock clause
+                " WHERE delivered_at IS NULL AND dead_at IS NULL AND retry_at <= ?"
+                " AND (owner = ? OR lease_until < ?) ORDER BY seq LIMIT ?"
+                + row_lock(self._ddb, skip_locked=True)
+                + ") RETURNING seq, key, payload",
+                (self._owner, now + self._lease_s, now, self._owner, now, self._batch_size),
+            ).fetchall()
+            rows.sort(key=lambda row: int(row[0]))
+        else:
+            rows = self._ddb.execute(
+                "SELECT seq, key, payload FROM outbox WHERE delivered_at IS NULL"
+                " AND dead_at IS NULL AND retry_at <= ? ORDER BY seq LIMIT ?",
+                (now, self._batch_size),
+            ).fetchall()
         batch: list[tuple[int, str, bytes]] = []
         size = 0
         for seq, key, payload in rows:
@@ -291,7 +352,7 @@ class Outbox:
         while True:
             try:
                 delivered = await self._deliver_next()
-            except StorageError as err:  # e.g. the disk is full: wait for the probe's all-clear
+            except UnavailableError as err:  # the disk is full, PostgreSQL is restarting: wait
                 logger.warning("outbox: %s", err)
                 delivered = False
             except Exception:  # a database or transport bug: it must not end delivery
@@ -304,8 +365,17 @@ class Outbox:
                 continue
             failures += 1
             delay = self._backoff.delay(failures, self._rng)
-            logger.warning("outbox: %d pending, retrying in %.2fs", self.pending(), delay)
+            try:
+                logger.warning("outbox: %d pending, retrying in %.2fs", self.pending(), delay)
+            except UnavailableError:  # the store itself is what is away
+                logger.warning("outbox: retrying in %.2fs", delay)
             await asyncio.sleep(delay)
+
+    async def _io(self, step: Callable[[], _T]) -> _T:
+        """A delivery step's database work: in a thread in a fleet, inline on SQLite."""
+        if self._ddb is self._db:
+            return step()
+        return await asyncio.to_thread(step)
 
     async def _deliver_next(self) -> bool | None:
         """Deliver what is pending now, or wait for something to be.
@@ -313,13 +383,16 @@ class Outbox:
         True when all of it is done with (delivered or set aside), False to back off, None
         when nothing was pending (after waiting for some).
         """
-        batch = self._next_batch()
+        batch = await self._io(self._next_batch)
         if not batch:
             # No await between the query and clear(): put() cannot slip in between.
             self._wakeup.clear()
-            waiting = self._next_retry_at()
+            waiting = await self._io(self._next_retry_at)
             if waiting is None:
                 self._drained.set()
+            if self.fleet:
+                # Another replica's results wait for this one if that replica dies: look again.
+                waiting = min(waiting or float("inf"), self._clock() + self._lease_s / 3)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(None if waiting is None else waiting - self._clock()):
                     await self._wakeup.wait()
@@ -355,7 +428,7 @@ class Outbox:
             self._batches = False
             return DeliveryError("the receiver takes no batches", retryable=True)
         self._duplicates += sum(duplicates)
-        self._mark_delivered([seq for seq, _, _ in batch])
+        await self._io(lambda: self._mark_delivered([seq for seq, _, _ in batch]))
         return None
 
     async def _deliver_one(self, seq: int, key: str, payload: bytes) -> bool:
@@ -363,16 +436,18 @@ class Outbox:
         try:
             duplicate = await self._transport.deliver(key, payload)
         except DeliveryError as err:
-            attempts = self._note_failure(seq, str(err), counted=not err.unreachable)
+            error, counted = str(err), not err.unreachable
+            attempts = await self._io(lambda: self._note_failure(seq, error, counted=counted))
             if not err.retryable:
-                self._set_aside(seq, key, f"refused: {err}")
+                await self._io(lambda: self._set_aside(seq, key, f"refused: {error}"))
                 return True
             if err.unreachable:
                 logger.warning("outbox: delivery of %s failed (%s)", key, err)
                 return False  # nothing moves: back off as a whole
             if attempts >= self._max_attempts:
                 # The receiver answers, but never takes this one.
-                self._set_aside(seq, key, f"failed {attempts} times, last: {err}")
+                why = f"failed {attempts} times, last: {err}"
+                await self._io(lambda: self._set_aside(seq, key, why))
                 return True
             # It waits its own backoff while the messages behind it go on.
             delay = self._backoff.delay(attempts, self._rng)
@@ -380,17 +455,17 @@ class Outbox:
                 "outbox: delivery of %s failed (%s); retrying it in %.2fs", key, err, delay
             )
             with writing(self._path, self._health):
-                self._db.execute(
+                self._ddb.execute(
                     "UPDATE outbox SET retry_at = ? WHERE seq = ?", (self._clock() + delay, seq)
                 )
             return True
         self._duplicates += duplicate
-        self._mark_delivered([seq])
+        await self._io(lambda: self._mark_delivered([seq]))
         return True
 
     def _next_retry_at(self) -> float | None:
         """When the earliest message waiting out its own backoff is due; None if none waits."""
-        row = self._db.execute(
+        row = self._ddb.execute(
             "SELECT min(retry_at) FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL"
         ).fetchone()
         return None if row[0] is None else float(row[0])
@@ -402,7 +477,7 @@ class Outbox:
         unreachable receiver's are not).
         """
         with writing(self._path, self._health):
-            row = self._db.execute(
+            row = self._ddb.execute(
                 "UPDATE outbox SET attempts = attempts + ?, last_error = ? WHERE seq = ?"
                 " RETURNING attempts",
                 (int(counted), error, seq),
@@ -413,7 +488,7 @@ class Outbox:
     def _set_aside(self, seq: int, key: str, why: str) -> None:
         logger.error("outbox: %s set aside as a dead letter: %s", key, why)
         with writing(self._path, self._health):
-            self._db.execute(
+            self._ddb.execute(
                 "UPDATE outbox SET dead_at = ?, last_error = ? WHERE seq = ?",
                 (self._clock(), why, seq),
             )
@@ -456,17 +531,25 @@ class Outbox:
     def _mark_delivered(self, seqs: list[int]) -> None:
         """Record the rows as delivered, in one commit; trim the delivered ones now and then."""
         now = self._clock()
+        if self.fleet:  # one statement is one transaction: one round trip, not three
+            self._ddb.execute(
+                "UPDATE outbox SET delivered_at = ? WHERE seq = ANY(?)", (now, list(seqs))
+            )
+            self._delivered_since_trim += len(seqs)
+            if self._delivered_since_trim >= 100:
+                self._trim_delivered()
+            return
         with writing(self._path, self._health):
-            self._db.execute("BEGIN")
+            self._ddb.execute("BEGIN")
             try:
-                self._db.executemany(
+                self._ddb.executemany(
                     "UPDATE outbox SET delivered_at = ? WHERE seq = ?",
                     [(now, seq) for seq in seqs],
                 )
-                self._db.execute("COMMIT")
+                self._ddb.execute("COMMIT")
             except BaseException:
-                if self._db.in_transaction:  # SQLite may have rolled back already (disk full)
-                    self._db.execute("ROLLBACK")
+                if self._ddb.in_transaction:  # SQLite may have rolled back already (disk full)
+                    self._ddb.execute("ROLLBACK")
                 raise
         self._checkpoints.committed()
         self._delivered_since_trim += len(seqs)
@@ -475,9 +558,9 @@ class Outbox:
 
     def _trim_delivered(self) -> None:
         self._delivered_since_trim = 0
-        self._db.execute(
-            "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE delivered_at IS NOT NULL"
-            " ORDER BY seq DESC LIMIT -1 OFFSET ?)",
+        self._ddb.execute(
+            "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE delivered_at IS NOT NULL"  # noqa: S608
+            f" ORDER BY seq DESC LIMIT {'ALL' if self.fleet else '-1'} OFFSET ?)",
             (self._keep_delivered,),
         )
         self._checkpoints.committed()

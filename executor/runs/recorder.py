@@ -68,6 +68,8 @@ class Recorder:
     ) -> Recorder:
         """The sinks the settings describe, with their files under ``data_dir``.
 
+        With a PostgreSQL ``store``, the outbox and the history are the fleet's, in it.
+
         ``transport`` and ``encode_report`` report each run to the supervisor through the
         outbox; without a transport (``report_results = false``) nothing is reported.
         ``health`` hears of writes that fail because of the storage.
@@ -75,14 +77,15 @@ class Recorder:
         outbox = None
         if transport is not None:
             outbox = Outbox(
-                settings.data_dir / "outbox.db",
+                settings.store or settings.data_dir / "outbox.db",
                 transport,
                 batch_bytes=settings.supervisor_max_message_bytes - MESSAGE_MARGIN_BYTES,
                 health=health,
+                lease_s=settings.store_lease_seconds,
             )
         return cls(
             history=RunHistory(
-                settings.data_dir / "runs.db",
+                settings.store or settings.data_dir / "runs.db",
                 retention_days=settings.history_retention_days,
                 max_runs=settings.history_max_runs,
                 health=health,

@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import difflib
 import enum
-import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
 
+from executor.sql import Db
 from executor.triggers.evaluate import DONE_MEANS, JobPlace
 from executor.triggers.explain import compact_names
 from executor.triggers.nodes import (
@@ -293,7 +293,7 @@ def _work_problem(atom: Atom, where: Surroundings) -> str:
 # -- the table ------------------------------------------------------------------------
 
 
-def replace_job(db: sqlite3.Connection, job_id: int, found: Iterable[Check]) -> None:
+def replace_job(db: Db, job_id: int, found: Iterable[Check]) -> None:
     """The job's checks are now ``found`` (a registration replaces the last one's)."""
     forget_job(db, job_id)
     db.executemany(
@@ -317,20 +317,22 @@ def replace_job(db: sqlite3.Connection, job_id: int, found: Iterable[Check]) -> 
     )
 
 
-def resolve_label(db: sqlite3.Connection, pgrp: int, label: str, resolution: str) -> int:
+def resolve_label(db: Db, pgrp: int, label: str, resolution: str) -> int:
     """Mark the pending ``unknown_label`` checks of ``label`` in ``pgrp`` resolved."""
-    return db.execute(
-        "UPDATE trigger_checks SET resolved = ? WHERE pgrp = ? AND label = ? AND label != ''"
-        " AND resolved = ''",
-        (resolution, pgrp, label),
-    ).rowcount
+    return int(
+        db.execute(
+            "UPDATE trigger_checks SET resolved = ? WHERE pgrp = ? AND label = ? AND label != ''"
+            " AND resolved = ''",
+            (resolution, pgrp, label),
+        ).rowcount
+    )
 
 
-def forget_job(db: sqlite3.Connection, job_id: int) -> None:
+def forget_job(db: Db, job_id: int) -> None:
     db.execute("DELETE FROM trigger_checks WHERE job_id = ?", (job_id,))
 
 
-def of_job(db: sqlite3.Connection, job_id: int) -> list[Check]:
+def of_job(db: Db, job_id: int) -> list[Check]:
     """The job's checks, pending and resolved, by callback and slot."""
     rows = db.execute(
         "SELECT * FROM trigger_checks WHERE job_id = ? ORDER BY callback_id, slot, rowid",

@@ -17,13 +17,13 @@ each of their events would be one. At most ``MAX_NEAR_MISSES`` per event.
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from executor.model import Event, RunResult
+from executor.sql import Db
 from executor.triggers import items, near_misses, states
 from executor.triggers.evaluate import AtomKey, JobPlace, Step, residual, step, work_targets
 from executor.triggers.explain import near_miss_reason, outside_agenda_reason
@@ -82,7 +82,7 @@ class Decider:
 
     def __init__(
         self,
-        db: sqlite3.Connection,
+        db: Db,
         seen: SeenEvent,
         batch: str,
         *,

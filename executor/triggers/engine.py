@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,12 +39,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from executor import triggers
 from executor.errors import InvalidRequestError, UnavailableError
 from executor.model import CallbackSpec, Event, Invocation, Limits, RunResult
 from executor.runs.outbox import Backoff
+from executor.sql import Db, StoreConflict
 from executor.triggers import checks, items, journal, states, why
 from executor.triggers.decide import Decider, Decision, Fired
 from executor.triggers.evaluate import JobPlace, atom_key, clock_event, event_keys, next_fire
@@ -94,6 +94,29 @@ def trigger_warnings(expression: str) -> list[str]:
 
 def _iso(unix_s: float) -> str:
     return datetime.fromtimestamp(unix_s).astimezone().isoformat(timespec="seconds")
+
+
+_T = TypeVar("_T")
+# How often a transaction that lost a deadlock (a fleet's replicas racing) is run again.
+_CONFLICT_TRIES = 8
+# In a fleet: the version row replicas follow to reload the universal callbacks, and how
+# often they look (one indexed read a second per replica).
+UNIVERSAL_VERSION = "universal"
+FLEET_POLL_S = 1.0
+# How long the timers wait before they try an unreachable store again.
+_STORE_RETRY_S = 1.0
+
+
+def _retrying(run: Callable[[], _T]) -> _T:
+    """``run()``, again while PostgreSQL picks it as a deadlock's or serialization's victim."""
+    for attempt in range(1, _CONFLICT_TRIES + 1):
+        try:
+            return run()
+        except StoreConflict:
+            if attempt == _CONFLICT_TRIES:
+                raise
+            logger.debug("store conflict (try %d); running the transaction again", attempt)
+    raise AssertionError("unreachable")
 
 
 def canonical_triggers(expression: str) -> str:
@@ -154,6 +177,8 @@ class TriggerEngine:
             store, self._run_firing, max_parallel_events=max_parallel_events, retry=retry
         )
         self._journal = journal_limits
+        self._universal_version = store.fleet_version(UNIVERSAL_VERSION) if store.fleet else 0
+        self._follower: asyncio.Task[None] | None = None
         self._journal_pruned_at = float("-inf")
         self.stats = EngineStats()
 
@@ -177,12 +202,20 @@ class TriggerEngine:
         """The active universal callbacks' check warnings, as ``file:line: message``."""
         return [warning for cb in self._universal for warning in cb.warnings]
 
-    def reload_universal(self, *, quiet: bool = False) -> list[str]:
+    def reload_universal(self, *, quiet: bool = False, fleet_wide: bool = False) -> list[str]:
         """Re-read every callbacks.conf; on errors keep the last good set and return them.
 
         The triggers' check warnings are logged and kept (``universal_warnings``).
         ``quiet`` leaves the errors to the caller to report (start-up says it in one line).
+        ``fleet_wide`` (a reload asked for by a person: the RPC, SIGHUP): in a fleet,
+        every other replica reloads its own callbacks.conf too, within a second
+        (``_follow_fleet`` polls the store's version row).
         """
+        if fleet_wide and self._store.fleet:
+            self._universal_version = self._store.bump_fleet_version(UNIVERSAL_VERSION)
+        return self._reload_universal(quiet=quiet)
+
+    def _reload_universal(self, *, quiet: bool) -> list[str]:
         now = self._clock()
         try:
             loaded = load_universal(
@@ -225,6 +258,16 @@ class TriggerEngine:
         return indexed, timers
 
     def register_job(
+        self,
+        job: dict[str, Any],
+        *,
+        strict: bool = False,
+        published: frozenset[str] | None = None,
+    ) -> Registration:
+        """Store a job (``_register_job``), again when a fleet's transaction lost a deadlock."""
+        return _retrying(lambda: self._register_job(job, strict=strict, published=published))
+
+    def _register_job(
         self,
         job: dict[str, Any],
         *,
@@ -304,6 +347,7 @@ class TriggerEngine:
                     db, place.pgrp, label, f"label '{label}' names job {job_id} since {_iso(now)}"
                 )
             journal.append(db, decider.decision.entries, self._journal)
+            self._own(db, batch, decider.decision.firings)
         self.stats.callbacks_fired += len(decider.decision.fired)
         self._firings.add(decider.decision.firings)
         self._timer_wakeup.set()
@@ -311,7 +355,7 @@ class TriggerEngine:
 
     # -- matching -------------------------------------------------------------------
 
-    def _decide(self, db: sqlite3.Connection, event: Event, batch: str, *, dry: bool) -> Decision:
+    def _decide(self, db: Db, event: Event, batch: str, *, dry: bool) -> Decision:
         """Every decision of one event in the open transaction, with its near misses."""
         place = self._store.place(event.job_id)
         keys = event_keys(event, place)
@@ -325,24 +369,68 @@ class TriggerEngine:
                 states.record(db, seen)
         return decider.decision
 
+    def _own(self, db: Db, batch: str, firings: Sequence[PendingFiring]) -> None:
+        """In a fleet, claim what a transaction queued for this replica (it runs them)."""
+        if firings and self._store.fleet:
+            TriggerStore.own_batch(db, batch, self._store.owner, self._store.lease_until())
+
     def _apply(self, event: Event) -> tuple[Decision, bool]:
+        """Apply one event durably (``_apply_once``; again after a lost deadlock)."""
+        return _retrying(lambda: self._apply_once(event))
+
+    def _apply_once(self, event: Event) -> tuple[Decision, bool]:
         """Apply one event durably: what it decided, and whether it was a repeat."""
-        batch = uuid.uuid4().hex
         with self._store.transaction() as db:
-            if event.event_id and not TriggerStore.first_sighting(db, event.event_id):
-                return Decision(), True
-            decision = self._decide(db, event, batch, dry=False)
-            journal.append(db, decision.entries, self._journal)
-            if event.name == EventName.REMOVED and event.type == EventType.JOB:
-                TriggerStore.remove_job(db, event.job_id)
-                states.forget_job(db, event.job_id)
-                checks.forget_job(db, event.job_id)
-            self._prune_journal(db)
-        self.stats.events_published += 1
-        self.stats.callbacks_fired += len(decision.fired)
+            applied = self._apply_in(db, event)
+        self._count(*applied)
+        return applied
+
+    def _apply_in(self, db: Db, event: Event) -> tuple[Decision, bool]:
+        """One event's part of a transaction: its id checked, its decisions made."""
+        batch = uuid.uuid4().hex
+        if event.event_id and not TriggerStore.first_sighting(db, event.event_id):
+            return Decision(), True
+        decision = self._decide(db, event, batch, dry=False)
+        self._own(db, batch, decision.firings)
+        journal.append(db, decision.entries, self._journal)
+        if event.name == EventName.REMOVED and event.type == EventType.JOB:
+            TriggerStore.remove_job(db, event.job_id)
+            states.forget_job(db, event.job_id)
+            checks.forget_job(db, event.job_id)
+        self._prune_journal(db)
         return decision, False
 
-    def _prune_journal(self, db: sqlite3.Connection) -> None:
+    def _count(self, decision: Decision, duplicate: bool) -> None:
+        if not duplicate:
+            self.stats.events_published += 1
+            self.stats.callbacks_fired += len(decision.fired)
+
+    def publish_many(self, events: Sequence[Event]) -> list[tuple[list[Fired], bool]]:
+        """Apply events in order in one transaction (group commit); their firings then run.
+
+        One commit for all of them: what a busy scheduler's batch costs is mostly its
+        events' statements, not a commit (and, on PostgreSQL, a round trip) each.
+
+        Returns:
+            Per event, the callbacks it fired and whether it was a repeat.
+
+        Raises:
+            UnavailableError: the engine is closing (nothing was applied).
+        """
+        if self._firings.closed:
+            raise UnavailableError("the trigger engine is stopping; publish the events again")
+
+        def apply_all() -> list[tuple[Decision, bool]]:
+            with self._store.transaction() as db:
+                return [self._apply_in(db, event) for event in events]
+
+        applied = _retrying(apply_all)
+        for decision, duplicate in applied:
+            self._count(decision, duplicate)
+            self._firings.add(decision.firings)
+        return [(decision.fired, duplicate) for decision, duplicate in applied]
+
+    def _prune_journal(self, db: Db) -> None:
         """Drop journal entries past their age, at most once per ``PRUNE_EVERY_S``."""
         now = self._clock()
         if now - self._journal_pruned_at < journal.PRUNE_EVERY_S:
@@ -439,7 +527,15 @@ class TriggerEngine:
     # -- timers and the engine's tasks ----------------------------------------------
 
     def fire_due_timers(self) -> list[Fired]:
-        """Latch every time atom that is due and fire what completes (each a batch of its own)."""
+        """Latch every due time atom (``_fire_due_timers``; again after a lost deadlock)."""
+        return _retrying(self._fire_due_timers)
+
+    def _fire_due_timers(self) -> list[Fired]:
+        """Latch every time atom that is due and fire what completes (each a batch of its own).
+
+        In a fleet the due timers are claimed ``FOR UPDATE SKIP LOCKED``: a timer due at
+        three replicas at once is fired by the one that locked it, and moved on by it.
+        """
         now = self._clock()
         fired_all: list[Fired] = []
         batches: list[list[PendingFiring]] = []
@@ -456,10 +552,10 @@ class TriggerEngine:
                 # The event stored with the firing is the one it runs with: after a restart
                 # the callback sees what it would have seen.
                 event = clock_event(atom, cb[0].job_id)
-                decider = Decider(
-                    db, SeenEvent(event, now), uuid.uuid4().hex, dry=False, parsed=_parsed
-                )
+                batch = uuid.uuid4().hex
+                decider = Decider(db, SeenEvent(event, now), batch, dry=False, parsed=_parsed)
                 decider.matched([(rowid, slot)])
+                self._own(db, batch, decider.decision.firings)
                 journal.append(db, decider.decision.entries, self._journal)
                 fired_all.extend(decider.decision.fired)
                 batches.append(decider.decision.firings)
@@ -471,8 +567,13 @@ class TriggerEngine:
     async def _run_timers(self) -> None:
         """Forever: sleep until the next due time atom (or a registration), then fire."""
         while True:
-            self.fire_due_timers()
-            due = self._store.next_timer_due()
+            try:
+                self.fire_due_timers()
+                due = self._store.next_timer_due()
+            except UnavailableError as err:  # PostgreSQL restarting: the timers wait for it
+                logger.warning("timers: %s; trying again in %.0fs", err, _STORE_RETRY_S)
+                await asyncio.sleep(_STORE_RETRY_S)
+                continue
             delay = 3600.0 if due is None else max(0.0, min(3600.0, due - self._clock()))
             self._timer_wakeup.clear()
             # asyncio.timeout, not wait_for: in 3.11 wait_for swallows a cancellation that
@@ -490,6 +591,22 @@ class TriggerEngine:
             raise RuntimeError("the trigger engine is already started")
         self._firings.start()
         self._timers = asyncio.get_running_loop().create_task(self._run_timers())
+        if self._store.fleet:
+            self._follower = asyncio.get_running_loop().create_task(self._follow_fleet())
+
+    async def _follow_fleet(self) -> None:
+        """In a fleet: reload the universal callbacks when another replica was asked to."""
+        while True:
+            await asyncio.sleep(FLEET_POLL_S)
+            try:
+                version = self._store.fleet_version(UNIVERSAL_VERSION)
+            except UnavailableError as err:
+                logger.debug("fleet version: %s", err)
+                continue
+            if version != self._universal_version:
+                self._universal_version = version
+                logger.info("another replica reloaded the universal callbacks: reloading")
+                self._reload_universal(quiet=False)
 
     async def wait_idle(self) -> None:
         """Until no firing is queued or running (once started)."""
@@ -497,7 +614,8 @@ class TriggerEngine:
 
     async def close(self) -> None:
         """Stop the timers and the worker; unfinished firings stay queued for the next start."""
-        if self._timers is not None:
-            self._timers.cancel()
-            await asyncio.gather(self._timers, return_exceptions=True)
+        for task in (self._timers, self._follower):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self._firings.close()

@@ -65,6 +65,7 @@ class FiringWorker:
         self._idle.set()
         self._started = False
         self._closed = False
+        self._claims: asyncio.Task[None] | None = None
         # The queue of the last run, event by event: one event's firings were queued in
         # one transaction, so they are neighbours sharing a batch.
         restored = store.pending_firings()
@@ -105,6 +106,8 @@ class FiringWorker:
             logger.info("running %d firings decided before the last stop", self._restored)
         self._started = True
         self._fill()
+        if self._store.fleet:
+            self._claims = asyncio.get_running_loop().create_task(self._claim_forever())
 
     async def wait_idle(self) -> None:
         """Until nothing is queued or running (after ``start``; before it, what is queued waits)."""
@@ -113,6 +116,9 @@ class FiringWorker:
     async def close(self) -> None:
         """Cancel the runs in progress; what has not finished stays queued for the next start."""
         self._closed = True
+        if self._claims is not None:
+            self._claims.cancel()
+            await asyncio.gather(self._claims, return_exceptions=True)
         for task in self._running:
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
@@ -182,5 +188,52 @@ class FiringWorker:
                     firing.callback.callback_id,
                 )
                 result = None
-            self._store.firing_done(firing.invocation_id)
+            await self._done(firing)
             return result
+
+    async def _done(self, firing: PendingFiring) -> None:
+        """Take the firing off the queue, waiting out a store that is unreachable for now."""
+        failures = 0
+        while True:
+            try:
+                held = self._store.firing_done(firing.invocation_id, firing.epoch)
+            except UnavailableError as err:
+                failures += 1
+                delay = self._retry.delay(failures, self._rng)
+                logger.warning(
+                    "firing %s ran; recording it: %s (retrying)", firing.invocation_id, err
+                )
+                await asyncio.sleep(delay)
+                continue
+            if not held:
+                logger.warning(
+                    "firing %s ran after its lease was lost; another replica's run completes it",
+                    firing.invocation_id,
+                )
+            return
+
+    async def _claim_forever(self) -> None:
+        """In a fleet: renew this replica's leases, and claim the firings of dead replicas.
+
+        Every third of a lease. A replica claims only once it has been connected for a
+        whole lease: after an outage of PostgreSQL every lease looks expired, and the
+        replicas that hold them get that long to renew first.
+        """
+        loop = asyncio.get_running_loop()
+        connected_since: float | None = None
+        while True:
+            try:
+                self._store.renew_leases()
+                if connected_since is None:
+                    connected_since = loop.time()
+                if loop.time() - connected_since >= self._store.lease_s:
+                    claimed = self._store.claim_expired()
+                    if claimed:
+                        logger.info("claimed %d firings of a replica that stopped", len(claimed))
+                    for _, firings in itertools.groupby(claimed, key=lambda f: f.batch):
+                        self._enqueue(list(firings))
+                    self._fill()
+            except UnavailableError as err:
+                connected_since = None
+                logger.warning("firing claims: %s", err)
+            await asyncio.sleep(self._store.lease_s / 3)

@@ -9,10 +9,10 @@ nothing here, and an event reads the one row of the item it names, by primary ke
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from typing import Final
 
+from executor.sql import Db, Row
 from executor.triggers.journal import SeenEvent, marks_from_json, marks_to_json
 
 SCHEMA: Final = """
@@ -41,14 +41,14 @@ class WorkState:
         return cls(0, (False,) * size, (None,) * size)
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row, size: int) -> WorkState:
+    def from_row(cls, row: Row, size: int) -> WorkState:
         latches = tuple(bool(x) for x in json.loads(row["latches"]))
         if len(latches) != size:  # the trigger changed under a kept row: start afresh
             return cls(int(row["count"]), (False,) * size, (None,) * size)
         return cls(int(row["count"]), latches, marks_from_json(row["latched_by"], size))
 
 
-def state(db: sqlite3.Connection, rowid: int, work_name: str, size: int) -> WorkState:
+def state(db: Db, rowid: int, work_name: str, size: int) -> WorkState:
     """An item's state (fresh when no event has touched it)."""
     row = db.execute(
         "SELECT count, latches, latched_by FROM work_latches"
@@ -58,7 +58,7 @@ def state(db: sqlite3.Connection, rowid: int, work_name: str, size: int) -> Work
     return WorkState.fresh(size) if row is None else WorkState.from_row(row, size)
 
 
-def held(db: sqlite3.Connection, rowid: int, size: int) -> dict[str, WorkState]:
+def held(db: Db, rowid: int, size: int) -> dict[str, WorkState]:
     """Every item of the callback that holds state (latches or a count)."""
     rows = db.execute(
         "SELECT work_name, count, latches, latched_by FROM work_latches WHERE callback_rowid = ?",
@@ -67,7 +67,7 @@ def held(db: sqlite3.Connection, rowid: int, size: int) -> dict[str, WorkState]:
     return {str(row["work_name"]): WorkState.from_row(row, size) for row in rows}
 
 
-def save(db: sqlite3.Connection, rowid: int, work_name: str, work: WorkState) -> None:
+def save(db: Db, rowid: int, work_name: str, work: WorkState) -> None:
     """Store an item's state (an untouched item's row goes)."""
     if work.count == 0 and not any(work.latches):
         db.execute(

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import enum
 import json
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from executor.model import Event
+from executor.sql import Db, Row
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS journal (
@@ -127,7 +127,7 @@ class JournalEntry:
         }
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> JournalEntry:
+    def from_row(cls, row: Row) -> JournalEntry:
         data = json.loads(row["entry_json"])
         return cls(
             job_id=int(row["job_id"]),
@@ -161,7 +161,7 @@ class JournalLimits:
             raise ValueError(f"a journal's maximum age must be positive, not {self.max_age_s}")
 
 
-def append(db: sqlite3.Connection, entries: Iterable[JournalEntry], limits: JournalLimits) -> None:
+def append(db: Db, entries: Iterable[JournalEntry], limits: JournalLimits) -> None:
     """Write entries in the caller's transaction; keep the newest of each callback they touch.
 
     ``limits.entries`` are kept of each callback and work item.
@@ -182,20 +182,20 @@ def append(db: sqlite3.Connection, entries: Iterable[JournalEntry], limits: Jour
         touched.add((entry.job_id, entry.callback_id, entry.work_name))
     for job_id, callback_id, work_name in touched:
         db.execute(
-            "DELETE FROM journal WHERE job_id = ?1 AND callback_id = ?2 AND work_name = ?3"
-            " AND seq <= (SELECT seq FROM journal WHERE job_id = ?1 AND callback_id = ?2"
-            " AND work_name = ?3 ORDER BY seq DESC LIMIT 1 OFFSET ?4)",
-            (job_id, callback_id, work_name, limits.entries),
+            "DELETE FROM journal WHERE job_id = ? AND callback_id = ? AND work_name = ?"
+            " AND seq <= (SELECT seq FROM journal WHERE job_id = ? AND callback_id = ?"
+            " AND work_name = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+            (job_id, callback_id, work_name, job_id, callback_id, work_name, limits.entries),
         )
 
 
-def prune_older_than(db: sqlite3.Connection, cutoff: float) -> int:
+def prune_older_than(db: Db, cutoff: float) -> int:
     """Delete entries from before ``cutoff`` (Unix seconds); how many went."""
-    return db.execute("DELETE FROM journal WHERE at < ?", (cutoff,)).rowcount
+    return int(db.execute("DELETE FROM journal WHERE at < ?", (cutoff,)).rowcount)
 
 
 def read(
-    db: sqlite3.Connection, job_id: int, callback_id: int, *, limit: int, work_name: str | None
+    db: Db, job_id: int, callback_id: int, *, limit: int, work_name: str | None
 ) -> list[JournalEntry]:
     """The newest ``limit`` entries of a callback, oldest first.
 

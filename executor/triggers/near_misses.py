@@ -10,11 +10,11 @@ label atoms (store.py), with the keys' names and extras as IN lists, and stop at
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from executor.sql import Db
 from executor.triggers.evaluate import AtomKey
 
 
@@ -28,9 +28,7 @@ class AtomRef:
     label: str
 
 
-def unresolved_in_pgrp(
-    db: sqlite3.Connection, keys: Iterable[AtomKey], pgrp: int, limit: int
-) -> list[AtomRef]:
+def unresolved_in_pgrp(db: Db, keys: Iterable[AtomKey], pgrp: int, limit: int) -> list[AtomRef]:
     """Label atoms of ``pgrp`` under the keys whose label no registered job of the pgrp holds.
 
     The keys' name, type and extra are matched.
@@ -39,7 +37,7 @@ def unresolved_in_pgrp(
 
 
 def unresolved_elsewhere(
-    db: sqlite3.Connection, keys: Iterable[AtomKey], label: str, pgrp: int, limit: int
+    db: Db, keys: Iterable[AtomKey], label: str, pgrp: int, limit: int
 ) -> list[AtomRef]:
     """Atoms of other pgrps naming ``label`` that no registered job of their own pgrp holds.
 
@@ -53,7 +51,7 @@ def _marks(values: Sequence[object]) -> str:
 
 
 def _label_atoms(
-    db: sqlite3.Connection,
+    db: Db,
     keys: Iterable[AtomKey],
     where: str,
     params: tuple[Any, ...],

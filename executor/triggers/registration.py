@@ -10,13 +10,13 @@ latches, and what that makes true fires, in that same transaction.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from executor.errors import InvalidRequestError
 from executor.model import Event
+from executor.sql import Db
 from executor.triggers import checks, items, states
 from executor.triggers.decide import Decider, Fired
 from executor.triggers.errors import TriggerSyntaxError
@@ -131,7 +131,7 @@ def surroundings(
 class _Known:
     """The known states a level pass reads, each job's items loaded once."""
 
-    def __init__(self, db: sqlite3.Connection, place: JobPlace) -> None:
+    def __init__(self, db: Db, place: JobPlace) -> None:
         self._db = db
         self._place = place
         self._labels = TriggerStore.labels_of(db, place.pgrp)
@@ -173,7 +173,7 @@ class _Known:
 
 
 def level_pass(
-    db: sqlite3.Connection,
+    db: Db,
     decider: Decider,
     cb: StoredCallback,
     expr: Expr,

@@ -15,12 +15,12 @@ recorded); a job's states go when a ``removed`` event removes it.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from executor.model import Event
+from executor.sql import Db, Row
 from executor.triggers.evaluate import state_after
 from executor.triggers.journal import SeenEvent
 
@@ -53,12 +53,12 @@ class KnownState:
     seen: SeenEvent | None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> KnownState:
+    def from_row(cls, row: Row) -> KnownState:
         seen = SeenEvent.from_dict(json.loads(row["seen_json"])) if row["seen_json"] else None
         return cls(str(row["state"]), seen)
 
 
-def register_job(db: sqlite3.Connection, job: Mapping[str, Any]) -> None:
+def register_job(db: Db, job: Mapping[str, Any]) -> None:
     """Replace what is known of a job by what its registration says (status, agenda, instances)."""
     job_id = int(job["id"])
     forget_job(db, job_id)
@@ -74,15 +74,15 @@ def register_job(db: sqlite3.Connection, job: Mapping[str, Any]) -> None:
         (job_id, SUBJOB, str(sub.get("id", 0)), -1, str(sub.get("status") or ""))
         for sub in job.get("subjobs") or []
     )
-    # A repeated work name keeps its first place (INSERT OR IGNORE): names are unique in Qube.
+    # A repeated work name keeps its first place (ON CONFLICT DO NOTHING): names are unique in Qube.
     db.executemany(
-        "INSERT OR IGNORE INTO known_states (job_id, type, item, position, state)"
-        " VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO known_states (job_id, type, item, position, state)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         rows,
     )
 
 
-def record(db: sqlite3.Connection, seen: SeenEvent) -> None:
+def record(db: Db, seen: SeenEvent) -> None:
     """Move the event's object to the state the event leaves it in (if it changes one)."""
     event = seen.event
     state = state_after(event)
@@ -97,11 +97,11 @@ def record(db: sqlite3.Connection, seen: SeenEvent) -> None:
     )
 
 
-def forget_job(db: sqlite3.Connection, job_id: int) -> None:
+def forget_job(db: Db, job_id: int) -> None:
     db.execute("DELETE FROM known_states WHERE job_id = ?", (job_id,))
 
 
-def state(db: sqlite3.Connection, job_id: int, type_: str, item: str = "") -> KnownState | None:
+def state(db: Db, job_id: int, type_: str, item: str = "") -> KnownState | None:
     """The last known state of one object; None when nothing is known of it."""
     row = db.execute(
         "SELECT state, seen_json FROM known_states WHERE job_id = ? AND type = ? AND item = ?",
@@ -110,7 +110,7 @@ def state(db: sqlite3.Connection, job_id: int, type_: str, item: str = "") -> Kn
     return None if row is None else KnownState.from_row(row)
 
 
-def items(db: sqlite3.Connection, job_id: int, type_: str) -> dict[str, KnownState]:
+def items(db: Db, job_id: int, type_: str) -> dict[str, KnownState]:
     """Every known item of a type (work or subjob) of a job, agenda order first."""
     rows = db.execute(
         "SELECT item, state, seen_json FROM known_states WHERE job_id = ? AND type = ?"
@@ -120,7 +120,7 @@ def items(db: sqlite3.Connection, job_id: int, type_: str) -> dict[str, KnownSta
     return {str(row["item"]): KnownState.from_row(row) for row in rows}
 
 
-def agenda(db: sqlite3.Connection, job_id: int) -> list[str]:
+def agenda(db: Db, job_id: int) -> list[str]:
     """The work names of the job's agenda as registered, in order ([] when none was)."""
     return [
         str(row[0])
@@ -132,7 +132,7 @@ def agenda(db: sqlite3.Connection, job_id: int) -> list[str]:
     ]
 
 
-def agenda_known(db: sqlite3.Connection, job_id: int) -> bool:
+def agenda_known(db: Db, job_id: int) -> bool:
     """Whether the job registered with an agenda."""
     row = db.execute(
         "SELECT 1 FROM known_states WHERE job_id = ? AND type = 'work' AND position >= 0 LIMIT 1",
@@ -141,7 +141,7 @@ def agenda_known(db: sqlite3.Connection, job_id: int) -> bool:
     return row is not None
 
 
-def in_agenda(db: sqlite3.Connection, job_id: int, work_name: str) -> bool:
+def in_agenda(db: Db, job_id: int, work_name: str) -> bool:
     """Whether ``work_name`` is in the job's registered agenda."""
     row = db.execute(
         "SELECT position FROM known_states WHERE job_id = ? AND type = 'work' AND item = ?",

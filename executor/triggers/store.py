@@ -25,6 +25,7 @@ import logging
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from typing import Any, Final
 
 from executor.model import Event
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
+from executor.sql import Db, NoCheckpoints, PgDb, Row, is_postgres, row_lock
 from executor.storage import StorageHealth, open_database, writing
 from executor.triggers import checks, items, journal, states
 from executor.triggers.evaluate import AtomKey, JobPlace, scope_label
@@ -96,7 +98,10 @@ CREATE TABLE IF NOT EXISTS firings (
     event_json TEXT NOT NULL,
     decided_at REAL NOT NULL,
     batch TEXT NOT NULL DEFAULT '',
-    snapshot_json TEXT NOT NULL DEFAULT ''
+    snapshot_json TEXT NOT NULL DEFAULT '',
+    owner TEXT NOT NULL DEFAULT '',
+    lease_until REAL NOT NULL DEFAULT 0,
+    epoch INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS seen_events (
     event_id TEXT PRIMARY KEY,
@@ -119,7 +124,13 @@ _ADDED_COLUMNS: Final = (
     ("callbacks", "latched_by", "TEXT NOT NULL DEFAULT '[]'"),
     ("atoms", "pgrp", "INTEGER NOT NULL DEFAULT 0"),
     ("atoms", "label", "TEXT NOT NULL DEFAULT ''"),
+    # A fleet's claims (PostgreSQL); a single executor's firings are all its own.
+    ("firings", "owner", "TEXT NOT NULL DEFAULT ''"),
+    ("firings", "lease_until", "REAL NOT NULL DEFAULT 0"),
+    ("firings", "epoch", "INTEGER NOT NULL DEFAULT 0"),
 )
+# Everything the trigger store keeps, in SQLite's spelling (sql.pg_ddl for PostgreSQL).
+FULL_SCHEMA: Final = SCHEMA + items.SCHEMA + journal.SCHEMA + states.SCHEMA + checks.SCHEMA
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +198,7 @@ class StoredCallback:
         )
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> StoredCallback:
+    def from_row(cls, row: Row) -> StoredCallback:
         latches = tuple(bool(x) for x in json.loads(row["latches"]))
         return cls(
             row["rowid"],
@@ -226,6 +237,8 @@ class PendingFiring:
     count: int = 0
     # The work item whose context it runs in (qb.workid()).
     work_name: str = ""
+    # In a fleet: the claim this replica holds on it (fencing: done only if it still holds).
+    epoch: int = 0
 
     def snapshot(self) -> str:
         """The JSON stored in the firing's row: what ``pending_firings`` restores."""
@@ -243,36 +256,62 @@ class NewAtom:
 
 
 class TriggerStore:
-    """One SQLite connection guarded by a lock (the engine is the only writer)."""
+    """The trigger engine's durable state: an SQLite file, or a fleet's PostgreSQL database.
 
-    def __init__(self, path: str, *, health: StorageHealth | None = None) -> None:
+    One connection guarded by a lock. On SQLite the engine is the only writer. On
+    PostgreSQL (``path`` a ``postgresql://`` URL, its schema made by ``cbexec store
+    migrate``) every replica of a fleet writes: an event's transaction locks the
+    callback rows it reads (``load_callbacks``), so the two halves of an ``&&`` applied
+    by two replicas at once serialize on the row and fire once; firings are claimed
+    with a lease and an epoch (``claim_expired``, ``renew_leases``, ``firing_done``).
+    """
+
+    def __init__(
+        self, path: str, *, health: StorageHealth | None = None, lease_s: float = 15.0
+    ) -> None:
         self._lock = threading.RLock()
         self._path = path
         self._health = health
-        self._db = open_database(path)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA foreign_keys = ON")
-        self._db.executescript(
-            SCHEMA + items.SCHEMA + journal.SCHEMA + states.SCHEMA + checks.SCHEMA
-        )
-        self._migrate()
-        self._db.executescript(LABEL_INDEXES)
-        # A burst of events commits fast; the log's fsyncing checkpoints go to a thread.
-        self._checkpoints = BackgroundCheckpoints(self._db, path)
+        # Who this replica is in the firings' claims; fresh at each start, so a restarted
+        # replica claims its own earlier firings like any other replica's.
+        self.owner = uuid.uuid4().hex
+        self.lease_s = lease_s
+        self._db: Db
+        self._checkpoints: BackgroundCheckpoints | NoCheckpoints
+        if is_postgres(path):
+            from executor.migrations import open_postgres
 
-    def _migrate(self) -> None:
+            self._db = open_postgres(path, application_name="cbexec-triggers")
+            self._checkpoints = NoCheckpoints()
+            return
+        sqlite = open_database(path)
+        sqlite.row_factory = sqlite3.Row
+        sqlite.execute("PRAGMA foreign_keys = ON")
+        sqlite.executescript(FULL_SCHEMA)
+        self._db = sqlite
+        self._migrate(sqlite)
+        sqlite.executescript(LABEL_INDEXES)
+        # A burst of events commits fast; the log's fsyncing checkpoints go to a thread.
+        self._checkpoints = BackgroundCheckpoints(sqlite, path)
+
+    @property
+    def fleet(self) -> bool:
+        """Whether this store is a fleet's PostgreSQL database."""
+        return isinstance(self._db, PgDb)
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
         """Add the columns a database from an earlier version lacks."""
         for table, column, definition in _ADDED_COLUMNS:
-            present = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            present = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
             if column not in present:
-                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
                 if (table, column) == ("atoms", "label"):
                     # Label atoms indexed before these columns: read them off the scope.
-                    for rowid, scope in self._db.execute(
+                    for rowid, scope in db.execute(
                         "SELECT rowid, scope FROM atoms WHERE scope LIKE 'label:%'"
                     ).fetchall():
                         pgrp, label = scope_label(scope) or (0, "")
-                        self._db.execute(
+                        db.execute(
                             "UPDATE atoms SET pgrp = ?, label = ? WHERE rowid = ?",
                             (pgrp, label, rowid),
                         )
@@ -283,16 +322,18 @@ class TriggerStore:
             self._db.close()
 
     @contextmanager
-    def reading(self) -> Iterator[sqlite3.Connection]:
+    def reading(self) -> Iterator[Db]:
         """The connection for reads (no transaction), holding the lock."""
         with self._lock:
             yield self._db
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[Db]:
         """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error), holding the lock.
 
-        A failure of the storage (disk full, ...) is a StorageError naming the file.
+        A failure of the storage (disk full, ...) is a StorageError naming the file; on
+        PostgreSQL a lost connection is StoreUnavailable and a lost deadlock
+        StoreConflict (run the transaction again: ``retrying``).
         """
         with self._lock, writing(self._path, self._health):
             self._db.execute("BEGIN IMMEDIATE")
@@ -363,13 +404,13 @@ class TriggerStore:
         return [json.loads(row["job_json"]) for row in rows]
 
     @staticmethod
-    def job_in(db: sqlite3.Connection, job_id: int) -> dict[str, Any] | None:
+    def job_in(db: Db, job_id: int) -> dict[str, Any] | None:
         """``job`` inside a transaction."""
         row = db.execute("SELECT job_json FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return json.loads(row["job_json"]) if row else None
 
     @staticmethod
-    def labels_of(db: sqlite3.Connection, pgrp: int) -> dict[str, int]:
+    def labels_of(db: Db, pgrp: int) -> dict[str, int]:
         """``labels_in`` inside a transaction."""
         rows = db.execute(
             "SELECT label, job_id FROM jobs WHERE pgrp = ? AND label != '' ORDER BY label",
@@ -378,7 +419,7 @@ class TriggerStore:
         return {str(row[0]): int(row[1]) for row in rows}
 
     @staticmethod
-    def put_job(db: sqlite3.Connection, job: dict[str, Any]) -> None:
+    def put_job(db: Db, job: dict[str, Any]) -> None:
         db.execute(
             "INSERT INTO jobs (job_id, pgrp, label, job_json) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (job_id) DO UPDATE SET pgrp = excluded.pgrp, label = excluded.label, "
@@ -392,13 +433,13 @@ class TriggerStore:
         )
 
     @staticmethod
-    def remove_job(db: sqlite3.Connection, job_id: int) -> None:
+    def remove_job(db: Db, job_id: int) -> None:
         db.execute("DELETE FROM callbacks WHERE job_id = ?", (job_id,))
         db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
 
     @staticmethod
     def put_callback(
-        db: sqlite3.Connection,
+        db: Db,
         job_id: int,
         spec: dict[str, Any],
         atoms: Iterable[NewAtom],
@@ -406,9 +447,9 @@ class TriggerStore:
     ) -> int:
         latches = list(spec["latches"])
         cursor = db.execute(
-            "INSERT INTO callbacks (job_id, callback_id, triggers, language, code, user, count,"
+            'INSERT INTO callbacks (job_id, callback_id, triggers, language, code, "user", count,'
             " maximum, latches, universal, source, mode, latched_by)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING rowid",
             (
                 job_id,
                 spec["id"],
@@ -425,7 +466,7 @@ class TriggerStore:
                 marks_to_json(spec.get("latched_by") or [None] * len(latches)),
             ),
         )
-        rowid = int(cursor.lastrowid or 0)
+        rowid = int(cursor.fetchone()[0])
         rows = []
         for a in atoms:
             pgrp, label = scope_label(a.key.scope) or (0, "")
@@ -446,7 +487,7 @@ class TriggerStore:
     # -- matching -------------------------------------------------------------------
 
     @staticmethod
-    def matching_atoms(db: sqlite3.Connection, keys: Iterable[AtomKey]) -> list[tuple[int, int]]:
+    def matching_atoms(db: Db, keys: Iterable[AtomKey]) -> list[tuple[int, int]]:
         """(callback rowid, slot) for every indexed atom under the given keys.
 
         One query per type: the keys of an event are a cross product of names, scopes and
@@ -472,17 +513,23 @@ class TriggerStore:
         return found
 
     @staticmethod
-    def load_callbacks(db: sqlite3.Connection, rowids: Iterable[int]) -> list[StoredCallback]:
+    def load_callbacks(db: Db, rowids: Iterable[int]) -> list[StoredCallback]:
         ids = sorted(set(rowids))
         if not ids:
             return []
         marks = ",".join("?" * len(ids))
-        rows = db.execute(f"SELECT * FROM callbacks WHERE rowid IN ({marks})", ids).fetchall()  # noqa: S608 - placeholders only
+        # In a fleet the rows are locked in ascending order until the commit: two replicas
+        # applying events that latch the same callback take turns, the second reads what
+        # the first wrote (so both halves of an ``&&`` fire it once).
+        rows = db.execute(
+            f"SELECT * FROM callbacks WHERE rowid IN ({marks}) ORDER BY rowid{row_lock(db)}",  # noqa: S608 - placeholders only
+            ids,
+        ).fetchall()
         return [StoredCallback.from_row(row) for row in rows]
 
     @staticmethod
     def save_state(
-        db: sqlite3.Connection,
+        db: Db,
         rowid: int,
         count: int,
         latches: Sequence[bool],
@@ -494,12 +541,12 @@ class TriggerStore:
         )
 
     @staticmethod
-    def save_count(db: sqlite3.Connection, rowid: int, count: int) -> None:
+    def save_count(db: Db, rowid: int, count: int) -> None:
         """A ``{work}`` callback's total count (its items' latches are rows of their own)."""
         db.execute("UPDATE callbacks SET count = ? WHERE rowid = ?", (count, rowid))
 
     @staticmethod
-    def queue_firing(db: sqlite3.Connection, firing: PendingFiring) -> None:
+    def queue_firing(db: Db, firing: PendingFiring) -> None:
         db.execute(
             "INSERT INTO firings (invocation_id, callback_rowid, event_json, decided_at, batch,"
             " snapshot_json) VALUES (?, ?, ?, ?, ?, ?)",
@@ -514,24 +561,28 @@ class TriggerStore:
         )
 
     @staticmethod
-    def first_sighting(db: sqlite3.Connection, event_id: str) -> bool:
+    def first_sighting(db: Db, event_id: str) -> bool:
         """Record an event id; False when it had been seen (an idempotent repeat)."""
         cursor = db.execute(
             "INSERT INTO seen_events (event_id, seen_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
             (event_id, time.time()),
         )
-        return cursor.rowcount == 1
+        return bool(cursor.rowcount == 1)
 
     # -- firings and timers ---------------------------------------------------------
 
     def pending_firings(self) -> list[PendingFiring]:
         """The firings decided and not yet run, in decision order, as they were decided.
 
+        In a fleet: the ones whose replica's lease has run out, claimed (``claim_expired``).
+
         A queue from before snapshots names its callback's row only: it runs with that
         row, whose count was taken when it was decided; when the row is gone too (its
         job was removed or re-registered) nothing says what to run, and the firing
         leaves the queue with a warning instead of staying in it for ever.
         """
+        if self.fleet:
+            return self.claim_expired(limit=10_000)
         with self._lock:
             rows = self._db.execute(
                 "SELECT f.invocation_id, f.event_json, f.batch, f.snapshot_json, c.* "
@@ -560,10 +611,98 @@ class TriggerStore:
             )
         return firings
 
-    def firing_done(self, invocation_id: str) -> None:
+    def firing_done(self, invocation_id: str, epoch: int = 0) -> bool:
+        """The firing leaves the queue; False when (in a fleet) its claim no longer holds.
+
+        Fencing: a replica whose lease ran out (it stalled, or lost PostgreSQL for a
+        while) finds its firing claimed by another, under a higher epoch; its late "done"
+        changes nothing, and the other replica's run is the one that completes it.
+        """
         with self._lock, writing(self._path, self._health):
-            self._db.execute("DELETE FROM firings WHERE invocation_id = ?", (invocation_id,))
+            if self.fleet:
+                cursor = self._db.execute(
+                    "DELETE FROM firings WHERE invocation_id = ? AND owner = ? AND epoch = ?",
+                    (invocation_id, self.owner, epoch),
+                )
+            else:
+                cursor = self._db.execute(
+                    "DELETE FROM firings WHERE invocation_id = ?", (invocation_id,)
+                )
             self._checkpoints.committed()
+        return bool(cursor.rowcount)
+
+    # -- what every replica of a fleet must reload ---------------------------------------
+
+    def fleet_version(self, name: str) -> int:
+        """The version of ``name`` (e.g. "universal") the fleet is at; 0 before any bump."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT version FROM fleet_versions WHERE name = ?", (name,)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def bump_fleet_version(self, name: str) -> int:
+        """Tell every replica to reload ``name``; the new version."""
+        with self._lock, writing(self._path, self._health):
+            row = self._db.execute(
+                "INSERT INTO fleet_versions (name, version) VALUES (?, 1) ON CONFLICT (name)"
+                " DO UPDATE SET version = fleet_versions.version + 1 RETURNING version",
+                (name,),
+            ).fetchone()
+        return int(row[0])
+
+    # -- a fleet's claims ---------------------------------------------------------------
+
+    @staticmethod
+    def own_batch(db: Db, batch: str, owner: str, lease_until: float) -> None:
+        """Claim the firings an event just queued for the replica that decided them."""
+        db.execute(
+            "UPDATE firings SET owner = ?, lease_until = ? WHERE batch = ?",
+            (owner, lease_until, batch),
+        )
+
+    def lease_until(self) -> float:
+        return time.time() + self.lease_s
+
+    def renew_leases(self) -> int:
+        """Extend the lease of every firing this replica holds; how many it holds."""
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE firings SET lease_until = ? WHERE owner = ?",
+                (self.lease_until(), self.owner),
+            )
+        return int(cursor.rowcount)
+
+    def claim_expired(self, limit: int = 100) -> list[PendingFiring]:
+        """Claim firings whose lease ran out (their replica died), in decision order.
+
+        ``FOR UPDATE SKIP LOCKED``: replicas claiming at once take different rows. Each
+        claim raises the row's epoch, which fences off the replica that held it before.
+        """
+        now = time.time()
+        with self._lock:
+            rows = self._db.execute(
+                "UPDATE firings SET owner = ?, lease_until = ?, epoch = epoch + 1 WHERE seq IN"
+                " (SELECT seq FROM firings WHERE lease_until < ? AND owner != ? ORDER BY seq"
+                " LIMIT ? FOR UPDATE SKIP LOCKED)"
+                " RETURNING seq, invocation_id, event_json, batch, snapshot_json, epoch",
+                (self.owner, now + self.lease_s, now, self.owner, limit),
+            ).fetchall()
+        firings = []
+        for row in sorted(rows, key=lambda r: int(r["seq"])):
+            snapshot = json.loads(row["snapshot_json"])
+            firings.append(
+                PendingFiring(
+                    row["invocation_id"],
+                    StoredCallback.from_dict(snapshot["callback"]),
+                    Event.from_dict(json.loads(row["event_json"])),
+                    row["batch"],
+                    int(snapshot["count"]),
+                    str(snapshot["work_name"]),
+                    int(row["epoch"]),
+                )
+            )
+        return firings
 
     def next_timer_due(self) -> float | None:
         with self._lock:
@@ -571,16 +710,18 @@ class TriggerStore:
         return float(row[0]) if row and row[0] is not None else None
 
     @staticmethod
-    def due_timers(db: sqlite3.Connection, now: float) -> list[tuple[int, int, float]]:
+    def due_timers(db: Db, now: float) -> list[tuple[int, int, float]]:
         return [
             (row[0], row[1], row[2])
             for row in db.execute(
-                "SELECT callback_rowid, slot, due FROM timers WHERE due <= ? ORDER BY due", (now,)
+                "SELECT callback_rowid, slot, due FROM timers WHERE due <= ? ORDER BY due"  # noqa: S608
+                + row_lock(db, skip_locked=True),
+                (now,),
             )
         ]
 
     @staticmethod
-    def reschedule_timer(db: sqlite3.Connection, rowid: int, slot: int, due: float | None) -> None:
+    def reschedule_timer(db: Db, rowid: int, slot: int, due: float | None) -> None:
         if due is None:
             db.execute("DELETE FROM timers WHERE callback_rowid = ? AND slot = ?", (rowid, slot))
         else:

@@ -12,13 +12,13 @@ holding a latch each in full with its atoms, the others grouped by latches and c
 
 from __future__ import annotations
 
-import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from executor.errors import NotFoundError
+from executor.sql import Db
 from executor.triggers import checks, items, journal, states
 from executor.triggers.evaluate import JobPlace, happened, residual, spent
 from executor.triggers.explain import (
@@ -179,7 +179,7 @@ def explain_job(
 class _View:
     """What is known around the job: places, labels and states, each read once."""
 
-    def __init__(self, db: sqlite3.Connection, owner: JobPlace) -> None:
+    def __init__(self, db: Db, owner: JobPlace) -> None:
         self.db = db
         self.owner = owner
         self.labels = TriggerStore.labels_of(db, owner.pgrp)
@@ -291,7 +291,7 @@ def _already(view: _View, atom: Atom, job_id: int) -> bool:
 
 
 def _callback(
-    db: sqlite3.Connection,
+    db: Db,
     view: _View,
     cb: StoredCallback,
     expr: Expr,
@@ -341,7 +341,7 @@ def _callback(
 
 
 def _work_items(
-    db: sqlite3.Connection, view: _View, cb: StoredCallback, expr: Expr, work_name: str
+    db: Db, view: _View, cb: StoredCallback, expr: Expr, work_name: str
 ) -> tuple[WorkExplanation, ...]:
     size = len(atoms(expr))
     held = items.held(db, cb.rowid, size)

@@ -8,7 +8,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +28,19 @@ class ExecutorProcess:
 
 @asynccontextmanager
 async def executor_process(
-    data_dir: Path, supervisor: str, log: Path
+    data_dir: Path,
+    supervisor: str,
+    log: Path,
+    *,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[ExecutorProcess]:
-    """`python -m executor serve` in its own session, logging to ``log``; always killed and reaped."""
-    with log.open("wb") as stderr:
+    """`python -m executor serve` in its own session, logging to ``log``; always killed and reaped.
+
+    ``env`` is added to this process's environment (e.g. a fleet replica's uid range).
+    """
+    start = log.stat().st_size if log.exists() else 0  # a restart appends to the same log
+    with log.open("ab") as stderr:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -47,6 +56,8 @@ async def executor_process(
             "4",
             "--max-queue",
             "256",
+            *extra_args,
+            env={**os.environ, **(env or {})},
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=stderr,
@@ -55,7 +66,7 @@ async def executor_process(
     family = psutil.Process(proc.pid)
     try:
         deadline = time.monotonic() + 30
-        while not (found := re.search(r"serving on port (\d+)", log.read_text())):
+        while not (found := re.search(r"serving on port (\d+)", log.read_text()[start:])):
             assert proc.returncode is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             await asyncio.sleep(0.05)

@@ -54,6 +54,9 @@ CASES: list[tuple[tuple[str, ...], int, str]] = [
     (("farm", "remove", "4:2"), 2, "remove takes job ids, not frames: give 4"),
     (("farm", "workers", "0"), 2, "N: 0 workers; expected 1 to 64"),
     (("farm", "wait", "7"), 3, "NOT_FOUND: no job 7"),
+    (("store",), 2, "required: store_command"),
+    (("store", "migrate", "--store", "mysql://x/y"), 2, "store: expected a postgresql://"),
+    (("store", "migrate", "--store", "postgresql://x@127.0.0.1:1/db"), 3, "unreachable"),
 ]
 
 

@@ -28,7 +28,7 @@ ALL = sorted(commands(build_parser()))
 
 def test_the_tree_has_every_command() -> None:
     tops = {path[0] for path in ALL if path}
-    assert tops == {"serve", "run", "runs", "triggers", "outbox", "metrics", "farm"}
+    assert tops == {"serve", "run", "runs", "triggers", "outbox", "metrics", "farm", "store"}
     farm = {path[1] for path in ALL if len(path) == 2 and path[0] == "farm"}
     assert farm == {
         "submit",

@@ -125,6 +125,11 @@ class TriggerServiceStub:
                 request_serializer=qbcallback_dot_v1_dot_executor__pb2.PublishEventRequest.SerializeToString,
                 response_deserializer=qbcallback_dot_v1_dot_executor__pb2.PublishEventResponse.FromString,
                 _registered_method=True)
+        self.PublishEvents = channel.unary_unary(
+                '/qbcallback.v1.TriggerService/PublishEvents',
+                request_serializer=qbcallback_dot_v1_dot_executor__pb2.PublishEventsRequest.SerializeToString,
+                response_deserializer=qbcallback_dot_v1_dot_executor__pb2.PublishEventsResponse.FromString,
+                _registered_method=True)
         self.DryRun = channel.unary_unary(
                 '/qbcallback.v1.TriggerService/DryRun',
                 request_serializer=qbcallback_dot_v1_dot_executor__pb2.DryRunRequest.SerializeToString,
@@ -171,6 +176,16 @@ class TriggerServiceServicer:
         it against registered triggers, latches && terms durably, and runs what
         fires through the same sandbox as Execute. `done` is implied by complete,
         failed and killed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishEvents(self, request, context):
+        """Several events, applied in order in one transaction (one commit for all):
+        what a busy scheduler sends instead of one PublishEvent per transition. An
+        event may not ask to `wait`. All are applied, or none (the call's error says
+        why; sending it again is safe, each event_id is applied once).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -230,6 +245,11 @@ def add_TriggerServiceServicer_to_server(servicer, server):
                     servicer.PublishEvent,
                     request_deserializer=qbcallback_dot_v1_dot_executor__pb2.PublishEventRequest.FromString,
                     response_serializer=qbcallback_dot_v1_dot_executor__pb2.PublishEventResponse.SerializeToString,
+            ),
+            'PublishEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishEvents,
+                    request_deserializer=qbcallback_dot_v1_dot_executor__pb2.PublishEventsRequest.FromString,
+                    response_serializer=qbcallback_dot_v1_dot_executor__pb2.PublishEventsResponse.SerializeToString,
             ),
             'DryRun': grpc.unary_unary_rpc_method_handler(
                     servicer.DryRun,
@@ -312,6 +332,33 @@ class TriggerService:
             '/qbcallback.v1.TriggerService/PublishEvent',
             qbcallback_dot_v1_dot_executor__pb2.PublishEventRequest.SerializeToString,
             qbcallback_dot_v1_dot_executor__pb2.PublishEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qbcallback.v1.TriggerService/PublishEvents',
+            qbcallback_dot_v1_dot_executor__pb2.PublishEventsRequest.SerializeToString,
+            qbcallback_dot_v1_dot_executor__pb2.PublishEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

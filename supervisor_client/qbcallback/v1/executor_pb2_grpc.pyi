@@ -62,6 +62,12 @@ class TriggerServiceStub:
     fires through the same sandbox as Execute. `done` is implied by complete,
     failed and killed.
     """
+    PublishEvents: _aio.UnaryUnaryMultiCallable[_executor_pb2.PublishEventsRequest, _executor_pb2.PublishEventsResponse]
+    """Several events, applied in order in one transaction (one commit for all):
+    what a busy scheduler sends instead of one PublishEvent per transition. An
+    event may not ask to `wait`. All are applied, or none (the call's error says
+    why; sending it again is safe, each event_id is applied once).
+    """
     DryRun: _aio.UnaryUnaryMultiCallable[_executor_pb2.DryRunRequest, _executor_pb2.DryRunResponse]
     """What an event would fire, without running anything or touching latches."""
     ReloadUniversalCallbacks: _aio.UnaryUnaryMultiCallable[_executor_pb2.ReloadUniversalCallbacksRequest, _executor_pb2.ReloadUniversalCallbacksResponse]
@@ -109,6 +115,18 @@ class TriggerServiceServicer(metaclass=_abc_1.ABCMeta):
         it against registered triggers, latches && terms durably, and runs what
         fires through the same sandbox as Execute. `done` is implied by complete,
         failed and killed.
+        """
+
+    @_abc_1.abstractmethod
+    def PublishEvents(
+        self,
+        request: _executor_pb2.PublishEventsRequest,
+        context: _aio.ServicerContext[_executor_pb2.PublishEventsRequest, _abc.Awaitable[_executor_pb2.PublishEventsResponse]],
+    ) -> _abc.Awaitable[_executor_pb2.PublishEventsResponse]:
+        """Several events, applied in order in one transaction (one commit for all):
+        what a busy scheduler sends instead of one PublishEvent per transition. An
+        event may not ask to `wait`. All are applied, or none (the call's error says
+        why; sending it again is safe, each event_id is applied once).
         """
 
     @_abc_1.abstractmethod

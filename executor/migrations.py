@@ -1,0 +1,100 @@
+"""The PostgreSQL store's schema: created and upgraded only by ``cbexec store migrate``.
+
+A fleet's replicas never change the schema as they start (N replicas racing to alter
+tables, or an old replica meeting a newer schema, are what an explicit, versioned step
+avoids): ``migrate`` applies the steps a database lacks, in order, each in its own
+transaction under an advisory lock, and records the version in ``cbexec_schema``; it is
+idempotent, so the systemd unit runs it before every start. ``open_postgres`` refuses a
+database whose version is not the one this executor was written for, naming the fix.
+
+The tables are the SQLite stores' own (one spelling, translated by ``sql.pg_ddl``): the
+trigger store's, the outbox's and the run history's, plus ``fleet_versions`` (what every
+replica must reload, e.g. the universal callbacks).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from executor.errors import ConfigError
+from executor.sql import PgDb, connect_postgres, pg_ddl
+
+logger = logging.getLogger(__name__)
+
+# Any number a replica and the database agree on; taken while the schema changes.
+_MIGRATION_LOCK: Final = 0x63626578  # "cbex"
+
+FLEET_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS fleet_versions (
+    name TEXT PRIMARY KEY,
+    version INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+def _steps() -> list[str]:
+    """Migration steps, oldest first; step n brings a database to version n."""
+    from executor.runs import history, outbox
+    from executor.triggers import store
+
+    return [
+        pg_ddl(
+            store.FULL_SCHEMA + store.LABEL_INDEXES + outbox.SCHEMA + history.SCHEMA + FLEET_SCHEMA
+        )
+    ]
+
+
+def schema_version() -> int:
+    """The version this executor's code reads and writes."""
+    return len(_steps())
+
+
+def current_version(db: PgDb) -> int:
+    """The database's version; 0 when it was never migrated."""
+    row = db.execute("SELECT to_regclass('cbexec_schema')").fetchone()
+    if row[0] is None:
+        return 0
+    row = db.execute("SELECT max(version) FROM cbexec_schema").fetchone()
+    return int(row[0] or 0)
+
+
+def migrate(url: str) -> tuple[int, int]:
+    """Bring the database at ``url`` to ``schema_version()``; (version before, after)."""
+    db = connect_postgres(url, application_name="cbexec-migrate")
+    try:
+        db.execute("SELECT pg_advisory_lock(?)", (_MIGRATION_LOCK,))
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS cbexec_schema (version INTEGER PRIMARY KEY,"
+            " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        before = current_version(db)
+        steps = _steps()
+        if before > len(steps):
+            raise ConfigError(
+                f"the store is at schema version {before}, newer than this executor's "
+                f"{len(steps)}: upgrade the executor"
+            )
+        for version, ddl in enumerate(steps[before:], start=before + 1):
+            db.execute("BEGIN")
+            db.executescript(ddl)
+            db.execute("INSERT INTO cbexec_schema (version) VALUES (?)", (version,))
+            db.execute("COMMIT")
+            logger.info("store migrated to schema version %d", version)
+        db.execute("SELECT pg_advisory_unlock(?)", (_MIGRATION_LOCK,))
+        return before, len(steps)
+    finally:
+        db.close()
+
+
+def open_postgres(url: str, *, application_name: str) -> PgDb:
+    """A connection to a migrated store; ConfigError naming the fix when it is not."""
+    db = connect_postgres(url, application_name=application_name)
+    version = current_version(db)
+    if version != schema_version():
+        db.close()
+        raise ConfigError(
+            f"the PostgreSQL store is at schema version {version}, this executor needs "
+            f"{schema_version()}: run `cbexec store migrate --store <url>` first"
+        )
+    return db

@@ -1,0 +1,273 @@
+"""One SQL dialect for the executor's stores: SQLite (one machine) or PostgreSQL (a fleet).
+
+The stores (the trigger store, the outbox, the run history) write their SQL once, in
+SQLite's spelling with ``?`` placeholders, and run it on a ``Db``: an SQLite connection
+as it is, or ``PgDb``, which hands the same statements to PostgreSQL through psycopg 3.
+The differences are few and spelled out here, not at every call site:
+
+* Placeholders: ``?`` becomes ``%s`` (and a literal ``%`` is doubled).
+* Row locks: ``FOR UPDATE`` / ``FOR UPDATE SKIP LOCKED`` are what a fleet's replicas
+  claim and serialize with; SQLite has one writer per file and no such clause
+  (``row_lock`` gives the clause for a connection).
+* ``BEGIN IMMEDIATE`` (SQLite's write lock up front) is a plain ``BEGIN``.
+* The schema: ``pg_ddl`` turns the stores' SQLite DDL into PostgreSQL's (serial keys,
+  64-bit integers, doubles, ``bytea``, no PRAGMAs, an explicit ``rowid`` where SQLite's
+  implicit one is read).
+
+A store chosen by the ``store`` setting: empty means SQLite files in the data dir, a
+``postgresql://`` URL means that database (``is_postgres``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from typing import Any, Final, Protocol
+
+from executor.errors import ConfigError, UnavailableError
+
+logger = logging.getLogger(__name__)
+
+POSTGRES_SCHEMES: Final = ("postgresql://", "postgres://")
+# How long a connection attempt to PostgreSQL may take before the call is answered UNAVAILABLE.
+CONNECT_TIMEOUT_S: Final = 3
+
+
+class Row(Protocol):
+    """A result row read by column name or position (sqlite3.Row, ``PgRow``)."""
+
+    def __getitem__(self, key: int | str, /) -> Any: ...
+
+    def keys(self) -> list[str]: ...
+
+
+class Db(Protocol):
+    """The part of a DB-API connection the stores use (sqlite3.Connection, ``PgDb``)."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> Any: ...
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class StoreUnavailable(UnavailableError):
+    """PostgreSQL cannot be reached (down, restarting, the network): try again later."""
+
+
+class StoreConflict(UnavailableError):
+    """A transaction lost a deadlock or a serialization race: run it again."""
+
+
+def is_postgres(store: str) -> bool:
+    """Whether a ``store`` setting names a PostgreSQL database."""
+    return store.startswith(POSTGRES_SCHEMES)
+
+
+@lru_cache(maxsize=4096)
+def pg_sql(sql: str) -> str:
+    """A statement in SQLite's spelling, as PostgreSQL (through psycopg) takes it."""
+    if sql.strip().upper() == "BEGIN IMMEDIATE":
+        return "BEGIN"
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def row_lock(db: Db, *, skip_locked: bool = False) -> str:
+    """The row-lock clause for a SELECT on ``db``: "" on SQLite (one writer per file)."""
+    if not isinstance(db, PgDb):
+        return ""
+    return " FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE"
+
+
+class NoCheckpoints:
+    """PostgreSQL checkpoints itself: the stores' checkpoint hooks do nothing for it."""
+
+    def committed(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+# Tables whose reads order by SQLite's implicit rowid (checks, runs) or whose migration reads it.
+_READ_BY_ROWID: Final = frozenset({"trigger_checks", "runs", "atoms"})
+_CREATE_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+) \(", re.IGNORECASE)
+
+
+def pg_ddl(script: str) -> str:
+    """The stores' SQLite schema as PostgreSQL DDL (see the module docstring)."""
+    lines = [line for line in script.splitlines() if not line.strip().upper().startswith("PRAGMA")]
+    ddl = "\n".join(lines)
+    ddl = ddl.replace("rowid INTEGER PRIMARY KEY", "rowid BIGSERIAL PRIMARY KEY")
+    ddl = ddl.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
+    ddl = re.sub(r"\bINTEGER\b", "BIGINT", ddl)
+    ddl = re.sub(r"\bREAL\b", "DOUBLE PRECISION", ddl)
+    ddl = re.sub(r"\bBLOB\b", "BYTEA", ddl)
+    ddl = ddl.replace(") WITHOUT ROWID;", ");")
+    ddl = re.sub(r"^(\s+)user TEXT", r'\1"user" TEXT', ddl, flags=re.MULTILINE)
+    # SQLite's implicit rowid orders some reads (checks, runs): PostgreSQL gets a column.
+    out: list[str] = []
+    pos = 0
+    for match in _CREATE_TABLE.finditer(ddl):
+        end = ddl.find("\n);", match.end())
+        body = ddl[match.end() : end]
+        out.append(ddl[pos : match.end()])
+        if match.group(1) in _READ_BY_ROWID and not re.search(r"^\s+rowid\b", body, re.M):
+            out.append("\n    rowid BIGSERIAL,")
+        pos = match.end()
+    out.append(ddl[pos:])
+    return "".join(out)
+
+
+class PgRow(tuple[Any, ...]):
+    """A PostgreSQL row read as sqlite3.Row is: by column name or by position."""
+
+    _names: dict[str, int]
+
+    def __new__(cls, values: Sequence[Any], names: dict[str, int]) -> PgRow:
+        row = super().__new__(cls, values)
+        row._names = names
+        return row
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self._names[key])
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+
+def _pg_rows(cursor: Any) -> Any:
+    """Psycopg row factory: ``PgRow``s named after the cursor's columns."""
+    names = {column.name: i for i, column in enumerate(cursor.description or ())}
+    return lambda values: PgRow(values, names)
+
+
+class PgDb:
+    """A PostgreSQL connection that takes the stores' SQLite-spelled statements.
+
+    Autocommit, as the stores' SQLite connections are: a transaction is an explicit
+    ``BEGIN`` ... ``COMMIT``. A connection lost (PostgreSQL restarted, the network) is
+    ``StoreUnavailable`` for the statement that met it; the next statement outside a
+    transaction connects again, so the executor carries on once the server is back.
+    A deadlock, a serialization failure or a unique key two replicas raced for is
+    ``StoreConflict``: the caller runs the transaction again.
+    """
+
+    def __init__(self, url: str, *, application_name: str = "cbexec") -> None:
+        self._url = url
+        self._application_name = application_name
+        self._lock = threading.RLock()
+        self._conn: Any = None
+        self._in_transaction = False
+        self._connect()
+
+    def _connect(self) -> None:
+        import psycopg
+
+        try:
+            self._conn = psycopg.connect(
+                self._url,
+                autocommit=True,
+                row_factory=_pg_rows,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                application_name=self._application_name,
+            )
+        except psycopg.OperationalError as err:
+            self._conn = None
+            raise StoreUnavailable(f"PostgreSQL store unreachable: {_first_line(err)}") from err
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._in_transaction
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Any:
+        return self._run(sql, lambda conn, text: conn.execute(text, tuple(parameters)))
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> Any:
+        rows = [tuple(p) for p in parameters]
+
+        def many(conn: Any, text: str) -> Any:
+            cursor = conn.cursor()
+            if rows:
+                cursor.executemany(text, rows)
+            return cursor
+
+        return self._run(sql, many)
+
+    def executescript(self, script: str) -> None:
+        """Several statements without parameters (DDL), in one round trip."""
+        self._run(script, lambda conn, text: conn.execute(text), translate=False)
+
+    def _run(self, sql: str, call: Any, *, translate: bool = True) -> Any:
+        import psycopg
+        from psycopg import errors
+
+        verb = sql.strip().split(None, 1)[0].upper() if sql.strip() else ""
+        with self._lock:
+            if self._conn is None or self._conn.broken or self._conn.closed:
+                if self._in_transaction and verb != "ROLLBACK":
+                    raise StoreUnavailable(
+                        "PostgreSQL store: the connection was lost mid-transaction"
+                    )
+                self._in_transaction = False
+                if verb in {"ROLLBACK", "COMMIT"}:
+                    return None
+                self._connect()
+            try:
+                cursor = call(self._conn, pg_sql(sql) if translate else sql)
+            except (
+                errors.DeadlockDetected,
+                errors.SerializationFailure,
+                # Two replicas inserting the same key at once (registering one job): the
+                # loser runs again and then sees the winner's row.
+                errors.UniqueViolation,
+            ) as err:
+                raise StoreConflict(f"PostgreSQL store: {_first_line(err)}") from err
+            except psycopg.OperationalError as err:
+                if self._conn.broken or self._conn.closed:
+                    raise StoreUnavailable(
+                        f"PostgreSQL store unreachable: {_first_line(err)}"
+                    ) from err
+                raise
+            if verb == "BEGIN":
+                self._in_transaction = True
+            elif verb in {"COMMIT", "ROLLBACK"}:
+                self._in_transaction = False
+            return cursor
+
+    def transaction_failed(self) -> bool:
+        """Whether the open transaction can only be rolled back (an error inside it)."""
+        from psycopg.pq import TransactionStatus
+
+        return self._conn is not None and self._conn.info.transaction_status in (
+            TransactionStatus.INERROR,
+        )
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def connect_postgres(url: str, *, application_name: str = "cbexec") -> PgDb:
+    """A ``PgDb`` on ``url``; ConfigError when psycopg is not installed."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError as err:
+        raise ConfigError(
+            "the PostgreSQL store needs psycopg 3: pip install 'qb-callback-executor[postgresql]'"
+        ) from err
+    return PgDb(url, application_name=application_name)

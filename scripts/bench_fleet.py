@@ -1,0 +1,248 @@
+"""Benchmark a fleet of executors on one PostgreSQL, beside the SQLite single executor.
+
+Usage: python scripts/bench_fleet.py [--events 3000] [--fired 600] [--jobs 50]
+                                     [--replicas 1,2,3] [--concurrency 64] [--executes 200]
+
+Starts a real PostgreSQL (Debian's server binaries: initdb into a temp dir, pg_ctl on a
+free loopback port), a reference Supervisor service counting every result, and the
+executors as real processes (``python -m executor serve --store postgresql://...``).
+For the SQLite single executor and for 1, 2 and 3 replicas on one PostgreSQL:
+
+* events/s accepted: ``--events`` PublishEvent calls (``running-work`` of the jobs'
+  frames), ``--concurrency`` in flight, round robin across the replicas; each latches
+  one half of an ``&&`` durably (seen event id, latch, journal, known state commit in
+  the event's transaction) and answers once committed. Then the same number of events
+  in PublishEvents calls of ``--batch`` (one transaction each: group commit).
+* fired callbacks/s: ``--fired`` ``complete-work`` events, each firing a qube callback
+  (``unblock-work-self``: one WorkAction at the supervisor), timed until every result
+  has been applied at the supervisor (run, recorded, delivered through the outbox).
+
+Then the cost of the PostgreSQL store on one executor's Execute p50 (``--executes``
+sequential Python ``pass`` callbacks, SQLite store against PostgreSQL store): results
+go to the outbox and the history either way.
+
+The client runs on the same machine (and cores) as the fleet and the database, so the
+numbers are what one 2-core box does with all of it, not what a fleet of machines does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from executor.migrations import migrate  # noqa: E402
+from supervisor_client import ExecutorClient  # noqa: E402
+from tests.fleet.harness import ActionCounting, Fleet  # noqa: E402
+from tests.helpers.executor_process import executor_process  # noqa: E402
+from tests.helpers.postgres import PostgresServer, find_bin_dir  # noqa: E402
+from tests.helpers.supervisors import SupervisorEndpoint  # noqa: E402
+
+FRAMES = 20
+
+
+def jobs_for(endpoint: SupervisorEndpoint, count: int) -> list[dict[str, Any]]:
+    """``count`` jobs of blocked frames in the supervisor, with the benchmark's callbacks."""
+    submitted = endpoint.store.submit(
+        [
+            {
+                "name": f"bench{n}",
+                "user": "bench",
+                "agenda": [{"name": str(f), "status": "blocked"} for f in range(FRAMES)],
+                "callbacks": [
+                    # running-work latches the first half; never fires during the run.
+                    {
+                        "triggers": "running-work-self-{work} && killed-work-self-{work}",
+                        "language": "qube",
+                        "code": "unblock-work-self",
+                    },
+                    {
+                        "triggers": "complete-work-self-{work}",
+                        "language": "qube",
+                        "code": "unblock-work-self",
+                    },
+                ],
+            }
+            for n in range(count)
+        ]
+    )
+    return [endpoint.store.job(int(job["id"]), include_callbacks=True) for job in submitted]
+
+
+async def in_flight(count: int, limit: int, call: Callable[[int], Awaitable[None]]) -> float:
+    """Seconds to make ``count`` calls with at most ``limit`` in flight."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(n: int) -> None:
+        async with gate:
+            await call(n)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(n) for n in range(count)))
+    return time.perf_counter() - start
+
+
+@asynccontextmanager
+async def sqlite_single(root: Path, endpoint: SupervisorEndpoint) -> AsyncIterator[list[str]]:
+    async with executor_process(root / "sqlite", endpoint.address, root / "sqlite.log") as one:
+        yield [one.address]
+
+
+@asynccontextmanager
+async def pg_fleet(
+    root: Path, url: str, endpoint: SupervisorEndpoint, replicas: int
+) -> AsyncIterator[list[str]]:
+    group = Fleet(root, url, endpoint)
+    try:
+        await asyncio.gather(*(group.start(i) for i in range(replicas)))
+        yield [group.address(i) for i in range(replicas)]
+    finally:
+        await group.close()
+
+
+async def measure(
+    addresses: list[str], endpoint: SupervisorEndpoint, args: argparse.Namespace, tag: str
+) -> tuple[float, float, float]:
+    """(events/s one per call, events/s batched, fired callbacks/s) through ``addresses``."""
+    counting = endpoint.servicer
+    clients = [ExecutorClient(address) for address in addresses]
+    turn = itertools.count()
+    try:
+        jobs = jobs_for(endpoint, args.jobs)
+        for n, job in enumerate(jobs):
+            await clients[n % len(clients)].register_job(job)
+        items = [(int(j["id"]), str(f)) for j in jobs for f in range(FRAMES)]
+
+        async def latch(n: int) -> None:
+            job_id, frame = items[n % len(items)]
+            await clients[next(turn) % len(clients)].publish_event(
+                name="running", type="work", job_id=job_id, work_name=frame,
+                event_id=f"{tag}-run-{n}",
+            )  # fmt: skip
+
+        seconds = await in_flight(args.events, args.concurrency, latch)
+        single_per_s = args.events / seconds
+
+        batches = args.events // args.batch
+
+        async def latch_batch(b: int) -> None:
+            await clients[next(turn) % len(clients)].publish_events(
+                [
+                    {
+                        "name": "running", "type": "work", "job_id": items[n % len(items)][0],
+                        "work_name": items[n % len(items)][1], "event_id": f"{tag}-batch-{n}",
+                    }
+                    for n in range(b * args.batch, (b + 1) * args.batch)
+                ]
+            )  # fmt: skip
+
+        # A handful of batches in flight: each is a transaction of its own.
+        seconds = await in_flight(batches, max(1, args.concurrency // args.batch), latch_batch)
+        batched_per_s = batches * args.batch / seconds
+
+        before = sum(counting.applied.values())
+
+        async def fire(n: int) -> None:
+            job_id, frame = items[n % len(items)]
+            await clients[next(turn) % len(clients)].publish_event(
+                name="complete", type="work", job_id=job_id, work_name=frame,
+                event_id=f"{tag}-fire-{n}",
+            )  # fmt: skip
+
+        start = time.perf_counter()
+        await in_flight(args.fired, args.concurrency, fire)
+        while sum(counting.applied.values()) - before < args.fired:
+            if time.perf_counter() - start > 300:
+                raise SystemExit(f"{tag}: fired callbacks' results never all arrived")
+            await asyncio.sleep(0.01)
+        fired_per_s = args.fired / (time.perf_counter() - start)
+        return single_per_s, batched_per_s, fired_per_s
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def execute_p50(address: str, count: int) -> float:
+    async with ExecutorClient(address) as client:
+        for _ in range(10):  # warm up
+            await client.execute_callback(language="python", code="pass", job={"id": 1})
+        times = []
+        for _ in range(count):
+            start = time.perf_counter()
+            await client.execute_callback(language="python", code="pass", job={"id": 1})
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+async def main(args: argparse.Namespace) -> None:
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        raise SystemExit("PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin")
+    root = Path(tempfile.mkdtemp(prefix="cbexec-bench-fleet-"))
+    # Its own temp dir: the server runs as the postgres user, who cannot enter ``root``.
+    postgres = PostgresServer(bin_dir, Path(tempfile.mkdtemp(prefix="cbexec-bench-pg-")))
+    postgres.init()
+    postgres.start()
+    rows: list[tuple[str, float, float, float]] = []
+    try:
+        endpoint = SupervisorEndpoint(root / "supervisor.db", ActionCounting)
+        await endpoint.start()
+        try:
+            async with sqlite_single(root, endpoint) as addresses:
+                rows.append(("SQLite, 1 executor", *await measure(addresses, endpoint, args, "s")))
+            for replicas in args.replicas:
+                url = postgres.create_database(f"bench{replicas}")
+                migrate(url)
+                fleet_root = root / f"fleet{replicas}"
+                fleet_root.mkdir()
+                async with pg_fleet(fleet_root, url, endpoint, replicas) as addresses:
+                    label = f"PostgreSQL, {replicas} replica{'s' if replicas > 1 else ''}"
+                    rows.append((label, *await measure(addresses, endpoint, args, f"p{replicas}")))
+            print(f"{'store':<26}{'events/s':>10}{'batched':>10}{'fired/s':>10}")
+            for label, single, batched, fired in rows:
+                print(f"{label:<26}{single:>10.0f}{batched:>10.0f}{fired:>10.0f}")
+
+            (root / "p50").mkdir()
+            async with sqlite_single(root / "p50", endpoint) as (address,):
+                sqlite_p50 = await execute_p50(address, args.executes)
+            url = postgres.create_database("bench_execute")
+            migrate(url)
+            async with pg_fleet(root / "p50", url, endpoint, 1) as (address,):
+                pg_p50 = await execute_p50(address, args.executes)
+            print(
+                f"Execute p50, one executor: SQLite store {sqlite_p50:.2f} ms, PostgreSQL store "
+                f"{pg_p50:.2f} ms ({(pg_p50 / sqlite_p50 - 1) * 100:+.1f}%)"
+            )
+        finally:
+            await endpoint.stop()
+    finally:
+        postgres.cleanup()
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--events", type=int, default=3000)
+    parser.add_argument("--fired", type=int, default=600)
+    parser.add_argument("--jobs", type=int, default=50)
+    parser.add_argument(
+        "--replicas", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 3]
+    )
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=50, help="events per PublishEvents call")
+    parser.add_argument("--executes", type=int, default=200)
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_args()))

@@ -1,0 +1,199 @@
+"""Three executors on one real PostgreSQL, one reference supervisor counting every effect.
+
+The seed's examples with their events published round robin across the replicas; the
+two halves of an ``&&`` published to two replicas at the same moment, many times, fire
+once. Every result is delivered once, every callback's action applied once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+from typing import Final
+
+import pytest
+
+from supervisor_client import ExecutorClient
+from tests.fleet.harness import Fleet, RoundRobinForwarder, example_jobs, fleet
+from tests.helpers.cli import ROOT
+from tests.helpers.waiting import eventually
+
+pytestmark = pytest.mark.service
+
+EXAMPLES: Final = ROOT / "scripts" / "examples"
+FRAMES: Final = ("1", "2", "3", "4", "5")
+PENDING, BLOCKED = "pending", "blocked"
+
+
+def only(pending: str) -> dict[str, str]:
+    wanted = set(pending.split(",")) if pending else set()
+    return {frame: PENDING if frame in wanted else BLOCKED for frame in FRAMES}
+
+
+class Farm:
+    """The reference supervisor driven by hand, its transitions forwarded round robin."""
+
+    def __init__(self, group: Fleet, forwarder: RoundRobinForwarder) -> None:
+        self.group = group
+        self.store = group.endpoint.store
+        self.forwarder = forwarder
+
+    async def submit(self, path: Path) -> dict[str, int]:
+        jobs = self.store.submit(example_jobs(path))
+        await self.forwarder.drain()
+        return {job["name"]: int(job["id"]) for job in jobs}
+
+    async def complete(self, job_id: int, frames: str) -> None:
+        for frame in frames.split(","):
+            self.store.start_work(job_id, frame)
+            self.store.complete_work(job_id, frame)
+        await self.forwarder.drain()
+
+    def agenda(self, job_id: int) -> dict[str, str]:
+        return {w["name"]: w["status"] for w in self.store.job(job_id)["agenda"]}
+
+
+async def test_the_seed_examples_with_events_round_robin_across_three_replicas(
+    tmp_path: Path, pg_url: str
+) -> None:
+    async with fleet(tmp_path, pg_url) as group:
+        forwarder = RoundRobinForwarder(group)
+        task = asyncio.create_task(forwarder.run())
+        try:
+            farm = Farm(group, forwarder)
+            for form in ("python", "qube"):
+                jobs = await farm.submit(EXAMPLES / "job-b-waits-for-job-a" / f"{form}.py")
+                a, b = jobs["jobA"], jobs["jobB"]
+                await farm.complete(a, "1,2,3,4")
+                assert farm.store.job(b)["status"] == BLOCKED
+                await farm.complete(a, "5")
+                assert farm.store.job(b)["status"] == PENDING
+
+                jobs = await farm.submit(EXAMPLES / "frame-by-frame" / f"{form}.py")
+                a, b = jobs["jobA"], jobs["jobB"]
+                await farm.complete(a, "2")
+                assert farm.agenda(b) == only("2")
+                await farm.complete(a, "1,5")
+                assert farm.agenda(b) == only("1,2,5")
+
+                jobs = await farm.submit(EXAMPLES / "job-c-waits-for-a-and-b" / f"{form}.py")
+                ribgen, render, c = jobs["ribgen"], jobs["render"], jobs["jobC"]
+                await farm.complete(ribgen, "1")
+                await farm.complete(render, "2")
+                assert farm.agenda(c) == only("")
+                await farm.complete(render, "1")
+                assert farm.agenda(c) == only("1")
+                await farm.complete(ribgen, "2,3,4,5")
+                await farm.complete(render, "3,4,5")
+                assert farm.agenda(c) == only("1,2,3,4,5")
+
+                jobs = await farm.submit(EXAMPLES / "job-d-waits-for-a-and-b-or-c" / f"{form}.py")
+                ribgen, render, composite, d = (
+                    jobs[n] for n in ("ribgen", "render", "composite", "jobD")
+                )
+                await farm.complete(composite, "3")
+                assert farm.agenda(d) == only("3")
+                await farm.complete(render, "1")
+                assert farm.agenda(d) == only("3")
+                await farm.complete(ribgen, "1")
+                assert farm.agenda(d) == only("1,3")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        counting = group.counting
+        assert counting.actions, "no callback asked the supervisor for anything"
+        assert set(counting.actions.values()) == {1}, "an action was applied twice"
+        # Every run's result reaches the supervisor once (the run of each action among them).
+        assert await eventually(lambda: set(counting.actions) <= set(counting.applied))
+        assert set(counting.applied.values()) == {1}
+        logs = "".join(p.read_text() for p in tmp_path.glob("replica-*.log"))
+        assert "Traceback" not in logs
+
+
+async def test_both_halves_of_an_and_at_two_replicas_at_once_fire_exactly_once(
+    tmp_path: Path, pg_url: str
+) -> None:
+    rounds = 40
+    async with (
+        fleet(tmp_path, pg_url, replicas=2) as group,
+        ExecutorClient(group.address(0)) as first,
+        ExecutorClient(group.address(1)) as second,
+    ):
+        # One job registered at both replicas at once: both answer, one job is kept.
+        for n in range(10):
+            job = {"id": 40_000 + n, "name": "twice", "label": "twice"}
+            await asyncio.gather(first.register_job(job), second.register_job(job))
+        listed = await first.list_registered_jobs(limit=1000)
+        twice = sorted(j.id for j in listed.jobs if 40_000 <= j.id < 40_010)
+        assert twice == [40_000 + n for n in range(10)]
+
+        fired: dict[int, list[str]] = {}
+        for n in range(rounds):
+            a, b, c = 50_000 + 3 * n, 50_001 + 3 * n, 50_002 + 3 * n
+            await first.register_job({"id": a, "pgrp": a, "label": "a", "name": "a"})
+            await second.register_job({"id": b, "pgrp": a, "label": "b", "name": "b"})
+            await first.register_job(
+                {
+                    "id": c,
+                    "pgrp": a,
+                    "label": "c",
+                    "name": "c",
+                    "callbacks": [
+                        {
+                            "triggers": "complete-job-a && complete-job-b",
+                            "language": "python",
+                            "code": "print('both')",
+                        }
+                    ],
+                }
+            )
+            # The halves race: each replica's transaction sees the other's latch or waits.
+            answers = await asyncio.gather(
+                first.publish_event(name="complete", type="job", job_id=a, event_id=f"a{n}"),
+                second.publish_event(name="complete", type="job", job_id=b, event_id=f"b{n}"),
+            )
+            fired[c] = [f.invocation_id for answer in answers for f in answer.fired]
+        assert {c: len(ids) for c, ids in fired.items()} == dict.fromkeys(fired, 1)
+        everything = set(itertools.chain.from_iterable(fired.values()))
+        counting = group.counting
+        assert await eventually(lambda: everything <= set(counting.applied), timeout_s=30)
+        assert all(counting.applied[i] == 1 for i in everything)
+
+
+async def test_a_reload_reaches_every_replica_and_every_replica_reads_the_fleets_history(
+    tmp_path: Path, pg_url: str
+) -> None:
+    async with (
+        fleet(tmp_path, pg_url, replicas=2) as group,
+        ExecutorClient(group.address(0)) as first,
+        ExecutorClient(group.address(1)) as second,
+    ):
+        # Each replica reads its own callbacks.conf; both get the same file here.
+        for index in range(2):
+            directory = tmp_path / f"replica-{index}" / "callback"
+            directory.mkdir(exist_ok=True)
+            (directory / "noted.py").write_text("print('noted')\n")
+            (directory / "callbacks.conf").write_text("noted.py = submit-job-self\n")
+        reloaded = await first.reload_universal_callbacks()
+        assert reloaded.reloaded and reloaded.active == 1
+
+        async def second_has_it() -> bool:
+            job_id = 70_000 + len(second_jobs)
+            second_jobs.append(job_id)
+            reply = await second.register_job({"id": job_id, "name": "late"})
+            return any(cb.universal for cb in reply.callbacks)
+
+        second_jobs: list[int] = []
+        assert await eventually(second_has_it, timeout_s=10, interval_s=0.2), (
+            "the reload on one replica never reached the other"
+        )
+
+        # A run on one replica is in the history every replica reads.
+        ran = await second.execute_callback(
+            language="python", code="print('here')", job={"id": 70_999, "user": "fleet"}
+        )
+        listed = await first.list_runs(job_id=70_999)
+        assert [run.invocation_id for run in listed.runs] == [ran.invocation_id]
+        got = await first.get_run(ran.invocation_id)
+        assert got.invocation_id == ran.invocation_id and "here" in got.result.stdout

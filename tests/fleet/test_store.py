@@ -1,0 +1,86 @@
+"""The PostgreSQL store itself: explicit, versioned, idempotent migrations; one SQL dialect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from executor.errors import ConfigError
+from executor.migrations import current_version, schema_version
+from executor.runs.history import RunHistory
+from executor.sql import connect_postgres, pg_ddl
+from executor.triggers.store import TriggerStore
+from tests.helpers.cli import cbexec, cli_env
+from tests.helpers.postgres import PostgresServer
+
+pytestmark = pytest.mark.service
+
+
+async def test_store_migrate_is_explicit_versioned_and_idempotent(
+    postgres: PostgresServer,
+) -> None:
+    url = postgres.create_database("migrate_cli")
+    with pytest.raises(ConfigError, match="cbexec store migrate"):
+        TriggerStore(url)  # an executor never makes the schema itself
+
+    first = await cbexec("store", "migrate", "--store", url)
+    assert first.code == 0, first.err
+    assert f"from version 0 to {schema_version()}" in first.out
+    again = await cbexec("store", "migrate", env=cli_env(CBEXEC_STORE=url))
+    assert again.code == 0, again.err
+    assert f"already at version {schema_version()}" in again.out
+
+    db = connect_postgres(url)
+    try:
+        assert current_version(db) == schema_version()
+    finally:
+        db.close()
+    store = TriggerStore(url)
+    try:
+        assert store.fleet and store.count_jobs() == 0
+    finally:
+        store.close()
+
+
+async def test_check_config_checks_the_store_is_reached_and_migrated(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = postgres.create_database("check_config")
+    argv = ("serve", "--check-config", "--data-dir", str(tmp_path), "--bind", "127.0.0.1:0")
+    said = await cbexec(*argv, "--store", url)
+    assert said.code == 2
+    assert "cbexec: store: the PostgreSQL store is at schema version 0" in said.err
+    assert "cbexec store migrate" in said.err
+    assert (await cbexec("store", "migrate", "--store", url)).code == 0
+    said = await cbexec(*argv, "--store", url.replace("postgres@", "postgres:secret@"))
+    assert said.code == 0, said.err
+    assert f"store: PostgreSQL, schema version {schema_version()}" in said.out
+    assert "secret" not in said.out  # a password in the URL is never printed
+
+
+async def test_store_migrate_without_a_postgresql_store_has_nothing_to_do() -> None:
+    said = await cbexec("store", "migrate", env=cli_env(CBEXEC_STORE=""))
+    assert said.code == 0 and "nothing to migrate" in said.out
+    bad = await cbexec("store", "migrate", "--store", "mysql://x/y")
+    assert bad.code == 2 and "postgresql://" in bad.err
+
+
+def test_the_history_reads_every_replicas_runs_by_prefix(pg_url: str) -> None:
+    history = RunHistory(pg_url, retention_days=1, max_runs=10)
+    try:
+        assert history.ids_starting_with("%") == []  # a prefix is literal, never a pattern
+    finally:
+        history.close()
+
+
+def test_the_postgresql_schema_is_the_sqlite_one_translated() -> None:
+    ddl = pg_ddl(
+        "PRAGMA journal_mode = WAL;\n"
+        "CREATE TABLE IF NOT EXISTS runs (\n    seq INTEGER PRIMARY KEY AUTOINCREMENT,\n"
+        "    user TEXT NOT NULL,\n    at REAL NOT NULL,\n    body BLOB\n) WITHOUT ROWID;\n"
+    )
+    assert "PRAGMA" not in ddl and "WITHOUT ROWID" not in ddl
+    assert "seq BIGSERIAL PRIMARY KEY" in ddl and '"user" TEXT' in ddl
+    assert "at DOUBLE PRECISION" in ddl and "body BYTEA" in ddl
+    assert "rowid BIGSERIAL," in ddl  # runs are ordered by SQLite's implicit rowid
