@@ -14,6 +14,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Final
 
@@ -73,7 +74,31 @@ class PostgresServer:
             f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off"
             " -c max_connections=200"
         )
-        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log), "-w", "start")
+        for _ in range(3):
+            try:
+                self._run(
+                    "pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log), "-w",
+                    "start",
+                )  # fmt: skip
+            except subprocess.CalledProcessError as err:
+                # pg_ctl itself was seen to die of SIGSEGV now and then under load (the
+                # server it started lived on): ask whether the server runs before retrying.
+                if err.returncode >= 0:
+                    raise
+            else:
+                return
+            if self._wait_running():
+                return
+        raise RuntimeError(f"PostgreSQL did not start; see {self.log}")
+
+    def _wait_running(self, timeout_s: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return True
+            time.sleep(0.1)
+        return False
 
     def stop(self, mode: str = "fast") -> None:
         if (self.data / "postmaster.pid").exists():
