@@ -172,7 +172,10 @@ def _load_line(
     check_code: CodeCheck,
 ) -> UniversalCallback | str:
     """One ``filename [options] = trigger`` line's callback, or its problem."""
-    left, sep, triggers = (part.strip() for part in line.partition("="))
+    # The options may hold "=" (policy=NAME): the line's own "=" is the first after them.
+    close = line.find("]") if "[" in line.partition("=")[0] else -1
+    head, sep, triggers = line[close + 1 :].partition("=")
+    left, triggers = (line[: close + 1] + head).strip(), triggers.strip()
     filename, options, problem = _options(where, left)
     if problem is not None:
         return problem
