@@ -379,8 +379,14 @@ class ZygoteSpawner:
             await zygote.close()
         await self._cold.close()
 
-    def pid_of(self, language: str) -> int | None:
-        """The pid of ``language``'s zygote, None until its first callback."""
+    def pid_of(self, language: str, *, other_network: bool = False) -> int | None:
+        """The pid of ``language``'s zygote, None until its first callback.
+
+        ``other_network``: the zygote of the policies whose network differs from the default.
+        """
+        if other_network:
+            zygote = self._other_network.get(language)
+            return zygote.pid if zygote is not None else None
         return self._zygotes[language].pid
 
     def warm(self, language: str) -> bool:

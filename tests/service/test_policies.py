@@ -20,6 +20,7 @@ import grpc
 import pytest
 
 from executor.runs.callback_log import log_path
+from executor.sandbox.spawners import ZygoteSpawner
 from supervisor_client import ExecutorRpcError
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import TEST_UID_BASE, Stack, running_stack, stack_settings
@@ -182,6 +183,9 @@ async def test_host_network_keeps_the_ipc_namespace_and_the_syscall_filter(
     host_ipc = os.readlink("/proc/self/ns/ipc")
     assert host_ipc not in (granted["ipc"], warm["ipc"], confined["ipc"])
     assert granted["seccomp"] == warm["seccomp"] == confined["seccomp"] == "2"
+    spawner = stack.running.spawner
+    assert isinstance(spawner, ZygoteSpawner)
+    assert spawner.pid_of("python", other_network=True), "the webhook policy's own zygote"
 
 
 async def test_verbs_not_granted_are_refused_with_a_clear_qb_error(
@@ -389,8 +393,7 @@ async def test_the_startup_report_lists_each_policy(
     config = tmp_path / "cbexec.toml"
     config.write_text(
         f'data_dir = "{tmp_path / "data"}"\nsandbox_uid_base = {TEST_UID_BASE}\n'
-        f"[policies.admin]\n"
-        + "".join(f"{k} = {toml_value(v)}\n" for k, v in table.items())
+        f"[policies.admin]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in table.items())
     )
     said = await cbexec("serve", "--config", str(config), "--check-config")
     assert said.code == 0, said.err
@@ -439,4 +442,3 @@ async def test_a_history_from_before_policies_is_migrated(tmp_path: Path) -> Non
         assert response.outcome == Outcome.OUTCOME_SUCCEEDED
         said = await cbexec("runs", address=stack.address)
         assert "POLICY" in said.out.splitlines()[0] and " job " in said.out
-
