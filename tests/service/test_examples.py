@@ -253,12 +253,12 @@ async def universal_callbacks_with_their_policy(stack: Stack, log_dir: Path) -> 
     own = [r for r in history.list_runs(job_id=job["id"]) if not r.source]
     assert len(own) == 2
     for summary in own:
-        record = history.get(summary.invocation_id)
-        assert record is not None and record.result is not None
-        assert (record.policy, record.result.outcome) == ("job", "FAILED")
-        failure = record.result.failure
+        tried = history.get(summary.invocation_id)
+        assert tried is not None and tried.result is not None
+        assert (tried.policy, tried.result.outcome) == ("job", "FAILED")
+        failure = tried.result.failure
         assert failure is not None
-        assert str(LOG_DIR) in record.result.stderr + failure.message, failure
+        assert str(LOG_DIR) in tried.result.stderr + failure.message, failure
     # Only the universal submitted.py wrote: once for shot010, once for this job.
     written = (log_dir / "submitted.log").read_text().splitlines()
     assert [line.split()[2] for line in written] == ["(shot010)", "(sneaky)"]
