@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from executor.errors import ConfigError, PermissionDeniedError
 from executor.model import Language, Limits
+from executor.supervisor_link import JOB_VERBS, SUBJOB_VERBS, WORK_VERBS
 
 if TYPE_CHECKING:
     from executor.config import Settings
@@ -72,6 +73,24 @@ KEYS: Final = frozenset(
 )
 # Reading the farm is every callback's: a policy's ``verbs`` names the actions.
 READ_FUNCTIONS: Final = frozenset({"jobinfo", "jobstatus", "workstatus", "subjobstatus"})
+# The actions by their canonical qb names: job verbs, work<verb>, subjob<verb>.
+VERBS: Final = frozenset(
+    {
+        *JOB_VERBS,
+        *(f"work{verb}" for verb in WORK_VERBS),
+        *(f"subjob{verb}" for verb in SUBJOB_VERBS),
+    }
+)
+
+
+def canonical_verb(fn: str) -> str:
+    """A qb function's canonical action name: ``unblockwork`` is ``workunblock``, ``retire`` ``complete``."""
+    fn = fn.replace("retire", "complete")
+    if fn.endswith("work") and fn[: -len("work")] in WORK_VERBS:
+        return "work" + fn[: -len("work")]
+    return fn
+
+
 # An environment file larger than this is a mistake (a credential is a line).
 MAX_ENV_FILE_BYTES: Final = 64 << 10
 # Variables a policy may not set: the sandbox's own (see process.child_environment).
@@ -123,7 +142,8 @@ class Policy:
         return bool(self.binds) or self.group is not None or self.umask != DEFAULT_UMASK
 
     def allows_function(self, fn: str) -> bool:
-        return self.verbs is None or fn in READ_FUNCTIONS or fn in self.verbs
+        """Whether a callback under this policy may call qb function ``fn`` (any spelling)."""
+        return self.verbs is None or fn in READ_FUNCTIONS or canonical_verb(fn) in self.verbs
 
     def grants(self) -> str:
         """What the policy grants, in one line (the start-up report, check-config)."""
@@ -380,7 +400,15 @@ def _policy(
             raise _error(name, "languages", str(err)) from None
     verbs = None
     if "verbs" in table:
-        verbs = frozenset(_names(name, "verbs", table["verbs"]))
+        verbs = frozenset(canonical_verb(v) for v in _names(name, "verbs", table["verbs"]))
+        unknown_verbs = sorted(verbs - VERBS)
+        if unknown_verbs:
+            raise _error(
+                name,
+                "verbs",
+                f"unknown qb action {unknown_verbs[0]!r}; expected some of "
+                f"{', '.join(sorted(VERBS))} (reading is always allowed)",
+            )
     default = _limits(name, "default_limits", table.get("default_limits", {}), default_limits)
     cap = _limits(name, "max_limits", table.get("max_limits", {}), max_limits)
     for field in dataclasses.fields(Limits):
