@@ -137,7 +137,7 @@ def install_universal_callbacks(stack: Stack) -> Path:
     return target
 
 
-LOG_DIR: Final = Path("/var/log/qube-callbacks")
+LOG_DIR: Final = Path("/var/log/cbexec-callbacks")
 # The group an admin gives the log directory (conftest keeps uids apart per checkout).
 LOG_GROUP: Final = TEST_UID_BASE + 902
 

@@ -173,7 +173,7 @@ async def test_try_it_in_five_minutes(
     assert record is not None and record.result is not None
     assert record.result.outcome == "FAILED"
     assert (
-        "cannot record job 3 in /var/log/qube-callbacks/failures.db: unable to open database file"
+        "cannot record job 3 in /var/log/cbexec-callbacks/failures.db: unable to open database file"
         in record.result.stderr
     )
     assert "job 3 (shot010) of" in record.result.stdout

@@ -7,7 +7,7 @@
 import sqlite3
 import time
 
-DB_PATH = "/var/log/qube-callbacks/failures.db"
+DB_PATH = "/var/log/cbexec-callbacks/failures.db"
 
 job = qb.jobinfo("-id", qb.jobid())[0]
 failed = [work["name"] for work in job["agenda"] if work["status"] == "failed"]

@@ -3,7 +3,7 @@
 # The line goes to the run's output (`cbexec runs show`, the job's .cb log) and is
 # appended to LOG, in the admin's log directory on the executor's host. The sandbox
 # shows that directory only to callbacks whose policy binds it: see cbexec.toml here.
-LOG = "/var/log/qube-callbacks/submitted.log"
+LOG = "/var/log/cbexec-callbacks/submitted.log"
 
 job = qb.jobinfo("-id", qb.jobid())[0]
 frames = len(job["agenda"])
