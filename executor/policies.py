@@ -43,8 +43,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from executor.config import parse_languages
 from executor.errors import ConfigError, PermissionDeniedError
 from executor.model import Language, Limits
+from executor.runtimes.child import CHILD_DIR
 from executor.supervisor_link import JOB_VERBS, SUBJOB_VERBS, WORK_VERBS
 
 if TYPE_CHECKING:
@@ -371,8 +373,6 @@ def _policy(
     keep: list[str],
     environ: Mapping[str, str],
 ) -> Policy:
-    from executor.config import parse_languages  # config imports this module
-
     unknown = set(table) - KEYS
     if unknown:
         raise _error(
@@ -488,8 +488,6 @@ def for_host(settings: Settings, options: SandboxOptions, environ: Mapping[str, 
             (an empty network without namespaces; binds or a group without the hardened
             tier's private mounts and dedicated uids).
     """
-    from executor.runtimes.child import CHILD_DIR
-
     isolation = options.isolation
     keep = list(isolation.keep) if isolation is not None else [sys.prefix, str(CHILD_DIR)]
     policies = resolve(
