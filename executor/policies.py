@@ -133,16 +133,6 @@ class Policy:
         assert self.default_limits is not None and self.max_limits is not None  # noqa: S101
         return self.default_limits, self.max_limits
 
-    @property
-    def starts_cold(self) -> bool:
-        """Whether its children start with fork+exec rather than from a zygote.
-
-        A zygote's mount namespace already covers /run, /dev/shm and the other masks
-        (where a bind's source may lie), and Perl's zygote confines its children in
-        Perl: binds, a group and a umask are applied by the launcher of a cold child.
-        """
-        return bool(self.binds) or self.group is not None or self.umask != DEFAULT_UMASK
-
     def allows_function(self, fn: str) -> bool:
         """Whether a callback under this policy may call qb function ``fn`` (any spelling)."""
         return self.verbs is None or fn in READ_FUNCTIONS or canonical_verb(fn) in self.verbs

@@ -48,7 +48,7 @@ def test_the_built_in_policies_are_todays_confinement(tmp_path: Path) -> None:
         policy = found.get(name)
         assert not policy.host_network and not policy.binds and policy.group is None
         assert policy.limits == (DEFAULTS.default_limits, DEFAULTS.max_limits)
-        assert policy.verbs is None and policy.umask == 0o077 and not policy.starts_cold
+        assert policy.verbs is None and policy.umask == 0o077
 
 
 @pytest.mark.parametrize(
