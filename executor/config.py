@@ -169,6 +169,12 @@ class Settings:
     # Refuse to start when callbacks.conf has a problem, instead of starting (and saying
     # so in one line) without universal callbacks.
     strict: bool = False
+    # Sandbox policies, [policies.NAME] tables (executor/policies.py; README "Policies"):
+    # kept as TOML gave them, resolved and checked at start-up (policies.resolve).
+    policies: Mapping[str, Any] = field(default_factory=dict)
+    # The TOML file these settings came from (set by --config / CBEXEC_CONFIG, not a key):
+    # no policy may bind it into a callback.
+    config_file: str = ""
 
     @property
     def mail_settings(self) -> MailSettings:
@@ -179,13 +185,28 @@ class Settings:
 
     @property
     def universal_callback_dirs(self) -> list[Path]:
+        return list(self.universal_callback_policies)
+
+    @property
+    def universal_callback_policies(self) -> dict[Path, str]:
+        """Each universal-callback directory and the policy it names (``"/d [policy=x]"``), or ""."""
         if not self.universal_callback_path.strip():
-            return [self.data_dir / "callback"]
-        return [
-            Path(p.strip()).expanduser()
-            for p in self.universal_callback_path.split(",")
-            if p.strip()
-        ]
+            return {self.data_dir / "callback": ""}
+        found: dict[Path, str] = {}
+        for entry in (p.strip() for p in self.universal_callback_path.split(",")):
+            if not entry:
+                continue
+            directory, _, option = entry.partition("[")
+            policy = ""
+            if option:
+                key, _, value = option.rstrip("]").partition("=")
+                if key.strip() != "policy" or not value.strip():
+                    raise ConfigError(
+                        f"universal_callback_path: {entry!r}: expected '<dir> [policy=NAME]'"
+                    )
+                policy = value.strip()
+            found[Path(directory.strip()).expanduser()] = policy
+        return found
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -231,11 +252,17 @@ def _coerce(name: str, raw: Any, current: Any) -> Any:
 
 def apply(settings: Settings, values: Mapping[str, Any], origin: str) -> Settings:
     """Overlay a mapping of field name -> raw value, naming ``origin`` in errors."""
-    known = {f.name for f in dataclasses.fields(Settings)}
-    changes = {}
+    known = {f.name for f in dataclasses.fields(Settings)} - {"config_file"}
+    changes: dict[str, Any] = {}
     for key, raw in values.items():
         if key not in known:
             raise ConfigError(f"{origin}: unknown setting {key!r}")
+        if key == "policies":
+            # Tables of tables: resolved (and checked) by policies.resolve at start-up.
+            if not isinstance(raw, Mapping):
+                raise ConfigError(f"{origin}: policies: expected [policies.NAME] tables")
+            changes[key] = raw
+            continue
         changes[key] = _coerce(f"{origin}: {key}", raw, getattr(settings, key))
     if changes.get("max_concurrent") == 0:
         changes["max_concurrent"] = default_max_concurrent()
@@ -250,7 +277,7 @@ def from_toml(settings: Settings, path: Path) -> Settings:
         raise ConfigError(f"config file {path}: {err.strerror or err}") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file {path}: {err}") from err
-    return apply(settings, values, str(path))
+    return apply(settings, values, str(path)).replace(config_file=str(path))
 
 
 def from_env(settings: Settings, environ: Mapping[str, str]) -> Settings:
@@ -305,6 +332,8 @@ def describe(settings: Settings) -> list[str]:
     """
     lines = []
     for f in dataclasses.fields(settings):
+        if f.name in ("policies", "config_file"):
+            continue  # the policies are listed on their own (cbexec serve --check-config)
         value = getattr(settings, f.name)
         if f.name == "mail":
             value = settings.mail_settings  # the maildir as start-up resolves it
@@ -364,4 +393,5 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError("store_lease_seconds: must be at least 1")
     if settings.tls_client_ca and not settings.tls_cert:
         raise ConfigError("tls_client_ca: mutual TLS needs tls_cert and tls_key too")
+    settings.universal_callback_policies  # noqa: B018 - raises for a malformed entry
     return settings

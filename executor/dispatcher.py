@@ -36,6 +36,7 @@ from executor.child.protocol import StartFrame
 from executor.errors import CapacityError, InvalidRequestError, UnavailableError
 from executor.host_api import HostApi
 from executor.model import ActionRecord, Failure, Invocation, Language, Limits, Outcome, RunResult
+from executor.policies import Policy, PolicySet
 from executor.runtimes.child import ChildRuntime, child_runtime
 from executor.sandbox.bridge import CallHandler
 from executor.sandbox.exit_status import SandboxResult
@@ -62,6 +63,8 @@ def run_log_fields(invocation: Invocation, language: str, result: RunResult) -> 
         "callback": invocation.callback.name,
         "language": str(language),
         "source": invocation.source,
+        "policy": invocation.policy,
+        "shadow": invocation.shadow,
         "outcome": result.outcome.value,
         "wall_seconds": round(result.usage.wall_seconds, 6),
         "cpu_seconds": round(result.usage.cpu_seconds, 6),
@@ -90,6 +93,7 @@ class ChildRunner(Protocol):
         start: StartFrame,
         on_call: CallHandler,
         stop: RunStop | None = None,
+        policy: Policy | None = None,
     ) -> SandboxResult: ...
 
     async def close(self) -> None:
@@ -183,8 +187,11 @@ class Dispatcher:
         max_concurrent: int,
         max_queue: int,
         on_result: Callable[[Invocation, RunResult], None] | None = None,
+        policies: PolicySet | None = None,
     ) -> None:
         self._runner = runner
+        # None (unit tests): every run is confined as the sandbox options alone say.
+        self._policies = policies
         self._supervisor = supervisor
         self._qube = qube
         self._languages = languages
@@ -220,16 +227,20 @@ class Dispatcher:
                 f"callback.language {invocation.callback.language!r} is not supported; "
                 f"expected one of {valid}"
             ) from None
+        refusal = None
         if language not in self._languages:
-            # Still a run: recorded and reported like any other (Qube fails silently here).
-            result = RunResult(
-                invocation.invocation_id,
-                Outcome.REJECTED,
-                failure=Failure(
-                    f"{language} callbacks are disabled by the executor's 'languages' setting "
-                    "(Qube's supervisor_language_flags)"
-                ),
+            refusal = (
+                f"{language} callbacks are disabled by the executor's 'languages' setting "
+                "(Qube's supervisor_language_flags)"
             )
+        elif (policy := self._policy(invocation)) is not None and language not in policy.languages:
+            refusal = (
+                f"{language} callbacks are not allowed by policy {policy.name!r} "
+                f"(policies.{policy.name}.languages)"
+            )
+        if refusal is not None:
+            # Still a run: recorded and reported like any other (Qube fails silently here).
+            result = RunResult(invocation.invocation_id, Outcome.REJECTED, failure=Failure(refusal))
             self._finished(invocation, language, result)
             return result
         run, task = self._admit(invocation, language, fired=fired)
@@ -245,6 +256,9 @@ class Dispatcher:
             if not task.cancelled() and (error := task.exception()) is not None:
                 logger.error("run %s failed", invocation.invocation_id, exc_info=error)
             raise
+
+    def _policy(self, invocation: Invocation) -> Policy | None:
+        return self._policies.get(invocation.policy) if self._policies is not None else None
 
     def _admit(
         self, invocation: Invocation, language: Language, *, fired: bool
@@ -286,7 +300,8 @@ class Dispatcher:
 
     async def _run_in_slot(self, run: _Run, slot: int) -> RunResult:
         invocation = run.invocation
-        host = HostApi(self._supervisor, invocation)
+        policy = self._policy(invocation)
+        host = HostApi(self._supervisor, invocation, policy)
         if run.language is Language.QUBE:
             try:
                 async with stoppable(run.stop):
@@ -305,6 +320,7 @@ class Dispatcher:
             },
             on_call=host.serve_frame,
             stop=run.stop,
+            policy=policy,
         )
         if child.escaped_pids:
             logger.info(

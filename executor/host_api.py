@@ -40,6 +40,7 @@ from executor.bounds import (
 from executor.child.protocol import CallFrame, ReplyFrame
 from executor.errors import HostCallError
 from executor.model import ActionRecord, Invocation
+from executor.policies import READ_FUNCTIONS, Policy
 from executor.supervisor_link import (
     JOB_VERBS,
     SUBJOB_VERBS,
@@ -162,12 +163,26 @@ class ActionLog:
         return [*self._kept, note]
 
 
-class HostApi:
-    """The qb functions of one run; records every call as an action."""
+# What a verb returns in a shadow run: nothing was changed, so no item counts as changed.
+SHADOW_VALUE: Final = 0
 
-    def __init__(self, supervisor: SupervisorPort, invocation: Invocation) -> None:
+
+class HostApi:
+    """The qb functions of one run; records every call as an action.
+
+    Its ``policy`` says which actions the run may take (``verbs``); a refused one raises
+    ``PermissionDenied`` in the callback, naming the setting. In a *shadow* run
+    (``invocation.shadow``) reading works as always, and each action is checked and
+    recorded as ``shadow: would <verb> <target>`` but never sent to the supervisor: it
+    returns ``SHADOW_VALUE`` (0, no item changed).
+    """
+
+    def __init__(
+        self, supervisor: SupervisorPort, invocation: Invocation, policy: Policy | None = None
+    ) -> None:
         self._supervisor = supervisor
         self._invocation = invocation
+        self._policy = policy
         self._log = ActionLog()
         self._calls = 0
         self._action_seq = 0
@@ -181,6 +196,10 @@ class HostApi:
     def actions(self) -> list[ActionRecord]:
         """The run's calls so far, within the action log's bounds."""
         return self._log.records
+
+    def note(self, verb: str, target: str, message: str) -> None:
+        """Record an action taken outside qb (a shadow run's unsent mail)."""
+        self._log.add(verb, target, True, message)
 
     @functools.cached_property
     def _functions(self) -> dict[str, Callable[..., Awaitable[Any]]]:
@@ -216,6 +235,18 @@ class HostApi:
             )
             self._log.add(fn, target, False, error.message)
             raise error
+        if self._policy is not None and not self._policy.allows_function(fn):
+            name = self._policy.name
+            error = HostCallError(
+                "PermissionDenied",
+                f"qb.{fn} is not allowed by the sandbox policy {name!r} of this callback "
+                f"(policies.{name}.verbs)",
+            )
+            self._log.add(fn, target, False, f"{error.kind}: {error.message}")
+            raise error
+        if self._invocation.shadow and fn not in READ_FUNCTIONS:
+            self._log.add(fn, target, True, f"shadow: would {fn} {target}; not applied")
+            return SHADOW_VALUE
         try:
             value, summary = await function(*args, **kwargs)
         except HostCallError as err:

@@ -183,6 +183,10 @@ class Invocation:
     # by the trigger engine for a job's own callback or a callbacks.conf one). A bounded
     # value: the metrics' and the log line's label.
     source: str = "execute"
+    # The sandbox policy it runs under (executor/policies.py), and whether it is a shadow
+    # run (a callbacks.conf line marked shadow: qb actions recorded, not applied).
+    policy: str = "job"
+    shadow: bool = False
 
     @property
     def job_id(self) -> int:

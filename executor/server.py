@@ -22,6 +22,7 @@ import asyncio
 import functools
 import gc
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -40,6 +41,8 @@ from executor.api.supervisor import GrpcSupervisor
 from executor.config import Settings
 from executor.dispatcher import Dispatcher
 from executor.errors import ConfigError
+from executor.policies import for_host
+from executor.policies import report as policy_report
 from executor.runs.metrics import Metrics
 from executor.runs.readings import ReadingSources, TierFlags
 from executor.runs.recorder import Recorder
@@ -114,6 +117,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             stack.callback(UidClaim.take(plan.uid_base, plan.uid_count).release)
         if options.bridge_network is not None:
             stack.callback(options.bridge_network.close)
+        policies = for_host(settings, options, os.environ)
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         storage_health = StorageHealth(settings.data_dir)
 
@@ -153,6 +157,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             max_concurrent=settings.max_concurrent,
             max_queue=settings.max_queue,
             on_result=recorder.on_result,
+            policies=policies,
         )
 
         trigger_store = TriggerStore(
@@ -167,6 +172,8 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             functools.partial(dispatcher.execute, fired=True),
             limits=settings.default_limits,
             universal_dirs=settings.universal_callback_dirs,
+            universal_policies=settings.universal_callback_policies,
+            policies=policies,
             max_parallel_events=settings.max_concurrent,
             journal_limits=JournalLimits(
                 entries=settings.trigger_journal_entries,
@@ -201,6 +208,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             engine=engine,
             recorder=recorder,
             farm=farm,
+            policies=policies,
         )
         stack.push_async_callback(edge.close, STOP_GRACE_S)
         await edge.server.start()
@@ -240,6 +248,8 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             settings.max_concurrent,
             settings.max_queue,
         )
+        for line in policy_report(policies):
+            logger.info("%s", line)
         return RunningServer(
             port=edge.port,
             options=options,

@@ -231,6 +231,7 @@ class ExecutorClient:
         owner: str = "",
         limits: Mapping[str, Any] | None = None,
         invocation_id: str | None = None,
+        policy: str = "",
         timeout: float | None = None,
     ) -> executor_pb2.ExecuteResponse:
         """Run ``code`` in ``job``'s context; builds the request from plain values.
@@ -247,6 +248,8 @@ class ExecutorClient:
                 ``output_bytes``, ``max_processes``, ``disk_bytes``); missing ones take
                 server defaults.
             invocation_id: the idempotency key; a fresh uuid4 when None.
+            policy: the executor's sandbox policy to ask for; empty for the owner's
+                default (PERMISSION_DENIED when the owner may not have it).
             timeout: gRPC deadline in seconds for the whole call.
         """
         request = build_execute_request(
@@ -260,6 +263,7 @@ class ExecutorClient:
             limits=limits,
             invocation_id=invocation_id,
         )
+        request.policy = policy
         return await self.execute(request, timeout=timeout)
 
     # -- TriggerService -----------------------------------------------------------------
@@ -410,17 +414,19 @@ class ExecutorClient:
         since: float = 0.0,
         limit: int = 0,
         language: str = "",
+        shadow_only: bool = False,
         timeout: float | None = None,
     ) -> executor_pb2.ListRunsResponse:
         """Run history, newest first.
 
         Give the request, or filters: ``job_id``, ``outcome`` (a name such as "FAILED"),
-        ``since`` (Unix seconds), ``language``, ``limit``; none means every run (the
-        server's default limit applies).
+        ``since`` (Unix seconds), ``language``, ``limit``, ``shadow_only`` (only shadow
+        runs, each with its result: the actions it would have taken); none means every
+        run (the server's default limit applies).
         """
         if request is None:
             request = executor_pb2.ListRunsRequest(
-                job_id=job_id, since=since, limit=limit, language=language
+                job_id=job_id, since=since, limit=limit, language=language, shadow_only=shadow_only
             )
             if outcome:
                 request.outcome = outcome_value(outcome)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from executor import logs
 from executor.api import convert
 from executor.api.errors import Context, grpc_errors
 from executor.dispatcher import Dispatcher
+from executor.errors import PermissionDeniedError
 from executor.model import Limits
+from executor.policies import PolicySet
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 
 
@@ -14,20 +18,36 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
     """Implements qbcallback.v1.CallbackExecutorService over the dispatcher."""
 
     def __init__(
-        self, dispatcher: Dispatcher, *, default_limits: Limits, max_limits: Limits
+        self,
+        dispatcher: Dispatcher,
+        *,
+        default_limits: Limits,
+        max_limits: Limits,
+        policies: PolicySet | None = None,
     ) -> None:
         self._dispatcher = dispatcher
         self._default_limits = default_limits
         self._max_limits = max_limits
+        self._policies = policies
 
     @grpc_errors
     async def Execute(
         self, request: executor_pb2.ExecuteRequest, context: Context
     ) -> executor_pb2.ExecuteResponse:
         """Run one callback in a fresh sandboxed child; its failures are data in the answer."""
+        default_limits, max_limits, policy = self._default_limits, self._max_limits, "job"
+        if self._policies is not None:
+            # Before the limits: a request that may not have the policy learns nothing more.
+            chosen = self._policies.for_execute(
+                request.callback.user or request.context.job.user, request.policy.strip()
+            )
+            (default_limits, max_limits), policy = chosen.limits, chosen.name
+        elif request.policy.strip() not in ("", "job"):
+            raise PermissionDeniedError(f"no policy {request.policy.strip()!r} here")
         invocation = convert.invocation_from_request(
-            request, default_limits=self._default_limits, max_limits=self._max_limits
+            request, default_limits=default_limits, max_limits=max_limits
         )
+        invocation = dataclasses.replace(invocation, policy=policy)
         logs.invocation_id.set(invocation.invocation_id)
         result = await self._dispatcher.execute(invocation)
         return convert.response_from_result(result)

@@ -265,6 +265,8 @@ def run_message(record: RunRecord) -> executor_pb2.Run:
         usage=usage_message(record.usage),
         work_name=record.work_name,
         source=record.source,
+        policy=record.policy,
+        shadow=record.shadow,
     )
     if record.event is not None:
         run.event.CopyFrom(event_message(record.event))

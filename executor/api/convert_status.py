@@ -109,5 +109,7 @@ def universal_message(
                     language=callback.language,
                     triggers=callback.triggers,
                     canonical_triggers=canonical_triggers(callback.triggers),
+                    policy=callback.policy or "universal",
+                    shadow=callback.shadow,
                 )
     return answer

@@ -26,6 +26,7 @@ from executor.api.runs import RunServicer
 from executor.api.triggers import TriggerServicer
 from executor.config import Settings
 from executor.dispatcher import Dispatcher
+from executor.policies import PolicySet
 from executor.runs.metrics import Metrics
 from executor.runs.recorder import Recorder
 from executor.storage import StorageHealth
@@ -93,6 +94,7 @@ def build(
     engine: TriggerEngine,
     recorder: Recorder,
     farm: FarmServicer | None = None,
+    policies: PolicySet | None = None,
 ) -> Edge:
     """The server with every service registered and its port bound; not started yet.
 
@@ -110,6 +112,7 @@ def build(
             dispatcher,
             default_limits=settings.default_limits,
             max_limits=settings.max_limits,
+            policies=policies,
         ),
         server,
     )

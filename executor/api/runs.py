@@ -47,6 +47,7 @@ class RunServicer(executor_pb2_grpc.RunServiceServicer):
             outcome=convert.outcome_from_message(request.outcome),
             since=request.since if request.since > 0 else None,
             language=request.language or None,
+            shadow_only=request.shadow_only,
             limit=min(request.limit or DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT),
         )
         return executor_pb2.ListRunsResponse(runs=[convert.run_message(r) for r in records])

@@ -13,10 +13,13 @@ before the runtime starts:
 5. the working directory (a path under the masked ``/tmp``, never made on the host) is a
    private tmpfs of the run's ``disk_bytes``, owned by the callback's uid: a disk quota
    (ENOSPC beyond it) that vanishes with the run;
-6. the *late masks* (the cgroup tree, ``/sys/fs/cgroup``) are covered too: the child
+6. the policy's *binds* (host directories a site granted, read-only or read-write) are
+   mounted at their targets, from O_PATH descriptors opened before anything was covered;
+   they exist only in this namespace;
+7. the *late masks* (the cgroup tree, ``/sys/fs/cgroup``) are covered too: the child
    had to join its cgroups through them first, so no zygote can cover them for it;
-7. the process drops to a dedicated unprivileged uid/gid with no supplementary groups,
-   which also drops every capability. RLIMIT_NPROC now counts only this cell's uid.
+8. the process drops to a dedicated unprivileged uid/gid with no supplementary groups
+   but the policy's group, which also drops every capability. RLIMIT_NPROC now counts only this cell's uid.
 
 A zygote takes steps 1, 3 and 4 off its children (``share_masks``): once, in a mount
 namespace of its own, it covers every mask but the one that holds the working
@@ -31,10 +34,16 @@ from __future__ import annotations
 
 import ctypes
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from protocol import BindSpec
 
 MS_NOSUID = 2
 MS_NODEV = 4
 MS_NOEXEC = 8
+MS_RDONLY = 1
+MS_REMOUNT = 32
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
@@ -115,6 +124,29 @@ def share_masks(masks: list[str], keep: list[str], workdir: str) -> list[str]:
     return shared
 
 
+def _open_binds(binds: list[BindSpec]) -> list[int]:
+    """O_PATH descriptors of the bind sources, opened while the host's view still shows them."""
+    fds: list[int] = []
+    try:
+        for bind in binds:
+            fds.append(os.open(bind["source"], os.O_PATH | os.O_DIRECTORY))  # noqa: PERF401 - each kept once open
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
+def _mount_binds(binds: list[BindSpec], fds: list[int]) -> None:
+    """Each source at its target; read-only unless writable; never set-uid or devices."""
+    for bind, fd in zip(binds, fds, strict=True):
+        target = bind["target"]
+        os.makedirs(target, mode=0o755, exist_ok=True)  # only where a mask's tmpfs is
+        _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND)
+        flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV
+        _mount(None, target, None, flags if bind["writable"] else flags | MS_RDONLY)
+
+
 def isolate_filesystem(
     masks: list[str],
     keep: list[str],
@@ -122,6 +154,7 @@ def isolate_filesystem(
     quota: dict[str, int],
     shared_masks: list[str] | tuple[str, ...] = (),
     late_masks: list[str] | tuple[str, ...] = (),
+    binds: list[BindSpec] | tuple[BindSpec, ...] = (),
 ) -> None:
     """Private mounts, fresh /proc, tmpfs over ``masks``, ``keep`` bound back, a quota'd workdir.
 
@@ -133,14 +166,20 @@ def isolate_filesystem(
     ``quota`` is ``{"bytes": ..., "uid": ..., "gid": ...}`` for the working directory,
     which must lie under a mask: it is made there, never on the host's disk.
     """
-    if not shared_masks:
-        _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    # A shared mask is covered again when it holds the working directory: its tmpfs is
-    # every child's, and the mount point would be left behind there.
-    covered = [m for m in masks if m not in shared_masks or under(workdir, m)]
-    covered.extend(late_masks)
-    _cover(covered, keep)
+    bind_fds = _open_binds(list(binds))
+    try:
+        if not shared_masks:
+            _mount(None, "/", None, MS_REC | MS_PRIVATE)
+        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        # A shared mask is covered again when it holds the working directory: its tmpfs is
+        # every child's, and the mount point would be left behind there.
+        covered = [m for m in masks if m not in shared_masks or under(workdir, m)]
+        covered.extend(late_masks)
+        _cover(covered, keep)
+        _mount_binds(list(binds), bind_fds)
+    finally:
+        for fd in bind_fds:
+            os.close(fd)
     if not _under_any(workdir, masks):
         raise OSError(f"working directory {workdir} is not under a masked directory")
     try:
@@ -159,8 +198,8 @@ def isolate_filesystem(
     )
 
 
-def drop_privileges(uid: int, gid: int) -> None:
-    """Become uid/gid for good: no groups, no capabilities, no way back."""
-    os.setgroups([])
+def drop_privileges(uid: int, gid: int, groups: list[int] | tuple[int, ...] = ()) -> None:
+    """Become uid/gid for good: only ``groups`` beside, no capabilities, no way back."""
+    os.setgroups(list(groups))
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)

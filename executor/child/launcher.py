@@ -185,10 +185,11 @@ def confine_and_run(spec: LaunchSpec) -> int:
                 {"bytes": spec["disk_bytes"], "uid": isolation["uid"], "gid": isolation["gid"]},
                 isolation["shared_masks"],  # those a zygote covered already
                 isolation["late_masks"],  # the cgroup tree, joined above
+                isolation["binds"],  # the policy's, in this namespace only
             )
             os.chdir(workdir)  # the working directory's own tmpfs
-            hardened.drop_privileges(isolation["uid"], isolation["gid"])
-    os.umask(0o077)
+            hardened.drop_privileges(isolation["uid"], isolation["gid"], isolation["groups"])
+    os.umask(spec["umask"])
     _apply_rlimits(spec["rlimits"])
     prepared = prepare_filter(spec["seccomp_filter"])
     if prepared is not None:

@@ -174,6 +174,14 @@ ChildFrame = CallFrame | DoneFrame
 # -- launching a child -----------------------------------------------------------------
 
 
+class BindSpec(TypedDict):
+    """A host directory ``source`` shown at ``target`` in the child's mount namespace."""
+
+    source: str
+    target: str
+    writable: bool
+
+
 class IsolationSpec(TypedDict):
     """The hardened tier for one cell: what to hide and keep, the uid to become."""
 
@@ -185,6 +193,9 @@ class IsolationSpec(TypedDict):
     shared_masks: list[str]
     # Covered by each child itself once it has joined its cgroups (the cgroup tree).
     late_masks: list[str]
+    # The policy's binds, mounted after the masks; its group, the uid's only supplementary one.
+    binds: list[BindSpec]
+    groups: list[int]
 
 
 class LaunchSpec(TypedDict):
@@ -213,6 +224,9 @@ class LaunchSpec(TypedDict):
     workdir: str
     # Started ahead of its run: walk a trivial run's path while waiting for the start frame.
     warm_up: bool
+    # The run's sandbox policy (executor/policies.py): its name picks the zygote.
+    policy: str
+    umask: int
 
 
 class SpawnRequest(TypedDict):

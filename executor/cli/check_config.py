@@ -19,6 +19,7 @@ from typing import Final, TextIO
 from executor import config
 from executor.api import security
 from executor.errors import ConfigError
+from executor.policies import BUILT_IN, for_host, report
 from executor.runtimes.check import check_source
 from executor.sandbox.tier import describe_tier, sandbox_options
 from executor.triggers.engine import check_trigger
@@ -54,19 +55,29 @@ def _is_sqlite(path: Path) -> bool:
 
 
 def _sandbox(settings: config.Settings) -> str:
+    """The tier, then each policy and what it grants (as the start-up log lists them)."""
     options = sandbox_options(settings)
     try:
-        return describe_tier(options)
+        policies = for_host(settings, options, os.environ)
+        return "\n".join([describe_tier(options), *(f"  {line}" for line in report(policies))])
     finally:
         if options.cgroups is not None:
             options.cgroups.close()
+        if options.bridge_network is not None:
+            options.bridge_network.close()
 
 
 def _universal(settings: config.Settings) -> str:
     """How many universal callbacks start-up would load, from where; every problem otherwise."""
     dirs = settings.universal_callback_dirs
     try:
-        loaded = load_universal(dirs, check_trigger, check_code=check_source)
+        loaded = load_universal(
+            dirs,
+            check_trigger,
+            check_code=check_source,
+            policies=settings.universal_callback_policies,
+            known_policies=[*BUILT_IN, *settings.policies],
+        )
     except UniversalConfigError as err:
         raise ConfigError("\n".join(f"universal callbacks: {e}" for e in err.errors)) from err
     confs = [str(d / CONF_NAME) for d in dirs if (d / CONF_NAME).is_file()]

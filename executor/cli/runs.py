@@ -117,6 +117,7 @@ def format_runs(runs: Sequence[Any]) -> str:
         "CB",
         "TRIGGER",
         "LANG",
+        "POLICY",
         "OUTCOME",
         "WALL",
         "QUEUE",
@@ -134,6 +135,7 @@ def format_runs(runs: Sequence[Any]) -> str:
                 run.source.rsplit("/", 1)[-1] if run.source else str(run.callback_id),
                 trigger or "-",
                 run.language,
+                (run.policy or "-") + (" (shadow)" if run.shadow else ""),
                 outcome_name(run.outcome),
                 f"{run.usage.wall_seconds:.3f}s",
                 f"{run.usage.queue_seconds:.3f}s",
@@ -193,6 +195,8 @@ def format_run(run: Any) -> str:
         f"trigger: {run.triggers or '-'}",
         f"event: {event}" + (f"  work: {run.work_name}" if run.work_name else ""),
         f"started: {_local_time(run.started_at)}",
+        f"policy: {run.policy or '-'}"
+        + ("  (shadow run: qb actions recorded, not applied)" if run.shadow else ""),
     ]
     return "\n".join(head) + "\n" + format_result(run.result)
 
@@ -209,6 +213,7 @@ async def _runs(args: argparse.Namespace, out: TextIO) -> int:
             since=args.since or 0.0,
             limit=args.limit,
             language=args.language or "",
+            shadow_only=args.shadow,
             timeout=args.timeout,
         )
     if args.json:
@@ -216,7 +221,21 @@ async def _runs(args: argparse.Namespace, out: TextIO) -> int:
             print(json.dumps(as_plain(run)), file=out)
     else:
         print(format_runs(response.runs), file=out)
+        if args.shadow:
+            print(format_would_be(response.runs), file=out, end="")
     return EXIT_OK
+
+
+def format_would_be(runs: Sequence[Any]) -> str:
+    """``cbexec runs --shadow``: under the table, what each shadow run would have done."""
+    lines = []
+    for run in runs:
+        actions = [a for a in run.result.actions if a.message.startswith("shadow:")]
+        lines.append(f"\n{run.invocation_id} ({run.source or run.callback_id}) would have:")
+        lines.extend(f"  {a.verb} {a.target}: {a.message}" for a in actions)
+        if not actions:
+            lines.append("  (taken no action)")
+    return "\n".join(lines) + ("\n" if lines else "")
 
 
 def _since(text: str) -> float:
@@ -243,6 +262,11 @@ def add_runs_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     runs.add_argument("--since", type=_since, help="only runs started since: 1h, 2d, ISO, Unix")
     runs.add_argument(
         "--language", choices=("python", "perl", "qube"), help="only runs in this language"
+    )
+    runs.add_argument(
+        "--shadow",
+        action="store_true",
+        help="only shadow runs, each with the qb actions it would have taken",
     )
     runs.add_argument("--limit", type=int, default=50, help="at most this many (max 1000)")
     runs.add_argument("--json", action="store_true", help="one JSON object per run")
@@ -375,6 +399,7 @@ async def _execute(
         )
     except (TypeError, ValueError) as err:
         raise ConfigError(f"--job: {err}") from err
+    request.policy = args.policy or ""
     response = await client.execute(request, timeout=args.timeout)
     print(f"invocation: {response.invocation_id}", file=out)
     print(format_result(response), file=out)
@@ -415,6 +440,11 @@ def add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     run.add_argument("--event", help="the triggering event, e.g. complete-job-self")
     run.add_argument("--work", help="the triggering work item's name")
     run.add_argument("--subjob", type=int, default=-1, help="the triggering instance")
+    run.add_argument(
+        "--policy",
+        help="the sandbox policy to ask for (one whose users list the owner; default: "
+        "the owner's, else job)",
+    )
     run.add_argument("--owner", help="the Qube user the callback acts as (default: job owner)")
     run.add_argument("--wall-seconds", type=float, help="wall-time limit for this run")
     run.add_argument(

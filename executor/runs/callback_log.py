@@ -4,7 +4,8 @@ Qube writes a callback's ``print`` output to ``<jobid>.cb`` in the job's log dir
 ``$LOGPATH/job/<jobid rounded down to 1000>/<jobid>/`` (qube-callbacks.md §3.3); admins
 and tools already look there, so we keep the place and the name. Each entry starts
 with one header line a person can grep (time, callback, trigger, language, outcome,
-invocation), then stdout, then stderr and the failure when there are any.
+invocation, the sandbox policy, and the word ``shadow`` for a shadow run), then
+stdout, then stderr and the failure when there are any.
 
 Size cap: a file that would grow past ``max_bytes`` is first rotated to ``<id>.cb.1``
 (replacing the older generation), so a job's logs never take more than twice the cap;
@@ -57,7 +58,8 @@ def format_entry(invocation: Invocation, result: RunResult, when: float) -> str:
     header = (
         f"=== {stamp} callback={callback.name} trigger={json.dumps(callback.triggers)} "
         f"language={callback.language} outcome={result.outcome.value} "
-        f"invocation={result.invocation_id}\n"
+        f"invocation={result.invocation_id} policy={invocation.policy}"
+        f"{' shadow' if invocation.shadow else ''}\n"
     )
     parts = [header]
     for name, text, truncated in (

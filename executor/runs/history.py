@@ -61,7 +61,9 @@ CREATE TABLE IF NOT EXISTS runs (
     event TEXT,
     work_name TEXT NOT NULL,
     result TEXT NOT NULL,
-    source TEXT NOT NULL DEFAULT ''
+    source TEXT NOT NULL DEFAULT '',
+    policy TEXT NOT NULL DEFAULT '',
+    shadow INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_at);
 CREATE INDEX IF NOT EXISTS runs_by_job ON runs (job_id, started_at);
@@ -70,7 +72,8 @@ CREATE INDEX IF NOT EXISTS runs_by_outcome ON runs (outcome, started_at);
 
 _SUMMARY_COLUMNS: Final = (
     "invocation_id, job_id, callback_id, triggers, language, outcome, started_at, "
-    "wall_seconds, cpu_seconds, peak_rss_bytes, queue_seconds, event, work_name, source"
+    "wall_seconds, cpu_seconds, peak_rss_bytes, queue_seconds, event, work_name, source, policy, "
+    "shadow"
 )
 
 # A repeated invocation id replaces the earlier run (SQLite's INSERT OR REPLACE, in the
@@ -97,6 +100,10 @@ class RunRecord:
     result: RunResult | None = None
     # A universal callback's file; "" for a job's own callback or an Execute.
     source: str = ""
+    # The sandbox policy it ran under ("" for runs recorded before policies), and
+    # whether it was a shadow run (qb actions recorded, not applied).
+    policy: str = ""
+    shadow: bool = False
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...] | None] = {}
@@ -191,16 +198,24 @@ class RunHistory:
             db.execute("PRAGMA synchronous = NORMAL")
             db.executescript(SCHEMA)
             self._db = db
-            self._add_source_column()
+            self._add_columns()
             self._checkpoints = BackgroundCheckpoints(db, path)
         self._runs = self.count()
         self.prune()
 
-    def _add_source_column(self) -> None:
-        """A history from before ``source`` was kept gets the column (empty for old runs)."""
+    def _add_columns(self) -> None:
+        """A history from before ``source``, ``policy`` or ``shadow`` were kept gets them.
+
+        Old runs read as "" (no policy recorded) and not shadow.
+        """
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(runs)")}
-        if "source" not in columns:
-            self._db.execute("ALTER TABLE runs ADD COLUMN source TEXT NOT NULL DEFAULT ''")
+        for name, declaration in (
+            ("source", "TEXT NOT NULL DEFAULT ''"),
+            ("policy", "TEXT NOT NULL DEFAULT ''"),
+            ("shadow", "INTEGER NOT NULL DEFAULT 0"),
+        ):
+            if name not in columns:
+                self._db.execute(f"ALTER TABLE runs ADD COLUMN {name} {declaration}")
 
     def close(self) -> None:
         self._checkpoints.close()
@@ -223,7 +238,8 @@ class RunHistory:
                 "INSERT INTO runs (invocation_id"  # noqa: S608 - our columns
                 ", job_id, callback_id, triggers, language,"
                 " outcome, started_at, wall_seconds, cpu_seconds, peak_rss_bytes, queue_seconds,"
-                " event, work_name, result, source) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                " event, work_name, result, source, policy, shadow)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
                 f" ON CONFLICT (invocation_id) DO UPDATE SET {_REPLACE}",
                 (
                     result.invocation_id,
@@ -241,6 +257,8 @@ class RunHistory:
                     invocation.work_name,
                     result_to_json(result),
                     invocation.callback.source,
+                    invocation.policy,
+                    int(invocation.shadow),
                 ),
             )
         self._checkpoints.committed()
@@ -258,8 +276,12 @@ class RunHistory:
         since: float | None = None,
         limit: int = 50,
         language: str | None = None,
+        shadow_only: bool = False,
     ) -> list[RunRecord]:
-        """Runs matching every given filter, newest first, at most ``limit``."""
+        """Runs matching every given filter, newest first, at most ``limit``.
+
+        Shadow runs come with their whole result: what they would have done is the point.
+        """
         where: list[str] = []
         args: list[object] = []
         if job_id is not None:
@@ -274,11 +296,17 @@ class RunHistory:
         if language is not None:
             where.append("language = ?")
             args.append(language)
-        query = f"SELECT {_SUMMARY_COLUMNS} FROM runs"  # noqa: S608 - our columns; values bound
+        columns = _SUMMARY_COLUMNS
+        if shadow_only:
+            where.append("shadow = 1")
+            columns += ", result"
+        query = f"SELECT {columns} FROM runs"  # noqa: S608 - our columns; values bound
         if where:
             query += " WHERE " + " AND ".join(where)
         query += " ORDER BY started_at DESC, rowid DESC LIMIT ?"
         rows = self._db.execute(query, (*args, limit)).fetchall()
+        if shadow_only:
+            return [self._record(row, result=result_from_json(row["result"])) for row in rows]
         return [self._record(row) for row in rows]
 
     def get(self, invocation_id: str) -> RunRecord | None:
@@ -354,4 +382,6 @@ class RunHistory:
             work_name=row["work_name"],
             result=result,
             source=row["source"],
+            policy=row["policy"],
+            shadow=bool(row["shadow"]),
         )

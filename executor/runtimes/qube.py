@@ -258,7 +258,12 @@ class QubeInterpreter:
                     invocation.invocation_id, action_seq, settings.default_domain
                 ),
             )
-            where = await asyncio.to_thread(self._mailer.deliver, message)
+            if invocation.shadow:
+                # A shadow run renders the mail (its errors show) and sends nothing.
+                where = "shadow: rendered, not sent"
+                host.note("mail", str(message["To"]), f"shadow: would mail {message['Subject']!r}")
+            else:
+                where = await asyncio.to_thread(self._mailer.deliver, message)
         except MailError as err:
             raise _StepFailed(Failure(f"{code}: {err}", exception_type="MailError")) from err
         status = subjob.get("status") if kind == "subjob" and subjob else job.get("status")

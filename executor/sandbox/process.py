@@ -35,6 +35,7 @@ from typing import Final
 from executor.child import protocol
 from executor.child.protocol import IsolationSpec, LaunchSpec, StartFrame
 from executor.model import Limits
+from executor.policies import DEFAULT_UMASK, Policy
 from executor.runtimes.child import CHILD_RUNTIMES, ChildRuntime
 from executor.sandbox import limits as sandbox_limits
 from executor.sandbox.bridge import CallHandler, send_now, serve_bridge
@@ -79,6 +80,8 @@ class IsolationPlan:
             "gid": self.uid_base + cell,
             "shared_masks": [],  # a zygote names those it covered already
             "late_masks": list(self.late_masks),
+            "binds": [],
+            "groups": [],
         }
 
 
@@ -120,9 +123,10 @@ def started_by(pid: int, executor_pid: int) -> bool:
     return f"{pool}/" in listed or f"{pool}." in listed
 
 
-def child_environment(workdir: str) -> dict[str, str]:
-    """The whole environment a callback sees: nothing of the executor's."""
+def child_environment(workdir: str, policy: Policy | None = None) -> dict[str, str]:
+    """The whole environment a callback sees: nothing of the executor's but what its policy sets."""
     return {
+        **dict(policy.env if policy is not None else ()),
         "PATH": SAFE_PATH,
         "HOME": workdir,
         "TMPDIR": workdir,
@@ -194,11 +198,28 @@ class SandboxRunner:
         return slot * len(CHILD_LANGUAGES) + CHILD_LANGUAGES.index(language)
 
     def _launch_spec(
-        self, runtime: ChildRuntime, limits: Limits, cell: int, *, workdir: str, warm_up: bool
+        self,
+        runtime: ChildRuntime,
+        limits: Limits,
+        cell: int,
+        *,
+        workdir: str,
+        warm_up: bool,
+        policy: Policy | None,
     ) -> LaunchSpec:
         """The one place a child's launch spec is made."""
         cgroups = self.options.cgroups
         isolation = self.options.isolation
+        cell_isolation = isolation.for_cell(cell) if isolation is not None else None
+        host_network = self.options.network
+        if policy is not None:
+            host_network = policy.host_network
+            if cell_isolation is not None:
+                cell_isolation["binds"] = [
+                    {"source": b.path, "target": b.target, "writable": b.writable}
+                    for b in policy.binds
+                ]
+                cell_isolation["groups"] = [policy.group] if policy.group is not None else []
         return {
             "language": runtime.language.value,
             "argv": runtime.argv(),
@@ -207,7 +228,7 @@ class SandboxRunner:
             # An empty network namespace per callback, unless the spawner's children
             # already start in one (a zygote makes one per cell, once: netns creation is
             # slow).
-            "unshare_network": not self.options.network,
+            "unshare_network": not host_network,
             "cell": cell,
             "ipc_namespace": self.options.ipc_namespace,
             "cgroup_namespace": self.options.cgroup_namespace,
@@ -220,10 +241,12 @@ class SandboxRunner:
                 or cgroups is None
                 or "pids" not in cgroups.controllers,
             ),
-            "isolation": isolation.for_cell(cell) if isolation is not None else None,
+            "isolation": cell_isolation,
             "disk_bytes": limits.disk_bytes,
             "workdir": workdir,
             "warm_up": warm_up,
+            "policy": policy.name if policy is not None else "job",
+            "umask": policy.umask if policy is not None else DEFAULT_UMASK,
         }
 
     def _set_cgroup_limits(self, cell: int, limits: Limits) -> None:
@@ -233,7 +256,13 @@ class SandboxRunner:
             )
 
     async def _start(
-        self, runtime: ChildRuntime, limits: Limits, cell: int, *, ahead: bool = False
+        self,
+        runtime: ChildRuntime,
+        limits: Limits,
+        cell: int,
+        policy: Policy | None,
+        *,
+        ahead: bool = False,
     ) -> _Child:
         """Start a child that confines itself and then waits for its start frame.
 
@@ -245,7 +274,9 @@ class SandboxRunner:
             workdir, host_workdir = f"/tmp/cbexec-run-{secrets.token_hex(6)}", None
         else:
             workdir = host_workdir = tempfile.mkdtemp(prefix="cbexec-run-")
-        spec = self._launch_spec(runtime, limits, cell, workdir=workdir, warm_up=ahead)
+        spec = self._launch_spec(
+            runtime, limits, cell, workdir=workdir, warm_up=ahead, policy=policy
+        )
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
         network = self.options.bridge_network
@@ -254,7 +285,7 @@ class SandboxRunner:
         try:
             handle = await self.spawner.spawn(
                 spec,
-                env=child_environment(workdir),
+                env=child_environment(workdir, policy),
                 fds=(stdout_w, stderr_w, child_sock.fileno()),
             )
         except BaseException:
@@ -270,7 +301,9 @@ class SandboxRunner:
             child_sock.close()
         return _Child(handle, cell, spec, host_workdir, stdout_r, stderr_r, parent_sock)
 
-    async def _take(self, runtime: ChildRuntime, limits: Limits, cell: int) -> _Child:
+    async def _take(
+        self, runtime: ChildRuntime, limits: Limits, cell: int, policy: Policy | None
+    ) -> _Child:
         """The cell's prepared child when it fits this run and still lives, else a new one.
 
         It fits when its launch spec is the one this run would have given it (in its
@@ -284,21 +317,29 @@ class SandboxRunner:
                 logger.warning("preparing a child in cell %d failed: %s", cell, err)
             else:
                 wanted = self._launch_spec(
-                    runtime, limits, cell, workdir=child.spec["workdir"], warm_up=True
+                    runtime,
+                    limits,
+                    cell,
+                    workdir=child.spec["workdir"],
+                    warm_up=True,
+                    policy=policy,
                 )
+                # The spec names the policy, whose environment the prepared child has.
                 if child.spec == wanted and not has_ended(child.handle.pid):
                     return child
                 await self._dispose(child)
-        return await self._start(runtime, limits, cell)
+        return await self._start(runtime, limits, cell, policy)
 
     async def _dispose(self, child: _Child) -> None:
         """End a child that will not run (SIGKILL, reap), close our ends, remove its workdir."""
         await asyncio.shield(self._release(child))
 
-    def _prepare(self, runtime: ChildRuntime, limits: Limits, cell: int) -> None:
+    def _prepare(
+        self, runtime: ChildRuntime, limits: Limits, cell: int, policy: Policy | None
+    ) -> None:
         if self._prepare_ahead and not self._closing and cell not in self._prepared:
             self._prepared[cell] = asyncio.create_task(
-                self._start(runtime, limits, cell, ahead=True)
+                self._start(runtime, limits, cell, policy, ahead=True)
             )
 
     @property
@@ -336,8 +377,12 @@ class SandboxRunner:
         start: StartFrame,
         on_call: CallHandler,
         stop: RunStop | None = None,
+        policy: Policy | None = None,
     ) -> SandboxResult:
         """Run one callback in a child to its classified result; every process it made is gone then.
+
+        ``policy``: the run's sandbox policy (network, binds, group, umask, environment);
+        None confines it as the options alone say.
 
         A ``stop`` ends the run early (SIGTERM, grace, SIGKILL; a run stopped before its
         child got the start frame never starts): the outcome is KILLED with the stop's
@@ -345,7 +390,7 @@ class SandboxRunner:
         """
         stop = stop or RunStop()
         cell = self.cell(slot, runtime.language)
-        child = await self._take(runtime, limits, cell)
+        child = await self._take(runtime, limits, cell, policy)
         evidence = ChildExit(
             stdout=CapturedStream(limits.output_bytes), stderr=CapturedStream(limits.output_bytes)
         )
@@ -393,7 +438,7 @@ class SandboxRunner:
         finally:
             await asyncio.shield(self._release(child))
         if not stop.requested:  # a stopped run's executor is going down, or its caller gone
-            self._prepare(runtime, limits, cell)
+            self._prepare(runtime, limits, cell, policy)
         return sandbox_result(evidence, limits)
 
     @staticmethod

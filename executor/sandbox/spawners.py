@@ -25,6 +25,7 @@ from typing import Final, Protocol
 
 from executor.child.protocol import LaunchSpec, SpawnRequest, ZygoteMessage
 from executor.errors import UnavailableError
+from executor.policies import DEFAULT_UMASK
 from executor.runtimes.child import CHILD_RUNTIMES, LAUNCHER
 
 logger = logging.getLogger(__name__)
@@ -277,37 +278,71 @@ class _Zygote:
             self._process = None
 
 
+def starts_cold(spec: LaunchSpec) -> bool:
+    """Whether a policy's child must start cold: binds, a group or another umask.
+
+    A zygote's mount namespace already covers /run, /dev/shm and the other masks, where
+    a bind's source may lie, and Perl's zygote confines its children in Perl: the
+    launcher of a cold child applies these itself (executor/policies.py).
+    """
+    isolation = spec["isolation"]
+    return spec["umask"] != DEFAULT_UMASK or (
+        isolation is not None and bool(isolation["binds"] or isolation["groups"])
+    )
+
+
 class ZygoteSpawner:
-    """Forks children from a warm, single-threaded zygote per language; restarts one that dies.
+    """Forks children from a warm, single-threaded zygote per language and network; restarts one that dies.
 
     Python's zygote (``zygote.py``) and Perl's (``perl/zygote.pl``) are started on their
-    language's first callback and confine their children the same way. The cold path is
-    the fallback: a child its zygote could not start is started cold, and a language
-    whose zygote fails ``MAX_ZYGOTE_FAILURES`` times in a row (it cannot start here, say)
-    starts all its children cold from then on.
+    language's first callback and confine their children the same way. A policy with
+    the host network (where the others have a private one) gets zygotes of its own,
+    started without ``--private-network``; a policy with binds starts its children cold
+    (``starts_cold``). The cold path is also the fallback: a child its zygote could not
+    start is started cold, and a language whose zygote fails ``MAX_ZYGOTE_FAILURES``
+    times in a row (it cannot start here, say) starts all its children cold from then on.
     """
 
     def __init__(self, python: str, *, private_network: bool = False) -> None:
         # Enter one empty network namespace in each zygote, inherited by every child:
         # creating a namespace per callback costs milliseconds under a kernel-wide lock.
+        self._python = python
         self._private_network = private_network
         options = ["--private-network"] if private_network else []
         self._zygotes = {
             str(language): _Zygote(runtime.zygote_argv(python), language, options)
             for language, runtime in CHILD_RUNTIMES.items()
         }
+        # Zygotes for the other network (a policy's): made on its first child.
+        self._other_network: dict[str, _Zygote] = {}
         self._failures = dict.fromkeys(self._zygotes, 0)
         self._cold = ColdSpawner(python)
         self._cold_pids: set[int] = set()
+
+    def _zygote_for(self, spec: LaunchSpec) -> tuple[_Zygote | None, bool]:
+        """The zygote for the spec's language and network, and whether its network is private."""
+        language = spec["language"]
+        private = spec["unshare_network"]  # the policy's network: an empty one, or the host's
+        if private == self._private_network:
+            return self._zygotes.get(language), private
+        zygote = self._other_network.get(language)
+        if zygote is None and language in self._zygotes:
+            runtime = next(r for lang, r in CHILD_RUNTIMES.items() if str(lang) == language)
+            options = ["--private-network"] if private else []
+            zygote = _Zygote(runtime.zygote_argv(self._python), language, options)
+            self._other_network[language] = zygote
+        return zygote, private
 
     async def spawn(
         self, spec: LaunchSpec, *, env: dict[str, str], fds: tuple[int, int, int]
     ) -> ChildHandle:
         language = spec["language"]
-        zygote = self._zygotes.get(language)
+        zygote, private = self._zygote_for(spec)
+        if starts_cold(spec):
+            zygote = None
         if zygote is not None and self._failures[language] < MAX_ZYGOTE_FAILURES:
             warm_spec = spec
-            if self._private_network:
+            if private:
                 warm_spec = spec.copy()
                 warm_spec["unshare_network"] = False  # inherited from the zygote
             try:
@@ -340,12 +375,18 @@ class ZygoteSpawner:
             await handle.exited.wait()
 
     async def close(self) -> None:
-        for zygote in self._zygotes.values():
+        for zygote in (*self._zygotes.values(), *self._other_network.values()):
             await zygote.close()
         await self._cold.close()
 
-    def pid_of(self, language: str) -> int | None:
-        """The pid of ``language``'s zygote, None until its first callback."""
+    def pid_of(self, language: str, *, other_network: bool = False) -> int | None:
+        """The pid of ``language``'s zygote, None until its first callback.
+
+        ``other_network``: the zygote of the policies whose network differs from the default.
+        """
+        if other_network:
+            zygote = self._other_network.get(language)
+            return zygote.pid if zygote is not None else None
         return self._zygotes[language].pid
 
     def warm(self, language: str) -> bool:

@@ -34,8 +34,8 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 from executor import triggers
 from executor.errors import InvalidRequestError, UnavailableError
 from executor.model import CallbackSpec, Event, Invocation, Limits, RunResult
+from executor.policies import JOB, UNIVERSAL, PolicySet
 from executor.runs.outbox import Backoff
 from executor.sql import Db, StoreConflict
 from executor.triggers import checks, items, journal, states, why
@@ -148,6 +149,8 @@ class TriggerEngine:
         max_parallel_events: int = 4,
         retry: Backoff = Backoff(),
         journal_limits: JournalLimits = JournalLimits(),
+        universal_policies: Mapping[Path, str] | None = None,
+        policies: PolicySet | None = None,
         check_code: CodeCheck = no_code_check,
     ) -> None:
         """Build the engine over ``store``.
@@ -162,11 +165,16 @@ class TriggerEngine:
             retry: The delays between tries of a run refused for capacity or availability.
             journal_limits: How much of the per-callback journal is kept.
             check_code: Checks a universal callback's code when it is loaded.
+            universal_policies: The policy each universal directory names.
+            policies: The sandbox policies; None gives every run the engine's ``limits``
+                under the built-in policy names.
         """
         self._store = store
         self._run = run
         self._limits = limits
         self._universal_dirs = list(universal_dirs)
+        self._universal_policies = dict(universal_policies or {})
+        self._policies = policies
         self._universal: list[UniversalCallback] = []
         self.universal_reload = ReloadStatus()
         self._check_code = check_code
@@ -223,6 +231,8 @@ class TriggerEngine:
                 check_trigger,
                 check_code=self._check_code,
                 warn=trigger_warnings,
+                policies=self._universal_policies,
+                known_policies=self._policies.names() if self._policies is not None else None,
             )
         except UniversalConfigError as err:
             if not quiet:
@@ -522,7 +532,28 @@ class TriggerEngine:
             subjob_id=event.subjob_id,
             source="universal" if cb.universal else "job",
         )
-        return await self._run(invocation)
+        return await self._run(self._with_policy(invocation, universal=cb.universal))
+
+    def _with_policy(self, invocation: Invocation, *, universal: bool) -> Invocation:
+        """The invocation under its policy: a universal callback's as its (current) line says.
+
+        Looked up in the set loaded last, not stored with the job: a reload that turns
+        shadow off or changes a policy applies to the next firing.
+        """
+        named, shadow = "", False
+        if universal:
+            for loaded in self._universal:
+                if loaded.source == invocation.callback.source:
+                    named, shadow = loaded.policy, loaded.shadow
+                    break
+        if self._policies is None:
+            name = (named or UNIVERSAL) if universal else JOB
+            return replace(invocation, policy=name, shadow=shadow)
+        if universal:
+            policy = self._policies.for_universal(named)
+        else:
+            policy = self._policies.for_job_callback(invocation.actor)
+        return replace(invocation, policy=policy.name, shadow=shadow, limits=policy.limits[0])
 
     # -- timers and the engine's tasks ----------------------------------------------
 

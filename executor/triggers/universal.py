@@ -9,11 +9,19 @@ code strings are looked up), so a syntax error is reported when the file is inst
 not when it first fires. Every problem is reported as ``file:line: message``; a load
 with any problem is refused as a whole, so a reload keeps the last good set.
 
-Our extension: options in square brackets after the file name, ``filename [level] =
-trigger``. The one option today is the trigger mode, ``level`` or ``edge`` (the
-default): a level callback latches, when a job registers, the events of its trigger
-that have already happened. Brackets cannot start a Qube file name's extension, so
-a Qube ``callbacks.conf`` reads the same here.
+Our extension: options in square brackets after the file name, ``filename [level,
+policy=admin, shadow] = trigger``, separated by commas or spaces:
+
+- the trigger mode, ``level`` or ``edge`` (the default): a level callback latches, when
+  a job registers, the events of its trigger that have already happened;
+- ``policy=NAME``: the sandbox policy its runs get (executor/policies.py), instead of
+  the one its directory names in ``universal_callback_path`` or else ``universal``;
+- ``shadow``: it fires and runs for real, but its qb actions are recorded and not
+  applied and its mail is rendered, not sent (host_api.py); its runs are flagged.
+
+Brackets cannot start a Qube file name's extension, so a Qube ``callbacks.conf`` reads
+the same here. A directory's policy and the options are read at each load: turning
+shadow off, or changing a policy, is a reload.
 
 Triggers get the registration checks a trigger alone allows (checks.static_checks) at
 load: those are warnings (``file:line: message``), not errors.
@@ -22,7 +30,7 @@ load: those are warnings (``file:line: message``), not errors.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
@@ -51,6 +59,9 @@ class UniversalCallback:
     code: str
     triggers: str
     mode: str = "edge"
+    # The policy its line or its directory names; "" for the built-in "universal".
+    policy: str = ""
+    shadow: bool = False
     # "file:line: message" for each check the trigger failed at load.
     warnings: tuple[str, ...] = ()
 
@@ -74,17 +85,31 @@ class UniversalConfigError(Exception):
         self.errors = errors
 
 
-def _options(where: str, left: str) -> tuple[str, str, str | None]:
-    """(file name, mode, error) of the left side of a line: ``file [option ...]``."""
+@dataclass(frozen=True, slots=True)
+class _LineOptions:
+    mode: str = "edge"
+    policy: str = ""
+    shadow: bool = False
+
+
+def _options(where: str, left: str) -> tuple[str, _LineOptions, str | None]:
+    """(file name, options, error) of the left side of a line: ``file [option ...]``."""
     found = _OPTIONS.fullmatch(left)
     if found is None:
-        return left, "edge", None
-    mode = "edge"
+        return left, _LineOptions(), None
+    options = _LineOptions()
     for option in found.group("options").replace(",", " ").split():
-        if option not in MODES:
-            return "", "", f"{where}: unknown option {option!r}; expected {' or '.join(MODES)}"
-        mode = option
-    return found.group("file"), mode, None
+        key, equals, value = option.partition("=")
+        if option in MODES:
+            options = replace(options, mode=option)
+        elif option == "shadow":
+            options = replace(options, shadow=True)
+        elif key == "policy" and equals and value:
+            options = replace(options, policy=value)
+        else:
+            expected = f"{' or '.join(MODES)}, policy=NAME or shadow"
+            return "", options, f"{where}: unknown option {option!r}; expected {expected}"
+    return found.group("file"), options, None
 
 
 def load_universal(
@@ -93,11 +118,15 @@ def load_universal(
     *,
     check_code: CodeCheck = no_code_check,
     warn: Callable[[str], list[str]] | None = None,
+    policies: Mapping[Path, str] | None = None,
+    known_policies: Collection[str] | None = None,
 ) -> list[UniversalCallback]:
     """Load every directory's callbacks.conf.
 
     Args:
         directories: Where the callbacks.conf files are.
+        policies: The policy each directory names (``universal_callback_path``).
+        known_policies: The configured policy names; a line naming another is an error.
         check_trigger: An error for a trigger that cannot be used, or None.
         check_code: An error for a file's code that cannot run, or None.
         warn: The warnings for a usable trigger (kept on the callback, not errors).
@@ -122,6 +151,12 @@ def load_universal(
             if isinstance(loaded, str):
                 errors.append(loaded)
                 continue
+            if not loaded.policy and policies:
+                loaded = replace(loaded, policy=policies.get(directory, ""))
+            if known_policies is not None and loaded.policy and loaded.policy not in known_policies:
+                known = ", ".join(known_policies)
+                errors.append(f"{where}: no policy {loaded.policy!r} (configured: {known})")
+                continue
             warnings = (warn or _none)(loaded.triggers)
             callbacks.append(replace(loaded, warnings=tuple(f"{where}: {w}" for w in warnings)))
     if errors:
@@ -137,8 +172,11 @@ def _load_line(
     check_code: CodeCheck,
 ) -> UniversalCallback | str:
     """One ``filename [options] = trigger`` line's callback, or its problem."""
-    left, sep, triggers = (part.strip() for part in line.partition("="))
-    filename, mode, problem = _options(where, left)
+    # The options may hold "=" (policy=NAME): the line's own "=" is the first after them.
+    close = line.find("]") if "[" in line.partition("=")[0] else -1
+    head, sep, triggers = line[close + 1 :].partition("=")
+    left, triggers = (line[: close + 1] + head).strip(), triggers.strip()
+    filename, options, problem = _options(where, left)
     if problem is not None:
         return problem
     if not sep or not filename or not triggers:
@@ -163,7 +201,13 @@ def _load_line(
     if problem:
         return f"{path}:{problem} (named at {where})"
     return UniversalCallback(
-        str(path), language, code.strip() if language == "qube" else code, triggers, mode
+        str(path),
+        language,
+        code.strip() if language == "qube" else code,
+        triggers,
+        options.mode,
+        options.policy,
+        options.shadow,
     )
 
 

@@ -47,6 +47,9 @@ INNOCENT: Final = (
     "import time\ntime.sleep(0.3)\nprint('innocent', qb.jobid(), qb.jobstatus(qb.jobid()))\n"
 )
 
+# The attacker's Qube user: a widened policy lists it in its users.
+ATTACKER: Final = "mallory"
+
 # What a callback sees of the executor's secrets; planted before every attack.
 TLS_KEY: Final = (
     "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1tYXRlcmlhbA==\n-----END PRIVATE KEY-----\n"
@@ -164,15 +167,23 @@ class Planted:
 class Arena:
     """One executor stack prepared for attacks; see the module docstring."""
 
-    def __init__(self, stack: Stack, tmp_path: Path) -> None:
+    def __init__(self, stack: Stack, tmp_path: Path, *, policy: str = "") -> None:
         self.stack = stack
+        # The sandbox policy the attacks ask for ("" the job policy).
+        self.policy = policy
         self.planted = Planted.create(tmp_path, stack.settings.data_dir)
-        (victim,) = stack.supervisor.submit([{"name": "victim", "user": "mallory"}])
+        (victim,) = stack.supervisor.submit([{"name": "victim", "user": ATTACKER}])
         (bystander,) = stack.supervisor.submit([{"name": "bystander", "user": "alice"}])
         self.job_id = int(victim["id"])
         self.innocent_job_id = int(bystander["id"])
         # The latest attack's token (for cases that look for what it left behind).
         self.token = ""
+
+    @property
+    def granted_env(self) -> set[str]:
+        """The variables the arena's policy sets in a callback's environment."""
+        table = self.stack.settings.policies.get(self.policy, {})
+        return set(table.get("env", {})) | set(table.get("env_files", {}))
 
     @property
     def data_dir(self) -> Path:
@@ -194,6 +205,7 @@ class Arena:
             job=self.stack.supervisor.job(self.job_id),
             limits=limits,
             owner=owner,
+            policy=self.policy,
             timeout=timeout,
         )
 

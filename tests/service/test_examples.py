@@ -9,17 +9,20 @@ into the executor's callback directory and reloaded with ``cbexec triggers reloa
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sqlite3
+import tomllib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pytest
 
 from executor.model import RunResult
 from executor.runs.history import RunRecord
-from tests.conftest import Stack
+from tests.conftest import TEST_UID_BASE, Stack, running_stack, stack_settings
 from tests.helpers.cli import ROOT, cbexec
 
 pytestmark = pytest.mark.service
@@ -134,9 +137,53 @@ def install_universal_callbacks(stack: Stack) -> Path:
     return target
 
 
+LOG_DIR: Final = Path("/var/log/cbexec-callbacks")
+# The group an admin gives the log directory (conftest keeps uids apart per checkout).
+LOG_GROUP: Final = TEST_UID_BASE + 902
+
+
+def example_policy(host_dir: Path) -> dict[str, Any]:
+    """The example's cbexec.toml as written, but for this host: its directory and group.
+
+    The directory is ``host_dir`` here, shown at the example's path inside the sandbox,
+    so the test writes nothing to the host's /var/log but the empty mount point.
+    """
+    settings = tomllib.loads((EXAMPLES / "universal-callbacks" / "cbexec.toml").read_text())
+    universal = settings["policies"]["universal"]
+    ((bind,),) = [universal["binds"]]
+    assert bind == {"path": str(LOG_DIR), "mode": "rw"}
+    universal["binds"] = [{**bind, "path": str(host_dir), "target": str(LOG_DIR)}]
+    assert universal["group"] == "qubecb"
+    universal["group"] = LOG_GROUP
+    return {"policies": settings["policies"]}
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Iterator[Path]:
+    """The admin's log directory, set up as cbexec.toml says (group, 2770)."""
+    host_dir = tmp_path / "qube-callbacks"
+    host_dir.mkdir()
+    os.chown(host_dir, 0, LOG_GROUP)
+    host_dir.chmod(0o2770)
+    made = not LOG_DIR.exists()
+    if made:
+        LOG_DIR.mkdir(mode=0o755)  # the mount point; nothing is written to it
+    try:
+        yield host_dir
+    finally:
+        if made:
+            LOG_DIR.rmdir()
+
+
 @pytest.mark.skipif(shutil.which("perl") is None, reason="checkWork.pl needs perl")
-async def test_universal_callbacks(stack_warm: Stack) -> None:
-    stack = stack_warm
+@pytest.mark.skipif(os.geteuid() != 0, reason="the example's policy binds (hardened tier: root)")
+async def test_universal_callbacks(tmp_path: Path, log_dir: Path) -> None:
+    settings = stack_settings(tmp_path / "data", **example_policy(log_dir))
+    async with running_stack(settings) as stack:
+        await universal_callbacks_with_their_policy(stack, log_dir)
+
+
+async def universal_callbacks_with_their_policy(stack: Stack, log_dir: Path) -> None:
     install_universal_callbacks(stack)
     said = await cbexec("triggers", "reload", address=stack.address)
     assert (said.code, said.out.strip()) == (0, "reloaded: 4 active"), said.err
@@ -152,6 +199,7 @@ async def test_universal_callbacks(stack_warm: Stack) -> None:
     history = stack.running.recorder.history
     runs: dict[str, list[RunRecord | None]] = {}
     for record in history.list_runs(job_id=shot, limit=100):
+        assert record.policy == "universal"
         runs.setdefault(Path(record.source).name, []).append(history.get(record.invocation_id))
     assert sorted((name, len(found)) for name, found in runs.items()) == [
         ("checkWork.pl", 3),
@@ -166,8 +214,10 @@ async def test_universal_callbacks(stack_warm: Stack) -> None:
         return record.result
 
     submitted = result("submitted.py")
-    assert submitted.outcome == "SUCCEEDED"
-    assert f"job {shot} (shot010) submitted by" in submitted.stdout
+    assert submitted.outcome == "SUCCEEDED", submitted.stderr
+    line = f"job {shot} (shot010) submitted by"
+    assert line in submitted.stdout
+    assert (log_dir / "submitted.log").read_text().startswith(line)
     checks = sorted(result("checkWork.pl", n).stdout for n in range(3))
     assert [line.split(" on ")[0] for line in checks] == [
         f"frame 1 of job {shot} (shot010): complete",
@@ -181,18 +231,34 @@ async def test_universal_callbacks(stack_warm: Stack) -> None:
 
     logged = result("logFailuresToDB.py")
     assert f"job {shot} (shot010) of" in logged.stdout and "failed: frames 3" in logged.stdout
-    if stack.running.options.isolation is not None:
-        # Today's confinement: as root, a callback runs as a dedicated uid in a private
-        # mount namespace where /var/tmp is an empty, root-owned tmpfs, so the database
-        # cannot be created and the run fails saying so (its line is in its output).
-        # TODO(issue 20): a sandbox policy for universal callbacks will let this one
-        # write DB_PATH on the host; then assert SUCCEEDED and the row, as below.
-        assert logged.outcome == "FAILED"
-        assert "cannot record job" in logged.stderr and "/var/tmp/qube-failures.db" in logged.stderr
-    else:  # callbacks run as the executor's user, on the host's file system
-        assert logged.outcome == "SUCCEEDED", logged.stderr
-        with sqlite3.connect("/var/tmp/qube-failures.db") as db:
-            rows = db.execute(
-                "SELECT frames FROM failures WHERE job_id = ? AND name = 'shot010'", (shot,)
-            ).fetchall()
-        assert ("3",) in rows
+    assert logged.outcome == "SUCCEEDED", logged.stderr
+    with sqlite3.connect(log_dir / "failures.db") as db:
+        rows = db.execute(
+            "SELECT frames FROM failures WHERE job_id = ? AND name = 'shot010'", (shot,)
+        ).fetchall()
+    assert rows == [("3",)]
+    for made in log_dir.iterdir():  # the sandbox uid's, in the directory's group
+        assert made.stat().st_gid == LOG_GROUP and made.stat().st_mode & 0o007 == 0
+
+    # The same code as a user's job callback: the directory is not there for it.
+    example = EXAMPLES / "universal-callbacks"
+    callbacks = [
+        {"triggers": "submit-job-self", "language": "python", "code": (example / name).read_text()}
+        for name in ("submitted.py", "logFailuresToDB.py")
+    ]
+    (job,) = stack.supervisor.submit(
+        [{"name": "sneaky", "user": "mallory", "callbacks": callbacks}]
+    )
+    await stack.settle()
+    own = [r for r in history.list_runs(job_id=job["id"]) if not r.source]
+    assert len(own) == 2
+    for summary in own:
+        tried = history.get(summary.invocation_id)
+        assert tried is not None and tried.result is not None
+        assert (tried.policy, tried.result.outcome) == ("job", "FAILED")
+        failure = tried.result.failure
+        assert failure is not None
+        assert str(LOG_DIR) in tried.result.stderr + failure.message, failure
+    # Only the universal submitted.py wrote: once for shot010, once for this job.
+    written = (log_dir / "submitted.log").read_text().splitlines()
+    assert [line.split()[2] for line in written] == ["(shot010)", "(sneaky)"]

@@ -193,7 +193,7 @@ def test_a_universal_python_file_that_does_not_compile_is_reported_at_load(
         load_universal([tmp_path / "callback"], check_trigger, check_code=check_source)
     (line,) = err.value.errors
     assert line.startswith(f"{tmp_path}/callback/submitted.py:1: SyntaxError: ")
-    assert line.endswith(f"(named at {tmp_path}/callback/callbacks.conf:9)")
+    assert line.endswith(f"(named at {tmp_path}/callback/callbacks.conf:12)")
 
 
 def broken_callbacks(data_dir: Path) -> Path:

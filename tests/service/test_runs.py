@@ -175,16 +175,18 @@ async def test_cbexec_runs_lists_filters_and_shows(stack: Stack) -> None:
     code, out, err = await cbexec("runs", "--address", stack.address)
     assert code == 0, err
     header, *rows = out.splitlines()
-    assert header.split()[:7] == [
+    assert header.split()[:8] == [
         "STARTED",
         "INVOCATION",
         "JOB",
         "CB",
         "TRIGGER",
         "LANG",
+        "POLICY",
         "OUTCOME",
     ]
     assert [row.split()[1] for row in rows] == [bad.invocation_id, ok.invocation_id]
+    assert all(" job " in row for row in rows), "Execute requests run under the job policy"
 
     code, out, _ = await cbexec(
         "runs", "--address", stack.address, "--outcome", "failed", "--since", "1h"
@@ -199,6 +201,7 @@ async def test_cbexec_runs_lists_filters_and_shows(stack: Stack) -> None:
     code, out, _ = await cbexec("runs", "show", ok.invocation_id, "--address", stack.address)
     assert code == 0
     assert "outcome: SUCCEEDED" in out and "hello from 77" in out
+    assert "policy: job" in out
 
     code, _, err = await cbexec("runs", "--address", stack.address, "show", "nope")
     assert code == 3 and "NOT_FOUND" in err

@@ -44,7 +44,7 @@ def test_entry_has_header_then_output() -> None:
     lines = text.splitlines()
     assert lines[0] == (
         '=== 2023-11-14T22:13:20.250+00:00 callback=3 trigger="(a && b) || c" '
-        "language=python outcome=FAILED invocation=inv-1"
+        "language=python outcome=FAILED invocation=inv-1 policy=job"
     )
     assert lines[1:] == [
         "hello",
@@ -101,7 +101,7 @@ def test_callback_text_cannot_forge_a_header_or_a_section() -> None:
     entry = format_entry(invocation(), result, WHEN)
     headers = [line for line in entry.splitlines() if line.startswith("=== ")]
     sections = [line for line in entry.splitlines() if line.startswith("--- ")]
-    assert len(headers) == 1 and headers[0].endswith("invocation=inv-1")
+    assert len(headers) == 1 and headers[0].endswith("invocation=inv-1 policy=job")
     assert sections == ["--- stderr", "--- failure: boom"]
     assert f"\\{forged}" in entry and "\\--- stderr" in entry and "\\\\already escaped" in entry
     assert "before\n" in entry  # ordinary lines are left as written

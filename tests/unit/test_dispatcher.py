@@ -59,6 +59,7 @@ class FakeRunner:
         start: StartFrame,
         on_call: Any,
         stop: RunStop | None = None,
+        policy: Any = None,
     ) -> SandboxResult:
         code = start["code"]
         assert start["language"] == runtime.language

@@ -188,7 +188,7 @@ def test_an_unknown_option_in_callbacks_conf_is_an_error_with_file_and_line(
     with pytest.raises(UniversalConfigError) as caught:
         load_universal([tmp_path], check_trigger)
     assert caught.value.errors == [
-        f"{tmp_path}/callbacks.conf:1: unknown option 'levle'; expected edge or level"
+        f"{tmp_path}/callbacks.conf:1: unknown option 'levle'; expected edge or level, policy=NAME or shadow"
     ]
 
 

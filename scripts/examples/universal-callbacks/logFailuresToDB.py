@@ -1,12 +1,13 @@
 # Universal callback (failed-job-self): record each failed job in an SQLite database.
 #
-# DB_PATH is the site's failure log on the executor's host; edit it for your site.
-# The line it records is printed first, so it is in the run's output (`cbexec runs
+# DB_PATH is the site's failure log on the executor's host, in the admin's log directory
+# that the example's policy binds into the sandbox (cbexec.toml here); edit it for your
+# site. The line it records is printed first, so it is in the run's output (`cbexec runs
 # show`, the job's .cb log) even when the database cannot be written.
 import sqlite3
 import time
 
-DB_PATH = "/var/tmp/qube-failures.db"
+DB_PATH = "/var/log/cbexec-callbacks/failures.db"
 
 job = qb.jobinfo("-id", qb.jobid())[0]
 failed = [work["name"] for work in job["agenda"] if work["status"] == "failed"]

@@ -1,7 +1,19 @@
 # Universal callback (submit-job-self): note each job as it is submitted.
+#
+# The line goes to the run's output (`cbexec runs show`, the job's .cb log) and is
+# appended to LOG, in the admin's log directory on the executor's host. The sandbox
+# shows that directory only to callbacks whose policy binds it: see cbexec.toml here.
+LOG = "/var/log/cbexec-callbacks/submitted.log"
+
 job = qb.jobinfo("-id", qb.jobid())[0]
 frames = len(job["agenda"])
-print(
-    "job %d (%s) submitted by %s: %d frames, pgrp %d"
-    % (job["id"], job["name"], job["user"], frames, job["pgrp"])
+line = "job %d (%s) submitted by %s: %d frames, pgrp %d" % (
+    job["id"],
+    job["name"],
+    job["user"],
+    frames,
+    job["pgrp"],
 )
+print(line)
+with open(LOG, "a") as log:
+    log.write(line + "\n")

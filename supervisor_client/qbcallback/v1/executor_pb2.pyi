@@ -268,9 +268,15 @@ class ExecuteRequest(_message.Message):
     CALLBACK_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
     invocation_id: _builtins.str
     """Idempotency key chosen by the caller, unique per run (e.g. a UUID). The
     result reported to the supervisor carries it.
+    """
+    policy: _builtins.str
+    """The sandbox policy to run under (the executor's [policies.NAME]); empty: the
+    policy callback.user is mapped to, else "job". A name the user may not have
+    (not in policies.NAME.users) is PERMISSION_DENIED.
     """
     @_builtins.property
     def callback(self) -> _types_pb2.Callback:
@@ -291,10 +297,11 @@ class ExecuteRequest(_message.Message):
         callback: _types_pb2.Callback | None = ...,
         context: Global___JobContext | None = ...,
         limits: Global___Limits | None = ...,
+        policy: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "context", b"context", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "context", b"context", "invocation_id", b"invocation_id", "limits", b"limits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "context", b"context", "invocation_id", b"invocation_id", "limits", b"limits", "policy", b"policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1440,11 +1447,18 @@ class UniversalCallback(_message.Message):
     LANGUAGE_FIELD_NUMBER: _builtins.int
     TRIGGERS_FIELD_NUMBER: _builtins.int
     CANONICAL_TRIGGERS_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
     source: _builtins.str
     """"<directory>/<file>": the file the line names."""
     language: _builtins.str
     triggers: _builtins.str
     canonical_triggers: _builtins.str
+    policy: _builtins.str
+    """The sandbox policy its runs get, and whether it is a shadow callback (its qb
+    actions are recorded, not applied; its mail is rendered, not sent).
+    """
+    shadow: _builtins.bool
     def __init__(
         self,
         *,
@@ -1452,10 +1466,12 @@ class UniversalCallback(_message.Message):
         language: _builtins.str = ...,
         triggers: _builtins.str = ...,
         canonical_triggers: _builtins.str = ...,
+        policy: _builtins.str = ...,
+        shadow: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["canonical_triggers", b"canonical_triggers", "language", b"language", "source", b"source", "triggers", b"triggers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canonical_triggers", b"canonical_triggers", "language", b"language", "policy", b"policy", "shadow", b"shadow", "source", b"source", "triggers", b"triggers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1538,6 +1554,7 @@ class ListRunsRequest(_message.Message):
     SINCE_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     LANGUAGE_FIELD_NUMBER: _builtins.int
+    SHADOW_ONLY_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     """Filters; zero / empty means any."""
     outcome: Global___Outcome.ValueType
@@ -1547,6 +1564,8 @@ class ListRunsRequest(_message.Message):
     """At most this many (default 50, at most 1000)."""
     language: _builtins.str
     """python, perl or qube; empty means any."""
+    shadow_only: _builtins.bool
+    """Only shadow runs (of callbacks.conf lines marked shadow)."""
     def __init__(
         self,
         *,
@@ -1555,10 +1574,11 @@ class ListRunsRequest(_message.Message):
         since: _builtins.float = ...,
         limit: _builtins.int = ...,
         language: _builtins.str = ...,
+        shadow_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "language", b"language", "limit", b"limit", "outcome", b"outcome", "since", b"since"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "language", b"language", "limit", b"limit", "outcome", b"outcome", "shadow_only", b"shadow_only", "since", b"since"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1582,6 +1602,8 @@ class Run(_message.Message):
     WORK_NAME_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
     invocation_id: _builtins.str
     job_id: _builtins.int
     callback_id: _builtins.int
@@ -1595,6 +1617,9 @@ class Run(_message.Message):
     """The file a universal callback came from ("<dir>/mail-status.qcb"); empty for
     a job's own callback and for Execute.
     """
+    policy: _builtins.str
+    """The sandbox policy it ran under; shadow: its qb actions were recorded, not applied."""
+    shadow: _builtins.bool
     @_builtins.property
     def usage(self) -> Global___Usage: ...
     @_builtins.property
@@ -1618,10 +1643,12 @@ class Run(_message.Message):
         work_name: _builtins.str = ...,
         result: Global___ExecuteResponse | None = ...,
         source: _builtins.str = ...,
+        policy: _builtins.str = ...,
+        shadow: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "result", b"result", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_id", b"callback_id", "event", b"event", "invocation_id", b"invocation_id", "job_id", b"job_id", "language", b"language", "outcome", b"outcome", "result", b"result", "source", b"source", "started_at", b"started_at", "triggers", b"triggers", "usage", b"usage", "work_name", b"work_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_id", b"callback_id", "event", b"event", "invocation_id", b"invocation_id", "job_id", b"job_id", "language", b"language", "outcome", b"outcome", "policy", b"policy", "result", b"result", "shadow", b"shadow", "source", b"source", "started_at", b"started_at", "triggers", b"triggers", "usage", b"usage", "work_name", b"work_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

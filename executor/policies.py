@@ -1,0 +1,521 @@
+"""Sandbox policies: which confinement a callback gets, by where it came from and who owns it.
+
+A policy is a named ``[policies.NAME]`` table of the config file. Two are built in and
+always exist: ``job`` (callbacks submitted with jobs and Execute requests) and
+``universal`` (callbacks from ``callbacks.conf``); both are today's confinement unless
+the site widens them with a table of the same name. Any other name is the site's own.
+
+Keys (every one optional):
+
+- ``network``: ``"none"`` (an empty network namespace) or ``"host"``; default the
+  top-level ``network`` setting's result.
+- ``binds``: ``[{path, target, mode}]``: the host directory ``path`` is visible at
+  ``target`` (default ``path``) inside the callback, ``mode`` ``"ro"`` (default) or
+  ``"rw"``. Checked at start-up: absolute, existing directories, none covering or
+  inside the data dir, the config file or the TLS files; a target is an existing
+  directory, or lies under the private ``/tmp`` where it is made.
+- ``group``: a host group (name or gid) the sandbox uid gets as its only supplementary
+  group: how an admin lets the dedicated uids write to a bound directory.
+- ``umask``: the callback's umask (octal string or number); default ``"077"``.
+- ``env`` (``{VAR = "value"}``), ``env_files`` (``{VAR = "/path"}``: the file's content,
+  read once at start-up, for credentials), ``env_pass`` (``["VAR"]``: taken from the
+  executor's own environment at start-up). Never from a request.
+- ``languages``: allowed languages (default the top-level ``languages``).
+- ``verbs``: the qb actions allowed (``unblock``, ``workunblock``, ...); reading
+  (``jobinfo`` and the status helpers) is always allowed; default all.
+- ``default_limits`` / ``max_limits``: tables like the top-level ones; default theirs.
+- ``users``: Qube users whose job callbacks get this policy, and whose Execute requests
+  may ask for it (``ExecuteRequest.policy``).
+
+Everything is resolved once, at start-up, into frozen ``Policy`` values (``resolve``);
+a problem is a ``ConfigError`` naming ``policies.NAME.key``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import grp
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from executor.config import parse_languages
+from executor.errors import ConfigError, PermissionDeniedError
+from executor.model import Language, Limits
+from executor.runtimes.child import CHILD_DIR
+from executor.supervisor_link import JOB_VERBS, SUBJOB_VERBS, WORK_VERBS
+
+if TYPE_CHECKING:
+    from executor.config import Settings
+    from executor.sandbox.process import SandboxOptions
+
+JOB: Final = "job"
+UNIVERSAL: Final = "universal"
+BUILT_IN: Final = (JOB, UNIVERSAL)
+DEFAULT_UMASK: Final = 0o077
+KEYS: Final = frozenset(
+    {
+        "network",
+        "binds",
+        "group",
+        "umask",
+        "env",
+        "env_files",
+        "env_pass",
+        "languages",
+        "verbs",
+        "default_limits",
+        "max_limits",
+        "users",
+    }
+)
+# Reading the farm is every callback's: a policy's ``verbs`` names the actions.
+READ_FUNCTIONS: Final = frozenset({"jobinfo", "jobstatus", "workstatus", "subjobstatus"})
+# The actions by their canonical qb names: job verbs, work<verb>, subjob<verb>.
+VERBS: Final = frozenset(
+    {
+        *JOB_VERBS,
+        *(f"work{verb}" for verb in WORK_VERBS),
+        *(f"subjob{verb}" for verb in SUBJOB_VERBS),
+    }
+)
+
+
+def canonical_verb(fn: str) -> str:
+    """A qb function's canonical action name: ``unblockwork`` is ``workunblock``, ``retire`` ``complete``."""
+    fn = fn.replace("retire", "complete")
+    if fn.endswith("work") and fn[: -len("work")] in WORK_VERBS:
+        return "work" + fn[: -len("work")]
+    return fn
+
+
+# An environment file larger than this is a mistake (a credential is a line).
+MAX_ENV_FILE_BYTES: Final = 64 << 10
+# Variables a policy may not set: the sandbox's own (see process.child_environment).
+RESERVED_ENV: Final = frozenset({"PATH", "HOME", "TMPDIR", "CBEXEC_SANDBOX", "LD_PRELOAD"})
+
+
+@dataclass(frozen=True, slots=True)
+class Bind:
+    """A host directory made visible inside the callback's mount namespace."""
+
+    path: str
+    target: str
+    writable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """One resolved policy: everything a callback under it gets."""
+
+    name: str
+    # True: the host network; False: an empty network namespace.
+    host_network: bool
+    binds: tuple[Bind, ...] = ()
+    group: int | None = None
+    umask: int = DEFAULT_UMASK
+    # (name, value) pairs added to the callback's environment; values may be secrets.
+    env: tuple[tuple[str, str], ...] = dataclasses.field(default=(), repr=False)
+    languages: frozenset[Language] = frozenset(Language)
+    # None: every qb function; else the actions allowed (reads always are).
+    verbs: frozenset[str] | None = None
+    default_limits: Limits | None = None
+    max_limits: Limits | None = None
+    users: tuple[str, ...] = ()
+
+    @property
+    def limits(self) -> tuple[Limits, Limits]:
+        """(default, cap) for this policy's runs."""
+        assert self.default_limits is not None and self.max_limits is not None  # noqa: S101
+        return self.default_limits, self.max_limits
+
+    def allows_function(self, fn: str) -> bool:
+        """Whether a callback under this policy may call qb function ``fn`` (any spelling)."""
+        return self.verbs is None or fn in READ_FUNCTIONS or canonical_verb(fn) in self.verbs
+
+    def grants(self) -> str:
+        """What the policy grants, in one line (the start-up report, check-config)."""
+        parts = ["host network" if self.host_network else "no network"]
+        for bind in self.binds:
+            where = bind.path if bind.target == bind.path else f"{bind.path} at {bind.target}"
+            parts.append(f"{where} {'rw' if bind.writable else 'ro'}")
+        if self.group is not None:
+            parts.append(f"group {self.group}")
+        if self.umask != DEFAULT_UMASK:
+            parts.append(f"umask {self.umask:03o}")
+        if self.env:
+            parts.append("env " + ",".join(name for name, _ in self.env))
+        parts.append("languages " + ",".join(sorted(self.languages)))
+        parts.append(
+            "qb verbs " + ("all" if self.verbs is None else ",".join(sorted(self.verbs)) or "none")
+        )
+        if self.default_limits is not None and self.max_limits is not None:
+            parts.append(
+                f"wall {self.default_limits.wall_seconds:g}s (max {self.max_limits.wall_seconds:g}s)"
+            )
+        if self.users:
+            parts.append("users " + ",".join(self.users))
+        return "; ".join(parts)
+
+
+class PolicySet:
+    """The resolved policies by name, and who gets which."""
+
+    def __init__(self, policies: Mapping[str, Policy]) -> None:
+        self._policies = dict(policies)
+        self._by_user: dict[str, str] = {}
+        for policy in self._policies.values():
+            for user in policy.users:
+                self._by_user.setdefault(user, policy.name)
+
+    def __iter__(self) -> Iterator[Policy]:
+        return iter(self._policies.values())
+
+    def get(self, name: str) -> Policy:
+        return self._policies[name]
+
+    def names(self) -> list[str]:
+        return list(self._policies)
+
+    def for_job_callback(self, user: str) -> Policy:
+        """A job's own callback: the policy its owner is mapped to, else ``job``."""
+        return self._policies[self._by_user.get(user, JOB)]
+
+    def for_execute(self, user: str, asked: str) -> Policy:
+        """An Execute request's policy: the one asked for if ``user`` may have it.
+
+        Raises:
+            PermissionDeniedError: the name is unknown or ``user`` is not in its ``users``.
+        """
+        if not asked:
+            return self.for_job_callback(user)
+        policy = self._policies.get(asked)
+        if policy is None:
+            known = ", ".join(self._policies)
+            raise PermissionDeniedError(
+                f"policy {asked!r} does not exist (policies: {known}); an Execute request "
+                "may ask only for a policy whose policies.NAME.users lists its callback.user"
+            )
+        if asked == JOB or user in policy.users:
+            return policy
+        raise PermissionDeniedError(
+            f"callback.user {user!r} may not ask for policy {asked!r}: it is not in "
+            f"policies.{asked}.users"
+        )
+
+    def for_universal(self, named: str) -> Policy:
+        """A callbacks.conf callback: the policy its line or directory names, else ``universal``."""
+        return self._policies.get(named or UNIVERSAL, self._policies[UNIVERSAL])
+
+
+def _error(name: str, key: str, message: str) -> ConfigError:
+    return ConfigError(f"policies.{name}.{key}: {message}")
+
+
+def _under(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def _protected(data_dir: Path, protected_files: list[str]) -> list[tuple[str, str, bool]]:
+    """(path, what, is a directory) a bind may not reach."""
+    found = [(os.path.realpath(data_dir), "the data dir", True)]
+    found += [(os.path.realpath(f), f, False) for f in protected_files if f]
+    return found
+
+
+def _bind(
+    name: str, index: int, raw: Any, protected: list[tuple[str, str, bool]], keep: list[str]
+) -> Bind:
+    key = f"binds[{index}]"
+    if not isinstance(raw, Mapping):
+        raise _error(name, key, "expected a table {path, target, mode}")
+    unknown = set(raw) - {"path", "target", "mode"}
+    if unknown:
+        raise _error(name, key, f"unknown key {sorted(unknown)[0]!r}; expected path, target, mode")
+    path = str(raw.get("path", ""))
+    if not os.path.isabs(path):
+        raise _error(name, f"{key}.path", f"must be an absolute path, got {path!r}")
+    if not os.path.isdir(path):
+        raise _error(name, f"{key}.path", f"{path} is not an existing directory")
+    real = os.path.realpath(path)
+    if real == "/":
+        raise _error(name, f"{key}.path", "may not be / (it holds the data dir)")
+    for protected_path, what, is_dir in protected:
+        if _under(protected_path, real) or (is_dir and _under(real, protected_path)):
+            raise _error(name, f"{key}.path", f"{path} would expose {what} to callbacks")
+    target = os.path.normpath(str(raw.get("target") or path))
+    if not os.path.isabs(target) or target == "/":
+        raise _error(
+            name, f"{key}.target", f"must be an absolute path other than /, got {target!r}"
+        )
+    for kept in keep:
+        if _under(kept, target):
+            raise _error(name, f"{key}.target", f"{target} would hide {kept}, which callbacks need")
+    private_tmp = tempfile.gettempdir()
+    if (not os.path.isdir(target) and not _under(target, private_tmp)) or target == private_tmp:
+        raise _error(
+            name,
+            f"{key}.target",
+            f"{target} is not an existing directory: make it on the host (an empty one, "
+            f"the mount point) or choose a target under {private_tmp} (made in the "
+            "callback's private one)",
+        )
+    mode = str(raw.get("mode", "ro"))
+    if mode not in ("ro", "rw"):
+        raise _error(name, f"{key}.mode", f"expected 'ro' or 'rw', got {mode!r}")
+    return Bind(real, target, mode == "rw")
+
+
+def _group(name: str, raw: Any) -> int:
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        gid = raw
+    else:
+        try:
+            gid = grp.getgrnam(str(raw)).gr_gid
+        except KeyError:
+            raise _error(name, "group", f"no group {raw!r} on this host") from None
+    if gid <= 0:
+        raise _error(name, "group", "must be a group other than root's (gid 0)")
+    return gid
+
+
+def _umask(name: str, raw: Any) -> int:
+    try:
+        value = raw if isinstance(raw, int) and not isinstance(raw, bool) else int(str(raw), 8)
+    except ValueError:
+        raise _error(name, "umask", f'expected an octal number like "027", got {raw!r}') from None
+    if not 0 <= value <= 0o777:
+        raise _error(name, "umask", f"{raw!r} is not a umask (000-777)")
+    return value
+
+
+def _names(name: str, key: str, raw: Any) -> list[str]:
+    if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
+        raise _error(name, key, "expected a list of strings")
+    return list(raw)
+
+
+def _environment(
+    name: str, table: Mapping[str, Any], environ: Mapping[str, str]
+) -> tuple[tuple[str, str], ...]:
+    env: dict[str, str] = {}
+    for key in ("env", "env_files"):
+        values = table.get(key, {})
+        if not isinstance(values, Mapping):
+            raise _error(name, key, "expected a table of VAR = value")
+        for var, value in values.items():
+            if var in RESERVED_ENV or not var.replace("_", "").isalnum():
+                raise _error(name, f"{key}.{var}", "not a variable a policy may set")
+            if key == "env":
+                env[var] = str(value)
+                continue
+            try:
+                with open(str(value), "rb") as source:
+                    content = source.read(MAX_ENV_FILE_BYTES + 1)
+            except OSError as err:
+                raise _error(name, f"{key}.{var}", f"cannot read {value}: {err.strerror}") from err
+            if len(content) > MAX_ENV_FILE_BYTES:
+                raise _error(
+                    name, f"{key}.{var}", f"{value} is larger than {MAX_ENV_FILE_BYTES} bytes"
+                )
+            env[var] = content.decode(errors="replace").rstrip("\n")
+    for var in _names(name, "env_pass", table.get("env_pass", [])):
+        if var in RESERVED_ENV:
+            raise _error(name, f"env_pass.{var}", "not a variable a policy may set")
+        if var not in environ:
+            raise _error(name, f"env_pass.{var}", "is not set in the executor's environment")
+        env[var] = environ[var]
+    return tuple(sorted(env.items()))
+
+
+def _limits(name: str, key: str, raw: Any, base: Limits) -> Limits:
+    if not isinstance(raw, Mapping):
+        raise _error(name, key, "expected a table of limits")
+    known = {f.name for f in dataclasses.fields(Limits)}
+    changes = {}
+    for field, value in raw.items():
+        if field not in known:
+            raise _error(name, key, f"unknown limit {field!r}")
+        current = getattr(base, field)
+        try:
+            number = type(current)(value)
+        except (TypeError, ValueError):
+            raise _error(name, f"{key}.{field}", f"expected a number, got {value!r}") from None
+        if number <= 0:
+            raise _error(name, f"{key}.{field}", "must be positive")
+        changes[field] = number
+    return dataclasses.replace(base, **changes)
+
+
+def _policy(
+    name: str,
+    table: Mapping[str, Any],
+    *,
+    network_host: bool,
+    languages: frozenset[Language],
+    default_limits: Limits,
+    max_limits: Limits,
+    protected: list[tuple[str, str, bool]],
+    keep: list[str],
+    environ: Mapping[str, str],
+) -> Policy:
+    unknown = set(table) - KEYS
+    if unknown:
+        raise _error(
+            name, sorted(unknown)[0], f"unknown key; expected one of {', '.join(sorted(KEYS))}"
+        )
+    host_network = network_host
+    if "network" in table:
+        if table["network"] not in ("none", "host"):
+            raise _error(name, "network", f"expected 'none' or 'host', got {table['network']!r}")
+        host_network = table["network"] == "host"
+    binds = table.get("binds", [])
+    if not isinstance(binds, list):
+        raise _error(name, "binds", "expected a list of tables {path, target, mode}")
+    resolved = tuple(_bind(name, i, raw, protected, keep) for i, raw in enumerate(binds))
+    targets = [b.target for b in resolved]
+    for i, target in enumerate(targets):
+        for other in targets[:i]:
+            if _under(target, other) or _under(other, target):
+                raise _error(name, f"binds[{i}].target", f"{target} overlaps {other}")
+    allowed = languages
+    if "languages" in table:
+        try:
+            allowed = parse_languages(table["languages"])
+        except ConfigError as err:
+            raise _error(name, "languages", str(err)) from None
+    verbs = None
+    if "verbs" in table:
+        verbs = frozenset(canonical_verb(v) for v in _names(name, "verbs", table["verbs"]))
+        unknown_verbs = sorted(verbs - VERBS)
+        if unknown_verbs:
+            raise _error(
+                name,
+                "verbs",
+                f"unknown qb action {unknown_verbs[0]!r}; expected some of "
+                f"{', '.join(sorted(VERBS))} (reading is always allowed)",
+            )
+    default = _limits(name, "default_limits", table.get("default_limits", {}), default_limits)
+    cap = _limits(name, "max_limits", table.get("max_limits", {}), max_limits)
+    for field in dataclasses.fields(Limits):
+        if getattr(default, field.name) > getattr(cap, field.name):
+            raise _error(name, f"default_limits.{field.name}", f"exceeds max_limits.{field.name}")
+    return Policy(
+        name=name,
+        host_network=host_network,
+        binds=resolved,
+        group=_group(name, table["group"]) if "group" in table else None,
+        umask=_umask(name, table["umask"]) if "umask" in table else DEFAULT_UMASK,
+        env=_environment(name, table, environ),
+        languages=allowed,
+        verbs=verbs,
+        default_limits=default,
+        max_limits=cap,
+        users=tuple(_names(name, "users", table.get("users", []))),
+    )
+
+
+def resolve(
+    tables: Mapping[str, Any],
+    *,
+    network_host: bool,
+    languages: frozenset[Language],
+    default_limits: Limits,
+    max_limits: Limits,
+    data_dir: Path,
+    protected_files: list[str],
+    keep: list[str],
+    environ: Mapping[str, str],
+) -> PolicySet:
+    """Every policy of the ``[policies]`` tables, the built-ins included, checked.
+
+    Args:
+        tables: ``[policies.NAME]`` tables as TOML gave them.
+        network_host: Whether callbacks get the host network by default (the tier's).
+        languages: The languages enabled executor-wide (a policy's default).
+        default_limits: The executor's default limits (a policy's default).
+        max_limits: The executor's caps (a policy's default caps).
+        data_dir: The executor's data dir, which no bind may expose.
+        protected_files: The config and TLS files no bind may expose.
+        keep: Paths the callbacks need (the interpreter, the child code): no target may hide them.
+        environ: The executor's environment (``env_pass``).
+    """
+    if not isinstance(tables, Mapping):
+        raise ConfigError("policies: expected tables [policies.NAME]")
+    protected = _protected(data_dir, protected_files)
+    resolved: dict[str, Policy] = {}
+    for name in (*BUILT_IN, *(n for n in tables if n not in BUILT_IN)):
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"policies.{name}: a policy name is letters, digits, - and _")
+        table = tables.get(name, {})
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"policies.{name}: expected a table")
+        resolved[name] = _policy(
+            name,
+            table,
+            network_host=network_host,
+            languages=languages,
+            default_limits=default_limits,
+            max_limits=max_limits,
+            protected=protected,
+            keep=keep,
+            environ=environ,
+        )
+    if resolved[JOB].users:
+        raise ConfigError("policies.job.users: job is every user's default; list users elsewhere")
+    return PolicySet(resolved)
+
+
+def for_host(settings: Settings, options: SandboxOptions, environ: Mapping[str, str]) -> PolicySet:
+    """The settings' policies, checked against what this host's sandbox can do.
+
+    Raises:
+        ConfigError: a policy is malformed, or asks for what the host cannot give
+            (an empty network without namespaces; binds or a group without the hardened
+            tier's private mounts and dedicated uids).
+    """
+    isolation = options.isolation
+    keep = list(isolation.keep) if isolation is not None else [sys.prefix, str(CHILD_DIR)]
+    policies = resolve(
+        settings.policies,
+        network_host=options.network,
+        languages=settings.languages,
+        default_limits=settings.default_limits,
+        max_limits=settings.max_limits,
+        data_dir=settings.data_dir,
+        protected_files=[
+            settings.config_file,
+            settings.tls_cert,
+            settings.tls_key,
+            settings.tls_client_ca,
+        ],
+        keep=keep,
+        environ=environ,
+    )
+    for policy in policies:
+        if not policy.host_network and not options.pid_namespace:
+            raise ConfigError(
+                f"policies.{policy.name}.network: 'none' needs namespaces, which this host "
+                "does not allow (see the sandbox line of cbexec serve --check-config)"
+            )
+        needs_tier = [
+            key
+            for key, asked in (("binds", policy.binds), ("group", policy.group is not None))
+            if asked
+        ]
+        if needs_tier and isolation is None:
+            raise ConfigError(
+                f"policies.{policy.name}.{needs_tier[0]}: needs the hardened tier (private "
+                "mounts and a dedicated uid: root, PID namespaces, dedicated_uid not off), "
+                "which this executor does not have"
+            )
+    return policies
+
+
+def report(policies: PolicySet) -> list[str]:
+    """One line per policy: its name and what it grants (start-up log, check-config)."""
+    return [f"policy {policy.name}: {policy.grants()}" for policy in policies]

@@ -1,0 +1,128 @@
+"""Attacks on what a widened policy grants: its binds stay its own, read-only and set-uid-free.
+
+The arena runs the attacker under the widened ``universal`` policy of conftest.py (a
+read-write bind at ``GRANTED_TARGET``, a read-only one, a group, umask 007); the
+innocent callback beside it runs under ``job``. Every case ends with the arena's checks:
+nothing survives, the sentinel and the data dir are untouched, the service answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from supervisor_client.qbcallback.v1 import executor_pb2
+from tests.hostile.conftest import GRANTED_GROUP, GRANTED_TARGET, _arena
+from tests.hostile.harness import Arena, assert_outcome
+
+pytestmark = [
+    pytest.mark.service,
+    pytest.mark.skipif(os.geteuid() != 0, reason="binds need the hardened tier (root)"),
+]
+
+Outcome = executor_pb2.Outcome
+
+
+@pytest.fixture
+async def widened(tmp_path: Path) -> AsyncIterator[Arena]:
+    async with _arena("widened", tmp_path) as arena:
+        yield arena
+
+
+ABUSE_THE_BINDS = r"""
+import ctypes, errno, json, os
+libc = ctypes.CDLL(None, use_errno=True)
+RW, RO, SENTINEL = RW_PATH, RO_PATH, SENTINEL_PATH
+seen = {}
+
+def attempt(name, action):
+    try:
+        action()
+        seen[name] = "done"
+    except OSError as err:
+        seen[name] = errno.errorcode.get(err.errno, str(err.errno))
+
+def remount_rw():
+    if libc.mount(None, RO.encode(), None, 32 | 4096, None) != 0:  # MS_REMOUNT | MS_BIND
+        raise OSError(ctypes.get_errno(), "mount")
+def unmount_ro():
+    if libc.umount2(RO.encode(), 2) != 0:  # MNT_DETACH
+        raise OSError(ctypes.get_errno(), "umount")
+attempt("write_ro", lambda: open(RO + "/planted.txt", "w").close())
+attempt("remount_ro_rw", remount_rw)
+attempt("unmount_ro", unmount_ro)
+attempt("sentinel_visible", lambda: os.listdir(SENTINEL))
+attempt("escape_dotdot", lambda: open(RW + "/../../" + SENTINEL + "/notes.txt", "a").close())
+os.symlink(SENTINEL + "/notes.txt", RW + "/to-sentinel")
+attempt("through_symlink", lambda: open(RW + "/to-sentinel", "a").close())
+attempt("chown_to_root", lambda: os.chown(RW, 0, 0))
+with open(RW + "/suid", "w") as f:
+    f.write("#!/bin/sh\nid -u\n")
+os.chmod(RW + "/suid", 0o4755)
+mounts = {}
+for line in open("/proc/self/mountinfo"):
+    fields = line.split()
+    mounts[fields[4]] = fields[5]
+seen["rw_options"] = mounts.get(RW, "")
+seen["ro_options"] = mounts.get(RO, "")
+print(json.dumps(seen))
+"""
+
+
+async def test_a_widened_callback_cannot_widen_its_binds(widened: Arena, tmp_path: Path) -> None:
+    ro = str(tmp_path / "granted-ro")
+    code = (
+        ABUSE_THE_BINDS.replace("RW_PATH", repr(GRANTED_TARGET))
+        .replace("RO_PATH", repr(ro))
+        .replace("SENTINEL_PATH", repr(str(widened.planted.sentinel)))
+    )
+    response = await widened.attack(code)
+    assert_outcome(response, Outcome.OUTCOME_SUCCEEDED)
+    seen = json.loads(response.stdout)
+    assert seen["write_ro"] == "EROFS"
+    assert seen["remount_ro_rw"] == "EPERM" and seen["unmount_ro"] == "EPERM"
+    # The rest of /tmp is the callback's private one: the sentinel is not there.
+    assert seen["sentinel_visible"] == seen["escape_dotdot"] == "ENOENT"
+    assert seen["through_symlink"] == "ENOENT"
+    assert seen["chown_to_root"] == "EPERM"
+    for options in (seen["rw_options"], seen["ro_options"]):
+        assert {"nosuid", "nodev"} <= set(options.split(",")), options
+    assert "ro" in seen["ro_options"].split(",") and "rw" in seen["rw_options"].split(",")
+    # What it wrote on the host is the sandbox uid's, never root's, set-uid or not.
+    suid = tmp_path / "granted-rw" / "suid"
+    assert suid.stat().st_uid >= widened.stack.settings.sandbox_uid_base
+    assert suid.stat().st_gid == GRANTED_GROUP
+    assert not (tmp_path / "granted-ro" / "planted.txt").exists()
+
+
+HOLD_THE_BIND = (
+    "import time\nwith open(GRANTED + '/held.txt', 'w') as f:\n"
+    "    f.write('held')\n    time.sleep(1.5)\nprint('held')\n"
+)
+LOOK_FOR_THE_BIND = (
+    "import os, time\ntime.sleep(0.5)\n"
+    "print(os.path.exists(GRANTED), os.path.exists(GRANTED + '/held.txt'))\n"
+)
+
+
+async def test_a_bind_in_use_is_invisible_to_a_job_callback_beside_it(widened: Arena) -> None:
+    target = repr(GRANTED_TARGET)
+    holder, looker = await asyncio.gather(
+        widened.run(HOLD_THE_BIND.replace("GRANTED", target)),
+        widened.stack.client.execute_callback(
+            language="python",
+            code=LOOK_FOR_THE_BIND.replace("GRANTED", target),
+            job=widened.stack.supervisor.job(widened.innocent_job_id),
+            owner="alice",  # not among the policy's users: the job policy
+            timeout=30,
+        ),
+    )
+    assert_outcome(holder, Outcome.OUTCOME_SUCCEEDED)
+    assert_outcome(looker, Outcome.OUTCOME_SUCCEEDED)
+    assert looker.stdout.split() == ["False", "False"]
+    await widened.assert_nothing_survives()

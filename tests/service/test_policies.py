@@ -1,0 +1,444 @@
+"""Sandbox policies against a real executor: each field enforced, and nothing leaks to other policies.
+
+One stack with a widened ``admin`` policy (binds, group, umask, host network, env,
+verbs, limits, languages; users ``admin``) beside the built-in ``job``: every grant is
+checked from inside a callback that has it, and again from one that does not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Final
+
+import grpc
+import pytest
+
+from executor.runs.callback_log import log_path
+from executor.sandbox.spawners import ZygoteSpawner
+from supervisor_client import ExecutorRpcError
+from supervisor_client.qbcallback.v1 import executor_pb2
+from tests.conftest import TEST_UID_BASE, Stack, running_stack, stack_settings
+from tests.helpers.cli import cbexec
+
+pytestmark = [
+    pytest.mark.service,
+    pytest.mark.skipif(os.geteuid() != 0, reason="binds and groups need the hardened tier (root)"),
+]
+
+Outcome = executor_pb2.Outcome
+# A gid no one else uses on this host: the group an admin gives the bound directory.
+GROUP: Final = TEST_UID_BASE + 900
+RW_TARGET: Final = "/tmp/admin-log"
+
+LOOK: Final = r"""
+import json, os
+view = {"uid": os.getuid(), "groups": os.getgroups()}
+for name, path in (("rw", RW), ("ro", RO)):
+    view[name] = os.path.isdir(path) and sorted(os.listdir(path))
+try:
+    with open(RW + "/written.txt", "w") as out:
+        out.write("from the callback\n")
+    view["rw_write"] = "ok"
+except OSError as err:
+    view["rw_write"] = err.errno
+try:
+    open(RO + "/new.txt", "w")
+    view["ro_write"] = "ok"
+except OSError as err:
+    view["ro_write"] = err.errno
+view["env"] = {k: os.environ.get(k) for k in ("SITE", "API_TOKEN", "POLICY_TEST_PASS")}
+print(json.dumps(view))
+"""
+
+CONNECT: Final = r"""
+import json, socket
+view = {}
+try:
+    socket.create_connection(("127.0.0.1", PORT), timeout=2).close()
+    view["connect"] = "ok"
+except OSError as err:
+    view["connect"] = type(err).__name__
+view["ipc"] = __import__("os").readlink("/proc/self/ns/ipc")
+view["seccomp"] = [l.split()[1] for l in open("/proc/self/status") if l.startswith("Seccomp:")][0]
+print(json.dumps(view))
+"""
+
+
+def admin_policy(tmp_path: Path) -> tuple[dict[str, Any], Path, Path]:
+    """The widened policy's table, and its read-write and read-only host directories."""
+    rw = tmp_path / "granted-rw"
+    ro = tmp_path / "granted-ro"
+    rw.mkdir()
+    ro.mkdir()
+    (ro / "readme.txt").write_text("read me\n")
+    # How an admin grants the sandbox uids write access: group ownership, setgid.
+    os.chown(rw, 0, GROUP)
+    rw.chmod(0o2770)
+    token = tmp_path / "api-token"
+    token.write_text("s3cret-token\n")
+    token.chmod(0o600)
+    table = {
+        "network": "host",
+        "binds": [
+            {"path": str(rw), "target": RW_TARGET, "mode": "rw"},
+            {"path": str(ro), "mode": "ro"},
+        ],
+        "group": GROUP,
+        "umask": "007",
+        "env": {"SITE": "studio"},
+        "env_files": {"API_TOKEN": str(token)},
+        "env_pass": ["POLICY_TEST_PASS"],
+        "languages": ["python", "qube"],
+        "verbs": ["unblock"],
+        "default_limits": {"wall_seconds": 1},
+        "max_limits": {"wall_seconds": 5},
+        "users": ["admin"],
+    }
+    return table, rw, ro
+
+
+@pytest.fixture
+async def policed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Stack, Path, Path]]:
+    monkeypatch.setenv("POLICY_TEST_PASS", "passed-through")
+    table, rw, ro = admin_policy(tmp_path)
+    # A policy that only opens the network: its children start from zygotes of their own.
+    webhook = {"network": "host", "users": ["admin"]}
+    settings = stack_settings(tmp_path / "data", policies={"admin": table, "webhook": webhook})
+    async with running_stack(settings) as stack:
+        yield stack, rw, ro
+
+
+async def run(
+    stack: Stack, code: str, *, owner: str, policy: str = "", **kwargs: Any
+) -> executor_pb2.ExecuteResponse:
+    (job,) = stack.supervisor.submit([{"name": "policed", "user": owner}])
+    return await stack.client.execute_callback(
+        language=kwargs.pop("language", "python"),
+        code=code,
+        job=stack.supervisor.job(job["id"]),
+        owner=owner,
+        policy=policy,
+        timeout=60,
+        **kwargs,
+    )
+
+
+def succeeded(response: executor_pb2.ExecuteResponse) -> dict[str, Any]:
+    assert response.outcome == Outcome.OUTCOME_SUCCEEDED, (
+        response.failure.message,
+        response.stderr[-800:],
+    )
+    view: dict[str, Any] = json.loads(response.stdout)
+    return view
+
+
+async def test_binds_group_umask_and_env_only_under_the_policy(
+    policed: tuple[Stack, Path, Path],
+) -> None:
+    stack, rw, ro = policed
+    code = LOOK.replace("RW", repr(RW_TARGET)).replace("RO", repr(str(ro)))
+    view = succeeded(await run(stack, code, owner="admin", policy="admin"))
+    assert view["uid"] >= stack.settings.sandbox_uid_base, "a rw bind keeps the dedicated uid"
+    assert view["groups"] == [GROUP]
+    assert view["rw_write"] == "ok" and view["ro_write"] == 30  # EROFS
+    assert view["ro"] == ["readme.txt"]
+    assert view["env"] == {
+        "SITE": "studio",
+        "API_TOKEN": "s3cret-token",
+        "POLICY_TEST_PASS": "passed-through",
+    }
+    written = rw / "written.txt"
+    assert written.read_text() == "from the callback\n"
+    st = written.stat()
+    assert st.st_uid == view["uid"] and st.st_gid == GROUP
+    assert st.st_mode & 0o777 == 0o660, "umask 007"
+    assert not (ro / "new.txt").exists()
+
+    # The same code as anyone's job callback: no binds, no group, no variables.
+    view = succeeded(await run(stack, code, owner="bob"))
+    assert (view["rw"], view["ro"], view["groups"]) == (False, False, [])
+    assert view["rw_write"] == 2 and view["ro_write"] == 2  # ENOENT: nothing there
+    assert view["env"] == {"SITE": None, "API_TOKEN": None, "POLICY_TEST_PASS": None}
+    assert sorted(os.listdir(rw)) == ["written.txt"]
+
+
+async def test_host_network_keeps_the_ipc_namespace_and_the_syscall_filter(
+    policed: tuple[Stack, Path, Path],
+) -> None:
+    stack, _, _ = policed
+    code = CONNECT.replace("PORT", str(stack.running.port))
+    granted = succeeded(await run(stack, code, owner="admin", policy="admin"))
+    warm = succeeded(await run(stack, code, owner="admin", policy="webhook"))
+    confined = succeeded(await run(stack, code, owner="bob"))
+    assert granted["connect"] == warm["connect"] == "ok"
+    assert confined["connect"] != "ok"
+    host_ipc = os.readlink("/proc/self/ns/ipc")
+    assert host_ipc not in (granted["ipc"], warm["ipc"], confined["ipc"])
+    assert granted["seccomp"] == warm["seccomp"] == confined["seccomp"] == "2"
+    spawner = stack.running.spawner
+    assert isinstance(spawner, ZygoteSpawner)
+    assert spawner.pid_of("python", other_network=True), "the webhook policy's own zygote"
+
+
+async def test_verbs_not_granted_are_refused_with_a_clear_qb_error(
+    policed: tuple[Stack, Path, Path],
+) -> None:
+    stack, _, _ = policed
+    code = (
+        "try:\n"
+        "    qb.kill(qb.jobid())\n"
+        "except qb.PermissionDenied as err:\n"
+        "    print('refused:', err)\n"
+        "print(qb.jobinfo()[0]['status'])\n"
+    )
+    response = await run(stack, code, owner="admin", policy="admin")
+    assert response.outcome == Outcome.OUTCOME_SUCCEEDED, response.stderr
+    refused, status = response.stdout.splitlines()
+    assert "qb.kill is not allowed by the sandbox policy 'admin'" in refused
+    assert "policies.admin.verbs" in refused
+    assert status != "killed"
+    (action,) = [a for a in response.actions if a.verb == "kill"]
+    assert not action.ok
+    # Under the job policy every verb is the supervisor's to allow.
+    allowed = await run(stack, "qb.kill(qb.jobid())", owner="bob")
+    assert allowed.outcome == Outcome.OUTCOME_SUCCEEDED, allowed.stderr
+
+
+async def test_limits_are_the_policys_defaults_and_caps(
+    policed: tuple[Stack, Path, Path],
+) -> None:
+    stack, _, _ = policed
+    slow = "import time\ntime.sleep(2.5)\nprint('done')"
+    timed_out = await run(stack, slow, owner="admin", policy="admin")
+    assert timed_out.outcome == Outcome.OUTCOME_WALL_TIMEOUT, "the policy's 1 s default"
+    asked = await run(stack, slow, owner="admin", policy="admin", limits={"wall_seconds": 4})
+    assert asked.outcome == Outcome.OUTCOME_SUCCEEDED
+    with pytest.raises(ExecutorRpcError) as refused:
+        await run(stack, slow, owner="admin", policy="admin", limits={"wall_seconds": 10})
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "exceeds" in refused.value.details
+    assert (await run(stack, slow, owner="bob")).outcome == Outcome.OUTCOME_SUCCEEDED
+
+
+@pytest.mark.skipif(shutil.which("perl") is None, reason="needs perl")
+async def test_languages_not_granted_are_rejected(policed: tuple[Stack, Path, Path]) -> None:
+    stack, _, _ = policed
+    response = await run(stack, "print 'hi';", owner="admin", policy="admin", language="perl")
+    assert response.outcome == Outcome.OUTCOME_REJECTED
+    assert "policies.admin.languages" in response.failure.message
+
+
+async def test_a_caller_cannot_ask_for_a_policy_its_user_is_not_given(
+    policed: tuple[Stack, Path, Path],
+) -> None:
+    stack, _, _ = policed
+    for owner, policy in (("bob", "admin"), ("bob", "universal"), ("admin", "nonesuch")):
+        with pytest.raises(ExecutorRpcError) as denied:
+            await run(stack, "print(1)", owner=owner, policy=policy)
+        assert denied.value.code == grpc.StatusCode.PERMISSION_DENIED, (owner, policy)
+    assert "policies.admin.users" in denied.value.details or "nonesuch" in denied.value.details
+    with pytest.raises(ExecutorRpcError) as denied:
+        await run(stack, "print(1)", owner="bob", policy="admin")
+    assert "not in policies.admin.users" in denied.value.details
+    # Asking for "job" is always allowed; no name gives the owner's mapped policy.
+    assert (await run(stack, "print(1)", owner="bob", policy="job")).outcome == 1
+    records = stack.running.recorder.history.list_runs(limit=5)
+    assert {r.policy for r in records} == {"job"}
+
+
+async def test_job_callbacks_get_their_owners_policy_never_a_wider_one(
+    policed: tuple[Stack, Path, Path],
+) -> None:
+    stack, _, _ = policed
+    code = f"import os\nprint(os.path.isdir({RW_TARGET!r}))"
+    callback = {"triggers": "submit-job-self", "language": "python", "code": code}
+    bob, admin = stack.supervisor.submit(
+        [
+            {"name": "users", "user": "bob", "callbacks": [callback]},
+            {"name": "admins", "user": "admin", "callbacks": [callback]},
+        ]
+    )
+    await stack.settle()
+    history = stack.running.recorder.history
+    seen = {}
+    for job in (bob, admin):
+        (record,) = history.list_runs(job_id=job["id"])
+        full = history.get(record.invocation_id)
+        assert full is not None and full.result is not None
+        seen[job["user"]] = (record.policy, full.result.stdout.strip())
+        header = log_path(stack.settings.data_dir / "logs", job["id"]).read_text().splitlines()[0]
+        assert f"policy={record.policy}" in header
+    assert seen == {"bob": ("job", "False"), "admin": ("admin", "True")}
+
+
+SHADOW_KILL: Final = "qb.kill(qb.jobid())\nprint('asked to kill', qb.jobid())\n"
+
+
+async def test_a_shadow_universal_callback_runs_but_applies_nothing(
+    tmp_path: Path,
+) -> None:
+    callbacks = tmp_path / "callback"
+    callbacks.mkdir()
+    (callbacks / "killer.py").write_text(SHADOW_KILL)
+    (callbacks / "mail-status.qcb").write_text("mail-status\n")
+    conf = callbacks / "callbacks.conf"
+    conf.write_text(
+        "killer.py [shadow] = submit-job-self\nmail-status.qcb [shadow] = submit-job-self\n"
+    )
+    settings = stack_settings(tmp_path / "data", universal_callback_path=str(callbacks))
+    async with running_stack(settings) as stack:
+        (job,) = stack.supervisor.submit(
+            [{"name": "tried", "user": "bob", "mailaddress": "bob@example.com"}]
+        )
+        await stack.settle()
+        assert stack.supervisor.job(job["id"])["status"] != "killed"
+        mail = stack.settings.data_dir / "mail" / "new"
+        assert not mail.exists() or not list(mail.iterdir()), "a shadow run sends no mail"
+
+        listed = await stack.client.list_runs(shadow_only=True)
+        runs = {Path(run.source).name: run for run in listed.runs}
+        assert set(runs) == {"killer.py", "mail-status.qcb"}
+        killer = runs["killer.py"]
+        assert killer.shadow and killer.policy == "universal"
+        assert killer.result.outcome == Outcome.OUTCOME_SUCCEEDED
+        assert killer.result.stdout == f"asked to kill {job['id']}\n"
+        (kill,) = killer.result.actions
+        assert (kill.verb, kill.target) == ("kill", str(job["id"]))
+        assert kill.message.startswith("shadow: would kill")
+        (mailed,) = runs["mail-status.qcb"].result.actions[-1:]
+        assert (mailed.verb, mailed.target) == ("mail", "bob@example.com")
+        assert (await stack.client.list_runs(shadow_only=False)).runs[0].shadow
+
+        said = await cbexec("runs", "--shadow", address=stack.address)
+        assert said.code == 0, said.err
+        assert "(shadow)" in said.out and "would have:" in said.out
+        assert f"kill {job['id']}: shadow: would kill" in said.out
+        header = log_path(stack.settings.data_dir / "logs", job["id"]).read_text()
+        assert " shadow\n" in header
+
+        # Turning shadow off is a reload; the next job is really killed.
+        conf.write_text("killer.py = submit-job-self\n")
+        reloaded = await cbexec("triggers", "reload", address=stack.address)
+        assert reloaded.code == 0, reloaded.err
+        (second,) = stack.supervisor.submit([{"name": "real", "user": "bob"}])
+        await stack.settle()
+        assert stack.supervisor.job(second["id"])["status"] == "killed"
+        (record,) = stack.running.recorder.history.list_runs(job_id=second["id"])
+        assert not record.shadow
+
+
+async def test_a_line_or_a_directory_names_a_universal_callbacks_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POLICY_TEST_PASS", "x")
+    table, _, _ = admin_policy(tmp_path)
+    by_line = tmp_path / "by-line"
+    by_dir = tmp_path / "by-dir"
+    code = f"import os\nprint(os.path.isdir({RW_TARGET!r}))\n"
+    for directory, line in (
+        (by_line, "line.py [policy=admin] = submit-job-self\nplain.py = submit-job-self\n"),
+        (by_dir, "dir.py = submit-job-self\n"),
+    ):
+        directory.mkdir()
+        (directory / "callbacks.conf").write_text(line)
+        for name in ("line.py", "plain.py", "dir.py"):
+            (directory / name).write_text(code)
+    settings = stack_settings(
+        tmp_path / "data",
+        policies={"admin": table},
+        universal_callback_path=f"{by_line}, {by_dir} [policy=admin]",
+    )
+    async with running_stack(settings) as stack:
+        listed = await stack.client.get_universal_callbacks()
+        policies = {
+            Path(cb.source).name: cb.policy for d in listed.directories for cb in d.callbacks
+        }
+        assert policies == {"line.py": "admin", "plain.py": "universal", "dir.py": "admin"}
+        (job,) = stack.supervisor.submit([{"name": "any", "user": "bob"}])
+        await stack.settle()
+        history = stack.running.recorder.history
+        seen = {}
+        for record in history.list_runs(job_id=job["id"]):
+            full = history.get(record.invocation_id)
+            assert full is not None and full.result is not None
+            seen[Path(record.source).name] = (record.policy, full.result.stdout.strip())
+        assert seen == {
+            "line.py": ("admin", "True"),
+            "plain.py": ("universal", "False"),
+            "dir.py": ("admin", "True"),
+        }
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+async def test_the_startup_report_lists_each_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POLICY_TEST_PASS", "x")
+    table, rw, _ = admin_policy(tmp_path)
+    config = tmp_path / "cbexec.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path / "data"}"\nsandbox_uid_base = {TEST_UID_BASE}\n'
+        f"[policies.admin]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in table.items())
+    )
+    said = await cbexec("serve", "--config", str(config), "--check-config")
+    assert said.code == 0, said.err
+    lines = said.out.splitlines()
+    assert any(line.strip().startswith("policy job: no network;") for line in lines), said.out
+    assert any(line.strip().startswith("policy universal: no network;") for line in lines)
+    (admin,) = [line for line in lines if "policy admin:" in line]
+    assert "host network" in admin and f"{rw} at {RW_TARGET} rw" in admin
+    assert "env API_TOKEN,POLICY_TEST_PASS,SITE" in admin and "s3cret" not in said.out
+    assert "qb verbs unblock" in admin and "users admin" in admin
+
+
+async def test_a_policy_binding_the_data_dir_fails_start_up(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    config = tmp_path / "cbexec.toml"
+    config.write_text(
+        f'data_dir = "{data}"\n[policies.leaky]\nbinds = [{{ path = "{tmp_path}" }}]\n'
+    )
+    said = await cbexec("serve", "--config", str(config), "--check-config")
+    assert said.code != 0
+    assert f"policies.leaky.binds[0].path: {tmp_path} would expose the data dir" in said.err
+
+
+async def test_a_history_from_before_policies_is_migrated(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    with sqlite3.connect(data / "runs.db") as db:
+        db.execute(
+            "CREATE TABLE runs (invocation_id TEXT PRIMARY KEY, job_id INTEGER NOT NULL,"
+            " callback_id INTEGER NOT NULL, triggers TEXT NOT NULL, language TEXT NOT NULL,"
+            " outcome TEXT NOT NULL, started_at REAL NOT NULL, wall_seconds REAL NOT NULL,"
+            " cpu_seconds REAL NOT NULL, peak_rss_bytes INTEGER NOT NULL,"
+            " queue_seconds REAL NOT NULL, event TEXT, work_name TEXT NOT NULL,"
+            " result TEXT NOT NULL)"
+        )
+        db.execute(
+            "INSERT INTO runs VALUES ('old-run', 1, 0, '', 'python', 'SUCCEEDED', ?,"
+            " 0, 0, 0, 0, NULL, '', '{}')",
+            (time.time() - 60,),
+        )
+    async with running_stack(stack_settings(data)) as stack:
+        (old,) = stack.running.recorder.history.list_runs(limit=1)  # newest first
+        assert (old.invocation_id, old.policy, old.shadow) == ("old-run", "", False)
+        response = await run(stack, "print(1)", owner="bob")
+        assert response.outcome == Outcome.OUTCOME_SUCCEEDED
+        said = await cbexec("runs", address=stack.address)
+        assert "POLICY" in said.out.splitlines()[0] and " job " in said.out

@@ -1,0 +1,172 @@
+"""Policies as the config file gives them: resolved, checked, and who gets which."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from executor.config import Settings, validate
+from executor.errors import ConfigError, PermissionDeniedError
+from executor.policies import PolicySet, canonical_verb, for_host, resolve
+from executor.sandbox.process import SandboxOptions
+from executor.triggers.universal import UniversalConfigError, load_universal
+
+pytestmark = pytest.mark.unit
+
+DEFAULTS = Settings()
+
+
+def policies(tmp_path: Path, tables: dict[str, Any], **kwargs: Any) -> PolicySet:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(exist_ok=True)
+    return resolve(
+        tables,
+        network_host=False,
+        languages=DEFAULTS.languages,
+        default_limits=DEFAULTS.default_limits,
+        max_limits=DEFAULTS.max_limits,
+        data_dir=data_dir,
+        protected_files=kwargs.pop("protected_files", []),
+        keep=[sys.prefix],
+        environ=kwargs.pop("environ", {}),
+    )
+
+
+def refused(tmp_path: Path, tables: dict[str, Any], **kwargs: Any) -> str:
+    with pytest.raises(ConfigError) as caught:
+        policies(tmp_path, tables, **kwargs)
+    return str(caught.value)
+
+
+def test_the_built_in_policies_are_todays_confinement(tmp_path: Path) -> None:
+    found = policies(tmp_path, {})
+    assert found.names() == ["job", "universal"]
+    for name in ("job", "universal"):
+        policy = found.get(name)
+        assert not policy.host_network and not policy.binds and policy.group is None
+        assert policy.limits == (DEFAULTS.default_limits, DEFAULTS.max_limits)
+        assert policy.verbs is None and policy.umask == 0o077
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"binds": [{"path": "relative"}]}, "policies.p.binds[0].path: must be an absolute path"),
+        ({"binds": [{"path": "/nonexistent-dir"}]}, "is not an existing directory"),
+        ({"binds": [{"path": "/", "mode": "ro"}]}, "may not be /"),
+        ({"binds": [{"path": "/usr", "mode": "rwx"}]}, "policies.p.binds[0].mode: expected"),
+        ({"binds": [{"path": "/usr", "target": "/nonexistent-target"}]}, "make it on the host"),
+        ({"binds": [{"path": "/usr", "owner": "x"}]}, "unknown key 'owner'"),
+        ({"network": "lan"}, "policies.p.network: expected 'none' or 'host'"),
+        ({"group": "no-such-group-here"}, "policies.p.group: no group"),
+        ({"group": 0}, "other than root's"),
+        ({"umask": "9"}, "policies.p.umask"),
+        ({"verbs": ["destroy"]}, "policies.p.verbs: unknown qb action 'destroy'"),
+        ({"languages": ["cobol"]}, "policies.p.languages"),
+        ({"default_limits": {"wall_seconds": 99999}}, "default_limits.wall_seconds: exceeds"),
+        ({"max_limits": {"speed": 1}}, "unknown limit 'speed'"),
+        ({"env": {"PATH": "/evil"}}, "policies.p.env.PATH: not a variable a policy may set"),
+        ({"env_files": {"TOKEN": "/nonexistent-token"}}, "policies.p.env_files.TOKEN: cannot read"),
+        ({"env_pass": ["NOT_SET_HERE"]}, "is not set in the executor's environment"),
+        ({"colour": "red"}, "policies.p.colour: unknown key"),
+    ],
+)
+def test_a_malformed_policy_is_refused_naming_its_key(
+    tmp_path: Path, table: dict[str, Any], message: str
+) -> None:
+    assert message in refused(tmp_path, {"p": table})
+
+
+def test_a_bind_may_not_expose_the_data_dir_the_config_or_tls_files(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    assert "would expose the data dir" in refused(tmp_path, {"p": {"binds": [{"path": str(data)}]}})
+    assert "would expose the data dir" in refused(
+        tmp_path, {"p": {"binds": [{"path": str(tmp_path)}]}}
+    )
+    secrets = tmp_path / "etc"
+    secrets.mkdir()
+    key = secrets / "server.key"
+    key.write_text("key")
+    message = refused(
+        tmp_path, {"p": {"binds": [{"path": str(secrets)}]}}, protected_files=[str(key)]
+    )
+    assert f"would expose {key}" in message
+    target = refused(tmp_path, {"p": {"binds": [{"path": str(secrets), "target": sys.prefix}]}})
+    assert "would hide" in target
+
+
+def test_env_comes_from_the_table_files_and_the_executors_environment(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    found = policies(
+        tmp_path,
+        {
+            "p": {
+                "env": {"SITE": "studio"},
+                "env_files": {"TOKEN": str(token)},
+                "env_pass": ["TZ"],
+            }
+        },
+        environ={"TZ": "UTC", "OTHER": "no"},
+    ).get("p")
+    assert dict(found.env) == {"SITE": "studio", "TOKEN": "s3cret", "TZ": "UTC"}
+    assert "s3cret" not in repr(found) and "s3cret" not in found.grants()
+
+
+def test_verbs_are_checked_in_any_spelling() -> None:
+    assert canonical_verb("unblockwork") == "workunblock"
+    assert canonical_verb("retire") == "complete"
+    assert canonical_verb("subjobkill") == "subjobkill"
+
+
+def test_who_gets_which_policy(tmp_path: Path) -> None:
+    found = policies(tmp_path, {"admin": {"users": ["root-ops"]}, "universal": {"users": ["ci"]}})
+    assert found.for_job_callback("alice").name == "job"
+    assert found.for_job_callback("root-ops").name == "admin"
+    assert found.for_execute("root-ops", "").name == "admin"
+    assert found.for_execute("root-ops", "job").name == "job"
+    assert found.for_execute("ci", "universal").name == "universal"
+    for user, asked in (("alice", "admin"), ("alice", "universal"), ("root-ops", "nope")):
+        with pytest.raises(PermissionDeniedError):
+            found.for_execute(user, asked)
+    assert found.for_universal("").name == "universal"
+    assert found.for_universal("admin").name == "admin"
+    assert "policies.job.users" in refused(tmp_path, {"job": {"users": ["x"]}})
+
+
+def test_what_the_host_cannot_do_fails_start_up(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", policies={"p": {"network": "none"}})
+    no_namespaces = SandboxOptions(
+        site_paths=(), pid_namespace=False, network=True, grace_s=0.1, cgroups=None
+    )
+    assert for_host(settings.replace(policies={}), no_namespaces, {}).get("job").host_network
+    with pytest.raises(ConfigError, match=r"policies.p.network: 'none' needs namespaces"):
+        for_host(settings, no_namespaces, {})
+    bound = settings.replace(policies={"p": {"network": "host", "binds": [{"path": "/usr"}]}})
+    with pytest.raises(ConfigError, match=r"policies.p.binds: needs the hardened tier"):
+        for_host(bound, no_namespaces, {})
+
+
+def test_universal_callback_path_may_name_a_policy_per_directory() -> None:
+    settings = Settings(universal_callback_path="/a, /b [policy=admin]")
+    assert settings.universal_callback_policies == {Path("/a"): "", Path("/b"): "admin"}
+    assert settings.universal_callback_dirs == [Path("/a"), Path("/b")]
+    with pytest.raises(ConfigError, match="universal_callback_path"):
+        validate(Settings(universal_callback_path="/a [admin]"))
+
+
+def test_callbacks_conf_lines_name_a_policy_and_shadow(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("print(1)\n")
+    (tmp_path / "b.py").write_text("print(2)\n")
+    (tmp_path / "callbacks.conf").write_text(
+        "a.py [level, policy=admin, shadow] = done-job-self\nb.py = done-job-self\n"
+    )
+    a, b = load_universal([tmp_path], lambda _: None, policies={tmp_path: "dir-policy"})
+    assert (a.mode, a.policy, a.shadow) == ("level", "admin", True)
+    assert (b.mode, b.policy, b.shadow) == ("edge", "dir-policy", False)
+    with pytest.raises(UniversalConfigError, match="no policy 'admin'"):
+        load_universal([tmp_path], lambda _: None, known_policies=["job", "universal"])
