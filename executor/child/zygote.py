@@ -48,7 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I leaves it o
 import isolation as isolation_module
 import launcher
 import protocol  # warm for the children
-import python_bootstrap  # noqa: F401 - warm for the children
+import python_bootstrap
 import qb  # noqa: F401 - warm for the children
 
 if TYPE_CHECKING:
@@ -306,6 +306,7 @@ def main(argv: list[str]) -> int:
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(encoding="utf-8", errors="backslashreplace")  # type: ignore[union-attr]
     control = socket.socket(fileno=int(argv[1]))
+    python_bootstrap.warm_zygote()  # before serve()'s gc.freeze: shared by every child
     serve(control, private_network=private_network)
     return 0
 
