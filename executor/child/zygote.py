@@ -215,6 +215,23 @@ def _exited(pid: int, status: int, usage: resource.struct_rusage) -> bytes:
     )
 
 
+# Ancillary room for the three fds of a spawn request, computed once.
+_FDS_SPACE = socket.CMSG_SPACE(3 * 4)
+
+
+def _receive(control: socket.socket) -> tuple[bytes, list[int]]:
+    """One control message and the fds it carried (``socket.recv_fds`` without its array)."""
+    data, ancillary, _flags, _address = control.recvmsg(MAX_MESSAGE, _FDS_SPACE)
+    fds: list[int] = []
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += [
+                int.from_bytes(payload[i : i + 4], sys.byteorder)
+                for i in range(0, len(payload) - 3, 4)
+            ]
+    return data, fds
+
+
 def _reap(control: socket.socket, children: set[int]) -> None:
     while children:
         try:
@@ -249,7 +266,7 @@ def serve(control: socket.socket, *, private_network: bool = False) -> None:  # 
                 os.read(wake_r, 4096)
                 _reap(control, children)
                 continue
-            data, fds, _flags, _addr = socket.recv_fds(control, MAX_MESSAGE, 3)
+            data, fds = _receive(control)
             if not data:
                 return  # the executor is gone; our children follow via PDEATHSIG
             message: SpawnRequest = json.loads(data)
@@ -259,15 +276,15 @@ def serve(control: socket.socket, *, private_network: bool = False) -> None:  # 
                 _send(control, {"type": "failed", "id": message["id"], "error": "expected 3 fds"})
                 continue
             new_pid_namespace = message["spec"]["pid_namespace"]
-            reply: ZygoteFailed = {"type": "failed", "id": message["id"], "error": ""}
             pid = -1
+            error = ""
             try:
                 message["spec"] = shared_masks.apply(message["spec"])
             except OSError as err:
                 for fd in fds:
                     os.close(fd)
-                reply["error"] = f"could not cover the masks: {err}"
-                _send(control, reply)
+                error = f"could not cover the masks: {err}"
+                _send(control, {"type": "failed", "id": message["id"], "error": error})
                 return  # the executor starts a new zygote, or the cold path
             try:
                 launcher.prepare_filter(message["spec"]["seccomp_filter"])
@@ -276,7 +293,7 @@ def serve(control: socket.socket, *, private_network: bool = False) -> None:  # 
                 namespaces.before_fork(new=new_pid_namespace)
                 pid = os.fork()
             except OSError as err:
-                reply["error"] = str(err)
+                error = str(err)
             if pid == 0:
                 # The child leaves our objects alone (each touch is a page fault) and
                 # never returns to them: closing fds above its bridge closes their fds.
@@ -287,7 +304,7 @@ def serve(control: socket.socket, *, private_network: bool = False) -> None:  # 
                 children.add(pid)
                 control.send(_started(message["id"], pid))
             else:
-                _send(control, reply)
+                _send(control, {"type": "failed", "id": message["id"], "error": error})
         _reap(control, children)
 
 
