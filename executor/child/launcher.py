@@ -55,7 +55,18 @@ BRIDGE_FD = 3
 _libc = ctypes.CDLL(None, use_errno=True)
 # Looked up now: a zygote's children then find them made (a first lookup in a forked
 # child builds the function object on the shared heap, ~50 page faults).
-_libc.prctl, _libc.unshare  # noqa: B018
+_libc.prctl, _libc.unshare, _libc.shutdown  # noqa: B018
+SHUT_WR = 1
+
+
+def mark_end() -> None:
+    """The end mark: shut the bridge down for writing, the last act before ``_exit``.
+
+    After the done frame, exit handlers and flushed output, it tells the executor the
+    run is over: it answers at once, then kills and reaps (``process.py``). Not
+    ``socket.shutdown``: no socket object to build in a forked child.
+    """
+    _libc.shutdown(BRIDGE_FD, SHUT_WR)
 
 
 def check(result: int, what: str) -> None:

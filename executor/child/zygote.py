@@ -193,6 +193,7 @@ def _child(message: SpawnRequest, fds: list[int]) -> None:
                 stream.flush()
             except (OSError, ValueError):
                 pass
+        launcher.mark_end()  # after the exit handlers: nothing of the run's is left to do
         os._exit(code)
 
 
