@@ -1,6 +1,7 @@
 """Benchmark the executor end to end, side by side with a naive baseline and the floors.
 
-Usage: python scripts/bench.py [--rounds 5] [--runs 300] [--seconds 5] [--floor PATH] [--extras]
+Usage: python scripts/bench.py [--rounds 5] [--runs 300] [--seconds 5] [--floor PATH]
+       [--compare-loops] [--extras]
 
 The main part runs, in interleaved rounds (the machine's speed drifts; medians of the
 rounds are printed): the project (a fresh ``python -m executor serve``, default
@@ -15,7 +16,9 @@ zygotes' /proc counters), and the executor's idle RSS; then the ratios project/f
 The executor runs as users have it installed: bytecode writing on
 (``PYTHONDONTWRITEBYTECODE`` unset) and ``executor/child`` compiled to ``.pyc`` first.
 
-``--extras`` adds the older side-by-side below (one executor of each kind, once).
+``--compare-loops`` also runs the project on asyncio's event loop in each round (the
+default, ``event_loop = "auto"``, is uvloop where installed). ``--extras`` adds the
+older side-by-side below (one executor of each kind, once).
 Starts real executors (``python -m executor serve`` on 127.0.0.1, embedded supervisor)
 with the warm (zygote) and the cold (fork+exec) launcher, and measures in one run:
 
@@ -571,11 +574,11 @@ def floor_round(path: Path, runs: int, seconds: float) -> dict[str, float]:
 
 
 async def project_round(
-    supervisor: str, data_dir: Path, runs: int, seconds: float
+    supervisor: str, data_dir: Path, runs: int, seconds: float, **settings: str
 ) -> dict[str, float]:
-    """One round of the project: a fresh executor with default settings."""
+    """One round of the project: a fresh executor with default settings (or ``settings``)."""
     found: dict[str, float] = {}
-    with executor("zygote", data_dir, supervisor) as (address, proc):
+    with executor("zygote", data_dir, supervisor, **settings) as (address, proc):
         await wait_serving(address)
         await asyncio.sleep(0.5)
         found["idle_rss"] = rss_mb(proc)[0]
@@ -635,6 +638,7 @@ async def interleaved(args: argparse.Namespace, supervisor: str) -> None:
         f"floor prototype: {floor} ({floor_variant()})" if floor else "floor prototype: not found"
     )
     project: list[dict[str, float]] = []
+    on_asyncio: list[dict[str, float]] = []
     floors: list[dict[str, float]] = []
     baselines: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -643,6 +647,16 @@ async def interleaved(args: argparse.Namespace, supervisor: str) -> None:
             project.append(
                 await project_round(supervisor, Path(tmp) / f"r{round_}", args.runs, args.seconds)
             )
+            if args.compare_loops:
+                on_asyncio.append(
+                    await project_round(
+                        supervisor,
+                        Path(tmp) / f"a{round_}",
+                        args.runs,
+                        args.seconds,
+                        event_loop="asyncio",
+                    )
+                )
             if floor is not None:
                 floors.append(floor_round(floor, args.runs, args.seconds))
             line = (
@@ -655,6 +669,26 @@ async def interleaved(args: argparse.Namespace, supervisor: str) -> None:
             print(line, flush=True)
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print_interleaved(project, floors, baselines)
+    if on_asyncio:
+        print_loops(project, on_asyncio)
+
+
+def print_loops(default: list[dict[str, float]], on_asyncio: list[dict[str, float]]) -> None:
+    """The default event loop (uvloop where installed) beside asyncio's, same rounds."""
+    print(
+        f"\n{'event loop (medians of the same rounds)':<40}{'py p50':>8}{'pl p50':>8}"
+        f"{'py p99':>8}{'calls/s':>8}{'exec CPU':>9}"
+    )
+    for label, rounds in (("default (event_loop = auto)", default), ("asyncio", on_asyncio)):
+
+        def median(key: str, rounds: list[dict[str, float]] = rounds) -> float:
+            return statistics.median(r[key] for r in rounds)
+
+        print(
+            f"{label:<40}{median('python_p50'):>8.2f}{median('perl_p50'):>8.2f}"
+            f"{median('python_p99'):>8.2f}{median('rate'):>8.0f}"
+            f"{median('python_executor_cpu'):>9.2f}"
+        )
 
 
 def print_interleaved(
@@ -752,6 +786,11 @@ async def main() -> int:
     parser.add_argument("--floor", default="", help="floor_service.py (default: found nearby)")
     parser.add_argument(
         "--extras", action="store_true", help="also the older one-off side-by-side and HTTP part"
+    )
+    parser.add_argument(
+        "--compare-loops",
+        action="store_true",
+        help="each round also runs the project on asyncio's event loop",
     )
     parser.add_argument("--http-rounds", type=int, default=3)
     parser.add_argument("--only", choices=("http",), help="run only this part")

@@ -406,6 +406,11 @@ class SandboxRunner:
                         return replace(
                             early, finishing=self._finish_later(child, runtime, limits, stop)
                         )
+                    # Not answered at the mark: the exit decides, as for any run.
+                    left_s = max(0.0, limits.wall_seconds - (time.monotonic() - began))
+                    await self._wait_for_exit(child.handle, left_s, stop, evidence)
+                    if started and (evidence.timed_out or evidence.stop_reason):
+                        grace_s = self.options.grace_s
             finally:
                 if not answered_early:
                     # Every way out of the wait: shielded, so a second cancellation
@@ -530,6 +535,22 @@ class SandboxRunner:
         if pending:
             await asyncio.wait(pending, timeout=DRAIN_TIMEOUT_S)
         child.stop_serving()
+
+    @classmethod
+    async def _wait_for_exit(
+        cls, handle: ChildHandle, wall_s: float, stop: RunStop, evidence: ChildExit
+    ) -> None:
+        """Until the main process exits, the wall deadline passes, or a stop."""
+        exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def on_exit() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        handle.on_exit.append(on_exit)
+        if handle.exited.is_set():
+            on_exit()
+        await cls._wait_for_end(exited, wall_s, stop, evidence)
 
     @staticmethod
     async def _wait_for_end(
