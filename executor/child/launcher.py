@@ -60,13 +60,22 @@ SHUT_WR = 1
 
 
 def mark_end() -> None:
-    """The end mark: shut the bridge down for writing, the last act before ``_exit``.
+    """The end mark: shut the bridge down for writing, then wait for the executor.
 
     After the done frame, exit handlers and flushed output, it tells the executor the
-    run is over: it answers at once, then kills and reaps (``process.py``). Not
-    ``socket.shutdown``: no socket object to build in a forked child.
+    run is over. Waiting (a read until the executor's side closes) keeps the process
+    and its figures in /proc for the executor to read: it answers at once and then
+    kills this process, or, when it goes by the exit instead, closes its side and this
+    process goes on to ``_exit`` (``process.py``). Not ``socket.shutdown``: no socket
+    object to build in a forked child.
     """
-    _libc.shutdown(BRIDGE_FD, SHUT_WR)
+    if _libc.shutdown(BRIDGE_FD, SHUT_WR) != 0:
+        return
+    try:
+        while os.read(BRIDGE_FD, 4096):
+            pass
+    except OSError:
+        pass
 
 
 def check(result: int, what: str) -> None:

@@ -73,7 +73,8 @@ class BridgeServer:
     ``ended`` is done when the bridge is finished with (EOF, a violation, an error).
     ``end_marked``: the child sent its done frame and then shut the bridge down, in that
     order and nothing else after: how a bootstrap ends a run it has finished (its last
-    act before ``_exit``); ``on_end_mark`` hears of it at once.
+    act before ``_exit``); ``on_end_mark`` hears of it at once. The bootstrap then
+    waits for our side to close (``close``), so its process can still be read.
     """
 
     def __init__(
@@ -136,7 +137,9 @@ class BridgeServer:
                 return
             # The bridge ending between frames (or inside a header) is the callback ending.
             self.end_marked = self._result.done is not None and not self._buffer
-            self._end()
+            # After a mark the child waits for our side to close: it stays open until
+            # the runner has read the child's figures (close()).
+            self._end(shut_down=not self.end_marked)
             if self.end_marked:
                 self._on_end_mark()
             return
@@ -181,16 +184,20 @@ class BridgeServer:
         self._end()
         self._on_violation(f"the callback broke the bridge protocol: {error}")
 
-    def _end(self) -> None:
+    def _end(self, *, shut_down: bool = True) -> None:
         self._pause()
         if not self.ended.done():
             self.ended.set_result(None)
+        if shut_down:
             # The child sees EOF: a qb call after garbage fails at once instead of waiting.
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
-        """Stop serving (the run has ended): no more reading, a call in progress is cancelled."""
+        """Stop serving: no more reading, our side shut down, a call in progress cancelled.
+
+        A child waiting after its end mark goes on to exit.
+        """
         self._end()
         if self._task is not None:
             self._task.cancel()

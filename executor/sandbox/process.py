@@ -406,7 +406,9 @@ class SandboxRunner:
                         return replace(
                             early, finishing=self._finish_later(child, runtime, limits, stop)
                         )
-                    # Not answered at the mark: the exit decides, as for any run.
+                    # Not answered at the mark: the exit decides, as for any run. The
+                    # bootstrap waits for our side of the bridge to close before it exits.
+                    server.close()
                     left_s = max(0.0, limits.wall_seconds - (time.monotonic() - began))
                     await self._wait_for_exit(child.handle, left_s, stop, evidence)
                     if started and (evidence.timed_out or evidence.stop_reason):

@@ -42,8 +42,12 @@ our $mark_end_at_exit = 0;
 END {
     if ($mark_end_at_exit) {
         eval { main::flush_stdio(); 1 };
+        # Then wait until the executor closes its side (or kills this process): it
+        # reads this process's figures in /proc meanwhile.
         if (open(my $bridge, '+<&=', 3)) {    # the bridge, BRIDGE_FD
-            shutdown($bridge, 1);
+            if (shutdown($bridge, 1)) {
+                1 while sysread($bridge, my $ignored, 4096);
+            }
         }
     }
 }
