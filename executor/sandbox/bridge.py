@@ -94,6 +94,7 @@ class BridgeServer:
         self._on_end_mark = on_end_mark
         self._buffer = bytearray()
         self._reading = False
+        self._release_after_mark = False
         self._task: asyncio.Task[None] | None = None
         self.end_marked = False
         self.ended: asyncio.Future[None] = self._loop.create_future()
@@ -139,7 +140,7 @@ class BridgeServer:
             self.end_marked = self._result.done is not None and not self._buffer
             # After a mark the child waits for our side to close: it stays open until
             # the runner has read the child's figures (close()).
-            self._end(shut_down=not self.end_marked)
+            self._end(shut_down=not self.end_marked or self._release_after_mark)
             if self.end_marked:
                 self._on_end_mark()
             return
@@ -192,6 +193,12 @@ class BridgeServer:
             # The child sees EOF: a qb call after garbage fails at once instead of waiting.
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
+
+    def release_after_mark(self) -> None:
+        """From now on an end mark is not waited on: our side shuts down at once, and the child exits."""
+        self._release_after_mark = True
+        if self.end_marked:
+            self._end()
 
     def close(self) -> None:
         """Stop serving: no more reading, our side shut down, a call in progress cancelled.

@@ -586,6 +586,10 @@ class SandboxRunner:
         return child.ending
 
     async def _terminate_and_reap(self, child: _Child, grace_s: float) -> list[int]:
+        if child.server is not None:
+            # A bootstrap that makes its end mark now (its run ended by the SIGTERM, say)
+            # waits for our side of the bridge before it exits: let it, within the grace.
+            child.server.release_after_mark()
         await terminate(child.handle.pid, child.handle.exited, grace_s)
         escaped = await self._kill_escaped(child.cell)
         await self.spawner.reap(child.handle)
