@@ -24,6 +24,7 @@ sandbox falls back to RLIMIT_NPROC and RLIMIT_AS alone.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -70,10 +71,28 @@ def _hierarchies() -> dict[str, _Hierarchy]:
     return found
 
 
+def pool_name(instance: int) -> str:
+    """``cbexec-<our pid>``, and ``-<n>`` after it for a further executor in this process.
+
+    Executors in one process (tests run two side by side) must not share cells: one's
+    kill of what is left in a cell would reach the other's callbacks.
+    """
+    return f"{PREFIX}{os.getpid()}" + (f"-{instance}" if instance else "")
+
+
+def _free_pool_name(roots: list[Path]) -> str:
+    """The first pool name of this process that no hierarchy has yet."""
+    for instance in itertools.count():
+        name = pool_name(instance)
+        if not any((root / name).exists() for root in roots):
+            return name
+    raise AssertionError("unreachable")
+
+
 def _remove_stale(root: Path) -> None:
     """Remove pools left by executors that died without cleaning up."""
     for pool in root.glob(f"{PREFIX}*"):
-        owner = pool.name[len(PREFIX) :]
+        owner = pool.name[len(PREFIX) :].split("-", 1)[0]
         if owner.isdigit() and not Path(f"/proc/{owner}").exists():
             for cell in pool.glob("cell-*"):
                 _kill_and_remove(cell)
@@ -111,9 +130,9 @@ def _kill_and_remove(cgroup: Path) -> None:
         cgroup.rmdir()
 
 
-def _make_pool(controllers: list[str], hierarchy: _Hierarchy, cells: int) -> Path:
+def _make_pool(controllers: list[str], hierarchy: _Hierarchy, cells: int, name: str) -> Path:
     _remove_stale(hierarchy.root)
-    pool = hierarchy.root / f"{PREFIX}{os.getpid()}"
+    pool = hierarchy.root / name
     pool.mkdir(exist_ok=True)
     if hierarchy.v2:  # cells need the controllers enabled below the pool
         (pool / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in controllers))
@@ -143,13 +162,14 @@ class CellCgroups:
         if not memory:
             hierarchies.pop("memory", None)
         pools: dict[str, Path] = {}
+        name = _free_pool_name([h.root for h in hierarchies.values()])
         for controller, hierarchy in hierarchies.items():
             try:
                 if hierarchy.v2 and pools:  # one v2 cgroup carries both controllers
                     pools[controller] = next(iter(pools.values()))
                     continue
                 wanted = [c for c, h in hierarchies.items() if h == hierarchy]
-                pools[controller] = _make_pool(wanted, hierarchy, cells)
+                pools[controller] = _make_pool(wanted, hierarchy, cells, name)
             except OSError as err:
                 logger.info("%s cgroup unavailable (%s)", controller, err)
         if not pools:

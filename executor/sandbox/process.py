@@ -118,7 +118,11 @@ def started_by(pid: int, executor_pid: int) -> bool:
         if f"{SANDBOX_MARKER}={executor_pid}".encode() in environ.read().split(b"\0"):
             return True
     with open(f"/proc/{pid}/cgroup") as cgroups:
-        return f"/{CGROUP_PREFIX}{executor_pid}/" in cgroups.read()
+        listed = cgroups.read()
+        # cbexec-<pid>/..., or cbexec-<pid>-<n>/... (a further executor in that process)
+        return f"/{CGROUP_PREFIX}{executor_pid}/" in listed or (
+            f"/{CGROUP_PREFIX}{executor_pid}-" in listed
+        )
 
 
 def child_environment(workdir: str) -> dict[str, str]:
