@@ -105,6 +105,9 @@ class Settings:
     languages: frozenset[Language] = frozenset(Language)
     # How children start: "zygote" (fork of a warm helper process) or "cold" (fork+exec).
     launcher: str = "zygote"
+    # The service's event loop: "auto" (uvloop where installed, the `fast` extra, else
+    # asyncio's), "asyncio", "uvloop" (an error where it is not installed).
+    event_loop: str = "auto"
     # Start each slot's next child (confined, its runtime loaded) as soon as a run ends, so
     # the next run with the same limits only hands it the code.
     prepare_ahead: bool = True
@@ -371,6 +374,8 @@ def validate(settings: Settings) -> Settings:
             raise ConfigError(f"{name}: expected auto, on or off")
     if settings.launcher not in ("zygote", "cold"):
         raise ConfigError("launcher: expected zygote or cold")
+    if settings.event_loop not in ("auto", "asyncio", "uvloop"):
+        raise ConfigError("event_loop: expected auto, asyncio or uvloop")
     if settings.log_format not in ("text", "json"):
         raise ConfigError("log_format: expected text or json")
     if settings.supervisor_max_message_bytes < 256 << 10:

@@ -28,7 +28,7 @@ import collections
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol
 
@@ -199,6 +199,8 @@ class Dispatcher:
         self._runs: dict[str, _Run] = {}
         self._draining = False
         self._on_result = on_result
+        # Children of answered runs still being ended, each holding its slot.
+        self._finishing: set[asyncio.Future[None]] = set()
 
     @property
     def active(self) -> int:
@@ -288,26 +290,42 @@ class Dispatcher:
             if slot is None or run.stop.requested:  # stopped before it started
                 result = self._stopped(invocation, run.stop, ())
             else:
+                finishing: Awaitable[None] | None = None
                 try:
-                    result = await self._run_in_slot(run, slot)
+                    result, finishing = await self._run_in_slot(run, slot)
                 finally:
-                    self._slots.release(slot)
+                    if finishing is None:
+                        self._slots.release(slot)
+                    else:
+                        self._hold_slot(slot, finishing)
             result = replace(result, usage=replace(result.usage, queue_seconds=queue_s))
             self._finished(invocation, run.language, result)
         finally:
             del self._runs[invocation.invocation_id]
         return result
 
-    async def _run_in_slot(self, run: _Run, slot: int) -> RunResult:
+    def _hold_slot(self, slot: int, finishing: Awaitable[None]) -> None:
+        """Keep ``slot`` taken until the run's child has been ended (answered at its end mark)."""
+        task = asyncio.ensure_future(finishing)
+        self._finishing.add(task)
+
+        def release(_: object) -> None:
+            self._finishing.discard(task)
+            self._slots.release(slot)
+
+        task.add_done_callback(release)
+
+    async def _run_in_slot(self, run: _Run, slot: int) -> tuple[RunResult, Awaitable[None] | None]:
+        """The run's result, and what must finish before its slot is free again (or None)."""
         invocation = run.invocation
         policy = self._policy(invocation)
         host = HostApi(self._supervisor, invocation, policy)
         if run.language is Language.QUBE:
             try:
                 async with stoppable(run.stop):
-                    return await self._qube.run(invocation, host)
+                    return await self._qube.run(invocation, host), None
             except RunStopped:
-                return self._stopped(invocation, run.stop, tuple(host.actions))
+                return self._stopped(invocation, run.stop, tuple(host.actions)), None
         child = await self._runner.run(
             runtime=child_runtime(run.language),
             limits=invocation.limits,
@@ -346,7 +364,7 @@ class Dispatcher:
             failure=child.failure,
             usage=child.usage,
             actions=tuple(host.actions),
-        )
+        ), child.finishing
 
     @staticmethod
     def _stopped(
@@ -390,4 +408,6 @@ class Dispatcher:
         tasks = [run.task for run in runs if run.task is not None]
         if tasks:
             await asyncio.wait(tasks)
+        if self._finishing:
+            await asyncio.wait(list(self._finishing))
         await self._runner.close()  # the children prepared for runs that will not come

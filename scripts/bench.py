@@ -1,7 +1,24 @@
 """Benchmark the executor end to end, side by side with a naive baseline and the floors.
 
-Usage: python scripts/bench.py [--runs 200] [--seconds 5]
+Usage: python scripts/bench.py [--rounds 5] [--runs 300] [--seconds 5] [--floor PATH]
+       [--compare-loops] [--extras]
 
+The main part runs, in interleaved rounds (the machine's speed drifts; medians of the
+rounds are printed): the project (a fresh ``python -m executor serve``, default
+settings: the warm path, the full hardened tier when run as root), the naive
+``python3 -c`` baseline, and, where the floor prototype is found
+(``../shared/bench/floor_service.py`` in the repository's directory or one above it, or
+``--floor``), its ``full/prep+done+uvloop`` variant (``full/prep+done`` without uvloop).
+Per round it measures p50/p99 of trivial Python and Perl callbacks with one client,
+calls/s with 32 clients (every answer must be SUCCEEDED or RESOURCE_EXHAUSTED), the
+CPU per call of each party, minor page faults per child and per fork (from the
+zygotes' /proc counters), and the executor's idle RSS; then the ratios project/floor.
+The executor runs as users have it installed: bytecode writing on
+(``PYTHONDONTWRITEBYTECODE`` unset) and ``executor/child`` compiled to ``.pyc`` first.
+
+``--compare-loops`` also runs the project on asyncio's event loop in each round (the
+default, ``event_loop = "auto"``, is uvloop where installed). ``--extras`` adds the
+older side-by-side below (one executor of each kind, once).
 Starts real executors (``python -m executor serve`` on 127.0.0.1, embedded supervisor)
 with the warm (zygote) and the cold (fork+exec) launcher, and measures in one run:
 
@@ -80,6 +97,8 @@ def executor(
 ) -> Iterator[tuple[str, psutil.Process]]:
     port = free_port()
     env = dict(os.environ, CBEXEC_LAUNCHER=launcher, CBEXEC_MAX_QUEUE="64")
+    # As users have it: `pip install .` writes .pyc files, and so does an import.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.update({f"CBEXEC_{name.upper()}": value for name, value in settings.items()})
     proc = subprocess.Popen(
         [
@@ -230,6 +249,7 @@ async def latency(address: str, language: str, runs: int) -> list[float]:
 
 
 async def throughput(address: str, clients: int, seconds: float) -> tuple[float, int, int]:
+    """(calls/s answered SUCCEEDED, RESOURCE_EXHAUSTED refusals, anything else)."""
     done = errors = exhausted = 0
     deadline = time.perf_counter() + seconds
     async with ExecutorClient(address) as client:
@@ -238,10 +258,13 @@ async def throughput(address: str, clients: int, seconds: float) -> tuple[float,
             nonlocal done, errors, exhausted
             while time.perf_counter() < deadline:
                 try:
-                    await client.execute_callback(
+                    response = await client.execute_callback(
                         language="python", code=TRIVIAL["python"], job=JOB
                     )
-                    done += 1
+                    if response.outcome == executor_pb2.Outcome.OUTCOME_SUCCEEDED:
+                        done += 1
+                    else:
+                        errors += 1
                 except Exception as err:  # noqa: BLE001 - counted and reported
                     if "RESOURCE_EXHAUSTED" in repr(err):
                         exhausted += 1
@@ -477,13 +500,298 @@ def rss_mb(proc: psutil.Process) -> tuple[float, float]:
     return own, children
 
 
+def minor_faults(pid: int) -> tuple[int, int]:
+    """(own, reaped children's) minor page faults of ``pid``, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return int(fields[7]), int(fields[8])  # minflt, cminflt
+
+
+class FaultMeter:
+    """Minor faults per call of the zygotes (per fork) and of the children they reaped."""
+
+    def __init__(self, executor_proc: psutil.Process) -> None:
+        self._executor = executor_proc
+
+    def sample(self) -> tuple[int, int]:
+        own = children = 0
+        for child in self._executor.children():
+            if "zygote" in " ".join(child.cmdline()):
+                zygote, reaped = minor_faults(child.pid)
+                own, children = own + zygote, children + reaped
+        return own, children
+
+    def per_call(self, before: tuple[int, int], calls: int) -> tuple[float, float]:
+        now = self.sample()
+        return (now[0] - before[0]) / calls, (now[1] - before[1]) / calls
+
+
+def floor_path(given: str) -> Path | None:
+    """The floor prototype: ``given``, or ../shared/bench/floor_service.py from the repository up."""
+    if given:
+        return Path(given)
+    for parent in ROOT.parents:
+        candidate = parent / "shared" / "bench" / "floor_service.py"
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def floor_variant() -> str:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "full/prep+done"
+    return "full/prep+done+uvloop"
+
+
+def floor_round(path: Path, runs: int, seconds: float) -> dict[str, float]:
+    """One round of the floor prototype's variant (its own server, fork server and client)."""
+    import json
+
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run(
+            [
+                sys.executable,
+                str(path),
+                "--variants",
+                floor_variant(),
+                "--rounds",
+                "1",
+                "--runs",
+                str(runs),
+                "--seconds",
+                str(seconds),
+                "--json",
+                out.name,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        (result,) = json.loads(Path(out.name).read_text())[floor_variant()]
+    return {key: float(value) for key, value in result.items()}
+
+
+async def project_round(
+    supervisor: str, data_dir: Path, runs: int, seconds: float, **settings: str
+) -> dict[str, float]:
+    """One round of the project: a fresh executor with default settings (or ``settings``)."""
+    found: dict[str, float] = {}
+    with executor("zygote", data_dir, supervisor, **settings) as (address, proc):
+        await wait_serving(address)
+        await asyncio.sleep(0.5)
+        found["idle_rss"] = rss_mb(proc)[0]
+        meter, faults = CpuMeter(proc), FaultMeter(proc)
+        for language in ("python", "perl"):
+            await latency(address, language, 20)  # the zygote started, children prepared
+            cpu_before, faults_before = meter.sample(), faults.sample()
+            samples = await latency(address, language, runs)
+            # The last child's end is still under way: wait for it to be counted.
+            await asyncio.sleep(0.2)
+            cpu = meter.ms_per_call(cpu_before, runs + 1)
+            per_fork, per_child = faults.per_call(faults_before, runs + 1)
+            p50, p99 = summary(samples)
+            found.update(
+                {
+                    f"{language}_p50": p50,
+                    f"{language}_p99": p99,
+                    f"{language}_executor_cpu": cpu[0],
+                    f"{language}_zygote_cpu": cpu[1],
+                    f"{language}_client_cpu": cpu[2],
+                    f"{language}_faults_child": per_child,
+                    f"{language}_faults_fork": per_fork,
+                }
+            )
+        before = meter.sample()
+        rate, exhausted, errors = await throughput(address, 32, seconds)
+        cpu = meter.ms_per_call(before, max(1.0, rate * seconds))
+        found.update(
+            {
+                "rate": rate,
+                "exhausted": exhausted,
+                "errors": errors,
+                "executor_cpu_32": cpu[0],
+                "zygote_cpu_32": cpu[1],
+                "client_cpu_32": cpu[2],
+            }
+        )
+    return found
+
+
+def baseline_round(calls: int = 30) -> float:
+    return summary(naive_baseline(calls))[0]
+
+
+async def interleaved(args: argparse.Namespace, supervisor: str) -> None:
+    """The main part: project, baseline and floor, round by round; medians printed."""
+    floor = floor_path(args.floor)
+    compiled = subprocess.run(  # noqa: ASYNC221 - before anything runs
+        [sys.executable, "-m", "compileall", "-q", str(ROOT / "executor")], check=False
+    )
+    print(
+        "bytecode: as users have it (PYTHONDONTWRITEBYTECODE unset for the executor; "
+        f"executor/ compiled to .pyc first: {'ok' if compiled.returncode == 0 else 'FAILED'})"
+    )
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(
+        f"floor prototype: {floor} ({floor_variant()})" if floor else "floor prototype: not found"
+    )
+    project: list[dict[str, float]] = []
+    on_asyncio: list[dict[str, float]] = []
+    floors: list[dict[str, float]] = []
+    baselines: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(args.rounds):
+            baselines.append(baseline_round())
+            project.append(
+                await project_round(supervisor, Path(tmp) / f"r{round_}", args.runs, args.seconds)
+            )
+            if args.compare_loops:
+                on_asyncio.append(
+                    await project_round(
+                        supervisor,
+                        Path(tmp) / f"a{round_}",
+                        args.runs,
+                        args.seconds,
+                        event_loop="asyncio",
+                    )
+                )
+            if floor is not None:
+                floors.append(floor_round(floor, args.runs, args.seconds))
+            line = (
+                f"round {round_ + 1}: baseline {baselines[-1]:.2f} ms; project python "
+                f"{project[-1]['python_p50']:.2f} ms, perl {project[-1]['perl_p50']:.2f} ms, "
+                f"{project[-1]['rate']:.0f}/s"
+            )
+            if floors:
+                line += f"; floor {floors[-1]['p50']:.2f} ms, {floors[-1]['rate']:.0f}/s"
+            print(line, flush=True)
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print_interleaved(project, floors, baselines)
+    if on_asyncio:
+        print_loops(project, on_asyncio)
+
+
+def print_loops(default: list[dict[str, float]], on_asyncio: list[dict[str, float]]) -> None:
+    """The default event loop (uvloop where installed) beside asyncio's, same rounds."""
+    print(
+        f"\n{'event loop (medians of the same rounds)':<40}{'py p50':>8}{'pl p50':>8}"
+        f"{'py p99':>8}{'calls/s':>8}{'exec CPU':>9}"
+    )
+    for label, rounds in (("default (event_loop = auto)", default), ("asyncio", on_asyncio)):
+
+        def median(key: str, rounds: list[dict[str, float]] = rounds) -> float:
+            return statistics.median(r[key] for r in rounds)
+
+        print(
+            f"{label:<40}{median('python_p50'):>8.2f}{median('perl_p50'):>8.2f}"
+            f"{median('python_p99'):>8.2f}{median('rate'):>8.0f}"
+            f"{median('python_executor_cpu'):>9.2f}"
+        )
+
+
+def print_interleaved(
+    project: list[dict[str, float]], floors: list[dict[str, float]], baselines: list[float]
+) -> None:
+    def mine(key: str) -> float:
+        return statistics.median(r[key] for r in project)
+
+    def floor(key: str) -> float:
+        return statistics.median(r[key] for r in floors)
+
+    baseline = statistics.median(baselines)
+    print(f"\nmedians of {len(project)} interleaved rounds")
+    print(f"{'one client, trivial callback':<46}{'p50 ms':>8}{'p99 ms':>8}{'x base':>8}")
+    for language in ("python", "perl"):
+        p50, p99 = mine(f"{language}_p50"), mine(f"{language}_p99")
+        print(f"{'project: ' + language:<46}{p50:>8.2f}{p99:>8.2f}{baseline / p50:>8.1f}")
+    if floors:
+        p50 = floor("p50")
+        print(
+            f"{'floor prototype: python':<46}{p50:>8.2f}{floor('p99'):>8.2f}{baseline / p50:>8.1f}"
+        )
+    print(f"{'baseline: python3 -c per callback':<46}{baseline:>8.2f}")
+    print(f"\n{'32 clients, trivial python':<46}{'calls/s':>8}{'exh.':>8}{'other':>8}")
+    print(
+        f"{'project':<46}{mine('rate'):>8.0f}{sum(r['exhausted'] for r in project):>8.0f}"
+        f"{sum(r['errors'] for r in project):>8.0f}"
+    )
+    if floors:
+        print(f"{'floor prototype':<46}{floor('rate'):>8.0f}")
+    print(f"\n{'CPU per call (ms)':<46}{'executor':>9}{'zyg+chld':>9}{'client':>9}")
+    for language in ("python", "perl"):
+        print(
+            f"{'project: ' + language + ', 1 client':<46}{mine(language + '_executor_cpu'):>9.2f}"
+            f"{mine(language + '_zygote_cpu'):>9.2f}{mine(language + '_client_cpu'):>9.2f}"
+        )
+    print(
+        f"{'project: python, 32 clients':<46}{mine('executor_cpu_32'):>9.2f}"
+        f"{mine('zygote_cpu_32'):>9.2f}{mine('client_cpu_32'):>9.2f}"
+    )
+    if floors:
+        print(
+            f"{'floor prototype: python, 1 client':<46}{floor('server_cpu_1'):>9.2f}"
+            f"{floor('fs_cpu_1'):>9.2f}{floor('client_cpu_1'):>9.2f}"
+        )
+        print(
+            f"{'floor prototype: python, 32 clients':<46}{floor('server_cpu_32'):>9.2f}"
+            f"{floor('fs_cpu_32'):>9.2f}{floor('client_cpu_32'):>9.2f}"
+        )
+    print(
+        "  (client: the benchmark's client, and for the project also the supervisor that "
+        "receives its reports)"
+    )
+    print(f"\n{'minor page faults per call':<46}{'child':>9}{'zygote':>9}")
+    for language in ("python", "perl"):
+        print(
+            f"{'project: ' + language:<46}{mine(language + '_faults_child'):>9.0f}"
+            f"{mine(language + '_faults_fork'):>9.0f}"
+        )
+    print("  (child: the zygote's reaped children's faults; zygote: its own, per fork)")
+    print(f"\nexecutor RSS idle: {mine('idle_rss'):.1f} MiB")
+    python, perl = mine("python_p50"), mine("perl_p50")
+    checks = [
+        ("python p99 <= 12 ms", mine("python_p99") <= 12),
+        ("perl p99 <= 12 ms", mine("perl_p99") <= 12),
+        (">= 5x the python3 -c baseline (python)", baseline / python >= 5),
+        ("executor CPU per python call <= 2.5 ms", mine("python_executor_cpu") <= 2.5),
+        ("zygote + child CPU per python call <= 5 ms", mine("python_zygote_cpu") <= 5),
+        ("idle RSS <= 80 MB", mine("idle_rss") * 2**20 / 1e6 <= 80),
+        ("32 clients: only SUCCEEDED or RESOURCE_EXHAUSTED", not any(r["errors"] for r in project)),
+    ]
+    if floors:
+        print(
+            f"\nproject / floor: python p50 {python / floor('p50'):.2f}x, perl p50 "
+            f"{perl / floor('p50'):.2f}x, calls/s at 32 clients {mine('rate') / floor('rate'):.2f}x"
+        )
+        checks += [
+            ("python p50 <= 1.25x the floor", python <= 1.25 * floor("p50")),
+            ("perl p50 <= 1.25x the floor", perl <= 1.25 * floor("p50")),
+            ("32 clients >= 0.8x the floor's calls/s", mine("rate") >= 0.8 * floor("rate")),
+        ]
+    print(
+        "\ntargets:\n" + "\n".join(f"  {name}: {'met' if ok else 'NOT met'}" for name, ok in checks)
+    )
+
+
 TARGETS = {"p50": 5.0, "p99": 20.0, "throughput": 400.0, "baseline_ratio": 5.0, "idle_rss": 80.0}
 
 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    parser.add_argument("--runs", type=int, default=300, help="calls per latency sample")
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--floor", default="", help="floor_service.py (default: found nearby)")
+    parser.add_argument(
+        "--extras", action="store_true", help="also the older one-off side-by-side and HTTP part"
+    )
+    parser.add_argument(
+        "--compare-loops",
+        action="store_true",
+        help="each round also runs the project on asyncio's event loop",
+    )
     parser.add_argument("--http-rounds", type=int, default=3)
     parser.add_argument("--only", choices=("http",), help="run only this part")
     parser.add_argument(
@@ -516,6 +824,12 @@ async def main() -> int:
         await supervisor_server.stop(2.0)
         reference.close()
         print_http(results)
+        return 0
+    await interleaved(args, supervisor_address)
+    if not args.extras:
+        await supervisor_server.stop(2.0)
+        reference.close()
+        print_mechanism_costs(args.runs)
         return 0
     setups = (
         ("zygote", "zygote", {}),

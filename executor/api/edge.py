@@ -57,10 +57,15 @@ class Edge:
 
     def follow(self, storage: StorageHealth) -> None:
         """Answer NOT_SERVING while the storage cannot record results, SERVING again after."""
+        loop = asyncio.get_running_loop()
 
-        def changed(problem: str) -> None:
+        def on_loop(problem: str) -> None:
             if not self._stopping:
                 self._pending_health = asyncio.ensure_future(self.set_serving(not problem))
+
+        def changed(problem: str) -> None:
+            # Heard on whichever thread met the storage (the bookkeeping writer's, say).
+            loop.call_soon_threadsafe(on_loop, problem)
 
         storage.listeners.append(changed)
 

@@ -55,7 +55,27 @@ BRIDGE_FD = 3
 _libc = ctypes.CDLL(None, use_errno=True)
 # Looked up now: a zygote's children then find them made (a first lookup in a forked
 # child builds the function object on the shared heap, ~50 page faults).
-_libc.prctl, _libc.unshare  # noqa: B018
+_libc.prctl, _libc.unshare, _libc.shutdown  # noqa: B018
+SHUT_WR = 1
+
+
+def mark_end() -> None:
+    """The end mark: shut the bridge down for writing, then wait for the executor.
+
+    After the done frame, exit handlers and flushed output, it tells the executor the
+    run is over. Waiting (a read until the executor's side closes) keeps the process
+    and its figures in /proc for the executor to read: it answers at once and then
+    kills this process, or, when it goes by the exit instead, closes its side and this
+    process goes on to ``_exit`` (``process.py``). Not ``socket.shutdown``: no socket
+    object to build in a forked child.
+    """
+    if _libc.shutdown(BRIDGE_FD, SHUT_WR) != 0:
+        return
+    try:
+        while os.read(BRIDGE_FD, 4096):
+            pass
+    except OSError:
+        pass
 
 
 def check(result: int, what: str) -> None:

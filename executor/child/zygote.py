@@ -48,7 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I leaves it o
 import isolation as isolation_module
 import launcher
 import protocol  # warm for the children
-import python_bootstrap  # noqa: F401 - warm for the children
+import python_bootstrap
 import qb  # noqa: F401 - warm for the children
 
 if TYPE_CHECKING:
@@ -193,6 +193,7 @@ def _child(message: SpawnRequest, fds: list[int]) -> None:
                 stream.flush()
             except (OSError, ValueError):
                 pass
+        launcher.mark_end()  # after the exit handlers: nothing of the run's is left to do
         os._exit(code)
 
 
@@ -213,6 +214,23 @@ def _exited(pid: int, status: int, usage: resource.struct_rusage) -> bytes:
         usage.ru_utime + usage.ru_stime,
         usage.ru_maxrss,
     )
+
+
+# Ancillary room for the three fds of a spawn request, computed once.
+_FDS_SPACE = socket.CMSG_SPACE(3 * 4)
+
+
+def _receive(control: socket.socket) -> tuple[bytes, list[int]]:
+    """One control message and the fds it carried (``socket.recv_fds`` without its array)."""
+    data, ancillary, _flags, _address = control.recvmsg(MAX_MESSAGE, _FDS_SPACE)
+    fds: list[int] = []
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += [
+                int.from_bytes(payload[i : i + 4], sys.byteorder)
+                for i in range(0, len(payload) - 3, 4)
+            ]
+    return data, fds
 
 
 def _reap(control: socket.socket, children: set[int]) -> None:
@@ -249,7 +267,7 @@ def serve(control: socket.socket, *, private_network: bool = False) -> None:  # 
                 os.read(wake_r, 4096)
                 _reap(control, children)
                 continue
-            data, fds, _flags, _addr = socket.recv_fds(control, MAX_MESSAGE, 3)
+            data, fds = _receive(control)
             if not data:
                 return  # the executor is gone; our children follow via PDEATHSIG
             message: SpawnRequest = json.loads(data)
@@ -259,15 +277,15 @@ def serve(control: socket.socket, *, private_network: bool = False) -> None:  # 
                 _send(control, {"type": "failed", "id": message["id"], "error": "expected 3 fds"})
                 continue
             new_pid_namespace = message["spec"]["pid_namespace"]
-            reply: ZygoteFailed = {"type": "failed", "id": message["id"], "error": ""}
             pid = -1
+            error = ""
             try:
                 message["spec"] = shared_masks.apply(message["spec"])
             except OSError as err:
                 for fd in fds:
                     os.close(fd)
-                reply["error"] = f"could not cover the masks: {err}"
-                _send(control, reply)
+                error = f"could not cover the masks: {err}"
+                _send(control, {"type": "failed", "id": message["id"], "error": error})
                 return  # the executor starts a new zygote, or the cold path
             try:
                 launcher.prepare_filter(message["spec"]["seccomp_filter"])
@@ -276,7 +294,7 @@ def serve(control: socket.socket, *, private_network: bool = False) -> None:  # 
                 namespaces.before_fork(new=new_pid_namespace)
                 pid = os.fork()
             except OSError as err:
-                reply["error"] = str(err)
+                error = str(err)
             if pid == 0:
                 # The child leaves our objects alone (each touch is a page fault) and
                 # never returns to them: closing fds above its bridge closes their fds.
@@ -287,7 +305,7 @@ def serve(control: socket.socket, *, private_network: bool = False) -> None:  # 
                 children.add(pid)
                 control.send(_started(message["id"], pid))
             else:
-                _send(control, reply)
+                _send(control, {"type": "failed", "id": message["id"], "error": error})
         _reap(control, children)
 
 
@@ -306,6 +324,7 @@ def main(argv: list[str]) -> int:
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(encoding="utf-8", errors="backslashreplace")  # type: ignore[union-attr]
     control = socket.socket(fileno=int(argv[1]))
+    python_bootstrap.warm_zygote()  # before serve()'s gc.freeze: shared by every child
     serve(control, private_network=private_network)
     return 0
 

@@ -7,10 +7,12 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from executor import config, logs
 from executor.cli.connection import EXIT_OK, EXIT_USAGE
+from executor.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -94,5 +96,26 @@ def _serve(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         print("ok: start-up would succeed with these settings")
         return EXIT_OK
-    asyncio.run(server.serve_forever(settings))
+    with asyncio.Runner(loop_factory=event_loop_factory(settings.event_loop)) as runner:
+        runner.run(server.serve_forever(settings))
     return EXIT_OK
+
+
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The ``event_loop`` setting's loop: uvloop's (the ``fast`` extra) or asyncio's (None).
+
+    uvloop runs the service's own loop work (the gRPC server's callbacks, the runners'
+    readers, timers) in C: measured in ``scripts/bench.py``, see the README's Performance.
+    """
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]  # the fast extra
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError(
+                "event_loop: uvloop is not installed (pip install 'qb-callback-executor[fast]')"
+            ) from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory

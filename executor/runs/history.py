@@ -19,11 +19,13 @@ now at most a few ms every 50.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -183,6 +185,11 @@ class RunHistory:
         self._since_prune = 0
         self._path = str(path)
         self._health = health
+        # The connection is shared by the event loop (reads) and the bookkeeping thread
+        # (writes, ``record_many``): one at a time.
+        self._lock = threading.RLock()
+        # Called before each read: the Recorder's writer flushes the runs it still holds.
+        self.before_read: Callable[[], object] = lambda: None
         self._db: Db
         self._checkpoints: BackgroundCheckpoints | NoCheckpoints
         if is_postgres(self._path):
@@ -218,11 +225,36 @@ class RunHistory:
                 self._db.execute(f"ALTER TABLE runs ADD COLUMN {name} {declaration}")
 
     def close(self) -> None:
-        self._checkpoints.close()
-        self._db.close()
+        with self._lock:
+            self._checkpoints.close()
+            self._db.close()
 
     def record(self, invocation: Invocation, result: RunResult, started_at: float) -> None:
         """Store one finished run (a repeated invocation id replaces the earlier run)."""
+        self.record_many([(invocation, result, started_at)])
+
+    def record_many(self, runs: Sequence[tuple[Invocation, RunResult, float]]) -> None:
+        """Store finished runs in one transaction: one commit for all (group commit)."""
+        with self._lock:
+            replaced = 0
+            with writing(self._path, self._health):
+                self._db.execute("BEGIN")
+                try:
+                    for invocation, result, started_at in runs:
+                        replaced += self._insert(invocation, result, started_at)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(Exception):  # the store's own error, either kind
+                        self._db.execute("ROLLBACK")
+                    raise
+            self._checkpoints.committed()
+            self._runs += len(runs) - replaced
+            self._since_prune += len(runs)
+            if self._since_prune >= self._prune_every:
+                self.prune()
+
+    def _insert(self, invocation: Invocation, result: RunResult, started_at: float) -> int:
+        """Insert one run (in the caller's transaction); 1 when it replaced an earlier one."""
         usage = result.usage
         # In a fleet other replicas record too: the count is taken afresh at each prune
         # instead, and a run costs one round trip to PostgreSQL, not two.
@@ -233,40 +265,34 @@ class RunHistory:
                 "SELECT 1 FROM runs WHERE invocation_id = ?", (result.invocation_id,)
             ).fetchone()
         )
-        with writing(self._path, self._health):
-            self._db.execute(
-                "INSERT INTO runs (invocation_id"  # noqa: S608 - our columns
-                ", job_id, callback_id, triggers, language,"
-                " outcome, started_at, wall_seconds, cpu_seconds, peak_rss_bytes, queue_seconds,"
-                " event, work_name, result, source, policy, shadow)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                f" ON CONFLICT (invocation_id) DO UPDATE SET {_REPLACE}",
-                (
-                    result.invocation_id,
-                    invocation.job_id,
-                    invocation.callback.id,
-                    invocation.callback.triggers,
-                    invocation.callback.language,
-                    result.outcome.value,
-                    started_at,
-                    usage.wall_seconds,
-                    usage.cpu_seconds,
-                    usage.peak_rss_bytes,
-                    usage.queue_seconds,
-                    _event_json(invocation.event),
-                    invocation.work_name,
-                    result_to_json(result),
-                    invocation.callback.source,
-                    invocation.policy,
-                    int(invocation.shadow),
-                ),
-            )
-        self._checkpoints.committed()
-        if replaces is None:
-            self._runs += 1
-        self._since_prune += 1
-        if self._since_prune >= self._prune_every:
-            self.prune()
+        self._db.execute(
+            "INSERT INTO runs (invocation_id"  # noqa: S608 - our columns
+            ", job_id, callback_id, triggers, language,"
+            " outcome, started_at, wall_seconds, cpu_seconds, peak_rss_bytes, queue_seconds,"
+            " event, work_name, result, source, policy, shadow)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+            f" ON CONFLICT (invocation_id) DO UPDATE SET {_REPLACE}",
+            (
+                result.invocation_id,
+                invocation.job_id,
+                invocation.callback.id,
+                invocation.callback.triggers,
+                invocation.callback.language,
+                result.outcome.value,
+                started_at,
+                usage.wall_seconds,
+                usage.cpu_seconds,
+                usage.peak_rss_bytes,
+                usage.queue_seconds,
+                _event_json(invocation.event),
+                invocation.work_name,
+                result_to_json(result),
+                invocation.callback.source,
+                invocation.policy,
+                int(invocation.shadow),
+            ),
+        )
+        return 0 if replaces is None else 1
 
     def list_runs(
         self,
@@ -304,17 +330,21 @@ class RunHistory:
         if where:
             query += " WHERE " + " AND ".join(where)
         query += " ORDER BY started_at DESC, rowid DESC LIMIT ?"
-        rows = self._db.execute(query, (*args, limit)).fetchall()
+        self.before_read()
+        with self._lock:
+            rows = self._db.execute(query, (*args, limit)).fetchall()
         if shadow_only:
             return [self._record(row, result=result_from_json(row["result"])) for row in rows]
         return [self._record(row) for row in rows]
 
     def get(self, invocation_id: str) -> RunRecord | None:
         """One run with its whole result, or None when unknown (or pruned)."""
-        row = self._db.execute(
-            f"SELECT {_SUMMARY_COLUMNS}, result FROM runs WHERE invocation_id = ?",  # noqa: S608
-            (invocation_id,),
-        ).fetchone()
+        self.before_read()
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_SUMMARY_COLUMNS}, result FROM runs WHERE invocation_id = ?",  # noqa: S608
+                (invocation_id,),
+            ).fetchone()
         if row is None:
             return None
         return self._record(row, result=result_from_json(row["result"]))
@@ -322,29 +352,40 @@ class RunHistory:
     def ids_starting_with(self, prefix: str, limit: int = 3) -> list[str]:
         """Up to ``limit`` invocation ids that start with ``prefix`` (taken literally)."""
         if isinstance(self._db, PgDb):
-            rows = self._db.execute(
+            query = (
                 "SELECT invocation_id FROM runs WHERE starts_with(invocation_id, ?)"
-                " ORDER BY invocation_id LIMIT ?",
-                (prefix, limit),
-            ).fetchall()
-            return [row["invocation_id"] for row in rows]
-        # GLOB, not LIKE: a prefix's "_" and "%" are characters here, not wildcards.
-        pattern = "".join(f"[{c}]" if c in "*?[" else c for c in prefix) + "*"
-        rows = self._db.execute(
-            "SELECT invocation_id FROM runs WHERE invocation_id GLOB ? ORDER BY invocation_id"
-            " LIMIT ?",
-            (pattern, limit),
-        ).fetchall()
+                " ORDER BY invocation_id LIMIT ?"
+            )
+            wanted = prefix
+        else:
+            # GLOB, not LIKE: a prefix's "_" and "%" are characters here, not wildcards.
+            query = (
+                "SELECT invocation_id FROM runs WHERE invocation_id GLOB ? ORDER BY invocation_id"
+                " LIMIT ?"
+            )
+            wanted = "".join(f"[{c}]" if c in "*?[" else c for c in prefix) + "*"
+        self.before_read()
+        with self._lock:
+            rows = self._db.execute(query, (wanted, limit)).fetchall()
         return [row["invocation_id"] for row in rows]
 
     def count(self) -> int:
+        self.before_read()
+        with self._lock:
+            return self._count()
+
+    def _count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM runs").fetchone()[0])
 
     def prune(self) -> int:
         """Drop runs past the retention age, then the oldest beyond ``max_runs``."""
+        with self._lock:
+            return self._prune()
+
+    def _prune(self) -> int:
         self._since_prune = 0
         if isinstance(self._db, PgDb):
-            self._runs = self.count()
+            self._runs = self._count()  # not count(): the writer thread prunes, mid-flush
         cutoff = self._clock() - self._retention_s
         by_age = self._db.execute("DELETE FROM runs WHERE started_at < ?", (cutoff,)).rowcount
         self._runs -= by_age

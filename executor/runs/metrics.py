@@ -173,6 +173,8 @@ class Metrics:
         # Prometheus client exposes them: what the run counters cost the host.
         ProcessCollector(registry=self.registry)
         self._read: Callable[[], Readings] | None = None
+        # Called before the counters are read: the Recorder's writer flushes its queue.
+        self.before_read: Callable[[], object] = lambda: None
 
     def observe(self, result: RunResult, *, language: str = "", source: str = "execute") -> None:
         """Count one finished run (its outcome, latencies and CPU)."""
@@ -192,6 +194,7 @@ class Metrics:
 
     def refresh(self) -> Readings:
         """Take the readings now and hand them over (call on the event loop only)."""
+        self.before_read()
         if self._read is not None:
             self.update(self._read())
         return self._readings.latest
@@ -206,6 +209,7 @@ class Metrics:
 
     def snapshot(self) -> MetricsSnapshot:
         """The counters and histograms now, with the last readings handed over."""
+        self.before_read()
         runs: Tally[tuple[str, str, str]] = Tally()
         for sample in _samples(self._runs, "_total"):
             labels = sample.labels

@@ -2,14 +2,14 @@
 
 Order matters: the outbox commit comes first, before the caller gets its answer, so
 once any trace of a run exists the supervisor is sure to hear of it. The other sinks
-are bookkeeping, written in the event loop's next turn: off the answer's path, but
-before any later request is handled. One that fails (disk full, a bad path) is logged
+are bookkeeping, written by one thread (``bookkeeping.BookkeepingWriter``): off the
+event loop, several runs per history commit under load, and flushed before anything
+reads the history or the metrics. One that fails (disk full, a bad path) is logged
 and skipped, and never costs the caller its answer or the other sinks their entry.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from executor.config import Settings
 from executor.model import Invocation, RunResult
+from executor.runs.bookkeeping import BookkeepingWriter
 from executor.runs.callback_log import CallbackLog
 from executor.runs.history import RunHistory
 from executor.runs.metrics import Metrics
@@ -55,6 +56,10 @@ class Recorder:
         self.outbox = outbox
         self._encode_report = encode_report
         self._clock = clock
+        self._writer = BookkeepingWriter(history, callback_log, metrics)
+        # A reader of either never misses a run that was answered.
+        history.before_read = self._writer.flush
+        metrics.before_read = self._writer.flush
 
     @classmethod
     def open(
@@ -111,39 +116,11 @@ class Recorder:
             except StorageError as err:
                 logger.error("result of %s could NOT be recorded: %s", result.invocation_id, err)
                 unrecorded = err
-        started_at = now - result.usage.wall_seconds
-        sinks: tuple[tuple[str, Callable[[], object]], ...] = (
-            ("history", lambda: self.history.record(invocation, result, started_at)),
-            ("callback log", lambda: self.callback_log.append(invocation, result, now)),
-            (
-                "metrics",
-                lambda: self.metrics.observe(
-                    result, language=invocation.callback.language, source=invocation.source
-                ),
-            ),
+        self._writer.submit(
+            invocation, result, ended_at=now, started_at=now - result.usage.wall_seconds
         )
-        try:
-            # After the caller's answer is on its way, yet before any request that comes
-            # after it is handled (the event loop runs its callbacks in order).
-            asyncio.get_running_loop().call_soon(self._write_bookkeeping, result, sinks)
-        except RuntimeError:  # no event loop: a synchronous caller
-            self._write_bookkeeping(result, sinks)
         if unrecorded is not None:
             raise unrecorded
-
-    @staticmethod
-    def _write_bookkeeping(
-        result: RunResult, sinks: tuple[tuple[str, Callable[[], object]], ...]
-    ) -> None:
-        for name, write in sinks:
-            try:
-                write()
-            except (StorageError, OSError) as err:  # the disk, not us: one line is enough
-                logger.warning(
-                    "run %s: the %s was not written: %s", result.invocation_id, name, err
-                )
-            except Exception:
-                logger.exception("run %s: writing the %s failed", result.invocation_id, name)
 
     def start(self) -> None:
         """Start delivering results (needs the running event loop)."""
@@ -162,4 +139,5 @@ class Recorder:
                     self.outbox.pending(),
                 )
             await self.outbox.close()
+        self._writer.close()
         self.history.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -20,6 +21,8 @@ from executor.child.protocol import CallFrame, ChildFrame, ReplyFrame
 from executor.sandbox.exit_status import ChildExit
 
 READ_CHUNK: Final = 64 << 10
+
+logger = logging.getLogger(__name__)
 
 # Answers one qb call of the child (the run's HostApi.serve_frame).
 CallHandler = Callable[[CallFrame], Awaitable[ReplyFrame]]
@@ -32,7 +35,7 @@ class BridgeViolation(Exception):
 def send_now(sock: socket.socket, frame: bytes) -> bytes:
     """Write what the socket takes without blocking; returns the rest.
 
-    The start frame goes out before any task is scheduled, so a prepared child starts
+    The start frame goes out before anything else is set up, so a prepared child starts
     on the callback while the executor is still setting up its readers.
     """
     try:
@@ -43,68 +46,166 @@ def send_now(sock: socket.socket, frame: bytes) -> bytes:
         return frame  # the child is gone; the bridge task meets the same error and stops
 
 
-async def _next_frame(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, buffer: bytearray
-) -> ChildFrame | None:
-    """The child's next frame, checked (what is read beyond it stays in ``buffer``); None at its end.
-
-    The bridge ending between frames, or inside a header, is the callback ending.
-    """
+def _next_frame(buffer: bytearray) -> ChildFrame | None:
+    """The child's next whole frame in ``buffer``, checked and taken out of it; None if incomplete."""
     header = protocol.HEADER.size
-    size = -1
-    while True:
-        if size < 0 and len(buffer) >= header:
-            (size,) = protocol.HEADER.unpack_from(buffer)
-            if size > protocol.MAX_CHILD_FRAME_BYTES:
-                raise BridgeViolation(f"frame of {size} bytes exceeds the 1 MiB frame limit")
-        if 0 <= size <= len(buffer) - header:
-            body = bytes(buffer[header : header + size])
-            del buffer[: header + size]
-            return protocol.parse_child_frame(body)
-        chunk = await loop.sock_recv(sock, READ_CHUNK)
-        if not chunk:
-            if size >= 0:
-                raise protocol.FrameError("the bridge closed inside a frame")
-            return None
-        buffer += chunk
+    if len(buffer) < header:
+        return None
+    (size,) = protocol.HEADER.unpack_from(buffer)
+    if size > protocol.MAX_CHILD_FRAME_BYTES:
+        raise BridgeViolation(f"frame of {size} bytes exceeds the 1 MiB frame limit")
+    if len(buffer) - header < size:
+        return None
+    body = bytes(buffer[header : header + size])
+    del buffer[: header + size]
+    return protocol.parse_child_frame(body)
 
 
-async def serve_bridge(
-    sock: socket.socket,
-    unsent: bytes,
-    on_call: CallHandler,
-    result: ChildExit,
-    on_violation: Callable[[str], object],
-) -> None:
+class BridgeServer:
     """Finish sending the start frame, answer calls, keep the done frame; stop on EOF or garbage.
 
-    A frame that breaks the protocol is a violation: it is kept as ``bridge_error`` and
-    ``on_violation`` hears of it (the runner ends the run: a callback that forges frames
-    gets no further say). On the socket itself, not asyncio streams: a run exchanges
-    one or two frames, and a transport with its reader and writer cost more.
+    Served from an event loop reader callback; a task only while a qb call is answered
+    (the child waits for its reply, so nothing is read meanwhile). A frame that breaks
+    the protocol is a violation: it is kept as ``bridge_error`` and ``on_violation``
+    hears of it (the runner ends the run: a callback that forges frames gets no further
+    say). On the socket itself, not asyncio streams: a run exchanges one or two frames.
+
+    ``ended`` is done when the bridge is finished with (EOF, a violation, an error).
+    ``end_marked``: the child sent its done frame and then shut the bridge down, in that
+    order and nothing else after: how a bootstrap ends a run it has finished (its last
+    act before ``_exit``); ``on_end_mark`` hears of it at once. The bootstrap then
+    waits for our side to close (``close``), so its process can still be read.
     """
-    loop = asyncio.get_running_loop()
-    buffer = bytearray()
-    try:
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        unsent: bytes,
+        on_call: CallHandler,
+        result: ChildExit,
+        on_violation: Callable[[str], object],
+        on_end_mark: Callable[[], object],
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._sock = sock
+        self._on_call = on_call
+        self._result = result
+        self._on_violation = on_violation
+        self._on_end_mark = on_end_mark
+        self._buffer = bytearray()
+        self._reading = False
+        self._release_after_mark = False
+        self._task: asyncio.Task[None] | None = None
+        self.end_marked = False
+        self.ended: asyncio.Future[None] = self._loop.create_future()
         if unsent:
-            await loop.sock_sendall(sock, unsent)
-        while (frame := await _next_frame(loop, sock, buffer)) is not None:
-            if frame["type"] == "call":
-                result.calls += 1
-                await loop.sock_sendall(sock, protocol.encode(await on_call(frame)))
-            elif result.done is not None:
-                raise BridgeViolation("a second done frame")
-            else:
-                result.done = frame
-    except BridgeViolation as err:
-        result.bridge_error = str(err)
-    except protocol.FrameError as err:
-        result.bridge_error = f"malformed frame: {err}"
-    except (ConnectionError, BrokenPipeError):
-        pass  # the callback went away mid-reply
-    finally:
-        # The child sees EOF: a qb call after garbage fails at once instead of waiting.
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-    if result.bridge_error:
-        on_violation(f"the callback broke the bridge protocol: {result.bridge_error}")
+            self._task = self._loop.create_task(self._send(unsent))
+        else:
+            self._read()
+
+    def _read(self) -> None:
+        if not self._reading and not self.ended.done():
+            self._reading = True
+            self._loop.add_reader(self._sock, self._on_readable)
+
+    def _pause(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._sock)
+
+    async def _send(self, data: bytes) -> None:
+        try:
+            await self._loop.sock_sendall(self._sock, data)
+        except OSError:
+            self._end()  # the callback went away
+            return
+        self._task = None
+        self._read()
+
+    def _on_readable(self) -> None:
+        try:
+            chunk = self._sock.recv(READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._end()  # the callback went away mid-frame
+            return
+        if not chunk:
+            if len(self._buffer) >= protocol.HEADER.size:
+                self._violated(
+                    f"malformed frame: {protocol.FrameError('the bridge closed inside a frame')}"
+                )
+                return
+            # The bridge ending between frames (or inside a header) is the callback ending.
+            self.end_marked = self._result.done is not None and not self._buffer
+            # After a mark the child waits for our side to close: it stays open until
+            # the runner has read the child's figures (close()).
+            self._end(shut_down=not self.end_marked or self._release_after_mark)
+            if self.end_marked:
+                self._on_end_mark()
+            return
+        self._buffer += chunk
+        self._take_frames()
+
+    def _take_frames(self) -> None:
+        try:
+            while (frame := _next_frame(self._buffer)) is not None:
+                if frame["type"] == "call":
+                    self._result.calls += 1
+                    self._pause()  # the child waits for the reply
+                    self._task = self._loop.create_task(self._answer(frame))
+                    return
+                if self._result.done is not None:
+                    raise BridgeViolation("a second done frame")
+                self._result.done = frame
+        except BridgeViolation as err:
+            self._violated(str(err))
+        except protocol.FrameError as err:
+            self._violated(f"malformed frame: {err}")
+
+    async def _answer(self, frame: CallFrame) -> None:
+        try:
+            reply = await self._on_call(frame)
+        except Exception:
+            logger.exception("answering a qb call failed; the run's bridge is closed")
+            self._end()
+            return
+        try:
+            await self._loop.sock_sendall(self._sock, protocol.encode(reply))
+        except OSError:
+            self._end()  # the callback went away mid-reply
+            return
+        self._task = None
+        self._take_frames()
+        if self._task is None:
+            self._read()
+
+    def _violated(self, error: str) -> None:
+        self._result.bridge_error = error
+        self._end()
+        self._on_violation(f"the callback broke the bridge protocol: {error}")
+
+    def _end(self, *, shut_down: bool = True) -> None:
+        self._pause()
+        if not self.ended.done():
+            self.ended.set_result(None)
+        if shut_down:
+            # The child sees EOF: a qb call after garbage fails at once instead of waiting.
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+
+    def release_after_mark(self) -> None:
+        """From now on an end mark is not waited on: our side shuts down at once, and the child exits."""
+        self._release_after_mark = True
+        if self.end_marked:
+            self._end()
+
+    def close(self) -> None:
+        """Stop serving: no more reading, our side shut down, a call in progress cancelled.
+
+        A child waiting after its end mark goes on to exit.
+        """
+        self._end()
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None

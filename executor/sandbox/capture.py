@@ -48,26 +48,48 @@ class CapturedStream:
         return encoded[: self.cap].decode("utf-8", errors="ignore")
 
 
-async def read_stream(fd: int, sink: CapturedStream) -> None:
-    """Read the pipe ``fd`` into ``sink`` until EOF (every writer's end is closed)."""
-    loop = asyncio.get_running_loop()
-    eof = loop.create_future()
+class PipeReader:
+    """Reads the pipe ``fd`` into ``sink`` from an event loop reader callback until EOF.
 
-    def on_readable() -> None:
+    A plain callback, not a task per pipe: a run has two pipes, and a task each cost
+    more than the reading. ``eof`` is done once every writer's end is closed.
+    """
+
+    __slots__ = ("_fd", "_loop", "_sink", "eof")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, sink: CapturedStream) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._sink = sink
+        self.eof: asyncio.Future[None] = loop.create_future()
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, self._on_readable)
+
+    def _on_readable(self) -> None:
+        self._read_once()
+
+    def _read_once(self) -> bool:
+        """One read; False when there is nothing more to read now."""
         try:
-            chunk = os.read(fd, READ_CHUNK)
+            chunk = os.read(self._fd, READ_CHUNK)
         except BlockingIOError:
-            return
+            return False
         except OSError:
             chunk = b""
-        if chunk:
-            sink.feed(chunk)
-        elif not eof.done():
-            eof.set_result(None)
+        if not chunk:
+            self.close()
+            return False
+        self._sink.feed(chunk)
+        return True
 
-    os.set_blocking(fd, False)
-    loop.add_reader(fd, on_readable)
-    try:
-        await eof
-    finally:
-        loop.remove_reader(fd)
+    def drain(self, max_reads: int = 64) -> None:
+        """Read what the pipe holds now (a full pipe is one read), without waiting for more."""
+        for _ in range(max_reads):
+            if self.eof.done() or not self._read_once():
+                return
+
+    def close(self) -> None:
+        """Stop reading (EOF, or given up); the fd stays open, it is the caller's."""
+        if not self.eof.done():
+            self.eof.set_result(None)
+            self._loop.remove_reader(self._fd)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -86,6 +87,9 @@ class SandboxResult:
     done: DoneFrame | None = None
     bridge_error: str = ""
     escaped_pids: tuple[int, ...] = ()
+    # A run answered at its child's end mark: the kill, reap and release still under way
+    # (``SandboxRunner.run``); whoever holds the run's slot keeps it until this is done.
+    finishing: Awaitable[None] | None = field(default=None, compare=False)
 
 
 def _bounded(failure: Failure | None) -> Failure | None:
@@ -156,7 +160,8 @@ def _hit_cpu_limit(child: ChildExit, limits: Limits) -> bool:
 _EXIT_OF_STATUS: Final = {"ok": 0, "exception": 1, "memory": 1, "rejected": EXIT_BAD_START}
 
 
-def _expected_exit(done: DoneFrame) -> int:
+def expected_exit(done: DoneFrame) -> int:
+    """The exit status (0-255) a process that sent ``done`` ends with."""
     if done["status"] == "exit":
         return done.get("exit_code", 0) & 0xFF
     return _EXIT_OF_STATUS[done["status"]]
@@ -201,7 +206,7 @@ def _classify_exit(child: ChildExit, limits: Limits) -> tuple[Outcome, Failure |
             f"the callback was killed by {describe_signal(child.signal)}"
         )
     done = child.done
-    if done is not None and child.exit_code == _expected_exit(done):
+    if done is not None and child.exit_code == expected_exit(done):
         believed = _classify_done(done, child, limits)
         if believed is not None:
             return believed

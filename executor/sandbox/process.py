@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import secrets
 import shutil
 import socket
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Final
 
 from executor.child import protocol
@@ -38,14 +40,15 @@ from executor.model import Limits
 from executor.policies import DEFAULT_UMASK, Policy
 from executor.runtimes.child import CHILD_RUNTIMES, ChildRuntime
 from executor.sandbox import limits as sandbox_limits
-from executor.sandbox.bridge import CallHandler, send_now, serve_bridge
-from executor.sandbox.capture import CapturedStream, read_stream
+from executor.sandbox.bridge import BridgeServer, CallHandler, send_now
+from executor.sandbox.capture import CapturedStream, PipeReader
 from executor.sandbox.cgroup import PREFIX as CGROUP_PREFIX
 from executor.sandbox.cgroup import CellCgroups
-from executor.sandbox.exit_status import ChildExit, SandboxResult, sandbox_result
+from executor.sandbox.exit_status import ChildExit, SandboxResult, expected_exit, sandbox_result
 from executor.sandbox.lifecycle import RunStop, has_ended, terminate
 from executor.sandbox.netns import EmptyNetwork
 from executor.sandbox.spawners import ChildHandle, Spawner
+from executor.sandbox.usage import live_usage
 
 logger = logging.getLogger(__name__)
 
@@ -157,9 +160,20 @@ class _Child:
     bridge: socket.socket
     # Ending it: started once, by whichever path gets there first (see _end).
     ending: asyncio.Task[list[int]] | None = None
+    # While it runs: the readers of its stdout and stderr, and the bridge's server.
+    pipes: tuple[PipeReader, ...] = ()
+    server: BridgeServer | None = None
+
+    def stop_serving(self) -> None:
+        """No more reading from the pipes or the bridge (again is harmless)."""
+        for pipe in self.pipes:
+            pipe.close()
+        if self.server is not None:
+            self.server.close()
 
     def close(self) -> None:
         """Close the executor's ends (again is harmless)."""
+        self.stop_serving()
         for fd in (self.stdout_r, self.stderr_r):
             if fd >= 0:
                 os.close(fd)
@@ -187,6 +201,8 @@ class SandboxRunner:
         self._closing = False
         # Each cell's OOM kill count when its last run ended: the next run's baseline.
         self._oom_kills: dict[int, int] = {}
+        # Runs answered at their end mark whose children are still being ended.
+        self._finishing: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def cells(slots: int) -> int:
@@ -348,7 +364,12 @@ class SandboxRunner:
         return len(self._prepared)
 
     async def prepared_pids(self) -> list[int]:
-        """Pids of the children waiting for a run, once the ones being started are up."""
+        """Pids of the children waiting for a run, once the ones being started are up.
+
+        Runs answered at their end mark finish first: each prepares its cell's next child.
+        """
+        if self._finishing:
+            await asyncio.wait(list(self._finishing))
         if self._prepared:
             await asyncio.wait(self._prepared.values())
         return [
@@ -360,6 +381,8 @@ class SandboxRunner:
     async def close(self) -> None:
         """Stop preparing and dispose of every prepared child (after the last run)."""
         self._closing = True
+        if self._finishing:
+            await asyncio.wait(list(self._finishing))
         prepared, self._prepared = self._prepared, {}
         for task in prepared.values():
             try:
@@ -379,7 +402,13 @@ class SandboxRunner:
         stop: RunStop | None = None,
         policy: Policy | None = None,
     ) -> SandboxResult:
-        """Run one callback in a child to its classified result; every process it made is gone then.
+        """Run one callback in a child to its classified result.
+
+        Answered when the main process has exited, or at once at its end mark (the done
+        frame, then the bridge shut down: the bootstrap's last act before it exits).
+        Either way every process the run made is killed and reaped: before the answer,
+        or, after an end mark, by the result's ``finishing`` task, which also releases
+        the child (the slot is not free until it is done).
 
         ``policy``: the run's sandbox policy (network, binds, group, umask, environment);
         None confines it as the options alone say.
@@ -394,58 +423,202 @@ class SandboxRunner:
         evidence = ChildExit(
             stdout=CapturedStream(limits.output_bytes), stderr=CapturedStream(limits.output_bytes)
         )
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[None] = loop.create_future()
+
+        def end_wait() -> None:
+            if not ended.done():
+                ended.set_result(None)
+
+        answered_early = False
         try:
-            async with asyncio.TaskGroup() as tasks:
-                readers: list[asyncio.Task[None]] = []
+            began = time.monotonic()
+            grace_s = 0.0
+            try:
+                self._set_cgroup_limits(cell, limits)  # this run's own, whoever started it
+                oom_kills_before = self._oom_kills_seen(cell)
                 began = time.monotonic()
-                grace_s = 0.0
-                try:
-                    self._set_cgroup_limits(cell, limits)  # this run's own, whoever started it
-                    oom_kills_before = self._oom_kills_seen(cell)
-                    began = time.monotonic()
-                    started = not stop.requested
-                    unsent = send_now(child.bridge, protocol.encode(start)) if started else b""
-                    readers = [
-                        tasks.create_task(read_stream(child.stdout_r, evidence.stdout)),
-                        tasks.create_task(read_stream(child.stderr_r, evidence.stderr)),
-                        tasks.create_task(
-                            serve_bridge(child.bridge, unsent, on_call, evidence, stop.request)
-                        ),
-                    ]
-                    await self._wait_for_exit(child.handle, limits.wall_seconds, stop, evidence)
+                started = not stop.requested
+                unsent = send_now(child.bridge, protocol.encode(start)) if started else b""
+                server = self._serve(child, evidence, unsent, on_call, stop, end_wait)
+                await self._wait_for_end(ended, limits.wall_seconds, stop, evidence)
+                if started and (evidence.timed_out or evidence.stop_reason):
+                    grace_s = self.options.grace_s
+                elif server.end_marked and not child.handle.exited.is_set():
+                    early = self._answer_at_end_mark(
+                        child, evidence, limits, began, oom_kills_before
+                    )
+                    if early is not None:
+                        answered_early = True
+                        return replace(
+                            early,
+                            finishing=self._finish_later(child, runtime, limits, stop, policy),
+                        )
+                    # Not answered at the mark: the exit decides, as for any run. The
+                    # bootstrap waits for our side of the bridge to close before it exits.
+                    server.close()
+                    left_s = max(0.0, limits.wall_seconds - (time.monotonic() - began))
+                    await self._wait_for_exit(child.handle, left_s, stop, evidence)
                     if started and (evidence.timed_out or evidence.stop_reason):
                         grace_s = self.options.grace_s
-                finally:
+            finally:
+                if not answered_early:
                     # Every way out of the wait: shielded, so a second cancellation
                     # cannot cut it short (it finishes on its own; _release waits for it).
                     evidence.escaped_pids = await asyncio.shield(self._end(child, grace_s))
-                handle = child.handle
-                evidence.wall_seconds = time.monotonic() - began
-                evidence.wait_status = handle.wait_status
-                evidence.cpu_seconds = handle.cpu_seconds
-                evidence.peak_rss_bytes = handle.peak_rss_bytes
-                evidence.lost_reason = handle.lost_reason
-                cgroups = self.options.cgroups
-                if cgroups is not None:
-                    self._oom_kills[cell] = cgroups.oom_kills(cell)
-                    evidence.oom_kills = self._oom_kills[cell] - oom_kills_before
-                # Everything that could hold the pipes is dead, so EOF is near (often read
-                # already); what a process outside the cell still holds open is given up.
-                if not all(reader.done() for reader in readers):
-                    _, stuck = await asyncio.wait(readers, timeout=DRAIN_TIMEOUT_S)
-                    for reader in stuck:
-                        reader.cancel()
+            evidence.wall_seconds = time.monotonic() - began
+            self._exit_evidence(child, evidence, oom_kills_before)
+            # Everything that could hold the pipes is dead, so EOF is near (often read
+            # already); what a process outside the cell still holds open is given up.
+            await self._drain(child)
         finally:
-            await asyncio.shield(self._release(child))
+            if not answered_early:
+                await asyncio.shield(self._release(child))
         if not stop.requested:  # a stopped run's executor is going down, or its caller gone
             self._prepare(runtime, limits, cell, policy)
         return sandbox_result(evidence, limits)
 
     @staticmethod
-    async def _wait_for_exit(
-        handle: ChildHandle, wall_s: float, stop: RunStop, evidence: ChildExit
+    def _serve(
+        child: _Child,
+        evidence: ChildExit,
+        unsent: bytes,
+        on_call: CallHandler,
+        stop: RunStop,
+        on_end: Callable[[], None],
+    ) -> BridgeServer:
+        """Read the child's pipes and serve its bridge; ``on_end`` at its exit or end mark."""
+        loop = asyncio.get_running_loop()
+        child.pipes = (
+            PipeReader(loop, child.stdout_r, evidence.stdout),
+            PipeReader(loop, child.stderr_r, evidence.stderr),
+        )
+        child.server = BridgeServer(child.bridge, unsent, on_call, evidence, stop.request, on_end)
+        child.handle.on_exit.append(on_end)
+        if child.handle.exited.is_set():
+            on_end()
+        return child.server
+
+    def _exit_evidence(self, child: _Child, evidence: ChildExit, oom_kills_before: int) -> None:
+        """The kernel's evidence once the child has been reaped."""
+        handle = child.handle
+        evidence.wait_status = handle.wait_status
+        evidence.cpu_seconds = handle.cpu_seconds
+        evidence.peak_rss_bytes = handle.peak_rss_bytes
+        evidence.lost_reason = handle.lost_reason
+        cgroups = self.options.cgroups
+        if cgroups is not None:
+            self._oom_kills[child.cell] = cgroups.oom_kills(child.cell)
+            evidence.oom_kills = self._oom_kills[child.cell] - oom_kills_before
+
+    def _answer_at_end_mark(
+        self,
+        child: _Child,
+        evidence: ChildExit,
+        limits: Limits,
+        began: float,
+        oom_kills_before: int,
+    ) -> SandboxResult | None:
+        """The result at the child's end mark, from the kernel's figures now; None to wait for the exit.
+
+        The callback has ended (its done frame came, then the bootstrap's shutdown of the
+        bridge, which follows its exit handlers and END blocks): the main process exits
+        next with the status its frame implies, so that status is taken. Its CPU time and
+        peak RSS are read from /proc now (None once it is too late: the exit's own
+        figures are then near), the cell's OOM kills from its memory cgroup; a run whose
+        processes the kernel OOM-killed is classified as before (``classify``). What
+        the pipes hold is read now: anything written after the mark is not the run's.
+        """
+        done = evidence.done
+        usage = live_usage(child.handle.pid)
+        if done is None or usage is None:
+            return None
+        if usage[0] >= 0.75 * max(1, math.ceil(limits.cpu_seconds)):
+            return None  # near its CPU limit: the kernel's signal may be on its way
+        evidence.wall_seconds = time.monotonic() - began
+        evidence.wait_status = (expected_exit(done) & 0xFF) << 8
+        evidence.cpu_seconds, evidence.peak_rss_bytes = usage
+        cgroups = self.options.cgroups
+        if cgroups is not None:
+            evidence.oom_kills = cgroups.oom_kills(child.cell) - oom_kills_before
+        for pipe in child.pipes:
+            pipe.drain()
+        return sandbox_result(evidence, limits)
+
+    def _finish_later(
+        self,
+        child: _Child,
+        runtime: ChildRuntime,
+        limits: Limits,
+        stop: RunStop,
+        policy: Policy | None,
+    ) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(
+            self._finish(child, runtime, limits, stop, policy)
+        )
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+        return task
+
+    async def _finish(
+        self,
+        child: _Child,
+        runtime: ChildRuntime,
+        limits: Limits,
+        stop: RunStop,
+        policy: Policy | None,
     ) -> None:
-        """Until the main process exits, the wall deadline passes, or the run is stopped."""
+        """After an answer at the end mark: kill and reap everything, release, prepare the next."""
+        try:
+            escaped = await asyncio.shield(self._end(child))
+            if escaped:
+                logger.info(
+                    "cell %d: the callback left %d processes running; they were killed",
+                    child.cell,
+                    len(escaped),
+                )
+            cgroups = self.options.cgroups
+            if cgroups is not None:  # the next run's baseline, after every kill
+                self._oom_kills[child.cell] = cgroups.oom_kills(child.cell)
+        except Exception:
+            logger.exception("cell %d: ending a finished child failed", child.cell)
+        finally:
+            await asyncio.shield(self._release(child))
+        if not stop.requested:
+            self._prepare(runtime, limits, child.cell, policy)
+
+    @staticmethod
+    async def _drain(child: _Child) -> None:
+        """Wait up to DRAIN_TIMEOUT_S for the pipes' EOF and the bridge's end, then give up on them."""
+        waits = [pipe.eof for pipe in child.pipes]
+        if child.server is not None:
+            waits.append(child.server.ended)
+        pending = [wait for wait in waits if not wait.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=DRAIN_TIMEOUT_S)
+        child.stop_serving()
+
+    @classmethod
+    async def _wait_for_exit(
+        cls, handle: ChildHandle, wall_s: float, stop: RunStop, evidence: ChildExit
+    ) -> None:
+        """Until the main process exits, the wall deadline passes, or a stop."""
+        exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def on_exit() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        handle.on_exit.append(on_exit)
+        if handle.exited.is_set():
+            on_exit()
+        await cls._wait_for_end(exited, wall_s, stop, evidence)
+
+    @staticmethod
+    async def _wait_for_end(
+        ended: asyncio.Future[None], wall_s: float, stop: RunStop, evidence: ChildExit
+    ) -> None:
+        """Until the main process exits or marks its end, the wall deadline passes, or a stop."""
         loop = asyncio.get_running_loop()
         try:
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
@@ -453,7 +626,7 @@ class SandboxRunner:
             async with asyncio.timeout(wall_s) as deadline:
                 # A stop ends the wait at once, as the deadline would.
                 with stop.calling(lambda: deadline.reschedule(loop.time())):
-                    await handle.exited.wait()
+                    await ended
         except TimeoutError:
             if stop.requested:
                 evidence.stop_reason = stop.reason
@@ -473,6 +646,10 @@ class SandboxRunner:
         return child.ending
 
     async def _terminate_and_reap(self, child: _Child, grace_s: float) -> list[int]:
+        if child.server is not None:
+            # A bootstrap that makes its end mark now (its run ended by the SIGTERM, say)
+            # waits for our side of the bridge before it exits: let it, within the grace.
+            child.server.release_after_mark()
         await terminate(child.handle.pid, child.handle.exited, grace_s)
         escaped = await self._kill_escaped(child.cell)
         await self.spawner.reap(child.handle)

@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -47,6 +48,14 @@ class ChildHandle:
     peak_rss_bytes: int = 0
     # Why the child is gone when it was not its own doing (e.g. the zygote died).
     lost_reason: str = ""
+    # Called once ``exited`` is set (the runner waits for the exit or the end mark).
+    on_exit: list[Callable[[], object]] = field(default_factory=list)
+
+    def mark_exited(self) -> None:
+        """Set ``exited`` and tell whoever waits (its status is filled in first)."""
+        self.exited.set()
+        for wake in self.on_exit:
+            wake()
 
 
 class Spawner(Protocol):
@@ -99,7 +108,7 @@ class ColdSpawner:
         handle = ChildHandle(proc.pid)
         pidfd = os.pidfd_open(proc.pid)
         self._pidfds[proc.pid] = pidfd
-        asyncio.get_running_loop().add_reader(pidfd, handle.exited.set)
+        asyncio.get_running_loop().add_reader(pidfd, handle.mark_exited)
         return handle
 
     async def reap(self, handle: ChildHandle) -> None:
@@ -214,7 +223,7 @@ class _Zygote:
                 handle.wait_status = message["status"]
                 handle.cpu_seconds = message["cpu"]
                 handle.peak_rss_bytes = message["maxrss_kib"] * 1024
-                handle.exited.set()
+                handle.mark_exited()
 
     def _on_death(self) -> None:
         """Every child in flight is reported lost (killed with the zygote); the next spawn restarts it."""
@@ -241,7 +250,7 @@ class _Zygote:
                 os.killpg(handle.pid, signal.SIGKILL)
             handle.wait_status = signal.SIGKILL
             handle.lost_reason = "the sandbox zygote died while the callback ran"
-            handle.exited.set()
+            handle.mark_exited()
         self._children.clear()
 
     async def spawn(

@@ -47,6 +47,41 @@ async def test_success_then_spinning_into_the_cpu_limit_is_cpu_limit(
     assert response.usage.cpu_seconds >= 0.75
 
 
+async def test_an_end_mark_ends_the_run_there_and_kills_what_runs_on(
+    arena_warm: Arena, language: str
+) -> None:
+    # The end mark (a done frame, then the bridge shut down for writing) is how a
+    # bootstrap ends a finished run; a callback that makes one itself ends its own run
+    # there: answered as its frame says, and what it still runs is killed, not waited for.
+    code = {
+        "python": FORGE_DONE
+        + (
+            "import socket, subprocess, sys, time\n"
+            "subprocess.Popen([sys.executable, '-I', '-S', '-c', 'import time; time.sleep(1000)',"
+            " '{TOKEN}'])\n"
+            "print('marked', flush=True)\n"
+            "forge({'type': 'done', 'status': 'exception', 'message': 'said so'})\n"
+            "socket.socket(fileno=fd).shutdown(socket.SHUT_WR)\n"
+            "time.sleep(30)\n"
+        ),
+        "perl": PERL_FORGE_DONE
+        + (
+            "if (!fork) { $0 = 'stray {TOKEN}'; sleep 1000; POSIX::_exit(0); }\n"
+            "$| = 1;\n"
+            'print "marked\\n";\n'
+            'forge(\'{"type":"done","status":"exception","message":"said so"}\');\n'
+            "shutdown($b, 1);\n"
+            "sleep 30;\n"
+        ),
+    }[language]
+    response = await arena_warm.attack(code, language=language, limits={"wall_seconds": 20})
+
+    assert_outcome(response, Outcome.OUTCOME_FAILED)
+    assert response.failure.message == "said so"
+    assert response.stdout == "marked\n"
+    assert response.usage.wall_seconds < 10, "the run waited past its end mark"
+
+
 async def test_success_then_a_segfault_is_killed(arena_warm: Arena, language: str) -> None:
     code = {
         "python": FORGE_DONE

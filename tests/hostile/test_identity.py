@@ -30,6 +30,7 @@ async def _uid_of_a_callback(port: int) -> int:
         response = await client.execute_callback(
             language="python", code="import os\nprint(os.getuid())", job={"id": 1}
         )
+    assert response.stdout.strip(), response  # what ran, when it printed nothing
     return int(response.stdout)
 
 

@@ -34,6 +34,24 @@ use POSIX ();
 # bootstrap.pl (and with it qb.pm and warnings.pm) compiled once, for every child.
 BEGIN { require 'bootstrap.pl' }
 
+# The end mark (launcher.py's mark_end): in a child whose run returned, once its
+# callback's END blocks have run (compiled later, they run first) and its output is
+# flushed, shut the bridge down for writing: the executor answers at once, then kills
+# and reaps.
+our $mark_end_at_exit = 0;
+END {
+    if ($mark_end_at_exit) {
+        eval { main::flush_stdio(); 1 };
+        # Then wait until the executor closes its side (or kills this process): it
+        # reads this process's figures in /proc meanwhile.
+        if (open(my $bridge, '+<&=', 3)) {    # the bridge, BRIDGE_FD
+            if (shutdown($bridge, 1)) {
+                1 while sysread($bridge, my $ignored, 4096);
+            }
+        }
+    }
+}
+
 package qb::Zygote;
 
 use strict;
@@ -352,6 +370,9 @@ sub child {
     };
     if ($ok) {
         $code = main::run(BRIDGE_FD);    # bootstrap.pl: the callback's run and its report
+        # Only a run that returned: an `exit`, the CPU limit's or the deadline's exit
+        # through the callback's own path, is left to the exit status.
+        $mark_end_at_exit = 1;
     } else {
         print STDERR "perl zygote: could not start the callback: $@";
     }

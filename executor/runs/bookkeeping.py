@@ -1,0 +1,116 @@
+"""One thread writes each finished run's history record, ``.cb`` log entry and metrics.
+
+Off the event loop: the loop answers the next call while a run's bookkeeping is written
+on the other core. Runs that finish while the thread is busy are written together, their
+history records in one transaction (group commit). A reader never misses a run that was
+answered: reading the history or the metrics first waits for what is queued
+(``flush``). A sink that fails (disk full, a bad path) is logged and skipped, and never
+costs the other sinks their entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Final
+
+from executor.model import Invocation, RunResult
+from executor.runs.callback_log import CallbackLog
+from executor.runs.history import RunHistory
+from executor.runs.metrics import Metrics
+from executor.storage import StorageError
+
+logger = logging.getLogger(__name__)
+
+# How long a reader waits for the queued runs to be written before reading anyway.
+FLUSH_TIMEOUT_S: Final = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    invocation: Invocation
+    result: RunResult
+    # Unix times: when the run ended (the .cb entry's), and when it started (history's).
+    ended_at: float
+    started_at: float
+
+
+class BookkeepingWriter:
+    """The writer thread of ``history``, ``callback_log`` and ``metrics``."""
+
+    def __init__(self, history: RunHistory, callback_log: CallbackLog, metrics: Metrics) -> None:
+        self._history = history
+        self._callback_log = callback_log
+        self._metrics = metrics
+        self._queue: list[_Entry] = []
+        # Queued and being written: flush() waits for 0.
+        self._unwritten = 0
+        self._closing = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._write_forever, name="bookkeeping", daemon=True)
+        self._thread.start()
+
+    def submit(
+        self, invocation: Invocation, result: RunResult, *, ended_at: float, started_at: float
+    ) -> None:
+        """Queue one finished run's bookkeeping (returns at once)."""
+        with self._changed:
+            self._queue.append(_Entry(invocation, result, ended_at, started_at))
+            self._unwritten += 1
+            self._changed.notify_all()
+
+    def flush(self, timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
+        """Wait until every run queued so far is written; False on timeout."""
+        if threading.current_thread() is self._thread:
+            return True  # a sink reading back while it writes
+        with self._changed:
+            return self._changed.wait_for(lambda: not self._unwritten, timeout_s)
+
+    def close(self) -> None:
+        """Write what is queued, then stop the thread."""
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+        self._thread.join()
+
+    def _write_forever(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._queue or self._closing)
+                batch, self._queue = self._queue, []
+                if not batch and self._closing:
+                    return
+            try:
+                self._write(batch)
+            finally:
+                with self._changed:
+                    self._unwritten -= len(batch)
+                    self._changed.notify_all()
+
+    def _write(self, batch: list[_Entry]) -> None:
+        with _guarded("history", batch):
+            self._history.record_many([(e.invocation, e.result, e.started_at) for e in batch])
+        for entry in batch:
+            with _guarded("callback log", [entry]):
+                self._callback_log.append(entry.invocation, entry.result, entry.ended_at)
+            with _guarded("metrics", [entry]):
+                callback = entry.invocation.callback
+                self._metrics.observe(
+                    entry.result, language=callback.language, source=entry.invocation.source
+                )
+
+
+@contextlib.contextmanager
+def _guarded(sink: str, batch: list[_Entry]) -> Iterator[None]:
+    """Log a failed write of ``sink`` for the runs of ``batch``, and go on."""
+    try:
+        yield
+    except (StorageError, OSError) as err:  # the disk, not us: one line is enough
+        ids = ", ".join(e.result.invocation_id for e in batch)
+        logger.warning("runs %s: the %s was not written: %s", ids, sink, err)
+    except Exception:
+        ids = ", ".join(e.result.invocation_id for e in batch)
+        logger.exception("runs %s: writing the %s failed", ids, sink)

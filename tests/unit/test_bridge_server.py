@@ -1,0 +1,104 @@
+"""The executor's end of a bridge: what counts as a child's end mark, and what does not.
+
+A run is answered before its child exits only on the end mark: the done frame, then the
+bridge shut down for writing, and nothing else (``BridgeServer.end_marked``). Anything
+else leaves the run to the child's exit status, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+
+from executor.child import protocol
+from executor.child.protocol import CallFrame, ReplyFrame
+from executor.sandbox.bridge import BridgeServer
+from executor.sandbox.exit_status import ChildExit
+
+DONE = protocol.encode({"type": "done", "status": "ok", "exit_code": 0})
+CALL = protocol.encode({"type": "call", "id": 1, "fn": "jobid", "args": [], "kwargs": {}})
+
+
+class Served:
+    def __init__(self) -> None:
+        self.ours, self.child = socket.socketpair()
+        self.ours.setblocking(False)
+        self.evidence = ChildExit()
+        self.violations: list[str] = []
+        self.marks = 0
+        self.server = BridgeServer(
+            self.ours, b"", self._answer, self.evidence, self.violations.append, self._mark
+        )
+
+    async def _answer(self, frame: CallFrame) -> ReplyFrame:
+        return {"type": "reply", "id": frame["id"], "ok": True, "value": 42}
+
+    def _mark(self) -> None:
+        self.marks += 1
+
+    async def ended(self) -> None:
+        await asyncio.wait_for(self.server.ended, 5)
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[Served]:
+    made = Served()
+    yield made
+    made.server.close()
+    made.ours.close()
+    made.child.close()
+
+
+async def test_done_then_shutdown_is_the_end_mark(served: Served) -> None:
+    served.child.sendall(DONE)
+    served.child.shutdown(socket.SHUT_WR)
+    await served.ended()
+
+    assert served.server.end_marked and served.marks == 1
+    assert served.evidence.done == {"type": "done", "status": "ok", "exit_code": 0}
+
+
+async def test_a_call_is_answered_and_the_mark_still_counts_after_it(served: Served) -> None:
+    served.child.sendall(CALL)
+    reply = await asyncio.wait_for(asyncio.to_thread(served.child.recv, 4096), 5)
+    assert protocol.decode_body(reply[protocol.HEADER.size :])["value"] == 42
+    served.child.sendall(DONE)
+    served.child.shutdown(socket.SHUT_WR)
+    await served.ended()
+
+    assert served.server.end_marked and served.evidence.calls == 1
+
+
+async def test_eof_without_a_done_frame_is_no_mark(served: Served) -> None:
+    served.child.shutdown(socket.SHUT_WR)
+    await served.ended()
+
+    assert not served.server.end_marked and served.marks == 0 and not served.violations
+
+
+async def test_a_done_frame_without_eof_is_no_mark(served: Served) -> None:
+    served.child.sendall(DONE)
+    await asyncio.sleep(0.1)
+
+    assert served.evidence.done is not None
+    assert not served.server.end_marked and not served.server.ended.done()
+
+
+async def test_bytes_after_the_done_frame_spoil_the_mark(served: Served) -> None:
+    served.child.sendall(DONE + b"\0\0")  # half a header, then EOF
+    served.child.shutdown(socket.SHUT_WR)
+    await served.ended()
+
+    assert not served.server.end_marked and served.marks == 0
+
+
+async def test_a_second_done_frame_is_a_violation_not_a_mark(served: Served) -> None:
+    served.child.sendall(DONE + DONE)
+    served.child.shutdown(socket.SHUT_WR)
+    await served.ended()
+
+    assert not served.server.end_marked
+    assert served.violations == ["the callback broke the bridge protocol: a second done frame"]
