@@ -55,15 +55,23 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.set_defaults(handler=_serve)
 
 
-def load_settings(args: argparse.Namespace, environ: dict[str, str]) -> config.Settings:
-    """Defaults < TOML file < environment < flags."""
+def layered_settings(
+    config_arg: Path | None, environ: dict[str, str], flags: dict[str, object]
+) -> config.Settings:
+    """Defaults < TOML file (``--config`` or ``CBEXEC_CONFIG``) < environment < flags set."""
     settings = config.Settings()
-    config_file = args.config or (
+    config_file = config_arg or (
         Path(environ["CBEXEC_CONFIG"]) if "CBEXEC_CONFIG" in environ else None
     )
     if config_file is not None:
         settings = config.from_toml(settings, config_file)
     settings = config.from_env(settings, environ)
+    settings = config.apply(settings, {k: v for k, v in flags.items() if v is not None}, "flag")
+    return config.validate(settings)
+
+
+def load_settings(args: argparse.Namespace, environ: dict[str, str]) -> config.Settings:
+    """The settings ``serve`` runs with: defaults < TOML file < environment < flags."""
     flags = {
         "bind": args.bind,
         "http_bind": args.http,
@@ -77,8 +85,7 @@ def load_settings(args: argparse.Namespace, environ: dict[str, str]) -> config.S
         "log_format": args.log_format,
         "strict": args.strict,
     }
-    settings = config.apply(settings, {k: v for k, v in flags.items() if v is not None}, "flag")
-    return config.validate(settings)
+    return layered_settings(args.config, environ, flags)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -7,23 +7,14 @@ import os
 import sys
 from pathlib import Path
 
-from executor import config
 from executor.cli.connection import EXIT_OK, EXIT_RPC
+from executor.cli.serve import layered_settings
 from executor.errors import UnavailableError
 
 
 def store_url(args: argparse.Namespace, environ: dict[str, str]) -> str:
     """The ``store`` setting as ``serve`` would read it: defaults < TOML < environment < flag."""
-    settings = config.Settings()
-    config_file = args.config or (
-        Path(environ["CBEXEC_CONFIG"]) if "CBEXEC_CONFIG" in environ else None
-    )
-    if config_file is not None:
-        settings = config.from_toml(settings, config_file)
-    settings = config.from_env(settings, environ)
-    if args.store is not None:
-        settings = config.apply(settings, {"store": args.store}, "flag")
-    return config.validate(settings).store
+    return layered_settings(args.config, environ, {"store": args.store}).store
 
 
 def _migrate(args: argparse.Namespace) -> int:
