@@ -530,8 +530,10 @@ class SandboxRunner:
         the pipes hold is read now: anything written after the mark is not the run's.
         """
         done = evidence.done
+        if done is None or not child.handle.is_bootstrap:
+            return None  # a cold child's shim: only the exit tells (``ChildHandle``)
         usage = live_usage(child.handle.pid)
-        if done is None or usage is None:
+        if usage is None:
             return None
         if usage[0] >= 0.75 * max(1, math.ceil(limits.cpu_seconds)):
             return None  # near its CPU limit: the kernel's signal may be on its way

@@ -50,6 +50,11 @@ class ChildHandle:
     lost_reason: str = ""
     # Called once ``exited`` is set (the runner waits for the exit or the end mark).
     on_exit: list[Callable[[], object]] = field(default_factory=list)
+    # Whether ``pid`` is the callback's own bootstrap (a zygote's child), so its /proc
+    # figures are the run's. A cold child may be a shim that mirrors the callback's exit:
+    # its figures say nothing of the callback, and the bridge's EOF after a done frame
+    # may be the callback's death rather than its end mark.
+    is_bootstrap: bool = False
 
     def mark_exited(self) -> None:
         """Set ``exited`` and tell whoever waits (its status is filled in first)."""
@@ -208,7 +213,9 @@ class _Zygote:
         if message["type"] == "started":
             # Registered here, not by the spawning coroutine: "exited" may be the very
             # next message, handled before that coroutine resumes.
-            started = self._children[message["pid"]] = ChildHandle(message["pid"])
+            started = self._children[message["pid"]] = ChildHandle(
+                message["pid"], is_bootstrap=True
+            )
             future = self._starting.pop(message["id"], None)
             if future is not None and not future.done():
                 future.set_result(started)

@@ -193,7 +193,12 @@ async def test_a_reload_reaches_every_replica_and_every_replica_reads_the_fleets
         ran = await second.execute_callback(
             language="python", code="print('here')", job={"id": 70_999, "user": "fleet"}
         )
-        listed = await first.list_runs(job_id=70_999)
-        assert [run.invocation_id for run in listed.runs] == [ran.invocation_id]
+
+        # Each replica's bookkeeping thread writes its runs a moment after the answer.
+        async def first_lists_it() -> bool:
+            listed = await first.list_runs(job_id=70_999)
+            return [run.invocation_id for run in listed.runs] == [ran.invocation_id]
+
+        assert await eventually(first_lists_it, timeout_s=10, interval_s=0.05)
         got = await first.get_run(ran.invocation_id)
         assert got.invocation_id == ran.invocation_id and "here" in got.result.stdout
