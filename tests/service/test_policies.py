@@ -395,7 +395,8 @@ async def test_the_startup_report_lists_each_policy(
         f'data_dir = "{tmp_path / "data"}"\nsandbox_uid_base = {TEST_UID_BASE}\n'
         f"[policies.admin]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in table.items())
     )
-    said = await cbexec("serve", "--config", str(config), "--check-config")
+    # A free port: the quick start's service may hold the default one beside the suite.
+    said = await cbexec("serve", "--config", str(config), "--check-config", "--bind", "127.0.0.1:0")
     assert said.code == 0, said.err
     lines = said.out.splitlines()
     assert any(line.strip().startswith("policy job: no network;") for line in lines), said.out
