@@ -25,17 +25,10 @@ from executor.runtimes.qube import QubeInterpreter
 from executor.supervisor_link import ActionOutcome
 from supervisor_client.reference import NoSuchWorkError, ReferenceSupervisor
 from supervisor_client.reference.applied import PRUNE_EVERY_S
+from tests.helpers.clock import Clock
 from tests.helpers.supervisor_port import ReferencePort, invocation_for
 
 pytestmark = pytest.mark.unit
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

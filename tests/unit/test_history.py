@@ -18,6 +18,7 @@ from executor.model import (
     Usage,
 )
 from executor.runs.history import RunHistory, result_from_json, result_to_json
+from tests.helpers.clock import Clock
 
 pytestmark = pytest.mark.unit
 
@@ -47,14 +48,6 @@ def result(inv_id: str, outcome: Outcome = Outcome.SUCCEEDED) -> RunResult:
         usage=Usage(0.5, 0.25, 4096, 0.01),
         actions=(ActionRecord("unblock", "10", True, "ok"),),
     )
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

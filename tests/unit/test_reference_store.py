@@ -18,18 +18,9 @@ from supervisor_client.reference import (
     SubmitError,
     Transition,
 )
+from tests.helpers.clock import Clock
 
 pytestmark = pytest.mark.unit
-
-
-class Clock:
-    """A settable Unix clock, so job times are exact."""
-
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
