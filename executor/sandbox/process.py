@@ -153,6 +153,8 @@ class _Child:
     handle: ChildHandle
     cell: int
     spec: LaunchSpec
+    # What the spec was made from (see ``_made_for``): a cheap test that it fits a run.
+    made_for: tuple[object, ...]
     # Made (and removed) by the executor; None when it exists only inside the child.
     host_workdir: str | None
     stdout_r: int
@@ -315,15 +317,25 @@ class SandboxRunner:
             os.close(stdout_w)
             os.close(stderr_w)
             child_sock.close()
-        return _Child(handle, cell, spec, host_workdir, stdout_r, stderr_r, parent_sock)
+        return _Child(
+            handle,
+            cell,
+            spec,
+            _made_for(runtime, limits, policy),
+            host_workdir,
+            stdout_r,
+            stderr_r,
+            parent_sock,
+        )
 
     async def _take(
         self, runtime: ChildRuntime, limits: Limits, cell: int, policy: Policy | None
     ) -> _Child:
         """The cell's prepared child when it fits this run and still lives, else a new one.
 
-        It fits when its launch spec is the one this run would have given it (in its
-        working directory): other limits, say, would confine it differently.
+        It fits when its launch spec is the one this run would have given it: other
+        limits, say, would confine it differently. The spec is made only from the cell,
+        the runner's options and ``_made_for``, so comparing those is enough.
         """
         pending = self._prepared.pop(cell, None)
         if pending is not None:
@@ -332,16 +344,9 @@ class SandboxRunner:
             except Exception as err:  # noqa: BLE001 - a failed preparation only costs the head start
                 logger.warning("preparing a child in cell %d failed: %s", cell, err)
             else:
-                wanted = self._launch_spec(
-                    runtime,
-                    limits,
-                    cell,
-                    workdir=child.spec["workdir"],
-                    warm_up=True,
-                    policy=policy,
-                )
-                # The spec names the policy, whose environment the prepared child has.
-                if child.spec == wanted and not has_ended(child.handle.pid):
+                # The policy also names the environment the prepared child has.
+                fits = child.made_for == _made_for(runtime, limits, policy)
+                if fits and not has_ended(child.handle.pid):
                     return child
                 await self._dispose(child)
         return await self._start(runtime, limits, cell, policy)
@@ -653,9 +658,10 @@ class SandboxRunner:
             # waits for our side of the bridge before it exits: let it, within the grace.
             child.server.release_after_mark()
         await terminate(child.handle.pid, child.handle.exited, grace_s)
-        escaped = await self._kill_escaped(child.cell)
+        # Reaped first: a process killed a moment ago is still listed in its cgroup, so
+        # looking before its reap would find it there nearly every time (and poll).
         await self.spawner.reap(child.handle)
-        return escaped
+        return await self._kill_escaped(child.cell)
 
     async def _release(self, child: _Child) -> None:
         """Once the child has ended (ending it if nothing has), close our ends and remove its workdir."""
@@ -682,6 +688,21 @@ class SandboxRunner:
         if cgroups is None or not cgroups.pids(cell):
             return []  # the common case: nothing left, no thread needed
         return await asyncio.to_thread(cgroups.kill_all, cell)
+
+
+def _made_for(runtime: ChildRuntime, limits: Limits, policy: Policy | None) -> tuple[object, ...]:
+    """What, beside the cell and the runner's options, a child's launch spec is made from.
+
+    Every limit but the wall clock's, which the executor alone enforces.
+    """
+    confined = (
+        limits.cpu_seconds,
+        limits.memory_bytes,
+        limits.output_bytes,
+        limits.max_processes,
+        limits.disk_bytes,
+    )
+    return (runtime.language, tuple(runtime.argv()), confined, policy)
 
 
 async def _remove_workdir(workdir: str | None) -> None:
