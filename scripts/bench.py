@@ -82,6 +82,8 @@ from supervisor_client.qbcallback.v1 import executor_pb2  # noqa: E402
 
 # Filled with the job submitted to the benchmark's own reference supervisor.
 JOB: dict[str, object] = {}
+# The benchmark's executors run one at a time, in their own sandbox uid range.
+BENCH_UID_BASE = 49000
 TRIVIAL = {"python": "x = qb.jobid()", "perl": "my $x = $qb::jobid;", "qube": "unblock-self"}
 
 
@@ -97,6 +99,8 @@ def executor(
 ) -> Iterator[tuple[str, psutil.Process]]:
     port = free_port()
     env = dict(os.environ, CBEXEC_LAUNCHER=launcher, CBEXEC_MAX_QUEUE="64")
+    # Clear of a service started with the defaults (64000) and of the test suites' ranges.
+    env.setdefault("CBEXEC_SANDBOX_UID_BASE", str(BENCH_UID_BASE))
     # As users have it: `pip install .` writes .pyc files, and so does an import.
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.update({f"CBEXEC_{name.upper()}": value for name, value in settings.items()})
@@ -180,8 +184,8 @@ async def http_side_by_side(
             if mode == "on":
                 settings["http_bind"] = f"127.0.0.1:{http_port}"
             data_dir = tmp / f"http-{mode}-{round_}"
-            with executor("zygote", data_dir, supervisor, **settings) as (address, _):
-                await wait_serving(address)
+            with executor("zygote", data_dir, supervisor, **settings) as (address, proc):
+                await wait_serving(address, proc)
                 await asyncio.sleep(0.5)
                 load = HttpLoad(http_port) if mode == "on" else contextlib.nullcontext()
                 with load:
@@ -214,9 +218,22 @@ def print_http(results: dict[str, list[tuple[float, float, float]]]) -> None:
         )
 
 
-async def wait_serving(address: str) -> None:
+async def wait_serving(address: str, proc: psutil.Process, timeout_s: float = 30.0) -> None:
+    """Until the executor serves; an executor that exits first (a bad setting) ends the run."""
+    deadline = time.monotonic() + timeout_s
     async with ExecutorClient(address) as client:
-        await client.wait_until_serving()
+        while True:
+            try:
+                await client.wait_until_serving(timeout=1.0)
+            except TimeoutError:
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    raise SystemExit(
+                        "the executor exited before serving; its error is above"
+                    ) from None
+                if time.monotonic() > deadline:
+                    raise
+            else:
+                return
 
 
 async def timed(call: Callable[[], Awaitable[object]], runs: int) -> list[float]:
@@ -579,7 +596,7 @@ async def project_round(
     """One round of the project: a fresh executor with default settings (or ``settings``)."""
     found: dict[str, float] = {}
     with executor("zygote", data_dir, supervisor, **settings) as (address, proc):
-        await wait_serving(address)
+        await wait_serving(address, proc)
         await asyncio.sleep(0.5)
         found["idle_rss"] = rss_mb(proc)[0]
         meter, faults = CpuMeter(proc), FaultMeter(proc)
@@ -840,7 +857,7 @@ async def main() -> int:
         for index, (label, launcher, settings) in enumerate(setups):
             data_dir = Path(tmp) / str(index)
             with executor(launcher, data_dir, supervisor_address, **settings) as (address, proc):
-                await wait_serving(address)
+                await wait_serving(address, proc)
                 await asyncio.sleep(0.5)
                 main_setup = index == 0
                 if main_setup:
