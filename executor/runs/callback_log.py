@@ -27,6 +27,8 @@ from executor.model import Invocation, RunResult
 logger = logging.getLogger(__name__)
 
 CUT_MARKER: Final = "\n[... entry cut at callback_log_max_bytes]\n"
+# Jobs whose log paths a CallbackLog keeps at once.
+MAX_REMEMBERED_PATHS: Final = 4096
 
 
 def log_path(root: Path, job_id: int) -> Path:
@@ -88,6 +90,9 @@ class CallbackLog:
     def __init__(self, root: Path, max_bytes: int) -> None:
         self._root = root
         self._max_bytes = max_bytes
+        # Each job's log path, made once: a job's runs come in bursts, and building a
+        # Path was a fifth of an entry's cost. Forgotten wholesale past a bound.
+        self._paths: dict[int, Path] = {}
 
     @property
     def root(self) -> Path:
@@ -95,7 +100,7 @@ class CallbackLog:
 
     def append(self, invocation: Invocation, result: RunResult, when: float) -> Path:
         """Append one run's entry to its job's log; returns the file written."""
-        path = log_path(self._root, invocation.job_id)
+        path = self._path(invocation.job_id)
         data = format_entry(invocation, result, when).encode("utf-8", "replace")
         if len(data) > self._max_bytes:
             marker = CUT_MARKER.encode()
@@ -114,6 +119,14 @@ class CallbackLog:
                 unwritten = unwritten[os.write(fd, unwritten) :]
         finally:
             os.close(fd)
+        return path
+
+    def _path(self, job_id: int) -> Path:
+        path = self._paths.get(job_id)
+        if path is None:
+            if len(self._paths) >= MAX_REMEMBERED_PATHS:
+                self._paths.clear()
+            path = self._paths[job_id] = log_path(self._root, job_id)
         return path
 
     @staticmethod

@@ -127,6 +127,16 @@ class MetricsSnapshot:
         return self.readings.storage_problem
 
 
+@dataclass(frozen=True, slots=True)
+class _RunSeries:
+    """The series one kind of finished run (outcome, language, source) updates."""
+
+    runs: Counter
+    wall: PromHistogram
+    queue: PromHistogram
+    cpu: Counter
+
+
 class Metrics:
     """The executor's registry; ``observe`` is called once per finished run, on the event loop."""
 
@@ -167,6 +177,9 @@ class Metrics:
             "Requests refused with RESOURCE_EXHAUSTED: every slot busy and the queue full.",
             registry=self.registry,
         )
+        # The labelled series each run updates, looked up once per label set:
+        # ``labels()`` validates and locks on every call, most of what a run's count cost.
+        self._run_series: dict[tuple[str, str, str], _RunSeries] = {}
         self._readings = ReadingsCollector()
         self.registry.register(self._readings)
         # The executor process's own CPU, memory and open files (process_*), as every
@@ -178,11 +191,20 @@ class Metrics:
 
     def observe(self, result: RunResult, *, language: str = "", source: str = "execute") -> None:
         """Count one finished run (its outcome, latencies and CPU)."""
-        language = language or "unknown"
-        self._runs.labels(result.outcome.value, language, source).inc()
-        self._wall.labels(language).observe(result.usage.wall_seconds)
-        self._queue.labels(language).observe(result.usage.queue_seconds)
-        self._cpu.labels(language).inc(max(0.0, result.usage.cpu_seconds))
+        key = (result.outcome.value, language or "unknown", source)
+        series = self._run_series.get(key)
+        if series is None:
+            outcome, language, source = key
+            series = self._run_series[key] = _RunSeries(
+                self._runs.labels(outcome, language, source),
+                self._wall.labels(language),
+                self._queue.labels(language),
+                self._cpu.labels(language),
+            )
+        series.runs.inc()
+        series.wall.observe(result.usage.wall_seconds)
+        series.queue.observe(result.usage.queue_seconds)
+        series.cpu.inc(max(0.0, result.usage.cpu_seconds))
 
     def note_rejected(self) -> None:
         """A request was refused with RESOURCE_EXHAUSTED (never reached a slot)."""
