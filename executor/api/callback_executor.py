@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from executor import logs
 from executor.api import convert
 from executor.api.errors import Context, grpc_errors
@@ -45,9 +43,8 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
         elif request.policy.strip() not in ("", "job"):
             raise PermissionDeniedError(f"no policy {request.policy.strip()!r} here")
         invocation = convert.invocation_from_request(
-            request, default_limits=default_limits, max_limits=max_limits
+            request, default_limits=default_limits, max_limits=max_limits, policy=policy
         )
-        invocation = dataclasses.replace(invocation, policy=policy)
         logs.invocation_id.set(invocation.invocation_id)
         result = await self._dispatcher.execute(invocation)
         return convert.response_from_result(result)

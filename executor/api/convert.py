@@ -89,9 +89,12 @@ def usage_message(usage: Usage) -> executor_pb2.Usage:
     )
 
 
+_LIMIT_NAMES: Final = tuple(f.name for f in dataclasses.fields(Limits))
+
+
 def _limits(message: executor_pb2.Limits) -> Limits:
     # The proto message and the dataclass name their fields alike, one for one.
-    return Limits(**{f.name: getattr(message, f.name) for f in dataclasses.fields(Limits)})
+    return Limits(**{name: getattr(message, name) for name in _LIMIT_NAMES})
 
 
 def event_message(event: Event) -> types_pb2.Event:
@@ -102,9 +105,13 @@ def event_message(event: Event) -> types_pb2.Event:
 
 
 def invocation_from_request(
-    request: executor_pb2.ExecuteRequest, *, default_limits: Limits, max_limits: Limits
+    request: executor_pb2.ExecuteRequest,
+    *,
+    default_limits: Limits,
+    max_limits: Limits,
+    policy: str = "job",
 ) -> Invocation:
-    """Validate an ExecuteRequest into an Invocation; InvalidRequestError names the field."""
+    """Validate an ExecuteRequest into an Invocation under ``policy``; InvalidRequestError names the field."""
     callback = request.callback
     if not callback.language.strip():
         raise InvalidRequestError("callback.language is required (python, perl or qube)")
@@ -137,10 +144,16 @@ def invocation_from_request(
             maximum=callback.maximum,
         ),
         job=job_to_dict(context.job, include_callbacks=True),
-        limits=merge(_limits(request.limits), default_limits, max_limits),
+        # Without limits the defaults hold, and they are within the caps (config).
+        limits=(
+            merge(_limits(request.limits), default_limits, max_limits)
+            if request.HasField("limits")
+            else default_limits
+        ),
         event=event,
         work_name=context.work_name,
         subjob_id=context.subjob_id if context.HasField("subjob_id") else -1,
+        policy=policy,
     )
 
 
