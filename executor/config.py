@@ -105,8 +105,8 @@ class Settings:
     languages: frozenset[Language] = frozenset(Language)
     # How children start: "zygote" (fork of a warm helper process) or "cold" (fork+exec).
     launcher: str = "zygote"
-    # The service's event loop: "auto" (uvloop where installed, the `fast` extra, else
-    # asyncio's), "asyncio", "uvloop" (an error where it is not installed).
+    # The service's event loop: "auto" (uvloop, a dependency, where it imports; else
+    # asyncio's), "asyncio", "uvloop" (an error where it does not import).
     event_loop: str = "auto"
     # Start each slot's next child (confined, its runtime loaded) as soon as a run ends, so
     # the next run with the same limits only hands it the code.

@@ -109,7 +109,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The ``event_loop`` setting's loop: uvloop's (the ``fast`` extra) or asyncio's (None).
+    """The ``event_loop`` setting's loop: uvloop's (a dependency) or asyncio's (None).
 
     uvloop runs the service's own loop work (the gRPC server's callbacks, the runners'
     readers, timers) in C: measured in ``scripts/bench.py``, see the README's Performance.
@@ -117,11 +117,12 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
     if choice == "asyncio":
         return None
     try:
-        import uvloop  # type: ignore[import-not-found,unused-ignore]  # the fast extra
+        import uvloop  # type: ignore[import-not-found,unused-ignore]  # where its wheel is missing
     except ImportError:
         if choice == "uvloop":
             raise ConfigError(
-                "event_loop: uvloop is not installed (pip install 'qb-callback-executor[fast]')"
+                "event_loop: uvloop does not import here (pip install uvloop, or set "
+                'event_loop = "asyncio")'
             ) from None
         return None
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
