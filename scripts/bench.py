@@ -636,6 +636,34 @@ async def project_round(
     return found
 
 
+async def refused_cpu(supervisor: str, data_dir: Path, runs: int, **settings: str) -> float:
+    """The executor's CPU per call it refuses (Perl disabled): everything a run costs but a child.
+
+    The call goes through the edge, the dispatcher, the run's log line, the outbox (with
+    ``report_results`` on) and the bookkeeping thread, like any run, and is answered
+    REJECTED without a child.
+    """
+    with executor("zygote", data_dir, supervisor, languages="python,qube", **settings) as (
+        address,
+        proc,
+    ):
+        await wait_serving(address, proc)
+        async with ExecutorClient(address) as client:
+
+            async def once() -> None:
+                response = await client.execute_callback(language="perl", code="1;", job=JOB)
+                if response.outcome != executor_pb2.Outcome.OUTCOME_REJECTED:
+                    raise SystemExit(f"a refused call answered {response.outcome}")
+
+            for _ in range(20):
+                await once()
+            meter = CpuMeter(proc)
+            before = meter.sample()
+            await timed(once, runs)
+            await asyncio.sleep(0.2)  # the last report's delivery and bookkeeping
+            return meter.ms_per_call(before, runs)[0]
+
+
 def baseline_round(calls: int = 30) -> float:
     return summary(naive_baseline(calls))[0]
 
@@ -664,6 +692,13 @@ async def interleaved(args: argparse.Namespace, supervisor: str) -> None:
             project.append(
                 await project_round(supervisor, Path(tmp) / f"r{round_}", args.runs, args.seconds)
             )
+            for reported in ("true", "false"):
+                project[-1][f"refused_cpu_{reported}"] = await refused_cpu(
+                    supervisor,
+                    Path(tmp) / f"q{reported}{round_}",
+                    args.runs,
+                    report_results=reported,
+                )
             if args.compare_loops:
                 on_asyncio.append(
                     await project_round(
@@ -759,6 +794,21 @@ def print_interleaved(
         "  (client: the benchmark's client, and for the project also the supervisor that "
         "receives its reports)"
     )
+    refused, unreported = mine("refused_cpu_true"), mine("refused_cpu_false")
+    print(f"\n{'where the executor CPU per python call goes':<56}{'ms':>8}")
+    for label, value in (
+        ("a refused call, not reported: the edge, the run's log", unreported),
+        ("  line, history, .cb log and metrics, no child", None),
+        ("+ its result reported: outbox commit, delivery", refused - unreported),
+        (
+            "+ a child: prepare, start, serve, answer, end, reap",
+            mine("python_executor_cpu") - refused,
+        ),
+        ("= a trivial python call", mine("python_executor_cpu")),
+    ):
+        print(f"{label:<56}" + (f"{value:>8.2f}" if value is not None else ""))
+    if floors:
+        print(f"{'floor prototype: a whole python call':<56}{floor('server_cpu_1'):>8.2f}")
     print(f"\n{'minor page faults per call':<46}{'child':>9}{'zygote':>9}")
     for language in ("python", "perl"):
         print(

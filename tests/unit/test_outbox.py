@@ -55,14 +55,17 @@ class ReferenceReceiver:
 class BatchReceiver(ReferenceReceiver):
     """Also takes batches, all or nothing (ReferenceSupervisor.report_results)."""
 
-    def __init__(self, supervisor: ReferenceSupervisor, *, takes_batches: bool = True) -> None:
+    def __init__(
+        self, supervisor: ReferenceSupervisor, *, takes_batches: bool = True, delay_s: float = 0
+    ) -> None:
         super().__init__(supervisor)
         self.takes_batches = takes_batches
+        self.delay_s = delay_s  # one exchange's round trip
         self.batch_calls = 0
         self.batches: list[list[str]] = []
 
     async def deliver_many(self, messages: list[tuple[str, bytes]]) -> list[bool] | None:
-        await asyncio.sleep(0)
+        await asyncio.sleep(self.delay_s)
         self.batch_calls += 1
         if not self.takes_batches:
             return None
@@ -218,6 +221,26 @@ async def test_a_backlog_goes_in_batches(tmp_path: Path) -> None:
     assert [len(batch) for batch in receiver.batches] == [64, 64, 22]
     assert not receiver.calls, "nothing went one by one"
     assert outbox.stats().pending == 0
+    await outbox.close()
+
+
+async def test_a_steady_stream_of_results_shares_exchanges(tmp_path: Path) -> None:
+    """Results arriving while an exchange is under way gather for the next one.
+
+    Each exchange takes longer than the time between two results: without a pause after
+    a partial exchange, every exchange found one new result and sent it alone.
+    """
+    receiver = BatchReceiver(ReferenceSupervisor(":memory:"), delay_s=0.004)
+    outbox = Outbox(tmp_path / "outbox.db", receiver, backoff=FAST, linger_s=0.02)
+    outbox.start()
+    keys = [f"k{n:03}" for n in range(60)]
+    for n, key in enumerate(keys):
+        outbox.put(key, payload(n))
+        await asyncio.sleep(0.002)
+    assert await outbox.flush(5)
+    assert receiver.order == keys
+    # Measured: ~25 exchanges without the pause, ~8 with it.
+    assert len(receiver.batches) + sum(receiver.calls.values()) <= 12, receiver.batches
     await outbox.close()
 
 
