@@ -1,0 +1,73 @@
+"""The bookkeeping thread on a real history file, real .cb logs and real metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from executor.model import Invocation, RunResult
+from executor.runs.bookkeeping import GATHER_S, BookkeepingWriter
+from executor.runs.callback_log import CallbackLog, log_path
+from executor.runs.history import RunHistory
+from executor.runs.metrics import Metrics
+from tests.unit.test_history import invocation, result
+
+pytestmark = pytest.mark.unit
+
+
+class CountedHistory(RunHistory):
+    """The real history, counting its transactions."""
+
+    transactions: list[int]
+
+    def record_many(self, runs: Sequence[tuple[Invocation, RunResult, float]]) -> None:
+        self.transactions.append(len(runs))
+        super().record_many(runs)
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> CountedHistory:
+    history = CountedHistory(tmp_path / "runs.db", retention_days=1, max_runs=1000)
+    history.transactions = []
+    return history
+
+
+def submit(writer: BookkeepingWriter, inv_id: str) -> None:
+    now = time.time()
+    writer.submit(invocation(inv_id), result(inv_id), ended_at=now, started_at=now - 0.5)
+
+
+def test_a_burst_of_runs_is_one_transaction_and_one_entry_each(
+    tmp_path: Path, history: CountedHistory
+) -> None:
+    callback_log = CallbackLog(tmp_path / "logs", 1 << 20)
+    writer = BookkeepingWriter(history, callback_log, Metrics())
+    for n in range(10):
+        submit(writer, f"run-{n}")
+    time.sleep(5 * GATHER_S)  # nobody reads: the pause ends on its own
+    assert history.transactions == [10]
+    assert history.count() == 10
+    entries = log_path(callback_log.root, 10).read_text().count("=== ")
+    assert entries == 10
+    writer.close()
+
+
+def test_a_reader_does_not_wait_for_the_pause(history: CountedHistory, tmp_path: Path) -> None:
+    writer = BookkeepingWriter(history, CallbackLog(tmp_path / "logs", 1 << 20), Metrics())
+    for round_ in range(20):
+        submit(writer, f"run-{round_}")
+        assert writer.flush()
+        assert history.get(f"run-{round_}") is not None  # answered, so readable at once
+    writer.close()
+    assert sum(history.transactions) == 20
+
+
+def test_close_writes_what_is_queued(history: CountedHistory, tmp_path: Path) -> None:
+    writer = BookkeepingWriter(history, CallbackLog(tmp_path / "logs", 1 << 20), Metrics())
+    for n in range(5):
+        submit(writer, f"run-{n}")
+    writer.close()
+    assert history.count() == 5
