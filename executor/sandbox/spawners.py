@@ -35,6 +35,15 @@ logger = logging.getLogger(__name__)
 MAX_MESSAGE: Final = 64 << 10
 # A language whose zygote fails this many spawns in a row starts its children cold.
 MAX_ZYGOTE_FAILURES: Final = 3
+# A zygote's own environment (each child gets the one of its spawn request instead).
+# LD_BIND_NOW: the dynamic linker resolves every library call once, at the zygote's
+# start; lazily, each child would resolve its own first calls again, writing to the
+# zygote's shared pages (~15 page faults per child).
+ZYGOTE_ENVIRONMENT: Final = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "LD_BIND_NOW": "1",
+}
 
 
 @dataclass
@@ -182,7 +191,7 @@ class _Zygote:
                 stderr=None,
                 pass_fds=(theirs.fileno(),),
                 start_new_session=True,
-                env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"},
+                env=ZYGOTE_ENVIRONMENT,
             )
         except OSError as err:
             ours.close()
