@@ -229,13 +229,41 @@ class LaunchSpec(TypedDict):
     umask: int
 
 
-class SpawnRequest(TypedDict):
-    """executor -> zygote, with SCM_RIGHTS fds [stdout_w, stderr_w, bridge]."""
+# executor -> zygote, with SCM_RIGHTS fds [stdout_w, stderr_w, bridge] (``encode_spawn``):
+# (id, the cell's part of the launch spec as sent, workdir, warm_up, the environment with
+# each variable as b"NAME=value"). A plain tuple: a NamedTuple class costs every cold
+# child that imports this module its making.
+SpawnRequest = tuple[int, bytes, str, bool, list[bytes]]
 
-    type: Literal["spawn"]
-    id: int
-    spec: LaunchSpec
-    env: dict[str, str]
+
+# The fields of a LaunchSpec that differ from one child of a cell to the next.
+SPAWN_RUN_FIELDS: Final = ("workdir", "warm_up")
+
+
+def encode_spawn(request_id: int, spec: LaunchSpec, env: dict[str, str]) -> bytes:
+    """A spawn message: the cell's part of ``spec`` (JSON), a newline, then the run's part.
+
+    The cell's part is the same bytes for every child of a cell with the same limits:
+    a zygote parses it once and keeps it. The run's part is NUL-separated, no JSON to
+    parse per child: id, warm_up (0/1), workdir, then each variable as NAME=value, as
+    libc keeps them. ValueError for a NUL in the environment (libc refuses it too).
+    """
+    cell_part = {key: value for key, value in spec.items() if key not in SPAWN_RUN_FIELDS}
+    fields = [str(request_id), "1" if spec["warm_up"] else "0", spec["workdir"]]
+    for name, value in env.items():
+        if "\0" in name or "\0" in value or "=" in name:
+            raise ValueError(f"environment variable {name!r}: no NUL, and no = in its name")
+        fields.append(f"{name}={value}")
+    run_part = "\0".join(fields).encode("utf-8", "surrogateescape")
+    return json.dumps(cell_part).encode() + b"\n" + run_part
+
+
+def decode_spawn(data: bytes) -> SpawnRequest:
+    """``encode_spawn``'s message back, the cell's part left as bytes (a zygote's cache key)."""
+    cell_part, _, run_part = data.partition(b"\n")
+    request_id, warm_up, workdir, *env = run_part.split(b"\0")
+    workdir_name = workdir.decode("utf-8", "surrogateescape")
+    return int(request_id), cell_part, workdir_name, warm_up == b"1", env
 
 
 class ZygoteStarted(TypedDict):

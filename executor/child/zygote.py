@@ -5,12 +5,14 @@ and tearing down; a fork of this already-warm, single-threaded process costs ~1 
 (sandbox.md §5.1). The executor itself never forks without exec (gRPC's fork handlers);
 it starts this process with fork+exec and talks to it over a SOCK_SEQPACKET socket:
 
-executor -> zygote   ``{"type":"spawn","id":N,"spec":{...},"env":{...}}``
-                     with SCM_RIGHTS fds [stdout_w, stderr_w, bridge]
+executor -> zygote   ``{"type":"spawn","id":N,"workdir":W,"warm_up":B,"env":{...}}``, a
+                     newline, the cell's part of the launch spec ``{...}``, with
+                     SCM_RIGHTS fds [stdout_w, stderr_w, bridge]
 zygote -> executor   ``{"type":"started","id":N,"pid":P}`` or ``{"type":"failed","id":N,...}``
                      ``{"type":"exited","pid":P,"status":S,"cpu":C,"maxrss_kib":K}``
 
-(``protocol.SpawnRequest``, ``ZygoteStarted``, ``ZygoteFailed``, ``ZygoteExited``.)
+(``protocol.SpawnRequest``, ``encode_spawn``, ``ZygoteStarted``, ``ZygoteFailed``,
+``ZygoteExited``.) A cell's part of the spec is parsed once (``CellSpecs``).
 
 The child does what the cold path's Popen + launcher do: new session, stdin from
 /dev/null, the passed stdout/stderr, the bridge as fd 3, every other fd closed, the
@@ -52,10 +54,15 @@ import python_bootstrap
 import qb  # noqa: F401 - warm for the children
 
 if TYPE_CHECKING:
-    from protocol import LaunchSpec, SpawnRequest, ZygoteFailed
+    from protocol import LaunchSpec, ZygoteFailed
 
 BRIDGE_FD = protocol.BRIDGE_FD
 MAX_MESSAGE = 64 << 10  # spawner.py's; larger spawn messages are never sent
+# Every fd above the bridge is closed in a child (looked up once, not per child).
+MAX_FD = os.sysconf("SC_OPEN_MAX")
+SIGCHLD = int(signal.SIGCHLD)
+# Cells' spec parts kept parsed (cells x their limits); more and the cache starts over.
+MAX_CELL_SPECS = 256
 PR_SET_DUMPABLE = 4
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -111,20 +118,27 @@ class CellNetworks:
         self._current = cell
 
 
-def _replace_environment(env: dict[str, str]) -> None:
+# The zygote's own environment, kept: a child that drops the last reference to it would
+# free every key and value, writing to as many shared pages.
+_ZYGOTE_ENVIRONMENT = os.environ._data  # type: ignore[attr-defined]
+_libc.clearenv  # noqa: B018 - looked up now, as launcher.py explains
+
+
+def _replace_environment(env: list[bytes]) -> None:
     """``os.environ.clear(); os.environ.update(env)`` with a fraction of the page faults.
 
     Every first write a child makes to a page of the warm heap is a copy-on-write fault
     (~5 us here). The mapping methods run through abc checks and encoders on many pages
     (measured: ~90 faults, 0.45 ms per child); this sets libc's environment and the
-    encoded copy that ``os.environ`` keeps, and nothing else.
+    encoded copy that ``os.environ`` keeps from the spawn request's ``NAME=value``
+    bytes, and nothing else.
     """
-    for key in list(os.environ._data):  # type: ignore[attr-defined]
-        os.unsetenv(key)
+    _libc.clearenv()
     encoded = {}
-    for key, value in env.items():
-        encoded[os.fsencode(key)] = os.fsencode(value)
-        os.putenv(key, value)
+    for variable in env:
+        name, _, value = variable.partition(b"=")
+        os.putenv(name, value)
+        encoded[name] = value
     os.environ._data = encoded  # type: ignore[attr-defined]
 
 
@@ -162,23 +176,54 @@ class SharedMasks:
         return confined
 
 
-def _child(message: SpawnRequest, fds: list[int]) -> None:
+class CellSpecs:
+    """Each cell's part of the launch spec, parsed once (``protocol.encode_spawn``).
+
+    It is the same bytes for every child of a cell with the same limits. Parsing the
+    whole spec per spawn cost the zygote ~85 page faults per fork: json allocates on
+    pages the last child shares. The hardened tier's shared masks are applied once too.
+    """
+
+    def __init__(self) -> None:
+        self._specs: dict[bytes, LaunchSpec] = {}
+        self._shared_masks = SharedMasks()
+
+    def spec(self, cell_part: bytes, workdir: str, warm_up: bool) -> LaunchSpec:
+        """The launch spec of a child of that cell; OSError as ``SharedMasks.apply``."""
+        cached = self._specs.get(cell_part)
+        if cached is None:
+            parsed = json.loads(cell_part)
+            parsed["workdir"] = workdir
+            cached = self._shared_masks.apply(parsed)
+            if len(self._specs) >= MAX_CELL_SPECS:
+                self._specs.clear()
+            self._specs[cell_part] = cached
+        spec = cached.copy()
+        spec["workdir"] = workdir
+        spec["warm_up"] = warm_up
+        return spec
+
+
+def _child(spec: LaunchSpec, env: list[bytes], fds: list[int], devnull: int) -> None:
     """In the forked child: take the passed fds, confine, run; never returns."""
     code = launcher.EXIT_LAUNCH_FAILED
     try:
         os.setsid()
         stdout_w, stderr_w, bridge = fds
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        for source, target in ((devnull, 0), (stdout_w, 1), (stderr_w, 2), (bridge, BRIDGE_FD)):
-            os.dup2(source, target)
-        os.closerange(BRIDGE_FD + 1, os.sysconf("SC_OPEN_MAX"))
-        _replace_environment(message["env"])
+        # No loop over pairs: each tuple made here would be one more write to the heap.
+        os.dup2(devnull, 0)
+        os.dup2(stdout_w, 1)
+        os.dup2(stderr_w, 2)
+        os.dup2(bridge, BRIDGE_FD)
+        os.closerange(BRIDGE_FD + 1, MAX_FD)
+        _replace_environment(env)
         # sys.stdout and sys.stderr are the zygote's own, set up in main(): they write to
         # fds 1 and 2, which now are the run's pipes.
-        # _signal: signal's wrappers convert to and from enums, ~70 page faults here.
-        _signal.signal(signal.SIGCHLD, _signal.SIG_DFL)
+        # _signal: signal's wrappers convert to and from enums, ~70 page faults here. The
+        # zygote's handler stays referenced (_on_child_exit): resetting it frees nothing.
+        _signal.signal(SIGCHLD, _signal.SIG_DFL)
         _signal.set_wakeup_fd(-1)
-        code = launcher.confine_and_run(message["spec"])
+        code = launcher.confine_and_run(spec)
         atexit._run_exitfuncs()
     except SystemExit as err:
         code = err.code if isinstance(err.code, int) else 1
@@ -245,13 +290,18 @@ def _reap(control: socket.socket, children: set[int]) -> None:
         control.send(_exited(pid, status, usage))
 
 
+def _on_child_exit(signum: int, frame: object) -> None:
+    """SIGCHLD's handler: it only wakes the loop (``signal.set_wakeup_fd``)."""
+
+
 def serve(control: socket.socket, *, private_network: bool = False) -> None:  # noqa: PLR0915
     """Serve spawn requests until the executor closes the control socket."""
     children: set[int] = set()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGCHLD, _on_child_exit)
+    devnull = os.open(os.devnull, os.O_RDONLY)  # each child's stdin
     # poll, not selectors: less Python per message (each page it writes is a fault here,
     # as the last child forked shares them all).
     poller = select.poll()
@@ -259,53 +309,52 @@ def serve(control: socket.socket, *, private_network: bool = False) -> None:  # 
     poller.register(wake_r, select.POLLIN)
     namespaces = PidNamespaces()
     networks = CellNetworks() if private_network else None
-    shared_masks = SharedMasks()
+    cell_specs = CellSpecs()
     gc.freeze()  # keep the warm heap shared with the children (copy-on-write)
     while True:
         for ready, _ in poller.poll():
             if ready == wake_r:
-                os.read(wake_r, 4096)
+                os.read(wake_r, 64)  # a byte a signal; not a 4 KiB buffer on a shared page
                 _reap(control, children)
                 continue
             data, fds = _receive(control)
             if not data:
                 return  # the executor is gone; our children follow via PDEATHSIG
-            message: SpawnRequest = json.loads(data)
+            request_id, cell_part, workdir, warm_up, env = protocol.decode_spawn(data)
             if len(fds) != 3:
                 for fd in fds:
                     os.close(fd)
-                _send(control, {"type": "failed", "id": message["id"], "error": "expected 3 fds"})
+                _send(control, {"type": "failed", "id": request_id, "error": "expected 3 fds"})
                 continue
-            new_pid_namespace = message["spec"]["pid_namespace"]
             pid = -1
             error = ""
             try:
-                message["spec"] = shared_masks.apply(message["spec"])
+                spec = cell_specs.spec(cell_part, workdir, warm_up)
             except OSError as err:
                 for fd in fds:
                     os.close(fd)
                 error = f"could not cover the masks: {err}"
-                _send(control, {"type": "failed", "id": message["id"], "error": error})
+                _send(control, {"type": "failed", "id": request_id, "error": error})
                 return  # the executor starts a new zygote, or the cold path
             try:
-                launcher.prepare_filter(message["spec"]["seccomp_filter"])
+                launcher.prepare_filter(spec["seccomp_filter"])
                 if networks is not None:
-                    networks.before_fork(message["spec"]["cell"])
-                namespaces.before_fork(new=new_pid_namespace)
+                    networks.before_fork(spec["cell"])
+                namespaces.before_fork(new=spec["pid_namespace"])
                 pid = os.fork()
             except OSError as err:
                 error = str(err)
             if pid == 0:
                 # The child leaves our objects alone (each touch is a page fault) and
                 # never returns to them: closing fds above its bridge closes their fds.
-                _child(message, fds)
+                _child(spec, env, fds, devnull)
             for fd in fds:
                 os.close(fd)
             if pid > 0:
                 children.add(pid)
-                control.send(_started(message["id"], pid))
+                control.send(_started(request_id, pid))
             else:
-                _send(control, {"type": "failed", "id": message["id"], "error": error})
+                _send(control, {"type": "failed", "id": request_id, "error": error})
         _reap(control, children)
 
 

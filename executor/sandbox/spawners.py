@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from executor.child.protocol import LaunchSpec, SpawnRequest, ZygoteMessage
+from executor.child.protocol import LaunchSpec, ZygoteMessage, encode_spawn
 from executor.errors import UnavailableError
 from executor.policies import DEFAULT_UMASK
 from executor.runtimes.child import CHILD_RUNTIMES, LAUNCHER
@@ -275,8 +275,7 @@ class _Zygote:
         async with self._lock:
             control = await self._ensure_started()
             request_id = next(self._ids)
-            message: SpawnRequest = {"type": "spawn", "id": request_id, "spec": spec, "env": env}
-            payload = json.dumps(message).encode()
+            payload = encode_spawn(request_id, spec, env)
             if len(payload) > MAX_MESSAGE:
                 raise UnavailableError(
                     f"spawn message of {len(payload)} bytes exceeds {MAX_MESSAGE}"
