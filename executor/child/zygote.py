@@ -27,7 +27,7 @@ With ``--private-network`` each cell (one run at a time) has an empty network na
 of its own, made here on its first child (~1 ms, once) and entered before each of its
 children is forked (a setns, microseconds): abstract Unix sockets, which live in a
 network namespace, never reach another cell's callbacks. The syscall filter of the
-spec is made ready here before the fork too (``launcher.prepare_filter``).
+spec is made ready here before the fork too (``launcher.Confinement``).
 """
 
 from __future__ import annotations
@@ -180,34 +180,44 @@ class SharedMasks:
 
 
 class CellSpecs:
-    """Each cell's part of the launch spec, parsed once (``protocol.encode_spawn``).
+    """Each cell's part of the launch spec, parsed and its confinement made once.
 
-    It is the same bytes for every child of a cell with the same limits. Parsing the
-    whole spec per spawn cost the zygote ~85 page faults per fork: json allocates on
-    pages the last child shares. The hardened tier's shared masks are applied once too.
+    The part (``protocol.encode_spawn``) is the same bytes for every child of a cell
+    with the same limits. Parsing the whole spec per spawn cost the zygote ~85 page
+    faults per fork (json allocates on pages the last child shares), and making the
+    confinement's arguments in each child ~100 more. The hardened tier's shared masks
+    are applied once too.
     """
 
     def __init__(self) -> None:
-        self._specs: dict[bytes, LaunchSpec] = {}
+        self._specs: dict[bytes, tuple[LaunchSpec, launcher.Confinement]] = {}
         self._shared_masks = SharedMasks()
 
-    def spec(self, cell_part: bytes, workdir: str, warm_up: bool) -> LaunchSpec:
-        """The launch spec of a child of that cell; OSError as ``SharedMasks.apply``."""
+    def spec(
+        self, cell_part: bytes, workdir: str, *, warm_up: bool
+    ) -> tuple[LaunchSpec, launcher.Confinement]:
+        """A child's launch spec and confinement; OSError as ``SharedMasks.apply``."""
         cached = self._specs.get(cell_part)
         if cached is None:
             parsed = json.loads(cell_part)
             parsed["workdir"] = workdir
-            cached = self._shared_masks.apply(parsed)
+            spec = self._shared_masks.apply(parsed)
+            cached = (spec, launcher.Confinement(spec))
             if len(self._specs) >= MAX_CELL_SPECS:
                 self._specs.clear()
             self._specs[cell_part] = cached
-        spec = cached.copy()
+        spec = cached[0].copy()
         spec["workdir"] = workdir
         spec["warm_up"] = warm_up
-        return spec
+        confinement = cached[1]
+        if not confinement.fits(workdir):  # under another mask: one made for this child
+            confinement = launcher.Confinement(spec)
+        return spec, confinement
 
 
-def _child(spec: LaunchSpec, fds: list[int], devnull: int) -> None:
+def _child(
+    spec: LaunchSpec, confinement: launcher.Confinement, fds: list[int], devnull: int
+) -> None:
     """In the forked child: take the passed fds, confine, run; never returns."""
     code = launcher.EXIT_LAUNCH_FAILED
     try:
@@ -225,7 +235,7 @@ def _child(spec: LaunchSpec, fds: list[int], devnull: int) -> None:
         # zygote's handler stays referenced (_on_child_exit): resetting it frees nothing.
         _signal.signal(SIGCHLD, _signal.SIG_DFL)
         _signal.set_wakeup_fd(-1)
-        code = launcher.confine_and_run(spec)
+        code = launcher.confine_and_run(spec, confinement)
         atexit._run_exitfuncs()
     except SystemExit as err:
         code = err.code if isinstance(err.code, int) else 1
@@ -332,7 +342,7 @@ def serve(control: socket.socket, *, private_network: bool = False) -> None:  # 
             pid = -1
             error = ""
             try:
-                spec = cell_specs.spec(cell_part, workdir, warm_up)
+                spec, confinement = cell_specs.spec(cell_part, workdir, warm_up=warm_up)
             except OSError as err:
                 for fd in fds:
                     os.close(fd)
@@ -340,7 +350,6 @@ def serve(control: socket.socket, *, private_network: bool = False) -> None:  # 
                 _send(control, {"type": "failed", "id": request_id, "error": error})
                 return  # the executor starts a new zygote, or the cold path
             try:
-                launcher.prepare_filter(spec["seccomp_filter"])
                 if networks is not None:
                     networks.before_fork(spec["cell"])
                 namespaces.before_fork(new=spec["pid_namespace"])
@@ -351,7 +360,7 @@ def serve(control: socket.socket, *, private_network: bool = False) -> None:  # 
             if pid == 0:
                 # The child leaves our objects alone (each touch is a page fault) and
                 # never returns to them: closing fds above its bridge closes their fds.
-                _child(spec, fds, devnull)
+                _child(spec, confinement, fds, devnull)
             for fd in fds:
                 os.close(fd)
             if pid > 0:
