@@ -47,7 +47,9 @@ CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
-SIGKILL = int(signal.SIGKILL)  # an int: the enum member would be one more object to touch
+# Ints: the enum members would be more objects for a forked child to touch.
+SIGKILL = int(signal.SIGKILL)
+SIGXCPU = int(signal.SIGXCPU)
 # Exit code the shim uses when it could not start the callback at all.
 EXIT_LAUNCH_FAILED = 121
 # protocol.BRIDGE_FD, spelled out: a cold Perl child never imports protocol (its types
@@ -202,11 +204,15 @@ def _mirror_exit(pid: int) -> int:
     return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else EXIT_LAUNCH_FAILED
 
 
+def _exit_on_sigxcpu(signum: int, frame: object) -> None:
+    os._exit(128 + SIGXCPU)
+
+
 def _run_runtime(spec: LaunchSpec) -> int:
     if spec["language"] == "python":
         if os.getpid() == 1:
             # PID 1 ignores signals it has no handler for, SIGXCPU included.
-            _signal.signal(signal.SIGXCPU, lambda *_: os._exit(128 + signal.SIGXCPU))
+            _signal.signal(SIGXCPU, _exit_on_sigxcpu)
         import python_bootstrap
 
         return int(python_bootstrap.run(BRIDGE_FD, warm_up=spec["warm_up"]))

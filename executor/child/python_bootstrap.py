@@ -94,7 +94,7 @@ def _warm_up() -> None:
     It walks the run's own path (the real ``qb``, no frame encoded: a run that ends
     well sends ``_DONE_OK``), since every page touched only here is a fault for nothing.
     """
-    start = protocol.decode_body(_WARM_UP_FRAME[protocol.HEADER.size :])
+    start = protocol.decode_trusted(_WARM_UP_FRAME[protocol.HEADER.size :])
     qb._bind(-1, start["context"])  # run() binds the bridge and the real context
     code = compile(start["code"], CALLBACK_FILENAME, "exec", dont_inherit=True)
     exec(code, {"__name__": "__main__", "__builtins__": builtins, "qb": qb})

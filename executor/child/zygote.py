@@ -19,7 +19,7 @@ The child does what the cold path's Popen + launcher do: new session, stdin from
 given environment, then ``launcher.confine_and_run`` (which enters the working
 directory). When the spec asks for a PID namespace, the zygote forks the child straight
 into a fresh one (it is PID 1 there): the cold path's shim, a second fork of a Python
-process and its exit on every run, is not needed. The zygote reaps its children and
+process and its exit on every run, is not needed. The zygote reaps its children (each watched through a pidfd) and
 reports their wait status and rusage. If this process dies, its children die with it
 (PR_SET_PDEATHSIG) and the executor reports them as killed.
 
@@ -32,7 +32,7 @@ spec is made ready here before the fork too (``launcher.Confinement``).
 
 from __future__ import annotations
 
-import _signal  # type: ignore[import-not-found]  # (no stubs) see launcher.py
+import array
 import atexit
 import ctypes
 import gc
@@ -60,7 +60,6 @@ BRIDGE_FD = protocol.BRIDGE_FD
 MAX_MESSAGE = 64 << 10  # spawner.py's; larger spawn messages are never sent
 # Every fd above the bridge is closed in a child (looked up once, not per child).
 MAX_FD = os.sysconf("SC_OPEN_MAX")
-SIGCHLD = int(signal.SIGCHLD)
 # Cells' spec parts kept parsed (cells x their limits); more and the cache starts over.
 MAX_CELL_SPECS = 256
 PR_SET_DUMPABLE = 4
@@ -231,10 +230,6 @@ def _child(
         os.closerange(BRIDGE_FD + 1, MAX_FD)
         # sys.stdout and sys.stderr are the zygote's own, set up in main(): they write to
         # fds 1 and 2, which now are the run's pipes.
-        # _signal: signal's wrappers convert to and from enums, ~70 page faults here. The
-        # zygote's handler stays referenced (_on_child_exit): resetting it frees nothing.
-        _signal.signal(SIGCHLD, _signal.SIG_DFL)
-        _signal.set_wakeup_fd(-1)
         code = launcher.confine_and_run(spec, confinement)
         atexit._run_exitfuncs()
     except SystemExit as err:
@@ -283,42 +278,57 @@ def _receive(control: socket.socket) -> tuple[bytes, list[int]]:
     fds: list[int] = []
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds += [
-                int.from_bytes(payload[i : i + 4], sys.byteorder)
-                for i in range(0, len(payload) - 3, 4)
-            ]
+            # array, not a comprehension: no function object made per message
+            fds += array.array("i", payload[: len(payload) - len(payload) % 4])
     return data, fds
 
 
-def _reap(control: socket.socket, children: set[int]) -> None:
-    while children:
+class Children:
+    """The children alive, each watched through a pidfd in the loop's poll; reaped, reported.
+
+    No SIGCHLD handler and wakeup fd: each child would have them to undo (~16 page faults).
+    """
+
+    def __init__(self, control: socket.socket, poller: select.poll) -> None:
+        self._control = control
+        self._poller = poller
+        self._pids: dict[int, int] = {}  # pidfd -> pid
+
+    def add(self, pid: int) -> None:
+        """Watch ``pid``, just forked and reported started."""
         try:
-            pid, status, usage = os.wait4(-1, os.WNOHANG)
-        except ChildProcessError:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            # Unwatched, its end would never be reported: ended now instead.
+            os.kill(pid, signal.SIGKILL)
+            self._report(pid)
             return
-        if pid == 0:
-            return
-        children.discard(pid)
-        control.send(_exited(pid, status, usage))
+        self._pids[pidfd] = pid
+        self._poller.register(pidfd, select.POLLIN)
+
+    def reap(self, pidfd: int) -> bool:
+        """Reap and report the child of ``pidfd`` when it is one of ours (it has exited)."""
+        pid = self._pids.pop(pidfd, 0)
+        if not pid:
+            return False
+        self._poller.unregister(pidfd)
+        os.close(pidfd)
+        self._report(pid)
+        return True
+
+    def _report(self, pid: int) -> None:
+        _, status, usage = os.wait4(pid, 0)
+        self._control.send(_exited(pid, status, usage))
 
 
-def _on_child_exit(signum: int, frame: object) -> None:
-    """SIGCHLD's handler: it only wakes the loop (``signal.set_wakeup_fd``)."""
-
-
-def serve(control: socket.socket, *, private_network: bool = False) -> None:  # noqa: PLR0915
+def serve(control: socket.socket, *, private_network: bool = False) -> None:
     """Serve spawn requests until the executor closes the control socket."""
-    children: set[int] = set()
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, _on_child_exit)
     devnull = os.open(os.devnull, os.O_RDONLY)  # each child's stdin
     # poll, not selectors: less Python per message (each page it writes is a fault here,
     # as the last child forked shares them all).
     poller = select.poll()
     poller.register(control, select.POLLIN)
-    poller.register(wake_r, select.POLLIN)
+    children = Children(control, poller)
     namespaces = PidNamespaces()
     networks = CellNetworks() if private_network else None
     cell_specs = CellSpecs()
@@ -326,9 +336,7 @@ def serve(control: socket.socket, *, private_network: bool = False) -> None:  # 
     gc.freeze()  # keep the warm heap shared with the children (copy-on-write)
     while True:
         for ready, _ in poller.poll():
-            if ready == wake_r:
-                os.read(wake_r, 64)  # a byte a signal; not a 4 KiB buffer on a shared page
-                _reap(control, children)
+            if children.reap(ready):
                 continue
             data, fds = _receive(control)
             if not data:
@@ -364,11 +372,10 @@ def serve(control: socket.socket, *, private_network: bool = False) -> None:  # 
             for fd in fds:
                 os.close(fd)
             if pid > 0:
-                children.add(pid)
                 control.send(_started(request_id, pid))
+                children.add(pid)
             else:
                 _send(control, {"type": "failed", "id": request_id, "error": error})
-        _reap(control, children)
 
 
 def main(argv: list[str]) -> int:
