@@ -147,55 +147,106 @@ def _mount_binds(binds: list[BindSpec], fds: list[int]) -> None:
         _mount(None, target, None, flags if bind["writable"] else flags | MS_RDONLY)
 
 
-def isolate_filesystem(
-    masks: list[str],
-    keep: list[str],
-    workdir: str,
-    quota: dict[str, int],
-    shared_masks: list[str] | tuple[str, ...] = (),
-    late_masks: list[str] | tuple[str, ...] = (),
-    binds: list[BindSpec] | tuple[BindSpec, ...] = (),
-) -> None:
-    """Private mounts, fresh /proc, tmpfs over ``masks``, ``keep`` bound back, a quota'd workdir.
+class FilesystemPlan:
+    """``isolate_filesystem``'s work for one cell, worked out ahead: what to mount, encoded.
+
+    A zygote makes it once per cell, before any fork: a forked child then only makes
+    the calls (each string encoded, list built or flag wrapped in the child would be a
+    write to the shared heap, a page fault). ``workdir`` only decides which masks are
+    covered here; any working directory under the same mask ``fits``.
 
     ``masks`` are existing directories, none inside another (the executor's plan).
     ``shared_masks``: those the zygote covered already (``share_masks``) in the namespace
     this one copies, which also keeps mounts from propagating to the host.
-    ``late_masks``: covered here in every case (see step 6 above).
-
+    ``late_masks``: covered here in every case (see step 7 above).
     ``quota`` is ``{"bytes": ..., "uid": ..., "gid": ...}`` for the working directory,
     which must lie under a mask: it is made there, never on the host's disk.
     """
-    bind_fds = _open_binds(list(binds))
-    try:
-        if not shared_masks:
-            _mount(None, "/", None, MS_REC | MS_PRIVATE)
-        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-        # A shared mask is covered again when it holds the working directory: its tmpfs is
-        # every child's, and the mount point would be left behind there.
+
+    def __init__(
+        self,
+        masks: list[str],
+        keep: list[str],
+        workdir: str,
+        quota: dict[str, int],
+        shared_masks: list[str] | tuple[str, ...] = (),
+        late_masks: list[str] | tuple[str, ...] = (),
+        binds: list[BindSpec] | tuple[BindSpec, ...] = (),
+    ) -> None:
+        self.private_root = not shared_masks
+        # A shared mask is covered again when it holds the working directory: its tmpfs
+        # is every child's, and the mount point would be left behind there.
         covered = [m for m in masks if m not in shared_masks or under(workdir, m)]
         covered.extend(late_masks)
-        _cover(covered, keep)
-        _mount_binds(list(binds), bind_fds)
+        self.covered = covered
+        self.covered_targets = [mask.encode() for mask in covered]
+        self.keep = keep
+        # Whether a kept path lies under a mask covered here, to be bound back (rare: the
+        # interpreter, the venv and the child code are rarely under /tmp).
+        self.bind_back = any(_under_any(path, covered) for path in keep)
+        self.binds = list(binds)
+        self.workdir_mask = next((mask for mask in masks if under(workdir, mask)), None)
+        self.workdir_data = (
+            f"size={quota['bytes']},nr_inodes={MAX_WORKDIR_FILES},mode=0700,"
+            f"uid={quota['uid']},gid={quota['gid']}"
+        ).encode()
+
+    def fits(self, workdir: str) -> bool:
+        """Whether the plan holds for ``workdir`` (under the same mask)."""
+        return self.workdir_mask is not None and under(workdir, self.workdir_mask)
+
+
+_TMPFS = b"tmpfs"
+_PROC = b"proc"
+_ROOT = b"/"
+_MASK_DATA = b"mode=0755,size=64m"
+# ctypes flags made once: a c_ulong made per call is a new object in a forked child.
+_PRIVATE_FLAGS = ctypes.c_ulong(MS_REC | MS_PRIVATE)
+_PROC_FLAGS = ctypes.c_ulong(MS_NOSUID | MS_NODEV | MS_NOEXEC)
+_TMPFS_FLAGS = ctypes.c_ulong(MS_NOSUID | MS_NODEV)
+
+
+def _mount_encoded(
+    source: bytes | None,
+    target: bytes,
+    fstype: bytes | None,
+    flags: ctypes.c_ulong,
+    data: bytes | None,
+) -> None:
+    if _libc.mount(source, target, fstype, flags, data) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"mount {target.decode()}: {os.strerror(errno)}")
+
+
+def isolate_filesystem(plan: FilesystemPlan, workdir: str) -> None:
+    """Private mounts, fresh /proc, tmpfs over the masks, ``keep`` bound back, a quota'd workdir.
+
+    As ``plan`` says; ``workdir`` must fit it (``FilesystemPlan.fits``).
+    """
+    if not plan.fits(workdir):
+        raise OSError(f"working directory {workdir} is not under a masked directory")
+    bind_fds = _open_binds(plan.binds) if plan.binds else []
+    try:
+        if plan.private_root:
+            _mount_encoded(None, _ROOT, None, _PRIVATE_FLAGS, None)
+        _mount_encoded(_PROC, b"/proc", _PROC, _PROC_FLAGS, None)
+        if plan.bind_back:
+            _cover(plan.covered, plan.keep)
+        else:  # the usual case: nothing to bind back, the masks only
+            for target in plan.covered_targets:
+                _mount_encoded(_TMPFS, target, _TMPFS, _TMPFS_FLAGS, _MASK_DATA)
+        if bind_fds:
+            _mount_binds(plan.binds, bind_fds)
     finally:
         for fd in bind_fds:
             os.close(fd)
-    if not _under_any(workdir, masks):
-        raise OSError(f"working directory {workdir} is not under a masked directory")
     try:
         os.mkdir(workdir, 0o700)  # on the masked /tmp: ours alone
     except FileNotFoundError:
         os.makedirs(workdir, mode=0o700, exist_ok=True)
     except FileExistsError:
         pass
-    _mount(
-        "tmpfs",
-        workdir,
-        "tmpfs",
-        MS_NOSUID | MS_NODEV,
-        f"size={quota['bytes']},nr_inodes={MAX_WORKDIR_FILES},mode=0700,"
-        f"uid={quota['uid']},gid={quota['gid']}",
-    )
+    _mount_encoded(_TMPFS, workdir.encode(), _TMPFS, _TMPFS_FLAGS, plan.workdir_data)
 
 
 def drop_privileges(uid: int, gid: int, groups: list[int] | tuple[int, ...] = ()) -> None:

@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 CHILD_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, CHILD_DIR)  # protocol, qb and the bootstraps are siblings
 
-import seccomp  # noqa: E402 - a sibling, found through CHILD_DIR
+import isolation as hardened  # noqa: E402 - a sibling, found through CHILD_DIR
+import seccomp  # noqa: E402 - a sibling
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
@@ -46,6 +47,9 @@ CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
+# Ints: the enum members would be more objects for a forked child to touch.
+SIGKILL = int(signal.SIGKILL)
+SIGXCPU = int(signal.SIGXCPU)
 # Exit code the shim uses when it could not start the callback at all.
 EXIT_LAUNCH_FAILED = 121
 # protocol.BRIDGE_FD, spelled out: a cold Perl child never imports protocol (its types
@@ -86,10 +90,11 @@ def check(result: int, what: str) -> None:
 
 
 def _prctl(option: int, value: int) -> None:
-    check(_libc.prctl(option, value, 0, 0, 0), f"prctl({option})")
+    if _libc.prctl(option, value, 0, 0, 0) != 0:  # the message made only when needed
+        check(-1, f"prctl({option})")
 
 
-def _join_cgroups(procs_files: list[str]) -> None:
+def _join_cgroups(procs_files: list[bytes]) -> None:
     for procs in procs_files:
         # os-level calls: no file object to build (each costs a forked child page faults).
         fd = os.open(procs, os.O_WRONLY)
@@ -99,9 +104,9 @@ def _join_cgroups(procs_files: list[str]) -> None:
             os.close(fd)
 
 
-def _apply_rlimits(rlimits: dict[str, list[int]]) -> None:
-    for name, (soft, hard) in rlimits.items():
-        resource.setrlimit(getattr(resource, f"RLIMIT_{name}"), (soft, hard))
+def _apply_rlimits(rlimits: list[tuple[int, tuple[int, int]]]) -> None:
+    for which, limits in rlimits:
+        resource.setrlimit(which, limits)
 
 
 # The filter of the last spawn, ready for prctl: (its hex, the prepared program).
@@ -122,18 +127,60 @@ def prepare_filter(program: str) -> seccomp.Prepared | None:
     return _filter[1]
 
 
-def _enter_namespaces(spec: LaunchSpec, *, pid: bool) -> None:
-    flags = CLONE_NEWPID if pid else 0
-    if spec["unshare_network"]:
-        flags |= CLONE_NEWNET
-    if spec["isolation"] is not None:
-        flags |= CLONE_NEWNS
-    if spec["ipc_namespace"]:
-        flags |= CLONE_NEWIPC
-    if spec["cgroup_namespace"]:
-        # After _join_cgroups: its root is the cell's cgroup, so /proc/self/cgroup names
-        # nothing of the executor's.
-        flags |= CLONE_NEWCGROUP
+class Confinement:
+    """A launch spec's confinement worked out ahead: each call's arguments, made.
+
+    A zygote makes one per cell and limits before it forks (``zygote.CellSpecs``); its
+    children only make the calls: every string encoded, list built or name looked up in
+    a forked child is a write to the shared heap, a page fault. The cold path makes its
+    own: both confine alike. ``spec``'s working directory only picks the masks it covers
+    (``isolation.FilesystemPlan``); ``fits`` tells whether another one does too.
+    """
+
+    def __init__(self, spec: LaunchSpec) -> None:
+        self.site_paths = spec["site_paths"]
+        self.cgroup_procs = [procs.encode() for procs in spec["cgroup_procs"]]
+        # The namespaces made after joining the cgroups (CLONE_NEWPID apart: a zygote's
+        # child is forked into its own, a cold one makes it).
+        flags = 0
+        if spec["unshare_network"]:
+            flags |= CLONE_NEWNET
+        if spec["isolation"] is not None:
+            flags |= CLONE_NEWNS
+        if spec["ipc_namespace"]:
+            flags |= CLONE_NEWIPC
+        if spec["cgroup_namespace"]:
+            # After _join_cgroups: its root is the cell's cgroup, so /proc/self/cgroup
+            # names nothing of the executor's.
+            flags |= CLONE_NEWCGROUP
+        self.namespace_flags = flags
+        isolation = spec["isolation"]
+        self.isolation = isolation
+        self.filesystem = (
+            None
+            if isolation is None
+            else hardened.FilesystemPlan(
+                isolation["masks"],
+                isolation["keep"],
+                spec["workdir"],
+                {"bytes": spec["disk_bytes"], "uid": isolation["uid"], "gid": isolation["gid"]},
+                isolation["shared_masks"],  # those a zygote covered already
+                isolation["late_masks"],  # the cgroup tree, joined before
+                isolation["binds"],  # the policy's, in this namespace only
+            )
+        )
+        self.rlimits = [
+            (getattr(resource, f"RLIMIT_{name}"), (soft, hard))
+            for name, (soft, hard) in spec["rlimits"].items()
+        ]
+        self.filter = prepare_filter(spec["seccomp_filter"])
+
+    def fits(self, workdir: str) -> bool:
+        """Whether this confinement holds for a working directory other than its spec's."""
+        return self.filesystem is None or self.filesystem.fits(workdir)
+
+
+def _enter_namespaces(flags: int) -> None:
     if flags:
         check(_libc.unshare(flags), "unshare")
 
@@ -157,11 +204,15 @@ def _mirror_exit(pid: int) -> int:
     return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else EXIT_LAUNCH_FAILED
 
 
+def _exit_on_sigxcpu(signum: int, frame: object) -> None:
+    os._exit(128 + SIGXCPU)
+
+
 def _run_runtime(spec: LaunchSpec) -> int:
     if spec["language"] == "python":
         if os.getpid() == 1:
             # PID 1 ignores signals it has no handler for, SIGXCPU included.
-            _signal.signal(signal.SIGXCPU, lambda *_: os._exit(128 + signal.SIGXCPU))
+            _signal.signal(SIGXCPU, _exit_on_sigxcpu)
         import python_bootstrap
 
         return int(python_bootstrap.run(BRIDGE_FD, warm_up=spec["warm_up"]))
@@ -169,51 +220,44 @@ def _run_runtime(spec: LaunchSpec) -> int:
     os.execv(argv[0], argv)
 
 
-def confine_and_run(spec: LaunchSpec) -> int:
+def confine_and_run(spec: LaunchSpec, confinement: Confinement | None = None) -> int:
     """Confine this process as the spec says, then run the callback's runtime.
 
     Shared by the cold path (``main``, a fresh interpreter) and the zygote (a fork of a
-    warm one), so both apply exactly the same limits.
+    warm one, with the ``confinement`` it made for the spec's cell), so both apply
+    exactly the same limits.
     """
+    if confinement is None:
+        confinement = Confinement(spec)
     # Started with -S (site's .pth processing is most of a cold start): add the
     # site-packages directories themselves so callbacks can import installed packages.
-    sys.path.extend(spec["site_paths"])
-    isolation = spec["isolation"]
+    sys.path.extend(confinement.site_paths)
+    isolation = confinement.isolation
     workdir = spec["workdir"]
     if isolation is None:
         os.chdir(workdir)  # made by the executor; in the hardened tier it is made below
-    _join_cgroups(spec["cgroup_procs"])
+    _join_cgroups(confinement.cgroup_procs)
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    _prctl(PR_SET_PDEATHSIG, SIGKILL)
     if spec["pid_namespace"]:
         if os.getpid() == 1:
-            _enter_namespaces(spec, pid=False)  # forked into its PID namespace by the zygote
+            # Forked into its PID namespace by the zygote.
+            _enter_namespaces(confinement.namespace_flags)
         else:
-            _enter_namespaces(spec, pid=True)
+            _enter_namespaces(confinement.namespace_flags | CLONE_NEWPID)
             pid = os.fork()
             if pid:
                 os.close(BRIDGE_FD)  # EOF on the bridge must mean the callback is gone
                 return _mirror_exit(pid)
-            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if isolation is not None:
-            import isolation as hardened  # the sibling module, only needed in this tier
-
-            hardened.isolate_filesystem(
-                isolation["masks"],
-                isolation["keep"],
-                workdir,
-                {"bytes": spec["disk_bytes"], "uid": isolation["uid"], "gid": isolation["gid"]},
-                isolation["shared_masks"],  # those a zygote covered already
-                isolation["late_masks"],  # the cgroup tree, joined above
-                isolation["binds"],  # the policy's, in this namespace only
-            )
+            _prctl(PR_SET_PDEATHSIG, SIGKILL)
+        if isolation is not None and confinement.filesystem is not None:
+            hardened.isolate_filesystem(confinement.filesystem, workdir)
             os.chdir(workdir)  # the working directory's own tmpfs
             hardened.drop_privileges(isolation["uid"], isolation["gid"], isolation["groups"])
     os.umask(spec["umask"])
-    _apply_rlimits(spec["rlimits"])
-    prepared = prepare_filter(spec["seccomp_filter"])
-    if prepared is not None:
-        seccomp.install(prepared)  # survives the exec of Perl on the cold path
+    _apply_rlimits(confinement.rlimits)
+    if confinement.filter is not None:
+        seccomp.install(confinement.filter)  # survives the exec of Perl on the cold path
     return _run_runtime(spec)
 
 

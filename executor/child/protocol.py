@@ -229,13 +229,41 @@ class LaunchSpec(TypedDict):
     umask: int
 
 
-class SpawnRequest(TypedDict):
-    """executor -> zygote, with SCM_RIGHTS fds [stdout_w, stderr_w, bridge]."""
+# executor -> zygote, with SCM_RIGHTS fds [stdout_w, stderr_w, bridge] (``encode_spawn``):
+# (id, the cell's part of the launch spec as sent, workdir, warm_up, the environment with
+# each variable as b"NAME=value"). A plain tuple: a NamedTuple class costs every cold
+# child that imports this module its making.
+SpawnRequest = tuple[int, bytes, str, bool, list[bytes]]
 
-    type: Literal["spawn"]
-    id: int
-    spec: LaunchSpec
-    env: dict[str, str]
+
+# The fields of a LaunchSpec that differ from one child of a cell to the next.
+SPAWN_RUN_FIELDS: Final = ("workdir", "warm_up")
+
+
+def encode_spawn(request_id: int, spec: LaunchSpec, env: dict[str, str]) -> bytes:
+    """A spawn message: the cell's part of ``spec`` (JSON), a newline, then the run's part.
+
+    The cell's part is the same bytes for every child of a cell with the same limits:
+    a zygote parses it once and keeps it. The run's part is NUL-separated, no JSON to
+    parse per child: id, warm_up (0/1), workdir, then each variable as NAME=value, as
+    libc keeps them. ValueError for a NUL in the environment (libc refuses it too).
+    """
+    cell_part = {key: value for key, value in spec.items() if key not in SPAWN_RUN_FIELDS}
+    fields = [str(request_id), "1" if spec["warm_up"] else "0", spec["workdir"]]
+    for name, value in env.items():
+        if "\0" in name or "\0" in value or "=" in name:
+            raise ValueError(f"environment variable {name!r}: no NUL, and no = in its name")
+        fields.append(f"{name}={value}")
+    run_part = "\0".join(fields).encode("utf-8", "surrogateescape")
+    return json.dumps(cell_part).encode() + b"\n" + run_part
+
+
+def decode_spawn(data: bytes) -> SpawnRequest:
+    """``encode_spawn``'s message back, the cell's part left as bytes (a zygote's cache key)."""
+    cell_part, _, run_part = data.partition(b"\n")
+    request_id, warm_up, workdir, *env = run_part.split(b"\0")
+    workdir_name = workdir.decode("utf-8", "surrogateescape")
+    return int(request_id), cell_part, workdir_name, warm_up == b"1", env
 
 
 class ZygoteStarted(TypedDict):
@@ -287,6 +315,24 @@ def decode_body(body: bytes) -> dict[str, Any]:
     return message
 
 
+# json's C scanner, for the executor's frames (see decode_trusted).
+_scan_once = json.decoder.JSONDecoder().scan_once  # type: ignore[attr-defined]  # (C, untyped)
+
+
+def decode_trusted(body: bytes) -> dict[str, Any]:
+    """A frame body from the executor, parsed by json's C scanner alone (the child side).
+
+    Unchecked (see ``read_frame``) and without json.loads's Python layers (loads,
+    decode, raw_decode and two regex matches): in a forked child every page they write
+    is a page fault (~12 a child). The executor's frames have no whitespace around them.
+    """
+    try:
+        message, _end = _scan_once(body.decode("utf-8"), 0)
+    except (StopIteration, ValueError) as err:  # StopIteration: no JSON value at all
+        raise FrameError(f"frame is not UTF-8 JSON: {err!r}") from err
+    return message  # type: ignore[no-any-return]
+
+
 def _read_exactly(fd: int, size: int) -> bytes:
     chunks: list[bytes] = []
     remaining = size
@@ -308,7 +354,7 @@ def read_frame(fd: int, max_bytes: int = MAX_PARENT_FRAME_BYTES) -> ParentFrame:
     (size,) = HEADER.unpack(_read_exactly(fd, HEADER.size))
     if size > max_bytes:
         raise FrameError(f"frame of {size} bytes exceeds {max_bytes}")
-    return decode_body(_read_exactly(fd, size))  # type: ignore[return-value]  # trusted, see above
+    return decode_trusted(_read_exactly(fd, size))  # type: ignore[return-value]  # see above
 
 
 def write_frame(fd: int, message: CallFrame | DoneFrame) -> None:

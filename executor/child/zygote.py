@@ -5,19 +5,21 @@ and tearing down; a fork of this already-warm, single-threaded process costs ~1 
 (sandbox.md §5.1). The executor itself never forks without exec (gRPC's fork handlers);
 it starts this process with fork+exec and talks to it over a SOCK_SEQPACKET socket:
 
-executor -> zygote   ``{"type":"spawn","id":N,"spec":{...},"env":{...}}``
-                     with SCM_RIGHTS fds [stdout_w, stderr_w, bridge]
+executor -> zygote   ``{"type":"spawn","id":N,"workdir":W,"warm_up":B,"env":{...}}``, a
+                     newline, the cell's part of the launch spec ``{...}``, with
+                     SCM_RIGHTS fds [stdout_w, stderr_w, bridge]
 zygote -> executor   ``{"type":"started","id":N,"pid":P}`` or ``{"type":"failed","id":N,...}``
                      ``{"type":"exited","pid":P,"status":S,"cpu":C,"maxrss_kib":K}``
 
-(``protocol.SpawnRequest``, ``ZygoteStarted``, ``ZygoteFailed``, ``ZygoteExited``.)
+(``protocol.SpawnRequest``, ``encode_spawn``, ``ZygoteStarted``, ``ZygoteFailed``,
+``ZygoteExited``.) A cell's part of the spec is parsed once (``CellSpecs``).
 
 The child does what the cold path's Popen + launcher do: new session, stdin from
 /dev/null, the passed stdout/stderr, the bridge as fd 3, every other fd closed, the
 given environment, then ``launcher.confine_and_run`` (which enters the working
 directory). When the spec asks for a PID namespace, the zygote forks the child straight
 into a fresh one (it is PID 1 there): the cold path's shim, a second fork of a Python
-process and its exit on every run, is not needed. The zygote reaps its children and
+process and its exit on every run, is not needed. The zygote reaps its children (each watched through a pidfd) and
 reports their wait status and rusage. If this process dies, its children die with it
 (PR_SET_PDEATHSIG) and the executor reports them as killed.
 
@@ -25,12 +27,12 @@ With ``--private-network`` each cell (one run at a time) has an empty network na
 of its own, made here on its first child (~1 ms, once) and entered before each of its
 children is forked (a setns, microseconds): abstract Unix sockets, which live in a
 network namespace, never reach another cell's callbacks. The syscall filter of the
-spec is made ready here before the fork too (``launcher.prepare_filter``).
+spec is made ready here before the fork too (``launcher.Confinement``).
 """
 
 from __future__ import annotations
 
-import _signal  # type: ignore[import-not-found]  # (no stubs) see launcher.py
+import array
 import atexit
 import ctypes
 import gc
@@ -52,10 +54,14 @@ import python_bootstrap
 import qb  # noqa: F401 - warm for the children
 
 if TYPE_CHECKING:
-    from protocol import LaunchSpec, SpawnRequest, ZygoteFailed
+    from protocol import LaunchSpec, ZygoteFailed
 
 BRIDGE_FD = protocol.BRIDGE_FD
 MAX_MESSAGE = 64 << 10  # spawner.py's; larger spawn messages are never sent
+# Every fd above the bridge is closed in a child (looked up once, not per child).
+MAX_FD = os.sysconf("SC_OPEN_MAX")
+# Cells' spec parts kept parsed (cells x their limits); more and the cache starts over.
+MAX_CELL_SPECS = 256
 PR_SET_DUMPABLE = 4
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -111,21 +117,31 @@ class CellNetworks:
         self._current = cell
 
 
-def _replace_environment(env: dict[str, str]) -> None:
-    """``os.environ.clear(); os.environ.update(env)`` with a fraction of the page faults.
+_libc.clearenv, _libc.putenv  # noqa: B018 - looked up now, as launcher.py explains
 
-    Every first write a child makes to a page of the warm heap is a copy-on-write fault
-    (~5 us here). The mapping methods run through abc checks and encoders on many pages
-    (measured: ~90 faults, 0.45 ms per child); this sets libc's environment and the
-    encoded copy that ``os.environ`` keeps, and nothing else.
+
+class ChildEnvironment:
+    """Makes the next child's environment this process's own, just before the fork.
+
+    The child then has nothing to do for it: setting it there, first write after first
+    write to the shared heap, cost each child ~55 page faults. Here it touches pages the
+    loop writes for every child anyway. The zygote itself never reads its environment.
     """
-    for key in list(os.environ._data):  # type: ignore[attr-defined]
-        os.unsetenv(key)
-    encoded = {}
-    for key, value in env.items():
-        encoded[os.fsencode(key)] = os.fsencode(value)
-        os.putenv(key, value)
-    os.environ._data = encoded  # type: ignore[attr-defined]
+
+    def __init__(self) -> None:
+        # The variables libc's environment points into (putenv keeps the pointer).
+        self._variables: list[bytes] = []
+
+    def before_fork(self, variables: list[bytes]) -> None:
+        """This process's environment (libc's, ``os.environ``) becomes ``variables`` (b"NAME=value")."""
+        _libc.clearenv()
+        encoded = {}
+        for variable in variables:
+            launcher.check(_libc.putenv(variable), "putenv")
+            name, _, value = variable.partition(b"=")
+            encoded[name] = value
+        self._variables = variables
+        os.environ._data = encoded  # type: ignore[attr-defined]  # the mapping's own store
 
 
 class SharedMasks:
@@ -162,23 +178,59 @@ class SharedMasks:
         return confined
 
 
-def _child(message: SpawnRequest, fds: list[int]) -> None:
+class CellSpecs:
+    """Each cell's part of the launch spec, parsed and its confinement made once.
+
+    The part (``protocol.encode_spawn``) is the same bytes for every child of a cell
+    with the same limits. Parsing the whole spec per spawn cost the zygote ~85 page
+    faults per fork (json allocates on pages the last child shares), and making the
+    confinement's arguments in each child ~100 more. The hardened tier's shared masks
+    are applied once too.
+    """
+
+    def __init__(self) -> None:
+        self._specs: dict[bytes, tuple[LaunchSpec, launcher.Confinement]] = {}
+        self._shared_masks = SharedMasks()
+
+    def spec(
+        self, cell_part: bytes, workdir: str, *, warm_up: bool
+    ) -> tuple[LaunchSpec, launcher.Confinement]:
+        """A child's launch spec and confinement; OSError as ``SharedMasks.apply``."""
+        cached = self._specs.get(cell_part)
+        if cached is None:
+            parsed = json.loads(cell_part)
+            parsed["workdir"] = workdir
+            spec = self._shared_masks.apply(parsed)
+            cached = (spec, launcher.Confinement(spec))
+            if len(self._specs) >= MAX_CELL_SPECS:
+                self._specs.clear()
+            self._specs[cell_part] = cached
+        spec = cached[0].copy()
+        spec["workdir"] = workdir
+        spec["warm_up"] = warm_up
+        confinement = cached[1]
+        if not confinement.fits(workdir):  # under another mask: one made for this child
+            confinement = launcher.Confinement(spec)
+        return spec, confinement
+
+
+def _child(
+    spec: LaunchSpec, confinement: launcher.Confinement, fds: list[int], devnull: int
+) -> None:
     """In the forked child: take the passed fds, confine, run; never returns."""
     code = launcher.EXIT_LAUNCH_FAILED
     try:
         os.setsid()
         stdout_w, stderr_w, bridge = fds
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        for source, target in ((devnull, 0), (stdout_w, 1), (stderr_w, 2), (bridge, BRIDGE_FD)):
-            os.dup2(source, target)
-        os.closerange(BRIDGE_FD + 1, os.sysconf("SC_OPEN_MAX"))
-        _replace_environment(message["env"])
+        # No loop over pairs: each tuple made here would be one more write to the heap.
+        os.dup2(devnull, 0)
+        os.dup2(stdout_w, 1)
+        os.dup2(stderr_w, 2)
+        os.dup2(bridge, BRIDGE_FD)
+        os.closerange(BRIDGE_FD + 1, MAX_FD)
         # sys.stdout and sys.stderr are the zygote's own, set up in main(): they write to
         # fds 1 and 2, which now are the run's pipes.
-        # _signal: signal's wrappers convert to and from enums, ~70 page faults here.
-        _signal.signal(signal.SIGCHLD, _signal.SIG_DFL)
-        _signal.set_wakeup_fd(-1)
-        code = launcher.confine_and_run(message["spec"])
+        code = launcher.confine_and_run(spec, confinement)
         atexit._run_exitfuncs()
     except SystemExit as err:
         code = err.code if isinstance(err.code, int) else 1
@@ -226,87 +278,104 @@ def _receive(control: socket.socket) -> tuple[bytes, list[int]]:
     fds: list[int] = []
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds += [
-                int.from_bytes(payload[i : i + 4], sys.byteorder)
-                for i in range(0, len(payload) - 3, 4)
-            ]
+            # array, not a comprehension: no function object made per message
+            fds += array.array("i", payload[: len(payload) - len(payload) % 4])
     return data, fds
 
 
-def _reap(control: socket.socket, children: set[int]) -> None:
-    while children:
+class Children:
+    """The children alive, each watched through a pidfd in the loop's poll; reaped, reported.
+
+    No SIGCHLD handler and wakeup fd: each child would have them to undo (~16 page faults).
+    """
+
+    def __init__(self, control: socket.socket, poller: select.poll) -> None:
+        self._control = control
+        self._poller = poller
+        self._pids: dict[int, int] = {}  # pidfd -> pid
+
+    def add(self, pid: int) -> None:
+        """Watch ``pid``, just forked and reported started."""
         try:
-            pid, status, usage = os.wait4(-1, os.WNOHANG)
-        except ChildProcessError:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            # Unwatched, its end would never be reported: ended now instead.
+            os.kill(pid, signal.SIGKILL)
+            self._report(pid)
             return
-        if pid == 0:
-            return
-        children.discard(pid)
-        control.send(_exited(pid, status, usage))
+        self._pids[pidfd] = pid
+        self._poller.register(pidfd, select.POLLIN)
+
+    def reap(self, pidfd: int) -> bool:
+        """Reap and report the child of ``pidfd`` when it is one of ours (it has exited)."""
+        pid = self._pids.pop(pidfd, 0)
+        if not pid:
+            return False
+        self._poller.unregister(pidfd)
+        os.close(pidfd)
+        self._report(pid)
+        return True
+
+    def _report(self, pid: int) -> None:
+        _, status, usage = os.wait4(pid, 0)
+        self._control.send(_exited(pid, status, usage))
 
 
-def serve(control: socket.socket, *, private_network: bool = False) -> None:  # noqa: PLR0915
+def serve(control: socket.socket, *, private_network: bool = False) -> None:
     """Serve spawn requests until the executor closes the control socket."""
-    children: set[int] = set()
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
+    devnull = os.open(os.devnull, os.O_RDONLY)  # each child's stdin
     # poll, not selectors: less Python per message (each page it writes is a fault here,
     # as the last child forked shares them all).
     poller = select.poll()
     poller.register(control, select.POLLIN)
-    poller.register(wake_r, select.POLLIN)
+    children = Children(control, poller)
     namespaces = PidNamespaces()
     networks = CellNetworks() if private_network else None
-    shared_masks = SharedMasks()
+    cell_specs = CellSpecs()
+    environment = ChildEnvironment()
     gc.freeze()  # keep the warm heap shared with the children (copy-on-write)
     while True:
         for ready, _ in poller.poll():
-            if ready == wake_r:
-                os.read(wake_r, 4096)
-                _reap(control, children)
+            if children.reap(ready):
                 continue
             data, fds = _receive(control)
             if not data:
                 return  # the executor is gone; our children follow via PDEATHSIG
-            message: SpawnRequest = json.loads(data)
+            request_id, cell_part, workdir, warm_up, env = protocol.decode_spawn(data)
             if len(fds) != 3:
                 for fd in fds:
                     os.close(fd)
-                _send(control, {"type": "failed", "id": message["id"], "error": "expected 3 fds"})
+                _send(control, {"type": "failed", "id": request_id, "error": "expected 3 fds"})
                 continue
-            new_pid_namespace = message["spec"]["pid_namespace"]
             pid = -1
             error = ""
             try:
-                message["spec"] = shared_masks.apply(message["spec"])
+                spec, confinement = cell_specs.spec(cell_part, workdir, warm_up=warm_up)
             except OSError as err:
                 for fd in fds:
                     os.close(fd)
                 error = f"could not cover the masks: {err}"
-                _send(control, {"type": "failed", "id": message["id"], "error": error})
+                _send(control, {"type": "failed", "id": request_id, "error": error})
                 return  # the executor starts a new zygote, or the cold path
             try:
-                launcher.prepare_filter(message["spec"]["seccomp_filter"])
                 if networks is not None:
-                    networks.before_fork(message["spec"]["cell"])
-                namespaces.before_fork(new=new_pid_namespace)
+                    networks.before_fork(spec["cell"])
+                namespaces.before_fork(new=spec["pid_namespace"])
+                environment.before_fork(env)
                 pid = os.fork()
             except OSError as err:
                 error = str(err)
             if pid == 0:
                 # The child leaves our objects alone (each touch is a page fault) and
                 # never returns to them: closing fds above its bridge closes their fds.
-                _child(message, fds)
+                _child(spec, confinement, fds, devnull)
             for fd in fds:
                 os.close(fd)
             if pid > 0:
+                control.send(_started(request_id, pid))
                 children.add(pid)
-                control.send(_started(message["id"], pid))
             else:
-                _send(control, {"type": "failed", "id": message["id"], "error": error})
-        _reap(control, children)
+                _send(control, {"type": "failed", "id": request_id, "error": error})
 
 
 def main(argv: list[str]) -> int:

@@ -124,6 +124,29 @@ def test_a_frame_round_trips_through_its_encoding() -> None:
     assert parse_child_frame(frame[protocol.HEADER.size :]) == CALL
 
 
+def test_a_spawn_message_round_trips_with_the_cells_part_apart() -> None:
+    spec = {"language": "python", "cell": 3, "workdir": "/tmp/cbexec-run-ab", "warm_up": True}
+    env = {"PATH": "/usr/bin", "HOME": "/tmp/cbexec-run-ab", "ODD": "a=b\nc \u00e9"}
+
+    message = protocol.encode_spawn(7, spec, env)  # type: ignore[arg-type]  # a partial spec
+
+    request_id, cell_part, workdir, warm_up, variables = protocol.decode_spawn(message)
+    assert (request_id, workdir, warm_up) == (7, "/tmp/cbexec-run-ab", True)
+    assert json.loads(cell_part) == {"language": "python", "cell": 3}
+    assert variables == [b"PATH=/usr/bin", b"HOME=/tmp/cbexec-run-ab", "ODD=a=b\nc \u00e9".encode()]
+    # The cell's part is the same bytes for the next child of the cell: a zygote's key.
+    next_spec = {**spec, "workdir": "/tmp/x", "warm_up": False}
+    other = protocol.encode_spawn(8, next_spec, env)  # type: ignore[arg-type]
+    assert protocol.decode_spawn(other)[1] == cell_part
+
+
+def test_a_spawn_message_refuses_what_libc_would() -> None:
+    spec = {"workdir": "/tmp/w", "warm_up": False}
+    for env in ({"A": "nul\0"}, {"A=B": "x"}):
+        with pytest.raises(ValueError, match="environment variable"):
+            protocol.encode_spawn(1, spec, env)  # type: ignore[arg-type]
+
+
 def test_one_list_of_qb_error_kinds() -> None:
     assert set(QB_ERROR_KINDS) == set(get_args(QbErrorKind))
     # Python's qb: a class per kind, named as the kind, and the table that raises them.

@@ -7,9 +7,10 @@
 #
 #   perl -I<this dir> zygote.pl CONTROL_FD [--private-network]
 #
-# Same control protocol as zygote.py, on a SOCK_SEQPACKET socket (one JSON object a
-# message):
-#   executor -> zygote  {"type":"spawn","id":N,"spec":{...},"env":{...}}
+# Same control protocol as zygote.py, on a SOCK_SEQPACKET socket:
+#   executor -> zygote  the cell's part of the launch spec {...} (JSON, the same for each
+#                       child of a cell: decoded once, %cell_specs), a newline, then
+#                       ID\0WARM_UP\0WORKDIR\0NAME=value\0... (protocol.encode_spawn),
 #                       with SCM_RIGHTS fds [stdout_w, stderr_w, bridge]
 #   zygote -> executor  {"type":"started","id":N,"pid":P} | {"type":"failed","id":N,...}
 #                       {"type":"exited","pid":P,"status":S,"cpu":C,"maxrss_kib":K}
@@ -349,6 +350,24 @@ sub confine {
     return;
 }
 
+# A cell's part of the launch spec (the JSON before the spawn message's newline), decoded
+# and its masks shared once; a copy with the run's fields for each child.
+my %cell_specs;
+sub MAX_CELL_SPECS () { 256 }    # zygote.py's
+sub cell_spec {
+    my ($cell_part, $message) = @_;
+    my $cached = $cell_specs{$cell_part};
+    if (!defined $cached) {
+        $cached = qb::JSON::decode($cell_part);
+        ref $cached eq 'HASH' or die "the launch spec is not a JSON object\n";
+        $cached->{workdir} = $message->{workdir};
+        share_masks($cached);
+        %cell_specs = () if keys %cell_specs >= MAX_CELL_SPECS;
+        $cell_specs{$cell_part} = $cached;
+    }
+    return { %$cached, workdir => $message->{workdir}, warm_up => $message->{warm_up} };
+}
+
 # In the forked child: take the passed fds, confine, run the callback; never returns.
 sub child {
     my ($message, $stdout_w, $stderr_w, $bridge) = @_;
@@ -410,15 +429,20 @@ sub serve {
         my ($data, @fds) = receive($control_fd);
         next if !defined $data && $!{EINTR};
         return if !defined $data || $data eq '';    # the executor is gone; children follow
-        my $message = eval { qb::JSON::decode($data) };
+        my ($cell_part, $run_part) = split /\n/, $data, 2;
+        my ($id, $warm_up, $workdir, @env) = split /\0/, $run_part // '', -1;
+        my $message = defined $workdir && $id =~ /\A[0-9]+\z/
+            ? { id => $id + 0, warm_up => $warm_up eq '1', workdir => $workdir,
+                env => { map { split /=/, $_, 2 } @env } }
+            : undef;
         if (ref $message ne 'HASH' || @fds != 3) {
             POSIX::close($_) for @fds;
             my $id = ref $message eq 'HASH' ? $message->{id} : undef;
             send_message($control,
-                { type => 'failed', id => $id, error => 'expected a JSON object and 3 fds' });
+                { type => 'failed', id => $id, error => 'expected a spawn message and 3 fds' });
             next;
         }
-        if (!eval { share_masks($message->{spec}); 1 }) {
+        if (!eval { $message->{spec} = cell_spec($cell_part // '', $message); 1 }) {
             # Our mounts are in an unknown state: no child may be forked from them.
             POSIX::close($_) for @fds;
             send_message($control,
