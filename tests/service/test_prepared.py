@@ -106,6 +106,19 @@ async def test_other_limits_discard_the_prepared_child(one_slot: Stack) -> None:
     )
 
 
+async def test_another_wall_clock_limit_keeps_the_prepared_child(one_slot: Stack) -> None:
+    """The wall clock is the executor's to enforce: nothing in the child depends on it."""
+    runner = one_slot.running.runner
+    await run(one_slot, "pass")
+    await runner.prepared_pids()
+    spawns = SpawnCounter(runner)
+
+    await run(one_slot, "pass", wall_seconds=7)
+    await runner.prepared_pids()
+
+    assert spawns.count == 1, "the run started a child instead of taking the prepared one"
+
+
 async def test_each_language_has_its_own_prepared_child(one_slot: Stack) -> None:
     runner = one_slot.running.runner
     await run(one_slot, "pass")
