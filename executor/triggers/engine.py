@@ -51,6 +51,7 @@ from executor.triggers import checks, items, journal, states, why
 from executor.triggers.decide import Decider, Decision, Fired
 from executor.triggers.evaluate import JobPlace, atom_key, clock_event, event_keys, next_fire
 from executor.triggers.firings import FiringWorker
+from executor.triggers.group_commit import GroupCommit
 from executor.triggers.journal import JournalLimits, SeenEvent
 from executor.triggers.nodes import EventName, EventType, per_work
 from executor.triggers.registration import Registration, callback_specs, level_pass, surroundings
@@ -188,6 +189,7 @@ class TriggerEngine:
         self._universal_version = store.fleet_version(UNIVERSAL_VERSION) if store.fleet else 0
         self._follower: asyncio.Task[None] | None = None
         self._journal_pruned_at = float("-inf")
+        self._group: GroupCommit[tuple[Decision, bool]] = GroupCommit(self._apply_group)
         self.stats = EngineStats()
 
     # -- universal callbacks --------------------------------------------------------
@@ -195,6 +197,11 @@ class TriggerEngine:
     @property
     def universal(self) -> list[UniversalCallback]:
         return list(self._universal)
+
+    @property
+    def event_transactions(self) -> int:
+        """How many transactions published events were applied in (group commit)."""
+        return self._group.transactions
 
     @property
     def store(self) -> TriggerStore:
@@ -415,11 +422,30 @@ class TriggerEngine:
             self.stats.events_published += 1
             self.stats.callbacks_fired += len(decision.fired)
 
-    def publish_many(self, events: Sequence[Event]) -> list[tuple[list[Fired], bool]]:
-        """Apply events in order in one transaction (group commit); their firings then run.
+    def _apply_group(self, events: Sequence[Event]) -> list[tuple[Decision, bool]]:
+        """Apply events in order in one transaction (again after a lost deadlock).
 
-        One commit for all of them: what a busy scheduler's batch costs is mostly its
-        events' statements, not a commit (and, on PostgreSQL, a round trip) each.
+        Runs on the group commit's thread; what is counted and queued is left to the loop.
+        """
+
+        def apply_all() -> list[tuple[Decision, bool]]:
+            with self._store.transaction() as db:
+                return [self._apply_in(db, event) for event in events]
+
+        return _retrying(apply_all)
+
+    def _applied(self, applied: Sequence[tuple[Decision, bool]]) -> None:
+        """Count what committed events decided and queue what they fired (on the loop)."""
+        for decision, duplicate in applied:
+            self._count(decision, duplicate)
+            self._firings.add(decision.firings)
+
+    async def publish_many(self, events: Sequence[Event]) -> list[tuple[list[Fired], bool]]:
+        """Apply events in order in one transaction; their firings then run.
+
+        The transaction may hold other callers' events too (group commit): a busy
+        scheduler's batch costs its events' statements, not a commit each. If it fails,
+        these events are applied again in a transaction of their own (all or none).
 
         Returns:
             Per event, the callbacks it fired and whether it was a repeat.
@@ -429,15 +455,8 @@ class TriggerEngine:
         """
         if self._firings.closed:
             raise UnavailableError("the trigger engine is stopping; publish the events again")
-
-        def apply_all() -> list[tuple[Decision, bool]]:
-            with self._store.transaction() as db:
-                return [self._apply_in(db, event) for event in events]
-
-        applied = _retrying(apply_all)
-        for decision, duplicate in applied:
-            self._count(decision, duplicate)
-            self._firings.add(decision.firings)
+        applied = await self._group.submit(events)
+        self._applied(applied)
         return [(decision.fired, duplicate) for decision, duplicate in applied]
 
     def _prune_journal(self, db: Db) -> None:
@@ -477,7 +496,9 @@ class TriggerEngine:
         """
         if self._firings.closed:
             raise UnavailableError("the trigger engine is stopping; publish the event again")
-        decision, duplicate = self._apply(event)
+        # Group commit: the transaction holds the events of every call that came meanwhile.
+        ((decision, duplicate),) = await self._group.submit([event])
+        self._count(decision, duplicate)
         futures = self._firings.add(decision.firings, wait=wait)
         if not wait:
             return decision.fired, duplicate
@@ -644,7 +665,11 @@ class TriggerEngine:
         await self._firings.wait_idle()
 
     async def close(self) -> None:
-        """Stop the timers and the worker; unfinished firings stay queued for the next start."""
+        """Stop the timers and the worker; unfinished firings stay queued for the next start.
+
+        The events already taken are applied and answered first.
+        """
+        await self._group.close()
         for task in (self._timers, self._follower):
             if task is not None:
                 task.cancel()
