@@ -372,14 +372,20 @@ class TriggerEngine:
 
     # -- matching -------------------------------------------------------------------
 
-    def _decide(self, db: Db, event: Event, batch: str, *, dry: bool) -> Decision:
-        """Every decision of one event in the open transaction, with its near misses."""
-        place = self._store.place(event.job_id)
+    def _decide(
+        self, db: Db, event: Event, batch: str, *, dry: bool, place: JobPlace | None = None
+    ) -> Decision:
+        """Every decision of one event in the open transaction, with its near misses.
+
+        ``place``: the event's job's, when the caller has read it already.
+        """
+        if place is None:
+            place = TriggerStore.place_in(db, event.job_id)
         keys = event_keys(event, place)
         seen = SeenEvent(event, self._clock())
         decider = Decider(db, seen, batch, dry=dry, parsed=_parsed)
-        hits = TriggerStore.matching_atoms(db, keys)
-        decider.matched(hits)
+        hits, callbacks = TriggerStore.matching_callbacks(db, keys)
+        decider.matched(hits, callbacks)
         if place is not None:
             decider.near_misses(keys, place, hits)
             if not dry:
@@ -405,9 +411,10 @@ class TriggerEngine:
     def _apply_in(self, db: Db, event: Event) -> tuple[Decision, bool]:
         """One event's part of a transaction: its id checked, its decisions made."""
         batch = uuid.uuid4().hex
-        if event.event_id and not TriggerStore.first_sighting(db, event.event_id):
+        first, place = TriggerStore.sighting(db, event.event_id, event.job_id)
+        if not first:
             return Decision(), True
-        decision = self._decide(db, event, batch, dry=False)
+        decision = self._decide(db, event, batch, dry=False, place=place)
         self._own(db, batch, decision.firings)
         journal.append(db, decision.entries, self._journal)
         if event.name == EventName.REMOVED and event.type == EventType.JOB:

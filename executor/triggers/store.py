@@ -362,9 +362,12 @@ class TriggerStore:
         items.
         """
         with self._lock:
-            row = self._db.execute(
-                "SELECT pgrp, label FROM jobs WHERE job_id = ?", (job_id,)
-            ).fetchone()
+            return self.place_in(self._db, job_id)
+
+    @staticmethod
+    def place_in(db: Db, job_id: int) -> JobPlace | None:
+        """``place`` inside a transaction."""
+        row = db.execute("SELECT pgrp, label FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return None if row is None else JobPlace(job_id, pgrp=int(row[0]), label=str(row[1]))
 
     def label_owner(self, pgrp: int, label: str) -> int | None:
@@ -513,6 +516,43 @@ class TriggerStore:
         return found
 
     @staticmethod
+    def matching_callbacks(
+        db: Db, keys: Iterable[AtomKey]
+    ) -> tuple[list[tuple[int, int]], dict[int, StoredCallback]]:
+        """``matching_atoms`` with the callbacks they belong to, read (and locked) at once.
+
+        One statement per type instead of two (the atoms, then ``load_callbacks``): the
+        callbacks are read, and in a fleet locked in ascending order, as the index finds
+        them. A row the IN lists found but whose own key is not one of ``keys`` locks its
+        callback without matching it.
+        """
+        wanted = set(keys)
+        found: list[tuple[int, int]] = []
+        callbacks: dict[int, StoredCallback] = {}
+        lock = " FOR UPDATE OF c" if row_lock(db) else ""
+        for type_ in sorted({key.type for key in wanted}):
+            of_type = [key for key in wanted if key.type == type_]
+            names = sorted({key.name for key in of_type})
+            scopes = sorted({key.scope for key in of_type})
+            extras = sorted({key.extra for key in of_type})
+            rows = db.execute(
+                "SELECT a.slot AS atom_slot, a.name AS atom_name, a.scope AS atom_scope,"  # noqa: S608 - marks only
+                " a.extra AS atom_extra, c.* FROM atoms a JOIN callbacks c"
+                " ON c.rowid = a.callback_rowid"
+                f" WHERE a.name IN ({_marks(names)}) AND a.type = ? AND a.scope IN ({_marks(scopes)})"
+                f" AND a.extra IN ({_marks(extras)}) ORDER BY c.rowid{lock}",
+                (*names, type_, *scopes, *extras),
+            ).fetchall()
+            for row in rows:
+                key = AtomKey(row["atom_name"], type_, row["atom_scope"], row["atom_extra"])
+                if key not in wanted:
+                    continue
+                found.append((row["rowid"], row["atom_slot"]))
+                if row["rowid"] not in callbacks:
+                    callbacks[row["rowid"]] = StoredCallback.from_row(row)
+        return found, callbacks
+
+    @staticmethod
     def load_callbacks(db: Db, rowids: Iterable[int]) -> list[StoredCallback]:
         ids = sorted(set(rowids))
         if not ids:
@@ -559,6 +599,26 @@ class TriggerStore:
                 firing.snapshot(),
             ),
         )
+
+    @staticmethod
+    def sighting(db: Db, event_id: str, job_id: int) -> tuple[bool, JobPlace | None]:
+        """``first_sighting`` (True when there is no id) and the job's ``place``, together.
+
+        On PostgreSQL one statement (one round trip): the insert is a CTE of the read.
+        """
+        if not isinstance(db, PgDb):
+            if event_id and not TriggerStore.first_sighting(db, event_id):
+                return False, None
+            return True, TriggerStore.place_in(db, job_id)
+        row = db.execute(
+            "WITH seen AS (INSERT INTO seen_events (event_id, seen_at) SELECT ?, ? WHERE ? != ''"
+            " ON CONFLICT DO NOTHING RETURNING 1)"
+            " SELECT ? = '' OR EXISTS (SELECT 1 FROM seen), j.pgrp, j.label"
+            " FROM (SELECT 1) AS one LEFT JOIN jobs j ON j.job_id = ?",
+            (event_id, time.time(), event_id, event_id, job_id),
+        ).fetchone()
+        place = None if row[1] is None else JobPlace(job_id, pgrp=int(row[1]), label=str(row[2]))
+        return bool(row[0]), place
 
     @staticmethod
     def first_sighting(db: Db, event_id: str) -> bool:

@@ -106,10 +106,10 @@ async def test_an_event_that_fails_fails_only_its_own_call(
 ) -> None:
     decide = engine._decide
 
-    def failing(db: Any, event: Event, batch: str, *, dry: bool) -> Any:
+    def failing(db: Any, event: Event, batch: str, **kwargs: Any) -> Any:
         if event.work_name == "13":
             raise ValueError("this event cannot be applied")
-        return decide(db, event, batch, dry=dry)
+        return decide(db, event, batch, **kwargs)
 
     monkeypatch.setattr(engine, "_decide", failing)
     answers = await asyncio.gather(
