@@ -260,11 +260,20 @@ class Decider:
     # -- near misses ------------------------------------------------------------------
 
     def near_misses(
-        self, keys: Sequence[AtomKey], place: JobPlace, hits: Iterable[tuple[int, int]]
+        self,
+        keys: Sequence[AtomKey],
+        place: JobPlace,
+        hits: Iterable[tuple[int, int]],
+        in_pgrp: list[near_misses.AtomRef] | None = None,
     ) -> None:
-        """Journal the label atoms the event almost matched (see the module docstring)."""
+        """Journal the label atoms the event almost matched (see the module docstring).
+
+        ``in_pgrp``: those of the job's pgrp, when they were read already.
+        """
         matched = set(hits)
-        refs = near_misses.unresolved_in_pgrp(self._db, keys, place.pgrp, MAX_NEAR_MISSES)
+        if in_pgrp is None:
+            in_pgrp = near_misses.unresolved_in_pgrp(self._db, keys, place.pgrp, MAX_NEAR_MISSES)
+        refs = list(in_pgrp)
         if place.label and len(refs) < MAX_NEAR_MISSES:
             refs += near_misses.unresolved_elsewhere(
                 self._db, keys, place.label, place.pgrp, MAX_NEAR_MISSES - len(refs)

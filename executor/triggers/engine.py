@@ -47,8 +47,9 @@ from executor.model import CallbackSpec, Event, Invocation, Limits, RunResult
 from executor.policies import JOB, UNIVERSAL, PolicySet
 from executor.runs.outbox import Backoff
 from executor.sql import Db, StoreConflict
-from executor.triggers import checks, items, journal, states, why
-from executor.triggers.decide import Decider, Decision, Fired
+from executor.triggers import checks, items, journal, near_misses, states, why
+from executor.triggers.decide import MAX_NEAR_MISSES, Decider, Decision, Fired
+from executor.triggers.deferred_writes import DeferredWrites
 from executor.triggers.evaluate import JobPlace, atom_key, clock_event, event_keys, next_fire
 from executor.triggers.firings import FiringWorker
 from executor.triggers.group_commit import GroupCommit
@@ -373,11 +374,22 @@ class TriggerEngine:
     # -- matching -------------------------------------------------------------------
 
     def _decide(
-        self, db: Db, event: Event, batch: str, *, dry: bool, place: JobPlace | None = None
+        self,
+        db: Db,
+        event: Event,
+        batch: str,
+        *,
+        dry: bool,
+        place: JobPlace | None = None,
+        deferred: DeferredWrites | None = None,
+        near_in_pgrp: list[Any] | None = None,
     ) -> Decision:
         """Every decision of one event in the open transaction, with its near misses.
 
-        ``place``: the event's job's, when the caller has read it already.
+        ``place``: the event's job's, when the caller has read it already. ``deferred``
+        (not dry): where the state the event leaves its object in waits to be written.
+        ``near_in_pgrp``: the near misses in the job's pgrp, when read with the place
+        (``near_misses.in_pgrp_subquery``).
         """
         if place is None:
             place = TriggerStore.place_in(db, event.job_id)
@@ -387,9 +399,12 @@ class TriggerEngine:
         hits, callbacks = TriggerStore.matching_callbacks(db, keys)
         decider.matched(hits, callbacks)
         if place is not None:
-            decider.near_misses(keys, place, hits)
-            if not dry:
-                states.record(db, seen)
+            in_pgrp = (
+                None if near_in_pgrp is None else near_misses.refs_from_json(near_in_pgrp, keys)
+            )
+            decider.near_misses(keys, place, hits, in_pgrp)
+            if deferred is not None:
+                deferred.records.append(seen)
         return decider.decision
 
     def _own(self, db: Db, batch: str, firings: Sequence[PendingFiring]) -> None:
@@ -404,20 +419,37 @@ class TriggerEngine:
     def _apply_once(self, event: Event) -> tuple[Decision, bool]:
         """Apply one event durably: what it decided, and whether it was a repeat."""
         with self._store.transaction() as db:
-            applied = self._apply_in(db, event)
+            deferred = DeferredWrites(self._journal)
+            applied = self._apply_in(db, event, deferred)
+            deferred.flush(db)
         self._count(*applied)
         return applied
 
-    def _apply_in(self, db: Db, event: Event) -> tuple[Decision, bool]:
-        """One event's part of a transaction: its id checked, its decisions made."""
+    def _apply_in(self, db: Db, event: Event, deferred: DeferredWrites) -> tuple[Decision, bool]:
+        """One event's part of a transaction: its id checked, its decisions made.
+
+        Its journal entries and states wait in ``deferred`` for the caller's ``flush``.
+        """
         batch = uuid.uuid4().hex
-        first, place = TriggerStore.sighting(db, event.event_id, event.job_id)
-        if not first:
+        # The near misses in the job's pgrp are read with the event's id (names, type and
+        # extras are the event's own; the job's place only adds scopes).
+        near = near_misses.in_pgrp_subquery(event_keys(event, None), "j.pgrp", MAX_NEAR_MISSES)
+        sighting = TriggerStore.sighting(db, event.event_id, event.job_id, near)
+        if not sighting.first:
             return Decision(), True
-        decision = self._decide(db, event, batch, dry=False, place=place)
+        decision = self._decide(
+            db,
+            event,
+            batch,
+            dry=False,
+            place=sighting.place,
+            deferred=deferred,
+            near_in_pgrp=sighting.also,
+        )
         self._own(db, batch, decision.firings)
-        journal.append(db, decision.entries, self._journal)
+        deferred.entries.extend(decision.entries)
         if event.name == EventName.REMOVED and event.type == EventType.JOB:
+            deferred.flush(db)  # what waits for the job's states is written before they go
             TriggerStore.remove_job(db, event.job_id)
             states.forget_job(db, event.job_id)
             checks.forget_job(db, event.job_id)
@@ -437,7 +469,15 @@ class TriggerEngine:
 
         def apply_all() -> list[tuple[Decision, bool]]:
             with self._store.transaction() as db:
-                return [self._apply_in(db, event) for event in events]
+                if len(events) > 1:
+                    # The job scopes' callbacks (most of what the group latches), in order.
+                    TriggerStore.lock_matching(
+                        db, [key for event in events for key in event_keys(event, None)]
+                    )
+                deferred = DeferredWrites(self._journal)
+                applied = [self._apply_in(db, event, deferred) for event in events]
+                deferred.flush(db)
+                return applied
 
         return _retrying(apply_all)
 

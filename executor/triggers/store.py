@@ -248,6 +248,15 @@ class PendingFiring:
 
 
 @dataclass(frozen=True, slots=True)
+class Sighting:
+    """An event's first read: whether it is new (not a repeat), its job, and what else was read."""
+
+    first: bool
+    place: JobPlace | None
+    also: Any = None
+
+
+@dataclass(frozen=True, slots=True)
 class NewAtom:
     """An index row to write: the atom in latch slot ``slot`` is found under ``key``."""
 
@@ -553,6 +562,33 @@ class TriggerStore:
         return found, callbacks
 
     @staticmethod
+    def lock_matching(db: Db, keys: Iterable[AtomKey]) -> None:
+        """In a fleet, lock the callbacks indexed under ``keys``, in ascending order, at once.
+
+        Under any combination of the keys' names, types, scopes and extras, in one
+        statement; nothing on SQLite (one writer). A group of events locks what it will
+        latch up front: locked one event at a time, two replicas' groups could take the
+        same rows in opposite orders and deadlock (a second's wait for PostgreSQL to
+        notice, then the whole group again).
+        """
+        if not isinstance(db, PgDb):
+            return
+        wanted = set(keys)
+        if not wanted:
+            return
+        names = sorted({key.name for key in wanted})
+        types = sorted({key.type for key in wanted})
+        scopes = sorted({key.scope for key in wanted})
+        extras = sorted({key.extra for key in wanted})
+        db.execute(
+            "SELECT c.rowid FROM callbacks c WHERE c.rowid IN (SELECT a.callback_rowid"  # noqa: S608 - marks only
+            f" FROM atoms a WHERE a.name IN ({_marks(names)}) AND a.type IN ({_marks(types)})"
+            f" AND a.scope IN ({_marks(scopes)}) AND a.extra IN ({_marks(extras)}))"
+            " ORDER BY c.rowid FOR UPDATE",
+            (*names, *types, *scopes, *extras),
+        ).fetchall()
+
+    @staticmethod
     def load_callbacks(db: Db, rowids: Iterable[int]) -> list[StoredCallback]:
         ids = sorted(set(rowids))
         if not ids:
@@ -601,24 +637,29 @@ class TriggerStore:
         )
 
     @staticmethod
-    def sighting(db: Db, event_id: str, job_id: int) -> tuple[bool, JobPlace | None]:
+    def sighting(
+        db: Db, event_id: str, job_id: int, also: tuple[str, tuple[Any, ...]] | None = None
+    ) -> Sighting:
         """``first_sighting`` (True when there is no id) and the job's ``place``, together.
 
-        On PostgreSQL one statement (one round trip): the insert is a CTE of the read.
+        On PostgreSQL one statement (one round trip): the insert is a CTE of the read,
+        and ``also`` (a subquery and its parameters, over the job's row ``j``) is read
+        with them. On SQLite ``also`` is not read (None).
         """
         if not isinstance(db, PgDb):
             if event_id and not TriggerStore.first_sighting(db, event_id):
-                return False, None
-            return True, TriggerStore.place_in(db, job_id)
+                return Sighting(False, None)
+            return Sighting(True, TriggerStore.place_in(db, job_id))
+        extra_sql, extra_params = also or ("NULL", ())
         row = db.execute(
-            "WITH seen AS (INSERT INTO seen_events (event_id, seen_at) SELECT ?, ? WHERE ? != ''"
+            "WITH seen AS (INSERT INTO seen_events (event_id, seen_at) SELECT ?, ? WHERE ? != ''"  # noqa: S608 - a subquery of ours
             " ON CONFLICT DO NOTHING RETURNING 1)"
-            " SELECT ? = '' OR EXISTS (SELECT 1 FROM seen), j.pgrp, j.label"
+            f" SELECT ? = '' OR EXISTS (SELECT 1 FROM seen), j.pgrp, j.label, {extra_sql}"
             " FROM (SELECT 1) AS one LEFT JOIN jobs j ON j.job_id = ?",
-            (event_id, time.time(), event_id, event_id, job_id),
+            (event_id, time.time(), event_id, event_id, *extra_params, job_id),
         ).fetchone()
         place = None if row[1] is None else JobPlace(job_id, pgrp=int(row[1]), label=str(row[2]))
-        return bool(row[0]), place
+        return Sighting(bool(row[0]), place, row[3] if also else None)
 
     @staticmethod
     def first_sighting(db: Db, event_id: str) -> bool:

@@ -8,40 +8,25 @@ fails only its own call; a repeated event id is a repeat inside one group too.
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from executor.migrations import migrate
 from executor.model import Event
 from executor.triggers.engine import TriggerEngine
 from executor.triggers.store import TriggerStore
-from tests.helpers.postgres import PostgresServer
 from tests.helpers.trigger_engines import LIMITS, Recorder, job
 
 pytestmark = pytest.mark.service
 
 JOB_ID = 3
 ITEMS = 40
-_databases = itertools.count()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_path(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "triggers.db")
-    postgres: PostgresServer = request.getfixturevalue("postgres")
-    url = postgres.create_database(f"group_commit_{next(_databases)}")
-    migrate(url)
-    return url
 
 
 @pytest.fixture
-async def engine(store_path: str) -> AsyncIterator[TriggerEngine]:
-    made = TriggerEngine(TriggerStore(store_path), Recorder(), limits=LIMITS)
+async def engine(either_store: str) -> AsyncIterator[TriggerEngine]:
+    made = TriggerEngine(TriggerStore(either_store), Recorder(), limits=LIMITS)
     made.register_job(
         job(
             JOB_ID,
@@ -77,9 +62,9 @@ class Committed:
 
 
 async def test_concurrent_publishes_share_transactions_and_are_answered_once_committed(
-    engine: TriggerEngine, store_path: str
+    engine: TriggerEngine, either_store: str
 ) -> None:
-    seen = Committed(store_path)
+    seen = Committed(either_store)
     before = engine.event_transactions
     answered_committed: list[bool] = []
 
@@ -102,7 +87,7 @@ async def test_concurrent_publishes_share_transactions_and_are_answered_once_com
 
 
 async def test_an_event_that_fails_fails_only_its_own_call(
-    engine: TriggerEngine, store_path: str, monkeypatch: pytest.MonkeyPatch
+    engine: TriggerEngine, either_store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     decide = engine._decide
 
@@ -119,7 +104,7 @@ async def test_an_event_that_fails_fails_only_its_own_call(
     failed = [n for n, answer in enumerate(answers) if isinstance(answer, BaseException)]
     assert failed == [13]
     assert isinstance(answers[13], ValueError)
-    seen = Committed(store_path)
+    seen = Committed(either_store)
     try:
         assert [n for n in range(ITEMS) if not seen(f"run-{n}")] == [13]
     finally:
