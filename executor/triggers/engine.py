@@ -481,11 +481,12 @@ class TriggerEngine:
 
         return _retrying(apply_all)
 
-    def _applied(self, applied: Sequence[tuple[Decision, bool]]) -> None:
+    def _applied(self, applied: list[tuple[Decision, bool]]) -> list[tuple[Decision, bool]]:
         """Count what committed events decided and queue what they fired (on the loop)."""
         for decision, duplicate in applied:
             self._count(decision, duplicate)
             self._firings.add(decision.firings)
+        return applied
 
     async def publish_many(self, events: Sequence[Event]) -> list[tuple[list[Fired], bool]]:
         """Apply events in order in one transaction; their firings then run.
@@ -502,8 +503,7 @@ class TriggerEngine:
         """
         if self._firings.closed:
             raise UnavailableError("the trigger engine is stopping; publish the events again")
-        applied = await self._group.submit(events)
-        self._applied(applied)
+        applied = await self._group.submit(events, self._applied)
         return [(decision.fired, duplicate) for decision, duplicate in applied]
 
     def _prune_journal(self, db: Db) -> None:
@@ -543,10 +543,16 @@ class TriggerEngine:
         """
         if self._firings.closed:
             raise UnavailableError("the trigger engine is stopping; publish the event again")
+
+        def queued(
+            applied: list[tuple[Decision, bool]],
+        ) -> tuple[Decision, bool, list[asyncio.Future[RunResult | None]]]:
+            ((decision, duplicate),) = applied
+            self._count(decision, duplicate)
+            return decision, duplicate, self._firings.add(decision.firings, wait=wait)
+
         # Group commit: the transaction holds the events of every call that came meanwhile.
-        ((decision, duplicate),) = await self._group.submit([event])
-        self._count(decision, duplicate)
-        futures = self._firings.add(decision.firings, wait=wait)
+        decision, duplicate, futures = await self._group.submit([event], queued)
         if not wait:
             return decision.fired, duplicate
         results = await asyncio.gather(*futures)

@@ -4,7 +4,8 @@ A busy scheduler publishes many events at once, each a PublishEvent call of its 
 transaction each would bound the rate at what one commit (and, on PostgreSQL, one
 round trip per statement) costs. Here the calls that arrive while a transaction is in
 flight wait and join the next one, in arrival order; each call is answered only once the
-transaction holding its events has committed.
+transaction holding its events has committed (what follows the commit, e.g. queueing
+the firings, runs then even if the caller has gone away).
 
 A group that fails is applied again one call at a time, each in a transaction of its
 own, so an event that fails fails only its own call. A store that cannot be reached
@@ -20,12 +21,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from executor.errors import UnavailableError
 from executor.model import Event
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 # The most events one transaction takes: a bound on how long a group holds its row locks.
 MAX_GROUP_EVENTS: Final = 500
@@ -33,10 +35,11 @@ MAX_GROUP_EVENTS: Final = 500
 
 @dataclass
 class _Call(Generic[T]):
-    """One caller's events and the future its answer goes to."""
+    """One caller's events, what follows their commit, and the future its answer goes to."""
 
     events: Sequence[Event]
-    answer: asyncio.Future[list[T]] = field(repr=False)
+    then: Callable[[list[T]], Any]
+    answer: asyncio.Future[Any] = field(repr=False)
 
 
 class GroupCommit(Generic[T]):
@@ -55,13 +58,19 @@ class GroupCommit(Generic[T]):
         self._drainer: asyncio.Task[None] | None = None
         self.transactions = 0  # groups committed or failed, for the tests and the benchmark
 
-    async def submit(self, events: Sequence[Event]) -> list[T]:
-        """Apply ``events`` (in order, all in one transaction); their results once committed."""
-        call: _Call[T] = _Call(list(events), asyncio.get_running_loop().create_future())
-        self._waiting.append(call)
+    async def submit(self, events: Sequence[Event], then: Callable[[list[T]], R]) -> R:
+        """Apply ``events`` (in order, all in one transaction); ``then(results)`` once committed.
+
+        ``then`` runs on the loop as soon as the transaction has committed, whether or not
+        the caller still waits (a cancelled call's events are applied all the same, and
+        what follows them, e.g. queueing their firings, must not be lost with it).
+        """
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[R] = loop.create_future()
+        self._waiting.append(_Call(list(events), then, answer))
         if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.get_running_loop().create_task(self._drain())
-        return await call.answer
+            self._drainer = loop.create_task(self._drain())
+        return await answer
 
     async def close(self) -> None:
         """Until the groups waiting or in flight are applied and answered."""
@@ -73,12 +82,23 @@ class GroupCommit(Generic[T]):
             group = self._take()
             outcomes = await asyncio.to_thread(self._apply_group, group)
             for call, outcome in zip(group, outcomes, strict=True):
-                if call.answer.done():  # the caller went away (cancelled)
-                    continue
-                if isinstance(outcome, BaseException):
-                    call.answer.set_exception(outcome)
-                else:
-                    call.answer.set_result(outcome)
+                self._answer(call, outcome)
+
+    @staticmethod
+    def _answer(call: _Call[T], outcome: list[T] | BaseException) -> None:
+        """Run what follows the call's commit, then answer it (unless it went away)."""
+        answer: Any = outcome
+        if not isinstance(outcome, BaseException):
+            try:
+                answer = call.then(outcome)
+            except Exception as err:  # noqa: BLE001 - the caller's answer: raised there
+                answer = err
+        if call.answer.done():  # the caller went away (cancelled)
+            return
+        if isinstance(answer, BaseException):
+            call.answer.set_exception(answer)
+        else:
+            call.answer.set_result(answer)
 
     def _take(self) -> list[_Call[T]]:
         """The calls of the next group, oldest first: at least one, whatever its size."""

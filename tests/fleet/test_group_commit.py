@@ -126,3 +126,27 @@ async def test_a_repeated_event_id_is_a_repeat_within_one_group_too(
     assert (first_repeat, again_repeat) == (False, True)
     assert [duplicate for _, duplicate in applied] == [False, True]
     assert engine.stats.events_published == 2
+
+
+async def test_a_cancelled_call_still_runs_what_its_committed_event_fired(
+    either_store: str,
+) -> None:
+    recorder = Recorder()
+    engine = TriggerEngine(TriggerStore(either_store), recorder, limits=LIMITS)
+    engine.register_job(job(JOB_ID, ("complete-work-self-{work}", "fired")))
+    engine.start()
+    try:
+        call = asyncio.create_task(engine.publish(running(1), wait=False))
+        await asyncio.sleep(0)  # its event has joined a group
+        complete = Event("complete", "work", JOB_ID, work_name="1", event_id="complete-1")
+        gone = asyncio.create_task(engine.publish(complete, wait=False))
+        await asyncio.sleep(0)
+        gone.cancel()  # the client went away while its transaction was in flight
+
+        await call
+        await recorder.ran(1)
+        assert recorder.codes == ["fired"]
+        assert engine.stats.callbacks_fired == 1
+    finally:
+        await engine.close()
+        engine.store.close()
