@@ -270,9 +270,10 @@ class TriggerStore:
     One connection guarded by a lock. On SQLite the engine is the only writer. On
     PostgreSQL (``path`` a ``postgresql://`` URL, its schema made by ``cbexec store
     migrate``) every replica of a fleet writes: an event's transaction locks the
-    callback rows it reads (``load_callbacks``), so the two halves of an ``&&`` applied
-    by two replicas at once serialize on the row and fire once; firings are claimed
-    with a lease and an epoch (``claim_expired``, ``renew_leases``, ``firing_done``).
+    callback rows it reads (``matching_callbacks``, ``lock_matching``), so the two
+    halves of an ``&&`` applied by two replicas at once serialize on the row and fire
+    once; firings are claimed with a lease and an epoch (``claim_expired``,
+    ``renew_leases``, ``firing_done``).
     """
 
     def __init__(
