@@ -380,19 +380,17 @@ class TriggerEngine:
         batch: str,
         *,
         dry: bool,
-        place: JobPlace | None = None,
+        place: JobPlace | None,
         deferred: DeferredWrites | None = None,
         near_in_pgrp: list[Any] | None = None,
     ) -> Decision:
         """Every decision of one event in the open transaction, with its near misses.
 
-        ``place``: the event's job's, when the caller has read it already. ``deferred``
+        ``place``: the event's job's (None: not registered), as the caller read it. ``deferred``
         (not dry): where the state the event leaves its object in waits to be written.
         ``near_in_pgrp``: the near misses in the job's pgrp, when read with the place
         (``near_misses.in_pgrp_subquery``).
         """
-        if place is None:
-            place = TriggerStore.place_in(db, event.job_id)
         keys = event_keys(event, place)
         seen = SeenEvent(event, self._clock())
         decider = Decider(db, seen, batch, dry=dry, parsed=_parsed)
@@ -524,7 +522,9 @@ class TriggerEngine:
         """
         if dry:
             with self._store.transaction() as db:
-                return self._decide(db, event, "", dry=True)
+                return self._decide(
+                    db, event, "", dry=True, place=TriggerStore.place_in(db, event.job_id)
+                )
         decision, _ = self._apply(event)
         self._firings.add(decision.firings)
         return decision
