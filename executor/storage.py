@@ -93,6 +93,7 @@ class StorageHealth:
         self._data_dir = data_dir
         self._problem = ""
         self._degraded = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None  # probe_forever's
         self.listeners: list[Callable[[str], None]] = []
 
     @property
@@ -104,6 +105,12 @@ class StorageHealth:
         """Note a storage failure (logged once per degraded spell)."""
         if not self._problem:
             logger.error("storage degraded: %s", error)
+        loop = self._loop
+        if loop is not None and not loop.is_closed() and _running_loop() is not loop:
+            # Met on a worker thread (the trigger engine's transactions, the outbox's
+            # delivery): the event and the listeners belong to the loop.
+            loop.call_soon_threadsafe(self._set, str(error))
+            return
         self._set(str(error))
 
     def _set(self, problem: str) -> None:
@@ -136,6 +143,7 @@ class StorageHealth:
 
     async def probe_forever(self) -> None:
         """While degraded, probe every PROBE_INTERVAL_S and clear the state once a write works."""
+        self._loop = asyncio.get_running_loop()
         while True:
             await self._degraded.wait()
             await asyncio.sleep(PROBE_INTERVAL_S)
@@ -143,6 +151,13 @@ class StorageHealth:
             if writable and self._problem:
                 logger.info("storage writable again: %s", self._data_dir)
                 self._set("")
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 @contextlib.contextmanager

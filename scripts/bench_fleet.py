@@ -2,6 +2,7 @@
 
 Usage: python scripts/bench_fleet.py [--events 3000] [--fired 600] [--jobs 50]
                                      [--replicas 1,2,3] [--concurrency 64] [--executes 200]
+                                     [--rounds 3]
 
 Starts a real PostgreSQL (Debian's server binaries: initdb into a temp dir, pg_ctl on a
 free loopback port), a reference Supervisor service counting every result, and the
@@ -11,15 +12,19 @@ For the SQLite single executor and for 1, 2 and 3 replicas on one PostgreSQL:
 * events/s accepted: ``--events`` PublishEvent calls (``running-work`` of the jobs'
   frames), ``--concurrency`` in flight, round robin across the replicas; each latches
   one half of an ``&&`` durably (seen event id, latch, journal, known state commit in
-  the event's transaction) and answers once committed. Then the same number of events
-  in PublishEvents calls of ``--batch`` (one transaction each: group commit).
+  the event's transaction) and answers once committed; the calls in flight at once
+  share transactions (group commit). Then the same number of events in PublishEvents
+  calls of ``--batch`` (a transaction each, shared with the calls that come meanwhile).
 * fired callbacks/s: ``--fired`` ``complete-work`` events, each firing a qube callback
   (``unblock-work-self``: one WorkAction at the supervisor), timed until every result
   has been applied at the supervisor (run, recorded, delivered through the outbox).
 
 Then the cost of the PostgreSQL store on one executor's Execute p50 (``--executes``
-sequential Python ``pass`` callbacks, SQLite store against PostgreSQL store): results
-go to the outbox and the history either way.
+sequential Python ``pass`` callbacks, SQLite store against PostgreSQL store, in turns):
+results go to the outbox and the history either way.
+
+Each figure is the median of ``--rounds`` rounds: the machine is shared, and its speed
+drifts.
 
 The client runs on the same machine (and cores) as the fleet and the database, so the
 numbers are what one 2-core box does with all of it, not what a fleet of machines does.
@@ -194,13 +199,13 @@ async def main(args: argparse.Namespace) -> None:
     postgres = PostgresServer(bin_dir, Path(tempfile.mkdtemp(prefix="cbexec-bench-pg-")))
     postgres.init()
     postgres.start()
-    rows: list[tuple[str, float, float, float]] = []
+    rows: list[tuple[str, list[tuple[float, float, float]]]] = []
     try:
         endpoint = SupervisorEndpoint(root / "supervisor.db", ActionCounting)
         await endpoint.start()
         try:
             async with sqlite_single(root, endpoint) as addresses:
-                rows.append(("SQLite, 1 executor", *await measure(addresses, endpoint, args, "s")))
+                rows.append(("SQLite, 1 executor", await rounds(addresses, endpoint, args, "s")))
             for replicas in args.replicas:
                 url = postgres.create_database(f"bench{replicas}")
                 migrate(url)
@@ -208,18 +213,28 @@ async def main(args: argparse.Namespace) -> None:
                 fleet_root.mkdir()
                 async with pg_fleet(fleet_root, url, endpoint, replicas) as addresses:
                     label = f"PostgreSQL, {replicas} replica{'s' if replicas > 1 else ''}"
-                    rows.append((label, *await measure(addresses, endpoint, args, f"p{replicas}")))
+                    rows.append((label, await rounds(addresses, endpoint, args, f"p{replicas}")))
+            print(f"medians of {args.rounds} rounds")
             print(f"{'store':<26}{'events/s':>10}{'batched':>10}{'fired/s':>10}")
-            for label, single, batched, fired in rows:
+            for label, measured in rows:
+                single, batched, fired = (
+                    statistics.median(column) for column in zip(*measured, strict=True)
+                )
                 print(f"{label:<26}{single:>10.0f}{batched:>10.0f}{fired:>10.0f}")
 
+            # Both executors up at once, measured in turns: the machine's drift hits both.
             (root / "p50").mkdir()
-            async with sqlite_single(root / "p50", endpoint) as (address,):
-                sqlite_p50 = await execute_p50(address, args.executes)
             url = postgres.create_database("bench_execute")
             migrate(url)
-            async with pg_fleet(root / "p50", url, endpoint, 1) as (address,):
-                pg_p50 = await execute_p50(address, args.executes)
+            sqlite_p50s, pg_p50s = [], []
+            async with (
+                sqlite_single(root / "p50", endpoint) as (sqlite_address,),
+                pg_fleet(root / "p50", url, endpoint, 1) as (pg_address,),
+            ):
+                for _ in range(args.rounds):
+                    sqlite_p50s.append(await execute_p50(sqlite_address, args.executes))
+                    pg_p50s.append(await execute_p50(pg_address, args.executes))
+            sqlite_p50, pg_p50 = statistics.median(sqlite_p50s), statistics.median(pg_p50s)
             print(
                 f"Execute p50, one executor: SQLite store {sqlite_p50:.2f} ms, PostgreSQL store "
                 f"{pg_p50:.2f} ms ({(pg_p50 / sqlite_p50 - 1) * 100:+.1f}%)"
@@ -228,6 +243,13 @@ async def main(args: argparse.Namespace) -> None:
             await endpoint.stop()
     finally:
         postgres.cleanup()
+
+
+async def rounds(
+    addresses: list[str], endpoint: SupervisorEndpoint, args: argparse.Namespace, tag: str
+) -> list[tuple[float, float, float]]:
+    """``measure`` ``--rounds`` times (fresh jobs and event ids each time)."""
+    return [await measure(addresses, endpoint, args, f"{tag}{n}") for n in range(args.rounds)]
 
 
 def parse_args() -> argparse.Namespace:
@@ -241,6 +263,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--batch", type=int, default=50, help="events per PublishEvents call")
     parser.add_argument("--executes", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3, help="the medians of this many")
     return parser.parse_args()
 
 

@@ -71,7 +71,7 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
                     f"events[{index}].wait: a batched event cannot wait; use PublishEvent"
                 )
         events = [convert.event_from_request(one) for one in request.events]
-        applied = self._engine.publish_many(events)
+        applied = await self._engine.publish_many(events)
         return executor_pb2.PublishEventsResponse(
             results=[
                 executor_pb2.PublishEventResponse(

@@ -3,10 +3,12 @@
 The language (pure): ``parse`` / ``render`` / ``atoms`` (nodes, parser), the semantics the
 engine runs (evaluate: match keys, latching, residuals, {work} items, level mode,
 clocks), ``explain`` (the words), checks (what cannot work, found at registration). The
-engine (durable, SQLite): engine, decide (one event's decisions), registration, store,
-items ({work} callbacks' per-item latches), journal (what each event did to each
-callback), near_misses, states (the last known state of jobs and work items), why
-(explanations), firings (the worker that runs what fired), universal (callbacks.conf).
+engine (durable, SQLite or a fleet's PostgreSQL): engine, group_commit (concurrent
+publishers share a transaction), decide (one event's decisions), deferred_writes (what a
+transaction writes once, at its end), registration, store, items ({work} callbacks'
+per-item latches), journal (what each event did to each callback), near_misses, states
+(the last known state of jobs and work items), why (explanations), firings (the worker
+that runs what fired), universal (callbacks.conf).
 The gRPC edge is executor/api/triggers.py.
 """
 

@@ -18,7 +18,7 @@ each of their events would be one. At most ``MAX_NEAR_MISSES`` per event.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -100,12 +100,23 @@ class Decider:
     def event(self) -> Event:
         return self._seen.event
 
-    def matched(self, hits: Iterable[tuple[int, int]]) -> None:
-        """Step every callback the event matched (``hits``: callback row, latch slot)."""
+    def matched(
+        self,
+        hits: Iterable[tuple[int, int]],
+        callbacks: Mapping[int, StoredCallback] | None = None,
+    ) -> None:
+        """Step every callback the event matched (``hits``: callback row, latch slot).
+
+        ``callbacks``: the hit callbacks, when they were read (and locked) with the hits.
+        """
         slots: dict[int, set[int]] = {}
         for rowid, slot in hits:
             slots.setdefault(rowid, set()).add(slot)
-        for cb in sorted(TriggerStore.load_callbacks(self._db, slots), key=firing_order):
+        if callbacks is None:
+            loaded = TriggerStore.load_callbacks(self._db, slots)
+        else:
+            loaded = [callbacks[rowid] for rowid in sorted(slots)]
+        for cb in sorted(loaded, key=firing_order):
             expr = self._parsed(cb.triggers)
             if per_work(expr):
                 self._work_callback(cb, expr, slots[cb.rowid])
@@ -136,17 +147,19 @@ class Decider:
         size = len(found)
         job_id = cb.job_id
         work_name = self.event.work_name if self.event.type == "work" else ""
-        known = states.agenda_known(self._db, job_id)
         held: dict[str, WorkState] = {}
         if any(not found[slot].per_work for slot in slots):
             # An atom without the placeholder latches in every item's vector.
+            known = states.agenda_known(self._db, job_id)
             held = items.held(self._db, cb.rowid, size)
             agenda = states.agenda(self._db, job_id)
             names = [*agenda, *(name for name in held if name not in set(agenda))]
-        elif not known or states.in_agenda(self._db, job_id, work_name):
-            names = [work_name]
         else:
-            names = []
+            # The usual event: one item. Its agenda and its latches, in one read.
+            known, listed, held[work_name] = items.context(
+                self._db, job_id, cb.rowid, work_name, size
+            )
+            names = [work_name] if not known or listed else []
         targets, outside = work_targets(expr, slots, work_name, names, agenda_known=known)
         if outside:
             agenda = states.agenda(self._db, job_id)
@@ -247,11 +260,20 @@ class Decider:
     # -- near misses ------------------------------------------------------------------
 
     def near_misses(
-        self, keys: Sequence[AtomKey], place: JobPlace, hits: Iterable[tuple[int, int]]
+        self,
+        keys: Sequence[AtomKey],
+        place: JobPlace,
+        hits: Iterable[tuple[int, int]],
+        in_pgrp: list[near_misses.AtomRef] | None = None,
     ) -> None:
-        """Journal the label atoms the event almost matched (see the module docstring)."""
+        """Journal the label atoms the event almost matched (see the module docstring).
+
+        ``in_pgrp``: those of the job's pgrp, when they were read already.
+        """
         matched = set(hits)
-        refs = near_misses.unresolved_in_pgrp(self._db, keys, place.pgrp, MAX_NEAR_MISSES)
+        if in_pgrp is None:
+            in_pgrp = near_misses.unresolved_in_pgrp(self._db, keys, place.pgrp, MAX_NEAR_MISSES)
+        refs = list(in_pgrp)
         if place.label and len(refs) < MAX_NEAR_MISSES:
             refs += near_misses.unresolved_elsewhere(
                 self._db, keys, place.label, place.pgrp, MAX_NEAR_MISSES - len(refs)

@@ -47,10 +47,12 @@ from executor.model import CallbackSpec, Event, Invocation, Limits, RunResult
 from executor.policies import JOB, UNIVERSAL, PolicySet
 from executor.runs.outbox import Backoff
 from executor.sql import Db, StoreConflict
-from executor.triggers import checks, items, journal, states, why
-from executor.triggers.decide import Decider, Decision, Fired
+from executor.triggers import checks, items, journal, near_misses, states, why
+from executor.triggers.decide import MAX_NEAR_MISSES, Decider, Decision, Fired
+from executor.triggers.deferred_writes import DeferredWrites
 from executor.triggers.evaluate import JobPlace, atom_key, clock_event, event_keys, next_fire
 from executor.triggers.firings import FiringWorker
+from executor.triggers.group_commit import GroupCommit
 from executor.triggers.journal import JournalLimits, SeenEvent
 from executor.triggers.nodes import EventName, EventType, per_work
 from executor.triggers.registration import Registration, callback_specs, level_pass, surroundings
@@ -188,6 +190,7 @@ class TriggerEngine:
         self._universal_version = store.fleet_version(UNIVERSAL_VERSION) if store.fleet else 0
         self._follower: asyncio.Task[None] | None = None
         self._journal_pruned_at = float("-inf")
+        self._group: GroupCommit[tuple[Decision, bool]] = GroupCommit(self._apply_group)
         self.stats = EngineStats()
 
     # -- universal callbacks --------------------------------------------------------
@@ -195,6 +198,11 @@ class TriggerEngine:
     @property
     def universal(self) -> list[UniversalCallback]:
         return list(self._universal)
+
+    @property
+    def event_transactions(self) -> int:
+        """How many transactions published events were applied in (group commit)."""
+        return self._group.transactions
 
     @property
     def store(self) -> TriggerStore:
@@ -365,18 +373,36 @@ class TriggerEngine:
 
     # -- matching -------------------------------------------------------------------
 
-    def _decide(self, db: Db, event: Event, batch: str, *, dry: bool) -> Decision:
-        """Every decision of one event in the open transaction, with its near misses."""
-        place = self._store.place(event.job_id)
+    def _decide(
+        self,
+        db: Db,
+        event: Event,
+        batch: str,
+        *,
+        dry: bool,
+        place: JobPlace | None,
+        deferred: DeferredWrites | None = None,
+        near_in_pgrp: list[Any] | None = None,
+    ) -> Decision:
+        """Every decision of one event in the open transaction, with its near misses.
+
+        ``place``: the event's job's (None: not registered), as the caller read it. ``deferred``
+        (not dry): where the state the event leaves its object in waits to be written.
+        ``near_in_pgrp``: the near misses in the job's pgrp, when read with the place
+        (``near_misses.in_pgrp_subquery``).
+        """
         keys = event_keys(event, place)
         seen = SeenEvent(event, self._clock())
         decider = Decider(db, seen, batch, dry=dry, parsed=_parsed)
-        hits = TriggerStore.matching_atoms(db, keys)
-        decider.matched(hits)
+        hits, callbacks = TriggerStore.matching_callbacks(db, keys)
+        decider.matched(hits, callbacks)
         if place is not None:
-            decider.near_misses(keys, place, hits)
-            if not dry:
-                states.record(db, seen)
+            in_pgrp = (
+                None if near_in_pgrp is None else near_misses.refs_from_json(near_in_pgrp, keys)
+            )
+            decider.near_misses(keys, place, hits, in_pgrp)
+            if deferred is not None:
+                deferred.records.append(seen)
         return decider.decision
 
     def _own(self, db: Db, batch: str, firings: Sequence[PendingFiring]) -> None:
@@ -391,19 +417,37 @@ class TriggerEngine:
     def _apply_once(self, event: Event) -> tuple[Decision, bool]:
         """Apply one event durably: what it decided, and whether it was a repeat."""
         with self._store.transaction() as db:
-            applied = self._apply_in(db, event)
+            deferred = DeferredWrites(self._journal)
+            applied = self._apply_in(db, event, deferred)
+            deferred.flush(db)
         self._count(*applied)
         return applied
 
-    def _apply_in(self, db: Db, event: Event) -> tuple[Decision, bool]:
-        """One event's part of a transaction: its id checked, its decisions made."""
+    def _apply_in(self, db: Db, event: Event, deferred: DeferredWrites) -> tuple[Decision, bool]:
+        """One event's part of a transaction: its id checked, its decisions made.
+
+        Its journal entries and states wait in ``deferred`` for the caller's ``flush``.
+        """
         batch = uuid.uuid4().hex
-        if event.event_id and not TriggerStore.first_sighting(db, event.event_id):
+        # The near misses in the job's pgrp are read with the event's id (names, type and
+        # extras are the event's own; the job's place only adds scopes).
+        near = near_misses.in_pgrp_subquery(event_keys(event, None), "j.pgrp", MAX_NEAR_MISSES)
+        sighting = TriggerStore.sighting(db, event.event_id, event.job_id, near)
+        if not sighting.first:
             return Decision(), True
-        decision = self._decide(db, event, batch, dry=False)
+        decision = self._decide(
+            db,
+            event,
+            batch,
+            dry=False,
+            place=sighting.place,
+            deferred=deferred,
+            near_in_pgrp=sighting.also,
+        )
         self._own(db, batch, decision.firings)
-        journal.append(db, decision.entries, self._journal)
+        deferred.entries.extend(decision.entries)
         if event.name == EventName.REMOVED and event.type == EventType.JOB:
+            deferred.flush(db)  # what waits for the job's states is written before they go
             TriggerStore.remove_job(db, event.job_id)
             states.forget_job(db, event.job_id)
             checks.forget_job(db, event.job_id)
@@ -415,11 +459,39 @@ class TriggerEngine:
             self.stats.events_published += 1
             self.stats.callbacks_fired += len(decision.fired)
 
-    def publish_many(self, events: Sequence[Event]) -> list[tuple[list[Fired], bool]]:
-        """Apply events in order in one transaction (group commit); their firings then run.
+    def _apply_group(self, events: Sequence[Event]) -> list[tuple[Decision, bool]]:
+        """Apply events in order in one transaction (again after a lost deadlock).
 
-        One commit for all of them: what a busy scheduler's batch costs is mostly its
-        events' statements, not a commit (and, on PostgreSQL, a round trip) each.
+        Runs on the group commit's thread; what is counted and queued is left to the loop.
+        """
+
+        def apply_all() -> list[tuple[Decision, bool]]:
+            with self._store.transaction() as db:
+                if len(events) > 1:
+                    # The job scopes' callbacks (most of what the group latches), in order.
+                    TriggerStore.lock_matching(
+                        db, [key for event in events for key in event_keys(event, None)]
+                    )
+                deferred = DeferredWrites(self._journal)
+                applied = [self._apply_in(db, event, deferred) for event in events]
+                deferred.flush(db)
+                return applied
+
+        return _retrying(apply_all)
+
+    def _applied(self, applied: list[tuple[Decision, bool]]) -> list[tuple[Decision, bool]]:
+        """Count what committed events decided and queue what they fired (on the loop)."""
+        for decision, duplicate in applied:
+            self._count(decision, duplicate)
+            self._firings.add(decision.firings)
+        return applied
+
+    async def publish_many(self, events: Sequence[Event]) -> list[tuple[list[Fired], bool]]:
+        """Apply events in order in one transaction; their firings then run.
+
+        The transaction may hold other callers' events too (group commit): a busy
+        scheduler's batch costs its events' statements, not a commit each. If it fails,
+        these events are applied again in a transaction of their own (all or none).
 
         Returns:
             Per event, the callbacks it fired and whether it was a repeat.
@@ -429,15 +501,7 @@ class TriggerEngine:
         """
         if self._firings.closed:
             raise UnavailableError("the trigger engine is stopping; publish the events again")
-
-        def apply_all() -> list[tuple[Decision, bool]]:
-            with self._store.transaction() as db:
-                return [self._apply_in(db, event) for event in events]
-
-        applied = _retrying(apply_all)
-        for decision, duplicate in applied:
-            self._count(decision, duplicate)
-            self._firings.add(decision.firings)
+        applied = await self._group.submit(events, self._applied)
         return [(decision.fired, duplicate) for decision, duplicate in applied]
 
     def _prune_journal(self, db: Db) -> None:
@@ -458,7 +522,9 @@ class TriggerEngine:
         """
         if dry:
             with self._store.transaction() as db:
-                return self._decide(db, event, "", dry=True)
+                return self._decide(
+                    db, event, "", dry=True, place=TriggerStore.place_in(db, event.job_id)
+                )
         decision, _ = self._apply(event)
         self._firings.add(decision.firings)
         return decision
@@ -477,8 +543,16 @@ class TriggerEngine:
         """
         if self._firings.closed:
             raise UnavailableError("the trigger engine is stopping; publish the event again")
-        decision, duplicate = self._apply(event)
-        futures = self._firings.add(decision.firings, wait=wait)
+
+        def queued(
+            applied: list[tuple[Decision, bool]],
+        ) -> tuple[Decision, bool, list[asyncio.Future[RunResult | None]]]:
+            ((decision, duplicate),) = applied
+            self._count(decision, duplicate)
+            return decision, duplicate, self._firings.add(decision.firings, wait=wait)
+
+        # Group commit: the transaction holds the events of every call that came meanwhile.
+        decision, duplicate, futures = await self._group.submit([event], queued)
         if not wait:
             return decision.fired, duplicate
         results = await asyncio.gather(*futures)
@@ -644,7 +718,11 @@ class TriggerEngine:
         await self._firings.wait_idle()
 
     async def close(self) -> None:
-        """Stop the timers and the worker; unfinished firings stay queued for the next start."""
+        """Stop the timers and the worker; unfinished firings stay queued for the next start.
+
+        The events already taken are applied and answered first.
+        """
+        await self._group.close()
         for task in (self._timers, self._follower):
             if task is not None:
                 task.cancel()

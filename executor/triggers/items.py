@@ -58,6 +58,29 @@ def state(db: Db, rowid: int, work_name: str, size: int) -> WorkState:
     return WorkState.fresh(size) if row is None else WorkState.from_row(row, size)
 
 
+def context(
+    db: Db, job_id: int, rowid: int, work_name: str, size: int
+) -> tuple[bool, bool, WorkState]:
+    """An event's one read for the work item it names, of a ``{work}`` callback.
+
+    Whether the job registered an agenda, whether the item is in it (known_states, see
+    states.py), and the item's state: ``states.agenda_known``, ``states.in_agenda`` and
+    ``state`` in one statement (one round trip on PostgreSQL).
+    """
+    row = db.execute(
+        "SELECT EXISTS (SELECT 1 FROM known_states WHERE job_id = ? AND type = 'work'"
+        " AND position >= 0) AS known,"
+        " (SELECT position FROM known_states WHERE job_id = ? AND type = 'work' AND item = ?)"
+        " AS position, w.count, w.latches, w.latched_by"
+        " FROM (SELECT 1 AS one) AS o LEFT JOIN work_latches w"
+        " ON w.callback_rowid = ? AND w.work_name = ?",
+        (job_id, job_id, work_name, rowid, work_name),
+    ).fetchone()
+    listed = row["position"] is not None and int(row["position"]) >= 0
+    work = WorkState.fresh(size) if row["latches"] is None else WorkState.from_row(row, size)
+    return bool(row["known"]), listed, work
+
+
 def held(db: Db, rowid: int, size: int) -> dict[str, WorkState]:
     """Every item of the callback that holds state (latches or a count)."""
     rows = db.execute(

@@ -166,27 +166,24 @@ def append(db: Db, entries: Iterable[JournalEntry], limits: JournalLimits) -> No
 
     ``limits.entries`` are kept of each callback and work item.
     """
-    touched: set[tuple[int, int, str]] = set()
-    for entry in entries:
-        db.execute(
-            "INSERT INTO journal (job_id, callback_id, work_name, at, entry_json)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (
-                entry.job_id,
-                entry.callback_id,
-                entry.work_name,
-                entry.seen.at,
-                json.dumps(entry.as_dict()),
-            ),
-        )
-        touched.add((entry.job_id, entry.callback_id, entry.work_name))
-    for job_id, callback_id, work_name in touched:
-        db.execute(
-            "DELETE FROM journal WHERE job_id = ? AND callback_id = ? AND work_name = ?"
-            " AND seq <= (SELECT seq FROM journal WHERE job_id = ? AND callback_id = ?"
-            " AND work_name = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-            (job_id, callback_id, work_name, job_id, callback_id, work_name, limits.entries),
-        )
+    rows = [
+        (e.job_id, e.callback_id, e.work_name, e.seen.at, json.dumps(e.as_dict())) for e in entries
+    ]
+    if not rows:
+        return
+    # One executemany each: on PostgreSQL the rows go in a pipeline, not a round trip each.
+    db.executemany(
+        "INSERT INTO journal (job_id, callback_id, work_name, at, entry_json)"
+        " VALUES (?, ?, ?, ?, ?)",
+        rows,
+    )
+    touched = dict.fromkeys((job_id, callback_id, work) for job_id, callback_id, work, *_ in rows)
+    db.executemany(
+        "DELETE FROM journal WHERE job_id = ? AND callback_id = ? AND work_name = ?"
+        " AND seq <= (SELECT seq FROM journal WHERE job_id = ? AND callback_id = ?"
+        " AND work_name = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+        [(*key, *key, limits.entries) for key in touched],
+    )
 
 
 def prune_older_than(db: Db, cutoff: float) -> int:

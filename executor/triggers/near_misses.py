@@ -46,6 +46,43 @@ def unresolved_elsewhere(
     return _label_atoms(db, keys, "a.label = ? AND a.pgrp != ?", (label, pgrp), limit)
 
 
+def in_pgrp_subquery(
+    keys: Iterable[AtomKey], pgrp_column: str, limit: int
+) -> tuple[str, tuple[Any, ...]] | None:
+    """``unresolved_in_pgrp`` as a subquery of another read (PostgreSQL): a JSON array.
+
+    The pgrp is ``pgrp_column`` of the outer query; ``refs_from_json`` reads the array.
+    None when the keys are of more than one type (the lookup then runs on its own).
+    """
+    triples = {(key.name, key.type, key.extra) for key in keys}
+    types = {type_ for _, type_, _ in triples}
+    if len(types) != 1:
+        return None
+    (type_,) = types
+    names = sorted({name for name, _, _ in triples})
+    extras = sorted({extra for _, _, extra in triples})
+    return (
+        "(SELECT coalesce(json_agg(json_build_array(a.callback_rowid, a.slot, a.pgrp, a.label,"  # noqa: S608
+        " a.name, a.extra)), '[]') FROM (SELECT * FROM atoms a"
+        f" WHERE a.pgrp = {pgrp_column} AND a.type = ? AND a.name IN ({_marks(names)})"
+        f" AND a.extra IN ({_marks(extras)}) AND a.label != ''"
+        " AND NOT EXISTS (SELECT 1 FROM jobs j2 WHERE j2.pgrp = a.pgrp AND j2.label = a.label)"
+        " LIMIT ?) AS a)",
+        (type_, *names, *extras, limit),
+    )
+
+
+def refs_from_json(found: Sequence[Sequence[Any]], keys: Iterable[AtomKey]) -> list[AtomRef]:
+    """The refs of ``in_pgrp_subquery``'s array whose own key is one of ``keys``."""
+    triples = {(key.name, key.type, key.extra) for key in keys}
+    (type_,) = {type_ for _, type_, _ in triples}
+    return [
+        AtomRef(int(r[0]), int(r[1]), int(r[2]), str(r[3]))
+        for r in found
+        if (r[4], type_, r[5]) in triples
+    ]
+
+
 def _marks(values: Sequence[object]) -> str:
     return ",".join("?" * len(values))
 

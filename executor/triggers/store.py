@@ -248,6 +248,15 @@ class PendingFiring:
 
 
 @dataclass(frozen=True, slots=True)
+class Sighting:
+    """An event's first read: whether it is new (not a repeat), its job, and what else was read."""
+
+    first: bool
+    place: JobPlace | None
+    also: Any = None
+
+
+@dataclass(frozen=True, slots=True)
 class NewAtom:
     """An index row to write: the atom in latch slot ``slot`` is found under ``key``."""
 
@@ -261,9 +270,10 @@ class TriggerStore:
     One connection guarded by a lock. On SQLite the engine is the only writer. On
     PostgreSQL (``path`` a ``postgresql://`` URL, its schema made by ``cbexec store
     migrate``) every replica of a fleet writes: an event's transaction locks the
-    callback rows it reads (``load_callbacks``), so the two halves of an ``&&`` applied
-    by two replicas at once serialize on the row and fire once; firings are claimed
-    with a lease and an epoch (``claim_expired``, ``renew_leases``, ``firing_done``).
+    callback rows it reads (``matching_callbacks``, ``lock_matching``), so the two
+    halves of an ``&&`` applied by two replicas at once serialize on the row and fire
+    once; firings are claimed with a lease and an epoch (``claim_expired``,
+    ``renew_leases``, ``firing_done``).
     """
 
     def __init__(
@@ -362,9 +372,12 @@ class TriggerStore:
         items.
         """
         with self._lock:
-            row = self._db.execute(
-                "SELECT pgrp, label FROM jobs WHERE job_id = ?", (job_id,)
-            ).fetchone()
+            return self.place_in(self._db, job_id)
+
+    @staticmethod
+    def place_in(db: Db, job_id: int) -> JobPlace | None:
+        """``place`` inside a transaction."""
+        row = db.execute("SELECT pgrp, label FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return None if row is None else JobPlace(job_id, pgrp=int(row[0]), label=str(row[1]))
 
     def label_owner(self, pgrp: int, label: str) -> int | None:
@@ -513,6 +526,70 @@ class TriggerStore:
         return found
 
     @staticmethod
+    def matching_callbacks(
+        db: Db, keys: Iterable[AtomKey]
+    ) -> tuple[list[tuple[int, int]], dict[int, StoredCallback]]:
+        """``matching_atoms`` with the callbacks they belong to, read (and locked) at once.
+
+        One statement per type instead of two (the atoms, then ``load_callbacks``): the
+        callbacks are read, and in a fleet locked in ascending order, as the index finds
+        them. A row the IN lists found but whose own key is not one of ``keys`` locks its
+        callback without matching it.
+        """
+        wanted = set(keys)
+        found: list[tuple[int, int]] = []
+        callbacks: dict[int, StoredCallback] = {}
+        lock = " FOR UPDATE OF c" if row_lock(db) else ""
+        for type_ in sorted({key.type for key in wanted}):
+            of_type = [key for key in wanted if key.type == type_]
+            names = sorted({key.name for key in of_type})
+            scopes = sorted({key.scope for key in of_type})
+            extras = sorted({key.extra for key in of_type})
+            rows = db.execute(
+                "SELECT a.slot AS atom_slot, a.name AS atom_name, a.scope AS atom_scope,"  # noqa: S608 - marks only
+                " a.extra AS atom_extra, c.* FROM atoms a JOIN callbacks c"
+                " ON c.rowid = a.callback_rowid"
+                f" WHERE a.name IN ({_marks(names)}) AND a.type = ? AND a.scope IN ({_marks(scopes)})"
+                f" AND a.extra IN ({_marks(extras)}) ORDER BY c.rowid{lock}",
+                (*names, type_, *scopes, *extras),
+            ).fetchall()
+            for row in rows:
+                key = AtomKey(row["atom_name"], type_, row["atom_scope"], row["atom_extra"])
+                if key not in wanted:
+                    continue
+                found.append((row["rowid"], row["atom_slot"]))
+                if row["rowid"] not in callbacks:
+                    callbacks[row["rowid"]] = StoredCallback.from_row(row)
+        return found, callbacks
+
+    @staticmethod
+    def lock_matching(db: Db, keys: Iterable[AtomKey]) -> None:
+        """In a fleet, lock the callbacks indexed under ``keys``, in ascending order, at once.
+
+        Under any combination of the keys' names, types, scopes and extras, in one
+        statement; nothing on SQLite (one writer). A group of events locks what it will
+        latch up front: locked one event at a time, two replicas' groups could take the
+        same rows in opposite orders and deadlock (a second's wait for PostgreSQL to
+        notice, then the whole group again).
+        """
+        if not isinstance(db, PgDb):
+            return
+        wanted = set(keys)
+        if not wanted:
+            return
+        names = sorted({key.name for key in wanted})
+        types = sorted({key.type for key in wanted})
+        scopes = sorted({key.scope for key in wanted})
+        extras = sorted({key.extra for key in wanted})
+        db.execute(
+            "SELECT c.rowid FROM callbacks c WHERE c.rowid IN (SELECT a.callback_rowid"  # noqa: S608 - marks only
+            f" FROM atoms a WHERE a.name IN ({_marks(names)}) AND a.type IN ({_marks(types)})"
+            f" AND a.scope IN ({_marks(scopes)}) AND a.extra IN ({_marks(extras)}))"
+            " ORDER BY c.rowid FOR UPDATE",
+            (*names, *types, *scopes, *extras),
+        ).fetchall()
+
+    @staticmethod
     def load_callbacks(db: Db, rowids: Iterable[int]) -> list[StoredCallback]:
         ids = sorted(set(rowids))
         if not ids:
@@ -559,6 +636,31 @@ class TriggerStore:
                 firing.snapshot(),
             ),
         )
+
+    @staticmethod
+    def sighting(
+        db: Db, event_id: str, job_id: int, also: tuple[str, tuple[Any, ...]] | None = None
+    ) -> Sighting:
+        """``first_sighting`` (True when there is no id) and the job's ``place``, together.
+
+        On PostgreSQL one statement (one round trip): the insert is a CTE of the read,
+        and ``also`` (a subquery and its parameters, over the job's row ``j``) is read
+        with them. On SQLite ``also`` is not read (None).
+        """
+        if not isinstance(db, PgDb):
+            if event_id and not TriggerStore.first_sighting(db, event_id):
+                return Sighting(False, None)
+            return Sighting(True, TriggerStore.place_in(db, job_id))
+        extra_sql, extra_params = also or ("NULL", ())
+        row = db.execute(
+            "WITH seen AS (INSERT INTO seen_events (event_id, seen_at) SELECT ?, ? WHERE ? != ''"  # noqa: S608 - a subquery of ours
+            " ON CONFLICT DO NOTHING RETURNING 1)"
+            f" SELECT ? = '' OR EXISTS (SELECT 1 FROM seen), j.pgrp, j.label, {extra_sql}"
+            " FROM (SELECT 1) AS one LEFT JOIN jobs j ON j.job_id = ?",
+            (event_id, time.time(), event_id, event_id, *extra_params, job_id),
+        ).fetchone()
+        place = None if row[1] is None else JobPlace(job_id, pgrp=int(row[1]), label=str(row[2]))
+        return Sighting(bool(row[0]), place, row[3] if also else None)
 
     @staticmethod
     def first_sighting(db: Db, event_id: str) -> bool:

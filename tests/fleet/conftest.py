@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import tempfile
 from collections.abc import Iterator
@@ -34,5 +35,19 @@ def pg_url(postgres: PostgresServer, request: pytest.FixtureRequest) -> str:
     """A migrated database of this test module's own."""
     name = re.sub(r"\W", "_", request.module.__name__.rsplit(".", 1)[-1])
     url = postgres.create_database(name)
+    migrate(url)
+    return url
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def either_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A trigger store's path: an SQLite file, or a migrated PostgreSQL database of its own."""
+    if request.param == "sqlite":
+        return str(tmp_path / "triggers.db")
+    server: PostgresServer = request.getfixturevalue("postgres")
+    url = server.create_database(f"either_{next(_databases)}")
     migrate(url)
     return url
