@@ -500,41 +500,17 @@ class TriggerStore:
     # -- matching -------------------------------------------------------------------
 
     @staticmethod
-    def matching_atoms(db: Db, keys: Iterable[AtomKey]) -> list[tuple[int, int]]:
-        """(callback rowid, slot) for every indexed atom under the given keys.
-
-        One query per type: the keys of an event are a cross product of names, scopes and
-        extras, which SQLite walks in the index as IN lists; a row is kept only when its
-        own key is one of ``keys``.
-        """
-        wanted = set(keys)
-        found: list[tuple[int, int]] = []
-        for type_ in sorted({key.type for key in wanted}):
-            of_type = [key for key in wanted if key.type == type_]
-            names = sorted({key.name for key in of_type})
-            scopes = sorted({key.scope for key in of_type})
-            extras = sorted({key.extra for key in of_type})
-            rows = db.execute(
-                "SELECT callback_rowid, slot, name, scope, extra FROM atoms"  # noqa: S608 - marks only
-                f" WHERE name IN ({_marks(names)}) AND type = ? AND scope IN ({_marks(scopes)})"
-                f" AND extra IN ({_marks(extras)})",
-                (*names, type_, *scopes, *extras),
-            )
-            found.extend(
-                (row[0], row[1]) for row in rows if AtomKey(row[2], type_, row[3], row[4]) in wanted
-            )
-        return found
-
-    @staticmethod
     def matching_callbacks(
         db: Db, keys: Iterable[AtomKey]
     ) -> tuple[list[tuple[int, int]], dict[int, StoredCallback]]:
-        """``matching_atoms`` with the callbacks they belong to, read (and locked) at once.
+        """(callback rowid, slot) for every indexed atom under ``keys``, and those callbacks.
 
-        One statement per type instead of two (the atoms, then ``load_callbacks``): the
-        callbacks are read, and in a fleet locked in ascending order, as the index finds
-        them. A row the IN lists found but whose own key is not one of ``keys`` locks its
-        callback without matching it.
+        One statement per type: the keys of an event are a cross product of names,
+        scopes and extras, which the index walks as IN lists; a row is kept only when its
+        own key is one of ``keys``. The callbacks are read with their atoms (not by a
+        second ``load_callbacks``), and in a fleet locked in ascending order as the index
+        finds them: a row the IN lists found but whose key is not one of ``keys`` locks
+        its callback without matching it.
         """
         wanted = set(keys)
         found: list[tuple[int, int]] = []
