@@ -315,8 +315,10 @@ class Outbox:
             self._ddb.close()
         self._db.close()
 
-    def _next_batch(self) -> list[tuple[int, str, bytes]]:
+    def _next_batch(self) -> tuple[list[tuple[int, str, bytes]], bool]:
         """The oldest rows due now, at most ``batch_size`` and ``batch_bytes`` (always one).
+
+        And whether the batch is full: either bound left rows due now out of it.
 
         In a fleet: this replica's own, and those whose replica's lease ran out, claimed
         ``FOR UPDATE SKIP LOCKED`` with a lease of this replica's.
@@ -345,7 +347,7 @@ class Outbox:
             if batch and size > self._batch_bytes:
                 break
             batch.append((int(seq), str(key), bytes(payload)))
-        return batch
+        return batch, len(batch) < len(rows) or len(rows) == self._batch_size
 
     async def _deliver_forever(self) -> None:
         """Deliver until cancelled; no error ends it (each is logged, then backed off from)."""
@@ -384,7 +386,7 @@ class Outbox:
         True when all of it is done with (delivered or set aside), False to back off, None
         when nothing was pending (after waiting for some).
         """
-        batch = await self._io(self._next_batch)
+        batch, full = await self._io(self._next_batch)
         if not batch:
             # No await between the query and clear(): put() cannot slip in between.
             self._wakeup.clear()
@@ -404,7 +406,7 @@ class Outbox:
         if len(batch) > 1 and self._batches:
             error = await self._deliver_many(batch)
             if error is None:
-                await self._linger_unless_full(batch)
+                await self._linger_unless(full)
                 return True
             if error.unreachable:
                 return False  # back off, as for one message
@@ -412,15 +414,15 @@ class Outbox:
         for seq, key, payload in batch:
             if not await self._deliver_one(seq, key, payload):
                 return False  # back off; then re-read from the oldest pending row
-        await self._linger_unless_full(batch)
+        await self._linger_unless(full)
         return True
 
-    async def _linger_unless_full(self, batch: list[tuple[int, str, bytes]]) -> None:
+    async def _linger_unless(self, full: bool) -> None:
         """After an exchange that was not full, let the next results gather a moment.
 
-        A full one means more are waiting: they go at once.
+        A full one (by count or by bytes) means more are waiting: they go at once.
         """
-        if len(batch) < self._batch_size:
+        if not full:
             await asyncio.sleep(self._linger_s)
 
     async def _deliver_many(self, batch: list[tuple[int, str, bytes]]) -> DeliveryError | None:

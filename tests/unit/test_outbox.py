@@ -244,6 +244,20 @@ async def test_a_steady_stream_of_results_shares_exchanges(tmp_path: Path) -> No
     await outbox.close()
 
 
+async def test_a_backlog_cut_by_bytes_goes_without_pauses(tmp_path: Path) -> None:
+    """An exchange full by its bytes leaves results waiting: the next goes at once."""
+    receiver = BatchReceiver(ReferenceSupervisor(":memory:"))
+    outbox = Outbox(tmp_path / "outbox.db", receiver, backoff=FAST, linger_s=0.3, batch_bytes=1000)
+    big = [json.dumps({"outcome": "OUTCOME_SUCCEEDED", "out": "x" * 400, "n": n}) for n in range(8)]
+    for n, body in enumerate(big):
+        outbox.put(f"k{n}", body.encode())
+    outbox.start()
+    # Pausing after each of its exchanges (two results each) would take over a second.
+    assert await outbox.flush(1.0)
+    assert [len(batch) for batch in receiver.batches] == [2, 2, 2, 2]
+    await outbox.close()
+
+
 async def test_a_refused_batch_goes_one_by_one_and_only_the_bad_result_is_set_aside(
     tmp_path: Path,
 ) -> None:
