@@ -106,29 +106,32 @@ def build(
     ``farm`` is the embedded supervisor's FarmService, registered only when given.
     """
     server = grpc.aio.server(
-        interceptors=[*security.server_interceptors(settings), CallGuard(metrics)],
+        interceptors=security.server_interceptors(settings) or None,
         options=[
             ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
             ("grpc.so_reuseport", 0),
         ],
     )
-    executor_pb2_grpc.add_CallbackExecutorServiceServicer_to_server(
+    guarded = CallGuard(server, metrics)  # registers each service's methods guarded
+    guarded.register(
+        executor_pb2_grpc.add_CallbackExecutorServiceServicer_to_server,
         CallbackExecutorServicer(
             dispatcher,
             default_limits=settings.default_limits,
             max_limits=settings.max_limits,
             policies=policies,
         ),
-        server,
     )
-    executor_pb2_grpc.add_TriggerServiceServicer_to_server(TriggerServicer(engine), server)
-    executor_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(recorder), server)
+    guarded.register(
+        executor_pb2_grpc.add_TriggerServiceServicer_to_server, TriggerServicer(engine)
+    )
+    guarded.register(executor_pb2_grpc.add_RunServiceServicer_to_server, RunServicer(recorder))
     services = SERVICES
     if farm is not None:
-        farm_pb2_grpc.add_FarmServiceServicer_to_server(farm, server)
+        guarded.register(farm_pb2_grpc.add_FarmServiceServicer_to_server, farm)
         services = (*SERVICES, FARM_SERVICE)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    guarded.register(health_pb2_grpc.add_HealthServicer_to_server, health_servicer)
     reflection.enable_server_reflection(
         (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )

@@ -1,4 +1,4 @@
-"""Server interceptors: the bearer-token check, and the guard every unary call passes through.
+"""The bearer-token check (a server interceptor), and the guard every unary call passes through.
 
 ``CallGuard`` decodes each request itself, so bytes that are not the request message
 (random bytes, a truncated message, invalid UTF-8 in a string field, nesting too deep)
@@ -13,7 +13,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -32,6 +32,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 Behavior = Callable[[Any, Context], Awaitable[Any]]
 if TYPE_CHECKING:  # the stubs make it generic; the runtime class is not
     MethodHandler = grpc.RpcMethodHandler[Any, Any]
+S = TypeVar("S")
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable["MethodHandler | None"]]
 
 
@@ -68,19 +69,40 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         return _same_kind(handler, refuse)
 
 
-class CallGuard(grpc.aio.ServerInterceptor):
-    """Decodes unary requests safely and counts admission refusals (see the module doc)."""
+class CallGuard:
+    """Registers services on a server with each unary method guarded (see the module doc).
 
-    def __init__(self, metrics: Metrics) -> None:
+    Given where the generated ``add_*Servicer_to_server`` functions take the server (see
+    ``register``), it wraps each method's handler once, at registration. A server
+    interceptor would do the same per call, as a coroutine that builds a new handler.
+    """
+
+    def __init__(self, server: grpc.aio.Server, metrics: Metrics) -> None:
+        self._server = server
         self._metrics = metrics
 
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> MethodHandler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+    def register(self, add_to_server: Callable[[S, Any], None], servicer: S) -> None:
+        """``add_to_server(servicer, server)`` (generated), each method guarded."""
+        add_to_server(servicer, self)
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        """Nothing: the generated code gives the same methods next, by name (below)."""
+
+    def add_registered_method_handlers(
+        self, service: str, method_handlers: dict[str, MethodHandler]
+    ) -> None:
+        guarded = {
+            name: self._guarded(f"/{service}/{name}", handler)
+            for name, handler in method_handlers.items()
+        }
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, guarded),)
+        )
+        self._server.add_registered_method_handlers(service, guarded)
+
+    def _guarded(self, method: str, handler: MethodHandler) -> MethodHandler:
+        if handler.unary_unary is None:
             return handler
-        method = handler_call_details.method
         behavior: Behavior = handler.unary_unary  # type: ignore[assignment]  # aio handlers are async
         decode = handler.request_deserializer
         metrics = self._metrics if method.startswith(ADMISSION_METHODS) else None
