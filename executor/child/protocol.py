@@ -240,22 +240,31 @@ SpawnRequest = tuple[int, bytes, str, bool, list[bytes]]
 SPAWN_RUN_FIELDS: Final = ("workdir", "warm_up")
 
 
-def encode_spawn(request_id: int, spec: LaunchSpec, env: dict[str, str]) -> bytes:
+def spawn_cell_fields(spec: LaunchSpec) -> dict[str, object]:
+    """The cell's part of ``spec``: all of it but ``SPAWN_RUN_FIELDS``."""
+    return {key: value for key, value in spec.items() if key not in SPAWN_RUN_FIELDS}
+
+
+def encode_spawn(
+    request_id: int, spec: LaunchSpec, env: dict[str, str], cell_part: bytes | None = None
+) -> bytes:
     """A spawn message: the cell's part of ``spec`` (JSON), a newline, then the run's part.
 
     The cell's part is the same bytes for every child of a cell with the same limits:
     a zygote parses it once and keeps it. The run's part is NUL-separated, no JSON to
     parse per child: id, warm_up (0/1), workdir, then each variable as NAME=value, as
     libc keeps them. ValueError for a NUL in the environment (libc refuses it too).
+    ``cell_part``: the cell's part already encoded (the JSON of ``spawn_cell_fields``).
     """
-    cell_part = {key: value for key, value in spec.items() if key not in SPAWN_RUN_FIELDS}
+    if cell_part is None:
+        cell_part = json.dumps(spawn_cell_fields(spec)).encode()
     fields = [str(request_id), "1" if spec["warm_up"] else "0", spec["workdir"]]
     for name, value in env.items():
         if "\0" in name or "\0" in value or "=" in name:
             raise ValueError(f"environment variable {name!r}: no NUL, and no = in its name")
         fields.append(f"{name}={value}")
     run_part = "\0".join(fields).encode("utf-8", "surrogateescape")
-    return json.dumps(cell_part).encode() + b"\n" + run_part
+    return cell_part + b"\n" + run_part
 
 
 def decode_spawn(data: bytes) -> SpawnRequest:

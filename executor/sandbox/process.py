@@ -200,6 +200,9 @@ class SandboxRunner:
         self.spawner = spawner
         self._prepare_ahead = prepare_ahead
         self._prepared: dict[int, asyncio.Task[_Child]] = {}
+        # Each cell's last launch spec and what it was made from: the next child's, but
+        # for its workdir and warm-up, unless the run's limits or policy differ.
+        self._cell_specs: dict[int, tuple[tuple[object, ...], LaunchSpec]] = {}
         self._closing = False
         # Each cell's OOM kill count when its last run ended: the next run's baseline.
         self._oom_kills: dict[int, int] = {}
@@ -220,12 +223,26 @@ class SandboxRunner:
         runtime: ChildRuntime,
         limits: Limits,
         cell: int,
+        made_for: tuple[object, ...],
         *,
         workdir: str,
         warm_up: bool,
         policy: Policy | None,
     ) -> LaunchSpec:
-        """The one place a child's launch spec is made."""
+        """A child's launch spec: the cell's last one when made for the same (see ``_made_for``)."""
+        made, spec = self._cell_specs.get(cell, ((), None))
+        if spec is None or made != made_for:
+            spec = self._new_launch_spec(runtime, limits, cell, policy)
+            self._cell_specs[cell] = (made_for, spec)
+        spec = spec.copy()
+        spec["workdir"] = workdir
+        spec["warm_up"] = warm_up
+        return spec
+
+    def _new_launch_spec(
+        self, runtime: ChildRuntime, limits: Limits, cell: int, policy: Policy | None
+    ) -> LaunchSpec:
+        """The one place a child's launch spec is made (its workdir and warm-up left blank)."""
         cgroups = self.options.cgroups
         isolation = self.options.isolation
         cell_isolation = isolation.for_cell(cell) if isolation is not None else None
@@ -261,8 +278,8 @@ class SandboxRunner:
             ),
             "isolation": cell_isolation,
             "disk_bytes": limits.disk_bytes,
-            "workdir": workdir,
-            "warm_up": warm_up,
+            "workdir": "",
+            "warm_up": False,
             "policy": policy.name if policy is not None else "job",
             "umask": policy.umask if policy is not None else DEFAULT_UMASK,
         }
@@ -292,8 +309,9 @@ class SandboxRunner:
             workdir, host_workdir = f"/tmp/cbexec-run-{secrets.token_hex(6)}", None
         else:
             workdir = host_workdir = tempfile.mkdtemp(prefix="cbexec-run-")
+        made_for = _made_for(runtime, limits, policy)
         spec = self._launch_spec(
-            runtime, limits, cell, workdir=workdir, warm_up=ahead, policy=policy
+            runtime, limits, cell, made_for, workdir=workdir, warm_up=ahead, policy=policy
         )
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
@@ -321,7 +339,7 @@ class SandboxRunner:
             handle,
             cell,
             spec,
-            _made_for(runtime, limits, policy),
+            made_for,
             host_workdir,
             stdout_r,
             stderr_r,

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from executor.child.protocol import LaunchSpec, ZygoteMessage, encode_spawn
+from executor.child.protocol import LaunchSpec, ZygoteMessage, encode_spawn, spawn_cell_fields
 from executor.errors import UnavailableError
 from executor.policies import DEFAULT_UMASK
 from executor.runtimes.child import CHILD_RUNTIMES, LAUNCHER
@@ -173,6 +173,8 @@ class _Zygote:
         self.starts = 0
         # Reused: a fresh 64 KiB bytes per message costs more than reading the message.
         self._buffer = bytearray(MAX_MESSAGE)
+        # Each cell's last part of a spawn message, and its JSON: encoded once per change.
+        self._cell_parts: dict[int, tuple[dict[str, object], bytes]] = {}
 
     @property
     def pid(self) -> int | None:
@@ -275,7 +277,7 @@ class _Zygote:
         async with self._lock:
             control = await self._ensure_started()
             request_id = next(self._ids)
-            payload = encode_spawn(request_id, spec, env)
+            payload = encode_spawn(request_id, spec, env, self._cell_part(spec))
             if len(payload) > MAX_MESSAGE:
                 raise UnavailableError(
                     f"spawn message of {len(payload)} bytes exceeds {MAX_MESSAGE}"
@@ -289,6 +291,13 @@ class _Zygote:
                 self._on_death()
                 raise UnavailableError(f"could not reach the sandbox zygote: {err}") from err
         return await future
+
+    def _cell_part(self, spec: LaunchSpec) -> bytes:
+        fields = spawn_cell_fields(spec)
+        known = self._cell_parts.get(spec["cell"])
+        if known is None or known[0] != fields:
+            known = self._cell_parts[spec["cell"]] = (fields, json.dumps(fields).encode())
+        return known[1]
 
     async def close(self) -> None:
         if self._control is not None:

@@ -106,6 +106,18 @@ async def test_other_limits_discard_the_prepared_child(one_slot: Stack) -> None:
     )
 
 
+async def test_each_child_of_a_cell_is_confined_by_its_own_runs_limits(one_slot: Stack) -> None:
+    """A cell's launch spec (and a zygote's encoding of it) is reused only while it fits."""
+    cpu_limit = "import resource; print(resource.getrlimit(resource.RLIMIT_CPU)[0])"
+
+    first = await run(one_slot, cpu_limit)
+    other = await run(one_slot, cpu_limit, cpu_seconds=3)
+    again = await run(one_slot, cpu_limit)
+
+    assert int(other.stdout) < int(first.stdout)
+    assert again.stdout == first.stdout
+
+
 async def test_another_wall_clock_limit_keeps_the_prepared_child(one_slot: Stack) -> None:
     """The wall clock is the executor's to enforce: nothing in the child depends on it."""
     runner = one_slot.running.runner
