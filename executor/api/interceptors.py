@@ -75,6 +75,11 @@ class CallGuard:
     Given where the generated ``add_*Servicer_to_server`` functions take the server (see
     ``register``), it wraps each method's handler once, at registration. A server
     interceptor would do the same per call, as a coroutine that builds a new handler.
+
+    The methods are registered as generic handlers only. gRPC's aio server keeps one
+    waiting task per *registered* method and waits on all of them for every call it
+    takes: with this API's 19 methods that cost ~60 us of CPU per call (measured on a
+    bare server), more than finding the method in a generic handler's dict.
     """
 
     def __init__(self, server: grpc.aio.Server, metrics: Metrics) -> None:
@@ -98,7 +103,6 @@ class CallGuard:
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(service, guarded),)
         )
-        self._server.add_registered_method_handlers(service, guarded)
 
     def _guarded(self, method: str, handler: MethodHandler) -> MethodHandler:
         if handler.unary_unary is None:

@@ -182,7 +182,7 @@ class Outbox:
         *,
         backoff: Backoff = Backoff(),
         keep_delivered: int = 1000,
-        linger_s: float = 0.02,
+        linger_s: float = 0.05,
         batch_size: int = 64,
         batch_bytes: int = 3 << 20,
         max_attempts: int = 8,

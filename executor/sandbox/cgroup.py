@@ -146,6 +146,7 @@ class CellCgroups:
         # costs the executor ~25 us, a pread of an open one ~2 us (it is generated anew
         # from offset 0). Not cgroup.procs: see pids().
         self._readers: dict[str, int] = {}
+        self._paths: dict[tuple[str, int, str], str] = {}
 
     @classmethod
     def create(cls, cells: int, *, memory: bool = True) -> CellCgroups | None:
@@ -179,8 +180,13 @@ class CellCgroups:
         return tuple(self._pools)
 
     def _file(self, controller: str, cell: int, role: str) -> str:
-        name = self._hierarchies[controller].files(controller)[role]
-        return f"{self._pools[controller]}/cell-{cell}/{name}"
+        path = self._paths.get((controller, cell, role))
+        if path is None:  # a few per run, every run: made once
+            name = self._hierarchies[controller].files(controller)[role]
+            path = self._paths[controller, cell, role] = (
+                f"{self._pools[controller]}/cell-{cell}/{name}"
+            )
+        return path
 
     def _write(self, path: str, value: str) -> None:
         if self._written.get(path) == value:
