@@ -186,7 +186,7 @@ class Dispatcher:
         languages: frozenset[Language],
         max_concurrent: int,
         max_queue: int,
-        on_result: Callable[[Invocation, RunResult], None] | None = None,
+        on_result: Callable[[Invocation, RunResult], Awaitable[None] | None] | None = None,
         policies: PolicySet | None = None,
     ) -> None:
         self._runner = runner
@@ -243,7 +243,7 @@ class Dispatcher:
         if refusal is not None:
             # Still a run: recorded and reported like any other (Qube fails silently here).
             result = RunResult(invocation.invocation_id, Outcome.REJECTED, failure=Failure(refusal))
-            self._finished(invocation, language, result)
+            await self._finished(invocation, language, result)
             return result
         run, task = self._admit(invocation, language, fired=fired)
         try:
@@ -299,7 +299,7 @@ class Dispatcher:
                     else:
                         self._hold_slot(slot, finishing)
             result = replace(result, usage=replace(result.usage, queue_seconds=queue_s))
-            self._finished(invocation, run.language, result)
+            await self._finished(invocation, run.language, result)
         finally:
             del self._runs[invocation.invocation_id]
         return result
@@ -377,7 +377,9 @@ class Dispatcher:
             actions=actions,
         )
 
-    def _finished(self, invocation: Invocation, language: Language, result: RunResult) -> None:
+    async def _finished(
+        self, invocation: Invocation, language: Language, result: RunResult
+    ) -> None:
         """Log the run's one line and hand it to ``on_result`` (recording, reporting)."""
         fields = run_log_fields(invocation, language, result)
         logger.info(
@@ -397,7 +399,9 @@ class Dispatcher:
             extra=fields,
         )
         if self._on_result is not None:
-            self._on_result(invocation, result)
+            recorded = self._on_result(invocation, result)
+            if recorded is not None:
+                await recorded
 
     async def drain(self) -> None:
         """Refuse new runs, stop every run (KILLED, recorded, answered), wait until all have ended."""

@@ -63,6 +63,10 @@ _T = TypeVar("_T")
 # a message, or a batch of them, is at most the limit less this.
 MESSAGE_MARGIN_BYTES: Final = 64 << 10
 
+_INSERT: Final = (
+    "INSERT INTO outbox (key, payload, created_at, owner, lease_until)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING"
+)
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -222,6 +226,8 @@ class Outbox:
             # The log's checkpoints fsync; in a thread, they stall no answer.
             self._checkpoints = BackgroundCheckpoints(self._db, path)
         self._wakeup = asyncio.Event()
+        # Messages given to ``commit`` in this turn of the event loop, and their callers.
+        self._gathered: list[tuple[str, bytes, asyncio.Future[None]]] = []
         self._drained = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._duplicates = 0
@@ -257,17 +263,65 @@ class Outbox:
         Raises StorageError when the commit fails because of the storage.
         """
         with writing(self._path, self._health):
-            # The replica that ran it delivers it (its lease); another only if it dies.
-            added = self._db.execute(
-                "INSERT INTO outbox (key, payload, created_at, owner, lease_until)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
-                (key, payload, self._clock(), self._owner, self._clock() + self._lease_s),
-            ).rowcount
+            added = self._db.execute(_INSERT, self._row(key, payload)).rowcount
+        self._committed(added)
+        return bool(added)
+
+    async def commit(self, key: str, payload: bytes) -> None:
+        """``put``, in one transaction with the messages of this turn of the event loop.
+
+        Runs that end together (concurrent callers) share one commit, one round trip to
+        PostgreSQL, instead of one each. Returns once the message is committed; raises
+        as ``put`` does, every caller of a failed commit alike.
+        """
+        loop = asyncio.get_running_loop()
+        committed = loop.create_future()
+        self._gathered.append((key, payload, committed))
+        if len(self._gathered) == 1:
+            loop.call_soon(self._commit_gathered)
+        await committed
+
+    def _commit_gathered(self) -> None:
+        gathered, self._gathered = self._gathered, []
+        try:
+            if len(gathered) == 1:
+                self.put(gathered[0][0], gathered[0][1])
+            else:
+                self._put_many([(key, payload) for key, payload, _ in gathered])
+        except BaseException as err:  # noqa: BLE001 - each caller hears of it, none waits on
+            for _, _, committed in gathered:
+                if not committed.done():
+                    committed.set_exception(err)
+            return
+        for _, _, committed in gathered:
+            if not committed.done():
+                committed.set_result(None)
+
+    def _put_many(self, messages: list[tuple[str, bytes]]) -> None:
+        with writing(self._path, self._health):
+            self._db.execute("BEGIN")
+            try:
+                added = self._db.executemany(
+                    _INSERT, [self._row(key, payload) for key, payload in messages]
+                ).rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(Exception):  # the store's own error, either kind
+                    self._db.execute("ROLLBACK")
+                raise
+        # A driver that cannot count the rows of a batch says -1: wake delivery anyway.
+        self._committed(added != 0)
+
+    def _row(self, key: str, payload: bytes) -> tuple[str, bytes, float, str, float]:
+        # The replica that ran it delivers it (its lease); another only if it dies.
+        now = self._clock()
+        return (key, payload, now, self._owner, now + self._lease_s)
+
+    def _committed(self, added: int) -> None:
         self._checkpoints.committed()
         if added:
             self._drained.clear()
             self._wakeup.set()
-        return bool(added)
 
     def pending(self) -> int:
         """Messages not yet acknowledged (dead ones excluded)."""

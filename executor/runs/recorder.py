@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from executor.config import Settings
@@ -101,26 +101,32 @@ class Recorder:
             encode_report=encode_report,
         )
 
-    def on_result(self, invocation: Invocation, result: RunResult) -> None:
+    def on_result(self, invocation: Invocation, result: RunResult) -> Awaitable[None] | None:
         """Record one finished run (called by the dispatcher on the event loop).
 
-        Raises StorageError when the result could not be committed to the outbox: the
-        caller must not be told the run succeeded, since the supervisor would never hear
-        of it. The bookkeeping is still attempted.
+        Returns, when the run is reported, what to await before its caller is answered:
+        its commit to the outbox, which raises StorageError when the storage failed it
+        (the caller must not be told the run succeeded, since the supervisor would never
+        hear of it). The bookkeeping is queued either way.
         """
         now = self._clock()
-        unrecorded: StorageError | None = None
+        committed = None
         if self.outbox is not None and self._encode_report is not None:
-            try:
-                self.outbox.put(result.invocation_id, self._encode_report(invocation, result))
-            except StorageError as err:
-                logger.error("result of %s could NOT be recorded: %s", result.invocation_id, err)
-                unrecorded = err
+            committed = self._commit(
+                self.outbox, result.invocation_id, self._encode_report(invocation, result)
+            )
         self._writer.submit(
             invocation, result, ended_at=now, started_at=now - result.usage.wall_seconds
         )
-        if unrecorded is not None:
-            raise unrecorded
+        return committed
+
+    @staticmethod
+    async def _commit(outbox: Outbox, invocation_id: str, report: bytes) -> None:
+        try:
+            await outbox.commit(invocation_id, report)
+        except StorageError as err:
+            logger.error("result of %s could NOT be recorded: %s", invocation_id, err)
+            raise
 
     def start(self) -> None:
         """Start delivering results (needs the running event loop)."""

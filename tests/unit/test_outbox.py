@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import sqlite3
 from collections import Counter
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -109,6 +111,52 @@ async def test_put_is_durable_before_delivery_starts(
     stored = receiver.supervisor.result("a")
     assert stored is not None and stored["payload"]["n"] == 1
     await reopened.close()
+
+
+async def test_commits_of_one_turn_share_a_transaction_and_each_caller_waits_for_it(
+    tmp_path: Path, receiver: ReferenceReceiver
+) -> None:
+    outbox = Outbox(tmp_path / "outbox.db", receiver)
+    statements: list[str] = []
+    cast(sqlite3.Connection, outbox._db).set_trace_callback(statements.append)  # SQLite here
+    keys = [f"k{n}" for n in range(10)]
+
+    async def commit(n: int, key: str) -> int:
+        await outbox.commit(key, payload(n))
+        return outbox.pending()  # what is committed once this caller resumes
+
+    seen = await asyncio.gather(*(commit(n, key) for n, key in enumerate([*keys, "k3"])))
+
+    assert seen == [10] * 11, "every caller resumes after the shared commit, not before"
+    assert statements.count("BEGIN") == statements.count("COMMIT") == 1
+    await outbox.commit("k10", payload(10))  # a later turn: a commit of its own
+    assert statements.count("COMMIT") == 1 and outbox.pending() == 11
+    outbox.start()
+    assert await outbox.flush(5)
+    assert receiver.order == [*keys, "k10"], "a repeated key among them adds nothing"
+    await outbox.close()
+
+
+async def test_a_failed_shared_commit_fails_each_of_its_callers_and_keeps_none(
+    tmp_path: Path, receiver: ReferenceReceiver
+) -> None:
+    outbox = Outbox(tmp_path / "outbox.db", receiver)
+    with sqlite3.connect(tmp_path / "outbox.db") as other:  # the store refuses every insert
+        other.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON outbox BEGIN SELECT RAISE(ABORT, 'no'); END"
+        )
+
+    results = await asyncio.gather(
+        *(outbox.commit(f"k{n}", payload(n)) for n in range(3)), return_exceptions=True
+    )
+
+    assert all(isinstance(result, sqlite3.Error) for result in results), results
+    assert outbox.pending() == 0
+    with sqlite3.connect(tmp_path / "outbox.db") as other:
+        other.execute("DROP TRIGGER refuse")
+    await asyncio.gather(*(outbox.commit(f"k{n}", payload(n)) for n in range(3)))
+    assert outbox.pending() == 3
+    await outbox.close()
 
 
 async def test_delivers_in_order_and_drains(tmp_path: Path, receiver: ReferenceReceiver) -> None:
