@@ -53,7 +53,7 @@ class _Hierarchy:
 
     def files(self, controller: str) -> dict[str, str]:
         if controller == "pids":
-            return {"max": "pids.max"}
+            return {"max": "pids.max", "current": "pids.current"}
         if self.v2:
             return {"max": "memory.max", "events": "memory.events", "swap": "memory.swap.max"}
         return {
@@ -233,6 +233,17 @@ class CellCgroups:
             if key == b"oom_kill":
                 return int(value)
         return 0
+
+    def has_processes(self, cell: int) -> bool:
+        """Whether anything is left in the cell: its pids counter, else its process list.
+
+        The counter is read through a kept descriptor: after nearly every run it says 0,
+        and the list (opened afresh, see ``pids``) is needed only when it does not.
+        """
+        if "pids" in self._pools:
+            with contextlib.suppress(OSError, ValueError):
+                return int(self._read(self._file("pids", cell, "current"))) > 0
+        return bool(self.pids(cell))
 
     def pids(self, cell: int) -> list[int]:
         # Opened afresh each time: cgroup v1 keeps serving an open cgroup.procs the pid

@@ -703,7 +703,7 @@ class SandboxRunner:
     async def _kill_escaped(self, cell: int) -> list[int]:
         """SIGKILL every process left in the cell's cgroups (setsid and double-fork escapes)."""
         cgroups = self.options.cgroups
-        if cgroups is None or not cgroups.pids(cell):
+        if cgroups is None or not cgroups.has_processes(cell):
             return []  # the common case: nothing left, no thread needed
         return await asyncio.to_thread(cgroups.kill_all, cell)
 

@@ -103,3 +103,26 @@ def test_no_writable_controller_means_no_cgroups(
 ) -> None:
     monkeypatch.setattr(cgroup, "CGROUP_ROOT", tmp_path)
     assert CellCgroups.create(2) is None
+
+
+def test_whether_a_cell_has_processes_is_its_pids_counter(v2_root: Path) -> None:
+    cgroups = CellCgroups.create(1)
+    assert cgroups is not None
+    cell = v2_root / f"cbexec-{os.getpid()}" / "cell-0"
+    (cell / "cgroup.procs").write_text("4242\n")  # a counter, where there is one, says more
+    (cell / "pids.current").write_text("0\n")
+    assert not cgroups.has_processes(0)
+
+    (cell / "pids.current").write_text("2\n")  # the kept descriptor reads it anew
+    assert cgroups.has_processes(0)
+
+
+def test_without_a_pids_counter_a_cell_lists_its_processes(v1_root: Path) -> None:
+    cgroups = CellCgroups.create(1)
+    assert cgroups is not None
+    cell = next((v1_root / "pids").glob("cbexec-*/cell-0"))
+    (cell / "cgroup.procs").write_text("")
+    assert not cgroups.has_processes(0)  # no pids.current file: the list decides
+
+    (cell / "cgroup.procs").write_text("4242\n")
+    assert cgroups.has_processes(0)
