@@ -300,19 +300,23 @@ class Decider:
         place: JobPlace,
         hits: Iterable[tuple[int, int]],
         in_pgrp: list[near_misses.AtomRef] | None = None,
+        elsewhere: list[near_misses.AtomRef] | None = None,
     ) -> None:
         """Journal the label atoms the event almost matched (see the module docstring).
 
-        ``in_pgrp``: those of the job's pgrp, when they were read already.
+        ``in_pgrp``: those of the job's pgrp, ``elsewhere``: those of other pgrps naming
+        the job's label (at most ``MAX_NEAR_MISSES`` each), when they were read already.
         """
         matched = set(hits)
         if in_pgrp is None:
             in_pgrp = near_misses.unresolved_in_pgrp(self._db, keys, place.pgrp, MAX_NEAR_MISSES)
         refs = list(in_pgrp)
         if place.label and len(refs) < MAX_NEAR_MISSES:
-            refs += near_misses.unresolved_elsewhere(
-                self._db, keys, place.label, place.pgrp, MAX_NEAR_MISSES - len(refs)
-            )
+            if elsewhere is None:
+                elsewhere = near_misses.unresolved_elsewhere(
+                    self._db, keys, place.label, place.pgrp, MAX_NEAR_MISSES - len(refs)
+                )
+            refs += elsewhere[: MAX_NEAR_MISSES - len(refs)]
         refs = [ref for ref in refs if (ref.rowid, ref.slot) not in matched]
         if not refs:
             return

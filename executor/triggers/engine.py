@@ -46,7 +46,7 @@ from executor.errors import InvalidRequestError, UnavailableError
 from executor.model import CallbackSpec, Event, Invocation, Limits, RunResult
 from executor.policies import JOB, UNIVERSAL, PolicySet
 from executor.runs.outbox import Backoff
-from executor.sql import Db, StoreConflict
+from executor.sql import Db, StoreConflict, pipelined
 from executor.triggers import checks, group_reads, items, journal, near_misses, states, why
 from executor.triggers.decide import MAX_NEAR_MISSES, Decider, Decision, Fired
 from executor.triggers.deferred_writes import DeferredWrites
@@ -427,6 +427,7 @@ class TriggerEngine:
         place: JobPlace | None,
         deferred: DeferredWrites | None = None,
         near_in_pgrp: list[Any] | None = None,
+        near_elsewhere: list[Any] | None = None,
         group: GroupState | None = None,
         hits_by_key: Mapping[AtomKey, Sequence[tuple[int, int]]] | None = None,
     ) -> Decision:
@@ -435,7 +436,8 @@ class TriggerEngine:
         ``place``: the event's job's (None: not registered), as the caller read it. ``deferred``
         (not dry): where the state the event leaves its object in waits to be written.
         ``near_in_pgrp``: the near misses in the job's pgrp, when read with the place
-        (``near_misses.in_pgrp_subquery``). ``group`` and ``hits_by_key``: a group's
+        (``near_misses.in_pgrp_subquery``); ``near_elsewhere``: those of other pgrps
+        naming the job's label, when read with it too. ``group`` and ``hits_by_key``: a group's
         state and the atoms its keys found, read for the whole group (``_apply_segment``).
         """
         keys = event_keys(event, place)
@@ -451,7 +453,10 @@ class TriggerEngine:
             in_pgrp = (
                 None if near_in_pgrp is None else near_misses.refs_from_json(near_in_pgrp, keys)
             )
-            decider.near_misses(keys, place, hits, in_pgrp)
+            elsewhere = (
+                None if near_elsewhere is None else near_misses.refs_from_json(near_elsewhere, keys)
+            )
+            decider.near_misses(keys, place, hits, in_pgrp, elsewhere)
             if deferred is not None:
                 deferred.records.append(seen)
         return decider.decision
@@ -549,7 +554,6 @@ class TriggerEngine:
                 end += 1
             applied += self._apply_segment(db, events[start : end + 1], deferred)
             start = end + 1
-        deferred.flush(db)
         self._prune_journal(db)
         return applied
 
@@ -582,15 +586,18 @@ class TriggerEngine:
                 place=seen.place,
                 deferred=deferred,
                 near_in_pgrp=seen.near,
+                near_elsewhere=seen.near_elsewhere,
                 group=group,
                 hits_by_key=hits_by_key,
             )
             deferred.entries.extend(decision.entries)
             applied.append((decision, False))
-        group.flush(db)
         last = events[-1]
+        # What the segment wrote, in one round trip (the group's own reads are done).
+        with pipelined(db):
+            group.flush(db)
+            deferred.flush(db)  # what waits for a removed job's states is written before they go
         if _removes_job(last) and not applied[-1][1]:
-            deferred.flush(db)  # what waits for the job's states is written before they go
             TriggerStore.remove_job(db, last.job_id)
             states.forget_job(db, last.job_id)
             checks.forget_job(db, last.job_id)

@@ -39,12 +39,15 @@ class GroupSighting:
     """One event of a group as first read: a repeat or not, its job's place, its near misses.
 
     ``near`` holds the unresolved label atoms of the job's pgrp under the event's name,
-    type and extras (not yet narrowed to its keys: ``near_misses.refs_from_json``).
+    type and extras (as ``near_misses.in_pgrp_subquery`` reads them), ``near_elsewhere``
+    those of other pgrps naming the job's label (``near_misses.unresolved_elsewhere``;
+    None when the job has no label).
     """
 
     first: bool
     place: JobPlace | None
     near: list[Any] | None
+    near_elsewhere: list[Any] | None = None
 
 
 def sightings(
@@ -72,9 +75,15 @@ def sightings(
         "SELECT * FROM atoms a WHERE a.pgrp = j.pgrp AND a.type = e.type"
         " AND a.name = ANY(e.names) AND a.extra = ANY(e.extras) AND a.label != ''"
         " AND NOT EXISTS (SELECT 1 FROM jobs j2 WHERE j2.pgrp = a.pgrp AND j2.label = a.label)"
-        " LIMIT ?) AS a) END AS near"
+        " LIMIT ?) AS a) END AS near,"
+        " CASE WHEN j.job_id IS NULL OR j.label = '' THEN NULL ELSE (SELECT coalesce(json_agg("
+        "json_build_array(a.callback_rowid, a.slot, a.pgrp, a.label, a.name, a.extra)), '[]')"
+        " FROM (SELECT * FROM atoms a WHERE a.label = j.label AND a.pgrp != j.pgrp"
+        " AND a.type = e.type AND a.name = ANY(e.names) AND a.extra = ANY(e.extras)"
+        " AND a.label != '' AND NOT EXISTS (SELECT 1 FROM jobs j2 WHERE j2.pgrp = a.pgrp"
+        " AND j2.label = a.label) LIMIT ?) AS a) END AS near_elsewhere"
         " FROM e LEFT JOIN jobs j ON j.job_id = e.job_id ORDER BY e.n",
-        (json.dumps(rows), time.time(), limit),
+        (json.dumps(rows), time.time(), limit, limit),
     ).fetchall()
     ids_in_group: set[str] = set()
     result = []
@@ -84,7 +93,7 @@ def sightings(
         place = None
         if row[2] is not None:
             place = JobPlace(event.job_id, pgrp=int(row[2]), label=str(row[3]))
-        result.append(GroupSighting(first, place, row[4]))
+        result.append(GroupSighting(first, place, row[4], row[5]))
     return result
 
 

@@ -3,8 +3,8 @@
 A group's reads are made once, up front (group_reads.py); its events are then decided
 in order, each on the state the ones before it left: the callbacks' latches and counts
 and the work items' latches live here while the transaction lasts, and their writes,
-with the queued firings, wait for ``flush``, which makes them in a few ``executemany``
-(psycopg pipelines each) instead of a statement per event. Every value written is
+with the queued firings, wait for ``flush``, which makes them in a statement per table
+(group_writes.py) instead of a statement per event. Every value written is
 kept here too, so nothing that waits for ``flush`` is read from the database meanwhile;
 a read that needs the database for what may be waiting here (every item of a callback)
 flushes first.
@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from executor.sql import Db
-from executor.triggers import items
+from executor.triggers import group_writes, items
 from executor.triggers.group_reads import WorkContext
 from executor.triggers.items import WorkState
 from executor.triggers.journal import SeenEvent, marks_to_json
@@ -89,61 +89,42 @@ class GroupState:
         self._firings.append(firing)
 
     def flush(self, db: Db) -> None:
-        """Write what waits, in key order (two replicas lock shared rows in one order)."""
-        if self._dirty_callbacks:
-            rows = []
-            for rowid in sorted(self._dirty_callbacks):
-                cb = self.callbacks[rowid]
-                rows.append(
-                    (cb.count, json.dumps(list(cb.latches)), marks_to_json(cb.marks), rowid)
+        """Write what waits: one statement per table (group_writes.py), rows in key order."""
+        group_writes.callback_states(
+            db,
+            [
+                (rowid, cb.count, json.dumps(list(cb.latches)), marks_to_json(cb.marks))
+                for rowid in self._dirty_callbacks
+                for cb in (self.callbacks[rowid],)
+            ],
+        )
+        written = [(key, self.work[key]) for key in self._dirty_work]
+        group_writes.work_items_gone(db, [key for key, state in written if _untouched(state)])
+        group_writes.work_items(
+            db,
+            [
+                (*key, s.count, json.dumps(list(s.latches)), marks_to_json(s.latched_by))
+                for key, s in written
+                if not _untouched(s)
+            ],
+        )
+        now = time.time()
+        group_writes.firings(
+            db,
+            [
+                (
+                    f.invocation_id,
+                    f.callback.rowid,
+                    json.dumps(f.event.as_dict()),
+                    now,
+                    f.batch,
+                    f.snapshot(),
+                    self.owner,
+                    self.lease_until,
                 )
-            db.executemany(
-                "UPDATE callbacks SET count = ?, latches = ?, latched_by = ? WHERE rowid = ?", rows
-            )
-        if self._dirty_work:
-            keys = sorted(self._dirty_work)
-            gone = [key for key in keys if _untouched(self.work[key])]
-            kept = [(*key, self.work[key]) for key in keys if not _untouched(self.work[key])]
-            if gone:
-                db.executemany(
-                    "DELETE FROM work_latches WHERE callback_rowid = ? AND work_name = ?", gone
-                )
-            if kept:
-                db.executemany(
-                    "INSERT INTO work_latches (callback_rowid, work_name, count, latches,"
-                    " latched_by) VALUES (?, ?, ?, ?, ?) ON CONFLICT (callback_rowid, work_name)"
-                    " DO UPDATE SET count = excluded.count, latches = excluded.latches,"
-                    " latched_by = excluded.latched_by",
-                    [
-                        (
-                            rowid,
-                            name,
-                            s.count,
-                            json.dumps(list(s.latches)),
-                            marks_to_json(s.latched_by),
-                        )
-                        for rowid, name, s in kept
-                    ],
-                )
-        if self._firings:
-            now = time.time()
-            db.executemany(
-                "INSERT INTO firings (invocation_id, callback_rowid, event_json, decided_at, batch,"
-                " snapshot_json, owner, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        f.invocation_id,
-                        f.callback.rowid,
-                        json.dumps(f.event.as_dict()),
-                        now,
-                        f.batch,
-                        f.snapshot(),
-                        self.owner,
-                        self.lease_until,
-                    )
-                    for f in self._firings
-                ],
-            )
+                for f in self._firings
+            ],
+        )
         self._dirty_callbacks, self._dirty_work, self._firings = set(), set(), []
 
 
