@@ -518,18 +518,16 @@ class TriggerEngine:
     def _apply_group(self, events: Sequence[Event]) -> list[tuple[Decision, bool]]:
         """Apply events in order in one transaction (again after a lost deadlock).
 
-        Runs on the group commit's thread; what is counted and queued is left to the loop.
+        On PostgreSQL each kind of read is one statement for the group
+        (``_apply_set_based``); on SQLite, whose statements make no round trips, the
+        events are applied one after another. Runs on the group commit's thread; what is
+        counted and queued is left to the loop.
         """
 
         def apply_all() -> list[tuple[Decision, bool]]:
             with self._store.transaction() as db:
                 if self._store.fleet:
                     return self._apply_set_based(db, events)
-                if len(events) > 1:
-                    # The job scopes' callbacks (most of what the group latches), in order.
-                    TriggerStore.lock_matching(
-                        db, [key for event in events for key in event_keys(event, None)]
-                    )
                 deferred = DeferredWrites(self._journal)
                 applied = [self._apply_in(db, event, deferred) for event in events]
                 deferred.flush(db)
