@@ -189,3 +189,16 @@ async def test_what_a_group_fires_is_queued_and_leaves_the_queue_once_run(
     # In a fleet the replica that decided them holds them (done only under its claim).
     with engine.store.reading() as db:
         assert db.execute("SELECT count(*) FROM firings").fetchone()[0] == 0
+
+
+async def test_an_atom_naming_a_job_by_its_label_matches_in_a_group(engine: TriggerEngine) -> None:
+    engine.register_job(job(12, label="ribgen", pgrp=3, agenda=agenda("1", "2")))
+    engine.register_job(
+        job(15, ("complete-work-ribgen-1 && complete-work-ribgen-2", "comp"), label="comp", pgrp=3)
+    )
+
+    applied = await engine.publish_many(
+        [Event("complete", "work", 12, work_name=name) for name in ("1", "2")]
+    )
+
+    assert [[f.callback.job_id for f in fired] for fired, _ in applied] == [[], [15]]
