@@ -23,7 +23,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import lru_cache
 from typing import Any, Final, Protocol
 
@@ -213,9 +214,6 @@ class PgDb:
         self._run(script, lambda conn, text: conn.execute(text), translate=False)
 
     def _run(self, sql: str, call: Any, *, translate: bool = True) -> Any:
-        import psycopg
-        from psycopg import errors
-
         verb = sql.strip().split(None, 1)[0].upper() if sql.strip() else ""
         with self._lock:
             if self._conn is None or self._conn.broken or self._conn.closed:
@@ -227,27 +225,48 @@ class PgDb:
                 if verb in {"ROLLBACK", "COMMIT"}:
                     return None
                 self._connect()
-            try:
+            with self._errors_translated():
                 cursor = call(self._conn, pg_sql(sql) if translate else sql)
-            except (
-                errors.DeadlockDetected,
-                errors.SerializationFailure,
-                # Two replicas inserting the same key at once (registering one job): the
-                # loser runs again and then sees the winner's row.
-                errors.UniqueViolation,
-            ) as err:
-                raise StoreConflict(f"PostgreSQL store: {_first_line(err)}") from err
-            except psycopg.OperationalError as err:
-                if self._conn.broken or self._conn.closed:
-                    raise StoreUnavailable(
-                        f"PostgreSQL store unreachable: {_first_line(err)}"
-                    ) from err
-                raise
             if verb == "BEGIN":
                 self._in_transaction = True
             elif verb in {"COMMIT", "ROLLBACK"}:
                 self._in_transaction = False
             return cursor
+
+    @contextmanager
+    def pipeline(self) -> Iterator[None]:
+        """The statements of the block are sent without waiting for each one's answer.
+
+        For writes whose results nobody reads (psycopg's pipeline mode): the block costs
+        one round trip whatever it holds. An error of any of them is raised at the end
+        of the block, as ``execute`` would raise it (``StoreConflict``, ...).
+        """
+        with self._lock:
+            if self._conn is None or self._conn.broken or self._conn.closed:
+                raise StoreUnavailable("PostgreSQL store: the connection was lost mid-transaction")
+            with self._errors_translated(), self._conn.pipeline():
+                yield
+
+    @contextmanager
+    def _errors_translated(self) -> Iterator[None]:
+        """The driver's errors as the stores' own: a conflict to retry, a store unreachable."""
+        import psycopg
+        from psycopg import errors
+
+        try:
+            yield
+        except (
+            errors.DeadlockDetected,
+            errors.SerializationFailure,
+            # Two replicas inserting the same key at once (registering one job): the
+            # loser runs again and then sees the winner's row.
+            errors.UniqueViolation,
+        ) as err:
+            raise StoreConflict(f"PostgreSQL store: {_first_line(err)}") from err
+        except psycopg.OperationalError as err:
+            if self._conn is None or self._conn.broken or self._conn.closed:
+                raise StoreUnavailable(f"PostgreSQL store unreachable: {_first_line(err)}") from err
+            raise
 
     def transaction_failed(self) -> bool:
         """Whether the open transaction can only be rolled back (an error inside it)."""
@@ -256,6 +275,11 @@ class PgDb:
         return self._conn is not None and self._conn.info.transaction_status in (
             TransactionStatus.INERROR,
         )
+
+
+def pipelined(db: Db) -> AbstractContextManager[None]:
+    """``PgDb.pipeline`` on PostgreSQL; nothing on SQLite (its statements make no round trips)."""
+    return db.pipeline() if isinstance(db, PgDb) else nullcontext()
 
 
 def _first_line(err: BaseException) -> str:

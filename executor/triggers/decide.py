@@ -27,6 +27,7 @@ from executor.sql import Db
 from executor.triggers import items, near_misses, states
 from executor.triggers.evaluate import AtomKey, JobPlace, Step, residual, step, work_targets
 from executor.triggers.explain import near_miss_reason, outside_agenda_reason
+from executor.triggers.group_state import GroupState
 from executor.triggers.items import WorkState
 from executor.triggers.journal import EntryKind, JournalEntry, SeenEvent
 from executor.triggers.nodes import (
@@ -88,8 +89,15 @@ class Decider:
         *,
         dry: bool,
         parsed: Callable[[str], Expr],
+        group: GroupState | None = None,
     ) -> None:
+        """Decide in ``db``'s open transaction (or, ``dry``, decide without writing).
+
+        ``group`` (PostgreSQL's group transactions): the state the group's earlier events
+        left, which this event reads and writes instead of the database (group_state.py).
+        """
         self._db = db
+        self._group = group
         self._seen = seen
         self._batch = batch
         self._dry = dry
@@ -131,12 +139,10 @@ class Decider:
         if moved.fires:
             self._fire(cb, cb.count + 1, self.event.work_name, expr, moved)
             if not self._dry:
-                TriggerStore.save_state(
-                    self._db, cb.rowid, cb.count + 1, moved.latches, [None] * len(marks)
-                )
+                self._save_state(cb.rowid, cb.count + 1, moved.latches, (None,) * len(marks))
             return
         if moved.newly and not self._dry:
-            TriggerStore.save_state(self._db, cb.rowid, cb.count, moved.latches, marks)
+            self._save_state(cb.rowid, cb.count, moved.latches, marks)
         if moved.newly:
             self.decision.latched.append(Latched(cb, moved.latches))
         self._entry(cb, expr, moved, count=cb.count)
@@ -151,14 +157,17 @@ class Decider:
         if any(not found[slot].per_work for slot in slots):
             # An atom without the placeholder latches in every item's vector.
             known = states.agenda_known(self._db, job_id)
-            held = items.held(self._db, cb.rowid, size)
+            held = (
+                items.held(self._db, cb.rowid, size)
+                if self._group is None
+                else self._group.held(self._db, cb.rowid, size)
+            )
             agenda = states.agenda(self._db, job_id)
             names = [*agenda, *(name for name in held if name not in set(agenda))]
         else:
             # The usual event: one item. Its agenda and its latches, in one read.
-            known, listed, held[work_name] = items.context(
-                self._db, job_id, cb.rowid, work_name, size
-            )
+            read = items.context if self._group is None else self._group.context
+            known, listed, held[work_name] = read(self._db, job_id, cb.rowid, work_name, size)
             names = [work_name] if not known or listed else []
         targets, outside = work_targets(expr, slots, work_name, names, agenda_known=known)
         if outside:
@@ -166,7 +175,7 @@ class Decider:
             self._near_miss(cb, outside, outside_agenda_reason(work_name, job_id, agenda))
         total = cb.count
         for item, item_slots in targets.items():
-            state = held.get(item) or items.state(self._db, cb.rowid, item, size)
+            state = held.get(item) or self._item(cb.rowid, item, size)
             item_expr = substitute_all(expr, item)
             moved = step(
                 item_expr, state.latches, item_slots, count=state.count, maximum=cb.maximum
@@ -182,9 +191,32 @@ class Decider:
                     self.decision.latched.append(Latched(cb, moved.latches, item))
                 self._entry(cb, item_expr, moved, count=state.count, work_name=item)
             if not self._dry and (moved.fires or moved.newly):
-                items.save(self._db, cb.rowid, item, after)
+                if self._group is None:
+                    items.save(self._db, cb.rowid, item, after)
+                else:
+                    self._group.save_item(cb.rowid, item, after)
         if total != cb.count and not self._dry:
-            TriggerStore.save_count(self._db, cb.rowid, total)
+            if self._group is None:
+                TriggerStore.save_count(self._db, cb.rowid, total)
+            else:
+                self._group.save_count(cb.rowid, total)
+
+    def _item(self, rowid: int, work_name: str, size: int) -> WorkState:
+        if self._group is None:
+            return items.state(self._db, rowid, work_name, size)
+        return self._group.item(self._db, rowid, work_name, size)
+
+    def _save_state(
+        self,
+        rowid: int,
+        count: int,
+        latches: tuple[bool, ...],
+        marks: tuple[SeenEvent | None, ...],
+    ) -> None:
+        if self._group is None:
+            TriggerStore.save_state(self._db, rowid, count, latches, marks)
+        else:
+            self._group.save_state(rowid, count, latches, marks)
 
     def _marks(
         self, before: Sequence[SeenEvent | None], moved: Step
@@ -200,7 +232,10 @@ class Decider:
         invocation_id = "" if self._dry else str(uuid.uuid4())
         if not self._dry:
             firing = PendingFiring(invocation_id, cb, self.event, self._batch, count, work_name)
-            TriggerStore.queue_firing(self._db, firing)
+            if self._group is None:
+                TriggerStore.queue_firing(self._db, firing)
+            else:
+                self._group.queue_firing(firing)
             self.decision.firings.append(firing)
         self.decision.fired.append(Fired(cb, invocation_id, work_name=work_name))
         self._entry(cb, expr, moved, count=count, work_name=work_name, invocation_id=invocation_id)
@@ -265,19 +300,23 @@ class Decider:
         place: JobPlace,
         hits: Iterable[tuple[int, int]],
         in_pgrp: list[near_misses.AtomRef] | None = None,
+        elsewhere: list[near_misses.AtomRef] | None = None,
     ) -> None:
         """Journal the label atoms the event almost matched (see the module docstring).
 
-        ``in_pgrp``: those of the job's pgrp, when they were read already.
+        ``in_pgrp``: those of the job's pgrp, ``elsewhere``: those of other pgrps naming
+        the job's label (at most ``MAX_NEAR_MISSES`` each), when they were read already.
         """
         matched = set(hits)
         if in_pgrp is None:
             in_pgrp = near_misses.unresolved_in_pgrp(self._db, keys, place.pgrp, MAX_NEAR_MISSES)
         refs = list(in_pgrp)
         if place.label and len(refs) < MAX_NEAR_MISSES:
-            refs += near_misses.unresolved_elsewhere(
-                self._db, keys, place.label, place.pgrp, MAX_NEAR_MISSES - len(refs)
-            )
+            if elsewhere is None:
+                elsewhere = near_misses.unresolved_elsewhere(
+                    self._db, keys, place.label, place.pgrp, MAX_NEAR_MISSES - len(refs)
+                )
+            refs += elsewhere[: MAX_NEAR_MISSES - len(refs)]
         refs = [ref for ref in refs if (ref.rowid, ref.slot) not in matched]
         if not refs:
             return

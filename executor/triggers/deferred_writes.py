@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from executor.sql import Db
-from executor.triggers import journal, states
+from executor.sql import Db, PgDb
+from executor.triggers import group_writes, journal, states
 from executor.triggers.journal import JournalEntry, JournalLimits, SeenEvent
 
 
@@ -26,9 +26,16 @@ class DeferredWrites:
     records: list[SeenEvent] = field(default_factory=list)
 
     def flush(self, db: Db) -> None:
-        """Write what waits, in the events' order, in the open transaction."""
-        if self.entries:
-            journal.append(db, self.entries, self.limits)
-        if self.records:
-            states.record_all(db, self.records)
+        """Write what waits, in the events' order, in the open transaction.
+
+        On PostgreSQL one statement per table (group_writes.py), not one per row.
+        """
+        if isinstance(db, PgDb):
+            group_writes.journal(db, self.entries, self.limits)
+            group_writes.known_states(db, states.record_rows(self.records))
+        else:
+            if self.entries:
+                journal.append(db, self.entries, self.limits)
+            if self.records:
+                states.record_all(db, self.records)
         self.entries, self.records = [], []

@@ -46,17 +46,25 @@ from executor.errors import InvalidRequestError, UnavailableError
 from executor.model import CallbackSpec, Event, Invocation, Limits, RunResult
 from executor.policies import JOB, UNIVERSAL, PolicySet
 from executor.runs.outbox import Backoff
-from executor.sql import Db, StoreConflict
-from executor.triggers import checks, items, journal, near_misses, states, why
+from executor.sql import Db, StoreConflict, pipelined
+from executor.triggers import checks, group_reads, items, journal, near_misses, states, why
 from executor.triggers.decide import MAX_NEAR_MISSES, Decider, Decision, Fired
 from executor.triggers.deferred_writes import DeferredWrites
-from executor.triggers.evaluate import JobPlace, atom_key, clock_event, event_keys, next_fire
+from executor.triggers.evaluate import (
+    AtomKey,
+    JobPlace,
+    atom_key,
+    clock_event,
+    event_keys,
+    next_fire,
+)
 from executor.triggers.firings import FiringWorker
 from executor.triggers.group_commit import GroupCommit
+from executor.triggers.group_state import GroupState
 from executor.triggers.journal import JournalLimits, SeenEvent
 from executor.triggers.nodes import EventName, EventType, per_work
 from executor.triggers.registration import Registration, callback_specs, level_pass, surroundings
-from executor.triggers.store import LEVEL, NewAtom, PendingFiring, TriggerStore
+from executor.triggers.store import LEVEL, NewAtom, PendingFiring, StoredCallback, TriggerStore
 from executor.triggers.universal import (
     CodeCheck,
     ReloadStatus,
@@ -120,6 +128,42 @@ def _retrying(run: Callable[[], _T]) -> _T:
                 raise
             logger.debug("store conflict (try %d); running the transaction again", attempt)
     raise AssertionError("unreachable")
+
+
+def _removes_job(event: Event) -> bool:
+    return event.name == EventName.REMOVED and event.type == EventType.JOB
+
+
+def _key_parts(keys: Sequence[AtomKey]) -> tuple[str, list[str], list[str]]:
+    """An event's keys as the type, names and extras they are made of (one type per event)."""
+    return (
+        keys[0].type,
+        sorted({key.name for key in keys}),
+        sorted({key.extra for key in keys}),
+    )
+
+
+def _work_items(
+    events: Sequence[Event],
+    keys: Sequence[Sequence[AtomKey]],
+    hits_by_key: Mapping[AtomKey, Sequence[tuple[int, int]]],
+    callbacks: Mapping[int, StoredCallback],
+) -> list[tuple[int, int, str, int]]:
+    """(job id, callback rowid, item, latches) of each ``{work}`` callback an event hit.
+
+    The item is the one the event names (its context is what decide.py reads for it).
+    """
+    wanted = []
+    for event, event_keys_ in zip(events, keys, strict=True):
+        work_name = event.work_name if event.type == EventType.WORK else ""
+        for key in event_keys_:
+            for rowid, _slot in hits_by_key.get(key, ()):
+                expr = _parsed(callbacks[rowid].triggers)
+                if per_work(expr):
+                    wanted.append(
+                        (callbacks[rowid].job_id, rowid, work_name, len(triggers.atoms(expr)))
+                    )
+    return wanted
 
 
 def canonical_triggers(expression: str) -> str:
@@ -383,24 +427,36 @@ class TriggerEngine:
         place: JobPlace | None,
         deferred: DeferredWrites | None = None,
         near_in_pgrp: list[Any] | None = None,
+        near_elsewhere: list[Any] | None = None,
+        group: GroupState | None = None,
+        hits_by_key: Mapping[AtomKey, Sequence[tuple[int, int]]] | None = None,
     ) -> Decision:
         """Every decision of one event in the open transaction, with its near misses.
 
         ``place``: the event's job's (None: not registered), as the caller read it. ``deferred``
         (not dry): where the state the event leaves its object in waits to be written.
         ``near_in_pgrp``: the near misses in the job's pgrp, when read with the place
-        (``near_misses.in_pgrp_subquery``).
+        (``near_misses.in_pgrp_subquery``); ``near_elsewhere``: those of other pgrps
+        naming the job's label, when read with it too. ``group`` and ``hits_by_key``: a group's
+        state and the atoms its keys found, read for the whole group (``_apply_segment``).
         """
         keys = event_keys(event, place)
         seen = SeenEvent(event, self._clock())
-        decider = Decider(db, seen, batch, dry=dry, parsed=_parsed)
-        hits, callbacks = TriggerStore.matching_callbacks(db, keys)
+        decider = Decider(db, seen, batch, dry=dry, parsed=_parsed, group=group)
+        if group is None or hits_by_key is None:
+            hits, callbacks = TriggerStore.matching_callbacks(db, keys)
+        else:
+            hits = [hit for key in keys for hit in hits_by_key.get(key, ())]
+            callbacks = group.callbacks
         decider.matched(hits, callbacks)
         if place is not None:
             in_pgrp = (
                 None if near_in_pgrp is None else near_misses.refs_from_json(near_in_pgrp, keys)
             )
-            decider.near_misses(keys, place, hits, in_pgrp)
+            elsewhere = (
+                None if near_elsewhere is None else near_misses.refs_from_json(near_elsewhere, keys)
+            )
+            decider.near_misses(keys, place, hits, in_pgrp, elsewhere)
             if deferred is not None:
                 deferred.records.append(seen)
         return decider.decision
@@ -462,22 +518,88 @@ class TriggerEngine:
     def _apply_group(self, events: Sequence[Event]) -> list[tuple[Decision, bool]]:
         """Apply events in order in one transaction (again after a lost deadlock).
 
-        Runs on the group commit's thread; what is counted and queued is left to the loop.
+        On PostgreSQL each kind of read is one statement for the group
+        (``_apply_set_based``); on SQLite, whose statements make no round trips, the
+        events are applied one after another. Runs on the group commit's thread; what is
+        counted and queued is left to the loop.
         """
 
         def apply_all() -> list[tuple[Decision, bool]]:
             with self._store.transaction() as db:
-                if len(events) > 1:
-                    # The job scopes' callbacks (most of what the group latches), in order.
-                    TriggerStore.lock_matching(
-                        db, [key for event in events for key in event_keys(event, None)]
-                    )
+                if self._store.fleet:
+                    return self._apply_set_based(db, events)
                 deferred = DeferredWrites(self._journal)
                 applied = [self._apply_in(db, event, deferred) for event in events]
                 deferred.flush(db)
                 return applied
 
         return _retrying(apply_all)
+
+    def _apply_set_based(self, db: Db, events: Sequence[Event]) -> list[tuple[Decision, bool]]:
+        """(PostgreSQL) A group's events in the open transaction: each kind of read once.
+
+        The events are read in segments (group_reads.py): a ``removed`` job ends one, as
+        the events after it must not find its rows. Each segment's events are decided in
+        order on the state the earlier ones left (group_state.py), and what they wrote
+        is written at the segment's end.
+        """
+        applied: list[tuple[Decision, bool]] = []
+        deferred = DeferredWrites(self._journal)
+        start = 0
+        while start < len(events):
+            end = start
+            while end < len(events) - 1 and not _removes_job(events[end]):
+                end += 1
+            applied += self._apply_segment(db, events[start : end + 1], deferred)
+            start = end + 1
+        self._prune_journal(db)
+        return applied
+
+    def _apply_segment(
+        self, db: Db, events: Sequence[Event], deferred: DeferredWrites
+    ) -> list[tuple[Decision, bool]]:
+        """``_apply_set_based``'s events up to and including a ``removed`` job's, if any."""
+        found = group_reads.sightings(
+            db, events, [_key_parts(event_keys(event, None)) for event in events], MAX_NEAR_MISSES
+        )
+        keys = [
+            event_keys(event, seen.place) if seen.first else []
+            for event, seen in zip(events, found, strict=True)
+        ]
+        hits_by_key, callbacks = group_reads.matching(db, (key for some in keys for key in some))
+        group = GroupState(self._store.owner, self._store.lease_until(), callbacks)
+        group.contexts = group_reads.work_contexts(
+            db, _work_items(events, keys, hits_by_key, callbacks)
+        )
+        applied: list[tuple[Decision, bool]] = []
+        for event, seen in zip(events, found, strict=True):
+            if not seen.first:
+                applied.append((Decision(), True))
+                continue
+            decision = self._decide(
+                db,
+                event,
+                uuid.uuid4().hex,
+                dry=False,
+                place=seen.place,
+                deferred=deferred,
+                near_in_pgrp=seen.near,
+                near_elsewhere=seen.near_elsewhere,
+                group=group,
+                hits_by_key=hits_by_key,
+            )
+            deferred.entries.extend(decision.entries)
+            applied.append((decision, False))
+        last = events[-1]
+        # What the segment wrote, in one round trip (the group's own reads are done).
+        with pipelined(db):
+            group.flush(db)
+            deferred.flush(db)  # what waits for a removed job's states is written before they go
+        if _removes_job(last) and not applied[-1][1]:
+            TriggerStore.remove_job(db, last.job_id)
+            states.forget_job(db, last.job_id)
+            checks.forget_job(db, last.job_id)
+        return applied
 
     def _applied(self, applied: list[tuple[Decision, bool]]) -> list[tuple[Decision, bool]]:
         """Count what committed events decided and queue what they fired (on the loop)."""

@@ -87,8 +87,8 @@ def record(db: Db, seen: SeenEvent) -> None:
     record_all(db, [seen])
 
 
-def record_all(db: Db, seen: Iterable[SeenEvent]) -> None:
-    """``record`` each event, in order, in one ``executemany``."""
+def record_rows(seen: Iterable[SeenEvent]) -> list[tuple[int, str, str, str, str]]:
+    """What ``record`` writes for each event: (job id, type, item, state, the event's JSON)."""
     rows = []
     for one in seen:
         event = one.event
@@ -97,6 +97,12 @@ def record_all(db: Db, seen: Iterable[SeenEvent]) -> None:
             continue
         item = "" if event.type == JOB else event.item
         rows.append((event.job_id, event.type, item, state, json.dumps(one.as_dict())))
+    return rows
+
+
+def record_all(db: Db, seen: Iterable[SeenEvent]) -> None:
+    """``record`` each event, in order, in one ``executemany``."""
+    rows = record_rows(seen)
     if rows:
         # In key order (stable: a key's last event is written last), so that two replicas'
         # transactions take these rows' locks in the same order.

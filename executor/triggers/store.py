@@ -270,7 +270,7 @@ class TriggerStore:
     One connection guarded by a lock. On SQLite the engine is the only writer. On
     PostgreSQL (``path`` a ``postgresql://`` URL, its schema made by ``cbexec store
     migrate``) every replica of a fleet writes: an event's transaction locks the
-    callback rows it reads (``matching_callbacks``, ``lock_matching``), so the two
+    callback rows it reads (``matching_callbacks``; a group's, group_reads.py), so the two
     halves of an ``&&`` applied by two replicas at once serialize on the row and fire
     once; firings are claimed with a lease and an epoch (``claim_expired``,
     ``renew_leases``, ``firing_done``).
@@ -537,33 +537,6 @@ class TriggerStore:
                 if row["rowid"] not in callbacks:
                     callbacks[row["rowid"]] = StoredCallback.from_row(row)
         return found, callbacks
-
-    @staticmethod
-    def lock_matching(db: Db, keys: Iterable[AtomKey]) -> None:
-        """In a fleet, lock the callbacks indexed under ``keys``, in ascending order, at once.
-
-        Under any combination of the keys' names, types, scopes and extras, in one
-        statement; nothing on SQLite (one writer). A group of events locks what it will
-        latch up front: locked one event at a time, two replicas' groups could take the
-        same rows in opposite orders and deadlock (a second's wait for PostgreSQL to
-        notice, then the whole group again).
-        """
-        if not isinstance(db, PgDb):
-            return
-        wanted = set(keys)
-        if not wanted:
-            return
-        names = sorted({key.name for key in wanted})
-        types = sorted({key.type for key in wanted})
-        scopes = sorted({key.scope for key in wanted})
-        extras = sorted({key.extra for key in wanted})
-        db.execute(
-            "SELECT c.rowid FROM callbacks c WHERE c.rowid IN (SELECT a.callback_rowid"  # noqa: S608 - marks only
-            f" FROM atoms a WHERE a.name IN ({_marks(names)}) AND a.type IN ({_marks(types)})"
-            f" AND a.scope IN ({_marks(scopes)}) AND a.extra IN ({_marks(extras)}))"
-            " ORDER BY c.rowid FOR UPDATE",
-            (*names, *types, *scopes, *extras),
-        ).fetchall()
 
     @staticmethod
     def load_callbacks(db: Db, rowids: Iterable[int]) -> list[StoredCallback]:

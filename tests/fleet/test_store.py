@@ -9,7 +9,7 @@ import pytest
 from executor.errors import ConfigError
 from executor.migrations import current_version, schema_version
 from executor.runs.history import RunHistory
-from executor.sql import connect_postgres, pg_ddl
+from executor.sql import StoreConflict, connect_postgres, pg_ddl
 from executor.triggers.store import TriggerStore
 from tests.helpers.cli import cbexec, cli_env
 from tests.helpers.postgres import PostgresServer
@@ -84,3 +84,20 @@ def test_the_postgresql_schema_is_the_sqlite_one_translated() -> None:
     assert "seq BIGSERIAL PRIMARY KEY" in ddl and '"user" TEXT' in ddl
     assert "at DOUBLE PRECISION" in ddl and "body BYTEA" in ddl
     assert "rowid BIGSERIAL," in ddl  # runs are ordered by SQLite's implicit rowid
+
+
+def test_an_error_in_a_pipeline_is_raised_at_its_end_as_the_stores_own(pg_url: str) -> None:
+    db = connect_postgres(pg_url)
+    try:
+        db.execute("BEGIN")
+        db.execute("INSERT INTO seen_events (event_id, seen_at) VALUES ('piped', 0)")
+        with pytest.raises(StoreConflict), db.pipeline():
+            db.executemany(
+                "INSERT INTO seen_events (event_id, seen_at) VALUES (?, 0)",
+                [("other",), ("piped",)],
+            )
+        assert db.transaction_failed()
+        db.execute("ROLLBACK")
+        assert db.execute("SELECT count(*) FROM seen_events").fetchone()[0] == 0
+    finally:
+        db.close()
