@@ -104,6 +104,12 @@ def _join_cgroups(procs_files: list[bytes]) -> None:
             os.close(fd)
 
 
+def join_cgroups_through(procs_fds: list[int]) -> None:
+    """Join the cgroups whose ``cgroup.procs`` files a zygote opened for this child."""
+    for fd in procs_fds:
+        os.write(fd, b"0")
+
+
 def _apply_rlimits(rlimits: list[tuple[int, tuple[int, int]]]) -> None:
     for which, limits in rlimits:
         resource.setrlimit(which, limits)
@@ -137,9 +143,13 @@ class Confinement:
     (``isolation.FilesystemPlan``); ``fits`` tells whether another one does too.
     """
 
-    def __init__(self, spec: LaunchSpec) -> None:
+    def __init__(self, spec: LaunchSpec, *, cgroup_procs_fds: list[int] | None = None) -> None:
         self.site_paths = spec["site_paths"]
-        self.cgroup_procs = [procs.encode() for procs in spec["cgroup_procs"]]
+        # Opened by a zygote (``join_cgroups_through``), or here by path.
+        self.cgroup_procs_fds = cgroup_procs_fds or []
+        self.cgroup_procs = (
+            [] if cgroup_procs_fds is not None else [p.encode() for p in spec["cgroup_procs"]]
+        )
         # The namespaces made after joining the cgroups (CLONE_NEWPID apart: a zygote's
         # child is forked into its own, a cold one makes it).
         flags = 0
