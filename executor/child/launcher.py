@@ -32,6 +32,8 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from protocol import LaunchSpec
 
 CHILD_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -218,14 +220,22 @@ def _exit_on_sigxcpu(signum: int, frame: object) -> None:
     os._exit(128 + SIGXCPU)
 
 
+# The Python runtime's entry (``python_bootstrap.run``), set by a zygote that imported it:
+# its children then skip the import statement (its lookups write to shared pages).
+python_run: Callable[..., int] | None = None
+
+
 def _run_runtime(spec: LaunchSpec) -> int:
     if spec["language"] == "python":
         if os.getpid() == 1:
             # PID 1 ignores signals it has no handler for, SIGXCPU included.
             _signal.signal(SIGXCPU, _exit_on_sigxcpu)
-        import python_bootstrap
+        run = python_run
+        if run is None:  # a cold child
+            import python_bootstrap
 
-        return int(python_bootstrap.run(BRIDGE_FD, warm_up=spec["warm_up"]))
+            run = python_bootstrap.run
+        return int(run(BRIDGE_FD, warm_up=spec["warm_up"]))
     argv = spec["argv"]
     os.execv(argv[0], argv)
 

@@ -248,6 +248,7 @@ class CellSpecs:
         self._specs: dict[bytes, tuple[LaunchSpec, launcher.Confinement]] = {}
         self._cgroup_files = CellCgroupFiles()
         self._shared_masks = SharedMasks(self._cgroup_files)
+        self._site_paths: list[str] | None = None
 
     def spec(
         self, cell_part: bytes, workdir: str, *, warm_up: bool
@@ -271,9 +272,20 @@ class CellSpecs:
         return spec, confinement
 
     def _confinement(self, spec: LaunchSpec) -> launcher.Confinement:
-        """The spec's confinement, its cgroups joined through descriptors this process holds."""
+        """The spec's confinement, its cgroups joined through descriptors this process holds.
+
+        The site-packages directories go on this process's own ``sys.path`` (the first
+        cell's; the executor's are the same for all): its children inherit them instead
+        of each extending the list, a write to the shared heap.
+        """
         held = self._cgroup_files.opened(spec["cgroup_procs"])
-        return launcher.Confinement(spec, cgroup_procs_fds=held)
+        confinement = launcher.Confinement(spec, cgroup_procs_fds=held)
+        if self._site_paths is None:
+            self._site_paths = confinement.site_paths
+            sys.path.extend(self._site_paths)
+        if confinement.site_paths == self._site_paths:
+            confinement.site_paths = []  # on the path already
+        return confinement
 
 
 def _child(
@@ -462,6 +474,7 @@ def main(argv: list[str]) -> int:
         stream.reconfigure(encoding="utf-8", errors="backslashreplace")  # type: ignore[union-attr]
     control = socket.socket(fileno=int(argv[1]))
     python_bootstrap.warm_zygote()  # before serve()'s gc.freeze: shared by every child
+    launcher.python_run = python_bootstrap.run
     serve(control, private_network=private_network)
     return 0
 
