@@ -32,6 +32,8 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from protocol import LaunchSpec
 
 CHILD_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -104,6 +106,12 @@ def _join_cgroups(procs_files: list[bytes]) -> None:
             os.close(fd)
 
 
+def join_cgroups_through(procs_fds: list[int]) -> None:
+    """Join the cgroups whose ``cgroup.procs`` files a zygote opened for this child."""
+    for fd in procs_fds:
+        os.write(fd, b"0")
+
+
 def _apply_rlimits(rlimits: list[tuple[int, tuple[int, int]]]) -> None:
     for which, limits in rlimits:
         resource.setrlimit(which, limits)
@@ -137,9 +145,13 @@ class Confinement:
     (``isolation.FilesystemPlan``); ``fits`` tells whether another one does too.
     """
 
-    def __init__(self, spec: LaunchSpec) -> None:
+    def __init__(self, spec: LaunchSpec, *, cgroup_procs_fds: list[int] | None = None) -> None:
         self.site_paths = spec["site_paths"]
-        self.cgroup_procs = [procs.encode() for procs in spec["cgroup_procs"]]
+        # Opened by a zygote (``join_cgroups_through``), or here by path.
+        self.cgroup_procs_fds = cgroup_procs_fds or []
+        self.cgroup_procs = (
+            [] if cgroup_procs_fds is not None else [p.encode() for p in spec["cgroup_procs"]]
+        )
         # The namespaces made after joining the cgroups (CLONE_NEWPID apart: a zygote's
         # child is forked into its own, a cold one makes it).
         flags = 0
@@ -208,14 +220,22 @@ def _exit_on_sigxcpu(signum: int, frame: object) -> None:
     os._exit(128 + SIGXCPU)
 
 
+# The Python runtime's entry (``python_bootstrap.run``), set by a zygote that imported it:
+# its children then skip the import statement (its lookups write to shared pages).
+python_run: Callable[..., int] | None = None
+
+
 def _run_runtime(spec: LaunchSpec) -> int:
     if spec["language"] == "python":
         if os.getpid() == 1:
             # PID 1 ignores signals it has no handler for, SIGXCPU included.
             _signal.signal(SIGXCPU, _exit_on_sigxcpu)
-        import python_bootstrap
+        run = python_run
+        if run is None:  # a cold child
+            import python_bootstrap
 
-        return int(python_bootstrap.run(BRIDGE_FD, warm_up=spec["warm_up"]))
+            run = python_bootstrap.run
+        return int(run(BRIDGE_FD, warm_up=spec["warm_up"]))
     argv = spec["argv"]
     os.execv(argv[0], argv)
 

@@ -178,6 +178,33 @@ def _jeq(k: int, if_true: str | None, if_false: str | None = None) -> _Insn:
     return (JEQ_K, if_true, if_false, k)
 
 
+# Numbers a leaf of the search tree compares one by one.
+_LEAF_NUMBERS: Final = 4
+
+
+def _search(numbers: list[tuple[int, str]], otherwise: str) -> list[_Insn | str]:
+    """A binary search on the syscall number (in the accumulator): each of ``numbers`` to its label.
+
+    Any other number goes to ``otherwise``. A tree, not one comparison after another:
+    the kernel runs the program for every syscall number when the filter is installed
+    (its cache of calls always allowed), inside each child, and a chain of ~60
+    comparisons made that a sixth of the filter's cost; an allowed call now takes
+    ~8 comparisons instead of ~60.
+    """
+    if len(numbers) <= _LEAF_NUMBERS:
+        leaf: list[_Insn | str] = [_jeq(number, label) for number, label in numbers[:-1]]
+        number, label = numbers[-1]
+        return [*leaf, _jeq(number, label, otherwise)]
+    middle = len(numbers) // 2
+    upper = f"at least {numbers[middle][0]}"
+    return [
+        (JGE_K, upper, None, numbers[middle][0]),
+        *_search(numbers[:middle], otherwise),
+        upper,
+        *_search(numbers[middle:], otherwise),
+    ]
+
+
 def build(arch: str) -> bytes:
     """The filter program for ``arch`` (a key of ``ARCHES``), as ``struct sock_filter`` bytes."""
     column = list(ARCHES).index(arch)
@@ -192,6 +219,7 @@ def build(arch: str) -> bytes:
     ]
     if arch == "x86_64":
         lines.append((JGE_K, "eperm", None, X32_SYSCALL_BIT))
+    decided: dict[int, str] = {}
     for name, target in (
         ("clone3", "enosys"),
         ("clone", "clone"),
@@ -202,13 +230,13 @@ def build(arch: str) -> bytes:
         number = nr(name)
         if number is None:  # every architecture the filter knows has these
             raise ValueError(f"no syscall number for {name} on {arch}")
-        lines.append(_jeq(number, target))
+        decided[number] = target
     for name in DENIED:
         number = nr(name)
         if number is not None:
-            lines.append(_jeq(number, "eperm"))
+            decided[number] = "eperm"
+    lines += _search(sorted(decided.items()), "allow")
     lines += [
-        _ret(SECCOMP_RET_ALLOW),
         # Classic BPF jumps only forward: the blocks that read an argument come before
         # the shared returns they end in.
         "clone",

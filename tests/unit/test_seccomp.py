@@ -17,16 +17,23 @@ EAFNOSUPPORT = seccomp.SECCOMP_RET_ERRNO | seccomp.EAFNOSUPPORT
 ARCHES = list(seccomp.ARCHES)
 
 
-def run(program: bytes, arch: int, nr: int, args: tuple[int, ...] = ()) -> int:
-    """What the kernel would return for this syscall: a tiny interpreter of the opcodes used."""
+def run(
+    program: bytes, arch: int, nr: int, args: tuple[int, ...] = (), steps: list[int] | None = None
+) -> int:
+    """What the kernel would return for this syscall: a tiny interpreter of the opcodes used.
+
+    ``steps``, when given, gets the number of instructions run appended.
+    """
     data = struct.pack("=IIQ6Q", nr, arch, 0x400000, *(list(args) + [0] * (6 - len(args))))
     insns = [struct.unpack_from("=HBBI", program, i) for i in range(0, len(program), 8)]
     assert 0 < len(insns) <= 4096
     accumulator = 0
     pc = 0
+    ran = 0
     while True:
         code, jt, jf, k = insns[pc]
         pc += 1
+        ran += 1
         if code == seccomp.LD_W_ABS:
             assert k % 4 == 0 and k + 4 <= len(data)
             (accumulator,) = struct.unpack_from("=I", data, k)
@@ -37,6 +44,8 @@ def run(program: bytes, arch: int, nr: int, args: tuple[int, ...] = ()) -> int:
         elif code == seccomp.JSET_K:
             pc += jt if accumulator & k else jf
         elif code == seccomp.RET_K:
+            if steps is not None:
+                steps.append(ran)
             return int(k)
         else:
             raise AssertionError(f"unexpected opcode {code:#x}")
@@ -139,6 +148,23 @@ def test_ordinary_calls_are_allowed(arch: str) -> None:
     for number in ordinary[arch]:
         assert number not in numbers
         assert run(program, seccomp.ARCHES[arch], number) == ALLOW, number
+
+
+def test_every_number_is_decided_by_a_short_search(arch: str) -> None:
+    # The kernel runs the program for every syscall number when a child installs it
+    # (seccomp's cache of always-allowed calls): a search, not a chain of comparisons.
+    program = seccomp.build(arch)
+    column = ARCHES.index(arch)
+    named = {pair[column]: name for name, pair in seccomp.SYSCALLS.items()}
+    for number in range(1024):
+        steps: list[int] = []
+        decision = run(program, seccomp.ARCHES[arch], number, steps=steps)
+        name = named.get(number)
+        if name is None:
+            assert decision == ALLOW, number
+            assert steps[0] <= 14, (number, steps)
+        elif name in seccomp.DENIED:
+            assert decision == EPERM, name
 
 
 def test_clone3_gets_enosys_so_glibc_falls_back_to_clone(arch: str) -> None:

@@ -224,22 +224,54 @@ sub cover {
 }
 
 # isolation.py's share_masks, once in this zygote: a mount namespace of its own (a slave
-# of the host's) in which every mask not holding the working directory is covered.
-my ($shared_plan, @shared_masks);
+# of the host's) in which every mask not holding the working directory is covered, the
+# late masks (the cgroup tree) too: the children join their cgroups through files this
+# zygote opened (zygote.py's CellCgroupFiles), through the tree's directories held
+# from before they were covered.
+my ($shared_plan, @shared_masks, %late_roots);
 sub share_masks {
     my ($spec) = @_;
     my $isolation = $spec->{isolation} or return;
-    my $plan = join("\0", @{ $isolation->{masks} }, '', @{ $isolation->{keep} });
+    my @late = @{ $isolation->{late_masks} || [] };
+    my $plan = join("\0", @{ $isolation->{masks} }, '', @{ $isolation->{keep} }, '', @late);
     if (!defined $shared_plan) {
         $shared_plan = $plan;
+        for my $mask (@late) {
+            $late_roots{$mask} = POSIX::open($mask, O_PATH) // die "open $mask: $!\n";
+        }
         sys('unshare', CLONE_NEWNS);
         mount(undef, '/', undef, MS_REC | MS_SLAVE);
-        @shared_masks = grep { !under($spec->{workdir}, $_) } @{ $isolation->{masks} };
+        @shared_masks = grep { !under($spec->{workdir}, $_) } @{ $isolation->{masks} }, @late;
         cover(\@shared_masks, $isolation->{keep});
     }
     # Another plan: the child covers every mask itself.
     $isolation->{shared_masks} = $plan eq $shared_plan ? [@shared_masks] : [];
+    my %shared = map { $_ => 1 } @{ $isolation->{shared_masks} };
+    $isolation->{late_masks} = [grep { !$shared{$_} } @late];
     return;
+}
+
+# Each cgroup.procs file a cell joins, opened once and kept for its children.
+my %cgroup_files;
+sub cgroup_files {
+    my ($spec) = @_;
+    my @handles;
+    for my $procs (@{ $spec->{cgroup_procs} || [] }) {
+        my $handle = $cgroup_files{$procs};
+        if (!$handle) {
+            my $path = $procs;
+            for my $mask (keys %late_roots) {
+                next if !under($procs, $mask);
+                # The held directory's magic link: the tree as it was before the cover.
+                $path = "/proc/self/fd/$late_roots{$mask}" . substr($procs, length $mask);
+                last;
+            }
+            open($handle, '>', $path) or die "could not open $procs: $!\n";
+            $cgroup_files{$procs} = $handle;
+        }
+        push @handles, $handle;
+    }
+    return \@handles;
 }
 
 # isolation.py's isolate_filesystem: private mounts, a fresh /proc, tmpfs over the masks
@@ -322,11 +354,6 @@ sub confine {
     if (!$isolation) {
         chdir $spec->{workdir} or die "chdir $spec->{workdir}: $!\n";
     }
-    for my $procs (@{ $spec->{cgroup_procs} || [] }) {
-        open(my $cgroup, '>', $procs) or die "open $procs: $!\n";
-        syswrite($cgroup, '0') // die "join $procs: $!\n";    # this process
-        close $cgroup;
-    }
     prctl(PR_SET_NO_NEW_PRIVS, 1);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if ($spec->{pid_namespace}) {
@@ -380,6 +407,9 @@ sub child {
             my ($source, $target) = @$_;
             next if $source == $target;
             POSIX::dup2($source, $target) // die "dup2: $!\n";
+        }
+        for my $cgroup (@{ $message->{cgroup_files} }) {    # before they are closed
+            syswrite($cgroup, '0') // die "join a cgroup: $!\n";    # this process
         }
         close_from(BRIDGE_FD + 1);
         %ENV = %{ $message->{env} || {} };
@@ -448,6 +478,11 @@ sub serve {
             send_message($control,
                 { type => 'failed', id => $message->{id}, error => "could not cover the masks: $@" });
             return;    # the executor starts a new zygote, or the cold path
+        }
+        if (!eval { $message->{cgroup_files} = cgroup_files($message->{spec}); 1 }) {
+            POSIX::close($_) for @fds;
+            send_message($control, { type => 'failed', id => $message->{id}, error => "$@" });
+            next;
         }
         my $new_namespace = $message->{spec}{pid_namespace};
         my $pid = eval {
