@@ -288,7 +288,7 @@ class Outbox:
                 self.put(gathered[0][0], gathered[0][1])
             else:
                 self._put_many([(key, payload) for key, payload, _ in gathered])
-        except BaseException as err:  # noqa: BLE001 - each caller hears of it, none waits on
+        except Exception as err:  # noqa: BLE001 - the storage's, or a bug: each caller hears of it
             for _, _, committed in gathered:
                 if not committed.done():
                     committed.set_exception(err)
