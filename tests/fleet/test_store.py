@@ -8,11 +8,13 @@ import pytest
 
 from executor.errors import ConfigError
 from executor.migrations import current_version, schema_version
+from executor.model import Outcome
 from executor.runs.history import RunHistory
 from executor.sql import StoreConflict, connect_postgres, pg_ddl
 from executor.triggers.store import TriggerStore
 from tests.helpers.cli import cbexec, cli_env
 from tests.helpers.postgres import PostgresServer
+from tests.unit.test_history import invocation, result
 
 pytestmark = pytest.mark.service
 
@@ -101,3 +103,24 @@ def test_an_error_in_a_pipeline_is_raised_at_its_end_as_the_stores_own(pg_url: s
         assert db.execute("SELECT count(*) FROM seen_events").fetchone()[0] == 0
     finally:
         db.close()
+
+
+def test_the_history_records_a_group_of_runs_in_one_statement(pg_url: str) -> None:
+    history = RunHistory(pg_url, retention_days=1, max_runs=100)
+    try:
+        history.record_many(
+            [
+                (invocation("group-a"), result("group-a"), 1.0),
+                (invocation("group-b", job_id=11), result("group-b"), 2.0),
+                # The same invocation again in the group: its last run is the one kept.
+                (invocation("group-a"), result("group-a", Outcome.FAILED), 3.0),
+            ]
+        )
+        a, b = history.get("group-a"), history.get("group-b")
+        assert a is not None and a.outcome is Outcome.FAILED and a.started_at == 3.0
+        assert a.result is not None and a.result.failure is not None
+        assert b is not None and b.job_id == 11 and b.result is not None
+        assert b.result.actions == result("group-b").actions
+        assert history.count() == 2
+    finally:
+        history.close()
