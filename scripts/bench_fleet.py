@@ -2,7 +2,7 @@
 
 Usage: python scripts/bench_fleet.py [--events 3000] [--fired 600] [--jobs 50]
                                      [--replicas 1,2,3] [--concurrency 64] [--executes 200]
-                                     [--rounds 3]
+                                     [--rounds 3] [--execute-rounds 9]
 
 Starts a real PostgreSQL (Debian's server binaries: initdb into a temp dir, pg_ctl on a
 free loopback port), a reference Supervisor service counting every result, and the
@@ -20,8 +20,9 @@ For the SQLite single executor and for 1, 2 and 3 replicas on one PostgreSQL:
   has been applied at the supervisor (run, recorded, delivered through the outbox).
 
 Then the cost of the PostgreSQL store on one executor's Execute p50 (``--executes``
-sequential Python ``pass`` callbacks, SQLite store against PostgreSQL store, in turns):
-results go to the outbox and the history either way.
+sequential Python ``pass`` callbacks, SQLite store against PostgreSQL store, in turns,
+``--execute-rounds`` times, which one goes first alternating): results go to the outbox
+and the history either way. Each round's ratio is printed, and their median.
 
 Each figure is the median of ``--rounds`` rounds: the machine is shared, and its speed
 drifts.
@@ -231,18 +232,32 @@ async def main(args: argparse.Namespace) -> None:
                 sqlite_single(root / "p50", endpoint) as (sqlite_address,),
                 pg_fleet(root / "p50", url, endpoint, 1) as (pg_address,),
             ):
-                for _ in range(args.rounds):
-                    sqlite_p50s.append(await execute_p50(sqlite_address, args.executes))
-                    pg_p50s.append(await execute_p50(pg_address, args.executes))
-            sqlite_p50, pg_p50 = statistics.median(sqlite_p50s), statistics.median(pg_p50s)
-            print(
-                f"Execute p50, one executor: SQLite store {sqlite_p50:.2f} ms, PostgreSQL store "
-                f"{pg_p50:.2f} ms ({(pg_p50 / sqlite_p50 - 1) * 100:+.1f}%)"
-            )
+                for turn in range(args.execute_rounds):
+                    # Which goes first alternates: neither always follows the other's burst.
+                    first, second = (sqlite_address, pg_address)[:: 1 if turn % 2 == 0 else -1]
+                    measured = {
+                        first: await execute_p50(first, args.executes),
+                        second: await execute_p50(second, args.executes),
+                    }
+                    sqlite_p50s.append(measured[sqlite_address])
+                    pg_p50s.append(measured[pg_address])
+            print_execute_cost(sqlite_p50s, pg_p50s)
         finally:
             await endpoint.stop()
     finally:
         postgres.cleanup()
+
+
+def print_execute_cost(sqlite_p50s: list[float], pg_p50s: list[float]) -> None:
+    """The PostgreSQL store's cost on Execute p50: each round's ratio, and their median."""
+    ratios = [pg / sqlite - 1 for sqlite, pg in zip(sqlite_p50s, pg_p50s, strict=True)]
+    print(
+        f"Execute p50, one executor, {len(ratios)} rounds in turns: SQLite store "
+        f"{statistics.median(sqlite_p50s):.2f} ms, PostgreSQL store "
+        f"{statistics.median(pg_p50s):.2f} ms (medians); PostgreSQL against SQLite, "
+        f"median of the rounds {statistics.median(ratios) * 100:+.1f}%"
+    )
+    print("  rounds: " + ", ".join(f"{ratio * 100:+.1f}%" for ratio in ratios))
 
 
 async def rounds(
@@ -264,6 +279,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=50, help="events per PublishEvents call")
     parser.add_argument("--executes", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3, help="the medians of this many")
+    parser.add_argument(
+        "--execute-rounds", type=int, default=9, help="rounds of the Execute p50 comparison"
+    )
     return parser.parse_args()
 
 
