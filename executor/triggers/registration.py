@@ -119,7 +119,7 @@ def surroundings(
     own = [str(w["name"]) if isinstance(w, Mapping) else str(w) for w in job.get("agenda") or []]
     partial = checks.Surroundings(place, labels, {place.job_id: own}, published)
     agendas: dict[int, Sequence[str]] = {place.job_id: own}
-    with store.reading() as db:
+    with store.outside_transaction() as db:
         for expr in exprs:
             for atom in atoms(expr):
                 job_id = checks.referenced_job(atom, partial)

@@ -287,18 +287,25 @@ class TriggerStore:
         self.owner = uuid.uuid4().hex
         self.lease_s = lease_s
         self._db: Db
+        self._outside_db: Db
         self._checkpoints: BackgroundCheckpoints | NoCheckpoints
         if is_postgres(path):
             from executor.migrations import open_postgres
 
             self._db = open_postgres(path, application_name="cbexec-triggers")
+            # Statements outside a transaction (the event loop's: a firing's job, a
+            # firing done, a lease renewed) go through a connection of their own: the
+            # group thread's transaction holds the first for several round trips.
+            self._outside_db = open_postgres(path, application_name="cbexec-triggers-loop")
+            self._outside_lock = threading.RLock()
             self._checkpoints = NoCheckpoints()
             return
         sqlite = open_database(path)
         sqlite.row_factory = sqlite3.Row
         sqlite.execute("PRAGMA foreign_keys = ON")
         sqlite.executescript(FULL_SCHEMA)
-        self._db = sqlite
+        self._db = self._outside_db = sqlite
+        self._outside_lock = self._lock
         self._migrate(sqlite)
         sqlite.executescript(LABEL_INDEXES)
         # A burst of events commits fast; the log's fsyncing checkpoints go to a thread.
@@ -327,15 +334,21 @@ class TriggerStore:
                         )
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._outside_lock:
             self._checkpoints.close()
+            if self._outside_db is not self._db:
+                self._outside_db.close()
             self._db.close()
 
     @contextmanager
-    def reading(self) -> Iterator[Db]:
-        """The connection for reads (no transaction), holding the lock."""
-        with self._lock:
-            yield self._db
+    def outside_transaction(self) -> Iterator[Db]:
+        """The connection for statements outside a transaction, holding its lock.
+
+        On SQLite it is the transactions' own (statements make no round trips); in a
+        fleet, a second one, so that a read never waits for a transaction to commit.
+        """
+        with self._outside_lock:
+            yield self._outside_db
 
     @contextmanager
     def transaction(self) -> Iterator[Db]:
@@ -359,10 +372,8 @@ class TriggerStore:
     # -- jobs and callbacks -----------------------------------------------------------
 
     def job(self, job_id: int) -> dict[str, Any] | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT job_json FROM jobs WHERE job_id = ?", (job_id,)
-            ).fetchone()
+        with self.outside_transaction() as db:
+            row = db.execute("SELECT job_json FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return json.loads(row["job_json"]) if row else None
 
     def place(self, job_id: int) -> JobPlace | None:
@@ -371,8 +382,8 @@ class TriggerStore:
         An event's lookup never reads the job's JSON, whose agenda may hold thousands of
         items.
         """
-        with self._lock:
-            return self.place_in(self._db, job_id)
+        with self.outside_transaction() as db:
+            return self.place_in(db, job_id)
 
     @staticmethod
     def place_in(db: Db, job_id: int) -> JobPlace | None:
@@ -381,36 +392,36 @@ class TriggerStore:
         return None if row is None else JobPlace(job_id, pgrp=int(row[0]), label=str(row[1]))
 
     def label_owner(self, pgrp: int, label: str) -> int | None:
-        with self._lock:
-            row = self._db.execute(
+        with self.outside_transaction() as db:
+            row = db.execute(
                 "SELECT job_id FROM jobs WHERE pgrp = ? AND label = ?", (pgrp, label)
             ).fetchone()
         return int(row["job_id"]) if row else None
 
     def callbacks_of(self, job_id: int) -> list[StoredCallback]:
-        with self._lock:
-            rows = self._db.execute(
+        with self.outside_transaction() as db:
+            rows = db.execute(
                 "SELECT * FROM callbacks WHERE job_id = ? ORDER BY callback_id", (job_id,)
             ).fetchall()
         return [StoredCallback.from_row(row) for row in rows]
 
     def labels_in(self, pgrp: int) -> dict[str, int]:
         """Label -> job id of every labelled job registered in ``pgrp``."""
-        with self._lock:
-            return self.labels_of(self._db, pgrp)
+        with self.outside_transaction() as db:
+            return self.labels_of(db, pgrp)
 
     def count_callbacks(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM callbacks").fetchone()[0])
+        with self.outside_transaction() as db:
+            return int(db.execute("SELECT count(*) FROM callbacks").fetchone()[0])
 
     def count_jobs(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM jobs").fetchone()[0])
+        with self.outside_transaction() as db:
+            return int(db.execute("SELECT count(*) FROM jobs").fetchone()[0])
 
     def jobs(self, *, limit: int, before: int = 0) -> list[dict[str, Any]]:
         """Registered jobs, newest id first: at most ``limit``, with ids below ``before`` if set."""
-        with self._lock:
-            rows = self._db.execute(
+        with self.outside_transaction() as db:
+            rows = db.execute(
                 "SELECT job_json FROM jobs WHERE ? = 0 OR job_id < ? ORDER BY job_id DESC LIMIT ?",
                 (before, before, limit),
             ).fetchall()
@@ -634,8 +645,8 @@ class TriggerStore:
         """
         if self.fleet:
             return self.claim_expired(limit=10_000)
-        with self._lock:
-            rows = self._db.execute(
+        with self.outside_transaction() as db:
+            rows = db.execute(
                 "SELECT f.invocation_id, f.event_json, f.batch, f.snapshot_json, c.* "
                 "FROM firings f LEFT JOIN callbacks c ON c.rowid = f.callback_rowid "
                 "ORDER BY f.seq"
@@ -669,16 +680,14 @@ class TriggerStore:
         while) finds its firing claimed by another, under a higher epoch; its late "done"
         changes nothing, and the other replica's run is the one that completes it.
         """
-        with self._lock, writing(self._path, self._health):
+        with self.outside_transaction() as db, writing(self._path, self._health):
             if self.fleet:
-                cursor = self._db.execute(
+                cursor = db.execute(
                     "DELETE FROM firings WHERE invocation_id = ? AND owner = ? AND epoch = ?",
                     (invocation_id, self.owner, epoch),
                 )
             else:
-                cursor = self._db.execute(
-                    "DELETE FROM firings WHERE invocation_id = ?", (invocation_id,)
-                )
+                cursor = db.execute("DELETE FROM firings WHERE invocation_id = ?", (invocation_id,))
             self._checkpoints.committed()
         return bool(cursor.rowcount)
 
@@ -686,16 +695,16 @@ class TriggerStore:
 
     def fleet_version(self, name: str) -> int:
         """The version of ``name`` (e.g. "universal") the fleet is at; 0 before any bump."""
-        with self._lock:
-            row = self._db.execute(
+        with self.outside_transaction() as db:
+            row = db.execute(
                 "SELECT version FROM fleet_versions WHERE name = ?", (name,)
             ).fetchone()
         return int(row[0]) if row else 0
 
     def bump_fleet_version(self, name: str) -> int:
         """Tell every replica to reload ``name``; the new version."""
-        with self._lock, writing(self._path, self._health):
-            row = self._db.execute(
+        with self.outside_transaction() as db, writing(self._path, self._health):
+            row = db.execute(
                 "INSERT INTO fleet_versions (name, version) VALUES (?, 1) ON CONFLICT (name)"
                 " DO UPDATE SET version = fleet_versions.version + 1 RETURNING version",
                 (name,),
@@ -717,8 +726,8 @@ class TriggerStore:
 
     def renew_leases(self) -> int:
         """Extend the lease of every firing this replica holds; how many it holds."""
-        with self._lock:
-            cursor = self._db.execute(
+        with self.outside_transaction() as db:
+            cursor = db.execute(
                 "UPDATE firings SET lease_until = ? WHERE owner = ?",
                 (self.lease_until(), self.owner),
             )
@@ -731,8 +740,8 @@ class TriggerStore:
         claim raises the row's epoch, which fences off the replica that held it before.
         """
         now = time.time()
-        with self._lock:
-            rows = self._db.execute(
+        with self.outside_transaction() as db:
+            rows = db.execute(
                 "UPDATE firings SET owner = ?, lease_until = ?, epoch = epoch + 1 WHERE seq IN"
                 " (SELECT seq FROM firings WHERE lease_until < ? AND owner != ? ORDER BY seq"
                 " LIMIT ? FOR UPDATE SKIP LOCKED)"
@@ -756,8 +765,8 @@ class TriggerStore:
         return firings
 
     def next_timer_due(self) -> float | None:
-        with self._lock:
-            row = self._db.execute("SELECT min(due) FROM timers").fetchone()
+        with self.outside_transaction() as db:
+            row = db.execute("SELECT min(due) FROM timers").fetchone()
         return float(row[0]) if row and row[0] is not None else None
 
     @staticmethod

@@ -151,7 +151,7 @@ def explain_job(
                 f"job {job_id} has no callback {callback_id} (its callbacks: {known or 'none'})"
             )
     place = JobPlace.of(job)
-    with store.reading() as db:
+    with store.outside_transaction() as db:
         found = checks.of_job(db, job_id)
         view = _View(db, place)
         explained = tuple(

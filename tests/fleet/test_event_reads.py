@@ -187,7 +187,7 @@ async def test_what_a_group_fires_is_queued_and_leaves_the_queue_once_run(
     fired = [f for fired, _ in applied for f in fired]
     assert [f.work_name for f in fired] == ["1", "2"]
     # In a fleet the replica that decided them holds them (done only under its claim).
-    with engine.store.reading() as db:
+    with engine.store.outside_transaction() as db:
         assert db.execute("SELECT count(*) FROM firings").fetchone()[0] == 0
 
 

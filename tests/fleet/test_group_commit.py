@@ -53,7 +53,7 @@ class Committed:
         self._store = TriggerStore(store_path)
 
     def __call__(self, event_id: str) -> bool:
-        with self._store.reading() as db:
+        with self._store.outside_transaction() as db:
             row = db.execute("SELECT 1 FROM seen_events WHERE event_id = ?", (event_id,))
             return row.fetchone() is not None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,35 @@ def test_the_history_records_a_group_of_runs_in_one_statement(pg_url: str) -> No
         assert history.count() == 2
     finally:
         history.close()
+
+
+def test_statements_outside_a_transaction_never_wait_for_one_in_a_fleet(pg_url: str) -> None:
+    # The event loop's reads and marks (a firing's job, a firing done) go on while the
+    # group thread holds a transaction open, and see only what is committed.
+    store = TriggerStore(pg_url)
+    in_transaction, release = threading.Event(), threading.Event()
+
+    def hold_a_transaction() -> None:
+        with store.transaction() as db:
+            TriggerStore.put_job(db, {"id": 77, "name": "uncommitted"})
+            in_transaction.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_a_transaction)
+    holder.start()
+    try:
+        assert in_transaction.wait(10)
+        outside = threading.Thread(
+            target=lambda: (store.job(77), store.firing_done("none"), store.count_jobs())
+        )
+        outside.start()
+        outside.join(5)
+        assert not outside.is_alive(), "a statement outside waited for the transaction"
+        assert store.job(77) is None  # not committed yet
+    finally:
+        release.set()
+        holder.join()
+    try:
+        assert store.job(77) == {"id": 77, "name": "uncommitted"}
+    finally:
+        store.close()
