@@ -296,7 +296,11 @@ class TriggerStore:
             # Statements outside a transaction (the event loop's: a firing's job, a
             # firing done, a lease renewed) go through a connection of their own: the
             # group thread's transaction holds the first for several round trips.
-            self._outside_db = open_postgres(path, application_name="cbexec-triggers-loop")
+            try:
+                self._outside_db = open_postgres(path, application_name="cbexec-triggers-loop")
+            except BaseException:
+                self._db.close()
+                raise
             self._outside_lock = threading.RLock()
             self._checkpoints = NoCheckpoints()
             return
