@@ -95,6 +95,7 @@ _INSERT: Final = (
     f" ON CONFLICT (invocation_id) DO UPDATE SET {_REPLACE}"
 )
 _VALUES: Final = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT_ONE: Final = _INSERT.format(values=_VALUES)
 
 
 def _row(invocation: Invocation, result: RunResult, started_at: float) -> tuple[Any, ...]:
@@ -298,9 +299,7 @@ class RunHistory:
                     "SELECT 1 FROM runs WHERE invocation_id = ?", (result.invocation_id,)
                 ).fetchone():
                     replaced += 1
-                self._db.execute(
-                    _INSERT.format(values=_VALUES), _row(invocation, result, started_at)
-                )
+                self._db.execute(_INSERT_ONE, _row(invocation, result, started_at))
             self._db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(Exception):  # the store's own error, either kind
