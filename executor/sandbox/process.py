@@ -613,8 +613,9 @@ class SandboxRunner:
         policy: Policy | None,
     ) -> None:
         """After an answer at the end mark: kill and reap everything, release, prepare the next."""
+        ending = self._end(child)
         try:
-            escaped = await asyncio.shield(self._end(child))
+            escaped = await asyncio.shield(ending)
             if escaped:
                 logger.info(
                     "cell %d: the callback left %d processes running; they were killed",
@@ -627,7 +628,10 @@ class SandboxRunner:
         except Exception:
             logger.exception("cell %d: ending a finished child failed", child.cell)
         finally:
-            await asyncio.shield(self._release(child))
+            if ending.done() and child.host_workdir is None:
+                child.close()  # nothing left to wait for: no task to shield it in
+            else:
+                await asyncio.shield(self._release(child))
         if not stop.requested:
             self._prepare(runtime, limits, child.cell, policy)
 
