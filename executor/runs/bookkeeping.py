@@ -30,7 +30,10 @@ logger = logging.getLogger(__name__)
 # How long a reader waits for the queued runs to be written before reading anyway.
 FLUSH_TIMEOUT_S: Final = 5.0
 # How long queued runs wait for others to join them, and how many end the wait at once.
-GATHER_S: Final = 0.01
+# 50 ms, not 10: with one client (~300 runs/s) a batch holds ~15 runs instead of ~3, and
+# the executor's CPU per run fell ~0.06 ms (fewer commits and wake-ups of this thread).
+# Nothing reads the history or the metrics without flushing first, which ends the pause.
+GATHER_S: Final = 0.05
 GATHER_RUNS: Final = 32
 
 

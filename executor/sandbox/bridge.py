@@ -94,6 +94,7 @@ class BridgeServer:
         self._on_end_mark = on_end_mark
         self._buffer = bytearray()
         self._reading = False
+        self._shut_down = False
         self._release_after_mark = False
         self._task: asyncio.Task[None] | None = None
         self.end_marked = False
@@ -189,8 +190,10 @@ class BridgeServer:
         self._pause()
         if not self.ended.done():
             self.ended.set_result(None)
-        if shut_down:
+        if shut_down and not self._shut_down:
             # The child sees EOF: a qb call after garbage fails at once instead of waiting.
+            # Once: the runner's release and close both end it (a system call each).
+            self._shut_down = True
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
 

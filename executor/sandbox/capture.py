@@ -1,7 +1,9 @@
 """A child's stdout and stderr, read as they come and kept up to the run's output cap.
 
 Output is capped while reading, not after: the rest is read and dropped, so the child
-never blocks on a full pipe and the executor never holds more than the cap.
+never blocks on a full pipe for long and the executor never holds more than the cap.
+A run's pipes are read at its end, and as output comes only once it has lasted a
+moment (``process.PIPES_WATCHED_AFTER_S``): until then a pipe holds 64 KiB.
 """
 
 from __future__ import annotations
@@ -49,21 +51,31 @@ class CapturedStream:
 
 
 class PipeReader:
-    """Reads the pipe ``fd`` into ``sink`` from an event loop reader callback until EOF.
+    """Reads the pipe ``fd`` into ``sink``, once watched from an event loop reader callback, until EOF.
 
     A plain callback, not a task per pipe: a run has two pipes, and a task each cost
-    more than the reading. ``eof`` is done once every writer's end is closed.
+    more than the reading. Until ``watch`` the pipe is read only by ``drain``: most
+    callbacks end before they write a pipe's 64 KiB, and a reader that is never
+    registered costs the event loop nothing (with uvloop, registering and removing one
+    are ~8 system calls, and its EOF after the run a wake-up of its own).
+    ``eof`` is done once every writer's end is closed (seen only while watched).
     """
 
-    __slots__ = ("_fd", "_loop", "_sink", "eof")
+    __slots__ = ("_fd", "_loop", "_sink", "_watched", "eof")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, sink: CapturedStream) -> None:
         self._loop = loop
         self._fd = fd
         self._sink = sink
+        self._watched = False
         self.eof: asyncio.Future[None] = loop.create_future()
         os.set_blocking(fd, False)
-        loop.add_reader(fd, self._on_readable)
+
+    def watch(self) -> None:
+        """Read as output comes, from now until EOF (again is harmless)."""
+        if not self._watched and not self.eof.done():
+            self._watched = True
+            self._loop.add_reader(self._fd, self._on_readable)
 
     def _on_readable(self) -> None:
         self._read_once()
@@ -92,4 +104,5 @@ class PipeReader:
         """Stop reading (EOF, or given up); the fd stays open, it is the caller's."""
         if not self.eof.done():
             self.eof.set_result(None)
-            self._loop.remove_reader(self._fd)
+            if self._watched:
+                self._loop.remove_reader(self._fd)

@@ -54,6 +54,11 @@ logger = logging.getLogger(__name__)
 
 # After the main process ends, how long to wait for the output pipes to reach EOF.
 DRAIN_TIMEOUT_S: Final = 2.0
+# How long into a run its stdout and stderr are left to the pipes' 64 KiB each before
+# the event loop watches them (``PipeReader.watch``): a trivial callback ends well
+# before, and its output is read at its end. A callback that fills a pipe sooner waits
+# at most this long for the reader.
+PIPES_WATCHED_AFTER_S: Final = 0.02
 SAFE_PATH: Final = "/usr/local/bin:/usr/bin:/bin"
 # Set in every callback's environment, valued with the executor's pid, so a leak check can
 # find the processes (escaped ones included) that one executor started.
@@ -165,9 +170,22 @@ class _Child:
     # While it runs: the readers of its stdout and stderr, and the bridge's server.
     pipes: tuple[PipeReader, ...] = ()
     server: BridgeServer | None = None
+    # Until it fires, the pipes are read only at the run's end (see PIPES_WATCHED_AFTER_S).
+    pipes_timer: asyncio.TimerHandle | None = None
+
+    def watch_pipes(self) -> None:
+        """Read the pipes as output comes, from now on."""
+        if self.pipes_timer is not None:
+            self.pipes_timer.cancel()  # a no-op once it has fired
+            self.pipes_timer = None
+        for pipe in self.pipes:
+            pipe.watch()
 
     def stop_serving(self) -> None:
         """No more reading from the pipes or the bridge (again is harmless)."""
+        if self.pipes_timer is not None:
+            self.pipes_timer.cancel()
+            self.pipes_timer = None
         for pipe in self.pipes:
             pipe.close()
         if self.server is not None:
@@ -516,6 +534,7 @@ class SandboxRunner:
             PipeReader(loop, child.stdout_r, evidence.stdout),
             PipeReader(loop, child.stderr_r, evidence.stderr),
         )
+        child.pipes_timer = loop.call_later(PIPES_WATCHED_AFTER_S, child.watch_pipes)
         child.server = BridgeServer(child.bridge, unsent, on_call, evidence, stop.request, on_end)
         child.handle.on_exit.append(on_end)
         if child.handle.exited.is_set():
@@ -594,8 +613,9 @@ class SandboxRunner:
         policy: Policy | None,
     ) -> None:
         """After an answer at the end mark: kill and reap everything, release, prepare the next."""
+        ending = self._end(child)
         try:
-            escaped = await asyncio.shield(self._end(child))
+            escaped = await asyncio.shield(ending)
             if escaped:
                 logger.info(
                     "cell %d: the callback left %d processes running; they were killed",
@@ -608,13 +628,17 @@ class SandboxRunner:
         except Exception:
             logger.exception("cell %d: ending a finished child failed", child.cell)
         finally:
-            await asyncio.shield(self._release(child))
+            if ending.done() and child.host_workdir is None:
+                child.close()  # nothing left to wait for: no task to shield it in
+            else:
+                await asyncio.shield(self._release(child))
         if not stop.requested:
             self._prepare(runtime, limits, child.cell, policy)
 
     @staticmethod
     async def _drain(child: _Child) -> None:
         """Wait up to DRAIN_TIMEOUT_S for the pipes' EOF and the bridge's end, then give up on them."""
+        child.watch_pipes()
         waits = [pipe.eof for pipe in child.pipes]
         if child.server is not None:
             waits.append(child.server.ended)

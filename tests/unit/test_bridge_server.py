@@ -102,3 +102,28 @@ async def test_a_second_done_frame_is_a_violation_not_a_mark(served: Served) -> 
 
     assert not served.server.end_marked
     assert served.violations == ["the callback broke the bridge protocol: a second done frame"]
+
+
+async def test_our_side_is_shut_down_once_after_a_mark_however_often_it_is_ended(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutdowns: list[int] = []
+    real_shutdown = socket.socket.shutdown
+
+    def counted(sock: socket.socket, how: int) -> None:
+        if sock is served.ours:
+            shutdowns.append(how)
+        real_shutdown(sock, how)
+
+    monkeypatch.setattr(socket.socket, "shutdown", counted)
+    served.child.sendall(DONE)
+    served.child.shutdown(socket.SHUT_WR)
+    await served.ended()
+    assert served.server.end_marked and not shutdowns  # the child waits for our side
+
+    served.server.release_after_mark()
+    served.server.close()
+    served.server.close()
+
+    assert shutdowns == [socket.SHUT_RDWR]
+    assert served.child.recv(1) == b""  # and the child sees it

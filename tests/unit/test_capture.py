@@ -1,0 +1,76 @@
+"""A child's output pipes: read at the run's end unless watched, and read as output comes once watched.
+
+A reader that is never registered with the event loop costs it nothing, so a run's
+pipes are watched only when it outlasts ``PIPES_WATCHED_AFTER_S`` (or is drained after
+its exit); until then ``drain`` reads what a pipe holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from executor.sandbox.capture import CapturedStream, PipeReader
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    read_end, write_end = os.pipe()
+    yield read_end, write_end
+    for fd in (read_end, write_end):
+        with contextlib.suppress(OSError):  # the test may have closed it
+            os.close(fd)
+
+
+async def test_an_unwatched_pipe_is_not_registered_and_is_read_by_drain(
+    pipe: tuple[int, int],
+) -> None:
+    read_end, write_end = pipe
+    loop = asyncio.get_running_loop()
+    sink = CapturedStream(1 << 20)
+    reader = PipeReader(loop, read_end, sink)
+    os.write(write_end, b"early output")
+    await asyncio.sleep(0.01)
+
+    assert sink.data == b""  # nothing read it as it came
+    assert not loop.remove_reader(read_end)  # and nothing was registered
+    reader.drain()
+    assert sink.data == b"early output"
+    reader.close()
+    assert reader.eof.done()
+
+
+async def test_a_watched_pipe_is_read_as_output_comes_until_eof(pipe: tuple[int, int]) -> None:
+    read_end, write_end = pipe
+    loop = asyncio.get_running_loop()
+    sink = CapturedStream(1 << 20)
+    reader = PipeReader(loop, read_end, sink)
+    reader.watch()
+    reader.watch()  # again is harmless
+    # More than the pipe holds: a writer needs the reader to make room.
+    payload = b"x" * (256 << 10)
+    written = 0
+    os.set_blocking(write_end, False)
+    while written < len(payload):
+        try:
+            written += os.write(write_end, payload[written:])
+        except BlockingIOError:
+            await asyncio.sleep(0.001)
+    os.close(write_end)
+
+    await asyncio.wait_for(reader.eof, 5)
+    assert bytes(sink.data) == payload
+    assert not loop.remove_reader(read_end)  # removed at EOF
+
+
+async def test_watching_after_the_end_registers_nothing(pipe: tuple[int, int]) -> None:
+    read_end, _ = pipe
+    loop = asyncio.get_running_loop()
+    reader = PipeReader(loop, read_end, CapturedStream(16))
+    reader.close()
+    reader.watch()
+    assert not loop.remove_reader(read_end)
