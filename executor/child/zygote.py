@@ -47,11 +47,13 @@ from typing import TYPE_CHECKING
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I leaves it out
 
+import attribute_cache
 import isolation as isolation_module
 import launcher
 import protocol  # warm for the children
 import python_bootstrap
-import qb  # noqa: F401 - warm for the children
+import qb
+import seccomp
 
 if TYPE_CHECKING:
     from protocol import LaunchSpec, ZygoteFailed
@@ -65,6 +67,16 @@ MAX_CELL_SPECS = 256
 PR_SET_DUMPABLE = 4
 
 _libc = ctypes.CDLL(None, use_errno=True)
+# The modules whose code runs in a child, from the fork to its exit (this one: _child).
+CHILD_MODULES = (
+    sys.modules[__name__],
+    launcher,
+    isolation_module,
+    seccomp,
+    protocol,
+    python_bootstrap,
+    qb,
+)
 
 
 class PidNamespaces:
@@ -408,6 +420,8 @@ def serve(control: socket.socket, *, private_network: bool = False) -> None:
     networks = CellNetworks() if private_network else None
     cell_specs = CellSpecs()
     environment = ChildEnvironment()
+    # Last before the freeze: the children's module lookups find their cache entries made.
+    attribute_cache.warm_module_lookups(attribute_cache.names_used_by(CHILD_MODULES))
     gc.freeze()  # keep the warm heap shared with the children (copy-on-write)
     while True:
         for ready, _ in poller.poll():
