@@ -35,9 +35,9 @@ def test_names_come_from_functions_their_nested_code_and_methods() -> None:
 
 def test_the_zygote_covers_what_a_child_looks_up_from_fork_to_exit() -> None:
     names = attribute_cache.names_used_by(zygote.CHILD_MODULES)
-    # _child, the confinement, the runtime and the end mark
-    assert {"setsid", "closerange", "confine_and_run", "isolate_filesystem"} <= names
-    assert {"install", "read_frame", "write_all", "mark_end"} <= names
+    # _child's, the runtime's (qb._bind, sys.modules, sys.stdout) and the end mark's
+    assert {"_run_exitfuncs", "confine_and_run", "mark_end", "stdout"} <= names
+    assert {"_bind", "modules", "read_frame", "write_all"} <= names
 
 
 def test_warming_looks_names_up_without_running_anything() -> None:
