@@ -8,6 +8,7 @@ code that does not compile is ``rejected`` and never runs.
 from __future__ import annotations
 
 import builtins
+import os
 import signal
 import sys
 import traceback
@@ -114,6 +115,17 @@ def warm_zygote() -> None:
     """
     _warm_up()
     protocol.encode({"type": "done", "status": "ok", "exit_code": 0})
+    # The frame's way in and the done frame's way out, and the flush of stdio that ends
+    # a run: their method lookups fill the type cache here, not in every child.
+    read_end, write_end = os.pipe()
+    try:
+        write_all(write_end, _WARM_UP_FRAME + _DONE_OK)
+        read_frame(read_end)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    sys.stdout.flush()
+    sys.stderr.flush()
 
 
 def run(bridge_fd: int, *, warm_up: bool = False) -> int:
