@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from os import mkdir, setgroups, setresgid, setresuid  # called by name: see launcher.py
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -54,13 +55,14 @@ CLONE_NEWNS = 0x00020000
 MAX_WORKDIR_FILES = 65536
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount, _libc.unshare  # noqa: B018 - looked up now, as launcher.py explains
+_libc.unshare  # noqa: B018 - looked up now, as launcher.py explains
+_mount_call = _libc.mount  # and called by this name (launcher.py says why)
 
 
 def _mount(
     source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None
 ) -> None:
-    result = _libc.mount(
+    result = _mount_call(
         source.encode() if source else None,
         target.encode(),
         fstype.encode() if fstype else None,
@@ -214,7 +216,7 @@ def _mount_encoded(
     flags: ctypes.c_ulong,
     data: bytes | None,
 ) -> None:
-    if _libc.mount(source, target, fstype, flags, data) != 0:
+    if _mount_call(source, target, fstype, flags, data) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"mount {target.decode()}: {os.strerror(errno)}")
 
@@ -242,7 +244,7 @@ def isolate_filesystem(plan: FilesystemPlan, workdir: str) -> None:
         for fd in bind_fds:
             os.close(fd)
     try:
-        os.mkdir(workdir, 0o700)  # on the masked /tmp: ours alone
+        mkdir(workdir, 0o700)  # on the masked /tmp: ours alone
     except FileNotFoundError:
         os.makedirs(workdir, mode=0o700, exist_ok=True)
     except FileExistsError:
@@ -252,6 +254,6 @@ def isolate_filesystem(plan: FilesystemPlan, workdir: str) -> None:
 
 def drop_privileges(uid: int, gid: int, groups: list[int] | tuple[int, ...] = ()) -> None:
     """Become uid/gid for good: only ``groups`` beside, no capabilities, no way back."""
-    os.setgroups(list(groups))
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
+    setgroups(list(groups))
+    setresgid(gid, gid, gid)
+    setresuid(uid, uid, uid)

@@ -22,13 +22,15 @@ the last step: everything before it may use what it denies), then the language r
 
 from __future__ import annotations
 
-import _signal  # type: ignore[import-not-found]  # signal's wrappers: ~70 page faults in a child
 import ctypes
 import json
 import os
 import resource
 import signal
 import sys
+from _signal import signal as set_handler  # type: ignore[import-not-found]  # signal's wrappers: ~70 page faults in a child
+from os import chdir, getpid, read, umask, write
+from resource import setrlimit
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -41,6 +43,8 @@ sys.path.insert(0, CHILD_DIR)  # protocol, qb and the bootstraps are siblings
 
 import isolation as hardened  # noqa: E402 - a sibling, found through CHILD_DIR
 import seccomp  # noqa: E402 - a sibling
+from isolation import drop_privileges, isolate_filesystem  # noqa: E402 - a sibling
+from seccomp import install as install_filter  # noqa: E402 - a sibling
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
@@ -59,9 +63,15 @@ EXIT_LAUNCH_FAILED = 121
 BRIDGE_FD = 3
 
 _libc = ctypes.CDLL(None, use_errno=True)
-# Looked up now: a zygote's children then find them made (a first lookup in a forked
-# child builds the function object on the shared heap, ~50 page faults).
-_libc.prctl, _libc.unshare, _libc.shutdown  # noqa: B018
+# Looked up now and called by these names: a zygote's children then find them made (a
+# first lookup in a forked child builds the function object on the shared heap, ~50
+# page faults). The same goes for the os and resource calls imported by name above: an
+# attribute lookup (``os.getpid``, ``_libc.prctl``) holds the name, the owner and its
+# dict while it runs, three objects whose reference counts a forked child writes (page
+# faults); a lookup of this module's globals writes none of them.
+_prctl = _libc.prctl
+_unshare = _libc.unshare
+_shutdown = _libc.shutdown
 SHUT_WR = 1
 
 
@@ -75,10 +85,10 @@ def mark_end() -> None:
     process goes on to ``_exit`` (``process.py``). Not ``socket.shutdown``: no socket
     object to build in a forked child.
     """
-    if _libc.shutdown(BRIDGE_FD, SHUT_WR) != 0:
+    if _shutdown(BRIDGE_FD, SHUT_WR) != 0:
         return
     try:
-        while os.read(BRIDGE_FD, 4096):
+        while read(BRIDGE_FD, 4096):
             pass
     except OSError:
         pass
@@ -91,8 +101,8 @@ def check(result: int, what: str) -> None:
         raise OSError(errno, f"{what}: {os.strerror(errno)}")
 
 
-def _prctl(option: int, value: int) -> None:
-    if _libc.prctl(option, value, 0, 0, 0) != 0:  # the message made only when needed
+def _set_process_flag(option: int, value: int) -> None:
+    if _prctl(option, value, 0, 0, 0) != 0:  # the message made only when needed
         check(-1, f"prctl({option})")
 
 
@@ -109,12 +119,12 @@ def _join_cgroups(procs_files: list[bytes]) -> None:
 def join_cgroups_through(procs_fds: list[int]) -> None:
     """Join the cgroups whose ``cgroup.procs`` files a zygote opened for this child."""
     for fd in procs_fds:
-        os.write(fd, b"0")
+        write(fd, b"0")
 
 
 def _apply_rlimits(rlimits: list[tuple[int, tuple[int, int]]]) -> None:
     for which, limits in rlimits:
-        resource.setrlimit(which, limits)
+        setrlimit(which, limits)
 
 
 # The filter of the last spawn, ready for prctl: (its hex, the prepared program).
@@ -194,7 +204,7 @@ class Confinement:
 
 def _enter_namespaces(flags: int) -> None:
     if flags:
-        check(_libc.unshare(flags), "unshare")
+        check(_unshare(flags), "unshare")
 
 
 def _mirror_exit(pid: int) -> int:
@@ -227,9 +237,9 @@ python_run: Callable[..., int] | None = None
 
 def _run_runtime(spec: LaunchSpec) -> int:
     if spec["language"] == "python":
-        if os.getpid() == 1:
+        if getpid() == 1:
             # PID 1 ignores signals it has no handler for, SIGXCPU included.
-            _signal.signal(SIGXCPU, _exit_on_sigxcpu)
+            set_handler(SIGXCPU, _exit_on_sigxcpu)
         run = python_run
         if run is None:  # a cold child
             import python_bootstrap
@@ -250,17 +260,20 @@ def confine_and_run(spec: LaunchSpec, confinement: Confinement | None = None) ->
     if confinement is None:
         confinement = Confinement(spec)
     # Started with -S (site's .pth processing is most of a cold start): add the
-    # site-packages directories themselves so callbacks can import installed packages.
-    sys.path.extend(confinement.site_paths)
+    # site-packages directories themselves so callbacks can import installed packages
+    # (a zygote's children have them already; nothing of sys's to touch then).
+    if confinement.site_paths:
+        sys.path.extend(confinement.site_paths)
     isolation = confinement.isolation
     workdir = spec["workdir"]
     if isolation is None:
-        os.chdir(workdir)  # made by the executor; in the hardened tier it is made below
-    _join_cgroups(confinement.cgroup_procs)
-    _prctl(PR_SET_NO_NEW_PRIVS, 1)
-    _prctl(PR_SET_PDEATHSIG, SIGKILL)
+        chdir(workdir)  # made by the executor; in the hardened tier it is made below
+    if confinement.cgroup_procs:  # by path: the cold path (a zygote's child joined already)
+        _join_cgroups(confinement.cgroup_procs)
+    _set_process_flag(PR_SET_NO_NEW_PRIVS, 1)
+    _set_process_flag(PR_SET_PDEATHSIG, SIGKILL)
     if spec["pid_namespace"]:
-        if os.getpid() == 1:
+        if getpid() == 1:
             # Forked into its PID namespace by the zygote.
             _enter_namespaces(confinement.namespace_flags)
         else:
@@ -269,15 +282,15 @@ def confine_and_run(spec: LaunchSpec, confinement: Confinement | None = None) ->
             if pid:
                 os.close(BRIDGE_FD)  # EOF on the bridge must mean the callback is gone
                 return _mirror_exit(pid)
-            _prctl(PR_SET_PDEATHSIG, SIGKILL)
+            _set_process_flag(PR_SET_PDEATHSIG, SIGKILL)
         if isolation is not None and confinement.filesystem is not None:
-            hardened.isolate_filesystem(confinement.filesystem, workdir)
-            os.chdir(workdir)  # the working directory's own tmpfs
-            hardened.drop_privileges(isolation["uid"], isolation["gid"], isolation["groups"])
-    os.umask(spec["umask"])
+            isolate_filesystem(confinement.filesystem, workdir)
+            chdir(workdir)  # the working directory's own tmpfs
+            drop_privileges(isolation["uid"], isolation["gid"], isolation["groups"])
+    umask(spec["umask"])
     _apply_rlimits(confinement.rlimits)
     if confinement.filter is not None:
-        seccomp.install(confinement.filter)  # survives the exec of Perl on the cold path
+        install_filter(confinement.filter)  # survives the exec of Perl on the cold path
     return _run_runtime(spec)
 
 

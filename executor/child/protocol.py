@@ -30,9 +30,9 @@ more for every cold child).
 """
 
 import json
-import os
 import struct
 from collections.abc import Mapping
+from os import read, write
 from typing import Any, Final, Literal, NotRequired, TypedDict, cast
 
 HEADER: Final = struct.Struct(">I")
@@ -346,7 +346,7 @@ def _read_exactly(fd: int, size: int) -> bytes:
     chunks: list[bytes] = []
     remaining = size
     while remaining:
-        chunk = os.read(fd, min(remaining, 1 << 20))
+        chunk = read(fd, min(remaining, 1 << 20))  # by name: see launcher.py
         if not chunk:
             raise FrameError("bridge closed mid-frame" if chunks or size != HEADER.size else "eof")
         chunks.append(chunk)
@@ -374,7 +374,7 @@ def write_frame(fd: int, message: CallFrame | DoneFrame) -> None:
 def write_all(fd: int, data: bytes) -> None:
     """Blocking write of encoded frames (the child side)."""
     while data:
-        written = os.write(fd, data)
+        written = write(fd, data)
         data = data[written:]
 
 

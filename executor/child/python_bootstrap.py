@@ -7,17 +7,19 @@ code that does not compile is ``rejected`` and never runs.
 
 from __future__ import annotations
 
-import _signal  # type: ignore[import-not-found]  # (no stubs) see launcher.py
 import builtins
-import linecache
+import os
 import signal
 import sys
 import traceback
 import types
+from _signal import signal as set_handler  # type: ignore[import-not-found]  # see launcher.py
+from linecache import cache as source_lines
 from typing import TYPE_CHECKING, Any
 
 import protocol
 import qb
+from protocol import decode_trusted, read_frame, write_all, write_frame
 
 if TYPE_CHECKING:
     from protocol import DoneFrame
@@ -78,6 +80,9 @@ _WARM_UP_FRAME = protocol.encode(
 )
 
 
+# Its body, cut once: the warm-up decodes it without a slice made per child.
+_WARM_UP_BODY = _WARM_UP_FRAME[protocol.HEADER.size :]
+
 # The done frame of a callback that ran to its end, encoded once (the common case
 # writes it without json: an encoder run in a forked child touches shared pages).
 _DONE_OK = protocol.encode({"type": "done", "status": "ok", "exit_code": 0})
@@ -94,7 +99,7 @@ def _warm_up() -> None:
     It walks the run's own path (the real ``qb``, no frame encoded: a run that ends
     well sends ``_DONE_OK``), since every page touched only here is a fault for nothing.
     """
-    start = protocol.decode_trusted(_WARM_UP_FRAME[protocol.HEADER.size :])
+    start = decode_trusted(_WARM_UP_BODY)
     qb._bind(-1, start["context"])  # run() binds the bridge and the real context
     code = compile(start["code"], CALLBACK_FILENAME, "exec", dont_inherit=True)
     exec(code, {"__name__": "__main__", "__builtins__": builtins, "qb": qb})
@@ -110,17 +115,29 @@ def warm_zygote() -> None:
     """
     _warm_up()
     protocol.encode({"type": "done", "status": "ok", "exit_code": 0})
+    # The frame's way in and the done frame's way out, and the flush of stdio that ends
+    # a run: their method lookups fill the type cache here, not in every child.
+    read_end, write_end = os.pipe()
+    try:
+        write_all(write_end, _WARM_UP_FRAME + _DONE_OK)
+        read_frame(read_end)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    sys.stdout.flush()
+    sys.stderr.flush()
 
 
 def run(bridge_fd: int, *, warm_up: bool = False) -> int:
     """Execute the callback the executor sends; returns the process exit code.
 
-    ``warm_up``: the child was started ahead of its run and waits for it anyway.
+    ``warm_up``: the child was started ahead of its run and waits for it anyway. The
+    protocol's functions are imported by name, as launcher.py explains.
     """
-    _signal.signal(SIGTERM, _on_sigterm)  # not signal's wrapper: see launcher.py
+    set_handler(SIGTERM, _on_sigterm)  # not signal's wrapper: see launcher.py
     if warm_up:
         _warm_up()
-    start = protocol.read_frame(bridge_fd)
+    start = read_frame(bridge_fd)
     if start["type"] != "start":
         return EXIT_BAD_START
     source = start["code"]
@@ -130,7 +147,7 @@ def run(bridge_fd: int, *, warm_up: bool = False) -> int:
     try:
         code = compile(source, CALLBACK_FILENAME, "exec", dont_inherit=True)
     except (SyntaxError, ValueError) as err:
-        protocol.write_frame(
+        write_frame(
             bridge_fd,
             {
                 "type": "done",
@@ -141,7 +158,7 @@ def run(bridge_fd: int, *, warm_up: bool = False) -> int:
             },
         )
         return EXIT_BAD_START
-    linecache.cache[CALLBACK_FILENAME] = (len(source), None, source.splitlines(True), "")
+    source_lines[CALLBACK_FILENAME] = (len(source), None, source.splitlines(True), "")
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, "qb": qb}
 
     done: DoneFrame
@@ -178,9 +195,9 @@ def run(bridge_fd: int, *, warm_up: bool = False) -> int:
     # Not contextlib.suppress: it is one more module a forked child would touch.
     try:
         if done["status"] == "ok":
-            protocol.write_all(bridge_fd, _DONE_OK)
+            write_all(bridge_fd, _DONE_OK)
         else:
-            protocol.write_frame(bridge_fd, done)
+            write_frame(bridge_fd, done)
     except OSError:
         pass  # the callback closed the bridge; the exit status still tells the executor
     if done["status"] == "ok":

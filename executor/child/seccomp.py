@@ -286,11 +286,11 @@ class Prepared:
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.prctl  # noqa: B018 - looked up now, as launcher.py explains
+_prctl = _libc.prctl  # looked up now and called by this name, as launcher.py explains
 
 
 def install(prepared: Prepared) -> None:
     """Put this process (and everything it starts) under the filter; needs no_new_privs."""
-    if _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, prepared.pointer, 0, 0) != 0:
+    if _prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, prepared.pointer, 0, 0) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"seccomp filter: {os.strerror(errno)}")

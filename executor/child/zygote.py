@@ -33,7 +33,6 @@ spec is made ready here before the fork too (``launcher.Confinement``).
 from __future__ import annotations
 
 import array
-import atexit
 import ctypes
 import gc
 import json
@@ -43,15 +42,20 @@ import select
 import signal
 import socket
 import sys
+from atexit import _run_exitfuncs
+from os import _exit, closerange, dup2, setsid
 from typing import TYPE_CHECKING
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I leaves it out
 
+import attribute_cache
 import isolation as isolation_module
 import launcher
 import protocol  # warm for the children
 import python_bootstrap
-import qb  # noqa: F401 - warm for the children
+import qb
+import seccomp
+from launcher import EXIT_LAUNCH_FAILED, confine_and_run, join_cgroups_through, mark_end
 
 if TYPE_CHECKING:
     from protocol import LaunchSpec, ZygoteFailed
@@ -65,6 +69,16 @@ MAX_CELL_SPECS = 256
 PR_SET_DUMPABLE = 4
 
 _libc = ctypes.CDLL(None, use_errno=True)
+# The modules whose code runs in a child, from the fork to its exit (this one: _child).
+CHILD_MODULES = (
+    sys.modules[__name__],
+    launcher,
+    isolation_module,
+    seccomp,
+    protocol,
+    python_bootstrap,
+    qb,
+)
 
 
 class PidNamespaces:
@@ -291,22 +305,26 @@ class CellSpecs:
 def _child(
     spec: LaunchSpec, confinement: launcher.Confinement, fds: list[int], devnull: int
 ) -> None:
-    """In the forked child: take the passed fds, confine, run; never returns."""
-    code = launcher.EXIT_LAUNCH_FAILED
+    """In the forked child: take the passed fds, confine, run; never returns.
+
+    Its calls are imported by name (see launcher.py): ``os.dup2`` here would write the
+    reference counts of the name, os and its dict, page faults a global lookup saves.
+    """
+    code = EXIT_LAUNCH_FAILED
     try:
-        os.setsid()
+        setsid()
         stdout_w, stderr_w, bridge = fds
         # No loop over pairs: each tuple made here would be one more write to the heap.
-        os.dup2(devnull, 0)
-        os.dup2(stdout_w, 1)
-        os.dup2(stderr_w, 2)
-        os.dup2(bridge, BRIDGE_FD)
-        launcher.join_cgroups_through(confinement.cgroup_procs_fds)  # before they are closed
-        os.closerange(BRIDGE_FD + 1, MAX_FD)
+        dup2(devnull, 0)
+        dup2(stdout_w, 1)
+        dup2(stderr_w, 2)
+        dup2(bridge, BRIDGE_FD)
+        join_cgroups_through(confinement.cgroup_procs_fds)  # before they are closed
+        closerange(BRIDGE_FD + 1, MAX_FD)
         # sys.stdout and sys.stderr are the zygote's own, set up in main(): they write to
         # fds 1 and 2, which now are the run's pipes.
-        code = launcher.confine_and_run(spec, confinement)
-        atexit._run_exitfuncs()
+        code = confine_and_run(spec, confinement)
+        _run_exitfuncs()
     except SystemExit as err:
         code = err.code if isinstance(err.code, int) else 1
     except BaseException:  # noqa: BLE001 - report anything, then leave without the zygote's cleanup
@@ -320,8 +338,8 @@ def _child(
                 stream.flush()
             except (OSError, ValueError):
                 pass
-        launcher.mark_end()  # after the exit handlers: nothing of the run's is left to do
-        os._exit(code)
+        mark_end()  # after the exit handlers: nothing of the run's is left to do
+        _exit(code)
 
 
 def _send(control: socket.socket, message: ZygoteFailed) -> None:
@@ -408,6 +426,8 @@ def serve(control: socket.socket, *, private_network: bool = False) -> None:
     networks = CellNetworks() if private_network else None
     cell_specs = CellSpecs()
     environment = ChildEnvironment()
+    # Last before the freeze: the children's module lookups find their cache entries made.
+    attribute_cache.warm_module_lookups(attribute_cache.names_used_by(CHILD_MODULES))
     gc.freeze()  # keep the warm heap shared with the children (copy-on-write)
     while True:
         for ready, _ in poller.poll():
