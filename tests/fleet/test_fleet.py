@@ -12,6 +12,7 @@ import itertools
 from pathlib import Path
 from typing import Final
 
+import psycopg
 import pytest
 
 from supervisor_client import ExecutorClient
@@ -24,6 +25,13 @@ pytestmark = pytest.mark.service
 EXAMPLES: Final = ROOT / "scripts" / "examples"
 FRAMES: Final = ("1", "2", "3", "4", "5")
 PENDING, BLOCKED = "pending", "blocked"
+REPLICA_CONNECTIONS: Final = (
+    "cbexec-triggers",
+    "cbexec-triggers-loop",
+    "cbexec-outbox",
+    "cbexec-delivery",
+    "cbexec-history",
+)
 
 
 def only(pending: str) -> dict[str, str]:
@@ -202,3 +210,18 @@ async def test_a_reload_reaches_every_replica_and_every_replica_reads_the_fleets
         assert await eventually(first_lists_it, timeout_s=10, interval_s=0.05)
         got = await first.get_run(ran.invocation_id)
         assert got.invocation_id == ran.invocation_id and "here" in got.result.stdout
+
+        # The README's deploy step: five connections per replica, named by their part.
+        def connections() -> list[str]:
+            with psycopg.connect(pg_url, autocommit=True) as db:
+                return sorted(
+                    row[0]
+                    for row in db.execute(
+                        "SELECT application_name FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND application_name LIKE 'cbexec-%'"
+                    )
+                )
+
+        assert await eventually(
+            lambda: connections() == sorted(REPLICA_CONNECTIONS * 2), interval_s=0.2
+        ), connections()
