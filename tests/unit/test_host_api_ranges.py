@@ -22,6 +22,7 @@ AGENDA = ["-2", "-1", "0", "1", "2", "3", "10", "1-10", "Initialize"]
         ("3,1", ["3", "1"]),
         ("Initialize,0-1", ["Initialize", "0", "1"]),
         ("3-2", ["2", "3"]),
+        ("2-5", ["2", "3"]),  # a range selects those of its frames that exist
     ],
 )
 def test_expansion(spec: str, names: list[str]) -> None:
