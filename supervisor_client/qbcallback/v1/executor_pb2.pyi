@@ -133,7 +133,10 @@ class _JournalEntryKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Jour
     JOURNAL_ENTRY_KIND_SPENT: _JournalEntryKind.ValueType  # 3
     """It matched, but the callback has fired its maximum: nothing changed."""
     JOURNAL_ENTRY_KIND_NEAR_MISS: _JournalEntryKind.ValueType  # 4
-    """Its name, type and extra matched an atom whose context names another job."""
+    """Its name, type and extra matched an atom that waits for nothing: a label
+    atom whose label names no job in its pgrp, or a {work} atom whose item is
+    not in the job's agenda.
+    """
     JOURNAL_ENTRY_KIND_LEVEL: _JournalEntryKind.ValueType  # 5
     """Level mode latched events that had already happened, at registration."""
 
@@ -149,7 +152,10 @@ JOURNAL_ENTRY_KIND_FIRED: JournalEntryKind.ValueType  # 2
 JOURNAL_ENTRY_KIND_SPENT: JournalEntryKind.ValueType  # 3
 """It matched, but the callback has fired its maximum: nothing changed."""
 JOURNAL_ENTRY_KIND_NEAR_MISS: JournalEntryKind.ValueType  # 4
-"""Its name, type and extra matched an atom whose context names another job."""
+"""Its name, type and extra matched an atom that waits for nothing: a label
+atom whose label names no job in its pgrp, or a {work} atom whose item is
+not in the job's agenda.
+"""
 JOURNAL_ENTRY_KIND_LEVEL: JournalEntryKind.ValueType  # 5
 """Level mode latched events that had already happened, at registration."""
 Global___JournalEntryKind: _TypeAlias = JournalEntryKind  # noqa: Y015
@@ -157,7 +163,7 @@ Global___JournalEntryKind: _TypeAlias = JournalEntryKind  # noqa: Y015
 @_typing.final
 class Limits(_message.Message):
     """Resource limits for one run. A zero field means "the server's default";
-    a non-zero field may lower the default but never exceed the server's cap
+    a non-zero field replaces the default and may be anything up to the server's cap
     (asking for more is INVALID_ARGUMENT naming the limit and the cap).
     """
 
@@ -170,8 +176,9 @@ class Limits(_message.Message):
     MAX_PROCESSES_FIELD_NUMBER: _builtins.int
     DISK_BYTES_FIELD_NUMBER: _builtins.int
     cpu_seconds: _builtins.float
-    """CPU time of the callback's processes, enforced by RLIMIT_CPU in the child
-    (SIGXCPU at the limit, SIGKILL one second later). Outcome CPU_LIMIT.
+    """CPU time of each of the callback's processes, enforced by RLIMIT_CPU in the
+    child (rounded up to whole seconds, at least 1; SIGXCPU at the limit, SIGKILL
+    one second later; the wall limit bounds them together). Outcome CPU_LIMIT.
     """
     wall_seconds: _builtins.float
     """Wall-clock time from start, enforced by the executor: SIGTERM to the
@@ -189,8 +196,8 @@ class Limits(_message.Message):
     discarded; the `*_truncated` flag is set. The run itself continues.
     """
     max_processes: _builtins.int
-    """Processes the callback may have at once, itself included (pids cgroup
-    when the host allows it, else RLIMIT_NPROC). fork() beyond it fails.
+    """Processes and threads the callback may have at once, itself included (pids
+    cgroup when the host allows it, else RLIMIT_NPROC). fork() beyond it fails.
     """
     disk_bytes: _builtins.int
     """Bytes the callback may keep in its working directory. In the hardened
@@ -270,13 +277,17 @@ class ExecuteRequest(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
     invocation_id: _builtins.str
-    """Idempotency key chosen by the caller, unique per run (e.g. a UUID). The
-    result reported to the supervisor carries it.
+    """Idempotency key chosen by the caller, unique per run (e.g. a UUID); empty:
+    the executor makes one. The result reported to the supervisor carries it, and
+    the supervisor applies each of its actions once (invocation_id, action_seq).
+    The executor does not deduplicate runs: a repeat is run again (UNAVAILABLE
+    while the first is still in progress) and replaces the first in the history.
     """
     policy: _builtins.str
     """The sandbox policy to run under (the executor's [policies.NAME]); empty: the
-    policy callback.user is mapped to, else "job". A name the user may not have
-    (not in policies.NAME.users) is PERMISSION_DENIED.
+    policy callback.user (else context.job.user) is mapped to, else "job". "job"
+    is open to every user; a name not configured, or whose policies.NAME.users
+    does not list that user, is PERMISSION_DENIED.
     """
     @_builtins.property
     def callback(self) -> _types_pb2.Callback:
@@ -478,7 +489,8 @@ class RegisterJobRequest(_message.Message):
     PUBLISHED_EVENTS_FIELD_NUMBER: _builtins.int
     strict: _builtins.bool
     """Refuse the registration (INVALID_ARGUMENT listing every problem) when a
-    check fails on one of the job's own callbacks, instead of warning.
+    check fails on the job itself (its label) or one of its own callbacks,
+    instead of warning.
     """
     @_builtins.property
     def job(self) -> _types_pb2.Job:
@@ -884,7 +896,9 @@ class DryRunResponse(_message.Message):
     def would_fire(self) -> _containers.RepeatedCompositeFieldContainer[Global___Firing]: ...
     @_builtins.property
     def would_latch(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegisteredCallback]:
-        """Callbacks whose latches the event would set without firing yet."""
+        """Callbacks whose latches the event would set without firing yet (for a
+        trigger with {work}, the latches of the work item the event touches).
+        """
 
     @_builtins.property
     def explanations(self) -> _containers.RepeatedCompositeFieldContainer[Global___JournalEntry]:
@@ -1626,7 +1640,9 @@ class Run(_message.Message):
     def event(self) -> _types_pb2.Event: ...
     @_builtins.property
     def result(self) -> Global___ExecuteResponse:
-        """The whole result (output, failure, actions); filled by GetRun only."""
+        """The whole result (output, failure, actions); filled by GetRun, and by
+        ListRuns with shadow_only.
+        """
 
     def __init__(
         self,
@@ -1736,8 +1752,9 @@ Global___GetMetricsRequest: _TypeAlias = GetMetricsRequest  # noqa: Y015
 
 @_typing.final
 class Histogram(_message.Message):
-    """A latency histogram: counts[i] runs took at most bounds_seconds[i]; the last
-    count is everything slower.
+    """A latency histogram, per bucket (not cumulative): counts[i] runs took more than
+    bounds_seconds[i-1] and at most bounds_seconds[i]; the last count is everything
+    slower.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -2102,7 +2119,9 @@ class RetryDeadLettersRequest(_message.Message):
     all: _builtins.bool
     @_builtins.property
     def invocation_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The dead letters to queue again; empty with `all` set means every one."""
+        """The dead letters to queue again, or `all` for every one: exactly one of the
+        two (both, or neither, is INVALID_ARGUMENT).
+        """
 
     def __init__(
         self,

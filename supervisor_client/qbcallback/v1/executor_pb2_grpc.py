@@ -51,7 +51,10 @@ class CallbackExecutorServiceServicer:
         outcome. A callback that fails, times out or exceeds a limit is an OK
         response whose `outcome` says so; a request the executor cannot accept
         is a gRPC error (INVALID_ARGUMENT for malformed requests and limits above
-        the server's caps, RESOURCE_EXHAUSTED when at capacity).
+        the server's caps, PERMISSION_DENIED for a policy the user may not have,
+        RESOURCE_EXHAUSTED when at capacity, UNAVAILABLE while a run with the same
+        invocation_id is still in progress, while the service stops or its storage
+        cannot record results, or when no sandboxed child could be started).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

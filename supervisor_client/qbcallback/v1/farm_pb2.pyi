@@ -355,7 +355,7 @@ class ChangeWorkResponse(_message.Message):
     message: _builtins.str
     """What happened, naming the items left alone and why."""
     job_status: _builtins.str
-    """The job's status after the change ("" when the job no longer exists)."""
+    """The job's status after the change ("removed" when it no longer exists)."""
     @_builtins.property
     def selected(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The item names the change selected, after range expansion."""
@@ -515,7 +515,9 @@ class WaitJobsRequest(_message.Message):
     JOB_IDS_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     timeout_seconds: _builtins.float
-    """Give up after this many seconds (default 60, at most 3600)."""
+    """Give up after this many seconds (default 60; above 3600, or below 0, is
+    INVALID_ARGUMENT).
+    """
     @_builtins.property
     def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """The jobs to wait for; empty means every job on the farm."""

@@ -79,7 +79,8 @@ class FarmServiceServicer:
     def SubmitJobs(self, request, context):
         """Submits Qube job dicts, all or nothing, with the reference supervisor's
         validation (agenda, labels unique per pgrp, pgrp, callbacks). The jobs of one
-        call join one new process group led by the first job that names no `pgrp`.
+        call that name no `pgrp` join one new process group led by the first of them;
+        a job naming a `pgrp` joins that existing group (INVALID_ARGUMENT if none).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

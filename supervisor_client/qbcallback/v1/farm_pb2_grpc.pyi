@@ -35,7 +35,8 @@ class FarmServiceStub:
     SubmitJobs: _aio.UnaryUnaryMultiCallable[_farm_pb2.SubmitJobsRequest, _farm_pb2.SubmitJobsResponse]
     """Submits Qube job dicts, all or nothing, with the reference supervisor's
     validation (agenda, labels unique per pgrp, pgrp, callbacks). The jobs of one
-    call join one new process group led by the first job that names no `pgrp`.
+    call that name no `pgrp` join one new process group led by the first of them;
+    a job naming a `pgrp` joins that existing group (INVALID_ARGUMENT if none).
     """
     ListJobs: _aio.UnaryUnaryMultiCallable[_farm_pb2.ListJobsRequest, _farm_pb2.ListJobsResponse]
     """The farm's jobs with their agendas, by id."""
@@ -74,7 +75,8 @@ class FarmServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_farm_pb2.SubmitJobsResponse]:
         """Submits Qube job dicts, all or nothing, with the reference supervisor's
         validation (agenda, labels unique per pgrp, pgrp, callbacks). The jobs of one
-        call join one new process group led by the first job that names no `pgrp`.
+        call that name no `pgrp` join one new process group led by the first of them;
+        a job naming a `pgrp` joins that existing group (INVALID_ARGUMENT if none).
         """
 
     @_abc_1.abstractmethod

@@ -269,8 +269,9 @@ class SubjobActionRequest(_message.Message):
     INVOCATION_ID_FIELD_NUMBER: _builtins.int
     ACTION_SEQ_FIELD_NUMBER: _builtins.int
     verb: Global___JobVerb.ValueType
-    """Uses the job verbs that apply to instances: unblock, block, kill, fail,
-    migrate, preempt, interrupt, suspend, resume, retry.
+    """Uses the job verbs that apply to instances, every one but remove: unblock,
+    block, kill, retry, requeue, preempt, interrupt, migrate, suspend, resume,
+    complete, fail.
     """
     job_id: _builtins.int
     actor: _builtins.str
