@@ -83,7 +83,9 @@ def mark_end() -> None:
     and its figures in /proc for the executor to read: it answers at once and then
     kills this process, or, when it goes by the exit instead, closes its side and this
     process goes on to ``_exit`` (``process.py``). Not ``socket.shutdown``: no socket
-    object to build in a forked child.
+    object to build in a forked child. Only the callback's own process makes it
+    (``zygote._child``): a process the callback forks shares the bridge, and its end is
+    not the run's. A cold child makes none: its run is answered at its exit.
     """
     if _shutdown(BRIDGE_FD, SHUT_WR) != 0:
         return

@@ -2,7 +2,10 @@
 
 Runs after the launcher has applied the limits. ``sys.exit()`` ends only this process
 (reported as status ``exit``); a ``MemoryError`` under RLIMIT_AS is status ``memory``;
-code that does not compile is ``rejected`` and never runs.
+code that does not compile is ``rejected`` and never runs. A process the callback forks
+that comes back here ends as Python would end it (its own status, an uncaught
+exception's traceback on its stderr) and reports nothing: the run is its callback's own
+process's to report and end.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import traceback
 import types
 from _signal import signal as set_handler  # type: ignore[import-not-found]  # see launcher.py
 from linecache import cache as source_lines
+from os import getpid
 from typing import TYPE_CHECKING, Any
 
 import protocol
@@ -160,6 +164,7 @@ def run(bridge_fd: int, *, warm_up: bool = False) -> int:
         return EXIT_BAD_START
     source_lines[CALLBACK_FILENAME] = (len(source), None, source.splitlines(True), "")
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, "qb": qb}
+    main_pid = getpid()  # the callback's own process: one it forks reports nothing
 
     done: DoneFrame
     try:
@@ -184,22 +189,27 @@ def run(bridge_fd: int, *, warm_up: bool = False) -> int:
             "message": f"{type(err).__name__}: {err}",
             "traceback": _user_traceback(err),
         }
+    forked = getpid() != main_pid
     try:
         sys.stdout.flush()
+        if forked and "traceback" in done:
+            # An uncaught exception, printed as Python prints one (the callback's frames).
+            sys.stderr.write(done["traceback"])
         sys.stderr.flush()
     except (OSError, ValueError):
         pass  # the callback closed or broke its own stdio; the done frame still matters
-    for field in ("exception_type", "message", "traceback"):
-        if field in done:  # short enough for the frame limit (the executor cuts further)
-            done[field] = done[field][:DONE_TEXT_CHARS]
-    # Not contextlib.suppress: it is one more module a forked child would touch.
-    try:
-        if done["status"] == "ok":
-            write_all(bridge_fd, _DONE_OK)
-        else:
-            write_frame(bridge_fd, done)
-    except OSError:
-        pass  # the callback closed the bridge; the exit status still tells the executor
+    if not forked:  # a forked process's ending is its own, not the run's: no done frame
+        for field in ("exception_type", "message", "traceback"):
+            if field in done:  # short enough for the frame limit (the executor cuts further)
+                done[field] = done[field][:DONE_TEXT_CHARS]
+        # Not contextlib.suppress: it is one more module a forked child would touch.
+        try:
+            if done["status"] == "ok":
+                write_all(bridge_fd, _DONE_OK)
+            else:
+                write_frame(bridge_fd, done)
+        except OSError:
+            pass  # the callback closed the bridge; the exit status still tells the executor
     if done["status"] == "ok":
         return 0
     if done["status"] == "exit":

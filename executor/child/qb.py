@@ -6,11 +6,16 @@ changes a job is one ``call`` frame to the executor, which validates the argumen
 applies the callback owner's permissions through the supervisor and answers with a
 ``reply``. Argument parsing lives in the executor (``executor/host_api.py``) so Python,
 Perl and qube callbacks behave the same. Errors raise subclasses of ``QbError``.
+
+A process the callback forks shares its bridge: its calls are refused (``QbError``), as
+two processes' frames on one socket would break the protocol; the context functions
+still answer in it.
 """
 
 from __future__ import annotations
 
 import itertools
+from os import getpid
 from typing import TYPE_CHECKING, Any
 
 import protocol
@@ -22,6 +27,7 @@ QB_TIME_EPOCH_OFFSET = 946702800
 
 _bridge_fd = -1
 _context: StartContext
+_pid = -1  # the callback's own process, the only one whose calls go on the bridge
 _call_ids = itertools.count(1)
 
 
@@ -49,6 +55,9 @@ class SupervisorUnavailable(QbError):
     """The supervisor did not answer."""
 
 
+# Why a call from a process the callback forked is refused (qb.pm says the same).
+_FORKED_CALL = "qb calls work only in the callback's own process, not in a process it forked"
+
 # Every protocol.QbErrorKind (tests/unit/test_protocol.py holds them equal).
 _ERRORS: dict[QbErrorKind, type[QbError]] = {
     "QbError": QbError,
@@ -62,12 +71,15 @@ _ERRORS: dict[QbErrorKind, type[QbError]] = {
 
 def _bind(bridge_fd: int, context: StartContext) -> None:
     """Called once by the bootstrap before user code runs."""
-    global _bridge_fd, _context
+    global _bridge_fd, _context, _pid
     _bridge_fd = bridge_fd
     _context = context
+    _pid = getpid()
 
 
 def _call(fn: str, *args: Any, **kwargs: Any) -> Any:
+    if getpid() != _pid:
+        raise QbError(_FORKED_CALL)
     call_id = next(_call_ids)
     frame = protocol.encode(
         {"type": "call", "id": call_id, "fn": fn, "args": list(args), "kwargs": kwargs}

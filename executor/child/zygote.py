@@ -43,7 +43,7 @@ import signal
 import socket
 import sys
 from atexit import _run_exitfuncs
-from os import _exit, closerange, dup2, setsid
+from os import _exit, closerange, dup2, getpid, setsid
 from typing import TYPE_CHECKING
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I leaves it out
@@ -309,8 +309,12 @@ def _child(
 
     Its calls are imported by name (see launcher.py): ``os.dup2`` here would write the
     reference counts of the name, os and its dict, page faults a global lookup saves.
+    A process the callback forks comes back here too when it ends (its ``run`` returns,
+    its exit handlers run): it exits with its own status, without the end mark, which
+    is its callback's own process's alone to make.
     """
     code = EXIT_LAUNCH_FAILED
+    own = getpid()
     try:
         setsid()
         stdout_w, stderr_w, bridge = fds
@@ -338,7 +342,8 @@ def _child(
                 stream.flush()
             except (OSError, ValueError):
                 pass
-        mark_end()  # after the exit handlers: nothing of the run's is left to do
+        if getpid() == own:
+            mark_end()  # after the exit handlers: nothing of the run's is left to do
         _exit(code)
 
 

@@ -13,6 +13,8 @@
 #              of a die object), message = the die message without its trailing newline,
 #              traceback = the message with the callback's call stack
 #   rejected   the code does not compile (syntax error, failing `use`); it never ran
+# A process the callback forks sends no done frame: it exits with its own status (0 at
+# the end of the code, N for `exit N`, 1 after printing an uncaught die's message).
 # Perl's "Out of memory!" cannot be trapped: no done frame is sent, the executor finds
 # the message on stderr. CORE::exit skips the report; the exit status then tells the
 # executor.
@@ -165,6 +167,9 @@ sub run {
         return EXIT_BAD_START;
     }
     if ($failed) {
+        # A process the callback forked reports nothing (report): it ends as perl would
+        # end it, with the die message on its stderr.
+        print STDERR "$err" if $$ != $main_pid;
         my $message = _chomped("$err");
         report({
             status         => 'exception',

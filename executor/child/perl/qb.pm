@@ -14,6 +14,10 @@ package qb;
 # executor arrives as UTF-8 octets; strings sent back may be bytes (UTF-8, or Latin-1
 # when not valid UTF-8) or character strings (`use utf8`, "\x{263A}").
 #
+# A process the callback forks shares its bridge: its calls die (QbError), as two
+# processes' frames on one socket would break the protocol; the context functions
+# still answer in it.
+#
 # Errors: a failed call dies with a qb::Error object (fields kind and message; it
 # stringifies to "kind: message"), so `eval { qb::unblock($id) }; if ($@) {...}` works
 # and `$@->{kind}` says which: one of protocol.py's QbErrorKind (PermissionDenied,
@@ -36,6 +40,7 @@ our $jobid;    # the job that owns the callback, set by bootstrap.pl
 our $QB_TIME_EPOCH_OFFSET = 946702800;
 
 my $bridge;
+my $bound_pid = 0;    # the callback's own process, the only one whose calls go on the bridge
 my %context;
 my $next_call_id = 0;
 
@@ -54,12 +59,17 @@ sub import { return }
 sub _bind {
     my ($handle, $ctx) = @_;
     $bridge = $handle;
+    $bound_pid = $$;
     %context = %{ $ctx || {} };
     $jobid = defined $context{job}{id} ? 0 + $context{job}{id} : undef;
     return;
 }
 
 sub _set_bridge { $bridge = $_[0]; return }
+
+# The bridge's handle (zygote.pl's end mark shuts it down; a second handle on its fd
+# would close it twice at exit).
+sub _bridge { return $bridge }
 
 # Outgoing strings become characters so the JSON is valid UTF-8 whatever the callback
 # passed: valid UTF-8 octets are decoded, other bytes are taken as Latin-1.
@@ -143,6 +153,9 @@ sub _wire_arg {
 
 sub _call {
     my ($fn, $args, $kwargs) = @_;
+    die qb::Error->new('QbError',
+        "qb calls work only in the callback's own process, not in a process it forked")
+        if $$ != $bound_pid;    # qb.py's _FORKED_CALL
     my $id = ++$next_call_id;
     _write_frame({
         type   => 'call',

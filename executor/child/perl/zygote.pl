@@ -38,17 +38,18 @@ BEGIN { require 'bootstrap.pl' }
 # The end mark (launcher.py's mark_end): in a child whose run returned, once its
 # callback's END blocks have run (compiled later, they run first) and its output is
 # flushed, shut the bridge down for writing: the executor answers at once, then kills
-# and reaps.
-our $mark_end_at_exit = 0;
+# and reaps. Only in the callback's own process (the one that ran main::run, its pid
+# here): a process it forked, even from an END block, ends without the mark.
+our $mark_end_pid = 0;
 END {
-    if ($mark_end_at_exit) {
+    if ($$ == $mark_end_pid) {
         eval { main::flush_stdio(); 1 };
         # Then wait until the executor closes its side (or kills this process): it
-        # reads this process's figures in /proc meanwhile.
-        if (open(my $bridge, '+<&=', 3)) {    # the bridge, BRIDGE_FD
-            if (shutdown($bridge, 1)) {
-                1 while sysread($bridge, my $ignored, 4096);
-            }
+        # reads this process's figures in /proc meanwhile. On the bridge's own handle:
+        # a second one on its fd would close it, and global destruction again (a warning).
+        my $bridge = qb::_bridge();
+        if ($bridge && shutdown($bridge, 1)) {
+            1 while sysread($bridge, my $ignored, 4096);
         }
     }
 }
@@ -395,21 +396,28 @@ sub cell_spec {
     return { %$cached, workdir => $message->{workdir}, warm_up => $message->{warm_up} };
 }
 
+# The control socket and this process's own PID namespace, opened by serve.
+my ($control, $own_namespace);
+
 # In the forked child: take the passed fds, confine, run the callback; never returns.
 sub child {
     my ($message, $stdout_w, $stderr_w, $bridge) = @_;
     my $code = EXIT_LAUNCH_FAILED;
     my $ok = eval {
         POSIX::setsid() // die "setsid: $!\n";
+        for my $cgroup (@{ $message->{cgroup_files} }) {
+            syswrite($cgroup, '0') // die "join a cgroup: $!\n";    # this process
+        }
+        # The zygote's own handles, closed as handles and before the dup2s (one may hold
+        # fd 3, the bridge's to be): left to close_from, each would be closed again at
+        # this child's exit, in global destruction, a warning on the callback's stderr.
+        close $_ for $control, $own_namespace, values %cgroup_files, values %cell_networks;
         my $devnull = POSIX::open('/dev/null', POSIX::O_RDONLY()) // die "/dev/null: $!\n";
         my @targets = ([$devnull, 0], [$stdout_w, 1], [$stderr_w, 2], [$bridge, BRIDGE_FD]);
         for (@targets) {
             my ($source, $target) = @$_;
             next if $source == $target;
             POSIX::dup2($source, $target) // die "dup2: $!\n";
-        }
-        for my $cgroup (@{ $message->{cgroup_files} }) {    # before they are closed
-            syswrite($cgroup, '0') // die "join a cgroup: $!\n";    # this process
         }
         close_from(BRIDGE_FD + 1);
         %ENV = %{ $message->{env} || {} };
@@ -418,10 +426,12 @@ sub child {
         1;
     };
     if ($ok) {
+        my $own = $$;
         $code = main::run(BRIDGE_FD);    # bootstrap.pl: the callback's run and its report
         # Only a run that returned: an `exit`, the CPU limit's or the deadline's exit
-        # through the callback's own path, is left to the exit status.
-        $mark_end_at_exit = 1;
+        # through the callback's own path, is left to the exit status; and only in the
+        # callback's own process (a process it forked returns here too).
+        $mark_end_pid = $own if $$ == $own;
     } else {
         print STDERR "perl zygote: could not start the callback: $@";
     }
@@ -442,8 +452,8 @@ sub child_exits_fd {
 
 sub serve {
     my ($control_fd, $private_network) = @_;
-    open(my $control, '+<&=', $control_fd) or die "perl zygote: control fd $control_fd: $!\n";
-    open(my $own_namespace, '<', '/proc/self/ns/pid') or die "perl zygote: own PID namespace: $!\n";
+    open($control, '+<&=', $control_fd) or die "perl zygote: control fd $control_fd: $!\n";
+    open($own_namespace, '<', '/proc/self/ns/pid') or die "perl zygote: own PID namespace: $!\n";
     my $sigchld = POSIX::SigSet->new(POSIX::SIGCHLD());
     my $exits_fd = child_exits_fd($sigchld);
     while (1) {
