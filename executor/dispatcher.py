@@ -229,8 +229,10 @@ class Dispatcher:
                 f"callback.language {invocation.callback.language!r} is not supported; "
                 f"expected one of {valid}"
             ) from None
-        refusal = None
-        if language not in self._languages:
+        refusal = invocation.refusal or None
+        if refusal is not None:
+            pass
+        elif language not in self._languages:
             refusal = (
                 f"{language} callbacks are disabled by the executor's 'languages' setting "
                 "(Qube's supervisor_language_flags)"

@@ -187,6 +187,9 @@ class Invocation:
     # run (a callbacks.conf line marked shadow: qb actions recorded, not applied).
     policy: str = "job"
     shadow: bool = False
+    # Why it may not run at all, decided before it reached the dispatcher (a universal
+    # callback whose line a reload removed): recorded REJECTED with this failure, not run.
+    refusal: str = ""
 
     @property
     def job_id(self) -> int:

@@ -734,7 +734,9 @@ class TriggerEngine:
         """The invocation under its policy: a universal callback's as its (current) line says.
 
         Looked up in the set loaded last, not stored with the job: a reload that turns
-        shadow off or changes a policy applies to the next firing.
+        shadow off or changes a policy applies to the next firing, and one that removes
+        the line stops the callback (it is refused, not run under defaults: a shadow
+        callback must never go live by being removed).
         """
         named, shadow = "", False
         if universal:
@@ -742,6 +744,13 @@ class TriggerEngine:
                 if loaded.source == invocation.callback.source:
                     named, shadow = loaded.policy, loaded.shadow
                     break
+            else:
+                return replace(
+                    invocation,
+                    policy=UNIVERSAL,
+                    refusal=f"universal callback {invocation.callback.source} is no longer "
+                    "in callbacks.conf (removed by a reload): not run",
+                )
         if self._policies is None:
             name = (named or UNIVERSAL) if universal else JOB
             return replace(invocation, policy=name, shadow=shadow)

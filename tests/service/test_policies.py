@@ -335,6 +335,35 @@ async def test_a_shadow_universal_callback_runs_but_applies_nothing(
         assert not record.shadow
 
 
+async def test_a_removed_shadow_line_stops_the_callback_instead_of_making_it_live(
+    tmp_path: Path,
+) -> None:
+    callbacks = tmp_path / "callback"
+    callbacks.mkdir()
+    (callbacks / "killer.py").write_text(SHADOW_KILL)
+    conf = callbacks / "callbacks.conf"
+    conf.write_text("killer.py [shadow] = complete-work-self-*\n")
+    settings = stack_settings(tmp_path / "data", universal_callback_path=str(callbacks))
+    async with running_stack(settings) as stack:
+        (job,) = stack.supervisor.submit([{"name": "kept", "user": "bob", "agenda": ["1", "2"]}])
+        await stack.settle()
+        conf.write_text("# nothing universal any more\n")
+        reloaded = await cbexec("triggers", "reload", address=stack.address)
+        assert reloaded.code == 0, reloaded.err
+
+        stack.supervisor.start_work(job["id"], "1")
+        stack.supervisor.complete_work(job["id"], "1")
+        await stack.settle()
+
+        assert stack.supervisor.job(job["id"])["status"] != "killed"
+        (record,) = stack.running.recorder.history.list_runs(job_id=job["id"])
+        assert record.outcome == "REJECTED" and not record.shadow
+        full = stack.running.recorder.history.get(record.invocation_id)
+        assert full is not None and full.result is not None and full.result.failure is not None
+        assert "no longer in callbacks.conf" in full.result.failure.message
+        assert not full.result.actions
+
+
 async def test_a_line_or_a_directory_names_a_universal_callbacks_policy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
