@@ -137,7 +137,7 @@ class Decider:
         moved = step(expr, cb.latches, slots, count=cb.count, maximum=cb.maximum)
         marks = self._marks(cb.marks, moved)
         if moved.fires:
-            self._fire(cb, cb.count + 1, self.event.work_name, expr, moved)
+            self._fire(cb, cb.count + 1, self.event.work_name, expr, moved, per_item=False)
             if not self._dry:
                 self._save_state(cb.rowid, cb.count + 1, moved.latches, (None,) * len(marks))
             return
@@ -184,12 +184,12 @@ class Decider:
             if moved.fires:
                 total += 1
                 after = WorkState(state.count + 1, moved.latches, (None,) * size)
-                self._fire(cb, state.count + 1, item, item_expr, moved)
+                self._fire(cb, state.count + 1, item, item_expr, moved, per_item=True)
             else:
                 after = WorkState(state.count, moved.latches, marks)
                 if moved.newly:
                     self.decision.latched.append(Latched(cb, moved.latches, item))
-                self._entry(cb, item_expr, moved, count=state.count, work_name=item)
+                self._entry(cb, item_expr, moved, count=state.count, work_name=item, per_item=True)
             if not self._dry and (moved.fires or moved.newly):
                 if self._group is None:
                     items.save(self._db, cb.rowid, item, after)
@@ -227,7 +227,14 @@ class Decider:
         return tuple(marks)
 
     def _fire(
-        self, cb: StoredCallback, count: int, work_name: str, expr: Expr, moved: Step
+        self,
+        cb: StoredCallback,
+        count: int,
+        work_name: str,
+        expr: Expr,
+        moved: Step,
+        *,
+        per_item: bool,
     ) -> None:
         invocation_id = "" if self._dry else str(uuid.uuid4())
         if not self._dry:
@@ -238,7 +245,15 @@ class Decider:
                 self._group.queue_firing(firing)
             self.decision.firings.append(firing)
         self.decision.fired.append(Fired(cb, invocation_id, work_name=work_name))
-        self._entry(cb, expr, moved, count=count, work_name=work_name, invocation_id=invocation_id)
+        self._entry(
+            cb,
+            expr,
+            moved,
+            count=count,
+            work_name=work_name,
+            invocation_id=invocation_id,
+            per_item=per_item,
+        )
 
     def _entry(
         self,
@@ -249,6 +264,7 @@ class Decider:
         count: int,
         work_name: str = "",
         invocation_id: str = "",
+        per_item: bool = False,
     ) -> None:
         found = atoms(expr)
         if moved.spent:
@@ -274,11 +290,13 @@ class Decider:
                 count=count,
                 waiting_for=waiting,
                 reason=reason,
+                per_item=per_item,
             )
         )
 
     def _near_miss(self, cb: StoredCallback, slots: Iterable[int], reason: str) -> None:
-        found = atoms(self._parsed(cb.triggers))
+        expr = self._parsed(cb.triggers)
+        found = atoms(expr)
         self.decision.entries.append(
             JournalEntry(
                 job_id=cb.job_id,
@@ -289,6 +307,8 @@ class Decider:
                 latched=(),
                 waiting_for=" ".join(render_atom(found[slot]) for slot in slots),
                 reason=reason,
+                # A {work} callback's near misses are kept as one more item's ("").
+                per_item=per_work(expr),
             )
         )
 
@@ -383,6 +403,7 @@ class Decider:
                 kind=EntryKind.LEVEL,
                 seen=seen,
                 work_name=work_name,
+                per_item=bool(work_name),
                 latched=tuple(render_atom(found[slot]) for slot in newly),
                 invocation_id=invocation_id,
                 count=after.count,

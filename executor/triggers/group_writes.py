@@ -41,16 +41,23 @@ def journal(db: Db, entries: Sequence[JournalEntry], limits: JournalLimits) -> N
         f" {_rows(('bigint', 'bigint', 'text', 'double precision', 'text'))} AS r ORDER BY n",
         (_json(rows),),
     )
-    touched = sorted(dict.fromkeys(row[:3] for row in rows))
+    # A {work} callback's entries are kept per item; a plain one's together (NULL item).
+    touched = sorted(
+        dict.fromkeys(
+            (e.job_id, e.callback_id, e.work_name if e.per_item else None) for e in entries
+        ),
+        key=lambda key: (key[0], key[1], key[2] is not None, key[2] or ""),
+    )
     db.execute(
         "DELETE FROM journal j USING (SELECT k.job_id, k.callback_id, k.work_name,"
         " (SELECT o.seq FROM journal o WHERE o.job_id = k.job_id"
-        " AND o.callback_id = k.callback_id AND o.work_name = k.work_name"
+        " AND o.callback_id = k.callback_id"
+        " AND (k.work_name IS NULL OR o.work_name = k.work_name)"
         " ORDER BY o.seq DESC LIMIT 1 OFFSET ?) AS cutoff"
         " FROM unnest(?::bigint[], ?::bigint[], ?::text[]) AS k(job_id, callback_id, work_name))"
         " AS k WHERE j.job_id = k.job_id AND j.callback_id = k.callback_id"
-        " AND j.work_name = k.work_name AND j.seq <= k.cutoff",
-        (limits.entries, *([row[i] for row in touched] for i in range(3))),
+        " AND (k.work_name IS NULL OR j.work_name = k.work_name) AND j.seq <= k.cutoff",
+        (limits.entries, *([key[i] for key in touched] for i in range(3))),
     )
 
 

@@ -100,6 +100,8 @@ class JournalEntry:
         waiting_for: What the trigger still waits for after the event, canonical; ""
             when it fired.
         reason: In words, why nothing fired (SPENT) or why it was a near miss.
+        per_item: Whether it is kept with its work item's entries (a ``{work}``
+            callback's), not with the callback's; not stored, only ``append`` reads it.
     """
 
     job_id: int
@@ -113,6 +115,7 @@ class JournalEntry:
     count: int = 0
     waiting_for: str = ""
     reason: str = ""
+    per_item: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -164,8 +167,10 @@ class JournalLimits:
 def append(db: Db, entries: Iterable[JournalEntry], limits: JournalLimits) -> None:
     """Write entries in the caller's transaction; keep the newest of each callback they touch.
 
-    ``limits.entries`` are kept of each callback and work item.
+    ``limits.entries`` are kept of each callback, and of each work item of a ``{work}``
+    callback (a plain callback's entries count together, whatever item fired it).
     """
+    entries = list(entries)
     rows = [
         (e.job_id, e.callback_id, e.work_name, e.seen.at, json.dumps(e.as_dict())) for e in entries
     ]
@@ -177,13 +182,22 @@ def append(db: Db, entries: Iterable[JournalEntry], limits: JournalLimits) -> No
         " VALUES (?, ?, ?, ?, ?)",
         rows,
     )
-    touched = dict.fromkeys((job_id, callback_id, work) for job_id, callback_id, work, *_ in rows)
-    db.executemany(
-        "DELETE FROM journal WHERE job_id = ? AND callback_id = ? AND work_name = ?"
-        " AND seq <= (SELECT seq FROM journal WHERE job_id = ? AND callback_id = ?"
-        " AND work_name = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-        [(*key, *key, limits.entries) for key in touched],
-    )
+    items = dict.fromkeys((e.job_id, e.callback_id, e.work_name) for e in entries if e.per_item)
+    if items:
+        db.executemany(
+            "DELETE FROM journal WHERE job_id = ? AND callback_id = ? AND work_name = ?"
+            " AND seq <= (SELECT seq FROM journal WHERE job_id = ? AND callback_id = ?"
+            " AND work_name = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+            [(*key, *key, limits.entries) for key in items],
+        )
+    plain = dict.fromkeys((e.job_id, e.callback_id) for e in entries if not e.per_item)
+    if plain:
+        db.executemany(
+            "DELETE FROM journal WHERE job_id = ? AND callback_id = ?"
+            " AND seq <= (SELECT seq FROM journal WHERE job_id = ? AND callback_id = ?"
+            " ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+            [(*key, *key, limits.entries) for key in plain],
+        )
 
 
 def prune_older_than(db: Db, cutoff: float) -> int:

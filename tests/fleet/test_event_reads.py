@@ -16,7 +16,7 @@ import pytest
 
 from executor.model import Event
 from executor.triggers.engine import TriggerEngine
-from executor.triggers.journal import EntryKind
+from executor.triggers.journal import EntryKind, JournalLimits
 from executor.triggers.store import TriggerStore
 from tests.helpers.trigger_engines import LIMITS, Recorder, job
 
@@ -202,3 +202,33 @@ async def test_an_atom_naming_a_job_by_its_label_matches_in_a_group(engine: Trig
     )
 
     assert [[f.callback.job_id for f in fired] for fired, _ in applied] == [[], [15]]
+
+
+async def test_a_group_keeps_a_plain_callbacks_journal_to_its_limit(either_store: str) -> None:
+    made = TriggerEngine(
+        TriggerStore(either_store),
+        Recorder(),
+        limits=LIMITS,
+        journal_limits=JournalLimits(entries=2, max_age_s=3600),
+    )
+    made.start()
+    try:
+        made.register_job(
+            job(
+                5,
+                ("failed-work-self-*", "x"),
+                ("failed-work-self-{work}", "x"),
+                agenda=agenda(*"12345"),
+            )
+        )
+        await made.publish_many([Event("failed", "work", 5, work_name=f) for f in "12345"])
+        plain, _ = made.explain(5, journal_limit=10).callbacks
+        assert [(e.kind, e.work_name) for e in plain.journal] == [
+            (EntryKind.FIRED, "4"),
+            (EntryKind.FIRED, "5"),
+        ]
+        (first,) = made.explain(5, 2, work_name="1").callbacks
+        assert [(e.kind, e.work_name) for e in first.journal] == [(EntryKind.FIRED, "1")]
+    finally:
+        await made.close()
+        made.store.close()

@@ -104,6 +104,26 @@ async def test_the_journal_keeps_the_newest_entries_and_none_past_their_age(
     assert engine.explain(5).callbacks[0].journal == ()
 
 
+async def test_a_plain_callback_keeps_its_limit_whatever_items_fired_it(engines: Engines) -> None:
+    engine = engines(Recorder(), journal_limits=JournalLimits(entries=2, max_age_s=3600))
+    engine.register_job(
+        registered(
+            5, cb("failed-work-self-*"), cb("failed-work-self-{work}"), agenda=agenda(*"12345")
+        )
+    )
+    for frame in "12345":
+        await engine.publish(Event("failed", "work", 5, work_name=frame), wait=True)
+    plain, _ = engine.explain(5, journal_limit=10).callbacks
+    # A FIRED entry names the item that fired it; the callback still keeps only two.
+    assert [(e.kind, e.work_name) for e in plain.journal] == [
+        (EntryKind.FIRED, "4"),
+        (EntryKind.FIRED, "5"),
+    ]
+    # A {work} callback keeps two per item: the first item's entry is still there.
+    (first,) = engine.explain(5, 2, work_name="1").callbacks
+    assert [(e.kind, e.work_name) for e in first.journal] == [(EntryKind.FIRED, "1")]
+
+
 async def test_the_journal_and_the_latches_provenance_survive_a_restart(
     engines: Engines,
 ) -> None:
