@@ -7,7 +7,9 @@ doubles, so integral values are turned back into ints.
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from collections.abc import Mapping
+from typing import Any, Final
 
 from google.protobuf import json_format, struct_pb2
 
@@ -31,8 +33,20 @@ _SCALARS = (
 )
 _DEDICATED = frozenset((*_SCALARS, "agenda", "subjobs", "callbacks", "extra"))
 _CALLBACK_FIELDS = ("id", "triggers", "language", "code", "user", "count", "maximum")
+# One event atom as the trigger grammar's lexer reads it: no whitespace, '&', '|' or
+# parentheses (the words and/or are operators, not atoms).
+_ONE_ATOM: Final = re.compile(r"[^\s&|()]+")
+_WORD_OPERATORS: Final = frozenset({"and", "or"})
 # A callback dict's "mode" ("edge" or "level") <-> the wire's TriggerMode; unset is edge.
 _MODES = {"edge": types_pb2.TRIGGER_MODE_EDGE, "level": types_pb2.TRIGGER_MODE_LEVEL}
+
+
+class JobDictError(ValueError):
+    """A job dict (or a field of it) the wire Job cannot hold; the message names the field.
+
+    A ValueError, as ``job_from_dict`` has always raised: wrong types included, so that a
+    caller catching ValueError (the CLI, the farm) reports every malformed dict alike.
+    """
 
 
 def _plain(value: Any) -> Any:
@@ -65,12 +79,72 @@ def callback_to_dict(callback: types_pb2.Callback) -> dict[str, Any]:
     return plain
 
 
-def _callback(cb: Any) -> types_pb2.Callback:
-    message = types_pb2.Callback(**{k: cb[k] for k in _CALLBACK_FIELDS if cb.get(k) is not None})
+def _balanced(text: str) -> bool:
+    """True when every ')' closes an earlier '(' and none is left open."""
+    depth = 0
+    for char in text:
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth < 0:
+                return False
+    return depth == 0
+
+
+def triggers_text(value: Any, where: str = "triggers") -> str:
+    """A callback's ``triggers`` as one expression: a string as it is, a list as the OR of its items.
+
+    Qube's class docstring allows a list-valued ``triggers``; it is the OR of its items
+    (as the trigger grammar's ``parse_trigger_list`` reads it): ``["a", "b && c"]``
+    becomes ``a || (b && c)``. An item that is more than one atom is parenthesised, so
+    it stays one term whatever it holds; a one-item list is its item. What the items
+    say is the trigger grammar's to check; this refuses (JobDictError, naming
+    ``where[i]``) only what cannot be one term: not a string, empty, or with
+    parentheses that do not pair up.
+    """
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list | tuple):
+        raise JobDictError(f"{where} must be a string or a list of strings, got {value!r}")
+    if not value:
+        raise JobDictError(f"{where} is an empty list; give at least one trigger")
+    terms: list[str] = []
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise JobDictError(f"{where}[{index}] must be a string, got {item!r}")
+        text = item.strip()
+        if not text:
+            raise JobDictError(f"{where}[{index}] is empty")
+        if len(value) == 1:
+            return text
+        if not _balanced(text):
+            raise JobDictError(f"{where}[{index}]: its parentheses do not pair up: {text!r}")
+        one_atom = _ONE_ATOM.fullmatch(text) and text.lower() not in _WORD_OPERATORS
+        terms.append(text if one_atom else f"({text})")
+    return " || ".join(terms)
+
+
+def _callback(index: int, cb: Any) -> types_pb2.Callback:
+    """The wire Callback of a callback dict; JobDictError naming ``callbacks[index]`` and the field."""
+    where = f"callbacks[{index}]"
+    if not isinstance(cb, Mapping):
+        raise JobDictError(f"{where} must be a dict, got {cb!r}")
+    message = types_pb2.Callback()
+    for name in _CALLBACK_FIELDS:
+        value = cb.get(name)
+        if value is None:
+            continue
+        if name == "triggers":
+            value = triggers_text(value, f"{where}.triggers")
+        try:
+            setattr(message, name, value)
+        except (TypeError, ValueError) as err:
+            raise JobDictError(f"{where}.{name}: {err}") from err
     mode = cb.get("mode")
     if mode:
         if mode not in _MODES:
-            raise ValueError(f"callback mode {mode!r}: expected {' or '.join(_MODES)}")
+            raise JobDictError(f"{where}.mode: {mode!r}; expected {' or '.join(_MODES)}")
         message.mode = _MODES[mode]
     return message
 
@@ -114,7 +188,10 @@ def _work_item(entry: Any) -> types_pb2.WorkItem:
 
 
 def job_from_dict(job: dict[str, Any]) -> types_pb2.Job:
-    """A wire Job for a Qube job dict; unknown keys go to ``extra``. Raises ValueError."""
+    """A wire Job for a Qube job dict; unknown keys go to ``extra``.
+
+    Raises JobDictError (a ValueError) naming the field the wire Job cannot hold.
+    """
     message = types_pb2.Job()
     for name in _SCALARS:
         if job.get(name) is not None:
@@ -122,19 +199,28 @@ def job_from_dict(job: dict[str, Any]) -> types_pb2.Job:
             try:
                 setattr(message, name, field_type(job[name]))
             except (TypeError, ValueError) as err:
-                raise ValueError(f"job field {name!r}: {err}") from err
-    message.agenda.extend(_work_item(entry) for entry in job.get("agenda") or [])
-    for sub in job.get("subjobs") or []:
-        message.subjobs.add(
-            id=int(sub.get("id", 0)),
-            status=str(sub.get("status", "")),
-            host=str(sub.get("host", "")),
-        )
-    message.callbacks.extend(_callback(cb) for cb in job.get("callbacks") or [])
+                raise JobDictError(f"job field {name!r}: {err}") from err
+    try:
+        message.agenda.extend(_work_item(entry) for entry in job.get("agenda") or [])
+    except (AttributeError, TypeError, ValueError) as err:
+        raise JobDictError(f"job field 'agenda': {err}") from err
+    try:
+        for sub in job.get("subjobs") or []:
+            message.subjobs.add(
+                id=int(sub.get("id", 0)),
+                status=str(sub.get("status", "")),
+                host=str(sub.get("host", "")),
+            )
+    except (AttributeError, TypeError, ValueError) as err:
+        raise JobDictError(f"job field 'subjobs': {err}") from err
+    callbacks = job.get("callbacks") or []
+    if not isinstance(callbacks, list | tuple):
+        raise JobDictError(f"callbacks must be a list of dicts, got {callbacks!r}")
+    message.callbacks.extend(_callback(index, cb) for index, cb in enumerate(callbacks))
     extra = {key: value for key, value in job.items() if key not in _DEDICATED}
     if extra:
         try:
             message.extra.CopyFrom(dict_to_struct(extra))
         except (TypeError, ValueError) as err:
-            raise ValueError(f"job fields {sorted(extra)} are not JSON values: {err}") from err
+            raise JobDictError(f"job fields {sorted(extra)} are not JSON values: {err}") from err
     return message

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Sequence
 from typing import Final
 
 from executor.errors import InvalidRequestError
@@ -26,6 +27,7 @@ from executor.runs.outbox import DeadLetter
 from executor.sandbox.limits import merge
 from executor.triggers.decide import Fired
 from executor.triggers.engine import canonical_triggers, is_per_work
+from executor.triggers.nodes import EventName
 from executor.triggers.store import LEVEL, StoredCallback
 from supervisor_client.jobdict import job_to_dict
 from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
@@ -185,6 +187,26 @@ def response_from_result(result: RunResult) -> executor_pb2.ExecuteResponse:
 
 # The event types a scheduler publishes; clock events are the executor's own.
 PUBLISHABLE_TYPES: Final = frozenset({"job", "work", "subjob", "host"})
+# The event names a scheduler publishes: every name the trigger grammar knows (Qube's
+# list and timeout) but `done`, which the engine derives from complete, failed and
+# killed, and `dummy`, the name of the executor's own clock events. The grammar takes
+# each of them with any of the publishable types, so they are accepted with any.
+PUBLISHABLE_NAMES: Final = tuple(
+    name.value for name in EventName if name not in (EventName.DONE, EventName.DUMMY)
+)
+_PUBLISHABLE_TYPE_ORDER: Final = ("job", "work", "subjob", "host")
+
+
+def _event_name(name: str, field: str) -> None:
+    """InvalidRequestError (naming ``field``) for a name no trigger can wait for."""
+    if name == EventName.DONE:
+        raise InvalidRequestError(
+            f"{field}: 'done' is derived from complete, failed and killed; publish those"
+        )
+    if name not in PUBLISHABLE_NAMES:
+        raise InvalidRequestError(
+            f"{field}: unknown event name {name!r}; expected one of {', '.join(PUBLISHABLE_NAMES)}"
+        )
 
 
 def event_from_request(
@@ -193,10 +215,7 @@ def event_from_request(
     """Validate a published (or simulated) event; InvalidRequestError names the field."""
     if not request.name:
         raise InvalidRequestError("name is required (complete, failed, killed, running, ...)")
-    if request.name == "done":
-        raise InvalidRequestError(
-            "'done' is derived from complete, failed and killed; publish those"
-        )
+    _event_name(request.name, "name")
     if request.type not in PUBLISHABLE_TYPES:
         raise InvalidRequestError(
             f"type {request.type!r} cannot be published; "
@@ -209,6 +228,8 @@ def event_from_request(
         raise InvalidRequestError("work_name is required for work events")
     if request.type == "subjob" and not request.HasField("subjob_id"):
         raise InvalidRequestError("subjob_id is required for subjob events")
+    if request.type == "host" and not request.host:
+        raise InvalidRequestError("host is required for host events")
     event_id = request.event_id if isinstance(request, executor_pb2.PublishEventRequest) else ""
     return Event(
         name=request.name,
@@ -219,6 +240,29 @@ def event_from_request(
         host=request.host,
         event_id=event_id,
     )
+
+
+def published_events(values: Sequence[str]) -> frozenset[str]:
+    """RegisterJobRequest.published_events, validated: each "NAME" or "NAME-TYPE".
+
+    Blank items are skipped. InvalidRequestError naming ``published_events[i]`` for an
+    item that is not a publishable event name, optionally with a publishable type.
+    """
+    found: set[str] = set()
+    for index, raw in enumerate(values):
+        text = raw.strip()
+        if not text:
+            continue
+        field = f"published_events[{index}]"
+        name, dash, type_ = text.partition("-")
+        _event_name(name, field)
+        if dash and type_ not in PUBLISHABLE_TYPES:
+            raise InvalidRequestError(
+                f"{field}: unknown event type {type_!r} in {text!r}; expected NAME or NAME-TYPE "
+                f"with a type of {', '.join(_PUBLISHABLE_TYPE_ORDER)}"
+            )
+        found.add(text)
+    return frozenset(found)
 
 
 def mode_message(mode: str) -> types_pb2.TriggerMode.ValueType:

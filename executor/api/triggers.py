@@ -33,7 +33,7 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
         """
         convert.check_job(request.job, "job")
         job = job_to_dict(request.job, include_callbacks=True)
-        published = frozenset(name.strip() for name in request.published_events if name.strip())
+        published = convert.published_events(request.published_events)
         registration = self._engine.register_job(
             job, strict=request.strict, published=published or None
         )
@@ -70,7 +70,12 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
                 raise InvalidRequestError(
                     f"events[{index}].wait: a batched event cannot wait; use PublishEvent"
                 )
-        events = [convert.event_from_request(one) for one in request.events]
+        events = []
+        for index, one in enumerate(request.events):
+            try:
+                events.append(convert.event_from_request(one))
+            except InvalidRequestError as err:
+                raise InvalidRequestError(f"events[{index}]: {err}") from err
         applied = await self._engine.publish_many(events)
         return executor_pb2.PublishEventsResponse(
             results=[

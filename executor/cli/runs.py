@@ -365,7 +365,15 @@ async def _run_one(args: argparse.Namespace, out: TextIO) -> int:
         try:
             if running.reference is None:  # never: the settings above embed the supervisor
                 raise ConfigError("--embedded: the executor started without its supervisor")
-            job = running.reference.submit([_submittable(job)])[0]
+            from executor.triggers.engine import check_trigger
+            from supervisor_client.reference.errors import SubmitError
+
+            try:
+                # Checked as the farm's SubmitJobs checks it: a trigger RegisterJob would
+                # refuse is an error here, not callbacks silently dropped.
+                job = running.reference.submit([_submittable(job)], check_trigger=check_trigger)[0]
+            except SubmitError as err:
+                raise ConfigError(f"--job: {err}") from err
             print(
                 f"embedded executor on port {running.port}; job submitted as id {job['id']}",
                 file=out,

@@ -23,17 +23,25 @@ from executor.cli.connection import (
 )
 from executor.cli.explain import format_check, format_dry_run, format_explanation
 from executor.errors import ConfigError
+from executor.triggers.checks import static_checks
 from supervisor_client import InvalidRequestError
 from supervisor_client.client import as_plain
 
 
 def _check(args: argparse.Namespace) -> int:
+    """The canonical form, then what a trigger alone can be warned about (exit 0 still).
+
+    The warnings are those RegisterJob answers without a job: what the parser accepted
+    with a warning (an extra on a job atom, dropped) and atoms nothing fires (``global``).
+    """
     try:
         expr = triggers.parse(args.expression)
     except triggers.TriggerSyntaxError as err:
         print(err.pretty())
         return EXIT_NOT_SUCCEEDED
     print(f"ok: {triggers.render(expr)}")
+    for check in static_checks(expr):
+        print(f"warning: {check.atom}: {check.message}")
     return EXIT_OK
 
 

@@ -55,7 +55,7 @@ from supervisor_client.reference.states import (
     subjob_rule,
     work_rule,
 )
-from supervisor_client.reference.submission import NewJob, parse_submission
+from supervisor_client.reference.submission import NewJob, TriggerCheck, parse_submission
 
 logger = logging.getLogger(__name__)
 
@@ -239,14 +239,17 @@ class ReferenceSupervisor:
 
     # -- submission ---------------------------------------------------------------------
 
-    def submit(self, jobs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    def submit(
+        self, jobs: Sequence[Mapping[str, Any]], *, check_trigger: TriggerCheck | None = None
+    ) -> list[dict[str, Any]]:
         """Store Qube job dicts; all or nothing. Returns the stored jobs, in order.
 
         Jobs join one new pgrp led by the first job that does not name an existing
         ``pgrp``; that job's id is the pgrp id. Raises SubmitError naming the problem
-        (duplicate label or work name, unknown pgrp, malformed field).
+        (duplicate label or work name, unknown pgrp, malformed field, and, with
+        ``check_trigger``, a callback's trigger it refuses).
         """
-        parsed = parse_submission(jobs)
+        parsed = parse_submission(jobs, check_trigger)
         with self._transaction() as changes:
             ids = self._insert_jobs(changes, parsed)
             return [self._job_dict(self._job_row(i), include_callbacks=False) for i in ids]

@@ -7,10 +7,11 @@ submission changes nothing and uses up no ids.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from supervisor_client.jobdict import triggers_text
 from supervisor_client.reference.errors import SubmitError
 from supervisor_client.reference.states import Status
 
@@ -34,6 +35,12 @@ _INPUT_FIELDS: Final = frozenset(
 )
 #: A guard against a typo creating millions of instance rows; Qube farms are far smaller.
 MAX_CPUS: Final = 10_000
+
+#: Checks one trigger expression: None when it can be used, else what is wrong with it.
+#: The reference supervisor knows no trigger grammar (supervisor_client never imports
+#: the executor); whoever embeds it passes the trigger engine's check, and a submission
+#: with a trigger the engine would refuse is then refused whole.
+TriggerCheck = Callable[[str], str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,11 +134,39 @@ def _parse_agenda(where: str, entries: Any) -> tuple[_NewWork, ...]:
     return tuple(agenda)
 
 
-def _parse_callbacks(where: str, entries: Any) -> tuple[_NewCallback, ...]:
+def _triggers(at: str, value: Any, check: TriggerCheck | None) -> str:
+    """A callback's ``triggers`` as stored: one expression (a list is the OR of its items).
+
+    With ``check``, each item of a list and then the expression stored are checked, so an
+    error names the item and counts columns within it.
+    """
+    try:
+        text = triggers_text(value)
+    except ValueError as err:
+        raise SubmitError(f"{at}: {err}") from err
+    if check is None or not text:
+        return text
+    if not isinstance(value, str) and len(value) > 1:
+        for index, item in enumerate(value):
+            problem = check(item.strip())
+            if problem is not None:
+                raise SubmitError(f"{at}: triggers[{index}]: {problem}")
+    problem = check(text)
+    if problem is not None:
+        raise SubmitError(f"{at}: triggers: {problem}")
+    return text
+
+
+def _parse_callbacks(
+    where: str, entries: Any, check: TriggerCheck | None = None
+) -> tuple[_NewCallback, ...]:
     """Callback dicts; ``id``, ``count`` and the like are assigned here, so they are ignored.
 
-    ``triggers`` must be one string: the list form of one Qube docstring is ambiguous
-    (qube-callbacks.md §8) and is rejected rather than guessed.
+    ``triggers`` is a string, or a list of them meaning the OR of its items (the README's
+    reading of Qube's undocumented list form, qube-callbacks.md §8), stored joined into
+    one expression (``jobdict.triggers_text``). With ``check`` (the trigger engine's), a
+    trigger the engine would refuse refuses the submission, naming the job, the callback
+    (numbered from 1, as the ids it would get) and the parse error.
     """
     if entries is None:
         return ()
@@ -142,10 +177,10 @@ def _parse_callbacks(where: str, entries: Any) -> tuple[_NewCallback, ...]:
         at = f"{where}, callback {n}"
         if not isinstance(entry, Mapping):
             raise SubmitError(f"{at}: must be a dict, got {entry!r}")
-        triggers = _text(at, entry, "triggers", "")
         language = _text(at, entry, "language", "")
-        if not triggers or not language:
+        if entry.get("triggers") in (None, "", [], ()) or not language:
             raise SubmitError(f"{at}: triggers and language are required")
+        triggers = _triggers(at, entry["triggers"], check)
         mode = _text(at, entry, "mode", "")
         if mode not in _MODES:
             raise SubmitError(f"{at}: mode must be 'edge' or 'level', got {mode!r}")
@@ -162,7 +197,7 @@ def _parse_callbacks(where: str, entries: Any) -> tuple[_NewCallback, ...]:
     return tuple(callbacks)
 
 
-def _parse_job(index: int, job: Any) -> NewJob:
+def _parse_job(index: int, job: Any, check: TriggerCheck | None = None) -> NewJob:
     if not isinstance(job, Mapping):
         raise SubmitError(f"job {index} of the submission must be a dict, got {job!r}")
     where = f"job {index} of the submission"
@@ -187,15 +222,20 @@ def _parse_job(index: int, job: Any) -> NewJob:
         pgrp=_integer(where, job, "pgrp", 0, 0) or None,
         mailaddress=_text(where, job, "mailaddress", ""),
         agenda=_parse_agenda(where, job.get("agenda")),
-        callbacks=_parse_callbacks(where, job.get("callbacks")),
+        callbacks=_parse_callbacks(where, job.get("callbacks"), check),
         extra=extra_json,
     )
 
 
-def parse_submission(jobs: Any) -> list[NewJob]:
+def parse_submission(jobs: Any, check_trigger: TriggerCheck | None = None) -> list[NewJob]:
+    """Every job of a submission, validated (SubmitError naming the first problem).
+
+    ``check_trigger``: the trigger engine's check of a trigger expression (see
+    ``TriggerCheck``); without it triggers are stored unchecked.
+    """
     if isinstance(jobs, Mapping | str | bytes) or not isinstance(jobs, Sequence):
         raise SubmitError("submit takes a list of job dicts")
-    return [_parse_job(index, job) for index, job in enumerate(jobs)]
+    return [_parse_job(index, job, check_trigger) for index, job in enumerate(jobs)]
 
 
 # -- the store ----------------------------------------------------------------------------

@@ -273,6 +273,27 @@ async def test_cbexec_run_embedded(stack: Stack, tmp_path: Path) -> None:
     assert "\nx\n" in out
 
 
+async def test_cbexec_run_embedded_refuses_a_job_whose_trigger_does_not_parse(
+    stack: Stack, tmp_path: Path
+) -> None:
+    job_file = tmp_path / "job.json"
+    callback = {"triggers": "complete-jb-self", "language": "python", "code": "pass"}
+    job_file.write_text(json.dumps({"id": 4000, "name": "x", "callbacks": [callback]}))
+    code, out, err = await cbexec(
+        "run",
+        "--embedded",
+        "--lang",
+        "python",
+        "--job",
+        str(job_file),
+        "--code",
+        "pass",
+        env={"CBEXEC_SANDBOX_UID_BASE": str(stack.settings.sandbox_uid_base)},
+    )
+    assert code == 2, out + err
+    assert "unknown event type 'jb'" in err and "Traceback" not in err
+
+
 async def test_cbexec_run_usage_errors(tmp_path: Path) -> None:
     code, _, err = await cbexec(
         "run",

@@ -124,11 +124,38 @@ def publish(**fields: object) -> executor_pb2.PublishEventRequest:
         ({"name": "complete", "type": "job", "job_id": 1 << 63}, "job_id = "),
         ({"name": "complete", "type": "work", "job_id": 1}, "work_name is required"),
         ({"name": "complete", "type": "subjob", "job_id": 1}, "subjob_id is required"),
+        ({"name": "complete", "type": "host", "job_id": 1}, "host is required for host events"),
+        ({"name": "bogus", "type": "job", "job_id": 1}, "unknown event name 'bogus'; expected"),
+        ({"name": "bogus", "type": "work", "job_id": 1, "work_name": "1"}, "'bogus'"),
+        ({"name": "dummy", "type": "job", "job_id": 1}, "unknown event name 'dummy'"),
+        ({"name": "Complete", "type": "job", "job_id": 1}, "unknown event name 'Complete'"),
     ],
 )
 def test_a_published_event_is_checked(fields: dict[str, object], message: str) -> None:
     with pytest.raises(InvalidRequestError, match=message):
         convert.event_from_request(publish(**fields))
+
+
+@pytest.mark.parametrize("name", convert.PUBLISHABLE_NAMES)
+@pytest.mark.parametrize("type_", sorted(convert.PUBLISHABLE_TYPES))
+def test_every_event_qube_raises_is_accepted_with_every_type(name: str, type_: str) -> None:
+    # qube-callbacks.md §1.3: the names of Qube's table and timeout; the grammar takes each
+    # with job, subjob, work and host.
+    item: dict[str, dict[str, object]] = {
+        "work": {"work_name": "1"},
+        "subjob": {"subjob_id": 0},
+        "host": {"host": "w1"},
+    }
+    event = convert.event_from_request(
+        publish(name=name, type=type_, job_id=3, **item.get(type_, {}))
+    )
+    assert (event.name, event.type) == (name, type_)
+
+
+def test_the_publishable_names_are_qubes_and_the_grammars() -> None:
+    qube = {"complete", "submit", "killed", "blocked", "failed", "running", "waiting"}
+    qube |= {"assigned", "removed", "modified", "timeout"}
+    assert set(convert.PUBLISHABLE_NAMES) == qube
 
 
 def test_a_published_event_keeps_its_id_a_dry_run_has_none() -> None:

@@ -148,8 +148,12 @@ def test_rejected_submission_consumes_no_ids(sup: ReferenceSupervisor) -> None:
         ({"agenda": [{"name": "1", "status": "complete"}]}, "work 1: status must be"),
         ({"callbacks": [{"language": "python"}]}, "callback 1: triggers and language are required"),
         (
-            {"callbacks": [{"triggers": ["done-job-self"], "language": "qube"}]},
-            "triggers must be a string",
+            {"callbacks": [{"triggers": {"done-job-self": 1}, "language": "qube"}]},
+            "callback 1: triggers must be a string or a list of strings",
+        ),
+        (
+            {"callbacks": [{"triggers": ["done-job-self", None], "language": "qube"}]},
+            r"callback 1: triggers\[1\] must be a string, got None",
         ),
         ({"package": {"x": float("nan")}}, r"fields \['package'\] are not JSON values"),
         ({"package": object()}, "are not JSON values"),
@@ -160,6 +164,37 @@ def test_malformed_jobs_are_rejected_naming_the_field(
 ) -> None:
     with pytest.raises(SubmitError, match=message):
         sup.submit([job])
+
+
+def test_a_list_valued_trigger_is_stored_as_the_or_of_its_items(sup: ReferenceSupervisor) -> None:
+    items = ["done-job-self", "complete-work-self-1 && complete-work-self-2"]
+    job_id = submit_one(sup, callbacks=[{"triggers": items, "language": "qube", "code": "x"}])
+    (callback,) = sup.job(job_id, include_callbacks=True)["callbacks"]
+    assert callback["triggers"] == (
+        "done-job-self || (complete-work-self-1 && complete-work-self-2)"
+    )
+
+
+def test_a_trigger_check_refuses_the_submission_naming_job_and_callback(
+    sup: ReferenceSupervisor,
+) -> None:
+    checked: list[str] = []
+
+    def check(expression: str) -> str | None:
+        checked.append(expression)
+        return "no 'x' here" if "x" in expression else None
+
+    good = {"triggers": "done-job-self", "language": "qube"}
+    jobs: list[dict[str, Any]] = [
+        {"callbacks": [good]},
+        {"callbacks": [good, {**good, "triggers": ["a", "x"]}]},
+    ]
+    with pytest.raises(SubmitError, match=r"^job 1 of the submission, callback 2: triggers\[1\]: "):
+        sup.submit(jobs, check_trigger=check)
+    assert sup.job_ids() == []
+    assert checked == ["done-job-self", "done-job-self", "a", "x"]
+    # Without a check (the supervisor alone knows no grammar) triggers are stored as given.
+    assert len(sup.submit(jobs)) == 2
 
 
 def test_submit_needs_a_list(sup: ReferenceSupervisor) -> None:

@@ -398,7 +398,9 @@ class Failure(_message.Message):
     EXCEPTION_TYPE_FIELD_NUMBER: _builtins.int
     TRACEBACK_FIELD_NUMBER: _builtins.int
     message: _builtins.str
-    """One line a person can act on."""
+    """A short text a person can act on: for an exception, its own message, which may
+    span lines (the run's log line quotes its first line; the .cb log escapes it).
+    """
     exception_type: _builtins.str
     """The exception's type name ("ZeroDivisionError") when the callback raised."""
     traceback: _builtins.str
@@ -501,8 +503,10 @@ class RegisterJobRequest(_message.Message):
     @_builtins.property
     def published_events(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The events the scheduler publishes, as "NAME" or "NAME-TYPE" (e.g.
-        "complete", "running-job"); an atom waiting for any other is reported as
-        never happening. Empty: not declared, not checked.
+        "complete", "running-job"), with the names and types PublishEventRequest
+        takes; an atom waiting for any other is reported as never happening. An item
+        that is neither is INVALID_ARGUMENT naming it ("published_events[1]: ...").
+        Blank items are skipped. Empty: not declared, not checked.
         """
 
     def __init__(
@@ -688,18 +692,20 @@ class PublishEventRequest(_message.Message):
     WAIT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Event name: complete, failed, killed, blocked, running, waiting, submit,
-    assigned, removed, modified, timeout (done is derived, never published).
+    assigned, removed, modified, timeout, with any type. Any other name is
+    INVALID_ARGUMENT listing these (no trigger can wait for it); done is derived
+    from complete, failed and killed, never published.
     """
     type: _builtins.str
     """job, work, subjob or host."""
     job_id: _builtins.int
     """The job the transition happened to."""
     work_name: _builtins.str
-    """The work item, for work events."""
+    """The work item; required for work events."""
     subjob_id: _builtins.int
-    """The instance, for subjob events."""
+    """The instance; required for subjob events."""
     host: _builtins.str
-    """The host, for host events."""
+    """The host; required for host events."""
     event_id: _builtins.str
     """Idempotency key: a repeated event_id is acknowledged and ignored."""
     wait: _builtins.bool
@@ -728,7 +734,9 @@ Global___PublishEventRequest: _TypeAlias = PublishEventRequest  # noqa: Y015
 
 @_typing.final
 class DryRunRequest(_message.Message):
-    """An event to simulate; the fields mean what they mean in PublishEventRequest."""
+    """An event to simulate; the fields mean what they mean, and are checked as, in
+    PublishEventRequest.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1035,7 +1043,14 @@ class JournalEntry(_message.Message):
     kind: Global___JournalEntryKind.ValueType
     """What happened."""
     work_name: _builtins.str
-    """The work item, for a trigger with {work}."""
+    """For a trigger with {work}: the work item whose latches, count or firing the
+    entry is about (empty on a NEAR_MISS). For any other trigger: on a FIRED
+    entry, the work item of the event that fired it, in whose context the
+    callback runs (qb.workid(), as Firing.work_name; empty when that event named
+    none); empty on every other kind. So `(complete-work-render-1 &&
+    complete-work-render-2) || failed-job-render` fired by complete-work-render-1
+    has "1" here.
+    """
     invocation_id: _builtins.str
     """The firing's run, when it fired ("" in a dry run)."""
     count: _builtins.int
@@ -1698,7 +1713,8 @@ class GetRunRequest(_message.Message):
     invocation_id: _builtins.str
     """The run's invocation id, or a prefix of it (at least 4 characters) that only
     one run's id starts with, as git takes a commit id. A prefix several ids start
-    with is INVALID_ARGUMENT naming some of them.
+    with is INVALID_ARGUMENT naming some of them, as is one shorter than 4 characters
+    that is no run's whole id.
     """
     def __init__(
         self,
@@ -2067,7 +2083,10 @@ class DeadLetter(_message.Message):
     """Unix seconds: when the run's result was recorded, and when it was set aside."""
     dead_at: _builtins.float
     attempts: _builtins.int
-    """Delivery attempts the supervisor answered and refused."""
+    """Delivery attempts the supervisor answered and refused since the result was last
+    queued (RetryDeadLetters starts the count again at 0); a batch it refused counts
+    for each result it then refused alone.
+    """
     last_error: _builtins.str
     """Why it was set aside."""
     size_bytes: _builtins.int

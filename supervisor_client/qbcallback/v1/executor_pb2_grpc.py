@@ -188,7 +188,8 @@ class TriggerServiceServicer:
         """Several events, applied in order in one transaction (one commit for all):
         what a busy scheduler sends instead of one PublishEvent per transition. An
         event may not ask to `wait`. All are applied, or none (the call's error says
-        why; sending it again is safe, each event_id is applied once).
+        why, naming the event as "events[i]: "; sending it again is safe, each
+        event_id is applied once).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -580,7 +581,7 @@ class RunServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RetryDeadLetters(self, request, context):
-        """Queues dead letters for delivery again.
+        """Queues dead letters for delivery again, as new: their attempts start again at 0.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

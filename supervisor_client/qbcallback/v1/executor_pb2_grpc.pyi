@@ -72,7 +72,8 @@ class TriggerServiceStub:
     """Several events, applied in order in one transaction (one commit for all):
     what a busy scheduler sends instead of one PublishEvent per transition. An
     event may not ask to `wait`. All are applied, or none (the call's error says
-    why; sending it again is safe, each event_id is applied once).
+    why, naming the event as "events[i]: "; sending it again is safe, each
+    event_id is applied once).
     """
     DryRun: _aio.UnaryUnaryMultiCallable[_executor_pb2.DryRunRequest, _executor_pb2.DryRunResponse]
     """What an event would fire, without running anything or touching latches."""
@@ -132,7 +133,8 @@ class TriggerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Several events, applied in order in one transaction (one commit for all):
         what a busy scheduler sends instead of one PublishEvent per transition. An
         event may not ask to `wait`. All are applied, or none (the call's error says
-        why; sending it again is safe, each event_id is applied once).
+        why, naming the event as "events[i]: "; sending it again is safe, each
+        event_id is applied once).
         """
 
     @_abc_1.abstractmethod
@@ -205,7 +207,7 @@ class RunServiceStub:
     them, or kept failing on them while it answered), newest first.
     """
     RetryDeadLetters: _aio.UnaryUnaryMultiCallable[_executor_pb2.RetryDeadLettersRequest, _executor_pb2.RetryDeadLettersResponse]
-    """Queues dead letters for delivery again."""
+    """Queues dead letters for delivery again, as new: their attempts start again at 0."""
 
 class RunServiceServicer(metaclass=_abc_1.ABCMeta):
     """What ran, and how the executor is doing."""
@@ -252,6 +254,6 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _executor_pb2.RetryDeadLettersRequest,
         context: _aio.ServicerContext[_executor_pb2.RetryDeadLettersRequest, _abc.Awaitable[_executor_pb2.RetryDeadLettersResponse]],
     ) -> _abc.Awaitable[_executor_pb2.RetryDeadLettersResponse]:
-        """Queues dead letters for delivery again."""
+        """Queues dead letters for delivery again, as new: their attempts start again at 0."""
 
 def add_RunServiceServicer_to_server(servicer: RunServiceServicer, server: _aio.Server) -> None: ...

@@ -103,7 +103,10 @@ class SubmitJobsRequest(_message.Message):
         """Qube job dicts, as `qb.submit()` takes them: name, label, user, status
         ("pending" or "blocked"), priority, prototype, cpus, pgrp, pid, mailaddress,
         agenda (work names or {name, status} dicts), callbacks ({triggers, language,
-        code, user, maximum}); any other field is kept and shown to callbacks.
+        code, user, maximum, mode}); any other field is kept and shown to callbacks.
+        A callback's `triggers` is a string or a list of strings, the OR of its items,
+        stored joined into one expression (`["a", "b && c"]` is "a || (b && c)"; an
+        error in an item names it: "triggers[1]: ...").
         """
 
     def __init__(

@@ -78,7 +78,12 @@ class FarmServiceServicer:
 
     def SubmitJobs(self, request, context):
         """Submits Qube job dicts, all or nothing, with the reference supervisor's
-        validation (agenda, labels unique per pgrp, pgrp, callbacks). The jobs of one
+        validation (agenda, labels unique per pgrp, pgrp, callbacks). Each callback's
+        trigger is checked by the trigger engine's parser: one that RegisterJob would
+        refuse refuses the whole submission and nothing is stored (INVALID_ARGUMENT
+        "job 1 of the submission, callback 1: triggers: unknown event type 'jb' at
+        column 10; expected ...": the job's 0-based index in `jobs`, the callback
+        numbered from 1 as its id would be, then the parser's words). The jobs of one
         call that name no `pgrp` join one new process group led by the first of them;
         a job naming a `pgrp` joins that existing group (INVALID_ARGUMENT if none).
         """

@@ -34,7 +34,12 @@ class FarmServiceStub:
     def __init__(self, channel: _aio.Channel) -> None: ...
     SubmitJobs: _aio.UnaryUnaryMultiCallable[_farm_pb2.SubmitJobsRequest, _farm_pb2.SubmitJobsResponse]
     """Submits Qube job dicts, all or nothing, with the reference supervisor's
-    validation (agenda, labels unique per pgrp, pgrp, callbacks). The jobs of one
+    validation (agenda, labels unique per pgrp, pgrp, callbacks). Each callback's
+    trigger is checked by the trigger engine's parser: one that RegisterJob would
+    refuse refuses the whole submission and nothing is stored (INVALID_ARGUMENT
+    "job 1 of the submission, callback 1: triggers: unknown event type 'jb' at
+    column 10; expected ...": the job's 0-based index in `jobs`, the callback
+    numbered from 1 as its id would be, then the parser's words). The jobs of one
     call that name no `pgrp` join one new process group led by the first of them;
     a job naming a `pgrp` joins that existing group (INVALID_ARGUMENT if none).
     """
@@ -74,7 +79,12 @@ class FarmServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _aio.ServicerContext[_farm_pb2.SubmitJobsRequest, _abc.Awaitable[_farm_pb2.SubmitJobsResponse]],
     ) -> _abc.Awaitable[_farm_pb2.SubmitJobsResponse]:
         """Submits Qube job dicts, all or nothing, with the reference supervisor's
-        validation (agenda, labels unique per pgrp, pgrp, callbacks). The jobs of one
+        validation (agenda, labels unique per pgrp, pgrp, callbacks). Each callback's
+        trigger is checked by the trigger engine's parser: one that RegisterJob would
+        refuse refuses the whole submission and nothing is stored (INVALID_ARGUMENT
+        "job 1 of the submission, callback 1: triggers: unknown event type 'jb' at
+        column 10; expected ...": the job's 0-based index in `jobs`, the callback
+        numbered from 1 as its id would be, then the parser's words). The jobs of one
         call that name no `pgrp` join one new process group led by the first of them;
         a job naming a `pgrp` joins that existing group (INVALID_ARGUMENT if none).
         """

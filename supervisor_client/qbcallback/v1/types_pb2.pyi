@@ -149,7 +149,9 @@ class Callback(_message.Message):
     """Per-job callback id (Qube numbers them from 1); 0 for an ad hoc callback."""
     triggers: _builtins.str
     """Trigger expression, e.g. "complete-job-self" or
-    "(complete-work-a-5 && complete-work-b-5) || complete-work-c-5".
+    "(complete-work-a-5 && complete-work-b-5) || complete-work-c-5". A job dict's
+    list-valued `triggers` (the OR of its items) travels joined into one
+    expression: ["a", "b && c"] is "a || (b && c)".
     """
     language: _builtins.str
     """"python", "perl" or "qube"."""
