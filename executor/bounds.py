@@ -24,7 +24,17 @@ MAX_TRACEBACK_CHARS: Final = 64 << 10
 
 
 def cut(text: str, limit: int) -> str:
-    """``text``, or its first ``limit`` characters and a marker saying how many were left out."""
+    """``text``, or as much of it as fits in ``limit`` characters with a marker.
+
+    The marker says how many characters were left out, and counts toward the limit: the
+    stated size holds.
+    """
     if len(text) <= limit:
         return text
-    return f"{text[:limit]}…[{len(text) - limit} more characters]"
+    kept = limit
+    for _ in range(3):  # the marker's length depends on the count it states
+        marker = f"…[{len(text) - kept} more characters]"
+        kept = limit - len(marker)
+    if kept <= 0:
+        return text[:limit]
+    return f"{text[:kept]}…[{len(text) - kept} more characters]"
