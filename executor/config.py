@@ -284,12 +284,21 @@ def from_toml(settings: Settings, path: Path) -> Settings:
 
 
 def from_env(settings: Settings, environ: Mapping[str, str]) -> Settings:
-    """Overlay ``CBEXEC_<FIELD>`` and ``CBEXEC_<LIMITS>__<FIELD>`` variables (pure)."""
+    """Overlay ``CBEXEC_<FIELD>`` and ``CBEXEC_<LIMITS>__<FIELD>`` variables (pure).
+
+    Sandbox policies are the config file's only: a ``CBEXEC_POLICIES*`` variable is a
+    ConfigError saying so.
+    """
     values: dict[str, Any] = {}
     for key, raw in environ.items():
         if not key.startswith(ENV_PREFIX) or key in NOT_SETTINGS:
             continue
         name = key[len(ENV_PREFIX) :].lower()
+        if name == "policies" or name.startswith("policies__"):
+            raise ConfigError(
+                f"environment: {key}: sandbox policies are set in the config file "
+                "([policies.NAME] tables), not from the environment"
+            )
         if "__" in name:
             table, sub = name.split("__", 1)
             values.setdefault(table, {})[sub] = raw
@@ -365,8 +374,12 @@ def validate(settings: Settings) -> Settings:
         default, cap = getattr(settings.default_limits, key), getattr(settings.max_limits, key)
         if default > cap:
             raise ConfigError(f"default_limits.{key}: {default} exceeds max_limits.{key} {cap}")
-    if settings.max_concurrent < 1 or settings.max_queue < 0:
-        raise ConfigError("max_concurrent must be >= 1 and max_queue >= 0")
+    if settings.max_concurrent < 1:
+        raise ConfigError(
+            f"max_concurrent: must be at least 1 (0 means the default), got {settings.max_concurrent}"
+        )
+    if settings.max_queue < 0:
+        raise ConfigError(f"max_queue: must be 0 or more, got {settings.max_queue}")
     if settings.network not in ("auto", "none", "host"):
         raise ConfigError("network: expected auto, none or host")
     for name in ("pid_namespace", "cgroup", "dedicated_uid"):
@@ -380,8 +393,9 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError("log_format: expected text or json")
     if settings.supervisor_max_message_bytes < 256 << 10:
         raise ConfigError("supervisor_max_message_bytes: must be at least 262144 (256 KiB)")
-    if settings.callback_log_max_bytes < 1 or settings.history_max_runs < 1:
-        raise ConfigError("callback_log_max_bytes and history_max_runs must be >= 1")
+    for name in ("callback_log_max_bytes", "history_max_runs"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name}: must be at least 1, got {getattr(settings, name)}")
     if settings.history_retention_days <= 0:
         raise ConfigError("history_retention_days: must be positive")
     if settings.trigger_journal_entries < 1:

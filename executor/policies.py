@@ -13,7 +13,8 @@ Keys (every one optional):
   ``target`` (default ``path``) inside the callback, ``mode`` ``"ro"`` (default) or
   ``"rw"``. Checked at start-up: absolute, existing directories, none covering or
   inside the data dir, the config file or the TLS files; a target is an existing
-  directory, or lies under the private ``/tmp`` where it is made.
+  directory, or lies under the private ``/tmp`` where it is made, and neither is, holds
+  nor lies inside what the interpreters need (``interpreter_paths``).
 - ``group``: a host group (name or gid) the sandbox uid gets as its only supplementary
   group: how an admin lets the dedicated uids write to a bound directory.
 - ``umask``: the callback's umask (octal string or number); default ``"077"``.
@@ -34,9 +35,12 @@ a problem is a ``ConfigError`` naming ``policies.NAME.key``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import grp
 import os
+import subprocess
 import sys
+import sysconfig
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -46,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Final
 from executor.config import parse_languages
 from executor.errors import ConfigError, PermissionDeniedError
 from executor.model import Language, Limits
-from executor.runtimes.child import CHILD_DIR
+from executor.runtimes.child import CHILD_DIR, PerlRuntime
 from executor.supervisor_link import JOB_VERBS, SUBJOB_VERBS, WORK_VERBS
 
 if TYPE_CHECKING:
@@ -203,8 +207,8 @@ class PolicySet:
         if asked == JOB or user in policy.users:
             return policy
         raise PermissionDeniedError(
-            f"callback.user {user!r} may not ask for policy {asked!r}: it is not in "
-            f"policies.{asked}.users"
+            f"user {user!r} (callback.user, else context.job.user) may not ask for policy "
+            f"{asked!r}: it is not in policies.{asked}.users"
         )
 
     def for_universal(self, named: str) -> Policy:
@@ -218,6 +222,46 @@ def _error(name: str, key: str, message: str) -> ConfigError:
 
 def _under(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def _perl_inc(perl: str) -> tuple[str, ...]:
+    """Perl's library directories (``@INC``), asked of ``perl``; () where it does not run."""
+    try:
+        found = subprocess.run(
+            [perl, "-e", 'print join("\\0", @INC)'],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    return tuple(p for p in found.stdout.decode(errors="replace").split("\0") if os.path.isabs(p))
+
+
+@functools.cache
+def interpreter_paths() -> tuple[str, ...]:
+    """What the callbacks' interpreters need, which no bind target may hide, hold or lie in.
+
+    Perl as the executor runs it (``PerlRuntime``) and its directory, then Python's
+    executable (as named and resolved) and its directory, its library directories (the
+    standard library, and the venv's and the installation's site-packages: not the whole
+    prefix, which for a system Python is all of /usr), the child code, and Perl's
+    ``@INC``. Perl is asked for its ``@INC`` once per process, at start-up: never on a
+    run's path.
+    """
+    perl = PerlRuntime().perl
+    found: list[str] = []
+    for executable in (perl, sys.executable):
+        found += [executable, os.path.realpath(executable)]
+    for executable in (perl, sys.executable):
+        found += [os.path.dirname(executable), os.path.dirname(os.path.realpath(executable))]
+    for scheme_vars in ({}, {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}):
+        paths = sysconfig.get_paths(vars=scheme_vars)
+        found += [paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")]
+    found.append(str(CHILD_DIR))
+    found += _perl_inc(perl)
+    resolved = [q for p in found if p for q in (os.path.normpath(p), os.path.realpath(p))]
+    return tuple(p for p in dict.fromkeys(resolved) if p != "/")
 
 
 def _protected(data_dir: Path, protected_files: list[str]) -> list[tuple[str, str, bool]]:
@@ -252,9 +296,20 @@ def _bind(
         raise _error(
             name, f"{key}.target", f"must be an absolute path other than /, got {target!r}"
         )
-    for kept in keep:
-        if _under(kept, target):
-            raise _error(name, f"{key}.target", f"{target} would hide {kept}, which callbacks need")
+    # As the mount sees it too: a target through a symbolic link (/bin on a merged /usr).
+    for where in dict.fromkeys((target, os.path.realpath(target))):
+        for kept in keep:
+            if _under(kept, where):
+                raise _error(
+                    name, f"{key}.target", f"{target} would hide {kept}, which callbacks need"
+                )
+        for kept in keep:
+            if _under(where, kept):
+                raise _error(
+                    name,
+                    f"{key}.target",
+                    f"{target} would hide part of {kept}, which callbacks need",
+                )
     private_tmp = tempfile.gettempdir()
     if (not os.path.isdir(target) and not _under(target, private_tmp)) or target == private_tmp:
         raise _error(
@@ -441,7 +496,8 @@ def resolve(
         max_limits: The executor's caps (a policy's default caps).
         data_dir: The executor's data dir, which no bind may expose.
         protected_files: The config and TLS files no bind may expose.
-        keep: Paths the callbacks need (the interpreter, the child code): no target may hide them.
+        keep: Paths the callbacks need (the interpreters, the child code): no target may
+            be one, hold one or lie inside one.
         environ: The executor's environment (``env_pass``).
     """
     if not isinstance(tables, Mapping):
@@ -480,6 +536,12 @@ def for_host(settings: Settings, options: SandboxOptions, environ: Mapping[str, 
     """
     isolation = options.isolation
     keep = list(isolation.keep) if isolation is not None else [sys.prefix, str(CHILD_DIR)]
+    tables = settings.policies
+    if isinstance(tables, Mapping) and any(
+        isinstance(table, Mapping) and table.get("binds") for table in tables.values()
+    ):
+        # Perl is asked for its @INC only when a bind needs checking against it.
+        keep = list(dict.fromkeys([*interpreter_paths(), *keep]))
     policies = resolve(
         settings.policies,
         network_host=options.network,

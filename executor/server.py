@@ -51,7 +51,7 @@ from executor.runtimes.qube import QubeInterpreter
 from executor.sandbox.identity import UidClaim
 from executor.sandbox.process import SandboxOptions, SandboxRunner
 from executor.sandbox.spawners import ColdSpawner, Spawner, ZygoteSpawner
-from executor.sandbox.tier import describe_tier, mechanisms, sandbox_options
+from executor.sandbox.tier import describe_sandbox, mechanisms, sandbox_options
 from executor.storage import StorageHealth
 from executor.triggers.engine import TriggerEngine
 from executor.triggers.journal import JournalLimits
@@ -238,12 +238,10 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
 
         logger.info("endpoint security: %s", security.describe(settings))
         logger.info(
-            "serving on port %d; supervisor %s; sandbox: %s, %s launcher; languages: %s; "
-            "slots %d, queue %d",
+            "serving on port %d; supervisor %s; sandbox: %s; languages: %s; slots %d, queue %d",
             edge.port,
             "embedded" if embedded else settings.supervisor,
-            describe_tier(options),
-            settings.launcher,
+            describe_sandbox(options, settings.launcher),
             ",".join(sorted(settings.languages)),
             settings.max_concurrent,
             settings.max_queue,
@@ -297,7 +295,9 @@ def _reading_sources(
         slots=settings.max_concurrent,
         queue_limit=settings.max_queue,
         tier=TierFlags(
-            describe_tier(options), settings.launcher, tuple(mechanisms(options).items())
+            describe_sandbox(options, settings.launcher),
+            settings.launcher,
+            tuple(mechanisms(options).items()),
         ),
         prepared_children=lambda: runner.prepared,
         outbox=(lambda: (outbox.pending(), outbox.dead()))

@@ -56,11 +56,20 @@ class RunServicer(executor_pb2_grpc.RunServiceServicer):
     async def GetRun(
         self, request: executor_pb2.GetRunRequest, context: Context
     ) -> executor_pb2.GetRunResponse:
-        """One run with its result, by its id or a unique prefix; NOT_FOUND when unknown."""
+        """One run with its result, by its id or a unique prefix; NOT_FOUND when unknown.
+
+        INVALID_ARGUMENT for a prefix of several runs, or one shorter than
+        ``MIN_PREFIX_CHARS`` that is no run's whole id.
+        """
         history = self._recorder.history
         wanted = request.invocation_id
         record = history.get(wanted)
-        if record is None and len(wanted) >= MIN_PREFIX_CHARS:
+        if record is None and len(wanted) < MIN_PREFIX_CHARS:
+            raise InvalidRequestError(
+                f"no run {wanted!r} in the history; as a prefix it is too short: give at "
+                f"least {MIN_PREFIX_CHARS} characters of the id"
+            )
+        if record is None:
             matches = history.ids_starting_with(wanted)
             if len(matches) > 1:
                 shown = ", ".join(matches[:2]) + (", ..." if len(matches) > 2 else "")

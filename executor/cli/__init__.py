@@ -10,12 +10,14 @@ Exit codes are in connection.py.
 from __future__ import annotations
 
 import argparse
+import os
+import select
 import sys
 from collections.abc import Callable, Sequence
 
 from executor import __version__
 from executor.cli import farm, metrics, outbox, runs, serve, store, triggers
-from executor.cli.connection import EXIT_USAGE
+from executor.cli.connection import EXIT_BROKEN_PIPE, EXIT_USAGE
 from executor.errors import ConfigError
 
 
@@ -41,9 +43,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # here, not at exit: a reader that went away is seen below
     except ConfigError as err:
         print(f"cbexec: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        if not _reader_gone():
+            raise  # another pipe's (a bug's): not ours to hide
+        # The reader of our output went away (cbexec runs --json | head -2): stop quietly,
+        # as a Unix filter does. What is still buffered goes nowhere, not into an error
+        # at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end was closed (poll says POLLERR)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no real stdout (a test's, a closed one)
+        return False

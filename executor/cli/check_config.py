@@ -2,8 +2,8 @@
 
 Start-up refuses bad TLS files, a port it cannot bind, a data dir it cannot use, a
 damaged database, a PostgreSQL store it cannot reach or that is not migrated, a sandbox
-setting the host cannot satisfy; and with ``strict`` a
-broken ``callbacks.conf``. The check runs each of those (collecting every problem
+setting the host cannot satisfy, a sandbox uid range another executor holds; and with
+``strict`` a broken ``callbacks.conf``. The check runs each of those (collecting every problem
 rather than stopping at the first), loads and compiles the universal callbacks as
 start-up does, and prints the settings start-up would run with, one ``name = value``
 line each, so a systemd ``ExecStartPre`` or a person sees the whole picture at once.
@@ -21,7 +21,8 @@ from executor.api import security
 from executor.errors import ConfigError
 from executor.policies import BUILT_IN, for_host, report
 from executor.runtimes.check import check_source
-from executor.sandbox.tier import describe_tier, sandbox_options
+from executor.sandbox.identity import UidClaim
+from executor.sandbox.tier import describe_sandbox, sandbox_options
 from executor.triggers.engine import check_trigger
 from executor.triggers.universal import CONF_NAME, UniversalConfigError, load_universal
 
@@ -55,11 +56,18 @@ def _is_sqlite(path: Path) -> bool:
 
 
 def _sandbox(settings: config.Settings) -> str:
-    """The tier, then each policy and what it grants (as the start-up log lists them)."""
+    """The tier, then each policy and what it grants (as the start-up log lists them).
+
+    As start-up does, the dedicated uids' range must be free: only looked at here (each
+    uid's lock tried and let go), never claimed.
+    """
     options = sandbox_options(settings)
     try:
+        if options.isolation is not None:
+            UidClaim.check(options.isolation.uid_base, options.isolation.uid_count)
         policies = for_host(settings, options, os.environ)
-        return "\n".join([describe_tier(options), *(f"  {line}" for line in report(policies))])
+        tier = describe_sandbox(options, settings.launcher)
+        return "\n".join([tier, *(f"  {line}" for line in report(policies))])
     finally:
         if options.cgroups is not None:
             options.cgroups.close()
@@ -76,7 +84,8 @@ def _universal(settings: config.Settings) -> str:
             check_trigger,
             check_code=check_source,
             policies=settings.universal_callback_policies,
-            known_policies=[*BUILT_IN, *settings.policies],
+            # [policies.job] widens a built-in one: each name once.
+            known_policies=list(dict.fromkeys([*BUILT_IN, *settings.policies])),
         )
     except UniversalConfigError as err:
         raise ConfigError("\n".join(f"universal callbacks: {e}" for e in err.errors)) from err

@@ -3,7 +3,8 @@
 Exit codes of every ``cbexec`` command: 0 success, 1 the thing asked about did not
 succeed (a callback that failed, a trigger that does not parse, a reload refused),
 2 bad arguments or configuration, 3 the executor refused the call or could not be
-reached. Errors are one line on stderr, never a traceback.
+reached, 141 the reader of its output went away (``cbexec runs | head``: quietly, as a
+command killed by SIGPIPE). Errors are one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ EXIT_OK: Final = 0
 EXIT_NOT_SUCCEEDED: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_RPC: Final = 3
+EXIT_BROKEN_PIPE: Final = 141  # 128 + SIGPIPE, as a shell reports a filter's reader gone
 
 DEFAULT_ADDRESS: Final = "127.0.0.1:50051"
 

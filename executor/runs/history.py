@@ -12,12 +12,18 @@ history — unlike the outbox — is acceptable). The log's checkpoints, which f
 a thread (``sqlite_checkpoints``). In a fleet's PostgreSQL store, the runs of one commit
 are one statement: one round trip and one transaction, whatever their number.
 
-Retention is by age and by count; pruning runs at open and every ``prune_every`` runs
-(in a fleet's store, every 1% of ``max_runs`` if that is more).
-The history keeps its row count itself (the executor is its only writer), so a prune
-takes the runs beyond ``max_runs`` from the oldest end without walking the ones it
-keeps: a full history (100k runs) used to stall the event loop ~12 ms every 500 runs,
-now at most a few ms every 50.
+Retention is by age and by count. In SQLite the history keeps its row count itself (the
+executor is its only writer), so the commit that takes it past ``max_runs`` also drops
+the oldest runs beyond it, without walking the ones it keeps: it never holds more than
+``max_runs`` runs, however small the cap, and a full one deletes as many rows per commit
+as it adds (a full history of 100k runs once stalled the event loop ~12 ms every 500
+runs). Runs past the retention age go at open and every ``prune_every`` runs.
+
+A fleet's PostgreSQL store is written by every replica, so a prune counts its rows afresh
+(~6.5 ms for 100k) and drops by age and by count: at open, and every ``prune_every`` runs
+of a replica, but every 1% of ``max_runs`` when that is more (a run pays for counting
+~100 rows) and every tenth of it when that is less (at least every run). Between two
+prunes it may hold that many runs per replica beyond ``max_runs``.
 """
 
 from __future__ import annotations
@@ -199,9 +205,10 @@ class RunHistory:
     Args:
         path: the SQLite file (created with its tables when missing), or ":memory:".
         retention_days: runs that started longer ago than this are pruned.
-        max_runs: at most this many runs are kept; the oldest are pruned first.
+        max_runs: at most this many runs are kept; the oldest are pruned first (in a
+            fleet's store, to within the runs between two prunes).
         clock: Unix time source, replaceable in tests.
-        prune_every: prune after this many recorded runs.
+        prune_every: prune by age (and, in a fleet, by count) after this many recorded runs.
         health: told when a write fails because of the storage.
     """
 
@@ -235,9 +242,10 @@ class RunHistory:
 
             self._db = open_postgres(self._path, application_name="cbexec-history")
             self._checkpoints = NoCheckpoints()
-            # Its prune counts the rows (~6.5 ms for 100k): at most 1% of max_runs apart,
-            # so a run pays for counting ~100 rows, however full the history.
-            self._prune_every = max(prune_every, max_runs // 100)
+            # Its prune counts the rows (~6.5 ms for 100k): 1% of max_runs apart at least,
+            # so a run pays for counting ~100 rows, however full the history; a tenth of a
+            # small cap apart at most, so the cap holds to within that.
+            self._prune_every = max(min(prune_every, max_runs // 10), max_runs // 100, 1)
         else:
             db = open_database(path)
             db.row_factory = sqlite3.Row
@@ -278,11 +286,11 @@ class RunHistory:
         with self._lock:
             with writing(self._path, self._health):
                 if isinstance(self._db, PgDb):
-                    replaced = self._insert_in_one_statement(runs)
+                    added = self._insert_in_one_statement(runs)
                 else:
-                    replaced = self._insert_in_one_transaction(runs)
+                    added = self._insert_in_one_transaction(runs)
             self._checkpoints.committed()
-            self._runs += len(runs) - replaced
+            self._runs += added
             self._since_prune += len(runs)
             if self._since_prune >= self._prune_every:
                 self.prune()
@@ -290,7 +298,12 @@ class RunHistory:
     def _insert_in_one_transaction(
         self, runs: Sequence[tuple[Invocation, RunResult, float]]
     ) -> int:
-        """(SQLite) One INSERT per run in a transaction; how many replaced an earlier run."""
+        """(SQLite) One INSERT per run in a transaction; how many rows the history gained.
+
+        Our own count of the rows is exact here (the executor is the only writer), so the
+        same transaction drops the oldest runs beyond ``max_runs``: the cap holds after
+        every commit, at the cost of deleting as many rows as a full history gains.
+        """
         replaced = 0
         self._db.execute("BEGIN")
         try:
@@ -300,12 +313,14 @@ class RunHistory:
                 ).fetchone():
                     replaced += 1
                 self._db.execute(_INSERT_ONE, _row(invocation, result, started_at))
+            added = len(runs) - replaced
+            added -= self._delete_oldest(self._runs + added - self._max_runs)
             self._db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(Exception):  # the store's own error, either kind
                 self._db.execute("ROLLBACK")
             raise
-        return replaced
+        return added
 
     def _insert_in_one_statement(self, runs: Sequence[tuple[Invocation, RunResult, float]]) -> int:
         """(PostgreSQL) All the runs in one INSERT: one round trip, its own transaction.
@@ -324,7 +339,7 @@ class RunHistory:
             _INSERT.format(values=", ".join([_VALUES] * len(rows))),
             [value for row in rows for value in row],
         )
-        return 0
+        return len(runs)
 
     def list_runs(
         self,
@@ -421,18 +436,24 @@ class RunHistory:
         cutoff = self._clock() - self._retention_s
         by_age = self._db.execute("DELETE FROM runs WHERE started_at < ?", (cutoff,)).rowcount
         self._runs -= by_age
-        by_count = 0
-        if self._runs > self._max_runs:
-            by_count = self._db.execute(
-                "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs"
-                " ORDER BY started_at, rowid LIMIT ?)",
-                (self._runs - self._max_runs,),
-            ).rowcount
-            self._runs -= by_count
+        by_count = self._delete_oldest(self._runs - self._max_runs)
+        self._runs -= by_count
         self._checkpoints.committed()
         if by_age or by_count:
             logger.debug("history pruned %d runs by age, %d by count", by_age, by_count)
         return int(by_age + by_count)
+
+    def _delete_oldest(self, excess: int) -> int:
+        """Drop the ``excess`` oldest runs (none when it is not positive); how many went."""
+        if excess <= 0:
+            return 0
+        return int(
+            self._db.execute(
+                "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs"
+                " ORDER BY started_at, rowid LIMIT ?)",
+                (excess,),
+            ).rowcount
+        )
 
     @staticmethod
     def _record(row: Row, result: RunResult | None = None) -> RunRecord:

@@ -318,7 +318,7 @@ class ReadingsCollector(Collector):
         )
         yield gauge(
             "outbox_dead_letters",
-            "Results set aside instead of delivered (cbexec outbox list).",
+            "Results set aside instead of delivered (cbexec outbox dead).",
             r.outbox_dead_letters,
         )
         yield gauge(

@@ -457,6 +457,9 @@ class Outbox:
             # end meanwhile go out in the same exchange.
             await asyncio.sleep(self._linger_s)
             return None
+        # Whether the receiver answered the whole batch and refused it: that attempt
+        # counts for the message(s) it then refuses alone (the ones it was refused for).
+        batch_refused = False
         if len(batch) > 1 and self._batches:
             error = await self._deliver_many(batch)
             if error is None:
@@ -465,8 +468,9 @@ class Outbox:
             if error.unreachable:
                 return False  # back off, as for one message
             # Refused, too large, or not supported: one by one finds the message at fault.
+            batch_refused = self._batches  # not when the receiver takes no batches at all
         for seq, key, payload in batch:
-            if not await self._deliver_one(seq, key, payload):
+            if not await self._deliver_one(seq, key, payload, batch_refused=batch_refused):
                 return False  # back off; then re-read from the oldest pending row
         await self._linger_unless(full)
         return True
@@ -498,12 +502,19 @@ class Outbox:
         await self._io(lambda: self._mark_delivered([seq for seq, _, _ in batch]))
         return None
 
-    async def _deliver_one(self, seq: int, key: str, payload: bytes) -> bool:
-        """Deliver one row; True when it is done with (delivered or set aside)."""
+    async def _deliver_one(
+        self, seq: int, key: str, payload: bytes, *, batch_refused: bool = False
+    ) -> bool:
+        """Deliver one row; True when it is done with (delivered or set aside).
+
+        ``batch_refused``: the receiver refused a batch holding it just before; a refusal
+        of the row alone then counts that attempt too.
+        """
         try:
             duplicate = await self._transport.deliver(key, payload)
         except DeliveryError as err:
-            error, counted = str(err), not err.unreachable
+            error = str(err)
+            counted = 0 if err.unreachable else 1 + int(batch_refused)
             attempts = await self._io(lambda: self._note_failure(seq, error, counted=counted))
             if not err.retryable:
                 await self._io(lambda: self._set_aside(seq, key, f"refused: {error}"))
@@ -537,17 +548,17 @@ class Outbox:
         ).fetchone()
         return None if row[0] is None else float(row[0])
 
-    def _note_failure(self, seq: int, error: str, *, counted: bool) -> int:
-        """Record a failed attempt of one row.
+    def _note_failure(self, seq: int, error: str, *, counted: int) -> int:
+        """Record a failed attempt of one row, ``counted`` of them answered and refused.
 
-        Returns how many attempts the receiver answered and refused (``counted``; an
-        unreachable receiver's are not).
+        Returns how many attempts the receiver answered and refused since the row was
+        (last) queued; an unreachable receiver's are not counted.
         """
         with writing(self._path, self._health):
             row = self._ddb.execute(
                 "UPDATE outbox SET attempts = attempts + ?, last_error = ? WHERE seq = ?"
                 " RETURNING attempts",
-                (int(counted), error, seq),
+                (counted, error, seq),
             ).fetchone()
         self._checkpoints.committed()
         return int(row[0]) if row else 0
@@ -576,7 +587,12 @@ class Outbox:
         ]
 
     def retry_dead(self, keys: list[str] | None = None) -> int:
-        """Queue dead letters again (all of them when ``keys`` is None); returns how many."""
+        """Queue dead letters again (all of them when ``keys`` is None); returns how many.
+
+        Each is queued as if new: its ``attempts`` start again at 0, so a letter retried
+        once the receiver is fixed gets ``max_attempts`` tries of its own, and a letter
+        set aside again shows the refusals since it was retried.
+        """
         with writing(self._path, self._health):
             if keys is None:
                 cursor = self._db.execute(

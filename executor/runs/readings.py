@@ -20,7 +20,7 @@ from executor.sandbox.spawners import ZygoteStatus
 class TierFlags:
     """The sandbox tier every callback gets on this host (probed once at start-up)."""
 
-    # One line, as the startup log says it (tier.describe_tier).
+    # One line, as the startup log says it (tier.describe_sandbox).
     description: str = ""
     launcher: str = ""
     # (mechanism, active), as tier.mechanisms says them.

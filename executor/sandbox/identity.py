@@ -7,7 +7,8 @@ host that used the same uids: two sites' instances, or a fleet's replicas side b
 So the range is claimed at start: one lock file per uid under ``/run/cbexec/uids``,
 each held with ``flock`` by this process. A uid already held by a live executor stops
 start-up with a clear message naming it; the locks go with the process, on a stop or a
-``kill -9`` alike, so a crashed executor never leaves its range taken.
+``kill -9`` alike, so a crashed executor never leaves its range taken. ``cbexec serve
+--check-config`` says the same without claiming the range (``UidClaim.check``).
 """
 
 from __future__ import annotations
@@ -45,13 +46,7 @@ class UidClaim:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
-                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                    raise ConfigError(
-                        f"sandbox_uid_base: uid {uid} of this executor's range {first}-"
-                        f"{first + count - 1} is in use by another executor (pid {holder}); "
-                        f"give each executor on a host its own range, e.g. "
-                        f"sandbox_uid_base = {first + count}"
-                    ) from None
+                    raise _in_use(uid, first, count, fd) from None
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         except BaseException:
@@ -59,6 +54,26 @@ class UidClaim:
                 os.close(fd)
             raise
         return cls(first, count, fds)
+
+    @classmethod
+    def check(cls, first: int, count: int, directory: Path = CLAIM_DIR) -> None:
+        """Raise as ``take`` would, without claiming anything (``cbexec serve --check-config``).
+
+        Each uid's lock is tried and let go at once; nothing is created or written, and a
+        uid with no lock file is held by no one.
+        """
+        for uid in range(first, first + count):
+            try:
+                fd = os.open(directory / f"{uid}.lock", os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise _in_use(uid, first, count, fd) from None
+            finally:
+                os.close(fd)
 
     @classmethod
     def free_first(
@@ -91,3 +106,14 @@ class UidClaim:
 
     def __str__(self) -> str:
         return f"{self.first}-{self.first + self.count - 1}"
+
+
+def _in_use(uid: int, first: int, count: int, fd: int) -> ConfigError:
+    """The refusal naming the executor (its pid, from the lock file) that holds ``uid``."""
+    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+    return ConfigError(
+        f"sandbox_uid_base: uid {uid} of this executor's range {first}-"
+        f"{first + count - 1} is in use by another executor (pid {holder}); "
+        f"give each executor on a host its own range, e.g. "
+        f"sandbox_uid_base = {first + count}"
+    )

@@ -245,6 +245,15 @@ def describe_tier(options: SandboxOptions) -> str:
     return ", ".join(parts)
 
 
+def describe_sandbox(options: SandboxOptions, launcher: str) -> str:
+    """The sandbox in one line: the tier, then how children start (``launcher``).
+
+    The start-up log, ``cbexec serve --check-config`` and GetMetrics'
+    ``sandbox.description`` all say it with this.
+    """
+    return f"{describe_tier(options)}, {launcher} launcher"
+
+
 def mechanisms(options: SandboxOptions) -> dict[str, bool]:
     """Which sandbox mechanisms every callback gets: the flags behind ``describe_tier``."""
     controllers = options.cgroups.controllers if options.cgroups is not None else ()

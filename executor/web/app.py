@@ -27,7 +27,7 @@ from executor.web.explain import Explainer, explain_from_latches
 from executor.web.html import Html, tag
 from executor.web.jobs_pages import JobsQuery, jobs_body, jobs_page
 from executor.web.layout import notice, page
-from executor.web.source import SourceUnavailable
+from executor.web.source import SourceRefused, SourceUnavailable
 from executor.web.status_pages import health_body, health_page, universal_page
 from supervisor_client import ExecutorRpcError
 
@@ -123,6 +123,8 @@ class Dashboard:
             response = self._route(request)
         except SourceUnavailable as err:
             response = self._error(503, "The executor is not answering", str(err), request)
+        except SourceRefused as err:
+            response = self._error(400, "Bad request", str(err), request)
         except Exception:
             incident = uuid.uuid4().hex[:12]
             logger.exception(

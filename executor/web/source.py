@@ -32,6 +32,13 @@ class SourceUnavailable(Exception):
     """The executor did not answer in time, refused, or is stopping (a 503 page)."""
 
 
+class SourceRefused(Exception):
+    """The executor answered that the request itself is wrong (INVALID_ARGUMENT: a 400 page).
+
+    Its text is the executor's, e.g. a run id prefix of several runs: "give more of the id".
+    """
+
+
 class ExecutorSource:
     """The dashboard's reads, each one call of the executor's API on its event loop."""
 
@@ -72,6 +79,8 @@ class ExecutorSource:
         except ExecutorRpcError as err:
             if err.code == grpc.StatusCode.NOT_FOUND:
                 raise
+            if err.code == grpc.StatusCode.INVALID_ARGUMENT:  # an answer, not an absence
+                raise SourceRefused(err.details) from err
             raise SourceUnavailable(str(err)) from err
 
     def list_runs(

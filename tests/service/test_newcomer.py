@@ -158,7 +158,8 @@ async def test_runs_show_takes_a_unique_prefix(stack_warm: Stack) -> None:
         said = await cbexec("runs", "show", first[:common], address=stack_warm.address)
         assert said.code == 3 and "is the start of several runs" in said.err
     said = await cbexec("runs", "show", first[:3], address=stack_warm.address)
-    assert said.code == 3 and "NOT_FOUND" in said.err  # too short to be a prefix
+    assert said.code == 3 and "INVALID_ARGUMENT" in said.err, said.err
+    assert "too short: give at least 4 characters of the id" in said.err
     assert history.ids_starting_with("%") == [] and history.ids_starting_with("*") == []
 
 

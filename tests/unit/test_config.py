@@ -93,6 +93,41 @@ def test_max_concurrent_zero_means_the_hosts_default() -> None:
     assert settings.max_concurrent == config.default_max_concurrent()
 
 
+@pytest.mark.parametrize(
+    "variable", ["CBEXEC_POLICIES__JOB__NETWORK", "CBEXEC_POLICIES__JOB", "CBEXEC_POLICIES"]
+)
+def test_policies_come_from_the_config_file_not_the_environment(variable: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.from_env(config.Settings(), {variable: "host"})
+    assert str(caught.value) == (
+        f"environment: {variable}: sandbox policies are set in the config file "
+        "([policies.NAME] tables), not from the environment"
+    )
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"CBEXEC_MAX_QUEUE": "-1"}, "max_queue: must be 0 or more, got -1"),
+        (
+            {"CBEXEC_MAX_CONCURRENT": "-2"},
+            "max_concurrent: must be at least 1 (0 means the default), got -2",
+        ),
+        ({"CBEXEC_HISTORY_MAX_RUNS": "0"}, "history_max_runs: must be at least 1, got 0"),
+        (
+            {"CBEXEC_CALLBACK_LOG_MAX_BYTES": "0"},
+            "callback_log_max_bytes: must be at least 1, got 0",
+        ),
+    ],
+)
+def test_a_number_out_of_range_names_only_its_setting(
+    variables: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.validate(config.from_env(config.Settings(), variables))
+    assert str(caught.value) == message
+
+
 def test_describe_prints_toml_spelling_and_hides_secrets() -> None:
     lines = config.describe(config.Settings(auth_token="s3cret", languages=frozenset()))
     assert 'auth_token = "(set)"' in lines and "languages = []" in lines

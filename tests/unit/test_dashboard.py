@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
+import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -14,6 +17,8 @@ from executor.web.explain import explain_callback
 from executor.web.html import Html, esc, tag
 from executor.web.jobs_pages import frame_shape
 from executor.web.runs_pages import RunFilters
+from executor.web.source import ExecutorSource, SourceRefused, SourceUnavailable
+from supervisor_client import ExecutorRpcError
 from supervisor_client.qbcallback.v1 import executor_pb2
 
 pytestmark = pytest.mark.unit
@@ -124,6 +129,46 @@ def test_a_failing_source_is_a_503_and_a_bug_a_500_with_an_incident() -> None:
     assert dashboard.handle(get("/runs")).status == 503
     broken = dashboard.handle(get("/universal"))
     assert broken.status == 500 and b"incident" in broken.body and b"bug" not in broken.body
+
+
+def test_a_request_the_executor_refuses_is_a_400_with_its_reason() -> None:
+    class Refusing(FakeSource):
+        def get_run(self, invocation_id: str) -> Any:
+            raise SourceRefused(f"{invocation_id!r} is the start of several runs; give more")
+
+    dashboard = Dashboard(Refusing(), CollectorRegistry(), Access(""))
+    page = dashboard.handle(get("/runs/abcd"))
+    assert page.status == 400
+    assert "&#x27;abcd&#x27; is the start of several runs; give more" in page.body.decode()
+
+
+def test_the_source_tells_a_refused_request_from_an_executor_that_is_away() -> None:
+    class Client:
+        async def get_run(self, invocation_id: str) -> Any:
+            code = {
+                "abcd": grpc.StatusCode.INVALID_ARGUMENT,
+                "gone": grpc.StatusCode.NOT_FOUND,
+            }.get(invocation_id, grpc.StatusCode.UNAVAILABLE)
+            raise ExecutorRpcError(code, f"about {invocation_id}")
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+
+        async def make() -> ExecutorSource:  # made on the loop's thread, as the server does
+            return ExecutorSource(loop, cast(Any, Client()), cast(Any, None))
+
+        source = asyncio.run_coroutine_threadsafe(make(), loop).result(5)
+        with pytest.raises(SourceRefused, match="about abcd"):
+            source.get_run("abcd")
+        assert source.get_run("gone") is None
+        with pytest.raises(SourceUnavailable, match="UNAVAILABLE: about down"):
+            source.get_run("down")
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
 
 
 def test_run_filters_parse_and_round_trip() -> None:

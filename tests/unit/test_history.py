@@ -121,6 +121,30 @@ def test_retention_by_count_runs_as_runs_are_recorded(tmp_path: Path) -> None:
     assert [r.invocation_id for r in history.list_runs()] == ["r5", "r4", "r3"]
 
 
+def test_a_small_cap_holds_after_every_commit(tmp_path: Path) -> None:
+    """``history_max_runs = 5`` means five, not five until the next prune 50 runs later."""
+    history = RunHistory(tmp_path / "runs.db", retention_days=1e6, max_runs=5, clock=Clock(1e6))
+    for n in range(20):
+        history.record(invocation(f"r{n:02}"), result(f"r{n:02}"), started_at=float(n))
+        assert history.count() == min(n + 1, 5)
+    history.record_many(
+        [(invocation(f"s{n}"), result(f"s{n}"), 100.0 + n) for n in range(8)]
+        + [(invocation("s7"), result("s7"), 200.0)]  # the same run again: one row
+    )
+    assert [r.invocation_id for r in history.list_runs(limit=100)] == [
+        "s7",
+        "s6",
+        "s5",
+        "s4",
+        "s3",
+    ]
+    history.close()
+    reopened = RunHistory(tmp_path / "runs.db", retention_days=1e6, max_runs=5, clock=Clock(1e6))
+    reopened.record(invocation("t"), result("t"), started_at=300.0)
+    assert reopened.count() == 5
+    reopened.close()
+
+
 def test_a_replaced_run_counts_once_toward_the_limit(tmp_path: Path) -> None:
     history = RunHistory(
         tmp_path / "runs.db", retention_days=1e6, max_runs=2, clock=Clock(1e6), prune_every=1

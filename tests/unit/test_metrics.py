@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from executor.cli import build_parser
 from executor.model import Outcome, RunResult, Usage
 from executor.runs.metrics import Histogram, Metrics
 from executor.runs.readings import Readings, ReadingSources, TierFlags
@@ -120,6 +123,18 @@ def test_a_scrape_shows_counters_cumulative_buckets_and_readings() -> None:
     assert samples[("cbexec_sandbox_mechanism", (("mechanism", "pid_namespace"),))] == 1
     assert samples[("cbexec_sandbox_mechanism", (("mechanism", "memory_cgroup"),))] == 0
     assert samples[("cbexec_sandbox_mechanism", (("mechanism", "zygote_launcher"),))] == 1
+
+
+def test_the_commands_a_help_text_names_exist() -> None:
+    text = generate_latest(Metrics().registry).decode()
+    named = re.findall(r"\(cbexec ([a-z][a-z -]*)\)", text)
+    assert "outbox dead" in named
+    parser = build_parser()
+    for command in named:
+        try:
+            parser.parse_args(command.split())
+        except SystemExit:
+            pytest.fail(f"a HELP text names `cbexec {command}`, which is no command")
 
 
 def test_labels_are_bounded() -> None:

@@ -322,6 +322,45 @@ async def test_a_refused_batch_goes_one_by_one_and_only_the_bad_result_is_set_as
     await outbox.close()
 
 
+async def test_every_answered_refusal_counts_until_a_retry_queues_the_letter_afresh(
+    tmp_path: Path,
+) -> None:
+    receiver = BatchReceiver(ReferenceSupervisor(":memory:"))
+    receiver.refuse = {"bad"}
+    outbox = Outbox(tmp_path / "outbox.db", receiver, backoff=FAST)
+    for key in ("a", "bad", "c"):
+        outbox.put(key, payload(0))
+    outbox.start()
+    assert await outbox.flush(5)
+    (letter,) = outbox.dead_letters()
+    # Refused in the batch, then alone: two answers, both refusals.
+    assert (letter.key, letter.attempts) == ("bad", 2)
+    assert receiver.batch_calls == 1 and receiver.calls["bad"] == 1
+
+    assert outbox.retry_dead(["bad"]) == 1
+    assert await outbox.flush(5)
+    (letter,) = outbox.dead_letters()
+    # Queued again as new (RetryDeadLetters): refused once more, alone.
+    assert (letter.key, letter.attempts) == ("bad", 1)
+    assert receiver.calls["bad"] == 2 and outbox.stats().dead == 1
+    await outbox.close()
+
+
+async def test_a_receiver_that_takes_no_batches_has_refused_nothing_by_that(
+    tmp_path: Path,
+) -> None:
+    receiver = BatchReceiver(ReferenceSupervisor(":memory:"), takes_batches=False)
+    receiver.refuse = {"bad"}
+    outbox = Outbox(tmp_path / "outbox.db", receiver, backoff=FAST)
+    for key in ("a", "bad"):
+        outbox.put(key, payload(0))
+    outbox.start()
+    assert await outbox.flush(5)
+    (letter,) = outbox.dead_letters()
+    assert (letter.key, letter.attempts) == ("bad", 1)
+    await outbox.close()
+
+
 async def test_a_receiver_without_batches_is_asked_once_then_gets_results_one_by_one(
     tmp_path: Path,
 ) -> None:

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from executor import policies as policies_module
 from executor.config import Settings, validate
 from executor.errors import ConfigError, PermissionDeniedError
-from executor.policies import PolicySet, canonical_verb, for_host, resolve
+from executor.policies import (
+    PolicySet,
+    _perl_inc,
+    canonical_verb,
+    for_host,
+    interpreter_paths,
+    resolve,
+)
+from executor.runtimes.child import CHILD_DIR, PerlRuntime
 from executor.sandbox.process import SandboxOptions
 from executor.triggers.universal import UniversalConfigError, load_universal
 
@@ -146,9 +157,80 @@ def test_what_the_host_cannot_do_fails_start_up(tmp_path: Path) -> None:
     assert for_host(settings.replace(policies={}), no_namespaces, {}).get("job").host_network
     with pytest.raises(ConfigError, match=r"policies.p.network: 'none' needs namespaces"):
         for_host(settings, no_namespaces, {})
-    bound = settings.replace(policies={"p": {"network": "host", "binds": [{"path": "/usr"}]}})
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    bound = settings.replace(policies={"p": {"network": "host", "binds": [{"path": str(shared)}]}})
     with pytest.raises(ConfigError, match=r"policies.p.binds: needs the hardened tier"):
         for_host(bound, no_namespaces, {})
+
+
+HOST_NETWORK = SandboxOptions(
+    site_paths=(), pid_namespace=False, network=True, grace_s=0.1, cgroups=None
+)
+PERL = PerlRuntime().perl
+PERL_INC = [p for p in _perl_inc(PERL) if os.path.isdir(p)]
+# Where the callbacks' interpreters live: no bind target may be, hold or lie in one.
+INTERPRETER_TARGETS = [
+    sys.base_prefix,
+    os.path.join(sys.base_prefix, "lib"),
+    os.path.dirname(os.path.realpath(sys.executable)),
+    sys.prefix,
+    str(CHILD_DIR),
+    *(
+        [os.path.dirname(PERL), os.path.dirname(os.path.dirname(PERL))]
+        if shutil.which(PERL)
+        else []
+    ),
+    *PERL_INC[:1],
+    *(os.path.join(p, "x") for p in PERL_INC[:1]),
+]
+
+
+def bind_to(tmp_path: Path, target: str) -> Settings:
+    shared = tmp_path / "shared"
+    shared.mkdir(exist_ok=True)
+    binds = [{"path": str(shared), "target": target}]
+    return Settings(data_dir=tmp_path / "data", policies={"p": {"network": "host", "binds": binds}})
+
+
+@pytest.mark.parametrize("target", INTERPRETER_TARGETS)
+def test_a_bind_target_may_not_hide_what_the_interpreters_need(tmp_path: Path, target: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        for_host(bind_to(tmp_path, target), HOST_NETWORK, {})
+    assert str(caught.value).startswith(f"policies.p.binds[0].target: {target} would hide"), (
+        caught.value
+    )
+    assert str(caught.value).endswith(", which callbacks need")
+
+
+@pytest.mark.skipif(shutil.which("perl") is None, reason="no perl here")
+def test_hiding_perl_names_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        for_host(bind_to(tmp_path, os.path.dirname(PERL)), HOST_NETWORK, {})
+    assert f"would hide {PERL}, which callbacks need" in str(caught.value)
+
+
+def test_a_target_elsewhere_passes_and_perl_is_asked_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[str] = []
+
+    def perl_inc(perl: str) -> tuple[str, ...]:
+        asked.append(perl)
+        return ()
+
+    monkeypatch.setattr(policies_module, "_perl_inc", perl_inc)
+    interpreter_paths.cache_clear()
+    try:
+        for_host(Settings(data_dir=tmp_path / "data"), HOST_NETWORK, {})
+        assert not asked, "no bind to check: perl is not asked"
+        for _ in range(2):
+            # Past the target checks: only the tier is missing here.
+            with pytest.raises(ConfigError, match=r"policies.p.binds: needs the hardened tier"):
+                for_host(bind_to(tmp_path, "/tmp/cbexec-test-mount"), HOST_NETWORK, {})
+        assert asked == [PERL]
+    finally:
+        interpreter_paths.cache_clear()
 
 
 def test_universal_callback_path_may_name_a_policy_per_directory() -> None:
@@ -170,3 +252,13 @@ def test_callbacks_conf_lines_name_a_policy_and_shadow(tmp_path: Path) -> None:
     assert (b.mode, b.policy, b.shadow) == ("edge", "dir-policy", False)
     with pytest.raises(UniversalConfigError, match="no policy 'admin'"):
         load_universal([tmp_path], lambda _: None, known_policies=["job", "universal"])
+
+
+def test_a_refused_policy_names_the_user_and_where_it_came_from(tmp_path: Path) -> None:
+    found = policies(tmp_path, {"admin": {"users": ["admin"]}})
+    with pytest.raises(PermissionDeniedError) as refused:
+        found.for_execute("alice", "admin")
+    assert str(refused.value) == (
+        "user 'alice' (callback.user, else context.job.user) may not ask for policy 'admin': "
+        "it is not in policies.admin.users"
+    )

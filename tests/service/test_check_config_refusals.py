@@ -1,0 +1,92 @@
+"""``cbexec serve --check-config`` refuses what start-up would, and says it the same way."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from executor.runtimes.child import PerlRuntime
+from executor.sandbox.identity import UidClaim
+from executor.sandbox.process import SandboxRunner
+from tests.conftest import TEST_UID_BASE
+from tests.helpers.cli import cbexec, cli_env
+
+pytestmark = pytest.mark.service
+
+# Within this suite's own block of uids, clear of the ranges its stacks use.
+BASE = TEST_UID_BASE + 600
+
+
+def config_file(tmp_path: Path, policies: str = "") -> Path:
+    config = tmp_path / "cbexec.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path / "data"}"\nsandbox_uid_base = {BASE}\nmax_concurrent = 2\n'
+        + policies
+    )
+    return config
+
+
+async def check_config(config: Path) -> tuple[int, str, str]:
+    # The suite's own CBEXEC_SANDBOX_UID_BASE would override the file's.
+    env = {k: v for k, v in cli_env().items() if k != "CBEXEC_SANDBOX_UID_BASE"}
+    said = await cbexec(
+        "serve", "--config", str(config), "--check-config", "--bind", "127.0.0.1:0", env=env
+    )
+    assert "Traceback" not in said.err, said.err
+    return said.code, said.out, said.err
+
+
+@pytest.mark.skipif(shutil.which("perl") is None, reason="no perl here")
+async def test_a_bind_over_perls_directory_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    perl = PerlRuntime().perl
+    target = os.path.dirname(perl)
+    code, out, err = await check_config(
+        config_file(
+            tmp_path, f'[policies.x]\nbinds = [{{ path = "{shared}", target = "{target}" }}]\n'
+        )
+    )
+    assert code == 2 and "ok: start-up would succeed" not in out
+    assert f"policies.x.binds[0].target: {target} would hide {perl}, which callbacks need" in err
+
+
+async def test_a_bind_into_pythons_library_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    target = os.path.join(sys.base_prefix, "lib")
+    code, out, err = await check_config(
+        config_file(
+            tmp_path, f'[policies.x]\nbinds = [{{ path = "{shared}", target = "{target}" }}]\n'
+        )
+    )
+    assert code == 2 and "ok: start-up would succeed" not in out
+    assert f"policies.x.binds[0].target: {target} would hide" in err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dedicated uids need root")
+async def test_a_uid_range_another_executor_holds_is_refused_and_left_to_it(
+    tmp_path: Path,
+) -> None:
+    config = config_file(tmp_path)
+    last = BASE + SandboxRunner.cells(2) - 1
+    code, out, err = await check_config(config)
+    if f"dedicated uids {BASE}-{last}" not in out:
+        pytest.skip("no hardened tier here (dedicated uids need PID namespaces)")
+    assert code == 0 and "ok: start-up would succeed" in out, err
+
+    held = UidClaim.take(BASE + 2, 1)  # as a running executor holds it
+    try:
+        code, out, err = await check_config(config)
+        assert code == 2 and "ok: start-up would succeed" not in out
+        assert (
+            f"sandbox_uid_base: uid {BASE + 2} of this executor's range {BASE}-{last} is in "
+            f"use by another executor (pid {os.getpid()})"
+        ) in err
+    finally:
+        held.release()
+    UidClaim.take(BASE, last - BASE + 1).release()  # the checks claimed nothing
