@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, NoReturn, cast
+from typing import Any
 
 import grpc
 import pytest
@@ -19,32 +19,9 @@ from executor.errors import (
     UnavailableError,
 )
 from executor.storage import StorageError
+from tests.helpers.servicer_context import Aborted, FakeContext, as_context
 
 pytestmark = pytest.mark.unit
-
-
-class Aborted(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
-
-
-class FakeContext:
-    """The servicer context's abort and trailers, recorded (no server involved)."""
-
-    def __init__(self) -> None:
-        self.trailers: tuple[tuple[str, str], ...] = ()
-
-    async def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
-        raise Aborted(code, details)
-
-    def set_trailing_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
-        self.trailers = metadata
-
-
-def as_context(fake: FakeContext) -> grpc.aio.ServicerContext[Any, Any]:
-    return cast("grpc.aio.ServicerContext[Any, Any]", fake)  # only abort and trailers are used
 
 
 class Servicer:

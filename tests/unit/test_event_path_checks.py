@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
-from typing import Any, NoReturn, cast
+from typing import Any
 
 import grpc
 import pytest
@@ -24,6 +24,7 @@ from supervisor_client.jobdict import dict_to_struct, job_from_dict, triggers_te
 from supervisor_client.qbcallback.v1 import executor_pb2, farm_pb2
 from supervisor_client.reference import ReferenceSupervisor
 from supervisor_client.reference.farm import Farm
+from tests.helpers.servicer_context import Aborted, FakeContext, as_context
 from tests.helpers.trigger_engines import Engines, Recorder, job
 
 pytestmark = pytest.mark.unit
@@ -31,25 +32,8 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class Aborted(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
-
-
-class FakeContext:
-    """The servicer context's abort, recorded (no server involved)."""
-
-    async def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
-        raise Aborted(code, details)
-
-    def set_trailing_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
-        pass
-
-
 def context() -> grpc.aio.ServicerContext[Any, Any]:
-    return cast("grpc.aio.ServicerContext[Any, Any]", FakeContext())
+    return as_context(FakeContext())
 
 
 # -- SubmitJobs checks triggers with the engine's parser (1) and takes lists (2) --------
