@@ -1858,9 +1858,11 @@ class GetMetricsResponse(_message.Message):
     outbox_dead_letters: _builtins.int
     """Results set aside as dead letters (ListDeadLetters lists them)."""
     storage_problem: _builtins.str
-    """What is wrong with the data dir's storage, "" when nothing is. While set, a result
-    cannot be recorded: Execute, RegisterJob and PublishEvent answer UNAVAILABLE and the
-    health service NOT_SERVING, until a write works again.
+    """What is wrong with the data dir's storage, "" when nothing is: set when a write
+    failed because of it, cleared when a write works again. Meanwhile the health service
+    answers NOT_SERVING, and a call whose own write fails (Execute recording its result,
+    RegisterJob, PublishEvent) answers UNAVAILABLE; one whose write still fits (another
+    database file with room left) is answered as usual.
     """
     prepared_children: _builtins.int
     """Children started ahead, confined and waiting for their run (prepare_ahead)."""
