@@ -239,6 +239,11 @@ def _classify_done(
         code = done.get("exit_code", 0)
         if code == 0:
             return Outcome.SUCCEEDED, None
+        if code != code & 0xFF:  # sys.exit(256): asked for, though the OS keeps 8 bits
+            return Outcome.FAILED, Failure(
+                f"the callback exited with status {code} (its process's exit status is "
+                f"{code & 0xFF}: the OS keeps the low 8 bits)"
+            )
         return Outcome.FAILED, Failure(f"the callback exited with status {code}")
     exc = Failure(
         message=done.get("message", ""),

@@ -116,3 +116,12 @@ def test_the_result_carries_output_exit_status_and_usage() -> None:
 def test_signal_description() -> None:
     assert describe_signal(11) == "signal 11 (SIGSEGV)"
     assert os.WTERMSIG(killed(9)) == 9
+
+
+def test_an_exit_beyond_255_fails_saying_what_the_os_kept() -> None:
+    outcome, failure = classify(child(exited(0), {"status": "exit", "exit_code": 256}), LIMITS)
+    assert outcome is Outcome.FAILED and failure is not None
+    assert failure.message == (
+        "the callback exited with status 256 (its process's exit status is 0: "
+        "the OS keeps the low 8 bits)"
+    )
