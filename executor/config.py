@@ -29,7 +29,12 @@ ENV_PREFIX: Final = "CBEXEC_"
 NOT_SETTINGS: Final = frozenset({"CBEXEC_CONFIG", "CBEXEC_ADDRESS"})
 
 # Qube's supervisor_language_flags bits (qube-callbacks.md §6) for the languages we run.
-LANGUAGE_BITS: Final = {Language.QUBE: 1, Language.PERL: 2, Language.PYTHON: 4}
+LANGUAGE_BITS: Final = {
+    Language.QUBE: 1,
+    Language.PERL: 2,
+    Language.PYTHON: 4,
+    Language.MAIL: 16,
+}
 
 
 def _default_data_dir() -> Path:

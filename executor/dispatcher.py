@@ -46,6 +46,8 @@ from executor.supervisor_link import SupervisorPort
 logger = logging.getLogger(__name__)
 
 SHUTTING_DOWN: Final = "the executor is shutting down"
+# Languages the executor's own interpreter runs, with no child process.
+_INTERPRETED: Final = frozenset({Language.QUBE, Language.MAIL})
 CALLER_CANCELLED: Final = "the caller cancelled the request"
 
 
@@ -225,10 +227,14 @@ class Dispatcher:
             language = Language(invocation.callback.language)
         except ValueError:
             valid = ", ".join(lang.value for lang in Language)
-            raise InvalidRequestError(
+            unsupported = (
                 f"callback.language {invocation.callback.language!r} is not supported; "
                 f"expected one of {valid}"
-            ) from None
+            )
+            if not fired:
+                raise InvalidRequestError(unsupported) from None
+            # Registration refuses such a callback; one stored before it did still fires.
+            return await self._refused(invocation, invocation.callback.language, unsupported)
         refusal = invocation.refusal or None
         if refusal is not None:
             pass
@@ -243,10 +249,7 @@ class Dispatcher:
                 f"(policies.{policy.name}.languages)"
             )
         if refusal is not None:
-            # Still a run: recorded and reported like any other (Qube fails silently here).
-            result = RunResult(invocation.invocation_id, Outcome.REJECTED, failure=Failure(refusal))
-            await self._finished(invocation, language, result)
-            return result
+            return await self._refused(invocation, language, refusal)
         run, task = self._admit(invocation, language, fired=fired)
         try:
             return await asyncio.shield(task)
@@ -260,6 +263,12 @@ class Dispatcher:
             if not task.cancelled() and (error := task.exception()) is not None:
                 logger.error("run %s failed", invocation.invocation_id, exc_info=error)
             raise
+
+    async def _refused(self, invocation: Invocation, language: str, refusal: str) -> RunResult:
+        """Record and report a run that never started as REJECTED (Qube fails silently here)."""
+        result = RunResult(invocation.invocation_id, Outcome.REJECTED, failure=Failure(refusal))
+        await self._finished(invocation, language, result)
+        return result
 
     def _policy(self, invocation: Invocation) -> Policy | None:
         return self._policies.get(invocation.policy) if self._policies is not None else None
@@ -322,7 +331,7 @@ class Dispatcher:
         invocation = run.invocation
         policy = self._policy(invocation)
         host = HostApi(self._supervisor, invocation, policy)
-        if run.language is Language.QUBE:
+        if run.language in _INTERPRETED:
             try:
                 async with stoppable(run.stop):
                     return await self._qube.run(invocation, host), None
@@ -379,9 +388,7 @@ class Dispatcher:
             actions=actions,
         )
 
-    async def _finished(
-        self, invocation: Invocation, language: Language, result: RunResult
-    ) -> None:
+    async def _finished(self, invocation: Invocation, language: str, result: RunResult) -> None:
         """Log the run's one line and hand it to ``on_result`` (recording, reporting)."""
         fields = run_log_fields(invocation, language, result)
         logger.info(
@@ -405,9 +412,13 @@ class Dispatcher:
             if recorded is not None:
                 await recorded
 
+    def stop_admitting(self) -> None:
+        """Refuse new runs from now on (UnavailableError), the first step of a stop."""
+        self._draining = True
+
     async def drain(self) -> None:
         """Refuse new runs, stop every run (KILLED, recorded, answered), wait until all have ended."""
-        self._draining = True
+        self.stop_admitting()
         runs = list(self._runs.values())
         for run in runs:
             run.stop.request(SHUTTING_DOWN)

@@ -15,6 +15,8 @@ class Language(enum.StrEnum):
     PYTHON = "python"
     PERL = "perl"
     QUBE = "qube"
+    # Qube's mail "language": no code, it mails the status of what fired it.
+    MAIL = "mail"
 
 
 class Outcome(enum.StrEnum):

@@ -3,11 +3,13 @@
 Every part is entered on one ``AsyncExitStack``: a start that fails part-way (a port
 already taken, a bad TLS file) unwinds exactly what was started, and a stop is the same
 unwinding, in the order the parts were pushed, reversed. The pushes below are arranged
-so that a stop goes: embedded supervisor's forwarding stops, health says NOT_SERVING,
-the dispatcher drains (runs in flight end KILLED "the executor is shutting down", are
-recorded, and their callers get that answer), the trigger engine stops, the gRPC server
-stops (its calls in flight finish), results still in the outbox get a moment to reach
-the supervisor, then the children's helpers, databases, channels and cgroups close.
+so that a stop goes: no new run is admitted (Execute is UNAVAILABLE; a fired run waits
+in the durable queue for the next start) and health says NOT_SERVING, the HTTP side port
+closes, the embedded supervisor's forwarding stops, the dispatcher drains (runs in
+flight end KILLED "the executor is shutting down", are recorded, and their callers get
+that answer), the trigger engine stops, the gRPC server stops (its calls in flight
+finish), results still in the outbox get a moment to reach the supervisor, then the
+children's helpers, databases, channels and cgroups close.
 
 With no ``supervisor`` address configured, the embedded reference supervisor (SQLite in
 the data dir) is served on a private socket and the executor talks to it over gRPC, the
@@ -224,7 +226,6 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         stack.push_async_callback(
             _stop_tasks, [asyncio.create_task(storage_health.probe_forever())]
         )
-        stack.push_async_callback(edge.stop_serving)
         forwarder = None
         if embedded is not None:
             forwarder = embedded.forward_to(edge.own_channel)
@@ -235,6 +236,9 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             side_port = _start_side_port(settings, edge.own_channel, metrics)
             stack.push_async_callback(side_port.close)
             http_port = side_port.port
+        # Pushed last, so a stop begins here: no new run, and health says NOT_SERVING.
+        stack.push_async_callback(edge.stop_serving)
+        stack.callback(dispatcher.stop_admitting)
 
         logger.info("endpoint security: %s", security.describe(settings))
         logger.info(

@@ -237,8 +237,8 @@ class ExecutorClient:
         """Run ``code`` in ``job``'s context; builds the request from plain values.
 
         Args:
-            language: "python", "perl" or "qube".
-            code: the callback's source, or a qube code string.
+            language: "python", "perl", "qube" or "mail".
+            code: the callback's source, or qube code strings ("" for mail).
             job: a Qube job dict (as ``ReferenceSupervisor.job`` returns) or a Job.
             event: the triggering event's ``name``, ``type``, ``context``, ``extra``.
             work_name: the triggering work item, for work events.

@@ -17,6 +17,7 @@ from executor.model import (
     CallbackSpec,
     Event,
     Invocation,
+    Language,
     Limits,
     Outcome,
     RunResult,
@@ -116,8 +117,8 @@ def invocation_from_request(
     """Validate an ExecuteRequest into an Invocation under ``policy``; InvalidRequestError names the field."""
     callback = request.callback
     if not callback.language.strip():
-        raise InvalidRequestError("callback.language is required (python, perl or qube)")
-    if not callback.code.strip():
+        raise InvalidRequestError("callback.language is required (python, perl, qube or mail)")
+    if not callback.code.strip() and callback.language.strip().lower() != Language.MAIL:
         raise InvalidRequestError("callback.code is empty: there is nothing to run")
     if len(callback.code.encode()) > MAX_CODE_BYTES:
         raise InvalidRequestError(

@@ -29,6 +29,7 @@ from executor.errors import (
 )
 from executor.host_api import expand_work_names
 from executor.triggers.engine import check_trigger
+from executor.triggers.registration import check_language
 from executor.triggers.store import StoredCallback
 from supervisor_client.jobdict import job_from_dict, struct_to_dict
 from supervisor_client.qbcallback.v1 import farm_pb2, farm_pb2_grpc, supervisor_pb2
@@ -87,10 +88,11 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
     ) -> farm_pb2.SubmitJobsResponse:
         """Submit job dicts with the reference supervisor's validation, all or nothing.
 
-        Each callback's trigger is checked with the trigger engine's own parser, handed to
-        the supervisor as its ``check_trigger``: a trigger RegisterJob would refuse
+        Each callback's trigger is checked with the trigger engine's own parser, and its
+        language as RegisterJob checks it, handed to the supervisor as its
+        ``check_trigger`` and ``check_language``: a callback RegisterJob would refuse
         refuses the whole submission here (INVALID_ARGUMENT naming the job, the callback
-        and the parse error) instead of reaching the forwarder, which could only log the
+        and the problem) instead of reaching the forwarder, which could only log the
         refusal once the jobs are stored. The supervisor cannot import the grammar
         (supervisor_client never imports executor), and asking the engine over gRPC from
         this synchronous, in-loop submission would block the loop that serves it.
@@ -99,7 +101,9 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
             raise InvalidRequestError("jobs: there is nothing to submit")
         with _farm_errors():
             stored = self._farm.submit(
-                [struct_to_dict(job) for job in request.jobs], check_trigger=check_trigger
+                [struct_to_dict(job) for job in request.jobs],
+                check_trigger=check_trigger,
+                check_language=check_language,
             )
         return farm_pb2.SubmitJobsResponse(jobs=[job_from_dict(job) for job in stored])
 

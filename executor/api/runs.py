@@ -39,14 +39,16 @@ class RunServicer(executor_pb2_grpc.RunServiceServicer):
         """Run history, newest first; filters by job, outcome and start time."""
         if not math.isfinite(request.since):
             raise InvalidRequestError(f"since = {request.since} must be a finite number of seconds")
-        if request.language and request.language not in set(Language):
+        # Any case, as Execute takes it; the history holds the lower-case name.
+        language = request.language.strip().lower()
+        if language and language not in set(Language):
             valid = ", ".join(Language)
             raise InvalidRequestError(f"language {request.language!r}: expected one of {valid}")
         records = self._recorder.history.list_runs(
             job_id=convert.check_id("job_id", request.job_id) or None,
             outcome=convert.outcome_from_message(request.outcome),
             since=request.since if request.since > 0 else None,
-            language=request.language or None,
+            language=language or None,
             shadow_only=request.shadow_only,
             limit=min(request.limit or DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT),
         )

@@ -261,7 +261,9 @@ def add_runs_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     )
     runs.add_argument("--since", type=_since, help="only runs started since: 1h, 2d, ISO, Unix")
     runs.add_argument(
-        "--language", choices=("python", "perl", "qube"), help="only runs in this language"
+        "--language",
+        choices=("python", "perl", "qube", "mail"),
+        help="only runs in this language",
     )
     runs.add_argument(
         "--shadow",
@@ -366,12 +368,15 @@ async def _run_one(args: argparse.Namespace, out: TextIO) -> int:
             if running.reference is None:  # never: the settings above embed the supervisor
                 raise ConfigError("--embedded: the executor started without its supervisor")
             from executor.triggers.engine import check_trigger
+            from executor.triggers.registration import check_language
             from supervisor_client.reference.errors import SubmitError
 
             try:
                 # Checked as the farm's SubmitJobs checks it: a trigger RegisterJob would
                 # refuse is an error here, not callbacks silently dropped.
-                job = running.reference.submit([_submittable(job)], check_trigger=check_trigger)[0]
+                job = running.reference.submit(
+                    [_submittable(job)], check_trigger=check_trigger, check_language=check_language
+                )[0]
             except SubmitError as err:
                 raise ConfigError(f"--job: {err}") from err
             print(

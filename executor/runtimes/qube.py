@@ -27,6 +27,10 @@ Targets:
   run's effects are numbered by ``HostApi.next_action_seq``), so a re-run's mail is
   recognisably the same mail.
 
+A callback in Qube's ``mail`` language (``{'triggers': 'done-job-self', 'language':
+'mail'}``) has no code: it mails the status of what fired it, with the work template for
+a work event, the instance template for an instance event, else the job template.
+
 Each code string that ran adds one stdout line, e.g. ``unblock-self: job 12 blocked
 -> pending``.
 """
@@ -42,7 +46,7 @@ from typing import Any, Final
 
 from executor.errors import HostCallError
 from executor.host_api import HostApi
-from executor.model import Failure, Invocation, Outcome, RunResult, Usage
+from executor.model import Failure, Invocation, Language, Outcome, RunResult, Usage
 from executor.runtimes.mail import (
     Mailer,
     MailError,
@@ -93,6 +97,8 @@ MAIL_CODES: Final[dict[str, MailKind]] = {
     "mail-license-status": "license",
     "mail-report-status": "report",
 }
+# A callback in the ``mail`` language: no code string, it runs as this one step.
+MAIL_LANGUAGE: Final = "mail"
 #: Every code string the interpreter knows, in the order of qube-callbacks.md §2.
 CODE_STRINGS: Final[tuple[str, ...]] = (
     *JOB_CODES,
@@ -122,6 +128,13 @@ def validate(code: str) -> str | None:
         listed = ", ".join(repr(part) for part in unknown)
         return f"unknown qube code string {listed}; expected one of: {valid}"
     return None
+
+
+def _mail_kind(invocation: Invocation) -> MailKind:
+    """The ``mail`` language's template: that of the work item or instance that fired it."""
+    if invocation.work_name:
+        return "work"
+    return "subjob" if invocation.subjob_id >= 0 else "job"
 
 
 def _missing_context(code: str, invocation: Invocation) -> str | None:
@@ -167,9 +180,11 @@ class QubeInterpreter:
         failure: Failure | None = None
         outcome = Outcome.SUCCEEDED
         code = invocation.callback.code
-        problem = validate(code)
-        if problem is None:
-            missing = [m for c in split_codes(code) if (m := _missing_context(c, invocation))]
+        if invocation.callback.language == Language.MAIL:
+            problem, parts = None, [MAIL_LANGUAGE]
+        elif (problem := validate(code)) is None:
+            parts = split_codes(code)
+            missing = [m for c in parts if (m := _missing_context(c, invocation))]
             problem = "; ".join(missing) or None
             outcome = Outcome.FAILED if problem else outcome
         else:
@@ -177,7 +192,7 @@ class QubeInterpreter:
         if problem is not None:
             failure = Failure(problem, exception_type="QubeCodeError")
         else:
-            for part in split_codes(code):
+            for part in parts:
                 try:
                     step = await self._run_one(part, invocation, host)
                 except _StepFailed as err:
@@ -206,6 +221,8 @@ class QubeInterpreter:
         target: int | str
         if code in MAIL_CODES:
             return await self._mail(code, MAIL_CODES[code], invocation, host)
+        if code == MAIL_LANGUAGE:
+            return await self._mail(code, _mail_kind(invocation), invocation, host)
         if code in JOB_CODES:
             fn, target = JOB_CODES[code], job_id
         elif code in WORK_CODES:
@@ -266,7 +283,8 @@ class QubeInterpreter:
                 where = await asyncio.to_thread(self._mailer.deliver, message)
         except MailError as err:
             raise _StepFailed(Failure(f"{code}: {err}", exception_type="MailError")) from err
-        status = subjob.get("status") if kind == "subjob" and subjob else job.get("status")
+        of_item = {"subjob": subjob, "work": work}.get(kind)
+        status = (of_item or job).get("status")
         return _Step(
             code,
             f"mailed the {kind} status ({status}) of job {job['id']} to {message['To']}: {where}",

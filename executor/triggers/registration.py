@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from executor.errors import InvalidRequestError
-from executor.model import Event
+from executor.model import Event, Language
 from executor.sql import Db
 from executor.triggers import checks, items, states
 from executor.triggers.decide import Decider, Fired
@@ -35,6 +35,9 @@ from executor.triggers.nodes import (
 from executor.triggers.store import EDGE, LEVEL, MODES, StoredCallback, TriggerStore
 from executor.triggers.universal import UniversalCallback
 
+QUBE = Language.QUBE.value
+_LANGUAGES = tuple(language.value for language in Language)
+
 
 @dataclass(frozen=True, slots=True)
 class Registration:
@@ -53,23 +56,26 @@ def callback_specs(
     """The job's callbacks (then the universal ones) as stored, each with its parsed trigger.
 
     Raises:
-        InvalidRequestError: a trigger that does not parse, a mode that is not known.
+        InvalidRequestError: a trigger that does not parse, a language or a mode that is
+            not known.
     """
     specs: list[tuple[dict[str, Any], Expr]] = []
-    next_id = 1
-    for index, cb in enumerate(job.get("callbacks") or []):
+    own = list(job.get("callbacks") or [])
+    ids = _callback_ids([int(cb.get("id") or 0) for cb in own])
+    for index, cb in enumerate(own):
         try:
             expr = parsed(str(cb.get("triggers") or ""))
         except TriggerSyntaxError as err:
             raise InvalidRequestError(f"job.callbacks[{index}].triggers: {err}") from err
+        if (problem := check_language(str(cb.get("language") or QUBE))) is not None:
+            raise InvalidRequestError(f"job.callbacks[{index}].language: {problem}")
         mode = str(cb.get("mode") or EDGE)
         if mode not in MODES:
             raise InvalidRequestError(
                 f"job.callbacks[{index}].mode: {mode!r}; expected {' or '.join(MODES)}"
             )
-        callback_id = int(cb.get("id") or 0) or next_id
-        next_id = max(next_id, callback_id) + 1
-        specs.append((_spec(cb, callback_id, job, expr, mode), expr))
+        specs.append((_spec(cb, ids[index], job, expr, mode), expr))
+    next_id = max(ids, default=0) + 1
     for attached in universal:
         expr = parsed(attached.triggers)
         cb = {
@@ -84,13 +90,48 @@ def callback_specs(
     return specs
 
 
+def _callback_ids(given: Sequence[int]) -> list[int]:
+    """Each callback's id: its own, else the next one no other callback has (from 1).
+
+    Raises InvalidRequestError when two callbacks give the same id.
+    """
+    first: dict[int, int] = {}
+    for index, callback_id in enumerate(given):
+        if callback_id and first.setdefault(callback_id, index) != index:
+            raise InvalidRequestError(
+                f"job.callbacks[{index}].id: {callback_id} is also job.callbacks"
+                f"[{first[callback_id]}]'s; a job's callback ids are unique"
+            )
+    ids, next_id = [], 1
+    for callback_id in given:
+        if callback_id:
+            ids.append(callback_id)
+            continue
+        while next_id in first:
+            next_id += 1
+        ids.append(next_id)
+        next_id += 1
+    return ids
+
+
+def check_language(language: str) -> str | None:
+    """None when a callback in ``language`` can run (any case, spaces around), else why not."""
+    if _language(language) in _LANGUAGES:
+        return None
+    return f"{language!r} is not a callback language; expected {', '.join(_LANGUAGES)}"
+
+
+def _language(language: str) -> str:
+    return language.strip().lower()
+
+
 def _spec(
     cb: Mapping[str, Any], callback_id: int, job: Mapping[str, Any], expr: Expr, mode: str
 ) -> dict[str, Any]:
     return {
         "id": callback_id,
         "triggers": str(cb.get("triggers") or ""),
-        "language": str(cb.get("language") or "qube"),
+        "language": _language(str(cb.get("language") or QUBE)),
         "code": str(cb.get("code") or ""),
         "user": str(cb.get("user") or job.get("user") or ""),
         "count": int(cb.get("count") or 0),

@@ -18,7 +18,7 @@ from executor.web.html import Html, join, local_time, seconds, size, tag
 from executor.web.layout import badge, definitions, live, notice
 from supervisor_client.client import OUTCOMES, outcome_name
 
-LANGUAGES: Final = ("python", "perl", "qube")
+LANGUAGES: Final = ("python", "perl", "qube", "mail")
 DEFAULT_LIMIT: Final = 50
 MAX_LIMIT: Final = 1000
 TRIGGER_CHARS: Final = 48

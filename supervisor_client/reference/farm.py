@@ -26,7 +26,7 @@ from typing import Any, Final
 from supervisor_client.reference.errors import NoSuchJobError, NoSuchWorkError
 from supervisor_client.reference.states import Status
 from supervisor_client.reference.store import ActionResult, ReferenceSupervisor
-from supervisor_client.reference.submission import TriggerCheck
+from supervisor_client.reference.submission import LanguageCheck, TriggerCheck
 
 #: A worker's changes: they move items along the dispatch path.
 WORKER_CHANGES: Final = ("start", "complete", "fail")
@@ -136,14 +136,20 @@ class Farm:
             return "removed"
 
     def submit(
-        self, jobs: Sequence[Mapping[str, Any]], *, check_trigger: TriggerCheck | None = None
+        self,
+        jobs: Sequence[Mapping[str, Any]],
+        *,
+        check_trigger: TriggerCheck | None = None,
+        check_language: LanguageCheck | None = None,
     ) -> list[dict[str, Any]]:
         """Submit job dicts (all or nothing); the stored jobs with their callbacks.
 
-        ``check_trigger``: the trigger engine's check of each callback's trigger (the
-        executor passes it; see ``submission.TriggerCheck``).
+        ``check_trigger``, ``check_language``: the executor's checks of each callback's
+        trigger and language (the executor passes them; see ``submission.TriggerCheck``).
         """
-        stored = self._supervisor.submit(jobs, check_trigger=check_trigger)
+        stored = self._supervisor.submit(
+            jobs, check_trigger=check_trigger, check_language=check_language
+        )
         return [self._supervisor.job(job["id"], include_callbacks=True) for job in stored]
 
     # -- a worker's dispatch ------------------------------------------------------------

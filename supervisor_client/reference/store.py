@@ -55,7 +55,12 @@ from supervisor_client.reference.states import (
     subjob_rule,
     work_rule,
 )
-from supervisor_client.reference.submission import NewJob, TriggerCheck, parse_submission
+from supervisor_client.reference.submission import (
+    LanguageCheck,
+    NewJob,
+    TriggerCheck,
+    parse_submission,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -240,16 +245,21 @@ class ReferenceSupervisor:
     # -- submission ---------------------------------------------------------------------
 
     def submit(
-        self, jobs: Sequence[Mapping[str, Any]], *, check_trigger: TriggerCheck | None = None
+        self,
+        jobs: Sequence[Mapping[str, Any]],
+        *,
+        check_trigger: TriggerCheck | None = None,
+        check_language: LanguageCheck | None = None,
     ) -> list[dict[str, Any]]:
         """Store Qube job dicts; all or nothing. Returns the stored jobs, in order.
 
         Jobs join one new pgrp led by the first job that does not name an existing
         ``pgrp``; that job's id is the pgrp id. Raises SubmitError naming the problem
         (duplicate label or work name, unknown pgrp, malformed field, and, with
-        ``check_trigger``, a callback's trigger it refuses).
+        ``check_trigger`` and ``check_language``, a callback's trigger or language they
+        refuse).
         """
-        parsed = parse_submission(jobs, check_trigger)
+        parsed = parse_submission(jobs, check_trigger, check_language)
         with self._transaction() as changes:
             ids = self._insert_jobs(changes, parsed)
             return [self._job_dict(self._job_row(i), include_callbacks=False) for i in ids]
@@ -806,10 +816,11 @@ class ReferenceSupervisor:
                 text = json.dumps(dict(payload), allow_nan=False)
             except (TypeError, ValueError) as err:
                 raise ValueError(f"result payload is not JSON: {err}") from err
-            rows.append((invocation_id, job_id, str(payload.get("outcome", "no outcome")), text))
+            outcome = str(payload.get("outcome", "no outcome"))
+            rows.append((invocation_id, job_id, outcome, text, payload.get("callback")))
         duplicates = []
         with self._transaction() as changes:
-            for invocation_id, job_id, outcome, text in rows:
+            for invocation_id, job_id, outcome, text, callback in rows:
                 inserted = self._db.execute(
                     "INSERT INTO results (invocation_id, job_id, time, payload) VALUES (?, ?, ?, ?)"
                     " ON CONFLICT (invocation_id) DO NOTHING",
@@ -818,8 +829,28 @@ class ReferenceSupervisor:
                 if inserted:
                     line = f"[callback] result of invocation {invocation_id}: {outcome}"
                     changes.note(job_id, line, invocation_id)
+                    self._count_run(job_id, callback)
                 duplicates.append(not inserted)
         return duplicates
+
+    def _count_run(self, job_id: int, callback: Any) -> None:
+        """Keep a job callback's ``count`` (runs so far) from the runs reported of it.
+
+        The trigger engine counts firings; a report carries the count of its run. Only a
+        report naming the job's own callback (same id and trigger) moves it, never down.
+        """
+        if not isinstance(callback, Mapping):
+            return
+        try:
+            callback_id, count = int(callback.get("id") or 0), int(callback.get("count") or 0)
+        except (TypeError, ValueError):
+            return
+        if callback_id and count:
+            self._db.execute(
+                "UPDATE callbacks SET count = max(count, ?)"
+                " WHERE job_id = ? AND id = ? AND triggers = ?",
+                (count, job_id, callback_id, str(callback.get("triggers") or "")),
+            )
 
     def results(self, job_id: int | None = None) -> list[dict[str, Any]]:
         """Stored results (``invocation_id, job_id, time, payload``), oldest first."""

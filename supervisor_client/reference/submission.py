@@ -35,12 +35,27 @@ _INPUT_FIELDS: Final = frozenset(
 )
 #: A guard against a typo creating millions of instance rows; Qube farms are far smaller.
 MAX_CPUS: Final = 10_000
+#: The largest id (job, pgrp, pid) or count the store can hold: SQLite's INTEGER.
+MAX_ID: Final = 2**63 - 1
+#: A callback's ``maximum`` travels as a uint32 (types.proto ``Callback``).
+MAX_RUNS: Final = 2**32 - 1
+#: Qube's priority is a C int.
+MAX_PRIORITY: Final = 2**31 - 1
 
 #: Checks one trigger expression: None when it can be used, else what is wrong with it.
 #: The reference supervisor knows no trigger grammar (supervisor_client never imports
 #: the executor); whoever embeds it passes the trigger engine's check, and a submission
 #: with a trigger the engine would refuse is then refused whole.
 TriggerCheck = Callable[[str], str | None]
+#: Checks one callback language the same way: a submission with a callback the executor
+#: cannot run (``ruby``, a typo) is refused instead of being dropped when it fires.
+LanguageCheck = Callable[[str], str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Checks:
+    trigger: TriggerCheck | None = None
+    language: LanguageCheck | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +105,14 @@ def _text(where: str, fields: Mapping[str, Any], key: str, default: str) -> str:
     return value
 
 
-def _integer(where: str, fields: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
+def _integer(
+    where: str,
+    fields: Mapping[str, Any],
+    key: str,
+    default: int,
+    minimum: int,
+    maximum: int = MAX_ID,
+) -> int:
     """An int field; decimal strings are accepted because Perl submitters send them."""
     value = fields.get(key)
     if value is None:
@@ -99,6 +121,8 @@ def _integer(where: str, fields: Mapping[str, Any], key: str, default: int, mini
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise SubmitError(f"{where}: {key} must be an integer >= {minimum}, got {value!r}")
+    if value > maximum:
+        raise SubmitError(f"{where}: {key} = {value} is above the largest allowed, {maximum}")
     return value
 
 
@@ -157,9 +181,7 @@ def _triggers(at: str, value: Any, check: TriggerCheck | None) -> str:
     return text
 
 
-def _parse_callbacks(
-    where: str, entries: Any, check: TriggerCheck | None = None
-) -> tuple[_NewCallback, ...]:
+def _parse_callbacks(where: str, entries: Any, checks: _Checks) -> tuple[_NewCallback, ...]:
     """Callback dicts; ``id``, ``count`` and the like are assigned here, so they are ignored.
 
     ``triggers`` is a string, or a list of them meaning the OR of its items (the README's
@@ -180,7 +202,9 @@ def _parse_callbacks(
         language = _text(at, entry, "language", "")
         if entry.get("triggers") in (None, "", [], ()) or not language:
             raise SubmitError(f"{at}: triggers and language are required")
-        triggers = _triggers(at, entry["triggers"], check)
+        if checks.language is not None and (problem := checks.language(language)) is not None:
+            raise SubmitError(f"{at}: language: {problem}")
+        triggers = _triggers(at, entry["triggers"], checks.trigger)
         mode = _text(at, entry, "mode", "")
         if mode not in _MODES:
             raise SubmitError(f"{at}: mode must be 'edge' or 'level', got {mode!r}")
@@ -190,14 +214,14 @@ def _parse_callbacks(
                 language,
                 _text(at, entry, "code", ""),
                 _text(at, entry, "user", ""),
-                _integer(at, entry, "maximum", 0, 0),
+                _integer(at, entry, "maximum", 0, 0, MAX_RUNS),
                 mode,
             )
         )
     return tuple(callbacks)
 
 
-def _parse_job(index: int, job: Any, check: TriggerCheck | None = None) -> NewJob:
+def _parse_job(index: int, job: Any, checks: _Checks) -> NewJob:
     if not isinstance(job, Mapping):
         raise SubmitError(f"job {index} of the submission must be a dict, got {job!r}")
     where = f"job {index} of the submission"
@@ -215,27 +239,33 @@ def _parse_job(index: int, job: Any, check: TriggerCheck | None = None) -> NewJo
         label=_text(where, job, "label", "") or None,
         user=_text(where, job, "user", "qube") or "qube",
         status=status,
-        priority=_integer(where, job, "priority", 9999, -(2**31)),
+        priority=_integer(where, job, "priority", 9999, -(2**31), MAX_PRIORITY),
         prototype=_text(where, job, "prototype", "cmdline"),
         cpus=cpus,
         pid=_integer(where, job, "pid", 0, 0),
         pgrp=_integer(where, job, "pgrp", 0, 0) or None,
         mailaddress=_text(where, job, "mailaddress", ""),
         agenda=_parse_agenda(where, job.get("agenda")),
-        callbacks=_parse_callbacks(where, job.get("callbacks"), check),
+        callbacks=_parse_callbacks(where, job.get("callbacks"), checks),
         extra=extra_json,
     )
 
 
-def parse_submission(jobs: Any, check_trigger: TriggerCheck | None = None) -> list[NewJob]:
+def parse_submission(
+    jobs: Any,
+    check_trigger: TriggerCheck | None = None,
+    check_language: LanguageCheck | None = None,
+) -> list[NewJob]:
     """Every job of a submission, validated (SubmitError naming the first problem).
 
-    ``check_trigger``: the trigger engine's check of a trigger expression (see
-    ``TriggerCheck``); without it triggers are stored unchecked.
+    ``check_trigger`` and ``check_language``: the executor's checks of a trigger
+    expression and of a callback language (see ``TriggerCheck``); without them triggers
+    and languages are stored unchecked.
     """
     if isinstance(jobs, Mapping | str | bytes) or not isinstance(jobs, Sequence):
         raise SubmitError("submit takes a list of job dicts")
-    return [_parse_job(index, job, check_trigger) for index, job in enumerate(jobs)]
+    checks = _Checks(check_trigger, check_language)
+    return [_parse_job(index, job, checks) for index, job in enumerate(jobs)]
 
 
 # -- the store ----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 
 from executor import server
 from executor.api.edge import SERVICES
-from supervisor_client import ExecutorClient
+from supervisor_client import ExecutorClient, ExecutorRpcError
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, stack_settings
 from tests.helpers.health import NOT_SERVING, SERVING, health_status, health_updates
@@ -37,8 +37,11 @@ async def test_serving_while_up(stack: Stack) -> None:
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_not_serving_while_draining(tmp_path: Path) -> None:
-    running = await server.start(stack_settings(tmp_path / "data", grace_seconds=1.5))
+@pytest.mark.parametrize("http_bind", ["", "127.0.0.1:0"], ids=["grpc", "with-http-port"])
+async def test_not_serving_while_draining(tmp_path: Path, http_bind: str) -> None:
+    running = await server.start(
+        stack_settings(tmp_path / "data", grace_seconds=1.5, http_bind=http_bind)
+    )
     address = f"127.0.0.1:{running.port}"
     channel = grpc.aio.insecure_channel(address)
     stub = channel
@@ -73,6 +76,10 @@ async def test_not_serving_while_draining(tmp_path: Path) -> None:
             await asyncio.sleep(0.05)
         assert samples, "no health check answered while draining"
         assert all(status == NOT_SERVING for status, _ in samples), samples
+        if not stopping.done():  # a stop refuses new runs from its first moment
+            with pytest.raises(ExecutorRpcError) as refused:
+                await client.execute_callback(language="python", code="pass", job={"id": 1})
+            assert refused.value.code == grpc.StatusCode.UNAVAILABLE
         await stopping
         # The drain stopped it: answered (and recorded) as KILLED, with the reason.
         answer = await busy

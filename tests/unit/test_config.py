@@ -17,6 +17,7 @@ def test_languages_accept_names_and_qube_numeric_flags() -> None:
     assert config.parse_languages("python, perl") == {Language.PYTHON, Language.PERL}
     assert config.parse_languages(5) == {Language.QUBE, Language.PYTHON}
     assert config.parse_languages("1") == {Language.QUBE}
+    assert config.parse_languages(16 + 4) == {Language.MAIL, Language.PYTHON}
     with pytest.raises(ConfigError, match="unknown language 'ruby'"):
         config.parse_languages("python,ruby")
 

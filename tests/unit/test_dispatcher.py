@@ -257,6 +257,19 @@ async def test_an_unknown_language_is_an_invalid_request() -> None:
     assert harness.recorded == []
 
 
+async def test_a_fired_callback_in_an_unknown_language_is_rejected_and_recorded() -> None:
+    # Registration refuses such callbacks; one registered before it did must not vanish.
+    harness = Harness(slots=1, queue=0)
+
+    result = await harness.execute("a", language="ruby", fired=True)
+
+    assert result.outcome == Outcome.REJECTED
+    assert result.failure is not None
+    assert result.failure.message.startswith("callback.language 'ruby' is not supported")
+    assert harness.recorded == [result]
+    assert harness.runner.started == []
+
+
 async def test_an_invocation_id_still_running_is_not_run_twice() -> None:
     harness = Harness(slots=2, queue=0)
     first = harness.start("a")

@@ -393,3 +393,44 @@ async def test_undeliverable_mail_fails(supervisor: ReferenceSupervisor, tmp_pat
     assert result.failure is not None
     assert result.failure.exception_type == "MailError"
     assert result.failure.message.startswith("mail-status: could not store the mail")
+
+
+@pytest.mark.parametrize(
+    ("context", "subject_end", "summary"),
+    [
+        ({}, "is blocked", "mail: mailed the job status (blocked)"),
+        ({"work_name": "2"}, "work 2 is blocked", "mail: mailed the work status (blocked)"),
+        ({"subjob_id": 1}, "instance 1 is blocked", "mail: mailed the subjob status (blocked)"),
+    ],
+)
+async def test_the_mail_language_mails_the_status_of_what_fired_it(
+    interpreter: QubeInterpreter,
+    supervisor: ReferenceSupervisor,
+    mail_dir: Path,
+    context: dict[str, Any],
+    subject_end: str,
+    summary: str,
+) -> None:
+    # Qube submitters write {'triggers': 'done-job-self', 'language': 'mail'}: no code.
+    job_id = submit(supervisor, mailaddress="lead@studio.example")
+
+    result = await run(interpreter, supervisor, job_id, "", language="mail", **context)
+
+    assert result.outcome is Outcome.SUCCEEDED, result.failure
+    (mail,) = mails(mail_dir)
+    assert mail["To"] == "lead@studio.example"
+    assert mail["Subject"].endswith(subject_end), mail["Subject"]
+    assert result.stdout.startswith(summary), result.stdout
+    assert [a.verb for a in result.actions] == ["jobinfo"]
+
+
+async def test_the_mail_language_ignores_its_code(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor, mail_dir: Path
+) -> None:
+    job_id = submit(supervisor)
+
+    result = await run(interpreter, supervisor, job_id, "kill-self", language="mail")
+
+    assert result.outcome is Outcome.SUCCEEDED, result.failure
+    assert len(mails(mail_dir)) == 1
+    assert supervisor.job(job_id)["status"] == "blocked"

@@ -142,6 +142,12 @@ def test_rejected_submission_consumes_no_ids(sup: ReferenceSupervisor) -> None:
         ({"cpus": 0}, "cpus must be an integer >= 1"),
         ({"cpus": 10**6}, "cpus = 1000000 is above the limit"),
         ({"priority": "high"}, "priority must be an integer"),
+        ({"priority": 10**30}, f"priority = {10**30} is above the largest allowed, 2147483647"),
+        ({"pid": 2**63}, f"pid = {2**63} is above the largest allowed, {2**63 - 1}"),
+        (
+            {"callbacks": [{"triggers": "x", "language": "qube", "maximum": 2**64}]},
+            "maximum = 18446744073709551616 is above the largest allowed, 4294967295",
+        ),
         ({"user": 5}, "user must be a string"),
         ({"agenda": "1-10"}, "agenda must be a list"),
         ({"agenda": [{"status": "blocked"}]}, "a work item needs a name"),
@@ -762,6 +768,27 @@ def test_results_are_stored_once_per_invocation(sup: ReferenceSupervisor) -> Non
     assert sup.result("nope") is None
     texts = [line["text"] for line in sup.history(job_id) if "result" in line["text"]]
     assert texts == ["[callback] result of invocation inv-1: OUTCOME_SUCCEEDED"]
+
+
+def test_a_reported_run_counts_toward_its_callbacks_count(sup: ReferenceSupervisor) -> None:
+    (job,) = sup.submit(
+        [{"name": "c", "callbacks": [{"triggers": "complete-work-self-*", "language": "qube"}]}]
+    )
+    job_id = int(job["id"])
+
+    def report(invocation_id: str, **callback: object) -> None:
+        sup.report_result(invocation_id, job_id, {"outcome": "SUCCEEDED", "callback": callback})
+
+    def count() -> int:
+        return int(sup.job(job_id, include_callbacks=True)["callbacks"][0]["count"])
+
+    report("a", id=1, count=2, triggers="complete-work-self-*")
+    assert count() == 2
+    report("b", id=1, count=1, triggers="complete-work-self-*")  # a late report: never down
+    report("c", id=1, count=7, triggers="done-job-self")  # an ad hoc run with the same id
+    report("d", id=2, count=9, triggers="complete-work-self-*")  # a universal callback's
+    report("e", id="x", count=9)
+    assert count() == 2
 
 
 def test_results_need_an_id_and_json(sup: ReferenceSupervisor) -> None:

@@ -291,7 +291,9 @@ class ExecuteRequest(_message.Message):
     """
     @_builtins.property
     def callback(self) -> _types_pb2.Callback:
-        """The callback to run. `language` and `code` are required."""
+        """The callback to run. `language` is required, and `code` unless the
+        language is "mail".
+        """
 
     @_builtins.property
     def context(self) -> Global___JobContext:

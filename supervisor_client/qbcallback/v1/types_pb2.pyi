@@ -154,9 +154,13 @@ class Callback(_message.Message):
     expression: ["a", "b && c"] is "a || (b && c)".
     """
     language: _builtins.str
-    """"python", "perl" or "qube"."""
+    """"python", "perl", "qube" or "mail" (any case). A registered callback's
+    unset language is "qube"; any other language is INVALID_ARGUMENT.
+    """
     code: _builtins.str
-    """Source code (python, perl) or one code string (qube, e.g. "unblock-self")."""
+    """Source code (python, perl) or code strings (qube, e.g. "unblock-self").
+    Ignored for "mail": it mails the status of what fired it.
+    """
     user: _builtins.str
     """The Qube user the callback acts as; every qb action is checked against
     this user's permissions by the supervisor.

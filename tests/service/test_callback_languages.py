@@ -1,0 +1,138 @@
+"""Callback languages end to end: Qube's mail language, and languages nothing can run."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from supervisor_client import FarmClient, InvalidRequestError
+from supervisor_client.qbcallback.v1.executor_pb2 import Outcome
+from tests.conftest import Stack
+from tests.helpers.waiting import eventually
+
+pytestmark = pytest.mark.service
+
+
+def subjects(mail_dir: Path) -> list[str]:
+    return [
+        str(email.message_from_bytes(p.read_bytes(), policy=email.policy.default)["Subject"])
+        for p in sorted((mail_dir / "new").glob("*.eml"))
+    ]
+
+
+async def test_a_mail_callback_mails_when_its_job_is_done(stack_warm: Stack) -> None:
+    # As Qube submitters write it: no code, the supervisor mails the job's status.
+    job = {
+        "name": "comp",
+        "user": "alice",
+        "mailaddress": "lead@studio.example",
+        "agenda": ["1", "2"],
+        "callbacks": [
+            {"triggers": "done-job-self", "language": "mail"},
+            {"triggers": "complete-work-self-*", "language": "MAIL"},
+        ],
+    }
+    mail_dir = stack_warm.settings.mail_settings.directory
+    async with FarmClient(stack_warm.channel) as farm:
+        (stored,) = (await farm.submit_jobs([job])).jobs
+        await farm.change_work(job_id=stored.id, work=["1-2"], change="complete")
+        await stack_warm.settle()
+
+    assert sorted(subjects(mail_dir)) == [
+        f"[qube] job {stored.id} (comp) is complete",
+        f"[qube] job {stored.id} (comp) work 1 is complete",
+        f"[qube] job {stored.id} (comp) work 2 is complete",
+    ]
+    runs = (await stack_warm.client.list_runs(job_id=stored.id)).runs
+    assert sorted(r.language for r in runs) == ["mail", "mail", "mail"]
+    assert {r.outcome for r in runs} == {Outcome.OUTCOME_SUCCEEDED}
+
+    def counts() -> list[int]:
+        job = stack_warm.supervisor.job(stored.id, include_callbacks=True)
+        return [cb["count"] for cb in job["callbacks"]]
+
+    # qb.jobinfo(..., '-callbacks') counts the runs the supervisor was told of.
+    assert await eventually(lambda: counts() == [1, 2]), counts()
+
+
+async def test_execute_runs_a_mail_callback_without_code(stack_warm: Stack) -> None:
+    job = stack_warm.supervisor.submit([{"name": "solo", "user": "bob"}])[0]
+    response = await stack_warm.client.execute_callback(language="mail", code="", job=job)
+
+    assert response.outcome == Outcome.OUTCOME_SUCCEEDED, response.failure
+    assert response.stdout.startswith("mail: mailed the job status (pending)")
+    assert subjects(stack_warm.settings.mail_settings.directory) == [
+        f"[qube] job {job['id']} (solo) is pending"
+    ]
+
+
+@pytest.mark.parametrize("language", ["ruby", "javascript", "post"])
+async def test_a_language_nothing_runs_is_refused_at_submission(
+    stack_warm: Stack, language: str
+) -> None:
+    jobs: list[dict[str, Any]] = [
+        {"name": "ok"},
+        {"name": "bad", "callbacks": [{"triggers": "done-job-self", "language": language}]},
+    ]
+    async with FarmClient(stack_warm.channel) as farm:
+        with pytest.raises(InvalidRequestError) as refused:
+            await farm.submit_jobs(jobs)
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details == (
+            f"job 1 of the submission, callback 1: language: {language!r} is not a callback "
+            "language; expected python, perl, qube, mail"
+        )
+        assert list((await farm.list_jobs()).jobs) == []  # all or nothing
+
+    with pytest.raises(InvalidRequestError) as refused:
+        await stack_warm.client.register_job(
+            {
+                "id": 7,
+                "name": "direct",
+                "callbacks": [
+                    {"triggers": "done-job-self", "language": "python", "code": "pass"},
+                    {"triggers": "done-job-self", "language": language, "code": "x"},
+                ],
+            }
+        )
+    assert refused.value.details.startswith(f"job.callbacks[1].language: {language!r} is not")
+    assert (await stack_warm.client.list_registered_jobs()).jobs == []
+
+
+async def test_a_language_is_taken_in_any_case(stack_warm: Stack) -> None:
+    response = await stack_warm.client.register_job(
+        {
+            "id": 8,
+            "name": "cased",
+            "callbacks": [{"triggers": "done-job-self", "language": " Python ", "code": "pass"}],
+        }
+    )
+    assert [cb.language for cb in response.callbacks] == ["python"]
+
+
+async def test_callback_ids_are_unique_within_a_job(stack_warm: Stack) -> None:
+    def job(*ids: int) -> dict[str, Any]:
+        callbacks = [
+            {"id": i, "triggers": f"{name}-job-self", "language": "qube"}
+            for i, name in zip(ids, ("done", "complete", "failed"), strict=False)
+        ]
+        return {"id": 9, "name": "ids", "callbacks": callbacks}
+
+    with pytest.raises(InvalidRequestError) as refused:
+        await stack_warm.client.register_job(job(1, 1))
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details == (
+        "job.callbacks[1].id: 1 is also job.callbacks[0]'s; a job's callback ids are unique"
+    )
+    # An unset id takes the next one no other callback of the job has.
+    response = await stack_warm.client.register_job(job(0, 1, 0))
+    assert sorted((cb.id, cb.triggers) for cb in response.callbacks) == [
+        (1, "complete-job-self"),
+        (2, "done-job-self"),
+        (3, "failed-job-self"),
+    ]
