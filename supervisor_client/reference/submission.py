@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from supervisor_client.jobdict import triggers_text
+from supervisor_client.reference.dependency import parse_dependency
 from supervisor_client.reference.errors import SubmitError
 from supervisor_client.reference.states import Status
 
@@ -234,19 +235,28 @@ def _parse_job(index: int, job: Any, checks: _Checks) -> NewJob:
         extra_json = json.dumps(extra, allow_nan=False)
     except (TypeError, ValueError) as err:
         raise SubmitError(f"{where}: fields {sorted(extra)} are not JSON values: {err}") from err
+    user = _text(where, job, "user", "qube") or "qube"
+    dependency = parse_dependency(where, {**job, "user": user})
+    callbacks = (  # the dependency's are checked the same way, after the job's own
+        *_parse_callbacks(where, job.get("callbacks"), checks),
+        *_parse_callbacks(f"{where}, dependency", list(dependency.callbacks), checks),
+    )
+    agenda = _parse_agenda(where, job.get("agenda"))
+    if dependency.holds_frames:
+        agenda = tuple(_NewWork(work.name, Status.BLOCKED) for work in agenda)
     return NewJob(
         name=_text(where, job, "name", ""),
         label=_text(where, job, "label", "") or None,
-        user=_text(where, job, "user", "qube") or "qube",
-        status=status,
+        user=user,
+        status=Status.BLOCKED if dependency.holds_job else status,
         priority=_integer(where, job, "priority", 9999, -(2**31), MAX_PRIORITY),
         prototype=_text(where, job, "prototype", "cmdline"),
         cpus=cpus,
         pid=_integer(where, job, "pid", 0, 0),
         pgrp=_integer(where, job, "pgrp", 0, 0) or None,
         mailaddress=_text(where, job, "mailaddress", ""),
-        agenda=_parse_agenda(where, job.get("agenda")),
-        callbacks=_parse_callbacks(where, job.get("callbacks"), checks),
+        agenda=agenda,
+        callbacks=callbacks,
         extra=extra_json,
     )
 

@@ -1,0 +1,78 @@
+"""Qube's dependency and waitfor job attributes on the farm: held blocked, started when met."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+
+from supervisor_client import FarmClient, InvalidRequestError
+from supervisor_client.qbcallback.v1 import farm_pb2
+from tests.conftest import Stack
+
+pytestmark = pytest.mark.service
+
+
+def statuses(response: farm_pb2.GetJobResponse) -> tuple[str, dict[str, str]]:
+    return response.job.status, {w.name: w.status for w in response.job.agenda}
+
+
+async def test_dependencies_hold_jobs_and_frames_until_met(stack_warm: Stack) -> None:
+    jobs: list[dict[str, Any]] = [
+        {"name": "render", "label": "render", "user": "alice", "agenda": ["1", "2"]},
+        {"name": "comp", "user": "alice", "dependency": "link-complete-job-render"},
+        {"name": "legacy", "user": "alice", "waitfor": 1},
+        {
+            "name": "per-frame",
+            "user": "alice",
+            "agenda": ["1", "2"],
+            "dependency": 'link-complete-work-render, info-complete-{"*":["1:*"]}',
+        },
+    ]
+    async with FarmClient(stack_warm.channel) as farm:
+        stored = (await farm.submit_jobs(jobs)).jobs
+        render, comp, legacy, per_frame = (job.id for job in stored)
+        await stack_warm.settle()
+        assert statuses(await farm.get_job(comp)) == ("blocked", {})
+        assert statuses(await farm.get_job(legacy)) == ("blocked", {})
+        shown = await farm.get_job(per_frame)
+        assert statuses(shown) == ("pending", {"1": "blocked", "2": "blocked"})
+        assert [(cb.triggers, cb.language) for cb in shown.callbacks] == [
+            ("complete-work-render-{work}", "qube")
+        ]
+
+        await farm.change_work(job_id=render, work=["1"], change="complete")
+        await stack_warm.settle()
+        assert statuses(await farm.get_job(per_frame))[1] == {"1": "pending", "2": "blocked"}
+        assert statuses(await farm.get_job(comp))[0] == "blocked"
+
+        await farm.change_work(job_id=render, work=["2"], change="complete")
+        await stack_warm.settle()
+        assert statuses(await farm.get_job(comp))[0] == "pending"
+        assert statuses(await farm.get_job(legacy))[0] == "pending"
+        assert statuses(await farm.get_job(per_frame))[1] == {"1": "pending", "2": "pending"}
+
+        # Submitted after what it waits for is done: it does not wait for ever.
+        (late,) = (await farm.submit_jobs([{"name": "late", "dependency": str(render)}])).jobs
+        await stack_warm.settle()
+        assert statuses(await farm.get_job(late.id))[0] == "pending"
+
+
+@pytest.mark.parametrize(
+    ("dependency", "message"),
+    [
+        ("1 || 2", "without operators or parentheses"),
+        ("link-done-subjob-1", "instance-by-instance links are not supported"),
+        ("after-render", "dependency item 'after-render': expected a job id"),
+        ("link-done-work-1", "a frame-by-frame dependency (link-...-work-...) needs an agenda"),
+    ],
+)
+async def test_a_dependency_that_cannot_hold_is_refused(
+    stack_warm: Stack, dependency: str, message: str
+) -> None:
+    async with FarmClient(stack_warm.channel) as farm:
+        with pytest.raises(InvalidRequestError) as refused:
+            await farm.submit_jobs([{"name": "x", "dependency": dependency}])
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in refused.value.details, refused.value.details
