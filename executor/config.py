@@ -96,7 +96,9 @@ class Settings:
         cpu_seconds=600,
         wall_seconds=3600,
         memory_bytes=16 * GIB,
-        output_bytes=64 * MIB,
+        # Each byte of output is held several times over while a result is answered,
+        # recorded and reported (see the README's Limits): keep this modest.
+        output_bytes=16 * MIB,
         max_processes=1024,
         disk_bytes=16 * GIB,
     )

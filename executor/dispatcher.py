@@ -49,6 +49,9 @@ SHUTTING_DOWN: Final = "the executor is shutting down"
 # Languages the executor's own interpreter runs, with no child process.
 _INTERPRETED: Final = frozenset({Language.QUBE, Language.MAIL})
 CALLER_CANCELLED: Final = "the caller cancelled the request"
+CALLER_DEADLINE: Final = "the caller's deadline passed"
+# A cancellation this close to the caller's deadline is the deadline's (clocks differ).
+_DEADLINE_SLACK_S: Final = 0.05
 
 
 # A failure's first line is enough to tell runs apart in a log; the whole is in the history.
@@ -214,12 +217,15 @@ class Dispatcher:
         """Runs waiting for a slot."""
         return self._slots.waiting
 
-    async def execute(self, invocation: Invocation, *, fired: bool = False) -> RunResult:
+    async def execute(
+        self, invocation: Invocation, *, fired: bool = False, deadline: float | None = None
+    ) -> RunResult:
         """Run one invocation to its RunResult. Raises CapacityError / UnavailableError.
 
         ``fired``: the trigger engine fired it; it is never refused for a full queue. If
-        the caller is cancelled, the run is stopped (KILLED, recorded) and the
-        cancellation goes on once it has ended.
+        the caller is cancelled, the run is stopped (KILLED, recorded, its failure saying
+        whether the caller's ``deadline``, a ``time.monotonic()`` value, had passed or it
+        cancelled) and the cancellation goes on once it has ended.
         """
         if self._draining:
             raise UnavailableError(SHUTTING_DOWN)
@@ -256,7 +262,8 @@ class Dispatcher:
         except asyncio.CancelledError:
             if task.done():
                 raise  # not the caller: the run itself was cancelled
-            run.stop.request(CALLER_CANCELLED)
+            late = deadline is not None and time.monotonic() >= deadline - _DEADLINE_SLACK_S
+            run.stop.request(CALLER_DEADLINE if late else CALLER_CANCELLED)
             # The run ends (KILLED, recorded) before the cancellation goes on; cancelling
             # the caller again ends only this wait, the run still ends on its own.
             await asyncio.wait([task])

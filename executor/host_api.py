@@ -24,6 +24,7 @@ numbers the same actions the same way, and the supervisor applies each
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import re
@@ -52,6 +53,7 @@ from executor.supervisor_link import (
 logger = logging.getLogger(__name__)
 
 MAX_CALLS_PER_RUN: Final = 10_000
+CUT_SHORT: Final = "cut short: the run ended while the supervisor had it; it may have been applied"
 _RANGE = re.compile(r"^(-?\d+)-(-?\d+)$")
 _ALIASES: Final = {"retire": "complete"}
 
@@ -251,6 +253,11 @@ class HostApi:
             value, summary = await function(*args, **kwargs)
         except HostCallError as err:
             self._log.add(fn, target, False, f"{err.kind}: {err.message}")
+            raise
+        except asyncio.CancelledError:
+            # The run ended (its limit, a stop) while the supervisor had the request: it
+            # was made, and may have been applied, so it is listed all the same.
+            self._log.add(fn, target, False, CUT_SHORT)
             raise
         except TypeError as err:  # wrong arity from the callback
             self._log.add(fn, target, False, str(err))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from executor import logs
 from executor.api import convert
 from executor.api.errors import Context, grpc_errors
@@ -46,5 +48,7 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
             request, default_limits=default_limits, max_limits=max_limits, policy=policy
         )
         logs.invocation_id.set(invocation.invocation_id)
-        result = await self._dispatcher.execute(invocation)
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        result = await self._dispatcher.execute(invocation, deadline=deadline)
         return convert.response_from_result(result)

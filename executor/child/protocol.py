@@ -112,6 +112,9 @@ class StartFrame(TypedDict):
     language: str
     code: str
     context: StartContext
+    # The policy's variables (secrets among them), set by the child before the code
+    # runs: they never pass through a zygote, whose memory every later child copies.
+    env: NotRequired[dict[str, str]]
 
 
 # -- qb calls --------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import traceback
 import types
 from _signal import signal as set_handler  # type: ignore[import-not-found]  # see launcher.py
 from linecache import cache as source_lines
-from os import getpid
+from os import environ, getpid
 from typing import TYPE_CHECKING, Any
 
 import protocol
@@ -144,6 +144,8 @@ def run(bridge_fd: int, *, warm_up: bool = False) -> int:
     start = read_frame(bridge_fd)
     if start["type"] != "start":
         return EXIT_BAD_START
+    if "env" in start:
+        environ.update(start["env"])  # putenv too: what the callback starts sees them
     source = start["code"]
     qb._bind(bridge_fd, start["context"])
     sys.modules["qb"] = qb

@@ -39,8 +39,10 @@ def log_path(root: Path, job_id: int) -> Path:
 
 # A line of the callback's own text that a reader could take for ours ("=== " opens a
 # run's entry, "--- " a section) is escaped with a backslash, and so is a line that
-# begins with one; every other line is left as the callback wrote it.
-_OURS: Final = re.compile(r"^(?==== |--- |\\)", re.MULTILINE)
+# begins with one; every other line is left as the callback wrote it. A line starts
+# after any break some reader honours: a terminal's carriage return, or any of the
+# separators str.splitlines() splits on.
+_OURS: Final = re.compile(r"(?:^|(?<=[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]))(?==== |--- |\\)")
 
 
 def _escaped(text: str) -> str:

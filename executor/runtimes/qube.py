@@ -31,6 +31,9 @@ A callback in Qube's ``mail`` language (``{'triggers': 'done-job-self', 'languag
 'mail'}``) has no code: it mails the status of what fired it, with the work template for
 a work event, the instance template for an instance event, else the job template.
 
+The run keeps to its ``wall_seconds`` (WALL_TIMEOUT; the code strings that ran stay
+done) and ``output_bytes``, and a callback has at most ``MAX_CODE_STRINGS`` parts.
+
 Each code string that ran adds one stdout line, e.g. ``unblock-self: job 12 blocked
 -> pending``.
 """
@@ -55,6 +58,7 @@ from executor.runtimes.mail import (
     message_id,
     render,
 )
+from executor.sandbox.capture import CapturedStream
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +113,8 @@ CODE_STRINGS: Final[tuple[str, ...]] = (
 )
 
 _SEPARATORS = re.compile(r"[;\n]")
+# More is a loop, not a callback: 12,000 mail-status parts would mail 10,000 times.
+MAX_CODE_STRINGS: Final = 64
 
 
 def split_codes(code: str) -> list[str]:
@@ -123,6 +129,11 @@ def validate(code: str) -> str | None:
     valid = ", ".join(CODE_STRINGS)
     if not parts:
         return f"the qube callback has no code string; expected one of: {valid}"
+    if len(parts) > MAX_CODE_STRINGS:
+        return (
+            f"the qube callback has {len(parts)} code strings; at most {MAX_CODE_STRINGS} "
+            "run in one callback"
+        )
     unknown = [part for part in parts if part not in CODE_STRINGS]
     if unknown:
         listed = ", ".join(repr(part) for part in unknown)
@@ -192,17 +203,26 @@ class QubeInterpreter:
         if problem is not None:
             failure = Failure(problem, exception_type="QubeCodeError")
         else:
-            for part in parts:
-                try:
-                    step = await self._run_one(part, invocation, host)
-                except _StepFailed as err:
-                    outcome, failure = Outcome.FAILED, err.failure
-                    break
-                lines.append(f"{step.code}: {step.summary}")
+            wall_s = invocation.limits.wall_seconds
+            try:
+                async with asyncio.timeout(wall_s):
+                    for part in parts:
+                        try:
+                            step = await self._run_one(part, invocation, host)
+                        except _StepFailed as err:
+                            outcome, failure = Outcome.FAILED, err.failure
+                            break
+                        lines.append(f"{step.code}: {step.summary}")
+            except TimeoutError:
+                outcome = Outcome.WALL_TIMEOUT
+                failure = Failure(f"wall time limit of {wall_s:g} s reached")
+        stdout = CapturedStream(invocation.limits.output_bytes)
+        stdout.feed("".join(f"{line}\n" for line in lines).encode())
         return RunResult(
             invocation_id=invocation.invocation_id,
             outcome=outcome,
-            stdout="".join(f"{line}\n" for line in lines),
+            stdout=stdout.text(),
+            stdout_truncated=stdout.truncated,
             failure=failure,
             usage=Usage(wall_seconds=time.monotonic() - began),
             actions=tuple(host.actions),

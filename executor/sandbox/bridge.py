@@ -97,6 +97,8 @@ class BridgeServer:
         self._shut_down = False
         self._release_after_mark = False
         self._task: asyncio.Task[None] | None = None
+        # A qb call is being answered: nothing more can come until its reply is sent.
+        self.answering = False
         self.end_marked = False
         self.ended: asyncio.Future[None] = self._loop.create_future()
         if unsent:
@@ -154,6 +156,7 @@ class BridgeServer:
                 if frame["type"] == "call":
                     self._result.calls += 1
                     self._pause()  # the child waits for the reply
+                    self.answering = True
                     self._task = self._loop.create_task(self._answer(frame))
                     return
                 if self._result.done is not None:
@@ -171,6 +174,8 @@ class BridgeServer:
             logger.exception("answering a qb call failed; the run's bridge is closed")
             self._end()
             return
+        finally:
+            self.answering = False
         try:
             await self._loop.sock_sendall(self._sock, protocol.encode(reply))
         except OSError:

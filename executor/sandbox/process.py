@@ -131,10 +131,15 @@ def started_by(pid: int, executor_pid: int) -> bool:
     return f"{pool}/" in listed or f"{pool}." in listed
 
 
-def child_environment(workdir: str, policy: Policy | None = None) -> dict[str, str]:
-    """The whole environment a callback sees: nothing of the executor's but what its policy sets."""
+def child_environment(workdir: str) -> dict[str, str]:
+    """The environment a child starts with: nothing of the executor's, the same for every run.
+
+    A policy's variables (``Policy.env``, secrets among them) are not here: they travel in
+    the run's start frame, straight to the child, which sets them before the code runs.
+    The zygote keeps freed memory of every spawn request it read, and each later child
+    is a copy of it: anything a spawn request held, every later callback could read.
+    """
     return {
-        **dict(policy.env if policy is not None else ()),
         "PATH": SAFE_PATH,
         "HOME": workdir,
         "TMPDIR": workdir,
@@ -339,7 +344,7 @@ class SandboxRunner:
         try:
             handle = await self.spawner.spawn(
                 spec,
-                env=child_environment(workdir, policy),
+                env=child_environment(workdir),
                 fds=(stdout_w, stderr_w, child_sock.fileno()),
             )
         except BaseException:
@@ -480,6 +485,8 @@ class SandboxRunner:
                 oom_kills_before = self._oom_kills_seen(cell)
                 began = time.monotonic()
                 started = not stop.requested
+                if policy is not None and policy.env:
+                    start = {**start, "env": dict(policy.env)}
                 unsent = send_now(child.bridge, protocol.encode(start)) if started else b""
                 server = self._serve(child, evidence, unsent, on_call, stop, end_wait)
                 await self._wait_for_end(ended, limits.wall_seconds, stop, evidence)
@@ -637,10 +644,14 @@ class SandboxRunner:
 
     @staticmethod
     async def _drain(child: _Child) -> None:
-        """Wait up to DRAIN_TIMEOUT_S for the pipes' EOF and the bridge's end, then give up on them."""
+        """Wait up to DRAIN_TIMEOUT_S for the pipes' EOF and the bridge's end, then give up on them.
+
+        A qb call still being answered is not waited for: its caller is dead, and
+        stopping to serve cancels it (recorded as cut short, ``HostApi.call``).
+        """
         child.watch_pipes()
         waits = [pipe.eof for pipe in child.pipes]
-        if child.server is not None:
+        if child.server is not None and not child.server.answering:
             waits.append(child.server.ended)
         pending = [wait for wait in waits if not wait.done()]
         if pending:

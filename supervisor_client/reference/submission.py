@@ -182,7 +182,9 @@ def _triggers(at: str, value: Any, check: TriggerCheck | None) -> str:
     return text
 
 
-def _parse_callbacks(where: str, entries: Any, checks: _Checks) -> tuple[_NewCallback, ...]:
+def _parse_callbacks(
+    where: str, entries: Any, checks: _Checks, owner: str
+) -> tuple[_NewCallback, ...]:
     """Callback dicts; ``id``, ``count`` and the like are assigned here, so they are ignored.
 
     ``triggers`` is a string, or a list of them meaning the OR of its items (the README's
@@ -214,12 +216,27 @@ def _parse_callbacks(where: str, entries: Any, checks: _Checks) -> tuple[_NewCal
                 triggers,
                 language,
                 _text(at, entry, "code", ""),
-                _text(at, entry, "user", ""),
+                _callback_user(at, entry, owner),
                 _integer(at, entry, "maximum", 0, 0, MAX_RUNS),
                 mode,
             )
         )
     return tuple(callbacks)
+
+
+def _callback_user(at: str, entry: Mapping[str, Any], owner: str) -> str:
+    """A callback's ``user``: unset or the job's owner, whom it acts as.
+
+    It gets that user's rights and sandbox policy, so a submission naming anyone else
+    would borrow theirs.
+    """
+    user = _text(at, entry, "user", "")
+    if user and user != owner:
+        raise SubmitError(
+            f"{at}: user {user!r} is not the job's owner {owner!r}; a job's callbacks act "
+            "as its owner (leave user out)"
+        )
+    return user
 
 
 def _parse_job(index: int, job: Any, checks: _Checks) -> NewJob:
@@ -238,8 +255,8 @@ def _parse_job(index: int, job: Any, checks: _Checks) -> NewJob:
     user = _text(where, job, "user", "qube") or "qube"
     dependency = parse_dependency(where, {**job, "user": user})
     callbacks = (  # the dependency's are checked the same way, after the job's own
-        *_parse_callbacks(where, job.get("callbacks"), checks),
-        *_parse_callbacks(f"{where}, dependency", list(dependency.callbacks), checks),
+        *_parse_callbacks(where, job.get("callbacks"), checks, user),
+        *_parse_callbacks(f"{where}, dependency", list(dependency.callbacks), checks, user),
     )
     agenda = _parse_agenda(where, job.get("agenda"))
     if dependency.holds_frames:

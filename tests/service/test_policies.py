@@ -170,6 +170,71 @@ async def test_binds_group_umask_and_env_only_under_the_policy(
     assert sorted(os.listdir(rw)) == ["written.txt"]
 
 
+# Reads every readable mapping of the callback's own memory, counting the places that
+# hold "LEAK_TOKEN=TOPSECRET". Checked in pieces: the scan's own strings are in memory
+# too, and the whole would find itself.
+SCAN_PYTHON = """
+import ctypes
+pat = b"LEAK" + b"_TOKEN="
+found = 0
+for line in open("/proc/self/maps").read().splitlines():
+    p = line.split()
+    if "r" not in p[1] or (len(p) > 5 and p[5].startswith("[v")):
+        continue
+    lo, hi = (int(x, 16) for x in p[0].split("-"))
+    data = ctypes.string_at(lo, hi - lo)
+    at = data.find(pat)
+    while at >= 0:
+        rest = at + len(pat)
+        found += data[rest : rest + 3] == b"TOP" and data[rest + 3 : rest + 9] == b"SECRET"
+        at = data.find(pat, at + 1)
+print(found)
+"""
+SCAN_PERL = r"""
+my $pat = "LEAK" . "_TOKEN=";
+my $found = 0;
+open(my $maps, '<', '/proc/self/maps') or die;
+while (my $line = <$maps>) {
+    my @p = split ' ', $line;
+    next if $p[1] !~ /r/ || (defined $p[5] && $p[5] =~ /^\[v/);
+    my ($lo, $hi) = map { hex } split /-/, $p[0];
+    my $bytes = unpack("P" . ($hi - $lo), pack("Q", $lo));
+    my $at = -1;
+    while (($at = index($bytes, $pat, $at + 1)) >= 0) {
+        my $rest = $at + length $pat;
+        $found++ if substr($bytes, $rest, 3) eq "TOP" && substr($bytes, $rest + 3, 6) eq "SECRET";
+    }
+}
+print "$found\n";
+"""
+
+
+@pytest.mark.parametrize(
+    ("language", "read_it", "scan"),
+    [
+        ("python", "import os; print(len(os.environ['LEAK_TOKEN']))", SCAN_PYTHON),
+        ("perl", 'print length($ENV{LEAK_TOKEN}), "\\n";', SCAN_PERL),
+    ],
+)
+async def test_a_policys_secret_never_reaches_another_policys_callbacks(
+    tmp_path: Path, language: str, read_it: str, scan: str
+) -> None:
+    # The policy changes nothing but the environment: its children and everyone's
+    # come from the same zygote, whose memory each child is a copy of.
+    token = tmp_path / "token"
+    token.write_text("TOPSECRET-4f9a1c\n")
+    token.chmod(0o600)
+    policies = {"pipeline": {"env_files": {"LEAK_TOKEN": str(token)}, "users": ["pipeline"]}}
+    async with running_stack(stack_settings(tmp_path / "data", policies=policies)) as stack:
+        assert (await run(stack, scan, owner="alice", language=language)).stdout == "0\n"
+        for _ in range(3):
+            read = await run(stack, read_it, owner="pipeline", language=language)
+            assert read.stdout == "16\n", (read.failure.message, read.stderr)
+            scanned = await run(stack, scan, owner="alice", language=language)
+            assert scanned.outcome == Outcome.OUTCOME_SUCCEEDED, scanned.stderr
+            assert scanned.stdout == "0\n", "the pipeline's token is in alice's callback"
+
+
 async def test_host_network_keeps_the_ipc_namespace_and_the_syscall_filter(
     policed: tuple[Stack, Path, Path],
 ) -> None:

@@ -107,6 +107,18 @@ def test_callback_text_cannot_forge_a_header_or_a_section() -> None:
     assert "before\n" in entry  # ordinary lines are left as written
 
 
+@pytest.mark.parametrize("brk", ["\r", "\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\u2029"])
+def test_no_line_break_of_any_reader_lets_text_forge_a_header(brk: str) -> None:
+    # `cat` shows "abc\r=== ..." as the header alone; splitlines() splits on the rest.
+    forged = "=== 2026-01-01T00:00:00.000+00:00 callback=9 outcome=SUCCEEDED invocation=forged"
+    result = RunResult("inv-1", Outcome.SUCCEEDED, stdout=f"abc{brk}{forged}{brk}--- stderr\n")
+    entry = format_entry(invocation(), result, WHEN)
+    lines = entry.splitlines()
+    assert [line for line in lines if line.startswith("=== ")] == [lines[0]]
+    assert not any(line.startswith("--- stderr") for line in lines)
+    assert f"abc{brk}\\{forged}" in entry
+
+
 def test_a_universal_callback_is_named_by_its_file() -> None:
     universal = Invocation(
         invocation_id="inv-2",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import email
 import email.policy
 from collections.abc import Iterator
@@ -11,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from executor.host_api import HostApi
+from executor.host_api import CUT_SHORT, HostApi
 from executor.model import Outcome, RunResult
 from executor.runtimes.mail import MailSettings
 from executor.runtimes.qube import CODE_STRINGS, JOB_CODES, QubeInterpreter, split_codes, validate
 from supervisor_client.reference import ReferenceSupervisor
-from tests.helpers.supervisor_port import ReferencePort, invocation_for
+from tests.helpers.supervisor_port import LIMITS, ReferencePort, invocation_for
 
 pytestmark = pytest.mark.unit
 
@@ -434,3 +436,57 @@ async def test_the_mail_language_ignores_its_code(
     assert result.outcome is Outcome.SUCCEEDED, result.failure
     assert len(mails(mail_dir)) == 1
     assert supervisor.job(job_id)["status"] == "blocked"
+
+
+class SlowPort(ReferencePort):
+    """A supervisor that takes its time over each job verb."""
+
+    async def job_action(self, verb: str, job_id: int, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.2)
+        return await super().job_action(verb, job_id, **kwargs)
+
+
+async def test_a_qube_callback_keeps_to_its_wall_limit(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor
+) -> None:
+    job_id = submit(supervisor)
+    limits = dataclasses.replace(LIMITS, wall_seconds=0.3)
+    invocation = invocation_for(
+        supervisor.job(job_id), "block-self\nunblock-self\nblock-self", limits=limits
+    )
+
+    result = await interpreter.run(invocation, HostApi(SlowPort(supervisor), invocation))
+
+    assert result.outcome is Outcome.WALL_TIMEOUT
+    assert result.failure is not None
+    assert result.failure.message == "wall time limit of 0.3 s reached"
+    # What ran stays done and is said; the call the limit cut short is listed too.
+    assert [(a.verb, a.ok) for a in result.actions] == [("block", True), ("unblock", False)]
+    assert result.actions[1].message == CUT_SHORT
+    assert result.stdout.startswith("block-self: ")
+
+
+async def test_a_qube_callbacks_output_keeps_to_its_cap(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor
+) -> None:
+    job_id = submit(supervisor)
+    limits = dataclasses.replace(LIMITS, output_bytes=40)
+    invocation = invocation_for(supervisor.job(job_id), "block-self\n" * 10, limits=limits)
+
+    result = await interpreter.run(invocation, HostApi(ReferencePort(supervisor), invocation))
+
+    assert result.outcome is Outcome.SUCCEEDED, result.failure
+    assert len(result.stdout.encode()) == 40 and result.stdout_truncated
+
+
+async def test_a_qube_callback_has_at_most_64_code_strings(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor, mail_dir: Path
+) -> None:
+    job_id = submit(supervisor)
+
+    result = await run(interpreter, supervisor, job_id, "mail-status;" * 65)
+
+    assert result.outcome is Outcome.REJECTED
+    assert result.failure is not None
+    assert "has 65 code strings; at most 64 run in one callback" in result.failure.message
+    assert not mail_dir.exists() or mails(mail_dir) == []

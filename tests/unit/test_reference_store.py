@@ -142,6 +142,10 @@ def test_rejected_submission_consumes_no_ids(sup: ReferenceSupervisor) -> None:
         ({"cpus": 0}, "cpus must be an integer >= 1"),
         ({"cpus": 10**6}, "cpus = 1000000 is above the limit"),
         ({"priority": "high"}, "priority must be an integer"),
+        (
+            {"user": "alice", "callbacks": [{"triggers": "x", "language": "qube", "user": "bob"}]},
+            "callback 1: user 'bob' is not the job's owner 'alice'",
+        ),
         ({"priority": 10**30}, f"priority = {10**30} is above the largest allowed, 2147483647"),
         ({"pid": 2**63}, f"pid = {2**63} is above the largest allowed, {2**63 - 1}"),
         (
@@ -244,7 +248,7 @@ def test_callbacks_are_numbered_and_only_shown_when_asked(sup: ReferenceSupervis
                 "triggers": "done-work-self-*",
                 "language": "qube",
                 "code": "unblock-self",
-                "user": "bob",
+                "user": "alice",
                 "maximum": 2,
             },
         ],
@@ -266,7 +270,7 @@ def test_callbacks_are_numbered_and_only_shown_when_asked(sup: ReferenceSupervis
             "triggers": "done-work-self-*",
             "language": "qube",
             "code": "unblock-self",
-            "user": "bob",
+            "user": "alice",
             "count": 0,
             "maximum": 2,
         },

@@ -144,6 +144,10 @@ sub run {
     }
     my $start = eval { qb::_read_frame() };
     return EXIT_BAD_START if !$start || ($start->{type} // '') ne 'start';
+    # The policy's variables come with the run, never through the zygote (process.py).
+    if (ref $start->{env} eq 'HASH') {
+        $ENV{$_} = $start->{env}{$_} for keys %{ $start->{env} };
+    }
     qb::_bind($bridge, $start->{context});
     my $source = defined $start->{code} ? $start->{code} : '';
 

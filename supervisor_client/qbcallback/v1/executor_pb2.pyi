@@ -459,7 +459,10 @@ class ExecuteResponse(_message.Message):
     def usage(self) -> Global___Usage: ...
     @_builtins.property
     def actions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Action]:
-        """The qb calls made, in order."""
+        """The qb calls made, in order. A call the run's end (its wall limit, a stop)
+        cut short while the supervisor had it is listed too, not ok, its message
+        starting "cut short": it may have been applied.
+        """
 
     def __init__(
         self,
