@@ -176,6 +176,7 @@ class _Run:
     invocation: Invocation
     language: Language
     stop: RunStop
+    fired: bool = False
     task: asyncio.Task[RunResult] | None = None
 
 
@@ -290,7 +291,7 @@ class Dispatcher:
                 "retry once it has ended"
             )
         ticket = self._slots.ticket(fired=fired)
-        run = _Run(invocation, language, RunStop())
+        run = _Run(invocation, language, RunStop(), fired=fired)
         task = run.task = asyncio.create_task(
             self._run(run, ticket), name=f"run {invocation.invocation_id}"
         )
@@ -306,6 +307,10 @@ class Dispatcher:
                 slot = await self._slots.take(ticket)
             queue_s = time.monotonic() - queued_at
             if slot is None or run.stop.requested:  # stopped before it started
+                if run.fired and self._draining:
+                    # Never started: the firing stays in the engine's durable queue and
+                    # runs at the next start, instead of ending as a run that never was.
+                    raise UnavailableError(SHUTTING_DOWN)
                 result = self._stopped(invocation, run.stop, ())
             else:
                 finishing: Awaitable[None] | None = None

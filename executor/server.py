@@ -54,6 +54,7 @@ from executor.sandbox.identity import UidClaim
 from executor.sandbox.process import SandboxOptions, SandboxRunner
 from executor.sandbox.spawners import ColdSpawner, Spawner, ZygoteSpawner
 from executor.sandbox.tier import describe_sandbox, mechanisms, sandbox_options
+from executor.sql import is_postgres
 from executor.storage import StorageHealth
 from executor.triggers.engine import TriggerEngine
 from executor.triggers.journal import JournalLimits
@@ -121,7 +122,11 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             stack.callback(options.bridge_network.close)
         policies = for_host(settings, options, os.environ)
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        storage_health = StorageHealth(settings.data_dir)
+        if not os.access(settings.data_dir, os.W_OK | os.X_OK):  # a read-only mount, say
+            raise ConfigError(f"data_dir: {settings.data_dir} is not writable by this user")
+        storage_health = StorageHealth(
+            settings.data_dir, settings.store if is_postgres(settings.store) else ""
+        )
 
         embedded = None
         if settings.supervisor:
@@ -211,6 +216,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             recorder=recorder,
             farm=farm,
             policies=policies,
+            storage=storage_health,
         )
         stack.push_async_callback(edge.close, STOP_GRACE_S)
         await edge.server.start()

@@ -213,20 +213,43 @@ class PgDb:
         """Several statements without parameters (DDL), in one round trip."""
         self._run(script, lambda conn, text: conn.execute(text), translate=False)
 
+    def _lost(self) -> bool:
+        return self._conn is None or self._conn.broken or self._conn.closed
+
+    def _reconnect_if_lost(self, verb: str) -> bool:
+        """Connect again after a lost connection; False when there is nothing to run.
+
+        A statement of a transaction the lost connection held fails (StoreUnavailable):
+        the rest of that transaction must not run on a new connection, outside it. A
+        ``BEGIN`` starts afresh, whether or not its caller closed the lost transaction,
+        and so does anything after a ``COMMIT`` or ``ROLLBACK`` that met the loss.
+        """
+        if not self._lost():
+            return True
+        if verb == "BEGIN":
+            self._in_transaction = False
+        if self._in_transaction and verb != "ROLLBACK":
+            raise StoreUnavailable("PostgreSQL store: the connection was lost mid-transaction")
+        self._in_transaction = False
+        if verb in {"ROLLBACK", "COMMIT"}:
+            return False
+        self._connect()
+        return True
+
     def _run(self, sql: str, call: Any, *, translate: bool = True) -> Any:
         verb = sql.strip().split(None, 1)[0].upper() if sql.strip() else ""
         with self._lock:
-            if self._conn is None or self._conn.broken or self._conn.closed:
-                if self._in_transaction and verb != "ROLLBACK":
-                    raise StoreUnavailable(
-                        "PostgreSQL store: the connection was lost mid-transaction"
-                    )
-                self._in_transaction = False
-                if verb in {"ROLLBACK", "COMMIT"}:
-                    return None
-                self._connect()
-            with self._errors_translated():
-                cursor = call(self._conn, pg_sql(sql) if translate else sql)
+            if not self._reconnect_if_lost(verb):
+                return None
+            try:
+                with self._errors_translated():
+                    cursor = call(self._conn, pg_sql(sql) if translate else sql)
+            except BaseException:
+                if verb in {"COMMIT", "ROLLBACK"}:
+                    # Over either way; a COMMIT that lost its answer may have committed,
+                    # which is why every transaction of the stores can be run again.
+                    self._in_transaction = False
+                raise
             if verb == "BEGIN":
                 self._in_transaction = True
             elif verb in {"COMMIT", "ROLLBACK"}:
@@ -242,8 +265,7 @@ class PgDb:
         of the block, as ``execute`` would raise it (``StoreConflict``, ...).
         """
         with self._lock:
-            if self._conn is None or self._conn.broken or self._conn.closed:
-                raise StoreUnavailable("PostgreSQL store: the connection was lost mid-transaction")
+            self._reconnect_if_lost("")
             with self._errors_translated(), self._conn.pipeline():
                 yield
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Final
 
 from executor.errors import ConfigError, UnavailableError
+from executor.sql import StoreUnavailable, connect_postgres
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +90,11 @@ class StorageHealth:
     the data directory every second; once that works the state clears.
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, store_url: str = "") -> None:
         self._data_dir = data_dir
+        # A fleet's PostgreSQL: its outage degrades the storage too, and the probe asks
+        # it as well as the data dir (``probe``).
+        self._store_url = store_url
         self._problem = ""
         self._degraded = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None  # probe_forever's
@@ -101,7 +105,7 @@ class StorageHealth:
         """What is wrong with the storage, "" when nothing is."""
         return self._problem
 
-    def failed(self, error: StorageError) -> None:
+    def failed(self, error: UnavailableError) -> None:
         """Note a storage failure (logged once per degraded spell)."""
         if not self._problem:
             logger.error("storage degraded: %s", error)
@@ -125,7 +129,29 @@ class StorageHealth:
             listener(problem)
 
     def probe(self) -> bool:
-        """Whether a small file can be written, synced and removed in the data dir (any thread)."""
+        """Whether the storage works again (any thread).
+
+        A small file can be written, synced and removed in the data dir, and a fleet's
+        PostgreSQL answers.
+        """
+        return self._probe_data_dir() and self._probe_store()
+
+    def _probe_store(self) -> bool:
+        if not self._store_url:
+            return True
+        try:
+            db = connect_postgres(self._store_url, application_name="cbexec-probe")
+        except UnavailableError:
+            return False
+        try:
+            db.execute("SELECT 1")
+        except UnavailableError:
+            return False
+        finally:
+            db.close()
+        return True
+
+    def _probe_data_dir(self) -> bool:
         path = self._data_dir / ".storage-probe"
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -172,3 +198,7 @@ def writing(path: Path | str, health: StorageHealth | None = None) -> Iterator[N
         if health is not None:
             health.failed(error)
         raise error from err
+    except StoreUnavailable as err:  # a fleet's PostgreSQL (its message names no URL)
+        if health is not None:
+            health.failed(err)
+        raise

@@ -8,9 +8,10 @@ from executor import logs
 from executor.api import convert
 from executor.api.errors import Context, grpc_errors
 from executor.dispatcher import Dispatcher
-from executor.errors import PermissionDeniedError
+from executor.errors import PermissionDeniedError, UnavailableError
 from executor.model import Limits
 from executor.policies import PolicySet
+from executor.storage import StorageHealth
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 
 
@@ -24,11 +25,13 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
         default_limits: Limits,
         max_limits: Limits,
         policies: PolicySet | None = None,
+        storage: StorageHealth | None = None,
     ) -> None:
         self._dispatcher = dispatcher
         self._default_limits = default_limits
         self._max_limits = max_limits
         self._policies = policies
+        self._storage = storage
 
     @grpc_errors
     async def Execute(
@@ -48,6 +51,11 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
             request, default_limits=default_limits, max_limits=max_limits, policy=policy
         )
         logs.invocation_id.set(invocation.invocation_id)
+        if self._storage is not None and (problem := self._storage.problem):
+            # Its effects would happen and its result be lost: a retry would repeat them.
+            raise UnavailableError(
+                f"the executor cannot record results now, so it runs nothing: {problem}"
+            )
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         result = await self._dispatcher.execute(invocation, deadline=deadline)

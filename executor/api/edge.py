@@ -100,6 +100,7 @@ def build(
     recorder: Recorder,
     farm: FarmServicer | None = None,
     policies: PolicySet | None = None,
+    storage: StorageHealth | None = None,
 ) -> Edge:
     """The server with every service registered and its port bound; not started yet.
 
@@ -120,6 +121,7 @@ def build(
             default_limits=settings.default_limits,
             max_limits=settings.max_limits,
             policies=policies,
+            storage=storage,
         ),
     )
     guarded.register(

@@ -6,8 +6,8 @@ on the other core. The thread lets runs gather for ``GATHER_S`` after the first 
 in one transaction (group commit): one wake-up and one commit per burst, instead of one
 per run. A reader never misses a run that was answered: reading the history or the
 metrics first waits for what is queued (``flush``), which cuts the pause short. A sink
-that fails (disk full, a bad path) is logged and skipped, and never costs the other
-sinks their entry.
+that fails (disk full, a bad path) is logged and never costs the other sinks their
+entry; runs the history could not take are written with the next batch that it does.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ FLUSH_TIMEOUT_S: Final = 5.0
 # Nothing reads the history or the metrics without flushing first, which ends the pause.
 GATHER_S: Final = 0.05
 GATHER_RUNS: Final = 32
+# Runs kept for the history while it cannot be written; older ones are given up.
+MAX_UNRECORDED: Final = 10_000
+RETRY_UNRECORDED_S: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,8 @@ class BookkeepingWriter:
         self._callback_log = callback_log
         self._metrics = metrics
         self._queue: list[_Entry] = []
+        # Runs the history could not take yet, oldest first (written by this thread only).
+        self._unrecorded: list[_Entry] = []
         # Queued and being written: flush() waits for 0.
         self._unwritten = 0
         # Readers waiting in flush(): the writer does not pause for others to join.
@@ -96,13 +101,18 @@ class BookkeepingWriter:
     def _write_forever(self) -> None:
         while True:
             with self._changed:
-                self._changed.wait_for(lambda: self._queue or self._closing)
+                # While runs wait for the history, it is tried again now and then.
+                retry_s = RETRY_UNRECORDED_S if self._unrecorded else None
+                self._changed.wait_for(lambda: self._queue or self._closing, retry_s)
                 self._changed.wait_for(self._gathered, GATHER_S)
                 batch, self._queue = self._queue, []
                 if not batch and self._closing:
                     return
             try:
-                self._write(batch)
+                if batch:
+                    self._write(batch)
+                elif self._unrecorded:
+                    self._record_unrecorded()
             finally:
                 with self._changed:
                     self._unwritten -= len(batch)
@@ -113,8 +123,7 @@ class BookkeepingWriter:
         return len(self._queue) >= GATHER_RUNS or self._closing or self._waiting_readers > 0
 
     def _write(self, batch: list[_Entry]) -> None:
-        with _guarded("history", batch):
-            self._history.record_many([(e.invocation, e.result, e.started_at) for e in batch])
+        self._record([*self._unrecorded, *batch], batch)
         for entry in batch:
             with _guarded("callback log", [entry]):
                 self._callback_log.append(entry.invocation, entry.result, entry.ended_at)
@@ -123,6 +132,37 @@ class BookkeepingWriter:
                 self._metrics.observe(
                     entry.result, language=callback.language, source=entry.invocation.source
                 )
+
+    def _record_unrecorded(self) -> None:
+        records, self._unrecorded = self._unrecorded, []
+        self._record(records, [])
+        if not self._unrecorded:
+            logger.info("the history took the %d runs that waited for it", len(records))
+
+    def _record(self, records: list[_Entry], batch: list[_Entry]) -> None:
+        """Write ``records``' history; on a storage failure keep them for the next try.
+
+        So a run answered while the disk was full reaches the history once it is not.
+        """
+        self._unrecorded = []
+        try:
+            self._history.record_many([(e.invocation, e.result, e.started_at) for e in records])
+        except (StorageError, OSError) as err:
+            kept = records[-MAX_UNRECORDED:]
+            given_up = len(records) - len(kept)
+            # Once per batch of new runs; the quiet retries in between say nothing new.
+            logger.log(
+                logging.WARNING if batch or given_up else logging.DEBUG,
+                "runs %s: the history was not written (%s); %d runs wait to be written%s",
+                ", ".join(e.result.invocation_id for e in batch) or "(earlier)",
+                err,
+                len(kept),
+                f", {given_up} older ones are given up" if given_up else "",
+            )
+            self._unrecorded = kept
+        except Exception:
+            ids = ", ".join(e.result.invocation_id for e in records)
+            logger.exception("runs %s: writing the history failed", ids)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,9 @@ No message blocks the ones behind it. One the receiver refuses as malformed will
 succeed: it is set aside at once as a *dead letter* (logged at ERROR, kept in the table
 with its error, counted, listed and retried on request). One the receiver answers but
 fails (too large for it, or anything else) waits out a backoff of its own while the
-messages behind it go on, and is set aside after ``max_attempts`` such failures. While
+messages behind it go on, and is set aside after ``max_attempts`` such failures spread
+over at least ``min_refusing_s`` (so a supervisor that fails for a few seconds, an
+upgrade's INTERNAL, does not set aside everything that came meanwhile). While
 the receiver does not answer at all (down, hanging), everything waits together and is
 retried for as long as it takes.
 
@@ -172,8 +174,9 @@ class Outbox:
             of runs, one exchange per result cost more executor CPU than the run).
         batch_size, batch_bytes: the most messages, and bytes of them, one exchange
             carries (a single larger message still goes, alone).
-        max_attempts: failed tries after which a message the receiver keeps refusing
-            (while it answers) is set aside.
+        max_attempts, min_refusing_s: a message the receiver keeps refusing (while it
+            answers) is set aside after this many failed tries, the first of them (since
+            this outbox last saw it delivered, queued or started) at least this long ago.
         health: told when a write fails because of the storage.
         clock: Unix time source, replaceable in tests.
         rng: jitter source, seedable in tests.
@@ -190,6 +193,7 @@ class Outbox:
         batch_size: int = 64,
         batch_bytes: int = 3 << 20,
         max_attempts: int = 8,
+        min_refusing_s: float = 30.0,
         health: StorageHealth | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
@@ -202,6 +206,9 @@ class Outbox:
         self._batch_size = batch_size
         self._batch_bytes = batch_bytes
         self._max_attempts = max_attempts
+        self._min_refusing_s = min_refusing_s
+        # When each message the receiver refuses was first refused (this process's view).
+        self._first_refused: dict[int, float] = {}
         self._transport = transport
         self._batches = isinstance(transport, BatchTransport)
         self._linger_s = linger_s
@@ -499,6 +506,8 @@ class Outbox:
             self._batches = False
             return DeliveryError("the receiver takes no batches", retryable=True)
         self._duplicates += sum(duplicates)
+        for seq, _, _ in batch:
+            self._first_refused.pop(seq, None)
         await self._io(lambda: self._mark_delivered([seq for seq, _, _ in batch]))
         return None
 
@@ -517,14 +526,18 @@ class Outbox:
             counted = 0 if err.unreachable else 1 + int(batch_refused)
             attempts = await self._io(lambda: self._note_failure(seq, error, counted=counted))
             if not err.retryable:
+                self._first_refused.pop(seq, None)
                 await self._io(lambda: self._set_aside(seq, key, f"refused: {error}"))
                 return True
             if err.unreachable:
                 logger.warning("outbox: delivery of %s failed (%s)", key, err)
                 return False  # nothing moves: back off as a whole
-            if attempts >= self._max_attempts:
+            first = self._first_refused.setdefault(seq, time.monotonic())
+            refusing_s = time.monotonic() - first
+            if attempts >= self._max_attempts and refusing_s >= self._min_refusing_s:
                 # The receiver answers, but never takes this one.
-                why = f"failed {attempts} times, last: {err}"
+                why = f"failed {attempts} times over {refusing_s:.0f} s, last: {err}"
+                self._first_refused.pop(seq, None)
                 await self._io(lambda: self._set_aside(seq, key, why))
                 return True
             # It waits its own backoff while the messages behind it go on.
@@ -538,6 +551,7 @@ class Outbox:
                 )
             return True
         self._duplicates += duplicate
+        self._first_refused.pop(seq, None)
         await self._io(lambda: self._mark_delivered([seq]))
         return True
 

@@ -10,9 +10,10 @@ GetMetrics answers with it: the owners themselves stay on the loop.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from executor.errors import UnavailableError
 from executor.sandbox.spawners import ZygoteStatus
 
 
@@ -83,11 +84,14 @@ class ReadingSources:
     universal: Callable[[], tuple[int, int]] = lambda: (0, 0)  # (loaded, reload errors)
     zygotes: Callable[[], tuple[ZygoteStatus, ...]] = tuple
 
+    # The last counts each store-backed source gave, shown while its store cannot be read.
+    _last: dict[str, tuple[int, int]] = field(default_factory=dict)
+
     def read(self) -> Readings:
-        """Every reading now."""
-        pending, dead = self.outbox()
-        events, fired = self.trigger_counts()
-        jobs, callbacks = self.trigger_store()
+        """Every reading now (a store that cannot be read keeps its last counts)."""
+        pending, dead = self._or_last("outbox", self.outbox)
+        events, fired = self._or_last("trigger_counts", self.trigger_counts)
+        jobs, callbacks = self._or_last("trigger_store", self.trigger_store)
         universal, reload_errors = self.universal()
         return Readings(
             active_children=self.load.active,
@@ -107,3 +111,11 @@ class ReadingSources:
             zygotes=self.zygotes(),
             tier=self.tier,
         )
+
+    def _or_last(self, name: str, source: Callable[[], tuple[int, int]]) -> tuple[int, int]:
+        try:
+            value = source()
+        except UnavailableError:  # a fleet's PostgreSQL down: the storage problem says so
+            return self._last.get(name, (0, 0))
+        self._last[name] = value
+        return value

@@ -234,6 +234,25 @@ class CellCgroups:
                 return int(value)
         return 0
 
+    def cpu_seconds(self, cell: int) -> float | None:
+        """CPU time of every process the cell has held, since it was made; None where unknown.
+
+        cgroup v2 keeps it (``cpu.stat``, with or without the cpu controller), so it
+        counts what a callback's processes used whether or not anyone reaped them.
+        """
+        pool = next((p for c, p in self._pools.items() if self._hierarchies[c].v2), None)
+        if pool is None:
+            return None
+        try:
+            text = self._read(f"{pool}/cell-{cell}/cpu.stat")
+        except OSError:
+            return None
+        for line in text.splitlines():
+            key, _, value = line.partition(b" ")
+            if key == b"usage_usec":
+                return int(value) / 1e6
+        return None
+
     def has_processes(self, cell: int) -> bool:
         """Whether anything is left in the cell: its pids counter, else its process list.
 

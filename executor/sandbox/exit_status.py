@@ -57,6 +57,8 @@ class ChildExit:
     lost_reason: str = ""
     # Processes of the callback the kernel killed for exceeding the cell's memory cgroup.
     oom_kills: int = 0
+    # The cell cgroup's CPU time when the run began (None where the kernel keeps none).
+    cell_cpu_before: float | None = None
 
     @property
     def exit_code(self) -> int:

@@ -483,6 +483,7 @@ class SandboxRunner:
             try:
                 self._set_cgroup_limits(cell, limits)  # this run's own, whoever started it
                 oom_kills_before = self._oom_kills_seen(cell)
+                evidence.cell_cpu_before = self._cell_cpu(cell)
                 began = time.monotonic()
                 started = not stop.requested
                 if policy is not None and policy.env:
@@ -553,6 +554,7 @@ class SandboxRunner:
         handle = child.handle
         evidence.wait_status = handle.wait_status
         evidence.cpu_seconds = handle.cpu_seconds
+        self._count_cell_cpu(child.cell, evidence)
         evidence.peak_rss_bytes = handle.peak_rss_bytes
         evidence.lost_reason = handle.lost_reason
         cgroups = self.options.cgroups
@@ -589,6 +591,7 @@ class SandboxRunner:
         evidence.wall_seconds = time.monotonic() - began
         evidence.wait_status = (expected_exit(done) & 0xFF) << 8
         evidence.cpu_seconds, evidence.peak_rss_bytes = usage
+        self._count_cell_cpu(child.cell, evidence)
         cgroups = self.options.cgroups
         if cgroups is not None:
             evidence.oom_kills = cgroups.oom_kills(child.cell) - oom_kills_before
@@ -725,6 +728,21 @@ class SandboxRunner:
         finally:
             child.close()
             await _remove_workdir(child.host_workdir)
+
+    def _cell_cpu(self, cell: int) -> float | None:
+        cgroups = self.options.cgroups
+        return None if cgroups is None else cgroups.cpu_seconds(cell)
+
+    def _count_cell_cpu(self, cell: int, evidence: ChildExit) -> None:
+        """The run's CPU: its main process's, or its cell's since the start if more.
+
+        The main process's figure counts only the children it reaped; the cell's counts
+        every process of the run, a forked one left spinning included.
+        """
+        before = evidence.cell_cpu_before
+        now = self._cell_cpu(cell)
+        if before is not None and now is not None:
+            evidence.cpu_seconds = max(evidence.cpu_seconds, now - before)
 
     def _oom_kills_seen(self, cell: int) -> int:
         """The cell's OOM kill count before this run, read from the cgroup only the first time."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
 from supervisor_client import ExecutorClient, InvalidRequestError
 from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
 from tests.conftest import Stack, stack_settings
-from tests.faults.helpers import executor, field, nested_struct, raw_call, varint
+from tests.faults.helpers import executor, field, nested_struct, raw_call, small_tmpfs, varint
 
 pytestmark = pytest.mark.faults
 
@@ -149,6 +150,21 @@ async def test_a_damaged_database_stops_start_up_naming_it_and_is_left_untouched
     assert str(damaged) in lines[0] and "untouched" in lines[0]
     assert "Traceback" not in err
     assert damaged.read_bytes() == garbage
+
+
+async def test_a_read_only_data_dir_stops_start_up_saying_so(tmp_path: Path) -> None:
+    with small_tmpfs(tmp_path / "disk", 8 << 20) as disk:
+        data_dir = disk / "data"
+        data_dir.mkdir(mode=0o700)
+        (data_dir / "outbox.db-wal").write_bytes(b"")  # as a crash leaves it
+        remount = ["mount", "-o", "remount,ro", str(disk)]
+        await asyncio.to_thread(subprocess.run, remount, check=True)
+
+        code, err = await _serve(data_dir, "--bind", "127.0.0.1:0")
+
+    assert code == 2, err
+    assert f"cbexec: data_dir: {data_dir} is not writable by this user" in err
+    assert "Traceback" not in err and "damaged" not in err
 
 
 async def test_port_mistakes_are_refused_at_start(tmp_path: Path) -> None:

@@ -58,6 +58,14 @@ async def test_a_full_data_disk_refuses_answers_it_cannot_record_and_recovers(
                     assert await eventually(lambda: _is(channel, NOT_SERVING), timeout_s=5)
                     problem = (await client.get_metrics()).storage_problem
                     assert str(disk / "data") in problem
+                    # Known degraded: nothing runs, so no effect happens for a lost result.
+                    requests = len(endpoint.servicer.action_requests)
+                    with pytest.raises(RetryableError) as not_run:
+                        await client.execute_callback(
+                            language="python", code="qb.block(7)", job={"id": 7}
+                        )
+                    assert "cannot record results now, so it runs nothing" in not_run.value.details
+                    assert len(endpoint.servicer.action_requests) == requests
 
                     filler.unlink()  # space returns: everything resumes by itself
                     assert await eventually(lambda: _is(channel, SERVING), timeout_s=15), (

@@ -15,11 +15,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
 import pytest
 
 from supervisor_client import ExecutorClient, RetryableError
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.fleet.harness import LEASE_S, Fleet, fleet
+from tests.helpers.health import NOT_SERVING, SERVING, health_status
 from tests.helpers.postgres import PostgresServer
 from tests.helpers.waiting import eventually
 
@@ -202,3 +204,42 @@ async def test_postgresql_restarted_mid_run_the_replicas_wait_retry_and_lose_not
             assert all(group.counting.applied[i] == 1 for ids in by_job.values() for i in ids)
         finally:
             await clients.close()
+
+
+async def test_with_postgresql_down_a_replica_says_not_serving_and_runs_nothing(
+    tmp_path: Path, pg_url: str, postgres: PostgresServer
+) -> None:
+    async with fleet(tmp_path, pg_url, replicas=1) as group:
+        address = group.address(0)
+        channel = group.channel(address)
+        (job,) = group.endpoint.store.submit([{"name": "down", "user": "alice"}])
+        async with ExecutorClient(address) as client:
+            await client.execute_callback(language="python", code="pass", job=job)
+            postgres.stop("fast")
+            try:
+                # The first result that cannot be recorded is refused, and says why.
+                with pytest.raises(RetryableError) as lost:
+                    await client.execute_callback(language="python", code="pass", job=job)
+                assert "PostgreSQL" in lost.value.details
+                assert await eventually(lambda: _health_is(channel, NOT_SERVING), timeout_s=10)
+                # The metrics still answer, and say what is wrong (the last counts stand).
+                assert "PostgreSQL" in (await client.get_metrics()).storage_problem
+                requests = len(group.counting.action_requests)
+                with pytest.raises(RetryableError) as refused:
+                    await client.execute_callback(
+                        language="python", code=f"qb.block({job['id']})", job=job
+                    )
+                assert "runs nothing" in refused.value.details
+                assert len(group.counting.action_requests) == requests
+            finally:
+                await asyncio.to_thread(postgres.start)
+            assert await eventually(lambda: _health_is(channel, SERVING), timeout_s=30)
+            done = await client.execute_callback(language="python", code="pass", job=job)
+            assert done.outcome == executor_pb2.OUTCOME_SUCCEEDED
+
+
+async def _health_is(channel: grpc.aio.Channel, status: int) -> bool:
+    try:
+        return await health_status(channel) == status
+    except grpc.aio.AioRpcError:
+        return False

@@ -13,6 +13,7 @@ from executor.runs.bookkeeping import GATHER_S, BookkeepingWriter
 from executor.runs.callback_log import CallbackLog, log_path
 from executor.runs.history import RunHistory
 from executor.runs.metrics import Metrics
+from executor.storage import StorageError
 from tests.unit.test_history import invocation, result
 
 pytestmark = pytest.mark.unit
@@ -71,3 +72,32 @@ def test_close_writes_what_is_queued(history: CountedHistory, tmp_path: Path) ->
         submit(writer, f"run-{n}")
     writer.close()
     assert history.count() == 5
+
+
+class FullDisk(CountedHistory):
+    """The real history, on a disk that is full until told otherwise."""
+
+    full = True
+
+    def record_many(self, runs: Sequence[tuple[Invocation, RunResult, float]]) -> None:
+        if self.full:
+            raise StorageError("runs.db", "database or disk is full")
+        super().record_many(runs)
+
+
+def test_runs_the_full_disk_refused_reach_the_history_once_it_is_not(tmp_path: Path) -> None:
+    history = FullDisk(tmp_path / "runs.db", retention_days=1, max_runs=1000)
+    history.transactions = []
+    writer = BookkeepingWriter(history, CallbackLog(tmp_path / "logs", 1 << 20), Metrics())
+    for n in range(3):
+        submit(writer, f"run-{n}")
+    assert writer.flush()
+    assert history.count() == 0
+    history.full = False  # space returns; no new run comes
+    deadline = time.monotonic() + 10
+    while history.count() < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [history.get(f"run-{n}") is not None for n in range(3)] == [True] * 3
+    submit(writer, "run-3")
+    writer.close()
+    assert history.count() == 4  # each once

@@ -88,6 +88,24 @@ def test_oom_kills_are_read_from_either_layout(v1_root: Path) -> None:
     assert cgroups.oom_kills(0) == 3
 
 
+def test_a_cells_cpu_time_comes_from_cgroup_v2_only(v1_root: Path, tmp_path: Path) -> None:
+    v1 = CellCgroups.create(1)
+    assert v1 is not None and v1.cpu_seconds(0) is None  # v1 keeps it in cpuacct, not ours
+
+    root = tmp_path / "v2"
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("memory pids\n")
+    cgroup.CGROUP_ROOT = root  # restored by the fixture's monkeypatch
+    v2 = CellCgroups.create(1)
+    assert v2 is not None
+    stat = next(root.glob("cbexec-*/cell-0")) / "cpu.stat"
+    assert v2.cpu_seconds(0) is None  # no file: nothing known
+    stat.write_text("usage_usec 1500000\nuser_usec 1000000\nsystem_usec 500000\n")
+    assert v2.cpu_seconds(0) == 1.5
+    stat.write_text("usage_usec 4250000\nuser_usec 4000000\nsystem_usec 250000\n")
+    assert v2.cpu_seconds(0) == 4.25  # read anew each time
+
+
 def test_without_the_memory_controller_only_processes_are_capped(v1_root: Path) -> None:
     cgroups = CellCgroups.create(1, memory=False)
     assert cgroups is not None and cgroups.controllers == ("pids",)

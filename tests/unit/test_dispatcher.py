@@ -187,10 +187,13 @@ async def test_drain_stops_every_run_records_it_and_answers_its_caller() -> None
 
     await harness.dispatcher.drain()
 
-    results = await asyncio.gather(child, qube, queued, fired)
+    results = await asyncio.gather(child, qube, queued)
     assert {r.outcome for r in results} == {Outcome.KILLED}
     assert {r.failure.message for r in results if r.failure} == {SHUTTING_DOWN}
     assert harness.outcomes() == {r.invocation_id: (Outcome.KILLED, SHUTTING_DOWN) for r in results}
+    # A queued firing never started: not a run, so the engine keeps it for the next start.
+    with pytest.raises(UnavailableError, match=SHUTTING_DOWN):
+        await fired
     assert harness.runner.stopped == ["a"]  # the queued ones never started
     assert harness.runner.closed
     assert (harness.dispatcher.active, harness.dispatcher.waiting) == (0, 0)

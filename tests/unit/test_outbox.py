@@ -226,6 +226,47 @@ async def test_refused_result_is_set_aside_without_blocking_the_rest(
     await outbox.close()
 
 
+class FailingReceiver(ReferenceReceiver):
+    """Answers, but fails (INTERNAL) until told to stop."""
+
+    failing = True
+
+    async def deliver(self, key: str, payload: bytes) -> bool:
+        if self.failing:
+            self.calls[key] += 1
+            raise DeliveryError("INTERNAL: the supervisor is being upgraded", retryable=True)
+        return await super().deliver(key, payload)
+
+
+async def test_a_short_spell_of_failures_sets_nothing_aside(
+    tmp_path: Path, receiver: ReferenceReceiver
+) -> None:
+    failing = FailingReceiver(receiver.supervisor)
+    outbox = Outbox(tmp_path / "outbox.db", failing, backoff=FAST, min_refusing_s=30)
+    outbox.start()
+    outbox.put("a", payload(0))
+    assert await eventually(lambda: failing.calls["a"] >= 12)  # past max_attempts
+    assert outbox.stats().dead == 0
+    failing.failing = False
+    assert await outbox.flush(5)
+    assert failing.order == ["a"] and outbox.stats().dead == 0
+    await outbox.close()
+
+
+async def test_failures_spread_over_the_spell_set_a_result_aside(
+    tmp_path: Path, receiver: ReferenceReceiver
+) -> None:
+    failing = FailingReceiver(receiver.supervisor)
+    outbox = Outbox(tmp_path / "outbox.db", failing, backoff=FAST, min_refusing_s=0.3)
+    outbox.start()
+    outbox.put("a", payload(0))
+    assert await eventually(lambda: outbox.stats().dead == 1)
+    (letter,) = outbox.dead_letters()
+    assert "failed " in letter.last_error and "INTERNAL" in letter.last_error
+    assert failing.calls["a"] >= 8
+    await outbox.close()
+
+
 async def test_a_transport_bug_does_not_end_delivery(tmp_path: Path) -> None:
     class Flaky:
         def __init__(self) -> None:
