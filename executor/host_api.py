@@ -29,7 +29,7 @@ import functools
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from executor.bounds import (
     MAX_ACTIONS_BYTES,
@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 MAX_CALLS_PER_RUN: Final = 10_000
 CUT_SHORT: Final = "cut short: the run ended while the supervisor had it; it may have been applied"
 _RANGE = re.compile(r"^(-?\d+)-(-?\d+)$")
+_T = TypeVar("_T")
 _ALIASES: Final = {"retire": "complete"}
 
 
@@ -89,6 +90,30 @@ def _split_work_target(target: Any) -> tuple[int, str]:
 def _total(outcomes: list[ActionOutcome]) -> tuple[int, str]:
     """A verb's value (how many changed) and its recorded summary, over all its targets."""
     return sum(o.changed for o in outcomes), "; ".join(o.message for o in outcomes)
+
+
+async def _each(
+    targets: list[_T], act: Callable[[_T], Awaitable[ActionOutcome]]
+) -> tuple[int, str]:
+    """A verb over its targets in order: how many changed, and its summary.
+
+    Each target is its own supervisor request, applied as it comes. When one is refused,
+    those before it stay applied, and the error the callback sees says so.
+    """
+    outcomes: list[ActionOutcome] = []
+    for target in targets:
+        try:
+            outcomes.append(await act(target))
+        except HostCallError as err:
+            if not outcomes:
+                raise
+            changed, summary = _total(outcomes)
+            raise HostCallError(
+                err.kind,
+                f"{err.message}; the {len(outcomes)} target(s) before it were acted on "
+                f"({changed} changed: {summary})",
+            ) from err
+    return _total(outcomes)
 
 
 def expand_work_names(spec: str, agenda_names: list[str]) -> list[str]:
@@ -359,17 +384,17 @@ class HostApi:
             ids = [_job_id(t) for t in _flatten(targets)]
             if not ids:
                 raise _invalid(f"{verb} needs at least one job id")
-            outcomes = [
-                await self._supervisor.job_action(
+
+            async def act(job_id: int) -> ActionOutcome:
+                return await self._supervisor.job_action(
                     verb,
                     job_id,
                     actor=self._invocation.actor,
                     invocation_id=self._invocation.invocation_id,
                     action_seq=self.next_action_seq(),
                 )
-                for job_id in ids
-            ]
-            return _total(outcomes)
+
+            return await _each(ids, act)
 
         return job_verb
 
@@ -378,22 +403,24 @@ class HostApi:
             flat = _flatten(targets)
             if not flat:
                 raise _invalid(f"work{verb} needs '<jobid>:<workname>'")
-            outcomes = []
-            for target in flat:
+
+            async def act(target: Any) -> ActionOutcome:
                 job_id, spec = _split_work_target(target)
                 (info,) = await self._jobs(job_id=job_id)
-                names = expand_work_names(spec, [w["name"] for w in info["agenda"]])
-                outcomes.append(
-                    await self._supervisor.work_action(
-                        verb,
-                        job_id,
-                        names,
-                        actor=self._invocation.actor,
-                        invocation_id=self._invocation.invocation_id,
-                        action_seq=self.next_action_seq(),
-                    )
+                try:
+                    names = expand_work_names(spec, [w["name"] for w in info["agenda"]])
+                except HostCallError as err:
+                    raise HostCallError(err.kind, f"job {job_id}: {err.message}") from err
+                return await self._supervisor.work_action(
+                    verb,
+                    job_id,
+                    names,
+                    actor=self._invocation.actor,
+                    invocation_id=self._invocation.invocation_id,
+                    action_seq=self.next_action_seq(),
                 )
-            return _total(outcomes)
+
+            return await _each(flat, act)
 
         return work_verb
 
@@ -406,19 +433,17 @@ class HostApi:
 
     def _subjob_verb(self, verb: str) -> Callable[..., Awaitable[tuple[int, str]]]:
         async def subjob_verb(*targets: Any) -> tuple[int, str]:
-            outcomes = []
-            for target in _flatten(targets):
+            async def act(target: Any) -> ActionOutcome:
                 job_id, subids = self._split_subjob_target(target)
-                outcomes.append(
-                    await self._supervisor.subjob_action(
-                        verb,
-                        job_id,
-                        subids,
-                        actor=self._invocation.actor,
-                        invocation_id=self._invocation.invocation_id,
-                        action_seq=self.next_action_seq(),
-                    )
+                return await self._supervisor.subjob_action(
+                    verb,
+                    job_id,
+                    subids,
+                    actor=self._invocation.actor,
+                    invocation_id=self._invocation.invocation_id,
+                    action_seq=self.next_action_seq(),
                 )
-            return _total(outcomes)
+
+            return await _each(_flatten(targets), act)
 
         return subjob_verb

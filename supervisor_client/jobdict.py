@@ -8,7 +8,7 @@ doubles, so integral values are turned back into ints.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from google.protobuf import json_format, struct_pb2
@@ -31,7 +31,23 @@ _SCALARS = (
     "timecomplete",
     "cpus",
 )
-_DEDICATED = frozenset((*_SCALARS, "agenda", "subjobs", "callbacks", "extra"))
+# Qube's tallies of a job's work items (todotally) and instances (cpustally) per status,
+# and its number of work items (todo): made from the agenda and instances whenever a
+# job dict is made, so never stale, and never sent on the wire.
+_TALLIED: Final = (
+    "badlogin",
+    "blocked",
+    "complete",
+    "failed",
+    "killed",
+    "pending",
+    "running",
+    "suspended",
+    "unknown",
+    "waiting",
+)
+_DERIVED = frozenset({"todo", "todotally", "cpustally"})
+_DEDICATED = frozenset((*_SCALARS, "agenda", "subjobs", "callbacks", "extra", *_DERIVED))
 _CALLBACK_FIELDS = ("id", "triggers", "language", "code", "user", "count", "maximum")
 # One event atom as the trigger grammar's lexer reads it: no whitespace, '&', '|' or
 # parentheses (the words and/or are operators, not atoms).
@@ -167,9 +183,20 @@ def job_to_dict(job: types_pb2.Job, *, include_callbacks: bool = False) -> dict[
     result["subjobs"] = [
         {"id": sub.id, "status": sub.status, "host": sub.host} for sub in job.subjobs
     ]
+    result["todo"] = len(job.agenda)
+    result["todotally"] = _tally(work.status for work in job.agenda)
+    result["cpustally"] = _tally(sub.status for sub in job.subjobs)
     if include_callbacks:
         result["callbacks"] = [callback_to_dict(cb) for cb in job.callbacks]
     return result
+
+
+def _tally(statuses: Iterable[str]) -> dict[str, int]:
+    """How many have each status Qube tallies; any other counts as ``unknown``."""
+    counts = dict.fromkeys(_TALLIED, 0)
+    for status in statuses:
+        counts[status if status in counts else "unknown"] += 1
+    return counts
 
 
 def _work_item(entry: Any) -> types_pb2.WorkItem:

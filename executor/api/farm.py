@@ -62,8 +62,12 @@ def _farm_errors() -> Iterator[None]:
 def _change_name(value: int) -> str:
     """WORK_CHANGE_START -> "start"; InvalidRequestError naming the valid changes."""
     valid = [name.removeprefix("WORK_CHANGE_").lower() for name in farm_pb2.WorkChange.keys()[1:]]
-    if value not in farm_pb2.WorkChange.values() or value == 0:
+    if value == 0:
         raise InvalidRequestError(f"change is required; expected one of {', '.join(valid)}")
+    if value not in farm_pb2.WorkChange.values():
+        raise InvalidRequestError(
+            f"change {value} is not a WorkChange; expected one of {', '.join(valid)}"
+        )
     name = farm_pb2.WorkChange.Name(farm_pb2.WorkChange.ValueType(value))
     return name.removeprefix("WORK_CHANGE_").lower()
 

@@ -40,7 +40,7 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without ``authorization: Bearer <token>`` with UNAUTHENTICATED."""
 
     def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
 
     def _authorized(self, details: grpc.HandlerCallDetails) -> bool:
         if details.method.startswith(OPEN_SERVICES):
@@ -48,8 +48,12 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         for key, value in details.invocation_metadata or ():
             if key == "authorization":
                 given = value.encode() if isinstance(value, str) else value
+                # The scheme in any case, as HTTP has it (RFC 9110 11.1).
+                scheme, _, token = given.partition(b" ")
                 # Constant time: the comparison must not reveal how much of a guess was right.
-                return hmac.compare_digest(given, self._expected)
+                return scheme.lower() == b"bearer" and hmac.compare_digest(
+                    token.strip(), self._expected
+                )
         return False
 
     async def intercept_service(

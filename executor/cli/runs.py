@@ -416,7 +416,7 @@ async def _execute(
     response = await client.execute(request, timeout=args.timeout)
     print(f"invocation: {response.invocation_id}", file=out)
     print(format_result(response), file=out)
-    if not args.embedded and unknown_job(response):
+    if not args.embedded and unknown_job(response, job.get("id")):
         print(
             f"hint: the supervisor behind {args.address} does not know job {job.get('id')}: "
             "try the callback with --embedded (a throwaway executor and supervisor that "
@@ -427,11 +427,20 @@ async def _execute(
     return EXIT_OK if outcome_name(response.outcome) == "SUCCEEDED" else EXIT_NOT_SUCCEEDED
 
 
-def unknown_job(response: Any) -> bool:
-    """Whether a qb call of the run was refused because the supervisor has no such job."""
-    refused = [action.message for action in response.actions if not action.ok]
-    failure = response.failure.exception_type if response.HasField("failure") else ""
-    return failure == "NoSuchJob" or any(m.startswith("NoSuchJob:") for m in refused)
+def unknown_job(response: Any, job_id: Any) -> bool:
+    """Whether a qb call of the run was refused because the supervisor has no job ``job_id``.
+
+    Not any NoSuchJob: a callback asking about another job that does not exist is the
+    callback's business, not a sign that the run's own job is unknown there.
+    """
+    own = re.compile(rf"\bno job {re.escape(str(job_id))}\b")
+    refused = [
+        a.message for a in response.actions if not a.ok and a.message.startswith("NoSuchJob")
+    ]
+    failure = response.failure if response.HasField("failure") else None
+    if failure is not None and failure.exception_type == "NoSuchJob":
+        refused.append(failure.message)
+    return any(own.search(message) for message in refused)
 
 
 def add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -46,7 +46,8 @@ _EDGE_NOTES: Final = (
     (
         "note: edge-triggered. An atom latches when its event happens after the callback is "
         "registered; an event that already happened (a job that completed earlier) is never "
-        "seen again."
+        "seen again. A time atom whose time is already past when the callback is "
+        "registered latches at once."
     ),
     (
         "note: && remembers events that happen at different moments; the latches reset when "

@@ -148,6 +148,15 @@ async def test_errors_name_what_is_wrong_and_what_exists(stack_warm: Stack) -> N
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "change is required; expected one of start, complete, fail",
             ),
+            (
+                farm.change_work(
+                    farm_pb2.ChangeWorkRequest(
+                        job_id=1, work=["1"], change=farm_pb2.WorkChange.ValueType(42)
+                    )
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "change 42 is not a WorkChange; expected one of start, complete, fail",
+            ),
         ]
         for call, code, text in cases:
             with pytest.raises(ExecutorRpcError) as err:

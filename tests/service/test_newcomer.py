@@ -116,6 +116,24 @@ async def test_an_unknown_job_on_a_live_server_gets_a_hint(
     assert "--embedded" in hint[0] and "cbexec farm submit" in hint[0]
 
 
+async def test_no_hint_when_the_callback_asks_about_another_unknown_job(
+    stack_warm: Stack, tmp_path: Path
+) -> None:
+    (job,) = stack_warm.supervisor.submit([{"name": "known", "user": "alice"}])
+    said = await cbexec(
+        "run",
+        "--lang",
+        "python",
+        "--code",
+        "try:\n    qb.jobstatus(99999)\nexcept qb.NoSuchJob:\n    print('checked')",
+        "--job",
+        str(job_file(tmp_path, {"id": job["id"], "name": "known", "user": "alice"})),
+        address=stack_warm.address,
+    )
+    assert said.code == 0, said.err
+    assert not [line for line in said.err.splitlines() if line.startswith("hint:")]
+
+
 async def test_embedded_run_keeps_the_mail_it_prints(tmp_path: Path) -> None:
     data_home = tmp_path / "xdg"
     said = await cbexec(

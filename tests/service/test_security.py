@@ -18,7 +18,7 @@ from executor import server
 from executor.config import Settings
 from executor.errors import ConfigError
 from supervisor_client import ExecutorClient, ExecutorRpcError
-from supervisor_client.qbcallback.v1 import executor_pb2
+from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 from tests.conftest import stack_settings
 from tests.helpers.health import SERVING, health_status
 
@@ -283,6 +283,20 @@ async def test_token(tmp_path: Path, executor_with: list[server.RunningServer]) 
             assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
     async with grpc.aio.insecure_channel(address) as channel:
         assert await health_status(channel) == SERVING, "health stays open"
+        metrics = executor_pb2_grpc.RunServiceStub(channel).GetMetrics
+        for header, allowed in (
+            (f"bearer {TOKEN}", True),  # the scheme in any case, as in HTTP
+            (f"BEARER  {TOKEN}", True),
+            (f"Basic {TOKEN}", False),
+            (TOKEN, False),
+        ):
+            call = metrics(executor_pb2.GetMetricsRequest(), metadata=(("authorization", header),))
+            if allowed:
+                await call
+            else:
+                with pytest.raises(grpc.aio.AioRpcError) as refused_header:
+                    await call
+                assert refused_header.value.code() == grpc.StatusCode.UNAUTHENTICATED
         from supervisor_client.qbcallback.v1 import supervisor_pb2, supervisor_pb2_grpc
 
         kill = supervisor_pb2.JobActionRequest(

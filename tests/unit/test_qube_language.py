@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from executor.errors import HostCallError
 from executor.host_api import CUT_SHORT, HostApi
 from executor.model import Outcome, RunResult
 from executor.runtimes.mail import MailSettings
@@ -490,3 +491,29 @@ async def test_a_qube_callback_has_at_most_64_code_strings(
     assert result.failure is not None
     assert "has 65 code strings; at most 64 run in one callback" in result.failure.message
     assert not mail_dir.exists() or mails(mail_dir) == []
+
+
+@pytest.mark.parametrize(
+    ("fn", "targets", "acted"),
+    [
+        ("block", ["JOB", 99999], "block"),
+        ("workunblock", ["JOB:1", "JOB:77"], "workunblock"),
+    ],
+)
+async def test_a_list_verb_refused_part_way_says_what_it_did_before(
+    supervisor: ReferenceSupervisor, fn: str, targets: list[object], acted: str
+) -> None:
+    job_id = submit(supervisor, status="pending")
+    args = [t.replace("JOB", str(job_id)) if isinstance(t, str) else t for t in targets]
+    args = [job_id if t == "JOB" else t for t in args]
+    invocation = invocation_for(supervisor.job(job_id), "", language="python")
+    host = HostApi(ReferencePort(supervisor), invocation)
+
+    with pytest.raises(HostCallError) as refused:
+        await host.call(fn, [args], {})
+
+    assert refused.value.kind in ("NoSuchJob", "NoSuchWork")
+    assert "the 1 target(s) before it were acted on (1 changed:" in refused.value.message
+    (record,) = host.actions
+    assert record.verb == acted and not record.ok
+    assert "1 changed" in record.message

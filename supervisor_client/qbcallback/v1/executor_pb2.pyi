@@ -1549,8 +1549,9 @@ class GetUniversalCallbacksResponse(_message.Message):
     LOADED_AT_FIELD_NUMBER: _builtins.int
     ERRORS_FIELD_NUMBER: _builtins.int
     last_reload_at: _builtins.float
-    """Unix seconds of the last reload, and of the load that made the active set;
-    0 when it never happened.
+    """Unix seconds: when a load was last tried (the load at start-up is the
+    first), and when the active set was loaded (a load that failed keeps the set
+    it had; 0 while no load has succeeded, callbacks.conf broken since start-up).
     """
     loaded_at: _builtins.float
     @_builtins.property
