@@ -18,6 +18,11 @@ What it decides, for the one architecture it was built for:
 - ``socket``/``socketpair`` of a family other than AF_UNIX, AF_INET, AF_INET6 and
   AF_NETLINK: EAFNOSUPPORT, what a kernel without that family says;
 - ``personality`` other than the query (0xffffffff) and PER_LINUX: EPERM;
+- a file mode with the setuid or setgid bit (``chmod`` and its kin, ``creat``,
+  ``mknod``, ``open``/``openat`` creating a file): EPERM. A file the callback makes in a
+  read-write bind is the host's too, where ``nosuid`` does not hold: a setuid file
+  there would run as the sandbox uid for whoever starts it on the host. ``openat2``,
+  whose mode a classic filter cannot read, is ENOSYS (libc then uses ``openat``);
 - the calls in ``DENIED`` (io_uring, keyrings, bpf, perf events, userfaultfd, ptrace and
   cross-process memory, mounts old and new, modules, kexec, clocks, ...): EPERM;
 - everything else: allowed.
@@ -62,6 +67,16 @@ ARGS_OFFSET: Final = 16
 # The low 32 bits of args[0]: every argument checked here is an int (clone's flags are
 # truncated to 32 bits by the kernel too).
 ARG0_LOW: Final = ARGS_OFFSET + (0 if sys.byteorder == "little" else 4)
+
+
+def arg_low(index: int) -> int:
+    """Where the low 32 bits of ``args[index]`` are (modes and open flags are ints)."""
+    return ARG0_LOW + 8 * index
+
+
+# S_ISUID | S_ISGID, and the open flags that create a file (O_CREAT, __O_TMPFILE).
+SET_ID_BITS: Final = 0o6000
+CREATING_FLAGS: Final = 0o100 | 0o20000000
 
 CLONE_NEW_FLAGS: Final = (
     0x00020000  # CLONE_NEWNS
@@ -132,16 +147,39 @@ SYSCALLS: Final[dict[str, tuple[int | None, int | None]]] = {
     "sethostname": (170, 161),
     "setdomainname": (171, 162),
     "fanotify_init": (300, 262),
+    "chmod": (90, None),
+    "fchmod": (91, 52),
+    "fchmodat": (268, 53),
+    "fchmodat2": (452, 452),
+    "creat": (85, None),
+    "mknod": (133, None),
+    "mknodat": (259, 33),
+    "open": (2, None),
+    "openat": (257, 56),
+    "openat2": (437, 437),
     "iopl": (172, None),
     "ioperm": (173, None),
     "uselib": (134, None),
 }
-# Denied outright with EPERM (clone, clone3, socket, socketpair and personality have
-# rules of their own).
+# Calls whose file mode is checked: the argument that holds it.
+MODE_ARGUMENT: Final = {
+    "chmod": 1,
+    "fchmod": 1,
+    "fchmodat": 2,
+    "fchmodat2": 2,
+    "creat": 1,
+    "mknod": 1,
+    "mknodat": 2,
+}
+# Calls that create a file with a mode only under a flag: (flags argument, mode argument).
+OPEN_ARGUMENTS: Final = {"open": (1, 2), "openat": (2, 3)}
+# Denied outright with EPERM (the others have rules of their own).
 DENIED: Final = tuple(
     name
     for name in SYSCALLS
-    if name not in ("clone", "clone3", "socket", "socketpair", "personality")
+    if name not in ("clone", "clone3", "socket", "socketpair", "personality", "openat2")
+    and name not in MODE_ARGUMENT
+    and name not in OPEN_ARGUMENTS
 )
 
 # An instruction: (code, jump if true, jump if false, k). Jump targets are labels here,
@@ -222,6 +260,7 @@ def build(arch: str) -> bytes:
     decided: dict[int, str] = {}
     for name, target in (
         ("clone3", "enosys"),
+        ("openat2", "enosys"),
         ("clone", "clone"),
         ("socket", "socket"),
         ("socketpair", "socket"),
@@ -235,7 +274,26 @@ def build(arch: str) -> bytes:
         number = nr(name)
         if number is not None:
             decided[number] = "eperm"
+    for name, index in MODE_ARGUMENT.items():
+        if (number := nr(name)) is not None:
+            decided[number] = f"mode in {index}"
+    for name in OPEN_ARGUMENTS:
+        if (number := nr(name)) is not None:
+            decided[number] = name
     lines += _search(sorted(decided.items()), "allow")
+    # An open that creates a file goes on to its mode's check (a jump forward).
+    for name, (flags, mode) in OPEN_ARGUMENTS.items():
+        lines += [
+            name,
+            (LD_W_ABS, None, None, arg_low(flags)),
+            (JSET_K, f"mode in {mode}", "allow", CREATING_FLAGS),
+        ]
+    for index in sorted({*MODE_ARGUMENT.values(), *(m for _, m in OPEN_ARGUMENTS.values())}):
+        lines += [
+            f"mode in {index}",
+            (LD_W_ABS, None, None, arg_low(index)),
+            (JSET_K, "eperm", "allow", SET_ID_BITS),
+        ]
     lines += [
         # Classic BPF jumps only forward: the blocks that read an argument come before
         # the shared returns they end in.

@@ -63,7 +63,7 @@ attempt("through_symlink", lambda: open(RW + "/to-sentinel", "a").close())
 attempt("chown_to_root", lambda: os.chown(RW, 0, 0))
 with open(RW + "/suid", "w") as f:
     f.write("#!/bin/sh\nid -u\n")
-os.chmod(RW + "/suid", 0o4755)
+attempt("setuid_in_rw", lambda: os.chmod(RW + "/suid", 0o4755))
 mounts = {}
 for line in open("/proc/self/mountinfo"):
     fields = line.split()
@@ -93,10 +93,13 @@ async def test_a_widened_callback_cannot_widen_its_binds(widened: Arena, tmp_pat
     for options in (seen["rw_options"], seen["ro_options"]):
         assert {"nosuid", "nodev"} <= set(options.split(",")), options
     assert "ro" in seen["ro_options"].split(",") and "rw" in seen["rw_options"].split(",")
-    # What it wrote on the host is the sandbox uid's, never root's, set-uid or not.
+    # What it wrote on the host is the sandbox uid's, never root's, and never set-uid:
+    # the host's view of the bind is not nosuid.
+    assert seen["setuid_in_rw"] == "EPERM"
     suid = tmp_path / "granted-rw" / "suid"
     assert suid.stat().st_uid >= widened.stack.settings.sandbox_uid_base
     assert suid.stat().st_gid == GRANTED_GROUP
+    assert not suid.stat().st_mode & 0o6000
     assert not (tmp_path / "granted-ro" / "planted.txt").exists()
 
 

@@ -153,3 +153,50 @@ async def test_a_denied_call_is_an_error_the_callback_can_report(arena: Arena) -
     assert_outcome(response, Outcome.OUTCOME_FAILED)
     assert response.failure.exception_type == "PermissionError"
     assert "Operation not permitted" in response.failure.message
+
+
+SET_ID_FILES = {
+    "python": r"""
+import json, os
+seen = {}
+def attempt(name, call):
+    try:
+        call()
+        seen[name] = 'ok'
+    except OSError as err:
+        seen[name] = f'errno {err.errno}'
+with open('plain', 'w') as f:
+    f.write('#!/bin/sh\n')
+attempt('chmod 4755', lambda: os.chmod('plain', 0o4755))
+attempt('chmod 2755', lambda: os.chmod('plain', 0o2755))
+attempt('chmod 755', lambda: os.chmod('plain', 0o755))
+attempt('create 4755', lambda: os.close(os.open('made', os.O_CREAT | os.O_WRONLY, 0o4755)))
+attempt('create 644', lambda: os.close(os.open('fine', os.O_CREAT | os.O_WRONLY, 0o644)))
+seen['modes'] = sorted((n, oct(os.stat(n).st_mode & 0o7777)) for n in os.listdir('.'))
+print(json.dumps(seen))
+""",
+    "perl": r"""
+open(my $f, '>', 'plain') or die; print $f "#!/bin/sh\n"; close $f;
+my @seen;
+push @seen, (chmod(04755, 'plain') ? 'ok' : 'errno ' . ($! + 0));
+push @seen, (chmod(0755, 'plain') ? 'ok' : 'errno ' . ($! + 0));
+print join(',', @seen), "\n";
+""",
+}
+
+
+@pytest.mark.parametrize("language", ["python", "perl"])
+async def test_no_callback_file_gets_a_setuid_or_setgid_bit(arena: Arena, language: str) -> None:
+    # Made in a read-write bind, such a file would be the host's, where nosuid does not hold.
+    response = await arena.attack(SET_ID_FILES[language], language=language)
+
+    assert_outcome(response, Outcome.OUTCOME_SUCCEEDED)
+    if language == "perl":
+        assert response.stdout == "errno 1,ok\n"
+        return
+    seen = json.loads(response.stdout)
+    assert seen["chmod 4755"] == seen["chmod 2755"] == seen["create 4755"] == "errno 1"
+    assert seen["chmod 755"] == seen["create 644"] == "ok"
+    modes = dict(seen["modes"])
+    assert sorted(modes) == ["fine", "plain"] and modes["plain"] == "0o755"
+    assert not int(modes["fine"], 8) & 0o6000  # its permissions are the policy's umask's
