@@ -103,6 +103,11 @@ class FarmClient:
         )
         self._farm = farm_pb2_grpc.FarmServiceStub(self._channel)
 
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The channel the calls go through (an ExecutorClient may share it)."""
+        return self._channel
+
     async def close(self) -> None:
         """Close the channel if this client opened it."""
         if self._owns_channel:

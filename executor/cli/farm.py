@@ -39,10 +39,10 @@ from executor.cli.connection import (
     connection_options,
     rpc_command,
 )
-from executor.cli.farm_submit import describe_submitted, submit_file
+from executor.cli.farm_submit import describe_submitted, registration_warnings, submit_file
 from executor.cli.farm_workers import WorkerPlan, Workers, run_until_signalled
 from executor.errors import ConfigError
-from supervisor_client import ExecutorRpcError
+from supervisor_client import ExecutorClient, ExecutorRpcError
 from supervisor_client.client import as_plain
 from supervisor_client.jobdict import job_to_dict
 
@@ -163,8 +163,11 @@ def farm_command(work: Command) -> Callable[[argparse.Namespace], int]:
 async def _submit(args: argparse.Namespace, out: TextIO) -> int:
     async with connect_farm(args) as farm:
         jobs, problem = await submit_file(farm, args.file, args.args, args.user or "")
+        checks = await registration_warnings(ExecutorClient(farm.channel), [j["id"] for j in jobs])
     for job in jobs:
         print(describe_submitted(job), file=out)
+    for line in checks:  # a typo in a trigger shows now, not when nothing fires
+        print(line, file=sys.stderr)
     if problem is not None:
         print(f"cbexec: {problem}", file=sys.stderr)
         return EXIT_NOT_SUCCEEDED

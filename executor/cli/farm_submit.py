@@ -20,11 +20,13 @@ import tomllib
 import traceback
 from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+
+import grpc
 
 from executor.cli.farm_qb import SubmissionApi
 from executor.errors import ConfigError
-from supervisor_client import FarmClient
+from supervisor_client import ExecutorClient, ExecutorRpcError, FarmClient
 from supervisor_client.jobdict import job_to_dict
 
 SUFFIXES = (".py", ".json", ".toml")
@@ -115,6 +117,10 @@ async def run_script(
     return api.submitted, problem
 
 
+# How long a submission waits for the farm to register its jobs, to print the checks.
+REGISTERED_WITHIN_S: Final = 5.0
+
+
 async def submit_file(
     farm: FarmClient, path: Path, args: Sequence[str], user: str = ""
 ) -> tuple[list[dict[str, Any]], ScriptError | None]:
@@ -152,3 +158,40 @@ def describe_submitted(job: dict[str, Any]) -> str:
         f"submitted job {job['id']} {job['name']!r} (label {job['label']}, pgrp {job['pgrp']}): "
         + ", ".join(parts)
     )
+
+
+async def registration_warnings(
+    client: ExecutorClient, job_ids: Sequence[int], *, wait_s: float = REGISTERED_WITHIN_S
+) -> list[str]:
+    """What the trigger engine's checks found in the submitted jobs' own callbacks.
+
+    The farm registers its jobs with the engine just after it stores them: this waits
+    (up to ``wait_s``) until every one is registered, so a check that a later job of the
+    submission resolved (a label it carries) is not reported. Universal callbacks'
+    checks are the site admin's business, not the submitter's.
+    """
+    deadline = asyncio.get_running_loop().time() + wait_s
+    explained: dict[int, Any] = {}
+    for job_id in job_ids:
+        while job_id not in explained:
+            try:
+                explained[job_id] = await client.explain_callbacks(job_id, journal_limit=1)
+            except ExecutorRpcError as err:
+                if err.code != grpc.StatusCode.NOT_FOUND:
+                    raise
+                if asyncio.get_running_loop().time() > deadline:
+                    return []  # not registered yet: `cbexec triggers why` tells later
+                await asyncio.sleep(0.05)
+    lines = []
+    for job_id in job_ids:  # read again: a later registration may have resolved a check
+        answer = await client.explain_callbacks(job_id, journal_limit=1)
+        checks = [(0, check) for check in answer.checks]
+        checks += [(cb.callback.id, check) for cb in answer.callbacks for check in cb.checks]
+        for callback_id, check in checks:
+            if check.resolved or check.universal:
+                continue
+            where = f"job {job_id}" + (f" callback {callback_id}" if callback_id else "")
+            lines.append(
+                f"warning: {where}: {check.atom + ': ' if check.atom else ''}{check.message}"
+            )
+    return lines

@@ -37,6 +37,32 @@ async def test_submit_a_json_and_a_toml_job_file(stack_warm: Stack, tmp_path: Pa
     assert said.out.strip() == "submitted job 3 'solo' (label qube0, pgrp 3): blocked, 2 frames"
 
 
+async def test_submit_prints_what_the_checks_found_in_the_callbacks(
+    stack_warm: Stack, tmp_path: Path
+) -> None:
+    def cb(trigger: str) -> dict[str, str]:
+        return {"triggers": trigger, "language": "qube", "code": "unblock-self"}
+
+    jobs = tmp_path / "jobs.json"
+    jobs.write_text(
+        json.dumps(
+            [
+                # Waits for a label a later job of the same submission carries: fine.
+                {"name": "comp", "callbacks": [cb("complete-job-render")]},
+                {"name": "render", "label": "render", "agenda": ["1"]},
+                # A typo: the label is nowhere, and nothing would ever fire.
+                {"name": "late", "callbacks": [cb("complete-job-rendr")]},
+            ]
+        )
+    )
+    said = await cbexec("farm", "submit", str(jobs), address=stack_warm.address)
+
+    assert said.code == 0, said.err
+    warnings = [line for line in said.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, said.err
+    assert warnings[0].startswith("warning: job 3 callback 1: complete-job-rendr: label 'rendr'")
+
+
 async def test_a_submission_script_gets_qb_and_its_arguments(
     stack_warm: Stack, tmp_path: Path
 ) -> None:
