@@ -152,6 +152,11 @@ def explain_job(
             )
     place = JobPlace.of(job)
     with store.outside_transaction() as db:
+        agenda = states.agenda(db, job_id)
+        if work_name and agenda and work_name not in agenda:
+            raise NotFoundError(
+                f"job {job_id} has no work item {work_name!r} (its agenda: {_listed(agenda)})"
+            )
         found = checks.of_job(db, job_id)
         view = _View(db, place)
         explained = tuple(
@@ -338,6 +343,11 @@ def _callback(
         journal=tuple(entries),
         checks=checks_found,
     )
+
+
+def _listed(names: list[str], most: int = 10) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f", ... ({len(names)} items)" if len(names) > most else "")
 
 
 def _work_items(

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
 import pytest
 
 from executor.triggers.nodes import render
 from executor.triggers.parser import parse
+from supervisor_client import ExecutorRpcError
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack
 
@@ -163,6 +165,11 @@ async def test_job_b_waits_for_all_of_job_a(stack_warm: Stack, language: str) ->
     (fired,) = (await stack.client.explain_callbacks(job_b["id"])).callbacks
     assert fired.callback.count == 1
     assert [entry.kind for entry in fired.journal][-1] == executor_pb2.JOURNAL_ENTRY_KIND_FIRED
+    # A work item the job does not have is not "waiting": it is not there at all.
+    with pytest.raises(ExecutorRpcError) as unknown:
+        await stack.client.explain_callbacks(job_b["id"], work_name="99")
+    assert unknown.value.code == grpc.StatusCode.NOT_FOUND
+    assert f"job {job_b['id']} has no work item '99' (its agenda: " in unknown.value.details
 
 
 async def test_each_frame_of_job_b_waits_for_the_same_frame_of_job_a(

@@ -94,7 +94,7 @@ class TriggerServiceStub:
     job their context names now, their latches and the events that set them,
     what the trigger still waits for in words, the checks found at
     registration, and each callback's recent journal. NOT_FOUND for a job (or
-    callback) that is not registered.
+    callback) that is not registered, and for a work_name its agenda lacks.
     """
 
 class TriggerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -185,7 +185,7 @@ class TriggerServiceServicer(metaclass=_abc_1.ABCMeta):
         job their context names now, their latches and the events that set them,
         what the trigger still waits for in words, the checks found at
         registration, and each callback's recent journal. NOT_FOUND for a job (or
-        callback) that is not registered.
+        callback) that is not registered, and for a work_name its agenda lacks.
         """
 
 def add_TriggerServiceServicer_to_server(servicer: TriggerServiceServicer, server: _aio.Server) -> None: ...
