@@ -349,6 +349,16 @@ class Dispatcher:
                     return await self._qube.run(invocation, host), None
             except RunStopped:
                 return self._stopped(invocation, run.stop, tuple(host.actions)), None
+            except Exception:  # an executor bug: still a run, answered, recorded, reported
+                logger.exception("qube run %s failed inside the executor", invocation.invocation_id)
+                failure = Failure("internal error in the executor; its log has the details")
+                result = RunResult(
+                    invocation.invocation_id,
+                    Outcome.FAILED,
+                    failure=failure,
+                    actions=tuple(host.actions),
+                )
+                return result, None
         child = await self._runner.run(
             runtime=child_runtime(run.language),
             limits=invocation.limits,

@@ -25,6 +25,7 @@ numbers the same actions the same way, and the supervisor applies each
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
 import logging
 import re
@@ -55,6 +56,7 @@ logger = logging.getLogger(__name__)
 MAX_CALLS_PER_RUN: Final = 10_000
 CUT_SHORT: Final = "cut short: the run ended while the supervisor had it; it may have been applied"
 _RANGE = re.compile(r"^(-?\d+)-(-?\d+)$")
+_INTEGER = re.compile(r"-?\d+")
 _T = TypeVar("_T")
 _ALIASES: Final = {"retire": "complete"}
 
@@ -117,26 +119,47 @@ async def _each(
 
 
 def expand_work_names(spec: str, agenda_names: list[str]) -> list[str]:
-    """Work names a spec like '5', '1-10', 'a,b' or '3,7-9' selects in an agenda."""
+    """Work names a spec like '5', '1-10', 'a,b' or '3,7-9' selects in an agenda.
+
+    Each item once, in the order the spec names them (a range's in frame order). Linear
+    in the spec and the agenda whatever the spec repeats or overlaps: it comes from a
+    callback, on the event loop.
+    """
     known = set(agenda_names)
-    selected: list[str] = []
-    for part in (p.strip() for p in spec.split(",")):
+    numbered = sorted(
+        (int(name), position, name)
+        for position, name in enumerate(agenda_names)
+        if _INTEGER.fullmatch(name)
+    )
+    numbers = [number for number, _, _ in numbered]
+    # Next position in ``numbered`` not taken yet (a skip list with path halving), so
+    # each agenda item is visited once over all the ranges.
+    following = list(range(len(numbered) + 1))
+
+    def untaken(position: int) -> int:
+        while following[position] != position:
+            following[position] = following[following[position]]
+            position = following[position]
+        return position
+
+    selected: dict[str, None] = {}
+    for part in dict.fromkeys(p.strip() for p in spec.split(",")):
         if part in known:
-            selected.append(part)
+            selected[part] = None
             continue
         match = _RANGE.match(part)
         if not match:
             raise HostCallError("NoSuchWork", f"no work item {part!r}")
         low, high = sorted((int(match.group(1)), int(match.group(2))))
-        in_range = [
-            name
-            for name in agenda_names
-            if re.fullmatch(r"-?\d+", name) and low <= int(name) <= high
-        ]
-        if not in_range:
+        first, end = bisect.bisect_left(numbers, low), bisect.bisect_right(numbers, high)
+        if first == end:
             raise HostCallError("NoSuchWork", f"no work items in range {part!r}")
-        selected.extend(in_range)
-    return list(dict.fromkeys(selected))
+        position = untaken(first)
+        while position < end:
+            selected[numbered[position][2]] = None
+            following[position] = position + 1
+            position = untaken(position + 1)
+    return list(selected)
 
 
 def _target(args: list[Any], kwargs: dict[str, Any]) -> str:

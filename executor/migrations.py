@@ -61,7 +61,7 @@ def current_version(db: PgDb) -> int:
 
 def migrate(url: str) -> tuple[int, int]:
     """Bring the database at ``url`` to ``schema_version()``; (version before, after)."""
-    db = connect_postgres(url, application_name="cbexec-migrate")
+    db = connect_postgres(url, application_name="cbexec-migrate", stall_limits=False)
     try:
         db.execute("SELECT pg_advisory_lock(?)", (_MIGRATION_LOCK,))
         db.execute(

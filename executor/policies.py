@@ -581,3 +581,20 @@ def for_host(settings: Settings, options: SandboxOptions, environ: Mapping[str, 
 def report(policies: PolicySet) -> list[str]:
     """One line per policy: its name and what it grants (start-up log, check-config)."""
     return [f"policy {policy.name}: {policy.grants()}" for policy in policies]
+
+
+def exposure_warnings(policies: PolicySet, auth_token: str) -> list[str]:
+    """What a host-network policy without ``auth_token`` lets its callbacks do, one line each.
+
+    On the host network a callback reaches this executor's own port, which without a
+    token answers anyone: it could Execute under another user's policy, or drive the
+    farm as any Qube user.
+    """
+    if auth_token:
+        return []
+    return [
+        f"policy {policy.name} gives its callbacks the host network and auth_token is not "
+        "set: they can call this executor's port as anyone (set auth_token)"
+        for policy in policies
+        if policy.host_network
+    ]

@@ -43,7 +43,7 @@ from executor.api.supervisor import GrpcSupervisor
 from executor.config import Settings
 from executor.dispatcher import Dispatcher
 from executor.errors import ConfigError
-from executor.policies import for_host
+from executor.policies import exposure_warnings, for_host
 from executor.policies import report as policy_report
 from executor.runs.metrics import Metrics
 from executor.runs.readings import ReadingSources, TierFlags
@@ -258,6 +258,8 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         )
         for line in policy_report(policies):
             logger.info("%s", line)
+        for line in exposure_warnings(policies, settings.auth_token):
+            logger.warning("%s", line)
         return RunningServer(
             port=edge.port,
             options=options,

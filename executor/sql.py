@@ -151,6 +151,21 @@ def _pg_rows(cursor: Any) -> Any:
     return lambda values: PgRow(values, names)
 
 
+# A PostgreSQL that stops answering without closing the connection (a partition, a
+# table an admin locked) must not hold the executor: its statements run on the event
+# loop. A lost peer is found by TCP within ~10 s, a lock waited for gives up after 5 s,
+# and no statement of ours runs 30 s; each is then StoreUnavailable, as a dropped
+# connection is (``cbexec store migrate`` makes its own connection, without them).
+_STALL_LIMITS: Final[dict[str, Any]] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+    "options": "-c lock_timeout=5000 -c statement_timeout=30000",
+}
+
+
 class PgDb:
     """A PostgreSQL connection that takes the stores' SQLite-spelled statements.
 
@@ -162,9 +177,12 @@ class PgDb:
     ``StoreConflict``: the caller runs the transaction again.
     """
 
-    def __init__(self, url: str, *, application_name: str = "cbexec") -> None:
+    def __init__(
+        self, url: str, *, application_name: str = "cbexec", stall_limits: bool = True
+    ) -> None:
         self._url = url
         self._application_name = application_name
+        self._limits: dict[str, Any] = _STALL_LIMITS if stall_limits else {}
         self._lock = threading.RLock()
         self._conn: Any = None
         self._in_transaction = False
@@ -180,6 +198,7 @@ class PgDb:
                 row_factory=_pg_rows,
                 connect_timeout=CONNECT_TIMEOUT_S,
                 application_name=self._application_name,
+                **self._limits,
             )
         except psycopg.OperationalError as err:
             self._conn = None
@@ -285,6 +304,8 @@ class PgDb:
             errors.UniqueViolation,
         ) as err:
             raise StoreConflict(f"PostgreSQL store: {_first_line(err)}") from err
+        except (errors.QueryCanceled, errors.LockNotAvailable) as err:  # _STALL_LIMITS
+            raise StoreUnavailable(f"PostgreSQL store too slow: {_first_line(err)}") from err
         except psycopg.OperationalError as err:
             if self._conn is None or self._conn.broken or self._conn.closed:
                 raise StoreUnavailable(f"PostgreSQL store unreachable: {_first_line(err)}") from err
@@ -308,12 +329,18 @@ def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
-def connect_postgres(url: str, *, application_name: str = "cbexec") -> PgDb:
-    """A ``PgDb`` on ``url``; ConfigError when psycopg is not installed."""
+def connect_postgres(
+    url: str, *, application_name: str = "cbexec", stall_limits: bool = True
+) -> PgDb:
+    """A ``PgDb`` on ``url``; ConfigError when psycopg is not installed.
+
+    ``stall_limits``: the timeouts that keep a stalled PostgreSQL from holding the
+    executor (``_STALL_LIMITS``); a migration, which may wait and run long, goes without.
+    """
     try:
         import psycopg  # noqa: F401
     except ImportError as err:
         raise ConfigError(
             "the PostgreSQL store needs psycopg 3: pip install 'qb-callback-executor[postgresql]'"
         ) from err
-    return PgDb(url, application_name=application_name)
+    return PgDb(url, application_name=application_name, stall_limits=stall_limits)

@@ -8,6 +8,7 @@ outcome, a usage or an event on the wire is written once.
 from __future__ import annotations
 
 import dataclasses
+import re
 import uuid
 from collections.abc import Sequence
 from typing import Final
@@ -34,6 +35,8 @@ from supervisor_client.jobdict import job_to_dict
 from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
 
 MAX_CODE_BYTES: Final = 1 << 20
+# It names the run in logs, `.cb` headers and reports: nothing there may break a line.
+_INVOCATION_ID: Final = re.compile(r"[!-~]{1,128}")
 MAX_TRIGGER_BYTES: Final = 64 << 10
 # Ids are stored as SQLite integers (signed 64 bits): a uint64 above this cannot be kept.
 MAX_ID: Final = (1 << 63) - 1
@@ -126,6 +129,11 @@ def invocation_from_request(
         )
     if len(callback.triggers.encode()) > MAX_TRIGGER_BYTES:
         raise InvalidRequestError(f"callback.triggers is longer than {MAX_TRIGGER_BYTES} bytes")
+    if request.invocation_id and not _INVOCATION_ID.fullmatch(request.invocation_id):
+        raise InvalidRequestError(
+            "invocation_id: 1 to 128 printable ASCII characters, no spaces (a UUID, say); "
+            f"got {request.invocation_id[:40]!r}"
+        )
     if not request.HasField("context") or not request.context.job.id:
         raise InvalidRequestError("context.job.id is required: a callback runs in a job's context")
     context = request.context

@@ -19,7 +19,7 @@ from typing import Final, TextIO
 from executor import config
 from executor.api import security
 from executor.errors import ConfigError
-from executor.policies import BUILT_IN, for_host, report
+from executor.policies import BUILT_IN, exposure_warnings, for_host, report
 from executor.runtimes.check import check_source
 from executor.sandbox.identity import UidClaim
 from executor.sandbox.tier import describe_sandbox, sandbox_options
@@ -67,7 +67,8 @@ def _sandbox(settings: config.Settings) -> str:
             UidClaim.check(options.isolation.uid_base, options.isolation.uid_count)
         policies = for_host(settings, options, os.environ)
         tier = describe_sandbox(options, settings.launcher)
-        return "\n".join([tier, *(f"  {line}" for line in report(policies))])
+        warnings = [f"  WARNING: {w}" for w in exposure_warnings(policies, settings.auth_token)]
+        return "\n".join([tier, *(f"  {line}" for line in report(policies)), *warnings])
     finally:
         if options.cgroups is not None:
             options.cgroups.close()

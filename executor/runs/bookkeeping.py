@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
+from executor.errors import UnavailableError
 from executor.model import Invocation, RunResult
 from executor.runs.callback_log import CallbackLog
 from executor.runs.history import RunHistory
@@ -147,7 +148,7 @@ class BookkeepingWriter:
         self._unrecorded = []
         try:
             self._history.record_many([(e.invocation, e.result, e.started_at) for e in records])
-        except (StorageError, OSError) as err:
+        except (UnavailableError, OSError) as err:  # a full disk, a fleet's PostgreSQL down
             kept = records[-MAX_UNRECORDED:]
             given_up = len(records) - len(kept)
             # Once per batch of new runs; the quiet retries in between say nothing new.

@@ -54,7 +54,7 @@ from typing import Final, Protocol, TypeVar, cast, runtime_checkable
 
 from executor.errors import UnavailableError
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
-from executor.sql import Db, NoCheckpoints, PgDb, is_postgres, row_lock
+from executor.sql import Db, NoCheckpoints, PgDb, StoreUnavailable, is_postgres, row_lock
 from executor.storage import StorageHealth, open_database, writing
 
 logger = logging.getLogger(__name__)
@@ -290,11 +290,15 @@ class Outbox:
 
     def _commit_gathered(self) -> None:
         gathered, self._gathered = self._gathered, []
+        messages = [(key, payload) for key, payload, _ in gathered]
         try:
-            if len(gathered) == 1:
-                self.put(gathered[0][0], gathered[0][1])
-            else:
-                self._put_many([(key, payload) for key, payload, _ in gathered])
+            try:
+                self._put_any(messages)
+            except StoreUnavailable:
+                # A connection PostgreSQL dropped (a restart, an admin's kill) is met by the
+                # first statement after it: once more, on a new one. The inserts are
+                # idempotent on their key, so a commit that did land is not doubled.
+                self._put_any(messages)
         except Exception as err:  # noqa: BLE001 - the storage's, or a bug: each caller hears of it
             for _, _, committed in gathered:
                 if not committed.done():
@@ -303,6 +307,12 @@ class Outbox:
         for _, _, committed in gathered:
             if not committed.done():
                 committed.set_result(None)
+
+    def _put_any(self, messages: list[tuple[str, bytes]]) -> None:
+        if len(messages) == 1:
+            self.put(*messages[0])
+        else:
+            self._put_many(messages)
 
     def _put_many(self, messages: list[tuple[str, bytes]]) -> None:
         with writing(self._path, self._health):
@@ -418,6 +428,9 @@ class Outbox:
                 delivered = await self._deliver_next()
             except UnavailableError as err:  # the disk is full, PostgreSQL is restarting: wait
                 logger.warning("outbox: %s", err)
+                if self._health is not None and isinstance(err, StoreUnavailable):
+                    # Met here first while no run ends: health says so before a run does.
+                    self._health.failed(err)
                 delivered = False
             except Exception:  # a database or transport bug: it must not end delivery
                 logger.exception("outbox: delivery failed unexpectedly; retrying")

@@ -301,7 +301,7 @@ class QubeInterpreter:
                 host.note("mail", str(message["To"]), f"shadow: would mail {message['Subject']!r}")
             else:
                 where = await asyncio.to_thread(self._mailer.deliver, message)
-        except MailError as err:
+        except (MailError, ValueError) as err:  # ValueError: a header the job's fields broke
             raise _StepFailed(Failure(f"{code}: {err}", exception_type="MailError")) from err
         of_item = {"subjob": subjob, "work": work}.get(kind)
         status = (of_item or job).get("status")

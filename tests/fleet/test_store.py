@@ -210,3 +210,20 @@ def test_a_transaction_begun_after_a_lost_one_runs(pg_url: str) -> None:
         assert [row[0] for row in rows] == [3, 4]
     finally:
         db.close()
+
+
+def test_a_table_locked_by_someone_else_is_unavailable_not_a_hang(pg_url: str) -> None:
+    # An admin's VACUUM FULL or ALTER TABLE must not hold the executor's event loop.
+    db = connect_postgres(pg_url)
+    admin = connect_postgres(pg_url, stall_limits=False)
+    try:
+        db.execute("CREATE TABLE IF NOT EXISTS locked_away (n INTEGER)")
+        admin.execute("BEGIN")
+        admin.execute("LOCK TABLE locked_away IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(StoreUnavailable, match="too slow"):
+            db.execute("INSERT INTO locked_away VALUES (1)")
+        admin.execute("ROLLBACK")
+        db.execute("INSERT INTO locked_away VALUES (2)")  # and it works again at once
+    finally:
+        admin.close()
+        db.close()

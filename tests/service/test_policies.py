@@ -24,7 +24,7 @@ from executor.sandbox.spawners import ZygoteSpawner
 from supervisor_client import ExecutorRpcError
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import TEST_UID_BASE, Stack, running_stack, stack_settings
-from tests.helpers.cli import cbexec
+from tests.helpers.cli import cbexec, cli_env
 
 pytestmark = [
     pytest.mark.service,
@@ -499,6 +499,17 @@ async def test_the_startup_report_lists_each_policy(
     assert "host network" in admin and f"{rw} at {RW_TARGET} rw" in admin
     assert "env API_TOKEN,POLICY_TEST_PASS,SITE" in admin and "s3cret" not in said.out
     assert "qb verbs unblock" in admin and "users admin" in admin
+    # Its callbacks reach this executor's port, which answers anyone without a token.
+    (warning,) = [line for line in lines if "WARNING" in line]
+    assert "policy admin gives its callbacks the host network and auth_token is not set" in (
+        warning
+    )
+    said = await cbexec(
+        "serve",
+        *("--config", str(config), "--check-config", "--bind", "127.0.0.1:0"),
+        env=cli_env(CBEXEC_AUTH_TOKEN="t"),
+    )
+    assert said.code == 0 and "WARNING" not in said.out, said.out
 
 
 async def test_a_policy_binding_the_data_dir_fails_start_up(tmp_path: Path) -> None:

@@ -68,6 +68,10 @@ def test_a_missing_invocation_id_gets_a_fresh_one() -> None:
         ({"limits__wall_seconds": math.inf}, "limits.wall_seconds"),
         ({"limits__wall_seconds": -1.0}, "limits.wall_seconds"),
         ({"limits__memory_bytes": 32 << 30}, "limits.memory_bytes"),
+        # It is written into logs and .cb headers: nothing in it may break a line.
+        ({"invocation_id": "x\n=== 2026-01-01 callback=9 outcome=SUCCEEDED"}, "invocation_id"),
+        ({"invocation_id": "has space"}, "invocation_id"),
+        ({"invocation_id": "x" * 129}, "invocation_id"),
     ],
 )
 def test_what_a_request_may_not_hold_is_refused_naming_the_field(

@@ -517,3 +517,18 @@ async def test_a_list_verb_refused_part_way_says_what_it_did_before(
     (record,) = host.actions
     assert record.verb == acted and not record.ok
     assert "1 changed" in record.message
+
+
+@pytest.mark.parametrize(
+    "fields", [{"user": "eve\nBcc: all@studio.example"}, {"mailaddress": "=?utf-8?q?a=0Ab?="}]
+)
+async def test_a_job_field_that_breaks_a_mail_header_fails_the_run_not_the_executor(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor, fields: dict[str, str]
+) -> None:
+    job_id = submit(supervisor, status="blocked", **fields)
+
+    result = await run(interpreter, supervisor, job_id, "unblock-self\nmail-status")
+
+    assert result.outcome is Outcome.FAILED
+    assert result.failure is not None and result.failure.exception_type == "MailError"
+    assert [a.verb for a in result.actions][:1] == ["unblock"]  # what ran before is listed

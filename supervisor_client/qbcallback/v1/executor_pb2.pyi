@@ -277,7 +277,8 @@ class ExecuteRequest(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
     invocation_id: _builtins.str
-    """Idempotency key chosen by the caller, unique per run (e.g. a UUID); empty:
+    """Idempotency key chosen by the caller, unique per run (e.g. a UUID): 1 to 128
+    printable ASCII characters without spaces (else INVALID_ARGUMENT); empty:
     the executor makes one. The result reported to the supervisor carries it, and
     the supervisor applies each of its actions once (invocation_id, action_seq).
     The executor does not deduplicate runs: a repeat is run again (UNAVAILABLE
