@@ -247,9 +247,9 @@ class HostApi:
         """The run's calls so far, within the action log's bounds."""
         return self._log.records
 
-    def note(self, verb: str, target: str, message: str) -> None:
-        """Record an action taken outside qb (a shadow run's unsent mail)."""
-        self._log.add(verb, target, True, message)
+    def note(self, verb: str, target: str, message: str, *, ok: bool = True) -> None:
+        """Record an action taken outside qb (a shadow run's unsent mail, a mail cut short)."""
+        self._log.add(verb, target, ok, message)
 
     @functools.cached_property
     def _functions(self) -> dict[str, Callable[..., Awaitable[Any]]]:

@@ -44,7 +44,9 @@ import asyncio
 import logging
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from email.message import EmailMessage
 from typing import Any, Final
 
 from executor.errors import HostCallError
@@ -101,6 +103,10 @@ MAIL_CODES: Final[dict[str, MailKind]] = {
     "mail-license-status": "license",
     "mail-report-status": "report",
 }
+MAIL_THREADS: Final = 2
+MAIL_CUT_SHORT: Final = (
+    "cut short: the run ended while the mail was being sent; it may still be delivered"
+)
 # A callback in the ``mail`` language: no code string, it runs as this one step.
 MAIL_LANGUAGE: Final = "mail"
 #: Every code string the interpreter knows, in the order of qube-callbacks.md §2.
@@ -179,6 +185,7 @@ class QubeInterpreter:
 
     def __init__(self, mail: MailSettings | None = None, *, mailer: Mailer | None = None) -> None:
         self._mailer = mailer or Mailer(mail or MailSettings())
+        self._mail_threads = ThreadPoolExecutor(MAIL_THREADS, thread_name_prefix="cbexec-mail")
 
     @property
     def mail_settings(self) -> MailSettings:
@@ -227,6 +234,22 @@ class QubeInterpreter:
             usage=Usage(wall_seconds=time.monotonic() - began),
             actions=tuple(host.actions),
         )
+
+    async def _deliver(self, message: EmailMessage, host: HostApi) -> str:
+        """Send ``message`` on the mail threads; listed as cut short if the run ends first.
+
+        A thread cannot be stopped: an SMTP exchange the run's wall limit interrupts
+        goes on, and may deliver. Its own threads keep a slow relay from holding the
+        executor's other work (the event path's commits use the default pool).
+        """
+        sending = asyncio.get_running_loop().run_in_executor(
+            self._mail_threads, self._mailer.deliver, message
+        )
+        try:
+            return await asyncio.shield(sending)
+        except asyncio.CancelledError:
+            host.note("mail", str(message["To"]), MAIL_CUT_SHORT, ok=False)
+            raise
 
     async def _call(self, code: str, host: HostApi, fn: str, target: Any) -> Any:
         try:
@@ -300,7 +323,7 @@ class QubeInterpreter:
                 where = "shadow: rendered, not sent"
                 host.note("mail", str(message["To"]), f"shadow: would mail {message['Subject']!r}")
             else:
-                where = await asyncio.to_thread(self._mailer.deliver, message)
+                where = await self._deliver(message, host)
         except (MailError, ValueError) as err:  # ValueError: a header the job's fields broke
             raise _StepFailed(Failure(f"{code}: {err}", exception_type="MailError")) from err
         of_item = {"subjob": subjob, "work": work}.get(kind)

@@ -64,6 +64,11 @@ def parse_dependency(where: str, job: Mapping[str, Any]) -> Dependency:
                 "or info-..."
             )
         state, kind, other = match.groups()
+        if other in ("self", "parent") or "-" in other:
+            raise SubmitError(
+                f"{where}: dependency item {item!r}: {other!r} is not another job's id or "
+                "label (a job cannot wait for itself, and labels hold no '-')"
+            )
         if kind == "subjob":
             raise SubmitError(
                 f"{where}: dependency item {item!r}: instance-by-instance links are not "

@@ -66,6 +66,9 @@ async def test_dependencies_hold_jobs_and_frames_until_met(stack_warm: Stack) ->
         ("link-done-subjob-1", "instance-by-instance links are not supported"),
         ("after-render", "dependency item 'after-render': expected a job id"),
         ("link-done-work-1", "a frame-by-frame dependency (link-...-work-...) needs an agenda"),
+        ("link-complete-job-self", "'self' is not another job's id or label"),
+        ("complete-job-parent", "'parent' is not another job's id or label"),
+        ("link-complete-work-24-5", "'24-5' is not another job's id or label"),
     ],
 )
 async def test_a_dependency_that_cannot_hold_is_refused(

@@ -34,3 +34,10 @@ def test_unknown_items_are_no_such_work(spec: str) -> None:
     with pytest.raises(HostCallError) as err:
         expand_work_names(spec, AGENDA)
     assert err.value.kind == "NoSuchWork"
+
+
+def test_repeated_and_overlapping_ranges_select_each_item_once_in_order() -> None:
+    agenda = [str(n) for n in range(1, 201)]
+    # A callback's spec: 30,000 parts over 200 frames is one pass, not 6 million steps.
+    spec = ",".join(["150-200", *(["1-200"] * 30_000), "7"])
+    assert expand_work_names(spec, agenda) == [*agenda[149:], *agenda[:149]]

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import email
 import email.policy
+import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -16,8 +17,15 @@ import pytest
 from executor.errors import HostCallError
 from executor.host_api import CUT_SHORT, HostApi
 from executor.model import Outcome, RunResult
-from executor.runtimes.mail import MailSettings
-from executor.runtimes.qube import CODE_STRINGS, JOB_CODES, QubeInterpreter, split_codes, validate
+from executor.runtimes.mail import Mailer, MailSettings
+from executor.runtimes.qube import (
+    CODE_STRINGS,
+    JOB_CODES,
+    MAIL_CUT_SHORT,
+    QubeInterpreter,
+    split_codes,
+    validate,
+)
 from supervisor_client.reference import ReferenceSupervisor
 from tests.helpers.supervisor_port import LIMITS, ReferencePort, invocation_for
 
@@ -532,3 +540,26 @@ async def test_a_job_field_that_breaks_a_mail_header_fails_the_run_not_the_execu
     assert result.outcome is Outcome.FAILED
     assert result.failure is not None and result.failure.exception_type == "MailError"
     assert [a.verb for a in result.actions][:1] == ["unblock"]  # what ran before is listed
+
+
+class SlowRelay(Mailer):
+    """An SMTP relay that takes its time over every mail."""
+
+    def deliver(self, message: EmailMessage) -> str:
+        time.sleep(0.6)
+        return "relay"
+
+
+async def test_a_mail_the_wall_limit_interrupts_is_listed_as_cut_short(
+    supervisor: ReferenceSupervisor, tmp_path: Path
+) -> None:
+    interpreter = QubeInterpreter(mailer=SlowRelay(MailSettings(directory=tmp_path)))
+    job_id = submit(supervisor)
+    limits = dataclasses.replace(LIMITS, wall_seconds=0.2)
+    invocation = invocation_for(supervisor.job(job_id), "mail-status", limits=limits)
+
+    result = await interpreter.run(invocation, HostApi(ReferencePort(supervisor), invocation))
+
+    assert result.outcome is Outcome.WALL_TIMEOUT
+    assert [(a.verb, a.ok) for a in result.actions] == [("jobinfo", True), ("mail", False)]
+    assert result.actions[1].message == MAIL_CUT_SHORT
