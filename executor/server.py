@@ -225,7 +225,8 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         engine.start()  # firings decided before a restart run first, then new ones
         stack.push_async_callback(engine.close)
         # Runs in flight end KILLED ("shutting down"), recorded and reported; the engine
-        # stops after them, so a fired run that was stopped is done, never replayed.
+        # stops after them, so a fired run that was stopped is done, never replayed (one
+        # still waiting for a slot never started: it stays queued for the next start).
         stack.push_async_callback(dispatcher.drain)
         await edge.set_serving(True)
         edge.follow(storage_health)
