@@ -15,7 +15,7 @@ child -> parent
     ``call``   ``CallFrame`` {id, fn, args: [...], kwargs: {...}}: one qb function call,
                answered by a reply
     ``done``   ``DoneFrame`` {status, exit_code?, exception_type?, message?, traceback?}
-               status: ok | exit | exception | memory | rejected
+               status: ok | exit | exception | memory | rejected | terminated
 
 The executor checks every frame a child sends (``parse_child_frame``): the child is
 running untrusted code. The child takes the executor's frames as typed (``read_frame``).
@@ -64,8 +64,15 @@ QB_ERROR_KINDS: Final[tuple[QbErrorKind, ...]] = (
 )
 
 # How a callback ended, in its own words.
-DoneStatus = Literal["ok", "exit", "exception", "memory", "rejected"]
-DONE_STATUSES: Final[tuple[DoneStatus, ...]] = ("ok", "exit", "exception", "memory", "rejected")
+DoneStatus = Literal["ok", "exit", "exception", "memory", "rejected", "terminated"]
+DONE_STATUSES: Final[tuple[DoneStatus, ...]] = (
+    "ok",
+    "exit",
+    "exception",
+    "memory",
+    "rejected",
+    "terminated",
+)
 
 
 class FrameError(Exception):

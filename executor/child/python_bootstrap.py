@@ -37,9 +37,14 @@ EXIT_BAD_START = 2
 DONE_TEXT_CHARS = 16 << 10  # JSON may spend 12 bytes on a character
 
 
+class Terminated(SystemExit):
+    """SIGTERM arrived: a SystemExit, so the callback's ``finally`` blocks run."""
+
+
 def _on_sigterm(signum: int, frame: types.FrameType | None) -> None:
-    # The executor's wall deadline: unwind the callback (finally blocks run) before SIGKILL.
-    raise SystemExit(EXIT_ON_SIGTERM)
+    # The executor's wall deadline or stop (it knows those itself), or someone else's
+    # kill: unwind the callback before SIGKILL, and say in the done frame how it ended.
+    raise Terminated(EXIT_ON_SIGTERM)
 
 
 def _user_traceback(err: BaseException) -> str:
@@ -172,9 +177,10 @@ def run(bridge_fd: int, *, warm_up: bool = False) -> int:
     try:
         exec(code, namespace)
         done = {"type": "done", "status": "ok", "exit_code": 0}
+    except Terminated:
+        done = {"type": "done", "status": "terminated", "exit_code": EXIT_ON_SIGTERM}
     except SystemExit as err:
-        code_ = _exit_code(err)
-        done = {"type": "done", "status": "exit", "exit_code": code_}
+        done = {"type": "done", "status": "exit", "exit_code": _exit_code(err)}
     except MemoryError as err:
         done = {
             "type": "done",
@@ -214,6 +220,4 @@ def run(bridge_fd: int, *, warm_up: bool = False) -> int:
             pass  # the callback closed the bridge; the exit status still tells the executor
     if done["status"] == "ok":
         return 0
-    if done["status"] == "exit":
-        return done["exit_code"]
-    return 1
+    return done.get("exit_code", 1)

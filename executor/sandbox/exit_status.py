@@ -159,7 +159,13 @@ def _hit_cpu_limit(child: ChildExit, limits: Limits) -> bool:
 
 # The exit status each done status implies (bootstrap.py and bootstrap.pl): the frame is
 # believed only when the process ended that way.
-_EXIT_OF_STATUS: Final = {"ok": 0, "exception": 1, "memory": 1, "rejected": EXIT_BAD_START}
+_EXIT_OF_STATUS: Final = {
+    "ok": 0,
+    "exception": 1,
+    "memory": 1,
+    "rejected": EXIT_BAD_START,
+    "terminated": 128 + signal.SIGTERM,
+}
 
 
 def expected_exit(done: DoneFrame) -> int:
@@ -247,6 +253,12 @@ def _classify_done(
                 f"{code & 0xFF}: the OS keeps the low 8 bits)"
             )
         return Outcome.FAILED, Failure(f"the callback exited with status {code}")
+    if status == "terminated":
+        # Not the executor's (its wall deadline and stops are classified before this).
+        return Outcome.KILLED, Failure(
+            "the callback was ended by SIGTERM from outside the executor "
+            "(its finally blocks and END blocks ran)"
+        )
     exc = Failure(
         message=done.get("message", ""),
         exception_type=done.get("exception_type", ""),

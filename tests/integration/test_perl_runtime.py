@@ -447,7 +447,7 @@ async def test_sleep_past_the_wall_deadline(
 
     assert run.outcome is Outcome.WALL_TIMEOUT
     assert run.stdout == "start\n"
-    assert run.child.done == {"type": "done", "status": "exit", "exit_code": 143}
+    assert run.child.done == {"type": "done", "status": "terminated", "exit_code": 143}
     assert run.child.usage.wall_seconds < 5
 
 

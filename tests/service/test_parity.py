@@ -142,6 +142,22 @@ SCENARIOS = [
         Outcome.OUTCOME_FAILED,
     ),
     Scenario(
+        "exit with status 143, as a SIGTERM would",
+        {"python": "import sys\nsys.exit(143)", "perl": "exit 143;"},
+        Outcome.OUTCOME_FAILED,
+    ),
+    Scenario(
+        "a SIGTERM from outside the executor",
+        {
+            "python": "import os, signal, time\ntry:\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n    time.sleep(20)\n"
+            "finally:\n    print('cleaned up')",
+            "perl": "END { print \"cleaned up\\n\" }\nkill 'TERM', $$;\nsleep 20;",
+        },
+        Outcome.OUTCOME_KILLED,
+        same_output=True,
+    ),
+    Scenario(
         "code that does not compile",
         {"python": "def broken(:", "perl": "sub broken {", "qube": "unblock-everything"},
         Outcome.OUTCOME_REJECTED,

@@ -58,6 +58,11 @@ def child(status: int = 0, done: dict[str, Any] | None = None, **fields: Any) ->
         (child(exited(3), {"status": "ok"}), Outcome.FAILED),
         (child(exited(0), {"status": "exception", "message": "forged"}), Outcome.SUCCEEDED),
         (child(exited(2), {"status": "rejected"}, calls=1), Outcome.FAILED),
+        # SIGTERM from outside: the runtime's clean exit 143 says so, and only with 143.
+        (child(exited(143), {"status": "terminated"}), Outcome.KILLED),
+        (child(exited(0), {"status": "terminated"}), Outcome.SUCCEEDED),
+        (child(exited(143), {"status": "exit", "exit_code": 143}), Outcome.FAILED),
+        (child(exited(143), {"status": "terminated"}, timed_out=True), Outcome.WALL_TIMEOUT),
         (child(exited(0), {"status": "ok"}, bridge_error="bad"), Outcome.KILLED),
         (child(killed(signal.SIGKILL), cpu_seconds=3.0), Outcome.CPU_LIMIT),
         (child(killed(signal.SIGKILL), cpu_seconds=0.1), Outcome.KILLED),
@@ -125,3 +130,11 @@ def test_an_exit_beyond_255_fails_saying_what_the_os_kept() -> None:
         "the callback exited with status 256 (its process's exit status is 0: "
         "the OS keeps the low 8 bits)"
     )
+
+
+def test_a_sigterm_from_outside_says_so() -> None:
+    outcome, failure = classify(child(exited(143), {"status": "terminated"}), LIMITS)
+
+    assert outcome == Outcome.KILLED
+    assert failure is not None
+    assert "SIGTERM from outside the executor" in failure.message

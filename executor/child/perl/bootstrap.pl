@@ -8,7 +8,9 @@
 # done frame, by how the callback ended:
 #   ok         the code ran to its end (or returned)
 #   exit       `exit N` in the callback (CORE::GLOBAL::exit is overridden, so it ends only
-#              this child and is reported); SIGTERM (the executor's wall deadline) is exit 143
+#              this child and is reported)
+#   terminated SIGTERM: the executor's wall deadline or stop (which it knows of itself), or
+#              a signal from anyone else (an operator's pkill); exit status 143
 #   exception  an uncaught die: exception_type "die" (or the qb::Error kind, or the class
 #              of a die object), message = the die message without its trailing newline,
 #              traceback = the message with the callback's call stack
@@ -135,8 +137,12 @@ sub run {
     };
     binmode $bridge;
     qb::_set_bridge($bridge);
-    # The executor's wall deadline: end through exit so the report is sent.
-    $SIG{TERM} = sub { callback_exit(EXIT_ON_SIGTERM) };
+    # The executor's wall deadline, or someone else's kill: report it, and end through
+    # exit so END blocks run.
+    $SIG{TERM} = sub {
+        report({ status => 'terminated', exit_code => EXIT_ON_SIGTERM });
+        CORE::exit(EXIT_ON_SIGTERM);
+    };
     if ($$ == 1) {
         # PID 1 of a namespace ignores signals it has no handler for, SIGXCPU included.
         # No done frame (report is not called): the executor reads 152 as the CPU limit.
