@@ -103,7 +103,7 @@ def check(result: int, what: str) -> None:
         raise OSError(errno, f"{what}: {os.strerror(errno)}")
 
 
-def _set_process_flag(option: int, value: int) -> None:
+def set_process_flag(option: int, value: int) -> None:
     if _prctl(option, value, 0, 0, 0) != 0:  # the message made only when needed
         check(-1, f"prctl({option})")
 
@@ -129,22 +129,25 @@ def _apply_rlimits(rlimits: list[tuple[int, tuple[int, int]]]) -> None:
         setrlimit(which, limits)
 
 
-# The filter of the last spawn, ready for prctl: (its hex, the prepared program).
-_filter: tuple[str, seccomp.Prepared] | None = None
+# The filters made ready for prctl, by their hex: the spec's whole one, or a zygote's
+# closing one (seccomp.build_closing).
+_filters: dict[str, seccomp.Prepared] = {}
 
 
 def prepare_filter(program: str) -> seccomp.Prepared | None:
-    """The spec's syscall filter made ready once; a zygote calls this before it forks.
+    """A syscall filter made ready once; a zygote calls this before it forks.
 
     Its children then find it made: a ctypes object built in a forked child would cost
     it page faults on the shared heap.
     """
-    global _filter
     if not program:
         return None
-    if _filter is None or _filter[0] != program:
-        _filter = (program, seccomp.Prepared(bytes.fromhex(program)))
-    return _filter[1]
+    prepared = _filters.get(program)
+    if prepared is None:
+        if len(_filters) >= 4:  # the executor sends one or two, for its lifetime
+            _filters.clear()
+        prepared = _filters[program] = seccomp.Prepared(bytes.fromhex(program))
+    return prepared
 
 
 class Confinement:
@@ -157,7 +160,13 @@ class Confinement:
     (``isolation.FilesystemPlan``); ``fits`` tells whether another one does too.
     """
 
-    def __init__(self, spec: LaunchSpec, *, cgroup_procs_fds: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        spec: LaunchSpec,
+        *,
+        cgroup_procs_fds: list[int] | None = None,
+        filter_program: str | None = None,
+    ) -> None:
         self.site_paths = spec["site_paths"]
         # Opened by a zygote (``join_cgroups_through``), or here by path.
         self.cgroup_procs_fds = cgroup_procs_fds or []
@@ -197,7 +206,10 @@ class Confinement:
             (getattr(resource, f"RLIMIT_{name}"), (soft, hard))
             for name, (soft, hard) in spec["rlimits"].items()
         ]
-        self.filter = prepare_filter(spec["seccomp_filter"])
+        # Installed last: the spec's whole filter, or what a zygote under its own adds.
+        self.filter = prepare_filter(
+            spec["seccomp_filter"] if filter_program is None else filter_program
+        )
 
     def fits(self, workdir: str) -> bool:
         """Whether this confinement holds for a working directory other than its spec's."""
@@ -272,8 +284,8 @@ def confine_and_run(spec: LaunchSpec, confinement: Confinement | None = None) ->
         chdir(workdir)  # made by the executor; in the hardened tier it is made below
     if confinement.cgroup_procs:  # by path: the cold path (a zygote's child joined already)
         _join_cgroups(confinement.cgroup_procs)
-    _set_process_flag(PR_SET_NO_NEW_PRIVS, 1)
-    _set_process_flag(PR_SET_PDEATHSIG, SIGKILL)
+    set_process_flag(PR_SET_NO_NEW_PRIVS, 1)
+    set_process_flag(PR_SET_PDEATHSIG, SIGKILL)
     if spec["pid_namespace"]:
         if getpid() == 1:
             # Forked into its PID namespace by the zygote.
@@ -284,7 +296,7 @@ def confine_and_run(spec: LaunchSpec, confinement: Confinement | None = None) ->
             if pid:
                 os.close(BRIDGE_FD)  # EOF on the bridge must mean the callback is gone
                 return _mirror_exit(pid)
-            _set_process_flag(PR_SET_PDEATHSIG, SIGKILL)
+            set_process_flag(PR_SET_PDEATHSIG, SIGKILL)
         if isolation is not None and confinement.filesystem is not None:
             isolate_filesystem(confinement.filesystem, workdir)
             chdir(workdir)  # the working directory's own tmpfs

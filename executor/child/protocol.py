@@ -226,6 +226,10 @@ class LaunchSpec(TypedDict):
     cgroup_namespace: bool
     # The syscall filter (seccomp.py's program, hex), installed last; "" for none.
     seccomp_filter: str
+    # For a zygote: the filter it puts itself under (the whole one, seccomp.CONFINING
+    # allowed), and what its children add to it instead of the whole one; "" for none.
+    seccomp_zygote_filter: str
+    seccomp_closing_filter: str
     cgroup_procs: list[str]
     # {NAME: [soft, hard]} for resource.RLIMIT_<NAME>.
     rlimits: dict[str, list[int]]

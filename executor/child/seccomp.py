@@ -182,6 +182,15 @@ DENIED: Final = tuple(
     and name not in OPEN_ARGUMENTS
 )
 
+# The calls a zygote's child still makes after the fork, while it confines itself (its
+# namespaces and mounts). A zygote puts itself under the filter with these allowed
+# (``build(arch, allowing=CONFINING)``), once; each of its children, once confined, adds
+# ``build_closing``: a few instructions that refuse them. The two together decide every
+# call as the whole filter does (the kernel applies the stricter answer). The kernel
+# compiles a program and works out its cache of allowed calls at each install, which for
+# the whole filter costs a child ~0.3 ms of CPU; for the closing one, a fraction of that.
+CONFINING: Final = ("unshare", "setns", "mount")
+
 # An instruction: (code, jump if true, jump if false, k). Jump targets are labels here,
 # offsets once assembled; None is the next instruction.
 _Insn = tuple[int, str | None, str | None, int]
@@ -243,8 +252,11 @@ def _search(numbers: list[tuple[int, str]], otherwise: str) -> list[_Insn | str]
     ]
 
 
-def build(arch: str) -> bytes:
-    """The filter program for ``arch`` (a key of ``ARCHES``), as ``struct sock_filter`` bytes."""
+def build(arch: str, *, allowing: tuple[str, ...] = ()) -> bytes:
+    """The filter program for ``arch`` (a key of ``ARCHES``), as ``struct sock_filter`` bytes.
+
+    ``allowing``: calls of ``DENIED`` to allow after all (a zygote's own filter).
+    """
     column = list(ARCHES).index(arch)
 
     def nr(name: str) -> int | None:
@@ -272,7 +284,7 @@ def build(arch: str) -> bytes:
         decided[number] = target
     for name in DENIED:
         number = nr(name)
-        if number is not None:
+        if number is not None and name not in allowing:
             decided[number] = "eperm"
     for name, index in MODE_ARGUMENT.items():
         if (number := nr(name)) is not None:
@@ -315,6 +327,27 @@ def build(arch: str) -> bytes:
         _ret(SECCOMP_RET_ERRNO | ENOSYS),
     ]
     return _assemble(lines)
+
+
+def build_closing(arch: str) -> bytes:
+    """What a zygote's child adds to its zygote's filter once confined: ``CONFINING`` refused.
+
+    Another architecture's calls are left to the zygote's filter, which refuses them all.
+    """
+    column = list(ARCHES).index(arch)
+    numbers = [number for name in CONFINING if (number := SYSCALLS[name][column]) is not None]
+    return _assemble(
+        [
+            (LD_W_ABS, None, None, ARCH_OFFSET),
+            _jeq(ARCHES[arch], None, "allow"),
+            (LD_W_ABS, None, None, NR_OFFSET),
+            *(_jeq(number, "eperm") for number in numbers),
+            "allow",
+            _ret(SECCOMP_RET_ALLOW),
+            "eperm",
+            _ret(SECCOMP_RET_ERRNO | EPERM),
+        ]
+    )
 
 
 def native_arch() -> str | None:

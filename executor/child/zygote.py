@@ -27,7 +27,10 @@ With ``--private-network`` each cell (one run at a time) has an empty network na
 of its own, made here on its first child (~1 ms, once) and entered before each of its
 children is forked (a setns, microseconds): abstract Unix sockets, which live in a
 network namespace, never reach another cell's callbacks. The syscall filter of the
-spec is made ready here before the fork too (``launcher.Confinement``).
+spec is made ready here before the fork too (``launcher.Confinement``). This process
+puts itself under that filter, with the calls its children confine themselves with
+allowed (``OwnFilter``); each child adds a closing program of a few instructions
+instead of installing the whole filter, which cost it ~0.3 ms of CPU.
 """
 
 from __future__ import annotations
@@ -248,6 +251,33 @@ class SharedMasks:
         return confined
 
 
+class OwnFilter:
+    """This zygote's own syscall filter, and the program its children add to it.
+
+    The spec's ``seccomp_zygote_filter`` (the whole filter, ``seccomp.CONFINING``
+    allowed) goes on this process once, before its first fork under it. Children then
+    install only ``seccomp_closing_filter``, and end up deciding every call as the
+    whole filter does. Where that cannot hold (the kernel refused, or a spec brings
+    another filter) the children install the spec's whole filter, stacked on this one.
+    """
+
+    def __init__(self) -> None:
+        self._installed = ""  # its hex; "-" once the kernel refused it
+
+    def children_program(self, spec: LaunchSpec) -> str:
+        own = spec["seccomp_zygote_filter"]
+        if own and not self._installed:
+            try:
+                launcher.set_process_flag(launcher.PR_SET_NO_NEW_PRIVS, 1)
+                seccomp.install(seccomp.Prepared(bytes.fromhex(own)))
+                self._installed = own
+            except OSError:
+                self._installed = "-"
+        if own and own == self._installed:
+            return spec["seccomp_closing_filter"]
+        return spec["seccomp_filter"]
+
+
 class CellSpecs:
     """Each cell's part of the launch spec, parsed and its confinement made once.
 
@@ -263,6 +293,7 @@ class CellSpecs:
         self._cgroup_files = CellCgroupFiles()
         self._shared_masks = SharedMasks(self._cgroup_files)
         self._site_paths: list[str] | None = None
+        self._own_filter = OwnFilter()
 
     def spec(
         self, cell_part: bytes, workdir: str, *, warm_up: bool
@@ -293,7 +324,11 @@ class CellSpecs:
         of each extending the list, a write to the shared heap.
         """
         held = self._cgroup_files.opened(spec["cgroup_procs"])
-        confinement = launcher.Confinement(spec, cgroup_procs_fds=held)
+        confinement = launcher.Confinement(
+            spec,
+            cgroup_procs_fds=held,
+            filter_program=self._own_filter.children_program(spec),
+        )
         if self._site_paths is None:
             self._site_paths = confinement.site_paths
             sys.path.extend(self._site_paths)

@@ -106,8 +106,11 @@ class SandboxOptions:
     # With the PID namespace: a new IPC namespace per child, and a cgroup namespace.
     ipc_namespace: bool = False
     cgroup_namespace: bool = False
-    # seccomp.py's program for this machine, hex; "" when the host cannot take it.
+    # seccomp.py's program for this machine, hex; "" when the host cannot take it. And
+    # for zygotes: their own (CONFINING allowed), and what their children add to it.
     seccomp_filter: str = ""
+    seccomp_zygote_filter: str = ""
+    seccomp_closing_filter: str = ""
     # Where the bridge socketpairs are made (nothing of the host's network to see).
     bridge_network: EmptyNetwork | None = None
     # Each mechanism the host could not give, with the reason (for the tier report).
@@ -291,6 +294,8 @@ class SandboxRunner:
             "ipc_namespace": self.options.ipc_namespace,
             "cgroup_namespace": self.options.cgroup_namespace,
             "seccomp_filter": self.options.seccomp_filter,
+            "seccomp_zygote_filter": self.options.seccomp_zygote_filter,
+            "seccomp_closing_filter": self.options.seccomp_closing_filter,
             "cgroup_procs": cgroups.procs_files(cell) if cgroups is not None else [],
             # With a dedicated uid per cell, RLIMIT_NPROC counts only this callback.
             "rlimits": sandbox_limits.rlimits(

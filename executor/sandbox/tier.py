@@ -203,6 +203,14 @@ def sandbox_options(settings: Settings) -> SandboxOptions:
         ipc_namespace=ipc_namespace,
         cgroup_namespace=cgroup_namespace,
         seccomp_filter=seccomp_filter,
+        seccomp_zygote_filter=(
+            seccomp.build(arch, allowing=seccomp.CONFINING).hex()
+            if seccomp_filter and arch is not None
+            else ""
+        ),
+        seccomp_closing_filter=(
+            seccomp.build_closing(arch).hex() if seccomp_filter and arch is not None else ""
+        ),
         bridge_network=bridge_network,
         inactive=tuple(inactive),
     )

@@ -25,7 +25,7 @@ CHILD_PATH: list[tuple[Callable[..., object], set[str]]] = [
     (zygote._child, {"sys.stdout", "sys.stderr"}),
     (launcher.join_cgroups_through, set()),
     (launcher.confine_and_run, {"os.fork", "os.close", "sys.path"}),
-    (launcher._set_process_flag, set()),
+    (launcher.set_process_flag, set()),
     (launcher._enter_namespaces, set()),
     (launcher._apply_rlimits, set()),
     (launcher._run_runtime, {"os.execv"}),

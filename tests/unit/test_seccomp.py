@@ -257,3 +257,44 @@ def test_the_program_fits_the_kernel(arch: str) -> None:
     program = seccomp.build(arch)
     assert len(program) % 8 == 0
     assert len(program) // 8 <= 4096  # BPF_MAXINSNS
+
+
+def stacked(programs: list[bytes], arch: int, nr: int, args: tuple[int, ...]) -> int:
+    """What the kernel returns under several filters (seccomp(2)).
+
+    The strictest action; on a tie, the data of the one installed last.
+    """
+    answers = [run(program, arch, nr, args) for program in programs]
+    return min(reversed(answers), key=lambda answer: answer & 0xFFFF0000)
+
+
+def test_a_zygote_and_its_childs_closing_filter_decide_as_the_whole_one(arch: str) -> None:
+    whole = seccomp.build(arch)
+    zygote = seccomp.build(arch, allowing=seccomp.CONFINING)
+    closing = seccomp.build_closing(arch)
+    arguments = [
+        (),
+        (0x11,),  # SIGCHLD: fork
+        *((flag | 0x11,) for flag in (0x00020000, 0x10000000, 0x40000000)),  # CLONE_NEW*
+        *((family, 1) for family in (1, 2, 10, 16, 17, 38)),  # socket families
+        (0, 0o4755, 0o4755, 0o4755),  # a setuid mode in every position
+        (0, 0o100, 0o100, 0o6755),  # O_CREAT with a set-id mode
+        (0, 0o20000000, 0o20000000, 0o755),  # O_TMPFILE, plain mode
+        (0xFFFFFFFF,),  # the personality query
+        (0x0040000,),  # ADDR_NO_RANDOMIZE
+    ]
+    foreign = [a for name, a in seccomp.ARCHES.items() if name != arch] + [0x40000003]
+    numbers = [*range(460), seccomp.X32_SYSCALL_BIT | 39, 0xFFFFFFFF]
+    for audit_arch in (seccomp.ARCHES[arch], *foreign):
+        for number in numbers:
+            for args in arguments:
+                assert stacked([zygote, closing], audit_arch, number, args) == run(
+                    whole, audit_arch, number, args
+                ), (audit_arch, number, args)
+    for name in seccomp.CONFINING:  # allowed to the zygote, refused to the callback
+        assert run(zygote, seccomp.ARCHES[arch], nr(name, arch)) == ALLOW
+        assert stacked([zygote, closing], seccomp.ARCHES[arch], nr(name, arch), ()) == EPERM
+
+
+def test_the_closing_filter_is_a_few_instructions(arch: str) -> None:
+    assert len(seccomp.build_closing(arch)) // 8 <= 8

@@ -21,7 +21,8 @@
 # cgroups, no new privileges, death with its parent; forked straight into a fresh PID
 # namespace (PID 1 there) with a new IPC namespace and a cgroup namespace, then the
 # hardened tier's mounts and uid (isolation.py), umask 077, the rlimits and last the
-# syscall filter (seccomp.py's program, from the spec); then bootstrap.pl's run().
+# syscall filter (seccomp.py's program, from the spec: the closing part of it, on top of
+# the one this process put itself under; see children_filter); then bootstrap.pl's run().
 # With --private-network each cell has an empty network namespace of its own, made on
 # its first child and entered (setns) before each of its children is forked.
 #
@@ -329,6 +330,28 @@ sub prepare_filter {
     return;
 }
 
+# zygote.py's OwnFilter: this process goes under the spec's zygote filter (the whole one,
+# with the calls its children confine themselves with allowed) once, before its first
+# fork under it; each child then adds the closing program of a few instructions, not
+# the whole filter. Where that cannot hold, children install the whole one.
+my $own_filter = '';    # its hex; '-' once the kernel refused it
+
+sub children_filter {
+    my ($spec) = @_;
+    my $own = $spec->{seccomp_zygote_filter} // '';
+    if ($own ne '' && $own_filter eq '') {
+        my $program = pack('H*', $own);
+        my $fprog = pack('S x6 p', length($program) / 8, $program);
+        $own_filter = eval {
+            prctl(PR_SET_NO_NEW_PRIVS, 1);
+            sys('prctl', PR_SET_SECCOMP, SECCOMP_MODE_FILTER, $fprog, 0, 0);
+            1;
+        } ? $own : '-';
+    }
+    return $spec->{seccomp_closing_filter} if $own ne '' && $own eq $own_filter;
+    return $spec->{seccomp_filter} // '';
+}
+
 # Each cell's empty network namespace (a handle on /proc/self/ns/net), and the one the
 # next child would start in.
 my (%cell_networks, $current_cell);
@@ -371,8 +394,8 @@ sub confine {
     }
     umask 077;
     apply_rlimits($spec->{rlimits} || {});
-    if ($spec->{seccomp_filter}) {
-        prepare_filter($spec->{seccomp_filter});    # made already, unless it changed
+    if ($spec->{child_filter}) {
+        prepare_filter($spec->{child_filter});    # made already, unless it changed
         sys('prctl', PR_SET_SECCOMP, SECCOMP_MODE_FILTER, $filter_fprog, 0, 0);
     }
     return;
@@ -390,6 +413,7 @@ sub cell_spec {
         ref $cached eq 'HASH' or die "the launch spec is not a JSON object\n";
         $cached->{workdir} = $message->{workdir};
         share_masks($cached);
+        $cached->{child_filter} = children_filter($cached);
         %cell_specs = () if keys %cell_specs >= MAX_CELL_SPECS;
         $cell_specs{$cell_part} = $cached;
     }
@@ -496,7 +520,7 @@ sub serve {
         }
         my $new_namespace = $message->{spec}{pid_namespace};
         my $pid = eval {
-            prepare_filter($message->{spec}{seccomp_filter});
+            prepare_filter($message->{spec}{child_filter});
             enter_cell_network($message->{spec}{cell} // 0) if $private_network;
             if ($new_namespace) {
                 sys('setns', fileno $own_namespace, CLONE_NEWPID);
