@@ -8,6 +8,7 @@ makes them, never larger than the supervisor takes, and ``GrpcReportTransport`` 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Final
 
 import grpc
@@ -67,6 +68,15 @@ class ReportEncoder:
         self.max_bytes = max_message_bytes - MESSAGE_MARGIN_BYTES
 
     def __call__(self, invocation: Invocation, result: RunResult) -> bytes:
+        if len(result.stdout) + len(result.stderr) > self.max_bytes:
+            # Cut before the request is built, not only after: a character is at least a
+            # byte, so nothing cut here could have been sent, and 2 x 16 MiB of output
+            # is not copied into a message (and serialized) twice for nothing.
+            result = replace(
+                result,
+                stdout=result.stdout[: self.max_bytes],
+                stderr=result.stderr[: self.max_bytes],
+            )
         request = report_request(invocation, result)
         payload = request.SerializeToString()
         if len(payload) <= self.max_bytes:

@@ -125,20 +125,33 @@ class BridgeServer:
         self._task = None
         self._read()
 
-    def _on_readable(self) -> None:
+    def read_pending(self) -> bool:
+        """Take now what the callback has sent that the event loop has not handed over yet.
+
+        For the wall deadline: when the loop was held up (another run's large result, a
+        busy machine), a done frame sent within the limit may be waiting unread. Returns
+        whether the end is marked.
+        """
+        for _ in range(64):  # the rest of a frame's worth of chunks
+            if not self._reading or not self._on_readable():
+                break
+        return self.end_marked
+
+    def _on_readable(self) -> bool:
+        """One read and what follows from it; False when there was nothing to read."""
         try:
             chunk = self._sock.recv(READ_CHUNK)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError:
             self._end()  # the callback went away mid-frame
-            return
+            return False
         if not chunk:
             if len(self._buffer) >= protocol.HEADER.size:
                 self._violated(
                     f"malformed frame: {protocol.FrameError('the bridge closed inside a frame')}"
                 )
-                return
+                return True
             # The bridge ending between frames (or inside a header) is the callback ending.
             self.end_marked = self._result.done is not None and not self._buffer
             # After a mark the child waits for our side to close: it stays open until
@@ -146,9 +159,10 @@ class BridgeServer:
             self._end(shut_down=not self.end_marked or self._release_after_mark)
             if self.end_marked:
                 self._on_end_mark()
-            return
+            return True
         self._buffer += chunk
         self._take_frames()
+        return True
 
     def _take_frames(self) -> None:
         try:

@@ -495,7 +495,9 @@ class SandboxRunner:
                     start = {**start, "env": dict(policy.env)}
                 unsent = send_now(child.bridge, protocol.encode(start)) if started else b""
                 server = self._serve(child, evidence, unsent, on_call, stop, end_wait)
-                await self._wait_for_end(ended, limits.wall_seconds, stop, evidence)
+                await self._wait_for_end(
+                    ended, limits.wall_seconds, stop, evidence, server.read_pending
+                )
                 if started and (evidence.timed_out or evidence.stop_reason):
                     grace_s = self.options.grace_s
                 elif server.end_marked and not child.handle.exited.is_set():
@@ -684,9 +686,17 @@ class SandboxRunner:
 
     @staticmethod
     async def _wait_for_end(
-        ended: asyncio.Future[None], wall_s: float, stop: RunStop, evidence: ChildExit
+        ended: asyncio.Future[None],
+        wall_s: float,
+        stop: RunStop,
+        evidence: ChildExit,
+        last_look: Callable[[], bool] = lambda: False,
     ) -> None:
-        """Until the main process exits or marks its end, the wall deadline passes, or a stop."""
+        """Until the main process exits or marks its end, the wall deadline passes, or a stop.
+
+        ``last_look`` at the deadline takes what the child sent that the loop has not
+        handed over yet, and tells whether that marked its end: in time, not a timeout.
+        """
         loop = asyncio.get_running_loop()
         try:
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
@@ -698,7 +708,9 @@ class SandboxRunner:
         except TimeoutError:
             if stop.requested:
                 evidence.stop_reason = stop.reason
-            else:
+                return
+            # (``ended`` itself was cancelled with the wait: it cannot tell.)
+            if not last_look():
                 evidence.timed_out = True
 
     def _end(self, child: _Child, grace_s: float = 0.0) -> asyncio.Task[list[int]]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import shutil
 import sys
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -87,3 +90,41 @@ async def test_the_bridge_is_fd_3_and_nothing_else_is_open(
     assert result.outcome is Outcome.SUCCEEDED, (result.failure, result.stderr)
     # stdio, the bridge, and the handle that listed them.
     assert result.stdout == f"[0, 1, 2, {BRIDGE_FD}, {BRIDGE_FD + 1}] socket\n"
+
+
+async def test_an_end_within_the_wall_limit_is_no_timeout_when_the_loop_was_held_up(
+    runner: SandboxRunner,
+) -> None:
+    # The callback ends at ~0.3 s; the event loop is held from 0.1 s to past the 1 s
+    # deadline (as another run's large result can hold it). The done frame waits unread.
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.1, time.sleep, 1.5)
+    start = {
+        "type": "start",
+        "language": "python",
+        "code": "import time\ntime.sleep(0.3)",
+        "context": {
+            "job": {"id": 1},
+            "event": None,
+            "work_name": "",
+            "subjob_id": -1,
+            "callback": {
+                "id": 1,
+                "triggers": "",
+                "language": "python",
+                "user": "",
+                "count": 0,
+                "maximum": 0,
+            },
+        },
+    }
+
+    result = await runner.run(
+        runtime=child_runtime(Language.PYTHON),
+        limits=dataclasses.replace(LIMITS, wall_seconds=1),
+        slot=0,
+        start=start,  # type: ignore[arg-type]
+        on_call=no_call,
+    )
+
+    assert result.outcome is Outcome.SUCCEEDED, result.failure

@@ -127,3 +127,21 @@ async def test_our_side_is_shut_down_once_after_a_mark_however_often_it_is_ended
 
     assert shutdowns == [socket.SHUT_RDWR]
     assert served.child.recv(1) == b""  # and the child sees it
+
+
+async def test_read_pending_takes_an_end_mark_the_loop_has_not_handed_over(
+    served: Served,
+) -> None:
+    # No await between the send and the look: the loop never ran its reader.
+    served.child.sendall(DONE)
+    served.child.shutdown(socket.SHUT_WR)
+    served.server.read_pending()
+
+    assert served.server.end_marked and served.marks == 1
+    assert served.server.ended.done()
+
+
+async def test_read_pending_with_nothing_sent_changes_nothing(served: Served) -> None:
+    served.server.read_pending()
+
+    assert not served.server.ended.done() and served.marks == 0

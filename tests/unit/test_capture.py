@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from executor.sandbox.capture import CapturedStream, PipeReader
+from executor.sandbox.capture import DECODE_CHUNK, CapturedStream, PipeReader
 
 
 @pytest.fixture
@@ -74,3 +74,26 @@ async def test_watching_after_the_end_registers_nothing(pipe: tuple[int, int]) -
     reader.close()
     reader.watch()
     assert not loop.remove_reader(read_end)
+
+
+def whole_text(data: bytes, cap: int) -> tuple[str, bool]:
+    """What ``text`` must give: all of it decoded, then cut to the cap (and whether it was)."""
+    encoded = data.decode("utf-8", errors="replace").encode()
+    return encoded[:cap].decode("utf-8", errors="ignore"), len(encoded) > cap
+
+
+@pytest.mark.parametrize(
+    ("data", "cap"),
+    [
+        (b"\xff" * (3 * DECODE_CHUNK + 5), 3 * DECODE_CHUNK + 5),  # cut in its first third
+        ("é€😀".encode() * DECODE_CHUNK + b"\xe9", 9 * DECODE_CHUNK + 1),
+        (b"ok\xe9" + "😀".encode() * (DECODE_CHUNK // 2), 3 * DECODE_CHUNK),  # split across pieces
+        (b"\xe2\x82", 2),  # a sequence cut short at the very end
+        (b"a\xffb", 5),  # replaced, still within the cap
+    ],
+)
+def test_invalid_output_is_decoded_in_pieces_as_if_whole(data: bytes, cap: int) -> None:
+    stream = CapturedStream(cap)
+    stream.feed(data)
+
+    assert (stream.text(), stream.truncated) == whole_text(data, cap)
