@@ -24,6 +24,7 @@ from executor.config import Settings
 from executor.errors import ConfigError
 from executor.runtimes.child import CHILD_DIR
 from executor.sandbox.cgroup import CGROUP_ROOT, CellCgroups
+from executor.sandbox.identity import check_uid_range
 from executor.sandbox.netns import EmptyNetwork
 from executor.sandbox.process import IsolationPlan, SandboxOptions, SandboxRunner
 
@@ -189,6 +190,7 @@ def sandbox_options(settings: Settings) -> SandboxOptions:
     isolation = None
     if settings.dedicated_uid != "off" and os.geteuid() == 0 and pid_namespace:
         isolation = isolation_plan(settings, site_paths)
+        check_uid_range(isolation.uid_base, isolation.uid_count)
     if settings.dedicated_uid == "on" and isolation is None:
         raise ConfigError("dedicated_uid: 'on' needs root and PID namespaces")
     if isolation is None:
