@@ -53,7 +53,7 @@ from executor.runtimes.qube import QubeInterpreter
 from executor.sandbox.identity import UidClaim
 from executor.sandbox.process import SandboxOptions, SandboxRunner
 from executor.sandbox.spawners import ColdSpawner, Spawner, ZygoteSpawner
-from executor.sandbox.tier import describe_sandbox, mechanisms, sandbox_options
+from executor.sandbox.tier import describe_sandbox, mechanisms, root_warnings, sandbox_options
 from executor.sql import is_postgres
 from executor.storage import StorageHealth
 from executor.triggers.engine import TriggerEngine
@@ -259,7 +259,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         )
         for line in policy_report(policies):
             logger.info("%s", line)
-        for line in exposure_warnings(policies, settings.auth_token):
+        for line in [*root_warnings(options), *exposure_warnings(policies, settings.auth_token)]:
             logger.warning("%s", line)
         return RunningServer(
             port=edge.port,

@@ -22,7 +22,7 @@ from executor.errors import ConfigError
 from executor.policies import BUILT_IN, exposure_warnings, for_host, report
 from executor.runtimes.check import check_source
 from executor.sandbox.identity import UidClaim
-from executor.sandbox.tier import describe_sandbox, sandbox_options
+from executor.sandbox.tier import describe_sandbox, root_warnings, sandbox_options
 from executor.triggers.engine import check_trigger
 from executor.triggers.universal import CONF_NAME, UniversalConfigError, load_universal
 
@@ -67,7 +67,10 @@ def _sandbox(settings: config.Settings) -> str:
             UidClaim.check(options.isolation.uid_base, options.isolation.uid_count)
         policies = for_host(settings, options, os.environ)
         tier = describe_sandbox(options, settings.launcher)
-        warnings = [f"  WARNING: {w}" for w in exposure_warnings(policies, settings.auth_token)]
+        warnings = [
+            f"  WARNING: {w}"
+            for w in [*root_warnings(options), *exposure_warnings(policies, settings.auth_token)]
+        ]
         return "\n".join([tier, *(f"  {line}" for line in report(policies)), *warnings])
     finally:
         if options.cgroups is not None:
