@@ -3,7 +3,8 @@
 Start-up refuses bad TLS files, a port it cannot bind, a data dir it cannot use, a
 damaged database, a PostgreSQL store it cannot reach or that is not migrated, a sandbox
 setting the host cannot satisfy, a sandbox uid range another executor holds; and with
-``strict`` a broken ``callbacks.conf``. The check runs each of those (collecting every problem
+``strict`` a broken ``callbacks.conf`` (without it, a warning: start-up runs without
+them). The check runs each of those (collecting every problem
 rather than stopping at the first), loads and compiles the universal callbacks as
 start-up does, and prints the settings start-up would run with, one ``name = value``
 line each, so a systemd ``ExecStartPre`` or a person sees the whole picture at once.
@@ -92,7 +93,18 @@ def _universal(settings: config.Settings) -> str:
             known_policies=list(dict.fromkeys([*BUILT_IN, *settings.policies])),
         )
     except UniversalConfigError as err:
-        raise ConfigError("\n".join(f"universal callbacks: {e}" for e in err.errors)) from err
+        if settings.strict:
+            raise ConfigError("\n".join(f"universal callbacks: {e}" for e in err.errors)) from err
+        # Without strict, start-up runs without them (one ERROR line): a warning, not a
+        # refusal, or a systemd ExecStartPre would keep the service down for it.
+        count = f"{len(err.errors)} problem{'s' if len(err.errors) > 1 else ''}"
+        return "\n".join(
+            [
+                f"OFF: callbacks.conf has {count}; start-up would run without universal "
+                "callbacks (strict = true refuses to start instead)",
+                *(f"  WARNING: {e}" for e in err.errors),
+            ]
+        )
     confs = [str(d / CONF_NAME) for d in dirs if (d / CONF_NAME).is_file()]
     if not confs:
         return f"none (no {CONF_NAME} in {', '.join(map(str, dirs))})"

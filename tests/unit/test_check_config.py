@@ -27,10 +27,15 @@ def test_an_unknown_policy_lists_each_configured_one_once(tmp_path: Path) -> Non
         universal_callback_path=str(callbacks),
         # [policies.job] widens the built-in job: it is still one policy.
         policies={"job": {"verbs": ["unblock"]}, "admin": {}},
+        strict=True,
     )
     with pytest.raises(ConfigError) as caught:
         _universal(settings)
     assert "no policy 'nosuch' (configured: job, universal, admin)" in str(caught.value)
+    # Without strict start-up runs without them: the same problem, as a warning.
+    said = _universal(settings.replace(strict=False))
+    assert said.startswith("OFF: callbacks.conf has 1 problem; start-up would run without")
+    assert "  WARNING: " in said and "no policy 'nosuch'" in said
 
 
 def test_a_uid_range_is_checked_without_being_claimed(tmp_path: Path) -> None:
