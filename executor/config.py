@@ -322,6 +322,28 @@ def _check_address(name: str, value: str) -> None:
         raise ConfigError(f"{name}: port {port} is out of range (1-65535, or 0 for any free port)")
 
 
+def _check_store_url(url: str) -> None:
+    """Refuse a ``store`` URL libpq cannot parse, saying why without the URL's password."""
+    try:
+        from psycopg import Error, conninfo
+    except ImportError:
+        return  # connecting says psycopg is needed
+    try:
+        conninfo.conninfo_to_dict(url)
+    except Error as err:
+        raise ConfigError(f"store: not a valid PostgreSQL URL: {_url_problem(err, url)}") from None
+
+
+def _url_problem(err: Exception, url: str) -> str:
+    """What libpq says is wrong with ``url``, in one line, without the URL or its password."""
+    reason = (str(err).strip().splitlines() or ["unreadable"])[0]
+    reason = re.sub(r'\s*in URI: ".*"\s*$', "", reason)
+    password = re.match(r"[^:]*://[^:@/]*:([^@/]*)@", url)
+    if password and password.group(1):
+        reason = reason.replace(password.group(1), "(password)")
+    return reason.replace(url, _shown("store", url))
+
+
 # Settings whose values are secrets: shown as set or not, never printed.
 SECRETS: Final = frozenset({"auth_token", "mail.smtp_password"})
 # Settings that may carry a password inside (a database URL): shown without it.
@@ -415,6 +437,8 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError(
             "store: expected a postgresql://user@host/db URL, or empty for SQLite in data_dir"
         )
+    if settings.store:
+        _check_store_url(settings.store)
     if settings.store_lease_seconds < 1:
         raise ConfigError("store_lease_seconds: must be at least 1")
     if settings.tls_client_ca and not settings.tls_cert:

@@ -57,6 +57,11 @@ CASES: list[tuple[tuple[str, ...], int, str]] = [
     (("store",), 2, "required: store_command"),
     (("store", "migrate", "--store", "mysql://x/y"), 2, "store: expected a postgresql://"),
     (("store", "migrate", "--store", "postgresql://x@127.0.0.1:1/db"), 3, "unreachable"),
+    (
+        ("store", "migrate", "--store", "postgresql://u:hunter2@[bad/db"),
+        2,
+        "store: not a valid PostgreSQL URL: end of string reached",
+    ),
 ]
 
 
@@ -73,6 +78,7 @@ async def test_error_path(
     # A check that fails (exit 1) prints its finding as its answer; errors go to stderr.
     assert text in (said.out + said.err if code == 1 else said.err), said
     assert "Traceback" not in said.err + said.out
+    assert "hunter2" not in said.err + said.out, "a password is never printed"
     lines = said.err.strip().splitlines()
     if code == 1:
         return

@@ -134,3 +134,19 @@ def test_describe_prints_toml_spelling_and_hides_secrets() -> None:
     assert 'auth_token = "(set)"' in lines and "languages = []" in lines
     assert "grace_seconds = 0.5" in lines and "prepare_ahead = true" in lines
     assert not any("s3cret" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("postgresql://u:hunter2@[bad/db", 'looking for matching "]" in IPv6 host address'),
+        ("postgresql://u:hunter2@h/db?nope=hunter2", 'invalid URI query parameter: "nope"'),
+    ],
+)
+def test_a_malformed_store_url_is_refused_without_its_password(url: str, reason: str) -> None:
+    pytest.importorskip("psycopg")
+    with pytest.raises(ConfigError) as caught:
+        config.validate(config.Settings(store=url))
+    said = str(caught.value)
+    assert said.startswith("store: not a valid PostgreSQL URL: ") and reason in said
+    assert "hunter2" not in said
