@@ -523,6 +523,16 @@ def resolve(
         )
     if resolved[JOB].users:
         raise ConfigError("policies.job.users: job is every user's default; list users elsewhere")
+    # Which policy a user's callbacks get must not hang on the order of the tables.
+    listed_in: dict[str, str] = {}
+    for policy in resolved.values():
+        for user in policy.users:
+            if user in listed_in:
+                raise ConfigError(
+                    f"policies.{policy.name}.users: user {user!r} is also in "
+                    f"policies.{listed_in[user]}.users; a user gets one policy, list them once"
+                )
+            listed_in[user] = policy.name
     return PolicySet(resolved)
 
 

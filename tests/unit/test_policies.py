@@ -149,6 +149,14 @@ def test_who_gets_which_policy(tmp_path: Path) -> None:
     assert "policies.job.users" in refused(tmp_path, {"job": {"users": ["x"]}})
 
 
+def test_a_user_in_two_policies_is_refused_naming_both(tmp_path: Path) -> None:
+    said = refused(tmp_path, {"b": {"users": ["alice"]}, "a": {"users": ["bob", "alice"]}})
+    assert said == (
+        "policies.a.users: user 'alice' is also in policies.b.users; "
+        "a user gets one policy, list them once"
+    )
+
+
 def test_what_the_host_cannot_do_fails_start_up(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data", policies={"p": {"network": "none"}})
     no_namespaces = SandboxOptions(
