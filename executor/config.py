@@ -24,6 +24,8 @@ from executor.runtimes.mail import MailSettings
 MIB: Final = 1 << 20
 GIB: Final = 1 << 30
 ENV_PREFIX: Final = "CBEXEC_"
+# logging's level names, any case (logs.configure upper-cases them).
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # CBEXEC_* variables that are not settings: the config file's path, and the address the
 # clients (cbexec farm, runs, ...) call, which a shell may export for them and the service.
 NOT_SETTINGS: Final = frozenset({"CBEXEC_CONFIG", "CBEXEC_ADDRESS"})
@@ -418,6 +420,10 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError("launcher: expected zygote or cold")
     if settings.event_loop not in ("auto", "asyncio", "uvloop"):
         raise ConfigError("event_loop: expected auto, asyncio or uvloop")
+    if settings.log_level.upper() not in LOG_LEVELS:
+        raise ConfigError(
+            f"log_level: expected {', '.join(LOG_LEVELS)}, got {settings.log_level!r}"
+        )
     if settings.log_format not in ("text", "json"):
         raise ConfigError("log_format: expected text or json")
     if settings.supervisor_max_message_bytes < 256 << 10:

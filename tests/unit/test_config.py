@@ -150,3 +150,16 @@ def test_a_malformed_store_url_is_refused_without_its_password(url: str, reason:
     said = str(caught.value)
     assert said.startswith("store: not a valid PostgreSQL URL: ") and reason in said
     assert "hunter2" not in said
+
+
+@pytest.mark.parametrize(
+    "variables", [{"CBEXEC_LOG_LEVEL": "LOUD"}, {"CBEXEC_LOG_LEVEL": ""}, {"CBEXEC_LOG_LEVEL": "5"}]
+)
+def test_an_unknown_log_level_is_a_config_error(variables: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.validate(config.from_env(config.Settings(), variables))
+    assert str(caught.value).startswith("log_level: expected DEBUG, INFO, WARNING, ERROR, CRITICAL")
+
+
+def test_a_log_level_is_taken_in_any_case() -> None:
+    config.validate(config.from_env(config.Settings(), {"CBEXEC_LOG_LEVEL": "debug"}))
