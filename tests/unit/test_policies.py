@@ -270,3 +270,14 @@ def test_a_refused_policy_names_the_user_and_where_it_came_from(tmp_path: Path) 
         "user 'alice' (callback.user, else context.job.user) may not ask for policy 'admin': "
         "it is not in policies.admin.users"
     )
+
+
+def test_an_env_value_with_a_nul_byte_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "nul.secret"
+    secret.write_bytes(b"abc\x00def\n")
+    assert refused(tmp_path, {"x": {"env_files": {"TOKEN": str(secret)}}}) == (
+        "policies.x.env_files.TOKEN: holds a NUL byte, which an environment variable cannot"
+    )
+    assert refused(tmp_path, {"x": {"env": {"TOKEN": "a\x00b"}}}) == (
+        "policies.x.env.TOKEN: holds a NUL byte, which an environment variable cannot"
+    )
