@@ -245,21 +245,34 @@ def _coerce(name: str, raw: Any, current: Any) -> Any:
             # A nested table ([default_limits], [mail]): coerce each key like the top level.
             if not isinstance(raw, Mapping):
                 raise ValueError("expected a table")
-            fields = {f.name for f in dataclasses.fields(current)}
+            # By the declared type: a float field's default may be a whole number (30).
+            declared = {f.name: f.type for f in dataclasses.fields(current)}
             changes = {}
             for key, value in raw.items():
-                if key not in fields:
+                if key not in declared:
                     noun = "limit" if isinstance(current, Limits) else "setting"
                     raise ValueError(f"unknown {noun} {key!r}")
-                changes[key] = _coerce(f"{name}.{key}", value, getattr(current, key))
+                like = float(getattr(current, key)) if declared[key] == "float" else None
+                changes[key] = _coerce(
+                    f"{name}.{key}", value, getattr(current, key) if like is None else like
+                )
             return dataclasses.replace(current, **changes)
         if isinstance(current, float):
             return float(raw)
         if isinstance(current, int):
-            return int(raw)
+            return _whole(raw)
         return str(raw)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{name}: {err}") from err
+
+
+def _whole(raw: Any) -> int:
+    """An integer setting's value; 1.5 is refused, never truncated to 1."""
+    if isinstance(raw, float):
+        if not raw.is_integer():
+            raise ValueError(f"expected a whole number, got {raw!r}")
+        return int(raw)
+    return int(raw)
 
 
 def apply(settings: Settings, values: Mapping[str, Any], origin: str) -> Settings:
@@ -346,6 +359,16 @@ def _url_problem(err: Exception, url: str) -> str:
     return reason.replace(url, _shown("store", url))
 
 
+# gRPC targets other than host:port that the supervisor address may be (open_channel).
+GRPC_TARGET_SCHEMES: Final = ("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:", "vsock:")
+
+
+def _check_not_a_file(name: str, path: Path | None) -> None:
+    """A directory start-up makes (or uses) must not already be something else."""
+    if path is not None and path.exists() and not path.is_dir():
+        raise ConfigError(f"{name}: {path} exists and is not a directory")
+
+
 # Settings whose values are secrets: shown as set or not, never printed.
 SECRETS: Final = frozenset({"auth_token", "mail.smtp_password"})
 # Settings that may carry a password inside (a database URL): shown without it.
@@ -389,6 +412,25 @@ def describe(settings: Settings) -> list[str]:
     return lines
 
 
+def _check_runs_and_outputs(settings: Settings) -> None:
+    """The supervisor, the run timings and languages, and where logs and mail go."""
+    if settings.supervisor and not settings.supervisor.startswith(GRPC_TARGET_SCHEMES):
+        _check_address("supervisor", settings.supervisor)
+    if settings.supervisor_timeout_seconds <= 0:
+        raise ConfigError(
+            f"supervisor_timeout_seconds: must be positive, got {settings.supervisor_timeout_seconds:g}"
+        )
+    if settings.grace_seconds < 0:
+        raise ConfigError(f"grace_seconds: must be 0 or more, got {settings.grace_seconds:g}")
+    if not settings.languages:
+        raise ConfigError("languages: none is enabled, so no callback could run; name at least one")
+    _check_not_a_file("log_dir", Path(settings.log_dir) if settings.log_dir else None)
+    _check_not_a_file("mail.directory", settings.mail_settings.directory)
+    templates = settings.mail.templates_dir
+    if templates is not None and str(templates) not in ("", ".") and not templates.is_dir():
+        raise ConfigError(f"mail.templates_dir: {templates} is not a directory")
+
+
 def validate(settings: Settings) -> Settings:
     """Reject settings that cannot work; returns them unchanged when they can."""
     _check_address("bind", settings.bind)
@@ -405,6 +447,7 @@ def validate(settings: Settings) -> Settings:
         default, cap = getattr(settings.default_limits, key), getattr(settings.max_limits, key)
         if default > cap:
             raise ConfigError(f"default_limits.{key}: {default} exceeds max_limits.{key} {cap}")
+    _check_runs_and_outputs(settings)
     if settings.max_concurrent < 1:
         raise ConfigError(
             f"max_concurrent: must be at least 1 (0 means the default), got {settings.max_concurrent}"
