@@ -187,6 +187,8 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
                 max_age_s=settings.trigger_journal_days * 86400.0,
             ),
             check_code=check_source,
+            # <data_dir>/callback need not exist; a directory named in the settings should.
+            warn_missing_dirs=bool(settings.universal_callback_path.strip()),
         )
         _load_universal(engine, settings)
 

@@ -105,10 +105,17 @@ def _universal(settings: config.Settings) -> str:
                 *(f"  WARNING: {e}" for e in err.errors),
             ]
         )
+    missing = (
+        [d for d in dirs if not d.is_dir()] if settings.universal_callback_path.strip() else []
+    )
+    warnings = [
+        f"\n  WARNING: {d}: no such directory (universal_callback_path); none of its callbacks is loaded"
+        for d in missing
+    ]
     confs = [str(d / CONF_NAME) for d in dirs if (d / CONF_NAME).is_file()]
     if not confs:
-        return f"none (no {CONF_NAME} in {', '.join(map(str, dirs))})"
-    return f"{len(loaded)} from {', '.join(confs)}"
+        return f"none (no {CONF_NAME} in {', '.join(map(str, dirs))})" + "".join(warnings)
+    return f"{len(loaded)} from {', '.join(confs)}" + "".join(warnings)
 
 
 def _store(settings: config.Settings) -> str:

@@ -87,3 +87,14 @@ def test_a_free_uid_range_is_accepted() -> None:
     taken = {a.pw_uid for a in pwd.getpwall()} | {g.gr_gid for g in grp.getgrall()}
     first = next(b for b in range(70000, 4_000_000, 1000) if not taken & set(range(b, b + 8)))
     check_uid_range(first, 8)
+
+
+def test_a_configured_universal_directory_that_is_missing_is_warned_about(tmp_path: Path) -> None:
+    missing = tmp_path / "gone"
+    said = _universal(Settings(data_dir=tmp_path / "data", universal_callback_path=str(missing)))
+    assert said == (
+        f"none (no callbacks.conf in {missing})\n  WARNING: {missing}: no such directory "
+        "(universal_callback_path); none of its callbacks is loaded"
+    )
+    # The default directory need not exist: no warning.
+    assert "WARNING" not in _universal(Settings(data_dir=tmp_path / "data"))
