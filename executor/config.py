@@ -211,8 +211,8 @@ class Settings:
             directory, _, option = entry.partition("[")
             policy = ""
             if option:
-                key, _, value = option.rstrip("]").partition("=")
-                if key.strip() != "policy" or not value.strip():
+                key, _, value = option.removesuffix("]").partition("=")
+                if not option.endswith("]") or key.strip() != "policy" or not value.strip():
                     raise ConfigError(
                         f"universal_callback_path: {entry!r}: expected '<dir> [policy=NAME]'"
                     )

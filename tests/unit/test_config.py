@@ -236,3 +236,11 @@ def test_values_that_break_the_service_are_refused_by_name(tmp_path: Path) -> No
 def test_supervisor_takes_host_port_or_a_grpc_target() -> None:
     for address in ("10.0.0.5:50052", "unix:/run/qube/supervisor.sock", "dns:///sup:50052"):
         config.validate(config.Settings(supervisor=address))
+
+
+def test_an_unclosed_policy_bracket_in_universal_callback_path_is_refused() -> None:
+    settings = config.Settings(universal_callback_path="/dir [policy=admin")
+    with pytest.raises(ConfigError, match=r"universal_callback_path: '/dir \[policy=admin'"):
+        config.validate(settings)
+    closed = config.Settings(universal_callback_path="/dir [policy=admin]")
+    assert config.validate(closed).universal_callback_policies == {Path("/dir"): "admin"}
