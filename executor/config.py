@@ -24,6 +24,8 @@ from executor.runtimes.mail import MailSettings
 MIB: Final = 1 << 20
 GIB: Final = 1 << 30
 ENV_PREFIX: Final = "CBEXEC_"
+# logging's level names, any case (logs.configure upper-cases them).
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # CBEXEC_* variables that are not settings: the config file's path, and the address the
 # clients (cbexec farm, runs, ...) call, which a shell may export for them and the service.
 NOT_SETTINGS: Final = frozenset({"CBEXEC_CONFIG", "CBEXEC_ADDRESS"})
@@ -209,8 +211,8 @@ class Settings:
             directory, _, option = entry.partition("[")
             policy = ""
             if option:
-                key, _, value = option.rstrip("]").partition("=")
-                if key.strip() != "policy" or not value.strip():
+                key, _, value = option.removesuffix("]").partition("=")
+                if not option.endswith("]") or key.strip() != "policy" or not value.strip():
                     raise ConfigError(
                         f"universal_callback_path: {entry!r}: expected '<dir> [policy=NAME]'"
                     )
@@ -243,21 +245,34 @@ def _coerce(name: str, raw: Any, current: Any) -> Any:
             # A nested table ([default_limits], [mail]): coerce each key like the top level.
             if not isinstance(raw, Mapping):
                 raise ValueError("expected a table")
-            fields = {f.name for f in dataclasses.fields(current)}
+            # By the declared type: a float field's default may be a whole number (30).
+            declared = {f.name: f.type for f in dataclasses.fields(current)}
             changes = {}
             for key, value in raw.items():
-                if key not in fields:
+                if key not in declared:
                     noun = "limit" if isinstance(current, Limits) else "setting"
                     raise ValueError(f"unknown {noun} {key!r}")
-                changes[key] = _coerce(f"{name}.{key}", value, getattr(current, key))
+                like = float(getattr(current, key)) if declared[key] == "float" else None
+                changes[key] = _coerce(
+                    f"{name}.{key}", value, getattr(current, key) if like is None else like
+                )
             return dataclasses.replace(current, **changes)
         if isinstance(current, float):
             return float(raw)
         if isinstance(current, int):
-            return int(raw)
+            return _whole(raw)
         return str(raw)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{name}: {err}") from err
+
+
+def _whole(raw: Any) -> int:
+    """An integer setting's value; 1.5 is refused, never truncated to 1."""
+    if isinstance(raw, float):
+        if not raw.is_integer():
+            raise ValueError(f"expected a whole number, got {raw!r}")
+        return int(raw)
+    return int(raw)
 
 
 def apply(settings: Settings, values: Mapping[str, Any], origin: str) -> Settings:
@@ -322,6 +337,38 @@ def _check_address(name: str, value: str) -> None:
         raise ConfigError(f"{name}: port {port} is out of range (1-65535, or 0 for any free port)")
 
 
+def _check_store_url(url: str) -> None:
+    """Refuse a ``store`` URL libpq cannot parse, saying why without the URL's password."""
+    try:
+        from psycopg import Error, conninfo
+    except ImportError:
+        return  # connecting says psycopg is needed
+    try:
+        conninfo.conninfo_to_dict(url)
+    except Error as err:
+        raise ConfigError(f"store: not a valid PostgreSQL URL: {_url_problem(err, url)}") from None
+
+
+def _url_problem(err: Exception, url: str) -> str:
+    """What libpq says is wrong with ``url``, in one line, without the URL or its password."""
+    reason = (str(err).strip().splitlines() or ["unreadable"])[0]
+    reason = re.sub(r'\s*in URI: ".*"\s*$', "", reason)
+    password = re.match(r"[^:]*://[^:@/]*:([^@/]*)@", url)
+    if password and password.group(1):
+        reason = reason.replace(password.group(1), "(password)")
+    return reason.replace(url, _shown("store", url))
+
+
+# gRPC targets other than host:port that the supervisor address may be (open_channel).
+GRPC_TARGET_SCHEMES: Final = ("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:", "vsock:")
+
+
+def _check_not_a_file(name: str, path: Path | None) -> None:
+    """A directory start-up makes (or uses) must not already be something else."""
+    if path is not None and path.exists() and not path.is_dir():
+        raise ConfigError(f"{name}: {path} exists and is not a directory")
+
+
 # Settings whose values are secrets: shown as set or not, never printed.
 SECRETS: Final = frozenset({"auth_token", "mail.smtp_password"})
 # Settings that may carry a password inside (a database URL): shown without it.
@@ -365,6 +412,25 @@ def describe(settings: Settings) -> list[str]:
     return lines
 
 
+def _check_runs_and_outputs(settings: Settings) -> None:
+    """The supervisor, the run timings and languages, and where logs and mail go."""
+    if settings.supervisor and not settings.supervisor.startswith(GRPC_TARGET_SCHEMES):
+        _check_address("supervisor", settings.supervisor)
+    if settings.supervisor_timeout_seconds <= 0:
+        raise ConfigError(
+            f"supervisor_timeout_seconds: must be positive, got {settings.supervisor_timeout_seconds:g}"
+        )
+    if settings.grace_seconds < 0:
+        raise ConfigError(f"grace_seconds: must be 0 or more, got {settings.grace_seconds:g}")
+    if not settings.languages:
+        raise ConfigError("languages: none is enabled, so no callback could run; name at least one")
+    _check_not_a_file("log_dir", Path(settings.log_dir) if settings.log_dir else None)
+    _check_not_a_file("mail.directory", settings.mail_settings.directory)
+    templates = settings.mail.templates_dir
+    if templates is not None and str(templates) not in ("", ".") and not templates.is_dir():
+        raise ConfigError(f"mail.templates_dir: {templates} is not a directory")
+
+
 def validate(settings: Settings) -> Settings:
     """Reject settings that cannot work; returns them unchanged when they can."""
     _check_address("bind", settings.bind)
@@ -381,6 +447,7 @@ def validate(settings: Settings) -> Settings:
         default, cap = getattr(settings.default_limits, key), getattr(settings.max_limits, key)
         if default > cap:
             raise ConfigError(f"default_limits.{key}: {default} exceeds max_limits.{key} {cap}")
+    _check_runs_and_outputs(settings)
     if settings.max_concurrent < 1:
         raise ConfigError(
             f"max_concurrent: must be at least 1 (0 means the default), got {settings.max_concurrent}"
@@ -396,6 +463,10 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError("launcher: expected zygote or cold")
     if settings.event_loop not in ("auto", "asyncio", "uvloop"):
         raise ConfigError("event_loop: expected auto, asyncio or uvloop")
+    if settings.log_level.upper() not in LOG_LEVELS:
+        raise ConfigError(
+            f"log_level: expected {', '.join(LOG_LEVELS)}, got {settings.log_level!r}"
+        )
     if settings.log_format not in ("text", "json"):
         raise ConfigError("log_format: expected text or json")
     if settings.supervisor_max_message_bytes < 256 << 10:
@@ -415,6 +486,8 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError(
             "store: expected a postgresql://user@host/db URL, or empty for SQLite in data_dir"
         )
+    if settings.store:
+        _check_store_url(settings.store)
     if settings.store_lease_seconds < 1:
         raise ConfigError("store_lease_seconds: must be at least 1")
     if settings.tls_client_ca and not settings.tls_cert:

@@ -354,6 +354,13 @@ def _names(name: str, key: str, raw: Any) -> list[str]:
     return list(raw)
 
 
+def _no_nul(name: str, key: str, value: str) -> str:
+    """``value``, which an environment variable can hold: no NUL byte."""
+    if "\0" in value:
+        raise _error(name, key, "holds a NUL byte, which an environment variable cannot")
+    return value
+
+
 def _environment(
     name: str, table: Mapping[str, Any], environ: Mapping[str, str]
 ) -> tuple[tuple[str, str], ...]:
@@ -366,7 +373,7 @@ def _environment(
             if var in RESERVED_ENV or not var.replace("_", "").isalnum():
                 raise _error(name, f"{key}.{var}", "not a variable a policy may set")
             if key == "env":
-                env[var] = str(value)
+                env[var] = _no_nul(name, f"{key}.{var}", str(value))
                 continue
             try:
                 with open(str(value), "rb") as source:
@@ -377,7 +384,7 @@ def _environment(
                 raise _error(
                     name, f"{key}.{var}", f"{value} is larger than {MAX_ENV_FILE_BYTES} bytes"
                 )
-            env[var] = content.decode(errors="replace").rstrip("\n")
+            env[var] = _no_nul(name, f"{key}.{var}", content.decode(errors="replace").rstrip("\n"))
     for var in _names(name, "env_pass", table.get("env_pass", [])):
         if var in RESERVED_ENV:
             raise _error(name, f"env_pass.{var}", "not a variable a policy may set")
@@ -523,6 +530,16 @@ def resolve(
         )
     if resolved[JOB].users:
         raise ConfigError("policies.job.users: job is every user's default; list users elsewhere")
+    # Which policy a user's callbacks get must not hang on the order of the tables.
+    listed_in: dict[str, str] = {}
+    for policy in resolved.values():
+        for user in policy.users:
+            if user in listed_in:
+                raise ConfigError(
+                    f"policies.{policy.name}.users: user {user!r} is also in "
+                    f"policies.{listed_in[user]}.users; a user gets one policy, list them once"
+                )
+            listed_in[user] = policy.name
     return PolicySet(resolved)
 
 

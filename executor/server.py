@@ -53,7 +53,7 @@ from executor.runtimes.qube import QubeInterpreter
 from executor.sandbox.identity import UidClaim
 from executor.sandbox.process import SandboxOptions, SandboxRunner
 from executor.sandbox.spawners import ColdSpawner, Spawner, ZygoteSpawner
-from executor.sandbox.tier import describe_sandbox, mechanisms, sandbox_options
+from executor.sandbox.tier import describe_sandbox, mechanisms, root_warnings, sandbox_options
 from executor.sql import is_postgres
 from executor.storage import StorageHealth
 from executor.triggers.engine import TriggerEngine
@@ -187,6 +187,8 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
                 max_age_s=settings.trigger_journal_days * 86400.0,
             ),
             check_code=check_source,
+            # <data_dir>/callback need not exist; a directory named in the settings should.
+            warn_missing_dirs=bool(settings.universal_callback_path.strip()),
         )
         _load_universal(engine, settings)
 
@@ -259,7 +261,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         )
         for line in policy_report(policies):
             logger.info("%s", line)
-        for line in exposure_warnings(policies, settings.auth_token):
+        for line in [*root_warnings(options), *exposure_warnings(policies, settings.auth_token)]:
             logger.warning("%s", line)
         return RunningServer(
             port=edge.port,

@@ -3,7 +3,8 @@
 Start-up refuses bad TLS files, a port it cannot bind, a data dir it cannot use, a
 damaged database, a PostgreSQL store it cannot reach or that is not migrated, a sandbox
 setting the host cannot satisfy, a sandbox uid range another executor holds; and with
-``strict`` a broken ``callbacks.conf``. The check runs each of those (collecting every problem
+``strict`` a broken ``callbacks.conf`` (without it, a warning: start-up runs without
+them). The check runs each of those (collecting every problem
 rather than stopping at the first), loads and compiles the universal callbacks as
 start-up does, and prints the settings start-up would run with, one ``name = value``
 line each, so a systemd ``ExecStartPre`` or a person sees the whole picture at once.
@@ -22,7 +23,7 @@ from executor.errors import ConfigError
 from executor.policies import BUILT_IN, exposure_warnings, for_host, report
 from executor.runtimes.check import check_source
 from executor.sandbox.identity import UidClaim
-from executor.sandbox.tier import describe_sandbox, sandbox_options
+from executor.sandbox.tier import describe_sandbox, root_warnings, sandbox_options
 from executor.triggers.engine import check_trigger
 from executor.triggers.universal import CONF_NAME, UniversalConfigError, load_universal
 
@@ -67,7 +68,10 @@ def _sandbox(settings: config.Settings) -> str:
             UidClaim.check(options.isolation.uid_base, options.isolation.uid_count)
         policies = for_host(settings, options, os.environ)
         tier = describe_sandbox(options, settings.launcher)
-        warnings = [f"  WARNING: {w}" for w in exposure_warnings(policies, settings.auth_token)]
+        warnings = [
+            f"  WARNING: {w}"
+            for w in [*root_warnings(options), *exposure_warnings(policies, settings.auth_token)]
+        ]
         return "\n".join([tier, *(f"  {line}" for line in report(policies)), *warnings])
     finally:
         if options.cgroups is not None:
@@ -89,11 +93,29 @@ def _universal(settings: config.Settings) -> str:
             known_policies=list(dict.fromkeys([*BUILT_IN, *settings.policies])),
         )
     except UniversalConfigError as err:
-        raise ConfigError("\n".join(f"universal callbacks: {e}" for e in err.errors)) from err
+        if settings.strict:
+            raise ConfigError("\n".join(f"universal callbacks: {e}" for e in err.errors)) from err
+        # Without strict, start-up runs without them (one ERROR line): a warning, not a
+        # refusal, or a systemd ExecStartPre would keep the service down for it.
+        count = f"{len(err.errors)} problem{'s' if len(err.errors) > 1 else ''}"
+        return "\n".join(
+            [
+                f"OFF: callbacks.conf has {count}; start-up would run without universal "
+                "callbacks (strict = true refuses to start instead)",
+                *(f"  WARNING: {e}" for e in err.errors),
+            ]
+        )
+    missing = (
+        [d for d in dirs if not d.is_dir()] if settings.universal_callback_path.strip() else []
+    )
+    warnings = [
+        f"\n  WARNING: {d}: no such directory (universal_callback_path); none of its callbacks is loaded"
+        for d in missing
+    ]
     confs = [str(d / CONF_NAME) for d in dirs if (d / CONF_NAME).is_file()]
     if not confs:
-        return f"none (no {CONF_NAME} in {', '.join(map(str, dirs))})"
-    return f"{len(loaded)} from {', '.join(confs)}"
+        return f"none (no {CONF_NAME} in {', '.join(map(str, dirs))})" + "".join(warnings)
+    return f"{len(loaded)} from {', '.join(confs)}" + "".join(warnings)
 
 
 def _store(settings: config.Settings) -> str:

@@ -52,6 +52,30 @@ class AddressList(argparse.Action):
         setattr(namespace, self.dest, given)
 
 
+# The largest id a request carries: the stores keep ids as SQLite's signed 64-bit integers.
+MAX_ID: Final = 2**63 - 1
+# A count sent as a uint32 (a --limit, a journal length).
+MAX_COUNT: Final = 2**32 - 1
+
+
+def whole_number(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer from ``low`` to ``high``, else a usage error (exit 2).
+
+    An id or count out of range would otherwise reach the request as a ValueError traceback.
+    """
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {low} to {high}, got {text}")
+        return value
+
+    return parse
+
+
 def connection_options(*, suppress: bool = False) -> argparse.ArgumentParser:
     """Connection flags; ``suppress`` (for a sub-subcommand) leaves unset ones to the parent."""
     parent = argparse.ArgumentParser(

@@ -34,10 +34,12 @@ from executor.cli.connection import (
     EXIT_NOT_SUCCEEDED,
     EXIT_OK,
     EXIT_RPC,
+    MAX_ID,
     Command,
     connect_farm,
     connection_options,
     rpc_command,
+    whole_number,
 )
 from executor.cli.farm_submit import describe_submitted, registration_warnings, submit_file
 from executor.cli.farm_workers import WorkerPlan, Workers, run_until_signalled
@@ -300,14 +302,16 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     jobs = sub.add_parser("jobs", parents=[conn], help="list the farm's jobs")
     jobs.add_argument("--status", choices=STATUSES, help="only jobs in this status")
-    jobs.add_argument("--pgrp", type=int, help="only the jobs of this process group")
+    jobs.add_argument(
+        "--pgrp", type=whole_number(0, MAX_ID), help="only the jobs of this process group"
+    )
     jobs.add_argument("--json", action="store_true", help="one Qube job dict (JSON) per line")
     jobs.set_defaults(handler=farm_command(_jobs))
 
     show = sub.add_parser(
         "show", parents=[conn], help="one job: agenda, callbacks with their latches, history"
     )
-    show.add_argument("job_id", type=int, metavar="ID")
+    show.add_argument("job_id", type=whole_number(0, MAX_ID), metavar="ID")
     show.add_argument("--json", action="store_true", help="the job, callbacks and history")
     show.set_defaults(handler=farm_command(_show))
 
@@ -352,7 +356,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         parents=[conn],
         help="wait until jobs have ended and the callbacks they fired have run",
     )
-    wait.add_argument("job_ids", nargs="*", type=int, metavar="ID", help="default: every job")
+    wait.add_argument(
+        "job_ids", nargs="*", type=whole_number(0, MAX_ID), metavar="ID", help="default: every job"
+    )
     wait.add_argument(
         "--wait-timeout",
         type=_positive_float,

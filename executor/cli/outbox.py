@@ -8,7 +8,15 @@ import sys
 from datetime import datetime
 from typing import TextIO
 
-from executor.cli.connection import EXIT_OK, EXIT_USAGE, connect, connection_options, rpc_command
+from executor.cli.connection import (
+    EXIT_OK,
+    EXIT_USAGE,
+    MAX_COUNT,
+    connect,
+    connection_options,
+    rpc_command,
+    whole_number,
+)
 from supervisor_client.client import as_plain
 
 
@@ -54,7 +62,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing = sub.add_parser(
         "dead", parents=[connection_options()], help="list the dead letters, newest first"
     )
-    listing.add_argument("--limit", type=int, default=100, help="at most this many (max 1000)")
+    listing.add_argument(
+        "--limit", type=whole_number(1, MAX_COUNT), default=100, help="at most this many (max 1000)"
+    )
     listing.add_argument("--json", action="store_true", help="one JSON object per dead letter")
     listing.set_defaults(handler=rpc_command(_list))
     retry = sub.add_parser(

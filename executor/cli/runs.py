@@ -28,9 +28,12 @@ from typing import Any, Final, TextIO
 from executor.cli.connection import (
     EXIT_NOT_SUCCEEDED,
     EXIT_OK,
+    MAX_COUNT,
+    MAX_ID,
     connect,
     connection_options,
     rpc_command,
+    whole_number,
 )
 from executor.config import Settings
 from executor.errors import ConfigError
@@ -255,7 +258,7 @@ def _outcome(text: str) -> str:
 def add_runs_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parent = connection_options()
     runs = commands.add_parser("runs", parents=[parent], help="list recent runs (run history)")
-    runs.add_argument("--job", type=int, help="only runs of this job id")
+    runs.add_argument("--job", type=whole_number(0, MAX_ID), help="only runs of this job id")
     runs.add_argument(
         "--outcome", type=_outcome, help=f"only runs with this outcome: {', '.join(OUTCOMES)}"
     )
@@ -270,7 +273,9 @@ def add_runs_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         action="store_true",
         help="only shadow runs, each with the qb actions it would have taken",
     )
-    runs.add_argument("--limit", type=int, default=50, help="at most this many (max 1000)")
+    runs.add_argument(
+        "--limit", type=whole_number(1, MAX_COUNT), default=50, help="at most this many (max 1000)"
+    )
     runs.add_argument("--json", action="store_true", help="one JSON object per run")
     sub = runs.add_subparsers(dest="runs_command")
     show = sub.add_parser(

@@ -17,9 +17,11 @@ from executor import triggers
 from executor.cli.connection import (
     EXIT_NOT_SUCCEEDED,
     EXIT_OK,
+    MAX_COUNT,
     connect,
     connection_options,
     rpc_command,
+    whole_number,
 )
 from executor.cli.explain import format_check, format_dry_run, format_explanation
 from executor.errors import ConfigError
@@ -210,7 +212,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     why.add_argument("target", metavar="JOB[:CALLBACK]", help="e.g. 12, or 12:1 for callback 1")
     why.add_argument("--work", metavar="NAME", help="one work item of a {work} callback, in full")
     why.add_argument(
-        "--journal", type=int, default=0, metavar="N", help="journal entries per callback"
+        "--journal",
+        type=whole_number(0, MAX_COUNT),
+        default=0,
+        metavar="N",
+        help="journal entries per callback",
     )
     why.add_argument("--json", action="store_true", help="the answer as JSON")
     why.set_defaults(handler=rpc_command(_why))

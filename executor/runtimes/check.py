@@ -19,7 +19,8 @@ def check_source(language: str, code: str, path: Path) -> str | None:
         try:
             compile(code, str(path), "exec", dont_inherit=True)
         except SyntaxError as err:  # also IndentationError, TabError
-            return f"{err.lineno or 1}: {type(err).__name__}: {err.msg}"
+            # Cut short: the message may quote the file, and errors are shown widely.
+            return f"{err.lineno or 1}: {type(err).__name__}: {ascii(err.msg)[1:-1][:120]}"
         except ValueError as err:  # NUL bytes in the source
             return f"1: {err}"
     elif language == Language.QUBE:

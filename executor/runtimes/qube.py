@@ -123,6 +123,16 @@ _SEPARATORS = re.compile(r"[;\n]")
 MAX_CODE_STRINGS: Final = 64
 
 
+# An error quotes at most this many unknown code strings, each cut to EXCERPT_CHARS.
+MAX_QUOTED: Final = 3
+EXCERPT_CHARS: Final = 40
+
+
+def _excerpt(part: str) -> str:
+    """``part`` quoted for an error: printable (escaped) and at most EXCERPT_CHARS long."""
+    return ascii(part[:EXCERPT_CHARS]) + ("..." if len(part) > EXCERPT_CHARS else "")
+
+
 def split_codes(code: str) -> list[str]:
     """The code strings of a qube callback, in order (see the module docstring)."""
     parts = (part.strip().lower() for part in _SEPARATORS.split(code.strip()))
@@ -142,8 +152,10 @@ def validate(code: str) -> str | None:
         )
     unknown = [part for part in parts if part not in CODE_STRINGS]
     if unknown:
-        listed = ", ".join(repr(part) for part in unknown)
-        return f"unknown qube code string {listed}; expected one of: {valid}"
+        # The errors reach logs, the dashboard and RPC callers: quote a little, not the file.
+        listed = ", ".join(_excerpt(part) for part in unknown[:MAX_QUOTED])
+        more = f" and {len(unknown) - MAX_QUOTED} more" if len(unknown) > MAX_QUOTED else ""
+        return f"unknown qube code string {listed}{more}; expected one of: {valid}"
     return None
 
 

@@ -15,13 +15,51 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import grp
 import os
+import pwd
 from pathlib import Path
 from typing import Final
 
 from executor.errors import ConfigError
 
 CLAIM_DIR: Final = Path("/run/cbexec/uids")
+# Below this are the host's system accounts (and root); Debian, Fedora and others begin
+# regular accounts here.
+LOWEST_SANDBOX_UID: Final = 1000
+# uids the kernel or the host give a meaning: nobody/nogroup, the 16-bit (uid_t)-1, and
+# the 32-bit (uid_t)-1 that setresuid takes as "leave unchanged".
+RESERVED_UIDS: Final = (65534, 65535, 2**32 - 1)
+
+
+def check_uid_range(first: int, count: int) -> None:
+    """Refuse a sandbox range a callback must not run in: root, system or host accounts.
+
+    A callback runs as uid and gid ``first`` + cell; any of them that is also a host
+    account or group would give callbacks that account's files.
+    """
+    last = first + count - 1
+    where = f"sandbox_uid_base: the sandbox uids {first}-{last} (one per cell)"
+    if first < LOWEST_SANDBOX_UID:
+        raise ConfigError(
+            f"{where} start below {LOWEST_SANDBOX_UID}, among root and the host's system "
+            f"accounts; choose a base of {LOWEST_SANDBOX_UID} or more that no account uses"
+        )
+    if last >= 2**32 - 1:
+        raise ConfigError(f"{where} do not fit below {2**32 - 1}, the largest uid")
+    for reserved in RESERVED_UIDS:
+        if first <= reserved <= last:
+            raise ConfigError(f"{where} include the reserved uid {reserved}; choose another base")
+    for uid in range(first, last + 1):
+        for kind, lookup in (("account", pwd.getpwuid), ("group", grp.getgrgid)):
+            try:
+                name = lookup(uid)[0]
+            except KeyError:
+                continue
+            raise ConfigError(
+                f"{where} include {uid}, the host {kind} {name!r}: callbacks would run "
+                "as it; choose a base whose range no host account or group uses"
+            )
 
 
 class UidClaim:

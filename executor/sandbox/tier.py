@@ -24,6 +24,7 @@ from executor.config import Settings
 from executor.errors import ConfigError
 from executor.runtimes.child import CHILD_DIR
 from executor.sandbox.cgroup import CGROUP_ROOT, CellCgroups
+from executor.sandbox.identity import check_uid_range
 from executor.sandbox.netns import EmptyNetwork
 from executor.sandbox.process import IsolationPlan, SandboxOptions, SandboxRunner
 
@@ -189,8 +190,17 @@ def sandbox_options(settings: Settings) -> SandboxOptions:
     isolation = None
     if settings.dedicated_uid != "off" and os.geteuid() == 0 and pid_namespace:
         isolation = isolation_plan(settings, site_paths)
+        check_uid_range(isolation.uid_base, isolation.uid_count)
     if settings.dedicated_uid == "on" and isolation is None:
         raise ConfigError("dedicated_uid: 'on' needs root and PID namespaces")
+    if settings.dedicated_uid == "auto" and isolation is None and os.geteuid() == 0:
+        # Without its own uid a callback of a root executor is root, capabilities and all.
+        raise ConfigError(
+            f"dedicated_uid: callbacks would run as root with full capabilities "
+            f"({no_namespaces}: a dedicated uid needs a PID namespace); set "
+            'pid_namespace = "auto" on a host that allows PID namespaces, run the executor '
+            'as an unprivileged user, or set dedicated_uid = "off" to run callbacks as root'
+        )
     if isolation is None:
         inactive.append(("masks of /run, host interfaces and the cgroup tree", "no private mounts"))
     return SandboxOptions(
@@ -214,6 +224,17 @@ def sandbox_options(settings: Settings) -> SandboxOptions:
         bridge_network=bridge_network,
         inactive=tuple(inactive),
     )
+
+
+def root_warnings(options: SandboxOptions) -> list[str]:
+    """The start-up WARNING for callbacks that run as root (``dedicated_uid = "off"``)."""
+    if options.isolation is not None or os.geteuid() != 0:
+        return []
+    return [
+        "callbacks run as root with full capabilities (dedicated_uid is off): any callback "
+        'can read and change everything on this host; set dedicated_uid = "auto" or run '
+        "the executor as an unprivileged user"
+    ]
 
 
 def describe_tier(options: SandboxOptions) -> str:

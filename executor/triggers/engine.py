@@ -198,6 +198,7 @@ class TriggerEngine:
         universal_policies: Mapping[Path, str] | None = None,
         policies: PolicySet | None = None,
         check_code: CodeCheck = no_code_check,
+        warn_missing_dirs: bool = True,
     ) -> None:
         """Build the engine over ``store``.
 
@@ -211,6 +212,8 @@ class TriggerEngine:
             retry: The delays between tries of a run refused for capacity or availability.
             journal_limits: How much of the per-callback journal is kept.
             check_code: Checks a universal callback's code when it is loaded.
+            warn_missing_dirs: Warn at each reload about a ``universal_dirs`` entry that
+                does not exist (off for the default directory, which need not).
             universal_policies: The policy each universal directory names.
             policies: The sandbox policies; None gives every run the engine's ``limits``
                 under the built-in policy names.
@@ -222,6 +225,9 @@ class TriggerEngine:
         self._universal_policies = dict(universal_policies or {})
         self._policies = policies
         self._universal: list[UniversalCallback] = []
+        # Configured directories found missing at the last reload (an unmounted share).
+        self._missing_dirs: list[Path] = []
+        self._warn_missing_dirs = warn_missing_dirs
         self.universal_reload = ReloadStatus()
         self._check_code = check_code
         self._clock = clock
@@ -259,8 +265,13 @@ class TriggerEngine:
 
     @property
     def universal_warnings(self) -> list[str]:
-        """The active universal callbacks' check warnings, as ``file:line: message``."""
-        return [warning for cb in self._universal for warning in cb.warnings]
+        """Missing directories, then the active universal callbacks' check warnings (``file:line: message``)."""
+        missing = [
+            f"{directory}: no such directory (universal_callback_path); none of its "
+            "callbacks is loaded"
+            for directory in self._missing_dirs
+        ]
+        return missing + [warning for cb in self._universal for warning in cb.warnings]
 
     def reload_universal(self, *, quiet: bool = False, fleet_wide: bool = False) -> list[str]:
         """Re-read every callbacks.conf; on errors keep the last good set and return them.
@@ -277,6 +288,8 @@ class TriggerEngine:
 
     def _reload_universal(self, *, quiet: bool) -> list[str]:
         now = self._clock()
+        if self._warn_missing_dirs:
+            self._missing_dirs = [d for d in self._universal_dirs if not d.is_dir()]
         try:
             loaded = load_universal(
                 self._universal_dirs,

@@ -29,6 +29,7 @@ load: those are warnings (``file:line: message``), not errors.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
@@ -189,9 +190,13 @@ def _load_line(
     if Path(filename).name != filename:
         return f"{where}: {filename!r} must be a file in {directory}"
     try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            return f"{where}: {filename} is larger than {MAX_FILE_BYTES} bytes"
-        code = path.read_text(encoding="utf-8")
+        code = _read_inside(directory, path)
+    except _Outside:
+        # A link out of the directory would let whoever may write there read any file
+        # the executor can (and see it quoted in this very error): not read at all.
+        return f"{where}: {filename} leads outside {directory} (a symbolic link?): not read"
+    except _TooLarge:
+        return f"{where}: {filename} is larger than {MAX_FILE_BYTES} bytes"
     except (OSError, UnicodeDecodeError) as err:
         return f"{where}: cannot read {filename}: {getattr(err, 'strerror', err)}"
     problem = check_trigger(triggers)
@@ -209,6 +214,31 @@ def _load_line(
         options.policy,
         options.shadow,
     )
+
+
+class _Outside(Exception):
+    """The file's real path is not inside its directory's."""
+
+
+class _TooLarge(Exception):
+    """The file is larger than MAX_FILE_BYTES."""
+
+
+def _read_inside(directory: Path, path: Path) -> str:
+    """``path``'s text, if the file it opens really is inside ``directory``.
+
+    The check is on the file opened (its /proc/self/fd link), so a link swapped
+    between a check and the read cannot get around it.
+    """
+    inside = os.path.realpath(directory)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    with os.fdopen(fd, encoding="utf-8") as handle:
+        opened = os.readlink(f"/proc/self/fd/{fd}")
+        if os.path.commonpath([opened, inside]) != inside:
+            raise _Outside
+        if os.fstat(fd).st_size > MAX_FILE_BYTES:
+            raise _TooLarge
+        return handle.read()
 
 
 def _none(triggers: str) -> list[str]:

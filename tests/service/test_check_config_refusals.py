@@ -90,3 +90,31 @@ async def test_a_uid_range_another_executor_holds_is_refused_and_left_to_it(
     finally:
         held.release()
     UidClaim.take(BASE, last - BASE + 1).release()  # the checks claimed nothing
+
+
+async def test_a_uid_base_of_0_is_refused_not_run_as_root(tmp_path: Path) -> None:
+    config = config_file(tmp_path)
+    config.write_text(
+        config.read_text().replace(f"sandbox_uid_base = {BASE}", "sandbox_uid_base = 0")
+    )
+    code, out, err = await check_config(config)
+    if os.geteuid() != 0:
+        pytest.skip("dedicated uids are root's")
+    assert code == 2 and "ok: start-up would succeed" not in out
+    assert "sandbox_uid_base: the sandbox uids 0-3 (one per cell) start below 1000" in err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root executor's callbacks run as root")
+async def test_as_root_no_pid_namespace_is_refused_and_dedicated_uid_off_warned(
+    tmp_path: Path,
+) -> None:
+    config = config_file(tmp_path)
+    config.write_text(config.read_text() + 'pid_namespace = "off"\n')
+    code, out, err = await check_config(config)
+    assert code == 2 and "ok: start-up would succeed" not in out
+    assert "dedicated_uid: callbacks would run as root with full capabilities" in err
+
+    config.write_text(config.read_text() + 'dedicated_uid = "off"\n')
+    code, out, err = await check_config(config)
+    assert code == 0 and "ok: start-up would succeed" in out, err
+    assert "WARNING: callbacks run as root with full capabilities (dedicated_uid is off)" in out

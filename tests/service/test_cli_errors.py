@@ -54,9 +54,22 @@ CASES: list[tuple[tuple[str, ...], int, str]] = [
     (("farm", "remove", "4:2"), 2, "remove takes job ids, not frames: give 4"),
     (("farm", "workers", "0"), 2, "N: 0 workers; expected 1 to 64"),
     (("farm", "wait", "7"), 3, "NOT_FOUND: no job 7"),
+    (("serve", "--check-config", "--log-level", "LOUD"), 2, "log_level: expected DEBUG, INFO"),
+    (("runs", "--job", "-1"), 2, "argument --job: expected 0 to 9223372036854775807, got -1"),
+    (("runs", "--limit", "-3"), 2, "argument --limit: expected 1 to 4294967295, got -3"),
+    (("farm", "show", "-1"), 2, "argument ID: expected 0 to"),
+    (("farm", "jobs", "--pgrp", "-1"), 2, "argument --pgrp: expected 0 to"),
+    (("farm", "wait", "99999999999999999999"), 2, "got 99999999999999999999"),
+    (("outbox", "dead", "--limit", "0"), 2, "argument --limit: expected 1 to"),
+    (("triggers", "why", "1", "--journal", "-1"), 2, "argument --journal: expected 0 to"),
     (("store",), 2, "required: store_command"),
     (("store", "migrate", "--store", "mysql://x/y"), 2, "store: expected a postgresql://"),
     (("store", "migrate", "--store", "postgresql://x@127.0.0.1:1/db"), 3, "unreachable"),
+    (
+        ("store", "migrate", "--store", "postgresql://u:hunter2@[bad/db"),
+        2,
+        "store: not a valid PostgreSQL URL: end of string reached",
+    ),
 ]
 
 
@@ -73,6 +86,7 @@ async def test_error_path(
     # A check that fails (exit 1) prints its finding as its answer; errors go to stderr.
     assert text in (said.out + said.err if code == 1 else said.err), said
     assert "Traceback" not in said.err + said.out
+    assert "hunter2" not in said.err + said.out, "a password is never printed"
     lines = said.err.strip().splitlines()
     if code == 1:
         return

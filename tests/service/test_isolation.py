@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from executor.config import Settings
+from executor.errors import ConfigError
 from executor.model import Language
 from executor.runtimes.child import child_runtime
 from executor.sandbox import tier
@@ -305,7 +306,9 @@ async def test_the_tier_report_names_every_mechanism_as_active(stack_warm: Stack
 async def test_without_namespaces_the_executor_starts_and_says_what_is_missing(
     tmp_path: Path,
 ) -> None:
-    settings = stack_settings(tmp_path / "data", pid_namespace="off")
+    # As root, no PID namespace means no dedicated uid: only dedicated_uid = "off" says
+    # running callbacks as root is meant (the suite runs as root; elsewhere it is moot).
+    settings = stack_settings(tmp_path / "data", pid_namespace="off", dedicated_uid="off")
     async with running_stack(settings) as stack:
         report = tier.describe_tier(stack.running.options)
         response = await stack.client.execute_callback(
@@ -325,3 +328,26 @@ async def test_without_namespaces_the_executor_starts_and_says_what_is_missing(
     # The filter needs no namespace: it holds wherever the kernel takes it.
     if stack.running.options.seccomp_filter:
         assert "syscall filter" in report
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root executor's callbacks run as root")
+async def test_as_root_without_a_pid_namespace_auto_refuses_to_run_callbacks_as_root(
+    tmp_path: Path,
+) -> None:
+    settings = stack_settings(tmp_path / "data", pid_namespace="off")
+    with pytest.raises(ConfigError) as caught:
+        tier.sandbox_options(settings)
+    said = str(caught.value)
+    assert said.startswith("dedicated_uid: callbacks would run as root with full capabilities")
+    assert 'pid_namespace = "auto"' in said and 'dedicated_uid = "off"' in said
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root executor's callbacks run as root")
+async def test_as_root_dedicated_uid_off_starts_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = stack_settings(tmp_path / "data", dedicated_uid="off")
+    with caplog.at_level("WARNING"):
+        async with running_stack(settings):
+            pass
+    assert "callbacks run as root with full capabilities (dedicated_uid is off)" in caplog.text

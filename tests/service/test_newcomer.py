@@ -257,7 +257,7 @@ async def test_check_config_is_readable_and_checks_what_start_up_would(tmp_path:
     (data_dir / "callback" / "submitted.py").write_text("print(\n")
     (data_dir / "runs.db").write_text("not a database\n" * 10)
     said = await cbexec(
-        "serve", "--check-config", "--data-dir", str(data_dir), "--bind", "127.0.0.1:0"
+        "serve", "--check-config", "--data-dir", str(data_dir), "--bind", "127.0.0.1:0", "--strict"
     )
     assert said.code == 2
     problems = said.err.splitlines()
@@ -269,6 +269,16 @@ async def test_check_config_is_readable_and_checks_what_start_up_would(tmp_path:
         + problems[2].split("SyntaxError: ", 1)[1],
     ]
     assert "(named at" in problems[1] and "(named at" in problems[2]
+
+    # Without strict, start-up runs without universal callbacks: warned, not refused.
+    (data_dir / "runs.db").unlink()
+    said = await cbexec(
+        "serve", "--check-config", "--data-dir", str(data_dir), "--bind", "127.0.0.1:0"
+    )
+    assert said.code == 0 and said.err == "", said.err
+    assert "universal callbacks: OFF: callbacks.conf has 2 problems" in said.out
+    assert f"  WARNING: {data_dir}/callback/submitted.py:1: SyntaxError: " in said.out
+    assert said.out.splitlines()[-1] == "ok: start-up would succeed with these settings"
 
     for bind, reason in (("127.0.0.1:99999", "out of range"), ("nonsense", "host:port")):
         said = await cbexec("serve", "--check-config", "--data-dir", str(data_dir), "--bind", bind)

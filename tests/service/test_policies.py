@@ -110,7 +110,8 @@ async def policed(
     monkeypatch.setenv("POLICY_TEST_PASS", "passed-through")
     table, rw, ro = admin_policy(tmp_path)
     # A policy that only opens the network: its children start from zygotes of their own.
-    webhook = {"network": "host", "users": ["admin"]}
+    # Its own user: a user is in one policy's users only.
+    webhook = {"network": "host", "users": ["hooks"]}
     settings = stack_settings(tmp_path / "data", policies={"admin": table, "webhook": webhook})
     async with running_stack(settings) as stack:
         yield stack, rw, ro
@@ -241,7 +242,7 @@ async def test_host_network_keeps_the_ipc_namespace_and_the_syscall_filter(
     stack, _, _ = policed
     code = CONNECT.replace("PORT", str(stack.running.port))
     granted = succeeded(await run(stack, code, owner="admin", policy="admin"))
-    warm = succeeded(await run(stack, code, owner="admin", policy="webhook"))
+    warm = succeeded(await run(stack, code, owner="hooks", policy="webhook"))
     confined = succeeded(await run(stack, code, owner="bob"))
     assert granted["connect"] == warm["connect"] == "ok"
     assert confined["connect"] != "ok"

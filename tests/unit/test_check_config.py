@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from executor.cli.check_config import _universal
 from executor.config import Settings
 from executor.errors import ConfigError
-from executor.sandbox.identity import UidClaim
+from executor.sandbox.identity import UidClaim, check_uid_range
 
 pytestmark = pytest.mark.unit
 
@@ -25,10 +27,15 @@ def test_an_unknown_policy_lists_each_configured_one_once(tmp_path: Path) -> Non
         universal_callback_path=str(callbacks),
         # [policies.job] widens the built-in job: it is still one policy.
         policies={"job": {"verbs": ["unblock"]}, "admin": {}},
+        strict=True,
     )
     with pytest.raises(ConfigError) as caught:
         _universal(settings)
     assert "no policy 'nosuch' (configured: job, universal, admin)" in str(caught.value)
+    # Without strict start-up runs without them: the same problem, as a warning.
+    said = _universal(settings.replace(strict=False))
+    assert said.startswith("OFF: callbacks.conf has 1 problem; start-up would run without")
+    assert "  WARNING: " in said and "no policy 'nosuch'" in said
 
 
 def test_a_uid_range_is_checked_without_being_claimed(tmp_path: Path) -> None:
@@ -46,3 +53,48 @@ def test_a_uid_range_is_checked_without_being_claimed(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["70002.lock"], "nothing made"
     assert (tmp_path / "70002.lock").read_text() == f"{os.getpid()}\n", "nothing written"
     UidClaim.take(70000, 4, directory=tmp_path).release()  # and nothing left held
+
+
+@pytest.mark.parametrize(
+    ("first", "count", "said"),
+    [
+        (0, 4, "the sandbox uids 0-3 (one per cell) start below 1000"),
+        (100, 4, "the sandbox uids 100-103 (one per cell) start below 1000"),
+        (-5, 4, "start below 1000"),
+        (65530, 8, "include the reserved uid 65534"),
+        (2**32 - 4, 8, f"do not fit below {2**32 - 1}"),
+    ],
+)
+def test_a_uid_range_among_root_system_or_reserved_uids_is_refused(
+    first: int, count: int, said: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        check_uid_range(first, count)
+    assert str(caught.value).startswith("sandbox_uid_base: ")
+    assert said in str(caught.value)
+
+
+def test_a_uid_range_holding_a_host_account_names_it() -> None:
+    account = next((a for a in pwd.getpwall() if 1000 <= a.pw_uid < 65534), None)
+    if account is None:
+        pytest.skip("no host account from uid 1000 on here")
+    with pytest.raises(ConfigError) as caught:
+        check_uid_range(account.pw_uid, 4)
+    assert f"the host account {account.pw_name!r}" in str(caught.value)
+
+
+def test_a_free_uid_range_is_accepted() -> None:
+    taken = {a.pw_uid for a in pwd.getpwall()} | {g.gr_gid for g in grp.getgrall()}
+    first = next(b for b in range(70000, 4_000_000, 1000) if not taken & set(range(b, b + 8)))
+    check_uid_range(first, 8)
+
+
+def test_a_configured_universal_directory_that_is_missing_is_warned_about(tmp_path: Path) -> None:
+    missing = tmp_path / "gone"
+    said = _universal(Settings(data_dir=tmp_path / "data", universal_callback_path=str(missing)))
+    assert said == (
+        f"none (no callbacks.conf in {missing})\n  WARNING: {missing}: no such directory "
+        "(universal_callback_path); none of its callbacks is loaded"
+    )
+    # The default directory need not exist: no warning.
+    assert "WARNING" not in _universal(Settings(data_dir=tmp_path / "data"))

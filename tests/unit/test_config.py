@@ -134,3 +134,113 @@ def test_describe_prints_toml_spelling_and_hides_secrets() -> None:
     assert 'auth_token = "(set)"' in lines and "languages = []" in lines
     assert "grace_seconds = 0.5" in lines and "prepare_ahead = true" in lines
     assert not any("s3cret" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("postgresql://u:hunter2@[bad/db", 'looking for matching "]" in IPv6 host address'),
+        ("postgresql://u:hunter2@h/db?nope=hunter2", 'invalid URI query parameter: "nope"'),
+    ],
+)
+def test_a_malformed_store_url_is_refused_without_its_password(url: str, reason: str) -> None:
+    pytest.importorskip("psycopg")
+    with pytest.raises(ConfigError) as caught:
+        config.validate(config.Settings(store=url))
+    said = str(caught.value)
+    assert said.startswith("store: not a valid PostgreSQL URL: ") and reason in said
+    assert "hunter2" not in said
+
+
+@pytest.mark.parametrize(
+    "variables", [{"CBEXEC_LOG_LEVEL": "LOUD"}, {"CBEXEC_LOG_LEVEL": ""}, {"CBEXEC_LOG_LEVEL": "5"}]
+)
+def test_an_unknown_log_level_is_a_config_error(variables: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.validate(config.from_env(config.Settings(), variables))
+    assert str(caught.value).startswith("log_level: expected DEBUG, INFO, WARNING, ERROR, CRITICAL")
+
+
+def test_a_log_level_is_taken_in_any_case() -> None:
+    config.validate(config.from_env(config.Settings(), {"CBEXEC_LOG_LEVEL": "debug"}))
+
+
+def test_fractional_seconds_limits_are_kept_alike_from_the_file_and_the_environment() -> None:
+    from_file = config.apply(
+        config.Settings(), {"default_limits": {"wall_seconds": 1.5, "cpu_seconds": 2.9}}, "f"
+    )
+    from_env = config.from_env(
+        config.Settings(),
+        {
+            "CBEXEC_DEFAULT_LIMITS__WALL_SECONDS": "1.5",
+            "CBEXEC_DEFAULT_LIMITS__CPU_SECONDS": "2.9",
+        },
+    )
+    for settings in (from_file, from_env):
+        # cpu_seconds is rounded up where it becomes RLIMIT_CPU (sandbox/limits.py).
+        assert config.validate(settings).default_limits.wall_seconds == 1.5
+        assert settings.default_limits.cpu_seconds == 2.9
+    half = config.apply(config.Settings(), {"default_limits": {"wall_seconds": 0.5}}, "f")
+    assert config.validate(half).default_limits.wall_seconds == 0.5
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"default_limits": {"memory_bytes": 1.5}}, "memory_bytes: expected a whole number"),
+        ({"max_queue": 2.5}, "max_queue: expected a whole number, got 2.5"),
+    ],
+)
+def test_a_fraction_for_a_whole_number_is_refused_not_truncated(
+    values: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config.apply(config.Settings(), values, "f")
+
+
+def _refusal(tmp_path: Path, **values: object) -> str:
+    settings = config.apply(config.Settings(data_dir=tmp_path / "data"), values, "f")
+    with pytest.raises(ConfigError) as caught:
+        config.validate(settings)
+    return str(caught.value)
+
+
+def test_values_that_break_the_service_are_refused_by_name(tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    assert _refusal(tmp_path, supervisor_timeout_seconds=0) == (
+        "supervisor_timeout_seconds: must be positive, got 0"
+    )
+    assert _refusal(tmp_path, supervisor_timeout_seconds=-1).startswith(
+        "supervisor_timeout_seconds: must be positive"
+    )
+    assert _refusal(tmp_path, grace_seconds=-1) == "grace_seconds: must be 0 or more, got -1"
+    languages: object
+    for languages in (0, []):
+        assert _refusal(tmp_path, languages=languages).startswith("languages: none is enabled")
+    assert _refusal(tmp_path, supervisor="not an address") == (
+        "supervisor: expected host:port, got 'not an address'"
+    )
+    assert _refusal(tmp_path, log_dir=str(a_file)) == (
+        f"log_dir: {a_file} exists and is not a directory"
+    )
+    assert _refusal(tmp_path, mail={"directory": str(a_file)}) == (
+        f"mail.directory: {a_file} exists and is not a directory"
+    )
+    missing = tmp_path / "no-templates"
+    assert _refusal(tmp_path, mail={"templates_dir": str(missing)}) == (
+        f"mail.templates_dir: {missing} is not a directory"
+    )
+
+
+def test_supervisor_takes_host_port_or_a_grpc_target() -> None:
+    for address in ("10.0.0.5:50052", "unix:/run/qube/supervisor.sock", "dns:///sup:50052"):
+        config.validate(config.Settings(supervisor=address))
+
+
+def test_an_unclosed_policy_bracket_in_universal_callback_path_is_refused() -> None:
+    settings = config.Settings(universal_callback_path="/dir [policy=admin")
+    with pytest.raises(ConfigError, match=r"universal_callback_path: '/dir \[policy=admin'"):
+        config.validate(settings)
+    closed = config.Settings(universal_callback_path="/dir [policy=admin]")
+    assert config.validate(closed).universal_callback_policies == {Path("/dir"): "admin"}

@@ -149,6 +149,14 @@ def test_who_gets_which_policy(tmp_path: Path) -> None:
     assert "policies.job.users" in refused(tmp_path, {"job": {"users": ["x"]}})
 
 
+def test_a_user_in_two_policies_is_refused_naming_both(tmp_path: Path) -> None:
+    said = refused(tmp_path, {"b": {"users": ["alice"]}, "a": {"users": ["bob", "alice"]}})
+    assert said == (
+        "policies.a.users: user 'alice' is also in policies.b.users; "
+        "a user gets one policy, list them once"
+    )
+
+
 def test_what_the_host_cannot_do_fails_start_up(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data", policies={"p": {"network": "none"}})
     no_namespaces = SandboxOptions(
@@ -261,4 +269,15 @@ def test_a_refused_policy_names_the_user_and_where_it_came_from(tmp_path: Path) 
     assert str(refused.value) == (
         "user 'alice' (callback.user, else context.job.user) may not ask for policy 'admin': "
         "it is not in policies.admin.users"
+    )
+
+
+def test_an_env_value_with_a_nul_byte_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "nul.secret"
+    secret.write_bytes(b"abc\x00def\n")
+    assert refused(tmp_path, {"x": {"env_files": {"TOKEN": str(secret)}}}) == (
+        "policies.x.env_files.TOKEN: holds a NUL byte, which an environment variable cannot"
+    )
+    assert refused(tmp_path, {"x": {"env": {"TOKEN": "a\x00b"}}}) == (
+        "policies.x.env.TOKEN: holds a NUL byte, which an environment variable cannot"
     )

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from executor.errors import InvalidRequestError
+from executor.runtimes.check import check_source
 from executor.triggers.checks import CheckKind, Surroundings, job_checks, trigger_checks
 from executor.triggers.engine import check_trigger, trigger_warnings
 from executor.triggers.evaluate import JobPlace
@@ -190,6 +191,37 @@ def test_an_unknown_option_in_callbacks_conf_is_an_error_with_file_and_line(
     assert caught.value.errors == [
         f"{tmp_path}/callbacks.conf:1: unknown option 'levle'; expected edge or level, policy=NAME or shadow"
     ]
+
+
+def test_a_callback_file_linking_out_of_its_directory_is_refused_unread(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("root:*:20228:0:99999:7:::\n")
+    callbacks = tmp_path / "callback"
+    callbacks.mkdir()
+    (callbacks / "s.qcb").symlink_to(secret)
+    (callbacks / "real.qcb").write_text("unblock-self")
+    (callbacks / "inside.qcb").symlink_to(callbacks / "real.qcb")  # within: fine
+    (callbacks / "callbacks.conf").write_text(
+        "s.qcb = complete-job-self\ninside.qcb = complete-job-self\n"
+    )
+    with pytest.raises(UniversalConfigError) as caught:
+        load_universal([callbacks], check_trigger, check_code=check_source)
+    assert caught.value.errors == [
+        f"{callbacks}/callbacks.conf:1: s.qcb leads outside {callbacks} (a symbolic link?): not read"
+    ]
+
+
+def test_an_error_quotes_only_a_short_printable_excerpt_of_a_file(tmp_path: Path) -> None:
+    (tmp_path / "long.qcb").write_text(
+        "\n".join(["x" * 500 + "\x1b[2J", *(f"secret-line-{n}" for n in range(10))])
+    )
+    (tmp_path / "callbacks.conf").write_text("long.qcb = complete-job-self\n")
+    with pytest.raises(UniversalConfigError) as caught:
+        load_universal([tmp_path], check_trigger, check_code=check_source)
+    (error,) = caught.value.errors
+    assert "x" * 41 not in error and "\x1b" not in error
+    assert "'" + "x" * 40 + "'..., 'secret-line-0', 'secret-line-1' and 8 more" in error
+    assert "secret-line-2" not in error
 
 
 async def test_a_level_universal_callback_latches_what_happened_when_a_job_registers(

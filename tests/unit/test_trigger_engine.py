@@ -224,6 +224,21 @@ async def test_universal_callbacks_attach_after_the_jobs_own(
     assert [run.callback.code for run in recorder.runs] == ["own", "mail-status"]
 
 
+def test_a_universal_directory_gone_missing_is_warned_about_at_reload(tmp_path: Path) -> None:
+    conf = tmp_path / "callback"
+    conf.mkdir()
+    (conf / "callbacks.conf").write_text("ok.qcb = done-job-self\n")
+    (conf / "ok.qcb").write_text("mail-status")
+    engine = engine_at(tmp_path, Recorder(), universal_dirs=[conf])
+    assert engine.reload_universal() == [] and engine.universal_warnings == []
+    conf.rename(tmp_path / "moved")  # an unmounted share, a renamed directory
+
+    assert engine.reload_universal() == [] and engine.universal == []
+    assert engine.universal_warnings == [
+        f"{conf}: no such directory (universal_callback_path); none of its callbacks is loaded"
+    ]
+
+
 def test_broken_callbacks_conf_is_reported_with_file_and_line_and_keeps_the_old_set(
     tmp_path: Path,
 ) -> None:
