@@ -25,17 +25,21 @@ async def assert_recorded_and_reported(stack: Stack, invocation_id: str) -> exec
 
 
 @pytest.mark.parametrize(
-    ("code", "expected"),
+    ("language", "code", "expected"),
     [
-        ("raise ValueError('bad \\ud800 text')", "bad \ufffd text"),
-        ("qb.jobinfo('-id', '\\ud800')", "\ufffd"),
+        ("python", "raise ValueError('bad \\ud800 text')", "bad \ufffd text"),
+        ("python", "qb.jobinfo('-id', '\\ud800')", "\ufffd"),
+        # Perl's own strings may hold surrogates and code points beyond U+10FFFF.
+        ("perl", 'die "bad " . chr(0xD800) . " text\\n";', "bad \ufffd text"),
+        ("perl", 'die "beyond " . chr(0x110000) . "\\n";', "beyond \ufffd"),
+        ("perl", 'qb::workunblock("1:" . chr(0xD800));', "\ufffd"),
     ],
 )
-async def test_a_lone_surrogate_from_a_python_callback_is_a_failed_run_recorded(
-    stack_warm: Stack, code: str, expected: str
+async def test_text_without_utf8_from_a_callback_is_a_failed_run_recorded(
+    stack_warm: Stack, language: str, code: str, expected: str
 ) -> None:
     response = await stack_warm.client.execute_callback(
-        language="python", code=code, job={"id": 1, "user": "root"}
+        language=language, code=code, job={"id": 1, "user": "root"}
     )
 
     assert response.outcome == Outcome.OUTCOME_FAILED, response
@@ -46,26 +50,27 @@ async def test_a_lone_surrogate_from_a_python_callback_is_a_failed_run_recorded(
     assert run.result.failure.message == response.failure.message
 
 
+@pytest.mark.parametrize(
+    ("job_id", "language", "code"),
+    [
+        (61, "python", "raise ValueError('bad \\ud800')"),
+        (62, "perl", 'die "bad " . chr(0xD800) . "\\n";'),
+    ],
+)
 async def test_a_fired_callback_with_a_lone_surrogate_is_run_recorded_and_reported(
-    stack_warm: Stack,
+    stack_warm: Stack, job_id: int, language: str, code: str
 ) -> None:
     client = stack_warm.client
     await client.register_job(
         {
-            "id": 61,
+            "id": job_id,
             "name": "surrogate",
             "user": "root",
-            "callbacks": [
-                {
-                    "triggers": "complete-job-self",
-                    "language": "python",
-                    "code": "raise ValueError('bad \\ud800')",
-                }
-            ],
+            "callbacks": [{"triggers": "complete-job-self", "language": language, "code": code}],
         }
     )
 
-    reply = await client.publish_event(name="complete", type="job", job_id=61, wait=True)
+    reply = await client.publish_event(name="complete", type="job", job_id=job_id, wait=True)
 
     (fired,) = reply.fired
     assert fired.result.outcome == Outcome.OUTCOME_FAILED, fired
