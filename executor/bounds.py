@@ -21,6 +21,10 @@ MAX_ACTIONS_BYTES: Final = 1 << 20
 MAX_FAILURE_MESSAGE_CHARS: Final = 4096
 MAX_EXCEPTION_TYPE_CHARS: Final = 256
 MAX_TRACEBACK_CHARS: Final = 64 << 10
+# Ids are stored as SQLite integers (signed 64 bits): a uint64 above this cannot be kept,
+# so neither a request nor a callback's qb call may name one. Instance ids are int32.
+MAX_ID: Final = (1 << 63) - 1
+MAX_SUBJOB_ID: Final = (1 << 31) - 1
 
 
 def cut(text: str, limit: int) -> str:

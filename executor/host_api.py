@@ -34,7 +34,9 @@ from typing import Any, Final, TypeVar
 
 from executor.bounds import (
     MAX_ACTIONS_BYTES,
+    MAX_ID,
     MAX_MESSAGE_CHARS,
+    MAX_SUBJOB_ID,
     MAX_TARGET_CHARS,
     MAX_VERB_CHARS,
     cut,
@@ -67,11 +69,19 @@ def _invalid(message: str) -> HostCallError:
 
 def _job_id(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise _invalid(f"expected a job id, got {value!r}")
+        raise _invalid(f"expected a job id, got {_shown(value)}")
     text = str(value).strip()
     if not text.isdigit():
-        raise _invalid(f"expected a job id, got {value!r}")
+        raise _invalid(f"expected a job id, got {_shown(value)}")
+    # Beyond it no supervisor request can carry the id, nor a store keep it.
+    if len(text) > len(str(MAX_ID)) or int(text) > MAX_ID:
+        raise _invalid(f"job id {_shown(value)} is out of range (0 to {MAX_ID})")
     return int(text)
+
+
+def _shown(value: Any) -> str:
+    """``value`` as an error message shows it, cut: a callback may send a megabyte of digits."""
+    return cut(value if isinstance(value, str) else repr(value), MAX_TARGET_CHARS)
 
 
 def _flatten(args: tuple[Any, ...] | list[Any]) -> list[Any]:
@@ -452,7 +462,12 @@ class HostApi:
         job, sep, sub = str(target).partition(".")
         if sep and not sub.lstrip("-").isdigit():
             raise _invalid(f"expected '<jobid>.<subid>', got {target!r}")
-        return _job_id(job), [int(sub)] if sep else []
+        job_id = _job_id(job)
+        if not sep:
+            return job_id, []
+        if len(sub) > len(str(MAX_SUBJOB_ID)) + 1 or abs(int(sub)) > MAX_SUBJOB_ID:
+            raise _invalid(f"instance id {_shown(sub)} is out of range (at most {MAX_SUBJOB_ID})")
+        return job_id, [int(sub)]
 
     def _subjob_verb(self, verb: str) -> Callable[..., Awaitable[tuple[int, str]]]:
         async def subjob_verb(*targets: Any) -> tuple[int, str]:

@@ -54,6 +54,16 @@ class StorageError(UnavailableError):
         self.cause = cause
 
 
+# SQLITE_BUSY and SQLITE_LOCKED: another connection held the lock past the busy timeout.
+_BUSY_CODES: Final = frozenset({5, 6})
+
+
+def is_busy(err: sqlite3.Error) -> bool:
+    """Whether an SQLite error is "database is locked": the same write may work later."""
+    code = getattr(err, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _BUSY_CODES
+
+
 def is_storage_failure(err: sqlite3.Error) -> bool:
     """Whether an SQLite error is the storage's fault (see ``_STORAGE_CODES``)."""
     code = getattr(err, "sqlite_errorcode", None)

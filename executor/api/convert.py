@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Final
 
+from executor.bounds import MAX_ID
 from executor.errors import InvalidRequestError
 from executor.model import (
     CallbackSpec,
@@ -38,8 +39,6 @@ MAX_CODE_BYTES: Final = 1 << 20
 # It names the run in logs, `.cb` headers and reports: nothing there may break a line.
 _INVOCATION_ID: Final = re.compile(r"[!-~]{1,128}")
 MAX_TRIGGER_BYTES: Final = 64 << 10
-# Ids are stored as SQLite integers (signed 64 bits): a uint64 above this cannot be kept.
-MAX_ID: Final = (1 << 63) - 1
 MAX_UINT32: Final = (1 << 32) - 1
 
 

@@ -26,7 +26,8 @@ import grpc
 from executor.api.interceptors import TokenAuthInterceptor
 from executor.config import Settings
 from executor.errors import ConfigError
-from supervisor_client.credentials import open_channel
+from supervisor_client.client import MAX_ANSWER_BYTES
+from supervisor_client.credentials import RECONNECT_OPTIONS, open_channel
 
 # sockaddr_un.sun_path is 108 bytes on Linux, NUL included.
 _MAX_UNIX_PATH: Final = 100
@@ -129,7 +130,10 @@ def own_channel(server: grpc.aio.Server, settings: Settings, port: int) -> grpc.
         address = f"unix:{socket_path}"
         if server.add_insecure_port(address) == 0:
             raise ConfigError(f"data_dir: cannot listen on the internal socket {socket_path}")
-    return open_channel(address, token=settings.auth_token or None)
+    # Answers as large as the executor sends (a GetRun of a run with big output, for the
+    # dashboard), not gRPC's default 4 MiB.
+    options = [*RECONNECT_OPTIONS, ("grpc.max_receive_message_length", MAX_ANSWER_BYTES)]
+    return open_channel(address, token=settings.auth_token or None, options=options)
 
 
 def server_interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:

@@ -30,6 +30,7 @@ more for every cold child).
 """
 
 import json
+import re
 import struct
 from collections.abc import Mapping
 from os import read, write
@@ -433,16 +434,59 @@ def _check_fields(
             )
 
 
+# A JSON escape of a UTF-16 surrogate (\uD800-\uDFFF), upper or lower case: the only way a
+# frame that is valid UTF-8 gives strings with a lone surrogate. Patterns, not compiled
+# here: re's cache compiles them on first use, in the executor, not in every cold child.
+_SURROGATE_ESCAPE: Final = rb"\\u[dD][89abcdefABCDEF]"
+_LONE_SURROGATE: Final = "[\ud800-\udfff]"
+
+
+def _replace_lone_surrogates(message: dict[str, Any]) -> dict[str, Any]:
+    """``message`` with every lone surrogate in its strings and keys made U+FFFD.
+
+    A string holding one cannot be encoded as UTF-8, so protobuf, SQLite and the logs
+    would all fail on it later. json joins escaped pairs, so any surrogate left is lone.
+    Iterative: a frame may nest as deep as json's recursion limit allows.
+    """
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return re.sub(_LONE_SURROGATE, "\ufffd", value)
+        if isinstance(value, dict):
+            cleaned: dict[str, Any] = {}
+            pending.append((value, cleaned))
+            return cleaned
+        if isinstance(value, list):
+            items: list[Any] = []
+            pending.append((value, items))
+            return items
+        return value
+
+    root: dict[str, Any] = {}
+    pending: list[tuple[Any, Any]] = [(message, root)]
+    while pending:
+        source, target = pending.pop()
+        if isinstance(source, dict):
+            for key, value in source.items():
+                target[clean(key)] = clean(value)
+        else:
+            target.extend(clean(value) for value in source)
+    return root
+
+
 def parse_child_frame(body: bytes) -> ChildFrame:
-    """One frame body from a child, checked against its schema.
+    r"""One frame body from a child, checked against its schema.
 
     Raises FrameError saying what is wrong: not a JSON object, too large, a type that
     a child may not send, a missing, unknown or mistyped field, a status that is not a
-    ``DoneStatus``, an ``exit`` without its exit code.
+    ``DoneStatus``, an ``exit`` without its exit code. A lone surrogate in any string
+    (``raise ValueError('\ud800')``) becomes U+FFFD, as invalid UTF-8 in output does.
     """
     if len(body) > MAX_CHILD_FRAME_BYTES:
         raise FrameError(f"frame of {len(body)} bytes exceeds {MAX_CHILD_FRAME_BYTES}")
     message = decode_body(body)
+    if re.search(_SURROGATE_ESCAPE, body):
+        message = _replace_lone_surrogates(message)
     kind = message["type"]
     if kind == "call":
         _check_fields(message, "call", _CALL_FIELDS, _CALL_REQUIRED)

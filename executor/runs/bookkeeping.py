@@ -7,13 +7,15 @@ in one transaction (group commit): one wake-up and one commit per burst, instead
 per run. A reader never misses a run that was answered: reading the history or the
 metrics first waits for what is queued (``flush``), which cuts the pause short. A sink
 that fails (disk full, a bad path) is logged and never costs the other sinks their
-entry; runs the history could not take are written with the next batch that it does.
+entry; runs the history could not take (a full disk, a database locked past the busy
+timeout) are written with the next batch that it does.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from executor.model import Invocation, RunResult
 from executor.runs.callback_log import CallbackLog
 from executor.runs.history import RunHistory
 from executor.runs.metrics import Metrics
-from executor.storage import StorageError
+from executor.storage import StorageError, is_busy
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +150,11 @@ class BookkeepingWriter:
         self._unrecorded = []
         try:
             self._history.record_many([(e.invocation, e.result, e.started_at) for e in records])
-        except (UnavailableError, OSError) as err:  # a full disk, a fleet's PostgreSQL down
+        except Exception as err:
+            if not _worth_retrying(err):
+                ids = ", ".join(e.result.invocation_id for e in records)
+                logger.exception("runs %s: writing the history failed", ids)
+                return
             kept = records[-MAX_UNRECORDED:]
             given_up = len(records) - len(kept)
             # Once per batch of new runs; the quiet retries in between say nothing new.
@@ -161,9 +167,17 @@ class BookkeepingWriter:
                 f", {given_up} older ones are given up" if given_up else "",
             )
             self._unrecorded = kept
-        except Exception:
-            ids = ", ".join(e.result.invocation_id for e in records)
-            logger.exception("runs %s: writing the history failed", ids)
+
+
+def _worth_retrying(err: Exception) -> bool:
+    """Whether a history write that failed with ``err`` may work later, as it was.
+
+    A full disk, a fleet's PostgreSQL down, a database another connection held locked
+    past the busy timeout (a checkpoint emptying a large log); not a bug of ours.
+    """
+    if isinstance(err, sqlite3.Error):
+        return is_busy(err)
+    return isinstance(err, (UnavailableError, OSError))
 
 
 @contextlib.contextmanager

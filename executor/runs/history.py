@@ -305,7 +305,10 @@ class RunHistory:
         every commit, at the cost of deleting as many rows as a full history gains.
         """
         replaced = 0
-        self._db.execute("BEGIN")
+        # IMMEDIATE: the write lock first, waiting out another holder (the checkpoint
+        # thread's TRUNCATE) for the busy timeout. A read first would make the upgrade
+        # fail at once with "database is locked" (SQLite calls no busy handler for it).
+        self._db.execute("BEGIN IMMEDIATE")
         try:
             for invocation, result, started_at in runs:
                 if self._db.execute(

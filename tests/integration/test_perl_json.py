@@ -55,3 +55,17 @@ def test_malformed_input_dies_with_the_position() -> None:
     )
     assert result.returncode != 0
     assert "expected ',' or ']' at byte" in result.stderr
+
+
+def test_characters_without_utf8_encode_as_replacement_characters() -> None:
+    # A surrogate or a code point beyond U+10FFFF: the frame stays valid UTF-8.
+    encode = (
+        "require qb; print qb::JSON::encode("
+        '{m => "bad " . chr(0xD800) . " " . chr(0x110000) . " \\x{263A}", chr(0xDFFF) => 1})'
+    )
+    out = subprocess.run(
+        ["perl", "-w", f"-I{PERL_DIR}", "-e", encode], capture_output=True, check=True
+    )
+
+    assert json.loads(out.stdout.decode("utf-8")) == {"m": "bad \ufffd \ufffd \u263a", "\ufffd": 1}
+    assert out.stderr == b""

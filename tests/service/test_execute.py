@@ -120,6 +120,30 @@ async def test_qb_errors_raise_in_the_callback(stack: Stack, blocked_job: int) -
     assert not uncaught.actions[0].ok
 
 
+async def test_ids_beyond_what_a_store_keeps_are_invalid_arguments(stack_warm: Stack) -> None:
+    # 2**63 does not fit a stored id; beyond 2**64 no request can even carry one.
+    code = (
+        "for call in [lambda: qb.unblock(10**30), lambda: qb.unblock(2**63),\n"
+        "             lambda: qb.jobinfo(id=2**64), lambda: qb.jobinfo('-pgrp', 2**70),\n"
+        "             lambda: qb.jobstatus(2**63), lambda: qb.jobstatus('9' * 5000),\n"
+        "             lambda: qb.workunblock('99999999999999999999999:1'),\n"
+        "             lambda: qb.subjobunblock('1.99999999999')]:\n"
+        "    try:\n"
+        "        call()\n"
+        "    except Exception as err:\n"
+        "        print(type(err).__name__, str(err)[:100])\n"
+    )
+    response = await stack_warm.client.execute_callback(
+        language="python", code=code, job={"id": 1, "user": "root"}
+    )
+
+    assert response.outcome == Outcome.OUTCOME_SUCCEEDED, response.failure
+    lines = response.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["InvalidArgument"] * 8, lines
+    assert lines[0] == f"InvalidArgument job id {10**30} is out of range (0 to {2**63 - 1})"
+    assert lines[7].startswith("InvalidArgument instance id 99999999999 is out of range")
+
+
 async def test_exception_reports_type_and_user_traceback(stack: Stack, blocked_job: int) -> None:
     response = await run_python(stack, blocked_job, "def f():\n    raise ValueError('boom')\nf()")
 

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from executor import server
 from executor.config import Settings
 from executor.errors import ConfigError
+from supervisor_client import ExecutorClient
 from tests.conftest import Stack, running_stack, stack_settings
 from tests.service.test_runs import FAIL, run_py
 from tests.service.test_security import Pki, _make_pki
@@ -134,6 +135,24 @@ async def test_healthz_and_pages_answer(web: Stack) -> None:
     assert status == 404
     status, headers, _ = await fetch(url(web, "/"))
     assert (status, headers["Location"]) == (302, "/runs")
+
+
+async def test_the_run_page_shows_a_run_whose_result_is_over_4_mib(web: Stack) -> None:
+    # gRPC's default receive limit is 4 MiB: the dashboard's own client must take more.
+    code = "import sys\nsys.stdout.write('x' * (5 << 20) + 'the end')"
+    async with ExecutorClient(web.address) as client:  # the suite's channel keeps 4 MiB
+        response = await client.execute_callback(
+            language="python",
+            code=code,
+            job={"id": 1, "user": "root"},
+            limits={"output_bytes": 8 << 20},
+        )
+    assert len(response.stdout) > 5 << 20
+
+    status, _, page = await fetch(url(web, f"/runs/{response.invocation_id}"))
+
+    assert status == 200, page[:500]
+    assert "the end" in page
 
 
 async def test_token_bearer_login_and_exempt_probes(tmp_path: Path) -> None:

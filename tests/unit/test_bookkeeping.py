@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -101,3 +102,46 @@ def test_runs_the_full_disk_refused_reach_the_history_once_it_is_not(tmp_path: P
     submit(writer, "run-3")
     writer.close()
     assert history.count() == 4  # each once
+
+
+def database_is_locked(path: Path) -> sqlite3.OperationalError:
+    """SQLite's own "database is locked", as a writer meets it past its busy timeout."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        other.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as err:
+        return err
+    finally:
+        holder.close()
+        other.close()
+    raise AssertionError("the second writer got the lock")
+
+
+class LockedDatabase(CountedHistory):
+    """The real history, whose database another connection holds locked until told otherwise."""
+
+    locked: sqlite3.OperationalError | None = None
+
+    def record_many(self, runs: Sequence[tuple[Invocation, RunResult, float]]) -> None:
+        if self.locked is not None:
+            raise self.locked
+        super().record_many(runs)
+
+
+def test_runs_a_locked_database_refused_reach_the_history_once_it_is_not(tmp_path: Path) -> None:
+    history = LockedDatabase(tmp_path / "runs.db", retention_days=1, max_runs=1000)
+    history.transactions = []
+    history.locked = database_is_locked(tmp_path / "other.db")
+    writer = BookkeepingWriter(history, CallbackLog(tmp_path / "logs", 1 << 20), Metrics())
+    for n in range(3):
+        submit(writer, f"run-{n}")
+    assert writer.flush()
+    assert history.count() == 0
+    history.locked = None  # the other connection is done
+    deadline = time.monotonic() + 10
+    while history.count() < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    writer.close()
+    assert [history.get(f"run-{n}") is not None for n in range(3)] == [True] * 3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -199,3 +201,21 @@ def test_a_universal_callbacks_file_is_kept_and_an_old_history_gains_the_column(
         assert got is not None and got.source == "/cb/mail-status.qcb"
     finally:
         history.close()
+
+
+def test_a_write_waits_for_another_connections_write_lock(tmp_path: Path) -> None:
+    # As the checkpoint thread's TRUNCATE holds it: the write must wait for the lock,
+    # not fail at once ("database is locked") when it would upgrade a read to a write.
+    history = RunHistory(tmp_path / "runs.db", retention_days=1, max_runs=1000)
+    history.record(invocation("earlier"), result("earlier"), 1.0)
+    holder = sqlite3.connect(tmp_path / "runs.db", isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
+    release.start()
+    try:
+        history.record(invocation("later"), result("later"), 2.0)
+    finally:
+        release.join()
+        holder.close()
+    assert history.get("later") is not None
+    history.close()

@@ -116,6 +116,43 @@ def test_a_frame_beyond_the_child_limit_is_refused_by_its_size() -> None:
         parse_child_frame(padded)
 
 
+def test_a_lone_surrogate_anywhere_in_a_child_frame_becomes_a_replacement_character() -> None:
+    done = {
+        "type": "done",
+        "status": "exception",
+        "exception_type": "Bad\udc80",
+        "message": "bad \ud800 but \U0001f600 stays",
+        "traceback": "\udfff",
+    }
+    call = {
+        "type": "call",
+        "id": 1,
+        "fn": "jobinfo",
+        "args": [["\ud800"]],
+        "kwargs": {"\udc00": "x"},
+    }
+
+    assert parse_child_frame(body(done)) == {
+        **done,
+        "exception_type": "Bad\ufffd",
+        "message": "bad \ufffd but \U0001f600 stays",
+        "traceback": "\ufffd",
+    }
+    assert parse_child_frame(body(call)) == {
+        **call,
+        "args": [["\ufffd"]],
+        "kwargs": {"\ufffd": "x"},
+    }
+    # A pair written as two escapes is one character, and an escaped backslash is no escape.
+    assert parse_child_frame(
+        rb'{"type":"done","status":"ok","message":"\ud83d\ude00 \\ud800"}'
+    ) == {
+        "type": "done",
+        "status": "ok",
+        "message": "\U0001f600 \\ud800",
+    }
+
+
 def test_a_frame_round_trips_through_its_encoding() -> None:
     frame = protocol.encode(CALL)
 

@@ -322,6 +322,9 @@ sub _encode {
 
 sub _string {
     my ($text) = @_;
+    # A surrogate or a code point beyond Unicode has no UTF-8 the executor can read:
+    # U+FFFD, as the executor does for a lone surrogate in Python's frames.
+    $text =~ s/[^\x{0}-\x{D7FF}\x{E000}-\x{10FFFF}]/\x{FFFD}/g if utf8::is_utf8($text);
     $text =~ s/(["\\\x00-\x1f])/$ESCAPE{$1} \/\/ sprintf('\\u%04x', ord $1)/ge;
     return qq("$text");
 }
