@@ -6,6 +6,7 @@ import asyncio
 import threading
 from types import SimpleNamespace
 from typing import Any, cast
+from urllib.parse import urlencode
 
 import grpc
 import pytest
@@ -241,3 +242,58 @@ def test_sessions_expire() -> None:
     session = {"cookie": cookie.split(";", 1)[0]}
     now.t = 13 * 3600.0
     assert not access.allowed("/runs", session)
+
+
+def post_login(token: str, next_: str) -> Request:
+    return Request.parse("POST", "/login", {}, urlencode({"token": token, "next": next_}).encode())
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/runs\r\nSet-Cookie: injected=1; Domain=.example.com\r\nX-Injected: yes",
+        "/runs\nX-Injected: yes",
+        "//evil.example",
+        "/\\evil.example",
+        "/\t/evil.example",
+        "/ /evil.example",
+        "https://evil.example/",
+        "runs",
+        "/runs\u2028",
+        "/runs\x00",
+        "",
+    ],
+)
+def test_sign_in_goes_only_to_a_path_of_this_server(
+    monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    monkeypatch.setattr("executor.web.auth.WRONG_TOKEN_DELAY_S", 0)
+    dashboard = Dashboard(FakeSource(), CollectorRegistry(), Access("tok"))
+    signed_in = dashboard.handle(post_login("tok", target))
+    assert signed_in.status == 303
+    assert dict(signed_in.headers)["Location"] == "/runs"
+    assert [name for name, _ in signed_in.headers].count("Set-Cookie") == 1
+    form = dashboard.handle(get("/login?" + urlencode({"next": target}))).body.decode()
+    assert 'name="next" value="/runs"' in form, "an attacker's link puts nothing in the form"
+    wrong = dashboard.handle(post_login("guess", target)).body.decode()
+    assert 'name="next" value="/runs"' in wrong
+
+
+def test_sign_in_keeps_a_path_and_query_and_encodes_what_a_header_cannot_carry() -> None:
+    dashboard = Dashboard(FakeSource(), CollectorRegistry(), Access("tok"))
+    kept = dashboard.handle(post_login("tok", "/jobs?job=3&before=9"))
+    assert dict(kept.headers)["Location"] == "/jobs?job=3&before=9"
+    encoded = dashboard.handle(post_login("tok", "/runs/é%41"))
+    assert dict(encoded.headers)["Location"] == "/runs/%C3%A9%41"
+    for response in (kept, encoded):
+        for _, value in response.headers:
+            value.encode("ascii")  # http.server writes headers as Latin-1: ASCII always fits
+
+
+def test_the_way_to_sign_in_carries_only_a_safe_next() -> None:
+    dashboard = Dashboard(FakeSource(), CollectorRegistry(), Access("tok"))
+    html = {"accept": "text/html"}
+    sent = dashboard.handle(get("/jobs?job=3", **html))
+    assert dict(sent.headers)["Location"] == "/login?next=/jobs%3Fjob%3D3"
+    hostile = dashboard.handle(get("/%5Cevil.example", **html))
+    assert dict(hostile.headers)["Location"] == "/login?next=/runs"
