@@ -297,3 +297,68 @@ def test_the_way_to_sign_in_carries_only_a_safe_next() -> None:
     assert dict(sent.headers)["Location"] == "/login?next=/jobs%3Fjob%3D3"
     hostile = dashboard.handle(get("/%5Cevil.example", **html))
     assert dict(hostile.headers)["Location"] == "/login?next=/runs"
+
+
+class RequestBuildingSource(FakeSource):
+    """Builds the request messages the real client would, and keeps what the pages asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[dict[str, object]] = []
+
+    def list_runs(self, **filters: Any) -> Any:
+        executor_pb2.ListRunsRequest(job_id=filters["job_id"], limit=filters["limit"])
+        self.asked.append(filters)
+        return super().list_runs()
+
+    def list_jobs(self, **query: Any) -> Any:
+        executor_pb2.ListRegisteredJobsRequest(
+            job_id=query["job_id"], limit=query["limit"], before_job_id=query["before"]
+        )
+        self.asked.append(query)
+        return super().list_jobs()
+
+
+TOO_LARGE = str(1 << 64)
+MAX_ID = str((1 << 63) - 1)
+
+
+@pytest.mark.parametrize("value", [TOO_LARGE, "9" * 5000, str(1 << 63)])
+def test_a_job_filter_too_large_for_an_id_is_a_notice_on_runs(value: str) -> None:
+    source = RequestBuildingSource()
+    dashboard = Dashboard(source, CollectorRegistry(), Access(""))
+    for path in (f"/runs?job={value}", f"/runs?part=rows&job={value}"):
+        response = dashboard.handle(get(path))
+        assert response.status == 200, path
+        assert source.asked[-1]["job_id"] == 0, "the bad filter is left out"
+    assert (
+        f"is out of range (0 to {MAX_ID})"
+        in dashboard.handle(get(f"/runs?job={value}")).body.decode()
+    )
+
+
+@pytest.mark.parametrize("name", ["job", "before"])
+@pytest.mark.parametrize("value", [TOO_LARGE, "9" * 5000])
+def test_a_job_id_too_large_is_a_400_on_jobs(name: str, value: str) -> None:
+    dashboard = Dashboard(RequestBuildingSource(), CollectorRegistry(), Access(""))
+    for path in (f"/jobs?{name}={value}", f"/jobs?part=body&{name}={value}"):
+        response = dashboard.handle(get(path))
+        assert response.status == 400, path
+        assert f"{name} " in response.body.decode() and "is out of range" in response.body.decode()
+
+
+@pytest.mark.parametrize("path", ["/runs?job=²", "/runs?limit=²", "/jobs?job=²", "/jobs?before=²"])
+def test_digits_python_reads_as_digits_but_not_as_numbers_are_no_500(path: str) -> None:
+    response = Dashboard(RequestBuildingSource(), CollectorRegistry(), Access("")).handle(
+        get(path.replace("²", "%C2%B2"))
+    )
+    assert response.status == 200
+
+
+def test_the_largest_id_and_limit_still_filter() -> None:
+    source = RequestBuildingSource()
+    dashboard = Dashboard(source, CollectorRegistry(), Access(""))
+    assert dashboard.handle(get(f"/runs?job={MAX_ID}&limit={'9' * 5000}")).status == 200
+    assert (source.asked[-1]["job_id"], source.asked[-1]["limit"]) == (int(MAX_ID), 1000)
+    assert dashboard.handle(get(f"/jobs?job={MAX_ID}")).status == 200
+    assert source.asked[-1]["job_id"] == int(MAX_ID)
