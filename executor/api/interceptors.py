@@ -6,13 +6,19 @@ are answered INVALID_ARGUMENT with one log line, instead of gRPC Python's defaul
 UNKNOWN "Unexpected <class 'DecodeError'>" and a traceback. It also counts the calls
 refused at capacity: those never reach the dispatcher's ``on_result`` (nothing ran), so
 they are counted where they become visible, as RESOURCE_EXHAUSTED leaving the server.
+
+Calls refused for their token are logged through ``RefusalLog``: anyone who can reach
+the port can make them, so the log says so once a minute per address and reason, with
+how many were left out, instead of once per call.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import grpc
@@ -33,38 +39,128 @@ Behavior = Callable[[Any, Context], Awaitable[Any]]
 if TYPE_CHECKING:  # the stubs make it generic; the runtime class is not
     MethodHandler = grpc.RpcMethodHandler[Any, Any]
 S = TypeVar("S")
+# A refused caller's address and reason is logged at most once per this many seconds.
+REFUSAL_LOG_INTERVAL_S: Final = 60.0
+# Addresses remembered at most; beyond them new ones share one entry (see RefusalLog).
+REFUSAL_LOG_MAX_KEYS: Final = 1024
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable["MethodHandler | None"]]
+
+
+@dataclass(slots=True)
+class _Held:
+    """A logged key: when its line was written, and how many refusals since were not."""
+
+    logged_at: float
+    left_out: int = 0
+
+
+class RefusalLog:
+    """WARNING lines for refused calls, at most one per (address, reason) per interval.
+
+    The first refusal of a key is logged; those within the next ``interval_s`` are only
+    counted, and the first one after it is logged with that count. Keys are bounded:
+    when ``max_keys`` are held, the ones whose interval is over are let go (their counts
+    logged), and a new address beyond them is counted under "other addresses".
+    """
+
+    def __init__(
+        self,
+        interval_s: float = REFUSAL_LOG_INTERVAL_S,
+        *,
+        max_keys: int = REFUSAL_LOG_MAX_KEYS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._interval_s = interval_s
+        self._max_keys = max_keys
+        self._clock = clock
+        self._held: dict[tuple[str, str], _Held] = {}
+
+    def refused(self, address: str, method: str, reason: str) -> None:
+        """Log (or count) that a call from ``address`` to ``method`` was refused for ``reason``."""
+        now = self._clock()
+        key = (address, reason)
+        if key not in self._held and len(self._held) >= self._max_keys:
+            self._let_go_of_ended(now)
+            if len(self._held) >= self._max_keys:
+                key = ("other addresses", reason)
+        held = self._held.get(key)
+        if held is not None and now - held.logged_at < self._interval_s:
+            held.left_out += 1
+            return
+        left_out = held.left_out if held is not None else 0
+        self._held[key] = _Held(now)
+        logger.warning(
+            "refused %s from %s: %s%s",
+            method,
+            key[0],
+            reason,
+            self._left_out_text(left_out),
+        )
+
+    def _let_go_of_ended(self, now: float) -> None:
+        for key, held in list(self._held.items()):
+            if now - held.logged_at >= self._interval_s:
+                del self._held[key]
+                if held.left_out:
+                    logger.warning(
+                        "refused calls from %s: %s%s",
+                        key[0],
+                        key[1],
+                        self._left_out_text(held.left_out),
+                    )
+
+    def _left_out_text(self, left_out: int) -> str:
+        if not left_out:
+            return ""
+        return f" ({left_out} more since the last such line, not logged)"
+
+
+def peer_address(peer: str) -> str:
+    """``context.peer()`` without the port: each new connection has a port of its own."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        return rest.rpartition(":")[0] or rest
+    return peer
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without ``authorization: Bearer <token>`` with UNAUTHENTICATED."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, refusals: RefusalLog | None = None) -> None:
         self._expected = token.encode()
+        self._refusals = refusals or RefusalLog()
 
-    def _authorized(self, details: grpc.HandlerCallDetails) -> bool:
+    def _refusal(self, details: grpc.HandlerCallDetails) -> str:
+        """Why the call may not go on; "" when it may."""
         if details.method.startswith(OPEN_SERVICES):
-            return True
+            return ""
         for key, value in details.invocation_metadata or ():
             if key == "authorization":
                 given = value.encode() if isinstance(value, str) else value
                 # The scheme in any case, as HTTP has it (RFC 9110 11.1).
                 scheme, _, token = given.partition(b" ")
                 # Constant time: the comparison must not reveal how much of a guess was right.
-                return scheme.lower() == b"bearer" and hmac.compare_digest(
+                if scheme.lower() == b"bearer" and hmac.compare_digest(
                     token.strip(), self._expected
-                )
-        return False
+                ):
+                    return ""
+                return "wrong bearer token"
+        return "no bearer token"
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> MethodHandler | None:
         handler = await continuation(handler_call_details)
-        if handler is None or self._authorized(handler_call_details):
+        if handler is None:
             return handler
-        logger.warning("refused %s: missing or wrong bearer token", handler_call_details.method)
+        reason = self._refusal(handler_call_details)
+        if not reason:
+            return handler
+        method = handler_call_details.method
 
         async def refuse(request: Any, context: Context) -> Any:
+            # Here, not above: only the call's context knows who made it.
+            self._refusals.refused(peer_address(context.peer()), method, reason)
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "this executor requires 'authorization: Bearer <token>' metadata",

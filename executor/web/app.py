@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import string
+import unicodedata
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +43,9 @@ STATIC_TYPES: Final = {
 }
 HTML_TYPE: Final = "text/html; charset=utf-8"
 MAX_FORM_BYTES: Final = 4096
+DEFAULT_PAGE: Final = "/runs"
+# What a sign-in's ``next`` keeps as is (a "%" included: it is already encoded).
+_PRINTABLE_ASCII: Final = "".join(c for c in string.printable if not c.isspace())
 SECURITY_HEADERS: Final = (
     (
         "Content-Security-Policy",
@@ -227,7 +232,7 @@ class Dashboard:
             and request.path not in ("/metrics", "/healthz")
             and ("text/html" in request.headers.get("accept", ""))
         ):
-            target = quote(request.path + _query_string(request), safe="/")
+            target = quote(_safe_next(request.path + _query_string(request)), safe="/")
             return Response(303, headers=(("Location", f"/login?next={target}"),))
         return Response(
             401,
@@ -237,10 +242,10 @@ class Dashboard:
         )
 
     def _login(self, request: Request) -> Response:
-        wanted = _safe_next(request.query.get("next", "/runs"))
+        wanted = _safe_next(request.query.get("next", DEFAULT_PAGE))
         if request.method == "POST":
             form = dict(parse_qsl(request.body[:MAX_FORM_BYTES].decode("utf-8", "replace")))
-            wanted = _safe_next(form.get("next", "/runs"))
+            wanted = _safe_next(form.get("next", DEFAULT_PAGE))
             cookie = self._access.sign_in(form.get("token", ""))
             if cookie is not None:
                 return Response(303, headers=(("Location", wanted), ("Set-Cookie", cookie)))
@@ -268,8 +273,22 @@ def _query_string(request: Request) -> str:
 
 
 def _safe_next(target: str) -> str:
-    """Only a path of this server (never ``//host`` or a URL) is a place to go after signing in."""
-    return target if target.startswith("/") and not target.startswith("//") else "/runs"
+    r"""Where to go after signing in: a path of this server, else the runs page.
+
+    It goes into a Location header, so nothing a header cannot carry as is (CR/LF would
+    add headers of the sender's choosing), and nothing a browser reads as another host:
+    not ``//host``, and no backslash or whitespace, which browsers turn into or drop
+    from ``//host`` (``/\host``, ``/<TAB>/host``). Non-ASCII characters are
+    percent-encoded (UTF-8), as a browser sends them.
+    """
+    if (
+        not target.startswith("/")
+        or target.startswith("//")
+        or "\\" in target
+        or any(char.isspace() or unicodedata.category(char) == "Cc" for char in target)
+    ):
+        return DEFAULT_PAGE
+    return quote(target, safe=_PRINTABLE_ASCII)
 
 
 def _login_page(wanted: str, problem: str) -> Html:

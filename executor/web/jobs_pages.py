@@ -20,6 +20,7 @@ from executor.triggers.nodes import Atom, EventType, Expr, render
 from executor.web.explain import Explainer, Explanation
 from executor.web.html import Html, join, tag
 from executor.web.layout import live, notice
+from executor.web.source import SourceRefused, parse_id
 
 JOBS_PER_PAGE: Final = 20
 # Callbacks differing only in their work item are drawn as one row from this many on.
@@ -38,7 +39,12 @@ class JobsQuery:
     def parse(cls, query: Mapping[str, str]) -> JobsQuery:
         def number(name: str) -> int:
             value = query.get(name, "").strip()
-            return int(value) if value.isdigit() else 0
+            try:
+                return parse_id(value)
+            except ValueError as err:
+                if value.isascii() and value.isdigit():  # an id, too large: as the executor says
+                    raise SourceRefused(f"{name} {err}") from err
+                return 0  # not a number: no filter, as ever
 
         return cls(number("job"), number("before"))
 

@@ -16,6 +16,7 @@ from urllib.parse import quote, urlencode
 from executor.cli.runs import parse_since
 from executor.web.html import Html, join, local_time, seconds, size, tag
 from executor.web.layout import badge, definitions, live, notice
+from executor.web.source import parse_id
 from supervisor_client.client import OUTCOMES, outcome_name
 
 LANGUAGES: Final = ("python", "perl", "qube", "mail")
@@ -41,10 +42,10 @@ class RunFilters:
         filters, problems = cls(), []
         job = query.get("job", "").strip()
         if job:
-            if job.isdigit():
-                filters = replace(filters, job_id=int(job))
-            else:
-                problems.append(f"job {job!r} is not a job id")
+            try:
+                filters = replace(filters, job_id=parse_id(job))
+            except ValueError as err:
+                problems.append(f"job {err}")
         outcome = query.get("outcome", "").strip().upper()
         if outcome:
             if outcome in OUTCOMES:
@@ -64,8 +65,10 @@ class RunFilters:
             except ValueError as err:
                 problems.append(str(err).replace("--since", "since"))
         limit = query.get("limit", "").strip()
-        if limit.isdigit() and int(limit) > 0:
-            filters = replace(filters, limit=min(int(limit), MAX_LIMIT))
+        if limit.isascii() and limit.isdigit() and limit.strip("0"):
+            # More digits than MAX_LIMIT has is more (and int() refuses past 4300 digits).
+            fits = len(limit.lstrip("0")) <= len(str(MAX_LIMIT))
+            filters = replace(filters, limit=min(int(limit), MAX_LIMIT) if fits else MAX_LIMIT)
         return filters, "; ".join(problems)
 
     def query(self, **extra: str) -> str:

@@ -19,6 +19,7 @@ from typing import Any, Final, TypeVar
 
 import grpc
 
+from executor.api.convert import MAX_ID
 from executor.runs.metrics import Metrics
 from supervisor_client import ExecutorClient, ExecutorRpcError
 
@@ -26,6 +27,20 @@ T = TypeVar("T")
 
 # A page waits at most this long for the loop; beyond it the page says the executor is busy.
 DEFAULT_TIMEOUT_S: Final = 5.0
+
+
+def parse_id(text: str) -> int:
+    """A query's id (job, before) as the executor takes it: ASCII digits, 0 to ``MAX_ID``.
+
+    ValueError saying what is wrong otherwise, checked here because the request message
+    cannot even be built with a uint64 above 2**64 - 1 (protobuf's own ValueError).
+    """
+    if not (text.isascii() and text.isdigit()):  # str.isdigit alone takes "²", int() not
+        raise ValueError(f"{text!r} is not a job id")
+    # Counted before int(): Python refuses to convert more than 4300 digits at all.
+    if len(text.lstrip("0")) > len(str(MAX_ID)) or int(text) > MAX_ID:
+        raise ValueError(f"{text} is out of range (0 to {MAX_ID})")
+    return int(text)
 
 
 class SourceUnavailable(Exception):

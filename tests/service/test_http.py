@@ -8,6 +8,7 @@ import socket
 import ssl
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -190,6 +191,15 @@ async def test_token_bearer_login_and_exempt_probes(tmp_path: Path) -> None:
         assert (await fetch(url(web, "/metrics")))[0] == 200
         assert (await fetch(url(web, "/healthz")))[0] == 200
         assert (await fetch(url(web, "/runs")))[0] == 401
+
+
+async def test_sign_in_answers_a_hostile_next_with_the_runs_page(tmp_path: Path) -> None:
+    async with running_stack(http_settings(tmp_path, auth_token=TOKEN)) as web:
+        for hostile in ("/runs\r\nX-Injected: yes", "/\\evil.example", "/runs\u2028"):
+            form = urllib.parse.urlencode({"token": TOKEN, "next": hostile}).encode()
+            status, headers, _ = await fetch(url(web, "/login"), data=form)
+            assert (status, headers["Location"]) == (303, "/runs"), hostile
+            assert "X-Injected" not in headers and "Set-Cookie" in headers
 
 
 async def test_tls_from_the_grpc_settings(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import threading
 from types import SimpleNamespace
 from typing import Any, cast
+from urllib.parse import urlencode
 
 import grpc
 import pytest
@@ -241,3 +242,123 @@ def test_sessions_expire() -> None:
     session = {"cookie": cookie.split(";", 1)[0]}
     now.t = 13 * 3600.0
     assert not access.allowed("/runs", session)
+
+
+def post_login(token: str, next_: str) -> Request:
+    return Request.parse("POST", "/login", {}, urlencode({"token": token, "next": next_}).encode())
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/runs\r\nSet-Cookie: injected=1; Domain=.example.com\r\nX-Injected: yes",
+        "/runs\nX-Injected: yes",
+        "//evil.example",
+        "/\\evil.example",
+        "/\t/evil.example",
+        "/ /evil.example",
+        "https://evil.example/",
+        "runs",
+        "/runs\u2028",
+        "/runs\x00",
+        "",
+    ],
+)
+def test_sign_in_goes_only_to_a_path_of_this_server(
+    monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    monkeypatch.setattr("executor.web.auth.WRONG_TOKEN_DELAY_S", 0)
+    dashboard = Dashboard(FakeSource(), CollectorRegistry(), Access("tok"))
+    signed_in = dashboard.handle(post_login("tok", target))
+    assert signed_in.status == 303
+    assert dict(signed_in.headers)["Location"] == "/runs"
+    assert [name for name, _ in signed_in.headers].count("Set-Cookie") == 1
+    form = dashboard.handle(get("/login?" + urlencode({"next": target}))).body.decode()
+    assert 'name="next" value="/runs"' in form, "an attacker's link puts nothing in the form"
+    wrong = dashboard.handle(post_login("guess", target)).body.decode()
+    assert 'name="next" value="/runs"' in wrong
+
+
+def test_sign_in_keeps_a_path_and_query_and_encodes_what_a_header_cannot_carry() -> None:
+    dashboard = Dashboard(FakeSource(), CollectorRegistry(), Access("tok"))
+    kept = dashboard.handle(post_login("tok", "/jobs?job=3&before=9"))
+    assert dict(kept.headers)["Location"] == "/jobs?job=3&before=9"
+    encoded = dashboard.handle(post_login("tok", "/runs/é%41"))
+    assert dict(encoded.headers)["Location"] == "/runs/%C3%A9%41"
+    for response in (kept, encoded):
+        for _, value in response.headers:
+            value.encode("ascii")  # http.server writes headers as Latin-1: ASCII always fits
+
+
+def test_the_way_to_sign_in_carries_only_a_safe_next() -> None:
+    dashboard = Dashboard(FakeSource(), CollectorRegistry(), Access("tok"))
+    html = {"accept": "text/html"}
+    sent = dashboard.handle(get("/jobs?job=3", **html))
+    assert dict(sent.headers)["Location"] == "/login?next=/jobs%3Fjob%3D3"
+    hostile = dashboard.handle(get("/%5Cevil.example", **html))
+    assert dict(hostile.headers)["Location"] == "/login?next=/runs"
+
+
+class RequestBuildingSource(FakeSource):
+    """Builds the request messages the real client would, and keeps what the pages asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[dict[str, object]] = []
+
+    def list_runs(self, **filters: Any) -> Any:
+        executor_pb2.ListRunsRequest(job_id=filters["job_id"], limit=filters["limit"])
+        self.asked.append(filters)
+        return super().list_runs()
+
+    def list_jobs(self, **query: Any) -> Any:
+        executor_pb2.ListRegisteredJobsRequest(
+            job_id=query["job_id"], limit=query["limit"], before_job_id=query["before"]
+        )
+        self.asked.append(query)
+        return super().list_jobs()
+
+
+TOO_LARGE = str(1 << 64)
+MAX_ID = str((1 << 63) - 1)
+
+
+@pytest.mark.parametrize("value", [TOO_LARGE, "9" * 5000, str(1 << 63)])
+def test_a_job_filter_too_large_for_an_id_is_a_notice_on_runs(value: str) -> None:
+    source = RequestBuildingSource()
+    dashboard = Dashboard(source, CollectorRegistry(), Access(""))
+    for path in (f"/runs?job={value}", f"/runs?part=rows&job={value}"):
+        response = dashboard.handle(get(path))
+        assert response.status == 200, path
+        assert source.asked[-1]["job_id"] == 0, "the bad filter is left out"
+    assert (
+        f"is out of range (0 to {MAX_ID})"
+        in dashboard.handle(get(f"/runs?job={value}")).body.decode()
+    )
+
+
+@pytest.mark.parametrize("name", ["job", "before"])
+@pytest.mark.parametrize("value", [TOO_LARGE, "9" * 5000])
+def test_a_job_id_too_large_is_a_400_on_jobs(name: str, value: str) -> None:
+    dashboard = Dashboard(RequestBuildingSource(), CollectorRegistry(), Access(""))
+    for path in (f"/jobs?{name}={value}", f"/jobs?part=body&{name}={value}"):
+        response = dashboard.handle(get(path))
+        assert response.status == 400, path
+        assert f"{name} " in response.body.decode() and "is out of range" in response.body.decode()
+
+
+@pytest.mark.parametrize("path", ["/runs?job=²", "/runs?limit=²", "/jobs?job=²", "/jobs?before=²"])
+def test_digits_python_reads_as_digits_but_not_as_numbers_are_no_500(path: str) -> None:
+    response = Dashboard(RequestBuildingSource(), CollectorRegistry(), Access("")).handle(
+        get(path.replace("²", "%C2%B2"))
+    )
+    assert response.status == 200
+
+
+def test_the_largest_id_and_limit_still_filter() -> None:
+    source = RequestBuildingSource()
+    dashboard = Dashboard(source, CollectorRegistry(), Access(""))
+    assert dashboard.handle(get(f"/runs?job={MAX_ID}&limit={'9' * 5000}")).status == 200
+    assert (source.asked[-1]["job_id"], source.asked[-1]["limit"]) == (int(MAX_ID), 1000)
+    assert dashboard.handle(get(f"/jobs?job={MAX_ID}")).status == 200
+    assert source.asked[-1]["job_id"] == int(MAX_ID)
