@@ -21,9 +21,15 @@ A store chosen by the ``store`` setting: empty means SQLite files in the data di
 from __future__ import annotations
 
 import logging
+import os
 import re
+import socket
 import threading
+import time
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import lru_cache
 from typing import Any, Final, Protocol
@@ -35,6 +41,12 @@ logger = logging.getLogger(__name__)
 POSTGRES_SCHEMES: Final = ("postgresql://", "postgres://")
 # How long a connection attempt to PostgreSQL may take before the call is answered UNAVAILABLE.
 CONNECT_TIMEOUT_S: Final = 3
+# How long a statement of ours may go unanswered before its connection is cut on our
+# side (``_Watchdog``): a PostgreSQL that stops answering without closing anything (a
+# frozen host or VM, a SIGSTOP) keeps TCP alive, and its statement_timeout never runs.
+ANSWER_DEADLINE_S: Final = 10.0
+# How long a statement waits for a lost connection to be made again (``_connect_again``).
+RECONNECT_WAIT_S: Final = 0.5
 
 
 class Row(Protocol):
@@ -166,6 +178,41 @@ _STALL_LIMITS: Final[dict[str, Any]] = {
 }
 
 
+class _Watchdog:
+    """One thread that cuts the connection of any statement unanswered past its deadline.
+
+    The statements run on the event loop, so an answer that never comes would hold the
+    whole executor (health included). Shutting the socket down makes the waiting call
+    fail at once, as a dropped connection does: ``StoreUnavailable``.
+    """
+
+    def __init__(self) -> None:
+        self._watched: weakref.WeakSet[PgDb] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, db: PgDb) -> None:
+        with self._lock:
+            self._watched.add(db)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="cbexec-pg-watchdog", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(0.25)
+            now = time.monotonic()
+            with self._lock:
+                overdue = [db for db in self._watched if 0 < db.answer_due < now]
+            for db in overdue:
+                db.cut_off()
+
+
+_watchdog = _Watchdog()
+
+
 class PgDb:
     """A PostgreSQL connection that takes the stores' SQLite-spelled statements.
 
@@ -186,13 +233,19 @@ class PgDb:
         self._lock = threading.RLock()
         self._conn: Any = None
         self._in_transaction = False
-        self._connect()
+        # When the statement in progress must have its answer (monotonic); 0 when idle.
+        self.answer_due = 0.0
+        self._cut_off = False
+        # A new connection being made in a thread, for a lost one (``_connect_again``).
+        self._connecting: Future[Any] | None = None
+        self._conn = self._new_connection()
+        _watchdog.watch(self)
 
-    def _connect(self) -> None:
+    def _new_connection(self) -> Any:
         import psycopg
 
         try:
-            self._conn = psycopg.connect(
+            return psycopg.connect(
                 self._url,
                 autocommit=True,
                 row_factory=_pg_rows,
@@ -201,8 +254,38 @@ class PgDb:
                 **self._limits,
             )
         except psycopg.OperationalError as err:
-            self._conn = None
             raise StoreUnavailable(f"PostgreSQL store unreachable: {_first_line(err)}") from err
+
+    def _connect_again(self) -> None:
+        """A new connection for the lost one, without holding the caller past a moment.
+
+        Made in a thread: a PostgreSQL that accepts TCP but does not answer (frozen)
+        would hold the event loop for the whole connect timeout, at every statement. The
+        caller waits ``RECONNECT_WAIT_S`` at most (a server that is up answers in
+        milliseconds); past that it is ``StoreUnavailable``, and a later statement
+        takes the connection once it is made.
+        """
+        connecting, wait_s = self._connecting, 0.0
+        if connecting is None:
+            connecting = self._connecting = Future()
+            threading.Thread(
+                target=self._connect_into, args=(connecting,), name="cbexec-pg-connect", daemon=True
+            ).start()
+            wait_s = RECONNECT_WAIT_S
+        try:
+            conn = connecting.result(timeout=wait_s)
+        except FutureTimeout:
+            raise StoreUnavailable("PostgreSQL store unreachable: connecting again") from None
+        finally:
+            if connecting.done():
+                self._connecting = None
+        self._conn = conn
+
+    def _connect_into(self, connecting: Future[Any]) -> None:
+        try:
+            connecting.set_result(self._new_connection())
+        except StoreUnavailable as err:
+            connecting.set_exception(err)
 
     @property
     def in_transaction(self) -> bool:
@@ -210,6 +293,11 @@ class PgDb:
 
     def close(self) -> None:
         with self._lock:
+            connecting, self._connecting = self._connecting, None
+            if connecting is not None:  # a connection made after all is closed too
+                connecting.add_done_callback(
+                    lambda made: made.exception() is None and made.result().close()
+                )
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
@@ -252,17 +340,48 @@ class PgDb:
         self._in_transaction = False
         if verb in {"ROLLBACK", "COMMIT"}:
             return False
-        self._connect()
+        self._connect_again()
         return True
+
+    def cut_off(self) -> None:
+        """Shut this connection's socket down (the watchdog's thread): its wait ends at once."""
+        self._cut_off = True
+        self.answer_due = 0.0
+        try:
+            fd = self._conn.pgconn.socket
+            with socket.socket(fileno=os.dup(fd)) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+        except (AttributeError, OSError, ValueError) as err:  # closed meanwhile
+            logger.debug("cutting off a PostgreSQL connection: %s", err)
+
+    @contextmanager
+    def _answered_in_time(self) -> Iterator[None]:
+        self._cut_off = False
+        self.answer_due = time.monotonic() + ANSWER_DEADLINE_S
+        try:
+            yield
+        finally:
+            self.answer_due = 0.0
 
     def _run(self, sql: str, call: Any, *, translate: bool = True) -> Any:
         verb = sql.strip().split(None, 1)[0].upper() if sql.strip() else ""
         with self._lock:
             if not self._reconnect_if_lost(verb):
                 return None
+            text = pg_sql(sql) if translate else sql
             try:
-                with self._errors_translated():
-                    cursor = call(self._conn, pg_sql(sql) if translate else sql)
+                try:
+                    with self._errors_translated():
+                        cursor = call(self._conn, text)
+                except StoreUnavailable as err:
+                    if not self._terminated_before_it_counted(verb, err):
+                        raise
+                    # The server ended this connection (a restart, an admin's
+                    # pg_terminate_backend) while it was idle: nothing of the statement
+                    # stayed, so it runs once more on a new connection.
+                    self._reconnect_if_lost(verb)
+                    with self._errors_translated():
+                        cursor = call(self._conn, text)
             except BaseException:
                 if verb in {"COMMIT", "ROLLBACK"}:
                     # Over either way; a COMMIT that lost its answer may have committed,
@@ -288,14 +407,34 @@ class PgDb:
             with self._errors_translated(), self._conn.pipeline():
                 yield
 
+    def _terminated_before_it_counted(self, verb: str, err: StoreUnavailable) -> bool:
+        """Whether a statement that met a terminated connection can simply run again.
+
+        Only outside a transaction (or its BEGIN), and only for the server's own word
+        that it ended the session (SQLSTATE 57P01): an aborted session keeps nothing of a
+        statement it was running. A connection that just dropped could have committed.
+        """
+        from psycopg import errors
+
+        return (
+            not self._in_transaction
+            and verb not in {"COMMIT", "ROLLBACK"}
+            and isinstance(err.__cause__, errors.AdminShutdown)
+        )
+
     @contextmanager
     def _errors_translated(self) -> Iterator[None]:
-        """The driver's errors as the stores' own: a conflict to retry, a store unreachable."""
+        """The driver's errors as the stores' own: a conflict to retry, a store unreachable.
+
+        Every statement is answered within ``ANSWER_DEADLINE_S`` or its connection is
+        cut (``_Watchdog``).
+        """
         import psycopg
         from psycopg import errors
 
         try:
-            yield
+            with self._answered_in_time():
+                yield
         except (
             errors.DeadlockDetected,
             errors.SerializationFailure,
@@ -307,6 +446,10 @@ class PgDb:
         except (errors.QueryCanceled, errors.LockNotAvailable) as err:  # _STALL_LIMITS
             raise StoreUnavailable(f"PostgreSQL store too slow: {_first_line(err)}") from err
         except psycopg.OperationalError as err:
+            if self._cut_off:
+                raise StoreUnavailable(
+                    f"PostgreSQL store did not answer within {ANSWER_DEADLINE_S:g} s"
+                ) from err
             if self._conn is None or self._conn.broken or self._conn.closed:
                 raise StoreUnavailable(f"PostgreSQL store unreachable: {_first_line(err)}") from err
             raise

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -743,6 +744,23 @@ class TriggerEngine:
         )
         return await self._run(self._with_policy(invocation, universal=cb.universal))
 
+    def _loaded_line(self, source: str) -> UniversalCallback | None:
+        """The loaded callbacks.conf line a registered universal callback came from.
+
+        By its path; else by its file name, when exactly one loaded line names that
+        file: in a fleet each replica may keep the same callbacks.conf in a directory of
+        its own (the default ``<data_dir>/callback``), and a job registered at one
+        replica fires at another.
+        """
+        name = os.path.basename(source)
+        named = []
+        for loaded in self._universal:
+            if loaded.source == source:
+                return loaded
+            if os.path.basename(loaded.source) == name:
+                named.append(loaded)
+        return named[0] if len(named) == 1 else None
+
     def _with_policy(self, invocation: Invocation, *, universal: bool) -> Invocation:
         """The invocation under its policy: a universal callback's as its (current) line says.
 
@@ -753,10 +771,9 @@ class TriggerEngine:
         """
         named, shadow = "", False
         if universal:
-            for loaded in self._universal:
-                if loaded.source == invocation.callback.source:
-                    named, shadow = loaded.policy, loaded.shadow
-                    break
+            loaded = self._loaded_line(invocation.callback.source)
+            if loaded is not None:
+                named, shadow = loaded.policy, loaded.shadow
             else:
                 return replace(
                     invocation,

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from supervisor_client import ExecutorClient
+from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.fleet.harness import Fleet, RoundRobinForwarder, example_jobs, fleet
 from tests.helpers.cli import ROOT
 from tests.helpers.waiting import eventually
@@ -225,3 +226,30 @@ async def test_a_reload_reaches_every_replica_and_every_replica_reads_the_fleets
         assert await eventually(
             lambda: connections() == sorted(REPLICA_CONNECTIONS * 2), interval_s=0.2
         ), connections()
+
+
+async def test_a_universal_callback_fires_at_a_replica_with_its_own_callbacks_directory(
+    tmp_path: Path, pg_url: str
+) -> None:
+    async with (
+        fleet(tmp_path, pg_url, replicas=2) as group,
+        ExecutorClient(group.address(0)) as first,
+        ExecutorClient(group.address(1)) as second,
+    ):
+        # The default universal_callback_path, <data_dir>/callback: a directory per replica.
+        for index in range(2):
+            directory = tmp_path / f"replica-{index}" / "callback"
+            directory.mkdir(exist_ok=True)
+            (directory / "noted.py").write_text("print('noted')\n")
+            (directory / "callbacks.conf").write_text("noted.py = complete-job-self\n")
+        for client in (first, second):
+            assert (await client.reload_universal_callbacks()).active == 1
+        await first.register_job({"id": 71_000, "name": "registered at one", "user": "fleet"})
+
+        answer = await second.publish_event(
+            name="complete", type="job", job_id=71_000, event_id="c71000", wait=True
+        )
+
+        (fired,) = answer.fired
+        assert fired.result.outcome == executor_pb2.OUTCOME_SUCCEEDED, fired.result.failure
+        assert fired.result.stdout == "noted\n"

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from executor import sql
 from executor.errors import ConfigError
 from executor.migrations import current_version, schema_version
 from executor.model import Outcome
@@ -226,4 +232,73 @@ def test_a_table_locked_by_someone_else_is_unavailable_not_a_hang(pg_url: str) -
         db.execute("INSERT INTO locked_away VALUES (2)")  # and it works again at once
     finally:
         admin.close()
+        db.close()
+
+
+@contextmanager
+def stopped(*pids: int) -> Iterator[None]:
+    """The processes frozen (SIGSTOP), as a paused host would be; thawed after."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_a_server_that_stops_answering_is_unavailable_not_a_hang(
+    pg_url: str, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by fault injection: a frozen PostgreSQL keeps TCP alive and its own
+    # statement_timeout never runs, so a statement on the event loop waited for ever.
+    monkeypatch.setattr(sql, "ANSWER_DEADLINE_S", 1.0)
+    db = connect_postgres(pg_url)
+    postmaster = int((postgres.data / "postmaster.pid").read_text().split()[0])
+    try:
+        backend = db.execute("SELECT pg_backend_pid()").fetchone()[0]
+        with stopped(backend, postmaster):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="did not answer within 1 s"):
+                db.execute("SELECT 1")
+            # Connecting again to a frozen server holds a statement a moment at most.
+            with pytest.raises(StoreUnavailable, match="connecting again"):
+                db.execute("SELECT 1")
+            with pytest.raises(StoreUnavailable):
+                db.execute("SELECT 1")
+            assert time.monotonic() - started < 1.0 + 2 * sql.RECONNECT_WAIT_S + 1.5
+
+        def answers() -> bool:
+            try:
+                return bool(db.execute("SELECT 1").fetchone()[0] == 1)
+            except StoreUnavailable:
+                return False
+
+        deadline = time.monotonic() + 15
+        while not answers():
+            assert time.monotonic() < deadline, "never connected again once thawed"
+            time.sleep(0.1)
+    finally:
+        db.close()
+
+
+def test_a_statement_on_a_connection_the_server_ended_runs_again_on_a_new_one(
+    pg_url: str,
+) -> None:
+    # A PostgreSQL restart ends every idle connection; the first statement after it met
+    # "terminating connection due to administrator command" and failed UNAVAILABLE.
+    db = connect_postgres(pg_url)
+    try:
+        db.execute("CREATE TABLE IF NOT EXISTS ended_idle (n INTEGER)")
+        _kill_backend(pg_url, db)
+        time.sleep(0.2)  # the server's goodbye is waiting on the idle connection
+        db.execute("INSERT INTO ended_idle VALUES (1)")
+        _kill_backend(pg_url, db)
+        time.sleep(0.2)
+        db.execute("BEGIN")  # a transaction's first statement too
+        db.execute("INSERT INTO ended_idle VALUES (2)")
+        db.execute("COMMIT")
+        rows = db.execute("SELECT n FROM ended_idle ORDER BY n").fetchall()
+        assert [row[0] for row in rows] == [1, 2]
+    finally:
         db.close()
