@@ -93,8 +93,13 @@ def open_postgres(url: str, *, application_name: str) -> PgDb:
     version = current_version(db)
     if version != schema_version():
         db.close()
+        fix = (
+            "upgrade this executor (the store was migrated by a newer one)"
+            if version > schema_version()
+            else "run `cbexec store migrate --store <url>` first"
+        )
         raise ConfigError(
             f"the PostgreSQL store is at schema version {version}, this executor needs "
-            f"{schema_version()}: run `cbexec store migrate --store <url>` first"
+            f"{schema_version()}: {fix}"
         )
     return db

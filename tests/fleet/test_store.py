@@ -66,6 +66,16 @@ async def test_check_config_checks_the_store_is_reached_and_migrated(
     assert said.code == 0, said.err
     assert f"store: PostgreSQL, schema version {schema_version()}" in said.out
     assert "secret" not in said.out  # a password in the URL is never printed
+    # A store a newer executor migrated: the fix is an upgrade, not a migrate.
+    db = connect_postgres(url)
+    try:
+        db.execute("INSERT INTO cbexec_schema (version) VALUES (?)", (schema_version() + 1,))
+        said = await cbexec(*argv, "--store", url)
+    finally:
+        db.execute("DELETE FROM cbexec_schema WHERE version = ?", (schema_version() + 1,))
+        db.close()
+    assert said.code == 2 and "upgrade this executor" in said.err, said.err
+    assert "store migrate" not in said.err
 
 
 async def test_store_migrate_without_a_postgresql_store_has_nothing_to_do() -> None:
