@@ -59,6 +59,7 @@ from executor.storage import StorageHealth
 from executor.triggers.engine import TriggerEngine
 from executor.triggers.journal import JournalLimits
 from executor.triggers.store import TriggerStore
+from executor.triggers.universal import LAST_GOOD_NAME
 from executor.web.app import Dashboard
 from executor.web.auth import Access
 from executor.web.explain import explain_from_engine
@@ -189,6 +190,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             check_code=check_source,
             # <data_dir>/callback need not exist; a directory named in the settings should.
             warn_missing_dirs=bool(settings.universal_callback_path.strip()),
+            last_good=settings.data_dir / LAST_GOOD_NAME,
         )
         _load_universal(engine, settings)
 
@@ -334,6 +336,17 @@ def _load_universal(engine: TriggerEngine, settings: Settings) -> None:
     count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
     if settings.strict:
         raise ConfigError(f"universal callbacks: {count} in callbacks.conf; first: {problems[0]}")
+    kept = engine.keep_last_good()
+    if kept is not None:
+        logger.error(
+            "UNIVERSAL CALLBACKS NOT RELOADED: callbacks.conf has %s; the set loaded last "
+            "before this start stays active (%d callbacks); first: %s (all of them: cbexec "
+            "serve --check-config; fix, then cbexec triggers reload)",
+            count,
+            kept,
+            problems[0],
+        )
+        return
     logger.error(
         "UNIVERSAL CALLBACKS ARE OFF: callbacks.conf has %s, so none of its callbacks is "
         "active; first: %s (all of them: cbexec serve --check-config; fix, then cbexec "

@@ -71,8 +71,10 @@ from executor.triggers.universal import (
     ReloadStatus,
     UniversalCallback,
     UniversalConfigError,
+    load_last_good,
     load_universal,
     no_code_check,
+    save_last_good,
 )
 from executor.triggers.why import JobExplanation
 
@@ -200,6 +202,7 @@ class TriggerEngine:
         policies: PolicySet | None = None,
         check_code: CodeCheck = no_code_check,
         warn_missing_dirs: bool = True,
+        last_good: Path | None = None,
     ) -> None:
         """Build the engine over ``store``.
 
@@ -218,6 +221,7 @@ class TriggerEngine:
             universal_policies: The policy each universal directory names.
             policies: The sandbox policies; None gives every run the engine's ``limits``
                 under the built-in policy names.
+            last_good: Where each loaded universal set is kept, for ``keep_last_good``.
         """
         self._store = store
         self._run = run
@@ -229,6 +233,8 @@ class TriggerEngine:
         # Configured directories found missing at the last reload (an unmounted share).
         self._missing_dirs: list[Path] = []
         self._warn_missing_dirs = warn_missing_dirs
+        # Where each loaded set is kept for a start-up that meets a broken callbacks.conf.
+        self._last_good = last_good
         self.universal_reload = ReloadStatus()
         self._check_code = check_code
         self._clock = clock
@@ -310,10 +316,34 @@ class TriggerEngine:
             return err.errors
         self._universal = loaded
         self.universal_reload = ReloadStatus(now, now)
+        if self._last_good is not None:
+            try:
+                save_last_good(self._last_good, loaded, now)
+            except OSError as err:
+                logger.warning("universal callbacks: the set could not be kept: %s", err)
         for warning in self.universal_warnings:
             logger.warning("universal callback: %s", warning)
         logger.info("%d universal callbacks active", len(loaded))
         return []
+
+    def keep_last_good(self) -> int | None:
+        """After a start-up load that failed: take the set loaded last before the restart.
+
+        Returns how many callbacks it holds, or None when none was kept (or it cannot
+        be read). The failed load's errors stay in ``universal_reload``.
+        """
+        if self._last_good is None:
+            return None
+        try:
+            kept = load_last_good(self._last_good)
+        except UniversalConfigError as err:
+            logger.warning("universal callbacks: %s", err.errors[0])
+            return None
+        if kept is None:
+            return None
+        self._universal, loaded_at = kept
+        self.universal_reload = replace(self.universal_reload, loaded_at=loaded_at)
+        return len(self._universal)
 
     # -- registration ---------------------------------------------------------------
 

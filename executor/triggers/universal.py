@@ -29,10 +29,11 @@ load: those are warnings (``file:line: message``), not errors.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Final
 
@@ -243,3 +244,34 @@ def _read_inside(directory: Path, path: Path) -> str:
 
 def _none(triggers: str) -> list[str]:
     return []
+
+
+# -- the last good set, kept across restarts ---------------------------------------------
+
+LAST_GOOD_NAME: Final = "universal-last-good.json"
+
+
+def save_last_good(path: Path, callbacks: list[UniversalCallback], loaded_at: float) -> None:
+    """Keep the set just loaded, so a start-up that meets a broken callbacks.conf keeps it.
+
+    Written whole or not at all (a new file renamed over the old).
+    """
+    data = {"loaded_at": loaded_at, "callbacks": [asdict(callback) for callback in callbacks]}
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
+    os.replace(partial, path)
+
+
+def load_last_good(path: Path) -> tuple[list[UniversalCallback], float] | None:
+    """The set ``save_last_good`` kept and when it was loaded; None when there is none."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        callbacks = [
+            UniversalCallback(**{**fields, "warnings": tuple(fields.get("warnings", ()))})
+            for fields in data["callbacks"]
+        ]
+        return callbacks, float(data["loaded_at"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as err:  # damaged: as if none
+        raise UniversalConfigError([f"{path}: cannot read the last good set: {err}"]) from err

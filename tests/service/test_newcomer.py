@@ -22,6 +22,7 @@ from executor.model import Language
 from executor.runtimes.check import check_source
 from executor.triggers.engine import check_trigger
 from executor.triggers.universal import UniversalConfigError, load_universal
+from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, running_stack, stack_settings
 from tests.helpers.cli import ROOT, cbexec, cli_env
 
@@ -237,6 +238,37 @@ async def test_a_broken_callbacks_conf_is_one_line_at_start_up_or_refused_when_s
 
     with pytest.raises(ConfigError, match=r"universal callbacks: 1 problem in callbacks.conf"):
         await server.start(stack_settings(data_dir, strict=True))
+
+
+async def test_a_restart_with_a_broken_callbacks_conf_keeps_the_set_loaded_last(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found by a tester: a restart meeting one broken file turned universal callbacks
+    # off, and every firing of a job registered before was REJECTED as removed.
+    data_dir = tmp_path / "data"
+    target = data_dir / "callback"
+    target.mkdir(parents=True)
+    (target / "noted.py").write_text("print('noted')\n")
+    (target / "callbacks.conf").write_text("noted.py = complete-job-self\n")
+    async with running_stack(stack_settings(data_dir)) as stack:
+        registered = await stack.client.register_job({"id": 4242, "name": "before", "user": "bob"})
+        assert [cb.universal for cb in registered.callbacks] == [True]
+    (target / "callbacks.conf").write_text(
+        "noted.py = complete-job-self\nmissing.py = done-job-self\n"
+    )
+
+    with caplog.at_level(logging.ERROR):
+        async with running_stack(stack_settings(data_dir)) as stack:
+            answer = await stack.client.publish_event(
+                name="complete", type="job", job_id=4242, event_id="after-restart", wait=True
+            )
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("UNIVERSAL CALLBACKS NOT RELOADED: callbacks.conf has 1 problem")
+    assert "stays active (1 callbacks)" in errors[0]
+    (fired,) = answer.fired
+    assert fired.result.outcome == executor_pb2.OUTCOME_SUCCEEDED, fired.result.failure
+    assert fired.result.stdout == "noted\n"
 
 
 async def test_check_config_is_readable_and_checks_what_start_up_would(tmp_path: Path) -> None:
