@@ -25,7 +25,13 @@ from executor.runtimes.check import check_source
 from executor.sandbox.identity import UidClaim
 from executor.sandbox.tier import describe_sandbox, root_warnings, sandbox_options
 from executor.triggers.engine import check_trigger
-from executor.triggers.universal import CONF_NAME, UniversalConfigError, load_universal
+from executor.triggers.universal import (
+    CONF_NAME,
+    LAST_GOOD_NAME,
+    UniversalConfigError,
+    load_last_good,
+    load_universal,
+)
 
 # The databases start-up opens in the data dir, and the first bytes of every SQLite file.
 DATABASES: Final = ("runs.db", "outbox.db", "triggers.db", "supervisor.db")
@@ -95,13 +101,23 @@ def _universal(settings: config.Settings) -> str:
     except UniversalConfigError as err:
         if settings.strict:
             raise ConfigError("\n".join(f"universal callbacks: {e}" for e in err.errors)) from err
-        # Without strict, start-up runs without them (one ERROR line): a warning, not a
-        # refusal, or a systemd ExecStartPre would keep the service down for it.
+        # Without strict, start-up keeps the set loaded last, or runs without them (one
+        # ERROR line): a warning, not a refusal, or a systemd ExecStartPre would keep
+        # the service down for it.
         count = f"{len(err.errors)} problem{'s' if len(err.errors) > 1 else ''}"
+        try:
+            kept = load_last_good(settings.data_dir / LAST_GOOD_NAME)
+        except UniversalConfigError:
+            kept = None
+        would = (
+            "without universal callbacks"
+            if kept is None
+            else f"with the set loaded last before it ({len(kept[0])} callbacks)"
+        )
         return "\n".join(
             [
-                f"OFF: callbacks.conf has {count}; start-up would run without universal "
-                "callbacks (strict = true refuses to start instead)",
+                f"NOT LOADED: callbacks.conf has {count}; start-up would run {would} "
+                "(strict = true refuses to start instead)",
                 *(f"  WARNING: {e}" for e in err.errors),
             ]
         )

@@ -308,7 +308,7 @@ async def test_check_config_is_readable_and_checks_what_start_up_would(tmp_path:
         "serve", "--check-config", "--data-dir", str(data_dir), "--bind", "127.0.0.1:0"
     )
     assert said.code == 0 and said.err == "", said.err
-    assert "universal callbacks: OFF: callbacks.conf has 2 problems" in said.out
+    assert "universal callbacks: NOT LOADED: callbacks.conf has 2 problems" in said.out
     assert f"  WARNING: {data_dir}/callback/submitted.py:1: SyntaxError: " in said.out
     assert said.out.splitlines()[-1] == "ok: start-up would succeed with these settings"
 

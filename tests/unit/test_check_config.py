@@ -13,6 +13,7 @@ from executor.cli.check_config import _universal
 from executor.config import Settings
 from executor.errors import ConfigError
 from executor.sandbox.identity import UidClaim, check_uid_range
+from executor.triggers.universal import LAST_GOOD_NAME, UniversalCallback, save_last_good
 
 pytestmark = pytest.mark.unit
 
@@ -34,8 +35,17 @@ def test_an_unknown_policy_lists_each_configured_one_once(tmp_path: Path) -> Non
     assert "no policy 'nosuch' (configured: job, universal, admin)" in str(caught.value)
     # Without strict start-up runs without them: the same problem, as a warning.
     said = _universal(settings.replace(strict=False))
-    assert said.startswith("OFF: callbacks.conf has 1 problem; start-up would run without")
+    assert said.startswith("NOT LOADED: callbacks.conf has 1 problem; start-up would run without")
     assert "  WARNING: " in said and "no policy 'nosuch'" in said
+    # With a set kept from before, start-up runs with it, and says so.
+    (tmp_path / "data").mkdir()
+    kept = UniversalCallback(str(callbacks / "cb.py"), "python", "print('hi')\n", "done-job-self")
+    save_last_good(tmp_path / "data" / LAST_GOOD_NAME, [kept], 1.0)
+    said = _universal(settings.replace(strict=False))
+    assert said.startswith(
+        "NOT LOADED: callbacks.conf has 1 problem; start-up would run with the set loaded "
+        "last before it (1 callbacks)"
+    )
 
 
 def test_a_uid_range_is_checked_without_being_claimed(tmp_path: Path) -> None:
