@@ -282,7 +282,8 @@ class ExecuteRequest(_message.Message):
     the executor makes one. The result reported to the supervisor carries it, and
     the supervisor applies each of its actions once (invocation_id, action_seq).
     The executor does not deduplicate runs: a repeat is run again (UNAVAILABLE
-    while the first is still in progress) and replaces the first in the history.
+    while the first is still in progress at the same executor; at another
+    replica of a fleet both run) and replaces the first in the history.
     """
     policy: _builtins.str
     """The sandbox policy to run under (the executor's [policies.NAME]); empty: the

@@ -53,7 +53,8 @@ class CallbackExecutorServiceServicer:
         is a gRPC error (INVALID_ARGUMENT for malformed requests and limits above
         the server's caps, PERMISSION_DENIED for a policy the user may not have,
         RESOURCE_EXHAUSTED when at capacity, UNAVAILABLE while a run with the same
-        invocation_id is still in progress, while the service stops or its storage
+        invocation_id is still in progress at this executor (a fleet's replicas do
+        not ask each other), while the service stops or its storage
         cannot record results, or when no sandboxed child could be started).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
