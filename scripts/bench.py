@@ -329,6 +329,8 @@ import seccomp
 runs = int(sys.argv[2])
 libc = ctypes.CDLL(None, use_errno=True)
 prepared = seccomp.Prepared(seccomp.build(seccomp.native_arch()))
+zygote_filter = seccomp.Prepared(seccomp.build(seccomp.native_arch(), allowing=seccomp.CONFINING))
+closing = seccomp.Prepared(seccomp.build_closing(seccomp.native_arch()))
 own = os.open('/proc/self/ns/net', os.O_RDONLY)
 assert libc.unshare(0x40000000) == 0
 cell = os.open('/proc/self/ns/net', os.O_RDONLY)
@@ -351,11 +353,15 @@ def seccomp_filter():
     libc.prctl(38, 1, 0, 0, 0)
     seccomp.install(prepared)
 
+def closing_filter():
+    libc.prctl(38, 1, 0, 0, 0)
+    seccomp.install(closing)
+
 in_child = {
     'plain fork': lambda: None,
     'IPC namespace': lambda: libc.unshare(0x08000000) == 0 or os._exit(1),
     'cgroup namespace': lambda: libc.unshare(0x02000000) == 0 or os._exit(1),
-    'syscall filter': seccomp_filter,
+    'syscall filter, whole (cold path)': seccomp_filter,
     'mount namespace (reference)': private_mounts,
     'mount namespace + /sys/fs/cgroup mask': mask,
     'new network namespace (reference)': lambda: libc.unshare(0x40000000) == 0 or os._exit(1),
@@ -387,11 +393,31 @@ def measure(child, parent=lambda: None):
     wall = time.perf_counter() - wall - 0.2
     return [wall / runs * 1e6, (process_cpu() - mine) / runs * 1e6, (busy() - cpu) / runs * 1e6]
 
+def under_zygote_filter(child):
+    # measure(child) in a fork of this process put under a zygote's own filter (for good)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        libc.prctl(38, 1, 0, 0, 0)
+        seccomp.install(zygote_filter)
+        os.write(write, json.dumps(measure(child)).encode())
+        os._exit(0)
+    os.close(write)
+    data = b''
+    while chunk := os.read(read, 65536):
+        data += chunk
+    os.close(read)
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
 # Rounds interleave the variants (the machine's speed drifts); the median round is kept.
-rounds = {name: [] for name in [*in_child, *before_fork]}
+zygote_child = "syscall filter, a zygote's child (closing part)"
+rounds = {name: [] for name in [*in_child, zygote_child, *before_fork]}
 for _ in range(5):
     for name, child in in_child.items():
         rounds[name].append(measure(child))
+    rounds[zygote_child].append(under_zygote_filter(closing_filter))
     for name, parent in before_fork.items():
         rounds[name].append(measure(lambda: None, parent))
         libc.setns(own, 0x40000000)
