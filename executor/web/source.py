@@ -19,7 +19,7 @@ from typing import Any, Final, TypeVar
 
 import grpc
 
-from executor.api.convert import MAX_ID
+from executor.bounds import MAX_ID
 from executor.runs.metrics import Metrics
 from supervisor_client import ExecutorClient, ExecutorRpcError
 
