@@ -56,6 +56,7 @@ from supervisor_client.reference.states import (
     work_rule,
 )
 from supervisor_client.reference.submission import (
+    MAX_ID,
     LanguageCheck,
     NewJob,
     TriggerCheck,
@@ -351,6 +352,8 @@ class ReferenceSupervisor:
 
     def jobs_in_pgrp(self, pgrp: int, *, include_callbacks: bool = False) -> list[dict[str, Any]]:
         """Every job of a process group, by id; empty for an unknown pgrp."""
+        if not 0 <= pgrp <= MAX_ID:
+            return []
         with self._lock:
             rows = self._db.execute("SELECT * FROM jobs WHERE pgrp = ? ORDER BY id", (pgrp,))
             return [
@@ -381,6 +384,8 @@ class ReferenceSupervisor:
 
     def history(self, job_id: int) -> list[dict[str, Any]]:
         """The job's history lines, oldest first; kept after the job is removed."""
+        if not 0 <= job_id <= MAX_ID:
+            return []
         with self._lock:
             rows = self._db.execute(
                 "SELECT job_id, time, text, invocation_id FROM history WHERE job_id = ?"
@@ -390,6 +395,8 @@ class ReferenceSupervisor:
             return [dict(row) for row in rows.fetchall()]
 
     def _job_row(self, job_id: int) -> sqlite3.Row:
+        if not 0 <= job_id <= MAX_ID:  # a wire uint64 beyond SQLite's integers: no such job
+            raise NoSuchJobError(f"no job {job_id}")
         row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise NoSuchJobError(f"no job {job_id}")
@@ -812,6 +819,8 @@ class ReferenceSupervisor:
         for invocation_id, job_id, payload in reports:
             if not invocation_id:
                 raise ValueError("a result needs an invocation_id")
+            if not 0 <= job_id <= MAX_ID:
+                raise ValueError(f"job_id {job_id} is out of range (0 to {MAX_ID})")
             try:
                 text = json.dumps(dict(payload), allow_nan=False)
             except (TypeError, ValueError) as err:

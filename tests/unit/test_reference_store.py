@@ -849,3 +849,17 @@ def test_concurrent_submissions_get_distinct_ids(sup: ReferenceSupervisor) -> No
 
     assert sorted(ids) == list(range(1, 81))
     assert all(sup.job(job_id)["pgrp"] == job_id for job_id in ids)
+
+
+def test_ids_beyond_sqlites_integers_are_unknown_jobs_not_internal_errors(
+    sup: ReferenceSupervisor,
+) -> None:
+    # The wire's ids are uint64; SQLite's integers stop at 2**63 - 1.
+    for job_id in (2**63, 2**64 - 1):
+        with pytest.raises(NoSuchJobError):
+            sup.job(job_id)
+        with pytest.raises(NoSuchJobError):
+            sup.job_action("unblock", job_id, "")
+        assert sup.jobs_in_pgrp(job_id) == []
+        with pytest.raises(ValueError, match="out of range"):
+            sup.report_result("big-id", job_id, {"outcome": "OUTCOME_SUCCEEDED"})
