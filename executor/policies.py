@@ -328,12 +328,16 @@ def _bind(
 def _group(name: str, raw: Any) -> int:
     if isinstance(raw, int) and not isinstance(raw, bool):
         gid = raw
+    elif isinstance(raw, str) and raw.strip().isdecimal():  # a gid written as a string
+        gid = int(raw.strip())
     else:
         try:
             gid = grp.getgrnam(str(raw)).gr_gid
         except KeyError:
             raise _error(name, "group", f"no group {raw!r} on this host") from None
-    if gid <= 0:
+    if gid < 0 or gid >= 2**32 - 1:
+        raise _error(name, "group", f"{gid} is not a gid")
+    if gid == 0:
         raise _error(name, "group", "must be a group other than root's (gid 0)")
     return gid
 

@@ -74,6 +74,8 @@ def test_the_built_in_policies_are_todays_confinement(tmp_path: Path) -> None:
         ({"network": "lan"}, "policies.p.network: expected 'none' or 'host'"),
         ({"group": "no-such-group-here"}, "policies.p.group: no group"),
         ({"group": 0}, "other than root's"),
+        ({"group": "0"}, "other than root's"),
+        ({"group": -1}, "policies.p.group: -1 is not a gid"),
         ({"umask": "9"}, "policies.p.umask"),
         ({"verbs": ["destroy"]}, "policies.p.verbs: unknown qb action 'destroy'"),
         ({"languages": ["cobol"]}, "policies.p.languages"),
@@ -281,3 +283,7 @@ def test_an_env_value_with_a_nul_byte_is_refused(tmp_path: Path) -> None:
     assert refused(tmp_path, {"x": {"env": {"TOKEN": "a\x00b"}}}) == (
         "policies.x.env.TOKEN: holds a NUL byte, which an environment variable cannot"
     )
+
+
+def test_a_group_may_be_a_gid_written_as_a_string(tmp_path: Path) -> None:
+    assert policies(tmp_path, {"p": {"group": "4242"}}).get("p").group == 4242
