@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import TextIO
 
 from executor.cli.connection import (
+    EXIT_NOT_SUCCEEDED,
     EXIT_OK,
     EXIT_USAGE,
     MAX_COUNT,
@@ -50,6 +51,13 @@ async def _retry(args: argparse.Namespace, out: TextIO) -> int:
     async with connect(args) as client:
         reply = await client.retry_dead_letters(args.invocation_ids, timeout=args.timeout)
     print(f"queued {reply.queued} for delivery again", file=out)
+    missing = len(set(args.invocation_ids)) - reply.queued
+    if missing > 0:  # a typo'd id is not "done": say it, and fail
+        print(
+            f"cbexec: {missing} of the ids named are not dead letters (see cbexec outbox dead)",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_SUCCEEDED
     return EXIT_OK
 
 

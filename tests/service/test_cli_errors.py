@@ -119,3 +119,11 @@ async def test_an_executor_without_a_farm_says_so(tmp_path: Path) -> None:
         f"cbexec: {stack.address} has no farm: it runs with a remote supervisor (the farm is "
         "the embedded reference supervisor's; start cbexec serve without --supervisor)"
     )
+
+
+async def test_retrying_a_dead_letter_that_is_not_one_says_so(tmp_path: Path) -> None:
+    async with running_stack(stack_settings(tmp_path / "data")) as stack:
+        said = await cbexec("outbox", "retry", "no-such-invocation", address=stack.address)
+    assert said.code == 1, said.err
+    assert "queued 0 for delivery again" in said.out
+    assert "1 of the ids named are not dead letters" in said.err
