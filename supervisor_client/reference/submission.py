@@ -253,6 +253,9 @@ def _parse_job(index: int, job: Any, checks: _Checks) -> NewJob:
     except (TypeError, ValueError) as err:
         raise SubmitError(f"{where}: fields {sorted(extra)} are not JSON values: {err}") from err
     user = _text(where, job, "user", "qube") or "qube"
+    if user != user.strip() or not user.isprintable():
+        # A user is a Qube account name: "  " or "bob\n" would be an owner no one is.
+        raise SubmitError(f"{where}: user {user!r} is not a user name")
     dependency = parse_dependency(where, {**job, "user": user})
     callbacks = (  # the dependency's are checked the same way, after the job's own
         *_parse_callbacks(where, job.get("callbacks"), checks, user),

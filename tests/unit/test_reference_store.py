@@ -863,3 +863,9 @@ def test_ids_beyond_sqlites_integers_are_unknown_jobs_not_internal_errors(
         assert sup.jobs_in_pgrp(job_id) == []
         with pytest.raises(ValueError, match="out of range"):
             sup.report_result("big-id", job_id, {"outcome": "OUTCOME_SUCCEEDED"})
+
+
+@pytest.mark.parametrize("user", ["  ", " bob", "bob\n", "bo\tb"])
+def test_a_blank_or_padded_user_is_refused(sup: ReferenceSupervisor, user: str) -> None:
+    with pytest.raises(SubmitError, match="is not a user name"):
+        sup.submit([{"name": "j", "user": user}])
