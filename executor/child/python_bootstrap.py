@@ -16,7 +16,11 @@ import signal
 import sys
 import traceback
 import types
-from _signal import signal as set_handler  # type: ignore[import-not-found]  # see launcher.py
+from _signal import (  # type: ignore[import-not-found]  # not signal's wrappers: see launcher.py
+    SIGINT,
+    default_int_handler,
+)
+from _signal import signal as set_handler
 from linecache import cache as source_lines
 from os import environ, getpid
 from typing import TYPE_CHECKING, Any
@@ -26,7 +30,7 @@ import qb
 from protocol import decode_trusted, read_frame, write_all, write_frame
 
 if TYPE_CHECKING:
-    from protocol import DoneFrame
+    from protocol import DoneFrame, DoneStatus, ParentFrame
 
 CALLBACK_FILENAME = "<callback>"
 SIGTERM = int(signal.SIGTERM)  # an int: the enum member would be one more object to touch
@@ -61,8 +65,31 @@ def _exit_code(err: SystemExit) -> int:
         return 0
     if isinstance(err.code, int):
         return err.code
-    print(err.code, file=sys.stderr)  # sys.exit("message") prints it, as CPython does
+    try:  # noqa: SIM105 - not contextlib.suppress: one more module for a child to touch
+        print(err.code, file=sys.stderr)  # sys.exit("message") prints it, as CPython does
+    except Exception:  # noqa: BLE001, S110 - an object whose str() raises: the exit is still 1
+        pass
     return 1
+
+
+def _raised(status: DoneStatus, err: BaseException, message: str = "") -> DoneFrame:
+    """The done frame of an exception; never raises, whatever the exception's str() does."""
+    name = type(err).__name__
+    try:
+        message = message or f"{name}: {err}"
+    except Exception:  # noqa: BLE001 - the callback's own __str__ raised
+        message = f"{name}: <its str() raised>"
+    try:
+        trace = _user_traceback(err)
+    except Exception:  # noqa: BLE001 - as above, inside the traceback's formatting
+        trace = ""
+    return {
+        "type": "done",
+        "status": status,
+        "exception_type": name,
+        "message": message,
+        "traceback": trace,
+    }
 
 
 # A start frame of the usual shape, for the warm-up below.
@@ -137,16 +164,29 @@ def warm_zygote() -> None:
     sys.stderr.flush()
 
 
+def _start_frame(bridge_fd: int) -> ParentFrame:
+    """The run's start frame; the callback's signal handlers once it has come.
+
+    Until then a prepared child is idle, and PID 1 of its namespace gets only the
+    signals it has handlers for (its zygote ignores SIGINT, and so does it until here):
+    an operator's pkill of the cell's uid leaves it ready for its run, instead of ending
+    it or breaking the run it was made for.
+    """
+    start = read_frame(bridge_fd)
+    set_handler(SIGTERM, _on_sigterm)
+    set_handler(SIGINT, default_int_handler)
+    return start
+
+
 def run(bridge_fd: int, *, warm_up: bool = False) -> int:
     """Execute the callback the executor sends; returns the process exit code.
 
     ``warm_up``: the child was started ahead of its run and waits for it anyway. The
     protocol's functions are imported by name, as launcher.py explains.
     """
-    set_handler(SIGTERM, _on_sigterm)  # not signal's wrapper: see launcher.py
     if warm_up:
         _warm_up()
-    start = read_frame(bridge_fd)
+    start = _start_frame(bridge_fd)
     if start["type"] != "start":
         return EXIT_BAD_START
     if "env" in start:
@@ -182,21 +222,9 @@ def run(bridge_fd: int, *, warm_up: bool = False) -> int:
     except SystemExit as err:
         done = {"type": "done", "status": "exit", "exit_code": _exit_code(err)}
     except MemoryError as err:
-        done = {
-            "type": "done",
-            "status": "memory",
-            "exception_type": "MemoryError",
-            "message": "the callback ran out of memory (memory limit)",
-            "traceback": _user_traceback(err),
-        }
+        done = _raised("memory", err, "the callback ran out of memory (memory limit)")
     except BaseException as err:  # noqa: BLE001 - everything the callback raises is reported
-        done = {
-            "type": "done",
-            "status": "exception",
-            "exception_type": type(err).__name__,
-            "message": f"{type(err).__name__}: {err}",
-            "traceback": _user_traceback(err),
-        }
+        done = _raised("exception", err)
     forked = getpid() != main_pid
     try:
         sys.stdout.flush()

@@ -522,6 +522,10 @@ def main(argv: list[str]) -> int:
     """``python -I -S -B zygote.py CONTROL_FD``."""
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # no /proc/<pid>/mem or environ for callbacks
     _libc.prctl(launcher.PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    # A Ctrl-C reaches the executor's whole process group: the executor stops, and ends
+    # this process when it has finished. Its children inherit the ignoring until their
+    # start frame (python_bootstrap._start_frame): an idle child is not broken by one.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     private_network = "--private-network" in argv[2:]
     # Out of the host's network at once; each cell gets one of its own (CellNetworks).
     # The control socket, a socketpair, keeps working across namespaces.

@@ -309,3 +309,31 @@ async def test_raw_stub_and_typed_client_agree(stack: Stack, blocked_job: int) -
         assert response.stdout.split() == [str(blocked_job), "3", "-1", "complete"]
         assert response.usage.wall_seconds > 0
         assert response.usage.peak_rss_bytes > 0
+
+
+UNPRINTABLE = (
+    "class Unprintable(Exception):\n"
+    "    def __str__(self):\n"
+    "        raise RuntimeError('no words')\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("code", "exception_type", "exit_code"),
+    [
+        (UNPRINTABLE + "raise Unprintable()", "Unprintable", 1),
+        (UNPRINTABLE + "raise ValueError(Unprintable())", "ValueError", 1),
+        (UNPRINTABLE + "import sys\nsys.exit(Unprintable())", "", 1),
+    ],
+)
+async def test_an_exception_whose_str_raises_is_still_the_callbacks_failure(
+    stack: Stack, blocked_job: int, code: str, exception_type: str, exit_code: int
+) -> None:
+    # Found by a tester: the bootstrap's own str() of it raised, and the run was blamed
+    # on the sandbox ("could not start the callback", exit 121).
+    response = await run_python(stack, blocked_job, code)
+
+    assert response.outcome == Outcome.OUTCOME_FAILED, response.failure.message
+    assert response.exit_code == exit_code
+    assert response.failure.exception_type == exception_type
+    assert "could not start" not in response.failure.message

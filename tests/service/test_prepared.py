@@ -243,3 +243,20 @@ async def test_a_run_cancelled_twice_still_ends_its_child_and_closes_its_ends(
     # the task has given up.
     assert await eventually(lambda: not any(psutil.pid_exists(pid) for pid in children), 10.0)
     assert await eventually(lambda: open_files() <= before, 10.0), open_files() - before
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_a_signal_to_an_idle_prepared_child_leaves_it_ready_for_its_run(
+    one_slot: Stack, signum: int
+) -> None:
+    # Found by a tester: an operator's pkill of a cell's uid ended or broke the idle
+    # child, and the run it was prepared for failed without running its code.
+    runner = one_slot.running.runner
+    await run(one_slot, "pass")
+    (prepared,) = await runner.prepared_pids()
+    os.kill(prepared, signum)
+    await asyncio.sleep(0.3)
+
+    response = await run(one_slot, "print('ran')")
+
+    assert response.stdout == "ran\n"
