@@ -375,11 +375,20 @@ SECRETS: Final = frozenset({"auth_token", "mail.smtp_password"})
 _URLS: Final = frozenset({"store"})
 
 
+def without_passwords(url: str) -> str:
+    """A database URL with every password in it shown as (set).
+
+    The user info's, and a ``password=`` parameter (libpq takes one in the query too).
+    """
+    url = re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:(set)@", url)
+    return re.sub(r"(?i)(\bpassword=)[^&\s]*", r"\1(set)", url)
+
+
 def _shown(name: str, value: Any) -> str:
     if name in SECRETS:
         return '"(set)"' if value else '""'
     if name in _URLS:
-        value = re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:(set)@", str(value))
+        value = without_passwords(str(value))
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, frozenset):

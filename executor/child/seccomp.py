@@ -123,6 +123,7 @@ SYSCALLS: Final[dict[str, tuple[int | None, int | None]]] = {
     "fspick": (433, 433),
     "move_mount": (429, 429),
     "open_tree": (428, 428),
+    "open_tree_attr": (467, 467),
     "mount_setattr": (442, 442),
     "kexec_load": (246, 104),
     "kexec_file_load": (320, 294),

@@ -137,6 +137,21 @@ def test_describe_prints_toml_spelling_and_hides_secrets() -> None:
 
 
 @pytest.mark.parametrize(
+    "store",
+    [
+        "postgresql://u:hunter2@db/cbexec",
+        "postgresql://u@db/cbexec?password=hunter2",
+        "postgresql://u@db/cbexec?sslmode=require&Password=hunter2&connect_timeout=3",
+    ],
+)
+def test_describe_never_prints_a_store_password(store: str) -> None:
+    (line,) = [
+        line for line in config.describe(config.Settings(store=store)) if line.startswith("store =")
+    ]
+    assert "hunter2" not in line and "(set)" in line and "db/cbexec" in line
+
+
+@pytest.mark.parametrize(
     ("url", "reason"),
     [
         ("postgresql://u:hunter2@[bad/db", 'looking for matching "]" in IPv6 host address'),

@@ -284,7 +284,7 @@ def test_a_zygote_and_its_childs_closing_filter_decide_as_the_whole_one(arch: st
         (0x0040000,),  # ADDR_NO_RANDOMIZE
     ]
     foreign = [a for name, a in seccomp.ARCHES.items() if name != arch] + [0x40000003]
-    numbers = [*range(460), seccomp.X32_SYSCALL_BIT | 39, 0xFFFFFFFF]
+    numbers = [*range(470), seccomp.X32_SYSCALL_BIT | 39, 0xFFFFFFFF]
     for audit_arch in (seccomp.ARCHES[arch], *foreign):
         for number in numbers:
             for args in arguments:
