@@ -258,6 +258,8 @@ def _run_runtime(spec: LaunchSpec) -> int:
         if run is None:  # a cold child
             import python_bootstrap
 
+            for stream in (sys.stdout, sys.stderr):  # as a zygote's children have them
+                stream.reconfigure(encoding="utf-8", errors="backslashreplace")  # type: ignore[union-attr]
             run = python_bootstrap.run
         return int(run(BRIDGE_FD, warm_up=spec["warm_up"]))
     argv = spec["argv"]

@@ -158,6 +158,11 @@ SCENARIOS = [
         same_output=True,
     ),
     Scenario(
+        "print a lone surrogate",  # escaped, warm or cold alike
+        {"python": "print('a\\ud800b')"},
+        Outcome.OUTCOME_SUCCEEDED,
+    ),
+    Scenario(
         "code that does not compile",
         {"python": "def broken(:", "perl": "sub broken {", "qube": "unblock-everything"},
         Outcome.OUTCOME_REJECTED,
