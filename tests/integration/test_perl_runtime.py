@@ -308,6 +308,23 @@ async def test_die_fails_with_the_message(
     assert run.stdout == "before\n"
 
 
+async def test_die_with_an_object_that_overloads_only_stringification(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
+) -> None:
+    # Found by a tester: comparing it with == died in the bootstrap (no fallback), and
+    # the run was "exited with status 255" without its message.
+    code = (
+        'package My::Err; use overload q{""} => sub { "my error: " . $_[0]{msg} };\n'
+        'package main; die bless { msg => "disk full" }, "My::Err";'
+    )
+    run = await run_perl(runner, supervisor, job_id, code)
+
+    assert run.outcome is Outcome.FAILED
+    assert run.failure is not None
+    assert run.failure.exception_type == "My::Err"
+    assert run.failure.message == "my error: disk full"
+
+
 async def test_die_with_newline_keeps_the_message_and_adds_the_line(
     runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
 ) -> None:

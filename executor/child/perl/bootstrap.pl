@@ -91,7 +91,11 @@ sub _chomped {
 sub _same_error {
     my ($left, $right) = @_;
     return 0 if !defined $left || !defined $right;
-    return ref $left ? (ref $right && $left == $right) : (!ref $right && $left eq $right);
+    return !ref $right && $left eq $right if !ref $left;
+    return 0 if !ref $right;
+    # By address: an object's class may overload "" and nothing else, so == could die.
+    require Scalar::Util;
+    return Scalar::Util::refaddr($left) == Scalar::Util::refaddr($right);
 }
 
 sub _exception_type {
