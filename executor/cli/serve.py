@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from executor import config, logs
-from executor.cli.connection import EXIT_OK, EXIT_USAGE
-from executor.errors import ConfigError
+from executor.cli.connection import EXIT_OK, EXIT_RPC, EXIT_USAGE
+from executor.errors import ConfigError, UnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +103,12 @@ def _serve(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         print("ok: start-up would succeed with these settings")
         return EXIT_OK
-    with asyncio.Runner(loop_factory=event_loop_factory(settings.event_loop)) as runner:
-        runner.run(server.serve_forever(settings))
+    try:
+        with asyncio.Runner(loop_factory=event_loop_factory(settings.event_loop)) as runner:
+            runner.run(server.serve_forever(settings))
+    except UnavailableError as err:  # a fleet's PostgreSQL not reached at start-up
+        print(f"cbexec: store: {err}", file=sys.stderr)
+        return EXIT_RPC
     return EXIT_OK
 
 

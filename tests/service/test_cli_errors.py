@@ -127,3 +127,19 @@ async def test_retrying_a_dead_letter_that_is_not_one_says_so(tmp_path: Path) ->
     assert said.code == 1, said.err
     assert "queued 0 for delivery again" in said.out
     assert "1 of the ids named are not dead letters" in said.err
+
+
+async def test_serve_with_its_store_unreachable_says_so_in_one_line(tmp_path: Path) -> None:
+    pytest.importorskip("psycopg")
+    said = await cbexec(
+        "serve",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--bind",
+        "127.0.0.1:0",
+        "--store",
+        "postgresql://u:hunter2@127.0.0.1:1/db",
+    )
+    assert said.code == 3, said.err
+    assert said.err.startswith("cbexec: store: PostgreSQL store unreachable"), said.err
+    assert "Traceback" not in said.err and "hunter2" not in said.err
