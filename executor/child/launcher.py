@@ -258,8 +258,6 @@ def _run_runtime(spec: LaunchSpec) -> int:
         if run is None:  # a cold child
             import python_bootstrap
 
-            for stream in (sys.stdout, sys.stderr):  # as a zygote's children have them
-                stream.reconfigure(encoding="utf-8", errors="backslashreplace")  # type: ignore[union-attr]
             run = python_bootstrap.run
         return int(run(BRIDGE_FD, warm_up=spec["warm_up"]))
     argv = spec["argv"]
@@ -312,6 +310,8 @@ def confine_and_run(spec: LaunchSpec, confinement: Confinement | None = None) ->
 
 def main(argv: list[str]) -> int:
     """Cold path: ``python -I -S -B launcher.py SPEC_JSON BRIDGE_FD``."""
+    for stream in (sys.stdout, sys.stderr):  # as a zygote's children have them
+        stream.reconfigure(encoding="utf-8", errors="backslashreplace")  # type: ignore[union-attr]
     bridge = int(argv[2])
     if bridge != BRIDGE_FD:
         os.dup2(bridge, BRIDGE_FD)  # inheritable: an exec'd Perl finds it there too
