@@ -42,7 +42,7 @@ from executor.api.reporting import GrpcReportTransport, ReportEncoder
 from executor.api.supervisor import GrpcSupervisor
 from executor.config import Settings
 from executor.dispatcher import Dispatcher
-from executor.errors import ConfigError
+from executor.errors import ConfigError, UnavailableError
 from executor.policies import exposure_warnings, for_host
 from executor.policies import report as policy_report
 from executor.runs.metrics import Metrics
@@ -381,4 +381,30 @@ async def serve_forever(settings: Settings) -> None:
 
 
 def _reload(engine: TriggerEngine) -> None:
-    engine.reload_universal(fleet_wide=True)
+    """SIGHUP: re-read callbacks.conf here and, in a fleet, on every replica."""
+    try:
+        engine.reload_universal(fleet_wide=True)
+    except UnavailableError as err:
+        # The fleet's version row cannot be bumped now: this replica reloads anyway, and
+        # the others are told once the store answers.
+        logger.warning("SIGHUP: reloading here; the other replicas are told later: %s", err)
+        engine.reload_universal()
+        task = asyncio.get_running_loop().create_task(_tell_the_fleet(engine))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+
+# Tasks started by signal handlers, held until they end (the loop keeps only weak ones).
+_background: set[asyncio.Task[None]] = set()
+
+
+async def _tell_the_fleet(engine: TriggerEngine, interval_s: float = 1.0) -> None:
+    """Bump the fleet's reload version once the store answers again."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            engine.reload_universal(fleet_wide=True)
+        except UnavailableError:
+            continue
+        logger.info("SIGHUP's reload reached the fleet")
+        return

@@ -44,7 +44,11 @@ CONNECT_TIMEOUT_S: Final = 3
 # How long a statement of ours may go unanswered before its connection is cut on our
 # side (``_Watchdog``): a PostgreSQL that stops answering without closing anything (a
 # frozen host or VM, a SIGSTOP) keeps TCP alive, and its statement_timeout never runs.
-ANSWER_DEADLINE_S: Final = 10.0
+ANSWER_DEADLINE_S: Final = 5.0
+# After one statement went unanswered, every statement of this process fails at once for
+# this long (then one asks again): each would otherwise hold the event loop for its own
+# deadline, one after another, while the server stays frozen.
+UNANSWERED_QUIET_S: Final = 10.0
 # How long a statement waits for a lost connection to be made again (``_connect_again``).
 RECONNECT_WAIT_S: Final = 0.5
 
@@ -188,6 +192,8 @@ class _Watchdog:
 
     def __init__(self) -> None:
         self._watched: weakref.WeakSet[PgDb] = weakref.WeakSet()
+        # When a statement was last cut off (monotonic); see UNANSWERED_QUIET_S.
+        self.unanswered_at = float("-inf")
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -345,6 +351,7 @@ class PgDb:
 
     def cut_off(self) -> None:
         """Shut this connection's socket down (the watchdog's thread): its wait ends at once."""
+        _watchdog.unanswered_at = time.monotonic()
         self._cut_off = True
         self.answer_due = 0.0
         try:
@@ -363,9 +370,20 @@ class PgDb:
         finally:
             self.answer_due = 0.0
 
+    @staticmethod
+    def _not_while_unanswered() -> None:
+        """StoreUnavailable at once within UNANSWERED_QUIET_S of a statement cut off."""
+        quiet_s = _watchdog.unanswered_at + UNANSWERED_QUIET_S - time.monotonic()
+        if quiet_s > 0:
+            raise StoreUnavailable(
+                f"PostgreSQL store did not answer a moment ago; asking again in {quiet_s:.0f} s"
+            )
+
     def _run(self, sql: str, call: Any, *, translate: bool = True) -> Any:
         verb = sql.strip().split(None, 1)[0].upper() if sql.strip() else ""
         with self._lock:
+            if verb not in {"COMMIT", "ROLLBACK"}:  # those end a transaction, or nothing
+                self._not_while_unanswered()
             if not self._reconnect_if_lost(verb):
                 return None
             text = pg_sql(sql) if translate else sql
@@ -403,6 +421,7 @@ class PgDb:
         of the block, as ``execute`` would raise it (``StoreConflict``, ...).
         """
         with self._lock:
+            self._not_while_unanswered()
             self._reconnect_if_lost("")
             with self._errors_translated(), self._conn.pipeline():
                 yield

@@ -10,24 +10,29 @@ and skipped, and never costs the caller its answer or the other sinks their entr
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from executor.config import Settings
+from executor.errors import UnavailableError
 from executor.model import Invocation, RunResult
 from executor.runs.bookkeeping import BookkeepingWriter
 from executor.runs.callback_log import CallbackLog
 from executor.runs.history import RunHistory
 from executor.runs.metrics import Metrics
 from executor.runs.outbox import MESSAGE_MARGIN_BYTES, Outbox, Transport
-from executor.storage import StorageError, StorageHealth
+from executor.storage import StorageHealth
 
 # Serializes one finished run's report for the outbox (the api layer knows the format).
 EncodeReport = Callable[[Invocation, RunResult], bytes]
 
 logger = logging.getLogger(__name__)
+# How long a fired callback's result waits for a storage that cannot take it (PostgreSQL
+# restarting, a full disk) before the firing is given back to run again.
+FIRED_RESULT_WAIT_S = 30.0
 
 
 def callback_log_dir(settings: Settings) -> Path:
@@ -105,7 +110,7 @@ class Recorder:
         """Record one finished run (called by the dispatcher on the event loop).
 
         Returns, when the run is reported, what to await before its caller is answered:
-        its commit to the outbox, which raises StorageError when the storage failed it
+        its commit to the outbox, which raises UnavailableError when the storage failed it
         (the caller must not be told the run succeeded, since the supervisor would never
         hear of it). The bookkeeping is queued either way.
         """
@@ -113,7 +118,13 @@ class Recorder:
         committed = None
         if self.outbox is not None and self._encode_report is not None:
             committed = self._commit(
-                self.outbox, result.invocation_id, self._encode_report(invocation, result)
+                self.outbox,
+                result.invocation_id,
+                self._encode_report(invocation, result),
+                # A fired callback has run and its effects happened: its result waits for
+                # the storage, rather than the firing running again as if it had not. An
+                # Execute caller is told instead, and decides.
+                wait_s=FIRED_RESULT_WAIT_S if invocation.source != "execute" else 0.0,
             )
         self._writer.submit(
             invocation, result, ended_at=now, started_at=now - result.usage.wall_seconds
@@ -121,12 +132,28 @@ class Recorder:
         return committed
 
     @staticmethod
-    async def _commit(outbox: Outbox, invocation_id: str, report: bytes) -> None:
-        try:
-            await outbox.commit(invocation_id, report)
-        except StorageError as err:
-            logger.error("result of %s could NOT be recorded: %s", invocation_id, err)
-            raise
+    async def _commit(outbox: Outbox, invocation_id: str, report: bytes, *, wait_s: float) -> None:
+        """Commit the result; an unavailable storage is retried for up to ``wait_s``."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + wait_s
+        delay = 0.25
+        while True:
+            try:
+                await outbox.commit(invocation_id, report)
+            except UnavailableError as err:
+                if loop.time() + delay > give_up_at:
+                    logger.error("result of %s could NOT be recorded: %s", invocation_id, err)
+                    raise
+                logger.warning(
+                    "result of %s not recorded yet (%s); retrying in %.2fs",
+                    invocation_id,
+                    err,
+                    delay,
+                )
+            else:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 4.0)
 
     def start(self) -> None:
         """Start delivering results (needs the running event loop)."""

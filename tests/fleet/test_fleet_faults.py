@@ -64,8 +64,14 @@ class Clients:
             self._clients[address] = ExecutorClient(address)
         return self._clients[address]
 
-    async def call(self, run: Callable[[ExecutorClient], Awaitable[T]], tries: int = 200) -> T:
-        for _ in range(tries):
+    async def call(
+        self, run: Callable[[ExecutorClient], Awaitable[T]], timeout_s: float = 90.0
+    ) -> T:
+        # By time, not tries: a PostgreSQL restart on a loaded machine was seen to take
+        # its helper 20 s and more (pg_ctl dying, a start retried).
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + timeout_s
+        while loop.time() < give_up_at:
             alive = [r.address for r in self.group.replicas if r is not None]
             address = alive[next(self._turn) % len(alive)]
             try:

@@ -1,0 +1,46 @@
+"""A fired callback's result waits for the storage; an Execute caller is told at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from executor.runs import recorder
+from executor.sql import StoreUnavailable
+
+pytestmark = pytest.mark.unit
+
+
+class FlakyOutbox:
+    """Refuses the first ``refusals`` commits, as PostgreSQL restarting would."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+        self.committed: list[str] = []
+
+    async def commit(self, key: str, payload: bytes) -> None:
+        if self.refusals:
+            self.refusals -= 1
+            raise StoreUnavailable("PostgreSQL store unreachable: restarting")
+        self.committed.append(key)
+
+
+async def test_a_fired_runs_result_waits_for_the_store_instead_of_running_again() -> None:
+    # Found by fault injection: a 1 s outage made a finished firing run a second time.
+    outbox: Any = FlakyOutbox(refusals=2)
+    await recorder.Recorder._commit(outbox, "fired-1", b"report", wait_s=5.0)
+    assert outbox.committed == ["fired-1"]
+
+
+async def test_an_execute_callers_result_is_refused_at_once() -> None:
+    outbox: Any = FlakyOutbox(refusals=1)
+    with pytest.raises(StoreUnavailable):
+        await recorder.Recorder._commit(outbox, "execute-1", b"report", wait_s=0.0)
+    assert outbox.committed == []
+
+
+async def test_a_store_away_longer_than_the_wait_gives_the_firing_back() -> None:
+    outbox: Any = FlakyOutbox(refusals=100)
+    with pytest.raises(StoreUnavailable):
+        await recorder.Recorder._commit(outbox, "fired-2", b"report", wait_s=0.5)
