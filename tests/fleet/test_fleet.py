@@ -170,6 +170,15 @@ async def test_both_halves_of_an_and_at_two_replicas_at_once_fire_exactly_once(
         assert all(counting.applied[i] == 1 for i in everything)
 
 
+def install_noted(root: Path, replicas: int, trigger: str) -> None:
+    """The same universal callback, noted.py, in each replica's own <data_dir>/callback."""
+    for index in range(replicas):
+        directory = root / f"replica-{index}" / "callback"
+        directory.mkdir(exist_ok=True)
+        (directory / "noted.py").write_text("print('noted')\n")
+        (directory / "callbacks.conf").write_text(f"noted.py = {trigger}\n")
+
+
 async def test_a_reload_reaches_every_replica_and_every_replica_reads_the_fleets_history(
     tmp_path: Path, pg_url: str
 ) -> None:
@@ -179,11 +188,7 @@ async def test_a_reload_reaches_every_replica_and_every_replica_reads_the_fleets
         ExecutorClient(group.address(1)) as second,
     ):
         # Each replica reads its own callbacks.conf; both get the same file here.
-        for index in range(2):
-            directory = tmp_path / f"replica-{index}" / "callback"
-            directory.mkdir(exist_ok=True)
-            (directory / "noted.py").write_text("print('noted')\n")
-            (directory / "callbacks.conf").write_text("noted.py = submit-job-self\n")
+        install_noted(tmp_path, 2, "submit-job-self")
         reloaded = await first.reload_universal_callbacks()
         assert reloaded.reloaded and reloaded.active == 1
 
@@ -237,11 +242,7 @@ async def test_a_universal_callback_fires_at_a_replica_with_its_own_callbacks_di
         ExecutorClient(group.address(1)) as second,
     ):
         # The default universal_callback_path, <data_dir>/callback: a directory per replica.
-        for index in range(2):
-            directory = tmp_path / f"replica-{index}" / "callback"
-            directory.mkdir(exist_ok=True)
-            (directory / "noted.py").write_text("print('noted')\n")
-            (directory / "callbacks.conf").write_text("noted.py = complete-job-self\n")
+        install_noted(tmp_path, 2, "complete-job-self")
         for client in (first, second):
             assert (await client.reload_universal_callbacks()).active == 1
         await first.register_job({"id": 71_000, "name": "registered at one", "user": "fleet"})

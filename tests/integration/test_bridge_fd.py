@@ -16,6 +16,7 @@ from executor.model import Language, Outcome
 from executor.runtimes.child import child_runtime
 from executor.sandbox.process import SandboxOptions, SandboxRunner
 from executor.sandbox.spawners import ColdSpawner, Spawner, ZygoteSpawner
+from tests.helpers.frames import start_frame
 from tests.helpers.supervisor_port import LIMITS
 
 pytestmark = pytest.mark.integration
@@ -65,25 +66,7 @@ async def test_the_bridge_is_fd_3_and_nothing_else_is_open(
         runtime=child_runtime(Language(language)),
         limits=LIMITS,
         slot=0,
-        start={
-            "type": "start",
-            "language": language,
-            "code": LOOK[language],
-            "context": {
-                "job": {"id": 1},
-                "event": None,
-                "work_name": "",
-                "subjob_id": -1,
-                "callback": {
-                    "id": 1,
-                    "triggers": "",
-                    "language": language,
-                    "user": "",
-                    "count": 0,
-                    "maximum": 0,
-                },
-            },
-        },
+        start=start_frame(LOOK[language], language),
         on_call=no_call,
     )
 
@@ -99,31 +82,13 @@ async def test_an_end_within_the_wall_limit_is_no_timeout_when_the_loop_was_held
     # deadline (as another run's large result can hold it). The done frame waits unread.
     loop = asyncio.get_running_loop()
     loop.call_later(0.1, time.sleep, 1.5)
-    start = {
-        "type": "start",
-        "language": "python",
-        "code": "import time\ntime.sleep(0.3)",
-        "context": {
-            "job": {"id": 1},
-            "event": None,
-            "work_name": "",
-            "subjob_id": -1,
-            "callback": {
-                "id": 1,
-                "triggers": "",
-                "language": "python",
-                "user": "",
-                "count": 0,
-                "maximum": 0,
-            },
-        },
-    }
+    start = start_frame("import time\ntime.sleep(0.3)")
 
     result = await runner.run(
         runtime=child_runtime(Language.PYTHON),
         limits=dataclasses.replace(LIMITS, wall_seconds=1),
         slot=0,
-        start=start,  # type: ignore[arg-type]
+        start=start,
         on_call=no_call,
     )
 
