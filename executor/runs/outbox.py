@@ -54,7 +54,15 @@ from typing import Final, Protocol, TypeVar, cast, runtime_checkable
 
 from executor.errors import UnavailableError
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
-from executor.sql import Db, NoCheckpoints, PgDb, StoreUnavailable, is_postgres, row_lock
+from executor.sql import (
+    Db,
+    NoCheckpoints,
+    PgDb,
+    StoreUnavailable,
+    execute_counted,
+    is_postgres,
+    row_lock,
+)
 from executor.storage import StorageHealth, open_database, writing
 
 logger = logging.getLogger(__name__)
@@ -270,7 +278,7 @@ class Outbox:
         Raises StorageError when the commit fails because of the storage.
         """
         with writing(self._path, self._health):
-            added = self._db.execute(_INSERT, self._row(key, payload)).rowcount
+            added = execute_counted(self._db, _INSERT, self._row(key, payload))
         self._committed(added)
         return bool(added)
 

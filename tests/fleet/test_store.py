@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -257,8 +258,9 @@ def stopped(*pids: int) -> Iterator[None]:
             os.kill(pid, signal.SIGCONT)
 
 
+@pytest.mark.parametrize("prepared", [False, True])
 def test_a_server_that_stops_answering_is_unavailable_not_a_hang(
-    pg_url: str, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+    pg_url: str, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch, prepared: bool
 ) -> None:
     # Found by fault injection: a frozen PostgreSQL keeps TCP alive and its own
     # statement_timeout never runs, so a statement on the event loop waited for ever.
@@ -268,11 +270,18 @@ def test_a_server_that_stops_answering_is_unavailable_not_a_hang(
     db = connect_postgres(pg_url)
     postmaster = int((postgres.data / "postmaster.pid").read_text().split()[0])
     try:
+        db.execute("CREATE TABLE IF NOT EXISTS frozen_away (n INTEGER)")
         backend = db.execute("SELECT pg_backend_pid()").fetchone()[0]
         with stopped(backend, postmaster):
             started = time.monotonic()
+            # libpq's own calls (as the outbox's commit makes them), or psycopg's:
+            statement = (
+                partial(db.execute_prepared, "INSERT INTO frozen_away VALUES (?)", (1,))
+                if prepared
+                else partial(db.execute, "SELECT 1")
+            )
             with pytest.raises(StoreUnavailable, match="did not answer within 1 s"):
-                db.execute("SELECT 1")
+                statement()
             # The next statements, of any connection, do not wait out a deadline each.
             with pytest.raises(StoreUnavailable, match="did not answer a moment ago"):
                 db.execute("SELECT 1")
@@ -316,5 +325,42 @@ def test_a_statement_on_a_connection_the_server_ended_runs_again_on_a_new_one(
         db.execute("COMMIT")
         rows = db.execute("SELECT n FROM ended_idle ORDER BY n").fetchall()
         assert [row[0] for row in rows] == [1, 2]
+    finally:
+        db.close()
+
+
+def test_a_prepared_statement_takes_every_value_as_execute_does(pg_url: str) -> None:
+    db = connect_postgres(pg_url)
+    try:
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS prepared_values"
+            " (k TEXT PRIMARY KEY, b BYTEA, f DOUBLE PRECISION, n BIGINT, s TEXT)"
+        )
+        insert = "INSERT INTO prepared_values VALUES (?, ?, ?, ?, ?) ON CONFLICT (k) DO NOTHING"
+        values = ("ключ ✓", b"\x00\xff\x00binary", 0.1 + 0.2, 2**63 - 1, None)
+        assert db.execute_prepared(insert, values) == 1
+        assert db.execute_prepared(insert, values) == 0  # the conflict: nothing changed
+        row = db.execute("SELECT k, b, f, n, s FROM prepared_values").fetchone()
+        assert tuple(row) == values
+        with pytest.raises(TypeError, match="not <class 'bool'>"):
+            db.execute_prepared(insert, ("k2", b"", 1.0, True, None))
+    finally:
+        db.close()
+
+
+def test_a_prepared_statement_raises_the_stores_own_errors(pg_url: str) -> None:
+    db = connect_postgres(pg_url)
+    try:
+        db.execute("CREATE TABLE IF NOT EXISTS prepared_errors (k TEXT PRIMARY KEY)")
+        insert = "INSERT INTO prepared_errors VALUES (?)"
+        db.execute_prepared(insert, ("a",))
+        with pytest.raises(StoreConflict, match="duplicate key"):
+            db.execute_prepared(insert, ("a",))
+        # The server ended the connection it was prepared on: prepared again on a new one.
+        _kill_backend(pg_url, db)
+        time.sleep(0.2)
+        assert db.execute_prepared(insert, ("b",)) == 1
+        keys = db.execute("SELECT k FROM prepared_errors ORDER BY k").fetchall()
+        assert [row[0] for row in keys] == ["a", "b"]
     finally:
         db.close()
