@@ -259,3 +259,21 @@ def test_an_unclosed_policy_bracket_in_universal_callback_path_is_refused() -> N
         config.validate(settings)
     closed = config.Settings(universal_callback_path="/dir [policy=admin]")
     assert config.validate(closed).universal_callback_policies == {Path("/dir"): "admin"}
+
+
+def test_every_problem_of_the_settings_is_named_not_only_the_first() -> None:
+    settings = config.Settings(network="maybe", max_queue=-1, store_lease_seconds=0)
+    with pytest.raises(ConfigError) as caught:
+        config.validate(settings)
+    assert str(caught.value).splitlines() == [
+        "max_queue: must be 0 or more, got -1",
+        "network: expected auto, none or host, got 'maybe'",
+        "store_lease_seconds: must be at least 1",
+    ]
+    with pytest.raises(ConfigError) as caught:
+        config.apply(config.Settings(), {"max_queue": "x", "bogus": 1, "grace_seconds": "y"}, "f")
+    assert [line.split(":")[:2] for line in str(caught.value).splitlines()] == [
+        ["f", " max_queue"],
+        ["f", " unknown setting 'bogus'"],
+        ["f", " grace_seconds"],
+    ]
