@@ -362,6 +362,15 @@ class _AtomParser:
         return f"{start_value}-{interval}"
 
 
+def is_label(text: str) -> bool:
+    """Whether a trigger can name a job by ``text`` as its label (``complete-job-<text>``)."""
+    return (
+        _LABEL.fullmatch(text) is not None
+        and text not in ("self", "parent")
+        and not (text.isascii() and text.isdigit())
+    )
+
+
 def _quoted(text: str, limit: int = 40) -> str:
     """User text for an error message: quoted, and cut when long (a trigger may be 64 KiB)."""
     if len(text) <= limit:
