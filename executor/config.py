@@ -207,8 +207,13 @@ class Settings:
         found: dict[Path, str] = {}
         for entry in (p.strip() for p in self.universal_callback_path.split(",")):
             if not entry:
-                continue
+                continue  # a stray comma ("/a, /b,") names nothing
             directory, _, option = entry.partition("[")
+            if not directory.strip():
+                raise ConfigError(
+                    f"universal_callback_path: {entry!r}: no directory before the options;"
+                    " expected '<dir> [policy=NAME]'"
+                )
             policy = ""
             if option:
                 key, _, value = option.removesuffix("]").partition("=")
@@ -218,6 +223,12 @@ class Settings:
                     )
                 policy = value.strip()
             found[Path(directory.strip()).expanduser()] = policy
+        if not found:
+            # Commas alone: whoever set it meant some directory, not none (nor the default).
+            raise ConfigError(
+                f"universal_callback_path: {self.universal_callback_path!r} names no directory;"
+                " leave it unset for <data_dir>/callback"
+            )
         return found
 
     def replace(self, **changes: Any) -> Settings:

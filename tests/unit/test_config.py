@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -251,6 +252,28 @@ def test_values_that_break_the_service_are_refused_by_name(tmp_path: Path) -> No
 def test_supervisor_takes_host_port_or_a_grpc_target() -> None:
     for address in ("10.0.0.5:50052", "unix:/run/qube/supervisor.sock", "dns:///sup:50052"):
         config.validate(config.Settings(supervisor=address))
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        # Was taken as no directory at all: "no callbacks.conf in " (an empty name).
+        (",", "universal_callback_path: ',' names no directory; leave it unset for"),
+        (" , ,", "universal_callback_path: ' , ,' names no directory"),
+        # Was taken as the working directory, "."
+        ("/a, [policy=admin]", "'[policy=admin]': no directory before the options"),
+    ],
+)
+def test_a_universal_callback_path_entry_without_a_directory_is_refused(
+    path: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config.validate(config.Settings(universal_callback_path=path))
+
+
+def test_a_stray_comma_in_universal_callback_path_is_skipped() -> None:
+    settings = config.validate(config.Settings(universal_callback_path="/a,, /b [policy=x],"))
+    assert settings.universal_callback_policies == {Path("/a"): "", Path("/b"): "x"}
 
 
 def test_an_unclosed_policy_bracket_in_universal_callback_path_is_refused() -> None:
