@@ -12,7 +12,7 @@ import dataclasses
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -207,8 +207,13 @@ class Settings:
         found: dict[Path, str] = {}
         for entry in (p.strip() for p in self.universal_callback_path.split(",")):
             if not entry:
-                continue
+                continue  # a stray comma ("/a, /b,") names nothing
             directory, _, option = entry.partition("[")
+            if not directory.strip():
+                raise ConfigError(
+                    f"universal_callback_path: {entry!r}: no directory before the options;"
+                    " expected '<dir> [policy=NAME]'"
+                )
             policy = ""
             if option:
                 key, _, value = option.removesuffix("]").partition("=")
@@ -218,6 +223,12 @@ class Settings:
                     )
                 policy = value.strip()
             found[Path(directory.strip()).expanduser()] = policy
+        if not found:
+            # Commas alone: whoever set it meant some directory, not none (nor the default).
+            raise ConfigError(
+                f"universal_callback_path: {self.universal_callback_path!r} names no directory;"
+                " leave it unset for <data_dir>/callback"
+            )
         return found
 
     def replace(self, **changes: Any) -> Settings:
@@ -276,19 +287,28 @@ def _whole(raw: Any) -> int:
 
 
 def apply(settings: Settings, values: Mapping[str, Any], origin: str) -> Settings:
-    """Overlay a mapping of field name -> raw value, naming ``origin`` in errors."""
+    """Overlay a mapping of field name -> raw value, naming ``origin`` in errors.
+
+    Every value ``origin`` gets wrong is named, a line each, in one ConfigError.
+    """
     known = {f.name for f in dataclasses.fields(Settings)} - {"config_file"}
     changes: dict[str, Any] = {}
+    problems: list[str] = []
     for key, raw in values.items():
         if key not in known:
-            raise ConfigError(f"{origin}: unknown setting {key!r}")
-        if key == "policies":
+            problems.append(f"{origin}: unknown setting {key!r}")
+        elif key == "policies":
             # Tables of tables: resolved (and checked) by policies.resolve at start-up.
             if not isinstance(raw, Mapping):
-                raise ConfigError(f"{origin}: policies: expected [policies.NAME] tables")
+                problems.append(f"{origin}: policies: expected [policies.NAME] tables")
             changes[key] = raw
-            continue
-        changes[key] = _coerce(f"{origin}: {key}", raw, getattr(settings, key))
+        else:
+            try:
+                changes[key] = _coerce(f"{origin}: {key}", raw, getattr(settings, key))
+            except ConfigError as err:
+                problems.append(str(err))
+    if problems:
+        raise ConfigError("\n".join(problems))
     if changes.get("max_concurrent") == 0:
         changes["max_concurrent"] = default_max_concurrent()
     return settings.replace(**changes)
@@ -421,32 +441,15 @@ def describe(settings: Settings) -> list[str]:
     return lines
 
 
-def _check_runs_and_outputs(settings: Settings) -> None:
-    """The supervisor, the run timings and languages, and where logs and mail go."""
-    if settings.supervisor and not settings.supervisor.startswith(GRPC_TARGET_SCHEMES):
-        _check_address("supervisor", settings.supervisor)
-    if settings.supervisor_timeout_seconds <= 0:
-        raise ConfigError(
-            f"supervisor_timeout_seconds: must be positive, got {settings.supervisor_timeout_seconds:g}"
-        )
-    if settings.grace_seconds < 0:
-        raise ConfigError(f"grace_seconds: must be 0 or more, got {settings.grace_seconds:g}")
-    if not settings.languages:
-        raise ConfigError("languages: none is enabled, so no callback could run; name at least one")
-    _check_not_a_file("log_dir", Path(settings.log_dir) if settings.log_dir else None)
-    _check_not_a_file("mail.directory", settings.mail_settings.directory)
-    templates = settings.mail.templates_dir
-    if templates is not None and str(templates) not in ("", ".") and not templates.is_dir():
-        raise ConfigError(f"mail.templates_dir: {templates} is not a directory")
-
-
-def validate(settings: Settings) -> Settings:
-    """Reject settings that cannot work; returns them unchanged when they can."""
+def _check_endpoints(settings: Settings) -> None:
     _check_address("bind", settings.bind)
     if settings.http_bind:
         _check_address("http_bind", settings.http_bind)
         if settings.http_bind == settings.bind and not settings.bind.endswith(":0"):
             raise ConfigError("http_bind: must differ from bind (the gRPC port)")
+
+
+def _check_limits(settings: Settings) -> None:
     for name in ("default_limits", "max_limits"):
         limits: Limits = getattr(settings, name)
         for key in _LIMIT_FIELDS:
@@ -456,41 +459,95 @@ def validate(settings: Settings) -> Settings:
         default, cap = getattr(settings.default_limits, key), getattr(settings.max_limits, key)
         if default > cap:
             raise ConfigError(f"default_limits.{key}: {default} exceeds max_limits.{key} {cap}")
-    _check_runs_and_outputs(settings)
+
+
+def _check_supervisor(settings: Settings) -> None:
+    if settings.supervisor and not settings.supervisor.startswith(GRPC_TARGET_SCHEMES):
+        _check_address("supervisor", settings.supervisor)
+    if settings.supervisor_timeout_seconds <= 0:
+        raise ConfigError(
+            f"supervisor_timeout_seconds: must be positive, got {settings.supervisor_timeout_seconds:g}"
+        )
+    if settings.supervisor_max_message_bytes < 256 << 10:
+        raise ConfigError("supervisor_max_message_bytes: must be at least 262144 (256 KiB)")
+
+
+def _check_runs(settings: Settings) -> None:
+    if settings.grace_seconds < 0:
+        raise ConfigError(f"grace_seconds: must be 0 or more, got {settings.grace_seconds:g}")
+    if not settings.languages:
+        raise ConfigError("languages: none is enabled, so no callback could run; name at least one")
     if settings.max_concurrent < 1:
         raise ConfigError(
             f"max_concurrent: must be at least 1 (0 means the default), got {settings.max_concurrent}"
         )
     if settings.max_queue < 0:
         raise ConfigError(f"max_queue: must be 0 or more, got {settings.max_queue}")
-    if settings.network not in ("auto", "none", "host"):
-        raise ConfigError("network: expected auto, none or host")
-    for name in ("pid_namespace", "cgroup", "dedicated_uid"):
-        if getattr(settings, name) not in ("auto", "on", "off"):
-            raise ConfigError(f"{name}: expected auto, on or off")
-    if settings.launcher not in ("zygote", "cold"):
-        raise ConfigError("launcher: expected zygote or cold")
-    if settings.event_loop not in ("auto", "asyncio", "uvloop"):
-        raise ConfigError("event_loop: expected auto, asyncio or uvloop")
+
+
+def _check_outputs(settings: Settings) -> None:
+    """Where logs and mail go."""
+    _check_not_a_file("log_dir", Path(settings.log_dir) if settings.log_dir else None)
+    _check_not_a_file("mail.directory", settings.mail_settings.directory)
+    templates = settings.mail.templates_dir
+    if templates is not None and str(templates) not in ("", ".") and not templates.is_dir():
+        raise ConfigError(f"mail.templates_dir: {templates} is not a directory")
+
+
+# Settings that take one of a few words, and those words.
+_CHOICES: Final[dict[str, tuple[str, ...]]] = {
+    "network": ("auto", "none", "host"),
+    "pid_namespace": ("auto", "on", "off"),
+    "cgroup": ("auto", "on", "off"),
+    "dedicated_uid": ("auto", "on", "off"),
+    "launcher": ("zygote", "cold"),
+    "event_loop": ("auto", "asyncio", "uvloop"),
+    "log_format": ("text", "json"),
+}
+
+
+def _check_choice(name: str) -> Callable[[Settings], None]:
+    def check(settings: Settings) -> None:
+        choices = _CHOICES[name]
+        if getattr(settings, name) not in choices:
+            raise ConfigError(
+                f"{name}: expected {', '.join(choices[:-1])} or {choices[-1]},"
+                f" got {getattr(settings, name)!r}"
+            )
+
+    return check
+
+
+def _check_log_level(settings: Settings) -> None:
     if settings.log_level.upper() not in LOG_LEVELS:
         raise ConfigError(
             f"log_level: expected {', '.join(LOG_LEVELS)}, got {settings.log_level!r}"
         )
-    if settings.log_format not in ("text", "json"):
-        raise ConfigError("log_format: expected text or json")
-    if settings.supervisor_max_message_bytes < 256 << 10:
-        raise ConfigError("supervisor_max_message_bytes: must be at least 262144 (256 KiB)")
+
+
+def _check_history(settings: Settings) -> None:
     for name in ("callback_log_max_bytes", "history_max_runs"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name}: must be at least 1, got {getattr(settings, name)}")
     if settings.history_retention_days <= 0:
         raise ConfigError("history_retention_days: must be positive")
+
+
+def _check_journal(settings: Settings) -> None:
     if settings.trigger_journal_entries < 1:
         raise ConfigError("trigger_journal_entries: must be >= 1")
     if settings.trigger_journal_days <= 0:
         raise ConfigError("trigger_journal_days: must be positive")
+
+
+def _check_tls(settings: Settings) -> None:
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("tls_cert and tls_key: set both (TLS) or neither (plaintext)")
+    if settings.tls_client_ca and not settings.tls_cert:
+        raise ConfigError("tls_client_ca: mutual TLS needs tls_cert and tls_key too")
+
+
+def _check_store(settings: Settings) -> None:
     if settings.store and not settings.store.startswith(("postgresql://", "postgres://")):
         raise ConfigError(
             "store: expected a postgresql://user@host/db URL, or empty for SQLite in data_dir"
@@ -499,7 +556,37 @@ def validate(settings: Settings) -> Settings:
         _check_store_url(settings.store)
     if settings.store_lease_seconds < 1:
         raise ConfigError("store_lease_seconds: must be at least 1")
-    if settings.tls_client_ca and not settings.tls_cert:
-        raise ConfigError("tls_client_ca: mutual TLS needs tls_cert and tls_key too")
+
+
+def _check_universal_path(settings: Settings) -> None:
     settings.universal_callback_policies  # noqa: B018 - raises for a malformed entry
+
+
+# Each stops at its own first problem; ``validate`` reports every one's.
+_CHECKS: Final[tuple[Callable[[Settings], None], ...]] = (
+    _check_endpoints,
+    _check_limits,
+    _check_supervisor,
+    _check_runs,
+    _check_outputs,
+    *(_check_choice(name) for name in _CHOICES),
+    _check_log_level,
+    _check_history,
+    _check_journal,
+    _check_tls,
+    _check_store,
+    _check_universal_path,
+)
+
+
+def validate(settings: Settings) -> Settings:
+    """Reject settings that cannot work, naming every problem (a line each); else return them."""
+    problems: list[str] = []
+    for check in _CHECKS:
+        try:
+            check(settings)
+        except ConfigError as err:
+            problems.append(str(err))
+    if problems:
+        raise ConfigError("\n".join(problems))
     return settings

@@ -55,6 +55,20 @@ def check_job(job: types_pb2.Job, where: str) -> None:
         check_id(f"{where}.{name}", getattr(job, name))
 
 
+def check_agenda(job: types_pb2.Job, where: str) -> None:
+    """Each work item of the job's agenda has a name, one no other item has."""
+    first: dict[str, int] = {}
+    for index, item in enumerate(job.agenda):
+        if not item.name:
+            raise InvalidRequestError(f"{where}.agenda[{index}].name is empty")
+        seen = first.setdefault(item.name, index)
+        if seen != index:
+            raise InvalidRequestError(
+                f"{where}.agenda[{index}].name: {item.name!r} is also {where}.agenda[{seen}]'s;"
+                " a job's work names are unique"
+            )
+
+
 def saturated(count: int) -> int:
     """A count as a uint32 field carries it: at most 2^32-1 (counts saturate, never wrap)."""
     return min(count, MAX_UINT32)

@@ -32,6 +32,7 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
         The answer holds the checks they failed (refused instead when ``strict``).
         """
         convert.check_job(request.job, "job")
+        convert.check_agenda(request.job, "job")
         job = job_to_dict(request.job, include_callbacks=True)
         published = convert.published_events(request.published_events)
         registration = self._engine.register_job(

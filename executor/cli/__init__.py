@@ -46,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = handler(args)
         sys.stdout.flush()  # here, not at exit: a reader that went away is seen below
     except ConfigError as err:
-        print(f"cbexec: {err}", file=sys.stderr)
+        for line in str(err).splitlines() or [""]:  # a problem a line (every bad setting)
+            print(f"cbexec: {line}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

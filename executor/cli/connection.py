@@ -56,6 +56,9 @@ class AddressList(argparse.Action):
 MAX_ID: Final = 2**63 - 1
 # A count sent as a uint32 (a --limit, a journal length).
 MAX_COUNT: Final = 2**32 - 1
+# A callback id is a uint32 on the wire, an instance (subjob) id an int32.
+MAX_CALLBACK_ID: Final = 2**32 - 1
+SUBJOB_IDS: Final = (-(2**31), 2**31 - 1)
 
 
 def whole_number(low: int, high: int) -> Callable[[str], int]:
@@ -74,6 +77,17 @@ def whole_number(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def number_in(text: str, low: int, high: int, what: str) -> int:
+    """``whole_number`` for part of an argument split by hand (``12:3``): ConfigError (exit 2).
+
+    ``what`` names the part in the message (``JOB``, ``CALLBACK``).
+    """
+    try:
+        return whole_number(low, high)(text)
+    except argparse.ArgumentTypeError as err:
+        raise ConfigError(f"{what}: {err}") from None
 
 
 def connection_options(*, suppress: bool = False) -> argparse.ArgumentParser:

@@ -38,6 +38,7 @@ from executor.cli.connection import (
     Command,
     connect_farm,
     connection_options,
+    number_in,
     rpc_command,
     whole_number,
 )
@@ -48,7 +49,7 @@ from supervisor_client import ExecutorClient, ExecutorRpcError
 from supervisor_client.client import as_plain
 from supervisor_client.jobdict import job_to_dict
 
-_TARGET: Final = re.compile(r"^(\d+)(?::(.+))?$")
+_TARGET: Final = re.compile(r"^([0-9]+)(?::(.+))?$")
 WORKER_VERBS: Final = ("start", "complete", "fail")
 OPERATOR_VERBS: Final = ("retry", "kill", "block", "unblock", "requeue")
 STATUSES: Final = ("pending", "blocked", "running", "complete", "failed", "killed", "suspended")
@@ -63,7 +64,7 @@ def parse_target(text: str) -> tuple[int, str]:
             f"{text!r} is not a job or its frames: expected ID or ID:FRAMES "
             "(12, 12:5, 12:1-10, 12:3,7-9)"
         )
-    return int(match.group(1)), match.group(2) or ""
+    return number_in(match.group(1), 0, MAX_ID, "ID"), match.group(2) or ""
 
 
 def _local_time(unix_s: float) -> str:

@@ -17,9 +17,13 @@ from executor import triggers
 from executor.cli.connection import (
     EXIT_NOT_SUCCEEDED,
     EXIT_OK,
+    MAX_CALLBACK_ID,
     MAX_COUNT,
+    MAX_ID,
+    SUBJOB_IDS,
     connect,
     connection_options,
+    number_in,
     rpc_command,
     whole_number,
 )
@@ -66,9 +70,10 @@ def parse_published_event(text: str) -> dict[str, Any]:
     ConfigError (usage) naming what is wrong, for a malformed text.
     """
     parts = text.split("-", 3)
-    if len(parts) < 3 or not parts[2].isdigit():
+    if len(parts) < 3 or not (parts[2].isascii() and parts[2].isdigit()):
         raise ConfigError(f"--event expects NAME-TYPE-JOBID[-ITEM], got {text!r}")
-    name, type_, job_id = parts[0], parts[1], int(parts[2])
+    name, type_ = parts[0], parts[1]
+    job_id = number_in(parts[2], 1, MAX_ID, f"--event {text!r}: JOBID")
     if type_ not in PUBLISHED_TYPES:
         raise ConfigError(
             f"--event {text!r}: unknown type {type_!r}; expected one of {', '.join(PUBLISHED_TYPES)}"
@@ -78,9 +83,9 @@ def parse_published_event(text: str) -> dict[str, Any]:
     if type_ == "work":
         fields["work_name"] = item
     elif type_ == "subjob" and item:
-        if not item.lstrip("-").isdigit():
+        if not (item.isascii() and item.lstrip("-").isdigit()):
             raise ConfigError(f"--event {text!r}: a subjob event's item is an instance number")
-        fields["subjob_id"] = int(item)
+        fields["subjob_id"] = number_in(item, *SUBJOB_IDS, f"--event {text!r}: ITEM")
     elif type_ == "host":
         fields["host"] = item
     return fields
@@ -100,9 +105,16 @@ async def _dry_run(args: argparse.Namespace, out: TextIO) -> int:
 def parse_target(text: str) -> tuple[int, int]:
     """``JOB`` or ``JOB:CALLBACK`` -> (job id, callback id or 0); ConfigError otherwise."""
     job, sep, callback = text.partition(":")
-    if not job.isdigit() or int(job) == 0 or (sep and not callback.isdigit()):
+    if not _digits(job) or (sep and not _digits(callback)):
         raise ConfigError(f"expected JOB or JOB:CALLBACK (numbers, e.g. 12 or 12:1), got {text!r}")
-    return int(job), int(callback) if sep else 0
+    return (
+        number_in(job, 1, MAX_ID, "JOB"),
+        number_in(callback, 0, MAX_CALLBACK_ID, "CALLBACK") if sep else 0,
+    )
+
+
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
 
 
 async def _why(args: argparse.Namespace, out: TextIO) -> int:

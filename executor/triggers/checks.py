@@ -16,6 +16,9 @@ alone (the universal callbacks at load, when there is no job). What they find:
   names label ``a``).
 * ``parse_warning``: what the parser accepted with a warning (an extra on a job atom is
   ignored).
+* ``label_unnameable``: a label no trigger can name otherwise: characters other than
+  ASCII letters, digits, ``_`` and ``.``; all digits (read as a job id); ``self`` or
+  ``parent``.
 
 A registration gets them as warnings; a strict one is refused instead (its own
 callbacks' checks only: a site's universal callbacks are not the submitter's to fix).
@@ -46,6 +49,7 @@ from executor.triggers.nodes import (
     atoms,
     render_atom,
 )
+from executor.triggers.parser import is_label
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS trigger_checks (
@@ -74,6 +78,7 @@ class CheckKind(enum.StrEnum):
     NEVER_HAPPENS = "never_happens"
     LABEL_SPLIT = "label_split"
     PARSE_WARNING = "parse_warning"
+    LABEL_UNNAMEABLE = "label_unnameable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,15 +178,29 @@ def static_checks(expr: Expr) -> list[Check]:
 
 def job_checks(owner: JobPlace) -> list[Check]:
     """What is wrong with the job itself: a label the grammar cannot name."""
-    if "-" not in owner.label:
+    label = owner.label
+    if not label or is_label(label):
         return []
-    head = owner.label.split("-", 1)[0]
+    if "-" in label:
+        head = label.split("-", 1)[0]
+        return [
+            Check(
+                CheckKind.LABEL_SPLIT,
+                f"label '{label}' holds '-', which splits an atom: "
+                f"complete-job-{label} names label '{head}'. No trigger can name this "
+                "job by its label; use letters, digits, '_' and '.'",
+                pgrp=owner.pgrp,
+            )
+        ]
+    if label in ("self", "parent") or (label.isascii() and label.isdigit()):
+        reads_as = "a job id" if label.isdigit() else f"'{label}'"
+        why = f"complete-job-{label} reads as {reads_as}, not this label"
+    else:
+        why = "a label in a trigger is ASCII letters, digits, '_' and '.'"
     return [
         Check(
-            CheckKind.LABEL_SPLIT,
-            f"label '{owner.label}' holds '-', which splits an atom: "
-            f"complete-job-{owner.label} names label '{head}'. No trigger can name this "
-            "job by its label; use letters, digits, '_' and '.'",
+            CheckKind.LABEL_UNNAMEABLE,
+            f"label {label!r}: no trigger can name this job by its label ({why})",
             pgrp=owner.pgrp,
         )
     ]

@@ -341,7 +341,19 @@ class TriggerEngine:
             return None
         if kept is None:
             return None
-        self._universal, loaded_at = kept
+        callbacks, loaded_at = kept
+        # A set kept by an older version may hold a trigger this one refuses (a job id no
+        # stored id can be): attached to every job, it would make every RegisterJob fail.
+        self._universal = []
+        for callback in callbacks:
+            if (problem := check_trigger(callback.triggers)) is None:
+                self._universal.append(callback)
+            else:
+                logger.error(
+                    "universal callbacks: %s left out of the set kept from before: %s",
+                    callback.source,
+                    problem,
+                )
         self.universal_reload = replace(self.universal_reload, loaded_at=loaded_at)
         return len(self._universal)
 

@@ -37,6 +37,9 @@ Choices where Qube's documentation is silent or unclear:
 * ``<T>`` is an absolute Qube time (seconds since the Qube epoch), as in Qube's
   delayed-start example, not a time of day; repeat intervals are positive seconds.
 * Job ids, subjob ids, times and intervals are stored canonically (``007`` → ``7``).
+* A job id is 1 to ``MAX_ID`` (2^63 - 1), as everywhere else: ids are stored as
+  signed 64-bit integers, and no job has id 0 (the farm numbers jobs from 1, and an
+  event of job 0 is refused), so an atom outside that range could never fire.
 * A list-valued ``triggers`` (allowed by Qube's class docstring, meaning
   undocumented) is the OR of its items: ``parse_trigger_list``. OR is the reading
   under which a one-item list equals its string, and what "a list of events the
@@ -57,6 +60,7 @@ import re
 from collections.abc import Sequence
 from typing import Final, NoReturn
 
+from executor.bounds import MAX_ID, MAX_SUBJOB_ID
 from executor.triggers.errors import TriggerSyntaxError
 from executor.triggers.lexer import MAX_DEPTH, MAX_TRIGGER_BYTES, Token, TokenKind, tokenize
 from executor.triggers.nodes import (
@@ -75,12 +79,11 @@ _NAMES: Final = frozenset(name.value for name in EventName)
 _TYPES: Final = frozenset(type_.value for type_ in EventType)
 _GLOBAL_HEADS: Final = ("global", "globaltime", "globalrepeat")
 _LABEL: Final = re.compile(r"[A-Za-z0-9_.]+")
-_MAX_JOB_ID_DIGITS: Final = 20  # a uint64
-_MAX_SUBJOB_ID: Final = 2**31 - 1  # an int32 on the wire
 
 EXPECT_NAME: Final = "one of " + ", ".join(EventName)
 EXPECT_TYPE: Final = "one of " + ", ".join(EventType)
 EXPECT_CONTEXT: Final = "self, parent, a job id or a label (letters, digits, '_' and '.')"
+EXPECT_JOB_ID: Final = f"a job id from 1 to {MAX_ID}"
 EXPECT_TIME: Final = "a Qube time (whole seconds since 2000-01-01 05:00:00 UTC)"
 EXPECT_INTERVAL: Final = "'<T>-<seconds>' with a positive interval in seconds"
 EXPECT_OPERAND: Final = "an event or '('"
@@ -315,13 +318,12 @@ class _AtomParser:
         if text in ("self", "parent"):
             return text
         if text.isascii() and text.isdigit():
-            if len(text) > _MAX_JOB_ID_DIGITS:
-                self._fail(
-                    f"job id {_quoted(text)} too long",
-                    offset,
-                    f"a job id of at most {_MAX_JOB_ID_DIGITS} digits",
-                )
-            return str(int(text))
+            value = _small_int(text.lstrip("0") or "0", len(str(MAX_ID)))
+            if value == 0:
+                self._fail(f"job id {_quoted(text)}: no job has id 0", offset, EXPECT_JOB_ID)
+            if value is None or value > MAX_ID:
+                self._fail(f"job id {_quoted(text)} out of range", offset, EXPECT_JOB_ID)
+            return str(value)
         if _LABEL.fullmatch(text) is None:
             self._fail(f"bad context {_quoted(text)}", offset, EXPECT_CONTEXT)
         return text
@@ -337,7 +339,7 @@ class _AtomParser:
         if text == WILDCARD:
             return text
         value = _small_int(text)
-        if value is None or value > _MAX_SUBJOB_ID:
+        if value is None or value > MAX_SUBJOB_ID:
             self._fail(f"bad subjob id {_quoted(text)}", offset, expected)
         return str(value)
 
@@ -360,6 +362,15 @@ class _AtomParser:
                 f"bad repeat interval {_quoted(interval_text)}", interval_offset, EXPECT_INTERVAL
             )
         return f"{start_value}-{interval}"
+
+
+def is_label(text: str) -> bool:
+    """Whether a trigger can name a job by ``text`` as its label (``complete-job-<text>``)."""
+    return (
+        _LABEL.fullmatch(text) is not None
+        and text not in ("self", "parent")
+        and not (text.isascii() and text.isdigit())
+    )
 
 
 def _quoted(text: str, limit: int = 40) -> str:

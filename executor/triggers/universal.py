@@ -128,7 +128,8 @@ def load_universal(
     Args:
         directories: Where the callbacks.conf files are.
         policies: The policy each directory names (``universal_callback_path``).
-        known_policies: The configured policy names; a line naming another is an error.
+        known_policies: The configured policy names; a line or directory naming another
+            is an error (a directory's names ``universal_callback_path``, not a line).
         check_trigger: An error for a trigger that cannot be used, or None.
         check_code: An error for a file's code that cannot run, or None.
         warn: The warnings for a usable trigger (kept on the callback, not errors).
@@ -136,6 +137,14 @@ def load_universal(
     callbacks: list[UniversalCallback] = []
     errors: list[str] = []
     for directory in directories:
+        named = (policies or {}).get(directory, "")
+        if known_policies is not None and named and named not in known_policies:
+            # The setting names it, not a line of the file: say so, once for the directory.
+            errors.append(
+                f"universal_callback_path: '{directory} [policy={named}]': no policy "
+                f"{named!r} (configured: {', '.join(known_policies)})"
+            )
+            continue
         conf = directory / CONF_NAME
         if not conf.is_file():
             continue

@@ -118,3 +118,24 @@ async def test_as_root_no_pid_namespace_is_refused_and_dedicated_uid_off_warned(
     code, out, err = await check_config(config)
     assert code == 0 and "ok: start-up would succeed" in out, err
     assert "WARNING: callbacks run as root with full capabilities (dedicated_uid is off)" in out
+
+
+async def test_every_bad_setting_is_named_at_once(tmp_path: Path) -> None:
+    # An admin fixing a config file one refusal at a time had to run the check again
+    # for each: every setting's problem is a line of its own.
+    config = config_file(tmp_path)
+    with config.open("a") as file:
+        file.write('network = "maybe"\nmax_queue = -1\nlog_format = "xml"\n')
+    code, _, err = await check_config(config)
+    assert code == 2
+    assert err.splitlines() == [
+        "cbexec: max_queue: must be 0 or more, got -1",
+        "cbexec: network: expected auto, none or host, got 'maybe'",
+        "cbexec: log_format: expected text or json, got 'xml'",
+    ]
+    with config.open("a") as file:  # values of the wrong type: named before the checks
+        file.write('grace_seconds = "soon"\nhistory_max_runs = 1.5\n')
+    code, _, err = await check_config(config)
+    assert code == 2 and len(err.splitlines()) == 2, err
+    assert f"cbexec: {config}: grace_seconds:" in err
+    assert f"cbexec: {config}: history_max_runs: expected a whole number, got 1.5" in err

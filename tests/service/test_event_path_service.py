@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from supervisor_client import FarmClient, InvalidRequestError
+from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack
 from tests.helpers.cli import cbexec
 
@@ -83,3 +84,24 @@ async def test_register_a_job_file_with_a_list_valued_trigger(
     )
     assert said.code == 1, said
     assert "refused: published_events[1]: unknown event name 'bogus'" in said.err
+
+
+async def test_register_job_refuses_an_agenda_naming_one_work_item_twice(
+    stack_warm: Stack,
+) -> None:
+    # Found by an independent client: SubmitJobs refused it and RegisterJob took it.
+    job = {"id": 71, "agenda": [{"name": "1"}, {"name": "2"}, {"name": "1"}]}
+    with pytest.raises(InvalidRequestError) as refused:
+        await stack_warm.client.register_job(job)
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details == (
+        "job.agenda[2].name: '1' is also job.agenda[0]'s; a job's work names are unique"
+    )
+    registered = await stack_warm.client.register_job({**job, "label": "a b", "agenda": []})
+    assert [(w.kind, w.message) for w in registered.warnings] == [
+        (
+            executor_pb2.TRIGGER_CHECK_KIND_LABEL_UNNAMEABLE,
+            "label 'a b': no trigger can name this job by its label"
+            " (a label in a trigger is ASCII letters, digits, '_' and '.')",
+        )
+    ]

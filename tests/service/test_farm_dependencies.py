@@ -69,6 +69,10 @@ async def test_dependencies_hold_jobs_and_frames_until_met(stack_warm: Stack) ->
         ("link-complete-job-self", "'self' is not another job's id or label"),
         ("complete-job-parent", "'parent' is not another job's id or label"),
         ("link-complete-work-24-5", "'24-5' is not another job's id or label"),
+        # Past the stored ids: SubmitJobs said OK and the job was never registered.
+        ("9223372036854775808", "job id '9223372036854775808' out of range"),
+        ("link-done-job-18446744073709551615", "job id '18446744073709551615' out of range"),
+        ("12, 0", "job id '0': no job has id 0"),
     ],
 )
 async def test_a_dependency_that_cannot_hold_is_refused(

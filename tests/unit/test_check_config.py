@@ -48,6 +48,27 @@ def test_an_unknown_policy_lists_each_configured_one_once(tmp_path: Path) -> Non
     )
 
 
+def test_an_unknown_policy_named_by_universal_callback_path_blames_the_setting(
+    tmp_path: Path,
+) -> None:
+    # Was "<dir>/callbacks.conf:1: no policy 'nope'", a line that names no policy.
+    callbacks = tmp_path / "callback"
+    callbacks.mkdir()
+    (callbacks / "a.py").write_text("print(1)\n")
+    (callbacks / "b.py").write_text("print(2)\n")
+    (callbacks / "callbacks.conf").write_text("a.py = done-job-self\nb.py = done-job-self\n")
+    settings = Settings(
+        data_dir=tmp_path / "data", universal_callback_path=f"{callbacks} [policy=nope]"
+    )
+    said = _universal(settings)
+    assert said.splitlines()[1:] == [
+        f"  WARNING: universal_callback_path: '{callbacks} [policy=nope]': no policy 'nope' "
+        "(configured: job, universal)"
+    ]
+    with pytest.raises(ConfigError, match=r"^universal callbacks: universal_callback_path: "):
+        _universal(settings.replace(strict=True))
+
+
 def test_a_uid_range_is_checked_without_being_claimed(tmp_path: Path) -> None:
     claim = UidClaim.take(70002, 1, directory=tmp_path)
     try:

@@ -32,9 +32,23 @@ def test_a_target_is_a_job_and_maybe_a_callback(text: str, target: tuple[int, in
     assert parse_target(text) == target
 
 
-@pytest.mark.parametrize("text", ["", "0", "x", "12:", "12:x", "-1", "12:1:2"])
+@pytest.mark.parametrize("text", ["", "x", "12:", "12:x", "-1", "12:1:2", "²", "12:²"])
 def test_a_bad_target_says_what_would_do(text: str) -> None:
     with pytest.raises(ConfigError, match="expected JOB or JOB:CALLBACK"):
+        parse_target(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("0", "JOB: expected 1 to 9223372036854775807, got 0"),
+        ("99999999999999999999999", "JOB: expected 1 to 9223372036854775807, got 9999"),
+        ("5:4294967296", "CALLBACK: expected 0 to 4294967295, got 4294967296"),
+    ],
+)
+def test_a_target_beyond_the_wire_types_is_a_usage_error(text: str, message: str) -> None:
+    # These were a ValueError traceback from the request (exit 1).
+    with pytest.raises(ConfigError, match=message):
         parse_target(text)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -253,9 +254,49 @@ def test_supervisor_takes_host_port_or_a_grpc_target() -> None:
         config.validate(config.Settings(supervisor=address))
 
 
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        # Was taken as no directory at all: "no callbacks.conf in " (an empty name).
+        (",", "universal_callback_path: ',' names no directory; leave it unset for"),
+        (" , ,", "universal_callback_path: ' , ,' names no directory"),
+        # Was taken as the working directory, "."
+        ("/a, [policy=admin]", "'[policy=admin]': no directory before the options"),
+    ],
+)
+def test_a_universal_callback_path_entry_without_a_directory_is_refused(
+    path: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config.validate(config.Settings(universal_callback_path=path))
+
+
+def test_a_stray_comma_in_universal_callback_path_is_skipped() -> None:
+    settings = config.validate(config.Settings(universal_callback_path="/a,, /b [policy=x],"))
+    assert settings.universal_callback_policies == {Path("/a"): "", Path("/b"): "x"}
+
+
 def test_an_unclosed_policy_bracket_in_universal_callback_path_is_refused() -> None:
     settings = config.Settings(universal_callback_path="/dir [policy=admin")
     with pytest.raises(ConfigError, match=r"universal_callback_path: '/dir \[policy=admin'"):
         config.validate(settings)
     closed = config.Settings(universal_callback_path="/dir [policy=admin]")
     assert config.validate(closed).universal_callback_policies == {Path("/dir"): "admin"}
+
+
+def test_every_problem_of_the_settings_is_named_not_only_the_first() -> None:
+    settings = config.Settings(network="maybe", max_queue=-1, store_lease_seconds=0)
+    with pytest.raises(ConfigError) as caught:
+        config.validate(settings)
+    assert str(caught.value).splitlines() == [
+        "max_queue: must be 0 or more, got -1",
+        "network: expected auto, none or host, got 'maybe'",
+        "store_lease_seconds: must be at least 1",
+    ]
+    with pytest.raises(ConfigError) as caught:
+        config.apply(config.Settings(), {"max_queue": "x", "bogus": 1, "grace_seconds": "y"}, "f")
+    assert [line.split(":")[:2] for line in str(caught.value).splitlines()] == [
+        ["f", " max_queue"],
+        ["f", " unknown setting 'bogus'"],
+        ["f", " grace_seconds"],
+    ]

@@ -110,6 +110,29 @@ def test_a_label_with_a_hyphen_is_split_by_the_grammar() -> None:
     assert check.message.startswith("label 'shot-v2' holds '-', which splits an atom")
 
 
+@pytest.mark.parametrize(
+    ("label", "why"),
+    [
+        ("ünï", "a label in a trigger is ASCII letters, digits, '_' and '.'"),
+        ("a b", "a label in a trigger is ASCII letters, digits, '_' and '.'"),
+        ("a(b)", "a label in a trigger is ASCII letters, digits, '_' and '.'"),
+        ("123", "complete-job-123 reads as a job id, not this label"),
+        ("self", "complete-job-self reads as 'self', not this label"),
+        ("parent", "complete-job-parent reads as 'parent', not this label"),
+    ],
+)
+def test_a_label_no_trigger_can_name_is_reported(label: str, why: str) -> None:
+    # Found by an independent client: only '-' was reported, and these registered silently.
+    (check,) = job_checks(JobPlace(16, pgrp=3, label=label))
+    assert check.kind is CheckKind.LABEL_UNNAMEABLE
+    assert check.message == f"label {label!r}: no trigger can name this job by its label ({why})"
+
+
+def test_a_label_a_trigger_can_name_is_not_reported() -> None:
+    for label in ("shot_v2", "comp.final", "A1", ""):
+        assert job_checks(JobPlace(16, pgrp=3, label=label)) == []
+
+
 # -- at registration -------------------------------------------------------------------------
 
 

@@ -9,10 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from executor.errors import CapacityError, InvalidRequestError, UnavailableError
+from executor.errors import CapacityError, InvalidRequestError, NotFoundError, UnavailableError
 from executor.model import Event, Outcome
 from executor.triggers.engine import check_trigger
-from executor.triggers.universal import UniversalConfigError, load_universal
+from executor.triggers.universal import (
+    LAST_GOOD_NAME,
+    UniversalCallback,
+    UniversalConfigError,
+    load_universal,
+    save_last_good,
+)
 from tests.helpers.trigger_engines import Engines, Gated, Recorder, Refusing, engine_at, job
 
 pytestmark = pytest.mark.unit
@@ -199,6 +205,66 @@ def test_duplicate_label_and_bad_trigger_are_refused(tmp_path: Path) -> None:
         engine.register_job(job(2, label="a", pgrp=1))
     with pytest.raises(InvalidRequestError, match=r"callbacks\[0\].triggers: .*jb"):
         engine.register_job(job(3, ("complete-jb-self", "x")))
+
+
+@pytest.mark.parametrize("mode", ["edge", "level"])
+@pytest.mark.parametrize("job_id", ["9223372036854775808", "0"])
+def test_a_job_id_no_job_can_have_is_refused_at_registration(
+    tmp_path: Path, mode: str, job_id: str
+) -> None:
+    # 2^63 reached SQLite (OverflowError: INTERNAL in level mode, in `why` in edge mode);
+    # job 0 was accepted and waited for ever.
+    engine = engine_at(tmp_path, Recorder())
+    registered = job(1, (f"complete-job-self || complete-job-{job_id}", "unblock-self"))
+    registered["callbacks"][0]["mode"] = mode
+    with pytest.raises(InvalidRequestError, match=rf"callbacks\[0\].triggers: job id '{job_id}'"):
+        engine.register_job(registered)
+    with pytest.raises(NotFoundError):
+        engine.explain(1)
+
+
+def test_a_universal_line_naming_a_job_id_no_job_can_have_keeps_the_old_set(
+    tmp_path: Path,
+) -> None:
+    conf = tmp_path / "callback"
+    conf.mkdir()
+    (conf / "callbacks.conf").write_text("ok.qcb = done-job-self\n")
+    (conf / "ok.qcb").write_text("mail-status")
+    engine = engine_at(tmp_path, Recorder(), universal_dirs=[conf])
+    assert engine.reload_universal() == []
+    (conf / "callbacks.conf").write_text(
+        "ok.qcb = done-job-self\nok.qcb [level] = complete-job-9223372036854775808\n"
+    )
+
+    errors = engine.reload_universal()
+
+    assert len(errors) == 1
+    assert errors[0].startswith(f"{conf}/callbacks.conf:2: ")
+    assert "job id '9223372036854775808' out of range" in errors[0]
+    # The last good set stays, and every job still registers (and explains) with it.
+    assert [u.triggers for u in engine.universal] == ["done-job-self"]
+    assert len(engine.register_job(job(7, ("complete-job-self", "x"))).callbacks) == 2
+    assert len(engine.explain(7).callbacks) == 2
+
+
+def test_a_kept_set_line_this_version_refuses_is_left_out_at_start_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An older version accepted (and kept) a line naming job 2^63; attached to every job,
+    # it made every RegisterJob fail.
+    kept = tmp_path / LAST_GOOD_NAME
+    lines = [
+        UniversalCallback("ok.qcb", "qube", "mail-status", "done-job-self"),
+        UniversalCallback("big.qcb", "qube", "x", "complete-job-9223372036854775808", "level"),
+    ]
+    save_last_good(kept, lines, 1.0)
+    engine = engine_at(tmp_path, Recorder(), last_good=kept)
+
+    assert engine.keep_last_good() == 1
+
+    assert [u.source for u in engine.universal] == ["ok.qcb"]
+    assert "big.qcb left out of the set kept from before: job id" in caplog.text
+    assert len(engine.register_job(job(7, ("complete-job-self", "x"))).callbacks) == 2
 
 
 async def test_universal_callbacks_attach_after_the_jobs_own(

@@ -79,7 +79,8 @@ def test_every_event_type(text: str, expected: Atom) -> None:
         ("parent", "parent", ContextKind.PARENT),
         ("19294", "19294", ContextKind.JOB_ID),
         ("007", "7", ContextKind.JOB_ID),
-        ("0", "0", ContextKind.JOB_ID),
+        ("9223372036854775807", "9223372036854775807", ContextKind.JOB_ID),
+        ("0009223372036854775807", "9223372036854775807", ContextKind.JOB_ID),
         ("render", "render", ContextKind.LABEL),
         ("ribgenLabel", "ribgenLabel", ContextKind.LABEL),
         ("qube0", "qube0", ContextKind.LABEL),
@@ -298,6 +299,7 @@ TYPES = "one of job, subjob, work, host, time, repeat, global, globaltime, globa
 CONTEXTS = "self, parent, a job id or a label (letters, digits, '_' and '.')"
 QTIME = "a Qube time (whole seconds since 2000-01-01 05:00:00 UTC)"
 INTERVAL = "'<T>-<seconds>' with a positive interval in seconds"
+JOB_IDS = "a job id from 1 to 9223372036854775807"
 
 
 @pytest.mark.parametrize(
@@ -323,11 +325,22 @@ INTERVAL = "'<T>-<seconds>' with a positive interval in seconds"
         (
             "complete-job-123456789012345678901",
             14,
-            (
-                "job id '123456789012345678901' too long at column 14; "
-                "expected a job id of at most 20 digits"
-            ),
+            f"job id '123456789012345678901' out of range at column 14; expected {JOB_IDS}",
         ),
+        # 2^63 fits 20 digits but no stored id: it reached SQLite as an OverflowError.
+        (
+            "complete-job-9223372036854775808",
+            14,
+            f"job id '9223372036854775808' out of range at column 14; expected {JOB_IDS}",
+        ),
+        (
+            "done-job-self && failed-job-18446744073709551615",
+            29,
+            f"job id '18446744073709551615' out of range at column 29; expected {JOB_IDS}",
+        ),
+        # No job has id 0 (an event of job 0 is refused): such an atom would wait for ever.
+        ("complete-job-0", 14, f"job id '0': no job has id 0 at column 14; expected {JOB_IDS}"),
+        ("done-work-000-5", 11, f"job id '000': no job has id 0 at column 11; expected {JOB_IDS}"),
         (
             "complete-work-self",
             19,

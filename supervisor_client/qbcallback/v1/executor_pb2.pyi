@@ -96,6 +96,10 @@ class _TriggerCheckKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Trig
     """A label holding '-', which the trigger grammar splits."""
     TRIGGER_CHECK_KIND_PARSE_WARNING: _TriggerCheckKind.ValueType  # 5
     """Something the parser accepted with a warning (an extra on a job atom)."""
+    TRIGGER_CHECK_KIND_LABEL_UNNAMEABLE: _TriggerCheckKind.ValueType  # 6
+    """A label no trigger can name for another reason: characters other than ASCII
+    letters, digits, '_' and '.', all digits (a job id), or self / parent.
+    """
 
 class TriggerCheckKind(_TriggerCheckKind, metaclass=_TriggerCheckKindEnumTypeWrapper):
     """What a check found in a trigger (or a job's label) at registration."""
@@ -116,6 +120,10 @@ TRIGGER_CHECK_KIND_LABEL_SPLIT: TriggerCheckKind.ValueType  # 4
 """A label holding '-', which the trigger grammar splits."""
 TRIGGER_CHECK_KIND_PARSE_WARNING: TriggerCheckKind.ValueType  # 5
 """Something the parser accepted with a warning (an extra on a job atom)."""
+TRIGGER_CHECK_KIND_LABEL_UNNAMEABLE: TriggerCheckKind.ValueType  # 6
+"""A label no trigger can name for another reason: characters other than ASCII
+letters, digits, '_' and '.', all digits (a job id), or self / parent.
+"""
 Global___TriggerCheckKind: _TypeAlias = TriggerCheckKind  # noqa: Y015
 
 class _JournalEntryKind:
