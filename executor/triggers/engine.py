@@ -89,16 +89,23 @@ class EngineStats:
 
 @lru_cache(maxsize=65536)
 def _parsed(expression: str) -> triggers.Expr:
-    return triggers.parse(expression)
+    """A registered callback's trigger (``parse``'s ``stored``: checked when it registered)."""
+    return triggers.parse(expression, stored=True)
 
 
 def check_trigger(expression: str) -> str | None:
     """None when the expression parses, else the parser's message."""
     try:
-        _parsed(expression)
+        _checked(expression)
     except triggers.TriggerSyntaxError as err:
         return str(err)
     return None
+
+
+@lru_cache(maxsize=4096)
+def _checked(expression: str) -> triggers.Expr:
+    """A trigger about to be registered or loaded: the grammar as it stands."""
+    return triggers.parse(expression)
 
 
 def trigger_warnings(expression: str) -> list[str]:
@@ -415,7 +422,7 @@ class TriggerEngine:
                 raise InvalidRequestError(
                     f"label {label!r} is already used by job {holder} in pgrp {job['pgrp']}"
                 )
-        specs = callback_specs(job, self._universal, _parsed)
+        specs = callback_specs(job, self._universal, _checked)
         place = JobPlace.of(job)
         where = surroundings(self._store, place, job, [expr for _, expr in specs], published)
         found = checks.job_checks(place)

@@ -90,13 +90,17 @@ EXPECT_OPERAND: Final = "an event or '('"
 EXPECT_WORK: Final = f"a work name, '*' or {PLACEHOLDER} (each work item of this job)"
 
 
-def parse(expression: str) -> Expr:
+def parse(expression: str, *, stored: bool = False) -> Expr:
     """Parse one trigger expression.
+
+    ``stored``: the expression was registered already, perhaps by an older version,
+    whose grammar took job ids it now refuses (0, past 2^63 - 1): they are read as
+    they were, an atom no event names, rather than failing every event of their job.
 
     Raises:
         TriggerSyntaxError: with the column of the problem and what was expected.
     """
-    return _Parser(expression, tokenize(expression)).parse()
+    return _Parser(expression, tokenize(expression), stored=stored).parse()
 
 
 def parse_trigger_list(items: Sequence[str]) -> Expr:
@@ -138,10 +142,11 @@ def parse_triggers(value: str | Sequence[str]) -> Expr:
 class _Parser:
     """Recursive descent over a token list; depth is bounded by ``MAX_DEPTH``."""
 
-    def __init__(self, expression: str, tokens: list[Token]) -> None:
+    def __init__(self, expression: str, tokens: list[Token], *, stored: bool = False) -> None:
         self._expression = expression
         self._tokens = tokens
         self._pos = 0
+        self._stored = stored
 
     def parse(self) -> Expr:
         if self._peek().kind is TokenKind.END:
@@ -185,7 +190,7 @@ class _Parser:
     def _primary(self, depth: int) -> Expr:
         token = self._advance()
         if token.kind is TokenKind.ATOM:
-            return _AtomParser(token.text, token.column, self._expression).parse()
+            return _AtomParser(token.text, token.column, self._expression, self._stored).parse()
         if token.kind is TokenKind.LPAREN:
             if depth >= MAX_DEPTH:
                 self._fail(
@@ -207,10 +212,11 @@ class _Parser:
 class _AtomParser:
     """Validates one ``name-type-context-extra`` atom and builds its ``Atom``."""
 
-    def __init__(self, text: str, column: int, expression: str) -> None:
+    def __init__(self, text: str, column: int, expression: str, stored: bool = False) -> None:
         self._text = text
         self._column = column
         self._expression = expression
+        self._stored = stored
 
     def _fail(self, reason: str, offset: int, expected: str) -> NoReturn:
         raise TriggerSyntaxError(reason, self._column + offset, expected, self._expression)
@@ -318,6 +324,8 @@ class _AtomParser:
         if text in ("self", "parent"):
             return text
         if text.isascii() and text.isdigit():
+            if self._stored:
+                return str(int(text))
             value = _small_int(text.lstrip("0") or "0", len(str(MAX_ID)))
             if value == 0:
                 self._fail(f"job id {_quoted(text)}: no job has id 0", offset, EXPECT_JOB_ID)

@@ -512,3 +512,19 @@ async def test_a_firing_whose_run_raised_is_logged_and_not_replayed_at_every_sta
     assert [f.result and f.result.outcome for f in fired] == [None, Outcome.SUCCEEDED]
     assert recorder.attempts == ["a", "b"]
     assert "executor bug" in caplog.text
+
+
+async def test_a_stored_trigger_an_older_grammar_took_still_fires_its_other_atoms(
+    engines: Engines, tmp_path: Path
+) -> None:
+    # Registered by an older version, which took job id 0 (and ids past 2^63 - 1): the
+    # grammar refusing them now must not fail every event of the job.
+    recorder = Recorder()
+    engine = engines(recorder)
+    engine.register_job(job(5, ("complete-job-self || complete-job-7", "unblock-self")))
+    with sqlite3.connect(tmp_path / "triggers.db") as db:
+        db.execute("UPDATE callbacks SET triggers = 'complete-job-self || complete-job-0'")
+
+    fired, _ = await engines(recorder).publish(Event("complete", "job", 5), wait=True)
+
+    assert len(fired) == 1
