@@ -79,6 +79,8 @@ _NAMES: Final = frozenset(name.value for name in EventName)
 _TYPES: Final = frozenset(type_.value for type_ in EventType)
 _GLOBAL_HEADS: Final = ("global", "globaltime", "globalrepeat")
 _LABEL: Final = re.compile(r"[A-Za-z0-9_.]+")
+# Digits read as a number only to say it is too large (Python's int() refuses 4,300).
+_TOO_MANY_DIGITS: Final = 40
 
 EXPECT_NAME: Final = "one of " + ", ".join(EventName)
 EXPECT_TYPE: Final = "one of " + ", ".join(EventType)
@@ -353,9 +355,15 @@ class _AtomParser:
 
     def _qube_time(self, text: str, offset: int) -> str:
         self._required(text, offset, "time", EXPECT_TIME)
-        value = _small_int(text)
-        if value is None or value > MAX_QUBE_TIME:
+        value = _small_int(text, _TOO_MANY_DIGITS)
+        if value is None:
             self._fail(f"bad time {_quoted(text)}", offset, EXPECT_TIME)
+        if value > MAX_QUBE_TIME:
+            self._fail(
+                f"time {_quoted(text)} is past the year 9999",
+                offset,
+                f"a Qube time of at most {MAX_QUBE_TIME} (9999-12-31 23:59:59 UTC)",
+            )
         return str(value)
 
     def _repeat(self, text: str, offset: int) -> str:
@@ -364,8 +372,14 @@ class _AtomParser:
         interval_offset = offset + len(start) + len(dash)
         if not interval_text:
             self._fail("missing repeat interval", interval_offset, EXPECT_INTERVAL)
-        interval = _small_int(interval_text)
-        if interval is None or not 0 < interval <= MAX_QUBE_TIME:
+        interval = _small_int(interval_text, _TOO_MANY_DIGITS)
+        if interval is not None and interval > MAX_QUBE_TIME:
+            self._fail(
+                f"repeat interval {_quoted(interval_text)} too long",
+                interval_offset,
+                f"a repeat interval of at most {MAX_QUBE_TIME} seconds",
+            )
+        if interval is None or interval <= 0:
             self._fail(
                 f"bad repeat interval {_quoted(interval_text)}", interval_offset, EXPECT_INTERVAL
             )

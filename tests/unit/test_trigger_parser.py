@@ -383,9 +383,17 @@ JOB_IDS = "a job id from 1 to 9223372036854775807"
         ("dummy-time-self--5", 17, f"bad time '-5' at column 17; expected {QTIME}"),
         ("dummy-time-self-1.5", 17, f"bad time '1.5' at column 17; expected {QTIME}"),
         (
+            # Past the year 9999: said so, not "bad time" (an independent client's finding).
             "dummy-time-self-999999999999",
             17,
-            f"bad time '999999999999' at column 17; expected {QTIME}",
+            "time '999999999999' is past the year 9999 at column 17;"
+            " expected a Qube time of at most 252455597999 (9999-12-31 23:59:59 UTC)",
+        ),
+        (
+            "dummy-repeat-self-0-99999999999999999999",
+            21,
+            "repeat interval '99999999999999999999' too long at column 21;"
+            " expected a repeat interval of at most 252455597999 seconds",
         ),
         ("globaltime-x", 12, f"bad time 'x' at column 12; expected {QTIME}"),
         ("globaltime", 11, f"missing time at column 11; expected {QTIME}"),
