@@ -53,6 +53,10 @@ function parseArgs(argv) {
   }
   if (!args.address || args.address.startsWith("--")) throw new Error(USAGE);
   if (!/^[1-9][0-9]*$/.test(args.executes)) throw new Error(`--executes: expected a count, got ${args.executes}`);
+  // A whole number the wire's uint64 carries as given (the executor says which ids it takes).
+  if (!/^(0|[1-9][0-9]{0,18})$/.test(args.job) || BigInt(args.job) > 2n ** 63n - 1n) {
+    throw new Error(`--job: expected a job id from 1 to ${2n ** 63n - 1n}, got ${args.job}`);
+  }
   return args;
 }
 
@@ -120,6 +124,10 @@ async function registerAndPublish(triggers, args, metadata) {
   }));
   const ok = fired.length > 0 && fired.every((f) => f.outcome === "OUTCOME_SUCCEEDED");
   console.log(JSON.stringify({ call: "PublishEvent", duplicate: published.duplicate, fired }));
+  if (fired.length === 0) {
+    console.error("PublishEvent fired nothing: the executor that took the event does not know"
+      + " the job (executors of a fleet share one store; separate executors do not)");
+  }
   return ok;
 }
 

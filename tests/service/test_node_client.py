@@ -106,6 +106,22 @@ async def test_node_client_reports_a_refusal(stack: Stack, installed_client: Pat
     )
     assert code == 1
     assert "Execute failed: INVALID_ARGUMENT" in err
+    # Not a number a job id can be: refused before any call (was sent as an odd id).
+    for job in ("-4", "abc", "9223372036854775808"):
+        code, _, err = await _run(
+            NODE,
+            "client.js",
+            stack.address,
+            "--job",
+            job,
+            cwd=installed_client,
+            env=env,
+            timeout_s=60,
+        )
+        assert (code, err.strip()) == (
+            2,
+            f"--job: expected a job id from 1 to 9223372036854775807, got {job}",
+        )
 
 
 def _closed_port() -> int:
