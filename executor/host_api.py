@@ -5,15 +5,16 @@ qube code strings all send ``(fn, args, kwargs)`` here, so argument forms, range
 expansion, permissions (the supervisor checks the callback owner, ``actor``) and the
 recorded actions are the same everywhere.
 
-Argument forms (Qube's, qube-callbacks.md §3.5):
-- jobs: an id (int or digit string), or a list of them: ``qb.unblock(12)``;
+Argument forms (Qube's, qube-callbacks.md §3.5; read by ``host_args.py``, which refuses
+a call that does not fit its function with ``InvalidArgument``):
+- jobs: an id (int or string of ASCII digits), or a list of them: ``qb.unblock(12)``;
 - work items: ``'<jobid>:<workname>'``; a name may be a comma list and a numeric range
   ``'12:1-10'`` names frames 1..10, unless an item is literally named ``1-10`` (a chunk),
   which wins; a list of such strings is accepted;
 - instances: ``'<jobid>.<subid>'``, or ``'<jobid>'`` for all instances;
 - ``jobinfo('-id', n)``, ``jobinfo('-pgrp', n)``, ``jobinfo(id=n)``, ``jobinfo(pgrp=n)``,
-  ``jobinfo(n)``, and no selector meaning the callback's own job; ``callbacks=True`` or
-  the flag ``'-callbacks'`` adds each job's callbacks.
+  ``jobinfo(n)``, and no selector meaning the callback's own job (a second selector is
+  refused); ``callbacks=True`` or the flag ``'-callbacks'`` adds each job's callbacks.
 
 Effects are numbered: every supervisor action request (one per job, per work target,
 per instance target) and every mail takes the run's next ``action_seq``, from 1, in the
@@ -34,15 +35,27 @@ from typing import Any, Final, TypeVar
 
 from executor.bounds import (
     MAX_ACTIONS_BYTES,
-    MAX_ID,
     MAX_MESSAGE_CHARS,
-    MAX_SUBJOB_ID,
     MAX_TARGET_CHARS,
     MAX_VERB_CHARS,
     cut,
 )
 from executor.child.protocol import CallFrame, ReplyFrame
 from executor.errors import HostCallError
+from executor.host_args import (
+    JOB_TARGETS,
+    STATUS_SHAPES,
+    SUBJOB_TARGETS,
+    WORK_TARGETS,
+    Shape,
+    Spelling,
+    check_shape,
+    flatten,
+    invalid,
+    parse_job_id,
+    parse_subjob_target,
+    parse_work_target,
+)
 from executor.model import ActionRecord, Invocation
 from executor.policies import READ_FUNCTIONS, Policy
 from executor.supervisor_link import (
@@ -57,46 +70,11 @@ logger = logging.getLogger(__name__)
 
 MAX_CALLS_PER_RUN: Final = 10_000
 CUT_SHORT: Final = "cut short: the run ended while the supervisor had it; it may have been applied"
-_RANGE = re.compile(r"^(-?\d+)-(-?\d+)$")
-_INTEGER = re.compile(r"-?\d+")
+# ASCII digits only, as ids (host_args.py): a frame named with a full-width 1 is not frame 1.
+_RANGE = re.compile(r"^(-?[0-9]+)-(-?[0-9]+)$")
+_INTEGER = re.compile(r"-?[0-9]+")
 _T = TypeVar("_T")
 _ALIASES: Final = {"retire": "complete"}
-
-
-def _invalid(message: str) -> HostCallError:
-    return HostCallError("InvalidArgument", message)
-
-
-def _job_id(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise _invalid(f"expected a job id, got {_shown(value)}")
-    text = str(value).strip()
-    if not text.isdigit():
-        raise _invalid(f"expected a job id, got {_shown(value)}")
-    # Beyond it no supervisor request can carry the id, nor a store keep it.
-    if len(text) > len(str(MAX_ID)) or int(text) > MAX_ID:
-        raise _invalid(f"job id {_shown(value)} is out of range (0 to {MAX_ID})")
-    return int(text)
-
-
-def _shown(value: Any) -> str:
-    """``value`` as an error message shows it, cut: a callback may send a megabyte of digits."""
-    return cut(value if isinstance(value, str) else repr(value), MAX_TARGET_CHARS)
-
-
-def _flatten(args: tuple[Any, ...] | list[Any]) -> list[Any]:
-    flat: list[Any] = []
-    for arg in args:
-        flat.extend(_flatten(arg) if isinstance(arg, (list, tuple)) else [arg])
-    return flat
-
-
-def _split_work_target(target: Any) -> tuple[int, str]:
-    text = str(target)
-    job, sep, names = text.partition(":")
-    if not sep or not names:
-        raise _invalid(f"expected '<jobid>:<workname>', got {target!r}")
-    return _job_id(job), names
 
 
 def _total(outcomes: list[ActionOutcome]) -> tuple[int, str]:
@@ -176,7 +154,7 @@ def _target(args: list[Any], kwargs: dict[str, Any]) -> str:
     """What a call acted on, for its action record (built no longer than it can be kept)."""
     parts: list[str] = []
     size = 0
-    for part in [*(str(a) for a in _flatten(args))] or [f"{k}={v}" for k, v in kwargs.items()]:
+    for part in [*(str(a) for a in flatten(args))] or [f"{k}={v}" for k, v in kwargs.items()]:
         parts.append(part)
         size += len(part) + 2
         if size > MAX_TARGET_CHARS:
@@ -246,6 +224,7 @@ class HostApi:
         self._log = ActionLog()
         self._calls = 0
         self._action_seq = 0
+        self._spelling = Spelling.of(invocation.callback.language)
 
     def next_action_seq(self) -> int:
         """The number of the run's next effect (1, 2, ...): a supervisor action or a mail."""
@@ -262,22 +241,22 @@ class HostApi:
         self._log.add(verb, target, ok, message)
 
     @functools.cached_property
-    def _functions(self) -> dict[str, Callable[..., Awaitable[Any]]]:
-        """Every qb function by name; made on the first call (most runs make none)."""
-        functions: dict[str, Callable[..., Awaitable[Any]]] = {
-            "jobinfo": self.jobinfo,
-            "jobstatus": self.jobstatus,
-            "workstatus": self.workstatus,
-            "subjobstatus": self.subjobstatus,
+    def _functions(self) -> dict[str, tuple[Callable[..., Awaitable[Any]], Shape | None]]:
+        """Every qb function by name, with what it takes (None: jobinfo reads its own)."""
+        functions: dict[str, tuple[Callable[..., Awaitable[Any]], Shape | None]] = {
+            "jobinfo": (self.jobinfo, None),
+            "jobstatus": (self.jobstatus, STATUS_SHAPES["jobstatus"]),
+            "workstatus": (self.workstatus, STATUS_SHAPES["workstatus"]),
+            "subjobstatus": (self.subjobstatus, STATUS_SHAPES["subjobstatus"]),
         }
         for verb in (*JOB_VERBS, *_ALIASES):
-            functions[verb] = self._job_verb(_ALIASES.get(verb, verb))
+            functions[verb] = (self._job_verb(_ALIASES.get(verb, verb)), JOB_TARGETS)
         for verb in (*WORK_VERBS, *_ALIASES):
             call = self._work_verb(_ALIASES.get(verb, verb))
-            functions["work" + verb] = call
-            functions[verb + "work"] = call
+            functions["work" + verb] = (call, WORK_TARGETS)
+            functions[verb + "work"] = (call, WORK_TARGETS)
         for verb in SUBJOB_VERBS:
-            functions["subjob" + verb] = self._subjob_verb(verb)
+            functions["subjob" + verb] = (self._subjob_verb(verb), SUBJOB_TARGETS)
         return functions
 
     async def call(self, fn: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
@@ -287,14 +266,15 @@ class HostApi:
                 "QbError", f"a callback may make at most {MAX_CALLS_PER_RUN} qb calls"
             )
         self._calls += 1
-        function = self._functions.get(fn)
+        entry = self._functions.get(fn)
         target = _target(args, kwargs)
-        if function is None:
+        if entry is None:
             error = HostCallError(
                 "InvalidArgument", f"qb has no function {cut(fn, MAX_VERB_CHARS)!r}"
             )
             self._log.add(fn, target, False, error.message)
             raise error
+        function, shape = entry
         if self._policy is not None and not self._policy.allows_function(fn):
             name = self._policy.name
             error = HostCallError(
@@ -304,10 +284,12 @@ class HostApi:
             )
             self._log.add(fn, target, False, f"{error.kind}: {error.message}")
             raise error
-        if self._invocation.shadow and fn not in READ_FUNCTIONS:
-            self._log.add(fn, target, True, f"shadow: would {fn} {target}; not applied")
-            return SHADOW_VALUE
         try:
+            if shape is not None:
+                check_shape(fn, shape, args, kwargs, self._spelling)
+            if self._invocation.shadow and fn not in READ_FUNCTIONS:
+                self._log.add(fn, target, True, f"shadow: would {fn} {target}; not applied")
+                return SHADOW_VALUE
             value, summary = await function(*args, **kwargs)
         except HostCallError as err:
             self._log.add(fn, target, False, f"{err.kind}: {err.message}")
@@ -317,9 +299,6 @@ class HostApi:
             # was made, and may have been applied, so it is listed all the same.
             self._log.add(fn, target, False, CUT_SHORT)
             raise
-        except TypeError as err:  # wrong arity from the callback
-            self._log.add(fn, target, False, str(err))
-            raise _invalid(cut(f"qb.{fn}: {err}", MAX_MESSAGE_CHARS)) from err
         self._log.add(fn, target, True, summary)
         return value
 
@@ -358,11 +337,15 @@ class HostApi:
             actor=self._invocation.actor,
         )
 
+    def _job_id(self, value: Any) -> int:
+        return parse_job_id(value, self._spelling)
+
     async def jobinfo(self, *args: Any, **kwargs: Any) -> tuple[list[dict[str, Any]], str]:
+        """One job, or one pgrp's jobs: a second selector is refused, not silently preferred."""
+        call = self._spelling.fn("jobinfo")
         include = bool(kwargs.pop("callbacks", False))
         kwargs.pop("fields", None)  # accepted for compatibility; whole dicts are returned
-        job_id: int | None = None
-        pgrp: int | None = None
+        selectors: list[tuple[str, str, int]] = []  # (as written, "id" or "pgrp", value)
         rest = list(args)
         while rest:
             head = rest.pop(0)
@@ -370,32 +353,40 @@ class HostApi:
                 include = True
             elif head in ("-id", "-pgrp"):
                 if not rest:
-                    raise _invalid(f"jobinfo: {head} needs a value")
-                value = _job_id(rest.pop(0))
-                job_id, pgrp = (value, pgrp) if head == "-id" else (job_id, value)
+                    raise invalid(f"{call}: {head} needs a value")
+                value = rest.pop(0)
+                selectors.append((f"{head} {self._spelling.value(value)}", head[1:], value))
             elif isinstance(head, str) and head.startswith("-"):
-                raise _invalid(f"jobinfo: unknown flag {head!r}; expected -id, -pgrp, -callbacks")
+                raise invalid(
+                    f"{call}: unknown flag {self._spelling.value(head)}; "
+                    "expected -id, -pgrp, -callbacks"
+                )
             else:
-                job_id = _job_id(head)
+                selectors.append((f"job id {self._spelling.value(head)}", "id", head))
         for key, value in kwargs.items():
             if key not in ("id", "pgrp"):
-                raise _invalid(f"jobinfo: unknown argument {key!r}")
-            if key == "id":
-                job_id = _job_id(value)
-            else:
-                pgrp = _job_id(value)
-        if pgrp is not None:
+                raise invalid(f"{call}: unknown argument {self._spelling.value(key)}")
+            selectors.append((f"{key}={self._spelling.value(value)}", key, value))
+        if len(selectors) > 1:
+            given = ", ".join(written for written, _, _ in selectors)
+            raise invalid(
+                f"{call} takes one job (-id, id= or a job id) or one pgrp (-pgrp, pgrp=), "
+                f"or neither for the callback's own job; it was given {given}"
+            )
+        if selectors and selectors[0][1] == "pgrp":
+            pgrp = self._job_id(selectors[0][2])
             jobs = await self._jobs(pgrp=pgrp, include_callbacks=include)
             return jobs, f"{len(jobs)} jobs of pgrp {pgrp}"
+        job_id = self._job_id(selectors[0][2]) if selectors else 0
         jobs = await self._jobs(job_id=job_id or self._invocation.job_id, include_callbacks=include)
         return jobs, f"job {jobs[0]['id']}" if jobs else "no job"
 
     async def jobstatus(self, job: Any) -> tuple[str, str]:
-        (info,) = await self._jobs(job_id=_job_id(job))
+        (info,) = await self._jobs(job_id=self._job_id(job))
         return str(info["status"]), str(info["status"])
 
     async def workstatus(self, target: Any) -> tuple[str, str]:
-        job_id, name = _split_work_target(target)
+        job_id, name = parse_work_target(target, self._spelling)
         (info,) = await self._jobs(job_id=job_id)
         for work in info["agenda"]:
             if work["name"] == name:
@@ -403,20 +394,18 @@ class HostApi:
         raise HostCallError("NoSuchWork", f"job {job_id} has no work item {name!r}")
 
     async def subjobstatus(self, target: Any) -> tuple[str, str]:
-        job_id, subids = self._split_subjob_target(target)
+        job_id, subids = parse_subjob_target(target, self._spelling)
         (info,) = await self._jobs(job_id=job_id)
         for sub in info["subjobs"]:
             if not subids or sub["id"] == subids[0]:
                 return str(sub["status"]), str(sub["status"])
         raise HostCallError("NoSuchJob", f"job {job_id} has no instance {target!r}")
 
-    # -- verbs ----------------------------------------------------------------------
+    # -- verbs (check_shape has made sure each has a target) --------------------------
 
     def _job_verb(self, verb: str) -> Callable[..., Awaitable[tuple[int, str]]]:
         async def job_verb(*targets: Any) -> tuple[int, str]:
-            ids = [_job_id(t) for t in _flatten(targets)]
-            if not ids:
-                raise _invalid(f"{verb} needs at least one job id")
+            ids = [self._job_id(t) for t in flatten(targets)]
 
             async def act(job_id: int) -> ActionOutcome:
                 return await self._supervisor.job_action(
@@ -433,12 +422,8 @@ class HostApi:
 
     def _work_verb(self, verb: str) -> Callable[..., Awaitable[tuple[int, str]]]:
         async def work_verb(*targets: Any) -> tuple[int, str]:
-            flat = _flatten(targets)
-            if not flat:
-                raise _invalid(f"work{verb} needs '<jobid>:<workname>'")
-
             async def act(target: Any) -> ActionOutcome:
-                job_id, spec = _split_work_target(target)
+                job_id, spec = parse_work_target(target, self._spelling)
                 (info,) = await self._jobs(job_id=job_id)
                 try:
                     names = expand_work_names(spec, [w["name"] for w in info["agenda"]])
@@ -453,26 +438,14 @@ class HostApi:
                     action_seq=self.next_action_seq(),
                 )
 
-            return await _each(flat, act)
+            return await _each(flatten(targets), act)
 
         return work_verb
-
-    @staticmethod
-    def _split_subjob_target(target: Any) -> tuple[int, list[int]]:
-        job, sep, sub = str(target).partition(".")
-        if sep and not sub.lstrip("-").isdigit():
-            raise _invalid(f"expected '<jobid>.<subid>', got {target!r}")
-        job_id = _job_id(job)
-        if not sep:
-            return job_id, []
-        if len(sub) > len(str(MAX_SUBJOB_ID)) + 1 or abs(int(sub)) > MAX_SUBJOB_ID:
-            raise _invalid(f"instance id {_shown(sub)} is out of range (at most {MAX_SUBJOB_ID})")
-        return job_id, [int(sub)]
 
     def _subjob_verb(self, verb: str) -> Callable[..., Awaitable[tuple[int, str]]]:
         async def subjob_verb(*targets: Any) -> tuple[int, str]:
             async def act(target: Any) -> ActionOutcome:
-                job_id, subids = self._split_subjob_target(target)
+                job_id, subids = parse_subjob_target(target, self._spelling)
                 return await self._supervisor.subjob_action(
                     verb,
                     job_id,
@@ -482,6 +455,6 @@ class HostApi:
                     action_seq=self.next_action_seq(),
                 )
 
-            return await _each(_flatten(targets), act)
+            return await _each(flatten(targets), act)
 
         return subjob_verb

@@ -4,8 +4,11 @@ Pre-bound in the callback's namespace and importable (``import qb``). Context fu
 (``jobid``, ``subid``, ``workid``, ``event``) answer locally; everything that reads or
 changes a job is one ``call`` frame to the executor, which validates the arguments,
 applies the callback owner's permissions through the supervisor and answers with a
-``reply``. Argument parsing lives in the executor (``executor/host_api.py``) so Python,
-Perl and qube callbacks behave the same. Errors raise subclasses of ``QbError``.
+``reply``. Argument parsing lives in the executor (``executor/host_args.py``) so Python,
+Perl and qube callbacks behave the same: the functions that call take any arguments and
+send them, so a call that does not fit (``qb.jobstatus()``) is the executor's
+``InvalidArgument``, naming the function and what it takes, never a ``TypeError``.
+Errors raise subclasses of ``QbError``.
 
 A process the callback forks shares its bridge: its calls are refused (``QbError``), as
 two processes' frames on one socket would break the protocol; the context functions
@@ -104,29 +107,41 @@ def _call(fn: str, *args: Any, **kwargs: Any) -> Any:
 # -- context, answered locally ---------------------------------------------------------
 
 
-def jobid() -> int:
+def _takes_nothing(fn: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    # As the executor words a call that does not fit (host_args.check_shape).
+    if args or kwargs:
+        given = len(args) + len(kwargs)
+        raise InvalidArgument(f"qb.{fn} takes no arguments, as in qb.{fn}(); it was given {given}")
+
+
+def jobid(*args: Any, **kwargs: Any) -> int:
     """Id of the job that owns the callback."""
+    _takes_nothing("jobid", args, kwargs)
     return int(_context["job"]["id"])
 
 
-def subid() -> int:
+def subid(*args: Any, **kwargs: Any) -> int:
     """The triggering instance (subjob) id, or -1 when a subjob event did not fire this."""
+    _takes_nothing("subid", args, kwargs)
     return int(_context["subjob_id"])
 
 
-def workid() -> str:
+def workid(*args: Any, **kwargs: Any) -> str:
     """Name of the triggering work item, or '' when a work event did not fire this."""
+    _takes_nothing("workid", args, kwargs)
     return str(_context["work_name"])
 
 
-def event() -> EventContext | None:
+def event(*args: Any, **kwargs: Any) -> EventContext | None:
     """The triggering event: {'name', 'type', 'context', 'extra'}, or None when run by hand."""
+    _takes_nothing("event", args, kwargs)
     ev = _context["event"]
     return ev.copy() if ev else None
 
 
-def callback() -> CallbackContext:
+def callback(*args: Any, **kwargs: Any) -> CallbackContext:
     """The running callback's record: id, triggers, language, user, count, maximum."""
+    _takes_nothing("callback", args, kwargs)
     return _context["callback"].copy()
 
 
@@ -141,24 +156,24 @@ def jobinfo(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
     return list(_call("jobinfo", *args, **kwargs))
 
 
-def jobstatus(job: Any) -> str:
-    """Status string of a job ('blocked', 'running', ...)."""
-    return str(_call("jobstatus", job))
+def jobstatus(*args: Any, **kwargs: Any) -> str:
+    """Status string of a job ('blocked', 'running', ...): ``qb.jobstatus(12)``."""
+    return str(_call("jobstatus", *args, **kwargs))
 
 
-def workstatus(work: str) -> str:
-    """Status string of a work item '<jobid>:<workname>'."""
-    return str(_call("workstatus", work))
+def workstatus(*args: Any, **kwargs: Any) -> str:
+    """Status string of a work item: ``qb.workstatus('<jobid>:<workname>')``."""
+    return str(_call("workstatus", *args, **kwargs))
 
 
-def subjobstatus(subjob: str) -> str:
-    """Status string of an instance '<jobid>.<subid>'."""
-    return str(_call("subjobstatus", subjob))
+def subjobstatus(*args: Any, **kwargs: Any) -> str:
+    """Status string of an instance: ``qb.subjobstatus('<jobid>.<subid>')``."""
+    return str(_call("subjobstatus", *args, **kwargs))
 
 
 def _verb(name: str) -> Any:
-    def verb(*targets: Any) -> int:
-        return int(_call(name, *targets))
+    def verb(*targets: Any, **kwargs: Any) -> int:
+        return int(_call(name, *targets, **kwargs))
 
     verb.__name__ = name
     verb.__doc__ = f"qb.{name}(...): returns how many jobs, items or instances changed."

@@ -248,20 +248,28 @@ class QubeInterpreter:
         )
 
     async def _deliver(self, message: EmailMessage, host: HostApi) -> str:
-        """Send ``message`` on the mail threads; listed as cut short if the run ends first.
+        """Send ``message`` on the mail threads; listed among the run's actions.
 
-        A thread cannot be stopped: an SMTP exchange the run's wall limit interrupts
-        goes on, and may deliver. Its own threads keep a slow relay from holding the
-        executor's other work (the event path's commits use the default pool).
+        A mail is an effect like a qb action (it takes an action_seq), so the run lists
+        it: sent, failed, or cut short if the run ends first. A thread cannot be
+        stopped: an SMTP exchange the run's wall limit interrupts goes on, and may
+        deliver. Its own threads keep a slow relay from holding the executor's other
+        work (the event path's commits use the default pool).
         """
+        recipients = str(message["To"])
         sending = asyncio.get_running_loop().run_in_executor(
             self._mail_threads, self._mailer.deliver, message
         )
         try:
-            return await asyncio.shield(sending)
+            where = await asyncio.shield(sending)
         except asyncio.CancelledError:
-            host.note("mail", str(message["To"]), MAIL_CUT_SHORT, ok=False)
+            host.note("mail", recipients, MAIL_CUT_SHORT, ok=False)
             raise
+        except MailError as err:
+            host.note("mail", recipients, f"MailError: {err}", ok=False)
+            raise
+        host.note("mail", recipients, f"mailed {message['Subject']!r}: {where}")
+        return where
 
     async def _call(self, code: str, host: HostApi, fn: str, target: Any) -> Any:
         try:

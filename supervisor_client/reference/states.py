@@ -185,7 +185,12 @@ def _rule(
 _ANY: Final = frozenset(Status)
 _RUNNING: Final = (Status.RUNNING,)
 _RUNNING_WORK_BACK: Final[Mapping[str, str]] = {Status.RUNNING: Status.PENDING}
+#: Retrying a job puts it back on the queue as submitted (Qube's "Job States" page), so
+#: every ended item runs again, complete ones too: a complete job whose items stayed
+#: complete could never run nor end again. Re-running only the failed frames is a work
+#: verb (``workretry``).
 _ENDED_WORK_AGAIN: Final[Mapping[str, str]] = {
+    Status.COMPLETE: Status.PENDING,
     Status.FAILED: Status.PENDING,
     Status.KILLED: Status.PENDING,
 }
@@ -203,8 +208,8 @@ JOB_RULES: Final[Mapping[str, VerbRule]] = MappingProxyType(
         ),
         "remove": _rule("remove", _ANY, None, "any job"),
         "retry": _rule("retry", TERMINAL, Status.PENDING, "ended jobs", _ENDED_WORK_AGAIN),
-        # Choice: requeue is "retry, but held" — failed/killed work is made pending again so
-        # that unblocking the job runs it; only the job itself goes to blocked.
+        # Choice: requeue is "retry, but held" — ended work is made pending again so that
+        # unblocking the job runs it; only the job itself goes to blocked.
         "requeue": _rule("requeue", TERMINAL, Status.BLOCKED, "ended jobs", _ENDED_WORK_AGAIN),
         # Without real workers, preempt (let the frame finish) and interrupt/migrate (kill
         # the frame) look the same: running work goes back to pending with the job.

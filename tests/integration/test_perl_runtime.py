@@ -235,6 +235,44 @@ print $@->{kind}, "\n";
     ]
 
 
+async def test_malformed_calls_are_told_in_perl_words(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
+) -> None:
+    code = r"""
+my @calls = (
+    sub { qb::jobstatus() },
+    sub { qb::workstatus("$qb::jobid:1", "$qb::jobid:2") },
+    sub { qb::unblock(undef) },
+    sub { qb::unblock(9**9**9) },
+    sub { qb::unblock() },
+    sub { qb::jobinfo(id => $qb::jobid, id => $qb::jobid + 1) },
+    sub { qb::jobinfo(-id => $qb::jobid, -pgrp => $qb::jobid) },
+);
+for my $call (@calls) {
+    eval { $call->() };
+    print "$@->{kind}|$@->{message}\n";
+}
+"""
+    run = await run_perl(runner, supervisor, job_id, code)
+
+    succeeded(run)
+    one_of = "one job (-id, id= or a job id) or one pgrp (-pgrp, pgrp=), or neither"
+    assert run.stdout.splitlines() == [
+        "InvalidArgument|qb::jobstatus takes one job id, as in qb::jobstatus(12);"
+        " it was given none",
+        "InvalidArgument|qb::workstatus takes one work item '<jobid>:<workname>', as in"
+        " qb::workstatus('12:5'); it was given 2",
+        "InvalidArgument|expected a job id, got undef",
+        "InvalidArgument|expected a job id, got Inf",
+        "InvalidArgument|qb::unblock takes one or more job ids (or a list of them), as in"
+        " qb::unblock(12); it was given none",
+        f"InvalidArgument|qb::jobinfo takes {one_of} for the callback's own job;"
+        f" it was given -id {job_id}, -id {job_id + 1}",
+        f"InvalidArgument|qb::jobinfo takes {one_of} for the callback's own job;"
+        f" it was given -id {job_id}, -pgrp {job_id}",
+    ]
+
+
 async def test_qb_kill_leaves_the_builtin_kill_alone(
     runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
 ) -> None:

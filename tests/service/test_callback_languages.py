@@ -51,6 +51,12 @@ async def test_a_mail_callback_mails_when_its_job_is_done(stack_warm: Stack) -> 
     runs = (await stack_warm.client.list_runs(job_id=stored.id)).runs
     assert sorted(r.language for r in runs) == ["mail", "mail", "mail"]
     assert {r.outcome for r in runs} == {Outcome.OUTCOME_SUCCEEDED}
+    for run in runs:  # each sent mail is one of its run's actions, as GetRun tells
+        actions = (await stack_warm.client.get_run(run.invocation_id)).result.actions
+        assert [(a.verb, a.target, a.ok) for a in actions][-1:] == [
+            ("mail", "lead@studio.example", True)
+        ]
+        assert actions[-1].message.startswith("mailed '[qube] job ")
 
     def counts() -> list[int]:
         job = stack_warm.supervisor.job(stored.id, include_callbacks=True)

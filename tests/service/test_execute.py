@@ -144,6 +144,48 @@ async def test_ids_beyond_what_a_store_keeps_are_invalid_arguments(stack_warm: S
     assert lines[7].startswith("InvalidArgument instance id 99999999999 is out of range")
 
 
+async def test_every_qb_function_called_wrongly_raises_invalid_argument(stack_warm: Stack) -> None:
+    # Every public function of the real qb module, without its argument, with one too
+    # many and with a named argument it does not take: a qb.QbError, never a TypeError.
+    code = (
+        "for name in sorted(dir(qb)):\n"
+        "    fn = getattr(qb, name)\n"
+        "    if name.startswith('_') or isinstance(fn, type) or not callable(fn):\n"
+        "        continue\n"
+        "    if getattr(fn, '__module__', '') != qb.__name__:\n"
+        "        continue\n"
+        "    calls = [('none', ()), ('named', {'bogus': 1})]\n"
+        "    if name in ('jobinfo', 'jobstatus', 'workstatus', 'subjobstatus', 'jobid'):\n"
+        "        calls.append(('two', ('1:1', '1:1')))\n"
+        "    for label, given in calls:\n"
+        "        try:\n"
+        "            fn(**given) if isinstance(given, dict) else fn(*given)\n"
+        "            result = 'ok'\n"
+        "        except qb.QbError as err:\n"
+        "            result = type(err).__name__\n"
+        "        except BaseException as err:\n"
+        "            result = f'{type(err).__name__}: {err}'\n"
+        "        print(name, label, result)\n"
+    )
+    response = await stack_warm.client.execute_callback(
+        language="python", code=code, job={"id": 1, "user": "root"}
+    )
+
+    assert response.outcome == Outcome.OUTCOME_SUCCEEDED, response.failure
+    results = {
+        tuple(line.split(" ", 2)[:2]): line.split(" ", 2)[2]
+        for line in response.stdout.splitlines()
+    }
+    takes_nothing = {"jobid", "subid", "workid", "event", "callback"}
+    for (name, label), result in results.items():
+        if label == "none" and (name in takes_nothing or name == "jobinfo"):
+            assert result in ("ok", "NoSuchJob"), (name, label, result)
+        else:
+            assert result == "InvalidArgument", (name, label, result)
+    assert {name for name, _ in results} >= {"jobstatus", "workstatus", "unblock", "subjobkill"}
+    assert len(results) > 100, "every verb in each of its spellings"
+
+
 async def test_exception_reports_type_and_user_traceback(stack: Stack, blocked_job: int) -> None:
     response = await run_python(stack, blocked_job, "def f():\n    raise ValueError('boom')\nf()")
 

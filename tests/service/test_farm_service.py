@@ -15,6 +15,7 @@ from supervisor_client.qbcallback.v1 import farm_pb2, farm_pb2_grpc
 from tests.conftest import Stack, running_stack, stack_settings
 from tests.helpers.health import SERVING, health_status
 from tests.helpers.supervisors import SupervisorEndpoint
+from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.service
 
@@ -109,6 +110,33 @@ async def test_simulated_worker_calls_and_job_verbs(stack_warm: Stack) -> None:
         assert (removed.changed, removed.job_status) == (1, "")
         gone = await farm.wait_jobs([2], wait_seconds=5)
         assert gone.done and gone.jobs[0].status == "removed"
+
+
+async def test_a_complete_job_a_callback_retries_runs_and_ends_again(stack_warm: Stack) -> None:
+    retry_once = {
+        "triggers": "complete-job-self",
+        "language": "python",
+        "code": "qb.retry(qb.jobid())",
+        "maximum": 1,
+    }
+    async with FarmClient(stack_warm.channel) as farm:
+        submitted = await farm.submit_jobs(
+            [{"name": "again", "user": "alice", "agenda": ["1"], "callbacks": [retry_once]}]
+        )
+        job_id = submitted.jobs[0].id
+        await farm.change_work(job_id=job_id, work=["1"], change="complete")
+
+        async def retried() -> bool:
+            return any("retry by alice" in h.text for h in (await farm.get_job(job_id)).history)
+
+        assert await eventually(retried, timeout_s=30)
+        job = await farm.get_job(job_id)
+        assert (job.job.status, agenda(job)) == ("pending", {"1": "pending"})
+
+        second = await farm.change_work(job_id=job_id, work=["1"], change="complete")
+        assert (second.changed, second.job_status) == (1, "complete")
+        waited = await farm.wait_jobs([job_id], wait_seconds=30)
+        assert waited.done and waited.jobs[0].status == "complete"
 
 
 async def test_errors_name_what_is_wrong_and_what_exists(stack_warm: Stack) -> None:

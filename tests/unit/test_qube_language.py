@@ -340,7 +340,12 @@ async def test_mail_status_mails_the_current_status(
     assert mail["To"] == "lead@studio.example, bob@localhost"
     assert mail["Subject"] == f"[qube] job {job_id} (comp) is pending"  # read after the unblock
     assert "done-job-self" in mail.get_content()
-    assert [a.verb for a in result.actions] == ["unblock", "jobinfo"]
+    assert [a.verb for a in result.actions] == ["unblock", "jobinfo", "mail"]
+    # The sent mail is listed as a shadow run lists the one it would send.
+    sent = result.actions[-1]
+    assert (sent.target, sent.ok) == ("lead@studio.example, bob@localhost", True)
+    assert sent.message.startswith(f"mailed '[qube] job {job_id} (comp) is pending': ")
+    assert sent.message.endswith(str(next((mail_dir / "new").iterdir())))
     assert result.stdout.splitlines()[1].startswith("mail-status: mailed the job status (pending)")
     assert str(mail_dir / "new") in result.stdout
     assert list((mail_dir / "tmp").iterdir()) == []
@@ -404,6 +409,8 @@ async def test_undeliverable_mail_fails(supervisor: ReferenceSupervisor, tmp_pat
     assert result.failure is not None
     assert result.failure.exception_type == "MailError"
     assert result.failure.message.startswith("mail-status: could not store the mail")
+    assert [(a.verb, a.ok) for a in result.actions] == [("jobinfo", True), ("mail", False)]
+    assert result.actions[1].message.startswith("MailError: could not store the mail")
 
 
 @pytest.mark.parametrize(
@@ -432,7 +439,10 @@ async def test_the_mail_language_mails_the_status_of_what_fired_it(
     assert mail["To"] == "lead@studio.example"
     assert mail["Subject"].endswith(subject_end), mail["Subject"]
     assert result.stdout.startswith(summary), result.stdout
-    assert [a.verb for a in result.actions] == ["jobinfo"]
+    assert [(a.verb, a.target, a.ok) for a in result.actions] == [
+        ("jobinfo", "", True),
+        ("mail", "lead@studio.example", True),
+    ]
 
 
 async def test_the_mail_language_ignores_its_code(

@@ -101,7 +101,9 @@ def test_remove_applies_to_every_job_and_has_no_target() -> None:
 
 def test_job_verbs_carry_their_work_along() -> None:
     assert dict(states.job_rule("kill").work_moves) == {"running": "killed"}
-    assert dict(states.job_rule("retry").work_moves) == {"failed": "pending", "killed": "pending"}
+    ended_again = {"complete": "pending", "failed": "pending", "killed": "pending"}
+    assert dict(states.job_rule("retry").work_moves) == ended_again
+    assert dict(states.job_rule("requeue").work_moves) == ended_again
     for verb in ("preempt", "interrupt", "migrate"):
         assert dict(states.job_rule(verb).work_moves) == {"running": "pending"}
     for verb in ("unblock", "block", "suspend", "resume", "complete", "fail"):

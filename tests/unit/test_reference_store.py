@@ -375,20 +375,39 @@ def test_kill_running_job_kills_running_work_only(
     ]
 
 
-def test_retry_brings_failed_and_killed_work_back(sup: ReferenceSupervisor) -> None:
-    job_id = submit_one(sup, agenda=[1, 2, 3])
+def test_retry_runs_every_ended_item_again(sup: ReferenceSupervisor) -> None:
+    job_id = submit_one(sup, agenda=[1, 2, 3, 4])
     for name, end in (("1", sup.complete_work), ("2", sup.fail_work)):
         sup.start_work(job_id, name)
         end(job_id, name)
     sup.start_work(job_id, "3")
     sup.work_action("kill", job_id, ["3"], "alice")
+    sup.start_work(job_id, "4")
+    sup.complete_work(job_id, "4")
     assert sup.job(job_id)["status"] == "failed"
 
     result = sup.job_action("retry", job_id, "alice")
 
-    assert result.message == "job 1 failed -> pending (2 work items moved with it)"
-    assert statuses(sup, job_id) == {"1": "complete", "2": "pending", "3": "pending"}
+    assert result.message == "job 1 failed -> pending (4 work items moved with it)"
+    assert statuses(sup, job_id) == dict.fromkeys("1234", "pending")
     assert sup.job(job_id)["timecomplete"] == 0
+
+
+def test_a_retried_complete_job_runs_and_ends_again(sup: ReferenceSupervisor) -> None:
+    job_id = submit_one(sup, agenda=[1, 2])
+    for name in ("1", "2"):
+        sup.start_work(job_id, name)
+        sup.complete_work(job_id, name)
+    assert sup.job(job_id)["status"] == "complete"
+
+    result = sup.job_action("retry", job_id, "alice")
+
+    assert result.message == "job 1 complete -> pending (2 work items moved with it)"
+    assert statuses(sup, job_id) == {"1": "pending", "2": "pending"}
+    for name in ("1", "2"):
+        sup.start_work(job_id, name)
+        sup.complete_work(job_id, name)
+    assert sup.job(job_id)["status"] == "complete"
 
 
 def test_requeue_holds_the_job_with_its_work_ready(sup: ReferenceSupervisor) -> None:
@@ -399,6 +418,18 @@ def test_requeue_holds_the_job_with_its_work_ready(sup: ReferenceSupervisor) -> 
     sup.job_action("requeue", job_id, "alice")
 
     assert sup.job(job_id)["status"] == "blocked"
+    assert statuses(sup, job_id) == {"1": "pending"}
+
+
+def test_requeue_of_a_complete_job_holds_its_work_ready(sup: ReferenceSupervisor) -> None:
+    job_id = submit_one(sup, agenda=[1])
+    sup.start_work(job_id, "1")
+    sup.complete_work(job_id, "1")
+
+    sup.job_action("requeue", job_id, "alice")
+    sup.job_action("unblock", job_id, "alice")
+
+    assert sup.job(job_id)["status"] == "pending"
     assert statuses(sup, job_id) == {"1": "pending"}
 
 

@@ -142,13 +142,17 @@ sub _read_frame {
     return $message;
 }
 
-# Ids that look like integers go as JSON numbers, as the Python qb sends them.
+# Ids that look like integers go as JSON numbers, as the Python qb sends them. Inf and
+# NaN have no JSON number (qb::JSON would send null, shown as undef): they go as Perl
+# prints them, so a refusal names what the callback passed.
 sub _wire_arg {
     my ($value) = @_;
     return [ map { _wire_arg($_) } @$value ] if ref $value eq 'ARRAY';
-    return 0 + $value
-        if defined $value && !ref $value && $value =~ /\A-?[0-9]{1,15}\z/;
-    return $value;
+    return $value if !defined $value || ref $value;
+    return 0 + $value if $value =~ /\A-?[0-9]{1,15}\z/;
+    # Only a number (qb::JSON's test): using a string as a number would mark it as one.
+    return $value if $value =~ /[^\x00-\xff]/ || !length do { $value & '' };
+    return $value == $value && abs($value) != 9**9**9 ? $value : "$value";
 }
 
 sub _call {
@@ -206,8 +210,19 @@ sub jobinfo {
     if (@args && @args % 2 == 0 && defined $args[0] && !ref $args[0]
         && $args[0] =~ /\A(?:id|pgrp|callbacks|fields)\z/)
     {
-        %kwargs = @args;    # hash style: id => 12
-        @args   = ();
+        # Hash style: id => 12. The selectors go as -id/-pgrp flags, not through a hash
+        # that would keep only the last of two: the executor refuses a second selector.
+        my @pairs = @args;
+        @args = ();
+        while (@pairs) {
+            my ($key, $value) = splice @pairs, 0, 2;
+            if (defined $key && ($key eq 'id' || $key eq 'pgrp')) {
+                push @args, "-$key", $value;
+            }
+            else {
+                $kwargs{$key // ''} = $value;
+            }
+        }
     }
     my @positional;
     while (@args) {
@@ -222,9 +237,6 @@ sub jobinfo {
     }
     if (exists $kwargs{callbacks}) {
         $kwargs{callbacks} = $kwargs{callbacks} ? 1 : 0;
-    }
-    for my $key (qw(id pgrp)) {
-        $kwargs{$key} = _wire_arg($kwargs{$key}) if exists $kwargs{$key};
     }
     my $jobs = _call('jobinfo', \@positional, \%kwargs);
     return wantarray ? @$jobs : $jobs;

@@ -1,0 +1,149 @@
+"""Malformed qb calls are InvalidArgument naming the function, in the callback's language."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from executor.errors import HostCallError
+from executor.host_api import HostApi
+from executor.host_args import PERL, PYTHON, parse_job_id, parse_subjob_target
+from executor.supervisor_link import JOB_VERBS, SUBJOB_VERBS, WORK_VERBS
+from supervisor_client.reference import ReferenceSupervisor
+from tests.helpers.supervisor_port import ReferencePort, invocation_for
+
+pytestmark = pytest.mark.unit
+
+STATUS_READERS = ["jobstatus", "workstatus", "subjobstatus"]
+# Every spelling of every verb a callback can call.
+VERBS = sorted(
+    {
+        *JOB_VERBS,
+        "retire",
+        *(f"work{v}" for v in (*WORK_VERBS, "retire")),
+        *(f"{v}work" for v in (*WORK_VERBS, "retire")),
+        *(f"subjob{v}" for v in SUBJOB_VERBS),
+    }
+)
+
+
+@pytest.fixture
+def sup() -> Iterator[ReferenceSupervisor]:
+    with ReferenceSupervisor() as store:
+        store.submit([{"name": "a", "user": "alice", "agenda": ["1", "2"]}])
+        store.submit([{"name": "b", "user": "alice"}])
+        yield store
+
+
+def host_for(sup: ReferenceSupervisor, language: str = "python") -> HostApi:
+    return HostApi(ReferencePort(sup), invocation_for(sup.job(1), "", language=language))
+
+
+async def refusal(host: HostApi, fn: str, *args: Any, **kwargs: Any) -> str:
+    with pytest.raises(HostCallError) as err:
+        await host.call(fn, list(args), kwargs)
+    assert err.value.kind == "InvalidArgument", err.value.message
+    return err.value.message
+
+
+@pytest.mark.parametrize("fn", [*STATUS_READERS, *VERBS])
+async def test_a_call_without_its_argument_names_the_function(
+    sup: ReferenceSupervisor, fn: str
+) -> None:
+    host = host_for(sup)
+    message = await refusal(host, fn)
+    assert message.startswith(f"qb.{fn} takes one "), message
+    assert message.endswith("it was given none")
+    if fn in VERBS:  # a verb opens lists: an empty one names nothing
+        assert (await refusal(host, fn, [])).endswith("it was given none")
+    assert "takes no named arguments, and was given bogus" in await refusal(host, fn, "1", bogus=1)
+    assert all(not a.ok for a in host.actions)
+
+
+@pytest.mark.parametrize("fn", STATUS_READERS)
+async def test_a_status_takes_exactly_one_target(sup: ReferenceSupervisor, fn: str) -> None:
+    message = await refusal(host_for(sup), fn, "1", "2")
+    assert message.startswith(f"qb.{fn} takes one ") and message.endswith("it was given 2")
+
+
+async def test_perl_callbacks_read_perl_words(sup: ReferenceSupervisor) -> None:
+    host = host_for(sup, "perl")
+    assert await refusal(host, "jobstatus") == (
+        "qb::jobstatus takes one job id, as in qb::jobstatus(12); it was given none"
+    )
+    assert await refusal(host, "unblock", None) == "expected a job id, got undef"
+    assert await refusal(host, "unblock", "Inf") == "expected a job id, got Inf"
+    assert await refusal(host, "unblock", {"a": 1}) == "expected a job id, got a hash reference"
+    assert await refusal(host_for(sup), "unblock", None) == "expected a job id, got None"
+
+
+async def test_a_shadow_run_refuses_a_malformed_call_too(sup: ReferenceSupervisor) -> None:
+    invocation = dataclasses.replace(invocation_for(sup.job(1), "", language="python"), shadow=True)
+    shadow = HostApi(ReferencePort(sup), invocation)
+    assert (await refusal(shadow, "unblock")).startswith("qb.unblock takes one or more job ids")
+
+
+@pytest.mark.parametrize(
+    "value", ["\uff12", "\u00b2", "+2", "2.0", "0x2", "1_0", "\u0662", "", " ", True, 2.0]
+)
+def test_job_ids_are_ascii_digits_only(value: Any) -> None:
+    with pytest.raises(HostCallError, match="expected a job id") as err:
+        parse_job_id(value, PYTHON)
+    assert err.value.kind == "InvalidArgument"
+
+
+def test_job_ids_may_have_spaces_around_them() -> None:
+    assert parse_job_id(" 12\n", PERL) == parse_job_id(12, PYTHON) == 12
+
+
+@pytest.mark.parametrize("target", ["1.\u00b2", "1.--5", "1.\uff10", "\uff11.0", "1.+0"])
+def test_instance_ids_are_ascii_digits_only(target: str) -> None:
+    # '1.²' and '1.--5' reached int() and ended as an executor error, not the callback's.
+    with pytest.raises(HostCallError) as err:
+        parse_subjob_target(target, PYTHON)
+    assert err.value.kind == "InvalidArgument"
+
+
+async def test_full_width_digits_are_not_a_job(sup: ReferenceSupervisor) -> None:
+    host = host_for(sup)
+    assert await refusal(host, "unblock", "\uff12") == "expected a job id, got \uff12"
+    assert (
+        await refusal(host, "subjobunblock", "1.\u00b2")
+        == "expected '<jobid>.<subid>', got 1.\u00b2"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "given"),
+    [
+        (["-id", 1, "-id", 2], {}, "-id 1, -id 2"),
+        (["-id", 1, "-pgrp", 1], {}, "-id 1, -pgrp 1"),
+        ([1, 2], {}, "job id 1, job id 2"),
+        (["-pgrp", 1], {"id": 2}, "-pgrp 1, id=2"),
+        ([], {"id": 1, "pgrp": 1}, "id=1, pgrp=1"),
+    ],
+)
+async def test_jobinfo_refuses_a_second_selector(
+    sup: ReferenceSupervisor, args: list[Any], kwargs: dict[str, Any], given: str
+) -> None:
+    message = await refusal(host_for(sup), "jobinfo", *args, **kwargs)
+    assert message == (
+        "qb.jobinfo takes one job (-id, id= or a job id) or one pgrp (-pgrp, pgrp=), "
+        f"or neither for the callback's own job; it was given {given}"
+    )
+
+
+async def test_jobinfo_forms_that_name_one_selector_still_work(sup: ReferenceSupervisor) -> None:
+    host = host_for(sup)
+    for args, kwargs in (
+        (["-id", 2, "-callbacks"], {}),
+        (["-callbacks", "-callbacks", 2], {}),
+        ([], {"id": 2, "callbacks": True, "fields": ["name"]}),
+    ):
+        (job,) = await host.call("jobinfo", args, kwargs)
+        assert job["id"] == 2 and "callbacks" in job
+    assert [j["id"] for j in await host.call("jobinfo", ["-pgrp", 1], {})] == [1]
+    assert [j["id"] for j in await host.call("jobinfo", [], {})] == [1]
