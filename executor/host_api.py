@@ -374,11 +374,17 @@ class HostApi:
                 f"or neither for the callback's own job; it was given {given}"
             )
         if selectors and selectors[0][1] == "pgrp":
-            pgrp = self._job_id(selectors[0][2])
+            pgrp = parse_job_id(selectors[0][2], self._spelling, "pgrp")
+            if pgrp == 0:  # no pgrp has it (nor may it read as "not given")
+                return [], "no pgrp 0"
             jobs = await self._jobs(pgrp=pgrp, include_callbacks=include)
             return jobs, f"{len(jobs)} jobs of pgrp {pgrp}"
-        job_id = self._job_id(selectors[0][2]) if selectors else 0
-        jobs = await self._jobs(job_id=job_id or self._invocation.job_id, include_callbacks=include)
+        job_id = self._job_id(selectors[0][2]) if selectors else self._invocation.job_id
+        if job_id == 0:
+            # No job has id 0: not the callback's own job, which a parentless job's pid
+            # (0) would otherwise have named.
+            return [], "no job 0"
+        jobs = await self._jobs(job_id=job_id, include_callbacks=include)
         return jobs, f"job {jobs[0]['id']}" if jobs else "no job"
 
     async def jobstatus(self, job: Any) -> tuple[str, str]:

@@ -70,16 +70,16 @@ def flatten(args: tuple[Any, ...] | list[Any]) -> list[Any]:
     return flat
 
 
-def parse_job_id(value: Any, spelling: Spelling) -> int:
-    """A job id from an int or a string of ASCII digits, 0 to MAX_ID."""
+def parse_job_id(value: Any, spelling: Spelling, what: str = "job id") -> int:
+    """A job id (or, as ``what`` says, a pgrp) from an int or ASCII digits, 0 to MAX_ID."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise invalid(f"expected a job id, got {spelling.value(value)}")
+        raise invalid(f"expected a {what}, got {spelling.value(value)}")
     text = str(value).strip(_EDGE_SPACE)
     if not _JOB_ID.fullmatch(text):
-        raise invalid(f"expected a job id, got {spelling.value(value)}")
+        raise invalid(f"expected a {what}, got {spelling.value(value)}")
     # Beyond it no supervisor request can carry the id, nor a store keep it.
     if len(text) > len(str(MAX_ID)) or int(text) > MAX_ID:
-        raise invalid(f"job id {spelling.value(value)} is out of range (0 to {MAX_ID})")
+        raise invalid(f"{what} {spelling.value(value)} is out of range (0 to {MAX_ID})")
     return int(text)
 
 

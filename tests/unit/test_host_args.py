@@ -147,3 +147,15 @@ async def test_jobinfo_forms_that_name_one_selector_still_work(sup: ReferenceSup
         assert job["id"] == 2 and "callbacks" in job
     assert [j["id"] for j in await host.call("jobinfo", ["-pgrp", 1], {})] == [1]
     assert [j["id"] for j in await host.call("jobinfo", [], {})] == [1]
+
+
+async def test_jobinfo_of_job_or_pgrp_0_is_no_job_not_the_callbacks_own(
+    sup: ReferenceSupervisor,
+) -> None:
+    # A parentless job's pid is 0: qb.jobinfo('-id', job['pid']) answered the job itself,
+    # so a callback acting on "its parent" acted on its own job.
+    host = host_for(sup)
+    for args, kwargs in ((["-id", 0], {}), ([0], {}), ([], {"id": "0"}), (["-pgrp", 0], {})):
+        assert await host.call("jobinfo", args, kwargs) == [], (args, kwargs)
+    message = await refusal(host, "jobinfo", "-pgrp", 2**63)
+    assert message == f"pgrp {2**63} is out of range (0 to {2**63 - 1})"  # not "job id"
