@@ -256,6 +256,13 @@ def _parse_job(index: int, job: Any, checks: _Checks) -> NewJob:
     if user != user.strip() or not user.isprintable():
         # A user is a Qube account name: "  " or "bob\n" would be an owner no one is.
         raise SubmitError(f"{where}: user {user!r} is not a user name")
+    mailaddress = _text(where, job, "mailaddress", "")
+    if not mailaddress.replace("\t", " ").isprintable():
+        # A list of addresses is one line: a CR/LF would reach the mail's To: header.
+        raise SubmitError(
+            f"{where}: mailaddress {mailaddress!r} holds a control character; separate "
+            "addresses with ',', ';' or spaces"
+        )
     dependency = parse_dependency(where, {**job, "user": user})
     callbacks = (  # the dependency's are checked the same way, after the job's own
         *_parse_callbacks(where, job.get("callbacks"), checks, user),
@@ -274,7 +281,7 @@ def _parse_job(index: int, job: Any, checks: _Checks) -> NewJob:
         cpus=cpus,
         pid=_integer(where, job, "pid", 0, 0),
         pgrp=_integer(where, job, "pgrp", 0, 0) or None,
-        mailaddress=_text(where, job, "mailaddress", ""),
+        mailaddress=mailaddress,
         agenda=agenda,
         callbacks=callbacks,
         extra=extra_json,
