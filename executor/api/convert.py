@@ -195,6 +195,15 @@ def response_from_result(result: RunResult) -> executor_pb2.ExecuteResponse:
 
 # The event types a scheduler publishes; clock events are the executor's own.
 PUBLISHABLE_TYPES: Final = frozenset({"job", "work", "subjob", "host"})
+# The item fields each event type has; the others are dropped, so a stray work_name on
+# a job event never reaches qb.workid(). A work event may say which instance worked the
+# item (qb.subid()) and where; a subjob event where its instance ran.
+EVENT_FIELDS: Final[dict[str, frozenset[str]]] = {
+    "job": frozenset(),
+    "work": frozenset({"work_name", "subjob_id", "host"}),
+    "subjob": frozenset({"subjob_id", "host"}),
+    "host": frozenset({"host"}),
+}
 # The event names a scheduler publishes: every name the trigger grammar knows (Qube's
 # list and timeout) but `done`, which the engine derives from complete, failed and
 # killed, and `dummy`, the name of the executor's own clock events. The grammar takes
@@ -239,13 +248,14 @@ def event_from_request(
     if request.type == "host" and not request.host:
         raise InvalidRequestError("host is required for host events")
     event_id = request.event_id if isinstance(request, executor_pb2.PublishEventRequest) else ""
+    has = EVENT_FIELDS[request.type]
     return Event(
         name=request.name,
         type=request.type,
         job_id=request.job_id,
-        work_name=request.work_name,
-        subjob_id=request.subjob_id if request.HasField("subjob_id") else -1,
-        host=request.host,
+        work_name=request.work_name if "work_name" in has else "",
+        subjob_id=request.subjob_id if "subjob_id" in has and request.HasField("subjob_id") else -1,
+        host=request.host if "host" in has else "",
         event_id=event_id,
     )
 

@@ -708,11 +708,17 @@ class PublishEventRequest(_message.Message):
     job_id: _builtins.int
     """The job the transition happened to."""
     work_name: _builtins.str
-    """The work item; required for work events."""
+    """The work item; required for work events, dropped from the other types (a
+    job event's callback sees qb.workid() '').
+    """
     subjob_id: _builtins.int
-    """The instance; required for subjob events."""
+    """The instance; required for subjob events, optional for work events (the
+    instance that worked the item: qb.subid()), dropped from job and host events.
+    """
     host: _builtins.str
-    """The host; required for host events."""
+    """The host; required for host events, optional for work and subjob events,
+    dropped from job events.
+    """
     event_id: _builtins.str
     """Idempotency key: a repeated event_id is acknowledged and ignored."""
     wait: _builtins.bool
