@@ -107,6 +107,38 @@ async def test_get_run_has_the_whole_result(stack: Stack) -> None:
     assert refused.value.code == grpc.StatusCode.NOT_FOUND
 
 
+async def test_an_invocation_id_of_another_run_is_refused_a_retry_reruns(stack: Stack) -> None:
+    await stack.client.register_job(
+        {
+            "id": 7701,
+            "user": "alice",
+            "callbacks": [
+                {"triggers": "complete-job-self", "language": "python", "code": "print('fired')"}
+            ],
+        }
+    )
+    reply = await stack.client.publish_event(name="complete", type="job", job_id=7701, wait=True)
+    fired_id = reply.fired[0].invocation_id
+
+    # Before, this replaced the fired run's record with job 1's (the supervisor kept the first).
+    with pytest.raises(ExecutorRpcError) as refused:
+        await run_py(stack, "raise SystemExit(3)", 1, invocation_id=fired_id)
+    assert refused.value.code == grpc.StatusCode.ALREADY_EXISTS
+    assert f"invocation_id {fired_id!r} is already recorded for another run (job 7701, " in (
+        refused.value.details
+    )
+    kept = await stack.client.get_run(fired_id)
+    assert (kept.job_id, kept.result.stdout) == (7701, "fired\n")
+
+    first = await run_py(stack, "print('try 1')", 1, invocation_id="retry-1")
+    again = await run_py(stack, "print('try 2')", 1, invocation_id="retry-1")
+    assert first.invocation_id == again.invocation_id == "retry-1"
+    assert (await stack.client.get_run("retry-1")).result.stdout == "try 2\n"
+    with pytest.raises(ExecutorRpcError) as other_job:
+        await run_py(stack, "print('try 3')", 2, invocation_id="retry-1")
+    assert other_job.value.code == grpc.StatusCode.ALREADY_EXISTS
+
+
 async def test_results_reach_the_supervisor_and_the_callback_log(stack: Stack) -> None:
     done = await run_py(stack, "print('frame 1 ok')", 5042)
     assert await eventually(lambda: stack.supervisor.result(done.invocation_id) is not None)

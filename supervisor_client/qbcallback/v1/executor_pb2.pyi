@@ -283,7 +283,10 @@ class ExecuteRequest(_message.Message):
     the supervisor applies each of its actions once (invocation_id, action_seq).
     The executor does not deduplicate runs: a repeat is run again (UNAVAILABLE
     while the first is still in progress at the same executor; at another
-    replica of a fleet both run) and replaces the first in the history.
+    replica of a fleet both run) and replaces the first in the history. A
+    repeat must be of the same callback (job id, callback id, language and
+    triggers): an id the history holds for another run, a fired one included,
+    is ALREADY_EXISTS, and that run's record stays.
     """
     policy: _builtins.str
     """The sandbox policy to run under (the executor's [policies.NAME]); empty: the
