@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Final
 
-from executor.bounds import MAX_ID
+from executor.bounds import MAX_ID, code_size_problem
 from executor.errors import InvalidRequestError
 from executor.model import (
     CallbackSpec,
@@ -35,7 +35,6 @@ from executor.triggers.store import LEVEL, StoredCallback
 from supervisor_client.jobdict import job_to_dict
 from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
 
-MAX_CODE_BYTES: Final = 1 << 20
 # It names the run in logs, `.cb` headers and reports: nothing there may break a line.
 _INVOCATION_ID: Final = re.compile(r"[!-~]{1,128}")
 MAX_TRIGGER_BYTES: Final = 64 << 10
@@ -122,10 +121,8 @@ def invocation_from_request(
         raise InvalidRequestError("callback.language is required (python, perl, qube or mail)")
     if not callback.code.strip() and callback.language.strip().lower() != Language.MAIL:
         raise InvalidRequestError("callback.code is empty: there is nothing to run")
-    if len(callback.code.encode()) > MAX_CODE_BYTES:
-        raise InvalidRequestError(
-            f"callback.code is {len(callback.code.encode())} bytes; the limit is {MAX_CODE_BYTES}"
-        )
+    if (too_large := code_size_problem(callback.code)) is not None:
+        raise InvalidRequestError(f"callback.code {too_large}")
     if len(callback.triggers.encode()) > MAX_TRIGGER_BYTES:
         raise InvalidRequestError(f"callback.triggers is longer than {MAX_TRIGGER_BYTES} bytes")
     if request.invocation_id and not _INVOCATION_ID.fullmatch(request.invocation_id):
