@@ -45,16 +45,23 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
     ) -> executor_pb2.ExecuteResponse:
         """Run one callback in a fresh sandboxed child; its failures are data in the answer."""
         default_limits, max_limits, policy = self._default_limits, self._max_limits, "job"
+        cap_name = "the server's cap"
         if self._policies is not None:
             # Before the limits: a request that may not have the policy learns nothing more.
             chosen = self._policies.for_execute(
                 request.callback.user or request.context.job.user, request.policy.strip()
             )
             (default_limits, max_limits), policy = chosen.limits, chosen.name
+            if max_limits != self._max_limits:
+                cap_name = f"policy {policy!r}'s cap (policies.{policy}.max_limits)"
         elif request.policy.strip() not in ("", "job"):
             raise PermissionDeniedError(f"no policy {request.policy.strip()!r} here")
         invocation = convert.invocation_from_request(
-            request, default_limits=default_limits, max_limits=max_limits, policy=policy
+            request,
+            default_limits=default_limits,
+            max_limits=max_limits,
+            policy=policy,
+            cap_name=cap_name,
         )
         logs.invocation_id.set(invocation.invocation_id)
         if self._storage is not None and (problem := self._storage.problem):

@@ -114,6 +114,7 @@ def invocation_from_request(
     default_limits: Limits,
     max_limits: Limits,
     policy: str = "job",
+    cap_name: str = "the server's cap",
 ) -> Invocation:
     """Validate an ExecuteRequest into an Invocation under ``policy``; InvalidRequestError names the field."""
     callback = request.callback
@@ -153,7 +154,7 @@ def invocation_from_request(
         job=job_to_dict(context.job, include_callbacks=True),
         # Without limits the defaults hold, and they are within the caps (config).
         limits=(
-            merge(_limits(request.limits), default_limits, max_limits)
+            merge(_limits(request.limits), default_limits, max_limits, cap_name)
             if request.HasField("limits")
             else default_limits
         ),

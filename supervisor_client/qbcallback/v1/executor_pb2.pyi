@@ -372,7 +372,11 @@ class Action(_message.Message):
     verb: _builtins.str
     """The qb function: "unblock", "workunblock", "jobinfo", ..."""
     target: _builtins.str
-    """What it acted on: "1234", "1234:5", "pgrp 1234"."""
+    """What it acted on, as the callback named it: its arguments joined by ", "
+    ("1234", "1234:5", "12, 13", "-pgrp, 1234"), or its keywords as "name=value"
+    ("pgrp=1234"); empty for a call that named nothing (jobinfo() of its own
+    job, as a qube or mail run reads it); for a mail, the recipients.
+    """
     ok: _builtins.bool
     """Whether the supervisor accepted it."""
     message: _builtins.str
@@ -1609,7 +1613,9 @@ class ListRunsRequest(_message.Message):
     limit: _builtins.int
     """At most this many (default 50, at most 1000)."""
     language: _builtins.str
-    """python, perl or qube; empty means any."""
+    """python, perl, qube or mail (any case); empty means any; another name is
+    INVALID_ARGUMENT.
+    """
     shadow_only: _builtins.bool
     """Only shadow runs (of callbacks.conf lines marked shadow)."""
     def __init__(
