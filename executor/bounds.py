@@ -14,6 +14,10 @@ from __future__ import annotations
 
 from typing import Final
 
+# The largest callback code, in UTF-8 bytes, the executor takes: at Execute and at
+# RegisterJob alike (the reference farm's SubmitJobs has the same), so no path stores and
+# runs what another refuses. A callbacks.conf file has its own (universal.MAX_FILE_BYTES).
+MAX_CODE_BYTES: Final = 1 << 20
 MAX_VERB_CHARS: Final = 64
 MAX_TARGET_CHARS: Final = 512
 MAX_MESSAGE_CHARS: Final = 1024
@@ -25,6 +29,14 @@ MAX_TRACEBACK_CHARS: Final = 64 << 10
 # so neither a request nor a callback's qb call may name one. Instance ids are int32.
 MAX_ID: Final = (1 << 63) - 1
 MAX_SUBJOB_ID: Final = (1 << 31) - 1
+
+
+def code_size_problem(code: str) -> str | None:
+    """Why ``code`` is too large ("is N bytes; the limit is ..."), or None."""
+    size = len(code.encode("utf-8", "surrogatepass"))
+    if size <= MAX_CODE_BYTES:
+        return None
+    return f"is {size} bytes; the limit is {MAX_CODE_BYTES} (1 MiB)"
 
 
 def cut(text: str, limit: int) -> str:

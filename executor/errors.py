@@ -3,6 +3,7 @@
 ExecutorError
  +-- InvalidRequestError      the request is malformed or asks for more than the caps
  +-- NotFoundError            the request names something the executor does not have
+ +-- AlreadyExistsError       the request's id already names something else (another run)
  +-- PermissionDeniedError    the caller's Qube user may not do what it asks (the farm)
  +-- CapacityError            every slot is busy and the queue is full
  +-- UnavailableError         draining, or a child could not be started
@@ -25,6 +26,10 @@ class InvalidRequestError(ExecutorError):
 
 class NotFoundError(ExecutorError):
     """The request names a run, job or callback the executor does not know."""
+
+
+class AlreadyExistsError(ExecutorError):
+    """The request's idempotency key already names a different thing (another run)."""
 
 
 class PermissionDeniedError(ExecutorError):

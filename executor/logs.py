@@ -38,6 +38,33 @@ class InvocationFilter(logging.Filter):
         return True
 
 
+# gRPC's core logs a failed send of a handler's answer with a traceback at ERROR.
+GRPC_CORE_LOGGER: Final = "grpc._cython.cygrpc"
+_UNSENT_ANSWER: Final = "ExecuteBatchError raised in core by servicer method"
+
+
+class UnsentAnswerFilter(logging.Filter):
+    """Turns gRPC's traceback for an answer it could not send into one WARNING line.
+
+    The client closed the call first: most often its receive limit is below the answer's
+    size (gRPC's default 4 MiB; an Execute answer may reach 2 x output_bytes plus about
+    1.1 MiB). The run is recorded either way; it is the client's limit, not our fault.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and message.startswith(_UNSENT_ANSWER):
+            method = message.removeprefix(_UNSENT_ANSWER).strip(" []")
+            record.msg = (
+                "the answer to %s could not be sent: the client closed the call (its "
+                "receive limit may be below the answer's size, see the README's Errors)"
+            )
+            record.args = (method,)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log shippers; ``extra=`` fields become keys of their own."""
 
@@ -67,6 +94,9 @@ def configure(level: str, fmt: str) -> None:
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(invocation_id)s] %(message)s")
         )
+    core = logging.getLogger(GRPC_CORE_LOGGER)
+    if not any(isinstance(f, UnsentAnswerFilter) for f in core.filters):
+        core.addFilter(UnsentAnswerFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -322,7 +322,11 @@ def _reading_sources(
         else lambda: (0, 0),
         storage_problem=lambda: storage.problem,
         trigger_counts=lambda: (stats.events_published, stats.callbacks_fired),
-        trigger_store=lambda: (store.count_jobs(), store.count_callbacks()),
+        trigger_store=lambda: (
+            store.count_jobs(),
+            store.count_callbacks(),
+            store.count_firings(),
+        ),
         universal=lambda: (len(engine.universal), len(engine.universal_reload.errors)),
         zygotes=spawner.status if isinstance(spawner, ZygoteSpawner) else tuple,
     )

@@ -1,6 +1,9 @@
 """Check a freshly started executor the way a newcomer would: run one callback, read the outcome.
 
-Usage: python scripts/quickstart_check.py [HOST:PORT]   (exit 0 when it works)
+Usage: python scripts/quickstart_check.py [HOST:PORT] [--token TOKEN]   (exit 0 when it works)
+
+The address defaults to ``$CBEXEC_ADDRESS``, else 127.0.0.1:50051, and the token to
+``$CBEXEC_AUTH_TOKEN``, as for every ``cbexec`` client command.
 
 Prints the outcome and the callback's output; when the callback did not succeed, also
 why (the failure's message and the end of its stderr), and when the executor cannot be
@@ -9,7 +12,9 @@ reached or refuses the call, that, in one line.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import os
 import sys
 
 from supervisor_client import ExecutorClient, ExecutorRpcError
@@ -18,9 +23,9 @@ from supervisor_client.qbcallback.v1 import executor_pb2
 STDERR_LINES = 5
 
 
-async def check(address: str) -> int:
+async def check(address: str, token: str | None = None) -> int:
     try:
-        async with ExecutorClient(address) as client:
+        async with ExecutorClient(address, token=token) as client:
             response = await client.execute_callback(
                 language="python",
                 code="print('hello from job', qb.jobid())",
@@ -41,5 +46,25 @@ async def check(address: str) -> int:
     return 1
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Parse the arguments (a usage error exits 2) and run the check."""
+    parser = argparse.ArgumentParser(
+        description="Run one callback through an executor and print its outcome."
+    )
+    parser.add_argument(
+        "address",
+        nargs="?",
+        default=os.environ.get("CBEXEC_ADDRESS") or "127.0.0.1:50051",
+        help="executor host:port (default: $CBEXEC_ADDRESS, else 127.0.0.1:50051)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("CBEXEC_AUTH_TOKEN") or None,
+        help="the executor's auth_token (default: $CBEXEC_AUTH_TOKEN)",
+    )
+    args = parser.parse_args(argv)
+    return asyncio.run(check(args.address, args.token))
+
+
 if __name__ == "__main__":
-    sys.exit(asyncio.run(check(sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:50051")))
+    sys.exit(main())

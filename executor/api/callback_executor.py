@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 
 from executor import logs
 from executor.api import convert
 from executor.api.errors import Context, grpc_errors
 from executor.dispatcher import Dispatcher
-from executor.errors import PermissionDeniedError, UnavailableError
-from executor.model import Limits
+from executor.errors import AlreadyExistsError, PermissionDeniedError, UnavailableError
+from executor.model import Invocation, Limits
 from executor.policies import PolicySet
+from executor.runs.history import RunIdentity
 from executor.storage import StorageHealth
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 
@@ -26,8 +29,11 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
         max_limits: Limits,
         policies: PolicySet | None = None,
         storage: StorageHealth | None = None,
+        recorded: Callable[[str], RunIdentity | None] | None = None,
     ) -> None:
         self._dispatcher = dispatcher
+        # Whose run an invocation id already names (Recorder.recorded; blocks).
+        self._recorded = recorded
         self._default_limits = default_limits
         self._max_limits = max_limits
         self._policies = policies
@@ -39,16 +45,23 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
     ) -> executor_pb2.ExecuteResponse:
         """Run one callback in a fresh sandboxed child; its failures are data in the answer."""
         default_limits, max_limits, policy = self._default_limits, self._max_limits, "job"
+        cap_name = "the server's cap"
         if self._policies is not None:
             # Before the limits: a request that may not have the policy learns nothing more.
             chosen = self._policies.for_execute(
                 request.callback.user or request.context.job.user, request.policy.strip()
             )
             (default_limits, max_limits), policy = chosen.limits, chosen.name
+            if max_limits != self._max_limits:
+                cap_name = f"policy {policy!r}'s cap (policies.{policy}.max_limits)"
         elif request.policy.strip() not in ("", "job"):
             raise PermissionDeniedError(f"no policy {request.policy.strip()!r} here")
         invocation = convert.invocation_from_request(
-            request, default_limits=default_limits, max_limits=max_limits, policy=policy
+            request,
+            default_limits=default_limits,
+            max_limits=max_limits,
+            policy=policy,
+            cap_name=cap_name,
         )
         logs.invocation_id.set(invocation.invocation_id)
         if self._storage is not None and (problem := self._storage.problem):
@@ -56,7 +69,26 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
             raise UnavailableError(
                 f"the executor cannot record results now, so it runs nothing: {problem}"
             )
+        if request.invocation_id:  # one the executor makes names no earlier run
+            await self._refuse_another_runs_id(invocation)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         result = await self._dispatcher.execute(invocation, deadline=deadline)
         return convert.response_from_result(result)
+
+    async def _refuse_another_runs_id(self, invocation: Invocation) -> None:
+        """AlreadyExistsError when the id is recorded for another job's or callback's run.
+
+        A repeat of the same callback is a retry: it runs again and replaces the record
+        (proto ExecuteRequest.invocation_id). Another run's record, a fired one included,
+        stays: the supervisor keeps the first result under the id, and so does the history.
+        """
+        if self._recorded is None:
+            return
+        recorded = await asyncio.to_thread(self._recorded, invocation.invocation_id)
+        if recorded is not None and recorded != RunIdentity.of(invocation):
+            raise AlreadyExistsError(
+                f"invocation_id {invocation.invocation_id!r} is already recorded for another "
+                f"run ({recorded.describe()}); a repeat must name the same job and callback "
+                "(id, language, triggers), else choose a new invocation_id"
+            )

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Final
 
-from executor.bounds import MAX_ID
+from executor.bounds import MAX_ID, code_size_problem
 from executor.errors import InvalidRequestError
 from executor.model import (
     CallbackSpec,
@@ -35,7 +35,6 @@ from executor.triggers.store import LEVEL, StoredCallback
 from supervisor_client.jobdict import job_to_dict
 from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
 
-MAX_CODE_BYTES: Final = 1 << 20
 # It names the run in logs, `.cb` headers and reports: nothing there may break a line.
 _INVOCATION_ID: Final = re.compile(r"[!-~]{1,128}")
 MAX_TRIGGER_BYTES: Final = 64 << 10
@@ -129,6 +128,7 @@ def invocation_from_request(
     default_limits: Limits,
     max_limits: Limits,
     policy: str = "job",
+    cap_name: str = "the server's cap",
 ) -> Invocation:
     """Validate an ExecuteRequest into an Invocation under ``policy``; InvalidRequestError names the field."""
     callback = request.callback
@@ -136,10 +136,8 @@ def invocation_from_request(
         raise InvalidRequestError("callback.language is required (python, perl, qube or mail)")
     if not callback.code.strip() and callback.language.strip().lower() != Language.MAIL:
         raise InvalidRequestError("callback.code is empty: there is nothing to run")
-    if len(callback.code.encode()) > MAX_CODE_BYTES:
-        raise InvalidRequestError(
-            f"callback.code is {len(callback.code.encode())} bytes; the limit is {MAX_CODE_BYTES}"
-        )
+    if (too_large := code_size_problem(callback.code)) is not None:
+        raise InvalidRequestError(f"callback.code {too_large}")
     if len(callback.triggers.encode()) > MAX_TRIGGER_BYTES:
         raise InvalidRequestError(f"callback.triggers is longer than {MAX_TRIGGER_BYTES} bytes")
     if request.invocation_id and not _INVOCATION_ID.fullmatch(request.invocation_id):
@@ -170,7 +168,7 @@ def invocation_from_request(
         job=job_to_dict(context.job, include_callbacks=True),
         # Without limits the defaults hold, and they are within the caps (config).
         limits=(
-            merge(_limits(request.limits), default_limits, max_limits)
+            merge(_limits(request.limits), default_limits, max_limits, cap_name)
             if request.HasField("limits")
             else default_limits
         ),
@@ -209,6 +207,15 @@ def response_from_result(result: RunResult) -> executor_pb2.ExecuteResponse:
 
 # The event types a scheduler publishes; clock events are the executor's own.
 PUBLISHABLE_TYPES: Final = frozenset({"job", "work", "subjob", "host"})
+# The item fields each event type has; the others are dropped, so a stray work_name on
+# a job event never reaches qb.workid(). A work event may say which instance worked the
+# item (qb.subid()) and where; a subjob event where its instance ran.
+EVENT_FIELDS: Final[dict[str, frozenset[str]]] = {
+    "job": frozenset(),
+    "work": frozenset({"work_name", "subjob_id", "host"}),
+    "subjob": frozenset({"subjob_id", "host"}),
+    "host": frozenset({"host"}),
+}
 # The event names a scheduler publishes: every name the trigger grammar knows (Qube's
 # list and timeout) but `done`, which the engine derives from complete, failed and
 # killed, and `dummy`, the name of the executor's own clock events. The grammar takes
@@ -253,13 +260,14 @@ def event_from_request(
     if request.type == "host" and not request.host:
         raise InvalidRequestError("host is required for host events")
     event_id = request.event_id if isinstance(request, executor_pb2.PublishEventRequest) else ""
+    has = EVENT_FIELDS[request.type]
     return Event(
         name=request.name,
         type=request.type,
         job_id=request.job_id,
-        work_name=request.work_name,
-        subjob_id=request.subjob_id if request.HasField("subjob_id") else -1,
-        host=request.host,
+        work_name=request.work_name if "work_name" in has else "",
+        subjob_id=request.subjob_id if "subjob_id" in has and request.HasField("subjob_id") else -1,
+        host=request.host if "host" in has else "",
         event_id=event_id,
     )
 

@@ -50,6 +50,7 @@ def metrics_message(snapshot: MetricsSnapshot) -> executor_pb2.GetMetricsRespons
         queue_limit=readings.queue_limit,
         trigger_jobs=readings.trigger_jobs,
         trigger_callbacks=readings.trigger_callbacks,
+        firings_queued=readings.firings_queued,
         universal_callbacks=readings.universal_callbacks,
         universal_reload_errors=readings.universal_reload_errors,
         zygotes=[

@@ -122,6 +122,7 @@ def build(
             max_limits=settings.max_limits,
             policies=policies,
             storage=storage,
+            recorded=recorder.recorded,
         ),
     )
     guarded.register(

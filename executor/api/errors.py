@@ -17,6 +17,7 @@ from typing import Any, Final, TypeVar
 import grpc
 
 from executor.errors import (
+    AlreadyExistsError,
     CapacityError,
     ConfigError,
     ExecutorError,
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 STATUS_BY_ERROR: Final[tuple[tuple[type[ExecutorError], grpc.StatusCode], ...]] = (
     (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (CapacityError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),

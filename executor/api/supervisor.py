@@ -32,6 +32,11 @@ _KIND_BY_CODE: Final[dict[grpc.StatusCode, QbErrorKind]] = {
     grpc.StatusCode.FAILED_PRECONDITION: "QbError",
 }
 
+# Codes that mean no answer came (down, too slow, the call cut); any other is an answer.
+_NO_ANSWER: Final = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+)
+
 _Response = TypeVar("_Response")
 
 
@@ -42,7 +47,13 @@ def host_error(err: grpc.aio.AioRpcError) -> HostCallError:
     kind = named or _KIND_BY_CODE.get(code, "SupervisorUnavailable")
     details = err.details() or code.name
     if kind == "SupervisorUnavailable":
-        details = f"the supervisor did not answer: {code.name}: {details}"
+        if code in _NO_ANSWER:
+            said = "the supervisor did not answer"
+        elif code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
+            said = "the supervisor's answer was larger than the executor takes"
+        else:
+            said = "the supervisor answered with an error"
+        details = f"{said}: {code.name}: {details}"
     return HostCallError(kind, details)
 
 

@@ -62,7 +62,8 @@ def format_metrics(m: Any) -> str:
         f"{'storage':<16}" + (f"DEGRADED: {m.storage_problem}" if m.storage_problem else "ok"),
         (
             f"{'trigger engine':<16}{m.events_published} events, {m.callbacks_fired} firings; "
-            f"{m.trigger_jobs} jobs, {m.trigger_callbacks} callbacks registered"
+            f"{m.trigger_jobs} jobs, {m.trigger_callbacks} callbacks registered; "
+            f"{m.firings_queued} firings queued"
         ),
         f"{'universal':<16}{m.universal_callbacks} loaded"
         + (

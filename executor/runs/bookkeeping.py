@@ -60,6 +60,8 @@ class BookkeepingWriter:
         self._callback_log = callback_log
         self._metrics = metrics
         self._queue: list[_Entry] = []
+        # Runs queued or being written, by invocation id: what the history does not show yet.
+        self._pending: dict[str, Invocation] = {}
         # Runs the history could not take yet, oldest first (written by this thread only).
         self._unrecorded: list[_Entry] = []
         # Queued and being written: flush() waits for 0.
@@ -77,10 +79,16 @@ class BookkeepingWriter:
         """Queue one finished run's bookkeeping (returns at once)."""
         with self._changed:
             self._queue.append(_Entry(invocation, result, ended_at, started_at))
+            self._pending[result.invocation_id] = invocation
             self._unwritten += 1
             # Woken for the first of a burst, and when it is large enough; not for each run.
             if len(self._queue) in (1, GATHER_RUNS):
                 self._changed.notify_all()
+
+    def pending(self, invocation_id: str) -> Invocation | None:
+        """The run under ``invocation_id`` queued or being written now, if any."""
+        with self._changed:
+            return self._pending.get(invocation_id)
 
     def flush(self, timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
         """Wait until every run queued so far is written; False on timeout."""
@@ -119,6 +127,9 @@ class BookkeepingWriter:
             finally:
                 with self._changed:
                     self._unwritten -= len(batch)
+                    for entry in batch:
+                        if self._pending.get(entry.result.invocation_id) is entry.invocation:
+                            del self._pending[entry.result.invocation_id]
                     self._changed.notify_all()
 
     def _gathered(self) -> bool:

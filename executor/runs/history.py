@@ -151,6 +151,37 @@ class RunRecord:
     shadow: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class RunIdentity:
+    """Whose run an invocation id names: a repeat of it must be the same callback's."""
+
+    job_id: int
+    callback_id: int
+    language: str
+    triggers: str
+    # A universal callback's file; "" for a job's own callback or an Execute.
+    source: str
+
+    @classmethod
+    def of(cls, invocation: Invocation) -> RunIdentity:
+        callback = invocation.callback
+        return cls(
+            invocation.job_id,
+            callback.id,
+            callback.language.lower(),
+            callback.triggers,
+            callback.source,
+        )
+
+    def describe(self) -> str:
+        what = f"job {self.job_id}, callback {self.callback_id} ({self.language}"
+        if self.triggers:
+            what += f", triggers {self.triggers!r}"
+        if self.source:
+            what += f", {self.source}"
+        return what + ")"
+
+
 _FIELD_NAMES: dict[type, tuple[str, ...] | None] = {}
 
 
@@ -398,6 +429,28 @@ class RunHistory:
         if row is None:
             return None
         return self._record(row, result=result_from_json(row["result"]))
+
+    def identity(self, invocation_id: str) -> RunIdentity | None:
+        """Whose run is recorded under ``invocation_id`` (None: none is).
+
+        Without ``before_read``: the caller looks at the runs still being written itself
+        (``Recorder.recorded``), so an Execute does not wait for a history commit.
+        """
+        with self._lock:
+            row = self._db.execute(
+                "SELECT job_id, callback_id, language, triggers, source FROM runs"
+                " WHERE invocation_id = ?",
+                (invocation_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return RunIdentity(
+            row["job_id"],
+            row["callback_id"],
+            row["language"].lower(),
+            row["triggers"],
+            row["source"],
+        )
 
     def ids_starting_with(self, prefix: str, limit: int = 3) -> list[str]:
         """Up to ``limit`` invocation ids that start with ``prefix`` (taken literally)."""

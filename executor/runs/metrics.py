@@ -311,7 +311,11 @@ class ReadingsCollector(Collector):
             r.prepared_children,
         )
         yield gauge("slots", "Runs allowed at once (max_concurrent).", r.slots)
-        yield gauge("queue_depth", "Runs waiting for a free slot.", r.queue_depth)
+        yield gauge(
+            "queue_depth",
+            "Runs waiting for a free slot: Execute requests, and fired callbacks given a turn.",
+            r.queue_depth,
+        )
         yield gauge("queue_limit", "Runs allowed to wait (max_queue).", r.queue_limit)
         yield gauge(
             "outbox_pending", "Results waiting in the outbox for the supervisor.", r.outbox_pending
@@ -339,6 +343,12 @@ class ReadingsCollector(Collector):
             "trigger_callbacks",
             "Callbacks registered with the trigger engine (universal copies included).",
             r.trigger_callbacks,
+        )
+        yield gauge(
+            "firings_queued",
+            "Fired callbacks not yet run to their end, waiting for their turn or running "
+            "(the trigger store's queue; in a fleet, every replica's).",
+            r.firings_queued,
         )
         yield gauge(
             "universal_callbacks",

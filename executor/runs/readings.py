@@ -48,6 +48,8 @@ class Readings:
     callbacks_fired: int = 0
     trigger_jobs: int = 0
     trigger_callbacks: int = 0
+    # The trigger store's queue: fired callbacks waiting for their turn or running.
+    firings_queued: int = 0
     universal_callbacks: int = 0
     universal_reload_errors: int = 0
     zygotes: tuple[ZygoteStatus, ...] = ()
@@ -80,18 +82,19 @@ class ReadingSources:
     outbox: Callable[[], tuple[int, int]] = lambda: (0, 0)  # (pending, dead letters)
     storage_problem: Callable[[], str] = lambda: ""
     trigger_counts: Callable[[], tuple[int, int]] = lambda: (0, 0)  # (events, firings)
-    trigger_store: Callable[[], tuple[int, int]] = lambda: (0, 0)  # (jobs, callbacks)
+    # (jobs, callbacks, firings queued)
+    trigger_store: Callable[[], tuple[int, ...]] = lambda: (0, 0, 0)
     universal: Callable[[], tuple[int, int]] = lambda: (0, 0)  # (loaded, reload errors)
     zygotes: Callable[[], tuple[ZygoteStatus, ...]] = tuple
 
     # The last counts each store-backed source gave, shown while its store cannot be read.
-    _last: dict[str, tuple[int, int]] = field(default_factory=dict)
+    _last: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def read(self) -> Readings:
         """Every reading now (a store that cannot be read keeps its last counts)."""
         pending, dead = self._or_last("outbox", self.outbox)
         events, fired = self._or_last("trigger_counts", self.trigger_counts)
-        jobs, callbacks = self._or_last("trigger_store", self.trigger_store)
+        jobs, callbacks, firings = self._or_last("trigger_store", self.trigger_store, 3)
         universal, reload_errors = self.universal()
         return Readings(
             active_children=self.load.active,
@@ -106,16 +109,19 @@ class ReadingSources:
             callbacks_fired=fired,
             trigger_jobs=jobs,
             trigger_callbacks=callbacks,
+            firings_queued=firings,
             universal_callbacks=universal,
             universal_reload_errors=reload_errors,
             zygotes=self.zygotes(),
             tier=self.tier,
         )
 
-    def _or_last(self, name: str, source: Callable[[], tuple[int, int]]) -> tuple[int, int]:
+    def _or_last(
+        self, name: str, source: Callable[[], tuple[int, ...]], size: int = 2
+    ) -> tuple[int, ...]:
         try:
             value = source()
         except UnavailableError:  # a fleet's PostgreSQL down: the storage problem says so
-            return self._last.get(name, (0, 0))
+            return self._last.get(name, (0,) * size)
         self._last[name] = value
         return value

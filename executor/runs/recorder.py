@@ -21,7 +21,7 @@ from executor.errors import UnavailableError
 from executor.model import Invocation, RunResult
 from executor.runs.bookkeeping import BookkeepingWriter
 from executor.runs.callback_log import CallbackLog
-from executor.runs.history import RunHistory
+from executor.runs.history import RunHistory, RunIdentity
 from executor.runs.metrics import Metrics
 from executor.runs.outbox import MESSAGE_MARGIN_BYTES, Outbox, Transport
 from executor.storage import StorageHealth
@@ -130,6 +130,17 @@ class Recorder:
             invocation, result, ended_at=now, started_at=now - result.usage.wall_seconds
         )
         return committed
+
+    def recorded(self, invocation_id: str) -> RunIdentity | None:
+        """Whose run is recorded (or being recorded) under ``invocation_id``; blocks.
+
+        The runs the writer still holds first, then the history: between the two, a run
+        is always in one of them.
+        """
+        pending = self._writer.pending(invocation_id)
+        if pending is not None:
+            return RunIdentity.of(pending)
+        return self.history.identity(invocation_id)
 
     @staticmethod
     async def _commit(outbox: Outbox, invocation_id: str, report: bytes, *, wait_s: float) -> None:

@@ -46,6 +46,7 @@ import socket
 import ssl
 import string
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -62,6 +63,9 @@ QB_TIME_EPOCH_OFFSET: Final = 946702800
 
 _HEADER_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9-]*):[ \t]*(.*)$")
 _ADDRESS_SEPARATORS = re.compile(r"[,;\s]+")
+# One recipient: local@domain or a bare user name, without RFC 5322's specials (a ':'
+# would start a group, '<' a display name).
+_ADDRESS = re.compile(r'^[^@\s"(),:;<>\[\]\\]+(@[^@\s"(),:;<>\[\]\\]+)?$')
 # What an invocation id may hold to appear in a Message-ID as is (a uuid does).
 _MESSAGE_ID_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _delivery_counter = itertools.count(1)
@@ -299,12 +303,30 @@ def template_variables(
 
 
 def recipients(job: dict[str, Any], default_domain: str) -> list[str]:
-    """The job's mailaddress list, else its user; bare names get ``@default_domain``."""
-    names = [n for n in _ADDRESS_SEPARATORS.split(str(job.get("mailaddress") or "")) if n]
-    if not names and job.get("user"):
-        names = [str(job["user"])]
+    """The job's mailaddress list, else its user; bare names get ``@default_domain``.
+
+    A control character (CR/LF included: a list is one line) or a name that is no
+    address (``Bcc:``, ``<a@b>``) is a MailError naming the field, so nothing is sent:
+    the header would otherwise read it as a group or as more recipients.
+    """
+    field, given = "mailaddress", str(job.get("mailaddress") or "")
+    if not _ADDRESS_SEPARATORS.sub("", given) and job.get("user"):
+        field, given = "user", str(job["user"])
+    for index, char in enumerate(given):
+        if char not in " \t" and unicodedata.category(char) == "Cc":
+            raise MailError(
+                f"job {job.get('id')}'s {field} holds a control character "
+                f"({char!r} at {index}); expected addresses separated by ',', ';' or spaces"
+            )
+    names = [n for n in _ADDRESS_SEPARATORS.split(given) if n]
     if not names:
         raise MailError(f"job {job.get('id')} has neither a mailaddress nor a user to mail")
+    for name in names:
+        if not _ADDRESS.match(name):
+            raise MailError(
+                f"job {job.get('id')}'s {field}: {name!r} is not a mail address "
+                "(expected name@domain or a bare user name)"
+            )
     return [name if "@" in name else f"{name}@{default_domain}" for name in names]
 
 
@@ -338,7 +360,8 @@ def _split_template(text: str) -> tuple[list[tuple[str, str]], str]:
 
 
 def _one_line(value: str) -> str:
-    return " ".join(value.split())
+    """A header value from job fields: one line, other control characters as spaces."""
+    return " ".join("".join(" " if unicodedata.category(c) == "Cc" else c for c in value).split())
 
 
 def message_id(invocation_id: str, action_seq: int, domain: str) -> str:
@@ -380,7 +403,7 @@ def render(
     message["Subject"] = _one_line(subject)
     message["Date"] = formatdate(localtime=True)
     message["Message-ID"] = message_id or make_msgid(domain=settings.default_domain or None)
-    message["X-Qube-Job"] = variables["JOB_ID"]
+    message["X-Qube-Job"] = _one_line(variables["JOB_ID"])
     message["X-Qube-Mail"] = kind
     message.set_content(string.Template(body).safe_substitute(variables))
     return message

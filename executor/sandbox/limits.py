@@ -31,8 +31,13 @@ OPEN_FILES: Final = 256
 MIN_FILE_SIZE_BYTES: Final = 64 << 20
 
 
-def merge(requested: Limits, default: Limits, cap: Limits) -> Limits:
-    """Zero fields take the default; anything above the cap, negative, NaN or infinite is rejected."""
+def merge(
+    requested: Limits, default: Limits, cap: Limits, cap_name: str = "the server's cap"
+) -> Limits:
+    """Zero fields take the default; anything above the cap, negative, NaN or infinite is rejected.
+
+    ``cap_name`` says whose cap it is in the refusal (a policy's, when one applies).
+    """
     values = {}
     for field in dataclasses.fields(Limits):
         asked = getattr(requested, field.name)
@@ -42,8 +47,7 @@ def merge(requested: Limits, default: Limits, cap: Limits) -> Limits:
             raise InvalidRequestError(f"limits.{field.name} must not be negative (got {asked})")
         if asked > getattr(cap, field.name):
             raise InvalidRequestError(
-                f"limits.{field.name} = {asked} exceeds the server's cap of "
-                f"{getattr(cap, field.name)}"
+                f"limits.{field.name} = {asked} exceeds {cap_name} of {getattr(cap, field.name)}"
             )
         values[field.name] = asked or getattr(default, field.name)
     return Limits(**values)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from executor.bounds import code_size_problem
 from executor.errors import InvalidRequestError
 from executor.model import Event, Language
 from executor.sql import Db
@@ -69,6 +70,8 @@ def callback_specs(
             raise InvalidRequestError(f"job.callbacks[{index}].triggers: {err}") from err
         if (problem := check_language(str(cb.get("language") or QUBE))) is not None:
             raise InvalidRequestError(f"job.callbacks[{index}].language: {problem}")
+        if (too_large := code_size_problem(str(cb.get("code") or ""))) is not None:
+            raise InvalidRequestError(f"job.callbacks[{index}].code {too_large}")
         mode = str(cb.get("mode") or EDGE)
         if mode not in MODES:
             raise InvalidRequestError(

@@ -418,6 +418,11 @@ class TriggerStore:
         with self.outside_transaction() as db:
             return int(db.execute("SELECT count(*) FROM callbacks").fetchone()[0])
 
+    def count_firings(self) -> int:
+        """Firings decided and not yet run to their end (in a fleet, every replica's)."""
+        with self.outside_transaction() as db:
+            return int(db.execute("SELECT count(*) FROM firings").fetchone()[0])
+
     def count_jobs(self) -> int:
         with self.outside_transaction() as db:
             return int(db.execute("SELECT count(*) FROM jobs").fetchone()[0])

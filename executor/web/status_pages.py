@@ -92,6 +92,7 @@ def health_body(source: Any) -> Html:
         [
             ("Events applied", m.events_published),
             ("Callbacks fired", m.callbacks_fired),
+            ("Firings queued", m.firings_queued),
             ("Jobs registered", m.trigger_jobs),
             ("Callbacks registered", m.trigger_callbacks),
             ("Universal callbacks", m.universal_callbacks),

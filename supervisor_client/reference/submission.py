@@ -16,6 +16,10 @@ from supervisor_client.reference.dependency import parse_dependency
 from supervisor_client.reference.errors import SubmitError
 from supervisor_client.reference.states import Status
 
+# The executor's limit on a callback's code (executor/bounds.py; a test keeps the two
+# equal): a job stored here whose callback the executor would refuse could never run.
+MAX_CODE_BYTES: Final = 1 << 20
+
 #: Fields the supervisor assigns. A resubmitted jobinfo dict carries them; they are ignored.
 _ASSIGNED_FIELDS: Final = frozenset({"id", "timesubmit", "timestart", "timecomplete", "subjobs"})
 _INPUT_FIELDS: Final = frozenset(
@@ -211,11 +215,14 @@ def _parse_callbacks(
         mode = _text(at, entry, "mode", "")
         if mode not in _MODES:
             raise SubmitError(f"{at}: mode must be 'edge' or 'level', got {mode!r}")
+        code = _text(at, entry, "code", "")
+        if (size := len(code.encode("utf-8", "surrogatepass"))) > MAX_CODE_BYTES:
+            raise SubmitError(f"{at}: code is {size} bytes; the limit is {MAX_CODE_BYTES} (1 MiB)")
         callbacks.append(
             _NewCallback(
                 triggers,
                 language,
-                _text(at, entry, "code", ""),
+                code,
                 _callback_user(at, entry, owner),
                 _integer(at, entry, "maximum", 0, 0, MAX_RUNS),
                 mode,
@@ -256,6 +263,13 @@ def _parse_job(index: int, job: Any, checks: _Checks) -> NewJob:
     if user != user.strip() or not user.isprintable():
         # A user is a Qube account name: "  " or "bob\n" would be an owner no one is.
         raise SubmitError(f"{where}: user {user!r} is not a user name")
+    mailaddress = _text(where, job, "mailaddress", "")
+    if not mailaddress.replace("\t", " ").isprintable():
+        # A list of addresses is one line: a CR/LF would reach the mail's To: header.
+        raise SubmitError(
+            f"{where}: mailaddress {mailaddress!r} holds a control character; separate "
+            "addresses with ',', ';' or spaces"
+        )
     dependency = parse_dependency(where, {**job, "user": user})
     callbacks = (  # the dependency's are checked the same way, after the job's own
         *_parse_callbacks(where, job.get("callbacks"), checks, user),
@@ -274,7 +288,7 @@ def _parse_job(index: int, job: Any, checks: _Checks) -> NewJob:
         cpus=cpus,
         pid=_integer(where, job, "pid", 0, 0),
         pgrp=_integer(where, job, "pgrp", 0, 0) or None,
-        mailaddress=_text(where, job, "mailaddress", ""),
+        mailaddress=mailaddress,
         agenda=agenda,
         callbacks=callbacks,
         extra=extra_json,

@@ -11,10 +11,12 @@ from typing import Any
 import grpc
 import pytest
 
-from executor.api.convert import MAX_CODE_BYTES
+from executor.bounds import MAX_CODE_BYTES
 from executor.triggers.lexer import MAX_DEPTH, MAX_TRIGGER_BYTES
 from supervisor_client.jobdict import job_from_dict
 from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
+from supervisor_client.reference import submission
+from supervisor_client.reference.errors import SubmitError
 from tests.conftest import Stack
 from tests.hostile.harness import MIB
 
@@ -68,10 +70,43 @@ async def test_execute_with_a_trigger_of_megabytes_is_invalid_argument(stack_war
     assert await _nothing_ran(stack_warm)
 
 
-def _register(stack: Stack, triggers: str) -> executor_pb2.RegisterJobRequest:
+def _register(
+    stack: Stack, triggers: str, code: str = "print(1)"
+) -> executor_pb2.RegisterJobRequest:
     (job,) = stack.supervisor.submit([{"name": "registered", "user": "mallory"}])
-    job["callbacks"] = [{"triggers": triggers, "language": "python", "code": "print(1)"}]
+    job["callbacks"] = [{"triggers": triggers, "language": "python", "code": code}]
     return executor_pb2.RegisterJobRequest(job=job_from_dict(job))
+
+
+async def test_code_over_the_limit_is_refused_at_registration_as_at_execute(
+    stack_warm: Stack,
+) -> None:
+    # Before, RegisterJob (and the farm's SubmitJobs) stored 3 MiB that Execute refuses.
+    code = "#" + "x" * (3 * MIB) + "\nprint(1)"
+    request = _register(stack_warm, "complete-job-self", code)
+    error = await _refused(stack_warm.triggers.RegisterJob(request))
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert error.details() == (
+        f"job.callbacks[0].code is {len(code)} bytes; the limit is {MAX_CODE_BYTES} (1 MiB)"
+    )
+    with pytest.raises(SubmitError, match=r"callback 1: code is \d+ bytes; the limit is"):
+        stack_warm.supervisor.submit(
+            [
+                {
+                    "name": "big",
+                    "callbacks": [
+                        {"triggers": "done-job-self", "language": "python", "code": code}
+                    ],
+                }
+            ]
+        )
+    at_the_limit = "#" * MAX_CODE_BYTES
+    await stack_warm.client.register_job(_register(stack_warm, "complete-job-self", at_the_limit))
+
+
+def test_the_farm_and_the_executor_share_the_code_limit() -> None:
+    assert submission.MAX_CODE_BYTES == MAX_CODE_BYTES
 
 
 @pytest.mark.parametrize(

@@ -53,9 +53,24 @@ async def test_quickstart_check_says_why_a_callback_did_not_succeed(tmp_path: Pa
     assert code == 1 and out.startswith("no answer from the executor at 127.0.0.1:1: UNAVAILABLE")
 
 
-async def cbexec_script(script: str, *args: str) -> tuple[int, str]:
+async def test_quickstart_check_takes_its_address_as_the_cbexec_commands_do() -> None:
+    code, out = await cbexec_script(
+        "scripts/quickstart_check.py", env={"CBEXEC_ADDRESS": "127.0.0.1:1"}
+    )
+    assert code == 1 and out.startswith("no answer from the executor at 127.0.0.1:1: UNAVAILABLE")
+    code, out = await cbexec_script("scripts/quickstart_check.py", "--help")
+    assert code == 0 and "$CBEXEC_ADDRESS" in out
+
+
+async def cbexec_script(
+    script: str, *args: str, env: dict[str, str] | None = None
+) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / script), *args, stdout=asyncio.subprocess.PIPE
+        sys.executable,
+        str(ROOT / script),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        env={**cli_env(), **(env or {})},
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 90)
     assert proc.returncode is not None

@@ -290,7 +290,10 @@ async def test_limits_are_the_policys_defaults_and_caps(
     with pytest.raises(ExecutorRpcError) as refused:
         await run(stack, slow, owner="admin", policy="admin", limits={"wall_seconds": 10})
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "exceeds" in refused.value.details
+    # Before, it named "the server's cap", which is 3600 s here.
+    assert refused.value.details == (
+        "limits.wall_seconds = 10.0 exceeds policy 'admin''s cap (policies.admin.max_limits) of 5"
+    )
     assert (await run(stack, slow, owner="bob")).outcome == Outcome.OUTCOME_SUCCEEDED
 
 

@@ -18,7 +18,7 @@ from executor import server
 from executor.runs.callback_log import log_path
 from supervisor_client import ExecutorClient, ExecutorRpcError
 from supervisor_client.qbcallback.v1 import executor_pb2
-from tests.conftest import Stack, stack_settings
+from tests.conftest import Stack, running_stack, stack_settings
 from tests.helpers.waiting import eventually, outbox_drained
 
 pytestmark = pytest.mark.service
@@ -105,6 +105,69 @@ async def test_get_run_has_the_whole_result(stack: Stack) -> None:
     with pytest.raises(ExecutorRpcError) as refused:
         await stack.client.get_run("no-such-run")
     assert refused.value.code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_an_invocation_id_of_another_run_is_refused_a_retry_reruns(stack: Stack) -> None:
+    await stack.client.register_job(
+        {
+            "id": 7701,
+            "user": "alice",
+            "callbacks": [
+                {"triggers": "complete-job-self", "language": "python", "code": "print('fired')"}
+            ],
+        }
+    )
+    reply = await stack.client.publish_event(name="complete", type="job", job_id=7701, wait=True)
+    fired_id = reply.fired[0].invocation_id
+
+    # Before, this replaced the fired run's record with job 1's (the supervisor kept the first).
+    with pytest.raises(ExecutorRpcError) as refused:
+        await run_py(stack, "raise SystemExit(3)", 1, invocation_id=fired_id)
+    assert refused.value.code == grpc.StatusCode.ALREADY_EXISTS
+    assert f"invocation_id {fired_id!r} is already recorded for another run (job 7701, " in (
+        refused.value.details
+    )
+    kept = await stack.client.get_run(fired_id)
+    assert (kept.job_id, kept.result.stdout) == (7701, "fired\n")
+
+    first = await run_py(stack, "print('try 1')", 1, invocation_id="retry-1")
+    again = await run_py(stack, "print('try 2')", 1, invocation_id="retry-1")
+    assert first.invocation_id == again.invocation_id == "retry-1"
+    assert (await stack.client.get_run("retry-1")).result.stdout == "try 2\n"
+    with pytest.raises(ExecutorRpcError) as other_job:
+        await run_py(stack, "print('try 3')", 2, invocation_id="retry-1")
+    assert other_job.value.code == grpc.StatusCode.ALREADY_EXISTS
+
+
+async def test_fired_callbacks_waiting_for_their_turn_show_in_firings_queued(
+    tmp_path: Path,
+) -> None:
+    # Before, 8 firings on 4 slots showed as 4 active and nothing queued anywhere.
+    async with running_stack(stack_settings(tmp_path / "data")) as stack:
+        slots = stack.settings.max_concurrent
+        await stack.client.register_job(
+            {
+                "id": 7801,
+                "user": "alice",
+                "callbacks": [
+                    {
+                        "triggers": "complete-work-self-*",
+                        "language": "python",
+                        "code": "import time; time.sleep(60)",
+                    }
+                ],
+            }
+        )
+        for frame in range(2 * slots):
+            await stack.client.publish_event(
+                name="complete", type="work", job_id=7801, work_name=str(frame)
+            )
+
+        async def backlog_shows() -> bool:
+            m = await stack.client.get_metrics()
+            return (m.active_children, m.queue_depth, m.firings_queued) == (slots, 0, 2 * slots)
+
+        assert await eventually(backlog_shows)
 
 
 async def test_results_reach_the_supervisor_and_the_callback_log(stack: Stack) -> None:

@@ -162,6 +162,24 @@ def test_the_publishable_names_are_qubes_and_the_grammars() -> None:
     assert set(convert.PUBLISHABLE_NAMES) == qube
 
 
+@pytest.mark.parametrize(
+    ("type_", "kept"),
+    [
+        ("job", {}),
+        ("work", {"work_name": "7", "subjob_id": 3, "host": "n1"}),
+        ("subjob", {"subjob_id": 3, "host": "n1"}),
+        ("host", {"host": "n1"}),
+    ],
+)
+def test_an_event_drops_the_item_fields_its_type_does_not_have(
+    type_: str, kept: dict[str, object]
+) -> None:
+    # Before, a job event's work_name reached the job callback's qb.workid().
+    fields = {"work_name": "7", "subjob_id": 3, "host": "n1"}
+    event = convert.event_from_request(publish(name="complete", type=type_, job_id=4, **fields))
+    assert event == Event("complete", type_, 4, **kept)  # type: ignore[arg-type]
+
+
 def test_a_published_event_keeps_its_id_a_dry_run_has_none() -> None:
     fields = {"name": "complete", "type": "subjob", "job_id": 4, "subjob_id": 0}
     published = convert.event_from_request(publish(**fields, event_id="e-1"))

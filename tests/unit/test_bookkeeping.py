@@ -12,7 +12,7 @@ import pytest
 from executor.model import Invocation, RunResult
 from executor.runs.bookkeeping import GATHER_S, BookkeepingWriter
 from executor.runs.callback_log import CallbackLog, log_path
-from executor.runs.history import RunHistory
+from executor.runs.history import RunHistory, RunIdentity
 from executor.runs.metrics import Metrics
 from executor.storage import StorageError
 from tests.unit.test_history import invocation, result
@@ -145,3 +145,18 @@ def test_runs_a_locked_database_refused_reach_the_history_once_it_is_not(tmp_pat
         time.sleep(0.05)
     writer.close()
     assert [history.get(f"run-{n}") is not None for n in range(3)] == [True] * 3
+
+
+def test_a_run_is_found_by_its_id_while_queued_and_once_written(
+    history: CountedHistory, tmp_path: Path
+) -> None:
+    # An Execute reusing the id of a run not yet written must still meet that run.
+    writer = BookkeepingWriter(history, CallbackLog(tmp_path / "logs", 1 << 20), Metrics())
+    submit(writer, "run-1")
+    queued = writer.pending("run-1")
+    assert queued is None or RunIdentity.of(queued) == RunIdentity.of(invocation("run-1"))
+    assert writer.flush()
+    assert writer.pending("run-1") is None
+    assert history.identity("run-1") == RunIdentity.of(invocation("run-1"))
+    assert history.identity("run-2") is None
+    writer.close()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from executor.errors import HostCallError
-from executor.host_api import expand_work_names
+from executor.host_api import _target, expand_work_names
 
 pytestmark = pytest.mark.unit
 
@@ -41,3 +43,21 @@ def test_repeated_and_overlapping_ranges_select_each_item_once_in_order() -> Non
     # A callback's spec: 30,000 parts over 200 frames is one pass, not 6 million steps.
     spec = ",".join(["150-200", *(["1-200"] * 30_000), "7"])
     assert expand_work_names(spec, agenda) == [*agenda[149:], *agenda[:149]]
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "target"),
+    [
+        ([1234], {}, "1234"),
+        (["1234:5"], {}, "1234:5"),
+        ([[12, 13]], {}, "12, 13"),
+        (["-pgrp", 1234], {}, "-pgrp, 1234"),
+        ([], {"pgrp": 1234}, "pgrp=1234"),
+        ([], {}, ""),
+    ],
+)
+def test_an_action_target_is_the_call_as_the_proto_documents_it(
+    args: list[Any], kwargs: dict[str, Any], target: str
+) -> None:
+    # Action.target's documented forms (executor.proto); the doc once said "pgrp 1234".
+    assert _target(args, kwargs) == target

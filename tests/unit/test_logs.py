@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 from collections.abc import Iterator
 
 import pytest
+from grpc._cython.cygrpc import ExecuteBatchError
 
 from executor import logs
 from executor.config import Settings
@@ -104,3 +106,27 @@ def test_a_long_failure_is_cut() -> None:
     long = RunResult("inv-1", Outcome.FAILED, failure=Failure("x" * 1000))
     assert len(run_log_fields(invocation, "python", long)["failure"]) == 200
     assert run_log_fields(invocation, "python", RunResult("i", Outcome.SUCCEEDED))["failure"] == ""
+
+
+def test_an_answer_the_client_would_not_take_is_one_warning_line() -> None:
+    # Before, gRPC's core logged it as an ERROR with a traceback of its own frames.
+    try:
+        raise ExecuteBatchError('Failed "execute_batch": (SendMessageOperation)')
+    except ExecuteBatchError:
+        record = logging.LogRecord(
+            logs.GRPC_CORE_LOGGER,
+            logging.ERROR,
+            "server.pyx.pxi",
+            710,
+            "ExecuteBatchError raised in core by servicer method [%s]",
+            ("/qbcallback.v1.CallbackExecutorService/Execute",),
+            sys.exc_info(),
+        )
+    assert logs.UnsentAnswerFilter().filter(record)
+    assert (record.levelname, record.exc_info) == ("WARNING", None)
+    assert record.getMessage().startswith(
+        "the answer to /qbcallback.v1.CallbackExecutorService/Execute could not be sent: "
+        "the client closed the call"
+    )
+    other = logging.LogRecord("x", logging.ERROR, "f", 1, "something else", None, None)
+    assert logs.UnsentAnswerFilter().filter(other) and other.levelname == "ERROR"

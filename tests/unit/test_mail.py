@@ -120,6 +120,30 @@ def test_recipients(job: dict[str, Any], expected: list[str]) -> None:
     assert recipients(job, "studio.example") == expected
 
 
+@pytest.mark.parametrize(
+    ("job", "refusal"),
+    [
+        (
+            {"id": 3, "mailaddress": "ok@example.com\r\nBcc: evil@example.com"},
+            r"job 3's mailaddress holds a control character \('\\r' at 14\)",
+        ),
+        ({"id": 3, "mailaddress": "ok@example.com Bcc: evil@x.org"}, "'Bcc:' is not a mail"),
+        ({"id": 3, "mailaddress": "Ann <ann@x.org>"}, "'<ann@x.org>' is not a mail address"),
+        ({"id": 3, "user": "eve\x00"}, "job 3's user holds a control character"),
+    ],
+)
+def test_a_recipient_that_is_no_address_is_an_error(job: dict[str, Any], refusal: str) -> None:
+    # Before, CR/LF split the list and 'Bcc:' became a group in To: ("Bcc:@localhost").
+    with pytest.raises(MailError, match=refusal):
+        recipients(job, "localhost")
+
+
+def test_control_characters_in_header_values_become_spaces() -> None:
+    message = render("job", dict(JOB, name="a\x00b\x1bc"), None, None, "")
+
+    assert message["Subject"] == "[qube] job 42 (a b c) is complete"
+
+
 def test_no_recipient_is_an_error() -> None:
     with pytest.raises(MailError, match="neither a mailaddress nor a user"):
         recipients({"id": 3}, "localhost")

@@ -97,6 +97,7 @@ def test_a_scrape_shows_counters_cumulative_buckets_and_readings() -> None:
             outbox=lambda: (3, 1),
             storage_problem=lambda: "disk full",
             trigger_counts=lambda: (10, 4),
+            trigger_store=lambda: (2, 3, 7),
             zygotes=lambda: (ZygoteStatus("python", pid=123, restarts=2),),
         ).read
     )
@@ -118,6 +119,8 @@ def test_a_scrape_shows_counters_cumulative_buckets_and_readings() -> None:
     assert samples[("cbexec_storage_degraded", ())] == 1
     assert samples[("cbexec_events_published_total", ())] == 10
     assert samples[("cbexec_callbacks_fired_total", ())] == 4
+    assert samples[("cbexec_trigger_jobs", ())] == 2
+    assert samples[("cbexec_firings_queued", ())] == 7
     assert samples[("cbexec_zygote_up", lang)] == 1
     assert samples[("cbexec_zygote_restarts_total", lang)] == 2
     assert samples[("cbexec_sandbox_mechanism", (("mechanism", "pid_namespace"),))] == 1

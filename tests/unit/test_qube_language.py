@@ -538,10 +538,18 @@ async def test_a_list_verb_refused_part_way_says_what_it_did_before(
 
 
 @pytest.mark.parametrize(
-    "fields", [{"user": "eve\nBcc: all@studio.example"}, {"mailaddress": "=?utf-8?q?a=0Ab?="}]
+    "fields",
+    [
+        {"user": "eve\nBcc: all@studio.example"},
+        {"mailaddress": "=?utf-8?q?a=0Ab?="},
+        {"mailaddress": "ok@example.com\r\nBcc: evil2@example.com"},
+    ],
 )
 async def test_a_job_field_that_breaks_a_mail_header_fails_the_run_not_the_executor(
-    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor, fields: dict[str, str]
+    interpreter: QubeInterpreter,
+    supervisor: ReferenceSupervisor,
+    mail_dir: Path,
+    fields: dict[str, str],
 ) -> None:
     job_id = submit(supervisor, status="blocked")
     # Set behind the farm's back: it refuses such a user at submission, but a supervisor
@@ -554,6 +562,7 @@ async def test_a_job_field_that_breaks_a_mail_header_fails_the_run_not_the_execu
     assert result.outcome is Outcome.FAILED
     assert result.failure is not None and result.failure.exception_type == "MailError"
     assert [a.verb for a in result.actions][:1] == ["unblock"]  # what ran before is listed
+    assert mails(mail_dir) == []  # nothing sent
 
 
 class SlowRelay(Mailer):

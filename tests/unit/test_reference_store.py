@@ -896,6 +896,15 @@ def test_ids_beyond_sqlites_integers_are_unknown_jobs_not_internal_errors(
             sup.report_result("big-id", job_id, {"outcome": "OUTCOME_SUCCEEDED"})
 
 
+@pytest.mark.parametrize("mailaddress", ["ok@example.com\r\nBcc: evil@example.com", "a@b\x00"])
+def test_a_mailaddress_with_control_characters_is_refused(
+    sup: ReferenceSupervisor, mailaddress: str
+) -> None:
+    with pytest.raises(SubmitError, match=r"mailaddress .* holds a control character"):
+        sup.submit([{"name": "j", "user": "bob", "mailaddress": mailaddress}])
+    sup.submit([{"name": "j", "user": "bob", "mailaddress": "a@b.org,\tc d;e"}])
+
+
 @pytest.mark.parametrize("user", ["  ", " bob", "bob\n", "bo\tb"])
 def test_a_blank_or_padded_user_is_refused(sup: ReferenceSupervisor, user: str) -> None:
     with pytest.raises(SubmitError, match="is not a user name"):

@@ -291,7 +291,10 @@ class ExecuteRequest(_message.Message):
     the supervisor applies each of its actions once (invocation_id, action_seq).
     The executor does not deduplicate runs: a repeat is run again (UNAVAILABLE
     while the first is still in progress at the same executor; at another
-    replica of a fleet both run) and replaces the first in the history.
+    replica of a fleet both run) and replaces the first in the history. A
+    repeat must be of the same callback (job id, callback id, language and
+    triggers): an id the history holds for another run, a fired one included,
+    is ALREADY_EXISTS, and that run's record stays.
     """
     policy: _builtins.str
     """The sandbox policy to run under (the executor's [policies.NAME]); empty: the
@@ -377,7 +380,11 @@ class Action(_message.Message):
     verb: _builtins.str
     """The qb function: "unblock", "workunblock", "jobinfo", ..."""
     target: _builtins.str
-    """What it acted on: "1234", "1234:5", "pgrp 1234"."""
+    """What it acted on, as the callback named it: its arguments joined by ", "
+    ("1234", "1234:5", "12, 13", "-pgrp, 1234"), or its keywords as "name=value"
+    ("pgrp=1234"); empty for a call that named nothing (jobinfo() of its own
+    job, as a qube or mail run reads it); for a mail, the recipients.
+    """
     ok: _builtins.bool
     """Whether the supervisor accepted it."""
     message: _builtins.str
@@ -716,11 +723,17 @@ class PublishEventRequest(_message.Message):
     job_id: _builtins.int
     """The job the transition happened to."""
     work_name: _builtins.str
-    """The work item; required for work events."""
+    """The work item; required for work events, dropped from the other types (a
+    job event's callback sees qb.workid() '').
+    """
     subjob_id: _builtins.int
-    """The instance; required for subjob events."""
+    """The instance; required for subjob events, optional for work events (the
+    instance that worked the item: qb.subid()), dropped from job and host events.
+    """
     host: _builtins.str
-    """The host; required for host events."""
+    """The host; required for host events, optional for work and subjob events,
+    dropped from job events.
+    """
     event_id: _builtins.str
     """Idempotency key: a repeated event_id is acknowledged and ignored."""
     wait: _builtins.bool
@@ -1608,7 +1621,9 @@ class ListRunsRequest(_message.Message):
     limit: _builtins.int
     """At most this many (default 50, at most 1000)."""
     language: _builtins.str
-    """python, perl or qube; empty means any."""
+    """python, perl, qube or mail (any case); empty means any; another name is
+    INVALID_ARGUMENT.
+    """
     shadow_only: _builtins.bool
     """Only shadow runs (of callbacks.conf lines marked shadow)."""
     def __init__(
@@ -1862,10 +1877,14 @@ class GetMetricsResponse(_message.Message):
     ZYGOTES_FIELD_NUMBER: _builtins.int
     SANDBOX_FIELD_NUMBER: _builtins.int
     RUNS_FIELD_NUMBER: _builtins.int
+    FIRINGS_QUEUED_FIELD_NUMBER: _builtins.int
     rejected_at_capacity: _builtins.int
     """Requests refused with RESOURCE_EXHAUSTED."""
     active_children: _builtins.int
     queue_depth: _builtins.int
+    """Runs waiting for a free slot: Execute requests, and fired callbacks the
+    trigger engine has given their turn (the others are in firings_queued).
+    """
     outbox_pending: _builtins.int
     """Results waiting in the outbox for the supervisor."""
     events_published: _builtins.int
@@ -1893,6 +1912,12 @@ class GetMetricsResponse(_message.Message):
     found (0 when it was taken).
     """
     universal_reload_errors: _builtins.int
+    firings_queued: _builtins.int
+    """Fired callbacks not yet run to their end: the trigger store's queue, each
+    waiting for its turn (its event's earlier firings, a free event worker) or
+    running. In a fleet, every replica's. queue_depth counts only the runs
+    handed to this executor's slots.
+    """
     @_builtins.property
     def runs_by_outcome(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Runs since start, by outcome name ("SUCCEEDED", ...)."""
@@ -1937,10 +1962,11 @@ class GetMetricsResponse(_message.Message):
         zygotes: _abc.Iterable[Global___Zygote] | None = ...,
         sandbox: Global___SandboxTier | None = ...,
         runs: _abc.Iterable[Global___RunCount] | None = ...,
+        firings_queued: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["queue_seconds", b"queue_seconds", "run_wall_seconds", b"run_wall_seconds", "sandbox", b"sandbox"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_children", b"active_children", "callbacks_fired", b"callbacks_fired", "events_published", b"events_published", "outbox_dead_letters", b"outbox_dead_letters", "outbox_pending", b"outbox_pending", "prepared_children", b"prepared_children", "queue_depth", b"queue_depth", "queue_limit", b"queue_limit", "queue_seconds", b"queue_seconds", "rejected_at_capacity", b"rejected_at_capacity", "run_wall_seconds", b"run_wall_seconds", "runs", b"runs", "runs_by_outcome", b"runs_by_outcome", "sandbox", b"sandbox", "slots", b"slots", "storage_problem", b"storage_problem", "trigger_callbacks", b"trigger_callbacks", "trigger_jobs", b"trigger_jobs", "universal_callbacks", b"universal_callbacks", "universal_reload_errors", b"universal_reload_errors", "zygotes", b"zygotes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_children", b"active_children", "callbacks_fired", b"callbacks_fired", "events_published", b"events_published", "firings_queued", b"firings_queued", "outbox_dead_letters", b"outbox_dead_letters", "outbox_pending", b"outbox_pending", "prepared_children", b"prepared_children", "queue_depth", b"queue_depth", "queue_limit", b"queue_limit", "queue_seconds", b"queue_seconds", "rejected_at_capacity", b"rejected_at_capacity", "run_wall_seconds", b"run_wall_seconds", "runs", b"runs", "runs_by_outcome", b"runs_by_outcome", "sandbox", b"sandbox", "slots", b"slots", "storage_problem", b"storage_problem", "trigger_callbacks", b"trigger_callbacks", "trigger_jobs", b"trigger_jobs", "universal_callbacks", b"universal_callbacks", "universal_reload_errors", b"universal_reload_errors", "zygotes", b"zygotes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

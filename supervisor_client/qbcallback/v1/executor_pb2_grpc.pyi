@@ -26,10 +26,15 @@ class CallbackExecutorServiceStub:
     response whose `outcome` says so; a request the executor cannot accept
     is a gRPC error (INVALID_ARGUMENT for malformed requests and limits above
     the server's caps, PERMISSION_DENIED for a policy the user may not have,
-    RESOURCE_EXHAUSTED when at capacity, UNAVAILABLE while a run with the same
+    RESOURCE_EXHAUSTED when at capacity, ALREADY_EXISTS for an invocation_id
+    recorded for another run, UNAVAILABLE while a run with the same
     invocation_id is still in progress at this executor (a fleet's replicas do
     not ask each other), while the service stops or its storage
     cannot record results, or when no sandboxed child could be started).
+    A request over the executor's 16 MiB receive limit is gRPC's own
+    RESOURCE_EXHAUSTED, without retry-after-s. An answer may reach
+    2 x output_bytes + about 1.1 MiB (33.1 MiB at the default caps): a client
+    must raise its receive limit (gRPC's default is 4 MiB) to take it.
     """
 
 class CallbackExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -46,10 +51,15 @@ class CallbackExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         response whose `outcome` says so; a request the executor cannot accept
         is a gRPC error (INVALID_ARGUMENT for malformed requests and limits above
         the server's caps, PERMISSION_DENIED for a policy the user may not have,
-        RESOURCE_EXHAUSTED when at capacity, UNAVAILABLE while a run with the same
+        RESOURCE_EXHAUSTED when at capacity, ALREADY_EXISTS for an invocation_id
+        recorded for another run, UNAVAILABLE while a run with the same
         invocation_id is still in progress at this executor (a fleet's replicas do
         not ask each other), while the service stops or its storage
         cannot record results, or when no sandboxed child could be started).
+        A request over the executor's 16 MiB receive limit is gRPC's own
+        RESOURCE_EXHAUSTED, without retry-after-s. An answer may reach
+        2 x output_bytes + about 1.1 MiB (33.1 MiB at the default caps): a client
+        must raise its receive limit (gRPC's default is 4 MiB) to take it.
         """
 
 def add_CallbackExecutorServiceServicer_to_server(servicer: CallbackExecutorServiceServicer, server: _aio.Server) -> None: ...

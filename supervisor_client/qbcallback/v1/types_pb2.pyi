@@ -159,7 +159,9 @@ class Callback(_message.Message):
     """
     code: _builtins.str
     """Source code (python, perl) or code strings (qube, e.g. "unblock-self").
-    Ignored for "mail": it mails the status of what fired it.
+    Ignored for "mail": it mails the status of what fired it. At most 1 MiB
+    (1048576 bytes) of UTF-8, at Execute, RegisterJob and SubmitJobs alike;
+    more is INVALID_ARGUMENT naming the field and the limit.
     """
     user: _builtins.str
     """The Qube user the callback acts as; every qb action is checked against

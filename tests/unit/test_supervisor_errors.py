@@ -1,0 +1,37 @@
+"""What a callback is told when the supervisor refuses or fails a qb call."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc.aio import AioRpcError, Metadata
+
+from executor.api.supervisor import host_error
+
+pytestmark = pytest.mark.unit
+
+
+def rpc_error(code: grpc.StatusCode, details: str) -> AioRpcError:
+    return AioRpcError(code, Metadata(), Metadata(), details)
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "said"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, "connection refused", "the supervisor did not answer"),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", "the supervisor did not answer"),
+        # Before, these two read "did not answer" although the supervisor had answered.
+        (grpc.StatusCode.INTERNAL, "boom", "the supervisor answered with an error"),
+        (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "Received message larger than max (5000000 vs. 4194304)",
+            "the supervisor's answer was larger than the executor takes",
+        ),
+    ],
+)
+def test_the_message_says_whether_the_supervisor_answered(
+    code: grpc.StatusCode, details: str, said: str
+) -> None:
+    error = host_error(rpc_error(code, details))
+    assert error.kind == "SupervisorUnavailable"
+    assert error.message == f"{said}: {code.name}: {details}"
