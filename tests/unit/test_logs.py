@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from grpc._cython.cygrpc import ExecuteBatchError
+from grpc._cython.cygrpc import ExecuteBatchError  # type: ignore[import-not-found]  # no stubs
 
 from executor import logs
 from executor.config import Settings
