@@ -175,8 +175,8 @@ class ExecutorClient:
         token: the executor's ``auth_token``, sent as ``authorization: Bearer <token>``
             (without surrounding whitespace; printable ASCII, else ValueError).
 
-    Create it where it is used: its channel belongs to the event loop that first calls
-    through it. After ``close()`` every method raises ClientClosedError.
+    Make it inside the event loop that uses it: its channel belongs to the loop running
+    when it is made. After ``close()`` every method raises ClientClosedError.
     """
 
     def __init__(
