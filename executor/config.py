@@ -169,6 +169,7 @@ class Settings:
     tls_key: str = ""
     tls_client_ca: str = ""
     # Shared token callers must send as "authorization: Bearer <token>"; "" = no token.
+    # Printable ASCII; surrounding whitespace (a token file's newline) is not part of it.
     auth_token: str = field(default="", repr=False)
     # Report every finished run to the supervisor (ReportResult) through the durable outbox.
     report_results: bool = True
@@ -547,6 +548,20 @@ def _check_tls(settings: Settings) -> None:
         raise ConfigError("tls_client_ca: mutual TLS needs tls_cert and tls_key too")
 
 
+def _check_auth_token(settings: Settings) -> None:
+    """A token clients can send: gRPC metadata carries printable ASCII only."""
+    token = settings.auth_token
+    if token and not token.strip():
+        raise ConfigError("auth_token: only whitespace; leave it empty for no token")
+    # The position only: the message must not show any of the secret.
+    bad = next((n for n, c in enumerate(token.strip(), 1) if not " " <= c <= "~"), 0)
+    if bad:
+        raise ConfigError(
+            f"auth_token: character {bad} is not printable ASCII, which no client can send "
+            "(gRPC metadata carries nothing else)"
+        )
+
+
 def _check_store(settings: Settings) -> None:
     if settings.store and not settings.store.startswith(("postgresql://", "postgres://")):
         raise ConfigError(
@@ -574,6 +589,7 @@ _CHECKS: Final[tuple[Callable[[Settings], None], ...]] = (
     _check_history,
     _check_journal,
     _check_tls,
+    _check_auth_token,
     _check_store,
     _check_universal_path,
 )

@@ -5,7 +5,12 @@ re-exported here. Nothing in this package imports ``executor``.
 """
 
 from supervisor_client.client import ExecutorClient
-from supervisor_client.errors import ExecutorRpcError, InvalidRequestError, RetryableError
+from supervisor_client.errors import (
+    ClientClosedError,
+    ExecutorRpcError,
+    InvalidRequestError,
+    RetryableError,
+)
 from supervisor_client.farm_client import FarmClient
 from supervisor_client.reference import (
     ReferenceSupervisor,
@@ -14,6 +19,7 @@ from supervisor_client.reference import (
 )
 
 __all__ = [
+    "ClientClosedError",
     "ExecutorClient",
     "ExecutorRpcError",
     "FarmClient",

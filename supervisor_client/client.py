@@ -12,9 +12,9 @@ allows. ``as_plain`` and ``outcome_name`` turn answers into plain values for pri
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import math
 import uuid
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
@@ -23,8 +23,8 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from supervisor_client.credentials import RECONNECT_OPTIONS, open_channel
-from supervisor_client.errors import from_rpc_error
+from supervisor_client.credentials import KEEPALIVE_OPTIONS, RECONNECT_OPTIONS, open_channel
+from supervisor_client.errors import ClientClosedError, ExecutorRpcError, checked_call
 from supervisor_client.jobdict import job_from_dict
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc, types_pb2
 from supervisor_client.targets import resolve_target
@@ -34,6 +34,7 @@ __all__ = [
     "ExecutorClient",
     "as_plain",
     "build_execute_request",
+    "check_timeout",
     "executor_channel",
     "outcome_name",
     "outcome_value",
@@ -47,11 +48,27 @@ _Response = TypeVar("_Response")
 MAX_ANSWER_BYTES: Final = 160 << 20
 
 
-async def _checked(call: Awaitable[_Response]) -> _Response:
-    try:
-        return await call
-    except grpc.aio.AioRpcError as err:
-        raise from_rpc_error(err) from err
+#: The longest deadline a call may ask for: gRPC turns one much longer (1e10 s) into a
+#: deadline already passed. None is no deadline.
+MAX_TIMEOUT_S: Final = 1e9
+
+
+def check_timeout(timeout: float | None) -> float | None:
+    """A call's deadline in seconds, or None for none; ValueError for one gRPC would misread.
+
+    gRPC answers NaN, infinity, 0, a negative or a huge number with an immediate
+    DEADLINE_EXCEEDED, as if the executor had been too slow.
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout: expected seconds as a number, got {type(timeout).__name__}")
+    if not (math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT_S):
+        raise ValueError(
+            f"timeout: expected seconds, more than 0 and at most {MAX_TIMEOUT_S:g}, or None "
+            f"for no deadline; got {timeout!r}"
+        )
+    return float(timeout)
 
 
 def build_execute_request(
@@ -100,18 +117,33 @@ def executor_channel(
 ) -> tuple[grpc.aio.Channel, bool]:
     """The channel a client uses, and whether the client opened it (and so closes it).
 
-    A channel given is used as it is; for addresses (one, a list, or a DNS name, see
-    ``targets.py``), one is opened with the TLS and token options, taking answers as
-    large as an executor sends; a fleet's channel balances round-robin over healthy
-    executors. ``fleet=False`` refuses several (ValueError): for what one executor owns.
+    A channel given is used as it is (the TLS and token options with it are a
+    ValueError); for addresses (one, a list, or a DNS name, see ``targets.py``), one is
+    opened with the TLS and token options, taking answers as large as an executor sends
+    and pinging it (``KEEPALIVE_OPTIONS``); a fleet's channel balances round-robin over
+    healthy executors. ``fleet=False`` refuses several (ValueError): for what one
+    executor owns.
     """
     if isinstance(channel_or_address, grpc.aio.Channel):
+        given = {
+            "root_certificates": root_certificates,
+            "private_key": private_key,
+            "certificate_chain": certificate_chain,
+            "token": token,
+        }
+        if named := [name for name, value in given.items() if value is not None]:
+            # They would be silently ignored: the channel's own credentials are used.
+            raise ValueError(
+                f"{', '.join(named)}: not with a channel given; open the channel with its "
+                "credentials and token (credentials.open_channel), or give an address"
+            )
         return channel_or_address, False
     where = resolve_target(channel_or_address)
     if where.is_fleet and not fleet:
         raise ValueError(f"expected one executor's address, got a fleet: {where.target}")
     options: list[tuple[str, Any]] = [
         *RECONNECT_OPTIONS,
+        *KEEPALIVE_OPTIONS,
         ("grpc.max_receive_message_length", MAX_ANSWER_BYTES),
     ]
     if where.service_config is not None:
@@ -136,10 +168,15 @@ class ExecutorClient:
             ``close()``: a "host:port"; a fleet as a list of "IP:PORT" (comma-separated,
             or a sequence of strings) or as "dns:///name:port" (every record of the
             name), balanced round-robin over the executors that are healthy (see
-            ``supervisor_client.targets``). The options below apply to such a channel only.
+            ``supervisor_client.targets``). The options below apply to such a channel
+            only: with a channel given they are a ValueError.
         root_certificates: PEM CA that signed the executor's certificate; turns on TLS.
         private_key, certificate_chain: PEM client key and certificate (mutual TLS).
-        token: the executor's ``auth_token``, sent as ``authorization: Bearer <token>``.
+        token: the executor's ``auth_token``, sent as ``authorization: Bearer <token>``
+            (without surrounding whitespace; printable ASCII, else ValueError).
+
+    Make it inside the event loop that uses it: its channel belongs to the loop running
+    when it is made. After ``close()`` every method raises ClientClosedError.
     """
 
     def __init__(
@@ -158,14 +195,26 @@ class ExecutorClient:
             certificate_chain=certificate_chain,
             token=token,
         )
+        # Every stub now: gRPC's C core can corrupt the heap when a method is first
+        # registered on a channel already closed.
         self._executor = executor_pb2_grpc.CallbackExecutorServiceStub(self._channel)
         self._triggers = executor_pb2_grpc.TriggerServiceStub(self._channel)
         self._runs = executor_pb2_grpc.RunServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._closed = False
 
     async def close(self) -> None:
-        """Close the channel if this client opened it."""
+        """Close the channel if this client opened it; the client takes no more calls."""
+        self._closed = True
         if self._owns_channel:
             await self._channel.close()
+
+    async def _call(
+        self, method: Callable[..., Awaitable[_Response]], request: Any, timeout: float | None
+    ) -> _Response:
+        """One call, its failure as the typed error (errors.py); ClientClosedError after close."""
+        deadline = check_timeout(timeout)
+        return await checked_call(self._closed, lambda: method(request, timeout=deadline))
 
     async def __aenter__(self) -> ExecutorClient:
         return self
@@ -183,16 +232,15 @@ class ExecutorClient:
 
         Raises TimeoutError when it has not within ``timeout`` seconds.
         """
-        health = health_pb2_grpc.HealthStub(self._channel)
         deadline = asyncio.get_running_loop().time() + timeout
         while asyncio.get_running_loop().time() < deadline:
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                # The health stubs declare Check only on the sync stub's type.
-                reply = await health.Check(  # type: ignore[attr-defined]
-                    health_pb2.HealthCheckRequest(), timeout=1
-                )
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+            try:
+                if await self.health(timeout=1) == "SERVING":
                     return
+            except ClientClosedError:
+                raise
+            except ExecutorRpcError:
+                pass  # not up yet
             await asyncio.sleep(poll_s)
         raise TimeoutError(f"the executor was not SERVING within {timeout:g}s")
 
@@ -202,10 +250,17 @@ class ExecutorClient:
         "SERVING", or "NOT_SERVING" while the storage cannot record results and from the
         start of a stop. Raises RetryableError when the executor cannot be reached.
         """
-        stub = health_pb2_grpc.HealthStub(self._channel)
         request = health_pb2.HealthCheckRequest(service=service)
-        # The health stubs declare Check only on the sync stub's type.
-        reply = await _checked(stub.Check(request, timeout=timeout))  # type: ignore[attr-defined]
+        try:
+            # The health stubs declare Check only on the sync stub's type.
+            reply = await self._call(self._health.Check, request, timeout)  # type: ignore[attr-defined]
+        except ExecutorRpcError as err:
+            if err.code == grpc.StatusCode.NOT_FOUND and not err.details:
+                # The health service says nothing more itself.
+                raise ExecutorRpcError(
+                    err.code, f"the executor has no health status for service {service!r}"
+                ) from err
+            raise
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
     async def execute(
@@ -217,7 +272,7 @@ class ExecutorClient:
         executor is busy or unreachable (or ``timeout`` seconds passed), and
         ExecutorRpcError otherwise.
         """
-        return await _checked(self._executor.Execute(request, timeout=timeout))
+        return await self._call(self._executor.Execute, request, timeout)
 
     async def execute_callback(
         self,
@@ -294,7 +349,7 @@ class ExecutorClient:
             request = executor_pb2.RegisterJobRequest(
                 job=message, strict=strict, published_events=list(published_events)
             )
-        return await _checked(self._triggers.RegisterJob(request, timeout=timeout))
+        return await self._call(self._triggers.RegisterJob, request, timeout)
 
     async def publish_event(
         self,
@@ -309,7 +364,7 @@ class ExecutorClient:
         ``subjob_id``, ``host``, ``event_id``, ``wait``.
         """
         request = request or executor_pb2.PublishEventRequest(**fields)
-        return await _checked(self._triggers.PublishEvent(request, timeout=timeout))
+        return await self._call(self._triggers.PublishEvent, request, timeout)
 
     async def publish_events(
         self,
@@ -331,7 +386,7 @@ class ExecutorClient:
                 for e in events
             ]
         )
-        return await _checked(self._triggers.PublishEvents(request, timeout=timeout))
+        return await self._call(self._triggers.PublishEvents, request, timeout)
 
     async def dry_run(
         self,
@@ -346,14 +401,14 @@ class ExecutorClient:
         ``subjob_id``, ``host``.
         """
         request = request or executor_pb2.DryRunRequest(**fields)
-        return await _checked(self._triggers.DryRun(request, timeout=timeout))
+        return await self._call(self._triggers.DryRun, request, timeout)
 
     async def reload_universal_callbacks(
         self, *, timeout: float | None = None
     ) -> executor_pb2.ReloadUniversalCallbacksResponse:
         """Re-read callbacks.conf; on errors the last good set stays active."""
         request = executor_pb2.ReloadUniversalCallbacksRequest()
-        return await _checked(self._triggers.ReloadUniversalCallbacks(request, timeout=timeout))
+        return await self._call(self._triggers.ReloadUniversalCallbacks, request, timeout)
 
     async def list_registered_jobs(
         self,
@@ -371,14 +426,14 @@ class ExecutorClient:
         request = executor_pb2.ListRegisteredJobsRequest(
             job_id=job_id, limit=limit, before_job_id=before_job_id
         )
-        return await _checked(self._triggers.ListRegisteredJobs(request, timeout=timeout))
+        return await self._call(self._triggers.ListRegisteredJobs, request, timeout)
 
     async def get_universal_callbacks(
         self, *, timeout: float | None = None
     ) -> executor_pb2.GetUniversalCallbacksResponse:
         """The active universal callbacks per directory, and the last reload's errors."""
         request = executor_pb2.GetUniversalCallbacksRequest()
-        return await _checked(self._triggers.GetUniversalCallbacks(request, timeout=timeout))
+        return await self._call(self._triggers.GetUniversalCallbacks, request, timeout)
 
     async def explain_callbacks(
         self,
@@ -401,7 +456,7 @@ class ExecutorClient:
             work_name=work_name,
             journal_limit=journal_limit,
         )
-        return await _checked(self._triggers.ExplainCallbacks(request, timeout=timeout))
+        return await self._call(self._triggers.ExplainCallbacks, request, timeout)
 
     # -- RunService -------------------------------------------------------------------------
 
@@ -430,27 +485,27 @@ class ExecutorClient:
             )
             if outcome:
                 request.outcome = outcome_value(outcome)
-        return await _checked(self._runs.ListRuns(request, timeout=timeout))
+        return await self._call(self._runs.ListRuns, request, timeout)
 
     async def get_run(
         self, invocation_id: str, *, timeout: float | None = None
     ) -> executor_pb2.Run:
         """One run with its captured output (NOT_FOUND when unknown or pruned)."""
         request = executor_pb2.GetRunRequest(invocation_id=invocation_id)
-        response = await _checked(self._runs.GetRun(request, timeout=timeout))
+        response = await self._call(self._runs.GetRun, request, timeout)
         return response.run
 
     async def get_metrics(self, *, timeout: float | None = None) -> executor_pb2.GetMetricsResponse:
         """Counters and latency histograms of the executor process."""
         request = executor_pb2.GetMetricsRequest()
-        return await _checked(self._runs.GetMetrics(request, timeout=timeout))
+        return await self._call(self._runs.GetMetrics, request, timeout)
 
     async def list_dead_letters(
         self, *, limit: int = 0, timeout: float | None = None
     ) -> executor_pb2.ListDeadLettersResponse:
         """Results the outbox set aside instead of delivering them, newest first."""
         request = executor_pb2.ListDeadLettersRequest(limit=limit)
-        return await _checked(self._runs.ListDeadLetters(request, timeout=timeout))
+        return await self._call(self._runs.ListDeadLetters, request, timeout)
 
     async def retry_dead_letters(
         self, invocation_ids: Sequence[str] = (), *, timeout: float | None = None
@@ -459,7 +514,7 @@ class ExecutorClient:
         request = executor_pb2.RetryDeadLettersRequest(
             invocation_ids=list(invocation_ids), all=not invocation_ids
         )
-        return await _checked(self._runs.RetryDeadLetters(request, timeout=timeout))
+        return await self._call(self._runs.RetryDeadLetters, request, timeout)
 
 
 def outcome_name(value: int) -> str:

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import grpc
 
-__all__ = ["BearerTokenInterceptor", "open_channel"]
+__all__ = ["BearerTokenInterceptor", "check_tls", "clean_token", "open_channel"]
 
 #: Reconnect quickly after the peer comes back (gRPC's default backoff reaches 120 s).
 RECONNECT_OPTIONS: Final = (
@@ -21,6 +21,83 @@ RECONNECT_OPTIONS: Final = (
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
 )
+
+
+#: Pings that find a peer which stopped answering (a frozen process, a hung host: its TCP
+#: connection stays up) within KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS, so a fleet's
+#: round robin drops it and a call on it fails UNAVAILABLE instead of waiting for ever.
+#: Pings go on while no call is active (a fleet's idle health watch is one stream), and
+#: an executor accepts them (``executor.api.edge.KEEPALIVE_SERVER_OPTIONS``); other
+#: gRPC servers may refuse such pings, so only channels to executors carry these.
+KEEPALIVE_TIME_MS: Final = 10_000
+KEEPALIVE_TIMEOUT_MS: Final = 5_000
+KEEPALIVE_OPTIONS: Final = (
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    # Any ping, not only keepalive's: a flow-control (BDP) ping already on its way when the
+    # peer froze holds back keepalive's, for gRPC's default 60 s.
+    ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),  # 0: no limit (gRPC's default stops at 2)
+)
+
+# What gRPC metadata can carry: printable ASCII. Anything else makes gRPC's C core
+# refuse the call with an error that names nothing (ExecuteBatchError).
+_TOKEN_CHARS: Final = frozenset(chr(c) for c in range(0x20, 0x7F))
+
+
+def clean_token(token: str | None) -> str | None:
+    """The token as sent: without surrounding whitespace (a token file's newline); None for none.
+
+    ValueError for a token with characters gRPC metadata cannot carry (printable ASCII
+    only). The executor strips its ``auth_token`` the same way.
+    """
+    if token is None:
+        return None
+    if not isinstance(token, str):
+        raise TypeError(f"token: expected a str, got {type(token).__name__}")
+    token = token.strip()
+    # The position only: the message must not show any of the secret.
+    bad = next((n for n, c in enumerate(token, 1) if c not in _TOKEN_CHARS), 0)
+    if bad:
+        raise ValueError(
+            f"token: character {bad} is not printable ASCII, and gRPC metadata carries nothing else"
+        )
+    return token or None
+
+
+def _pem(name: str, value: bytes | None, marker: bytes, what: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, bytes):
+        raise TypeError(f"{name}: expected PEM bytes, got {type(value).__name__}")
+    if marker not in value:
+        problem = "is empty" if not value.strip() else f"holds no PEM {what}"
+        raise ValueError(f"{name} {problem}: TLS needs one (never plaintext when TLS is asked for)")
+
+
+def check_tls(
+    root_certificates: bytes | None,
+    private_key: bytes | None,
+    certificate_chain: bytes | None,
+) -> None:
+    """ValueError (or TypeError) for TLS material gRPC would misuse.
+
+    gRPC takes an empty CA as none at all (a plaintext channel, the token in clear), and
+    aborts the whole process on half a client certificate.
+    """
+    if (private_key is None) != (certificate_chain is None):
+        given, missing = (
+            ("private_key", "certificate_chain")
+            if certificate_chain is None
+            else ("certificate_chain", "private_key")
+        )
+        raise ValueError(f"{given} without {missing}: a client certificate (mutual TLS) needs both")
+    certificate = b"-----BEGIN CERTIFICATE-----"
+    _pem("root_certificates", root_certificates, certificate, "certificate")
+    _pem("certificate_chain", certificate_chain, certificate, "certificate")
+    # "-----BEGIN PRIVATE KEY-----", and the RSA, EC and ENCRYPTED forms.
+    _pem("private_key", private_key, b"PRIVATE KEY-----", "private key")
 
 
 class BearerTokenInterceptor(
@@ -58,6 +135,9 @@ def open_channel(
 ) -> grpc.aio.Channel:
     """A channel to ``address``: TLS when any certificate is given, plaintext otherwise.
 
+    Raises ValueError for TLS material or a token that cannot work (``check_tls``,
+    ``clean_token``), before gRPC sees them.
+
     Args:
         address: "host:port", or any target gRPC takes ("unix:/path", "dns:///name").
         root_certificates: PEM CA bundle that signed the server's certificate (None with
@@ -68,8 +148,11 @@ def open_channel(
         tls: force TLS even without any certificate (system roots).
         options: gRPC channel options (by default: reconnect quickly).
     """
+    check_tls(root_certificates, private_key, certificate_chain)
+    token = clean_token(token)
     interceptors = [BearerTokenInterceptor(token)] if token else None
-    if tls or root_certificates or private_key or certificate_chain:
+    given = (root_certificates, private_key, certificate_chain)
+    if tls or any(value is not None for value in given):
         credentials = grpc.ssl_channel_credentials(
             root_certificates, private_key, certificate_chain
         )

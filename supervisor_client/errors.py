@@ -3,7 +3,9 @@
 ExecutorRpcError            any failed call; ``code`` and ``details`` say why
 ├── RetryableError          UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED:
 │                           the same request may succeed later (back off first)
-└── InvalidRequestError     INVALID_ARGUMENT: the request itself is wrong; never retry
+├── InvalidRequestError     INVALID_ARGUMENT: the request itself is wrong; never retry
+└── ClientClosedError       CANCELLED, raised by the client itself: it (or the channel
+                            it was given) was closed; nothing was sent
 
 A callback that ran and failed is not an error: it is an OK response whose outcome
 says so.
@@ -11,11 +13,21 @@ says so.
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Awaitable, Callable
+from typing import Final, TypeVar
 
 import grpc
 
-__all__ = ["ExecutorRpcError", "InvalidRequestError", "RetryableError", "from_rpc_error"]
+__all__ = [
+    "ClientClosedError",
+    "ExecutorRpcError",
+    "InvalidRequestError",
+    "RetryableError",
+    "checked_call",
+    "from_rpc_error",
+]
+
+_Response = TypeVar("_Response")
 
 
 class ExecutorRpcError(Exception):
@@ -35,6 +47,15 @@ class InvalidRequestError(ExecutorRpcError):
     """The executor refused the request as malformed; retrying cannot help."""
 
 
+class ClientClosedError(ExecutorRpcError):
+    """The client was used after ``close()`` (or its given channel was closed): nothing sent."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            grpc.StatusCode.CANCELLED, "the client is closed; open a new one to call again"
+        )
+
+
 _CLASS_BY_CODE: Final[dict[grpc.StatusCode, type[ExecutorRpcError]]] = {
     grpc.StatusCode.UNAVAILABLE: RetryableError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: RetryableError,
@@ -47,3 +68,20 @@ def from_rpc_error(err: grpc.aio.AioRpcError) -> ExecutorRpcError:
     """The typed error for a failed call (the caller chains it with ``raise ... from err``)."""
     code = err.code()
     return _CLASS_BY_CODE.get(code, ExecutorRpcError)(code, err.details() or "")
+
+
+async def checked_call(closed: bool, call: Callable[[], Awaitable[_Response]]) -> _Response:
+    """Make the call (``call()`` starts it) with a failure as the typed error.
+
+    A closed client starts nothing: gRPC's C core can corrupt the heap when a method is
+    first used on a closed channel. A channel closed by its owner is grpc's UsageError,
+    raised as ClientClosedError too.
+    """
+    if closed:
+        raise ClientClosedError
+    try:
+        return await call()
+    except grpc.aio.AioRpcError as err:
+        raise from_rpc_error(err) from err
+    except grpc.aio.UsageError as err:
+        raise ClientClosedError from err

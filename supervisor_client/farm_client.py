@@ -11,14 +11,14 @@ does. An executor with a remote ``supervisor`` has no farm: its calls are UNIMPL
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
 import grpc
 
-from supervisor_client.client import executor_channel
-from supervisor_client.errors import from_rpc_error
+from supervisor_client.client import check_timeout, executor_channel
+from supervisor_client.errors import checked_call
 from supervisor_client.jobdict import dict_to_struct
 from supervisor_client.qbcallback.v1 import farm_pb2, farm_pb2_grpc, supervisor_pb2
 
@@ -34,13 +34,6 @@ WORK_CHANGES: Final = tuple(
 JOB_VERBS: Final = tuple(
     name.removeprefix("JOB_VERB_").lower() for name in supervisor_pb2.JobVerb.keys()[1:]
 )
-
-
-async def _checked(call: Awaitable[_Response]) -> _Response:
-    try:
-        return await call
-    except grpc.aio.AioRpcError as err:
-        raise from_rpc_error(err) from err
 
 
 def job_struct(job: Mapping[str, Any], index: int = 0) -> Any:
@@ -82,6 +75,8 @@ class FarmClient:
             opens and closes (one executor: a list or a DNS name is a ValueError); the
             options below apply to such a channel only.
         root_certificates, private_key, certificate_chain, token: as for ExecutorClient.
+
+    After ``close()`` every method raises ClientClosedError.
     """
 
     def __init__(
@@ -102,6 +97,7 @@ class FarmClient:
             fleet=False,  # a farm is one executor's embedded supervisor
         )
         self._farm = farm_pb2_grpc.FarmServiceStub(self._channel)
+        self._closed = False
 
     @property
     def channel(self) -> grpc.aio.Channel:
@@ -109,9 +105,17 @@ class FarmClient:
         return self._channel
 
     async def close(self) -> None:
-        """Close the channel if this client opened it."""
+        """Close the channel if this client opened it; the client takes no more calls."""
+        self._closed = True
         if self._owns_channel:
             await self._channel.close()
+
+    async def _call(
+        self, method: Callable[..., Awaitable[_Response]], request: Any, timeout: float | None
+    ) -> _Response:
+        """One call, its failure as the typed error (errors.py); ClientClosedError after close."""
+        deadline = check_timeout(timeout)
+        return await checked_call(self._closed, lambda: method(request, timeout=deadline))
 
     async def __aenter__(self) -> FarmClient:
         return self
@@ -141,7 +145,7 @@ class FarmClient:
             request = farm_pb2.SubmitJobsRequest(
                 jobs=[job_struct(job, index) for index, job in enumerate(jobs)]
             )
-        return await _checked(self._farm.SubmitJobs(request, timeout=timeout))
+        return await self._call(self._farm.SubmitJobs, request, timeout)
 
     async def list_jobs(
         self,
@@ -153,14 +157,14 @@ class FarmClient:
     ) -> farm_pb2.ListJobsResponse:
         """The farm's jobs by id; ``status`` and ``pgrp`` filter (empty / 0: any)."""
         request = request or farm_pb2.ListJobsRequest(status=status, pgrp=pgrp)
-        return await _checked(self._farm.ListJobs(request, timeout=timeout))
+        return await self._call(self._farm.ListJobs, request, timeout)
 
     async def get_job(
         self, job_id: int, *, timeout: float | None = None
     ) -> farm_pb2.GetJobResponse:
         """One job with its agenda, its registered callbacks (latches) and its history."""
         request = farm_pb2.GetJobRequest(job_id=job_id)
-        return await _checked(self._farm.GetJob(request, timeout=timeout))
+        return await self._call(self._farm.GetJob, request, timeout)
 
     async def change_work(
         self,
@@ -190,7 +194,7 @@ class FarmClient:
             )
             if result_package:
                 request.result_package.CopyFrom(dict_to_struct(dict(result_package)))
-        return await _checked(self._farm.ChangeWork(request, timeout=timeout))
+        return await self._call(self._farm.ChangeWork, request, timeout)
 
     async def change_job(
         self,
@@ -209,14 +213,14 @@ class FarmClient:
             request = farm_pb2.ChangeJobRequest(
                 job_id=job_id, verb=job_verb_value(verb), actor=actor
             )
-        return await _checked(self._farm.ChangeJob(request, timeout=timeout))
+        return await self._call(self._farm.ChangeJob, request, timeout)
 
     async def take_work(
         self, host: str = "", *, timeout: float | None = None
     ) -> farm_pb2.TakeWorkResponse:
         """As a worker on ``host``: take and start the next item; ``taken`` false when none."""
         request = farm_pb2.TakeWorkRequest(host=host)
-        return await _checked(self._farm.TakeWork(request, timeout=timeout))
+        return await self._call(self._farm.TakeWork, request, timeout)
 
     async def wait_jobs(
         self,
@@ -231,4 +235,4 @@ class FarmClient:
         passed.
         """
         request = farm_pb2.WaitJobsRequest(job_ids=list(job_ids), timeout_seconds=wait_seconds)
-        return await _checked(self._farm.WaitJobs(request, timeout=timeout))
+        return await self._call(self._farm.WaitJobs, request, timeout)

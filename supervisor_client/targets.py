@@ -59,14 +59,31 @@ class Target:
         return self.service_config is not None
 
 
+def _check_port(address: str, port: str) -> None:
+    # gRPC would quietly take port 99999 as 34463 (modulo 65536).
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"address {address!r}: port {int(port)} is out of range (1 to 65535)")
+
+
+def _check_one(address: str) -> None:
+    """ValueError for a "host:port" or "dns:///name:port" whose port is out of range."""
+    if address.startswith(("unix:", "unix-abstract:", "vsock:")):
+        return
+    _, _, hostport = address.rpartition("/")  # dns:///name:port, dns://server/name:port
+    host, sep, port = hostport.rpartition(":")
+    if sep and host and not host.endswith(":") and port.isdigit():
+        _check_port(address, port)
+
+
 def _ip_and_port(address: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
     """``"1.2.3.4:5"`` or ``"[::1]:5"`` as an IP address and port; ValueError otherwise."""
     if address.startswith("["):
         host, sep, port = address[1:].partition("]:")
     else:
         host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit():
         raise ValueError(f"address {address!r} needs a port: IP:PORT, or [IPv6]:PORT")
+    _check_port(address, port)
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
@@ -81,10 +98,18 @@ def _ip_and_port(address: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Ad
 
 
 def _given(addresses: str | Sequence[str]) -> list[str]:
-    given = [addresses] if isinstance(addresses, str) else list(addresses)
+    if isinstance(addresses, str):
+        given = [addresses]
+    elif isinstance(addresses, Sequence) and not isinstance(addresses, bytes | bytearray):
+        given = list(addresses)
+    else:
+        raise TypeError(
+            "expected an address as a str (host:port, or a list IP:PORT,IP:PORT) or a "
+            f"sequence of str, got {type(addresses).__name__}"
+        )
     for item in given:
         if not isinstance(item, str):
-            raise TypeError(f"expected an address string, got {item!r}")
+            raise TypeError(f"expected each address as a str, got {type(item).__name__}")
     return [item.strip() for item in given if item.strip()]
 
 
@@ -101,11 +126,14 @@ def resolve_target(addresses: str | Sequence[str]) -> Target:
     """
     given = _given(addresses)
     if len(given) == 1 and _is_fleet_target(given[0]):
+        if given[0].startswith("dns:"):
+            _check_one(given[0])
         return Target(given[0], FLEET_SERVICE_CONFIG)  # a gRPC fleet target, as is
     parts = [part.strip() for item in given for part in item.split(",") if part.strip()]
     if not parts:
         raise ValueError("no executor address given")
     if len(parts) == 1:
+        _check_one(parts[0])
         return Target(parts[0])
     for part in parts:
         if ":/" in part or part.startswith(_FLEET_SCHEMES):

@@ -31,6 +31,7 @@ from executor.runs.metrics import Metrics
 from executor.runs.recorder import Recorder
 from executor.storage import StorageHealth
 from executor.triggers.engine import TriggerEngine
+from supervisor_client.credentials import KEEPALIVE_TIME_MS
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc, farm_pb2, farm_pb2_grpc
 
 # Above gRPC's 4 MiB default, so an oversized callback meets our own validation (a clear
@@ -40,6 +41,13 @@ SERVICES: Final = tuple(
     service.full_name for service in executor_pb2.DESCRIPTOR.services_by_name.values()
 )
 FARM_SERVICE: Final = farm_pb2.DESCRIPTOR.services_by_name["FarmService"].full_name
+# Accept the pings our clients send to find a frozen executor (credentials.KEEPALIVE_OPTIONS:
+# every 10 s, with or without a call). gRPC's defaults take a ping more often than every
+# 5 minutes without data as abuse, and answer the third with GOAWAY too_many_pings.
+KEEPALIVE_SERVER_OPTIONS: Final = (
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
+)
 
 
 @dataclass
@@ -111,6 +119,7 @@ def build(
         options=[
             ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
             ("grpc.so_reuseport", 0),
+            *KEEPALIVE_SERVER_OPTIONS,
         ],
     )
     guarded = CallGuard(server, metrics)  # registers each service's methods guarded

@@ -127,7 +127,8 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without ``authorization: Bearer <token>`` with UNAUTHENTICATED."""
 
     def __init__(self, token: str, refusals: RefusalLog | None = None) -> None:
-        self._expected = token.encode()
+        # Without surrounding whitespace (a token file's newline), as clients send it.
+        self._expected = token.strip().encode()
         self._refusals = refusals or RefusalLog()
 
     def _refusal(self, details: grpc.HandlerCallDetails) -> str:

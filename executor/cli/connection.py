@@ -19,6 +19,8 @@ from typing import Any, Final, TextIO
 
 from executor.errors import ConfigError
 from supervisor_client import ExecutorClient, ExecutorRpcError, FarmClient
+from supervisor_client.client import MAX_TIMEOUT_S, check_timeout
+from supervisor_client.credentials import check_tls, clean_token
 
 EXIT_OK: Final = 0
 EXIT_NOT_SUCCEEDED: Final = 1
@@ -56,6 +58,9 @@ class AddressList(argparse.Action):
 MAX_ID: Final = 2**63 - 1
 # A count sent as a uint32 (a --limit, a journal length).
 MAX_COUNT: Final = 2**32 - 1
+# The most a list answers (RunService's cap, executor.api.runs.MAX_LIST_LIMIT): a --limit
+# above it is refused rather than quietly cut.
+MAX_LIST: Final = 1000
 # A callback id is a uint32 on the wire, an instance (subjob) id an int32.
 MAX_CALLBACK_ID: Final = 2**32 - 1
 SUBJOB_IDS: Final = (-(2**31), 2**31 - 1)
@@ -90,6 +95,22 @@ def number_in(text: str, low: int, high: int, what: str) -> int:
         raise ConfigError(f"{what}: {err}") from None
 
 
+def seconds(text: str) -> float:
+    """An argparse ``type`` for ``--timeout``: seconds gRPC can hold as a deadline, else exit 2.
+
+    gRPC answers NaN, inf, 0 or 1e300 with an immediate DEADLINE_EXCEEDED.
+    """
+    try:
+        value = float(text)
+        check_timeout(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds, more than 0 and at most {MAX_TIMEOUT_S:g}, got {text!r}; "
+            "leave it out for no deadline"
+        ) from None
+    return value
+
+
 def connection_options(*, suppress: bool = False) -> argparse.ArgumentParser:
     """Connection flags; ``suppress`` (for a sub-subcommand) leaves unset ones to the parent."""
     parent = argparse.ArgumentParser(
@@ -113,7 +134,7 @@ def connection_options(*, suppress: bool = False) -> argparse.ArgumentParser:
     parent.add_argument("--tls-ca", type=Path, help="PEM CA of the executor's certificate")
     parent.add_argument("--tls-cert", type=Path, help="PEM client certificate (mutual TLS)")
     parent.add_argument("--tls-key", type=Path, help="PEM client key (mutual TLS)")
-    parent.add_argument("--timeout", type=float, help="seconds per call")
+    parent.add_argument("--timeout", type=seconds, help="seconds per call (default: no deadline)")
     return parent
 
 
@@ -126,20 +147,45 @@ def _read(path: Path | None, option: str) -> bytes | None:
         raise ConfigError(f"{option}: cannot read {path}: {err.strerror or err}") from err
 
 
+# The client's TLS arguments and the flags that give them.
+_TLS_FLAGS: Final = {
+    "root_certificates": ("--tls-ca", "tls_ca"),
+    "private_key": ("--tls-key", "tls_key"),
+    "certificate_chain": ("--tls-cert", "tls_cert"),
+}
+
+
+def _credentials(args: argparse.Namespace) -> dict[str, Any]:
+    """The client's TLS material and token from the flags; ConfigError naming the flag.
+
+    Checked here, not by gRPC, which takes an empty CA as plaintext (the token in clear)
+    and aborts the process on a key without its certificate.
+    """
+    given = {name: _read(getattr(args, dest), flag) for name, (flag, dest) in _TLS_FLAGS.items()}
+    try:
+        check_tls(**given)
+    except ValueError as err:
+        message = str(err)
+        for name, (flag, _) in _TLS_FLAGS.items():
+            message = message.replace(name, flag)
+        raise ConfigError(message) from err
+    try:
+        token = clean_token(args.token)
+    except ValueError as err:
+        reason = str(err).removeprefix("token: ")
+        raise ConfigError(f"--token (or $CBEXEC_AUTH_TOKEN): {reason}") from err
+    return {**given, "token": token}
+
+
 def connect(args: argparse.Namespace, address: str | None = None) -> ExecutorClient:
     """An ExecutorClient for the connection options (TLS when any certificate is given).
 
     ``--address`` may name a fleet (several addresses, or dns:///NAME:PORT); a malformed
-    one is a ConfigError naming it.
+    one is a ConfigError naming it, as is bad TLS material or token.
     """
+    credentials = _credentials(args)
     try:
-        return ExecutorClient(
-            address or args.address,
-            root_certificates=_read(args.tls_ca, "--tls-ca"),
-            certificate_chain=_read(args.tls_cert, "--tls-cert"),
-            private_key=_read(args.tls_key, "--tls-key"),
-            token=args.token,
-        )
+        return ExecutorClient(address or args.address, **credentials)
     except ValueError as err:
         raise ConfigError(f"--address: {err}") from err
 
@@ -149,14 +195,9 @@ def connect_farm(args: argparse.Namespace) -> FarmClient:
 
     A farm is one executor's embedded supervisor: ``--address`` must name one executor.
     """
+    credentials = _credentials(args)
     try:
-        return FarmClient(
-            args.address,
-            root_certificates=_read(args.tls_ca, "--tls-ca"),
-            certificate_chain=_read(args.tls_cert, "--tls-cert"),
-            private_key=_read(args.tls_key, "--tls-key"),
-            token=args.token,
-        )
+        return FarmClient(args.address, **credentials)
     except ValueError as err:
         raise ConfigError(
             f"--address: {err}; the farm is one executor's embedded supervisor"

@@ -14,6 +14,11 @@ item depends on timing.
 
 Stopping: the first SIGINT/SIGTERM stops taking work and finishes the items in flight
 (at most ``frame_seconds``); a second one leaves them running and exits.
+
+An executor that cannot be reached (restarting, say) does not lose a rendered frame: its
+end is reported again for up to ``REPORT_RETRY_S``, as a worker's daemon would. If it
+still cannot be, the workers stop, finishing the other frames in flight the same way,
+and every item left running is named with the command that ends it.
 """
 
 from __future__ import annotations
@@ -25,11 +30,14 @@ import random
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, TextIO
+from typing import Any, Final, TextIO
 
 from supervisor_client import ExecutorRpcError, FarmClient, RetryableError
 
 IDLE_POLL_S: Final = 0.2
+# How long a worker keeps reporting a frame's end to an executor it cannot reach.
+REPORT_RETRY_S: Final = 30.0
+REPORT_BACKOFF_S: Final = (0.5, 5.0)  # first and longest pause between reports
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +69,8 @@ class Workers:
         self._out = out
         self._stopping = asyncio.Event()
         self.finished = 0
+        # host -> the item it has taken and not yet reported ("12:5", or "12" for a job).
+        self.in_flight: dict[str, str] = {}
 
     def _say(self, line: str) -> None:
         print(line, file=self._out, flush=True)
@@ -74,12 +84,34 @@ class Workers:
             async with asyncio.timeout(seconds):
                 await self._stopping.wait()
 
+    async def _report(self, host: str, taken: Any, change: str) -> Any:
+        """ChangeWork for a taken item (a TakeWorkResponse), again while the executor cannot be reached."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REPORT_RETRY_S
+        pause, longest = REPORT_BACKOFF_S
+        while True:
+            try:
+                return await self._farm.change_work(
+                    job_id=taken.job_id,
+                    work=[taken.work_name] if taken.work_name else [],
+                    change=change,
+                    host=host,
+                )
+            except RetryableError as err:
+                if loop.time() + pause > deadline:
+                    raise
+                self._say(f"{host}: cannot report yet ({err.code.name}); again in {pause:g}s")
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, longest)
+
     async def _worker(self, host: str) -> None:
         while not self._stopping.is_set():
             taken = await self._farm.take_work(host)
             if not taken.taken:
                 await self._pause(IDLE_POLL_S)
                 continue
+            name = f"{taken.job_id}:{taken.work_name}" if taken.work_name else str(taken.job_id)
+            self.in_flight[host] = name
             item = f"{taken.job_id}:{taken.work_name}" if taken.work_name else f"job {taken.job_id}"
             attempt = f", attempt {taken.attempt}" if taken.attempt > 1 else ""
             self._say(f"{host}: took {item} ({taken.job_name}{attempt})")
@@ -90,17 +122,14 @@ class Workers:
                 else "complete"
             )
             try:
-                done = await self._farm.change_work(
-                    job_id=taken.job_id,
-                    work=[taken.work_name] if taken.work_name else [],
-                    change=change,
-                    host=host,
-                )
+                done = await self._report(host, taken, change)
             except RetryableError:
                 raise
             except ExecutorRpcError as err:  # removed meanwhile, say: report, go on
+                del self.in_flight[host]
                 self._say(f"{host}: {item} could not {change}: {err.details}")
                 continue
+            del self.in_flight[host]
             self.finished += 1
             if done.changed:
                 self._say(f"{host}: {item} {'failed' if change == 'fail' else 'complete'}")
@@ -108,15 +137,34 @@ class Workers:
                 self._say(f"{host}: {item} left alone: {done.message}")
 
     async def run(self) -> None:
-        """Run every worker until stopped; an RPC error that is not about one item ends all."""
+        """Run every worker until stopped; an RPC error that is not about one item ends all.
+
+        The others then finish their frames in flight first; what is left running after
+        is named (``in_flight``), with the commands that end it.
+        """
         hosts = [f"{self._plan.host_prefix}-{n}" for n in range(1, self._plan.count + 1)]
         tasks = [asyncio.create_task(self._worker(host)) for host in hosts]
         try:
-            await asyncio.gather(*tasks)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            self.stop()  # one failed (or all drained): the others finish their frames
+            await asyncio.wait(tasks)
+            failed = next((err for task in tasks if (err := task.exception())), None)
+            if failed is not None:
+                raise failed
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            self._say_left_running()
+
+    def _say_left_running(self) -> None:
+        if not self.in_flight:
+            return
+        names = " ".join(sorted(self.in_flight.values()))
+        self._say(
+            f"left running (taken, their end never reported): {names}; once the executor "
+            f"answers, end them with: cbexec farm complete {names} (or fail, or kill then retry)"
+        )
 
 
 async def run_until_signalled(workers: Workers, say: Callable[[str], None]) -> None:

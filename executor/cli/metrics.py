@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any, TextIO
 
 from executor.cli.connection import EXIT_OK, connect, connection_options, rpc_command
 from supervisor_client.client import as_plain, outcome_name
+from supervisor_client.targets import resolve_target
 
 
 def quantile_bound(histogram: Any, quantile: float) -> str:
@@ -87,6 +89,13 @@ def format_metrics(m: Any) -> str:
 async def _metrics(args: argparse.Namespace, out: TextIO) -> int:
     async with connect(args) as client:
         reply = await client.get_metrics(timeout=args.timeout)
+    if resolve_target(args.address).is_fleet:
+        # gRPC does not tell which replica answered; each counts only its own work.
+        print(
+            "cbexec: these are one replica's numbers, whichever round robin picked; "
+            "name one replica's address (--address IP:PORT) for its own",
+            file=sys.stderr,
+        )
     print(json.dumps(as_plain(reply)) if args.json else format_metrics(reply), file=out)
     return EXIT_OK
 

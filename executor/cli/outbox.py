@@ -12,7 +12,7 @@ from executor.cli.connection import (
     EXIT_NOT_SUCCEEDED,
     EXIT_OK,
     EXIT_USAGE,
-    MAX_COUNT,
+    MAX_LIST,
     connect,
     connection_options,
     rpc_command,
@@ -71,7 +71,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "dead", parents=[connection_options()], help="list the dead letters, newest first"
     )
     listing.add_argument(
-        "--limit", type=whole_number(1, MAX_COUNT), default=100, help="at most this many (max 1000)"
+        "--limit", type=whole_number(1, MAX_LIST), default=100, help="at most this many (max 1000)"
     )
     listing.add_argument("--json", action="store_true", help="one JSON object per dead letter")
     listing.set_defaults(handler=rpc_command(_list))

@@ -28,8 +28,8 @@ from typing import Any, Final, TextIO
 from executor.cli.connection import (
     EXIT_NOT_SUCCEEDED,
     EXIT_OK,
-    MAX_COUNT,
     MAX_ID,
+    MAX_LIST,
     connect,
     connection_options,
     rpc_command,
@@ -274,7 +274,7 @@ def add_runs_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         help="only shadow runs, each with the qb actions it would have taken",
     )
     runs.add_argument(
-        "--limit", type=whole_number(1, MAX_COUNT), default=50, help="at most this many (max 1000)"
+        "--limit", type=whole_number(1, MAX_LIST), default=50, help="at most this many (max 1000)"
     )
     runs.add_argument("--json", action="store_true", help="one JSON object per run")
     sub = runs.add_subparsers(dest="runs_command")

@@ -42,7 +42,7 @@ class Access:
         secure_cookie: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._expected = token.encode()
+        self._expected = token.strip().encode()  # as gRPC's check and clients take it
         self._exempt_probes = exempt_probes
         self._secure = secure_cookie
         self._clock = clock
@@ -56,7 +56,7 @@ class Access:
 
     def token_matches(self, given: str) -> bool:
         """Constant time: the comparison does not say how much of a guess was right."""
-        return bool(self._expected) and hmac.compare_digest(given.encode(), self._expected)
+        return bool(self._expected) and hmac.compare_digest(given.strip().encode(), self._expected)
 
     def allowed(self, path: str, headers: Mapping[str, str]) -> bool:
         """Whether a request for ``path`` with these (lower-cased) headers may be answered."""

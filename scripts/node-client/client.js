@@ -60,21 +60,31 @@ function parseArgs(argv) {
   return args;
 }
 
+// Pings every 10 s (5 s to answer), with or without a call, as the Python client sends
+// and the executor accepts: a frozen executor's connection is dropped, and a fleet's
+// round robin moves on, instead of calls waiting on it until their deadline.
+const KEEPALIVE = {
+  "grpc.keepalive_time_ms": 10_000,
+  "grpc.keepalive_timeout_ms": 5_000,
+  "grpc.keepalive_permit_without_calls": 1,
+};
+
 // One executor as given; a fleet as a gRPC target and the service config that balances it.
 function fleetTarget(address) {
   const roundRobin = JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] });
+  const fleet = { ...KEEPALIVE, "grpc.service_config": roundRobin };
   if (/^(ipv4|ipv6):/.test(address) || (address.startsWith("dns:") && !address.includes(","))) {
-    return { target: address, options: { "grpc.service_config": roundRobin } };
+    return { target: address, options: fleet };
   }
   const parts = address.split(",").map((part) => part.trim()).filter(Boolean);
-  if (parts.length === 1) return { target: parts[0], options: {} };
+  if (parts.length === 1) return { target: parts[0], options: { ...KEEPALIVE } };
   const v4 = parts.every((part) => /^\d{1,3}(\.\d{1,3}){3}:\d+$/.test(part));
   const v6 = parts.every((part) => /^\[[0-9A-Fa-f:.]+\]:\d+$/.test(part));
   if (!v4 && !v6) {
     throw new Error(`a list of executors takes IP:PORT entries, all IPv4 or all [IPv6]:PORT; `
       + `name a fleet by a host name as dns:///NAME:PORT (got ${address})`);
   }
-  return { target: `${v4 ? "ipv4" : "ipv6"}:${parts.join(",")}`, options: { "grpc.service_config": roundRobin } };
+  return { target: `${v4 ? "ipv4" : "ipv6"}:${parts.join(",")}`, options: fleet };
 }
 
 function loadServices() {

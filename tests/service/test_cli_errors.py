@@ -18,6 +18,8 @@ from tests.helpers.supervisors import SupervisorEndpoint
 pytestmark = pytest.mark.service
 
 UNREACHABLE = "127.0.0.1:1"
+# A file that looks like a certificate (it is never used: the flags around it are wrong).
+PEM = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
 # (argv, exit code, text the error holds); "{job}" is a job file that does not exist.
 CASES: list[tuple[tuple[str, ...], int, str]] = [
@@ -56,7 +58,26 @@ CASES: list[tuple[tuple[str, ...], int, str]] = [
     (("farm", "wait", "7"), 3, "NOT_FOUND: no job 7"),
     (("serve", "--check-config", "--log-level", "LOUD"), 2, "log_level: expected DEBUG, INFO"),
     (("runs", "--job", "-1"), 2, "argument --job: expected 0 to 9223372036854775807, got -1"),
-    (("runs", "--limit", "-3"), 2, "argument --limit: expected 1 to 4294967295, got -3"),
+    (("runs", "--limit", "-3"), 2, "argument --limit: expected 1 to 1000, got -3"),
+    (("runs", "--limit", "1001"), 2, "argument --limit: expected 1 to 1000, got 1001"),
+    # gRPC answered these with an immediate DEADLINE_EXCEEDED (exit 3).
+    (("metrics", "--timeout", "inf"), 2, "argument --timeout: expected seconds, more than 0"),
+    (("metrics", "--timeout", "nan"), 2, "argument --timeout: expected seconds"),
+    (("runs", "--timeout", "1e300"), 2, "argument --timeout: expected seconds"),
+    (("runs", "--timeout", "0"), 2, "argument --timeout: expected seconds"),
+    # gRPC took port 99999 as 34463.
+    (("metrics", "--address", "127.0.0.1:99999"), 2, "port 99999 is out of range (1 to 65535)"),
+    (("metrics", "--address", "127.0.0.1:1,127.0.0.1:99999"), 2, "port 99999 is out of range"),
+    # gRPC's C core refused these with a traceback naming nothing.
+    (("metrics", "--token", "tøk"), 2, "--token (or $CBEXEC_AUTH_TOKEN): character 2 is not"),
+    (("runs", "--token", "a\nb"), 2, "character 2 is not printable ASCII"),
+    # gRPC aborted the process (exit 134) on half a client certificate...
+    (("metrics", "--tls-ca", "{pem}", "--tls-key", "{pem}"), 2, "--tls-key without --tls-cert"),
+    (("metrics", "--tls-cert", "{pem}"), 2, "--tls-cert without --tls-key: a client"),
+    # ...and took an empty CA as none: plaintext, the token in clear.
+    (("runs", "--tls-ca", "{empty}"), 2, "--tls-ca is empty: TLS needs one"),
+    (("farm", "jobs", "--tls-ca", "{empty}"), 2, "--tls-ca is empty"),
+    (("metrics", "--tls-ca", "{job}"), 2, "--tls-ca: cannot read"),
     (("farm", "show", "-1"), 2, "argument ID: expected 0 to"),
     (("farm", "jobs", "--pgrp", "-1"), 2, "argument --pgrp: expected 0 to"),
     (("farm", "wait", "99999999999999999999"), 2, "got 99999999999999999999"),
@@ -85,10 +106,16 @@ CASES: list[tuple[tuple[str, ...], int, str]] = [
 async def test_error_path(
     stack_warm: Stack, tmp_path: Path, argv: tuple[str, ...], code: int, text: str
 ) -> None:
-    argv = tuple(
-        a.replace("{job}", str(tmp_path / "job.json")).replace("{missing}", str(tmp_path / "m"))
-        for a in argv
-    )
+    (tmp_path / "empty.pem").write_bytes(b"")
+    (tmp_path / "some.pem").write_bytes(PEM)
+    places = {
+        "{job}": tmp_path / "job.json",
+        "{missing}": tmp_path / "m",
+        "{empty}": tmp_path / "empty.pem",
+        "{pem}": tmp_path / "some.pem",
+    }
+    for place, path in places.items():
+        argv = tuple(a.replace(place, str(path)) for a in argv)
     said = await cbexec(*argv, address=stack_warm.address)
     assert said.code == code, said
     # A check that fails (exit 1) prints its finding as its answer; errors go to stderr.

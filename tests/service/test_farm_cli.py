@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import signal
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 
+from executor.cli import farm_workers
 from executor.cli.farm_workers import WorkerPlan, fails
+from supervisor_client import FarmClient, RetryableError
+from supervisor_client.qbcallback.v1 import farm_pb2
 from tests.conftest import Stack
 from tests.helpers.cli import ROOT, cbexec, cli_env
+from tests.helpers.executor_process import executor_process
 from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.service
@@ -252,3 +258,90 @@ def test_worker_failures_depend_only_on_seed_job_frame_and_attempt() -> None:
     assert first != [fails(WorkerPlan(2, 1.0, 0.3, seed=6), 7, str(n), 1) for n in range(200)]
     assert not any(fails(WorkerPlan(2, 1.0, 0.0, seed=5), 7, str(n), 1) for n in range(200))
     assert all(fails(WorkerPlan(2, 1.0, 1.0, seed=5), 7, str(n), 1) for n in range(200))
+
+
+async def test_a_frame_rendered_while_the_executor_restarts_is_reported_after(
+    tmp_path: Path,
+) -> None:
+    """The worker reports the frame's end again until the executor is back (it exited 3)."""
+    log = tmp_path / "executor.log"
+    async with executor_process(tmp_path / "data", "", log) as first:
+        async with FarmClient(first.address) as farm:
+            await farm.submit_jobs([{"name": "frame", "agenda": ["1"]}])
+        proc = await start_workers(first.address, "1", "--frame-seconds", "2")
+        try:
+            async with FarmClient(first.address) as farm:
+
+                async def running() -> bool:
+                    job = await farm.get_job(1)
+                    return bool(job.job.agenda[0].status == "running")
+
+                assert await eventually(running, timeout_s=20)
+            first.sigkill()
+            await first.proc.wait()
+            seen = await read_until(proc, "cannot report yet (UNAVAILABLE)")
+            async with (
+                executor_process(
+                    tmp_path / "data", "", log, extra_args=["--bind", first.address]
+                ) as second,
+                FarmClient(second.address) as farm,
+            ):
+
+                async def complete() -> bool:
+                    job = await farm.get_job(1)
+                    return bool(job.job.agenda[0].status == "complete")
+
+                assert await eventually(complete, timeout_s=30)
+        finally:
+            code, out, err = await stop(proc)
+    assert code == 0, err
+    assert "worker-1: cannot report yet (UNAVAILABLE)" in seen, seen
+    assert "worker-1: 1:1 complete" in out, seen + out
+
+
+async def read_until(proc: asyncio.subprocess.Process, text: str) -> str:
+    """The process's output up to the line holding ``text`` (within 30 s)."""
+    assert proc.stdout is not None
+    seen = ""
+    async with asyncio.timeout(30):
+        while text not in seen:
+            line = await proc.stdout.readline()
+            assert line, seen
+            seen += line.decode()
+    return seen
+
+
+async def test_workers_that_cannot_report_name_what_is_left_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The executor stays away: each frame in flight is named, with the command that ends it."""
+    monkeypatch.setattr(farm_workers, "REPORT_RETRY_S", 0.3)
+    monkeypatch.setattr(farm_workers, "REPORT_BACKOFF_S", (0.05, 0.1))
+    away = RetryableError(grpc.StatusCode.UNAVAILABLE, "connection refused")
+
+    class Gone:
+        """A farm that hands out two frames, then cannot be reached."""
+
+        def __init__(self) -> None:
+            self.frames = ["1", "2"]
+
+        async def take_work(self, host: str) -> farm_pb2.TakeWorkResponse:
+            if not self.frames:
+                raise away
+            return farm_pb2.TakeWorkResponse(
+                taken=True, job_id=4, work_name=self.frames.pop(0), job_name="j", attempt=1
+            )
+
+        async def change_work(self, **_: object) -> farm_pb2.ChangeWorkResponse:
+            raise away
+
+    out = io.StringIO()
+    workers = farm_workers.Workers(Gone(), WorkerPlan(2, 0.1, 0.0, 1), out)  # type: ignore[arg-type]
+    with pytest.raises(RetryableError):
+        await workers.run()
+    said = out.getvalue()
+    assert "worker-1: cannot report yet (UNAVAILABLE)" in said, said
+    assert said.splitlines()[-1] == (
+        "left running (taken, their end never reported): 4:1 4:2; once the executor "
+        "answers, end them with: cbexec farm complete 4:1 4:2 (or fail, or kill then retry)"
+    )

@@ -17,6 +17,7 @@ from supervisor_client.qbcallback.v1 import executor_pb2, farm_pb2, types_pb2
 pytestmark = pytest.mark.unit
 
 EXPORTED = {
+    "ClientClosedError",
     "ExecutorClient",
     "ExecutorRpcError",
     "FarmClient",

@@ -46,7 +46,7 @@ def test_an_ipv6_list_and_the_dns_and_static_forms() -> None:
         ("", "no executor address"),
         ("exec1:50051,exec2:50051", "not an IP address.*dns:///NAME:PORT"),
         ("10.0.0.1,10.0.0.2:1", "needs a port"),
-        ("10.0.0.1:0,10.0.0.2:1", "needs a port"),
+        ("10.0.0.1:0,10.0.0.2:1", "port 0 is out of range"),
         ("10.0.0.1:1,[::1]:1", "all IPv4 or all IPv6"),
         ("::1:5,10.0.0.1:1", "brackets"),
         ("unix:/a.sock,10.0.0.1:1", "cannot be part of a list"),

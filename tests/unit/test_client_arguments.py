@@ -1,0 +1,127 @@
+"""What the clients refuse before gRPC sees it: TLS halves, empty CAs, tokens, ports, timeouts.
+
+Each of these once reached gRPC, which aborted the process (half a client certificate),
+quietly spoke plaintext (an empty CA), raised an error naming nothing (a token with a
+newline), connected elsewhere (port 99999 is 34463 to it) or answered DEADLINE_EXCEEDED
+at once (NaN seconds).
+"""
+
+from __future__ import annotations
+
+import math
+
+import grpc
+import pytest
+
+from executor.api.edge import KEEPALIVE_SERVER_OPTIONS
+from supervisor_client import ExecutorClient, FarmClient
+from supervisor_client.client import MAX_TIMEOUT_S, check_timeout
+from supervisor_client.credentials import (
+    KEEPALIVE_OPTIONS,
+    KEEPALIVE_TIME_MS,
+    check_tls,
+    clean_token,
+)
+
+pytestmark = pytest.mark.unit
+
+CA = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+KEY = b"-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
+ADDRESS = "127.0.0.1:1"
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"private_key": KEY}, "private_key without certificate_chain"),
+        ({"certificate_chain": CA}, "certificate_chain without private_key"),
+        ({"root_certificates": b""}, "root_certificates is empty"),
+        ({"root_certificates": b" \n"}, "root_certificates is empty"),
+        ({"root_certificates": b"not a pem"}, "root_certificates holds no PEM certificate"),
+        ({"private_key": CA, "certificate_chain": CA}, "private_key holds no PEM private key"),
+        ({"private_key": KEY, "certificate_chain": KEY}, "certificate_chain holds no PEM"),
+    ],
+)
+async def test_tls_material_gRPC_would_misuse_is_refused(
+    given: dict[str, bytes], message: str
+) -> None:
+    for client in (ExecutorClient, FarmClient):
+        with pytest.raises(ValueError, match=message):
+            client(ADDRESS, **given)  # type: ignore[operator]
+
+
+def test_tls_material_that_can_work_passes() -> None:
+    check_tls(CA, None, None)
+    check_tls(CA, KEY, CA)
+    check_tls(None, b"-----BEGIN EC PRIVATE KEY-----\n", CA)
+    check_tls(None, None, None)
+    with pytest.raises(TypeError, match="expected PEM bytes, got str"):
+        check_tls(CA.decode(), None, None)  # type: ignore[arg-type]
+
+
+def test_a_token_is_taken_without_surrounding_whitespace() -> None:
+    assert clean_token("tok\n") == "tok"
+    assert clean_token("  tok-s3cret\r\n") == "tok-s3cret"
+    assert clean_token("a b") == "a b"
+    assert clean_token("") is None
+    assert clean_token(" \n") is None
+    assert clean_token(None) is None
+
+
+@pytest.mark.parametrize("token", ["tøk", "to\nk", "tok\x00", "t\tok"])
+async def test_a_token_metadata_cannot_carry_is_refused_without_showing_it(token: str) -> None:
+    with pytest.raises(ValueError, match="is not printable ASCII") as refused:
+        ExecutorClient(ADDRESS, token=token)
+    assert token.strip() not in str(refused.value)
+
+
+async def test_options_with_a_channel_given_are_refused_not_ignored() -> None:
+    async with grpc.aio.insecure_channel(ADDRESS) as channel:
+        with pytest.raises(ValueError, match="token: not with a channel given"):
+            ExecutorClient(channel, token="tok")
+        with pytest.raises(ValueError, match="root_certificates: not with a channel given"):
+            FarmClient(channel, root_certificates=CA)
+        ExecutorClient(channel)  # alone: fine
+
+
+@pytest.mark.parametrize(
+    ("address", "error", "message"),
+    [
+        ("127.0.0.1:99999", ValueError, "port 99999 is out of range"),
+        ("127.0.0.1:0", ValueError, "port 0 is out of range"),
+        ("127.0.0.1:1,127.0.0.1:99999", ValueError, "port 99999 is out of range"),
+        ("dns:///localhost:70000", ValueError, "port 70000 is out of range"),
+        (b"127.0.0.1:1", TypeError, "as a str .* got bytes"),
+        (12345, TypeError, "as a str .* got int"),
+        ([b"127.0.0.1:1"], TypeError, "each address as a str, got bytes"),
+    ],
+)
+async def test_an_address_is_refused_for_the_right_reason(
+    address: object, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        ExecutorClient(address)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("timeout", [math.nan, math.inf, -math.inf, 0, -1, 1e300, 1e10])
+def test_a_deadline_gRPC_would_misread_is_refused(timeout: float) -> None:
+    with pytest.raises(ValueError, match="more than 0 and at most"):
+        check_timeout(timeout)
+
+
+def test_a_deadline_that_works_passes() -> None:
+    assert check_timeout(None) is None
+    assert check_timeout(0.3) == 0.3
+    assert check_timeout(MAX_TIMEOUT_S) == MAX_TIMEOUT_S
+    with pytest.raises(TypeError):
+        check_timeout("5")  # type: ignore[arg-type]
+
+
+def test_executors_accept_the_pings_clients_send() -> None:
+    """Else an executor answers the third idle ping with GOAWAY too_many_pings."""
+    client = dict(KEEPALIVE_OPTIONS)
+    server = dict(KEEPALIVE_SERVER_OPTIONS)
+    assert client["grpc.keepalive_time_ms"] == KEEPALIVE_TIME_MS
+    assert client["grpc.keepalive_permit_without_calls"] == 1
+    assert server["grpc.keepalive_permit_without_calls"] == 1
+    assert server["grpc.http2.min_ping_interval_without_data_ms"] < KEEPALIVE_TIME_MS
