@@ -16,9 +16,10 @@ import grpc
 __all__ = ["BearerTokenInterceptor", "check_tls", "clean_token", "open_channel"]
 
 #: Reconnect quickly after the peer comes back (gRPC's default backoff reaches 120 s).
+#: Not ``grpc.min_reconnect_backoff_ms``: gRPC takes it as each connection attempt's
+#: timeout too, and a peer whose handshake takes longer (a slow link) was never reached.
 RECONNECT_OPTIONS: Final = (
     ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
 )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import os
@@ -82,6 +83,30 @@ async def supervisor_endpoint(
     finally:
         await endpoint.stop()
         endpoint.store.close()
+
+
+@asynccontextmanager
+async def slow_link(target: str, delay_s: float) -> AsyncIterator[str]:
+    """A loopback TCP proxy to ``target`` that holds each chunk ``delay_s`` each way; its address."""
+    host, port = target.rsplit(":", 1)
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := await reader.read(65536):
+                await asyncio.sleep(delay_s)
+                writer.write(chunk)
+                await writer.drain()
+        writer.close()
+
+    async def link(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection(host, int(port))
+        await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w))
+
+    proxy = await asyncio.start_server(link, "127.0.0.1", 0)
+    try:
+        yield f"127.0.0.1:{proxy.sockets[0].getsockname()[1]}"
+    finally:
+        proxy.close()
 
 
 @asynccontextmanager

@@ -17,7 +17,7 @@ import pytest
 from supervisor_client import ExecutorClient, RetryableError
 from supervisor_client.qbcallback.v1 import executor_pb2, supervisor_pb2
 from tests.conftest import stack_settings
-from tests.faults.helpers import executor, fill, small_tmpfs, supervisor_endpoint
+from tests.faults.helpers import executor, fill, slow_link, small_tmpfs, supervisor_endpoint
 from tests.helpers.health import NOT_SERVING, SERVING, health_status
 from tests.helpers.supervisors import CountingSupervisor
 from tests.helpers.waiting import eventually, outbox_drained
@@ -195,3 +195,23 @@ async def test_delivery_survives_a_failing_and_hanging_supervisor(tmp_path: Path
             )
             assert await outbox_drained(client, timeout_s=90)
             endpoint.assert_exactly_once({r.invocation_id for r in responses})
+
+
+async def test_a_supervisor_slow_to_connect_is_waited_for_not_refused(tmp_path: Path) -> None:
+    # Found by fault injection: a connection attempt was given up after 200 ms (gRPC takes
+    # its minimum reconnect backoff as the connect timeout), so behind a slow link every
+    # qb call failed at once with SupervisorUnavailable, well inside its 10 s.
+    async with (
+        supervisor_endpoint(tmp_path / "supervisor.db") as endpoint,
+        slow_link(endpoint.address, delay_s=0.4) as slow,
+    ):
+        settings = stack_settings(tmp_path / "data", supervisor=slow)
+        async with (
+            executor(settings) as running,
+            ExecutorClient(f"127.0.0.1:{running.port}") as client,
+        ):
+            (job,) = endpoint.store.submit([{"name": "far", "user": "alice"}])
+            response = await client.execute_callback(
+                language="python", code="print(qb.jobinfo()[0]['name'])", job=job, timeout=30
+            )
+            assert response.stdout == "far\n", response
