@@ -87,8 +87,12 @@ async def supervisor_endpoint(
 
 @asynccontextmanager
 async def slow_link(target: str, delay_s: float) -> AsyncIterator[str]:
-    """A loopback TCP proxy to ``target`` that holds each chunk ``delay_s`` each way; its address."""
+    """A loopback TCP proxy to ``target`` that holds each chunk ``delay_s`` each way; its address.
+
+    Every connection it made is closed after the block.
+    """
     host, port = target.rsplit(":", 1)
+    writers: list[asyncio.StreamWriter] = []
 
     async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
@@ -100,6 +104,7 @@ async def slow_link(target: str, delay_s: float) -> AsyncIterator[str]:
 
     async def link(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         server_r, server_w = await asyncio.open_connection(host, int(port))
+        writers.extend((client_w, server_w))
         await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w))
 
     proxy = await asyncio.start_server(link, "127.0.0.1", 0)
@@ -107,6 +112,12 @@ async def slow_link(target: str, delay_s: float) -> AsyncIterator[str]:
         yield f"127.0.0.1:{proxy.sockets[0].getsockname()[1]}"
     finally:
         proxy.close()
+        for writer in writers:
+            writer.close()
+        for writer in writers:
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        await proxy.wait_closed()
 
 
 @asynccontextmanager
