@@ -231,6 +231,9 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         # stops after them, so a fired run that was stopped is done, never replayed (one
         # still waiting for a slot never started: it stays queued for the next start).
         stack.push_async_callback(dispatcher.drain)
+        # Before the drain: a fired run's result waiting for a full disk would hold it (on
+        # SQLite, for as long as the disk stays full); not recorded, it runs at the next start.
+        stack.callback(recorder.stop_waiting)
         await edge.set_serving(True)
         edge.follow(storage_health)
         stack.push_async_callback(
