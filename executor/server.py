@@ -34,6 +34,7 @@ from typing import Any, Final
 
 import grpc
 
+from executor import data_dir
 from executor.api import edge as api_edge
 from executor.api import embedded as api_embedded
 from executor.api import security
@@ -122,9 +123,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         if options.bridge_network is not None:
             stack.callback(options.bridge_network.close)
         policies = for_host(settings, options, os.environ)
-        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not os.access(settings.data_dir, os.W_OK | os.X_OK):  # a read-only mount, say
-            raise ConfigError(f"data_dir: {settings.data_dir} is not writable by this user")
+        data_dir.make(settings.data_dir)
         storage_health = StorageHealth(
             settings.data_dir, settings.store if is_postgres(settings.store) else ""
         )
@@ -232,6 +231,9 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         # stops after them, so a fired run that was stopped is done, never replayed (one
         # still waiting for a slot never started: it stays queued for the next start).
         stack.push_async_callback(dispatcher.drain)
+        # Before the drain: a fired run's result waiting for a full disk would hold it (on
+        # SQLite, for as long as the disk stays full); not recorded, it runs at the next start.
+        stack.callback(recorder.stop_waiting)
         await edge.set_serving(True)
         edge.follow(storage_health)
         stack.push_async_callback(

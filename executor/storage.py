@@ -4,7 +4,8 @@ Two kinds of trouble, two answers:
 
 - A file that is not a database (damaged, or something else at that path) found at
   start-up is a ``ConfigError`` naming the file and what to do; the executor never
-  deletes or rewrites it (``open_database``).
+  deletes or rewrites it (``open_database``). ``check_database`` finds the same for
+  ``cbexec serve --check-config`` without changing anything.
 - A write that fails for a reason outside the executor (the disk is full, an I/O error,
   the file became read-only) is a ``StorageError``: an ``UnavailableError`` naming the
   file and the cause, which the caller gets instead of a success without a durable
@@ -19,7 +20,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final
@@ -70,26 +73,112 @@ def is_storage_failure(err: sqlite3.Error) -> bool:
     return code is not None and code & 0xFF in _STORAGE_CODES
 
 
+# What each database holds, for the refusal of a damaged one: moved aside, that is lost.
+_HOLDS: Final = {
+    "outbox.db": "results not yet delivered to the supervisor",
+    "triggers.db": "the registered triggers and firings decided but not yet run",
+    "runs.db": "the run history",
+    "supervisor.db": "the embedded supervisor's jobs",
+}
+
+
 def open_database(path: Path | str) -> sqlite3.Connection:
     """An autocommit connection to ``path`` (created when missing), checked to be a database.
 
-    Raises ConfigError naming the file when it exists but is not a readable SQLite
-    database; the file is left exactly as it was.
+    Raises ConfigError naming the file when it exists but is not a sound SQLite database
+    (``_file_problem``, then SQLite's ``quick_check``); the file is left exactly as it was.
     """
+    _file_problem(Path(path))
     try:
         db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     except sqlite3.Error as err:
         raise ConfigError(f"{path}: cannot open the database: {err}") from err
     try:
-        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except sqlite3.DatabaseError as err:
+        _verify(db, Path(path))
+    except BaseException:
         db.close()
-        raise ConfigError(
-            f"{path}: {err}: the file is damaged or is not one of the executor's databases. "
-            "It was left untouched: restore it from a backup, or move it aside to start "
-            "with an empty one"
-        ) from err
+        raise
     return db
+
+
+def check_database(path: Path) -> str:
+    """What ``open_database`` would find at ``path``, found without changing anything.
+
+    Returns how it looks ("made at start-up", "sound"); raises the ConfigError start-up
+    would. Read-only: without a ``-wal`` the file is opened immutable (SQLite makes no
+    ``-wal``/``-shm`` for it); with one, read-only through it, as start-up reads it. A
+    ``-wal`` without its ``-shm`` (SQLite would make one) is read from a private copy.
+    """
+    if not os.path.lexists(path):
+        return "made at start-up"
+    _file_problem(path)
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    if wal.exists() and not shm.exists():
+        with tempfile.TemporaryDirectory(prefix="cbexec-check-") as tmp:
+            copy = Path(tmp) / path.name
+            shutil.copyfile(path, copy)
+            shutil.copyfile(wal, f"{copy}-wal")
+            _check_read_only(copy, wal=True, named=path)
+    else:
+        _check_read_only(path, wal=wal.exists(), named=path)
+    return "sound"
+
+
+def _check_read_only(path: Path, *, wal: bool, named: Path) -> None:
+    uri = path.absolute().as_uri() + ("?mode=ro" if wal else "?mode=ro&immutable=1")
+    try:
+        db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+    except sqlite3.Error as err:
+        raise ConfigError(f"{named}: cannot open the database: {err}") from err
+    try:
+        _verify(db, named)
+    finally:
+        db.close()
+
+
+def _file_problem(path: Path) -> None:
+    """Raise ConfigError for what SQLite would misread rather than refuse.
+
+    Something other than a file at the path; or an empty file beside a ``-wal`` that
+    holds data: SQLite takes an empty file for a new database and deletes its log, and
+    the executor never makes that pair (WAL mode writes the file's first page first),
+    so the file was truncated, and the log is all that is left of it.
+    """
+    if os.path.lexists(path) and not path.is_file():
+        raise ConfigError(
+            f"{path}: not a file: start-up opens a database here; move whatever it is aside"
+        )
+    wal = Path(f"{path}-wal")
+    if path.is_file() and path.stat().st_size == 0 and wal.is_file() and wal.stat().st_size:
+        raise ConfigError(
+            _damaged(path, f"the file is empty but {wal.name} holds {wal.stat().st_size} bytes")
+        )
+
+
+def _verify(db: sqlite3.Connection, path: Path) -> None:
+    """Raise ConfigError unless SQLite's ``quick_check`` finds ``db`` sound.
+
+    ``quick_check`` reads every page (~0.3 s for a 200 MB history from the page cache,
+    a few seconds from a cold disk): a damaged page found now is a refusal naming the
+    file, not a traceback at start-up or a storage that fails at some later write.
+    """
+    try:
+        found = [str(row[0]) for row in db.execute("PRAGMA quick_check(3)").fetchall()]
+    except sqlite3.DatabaseError as err:
+        raise ConfigError(_damaged(path, str(err))) from err
+    if found != ["ok"]:
+        lines = [line.strip("* ") for row in found for line in row.splitlines()]
+        raise ConfigError(_damaged(path, "; ".join(line for line in lines if line)))
+
+
+def _damaged(path: Path, why: str) -> str:
+    holds = _HOLDS.get(path.name)
+    lost = f" (it holds {holds})" if holds else ""
+    return (
+        f"{path}: {why}: the file is damaged or is not one of the executor's databases. "
+        "It was left untouched: restore it from a backup, or move it aside to start "
+        f"with an empty one{lost}"
+    )
 
 
 class StorageHealth:

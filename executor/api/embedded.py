@@ -20,6 +20,7 @@ from typing import Final
 import grpc
 
 from executor.errors import ConfigError
+from executor.storage import open_database
 from supervisor_client.reference import ReferenceSupervisor, add_reference_supervisor
 from supervisor_client.reference.forwarder import EventForwarder
 
@@ -71,6 +72,7 @@ async def start(data_dir: Path, *, max_message_bytes: int) -> EmbeddedSupervisor
     is not a database is a ConfigError naming it; it is left untouched.
     """
     path = data_dir / "supervisor.db"
+    open_database(path).close()  # damage refused as for the executor's own databases
     try:
         reference = ReferenceSupervisor(str(path))
     except sqlite3.DatabaseError as err:

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
-from typing import Final, TextIO
+from typing import TextIO
 
-from executor import config
+from executor import config, data_dir
 from executor.api import security
 from executor.errors import ConfigError
 from executor.policies import BUILT_IN, exposure_warnings, for_host, report
 from executor.runtimes.check import check_source
 from executor.sandbox.identity import UidClaim
 from executor.sandbox.tier import describe_sandbox, root_warnings, sandbox_options
+from executor.storage import check_database
 from executor.triggers.engine import check_trigger
 from executor.triggers.universal import (
     CONF_NAME,
@@ -33,33 +33,31 @@ from executor.triggers.universal import (
     load_universal,
 )
 
-# The databases start-up opens in the data dir, and the first bytes of every SQLite file.
-DATABASES: Final = ("runs.db", "outbox.db", "triggers.db", "supervisor.db")
-_SQLITE_HEADER: Final = b"SQLite format 3\x00"
-
 
 def _data_dir(settings: config.Settings) -> str:
-    """How the data dir looks to start-up: usable, or why not."""
-    path = settings.data_dir
-    if path.exists():
-        if not path.is_dir():
-            raise ConfigError(f"data_dir: {path} is not a directory")
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise ConfigError(f"data_dir: {path} is not writable by this user")
-        for name in DATABASES:
-            db = path / name
-            if db.is_file() and db.stat().st_size and not _is_sqlite(db):
-                raise ConfigError(f"data_dir: {db} is not an SQLite database (damaged?)")
-        return f"{path} (exists)"
-    parent = next(p for p in path.parents if p.exists())
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"data_dir: {path} does not exist and {parent} is not writable")
-    return f"{path} (made at start-up)"
+    """How the data dir and the databases start-up opens in it look: usable, or why not."""
+    found = data_dir.inspect(settings.data_dir)
+    checked: list[str] = []
+    problems: list[str] = []
+    for name in databases(settings):
+        try:
+            if check_database(settings.data_dir / name) != "made at start-up":
+                checked.append(name)
+        except ConfigError as err:
+            problems.append(str(err))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return found + (f"; {', '.join(checked)} sound" if checked else "")
 
 
-def _is_sqlite(path: Path) -> bool:
-    with path.open("rb") as handle:
-        return handle.read(len(_SQLITE_HEADER)) == _SQLITE_HEADER
+def databases(settings: config.Settings) -> list[str]:
+    """The SQLite files start-up opens in the data dir with these settings."""
+    names = [] if settings.store else ["runs.db", "triggers.db"]
+    if settings.report_results and not settings.store:
+        names.append("outbox.db")
+    if not settings.supervisor:
+        names.append("supervisor.db")  # the embedded reference supervisor's
+    return names
 
 
 def _sandbox(settings: config.Settings) -> str:

@@ -10,7 +10,10 @@ executors does not reconnect in step) while the receiver is unavailable. After a
 restart the task starts again from the oldest undelivered row.
 
 A message may be sent twice: when the executor dies (or the connection breaks) after
-the receiver applied it and before the acknowledgement was recorded. The receiver
+the receiver applied it and before the acknowledgement was recorded. One acknowledged
+while its mark cannot be written (a full disk) is held in memory as delivered and not
+sent again by this process; it is marked once the storage takes writes, and only a
+stop before that sends it once more after the restart. The receiver
 (``Supervisor.ReportResult``) is idempotent on the message key (the invocation id), so
 at-least-once delivery + an idempotent receiver = exactly-once effect.
 
@@ -247,6 +250,9 @@ class Outbox:
         self._task: asyncio.Task[None] | None = None
         self._duplicates = 0
         self._delivered_since_trim = 0
+        # Rows the receiver acknowledged whose mark the storage did not take yet (a full
+        # disk): never sent again by this process, marked at the next chance.
+        self._unmarked: set[int] = set()
         if self.pending():
             logger.info("outbox: %d results from an earlier run still to deliver", self.pending())
 
@@ -353,7 +359,7 @@ class Outbox:
         row = self._db.execute(
             "SELECT count(*) FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL"
         ).fetchone()
-        return int(row[0])
+        return int(row[0]) - len(self._unmarked)
 
     def dead(self) -> int:
         """Messages set aside as dead letters."""
@@ -389,6 +395,12 @@ class Outbox:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if self._unmarked:
+            logger.warning(
+                "outbox: %d results the supervisor acknowledged could not be marked delivered "
+                "(the storage); they are sent once more after the next start",
+                len(self._unmarked),
+            )
         self._checkpoints.close()
         if self._ddb is not self._db:
             self._ddb.close()
@@ -403,6 +415,7 @@ class Outbox:
         ``FOR UPDATE SKIP LOCKED`` with a lease of this replica's.
         """
         now = self._clock()
+        limit = self._batch_size + len(self._unmarked)  # those are skipped below
         if self.fleet:
             rows = self._ddb.execute(
                 "UPDATE outbox SET owner = ?, lease_until = ? WHERE seq IN (SELECT seq FROM outbox"  # noqa: S608 - a lock clause
@@ -410,15 +423,16 @@ class Outbox:
                 " AND (owner = ? OR lease_until < ?) ORDER BY seq LIMIT ?"
                 + row_lock(self._ddb, skip_locked=True)
                 + ") RETURNING seq, key, payload",
-                (self._owner, now + self._lease_s, now, self._owner, now, self._batch_size),
+                (self._owner, now + self._lease_s, now, self._owner, now, limit),
             ).fetchall()
             rows.sort(key=lambda row: int(row[0]))
         else:
             rows = self._ddb.execute(
                 "SELECT seq, key, payload FROM outbox WHERE delivered_at IS NULL"
                 " AND dead_at IS NULL AND retry_at <= ? ORDER BY seq LIMIT ?",
-                (now, self._batch_size),
+                (now, limit),
             ).fetchall()
+        rows = [row for row in rows if int(row[0]) not in self._unmarked][: self._batch_size]
         batch: list[tuple[int, str, bytes]] = []
         size = 0
         for seq, key, payload in rows:
@@ -468,8 +482,17 @@ class Outbox:
         True when all of it is done with (delivered or set aside), False to back off, None
         when nothing was pending (after waiting for some).
         """
+        unmarked: UnavailableError | None = None
+        if self._unmarked:
+            try:
+                await self._io(lambda: self._mark_delivered([]))
+            except UnavailableError as err:  # still: the rows behind them go on meanwhile
+                unmarked = err
         batch, full = await self._io(self._next_batch)
         if not batch:
+            if unmarked is not None:
+                self._drained.set()  # nothing is left to send
+                raise unmarked  # back off, then try the marks again
             # No await between the query and clear(): put() cannot slip in between.
             self._wakeup.clear()
             waiting = await self._io(self._next_retry_at)
@@ -647,12 +670,19 @@ class Outbox:
         return int(cursor.rowcount)
 
     def _mark_delivered(self, seqs: list[int]) -> None:
-        """Record the rows as delivered, in one commit; trim the delivered ones now and then."""
+        """Record the rows as delivered, in one commit; trim the delivered ones now and then.
+
+        With those acknowledged earlier whose mark failed (``_unmarked``); on failure all
+        of them stay there, so that none is sent again.
+        """
+        self._unmarked.update(seqs)
+        seqs = sorted(self._unmarked)
         now = self._clock()
         if self.fleet:  # one statement is one transaction: one round trip, not three
             self._ddb.execute(
                 "UPDATE outbox SET delivered_at = ? WHERE seq = ANY(?)", (now, list(seqs))
             )
+            self._unmarked.difference_update(seqs)
             self._delivered_since_trim += len(seqs)
             if self._delivered_since_trim >= 100:
                 self._trim_delivered()
@@ -669,6 +699,7 @@ class Outbox:
                 if self._ddb.in_transaction:  # SQLite may have rolled back already (disk full)
                     self._ddb.execute("ROLLBACK")
                 raise
+        self._unmarked.difference_update(seqs)
         self._checkpoints.committed()
         self._delivered_since_trim += len(seqs)
         if self._delivered_since_trim >= 100:
@@ -676,9 +707,10 @@ class Outbox:
 
     def _trim_delivered(self) -> None:
         self._delivered_since_trim = 0
-        self._ddb.execute(
-            "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE delivered_at IS NOT NULL"  # noqa: S608
-            f" ORDER BY seq DESC LIMIT {'ALL' if self.fleet else '-1'} OFFSET ?)",
-            (self._keep_delivered,),
-        )
+        with writing(self._path, self._health):
+            self._ddb.execute(
+                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE delivered_at IS NOT NULL"  # noqa: S608
+                f" ORDER BY seq DESC LIMIT {'ALL' if self.fleet else '-1'} OFFSET ?)",
+                (self._keep_delivered,),
+            )
         self._checkpoints.committed()

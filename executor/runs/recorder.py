@@ -11,6 +11,7 @@ and skipped, and never costs the caller its answer or the other sinks their entr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -30,8 +31,10 @@ from executor.storage import StorageHealth
 EncodeReport = Callable[[Invocation, RunResult], bytes]
 
 logger = logging.getLogger(__name__)
-# How long a fired callback's result waits for a storage that cannot take it (PostgreSQL
-# restarting, a full disk) before the firing is given back to run again.
+# How long a fired callback's result waits for a fleet's PostgreSQL that cannot take it
+# before the firing is given back to run again: the firing's lease runs out meanwhile, and
+# another replica may claim it and run it again anyway. With SQLite nobody else would: the
+# result waits for the storage as long as it takes (or until a stop).
 FIRED_RESULT_WAIT_S = 30.0
 
 
@@ -41,7 +44,11 @@ def callback_log_dir(settings: Settings) -> Path:
 
 
 class Recorder:
-    """Fans each finished run out to the sinks; owns them and closes them."""
+    """Fans each finished run out to the sinks; owns them and closes them.
+
+    ``fired_wait_s``: how long a fired run's result waits for a storage that refuses it
+    (None: until it is recorded, or a stop begins: ``stop_waiting``).
+    """
 
     def __init__(
         self,
@@ -52,6 +59,7 @@ class Recorder:
         outbox: Outbox | None,
         encode_report: EncodeReport | None = None,
         clock: Callable[[], float] = time.time,
+        fired_wait_s: float | None = None,
     ) -> None:
         if outbox is not None and encode_report is None:
             raise ValueError("an outbox needs encode_report")
@@ -61,6 +69,9 @@ class Recorder:
         self.outbox = outbox
         self._encode_report = encode_report
         self._clock = clock
+        self._fired_wait_s = fired_wait_s
+        # Set at the start of a stop: no result waits for the storage any more.
+        self._stopping = asyncio.Event()
         self._writer = BookkeepingWriter(history, callback_log, metrics)
         # A reader of either never misses a run that was answered.
         history.before_read = self._writer.flush
@@ -104,6 +115,7 @@ class Recorder:
             metrics=metrics,
             outbox=outbox,
             encode_report=encode_report,
+            fired_wait_s=FIRED_RESULT_WAIT_S if settings.store else None,
         )
 
     def on_result(self, invocation: Invocation, result: RunResult) -> Awaitable[None] | None:
@@ -124,7 +136,8 @@ class Recorder:
                 # A fired callback has run and its effects happened: its result waits for
                 # the storage, rather than the firing running again as if it had not. An
                 # Execute caller is told instead, and decides.
-                wait_s=FIRED_RESULT_WAIT_S if invocation.source != "execute" else 0.0,
+                wait_s=self._fired_wait_s if invocation.source != "execute" else 0.0,
+                stopping=self._stopping,
             )
         self._writer.submit(
             invocation, result, ended_at=now, started_at=now - result.usage.wall_seconds
@@ -143,17 +156,34 @@ class Recorder:
         return self.history.identity(invocation_id)
 
     @staticmethod
-    async def _commit(outbox: Outbox, invocation_id: str, report: bytes, *, wait_s: float) -> None:
-        """Commit the result; an unavailable storage is retried for up to ``wait_s``."""
+    async def _commit(
+        outbox: Outbox,
+        invocation_id: str,
+        report: bytes,
+        *,
+        wait_s: float | None,
+        stopping: asyncio.Event | None = None,
+    ) -> None:
+        """Commit the result; an unavailable storage is retried for up to ``wait_s`` (None: ever).
+
+        Never once ``stopping`` is set (``stop_waiting``): the run then counts as not
+        recorded, and a fired one runs again at the next start, as after a crash.
+        """
+        stopping = stopping or asyncio.Event()
         loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + wait_s
+        give_up_at = None if wait_s is None else loop.time() + wait_s
         delay = 0.25
         while True:
             try:
                 await outbox.commit(invocation_id, report)
             except UnavailableError as err:
-                if loop.time() + delay > give_up_at:
-                    logger.error("result of %s could NOT be recorded: %s", invocation_id, err)
+                if stopping.is_set() or (
+                    give_up_at is not None and loop.time() + delay > give_up_at
+                ):
+                    why = " (the executor is stopping)" if stopping.is_set() else ""
+                    logger.error(
+                        "result of %s could NOT be recorded%s: %s", invocation_id, why, err
+                    )
                     raise
                 logger.warning(
                     "result of %s not recorded yet (%s); retrying in %.2fs",
@@ -163,8 +193,14 @@ class Recorder:
                 )
             else:
                 return
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await stopping.wait()
             delay = min(delay * 2, 4.0)
+
+    def stop_waiting(self) -> None:
+        """The start of a stop: results that wait for the storage give up at once."""
+        self._stopping.set()
 
     def start(self) -> None:
         """Start delivering results (needs the running event loop)."""

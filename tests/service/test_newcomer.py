@@ -309,7 +309,10 @@ async def test_check_config_is_readable_and_checks_what_start_up_would(tmp_path:
     assert said.code == 2
     problems = said.err.splitlines()
     assert problems == [
-        f"cbexec: data_dir: {data_dir}/runs.db is not an SQLite database (damaged?)",
+        # The line start-up itself would stop with.
+        f"cbexec: {data_dir}/runs.db: file is not a database: the file is damaged or is not "
+        "one of the executor's databases. It was left untouched: restore it from a backup, "
+        "or move it aside to start with an empty one (it holds the run history)",
         f"cbexec: universal callbacks: {data_dir}/callback/mail-status.qcb:1: unknown qube "
         + problems[1].split("unknown qube ", 1)[1],
         f"cbexec: universal callbacks: {data_dir}/callback/submitted.py:1: SyntaxError: "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -44,3 +46,23 @@ async def test_a_store_away_longer_than_the_wait_gives_the_firing_back() -> None
     outbox: Any = FlakyOutbox(refusals=100)
     with pytest.raises(StoreUnavailable):
         await recorder.Recorder._commit(outbox, "fired-2", b"report", wait_s=0.5)
+
+
+async def test_without_a_bound_the_result_waits_as_long_as_the_storage_refuses() -> None:
+    # SQLite: one executor, nobody else would run the firing; it must not run twice.
+    outbox: Any = FlakyOutbox(refusals=3)  # 0.25 + 0.5 + 1 s of waiting
+    await recorder.Recorder._commit(outbox, "fired-3", b"report", wait_s=None)
+    assert outbox.committed == ["fired-3"]
+
+
+async def test_a_stop_ends_the_wait_at_once() -> None:
+    outbox: Any = FlakyOutbox(refusals=100)
+    stopping = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.3, stopping.set)
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        await recorder.Recorder._commit(
+            outbox, "fired-4", b"report", wait_s=None, stopping=stopping
+        )
+    assert time.monotonic() - started < 1.0
+    assert outbox.committed == []

@@ -1,0 +1,217 @@
+"""A data dir or database start-up cannot use: `serve` and `serve --check-config` say the same.
+
+Each refusal is one ``cbexec:`` line and exit 2, never a traceback; the check finds it
+without creating or changing anything, and a damaged database is left as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from executor.runs.outbox import Outbox
+from tests.conftest import TEST_UID_BASE, stack_settings
+from tests.faults.helpers import executor, small_tmpfs
+
+pytestmark = pytest.mark.faults
+
+
+async def _cbexec(data_dir: Path, *args: str) -> tuple[int, str, str]:
+    """``cbexec serve`` (with ``args``) on ``data_dir``: its exit code, stdout and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "executor",
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--bind",
+        "127.0.0.1:0",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "CBEXEC_SANDBOX_UID_BASE": str(TEST_UID_BASE)},
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    finally:
+        if proc.returncode is None:  # it started: not what these tests expect
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def _both_refuse(data_dir: Path) -> str:
+    """Check and start-up both refuse ``data_dir`` with the same one line; that line."""
+    check_code, _, check_err = await _cbexec(data_dir, "--check-config")
+    serve_code, _, serve_err = await _cbexec(data_dir)
+    assert (check_code, serve_code) == (2, 2), (check_err, serve_err)
+    for err in (check_err, serve_err):
+        assert "Traceback" not in err, err
+        assert len(err.strip().splitlines()) == 1, err
+    assert check_err == serve_err
+    return serve_err.strip()
+
+
+async def test_a_data_dir_under_a_file_is_refused_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+
+    said = await _both_refuse(tmp_path / "a-file" / "data")
+
+    assert said == (
+        f"cbexec: data_dir: cannot make {tmp_path}/a-file/data: "
+        f"{tmp_path}/a-file is not a directory"
+    )
+
+
+async def test_a_data_dir_the_kernel_will_not_make_is_refused_and_nothing_is_left(
+    tmp_path: Path,
+) -> None:
+    # /proc allows root every mkdir by its permissions, and refuses it all the same.
+    data_dir = Path(f"/proc/cbexec-test-{uuid.uuid4().hex[:8]}/data")
+
+    said = await _both_refuse(data_dir)
+
+    assert said.startswith(f"cbexec: data_dir: cannot make {data_dir}: ")
+    assert not data_dir.parent.exists()
+
+
+async def test_a_missing_data_dir_on_a_read_only_filesystem_is_refused(tmp_path: Path) -> None:
+    with small_tmpfs(tmp_path / "disk", 1 << 20) as disk:
+        remount = ["mount", "-o", "remount,ro", str(disk)]
+        await asyncio.to_thread(subprocess.run, remount, check=True)
+
+        said = await _both_refuse(disk / "data")
+
+    assert said == (
+        f"cbexec: data_dir: {disk}/data does not exist and {disk} is not writable by this "
+        "user (a read-only filesystem)"
+    )
+
+
+async def test_the_check_leaves_no_data_dir_behind(tmp_path: Path) -> None:
+    data_dir = tmp_path / "new" / "data"
+
+    code, out, err = await _cbexec(data_dir, "--check-config")
+
+    assert code == 0, err
+    assert f"data dir: {data_dir} (made at start-up)" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- damaged databases: the check and start-up agree, and the file is left as it was ----
+
+
+def _filled(path: Path, *, keep_log: bool) -> None:
+    """An SQLite database of several pages at ``path``, in WAL mode.
+
+    ``keep_log``: its last commits stay in ``-wal`` (and ``-shm``), as a kill -9 leaves
+    them; otherwise everything is in the file itself.
+    """
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("CREATE TABLE filler (n INTEGER, pad BLOB)")
+    db.executemany("INSERT INTO filler VALUES (?, ?)", [(n, b"x" * 500) for n in range(200)])
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    if keep_log:
+        db.execute("CREATE TABLE later (n INTEGER)")  # page 1 changes: the log has it
+        for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+            shutil.copyfile(path.parent / name, path.parent / f"{name}.crashed")
+        db.close()
+        for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+            (path.parent / f"{name}.crashed").rename(path.parent / name)
+        return
+    db.close()
+
+
+def _truncated(path: Path) -> None:
+    _filled(path, keep_log=False)
+    with path.open("r+b") as handle:
+        handle.truncate(path.stat().st_size // 2)
+
+
+def _pages_overwritten(path: Path) -> None:
+    _filled(path, keep_log=False)
+    with path.open("r+b") as handle:
+        handle.seek(3 * 4096)
+        handle.write(os.urandom(3 * 4096))
+
+
+def _a_directory(path: Path) -> None:
+    path.mkdir()
+
+
+def _emptied_beside_its_log(path: Path) -> None:
+    _filled(path, keep_log=True)
+    path.write_bytes(b"")
+
+
+DAMAGE: dict[str, Callable[[Path], None]] = {
+    "truncated": _truncated,
+    "pages overwritten": _pages_overwritten,
+    "a directory": _a_directory,
+    "emptied beside its log": _emptied_beside_its_log,
+}
+
+
+def _snapshot(data_dir: Path, name: str = "") -> dict[str, bytes | None]:
+    """The files (a directory as None) whose names start with ``name``."""
+    return {
+        p.name: p.read_bytes() if p.is_file() else None
+        for p in sorted(data_dir.iterdir())
+        if p.name.startswith(name)
+    }
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+@pytest.mark.parametrize("name", ["outbox.db", "triggers.db", "runs.db", "supervisor.db"])
+async def test_a_damaged_database_is_refused_alike_by_the_check_and_start_up(
+    tmp_path: Path, name: str, damage: str
+) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o700)
+    DAMAGE[damage](data_dir / name)
+    before = _snapshot(data_dir, name)
+
+    said = await _both_refuse(data_dir)
+
+    assert said.startswith(f"cbexec: {data_dir / name}: "), said
+    assert _snapshot(data_dir, name) == before, "left exactly as it was"
+
+
+async def test_a_log_that_holds_what_the_file_lost_is_sound_for_both(tmp_path: Path) -> None:
+    """A header overwritten while the -wal holds page 1: SQLite reads page 1 from the log."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o700)
+    outbox = Outbox(data_dir / "outbox.db", transport=None)  # type: ignore[arg-type]
+    for n in range(5):
+        outbox.put(f"result-{n}", b"r" * 100)
+    for name in ("outbox.db", "outbox.db-wal", "outbox.db-shm"):  # as kill -9 leaves them
+        shutil.copyfile(data_dir / name, tmp_path / name)
+    await outbox.close()
+    for name in ("outbox.db", "outbox.db-wal", "outbox.db-shm"):
+        shutil.copyfile(tmp_path / name, data_dir / name)
+    with (data_dir / "outbox.db").open("r+b") as handle:
+        handle.write(b"garbagegarbagegarbage")
+    (data_dir / "outbox.db-shm").unlink()  # the check reads a copy then: nothing is made
+    before = _snapshot(data_dir)
+
+    code, out, err = await _cbexec(data_dir, "--check-config")
+
+    assert code == 0, err
+    assert "outbox.db sound" in out
+    assert _snapshot(data_dir) == before
+    async with executor(stack_settings(data_dir, supervisor="127.0.0.1:9")) as running:
+        assert running.recorder.outbox is not None
+        assert running.recorder.outbox.pending() == 5
