@@ -39,6 +39,7 @@ from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from executor.errors import ConfigError
 from executor.model import (
     ActionRecord,
     Event,
@@ -50,7 +51,7 @@ from executor.model import (
 )
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
 from executor.sql import Db, NoCheckpoints, PgDb, Row, is_postgres
-from executor.storage import StorageHealth, open_database, writing
+from executor.storage import StorageHealth, damaged, open_database, writing
 
 logger = logging.getLogger(__name__)
 
@@ -286,8 +287,12 @@ class RunHistory:
             self._db = db
             self._add_columns()
             self._checkpoints = BackgroundCheckpoints(db, path)
-        self._runs = self.count()
-        self.prune()
+        try:
+            self._runs = self.count()
+            self.prune()
+        except sqlite3.DatabaseError as err:  # a damaged page (start-up reads only the header)
+            self.close()
+            raise ConfigError(damaged(Path(path), str(err))) from err
 
     def _add_columns(self) -> None:
         """A history from before ``source``, ``policy`` or ``shadow`` were kept gets them.
