@@ -97,7 +97,8 @@ def _ip_and_port(address: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Ad
     return ip, int(port)
 
 
-def _given(addresses: str | Sequence[str]) -> list[str]:
+def _given(addresses: object) -> list[str]:
+    """The addresses as a list; TypeError for what is neither a str nor a sequence of them."""
     if isinstance(addresses, str):
         given = [addresses]
     elif isinstance(addresses, Sequence) and not isinstance(addresses, bytes | bytearray):

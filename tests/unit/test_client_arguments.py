@@ -47,7 +47,7 @@ async def test_tls_material_gRPC_would_misuse_is_refused(
 ) -> None:
     for client in (ExecutorClient, FarmClient):
         with pytest.raises(ValueError, match=message):
-            client(ADDRESS, **given)  # type: ignore[operator]
+            client(ADDRESS, **given)  # type: ignore[arg-type]
 
 
 def test_tls_material_that_can_work_passes() -> None:
