@@ -11,7 +11,6 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -21,35 +20,18 @@ import pytest
 from executor.runs.outbox import Outbox
 from tests.conftest import TEST_UID_BASE, stack_settings
 from tests.faults.helpers import executor, small_tmpfs
+from tests.helpers.cli import cbexec
 
 pytestmark = pytest.mark.faults
 
 
 async def _cbexec(data_dir: Path, *args: str) -> tuple[int, str, str]:
     """``cbexec serve`` (with ``args``) on ``data_dir``: its exit code, stdout and stderr."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "executor",
-        "serve",
-        "--data-dir",
-        str(data_dir),
-        "--bind",
-        "127.0.0.1:0",
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    said = await cbexec(
+        "serve", "--data-dir", str(data_dir), "--bind", "127.0.0.1:0", *args,
         env={**os.environ, "CBEXEC_SANDBOX_UID_BASE": str(TEST_UID_BASE)},
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    finally:
-        if proc.returncode is None:  # it started: not what these tests expect
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    )  # fmt: skip
+    return said.code, said.out, said.err
 
 
 async def _both_refuse(data_dir: Path) -> str:

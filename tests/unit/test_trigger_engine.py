@@ -11,7 +11,7 @@ import pytest
 
 from executor.errors import CapacityError, InvalidRequestError, NotFoundError, UnavailableError
 from executor.model import Event, Outcome
-from executor.triggers.engine import check_trigger
+from executor.triggers.engine import TriggerEngine, check_trigger
 from executor.triggers.universal import (
     LAST_GOOD_NAME,
     UniversalCallback,
@@ -223,14 +223,19 @@ def test_a_job_id_no_job_can_have_is_refused_at_registration(
         engine.explain(1)
 
 
-def test_a_universal_line_naming_a_job_id_no_job_can_have_keeps_the_old_set(
-    tmp_path: Path,
-) -> None:
+def _engine_with_one_universal(tmp_path: Path) -> tuple[TriggerEngine, Path]:
+    """An engine whose universal directory holds one good line (not loaded yet); the dir."""
     conf = tmp_path / "callback"
     conf.mkdir()
     (conf / "callbacks.conf").write_text("ok.qcb = done-job-self\n")
     (conf / "ok.qcb").write_text("mail-status")
-    engine = engine_at(tmp_path, Recorder(), universal_dirs=[conf])
+    return engine_at(tmp_path, Recorder(), universal_dirs=[conf]), conf
+
+
+def test_a_universal_line_naming_a_job_id_no_job_can_have_keeps_the_old_set(
+    tmp_path: Path,
+) -> None:
+    engine, conf = _engine_with_one_universal(tmp_path)
     assert engine.reload_universal() == []
     (conf / "callbacks.conf").write_text(
         "ok.qcb = done-job-self\nok.qcb [level] = complete-job-9223372036854775808\n"
@@ -291,11 +296,7 @@ async def test_universal_callbacks_attach_after_the_jobs_own(
 
 
 def test_a_universal_directory_gone_missing_is_warned_about_at_reload(tmp_path: Path) -> None:
-    conf = tmp_path / "callback"
-    conf.mkdir()
-    (conf / "callbacks.conf").write_text("ok.qcb = done-job-self\n")
-    (conf / "ok.qcb").write_text("mail-status")
-    engine = engine_at(tmp_path, Recorder(), universal_dirs=[conf])
+    engine, conf = _engine_with_one_universal(tmp_path)
     assert engine.reload_universal() == [] and engine.universal_warnings == []
     conf.rename(tmp_path / "moved")  # an unmounted share, a renamed directory
 
@@ -308,11 +309,7 @@ def test_a_universal_directory_gone_missing_is_warned_about_at_reload(tmp_path: 
 def test_broken_callbacks_conf_is_reported_with_file_and_line_and_keeps_the_old_set(
     tmp_path: Path,
 ) -> None:
-    conf = tmp_path / "callback"
-    conf.mkdir()
-    (conf / "callbacks.conf").write_text("ok.qcb = done-job-self\n")
-    (conf / "ok.qcb").write_text("mail-status")
-    engine = engine_at(tmp_path, Recorder(), universal_dirs=[conf])
+    engine, conf = _engine_with_one_universal(tmp_path)
     assert engine.reload_universal() == []
     (conf / "callbacks.conf").write_text(
         "ok.qcb = done-job-self\nmissing.py = done-job-self\nbad.qcb = complete-jb-self\nnoequals\n"
