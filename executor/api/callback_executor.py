@@ -30,10 +30,13 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
         policies: PolicySet | None = None,
         storage: StorageHealth | None = None,
         recorded: Callable[[str], RunIdentity | None] | None = None,
+        fired: Callable[[str], bool] | None = None,
     ) -> None:
         self._dispatcher = dispatcher
         # Whose run an invocation id already names (Recorder.recorded; blocks).
         self._recorded = recorded
+        # Whether a fired callback waiting to run (or running) has the id (TriggerStore).
+        self._fired = fired
         self._default_limits = default_limits
         self._max_limits = max_limits
         self._policies = policies
@@ -83,6 +86,13 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
         (proto ExecuteRequest.invocation_id). Another run's record, a fired one included,
         stays: the supervisor keeps the first result under the id, and so does the history.
         """
+        if self._fired is not None and self._fired(invocation.invocation_id):
+            # Never a retry: the engine made the id. Run first, this call would take the
+            # fired callback's place at the supervisor, its actions counted as repeats.
+            raise AlreadyExistsError(
+                f"invocation_id {invocation.invocation_id!r} is a fired callback's, which has"
+                " not run to its end yet; choose a new invocation_id"
+            )
         if self._recorded is None:
             return
         recorded = await asyncio.to_thread(self._recorded, invocation.invocation_id)

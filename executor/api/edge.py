@@ -132,6 +132,7 @@ def build(
             policies=policies,
             storage=storage,
             recorded=recorder.recorded,
+            fired=engine.store.holds_firing,
         ),
     )
     guarded.register(

@@ -423,6 +423,14 @@ class TriggerStore:
         with self.outside_transaction() as db:
             return int(db.execute("SELECT count(*) FROM firings").fetchone()[0])
 
+    def holds_firing(self, invocation_id: str) -> bool:
+        """Whether a firing decided and not yet run to its end has this invocation id."""
+        with self.outside_transaction() as db:
+            row = db.execute(
+                "SELECT 1 FROM firings WHERE invocation_id = ?", (invocation_id,)
+            ).fetchone()
+        return row is not None
+
     def count_jobs(self) -> int:
         with self.outside_transaction() as db:
             return int(db.execute("SELECT count(*) FROM jobs").fetchone()[0])

@@ -247,6 +247,11 @@ my @calls = (
     sub { qb::unblock() },
     sub { qb::jobinfo(id => $qb::jobid, id => $qb::jobid + 1) },
     sub { qb::jobinfo(-id => $qb::jobid, -pgrp => $qb::jobid) },
+    sub { qb::jobid(1) },
+    sub { qb::workid(1, 2) },
+    sub { qb::subid(1) },
+    sub { qb::event(1) },
+    sub { qb::callback(1) },
 );
 for my $call (@calls) {
     eval { $call->() };
@@ -270,6 +275,12 @@ for my $call (@calls) {
         f" it was given -id {job_id}, -id {job_id + 1}",
         f"InvalidArgument|qb::jobinfo takes {one_of} for the callback's own job;"
         f" it was given -id {job_id}, -pgrp {job_id}",
+        # The context functions take nothing, as Python's do (they were answered anyway).
+        "InvalidArgument|qb::jobid takes no arguments, as in qb::jobid(); it was given 1",
+        "InvalidArgument|qb::workid takes no arguments, as in qb::workid(); it was given 2",
+        "InvalidArgument|qb::subid takes no arguments, as in qb::subid(); it was given 1",
+        "InvalidArgument|qb::event takes no arguments, as in qb::event(); it was given 1",
+        "InvalidArgument|qb::callback takes no arguments, as in qb::callback(); it was given 1",
     ]
 
 

@@ -139,6 +139,45 @@ async def test_an_invocation_id_of_another_run_is_refused_a_retry_reruns(stack: 
     assert other_job.value.code == grpc.StatusCode.ALREADY_EXISTS
 
 
+async def test_the_invocation_id_of_a_fired_callback_not_yet_run_is_refused(
+    tmp_path: Path,
+) -> None:
+    # Found by a re-test: an Execute that took a queued firing's id ran first, and the
+    # supervisor then took the fired callback's actions for repeats of its own.
+    async with running_stack(stack_settings(tmp_path / "data", max_concurrent=1)) as stack:
+        await stack.client.register_job(
+            {
+                "id": 7702,
+                "user": "alice",
+                "callbacks": [
+                    {
+                        "triggers": "complete-work-self-*",
+                        "language": "python",
+                        "code": "import time; time.sleep(1.5)",
+                    }
+                ],
+            }
+        )
+        fired = [
+            await stack.client.publish_event(
+                name="complete", type="work", job_id=7702, work_name=str(n)
+            )
+            for n in (1, 2)
+        ]
+        waiting_id = fired[1].fired[0].invocation_id  # behind the first, in the one slot
+        with pytest.raises(ExecutorRpcError) as refused:
+            await run_py(stack, "print('intruder')", 1, invocation_id=waiting_id)
+        assert refused.value.code == grpc.StatusCode.ALREADY_EXISTS
+        assert "is a fired callback's, which has not run to its end yet" in refused.value.details
+
+        async def ran() -> bool:
+            runs = await stack.client.list_runs(executor_pb2.ListRunsRequest(job_id=7702))
+            return waiting_id in {r.invocation_id for r in runs.runs}
+
+        assert await eventually(ran, timeout_s=30)
+        assert (await stack.client.get_run(waiting_id)).job_id == 7702
+
+
 async def test_fired_callbacks_waiting_for_their_turn_show_in_firings_queued(
     tmp_path: Path,
 ) -> None:

@@ -180,23 +180,44 @@ sub _call {
 
 # -- context, answered locally ----------------------------------------------------------
 
+# The context functions take nothing, as in Python (an argument is a mistake to say).
+sub _takes_nothing {
+    my ($fn, @given) = @_;
+    return unless @given;
+    die qb::Error->new('InvalidArgument', "qb::$fn takes no arguments, as in qb::$fn(); "
+        . 'it was given ' . scalar(@given));
+}
+
 # Id of the job that owns the callback (also $qb::jobid).
-sub jobid { return defined $context{job}{id} ? 0 + $context{job}{id} : undef }
+sub jobid {
+    _takes_nothing('jobid', @_);
+    return defined $context{job}{id} ? 0 + $context{job}{id} : undef;
+}
 
 # The triggering instance (subjob) id, or -1 when a subjob event did not fire this.
-sub subid { return defined $context{subjob_id} ? 0 + $context{subjob_id} : -1 }
+sub subid {
+    _takes_nothing('subid', @_);
+    return defined $context{subjob_id} ? 0 + $context{subjob_id} : -1;
+}
 
 # Name of the triggering work item, or '' when a work event did not fire this.
-sub workid { return defined $context{work_name} ? "$context{work_name}" : '' }
+sub workid {
+    _takes_nothing('workid', @_);
+    return defined $context{work_name} ? "$context{work_name}" : '';
+}
 
 # The triggering event {name, type, context, extra} as a hashref, or undef.
 sub event {
+    _takes_nothing('event', @_);
     my $event = $context{event};
     return ref $event eq 'HASH' ? { %$event } : undef;
 }
 
 # The running callback's record: id, triggers, language, user, count, maximum.
-sub callback { return { %{ $context{callback} || {} } } }
+sub callback {
+    _takes_nothing('callback', @_);
+    return { %{ $context{callback} || {} } };
+}
 
 # -- supervisor calls -------------------------------------------------------------------
 

@@ -294,7 +294,8 @@ class ExecuteRequest(_message.Message):
     replica of a fleet both run) and replaces the first in the history. A
     repeat must be of the same callback (job id, callback id, language and
     triggers): an id the history holds for another run, a fired one included,
-    is ALREADY_EXISTS, and that run's record stays.
+    or that a fired callback not yet run to its end has, is ALREADY_EXISTS, and
+    that run's record stays.
     """
     policy: _builtins.str
     """The sandbox policy to run under (the executor's [policies.NAME]); empty: the
