@@ -60,7 +60,12 @@ class Target:
 
 
 def _check_port(address: str, port: str) -> None:
-    # gRPC would quietly take port 99999 as 34463 (modulo 65536).
+    # gRPC would quietly take port 99999 as 34463 (modulo 65536), -1 as 65535, and an
+    # empty one as 443: a typo must not become a retry against some other port.
+    if not port:
+        raise ValueError(f"address {address!r}: nothing after ':'; expected a port 1 to 65535")
+    if not (port.isascii() and port.isdigit()):
+        raise ValueError(f"address {address!r}: port {port!r} is not a number 1 to 65535")
     if not 0 < int(port) < 65536:
         raise ValueError(f"address {address!r}: port {int(port)} is out of range (1 to 65535)")
 
@@ -71,7 +76,7 @@ def _check_one(address: str) -> None:
         return
     _, _, hostport = address.rpartition("/")  # dns:///name:port, dns://server/name:port
     host, sep, port = hostport.rpartition(":")
-    if sep and host and not host.endswith(":") and port.isdigit():
+    if sep and host and not host.endswith(":"):  # not a bare IPv6 address (gRPC's 443)
         _check_port(address, port)
 
 
@@ -81,7 +86,7 @@ def _ip_and_port(address: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Ad
         host, sep, port = address[1:].partition("]:")
     else:
         host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep:
         raise ValueError(f"address {address!r} needs a port: IP:PORT, or [IPv6]:PORT")
     _check_port(address, port)
     try:

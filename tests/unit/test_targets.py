@@ -47,6 +47,13 @@ def test_an_ipv6_list_and_the_dns_and_static_forms() -> None:
         ("exec1:50051,exec2:50051", "not an IP address.*dns:///NAME:PORT"),
         ("10.0.0.1,10.0.0.2:1", "needs a port"),
         ("10.0.0.1:0,10.0.0.2:1", "port 0 is out of range"),
+        # gRPC took -1 as 65535 and an empty port as 443 (said "needs a port" in a list).
+        ("10.0.0.1:-1,10.0.0.2:1", r"port '-1' is not a number 1 to 65535"),
+        ("127.0.0.1:-1", r"port '-1' is not a number 1 to 65535"),
+        ("[::1]:-5", r"port '-5' is not a number 1 to 65535"),
+        ("127.0.0.1:4.7", r"port '4.7' is not a number 1 to 65535"),
+        ("127.0.0.1:", "nothing after ':'; expected a port 1 to 65535"),
+        ("dns:///exec:x", r"port 'x' is not a number 1 to 65535"),
         ("10.0.0.1:1,[::1]:1", "all IPv4 or all IPv6"),
         ("::1:5,10.0.0.1:1", "brackets"),
         ("unix:/a.sock,10.0.0.1:1", "cannot be part of a list"),
