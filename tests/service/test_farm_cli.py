@@ -269,6 +269,7 @@ async def test_a_frame_rendered_while_the_executor_restarts_is_reported_after(
         async with FarmClient(first.address) as farm:
             await farm.submit_jobs([{"name": "frame", "agenda": ["1"]}])
         proc = await start_workers(first.address, "1", "--frame-seconds", "2")
+        stopped: tuple[int, str, str] | None = None
         try:
             async with FarmClient(first.address) as farm:
 
@@ -292,8 +293,12 @@ async def test_a_frame_rendered_while_the_executor_restarts_is_reported_after(
                     return bool(job.job.agenda[0].status == "complete")
 
                 assert await eventually(complete, timeout_s=30)
+                # Stopped while the executor serves: its next poll would meet it going.
+                stopped = await stop(proc)
         finally:
-            code, out, err = await stop(proc)
+            if stopped is None:
+                stopped = await stop(proc)
+    code, out, err = stopped
     assert code == 0, err
     assert "worker-1: cannot report yet (UNAVAILABLE)" in seen, seen
     assert "worker-1: 1:1 complete" in out, seen + out
