@@ -23,6 +23,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from supervisor_client.arguments import request_from
 from supervisor_client.credentials import KEEPALIVE_OPTIONS, RECONNECT_OPTIONS, open_channel
 from supervisor_client.errors import ClientClosedError, ExecutorRpcError, checked_call
 from supervisor_client.jobdict import job_from_dict
@@ -88,21 +89,26 @@ def build_execute_request(
     Raises ValueError (or TypeError) for a job dict, event or limits the messages cannot
     hold, before anything is sent.
     """
-    context = executor_pb2.JobContext(
+    context = request_from(
+        executor_pb2.JobContext,
         job=job if isinstance(job, types_pb2.Job) else job_from_dict(dict(job)),
         work_name=work_name,
     )
     if event is not None:
-        context.event.CopyFrom(types_pb2.Event(**event))
-    if subjob_id >= 0:
-        context.subjob_id = subjob_id
-    request = executor_pb2.ExecuteRequest(
+        context.event.CopyFrom(request_from(types_pb2.Event, **event))
+    if not (isinstance(subjob_id, int) and subjob_id < 0):  # a negative int: no instance
+        context.MergeFrom(request_from(executor_pb2.JobContext, subjob_id=subjob_id))
+    if not isinstance(owner, str):  # the wire calls it user
+        raise TypeError(f"owner: expected a str, got {type(owner).__name__}")
+    request = request_from(
+        executor_pb2.ExecuteRequest,
         invocation_id=invocation_id or str(uuid.uuid4()),
-        callback=types_pb2.Callback(language=language, code=code, user=owner),
+        callback=request_from(types_pb2.Callback, language=language, code=code),
         context=context,
     )
+    request.callback.user = owner
     if limits:
-        request.limits.CopyFrom(executor_pb2.Limits(**limits))
+        request.limits.CopyFrom(request_from(executor_pb2.Limits, **limits))
     return request
 
 
@@ -250,7 +256,7 @@ class ExecutorClient:
         "SERVING", or "NOT_SERVING" while the storage cannot record results and from the
         start of a stop. Raises RetryableError when the executor cannot be reached.
         """
-        request = health_pb2.HealthCheckRequest(service=service)
+        request = request_from(health_pb2.HealthCheckRequest, service=service)
         try:
             # The health stubs declare Check only on the sync stub's type.
             reply = await self._call(self._health.Check, request, timeout)  # type: ignore[attr-defined]
@@ -318,7 +324,7 @@ class ExecutorClient:
             limits=limits,
             invocation_id=invocation_id,
         )
-        request.policy = policy
+        request.MergeFrom(request_from(executor_pb2.ExecuteRequest, policy=policy))
         return await self.execute(request, timeout=timeout)
 
     # -- TriggerService -----------------------------------------------------------------
@@ -346,8 +352,11 @@ class ExecutorClient:
             request = job
         else:
             message = job if isinstance(job, types_pb2.Job) else job_from_dict(dict(job))
-            request = executor_pb2.RegisterJobRequest(
-                job=message, strict=strict, published_events=list(published_events)
+            request = request_from(
+                executor_pb2.RegisterJobRequest,
+                job=message,
+                strict=strict,
+                published_events=published_events,
             )
         return await self._call(self._triggers.RegisterJob, request, timeout)
 
@@ -363,7 +372,7 @@ class ExecutorClient:
         Give the request, or its fields: ``name``, ``type``, ``job_id``, ``work_name``,
         ``subjob_id``, ``host``, ``event_id``, ``wait``.
         """
-        request = request or executor_pb2.PublishEventRequest(**fields)
+        request = request or request_from(executor_pb2.PublishEventRequest, **fields)
         return await self._call(self._triggers.PublishEvent, request, timeout)
 
     async def publish_events(
@@ -382,7 +391,7 @@ class ExecutorClient:
             events=[
                 e
                 if isinstance(e, executor_pb2.PublishEventRequest)
-                else executor_pb2.PublishEventRequest(**e)
+                else request_from(executor_pb2.PublishEventRequest, **e)
                 for e in events
             ]
         )
@@ -400,7 +409,7 @@ class ExecutorClient:
         Give the request, or its fields: ``name``, ``type``, ``job_id``, ``work_name``,
         ``subjob_id``, ``host``.
         """
-        request = request or executor_pb2.DryRunRequest(**fields)
+        request = request or request_from(executor_pb2.DryRunRequest, **fields)
         return await self._call(self._triggers.DryRun, request, timeout)
 
     async def reload_universal_callbacks(
@@ -423,8 +432,11 @@ class ExecutorClient:
         ``job_id`` asks for one job; ``limit`` and ``before_job_id`` page through the rest
         (the next page starts below the last id of this one).
         """
-        request = executor_pb2.ListRegisteredJobsRequest(
-            job_id=job_id, limit=limit, before_job_id=before_job_id
+        request = request_from(
+            executor_pb2.ListRegisteredJobsRequest,
+            job_id=job_id,
+            limit=limit,
+            before_job_id=before_job_id,
         )
         return await self._call(self._triggers.ListRegisteredJobs, request, timeout)
 
@@ -450,7 +462,8 @@ class ExecutorClient:
         ``journal_limit`` bounds the journal entries per callback (0: the executor's
         bound). NOT_FOUND (ExecutorRpcError) for a job or callback not registered.
         """
-        request = executor_pb2.ExplainCallbacksRequest(
+        request = request_from(
+            executor_pb2.ExplainCallbacksRequest,
             job_id=job_id,
             callback_id=callback_id,
             work_name=work_name,
@@ -480,8 +493,13 @@ class ExecutorClient:
         run (the server's default limit applies).
         """
         if request is None:
-            request = executor_pb2.ListRunsRequest(
-                job_id=job_id, since=since, limit=limit, language=language, shadow_only=shadow_only
+            request = request_from(
+                executor_pb2.ListRunsRequest,
+                job_id=job_id,
+                since=since,
+                limit=limit,
+                language=language,
+                shadow_only=shadow_only,
             )
             if outcome:
                 request.outcome = outcome_value(outcome)
@@ -491,7 +509,7 @@ class ExecutorClient:
         self, invocation_id: str, *, timeout: float | None = None
     ) -> executor_pb2.Run:
         """One run with its captured output (NOT_FOUND when unknown or pruned)."""
-        request = executor_pb2.GetRunRequest(invocation_id=invocation_id)
+        request = request_from(executor_pb2.GetRunRequest, invocation_id=invocation_id)
         response = await self._call(self._runs.GetRun, request, timeout)
         return response.run
 
@@ -504,15 +522,17 @@ class ExecutorClient:
         self, *, limit: int = 0, timeout: float | None = None
     ) -> executor_pb2.ListDeadLettersResponse:
         """Results the outbox set aside instead of delivering them, newest first."""
-        request = executor_pb2.ListDeadLettersRequest(limit=limit)
+        request = request_from(executor_pb2.ListDeadLettersRequest, limit=limit)
         return await self._call(self._runs.ListDeadLetters, request, timeout)
 
     async def retry_dead_letters(
         self, invocation_ids: Sequence[str] = (), *, timeout: float | None = None
     ) -> executor_pb2.RetryDeadLettersResponse:
         """Queue dead letters for delivery again: the ones named, or every one if none is."""
-        request = executor_pb2.RetryDeadLettersRequest(
-            invocation_ids=list(invocation_ids), all=not invocation_ids
+        request = request_from(
+            executor_pb2.RetryDeadLettersRequest,
+            invocation_ids=invocation_ids,
+            all=not invocation_ids,
         )
         return await self._call(self._runs.RetryDeadLetters, request, timeout)
 

@@ -17,6 +17,7 @@ from typing import Any, Final, TypeVar
 
 import grpc
 
+from supervisor_client.arguments import request_from
 from supervisor_client.client import check_timeout, executor_channel
 from supervisor_client.errors import checked_call
 from supervisor_client.jobdict import dict_to_struct
@@ -156,14 +157,14 @@ class FarmClient:
         timeout: float | None = None,
     ) -> farm_pb2.ListJobsResponse:
         """The farm's jobs by id; ``status`` and ``pgrp`` filter (empty / 0: any)."""
-        request = request or farm_pb2.ListJobsRequest(status=status, pgrp=pgrp)
+        request = request or request_from(farm_pb2.ListJobsRequest, status=status, pgrp=pgrp)
         return await self._call(self._farm.ListJobs, request, timeout)
 
     async def get_job(
         self, job_id: int, *, timeout: float | None = None
     ) -> farm_pb2.GetJobResponse:
         """One job with its agenda, its registered callbacks (latches) and its history."""
-        request = farm_pb2.GetJobRequest(job_id=job_id)
+        request = request_from(farm_pb2.GetJobRequest, job_id=job_id)
         return await self._call(self._farm.GetJob, request, timeout)
 
     async def change_work(
@@ -185,9 +186,10 @@ class FarmClient:
         ValueError for an unknown change, before sending.
         """
         if request is None:
-            request = farm_pb2.ChangeWorkRequest(
+            request = request_from(
+                farm_pb2.ChangeWorkRequest,
                 job_id=job_id,
-                work=list(work),
+                work=work,
                 change=work_change_value(change),
                 host=host,
                 actor=actor,
@@ -210,8 +212,8 @@ class FarmClient:
         ValueError for an unknown verb, before sending.
         """
         if request is None:
-            request = farm_pb2.ChangeJobRequest(
-                job_id=job_id, verb=job_verb_value(verb), actor=actor
+            request = request_from(
+                farm_pb2.ChangeJobRequest, job_id=job_id, verb=job_verb_value(verb), actor=actor
             )
         return await self._call(self._farm.ChangeJob, request, timeout)
 
@@ -219,7 +221,7 @@ class FarmClient:
         self, host: str = "", *, timeout: float | None = None
     ) -> farm_pb2.TakeWorkResponse:
         """As a worker on ``host``: take and start the next item; ``taken`` false when none."""
-        request = farm_pb2.TakeWorkRequest(host=host)
+        request = request_from(farm_pb2.TakeWorkRequest, host=host)
         return await self._call(self._farm.TakeWork, request, timeout)
 
     async def wait_jobs(
@@ -234,5 +236,6 @@ class FarmClient:
         Every job when none is named; ``done`` false when ``wait_seconds`` (default 60)
         passed.
         """
-        request = farm_pb2.WaitJobsRequest(job_ids=list(job_ids), timeout_seconds=wait_seconds)
+        request = request_from(farm_pb2.WaitJobsRequest, job_ids=job_ids)
+        request.timeout_seconds = wait_seconds
         return await self._call(self._farm.WaitJobs, request, timeout)

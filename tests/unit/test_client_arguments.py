@@ -9,6 +9,7 @@ at once (NaN seconds).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import grpc
 import pytest
@@ -125,3 +126,69 @@ def test_executors_accept_the_pings_clients_send() -> None:
     assert client["grpc.keepalive_permit_without_calls"] == 1
     assert server["grpc.keepalive_permit_without_calls"] == 1
     assert server["grpc.http2.min_ping_interval_without_data_ms"] < KEEPALIVE_TIME_MS
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda c: c.get_run(1), TypeError, "invocation_id: expected a str, got int"),
+        (lambda c: c.explain_callbacks("7"), TypeError, "job_id: expected an int .* got str"),
+        (lambda c: c.list_runs(limit=-1), ValueError, "limit: expected an int from 0 to .* -1"),
+        (lambda c: c.list_runs(job_id=True), TypeError, "job_id: expected an int .* got bool"),
+        (lambda c: c.list_registered_jobs(job_id=2**64), ValueError, "job_id: .* got 1844"),
+        (lambda c: c.list_dead_letters(limit=1.5), TypeError, "limit: expected an int"),
+        (lambda c: c.health(3), TypeError, "service: expected a str, got int"),
+        (lambda c: c.publish_event(name="complete", job_id="9"), TypeError, "job_id: expected"),
+        (lambda c: c.dry_run(work_name=5), TypeError, "work_name: expected a str, got int"),
+        # A str is not taken as its characters ("a", "b", "c").
+        (lambda c: c.retry_dead_letters("abc"), TypeError, "sequence of str, got str"),
+        (lambda c: c.retry_dead_letters(["a", 1]), TypeError, "got int at index 1"),
+        (lambda c: c.register_job({"id": 1}, published_events="complete"), TypeError, "got str"),
+        (
+            lambda c: c.execute_callback(language="python", code="", job={"id": 1}, owner=1),
+            TypeError,
+            "owner: expected a str, got int",
+        ),
+        (
+            lambda c: c.execute_callback(language="python", code=1, job={"id": 1}),
+            TypeError,
+            "code: expected a str, got int",
+        ),
+        (
+            lambda c: c.execute_callback(language="python", code="", job={"id": 1}, subjob_id="2"),
+            TypeError,
+            "subjob_id: expected an int",
+        ),
+        (
+            lambda c: c.execute_callback(
+                language="python", code="", job={"id": 1}, limits={"wall_seconds": "5"}
+            ),
+            TypeError,
+            "wall_seconds: expected a number, got str",
+        ),
+    ],
+)
+async def test_an_argument_the_request_cannot_hold_is_refused_by_name(
+    call: Any, error: type[Exception], message: str
+) -> None:
+    """Protobuf's own error named nothing ("bad argument type for built-in operation")."""
+    async with ExecutorClient(ADDRESS) as client:
+        with pytest.raises(error, match=message):
+            await call(client)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda f: f.get_job("3"), "job_id: expected an int .* got str"),
+        (lambda f: f.take_work(host=1), "host: expected a str, got int"),
+        (lambda f: f.change_work(job_id=1, work="1-10", change="complete"), "work: .* got str"),
+        (lambda f: f.wait_jobs([1, "2"]), "job_ids: .* got str at index 1"),
+    ],
+)
+async def test_a_farm_argument_the_request_cannot_hold_is_refused_by_name(
+    call: Any, message: str
+) -> None:
+    async with FarmClient(ADDRESS) as farm:
+        with pytest.raises(TypeError, match=message):
+            await call(farm)
