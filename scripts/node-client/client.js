@@ -20,7 +20,8 @@
 // PublishEvent, for executors that do not share one trigger store.
 //
 // Prints one JSON object per call on stdout; exits 0 when every call succeeded and the
-// callbacks they ran SUCCEEDED, 1 otherwise. The token defaults to $CBEXEC_AUTH_TOKEN.
+// callbacks they ran SUCCEEDED, 1 otherwise. The token defaults to $CBEXEC_AUTH_TOKEN; it is
+// sent without surrounding whitespace, as the Python client and cbexec send it.
 "use strict";
 
 const fs = require("node:fs");
@@ -52,12 +53,30 @@ function parseArgs(argv) {
     args[key] = argv[i + 1];
   }
   if (!args.address || args.address.startsWith("--")) throw new Error(USAGE);
+  args.token = cleanToken(args.token);
   if (!/^[1-9][0-9]*$/.test(args.executes)) throw new Error(`--executes: expected a count, got ${args.executes}`);
   // A whole number the wire's uint64 carries as given (the executor says which ids it takes).
   if (!/^(0|[1-9][0-9]{0,18})$/.test(args.job) || BigInt(args.job) > 2n ** 63n - 1n) {
     throw new Error(`--job: expected a job id from 1 to ${2n ** 63n - 1n}, got ${args.job}`);
   }
   return args;
+}
+
+// Python's str.isspace() characters: the token is stripped as the Python client and cbexec
+// strip it (a token file's newline is not the token).
+const SPACE = "[\\t\\n\\v\\f\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]";
+const SURROUNDING_SPACE = new RegExp(`^${SPACE}+|${SPACE}+$`, "g");
+
+// The token as sent; inside it, what gRPC metadata cannot carry (printable ASCII only) is
+// refused by its position, never shown (grpc-js's own error printed the whole secret).
+function cleanToken(token) {
+  const clean = token.replace(SURROUNDING_SPACE, "");
+  const bad = [...clean].findIndex((c) => c < " " || c > "~");
+  if (bad >= 0) {
+    throw new Error(`--token: character ${bad + 1} is not printable ASCII, and gRPC metadata`
+      + " carries nothing else");
+  }
+  return clean;
 }
 
 // Pings every 10 s (5 s to answer), with or without a call, as the Python client sends

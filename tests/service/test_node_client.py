@@ -173,3 +173,34 @@ async def test_node_client_balances_round_robin_over_two_executors(
 async def _both_ran(first: Awaitable[int], second: Awaitable[int], total: int) -> bool:
     on_first, on_second = await first, await second
     return on_first >= 2 and on_second >= 2 and on_first + on_second == total
+
+
+async def test_node_client_takes_a_token_as_the_python_client_does(
+    installed_client: Path, tmp_path: Path
+) -> None:
+    """A token file's newline is not the token; anything unprintable inside is refused."""
+    assert NODE is not None
+    token = "n0de-s3cret"
+    async with running_stack(stack_settings(tmp_path / "data", auth_token=token)) as stack:
+        env = {**os.environ, "CBEXEC_PROTO_ROOT": str(REPO / "proto")}
+        for given, extra in ((f"{token}\n", []), ("x", ["--token", f"  {token}\r\n"])):
+            code, out, err = await _run(
+                NODE, "client.js", stack.address, "--no-events", *extra,
+                cwd=installed_client, env={**env, "CBEXEC_AUTH_TOKEN": given}, timeout_s=60,
+            )  # fmt: skip
+            assert code == 0, out + err
+            assert json.loads(out)["outcome"] == "OUTCOME_SUCCEEDED"
+        for bad, position in (
+            (f"{token[:3]}\n{token[3:]}", 4),
+            (f"{token}\x7f", 12),
+            (f"tøk{token}", 2),
+        ):
+            code, out, err = await _run(
+                NODE, "client.js", stack.address, "--no-events",
+                cwd=installed_client, env={**env, "CBEXEC_AUTH_TOKEN": bad}, timeout_s=60,
+            )  # fmt: skip
+            assert (code, out) == (2, "")
+            assert err == (
+                f"--token: character {position} is not printable ASCII, "
+                "and gRPC metadata carries nothing else\n"
+            )
