@@ -365,7 +365,10 @@ class HostApi:
                 selectors.append((f"job id {self._spelling.value(head)}", "id", head))
         for key, value in kwargs.items():
             if key not in ("id", "pgrp"):
-                raise invalid(f"{call}: unknown argument {self._spelling.value(key)}")
+                raise invalid(
+                    f"{call}: unknown argument {self._spelling.value(key)}; "
+                    "expected id, pgrp, callbacks, fields"
+                )
             selectors.append((f"{key}={self._spelling.value(value)}", key, value))
         if len(selectors) > 1:
             given = ", ".join(written for written, _, _ in selectors)

@@ -247,6 +247,8 @@ my @calls = (
     sub { qb::unblock() },
     sub { qb::jobinfo(id => $qb::jobid, id => $qb::jobid + 1) },
     sub { qb::jobinfo(-id => $qb::jobid, -pgrp => $qb::jobid) },
+    sub { qb::jobinfo(foo => 1) },
+    sub { qb::jobinfo(id => $qb::jobid, Foo_2 => 1) },
     sub { qb::jobid(1) },
     sub { qb::workid(1, 2) },
     sub { qb::subid(1) },
@@ -275,6 +277,9 @@ for my $call (@calls) {
         f" it was given -id {job_id}, -id {job_id + 1}",
         f"InvalidArgument|qb::jobinfo takes {one_of} for the callback's own job;"
         f" it was given -id {job_id}, -pgrp {job_id}",
+        # An unknown name, as Python's jobinfo(foo=1) (it was read as two job ids).
+        "InvalidArgument|qb::jobinfo: unknown argument foo; expected id, pgrp, callbacks, fields",
+        "InvalidArgument|qb::jobinfo: unknown argument Foo_2; expected id, pgrp, callbacks, fields",
         # The context functions take nothing, as Python's do (they were answered anyway).
         "InvalidArgument|qb::jobid takes no arguments, as in qb::jobid(); it was given 1",
         "InvalidArgument|qb::workid takes no arguments, as in qb::workid(); it was given 2",

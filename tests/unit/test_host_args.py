@@ -136,6 +136,19 @@ async def test_jobinfo_refuses_a_second_selector(
     )
 
 
+@pytest.mark.parametrize(("language", "call"), [("python", "qb.jobinfo"), ("perl", "qb::jobinfo")])
+async def test_jobinfo_refuses_an_unknown_name_saying_what_it_takes(
+    sup: ReferenceSupervisor, language: str, call: str
+) -> None:
+    host = host_for(sup, language)
+    assert await refusal(host, "jobinfo", foo=1) == (
+        f"{call}: unknown argument foo; expected id, pgrp, callbacks, fields"
+    )
+    assert await refusal(host, "jobinfo", "-foo", 1) == (
+        f"{call}: unknown flag -foo; expected -id, -pgrp, -callbacks"
+    )
+
+
 async def test_jobinfo_forms_that_name_one_selector_still_work(sup: ReferenceSupervisor) -> None:
     host = host_for(sup)
     for args, kwargs in (

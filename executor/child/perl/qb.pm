@@ -229,10 +229,12 @@ sub jobinfo {
     my @args = @_;
     my %kwargs;
     if (@args && @args % 2 == 0 && defined $args[0] && !ref $args[0]
-        && $args[0] =~ /\A(?:id|pgrp|callbacks|fields)\z/)
+        && $args[0] =~ /\A[A-Za-z_]\w*\z/)
     {
         # Hash style: id => 12. The selectors go as -id/-pgrp flags, not through a hash
         # that would keep only the last of two: the executor refuses a second selector.
+        # Any other name (foo => 1) goes as a named argument, which the executor refuses
+        # by name, as Python's jobinfo(foo=1); no job id starts with a letter.
         my @pairs = @args;
         @args = ();
         while (@pairs) {
