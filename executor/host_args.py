@@ -63,10 +63,14 @@ PERL: Final = Spelling("qb::", "undef", perl=True)
 
 
 def flatten(args: tuple[Any, ...] | list[Any]) -> list[Any]:
-    """Targets with lists (and lists of lists) opened: ``unblock([12, 13], 14)``."""
+    """Targets with lists opened, one level: ``unblock([12, 13], 14)``.
+
+    A list inside a list stays one target, which ``check_shape`` refuses: Qube's verbs
+    take an id or a list of ids, and ``unblock([[1, 2]])`` is a mistake, not jobs 1 and 2.
+    """
     flat: list[Any] = []
     for arg in args:
-        flat.extend(flatten(arg) if isinstance(arg, (list, tuple)) else [arg])
+        flat.extend(arg if isinstance(arg, (list, tuple)) else [arg])
     return flat
 
 
@@ -141,7 +145,11 @@ def check_shape(
     if kwargs:
         names = cut(", ".join(sorted(str(key) for key in kwargs)), MAX_TARGET_CHARS)
         raise invalid(f"{usage}; it takes no named arguments, and was given {names}")
-    count = len(flatten(args)) if shape.many else len(args)
+    targets = flatten(args) if shape.many else args
+    if shape.many and any(isinstance(target, (list, tuple)) for target in targets):
+        nested = "an array reference" if spelling.perl else "a list"
+        raise invalid(f"{usage}; it was given {nested} inside {nested}")
+    count = len(targets)
     if count == 0 or (count > 1 and not shape.many):
         given = "none" if count == 0 else str(count)
         raise invalid(f"{usage}; it was given {given}")

@@ -247,6 +247,7 @@ my @calls = (
     sub { qb::unblock() },
     sub { qb::jobinfo(id => $qb::jobid, id => $qb::jobid + 1) },
     sub { qb::jobinfo(-id => $qb::jobid, -pgrp => $qb::jobid) },
+    sub { qb::unblock([[$qb::jobid]]) },
     sub { qb::jobinfo(foo => 1) },
     sub { qb::jobinfo(id => $qb::jobid, Foo_2 => 1) },
     sub { qb::jobid(1) },
@@ -277,6 +278,9 @@ for my $call (@calls) {
         f" it was given -id {job_id}, -id {job_id + 1}",
         f"InvalidArgument|qb::jobinfo takes {one_of} for the callback's own job;"
         f" it was given -id {job_id}, -pgrp {job_id}",
+        # One array reference of targets is opened, not one inside it (was acted on).
+        "InvalidArgument|qb::unblock takes one or more job ids (or a list of them), as in"
+        " qb::unblock(12); it was given an array reference inside an array reference",
         # An unknown name, as Python's jobinfo(foo=1) (it was read as two job ids).
         "InvalidArgument|qb::jobinfo: unknown argument foo; expected id, pgrp, callbacks, fields",
         "InvalidArgument|qb::jobinfo: unknown argument Foo_2; expected id, pgrp, callbacks, fields",

@@ -172,3 +172,28 @@ async def test_jobinfo_of_job_or_pgrp_0_is_no_job_not_the_callbacks_own(
         assert await host.call("jobinfo", args, kwargs) == [], (args, kwargs)
     message = await refusal(host, "jobinfo", "-pgrp", 2**63)
     assert message == f"pgrp {2**63} is out of range (0 to {2**63 - 1})"  # not "job id"
+
+
+@pytest.mark.parametrize(
+    ("fn", "targets"),
+    [
+        ("unblock", [[[1, 2]]]),
+        ("unblock", [1, [2, [2]]]),
+        ("workunblock", [[("1:1", "1:2")]]),
+        ("subjobunblock", [["1.0", ["1.1"]]]),
+    ],
+)
+@pytest.mark.parametrize(
+    ("language", "nested"),
+    [("python", "a list inside a list"), ("perl", "an array reference inside an array reference")],
+)
+async def test_a_list_inside_a_list_is_refused_not_opened(
+    sup: ReferenceSupervisor, fn: str, targets: list[Any], language: str, nested: str
+) -> None:
+    """qb.unblock([[1, 2]]) acted on jobs 1 and 2: one list of targets is opened, not more."""
+    host = host_for(sup, language)
+    message = await refusal(host, fn, *targets)
+    call = f"qb.{fn}" if language == "python" else f"qb::{fn}"
+    assert message.startswith(f"{call} takes one or more "), message
+    assert message.endswith(f"; it was given {nested}"), message
+    assert [action.ok for action in host.actions] == [False]  # nothing was acted on
