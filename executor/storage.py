@@ -2,8 +2,9 @@
 
 Two kinds of trouble, two answers:
 
-- A file that is not a database (damaged, or something else at that path) found at
-  start-up is a ``ConfigError`` naming the file and what to do; the executor never
+- A file that is not a database (damaged, or something else at that path), or is
+  another of the executor's databases (its kind is in its header), found at start-up
+  is a ``ConfigError`` naming the file and what to do; the executor never
   deletes or rewrites it (``open_database``). ``check_database`` finds the same for
   ``cbexec serve --check-config`` without changing anything.
 - A write that fails for a reason outside the executor (the disk is full, an I/O error,
@@ -82,11 +83,25 @@ _HOLDS: Final = {
 }
 
 
+# Each database's kind, in its header's application id (``PRAGMA application_id``, "cb"
+# and two letters), and the tables only that kind has: a database of another kind at its
+# path (triggers.db copied over outbox.db) is refused, not given the tables it lacks and
+# written into. Earlier versions wrote no id: their kind is read off their tables.
+_KINDS: Final = {
+    "outbox.db": (0x63626F62, frozenset({"outbox"})),
+    "triggers.db": (0x63627467, frozenset({"atoms", "firings"})),
+    "runs.db": (0x63627275, frozenset({"runs"})),
+    "supervisor.db": (0x63627370, frozenset({"work", "subjobs"})),
+}
+
+
 def open_database(path: Path | str) -> sqlite3.Connection:
     """An autocommit connection to ``path`` (created when missing), checked to be a database.
 
     Raises ConfigError naming the file when it exists but is not a sound SQLite database
-    (``_file_problem``, then SQLite's ``quick_check``); the file is left exactly as it was.
+    (``_file_problem``, then SQLite's ``quick_check``) or is another of the executor's
+    databases (``_check_kind``); the file is left exactly as it was. A database of the
+    right kind is marked as such when it is not yet (new, or from an earlier version).
     """
     _file_problem(Path(path))
     try:
@@ -95,6 +110,9 @@ def open_database(path: Path | str) -> sqlite3.Connection:
         raise ConfigError(f"{path}: cannot open the database: {err}") from err
     try:
         _verify(db, Path(path))
+        kind = _KINDS.get(Path(path).name)
+        if kind is not None and _application_id(db) != kind[0]:
+            db.execute(f"PRAGMA application_id = {kind[0]}")
     except BaseException:
         db.close()
         raise
@@ -170,6 +188,7 @@ def _verify(db: sqlite3.Connection, path: Path) -> None:
     """
     whole = path.name in _CHECKED_WHOLE
     try:
+        _check_kind(db, path)
         if not whole:  # what start-up reads of it: the schema, and the runs' count
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
             if "runs" in tables:
@@ -181,6 +200,41 @@ def _verify(db: sqlite3.Connection, path: Path) -> None:
     if found != ["ok"]:
         lines = [line.strip("* ") for row in found for line in row.splitlines()]
         raise ConfigError(damaged(path, "; ".join(line for line in lines if line)))
+
+
+def _application_id(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA application_id").fetchone()[0])
+
+
+def _check_kind(db: sqlite3.Connection, path: Path) -> None:
+    """Raise ConfigError when the database at ``path`` is another of the executor's.
+
+    Its header's application id says which it is; without one (an earlier version's, or
+    a new file), its tables do. One page read, or the schema's: cheap at start-up.
+    """
+    expected = _KINDS.get(path.name)
+    if expected is None:
+        return
+    found = _application_id(db)
+    if found == expected[0]:
+        return
+    if found:
+        other = next((name for name, (mark, _) in _KINDS.items() if mark == found), None)
+    else:
+        tables = {str(row[0]) for row in db.execute("SELECT name FROM sqlite_master")}
+        if tables & expected[1]:
+            return  # ours, from before the mark
+        other = next((name for name, (_, own) in _KINDS.items() if tables & own), None)
+        if other is None:
+            return  # new, or none of the executor's: taken as before
+    if other is None:  # a mark none of ours has
+        what = f"a database of another application (application id {found:#x})"
+    else:
+        what = f"the executor's {other} (it holds {_HOLDS[other]})"
+    raise ConfigError(
+        f"{path}: this is {what}, not its {path.name}. It was left untouched: put the "
+        "right file back (from a backup), or move this one aside to start with an empty one"
+    )
 
 
 def damaged(path: Path, why: str) -> str:

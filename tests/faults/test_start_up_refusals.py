@@ -218,3 +218,72 @@ async def test_a_log_that_holds_what_the_file_lost_is_sound_for_both(tmp_path: P
     async with executor(stack_settings(data_dir, supervisor="127.0.0.1:9")) as running:
         assert running.recorder.outbox is not None
         assert running.recorder.outbox.pending() == 5
+
+
+# -- another of the executor's databases at a database's path ------------------------------
+
+KINDS = ("outbox.db", "triggers.db", "runs.db", "supervisor.db")
+
+
+async def _data_dir_of_a_run(data_dir: Path) -> None:
+    """A data dir holding each database as an executor leaves it."""
+    async with executor(stack_settings(data_dir)):
+        pass
+    assert {p.name for p in data_dir.iterdir()} >= set(KINDS)
+
+
+def _application_id(path: Path) -> int:
+    db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+    try:
+        return int(db.execute("PRAGMA application_id").fetchone()[0])
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("old", [False, True], ids=["marked", "from an older version"])
+@pytest.mark.parametrize(
+    ("copied", "over"),
+    [("triggers.db", "outbox.db"), ("outbox.db", "runs.db"), ("runs.db", "triggers.db"),
+     ("supervisor.db", "triggers.db"), ("triggers.db", "supervisor.db")],
+)  # fmt: skip
+async def test_another_kind_of_database_at_a_path_is_refused_untouched(
+    tmp_path: Path, copied: str, over: str, old: bool
+) -> None:
+    """triggers.db copied over outbox.db was taken (outbox tables added to it) and written."""
+    data_dir = tmp_path / "data"
+    await _data_dir_of_a_run(data_dir)
+    if old:  # as an earlier version left it: no application id
+        db = sqlite3.connect(data_dir / copied)
+        db.execute("PRAGMA application_id = 0")
+        db.close()
+    for suffix in ("", "-wal", "-shm"):
+        (data_dir / f"{over}{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(data_dir / copied, data_dir / over)
+    before = _snapshot(data_dir, over)
+
+    said = await _both_refuse(data_dir)
+
+    assert said.startswith(
+        f"cbexec: {data_dir / over}: this is the executor's {copied} (it holds "
+    ), said
+    assert f"not its {over}. It was left untouched" in said
+    assert _snapshot(data_dir, over) == before, "left exactly as it was"
+
+
+async def test_databases_of_an_older_version_open_and_are_marked(tmp_path: Path) -> None:
+    """Without an application id (as earlier versions wrote them) each is still taken."""
+    data_dir = tmp_path / "data"
+    await _data_dir_of_a_run(data_dir)
+    marks = {name: _application_id(data_dir / name) for name in KINDS}
+    assert len(set(marks.values())) == len(KINDS) and 0 not in marks.values(), marks
+    for name in KINDS:
+        db = sqlite3.connect(data_dir / name)
+        db.execute("PRAGMA application_id = 0")
+        db.close()
+
+    code, _, err = await _cbexec(data_dir, "--check-config")
+    assert code == 0, err
+    assert {name: _application_id(data_dir / name) for name in KINDS} == dict.fromkeys(KINDS, 0)
+    async with executor(stack_settings(data_dir)):
+        pass
+    assert {name: _application_id(data_dir / name) for name in KINDS} == marks
