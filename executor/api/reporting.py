@@ -8,8 +8,9 @@ makes them, never larger than the supervisor takes, and ``GrpcReportTransport`` 
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
-from typing import Final
+from typing import Any, Final
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -125,17 +126,40 @@ def _delivery_error(err: grpc.aio.AioRpcError) -> DeliveryError:
     )
 
 
+# A supervisor that did not answer a report in time is given twice the time for the
+# next, up to this many times ``supervisor_timeout_seconds``: sending it the same results
+# again at the same pace would only add to what keeps it slow.
+MAX_PATIENCE_FACTOR: Final = 8
+
+
 class GrpcReportTransport:
-    """Delivers serialized ReportResultRequests with ``SupervisorService.ReportResult(s)``."""
+    """Delivers serialized ReportResultRequests with ``SupervisorService.ReportResult(s)``.
+
+    Each call's deadline is ``timeout_s``, doubled after a call that ran out of it (up to
+    ``MAX_PATIENCE_FACTOR`` times) until one is answered within ``timeout_s`` again.
+    """
 
     def __init__(self, channel: grpc.aio.Channel, timeout_s: float) -> None:
         self._stub = supervisor_pb2_grpc.SupervisorServiceStub(channel)
         self._timeout_s = timeout_s
+        self._patience_s = timeout_s
+
+    async def _call(self, method: Any, request: Any) -> Any:
+        started = time.monotonic()
+        try:
+            response = await method(request, timeout=self._patience_s)
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                self._patience_s = min(self._patience_s * 2, self._timeout_s * MAX_PATIENCE_FACTOR)
+            raise
+        if time.monotonic() - started < self._timeout_s:
+            self._patience_s = self._timeout_s
+        return response
 
     async def deliver(self, key: str, payload: bytes) -> bool:
         request = _parsed(payload)
         try:
-            response = await self._stub.ReportResult(request, timeout=self._timeout_s)
+            response = await self._call(self._stub.ReportResult, request)
         except grpc.aio.AioRpcError as err:
             raise _delivery_error(err) from err
         return bool(response.duplicate)
@@ -146,7 +170,7 @@ class GrpcReportTransport:
             results=[_parsed(payload) for _, payload in messages]
         )
         try:
-            response = await self._stub.ReportResults(request, timeout=self._timeout_s)
+            response = await self._call(self._stub.ReportResults, request)
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.UNIMPLEMENTED:
                 return None
