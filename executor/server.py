@@ -209,7 +209,12 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         farm = None
         if embedded is not None:
             # The farm's changes reach the engine through the forwarder like any transition.
-            farm = FarmServicer(Farm(embedded.reference), engine.store.callbacks_of, embedded.drain)
+            farm = FarmServicer(
+                Farm(embedded.reference),
+                engine.store.callbacks_of,
+                embedded.drain,
+                embedded.registered,
+            )
         edge = api_edge.build(
             settings,
             credentials,

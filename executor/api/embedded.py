@@ -49,6 +49,11 @@ class EmbeddedSupervisor:
         if self.forwarder is not None:
             await self.forwarder.drain()
 
+    async def registered(self, job_ids: list[int]) -> None:
+        """Until the farm's just-submitted jobs are registered with the trigger engine."""
+        if self.forwarder is not None:
+            await asyncio.shield(self.forwarder.register_now(job_ids))
+
     async def stop_forwarding(self) -> None:
         """Stop sending transitions (those not yet sent are dropped with the process)."""
         if self._forwarding is not None:

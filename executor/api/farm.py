@@ -44,6 +44,7 @@ _POLL_S: Final = 0.05
 
 CallbacksOf = Callable[[int], list[StoredCallback]]
 Settle = Callable[[], Awaitable[None]]
+Registered = Callable[[list[int]], Awaitable[None]]
 
 
 @contextlib.contextmanager
@@ -79,12 +80,16 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
         farm: the embedded reference supervisor's farm.
         callbacks_of: the trigger engine's registered callbacks of a job (with latches).
         settle: waits until every transition so far, and what it fired, has been handled.
+        registered: waits until just-submitted jobs are registered with the trigger engine.
     """
 
-    def __init__(self, farm: Farm, callbacks_of: CallbacksOf, settle: Settle) -> None:
+    def __init__(
+        self, farm: Farm, callbacks_of: CallbacksOf, settle: Settle, registered: Registered
+    ) -> None:
         self._farm = farm
         self._callbacks_of = callbacks_of
         self._settle = settle
+        self._registered = registered
 
     @grpc_errors
     async def SubmitJobs(
@@ -100,6 +105,9 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
         refusal once the jobs are stored. The supervisor cannot import the grammar
         (supervisor_client never imports executor), and asking the engine over gRPC from
         this synchronous, in-loop submission would block the loop that serves it.
+
+        The answer comes once the trigger engine has the jobs, so a client's next
+        ``GetJob`` lists their callbacks and an event it publishes finds them.
         """
         if not request.jobs:
             raise InvalidRequestError("jobs: there is nothing to submit")
@@ -109,6 +117,7 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
                 check_trigger=check_trigger,
                 check_language=check_language,
             )
+        await self._registered([job["id"] for job in stored])
         return farm_pb2.SubmitJobsResponse(jobs=[job_from_dict(job) for job in stored])
 
     @grpc_errors

@@ -8,8 +8,9 @@ makes them, never larger than the supervisor takes, and ``GrpcReportTransport`` 
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
-from typing import Final
+from typing import Any, Final
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -68,45 +69,57 @@ class ReportEncoder:
         self.max_bytes = max_message_bytes - MESSAGE_MARGIN_BYTES
 
     def __call__(self, invocation: Invocation, result: RunResult) -> bytes:
+        # A character is at least a byte: output longer than the room in characters is
+        # cut before a request is built, not after, so megabytes of it are not copied
+        # into a message (and serialized) for nothing.
         if len(result.stdout) + len(result.stderr) > self.max_bytes:
-            # Cut before the request is built, not only after: a character is at least a
-            # byte, so nothing cut here could have been sent, and 2 x 16 MiB of output
-            # is not copied into a message (and serialized) twice for nothing.
-            result = replace(
-                result,
-                stdout=result.stdout[: self.max_bytes],
-                stderr=result.stderr[: self.max_bytes],
-            )
-        request = report_request(invocation, result)
-        payload = request.SerializeToString()
+            return self._shrunk(invocation, result).SerializeToString()
+        payload = report_request(invocation, result).SerializeToString()
         if len(payload) <= self.max_bytes:
             return payload
-        return self._shrunk(request).SerializeToString()
+        return self._shrunk(invocation, result).SerializeToString()
 
     def _shrunk(
-        self, request: supervisor_pb2.ReportResultRequest
+        self, invocation: Invocation, result: RunResult
     ) -> supervisor_pb2.ReportResultRequest:
+        request = report_request(invocation, replace(result, stdout="", stderr=""))
         reported = request.result
-        outputs = (("stdout", "stdout_truncated"), ("stderr", "stderr_truncated"))
-        texts = {name: getattr(reported, name) for name, _ in outputs}
-        for name, _ in outputs:
-            reported.ClearField(name)  # type: ignore[arg-type]  # the names above are fields
         if len(reported.failure.traceback) > SHRUNK_TRACEBACK_CHARS:
             reported.failure.traceback = reported.failure.traceback[-SHRUNK_TRACEBACK_CHARS:]
         # The actions are the callback's own words: at most a quarter of the room.
         while reported.actions and request.ByteSize() > self.max_bytes // 4:
             del reported.actions[len(reported.actions) // 2 :]
         room = max(0, self.max_bytes - request.ByteSize() - 64)
-        data = {name: texts[name].encode() for name, _ in outputs}
+        texts = {"stdout": result.stdout, "stderr": result.stderr}
+        sizes = {name: _utf8_size(text, room) for name, text in texts.items()}
         # The shorter stream keeps what it has, up to half the room; the other the rest.
-        (short, _), (long_, _) = sorted(outputs, key=lambda output: len(data[output[0]]))
-        keep = {short: min(len(data[short]), room // 2)}
-        keep[long_] = min(len(data[long_]), room - keep[short])
-        for name, flag in outputs:
-            if len(data[name]) > keep[name]:
-                setattr(reported, flag, True)
-            setattr(reported, name, data[name][: keep[name]].decode("utf-8", "ignore"))
+        short, long_ = sorted(texts, key=lambda name: sizes[name])
+        keep = {short: min(sizes[short], room // 2)}
+        keep[long_] = min(sizes[long_], room - keep[short])
+        for name, text in texts.items():
+            cut = sizes[name] > keep[name]
+            if cut:
+                setattr(reported, f"{name}_truncated", True)
+            setattr(reported, name, _utf8_prefix(text, keep[name]) if cut else text)
         return request
+
+
+def _utf8_size(text: str, room: int) -> int:
+    """Bytes of ``text`` in UTF-8, or ``room + 1`` when it has more than ``room`` characters.
+
+    Its length when it is ASCII (which CPython knows at once); what is longer than the
+    room is cut the same whatever its size, so it is not encoded to be measured.
+    """
+    if text.isascii():
+        return len(text)
+    return room + 1 if len(text) > room else len(text.encode())
+
+
+def _utf8_prefix(text: str, max_bytes: int) -> str:
+    """The longest prefix of ``text`` within ``max_bytes`` of UTF-8."""
+    if text.isascii():
+        return text[:max_bytes]
+    return text[:max_bytes].encode()[:max_bytes].decode("utf-8", "ignore")
 
 
 def _parsed(payload: bytes) -> supervisor_pb2.ReportResultRequest:
@@ -125,17 +138,40 @@ def _delivery_error(err: grpc.aio.AioRpcError) -> DeliveryError:
     )
 
 
+# A supervisor that did not answer a report in time is given twice the time for the
+# next, up to this many times ``supervisor_timeout_seconds``: sending it the same results
+# again at the same pace would only add to what keeps it slow.
+MAX_PATIENCE_FACTOR: Final = 8
+
+
 class GrpcReportTransport:
-    """Delivers serialized ReportResultRequests with ``SupervisorService.ReportResult(s)``."""
+    """Delivers serialized ReportResultRequests with ``SupervisorService.ReportResult(s)``.
+
+    Each call's deadline is ``timeout_s``, doubled after a call that ran out of it (up to
+    ``MAX_PATIENCE_FACTOR`` times) until one is answered within ``timeout_s`` again.
+    """
 
     def __init__(self, channel: grpc.aio.Channel, timeout_s: float) -> None:
         self._stub = supervisor_pb2_grpc.SupervisorServiceStub(channel)
         self._timeout_s = timeout_s
+        self._patience_s = timeout_s
+
+    async def _call(self, method: Any, request: Any) -> Any:
+        started = time.monotonic()
+        try:
+            response = await method(request, timeout=self._patience_s)
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                self._patience_s = min(self._patience_s * 2, self._timeout_s * MAX_PATIENCE_FACTOR)
+            raise
+        if time.monotonic() - started < self._timeout_s:
+            self._patience_s = self._timeout_s
+        return response
 
     async def deliver(self, key: str, payload: bytes) -> bool:
         request = _parsed(payload)
         try:
-            response = await self._stub.ReportResult(request, timeout=self._timeout_s)
+            response = await self._call(self._stub.ReportResult, request)
         except grpc.aio.AioRpcError as err:
             raise _delivery_error(err) from err
         return bool(response.duplicate)
@@ -146,7 +182,7 @@ class GrpcReportTransport:
             results=[_parsed(payload) for _, payload in messages]
         )
         try:
-            response = await self._stub.ReportResults(request, timeout=self._timeout_s)
+            response = await self._call(self._stub.ReportResults, request)
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.UNIMPLEMENTED:
                 return None

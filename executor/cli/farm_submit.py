@@ -165,9 +165,10 @@ async def registration_warnings(
 ) -> list[str]:
     """What the trigger engine's checks found in the submitted jobs' own callbacks.
 
-    The farm registers its jobs with the engine just after it stores them: this waits
-    (up to ``wait_s``) until every one is registered, so a check that a later job of the
-    submission resolved (a label it carries) is not reported. Universal callbacks'
+    The farm answers once the engine has its jobs; one the engine could not take at once
+    is registered again later, so this waits (up to ``wait_s``) until every one is, and
+    reads them again after, so a check that a later job of the submission resolved (a
+    label it carries) is not reported. Universal callbacks'
     checks are the site admin's business, not the submitter's.
     """
     deadline = asyncio.get_running_loop().time() + wait_s

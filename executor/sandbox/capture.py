@@ -33,6 +33,10 @@ class CapturedStream:
             chunk = chunk[: max(room, 0)]
         self.data += chunk
 
+    def tail(self, max_bytes: int) -> str:
+        """The last ``max_bytes`` of the output as text, invalid UTF-8 replaced."""
+        return bytes(self.data[-max_bytes:]).decode("utf-8", "replace")
+
     def text(self) -> str:
         """The output as text: at most ``cap`` bytes of UTF-8, whatever the child wrote.
 

@@ -220,7 +220,7 @@ def _classify_exit(child: ChildExit, limits: Limits) -> tuple[Outcome, Failure |
             return believed
     if (
         done is None
-        and any(marker in child.stderr.text()[-4096:] for marker in _MEMORY_MARKERS)
+        and any(marker in child.stderr.tail(4096) for marker in _MEMORY_MARKERS)
         and child.exit_code
     ):
         return Outcome.MEMORY_LIMIT, Failure(

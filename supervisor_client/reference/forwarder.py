@@ -1,7 +1,10 @@
 """Send the reference supervisor's transitions to an executor's trigger engine, in order.
 
 A submitted job is registered (RegisterJob, with its callbacks) before its ``submit``
-event is published; every later transition is one PublishEvent. Each transition gets
+event is published; every later transition is one PublishEvent. ``register_now`` lets a
+submission register its jobs at once, ahead of the queue, so the trigger engine has them
+when the submission is answered (the queue may be waiting on an earlier event's
+callbacks); the ``submit`` event then uses that registration. Each transition gets
 its event id when it happens, so a retry after UNAVAILABLE (an executor restarting) is
 idempotent. Events are published with ``wait`` so that ``drain()`` returning means the
 callbacks they fired have run, and the transitions those callbacks caused have been
@@ -48,6 +51,8 @@ class EventForwarder:
         self._stub = executor_pb2_grpc.TriggerServiceStub(channel)
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[_Queued] = asyncio.Queue()
+        # Registrations made ahead of the queue, until each job's submit event takes its own.
+        self._ahead: dict[int, asyncio.Future[bool | None]] = {}
         self._max_backoff_s = max_backoff_s
         supervisor.add_listener(self._on_transition)
 
@@ -65,6 +70,47 @@ class EventForwarder:
     async def drain(self) -> None:
         """Wait until every transition so far (and those they caused) has been forwarded."""
         await self._queue.join()
+
+    def register_now(self, job_ids: list[int]) -> asyncio.Task[None]:
+        """Register just-submitted jobs now, in order, ahead of the queue.
+
+        Call it before awaiting anything after the submission, so each job is claimed
+        before the queue reaches its submit event. A refusal or an unreachable executor
+        is left to the queue, which registers the job again with its submit event.
+        """
+        claimed: list[tuple[int, asyncio.Future[bool | None]]] = []
+        for job_id in job_ids:
+            if job_id not in self._ahead:
+                self._ahead[job_id] = self._loop.create_future()
+                claimed.append((job_id, self._ahead[job_id]))
+        return asyncio.ensure_future(self._register_all(claimed))
+
+    async def _register_all(self, claimed: list[tuple[int, asyncio.Future[bool | None]]]) -> None:
+        for job_id, outcome in claimed:
+            try:
+                registered: bool | None = await self._register(job_id)
+            except grpc.aio.AioRpcError:
+                registered = None  # the queue's turn registers it
+            if not outcome.done():
+                outcome.set_result(registered)
+
+    async def _register(self, job_id: int) -> bool:
+        """RegisterJob with the job as it is now; False when it has been removed."""
+        try:
+            job = self._supervisor.job(job_id, include_callbacks=True)
+        except NoSuchJobError:
+            return False
+        await self._stub.RegisterJob(executor_pb2.RegisterJobRequest(job=job_from_dict(job)))
+        return True
+
+    async def _registered(self, job_id: int) -> bool:
+        """The job's registration made ahead of the queue, else the queue's own."""
+        ahead = self._ahead.pop(job_id, None)
+        if ahead is not None:
+            registered = await asyncio.shield(ahead)
+            if registered is not None:
+                return registered
+        return await self._register(job_id)
 
     async def run(self) -> None:
         """Forward forever, one transition at a time."""
@@ -93,12 +139,8 @@ class EventForwarder:
 
     async def _forward(self, item: _Queued) -> None:
         t = item.transition
-        if t.name == "submit" and t.type == "job":
-            try:
-                job = self._supervisor.job(t.job_id, include_callbacks=True)
-            except NoSuchJobError:
-                return  # removed before we got to it
-            await self._stub.RegisterJob(executor_pb2.RegisterJobRequest(job=job_from_dict(job)))
+        if t.name == "submit" and t.type == "job" and not await self._registered(t.job_id):
+            return  # removed before we got to it
         request = executor_pb2.PublishEventRequest(
             name=t.name,
             type=t.type,

@@ -215,3 +215,28 @@ async def test_a_supervisor_slow_to_connect_is_waited_for_not_refused(tmp_path: 
                 language="python", code="print(qb.jobinfo()[0]['name'])", job=job, timeout=30
             )
             assert response.stdout == "far\n", response
+
+
+async def test_a_supervisor_slower_than_the_timeout_gets_more_time_not_the_same_results_again(
+    tmp_path: Path,
+) -> None:
+    # Found by a probe: each report was sent again every supervisor_timeout_seconds, so a
+    # supervisor that took longer was sent the same results over and over (and one whose
+    # handler stops at the deadline, as this one's does, never took them at all).
+    async with supervisor_endpoint(tmp_path / "supervisor.db") as endpoint:
+        endpoint.servicer.delay_s = 1.5
+        settings = stack_settings(
+            tmp_path / "data", supervisor=endpoint.address, supervisor_timeout_seconds=1.0
+        )
+        async with (
+            executor(settings) as running,
+            ExecutorClient(f"127.0.0.1:{running.port}") as client,
+        ):
+            response = await client.execute_callback(
+                language="python", code="print('slowly')", job={"id": 7}
+            )
+            assert response.outcome == executor_pb2.OUTCOME_SUCCEEDED
+            assert await eventually(
+                lambda: response.invocation_id in endpoint.servicer.applied, timeout_s=20
+            )
+            endpoint.assert_exactly_once({response.invocation_id})

@@ -80,6 +80,39 @@ async def test_submit_drive_and_read_a_frame_by_frame_dependency(stack_warm: Sta
         assert [j.id for j in listing.jobs] == [job_b]
 
 
+async def test_submitted_jobs_are_registered_when_the_submission_is_answered(
+    stack_warm: Stack,
+) -> None:
+    # The first job's submit event fires a slow callback, which holds the forwarder's
+    # queue (its events are published with wait): the next submission must not wait
+    # for its turn there before its jobs have their callbacks.
+    slow = {
+        "name": "slow",
+        "user": "alice",
+        "callbacks": [
+            {
+                "triggers": "submit-job-self",
+                "language": "python",
+                "code": "import time\ntime.sleep(3)",
+            }
+        ],
+    }
+    later = {
+        "name": "later",
+        "user": "alice",
+        "callbacks": [{"triggers": "done-job-self", "language": "python", "code": "pass"}],
+    }
+    async with FarmClient(stack_warm.channel) as farm:
+        await farm.submit_jobs([slow])
+        (job,) = (await farm.submit_jobs([later])).jobs
+        shown = await farm.get_job(job.id)
+        assert [cb.triggers for cb in shown.callbacks] == ["done-job-self"]
+        published = await stack_warm.client.publish_event(
+            name="complete", type="job", job_id=job.id, wait=True, timeout=10
+        )
+        assert [f.callback_id for f in published.fired] == [1]
+
+
 async def test_simulated_worker_calls_and_job_verbs(stack_warm: Stack) -> None:
     async with FarmClient(stack_warm.channel) as farm:
         await farm.submit_jobs(frame_by_frame())

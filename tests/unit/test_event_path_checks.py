@@ -48,8 +48,12 @@ async def _settled() -> None:
     return None
 
 
+async def _registered(job_ids: list[int]) -> None:
+    return None
+
+
 def servicer(farm: Farm) -> FarmServicer:
-    return FarmServicer(farm, lambda job_id: [], _settled)
+    return FarmServicer(farm, lambda job_id: [], _settled, _registered)
 
 
 async def submit(farm: Farm, jobs: list[dict[str, Any]]) -> farm_pb2.SubmitJobsResponse:

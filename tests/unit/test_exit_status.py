@@ -95,6 +95,15 @@ def test_perl_out_of_memory_on_stderr_is_memory_limit() -> None:
     assert failure is not None and "268435456" in failure.message
 
 
+def test_out_of_memory_is_read_from_the_end_of_a_long_invalid_stderr() -> None:
+    exit_ = child(exited(1))
+    # Within the cap as bytes, but each bad byte is three as text: the text is cut
+    # before the end, where the runtime's last words are.
+    exit_.stderr = CapturedStream(4 << 20)
+    exit_.stderr.feed(b"\xff" * (2 << 20) + b"Out of memory!\n")
+    assert classify(exit_, LIMITS)[0] == Outcome.MEMORY_LIMIT
+
+
 def test_a_stopped_run_reports_the_reason_of_its_stop() -> None:
     stopped = child(killed(signal.SIGTERM), stop_reason="the executor is shutting down")
 

@@ -45,3 +45,19 @@ def test_two_long_streams_share_the_room() -> None:
 
     assert request.result.stdout_truncated and request.result.stderr_truncated
     assert len(request.result.stdout) == pytest.approx(len(request.result.stderr), rel=0.01)
+
+
+def test_a_cut_keeps_what_the_callback_flagged_and_never_splits_a_character() -> None:
+    result = RunResult(
+        INVOCATION.invocation_id,
+        Outcome.SUCCEEDED,
+        stdout="é" * LIMIT,
+        stderr="",
+        stderr_truncated=True,
+    )
+    request = supervisor_pb2.ReportResultRequest.FromString(
+        ReportEncoder(LIMIT)(INVOCATION, result)
+    )
+
+    assert request.result.stdout_truncated and request.result.stderr_truncated
+    assert set(request.result.stdout) == {"é"}
