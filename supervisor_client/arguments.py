@@ -7,7 +7,8 @@ Protobuf's own refusals name nothing ("bad argument type for built-in operation"
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar, cast
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -35,10 +36,12 @@ def _expected(field: FieldDescriptor) -> str:
         one = "a number"
     elif field.cpp_type == FieldDescriptor.CPPTYPE_BOOL:
         one = "a bool"
-    elif field.cpp_type == FieldDescriptor.CPPTYPE_ENUM:
+    elif field.cpp_type == FieldDescriptor.CPPTYPE_ENUM and field.enum_type is not None:
         one = f"a {field.enum_type.name} value"
-    else:
+    elif field.message_type is not None:
         one = f"a {field.message_type.name}"
+    else:
+        one = "a value"
     return (
         f"a sequence of {one.removeprefix('a ').removeprefix('an ')}" if _repeated(field) else one
     )
@@ -54,7 +57,8 @@ def request_from(message: type[_M], **fields: Any) -> _M:
     The error says what the argument takes ("invocation_id: expected a str, got int"),
     the caller's mistake named as ``check_timeout`` names ``timeout``.
     """
-    known = message.DESCRIPTOR.fields_by_name
+    # upb's descriptors, typed apart in the stubs, are these at run time.
+    known = cast("Mapping[str, FieldDescriptor]", message.DESCRIPTOR.fields_by_name)
     for name, value in fields.items():
         if name in known and _repeated(known[name]) and isinstance(value, str | bytes):
             raise TypeError(
