@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -71,6 +70,7 @@ from executor.triggers.universal import (
     ReloadStatus,
     UniversalCallback,
     UniversalConfigError,
+    find_line,
     load_last_good,
     load_universal,
     no_code_check,
@@ -793,23 +793,6 @@ class TriggerEngine:
         )
         return await self._run(self._with_policy(invocation, universal=cb.universal))
 
-    def _loaded_line(self, source: str) -> UniversalCallback | None:
-        """The loaded callbacks.conf line a registered universal callback came from.
-
-        By its path; else by its file name, when exactly one loaded line names that
-        file: in a fleet each replica may keep the same callbacks.conf in a directory of
-        its own (the default ``<data_dir>/callback``), and a job registered at one
-        replica fires at another.
-        """
-        name = os.path.basename(source)
-        named = []
-        for loaded in self._universal:
-            if loaded.source == source:
-                return loaded
-            if os.path.basename(loaded.source) == name:
-                named.append(loaded)
-        return named[0] if len(named) == 1 else None
-
     def _with_policy(self, invocation: Invocation, *, universal: bool) -> Invocation:
         """The invocation under its policy: a universal callback's as its (current) line says.
 
@@ -820,15 +803,17 @@ class TriggerEngine:
         """
         named, shadow = "", False
         if universal:
-            loaded = self._loaded_line(invocation.callback.source)
+            spec = invocation.callback
+            loaded = find_line(self._universal, spec.source, spec.triggers)
             if loaded is not None:
                 named, shadow = loaded.policy, loaded.shadow
             else:
                 return replace(
                     invocation,
                     policy=UNIVERSAL,
-                    refusal=f"universal callback {invocation.callback.source} is no longer "
-                    "in callbacks.conf (removed by a reload): not run",
+                    refusal=f"universal callback {spec.source} = {spec.triggers} is no longer "
+                    "in callbacks.conf (its line was removed, or its trigger changed, by a "
+                    "reload): not run",
                 )
         if self._policies is None:
             name = (named or UNIVERSAL) if universal else JOB

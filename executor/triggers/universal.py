@@ -23,6 +23,13 @@ Brackets cannot start a Qube file name's extension, so a Qube ``callbacks.conf``
 the same here. A directory's policy and the options are read at each load: turning
 shadow off, or changing a policy, is a reload.
 
+A line is its file and its trigger (``find_line``): one file may be named on several
+lines, each a callback with its own options (Qube maps a file to several triggers), so
+a ``[shadow]`` line never takes another line's options, and a line removed (or whose
+trigger changed) is gone for the jobs it was attached to even while the file is still
+named. The same file with the same trigger twice in one directory is a load error: the
+lines could not be told apart.
+
 Triggers get the registration checks a trigger alone allows (checks.static_checks) at
 load: those are warnings (``file:line: message``), not errors.
 """
@@ -32,7 +39,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Final
@@ -136,6 +143,7 @@ def load_universal(
     """
     callbacks: list[UniversalCallback] = []
     errors: list[str] = []
+    seen: dict[tuple[str, str], str] = {}
     for directory in directories:
         named = (policies or {}).get(directory, "")
         if known_policies is not None and named and named not in known_policies:
@@ -168,6 +176,14 @@ def load_universal(
                 known = ", ".join(known_policies)
                 errors.append(f"{where}: no policy {loaded.policy!r} (configured: {known})")
                 continue
+            key = (loaded.source, trigger_key(loaded.triggers))
+            if key in seen:
+                errors.append(
+                    f"{where}: {Path(loaded.source).name} = {loaded.triggers} is also "
+                    f"{seen[key]}; one file's lines need different triggers"
+                )
+                continue
+            seen[key] = f"line {number}"
             warnings = (warn or _none)(loaded.triggers)
             callbacks.append(replace(loaded, warnings=tuple(f"{where}: {w}" for w in warnings)))
     if errors:
@@ -224,6 +240,33 @@ def _load_line(
         options.policy,
         options.shadow,
     )
+
+
+def trigger_key(triggers: str) -> str:
+    """A trigger as lines are told apart by: its words, however they are spaced."""
+    return " ".join(triggers.split())
+
+
+def find_line(
+    loaded: Sequence[UniversalCallback], source: str, triggers: str
+) -> UniversalCallback | None:
+    """The loaded line a registered universal callback came from: same file, same trigger.
+
+    By its path; else by its file name, when exactly one loaded line names that file
+    with that trigger: in a fleet each replica may keep the same callbacks.conf in a
+    directory of its own (the default ``<data_dir>/callback``), and a job registered at
+    one replica fires at another. None when the line is gone.
+    """
+    key, name = trigger_key(triggers), os.path.basename(source)
+    named = []
+    for line in loaded:
+        if trigger_key(line.triggers) != key:
+            continue
+        if line.source == source:
+            return line
+        if os.path.basename(line.source) == name:
+            named.append(line)
+    return named[0] if len(named) == 1 else None
 
 
 class _Outside(Exception):

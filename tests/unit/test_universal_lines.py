@@ -1,0 +1,122 @@
+"""Each callbacks.conf line is a callback of its own: one file on two lines keeps two sets of options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from executor.model import Event
+from executor.triggers.universal import (
+    UniversalCallback,
+    UniversalConfigError,
+    find_line,
+    load_universal,
+)
+from tests.helpers.trigger_engines import Engines, Recorder, job
+
+pytestmark = pytest.mark.unit
+
+
+def _directory(path: Path, conf: str) -> Path:
+    """A universal directory holding ``blockme.py`` and the callbacks.conf given."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "blockme.py").write_text("print('blocking')\n")
+    (path / "callbacks.conf").write_text(conf)
+    return path
+
+
+async def test_a_shadow_line_keeps_its_options_beside_a_live_line_of_the_same_file(
+    tmp_path: Path, engines: Engines
+) -> None:
+    conf = _directory(
+        tmp_path / "callback",
+        "blockme.py = submit-job-self\nblockme.py [shadow] = failed-job-self\n",
+    )
+    recorder = Recorder()
+    engine = engines(recorder, universal_dirs=[conf])
+    assert engine.reload_universal() == []
+    engine.register_job(job(5))
+
+    await engine.publish(Event("submit", "job", 5), wait=True)
+    await engine.publish(Event("failed", "job", 5), wait=True)
+
+    assert [(run.callback.triggers, run.shadow) for run in recorder.runs] == [
+        ("submit-job-self", False),
+        ("failed-job-self", True),
+    ]
+    assert [run.refusal for run in recorder.runs] == ["", ""]
+
+
+async def test_a_removed_line_is_refused_while_another_line_still_names_its_file(
+    tmp_path: Path, engines: Engines
+) -> None:
+    conf = _directory(tmp_path / "callback", "blockme.py [shadow] = failed-job-self\n")
+    recorder = Recorder()
+    engine = engines(recorder, universal_dirs=[conf])
+    assert engine.reload_universal() == []
+    engine.register_job(job(6))
+    (conf / "callbacks.conf").write_text("blockme.py = done-job-self\n")
+    assert engine.reload_universal() == []
+
+    await engine.publish(Event("failed", "job", 6), wait=True)
+
+    (run,) = recorder.runs
+    assert run.callback.triggers == "failed-job-self"
+    assert run.refusal and not run.shadow
+    assert f"{conf}/blockme.py = failed-job-self is no longer in callbacks.conf" in run.refusal
+
+
+async def test_a_line_is_found_by_its_file_name_at_a_replica_with_its_own_directory(
+    tmp_path: Path, engines: Engines
+) -> None:
+    """A fleet: the same callbacks.conf at <data_dir>/callback of each replica."""
+    text = "blockme.py = submit-job-self\nblockme.py [shadow] = failed-job-self\n"
+    here, there = _directory(tmp_path / "one", text), _directory(tmp_path / "two", text)
+    registering = engines(Recorder(), universal_dirs=[here])
+    assert registering.reload_universal() == []
+    registering.register_job(job(7))
+    recorder = Recorder()
+    firing = engines(recorder, universal_dirs=[there])
+    assert firing.reload_universal() == []
+
+    await firing.publish(Event("submit", "job", 7), wait=True)
+    await firing.publish(Event("failed", "job", 7), wait=True)
+
+    assert [(run.callback.triggers, run.shadow, run.refusal) for run in recorder.runs] == [
+        ("submit-job-self", False, ""),
+        ("failed-job-self", True, ""),
+    ]
+
+
+def test_find_line_matches_the_file_and_the_trigger() -> None:
+    live = UniversalCallback("/a/blockme.py", "python", "", "submit-job-self")
+    shadow = UniversalCallback("/a/blockme.py", "python", "", "failed-job-self", shadow=True)
+    other_dir = UniversalCallback("/b/blockme.py", "python", "", "done-job-self")
+    loaded = [live, shadow, other_dir]
+
+    assert find_line(loaded, "/a/blockme.py", "failed-job-self") is shadow
+    # However the trigger's words are spaced.
+    assert find_line(loaded, "/a/blockme.py", " submit-job-self ") is live
+    assert find_line(loaded, "/a/blockme.py", "done-job-self || failed-job-self") is None
+    # Another replica's path: by file name, when one loaded line has that name and trigger.
+    assert find_line(loaded, "/elsewhere/blockme.py", "failed-job-self") is shadow
+    both = [*loaded, UniversalCallback("/c/blockme.py", "python", "", "failed-job-self")]
+    assert find_line(both, "/elsewhere/blockme.py", "failed-job-self") is None
+    assert find_line(both, "/c/blockme.py", "failed-job-self") is both[-1]
+
+
+def test_one_file_with_one_trigger_twice_is_a_load_error(tmp_path: Path) -> None:
+    conf = _directory(
+        tmp_path,
+        "blockme.py = done-job-self\nblockme.py = submit-job-self\n"
+        "blockme.py [shadow] = done-job-self\n",
+    )
+
+    with pytest.raises(UniversalConfigError) as raised:
+        load_universal([conf], lambda _: None)
+
+    assert raised.value.errors == [
+        f"{conf}/callbacks.conf:3: blockme.py = done-job-self is also line 1; one file's "
+        "lines need different triggers"
+    ]
