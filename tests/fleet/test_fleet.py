@@ -254,3 +254,35 @@ async def test_a_universal_callback_fires_at_a_replica_with_its_own_callbacks_di
         (fired,) = answer.fired
         assert fired.result.outcome == executor_pb2.OUTCOME_SUCCEEDED, fired.result.failure
         assert fired.result.stdout == "noted\n"
+
+
+async def test_each_line_of_a_file_named_twice_keeps_its_options_at_another_replica(
+    tmp_path: Path, pg_url: str
+) -> None:
+    async with (
+        fleet(tmp_path, pg_url, replicas=2) as group,
+        ExecutorClient(group.address(0)) as first,
+        ExecutorClient(group.address(1)) as second,
+    ):
+        install_noted(tmp_path, 2, "complete-job-self")
+        for index in range(2):
+            with (tmp_path / f"replica-{index}" / "callback" / "callbacks.conf").open("a") as conf:
+                conf.write("noted.py [shadow] = failed-job-self\n")
+        for client in (first, second):
+            assert (await client.reload_universal_callbacks()).active == 2
+        for job_id in (71_001, 71_002):
+            await first.register_job({"id": job_id, "name": "registered at one", "user": "fleet"})
+
+        live = await second.publish_event(
+            name="complete", type="job", job_id=71_001, event_id="c71001", wait=True
+        )
+        await second.publish_event(
+            name="failed", type="job", job_id=71_002, event_id="f71002", wait=True
+        )
+
+        (fired,) = live.fired
+        assert fired.result.outcome == executor_pb2.OUTCOME_SUCCEEDED, fired.result.failure
+        runs = {run.job_id: run for run in (await second.list_runs()).runs}
+        assert not runs[71_001].shadow
+        assert runs[71_002].shadow and runs[71_002].triggers == "failed-job-self"
+        assert runs[71_002].outcome == executor_pb2.OUTCOME_SUCCEEDED

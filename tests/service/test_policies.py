@@ -433,6 +433,25 @@ async def test_a_removed_shadow_line_stops_the_callback_instead_of_making_it_liv
         assert not full.result.actions
 
 
+async def test_a_shadow_line_of_a_file_another_line_names_applies_nothing(
+    tmp_path: Path,
+) -> None:
+    callbacks = tmp_path / "callback"
+    callbacks.mkdir()
+    (callbacks / "killer.py").write_text(SHADOW_KILL)
+    (callbacks / "callbacks.conf").write_text(
+        "killer.py = done-job-self\nkiller.py [shadow] = submit-job-self\n"
+    )
+    settings = stack_settings(tmp_path / "data", universal_callback_path=str(callbacks))
+    async with running_stack(settings) as stack:
+        (job,) = stack.supervisor.submit([{"name": "tried", "user": "bob"}])
+        await stack.settle()
+
+        assert stack.supervisor.job(job["id"])["status"] != "killed"
+        (record,) = stack.running.recorder.history.list_runs(job_id=job["id"])
+        assert (record.triggers, record.shadow) == ("submit-job-self", True)
+
+
 async def test_a_line_or_a_directory_names_a_universal_callbacks_policy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
