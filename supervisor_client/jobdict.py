@@ -77,6 +77,8 @@ def _plain(value: Any) -> Any:
 
 
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    if not struct.fields:
+        return {}  # most work items' resultpackage: no json_format round for each of them
     return _plain(json_format.MessageToDict(struct))  # type: ignore[no-any-return]
 
 
@@ -199,19 +201,21 @@ def _tally(statuses: Iterable[str]) -> dict[str, int]:
     return counts
 
 
-def _work_item(entry: Any) -> types_pb2.WorkItem:
+def _add_work_item(agenda: Any, entry: Any) -> None:
+    """Append a work item to ``agenda`` (in place: a big job's 20,000 are not copied)."""
     if not isinstance(entry, dict):
-        return types_pb2.WorkItem(name=str(entry), subid=-1)
-    item = types_pb2.WorkItem(
-        name=str(entry.get("name", "")),
-        status=str(entry.get("status", "")),
-        subid=int(entry.get("subid", -1)),
-        host=str(entry.get("host", "")),
-        count=int(entry.get("count", 0)),
+        agenda.add(name=str(entry), subid=-1)
+        return
+    get = entry.get
+    item = agenda.add(
+        name=str(get("name", "")),
+        status=str(get("status", "")),
+        subid=int(get("subid", -1)),
+        host=str(get("host", "")),
+        count=int(get("count", 0)),
     )
-    if entry.get("resultpackage"):
+    if get("resultpackage"):
         item.resultpackage.CopyFrom(dict_to_struct(dict(entry["resultpackage"])))
-    return item
 
 
 def job_from_dict(job: dict[str, Any]) -> types_pb2.Job:
@@ -228,7 +232,8 @@ def job_from_dict(job: dict[str, Any]) -> types_pb2.Job:
             except (TypeError, ValueError) as err:
                 raise JobDictError(f"job field {name!r}: {err}") from err
     try:
-        message.agenda.extend(_work_item(entry) for entry in job.get("agenda") or [])
+        for entry in job.get("agenda") or []:
+            _add_work_item(message.agenda, entry)
     except (AttributeError, TypeError, ValueError) as err:
         raise JobDictError(f"job field 'agenda': {err}") from err
     try:
