@@ -998,6 +998,39 @@ def test_a_mailaddress_with_control_characters_is_refused(
     sup.submit([{"name": "j", "user": "bob", "mailaddress": "a@b.org,\tc d;e"}])
 
 
+@pytest.mark.parametrize(
+    ("mailaddress", "named"),
+    [
+        ("<a@b>", "'<a@b>'"),
+        ("Bcc:", "'Bcc:'"),
+        ("a@@b", "'a@@b'"),
+        ("@", "'@'"),
+        ("lead@x.org, Ann <ann@x.org>", "'<ann@x.org>'"),
+        ("a@", "'a@'"),
+        ("=?utf-8?q?ab?=@x.org", "'=?utf-8?q?ab?=@x.org'"),
+    ],
+)
+def test_a_mailaddress_that_is_no_address_is_refused_at_submission(
+    sup: ReferenceSupervisor, mailaddress: str, named: str
+) -> None:
+    # The mail would refuse it when the job ends; the submitter learns of it now.
+    with pytest.raises(SubmitError) as refused:
+        sup.submit([{"name": "j"}, {"name": "k", "user": "bob", "mailaddress": mailaddress}])
+    assert str(refused.value) == (
+        f"job 1 of the submission: mailaddress {mailaddress!r}: {named} is not a mail "
+        "address (expected name@domain or a bare user name, separated by ',', ';' or spaces)"
+    )
+    assert sup.job_ids() == []
+
+
+@pytest.mark.parametrize(
+    "mailaddress", ["", "lead@studio.example", "a.b+c@x.org, bob;carol  dave@y.org", " , "]
+)
+def test_a_mailaddress_a_site_uses_is_accepted(sup: ReferenceSupervisor, mailaddress: str) -> None:
+    (job,) = sup.submit([{"name": "j", "user": "bob", "mailaddress": mailaddress}])
+    assert job["mailaddress"] == mailaddress
+
+
 @pytest.mark.parametrize("user", ["  ", " bob", "bob\n", "bo\tb"])
 def test_a_blank_or_padded_user_is_refused(sup: ReferenceSupervisor, user: str) -> None:
     with pytest.raises(SubmitError, match="is not a user name"):
