@@ -4,7 +4,9 @@ Shared by ``cbexec triggers why`` / ``dry-run`` / ``register`` and any other com
 shows a job's callbacks (``cbexec farm show``): give ``format_explanation`` the answer of
 ``ExecutorClient.explain_callbacks`` (or its ``as_plain`` form, as ``--json`` prints it)
 and print what it returns. Everything reads the plain form, so the text and ``--json``
-say the same.
+say the same. Every line comes out with its control characters escaped
+(printable.escaped): names, labels and work names are a submitter's, and a CR/LF in
+one must not start a line of its own.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 
+from executor.cli.printable import escaped, printable
 from executor.triggers.explain import compact_names
 from supervisor_client.client import as_plain
 
@@ -56,7 +59,7 @@ def format_check(check: Mapping[str, Any]) -> str:
     line = f"{where}{atom}: {check['message']} [{kind}]"
     if check.get("resolved"):
         line += f"; resolved: {check['resolved']}"
-    return line
+    return escaped(line)
 
 
 def format_entry(entry: Mapping[str, Any]) -> str:
@@ -65,7 +68,7 @@ def format_entry(entry: Mapping[str, Any]) -> str:
     head = f"{_when(seen.get('at', 0))} {event_text(seen)}"
     if entry.get("work_name"):
         head += f" [work {entry['work_name']}]"
-    return f"{head}: {entry_effect(entry)}"
+    return escaped(f"{head}: {entry_effect(entry)}")
 
 
 def entry_effect(entry: Mapping[str, Any]) -> str:
@@ -172,14 +175,15 @@ def format_callback(explained: Mapping[str, Any], indent: str = "") -> list[str]
         lines.extend(f"{inner}{_INDENT}{format_entry(entry)}" for entry in explained["journal"])
     else:
         lines.append(f"{inner}journal: no event has touched it yet")
-    return lines
+    return [escaped(line) for line in lines]
 
 
 def format_explanation(reply: Any) -> str:
     """The text of an ExplainCallbacks answer (the message or its ``as_plain`` dict)."""
     plain = _plain(reply)
-    label = f" '{plain['label']}'" if plain["label"] else ""
-    name = f" ({plain['name']})" if plain["name"] and plain["name"] != plain["label"] else ""
+    label = f" {plain['label']!r}" if plain["label"] else ""
+    shown = plain["name"] and plain["name"] != plain["label"]
+    name = f" ({printable(plain['name'])})" if shown else ""
     lines = [f"job {plain['job_id']}{label}{name} in pgrp {plain['pgrp']}"]
     lines.extend(f"{_INDENT}{format_check(check)}" for check in plain["checks"])
     if not plain["callbacks"]:
@@ -187,7 +191,7 @@ def format_explanation(reply: Any) -> str:
     for explained in plain["callbacks"]:
         lines.append("")
         lines.extend(format_callback(explained))
-    return "\n".join(lines)
+    return "\n".join(escaped(line) for line in lines)
 
 
 def format_dry_run(reply: Any) -> str:
@@ -215,4 +219,4 @@ def format_dry_run(reply: Any) -> str:
                 f"{_INDENT}job {entry['job_id']} callback {entry['callback_id']}{work}: "
                 f"{entry_effect(entry)}"
             )
-    return "\n".join(lines)
+    return "\n".join(escaped(line) for line in lines)

@@ -44,6 +44,7 @@ from executor.cli.connection import (
 )
 from executor.cli.farm_submit import describe_submitted, registration_warnings, submit_file
 from executor.cli.farm_workers import WorkerPlan, Workers, run_until_signalled
+from executor.cli.printable import escaped, printable
 from executor.errors import ConfigError
 from supervisor_client import ExecutorClient, ExecutorRpcError
 from supervisor_client.client import as_plain
@@ -82,6 +83,8 @@ def tally(agenda: Sequence[Any]) -> str:
 
 
 def _table(rows: list[tuple[str, ...]], indent: str = "") -> str:
+    """Aligned columns; a cell a submitter chose is printed as ``printable`` gives it."""
+    rows = [tuple(printable(cell) for cell in row) for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         indent
@@ -114,8 +117,10 @@ def _latches(triggers_text: str, latches: Sequence[bool]) -> str:
 def format_job(reply: Any) -> str:
     """``cbexec farm show``: the job, its agenda, its callbacks with latches, its history."""
     job = reply.job
-    head = f"job {job.id} {job.name!r}: {job.status}  (label {job.label}, pgrp {job.pgrp}, "
-    lines = [head + f"user {job.user}, priority {job.priority})"]
+    head = (
+        f"job {job.id} {job.name!r}: {job.status}  (label {printable(job.label)}, pgrp {job.pgrp}, "
+    )
+    lines = [head + f"user {printable(job.user)}, priority {job.priority})"]
     if job.agenda:
         lines.append(f"agenda: {tally(job.agenda)}")
         rows: list[tuple[str, ...]] = [("FRAME", "STATUS", "HOST", "ATTEMPTS")]
@@ -136,7 +141,7 @@ def format_job(reply: Any) -> str:
     else:
         lines.append("callbacks: none")
     lines.append("history:")
-    lines += [f"  {_local_time(h.time)}  {h.text}" for h in reply.history]
+    lines += [f"  {_local_time(h.time)}  {escaped(h.text)}" for h in reply.history]
     return "\n".join(lines)
 
 
@@ -227,7 +232,7 @@ async def _change(args: argparse.Namespace, out: TextIO) -> int:
             else:
                 job = await farm.change_job(job_id=job_id, verb=verb, actor=args.actor or "")
                 message, applied = job.message, job.changed == 1
-            print(message, file=out)
+            print(escaped(message), file=out)
             all_applied = all_applied and applied
     return EXIT_OK if all_applied else EXIT_NOT_SUCCEEDED
 

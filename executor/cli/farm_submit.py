@@ -25,6 +25,7 @@ from typing import Any, Final
 import grpc
 
 from executor.cli.farm_qb import SubmissionApi
+from executor.cli.printable import printable
 from executor.errors import ConfigError
 from supervisor_client import ExecutorClient, ExecutorRpcError, FarmClient
 from supervisor_client.jobdict import job_to_dict
@@ -155,8 +156,8 @@ def describe_submitted(job: dict[str, Any]) -> str:
     if callbacks:
         parts.append(f"{len(callbacks)} callback{'s' if len(callbacks) != 1 else ''}")
     return (
-        f"submitted job {job['id']} {job['name']!r} (label {job['label']}, pgrp {job['pgrp']}): "
-        + ", ".join(parts)
+        f"submitted job {job['id']} {job['name']!r} (label {printable(job['label'])}, "
+        f"pgrp {job['pgrp']}): " + ", ".join(parts)
     )
 
 

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
+from executor.cli.printable import escaped, printable
 from supervisor_client import ExecutorRpcError, FarmClient, RetryableError
 
 IDLE_POLL_S: Final = 0.2
@@ -73,7 +74,8 @@ class Workers:
         self.in_flight: dict[str, str] = {}
 
     def _say(self, line: str) -> None:
-        print(line, file=self._out, flush=True)
+        # Job and work names are a submitter's: a CR/LF in one must not start a line.
+        print(escaped(line), file=self._out, flush=True)
 
     def stop(self) -> None:
         """Take no more work; finish the items in flight."""
@@ -114,7 +116,7 @@ class Workers:
             self.in_flight[host] = name
             item = f"{taken.job_id}:{taken.work_name}" if taken.work_name else f"job {taken.job_id}"
             attempt = f", attempt {taken.attempt}" if taken.attempt > 1 else ""
-            self._say(f"{host}: took {item} ({taken.job_name}{attempt})")
+            self._say(f"{host}: took {item} ({printable(taken.job_name)}{attempt})")
             await asyncio.sleep(self._plan.frame_seconds)  # the frame renders; not cut short
             change = (
                 "fail"

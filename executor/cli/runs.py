@@ -35,6 +35,7 @@ from executor.cli.connection import (
     rpc_command,
     whole_number,
 )
+from executor.cli.printable import escaped, printable
 from executor.config import Settings
 from executor.errors import ConfigError
 from executor.triggers.nodes import EventName, EventType
@@ -146,6 +147,7 @@ def format_runs(runs: Sequence[Any]) -> str:
                 f"{run.usage.peak_rss_bytes // 1024}KiB",
             )
         )
+    rows = [tuple(printable(cell) for cell in row) for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
@@ -171,7 +173,8 @@ def format_result(result: Any) -> str:
     lines.append(f"actions: {len(result.actions)}")
     for action in result.actions:
         mark = "ok" if action.ok else "REFUSED"
-        lines.append(f"  {action.verb} {action.target}: {mark} {action.message}".rstrip())
+        line = f"  {action.verb} {action.target}: {mark} {action.message}".rstrip()
+        lines.append(escaped(line))  # targets are work names a submitter chose
     for name, text, cut in (
         ("stdout", result.stdout, result.stdout_truncated),
         ("stderr", result.stderr, result.stderr_truncated),
@@ -201,7 +204,8 @@ def format_run(run: Any) -> str:
         f"policy: {run.policy or '-'}"
         + ("  (shadow run: qb actions recorded, not applied)" if run.shadow else ""),
     ]
-    return "\n".join(head) + "\n" + format_result(run.result)
+    # The event's extra and the work name are a submitter's: one line each, whatever they hold.
+    return "\n".join(escaped(line) for line in head) + "\n" + format_result(run.result)
 
 
 async def _runs(args: argparse.Namespace, out: TextIO) -> int:

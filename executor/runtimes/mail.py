@@ -53,6 +53,8 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from supervisor_client.mailaddress import EXPECTED, is_address, recipient_names
+
 logger = logging.getLogger(__name__)
 
 MailKind = Literal["job", "work", "subjob", "license", "report"]
@@ -62,10 +64,6 @@ DELIVERIES: Final = ("file", "smtp")
 QB_TIME_EPOCH_OFFSET: Final = 946702800
 
 _HEADER_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9-]*):[ \t]*(.*)$")
-_ADDRESS_SEPARATORS = re.compile(r"[,;\s]+")
-# One recipient: local@domain or a bare user name, without RFC 5322's specials (a ':'
-# would start a group, '<' a display name).
-_ADDRESS = re.compile(r'^[^@\s"(),:;<>\[\]\\]+(@[^@\s"(),:;<>\[\]\\]+)?$')
 # What an invocation id may hold to appear in a Message-ID as is (a uuid does).
 _MESSAGE_ID_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _delivery_counter = itertools.count(1)
@@ -306,11 +304,12 @@ def recipients(job: dict[str, Any], default_domain: str) -> list[str]:
     """The job's mailaddress list, else its user; bare names get ``@default_domain``.
 
     A control character (CR/LF included: a list is one line) or a name that is no
-    address (``Bcc:``, ``<a@b>``) is a MailError naming the field, so nothing is sent:
-    the header would otherwise read it as a group or as more recipients.
+    address (``Bcc:``, ``<a@b>``; supervisor_client.mailaddress, the rule the farm's
+    submission applies too) is a MailError naming the field, so nothing is sent: the
+    header would otherwise read it as a group or as more recipients.
     """
     field, given = "mailaddress", str(job.get("mailaddress") or "")
-    if not _ADDRESS_SEPARATORS.sub("", given) and job.get("user"):
+    if not recipient_names(given) and job.get("user"):
         field, given = "user", str(job["user"])
     for index, char in enumerate(given):
         if char not in " \t" and unicodedata.category(char) == "Cc":
@@ -318,14 +317,13 @@ def recipients(job: dict[str, Any], default_domain: str) -> list[str]:
                 f"job {job.get('id')}'s {field} holds a control character "
                 f"({char!r} at {index}); expected addresses separated by ',', ';' or spaces"
             )
-    names = [n for n in _ADDRESS_SEPARATORS.split(given) if n]
+    names = recipient_names(given)
     if not names:
         raise MailError(f"job {job.get('id')} has neither a mailaddress nor a user to mail")
     for name in names:
-        if not _ADDRESS.match(name):
+        if not is_address(name):
             raise MailError(
-                f"job {job.get('id')}'s {field}: {name!r} is not a mail address "
-                "(expected name@domain or a bare user name)"
+                f"job {job.get('id')}'s {field}: {name!r} is not a mail address ({EXPECTED})"
             )
     return [name if "@" in name else f"{name}@{default_domain}" for name in names]
 

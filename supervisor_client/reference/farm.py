@@ -8,6 +8,7 @@ reaches the executor through the same forwarder. What this adds is the worker's 
 - ``take_work``: the next item a free worker would be dispatched, Qube's way. An instance
   runs one item at a time, so a job with ``cpus`` = 1 runs its frames one after the other
   however many workers there are; jobs are taken by priority (lower first), then age.
+  A preempted job (its running frames finishing, store.job_action) is given none.
 - ``change_work``: the worker's changes (start, complete, fail) and the operator's work
   verbs on a list of exact item names. Items a change does not apply to are left alone
   and named in the result, as the supervisor's verbs do.
@@ -167,7 +168,10 @@ class Farm:
     def take_work(self, host: str = DEFAULT_HOST) -> Taken | None:
         """Start the next item a free worker would get, on ``host``; None when there is none."""
         jobs = self._supervisor.jobs(statuses=_DISPATCHABLE)
+        preempted = self._supervisor.preempted_job_ids()
         for job in sorted(jobs, key=lambda j: (j["priority"], j["id"])):
+            if job["id"] in preempted:
+                continue
             idle = self._idle_instances(job)
             if not idle:
                 continue
@@ -230,6 +234,12 @@ class Farm:
         host = host or DEFAULT_HOST
         if job["status"] not in _DISPATCHABLE:
             refusal = f"job {job_id} is {job['status']}; work runs only in pending or running jobs"
+            return WorkChangeResult(0, tuple(names), refusal, job["status"])
+        if change == "start" and job_id in self._supervisor.preempted_job_ids():
+            refusal = (
+                f"job {job_id} is preempted: it starts no new work until its running work "
+                "has ended and it is pending again"
+            )
             return WorkChangeResult(0, tuple(names), refusal, job["status"])
         statuses = {w["name"]: w["status"] for w in job["agenda"]}
         wanted = (Status.PENDING,) if change == "start" else _DISPATCHABLE

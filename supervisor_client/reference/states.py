@@ -149,6 +149,8 @@ class VerbRule:
     ``target`` None means the object is deleted (remove). ``work_moves`` only exists on
     job verbs: the work items in a key state move to the value state along with the job.
     ``applies_to`` names the source states for the "does not apply" message.
+    ``passive``: a job with running work reaches ``target`` only once that work has
+    ended, taking no new work meanwhile (preempt); without running work, at once.
     """
 
     verb: str
@@ -156,6 +158,7 @@ class VerbRule:
     target: str | None
     applies_to: str
     work_moves: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    passive: bool = False
 
     def applies(self, status: str) -> bool:
         """Whether the verb changes an object in ``status``."""
@@ -176,9 +179,16 @@ def _rule(
     target: str | None,
     applies_to: str,
     work_moves: Mapping[str, str] | None = None,
+    *,
+    passive: bool = False,
 ) -> VerbRule:
     return VerbRule(
-        verb, frozenset(sources), target, applies_to, MappingProxyType(dict(work_moves or {}))
+        verb,
+        frozenset(sources),
+        target,
+        applies_to,
+        MappingProxyType(dict(work_moves or {})),
+        passive,
     )
 
 
@@ -211,9 +221,11 @@ JOB_RULES: Final[Mapping[str, VerbRule]] = MappingProxyType(
         # Choice: requeue is "retry, but held" — ended work is made pending again so that
         # unblocking the job runs it; only the job itself goes to blocked.
         "requeue": _rule("requeue", TERMINAL, Status.BLOCKED, "ended jobs", _ENDED_WORK_AGAIN),
-        # Without real workers, preempt (let the frame finish) and interrupt/migrate (kill
-        # the frame) look the same: running work goes back to pending with the job.
-        "preempt": _rule("preempt", _RUNNING, Status.PENDING, "running jobs", _RUNNING_WORK_BACK),
+        # §5.2: preempt is passive, "pending after the current agenda item completes":
+        # running frames finish (their instances are then released, not given the next
+        # frame) and the job goes pending once none runs. interrupt/migrate kill the
+        # frame: running work goes back to pending with the job at once.
+        "preempt": _rule("preempt", _RUNNING, Status.PENDING, "running jobs", passive=True),
         "interrupt": _rule(
             "interrupt", _RUNNING, Status.PENDING, "running jobs", _RUNNING_WORK_BACK
         ),

@@ -77,6 +77,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     prototype TEXT NOT NULL, cpus INTEGER NOT NULL, mailaddress TEXT NOT NULL,
     timesubmit INTEGER NOT NULL, timestart INTEGER NOT NULL DEFAULT 0,
     timecomplete INTEGER NOT NULL DEFAULT 0, extra TEXT NOT NULL DEFAULT '{}',
+    preempted INTEGER NOT NULL DEFAULT 0,
     UNIQUE (pgrp, label)
 );
 CREATE TABLE IF NOT EXISTS work (
@@ -199,6 +200,9 @@ class ReferenceSupervisor:
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(callbacks)")}
         if "mode" not in columns:  # a database from before the trigger engine's modes
             self._db.execute("ALTER TABLE callbacks ADD COLUMN mode TEXT NOT NULL DEFAULT ''")
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "preempted" not in columns:  # a database from before the passive preempt
+            self._db.execute("ALTER TABLE jobs ADD COLUMN preempted INTEGER NOT NULL DEFAULT 0")
         self._applied = AppliedActions(self._db, action_retention_s)
 
     # -- lifetime -----------------------------------------------------------------------
@@ -374,6 +378,11 @@ class ReferenceSupervisor:
         with self._lock:
             return [row[0] for row in self._db.execute("SELECT id FROM jobs ORDER BY id")]
 
+    def preempted_job_ids(self) -> set[int]:
+        """Jobs preempted while work ran: they take no new work until it has ended."""
+        with self._lock:
+            return {row[0] for row in self._db.execute("SELECT id FROM jobs WHERE preempted")}
+
     def find_by_label(self, pgrp: int, label: str) -> dict[str, Any] | None:
         """The job labelled ``label`` in ``pgrp`` (how trigger contexts name siblings)."""
         with self._lock:
@@ -450,11 +459,12 @@ class ReferenceSupervisor:
         """Move the job to ``new``, stamping times; its instances in ``instances_from`` follow.
 
         timestart is set the first time the job runs; timecomplete when it ends, and it
-        is cleared again when a retry brings the job back.
+        is cleared again when a retry brings the job back. Any change of status ends a
+        preempt still waiting for the job's running work (job_action).
         """
         now = int(self._clock())
         self._db.execute(
-            "UPDATE jobs SET status = ?,"
+            "UPDATE jobs SET status = ?, preempted = 0,"
             " timestart = CASE WHEN ? AND timestart = 0 THEN ? ELSE timestart END,"
             " timecomplete = CASE WHEN ? THEN ? ELSE 0 END WHERE id = ?",
             (new, new == Status.RUNNING, now, is_terminal(new), now, job_id),
@@ -489,13 +499,39 @@ class ReferenceSupervisor:
             changes.transitions.append(Transition(name, kind, job_id, **where))
 
     def _derive_job_status(self, changes: _Changes, job_id: int) -> None:
-        """After work changed: let the agenda decide the job's status (states.derive_job_status)."""
-        current = self._job_row(job_id)["status"]
-        new = derive_job_status(current, [w["status"] for w in self._work_rows(job_id)])
+        """After work changed: let the agenda decide the job's status (states.derive_job_status).
+
+        A preempted job (still running) then releases the instances its ended work
+        leaves idle, and goes pending once none of its work runs.
+        """
+        job = self._job_row(job_id)
+        current = job["status"]
+        work = self._work_rows(job_id)
+        new = derive_job_status(current, [w["status"] for w in work])
         if new != current:
             instances_from = NON_TERMINAL if is_terminal(new) else TERMINAL
             self._set_job_status(changes, job_id, new, instances_from)
             changes.note(job_id, f"[job] {current} -> {new} (from its agenda)")
+        elif job["preempted"]:
+            self._release_preempted(changes, job_id, work)
+
+    def _release_preempted(
+        self, changes: _Changes, job_id: int, work: Sequence[sqlite3.Row]
+    ) -> None:
+        """A preempted job's instances with no running item go pending; the job too, once none runs."""
+        busy = {w["subid"] for w in work if w["status"] == Status.RUNNING}
+        if not busy:
+            self._set_job_status(changes, job_id, Status.PENDING, (Status.RUNNING,))
+            changes.note(job_id, "[job] running -> pending (preempted: its running work ended)")
+            return
+        rows = self._db.execute(
+            "SELECT id, host FROM subjobs WHERE job_id = ? AND status = ? ORDER BY id",
+            (job_id, Status.RUNNING),
+        ).fetchall()
+        for sub in rows:
+            if sub["id"] not in busy:
+                self._set_subjob_status(changes, job_id, sub["id"], Status.PENDING, sub["host"])
+                changes.note(job_id, f"[job] instance {job_id}.{sub['id']} released (preempted)")
 
     def _authorize(self, actor: str, job: sqlite3.Row, verb: str) -> None:
         if not permits(actor, job["user"], verb, mask=self._security, admins=self._admins):
@@ -550,6 +586,10 @@ class ReferenceSupervisor:
         (``changed=0``); it is not an error. Raises ValueError for an unknown verb,
         NoSuchJobError, PermissionDeniedError. A numbered action (``action_seq`` > 0)
         that was answered before is answered the same way and not applied again.
+
+        preempt (a passive rule) on a job with running work only marks it: the job stays
+        running and takes no new work; as each running item ends its instance is
+        released, and once none runs the job goes pending (``_derive_job_status``).
         """
         rule = job_rule(verb)
 
@@ -558,8 +598,20 @@ class ReferenceSupervisor:
             self._authorize(actor, job, verb)
             old = job["status"]
             refusal = rule.refusal(f"job {job_id}", old)
+            running = [w["name"] for w in self._work_rows(job_id) if w["status"] == Status.RUNNING]
+            if refusal is None and rule.passive and job["preempted"]:
+                refusal = f"job {job_id} is already preempted: it goes {rule.target} once " + (
+                    f"{_names(job_id, running)} ends"
+                )
             if refusal is not None:
                 result = ActionResult(0, refusal)
+            elif rule.passive and running:
+                self._db.execute("UPDATE jobs SET preempted = 1 WHERE id = ?", (job_id,))
+                result = ActionResult(
+                    1,
+                    f"job {job_id} preempted: it stays {old} until {_names(job_id, running)} "
+                    f"ends, then goes {rule.target}; it takes no new work",
+                )
             elif rule.target is None:
                 self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
                 changes.transitions.append(Transition("removed", "job", job_id))
@@ -714,6 +766,11 @@ class ReferenceSupervisor:
             if work["status"] != Status.PENDING:
                 raise ValueError(
                     f"work {job_id}:{name} is {work['status']}; only pending work starts"
+                )
+            if job["preempted"]:
+                raise ValueError(
+                    f"job {job_id} is preempted: it takes no new work until its running work "
+                    "has ended and it is pending again"
                 )
             sub = self._db.execute(
                 "SELECT status FROM subjobs WHERE job_id = ? AND id = ?", (job_id, subid)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from supervisor_client.jobdict import triggers_text
+from supervisor_client.mailaddress import EXPECTED, first_non_address
 from supervisor_client.reference.dependency import parse_dependency
 from supervisor_client.reference.errors import SubmitError
 from supervisor_client.reference.states import Status
@@ -269,6 +270,13 @@ def _parse_job(index: int, job: Any, checks: _Checks) -> NewJob:
         raise SubmitError(
             f"{where}: mailaddress {mailaddress!r} holds a control character; separate "
             "addresses with ',', ';' or spaces"
+        )
+    bad = first_non_address(mailaddress)
+    if bad is not None:
+        # The mail would refuse it when the job ends (executor/runtimes/mail.py, same rule).
+        raise SubmitError(
+            f"{where}: mailaddress {mailaddress!r}: {bad!r} is not a mail address ({EXPECTED}, "
+            "separated by ',', ';' or spaces)"
         )
     dependency = parse_dependency(where, {**job, "user": user})
     callbacks = (  # the dependency's are checked the same way, after the job's own

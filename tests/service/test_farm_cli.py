@@ -180,6 +180,52 @@ async def test_jobs_show_and_changes(stack_warm: Stack) -> None:
     assert "still waiting after 0.3s" in waiting.err
 
 
+async def test_control_characters_a_submitter_chose_cannot_forge_lines(
+    stack_warm: Stack, tmp_path: Path
+) -> None:
+    # A name with CR/LF once printed raw in `farm jobs` and `triggers why`: a forged row.
+    address = stack_warm.address
+    forged = "999  fake-job  fake  999  complete  admin  1 complete"
+    job = {
+        "name": f"real\n{forged}",
+        "label": "lab\r\nel",
+        "agenda": ["a\nb", "2"],
+        "callbacks": [
+            {"triggers": "complete-work-self-*", "language": "qube", "code": "unblock-self"}
+        ],
+    }
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    said = await cbexec("farm", "submit", str(tmp_path / "job.json"), address=address)
+    assert said.code == 0, said.err
+    stack_warm.supervisor.start_work(1, "a\nb", host="h\x1b[2Jost")
+    stack_warm.supervisor.complete_work(1, "a\nb")
+    await stack_warm.settle()
+
+    table = await cbexec("farm", "jobs", address=address)
+    shown = await cbexec("farm", "show", "1", address=address)
+    why = await cbexec("triggers", "why", "1", address=address)
+    runs = await cbexec("runs", "--job", "1", address=address)
+
+    assert [t.code for t in (table, shown, why, runs)] == [0, 0, 0, 0]
+    rows = table.out.splitlines()
+    assert len(rows) == 2  # the header and job 1: nothing forged
+    assert rows[1].startswith(f"1   {job['name']!r}  'lab\\r\\nel'  1     running")
+    for out in (table.out, shown.out, why.out, runs.out, said.out):
+        assert not any(line.startswith("999") for line in out.splitlines()), out
+        assert "\x1b" not in out and "\r" not in out
+    assert shown.out.startswith(f"job 1 {job['name']!r}: running  (label 'lab\\r\\nel', ")
+    assert "  'a\\nb'  complete  'h\\x1b[2Jost'  1" in shown.out  # the agenda table
+    assert "[work] a\\nb running on h\\x1b[2Jost" in shown.out  # a history line
+    assert why.out.splitlines()[0] == f"job 1 'lab\\r\\nel' ({job['name']!r}) in pgrp 1"
+    assert "[work a\\nb]: latched complete-work-self-*" in why.out
+    (run,) = [
+        json.loads(line)
+        for line in (await cbexec("runs", "--json", "--job", "1", address=address)).out.splitlines()
+    ]
+    one = await cbexec("runs", "show", run["invocation_id"], address=address)
+    assert "event: complete-work-1-a\\nb  work: a\\nb" in one.out.splitlines()
+
+
 async def start_workers(address: str, *argv: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,

@@ -194,6 +194,11 @@ async def test_errors_name_what_is_wrong_and_what_exists(stack_warm: Stack) -> N
             ),
             (farm.submit_jobs([]), grpc.StatusCode.INVALID_ARGUMENT, "nothing to submit"),
             (
+                farm.submit_jobs([{"name": "x", "mailaddress": "<a@b>"}]),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "job 0 of the submission: mailaddress '<a@b>': '<a@b>' is not a mail address",
+            ),
+            (
                 farm.list_jobs(status="done"),
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "expected one of pending",

@@ -130,6 +130,9 @@ def test_recipients(job: dict[str, Any], expected: list[str]) -> None:
         ({"id": 3, "mailaddress": "ok@example.com Bcc: evil@x.org"}, "'Bcc:' is not a mail"),
         ({"id": 3, "mailaddress": "Ann <ann@x.org>"}, "'<ann@x.org>' is not a mail address"),
         ({"id": 3, "user": "eve\x00"}, "job 3's user holds a control character"),
+        ({"id": 3, "mailaddress": "a@@b"}, "'a@@b' is not a mail address"),
+        # An encoded word would be decoded into another address (here 'ab@x.org').
+        ({"id": 3, "mailaddress": "=?utf-8?q?ab?=@x.org"}, r"'=\?utf-8\?q\?ab\?=@x.org' is not a"),
     ],
 )
 def test_a_recipient_that_is_no_address_is_an_error(job: dict[str, Any], refusal: str) -> None:

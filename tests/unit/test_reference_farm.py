@@ -118,6 +118,27 @@ def test_operator_changes_go_through_the_work_verbs(farm: Farm) -> None:
         farm.change_work("kill", 1, ["2"], actor="mallory")
 
 
+def test_a_preempted_job_finishes_its_frame_and_takes_no_next_one(farm: Farm) -> None:
+    farm.submit([{"name": "j", "user": "alice", "agenda": ["1", "2"]}])
+    taken = farm.take_work("w1")
+    assert taken is not None and taken.work_name == "1"
+
+    preempted = farm.change_job("preempt", 1)
+
+    assert (preempted.changed, preempted.job_status) == (1, "running")
+    assert farm.take_work("w2") is None  # the next frame is not given to anyone
+    start = farm.change_work("start", 1, ["2"])
+    assert (start.changed, start.message) == (
+        0,
+        "job 1 is preempted: it starts no new work until its running work has ended and "
+        "it is pending again",
+    )
+    done = farm.change_work("complete", 1, ["1"])
+    assert (done.changed, done.job_status) == (1, "pending")
+    again = farm.take_work("w3")
+    assert again is not None and (again.job_id, again.work_name) == (1, "2")
+
+
 def test_work_in_a_held_job_does_not_move(farm: Farm) -> None:
     farm.submit([{"name": "j", "status": "blocked", "agenda": ["1"]}])
     result = farm.change_work("complete", 1, ["1"])

@@ -104,9 +104,13 @@ def test_job_verbs_carry_their_work_along() -> None:
     ended_again = {"complete": "pending", "failed": "pending", "killed": "pending"}
     assert dict(states.job_rule("retry").work_moves) == ended_again
     assert dict(states.job_rule("requeue").work_moves) == ended_again
-    for verb in ("preempt", "interrupt", "migrate"):
+    for verb in ("interrupt", "migrate"):
         assert dict(states.job_rule(verb).work_moves) == {"running": "pending"}
-    for verb in ("unblock", "block", "suspend", "resume", "complete", "fail"):
+        assert not states.job_rule(verb).passive
+    # §5.2: preempt lets the running frame finish; the store waits for it (passive).
+    assert states.job_rule("preempt").passive
+    assert not states.job_rule("preempt").work_moves
+    for verb in ("preempt", "unblock", "block", "suspend", "resume", "complete", "fail"):
         assert not states.job_rule(verb).work_moves, verb
 
 

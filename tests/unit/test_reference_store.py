@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from supervisor_client.reference import (
     SubmitError,
     Transition,
 )
+from supervisor_client.reference import store as reference_store
 from tests.helpers.clock import Clock
 
 pytestmark = pytest.mark.unit
@@ -433,8 +435,8 @@ def test_requeue_of_a_complete_job_holds_its_work_ready(sup: ReferenceSupervisor
     assert statuses(sup, job_id) == {"1": "pending"}
 
 
-@pytest.mark.parametrize("verb", ["preempt", "interrupt", "migrate"])
-def test_preempt_interrupt_migrate_send_running_work_back(
+@pytest.mark.parametrize("verb", ["interrupt", "migrate"])
+def test_interrupt_and_migrate_send_running_work_back_at_once(
     sup: ReferenceSupervisor, events: list[Transition], verb: str
 ) -> None:
     job_id = submit_one(sup, agenda=[1, 2])
@@ -446,6 +448,97 @@ def test_preempt_interrupt_migrate_send_running_work_back(
     assert sup.job(job_id)["status"] == "pending"
     assert statuses(sup, job_id) == {"1": "pending", "2": "pending"}
     assert events == []
+
+
+def test_preempt_lets_the_running_frame_finish_then_the_job_goes_pending(
+    sup: ReferenceSupervisor, events: list[Transition]
+) -> None:
+    # qube-callbacks.md §5.2: "preempt: -> pending after the current agenda item completes".
+    job_id = submit_one(sup, agenda=[1, 2])
+    sup.start_work(job_id, "1")
+    events.clear()
+
+    result = sup.job_action("preempt", job_id, "alice")
+
+    assert result.changed == 1
+    assert result.message == (
+        f"job {job_id} preempted: it stays running until work {job_id}:1 ends, "
+        "then goes pending; it takes no new work"
+    )
+    assert sup.job(job_id)["status"] == "running"
+    assert statuses(sup, job_id) == {"1": "running", "2": "pending"}
+    assert events == []
+    assert sup.preempted_job_ids() == {job_id}
+    again = sup.job_action("preempt", job_id, "alice")
+    assert again.changed == 0
+    assert (
+        again.message
+        == f"job {job_id} is already preempted: it goes pending once work {job_id}:1 ends"
+    )
+    with pytest.raises(ValueError, match=f"job {job_id} is preempted: it takes no new work"):
+        sup.start_work(job_id, "2")
+
+    sup.complete_work(job_id, "1")
+
+    job = sup.job(job_id)
+    assert job["status"] == "pending"
+    assert statuses(sup, job_id) == {"1": "complete", "2": "pending"}
+    assert [sub["status"] for sub in job["subjobs"]] == ["pending"]
+    # The frame's own event only: Qube fires none for pending.
+    assert events == [Transition("complete", "work", job_id, work_name="1", host="localhost")]
+    assert sup.preempted_job_ids() == set()
+    history = [line["text"] for line in sup.history(job_id)]
+    assert "[job] running -> pending (preempted: its running work ended)" in history
+    sup.start_work(job_id, "2")  # dispatched again, as any pending job
+    assert sup.job(job_id)["status"] == "running"
+
+
+def test_preempt_releases_each_instance_as_its_frame_ends(sup: ReferenceSupervisor) -> None:
+    job_id = submit_one(sup, agenda=[1, 2, 3], cpus=2)
+    sup.start_work(job_id, "1", subid=0)
+    sup.start_work(job_id, "2", subid=1)
+    sup.job_action("preempt", job_id, "alice")
+
+    sup.fail_work(job_id, "2")
+
+    job = sup.job(job_id)
+    assert job["status"] == "running"
+    assert [sub["status"] for sub in job["subjobs"]] == ["running", "pending"]
+    sup.complete_work(job_id, "1")
+    job = sup.job(job_id)
+    assert job["status"] == "pending"
+    assert [sub["status"] for sub in job["subjobs"]] == ["pending", "pending"]
+    assert statuses(sup, job_id) == {"1": "complete", "2": "failed", "3": "pending"}
+
+
+def test_preempt_of_the_last_running_frame_lets_the_agenda_end_the_job(
+    sup: ReferenceSupervisor,
+) -> None:
+    job_id = submit_one(sup, agenda=[1])
+    sup.start_work(job_id, "1")
+    sup.job_action("preempt", job_id, "alice")
+
+    sup.complete_work(job_id, "1")
+
+    assert sup.job(job_id)["status"] == "complete"
+    assert sup.preempted_job_ids() == set()
+
+
+def test_preempt_without_running_work_is_at_once_and_another_verb_cancels_it(
+    sup: ReferenceSupervisor,
+) -> None:
+    idle = submit_one(sup)
+    sup.start_job(idle)  # no agenda: no item to wait for
+    assert sup.job_action("preempt", idle, "alice").message == f"job {idle} running -> pending"
+    assert sup.job(idle)["status"] == "pending"
+
+    job_id = submit_one(sup, agenda=[1, 2])
+    sup.start_work(job_id, "1")
+    sup.job_action("preempt", job_id, "alice")
+    sup.job_action("block", job_id, "alice")  # a change of state ends the wait
+    sup.job_action("unblock", job_id, "alice")
+    assert sup.preempted_job_ids() == set()
+    sup.start_work(job_id, "2")
 
 
 def test_suspend_and_resume(sup: ReferenceSupervisor, events: list[Transition]) -> None:
@@ -905,7 +998,55 @@ def test_a_mailaddress_with_control_characters_is_refused(
     sup.submit([{"name": "j", "user": "bob", "mailaddress": "a@b.org,\tc d;e"}])
 
 
+@pytest.mark.parametrize(
+    ("mailaddress", "named"),
+    [
+        ("<a@b>", "'<a@b>'"),
+        ("Bcc:", "'Bcc:'"),
+        ("a@@b", "'a@@b'"),
+        ("@", "'@'"),
+        ("lead@x.org, Ann <ann@x.org>", "'<ann@x.org>'"),
+        ("a@", "'a@'"),
+        ("=?utf-8?q?ab?=@x.org", "'=?utf-8?q?ab?=@x.org'"),
+    ],
+)
+def test_a_mailaddress_that_is_no_address_is_refused_at_submission(
+    sup: ReferenceSupervisor, mailaddress: str, named: str
+) -> None:
+    # The mail would refuse it when the job ends; the submitter learns of it now.
+    with pytest.raises(SubmitError) as refused:
+        sup.submit([{"name": "j"}, {"name": "k", "user": "bob", "mailaddress": mailaddress}])
+    assert str(refused.value) == (
+        f"job 1 of the submission: mailaddress {mailaddress!r}: {named} is not a mail "
+        "address (expected name@domain or a bare user name, separated by ',', ';' or spaces)"
+    )
+    assert sup.job_ids() == []
+
+
+@pytest.mark.parametrize(
+    "mailaddress", ["", "lead@studio.example", "a.b+c@x.org, bob;carol  dave@y.org", " , "]
+)
+def test_a_mailaddress_a_site_uses_is_accepted(sup: ReferenceSupervisor, mailaddress: str) -> None:
+    (job,) = sup.submit([{"name": "j", "user": "bob", "mailaddress": mailaddress}])
+    assert job["mailaddress"] == mailaddress
+
+
 @pytest.mark.parametrize("user", ["  ", " bob", "bob\n", "bo\tb"])
 def test_a_blank_or_padded_user_is_refused(sup: ReferenceSupervisor, user: str) -> None:
     with pytest.raises(SubmitError, match="is not a user name"):
         sup.submit([{"name": "j", "user": user}])
+
+
+def test_a_database_from_before_the_passive_preempt_gets_its_column(tmp_path: Path) -> None:
+    path = tmp_path / "supervisor.db"
+    old_schema = reference_store._SCHEMA.replace("    preempted INTEGER NOT NULL DEFAULT 0,\n", "")
+    assert old_schema != reference_store._SCHEMA
+    with sqlite3.connect(path) as db:
+        db.executescript(old_schema)
+    db.close()
+
+    with ReferenceSupervisor(path) as sup:
+        job_id = submit_one(sup, agenda=[1, 2])
+        sup.start_work(job_id, "1")
+        assert sup.job_action("preempt", job_id, "alice").changed == 1
+        assert sup.preempted_job_ids() == {job_id}
