@@ -147,11 +147,11 @@ def format_runs(runs: Sequence[Any]) -> str:
                 f"{run.usage.peak_rss_bytes // 1024}KiB",
             )
         )
-    rows = [tuple(printable(cell) for cell in row) for row in rows]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    shown = [[printable(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in shown) for i in range(len(header))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
+        for row in shown
     )
 
 
