@@ -306,7 +306,12 @@ class Dispatcher:
             with run.stop.calling(lambda: self._slots.withdraw(ticket)):
                 slot = await self._slots.take(ticket)
             queue_s = time.monotonic() - queued_at
-            if slot is None or run.stop.requested:  # stopped before it started
+            if slot is not None and run.stop.requested:
+                # Handed a slot, then stopped before this task woke to take it (the
+                # stop's withdrawal came too late): the slot goes on to the next run.
+                self._slots.release(slot)
+                slot = None
+            if slot is None:  # stopped before it started
                 if run.fired and self._draining:
                     # Never started: the firing stays in the engine's durable queue and
                     # runs at the next start, instead of ending as a run that never was.

@@ -46,9 +46,11 @@ _UNSENT_ANSWER: Final = "ExecuteBatchError raised in core by servicer method"
 class UnsentAnswerFilter(logging.Filter):
     """Turns gRPC's traceback for an answer it could not send into one WARNING line.
 
-    The client closed the call first: most often its receive limit is below the answer's
-    size (gRPC's default 4 MiB; an Execute answer may reach 2 x output_bytes plus about
-    1.1 MiB). The run is recorded either way; it is the client's limit, not our fault.
+    The client closed the call while the answer was being sent: its receive limit is
+    below the answer's size (gRPC's default 4 MiB; an Execute answer may reach
+    2 x output_bytes plus about 1.1 MiB), or its deadline passed or it cancelled at the
+    last moment. The run is recorded either way. gRPC says nothing when the whole answer
+    had left before the client refused it, so a refused answer does not always show here.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -56,8 +58,9 @@ class UnsentAnswerFilter(logging.Filter):
         if record.exc_info and message.startswith(_UNSENT_ANSWER):
             method = message.removeprefix(_UNSENT_ANSWER).strip(" []")
             record.msg = (
-                "the answer to %s could not be sent: the client closed the call (its "
-                "receive limit may be below the answer's size, see the README's Errors)"
+                "the answer to %s could not be sent: the client closed the call first (a "
+                "receive limit below the answer's size, or its deadline or cancel at the last"
+                " moment; see the README's Limits and outcomes)"
             )
             record.args = (method,)
             record.levelno, record.levelname = logging.WARNING, "WARNING"

@@ -31,12 +31,15 @@ UNREACHABLE_CODES: Final = frozenset(
 # is retried, and a single result that keeps failing is set aside after a few tries.
 
 
-def report_request(invocation: Invocation, result: RunResult) -> supervisor_pb2.ReportResultRequest:
-    """The ReportResultRequest for one finished run."""
+def report_request(
+    invocation: Invocation, result: RunResult, ended_at: float = 0.0
+) -> supervisor_pb2.ReportResultRequest:
+    """The ReportResultRequest for one finished run, which ended at ``ended_at`` (Unix time)."""
     callback = invocation.callback
     request = supervisor_pb2.ReportResultRequest(
         result=convert.response_from_result(result),
         job_id=invocation.job_id,
+        ended_at=ended_at,
         callback=types_pb2.Callback(
             id=callback.id,
             triggers=callback.triggers,
@@ -68,21 +71,21 @@ class ReportEncoder:
     def __init__(self, max_message_bytes: int) -> None:
         self.max_bytes = max_message_bytes - MESSAGE_MARGIN_BYTES
 
-    def __call__(self, invocation: Invocation, result: RunResult) -> bytes:
+    def __call__(self, invocation: Invocation, result: RunResult, ended_at: float = 0.0) -> bytes:
         # A character is at least a byte: output longer than the room in characters is
         # cut before a request is built, not after, so megabytes of it are not copied
         # into a message (and serialized) for nothing.
         if len(result.stdout) + len(result.stderr) > self.max_bytes:
-            return self._shrunk(invocation, result).SerializeToString()
-        payload = report_request(invocation, result).SerializeToString()
+            return self._shrunk(invocation, result, ended_at).SerializeToString()
+        payload = report_request(invocation, result, ended_at).SerializeToString()
         if len(payload) <= self.max_bytes:
             return payload
-        return self._shrunk(invocation, result).SerializeToString()
+        return self._shrunk(invocation, result, ended_at).SerializeToString()
 
     def _shrunk(
-        self, invocation: Invocation, result: RunResult
+        self, invocation: Invocation, result: RunResult, ended_at: float
     ) -> supervisor_pb2.ReportResultRequest:
-        request = report_request(invocation, replace(result, stdout="", stderr=""))
+        request = report_request(invocation, replace(result, stdout="", stderr=""), ended_at)
         reported = request.result
         if len(reported.failure.traceback) > SHRUNK_TRACEBACK_CHARS:
             reported.failure.traceback = reported.failure.traceback[-SHRUNK_TRACEBACK_CHARS:]

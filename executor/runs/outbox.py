@@ -15,7 +15,10 @@ while its mark cannot be written (a full disk) is held in memory as delivered an
 sent again by this process; it is marked once the storage takes writes, and only a
 stop before that sends it once more after the restart. The receiver
 (``Supervisor.ReportResult``) is idempotent on the message key (the invocation id), so
-at-least-once delivery + an idempotent receiver = exactly-once effect.
+at-least-once delivery + an idempotent receiver = exactly-once effect. Another
+message under a key (the report of a later run of the same invocation id) replaces the
+one there, delivered or not, and is delivered in its turn; the receiver tells the two
+apart (``ReportResultRequest.ended_at``).
 
 No message blocks the ones behind it. One the receiver refuses as malformed will never
 succeed: it is set aside at once as a *dead letter* (logged at ERROR, kept in the table
@@ -80,6 +83,11 @@ _INSERT: Final = (
     "INSERT INTO outbox (key, payload, created_at, owner, lease_until)"
     " VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING"
 )
+# Before _INSERT, when the key is there already: another message under it (a later run
+# of the invocation id) takes the place of the one there, delivered or not, as a new
+# row: a new seq, so a delivery of the old one still on its way marks nothing. The same
+# message again (a commit retried on a new connection) stays a no-op.
+_REPLACE: Final = "DELETE FROM outbox WHERE key = ? AND payload <> ?"
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -279,14 +287,17 @@ class Outbox:
     # -- the producer side: synchronous, durable before it returns ------------------------
 
     def put(self, key: str, payload: bytes) -> bool:
-        """Commit one message; False when ``key`` is already in the outbox (nothing added).
+        """Commit one message; False when this very message is in the outbox (nothing added).
 
-        Raises StorageError when the commit fails because of the storage.
+        Another message under ``key`` replaces the one there (see ``_REPLACE``). Raises
+        StorageError when the commit fails because of the storage.
         """
         with writing(self._path, self._health):
             added = execute_counted(self._db, _INSERT, self._row(key, payload))
+        if not added:  # the key is there: a repeat of the message, or another run's
+            return self._put_many([(key, payload)])
         self._committed(added)
-        return bool(added)
+        return True
 
     async def commit(self, key: str, payload: bytes) -> None:
         """``put``, in one transaction with the messages of this turn of the event loop.
@@ -311,7 +322,7 @@ class Outbox:
             except StoreUnavailable:
                 # A connection PostgreSQL dropped (a restart, an admin's kill) is met by the
                 # first statement after it: once more, on a new one. The inserts are
-                # idempotent on their key, so a commit that did land is not doubled.
+                # idempotent on their message, so a commit that did land is not doubled.
                 self._put_any(messages)
         except Exception as err:  # noqa: BLE001 - the storage's, or a bug: each caller hears of it
             for _, _, committed in gathered:
@@ -328,12 +339,15 @@ class Outbox:
         else:
             self._put_many(messages)
 
-    def _put_many(self, messages: list[tuple[str, bytes]]) -> None:
+    def _put_many(self, messages: list[tuple[str, bytes]]) -> bool:
+        # Of two messages under one key, the later is the later run's.
+        latest = dict(messages)
         with writing(self._path, self._health):
             self._db.execute("BEGIN")
             try:
+                self._db.executemany(_REPLACE, list(latest.items()))
                 added = self._db.executemany(
-                    _INSERT, [self._row(key, payload) for key, payload in messages]
+                    _INSERT, [self._row(key, payload) for key, payload in latest.items()]
                 ).rowcount
                 self._db.execute("COMMIT")
             except BaseException:
@@ -342,6 +356,7 @@ class Outbox:
                 raise
         # A driver that cannot count the rows of a batch says -1: wake delivery anyway.
         self._committed(added != 0)
+        return added != 0
 
     def _row(self, key: str, payload: bytes) -> tuple[str, bytes, float, str, float]:
         # The replica that ran it delivers it (its lease); another only if it dies.

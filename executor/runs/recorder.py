@@ -27,8 +27,9 @@ from executor.runs.metrics import Metrics
 from executor.runs.outbox import MESSAGE_MARGIN_BYTES, Outbox, Transport
 from executor.storage import StorageHealth
 
-# Serializes one finished run's report for the outbox (the api layer knows the format).
-EncodeReport = Callable[[Invocation, RunResult], bytes]
+# Serializes one finished run's report for the outbox (the api layer knows the format),
+# with the Unix time it ended: what tells another run of its invocation id from a resend.
+EncodeReport = Callable[[Invocation, RunResult, float], bytes]
 
 logger = logging.getLogger(__name__)
 # How long a fired callback's result waits for a fleet's PostgreSQL that cannot take it
@@ -132,7 +133,7 @@ class Recorder:
             committed = self._commit(
                 self.outbox,
                 result.invocation_id,
-                self._encode_report(invocation, result),
+                self._encode_report(invocation, result, now),
                 # A fired callback has run and its effects happened: its result waits for
                 # the storage, rather than the firing running again as if it had not. An
                 # Execute caller is told instead, and decides.

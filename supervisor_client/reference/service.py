@@ -77,8 +77,10 @@ def _plain(message: Message) -> dict[str, Any]:
 
 
 def result_payload(request: supervisor_pb2.ReportResultRequest) -> dict[str, Any]:
-    """What the store keeps of a reported run: the result, plus its callback and event."""
+    """What the store keeps of a reported run: the result, plus its callback, event and end."""
     payload = _plain(request.result)
+    if request.ended_at:
+        payload["ended_at"] = request.ended_at  # tells a later run from a resend
     if request.HasField("callback"):
         payload["callback"] = _plain(request.callback)
     if request.HasField("event"):
@@ -183,7 +185,7 @@ class SupervisorServicer(supervisor_pb2_grpc.SupervisorServiceServicer):
     async def ReportResult(
         self, request: supervisor_pb2.ReportResultRequest, context: Context
     ) -> supervisor_pb2.ReportResultResponse:
-        """Store a run's result once per invocation_id; a repeat answers duplicate=True."""
+        """Store a run's result per invocation_id, the latest run's; a resend answers duplicate=True."""
         duplicate = await self._call(
             context,
             lambda: self._supervisor.report_result(

@@ -112,6 +112,18 @@ CREATE TABLE IF NOT EXISTS results (
 CREATE INDEX IF NOT EXISTS results_by_job ON results (job_id);
 """
 
+
+def _as_seconds(value: object) -> float:
+    """A stored or reported ``ended_at`` as a number; absent or malformed is 0 (the earliest)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    return float(value)
+
+
+def _ended_at(payload: Mapping[str, Any]) -> float:
+    return _as_seconds(payload.get("ended_at"))
+
+
 _JOB_COLUMNS: Final = (
     "id",
     "name",
@@ -862,7 +874,7 @@ class ReferenceSupervisor:
     # -- results ----------------------------------------------------------------------
 
     def report_result(self, invocation_id: str, job_id: int, payload: Mapping[str, Any]) -> bool:
-        """Store one run's result; returns True when ``invocation_id`` was already stored.
+        """Store one run's result; returns True when nothing changed (see ``report_results``).
 
         The job need not exist any more: a callback may have removed its own job.
         """
@@ -873,7 +885,10 @@ class ReferenceSupervisor:
         """Store several runs' results in one transaction, all or none (ValueError).
 
         ``reports`` are ``(invocation_id, job_id, payload)``; returns, for each, whether
-        its ``invocation_id`` was already stored.
+        nothing changed. A result is kept per ``invocation_id``: one whose payload's
+        ``ended_at`` (Unix seconds; absent is 0) is later than the stored one's is another
+        run of it, the last, and replaces it; the same report again, or an earlier run's,
+        changes nothing (``duplicate``).
         """
         rows = []
         for invocation_id, job_id, payload in reports:
@@ -886,20 +901,37 @@ class ReferenceSupervisor:
             except (TypeError, ValueError) as err:
                 raise ValueError(f"result payload is not JSON: {err}") from err
             outcome = str(payload.get("outcome", "no outcome"))
-            rows.append((invocation_id, job_id, outcome, text, payload.get("callback")))
+            rows.append(
+                (invocation_id, job_id, outcome, _ended_at(payload), text, payload.get("callback"))
+            )
         duplicates = []
         with self._transaction() as changes:
-            for invocation_id, job_id, outcome, text, callback in rows:
-                inserted = self._db.execute(
-                    "INSERT INTO results (invocation_id, job_id, time, payload) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT (invocation_id) DO NOTHING",
-                    (invocation_id, job_id, self._clock(), text),
-                ).rowcount
-                if inserted:
-                    line = f"[callback] result of invocation {invocation_id}: {outcome}"
-                    changes.note(job_id, line, invocation_id)
-                    self._count_run(job_id, callback)
-                duplicates.append(not inserted)
+            for invocation_id, job_id, outcome, ended_at, text, callback in rows:
+                stored = self._db.execute(
+                    "SELECT json_extract(payload, '$.outcome'), json_extract(payload, '$.ended_at')"
+                    " FROM results WHERE invocation_id = ?",
+                    (invocation_id,),
+                ).fetchone()
+                line = f"[callback] result of invocation {invocation_id}: {outcome}"
+                if stored is None:
+                    self._db.execute(
+                        "INSERT INTO results (invocation_id, job_id, time, payload)"
+                        " VALUES (?, ?, ?, ?)",
+                        (invocation_id, job_id, self._clock(), text),
+                    )
+                elif ended_at > _as_seconds(stored[1]):
+                    self._db.execute(
+                        "UPDATE results SET job_id = ?, time = ?, payload = ?"
+                        " WHERE invocation_id = ?",
+                        (job_id, self._clock(), text, invocation_id),
+                    )
+                    line += f" (a later run; replaces {stored[0] or 'no outcome'})"
+                else:
+                    duplicates.append(True)
+                    continue
+                changes.note(job_id, line, invocation_id)
+                self._count_run(job_id, callback)
+                duplicates.append(False)
         return duplicates
 
     def _count_run(self, job_id: int, callback: Any) -> None:

@@ -18,6 +18,7 @@ from executor.errors import ConfigError
 from executor.migrations import current_version, schema_version
 from executor.model import Outcome
 from executor.runs.history import RunHistory
+from executor.runs.outbox import Backoff, Outbox
 from executor.sql import PgDb, StoreConflict, StoreUnavailable, connect_postgres, pg_ddl
 from executor.triggers.store import TriggerStore
 from tests.helpers.cli import cbexec, cli_env
@@ -364,3 +365,28 @@ def test_a_prepared_statement_raises_the_stores_own_errors(pg_url: str) -> None:
         assert [row[0] for row in keys] == ["a", "b"]
     finally:
         db.close()
+
+
+async def test_the_outbox_replaces_a_delivered_report_with_a_later_runs_on_postgresql(
+    pg_url: str,
+) -> None:
+    # The same statements as on SQLite (tests/unit/test_outbox.py), in PostgreSQL's dialect.
+    sent: list[tuple[str, bytes]] = []
+
+    class Receiver:
+        async def deliver(self, key: str, payload: bytes) -> bool:
+            sent.append((key, payload))
+            return False
+
+    outbox = Outbox(pg_url, Receiver(), backoff=Backoff(first_s=0.01, cap_s=0.05))
+    outbox.start()
+    try:
+        assert outbox.put("pg-later-run", b"killed")
+        assert await outbox.flush(5)
+        assert not outbox.put("pg-later-run", b"killed"), "the same report again adds nothing"
+        assert outbox.put("pg-later-run", b"succeeded")
+        assert await outbox.flush(5)
+    finally:
+        await outbox.close()
+
+    assert sent == [("pg-later-run", b"killed"), ("pg-later-run", b"succeeded")]

@@ -284,3 +284,30 @@ async def test_an_invocation_id_still_running_is_not_run_twice() -> None:
     harness.runner.finish("a")
     assert (await first).outcome == Outcome.SUCCEEDED
     assert (await harness.execute("a")).outcome == Outcome.SUCCEEDED  # once it has ended
+
+
+@pytest.mark.parametrize("turns", range(6))
+async def test_a_caller_cancelled_as_its_queued_run_gets_a_slot_gives_the_slot_back(
+    turns: int,
+) -> None:
+    # With turns=0 the freed slot is handed to b's ticket, then b's caller (cancelled in
+    # the same loop turn) stops b before b's task has woken to take it: that slot was kept
+    # by a run that never started, for good.
+    harness = Harness(slots=1, queue=1)
+    running = harness.start("a")
+    waiting = harness.start("b")
+    await settle()
+
+    harness.runner.finish("a")
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await running
+    await settle()
+
+    assert harness.dispatcher.active == 0
+    assert harness.outcomes()["run-b"] == (Outcome.KILLED, CALLER_CANCELLED)
+    harness.runner.finish("c")
+    assert (await harness.execute("c")).outcome == Outcome.SUCCEEDED  # the slot came back

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from grpc._cython.cygrpc import ExecuteBatchError  # type: ignore[import-not-found]  # no stubs
@@ -126,7 +127,10 @@ def test_an_answer_the_client_would_not_take_is_one_warning_line() -> None:
     assert (record.levelname, record.exc_info) == ("WARNING", None)
     assert record.getMessage().startswith(
         "the answer to /qbcallback.v1.CallbackExecutorService/Execute could not be sent: "
-        "the client closed the call"
+        "the client closed the call first (a receive limit below the answer's size, or its "
+        "deadline or cancel at the last moment; see the README's Limits and outcomes)"
     )
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "\n## Limits and outcomes\n" in readme, "the section the line names"
     other = logging.LogRecord("x", logging.ERROR, "f", 1, "something else", None, None)
     assert logs.UnsentAnswerFilter().filter(other) and other.levelname == "ERROR"

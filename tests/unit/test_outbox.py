@@ -100,7 +100,7 @@ async def test_put_is_durable_before_delivery_starts(
 ) -> None:
     outbox = Outbox(tmp_path / "outbox.db", receiver)
     assert outbox.put("a", payload(1))
-    assert not outbox.put("a", payload(2)), "a repeated key adds nothing"
+    assert not outbox.put("a", payload(1)), "the same message again adds nothing"
     assert outbox.put("b", payload(3))
     await outbox.close()  # never started: like a SIGKILL right after the commits
     reopened = Outbox(tmp_path / "outbox.db", receiver, backoff=FAST)
@@ -133,7 +133,9 @@ async def test_commits_of_one_turn_share_a_transaction_and_each_caller_waits_for
     assert statements.count("COMMIT") == 1 and outbox.pending() == 11
     outbox.start()
     assert await outbox.flush(5)
-    assert receiver.order == [*keys, "k10"], "a repeated key among them adds nothing"
+    assert receiver.order == [*keys, "k10"], "the later message under k3 took its place"
+    stored = receiver.supervisor.result("k3")
+    assert stored is not None and stored["payload"]["n"] == 10
     await outbox.close()
 
 
@@ -208,6 +210,57 @@ async def test_lost_acknowledgement_is_redelivered_and_applied_once(
     assert receiver.calls == Counter({"a": 2, "b": 1})
     assert [r["invocation_id"] for r in receiver.supervisor.results()] == ["a", "b"]
     assert outbox.stats().duplicates_acknowledged == 1
+    await outbox.close()
+
+
+def run_report(outcome: str, ended_at: float) -> bytes:
+    return json.dumps({"outcome": outcome, "ended_at": ended_at}).encode()
+
+
+async def test_a_later_runs_report_under_a_delivered_key_is_delivered_and_kept(
+    tmp_path: Path, receiver: ReferenceReceiver
+) -> None:
+    # A caller's resend after DEADLINE_EXCEEDED: the first run's KILLED is delivered,
+    # then the resend's SUCCEEDED comes under the same invocation id.
+    outbox = Outbox(tmp_path / "outbox.db", receiver, backoff=FAST)
+    outbox.start()
+    outbox.put("a", run_report("OUTCOME_KILLED", 1.0))
+    assert await outbox.flush(5)
+
+    assert outbox.put("a", run_report("OUTCOME_SUCCEEDED", 2.0))
+    assert outbox.pending() == 1
+    assert await outbox.flush(5)
+
+    assert receiver.calls["a"] == 2
+    stored = receiver.supervisor.result("a")
+    assert stored is not None and stored["payload"]["outcome"] == "OUTCOME_SUCCEEDED"
+    assert outbox.stats().duplicates_acknowledged == 0
+    await outbox.close()
+
+
+async def test_a_later_runs_report_put_while_the_first_is_on_its_way_is_still_delivered(
+    tmp_path: Path, receiver: ReferenceReceiver
+) -> None:
+    sent, answer = asyncio.Event(), asyncio.Event()
+    deliver = receiver.deliver
+
+    async def slow_deliver(key: str, payload: bytes) -> bool:
+        sent.set()
+        await answer.wait()
+        return await deliver(key, payload)
+
+    receiver.deliver = slow_deliver  # type: ignore[method-assign]
+    outbox = Outbox(tmp_path / "outbox.db", receiver, backoff=FAST)
+    outbox.start()
+    outbox.put("a", run_report("OUTCOME_KILLED", 1.0))
+    await asyncio.wait_for(sent.wait(), 5)
+    outbox.put("a", run_report("OUTCOME_SUCCEEDED", 2.0))  # the first not acknowledged yet
+    answer.set()
+
+    assert await outbox.flush(5)
+    assert receiver.calls["a"] == 2, "the first's acknowledgement did not mark the second"
+    stored = receiver.supervisor.result("a")
+    assert stored is not None and stored["payload"]["outcome"] == "OUTCOME_SUCCEEDED"
     await outbox.close()
 
 

@@ -898,6 +898,36 @@ def test_results_are_stored_once_per_invocation(sup: ReferenceSupervisor) -> Non
     assert texts == ["[callback] result of invocation inv-1: OUTCOME_SUCCEEDED"]
 
 
+def test_a_later_run_of_an_invocation_replaces_its_result_and_a_resend_changes_nothing(
+    sup: ReferenceSupervisor,
+) -> None:
+    # A caller's resend after DEADLINE_EXCEEDED: the first run ended KILLED and was
+    # reported, the resend ran to SUCCEEDED, which the executor's history keeps.
+    job_id = submit_one(sup)
+    killed = {"outcome": "OUTCOME_KILLED", "ended_at": 100.5}
+    succeeded = {"outcome": "OUTCOME_SUCCEEDED", "ended_at": 102.25}
+
+    assert sup.report_result("inv-1", job_id, killed) is False
+    assert sup.report_result("inv-1", job_id, killed) is True  # resent after a crash
+    assert sup.report_result("inv-1", job_id, succeeded) is False
+    assert sup.report_result("inv-1", job_id, succeeded) is True
+    assert sup.report_result("inv-1", job_id, killed) is True  # the earlier run's, late
+
+    assert sup.result("inv-1")["payload"] == succeeded  # type: ignore[index]
+    assert [r["invocation_id"] for r in sup.results(job_id)] == ["inv-1"]
+    texts = [line["text"] for line in sup.history(job_id) if "result" in line["text"]]
+    assert texts == [
+        "[callback] result of invocation inv-1: OUTCOME_KILLED",
+        "[callback] result of invocation inv-1: OUTCOME_SUCCEEDED"
+        " (a later run; replaces OUTCOME_KILLED)",
+    ]
+    # In one batch as well, in its order.
+    assert sup.report_results(
+        [("inv-2", job_id, killed), ("inv-2", job_id, succeeded), ("inv-2", job_id, killed)]
+    ) == [False, False, True]
+    assert sup.result("inv-2")["payload"] == succeeded  # type: ignore[index]
+
+
 def test_a_reported_run_counts_toward_its_callbacks_count(sup: ReferenceSupervisor) -> None:
     (job,) = sup.submit(
         [{"name": "c", "callbacks": [{"triggers": "complete-work-self-*", "language": "qube"}]}]

@@ -17,9 +17,11 @@ INVOCATION = invocation_for({"id": 7, "name": "comp"}, "print()", language="pyth
 
 def reported(stdout: str, stderr: str) -> supervisor_pb2.ReportResultRequest:
     result = RunResult(INVOCATION.invocation_id, Outcome.SUCCEEDED, stdout=stdout, stderr=stderr)
-    payload = ReportEncoder(LIMIT)(INVOCATION, result)
+    payload = ReportEncoder(LIMIT)(INVOCATION, result, 1_700_000_000.25)
     assert len(payload) <= ReportEncoder(LIMIT).max_bytes
-    return supervisor_pb2.ReportResultRequest.FromString(payload)
+    request = supervisor_pb2.ReportResultRequest.FromString(payload)
+    assert request.ended_at == 1_700_000_000.25, "whole or cut, the run's end is reported"
+    return request
 
 
 def test_output_within_the_limit_is_reported_whole() -> None:

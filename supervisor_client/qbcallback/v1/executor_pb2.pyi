@@ -291,7 +291,8 @@ class ExecuteRequest(_message.Message):
     the supervisor applies each of its actions once (invocation_id, action_seq).
     The executor does not deduplicate runs: a repeat is run again (UNAVAILABLE
     while the first is still in progress at the same executor; at another
-    replica of a fleet both run) and replaces the first in the history. A
+    replica of a fleet both run) and replaces the first in the history and at
+    the supervisor (ReportResultRequest.ended_at tells the runs apart). A
     repeat must be of the same callback (job id, callback id, language and
     triggers): an id the history holds for another run, a fired one included,
     or that a fired callback not yet run to its end has, is ALREADY_EXISTS, and

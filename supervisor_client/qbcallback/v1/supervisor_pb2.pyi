@@ -387,8 +387,14 @@ class ReportResultRequest(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     CALLBACK_FIELD_NUMBER: _builtins.int
     EVENT_FIELD_NUMBER: _builtins.int
+    ENDED_AT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     """The job the callback belonged to."""
+    ended_at: _builtins.float
+    """When the run ended, Unix seconds on the executor's clock: tells a later run
+    of the same invocation_id from a resend of this report (see ReportResult).
+    0 from an executor older than this field.
+    """
     @_builtins.property
     def result(self) -> _executor_pb2.ExecuteResponse:
         """The run's full result, invocation_id included."""
@@ -408,10 +414,11 @@ class ReportResultRequest(_message.Message):
         job_id: _builtins.int = ...,
         callback: _types_pb2.Callback | None = ...,
         event: _types_pb2.Event | None = ...,
+        ended_at: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "event", b"event", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "event", b"event", "job_id", b"job_id", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback", "ended_at", b"ended_at", "event", b"event", "job_id", b"job_id", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -423,7 +430,7 @@ class ReportResultResponse(_message.Message):
 
     DUPLICATE_FIELD_NUMBER: _builtins.int
     duplicate: _builtins.bool
-    """True when this invocation_id had been reported before."""
+    """True when nothing changed: this report, or a later run's, had been stored."""
     def __init__(
         self,
         *,

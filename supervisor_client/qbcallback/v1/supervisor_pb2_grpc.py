@@ -102,8 +102,13 @@ class SupervisorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReportResult(self, request, context):
-        """The outcome of one run. Idempotent on `result.invocation_id`: a repeat is
-        acknowledged with `duplicate` set and changes nothing.
+        """The outcome of one run. Idempotent on `result.invocation_id` and `ended_at`:
+        the same report again (the executor resends what it cannot know was taken)
+        is acknowledged with `duplicate` set and changes nothing. A report with the
+        same invocation_id and a later `ended_at` is another run of it (a caller's
+        resend after DEADLINE_EXCEEDED, a fleet's re-run), the one whose result the
+        executor's history keeps: it replaces the stored result. One with an earlier
+        (or equal) `ended_at` is answered `duplicate` and changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -55,8 +55,13 @@ class SupervisorServiceStub:
     SubjobAction: _aio.UnaryUnaryMultiCallable[_supervisor_pb2.SubjobActionRequest, _supervisor_pb2.SubjobActionResponse]
     """A subjob verb (the "-subjob-self" qube codes)."""
     ReportResult: _aio.UnaryUnaryMultiCallable[_supervisor_pb2.ReportResultRequest, _supervisor_pb2.ReportResultResponse]
-    """The outcome of one run. Idempotent on `result.invocation_id`: a repeat is
-    acknowledged with `duplicate` set and changes nothing.
+    """The outcome of one run. Idempotent on `result.invocation_id` and `ended_at`:
+    the same report again (the executor resends what it cannot know was taken)
+    is acknowledged with `duplicate` set and changes nothing. A report with the
+    same invocation_id and a later `ended_at` is another run of it (a caller's
+    resend after DEADLINE_EXCEEDED, a fleet's re-run), the one whose result the
+    executor's history keeps: it replaces the stored result. One with an earlier
+    (or equal) `ended_at` is answered `duplicate` and changes nothing.
     """
     ReportResults: _aio.UnaryUnaryMultiCallable[_supervisor_pb2.ReportResultsRequest, _supervisor_pb2.ReportResultsResponse]
     """Several runs' outcomes at once, oldest first: ReportResult for each, in one
@@ -111,8 +116,13 @@ class SupervisorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _supervisor_pb2.ReportResultRequest,
         context: _aio.ServicerContext[_supervisor_pb2.ReportResultRequest, _abc.Awaitable[_supervisor_pb2.ReportResultResponse]],
     ) -> _abc.Awaitable[_supervisor_pb2.ReportResultResponse]:
-        """The outcome of one run. Idempotent on `result.invocation_id`: a repeat is
-        acknowledged with `duplicate` set and changes nothing.
+        """The outcome of one run. Idempotent on `result.invocation_id` and `ended_at`:
+        the same report again (the executor resends what it cannot know was taken)
+        is acknowledged with `duplicate` set and changes nothing. A report with the
+        same invocation_id and a later `ended_at` is another run of it (a caller's
+        resend after DEADLINE_EXCEEDED, a fleet's re-run), the one whose result the
+        executor's history keeps: it replaces the stored result. One with an earlier
+        (or equal) `ended_at` is answered `duplicate` and changes nothing.
         """
 
     @_abc_1.abstractmethod
