@@ -186,7 +186,7 @@ class Outbox:
         path: the SQLite file (created when missing).
         transport: what delivers a message.
         backoff: retry timing while the transport fails.
-        keep_delivered: delivered rows kept for inspection; older ones are deleted.
+        keep_delivered: delivered rows kept (their keys, not their payloads); older ones are deleted.
         linger_s: how long delivery waits before it sends, after a quiet spell or an
             exchange that was not full, so the run's caller is answered first and the
             results of runs ending meanwhile share one exchange (under a steady stream
@@ -687,6 +687,10 @@ class Outbox:
     def _mark_delivered(self, seqs: list[int]) -> None:
         """Record the rows as delivered, in one commit; trim the delivered ones now and then.
 
+        A delivered row keeps its key (a repeat of it is not queued again) but not its
+        payload: the last ``keep_delivered`` rows of up to a report's size each could
+        otherwise hold gigabytes that nothing reads.
+
         With those acknowledged earlier whose mark failed (``_unmarked``); on failure all
         of them stay there, so that none is sent again.
         """
@@ -695,7 +699,8 @@ class Outbox:
         now = self._clock()
         if self.fleet:  # one statement is one transaction: one round trip, not three
             self._ddb.execute(
-                "UPDATE outbox SET delivered_at = ? WHERE seq = ANY(?)", (now, list(seqs))
+                "UPDATE outbox SET delivered_at = ?, payload = ? WHERE seq = ANY(?)",
+                (now, b"", list(seqs)),
             )
             self._unmarked.difference_update(seqs)
             self._delivered_since_trim += len(seqs)
@@ -706,8 +711,8 @@ class Outbox:
             self._ddb.execute("BEGIN")
             try:
                 self._ddb.executemany(
-                    "UPDATE outbox SET delivered_at = ? WHERE seq = ?",
-                    [(now, seq) for seq in seqs],
+                    "UPDATE outbox SET delivered_at = ?, payload = ? WHERE seq = ?",
+                    [(now, b"", seq) for seq in seqs],
                 )
                 self._ddb.execute("COMMIT")
             except BaseException:

@@ -178,6 +178,23 @@ async def test_delivers_in_order_and_drains(tmp_path: Path, receiver: ReferenceR
     await outbox.close()
 
 
+async def test_a_delivered_row_keeps_its_key_not_its_payload(
+    tmp_path: Path, receiver: ReferenceReceiver
+) -> None:
+    # The last keep_delivered rows were kept whole: a thousand reports of up to the
+    # supervisor's message size each, gigabytes nothing reads.
+    outbox = Outbox(tmp_path / "outbox.db", receiver, backoff=FAST)
+    outbox.start()
+    for n in range(5):
+        outbox.put(f"k{n}", payload(n))
+    assert await outbox.flush(10)
+    with sqlite3.connect(tmp_path / "outbox.db") as db:
+        rows = db.execute("SELECT key, length(payload) FROM outbox ORDER BY seq").fetchall()
+    assert rows == [(f"k{n}", 0) for n in range(5)]
+    assert not outbox.put("k1", payload(1)), "a delivered key is still known"
+    await outbox.close()
+
+
 async def test_retries_while_down_then_delivers_everything_once(
     tmp_path: Path, receiver: ReferenceReceiver
 ) -> None:
