@@ -86,7 +86,9 @@ _INSERT: Final = (
 # Before _INSERT, when the key is there already: another message under it (a later run
 # of the invocation id) takes the place of the one there, delivered or not, as a new
 # row: a new seq, so a delivery of the old one still on its way marks nothing. The same
-# message again (a commit retried on a new connection) stays a no-op.
+# message again (a commit retried on a new connection) stays a no-op; once delivered,
+# its payload is gone (``_mark_delivered``), so it would be sent again, and the
+# supervisor answers it as the duplicate it is.
 _REPLACE: Final = "DELETE FROM outbox WHERE key = ? AND payload <> ?"
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS outbox (
