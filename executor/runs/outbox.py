@@ -348,7 +348,7 @@ class Outbox:
             self._db.execute("BEGIN")
             try:
                 self._db.executemany(_REPLACE, list(latest.items()))
-                added = self._db.executemany(
+                added: int = self._db.executemany(
                     _INSERT, [self._row(key, payload) for key, payload in latest.items()]
                 ).rowcount
                 self._db.execute("COMMIT")
