@@ -136,7 +136,8 @@ def _describe_clock(atom: Atom) -> str:
     owner = (
         "global timer"
         if atom.type in (EventType.GLOBALTIME, EventType.GLOBALREPEAT)
-        else f"timer of {describe_context(atom)}"
+        # Whatever context a trigger stored before it was refused named: it is the owner's.
+        else "timer of this job"
     )
     if interval:
         return f"the clock reaches {when} and every {interval} s after ({owner})"

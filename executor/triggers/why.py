@@ -202,6 +202,10 @@ class _View:
         kind = atom.context_kind
         if kind is ContextKind.NONE:
             return 0, "no job (a global atom)"
+        if atom.is_timed:
+            # A job's timer fires in its own context, whatever context a trigger stored
+            # before other contexts were refused names.
+            kind = ContextKind.SELF
         if kind is ContextKind.PARENT and not owner.pid:
             return 0, f"no parent: job {owner.job_id} has pid 0"
         if kind is ContextKind.LABEL and atom.context not in self.labels:

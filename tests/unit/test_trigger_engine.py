@@ -606,3 +606,31 @@ async def test_a_stored_trigger_an_older_grammar_took_still_fires_its_other_atom
     fired, _ = await engines(recorder).publish(Event("complete", "job", 5), wait=True)
 
     assert len(fired) == 1
+
+
+async def test_a_stored_time_atom_of_another_context_fires_and_explains_as_its_owners(
+    engines: Engines, tmp_path: Path
+) -> None:
+    # Registered before time atoms had to say `self`: it is still the owner's timer, and
+    # `why` no longer resolves it to a parent the job does not have.
+    now = 1_800_000_000.0
+    engine = engines(Recorder(), start=False, clock=lambda: now)
+    past = int(now) - 946702800 - 60
+    engine.register_job(job(5, (f"dummy-time-self-{past}", "unblock-self")))
+    with sqlite3.connect(tmp_path / "triggers.db") as db:
+        db.execute("UPDATE callbacks SET triggers = ?", (f"dummy-time-parent-{past}",))
+
+    (fired,) = engine.fire_due_timers()
+
+    assert fired.callback.job_id == 5
+    (explained,) = engine.explain(5).callbacks
+    (atom,) = explained.atoms
+    assert atom.job_id == 5
+    assert atom.resolution.startswith("this job: job 5")
+    assert atom.description.endswith("(timer of this job)")
+
+
+def test_a_time_atom_of_another_context_is_refused_at_registration(tmp_path: Path) -> None:
+    engine = engine_at(tmp_path, Recorder())
+    with pytest.raises(InvalidRequestError, match=r"callbacks\[0\]\.triggers: a time event's"):
+        engine.register_job(job(5, ("dummy-time-parent-100", "unblock-self")))

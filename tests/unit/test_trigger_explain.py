@@ -87,10 +87,10 @@ def test_a_plain_chain_of_ands() -> None:
             "the clock reaches 2000-01-01 05:00:00 UTC (Qube time 0) (timer of this job)",
         ),
         (
-            "dummy-repeat-parent-86400-60",
+            "dummy-repeat-self-86400-60",
             (
                 "the clock reaches 2000-01-02 05:00:00 UTC (Qube time 86400) and every 60 s after "
-                "(timer of the parent job)"
+                "(timer of this job)"
             ),
         ),
         (
@@ -174,4 +174,13 @@ def test_a_near_miss_across_pgrps_names_both_pgrps() -> None:
 def test_an_item_outside_the_agenda() -> None:
     assert outside_agenda_reason("9", 12, ["1", "2", "3"]) == (
         "work '9' is not in the agenda of job 12 (1-3): {work} stands for its items only"
+    )
+
+
+def test_a_stored_time_atom_of_another_context_still_reads_as_the_owners_timer() -> None:
+    parsed = parse("dummy-time-parent-100", stored=True)
+    assert isinstance(parsed, Atom)
+    assert parsed.context == "parent"
+    assert describe_atom(parsed) == (
+        "the clock reaches 2000-01-01 05:01:40 UTC (Qube time 100) (timer of this job)"
     )
