@@ -49,6 +49,21 @@ def test_the_jobd_example_reads_as_documented() -> None:
     assert len(lines) == 7
 
 
+@pytest.mark.parametrize(
+    ("trigger", "noted"),
+    [
+        ("complete-job-self", False),
+        ("complete-job-self || done-job-7", False),
+        ("complete-job-self && done-job-7", True),
+        ("complete-job-self || (done-job-7 && done-job-8)", True),
+    ],
+)
+def test_the_and_note_comes_with_an_and_only(trigger: str, noted: bool) -> None:
+    lines = explain(parse(trigger)).splitlines()
+    assert any(line.startswith("note: && remembers") for line in lines) is noted
+    assert any(line.startswith("note: edge-triggered.") for line in lines)
+
+
 def test_an_or_inside_an_and_is_parenthesised_with_either() -> None:
     first = explain(parse("complete-job-self && (done-job-7 || killed-job-parent)")).splitlines()[0]
     assert first == (
