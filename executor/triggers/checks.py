@@ -19,6 +19,10 @@ alone (the universal callbacks at load, when there is no job). What they find:
 * ``label_unnameable``: a label no trigger can name otherwise: characters other than
   ASCII letters, digits, ``_`` and ``.``; all digits (read as a job id); ``self`` or
   ``parent``.
+* ``unknown_code``: a qube callback whose code holds a code string the interpreter does
+  not know (``fly-self``), or none, or too many (``code_checks``): every firing of it
+  would be REJECTED. A warning like the others, not a refusal: a job registered before
+  this check (a supervisor registering it again) keeps its other callbacks.
 
 A registration gets them as warnings; a strict one is refused instead (its own
 callbacks' checks only: a site's universal callbacks are not the submitter's to fix).
@@ -34,6 +38,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
 
+from executor.model import Language
+from executor.runtimes.qube_codes import validate
 from executor.sql import Db
 from executor.triggers.evaluate import DONE_MEANS, JobPlace
 from executor.triggers.explain import compact_names
@@ -50,6 +56,8 @@ from executor.triggers.nodes import (
     render_atom,
 )
 from executor.triggers.parser import is_label
+
+QUBE: Final = Language.QUBE.value
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS trigger_checks (
@@ -79,6 +87,7 @@ class CheckKind(enum.StrEnum):
     LABEL_SPLIT = "label_split"
     PARSE_WARNING = "parse_warning"
     LABEL_UNNAMEABLE = "label_unnameable"
+    UNKNOWN_CODE = "unknown_code"
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +183,22 @@ def static_checks(expr: Expr) -> list[Check]:
                 )
             )
     return found
+
+
+def code_checks(callback_id: int, language: str, code: str) -> list[Check]:
+    """What is wrong with a job's callback's code that can be told before it runs (qube)."""
+    if language != QUBE:
+        return []
+    problem = validate(code)
+    if problem is None:
+        return []
+    return [
+        Check(
+            CheckKind.UNKNOWN_CODE,
+            f"each firing would be REJECTED: {problem}",
+            callback_id=callback_id,
+        )
+    ]
 
 
 def job_checks(owner: JobPlace) -> list[Check]:

@@ -440,6 +440,8 @@ class TriggerEngine:
         found = checks.job_checks(place)
         for spec, expr in specs:
             found += checks.trigger_checks(expr, spec["id"], where, universal=spec["universal"])
+            if not spec["universal"]:  # a universal file's code was checked at its load
+                found += checks.code_checks(spec["id"], spec["language"], spec["code"])
         own = [check for check in found if not check.universal]
         if strict and own:
             problems = "; ".join(check.line() for check in own)
