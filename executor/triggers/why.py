@@ -32,6 +32,7 @@ from executor.triggers.nodes import (
     WILDCARD,
     Atom,
     ContextKind,
+    EventName,
     EventType,
     Expr,
     atoms,
@@ -280,13 +281,17 @@ def _waiting_for(
         words = ", ".join(part for part in (item.resolution, item.state) if part)
         line = f"{item.atom}: {words}" if words else f"{item.atom}: {item.description}"
         if _already(view, found[slot], item.job_id):
-            # Never fired and not latched: the event came before the callback could see it.
-            line += (
-                " (already happened before it could latch: edge-triggered, this waits for the"
-                " next such event; mode level would have latched it at registration)"
-                if mode == EDGE and count == 0
-                else " (already happened; this waits for the next such event)"
-            )
+            if found[slot].name is EventName.SUBMIT:
+                # Nothing submits a job twice: there is no next such event to wait for.
+                line += " (already happened; a job is submitted once, so it will not come again)"
+            elif mode == EDGE and count == 0:
+                # Never fired and not latched: the event came before the callback could see it.
+                line += (
+                    " (already happened before it could latch: edge-triggered, this waits for"
+                    " the next such event; mode level would have latched it at registration)"
+                )
+            else:
+                line += " (already happened; this waits for the next such event)"
         lines.append(line)
     return render(rest), tuple(lines)
 
