@@ -261,7 +261,7 @@ def _atom_problems(atom: Atom, where: Surroundings) -> Iterable[tuple[CheckKind,
     if kind is ContextKind.LABEL:
         yield from _label_problems(atom, where)
     if not _published(atom, where.published):
-        declared = ", ".join(sorted(where.published or ()))
+        declared = _declared(where.published or frozenset())
         yield (
             CheckKind.NEVER_HAPPENS,
             f"the scheduler publishes {declared}: no '{atom.name}-{atom.type}' event will come",
@@ -303,6 +303,32 @@ def _label_problems(atom: Atom, where: Surroundings) -> Iterable[tuple[CheckKind
         pgrp,
         atom.context,
     )
+
+
+def _declared(published: frozenset[str]) -> str:
+    """The declared events, short: names taken for the same types share them.
+
+    ``complete, running-job`` as declared; the embedded farm's 17 ``NAME-TYPE``
+    entries read ``blocked, complete, failed, killed, running (job, subjob, work),
+    removed-job, submit-job``.
+    """
+    types_of: dict[str, set[str]] = {}
+    parts = []
+    for entry in published:
+        name, dash, type_ = entry.partition("-")
+        if dash:
+            types_of.setdefault(name, set()).add(type_)
+        else:
+            parts.append(entry)
+    groups: dict[frozenset[str], list[str]] = {}
+    for name, types in types_of.items():
+        groups.setdefault(frozenset(types), []).append(name)
+    for types, names in groups.items():
+        if len(names) == 1 or len(types) == 1:
+            parts += [f"{name}-{type_}" for name in names for type_ in types]
+        else:
+            parts.append(f"{', '.join(sorted(names))} ({', '.join(sorted(types))})")
+    return ", ".join(sorted(parts))
 
 
 def _published(atom: Atom, published: frozenset[str] | None) -> bool:
