@@ -134,7 +134,10 @@ def format_job(reply: Any) -> str:
         for cb in reply.callbacks:
             source = cb.source.rsplit("/", 1)[-1]
             language = f"{cb.language} ({source})" if cb.universal else cb.language
-            ran = f"{cb.count}" + (f"/{cb.maximum}" if cb.maximum else "")
+            ran = str(cb.count)
+            if cb.maximum:
+                # A {work} callback's maximum is per frame: "2/1" would read as an overrun.
+                ran += f" (max {cb.maximum} per frame)" if cb.per_work_item else f"/{cb.maximum}"
             rows.append((str(cb.id), language, cb.triggers, ran, _latches(cb.triggers, cb.latches)))
         lines.append(_table(rows, indent="  "))
         lines.append(f"  (what each waits for and why: cbexec triggers why {job.id})")

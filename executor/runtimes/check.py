@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from executor.model import Language
-from executor.runtimes.qube import validate
+from executor.runtimes.qube_codes import validate
 
 
 def check_source(language: str, code: str, path: Path) -> str | None:

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -60,43 +59,19 @@ from executor.runtimes.mail import (
     message_id,
     render,
 )
+from executor.runtimes.qube_codes import (
+    JOB_CODES,
+    SUBJOB_CODES,
+    UNBLOCK_SUBJOB_SINGLE,
+    WORK_CODES,
+    split_codes,
+    validate,
+)
 from executor.sandbox.capture import CapturedStream
 
 logger = logging.getLogger(__name__)
 
-JOB_CODES: Final[dict[str, str]] = {
-    f"{verb}-self": verb
-    for verb in (
-        "unblock",
-        "block",
-        "fail",
-        "kill",
-        "migrate",
-        "preempt",
-        "interrupt",
-        "suspend",
-        "resume",
-    )
-}
-WORK_CODES: Final[dict[str, str]] = {
-    f"{verb}-work-self": verb
-    for verb in ("block", "unblock", "kill", "retry", "requeue", "complete", "fail")
-}
-SUBJOB_CODES: Final[dict[str, str]] = {
-    f"{verb}-subjob-self": verb
-    for verb in (
-        "unblock",
-        "block",
-        "fail",
-        "kill",
-        "migrate",
-        "preempt",
-        "interrupt",
-        "suspend",
-        "resume",
-    )
-}
-UNBLOCK_SUBJOB_SINGLE: Final = "unblock-subjob-self-single"
+# The template each mail code string (qube_codes.MAIL_CODES) renders.
 MAIL_CODES: Final[dict[str, MailKind]] = {
     "mail-status": "job",
     "mail-subjob-status": "subjob",
@@ -109,54 +84,6 @@ MAIL_CUT_SHORT: Final = (
 )
 # A callback in the ``mail`` language: no code string, it runs as this one step.
 MAIL_LANGUAGE: Final = "mail"
-#: Every code string the interpreter knows, in the order of qube-callbacks.md §2.
-CODE_STRINGS: Final[tuple[str, ...]] = (
-    *JOB_CODES,
-    *WORK_CODES,
-    *SUBJOB_CODES,
-    UNBLOCK_SUBJOB_SINGLE,
-    *MAIL_CODES,
-)
-
-_SEPARATORS = re.compile(r"[;\n]")
-# More is a loop, not a callback: 12,000 mail-status parts would mail 10,000 times.
-MAX_CODE_STRINGS: Final = 64
-
-
-# An error quotes at most this many unknown code strings, each cut to EXCERPT_CHARS.
-MAX_QUOTED: Final = 3
-EXCERPT_CHARS: Final = 40
-
-
-def _excerpt(part: str) -> str:
-    """``part`` quoted for an error: printable (escaped) and at most EXCERPT_CHARS long."""
-    return ascii(part[:EXCERPT_CHARS]) + ("..." if len(part) > EXCERPT_CHARS else "")
-
-
-def split_codes(code: str) -> list[str]:
-    """The code strings of a qube callback, in order (see the module docstring)."""
-    parts = (part.strip().lower() for part in _SEPARATORS.split(code.strip()))
-    return [part for part in parts if part and not part.startswith("#")]
-
-
-def validate(code: str) -> str | None:
-    """None when every code string is known; otherwise why not, listing the valid ones."""
-    parts = split_codes(code)
-    valid = ", ".join(CODE_STRINGS)
-    if not parts:
-        return f"the qube callback has no code string; expected one of: {valid}"
-    if len(parts) > MAX_CODE_STRINGS:
-        return (
-            f"the qube callback has {len(parts)} code strings; at most {MAX_CODE_STRINGS} "
-            "run in one callback"
-        )
-    unknown = [part for part in parts if part not in CODE_STRINGS]
-    if unknown:
-        # The errors reach logs, the dashboard and RPC callers: quote a little, not the file.
-        listed = ", ".join(_excerpt(part) for part in unknown[:MAX_QUOTED])
-        more = f" and {len(unknown) - MAX_QUOTED} more" if len(unknown) > MAX_QUOTED else ""
-        return f"unknown qube code string {listed}{more}; expected one of: {valid}"
-    return None
 
 
 def _mail_kind(invocation: Invocation) -> MailKind:

@@ -19,6 +19,10 @@ alone (the universal callbacks at load, when there is no job). What they find:
 * ``label_unnameable``: a label no trigger can name otherwise: characters other than
   ASCII letters, digits, ``_`` and ``.``; all digits (read as a job id); ``self`` or
   ``parent``.
+* ``unknown_code``: a qube callback whose code holds a code string the interpreter does
+  not know (``fly-self``), or none, or too many (``code_checks``): every firing of it
+  would be REJECTED. A warning like the others, not a refusal: a job registered before
+  this check (a supervisor registering it again) keeps its other callbacks.
 
 A registration gets them as warnings; a strict one is refused instead (its own
 callbacks' checks only: a site's universal callbacks are not the submitter's to fix).
@@ -34,6 +38,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
 
+from executor.model import Language
+from executor.runtimes.qube_codes import validate
 from executor.sql import Db
 from executor.triggers.evaluate import DONE_MEANS, JobPlace
 from executor.triggers.explain import compact_names
@@ -50,6 +56,8 @@ from executor.triggers.nodes import (
     render_atom,
 )
 from executor.triggers.parser import is_label
+
+QUBE: Final = Language.QUBE.value
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS trigger_checks (
@@ -79,6 +87,7 @@ class CheckKind(enum.StrEnum):
     LABEL_SPLIT = "label_split"
     PARSE_WARNING = "parse_warning"
     LABEL_UNNAMEABLE = "label_unnameable"
+    UNKNOWN_CODE = "unknown_code"
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +185,22 @@ def static_checks(expr: Expr) -> list[Check]:
     return found
 
 
+def code_checks(callback_id: int, language: str, code: str) -> list[Check]:
+    """What is wrong with a job's callback's code that can be told before it runs (qube)."""
+    if language != QUBE:
+        return []
+    problem = validate(code)
+    if problem is None:
+        return []
+    return [
+        Check(
+            CheckKind.UNKNOWN_CODE,
+            f"each firing would be REJECTED: {problem}",
+            callback_id=callback_id,
+        )
+    ]
+
+
 def job_checks(owner: JobPlace) -> list[Check]:
     """What is wrong with the job itself: a label the grammar cannot name."""
     label = owner.label
@@ -236,7 +261,7 @@ def _atom_problems(atom: Atom, where: Surroundings) -> Iterable[tuple[CheckKind,
     if kind is ContextKind.LABEL:
         yield from _label_problems(atom, where)
     if not _published(atom, where.published):
-        declared = ", ".join(sorted(where.published or ()))
+        declared = _declared(where.published or frozenset())
         yield (
             CheckKind.NEVER_HAPPENS,
             f"the scheduler publishes {declared}: no '{atom.name}-{atom.type}' event will come",
@@ -278,6 +303,32 @@ def _label_problems(atom: Atom, where: Surroundings) -> Iterable[tuple[CheckKind
         pgrp,
         atom.context,
     )
+
+
+def _declared(published: frozenset[str]) -> str:
+    """The declared events, short: names taken for the same types share them.
+
+    ``complete, running-job`` as declared; the embedded farm's 17 ``NAME-TYPE``
+    entries read ``blocked, complete, failed, killed, running (job, subjob, work),
+    removed-job, submit-job``.
+    """
+    types_of: dict[str, set[str]] = {}
+    parts = []
+    for entry in published:
+        name, dash, type_ = entry.partition("-")
+        if dash:
+            types_of.setdefault(name, set()).add(type_)
+        else:
+            parts.append(entry)
+    groups: dict[frozenset[str], list[str]] = {}
+    for name, types in types_of.items():
+        groups.setdefault(frozenset(types), []).append(name)
+    for types, names in groups.items():
+        if len(names) == 1 or len(types) == 1:
+            parts += [f"{name}-{type_}" for name in names for type_ in types]
+        else:
+            parts.append(f"{', '.join(sorted(names))} ({', '.join(sorted(types))})")
+    return ", ".join(sorted(parts))
 
 
 def _published(atom: Atom, published: frozenset[str] | None) -> bool:

@@ -13,6 +13,10 @@ Semantics (documented in the README; every decision is one of evaluate's functio
   count and firing per work item of its job (decide.py).
 - Firing increments ``count``, honours ``maximum`` (0 = unlimited) and resets every latch
   of the callback (of the work item), so it can fire again on new events.
+- Clock atoms are timers (``timers`` table). A callback that can fire no more (spent:
+  ``maximum`` reached, for ``{work}`` by every item of its agenda) has its timers
+  dropped: a spent repeat is no longer ticked, so it writes no journal entry per
+  interval. Registering the job again schedules them again (a raised ``maximum``).
 - The callback runs in the context of the event that completed its trigger: that
   event's work item (``qb.workid()``; for ``{work}``, the item that fired) and instance
   (``qb.subid()``).
@@ -57,6 +61,7 @@ from executor.triggers.evaluate import (
     clock_event,
     event_keys,
     next_fire,
+    spent,
 )
 from executor.triggers.firings import FiringWorker
 from executor.triggers.group_commit import GroupCommit
@@ -111,6 +116,13 @@ def _checked(expression: str) -> triggers.Expr:
 def trigger_warnings(expression: str) -> list[str]:
     """The checks a trigger alone can fail (a universal callback's, at load), as lines."""
     return [f"{check.atom}: {check.message}" for check in checks.static_checks(_parsed(expression))]
+
+
+def _spent(db: Db, cb: StoredCallback, expr: triggers.Expr) -> bool:
+    """Whether a callback can fire no more (a ``{work}`` one: every item of its agenda)."""
+    if per_work(expr):
+        return items.all_spent(db, cb.rowid, cb.job_id, cb.maximum, len(triggers.atoms(expr)))
+    return spent(cb.count, cb.maximum)
 
 
 def _iso(unix_s: float) -> str:
@@ -428,6 +440,8 @@ class TriggerEngine:
         found = checks.job_checks(place)
         for spec, expr in specs:
             found += checks.trigger_checks(expr, spec["id"], where, universal=spec["universal"])
+            if not spec["universal"]:  # a universal file's code was checked at its load
+                found += checks.code_checks(spec["id"], spec["language"], spec["code"])
         own = [check for check in found if not check.universal]
         if strict and own:
             problems = "; ".join(check.line() for check in own)
@@ -845,7 +859,14 @@ class TriggerEngine:
                 cb = TriggerStore.load_callbacks(db, [rowid])
                 if not cb:
                     continue
-                atom = triggers.atoms(_parsed(cb[0].triggers))[slot]
+                expr = _parsed(cb[0].triggers)
+                if _spent(db, cb[0], expr):
+                    # Spent by an event since its last tick: its clock stops unseen. A
+                    # "maximum reached" entry per tick, for as long as the job lives,
+                    # would push the entries of its firings out of the journal.
+                    TriggerStore.drop_timers(db, rowid)
+                    continue
+                atom = triggers.atoms(expr)[slot]
                 TriggerStore.reschedule_timer(
                     db, rowid, slot, next_fire(atom, now, last_fired_unix=now)
                 )
@@ -859,6 +880,10 @@ class TriggerEngine:
                 journal.append(db, decider.decision.entries, self._journal)
                 fired_all.extend(decider.decision.fired)
                 batches.append(decider.decision.firings)
+                if decider.decision.fired and _spent(
+                    db, TriggerStore.load_callbacks(db, [rowid])[0], expr
+                ):
+                    TriggerStore.drop_timers(db, rowid)  # the firing that spent it
         self.stats.callbacks_fired += len(fired_all)
         for firings in batches:
             self._firings.add(firings)

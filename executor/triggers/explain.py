@@ -16,6 +16,7 @@ from executor.triggers.evaluate import JobPlace, qube_to_unix
 from executor.triggers.nodes import (
     PLACEHOLDER,
     WILDCARD,
+    And,
     Atom,
     ContextKind,
     EventName,
@@ -42,17 +43,15 @@ _VERBS: Final[dict[EventName, str]] = {
     EventName.DUMMY: "reaches its time",
 }
 
-_EDGE_NOTES: Final = (
-    (
-        "note: edge-triggered. An atom latches when its event happens after the callback is "
-        "registered; an event that already happened (a job that completed earlier) is never "
-        "seen again. A time atom whose time is already past when the callback is "
-        "registered latches at once."
-    ),
-    (
-        "note: && remembers events that happen at different moments; the latches reset when "
-        "the callback fires."
-    ),
+_EDGE_NOTE: Final = (
+    "note: edge-triggered. An atom latches when its event happens after the callback is "
+    "registered; an event that already happened (a job that completed earlier) is never "
+    "seen again. A time atom whose time is already past when the callback is "
+    "registered latches at once."
+)
+_AND_NOTE: Final = (
+    "note: && remembers events that happen at different moments; the latches reset when "
+    "the callback fires."
 )
 _WILDCARD_NOTE: Final = "note: a '*' atom latches once, on any item, not once per item."
 _PER_WORK_NOTE: Final = (
@@ -73,12 +72,20 @@ def explain(expr: Expr) -> str:
     for slot, atom in enumerate(found):
         lines.append(f"  [{slot}] {render_atom(atom)}  ->  {describe_atom(atom)}")
         lines.extend(f"      warning: {warning}" for warning in atom.warnings)
-    lines.extend(_EDGE_NOTES)
+    lines.append(_EDGE_NOTE)
+    if _has_and(expr):
+        lines.append(_AND_NOTE)
     if any(atom.extra == WILDCARD for atom in found):
         lines.append(_WILDCARD_NOTE)
     if any(atom.per_work for atom in found):
         lines.append(_PER_WORK_NOTE)
     return "\n".join(lines)
+
+
+def _has_and(expr: Expr) -> bool:
+    if isinstance(expr, Atom):
+        return False
+    return isinstance(expr, And) or any(_has_and(term) for term in expr.terms)
 
 
 def _describe(expr: Expr) -> str:
@@ -136,7 +143,8 @@ def _describe_clock(atom: Atom) -> str:
     owner = (
         "global timer"
         if atom.type in (EventType.GLOBALTIME, EventType.GLOBALREPEAT)
-        else f"timer of {describe_context(atom)}"
+        # Whatever context a trigger stored before it was refused named: it is the owner's.
+        else "timer of this job"
     )
     if interval:
         return f"the clock reaches {when} and every {interval} s after ({owner})"

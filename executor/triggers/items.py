@@ -110,3 +110,24 @@ def save(db: Db, rowid: int, work_name: str, work: WorkState) -> None:
             marks_to_json(work.latched_by),
         ),
     )
+
+
+def all_spent(db: Db, rowid: int, job_id: int, maximum: int, size: int) -> bool:
+    """Whether every item of the job's registered agenda has fired ``maximum`` times.
+
+    False without a maximum or without a registered agenda: an item events have not
+    named yet may still fire.
+    """
+    if maximum <= 0:
+        return False
+    names = [
+        str(row[0])
+        for row in db.execute(
+            "SELECT item FROM known_states WHERE job_id = ? AND type = 'work' AND position >= 0",
+            (job_id,),
+        )
+    ]
+    if not names:
+        return False
+    counts = {name: work.count for name, work in held(db, rowid, size).items()}
+    return all(counts.get(name, 0) >= maximum for name in names)

@@ -34,6 +34,10 @@ Choices where Qube's documentation is silent or unclear:
 * ``subjob`` needs an instance id (non-negative int32) or ``*``; ``work`` a work
   name or ``*``; ``host`` a host name or ``*``. Work and host names are any run of
   characters the lexer leaves in an atom (no whitespace, ``&``, ``|``, parentheses).
+* A ``time`` or ``repeat`` atom's context is ``self``: it is the owning job's timer and
+  fires in that job's context. Qube documents only ``dummy-time-self-<T>``; ``parent``,
+  a job id or a label would read as another job's clock, which nothing runs, so they
+  are refused (a trigger stored before this rule keeps firing as its owner's timer).
 * ``<T>`` is an absolute Qube time (seconds since the Qube epoch), as in Qube's
   delayed-start example, not a time of day; repeat intervals are positive seconds.
 * Job ids, subjob ids, times and intervals are stored canonically (``007`` → ``7``).
@@ -270,6 +274,20 @@ class _AtomParser:
         if not context_text:
             self._fail("missing context", offsets[2], EXPECT_CONTEXT)
         context = self._context(context_text, offsets[2])
+        if timed and context != "self" and not self._stored:
+            # A time atom is the owning job's own timer and fires in its context: another
+            # context would be read as naming that job's clock, which does not exist.
+            own, jobless = (
+                ("<T>", EventType.GLOBALTIME)
+                if type_ is EventType.TIME
+                else ("<T>-<interval>", EventType.GLOBALREPEAT)
+            )
+            self._fail(
+                f"a {type_} event's context is 'self', not {_quoted(context_text)}",
+                offsets[2],
+                f"'{name}-{type_}-self-{own}' (the job's own timer, fired in its context), "
+                f"or '{_global_form(jobless)}'",
+            )
 
         warnings: list[str] = []
         if timed and name is not EventName.DUMMY:

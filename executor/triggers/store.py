@@ -798,6 +798,11 @@ class TriggerStore:
         ]
 
     @staticmethod
+    def drop_timers(db: Db, rowid: int) -> None:
+        """Stop every clock atom of a callback (spent: it can fire no more)."""
+        db.execute("DELETE FROM timers WHERE callback_rowid = ?", (rowid,))
+
+    @staticmethod
     def reschedule_timer(db: Db, rowid: int, slot: int, due: float | None) -> None:
         if due is None:
             db.execute("DELETE FROM timers WHERE callback_rowid = ? AND slot = ?", (rowid, slot))

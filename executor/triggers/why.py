@@ -32,6 +32,7 @@ from executor.triggers.nodes import (
     WILDCARD,
     Atom,
     ContextKind,
+    EventName,
     EventType,
     Expr,
     atoms,
@@ -202,6 +203,10 @@ class _View:
         kind = atom.context_kind
         if kind is ContextKind.NONE:
             return 0, "no job (a global atom)"
+        if atom.is_timed:
+            # A job's timer fires in its own context, whatever context a trigger stored
+            # before other contexts were refused names.
+            kind = ContextKind.SELF
         if kind is ContextKind.PARENT and not owner.pid:
             return 0, f"no parent: job {owner.job_id} has pid 0"
         if kind is ContextKind.LABEL and atom.context not in self.labels:
@@ -276,13 +281,17 @@ def _waiting_for(
         words = ", ".join(part for part in (item.resolution, item.state) if part)
         line = f"{item.atom}: {words}" if words else f"{item.atom}: {item.description}"
         if _already(view, found[slot], item.job_id):
-            # Never fired and not latched: the event came before the callback could see it.
-            line += (
-                " (already happened before it could latch: edge-triggered, this waits for the"
-                " next such event; mode level would have latched it at registration)"
-                if mode == EDGE and count == 0
-                else " (already happened; this waits for the next such event)"
-            )
+            if found[slot].name is EventName.SUBMIT:
+                # Nothing submits a job twice: there is no next such event to wait for.
+                line += " (already happened; a job is submitted once, so it will not come again)"
+            elif mode == EDGE and count == 0:
+                # Never fired and not latched: the event came before the callback could see it.
+                line += (
+                    " (already happened before it could latch: edge-triggered, this waits for"
+                    " the next such event; mode level would have latched it at registration)"
+                )
+            else:
+                line += " (already happened; this waits for the next such event)"
         lines.append(line)
     return render(rest), tuple(lines)
 

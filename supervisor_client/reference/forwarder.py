@@ -23,7 +23,7 @@ import grpc
 from supervisor_client.jobdict import job_from_dict
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 from supervisor_client.reference.errors import NoSuchJobError
-from supervisor_client.reference.states import Transition
+from supervisor_client.reference.states import PUBLISHED_EVENTS, Transition
 from supervisor_client.reference.store import ReferenceSupervisor
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,11 @@ class EventForwarder:
             job = self._supervisor.job(job_id, include_callbacks=True)
         except NoSuchJobError:
             return False
-        await self._stub.RegisterJob(executor_pb2.RegisterJobRequest(job=job_from_dict(job)))
+        await self._stub.RegisterJob(
+            executor_pb2.RegisterJobRequest(
+                job=job_from_dict(job), published_events=sorted(PUBLISHED_EVENTS)
+            )
+        )
         return True
 
     async def _registered(self, job_id: int) -> bool:

@@ -62,6 +62,22 @@ _EVENT_BY_STATUS: Final[Mapping[str, str]] = MappingProxyType(
 )
 
 
+#: What this supervisor publishes, as RegisterJob's ``published_events`` takes them
+#: (NAME-TYPE), declared with each job it registers so that the trigger engine warns
+#: about a trigger on anything else ("never happens"): the events of the states its
+#: rules, workers and submissions move jobs, work items and instances into, and a
+#: job's submit and removed. Never waiting (nothing moves anything there), assigned,
+#: modified, timeout or a host event.
+PUBLISHED_EVENTS: Final = frozenset(
+    {
+        f"{name}-{kind}"
+        for name in ("complete", "failed", "killed", "blocked", "running")
+        for kind in ("job", "work", "subjob")
+    }
+    | {"submit-job", "removed-job"}
+)
+
+
 def is_terminal(status: str) -> bool:
     """True for complete, failed and killed: the states only retry/requeue leave."""
     return status in TERMINAL

@@ -69,6 +69,60 @@ async def test_submit_prints_what_the_checks_found_in_the_callbacks(
     assert warnings[0].startswith("warning: job 3 callback 1: complete-job-rendr: label 'rendr'")
 
 
+async def test_submit_warns_of_a_trigger_on_an_event_the_farm_never_raises(
+    stack_warm: Stack, tmp_path: Path
+) -> None:
+    # Qube's agenda_timelimit pattern: the farm raises no timeout, so it would wait for ever.
+    jobs = tmp_path / "tmo.json"
+    jobs.write_text(
+        json.dumps(
+            {
+                "name": "tmo",
+                "agenda": ["1"],
+                "callbacks": [
+                    {"triggers": "timeout-work-self-*", "language": "qube", "code": "fail-self"},
+                    {"triggers": "done-work-self-*", "language": "qube", "code": "fail-self"},
+                ],
+            }
+        )
+    )
+    said = await cbexec("farm", "submit", str(jobs), address=stack_warm.address)
+
+    assert said.code == 0, said.err
+    warnings = [line for line in said.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, said.err
+    assert warnings[0].startswith("warning: job 1 callback 1: timeout-work-self-*: the scheduler")
+    assert "no 'timeout-work' event will come" in warnings[0]
+
+
+async def test_submit_and_why_tell_of_a_qube_code_string_that_is_none(
+    stack_warm: Stack, tmp_path: Path
+) -> None:
+    jobs = tmp_path / "fly.json"
+    jobs.write_text(
+        json.dumps(
+            {
+                "name": "fly",
+                "callbacks": [
+                    {"triggers": "complete-job-self", "language": "qube", "code": "fly-self"}
+                ],
+            }
+        )
+    )
+    said = await cbexec("farm", "submit", str(jobs), address=stack_warm.address)
+
+    assert said.code == 0, said.err
+    warnings = [line for line in said.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, said.err
+    assert warnings[0].startswith(
+        "warning: job 1 callback 1: each firing would be REJECTED: "
+        "unknown qube code string 'fly-self'; expected one of: unblock-self,"
+    )
+    why = await cbexec("triggers", "why", "1", address=stack_warm.address)
+    assert "callback 1: each firing would be REJECTED: " in why.out
+    assert why.out.count("[unknown code]") == 1
+
+
 async def test_a_submission_script_gets_qb_and_its_arguments(
     stack_warm: Stack, tmp_path: Path
 ) -> None:

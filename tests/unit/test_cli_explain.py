@@ -9,11 +9,12 @@ import pytest
 from executor.api.explanations import explanation_message, journal_message
 from executor.api.triggers import TriggerServicer
 from executor.cli.explain import format_dry_run, format_explanation
+from executor.cli.farm import format_job
 from executor.cli.triggers import parse_target
 from executor.errors import ConfigError
 from executor.model import Event
 from supervisor_client.client import as_plain
-from supervisor_client.qbcallback.v1 import executor_pb2
+from supervisor_client.qbcallback.v1 import executor_pb2, farm_pb2, types_pb2
 from tests.helpers.trigger_engines import Engines, Recorder
 
 pytestmark = pytest.mark.unit
@@ -122,3 +123,28 @@ def test_every_trigger_rpc_is_served() -> None:
     service = executor_pb2.DESCRIPTOR.services_by_name["TriggerService"]
     for method in service.methods:
         assert callable(getattr(TriggerServicer, method.name, None)), method.name
+
+
+def test_farm_show_gives_a_work_callbacks_maximum_per_frame() -> None:
+    # "2/1" for a {work} callback that fired once on each of two frames read as an overrun.
+    reply = farm_pb2.GetJobResponse(
+        job=types_pb2.Job(id=4, name="comp"),
+        callbacks=[
+            executor_pb2.RegisteredCallback(
+                id=1,
+                language="qube",
+                triggers="complete-work-self-{work}",
+                count=2,
+                maximum=1,
+                latches=[False],
+                per_work_item=True,
+            ),
+            executor_pb2.RegisteredCallback(
+                id=2, language="qube", triggers="done-job-self", count=1, maximum=3, latches=[False]
+            ),
+        ],
+    )
+    shown = format_job(reply)
+    assert " 2 (max 1 per frame) " in shown
+    assert " 1/3 " in shown
+    assert "2/1" not in shown

@@ -221,11 +221,39 @@ async def test_published_events_must_be_events(
 async def test_declared_events_check_the_atoms(engines: Engines) -> None:
     triggers = TriggerServicer(engines(Recorder()))
     request = executor_pb2.RegisterJobRequest(
-        job=job_from_dict(job(3, ("complete-job-self || running-work-self-*", "x"))),
+        job=job_from_dict(job(3, ("complete-job-self || running-work-self-*", "unblock-self"))),
         published_events=["complete", " running-job ", ""],
     )
     reply = await triggers.RegisterJob(request, context())
     assert [w.atom for w in reply.warnings] == ["running-work-self-*"]
+
+
+async def test_a_qube_code_string_no_one_knows_is_a_check_at_registration(
+    engines: Engines,
+) -> None:
+    # It was only REJECTED when it fired; .qcb files were checked at load already.
+    triggers = TriggerServicer(engines(Recorder()))
+    callbacks = [
+        {"triggers": "complete-job-self", "language": "qube", "code": "fly-self"},
+        {"triggers": "complete-job-self", "language": "qube", "code": "unblock-self; mail-status"},
+        {"triggers": "complete-job-self", "language": "python", "code": "fly-self"},
+        {"triggers": "complete-job-self", "language": "mail"},
+    ]
+    wire = job_from_dict({"id": 3, "user": "a", "callbacks": callbacks})
+    reply = await triggers.RegisterJob(executor_pb2.RegisterJobRequest(job=wire), context())
+    (warning,) = reply.warnings
+    assert warning.kind == executor_pb2.TRIGGER_CHECK_KIND_UNKNOWN_CODE
+    assert warning.callback_id == 1
+    assert warning.message.startswith(
+        "each firing would be REJECTED: unknown qube code string 'fly-self'; "
+        "expected one of: unblock-self, "
+    )
+
+    strict = executor_pb2.RegisterJobRequest(job=wire, strict=True)
+    with pytest.raises(Aborted) as refused:
+        await triggers.RegisterJob(strict, context())
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "callback 1: each firing would be REJECTED" in refused.value.details
 
 
 # -- cbexec triggers check (5) -------------------------------------------------------------

@@ -17,15 +17,10 @@ import pytest
 from executor.errors import HostCallError
 from executor.host_api import CUT_SHORT, HostApi
 from executor.model import Outcome, RunResult
+from executor.runtimes import qube_codes
 from executor.runtimes.mail import Mailer, MailSettings
-from executor.runtimes.qube import (
-    CODE_STRINGS,
-    JOB_CODES,
-    MAIL_CUT_SHORT,
-    QubeInterpreter,
-    split_codes,
-    validate,
-)
+from executor.runtimes.qube import MAIL_CODES, MAIL_CUT_SHORT, QubeInterpreter
+from executor.runtimes.qube_codes import CODE_STRINGS, JOB_CODES, split_codes, validate
 from supervisor_client.reference import ReferenceSupervisor
 from tests.helpers.supervisor_port import LIMITS, ReferencePort, invocation_for
 
@@ -102,6 +97,10 @@ def test_code_strings_cover_the_documented_table() -> None:
         "mail-report-status",
     ):
         assert code in CODE_STRINGS
+
+
+def test_every_mail_code_string_has_its_template() -> None:
+    assert tuple(MAIL_CODES) == qube_codes.MAIL_CODES
 
 
 def test_validate_lists_the_valid_code_strings() -> None:

@@ -20,6 +20,13 @@ from supervisor_client.reference import (
     Transition,
 )
 from supervisor_client.reference import store as reference_store
+from supervisor_client.reference.states import (
+    JOB_RULES,
+    PUBLISHED_EVENTS,
+    SUBJOB_RULES,
+    WORK_RULES,
+    event_name,
+)
 from tests.helpers.clock import Clock
 
 pytestmark = pytest.mark.unit
@@ -1080,3 +1087,18 @@ def test_a_database_from_before_the_passive_preempt_gets_its_column(tmp_path: Pa
         sup.start_work(job_id, "1")
         assert sup.job_action("preempt", job_id, "alice").changed == 1
         assert sup.preempted_job_ids() == {job_id}
+
+
+def test_the_declared_events_are_those_the_state_rules_raise() -> None:
+    # Declared with each registration (the trigger engine's never-happens check), so a
+    # missing one would warn about a trigger that does fire, and an extra one hide one
+    # that never can (the README lists waiting among the events the farm never raises).
+    raised = {
+        f"{event_name(rule.target)}-{kind}"
+        for kind, rules in (("job", JOB_RULES), ("work", WORK_RULES), ("subjob", SUBJOB_RULES))
+        for rule in rules.values()
+        if rule.target is not None and event_name(rule.target) is not None
+    }
+    started = {"running-job", "running-work", "running-subjob"}  # a worker takes a frame
+    assert raised | started | {"submit-job", "removed-job"} == PUBLISHED_EVENTS
+    assert not any(event.startswith("waiting-") for event in PUBLISHED_EVENTS)

@@ -93,6 +93,21 @@ def test_an_event_the_scheduler_does_not_publish() -> None:
     assert [kind for kind, _ in found("running-work-self-*", per_type)] == [CheckKind.NEVER_HAPPENS]
 
 
+def test_the_declared_events_are_named_shortly() -> None:
+    # The embedded farm declares 17 NAME-TYPE entries; listed one by one they hid the point.
+    farm = frozenset(
+        {f"{n}-{t}" for n in ("complete", "running") for t in ("job", "work")} | {"submit-job"}
+    )
+    declared = Surroundings(OWNER, AROUND.labels, AROUND.agendas, farm)
+    assert found("timeout-work-self-*", declared) == [
+        (
+            CheckKind.NEVER_HAPPENS,
+            "the scheduler publishes complete, running (job, work), submit-job: "
+            "no 'timeout-work' event will come",
+        )
+    ]
+
+
 def test_an_extra_on_a_job_atom_is_reported_as_the_parser_warned() -> None:
     assert found("failed-job-self-*") == [
         (

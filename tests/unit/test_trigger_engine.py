@@ -12,6 +12,7 @@ import pytest
 from executor.errors import CapacityError, InvalidRequestError, NotFoundError, UnavailableError
 from executor.model import Event, Outcome
 from executor.triggers.engine import TriggerEngine, check_trigger
+from executor.triggers.journal import EntryKind
 from executor.triggers.universal import (
     LAST_GOOD_NAME,
     UniversalCallback,
@@ -367,6 +368,86 @@ async def test_a_timer_firing_runs_with_the_event_stored_with_it(engines: Engine
     assert recorder.runs[0].event == expected
 
 
+def _repeat_job(start: int, maximum: int, trigger: str = "") -> dict[str, object]:
+    triggers = trigger or f"dummy-repeat-self-{start}-60"
+    return {
+        "id": 6,
+        "user": "a",
+        "callbacks": [{"triggers": triggers, "language": "qube", "code": "x", "maximum": maximum}],
+    }
+
+
+async def test_a_repeat_that_reached_its_maximum_is_no_longer_ticked(engines: Engines) -> None:
+    recorder = Recorder()
+    now = [1_800_000_000.0]
+    engine = engines(recorder, start=False, clock=lambda: now[0])
+    engine.register_job(_repeat_job(int(now[0]) - 946702800, maximum=2))
+    fired = []
+    for _ in range(30):  # more ticks than the journal keeps entries
+        fired += engine.fire_due_timers()
+        now[0] += 60
+    assert len(fired) == 2
+    assert engine._store.next_timer_due() is None
+    (explained,) = engine.explain(6, journal_limit=100).callbacks
+    assert explained.spent
+    assert [entry.kind for entry in explained.journal] == [EntryKind.FIRED, EntryKind.FIRED]
+
+
+async def test_a_repeat_spent_by_an_event_stops_at_its_next_tick_unrecorded(
+    engines: Engines,
+) -> None:
+    recorder = Recorder()
+    now = [1_800_000_000.0]
+    engine = engines(recorder, start=False, clock=lambda: now[0])
+    start = int(now[0]) - 946702800
+    engine.register_job(_repeat_job(start, 1, f"dummy-repeat-self-{start}-60 && complete-job-self"))
+    assert engine.fire_due_timers() == []  # latches the repeat
+    fired, _ = await engine.publish(Event("complete", "job", 6), wait=False)
+    assert len(fired) == 1
+    now[0] += 60
+    assert engine.fire_due_timers() == []
+    assert engine._store.next_timer_due() is None
+    (explained,) = engine.explain(6).callbacks
+    assert [entry.kind for entry in explained.journal] == [EntryKind.MATCHED, EntryKind.FIRED]
+
+
+async def test_a_spent_repeat_registered_again_with_a_higher_maximum_ticks_again(
+    engines: Engines,
+) -> None:
+    recorder = Recorder()
+    now = [1_800_000_000.0]
+    engine = engines(recorder, start=False, clock=lambda: now[0])
+    start = int(now[0]) - 946702800
+    engine.register_job(_repeat_job(start, maximum=1))
+    assert len(engine.fire_due_timers()) == 1
+    engine.register_job(_repeat_job(start, maximum=1))  # unchanged: still spent
+    now[0] += 60
+    assert engine.fire_due_timers() == []
+    assert engine._store.next_timer_due() is None
+    engine.register_job(_repeat_job(start, maximum=2))
+    assert len(engine.fire_due_timers()) == 1
+    assert engine._store.next_timer_due() is None
+
+
+async def test_a_work_repeat_stops_once_every_agenda_item_is_spent(engines: Engines) -> None:
+    recorder = Recorder()
+    now = [1_800_000_000.0]
+    engine = engines(recorder, start=False, clock=lambda: now[0])
+    start = int(now[0]) - 946702800
+    job_dict = _repeat_job(start, 1, f"dummy-repeat-self-{start}-60 && complete-work-self-{{work}}")
+    job_dict["agenda"] = [{"name": "1"}, {"name": "2"}]
+    engine.register_job(job_dict)
+    engine.fire_due_timers()
+    await engine.publish(Event("complete", "work", 6, work_name="1"), wait=False)
+    now[0] += 60
+    engine.fire_due_timers()
+    assert engine._store.next_timer_due() is not None  # item 2 may still fire
+    await engine.publish(Event("complete", "work", 6, work_name="2"), wait=False)
+    now[0] += 60
+    engine.fire_due_timers()
+    assert engine._store.next_timer_due() is None
+
+
 # -- the firing worker ----------------------------------------------------------------------
 
 
@@ -525,3 +606,31 @@ async def test_a_stored_trigger_an_older_grammar_took_still_fires_its_other_atom
     fired, _ = await engines(recorder).publish(Event("complete", "job", 5), wait=True)
 
     assert len(fired) == 1
+
+
+async def test_a_stored_time_atom_of_another_context_fires_and_explains_as_its_owners(
+    engines: Engines, tmp_path: Path
+) -> None:
+    # Registered before time atoms had to say `self`: it is still the owner's timer, and
+    # `why` no longer resolves it to a parent the job does not have.
+    now = 1_800_000_000.0
+    engine = engines(Recorder(), start=False, clock=lambda: now)
+    past = int(now) - 946702800 - 60
+    engine.register_job(job(5, (f"dummy-time-self-{past}", "unblock-self")))
+    with sqlite3.connect(tmp_path / "triggers.db") as db:
+        db.execute("UPDATE callbacks SET triggers = ?", (f"dummy-time-parent-{past}",))
+
+    (fired,) = engine.fire_due_timers()
+
+    assert fired.callback.job_id == 5
+    (explained,) = engine.explain(5).callbacks
+    (atom,) = explained.atoms
+    assert atom.job_id == 5
+    assert atom.resolution.startswith("this job: job 5")
+    assert atom.description.endswith("(timer of this job)")
+
+
+def test_a_time_atom_of_another_context_is_refused_at_registration(tmp_path: Path) -> None:
+    engine = engine_at(tmp_path, Recorder())
+    with pytest.raises(InvalidRequestError, match=r"callbacks\[0\]\.triggers: a time event's"):
+        engine.register_job(job(5, ("dummy-time-parent-100", "unblock-self")))

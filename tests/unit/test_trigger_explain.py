@@ -49,6 +49,21 @@ def test_the_jobd_example_reads_as_documented() -> None:
     assert len(lines) == 7
 
 
+@pytest.mark.parametrize(
+    ("trigger", "noted"),
+    [
+        ("complete-job-self", False),
+        ("complete-job-self || done-job-7", False),
+        ("complete-job-self && done-job-7", True),
+        ("complete-job-self || (done-job-7 && done-job-8)", True),
+    ],
+)
+def test_the_and_note_comes_with_an_and_only(trigger: str, noted: bool) -> None:
+    lines = explain(parse(trigger)).splitlines()
+    assert any(line.startswith("note: && remembers") for line in lines) is noted
+    assert any(line.startswith("note: edge-triggered.") for line in lines)
+
+
 def test_an_or_inside_an_and_is_parenthesised_with_either() -> None:
     first = explain(parse("complete-job-self && (done-job-7 || killed-job-parent)")).splitlines()[0]
     assert first == (
@@ -87,10 +102,10 @@ def test_a_plain_chain_of_ands() -> None:
             "the clock reaches 2000-01-01 05:00:00 UTC (Qube time 0) (timer of this job)",
         ),
         (
-            "dummy-repeat-parent-86400-60",
+            "dummy-repeat-self-86400-60",
             (
                 "the clock reaches 2000-01-02 05:00:00 UTC (Qube time 86400) and every 60 s after "
-                "(timer of the parent job)"
+                "(timer of this job)"
             ),
         ),
         (
@@ -174,4 +189,13 @@ def test_a_near_miss_across_pgrps_names_both_pgrps() -> None:
 def test_an_item_outside_the_agenda() -> None:
     assert outside_agenda_reason("9", 12, ["1", "2", "3"]) == (
         "work '9' is not in the agenda of job 12 (1-3): {work} stands for its items only"
+    )
+
+
+def test_a_stored_time_atom_of_another_context_still_reads_as_the_owners_timer() -> None:
+    parsed = parse("dummy-time-parent-100", stored=True)
+    assert isinstance(parsed, Atom)
+    assert parsed.context == "parent"
+    assert describe_atom(parsed) == (
+        "the clock reaches 2000-01-01 05:01:40 UTC (Qube time 100) (timer of this job)"
     )

@@ -12,7 +12,7 @@ import pytest
 from executor.errors import NotFoundError
 from executor.model import Event
 from executor.triggers.journal import EntryKind, JournalLimits
-from tests.helpers.trigger_engines import Engines, Recorder
+from tests.helpers.trigger_engines import Engines, Recorder, job
 
 pytestmark = pytest.mark.unit
 
@@ -305,3 +305,15 @@ async def test_a_database_from_before_the_journal_gains_it_and_keeps_its_latches
     assert explained.atoms[1].latched_by is None  # set before provenance was kept
     (miss,) = explained.journal
     assert miss.kind is EntryKind.NEAR_MISS  # the old label atom found by the new index
+
+
+async def test_why_does_not_wait_for_a_submission_again(engines: Engines) -> None:
+    # "this waits for the next such event" said of a job's own submission, which never recurs.
+    engine = engines(Recorder())
+    engine.register_job(job(5, ("submit-job-self && complete-job-self", "unblock-self")))
+    (explained,) = engine.explain(5).callbacks
+    (submitted, completed) = explained.waiting_for
+    assert submitted.endswith(
+        "(already happened; a job is submitted once, so it will not come again)"
+    )
+    assert "already happened" not in completed

@@ -496,6 +496,28 @@ def test_malformed_triggers(text: str, column: int, message: str) -> None:
     assert isinstance(err, ValueError)
 
 
+@pytest.mark.parametrize(
+    ("text", "column", "context", "expected"),
+    [
+        ("dummy-time-parent-100", 12, "parent", "'dummy-time-self-<T>' (the job's own timer"),
+        ("dummy-time-987654-100", 12, "987654", "'dummy-time-self-<T>' (the job's own timer"),
+        ("dummy-repeat-render-100-60", 14, "render", "'dummy-repeat-self-<T>-<interval>'"),
+        ("complete-time-parent-100", 15, "parent", "'complete-time-self-<T>'"),
+    ],
+)
+def test_a_time_atom_of_another_context_than_self_is_refused(
+    text: str, column: int, context: str, expected: str
+) -> None:
+    # It is the owning job's timer, fired in its context: another context would claim
+    # another job's clock (and `why` explained it so) while the owner's fired.
+    with pytest.raises(TriggerSyntaxError) as caught:
+        parse(text)
+    err = caught.value
+    assert str(err).startswith(f"a {text.split('-')[1]} event's context is 'self', not '{context}'")
+    assert expected in str(err)
+    assert err.column == column
+
+
 def test_errors_survive_pickling() -> None:
     with pytest.raises(TriggerSyntaxError) as caught:
         parse_trigger_list(["complete-job-self", "complete-jb-self"])

@@ -100,6 +100,10 @@ class _TriggerCheckKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Trig
     """A label no trigger can name for another reason: characters other than ASCII
     letters, digits, '_' and '.', all digits (a job id), or self / parent.
     """
+    TRIGGER_CHECK_KIND_UNKNOWN_CODE: _TriggerCheckKind.ValueType  # 7
+    """A qube callback whose code holds no code string the interpreter knows (a
+    typo such as fly-self): each firing would be REJECTED.
+    """
 
 class TriggerCheckKind(_TriggerCheckKind, metaclass=_TriggerCheckKindEnumTypeWrapper):
     """What a check found in a trigger (or a job's label) at registration."""
@@ -123,6 +127,10 @@ TRIGGER_CHECK_KIND_PARSE_WARNING: TriggerCheckKind.ValueType  # 5
 TRIGGER_CHECK_KIND_LABEL_UNNAMEABLE: TriggerCheckKind.ValueType  # 6
 """A label no trigger can name for another reason: characters other than ASCII
 letters, digits, '_' and '.', all digits (a job id), or self / parent.
+"""
+TRIGGER_CHECK_KIND_UNKNOWN_CODE: TriggerCheckKind.ValueType  # 7
+"""A qube callback whose code holds no code string the interpreter knows (a
+typo such as fly-self): each firing would be REJECTED.
 """
 Global___TriggerCheckKind: _TypeAlias = TriggerCheckKind  # noqa: Y015
 
