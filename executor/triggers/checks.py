@@ -323,11 +323,11 @@ def _declared(published: frozenset[str]) -> str:
     groups: dict[frozenset[str], list[str]] = {}
     for name, types in types_of.items():
         groups.setdefault(frozenset(types), []).append(name)
-    for types, names in groups.items():
-        if len(names) == 1 or len(types) == 1:
-            parts += [f"{name}-{type_}" for name in names for type_ in types]
+    for kinds, names in groups.items():
+        if len(names) == 1 or len(kinds) == 1:
+            parts += [f"{name}-{kind}" for name in names for kind in kinds]
         else:
-            parts.append(f"{', '.join(sorted(names))} ({', '.join(sorted(types))})")
+            parts.append(f"{', '.join(sorted(names))} ({', '.join(sorted(kinds))})")
     return ", ".join(sorted(parts))
 
 
