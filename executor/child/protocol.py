@@ -41,6 +41,11 @@ HEADER: Final = struct.Struct(">I")
 MAX_CHILD_FRAME_BYTES: Final = 1 << 20
 # Parent frames carry the start context and jobinfo replies (a pgrp with big agendas).
 MAX_PARENT_FRAME_BYTES: Final = 64 << 20
+# How deep the lists and dicts (Perl: array and hash references) in a qb call's
+# arguments may nest; deeper calls are refused by qb.py and qb.pm (InvalidArgument)
+# before they are sent. No qb function takes more than a list of ids (2 with the call's
+# own list); the executor's JSON parser would take the frame as broken at ~1000.
+MAX_ARG_DEPTH: Final = 32
 # Where every child has its end of the bridge: the zygotes dup it there, and so does the
 # cold launcher.
 BRIDGE_FD: Final = 3

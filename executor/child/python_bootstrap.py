@@ -164,6 +164,39 @@ def warm_zygote() -> None:
     sys.stderr.flush()
 
 
+def _wait_for_threads() -> None:
+    """Wait for the callback's non-daemon threads, as Python's own exit does before atexit.
+
+    A zygote's child never reaches the interpreter's exit (``zygote._child`` ends with
+    ``_exit``), so without this a thread the callback started would be dropped unseen,
+    its output and qb calls with it. Done before the done frame: the run is over when
+    its threads are. Python's own function, so ``concurrent.futures`` workers are shut
+    down as at a normal exit; the executor's SIGTERM at the wall limit interrupts the
+    wait. A cold child's exit then finds it done (it runs once).
+    """
+    threading = sys.modules.get("threading")
+    if threading is not None:  # no thread was started through it otherwise
+        threading._shutdown()
+
+
+def _execute(code: types.CodeType, namespace: dict[str, Any]) -> DoneFrame:
+    """Run the callback's code, then wait for its threads; how it ended, as a done frame."""
+    try:
+        try:
+            exec(code, namespace)
+        finally:
+            _wait_for_threads()
+    except Terminated:
+        return {"type": "done", "status": "terminated", "exit_code": EXIT_ON_SIGTERM}
+    except SystemExit as err:
+        return {"type": "done", "status": "exit", "exit_code": _exit_code(err)}
+    except MemoryError as err:
+        return _raised("memory", err, "the callback ran out of memory (memory limit)")
+    except BaseException as err:  # noqa: BLE001 - everything the callback raises is reported
+        return _raised("exception", err)
+    return {"type": "done", "status": "ok", "exit_code": 0}
+
+
 def _start_frame(bridge_fd: int) -> ParentFrame:
     """The run's start frame; the callback's signal handlers once it has come.
 
@@ -213,18 +246,7 @@ def run(bridge_fd: int, *, warm_up: bool = False) -> int:
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, "qb": qb}
     main_pid = getpid()  # the callback's own process: one it forks reports nothing
 
-    done: DoneFrame
-    try:
-        exec(code, namespace)
-        done = {"type": "done", "status": "ok", "exit_code": 0}
-    except Terminated:
-        done = {"type": "done", "status": "terminated", "exit_code": EXIT_ON_SIGTERM}
-    except SystemExit as err:
-        done = {"type": "done", "status": "exit", "exit_code": _exit_code(err)}
-    except MemoryError as err:
-        done = _raised("memory", err, "the callback ran out of memory (memory limit)")
-    except BaseException as err:  # noqa: BLE001 - everything the callback raises is reported
-        done = _raised("exception", err)
+    done = _execute(code, namespace)
     forked = getpid() != main_pid
     try:
         sys.stdout.flush()

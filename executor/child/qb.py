@@ -12,12 +12,14 @@ Errors raise subclasses of ``QbError``.
 
 A process the callback forks shares its bridge: its calls are refused (``QbError``), as
 two processes' frames on one socket would break the protocol; the context functions
-still answer in it.
+still answer in it. Threads share it too: their calls take turns (a lock held from a
+call's frame to its reply), so each gets its own answer.
 """
 
 from __future__ import annotations
 
 import itertools
+from _thread import allocate_lock, get_ident
 from os import getpid
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +34,11 @@ _bridge_fd = -1
 _context: StartContext
 _pid = -1  # the callback's own process, the only one whose calls go on the bridge
 _call_ids = itertools.count(1)
+# One exchange (call frame, then its reply) on the bridge at a time: two threads' frames
+# interleaved would each read the other's reply. Its holder's thread id, to refuse a
+# call from a signal handler that interrupted one (it would wait for itself forever).
+_exchange = allocate_lock()
+_exchange_thread = 0
 
 
 class QbError(Exception):
@@ -60,6 +67,9 @@ class SupervisorUnavailable(QbError):
 
 # Why a call from a process the callback forked is refused (qb.pm says the same).
 _FORKED_CALL = "qb calls work only in the callback's own process, not in a process it forked"
+_NESTED_CALL = (
+    "a qb call cannot be made while the same thread's qb call is under way (a signal handler's)"
+)
 
 # Every protocol.QbErrorKind (tests/unit/test_protocol.py holds them equal).
 _ERRORS: dict[QbErrorKind, type[QbError]] = {
@@ -80,9 +90,34 @@ def _bind(bridge_fd: int, context: StartContext) -> None:
     _pid = getpid()
 
 
+def _nests_too_deep(values: list[Any]) -> bool:
+    """Whether lists and dicts in ``values`` nest beyond ``protocol.MAX_ARG_DEPTH``.
+
+    Iterative, so a self-containing list is found too (it nests without end).
+    """
+    pending = [(value, 1) for value in values]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        elif not isinstance(value, list | tuple):
+            continue
+        if depth > protocol.MAX_ARG_DEPTH:
+            return True
+        pending.extend((item, depth + 1) for item in value)
+    return False
+
+
 def _call(fn: str, *args: Any, **kwargs: Any) -> Any:
+    global _exchange_thread
     if getpid() != _pid:
         raise QbError(_FORKED_CALL)
+    if _nests_too_deep([*args, *kwargs.values()]):
+        # Refused here, as an oversized call is: the executor would take the frame as
+        # broken (too deep for its JSON parser) and end the run.
+        raise InvalidArgument(
+            f"qb.{fn}: its arguments nest lists or dicts more than {protocol.MAX_ARG_DEPTH} deep"
+        )
     call_id = next(_call_ids)
     frame = protocol.encode(
         {"type": "call", "id": call_id, "fn": fn, "args": list(args), "kwargs": kwargs}
@@ -94,14 +129,38 @@ def _call(fn: str, *args: Any, **kwargs: Any) -> Any:
             f"qb.{fn}: the call is {len(frame)} bytes; at most "
             f"{protocol.MAX_CHILD_FRAME_BYTES} can be sent"
         )
-    protocol.write_all(_bridge_fd, frame)
-    reply = protocol.read_frame(_bridge_fd)
+    me = get_ident()
+    if _exchange_thread == me:
+        raise QbError(_NESTED_CALL)
+    with _exchange:
+        _exchange_thread = me
+        try:
+            reply = _exchange_frames(fn, frame)
+        finally:
+            _exchange_thread = 0
     if reply["type"] != "reply" or reply["id"] != call_id:
         raise QbError(f"unexpected answer to qb.{fn}: {reply['type']!r}")
     if reply["ok"]:
         return reply["value"]
     error = reply["error"]
     raise _ERRORS.get(error["kind"], QbError)(error["message"])
+
+
+def _exchange_frames(fn: str, frame: bytes) -> protocol.ParentFrame:
+    """Send a call frame and read the reply; a broken bridge is a QbError saying which way."""
+    try:
+        protocol.write_all(_bridge_fd, frame)
+    except OSError as err:
+        raise QbError(
+            f"qb.{fn} could not be sent: the bridge to the executor is broken ({err})"
+        ) from err
+    try:
+        return protocol.read_frame(_bridge_fd)
+    except (OSError, protocol.FrameError) as err:
+        raise QbError(
+            f"qb.{fn} was sent but no answer came: the bridge to the executor is broken "
+            f"({err}); it may have been applied"
+        ) from err
 
 
 # -- context, answered locally ---------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import psutil
 import pytest
 
-from executor.child.protocol import MAX_CHILD_FRAME_BYTES
+from executor.child.protocol import MAX_ARG_DEPTH, MAX_CHILD_FRAME_BYTES
 from executor.host_api import MAX_CALLS_PER_RUN
 from tests.hostile.harness import MIB, Arena, Outcome, assert_outcome
 
@@ -45,8 +45,8 @@ async def test_closing_the_bridge_ends_qb_not_the_service(arena_warm: Arena, lan
             "os.close(fd)\n"
             "try:\n"
             "    qb.jobstatus(qb.jobid())\n"
-            "except OSError as err:\n"
-            "    print('closed', err.errno)\n"
+            "except qb.QbError as err:\n"
+            "    print('closed', type(err.__cause__).__name__)\n"
         ),
         "perl": PERL_FIND_BRIDGE
         + ('POSIX::close($fd);\neval { qb::jobstatus(qb::jobid()); 1 } or print "closed\\n";\n'),
@@ -210,3 +210,80 @@ async def test_oversized_qb_call_from_the_callback_fails_the_call(
     # Refused in the callback before it is sent: the run goes on.
     assert_outcome(response, Outcome.OUTCOME_SUCCEEDED)
     assert response.stdout == "refused InvalidArgument\n", response.stdout + response.stderr
+
+
+async def test_a_qb_call_after_the_callback_broke_its_bridge_raises_a_qb_error(
+    arena_warm: Arena,
+) -> None:
+    # Closed, or shut down for reading: either way the callback's qb calls raise
+    # qb.QbError (as the README says of every qb error), saying whether the call went.
+    code = FIND_BRIDGE + (
+        "import socket\n"
+        "socket.socket(fileno=os.dup(fd)).shutdown(socket.SHUT_RD)\n"
+        "try:\n"
+        "    qb.jobstatus(qb.jobid())\n"
+        "except qb.QbError as err:\n"
+        "    print('shut:', err)\n"
+        "os.close(fd)\n"
+        "try:\n"
+        "    qb.jobstatus(qb.jobid())\n"
+        "except qb.QbError as err:\n"
+        "    print('closed:', err)\n"
+    )
+    response = await arena_warm.attack(code, limits={"wall_seconds": 5})
+
+    assert_outcome(response, Outcome.OUTCOME_SUCCEEDED, Outcome.OUTCOME_FAILED)
+    shut, closed = response.stdout.splitlines()
+    assert shut.startswith("shut: qb.jobstatus was sent but no answer came: the bridge")
+    assert shut.endswith("it may have been applied")
+    assert closed.startswith("closed: qb.jobstatus could not be sent: the bridge")
+
+
+DEEP_ARGUMENT = {
+    "python": (
+        "x = 1\n"
+        "for _ in range(2000):\n"
+        "    x = [x]\n"
+        "looped = []\n"
+        "looped.append(looped)\n"
+        "for argument in (x, looped):\n"
+        "    try:\n"
+        "        qb.jobinfo('-id', argument)\n"
+        "    except qb.InvalidArgument as err:\n"
+        "        print(type(err).__name__, err)\n"
+        "print('went on', qb.jobstatus(qb.jobid()))\n"
+    ),
+    "perl": (
+        "my $x = 1;\n"
+        "$x = [$x] for 1 .. 2000;\n"
+        "my $looped = [];\n"
+        "push @$looped, $looped;\n"
+        "for my $argument ($x, $looped) {\n"
+        "    eval { qb::jobinfo('-id', $argument); 1 } and next;\n"
+        '    print $@->kind, " ", $@->message, "\\n";\n'
+        "}\n"
+        'print "went on ", qb::jobstatus($qb::jobid), "\\n";\n'
+    ),
+}
+
+
+async def test_a_qb_call_whose_arguments_nest_too_deep_fails_the_call(
+    arena_warm: Arena, language: str
+) -> None:
+    # Refused in the callback, catchable, naming the function: sent, the frame was too
+    # deep for the executor's parser and ended the run as a broken bridge.
+    response = await arena_warm.attack(
+        DEEP_ARGUMENT[language], language=language, limits={"wall_seconds": 10}
+    )
+
+    assert_outcome(response, Outcome.OUTCOME_SUCCEEDED)
+    *refusals, went_on = response.stdout.splitlines()
+    separator = "." if language == "python" else "::"
+    references = "lists or dicts" if language == "python" else "array or hash references"
+    expected = (
+        f"InvalidArgument qb{separator}jobinfo: its arguments nest {references} more than "
+        f"{MAX_ARG_DEPTH} deep"
+    )
+    assert refusals == [expected, expected], response.stdout + response.stderr
+    assert went_on.startswith("went on ")
+    assert len(response.actions) == 1

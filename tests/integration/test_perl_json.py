@@ -69,3 +69,45 @@ def test_characters_without_utf8_encode_as_replacement_characters() -> None:
 
     assert json.loads(out.stdout.decode("utf-8")) == {"m": "bad \ufffd \ufffd \u263a", "\ufffd": 1}
     assert out.stderr == b""
+
+
+def perl_qb(program: str, stdin: bytes = b"") -> str:
+    """What ``program`` prints, run after ``require qb`` in 256 MiB of address space."""
+    limited = ["sh", "-c", 'ulimit -v 262144 && exec "$@"', "sh"]
+    return subprocess.run(
+        [*limited, "perl", f"-I{PERL_DIR}", "-e", f"require qb; {program}"],
+        input=stdin,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+
+
+def test_a_frame_length_beyond_the_executors_limit_is_a_qb_error_not_an_allocation() -> None:
+    # A bridge out of step (once, two threads' frames mixed) reads a length that no
+    # executor frame has: refused, where a buffer of that size died "Out of memory!"
+    # under the callback's RLIMIT_AS (a false MEMORY_LIMIT).
+    out = perl_qb(
+        "open(my $in, '<&=', 0) or die; qb::_set_bridge($in);"
+        " eval { qb::_read_frame() }; print ref($@), ' ', $@->kind, ': ', $@->message",
+        b"\xff\xff\xff\xf0" + b"x" * 64,
+    )
+    assert out == (
+        "qb::Error QbError: the executor's frame of 4294967280 bytes exceeds 67108864: "
+        "the bridge is out of step"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argument", "too_deep"),
+    [
+        ("1", 0),
+        ("[1, [2, 3]]", 0),
+        ("do { my $x = 1; $x = [$x] for 1 .. 32; $x }", 0),
+        ("do { my $x = 1; $x = [$x] for 1 .. 33; $x }", 1),
+        ("do { my $x = 1; $x = {k => $x} for 1 .. 33; $x }", 1),
+        ("do { my $x = []; push @$x, $x; $x }", 1),
+    ],
+    ids=["scalar", "list", "32-deep", "33-deep", "33-deep-hashes", "self-containing"],
+)
+def test_qb_pm_finds_arguments_that_nest_too_deep(argument: str, too_deep: int) -> None:
+    assert perl_qb(f"print qb::_nests_too_deep({argument})") == str(too_deep)

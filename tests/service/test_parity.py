@@ -147,7 +147,7 @@ SCENARIOS = [
         Outcome.OUTCOME_FAILED,
     ),
     Scenario(
-        "a SIGTERM from outside the executor",
+        "a SIGTERM the callback sends itself",
         {
             "python": "import os, signal, time\ntry:\n"
             "    os.kill(os.getpid(), signal.SIGTERM)\n    time.sleep(20)\n"

@@ -214,3 +214,15 @@ def test_the_bridge_fd_is_spelled_the_same_everywhere() -> None:
 
     assert re.search(rf"^BRIDGE_FD = {BRIDGE_FD}$", launcher, re.MULTILINE)
     assert re.search(rf"^sub BRIDGE_FD \(\) +\{{ {BRIDGE_FD} \}}", zygote_pl, re.MULTILINE)
+
+
+def test_qb_pm_spells_the_frame_limits_and_depth_as_protocol_does() -> None:
+    qb_pm = (CHILD / "perl" / "qb.pm").read_text()
+    spelled = {
+        name: eval(value)  # noqa: S307 - an integer expression such as "64 << 20", from our file
+        for name, value in re.findall(r"^sub (\w+) \(\) +\{ ([0-9 <]+) \}", qb_pm, re.MULTILINE)
+    }
+
+    assert spelled["MAX_FRAME_BYTES"] == MAX_CHILD_FRAME_BYTES
+    assert spelled["MAX_PARENT_FRAME_BYTES"] == protocol.MAX_PARENT_FRAME_BYTES
+    assert spelled["MAX_ARG_DEPTH"] == protocol.MAX_ARG_DEPTH

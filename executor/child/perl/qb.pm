@@ -16,7 +16,10 @@ package qb;
 #
 # A process the callback forks shares its bridge: its calls die (QbError), as two
 # processes' frames on one socket would break the protocol; the context functions
-# still answer in it.
+# still answer in it. So do calls from a Perl thread (threads->create) other than the
+# one the callback started in: threads share nothing Perl could lock around a call
+# unless it was shared before they were made, and two threads' frames interleaved
+# would each read the other's reply.
 #
 # Errors: a failed call dies with a qb::Error object (fields kind and message; it
 # stringifies to "kind: message"), so `eval { qb::unblock($id) }; if ($@) {...}` works
@@ -132,8 +135,15 @@ sub _read_exactly {
     return $data;
 }
 
+# protocol.py's MAX_PARENT_FRAME_BYTES: a larger length is a bridge out of step, never
+# a frame to make room for (a buffer of that size could fail as "Out of memory!").
+sub MAX_PARENT_FRAME_BYTES () { 64 << 20 }
+
 sub _read_frame {
     my $size = unpack('N', _read_exactly(4));
+    die qb::Error->new('QbError', "the executor's frame of $size bytes exceeds "
+        . MAX_PARENT_FRAME_BYTES . ': the bridge is out of step')
+        if $size > MAX_PARENT_FRAME_BYTES;
     # Strings arrive as UTF-8 octets: the callback sees bytes, as from a file.
     my $message = eval { qb::JSON::decode(_read_exactly($size)) };
     die qb::Error->new('QbError', "the executor sent a malformed frame: $@") if $@;
@@ -155,11 +165,35 @@ sub _wire_arg {
     return $value == $value && abs($value) != 9**9**9 ? $value : "$value";
 }
 
+# protocol.py's MAX_ARG_DEPTH: arguments whose array and hash references nest deeper
+# are refused before they are sent (the executor would take the frame as broken).
+sub MAX_ARG_DEPTH () { 32 }
+
+# Whether the references in @_ nest beyond MAX_ARG_DEPTH; iterative, so an array that
+# holds itself is found too.
+sub _nests_too_deep {
+    my @pending = map { [ $_, 1 ] } @_;
+    while (my $item = pop @pending) {
+        my ($value, $depth) = @$item;
+        my $type = ref $value;
+        next if $type ne 'ARRAY' && $type ne 'HASH';
+        return 1 if $depth > MAX_ARG_DEPTH;
+        push @pending, map { [ $_, $depth + 1 ] } $type eq 'ARRAY' ? @$value : values %$value;
+    }
+    return 0;
+}
+
 sub _call {
     my ($fn, $args, $kwargs) = @_;
     die qb::Error->new('QbError',
         "qb calls work only in the callback's own process, not in a process it forked")
         if $$ != $bound_pid;    # qb.py's _FORKED_CALL
+    die qb::Error->new('QbError',
+        "qb calls work only in the callback's own thread, not in a thread it started")
+        if $INC{'threads.pm'} && threads->tid;
+    die qb::Error->new('InvalidArgument', "qb::$fn: its arguments nest array or hash "
+        . 'references more than ' . MAX_ARG_DEPTH . ' deep')
+        if _nests_too_deep(@{ $args || [] }, values %{ $kwargs || {} });
     my $id = ++$next_call_id;
     _write_frame({
         type   => 'call',

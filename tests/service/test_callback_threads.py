@@ -1,0 +1,161 @@
+"""Threads in a callback: waited for as Python's own exit waits, and their qb calls take turns.
+
+A non-daemon thread outlives the callback's code on both launch paths (the zygote's
+children never reach the interpreter's exit, so its bootstrap waits for them itself).
+Python threads may call qb at once: each gets the answer to its own call. A Perl
+thread other than the callback's own has its qb calls refused (``qb::Error``), as a
+forked process's are, rather than garbling the bridge.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from supervisor_client.qbcallback.v1 import executor_pb2
+from tests.conftest import Stack
+
+pytestmark = [pytest.mark.service, pytest.mark.timeout(90)]
+
+Outcome = executor_pb2.Outcome
+
+
+async def run(
+    stack: Stack, language: str, code: str, wall_seconds: float = 20
+) -> executor_pb2.ExecuteResponse:
+    (job,) = stack.supervisor.submit([{"name": "threads", "user": "alice", "status": "blocked"}])
+    return await stack.client.execute_callback(
+        language=language, code=code, job=job, limits={"wall_seconds": wall_seconds}
+    )
+
+
+async def test_a_non_daemon_thread_is_waited_for_with_its_qb_calls(stack: Stack) -> None:
+    code = (
+        "import atexit, threading, time\n"
+        "atexit.register(lambda: print('atexit', flush=True))\n"
+        "def work():\n"
+        "    time.sleep(0.5)\n"
+        "    print('thread', qb.jobstatus(qb.jobid()), flush=True)\n"
+        "    qb.unblock(qb.jobid())\n"
+        "threading.Thread(target=work).start()\n"
+        "print('main returned', flush=True)\n"
+    )
+    response = await run(stack, "python", code)
+
+    assert response.outcome == Outcome.OUTCOME_SUCCEEDED, (response.failure, response.stderr)
+    # As plain Python: the thread before the exit handlers.
+    assert response.stdout == "main returned\nthread blocked\natexit\n"
+    assert [action.verb for action in response.actions] == ["jobstatus", "unblock"]
+    assert response.usage.wall_seconds >= 0.5
+
+
+async def test_a_thread_pool_left_running_finishes_its_work(stack_warm: Stack) -> None:
+    # concurrent.futures' workers are shut down as at Python's own exit.
+    code = (
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "pool = ThreadPoolExecutor(2)\n"
+        "for _ in range(4):\n"
+        "    pool.submit(qb.jobstatus, qb.jobid())\n"
+    )
+    response = await run(stack_warm, "python", code)
+
+    assert response.outcome == Outcome.OUTCOME_SUCCEEDED, (response.failure, response.stderr)
+    assert len(response.actions) == 4
+
+
+async def test_a_thread_that_outlives_the_wall_limit_is_a_wall_timeout(
+    stack_warm: Stack,
+) -> None:
+    code = "import threading, time\nthreading.Thread(target=time.sleep, args=(60,)).start()\n"
+    response = await run(stack_warm, "python", code, wall_seconds=1)
+
+    assert response.outcome == Outcome.OUTCOME_WALL_TIMEOUT, (response.failure, response.stderr)
+
+
+async def test_python_threads_calling_qb_at_once_each_get_their_own_answer(
+    stack_warm: Stack,
+) -> None:
+    code = (
+        "import threading\n"
+        "wrong = []\n"
+        "def worker(i):\n"
+        "    for _ in range(150):\n"
+        "        try:\n"
+        "            qb.jobstatus(1000 + i)\n"
+        "        except qb.NoSuchJob as err:\n"
+        "            if str(err) != f'no job {1000 + i}':\n"
+        "                wrong.append(str(err))\n"
+        "        except Exception as err:\n"
+        "            wrong.append(repr(err))\n"
+        "threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]\n"
+        "for t in threads:\n"
+        "    t.start()\n"
+        "for t in threads:\n"
+        "    t.join()\n"
+        "print('wrong', len(wrong), wrong[:3])\n"
+    )
+    response = await run(stack_warm, "python", code, wall_seconds=40)
+
+    assert response.outcome == Outcome.OUTCOME_SUCCEEDED, (response.failure, response.stderr)
+    assert response.stdout == "wrong 0 []\n"
+    assert len(response.actions) == 450
+
+
+async def test_a_qb_call_from_a_signal_handler_during_a_qb_call_is_refused(
+    stack_warm: Stack,
+) -> None:
+    # The handler runs in the thread whose call it interrupted: waiting for that call
+    # would be waiting for itself.
+    code = (
+        "import signal, os\n"
+        "seen = []\n"
+        "def handler(signum, frame):\n"
+        "    try:\n"
+        "        qb.jobstatus(qb.jobid())\n"
+        "    except qb.QbError as err:\n"
+        "        seen.append(str(err))\n"
+        "signal.signal(signal.SIGUSR1, handler)\n"
+        "import qb as module\n"
+        "real = module.protocol.read_frame\n"
+        "def read_frame(fd, *rest):\n"
+        "    os.kill(os.getpid(), signal.SIGUSR1)\n"
+        "    return real(fd, *rest)\n"
+        "module.protocol.read_frame = read_frame\n"
+        "print(qb.jobstatus(qb.jobid()))\n"
+        "print(seen)\n"
+    )
+    response = await run(stack_warm, "python", code)
+
+    assert response.outcome == Outcome.OUTCOME_SUCCEEDED, (response.failure, response.stderr)
+    status, seen = response.stdout.splitlines()
+    assert status == "blocked"
+    assert "while the same thread's qb call is under way" in seen
+
+
+async def test_a_perl_threads_qb_calls_are_refused(stack: Stack) -> None:
+    code = (
+        "use threads;\n"
+        "my @threads = map { threads->create(sub {\n"
+        "    my $r = eval { qb::jobstatus($qb::jobid) };\n"
+        "    return defined $r ? \"answered $r\" : ref($@) . ' ' . $@->kind . ': ' . $@->message;\n"
+        "}) } 1 .. 2;\n"
+        'print $_->join, "\\n" for @threads;\n'
+        'print "main ", qb::jobstatus($qb::jobid), "\\n";\n'
+    )
+    response = await run(stack, "perl", code)
+
+    assert response.outcome == Outcome.OUTCOME_SUCCEEDED, (response.failure, response.stderr)
+    refused = (
+        "qb::Error QbError: qb calls work only in the callback's own thread, "
+        "not in a thread it started"
+    )
+    assert response.stdout == f"{refused}\n{refused}\nmain blocked\n"
+    assert len(response.actions) == 1
+
+
+async def test_a_perl_thread_left_running_ends_as_plain_perl_ends_it(stack: Stack) -> None:
+    code = 'use threads;\nthreads->create(sub { sleep 30; print "late\\n" });\nprint "main\\n";\n'
+    response = await run(stack, "perl", code)
+
+    assert response.outcome == Outcome.OUTCOME_SUCCEEDED, (response.failure, response.stderr)
+    assert response.stdout == "main\n"
+    assert response.usage.wall_seconds < 10  # not waited for
