@@ -12,6 +12,7 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
+from executor.visible_text import visible
 from executor.web.app import Dashboard, Request
 from executor.web.auth import Access
 from executor.web.explain import explain_callback
@@ -362,3 +363,39 @@ def test_the_largest_id_and_limit_still_filter() -> None:
     assert (source.asked[-1]["job_id"], source.asked[-1]["limit"]) == (int(MAX_ID), 1000)
     assert dashboard.handle(get(f"/jobs?job={MAX_ID}")).status == 200
     assert source.asked[-1]["job_id"] == int(MAX_ID)
+
+
+# -- control and bidi characters ----------------------------------------------------------
+
+SPOOF = "frame\u202e1\x00\x1b]0;title\x07\u2066x\r"
+
+
+class SpoofingSource(FakeSource):
+    """Every caller's string of FakeSource's holds controls that would act if sent raw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.run.work_name = SPOOF
+        self.run.triggers = SPOOF
+        self.run.result.stdout = SPOOF + "\r\nsecond line\r\n"
+        self.run.result.failure.message = SPOOF
+
+    def list_jobs(self, **_: object) -> Any:
+        job = executor_pb2.RegisteredJob(
+            id=7, pgrp=7, name=SPOOF, callbacks=[callback("complete-job-self", [False])]
+        )
+        return executor_pb2.ListRegisteredJobsResponse(jobs=[job], total=1)
+
+
+@pytest.mark.parametrize("path", ["/runs", "/runs/inv-1", "/jobs", "/runs?part=rows"])
+def test_control_and_bidi_characters_reach_a_page_as_visible_escapes(path: str) -> None:
+    body = Dashboard(SpoofingSource(), CollectorRegistry(), Access("")).handle(get(path)).body
+    text = body.decode()
+    for raw in ("\u202e", "\u2066", "\x00", "\x1b", "\x07"):
+        assert raw not in text, (path, raw)
+    assert r"frame\u202e1\x00\x1b]0;title\x07\u2066x\x0d" in text
+
+
+def test_a_line_end_and_right_to_left_letters_stay_as_written() -> None:
+    assert visible("שלום\tok\r\nnext\n") == "שלום\tok\r\nnext\n"
+    assert visible("a\rb\x7f\x9b\u200f") == r"a\x0db\x7f\x9b\u200f"
