@@ -23,6 +23,7 @@ import socket
 import ssl
 import sys
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 
@@ -113,10 +114,9 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = False  # joined by server_close: no thread outlives the stop
     block_on_close = True
 
-    def __init__(
-        self, address: tuple[str, int], dashboard: Dashboard, tls: ssl.SSLContext | None
-    ) -> None:
-        self.dashboard = dashboard
+    dashboard: Dashboard  # set once bound, before serving: it is named after the port
+
+    def __init__(self, address: tuple[str, int], tls: ssl.SSLContext | None) -> None:
         self._tls = tls
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
@@ -179,16 +179,24 @@ class SidePort:
         )
 
     @classmethod
-    def start(cls, settings: Settings, dashboard: Dashboard) -> SidePort:
-        """Bind ``http_bind`` and serve in a thread; ConfigError when the address cannot be bound."""
+    def start(cls, settings: Settings, dashboard: Callable[[int], Dashboard]) -> SidePort:
+        """Bind ``http_bind`` and serve in a thread; ConfigError when the address cannot be bound.
+
+        ``dashboard`` makes the dashboard for the port bound (``http_bind`` may say 0).
+        """
         host, _, port = settings.http_bind.rpartition(":")
         tls = tls_context(settings)
         try:
-            server = _Server((host.strip("[]"), int(port)), dashboard, tls)
+            server = _Server((host.strip("[]"), int(port)), tls)
         except OSError as err:
             raise ConfigError(
                 f"http_bind: cannot listen on {settings.http_bind}: {err.strerror or err}"
             ) from err
+        try:
+            server.dashboard = dashboard(server.server_address[1])
+        except BaseException:
+            server.server_close()
+            raise
         side = cls(server)
         side._thread.start()
         logger.info(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Stack, running_stack, stack_settings
+from tests.conftest import TEST_UID_BASE, Stack, running_stack, stack_settings
 from tests.helpers.browser import Browser, chromium, missing
 from tests.service.test_runs import FAIL, run_py
 
@@ -125,3 +125,28 @@ async def test_signing_in_with_the_token(tmp_path: Path, browser: Browser) -> No
         await browser.click("form.login button")
         assert "SERVING" in await browser.wait_for("#serving")
         assert browser.url.endswith("/health")
+
+
+async def test_two_executors_on_one_host_keep_their_own_sign_ins(
+    tmp_path: Path, browser: Browser
+) -> None:
+    # Cookies are per host, not per port: under one cookie name, signing in to the
+    # second executor signed the browser out of the first.
+    first = stack_settings(tmp_path / "a", http_bind="127.0.0.1:0", auth_token="t0ken")
+    second = stack_settings(
+        tmp_path / "b",
+        http_bind="127.0.0.1:0",
+        auth_token="other-t0ken",
+        sandbox_uid_base=TEST_UID_BASE + 8,
+    )
+    async with running_stack(first) as one, running_stack(second) as other:
+        for web, token in ((one, "t0ken"), (other, "other-t0ken")):
+            await browser.open(page(web, "/health"))
+            await browser.wait_for("form.login")
+            await browser.type("input[name=token]", token)
+            await browser.click("form.login button")
+            assert "SERVING" in await browser.wait_for("#serving")
+        for web in (one, other):
+            await browser.open(page(web, "/health"))
+            await browser.wait_for("main h1")
+            assert browser.url.endswith("/health"), "still signed in"

@@ -179,6 +179,8 @@ async def test_token_bearer_login_and_exempt_probes(tmp_path: Path) -> None:
         assert (status, headers["Location"]) == (303, "/jobs")
         cookie = headers["Set-Cookie"]
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and TOKEN not in cookie
+        # Named after the port: browsers keep cookies per host, and executors share hosts.
+        assert cookie.startswith(f"cbexec_session_{web.running.http_port}=")
         session = {"Cookie": cookie.split(";", 1)[0]}
         assert (await fetch(url(web, "/health"), headers=session))[0] == 200
         status, headers, _ = await fetch(url(web, "/logout"), headers=session, data=b"")
@@ -206,11 +208,22 @@ async def test_tls_from_the_grpc_settings(tmp_path: Path) -> None:
     directory = tmp_path / "pki"
     directory.mkdir()
     pki: Pki = _make_pki(directory)
-    settings = http_settings(tmp_path, tls_cert=str(pki.server_cert), tls_key=str(pki.server_key))
+    settings = http_settings(
+        tmp_path, tls_cert=str(pki.server_cert), tls_key=str(pki.server_key), auth_token=TOKEN
+    )
     async with running_stack(settings) as web:
         context = ssl.create_default_context(cafile=str(pki.ca))
-        status, _, body = await fetch(url(web, "/healthz", "https"), context=context)
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        status, _, body = await fetch(
+            url(web, "/healthz", "https"), headers=bearer, context=context
+        )
         assert status == 200 and "SERVING" in body
+        _, headers, _ = await fetch(
+            url(web, "/login", "https"), data=f"token={TOKEN}".encode(), context=context
+        )
+        cookie = headers["Set-Cookie"]
+        assert cookie.startswith(f"__Host-cbexec_session_{web.running.http_port}=")
+        assert "; Secure" in cookie and "; Path=/;" in cookie and "Domain" not in cookie
         with pytest.raises(OSError):  # noqa: PT011 - plaintext to the TLS port: reset, or a URLError
             await fetch(url(web, "/healthz"))
 

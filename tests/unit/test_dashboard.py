@@ -399,3 +399,24 @@ def test_control_and_bidi_characters_reach_a_page_as_visible_escapes(path: str) 
 def test_a_line_end_and_right_to_left_letters_stay_as_written() -> None:
     assert visible("שלום\tok\r\nnext\n") == "שלום\tok\r\nnext\n"
     assert visible("a\rb\x7f\x9b\u200f") == r"a\x0db\x7f\x9b\u200f"
+
+
+# -- the session cookie ----------------------------------------------------------------------
+
+
+def test_each_side_port_has_its_own_session_cookie() -> None:
+    first, second = Access("tok", port=50052), Access("tok", port=50062)
+    cookie = first.sign_in("tok")
+    assert cookie is not None and cookie.startswith("cbexec_session_50052=")
+    assert "Domain" not in cookie and "; Path=/;" in cookie
+    other = second.sign_in("tok")
+    assert other is not None and other.startswith("cbexec_session_50062=")
+    # A browser sends both (cookies are per host, not per port): each port reads its own.
+    both = {"cookie": f"{cookie.split(';', 1)[0]}; {other.split(';', 1)[0]}"}
+    assert first.allowed("/runs", both) and second.allowed("/runs", both)
+
+
+def test_under_tls_the_cookie_takes_the_host_prefix() -> None:
+    cookie = Access("tok", port=443, secure_cookie=True).sign_in("tok")
+    assert cookie is not None and cookie.startswith("__Host-cbexec_session_443=")
+    assert "; Secure" in cookie and "; Path=/;" in cookie and "Domain" not in cookie
