@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 # An idle keep-alive connection is closed after this; a request must arrive within it.
 IDLE_TIMEOUT_S: Final = 30.0
 MAX_BODY_BYTES: Final = 64 << 10
+WRITE_PIECE_BYTES: Final = 256 << 10
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -101,7 +102,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         if body:
-            self.wfile.write(response.body)
+            # In pieces: the socket's timeout bounds each write, not the whole body. One
+            # write of a 16 MiB output stream had IDLE_TIMEOUT_S for all of it, so a browser
+            # reading it steadily but slowly (laying it out as it comes) was cut off.
+            whole = memoryview(response.body)
+            for start in range(0, len(whole), WRITE_PIECE_BYTES):
+                self.wfile.write(whole[start : start + WRITE_PIECE_BYTES])
 
     def log_message(self, format: str, *args: Any) -> None:  # the stdlib's signature
         if logger.isEnabledFor(logging.DEBUG):

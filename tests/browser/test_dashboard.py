@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from supervisor_client import ExecutorClient
 from tests.conftest import TEST_UID_BASE, Stack, running_stack, stack_settings
 from tests.helpers.browser import Browser, chromium, missing
 from tests.service.test_runs import FAIL, run_py
@@ -114,6 +115,37 @@ async def test_printed_markup_stays_text(web: Stack, browser: Browser) -> None:
     assert "<script>window.__pwned = 1</script>" in stdout
     assert '<img src=x onerror="window.__pwned = 2">' in stdout
     assert await browser.script("return document.getElementById('escaped')") is None
+
+
+async def test_a_run_at_the_output_cap_loads_whole_and_says_what_it_leaves_out(
+    web: Stack, browser: Browser
+) -> None:
+    # Both streams at 16 MiB made a 34 MB page; Chromium parsed it so slowly that the
+    # server dropped the connection, and the page ended mid-stderr with nothing to say so.
+    code = (
+        "import sys\n"
+        "sys.stdout.write('first line\\n' + 'o' * (16 << 20))\n"
+        "sys.stderr.write('e' * ((16 << 20) - 20) + 'last of stderr')\n"
+    )
+    async with ExecutorClient(web.address) as client:  # the suite's channel keeps 4 MiB
+        done = await client.execute_callback(
+            language="python",
+            code=code,
+            job={"id": 45, "user": "root"},
+            limits={"output_bytes": 16 << 20},
+        )
+    await browser.open(page(web, f"/runs/{done.invocation_id}"))
+    assert "cbexec" in await browser.wait_for("footer"), "the page arrived whole"
+    assert (await browser.text("#stdout")).startswith("first line")
+    assert "bytes not shown" in await browser.text("#stderr-cut")
+    assert (await browser.text("#stderr-end")).endswith("last of stderr")
+    length = await browser.script("return document.documentElement.outerHTML.length")
+    assert length < 1 << 20
+
+    # The whole stream is one link away (its content is checked in tests/service/test_http.py;
+    # Chromium takes half a minute to lay out one 16 MiB line).
+    link = await browser.script("return document.querySelector('#stderr-cut a').href")
+    assert link == page(web, f"/runs/{done.invocation_id}?stream=stderr")
 
 
 async def test_signing_in_with_the_token(tmp_path: Path, browser: Browser) -> None:

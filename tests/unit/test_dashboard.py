@@ -1,4 +1,4 @@
-"""The dashboard without sockets: escaping, filters, what a callback waits for, per-frame rows, access."""
+"""The dashboard without sockets: escaping, filters, long output, what a callback waits for, per-frame rows, access."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from executor.web.auth import Access
 from executor.web.explain import explain_callback
 from executor.web.html import Html, esc, tag
 from executor.web.jobs_pages import frame_shape
-from executor.web.runs_pages import RunFilters
+from executor.web.runs_pages import STREAM_EDGE_BYTES, Excerpt, RunFilters, excerpt
 from executor.web.source import ExecutorSource, SourceRefused, SourceUnavailable
 from supervisor_client import ExecutorRpcError
 from supervisor_client.qbcallback.v1 import executor_pb2
@@ -399,6 +399,51 @@ def test_control_and_bidi_characters_reach_a_page_as_visible_escapes(path: str) 
 def test_a_line_end_and_right_to_left_letters_stay_as_written() -> None:
     assert visible("שלום\tok\r\nnext\n") == "שלום\tok\r\nnext\n"
     assert visible("a\rb\x7f\x9b\u200f") == r"a\x0db\x7f\x9b\u200f"
+
+
+# -- long output ----------------------------------------------------------------------------
+
+
+def test_a_long_stream_shows_its_two_ends_and_how_much_lies_between() -> None:
+    source = FakeSource()
+    middle = "m" * (5 << 20)
+    source.run.result.stdout = "START" + "é" * 10 + middle + "THE END"
+    source.run.result.stderr = "short"
+    dashboard = Dashboard(source, CollectorRegistry(), Access(""))
+
+    page = dashboard.handle(get("/runs/inv-1"))
+
+    assert page.status == 200 and len(page.body) < 400 << 10
+    text = page.body.decode()
+    total = len(source.run.result.stdout.encode())
+    shown = excerpt(source.run.result.stdout)
+    assert shown.hidden_bytes == total - 2 * STREAM_EDGE_BYTES
+    assert f"… {shown.hidden_bytes:,} bytes not shown … " in text
+    assert '<pre id="stdout">START' in text and "THE END</pre>" in text
+    assert 'href="/runs/inv-1?stream=stdout"' in text
+    assert '<pre id="stderr">short</pre>' in text and "stderr-cut" not in text
+
+    whole = dashboard.handle(get("/runs/inv-1?stream=stdout"))
+    assert whole.status == 200 and whole.content_type == "text/plain; charset=utf-8"
+    assert whole.body == source.run.result.stdout.encode()
+    assert dashboard.handle(get("/runs/inv-1?stream=stderr")).body == b"short"
+    assert dashboard.handle(get("/runs/inv-1?stream=env")).status == 400
+    assert dashboard.handle(get("/runs/other?stream=stdout")).status == 404
+
+
+def test_a_stream_is_cut_on_character_boundaries() -> None:
+    text = "x€" * 1000  # 4000 bytes; 1001 bytes from either end split a "€"
+    shown = excerpt(text, 1001)
+    assert shown.head.endswith("x") and shown.tail.startswith("x€")
+    assert len(shown.head.encode()) + shown.hidden_bytes + len(shown.tail.encode()) == 4000
+    assert excerpt("a" * 2002, 1001) == Excerpt("a" * 2002)
+
+
+def test_a_stream_needs_the_page_s_access() -> None:
+    dashboard = Dashboard(FakeSource(), CollectorRegistry(), Access("tok"))
+    assert dashboard.handle(get("/runs/inv-1?stream=stdout")).status == 401
+    allowed = dashboard.handle(get("/runs/inv-1?stream=stdout", authorization="Bearer tok"))
+    assert allowed.status == 200
 
 
 # -- the session cookie ----------------------------------------------------------------------
