@@ -224,10 +224,12 @@ class Dashboard:
         return self._page(f"Run {invocation_id[:8]}", request, lambda _: runs_pages.run_page(run))
 
     def _jobs(self, request: Request) -> Response:
-        query = JobsQuery.parse(request.query)
+        query, problem = JobsQuery.parse(request.query)
         if request.query.get("part") == "body":
             return _html(200, jobs_body(self._source, query, self._explain))
-        return self._page("Jobs & callbacks", request, lambda s: jobs_page(s, query, self._explain))
+        return self._page(
+            "Jobs & callbacks", request, lambda s: jobs_page(s, query, self._explain, problem)
+        )
 
     def _health(self, request: Request) -> Response:
         if request.query.get("part") == "body":

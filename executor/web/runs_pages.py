@@ -21,7 +21,7 @@ from urllib.parse import quote, urlencode
 
 from executor.cli.runs import parse_since
 from executor.web.html import Html, join, local_time, seconds, size, tag
-from executor.web.layout import badge, definitions, live, notice
+from executor.web.layout import badge, definitions, filter_notice, live
 from executor.web.source import parse_id
 from supervisor_client.client import OUTCOMES, outcome_name
 
@@ -77,6 +77,8 @@ class RunFilters:
             # More digits than MAX_LIMIT has is more (and int() refuses past 4300 digits).
             fits = len(limit.lstrip("0")) <= len(str(MAX_LIMIT))
             filters = replace(filters, limit=min(int(limit), MAX_LIMIT) if fits else MAX_LIMIT)
+        elif limit:
+            problems.append(f"limit {limit!r} is not a whole number from 1 up")
         return filters, "; ".join(problems)
 
     def query(self, **extra: str) -> str:
@@ -142,7 +144,7 @@ def runs_page(source: Any, filters: RunFilters, problem: str) -> Html:
     )
     return join(
         [
-            notice(problem, "warn") if problem else "",
+            filter_notice(problem),
             form,
             tag("table", head, body, class_="runs", id="runs"),
             tag("p", "Newest first; the table updates by itself.", class_="hint"),
