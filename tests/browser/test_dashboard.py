@@ -181,4 +181,4 @@ async def test_two_executors_on_one_host_keep_their_own_sign_ins(
         for web in (one, other):
             await browser.open(page(web, "/health"))
             await browser.wait_for("main h1")
-            assert browser.url.endswith("/health"), "still signed in"
+            assert browser.url == page(web, "/health"), "still signed in, not sent to /login"
