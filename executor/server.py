@@ -291,12 +291,16 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
 def _start_side_port(settings: Settings, channel: grpc.aio.Channel, metrics: Metrics) -> SidePort:
     """The HTTP side port, reading through the executor's own channel (it carries the token)."""
     source = ExecutorSource(asyncio.get_running_loop(), ExecutorClient(channel), metrics)
-    access = Access(
-        settings.auth_token,
-        exempt_probes=settings.http_exempt_metrics,
-        secure_cookie=bool(settings.tls_cert),
-    )
-    dashboard = Dashboard(source, metrics.registry, access, explain=explain_from_engine(source))
+
+    def dashboard(port: int) -> Dashboard:
+        access = Access(
+            settings.auth_token,
+            port=port,
+            exempt_probes=settings.http_exempt_metrics,
+            secure_cookie=bool(settings.tls_cert),
+        )
+        return Dashboard(source, metrics.registry, access, explain=explain_from_engine(source))
+
     return SidePort.start(settings, dashboard)
 
 

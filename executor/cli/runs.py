@@ -5,6 +5,13 @@ running executor (the callback really acts on the job, and its result is reporte
 any other), or with ``--embedded`` against a throwaway executor and embedded supervisor
 started in this process on 127.0.0.1:0, into which the job file is submitted first.
 
+What a callback chose (its output, failure, traceback, action messages, the trigger
+and names it ran for) is printed with its control characters as visible escapes
+(``visible_text``), to a terminal or a pipe alike: raw, an escape sequence in a
+callback's output would act on the admin's terminal (set its title, write its
+clipboard, clear it, overwrite the "failure:" line). ``--json`` stays exact JSON (whose
+own escapes already keep every control character out of the text).
+
 Exit codes: 0 success (for ``run``: the callback SUCCEEDED), 1 the callback did not
 succeed, 2 bad arguments or configuration, 3 the executor refused or could not be
 reached.
@@ -39,6 +46,7 @@ from executor.cli.printable import escaped, printable
 from executor.config import Settings
 from executor.errors import ConfigError
 from executor.triggers.nodes import EventName, EventType
+from executor.visible_text import visible
 from supervisor_client import ExecutorClient
 from supervisor_client.client import (
     OUTCOMES,
@@ -212,7 +220,7 @@ async def _runs(args: argparse.Namespace, out: TextIO) -> int:
     async with connect(args) as client:
         if args.runs_command == "show":
             run = await client.get_run(args.invocation_id, timeout=args.timeout)
-            print(format_run(run), file=out)
+            print(visible(format_run(run)), file=out)
             return EXIT_OK
         response = await client.list_runs(
             job_id=args.job or 0,
@@ -227,9 +235,9 @@ async def _runs(args: argparse.Namespace, out: TextIO) -> int:
         for run in response.runs:
             print(json.dumps(as_plain(run)), file=out)
     else:
-        print(format_runs(response.runs), file=out)
+        print(visible(format_runs(response.runs)), file=out)
         if args.shadow:
-            print(format_would_be(response.runs), file=out, end="")
+            print(visible(format_would_be(response.runs)), file=out, end="")
     return EXIT_OK
 
 
@@ -424,7 +432,7 @@ async def _execute(
     request.policy = args.policy or ""
     response = await client.execute(request, timeout=args.timeout)
     print(f"invocation: {response.invocation_id}", file=out)
-    print(format_result(response), file=out)
+    print(visible(format_result(response)), file=out)
     if not args.embedded and unknown_job(response, job.get("id")):
         print(
             f"hint: the supervisor behind {args.address} does not know job {job.get('id')}: "

@@ -42,6 +42,7 @@ STATIC_TYPES: Final = {
     ".svg": "image/svg+xml",
 }
 HTML_TYPE: Final = "text/html; charset=utf-8"
+TEXT_TYPE: Final = "text/plain; charset=utf-8"
 MAX_FORM_BYTES: Final = 4096
 DEFAULT_PAGE: Final = "/runs"
 # What a sign-in's ``next`` keeps as is (a "%" included: it is already encoded).
@@ -211,13 +212,24 @@ class Dashboard:
             return self._error(
                 404, "No such run", f"No run {invocation_id!r} in the history.", request
             )
+        stream = request.query.get("stream")
+        if stream is not None:
+            if stream not in runs_pages.STREAMS:
+                raise SourceRefused(
+                    f"stream {stream!r} is not one of {', '.join(runs_pages.STREAMS)}"
+                )
+            # Text, never HTML (nosniff is on every response): output shows as written.
+            text = runs_pages.stream_text(run, stream).encode()
+            return Response(200, text, TEXT_TYPE, (("Cache-Control", "no-store"),))
         return self._page(f"Run {invocation_id[:8]}", request, lambda _: runs_pages.run_page(run))
 
     def _jobs(self, request: Request) -> Response:
-        query = JobsQuery.parse(request.query)
+        query, problem = JobsQuery.parse(request.query)
         if request.query.get("part") == "body":
             return _html(200, jobs_body(self._source, query, self._explain))
-        return self._page("Jobs & callbacks", request, lambda s: jobs_page(s, query, self._explain))
+        return self._page(
+            "Jobs & callbacks", request, lambda s: jobs_page(s, query, self._explain, problem)
+        )
 
     def _health(self, request: Request) -> Response:
         if request.query.get("part") == "body":

@@ -8,8 +8,13 @@ token. Without a token everything is open, as the gRPC port is.
 
 Sessions live in memory (a restart signs everyone out) under a random id, in an
 HttpOnly, SameSite=Strict cookie (Secure under TLS); the token itself never goes into
-a cookie. Comparisons are constant-time, and a wrong token costs its sender half a
-second (in the HTTP thread, never the event loop).
+a cookie. The cookie's name carries the side port's number (``cbexec_session_50052``),
+because browsers keep cookies per host, not per port: under one name, signing in to
+a second executor on the host replaced the first one's session. Under TLS the name
+starts with ``__Host-``: a browser takes such a cookie only from an HTTPS answer, with
+Path=/ and no Domain (as this one is set), so no plaintext page and no other host of the
+domain can set one of that name. Comparisons are constant-time, and a wrong token costs
+its sender half a second (in the HTTP thread, never the event loop).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from collections.abc import Callable, Mapping
 from http.cookies import CookieError, SimpleCookie
 from typing import Final
 
-COOKIE: Final = "cbexec_session"
+COOKIE_PREFIX: Final = "cbexec_session"
 SESSION_TTL_S: Final = 12 * 3600.0
 MAX_SESSIONS: Final = 1000
 WRONG_TOKEN_DELAY_S: Final = 0.5
@@ -38,6 +43,7 @@ class Access:
         self,
         token: str,
         *,
+        port: int = 0,
         exempt_probes: bool = False,
         secure_cookie: bool = False,
         clock: Callable[[], float] = time.monotonic,
@@ -45,6 +51,8 @@ class Access:
         self._expected = token.strip().encode()  # as gRPC's check and clients take it
         self._exempt_probes = exempt_probes
         self._secure = secure_cookie
+        # The side port's number: one cookie per executor on a host (see above).
+        self.cookie_name: Final = f"{'__Host-' if secure_cookie else ''}{COOKIE_PREFIX}_{port}"
         self._clock = clock
         self._sessions: dict[str, float] = {}  # id -> expiry
         self._lock = threading.Lock()  # handler threads sign in and out concurrently
@@ -75,7 +83,7 @@ class Access:
             cookie = SimpleCookie(headers.get("cookie", ""))
         except CookieError:
             return None
-        morsel = cookie.get(COOKIE)
+        morsel = cookie.get(self.cookie_name)
         if morsel is None:
             return None
         with self._lock:
@@ -110,4 +118,4 @@ class Access:
 
     def _cookie(self, value: str, max_age: int) -> str:
         secure = "; Secure" if self._secure else ""
-        return f"{COOKIE}={value}; Max-Age={max_age}; Path=/; HttpOnly; SameSite=Strict{secure}"
+        return f"{self.cookie_name}={value}; Max-Age={max_age}; Path=/; HttpOnly; SameSite=Strict{secure}"

@@ -4,6 +4,8 @@ Every value that reaches a page goes through ``esc`` unless it is already ``Html
 fragment built by ``tag`` from escaped parts), so the only way to put raw markup on a
 page is to construct ``Html`` on purpose, which only this package does, from literals.
 A callback's output, its failure, a trigger, a job name: all are text, never markup.
+Control and bidi characters in them are shown as escapes (``visible_text``): a raw
+right-to-left override would draw the page's own words after it backwards.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import html
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Final
+
+from executor.visible_text import visible
 
 # Attributes written without a value when true (``<input checked>``).
 _BOOLEAN_ATTRIBUTES: Final = frozenset({"checked", "selected", "disabled", "open", "hidden"})
@@ -25,10 +29,10 @@ class Html(str):
 
 
 def esc(value: object) -> Html:
-    """``value`` as HTML text: escaped, unless it is ``Html`` already."""
+    """``value`` as HTML text: escaped (controls shown), unless it is ``Html`` already."""
     if isinstance(value, Html):
         return value
-    return Html(html.escape(str(value), quote=True))
+    return Html(html.escape(visible(str(value)), quote=True))
 
 
 def join(parts: Iterable[object], separator: str = "") -> Html:

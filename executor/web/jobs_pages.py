@@ -19,8 +19,8 @@ from executor import triggers
 from executor.triggers.nodes import Atom, EventType, Expr, render
 from executor.web.explain import Explainer, Explanation
 from executor.web.html import Html, join, tag
-from executor.web.layout import live, notice
-from executor.web.source import SourceRefused, parse_id
+from executor.web.layout import filter_notice, live, notice
+from executor.web.source import parse_id
 
 JOBS_PER_PAGE: Final = 20
 # Callbacks differing only in their work item are drawn as one row from this many on.
@@ -36,17 +36,25 @@ class JobsQuery:
     before: int = 0
 
     @classmethod
-    def parse(cls, query: Mapping[str, str]) -> JobsQuery:
+    def parse(cls, query: Mapping[str, str]) -> tuple[JobsQuery, str]:
+        """The query, and what was wrong with it ("" when nothing: a bad value is left out).
+
+        As the runs page does: the page still answers, and says which value it ignored.
+        """
+        problems = []
+
         def number(name: str) -> int:
             value = query.get(name, "").strip()
+            if not value:
+                return 0
             try:
                 return parse_id(value)
             except ValueError as err:
-                if value.isascii() and value.isdigit():  # an id, too large: as the executor says
-                    raise SourceRefused(f"{name} {err}") from err
-                return 0  # not a number: no filter, as ever
+                problems.append(f"{name} {err}")
+                return 0
 
-        return cls(number("job"), number("before"))
+        parsed = cls(number("job"), number("before"))
+        return parsed, "; ".join(problems)
 
     def url(self, part: str = "") -> str:
         params = [f"job={self.job_id}"] if self.job_id else []
@@ -55,8 +63,8 @@ class JobsQuery:
         return "/jobs" + ("?" + "&".join(params) if params else "")
 
 
-def jobs_page(source: Any, query: JobsQuery, explain: Explainer) -> Html:
-    """The live list of jobs (its content is ``jobs_body``)."""
+def jobs_page(source: Any, query: JobsQuery, explain: Explainer, problem: str = "") -> Html:
+    """The live list of jobs (its content is ``jobs_body``), under a notice of ``problem``."""
     form = tag(
         "form",
         tag("label", "Job", tag("input", name="job", value=query.job_id or "", size=8)),
@@ -66,7 +74,13 @@ def jobs_page(source: Any, query: JobsQuery, explain: Explainer) -> Html:
         action="/jobs",
         class_="filters",
     )
-    return join([form, live(query.url("body"), jobs_body(source, query, explain), id="jobs")])
+    return join(
+        [
+            filter_notice(problem),
+            form,
+            live(query.url("body"), jobs_body(source, query, explain), id="jobs"),
+        ]
+    )
 
 
 def jobs_body(source: Any, query: JobsQuery, explain: Explainer) -> Html:

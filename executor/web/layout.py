@@ -101,3 +101,8 @@ def definitions(rows: list[tuple[str, object]]) -> Html:
         tag("tbody", *(tag("tr", tag("th", label), tag("td", value)) for label, value in rows)),
         class_="facts",
     )
+
+
+def filter_notice(problem: str) -> Html:
+    """What a filter page says of values it left out ("" when none): the same on every page."""
+    return notice(f"Left out of the filter: {problem}.", "warn") if problem else Html("")

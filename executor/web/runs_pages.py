@@ -3,6 +3,12 @@
 Everything a callback produced (output, failure, traceback, action messages) and
 everything a scheduler sent (job names, triggers, work names) is text to these pages:
 ``html.esc`` turns it into text, whatever it holds.
+
+A run's page shows each output stream's first and last ``STREAM_EDGE_BYTES``, with a
+note of how much lies between and a link to the whole stream as text/plain
+(``stream_text``). A stream may be 16 MiB (``output_bytes``' cap): inlined whole, it made
+a 34 MB page that Chromium parsed so slowly that the server dropped the stalled
+connection and the page ended mid-stream, with nothing to say so.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from urllib.parse import quote, urlencode
 
 from executor.cli.runs import parse_since
 from executor.web.html import Html, join, local_time, seconds, size, tag
-from executor.web.layout import badge, definitions, live, notice
+from executor.web.layout import badge, definitions, filter_notice, live
 from executor.web.source import parse_id
 from supervisor_client.client import OUTCOMES, outcome_name
 
@@ -23,6 +29,8 @@ LANGUAGES: Final = ("python", "perl", "qube", "mail")
 DEFAULT_LIMIT: Final = 50
 MAX_LIMIT: Final = 1000
 TRIGGER_CHARS: Final = 48
+STREAM_EDGE_BYTES: Final = 64 << 10
+STREAMS: Final = ("stdout", "stderr")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +77,8 @@ class RunFilters:
             # More digits than MAX_LIMIT has is more (and int() refuses past 4300 digits).
             fits = len(limit.lstrip("0")) <= len(str(MAX_LIMIT))
             filters = replace(filters, limit=min(int(limit), MAX_LIMIT) if fits else MAX_LIMIT)
+        elif limit:
+            problems.append(f"limit {limit!r} is not a whole number from 1 up")
         return filters, "; ".join(problems)
 
     def query(self, **extra: str) -> str:
@@ -134,7 +144,7 @@ def runs_page(source: Any, filters: RunFilters, problem: str) -> Html:
     )
     return join(
         [
-            notice(problem, "warn") if problem else "",
+            filter_notice(problem),
             form,
             tag("table", head, body, class_="runs", id="runs"),
             tag("p", "Newest first; the table updates by itself.", class_="hint"),
@@ -246,8 +256,9 @@ def run_page(run: Any) -> Html:
             )
         )
     parts.append(tag("section", tag("h2", "Actions"), _actions(result.actions)))
-    parts.append(_stream("Output", result.stdout, result.stdout_truncated, "stdout"))
-    parts.append(_stream("Errors", result.stderr, result.stderr_truncated, "stderr"))
+    link = f"/runs/{quote(run.invocation_id, safe='')}?stream="
+    parts.append(_stream("Output", result.stdout, result.stdout_truncated, "stdout", link))
+    parts.append(_stream("Errors", result.stderr, result.stderr_truncated, "stderr", link))
     return join(parts)
 
 
@@ -268,10 +279,54 @@ def _actions(actions: Any) -> Html:
     return tag("table", tag("thead", head), tag("tbody", *rows), class_="actions")
 
 
-def _stream(title: str, text: str, truncated: bool, element_id: str) -> Html:
+@dataclass(frozen=True, slots=True)
+class Excerpt:
+    """A stream's start and end as a page shows them, and how many bytes lie between."""
+
+    head: str
+    tail: str = ""
+    hidden_bytes: int = 0
+
+
+def excerpt(text: str, edge_bytes: int = STREAM_EDGE_BYTES) -> Excerpt:
+    """``text`` whole when it is at most twice ``edge_bytes`` of UTF-8, else its two ends.
+
+    Each end is cut on a character boundary, so it may be a few bytes short of ``edge_bytes``.
+    """
+    if len(text) <= edge_bytes // 2:  # 4 bytes a character at most: fits without counting
+        return Excerpt(text)
+    data = text.encode()
+    if len(data) <= 2 * edge_bytes:
+        return Excerpt(text)
+    head = data[:edge_bytes].decode("utf-8", "ignore")
+    tail = data[-edge_bytes:].decode("utf-8", "ignore")
+    return Excerpt(head, tail, len(data) - len(head.encode()) - len(tail.encode()))
+
+
+def _stream(title: str, text: str, truncated: bool, element_id: str, link: str) -> Html:
     note = tag("span", " (cut at the output_bytes limit)", class_="hint") if truncated else ""
-    content = tag("pre", text, id=element_id) if text else tag("p", "(empty)", class_="hint")
-    return tag("section", tag("h2", title, note), content)
+    if not text:
+        return tag("section", tag("h2", title, note), tag("p", "(empty)", class_="hint"))
+    whole = tag("a", f"{element_id} as plain text", href=link + element_id, class_="small")
+    shown = excerpt(text)
+    content = [tag("pre", shown.head, id=element_id)]
+    if shown.hidden_bytes:
+        content += [
+            tag(
+                "p",
+                f"… {shown.hidden_bytes:,} bytes not shown … ",
+                tag("a", f"the whole {element_id}", href=link + element_id),
+                class_="notice warn",
+                id=f"{element_id}-cut",
+            ),
+            tag("pre", shown.tail, id=f"{element_id}-end"),
+        ]
+    return tag("section", tag("h2", title, note, " ", whole), *content)
+
+
+def stream_text(run: Any, stream: str) -> str:
+    """The whole of one of ``STREAMS`` of a run, as the run wrote it (after UTF-8 repair)."""
+    return str(getattr(run.result, stream))
 
 
 def now() -> float:

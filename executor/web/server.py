@@ -23,6 +23,7 @@ import socket
 import ssl
 import sys
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 # An idle keep-alive connection is closed after this; a request must arrive within it.
 IDLE_TIMEOUT_S: Final = 30.0
 MAX_BODY_BYTES: Final = 64 << 10
+WRITE_PIECE_BYTES: Final = 256 << 10
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -100,7 +102,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         if body:
-            self.wfile.write(response.body)
+            # In pieces: the socket's timeout bounds each write, not the whole body. One
+            # write of a 16 MiB output stream had IDLE_TIMEOUT_S for all of it, so a browser
+            # reading it steadily but slowly (laying it out as it comes) was cut off.
+            whole = memoryview(response.body)
+            for start in range(0, len(whole), WRITE_PIECE_BYTES):
+                self.wfile.write(whole[start : start + WRITE_PIECE_BYTES])
 
     def log_message(self, format: str, *args: Any) -> None:  # the stdlib's signature
         if logger.isEnabledFor(logging.DEBUG):
@@ -113,10 +120,9 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = False  # joined by server_close: no thread outlives the stop
     block_on_close = True
 
-    def __init__(
-        self, address: tuple[str, int], dashboard: Dashboard, tls: ssl.SSLContext | None
-    ) -> None:
-        self.dashboard = dashboard
+    dashboard: Dashboard  # set once bound, before serving: it is named after the port
+
+    def __init__(self, address: tuple[str, int], tls: ssl.SSLContext | None) -> None:
         self._tls = tls
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
@@ -179,16 +185,24 @@ class SidePort:
         )
 
     @classmethod
-    def start(cls, settings: Settings, dashboard: Dashboard) -> SidePort:
-        """Bind ``http_bind`` and serve in a thread; ConfigError when the address cannot be bound."""
+    def start(cls, settings: Settings, dashboard: Callable[[int], Dashboard]) -> SidePort:
+        """Bind ``http_bind`` and serve in a thread; ConfigError when the address cannot be bound.
+
+        ``dashboard`` makes the dashboard for the port bound (``http_bind`` may say 0).
+        """
         host, _, port = settings.http_bind.rpartition(":")
         tls = tls_context(settings)
         try:
-            server = _Server((host.strip("[]"), int(port)), dashboard, tls)
+            server = _Server((host.strip("[]"), int(port)), tls)
         except OSError as err:
             raise ConfigError(
                 f"http_bind: cannot listen on {settings.http_bind}: {err.strerror or err}"
             ) from err
+        try:
+            server.dashboard = dashboard(server.server_address[1])
+        except BaseException:
+            server.server_close()
+            raise
         side = cls(server)
         side._thread.start()
         logger.info(

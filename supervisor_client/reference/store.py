@@ -99,7 +99,9 @@ CREATE TABLE IF NOT EXISTS callbacks (
     mode TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (job_id, id)
 );
--- History and results outlive their job: a callback may remove its own job.
+-- History and results outlive their job: a callback may remove its own job. A result
+-- for a job id never given out (job_known 0) is kept apart: no history line, and not
+-- among the results of the job that later gets the id.
 CREATE TABLE IF NOT EXISTS history (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id INTEGER NOT NULL, time REAL NOT NULL,
     text TEXT NOT NULL, invocation_id TEXT NOT NULL DEFAULT ''
@@ -107,7 +109,7 @@ CREATE TABLE IF NOT EXISTS history (
 CREATE INDEX IF NOT EXISTS history_by_job ON history (job_id, seq);
 CREATE TABLE IF NOT EXISTS results (
     invocation_id TEXT PRIMARY KEY, job_id INTEGER NOT NULL, time REAL NOT NULL,
-    payload TEXT NOT NULL
+    payload TEXT NOT NULL, job_known INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS results_by_job ON results (job_id);
 """
@@ -215,6 +217,9 @@ class ReferenceSupervisor:
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
         if "preempted" not in columns:  # a database from before the passive preempt
             self._db.execute("ALTER TABLE jobs ADD COLUMN preempted INTEGER NOT NULL DEFAULT 0")
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(results)")}
+        if "job_known" not in columns:  # a database from before results were kept apart
+            self._db.execute("ALTER TABLE results ADD COLUMN job_known INTEGER NOT NULL DEFAULT 1")
         self._applied = AppliedActions(self._db, action_retention_s)
 
     # -- lifetime -----------------------------------------------------------------------
@@ -282,8 +287,7 @@ class ReferenceSupervisor:
             return [self._job_dict(self._job_row(i), include_callbacks=False) for i in ids]
 
     def _insert_jobs(self, changes: _Changes, jobs: Sequence[NewJob]) -> list[int]:
-        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
-        first_id = (row["seq"] if row else 0) + 1
+        first_id = self._last_job_id() + 1
         leader = next((first_id + i for i, job in enumerate(jobs) if job.pgrp is None), 0)
         pgrps = [job.pgrp or leader for job in jobs]
         labels = self._assign_labels(jobs, pgrps)
@@ -876,7 +880,10 @@ class ReferenceSupervisor:
     def report_result(self, invocation_id: str, job_id: int, payload: Mapping[str, Any]) -> bool:
         """Store one run's result; returns True when nothing changed (see ``report_results``).
 
-        The job need not exist any more: a callback may have removed its own job.
+        The job need not exist any more: a callback may have removed its own job. A
+        result for a job id this store never gave out (an Execute for a job it does not
+        have) is stored apart: it gets no history line and is not among ``results`` of
+        the job that later gets that id, which it is not about.
         """
         (duplicate,) = self.report_results([(invocation_id, job_id, payload)])
         return duplicate
@@ -906,7 +913,9 @@ class ReferenceSupervisor:
             )
         duplicates = []
         with self._transaction() as changes:
+            last_id = self._last_job_id()
             for invocation_id, job_id, outcome, ended_at, text, callback in rows:
+                known = 0 < job_id <= last_id  # ids are never reused: one a job had
                 stored = self._db.execute(
                     "SELECT json_extract(payload, '$.outcome'), json_extract(payload, '$.ended_at')"
                     " FROM results WHERE invocation_id = ?",
@@ -915,24 +924,38 @@ class ReferenceSupervisor:
                 line = f"[callback] result of invocation {invocation_id}: {outcome}"
                 if stored is None:
                     self._db.execute(
-                        "INSERT INTO results (invocation_id, job_id, time, payload)"
-                        " VALUES (?, ?, ?, ?)",
-                        (invocation_id, job_id, self._clock(), text),
+                        "INSERT INTO results (invocation_id, job_id, time, payload, job_known)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (invocation_id, job_id, self._clock(), text, int(known)),
                     )
                 elif ended_at > _as_seconds(stored[1]):
                     self._db.execute(
-                        "UPDATE results SET job_id = ?, time = ?, payload = ?"
+                        "UPDATE results SET job_id = ?, time = ?, payload = ?, job_known = ?"
                         " WHERE invocation_id = ?",
-                        (job_id, self._clock(), text, invocation_id),
+                        (job_id, self._clock(), text, int(known), invocation_id),
                     )
                     line += f" (a later run; replaces {stored[0] or 'no outcome'})"
                 else:
                     duplicates.append(True)
                     continue
-                changes.note(job_id, line, invocation_id)
-                self._count_run(job_id, callback)
+                if known:
+                    changes.note(job_id, line, invocation_id)
+                    self._count_run(job_id, callback)
+                else:
+                    logger.info(
+                        "result of invocation %s is for job %d, which this supervisor never "
+                        "had: kept apart from any later job %d",
+                        invocation_id,
+                        job_id,
+                        job_id,
+                    )
                 duplicates.append(False)
         return duplicates
+
+    def _last_job_id(self) -> int:
+        """The highest job id given out so far (AUTOINCREMENT keeps it after a removal)."""
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
+        return int(row["seq"]) if row else 0
 
     def _count_run(self, job_id: int, callback: Any) -> None:
         """Keep a job callback's ``count`` (runs so far) from the runs reported of it.
@@ -954,11 +977,14 @@ class ReferenceSupervisor:
             )
 
     def results(self, job_id: int | None = None) -> list[dict[str, Any]]:
-        """Stored results (``invocation_id, job_id, time, payload``), oldest first."""
+        """Stored results (``invocation_id, job_id, time, payload, job_known``), oldest first.
+
+        With ``job_id``: that job's, without the results kept apart (``job_known`` False).
+        """
         query = "SELECT * FROM results"
         args: tuple[int, ...] = ()
         if job_id is not None:
-            query, args = query + " WHERE job_id = ?", (job_id,)
+            query, args = query + " WHERE job_id = ? AND job_known = 1", (job_id,)
         with self._lock:
             rows = self._db.execute(query + " ORDER BY time, rowid", args).fetchall()
         return [self._result_dict(row) for row in rows]
@@ -978,4 +1004,5 @@ class ReferenceSupervisor:
             "job_id": row["job_id"],
             "time": row["time"],
             "payload": json.loads(row["payload"]),
+            "job_known": bool(row["job_known"]),
         }

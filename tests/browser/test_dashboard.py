@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Stack, running_stack, stack_settings
+from supervisor_client import ExecutorClient
+from tests.conftest import TEST_UID_BASE, Stack, running_stack, stack_settings
 from tests.helpers.browser import Browser, chromium, missing
 from tests.service.test_runs import FAIL, run_py
 
@@ -116,6 +117,37 @@ async def test_printed_markup_stays_text(web: Stack, browser: Browser) -> None:
     assert await browser.script("return document.getElementById('escaped')") is None
 
 
+async def test_a_run_at_the_output_cap_loads_whole_and_says_what_it_leaves_out(
+    web: Stack, browser: Browser
+) -> None:
+    # Both streams at 16 MiB made a 34 MB page; Chromium parsed it so slowly that the
+    # server dropped the connection, and the page ended mid-stderr with nothing to say so.
+    code = (
+        "import sys\n"
+        "sys.stdout.write('first line\\n' + 'o' * (16 << 20))\n"
+        "sys.stderr.write('e' * ((16 << 20) - 20) + 'last of stderr')\n"
+    )
+    async with ExecutorClient(web.address) as client:  # the suite's channel keeps 4 MiB
+        done = await client.execute_callback(
+            language="python",
+            code=code,
+            job={"id": 45, "user": "root"},
+            limits={"output_bytes": 16 << 20},
+        )
+    await browser.open(page(web, f"/runs/{done.invocation_id}"))
+    assert "cbexec" in await browser.wait_for("footer"), "the page arrived whole"
+    assert (await browser.text("#stdout")).startswith("first line")
+    assert "bytes not shown" in await browser.text("#stderr-cut")
+    assert (await browser.text("#stderr-end")).endswith("last of stderr")
+    length = await browser.script("return document.documentElement.outerHTML.length")
+    assert length < 1 << 20
+
+    # The whole stream is one link away (its content is checked in tests/service/test_http.py;
+    # Chromium takes half a minute to lay out one 16 MiB line).
+    link = await browser.script("return document.querySelector('#stderr-cut a').href")
+    assert link == page(web, f"/runs/{done.invocation_id}?stream=stderr")
+
+
 async def test_signing_in_with_the_token(tmp_path: Path, browser: Browser) -> None:
     settings = stack_settings(tmp_path / "data", http_bind="127.0.0.1:0", auth_token="t0ken")
     async with running_stack(settings) as web:
@@ -125,3 +157,28 @@ async def test_signing_in_with_the_token(tmp_path: Path, browser: Browser) -> No
         await browser.click("form.login button")
         assert "SERVING" in await browser.wait_for("#serving")
         assert browser.url.endswith("/health")
+
+
+async def test_two_executors_on_one_host_keep_their_own_sign_ins(
+    tmp_path: Path, browser: Browser
+) -> None:
+    # Cookies are per host, not per port: under one cookie name, signing in to the
+    # second executor signed the browser out of the first.
+    first = stack_settings(tmp_path / "a", http_bind="127.0.0.1:0", auth_token="t0ken")
+    second = stack_settings(
+        tmp_path / "b",
+        http_bind="127.0.0.1:0",
+        auth_token="other-t0ken",
+        sandbox_uid_base=TEST_UID_BASE + 8,
+    )
+    async with running_stack(first) as one, running_stack(second) as other:
+        for web, token in ((one, "t0ken"), (other, "other-t0ken")):
+            await browser.open(page(web, "/health"))
+            await browser.wait_for("form.login")
+            await browser.type("input[name=token]", token)
+            await browser.click("form.login button")
+            assert "SERVING" in await browser.wait_for("#serving")
+        for web in (one, other):
+            await browser.open(page(web, "/health"))
+            await browser.wait_for("main h1")
+            assert browser.url == page(web, "/health"), "still signed in, not sent to /login"

@@ -7,6 +7,7 @@ import http.client
 import socket
 import ssl
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -154,6 +155,11 @@ async def test_the_run_page_shows_a_run_whose_result_is_over_4_mib(web: Stack) -
 
     assert status == 200, page[:500]
     assert "the end" in page
+    # Its two ends, not 5 MiB of HTML: a browser parsing 34 MB stalled past the idle timeout.
+    assert len(page) < 1 << 20 and "bytes not shown" in page
+    status, headers, whole = await fetch(url(web, f"/runs/{response.invocation_id}?stream=stdout"))
+    assert (status, headers["Content-Type"]) == (200, "text/plain; charset=utf-8")
+    assert whole == response.stdout
 
 
 async def test_token_bearer_login_and_exempt_probes(tmp_path: Path) -> None:
@@ -179,6 +185,8 @@ async def test_token_bearer_login_and_exempt_probes(tmp_path: Path) -> None:
         assert (status, headers["Location"]) == (303, "/jobs")
         cookie = headers["Set-Cookie"]
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and TOKEN not in cookie
+        # Named after the port: browsers keep cookies per host, and executors share hosts.
+        assert cookie.startswith(f"cbexec_session_{web.running.http_port}=")
         session = {"Cookie": cookie.split(";", 1)[0]}
         assert (await fetch(url(web, "/health"), headers=session))[0] == 200
         status, headers, _ = await fetch(url(web, "/logout"), headers=session, data=b"")
@@ -206,11 +214,22 @@ async def test_tls_from_the_grpc_settings(tmp_path: Path) -> None:
     directory = tmp_path / "pki"
     directory.mkdir()
     pki: Pki = _make_pki(directory)
-    settings = http_settings(tmp_path, tls_cert=str(pki.server_cert), tls_key=str(pki.server_key))
+    settings = http_settings(
+        tmp_path, tls_cert=str(pki.server_cert), tls_key=str(pki.server_key), auth_token=TOKEN
+    )
     async with running_stack(settings) as web:
         context = ssl.create_default_context(cafile=str(pki.ca))
-        status, _, body = await fetch(url(web, "/healthz", "https"), context=context)
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        status, _, body = await fetch(
+            url(web, "/healthz", "https"), headers=bearer, context=context
+        )
         assert status == 200 and "SERVING" in body
+        _, headers, _ = await fetch(
+            url(web, "/login", "https"), data=f"token={TOKEN}".encode(), context=context
+        )
+        cookie = headers["Set-Cookie"]
+        assert cookie.startswith(f"__Host-cbexec_session_{web.running.http_port}=")
+        assert "; Secure" in cookie and "; Path=/;" in cookie and "Domain" not in cookie
         with pytest.raises(OSError):  # noqa: PT011 - plaintext to the TLS port: reset, or a URLError
             await fetch(url(web, "/healthz"))
 
@@ -245,3 +264,37 @@ async def test_a_taken_http_port_is_a_clear_startup_error(tmp_path: Path) -> Non
         port = taken.getsockname()[1]
         with pytest.raises(ConfigError, match=f"http_bind: cannot listen on 127.0.0.1:{port}"):
             await server.start(stack_settings(tmp_path / "data", http_bind=f"127.0.0.1:{port}"))
+
+
+async def test_a_slow_steady_reader_gets_a_whole_large_stream(
+    web: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The idle timeout bounds each piece written, not the whole body: one write of the
+    # whole body had to be done within it, so a browser reading a 16 MiB stream steadily
+    # but slowly was cut off (ERR_CONTENT_LENGTH_MISMATCH).
+    monkeypatch.setattr("executor.web.server._Handler.timeout", 1.0)
+    code = "import sys\nsys.stdout.write('x' * (8 << 20) + 'the end')"
+    async with ExecutorClient(web.address) as client:
+        response = await client.execute_callback(
+            language="python",
+            code=code,
+            job={"id": 1, "user": "root"},
+            limits={"output_bytes": 9 << 20},
+        )
+
+    def read_slowly() -> bytes:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+            sock.connect(("127.0.0.1", web.running.http_port or 0))
+            target = f"/runs/{response.invocation_id}?stream=stdout"
+            sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            received = bytearray()
+            while chunk := sock.recv(64 << 10):
+                received += chunk
+                time.sleep(0.04)  # about 1.5 MB/s: over 5 s for the body, never 1 s idle
+            return bytes(received)
+
+    answer = await asyncio.to_thread(read_slowly)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert len(body) == len(response.stdout) and body.endswith(b"the end")

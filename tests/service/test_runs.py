@@ -411,3 +411,46 @@ async def test_cbexec_run_usage_errors(tmp_path: Path) -> None:
     assert code == 2 and "missing.json" in err
     code, _, err = await cbexec("run", "--address", "127.0.0.1:1", "--job", "x.json")
     assert code == 2 and "FILE or with --code" in err
+
+
+TERMINAL_TRICKS = (
+    "import sys\n"
+    "print('\\x1b]0;owned\\x07\\x1b]52;c;ZWNobyBoaQ==\\x07\\x1b[2Jafter clear')\n"
+    "sys.stderr.write('err\\x1b[31m red\\n')\n"
+    "raise ValueError('\\x1b[2K\\rFAKE: OUTCOME_SUCCEEDED')\n"
+)
+
+
+async def test_cbexec_prints_a_callbacks_control_characters_as_escapes(
+    stack_warm: Stack, tmp_path: Path
+) -> None:
+    # Raw, they set the terminal's title, wrote its clipboard, cleared it, and made the
+    # failure line read "FAKE: OUTCOME_SUCCEEDED".
+    tricky = await run_py(stack_warm, TERMINAL_TRICKS, 79)
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps({"id": 79, "user": "alice"}))
+    shown = [
+        await cbexec("runs", "show", tricky.invocation_id, "--address", stack_warm.address),
+        await cbexec(
+            "run",
+            "--code",
+            TERMINAL_TRICKS,
+            "--lang",
+            "python",
+            "--job",
+            str(job_file),
+            "--address",
+            stack_warm.address,
+        ),
+    ]
+    for code, out, err in shown:
+        assert code == 1 or (code == 0 and "outcome: FAILED" in out), err
+        assert "\x1b" not in out and "\x07" not in out and "\r" not in out
+        assert r"\x1b]0;owned\x07\x1b]52;c;ZWNobyBoaQ==\x07\x1b[2Jafter clear" in out
+        assert r"failure: ValueError: \x1b[2K\x0dFAKE: OUTCOME_SUCCEEDED" in out
+        assert r"err\x1b[31m red" in out
+
+    code, out, _ = await cbexec("runs", "--address", stack_warm.address, "--job", "79", "--json")
+    assert code == 0
+    listed = [json.loads(line) for line in out.splitlines()]  # JSON still, escapes its own
+    assert listed[-1]["invocation_id"] == tricky.invocation_id

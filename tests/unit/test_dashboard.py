@@ -1,8 +1,9 @@
-"""The dashboard without sockets: escaping, filters, what a callback waits for, per-frame rows, access."""
+"""The dashboard without sockets: escaping, filters, long output, what a callback waits for, per-frame rows, access."""
 
 from __future__ import annotations
 
 import asyncio
+import html
 import threading
 from types import SimpleNamespace
 from typing import Any, cast
@@ -12,12 +13,13 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
+from executor.visible_text import visible
 from executor.web.app import Dashboard, Request
 from executor.web.auth import Access
 from executor.web.explain import explain_callback
 from executor.web.html import Html, esc, tag
 from executor.web.jobs_pages import frame_shape
-from executor.web.runs_pages import RunFilters
+from executor.web.runs_pages import STREAM_EDGE_BYTES, Excerpt, RunFilters, excerpt
 from executor.web.source import ExecutorSource, SourceRefused, SourceUnavailable
 from supervisor_client import ExecutorRpcError
 from supervisor_client.qbcallback.v1 import executor_pb2
@@ -337,14 +339,40 @@ def test_a_job_filter_too_large_for_an_id_is_a_notice_on_runs(value: str) -> Non
     )
 
 
-@pytest.mark.parametrize("name", ["job", "before"])
-@pytest.mark.parametrize("value", [TOO_LARGE, "9" * 5000])
-def test_a_job_id_too_large_is_a_400_on_jobs(name: str, value: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "said"),
+    [
+        ("/jobs?job=abc", "job 'abc' is not a job id"),
+        ("/jobs?job=-5", "job '-5' is not a job id"),
+        ("/jobs?before=abc", "before 'abc' is not a job id"),
+        (f"/jobs?job={TOO_LARGE}", "is out of range"),
+        (f"/jobs?before={'9' * 5000}", "is out of range"),
+        ("/runs?job=abc", "job 'abc' is not a job id"),
+        (f"/runs?job={TOO_LARGE}", "is out of range"),
+        ("/runs?limit=abc", "limit 'abc' is not a whole number from 1 up"),
+        ("/runs?limit=-5", "limit '-5' is not a whole number from 1 up"),
+    ],
+)
+def test_every_bad_filter_value_is_left_out_with_a_notice(path: str, said: str) -> None:
+    # One rule on both pages (it was a notice on /runs, a silently dropped filter or a
+    # 400 on /jobs): the page answers, without the value, and says so.
+    source = RequestBuildingSource()
+    dashboard = Dashboard(source, CollectorRegistry(), Access(""))
+    response = dashboard.handle(get(path))
+    assert response.status == 200
+    body = response.body.decode()
+    assert 'class="notice warn">Left out of the filter: ' in body
+    assert html.escape(said) in body
+    assert source.asked[-1].get("job_id") == 0 and source.asked[-1].get("before", 0) == 0
+    page, _, query = path.partition("?")
+    live = dashboard.handle(get(f"{page}?part={'rows' if page == '/runs' else 'body'}&{query}"))
+    assert live.status == 200 and b"Left out" not in live.body, "the notice is the page's"
+
+
+def test_a_good_filter_gets_no_notice() -> None:
     dashboard = Dashboard(RequestBuildingSource(), CollectorRegistry(), Access(""))
-    for path in (f"/jobs?{name}={value}", f"/jobs?part=body&{name}={value}"):
-        response = dashboard.handle(get(path))
-        assert response.status == 400, path
-        assert f"{name} " in response.body.decode() and "is out of range" in response.body.decode()
+    for path in ("/jobs?job=7", "/jobs?before=9", "/jobs?job=", "/runs?job=7&limit=5"):
+        assert b"Left out" not in dashboard.handle(get(path)).body, path
 
 
 @pytest.mark.parametrize("path", ["/runs?job=²", "/runs?limit=²", "/jobs?job=²", "/jobs?before=²"])
@@ -362,3 +390,105 @@ def test_the_largest_id_and_limit_still_filter() -> None:
     assert (source.asked[-1]["job_id"], source.asked[-1]["limit"]) == (int(MAX_ID), 1000)
     assert dashboard.handle(get(f"/jobs?job={MAX_ID}")).status == 200
     assert source.asked[-1]["job_id"] == int(MAX_ID)
+
+
+# -- control and bidi characters ----------------------------------------------------------
+
+SPOOF = "frame\u202e1\x00\x1b]0;title\x07\u2066x\r"
+
+
+class SpoofingSource(FakeSource):
+    """Every caller's string of FakeSource's holds controls that would act if sent raw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.run.work_name = SPOOF
+        self.run.triggers = SPOOF
+        self.run.result.stdout = SPOOF + "\r\nsecond line\r\n"
+        self.run.result.failure.message = SPOOF
+
+    def list_jobs(self, **_: object) -> Any:
+        job = executor_pb2.RegisteredJob(
+            id=7, pgrp=7, name=SPOOF, callbacks=[callback("complete-job-self", [False])]
+        )
+        return executor_pb2.ListRegisteredJobsResponse(jobs=[job], total=1)
+
+
+@pytest.mark.parametrize("path", ["/runs", "/runs/inv-1", "/jobs", "/runs?part=rows"])
+def test_control_and_bidi_characters_reach_a_page_as_visible_escapes(path: str) -> None:
+    body = Dashboard(SpoofingSource(), CollectorRegistry(), Access("")).handle(get(path)).body
+    text = body.decode()
+    for raw in ("\u202e", "\u2066", "\x00", "\x1b", "\x07"):
+        assert raw not in text, (path, raw)
+    assert r"frame\u202e1\x00\x1b]0;title\x07\u2066x\x0d" in text
+
+
+def test_a_line_end_and_right_to_left_letters_stay_as_written() -> None:
+    assert visible("שלום\tok\r\nnext\n") == "שלום\tok\r\nnext\n"
+    assert visible("a\rb\x7f\x9b\u200f") == r"a\x0db\x7f\x9b\u200f"
+
+
+# -- long output ----------------------------------------------------------------------------
+
+
+def test_a_long_stream_shows_its_two_ends_and_how_much_lies_between() -> None:
+    source = FakeSource()
+    middle = "m" * (5 << 20)
+    source.run.result.stdout = "START" + "é" * 10 + middle + "THE END"
+    source.run.result.stderr = "short"
+    dashboard = Dashboard(source, CollectorRegistry(), Access(""))
+
+    page = dashboard.handle(get("/runs/inv-1"))
+
+    assert page.status == 200 and len(page.body) < 400 << 10
+    text = page.body.decode()
+    total = len(source.run.result.stdout.encode())
+    shown = excerpt(source.run.result.stdout)
+    assert shown.hidden_bytes == total - 2 * STREAM_EDGE_BYTES
+    assert f"… {shown.hidden_bytes:,} bytes not shown … " in text
+    assert '<pre id="stdout">START' in text and "THE END</pre>" in text
+    assert 'href="/runs/inv-1?stream=stdout"' in text
+    assert '<pre id="stderr">short</pre>' in text and "stderr-cut" not in text
+
+    whole = dashboard.handle(get("/runs/inv-1?stream=stdout"))
+    assert whole.status == 200 and whole.content_type == "text/plain; charset=utf-8"
+    assert whole.body == source.run.result.stdout.encode()
+    assert dashboard.handle(get("/runs/inv-1?stream=stderr")).body == b"short"
+    assert dashboard.handle(get("/runs/inv-1?stream=env")).status == 400
+    assert dashboard.handle(get("/runs/other?stream=stdout")).status == 404
+
+
+def test_a_stream_is_cut_on_character_boundaries() -> None:
+    text = "x€" * 1000  # 4000 bytes; 1001 bytes from either end split a "€"
+    shown = excerpt(text, 1001)
+    assert shown.head.endswith("x") and shown.tail.startswith("x€")
+    assert len(shown.head.encode()) + shown.hidden_bytes + len(shown.tail.encode()) == 4000
+    assert excerpt("a" * 2002, 1001) == Excerpt("a" * 2002)
+
+
+def test_a_stream_needs_the_page_s_access() -> None:
+    dashboard = Dashboard(FakeSource(), CollectorRegistry(), Access("tok"))
+    assert dashboard.handle(get("/runs/inv-1?stream=stdout")).status == 401
+    allowed = dashboard.handle(get("/runs/inv-1?stream=stdout", authorization="Bearer tok"))
+    assert allowed.status == 200
+
+
+# -- the session cookie ----------------------------------------------------------------------
+
+
+def test_each_side_port_has_its_own_session_cookie() -> None:
+    first, second = Access("tok", port=50052), Access("tok", port=50062)
+    cookie = first.sign_in("tok")
+    assert cookie is not None and cookie.startswith("cbexec_session_50052=")
+    assert "Domain" not in cookie and "; Path=/;" in cookie
+    other = second.sign_in("tok")
+    assert other is not None and other.startswith("cbexec_session_50062=")
+    # A browser sends both (cookies are per host, not per port): each port reads its own.
+    both = {"cookie": f"{cookie.split(';', 1)[0]}; {other.split(';', 1)[0]}"}
+    assert first.allowed("/runs", both) and second.allowed("/runs", both)
+
+
+def test_under_tls_the_cookie_takes_the_host_prefix() -> None:
+    cookie = Access("tok", port=443, secure_cookie=True).sign_in("tok")
+    assert cookie is not None and cookie.startswith("__Host-cbexec_session_443=")
+    assert "; Secure" in cookie and "; Path=/;" in cookie and "Domain" not in cookie

@@ -935,6 +935,53 @@ def test_a_later_run_of_an_invocation_replaces_its_result_and_a_resend_changes_n
     assert sup.result("inv-2")["payload"] == succeeded  # type: ignore[index]
 
 
+def test_a_result_for_a_job_never_given_out_stays_out_of_the_job_later_given_its_id(
+    sup: ReferenceSupervisor,
+) -> None:
+    # Before, a later job 2 listed this result in its history, ahead of its own
+    # "submitted", and among its results.
+    first = submit_one(sup)
+    assert sup.report_result("early", first + 1, {"outcome": "OUTCOME_SUCCEEDED"}) is False
+    assert sup.report_result("early", first + 1, {}) is True, "still once per invocation"
+    assert sup.report_result("zero", 0, {"outcome": "OUTCOME_FAILED"}) is False
+    assert sup.history(first + 1) == []
+
+    later = submit_one(sup)
+
+    assert later == first + 1
+    assert [line["text"] for line in sup.history(later)] == [
+        "[job] submitted by alice into pgrp 2 as 'qube0'"
+    ]
+    assert sup.results(later) == []
+    kept = sup.result("early")
+    assert kept is not None and kept["job_known"] is False and kept["job_id"] == later
+    assert [r["invocation_id"] for r in sup.results()] == ["early", "zero"]
+    sup.report_result("own", later, {"outcome": "OUTCOME_SUCCEEDED"})
+    assert [r["invocation_id"] for r in sup.results(later)] == ["own"]
+    assert (
+        sup.history(later)[-1]["text"] == "[callback] result of invocation own: OUTCOME_SUCCEEDED"
+    )
+
+
+def test_an_older_database_gets_the_results_column(tmp_path: Path) -> None:
+    path = tmp_path / "sup.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE results (invocation_id TEXT PRIMARY KEY, job_id INTEGER NOT NULL,"
+            " time REAL NOT NULL, payload TEXT NOT NULL)"
+        )
+        db.execute("INSERT INTO results VALUES ('old', 1, 1.0, '{}')")
+    db.close()
+    with ReferenceSupervisor(path) as reopened:
+        assert reopened.result("old") == {
+            "invocation_id": "old",
+            "job_id": 1,
+            "time": 1.0,
+            "payload": {},
+            "job_known": True,
+        }
+
+
 def test_a_reported_run_counts_toward_its_callbacks_count(sup: ReferenceSupervisor) -> None:
     (job,) = sup.submit(
         [{"name": "c", "callbacks": [{"triggers": "complete-work-self-*", "language": "qube"}]}]
