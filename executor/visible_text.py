@@ -9,6 +9,15 @@ control but a tab and a newline (and a carriage return just before one: a Window
 end), DEL, and the bidi embedding, override, isolate and mark characters become
 ``\xNN`` / ``\uNNNN``, the way the service's log already shows them. Everything else,
 letters of right-to-left scripts included, is left as written.
+
+Two more forms for what must stay on one line (a submitter's job name, label, work name
+or host in a table or a sentence), both as ``repr`` writes a character that is not
+printable (``\n``, ``\x1b``, ``\u202e``): ``printable`` for a field on its own (as is
+when printable, else its ``repr`` with quotes, as ``farm show`` prints a name:
+``'real\n999'``), ``escaped`` for a whole line built around such strings (escaped in
+place, no quotes). A forged CR/LF in a job name can then not add a row to an operator's
+table. All three give text the next application leaves unchanged; ``--json`` output
+needs none of them (JSON escapes control characters itself).
 """
 
 from __future__ import annotations
@@ -29,3 +38,15 @@ def _escape(match: re.Match[str]) -> str:
 def visible(text: str) -> str:
     """``text`` with every character that would act rather than show written as an escape."""
     return _SHOWN_ESCAPED.sub(_escape, text)
+
+
+def printable(text: str) -> str:
+    r"""``text`` as is when it is printable, else its ``repr`` (``'real\n999'``)."""
+    return text if text.isprintable() else repr(text)
+
+
+def escaped(line: str) -> str:
+    """``line`` with each character that is not printable written as ``repr`` writes it."""
+    if line.isprintable():
+        return line
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in line)

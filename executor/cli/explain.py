@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 
-from executor.cli.printable import escaped, printable
 from executor.triggers.explain import compact_names
+from executor.visible_text import escaped, printable
 from supervisor_client.client import as_plain
 
 _INDENT: Final = "  "

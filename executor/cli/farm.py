@@ -44,8 +44,8 @@ from executor.cli.connection import (
 )
 from executor.cli.farm_submit import describe_submitted, registration_warnings, submit_file
 from executor.cli.farm_workers import WorkerPlan, Workers, run_until_signalled
-from executor.cli.printable import escaped, printable
 from executor.errors import ConfigError
+from executor.visible_text import escaped, printable
 from supervisor_client import ExecutorClient, ExecutorRpcError
 from supervisor_client.client import as_plain
 from supervisor_client.jobdict import job_to_dict

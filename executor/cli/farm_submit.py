@@ -25,8 +25,8 @@ from typing import Any, Final
 import grpc
 
 from executor.cli.farm_qb import SubmissionApi
-from executor.cli.printable import printable
 from executor.errors import ConfigError
+from executor.visible_text import printable
 from supervisor_client import ExecutorClient, ExecutorRpcError, FarmClient
 from supervisor_client.jobdict import job_to_dict
 

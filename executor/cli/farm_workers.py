@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
-from executor.cli.printable import escaped, printable
+from executor.visible_text import escaped, printable
 from supervisor_client import ExecutorRpcError, FarmClient, RetryableError
 
 IDLE_POLL_S: Final = 0.2

@@ -42,11 +42,10 @@ from executor.cli.connection import (
     rpc_command,
     whole_number,
 )
-from executor.cli.printable import escaped, printable
 from executor.config import Settings
 from executor.errors import ConfigError
 from executor.triggers.nodes import EventName, EventType
-from executor.visible_text import visible
+from executor.visible_text import escaped, printable, visible
 from supervisor_client import ExecutorClient
 from supervisor_client.client import (
     OUTCOMES,

@@ -7,7 +7,7 @@ import io
 import pytest
 
 from executor.cli.farm_workers import WorkerPlan, Workers
-from executor.cli.printable import escaped, printable
+from executor.visible_text import escaped, printable
 
 pytestmark = pytest.mark.unit
 
