@@ -382,8 +382,8 @@ async def test_the_outbox_replaces_a_delivered_report_with_a_later_runs_on_postg
     outbox.start()
     try:
         assert outbox.put("pg-later-run", b"killed")
-        assert await outbox.flush(5)
         assert not outbox.put("pg-later-run", b"killed"), "the same report again adds nothing"
+        assert await outbox.flush(5)
         assert outbox.put("pg-later-run", b"succeeded")
         assert await outbox.flush(5)
     finally:
