@@ -153,7 +153,14 @@ async def test_a_perl_threads_qb_calls_are_refused(stack: Stack) -> None:
 
 
 async def test_a_perl_thread_left_running_ends_as_plain_perl_ends_it(stack: Stack) -> None:
-    code = 'use threads;\nthreads->create(sub { sleep 30; print "late\\n" });\nprint "main\\n";\n'
+    # The thread is running before the main code ends: perl (plain perl too) may crash
+    # if it exits while a thread it just created is still being set up.
+    code = (
+        "use threads; use threads::shared; my $up :shared = 0;\n"
+        'threads->create(sub { { lock $up; $up = 1; cond_signal $up; } sleep 30; print "late\\n" });\n'
+        "{ lock $up; cond_wait $up until $up; }\n"
+        'print "main\\n";\n'
+    )
     response = await run(stack, "perl", code)
 
     assert response.outcome == Outcome.OUTCOME_SUCCEEDED, (response.failure, response.stderr)
