@@ -9,38 +9,24 @@ from __future__ import annotations
 import re
 from typing import Final
 
-JOB_CODES: Final[dict[str, str]] = {
-    f"{verb}-self": verb
-    for verb in (
-        "unblock",
-        "block",
-        "fail",
-        "kill",
-        "migrate",
-        "preempt",
-        "interrupt",
-        "suspend",
-        "resume",
-    )
-}
+# What a job and each of its instances can be told (``unblock-self``, ``kill-subjob-self``).
+_JOB_VERBS: Final = (
+    "unblock",
+    "block",
+    "fail",
+    "kill",
+    "migrate",
+    "preempt",
+    "interrupt",
+    "suspend",
+    "resume",
+)
+JOB_CODES: Final[dict[str, str]] = {f"{verb}-self": verb for verb in _JOB_VERBS}
 WORK_CODES: Final[dict[str, str]] = {
     f"{verb}-work-self": verb
     for verb in ("block", "unblock", "kill", "retry", "requeue", "complete", "fail")
 }
-SUBJOB_CODES: Final[dict[str, str]] = {
-    f"{verb}-subjob-self": verb
-    for verb in (
-        "unblock",
-        "block",
-        "fail",
-        "kill",
-        "migrate",
-        "preempt",
-        "interrupt",
-        "suspend",
-        "resume",
-    )
-}
+SUBJOB_CODES: Final[dict[str, str]] = {f"{verb}-subjob-self": verb for verb in _JOB_VERBS}
 UNBLOCK_SUBJOB_SINGLE: Final = "unblock-subjob-self-single"
 #: The mail code strings (qube.py: the template each renders).
 MAIL_CODES: Final[tuple[str, ...]] = (
