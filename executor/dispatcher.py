@@ -42,6 +42,7 @@ from executor.sandbox.bridge import CallHandler
 from executor.sandbox.exit_status import SandboxResult
 from executor.sandbox.lifecycle import RunStop, RunStopped, stoppable
 from executor.supervisor_link import SupervisorPort
+from executor.visible_text import escaped
 
 logger = logging.getLogger(__name__)
 
@@ -422,9 +423,9 @@ class Dispatcher:
             "callback ran: job=%s callback=%s language=%s source=%s outcome=%s wall=%.3fs "
             "cpu=%.3fs rss=%dKiB queue=%.3fs actions=%d%s",
             invocation.job_id,
-            invocation.callback.name,
+            escaped(invocation.callback.name),  # a universal file's name: the admin's text
             language,
-            invocation.source,
+            escaped(invocation.source),
             result.outcome,
             result.usage.wall_seconds,
             result.usage.cpu_seconds,

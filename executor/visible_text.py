@@ -6,9 +6,14 @@ escape sequence sets the window title, writes the clipboard or clears the screen
 carriage return overwrites what came before on its line, and a bidi override draws what
 follows it backwards ("FAKE: OUTCOME_SUCCEEDED", "framegnitiaw"). So every C0 and C1
 control but a tab and a newline (and a carriage return just before one: a Windows line
-end), DEL, and the bidi embedding, override, isolate and mark characters become
-``\xNN`` / ``\uNNNN``, the way the service's log already shows them. Everything else,
-letters of right-to-left scripts included, is left as written.
+end), DEL, the bidi embedding, override, isolate and mark characters, the line and
+paragraph separators (U+2028, U+2029: a line break to some readers, a new bidi paragraph)
+and the invisible characters that make two names look alike (zero width space U+200B,
+word joiner and invisible operators U+2060-U+2064, U+FEFF) become ``\xNN`` /
+``\uNNNN``, the way the service's log already shows them and as the one-line forms below
+write them too. Everything else, letters of right-to-left scripts included, is left as
+written; so are the zero width (non-)joiners U+200C and U+200D, which Persian, Indic
+scripts and emoji sequences need to be spelled right.
 
 Two more forms for what must stay on one line (a submitter's job name, label, work name
 or host in a table or a sentence), both as ``repr`` writes a character that is not
@@ -26,7 +31,8 @@ import re
 from typing import Final
 
 _SHOWN_ESCAPED: Final = re.compile(
-    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]|\r(?!\n)"
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028\u2029"
+    "\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]|\r(?!\n)"
 )
 
 

@@ -4,7 +4,10 @@ A list of recipients separated by ``,``, ``;`` or white space (``lead@studio.exa
 bob``); an empty list means the job's user. Each recipient is ``local@domain`` or a bare
 user name (the mail adds ``@`` and its default domain), without RFC 5322's specials: a
 ``:`` would make ``Bcc:`` a group in the To: header, ``<`` a display name, and an
-encoded word (``=?utf-8?q?...?=``) would be decoded into another address. The farm
+encoded word (``=?utf-8?q?...?=``) would be decoded into another address. Both halves
+are dot-separated parts, none of them empty (no leading, trailing or doubled ``.``):
+the To: header's parser reads ``a@b..c`` or ``a@b.`` as no address at all, and the
+mail would go to the null address ``<>``. The farm
 refuses at submission what the mail would refuse when it is sent, by this same rule, so
 a submitter learns of a bad address at once rather than when the job ends.
 """
@@ -15,9 +18,11 @@ import re
 from typing import Final
 
 SEPARATORS: Final = re.compile(r"[,;\s]+")
-# local@domain or a bare user name: no '@' twice, none of RFC 5322's specials.
-_ADDRESS: Final = re.compile(r'^[^@\s"(),:;<>\[\]\\]+(@[^@\s"(),:;<>\[\]\\]+)?$')
-EXPECTED: Final = "expected name@domain or a bare user name"
+# local@domain or a bare user name: no '@' twice, none of RFC 5322's specials, each half
+# non-empty parts joined by single dots (RFC 5322's dot-atom).
+_PART: Final = r'[^@\s"(),.:;<>\[\]\\]+'
+_ADDRESS: Final = re.compile(rf"^{_PART}(\.{_PART})*(@{_PART}(\.{_PART})*)?$")
+EXPECTED: Final = "expected name@domain or a bare user name, with no empty part between dots"
 
 
 def recipient_names(text: str) -> list[str]:

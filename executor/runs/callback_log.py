@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Final
 
 from executor.model import Invocation, RunResult
+from executor.visible_text import escaped
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,9 @@ def format_entry(
     stamp = datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")
     callback = invocation.callback
     header = (
-        f"=== {stamp} callback={callback.name} trigger={json.dumps(callback.triggers)} "
+        # The name may be a universal file's, which its admin chose: a control character
+        # in it would act in a terminal or end the header line early.
+        f"=== {stamp} callback={escaped(callback.name)} trigger={json.dumps(callback.triggers)} "
         f"language={callback.language} outcome={result.outcome.value} "
         f"invocation={result.invocation_id} policy={invocation.policy}"
         f"{' shadow' if invocation.shadow else ''}\n"
@@ -93,8 +96,8 @@ def format_entry(
         # A character is at least a byte; the margin keeps an escape that a cut "=== "
         # would lose beyond what is kept.
         kept = text if max_bytes is None else text[: max_bytes + len("=== ")]
-        escaped = _escaped(kept)
-        parts.append(escaped if escaped.endswith("\n") or not escaped else escaped + "\n")
+        written = _escaped(kept)
+        parts.append(written if written.endswith("\n") or not written else written + "\n")
         if truncated:
             parts.append(f"[{name} truncated at the output_bytes limit]\n")
     if result.failure is not None:

@@ -325,7 +325,14 @@ def recipients(job: dict[str, Any], default_domain: str) -> list[str]:
             raise MailError(
                 f"job {job.get('id')}'s {field}: {name!r} is not a mail address ({EXPECTED})"
             )
-    return [name if "@" in name else f"{name}@{default_domain}" for name in names]
+    addresses = [name if "@" in name else f"{name}@{default_domain}" for name in names]
+    for name, address in zip(names, addresses, strict=True):
+        if not is_address(address):  # the bare name was fine: the site's domain is not
+            raise MailError(
+                f"job {job.get('id')}'s {field}: {name!r} with mail.default_domain "
+                f"{default_domain!r} gives {address!r}, which is not a mail address ({EXPECTED})"
+            )
+    return addresses
 
 
 def load_template(kind: str, templates_dir: Path | None) -> str:
@@ -398,6 +405,7 @@ def render(
     message = EmailMessage()
     message["From"] = settings.sender
     message["To"] = ", ".join(to)
+    _check_header_recipients(job, to, message)
     message["Subject"] = _one_line(subject)
     message["Date"] = formatdate(localtime=True)
     message["Message-ID"] = message_id or make_msgid(domain=settings.default_domain or None)
@@ -405,6 +413,25 @@ def render(
     message["X-Qube-Mail"] = kind
     message.set_content(string.Template(body).safe_substitute(variables))
     return message
+
+
+def _check_header_recipients(job: dict[str, Any], to: list[str], message: EmailMessage) -> None:
+    """A MailError naming the first recipient the To: header does not read back as written.
+
+    SMTP takes its envelope from this header: a name its parser cannot read (``a@b..c``,
+    or a bare name with an odd ``mail.default_domain``) would become the null address
+    ``<>`` or drop out of the list while the run reported the mail sent.
+    """
+    header = message["To"]
+    read = [address.addr_spec for address in getattr(header, "addresses", ())]
+    for position, name in enumerate(to):
+        if position >= len(read) or read[position] != name:
+            raise MailError(
+                f"job {job.get('id')}'s recipient {name!r} is not a mail address the To: "
+                f"header can carry ({EXPECTED}); nothing was sent"
+            )
+    if len(read) != len(to):
+        raise MailError(f"job {job.get('id')}'s To: header reads {read!r}, not {to!r}")
 
 
 class Mailer:

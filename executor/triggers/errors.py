@@ -1,13 +1,18 @@
-"""The one error a trigger can fail with: where it went wrong and what would have been valid.
+r"""The one error a trigger can fail with: where it went wrong and what would have been valid.
 
 Every message has the same shape, ``<what> at column <N>; expected <what would do>``,
 with a 1-based column counted in characters of the expression as written, so the
-engine can add the callback's name in front and hand it to a client unchanged.
+engine can add the callback's name in front and hand it to a client unchanged. A
+control or bidi character the submitter wrote is shown as an escape (``\x1b``,
+``\u202e``: executor.visible_text), in the message and under the caret alike: the
+message reaches terminals and the log, where it would act instead of showing.
 """
 
 from __future__ import annotations
 
 from typing import Final
+
+from executor.visible_text import escaped
 
 # How much of a long expression ``pretty()`` shows on either side of the caret.
 _WINDOW_BEFORE: Final = 40
@@ -36,7 +41,7 @@ class TriggerSyntaxError(ValueError):
         item: int | None = None,
     ) -> None:
         prefix = "" if item is None else f"trigger list item {item}: "
-        super().__init__(f"{prefix}{reason} at column {column}; expected {expected}")
+        super().__init__(escaped(f"{prefix}{reason} at column {column}; expected {expected}"))
         self.reason = reason
         self.column = column
         self.expected = expected
@@ -66,8 +71,8 @@ class TriggerSyntaxError(ValueError):
         index = max(self.column - 1, 0)
         start = max(index - _WINDOW_BEFORE, 0)
         end = min(index + _WINDOW_AFTER, len(text))
-        shown = text[start:end]
-        caret = index - start
+        shown = escaped(text[start:end])
+        caret = len(escaped(text[start:index]))  # an escape before it is wider than one
         if start > 0:
             shown = _ELLIPSIS + shown
             caret += len(_ELLIPSIS)

@@ -44,6 +44,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Final
 
+from executor.visible_text import escaped
+
 CONF_NAME: Final = "callbacks.conf"
 MODES: Final = ("edge", "level")
 _OPTIONS: Final = re.compile(r"(?P<file>[^\[]*?)\s*\[(?P<options>[^\]]*)\]")
@@ -185,9 +187,12 @@ def load_universal(
                 continue
             seen[key] = f"line {number}"
             warnings = (warn or _none)(loaded.triggers)
-            callbacks.append(replace(loaded, warnings=tuple(f"{where}: {w}" for w in warnings)))
+            shown = tuple(escaped(f"{where}: {w}") for w in warnings)
+            callbacks.append(replace(loaded, warnings=shown))
     if errors:
-        raise UniversalConfigError(errors)
+        # A file name or trigger is the admin's text: its control characters are shown
+        # as escapes in `triggers reload`, the log and the dashboard (executor.visible_text).
+        raise UniversalConfigError([escaped(error) for error in errors])
     return callbacks
 
 

@@ -199,6 +199,11 @@ async def test_errors_name_what_is_wrong_and_what_exists(stack_warm: Stack) -> N
                 "job 0 of the submission: mailaddress '<a@b>': '<a@b>' is not a mail address",
             ),
             (
+                farm.submit_jobs([{"name": "x", "mailaddress": "good@x.org a@b..c"}]),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "mailaddress 'good@x.org a@b..c': 'a@b..c' is not a mail address",
+            ),
+            (
                 farm.list_jobs(status="done"),
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "expected one of pending",

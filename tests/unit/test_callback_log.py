@@ -133,6 +133,19 @@ def test_a_universal_callback_is_named_by_its_file() -> None:
     assert " callback=mail-status.qcb trigger=" in header
 
 
+def test_a_control_character_in_a_universal_files_name_is_escaped_in_the_header() -> None:
+    universal = Invocation(
+        invocation_id="inv-3",
+        callback=CallbackSpec(
+            "python", "print(1)", "done-job-self", id=4, source="/etc/cb/ev\x1b[31mil\u202e.py"
+        ),
+        job={"id": 7},
+        limits=Limits(1, 1, 1, 1, 1, 1),
+    )
+    header = format_entry(universal, RunResult("inv-3", Outcome.SUCCEEDED), WHEN).splitlines()[0]
+    assert " callback=ev\\x1b[31mil\\u202e.py trigger=" in header
+
+
 # The escape's definition as one regular expression (what it was: ~0.8 s for 16 MiB).
 _DEFINITION = re.compile(r"(?:^|(?<=[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]))(?==== |--- |\\)")
 

@@ -13,7 +13,7 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
-from executor.visible_text import visible
+from executor.visible_text import escaped, visible
 from executor.web.app import Dashboard, Request
 from executor.web.auth import Access
 from executor.web.explain import explain_callback
@@ -394,7 +394,7 @@ def test_the_largest_id_and_limit_still_filter() -> None:
 
 # -- control and bidi characters ----------------------------------------------------------
 
-SPOOF = "frame\u202e1\x00\x1b]0;title\x07\u2066x\r"
+SPOOF = "frame\u202e1\x00\x1b]0;title\x07\u2066x\r\u2029\ufeff"
 
 
 class SpoofingSource(FakeSource):
@@ -418,14 +418,22 @@ class SpoofingSource(FakeSource):
 def test_control_and_bidi_characters_reach_a_page_as_visible_escapes(path: str) -> None:
     body = Dashboard(SpoofingSource(), CollectorRegistry(), Access("")).handle(get(path)).body
     text = body.decode()
-    for raw in ("\u202e", "\u2066", "\x00", "\x1b", "\x07"):
+    for raw in ("\u202e", "\u2066", "\x00", "\x1b", "\x07", "\u2029", "\ufeff"):
         assert raw not in text, (path, raw)
-    assert r"frame\u202e1\x00\x1b]0;title\x07\u2066x\x0d" in text
+    assert r"frame\u202e1\x00\x1b]0;title\x07\u2066x\x0d\u2029\ufeff" in text
 
 
 def test_a_line_end_and_right_to_left_letters_stay_as_written() -> None:
     assert visible("שלום\tok\r\nnext\n") == "שלום\tok\r\nnext\n"
     assert visible("a\rb\x7f\x9b\u200f") == r"a\x0db\x7f\x9b\u200f"
+
+
+def test_separators_and_invisible_characters_are_escaped_as_the_cli_escapes_them() -> None:
+    # Before, the dashboard showed U+2028, U+2029 and U+FEFF raw ('nm\u2029para\ufeffx'
+    # read "nm parax") while `farm show` printed them as escapes.
+    for char in "\u2028\u2029\ufeff\u200b\u2060\u2064":
+        assert visible(f"a{char}b") == escaped(f"a{char}b") == f"a\\u{ord(char):04x}b"
+    assert visible("\u0645\u06cc\u200c\u0634\u0648\u062f") == "\u0645\u06cc\u200c\u0634\u0648\u062f"
 
 
 # -- long output ----------------------------------------------------------------------------

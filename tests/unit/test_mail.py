@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from executor.runtimes import mail as mail_module
 from executor.runtimes.mail import (
     KINDS,
     Mailer,
@@ -24,6 +25,7 @@ from executor.runtimes.mail import (
     render,
     template_variables,
 )
+from supervisor_client.mailaddress import first_non_address
 
 pytestmark = pytest.mark.unit
 
@@ -375,3 +377,26 @@ async def test_smtp_connection_refused_is_a_mail_error() -> None:
 
     with pytest.raises(MailError, match=f"smtp://127.0.0.1:{port}"):
         await asyncio.to_thread(Mailer(settings).deliver, render("job", JOB, None, None, ""))
+
+
+@pytest.mark.parametrize("name", ["a@b..c", "a@b.", "a@.b", "a..b@c", ".a@b", "a.@b", "bob."])
+def test_an_empty_part_between_dots_is_no_address(name: str) -> None:
+    # Before, these passed and the To: header's parser read them as '<>' (the null address).
+    with pytest.raises(MailError, match="is not a mail address"):
+        recipients({"id": 3, "mailaddress": f"good@x.org {name}"}, "localhost")
+    assert first_non_address(f"good@x.org {name}") == name
+
+
+def test_a_bare_name_with_a_bad_default_domain_is_an_error() -> None:
+    with pytest.raises(MailError, match=r"'bob' with mail.default_domain 'x..org' gives"):
+        recipients({"id": 3, "mailaddress": "bob"}, "x..org")
+
+
+def test_a_recipient_the_header_cannot_carry_is_never_sent_as_null(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Whatever the submission check lets through, the mail never goes to '<>' or drops a
+    # recipient: the To: header is read back and must name every recipient as written.
+    monkeypatch.setattr(mail_module, "recipients", lambda job, domain: ["ok@x.org", "a@b..c"])
+    with pytest.raises(MailError, match=r"'a@b..c' is not a mail address the To: header"):
+        render("job", JOB, None, None, "")

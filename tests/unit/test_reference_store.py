@@ -1092,6 +1092,10 @@ def test_a_mailaddress_with_control_characters_is_refused(
         ("lead@x.org, Ann <ann@x.org>", "'<ann@x.org>'"),
         ("a@", "'a@'"),
         ("=?utf-8?q?ab?=@x.org", "'=?utf-8?q?ab?=@x.org'"),
+        # These three passed before and were mailed to the null address '<>'.
+        ("good@x.org a@b..c", "'a@b..c'"),
+        ("a@b.", "'a@b.'"),
+        ("a@.b", "'a@.b'"),
     ],
 )
 def test_a_mailaddress_that_is_no_address_is_refused_at_submission(
@@ -1102,7 +1106,8 @@ def test_a_mailaddress_that_is_no_address_is_refused_at_submission(
         sup.submit([{"name": "j"}, {"name": "k", "user": "bob", "mailaddress": mailaddress}])
     assert str(refused.value) == (
         f"job 1 of the submission: mailaddress {mailaddress!r}: {named} is not a mail "
-        "address (expected name@domain or a bare user name, separated by ',', ';' or spaces)"
+        "address (expected name@domain or a bare user name, with no empty part between dots, "
+        "separated by ',', ';' or spaces)"
     )
     assert sup.job_ids() == []
 

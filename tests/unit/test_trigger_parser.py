@@ -656,3 +656,24 @@ def test_a_placeholder_anywhere_else_is_refused_with_what_would_do(text: str, me
     with pytest.raises(TriggerSyntaxError) as caught:
         parse(text)
     assert str(caught.value) == message
+
+
+def test_a_control_character_in_a_bad_trigger_is_shown_as_an_escape() -> None:
+    # Before, `triggers check`, `explain` and `farm submit` printed the ESC and U+202E raw.
+    with pytest.raises(TriggerSyntaxError) as raised:
+        parse("done-job-\x1b[2Jx\u202e")
+
+    assert str(raised.value).startswith("bad context '\\x1b[2Jx\\u202e' at column 10;")
+    assert raised.value.pretty().splitlines()[1:] == [
+        "  done-job-\\x1b[2Jx\\u202e",
+        "           ^",
+    ]
+    assert raised.value.pretty().isprintable() is False  # only its two line breaks
+    assert "".join(raised.value.pretty().splitlines()).isprintable()
+
+
+def test_the_caret_stays_under_its_character_after_an_escape() -> None:
+    error = TriggerSyntaxError("unknown event type 'jb'", 7, "job", "\x07done-jb-self")
+
+    shown, caret = error.pretty().splitlines()[1:]
+    assert shown[caret.index("^") :] == "jb-self"

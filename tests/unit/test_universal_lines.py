@@ -120,3 +120,19 @@ def test_one_file_with_one_trigger_twice_is_a_load_error(tmp_path: Path) -> None
         f"{conf}/callbacks.conf:3: blockme.py = done-job-self is also line 1; one file's "
         "lines need different triggers"
     ]
+
+
+def test_load_errors_show_control_characters_as_escapes(tmp_path: Path) -> None:
+    # Before, `triggers reload` and the log printed the ESC raw (the terminal cleared).
+    conf = _directory(tmp_path, "missing\x1b[2J.py = done-job-self\nblockme.py = x\u202e\n")
+
+    def check(trigger: str) -> str | None:
+        return None if trigger == "done-job-self" else f"bad trigger '{trigger}'"
+
+    with pytest.raises(UniversalConfigError) as raised:
+        load_universal([conf], check)
+
+    assert raised.value.errors == [
+        f"{conf}/callbacks.conf:1: cannot read missing\\x1b[2J.py: No such file or directory",
+        f"{conf}/callbacks.conf:2: bad trigger 'x\\u202e'",
+    ]
