@@ -262,6 +262,7 @@ def run(bridge_fd: int, *, warm_up: bool = False) -> int:
                 done[field] = done[field][:DONE_TEXT_CHARS]
         # Not contextlib.suppress: it is one more module a forked child would touch.
         try:
+            qb._finish_sending()  # a call frame a signal handler's exception cut short
             if done["status"] == "ok":
                 write_all(bridge_fd, _DONE_OK)
             else:

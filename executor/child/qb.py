@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 from _thread import allocate_lock, get_ident
-from os import getpid
+from os import getpid, read, write
 from typing import TYPE_CHECKING, Any
 
 import protocol
@@ -39,6 +39,17 @@ _call_ids = itertools.count(1)
 # call from a signal handler that interrupted one (it would wait for itself forever).
 _exchange = allocate_lock()
 _exchange_thread = 0
+# A signal handler that raises (a SIGALRM timeout) can end a call at any point of its
+# exchange, so the exchange keeps its state here, not in locals, and the next call picks
+# it up: the bytes read from the bridge but not yet taken as a frame (a partial frame
+# stays), and the rest of a call frame cut short mid-write (sent before the next one).
+# Ids are given out under the lock, in the order frames are sent, and the executor
+# answers in that order: a reply with a lower id than the call's answers a call that was
+# abandoned mid-wait, and is dropped. One window remains: a handler's exception between
+# a read or write returning and the byte counts being kept (a few bytecodes) loses
+# track of those bytes, and the bridge is out of step.
+_inbox = bytearray()
+_outbox = bytearray()
 
 
 class QbError(Exception):
@@ -118,24 +129,28 @@ def _call(fn: str, *args: Any, **kwargs: Any) -> Any:
         raise InvalidArgument(
             f"qb.{fn}: its arguments nest lists or dicts more than {protocol.MAX_ARG_DEPTH} deep"
         )
-    call_id = next(_call_ids)
-    frame = protocol.encode(
-        {"type": "call", "id": call_id, "fn": fn, "args": list(args), "kwargs": kwargs}
-    )
-    if len(frame) - protocol.HEADER.size > protocol.MAX_CHILD_FRAME_BYTES:
-        # Refused here: a frame beyond the limit breaks the bridge protocol, and the
-        # executor would end the run.
-        raise InvalidArgument(
-            f"qb.{fn}: the call is {len(frame)} bytes; at most "
-            f"{protocol.MAX_CHILD_FRAME_BYTES} can be sent"
-        )
+    body = protocol.encode({"type": "call", "fn": fn, "args": list(args), "kwargs": kwargs})[
+        protocol.HEADER.size :
+    ]
     me = get_ident()
     if _exchange_thread == me:
         raise QbError(_NESTED_CALL)
     with _exchange:
         _exchange_thread = me
         try:
-            reply = _exchange_frames(fn, frame)
+            # The id goes in here, under the lock (see _inbox): the arguments were
+            # encoded before, outside it (their __str__ may take its time, or call qb).
+            call_id = next(_call_ids)
+            frame = b'{"id":%d,' % call_id + body[1:]
+            if len(frame) > protocol.MAX_CHILD_FRAME_BYTES:
+                # Refused here: a frame beyond the limit breaks the bridge protocol, and
+                # the executor would end the run.
+                raise InvalidArgument(
+                    f"qb.{fn}: the call is {len(frame) + protocol.HEADER.size} bytes; at "
+                    f"most {protocol.MAX_CHILD_FRAME_BYTES} can be sent"
+                )
+            _send(fn, protocol.HEADER.pack(len(frame)) + frame)
+            reply = _receive(fn, call_id)
         finally:
             _exchange_thread = 0
     if reply["type"] != "reply" or reply["id"] != call_id:
@@ -146,21 +161,69 @@ def _call(fn: str, *args: Any, **kwargs: Any) -> Any:
     raise _ERRORS.get(error["kind"], QbError)(error["message"])
 
 
-def _exchange_frames(fn: str, frame: bytes) -> protocol.ParentFrame:
-    """Send a call frame and read the reply; a broken bridge is a QbError saying which way."""
+def _write_out() -> None:
+    while _outbox:
+        del _outbox[: write(_bridge_fd, _outbox)]  # by name: see launcher.py
+
+
+def _send(fn: str, frame: bytes) -> None:
+    """Send a call frame, after the rest of one an interruption cut short."""
     try:
-        protocol.write_all(_bridge_fd, frame)
+        _write_out()
+        _outbox.extend(frame)
+        try:
+            _write_out()
+        except BaseException:
+            if len(_outbox) == len(frame):
+                _outbox.clear()  # none of it went: nothing to finish, no answer to come
+            raise
     except OSError as err:
         raise QbError(
             f"qb.{fn} could not be sent: the bridge to the executor is broken ({err})"
         ) from err
+
+
+def _receive(fn: str, call_id: int) -> protocol.ParentFrame:
+    """The answer to ``call_id``, dropping those to calls abandoned before it."""
     try:
-        return protocol.read_frame(_bridge_fd)
+        while True:
+            answer = _next_frame()
+            if answer["type"] != "reply" or answer["id"] >= call_id:
+                return answer
     except (OSError, protocol.FrameError) as err:
         raise QbError(
             f"qb.{fn} was sent but no answer came: the bridge to the executor is broken "
             f"({err}); it may have been applied"
         ) from err
+
+
+def _next_frame() -> protocol.ParentFrame:
+    """The next frame from the executor, read through ``_inbox``."""
+    header = protocol.HEADER.size
+    while True:
+        wanted = header
+        if len(_inbox) >= header:
+            (size,) = protocol.HEADER.unpack_from(_inbox)
+            if size > protocol.MAX_PARENT_FRAME_BYTES:
+                raise protocol.FrameError(
+                    f"frame of {size} bytes exceeds {protocol.MAX_PARENT_FRAME_BYTES}"
+                )
+            wanted = header + size
+            if len(_inbox) >= wanted:
+                body = bytes(_inbox[header:wanted])
+                # Interrupted from here on, the frame is gone: it answers the call the
+                # interruption ends.
+                del _inbox[:wanted]
+                return protocol.decode_trusted(body)  # type: ignore[return-value]
+        chunk = read(_bridge_fd, min(wanted - len(_inbox), 1 << 20))
+        if not chunk:
+            raise protocol.FrameError("bridge closed mid-frame" if _inbox else "eof")
+        _inbox.extend(chunk)
+
+
+def _finish_sending() -> None:
+    """Send the rest of a call frame an interruption cut short (before the done frame)."""
+    _write_out()
 
 
 # -- context, answered locally ---------------------------------------------------------
