@@ -222,8 +222,12 @@ def _next_frame() -> protocol.ParentFrame:
 
 
 def _finish_sending() -> None:
-    """Send the rest of a call frame an interruption cut short (before the done frame)."""
-    _write_out()
+    """Send the rest of a call frame an interruption cut short (before the done frame).
+
+    Under the lock: a thread the wait for threads was interrupted from may be mid-call.
+    """
+    with _exchange:
+        _write_out()
 
 
 # -- context, answered locally ---------------------------------------------------------

@@ -204,3 +204,36 @@ print "$_\n" for sort keys %seen;
     assert lines[1:] == [
         "QbError: a qb call cannot be made while a qb call is under way (a signal handler's)"
     ]
+
+
+# Workers calling qb, and a 2 ms timer whose handler calls qb too: the handlers nest
+# until RecursionError, raised in the callback's code or while its threads are waited
+# for, and the timer keeps firing while the run's end is reported.
+NESTING_HANDLERS = """
+import signal, threading
+stop = False
+def check(n):
+    try: qb.jobstatus(n)
+    except qb.QbError: pass
+def worker(i):
+    while not stop: check(1000 + i)
+threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+for t in threads: t.start()
+signal.signal(signal.SIGALRM, lambda signum, frame: check(2000))
+signal.setitimer(signal.ITIMER_REAL, 0.002, 0.002)
+for k in range(800): check(3000 + k)
+signal.setitimer(signal.ITIMER_REAL, 0); stop = True
+for t in threads: t.join()
+print("no RecursionError")
+"""
+
+
+async def test_nesting_signal_handlers_are_reported_as_the_callbacks_error(
+    stack_warm: Stack,
+) -> None:
+    # The warm launcher reported some of these as "the sandbox could not start the
+    # callback" (exit 121): the handler's raise escaped the bootstrap's report.
+    for _ in range(5):
+        response = await run(stack_warm, "python", NESTING_HANDLERS)
+        assert response.outcome == Outcome.OUTCOME_FAILED, response
+        assert response.failure.exception_type == "RecursionError", response.failure
