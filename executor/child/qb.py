@@ -19,8 +19,15 @@ call's frame to its reply), so each gets its own answer.
 from __future__ import annotations
 
 import itertools
+from _signal import (  # type: ignore[import-not-found]  # as python_bootstrap.py
+    SIG_BLOCK,
+    SIG_UNBLOCK,
+    pthread_sigmask,
+    valid_signals,
+)
 from _thread import allocate_lock, get_ident
 from os import getpid, read, write
+from select import select
 from typing import TYPE_CHECKING, Any
 
 import protocol
@@ -45,11 +52,16 @@ _exchange_thread = 0
 # stays), and the rest of a call frame cut short mid-write (sent before the next one).
 # Ids are given out under the lock, in the order frames are sent, and the executor
 # answers in that order: a reply with a lower id than the call's answers a call that was
-# abandoned mid-wait, and is dropped. One window remains: a handler's exception between
-# a read or write returning and the byte counts being kept (a few bytecodes) loses
-# track of those bytes, and the bridge is out of step.
+# abandoned mid-wait, and is dropped. Windows remain: a handler's exception between a
+# write returning and its count being kept (a few bytecodes), or between a read
+# returning and its bytes being kept when another thread took the signal (this one
+# holds them there), loses track of those bytes, and the bridge is out of step.
 _inbox = bytearray()
 _outbox = bytearray()
+_HELD_SIGNALS = frozenset(valid_signals())
+# Why the bridge went out of step (a frame that cannot be one): every later call is
+# refused at once, rather than sent and its answer looked for in bytes out of step.
+_out_of_step = ""
 
 
 class QbError(Exception):
@@ -138,6 +150,11 @@ def _call(fn: str, *args: Any, **kwargs: Any) -> Any:
     with _exchange:
         _exchange_thread = me
         try:
+            if _out_of_step:
+                raise QbError(
+                    f"qb.{fn} was not sent: the bridge to the executor went out of step "
+                    f"after an interrupted call ({_out_of_step})"
+                )
             # The id goes in here, under the lock (see _inbox): the arguments were
             # encoded before, outside it (their __str__ may take its time, or call qb).
             call_id = next(_call_ids)
@@ -198,27 +215,43 @@ def _receive(fn: str, call_id: int) -> protocol.ParentFrame:
 
 
 def _next_frame() -> protocol.ParentFrame:
-    """The next frame from the executor, read through ``_inbox``."""
+    """The next frame from the executor, read through ``_inbox``.
+
+    A length or body that cannot be a frame means bytes were lost (see ``_inbox``): the
+    bridge is out of step for good.
+    """
+    global _out_of_step
     header = protocol.HEADER.size
     while True:
         wanted = header
         if len(_inbox) >= header:
             (size,) = protocol.HEADER.unpack_from(_inbox)
             if size > protocol.MAX_PARENT_FRAME_BYTES:
-                raise protocol.FrameError(
-                    f"frame of {size} bytes exceeds {protocol.MAX_PARENT_FRAME_BYTES}"
-                )
+                _out_of_step = f"frame of {size} bytes exceeds {protocol.MAX_PARENT_FRAME_BYTES}"
+                raise protocol.FrameError(_out_of_step)
             wanted = header + size
             if len(_inbox) >= wanted:
                 body = bytes(_inbox[header:wanted])
                 # Interrupted from here on, the frame is gone: it answers the call the
                 # interruption ends.
                 del _inbox[:wanted]
-                return protocol.decode_trusted(body)  # type: ignore[return-value]
-        chunk = read(_bridge_fd, min(wanted - len(_inbox), 1 << 20))
+                try:
+                    return protocol.decode_trusted(body)  # type: ignore[return-value]
+                except protocol.FrameError as err:
+                    _out_of_step = str(err)
+                    raise
+        select([_bridge_fd], [], [])  # the wait a handler may interrupt: nothing read yet
+        # The read and its keeping with this thread's signals held: a handler's raise
+        # comes after them (at the unblock), not between them, which would lose bytes.
+        held = _HELD_SIGNALS - pthread_sigmask(SIG_BLOCK, ())
+        try:
+            pthread_sigmask(SIG_BLOCK, held)
+            chunk = read(_bridge_fd, min(wanted - len(_inbox), 1 << 20))
+            _inbox.extend(chunk)
+        finally:
+            pthread_sigmask(SIG_UNBLOCK, held)
         if not chunk:
             raise protocol.FrameError("bridge closed mid-frame" if _inbox else "eof")
-        _inbox.extend(chunk)
 
 
 def _finish_sending() -> None:

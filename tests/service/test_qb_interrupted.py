@@ -237,3 +237,36 @@ async def test_nesting_signal_handlers_are_reported_as_the_callbacks_error(
         response = await run(stack_warm, "python", NESTING_HANDLERS)
         assert response.outcome == Outcome.OUTCOME_FAILED, response
         assert response.failure.exception_type == "RecursionError", response.failure
+
+
+async def test_a_handler_raising_every_millisecond_during_calls_leaves_qb_in_step(
+    stack_warm: Stack,
+) -> None:
+    # The raise lands at every point of the exchange, also just as a read returns.
+    code = (
+        "import signal\n"
+        "class Tick(Exception): pass\n"
+        "in_call = False\n"
+        "def handler(signum, frame):\n"
+        "    if in_call: raise Tick()\n"
+        "signal.signal(signal.SIGALRM, handler)\n"
+        "signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)\n"
+        "other = []\n"
+        "for k in range(1500):\n"
+        "    try:\n"
+        "        in_call = True\n"
+        "        qb.jobstatus(1000 + k)\n"
+        "    except qb.NoSuchJob as err:\n"
+        "        if str(err) != f'no job {1000 + k}': other.append(str(err))\n"
+        "    except Tick: pass\n"
+        "    except Exception as err: other.append(repr(err))\n"
+        "    finally: in_call = False\n"
+        "signal.setitimer(signal.ITIMER_REAL, 0)\n"
+        "try: qb.jobstatus(7777)\n"
+        "except qb.NoSuchJob as err: print(err)\n"
+        "print(len(other), other[:2])\n"
+    )
+    response = await run(stack_warm, "python", code)
+
+    assert response.outcome == Outcome.OUTCOME_SUCCEEDED, (response.failure, response.stderr)
+    assert response.stdout == "no job 7777\n0 []\n"
