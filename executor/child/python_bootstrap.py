@@ -17,8 +17,11 @@ import sys
 import traceback
 import types
 from _signal import (  # type: ignore[import-not-found]  # not signal's wrappers: see launcher.py
+    SIG_IGN,
     SIGINT,
     default_int_handler,
+    getsignal,
+    valid_signals,
 )
 from _signal import signal as set_handler
 from linecache import cache as source_lines
@@ -39,6 +42,28 @@ EXIT_ON_SIGTERM = 128 + SIGTERM
 EXIT_BAD_START = 2
 # Each text of a done frame is cut to this, so the frame stays under the bridge's limit.
 DONE_TEXT_CHARS = 16 << 10  # JSON may spend 12 bytes on a character
+
+
+# The signals whose handlers the callback's are (see _silence_handlers): not SIGTERM (the
+# deadline's), SIGXCPU (launcher.py's, in PID 1) or one the kernel sends for a fault.
+_CALLBACK_SIGNALS = sorted(
+    int(signum)
+    for signum in valid_signals()
+    if signum
+    not in (
+        signal.SIGTERM,
+        signal.SIGXCPU,
+        signal.SIGKILL,
+        signal.SIGSTOP,
+        signal.SIGSEGV,
+        signal.SIGBUS,
+        signal.SIGFPE,
+        signal.SIGILL,
+        signal.SIGABRT,
+        signal.SIGSYS,
+        signal.SIGTRAP,
+    )
+)
 
 
 class Terminated(SystemExit):
@@ -179,13 +204,39 @@ def _wait_for_threads() -> None:
         threading._shutdown()
 
 
+def _silence_handlers() -> BaseException | None:
+    """Set the callback's signal handlers to ignore their signals; the first one's raise.
+
+    Once its code and threads are done: a handler still firing (a timer left running)
+    would raise into the report of how the run ended, and on the warm launcher that
+    exception would escape the bootstrap ("could not start the callback"). A handler can
+    still run while this replaces them: its exception is kept, and the work goes on.
+    """
+    raised: BaseException | None = None
+    while True:
+        try:
+            for signum in _CALLBACK_SIGNALS:
+                handler = getsignal(signum)
+                if callable(handler) and handler is not default_int_handler:
+                    set_handler(signum, SIG_IGN)
+        except BaseException as err:  # noqa: BLE001 - the callback's handler raised
+            raised = raised or err
+        else:
+            return raised
+
+
 def _execute(code: types.CodeType, namespace: dict[str, Any]) -> DoneFrame:
     """Run the callback's code, then wait for its threads; how it ended, as a done frame."""
     try:
         try:
             exec(code, namespace)
         finally:
-            _wait_for_threads()
+            try:
+                _wait_for_threads()
+            finally:
+                late = _silence_handlers()
+                if late is not None:
+                    raise late  # as the handler's raise there would have, unsilenced
     except Terminated:
         return {"type": "done", "status": "terminated", "exit_code": EXIT_ON_SIGTERM}
     except SystemExit as err:
@@ -262,6 +313,7 @@ def run(bridge_fd: int, *, warm_up: bool = False) -> int:
                 done[field] = done[field][:DONE_TEXT_CHARS]
         # Not contextlib.suppress: it is one more module a forked child would touch.
         try:
+            qb._finish_sending()  # a call frame a signal handler's exception cut short
             if done["status"] == "ok":
                 write_all(bridge_fd, _DONE_OK)
             else:

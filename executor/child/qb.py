@@ -19,8 +19,15 @@ call's frame to its reply), so each gets its own answer.
 from __future__ import annotations
 
 import itertools
+from _signal import (  # type: ignore[import-not-found]  # as python_bootstrap.py
+    SIG_BLOCK,
+    SIG_UNBLOCK,
+    pthread_sigmask,
+    valid_signals,
+)
 from _thread import allocate_lock, get_ident
-from os import getpid
+from os import getpid, read, write
+from select import select
 from typing import TYPE_CHECKING, Any
 
 import protocol
@@ -39,6 +46,22 @@ _call_ids = itertools.count(1)
 # call from a signal handler that interrupted one (it would wait for itself forever).
 _exchange = allocate_lock()
 _exchange_thread = 0
+# A signal handler that raises (a SIGALRM timeout) can end a call at any point of its
+# exchange, so the exchange keeps its state here, not in locals, and the next call picks
+# it up: the bytes read from the bridge but not yet taken as a frame (a partial frame
+# stays), and the rest of a call frame cut short mid-write (sent before the next one).
+# Ids are given out under the lock, in the order frames are sent, and the executor
+# answers in that order: a reply with a lower id than the call's answers a call that was
+# abandoned mid-wait, and is dropped. Windows remain: a handler's exception between a
+# write returning and its count being kept (a few bytecodes), or between a read
+# returning and its bytes being kept when another thread took the signal (this one
+# holds them there), loses track of those bytes, and the bridge is out of step.
+_inbox = bytearray()
+_outbox = bytearray()
+_HELD_SIGNALS = frozenset(valid_signals())
+# Why the bridge went out of step (a frame that cannot be one): every later call is
+# refused at once, rather than sent and its answer looked for in bytes out of step.
+_out_of_step = ""
 
 
 class QbError(Exception):
@@ -118,24 +141,33 @@ def _call(fn: str, *args: Any, **kwargs: Any) -> Any:
         raise InvalidArgument(
             f"qb.{fn}: its arguments nest lists or dicts more than {protocol.MAX_ARG_DEPTH} deep"
         )
-    call_id = next(_call_ids)
-    frame = protocol.encode(
-        {"type": "call", "id": call_id, "fn": fn, "args": list(args), "kwargs": kwargs}
-    )
-    if len(frame) - protocol.HEADER.size > protocol.MAX_CHILD_FRAME_BYTES:
-        # Refused here: a frame beyond the limit breaks the bridge protocol, and the
-        # executor would end the run.
-        raise InvalidArgument(
-            f"qb.{fn}: the call is {len(frame)} bytes; at most "
-            f"{protocol.MAX_CHILD_FRAME_BYTES} can be sent"
-        )
+    body = protocol.encode({"type": "call", "fn": fn, "args": list(args), "kwargs": kwargs})[
+        protocol.HEADER.size :
+    ]
     me = get_ident()
     if _exchange_thread == me:
         raise QbError(_NESTED_CALL)
     with _exchange:
         _exchange_thread = me
         try:
-            reply = _exchange_frames(fn, frame)
+            if _out_of_step:
+                raise QbError(
+                    f"qb.{fn} was not sent: the bridge to the executor went out of step "
+                    f"after an interrupted call ({_out_of_step})"
+                )
+            # The id goes in here, under the lock (see _inbox): the arguments were
+            # encoded before, outside it (their __str__ may take its time, or call qb).
+            call_id = next(_call_ids)
+            frame = b'{"id":%d,' % call_id + body[1:]
+            if len(frame) > protocol.MAX_CHILD_FRAME_BYTES:
+                # Refused here: a frame beyond the limit breaks the bridge protocol, and
+                # the executor would end the run.
+                raise InvalidArgument(
+                    f"qb.{fn}: the call is {len(frame) + protocol.HEADER.size} bytes; at "
+                    f"most {protocol.MAX_CHILD_FRAME_BYTES} can be sent"
+                )
+            _send(fn, protocol.HEADER.pack(len(frame)) + frame)
+            reply = _receive(fn, call_id)
         finally:
             _exchange_thread = 0
     if reply["type"] != "reply" or reply["id"] != call_id:
@@ -146,21 +178,89 @@ def _call(fn: str, *args: Any, **kwargs: Any) -> Any:
     raise _ERRORS.get(error["kind"], QbError)(error["message"])
 
 
-def _exchange_frames(fn: str, frame: bytes) -> protocol.ParentFrame:
-    """Send a call frame and read the reply; a broken bridge is a QbError saying which way."""
+def _write_out() -> None:
+    while _outbox:
+        del _outbox[: write(_bridge_fd, _outbox)]  # by name: see launcher.py
+
+
+def _send(fn: str, frame: bytes) -> None:
+    """Send a call frame, after the rest of one an interruption cut short."""
     try:
-        protocol.write_all(_bridge_fd, frame)
+        _write_out()
+        _outbox.extend(frame)
+        try:
+            _write_out()
+        except BaseException:
+            if len(_outbox) == len(frame):
+                _outbox.clear()  # none of it went: nothing to finish, no answer to come
+            raise
     except OSError as err:
         raise QbError(
             f"qb.{fn} could not be sent: the bridge to the executor is broken ({err})"
         ) from err
+
+
+def _receive(fn: str, call_id: int) -> protocol.ParentFrame:
+    """The answer to ``call_id``, dropping those to calls abandoned before it."""
     try:
-        return protocol.read_frame(_bridge_fd)
+        while True:
+            answer = _next_frame()
+            if answer["type"] != "reply" or answer["id"] >= call_id:
+                return answer
     except (OSError, protocol.FrameError) as err:
         raise QbError(
             f"qb.{fn} was sent but no answer came: the bridge to the executor is broken "
             f"({err}); it may have been applied"
         ) from err
+
+
+def _next_frame() -> protocol.ParentFrame:
+    """The next frame from the executor, read through ``_inbox``.
+
+    A length or body that cannot be a frame means bytes were lost (see ``_inbox``): the
+    bridge is out of step for good.
+    """
+    global _out_of_step
+    header = protocol.HEADER.size
+    while True:
+        wanted = header
+        if len(_inbox) >= header:
+            (size,) = protocol.HEADER.unpack_from(_inbox)
+            if size > protocol.MAX_PARENT_FRAME_BYTES:
+                _out_of_step = f"frame of {size} bytes exceeds {protocol.MAX_PARENT_FRAME_BYTES}"
+                raise protocol.FrameError(_out_of_step)
+            wanted = header + size
+            if len(_inbox) >= wanted:
+                body = bytes(_inbox[header:wanted])
+                # Interrupted from here on, the frame is gone: it answers the call the
+                # interruption ends.
+                del _inbox[:wanted]
+                try:
+                    return protocol.decode_trusted(body)  # type: ignore[return-value]
+                except protocol.FrameError as err:
+                    _out_of_step = str(err)
+                    raise
+        select([_bridge_fd], [], [])  # the wait a handler may interrupt: nothing read yet
+        # The read and its keeping with this thread's signals held: a handler's raise
+        # comes after them (at the unblock), not between them, which would lose bytes.
+        held = _HELD_SIGNALS - pthread_sigmask(SIG_BLOCK, ())
+        try:
+            pthread_sigmask(SIG_BLOCK, held)
+            chunk = read(_bridge_fd, min(wanted - len(_inbox), 1 << 20))
+            _inbox.extend(chunk)
+        finally:
+            pthread_sigmask(SIG_UNBLOCK, held)
+        if not chunk:
+            raise protocol.FrameError("bridge closed mid-frame" if _inbox else "eof")
+
+
+def _finish_sending() -> None:
+    """Send the rest of a call frame an interruption cut short (before the done frame).
+
+    Under the lock: a thread the wait for threads was interrupted from may be mid-call.
+    """
+    with _exchange:
+        _write_out()
 
 
 # -- context, answered locally ---------------------------------------------------------

@@ -36,7 +36,14 @@ CHILD_PATH: list[tuple[Callable[..., object], set[str]]] = [
     (seccomp.install, {"ctypes.get_errno", "os.strerror"}),
     (
         python_bootstrap.run,
-        {"qb._bind", "sys.modules", "sys.stdout", "sys.stderr", "traceback.format_exception_only"},
+        {
+            "qb._bind",
+            "qb._finish_sending",
+            "sys.modules",
+            "sys.stdout",
+            "sys.stderr",
+            "traceback.format_exception_only",
+        },
     ),
     (python_bootstrap._warm_up, {"qb._bind"}),
     (protocol.read_frame, set()),

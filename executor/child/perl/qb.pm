@@ -29,7 +29,7 @@ package qb;
 #
 # No modules beyond strict: JSON::PP, POSIX and IO::Handle each cost more to load
 # (14-21 ms) than the whole Perl interpreter (3 ms), so qb::JSON below is ours; even
-# `use warnings` (3 ms) is left out, and overload is loaded with the first error.
+# `use warnings` (3 ms) is left out, and so is overload (qb::Error makes its symbols).
 
 use strict;
 
@@ -46,6 +46,19 @@ my $bridge;
 my $bound_pid = 0;    # the callback's own process, the only one whose calls go on the bridge
 my %context;
 my $next_call_id = 0;
+# A $SIG{ALRM} handler that dies (a timeout) can end a call at any point of its
+# exchange, so the exchange keeps its state here and the next call picks it up: the
+# bytes read from the bridge but not yet taken as a frame (sysread appends to them, so a
+# partial frame stays), and the rest of a frame cut short mid-write (sent before the
+# next one). The executor answers in the order calls are sent: a reply with a lower id
+# than the call's answers a call abandoned mid-wait, and is dropped. One window remains
+# (as in qb.py): a die between syswrite returning and its count being kept loses track
+# of those bytes, and the bridge is out of step.
+my $inbox = '';
+my $outbox = '';
+# Whether a call is under way: a signal handler's call that interrupted it is refused
+# (its frames would go between the call's frame and its reply), as qb.py refuses one.
+our $_in_call = 0;
 
 # Every job, work and instance verb of executor/host_api.py's table.
 my @JOB_VERBS = qw(unblock block kill remove retry requeue preempt interrupt migrate
@@ -110,46 +123,60 @@ sub _write_frame {
             if ($message->{type} // '') eq 'call';
     }
     my $data = pack('N', length $body) . $body;
-    while (length $data) {
-        my $written = syswrite($bridge, $data);
+    _write_out();    # the rest of a frame an interruption cut short goes first
+    $outbox = $data;
+    return if eval { _write_out(); 1 };
+    my $error = $@;
+    $outbox = '' if length $outbox == length $data;    # none of it went: no answer to come
+    die $error;
+}
+
+sub _write_out {
+    while (length $outbox) {
+        my $written = syswrite($bridge, $outbox);
         if (!defined $written) {
             next if $! == EINTR;
             die qb::Error->new('QbError', "the executor closed the bridge: $!");
         }
-        substr($data, 0, $written, '');
+        substr($outbox, 0, $written, '');
     }
     return;
-}
-
-sub _read_exactly {
-    my ($size) = @_;
-    my $data = '';
-    while (length $data < $size) {
-        my $got = sysread($bridge, $data, $size - length $data, length $data);
-        if (!defined $got) {
-            next if $! == EINTR;
-            die qb::Error->new('QbError', "reading from the executor failed: $!");
-        }
-        die qb::Error->new('QbError', 'the executor closed the bridge') if $got == 0;
-    }
-    return $data;
 }
 
 # protocol.py's MAX_PARENT_FRAME_BYTES: a larger length is a bridge out of step, never
 # a frame to make room for (a buffer of that size could fail as "Out of memory!").
 sub MAX_PARENT_FRAME_BYTES () { 64 << 20 }
 
+# The next frame from the executor, read through $inbox.
 sub _read_frame {
-    my $size = unpack('N', _read_exactly(4));
-    die qb::Error->new('QbError', "the executor's frame of $size bytes exceeds "
-        . MAX_PARENT_FRAME_BYTES . ': the bridge is out of step')
-        if $size > MAX_PARENT_FRAME_BYTES;
-    # Strings arrive as UTF-8 octets: the callback sees bytes, as from a file.
-    my $message = eval { qb::JSON::decode(_read_exactly($size)) };
-    die qb::Error->new('QbError', "the executor sent a malformed frame: $@") if $@;
-    die qb::Error->new('QbError', 'the executor sent a frame that is not an object')
-        if ref $message ne 'HASH';
-    return $message;
+    while (1) {
+        my $wanted = 4;
+        if (length $inbox >= 4) {
+            my $size = unpack('N', $inbox);
+            die qb::Error->new('QbError', "the executor's frame of $size bytes exceeds "
+                . MAX_PARENT_FRAME_BYTES . ': the bridge is out of step')
+                if $size > MAX_PARENT_FRAME_BYTES;
+            $wanted = 4 + $size;
+            if (length $inbox >= $wanted) {
+                my $body = substr($inbox, 4, $size);
+                # Interrupted from here on, the frame is gone: it answers the call the
+                # interruption ends.
+                substr($inbox, 0, $wanted, '');
+                # Strings arrive as UTF-8 octets: the callback sees bytes, as from a file.
+                my $message = eval { qb::JSON::decode($body) };
+                die qb::Error->new('QbError', "the executor sent a malformed frame: $@") if $@;
+                die qb::Error->new('QbError', 'the executor sent a frame that is not an object')
+                    if ref $message ne 'HASH';
+                return $message;
+            }
+        }
+        my $got = sysread($bridge, $inbox, $wanted - length $inbox, length $inbox);
+        if (!defined $got) {
+            next if $! == EINTR;
+            die qb::Error->new('QbError', "reading from the executor failed: $!");
+        }
+        die qb::Error->new('QbError', 'the executor closed the bridge') if $got == 0;
+    }
 }
 
 # Ids that look like integers go as JSON numbers, as the Python qb sends them. Inf and
@@ -194,6 +221,9 @@ sub _call {
     die qb::Error->new('InvalidArgument', "qb::$fn: its arguments nest array or hash "
         . 'references more than ' . MAX_ARG_DEPTH . ' deep')
         if _nests_too_deep(@{ $args || [] }, values %{ $kwargs || {} });
+    die qb::Error->new('QbError', "a qb call cannot be made while a qb call is under way "
+        . "(a signal handler's)") if $_in_call;
+    local $_in_call = 1;
     my $id = ++$next_call_id;
     _write_frame({
         type   => 'call',
@@ -203,6 +233,8 @@ sub _call {
         kwargs => { %{ $kwargs || {} } },
     });
     my $reply = _read_frame();
+    $reply = _read_frame()    # the answer to a call abandoned before this one
+        while ($reply->{type} // '') eq 'reply' && ($reply->{id} // $id) < $id;
     if (($reply->{type} // '') ne 'reply' || ($reply->{id} // -1) != $id) {
         die qb::Error->new('QbError',
             "unexpected answer to qb::$fn: " . ($reply->{type} // 'no type'));
@@ -328,15 +360,23 @@ package qb::Error;
 
 use strict;
 
-my $overloaded;
+# Stringify as "kind: message": the symbols `use overload` would make (overload.pm's
+# OVERLOAD), made here. Loading overload.pm costs 5 ms, and loading it with the first
+# error let a signal handler's die interrupt its require: every later error printed as
+# qb::Error=HASH(...).
+{
+    no strict 'refs';    ## no critic (ProhibitNoStrict)
+    *{'qb::Error::(('} = \&_nil;
+    *{'qb::Error::()'} = \&_nil;
+    ${'qb::Error::()'} = 1;    # fallback => 1
+    *{'qb::Error::(""'} = sub { "$_[0]{kind}: $_[0]{message}" };
+    *{'qb::Error::(bool'} = sub { 1 };
+}
+
+sub _nil { return }
 
 sub new {
     my ($class, $kind, $message) = @_;
-    if (!$overloaded++) {
-        require overload;    # stringify as "kind: message"; loaded only when needed
-        overload->import('""' => sub { "$_[0]{kind}: $_[0]{message}" }, 'bool' => sub { 1 },
-            fallback => 1);
-    }
     return bless { kind => $kind, message => $message }, $class;
 }
 
