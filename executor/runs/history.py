@@ -89,10 +89,12 @@ _SUMMARY_COLUMNS: Final = (
 )
 
 # A repeated invocation id replaces the earlier run (SQLite's INSERT OR REPLACE, in the
-# spelling PostgreSQL shares).
+# spelling PostgreSQL shares), unless the one recorded ended later: two replicas of a
+# fleet may run one id at once, and the one that ended last is the supervisor's result
+# too (``ReportResultRequest.ended_at``), whichever history write comes last.
 _REPLACE: Final = ", ".join(
     f"{column} = excluded.{column}" for column in (*_SUMMARY_COLUMNS.split(", ")[1:], "result")
-)
+) + (" WHERE excluded.started_at + excluded.wall_seconds >= runs.started_at + runs.wall_seconds")
 
 
 _INSERT: Final = (
@@ -103,6 +105,11 @@ _INSERT: Final = (
 )
 _VALUES: Final = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 _INSERT_ONE: Final = _INSERT.format(values=_VALUES)
+
+
+def _ended_at(invocation: Invocation, result: RunResult, started_at: float) -> float:
+    """When a run ended, as ``_REPLACE`` reckons it from the row."""
+    return started_at + result.usage.wall_seconds
 
 
 def _row(invocation: Invocation, result: RunResult, started_at: float) -> tuple[Any, ...]:
@@ -314,7 +321,7 @@ class RunHistory:
             self._db.close()
 
     def record(self, invocation: Invocation, result: RunResult, started_at: float) -> None:
-        """Store one finished run (a repeated invocation id replaces the earlier run)."""
+        """Store one finished run (a repeated invocation id replaces a run that ended before it)."""
         self.record_many([(invocation, result, started_at)])
 
     def record_many(self, runs: Sequence[tuple[Invocation, RunResult, float]]) -> None:
@@ -365,15 +372,16 @@ class RunHistory:
         """(PostgreSQL) All the runs in one INSERT: one round trip, its own transaction.
 
         Other replicas record too, so whether a run replaced one is not asked (the count
-        is taken afresh at each prune): always 0. A repeated invocation id keeps its last
-        run, as one INSERT per run would (PostgreSQL refuses to update a row twice in
-        one statement).
+        is taken afresh at each prune): always 0. A repeated invocation id keeps the run
+        that ended last, as one INSERT per run would (PostgreSQL refuses to update a row
+        twice in one statement).
         """
-        last = {
-            result.invocation_id: (invocation, result, started_at)
-            for invocation, result, started_at in runs
-        }
-        rows = [_row(*run) for run in last.values()]
+        latest: dict[str, tuple[Invocation, RunResult, float]] = {}
+        for run in runs:
+            kept = latest.get(run[1].invocation_id)
+            if kept is None or _ended_at(*run) >= _ended_at(*kept):
+                latest[run[1].invocation_id] = run
+        rows = [_row(*run) for run in latest.values()]
         self._db.execute(
             _INSERT.format(values=", ".join([_VALUES] * len(rows))),
             [value for row in rows for value in row],

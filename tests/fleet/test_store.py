@@ -145,6 +145,25 @@ def test_the_history_records_a_group_of_runs_in_one_statement(pg_url: str) -> No
         history.close()
 
 
+def test_a_fleets_history_keeps_the_run_of_an_id_that_ended_last(pg_url: str) -> None:
+    history = RunHistory(pg_url, retention_days=1, max_runs=100)
+    try:
+        history.record_many([(invocation("late"), result("late"), 10.0)])
+        # Another replica's earlier run of the id, written after: it stays the later one's.
+        history.record_many(
+            [
+                (invocation("late"), result("late", Outcome.KILLED), 5.0),
+                (invocation("early"), result("early", Outcome.FAILED), 7.0),
+                (invocation("early"), result("early"), 6.0),
+            ]
+        )
+        late, early = history.get("late"), history.get("early")
+        assert late is not None and late.outcome is Outcome.SUCCEEDED and late.started_at == 10.0
+        assert early is not None and early.outcome is Outcome.FAILED and early.started_at == 7.0
+    finally:
+        history.close()
+
+
 def test_statements_outside_a_transaction_never_wait_for_one_in_a_fleet(pg_url: str) -> None:
     # The event loop's reads and marks (a firing's job, a firing done) go on while the
     # group thread holds a transaction open, and see only what is committed.

@@ -158,6 +158,18 @@ def test_a_replaced_run_counts_once_toward_the_limit(tmp_path: Path) -> None:
     history.close()
 
 
+def test_a_repeated_id_keeps_the_run_that_ended_last(history: RunHistory) -> None:
+    """Two runs of one id written out of order (two replicas) keep the later one's record."""
+    history.record(invocation("twice"), result("twice"), started_at=10.0)
+    history.record(invocation("twice"), result("twice", Outcome.KILLED), started_at=5.0)
+    kept = history.get("twice")
+    assert kept is not None and kept.outcome is Outcome.SUCCEEDED and kept.started_at == 10.0
+    history.record(invocation("twice"), result("twice", Outcome.FAILED), started_at=20.0)
+    kept = history.get("twice")
+    assert kept is not None and kept.outcome is Outcome.FAILED
+    assert history.count() == 1
+
+
 def test_the_limit_holds_across_a_reopen(tmp_path: Path) -> None:
     first = RunHistory(tmp_path / "runs.db", retention_days=1e6, max_runs=10, clock=Clock(1e6))
     for n in range(3):
