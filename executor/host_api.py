@@ -77,6 +77,18 @@ _T = TypeVar("_T")
 _ALIASES: Final = {"retire": "complete"}
 
 
+def _checked_answer(job_id: int, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A supervisor's jobs for one id: none, or that one job; anything else is its error."""
+    if len(jobs) > 1 or (jobs and jobs[0].get("id") != job_id):
+        ids = ", ".join(str(job.get("id")) for job in jobs[:5])
+        raise HostCallError(
+            "SupervisorUnavailable",
+            f"the supervisor's answer was malformed: JobInfo for job {job_id} gave"
+            f" {len(jobs)} job(s) (ids {ids})",
+        )
+    return jobs
+
+
 def _total(outcomes: list[ActionOutcome]) -> tuple[int, str]:
     """A verb's value (how many changed) and its recorded summary, over all its targets."""
     return sum(o.changed for o in outcomes), "; ".join(o.message for o in outcomes)
@@ -337,6 +349,13 @@ class HostApi:
             actor=self._invocation.actor,
         )
 
+    async def _job(self, job_id: int) -> dict[str, Any]:
+        """The job ``job_id`` names: NoSuchJob when the supervisor has none."""
+        jobs = _checked_answer(job_id, await self._jobs(job_id=job_id))
+        if not jobs:  # a supervisor may answer an unknown id so, rather than NOT_FOUND
+            raise HostCallError("NoSuchJob", f"the supervisor has no job {job_id}")
+        return jobs[0]
+
     def _job_id(self, value: Any) -> int:
         return parse_job_id(value, self._spelling)
 
@@ -387,16 +406,16 @@ class HostApi:
             # No job has id 0: not the callback's own job, which a parentless job's pid
             # (0) would otherwise have named.
             return [], "no job 0"
-        jobs = await self._jobs(job_id=job_id, include_callbacks=include)
-        return jobs, f"job {jobs[0]['id']}" if jobs else "no job"
+        jobs = _checked_answer(job_id, await self._jobs(job_id=job_id, include_callbacks=include))
+        return jobs, f"job {job_id}" if jobs else "no job"
 
     async def jobstatus(self, job: Any) -> tuple[str, str]:
-        (info,) = await self._jobs(job_id=self._job_id(job))
+        info = await self._job(self._job_id(job))
         return str(info["status"]), str(info["status"])
 
     async def workstatus(self, target: Any) -> tuple[str, str]:
         job_id, name = parse_work_target(target, self._spelling)
-        (info,) = await self._jobs(job_id=job_id)
+        info = await self._job(job_id)
         for work in info["agenda"]:
             if work["name"] == name:
                 return str(work["status"]), str(work["status"])
@@ -404,7 +423,7 @@ class HostApi:
 
     async def subjobstatus(self, target: Any) -> tuple[str, str]:
         job_id, subids = parse_subjob_target(target, self._spelling)
-        (info,) = await self._jobs(job_id=job_id)
+        info = await self._job(job_id)
         for sub in info["subjobs"]:
             if not subids or sub["id"] == subids[0]:
                 return str(sub["status"]), str(sub["status"])
@@ -433,7 +452,7 @@ class HostApi:
         async def work_verb(*targets: Any) -> tuple[int, str]:
             async def act(target: Any) -> ActionOutcome:
                 job_id, spec = parse_work_target(target, self._spelling)
-                (info,) = await self._jobs(job_id=job_id)
+                info = await self._job(job_id)
                 try:
                     names = expand_work_names(spec, [w["name"] for w in info["agenda"]])
                 except HostCallError as err:

@@ -23,7 +23,9 @@ the same position gets the first answer. `action_seq` 0 (or an empty
 JobInfo reads only and is never deduplicated.
 
 Errors: NOT_FOUND for an unknown job (or work item), PERMISSION_DENIED when
-the actor may not, INVALID_ARGUMENT for a malformed request. A supervisor may
+the actor may not, INVALID_ARGUMENT for a malformed request, FAILED_PRECONDITION
+for a refusal of the site's own (the callback sees a plain QbError with the
+message); any other status is SupervisorUnavailable. A supervisor may
 name the exception a callback should see in the trailing metadata key
 `qb-error-kind` (NoSuchJob, NoSuchWork, PermissionDenied, InvalidArgument);
 without it the executor maps the status code (NOT_FOUND is NoSuchJob).
