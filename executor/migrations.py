@@ -41,7 +41,10 @@ def _steps() -> list[str]:
     return [
         pg_ddl(
             store.FULL_SCHEMA + store.LABEL_INDEXES + outbox.SCHEMA + history.SCHEMA + FLEET_SCHEMA
-        )
+        ),
+        # When each reported run ended: an earlier run's report never replaces a later one's.
+        # (A database made at version 1 by this code has the column already.)
+        "ALTER TABLE outbox ADD COLUMN IF NOT EXISTS ended_at DOUBLE PRECISION NOT NULL DEFAULT 0;",
     ]
 
 

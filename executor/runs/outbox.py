@@ -56,7 +56,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Protocol, TypeVar, cast, runtime_checkable
+from typing import Final, NamedTuple, Protocol, TypeVar, cast, runtime_checkable
 
 from executor.errors import UnavailableError
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
@@ -80,16 +80,18 @@ _T = TypeVar("_T")
 MESSAGE_MARGIN_BYTES: Final = 64 << 10
 
 _INSERT: Final = (
-    "INSERT INTO outbox (key, payload, created_at, owner, lease_until)"
-    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING"
+    "INSERT INTO outbox (key, payload, created_at, owner, lease_until, ended_at)"
+    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING"
 )
-# Before _INSERT, when the key is there already: another message under it (a later run
-# of the invocation id) takes the place of the one there, delivered or not, as a new
-# row: a new seq, so a delivery of the old one still on its way marks nothing. The same
-# message again (a commit retried on a new connection) stays a no-op; once delivered,
-# its payload is gone (``_mark_delivered``), so it would be sent again, and the
-# supervisor answers it as the duplicate it is.
-_REPLACE: Final = "DELETE FROM outbox WHERE key = ? AND payload <> ?"
+# Before _INSERT, when the key is there already: another message under it that ended no
+# earlier (a later run of the invocation id) takes the place of the one there, delivered
+# or not, as a new row: a new seq, so a delivery of the old one still on its way marks
+# nothing. An earlier run's message (one committed late, after a full disk) never
+# replaces a later one's: the supervisor's rule (``ReportResultRequest.ended_at``). The
+# same message again (a commit retried on a new connection) stays a no-op; once
+# delivered, its payload is gone (``_mark_delivered``), so it would be sent again, and
+# the supervisor answers it as the duplicate it is.
+_REPLACE: Final = "DELETE FROM outbox WHERE key = ? AND payload <> ? AND ended_at <= ?"
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -105,16 +107,29 @@ CREATE TABLE IF NOT EXISTS outbox (
     retry_at REAL NOT NULL DEFAULT 0,
     -- In a fleet: which replica delivers it, until when (a dead replica's are taken over).
     owner TEXT NOT NULL DEFAULT '',
-    lease_until REAL NOT NULL DEFAULT 0
+    lease_until REAL NOT NULL DEFAULT 0,
+    -- When the run it reports ended (Unix seconds; 0 in rows from before the column).
+    ended_at REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq)
     WHERE delivered_at IS NULL AND dead_at IS NULL;
 """
+
+
+class _Message(NamedTuple):
+    """A message to commit: ``_REPLACE``'s values, in its order."""
+
+    key: str
+    payload: bytes
+    ended_at: float  # when the run it reports ended
+
+
 # Columns added since the first outbox.db: (column, definition).
 _ADDED_COLUMNS: Final = (
     ("retry_at", "REAL NOT NULL DEFAULT 0"),
     ("owner", "TEXT NOT NULL DEFAULT ''"),
     ("lease_until", "REAL NOT NULL DEFAULT 0"),
+    ("ended_at", "REAL NOT NULL DEFAULT 0"),
 )
 
 
@@ -255,7 +270,7 @@ class Outbox:
             self._checkpoints = BackgroundCheckpoints(self._db, path)
         self._wakeup = asyncio.Event()
         # Messages given to ``commit`` in this turn of the event loop, and their callers.
-        self._gathered: list[tuple[str, bytes, asyncio.Future[None]]] = []
+        self._gathered: list[tuple[_Message, asyncio.Future[None]]] = []
         self._drained = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._duplicates = 0
@@ -288,20 +303,22 @@ class Outbox:
 
     # -- the producer side: synchronous, durable before it returns ------------------------
 
-    def put(self, key: str, payload: bytes) -> bool:
-        """Commit one message; False when this very message is in the outbox (nothing added).
+    def put(self, key: str, payload: bytes, ended_at: float | None = None) -> bool:
+        """Commit one message; False when nothing was added (it, or a later run's, is there).
 
-        Another message under ``key`` replaces the one there (see ``_REPLACE``). Raises
-        StorageError when the commit fails because of the storage.
+        ``ended_at``: when the run it reports ended (None: now). Another message under
+        ``key`` replaces the one there unless that one's run ended later (``_REPLACE``).
+        Raises StorageError when the commit fails because of the storage.
         """
+        message = _Message(key, payload, self._clock() if ended_at is None else ended_at)
         with writing(self._path, self._health):
-            added = execute_counted(self._db, _INSERT, self._row(key, payload))
+            added = execute_counted(self._db, _INSERT, self._row(message))
         if not added:  # the key is there: a repeat of the message, or another run's
-            return self._put_many([(key, payload)])
+            return self._put_many([message])
         self._committed(added)
         return True
 
-    async def commit(self, key: str, payload: bytes) -> None:
+    async def commit(self, key: str, payload: bytes, ended_at: float | None = None) -> None:
         """``put``, in one transaction with the messages of this turn of the event loop.
 
         Runs that end together (concurrent callers) share one commit, one round trip to
@@ -310,14 +327,15 @@ class Outbox:
         """
         loop = asyncio.get_running_loop()
         committed = loop.create_future()
-        self._gathered.append((key, payload, committed))
+        message = _Message(key, payload, self._clock() if ended_at is None else ended_at)
+        self._gathered.append((message, committed))
         if len(self._gathered) == 1:
             loop.call_soon(self._commit_gathered)
         await committed
 
     def _commit_gathered(self) -> None:
         gathered, self._gathered = self._gathered, []
-        messages = [(key, payload) for key, payload, _ in gathered]
+        messages = [message for message, _ in gathered]
         try:
             try:
                 self._put_any(messages)
@@ -327,29 +345,33 @@ class Outbox:
                 # idempotent on their message, so a commit that did land is not doubled.
                 self._put_any(messages)
         except Exception as err:  # noqa: BLE001 - the storage's, or a bug: each caller hears of it
-            for _, _, committed in gathered:
+            for _, committed in gathered:
                 if not committed.done():
                     committed.set_exception(err)
             return
-        for _, _, committed in gathered:
+        for _, committed in gathered:
             if not committed.done():
                 committed.set_result(None)
 
-    def _put_any(self, messages: list[tuple[str, bytes]]) -> None:
+    def _put_any(self, messages: list[_Message]) -> None:
         if len(messages) == 1:
             self.put(*messages[0])
         else:
             self._put_many(messages)
 
-    def _put_many(self, messages: list[tuple[str, bytes]]) -> bool:
-        # Of two messages under one key, the later is the later run's.
-        latest = dict(messages)
+    def _put_many(self, messages: list[_Message]) -> bool:
+        # Of two messages under one key, the one whose run ended last.
+        latest: dict[str, _Message] = {}
+        for message in messages:
+            kept = latest.get(message.key)
+            if kept is None or message.ended_at >= kept.ended_at:
+                latest[message.key] = message
         with writing(self._path, self._health):
             self._db.execute("BEGIN")
             try:
-                self._db.executemany(_REPLACE, list(latest.items()))
+                self._db.executemany(_REPLACE, list(latest.values()))
                 added: int = self._db.executemany(
-                    _INSERT, [self._row(key, payload) for key, payload in latest.items()]
+                    _INSERT, [self._row(message) for message in latest.values()]
                 ).rowcount
                 self._db.execute("COMMIT")
             except BaseException:
@@ -360,10 +382,11 @@ class Outbox:
         self._committed(added != 0)
         return added != 0
 
-    def _row(self, key: str, payload: bytes) -> tuple[str, bytes, float, str, float]:
+    def _row(self, message: _Message) -> tuple[str, bytes, float, str, float, float]:
         # The replica that ran it delivers it (its lease); another only if it dies.
         now = self._clock()
-        return (key, payload, now, self._owner, now + self._lease_s)
+        key, payload, ended_at = message
+        return (key, payload, now, self._owner, now + self._lease_s, ended_at)
 
     def _committed(self, added: int) -> None:
         self._checkpoints.committed()

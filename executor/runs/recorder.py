@@ -73,6 +73,9 @@ class Recorder:
         self._fired_wait_s = fired_wait_s
         # Set at the start of a stop: no result waits for the storage any more.
         self._stopping = asyncio.Event()
+        # Results of Execute runs whose callers were told the storage refused them,
+        # committed once it takes them.
+        self._owed: set[asyncio.Task[None]] = set()
         self._writer = BookkeepingWriter(history, callback_log, metrics)
         # A reader of either never misses a run that was answered.
         history.before_read = self._writer.flush
@@ -130,16 +133,20 @@ class Recorder:
         now = self._clock()
         committed = None
         if self.outbox is not None and self._encode_report is not None:
-            committed = self._commit(
-                self.outbox,
-                result.invocation_id,
-                self._encode_report(invocation, result, now),
+            report = self._encode_report(invocation, result, now)
+            if invocation.source == "execute":
+                committed = self._commit_or_owe(self.outbox, result.invocation_id, report, now)
+            else:
                 # A fired callback has run and its effects happened: its result waits for
-                # the storage, rather than the firing running again as if it had not. An
-                # Execute caller is told instead, and decides.
-                wait_s=self._fired_wait_s if invocation.source != "execute" else 0.0,
-                stopping=self._stopping,
-            )
+                # the storage, rather than the firing running again as if it had not.
+                committed = self._commit(
+                    self.outbox,
+                    result.invocation_id,
+                    report,
+                    ended_at=now,
+                    wait_s=self._fired_wait_s,
+                    stopping=self._stopping,
+                )
         self._writer.submit(
             invocation, result, ended_at=now, started_at=now - result.usage.wall_seconds
         )
@@ -156,12 +163,47 @@ class Recorder:
             return RunIdentity.of(pending)
         return self.history.identity(invocation_id)
 
+    async def _commit_or_owe(
+        self, outbox: Outbox, invocation_id: str, report: bytes, ended_at: float
+    ) -> None:
+        """An Execute's result: committed before its caller's answer, or the caller told at once.
+
+        The callback has run and its effects happened, so a result the storage refuses is
+        still owed to the supervisor: it is committed when the storage takes it (unless a
+        stop comes first), and a later run of the id (a resend) is never replaced by it.
+        """
+        try:
+            await outbox.commit(invocation_id, report, ended_at)
+        except UnavailableError as err:
+            owed = asyncio.get_running_loop().create_task(
+                self._commit(
+                    outbox,
+                    invocation_id,
+                    report,
+                    ended_at=ended_at,
+                    wait_s=None,
+                    stopping=self._stopping,
+                )
+            )
+            self._owed.add(owed)
+            owed.add_done_callback(self._owed_done)
+            raise UnavailableError(
+                f"the callback ran, but its result could not be recorded: {err}; it is reported"
+                " to the supervisor once the storage takes it (a resend runs it again)"
+            ) from err
+
+    def _owed_done(self, task: asyncio.Task[None]) -> None:
+        self._owed.discard(task)
+        if not task.cancelled():
+            task.exception()  # logged by _commit already
+
     @staticmethod
     async def _commit(
         outbox: Outbox,
         invocation_id: str,
         report: bytes,
         *,
+        ended_at: float,
         wait_s: float | None,
         stopping: asyncio.Event | None = None,
     ) -> None:
@@ -176,7 +218,7 @@ class Recorder:
         delay = 0.25
         while True:
             try:
-                await outbox.commit(invocation_id, report)
+                await outbox.commit(invocation_id, report, ended_at)
             except UnavailableError as err:
                 if stopping.is_set() or (
                     give_up_at is not None and loop.time() + delay > give_up_at
@@ -213,6 +255,9 @@ class Recorder:
 
         What is still pending stays in the outbox and goes out after the next start.
         """
+        if self._owed:
+            self.stop_waiting()
+            await asyncio.wait(list(self._owed))
         if self.outbox is not None:
             if not await self.outbox.flush(flush_timeout_s):
                 logger.warning(

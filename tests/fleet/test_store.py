@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -409,3 +410,30 @@ async def test_the_outbox_replaces_a_delivered_report_with_a_later_runs_on_postg
         await outbox.close()
 
     assert sent == [("pg-later-run", b"killed"), ("pg-later-run", b"succeeded")]
+
+
+async def test_an_earlier_runs_report_never_replaces_a_later_ones_on_postgresql(
+    pg_url: str,
+) -> None:
+    sent: list[tuple[str, bytes]] = []
+
+    class Receiver:
+        async def deliver(self, key: str, payload: bytes) -> bool:
+            sent.append((key, payload))
+            return False
+
+    outbox = Outbox(pg_url, Receiver(), backoff=Backoff(first_s=0.01, cap_s=0.05))
+    try:
+        assert outbox.put("pg-late", b"succeeded", ended_at=20.0)
+        assert not outbox.put("pg-late", b"killed", ended_at=10.0)
+        await asyncio.gather(
+            outbox.commit("pg-group", b"succeeded", 20.0),
+            outbox.commit("pg-group", b"killed", 10.0),
+        )
+        outbox.start()
+        assert await outbox.flush(5)
+        assert not outbox.put("pg-late", b"failed", ended_at=15.0)
+    finally:
+        await outbox.close()
+
+    assert sorted(sent) == [("pg-group", b"succeeded"), ("pg-late", b"succeeded")]

@@ -285,6 +285,30 @@ async def test_a_later_runs_report_put_while_the_first_is_on_its_way_is_still_de
     await outbox.close()
 
 
+async def test_an_earlier_runs_report_committed_late_never_replaces_a_later_ones(
+    tmp_path: Path, receiver: ReferenceReceiver
+) -> None:
+    # An Execute's result refused by a full disk is committed once the disk takes it, by
+    # when the caller's resend (a later run of the id) may have been committed already.
+    outbox = Outbox(tmp_path / "outbox.db", receiver, backoff=FAST)
+    assert outbox.put("a", run_report("OUTCOME_SUCCEEDED", 20.0), ended_at=20.0)
+    assert not outbox.put("a", run_report("OUTCOME_KILLED", 10.0), ended_at=10.0)
+    # Two runs of one id committed in one turn (one group): the later one's is kept.
+    await asyncio.gather(
+        outbox.commit("b", run_report("OUTCOME_SUCCEEDED", 20.0), 20.0),
+        outbox.commit("b", run_report("OUTCOME_KILLED", 10.0), 10.0),
+    )
+    outbox.start()
+    assert await outbox.flush(5)
+    assert not outbox.put("a", run_report("OUTCOME_FAILED", 15.0), ended_at=15.0)
+    assert outbox.pending() == 0
+    for key in ("a", "b"):
+        stored = receiver.supervisor.result(key)
+        assert stored is not None and stored["payload"]["outcome"] == "OUTCOME_SUCCEEDED"
+        assert receiver.calls[key] == 1
+    await outbox.close()
+
+
 async def test_refused_result_is_set_aside_without_blocking_the_rest(
     tmp_path: Path, receiver: ReferenceReceiver
 ) -> None:

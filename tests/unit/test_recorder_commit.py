@@ -21,7 +21,7 @@ class FlakyOutbox:
         self.refusals = refusals
         self.committed: list[str] = []
 
-    async def commit(self, key: str, payload: bytes) -> None:
+    async def commit(self, key: str, payload: bytes, ended_at: float | None = None) -> None:
         if self.refusals:
             self.refusals -= 1
             raise StoreUnavailable("PostgreSQL store unreachable: restarting")
@@ -31,27 +31,27 @@ class FlakyOutbox:
 async def test_a_fired_runs_result_waits_for_the_store_instead_of_running_again() -> None:
     # Found by fault injection: a 1 s outage made a finished firing run a second time.
     outbox: Any = FlakyOutbox(refusals=2)
-    await recorder.Recorder._commit(outbox, "fired-1", b"report", wait_s=5.0)
+    await recorder.Recorder._commit(outbox, "fired-1", b"report", ended_at=1.0, wait_s=5.0)
     assert outbox.committed == ["fired-1"]
 
 
 async def test_an_execute_callers_result_is_refused_at_once() -> None:
     outbox: Any = FlakyOutbox(refusals=1)
     with pytest.raises(StoreUnavailable):
-        await recorder.Recorder._commit(outbox, "execute-1", b"report", wait_s=0.0)
+        await recorder.Recorder._commit(outbox, "execute-1", b"report", ended_at=1.0, wait_s=0.0)
     assert outbox.committed == []
 
 
 async def test_a_store_away_longer_than_the_wait_gives_the_firing_back() -> None:
     outbox: Any = FlakyOutbox(refusals=100)
     with pytest.raises(StoreUnavailable):
-        await recorder.Recorder._commit(outbox, "fired-2", b"report", wait_s=0.5)
+        await recorder.Recorder._commit(outbox, "fired-2", b"report", ended_at=1.0, wait_s=0.5)
 
 
 async def test_without_a_bound_the_result_waits_as_long_as_the_storage_refuses() -> None:
     # SQLite: one executor, nobody else would run the firing; it must not run twice.
     outbox: Any = FlakyOutbox(refusals=3)  # 0.25 + 0.5 + 1 s of waiting
-    await recorder.Recorder._commit(outbox, "fired-3", b"report", wait_s=None)
+    await recorder.Recorder._commit(outbox, "fired-3", b"report", ended_at=1.0, wait_s=None)
     assert outbox.committed == ["fired-3"]
 
 
@@ -62,7 +62,7 @@ async def test_a_stop_ends_the_wait_at_once() -> None:
     started = time.monotonic()
     with pytest.raises(StoreUnavailable):
         await recorder.Recorder._commit(
-            outbox, "fired-4", b"report", wait_s=None, stopping=stopping
+            outbox, "fired-4", b"report", ended_at=1.0, wait_s=None, stopping=stopping
         )
     assert time.monotonic() - started < 1.0
     assert outbox.committed == []
