@@ -181,9 +181,19 @@ class Dashboard:
         return Response(200, encoder(self._registry), content_type)
 
     def _healthz(self) -> Response:
-        status = self._source.health()
+        """The health service's status as JSON: 200 while SERVING, else 503 (a probe reads either).
+
+        An executor whose event loop does not answer in time is UNKNOWN, with why: still
+        JSON, as a load balancer's probe expects.
+        """
+        answer: dict[str, str] = {}
+        try:
+            status = self._source.health()
+        except SourceUnavailable as err:
+            status, answer["why"] = "UNKNOWN", str(err)
         problem = self._source.metrics().storage_problem
-        body = json.dumps({"status": status, "storage_problem": problem}).encode() + b"\n"
+        answer = {"status": status, "storage_problem": problem, **answer}
+        body = json.dumps(answer).encode() + b"\n"
         return Response(200 if status == "SERVING" else 503, body, "application/json")
 
     # -- pages --------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import json
 import threading
 from types import SimpleNamespace
 from typing import Any, cast
@@ -132,6 +133,20 @@ def test_a_failing_source_is_a_503_and_a_bug_a_500_with_an_incident() -> None:
     assert dashboard.handle(get("/runs")).status == 503
     broken = dashboard.handle(get("/universal"))
     assert broken.status == 500 and b"incident" in broken.body and b"bug" not in broken.body
+
+
+def test_healthz_of_an_executor_that_does_not_answer_is_a_503_in_json() -> None:
+    class Silent(FakeSource):
+        def health(self) -> str:
+            raise SourceUnavailable("the executor did not answer within 5 s")
+
+    response = Dashboard(Silent(), CollectorRegistry(), Access("")).handle(get("/healthz"))
+    assert response.status == 503 and response.content_type == "application/json"
+    assert json.loads(response.body) == {
+        "status": "UNKNOWN",
+        "storage_problem": HOSTILE,
+        "why": "the executor did not answer within 5 s",
+    }
 
 
 def test_a_request_the_executor_refuses_is_a_400_with_its_reason() -> None:
