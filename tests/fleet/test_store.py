@@ -387,18 +387,23 @@ def test_a_prepared_statement_raises_the_stores_own_errors(pg_url: str) -> None:
         db.close()
 
 
+class RecordingReceiver:
+    """A receiver that takes every message (and says none was a duplicate)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    async def deliver(self, key: str, payload: bytes) -> bool:
+        self.sent.append((key, payload))
+        return False
+
+
 async def test_the_outbox_replaces_a_delivered_report_with_a_later_runs_on_postgresql(
     pg_url: str,
 ) -> None:
     # The same statements as on SQLite (tests/unit/test_outbox.py), in PostgreSQL's dialect.
-    sent: list[tuple[str, bytes]] = []
-
-    class Receiver:
-        async def deliver(self, key: str, payload: bytes) -> bool:
-            sent.append((key, payload))
-            return False
-
-    outbox = Outbox(pg_url, Receiver(), backoff=Backoff(first_s=0.01, cap_s=0.05))
+    receiver = RecordingReceiver()
+    outbox = Outbox(pg_url, receiver, backoff=Backoff(first_s=0.01, cap_s=0.05))
     outbox.start()
     try:
         assert outbox.put("pg-later-run", b"killed")
@@ -409,20 +414,14 @@ async def test_the_outbox_replaces_a_delivered_report_with_a_later_runs_on_postg
     finally:
         await outbox.close()
 
-    assert sent == [("pg-later-run", b"killed"), ("pg-later-run", b"succeeded")]
+    assert receiver.sent == [("pg-later-run", b"killed"), ("pg-later-run", b"succeeded")]
 
 
 async def test_an_earlier_runs_report_never_replaces_a_later_ones_on_postgresql(
     pg_url: str,
 ) -> None:
-    sent: list[tuple[str, bytes]] = []
-
-    class Receiver:
-        async def deliver(self, key: str, payload: bytes) -> bool:
-            sent.append((key, payload))
-            return False
-
-    outbox = Outbox(pg_url, Receiver(), backoff=Backoff(first_s=0.01, cap_s=0.05))
+    receiver = RecordingReceiver()
+    outbox = Outbox(pg_url, receiver, backoff=Backoff(first_s=0.01, cap_s=0.05))
     try:
         assert outbox.put("pg-late", b"succeeded", ended_at=20.0)
         assert not outbox.put("pg-late", b"killed", ended_at=10.0)
@@ -436,4 +435,4 @@ async def test_an_earlier_runs_report_never_replaces_a_later_ones_on_postgresql(
     finally:
         await outbox.close()
 
-    assert sorted(sent) == [("pg-group", b"succeeded"), ("pg-late", b"succeeded")]
+    assert sorted(receiver.sent) == [("pg-group", b"succeeded"), ("pg-late", b"succeeded")]
