@@ -199,6 +199,11 @@ class Settings:
         return self.mail
 
     @property
+    def callback_log_dir(self) -> Path:
+        """``log_dir``, or ``<data_dir>/logs`` when it is empty."""
+        return Path(self.log_dir).expanduser() if self.log_dir else self.data_dir / "logs"
+
+    @property
     def universal_callback_dirs(self) -> list[Path]:
         return list(self.universal_callback_policies)
 
@@ -460,8 +465,13 @@ def describe(settings: Settings) -> list[str]:
         if f.name in ("policies", "config_file"):
             continue  # the policies are listed on their own (cbexec serve --check-config)
         value = getattr(settings, f.name)
+        # What start-up uses where a setting's empty value means a default in the data dir.
         if f.name == "mail":
-            value = settings.mail_settings  # the maildir as start-up resolves it
+            value = settings.mail_settings
+        elif f.name == "log_dir":
+            value = str(settings.callback_log_dir)
+        elif f.name == "universal_callback_path" and not value.strip():
+            value = str(settings.data_dir / "callback")
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             for sub in dataclasses.fields(value):
                 name = f"{f.name}.{sub.name}"

@@ -138,6 +138,19 @@ def test_describe_prints_toml_spelling_and_hides_secrets() -> None:
     assert not any("s3cret" in line for line in lines)
 
 
+def test_describe_prints_the_directories_start_up_uses_not_empty_values(tmp_path: Path) -> None:
+    # Printed `log_dir = ""` and `universal_callback_path = ""` (mail.directory resolved).
+    lines = config.describe(config.Settings(data_dir=tmp_path))
+    assert f'log_dir = "{tmp_path / "logs"}"' in lines
+    assert f'universal_callback_path = "{tmp_path / "callback"}"' in lines
+    assert f'mail.directory = "{tmp_path / "mail"}"' in lines
+    given = config.Settings(
+        data_dir=tmp_path, log_dir="/var/log/cbexec", universal_callback_path="/a, /b [policy=x]"
+    )
+    assert 'log_dir = "/var/log/cbexec"' in config.describe(given)
+    assert 'universal_callback_path = "/a, /b [policy=x]"' in config.describe(given)
+
+
 @pytest.mark.parametrize(
     "store",
     [
