@@ -22,6 +22,7 @@ from executor.errors import ConfigError
 from executor.model import Language, Limits
 from executor.runtimes.mail import MailSettings
 from executor.sandbox.limits import setting_problem as limit_problem
+from supervisor_client.targets import check_address
 
 MIB: Final = 1 << 20
 GIB: Final = 1 << 30
@@ -503,8 +504,16 @@ def _check_limits(settings: Settings) -> None:
 
 
 def _check_supervisor(settings: Settings) -> None:
-    if settings.supervisor and not settings.supervisor.startswith(GRPC_TARGET_SCHEMES):
-        _check_address("supervisor", settings.supervisor)
+    address = settings.supervisor
+    if address and not address.startswith(GRPC_TARGET_SCHEMES) and ":" not in address:
+        raise ConfigError(f"supervisor: expected host:port, got {address!r}")
+    if address:
+        # The clients' rule (cbexec --address, ExecutorClient): an address gRPC could
+        # never reach (http://h:p, port 0, a space) would be retried for ever.
+        try:
+            check_address(address, port_required=True)
+        except ValueError as err:
+            raise ConfigError(f"supervisor: {err}") from None
     _check_timeout("supervisor_timeout_seconds", settings.supervisor_timeout_seconds)
     if settings.supervisor_max_message_bytes < 256 << 10:
         raise ConfigError("supervisor_max_message_bytes: must be at least 262144 (256 KiB)")

@@ -389,8 +389,44 @@ def test_a_whole_number_beyond_64_bits_is_refused(name: str) -> None:
 
 
 def test_supervisor_takes_host_port_or_a_grpc_target() -> None:
-    for address in ("10.0.0.5:50052", "unix:/run/qube/supervisor.sock", "dns:///sup:50052"):
+    for address in (
+        "10.0.0.5:50052",
+        "supervisor.example:50052",
+        "[::1]:50052",
+        "unix:/run/qube/supervisor.sock",
+        "dns:///sup:50052",
+        "dns://10.0.0.53/sup:50052",
+    ):
         config.validate(config.Settings(supervisor=address))
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        # Each was taken, and every supervisor call then failed, retried for ever.
+        (
+            "http://127.0.0.1:53281",
+            "supervisor: address 'http://127.0.0.1:53281': gRPC has no 'http' scheme; "
+            "expected host:port, dns:///name:port or unix:/path",
+        ),
+        (
+            "127.0.0.1:0",
+            "supervisor: address '127.0.0.1:0': port 0 is out of range (1 to 65535)",
+        ),
+        ("a b:1", "supervisor: address 'a b:1': 'a b' is not a host name or an IP address"),
+        (
+            "::1:50052",
+            "supervisor: address '::1:50052': write an IPv6 address in brackets, [IPv6]:PORT",
+        ),
+        ("[::1]", "supervisor: address '[::1]' needs a port: [IPv6]:PORT"),
+        ("unix:", "supervisor: address 'unix:': nothing after the scheme"),
+        ("nonsense", "supervisor: expected host:port, got 'nonsense'"),
+    ],
+)
+def test_a_supervisor_address_grpc_could_never_reach_is_refused(address: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.validate(config.Settings(supervisor=address))
+    assert str(caught.value) == message
 
 
 @pytest.mark.parametrize(
