@@ -403,17 +403,20 @@ def _limits(name: str, key: str, raw: Any, base: Limits) -> Limits:
     if not isinstance(raw, Mapping):
         raise _error(name, key, "expected a table of limits")
     declared = {f.name: f.type for f in dataclasses.fields(Limits)}
-    changes = {}
+    changes: dict[str, Any] = {}
     for field, value in raw.items():
         if field not in declared:
             raise _error(name, key, f"unknown limit {field!r}")
         # By the declared type, as the top-level tables: the base's value may be a whole
         # number (cpu_seconds = 10) that would have cut 1.5 to 1.
+        number: float
         try:
             number = float(value) if declared[field] == "float" else whole_number(value)
         except (TypeError, ValueError) as err:
-            problem = f"expected a number, got {value!r}" if declared[field] == "float" else err
-            raise _error(name, f"{key}.{field}", str(problem)) from None
+            refusal = (
+                f"expected a number, got {value!r}" if declared[field] == "float" else str(err)
+            )
+            raise _error(name, f"{key}.{field}", refusal) from None
         problem = setting_problem(field, number)
         if problem:
             raise _error(name, f"{key}.{field}", problem)

@@ -68,9 +68,12 @@ def merge(
             raise InvalidRequestError(f"limits.{field.name} must be a finite number (got {asked})")
         if asked < 0:
             raise InvalidRequestError(f"limits.{field.name} must not be negative (got {asked})")
-        if asked > getattr(cap, field.name):
+        most = getattr(cap, field.name)
+        if asked > most:
+            # A cap of 5 s reads "5", whether the settings gave it as 5 or 5.0.
+            shown = int(most) if float(most).is_integer() else most
             raise InvalidRequestError(
-                f"limits.{field.name} = {asked} exceeds {cap_name} of {getattr(cap, field.name)}"
+                f"limits.{field.name} = {asked} exceeds {cap_name} of {shown}"
             )
         values[field.name] = asked or getattr(default, field.name)
     return Limits(**values)
