@@ -9,6 +9,7 @@ environment variables (named after the fields, e.g. ``CBEXEC_MAX_CONCURRENT``,
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -20,6 +21,8 @@ from typing import Any, Final
 from executor.errors import ConfigError
 from executor.model import Language, Limits
 from executor.runtimes.mail import MailSettings
+from executor.sandbox.limits import setting_problem as limit_problem
+from supervisor_client.targets import check_address
 
 MIB: Final = 1 << 20
 GIB: Final = 1 << 30
@@ -197,6 +200,11 @@ class Settings:
         return self.mail
 
     @property
+    def callback_log_dir(self) -> Path:
+        """``log_dir``, or ``<data_dir>/logs`` when it is empty."""
+        return Path(self.log_dir).expanduser() if self.log_dir else self.data_dir / "logs"
+
+    @property
     def universal_callback_dirs(self) -> list[Path]:
         return list(self.universal_callback_policies)
 
@@ -260,31 +268,58 @@ def _coerce(name: str, raw: Any, current: Any) -> Any:
             # By the declared type: a float field's default may be a whole number (30).
             declared = {f.name: f.type for f in dataclasses.fields(current)}
             changes = {}
+            problems = []  # each key's, as for the top level
             for key, value in raw.items():
                 if key not in declared:
                     noun = "limit" if isinstance(current, Limits) else "setting"
-                    raise ValueError(f"unknown {noun} {key!r}")
+                    problems.append(f"{name}: unknown {noun} {key!r}")
+                    continue
                 like = float(getattr(current, key)) if declared[key] == "float" else None
-                changes[key] = _coerce(
-                    f"{name}.{key}", value, getattr(current, key) if like is None else like
-                )
+                try:
+                    changes[key] = _coerce(
+                        f"{name}.{key}", value, getattr(current, key) if like is None else like
+                    )
+                except ConfigError as err:
+                    problems.append(str(err))
+            if problems:
+                raise ConfigError("\n".join(problems))
             return dataclasses.replace(current, **changes)
         if isinstance(current, float):
-            return float(raw)
+            return _finite(raw)
         if isinstance(current, int):
-            return _whole(raw)
+            return whole_number(raw)
         return str(raw)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{name}: {err}") from err
 
 
-def _whole(raw: Any) -> int:
-    """An integer setting's value; 1.5 is refused, never truncated to 1."""
-    if isinstance(raw, float):
-        if not raw.is_integer():
-            raise ValueError(f"expected a whole number, got {raw!r}")
-        return int(raw)
-    return int(raw)
+def _finite(raw: Any) -> float:
+    """A float setting's value; NaN and infinities are refused, whatever the setting.
+
+    No setting means anything by them, and some broke the service (a NaN wall limit
+    failed every run; an infinite supervisor timeout every supervisor call).
+    """
+    value = float(raw)
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {value}")
+    return value
+
+
+# The widest whole number a setting may be: SQLite's, and the kernel's for rlimits.
+MAX_WHOLE: Final = (1 << 63) - 1
+
+
+def whole_number(raw: Any) -> int:
+    """An integer setting's value; 1.5 is refused, never truncated to 1 (ValueError)."""
+    if isinstance(raw, float) and not raw.is_integer():
+        raise ValueError(f"expected a whole number, got {raw!r}")
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a whole number, got {raw!r}") from None
+    if not -MAX_WHOLE - 1 <= value <= MAX_WHOLE:
+        raise ValueError(f"expected a whole number of 64 bits (at most {MAX_WHOLE}), got {raw}")
+    return value
 
 
 def apply(settings: Settings, values: Mapping[str, Any], origin: str) -> Settings:
@@ -431,8 +466,13 @@ def describe(settings: Settings) -> list[str]:
         if f.name in ("policies", "config_file"):
             continue  # the policies are listed on their own (cbexec serve --check-config)
         value = getattr(settings, f.name)
+        # What start-up uses where a setting's empty value means a default in the data dir.
         if f.name == "mail":
-            value = settings.mail_settings  # the maildir as start-up resolves it
+            value = settings.mail_settings
+        elif f.name == "log_dir":
+            value = str(settings.callback_log_dir)
+        elif f.name == "universal_callback_path" and not value.strip():
+            value = str(settings.data_dir / "callback")
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             for sub in dataclasses.fields(value):
                 name = f"{f.name}.{sub.name}"
@@ -454,8 +494,9 @@ def _check_limits(settings: Settings) -> None:
     for name in ("default_limits", "max_limits"):
         limits: Limits = getattr(settings, name)
         for key in _LIMIT_FIELDS:
-            if getattr(limits, key) <= 0:
-                raise ConfigError(f"{name}.{key}: must be positive")
+            problem = limit_problem(key, getattr(limits, key))
+            if problem:
+                raise ConfigError(f"{name}.{key}: {problem}")
     for key in _LIMIT_FIELDS:
         default, cap = getattr(settings.default_limits, key), getattr(settings.max_limits, key)
         if default > cap:
@@ -463,14 +504,41 @@ def _check_limits(settings: Settings) -> None:
 
 
 def _check_supervisor(settings: Settings) -> None:
-    if settings.supervisor and not settings.supervisor.startswith(GRPC_TARGET_SCHEMES):
-        _check_address("supervisor", settings.supervisor)
-    if settings.supervisor_timeout_seconds <= 0:
-        raise ConfigError(
-            f"supervisor_timeout_seconds: must be positive, got {settings.supervisor_timeout_seconds:g}"
-        )
+    address = settings.supervisor
+    if address and not address.startswith(GRPC_TARGET_SCHEMES) and ":" not in address:
+        raise ConfigError(f"supervisor: expected host:port, got {address!r}")
+    if address:
+        # The clients' rule (cbexec --address, ExecutorClient): an address gRPC could
+        # never reach (http://h:p, port 0, a space) would be retried for ever.
+        try:
+            check_address(address, port_required=True)
+        except ValueError as err:
+            raise ConfigError(f"supervisor: {err}") from None
+    _check_timeout("supervisor_timeout_seconds", settings.supervisor_timeout_seconds)
     if settings.supervisor_max_message_bytes < 256 << 10:
         raise ConfigError("supervisor_max_message_bytes: must be at least 262144 (256 KiB)")
+    if settings.supervisor_max_message_bytes > MAX_MESSAGE_BYTES:
+        raise ConfigError(
+            f"supervisor_max_message_bytes: must be at most {MAX_MESSAGE_BYTES} (gRPC's largest"
+            f" message), got {settings.supervisor_max_message_bytes}"
+        )
+
+
+# The longest a supervisor or SMTP call may be given. Far more broke them: gRPC turns a
+# deadline of ~1e10 s into one already passed (every call DEADLINE_EXCEEDED), and a socket
+# refuses a timeout past ~9e9 s. An hour is longer than any sane call, and than the
+# callback making it may run by default (max_limits.wall_seconds).
+MAX_TIMEOUT_S: Final = 3600.0
+# gRPC's message lengths are signed 32-bit: a larger limit stopped the embedded
+# supervisor from starting (OverflowError).
+MAX_MESSAGE_BYTES: Final = (1 << 31) - 1
+
+
+def _check_timeout(name: str, seconds: float) -> None:
+    if seconds <= 0:
+        raise ConfigError(f"{name}: must be positive, got {seconds:g}")
+    if seconds > MAX_TIMEOUT_S:
+        raise ConfigError(f"{name}: must be at most {MAX_TIMEOUT_S:g} (an hour), got {seconds:g}")
 
 
 def _check_runs(settings: Settings) -> None:
@@ -548,6 +616,10 @@ def _check_tls(settings: Settings) -> None:
         raise ConfigError("tls_client_ca: mutual TLS needs tls_cert and tls_key too")
 
 
+def _check_smtp_timeout(settings: Settings) -> None:
+    _check_timeout("mail.smtp_timeout_seconds", settings.mail.smtp_timeout_seconds)
+
+
 def _check_auth_token(settings: Settings) -> None:
     """A token clients can send: gRPC metadata carries printable ASCII only."""
     token = settings.auth_token
@@ -584,6 +656,7 @@ _CHECKS: Final[tuple[Callable[[Settings], None], ...]] = (
     _check_supervisor,
     _check_runs,
     _check_outputs,
+    _check_smtp_timeout,
     *(_check_choice(name) for name in _CHOICES),
     _check_log_level,
     _check_history,

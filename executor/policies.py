@@ -47,10 +47,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from executor.config import parse_languages
+from executor.config import parse_languages, whole_number
 from executor.errors import ConfigError, PermissionDeniedError
 from executor.model import Language, Limits
 from executor.runtimes.child import CHILD_DIR, PerlRuntime
+from executor.sandbox.limits import setting_problem
 from executor.supervisor_link import JOB_VERBS, SUBJOB_VERBS, WORK_VERBS
 
 if TYPE_CHECKING:
@@ -401,18 +402,24 @@ def _environment(
 def _limits(name: str, key: str, raw: Any, base: Limits) -> Limits:
     if not isinstance(raw, Mapping):
         raise _error(name, key, "expected a table of limits")
-    known = {f.name for f in dataclasses.fields(Limits)}
-    changes = {}
+    declared = {f.name: f.type for f in dataclasses.fields(Limits)}
+    changes: dict[str, Any] = {}
     for field, value in raw.items():
-        if field not in known:
+        if field not in declared:
             raise _error(name, key, f"unknown limit {field!r}")
-        current = getattr(base, field)
+        # By the declared type, as the top-level tables: the base's value may be a whole
+        # number (cpu_seconds = 10) that would have cut 1.5 to 1.
+        number: float
         try:
-            number = type(current)(value)
-        except (TypeError, ValueError):
-            raise _error(name, f"{key}.{field}", f"expected a number, got {value!r}") from None
-        if number <= 0:
-            raise _error(name, f"{key}.{field}", "must be positive")
+            number = float(value) if declared[field] == "float" else whole_number(value)
+        except (TypeError, ValueError) as err:
+            refusal = (
+                f"expected a number, got {value!r}" if declared[field] == "float" else str(err)
+            )
+            raise _error(name, f"{key}.{field}", refusal) from None
+        problem = setting_problem(field, number)
+        if problem:
+            raise _error(name, f"{key}.{field}", problem)
         changes[field] = number
     return dataclasses.replace(base, **changes)
 

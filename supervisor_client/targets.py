@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from supervisor_client.qbcallback.v1 import executor_pb2
 
-__all__ = ["FLEET_SERVICE_CONFIG", "HEALTH_SERVICE", "Target", "resolve_target"]
+__all__ = ["FLEET_SERVICE_CONFIG", "HEALTH_SERVICE", "Target", "check_address", "resolve_target"]
 
 #: The service whose health a fleet channel watches (the executor answers for each).
 HEALTH_SERVICE: Final = executor_pb2.DESCRIPTOR.services_by_name[
@@ -70,13 +71,74 @@ def _check_port(address: str, port: str) -> None:
         raise ValueError(f"address {address!r}: port {int(port)} is out of range (1 to 65535)")
 
 
-def _check_one(address: str) -> None:
-    """ValueError for a "host:port" or "dns:///name:port" whose port is out of range."""
+# A host name as a resolver takes it (RFC 1123 letters, digits, '-', '.', and '_' some
+# sites use); anything else (a space, a '/', a second scheme) no resolver ever finds.
+_HOST_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+# "name://": a URL scheme, which gRPC takes for part of a DNS name if it is not its own.
+_URL_SCHEME: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def check_address(address: str, *, port_required: bool = False) -> None:
+    """ValueError, naming ``address``, for one address gRPC could never connect to.
+
+    Taken: ``host:port`` (a host name, an IPv4 address or a bracketed IPv6 one, and a
+    port 1 to 65535), ``dns:[//server/]name:port``, ``unix:/path``,
+    ``unix-abstract:name``, ``vsock:cid:port``, and ``ipv4:``/``ipv6:`` lists. gRPC would
+    take most of the rest (``http://host:port``, ``a b:1``, port 0) for a name to
+    resolve, and retry it for ever. Without ``port_required`` a port may be left out
+    (gRPC's default, 443), and an IPv6 address given bare.
+    """
     if address.startswith(("unix:", "unix-abstract:", "vsock:")):
+        if not address.partition(":")[2]:
+            raise ValueError(f"address {address!r}: nothing after the scheme")
         return
-    _, _, hostport = address.rpartition("/")  # dns:///name:port, dns://server/name:port
+    if address.startswith(("ipv4:", "ipv6:")):
+        for part in address.partition(":")[2].split(","):
+            _ip_and_port(part)
+        return
+    hostport = address
+    if address.startswith("dns:"):
+        hostport = address.removeprefix("dns:")
+        if hostport.startswith("//"):  # dns:///name:port, dns://server/name:port
+            hostport = hostport[2:].partition("/")[2]
+    elif scheme := _URL_SCHEME.match(address):
+        raise ValueError(
+            f"address {address!r}: gRPC has no {scheme.group(1)!r} scheme; expected "
+            "host:port, dns:///name:port or unix:/path"
+        )
+    _check_host_and_port(address, hostport, port_required=port_required)
+
+
+def _check_host_and_port(address: str, hostport: str, *, port_required: bool) -> None:
+    if hostport.startswith("["):
+        host, _, rest = hostport[1:].partition("]")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"address {address!r}: [{host}] is not an IPv6 address") from None
+        if rest or port_required:
+            if not rest.startswith(":"):
+                raise ValueError(f"address {address!r} needs a port: [IPv6]:PORT")
+            _check_port(address, rest[1:])
+        return
+    if hostport.count(":") > 1:  # a bare IPv6 address: gRPC takes it with port 443
+        try:
+            ipaddress.IPv6Address(hostport)
+        except ValueError:
+            raise ValueError(
+                f"address {address!r}: write an IPv6 address in brackets, [IPv6]:PORT"
+            ) from None
+        if port_required:
+            raise ValueError(f"address {address!r}: write an IPv6 address in brackets, [IPv6]:PORT")
+        return
     host, sep, port = hostport.rpartition(":")
-    if sep and host and not host.endswith(":"):  # not a bare IPv6 address (gRPC's 443)
+    if not sep:
+        host = hostport
+        if port_required:
+            raise ValueError(f"address {address!r} needs a port: host:port")
+    if not _HOST_NAME.fullmatch(host):
+        raise ValueError(f"address {address!r}: {host!r} is not a host name or an IP address")
+    if sep:
         _check_port(address, port)
 
 
@@ -133,13 +195,13 @@ def resolve_target(addresses: str | Sequence[str]) -> Target:
     given = _given(addresses)
     if len(given) == 1 and _is_fleet_target(given[0]):
         if given[0].startswith("dns:"):
-            _check_one(given[0])
+            check_address(given[0])
         return Target(given[0], FLEET_SERVICE_CONFIG)  # a gRPC fleet target, as is
     parts = [part.strip() for item in given for part in item.split(",") if part.strip()]
     if not parts:
         raise ValueError("no executor address given")
     if len(parts) == 1:
-        _check_one(parts[0])
+        check_address(parts[0])
         return Target(parts[0])
     for part in parts:
         if ":/" in part or part.startswith(_FLEET_SCHEMES):

@@ -5,8 +5,10 @@ TLS; ``tls_client_ca`` additionally requires a client certificate signed by that
 ``auth_token`` requires ``authorization: Bearer <token>`` on every call except the
 health service (``interceptors.TokenAuthInterceptor``).
 
-A missing or unreadable file is a ``ConfigError`` naming the setting and the path, raised
-before anything starts (gRPC itself would only log a vague handshake failure later).
+A missing or unreadable file, a certificate or key OpenSSL cannot load, or a key that is
+not the certificate's is a ``ConfigError`` naming the setting and the path, raised before
+anything starts (gRPC itself would only log a vague handshake failure later, or fail to
+add the port, which reads as a port problem).
 
 The embedded supervisor's forwarder calls the executor's own TriggerService for every
 transition. That internal channel carries the token; under TLS it goes through a Unix
@@ -16,8 +18,11 @@ hold a client certificate for its own CA.
 
 from __future__ import annotations
 
+import re
 import socket
+import ssl
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -45,9 +50,86 @@ def read_pem(setting: str, value: str) -> bytes:
     return data
 
 
-def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
-    """TLS (or mutual TLS) credentials for the listening port; None for plaintext."""
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS settings loaded as a server context (the HTTP side port's); None for plaintext.
+
+    Also the check that the files are usable at all: gRPC's own loader only says it
+    could not add the port. ConfigError naming the setting and path for a certificate
+    or key OpenSSL cannot read, a key that is not the certificate's, or a bad client CA.
+    """
     if not settings.tls_cert:
+        return None
+    cert_path, key_path = (Path(v).expanduser() for v in (settings.tls_cert, settings.tls_key))
+    read_pem("tls_cert", settings.tls_cert)
+    read_pem("tls_key", settings.tls_key)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        # The chain alone first, so a bad certificate is not blamed on the key.
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=cert_path)
+    except ssl.SSLError as err:
+        raise ConfigError(
+            f"tls_cert: {cert_path} holds no certificate OpenSSL can read{_because(err)}"
+        ) from err
+    try:
+        context.load_cert_chain(cert_path, key_path, password=_refuse_passphrase(key_path))
+    except ssl.SSLError as err:
+        if err.reason == "KEY_VALUES_MISMATCH":
+            raise ConfigError(
+                f"tls_cert/tls_key: the key {key_path} is not the private key of the "
+                f"certificate {cert_path}"
+            ) from err
+        raise ConfigError(
+            f"tls_key: {key_path} holds no private key OpenSSL can read{_because(err)}"
+        ) from err
+    except OSError as err:
+        raise ConfigError(f"tls_cert/tls_key: cannot read them: {err.strerror or err}") from err
+    if settings.tls_client_ca:
+        read_pem("tls_client_ca", settings.tls_client_ca)
+        ca_path = Path(settings.tls_client_ca).expanduser()
+        try:
+            context.load_verify_locations(cafile=ca_path)
+        except ssl.SSLError as err:
+            raise ConfigError(
+                f"tls_client_ca: {ca_path} holds no certificate OpenSSL can read{_because(err)}"
+            ) from err
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def _refuse_passphrase(key_path: Path) -> Callable[[], bytes]:
+    """OpenSSL's passphrase callback: the executor has no passphrase to give (nor has gRPC).
+
+    Without it OpenSSL would prompt on the terminal, or a systemd start would hang.
+    """
+
+    def refuse() -> bytes:
+        raise ConfigError(
+            f"tls_key: {key_path} is encrypted (it asks for a passphrase); "
+            "give an unencrypted key, readable by the executor's user only"
+        )
+
+    return refuse
+
+
+def _because(err: ssl.SSLError) -> str:
+    """OpenSSL's reason in parentheses, when it says more than that the PEM did not parse.
+
+    ``[X509: NO_CERTIFICATE_OR_CRL_FOUND] no certificate or crl found (_ssl.c:4154)``
+    becomes `` (no certificate or crl found)``; ``[SSL] PEM lib (_ssl.c:3926)``, nothing.
+    """
+    text = re.sub(r"\s*\(_ssl\.c:\d+\)$", "", str(err.args[-1] if err.args else err))
+    text = re.sub(r"^\[[A-Z0-9_]+(: [A-Z0-9_]+)?\]\s*", "", text)
+    return "" if text in ("", "PEM lib") else f" ({text})"
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS (or mutual TLS) credentials for the listening port; None for plaintext.
+
+    The files are loaded by ``tls_context`` first, so a key that is not the
+    certificate's is refused here, by name, rather than by gRPC as a port it cannot add.
+    """
+    if tls_context(settings) is None:
         return None
     chain = read_pem("tls_cert", settings.tls_cert)
     key = read_pem("tls_key", settings.tls_key)

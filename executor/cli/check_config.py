@@ -170,7 +170,7 @@ def check(settings: config.Settings, out: TextIO) -> list[str]:
 
 
 def _endpoint(settings: config.Settings) -> str:
-    security.server_credentials(settings)  # TLS files exist and read as PEM
+    security.server_credentials(settings)  # TLS files load, the key the certificate's
     security.check_bindable(settings.bind)
     if settings.http_bind:
         security.check_bindable(settings.http_bind, setting="http_bind")

@@ -8,7 +8,10 @@ per run. A reader never misses a run that was answered: reading the history or t
 metrics first waits for what is queued (``flush``), which cuts the pause short. A sink
 that fails (disk full, a bad path) is logged and never costs the other sinks their
 entry; runs the history could not take (a full disk, a database locked past the busy
-timeout) are written with the next batch that it does.
+timeout) are written with the next batch that it does. The thread also prunes the
+history every ``PRUNE_EVERY_S``, so runs past its retention age go within that while the
+executor runs, not only at start and every ``prune_every`` runs (a quiet executor kept
+them for days).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
@@ -41,6 +45,9 @@ GATHER_RUNS: Final = 32
 # Runs kept for the history while it cannot be written; older ones are given up.
 MAX_UNRECORDED: Final = 10_000
 RETRY_UNRECORDED_S: Final = 1.0
+# How often the history is pruned however few runs end: one indexed DELETE in SQLite (a
+# count too in a fleet's PostgreSQL, ~6.5 ms per 100k runs).
+PRUNE_EVERY_S: Final = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +62,16 @@ class _Entry:
 class BookkeepingWriter:
     """The writer thread of ``history``, ``callback_log`` and ``metrics``."""
 
-    def __init__(self, history: RunHistory, callback_log: CallbackLog, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        history: RunHistory,
+        callback_log: CallbackLog,
+        metrics: Metrics,
+        *,
+        prune_every_s: float = PRUNE_EVERY_S,
+    ) -> None:
         self._history = history
+        self._prune_every_s = prune_every_s
         self._callback_log = callback_log
         self._metrics = metrics
         self._queue: list[_Entry] = []
@@ -110,11 +125,14 @@ class BookkeepingWriter:
         self._thread.join()
 
     def _write_forever(self) -> None:
+        next_prune = time.monotonic() + self._prune_every_s
         while True:
             with self._changed:
                 # While runs wait for the history, it is tried again now and then.
-                retry_s = RETRY_UNRECORDED_S if self._unrecorded else None
-                self._changed.wait_for(lambda: self._queue or self._closing, retry_s)
+                wait_s = max(0.0, next_prune - time.monotonic())
+                if self._unrecorded:
+                    wait_s = min(wait_s, RETRY_UNRECORDED_S)
+                self._changed.wait_for(lambda: self._queue or self._closing, wait_s)
                 self._changed.wait_for(self._gathered, GATHER_S)
                 batch, self._queue = self._queue, []
                 if not batch and self._closing:
@@ -131,6 +149,19 @@ class BookkeepingWriter:
                         if self._pending.get(entry.result.invocation_id) is entry.invocation:
                             del self._pending[entry.result.invocation_id]
                     self._changed.notify_all()
+            if time.monotonic() >= next_prune:
+                self._prune()
+                next_prune = time.monotonic() + self._prune_every_s
+
+    def _prune(self) -> None:
+        """Prune the history now; a storage that refuses is tried at the next turn."""
+        try:
+            self._history.prune()
+        except Exception as err:
+            if not _worth_retrying(err):
+                logger.exception("pruning the history failed")
+                return
+            logger.debug("the history was not pruned (%s); tried again later", err)
 
     def _gathered(self) -> bool:
         """Whether the queued runs are written now, without waiting for others to join."""

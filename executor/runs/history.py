@@ -17,13 +17,14 @@ executor is its only writer), so the commit that takes it past ``max_runs`` also
 the oldest runs beyond it, without walking the ones it keeps: it never holds more than
 ``max_runs`` runs, however small the cap, and a full one deletes as many rows per commit
 as it adds (a full history of 100k runs once stalled the event loop ~12 ms every 500
-runs). Runs past the retention age go at open and every ``prune_every`` runs.
+runs). Runs past the retention age go at open, every ``prune_every`` runs, and every
+minute (``bookkeeping.PRUNE_EVERY_S``: the writer thread calls ``prune`` on a timer).
 
 A fleet's PostgreSQL store is written by every replica, so a prune counts its rows afresh
-(~6.5 ms for 100k) and drops by age and by count: at open, and every ``prune_every`` runs
-of a replica, but every 1% of ``max_runs`` when that is more (a run pays for counting
-~100 rows) and every tenth of it when that is less (at least every run). Between two
-prunes it may hold that many runs per replica beyond ``max_runs``.
+(~6.5 ms for 100k) and drops by age and by count: at open, every minute, and every
+``prune_every`` runs of a replica, but every 1% of ``max_runs`` when that is more (a run
+pays for counting ~100 rows) and every tenth of it when that is less (at least every
+run). Between two prunes it may hold that many runs per replica beyond ``max_runs``.
 """
 
 from __future__ import annotations

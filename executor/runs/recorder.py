@@ -15,7 +15,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from executor.config import Settings
 from executor.errors import UnavailableError
@@ -37,11 +36,6 @@ logger = logging.getLogger(__name__)
 # another replica may claim it and run it again anyway. With SQLite nobody else would: the
 # result waits for the storage as long as it takes (or until a stop).
 FIRED_RESULT_WAIT_S = 30.0
-
-
-def callback_log_dir(settings: Settings) -> Path:
-    """``log_dir``, or ``<data_dir>/logs`` when it is empty."""
-    return Path(settings.log_dir).expanduser() if settings.log_dir else settings.data_dir / "logs"
 
 
 class Recorder:
@@ -115,7 +109,7 @@ class Recorder:
                 max_runs=settings.history_max_runs,
                 health=health,
             ),
-            callback_log=CallbackLog(callback_log_dir(settings), settings.callback_log_max_bytes),
+            callback_log=CallbackLog(settings.callback_log_dir, settings.callback_log_max_bytes),
             metrics=metrics,
             outbox=outbox,
             encode_report=encode_report,

@@ -29,6 +29,29 @@ from executor.model import Limits
 
 OPEN_FILES: Final = 256
 MIN_FILE_SIZE_BYTES: Final = 64 << 20
+# The most a configured limit (default_limits, max_limits, a policy's) may be. More broke
+# every run: RLIMIT_CPU and the byte rlimits take at most a signed 64-bit number (the
+# child could not start the callback), and pids.max at most the kernel's PID_MAX_LIMIT
+# (ERANGE, an internal error). The seconds are bounded alike: 1e9 is about 31 years.
+MOST: Final[dict[str, float]] = {
+    "cpu_seconds": 1e9,
+    "wall_seconds": 1e9,
+    "memory_bytes": (1 << 63) - 1,
+    "output_bytes": (1 << 63) - 1,
+    "max_processes": 4_194_304,
+    "disk_bytes": (1 << 63) - 1,
+}
+
+
+def setting_problem(name: str, value: float) -> str | None:
+    """Why ``value`` cannot be the configured limit ``name`` (a default or a cap); None if it can."""
+    if not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    if value <= 0:
+        return "must be positive"
+    if value > MOST[name]:
+        return f"must be at most {MOST[name]:.10g}, got {value:.10g}"
+    return None
 
 
 def merge(
@@ -45,9 +68,12 @@ def merge(
             raise InvalidRequestError(f"limits.{field.name} must be a finite number (got {asked})")
         if asked < 0:
             raise InvalidRequestError(f"limits.{field.name} must not be negative (got {asked})")
-        if asked > getattr(cap, field.name):
+        most = getattr(cap, field.name)
+        if asked > most:
+            # A cap of 5 s reads "5", whether the settings gave it as 5 or 5.0.
+            shown = int(most) if float(most).is_integer() else most
             raise InvalidRequestError(
-                f"limits.{field.name} = {asked} exceeds {cap_name} of {getattr(cap, field.name)}"
+                f"limits.{field.name} = {asked} exceeds {cap_name} of {shown}"
             )
         values[field.name] = asked or getattr(default, field.name)
     return Limits(**values)

@@ -40,26 +40,6 @@ MAX_BODY_BYTES: Final = 64 << 10
 WRITE_PIECE_BYTES: Final = 256 << 10
 
 
-def tls_context(settings: Settings) -> ssl.SSLContext | None:
-    """A server context from the gRPC port's TLS settings; None for plaintext."""
-    if not settings.tls_cert:
-        return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    # read_pem first: the same one-line ConfigError as the gRPC port for a bad path.
-    security.read_pem("tls_cert", settings.tls_cert)
-    security.read_pem("tls_key", settings.tls_key)
-    try:
-        context.load_cert_chain(settings.tls_cert, settings.tls_key)
-    except (ssl.SSLError, OSError) as err:
-        raise ConfigError(f"tls_cert/tls_key: cannot use them for the HTTP port: {err}") from err
-    if settings.tls_client_ca:
-        ca = security.read_pem("tls_client_ca", settings.tls_client_ca)
-        context.load_verify_locations(cadata=ca.decode())
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
 class _Handler(BaseHTTPRequestHandler):
     """One connection: reads requests, asks the dashboard, writes its answers."""
 
@@ -191,7 +171,7 @@ class SidePort:
         ``dashboard`` makes the dashboard for the port bound (``http_bind`` may say 0).
         """
         host, _, port = settings.http_bind.rpartition(":")
-        tls = tls_context(settings)
+        tls = security.tls_context(settings)
         try:
             server = _Server((host.strip("[]"), int(port)), tls)
         except OSError as err:

@@ -15,11 +15,13 @@ import grpc
 import pytest
 
 from executor import server
+from executor.api import security
 from executor.config import Settings
 from executor.errors import ConfigError
 from supervisor_client import ExecutorClient, ExecutorRpcError
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 from tests.conftest import stack_settings
+from tests.helpers.cli import cbexec, cli_env
 from tests.helpers.health import SERVING, health_status
 
 pytestmark = pytest.mark.service
@@ -347,6 +349,103 @@ async def test_not_pem_is_a_clear_startup_error(tmp_path: Path, pki: Pki) -> Non
         await server.start(
             stack_settings(tmp_path / "data", tls_cert=str(pki.server_cert), tls_key=str(junk))
         )
+
+
+def _pem_framed_junk(path: Path, label: str) -> Path:
+    path.write_text(f"-----BEGIN {label}-----\nAAAA\n-----END {label}-----\n")
+    return path
+
+
+async def test_a_key_that_is_not_the_certificates_is_refused_before_anything_starts(
+    tmp_path: Path, pki: Pki
+) -> None:
+    # gRPC took the pair, then could not add the port: "bind: cannot listen on ...",
+    # after the outbox and the trigger engine had started.
+    with pytest.raises(ConfigError) as error:
+        await server.start(
+            stack_settings(
+                tmp_path / "data", tls_cert=str(pki.server_cert), tls_key=str(pki.client_key)
+            )
+        )
+    assert str(error.value) == (
+        f"tls_cert/tls_key: the key {pki.client_key} is not the private key of the "
+        f"certificate {pki.server_cert}"
+    )
+    assert not (tmp_path / "data").exists(), "refused before anything started"
+
+
+@pytest.mark.parametrize(
+    ("setting", "label", "expected"),
+    [
+        ("tls_key", "PRIVATE KEY", "holds no private key OpenSSL can read"),
+        ("tls_cert", "CERTIFICATE", "holds no certificate OpenSSL can read"),
+        ("tls_client_ca", "CERTIFICATE", "holds no certificate OpenSSL can read"),
+    ],
+)
+async def test_pem_framed_junk_is_refused_naming_the_setting(
+    tmp_path: Path, pki: Pki, setting: str, label: str, expected: str
+) -> None:
+    paths = {
+        "tls_cert": str(pki.server_cert),
+        "tls_key": str(pki.server_key),
+        "tls_client_ca": str(pki.ca),
+    }
+    junk = _pem_framed_junk(tmp_path / "junk.pem", label)
+    paths[setting] = str(junk)
+    with pytest.raises(ConfigError) as error:
+        await server.start(stack_settings(tmp_path / "data", **paths))
+    assert str(error.value) == f"{setting}: {junk} {expected}"
+
+
+def test_an_encrypted_key_is_refused_without_asking_for_a_passphrase(
+    tmp_path: Path, pki: Pki
+) -> None:
+    encrypted = tmp_path / "encrypted.key"
+    subprocess.run(
+        (
+            "openssl",
+            "pkey",
+            "-aes256",
+            "-passout",
+            "pass:x",
+            "-in",
+            pki.server_key,
+            "-out",
+            encrypted,
+        ),
+        check=True,
+    )
+    settings = stack_settings(
+        tmp_path / "data", tls_cert=str(pki.server_cert), tls_key=str(encrypted)
+    )
+    with pytest.raises(ConfigError) as error:
+        security.server_credentials(settings)  # what start-up and --check-config call first
+    assert str(error.value).startswith(f"tls_key: {encrypted} is encrypted")
+
+
+async def test_check_config_refuses_a_key_that_is_not_the_certificates(
+    tmp_path: Path, pki: Pki
+) -> None:
+    # It said "ok: start-up would succeed", and serve then blamed the port.
+    said = await cbexec(
+        "serve",
+        "--check-config",
+        "--bind",
+        "127.0.0.1:0",
+        "--data-dir",
+        str(tmp_path / "data"),
+        env=cli_env(
+            CBEXEC_TLS_CERT=str(pki.server_cert),
+            CBEXEC_TLS_KEY=str(pki.client_key),
+            CBEXEC_HTTP_BIND="127.0.0.1:0",
+        ),
+    )
+    assert said.code == 2, said
+    assert "ok: start-up would succeed" not in said.out
+    assert said.err.splitlines() == [
+        f"cbexec: tls_cert/tls_key: the key {pki.client_key} is not the private key of the "
+        f"certificate {pki.server_cert}"
+    ]
 
 
 def test_check_config_names_the_unreadable_file(tmp_path: Path, pki: Pki) -> None:

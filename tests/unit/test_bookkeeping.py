@@ -15,6 +15,7 @@ from executor.runs.callback_log import CallbackLog, log_path
 from executor.runs.history import RunHistory, RunIdentity
 from executor.runs.metrics import Metrics
 from executor.storage import StorageError
+from tests.helpers.clock import Clock
 from tests.unit.test_history import invocation, result
 
 pytestmark = pytest.mark.unit
@@ -160,3 +161,24 @@ def test_a_run_is_found_by_its_id_while_queued_and_once_written(
     assert history.identity("run-1") == RunIdentity.of(invocation("run-1"))
     assert history.identity("run-2") is None
     writer.close()
+
+
+def test_runs_past_the_retention_age_go_on_a_timer_with_no_run_ending(tmp_path: Path) -> None:
+    # Age went only at start and every 50th run: a quiet executor listed runs days past
+    # history_retention_days (count pruning, at each commit, held at once).
+    clock = Clock()
+    history = RunHistory(tmp_path / "runs.db", retention_days=1, max_runs=1000, clock=clock)
+    history.record(invocation("old"), result("old"), started_at=clock.now)
+    writer = BookkeepingWriter(
+        history, CallbackLog(tmp_path / "logs", 1 << 20), Metrics(), prune_every_s=0.05
+    )
+    try:
+        time.sleep(0.2)
+        assert history.get("old") is not None, "younger than a day: kept"
+        clock.now += 86400 + 1
+        deadline = time.monotonic() + 10
+        while history.get("old") is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert history.get("old") is None and history.count() == 0
+    finally:
+        writer.close()

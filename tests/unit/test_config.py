@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -137,6 +138,19 @@ def test_describe_prints_toml_spelling_and_hides_secrets() -> None:
     assert not any("s3cret" in line for line in lines)
 
 
+def test_describe_prints_the_directories_start_up_uses_not_empty_values(tmp_path: Path) -> None:
+    # Printed `log_dir = ""` and `universal_callback_path = ""` (mail.directory resolved).
+    lines = config.describe(config.Settings(data_dir=tmp_path))
+    assert f'log_dir = "{tmp_path / "logs"}"' in lines
+    assert f'universal_callback_path = "{tmp_path / "callback"}"' in lines
+    assert f'mail.directory = "{tmp_path / "mail"}"' in lines
+    given = config.Settings(
+        data_dir=tmp_path, log_dir="/var/log/cbexec", universal_callback_path="/a, /b [policy=x]"
+    )
+    assert 'log_dir = "/var/log/cbexec"' in config.describe(given)
+    assert 'universal_callback_path = "/a, /b [policy=x]"' in config.describe(given)
+
+
 @pytest.mark.parametrize(
     "store",
     [
@@ -249,9 +263,170 @@ def test_values_that_break_the_service_are_refused_by_name(tmp_path: Path) -> No
     )
 
 
+def _float_settings() -> list[str]:
+    """Every float setting, nested ones as ``table.key``: found, so a new one is covered."""
+    names = []
+    for f in dataclasses.fields(config.Settings):
+        value = getattr(config.Settings(), f.name)
+        if isinstance(value, float):
+            names.append(f.name)
+        elif dataclasses.is_dataclass(value):
+            names += [
+                f"{f.name}.{sub.name}"
+                for sub in dataclasses.fields(value)
+                if isinstance(getattr(value, sub.name), float) or sub.type == "float"
+            ]
+    return names
+
+
+def test_every_float_setting_is_found() -> None:
+    assert {
+        "store_lease_seconds",
+        "grace_seconds",
+        "supervisor_timeout_seconds",
+        "history_retention_days",
+        "trigger_journal_days",
+        "default_limits.wall_seconds",
+        "max_limits.cpu_seconds",
+        "mail.smtp_timeout_seconds",
+    } <= set(_float_settings())
+
+
+@pytest.mark.parametrize("spelling", ["nan", "inf", "-inf", "NaN", "Infinity"])
+def test_nan_and_infinity_are_refused_for_every_float_setting(spelling: str) -> None:
+    # Were taken: a NaN default wall limit made every Execute INTERNAL, an infinite
+    # supervisor timeout every supervisor call DEADLINE_EXCEEDED.
+    environ = {
+        config.ENV_PREFIX + name.upper().replace(".", "__"): spelling for name in _float_settings()
+    }
+    with pytest.raises(ConfigError) as caught:
+        config.from_env(config.Settings(), environ)
+    value = float(spelling)
+    assert str(caught.value).splitlines() == [
+        f"environment: {name}: must be a finite number, got {value}" for name in _float_settings()
+    ]
+
+
+def test_nan_from_a_toml_file_is_refused(tmp_path: Path) -> None:
+    toml = tmp_path / "cbexec.toml"
+    toml.write_text("grace_seconds = nan\n[default_limits]\nwall_seconds = inf\n")
+    with pytest.raises(ConfigError) as caught:
+        config.from_toml(config.Settings(), toml)
+    assert str(caught.value).splitlines() == [
+        f"{toml}: grace_seconds: must be a finite number, got nan",
+        f"{toml}: default_limits.wall_seconds: must be a finite number, got inf",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        # gRPC took it for a deadline already passed: every supervisor call failed.
+        (
+            {"supervisor_timeout_seconds": 1e300},
+            "supervisor_timeout_seconds: must be at most 3600 (an hour), got 1e+300",
+        ),
+        # A socket refuses a timeout past ~9e9 s: every SMTP mail failed.
+        (
+            {"mail": {"smtp_timeout_seconds": 1e12}},
+            "mail.smtp_timeout_seconds: must be at most 3600 (an hour), got 1e+12",
+        ),
+        # 0 made the SMTP socket non-blocking, a negative one a ValueError at each mail.
+        ({"mail": {"smtp_timeout_seconds": 0}}, "mail.smtp_timeout_seconds: must be positive"),
+        # The embedded supervisor could not start (OverflowError in gRPC's options).
+        (
+            {"supervisor_max_message_bytes": 1 << 31},
+            "supervisor_max_message_bytes: must be at most 2147483647 (gRPC's largest",
+        ),
+        # setrlimit took neither: every run "the sandbox could not start the callback".
+        (
+            {"max_limits": {"cpu_seconds": 1e300}},
+            "max_limits.cpu_seconds: must be at most 1000000000, got 1e+300",
+        ),
+        # pids.max refused it (ERANGE): every run an internal error.
+        (
+            {"max_limits": {"max_processes": 10**7}},
+            "max_limits.max_processes: must be at most 4194304, got 10000000",
+        ),
+    ],
+)
+def test_absurdly_large_values_that_broke_the_service_are_refused(
+    tmp_path: Path, values: dict[str, object], message: str
+) -> None:
+    assert _refusal(tmp_path, **values).startswith(message)
+
+
+def test_the_largest_values_taken_are_the_bounds() -> None:
+    settings = config.apply(
+        config.Settings(),
+        {
+            "supervisor_timeout_seconds": 3600,
+            "supervisor_max_message_bytes": (1 << 31) - 1,
+            "mail": {"smtp_timeout_seconds": 3600},
+            "max_limits": {
+                "cpu_seconds": 1e9,
+                "wall_seconds": 1e9,
+                "max_processes": 4194304,
+                "memory_bytes": (1 << 63) - 1,
+                "output_bytes": (1 << 63) - 1,
+                "disk_bytes": (1 << 63) - 1,
+            },
+        },
+        "f",
+    )
+    config.validate(settings)
+
+
+@pytest.mark.parametrize("name", ["history_max_runs", "trigger_journal_entries", "max_queue"])
+def test_a_whole_number_beyond_64_bits_is_refused(name: str) -> None:
+    # trigger_journal_entries = 2**64 failed every journal write (SQLite's OFFSET).
+    with pytest.raises(ConfigError) as caught:
+        config.apply(config.Settings(), {name: 1 << 64}, "f")
+    assert str(caught.value) == (
+        f"f: {name}: expected a whole number of 64 bits (at most 9223372036854775807), "
+        f"got {1 << 64}"
+    )
+
+
 def test_supervisor_takes_host_port_or_a_grpc_target() -> None:
-    for address in ("10.0.0.5:50052", "unix:/run/qube/supervisor.sock", "dns:///sup:50052"):
+    for address in (
+        "10.0.0.5:50052",
+        "supervisor.example:50052",
+        "[::1]:50052",
+        "unix:/run/qube/supervisor.sock",
+        "dns:///sup:50052",
+        "dns://10.0.0.53/sup:50052",
+    ):
         config.validate(config.Settings(supervisor=address))
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        # Each was taken, and every supervisor call then failed, retried for ever.
+        (
+            "http://127.0.0.1:53281",
+            "supervisor: address 'http://127.0.0.1:53281': gRPC has no 'http' scheme; "
+            "expected host:port, dns:///name:port or unix:/path",
+        ),
+        (
+            "127.0.0.1:0",
+            "supervisor: address '127.0.0.1:0': port 0 is out of range (1 to 65535)",
+        ),
+        ("a b:1", "supervisor: address 'a b:1': 'a b' is not a host name or an IP address"),
+        (
+            "::1:50052",
+            "supervisor: address '::1:50052': write an IPv6 address in brackets, [IPv6]:PORT",
+        ),
+        ("[::1]", "supervisor: address '[::1]' needs a port: [IPv6]:PORT"),
+        ("unix:", "supervisor: address 'unix:': nothing after the scheme"),
+        ("nonsense", "supervisor: expected host:port, got 'nonsense'"),
+    ],
+)
+def test_a_supervisor_address_grpc_could_never_reach_is_refused(address: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.validate(config.Settings(supervisor=address))
+    assert str(caught.value) == message
 
 
 @pytest.mark.parametrize(

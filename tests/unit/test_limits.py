@@ -26,6 +26,16 @@ def test_above_the_cap_names_the_limit_and_the_cap() -> None:
         merge(Limits(0, 0, 0, 0, 999, 0), DEFAULT, CAP)
 
 
+def test_a_cap_the_settings_gave_as_a_float_reads_as_they_wrote_it() -> None:
+    # A configured cap is a float (wall_seconds = 5 in a file is 5.0): "of 5", not "of 5.0".
+    cap = Limits(60.0, 5.0, 4 << 30, 16 << 20, 256, 1 << 30)
+    with pytest.raises(InvalidRequestError) as caught:
+        merge(Limits(0, 10.0, 0, 0, 0, 0), DEFAULT, cap)
+    assert str(caught.value) == "limits.wall_seconds = 10.0 exceeds the server's cap of 5"
+    with pytest.raises(InvalidRequestError, match=r"cap of 2\.5$"):
+        merge(Limits(0, 10.0, 0, 0, 0, 0), DEFAULT, Limits(60.0, 2.5, 1, 1, 1, 1))
+
+
 def test_negative_is_rejected() -> None:
     with pytest.raises(InvalidRequestError, match=r"limits\.wall_seconds must not be negative"):
         merge(Limits(0, -1, 0, 0, 0, 0), DEFAULT, CAP)

@@ -81,6 +81,11 @@ def test_the_built_in_policies_are_todays_confinement(tmp_path: Path) -> None:
         ({"languages": ["cobol"]}, "policies.p.languages"),
         ({"default_limits": {"wall_seconds": 99999}}, "default_limits.wall_seconds: exceeds"),
         ({"max_limits": {"speed": 1}}, "unknown limit 'speed'"),
+        # Were taken: NaN compares false with everything, so no cap or default check saw it.
+        ({"max_limits": {"wall_seconds": float("nan")}}, "max_limits.wall_seconds: must be a fini"),
+        ({"default_limits": {"cpu_seconds": "inf"}}, "default_limits.cpu_seconds: must be a fin"),
+        ({"max_limits": {"max_processes": 10**7}}, "max_processes: must be at most 4194304"),
+        ({"max_limits": {"max_processes": 1.5}}, "max_processes: expected a whole number, got 1.5"),
         ({"env": {"PATH": "/evil"}}, "policies.p.env.PATH: not a variable a policy may set"),
         ({"env_files": {"TOKEN": "/nonexistent-token"}}, "policies.p.env_files.TOKEN: cannot read"),
         ({"env_pass": ["NOT_SET_HERE"]}, "is not set in the executor's environment"),
@@ -91,6 +96,15 @@ def test_a_malformed_policy_is_refused_naming_its_key(
     tmp_path: Path, table: dict[str, Any], message: str
 ) -> None:
     assert message in refused(tmp_path, {"p": table})
+
+
+def test_a_policys_fractional_seconds_are_kept_not_cut(tmp_path: Path) -> None:
+    # Were cut to whole seconds (int(1.5)) when the executor's own were whole numbers.
+    found = policies(
+        tmp_path, {"p": {"default_limits": {"wall_seconds": 1.5, "cpu_seconds": "2.5"}}}
+    )
+    default, _ = found.get("p").limits
+    assert (default.wall_seconds, default.cpu_seconds) == (1.5, 2.5)
 
 
 def test_a_bind_may_not_expose_the_data_dir_the_config_or_tls_files(tmp_path: Path) -> None:

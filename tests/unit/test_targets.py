@@ -14,7 +14,14 @@ pytestmark = pytest.mark.unit
 
 
 def test_one_address_is_used_as_given_without_a_fleet_policy() -> None:
-    for address in ("127.0.0.1:50051", "executor.example:50051", "unix:/run/cbexec.sock"):
+    for address in (
+        "127.0.0.1:50051",
+        "executor.example:50051",
+        "unix:/run/cbexec.sock",
+        "[::1]:50051",
+        "localhost",  # gRPC's port 443
+        "::1",  # a bare IPv6 address, port 443 too
+    ):
         target = resolve_target(address)
         assert (target.target, target.service_config, target.is_fleet) == (address, None, False)
 
@@ -58,6 +65,11 @@ def test_an_ipv6_list_and_the_dns_and_static_forms() -> None:
         ("::1:5,10.0.0.1:1", "brackets"),
         ("unix:/a.sock,10.0.0.1:1", "cannot be part of a list"),
         ("dns:///a:1,10.0.0.1:1", "cannot be part of a list"),
+        # One address gRPC could never reach (the supervisor setting's rule too).
+        ("127.0.0.1:0", "port 0 is out of range"),
+        ("a b:1", "'a b' is not a host name or an IP address"),
+        ("http://127.0.0.1:1", "gRPC has no 'http' scheme"),
+        ("[::1x]:1", r"\[::1x\] is not an IPv6 address"),
     ],
 )
 def test_bad_lists_are_refused_naming_the_entry(addresses: str, message: str) -> None:
