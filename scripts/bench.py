@@ -43,10 +43,11 @@ with the warm (zygote) and the cold (fork+exec) launcher, and measures in one ru
   (``--only http`` runs just this part).
 - as root, what each sandbox mechanism of the hardening round costs a child, measured
   apart (``--mechanisms-only`` runs just that): the IPC and cgroup namespaces, the
-  syscall filter, the tmpfs over the cgroup tree, the zygote's setns into a cell's
-  network namespace, the bridge made in an empty one; fork+exit+wait of a warm process
-  with and without each, wall time and the CPU of the whole machine (namespace
-  teardown runs in kernel workers, not in the child).
+  syscall filter, the tmpfs over the cgroup tree, each child's own devpts instance (and,
+  for comparison, a bind of its ptmx over /dev/ptmx, which the child does not need), the
+  zygote's setns into a cell's network namespace, the bridge made in an empty one;
+  fork+exit+wait of a warm process with and without each, wall time and the CPU of the
+  whole machine (namespace teardown runs in kernel workers, not in the child).
 
 Not a test: the machines are shared and noisy; read medians and ratios.
 """
@@ -77,6 +78,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from executor.sandbox.tier import devpts_options  # noqa: E402
 from supervisor_client import ExecutorClient, ReferenceSupervisor, add_reference_supervisor  # noqa: E402
 from supervisor_client.qbcallback.v1 import executor_pb2  # noqa: E402
 
@@ -329,6 +331,7 @@ import seccomp
 runs = int(sys.argv[2])
 libc = ctypes.CDLL(None, use_errno=True)
 prepared = seccomp.Prepared(seccomp.build(seccomp.native_arch()))
+DEVPTS = sys.argv[3].encode()  # tier.devpts_options(): as a hardened child mounts it
 zygote_filter = seccomp.Prepared(seccomp.build(seccomp.native_arch(), allowing=seccomp.CONFINING))
 closing = seccomp.Prepared(seccomp.build_closing(seccomp.native_arch()))
 own = os.open('/proc/self/ns/net', os.O_RDONLY)
@@ -349,6 +352,14 @@ def mask():
     private_mounts()
     assert libc.mount(b'tmpfs', b'/sys/fs/cgroup', b'tmpfs', ctypes.c_ulong(6), b'size=4k') == 0
 
+def own_devpts():
+    private_mounts()
+    assert libc.mount(b'devpts', b'/dev/pts', b'devpts', ctypes.c_ulong(10), DEVPTS) == 0
+
+def own_devpts_ptmx_bound():
+    own_devpts()
+    assert libc.mount(b'/dev/pts/ptmx', b'/dev/ptmx', None, ctypes.c_ulong(4096), None) == 0
+
 def seccomp_filter():
     libc.prctl(38, 1, 0, 0, 0)
     seccomp.install(prepared)
@@ -364,6 +375,8 @@ in_child = {
     'syscall filter, whole (cold path)': seccomp_filter,
     'mount namespace (reference)': private_mounts,
     'mount namespace + /sys/fs/cgroup mask': mask,
+    'mount namespace + own devpts': own_devpts,
+    'mount namespace + own devpts, /dev/ptmx bound': own_devpts_ptmx_bound,
     'new network namespace (reference)': lambda: libc.unshare(0x40000000) == 0 or os._exit(1),
 }
 before_fork = {'setns into the cell network namespace': lambda: libc.setns(cell, 0x40000000)}
@@ -456,6 +469,7 @@ def mechanism_costs(runs: int) -> dict[str, list[float | None]]:
             _MECHANISMS,
             str(ROOT / "executor" / "child"),
             str(runs),
+            devpts_options(),
         ],
         capture_output=True,
         text=True,
@@ -487,8 +501,8 @@ def print_mechanism_costs(runs: int) -> None:
     print(
         "  (+: over a plain fork+exit+wait of a warm process, median of 5 interleaved rounds;\n"
         "   cpu: the parent's and the child's; +machine: every core's busy time, so kernel\n"
-        "   workers' teardown of namespaces too, and anything else running; the mask's cost\n"
-        "   is over the mount namespace, which every hardened child has anyway)"
+        "   workers' teardown of namespaces too, and anything else running; the mask's and\n"
+        "   the devpts' cost is over the mount namespace, which every hardened child has anyway)"
     )
 
 

@@ -19,14 +19,23 @@ before the runtime starts:
 7. the *late masks* (the cgroup tree, ``/sys/fs/cgroup``) are covered too: a cold
    child had to join its cgroups through them first (a zygote covers them once for
    all its children, which join through descriptors it opened: ``zygote.CellCgroupFiles``);
-8. the process drops to a dedicated unprivileged uid/gid with no supplementary groups
+8. a devpts instance of its own is mounted on ``/dev/pts`` (``plan.devpts``, its options:
+   at most a few ptys). ``/dev/ptmx`` reaches it with no bind over it: the kernel (4.7+)
+   opens the devpts mounted at ``pts`` beside the ptmx node. On the host's instance a
+   callback held ptys out of the host's whole pool (``kernel.pty.max``, 4096): it took
+   them all, and no one on the host got a terminal until the run ended;
+9. the process drops to a dedicated unprivileged uid/gid with no supplementary groups
    but the policy's group, which also drops every capability. RLIMIT_NPROC now counts only this cell's uid.
 
 A zygote takes steps 1, 3, 4 and 7 off its children (``share_masks``): once, in a mount
 namespace of its own, it covers every mask but the one that holds the working
 directories. Each child's namespace is a copy of that one, so the child only mounts its
-``/proc``, its own ``/tmp`` and its working directory (measured: ~1.1 ms of CPU less per
-child, about a sixth of a warm run).
+``/proc``, its own ``/tmp``, its working directory and its devpts (measured: ~1.1 ms of
+CPU less per child, about a sixth of a warm run). The devpts stays per child: one
+instance for all of a zygote's children would let one callback take the others' ptys.
+It costs a child ~35-60 us of CPU, and ~20-40 us more in kernel threads tearing it
+down (``scripts/bench.py --mechanisms-only`` and apart; a noisy machine); a bind of its
+ptmx over ``/dev/ptmx`` would add ~10-45 us for nothing.
 
 Stdlib only (ctypes for mount(2)).
 """
@@ -164,6 +173,7 @@ class FilesystemPlan:
     ``late_masks``: covered here in every case (see step 7 above).
     ``quota`` is ``{"bytes": ..., "uid": ..., "gid": ...}`` for the working directory,
     which must lie under a mask: it is made there, never on the host's disk.
+    ``devpts``: the mount options of the child's own devpts instance; "" for none.
     """
 
     def __init__(
@@ -175,6 +185,7 @@ class FilesystemPlan:
         shared_masks: list[str] | tuple[str, ...] = (),
         late_masks: list[str] | tuple[str, ...] = (),
         binds: list[BindSpec] | tuple[BindSpec, ...] = (),
+        devpts: str = "",
     ) -> None:
         self.private_root = not shared_masks
         # A shared mask is covered again when it holds the working directory: its tmpfs
@@ -193,6 +204,7 @@ class FilesystemPlan:
             f"size={quota['bytes']},nr_inodes={MAX_WORKDIR_FILES},mode=0700,"
             f"uid={quota['uid']},gid={quota['gid']}"
         ).encode()
+        self.devpts_data = devpts.encode() if devpts else None
 
     def fits(self, workdir: str) -> bool:
         """Whether the plan holds for ``workdir`` (under the same mask)."""
@@ -203,10 +215,13 @@ _TMPFS = b"tmpfs"
 _PROC = b"proc"
 _ROOT = b"/"
 _MASK_DATA = b"mode=0755,size=64m"
+_DEVPTS = b"devpts"
+_DEV_PTS = b"/dev/pts"
 # ctypes flags made once: a c_ulong made per call is a new object in a forked child.
 _PRIVATE_FLAGS = ctypes.c_ulong(MS_REC | MS_PRIVATE)
 _PROC_FLAGS = ctypes.c_ulong(MS_NOSUID | MS_NODEV | MS_NOEXEC)
 _TMPFS_FLAGS = ctypes.c_ulong(MS_NOSUID | MS_NODEV)
+_DEVPTS_FLAGS = ctypes.c_ulong(MS_NOSUID | MS_NOEXEC)
 
 
 def _mount_encoded(
@@ -222,7 +237,7 @@ def _mount_encoded(
 
 
 def isolate_filesystem(plan: FilesystemPlan, workdir: str) -> None:
-    """Private mounts, fresh /proc, tmpfs over the masks, ``keep`` bound back, a quota'd workdir.
+    """Private mounts, fresh /proc, masks, ``keep`` bound back, own ptys, a quota'd workdir.
 
     As ``plan`` says; ``workdir`` must fit it (``FilesystemPlan.fits``).
     """
@@ -240,6 +255,8 @@ def isolate_filesystem(plan: FilesystemPlan, workdir: str) -> None:
                 _mount_encoded(_TMPFS, target, _TMPFS, _TMPFS_FLAGS, _MASK_DATA)
         if bind_fds:
             _mount_binds(plan.binds, bind_fds)
+        if plan.devpts_data is not None:  # after the binds: none can hide it
+            _mount_encoded(_DEVPTS, _DEV_PTS, _DEVPTS, _DEVPTS_FLAGS, plan.devpts_data)
     finally:
         for fd in bind_fds:
             os.close(fd)

@@ -200,6 +200,7 @@ class Confinement:
                 isolation["shared_masks"],  # those a zygote covered already
                 isolation["late_masks"],  # the cgroup tree, joined before
                 isolation["binds"],  # the policy's, in this namespace only
+                isolation["devpts"],  # the callback's own ptys
             )
         )
         self.rlimits = [

@@ -212,6 +212,9 @@ class IsolationSpec(TypedDict):
     # The policy's binds, mounted after the masks; its group, the uid's only supplementary one.
     binds: list[BindSpec]
     groups: list[int]
+    # Mount options of the child's own devpts instance on /dev/pts (its ptys, at most the
+    # ``max`` they name); "" where the host cannot give it one (the host's ptys, then).
+    devpts: str
 
 
 class LaunchSpec(TypedDict):

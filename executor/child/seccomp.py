@@ -23,8 +23,11 @@ What it decides, for the one architecture it was built for:
   read-write bind is the host's too, where ``nosuid`` does not hold: a setuid file
   there would run as the sandbox uid for whoever starts it on the host. ``openat2``,
   whose mode a classic filter cannot read, is ENOSYS (libc then uses ``openat``);
-- the calls in ``DENIED`` (io_uring, keyrings, bpf, perf events, userfaultfd, ptrace and
-  cross-process memory, mounts old and new, modules, kexec, clocks, ...): EPERM;
+- the calls in ``DENIED`` (io_uring and native Linux AIO, keyrings, bpf, perf events,
+  userfaultfd, ptrace and cross-process memory, mounts old and new, modules, kexec,
+  clocks, ...): EPERM. Native AIO because its events are a host-wide pool
+  (``fs.aio-max-nr``): one ``io_setup(65536)`` took them all from every other process
+  until the run ended, at almost no memory cost to the callback;
 - everything else: allowed.
 
 A denied call fails with an errno, never a kill: the callback gets a clear error it can
@@ -103,6 +106,13 @@ SYSCALLS: Final[dict[str, tuple[int | None, int | None]]] = {
     "io_uring_setup": (425, 425),
     "io_uring_enter": (426, 426),
     "io_uring_register": (427, 427),
+    # Native Linux AIO: one io_setup may reserve the whole host's fs.aio-max-nr.
+    "io_setup": (206, 0),
+    "io_destroy": (207, 1),
+    "io_submit": (209, 2),
+    "io_cancel": (210, 3),
+    "io_getevents": (208, 4),
+    "io_pgetevents": (333, 292),
     "keyctl": (250, 219),
     "add_key": (248, 217),
     "request_key": (249, 218),

@@ -79,6 +79,8 @@ class IsolationPlan:
     uid_count: int
     # Covered by each child after it joined its cgroups (the cgroup tree).
     late_masks: tuple[str, ...] = ()
+    # The options of each child's own devpts instance (``tier.devpts_options``); "" none.
+    devpts: str = ""
 
     def for_cell(self, cell: int) -> IsolationSpec:
         return {
@@ -90,6 +92,7 @@ class IsolationPlan:
             "late_masks": list(self.late_masks),
             "binds": [],
             "groups": [],
+            "devpts": self.devpts,
         }
 
 

@@ -1,14 +1,15 @@
 """Probe the host once at start-up and decide the sandbox tier: namespaces, cgroups, the hardened plan.
 
 What the host allows (PID, IPC and cgroup namespaces, a syscall filter, a writable
-cgroup, root for private mounts, dedicated uids and the bridge's empty network
-namespace) against what the settings ask (``on`` must be satisfiable, ``auto`` takes
-what there is), and the one line that says which mechanisms are active, and why not
-where one is not.
+cgroup, root for private mounts, a devpts instance per child, dedicated uids and the
+bridge's empty network namespace) against what the settings ask (``on`` must be
+satisfiable, ``auto`` takes what there is), and the one line that says which mechanisms
+are active, and why not where one is not.
 """
 
 from __future__ import annotations
 
+import grp
 import json
 import logging
 import os
@@ -30,8 +31,8 @@ from executor.sandbox.process import IsolationPlan, SandboxOptions, SandboxRunne
 
 logger = logging.getLogger(__name__)
 
-# Run as ``python -I -S -c _PROBE CHILD_DIR FILTER_HEX``; prints what a child may do here,
-# each in a fork of its own (unshare changes the process that calls it).
+# Run as ``python -I -S -c _PROBE CHILD_DIR FILTER_HEX DEVPTS_OPTIONS``; prints what a
+# child may do here, each in a fork of its own (unshare changes the process that calls it).
 _PROBE: Final = r"""
 import ctypes, errno, json, os, sys
 sys.path.insert(0, sys.argv[1])
@@ -54,17 +55,30 @@ def filtered():
     denied = libc.unshare(0x10000000) != 0 and ctypes.get_errno() == errno.EPERM
     return denied and in_child(lambda: True)
 
+def own_devpts():
+    # In a private mount namespace (nothing propagates to the host): a devpts instance
+    # on /dev/pts, which /dev/ptmx reaches (its first pty is there).
+    if libc.unshare(0x00020000) != 0:
+        return False
+    if libc.mount(None, b"/", None, ctypes.c_ulong(0x44000), None) != 0:  # MS_REC|MS_PRIVATE
+        return False
+    options = sys.argv[3].encode()
+    if libc.mount(b"devpts", b"/dev/pts", b"devpts", ctypes.c_ulong(10), options) != 0:
+        return False
+    os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY)
+    return sorted(os.listdir("/dev/pts")) == ["0", "ptmx"]
+
 print(json.dumps({
     name: in_child(lambda: libc.unshare(flag) == 0)
     for name, flag in (("pid", 0x20000000), ("ipc", 0x08000000), ("cgroup", 0x02000000))
-} | {"seccomp": bool(sys.argv[2]) and in_child(filtered)}))
+} | {"seccomp": bool(sys.argv[2]) and in_child(filtered), "devpts": in_child(own_devpts)}))
 """
 
 
 def probe_host(python: str, program: bytes) -> dict[str, bool]:
-    """What a child may do here: pid, ipc and cgroup namespaces, the seccomp ``program``."""
+    """What a child may do here: pid, ipc and cgroup namespaces, the seccomp ``program``, devpts."""
     probe = subprocess.run(
-        [python, "-I", "-S", "-c", _PROBE, str(CHILD_DIR), program.hex()],
+        [python, "-I", "-S", "-c", _PROBE, str(CHILD_DIR), program.hex(), devpts_options()],
         check=False,
         capture_output=True,
     )
@@ -76,12 +90,33 @@ def probe_host(python: str, program: bytes) -> dict[str, bool]:
     return {str(name): bool(value) for name, value in found.items()}
 
 
+# Ptys a callback may hold at once: the ``max`` of the devpts instance each child mounts
+# on its /dev/pts. Every instance draws on the host's one pool (kernel.pty.max, 4096 by
+# default); a callback on the host's own instance took all of it.
+PTYS_PER_CHILD: Final = 16
+
+
+def devpts_options(ptys: int = PTYS_PER_CHILD) -> str:
+    """The mount options of a child's own devpts instance: at most ``ptys`` ptys, the callback's.
+
+    Its ptmx opens for anyone (the sandbox uid); each pty's end is its opener's, mode
+    0620 and group tty where the host has one, as on the host's own instance.
+    """
+    options = f"newinstance,ptmxmode=0666,mode=0620,max={ptys}"
+    try:
+        return f"{options},gid={grp.getgrnam('tty').gr_gid}"
+    except KeyError:
+        return options
+
+
 # World-writable places where a callback could leave files for the host or the next one.
 SHARED_WRITABLE_DIRS: Final = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")
 # What a callback has no business seeing of the host: its daemons' sockets and state
 # (/run; /var/run is a link to it on most hosts) and its network interfaces in sysfs.
 HOST_INFORMATION_DIRS: Final = ("/run", "/var/run", "/sys/class/net")
 SYS_CLASS_NET: Final = "/sys/class/net"
+# The tier report's name for each child's devpts instance (else the host's ptys, shared).
+OWN_DEVPTS: Final = "own /dev/pts per child"
 
 
 def _network_device_dirs() -> set[str]:
@@ -108,8 +143,13 @@ def _hidden_ancestors(path: str) -> list[str]:
     return hidden
 
 
-def isolation_plan(settings: Settings, site_paths: tuple[str, ...]) -> IsolationPlan:
-    """What a hardened child hides (data, temp dirs, closed ancestors) and keeps visible."""
+def isolation_plan(
+    settings: Settings, site_paths: tuple[str, ...], *, devpts: str = ""
+) -> IsolationPlan:
+    """What a hardened child hides (data, temp dirs, closed ancestors) and keeps visible.
+
+    ``devpts``: the options of each child's own devpts instance ("" for none).
+    """
     keep = sorted(
         {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, str(CHILD_DIR), *site_paths)}
     )
@@ -127,6 +167,7 @@ def isolation_plan(settings: Settings, site_paths: tuple[str, ...]) -> Isolation
         settings.sandbox_uid_base,
         SandboxRunner.cells(settings.max_concurrent),
         late_masks=late,
+        devpts=devpts,
     )
 
 
@@ -135,6 +176,24 @@ def _outermost_dirs(paths: set[str]) -> tuple[str, ...]:
     existing = sorted((p for p in paths if os.path.isdir(p)), key=len)
     outer = [p for i, p in enumerate(existing) if not any(under(p, o) for o in existing[:i])]
     return tuple(sorted(outer))
+
+
+def _hardened_plan(
+    settings: Settings,
+    site_paths: tuple[str, ...],
+    probed: dict[str, bool],
+    inactive: list[tuple[str, str]],
+) -> IsolationPlan:
+    """The hardened tier's plan, for a root executor with PID namespaces; its uids checked.
+
+    Each child's own devpts where the probe mounted one; else that goes in ``inactive``.
+    """
+    own_devpts = probed.get("devpts", False)
+    isolation = isolation_plan(settings, site_paths, devpts=devpts_options() if own_devpts else "")
+    check_uid_range(isolation.uid_base, isolation.uid_count)
+    if not own_devpts:
+        inactive.append((OWN_DEVPTS, "the host refused a child a devpts instance of its own"))
+    return isolation
 
 
 def sandbox_options(settings: Settings) -> SandboxOptions:
@@ -189,8 +248,7 @@ def sandbox_options(settings: Settings) -> SandboxOptions:
     site_paths = tuple(p for p in site.getsitepackages() if os.path.isdir(p))
     isolation = None
     if settings.dedicated_uid != "off" and os.geteuid() == 0 and pid_namespace:
-        isolation = isolation_plan(settings, site_paths)
-        check_uid_range(isolation.uid_base, isolation.uid_count)
+        isolation = _hardened_plan(settings, site_paths, probed, inactive)
     if settings.dedicated_uid == "on" and isolation is None:
         raise ConfigError("dedicated_uid: 'on' needs root and PID namespaces")
     if settings.dedicated_uid == "auto" and isolation is None and os.geteuid() == 0:
@@ -203,6 +261,7 @@ def sandbox_options(settings: Settings) -> SandboxOptions:
         )
     if isolation is None:
         inactive.append(("masks of /run, host interfaces and the cgroup tree", "no private mounts"))
+        inactive.append((OWN_DEVPTS, "no private mounts"))
     return SandboxOptions(
         isolation=isolation,
         site_paths=site_paths,
@@ -264,6 +323,8 @@ def describe_tier(options: SandboxOptions) -> str:
         parts.append("cgroup namespace per child")
     if options.seccomp_filter:
         parts.append(f"syscall filter ({len(options.seccomp_filter) // 16} BPF instructions)")
+    if options.isolation and options.isolation.devpts:
+        parts.append(f"{OWN_DEVPTS} (at most {PTYS_PER_CHILD} ptys)")
     if options.isolation:
         masked = [*options.isolation.late_masks]
         masked += [m for m in options.isolation.masks if m.startswith(("/run", "/sys"))]

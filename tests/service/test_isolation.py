@@ -293,6 +293,7 @@ async def test_the_tier_report_names_every_mechanism_as_active(stack_warm: Stack
         "IPC namespace per child",
         "cgroup namespace per child",
         "syscall filter",
+        "own /dev/pts per child (at most 16 ptys)",
         "an empty one per cell",
         "masked /run",
         "/sys/class/net",
@@ -323,6 +324,7 @@ async def test_without_namespaces_the_executor_starts_and_says_what_is_missing(
         "NO network namespace per cell (callbacks use the host network)",
         "NO bridge in an empty network namespace (pid_namespace is off)",
         "NO masks of /run, host interfaces and the cgroup tree (no private mounts)",
+        "NO own /dev/pts per child (no private mounts)",
     ):
         assert missing in report, (missing, report)
     # The filter needs no namespace: it holds wherever the kernel takes it.
@@ -351,3 +353,21 @@ async def test_as_root_dedicated_uid_off_starts_with_a_warning(
         async with running_stack(settings):
             pass
     assert "callbacks run as root with full capabilities (dedicated_uid is off)" in caplog.text
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the hardened tier needs root")
+def test_where_the_host_refuses_a_devpts_per_child_the_tier_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    probe_host = tier.probe_host
+    monkeypatch.setattr(tier, "probe_host", lambda *args: probe_host(*args) | {"devpts": False})
+    options = tier.sandbox_options(stack_settings(tmp_path / "data", max_concurrent=1))
+    try:
+        assert options.isolation is not None
+        assert options.isolation.devpts == ""  # the children mount none: the host's ptys
+        report = tier.describe_tier(options)
+        assert "NO own /dev/pts per child (the host refused" in report, report
+        assert "at most 16 ptys" not in report
+    finally:
+        if options.cgroups is not None:
+            options.cgroups.close()

@@ -72,6 +72,8 @@ def test_the_numbers_of_both_architectures() -> None:
     assert seccomp.SYSCALLS["clone3"] == (435, 435)
     assert seccomp.SYSCALLS["keyctl"] == (250, 219)
     assert seccomp.SYSCALLS["io_uring_setup"] == (425, 425)
+    assert seccomp.SYSCALLS["io_setup"] == (206, 0)
+    assert seccomp.SYSCALLS["io_pgetevents"] == (333, 292)
     assert seccomp.SYSCALLS["socket"] == (41, 198)
 
 
@@ -87,6 +89,12 @@ def test_every_denied_call_gets_eperm(arch: str) -> None:
         "io_uring_setup",
         "io_uring_enter",
         "io_uring_register",
+        "io_setup",
+        "io_destroy",
+        "io_submit",
+        "io_cancel",
+        "io_getevents",
+        "io_pgetevents",
         "keyctl",
         "add_key",
         "request_key",

@@ -278,7 +278,8 @@ sub cgroup_files {
 
 # isolation.py's isolate_filesystem: private mounts, a fresh /proc, tmpfs over the masks
 # (the plan lists only the outermost ones) but those the zygote shares, the kept paths
-# bound back, a quota'd workdir.
+# bound back, a devpts instance of the child's own (its ptys: /dev/ptmx reaches it),
+# a quota'd workdir.
 sub isolate_filesystem {
     my ($plan, $workdir, $disk_bytes) = @_;
     my %shared = map { $_ => 1 } @{ $plan->{shared_masks} || [] };
@@ -288,6 +289,7 @@ sub isolate_filesystem {
     # the late masks (the cgroup tree, joined by now) always.
     cover([(grep { !$shared{$_} || under($workdir, $_) } @{ $plan->{masks} }),
         @{ $plan->{late_masks} || [] }], $plan->{keep});
+    mount('devpts', '/dev/pts', 'devpts', MS_NOSUID | MS_NOEXEC, $plan->{devpts}) if $plan->{devpts};
     die "working directory $workdir is not under a masked directory\n"
         if !grep { under($workdir, $_) } @{ $plan->{masks} };
     make_path($workdir);
