@@ -84,7 +84,10 @@ class BookkeepingWriter:
         started_at: float,
         in_history: bool = True,
     ) -> None:
-        """Queue one finished run's bookkeeping (returns at once); ``in_history`` False leaves it out of the history."""
+        """Queue one finished run's bookkeeping (returns at once).
+
+        ``in_history`` False: its ``.cb`` entry and metrics only (a fleet's fenced-off run).
+        """
         with self._changed:
             self._queue.append(_Entry(invocation, result, ended_at, started_at, in_history))
             if in_history:
