@@ -193,7 +193,7 @@ class Dispatcher:
         languages: frozenset[Language],
         max_concurrent: int,
         max_queue: int,
-        on_result: Callable[[Invocation, RunResult], Awaitable[None] | None] | None = None,
+        on_result: Callable[[Invocation, RunResult], Awaitable[object] | None] | None = None,
         policies: PolicySet | None = None,
     ) -> None:
         self._runner = runner

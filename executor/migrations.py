@@ -15,6 +15,7 @@ replica must reload, e.g. the universal callbacks).
 from __future__ import annotations
 
 import logging
+import re
 from typing import Final
 
 from executor.errors import ConfigError
@@ -54,12 +55,51 @@ def schema_version() -> int:
 
 
 def current_version(db: PgDb) -> int:
-    """The database's version; 0 when it was never migrated."""
+    """The database's version; 0 when it was never migrated.
+
+    ConfigError when it holds something else: a ``cbexec_schema`` table that is not ours
+    (another application's), or, never migrated, tables the first step would make.
+    """
     row = db.execute("SELECT to_regclass('cbexec_schema')").fetchone()
     if row[0] is None:
+        _refuse_foreign_tables(db)
         return 0
+    row = db.execute(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+        " WHERE attrelid = to_regclass('cbexec_schema') AND attname = 'version'"
+        " AND NOT attisdropped"
+    ).fetchone()
+    if row is None or row[0] != "integer":
+        has = "no version column" if row is None else f"a version column of type {row[0]}"
+        raise ConfigError(
+            f"the PostgreSQL store's table cbexec_schema is not the executor's (it has {has}): "
+            "the database holds something else; give the executor a database of its own"
+        )
     row = db.execute("SELECT max(version) FROM cbexec_schema").fetchone()
-    return int(row[0] or 0)
+    version = int(row[0] or 0)
+    if version == 0:
+        _refuse_foreign_tables(db)
+    return version
+
+
+def _refuse_foreign_tables(db: PgDb) -> None:
+    """ConfigError when a database never migrated has tables of the names the first step makes.
+
+    The steps create what is missing (``IF NOT EXISTS``): another application's table
+    of one of those names would be taken for ours, and the step fail on it part-way.
+    """
+    names = re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _steps()[0])
+    found = [
+        name
+        for name in names
+        if db.execute("SELECT to_regclass(?)", (name,)).fetchone()[0] is not None
+    ]
+    if found:
+        raise ConfigError(
+            f"the PostgreSQL store was never migrated, yet it has tables of the executor's "
+            f"names ({', '.join(found)}): the database holds something else; give the "
+            "executor a database of its own"
+        )
 
 
 def migrate(url: str) -> tuple[int, int]:
@@ -67,11 +107,11 @@ def migrate(url: str) -> tuple[int, int]:
     db = connect_postgres(url, application_name="cbexec-migrate", stall_limits=False)
     try:
         db.execute("SELECT pg_advisory_lock(?)", (_MIGRATION_LOCK,))
+        before = current_version(db)  # a database of another kind is refused as it is
         db.execute(
             "CREATE TABLE IF NOT EXISTS cbexec_schema (version INTEGER PRIMARY KEY,"
             " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
         )
-        before = current_version(db)
         steps = _steps()
         if before > len(steps):
             raise ConfigError(

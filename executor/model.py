@@ -192,6 +192,10 @@ class Invocation:
     # Why it may not run at all, decided before it reached the dispatcher (a universal
     # callback whose line a reload removed): recorded REJECTED with this failure, not run.
     refusal: str = ""
+    # In a fleet, a fired run's claim on its firing (the epoch this replica holds it at):
+    # its result is recorded only while the claim holds (fencing, Recorder). None: no claim
+    # to check (an Execute, or a single executor's firing).
+    claim_epoch: int | None = None
 
     @property
     def job_id(self) -> int:

@@ -144,12 +144,20 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         transport = None
         if settings.report_results:
             transport = GrpcReportTransport(supervisor_channel, settings.supervisor_timeout_seconds)
+        trigger_store = TriggerStore(
+            settings.store or str(settings.data_dir / "triggers.db"),
+            health=storage_health,
+            lease_s=settings.store_lease_seconds,
+        )
+        stack.callback(trigger_store.close)
         recorder = Recorder.open(
             settings,
             metrics,
             transport=transport,
             encode_report=ReportEncoder(settings.supervisor_max_message_bytes),
             health=storage_health,
+            # A fleet's fired runs are recorded only while their claim holds (fencing).
+            claim_holds=trigger_store.claim_holds if trigger_store.fleet else None,
         )
         stack.push_async_callback(recorder.close)
 
@@ -167,12 +175,6 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             policies=policies,
         )
 
-        trigger_store = TriggerStore(
-            settings.store or str(settings.data_dir / "triggers.db"),
-            health=storage_health,
-            lease_s=settings.store_lease_seconds,
-        )
-        stack.callback(trigger_store.close)
         engine = TriggerEngine(
             trigger_store,
             # Fired callbacks are durable work: never refused at the queue bound.

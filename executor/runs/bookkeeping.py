@@ -57,6 +57,8 @@ class _Entry:
     # Unix times: when the run ended (the .cb entry's), and when it started (history's).
     ended_at: float
     started_at: float
+    # False: the .cb log and the metrics only (a fleet's run fenced off, Recorder).
+    in_history: bool = True
 
 
 class BookkeepingWriter:
@@ -89,12 +91,22 @@ class BookkeepingWriter:
         self._thread.start()
 
     def submit(
-        self, invocation: Invocation, result: RunResult, *, ended_at: float, started_at: float
+        self,
+        invocation: Invocation,
+        result: RunResult,
+        *,
+        ended_at: float,
+        started_at: float,
+        in_history: bool = True,
     ) -> None:
-        """Queue one finished run's bookkeeping (returns at once)."""
+        """Queue one finished run's bookkeeping (returns at once).
+
+        ``in_history`` False: its ``.cb`` entry and metrics only (a fleet's fenced-off run).
+        """
         with self._changed:
-            self._queue.append(_Entry(invocation, result, ended_at, started_at))
-            self._pending[result.invocation_id] = invocation
+            self._queue.append(_Entry(invocation, result, ended_at, started_at, in_history))
+            if in_history:
+                self._pending[result.invocation_id] = invocation
             self._unwritten += 1
             # Woken for the first of a burst, and when it is large enough; not for each run.
             if len(self._queue) in (1, GATHER_RUNS):
@@ -168,7 +180,9 @@ class BookkeepingWriter:
         return len(self._queue) >= GATHER_RUNS or self._closing or self._waiting_readers > 0
 
     def _write(self, batch: list[_Entry]) -> None:
-        self._record([*self._unrecorded, *batch], batch)
+        recorded = [entry for entry in batch if entry.in_history]
+        if recorded or self._unrecorded:
+            self._record([*self._unrecorded, *recorded], recorded)
         for entry in batch:
             with _guarded("callback log", [entry]):
                 self._callback_log.append(entry.invocation, entry.result, entry.ended_at)

@@ -1,7 +1,9 @@
 """The dispatcher's ``on_result`` hook: a finished run goes to the outbox, history, callback log, metrics.
 
 Order matters: the outbox commit comes first, before the caller gets its answer, so
-once any trace of a run exists the supervisor is sure to hear of it. The other sinks
+once any trace of a run exists the supervisor is sure to hear of it. In a fleet, a fired
+run is recorded only while its replica's claim on the firing holds (fencing: see
+``_record_claimed``). The other sinks
 are bookkeeping, written by one thread (``bookkeeping.BookkeepingWriter``): off the
 event loop, several runs per history commit under load, and flushed before anything
 reads the history or the metrics. One that fails (disk full, a bad path) is logged
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -43,6 +46,8 @@ class Recorder:
 
     ``fired_wait_s``: how long a fired run's result waits for a storage that refuses it
     (None: until it is recorded, or a stop begins: ``stop_waiting``).
+    ``claim_holds``: in a fleet, whether this replica's claim on a firing (invocation id,
+    epoch) still holds (``TriggerStore.claim_holds``); None: no claims to check.
     """
 
     def __init__(
@@ -55,6 +60,7 @@ class Recorder:
         encode_report: EncodeReport | None = None,
         clock: Callable[[], float] = time.time,
         fired_wait_s: float | None = None,
+        claim_holds: Callable[[str, int], bool] | None = None,
     ) -> None:
         if outbox is not None and encode_report is None:
             raise ValueError("an outbox needs encode_report")
@@ -65,11 +71,12 @@ class Recorder:
         self._encode_report = encode_report
         self._clock = clock
         self._fired_wait_s = fired_wait_s
+        self._claim_holds = claim_holds
         # Set at the start of a stop: no result waits for the storage any more.
         self._stopping = asyncio.Event()
         # Results of Execute runs whose callers were told the storage refused them,
         # committed once it takes them.
-        self._owed: set[asyncio.Task[None]] = set()
+        self._owed: set[asyncio.Task[bool]] = set()
         self._writer = BookkeepingWriter(history, callback_log, metrics)
         # A reader of either never misses a run that was answered.
         history.before_read = self._writer.flush
@@ -84,10 +91,12 @@ class Recorder:
         transport: Transport | None,
         encode_report: EncodeReport | None,
         health: StorageHealth | None = None,
+        claim_holds: Callable[[str, int], bool] | None = None,
     ) -> Recorder:
         """The sinks the settings describe, with their files under ``data_dir``.
 
-        With a PostgreSQL ``store``, the outbox and the history are the fleet's, in it.
+        With a PostgreSQL ``store``, the outbox and the history are the fleet's, in it,
+        and ``claim_holds`` (the trigger store's) fences the fired runs' results.
 
         ``transport`` and ``encode_report`` report each run to the supervisor through the
         outbox; without a transport (``report_results = false``) nothing is reported.
@@ -114,9 +123,10 @@ class Recorder:
             outbox=outbox,
             encode_report=encode_report,
             fired_wait_s=FIRED_RESULT_WAIT_S if settings.store else None,
+            claim_holds=claim_holds,
         )
 
-    def on_result(self, invocation: Invocation, result: RunResult) -> Awaitable[None] | None:
+    def on_result(self, invocation: Invocation, result: RunResult) -> Awaitable[object] | None:
         """Record one finished run (called by the dispatcher on the event loop).
 
         Returns, when the run is reported, what to await before its caller is answered:
@@ -125,7 +135,12 @@ class Recorder:
         hear of it). The bookkeeping is queued either way.
         """
         now = self._clock()
-        committed = None
+        if invocation.claim_epoch is not None and self._claim_holds is not None:
+            claim = functools.partial(
+                self._claim_holds, invocation.invocation_id, invocation.claim_epoch
+            )
+            return self._record_claimed(invocation, result, now, claim)
+        committed: Awaitable[object] | None = None
         if self.outbox is not None and self._encode_report is not None:
             report = self._encode_report(invocation, result, now)
             if invocation.source == "execute":
@@ -145,6 +160,55 @@ class Recorder:
             invocation, result, ended_at=now, started_at=now - result.usage.wall_seconds
         )
         return committed
+
+    async def _record_claimed(
+        self, invocation: Invocation, result: RunResult, now: float, claim: Callable[[], bool]
+    ) -> None:
+        """A fleet's fired run: reported and put in the history only while its claim holds.
+
+        A replica whose lease ran out while it ran the firing (it stalled, or lost
+        PostgreSQL for a while) finds the firing claimed by another replica under a
+        higher epoch (or already done by it): that replica runs it again, and its run is
+        the firing's. This one's result is then dropped: reported, or in the history, it
+        would replace the other's (it ended later), and the supervisor and the history
+        keep the run of an invocation id that ended last. It stays in this replica's log
+        line, ``.cb`` log and metrics: it did run here.
+
+        The claim is checked before each try of the commit. A claim taken over after the
+        check is harmless: the other replica's run begins after it, so it ends later
+        than this run, whose end was taken before the check, and its result replaces
+        this one's.
+        """
+        report = None
+        if self.outbox is not None and self._encode_report is not None:
+            report = self._encode_report(invocation, result, now)
+        kept = True
+        try:
+            kept = await self._commit(
+                self.outbox if report is not None else None,
+                result.invocation_id,
+                report or b"",
+                ended_at=now,
+                wait_s=self._fired_wait_s,
+                stopping=self._stopping,
+                claim=claim,
+            )
+        finally:
+            self._writer.submit(
+                invocation,
+                result,
+                ended_at=now,
+                started_at=now - result.usage.wall_seconds,
+                in_history=kept,
+            )
+        if not kept:
+            logger.warning(
+                "firing %s ran here after its lease ran out, and another replica has claimed "
+                "it: this run's result (%s) is not reported nor put in the history; the other "
+                "replica's run is the firing's",
+                result.invocation_id,
+                result.outcome,
+            )
 
     def recorded(self, invocation_id: str) -> RunIdentity | None:
         """Whose run is recorded (or being recorded) under ``invocation_id``; blocks.
@@ -186,25 +250,28 @@ class Recorder:
                 " to the supervisor once the storage takes it (a resend runs it again)"
             ) from err
 
-    def _owed_done(self, task: asyncio.Task[None]) -> None:
+    def _owed_done(self, task: asyncio.Task[bool]) -> None:
         self._owed.discard(task)
         if not task.cancelled():
             task.exception()  # logged by _commit already
 
     @staticmethod
     async def _commit(
-        outbox: Outbox,
+        outbox: Outbox | None,
         invocation_id: str,
         report: bytes,
         *,
         ended_at: float,
         wait_s: float | None,
         stopping: asyncio.Event | None = None,
-    ) -> None:
+        claim: Callable[[], bool] | None = None,
+    ) -> bool:
         """Commit the result; an unavailable storage is retried for up to ``wait_s`` (None: ever).
 
         Never once ``stopping`` is set (``stop_waiting``): the run then counts as not
         recorded, and a fired one runs again at the next start, as after a crash.
+        With a ``claim``, it is checked before each try: False, and nothing committed,
+        once it no longer holds. No ``outbox``: the claim alone is checked.
         """
         stopping = stopping or asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -212,7 +279,10 @@ class Recorder:
         delay = 0.25
         while True:
             try:
-                await outbox.commit(invocation_id, report, ended_at)
+                if claim is not None and not claim():
+                    return False
+                if outbox is not None:
+                    await outbox.commit(invocation_id, report, ended_at)
             except UnavailableError as err:
                 if stopping.is_set() or (
                     give_up_at is not None and loop.time() + delay > give_up_at
@@ -229,7 +299,7 @@ class Recorder:
                     delay,
                 )
             else:
-                return
+                return True
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await stopping.wait()

@@ -68,6 +68,7 @@ from executor.runtimes.qube_codes import (
     validate,
 )
 from executor.sandbox.capture import CapturedStream
+from executor.wall_deadline import WallDeadline
 
 logger = logging.getLogger(__name__)
 
@@ -150,8 +151,9 @@ class QubeInterpreter:
             failure = Failure(problem, exception_type="QubeCodeError")
         else:
             wall_s = invocation.limits.wall_seconds
+            deadline = WallDeadline(wall_s)  # the executor's own stalls are not the run's
             try:
-                async with asyncio.timeout(wall_s):
+                async with deadline.scope():
                     for part in parts:
                         try:
                             step = await self._run_one(part, invocation, host)

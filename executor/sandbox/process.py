@@ -49,6 +49,7 @@ from executor.sandbox.lifecycle import RunStop, has_ended, terminate
 from executor.sandbox.netns import EmptyNetwork
 from executor.sandbox.spawners import ChildHandle, Spawner
 from executor.sandbox.usage import live_usage
+from executor.wall_deadline import WallDeadline
 
 logger = logging.getLogger(__name__)
 
@@ -493,14 +494,13 @@ class SandboxRunner:
                 oom_kills_before = self._oom_kills_seen(cell)
                 evidence.cell_cpu_before = self._cell_cpu(cell)
                 began = time.monotonic()
+                deadline = WallDeadline(limits.wall_seconds)
                 started = not stop.requested
                 if policy is not None and policy.env:
                     start = {**start, "env": dict(policy.env)}
                 unsent = send_now(child.bridge, protocol.encode(start)) if started else b""
                 server = self._serve(child, evidence, unsent, on_call, stop, end_wait)
-                await self._wait_for_end(
-                    ended, limits.wall_seconds, stop, evidence, server.read_pending
-                )
+                await self._wait_for_end(ended, deadline, stop, evidence, server.read_pending)
                 if started and (evidence.timed_out or evidence.stop_reason):
                     grace_s = self.options.grace_s
                 elif server.end_marked and not child.handle.exited.is_set():
@@ -516,8 +516,7 @@ class SandboxRunner:
                     # Not answered at the mark: the exit decides, as for any run. The
                     # bootstrap waits for our side of the bridge to close before it exits.
                     server.close()
-                    left_s = max(0.0, limits.wall_seconds - (time.monotonic() - began))
-                    await self._wait_for_exit(child.handle, left_s, stop, evidence)
+                    await self._wait_for_exit(child.handle, deadline, stop, evidence)
                     if started and (evidence.timed_out or evidence.stop_reason):
                         grace_s = self.options.grace_s
             finally:
@@ -673,7 +672,7 @@ class SandboxRunner:
 
     @classmethod
     async def _wait_for_exit(
-        cls, handle: ChildHandle, wall_s: float, stop: RunStop, evidence: ChildExit
+        cls, handle: ChildHandle, deadline: WallDeadline, stop: RunStop, evidence: ChildExit
     ) -> None:
         """Until the main process exits, the wall deadline passes, or a stop."""
         exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -685,28 +684,30 @@ class SandboxRunner:
         handle.on_exit.append(on_exit)
         if handle.exited.is_set():
             on_exit()
-        await cls._wait_for_end(exited, wall_s, stop, evidence)
+        await cls._wait_for_end(exited, deadline, stop, evidence)
 
     @staticmethod
     async def _wait_for_end(
         ended: asyncio.Future[None],
-        wall_s: float,
+        deadline: WallDeadline,
         stop: RunStop,
         evidence: ChildExit,
         last_look: Callable[[], bool] = lambda: False,
     ) -> None:
         """Until the main process exits or marks its end, the wall deadline passes, or a stop.
 
+        The deadline moves on by the time the executor itself was held up (``WallDeadline``):
+        a child waiting for a ``qb`` answer the held executor owed it gets it first.
         ``last_look`` at the deadline takes what the child sent that the loop has not
         handed over yet, and tells whether that marked its end: in time, not a timeout.
         """
         loop = asyncio.get_running_loop()
         try:
-            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
-            # that races with the awaited event.
-            async with asyncio.timeout(wall_s) as deadline:
+            # A cancel scope (asyncio.timeout), not wait_for: 3.11's wait_for can swallow
+            # a cancellation that races with the awaited event.
+            async with deadline.scope() as scope:
                 # A stop ends the wait at once, as the deadline would.
-                with stop.calling(lambda: deadline.reschedule(loop.time())):
+                with stop.calling(lambda: scope.reschedule(loop.time())):
                     await ended
         except TimeoutError:
             if stop.requested:

@@ -804,6 +804,7 @@ class TriggerEngine:
             work_name=firing.work_name,
             subjob_id=event.subjob_id,
             source="universal" if cb.universal else "job",
+            claim_epoch=firing.epoch if self._store.fleet else None,
         )
         return await self._run(self._with_policy(invocation, universal=cb.universal))
 

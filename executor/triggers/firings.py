@@ -206,8 +206,12 @@ class FiringWorker:
                 await asyncio.sleep(delay)
                 continue
             if not held:
+                # Its result was recorded only if the claim still held when it ended
+                # (Recorder): else the other replica's run is the firing's.
                 logger.warning(
-                    "firing %s ran after its lease was lost; another replica's run completes it",
+                    "firing %s ran, but its lease ran out before it was marked done: another "
+                    "replica has claimed it and runs it again (or has), and that run's "
+                    "result is the firing's",
                     firing.invocation_id,
                 )
             return

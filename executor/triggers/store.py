@@ -273,7 +273,7 @@ class TriggerStore:
     callback rows it reads (``matching_callbacks``; a group's, group_reads.py), so the two
     halves of an ``&&`` applied by two replicas at once serialize on the row and fire
     once; firings are claimed with a lease and an epoch (``claim_expired``,
-    ``renew_leases``, ``firing_done``).
+    ``renew_leases``, ``claim_holds``, ``firing_done``).
     """
 
     def __init__(
@@ -689,6 +689,20 @@ class TriggerStore:
                 PendingFiring(row["invocation_id"], callback, event, row["batch"], count, work_name)
             )
         return firings
+
+    def claim_holds(self, invocation_id: str, epoch: int) -> bool:
+        """Whether this replica's claim on a firing (its owner, ``epoch``) still holds.
+
+        Fencing of a fired run's result: a replica whose lease ran out while it ran the
+        firing (it stalled, or lost PostgreSQL for a while) finds it claimed by another
+        under a higher epoch, or already done by it; that replica's run is the firing's.
+        """
+        with self.outside_transaction() as db, writing(self._path, self._health):
+            row = db.execute(
+                "SELECT 1 FROM firings WHERE invocation_id = ? AND owner = ? AND epoch = ?",
+                (invocation_id, self.owner, epoch),
+            ).fetchone()
+        return row is not None
 
     def firing_done(self, invocation_id: str, epoch: int = 0) -> bool:
         """The firing leaves the queue; False when (in a fleet) its claim no longer holds.

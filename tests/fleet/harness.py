@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -67,10 +67,18 @@ class RoundRobinForwarder(EventForwarder):
 class Fleet:
     """Replicas by index (None while one is down), the supervisor, the store's URL."""
 
-    def __init__(self, root: Path, store: str, endpoint: SupervisorEndpoint) -> None:
+    def __init__(
+        self,
+        root: Path,
+        store: str,
+        endpoint: SupervisorEndpoint,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.root = root
         self.store = store
         self.endpoint = endpoint
+        # Added to every replica's environment (settings such as CBEXEC_DEFAULT_LIMITS__*).
+        self.env = dict(env or {})
         self.replicas: list[ExecutorProcess | None] = []
         self._stacks: list[AsyncExitStack | None] = []
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -107,6 +115,7 @@ class Fleet:
                 env={
                     "CBEXEC_SANDBOX_UID_BASE": str(TEST_UID_BASE + 100 * (index + 1)),
                     "CBEXEC_STORE_LEASE_SECONDS": str(LEASE_S),
+                    **self.env,
                 },
             )
         )
@@ -133,11 +142,16 @@ class Fleet:
 
 
 @asynccontextmanager
-async def fleet(root: Path, store: str, replicas: int = 3) -> AsyncIterator[Fleet]:
-    """``replicas`` executors on ``store`` and a counting reference supervisor, all stopped after."""
+async def fleet(
+    root: Path, store: str, replicas: int = 3, env: Mapping[str, str] | None = None
+) -> AsyncIterator[Fleet]:
+    """``replicas`` executors on ``store`` and a counting reference supervisor, all stopped after.
+
+    ``env`` is added to each replica's environment.
+    """
     endpoint = SupervisorEndpoint(root / "supervisor.db", ActionCounting)
     await endpoint.start()
-    group = Fleet(root, store, endpoint)
+    group = Fleet(root, store, endpoint, env)
     try:
         await asyncio.gather(*(group.start(i) for i in range(replicas)))
         yield group

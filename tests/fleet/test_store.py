@@ -22,6 +22,7 @@ from executor.runs.history import RunHistory
 from executor.runs.outbox import Backoff, Outbox
 from executor.sql import PgDb, StoreConflict, StoreUnavailable, connect_postgres, pg_ddl
 from executor.triggers.store import TriggerStore
+from tests.conftest import TEST_UID_BASE
 from tests.helpers.cli import cbexec, cli_env
 from tests.helpers.postgres import PostgresServer
 from tests.unit.test_history import invocation, result
@@ -79,6 +80,47 @@ async def test_check_config_checks_the_store_is_reached_and_migrated(
         db.close()
     assert said.code == 2 and "upgrade this executor" in said.err, said.err
     assert "store migrate" not in said.err
+
+
+async def test_a_database_of_another_kind_is_refused_in_one_line_and_left_as_it_was(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    # Another application's table named cbexec_schema, without our version column.
+    url = postgres.create_database("foreign_schema")
+    db = connect_postgres(url)
+    try:
+        db.execute("CREATE TABLE cbexec_schema (x TEXT)")
+        db.execute("INSERT INTO cbexec_schema VALUES ('hello')")
+        serve = ("serve", "--data-dir", str(tmp_path), "--bind", "127.0.0.1:0", "--store", url)
+        env = cli_env(CBEXEC_SANDBOX_UID_BASE=str(TEST_UID_BASE))
+        for argv in (("store", "migrate", "--store", url), (*serve, "--check-config"), serve):
+            said = await cbexec(*argv, env=env)
+            assert said.code == 2, (argv, said.err)
+            (line,) = [line for line in said.err.splitlines() if line.startswith("cbexec:")]
+            assert "table cbexec_schema is not the executor's (it has no version column)" in line
+            assert "the database holds something else" in line
+            assert "Traceback" not in said.err
+        assert db.execute("SELECT * FROM cbexec_schema").fetchall() == [("hello",)]
+        assert db.execute("SELECT to_regclass('firings')").fetchone()[0] is None
+    finally:
+        db.close()
+
+
+async def test_a_never_migrated_database_with_tables_of_our_names_is_refused(
+    postgres: PostgresServer,
+) -> None:
+    url = postgres.create_database("foreign_tables")
+    db = connect_postgres(url)
+    try:
+        db.execute("CREATE TABLE jobs (name TEXT)")
+        said = await cbexec("store", "migrate", "--store", url)
+        assert said.code == 2, said.err
+        assert "never migrated, yet it has tables of the executor's names (jobs)" in said.err
+        assert "Traceback" not in said.err
+        # Nothing was made in it.
+        assert db.execute("SELECT to_regclass('cbexec_schema')").fetchone()[0] is None
+    finally:
+        db.close()
 
 
 async def test_store_migrate_without_a_postgresql_store_has_nothing_to_do() -> None:

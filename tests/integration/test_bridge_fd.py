@@ -8,14 +8,15 @@ import shutil
 import sys
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
-from executor.child.protocol import BRIDGE_FD, ReplyFrame
+from executor.child.protocol import BRIDGE_FD, CallFrame, ReplyFrame
 from executor.model import Language, Outcome
 from executor.runtimes.child import child_runtime
 from executor.sandbox.process import SandboxOptions, SandboxRunner
-from executor.sandbox.spawners import ColdSpawner, Spawner, ZygoteSpawner
+from executor.sandbox.spawners import ChildHandle, ColdSpawner, Spawner, ZygoteSpawner
 from tests.helpers.frames import start_frame
 from tests.helpers.supervisor_port import LIMITS
 
@@ -51,6 +52,22 @@ async def runner(request: pytest.FixtureRequest) -> AsyncIterator[SandboxRunner]
         await spawner.close()
 
 
+def hold_loop_after_spawn(runner: SandboxRunner, after_s: float, hold_s: float) -> None:
+    """Hold the event loop for ``hold_s``, ``after_s`` after the next child is started.
+
+    Timed from the child's start, not the test's: a zygote's first start can take longer
+    than ``after_s`` on a loaded machine, and the hold would come before the run.
+    """
+    spawn = runner.spawner.spawn
+
+    async def spawn_then_hold(*args: Any, **kwargs: Any) -> ChildHandle:
+        handle = await spawn(*args, **kwargs)
+        asyncio.get_running_loop().call_later(after_s, time.sleep, hold_s)
+        return handle
+
+    runner.spawner.spawn = spawn_then_hold  # type: ignore[method-assign]
+
+
 async def no_call(frame: object) -> ReplyFrame:
     raise AssertionError(f"no qb call expected: {frame}")
 
@@ -80,8 +97,7 @@ async def test_an_end_within_the_wall_limit_is_no_timeout_when_the_loop_was_held
 ) -> None:
     # The callback ends at ~0.3 s; the event loop is held from 0.1 s to past the 1 s
     # deadline (as another run's large result can hold it). The done frame waits unread.
-    loop = asyncio.get_running_loop()
-    loop.call_later(0.1, time.sleep, 1.5)
+    hold_loop_after_spawn(runner, 0.1, 1.5)
     start = start_frame("import time\ntime.sleep(0.3)")
 
     result = await runner.run(
@@ -93,3 +109,47 @@ async def test_an_end_within_the_wall_limit_is_no_timeout_when_the_loop_was_held
     )
 
     assert result.outcome is Outcome.SUCCEEDED, result.failure
+
+
+async def test_a_qb_call_the_held_up_executor_answers_after_the_deadline_is_no_timeout(
+    runner: SandboxRunner,
+) -> None:
+    # The callback sends a qb call at ~0.3 s and waits for its answer; the executor's
+    # event loop is held from 0.1 s to past the 1 s deadline (its process stopped, say).
+    # The wait was the executor's, not the callback's: it ends as it would have.
+    hold_loop_after_spawn(runner, 0.1, 1.5)
+    calls: list[str] = []
+
+    async def answer(frame: CallFrame) -> ReplyFrame:
+        calls.append(frame["fn"])
+        return {"type": "reply", "id": frame["id"], "ok": True, "value": 1}
+
+    result = await runner.run(
+        runtime=child_runtime(Language.PYTHON),
+        limits=dataclasses.replace(LIMITS, wall_seconds=1),
+        slot=0,
+        start=start_frame("import time\ntime.sleep(0.3)\nqb.block(1)\nprint('done')"),
+        on_call=answer,
+    )
+
+    assert result.outcome is Outcome.SUCCEEDED, result.failure
+    assert (calls, result.stdout) == (["block"], "done\n")
+    assert result.usage.wall_seconds >= 1.5  # the time the executor saw, its hold included
+
+
+async def test_a_callback_still_running_after_the_held_up_time_is_a_timeout(
+    runner: SandboxRunner,
+) -> None:
+    # The deadline moves on by the hold (~1.25 s measured) and no more.
+    hold_loop_after_spawn(runner, 0.1, 1.5)
+
+    result = await runner.run(
+        runtime=child_runtime(Language.PYTHON),
+        limits=dataclasses.replace(LIMITS, wall_seconds=1),
+        slot=0,
+        start=start_frame("import time\ntime.sleep(30)"),
+        on_call=no_call,
+    )
+
+    assert result.outcome is Outcome.WALL_TIMEOUT
+    assert 2.0 <= result.usage.wall_seconds < 5

@@ -182,3 +182,24 @@ def test_runs_past_the_retention_age_go_on_a_timer_with_no_run_ending(tmp_path: 
         assert history.get("old") is None and history.count() == 0
     finally:
         writer.close()
+
+
+def test_a_run_left_out_of_the_history_still_has_its_cb_entry_and_metrics(
+    history: CountedHistory, tmp_path: Path
+) -> None:
+    # A fleet's run fenced off (its replica's claim on the firing lost): the other
+    # replica's run is the one in the history.
+    callback_log = CallbackLog(tmp_path / "logs", 1 << 20)
+    metrics = Metrics()
+    writer = BookkeepingWriter(history, callback_log, metrics)
+    now = time.time()
+    writer.submit(
+        invocation("fenced"), result("fenced"), ended_at=now, started_at=now, in_history=False
+    )
+    assert writer.pending("fenced") is None  # not to be recorded: no run shows under its id
+    assert writer.flush()
+    writer.close()
+    assert history.get("fenced") is None
+    assert history.transactions == []
+    assert log_path(callback_log.root, 10).read_text().count("=== ") == 1
+    assert sum(metrics.snapshot().runs_by_outcome.values()) == 1

@@ -484,6 +484,28 @@ async def test_a_qube_callback_keeps_to_its_wall_limit(
     assert result.stdout.startswith("block-self: ")
 
 
+class HeldUpPort(ReferencePort):
+    """The executor held up (its process stopped) while the supervisor answers a verb."""
+
+    async def job_action(self, verb: str, job_id: int, **kwargs: Any) -> Any:
+        time.sleep(1.5)  # noqa: ASYNC251 - the point: the event loop held past the deadline
+        await asyncio.sleep(0.01)  # the answer is read when the executor wakes
+        return await super().job_action(verb, job_id, **kwargs)
+
+
+async def test_a_qube_callback_is_not_timed_out_by_the_executors_own_hold(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor
+) -> None:
+    job_id = submit(supervisor)
+    limits = dataclasses.replace(LIMITS, wall_seconds=0.5)
+    invocation = invocation_for(supervisor.job(job_id), "block-self", limits=limits)
+
+    result = await interpreter.run(invocation, HostApi(HeldUpPort(supervisor), invocation))
+
+    assert result.outcome is Outcome.SUCCEEDED, result.failure
+    assert [(a.verb, a.ok) for a in result.actions] == [("block", True)]
+
+
 async def test_a_qube_callbacks_output_keeps_to_its_cap(
     interpreter: QubeInterpreter, supervisor: ReferenceSupervisor
 ) -> None:

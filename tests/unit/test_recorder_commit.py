@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -66,3 +67,39 @@ async def test_a_stop_ends_the_wait_at_once() -> None:
         )
     assert time.monotonic() - started < 1.0
     assert outbox.committed == []
+
+
+async def test_a_result_whose_claim_no_longer_holds_is_not_committed() -> None:
+    # A fleet's replica that stalled past its lease: another replica's run is the firing's.
+    outbox: Any = FlakyOutbox(refusals=0)
+    kept = await recorder.Recorder._commit(
+        outbox, "fired-5", b"report", ended_at=1.0, wait_s=5.0, claim=lambda: False
+    )
+    assert (kept, outbox.committed) == (False, [])
+
+
+async def test_the_claim_is_checked_again_before_each_try() -> None:
+    # The store away at the first look, the claim taken over by the next.
+    looks: Iterator[bool | Exception] = iter(
+        [StoreUnavailable("PostgreSQL store unreachable: restarting"), False]
+    )
+
+    def claim() -> bool:
+        answer = next(looks)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    outbox: Any = FlakyOutbox(refusals=0)
+    kept = await recorder.Recorder._commit(
+        outbox, "fired-6", b"report", ended_at=1.0, wait_s=5.0, claim=claim
+    )
+    assert (kept, outbox.committed) == (False, [])
+
+
+async def test_a_claim_that_holds_commits() -> None:
+    outbox: Any = FlakyOutbox(refusals=1)
+    kept = await recorder.Recorder._commit(
+        outbox, "fired-7", b"report", ended_at=1.0, wait_s=5.0, claim=lambda: True
+    )
+    assert (kept, outbox.committed) == (True, ["fired-7"])
