@@ -2,18 +2,19 @@
 
 A policy with binds, a group or a umask starts its children cold, so a callback must
 not behave differently there: its exit status as its language decides it (Perl's ``$?``
-after its ``END`` blocks).
+after its ``END`` blocks), and the same Perl modules loaded before its code runs.
 """
 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from supervisor_client.qbcallback.v1 import executor_pb2
-from tests.conftest import Stack
+from tests.conftest import Stack, running_stack, stack_settings
 
 pytestmark = [
     pytest.mark.service,
@@ -56,3 +57,43 @@ async def test_a_perl_callbacks_exit_status_is_what_its_end_blocks_leave_in_stat
             response.failure.message
         )
         assert response.stdout == "ran\n"
+
+
+# -- Perl modules --------------------------------------------------------------------------
+
+# What the README says a Perl callback finds loaded (and what these load in turn).
+DOCUMENTED_PERL_MODULES = {
+    "qb.pm",
+    "strict.pm",
+    "warnings.pm",
+    "POSIX.pm",
+    "Fcntl.pm",
+    "Errno.pm",
+    "Config.pm",
+    "Carp.pm",
+    "Exporter.pm",
+    "XSLoader.pm",
+}
+
+
+async def test_perl_callbacks_find_the_same_modules_loaded_on_both_launchers(
+    tmp_path: Path,
+) -> None:
+    # The zygote had POSIX, Fcntl, Config and the rest loaded for itself; a cold child
+    # had none of them, so POSIX::floor without `use POSIX` died there.
+    code = (
+        'print join(" ", sort keys %INC), "\\n";\n'
+        'print POSIX::floor(2.5), " ", Fcntl::O_RDONLY(), " ", $Config::Config{osname}, "\\n";\n'
+    )
+    seen = {}
+    for launcher in ("zygote", "cold"):
+        settings = stack_settings(tmp_path / launcher, launcher=launcher)
+        async with running_stack(settings) as stack:
+            response = await run(stack, "perl", code)
+        assert response.outcome == Outcome.OUTCOME_SUCCEEDED, (launcher, response.failure.message)
+        loaded, used = response.stdout.splitlines()
+        assert used == "2 0 linux"
+        seen[launcher] = set(loaded.split())
+
+    assert seen["zygote"] == seen["cold"]
+    assert seen["cold"] >= DOCUMENTED_PERL_MODULES

@@ -30,10 +30,9 @@
 # syscall(), by their Linux numbers (x86_64 and aarch64 below).
 
 use strict;
-use Config ();
-use POSIX ();
 
-# bootstrap.pl (and with it qb.pm and warnings.pm) compiled once, for every child.
+# bootstrap.pl (and with it qb.pm, warnings.pm, and the Config and POSIX this process
+# uses) compiled once, for every child.
 BEGIN { require 'bootstrap.pl' }
 
 # The end mark (launcher.py's mark_end): in a child whose run returned, once its
