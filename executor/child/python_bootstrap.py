@@ -89,7 +89,7 @@ def _exit_code(err: SystemExit) -> int:
     if err.code is None:
         return 0
     if isinstance(err.code, int):
-        return err.code
+        return int(err.code)  # sys.exit(False) / sys.exit(True): a bool is an int, 0 or 1
     try:  # noqa: SIM105 - not contextlib.suppress: one more module for a child to touch
         print(err.code, file=sys.stderr)  # sys.exit("message") prints it, as CPython does
     except Exception:  # noqa: BLE001, S110 - an object whose str() raises: the exit is still 1

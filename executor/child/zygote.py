@@ -58,7 +58,13 @@ import protocol  # warm for the children
 import python_bootstrap
 import qb
 import seccomp
-from launcher import EXIT_LAUNCH_FAILED, confine_and_run, join_cgroups_through, mark_end
+from launcher import (
+    EXIT_LAUNCH_FAILED,
+    confine_and_run,
+    exited_message,
+    join_cgroups_through,
+    mark_end,
+)
 
 if TYPE_CHECKING:
     from protocol import LaunchSpec, ZygoteFailed
@@ -392,15 +398,6 @@ def _started(request_id: int, pid: int) -> bytes:
     return b'{"type":"started","id":%d,"pid":%d}' % (request_id, pid)
 
 
-def _exited(pid: int, status: int, usage: resource.struct_rusage) -> bytes:
-    return b'{"type":"exited","pid":%d,"status":%d,"cpu":%.6f,"maxrss_kib":%d}' % (
-        pid,
-        status,
-        usage.ru_utime + usage.ru_stime,
-        usage.ru_maxrss,
-    )
-
-
 # Ancillary room for the three fds of a spawn request, computed once.
 _FDS_SPACE = socket.CMSG_SPACE(3 * 4)
 
@@ -451,7 +448,7 @@ class Children:
 
     def _report(self, pid: int) -> None:
         _, status, usage = os.wait4(pid, 0)
-        self._control.send(_exited(pid, status, usage))
+        self._control.send(exited_message(pid, status, usage))
 
 
 def serve(control: socket.socket, *, private_network: bool = False) -> None:

@@ -10,7 +10,8 @@ reported (its ``done`` frame). The frame is believed only where the kernel agree
 process that reported success and then died of a signal, or exited with another status
 than the one its frame implies, is classified by the kernel's evidence; ``REJECTED``
 ("never ran") only when the code made no qb call. Usage always comes from the kernel
-(wait4's rusage, reported by the zygote or taken by the executor), never from the child.
+(wait4's rusage of the callback's process, reported by its parent: the zygote, or the cold
+launcher's shim; or /proc's figures at its end mark), never from the child.
 Classification never raises: every frame was checked against its schema before it was
 kept as evidence.
 """

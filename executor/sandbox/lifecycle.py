@@ -20,7 +20,7 @@ import contextlib
 import os
 import select
 import signal
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 
 class RunStop:
@@ -108,15 +108,23 @@ def signal_group(pgid: int, signum: int) -> None:
         pass
 
 
-async def terminate(pgid: int, exited: asyncio.Event, grace_s: float) -> None:
+async def terminate(
+    pgid: int,
+    exited: asyncio.Event,
+    grace_s: float,
+    before_kill: Callable[[], Awaitable[None]] | None = None,
+) -> None:
     """End a child's process group: SIGTERM, up to ``grace_s`` for the child to exit, SIGKILL.
 
     With ``grace_s`` 0, or once the child has exited, it is SIGKILL at once, which also
-    ends whatever the child left running in its group.
+    ends whatever the child left running in its group. ``before_kill`` is awaited just
+    before the SIGKILL of a child that has not exited.
     """
     if grace_s > 0 and not exited.is_set():
         signal_group(pgid, signal.SIGTERM)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace_s):
                 await exited.wait()
+    if before_kill is not None and not exited.is_set():
+        await before_kill()
     signal_group(pgid, signal.SIGKILL)

@@ -13,9 +13,9 @@ that wait ends (an exit, the deadline, a stop, an error in a reader, a cancellat
 one shielded block ends the child: the deadline and a stop get the
 SIGTERM -> grace -> SIGKILL policy (``lifecycle.terminate``), everything else SIGKILL at
 once; then whatever is left in the cell's cgroups (setsid and double-fork escapes) is
-killed and the child reaped (wait4, for its rusage). A second cancellation cannot cut
-that block short: it runs on as a task, and the release of the child's pipes, bridge
-and working directory waits for it. A prepared child that will not run ends the same
+killed and the child reaped (its rusage reported by the callback's parent). A second
+cancellation cannot cut that block short: it runs on as a task, and the release of the
+child's pipes, bridge and working directory waits for it. A prepared child that will not run ends the same
 way. The evidence is then classified (``exit_status``) into the run's ``SandboxResult``.
 """
 
@@ -734,7 +734,8 @@ class SandboxRunner:
             # A bootstrap that makes its end mark now (its run ended by the SIGTERM, say)
             # waits for our side of the bridge before it exits: let it, within the grace.
             child.server.release_after_mark()
-        await terminate(child.handle.pid, child.handle.exited, grace_s)
+        handle = child.handle
+        await terminate(handle.pid, handle.exited, grace_s, handle.before_kill)
         # Reaped first: a process killed a moment ago is still listed in its cgroup, so
         # looking before its reap would find it there nearly every time (and poll).
         await self.spawner.reap(child.handle)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -20,7 +21,7 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -28,6 +29,7 @@ from executor.child.protocol import LaunchSpec, ZygoteMessage, encode_spawn, spa
 from executor.errors import UnavailableError
 from executor.policies import DEFAULT_UMASK
 from executor.runtimes.child import CHILD_RUNTIMES, LAUNCHER
+from executor.sandbox.shim_report import ShimReport
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,9 @@ logger = logging.getLogger(__name__)
 MAX_MESSAGE: Final = 64 << 10
 # A language whose zygote fails this many spawns in a row starts its children cold.
 MAX_ZYGOTE_FAILURES: Final = 3
+# How long a cold child's shim is given to reap the callback the executor killed (it
+# takes a few ms) before the SIGKILL of its whole process group.
+SHIM_REAP_TIMEOUT_S: Final = 1.0
 # A zygote's own environment (each child gets the one of its spawn request instead).
 # LD_BIND_NOW: the dynamic linker resolves every library call once, at the zygote's
 # start; lazily, each child would resolve its own first calls again, writing to the
@@ -60,10 +65,14 @@ class ChildHandle:
     # Called once ``exited`` is set (the runner waits for the exit or the end mark).
     on_exit: list[Callable[[], object]] = field(default_factory=list)
     # Whether ``pid`` is the callback's own bootstrap (a zygote's child), so its /proc
-    # figures are the run's. A cold child may be a shim that mirrors the callback's exit:
-    # its figures say nothing of the callback, and the bridge's EOF after a done frame
-    # may be the callback's death rather than its end mark.
+    # figures are the run's. A cold child is a shim that mirrors the callback's exit:
+    # its figures say nothing of the callback (those come from its report,
+    # ``shim_report``), and the bridge's EOF after a done frame may be the callback's
+    # death rather than its end mark.
     is_bootstrap: bool = False
+    # Awaited just before the executor's SIGKILL of a child that has not exited
+    # (``lifecycle.terminate``): a cold child's callback is killed first (``shim_report``).
+    before_kill: Callable[[], Awaitable[None]] | None = None
 
     def mark_exited(self) -> None:
         """Set ``exited`` and tell whoever waits (its status is filled in first)."""
@@ -82,48 +91,67 @@ class Spawner(Protocol):
         ...
 
     async def reap(self, handle: ChildHandle) -> None:
-        """Fill the handle's status once ``exited`` is set (cold: wait4; warm: already done)."""
+        """Fill the handle's status once ``exited`` is set (cold: waitpid and the shim's report; warm: done)."""
         ...
 
     async def close(self) -> None: ...
 
 
 class ColdSpawner:
-    """fork+exec of ``python -I -S -B launcher.py SPEC BRIDGE_FD`` per callback.
+    """fork+exec of ``python -I -S -B launcher.py SPEC BRIDGE_FD REPORT_FD`` per callback.
 
-    The launcher moves the bridge to fd 3 itself: Popen can place only stdio.
+    The launcher moves the bridge to fd 3 itself: Popen can place only stdio. It forks
+    the callback and stays its parent (the shim), which reports the callback's pid and
+    end on the REPORT_FD pipe (``shim_report``): the child's figures are the callback's.
     """
 
     def __init__(self, python: str) -> None:
         self._python = python
         self._pidfds: dict[int, int] = {}
+        self._reports: dict[int, ShimReport] = {}
 
     async def spawn(
         self, spec: LaunchSpec, *, env: dict[str, str], fds: tuple[int, int, int]
     ) -> ChildHandle:
         stdout_w, stderr_w, bridge = fds
+        report_r, report_w = os.pipe()
+        os.set_blocking(report_r, False)
+        argv = [self._python, "-I", "-S", "-B", str(LAUNCHER), json.dumps(spec)]
         try:
             # Popen returns once the child has exec'd (vfork): no need for asyncio's
             # subprocess transport and its watcher, since we reap with wait4 ourselves.
             proc = subprocess.Popen(  # noqa: ASYNC220
-                [self._python, "-I", "-S", "-B", str(LAUNCHER), json.dumps(spec), str(bridge)],
+                [*argv, str(bridge), str(report_w)],
                 stdin=subprocess.DEVNULL,
                 stdout=stdout_w,
                 stderr=stderr_w,
                 cwd="/",
                 env=env,
                 start_new_session=True,
-                pass_fds=(bridge,),
+                pass_fds=(bridge, report_w),
             )
         except OSError as err:
+            os.close(report_r)
             raise UnavailableError(f"could not start the sandbox: {err}") from err
-        # We reap with wait4 ourselves (for rusage); Popen must not try again.
+        finally:
+            os.close(report_w)  # the shim's alone: EOF once it has gone
+        # We reap with wait4 ourselves; Popen must not try again.
         proc.returncode = 0
+        report = self._reports[proc.pid] = ShimReport(report_r, proc.pid)
         handle = ChildHandle(proc.pid)
+        handle.before_kill = functools.partial(self._kill_callback, handle, report)
         pidfd = os.pidfd_open(proc.pid)
         self._pidfds[proc.pid] = pidfd
         asyncio.get_running_loop().add_reader(pidfd, handle.mark_exited)
         return handle
+
+    @staticmethod
+    async def _kill_callback(handle: ChildHandle, report: ShimReport) -> None:
+        """The callback first, then a moment for its shim to reap it, report and exit."""
+        if report.kill_callback():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SHIM_REAP_TIMEOUT_S):
+                    await handle.exited.wait()
 
     async def reap(self, handle: ChildHandle) -> None:
         pidfd = self._pidfds.pop(handle.pid, None)
@@ -131,11 +159,12 @@ class ColdSpawner:
             asyncio.get_running_loop().remove_reader(pidfd)
             os.close(pidfd)
         with contextlib.suppress(ChildProcessError):
-            # Called once the child has exited (its pidfd read ready): wait4 does not block.
-            _, status, usage = os.wait4(handle.pid, 0)  # noqa: ASYNC222
-            handle.wait_status = status
-            handle.cpu_seconds = usage.ru_utime + usage.ru_stime
-            handle.peak_rss_bytes = usage.ru_maxrss * 1024
+            # Called once the child has exited (its pidfd read ready): waitpid does not block.
+            _, handle.wait_status = os.waitpid(handle.pid, 0)  # noqa: ASYNC222
+        report = self._reports.pop(handle.pid, None)
+        if report is not None:
+            handle.cpu_seconds, handle.peak_rss_bytes = report.figures()
+            report.close()
 
     async def close(self) -> None:
         for pid in list(self._pidfds):

@@ -23,15 +23,22 @@ def _read(path: str) -> bytes:
         os.close(fd)
 
 
-def live_usage(pid: int) -> tuple[float, int] | None:
-    """(CPU seconds, peak RSS bytes) of ``pid`` now; None once its memory is gone (exited)."""
+def live_usage(pid: int, *, parent: int = 0) -> tuple[float, int] | None:
+    """(CPU seconds, peak RSS bytes) of ``pid`` now; None once its memory is gone (exited).
+
+    ``parent``: also None unless ``pid`` is still that process's child (not a later
+    process that got its pid once it was reaped).
+    """
     try:
         stat = _read(f"/proc/{pid}/stat").rsplit(b")", 1)[1].split()
         status = _read(f"/proc/{pid}/status")
         schedstat = _read(f"/proc/{pid}/schedstat").split()
     except OSError:
         return None
-    # Fields after the command name: state is [0]; utime, stime, cutime, cstime [11:15].
+    # Fields after the command name: state is [0], the parent's pid [1]; utime, stime,
+    # cutime, cstime [11:15].
+    if parent and int(stat[1]) != parent:
+        return None
     own_ticks = int(stat[11]) + int(stat[12])
     reaped_ticks = int(stat[13]) + int(stat[14])
     cpu = max(

@@ -268,12 +268,24 @@ async def test_output_beyond_the_cap_is_truncated(stack: Stack, blocked_job: int
     [
         ("import sys\nsys.exit()", Outcome.OUTCOME_SUCCEEDED, 0),
         ("import sys\nsys.exit(3)", Outcome.OUTCOME_FAILED, 3),
+        # A bool is an int to Python: False exits 0, True 1 (the bridge takes no bool).
+        ("import sys\nsys.exit(False)", Outcome.OUTCOME_SUCCEEDED, 0),
+        ("import sys\nfailed = 3\nsys.exit(failed > 0)", Outcome.OUTCOME_FAILED, 1),
         ("import os\nos._exit(4)", Outcome.OUTCOME_FAILED, 4),
         ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", None, None),
         ("import os, signal\nos.kill(-1, signal.SIGKILL)", None, None),
         ("import os\nos.system('sleep 0.1; echo from-shell')", Outcome.OUTCOME_SUCCEEDED, 0),
     ],
-    ids=["sys.exit", "sys.exit(3)", "os._exit", "kill-parent", "kill-everything", "os.system"],
+    ids=[
+        "sys.exit",
+        "sys.exit(3)",
+        "sys.exit(False)",
+        "sys.exit(True)",
+        "os._exit",
+        "kill-parent",
+        "kill-everything",
+        "os.system",
+    ],
 )
 async def test_exits_and_kills_harm_only_the_child(
     stack: Stack, blocked_job: int, code: str, outcome: int | None, exit_code: int | None

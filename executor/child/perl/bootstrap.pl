@@ -25,13 +25,21 @@
 # neither: it is compiled in package main, without strict, and may `use strict` itself.
 sub _eval_callback_source { eval shift; return $@ }    ## no critic (ProhibitStringyEval)
 
-# Every module is paid for on each child's start: no `use warnings` or `use constant`
-# (3 ms each here); see qb.pm on the rest.
+# Every module is paid for on each cold child's start: no `use warnings` or `use
+# constant` (3 ms each here); see qb.pm on the rest.
 use strict;
 use qb ();
 # The callback's wrapper says `no warnings`, which loads warnings.pm: load it now, before
 # the start frame, so a child prepared ahead has it ready instead of loading it per run.
 require warnings;
+# What the Perl zygote (zygote.pl) loads for itself, its children have loaded too: a cold
+# child loads the same, so a callback finds the same modules loaded on both launch paths
+# (POSIX::floor without `use POSIX` works on both, or on neither). POSIX brings Fcntl,
+# Exporter, XSLoader, Carp and more; Errno is the zygote's `%!`. ~5 ms of CPU per cold
+# start; README "Perl, qube and mail callbacks" lists them.
+use Config ();
+use Errno ();
+use POSIX ();
 
 sub CALLBACK_FILENAME () { '<callback>' }
 sub EXIT_ON_SIGTERM ()   { 128 + 15 }
@@ -199,6 +207,7 @@ sub run {
 
 if (!caller) {    # run as a script (the cold path), not loaded by the zygote
     @ARGV == 1 && $ARGV[0] =~ /\A[0-9]+\z/ or die "usage: bootstrap.pl <bridge fd>\n";
+    $INC{'bootstrap.pl'} = __FILE__;    # as the zygote's children have it (its require)
     CORE::exit(run(shift @ARGV));    # the callback sees an empty @ARGV
 }
 1;

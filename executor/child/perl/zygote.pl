@@ -30,20 +30,26 @@
 # syscall(), by their Linux numbers (x86_64 and aarch64 below).
 
 use strict;
-use Config ();
-use POSIX ();
 
-# bootstrap.pl (and with it qb.pm and warnings.pm) compiled once, for every child.
+# bootstrap.pl (and with it qb.pm, warnings.pm, and the Config and POSIX this process
+# uses) compiled once, for every child.
 BEGIN { require 'bootstrap.pl' }
 
 # The end mark (launcher.py's mark_end): in a child whose run returned, once its
 # callback's END blocks have run (compiled later, they run first) and its output is
 # flushed, shut the bridge down for writing: the executor answers at once, then kills
 # and reaps. Only in the callback's own process (the one that ran main::run, its pid
-# here): a process it forked, even from an END block, ends without the mark.
-our $mark_end_pid = 0;
+# here): a process it forked, even from an END block, ends without the mark. And only
+# while $? is still the status run() returned: as in plain perl, an END block that set
+# $? decides the exit status, which the executor then waits for (the mark would have it
+# take the status the done frame implies).
+#
+# Without the mark, the bridge stays open until the kernel closes it at the exit, after
+# the process's memory is gone: perl would close it in global destruction, and an EOF
+# after the done frame from a process still readable in /proc is taken for the mark.
+our ($callback_pid, $run_status) = (0, undef);    # the status once run() has returned
 END {
-    if ($$ == $mark_end_pid) {
+    if ($$ == $callback_pid && defined $run_status && $? == $run_status) {
         eval { main::flush_stdio(); 1 };
         # Then wait until the executor closes its side (or kills this process): it
         # reads this process's figures in /proc meanwhile. On the bridge's own handle:
@@ -52,6 +58,8 @@ END {
         if ($bridge && shutdown($bridge, 1)) {
             1 while sysread($bridge, my $ignored, 4096);
         }
+    } elsif ($$ == $callback_pid) {
+        POSIX::dup(qb::Zygote::BRIDGE_FD());    # a descriptor perl does not know of
     }
 }
 
@@ -452,12 +460,12 @@ sub child {
         1;
     };
     if ($ok) {
-        my $own = $$;
+        $callback_pid = $$;
         $code = main::run(BRIDGE_FD);    # bootstrap.pl: the callback's run and its report
         # Only a run that returned: an `exit`, the CPU limit's or the deadline's exit
         # through the callback's own path, is left to the exit status; and only in the
         # callback's own process (a process it forked returns here too).
-        $mark_end_pid = $own if $$ == $own;
+        $run_status = $code if $$ == $callback_pid;
     } else {
         print STDERR "perl zygote: could not start the callback: $@";
     }
