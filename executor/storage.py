@@ -79,7 +79,7 @@ _HOLDS: Final = {
     "outbox.db": "results not yet delivered to the supervisor",
     "triggers.db": "the registered triggers and firings decided but not yet run",
     "runs.db": "the run history",
-    "supervisor.db": "the embedded supervisor's jobs",
+    "supervisor.db": "the embedded supervisor's jobs and the events it has not yet forwarded",
 }
 
 

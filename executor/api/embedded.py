@@ -4,7 +4,8 @@ The SupervisorService trusts the ``actor`` it is told; on the public port any cl
 callback with network access included, could claim to be root. The socket sits in the
 0700 data dir, which the hardened tier hides from callbacks. The executor reaches it
 over gRPC like any site's supervisor, and its transitions reach the executor's
-TriggerService through ``EventForwarder``, as any scheduler's would.
+TriggerService through ``EventForwarder``, as any scheduler's would; their events wait
+in supervisor.db until the executor has them, so a stop or a crash loses none.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class EmbeddedSupervisor:
             await asyncio.shield(self.forwarder.register_now(job_ids))
 
     async def stop_forwarding(self) -> None:
-        """Stop sending transitions (those not yet sent are dropped with the process)."""
+        """Stop sending transitions; those not yet acknowledged are sent at the next start."""
         if self._forwarding is not None:
             self._forwarding.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -79,7 +80,7 @@ async def start(data_dir: Path, *, max_message_bytes: int) -> EmbeddedSupervisor
     path = data_dir / "supervisor.db"
     open_database(path).close()  # damage refused as for the executor's own databases
     try:
-        reference = ReferenceSupervisor(str(path))
+        reference = ReferenceSupervisor(str(path), event_outbox=True)
     except sqlite3.DatabaseError as err:
         raise ConfigError(
             f"{path}: {err}: the file is damaged or is not the embedded supervisor's database. "

@@ -1,44 +1,53 @@
 """Send the reference supervisor's transitions to an executor's trigger engine, in order.
 
+The events come from the supervisor's database, not from memory: each transition's
+event is written there in the transaction of its change, with its event id
+(event_outbox.py), and removed only once the executor has acknowledged it. So an
+executor stopped or killed right after a change gets the event when it starts again:
+the forwarder sends what is left, oldest first, and an event sent before the stop but
+not yet removed is sent again with the same id, which the trigger engine ignores as a
+duplicate. A retry after UNAVAILABLE (an executor restarting) is idempotent the same way.
+
 A submitted job is registered (RegisterJob, with its callbacks) before its ``submit``
 event is published; every later transition is one PublishEvent. ``register_now`` lets a
 submission register its jobs at once, ahead of the queue, so the trigger engine has them
 when the submission is answered (the queue may be waiting on an earlier event's
-callbacks); the ``submit`` event then uses that registration. Each transition gets
-its event id when it happens, so a retry after UNAVAILABLE (an executor restarting) is
-idempotent. Events are published with ``wait`` so that ``drain()`` returning means the
-callbacks they fired have run, and the transitions those callbacks caused have been
-forwarded too.
+callbacks); the ``submit`` event then uses that registration (registering a job again
+keeps its callbacks' state, so the registration a resent ``submit`` makes is harmless).
+Events are published with ``wait`` so that ``drain()`` returning means the callbacks
+they fired have run, and the transitions those callbacks caused have been forwarded too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
-from dataclasses import dataclass
+from typing import Final
 
 import grpc
 
 from supervisor_client.jobdict import job_from_dict
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 from supervisor_client.reference.errors import NoSuchJobError
+from supervisor_client.reference.event_outbox import UnsentEvent
 from supervisor_client.reference.states import PUBLISHED_EVENTS, Transition
 from supervisor_client.reference.store import ReferenceSupervisor
 
 logger = logging.getLogger(__name__)
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
-
-
-@dataclass(frozen=True, slots=True)
-class _Queued:
-    transition: Transition
-    event_id: str
+# Events read from the database at a time (each is still sent and removed on its own).
+READ_BATCH: Final = 100
+# After the database failed a read or a removal: wait this long, then try again.
+STORE_RETRY_S: Final = 1.0
 
 
 class EventForwarder:
-    """Listens to a ReferenceSupervisor and forwards to an executor's TriggerService."""
+    """Forwards a ReferenceSupervisor's kept events to an executor's TriggerService.
+
+    Raises ValueError when the supervisor does not keep its events
+    (``ReferenceSupervisor(event_outbox=True)``).
+    """
 
     def __init__(
         self,
@@ -47,29 +56,42 @@ class EventForwarder:
         *,
         max_backoff_s: float = 5.0,
     ) -> None:
+        if not supervisor.keeps_events:
+            raise ValueError(
+                "EventForwarder needs a ReferenceSupervisor(..., event_outbox=True): "
+                "it sends the events the supervisor keeps"
+            )
         self._supervisor = supervisor
         self._stub = executor_pb2_grpc.TriggerServiceStub(channel)
         self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[_Queued] = asyncio.Queue()
+        # Set when a transition was committed: there may be new rows to send.
+        self._new = asyncio.Event()
+        # Notified whenever a row is removed: ``drain`` looks again.
+        self._removed = asyncio.Condition()
         # Registrations made ahead of the queue, until each job's submit event takes its own.
         self._ahead: dict[int, asyncio.Future[bool | None]] = {}
         self._max_backoff_s = max_backoff_s
         supervisor.add_listener(self._on_transition)
 
     def _on_transition(self, transition: Transition) -> None:
-        item = _Queued(transition, uuid.uuid4().hex)
+        """Wake the sender; the event itself is already in the database (any thread)."""
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is self._loop:
-            self._queue.put_nowait(item)  # same thread: visible to drain() at once
+            self._new.set()
         else:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+            self._loop.call_soon_threadsafe(self._new.set)
 
     async def drain(self) -> None:
-        """Wait until every transition so far (and those they caused) has been forwarded."""
-        await self._queue.join()
+        """Wait until every transition so far (and those they caused) has been forwarded.
+
+        The database says what waits, so a change committed just before the call (on any
+        thread) counts.
+        """
+        async with self._removed:
+            await self._removed.wait_for(lambda: not self._supervisor.has_unsent_events())
 
     def register_now(self, job_ids: list[int]) -> asyncio.Task[None]:
         """Register just-submitted jobs now, in order, ahead of the queue.
@@ -117,17 +139,43 @@ class EventForwarder:
         return await self._register(job_id)
 
     async def run(self) -> None:
-        """Forward forever, one transition at a time."""
-        while True:
-            item = await self._queue.get()
-            try:
-                await self._forward_with_retry(item)
-            except Exception:
-                logger.exception("could not forward %s", item.transition)
-            finally:
-                self._queue.task_done()
+        """Forward forever, one event at a time, oldest first; those left from before first.
 
-    async def _forward_with_retry(self, item: _Queued) -> None:
+        An event is removed once the executor acknowledged it, or refused it for a reason
+        a resend would not change (logged); a cancellation leaves it for the next start.
+        """
+        while True:
+            self._new.clear()  # before reading: a commit after the read sets it again
+            try:
+                events = self._supervisor.unsent_events(READ_BATCH)
+            except Exception:
+                logger.exception("cannot read the events to forward; trying again")
+                await asyncio.sleep(STORE_RETRY_S)
+                continue
+            if not events:
+                await self._new.wait()
+                continue
+            for event in events:
+                try:
+                    await self._forward_with_retry(event)
+                except Exception:
+                    logger.exception("could not forward %s", event.transition)
+                await self._remove(event)
+
+    async def _remove(self, event: UnsentEvent) -> None:
+        while True:
+            try:
+                self._supervisor.remove_event(event.seq)
+            except Exception:
+                # Not removed, it would be sent again: wait for the database instead.
+                logger.exception("cannot remove the forwarded %s; trying again", event.transition)
+                await asyncio.sleep(STORE_RETRY_S)
+            else:
+                break
+        async with self._removed:
+            self._removed.notify_all()
+
+    async def _forward_with_retry(self, item: UnsentEvent) -> None:
         backoff = 0.05
         while True:
             try:
@@ -141,7 +189,7 @@ class EventForwarder:
             else:
                 return
 
-    async def _forward(self, item: _Queued) -> None:
+    async def _forward(self, item: UnsentEvent) -> None:
         t = item.transition
         if t.name == "submit" and t.type == "job" and not await self._registered(t.job_id):
             return  # removed before we got to it

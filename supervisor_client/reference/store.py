@@ -4,7 +4,9 @@ An embedded stand-in for a Qube supervisor, good enough for the executor's tests
 demos: there are no workers, so tests and the farm (farm.py: simulated workers, an
 operator's commands) drive work with ``start_work``/``complete_work``.
 Every state change becomes a ``Transition`` (the event a real supervisor would publish),
-delivered to listeners after the change is committed, outside the lock.
+delivered to listeners after the change is committed, outside the lock. With
+``event_outbox``, its event is also kept in the database, in the change's own
+transaction, until a forwarder has delivered it (event_outbox.py).
 
 A numbered action (``invocation_id`` + ``action_seq``, from a callback's run) is applied
 once: its answer is kept in the same transaction (applied.py), and a repeat is answered
@@ -41,6 +43,7 @@ from supervisor_client.reference.errors import (
     PermissionDeniedError,
     SubmitError,
 )
+from supervisor_client.reference.event_outbox import EventOutbox, UnsentEvent
 from supervisor_client.reference.states import (
     DEFAULT_SECURITY,
     NON_TERMINAL,
@@ -186,6 +189,9 @@ class ReferenceSupervisor:
         clock: Unix time source, replaceable for deterministic tests.
         action_retention_s: how long the answer to a numbered action is kept to answer
             a repeat (applied.py).
+        event_outbox: keep each transition's event in the database, written in the
+            transaction of its change, until ``remove_event`` (what a forwarder that must
+            survive a stop or a crash reads: event_outbox.py).
     """
 
     def __init__(
@@ -197,6 +203,7 @@ class ReferenceSupervisor:
         listeners: Iterable[Listener] = (),
         clock: Callable[[], float] = time.time,
         action_retention_s: float = DEFAULT_RETENTION_S,
+        event_outbox: bool = False,
     ) -> None:
         self._admins = frozenset(admins)
         self._security = default_security
@@ -221,6 +228,7 @@ class ReferenceSupervisor:
         if "job_known" not in columns:  # a database from before results were kept apart
             self._db.execute("ALTER TABLE results ADD COLUMN job_known INTEGER NOT NULL DEFAULT 1")
         self._applied = AppliedActions(self._db, action_retention_s)
+        self._events = EventOutbox(self._db) if event_outbox else None
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -234,6 +242,34 @@ class ReferenceSupervisor:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    # -- events not yet forwarded (with ``event_outbox``) --------------------------------
+
+    @property
+    def keeps_events(self) -> bool:
+        """Whether transitions' events are kept until removed (``event_outbox``)."""
+        return self._events is not None
+
+    def unsent_events(self, limit: int = 100) -> list[UnsentEvent]:
+        """Up to ``limit`` kept events, oldest first; none without ``event_outbox``."""
+        if self._events is None:
+            return []
+        with self._lock:
+            return self._events.oldest(limit)
+
+    def has_unsent_events(self) -> bool:
+        """Whether any kept event waits to be removed."""
+        if self._events is None:
+            return False
+        with self._lock:
+            return self._events.waiting()
+
+    def remove_event(self, seq: int) -> None:
+        """Forget a kept event: it was delivered (or refused for good)."""
+        if self._events is None:
+            return
+        with self._lock, self._db:
+            self._events.remove(seq)
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener`` with every later Transition, after the listeners given so far."""
@@ -256,6 +292,8 @@ class ReferenceSupervisor:
                     "INSERT INTO history (job_id, time, text, invocation_id) VALUES (?, ?, ?, ?)",
                     [(job_id, now, text, inv) for job_id, text, inv in changes.history],
                 )
+                if self._events is not None:
+                    self._events.add(changes.transitions)
             listeners = tuple(self._listeners)
         for transition in changes.transitions:
             for listener in listeners:

@@ -149,7 +149,7 @@ async def fleet(
 
     ``env`` is added to each replica's environment.
     """
-    endpoint = SupervisorEndpoint(root / "supervisor.db", ActionCounting)
+    endpoint = SupervisorEndpoint(root / "supervisor.db", ActionCounting, event_outbox=True)
     await endpoint.start()
     group = Fleet(root, store, endpoint, env)
     try:

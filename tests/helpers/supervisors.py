@@ -97,8 +97,9 @@ class SupervisorEndpoint:
         servicer: type[CountingSupervisor] = CountingSupervisor,
         *,
         max_receive_bytes: int | None = None,
+        event_outbox: bool = False,
     ) -> None:
-        self.store = ReferenceSupervisor(str(db))
+        self.store = ReferenceSupervisor(str(db), event_outbox=event_outbox)
         self.servicer = servicer(self.store)
         self.port = 0
         self.max_receive_bytes = max_receive_bytes

@@ -1,0 +1,82 @@
+"""The embedded farm's events survive a stop or a kill -9 right after the change that made them.
+
+A real `cbexec serve` with the embedded supervisor: frames of jobA complete, and at once
+the executor is stopped (SIGTERM) or killed (SIGKILL), then started again on the same data
+dir. A slow callback on jobA's first frame holds the forwarder, so the later frames'
+events are certainly still unsent when the executor goes: they wait in supervisor.db and
+reach the trigger engine after the restart, and each of jobB's per-frame callbacks runs
+exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisor_client import FarmClient
+from tests.helpers.executor_process import executor_process
+
+pytestmark = pytest.mark.faults
+
+FRAMES = ("1", "2", "3")
+
+
+def jobs() -> list[dict[str, Any]]:
+    """jobA, whose frame 1 fires a slow callback; jobB, whose frame N waits for jobA's."""
+    return [
+        {
+            "name": "jobA",
+            "label": "jobA",
+            "user": "alice",
+            "agenda": list(FRAMES),
+            "callbacks": [
+                {
+                    "triggers": "complete-work-self-1",
+                    "language": "python",
+                    "code": "import time\ntime.sleep(2)",
+                }
+            ],
+        },
+        {
+            "name": "jobB",
+            "label": "jobB",
+            "user": "alice",
+            "agenda": [{"name": frame, "status": "blocked"} for frame in FRAMES],
+            "callbacks": [
+                {
+                    "triggers": f"complete-work-jobA-{frame}",
+                    "language": "python",
+                    "code": f"qb.workunblock('%d:{frame}' % qb.jobid())",
+                }
+                for frame in FRAMES
+            ],
+        },
+    ]
+
+
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+async def test_frames_completed_just_before_a_stop_fire_their_callbacks_once_after_it(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    data, log = tmp_path / "data", tmp_path / "executor.log"
+    async with executor_process(data, "", log) as first:
+        async with FarmClient(first.address) as farm:
+            a, b = (job.id for job in (await farm.submit_jobs(jobs())).jobs)
+            changed = await farm.change_work(job_id=a, work=["1-3"], change="complete")
+            assert changed.changed == len(FRAMES)
+            os.kill(first.proc.pid, stop)
+        assert await first.proc.wait() in (0, -signal.SIGKILL), log.read_text()
+
+    async with executor_process(data, "", log) as second, FarmClient(second.address) as farm:
+        waited = await farm.wait_jobs([a], wait_seconds=60)
+        assert waited.done, log.read_text()
+        shown = await farm.get_job(b)
+    assert {w.name: w.status for w in shown.job.agenda} == dict.fromkeys(FRAMES, "pending")
+    assert [(cb.id, cb.count) for cb in shown.callbacks] == [(1, 1), (2, 1), (3, 1)]
+    unblocks = [line.text for line in shown.history if "workunblock by" in line.text]
+    assert len(unblocks) == len(FRAMES), unblocks
+    assert sorted(text.split(f"work {b}:")[1].split(" ")[0] for text in unblocks) == list(FRAMES)

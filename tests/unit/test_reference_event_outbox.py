@@ -1,0 +1,60 @@
+"""The reference supervisor's events kept until forwarded: written with their change, in order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from supervisor_client.reference import ReferenceSupervisor, Transition
+from supervisor_client.reference.forwarder import EventForwarder
+
+pytestmark = pytest.mark.unit
+
+
+def kept(sup: ReferenceSupervisor) -> list[tuple[str, str, int, str]]:
+    return [
+        (e.transition.name, e.transition.type, e.transition.job_id, e.transition.work_name)
+        for e in sup.unsent_events()
+    ]
+
+
+def test_each_transition_is_kept_with_its_change_in_order(tmp_path: Path) -> None:
+    heard: list[Transition] = []
+    path = tmp_path / "supervisor.db"
+    with ReferenceSupervisor(path, event_outbox=True, listeners=[heard.append]) as sup:
+        (job,) = sup.submit([{"name": "a", "user": "alice", "agenda": ["1"]}])
+        sup.start_work(job["id"], "1")
+        sup.complete_work(job["id"], "1")
+        assert [e.transition for e in sup.unsent_events()] == heard
+        ids = [e.event_id for e in sup.unsent_events()]
+
+    with ReferenceSupervisor(path, event_outbox=True) as reopened:
+        # A crash or stop loses none, and each keeps its id: a resend is a duplicate.
+        assert [e.event_id for e in reopened.unsent_events()] == ids
+        assert len(set(ids)) == len(ids)
+        assert kept(reopened)[0] == ("submit", "job", 1, "")
+        assert ("complete", "work", 1, "1") in kept(reopened)
+        assert reopened.has_unsent_events()
+        for event in reopened.unsent_events(limit=2):
+            reopened.remove_event(event.seq)
+        assert [e.event_id for e in reopened.unsent_events()] == ids[2:]
+
+
+def test_a_change_that_fails_keeps_no_event() -> None:
+    with ReferenceSupervisor(event_outbox=True) as sup:
+        (job,) = sup.submit([{"name": "a", "user": "alice", "agenda": ["1"]}])
+        for event in sup.unsent_events():
+            sup.remove_event(event.seq)
+        with pytest.raises(ValueError, match="only running work ends"):
+            sup.complete_work(job["id"], "1")
+        assert not sup.has_unsent_events()
+
+
+def test_without_the_outbox_nothing_is_kept_and_no_forwarder_takes_it() -> None:
+    with ReferenceSupervisor() as sup:
+        sup.submit([{"name": "a", "user": "alice"}])
+        assert sup.unsent_events() == []
+        assert not sup.has_unsent_events()
+        with pytest.raises(ValueError, match="event_outbox=True"):
+            EventForwarder(sup, channel=None)  # type: ignore[arg-type]  # refused before use
