@@ -135,7 +135,10 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             stack.push_async_callback(supervisor_channel.close)
         else:
             embedded = await api_embedded.start(
-                settings.data_dir, max_message_bytes=settings.supervisor_max_message_bytes
+                settings.data_dir,
+                max_message_bytes=settings.supervisor_max_message_bytes,
+                history_retention_days=settings.history_retention_days,
+                history_max_runs=settings.history_max_runs,
             )
             stack.push_async_callback(embedded.close, STOP_GRACE_S)
             supervisor_channel = embedded.channel

@@ -6,6 +6,12 @@ callback with network access included, could claim to be root. The socket sits i
 over gRPC like any site's supervisor, and its transitions reach the executor's
 TriggerService through ``EventForwarder``, as any scheduler's would; their events wait
 in supervisor.db until the executor has them, so a stop or a crash loses none.
+
+The results reported to it are kept as long as the history keeps the run
+(``history_retention_days``), and at most the last ``MAX_RESULTS`` (fewer when
+``history_max_runs`` is smaller): nothing reads them but its own check for a resent
+report, and kept like the history they would make supervisor.db as large as runs.db,
+too large to check whole at every start.
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ from supervisor_client.reference.forwarder import EventForwarder
 
 # sun_path holds 108 bytes, the terminating NUL included.
 MAX_UNIX_SOCKET_PATH: Final = 107
+# The most results supervisor.db keeps (see the module doc): far more than one resent
+# batch of reports (64), and a few MB of typical results.
+MAX_RESULTS: Final = 1000
+DAY_S: Final = 86400.0
 
 
 @dataclass
@@ -71,16 +81,28 @@ class EmbeddedSupervisor:
         self.reference.close()
 
 
-async def start(data_dir: Path, *, max_message_bytes: int) -> EmbeddedSupervisor:
+async def start(
+    data_dir: Path,
+    *,
+    max_message_bytes: int,
+    history_retention_days: float,
+    history_max_runs: int,
+) -> EmbeddedSupervisor:
     """Open ``<data_dir>/supervisor.db`` and serve it on ``<data_dir>/supervisor.sock``.
 
-    It takes messages as large as the executor sends (``max_message_bytes``). A file that
-    is not a database is a ConfigError naming it; it is left untouched.
+    It takes messages as large as the executor sends (``max_message_bytes``), and keeps
+    results within the history's bounds (see the module doc). A file that is not a
+    database is a ConfigError naming it; it is left untouched.
     """
     path = data_dir / "supervisor.db"
     open_database(path).close()  # damage refused as for the executor's own databases
     try:
-        reference = ReferenceSupervisor(str(path), event_outbox=True)
+        reference = ReferenceSupervisor(
+            str(path),
+            event_outbox=True,
+            result_retention_s=history_retention_days * DAY_S,
+            max_results=min(history_max_runs, MAX_RESULTS),
+        )
     except sqlite3.DatabaseError as err:
         raise ConfigError(
             f"{path}: {err}: the file is damaged or is not the embedded supervisor's database. "

@@ -8,6 +8,9 @@ delivered to listeners after the change is committed, outside the lock. With
 ``event_outbox``, its event is also kept in the database, in the change's own
 transaction, until a forwarder has delivered it (event_outbox.py).
 
+Reported results are kept per invocation id; ``result_retention_s`` and ``max_results``
+bound them (retention.py). The job history lines they add stay.
+
 A numbered action (``invocation_id`` + ``action_seq``, from a callback's run) is applied
 once: its answer is kept in the same transaction (applied.py), and a repeat is answered
 from there without applying again.
@@ -44,6 +47,7 @@ from supervisor_client.reference.errors import (
     SubmitError,
 )
 from supervisor_client.reference.event_outbox import EventOutbox, UnsentEvent
+from supervisor_client.reference.retention import ResultRetention, compact
 from supervisor_client.reference.states import (
     DEFAULT_SECURITY,
     NON_TERMINAL,
@@ -115,6 +119,7 @@ CREATE TABLE IF NOT EXISTS results (
     payload TEXT NOT NULL, job_known INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS results_by_job ON results (job_id);
+CREATE INDEX IF NOT EXISTS results_by_time ON results (time);
 """
 
 
@@ -192,6 +197,10 @@ class ReferenceSupervisor:
         event_outbox: keep each transition's event in the database, written in the
             transaction of its change, until ``remove_event`` (what a forwarder that must
             survive a stop or a crash reads: event_outbox.py).
+        result_retention_s: results stored longer ago than this are pruned (at open,
+            and every 50 results); None keeps them.
+        max_results: at most this many results are kept, the oldest pruned first;
+            None keeps them all.
     """
 
     def __init__(
@@ -204,6 +213,8 @@ class ReferenceSupervisor:
         clock: Callable[[], float] = time.time,
         action_retention_s: float = DEFAULT_RETENTION_S,
         event_outbox: bool = False,
+        result_retention_s: float | None = None,
+        max_results: int | None = None,
     ) -> None:
         self._admins = frozenset(admins)
         self._security = default_security
@@ -211,6 +222,21 @@ class ReferenceSupervisor:
         self._clock = clock
         self._lock = threading.RLock()
         self._db = sqlite3.connect(path, check_same_thread=False)
+        try:
+            self._open(path, action_retention_s, event_outbox, result_retention_s, max_results)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _open(
+        self,
+        path: str | os.PathLike[str],
+        action_retention_s: float,
+        event_outbox: bool,
+        result_retention_s: float | None,
+        max_results: int | None,
+    ) -> None:
+        """Make or upgrade the schema; prune the results past their bounds."""
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA foreign_keys = ON")
         # WAL + NORMAL: crash-safe for the process without an fsync per verb (the default
@@ -229,6 +255,14 @@ class ReferenceSupervisor:
             self._db.execute("ALTER TABLE results ADD COLUMN job_known INTEGER NOT NULL DEFAULT 1")
         self._applied = AppliedActions(self._db, action_retention_s)
         self._events = EventOutbox(self._db) if event_outbox else None
+        self._retention = ResultRetention(
+            self._db, retention_s=result_retention_s, max_results=max_results
+        )
+        with self._db:
+            pruned = self._retention.prune(self._clock())
+        if pruned:
+            logger.info("%s: pruned %d results past their retention", path, pruned)
+            compact(self._db, str(path))
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -952,6 +986,7 @@ class ReferenceSupervisor:
         duplicates = []
         with self._transaction() as changes:
             last_id = self._last_job_id()
+            inserted = 0
             for invocation_id, job_id, outcome, ended_at, text, callback in rows:
                 known = 0 < job_id <= last_id  # ids are never reused: one a job had
                 stored = self._db.execute(
@@ -966,6 +1001,7 @@ class ReferenceSupervisor:
                         " VALUES (?, ?, ?, ?, ?)",
                         (invocation_id, job_id, self._clock(), text, int(known)),
                     )
+                    inserted += 1
                 elif ended_at > _as_seconds(stored[1]):
                     self._db.execute(
                         "UPDATE results SET job_id = ?, time = ?, payload = ?, job_known = ?"
@@ -988,6 +1024,7 @@ class ReferenceSupervisor:
                         job_id,
                     )
                 duplicates.append(False)
+            self._retention.added(inserted, self._clock())
         return duplicates
 
     def _last_job_id(self) -> int:

@@ -15,7 +15,7 @@ from supervisor_client.qbcallback.v1 import farm_pb2, farm_pb2_grpc
 from tests.conftest import Stack, running_stack, stack_settings
 from tests.helpers.health import SERVING, health_status
 from tests.helpers.supervisors import SupervisorEndpoint
-from tests.helpers.waiting import eventually
+from tests.helpers.waiting import eventually, outbox_drained
 
 pytestmark = pytest.mark.service
 
@@ -284,3 +284,21 @@ async def test_the_farm_takes_the_executors_token(tmp_path: Path) -> None:
             assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
         async with FarmClient(stack.address, token="s3cret") as farm:
             assert list((await farm.list_jobs()).jobs) == []
+
+
+async def test_the_embedded_supervisor_keeps_results_within_the_historys_bounds(
+    tmp_path: Path,
+) -> None:
+    """Before, supervisor.db kept every result with its output for ever (110 MB/min busy)."""
+    settings = stack_settings(tmp_path / "data", history_max_runs=3)
+    async with running_stack(settings) as stack, FarmClient(stack.channel) as farm:
+        (job,) = (await farm.submit_jobs([{"name": "reported", "user": "alice"}])).jobs
+        for n in range(5):
+            await stack.client.execute_callback(
+                language="python", code=f"print({n})", job={"id": job.id, "user": "alice"}
+            )
+        assert await outbox_drained(stack.client)
+        kept = stack.supervisor.results()
+        history = (await farm.get_job(job.id)).history
+    assert len(kept) == 3
+    assert sum("result of invocation" in line.text for line in history) == 5
