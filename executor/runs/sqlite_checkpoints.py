@@ -18,6 +18,11 @@ stood when the pass began, so only two passes seeing the same log prove that not
 was written in between. A writer that never pauses could still keep the log from
 restarting; once the log passes ``max_log_pages``, one TRUNCATE checkpoint empties it,
 holding the writer back for that one copy.
+
+A restarted log is reused from its start but keeps its size: one burst of big results
+(16 MiB outputs) left a 130 MB log beside an 11 MB history for good. So the writer's
+log is cut back to ``max_log_bytes`` whenever it restarts (SQLite's
+``journal_size_limit``).
 """
 
 from __future__ import annotations
@@ -50,9 +55,11 @@ class BackgroundCheckpoints:
         *,
         every_commits: int = 100,
         max_log_pages: int = 10_000,
+        max_log_bytes: int = 64 << 20,
         busy_timeout_s: float = 5.0,
     ) -> None:
         writer.execute("PRAGMA wal_autocheckpoint = 0")
+        writer.execute(f"PRAGMA journal_size_limit = {int(max_log_bytes)}")
         self._path = str(path)
         self._every = every_commits
         self._max_log_pages = max_log_pages

@@ -62,6 +62,22 @@ def test_checkpoints_let_the_log_restart(database: tuple[sqlite3.Connection, Pat
     checkpoints.close()  # again: nothing to do
 
 
+def test_a_log_grown_by_a_burst_is_cut_back_when_it_restarts(
+    database: tuple[sqlite3.Connection, Path],
+) -> None:
+    writer, path = database
+    checkpoints = BackgroundCheckpoints(writer, path, every_commits=100, max_log_bytes=1 << 20)
+    write(writer, checkpoints, 99)  # ~400 KiB of log
+    big = b"y" * (4 << 20)
+    writer.execute("INSERT INTO t (payload) VALUES (?)", (big,))  # a burst: the log grows
+    checkpoints.committed()  # the 100th: a checkpoint copies everything
+    checkpoints.wait()
+    assert log_bytes(path) > 4 << 20
+    write(writer, checkpoints, 1)  # the log restarts: cut back to its bound
+    assert log_bytes(path) <= 1 << 20
+    checkpoints.close()
+
+
 class CommitsBetweenPasses(BackgroundCheckpoints):
     """The writer commits a row before each checkpoint pass, as a busy executor does.
 
