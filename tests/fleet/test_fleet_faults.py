@@ -156,7 +156,11 @@ async def test_a_replica_killed_in_a_burst_loses_nothing_and_a_restarted_one_joi
             assert await eventually(
                 lambda: set(answered) | fired <= set(counting.applied), timeout_s=30
             )
-            assert all(counting.applied[i] == 1 for i in set(answered) | fired)
+            # Each run's result applied once. An Execute whose answer the kill cut off may
+            # have run at the dead replica and again where its caller resent it: the two
+            # runs' results are both applied, the later in place of the earlier.
+            twice = {run: n for run, n in counting.applied_runs.items() if n != 1}
+            assert not twice, twice
 
             # A replica started again joins: it takes events and runs callbacks.
             restarted = await group.start(2)

@@ -29,6 +29,9 @@ class CountingSupervisor(SupervisorServicer):
     def __init__(self, store: ReferenceSupervisor, delay_s: float = 0.0) -> None:
         super().__init__(store)
         self.applied: Counter[str] = Counter()
+        # By run: (invocation_id, ended_at). A later run of an id (a caller's resend) is
+        # applied too, in place of the earlier one; each run's report only once.
+        self.applied_runs: Counter[tuple[str, float]] = Counter()
         self.duplicates: Counter[str] = Counter()
         self.batches: list[int] = []
         self.delay_s = delay_s
@@ -80,6 +83,8 @@ class CountingSupervisor(SupervisorServicer):
     ) -> None:
         counter = self.duplicates if answer.duplicate else self.applied
         counter[request.result.invocation_id] += 1
+        if not answer.duplicate:
+            self.applied_runs[(request.result.invocation_id, request.ended_at)] += 1
 
 
 class SingleResultSupervisor(CountingSupervisor):
