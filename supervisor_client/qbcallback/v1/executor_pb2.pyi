@@ -358,7 +358,9 @@ class Usage(_message.Message):
     cpu_seconds: _builtins.float
     """User + system CPU time of the callback's processes that were reaped."""
     peak_rss_bytes: _builtins.int
-    """Peak resident set size of the callback's main process."""
+    """Peak resident set size of the callback's main process (for a run judged at
+    its exit, the largest of it and the children it reaped: the kernel's wait4).
+    """
     queue_seconds: _builtins.float
     """Time the request waited for a free slot before its child started."""
     def __init__(
