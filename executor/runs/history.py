@@ -50,6 +50,7 @@ from executor.model import (
     RunResult,
     Usage,
 )
+from executor.runs.latest import latest_per_key
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
 from executor.sql import Db, NoCheckpoints, PgDb, Row, is_postgres
 from executor.storage import StorageHealth, damaged, open_database, writing
@@ -377,12 +378,10 @@ class RunHistory:
         that ended last, as one INSERT per run would (PostgreSQL refuses to update a row
         twice in one statement).
         """
-        latest: dict[str, tuple[Invocation, RunResult, float]] = {}
-        for run in runs:
-            kept = latest.get(run[1].invocation_id)
-            if kept is None or _ended_at(*run) >= _ended_at(*kept):
-                latest[run[1].invocation_id] = run
-        rows = [_row(*run) for run in latest.values()]
+        latest = latest_per_key(
+            runs, key=lambda run: run[1].invocation_id, ended_at=lambda run: _ended_at(*run)
+        )
+        rows = [_row(*run) for run in latest]
         self._db.execute(
             _INSERT.format(values=", ".join([_VALUES] * len(rows))),
             [value for row in rows for value in row],

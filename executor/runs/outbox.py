@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Final, NamedTuple, Protocol, TypeVar, cast, runtime_checkable
 
 from executor.errors import UnavailableError
+from executor.runs.latest import latest_per_key
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
 from executor.sql import (
     Db,
@@ -310,7 +311,7 @@ class Outbox:
         ``key`` replaces the one there unless that one's run ended later (``_REPLACE``).
         Raises StorageError when the commit fails because of the storage.
         """
-        message = _Message(key, payload, self._clock() if ended_at is None else ended_at)
+        message = self._message(key, payload, ended_at)
         with writing(self._path, self._health):
             added = execute_counted(self._db, _INSERT, self._row(message))
         if not added:  # the key is there: a repeat of the message, or another run's
@@ -327,7 +328,7 @@ class Outbox:
         """
         loop = asyncio.get_running_loop()
         committed = loop.create_future()
-        message = _Message(key, payload, self._clock() if ended_at is None else ended_at)
+        message = self._message(key, payload, ended_at)
         self._gathered.append((message, committed))
         if len(self._gathered) == 1:
             loop.call_soon(self._commit_gathered)
@@ -361,17 +362,15 @@ class Outbox:
 
     def _put_many(self, messages: list[_Message]) -> bool:
         # Of two messages under one key, the one whose run ended last.
-        latest: dict[str, _Message] = {}
-        for message in messages:
-            kept = latest.get(message.key)
-            if kept is None or message.ended_at >= kept.ended_at:
-                latest[message.key] = message
+        latest = latest_per_key(
+            messages, key=lambda message: message.key, ended_at=lambda message: message.ended_at
+        )
         with writing(self._path, self._health):
             self._db.execute("BEGIN")
             try:
-                self._db.executemany(_REPLACE, list(latest.values()))
+                self._db.executemany(_REPLACE, latest)
                 added: int = self._db.executemany(
-                    _INSERT, [self._row(message) for message in latest.values()]
+                    _INSERT, [self._row(message) for message in latest]
                 ).rowcount
                 self._db.execute("COMMIT")
             except BaseException:
@@ -381,6 +380,9 @@ class Outbox:
         # A driver that cannot count the rows of a batch says -1: wake delivery anyway.
         self._committed(added != 0)
         return added != 0
+
+    def _message(self, key: str, payload: bytes, ended_at: float | None) -> _Message:
+        return _Message(key, payload, self._clock() if ended_at is None else ended_at)
 
     def _row(self, message: _Message) -> tuple[str, bytes, float, str, float, float]:
         # The replica that ran it delivers it (its lease); another only if it dies.
