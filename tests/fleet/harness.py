@@ -3,8 +3,9 @@
 Each replica is ``python -m executor serve --store <url>`` with a data dir and a sandbox
 uid range of its own; all talk to one reference Supervisor service on loopback that
 counts every effect: results by invocation id (``CountingSupervisor``) and job/work
-actions by invocation id (``ActionCounting``). The supervisor's transitions go to the
-replicas in turn (``RoundRobinForwarder``), the next replica when one does not answer.
+actions by invocation id (``ActionCounting``, which can also hold back an action's
+answer). The supervisor's transitions go to the replicas in turn
+(``RoundRobinForwarder``), the next replica when one does not answer.
 """
 
 from __future__ import annotations
@@ -30,23 +31,43 @@ LEASE_S = 2.0
 
 
 class ActionCounting(CountingSupervisor):
-    """Also counts the job and work actions callbacks asked for, by invocation id."""
+    """Also counts the job and work actions callbacks asked for, by invocation id.
+
+    A test can hold back the answer to one of them (``hold_answer``): the action is
+    applied and counted on arrival, and the callback that asked waits for its answer.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.actions: Counter[str] = Counter()
+        self._held: dict[tuple[str, int], asyncio.Event] = {}
+
+    def hold_answer(self, invocation_id: str, request_number: int) -> asyncio.Event:
+        """Answer the ``request_number``-th action request of ``invocation_id`` (from 1) once set."""
+        return self._held.setdefault((invocation_id, request_number), asyncio.Event())
+
+    def _arrived(self, invocation_id: str) -> asyncio.Event | None:
+        """Count an action request; what its answer waits for, if it is held."""
+        self.actions[invocation_id] += 1
+        return self._held.get((invocation_id, self.actions[invocation_id]))
 
     async def JobAction(
         self, request: supervisor_pb2.JobActionRequest, context: Any
     ) -> supervisor_pb2.JobActionResponse:
-        self.actions[request.invocation_id] += 1
-        return await super().JobAction(request, context)
+        release = self._arrived(request.invocation_id)
+        response = await super().JobAction(request, context)
+        if release is not None:
+            await release.wait()
+        return response
 
     async def WorkAction(
         self, request: supervisor_pb2.WorkActionRequest, context: Any
     ) -> supervisor_pb2.WorkActionResponse:
-        self.actions[request.invocation_id] += 1
-        return await super().WorkAction(request, context)
+        release = self._arrived(request.invocation_id)
+        response = await super().WorkAction(request, context)
+        if release is not None:
+            await release.wait()
+        return response
 
 
 class RoundRobinForwarder(EventForwarder):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -33,6 +34,10 @@ pytestmark = pytest.mark.service
 # Shorter than the stall, so that the stalled run would be past its deadline.
 WALL_S = 4
 STALL_S = 7.0
+# How long the re-run's first qb call may wait for its answer while the woken replica
+# ends its run (within about a second): below the supervisor timeout the test sets and
+# the re-run's 30 s wall limit.
+RERUN_HELD_AT_MOST_S = 15.0
 
 
 @pytest.fixture
@@ -113,7 +118,11 @@ async def assert_only_the_rerun_counts(
     (run,) = await fleet_history(group, job_id)
     assert run.outcome == executor_pb2.OUTCOME_SUCCEEDED
     assert run.usage.wall_seconds < rerun_wall_below  # the re-run's, not the stalled one's
-    assert run_lines(group, 1, job_id), "replica 1 did not re-run the firing"
+    rerun_lines = run_lines(group, 1, job_id)
+    assert rerun_lines, "replica 1 did not re-run the firing"
+    # The re-run's own: its wall as replica 1 logged it (to the ms; the history's is a REAL).
+    (logged_wall,) = re.findall(r" wall=([0-9.]+)s ", rerun_lines[0])
+    assert run.usage.wall_seconds == pytest.approx(float(logged_wall), abs=0.002)
     assert (
         f"firing {invocation_id} ran here after its lease ran out"
         in (group.root / "replica-0.log").read_text()
@@ -140,18 +149,40 @@ async def test_a_stalled_replica_that_ends_before_the_rerun_is_not_reported(
     tmp_path: Path, own_pg_url: str
 ) -> None:
     # Replica 0 is stopped from the callback's first qb call until the re-run has begun
-    # (once the 6 s lease has run out); its callback's second call, 8 s in, comes after
-    # it woke, so it ends ~8 s after the first call, the re-run ~8 s after its own start:
-    # seconds later, on a loaded machine too.
-    code = "import time\nqb.unblock(qb.jobid())\ntime.sleep(8)\nqb.block(qb.jobid())\nprint('done')"
-    env = {"CBEXEC_STORE_LEASE_SECONDS": "6"}
+    # (once the 6 s lease has run out); its callback's second call, 8 s after it began,
+    # comes about when it wakes, so it ends soon after. The re-run's first qb call is
+    # answered only once replica 0's run has ended, so the re-run cannot end first,
+    # however loaded the machine.
+    code = (
+        "import time\n"
+        "began = time.monotonic()\n"
+        "qb.unblock(qb.jobid())\n"
+        # From the start, not from the answer: the stop may land before the answer has
+        # reached the callback (the supervisor counts a call before it answers), and an
+        # answer held up until the wake must not put off this run's end by 8 s.
+        "time.sleep(max(0.0, began + 8 - time.monotonic()))\n"
+        "qb.block(qb.jobid())\n"
+        "print('done')"
+    )
+    env = {
+        "CBEXEC_STORE_LEASE_SECONDS": "6",
+        # Replica 0's first answer may be held up by the stop (~8 s), and the re-run's
+        # by the test (RERUN_HELD_AT_MOST_S): a slow answer, not a supervisor that failed.
+        "CBEXEC_SUPERVISOR_TIMEOUT_SECONDS": "30",
+    }
     async with fleet(tmp_path, own_pg_url, replicas=2, env=env) as group:
         job_id, invocation_id, pid = await fire_at_replica_0(group, code)
+        # The invocation's second qb call is the re-run's first: replica 0 is stopped.
+        rerun_may_go_on = group.counting.hold_answer(invocation_id, 2)
         assert await eventually(lambda: requests_of(group, invocation_id) >= 1, timeout_s=30)
         with stopped(pid):
             # The re-run has begun once its first qb call (the same action) arrives.
             assert await eventually(lambda: requests_of(group, invocation_id) >= 2, timeout_s=30)
-        assert await eventually(lambda: run_lines(group, 0, job_id), timeout_s=30)
-        assert not run_lines(group, 1, job_id), "the re-run ended first: not the case tested"
+        try:
+            ended = await eventually(lambda: run_lines(group, 0, job_id), RERUN_HELD_AT_MOST_S)
+            assert ended, "replica 0 did not end its run after waking"
+            assert not run_lines(group, 1, job_id), "the re-run ended first: not the case tested"
+        finally:
+            rerun_may_go_on.set()
         assert await eventually(lambda: run_lines(group, 1, job_id), timeout_s=30)
         await assert_only_the_rerun_counts(group, job_id, invocation_id, rerun_wall_below=30)
