@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from executor import logs
 from executor.api import convert
@@ -29,11 +28,11 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
         max_limits: Limits,
         policies: PolicySet | None = None,
         storage: StorageHealth | None = None,
-        recorded: Callable[[str], RunIdentity | None] | None = None,
+        recorded: Callable[[str], Awaitable[RunIdentity | None]] | None = None,
         fired: Callable[[str], bool] | None = None,
     ) -> None:
         self._dispatcher = dispatcher
-        # Whose run an invocation id already names (Recorder.recorded; blocks).
+        # Whose run an invocation id already names (Recorder.recorded).
         self._recorded = recorded
         # Whether a fired callback waiting to run (or running) has the id (TriggerStore).
         self._fired = fired
@@ -95,7 +94,7 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
             )
         if self._recorded is None:
             return
-        recorded = await asyncio.to_thread(self._recorded, invocation.invocation_id)
+        recorded = await self._recorded(invocation.invocation_id)
         if recorded is not None and recorded != RunIdentity.of(invocation):
             raise AlreadyExistsError(
                 f"invocation_id {invocation.invocation_id!r} is already recorded for another "
