@@ -224,6 +224,11 @@ class Recorder:
             return await asyncio.to_thread(self.history.identity, invocation_id)
         return self.history.identity(invocation_id)
 
+    def recorded_result(self, invocation_id: str) -> RunResult | None:
+        """The result the history has under ``invocation_id`` (None: none); blocks."""
+        record = self.history.get(invocation_id)
+        return None if record is None else record.result
+
     async def _commit_or_owe(
         self, outbox: Outbox, invocation_id: str, report: bytes, ended_at: float
     ) -> None:
