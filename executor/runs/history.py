@@ -324,11 +324,6 @@ class RunHistory:
             if name not in columns:
                 self._db.execute(f"ALTER TABLE runs ADD COLUMN {name} {declaration}")
 
-    @property
-    def reads_wait(self) -> bool:
-        """Whether ``identity`` waits on the network (a fleet's store): call it off the loop."""
-        return self._reader is None
-
     def close(self) -> None:
         with self._lock:
             if self._reader is not None:

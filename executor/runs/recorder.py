@@ -210,18 +210,16 @@ class Recorder:
                 result.outcome,
             )
 
-    async def recorded(self, invocation_id: str) -> RunIdentity | None:
+    def recorded(self, invocation_id: str) -> RunIdentity | None:
         """Whose run is recorded (or being recorded) under ``invocation_id``.
 
         The runs the writer still holds first, then the history: between the two, a run
-        is always in one of them. A local history's read (one indexed row, never waiting
-        for a write) is made on the loop: a thread's hand-offs would cost more than it.
+        is always in one of them. A fleet's history is a round trip to PostgreSQL; a
+        local one's read never waits for a write.
         """
         pending = self._writer.pending(invocation_id)
         if pending is not None:
             return RunIdentity.of(pending)
-        if self.history.reads_wait:
-            return await asyncio.to_thread(self.history.identity, invocation_id)
         return self.history.identity(invocation_id)
 
     def recorded_result(self, invocation_id: str) -> RunResult | None:

@@ -776,6 +776,15 @@ class TriggerEngine:
             for fired, result in zip(decision.fired, results, strict=True)
         ], duplicate
 
+    def holds_firing(self, invocation_id: str) -> bool:
+        """Whether a firing decided and not yet run to its end has this invocation id.
+
+        A single executor's queue is the worker's, in memory; a fleet's is the store's.
+        """
+        if self._store.fleet:
+            return self._store.holds_firing(invocation_id)
+        return self._firings.holds(invocation_id)
+
     # -- explanations ---------------------------------------------------------------
 
     def explain(

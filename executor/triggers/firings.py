@@ -69,6 +69,9 @@ class FiringWorker:
         self._waiting: deque[list[PendingFiring]] = deque()
         self._running: set[asyncio.Task[None]] = set()
         self._results: dict[str, asyncio.Future[RunResult | None]] = {}
+        # The invocation ids of the firings queued or running here: the store's queue,
+        # unless another replica shares it.
+        self._queued_ids: set[str] = set()
         self._result_of_record = result_of_record
         # Waiters answered with another replica's run of a firing (see _answer_with_record).
         self._recorded_waits: set[asyncio.Task[None]] = set()
@@ -140,7 +143,12 @@ class FiringWorker:
                 )
         self._results.clear()
 
+    def holds(self, invocation_id: str) -> bool:
+        """Whether a firing queued or running here has this invocation id."""
+        return invocation_id in self._queued_ids
+
     def _enqueue(self, firings: list[PendingFiring]) -> None:
+        self._queued_ids.update(firing.invocation_id for firing in firings)
         self._waiting.append(firings)
         self._idle.clear()
 
@@ -227,7 +235,9 @@ class FiringWorker:
                     firing.callback.callback_id,
                 )
                 result = None
-            return result, await self._done(firing)
+            held = await self._done(firing)
+            self._queued_ids.discard(firing.invocation_id)
+            return result, held
 
     async def _done(self, firing: PendingFiring) -> bool:
         """Take the firing off the queue, waiting out a store that is unreachable for now.
