@@ -529,6 +529,7 @@ def _check_supervisor(settings: Settings) -> None:
 # refuses a timeout past ~9e9 s. An hour is longer than any sane call, and than the
 # callback making it may run by default (max_limits.wall_seconds).
 MAX_TIMEOUT_S: Final = 3600.0
+MAX_GRACE_S: Final = 60.0
 # gRPC's message lengths are signed 32-bit: a larger limit stopped the embedded
 # supervisor from starting (OverflowError).
 MAX_MESSAGE_BYTES: Final = (1 << 31) - 1
@@ -544,6 +545,11 @@ def _check_timeout(name: str, seconds: float) -> None:
 def _check_runs(settings: Settings) -> None:
     if settings.grace_seconds < 0:
         raise ConfigError(f"grace_seconds: must be 0 or more, got {settings.grace_seconds:g}")
+    if settings.grace_seconds > MAX_GRACE_S:
+        # Every stopped run holds its slot for the grace: a long one only stalls the farm.
+        raise ConfigError(
+            f"grace_seconds: must be at most {MAX_GRACE_S:g}, got {settings.grace_seconds:g}"
+        )
     if not settings.languages:
         raise ConfigError("languages: none is enabled, so no callback could run; name at least one")
     if settings.max_concurrent < 1:
@@ -643,6 +649,12 @@ def _check_store(settings: Settings) -> None:
         _check_store_url(settings.store)
     if settings.store_lease_seconds < 1:
         raise ConfigError("store_lease_seconds: must be at least 1")
+    if settings.store_lease_seconds > MAX_TIMEOUT_S:
+        # A dead replica's work waits this long for another: beyond an hour, never in practice.
+        raise ConfigError(
+            f"store_lease_seconds: must be at most {MAX_TIMEOUT_S:g} (an hour), "
+            f"got {settings.store_lease_seconds:g}"
+        )
 
 
 def _check_universal_path(settings: Settings) -> None:

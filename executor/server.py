@@ -195,6 +195,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             # <data_dir>/callback need not exist; a directory named in the settings should.
             warn_missing_dirs=bool(settings.universal_callback_path.strip()),
             last_good=settings.data_dir / LAST_GOOD_NAME,
+            recorded_result=recorder.recorded_result,
         )
         _load_universal(engine, settings)
 

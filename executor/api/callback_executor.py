@@ -29,14 +29,17 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
         max_limits: Limits,
         policies: PolicySet | None = None,
         storage: StorageHealth | None = None,
-        recorded: Callable[[str], RunIdentity | None] | None = None,
-        fired: Callable[[str], bool] | None = None,
+        recorded: Callable[[str], RunIdentity | None] = lambda _: None,
+        fired: Callable[[str], bool] = lambda _: False,
+        lookups_wait: bool = False,
     ) -> None:
         self._dispatcher = dispatcher
-        # Whose run an invocation id already names (Recorder.recorded; blocks).
+        # Whose run an invocation id already names (Recorder.recorded).
         self._recorded = recorded
-        # Whether a fired callback waiting to run (or running) has the id (TriggerStore).
+        # Whether a fired callback waiting to run (or running) has the id (the engine).
         self._fired = fired
+        # Whether those two wait on the network (a fleet's store), or answer at once.
+        self._lookups_wait = lookups_wait
         self._default_limits = default_limits
         self._max_limits = max_limits
         self._policies = policies
@@ -86,16 +89,25 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
         (proto ExecuteRequest.invocation_id). Another run's record, a fired one included,
         stays: the supervisor keeps the first result under the id, and so does the history.
         """
-        if self._fired is not None and self._fired(invocation.invocation_id):
+        invocation_id = invocation.invocation_id
+        recorded: RunIdentity | None = None
+        if self._lookups_wait:
+            # Two round trips to the fleet's store: side by side, and off the event loop.
+            fired, recorded = await asyncio.gather(
+                asyncio.to_thread(self._fired, invocation_id),
+                asyncio.to_thread(self._recorded, invocation_id),
+            )
+        else:  # in memory, and one indexed read of a local file: a thread would cost more
+            fired = self._fired(invocation_id)
+            if not fired:
+                recorded = self._recorded(invocation_id)
+        if fired:
             # Never a retry: the engine made the id. Run first, this call would take the
             # fired callback's place at the supervisor, its actions counted as repeats.
             raise AlreadyExistsError(
-                f"invocation_id {invocation.invocation_id!r} is a fired callback's, which has"
+                f"invocation_id {invocation_id!r} is a fired callback's, which has"
                 " not run to its end yet; choose a new invocation_id"
             )
-        if self._recorded is None:
-            return
-        recorded = await asyncio.to_thread(self._recorded, invocation.invocation_id)
         if recorded is not None and recorded != RunIdentity.of(invocation):
             raise AlreadyExistsError(
                 f"invocation_id {invocation.invocation_id!r} is already recorded for another "

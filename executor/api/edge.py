@@ -132,7 +132,8 @@ def build(
             policies=policies,
             storage=storage,
             recorded=recorder.recorded,
-            fired=engine.store.holds_firing,
+            fired=engine.holds_firing,
+            lookups_wait=engine.store.fleet,
         ),
     )
     guarded.register(

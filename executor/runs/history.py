@@ -277,6 +277,8 @@ class RunHistory:
         self.before_read: Callable[[], object] = lambda: None
         self._db: Db
         self._checkpoints: BackgroundCheckpoints | NoCheckpoints
+        self._reader: sqlite3.Connection | None = None
+        self._reader_lock = threading.Lock()
         if is_postgres(self._path):
             # A fleet's history: every replica's runs, in the shared store.
             from executor.migrations import open_postgres
@@ -296,6 +298,11 @@ class RunHistory:
             self._db = db
             self._add_columns()
             self._checkpoints = BackgroundCheckpoints(db, path)
+            # The repeated-id check's reads, on the event loop: in WAL mode a connection
+            # of their own never waits for the bookkeeping thread's writes.
+            self._reader = sqlite3.connect(
+                self._path, isolation_level=None, check_same_thread=False
+            )
         try:
             self._runs = self.count()
             self.prune()
@@ -319,6 +326,8 @@ class RunHistory:
 
     def close(self) -> None:
         with self._lock:
+            if self._reader is not None:
+                self._reader.close()
             self._checkpoints.close()
             self._db.close()
 
@@ -447,23 +456,23 @@ class RunHistory:
         """Whose run is recorded under ``invocation_id`` (None: none is).
 
         Without ``before_read``: the caller looks at the runs still being written itself
-        (``Recorder.recorded``), so an Execute does not wait for a history commit.
+        (``Recorder.recorded``), so an Execute does not wait for a history commit. On
+        SQLite it reads on its own connection, so it never waits for a write either.
         """
-        with self._lock:
-            row = self._db.execute(
-                "SELECT job_id, callback_id, language, triggers, source FROM runs"
-                " WHERE invocation_id = ?",
-                (invocation_id,),
-            ).fetchone()
+        query = (
+            "SELECT job_id, callback_id, language, triggers, source FROM runs"
+            " WHERE invocation_id = ?"
+        )
+        if self._reader is None:
+            with self._lock:
+                row = self._db.execute(query, (invocation_id,)).fetchone()
+        else:
+            with self._reader_lock:
+                row = self._reader.execute(query, (invocation_id,)).fetchone()
         if row is None:
             return None
-        return RunIdentity(
-            row["job_id"],
-            row["callback_id"],
-            row["language"].lower(),
-            row["triggers"],
-            row["source"],
-        )
+        job_id, callback_id, language, triggers, source = row
+        return RunIdentity(job_id, callback_id, language.lower(), triggers, source)
 
     def ids_starting_with(self, prefix: str, limit: int = 3) -> list[str]:
         """Up to ``limit`` invocation ids that start with ``prefix`` (taken literally)."""

@@ -211,15 +211,21 @@ class Recorder:
             )
 
     def recorded(self, invocation_id: str) -> RunIdentity | None:
-        """Whose run is recorded (or being recorded) under ``invocation_id``; blocks.
+        """Whose run is recorded (or being recorded) under ``invocation_id``.
 
         The runs the writer still holds first, then the history: between the two, a run
-        is always in one of them.
+        is always in one of them. A fleet's history is a round trip to PostgreSQL; a
+        local one's read never waits for a write.
         """
         pending = self._writer.pending(invocation_id)
         if pending is not None:
             return RunIdentity.of(pending)
         return self.history.identity(invocation_id)
+
+    def recorded_result(self, invocation_id: str) -> RunResult | None:
+        """The result the history has under ``invocation_id`` (None: none); blocks."""
+        record = self.history.get(invocation_id)
+        return None if record is None else record.result
 
     async def _commit_or_owe(
         self, outbox: Outbox, invocation_id: str, report: bytes, ended_at: float

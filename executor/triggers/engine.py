@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 import uuid
@@ -136,6 +137,10 @@ _CONFLICT_TRIES = 8
 # often they look (one indexed read a second per replica).
 UNIVERSAL_VERSION = "universal"
 FLEET_POLL_S = 1.0
+# A ``wait`` publisher whose firing another replica re-ran looks for that run's result this
+# often, and gives up (no result) this long after the firing is done without one.
+RECORD_POLL_S = 0.5
+RECORD_WAIT_S = 30.0
 # How long the timers wait before they try an unreachable store again.
 _STORE_RETRY_S = 1.0
 
@@ -222,6 +227,7 @@ class TriggerEngine:
         check_code: CodeCheck = no_code_check,
         warn_missing_dirs: bool = True,
         last_good: Path | None = None,
+        recorded_result: Callable[[str], RunResult | None] | None = None,
     ) -> None:
         """Build the engine over ``store``.
 
@@ -241,6 +247,9 @@ class TriggerEngine:
             policies: The sandbox policies; None gives every run the engine's ``limits``
                 under the built-in policy names.
             last_good: Where each loaded universal set is kept, for ``keep_last_good``.
+            recorded_result: In a fleet, the result the shared history has for an
+                invocation id (blocks; None: none yet): what a ``wait`` publisher gets
+                for a firing this replica ran after its claim was lost.
         """
         self._store = store
         self._run = run
@@ -259,8 +268,15 @@ class TriggerEngine:
         self._clock = clock
         self._timer_wakeup = asyncio.Event()
         self._timers: asyncio.Task[None] | None = None
+        result_of_record = None
+        if store.fleet and recorded_result is not None:
+            result_of_record = functools.partial(self._result_of_record, recorded_result)
         self._firings = FiringWorker(
-            store, self._run_firing, max_parallel_events=max_parallel_events, retry=retry
+            store,
+            self._run_firing,
+            max_parallel_events=max_parallel_events,
+            retry=retry,
+            result_of_record=result_of_record,
         )
         self._journal = journal_limits
         self._universal_version = store.fleet_version(UNIVERSAL_VERSION) if store.fleet else 0
@@ -760,6 +776,15 @@ class TriggerEngine:
             for fired, result in zip(decision.fired, results, strict=True)
         ], duplicate
 
+    def holds_firing(self, invocation_id: str) -> bool:
+        """Whether a firing decided and not yet run to its end has this invocation id.
+
+        A single executor's queue is the worker's, in memory; a fleet's is the store's.
+        """
+        if self._store.fleet:
+            return self._store.holds_firing(invocation_id)
+        return self._firings.holds(invocation_id)
+
     # -- explanations ---------------------------------------------------------------
 
     def explain(
@@ -778,6 +803,30 @@ class TriggerEngine:
             journal_limit=journal_limit or self._journal.entries,
             parsed=_parsed,
         )
+
+    async def _result_of_record(
+        self, recorded_result: Callable[[str], RunResult | None], invocation_id: str
+    ) -> RunResult | None:
+        """The firing's result in the fleet's history, once the firing is done.
+
+        The run of another replica that claimed it (or of this one again, if it claimed
+        it back). Looked for every ``RECORD_POLL_S``; None when the firing is done and its
+        run has not reached the history within ``RECORD_WAIT_S`` (the history refused it).
+        """
+        done_at: float | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if not await asyncio.to_thread(self._store.holds_firing, invocation_id):
+                    result = await asyncio.to_thread(recorded_result, invocation_id)
+                    if result is not None:
+                        return result
+                    done_at = loop.time() if done_at is None else done_at
+                    if loop.time() - done_at >= RECORD_WAIT_S:
+                        return None
+            except UnavailableError as err:  # PostgreSQL away for now: look again
+                logger.debug("firing %s: its result of record: %s", invocation_id, err)
+            await asyncio.sleep(RECORD_POLL_S)
 
     async def _run_firing(self, firing: PendingFiring) -> RunResult:
         """Run one queued firing in the context of its job and event (the worker's ``run``).

@@ -15,7 +15,9 @@ queue holds; a firing leaves the queue when its run has ended:
   leaves the queue all the same, so that it does not replay at every start.
 * Only the worker runs firings, so none runs twice. A publisher that waits for its
   event's results (``PublishEvent(wait=True)``) gets them through futures; if it goes
-  away, the runs go on: they are durable work, not the caller's.
+  away, the runs go on: they are durable work, not the caller's. In a fleet, a run
+  whose claim was lost while it ran (the replica stalled past its lease) is not the
+  firing's: its waiter gets the result of record, the re-run's, once there is one.
 * The queue is mirrored in memory: the engine is the store's only writer, so the
   worker loads the queue once, when the engine is built (the firings decided before a
   restart), and the engine hands it each firing it decides after the commit.
@@ -49,7 +51,13 @@ class FiringWorker:
         max_parallel_events: int,
         retry: Backoff = Backoff(),
         rng: random.Random | None = None,
+        result_of_record: Callable[[str], Awaitable[RunResult | None]] | None = None,
     ) -> None:
+        """Run ``store``'s queue through ``run``.
+
+        ``result_of_record``: in a fleet, the result a firing's invocation id has in the
+        shared history once the firing is done (waits for it; None: it has none).
+        """
         if max_parallel_events < 1:
             raise ValueError(f"max_parallel_events must be at least 1, got {max_parallel_events}")
         self._store = store
@@ -61,6 +69,12 @@ class FiringWorker:
         self._waiting: deque[list[PendingFiring]] = deque()
         self._running: set[asyncio.Task[None]] = set()
         self._results: dict[str, asyncio.Future[RunResult | None]] = {}
+        # The invocation ids of the firings queued or running here: the store's queue,
+        # unless another replica shares it.
+        self._queued_ids: set[str] = set()
+        self._result_of_record = result_of_record
+        # Waiters answered with another replica's run of a firing (see _answer_with_record).
+        self._recorded_waits: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._started = False
@@ -119,9 +133,9 @@ class FiringWorker:
         if self._claims is not None:
             self._claims.cancel()
             await asyncio.gather(self._claims, return_exceptions=True)
-        for task in self._running:
+        for task in (*self._running, *self._recorded_waits):
             task.cancel()
-        await asyncio.gather(*self._running, return_exceptions=True)
+        await asyncio.gather(*self._running, *self._recorded_waits, return_exceptions=True)
         for future in self._results.values():
             if not future.done():
                 future.set_exception(
@@ -129,7 +143,12 @@ class FiringWorker:
                 )
         self._results.clear()
 
+    def holds(self, invocation_id: str) -> bool:
+        """Whether a firing queued or running here has this invocation id."""
+        return invocation_id in self._queued_ids
+
     def _enqueue(self, firings: list[PendingFiring]) -> None:
+        self._queued_ids.update(firing.invocation_id for firing in firings)
         self._waiting.append(firings)
         self._idle.clear()
 
@@ -155,14 +174,42 @@ class FiringWorker:
 
     async def _run_event(self, firings: list[PendingFiring]) -> None:
         for firing in firings:
-            result = await self._run_one(firing)
-            future = self._results.pop(firing.invocation_id, None)
+            result, held = await self._run_one(firing)
+            future = self._results.get(firing.invocation_id)
             # A waiting publisher that went away cancelled its future; the run counts anyway.
-            if future is not None and not future.done():
+            if future is None or future.done():
+                self._results.pop(firing.invocation_id, None)
+            elif not held and self._result_of_record is not None:
+                # This run's result was dropped (fencing): the re-run's is the firing's.
+                # Waited for aside: the event's next firings do not wait for it.
+                wait = asyncio.get_running_loop().create_task(
+                    self._answer_with_record(firing.invocation_id, future, self._result_of_record)
+                )
+                self._recorded_waits.add(wait)
+                wait.add_done_callback(self._recorded_waits.discard)
+            else:
+                del self._results[firing.invocation_id]
                 future.set_result(result)
 
-    async def _run_one(self, firing: PendingFiring) -> RunResult | None:
-        """Run a firing until it is not refused; it then leaves the queue."""
+    async def _answer_with_record(
+        self,
+        invocation_id: str,
+        future: asyncio.Future[RunResult | None],
+        result_of_record: Callable[[str], Awaitable[RunResult | None]],
+    ) -> None:
+        """Answer a waiter with the firing's result of record (after close: UnavailableError)."""
+        try:
+            result = await result_of_record(invocation_id)
+        finally:
+            self._results.pop(invocation_id, None)
+        if not future.done():
+            future.set_result(result)
+
+    async def _run_one(self, firing: PendingFiring) -> tuple[RunResult | None, bool]:
+        """Run a firing until it is not refused; it then leaves the queue.
+
+        Returns its result and whether this replica's claim on it held to the end.
+        """
         refusals = 0
         while True:
             try:
@@ -188,11 +235,15 @@ class FiringWorker:
                     firing.callback.callback_id,
                 )
                 result = None
-            await self._done(firing)
-            return result
+            held = await self._done(firing)
+            self._queued_ids.discard(firing.invocation_id)
+            return result, held
 
-    async def _done(self, firing: PendingFiring) -> None:
-        """Take the firing off the queue, waiting out a store that is unreachable for now."""
+    async def _done(self, firing: PendingFiring) -> bool:
+        """Take the firing off the queue, waiting out a store that is unreachable for now.
+
+        False when this replica's claim on it had been lost (fleet).
+        """
         failures = 0
         while True:
             try:
@@ -214,7 +265,7 @@ class FiringWorker:
                     "result is the firing's",
                     firing.invocation_id,
                 )
-            return
+            return held
 
     async def _claim_forever(self) -> None:
         """In a fleet: renew this replica's leases, and claim the firings of dead replicas.

@@ -245,6 +245,10 @@ def test_values_that_break_the_service_are_refused_by_name(tmp_path: Path) -> No
         "supervisor_timeout_seconds: must be positive"
     )
     assert _refusal(tmp_path, grace_seconds=-1) == "grace_seconds: must be 0 or more, got -1"
+    assert _refusal(tmp_path, grace_seconds=1e9) == "grace_seconds: must be at most 60, got 1e+09"
+    assert _refusal(tmp_path, store_lease_seconds=86400) == (
+        "store_lease_seconds: must be at most 3600 (an hour), got 86400"
+    )
     languages: object
     for languages in (0, []):
         assert _refusal(tmp_path, languages=languages).startswith("languages: none is enabled")

@@ -19,7 +19,7 @@ from executor.model import (
     RunResult,
     Usage,
 )
-from executor.runs.history import RunHistory, result_from_json, result_to_json
+from executor.runs.history import RunHistory, RunIdentity, result_from_json, result_to_json
 from tests.helpers.clock import Clock
 
 pytestmark = pytest.mark.unit
@@ -231,3 +231,25 @@ def test_a_write_waits_for_another_connections_write_lock(tmp_path: Path) -> Non
         holder.close()
     assert history.get("later") is not None
     history.close()
+
+
+def test_the_repeated_id_check_reads_while_a_write_is_under_way(history: RunHistory) -> None:
+    # Execute makes this read on the event loop: it must never wait for the bookkeeping
+    # thread, which holds the history's connection while it writes a group of runs.
+    history.record(invocation("a"), result("a"), started_at=1000.0)
+    with history._lock:  # the writer's hold on its connection, as during record_many
+        answers: list[RunIdentity | None] = []
+        reader = threading.Thread(target=lambda: answers.append(history.identity("a")))
+        reader.start()
+        reader.join(timeout=5)
+        assert answers, "identity waited for the writer's connection"
+    assert answers[0] is not None and answers[0].job_id == 10
+
+
+def test_the_repeated_id_check_sees_what_was_committed_since_it_last_read(
+    history: RunHistory,
+) -> None:
+    assert history.identity("b") is None
+    history.record(invocation("b", job_id=11), result("b"), started_at=1000.0)
+    identity = history.identity("b")
+    assert identity is not None and identity.job_id == 11

@@ -511,11 +511,17 @@ async def test_firings_queued_before_the_start_run_first_in_decision_order(
     crashed.match(Event("complete", "job", 2), dry=False)
 
     restarted = engines(recorder, start=False, max_parallel_events=1)
-    await restarted.publish(Event("complete", "job", 1), wait=False)  # decided after them
+    queued = [firing.invocation_id for firing in restarted._store.pending_firings()]
+    fired = await restarted.publish(Event("complete", "job", 1), wait=False)  # after them
+    queued.append(fired[0][0].invocation_id)
+    # An Execute may not take their ids (the queue is held in memory, restored ones too).
+    assert all(restarted.holds_firing(invocation_id) for invocation_id in queued)
+    assert not restarted.holds_firing("another")
     restarted.start()
     await restarted.wait_idle()
 
     assert recorder.codes == ["one", "two", "one"]
+    assert not any(restarted.holds_firing(invocation_id) for invocation_id in queued)
 
 
 async def test_a_queue_from_before_batches_runs_in_order(tmp_path: Path, engines: Engines) -> None:
