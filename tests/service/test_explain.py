@@ -235,3 +235,25 @@ async def test_reload_reports_the_universal_triggers_checks(stack_warm: Stack) -
     ]
     code, out, _ = await cbexec("triggers", "reload", "--address", stack_warm.address)
     assert code == 0 and out.startswith("warning: ")
+
+
+async def test_a_failed_reload_reports_its_errors_not_the_kept_sets_warnings(
+    stack_warm: Stack,
+) -> None:
+    conf = stack_warm.settings.data_dir / "callback"
+    conf.mkdir(exist_ok=True)
+    (conf / "notify.qcb").write_text("mail-status")
+    (conf / "callbacks.conf").write_text("notify.qcb = complete-job-self-foo\n")
+    assert (await stack_warm.client.reload_universal_callbacks()).warnings  # '-foo' ignored
+    # Line 1 now holds other text: the kept set's warning would seem to be about it.
+    (conf / "callbacks.conf").write_text("notify.qcb = complete-jb-self\n")
+
+    reply = await stack_warm.client.reload_universal_callbacks()
+
+    assert (reply.reloaded, reply.active, list(reply.warnings)) == (False, 1, [])
+    (error,) = reply.errors
+    assert error.startswith(f"{conf}/callbacks.conf:1: ")
+    code, out, _ = await cbexec("triggers", "reload", "--address", stack_warm.address)
+    assert code != 0
+    assert "warning" not in out and "-foo" not in out
+    assert out.splitlines()[-1] == "kept the previous set: 1 active"
