@@ -107,11 +107,13 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
     ) -> executor_pb2.ReloadUniversalCallbacksResponse:
         """Re-read callbacks.conf (in a fleet, every replica does); on errors the last good set stays."""
         errors = self._engine.reload_universal(fleet_wide=True)
+        # A failed reload answers only its errors: the warnings are the kept set's, and
+        # their file:line would point into the new, broken file.
         return executor_pb2.ReloadUniversalCallbacksResponse(
             reloaded=not errors,
             errors=errors,
             active=len(self._engine.universal),
-            warnings=self._engine.universal_warnings,
+            warnings=[] if errors else self._engine.universal_warnings,
         )
 
     @grpc_errors

@@ -376,13 +376,15 @@ class Decider:
             work_name: The item, for a ``{work}`` callback.
 
         Returns the vector's state to store (None when nothing latched). A firing runs
-        with the latest of the events, as if it had just happened.
+        with the latest of the events, as if it had just happened: with its work item
+        too (``qb.workid()``, ``*-work-self``), as an edge firing on that event would.
         """
         newly = tuple(slot for slot, mark in enumerate(marks) if mark is not None)
         if not newly:
             return None
         latest = max((mark for mark in marks if mark is not None), key=lambda mark: mark.at)
         seen = SeenEvent(latest.event, self._seen.at)
+        fired_work = work_name or latest.event.work_name
         moved = step(expr, [False] * len(marks), newly, count=0, maximum=cb.maximum)
         found = atoms(expr)
         invocation_id = ""
@@ -391,10 +393,10 @@ class Decider:
             after = WorkState(1, moved.latches, (None,) * len(marks))
             invocation_id = "" if self._dry else str(uuid.uuid4())
             if not self._dry:
-                firing = PendingFiring(invocation_id, cb, latest.event, self._batch, 1, work_name)
+                firing = PendingFiring(invocation_id, cb, latest.event, self._batch, 1, fired_work)
                 TriggerStore.queue_firing(self._db, firing)
                 self.decision.firings.append(firing)
-            self.decision.fired.append(Fired(cb, invocation_id, work_name=work_name))
+            self.decision.fired.append(Fired(cb, invocation_id, work_name=fired_work))
         rest, _ = residual(expr, moved.latches)
         self.decision.entries.append(
             JournalEntry(

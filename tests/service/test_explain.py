@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,58 @@ async def test_level_mode_fires_once_for_a_job_submitted_after_its_dependency_co
     assert [run.callback_id for run in runs.runs] == [1]  # once
 
 
+UNBLOCK_THE_FIRING_FRAME = {
+    "python": "print('frame', qb.workid())\nqb.workunblock('%d:%s' % (qb.jobid(), qb.workid()))",
+    "perl": 'print "frame ", qb::workid(), "\\n";\nqb::workunblock("$qb::jobid:" . qb::workid());',
+    "qube": "unblock-work-self",
+}
+
+
+@pytest.mark.parametrize(
+    "language",
+    [
+        "python",
+        pytest.param(
+            "perl",
+            marks=pytest.mark.skipif(shutil.which("perl") is None, reason="perl is not installed"),
+        ),
+        "qube",
+    ],
+)
+async def test_a_level_firing_by_a_frame_done_before_registration_has_that_frame(
+    stack_warm: Stack, language: str
+) -> None:
+    stack = stack_warm
+    (ribgen,) = stack.supervisor.submit([{"name": "ribgen", "user": "alice", "agenda": FRAMES}])
+    await complete_all(stack, ribgen["id"])
+    comp = {
+        "name": "comp",
+        "user": "alice",
+        "agenda": [{"name": "1", "status": "blocked"}],
+        "callbacks": [
+            {
+                "triggers": f"complete-work-{ribgen['id']}-1",
+                "language": language,
+                "code": UNBLOCK_THE_FIRING_FRAME[language],
+                "mode": "level",
+            }
+        ],
+    }
+
+    (job,) = stack.supervisor.submit([comp])
+    await stack.settle()
+    await stack.running.engine.wait_idle()
+
+    (run,) = (await stack.client.list_runs(job_id=job["id"])).runs
+    ran = await stack.client.get_run(run.invocation_id)
+    assert ran.result.failure.message == ""
+    assert run.outcome == executor_pb2.OUTCOME_SUCCEEDED
+    if language != "qube":
+        assert ran.result.stdout == "frame 1\n"
+    (frame,) = stack.supervisor.job(job["id"])["agenda"]
+    assert frame["status"] != "blocked"
+
+
 async def test_a_dry_run_explains_over_the_wire_and_the_cli(stack_warm: Stack) -> None:
     stack = stack_warm
     await stack.client.register_job(
@@ -235,3 +288,25 @@ async def test_reload_reports_the_universal_triggers_checks(stack_warm: Stack) -
     ]
     code, out, _ = await cbexec("triggers", "reload", "--address", stack_warm.address)
     assert code == 0 and out.startswith("warning: ")
+
+
+async def test_a_failed_reload_reports_its_errors_not_the_kept_sets_warnings(
+    stack_warm: Stack,
+) -> None:
+    conf = stack_warm.settings.data_dir / "callback"
+    conf.mkdir(exist_ok=True)
+    (conf / "notify.qcb").write_text("mail-status")
+    (conf / "callbacks.conf").write_text("notify.qcb = complete-job-self-foo\n")
+    assert (await stack_warm.client.reload_universal_callbacks()).warnings  # '-foo' ignored
+    # Line 1 now holds other text: the kept set's warning would seem to be about it.
+    (conf / "callbacks.conf").write_text("notify.qcb = complete-jb-self\n")
+
+    reply = await stack_warm.client.reload_universal_callbacks()
+
+    assert (reply.reloaded, reply.active, list(reply.warnings)) == (False, 1, [])
+    (error,) = reply.errors
+    assert error.startswith(f"{conf}/callbacks.conf:1: ")
+    code, out, _ = await cbexec("triggers", "reload", "--address", stack_warm.address)
+    assert code != 0
+    assert "warning" not in out and "-foo" not in out
+    assert out.splitlines()[-1] == "kept the previous set: 1 active"

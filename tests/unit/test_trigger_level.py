@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -78,6 +79,69 @@ async def test_a_level_per_work_callback_fires_the_items_already_done(engines: E
     assert [run.work_name for run in recorder.runs] == ["1", "3"]
     fired, _ = await engine.publish(Event("complete", "work", 10, work_name="2"), wait=True)
     assert [f.work_name for f in fired] == ["2"]
+
+
+@pytest.mark.parametrize("known_from", ["registration", "event"])
+async def test_a_level_firing_by_a_work_event_runs_with_its_work_item(
+    engines: Engines, known_from: str
+) -> None:
+    recorder = Recorder()
+    engine = engines(recorder)
+    status = "complete" if known_from == "registration" else "pending"
+    frames = [{"name": "1", "status": status}, {"name": "2", "status": "pending"}]
+    engine.register_job({"id": 10, "pgrp": 1, "label": "ribgen", "agenda": frames})
+    if known_from == "event":
+        await engine.publish(Event("complete", "work", 10, work_name="1"), wait=True)
+
+    level = engine.register_job(waiter(20, "complete-work-ribgen-1", "level"))
+    engine.register_job(waiter(21, "complete-work-ribgen-2", "edge"))
+    edge, _ = await engine.publish(Event("complete", "work", 10, work_name="2"), wait=True)
+    await recorder.ran(2)
+
+    # qb.workid() and *-work-self act on the item, as for the edge firing on a live event.
+    assert [f.work_name for f in level.fired] == ["1"]
+    assert [f.work_name for f in edge] == ["2"]
+    assert [(run.event, run.work_name) for run in recorder.runs] == [
+        (Event("complete", "work", 10, work_name="1"), "1"),
+        (Event("complete", "work", 10, work_name="2"), "2"),
+    ]
+
+
+async def test_a_level_firing_runs_with_the_latest_events_work_item(engines: Engines) -> None:
+    recorder = Recorder()
+    engine = engines(recorder)
+    engine.register_job({"id": 10, "pgrp": 1, "agenda": [{"name": "1", "status": "complete"}]})
+    engine.register_job({"id": 11, "pgrp": 1, "agenda": ["1"]})
+    await engine.publish(Event("complete", "work", 11, work_name="1"), wait=True)
+
+    registration = engine.register_job(
+        waiter(20, "complete-work-10-1 && complete-work-11-1", "level")
+    )
+    await recorder.ran(1)
+
+    assert [f.work_name for f in registration.fired] == ["1"]
+    (run,) = recorder.runs
+    assert (run.event, run.work_name) == (Event("complete", "work", 11, work_name="1"), "1")
+
+
+async def test_a_universal_level_work_line_fires_with_the_jobs_work_item(
+    tmp_path: Path, engines: Engines
+) -> None:
+    conf = tmp_path / "callback"
+    conf.mkdir()
+    (conf / "callbacks.conf").write_text("unblock.qcb [level] = complete-work-self-1\n")
+    (conf / "unblock.qcb").write_text("unblock-work-self")
+    recorder = Recorder()
+    engine = engines(recorder, universal_dirs=[conf])
+    assert engine.reload_universal() == []
+
+    registration = engine.register_job(
+        {"id": 10, "pgrp": 1, "agenda": [{"name": "1", "status": "complete"}]}
+    )
+    await recorder.ran(1)
+
+    assert [(f.callback.universal, f.work_name) for f in registration.fired] == [(True, "1")]
+    assert [run.work_name for run in recorder.runs] == ["1"]
 
 
 async def test_registering_a_level_callback_again_does_not_fire_it_again(

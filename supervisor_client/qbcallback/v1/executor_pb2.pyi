@@ -1004,7 +1004,8 @@ class ReloadUniversalCallbacksResponse(_message.Message):
     @_builtins.property
     def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """"file:line: message" for each check a loaded trigger failed (warnings: the
-        new set is active).
+        new set is active). None when the reload failed: the kept set's lines may no
+        longer be the file's.
         """
 
     def __init__(
