@@ -409,20 +409,28 @@ class ReferenceSupervisor:
         an explicit "qube1" later in the submission is never given away.
         """
         taken: dict[int, set[str]] = {}
+        # Who holds each explicit label, for the refusal: an existing job, or a job of this
+        # submission (a new pgrp has no id to name yet: the refused submission gets none).
+        holders: dict[int, dict[str, str]] = {}
         for job, pgrp in zip(jobs, pgrps, strict=True):
             if pgrp not in taken:
-                rows = self._db.execute("SELECT label FROM jobs WHERE pgrp = ?", (pgrp,))
-                taken[pgrp] = {row["label"] for row in rows}
+                rows = self._db.execute("SELECT id, label FROM jobs WHERE pgrp = ?", (pgrp,))
+                holders[pgrp] = {row["label"]: f"job {row['id']} (pgrp {pgrp})" for row in rows}
+                taken[pgrp] = set(holders[pgrp])
                 if job.pgrp is not None and not taken[pgrp]:
                     raise SubmitError(f"pgrp {pgrp} does not exist")
         # Labels are unique per pgrp, so the existing ones also count the existing jobs.
         positions = {pgrp: len(labels) for pgrp, labels in taken.items()}
-        for job, pgrp in zip(jobs, pgrps, strict=True):
+        for n, (job, pgrp) in enumerate(zip(jobs, pgrps, strict=True)):
             if job.label is None:
                 continue
             if job.label in taken[pgrp]:
-                raise SubmitError(f"label {job.label!r} is not unique in pgrp {pgrp}")
+                raise SubmitError(
+                    f"job {n} of the submission: label {job.label!r} is taken by "
+                    f"{holders[pgrp][job.label]}; a label names one job of its process group"
+                )
             taken[pgrp].add(job.label)
+            holders[pgrp][job.label] = f"job {n} of the submission"
         labels = []
         for job, pgrp in zip(jobs, pgrps, strict=True):
             label = job.label

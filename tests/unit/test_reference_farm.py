@@ -339,3 +339,10 @@ def test_an_operator_cannot_start_a_frame_without_a_live_instance(farm: Farm) ->
     )
     assert statuses(farm, job_id) == {"1": "pending", "2": "pending"}
 
+
+def test_a_callback_without_language_is_qube(farm: Farm) -> None:
+    (job,) = farm.submit(
+        [{"name": "n", "callbacks": [{"triggers": "complete-job-self", "code": "unblock-self"}]}]
+    )
+
+    assert job["callbacks"][0]["language"] == "qube"
