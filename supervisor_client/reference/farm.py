@@ -243,9 +243,7 @@ class Farm:
             return WorkChangeResult(0, tuple(names), refusal, job["status"])
         statuses = {w["name"]: w["status"] for w in job["agenda"]}
         wanted = (Status.PENDING,) if change == "start" else _DISPATCHABLE
-        # An operator may start a frame on a busy instance, never on an ended one.
-        live = [sub["id"] for sub in job["subjobs"] if sub["status"] in _DISPATCHABLE]
-        instances = self._idle_instances(job) or live
+        instances = self._instances_to_start_on(job)
         moved: list[str] = []
         refused: dict[str, list[str]] = {}
         unstarted: list[str] = []
@@ -271,12 +269,26 @@ class Farm:
             for status, group in refused.items()
         ]
         if unstarted:
-            ended = ", ".join(f"{job_id}.{sub['id']} {sub['status']}" for sub in job["subjobs"])
-            parts.append(
-                f"work {job_id}:{','.join(unstarted)} not started: no instance of job {job_id} "
-                f"is pending or running (instances {ended})"
-            )
+            parts.append(self._no_instance_to_start_on(job, unstarted))
         return WorkChangeResult(len(moved), tuple(names), "; ".join(parts), self.status(job_id))
+
+    def _instances_to_start_on(self, job: Mapping[str, Any]) -> list[int]:
+        """The instances a frame may start on, idle ones first.
+
+        An operator may start a frame on a busy instance, never on one that is not
+        pending or running (ended, blocked, suspended).
+        """
+        live = [sub["id"] for sub in job["subjobs"] if sub["status"] in _DISPATCHABLE]
+        return self._idle_instances(job) or live
+
+    @staticmethod
+    def _no_instance_to_start_on(job: Mapping[str, Any], names: Sequence[str]) -> str:
+        job_id = job["id"]
+        instances = ", ".join(f"{job_id}.{sub['id']} {sub['status']}" for sub in job["subjobs"])
+        return (
+            f"work {job_id}:{','.join(names)} not started: no instance of job {job_id} "
+            f"is pending or running (instances {instances})"
+        )
 
     def _drive_job(self, change: str, job: Mapping[str, Any], host: str) -> ActionResult:
         """Start / complete / fail of a job without an agenda: the job itself runs or ends."""

@@ -831,7 +831,9 @@ class ReferenceSupervisor:
                     self._set_subjob_status(changes, job_id, subid, rule.target, sub["host"])
                     changed += 1
                     message = f"instance {job_id}.{subid} {sub['status']} -> {rule.target}"
-                    messages.append(message + self._move_instance_work(changes, job_id, subid, rule))
+                    messages.append(
+                        message + self._move_instance_work(changes, job_id, subid, rule)
+                    )
                 else:
                     messages.append(str(refusal))
             if changed:

@@ -198,7 +198,9 @@ def test_job_verbs_and_removal(farm: Farm) -> None:
 # -- job and instance verbs leave no frame running that no worker can end ----------------
 
 
-def running_frame(farm: Farm, events: list[Transition], agenda: tuple[str, ...] = ("1", "2")) -> int:
+def running_frame(
+    farm: Farm, events: list[Transition], agenda: tuple[str, ...] = ("1", "2")
+) -> int:
     (job,) = farm.submit([{"name": "render", "user": "alice", "agenda": list(agenda)}])
     farm.take_work("node1")
     events.clear()
@@ -301,9 +303,7 @@ def test_an_ended_instance_stops_its_frame_and_takes_no_other(
     assert farm.change_work("complete", job_id, ["1"]).changed == 0
 
 
-def test_a_job_runs_on_with_the_instances_it_has_left(
-    farm: Farm, events: list[Transition]
-) -> None:
+def test_a_job_runs_on_with_the_instances_it_has_left(farm: Farm, events: list[Transition]) -> None:
     (job,) = farm.submit([{"name": "r", "user": "alice", "agenda": ["1", "2", "3"], "cpus": 2}])
     job_id = int(job["id"])
     farm.take_work("node1")  # 1 on instance 0
