@@ -243,16 +243,20 @@ class Farm:
             return WorkChangeResult(0, tuple(names), refusal, job["status"])
         statuses = {w["name"]: w["status"] for w in job["agenda"]}
         wanted = (Status.PENDING,) if change == "start" else _DISPATCHABLE
-        idle = self._idle_instances(job) or [0]
+        instances = self._instances_to_start_on(job)
         moved: list[str] = []
         refused: dict[str, list[str]] = {}
+        unstarted: list[str] = []
         for name in names:
             status = statuses[name]
             if status not in wanted:
                 refused.setdefault(status, []).append(name)
                 continue
+            if status == Status.PENDING and not instances:
+                unstarted.append(name)
+                continue
             if status == Status.PENDING:
-                self._supervisor.start_work(job_id, name, host, subid=idle[0])
+                self._supervisor.start_work(job_id, name, host, subid=instances[0])
             if change == "complete":
                 self._supervisor.complete_work(job_id, name, resultpackage)
             elif change == "fail":
@@ -264,7 +268,27 @@ class Farm:
             f"work {job_id}:{','.join(group)} is {status}; {change} takes {accepts} work"
             for status, group in refused.items()
         ]
+        if unstarted:
+            parts.append(self._no_instance_to_start_on(job, unstarted))
         return WorkChangeResult(len(moved), tuple(names), "; ".join(parts), self.status(job_id))
+
+    def _instances_to_start_on(self, job: Mapping[str, Any]) -> list[int]:
+        """The instances a frame may start on, idle ones first.
+
+        An operator may start a frame on a busy instance, never on one that is not
+        pending or running (ended, blocked, suspended).
+        """
+        live = [sub["id"] for sub in job["subjobs"] if sub["status"] in _DISPATCHABLE]
+        return self._idle_instances(job) or live
+
+    @staticmethod
+    def _no_instance_to_start_on(job: Mapping[str, Any], names: Sequence[str]) -> str:
+        job_id = job["id"]
+        instances = ", ".join(f"{job_id}.{sub['id']} {sub['status']}" for sub in job["subjobs"])
+        return (
+            f"work {job_id}:{','.join(names)} not started: no instance of job {job_id} "
+            f"is pending or running (instances {instances})"
+        )
 
     def _drive_job(self, change: str, job: Mapping[str, Any], host: str) -> ActionResult:
         """Start / complete / fail of a job without an agenda: the job itself runs or ends."""

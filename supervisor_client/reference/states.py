@@ -210,7 +210,18 @@ def _rule(
 
 _ANY: Final = frozenset(Status)
 _RUNNING: Final = (Status.RUNNING,)
-_RUNNING_WORK_BACK: Final[Mapping[str, str]] = {Status.RUNNING: Status.PENDING}
+
+
+def _in_flight_to(status: Status) -> Mapping[str, str]:
+    """Work moves of a verb that stops a job's frames: running (or paused) ones go to ``status``.
+
+    No work item may stay running under a job that is not running: its worker's report
+    is refused there (work runs only in pending or running jobs), so it would run for ever.
+    """
+    return {Status.RUNNING.value: status.value, Status.SUSPENDED.value: status.value}
+
+
+_RUNNING_WORK_BACK: Final = _in_flight_to(Status.PENDING)
 #: Retrying a job puts it back on the queue as submitted (Qube's "Job States" page), so
 #: every ended item runs again, complete ones too: a complete job whose items stayed
 #: complete could never run nor end again. Re-running only the failed frames is a work
@@ -224,13 +235,17 @@ _ENDED_WORK_AGAIN: Final[Mapping[str, str]] = {
 JOB_RULES: Final[Mapping[str, VerbRule]] = MappingProxyType(
     {
         "unblock": _rule("unblock", [Status.BLOCKED], Status.PENDING, "blocked jobs"),
-        "block": _rule("block", NON_TERMINAL, Status.BLOCKED, "jobs that have not ended"),
+        # Qube interrupts a job's running instances when it is blocked: their frames go
+        # back to pending (as interrupt's), so unblocking the job runs them again.
+        "block": _rule(
+            "block", NON_TERMINAL, Status.BLOCKED, "jobs that have not ended", _RUNNING_WORK_BACK
+        ),
         "kill": _rule(
             "kill",
             NON_TERMINAL,
             Status.KILLED,
             "jobs that have not ended",
-            {Status.RUNNING.value: Status.KILLED.value},
+            _in_flight_to(Status.KILLED),
         ),
         "remove": _rule("remove", _ANY, None, "any job"),
         "retry": _rule("retry", TERMINAL, Status.PENDING, "ended jobs", _ENDED_WORK_AGAIN),
@@ -246,12 +261,41 @@ JOB_RULES: Final[Mapping[str, VerbRule]] = MappingProxyType(
             "interrupt", _RUNNING, Status.PENDING, "running jobs", _RUNNING_WORK_BACK
         ),
         "migrate": _rule("migrate", _RUNNING, Status.PENDING, "running jobs", _RUNNING_WORK_BACK),
-        # suspend/resume pause processes; work items keep their status.
-        "suspend": _rule("suspend", _RUNNING, Status.SUSPENDED, "running jobs"),
-        "resume": _rule("resume", [Status.SUSPENDED], Status.RUNNING, "suspended jobs"),
-        # complete (retire) and fail force the job's status; the agenda keeps its history.
-        "complete": _rule("complete", NON_TERMINAL, Status.COMPLETE, "jobs that have not ended"),
-        "fail": _rule("fail", NON_TERMINAL, Status.FAILED, "jobs that have not ended"),
+        # suspend/resume pause processes: the running frames pause with the job (Qube has
+        # no suspended event) and run again when it resumes (their running event fires).
+        "suspend": _rule(
+            "suspend",
+            _RUNNING,
+            Status.SUSPENDED,
+            "running jobs",
+            {Status.RUNNING.value: Status.SUSPENDED.value},
+        ),
+        "resume": _rule(
+            "resume",
+            [Status.SUSPENDED],
+            Status.RUNNING,
+            "suspended jobs",
+            {Status.SUSPENDED.value: Status.RUNNING.value},
+        ),
+        # complete (retire) and fail force the job's status; the agenda keeps its history,
+        # but a frame still running ends with the job (its worker's report would be refused
+        # once the job has ended, leaving the frame running for ever): complete marks it
+        # complete (retired), fail marks it failed, so its complete/failed/done work event
+        # fires and a retry of the job runs it again. Pending frames stay pending.
+        "complete": _rule(
+            "complete",
+            NON_TERMINAL,
+            Status.COMPLETE,
+            "jobs that have not ended",
+            _in_flight_to(Status.COMPLETE),
+        ),
+        "fail": _rule(
+            "fail",
+            NON_TERMINAL,
+            Status.FAILED,
+            "jobs that have not ended",
+            _in_flight_to(Status.FAILED),
+        ),
     }
 )
 
@@ -260,7 +304,10 @@ WORK_RULES: Final[Mapping[str, VerbRule]] = MappingProxyType(
         "unblock": _rule("unblock", [Status.BLOCKED], Status.PENDING, "blocked work"),
         "block": _rule("block", [Status.PENDING], Status.BLOCKED, "pending work"),
         "kill": _rule(
-            "kill", [Status.PENDING, Status.RUNNING], Status.KILLED, "pending or running work"
+            "kill",
+            [Status.PENDING, Status.RUNNING, Status.SUSPENDED],
+            Status.KILLED,
+            "pending, running or suspended work",
         ),
         "retry": _rule("retry", TERMINAL, Status.PENDING, "ended work"),
         "requeue": _rule("requeue", TERMINAL, Status.BLOCKED, "ended work"),
@@ -270,10 +317,23 @@ WORK_RULES: Final[Mapping[str, VerbRule]] = MappingProxyType(
 )
 
 #: Instances take the job verbs with the job's state rules, except remove (an instance
-#: cannot be deleted from its job); agenda work is not moved by instance verbs.
+#: cannot be deleted from its job). The frame an instance is running follows it as the
+#: job verb's running frames do (killed by kill, failed by fail, back to pending by
+#: block/interrupt/migrate, ...); no other work moves: retrying an instance does not
+#: re-run the frames it completed.
 SUBJOB_RULES: Final[Mapping[str, VerbRule]] = MappingProxyType(
     {
-        verb: _rule(verb, rule.sources, rule.target, rule.applies_to.replace("jobs", "instances"))
+        verb: _rule(
+            verb,
+            rule.sources,
+            rule.target,
+            rule.applies_to.replace("jobs", "instances"),
+            {
+                old: new
+                for old, new in rule.work_moves.items()
+                if old in (Status.RUNNING, Status.SUSPENDED)
+            },
+        )
         for verb, rule in JOB_RULES.items()
         if verb != "remove"
     }

@@ -54,6 +54,7 @@ from supervisor_client.reference.states import (
     TERMINAL,
     Status,
     Transition,
+    VerbRule,
     derive_job_status,
     event_name,
     is_terminal,
@@ -408,20 +409,28 @@ class ReferenceSupervisor:
         an explicit "qube1" later in the submission is never given away.
         """
         taken: dict[int, set[str]] = {}
+        # Who holds each explicit label, for the refusal: an existing job, or a job of this
+        # submission (a new pgrp has no id to name yet: the refused submission gets none).
+        holders: dict[int, dict[str, str]] = {}
         for job, pgrp in zip(jobs, pgrps, strict=True):
             if pgrp not in taken:
-                rows = self._db.execute("SELECT label FROM jobs WHERE pgrp = ?", (pgrp,))
-                taken[pgrp] = {row["label"] for row in rows}
+                rows = self._db.execute("SELECT id, label FROM jobs WHERE pgrp = ?", (pgrp,))
+                holders[pgrp] = {row["label"]: f"job {row['id']} (pgrp {pgrp})" for row in rows}
+                taken[pgrp] = set(holders[pgrp])
                 if job.pgrp is not None and not taken[pgrp]:
                     raise SubmitError(f"pgrp {pgrp} does not exist")
         # Labels are unique per pgrp, so the existing ones also count the existing jobs.
         positions = {pgrp: len(labels) for pgrp, labels in taken.items()}
-        for job, pgrp in zip(jobs, pgrps, strict=True):
+        for n, (job, pgrp) in enumerate(zip(jobs, pgrps, strict=True)):
             if job.label is None:
                 continue
             if job.label in taken[pgrp]:
-                raise SubmitError(f"label {job.label!r} is not unique in pgrp {pgrp}")
+                raise SubmitError(
+                    f"job {n} of the submission: label {job.label!r} is taken by "
+                    f"{holders[pgrp][job.label]}; a label names one job of its process group"
+                )
             taken[pgrp].add(job.label)
+            holders[pgrp][job.label] = f"job {n} of the submission"
         labels = []
         for job, pgrp in zip(jobs, pgrps, strict=True):
             label = job.label
@@ -793,9 +802,12 @@ class ReferenceSupervisor:
         """Apply a job verb to instances (all of them when ``subjob_ids`` is empty).
 
         Instances follow the job's state rules; remove does not apply to them
-        (ValueError). Instance changes do not move the job or its work. Raises
-        NoSuchJobError for an unknown job or instance, PermissionDeniedError. Numbered
-        actions are applied once, as ``job_action``'s.
+        (ValueError). The frame a changed instance is running follows it as the job
+        verb's running frames would (states.SUBJOB_RULES); the job's status is then
+        derived from its agenda, and a job that has not ended ends once none of its
+        instances can run any more (``_end_with_instances``). Raises NoSuchJobError for
+        an unknown job or instance, PermissionDeniedError. Numbered actions are applied
+        once, as ``job_action``'s.
         """
         rule = subjob_rule(verb)
 
@@ -818,9 +830,15 @@ class ReferenceSupervisor:
                 if refusal is None and rule.target is not None:
                     self._set_subjob_status(changes, job_id, subid, rule.target, sub["host"])
                     changed += 1
-                    messages.append(f"instance {job_id}.{subid} {sub['status']} -> {rule.target}")
+                    message = f"instance {job_id}.{subid} {sub['status']} -> {rule.target}"
+                    messages.append(
+                        message + self._move_instance_work(changes, job_id, subid, rule)
+                    )
                 else:
                     messages.append(str(refusal))
+            if changed:
+                self._derive_job_status(changes, job_id)
+                self._end_with_instances(changes, job_id)
             result = ActionResult(changed, "; ".join(messages))
             changes.note(
                 job_id,
@@ -832,6 +850,37 @@ class ReferenceSupervisor:
         instances = f"{job_id}.{','.join(map(str, subjob_ids)) or 'all'}"
         request = describe(f"subjob{verb}", instances, "as", actor)
         return self._once(ActionKey.of(invocation_id, action_seq), request, apply)
+
+    def _move_instance_work(
+        self, changes: _Changes, job_id: int, subid: int, rule: VerbRule
+    ) -> str:
+        """Move the frame instance ``subid`` is running as ``rule`` says; " (work ...)" or ""."""
+        moved = []
+        for work in self._work_rows(job_id):
+            follows = rule.work_moves.get(work["status"])
+            if work["subid"] == subid and follows is not None:
+                self._set_work_status(changes, job_id, work, follows)
+                moved.append(f"work {job_id}:{work['name']} {work['status']} -> {follows}")
+        return f" ({', '.join(moved)})" if moved else ""
+
+    def _end_with_instances(self, changes: _Changes, job_id: int) -> None:
+        """A job that has not ended, all of whose instances have, ends with them.
+
+        No frame is dispatched to an ended instance, so such a job could never run nor
+        end again: it takes the status its instances imply (failed if one failed, else
+        killed if one was killed, else complete; states.derive_job_status), as a job
+        killed or failed as a whole does. Its pending frames stay pending.
+        """
+        job = self._job_row(job_id)
+        if is_terminal(job["status"]):
+            return
+        rows = self._db.execute("SELECT status FROM subjobs WHERE job_id = ?", (job_id,))
+        instances = [row["status"] for row in rows]
+        if not all(is_terminal(status) for status in instances):
+            return
+        new = derive_job_status(job["status"], instances)
+        self._set_job_status(changes, job_id, new)
+        changes.note(job_id, f"[job] {job['status']} -> {new} (every instance has ended)")
 
     # -- work lifecycle: what workers would do, driven by tests and demos --------------
 
@@ -865,6 +914,11 @@ class ReferenceSupervisor:
             ).fetchone()
             if sub is None:
                 raise NoSuchJobError(f"job {job_id} has no instance {subid}")
+            if sub["status"] not in (Status.PENDING, Status.RUNNING):
+                raise ValueError(
+                    f"instance {job_id}.{subid} is {sub['status']}; work runs only on pending "
+                    "or running instances"
+                )
             if job["status"] == Status.PENDING:
                 self._set_job_status(changes, job_id, Status.RUNNING)
             if sub["status"] == Status.PENDING:

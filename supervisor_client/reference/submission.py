@@ -207,9 +207,10 @@ def _parse_callbacks(
         at = f"{where}, callback {n}"
         if not isinstance(entry, Mapping):
             raise SubmitError(f"{at}: must be a dict, got {entry!r}")
-        language = _text(at, entry, "language", "")
-        if entry.get("triggers") in (None, "", [], ()) or not language:
-            raise SubmitError(f"{at}: triggers and language are required")
+        # As RegisterJob takes it (README): a callback without a language is qube.
+        language = _text(at, entry, "language", "") or "qube"
+        if entry.get("triggers") in (None, "", [], ()):
+            raise SubmitError(f"{at}: triggers is required (a trigger expression, or a list)")
         if checks.language is not None and (problem := checks.language(language)) is not None:
             raise SubmitError(f"{at}: language: {problem}")
         triggers = _triggers(at, entry["triggers"], checks.trigger)

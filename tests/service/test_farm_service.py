@@ -172,6 +172,32 @@ async def test_a_complete_job_a_callback_retries_runs_and_ends_again(stack_warm:
         assert waited.done and waited.jobs[0].status == "complete"
 
 
+async def test_fail_self_ends_the_running_frame_and_its_done_work_callback_fires(
+    stack_warm: Stack,
+) -> None:
+    callbacks = [
+        # No language: qube, as RegisterJob takes it.
+        {"triggers": "running-work-self-1", "code": "fail-self"},
+        {"triggers": "done-work-self-*", "language": "python", "code": "print(qb.workid())"},
+    ]
+    async with FarmClient(stack_warm.channel) as farm:
+        submitted = await farm.submit_jobs(
+            [{"name": "fs", "user": "alice", "agenda": ["1", "2"], "callbacks": callbacks}]
+        )
+        job_id = submitted.jobs[0].id
+        assert submitted.jobs[0].callbacks[0].language == "qube"
+        await farm.change_work(job_id=job_id, work=["1"], change="start", host="w1")
+
+        async def done_work_ran() -> bool:
+            return (await farm.get_job(job_id)).callbacks[1].count == 1
+
+        assert await eventually(done_work_ran, timeout_s=30)
+        job = await farm.get_job(job_id)
+        assert (job.job.status, agenda(job)) == ("failed", {"1": "failed", "2": "pending"})
+        late = await farm.change_work(job_id=job_id, work=["1"], change="complete", host="w1")
+        assert (late.changed, late.job_status) == (0, "failed")
+
+
 async def test_errors_name_what_is_wrong_and_what_exists(stack_warm: Stack) -> None:
     async with FarmClient(stack_warm.channel) as farm:
         await farm.submit_jobs(frame_by_frame())

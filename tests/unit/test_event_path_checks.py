@@ -94,7 +94,7 @@ async def test_a_list_valued_trigger_is_the_or_of_its_items(farm: Farm) -> None:
             ["complete-job-self", "failed-jb-self"],
             "job 0 of the submission, callback 1: triggers[1]: unknown event type 'jb' at column 8",
         ),
-        ([], "callback 1: triggers and language are required"),
+        ([], "callback 1: triggers is required"),
         (["complete-job-self", 5], "callback 1: triggers[1] must be a string, got 5"),
         (["complete-job-self", " "], "callback 1: triggers[1] is empty"),
         (["complete-job-self && (", "done-job-self)"], "triggers[0]: its parentheses"),

@@ -193,3 +193,156 @@ def test_job_verbs_and_removal(farm: Farm) -> None:
     (other,) = farm.submit([{"name": "x"}])
     with pytest.raises(ValueError, match="unknown job verb 'explode'"):
         farm.change_job("explode", other["id"])
+
+
+# -- job and instance verbs leave no frame running that no worker can end ----------------
+
+
+def running_frame(
+    farm: Farm, events: list[Transition], agenda: tuple[str, ...] = ("1", "2")
+) -> int:
+    (job,) = farm.submit([{"name": "render", "user": "alice", "agenda": list(agenda)}])
+    farm.take_work("node1")
+    events.clear()
+    return int(job["id"])
+
+
+@pytest.mark.parametrize(
+    ("verb", "job_status", "frame_status", "work_events"),
+    [
+        # Qube: failing a job interrupts its running instances; the frame is marked failed.
+        ("fail", "failed", "failed", ["failed"]),
+        ("complete", "complete", "complete", ["complete"]),
+        ("kill", "killed", "killed", ["killed"]),
+        # Blocking interrupts the frame: it goes back to pending (no pending event).
+        ("block", "blocked", "pending", []),
+        # Suspending pauses it (no suspended event).
+        ("suspend", "suspended", "suspended", []),
+    ],
+)
+def test_a_job_verb_stops_the_running_frame_with_its_event(
+    farm: Farm,
+    events: list[Transition],
+    verb: str,
+    job_status: str,
+    frame_status: str,
+    work_events: list[str],
+) -> None:
+    job_id = running_frame(farm, events)
+
+    farm.change_job(verb, job_id)
+
+    assert statuses(farm, job_id) == {"1": frame_status, "2": "pending"}
+    assert farm.status(job_id) == job_status
+    assert [e.name for e in events if e.type == "work"] == work_events
+    if work_events:
+        assert Transition(work_events[0], "work", job_id, work_name="1", host="node1") in events
+    # The worker's report comes too late: refused, and nothing is left running.
+    late = farm.change_work("complete", job_id, ["1"], host="node1")
+    assert late.changed == 0
+    assert "running" not in statuses(farm, job_id).values()
+
+
+def test_an_unblocked_job_runs_its_interrupted_frame_again(
+    farm: Farm, events: list[Transition]
+) -> None:
+    job_id = running_frame(farm, events)
+    farm.change_job("block", job_id)
+    farm.change_job("unblock", job_id)
+
+    taken = farm.take_work("node2")
+
+    assert taken is not None
+    assert (taken.work_name, taken.attempt) == ("1", 2)
+    farm.change_work("complete", job_id, ["1"])
+    farm.change_work("complete", job_id, ["2"])
+    assert farm.status(job_id) == "complete"
+
+
+def test_a_failed_job_retried_runs_its_failed_frame_again(
+    farm: Farm, events: list[Transition]
+) -> None:
+    job_id = running_frame(farm, events)
+    farm.change_job("fail", job_id)
+
+    farm.change_job("retry", job_id)
+
+    assert statuses(farm, job_id) == {"1": "pending", "2": "pending"}
+    assert farm.take_work() is not None
+
+
+def test_a_resumed_job_runs_its_paused_frame_on(farm: Farm, events: list[Transition]) -> None:
+    job_id = running_frame(farm, events)
+    farm.change_job("suspend", job_id)
+    events.clear()
+
+    farm.change_job("resume", job_id)
+
+    assert statuses(farm, job_id) == {"1": "running", "2": "pending"}
+    assert Transition("running", "work", job_id, work_name="1", host="node1") in events
+    assert farm.change_work("complete", job_id, ["1"]).changed == 1
+
+
+@pytest.mark.parametrize(("verb", "ended"), [("kill", "killed"), ("fail", "failed")])
+def test_an_ended_instance_stops_its_frame_and_takes_no_other(
+    farm: Farm, events: list[Transition], verb: str, ended: str
+) -> None:
+    job_id = running_frame(farm, events)
+    sup = farm.supervisor
+
+    result = sup.subjob_action(verb, job_id, [0], "alice")
+
+    assert result.message == (
+        f"instance {job_id}.0 running -> {ended} (work {job_id}:1 running -> {ended})"
+    )
+    assert statuses(farm, job_id) == {"1": ended, "2": "pending"}
+    assert Transition(ended, "work", job_id, work_name="1", host="node1") in events
+    # Its only instance has ended, so the job ends with it, as a job killed or failed does.
+    assert farm.status(job_id) == ended
+    assert farm.take_work() is None
+    assert farm.change_work("complete", job_id, ["1"]).changed == 0
+
+
+def test_a_job_runs_on_with_the_instances_it_has_left(farm: Farm, events: list[Transition]) -> None:
+    (job,) = farm.submit([{"name": "r", "user": "alice", "agenda": ["1", "2", "3"], "cpus": 2}])
+    job_id = int(job["id"])
+    farm.take_work("node1")  # 1 on instance 0
+    farm.take_work("node2")  # 2 on instance 1
+
+    farm.supervisor.subjob_action("kill", job_id, [0], "alice")
+
+    assert statuses(farm, job_id) == {"1": "killed", "2": "running", "3": "pending"}
+    assert farm.status(job_id) == "running"
+    assert farm.take_work("node3") is None  # instance 1 is busy, instance 0 is killed
+    with pytest.raises(ValueError, match=f"instance {job_id}.0 is killed; work runs only on"):
+        farm.supervisor.start_work(job_id, "3", subid=0)
+    farm.change_work("complete", job_id, ["2"])
+    taken = farm.take_work("node3")
+    assert taken is not None and taken.work_name == "3"
+    assert farm.job(job_id)["agenda"][2]["subid"] == 1
+    farm.change_work("complete", job_id, ["3"])
+    assert farm.status(job_id) == "killed"  # frame 1 was killed
+
+
+def test_an_operator_cannot_start_a_frame_without_a_live_instance(farm: Farm) -> None:
+    (job,) = farm.submit([{"name": "r", "user": "alice", "agenda": ["1", "2"], "cpus": 2}])
+    job_id = int(job["id"])
+    farm.supervisor.subjob_action("kill", job_id, [0], "alice")
+    farm.supervisor.subjob_action("block", job_id, [1], "alice")
+
+    result = farm.change_work("start", job_id, ["1"])
+
+    assert result.changed == 0
+    assert result.message == (
+        f"work {job_id}:1 not started: no instance of job {job_id} is pending or running "
+        f"(instances {job_id}.0 killed, {job_id}.1 blocked)"
+    )
+    assert statuses(farm, job_id) == {"1": "pending", "2": "pending"}
+
+
+def test_a_callback_without_language_is_qube(farm: Farm) -> None:
+    (job,) = farm.submit(
+        [{"name": "n", "callbacks": [{"triggers": "complete-job-self", "code": "unblock-self"}]}]
+    )
+
+    assert job["callbacks"][0]["language"] == "qube"

@@ -71,7 +71,7 @@ JOB_TABLE = [
 WORK_TABLE = [
     ("unblock", {"blocked"}, "pending"),
     ("block", {"pending"}, "blocked"),
-    ("kill", {"pending", "running"}, "killed"),
+    ("kill", {"pending", "running", "suspended"}, "killed"),
     ("retry", {"failed", "killed", "complete"}, "pending"),
     ("requeue", {"failed", "killed", "complete"}, "blocked"),
     ("complete", {"pending", "blocked", "running", "waiting", "suspended"}, "complete"),
@@ -100,18 +100,43 @@ def test_remove_applies_to_every_job_and_has_no_target() -> None:
 
 
 def test_job_verbs_carry_their_work_along() -> None:
-    assert dict(states.job_rule("kill").work_moves) == {"running": "killed"}
     ended_again = {"complete": "pending", "failed": "pending", "killed": "pending"}
     assert dict(states.job_rule("retry").work_moves) == ended_again
     assert dict(states.job_rule("requeue").work_moves) == ended_again
-    for verb in ("interrupt", "migrate"):
-        assert dict(states.job_rule(verb).work_moves) == {"running": "pending"}
+    # Every verb that takes the job out of running stops its running (or paused) frames:
+    # a frame left running under such a job could never be reported, so never end.
+    stopped = {
+        "kill": "killed",
+        "fail": "failed",
+        "complete": "complete",
+        "block": "pending",
+        "interrupt": "pending",
+        "migrate": "pending",
+    }
+    for verb, target in stopped.items():
+        assert dict(states.job_rule(verb).work_moves) == {
+            "running": target,
+            "suspended": target,
+        }, verb
         assert not states.job_rule(verb).passive
+    assert dict(states.job_rule("suspend").work_moves) == {"running": "suspended"}
+    assert dict(states.job_rule("resume").work_moves) == {"suspended": "running"}
     # §5.2: preempt lets the running frame finish; the store waits for it (passive).
     assert states.job_rule("preempt").passive
-    assert not states.job_rule("preempt").work_moves
-    for verb in ("preempt", "unblock", "block", "suspend", "resume", "complete", "fail"):
+    for verb in ("preempt", "unblock"):
         assert not states.job_rule(verb).work_moves, verb
+
+
+def test_instance_verbs_move_only_the_frame_the_instance_runs() -> None:
+    assert dict(states.subjob_rule("kill").work_moves) == {
+        "running": "killed",
+        "suspended": "killed",
+    }
+    assert dict(states.subjob_rule("fail").work_moves) == {
+        "running": "failed",
+        "suspended": "failed",
+    }
+    assert not states.subjob_rule("retry").work_moves  # never re-runs its ended frames
 
 
 def test_refusal_says_why_a_verb_does_not_apply() -> None:
