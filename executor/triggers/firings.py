@@ -200,8 +200,11 @@ class FiringWorker:
         """Answer a waiter with the firing's result of record (after close: UnavailableError)."""
         try:
             result = await result_of_record(invocation_id)
-        finally:
-            self._results.pop(invocation_id, None)
+        except Exception:  # a store bug: the waiter gets no result rather than no answer
+            logger.exception("firing %s: looking for its result of record failed", invocation_id)
+            result = None
+        # Cancelled (close), the waiter stays in _results: close() tells it UnavailableError.
+        self._results.pop(invocation_id, None)
         if not future.done():
             future.set_result(result)
 
