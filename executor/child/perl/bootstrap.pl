@@ -21,16 +21,12 @@
 # the message on stderr. CORE::exit skips the report; the exit status then tells the
 # executor.
 
-# Defined before any pragma or lexical of this file, so the callback's code sees
-# neither: it is compiled in package main, without strict, and may `use strict` itself.
-sub _eval_callback_source { eval shift; return $@ }    ## no critic (ProhibitStringyEval)
-
 # Every module is paid for on each cold child's start: no `use warnings` or `use
 # constant` (3 ms each here); see qb.pm on the rest.
 use strict;
 use qb ();
-# The callback's wrapper says `no warnings`, which loads warnings.pm: load it now, before
-# the start frame, so a child prepared ahead has it ready instead of loading it per run.
+# Callbacks find warnings.pm loaded (README): load it now, before the start frame, so a
+# child prepared ahead has it ready instead of loading it per run.
 require warnings;
 # What the Perl zygote (zygote.pl) loads for itself, its children have loaded too: a cold
 # child loads the same, so a callback finds the same modules loaded on both launch paths
@@ -49,6 +45,8 @@ sub EXIT_BAD_START ()    { 2 }
 my $reported = 0;
 my $main_pid;    # the callback's own process: one it forks must not report for it
 my $last_die;    # [error, location, stack] of the latest die, for the traceback
+my $compile_die;    # [error, the errors counted before it] of the last die while compiling
+my $source_hook;    # the @INC hook that hands perl the callback's code while it compiles
 
 # Setting $| flushes a handle at once (IO::Handle's flush without loading it).
 sub flush_stdio {
@@ -125,6 +123,8 @@ sub _traceback {
 
 sub _record_die {
     my ($err) = @_;
+    # $@ is still what it was before this die: while compiling, the errors perl counted.
+    $compile_die = [ $err, $@ ] if !$qb::_started;
     my ($location, @stack);
     for (my $level = 0; my @frame = caller($level); $level++) {
         next if $frame[1] ne CALLBACK_FILENAME;
@@ -138,6 +138,56 @@ sub _record_die {
     }
     $last_die = [ $err, [ $location, @stack ] ];
     return;
+}
+
+# The callback's code is compiled as plain `perl FILE` compiles a file: `do` of a name only
+# $source_hook (first in @INC) answers, handing the code over a line at a time. A string
+# eval reports compile errors unlike perl: perl appends ";" to the string (an error at
+# the end was a line past it), takes an error at a ";" to be "at EOF" (`my $x = ;`), and
+# its `near "..."` hint quotes lines that follow. `do` compiles without this file's
+# pragmas (no strict, default warnings), so the callback may `use strict` itself. For a
+# hook that gives no file handle perl opens /dev/null as the file (every child has it:
+# it is their stdin).
+sub _compile_and_run_callback {
+    my ($source) = @_;
+    my @lines = split /^/, $source;
+    # Before the callback's line 1: the hook leaves @INC and %INC as they were, and the
+    # first statement marks that compilation is over: an error before it is the code not
+    # compiling (rejected), after it a die at run time.
+    my $preamble = 'package main; BEGIN { main::_forget_source_hook() } $qb::_started = 1;'
+        . "\n#line 1 \"" . CALLBACK_FILENAME . "\"\n";
+    $source_hook = sub {
+        my (undef, $name) = @_;
+        return if $name ne CALLBACK_FILENAME;
+        return (\$preamble, sub { return 0 if !@lines; $_ = shift @lines; return 1 });
+    };
+    unshift @INC, $source_hook;
+    my $name = CALLBACK_FILENAME;    # `do NAME(...)` would be an old form of sub call
+    do $name;
+    return $@;
+}
+
+sub _forget_source_hook {
+    @INC = grep { !ref $_ || $_ != $source_hook } @INC;
+    delete $INC{ +CALLBACK_FILENAME };    # plain perl has no entry for its script
+    return;
+}
+
+# A compile failure as plain perl prints it. A die while compiling (a BEGIN block's, a
+# failing `use`, a parser error such as an unterminated string) ends it at once, after
+# the errors counted before it; otherwise perl counted errors to the end of the code and
+# says it will not run it. (A callback whose BEGIN block sets $SIG{__DIE__} hides its
+# dies from _record_die, and gets the second kind's last line.)
+sub _compile_errors {
+    my ($err) = @_;
+    my $text = "$err";
+    if ($compile_die && _same_error($compile_die->[0], $err)) {
+        my $counted = $compile_die->[1];
+        $counted = '' if !defined $counted || ref $counted;
+        return index($text, $counted) == 0 ? $text : $counted . $text;
+    }
+    return $text . 'Execution of ' . CALLBACK_FILENAME
+        . " aborted due to compilation errors.\n";
 }
 
 sub run {
@@ -169,17 +219,13 @@ sub run {
     qb::_bind($bridge, $start->{context});
     my $source = defined $start->{code} ? $start->{code} : '';
 
-    # The first statement marks that compilation is over: an error before it is the
-    # code not compiling (rejected), after it a die at run time.
     $qb::_started = 0;
-    my $wrapped = "package main; no strict; no warnings;\n\$qb::_started = 1;\n"
-        . "#line 1 \"" . CALLBACK_FILENAME . "\"\n$source\n";
     local $SIG{__DIE__} = \&_record_die;
-    my $err = _eval_callback_source($wrapped);
+    my $err = _compile_and_run_callback($source);
     my $failed = ref $err || (defined $err && length $err);
 
     if ($failed && !$qb::_started) {
-        my $message = _chomped("$err");
+        my $message = _chomped(_compile_errors($err));
         report({
             status         => 'rejected',
             exception_type => 'CompileError',
