@@ -562,7 +562,9 @@ def _check_runs(settings: Settings) -> None:
 
 def _check_outputs(settings: Settings) -> None:
     """Where logs and mail go."""
-    _check_not_a_file("log_dir", Path(settings.log_dir) if settings.log_dir else None)
+    # The default, <data_dir>/logs, too: a file there would lose every .cb log in silence.
+    log_dir = settings.callback_log_dir
+    _check_not_a_file("log_dir" if settings.log_dir else "log_dir (the default)", log_dir)
     _check_not_a_file("mail.directory", settings.mail_settings.directory)
     templates = settings.mail.templates_dir
     if templates is not None and str(templates) not in ("", ".") and not templates.is_dir():

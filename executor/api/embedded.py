@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 import tempfile
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from typing import Final
 import grpc
 
 from executor.errors import ConfigError
-from executor.storage import open_database
+from executor.storage import StorageError, StorageHealth, open_database, writing
 from supervisor_client.reference import ReferenceSupervisor, add_reference_supervisor
 from supervisor_client.reference.forwarder import EventForwarder
 
@@ -87,12 +88,16 @@ async def start(
     max_message_bytes: int,
     history_retention_days: float,
     history_max_runs: int,
+    health: StorageHealth | None = None,
 ) -> EmbeddedSupervisor:
     """Open ``<data_dir>/supervisor.db`` and serve it on ``<data_dir>/supervisor.sock``.
 
     It takes messages as large as the executor sends (``max_message_bytes``), and keeps
     results within the history's bounds (see the module doc). A file that is not a
-    database is a ConfigError naming it; it is left untouched.
+    database is a ConfigError naming it; it is left untouched. Later, a storage failure
+    (a full disk) is a ``StorageError`` naming the file, as for the executor's own
+    databases: UNAVAILABLE to the farm's and the supervisor's callers, noted in
+    ``health``; the change it met is rolled back whole.
     """
     path = data_dir / "supervisor.db"
     open_database(path).close()  # damage refused as for the executor's own databases
@@ -102,6 +107,7 @@ async def start(
             event_outbox=True,
             result_retention_s=history_retention_days * DAY_S,
             max_results=min(history_max_runs, MAX_RESULTS),
+            storage_errors=functools.partial(writing, path, health),
         )
     except sqlite3.DatabaseError as err:
         raise ConfigError(
@@ -115,7 +121,7 @@ async def start(
     socket_path.unlink(missing_ok=True)
     address = f"unix:{socket_path}"
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes)])
-    add_reference_supervisor(server, reference)
+    add_reference_supervisor(server, reference, unavailable=(StorageError,))
     try:
         if server.add_insecure_port(address) == 0:
             raise ConfigError(f"data_dir: cannot listen on the supervisor socket {socket_path}")

@@ -15,10 +15,12 @@ item depends on timing.
 Stopping: the first SIGINT/SIGTERM stops taking work and finishes the items in flight
 (at most ``frame_seconds``); a second one leaves them running and exits.
 
-An executor that cannot be reached (restarting, say) does not lose a rendered frame: its
-end is reported again for up to ``REPORT_RETRY_S``, as a worker's daemon would. If it
-still cannot be, the workers stop, finishing the other frames in flight the same way,
-and every item left running is named with the command that ends it.
+An executor that cannot take a call now (restarting, say, or its data dir full: both
+answer UNAVAILABLE) does not lose a rendered frame: its end is reported again for up to
+``REPORT_RETRY_S``, as a worker's daemon would, and an idle worker asks for work again
+as long. If it still cannot, the workers stop, finishing the other frames in flight the
+same way, and every item left running is named with the command that ends it, as is
+one whose end the executor refused for another reason than its being gone.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ import contextlib
 import hashlib
 import random
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final, TextIO
+from typing import Any, Final, TextIO, TypeVar
+
+import grpc
 
 from executor.visible_text import escaped, printable
 from supervisor_client import ExecutorRpcError, FarmClient, RetryableError
@@ -39,6 +43,8 @@ IDLE_POLL_S: Final = 0.2
 # How long a worker keeps reporting a frame's end to an executor it cannot reach.
 REPORT_RETRY_S: Final = 30.0
 REPORT_BACKOFF_S: Final = (0.5, 5.0)  # first and longest pause between reports
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +78,8 @@ class Workers:
         self.finished = 0
         # host -> the item it has taken and not yet reported ("12:5", or "12" for a job).
         self.in_flight: dict[str, str] = {}
+        # Items whose end the executor refused for another reason than their being gone.
+        self.unreported: list[str] = []
 
     def _say(self, line: str) -> None:
         # Job and work names are a submitter's: a CR/LF in one must not start a line.
@@ -86,29 +94,54 @@ class Workers:
             async with asyncio.timeout(seconds):
                 await self._stopping.wait()
 
-    async def _report(self, host: str, taken: Any, change: str) -> Any:
-        """ChangeWork for a taken item (a TakeWorkResponse), again while the executor cannot be reached."""
+    async def _again(
+        self, host: str, what: str, call: Callable[[], Awaitable[_T]], *, until_stopped: bool
+    ) -> _T | None:
+        """``call``, again with backoff while the executor cannot take it, for REPORT_RETRY_S.
+
+        An executor restarting, or one whose data dir is full (UNAVAILABLE naming the
+        file), takes it once it can. With ``until_stopped``, a stop ends the wait (None):
+        nothing taken, nothing to finish.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + REPORT_RETRY_S
         pause, longest = REPORT_BACKOFF_S
         while True:
             try:
-                return await self._farm.change_work(
-                    job_id=taken.job_id,
-                    work=[taken.work_name] if taken.work_name else [],
-                    change=change,
-                    host=host,
-                )
+                return await call()
             except RetryableError as err:
                 if loop.time() + pause > deadline:
                     raise
-                self._say(f"{host}: cannot report yet ({err.code.name}); again in {pause:g}s")
-                await asyncio.sleep(pause)
+                self._say(f"{host}: cannot {what} yet ({err.code.name}); again in {pause:g}s")
+                if until_stopped:
+                    await self._pause(pause)
+                    if self._stopping.is_set():
+                        return None
+                else:
+                    await asyncio.sleep(pause)
                 pause = min(pause * 2, longest)
+
+    async def _report(self, host: str, taken: Any, change: str) -> Any:
+        """ChangeWork for a taken item (a TakeWorkResponse), again while the executor cannot take it."""
+        return await self._again(
+            host,
+            "report",
+            lambda: self._farm.change_work(
+                job_id=taken.job_id,
+                work=[taken.work_name] if taken.work_name else [],
+                change=change,
+                host=host,
+            ),
+            until_stopped=False,  # a rendered frame is reported even while stopping
+        )
 
     async def _worker(self, host: str) -> None:
         while not self._stopping.is_set():
-            taken = await self._farm.take_work(host)
+            taken = await self._again(
+                host, "take work", lambda: self._farm.take_work(host), until_stopped=True
+            )
+            if taken is None:
+                break
             if not taken.taken:
                 await self._pause(IDLE_POLL_S)
                 continue
@@ -130,6 +163,8 @@ class Workers:
             except ExecutorRpcError as err:  # removed meanwhile, say: report, go on
                 del self.in_flight[host]
                 self._say(f"{host}: {item} could not {change}: {err.details}")
+                if err.code != grpc.StatusCode.NOT_FOUND:  # it may still be running: name it
+                    self.unreported.append(name)
                 continue
             del self.in_flight[host]
             self.finished += 1
@@ -160,9 +195,9 @@ class Workers:
             self._say_left_running()
 
     def _say_left_running(self) -> None:
-        if not self.in_flight:
+        if not self.in_flight and not self.unreported:
             return
-        names = " ".join(sorted(self.in_flight.values()))
+        names = " ".join(sorted({*self.in_flight.values(), *self.unreported}))
         self._say(
             f"left running (taken, their end never reported): {names}; once the executor "
             f"answers, end them with: cbexec farm complete {names} (or fail, or kill then retry)"

@@ -311,12 +311,17 @@ LAST_GOOD_NAME: Final = "universal-last-good.json"
 def save_last_good(path: Path, callbacks: list[UniversalCallback], loaded_at: float) -> None:
     """Keep the set just loaded, so a start-up that meets a broken callbacks.conf keeps it.
 
-    Written whole or not at all (a new file renamed over the old).
+    Written whole or not at all (a new file renamed over the old); a write that fails
+    (a full disk, a directory at ``path``) leaves no ``.partial`` file behind.
     """
     data = {"loaded_at": loaded_at, "callbacks": [asdict(callback) for callback in callbacks]}
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
-    os.replace(partial, path)
+    try:
+        partial.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def load_last_good(path: Path) -> tuple[list[UniversalCallback], float] | None:

@@ -89,10 +89,20 @@ def result_payload(request: supervisor_pb2.ReportResultRequest) -> dict[str, Any
 
 
 class SupervisorServicer(supervisor_pb2_grpc.SupervisorServiceServicer):
-    """The Supervisor RPCs on a ReferenceSupervisor; ``actor`` is checked by the store."""
+    """The Supervisor RPCs on a ReferenceSupervisor; ``actor`` is checked by the store.
 
-    def __init__(self, supervisor: ReferenceSupervisor) -> None:
+    Args:
+        supervisor: the store served.
+        unavailable: the errors its ``storage_errors`` raises for a storage failure,
+            answered UNAVAILABLE with their message: the call changed nothing and may
+            work once the storage does.
+    """
+
+    def __init__(
+        self, supervisor: ReferenceSupervisor, unavailable: tuple[type[Exception], ...] = ()
+    ) -> None:
         self._supervisor = supervisor
+        self._unavailable = unavailable
 
     async def _call(self, context: Context, call: Callable[[], _T]) -> _T:
         """Run one store call; expected errors abort with their status and message.
@@ -104,7 +114,9 @@ class SupervisorServicer(supervisor_pb2_grpc.SupervisorServiceServicer):
             return call()
         except Exception as err:
             mapped = status_for(err)
-            if mapped is None:
+            if isinstance(err, self._unavailable):
+                code, message = grpc.StatusCode.UNAVAILABLE, str(err)
+            elif mapped is None:
                 logger.exception("reference supervisor failed")
                 code, message = (
                     grpc.StatusCode.INTERNAL,
@@ -213,9 +225,14 @@ class SupervisorServicer(supervisor_pb2_grpc.SupervisorServiceServicer):
 
 
 def add_reference_supervisor(
-    server: grpc.aio.Server, supervisor: ReferenceSupervisor
+    server: grpc.aio.Server,
+    supervisor: ReferenceSupervisor,
+    unavailable: tuple[type[Exception], ...] = (),
 ) -> SupervisorServicer:
-    """Serve ``supervisor`` as the Supervisor service on an existing (not yet started) server."""
-    servicer = SupervisorServicer(supervisor)
+    """Serve ``supervisor`` as the Supervisor service on an existing (not yet started) server.
+
+    ``unavailable``: as for ``SupervisorServicer``.
+    """
+    servicer = SupervisorServicer(supervisor, unavailable)
     supervisor_pb2_grpc.add_SupervisorServiceServicer_to_server(servicer, server)
     return servicer

@@ -28,7 +28,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
@@ -202,6 +202,11 @@ class ReferenceSupervisor:
             and every 50 results); None keeps them.
         max_results: at most this many results are kept, the oldest pruned first;
             None keeps them all.
+        storage_errors: wraps every use of the database after the open, a failed
+            commit included: the embedding process's translation of a storage failure (a
+            full disk, an I/O error) into its own error (the executor's
+            ``storage.writing``, UNAVAILABLE naming the file). By default SQLite's errors
+            pass as they are.
     """
 
     def __init__(
@@ -216,8 +221,10 @@ class ReferenceSupervisor:
         event_outbox: bool = False,
         result_retention_s: float | None = None,
         max_results: int | None = None,
+        storage_errors: Callable[[], AbstractContextManager[None]] = nullcontext,
     ) -> None:
         self._admins = frozenset(admins)
+        self._storage_errors = storage_errors
         self._security = default_security
         self._listeners = list(listeners)
         self._clock = clock
@@ -289,21 +296,21 @@ class ReferenceSupervisor:
         """Up to ``limit`` kept events, oldest first; none without ``event_outbox``."""
         if self._events is None:
             return []
-        with self._lock:
+        with self._using_db():
             return self._events.oldest(limit)
 
     def has_unsent_events(self) -> bool:
         """Whether any kept event waits to be removed."""
         if self._events is None:
             return False
-        with self._lock:
+        with self._using_db():
             return self._events.waiting()
 
     def remove_event(self, seq: int) -> None:
         """Forget a kept event: it was delivered (or refused for good)."""
         if self._events is None:
             return
-        with self._lock, self._db:
+        with self._using_db(), self._db:
             self._events.remove(seq)
 
     def add_listener(self, listener: Listener) -> None:
@@ -312,14 +319,22 @@ class ReferenceSupervisor:
             self._listeners.append(listener)
 
     @contextmanager
+    def _using_db(self) -> Iterator[None]:
+        """Hold the connection; a storage failure meanwhile is raised as ``storage_errors`` says."""
+        with self._lock, self._storage_errors():
+            yield
+
+    @contextmanager
     def _transaction(self) -> Iterator[_Changes]:
         """Run a change atomically; deliver its transitions once it is committed.
 
         A listener that raises is logged and skipped: the change is already committed,
-        so failing the caller's verb would misreport what happened.
+        so failing the caller's verb would misreport what happened. A change that fails,
+        its commit included, is rolled back whole: its state, history lines and kept
+        events together, and no listener hears of it.
         """
         changes = _Changes()
-        with self._lock:
+        with self._using_db():
             with self._db:
                 yield changes
                 now = self._clock()
@@ -448,14 +463,14 @@ class ReferenceSupervisor:
 
     def job(self, job_id: int, *, include_callbacks: bool = False) -> dict[str, Any]:
         """The Qube job dict of one job. Raises NoSuchJobError."""
-        with self._lock:
+        with self._using_db():
             return self._job_dict(self._job_row(job_id), include_callbacks=include_callbacks)
 
     def jobs_in_pgrp(self, pgrp: int, *, include_callbacks: bool = False) -> list[dict[str, Any]]:
         """Every job of a process group, by id; empty for an unknown pgrp."""
         if not 0 <= pgrp <= MAX_ID:
             return []
-        with self._lock:
+        with self._using_db():
             rows = self._db.execute("SELECT * FROM jobs WHERE pgrp = ? ORDER BY id", (pgrp,))
             return [
                 self._job_dict(row, include_callbacks=include_callbacks) for row in rows.fetchall()
@@ -466,23 +481,23 @@ class ReferenceSupervisor:
         query, args = "SELECT * FROM jobs", list(statuses)
         if args:
             query += f" WHERE status IN ({', '.join('?' * len(args))})"
-        with self._lock:
+        with self._using_db():
             rows = self._db.execute(query + " ORDER BY id", args).fetchall()
             return [self._job_dict(row, include_callbacks=False) for row in rows]
 
     def job_ids(self) -> list[int]:
         """The ids of every job, ascending."""
-        with self._lock:
+        with self._using_db():
             return [row[0] for row in self._db.execute("SELECT id FROM jobs ORDER BY id")]
 
     def preempted_job_ids(self) -> set[int]:
         """Jobs preempted while work ran: they take no new work until it has ended."""
-        with self._lock:
+        with self._using_db():
             return {row[0] for row in self._db.execute("SELECT id FROM jobs WHERE preempted")}
 
     def find_by_label(self, pgrp: int, label: str) -> dict[str, Any] | None:
         """The job labelled ``label`` in ``pgrp`` (how trigger contexts name siblings)."""
-        with self._lock:
+        with self._using_db():
             row = self._db.execute(
                 "SELECT * FROM jobs WHERE pgrp = ? AND label = ?", (pgrp, label)
             ).fetchone()
@@ -492,7 +507,7 @@ class ReferenceSupervisor:
         """The job's history lines, oldest first; kept after the job is removed."""
         if not 0 <= job_id <= MAX_ID:
             return []
-        with self._lock:
+        with self._using_db():
             rows = self._db.execute(
                 "SELECT job_id, time, text, invocation_id FROM history WHERE job_id = ?"
                 " ORDER BY seq",
@@ -657,7 +672,7 @@ class ReferenceSupervisor:
                 repeat = earlier  # answered after the (empty) transaction, outside the lock
         except tuple(REMEMBERED_ERRORS.values()) as err:
             # Refused: its transaction rolled back; a repeat is refused the same way.
-            with self._lock, self._db:
+            with self._using_db(), self._db:
                 refusal = Answer(request, 0, str(err), type(err).__name__)
                 self._applied.remember(key, refusal, self._clock())
             raise
@@ -671,7 +686,7 @@ class ReferenceSupervisor:
 
     def applied_action_count(self) -> int:
         """How many numbered actions' answers are kept (applied.py)."""
-        with self._lock:
+        with self._using_db():
             return self._applied.count()
 
     def job_action(
@@ -1114,13 +1129,13 @@ class ReferenceSupervisor:
         args: tuple[int, ...] = ()
         if job_id is not None:
             query, args = query + " WHERE job_id = ? AND job_known = 1", (job_id,)
-        with self._lock:
+        with self._using_db():
             rows = self._db.execute(query + " ORDER BY time, rowid", args).fetchall()
         return [self._result_dict(row) for row in rows]
 
     def result(self, invocation_id: str) -> dict[str, Any] | None:
         """One stored result, or None."""
-        with self._lock:
+        with self._using_db():
             row = self._db.execute(
                 "SELECT * FROM results WHERE invocation_id = ?", (invocation_id,)
             ).fetchone()

@@ -8,13 +8,14 @@ import json
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
 from executor.cli import farm_workers
 from executor.cli.farm_workers import WorkerPlan, fails
-from supervisor_client import FarmClient, RetryableError
+from supervisor_client import ExecutorRpcError, FarmClient, RetryableError
 from supervisor_client.qbcallback.v1 import farm_pb2
 from tests.conftest import Stack
 from tests.helpers.cli import ROOT, cbexec, cli_env
@@ -449,4 +450,76 @@ async def test_workers_that_cannot_report_name_what_is_left_running(
     assert said.splitlines()[-1] == (
         "left running (taken, their end never reported): 4:1 4:2; once the executor "
         "answers, end them with: cbexec farm complete 4:1 4:2 (or fail, or kill then retry)"
+    )
+
+
+async def test_workers_ride_out_a_full_disk_and_finish_every_frame(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """UNAVAILABLE for a while (a full data dir) on taking and reporting: waited out, not fatal."""
+    monkeypatch.setattr(farm_workers, "REPORT_BACKOFF_S", (0.02, 0.05))
+    full = RetryableError(grpc.StatusCode.UNAVAILABLE, "cannot write /d/supervisor.db: full")
+
+    class FullForAWhile:
+        """Hands out three frames; each call is refused the first two times it is made."""
+
+        def __init__(self) -> None:
+            self.frames = ["1", "2", "3"]
+            self.refusals = {"take": 2, "change": 2}
+            self.completed: list[str] = []
+
+        def _refuse(self, call: str) -> None:
+            if self.refusals[call]:
+                self.refusals[call] -= 1
+                raise full
+
+        async def take_work(self, host: str) -> farm_pb2.TakeWorkResponse:
+            self._refuse("take")
+            if not self.frames:
+                workers.stop()  # the workload is done: drain
+                return farm_pb2.TakeWorkResponse(taken=False)
+            return farm_pb2.TakeWorkResponse(
+                taken=True, job_id=4, work_name=self.frames.pop(0), job_name="j", attempt=1
+            )
+
+        async def change_work(self, **call: Any) -> farm_pb2.ChangeWorkResponse:
+            self._refuse("change")
+            self.completed += call["work"]
+            return farm_pb2.ChangeWorkResponse(changed=1)
+
+    farm = FullForAWhile()
+    out = io.StringIO()
+    workers = farm_workers.Workers(farm, WorkerPlan(1, 0.01, 0.0, 1), out)  # type: ignore[arg-type]
+    await workers.run()
+    said = out.getvalue()
+    assert sorted(farm.completed) == ["1", "2", "3"], said
+    assert "worker-1: cannot take work yet (UNAVAILABLE)" in said, said
+    assert "worker-1: cannot report yet (UNAVAILABLE)" in said, said
+    assert "left running" not in said, said
+
+
+async def test_a_frame_whose_end_is_refused_as_a_bug_is_named_at_the_end() -> None:
+    """INTERNAL on a report: the frame may still be running, so it is named with its command."""
+
+    class Broken:
+        def __init__(self) -> None:
+            self.frames = ["7"]
+
+        async def take_work(self, host: str) -> farm_pb2.TakeWorkResponse:
+            if not self.frames:
+                raise ExecutorRpcError(grpc.StatusCode.INTERNAL, "internal error (incident 1)")
+            return farm_pb2.TakeWorkResponse(
+                taken=True, job_id=4, work_name=self.frames.pop(0), job_name="j", attempt=1
+            )
+
+        async def change_work(self, **_: object) -> farm_pb2.ChangeWorkResponse:
+            raise ExecutorRpcError(grpc.StatusCode.INTERNAL, "internal error (incident 2)")
+
+    out = io.StringIO()
+    workers = farm_workers.Workers(Broken(), WorkerPlan(1, 0.01, 0.0, 1), out)  # type: ignore[arg-type]
+    with pytest.raises(ExecutorRpcError):
+        await workers.run()
+    assert out.getvalue().splitlines()[-1] == (
+        "left running (taken, their end never reported): 4:7; once the executor "
+        "answers, end them with: cbexec farm complete 4:7 (or fail, or kill then retry)"
     )

@@ -258,6 +258,13 @@ def test_values_that_break_the_service_are_refused_by_name(tmp_path: Path) -> No
     assert _refusal(tmp_path, log_dir=str(a_file)) == (
         f"log_dir: {a_file} exists and is not a directory"
     )
+    default_logs = tmp_path / "data" / "logs"
+    default_logs.parent.mkdir()
+    default_logs.write_text("")
+    assert _refusal(tmp_path) == (
+        f"log_dir (the default): {default_logs} exists and is not a directory"
+    )
+    default_logs.unlink()
     assert _refusal(tmp_path, mail={"directory": str(a_file)}) == (
         f"mail.directory: {a_file} exists and is not a directory"
     )

@@ -273,6 +273,14 @@ def test_a_kept_set_line_this_version_refuses_is_left_out_at_start_up(
     assert len(engine.register_job(job(7, ("complete-job-self", "x"))).callbacks) == 2
 
 
+def test_a_kept_set_that_cannot_be_written_leaves_no_partial_file(tmp_path: Path) -> None:
+    kept = tmp_path / LAST_GOOD_NAME
+    kept.mkdir()  # something in its way: the rename over it fails
+    with pytest.raises(IsADirectoryError):
+        save_last_good(kept, [UniversalCallback("ok.qcb", "qube", "x", "done-job-self")], 1.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LAST_GOOD_NAME]
+
+
 async def test_universal_callbacks_attach_after_the_jobs_own(
     tmp_path: Path, engines: Engines
 ) -> None:
