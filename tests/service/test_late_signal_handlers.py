@@ -119,9 +119,11 @@ print("no RecursionError")
 
 @pytest.mark.timeout(300)
 async def test_nesting_handlers_under_a_1ms_timer_are_always_the_callbacks_error(
-    stack: Stack,
+    stack_warm: Stack,
 ) -> None:
+    # Warm only, as the original: when the wait for the threads was cut short, a cold
+    # child's interpreter exit waits for them again, and these spin until the CPU limit.
     for _ in range(20):
-        response = await run(stack, NESTING_HARDER)
+        response = await run(stack_warm, NESTING_HARDER)
         assert response.outcome == Outcome.OUTCOME_FAILED, response
         assert response.failure.exception_type == "RecursionError", response.failure
