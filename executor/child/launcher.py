@@ -291,7 +291,8 @@ def _run_runtime(spec: LaunchSpec) -> int:
             import python_bootstrap
 
             run = python_bootstrap.run
-        return int(run(BRIDGE_FD, warm_up=spec["warm_up"]))
+        # Not int(): a call returning would be one more point where a handler may raise.
+        return run(BRIDGE_FD, warm_up=spec["warm_up"])
     argv = spec["argv"]
     os.execv(argv[0], argv)
 

@@ -11,12 +11,14 @@ process's to report and end.
 from __future__ import annotations
 
 import builtins
+import ctypes
 import os
 import signal
 import sys
 import traceback
 import types
 from _signal import (  # type: ignore[import-not-found]  # not signal's wrappers: see launcher.py
+    SIG_DFL,
     SIG_IGN,
     SIGINT,
     default_int_handler,
@@ -24,6 +26,8 @@ from _signal import (  # type: ignore[import-not-found]  # not signal's wrappers
     valid_signals,
 )
 from _signal import signal as set_handler
+from functools import partial
+from itertools import compress
 from linecache import cache as source_lines
 from os import environ, getpid
 from typing import TYPE_CHECKING, Any
@@ -33,7 +37,9 @@ import qb
 from protocol import decode_trusted, read_frame, write_all, write_frame
 
 if TYPE_CHECKING:
-    from protocol import DoneFrame, DoneStatus, ParentFrame
+    from collections.abc import Callable
+
+    from protocol import DoneFrame, DoneStatus, ParentFrame, StartFrame
 
 CALLBACK_FILENAME = "<callback>"
 SIGTERM = int(signal.SIGTERM)  # an int: the enum member would be one more object to touch
@@ -42,19 +48,22 @@ EXIT_ON_SIGTERM = 128 + SIGTERM
 EXIT_BAD_START = 2
 # Each text of a done frame is cut to this, so the frame stays under the bridge's limit.
 DONE_TEXT_CHARS = 16 << 10  # JSON may spend 12 bytes on a character
+# An exception escaped the bootstrap after the start frame: the callback may have run, so
+# this is not the launcher's EXIT_LAUNCH_FAILED (the executor's exit_status.py says which).
+EXIT_REPORT_FAILED = 122
 
-
-# The signals whose handlers the callback's are (see _silence_handlers): not SIGTERM (the
-# deadline's), SIGXCPU (launcher.py's, in PID 1) or one the kernel sends for a fault.
-_CALLBACK_SIGNALS = sorted(
+SIGXCPU = int(signal.SIGXCPU)
+# Signals whose handler, once the callback's code and threads are done, is what their
+# default action would be anyway (SIG_DFL): ignored ones, and those the kernel sends for
+# a fault. SIGTERM gets the bootstrap's own handler back, SIGXCPU the one the run started
+# with (launcher.py's in a PID 1); every other one is ignored (see _set_handlers_aside).
+_DEFAULT_AFTER_THE_RUN = frozenset(
     int(signum)
-    for signum in valid_signals()
-    if signum
-    not in (
-        signal.SIGTERM,
-        signal.SIGXCPU,
-        signal.SIGKILL,
-        signal.SIGSTOP,
+    for signum in (
+        signal.SIGCHLD,
+        signal.SIGURG,
+        signal.SIGWINCH,
+        signal.SIGCONT,
         signal.SIGSEGV,
         signal.SIGBUS,
         signal.SIGFPE,
@@ -64,6 +73,16 @@ _CALLBACK_SIGNALS = sorted(
         signal.SIGTRAP,
     )
 )
+_HANDLED_SIGNALS = tuple(
+    sorted(int(s) for s in valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
+)
+# libc's signal(signum, SIG_IGN) as a one-argument call, so that one C-level call
+# (sorted's key) sets many at once: no Python code, so no handler, runs in between.
+_ignore_in_kernel = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)(
+    ("signal", ctypes.CDLL(None)), ((1, "signum"), (1, "handler", SIG_IGN))
+)
+# The SIGXCPU handler the run started with (run() records it): launcher.py's in a PID 1.
+_sigxcpu_handler: Any = SIG_DFL
 
 
 class Terminated(SystemExit):
@@ -204,48 +223,97 @@ def _wait_for_threads() -> None:
         threading._shutdown()
 
 
-def _silence_handlers() -> BaseException | None:
-    """Set the callback's signal handlers to ignore their signals; the first one's raise.
+def _handler_after_the_run(signum: int) -> Any:
+    """The handler ``signum`` keeps once the callback's code and threads are done."""
+    if signum == SIGTERM:
+        return _on_sigterm
+    if signum == SIGXCPU:
+        return _sigxcpu_handler
+    return SIG_DFL if signum in _DEFAULT_AFTER_THE_RUN else SIG_IGN
 
-    Once its code and threads are done: a handler still firing (a timer left running)
-    would raise into the report of how the run ended, and on the warm launcher that
-    exception would escape the bootstrap ("could not start the callback"). A handler can
-    still run while this replaces them: its exception is kept, and the work goes on.
+
+def _kernel_quieting() -> Callable[[], object]:
+    """One call that ignores, in the kernel, every signal with a Python handler at its call.
+
+    Made before the callback's code and called once it and its threads are done: a C-level
+    call (the iterators are lazy, so the handlers are looked at then), so no handler can
+    run from its start to its end, and after it none of those signals can make one due
+    (a timer left running, a signal a thread or another process sends). Handlers already
+    due still run at the next point where Python runs handlers.
     """
-    raised: BaseException | None = None
-    while True:
-        try:
-            for signum in _CALLBACK_SIGNALS:
-                handler = getsignal(signum)
-                if callable(handler) and handler is not default_int_handler:
-                    set_handler(signum, SIG_IGN)
-        except BaseException as err:  # noqa: BLE001 - the callback's handler raised
-            raised = raised or err
-        else:
-            return raised
+    with_handlers = compress(_HANDLED_SIGNALS, map(callable, map(getsignal, _HANDLED_SIGNALS)))
+    return partial(sorted, with_handlers, key=_ignore_in_kernel)
 
 
-def _execute(code: types.CodeType, namespace: dict[str, Any]) -> DoneFrame:
-    """Run the callback's code, then wait for its threads; how it ended, as a done frame."""
-    try:
-        try:
-            exec(code, namespace)
-        finally:
-            try:
-                _wait_for_threads()
-            finally:
-                late = _silence_handlers()
-                if late is not None:
-                    raise late  # as the handler's raise there would have, unsilenced
-    except Terminated:
+def _set_handlers_aside() -> None:
+    """Give every signal with a Python handler its handler after the run (SIGINT included).
+
+    After ``_kernel_quieting``'s call, which left Python's handlers in place. ``signal()``
+    runs a handler still due first, which may raise: the caller calls this again until a
+    call gets through; each call does what is left.
+    """
+    for signum in [s for s in _HANDLED_SIGNALS if callable(getsignal(s))]:
+        set_handler(signum, _handler_after_the_run(signum))
+
+
+def _done_frame(ended: BaseException | None) -> DoneFrame:
+    """The done frame of a run that ended with ``ended`` (None: its code ran to the end)."""
+    if ended is None:
+        return {"type": "done", "status": "ok", "exit_code": 0}
+    if isinstance(ended, Terminated):
         return {"type": "done", "status": "terminated", "exit_code": EXIT_ON_SIGTERM}
-    except SystemExit as err:
-        return {"type": "done", "status": "exit", "exit_code": _exit_code(err)}
-    except MemoryError as err:
-        return _raised("memory", err, "the callback ran out of memory (memory limit)")
+    if isinstance(ended, SystemExit):
+        return {"type": "done", "status": "exit", "exit_code": _exit_code(ended)}
+    if isinstance(ended, MemoryError):
+        return _raised("memory", ended, "the callback ran out of memory (memory limit)")
+    return _raised("exception", ended)
+
+
+def _execute(
+    code: types.CodeType, namespace: dict[str, Any], quiet: Callable[[], object]
+) -> DoneFrame:
+    """Run the callback's code, wait for its threads, set its handlers aside; how it ended.
+
+    ``quiet``: ``_kernel_quieting()``'s call. The run's exception is the first one raised:
+    the code's own, else one a signal handler raised while its threads were waited for
+    or its handlers set aside. A handler can raise wherever Python runs handlers (a
+    call's start or return, a loop's turn), so every step from the code's start to the
+    handlers set aside is in a try whose except clause calls nothing (no such point in
+    it) and falls through to the next step, the quieting first: after it only handlers
+    due already can raise, one raise each. The setting aside's retries are loops: a raise
+    at the inner loop's turn is the outer try's; only a third raise in a row, at the
+    outer loop's turn, would escape (three handlers due at once), and run() reports that
+    as EXIT_REPORT_FAILED, never as a launch failure.
+    """
+    ended: BaseException | None = None
+    try:
+        exec(code, namespace)
     except BaseException as err:  # noqa: BLE001 - everything the callback raises is reported
-        return _raised("exception", err)
-    return {"type": "done", "status": "ok", "exit_code": 0}
+        ended = err
+    try:
+        _wait_for_threads()
+    except BaseException as err:  # noqa: BLE001 - a handler's raise during the wait
+        if ended is None:  # not `ended or err`: an exception's __bool__ may be Python code
+            ended = err
+    try:
+        quiet()
+    except BaseException as err:  # noqa: BLE001 - a handler due already, at its return
+        if ended is None:
+            ended = err
+    aside = False
+    while not aside:
+        try:
+            while not aside:
+                try:
+                    _set_handlers_aside()
+                    aside = True
+                except BaseException as err:  # noqa: BLE001 - a handler due before
+                    if ended is None:
+                        ended = err
+        except BaseException as err:  # noqa: BLE001 - a raise at the inner loop's turn
+            if ended is None:
+                ended = err
+    return _done_frame(ended)
 
 
 def _start_frame(bridge_fd: int) -> ParentFrame:
@@ -266,13 +334,34 @@ def run(bridge_fd: int, *, warm_up: bool = False) -> int:
     """Execute the callback the executor sends; returns the process exit code.
 
     ``warm_up``: the child was started ahead of its run and waits for it anyway. The
-    protocol's functions are imported by name, as launcher.py explains.
+    protocol's functions are imported by name, as launcher.py explains. Once the start
+    frame has come, an exception that escapes (the callback's signal handlers, however
+    unlikely after ``_execute``, or a fault of ours) ends the process with
+    EXIT_REPORT_FAILED: the callback may have run, so it is no launch failure. A
+    SystemExit goes on: SIGTERM's (the executor's deadline or stop) ends the process
+    with its status, as it did the run.
     """
+    global _sigxcpu_handler
     if warm_up:
         _warm_up()
     start = _start_frame(bridge_fd)
     if start["type"] != "start":
         return EXIT_BAD_START
+    _sigxcpu_handler = getsignal(SIGXCPU)  # launcher.py's in a PID 1: kept after the run
+    try:
+        return _run_started(bridge_fd, start)
+    except SystemExit:
+        raise
+    except BaseException as err:  # noqa: BLE001 - reported by the exit status, not a frame
+        try:  # noqa: SIM105 - not contextlib.suppress: one more module for a child to touch
+            traceback.print_exception(err)
+        except BaseException:  # noqa: BLE001, S110 - its stderr may be gone; the status says it
+            pass
+        return EXIT_REPORT_FAILED
+
+
+def _run_started(bridge_fd: int, start: StartFrame) -> int:
+    """Run the callback of ``start`` and report how it ended; the process exit code."""
     if "env" in start:
         environ.update(start["env"])  # putenv too: what the callback starts sees them
     source = start["code"]
@@ -296,8 +385,9 @@ def run(bridge_fd: int, *, warm_up: bool = False) -> int:
     source_lines[CALLBACK_FILENAME] = (len(source), None, source.splitlines(True), "")
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, "qb": qb}
     main_pid = getpid()  # the callback's own process: one it forks reports nothing
+    quiet = _kernel_quieting()
 
-    done = _execute(code, namespace)
+    done = _execute(code, namespace, quiet)
     forked = getpid() != main_pid
     try:
         sys.stdout.flush()

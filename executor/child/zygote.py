@@ -377,15 +377,19 @@ def _child(
 
         traceback.print_exc()
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            # Not contextlib.suppress: one object fewer made in a forked child (page faults).
-            try:  # noqa: SIM105
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        if getpid() == own:
-            mark_end()  # after the exit handlers: nothing of the run's is left to do
-        _exit(code)
+        try:
+            for stream in (sys.stdout, sys.stderr):
+                # Not contextlib.suppress: one object fewer made in a forked child (page faults).
+                try:  # noqa: SIM105
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            if getpid() == own:
+                mark_end()  # after the exit handlers: nothing of the run's is left to do
+        finally:
+            # Whatever raises above (SIGTERM's handler in the end mark's wait), this
+            # process never returns to the zygote's loop, and leaves with the run's status.
+            _exit(code)
 
 
 def _send(control: socket.socket, message: ZygoteFailed) -> None:

@@ -130,6 +130,9 @@ def sandbox_result(child: ChildExit, limits: Limits) -> SandboxResult:
 # namespace (PID 1 ignores SIGXCPU without a handler, sandbox.md pitfall 3).
 EXIT_ON_SIGXCPU = 128 + signal.SIGXCPU
 EXIT_LAUNCH_FAILED = 121
+# The Python bootstrap's, when an exception escaped it after the start frame came: the
+# callback may have run, but how it ended was not reported (python_bootstrap.py).
+EXIT_REPORT_FAILED = 122
 # How both bootstraps exit when their start frame or the callback's code is refused.
 EXIT_BAD_START = 2
 _MEMORY_MARKERS = ("MemoryError", "Out of memory!", "Cannot allocate memory")
@@ -228,6 +231,11 @@ def _classify_exit(child: ChildExit, limits: Limits) -> tuple[Outcome, Failure |
         return Outcome.SUCCEEDED, None
     if child.exit_code == EXIT_LAUNCH_FAILED:
         return Outcome.FAILED, Failure("the sandbox could not start the callback")
+    if child.exit_code == EXIT_REPORT_FAILED:
+        return Outcome.FAILED, Failure(
+            "the callback's end was not reported: an exception escaped the Python bootstrap "
+            "after the run started (the traceback is on its stderr)"
+        )
     message = f"the callback exited with status {child.exit_code}"
     if done is not None:
         message += f" (after reporting {done['status']!r}, which is not how it ended)"

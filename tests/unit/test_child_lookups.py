@@ -34,8 +34,9 @@ CHILD_PATH: list[tuple[Callable[..., object], set[str]]] = [
     (isolation._mount_encoded, {"ctypes.get_errno", "os.strerror"}),
     (isolation.drop_privileges, set()),
     (seccomp.install, {"ctypes.get_errno", "os.strerror"}),
+    (python_bootstrap.run, {"traceback.print_exception"}),  # its error path
     (
-        python_bootstrap.run,
+        python_bootstrap._run_started,
         {
             "qb._bind",
             "qb._finish_sending",
@@ -46,6 +47,10 @@ CHILD_PATH: list[tuple[Callable[..., object], set[str]]] = [
         },
     ),
     (python_bootstrap._warm_up, {"qb._bind"}),
+    (python_bootstrap._execute, set()),
+    (python_bootstrap._kernel_quieting, set()),
+    (python_bootstrap._set_handlers_aside, set()),
+    (python_bootstrap._done_frame, set()),
     (protocol.read_frame, set()),
     (protocol._read_exactly, set()),
     (protocol.decode_trusted, set()),

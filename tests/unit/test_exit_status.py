@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -11,7 +13,14 @@ import pytest
 from executor.child.protocol import DoneFrame
 from executor.model import Limits, Outcome
 from executor.sandbox.capture import CapturedStream
-from executor.sandbox.exit_status import ChildExit, classify, describe_signal, sandbox_result
+from executor.sandbox.exit_status import (
+    EXIT_LAUNCH_FAILED,
+    EXIT_REPORT_FAILED,
+    ChildExit,
+    classify,
+    describe_signal,
+    sandbox_result,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -139,6 +148,27 @@ def test_an_exit_beyond_255_fails_saying_what_the_os_kept() -> None:
         "the callback exited with status 256 (its process's exit status is 0: "
         "the OS keeps the low 8 bits)"
     )
+
+
+def test_a_report_that_failed_after_the_start_is_no_launch_failure() -> None:
+    # The Python bootstrap's exit when an exception escaped it once the run had started.
+    outcome, failure = classify(child(exited(122)), LIMITS)
+
+    assert outcome == Outcome.FAILED
+    assert failure is not None
+    assert failure.message.startswith("the callback's end was not reported")
+    launch = classify(child(exited(121)), LIMITS)[1]
+    assert launch is not None
+    assert launch.message == "the sandbox could not start the callback"
+
+
+def test_the_child_spells_its_failure_exits_as_the_classifier_does() -> None:
+    child_dir = Path(__file__).parents[2] / "executor" / "child"
+    launcher = (child_dir / "launcher.py").read_text()
+    bootstrap = (child_dir / "python_bootstrap.py").read_text()
+
+    assert re.search(rf"^EXIT_LAUNCH_FAILED = {EXIT_LAUNCH_FAILED}$", launcher, re.MULTILINE)
+    assert re.search(rf"^EXIT_REPORT_FAILED = {EXIT_REPORT_FAILED}$", bootstrap, re.MULTILINE)
 
 
 def test_a_sigterm_the_executor_did_not_send_says_so() -> None:
