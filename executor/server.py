@@ -219,7 +219,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             farm = FarmServicer(
                 Farm(embedded.reference),
                 engine.store.callbacks_of,
-                embedded.drain,
+                functools.partial(embedded.settle, engine),
                 embedded.registered,
             )
         edge = api_edge.build(

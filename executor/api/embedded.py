@@ -23,7 +23,7 @@ import sqlite3
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import grpc
 
@@ -40,6 +40,19 @@ MAX_RESULTS: Final = 1000
 DAY_S: Final = 86400.0
 
 
+class Firings(Protocol):
+    """The trigger engine's queue of decided firings, as ``settle`` waits for it."""
+
+    @property
+    def idle(self) -> bool:
+        """Whether no firing is queued or running now."""
+        ...
+
+    async def wait_idle(self) -> None:
+        """Until no firing is queued or running."""
+        ...
+
+
 @dataclass
 class EmbeddedSupervisor:
     """The reference supervisor, its private server and the executor's channel to it."""
@@ -49,17 +62,33 @@ class EmbeddedSupervisor:
     channel: grpc.aio.Channel
     forwarder: EventForwarder | None = None
     _forwarding: asyncio.Task[None] | None = field(default=None, repr=False)
+    # Set by forward_to: the farm is served a moment before, and its events wait till then.
+    _forwarding_begun: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def forward_to(self, executor_channel: grpc.aio.Channel) -> EventForwarder:
         """Start sending every transition to the executor's TriggerService."""
         self.forwarder = EventForwarder(self.reference, executor_channel)
         self._forwarding = asyncio.create_task(self.forwarder.run())
+        self._forwarding_begun.set()
         return self.forwarder
 
-    async def drain(self) -> None:
-        """Until every transition so far, and what the callbacks it fired did, is forwarded."""
-        if self.forwarder is not None:
-            await self.forwarder.drain()
+    async def settle(self, firings: Firings) -> None:
+        """Until no event waits to be forwarded and no firing to run, both at once.
+
+        Each feeds the other: a forwarded event fires callbacks, and a callback's qb call
+        is a transition with its own event. The forwarder alone is not enough: the
+        firings decided before a stop or a crash are in the engine's queue, while the
+        events that fired them were acknowledged and left supervisor.db. Each firing's
+        result is committed before it leaves the queue (Recorder), and the history is
+        flushed before a read, so ``cbexec runs`` then shows every run.
+        """
+        while True:
+            await self._forwarding_begun.wait()
+            if self.forwarder is not None:
+                await self.forwarder.drain()
+            await firings.wait_idle()
+            if firings.idle and not self.reference.has_unsent_events():
+                return
 
     async def registered(self, job_ids: list[int]) -> None:
         """Until the farm's just-submitted jobs are registered with the trigger engine."""

@@ -7,8 +7,9 @@ errors become the executor's domain errors, and so statuses through the one tabl
 behind ``qb.workunblock('12:1-10')``: one meaning of a range for callbacks and people.
 
 The changes the farm makes reach the trigger engine through the embedded supervisor's
-forwarder like any other transition; ``WaitJobs`` waits for that forwarder to drain, so
-when it answers, the callbacks those changes fired have run.
+forwarder like any other transition; ``WaitJobs`` waits until that forwarder has drained
+and the engine has no firing left to run (those restored after a stop or a crash
+included), so when it answers, the callbacks those changes fired have run.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
     Args:
         farm: the embedded reference supervisor's farm.
         callbacks_of: the trigger engine's registered callbacks of a job (with latches).
-        settle: waits until every transition so far, and what it fired, has been handled.
+        settle: waits until every transition so far, and what it fired, has been handled,
+            and no firing is left to run (``EmbeddedSupervisor.settle``).
         registered: waits until just-submitted jobs are registered with the trigger engine.
     """
 

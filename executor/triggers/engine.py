@@ -983,6 +983,11 @@ class TriggerEngine:
                 logger.info("another replica reloaded the universal callbacks: reloading")
                 self._reload_universal(quiet=False)
 
+    @property
+    def idle(self) -> bool:
+        """Whether no firing is queued or running now (the restored ones count until run)."""
+        return self._firings.idle
+
     async def wait_idle(self) -> None:
         """Until no firing is queued or running (once started)."""
         await self._firings.wait_idle()

@@ -123,6 +123,11 @@ class FiringWorker:
         if self._store.fleet:
             self._claims = asyncio.get_running_loop().create_task(self._claim_forever())
 
+    @property
+    def idle(self) -> bool:
+        """Whether nothing is queued or running now."""
+        return self._idle.is_set()
+
     async def wait_idle(self) -> None:
         """Until nothing is queued or running (after ``start``; before it, what is queued waits)."""
         await self._idle.wait()
