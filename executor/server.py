@@ -46,6 +46,7 @@ from executor.dispatcher import Dispatcher
 from executor.errors import ConfigError, UnavailableError
 from executor.policies import exposure_warnings, for_host
 from executor.policies import report as policy_report
+from executor.runs.invocation_ids import FleetIds
 from executor.runs.metrics import Metrics
 from executor.runs.readings import ReadingSources, TierFlags
 from executor.runs.recorder import Recorder
@@ -222,6 +223,9 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
                 functools.partial(embedded.settle, engine),
                 embedded.registered,
             )
+        fleet_ids = None
+        if trigger_store.fleet:  # Execute's id checks: one round trip to the shared store
+            fleet_ids = FleetIds(trigger_store.outside_transaction, recorder.pending)
         edge = api_edge.build(
             settings,
             credentials,
@@ -232,6 +236,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             farm=farm,
             policies=policies,
             storage=storage_health,
+            id_use=fleet_ids,
         )
         stack.push_async_callback(edge.close, STOP_GRACE_S)
         await edge.server.start()

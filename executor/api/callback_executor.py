@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 
@@ -14,6 +13,7 @@ from executor.errors import AlreadyExistsError, PermissionDeniedError, Unavailab
 from executor.model import Invocation, Limits
 from executor.policies import PolicySet
 from executor.runs.history import RunIdentity
+from executor.runs.invocation_ids import IdUse
 from executor.storage import StorageHealth
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 
@@ -29,17 +29,11 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
         max_limits: Limits,
         policies: PolicySet | None = None,
         storage: StorageHealth | None = None,
-        recorded: Callable[[str], RunIdentity | None] = lambda _: None,
-        fired: Callable[[str], bool] = lambda _: False,
-        lookups_wait: bool = False,
+        id_use: Callable[[str], IdUse] = lambda _: IdUse(False, None),
     ) -> None:
         self._dispatcher = dispatcher
-        # Whose run an invocation id already names (Recorder.recorded).
-        self._recorded = recorded
-        # Whether a fired callback waiting to run (or running) has the id (the engine).
-        self._fired = fired
-        # Whether those two wait on the network (a fleet's store), or answer at once.
-        self._lookups_wait = lookups_wait
+        # What a caller's invocation id names already (executor.runs.invocation_ids).
+        self._id_use = id_use
         self._default_limits = default_limits
         self._max_limits = max_limits
         self._policies = policies
@@ -90,17 +84,9 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
         stays: the supervisor keeps the first result under the id, and so does the history.
         """
         invocation_id = invocation.invocation_id
-        recorded: RunIdentity | None = None
-        if self._lookups_wait:
-            # Two round trips to the fleet's store: side by side, and off the event loop.
-            fired, recorded = await asyncio.gather(
-                asyncio.to_thread(self._fired, invocation_id),
-                asyncio.to_thread(self._recorded, invocation_id),
-            )
-        else:  # in memory, and one indexed read of a local file: a thread would cost more
-            fired = self._fired(invocation_id)
-            if not fired:
-                recorded = self._recorded(invocation_id)
+        # On the loop: memory and one indexed read of a local file, or one round trip to
+        # a fleet's store (as the result's commit is): a thread's hand-offs cost more.
+        fired, recorded = self._id_use(invocation_id)
         if fired:
             # Never a retry: the engine made the id. Run first, this call would take the
             # fired callback's place at the supervisor, its actions counted as repeats.

@@ -11,6 +11,7 @@ instead of silently taking a share of the calls.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -27,6 +28,7 @@ from executor.api.triggers import TriggerServicer
 from executor.config import Settings
 from executor.dispatcher import Dispatcher
 from executor.policies import PolicySet
+from executor.runs.invocation_ids import IdUse, LocalIds
 from executor.runs.metrics import Metrics
 from executor.runs.recorder import Recorder
 from executor.storage import StorageHealth
@@ -109,10 +111,13 @@ def build(
     farm: FarmServicer | None = None,
     policies: PolicySet | None = None,
     storage: StorageHealth | None = None,
+    id_use: Callable[[str], IdUse] | None = None,
 ) -> Edge:
     """The server with every service registered and its port bound; not started yet.
 
     ``farm`` is the embedded supervisor's FarmService, registered only when given.
+    ``id_use``: what Execute asks of a caller's invocation id (a fleet's ``FleetIds``);
+    None: this executor's own firings and history.
     """
     server = grpc.aio.server(
         interceptors=security.server_interceptors(settings) or None,
@@ -131,9 +136,7 @@ def build(
             max_limits=settings.max_limits,
             policies=policies,
             storage=storage,
-            recorded=recorder.recorded,
-            fired=engine.holds_firing,
-            lookups_wait=engine.store.fleet,
+            id_use=id_use or LocalIds(engine.holds_firing, recorder.recorded),
         ),
     )
     guarded.register(

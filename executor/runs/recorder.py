@@ -214,13 +214,17 @@ class Recorder:
         """Whose run is recorded (or being recorded) under ``invocation_id``.
 
         The runs the writer still holds first, then the history: between the two, a run
-        is always in one of them. A fleet's history is a round trip to PostgreSQL; a
-        local one's read never waits for a write.
+        is always in one of them. A local history's read never waits for a write.
         """
-        pending = self._writer.pending(invocation_id)
+        pending = self.pending(invocation_id)
         if pending is not None:
-            return RunIdentity.of(pending)
+            return pending
         return self.history.identity(invocation_id)
+
+    def pending(self, invocation_id: str) -> RunIdentity | None:
+        """Whose run the writer holds under ``invocation_id``, not yet in the history."""
+        pending = self._writer.pending(invocation_id)
+        return None if pending is None else RunIdentity.of(pending)
 
     def recorded_result(self, invocation_id: str) -> RunResult | None:
         """The result the history has under ``invocation_id`` (None: none); blocks."""
