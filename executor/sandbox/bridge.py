@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -120,7 +121,13 @@ class BridgeServer:
         try:
             await self._loop.sock_sendall(self._sock, data)
         except OSError:
-            self._end()  # the callback went away
+            # Only the start frame is sent this way: the child's end is gone with it
+            # unread (its callback never ran). What it sent first is still to be read
+            # (a launcher's launch_failed frame).
+            self._result.start_unread = True
+            self._reading = True
+            self.read_pending()
+            self._end()
             return
         self._task = None
         self._read()
@@ -143,7 +150,11 @@ class BridgeServer:
             chunk = self._sock.recv(READ_CHUNK)
         except (BlockingIOError, InterruptedError):
             return False
-        except OSError:
+        except OSError as err:
+            if err.errno == errno.ECONNRESET and not self._result.calls:
+                # The child's end was released with data unread, and only the start
+                # frame was ever sent to it: its callback never had its code.
+                self._result.start_unread = True
             self._end()  # the callback went away mid-frame
             return False
         if not chunk:
@@ -167,12 +178,19 @@ class BridgeServer:
     def _take_frames(self) -> None:
         try:
             while (frame := _next_frame(self._buffer)) is not None:
+                if self._result.launch_failure:
+                    raise BridgeViolation("a frame after the launch failure report")
                 if frame["type"] == "call":
                     self._result.calls += 1
                     self._pause()  # the child waits for the reply
                     self.answering = True
                     self._task = self._loop.create_task(self._answer(frame))
                     return
+                if frame["type"] == "launch_failed":
+                    if self._result.calls or self._result.done is not None:
+                        raise BridgeViolation("a launch failure report after the run started")
+                    self._result.launch_failure = frame["reason"] or "(no reason given)"
+                    continue
                 if self._result.done is not None:
                     raise BridgeViolation("a second done frame")
                 self._result.done = frame
