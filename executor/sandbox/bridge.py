@@ -14,6 +14,7 @@ import contextlib
 import errno
 import logging
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -22,6 +23,11 @@ from executor.child.protocol import CallFrame, ChildFrame, ReplyFrame
 from executor.sandbox.exit_status import ChildExit
 
 READ_CHUNK: Final = 64 << 10
+# Room for the sender's SCM_CREDENTIALS (struct ucred: pid, uid, gid) on every read: the
+# executor's end has SO_PASSCRED, so the kernel attaches them to what each process
+# sends, and never hands data of two senders over in one read.
+_CREDENTIALS: Final = struct.Struct("iII")
+_CREDENTIALS_SPACE: Final = socket.CMSG_SPACE(_CREDENTIALS.size)
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +92,7 @@ class BridgeServer:
         result: ChildExit,
         on_violation: Callable[[str], object],
         on_end_mark: Callable[[], object],
+        main_pid: Callable[[], int] = lambda: 0,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._sock = sock
@@ -94,6 +101,10 @@ class BridgeServer:
         self._on_violation = on_violation
         self._on_end_mark = on_end_mark
         self._buffer = bytearray()
+        # The callback's own process, as the executor sees its pid (0: not known yet,
+        # every sender is taken for it), and the processes whose bytes are in _buffer.
+        self._main_pid = main_pid
+        self._senders: set[int] = set()
         self._reading = False
         self._shut_down = False
         self._release_after_mark = False
@@ -147,7 +158,7 @@ class BridgeServer:
     def _on_readable(self) -> bool:
         """One read and what follows from it; False when there was nothing to read."""
         try:
-            chunk = self._sock.recv(READ_CHUNK)
+            chunk, ancillary, _flags, _address = self._sock.recvmsg(READ_CHUNK, _CREDENTIALS_SPACE)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as err:
@@ -171,9 +182,24 @@ class BridgeServer:
             if self.end_marked:
                 self._on_end_mark()
             return True
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                self._senders.add(_CREDENTIALS.unpack_from(data)[0])
         self._buffer += chunk
         self._take_frames()
+        if not self._buffer:
+            self._senders.clear()
         return True
+
+    def _from_main_process(self) -> bool:
+        """Whether every byte now buffered was sent by the callback's own process.
+
+        Only that process reports (and, with the bridge's end, ends) the run: a process
+        it forked shares the bridge, and its done frame is not the run's (the kernel's
+        SCM_CREDENTIALS say who sent what; a buffer mixing senders is not believed).
+        """
+        main = self._main_pid()
+        return not main or self._senders <= {main}
 
     def _take_frames(self) -> None:
         try:
@@ -190,6 +216,9 @@ class BridgeServer:
                     if self._result.calls or self._result.done is not None:
                         raise BridgeViolation("a launch failure report after the run started")
                     self._result.launch_failure = frame["reason"] or "(no reason given)"
+                    continue
+                if not self._from_main_process():
+                    logger.info("a done frame not from the callback's own process is ignored")
                     continue
                 if self._result.done is not None:
                     raise BridgeViolation("a second done frame")
