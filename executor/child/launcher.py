@@ -102,6 +102,23 @@ def mark_end() -> None:
         pass
 
 
+def report_launch_failure(reason: str) -> int:
+    """Tell the executor on the bridge that the callback could not be started; EXIT_LAUNCH_FAILED.
+
+    Only before the runtime has read its start frame: the executor believes it only
+    when the kernel shows that frame was never read (``exit_status``), so an exit 121
+    of a callback that ran is its own exit status, and this frame costs a run that
+    starts nothing. Formatted here (``protocol.LaunchFailedFrame``): a cold Perl child
+    never imports protocol.
+    """
+    body = json.dumps({"type": "launch_failed", "reason": reason[-4000:]}).encode()
+    try:  # noqa: SIM105 - not contextlib.suppress: one module fewer for a cold start
+        os.write(BRIDGE_FD, len(body).to_bytes(4, "big") + body)
+    except OSError:
+        pass  # no bridge: the exit status alone is then no launch failure
+    return EXIT_LAUNCH_FAILED
+
+
 def check(result: int, what: str) -> None:
     """Raise OSError (with errno) when a libc call failed."""
     if result != 0:
@@ -377,7 +394,16 @@ def main(argv: list[str]) -> int:
         import python_bootstrap
 
         python_run = python_bootstrap.run
-    return confine_and_run(spec, report_fd=report)
+    try:
+        return confine_and_run(spec, report_fd=report)
+    except Exception as err:  # noqa: BLE001 - before the start frame: the callback never ran
+        # No traceback module: a mount that failed half way may have covered the stdlib.
+        reason = f"{type(err).__name__}: {err}"
+        try:  # noqa: SIM105 - as in _report
+            os.write(2, f"launcher: could not start the callback: {reason}\n".encode())
+        except OSError:
+            pass
+        return report_launch_failure(reason)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,9 @@ child -> parent
                answered by a reply
     ``done``   ``DoneFrame`` {status, exit_code?, exception_type?, message?, traceback?}
                status: ok | exit | exception | memory | rejected | terminated
+    ``launch_failed``  ``LaunchFailedFrame`` {reason}: the launcher (or a zygote's
+               child) could not start the callback; sent only before the start frame
+               is read, then the process exits 121 (never on a run that starts)
 
 The executor checks every frame a child sends (``parse_child_frame``): the child is
 running untrusted code. The child takes the executor's frames as typed (``read_frame``).
@@ -182,9 +185,16 @@ class DoneFrame(TypedDict):
     traceback: NotRequired[str]
 
 
+class LaunchFailedFrame(TypedDict):
+    """child -> parent, alone: the callback could not be started (why, for the operator)."""
+
+    type: Literal["launch_failed"]
+    reason: str
+
+
 ReplyFrame = ReplyOk | ReplyFailed
 ParentFrame = StartFrame | ReplyOk | ReplyFailed
-ChildFrame = CallFrame | DoneFrame
+ChildFrame = CallFrame | DoneFrame | LaunchFailedFrame
 
 
 # -- launching a child -----------------------------------------------------------------
@@ -422,6 +432,7 @@ _DONE_FIELDS: Final[dict[str, type]] = {
     "traceback": str,
 }
 _DONE_REQUIRED: Final = ("status",)
+_LAUNCH_FAILED_FIELDS: Final[dict[str, type]] = {"type": str, "reason": str}
 
 
 def _check_fields(
@@ -511,4 +522,9 @@ def parse_child_frame(body: bytes) -> ChildFrame:
         if message["status"] == "exit" and "exit_code" not in message:
             raise FrameError("done frame with status 'exit' without 'exit_code'")
         return cast(DoneFrame, message)
-    raise FrameError(f"a child may not send a {kind!r:.40} frame, only 'call' and 'done'")
+    if kind == "launch_failed":
+        _check_fields(message, "launch_failed", _LAUNCH_FAILED_FIELDS, ("reason",))
+        return cast(LaunchFailedFrame, message)
+    raise FrameError(
+        f"a child may not send a {kind!r:.40} frame, only 'call', 'done' and 'launch_failed'"
+    )

@@ -64,6 +64,7 @@ from launcher import (
     exited_message,
     join_cgroups_through,
     mark_end,
+    report_launch_failure,
 )
 
 if TYPE_CHECKING:
@@ -372,10 +373,16 @@ def _child(
         _run_exitfuncs()
     except SystemExit as err:
         code = err.code if isinstance(err.code, int) else 1
-    except BaseException:  # noqa: BLE001 - report anything, then leave without the zygote's cleanup
+    except BaseException as err:  # noqa: BLE001 - report anything, then leave without the zygote's cleanup
         import traceback
 
         traceback.print_exc()
+        # Only before the start frame is read: the bootstrap reports whatever escapes a
+        # run that started itself (EXIT_REPORT_FAILED). Not marked: the end mark's wait
+        # would read the unread start frame, the executor's evidence that the callback
+        # never ran.
+        code = report_launch_failure(f"{type(err).__name__}: {err}")
+        own = -1
     finally:
         try:
             for stream in (sys.stdout, sys.stderr):

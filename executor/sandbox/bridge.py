@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -21,6 +23,11 @@ from executor.child.protocol import CallFrame, ChildFrame, ReplyFrame
 from executor.sandbox.exit_status import ChildExit
 
 READ_CHUNK: Final = 64 << 10
+# Room for the sender's SCM_CREDENTIALS (struct ucred: pid, uid, gid) on every read: the
+# executor's end has SO_PASSCRED, so the kernel attaches them to what each process
+# sends, and never hands data of two senders over in one read.
+_CREDENTIALS: Final = struct.Struct("iII")
+_CREDENTIALS_SPACE: Final = socket.CMSG_SPACE(_CREDENTIALS.size)
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +92,7 @@ class BridgeServer:
         result: ChildExit,
         on_violation: Callable[[str], object],
         on_end_mark: Callable[[], object],
+        main_pid: Callable[[], int] = lambda: 0,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._sock = sock
@@ -93,6 +101,10 @@ class BridgeServer:
         self._on_violation = on_violation
         self._on_end_mark = on_end_mark
         self._buffer = bytearray()
+        # The callback's own process, as the executor sees its pid (0: not known yet,
+        # every sender is taken for it), and the processes whose bytes are in _buffer.
+        self._main_pid = main_pid
+        self._senders: set[int] = set()
         self._reading = False
         self._shut_down = False
         self._release_after_mark = False
@@ -120,7 +132,13 @@ class BridgeServer:
         try:
             await self._loop.sock_sendall(self._sock, data)
         except OSError:
-            self._end()  # the callback went away
+            # Only the start frame is sent this way: the child's end is gone with it
+            # unread (its callback never ran). What it sent first is still to be read
+            # (a launcher's launch_failed frame).
+            self._result.start_unread = True
+            self._reading = True
+            self.read_pending()
+            self._end()
             return
         self._task = None
         self._read()
@@ -140,10 +158,14 @@ class BridgeServer:
     def _on_readable(self) -> bool:
         """One read and what follows from it; False when there was nothing to read."""
         try:
-            chunk = self._sock.recv(READ_CHUNK)
+            chunk, ancillary, _flags, _address = self._sock.recvmsg(READ_CHUNK, _CREDENTIALS_SPACE)
         except (BlockingIOError, InterruptedError):
             return False
-        except OSError:
+        except OSError as err:
+            if err.errno == errno.ECONNRESET and not self._result.calls:
+                # The child's end was released with data unread, and only the start
+                # frame was ever sent to it: its callback never had its code.
+                self._result.start_unread = True
             self._end()  # the callback went away mid-frame
             return False
         if not chunk:
@@ -160,19 +182,44 @@ class BridgeServer:
             if self.end_marked:
                 self._on_end_mark()
             return True
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                self._senders.add(_CREDENTIALS.unpack_from(data)[0])
         self._buffer += chunk
         self._take_frames()
+        if not self._buffer:
+            self._senders.clear()
         return True
+
+    def _from_main_process(self) -> bool:
+        """Whether every byte now buffered was sent by the callback's own process.
+
+        Only that process reports (and, with the bridge's end, ends) the run: a process
+        it forked shares the bridge, and its done frame is not the run's (the kernel's
+        SCM_CREDENTIALS say who sent what; a buffer mixing senders is not believed).
+        """
+        main = self._main_pid()
+        return not main or self._senders <= {main}
 
     def _take_frames(self) -> None:
         try:
             while (frame := _next_frame(self._buffer)) is not None:
+                if self._result.launch_failure:
+                    raise BridgeViolation("a frame after the launch failure report")
                 if frame["type"] == "call":
                     self._result.calls += 1
                     self._pause()  # the child waits for the reply
                     self.answering = True
                     self._task = self._loop.create_task(self._answer(frame))
                     return
+                if frame["type"] == "launch_failed":
+                    if self._result.calls or self._result.done is not None:
+                        raise BridgeViolation("a launch failure report after the run started")
+                    self._result.launch_failure = frame["reason"] or "(no reason given)"
+                    continue
+                if not self._from_main_process():
+                    logger.info("a done frame not from the callback's own process is ignored")
+                    continue
                 if self._result.done is not None:
                     raise BridgeViolation("a second done frame")
                 self._result.done = frame

@@ -264,6 +264,13 @@ class CellCgroups:
                 return int(self._read(self._file("pids", cell, "current"))) > 0
         return bool(self.pids(cell))
 
+    def tasks(self, cell: int) -> int | None:
+        """The cell's processes and threads now, zombies not yet reaped included; None unknown."""
+        if "pids" in self._pools:
+            with contextlib.suppress(OSError, ValueError):
+                return int(self._read(self._file("pids", cell, "current")))
+        return None
+
     def pids(self, cell: int) -> list[int]:
         # Opened afresh each time: cgroup v1 keeps serving an open cgroup.procs the pid
         # list it built first (a kept descriptor would miss escaped processes).

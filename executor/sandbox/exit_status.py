@@ -51,6 +51,13 @@ class ChildExit:
     bridge_error: str = ""
     # qb call frames the child sent (a callback that made any has run).
     calls: int = 0
+    # The launcher's (or a zygote child's) ``launch_failed`` reason, when it sent one.
+    launch_failure: str = ""
+    # The kernel's word that the child's end of the bridge was closed with the start
+    # frame not (wholly) read: sending it failed (EPIPE), or with no call answered, a
+    # read found the child's end released with data left in it (ECONNRESET). Its
+    # callback never had its code, so it cannot have run.
+    start_unread: bool = False
     stdout: CapturedStream = field(default_factory=lambda: CapturedStream(0))
     stderr: CapturedStream = field(default_factory=lambda: CapturedStream(0))
     # Processes still in the cell's cgroup when the main one had ended (killed then).
@@ -179,6 +186,23 @@ def expected_exit(done: DoneFrame) -> int:
     return _EXIT_OF_STATUS[done["status"]]
 
 
+def launch_failed(child: ChildExit) -> bool:
+    """Whether the sandbox could not start the callback: said on the bridge, and the kernel agrees.
+
+    The launcher says so (a ``launch_failed`` frame, then exit 121) only before the
+    start frame is read; the frame is believed only when the kernel shows the start
+    frame was never read (``start_unread``). Any other exit 121 (``os._exit(121)``,
+    ``CORE::exit(121)``, ``END { $? = 121 }``) is the callback's own exit status.
+    """
+    return (
+        child.exit_code == EXIT_LAUNCH_FAILED
+        and bool(child.launch_failure)
+        and child.start_unread
+        and child.done is None
+        and not child.calls
+    )
+
+
 def classify(child: ChildExit, limits: Limits) -> tuple[Outcome, Failure | None]:
     """The outcome and, unless it succeeded, why.
 
@@ -214,6 +238,10 @@ def _classify_exit(child: ChildExit, limits: Limits) -> tuple[Outcome, Failure |
         return Outcome.KILLED, Failure(
             f"the callback was killed by {describe_signal(child.signal)}"
         )
+    if launch_failed(child):
+        return Outcome.FAILED, Failure(
+            f"the sandbox could not start the callback: {child.launch_failure}"
+        )
     done = child.done
     if done is not None and child.exit_code == expected_exit(done):
         believed = _classify_done(done, child, limits)
@@ -229,8 +257,6 @@ def _classify_exit(child: ChildExit, limits: Limits) -> tuple[Outcome, Failure |
         )
     if child.exit_code == 0:
         return Outcome.SUCCEEDED, None
-    if child.exit_code == EXIT_LAUNCH_FAILED:
-        return Outcome.FAILED, Failure("the sandbox could not start the callback")
     if child.exit_code == EXIT_REPORT_FAILED:
         return Outcome.FAILED, Failure(
             "the callback's end was not reported: an exception escaped the Python bootstrap "

@@ -350,6 +350,8 @@ class SandboxRunner:
         network = self.options.bridge_network
         parent_sock, child_sock = network.socketpair() if network else socket.socketpair()
         parent_sock.setblocking(False)
+        # Each process's data comes with its pid: only the callback's own reports the run.
+        parent_sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         try:
             handle = await self.spawner.spawn(
                 spec,
@@ -552,7 +554,9 @@ class SandboxRunner:
             PipeReader(loop, child.stderr_r, evidence.stderr),
         )
         child.pipes_timer = loop.call_later(PIPES_WATCHED_AFTER_S, child.watch_pipes)
-        child.server = BridgeServer(child.bridge, unsent, on_call, evidence, stop.request, on_end)
+        child.server = BridgeServer(
+            child.bridge, unsent, on_call, evidence, stop.request, on_end, child.handle.main_pid
+        )
         child.handle.on_exit.append(on_end)
         if child.handle.exited.is_set():
             on_end()
@@ -592,6 +596,14 @@ class SandboxRunner:
         done = evidence.done
         if done is None or not child.handle.is_bootstrap:
             return None  # a cold child's shim: only the exit tells (``ChildHandle``)
+        cgroups = self.options.cgroups
+        tasks = cgroups.tasks(child.cell) if cgroups is not None else None
+        if tasks is not None and tasks > 1:
+            # The bridge's end carries no sender: with another process (or a thread)
+            # of the run still there, it may have made it (a forked process's
+            # shutdown) while the callback's own process is still at work, its exit
+            # handlers able to change its exit status. Its exit decides.
+            return None
         usage = live_usage(child.handle.pid)
         if usage is None:
             return None
@@ -601,7 +613,6 @@ class SandboxRunner:
         evidence.wait_status = (expected_exit(done) & 0xFF) << 8
         evidence.cpu_seconds, evidence.peak_rss_bytes = usage
         self._count_cell_cpu(child.cell, evidence)
-        cgroups = self.options.cgroups
         if cgroups is not None:
             evidence.oom_kills = cgroups.oom_kills(child.cell) - oom_kills_before
         for pipe in child.pipes:

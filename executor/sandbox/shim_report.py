@@ -58,6 +58,12 @@ class ShimReport:
             elif message["type"] == "exited":
                 self.exited = message
 
+    def callback(self) -> int:
+        """The callback's pid, once the shim has reported it (0 until then)."""
+        if not self.callback_pid:
+            self.read()
+        return self.callback_pid
+
     def kill_callback(self) -> bool:
         """SIGKILL the callback, its figures read first; False when it has ended or is not known yet.
 

@@ -73,6 +73,16 @@ class ChildHandle:
     # Awaited just before the executor's SIGKILL of a child that has not exited
     # (``lifecycle.terminate``): a cold child's callback is killed first (``shim_report``).
     before_kill: Callable[[], Awaitable[None]] | None = None
+    # The callback's own process's pid, as the executor sees it (0 while not known):
+    # only it may report the run on the bridge. ``pid`` itself for a zygote's child,
+    # from the shim's report for a cold one.
+    callback_pid: Callable[[], int] | None = None
+
+    def main_pid(self) -> int:
+        """The callback's own process's pid (0 while not known yet)."""
+        if self.callback_pid is not None:
+            return self.callback_pid()
+        return self.pid if self.is_bootstrap else 0
 
     def mark_exited(self) -> None:
         """Set ``exited`` and tell whoever waits (its status is filled in first)."""
@@ -140,6 +150,7 @@ class ColdSpawner:
         report = self._reports[proc.pid] = ShimReport(report_r, proc.pid)
         handle = ChildHandle(proc.pid)
         handle.before_kill = functools.partial(self._kill_callback, handle, report)
+        handle.callback_pid = report.callback
         pidfd = os.pidfd_open(proc.pid)
         self._pidfds[proc.pid] = pidfd
         asyncio.get_running_loop().add_reader(pidfd, handle.mark_exited)

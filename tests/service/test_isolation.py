@@ -16,6 +16,7 @@ import pytest
 from executor.config import Settings
 from executor.errors import ConfigError
 from executor.model import Language
+from executor.model import Outcome as ModelOutcome
 from executor.runtimes.child import child_runtime
 from executor.sandbox import tier
 from executor.sandbox.exit_status import EXIT_LAUNCH_FAILED, SandboxResult
@@ -207,9 +208,12 @@ async def test_a_zygote_that_cannot_cover_the_masks_forks_nothing_more(
         warm = spawner.warm(language)
 
     assert not warm
-    for run in runs:  # started cold, each failed at the same mount
-        assert run.done is None and run.exit_code != 0
+    for run in runs:  # started cold, each failed at the same mount: a launch failure
+        assert run.done is None and run.exit_code == EXIT_LAUNCH_FAILED, run.stderr
         assert missing in run.stderr
+        assert run.failure is not None
+        assert run.failure.message.startswith("the sandbox could not start the callback: ")
+        assert missing in run.failure.message
 
 
 CONNECT = {
@@ -270,18 +274,25 @@ async def test_the_embedded_supervisor_is_not_on_the_public_port(stack_warm: Sta
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the hardened tier needs root")
+@pytest.mark.parametrize("language", ["python", "perl"])
 async def test_a_working_directory_outside_the_masks_is_refused_not_made_on_the_host(
-    tmp_path: Path,
+    tmp_path: Path, language: str
 ) -> None:
     # The runner puts working directories under /tmp, which the plan always masks; a plan
     # without that mask must not make the directory on the host's own /tmp.
     before = set(Path("/tmp").glob("cbexec-run-*"))
     unmasked = hardened_runner(tmp_path, lambda masks: tuple(m for m in masks if m != "/tmp"))
+    code = {"python": "print('ran')", "perl": "print 'ran';"}[language]
     async with unmasked as (runner, _, settings):
-        child = await run_once(runner, settings, "python", "print('ran')")
+        child = await run_once(runner, settings, language, code)
 
     assert child.done is None and child.exit_code == EXIT_LAUNCH_FAILED
     assert "is not under a masked directory" in child.stderr
+    # Said on the bridge by the zygote's child, before the start frame was read.
+    assert child.outcome == ModelOutcome.FAILED
+    assert child.failure is not None
+    assert child.failure.message.startswith("the sandbox could not start the callback: ")
+    assert "is not under a masked directory" in child.failure.message
     assert set(Path("/tmp").glob("cbexec-run-*")) == before
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -157,9 +158,26 @@ def test_a_report_that_failed_after_the_start_is_no_launch_failure() -> None:
     assert outcome == Outcome.FAILED
     assert failure is not None
     assert failure.message.startswith("the callback's end was not reported")
-    launch = classify(child(exited(121)), LIMITS)[1]
-    assert launch is not None
-    assert launch.message == "the sandbox could not start the callback"
+
+
+def test_a_launch_failure_is_believed_only_when_said_and_the_start_frame_went_unread() -> None:
+    said = child(exited(121))
+    said.launch_failure = "OSError: unshare: Operation not permitted"
+    said.start_unread = True
+    launch = classify(said, LIMITS)
+
+    assert launch[0] == Outcome.FAILED
+    assert launch[1] is not None
+    assert launch[1].message == (
+        "the sandbox could not start the callback: OSError: unshare: Operation not permitted"
+    )
+    # Said by a callback that read its start frame; not said; an exit 121 alone.
+    read = dataclasses.replace(said, start_unread=False)
+    unsaid = dataclasses.replace(said, launch_failure="")
+    for evidence in (read, unsaid, child(exited(121))):
+        failure = classify(evidence, LIMITS)[1]
+        assert failure is not None
+        assert failure.message == "the callback exited with status 121"
 
 
 def test_the_child_spells_its_failure_exits_as_the_classifier_does() -> None:

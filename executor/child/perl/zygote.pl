@@ -437,6 +437,7 @@ my ($control, $own_namespace);
 sub child {
     my ($message, $stdout_w, $stderr_w, $bridge) = @_;
     my $code = EXIT_LAUNCH_FAILED;
+    my $bridge_fd = $bridge;    # fd 3 once it is there
     my $ok = eval {
         POSIX::setsid() // die "setsid: $!\n";
         for my $cgroup (@{ $message->{cgroup_files} }) {
@@ -453,6 +454,7 @@ sub child {
             next if $source == $target;
             POSIX::dup2($source, $target) // die "dup2: $!\n";
         }
+        $bridge_fd = BRIDGE_FD;
         close_from(BRIDGE_FD + 1);
         %ENV = %{ $message->{env} || {} };
         @ARGV = ();    # as a cold child's: the zygote's arguments are not the callback's
@@ -467,9 +469,21 @@ sub child {
         # callback's own process (a process it forked returns here too).
         $run_status = $code if $$ == $callback_pid;
     } else {
-        print STDERR "perl zygote: could not start the callback: $@";
+        my $reason = "$@";
+        print STDERR "perl zygote: could not start the callback: $reason";
+        launch_failed($bridge_fd, $reason);
     }
     CORE::exit($code);    # END blocks and output flushing, as a cold Perl child has
+}
+
+# launcher.py's report_launch_failure: the bridge's launch_failed frame, sent only before
+# the start frame is read (the executor believes it only when that frame went unread).
+sub launch_failed {
+    my ($fd, $reason) = @_;
+    $reason =~ s/\n+\z//;
+    my $body = qb::JSON::encode({ type => 'launch_failed', reason => qb::JSON::text($reason) });
+    POSIX::write($fd, pack('N', length $body) . $body, 4 + length $body);
+    return;
 }
 
 # -- the loop -------------------------------------------------------------------------------
