@@ -258,7 +258,7 @@ class Dashboard:
             return Response(303, headers=(("Location", f"/login?next={target}"),))
         return Response(
             401,
-            b"this executor requires 'Authorization: Bearer <token>'\n",
+            f"{self._access.refusal(request.headers)}\n".encode(),
             "text/plain",
             (("WWW-Authenticate", 'Bearer realm="cbexec"'),),
         )

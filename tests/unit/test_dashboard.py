@@ -496,6 +496,28 @@ def test_a_stream_needs_the_page_s_access() -> None:
     assert allowed.status == 200
 
 
+@pytest.mark.parametrize(
+    ("headers", "told"),
+    [
+        ({}, b"this executor requires 'Authorization: Bearer <token>'\n"),
+        (
+            {"authorization": "Basic dG9r"},
+            b"this executor requires 'Authorization: Bearer <token>'\n",
+        ),
+        (
+            {"authorization": "Bearer guessed-secret"},
+            b"the bearer token does not match this executor's token\n",
+        ),
+    ],
+)
+def test_a_refused_script_is_told_what_was_wrong_never_the_token(
+    headers: dict[str, str], told: bytes
+) -> None:
+    dashboard = Dashboard(FakeSource(), CollectorRegistry(), Access("tok"))
+    refused = dashboard.handle(get("/metrics", **headers))
+    assert (refused.status, refused.body) == (401, told)
+
+
 # -- the session cookie ----------------------------------------------------------------------
 
 
