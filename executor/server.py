@@ -5,10 +5,10 @@ already taken, a bad TLS file) unwinds exactly what was started, and a stop is t
 unwinding, in the order the parts were pushed, reversed. The pushes below are arranged
 so that a stop goes: no new run is admitted (Execute is UNAVAILABLE; a fired run waits
 in the durable queue for the next start) and health says NOT_SERVING, the HTTP side port
-closes, the embedded supervisor's forwarding stops, the dispatcher drains (runs in
+answers 503 (its /healthz NOT_SERVING), the embedded supervisor's forwarding stops, the dispatcher drains (runs in
 flight end KILLED "the executor is shutting down", are recorded, and their callers get
 that answer), the trigger engine stops, the gRPC server stops (its calls in flight
-finish), results still in the outbox get a moment to reach the supervisor, then the
+finish) and then the HTTP side port, results still in the outbox get a moment to reach the supervisor, then the
 children's helpers, databases, channels and cgroups close.
 
 With no ``supervisor`` address configured, the embedded reference supervisor (SQLite in
@@ -238,6 +238,10 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             storage=storage_health,
             id_use=fleet_ids,
         )
+        # The HTTP side port closes once the gRPC server has: until then its /healthz says
+        # 503 NOT_SERVING (drain, below), so a load balancer sees a drain, not a crash.
+        side_ports: list[SidePort] = []
+        stack.push_async_callback(_close_all, side_ports)
         stack.push_async_callback(edge.close, STOP_GRACE_S)
         await edge.server.start()
         recorder.start()
@@ -262,9 +266,10 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             stack.push_async_callback(embedded.stop_forwarding)
         http_port = None
         if settings.http_bind:
-            # Last in, first out: pages and scrapes stop before anything they read does.
+            # Last in, first out: pages and scrapes stop (503) before anything they read does.
             side_port = _start_side_port(settings, edge.own_channel, metrics)
-            stack.push_async_callback(side_port.close)
+            side_ports.append(side_port)
+            stack.callback(side_port.drain)
             http_port = side_port.port
         # Pushed last, so a stop begins here: no new run, and health says NOT_SERVING.
         stack.push_async_callback(edge.stop_serving)
@@ -381,6 +386,11 @@ def _load_universal(engine: TriggerEngine, settings: Settings) -> None:
         count,
         problems[0],
     )
+
+
+async def _close_all(side_ports: Sequence[SidePort]) -> None:
+    for side_port in side_ports:
+        await side_port.close()
 
 
 async def _stop_tasks(tasks: Sequence[asyncio.Task[Any]]) -> None:

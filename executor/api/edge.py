@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from executor.api import security
 from executor.api.callback_executor import CallbackExecutorServicer
 from executor.api.farm import FarmServicer
+from executor.api.health import HealthService
 from executor.api.interceptors import CallGuard
 from executor.api.runs import RunServicer
 from executor.api.triggers import TriggerServicer
@@ -58,7 +59,7 @@ class Edge:
 
     server: grpc.aio.Server
     port: int
-    health: health.aio.HealthServicer
+    health: HealthService
     own_channel: grpc.aio.Channel
     # The services registered (health answers for each by name).
     services: tuple[str, ...] = SERVICES
@@ -80,9 +81,14 @@ class Edge:
         storage.listeners.append(changed)
 
     async def stop_serving(self) -> None:
-        """NOT_SERVING from now on, whatever the storage does (the start of a stop)."""
+        """NOT_SERVING from now on, whatever the storage does (the start of a stop).
+
+        Then every Watch stream ends, its last word NOT_SERVING: open, it would hold the
+        server's stop for the whole grace period (health.py).
+        """
         self._stopping = True
         await self.set_serving(False)
+        await self.health.end_watches()
 
     async def set_serving(self, serving: bool) -> None:
         """Health of the server and of each service: SERVING, or NOT_SERVING from a stop on."""
@@ -147,7 +153,7 @@ def build(
     if farm is not None:
         guarded.register(farm_pb2_grpc.add_FarmServiceServicer_to_server, farm)
         services = (*SERVICES, FARM_SERVICE)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthService()
     guarded.register(health_pb2_grpc.add_HealthServicer_to_server, health_servicer)
     reflection.enable_server_reflection(
         (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server

@@ -140,10 +140,10 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
                 given = value.encode() if isinstance(value, str) else value
                 # The scheme in any case, as HTTP has it (RFC 9110 11.1).
                 scheme, _, token = given.partition(b" ")
+                if scheme.lower() != b"bearer":
+                    return "not a bearer token"
                 # Constant time: the comparison must not reveal how much of a guess was right.
-                if scheme.lower() == b"bearer" and hmac.compare_digest(
-                    token.strip(), self._expected
-                ):
+                if hmac.compare_digest(token.strip(), self._expected):
                     return ""
                 return "wrong bearer token"
         return "no bearer token"
@@ -162,12 +162,21 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         async def refuse(request: Any, context: Context) -> Any:
             # Here, not above: only the call's context knows who made it.
             self._refusals.refused(peer_address(context.peer()), method, reason)
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "this executor requires 'authorization: Bearer <token>' metadata",
-            )
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, _TOLD[reason])
 
         return _same_kind(handler, refuse)
+
+
+# What the caller is told, by refusal: a caller who sent a token learns that it is wrong,
+# never what it was.
+_TOLD: Final = {
+    "no bearer token": "this executor requires 'authorization: Bearer <token>' metadata",
+    "not a bearer token": (
+        "this executor requires 'authorization: Bearer <token>' metadata; "
+        "the authorization given is not a bearer token"
+    ),
+    "wrong bearer token": "the bearer token does not match this executor's token",
+}
 
 
 class CallGuard:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 from executor import __version__
 from executor.cli import farm, metrics, outbox, runs, serve, store, triggers
-from executor.cli.connection import EXIT_BROKEN_PIPE, EXIT_USAGE
+from executor.cli.connection import EXIT_BROKEN_PIPE, EXIT_USAGE, say_error
 from executor.errors import ConfigError
 
 
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # here, not at exit: a reader that went away is seen below
     except ConfigError as err:
         for line in str(err).splitlines() or [""]:  # a problem a line (every bad setting)
-            print(f"cbexec: {line}", file=sys.stderr)
+            say_error(line)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -4,7 +4,10 @@ Exit codes of every ``cbexec`` command: 0 success, 1 the thing asked about did n
 succeed (a callback that failed, a trigger that does not parse, a reload refused),
 2 bad arguments or configuration, 3 the executor refused the call or could not be
 reached, 141 the reader of its output went away (``cbexec runs | head``: quietly, as a
-command killed by SIGPIPE). Errors are one line on stderr, never a traceback.
+command killed by SIGPIPE). Errors are one line on stderr, never a traceback, with every
+character that is not printable escaped (``say_error``): an executor's message may quote
+a submitter's job, work or host name, or a supervisor's refusal, and a raw escape
+sequence in it would act on the operator's terminal.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 from executor.errors import ConfigError
+from executor.visible_text import escaped
 from supervisor_client import ExecutorClient, ExecutorRpcError, FarmClient
 from supervisor_client.client import MAX_TIMEOUT_S, check_timeout
 from supervisor_client.credentials import check_tls, clean_token
@@ -177,6 +181,11 @@ def _credentials(args: argparse.Namespace) -> dict[str, Any]:
     return {**given, "token": token}
 
 
+def say_error(message: str) -> None:
+    """``cbexec: MESSAGE`` on stderr, on one line, escaped in place (the module doc says why)."""
+    print(f"cbexec: {escaped(message)}", file=sys.stderr)
+
+
 def connect(args: argparse.Namespace, address: str | None = None) -> ExecutorClient:
     """An ExecutorClient for the connection options (TLS when any certificate is given).
 
@@ -211,7 +220,7 @@ def rpc_command(work: Command) -> Callable[[argparse.Namespace], int]:
         try:
             return asyncio.run(work(args, sys.stdout))
         except ExecutorRpcError as err:
-            print(f"cbexec: {err}", file=sys.stderr)
+            say_error(str(err))
             return EXIT_RPC
 
     return handler

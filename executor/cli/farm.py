@@ -40,6 +40,7 @@ from executor.cli.connection import (
     connection_options,
     number_in,
     rpc_command,
+    say_error,
     whole_number,
 )
 from executor.cli.farm_submit import describe_submitted, registration_warnings, submit_file
@@ -180,7 +181,7 @@ async def _submit(args: argparse.Namespace, out: TextIO) -> int:
     for line in checks:  # a typo in a trigger shows now, not when nothing fires
         print(line, file=sys.stderr)
     if problem is not None:
-        print(f"cbexec: {problem}", file=sys.stderr)
+        say_error(str(problem))  # a script's error or the executor's: may quote a job's names
         return EXIT_NOT_SUCCEEDED
     if not jobs:
         print(f"{args.file} submitted no jobs", file=out)

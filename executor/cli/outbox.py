@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from datetime import datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 from executor.cli.connection import (
     EXIT_NOT_SUCCEEDED,
@@ -18,6 +18,7 @@ from executor.cli.connection import (
     rpc_command,
     whole_number,
 )
+from executor.visible_text import escaped
 from supervisor_client.client import as_plain
 
 
@@ -36,12 +37,21 @@ async def _list(args: argparse.Namespace, out: TextIO) -> int:
         print("no dead letters: every result was delivered or is on its way", file=out)
         return EXIT_OK
     for letter in reply.dead_letters:
-        print(
-            f"{letter.invocation_id}  set aside {_local_time(letter.dead_at)}  "
-            f"{letter.size_bytes} bytes  {letter.attempts} refusals\n  {letter.last_error}",
-            file=out,
-        )
+        print(describe_dead_letter(letter), file=out)
     return EXIT_OK
+
+
+def describe_dead_letter(letter: Any) -> str:
+    """Two lines: the letter (id, when, size, refusals), then the supervisor's last refusal.
+
+    The refusal is the supervisor's words, escaped in place: it stays on its own line and
+    acts on no terminal (a supervisor may echo a job's text into it).
+    """
+    refusals = "1 refusal" if letter.attempts == 1 else f"{letter.attempts} refusals"
+    return (
+        f"{letter.invocation_id}  set aside {_local_time(letter.dead_at)}  "
+        f"{letter.size_bytes} bytes  {refusals}\n  {escaped(letter.last_error)}"
+    )
 
 
 async def _retry(args: argparse.Namespace, out: TextIO) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any, TextIO
@@ -25,6 +24,7 @@ from executor.cli.connection import (
     connection_options,
     number_in,
     rpc_command,
+    say_error,
     whole_number,
 )
 from executor.cli.explain import format_check, format_dry_run, format_explanation
@@ -161,7 +161,7 @@ async def _register(args: argparse.Namespace, out: TextIO) -> int:
     except ValueError as err:  # a job dict the wire Job cannot hold
         raise ConfigError(f"{args.job}: {err}") from err
     except InvalidRequestError as err:
-        print(f"cbexec: refused: {err.details}", file=sys.stderr)
+        say_error(f"refused: {err.details}")
         return EXIT_NOT_SUCCEEDED
     if args.json:
         print(json.dumps(as_plain(reply)), file=out)

@@ -71,6 +71,7 @@ from executor.sql import (
     row_lock,
 )
 from executor.storage import StorageHealth, open_database, writing
+from executor.visible_text import escaped
 
 logger = logging.getLogger(__name__)
 
@@ -664,7 +665,9 @@ class Outbox:
         return int(row[0]) if row else 0
 
     def _set_aside(self, seq: int, key: str, why: str) -> None:
-        logger.error("outbox: %s set aside as a dead letter: %s", key, why)
+        # The receiver's words (a supervisor may echo a job's text): a CR/LF or an escape
+        # sequence in them must not split the log line or act on a terminal showing it.
+        logger.error("outbox: %s set aside as a dead letter: %s", key, escaped(why))
         with writing(self._path, self._health):
             self._ddb.execute(
                 "UPDATE outbox SET dead_at = ?, last_error = ? WHERE seq = ?",

@@ -42,6 +42,7 @@ from executor.triggers.nodes import (
     substitute_all,
 )
 from executor.triggers.store import EDGE, StoredCallback, TriggerStore
+from executor.visible_text import printable
 
 # Up to this many work items holding latches are explained one by one (with their atoms
 # and the events that set them); more are grouped by latches and count, like the rest.
@@ -355,7 +356,7 @@ def _callback(
 
 
 def _listed(names: list[str], most: int = 10) -> str:
-    shown = ", ".join(names[:most])
+    shown = ", ".join(map(printable, names[:most]))  # a submitter's names: kept on one line
     return shown + (f", ... ({len(names)} items)" if len(names) > most else "")
 
 

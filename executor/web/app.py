@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import string
+import threading
 import unicodedata
 import uuid
 from collections.abc import Callable, Mapping
@@ -45,6 +46,7 @@ HTML_TYPE: Final = "text/html; charset=utf-8"
 TEXT_TYPE: Final = "text/plain; charset=utf-8"
 MAX_FORM_BYTES: Final = 4096
 DEFAULT_PAGE: Final = "/runs"
+STOPPING: Final = "the executor is stopping"
 # What a sign-in's ``next`` keeps as is (a "%" included: it is already encoded).
 _PRINTABLE_ASCII: Final = "".join(c for c in string.printable if not c.isspace())
 SECURITY_HEADERS: Final = (
@@ -109,6 +111,8 @@ class Dashboard:
     ) -> None:
         self._source = source
         self._registry = registry
+        # Set at the start of a stop: the port stays open, to say so (see stop_answering).
+        self._stopping = threading.Event()
         self._access = access
         self._explain = explain
         self._static = {
@@ -122,6 +126,15 @@ class Dashboard:
             "/universal": lambda r: self._page("Universal callbacks", r, universal_page),
             "/health": self._health,
         }
+
+    def stop_answering(self) -> None:
+        """From now on /healthz is 503 NOT_SERVING and every other page 503, without asking.
+
+        The executor is stopping: a load balancer's probe must see it draining, not a
+        port that went away as if it had crashed; the pages ask nothing of parts that are
+        shutting down.
+        """
+        self._stopping.set()
 
     def handle(self, request: Request) -> Response:
         """The response to one request; never raises."""
@@ -148,6 +161,8 @@ class Dashboard:
         path = request.path.rstrip("/") or "/"
         if not self._access.allowed(path, request.headers):
             return self._refuse(request)
+        if self._stopping.is_set():
+            return self._stopped(path, request)
         if path == "/login":
             return self._login(request)
         if request.method == "POST" and path == "/logout":
@@ -174,6 +189,12 @@ class Dashboard:
         return route(request)
 
     # -- probes ---------------------------------------------------------------------------
+
+    def _stopped(self, path: str, request: Request) -> Response:
+        if path == "/healthz":
+            answer = {"status": "NOT_SERVING", "why": STOPPING}
+            return Response(503, json.dumps(answer).encode() + b"\n", "application/json")
+        return self._error(503, "The executor is stopping", "The executor is stopping.", request)
 
     def _metrics(self, request: Request) -> Response:
         self._source.refresh_metrics()
@@ -258,7 +279,7 @@ class Dashboard:
             return Response(303, headers=(("Location", f"/login?next={target}"),))
         return Response(
             401,
-            b"this executor requires 'Authorization: Bearer <token>'\n",
+            f"{self._access.refusal(request.headers)}\n".encode(),
             "text/plain",
             (("WWW-Authenticate", 'Bearer realm="cbexec"'),),
         )

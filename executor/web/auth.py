@@ -77,6 +77,13 @@ class Access:
             return True
         return self.session_of(headers) is not None
 
+    def refusal(self, headers: Mapping[str, str]) -> str:
+        """Why a request ``allowed`` refused was refused, for the caller (never the token)."""
+        scheme, _, _ = headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            return "the bearer token does not match this executor's token"
+        return "this executor requires 'Authorization: Bearer <token>'"
+
     def session_of(self, headers: Mapping[str, str]) -> str | None:
         """The signed-in session the request's cookie names, if it is valid."""
         try:

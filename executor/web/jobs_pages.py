@@ -94,7 +94,7 @@ def jobs_body(source: Any, query: JobsQuery, explain: Explainer) -> Html:
         )
         return notice(text)
     parts = [
-        tag("p", f"{answer.total} jobs registered; newest first.", class_="hint")
+        tag("p", f"{_jobs_registered(answer.total)}; newest first.", class_="hint")
         if not query.job_id
         else ""
     ]
@@ -274,3 +274,7 @@ def _group_row(group: _FrameGroup, explanations: Mapping[int, Explanation]) -> H
         tag("td", group.language),
         class_="frame-group",
     )
+
+
+def _jobs_registered(total: int) -> str:
+    return "1 job registered" if total == 1 else f"{total} jobs registered"

@@ -77,6 +77,12 @@ class RunFilters:
             # More digits than MAX_LIMIT has is more (and int() refuses past 4300 digits).
             fits = len(limit.lstrip("0")) <= len(str(MAX_LIMIT))
             filters = replace(filters, limit=min(int(limit), MAX_LIMIT) if fits else MAX_LIMIT)
+            if not fits or int(limit) > MAX_LIMIT:  # said, or an operator takes it for all
+                shown = limit if fits else f"{limit[:12]}..."
+                problems.append(
+                    f"limit {shown} (a page lists the newest {MAX_LIMIT} runs at most; "
+                    "a job, an outcome or a language reach older ones)"
+                )
         elif limit:
             problems.append(f"limit {limit!r} is not a whole number from 1 up")
         return filters, "; ".join(problems)

@@ -9,7 +9,9 @@ callback path with the port off and on (scraped every second, a dashboard page o
 
 TLS comes from the gRPC port's settings (``tls_cert``/``tls_key``; ``tls_client_ca``
 requires client certificates here too), the handshake done in the connection's own
-thread so a slow client never holds up ``accept``. ``close`` stops accepting, ends
+thread so a slow client never holds up ``accept``. ``drain``, at the start of a stop,
+has /healthz say 503 NOT_SERVING (and every page 503) while the executor drains; ``close``,
+once the gRPC server has closed, stops accepting, ends
 every open connection (an idle keep-alive one included), and joins every thread before
 it returns: nothing of the port outlives the executor's stop.
 """
@@ -192,6 +194,10 @@ class SidePort:
             "TLS" if tls else "plaintext",
         )
         return side
+
+    def drain(self) -> None:
+        """The start of a stop: the port stays open, answering 503 (``Dashboard.stop_answering``)."""
+        self._server.dashboard.stop_answering()
 
     async def close(self) -> None:
         """Stop accepting, end every connection, join every thread (off the event loop)."""

@@ -86,7 +86,9 @@ def describe_agenda(names: Sequence[str], limit: int = 12) -> str:
         numbers = [int(n) for n in names]
         if numbers == list(range(numbers[0], numbers[0] + len(numbers))):
             return f"{numbers[0]}-{numbers[-1]}" if len(numbers) > 1 else str(numbers[0])
-    shown = ", ".join(names[:limit])
+    # A submitter's name: one that is not printable (an escape sequence, a CR/LF) as its
+    # repr, so the message stays one line that acts on no terminal that shows it.
+    shown = ", ".join(n if n.isprintable() else repr(n) for n in names[:limit])
     return shown + (f", ... ({len(names)} items)" if len(names) > limit else "")
 
 

@@ -96,8 +96,7 @@ async def test_a_token_with_a_newline_works_on_both_sides(tmp_path: Path) -> Non
         said = await cbexec("metrics", "--token", "wrong", address=stack.address)
         assert (said.code, said.err) == (
             3,
-            "cbexec: UNAUTHENTICATED: this executor requires "
-            "'authorization: Bearer <token>' metadata\n",
+            "cbexec: UNAUTHENTICATED: the bearer token does not match this executor's token\n",
         )
 
 

@@ -92,3 +92,23 @@ async def test_not_serving_while_draining(tmp_path: Path, http_bind: str) -> Non
         await asyncio.gather(follower, return_exceptions=True)
         await client.close()
         await channel.close()
+
+
+async def test_a_stop_ends_the_watch_streams_after_saying_not_serving(tmp_path: Path) -> None:
+    # A fleet client's channel always watches (healthCheckConfig). Its stream, left open,
+    # held every stop for the server's whole grace period (STOP_GRACE_S, 5 s).
+    running = await server.start(stack_settings(tmp_path / "data"))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    stopping: asyncio.Task[None] | None = None
+    try:
+        watch = aiter(health_updates(channel))
+        seen = [int((await anext(watch)).status)]
+        started = time.monotonic()
+        stopping = asyncio.create_task(running.stop())
+        seen += [int(update.status) async for update in watch]  # ends: no error raised
+        await stopping
+        assert seen == [SERVING, NOT_SERVING]
+        assert time.monotonic() - started < server.STOP_GRACE_S / 2
+    finally:
+        await (running.stop() if stopping is None else stopping)
+        await channel.close()

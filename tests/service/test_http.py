@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import json
 import socket
 import ssl
 import threading
@@ -22,6 +23,7 @@ from executor.config import Settings
 from executor.errors import ConfigError
 from supervisor_client import ExecutorClient
 from tests.conftest import Stack, running_stack, stack_settings
+from tests.helpers.waiting import eventually
 from tests.service.test_runs import FAIL, run_py
 from tests.service.test_security import Pki, _make_pki
 
@@ -255,6 +257,43 @@ async def test_stop_ends_idle_connections_and_every_thread(tmp_path: Path) -> No
         kept.close()
     leftover = [t for t in set(threading.enumerate()) - before if t.is_alive()]
     assert not [t for t in leftover if not t.name.startswith(("asyncio_", "ThreadPoolExecutor"))]
+
+
+async def test_healthz_answers_503_while_the_executor_drains(tmp_path: Path) -> None:
+    # A load balancer's probe must see a drain, not a port gone as if the executor crashed.
+    running = await server.start(http_settings(tmp_path, grace_seconds=1.5))
+    assert running.http_port is not None
+    healthz = f"http://127.0.0.1:{running.http_port}/healthz"
+    stubborn = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)"
+    client = ExecutorClient(f"127.0.0.1:{running.port}")
+    stopping: asyncio.Task[None] | None = None
+    try:
+        busy = asyncio.create_task(
+            client.execute_callback(language="python", code=stubborn, job={"id": 1})
+        )
+        await eventually(lambda: running.dispatcher.active == 1)
+        assert (await fetch(healthz))[0] == 200
+
+        async def draining() -> bool:  # old code: the port closed at the stop's first moment
+            return (await fetch(healthz))[0] == 503
+
+        stopping = asyncio.create_task(running.stop())
+        # The drain has a stubborn callback to end (grace_seconds): the port stays open.
+        assert await eventually(draining, timeout_s=1.0)
+        status, _, body = await fetch(healthz)
+        assert (status, json.loads(body)) == (
+            503,
+            {"status": "NOT_SERVING", "why": "the executor is stopping"},
+        )
+        assert (await fetch(healthz.replace("/healthz", "/runs")))[0] == 503
+        assert not stopping.done()
+        await stopping
+        await busy
+        with pytest.raises(urllib.error.URLError):  # closed at the end of the stop
+            await fetch(healthz)
+    finally:
+        await (running.stop() if stopping is None else stopping)
+        await client.close()
 
 
 async def test_a_taken_http_port_is_a_clear_startup_error(tmp_path: Path) -> None:

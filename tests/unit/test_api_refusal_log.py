@@ -100,3 +100,34 @@ async def test_every_call_is_refused_and_one_is_logged(caplog: pytest.LogCapture
             await handler.unary_unary(b"", PeerContext(f"ipv4:10.1.2.3:{port}"))  # type: ignore[arg-type]
         assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
     assert warnings(caplog) == [f"refused {METHOD} from 10.1.2.3: wrong bearer token"]
+
+
+@pytest.mark.parametrize(
+    ("metadata", "told"),
+    [
+        ((), "this executor requires 'authorization: Bearer <token>' metadata"),
+        (
+            (("authorization", "Basic dG9r"),),
+            "this executor requires 'authorization: Bearer <token>' metadata; "
+            "the authorization given is not a bearer token",
+        ),
+        (
+            (("authorization", "Bearer guessed-secret"),),
+            "the bearer token does not match this executor's token",
+        ),
+    ],
+)
+async def test_the_caller_is_told_what_was_wrong_never_the_token(
+    metadata: tuple[tuple[str, str], ...], told: str
+) -> None:
+    async def continuation(details: Any) -> Any:
+        return grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+
+    details = SimpleNamespace(method=METHOD, invocation_metadata=metadata)
+    handler = await TokenAuthInterceptor("tok").intercept_service(
+        continuation, cast(grpc.HandlerCallDetails, details)
+    )
+    assert handler is not None and handler.unary_unary is not None
+    with pytest.raises(Aborted) as refused:
+        await handler.unary_unary(b"", PeerContext("ipv4:10.1.2.3:1000"))  # type: ignore[arg-type]
+    assert (refused.value.code, refused.value.details) == (grpc.StatusCode.UNAUTHENTICATED, told)

@@ -366,6 +366,8 @@ def test_a_job_filter_too_large_for_an_id_is_a_notice_on_runs(value: str) -> Non
         (f"/runs?job={TOO_LARGE}", "is out of range"),
         ("/runs?limit=abc", "limit 'abc' is not a whole number from 1 up"),
         ("/runs?limit=-5", "limit '-5' is not a whole number from 1 up"),
+        ("/runs?limit=5000", "limit 5000 (a page lists the newest 1000 runs at most; "),
+        (f"/runs?limit={'9' * 5000}", "limit 999999999999... (a page lists the newest 1000"),
     ],
 )
 def test_every_bad_filter_value_is_left_out_with_a_notice(path: str, said: str) -> None:
@@ -494,6 +496,28 @@ def test_a_stream_needs_the_page_s_access() -> None:
     assert dashboard.handle(get("/runs/inv-1?stream=stdout")).status == 401
     allowed = dashboard.handle(get("/runs/inv-1?stream=stdout", authorization="Bearer tok"))
     assert allowed.status == 200
+
+
+@pytest.mark.parametrize(
+    ("headers", "told"),
+    [
+        ({}, b"this executor requires 'Authorization: Bearer <token>'\n"),
+        (
+            {"authorization": "Basic dG9r"},
+            b"this executor requires 'Authorization: Bearer <token>'\n",
+        ),
+        (
+            {"authorization": "Bearer guessed-secret"},
+            b"the bearer token does not match this executor's token\n",
+        ),
+    ],
+)
+def test_a_refused_script_is_told_what_was_wrong_never_the_token(
+    headers: dict[str, str], told: bytes
+) -> None:
+    dashboard = Dashboard(FakeSource(), CollectorRegistry(), Access("tok"))
+    refused = dashboard.handle(get("/metrics", **headers))
+    assert (refused.status, refused.body) == (401, told)
 
 
 # -- the session cookie ----------------------------------------------------------------------

@@ -324,6 +324,30 @@ async def test_refused_result_is_set_aside_without_blocking_the_rest(
     await outbox.close()
 
 
+async def test_a_refusal_is_logged_on_one_line_with_its_control_characters_escaped(
+    tmp_path: Path, receiver: ReferenceReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The supervisor's words may echo a job's text: they must not split or forge a log line."""
+    refusal = "refused\n\x1b[2J\x1b[31mFAKE LINE \u202eevil"
+
+    async def refusing(key: str, payload: bytes) -> bool:
+        raise DeliveryError(refusal, retryable=False)
+
+    receiver.deliver = refusing  # type: ignore[method-assign]  # this one receiver refuses all
+    outbox = Outbox(tmp_path / "outbox.db", receiver, backoff=FAST)
+    outbox.start()
+    outbox.put("bad", payload(0))
+    await eventually(lambda: outbox.stats().dead == 1)
+    (letter,) = outbox.dead_letters(10)
+    await outbox.close()
+    (line,) = [r.getMessage() for r in caplog.records if "dead letter" in r.getMessage()]
+    assert line == (
+        "outbox: bad set aside as a dead letter: refused: "
+        "refused\\n\\x1b[2J\\x1b[31mFAKE LINE \\u202eevil"
+    )
+    assert letter.last_error == f"refused: {refusal}"  # kept as said: --json shows it JSON-escaped
+
+
 class FailingReceiver(ReferenceReceiver):
     """Answers, but fails (INTERNAL) until told to stop."""
 

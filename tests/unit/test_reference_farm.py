@@ -38,6 +38,11 @@ def test_describe_ids_and_agenda() -> None:
     assert describe_agenda(["1", "3"]) == "1, 3"
     assert describe_agenda(["init", "render"]) == "init, render"
     assert describe_agenda([str(n) for n in range(0, 40, 2)], limit=3) == "0, 2, 4, ... (20 items)"
+    # A submitter's name that is not printable is shown as its repr: an error quoting the
+    # agenda stays one line and acts on no terminal.
+    assert describe_agenda(["1", "f\x1b[2J\u202ered", "a\nb"]) == (
+        "1, 'f\\x1b[2J\\u202ered', 'a\\nb'"
+    )
 
 
 def test_submit_returns_the_jobs_with_callbacks(farm: Farm) -> None:

@@ -456,6 +456,21 @@ async def test_a_work_repeat_stops_once_every_agenda_item_is_spent(engines: Engi
     assert engine._store.next_timer_due() is None
 
 
+async def test_why_for_a_work_item_not_on_the_agenda_shows_the_agenda_escaped(
+    engines: Engines,
+) -> None:
+    engine = engines(Recorder(), start=False)
+    job_dict = job(6, ("complete-work-self-{work}", "x"))
+    job_dict["agenda"] = [{"name": "1"}, {"name": "f\x1b[2J\u202ered"}]
+    engine.register_job(job_dict)
+    with pytest.raises(NotFoundError) as raised:
+        engine.explain(6, work_name="nosuch")
+    # A submitter's name in an error: one line that moves no operator's cursor.
+    assert str(raised.value) == (
+        "job 6 has no work item 'nosuch' (its agenda: 1, 'f\\x1b[2J\\u202ered')"
+    )
+
+
 # -- the firing worker ----------------------------------------------------------------------
 
 
