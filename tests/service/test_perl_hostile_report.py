@@ -123,13 +123,15 @@ async def test_an_emptied_inc_does_not_stop_the_report(stack: Stack) -> None:
 
 async def test_a_callback_cannot_make_a_run_that_compiled_rejected(stack: Stack) -> None:
     # The compiled mark was $qb::_started, which the callback could reset.
-    code = 'print "I ran\\n";\n$qb::_started = 0;\ndie "pretend syntax error\\n";\n'
+    # Nor can it hand the bootstrap a mark of its own.
+    for reset in ("$qb::_started = 0;", "main::_forget_source_hook(\\(my $mark = 0));"):
+        code = f'print "I ran\\n";\n{reset}\ndie "pretend syntax error\\n";\n'
 
-    response = await run(stack, code)
+        response = await run(stack, code)
 
-    assert response.outcome == Outcome.OUTCOME_FAILED
-    assert response.failure.message == "pretend syntax error"
-    assert response.stdout == "I ran\n"
+        assert response.outcome == Outcome.OUTCOME_FAILED, reset
+        assert response.failure.message == "pretend syntax error"
+        assert response.stdout == "I ran\n"
 
 
 async def test_a_die_after_the_bridge_was_closed_is_on_stderr(stack: Stack) -> None:

@@ -201,7 +201,7 @@ sub _compile_and_run_callback {
 }
 
 sub _forget_source_hook {
-    ($started) = @_;
+    $started //= $_[0];    # the preamble's: a later call (the callback's) changes nothing
     @INC = grep { !ref $_ || $_ != $source_hook } @INC;
     delete $INC{ +CALLBACK_FILENAME };    # plain perl has no entry for its script
     return;
