@@ -47,6 +47,10 @@ my $main_pid;    # the callback's own process: one it forks must not report for 
 my $last_die;    # [error, location, stack] of the latest die, for the traceback
 my $compile_die;    # [error, the errors counted before it] of the last die while compiling
 my $source_hook;    # the @INC hook that hands perl the callback's code while it compiles
+my $started;    # \ of a lexical of the code's preamble: true once its compilation is over
+my ($source_text, @source_lines, $lines_given);    # the code, and how many lines perl took
+my ($code_ended, $code_error);    # the code's end (run or not): the error it ended with
+my $died_after_end;    # a handler of the callback's died once the code had ended
 
 # Setting $| flushes a handle at once (IO::Handle's flush without loading it).
 sub flush_stdio {
@@ -62,9 +66,12 @@ sub flush_stdio {
 # Each text of a done frame is cut to this, so the frame stays under the bridge's limit.
 sub DONE_TEXT_CHARS () { 16 << 10 }    # JSON may spend 12 bytes on a character
 
+# True once the frame is on the bridge (or was before): false in a process the callback
+# forked, or when the callback closed or broke its bridge.
 sub report {
     my ($done) = @_;
-    return if $reported || $$ != $main_pid;
+    return 1 if $reported;
+    return 0 if $$ != $main_pid;
     $reported = 1;
     # The callback may have closed or broken its own stdio; the done frame still matters.
     eval { flush_stdio(); 1 };
@@ -74,8 +81,7 @@ sub report {
     for my $field (grep { exists $frame{$_} } qw(exception_type message traceback)) {
         $frame{$field} = qb::JSON::text(substr($frame{$field} // '', 0, DONE_TEXT_CHARS));
     }
-    eval { qb::_write_frame(\%frame); 1 };
-    return;
+    return eval { qb::_write_frame(\%frame); 1 } ? 1 : 0;
 }
 
 # `exit` anywhere in the callback (compiled after this) reports, then ends this child.
@@ -99,10 +105,18 @@ sub _same_error {
     return 0 if !defined $left || !defined $right;
     return !ref $right && $left eq $right if !ref $left;
     return 0 if !ref $right;
-    # By address: an object's class may overload "" and nothing else, so == could die.
-    require Scalar::Util;
-    return Scalar::Util::refaddr($left) == Scalar::Util::refaddr($right);
+    # By address, overloading off: an object's class may overload "" and nothing else, so
+    # == could die. No module: the callback may have emptied @INC (Scalar::Util's refaddr).
+    no overloading;
+    return $left == $right;
 }
+
+sub _is_error {
+    my ($err) = @_;
+    return ref $err || (defined $err && length $err);
+}
+
+sub _callback_started { return $started && $$started }
 
 sub _exception_type {
     my ($err) = @_;
@@ -123,8 +137,11 @@ sub _traceback {
 
 sub _record_die {
     my ($err) = @_;
+    # Once the code has ended, only the die that ends the run: the code's own, else the
+    # first a signal handler of the callback's died with (see _run_callback).
+    return if $code_ended && (_is_error($code_error) || $died_after_end++);
     # $@ is still what it was before this die: while compiling, the errors perl counted.
-    $compile_die = [ $err, $@ ] if !$qb::_started;
+    $compile_die = [ $err, $@ ] if !_callback_started();
     my ($location, @stack);
     for (my $level = 0; my @frame = caller($level); $level++) {
         next if $frame[1] ne CALLBACK_FILENAME;
@@ -149,28 +166,150 @@ sub _record_die {
 # hook that gives no file handle perl opens /dev/null as the file (every child has it:
 # it is their stdin).
 sub _compile_and_run_callback {
-    my ($source) = @_;
-    my @lines = split /^/, $source;
+    my ($source, $every_signal, $mask_at_end) = @_;
+    ($source_text, $lines_given, @source_lines) = ($source, 0, split(/^/, $source));
     # Before the callback's line 1: the hook leaves @INC and %INC as they were, and the
     # first statement marks that compilation is over: an error before it is the code not
-    # compiling (rejected), after it a die at run time.
-    my $preamble = 'package main; BEGIN { main::_forget_source_hook() } $qb::_started = 1;'
-        . "\n#line 1 \"" . CALLBACK_FILENAME . "\"\n";
+    # compiling (rejected), after it a die at run time. The mark is a lexical of its own
+    # block, seen by this file only (through the reference its BEGIN passes), so the
+    # callback can neither name nor reset it.
+    my $preamble = 'package main; { my $s; BEGIN { main::_forget_source_hook(\$s) } $s = 1 }';
+    my $has_data = $source =~ /__(?:DATA|END)__/;
+    if ($has_data) {
+        # DATA is a handle on the code in memory (_open_data_section): its layer is
+        # loaded now, while @INC is this file's.
+        require PerlIO::scalar;
+        $preamble .= ' main::_open_data_section();';
+    }
+    $preamble .= "\n#line 1 \"" . CALLBACK_FILENAME . "\"\n";
     $source_hook = sub {
         my (undef, $name) = @_;
         return if $name ne CALLBACK_FILENAME;
-        return (\$preamble, sub { return 0 if !@lines; $_ = shift @lines; return 1 });
+        return (\$preamble, sub {
+            return 0 if $lines_given >= @source_lines;
+            $_ = $source_lines[ $lines_given++ ];
+            return 1;
+        });
     };
     unshift @INC, $source_hook;
     my $name = CALLBACK_FILENAME;    # `do NAME(...)` would be an old form of sub call
-    do $name;
-    return $@;
+    # One statement, so no signal handler runs between the code's end and the block (perl
+    # runs them at each statement): see _run_callback.
+    (do $name), ($code_error = $@), ($code_ended = 1),
+        POSIX::sigprocmask(POSIX::SIG_BLOCK(), $every_signal, $mask_at_end);
+    return;
 }
 
 sub _forget_source_hook {
+    $started //= $_[0];    # the preamble's: a later call (the callback's) changes nothing
     @INC = grep { !ref $_ || $_ != $source_hook } @INC;
     delete $INC{ +CALLBACK_FILENAME };    # plain perl has no entry for its script
     return;
+}
+
+# What follows `__DATA__` or `__END__` in the code, as DATA, at the start of its run. Perl
+# stops taking lines from $source_hook at the marker's line and, for `__DATA__`, opens
+# DATA in the package then current on the file it read: /dev/null here. `__END__` opens
+# nothing in a file compiled by `do`; in plain perl's script it is main::DATA. DATA is
+# then a handle on the whole code in memory, placed after the marker's line, as plain
+# perl's is on the script (`seek DATA, 0, 0` reads the code), but with no descriptor.
+sub _open_data_section {
+    my $marker_line = $lines_given ? $source_lines[ $lines_given - 1 ] : '';
+    my $handle = _data_handle_on_dev_null();
+    if (!$handle) {
+        # Perl's own EOF characters (^D, ^Z) stop it too, and open nothing.
+        return if $marker_line !~ /__END__/;
+        return if $lines_given == @source_lines && $marker_line !~ /\A\s*__END__\s*\z/;
+        $handle = \*main::DATA;
+    }
+    my $offset = 0;
+    $offset += length $source_lines[$_] for 0 .. $lines_given - 1;
+    my $code = $source_text;
+    open($handle, '<', \$code) or return;
+    seek($handle, $offset, 0);
+    return;
+}
+
+# The DATA handle perl opened at a `__DATA__` (on /dev/null), in whichever package.
+sub _data_handle_on_dev_null {
+    my ($device, $inode) = stat '/dev/null' or return;
+    my @stashes = ('main::');
+    my %seen;
+    no strict 'refs';
+    while (defined(my $stash = shift @stashes)) {
+        next if $seen{$stash}++;
+        for my $name (keys %$stash) {
+            my $full = $stash eq 'main::' ? $name : "$stash$name";
+            push @stashes, $full if $name =~ /::\z/;
+            next if $name ne 'DATA' || ref \$stash->{$name} ne 'GLOB';
+            my $io = *{$full}{IO} or next;
+            my @status = stat $io or next;
+            return \*{$full} if $status[0] == $device && $status[1] == $inode;
+        }
+    }
+    return;
+}
+
+# Once the code has ended, the signals whose handlers are the bootstrap's keep them;
+# these get their default action back (perl's default for the rest would end the run).
+my %DEFAULT_AFTER_THE_RUN = map { $_ => 1 }
+    qw(CHLD CLD URG WINCH CONT SEGV BUS FPE ILL ABRT IOT SYS TRAP);
+
+# Every signal the callback has a %SIG handler for gets "IGNORE" (or "DEFAULT", above),
+# TERM and XCPU the handlers the run started with, and __DIE__ this file's recorder: a
+# timer left running, or a signal from elsewhere, no longer runs the callback's code
+# while the run is reported, nor in its END blocks. Then the signals are unblocked.
+# Each call does what is left (a handler due before the block may die at any statement).
+sub _set_handlers_aside {
+    my ($kept, $every_signal, $mask_at_end) = @_;
+    POSIX::sigprocmask(POSIX::SIG_BLOCK(), $every_signal);    # if the code's end did not
+    for my $name (grep { !/\A__/ } keys %SIG) {
+        my $handler = $SIG{$name};
+        next if !ref $handler
+            && (!defined $handler || $handler eq '' || $handler eq 'DEFAULT' || $handler eq 'IGNORE');
+        if (exists $kept->{$name}) {
+            next if _same_error($handler, $kept->{$name});
+            $SIG{$name} = $kept->{$name} // 'DEFAULT';
+        } else {
+            $SIG{$name} = $DEFAULT_AFTER_THE_RUN{$name} ? 'DEFAULT' : 'IGNORE';
+        }
+    }
+    $SIG{__DIE__} = \&_record_die;
+    POSIX::sigprocmask(POSIX::SIG_SETMASK(), $mask_at_end);
+    return;
+}
+
+# The callback's code compiled and run, its signal handlers then set aside: the error it
+# ended with ('' if none). Until they are aside, a handler of the callback's may die at
+# any statement (a timer left running): the run's error is the first one, the code's own,
+# else a handler's, as in the Python bootstrap. The code's end blocks every signal in the
+# same statement, so after it only handlers due already can die, each once; the tries
+# nest so that only a third such die in a row would escape.
+sub _run_callback {
+    my ($source, $kept) = @_;
+    my $every_signal = POSIX::SigSet->new;
+    $every_signal->fillset;
+    my $mask_at_end = POSIX::SigSet->new;
+    my @handler_dies;
+    my ($ran, $aside) = (0, 0);
+    until ($aside) {
+        eval {
+            until ($aside) {
+                eval {
+                    if (!$ran) {
+                        $ran = 1;
+                        _compile_and_run_callback($source, $every_signal, $mask_at_end);
+                    }
+                    _set_handlers_aside($kept, $every_signal, $mask_at_end);
+                    $aside = 1;
+                    1;
+                } or push @handler_dies, $@;
+            }
+            1;
+        } or push @handler_dies, $@;
+    }
+    return $code_error if _is_error($code_error);
+    return @handler_dies ? $handler_dies[0] : $code_error;
 }
 
 # A compile failure as plain perl prints it. A die while compiling (a BEGIN block's, a
@@ -219,14 +358,17 @@ sub run {
     qb::_bind($bridge, $start->{context});
     my $source = defined $start->{code} ? $start->{code} : '';
 
-    $qb::_started = 0;
+    my %kept = (TERM => $SIG{TERM}, XCPU => $SIG{XCPU});    # for after the run
     local $SIG{__DIE__} = \&_record_die;
-    my $err = _compile_and_run_callback($source);
-    my $failed = ref $err || (defined $err && length $err);
+    my $err = _run_callback($source, \%kept);
 
-    if ($failed && !$qb::_started) {
-        my $message = _chomped(_compile_errors($err));
-        report({
+    # What plain perl would print on stderr goes there when no frame says it: in a
+    # process the callback forked (report sends nothing), or when the callback closed or
+    # broke its bridge (the exit status is then all the executor has).
+    if (_is_error($err) && !_callback_started()) {
+        my $errors = _compile_errors($err);
+        my $message = _chomped($errors);
+        print STDERR $errors if !report({
             status         => 'rejected',
             exception_type => 'CompileError',
             message        => "the callback does not compile: $message",
@@ -234,12 +376,10 @@ sub run {
         });
         return EXIT_BAD_START;
     }
-    if ($failed) {
-        # A process the callback forked reports nothing (report): it ends as perl would
-        # end it, with the die message on its stderr.
-        print STDERR "$err" if $$ != $main_pid;
-        my $message = _chomped("$err");
-        report({
+    if (_is_error($err)) {
+        my $text = "$err";
+        my $message = _chomped($text);
+        print STDERR $text if !report({
             status         => 'exception',
             exception_type => _exception_type($err),
             message        => $message,
