@@ -47,33 +47,39 @@ async def test_success_then_spinning_into_the_cpu_limit_is_cpu_limit(
     assert response.usage.cpu_seconds >= 0.75
 
 
-async def test_an_end_mark_ends_the_run_there_and_kills_what_runs_on(
-    arena_warm: Arena, language: str
-) -> None:
-    # The end mark (a done frame, then the bridge shut down for writing) is how a
-    # bootstrap ends a finished run; a callback that makes one itself ends its own run
-    # there: answered as its frame says, and what it still runs is killed, not waited for.
-    code = {
-        "python": FORGE_DONE
-        + (
+def _end_mark_code(language: str, *, stray: bool) -> str:
+    """A callback that makes the end mark itself, then sleeps; with a stray process if asked."""
+    if language == "python":
+        return FORGE_DONE + (
             "import socket, subprocess, sys, time\n"
-            "subprocess.Popen([sys.executable, '-I', '-S', '-c', 'import time; time.sleep(1000)',"
-            " '{TOKEN}'])\n"
-            "print('marked', flush=True)\n"
+            + (
+                "subprocess.Popen([sys.executable, '-I', '-S', '-c', 'import time; time.sleep(1000)',"
+                " '{TOKEN}'])\n"
+                if stray
+                else ""
+            )
+            + "print('marked', flush=True)\n"
             "forge({'type': 'done', 'status': 'exception', 'message': 'said so'})\n"
             "socket.socket(fileno=fd).shutdown(socket.SHUT_WR)\n"
             "time.sleep(30)\n"
-        ),
-        "perl": PERL_FORGE_DONE
-        + (
-            "if (!fork) { $0 = 'stray {TOKEN}'; sleep 1000; POSIX::_exit(0); }\n"
-            "$| = 1;\n"
-            'print "marked\\n";\n'
-            'forge(\'{"type":"done","status":"exception","message":"said so"}\');\n'
-            "shutdown($b, 1);\n"
-            "sleep 30;\n"
-        ),
-    }[language]
+        )
+    return PERL_FORGE_DONE + (
+        ("if (!fork) { $0 = 'stray {TOKEN}'; sleep 1000; POSIX::_exit(0); }\n" if stray else "")
+        + "$| = 1;\n"
+        'print "marked\\n";\n'
+        'forge(\'{"type":"done","status":"exception","message":"said so"}\');\n'
+        "shutdown($b, 1);\n"
+        "sleep 30;\n"
+    )
+
+
+async def test_an_end_mark_of_a_callback_alone_in_its_cell_ends_the_run_there(
+    arena_warm: Arena, language: str
+) -> None:
+    # The end mark (a done frame, then the bridge shut down for writing) is how a
+    # bootstrap ends a finished run; a callback that makes one itself, from its own
+    # process and alone in its cell, ends its own run there: answered as its frame says.
+    code = _end_mark_code(language, stray=False)
     if arena_warm.policy:
         # The widened policy's binds start children cold: the handle is a shim that
         # mirrors the callback's exit, so no mark is taken and the exit decides.
@@ -87,6 +93,19 @@ async def test_an_end_mark_ends_the_run_there_and_kills_what_runs_on(
     assert response.failure.message == "said so"
     assert response.stdout == "marked\n"
     assert response.usage.wall_seconds < 10, "the run waited past its end mark"
+
+
+async def test_an_end_mark_with_another_process_in_the_cell_leaves_the_exit_to_decide(
+    arena_warm: Arena, language: str
+) -> None:
+    # The bridge's end does not say who shut it down, so with another process in the
+    # cell (one that could have made the mark) the callback's exit decides: here the
+    # wall limit, and what runs on is killed.
+    code = _end_mark_code(language, stray=True)
+    response = await arena_warm.attack(code, language=language, limits={"wall_seconds": 3})
+
+    assert_outcome(response, Outcome.OUTCOME_WALL_TIMEOUT)
+    assert response.stdout == "marked\n"
 
 
 async def test_success_then_a_segfault_is_killed(arena_warm: Arena, language: str) -> None:
