@@ -13,6 +13,7 @@ import pytest
 
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack
+from tests.service.test_qb_interrupted import nesting_handlers
 
 pytestmark = [pytest.mark.service, pytest.mark.timeout(120)]
 
@@ -98,23 +99,7 @@ async def test_the_exit_handlers_find_the_callbacks_signal_handlers_set_aside(
 # lock until RecursionError, in the callback's code or in the wait for its threads, and
 # the timer fires on while its handlers are set aside: ~5% of these runs read "could not
 # start the callback" before the handlers were ignored in the kernel first.
-NESTING_HARDER = """
-import signal, threading
-stop = False
-def check(n):
-    try: qb.jobstatus(n)
-    except qb.QbError: pass
-def worker(i):
-    while not stop: check(1000 + i)
-threads = [threading.Thread(target=worker, args=(i,)) for i in range(5)]
-for t in threads: t.start()
-signal.signal(signal.SIGALRM, lambda signum, frame: check(2000))
-signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
-for k in range(800): check(3000 + k)
-signal.setitimer(signal.ITIMER_REAL, 0); stop = True
-for t in threads: t.join()
-print("no RecursionError")
-"""
+NESTING_HARDER = nesting_handlers(5, 0.001)
 
 
 @pytest.mark.timeout(300)

@@ -209,7 +209,9 @@ print "$_\n" for sort keys %seen;
 # Workers calling qb, and a 2 ms timer whose handler calls qb too: the handlers nest
 # until RecursionError, raised in the callback's code or while its threads are waited
 # for, and the timer keeps firing while the run's end is reported.
-NESTING_HANDLERS = """
+def nesting_handlers(threads: int, interval_s: float) -> str:
+    """The callback: ``threads`` workers calling qb, and a timer every ``interval_s``."""
+    return f"""
 import signal, threading
 stop = False
 def check(n):
@@ -217,15 +219,18 @@ def check(n):
     except qb.QbError: pass
 def worker(i):
     while not stop: check(1000 + i)
-threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+threads = [threading.Thread(target=worker, args=(i,)) for i in range({threads})]
 for t in threads: t.start()
 signal.signal(signal.SIGALRM, lambda signum, frame: check(2000))
-signal.setitimer(signal.ITIMER_REAL, 0.002, 0.002)
+signal.setitimer(signal.ITIMER_REAL, {interval_s}, {interval_s})
 for k in range(800): check(3000 + k)
 signal.setitimer(signal.ITIMER_REAL, 0); stop = True
 for t in threads: t.join()
 print("no RecursionError")
 """
+
+
+NESTING_HANDLERS = nesting_handlers(3, 0.002)
 
 
 async def test_nesting_signal_handlers_are_reported_as_the_callbacks_error(
