@@ -1,13 +1,16 @@
 """A Perl callback's report holds up whatever the callback did to the bootstrap's ground.
 
 Warm and cold alike: its ``__DATA__``/``__END__`` section is its ``DATA``, as in plain
-``perl``; a signal handler left running, an emptied ``@INC`` or a reset variable do not
-change how the run is reported; and a die after the callback closed its bridge still
-says what it died of, on its stderr as plain perl does.
+``perl``; a signal handler left running, an emptied ``@INC``, a reset variable or subs and
+globs named as the bootstrap's do not change how the run is reported; a die object whose
+stringification dies is reported by its class; a die after the callback closed its
+bridge still says what it died of, on its stderr as plain perl does; and a write with no
+reader ends the callback as SIGPIPE ends plain perl.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -124,7 +127,7 @@ async def test_an_emptied_inc_does_not_stop_the_report(stack: Stack) -> None:
 async def test_a_callback_cannot_make_a_run_that_compiled_rejected(stack: Stack) -> None:
     # The compiled mark was $qb::_started, which the callback could reset.
     # Nor can it hand the bootstrap a mark of its own.
-    for reset in ("$qb::_started = 0;", "main::_forget_source_hook(\\(my $mark = 0));"):
+    for reset in ("$qb::_started = 0;", "qb::Bootstrap::_forget_source_hook(\\(my $mark = 0));"):
         code = f'print "I ran\\n";\n{reset}\ndie "pretend syntax error\\n";\n'
 
         response = await run(stack, code)
@@ -142,3 +145,117 @@ async def test_a_die_after_the_bridge_was_closed_is_on_stderr(stack: Stack) -> N
     assert response.exit_code == 1
     assert response.failure.message == "the callback exited with status 1"
     assert (response.stdout, response.stderr) == ("ran\n", "dead\n")
+
+
+# -- the bootstrap's names -----------------------------------------------------------------
+
+# Names the bootstrap's helpers had in main, where the callback's code is compiled.
+BOOTSTRAP_HELPERS = (
+    "flush_stdio", "report", "callback_exit", "run", "run_status", "callback_pid",
+    "_is_error", "_exception_type", "_callback_started", "_traceback", "_record_die",
+    "_same_error", "_chomped", "_compile_errors", "_set_handlers_aside", "_run_callback",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("ending", ["", 'die "real failure\\n";\n'], ids=["clean", "die"])
+async def test_subs_named_as_the_bootstraps_helpers_change_nothing(
+    stack: Stack, ending: str
+) -> None:
+    # flush_stdio lost the output (warm), _is_error failed a clean run, _exception_type
+    # named the failure's type, callback_exit warned of a prototype mismatch.
+    subs = "".join(f"sub {name} {{ 7 }}\n" for name in BOOTSTRAP_HELPERS)
+    code = f'{subs}print "ran\\n";\n{ending}'
+
+    response = await run(stack, code)
+
+    assert (response.stdout, response.stderr) == ("ran\n", "")
+    if ending:
+        assert response.outcome == Outcome.OUTCOME_FAILED
+        assert (response.failure.message, response.failure.exception_type) == (
+            "real failure",
+            "die",
+        )
+    else:
+        assert response.outcome == Outcome.OUTCOME_SUCCEEDED, response.failure.message
+
+
+async def test_main_holds_none_of_the_bootstraps_helpers(stack: Stack) -> None:
+    code = 'print join(",", sort grep { defined &{"main::$_"} } keys %main::), "\\n";\n'
+
+    response = await run(stack, code)
+
+    assert response.outcome == Outcome.OUTCOME_SUCCEEDED, response.failure.message
+    assert response.stdout == "\n"
+
+
+async def test_replacing_the_bootstraps_names_cannot_forge_the_report(stack: Stack) -> None:
+    # A replaced _callback_started made a run that compiled REJECTED; undefined, it
+    # crashed the report (exit 22). The package's remaining names are taken by reference.
+    for forgery in (
+        "*main::_callback_started = sub { 0 };",
+        "undef &main::_callback_started;",
+        "*qb::Bootstrap::_forget_source_hook = sub { \\(my $s = 0) };",
+        "*qb::Bootstrap::run = sub { 0 }; *qb::Bootstrap::flush_stdio = sub { 1 };",
+    ):
+        code = (
+            f'print "I ran";\n{forgery}\n'
+            'die "syntax error at <callback> line 1, near \\"x\\"\\n";\n'
+        )
+
+        response = await run(stack, code)
+
+        assert response.outcome == Outcome.OUTCOME_FAILED, forgery
+        assert response.exit_code == 1, forgery
+        assert response.failure.message == 'syntax error at <callback> line 1, near "x"'
+        assert response.failure.exception_type == "die"
+        assert (response.stdout, response.stderr) == ("I ran", ""), forgery
+
+
+async def test_a_die_object_whose_stringification_dies_is_reported_by_its_class(
+    stack: Stack,
+) -> None:
+    # "$err" died in the report: exit 22, no message, no type.
+    code = (
+        'package Foo; use overload \'""\' => sub { die "in stringify\\n" };\n'
+        "package main;\ndie bless({}, 'Foo');\n"
+    )
+
+    response = await run(stack, code)
+
+    assert response.outcome == Outcome.OUTCOME_FAILED
+    assert response.exit_code == 1
+    assert response.failure.exception_type == "Foo"
+    assert re.fullmatch(
+        r"Foo=HASH\(0x[0-9a-f]+\) <its stringification died>", response.failure.message
+    ), response.failure.message
+    assert response.stderr == ""
+
+
+async def test_a_write_with_no_reader_ends_the_callback_as_sigpipe_ends_plain_perl(
+    stack: Stack,
+) -> None:
+    # The signal was ignored: the write failed with EPIPE and the code went on.
+    code = (
+        '$| = 1;\nprint "before\\n";\n'
+        "pipe(my $r, my $w) or die;\nclose $r;\n"
+        'syswrite($w, "x");\nprint "after\\n";\n'
+    )
+
+    response = await run(stack, code)
+
+    assert response.outcome == Outcome.OUTCOME_FAILED
+    assert response.exit_code == 141
+    assert response.failure.message == "the callback exited with status 141"
+    assert response.stdout == "before\n"
+
+
+async def test_the_callback_may_still_ignore_sigpipe(stack: Stack) -> None:
+    code = (
+        "$SIG{PIPE} = 'IGNORE';\npipe(my $r, my $w) or die;\nclose $r;\n"
+        'print defined(syswrite($w, "x")) ? "wrote" : "EPIPE: $!";\n'
+    )
+
+    response = await run(stack, code)
+
+    assert response.outcome == Outcome.OUTCOME_SUCCEEDED, response.failure.message
+    assert response.stdout == "EPIPE: Broken pipe"

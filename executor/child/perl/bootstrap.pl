@@ -37,9 +37,16 @@ use Config ();
 use Errno ();
 use POSIX ();
 
+# Everything below is the bootstrap's own, out of the callback's package (`main`, where
+# plain perl has nothing but the script's names): its helpers are lexical subs no
+# callback can name, let alone redefine, and the few names the zygote and the code's
+# preamble need live in this package, taken once by reference.
+package qb::Bootstrap;
+
 sub CALLBACK_FILENAME () { '<callback>' }
 sub EXIT_ON_SIGTERM ()   { 128 + 15 }
 sub EXIT_ON_SIGXCPU ()   { 128 + 24 }
+sub EXIT_ON_SIGPIPE ()   { 128 + 13 }
 sub EXIT_BAD_START ()    { 2 }
 
 my $reported = 0;
@@ -53,7 +60,7 @@ my ($code_ended, $code_error);    # the code's end (run or not): the error it en
 my $died_after_end;    # a handler of the callback's died once the code had ended
 
 # Setting $| flushes a handle at once (IO::Handle's flush without loading it).
-sub flush_stdio {
+my sub flush_stdio {
     my $previous = select STDOUT;
     $| = 1;
     $| = 0;
@@ -68,12 +75,14 @@ sub DONE_TEXT_CHARS () { 16 << 10 }    # JSON may spend 12 bytes on a character
 
 # True once the frame is on the bridge (or was before): false in a process the callback
 # forked, or when the callback closed or broke its bridge.
-sub report {
+my sub report {
     my ($done) = @_;
     return 1 if $reported;
     return 0 if $$ != $main_pid;
     $reported = 1;
-    # The callback may have closed or broken its own stdio; the done frame still matters.
+    # The callback may have closed or broken its own stdio, or the reader of its pipes
+    # may be gone; the done frame still matters, and a write's EPIPE must not end it.
+    local $SIG{PIPE} = 'IGNORE';
     eval { flush_stdio(); 1 };
     my %frame = (type => 'done', %$done);
     # Strings, as protocol.DoneFrame says, even when they look like numbers (die "42"),
@@ -85,22 +94,32 @@ sub report {
 }
 
 # `exit` anywhere in the callback (compiled after this) reports, then ends this child.
-sub callback_exit (;$) {
+my sub callback_exit (;$) {
     my $code = @_ ? $_[0] : 0;
     $code = 0 if !defined $code || $code !~ /\A\s*-?[0-9]+/;
     $code = int $code;
     report({ status => 'exit', exit_code => $code });
     CORE::exit($code);
 }
-BEGIN { *CORE::GLOBAL::exit = \&callback_exit }
+*CORE::GLOBAL::exit = \&callback_exit;    # as this file runs: before any callback compiles
 
-sub _chomped {
+my sub _chomped {
     my ($text) = @_;
     $text =~ s/\n+\z//;
     return $text;
 }
 
-sub _same_error {
+# "$err", which never dies: an object whose "" overload dies is its plain reference
+# (Foo=HASH(0x...)) with a note, as the Python bootstrap's "<its str() raised>".
+my sub _error_text {
+    my ($err) = @_;
+    my $text = eval { local $SIG{__DIE__}; "$err" };    # not the callback's die to record
+    return $text if defined $text;
+    no overloading;
+    return "$err <its stringification died>";
+}
+
+my sub _same_error {
     my ($left, $right) = @_;
     return 0 if !defined $left || !defined $right;
     return !ref $right && $left eq $right if !ref $left;
@@ -111,14 +130,14 @@ sub _same_error {
     return $left == $right;
 }
 
-sub _is_error {
+my sub _is_error {
     my ($err) = @_;
     return ref $err || (defined $err && length $err);
 }
 
-sub _callback_started { return $started && $$started }
+my sub _callback_started { return $started && $$started }
 
-sub _exception_type {
+my sub _exception_type {
     my ($err) = @_;
     return 'die' if !ref $err;
     return $err->{kind} || 'qb::Error' if eval { $err->isa('qb::Error') };
@@ -126,7 +145,7 @@ sub _exception_type {
 }
 
 # The die message plus where it was raised and the callback frames that led there.
-sub _traceback {
+my sub _traceback {
     my ($err, $message) = @_;
     return $message if !$last_die || !_same_error($last_die->[0], $err);
     my ($location, @stack) = @{ $last_die->[1] };
@@ -135,7 +154,7 @@ sub _traceback {
     return join "\n", $text, map {"\t$_"} @stack;
 }
 
-sub _record_die {
+my sub _record_die {
     my ($err) = @_;
     # Once the code has ended, only the die that ends the run: the code's own, else the
     # first a signal handler of the callback's died with (see _run_callback).
@@ -165,7 +184,7 @@ sub _record_die {
 # pragmas (no strict, default warnings), so the callback may `use strict` itself. For a
 # hook that gives no file handle perl opens /dev/null as the file (every child has it:
 # it is their stdin).
-sub _compile_and_run_callback {
+my sub _compile_and_run_callback {
     my ($source, $every_signal, $mask_at_end) = @_;
     ($source_text, $lines_given, @source_lines) = ($source, 0, split(/^/, $source));
     # Before the callback's line 1: the hook leaves @INC and %INC as they were, and the
@@ -173,14 +192,16 @@ sub _compile_and_run_callback {
     # compiling (rejected), after it a die at run time. The mark is a lexical of its own
     # block, seen by this file only (through the reference its BEGIN passes), so the
     # callback can neither name nor reset it.
-    my $preamble = 'package main; { my $s; BEGIN { main::_forget_source_hook(\$s) } $s = 1 }';
+    my $preamble = 'package main; { my ($s, $d);'
+        . ' BEGIN { $d = qb::Bootstrap::_forget_source_hook(\\$s) } $s = 1;';
     my $has_data = $source =~ /__(?:DATA|END)__/;
     if ($has_data) {
         # DATA is a handle on the code in memory (_open_data_section): its layer is
         # loaded now, while @INC is this file's.
         require PerlIO::scalar;
-        $preamble .= ' main::_open_data_section();';
+        $preamble .= ' $d->();';
     }
+    $preamble .= ' }';
     $preamble .= "\n#line 1 \"" . CALLBACK_FILENAME . "\"\n";
     $source_hook = sub {
         my (undef, $name) = @_;
@@ -200,10 +221,23 @@ sub _compile_and_run_callback {
     return;
 }
 
-sub _forget_source_hook {
-    $started //= $_[0];    # the preamble's: a later call (the callback's) changes nothing
-    @INC = grep { !ref $_ || $_ != $source_hook } @INC;
-    delete $INC{ +CALLBACK_FILENAME };    # plain perl has no entry for its script
+# The DATA handle perl opened at a `__DATA__` (on /dev/null), in whichever package.
+my sub _data_handle_on_dev_null {
+    my ($device, $inode) = stat '/dev/null' or return;
+    my @stashes = ('main::');
+    my %seen;
+    no strict 'refs';
+    while (defined(my $stash = shift @stashes)) {
+        next if $seen{$stash}++;
+        for my $name (keys %$stash) {
+            my $full = "$stash$name";    # qualified: this file's package is not main
+            push @stashes, $stash eq 'main::' ? $name : $full if $name =~ /::\z/;
+            next if $name ne 'DATA' || ref \$stash->{$name} ne 'GLOB';
+            my $io = *{$full}{IO} or next;
+            my @status = stat $io or next;
+            return \*{$full} if $status[0] == $device && $status[1] == $inode;
+        }
+    }
     return;
 }
 
@@ -213,7 +247,7 @@ sub _forget_source_hook {
 # nothing in a file compiled by `do`; in plain perl's script it is main::DATA. DATA is
 # then a handle on the whole code in memory, placed after the marker's line, as plain
 # perl's is on the script (`seek DATA, 0, 0` reads the code), but with no descriptor.
-sub _open_data_section {
+my sub _open_data_section {
     my $marker_line = $lines_given ? $source_lines[ $lines_given - 1 ] : '';
     my $handle = _data_handle_on_dev_null();
     if (!$handle) {
@@ -230,24 +264,14 @@ sub _open_data_section {
     return;
 }
 
-# The DATA handle perl opened at a `__DATA__` (on /dev/null), in whichever package.
-sub _data_handle_on_dev_null {
-    my ($device, $inode) = stat '/dev/null' or return;
-    my @stashes = ('main::');
-    my %seen;
-    no strict 'refs';
-    while (defined(my $stash = shift @stashes)) {
-        next if $seen{$stash}++;
-        for my $name (keys %$stash) {
-            my $full = $stash eq 'main::' ? $name : "$stash$name";
-            push @stashes, $full if $name =~ /::\z/;
-            next if $name ne 'DATA' || ref \$stash->{$name} ne 'GLOB';
-            my $io = *{$full}{IO} or next;
-            my @status = stat $io or next;
-            return \*{$full} if $status[0] == $device && $status[1] == $inode;
-        }
-    }
-    return;
+# Called by name from the preamble's BEGIN, before perl reads a line of the callback's
+# code (which cannot have redefined it yet): the preamble's mark, and the DATA opener its
+# run calls through a lexical of its own.
+sub _forget_source_hook {
+    $started //= $_[0];    # the preamble's: a later call (the callback's) changes nothing
+    @INC = grep { !ref $_ || $_ != $source_hook } @INC;
+    delete $INC{ +CALLBACK_FILENAME };    # plain perl has no entry for its script
+    return \&_open_data_section;
 }
 
 # Once the code has ended, the signals whose handlers are the bootstrap's keep them;
@@ -256,11 +280,11 @@ my %DEFAULT_AFTER_THE_RUN = map { $_ => 1 }
     qw(CHLD CLD URG WINCH CONT SEGV BUS FPE ILL ABRT IOT SYS TRAP);
 
 # Every signal the callback has a %SIG handler for gets "IGNORE" (or "DEFAULT", above),
-# TERM and XCPU the handlers the run started with, and __DIE__ this file's recorder: a
+# TERM, XCPU and PIPE the handlers the run started with, and __DIE__ this file's recorder: a
 # timer left running, or a signal from elsewhere, no longer runs the callback's code
 # while the run is reported, nor in its END blocks. Then the signals are unblocked.
 # Each call does what is left (a handler due before the block may die at any statement).
-sub _set_handlers_aside {
+my sub _set_handlers_aside {
     my ($kept, $every_signal, $mask_at_end) = @_;
     POSIX::sigprocmask(POSIX::SIG_BLOCK(), $every_signal);    # if the code's end did not
     for my $name (grep { !/\A__/ } keys %SIG) {
@@ -285,7 +309,7 @@ sub _set_handlers_aside {
 # else a handler's, as in the Python bootstrap. The code's end blocks every signal in the
 # same statement, so after it only handlers due already can die, each once; the tries
 # nest so that only a third such die in a row would escape.
-sub _run_callback {
+my sub _run_callback {
     my ($source, $kept) = @_;
     my $every_signal = POSIX::SigSet->new;
     $every_signal->fillset;
@@ -317,9 +341,9 @@ sub _run_callback {
 # the errors counted before it; otherwise perl counted errors to the end of the code and
 # says it will not run it. (A callback whose BEGIN block sets $SIG{__DIE__} hides its
 # dies from _record_die, and gets the second kind's last line.)
-sub _compile_errors {
+my sub _compile_errors {
     my ($err) = @_;
-    my $text = "$err";
+    my $text = _error_text($err);
     if ($compile_die && _same_error($compile_die->[0], $err)) {
         my $counted = $compile_die->[1];
         $counted = '' if !defined $counted || ref $counted;
@@ -329,7 +353,7 @@ sub _compile_errors {
         . " aborted due to compilation errors.\n";
 }
 
-sub run {
+my sub run {
     my ($fd) = @_;
     $main_pid = $$;
     open(my $bridge, '+<&=', $fd) or do {
@@ -349,6 +373,16 @@ sub run {
         # No done frame (report is not called): the executor reads 152 as the CPU limit.
         $SIG{XCPU} = sub { eval { flush_stdio(); 1 }; CORE::exit(EXIT_ON_SIGXCPU) };
     }
+    # A write with no reader ends plain perl (SIGPIPE); this process inherited the signal
+    # ignored (the executor is Python), and as PID 1 would ignore its default action: a
+    # handler ends it with the status a shell gives SIGPIPE's death, no done frame sent,
+    # with or without a PID namespace (one outcome, FAILED, not KILLED in some tiers).
+    # The bootstrap's own writes ignore it (report).
+    $SIG{PIPE} = sub {
+        local $SIG{PIPE} = 'IGNORE';
+        eval { flush_stdio(); 1 };
+        CORE::exit(EXIT_ON_SIGPIPE);
+    };
     my $start = eval { qb::_read_frame() };
     return EXIT_BAD_START if !$start || ($start->{type} // '') ne 'start';
     # The policy's variables come with the run, never through the zygote (process.py).
@@ -358,7 +392,7 @@ sub run {
     qb::_bind($bridge, $start->{context});
     my $source = defined $start->{code} ? $start->{code} : '';
 
-    my %kept = (TERM => $SIG{TERM}, XCPU => $SIG{XCPU});    # for after the run
+    my %kept = (TERM => $SIG{TERM}, XCPU => $SIG{XCPU}, PIPE => $SIG{PIPE});    # after the run
     local $SIG{__DIE__} = \&_record_die;
     my $err = _run_callback($source, \%kept);
 
@@ -377,7 +411,7 @@ sub run {
         return EXIT_BAD_START;
     }
     if (_is_error($err)) {
-        my $text = "$err";
+        my $text = _error_text($err);
         my $message = _chomped($text);
         print STDERR $text if !report({
             status         => 'exception',
@@ -390,6 +424,10 @@ sub run {
     report({ status => 'ok', exit_code => 0 });
     return 0;
 }
+
+# For zygote.pl, which takes them by reference once it has loaded this file.
+*run = \&run;
+*flush_stdio = \&flush_stdio;
 
 if (!caller) {    # run as a script (the cold path), not loaded by the zygote
     @ARGV == 1 && $ARGV[0] =~ /\A[0-9]+\z/ or die "usage: bootstrap.pl <bridge fd>\n";

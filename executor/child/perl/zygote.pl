@@ -33,13 +33,19 @@ use strict;
 
 # bootstrap.pl (and with it qb.pm, warnings.pm, and the Config and POSIX this process
 # uses) compiled once, for every child.
-BEGIN { require 'bootstrap.pl' }
+# Its run and flush_stdio taken by reference now: a callback that redefines the names
+# (qb::Bootstrap::...) changes nothing for its own process's end.
+my ($bootstrap_run, $flush_stdio);
+BEGIN {
+    require 'bootstrap.pl';
+    ($bootstrap_run, $flush_stdio) = (\&qb::Bootstrap::run, \&qb::Bootstrap::flush_stdio);
+}
 
 # The end mark (launcher.py's mark_end): in a child whose run returned, once its
 # callback's END blocks have run (compiled later, they run first) and its output is
 # flushed, shut the bridge down for writing: the executor answers at once, then kills
-# and reaps. Only in the callback's own process (the one that ran main::run, its pid
-# here): a process it forked, even from an END block, ends without the mark. And only
+# and reaps. Only in the callback's own process (the one that ran bootstrap.pl's run, its
+# pid here): a process it forked, even from an END block, ends without the mark. And only
 # while $? is still the status run() returned: as in plain perl, an END block that set
 # $? decides the exit status, which the executor then waits for (the mark would have it
 # take the status the done frame implies).
@@ -47,10 +53,12 @@ BEGIN { require 'bootstrap.pl' }
 # Without the mark, the bridge stays open until the kernel closes it at the exit, after
 # the process's memory is gone: perl would close it in global destruction, and an EOF
 # after the done frame from a process still readable in /proc is taken for the mark.
-our ($callback_pid, $run_status) = (0, undef);    # the status once run() has returned
+# Lexicals, so that a callback (in main) cannot reset them.
+my ($callback_pid, $run_status) = (0, undef);    # the status once run() has returned
 END {
     if ($$ == $callback_pid && defined $run_status && $? == $run_status) {
-        eval { main::flush_stdio(); 1 };
+        local $SIG{PIPE} = 'IGNORE';    # the mark is sent whoever reads the output
+        eval { $flush_stdio->(); 1 };
         # Then wait until the executor closes its side (or kills this process): it
         # reads this process's figures in /proc meanwhile. On the bridge's own handle:
         # a second one on its fd would close it, and global destruction again (a warning).
@@ -463,7 +471,7 @@ sub child {
     };
     if ($ok) {
         $callback_pid = $$;
-        $code = main::run(BRIDGE_FD);    # bootstrap.pl: the callback's run and its report
+        $code = $bootstrap_run->(BRIDGE_FD);    # bootstrap.pl: the callback's run and its report
         # Only a run that returned: an `exit`, the CPU limit's or the deadline's exit
         # through the callback's own path, is left to the exit status; and only in the
         # callback's own process (a process it forked returns here too).
