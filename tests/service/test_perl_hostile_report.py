@@ -259,3 +259,18 @@ async def test_the_callback_may_still_ignore_sigpipe(stack: Stack) -> None:
 
     assert response.outcome == Outcome.OUTCOME_SUCCEEDED, response.failure.message
     assert response.stdout == "EPIPE: Broken pipe"
+
+
+async def test_a_qb_call_on_a_broken_bridge_still_dies_with_a_qb_error(stack: Stack) -> None:
+    # The bridge's EPIPE is the bootstrap's, not the callback's pipe: no SIGPIPE exit.
+    code = (
+        "open(my $bridge, '+<&=', 3) or die;\nshutdown($bridge, 1);\n"
+        'eval { qb::jobstatus(qb::jobid()); 1 } or print ref($@), ": $@->{message}\\n";\n'
+        'print "went on\\n";\n'
+    )
+
+    response = await run(stack, code)
+
+    assert response.stdout == (
+        "qb::Error: the executor closed the bridge: Broken pipe\nwent on\n"
+    ), response

@@ -123,6 +123,9 @@ sub _write_frame {
             if ($message->{type} // '') eq 'call';
     }
     my $data = pack('N', length $body) . $body;
+    # A closed bridge is a qb::Error (_write_out), not the SIGPIPE exit that bootstrap.pl
+    # gives the callback's own writes to a pipe with no reader.
+    local $SIG{PIPE} = 'IGNORE';
     _write_out();    # the rest of a frame an interruption cut short goes first
     $outbox = $data;
     return if eval { _write_out(); 1 };
