@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from supervisor_client import ExecutorClient
 from supervisor_client.qbcallback.v1 import executor_pb2_grpc, supervisor_pb2
 from supervisor_client.reference.forwarder import EventForwarder
 from tests.conftest import TEST_UID_BASE
@@ -179,6 +180,19 @@ async def fleet(
     finally:
         await group.close()
         await endpoint.stop()
+
+
+@asynccontextmanager
+async def two_replicas(
+    root: Path, store: str
+) -> AsyncIterator[tuple[ExecutorClient, ExecutorClient]]:
+    """A fleet of two replicas (``fleet``): a client of each."""
+    async with (
+        fleet(root, store, replicas=2) as group,
+        ExecutorClient(group.address(0)) as first,
+        ExecutorClient(group.address(1)) as second,
+    ):
+        yield first, second
 
 
 def example_jobs(path: Path) -> list[dict[str, Any]]:

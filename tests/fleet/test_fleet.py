@@ -17,7 +17,7 @@ import pytest
 
 from supervisor_client import ExecutorClient
 from supervisor_client.qbcallback.v1 import executor_pb2
-from tests.fleet.harness import Fleet, RoundRobinForwarder, example_jobs, fleet
+from tests.fleet.harness import Fleet, RoundRobinForwarder, example_jobs, fleet, two_replicas
 from tests.helpers.cli import ROOT
 from tests.helpers.waiting import eventually
 
@@ -182,11 +182,7 @@ def install_noted(root: Path, replicas: int, trigger: str) -> None:
 async def test_a_reload_reaches_every_replica_and_every_replica_reads_the_fleets_history(
     tmp_path: Path, pg_url: str
 ) -> None:
-    async with (
-        fleet(tmp_path, pg_url, replicas=2) as group,
-        ExecutorClient(group.address(0)) as first,
-        ExecutorClient(group.address(1)) as second,
-    ):
+    async with two_replicas(tmp_path, pg_url) as (first, second):
         # Each replica reads its own callbacks.conf; both get the same file here.
         install_noted(tmp_path, 2, "submit-job-self")
         reloaded = await first.reload_universal_callbacks()
@@ -236,11 +232,7 @@ async def test_a_reload_reaches_every_replica_and_every_replica_reads_the_fleets
 async def test_a_universal_callback_fires_at_a_replica_with_its_own_callbacks_directory(
     tmp_path: Path, pg_url: str
 ) -> None:
-    async with (
-        fleet(tmp_path, pg_url, replicas=2) as group,
-        ExecutorClient(group.address(0)) as first,
-        ExecutorClient(group.address(1)) as second,
-    ):
+    async with two_replicas(tmp_path, pg_url) as (first, second):
         # The default universal_callback_path, <data_dir>/callback: a directory per replica.
         install_noted(tmp_path, 2, "complete-job-self")
         for client in (first, second):
@@ -259,11 +251,7 @@ async def test_a_universal_callback_fires_at_a_replica_with_its_own_callbacks_di
 async def test_each_line_of_a_file_named_twice_keeps_its_options_at_another_replica(
     tmp_path: Path, pg_url: str
 ) -> None:
-    async with (
-        fleet(tmp_path, pg_url, replicas=2) as group,
-        ExecutorClient(group.address(0)) as first,
-        ExecutorClient(group.address(1)) as second,
-    ):
+    async with two_replicas(tmp_path, pg_url) as (first, second):
         install_noted(tmp_path, 2, "complete-job-self")
         for index in range(2):
             with (tmp_path / f"replica-{index}" / "callback" / "callbacks.conf").open("a") as conf:

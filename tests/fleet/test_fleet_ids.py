@@ -10,9 +10,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from supervisor_client import ExecutorClient, ExecutorRpcError
+from supervisor_client import ExecutorRpcError
 from supervisor_client.qbcallback.v1 import executor_pb2
-from tests.fleet.harness import fleet
+from tests.fleet.harness import two_replicas
 
 pytestmark = pytest.mark.service
 
@@ -20,11 +20,7 @@ pytestmark = pytest.mark.service
 async def test_an_id_another_replica_used_is_refused_for_another_run_and_kept_for_a_retry(
     tmp_path: Path, pg_url: str
 ) -> None:
-    async with (
-        fleet(tmp_path, pg_url, replicas=2) as group,
-        ExecutorClient(group.address(0)) as first,
-        ExecutorClient(group.address(1)) as second,
-    ):
+    async with two_replicas(tmp_path, pg_url) as (first, second):
         job = {"id": 72_000, "name": "ids", "user": "fleet"}
         ran = await first.execute_callback(
             language="python", code="print('one')", job=job, invocation_id="fleet-id-1"
@@ -53,11 +49,7 @@ async def test_an_id_another_replica_used_is_refused_for_another_run_and_kept_fo
 async def test_the_id_of_a_firing_running_at_another_replica_is_refused(
     tmp_path: Path, pg_url: str
 ) -> None:
-    async with (
-        fleet(tmp_path, pg_url, replicas=2) as group,
-        ExecutorClient(group.address(0)) as first,
-        ExecutorClient(group.address(1)) as second,
-    ):
+    async with two_replicas(tmp_path, pg_url) as (first, second):
         await first.register_job(
             {
                 "id": 72_100,
