@@ -46,6 +46,8 @@ def _steps() -> list[str]:
         # When each reported run ended: an earlier run's report never replaces a later one's.
         # (A database made at version 1 by this code has the column already.)
         "ALTER TABLE outbox ADD COLUMN IF NOT EXISTS ended_at DOUBLE PRECISION NOT NULL DEFAULT 0;",
+        # A run's notes, kept with its report until the history has the run (run_notes).
+        "ALTER TABLE outbox ADD COLUMN IF NOT EXISTS notes TEXT;",
     ]
 
 

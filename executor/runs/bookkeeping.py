@@ -81,6 +81,8 @@ class BookkeepingWriter:
         self._pending: dict[str, Invocation] = {}
         # Runs the history could not take yet, oldest first (written by this thread only).
         self._unrecorded: list[_Entry] = []
+        # Their invocation ids, for readers on other threads (``unwritten``).
+        self._unrecorded_ids: frozenset[str] = frozenset()
         # Queued and being written: flush() waits for 0.
         self._unwritten = 0
         # Readers waiting in flush(): the writer does not pause for others to join.
@@ -116,6 +118,11 @@ class BookkeepingWriter:
         """The run under ``invocation_id`` queued or being written now, if any."""
         with self._changed:
             return self._pending.get(invocation_id)
+
+    def unwritten(self, invocation_id: str) -> bool:
+        """Whether a run of ``invocation_id`` still waits for its history record."""
+        with self._changed:
+            return invocation_id in self._pending or invocation_id in self._unrecorded_ids
 
     def flush(self, timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
         """Wait until every run queued so far is written; False on timeout."""
@@ -223,6 +230,10 @@ class BookkeepingWriter:
                 f", {given_up} older ones are given up" if given_up else "",
             )
             self._unrecorded = kept
+        finally:
+            ids = frozenset(e.result.invocation_id for e in self._unrecorded)
+            with self._changed:
+                self._unrecorded_ids = ids
 
 
 def _worth_retrying(err: Exception) -> bool:

@@ -223,7 +223,18 @@ def result_to_json(result: RunResult) -> str:
 
 def result_from_json(text: str) -> RunResult:
     """Rebuild a RunResult stored by ``result_to_json``."""
-    data: dict[str, Any] = json.loads(text)
+    return result_from_plain(json.loads(text))
+
+
+def result_to_plain(result: RunResult) -> dict[str, Any]:
+    """A RunResult as JSON's values (what ``result_to_json`` writes)."""
+    plain: dict[str, Any] = _plain(result)
+    return plain
+
+
+def result_from_plain(data: dict[str, Any]) -> RunResult:
+    """Rebuild a RunResult from ``result_to_plain``'s values."""
+    data = dict(data)
     failure = data.pop("failure")
     return RunResult(
         **{
@@ -473,6 +484,22 @@ class RunHistory:
             return None
         job_id, callback_id, language, triggers, source = row
         return RunIdentity(job_id, callback_id, language.lower(), triggers, source)
+
+    def ends(self, invocation_ids: Sequence[str]) -> dict[str, float]:
+        """When the recorded run of each of these ids ended (Unix time); unknown ids left out."""
+        self.before_read()
+        found: dict[str, float] = {}
+        for start in range(0, len(invocation_ids), 500):  # SQLite bounds a statement's values
+            chunk = invocation_ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT invocation_id, started_at + wall_seconds FROM runs"  # noqa: S608 - ? marks
+                    f" WHERE invocation_id IN ({marks})",
+                    list(chunk),
+                ).fetchall()
+            found.update((str(row[0]), float(row[1])) for row in rows)
+        return found
 
     def ids_starting_with(self, prefix: str, limit: int = 3) -> list[str]:
         """Up to ``limit`` invocation ids that start with ``prefix`` (taken literally)."""

@@ -82,8 +82,8 @@ _T = TypeVar("_T")
 MESSAGE_MARGIN_BYTES: Final = 64 << 10
 
 _INSERT: Final = (
-    "INSERT INTO outbox (key, payload, created_at, owner, lease_until, ended_at)"
-    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING"
+    "INSERT INTO outbox (key, payload, created_at, owner, lease_until, ended_at, notes)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING"
 )
 # Before _INSERT, when the key is there already: another message under it that ended no
 # earlier (a later run of the invocation id) takes the place of the one there, delivered
@@ -111,7 +111,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     owner TEXT NOT NULL DEFAULT '',
     lease_until REAL NOT NULL DEFAULT 0,
     -- When the run it reports ended (Unix seconds; 0 in rows from before the column).
-    ended_at REAL NOT NULL DEFAULT 0
+    ended_at REAL NOT NULL DEFAULT 0,
+    -- The run's bookkeeping (run_notes), kept until the history has the run: what a
+    -- start-up after a kill -9 rebuilds its history record from. NULL once written.
+    notes TEXT
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq)
     WHERE delivered_at IS NULL AND dead_at IS NULL;
@@ -119,11 +122,25 @@ CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq)
 
 
 class _Message(NamedTuple):
-    """A message to commit: ``_REPLACE``'s values, in its order."""
+    """A message to commit: ``_REPLACE``'s values, in its order, then its notes."""
 
     key: str
     payload: bytes
     ended_at: float  # when the run it reports ended
+    notes: str | None = None  # kept with it until the history has the run
+
+    @property
+    def replaced(self) -> tuple[str, bytes, float]:
+        """``_REPLACE``'s values."""
+        return self.key, self.payload, self.ended_at
+
+
+class KeptNotes(NamedTuple):
+    """A row whose notes are kept: its run may not be in the history yet."""
+
+    seq: int
+    key: str
+    ended_at: float
 
 
 # Columns added since the first outbox.db: (column, definition).
@@ -132,6 +149,7 @@ _ADDED_COLUMNS: Final = (
     ("owner", "TEXT NOT NULL DEFAULT ''"),
     ("lease_until", "REAL NOT NULL DEFAULT 0"),
     ("ended_at", "REAL NOT NULL DEFAULT 0"),
+    ("notes", "TEXT"),
 )
 
 
@@ -279,7 +297,12 @@ class Outbox:
         self._delivered_since_trim = 0
         # Rows the receiver acknowledged whose mark the storage did not take yet (a full
         # disk): never sent again by this process, marked at the next chance.
-        self._unmarked: set[int] = set()
+        self._unmarked: dict[int, str] = {}
+        # Whether the bookkeeping of a key's run is still to be written: its row's notes
+        # stay until it is (set by the Recorder; called from delivery, maybe in a thread).
+        self.notes_needed: Callable[[str], bool] = lambda key: False
+        # Delivered rows whose notes stayed for that reason, cleared at a later mark.
+        self._notes_held: dict[int, str] = {}
         if self.pending():
             logger.info("outbox: %d results from an earlier run still to deliver", self.pending())
 
@@ -305,14 +328,18 @@ class Outbox:
 
     # -- the producer side: synchronous, durable before it returns ------------------------
 
-    def put(self, key: str, payload: bytes, ended_at: float | None = None) -> bool:
+    def put(
+        self, key: str, payload: bytes, ended_at: float | None = None, notes: str | None = None
+    ) -> bool:
         """Commit one message; False when nothing was added (it, or a later run's, is there).
 
         ``ended_at``: when the run it reports ended (None: now). Another message under
         ``key`` replaces the one there unless that one's run ended later (``_REPLACE``).
-        Raises StorageError when the commit fails because of the storage.
+        ``notes``: kept with it until ``notes_needed`` says the key's run no longer needs
+        them at its delivery (``kept_notes``). Raises StorageError when the commit fails
+        because of the storage.
         """
-        message = self._message(key, payload, ended_at)
+        message = self._message(key, payload, ended_at, notes)
         with writing(self._path, self._health):
             added = execute_counted(self._db, _INSERT, self._row(message))
         if not added:  # the key is there: a repeat of the message, or another run's
@@ -320,7 +347,9 @@ class Outbox:
         self._committed(added)
         return True
 
-    async def commit(self, key: str, payload: bytes, ended_at: float | None = None) -> None:
+    async def commit(
+        self, key: str, payload: bytes, ended_at: float | None = None, notes: str | None = None
+    ) -> None:
         """``put``, in one transaction with the messages of this turn of the event loop.
 
         Runs that end together (concurrent callers) share one commit, one round trip to
@@ -329,7 +358,7 @@ class Outbox:
         """
         loop = asyncio.get_running_loop()
         committed = loop.create_future()
-        message = self._message(key, payload, ended_at)
+        message = self._message(key, payload, ended_at, notes)
         self._gathered.append((message, committed))
         if len(self._gathered) == 1:
             loop.call_soon(self._commit_gathered)
@@ -369,7 +398,7 @@ class Outbox:
         with writing(self._path, self._health):
             self._db.execute("BEGIN")
             try:
-                self._db.executemany(_REPLACE, latest)
+                self._db.executemany(_REPLACE, [message.replaced for message in latest])
                 added: int = self._db.executemany(
                     _INSERT, [self._row(message) for message in latest]
                 ).rowcount
@@ -382,14 +411,16 @@ class Outbox:
         self._committed(added != 0)
         return added != 0
 
-    def _message(self, key: str, payload: bytes, ended_at: float | None) -> _Message:
-        return _Message(key, payload, self._clock() if ended_at is None else ended_at)
+    def _message(
+        self, key: str, payload: bytes, ended_at: float | None, notes: str | None
+    ) -> _Message:
+        return _Message(key, payload, self._clock() if ended_at is None else ended_at, notes)
 
-    def _row(self, message: _Message) -> tuple[str, bytes, float, str, float, float]:
+    def _row(self, message: _Message) -> tuple[str, bytes, float, str, float, float, str | None]:
         # The replica that ran it delivers it (its lease); another only if it dies.
         now = self._clock()
-        key, payload, ended_at = message
-        return (key, payload, now, self._owner, now + self._lease_s, ended_at)
+        key, payload, ended_at, notes = message
+        return (key, payload, now, self._owner, now + self._lease_s, ended_at, notes)
 
     def _committed(self, added: int) -> None:
         self._checkpoints.committed()
@@ -413,6 +444,50 @@ class Outbox:
             "SELECT count(delivered_at), count(dead_at) FROM outbox"
         ).fetchone()
         return OutboxStats(self.pending(), int(delivered), int(dead), self._duplicates)
+
+    # -- the notes of runs whose bookkeeping a crash may have lost ----------------------------
+
+    def kept_notes(self) -> list[KeptNotes]:
+        """The rows that still keep their run's notes, oldest first (``recovery`` reads them)."""
+        rows = self._db.execute(
+            "SELECT seq, key, ended_at FROM outbox WHERE notes IS NOT NULL ORDER BY seq"
+        ).fetchall()
+        return [KeptNotes(int(seq), str(key), float(ended_at)) for seq, key, ended_at in rows]
+
+    def notes(self, seqs: list[int]) -> dict[int, str]:
+        """The notes of these rows (seq: notes), those that still have them."""
+        found: dict[int, str] = {}
+        for chunk in _chunks(seqs):
+            marks = ", ".join("?" * len(chunk))
+            found.update(
+                (int(seq), str(notes))
+                for seq, notes in self._db.execute(
+                    f"SELECT seq, notes FROM outbox WHERE seq IN ({marks})"  # noqa: S608 - ? marks
+                    " AND notes IS NOT NULL",
+                    chunk,
+                ).fetchall()
+            )
+        return found
+
+    def forget_notes(self, seqs: list[int]) -> None:
+        """Drop these rows' notes (their runs are in the history), in one commit."""
+        if not seqs:
+            return
+        with writing(self._path, self._health):
+            self._db.execute("BEGIN")
+            try:
+                for chunk in _chunks(seqs):
+                    marks = ", ".join("?" * len(chunk))
+                    self._db.execute(
+                        f"UPDATE outbox SET notes = NULL WHERE seq IN ({marks})",  # noqa: S608
+                        chunk,
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(Exception):  # the store's own error, either kind
+                    self._db.execute("ROLLBACK")
+                raise
+        self._checkpoints.committed()
 
     # -- the delivery task ------------------------------------------------------------------
 
@@ -528,7 +603,7 @@ class Outbox:
         unmarked: UnavailableError | None = None
         if self._unmarked:
             try:
-                await self._io(lambda: self._mark_delivered([]))
+                await self._io(lambda: self._mark_delivered({}))
             except UnavailableError as err:  # still: the rows behind them go on meanwhile
                 unmarked = err
         batch, full = await self._io(self._next_batch)
@@ -595,7 +670,7 @@ class Outbox:
         self._duplicates += sum(duplicates)
         for seq, _, _ in batch:
             self._first_refused.pop(seq, None)
-        await self._io(lambda: self._mark_delivered([seq for seq, _, _ in batch]))
+        await self._io(lambda: self._mark_delivered({seq: key for seq, key, _ in batch}))
         return None
 
     async def _deliver_one(
@@ -639,7 +714,7 @@ class Outbox:
             return True
         self._duplicates += duplicate
         self._first_refused.pop(seq, None)
-        await self._io(lambda: self._mark_delivered([seq]))
+        await self._io(lambda: self._mark_delivered({seq: key}))
         return True
 
     def _next_retry_at(self) -> float | None:
@@ -714,44 +789,53 @@ class Outbox:
             self._wakeup.set()
         return int(cursor.rowcount)
 
-    def _mark_delivered(self, seqs: list[int]) -> None:
-        """Record the rows as delivered, in one commit; trim the delivered ones now and then.
+    def _mark_delivered(self, delivered: dict[int, str]) -> None:
+        """Record the rows (seq: key) as delivered, in one commit; trim delivered ones now and then.
 
         A delivered row keeps its key (a repeat of it is not queued again) but not its
         payload: the last ``keep_delivered`` rows of up to a report's size each could
-        otherwise hold gigabytes that nothing reads.
+        otherwise hold gigabytes that nothing reads. Nor its notes, unless its run's
+        bookkeeping is still to be written (``notes_needed``): those stay, and go at a
+        later mark once it is.
 
         With those acknowledged earlier whose mark failed (``_unmarked``); on failure all
         of them stay there, so that none is sent again.
         """
-        self._unmarked.update(seqs)
-        seqs = sorted(self._unmarked)
+        self._unmarked.update(delivered)
+        written = [seq for seq, key in self._notes_held.items() if not self.notes_needed(key)]
+        held = {seq: key for seq, key in self._unmarked.items() if self.notes_needed(key)}
+        seqs = sorted({*self._unmarked, *written})
+        # coalesce: a row delivered earlier (its notes held) keeps when it was delivered.
+        mark = (
+            "UPDATE outbox SET delivered_at = coalesce(delivered_at, ?), payload = ?,"
+            " notes = CASE WHEN {held} THEN notes END WHERE {rows}"
+        )
         now = self._clock()
         if self.fleet:  # one statement is one transaction: one round trip, not three
             self._ddb.execute(
-                "UPDATE outbox SET delivered_at = ?, payload = ? WHERE seq = ANY(?)",
-                (now, b"", list(seqs)),
+                mark.format(held="seq = ANY(?)", rows="seq = ANY(?)"),
+                (now, b"", list(held), seqs),
             )
-            self._unmarked.difference_update(seqs)
-            self._delivered_since_trim += len(seqs)
-            if self._delivered_since_trim >= 100:
-                self._trim_delivered()
-            return
-        with writing(self._path, self._health):
-            self._ddb.execute("BEGIN")
-            try:
-                self._ddb.executemany(
-                    "UPDATE outbox SET delivered_at = ?, payload = ? WHERE seq = ?",
-                    [(now, b"", seq) for seq in seqs],
-                )
-                self._ddb.execute("COMMIT")
-            except BaseException:
-                if self._ddb.in_transaction:  # SQLite may have rolled back already (disk full)
-                    self._ddb.execute("ROLLBACK")
-                raise
-        self._unmarked.difference_update(seqs)
-        self._checkpoints.committed()
-        self._delivered_since_trim += len(seqs)
+        else:
+            with writing(self._path, self._health):
+                self._ddb.execute("BEGIN")
+                try:
+                    self._ddb.executemany(
+                        mark.format(held="?", rows="seq = ?"),
+                        [(now, b"", seq in held, seq) for seq in seqs],
+                    )
+                    self._ddb.execute("COMMIT")
+                except BaseException:
+                    if self._ddb.in_transaction:  # SQLite may have rolled back already (disk full)
+                        self._ddb.execute("ROLLBACK")
+                    raise
+            self._checkpoints.committed()
+        delivered_now = len(self._unmarked)
+        for seq in written:
+            del self._notes_held[seq]
+        self._notes_held.update(held)
+        self._unmarked.clear()
+        self._delivered_since_trim += delivered_now
         if self._delivered_since_trim >= 100:
             self._trim_delivered()
 
@@ -760,7 +844,14 @@ class Outbox:
         with writing(self._path, self._health):
             self._ddb.execute(
                 "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE delivered_at IS NOT NULL"  # noqa: S608
+                # A row whose notes are kept stays until its run is in the history.
+                " AND notes IS NULL"
                 f" ORDER BY seq DESC LIMIT {'ALL' if self.fleet else '-1'} OFFSET ?)",
                 (self._keep_delivered,),
             )
         self._checkpoints.committed()
+
+
+def _chunks(seqs: list[int], size: int = 500) -> list[list[int]]:
+    """``seqs`` in lists of ``size``: SQLite bounds the parameters of a statement."""
+    return [seqs[start : start + size] for start in range(0, len(seqs), size)]

@@ -1,7 +1,9 @@
 """The dispatcher's ``on_result`` hook: a finished run goes to the outbox, history, callback log, metrics.
 
 Order matters: the outbox commit comes first, before the caller gets its answer, so
-once any trace of a run exists the supervisor is sure to hear of it. In a fleet, a fired
+once any trace of a run exists the supervisor is sure to hear of it. The row carries the
+run's notes (``run_notes``) until its bookkeeping is written, so a start-up after a
+``kill -9`` in between rebuilds it (``recovery``). In a fleet, a fired
 run is recorded only while its replica's claim on the firing holds (fencing: see
 ``_record_claimed``). The other sinks
 are bookkeeping, written by one thread (``bookkeeping.BookkeepingWriter``): off the
@@ -22,11 +24,13 @@ from collections.abc import Awaitable, Callable
 from executor.config import Settings
 from executor.errors import UnavailableError
 from executor.model import Invocation, RunResult
+from executor.runs import run_notes
 from executor.runs.bookkeeping import BookkeepingWriter
 from executor.runs.callback_log import CallbackLog
 from executor.runs.history import RunHistory, RunIdentity
 from executor.runs.metrics import Metrics
 from executor.runs.outbox import MESSAGE_MARGIN_BYTES, Outbox, Transport
+from executor.runs.recovery import recover_lost_bookkeeping
 from executor.storage import StorageHealth
 
 # Serializes one finished run's report for the outbox (the api layer knows the format),
@@ -81,6 +85,9 @@ class Recorder:
         # A reader of either never misses a run that was answered.
         history.before_read = self._writer.flush
         metrics.before_read = self._writer.flush
+        if outbox is not None:
+            # A delivered row keeps its run's notes until the history has the run.
+            outbox.notes_needed = self._writer.unwritten
 
     @classmethod
     def open(
@@ -111,14 +118,18 @@ class Recorder:
                 health=health,
                 lease_s=settings.store_lease_seconds,
             )
+        history = RunHistory(
+            settings.store or settings.data_dir / "runs.db",
+            retention_days=settings.history_retention_days,
+            max_runs=settings.history_max_runs,
+            health=health,
+        )
+        callback_log = CallbackLog(settings.callback_log_dir, settings.callback_log_max_bytes)
+        if outbox is not None:
+            recover_lost_bookkeeping(outbox, history, callback_log)
         return cls(
-            history=RunHistory(
-                settings.store or settings.data_dir / "runs.db",
-                retention_days=settings.history_retention_days,
-                max_runs=settings.history_max_runs,
-                health=health,
-            ),
-            callback_log=CallbackLog(settings.callback_log_dir, settings.callback_log_max_bytes),
+            history=history,
+            callback_log=callback_log,
             metrics=metrics,
             outbox=outbox,
             encode_report=encode_report,
@@ -143,8 +154,11 @@ class Recorder:
         committed: Awaitable[object] | None = None
         if self.outbox is not None and self._encode_report is not None:
             report = self._encode_report(invocation, result, now)
+            notes = run_notes.encode(invocation, result, now)
             if invocation.source == "execute":
-                committed = self._commit_or_owe(self.outbox, result.invocation_id, report, now)
+                committed = self._commit_or_owe(
+                    self.outbox, result.invocation_id, report, now, notes
+                )
             else:
                 # A fired callback has run and its effects happened: its result waits for
                 # the storage, rather than the firing running again as if it had not.
@@ -153,6 +167,7 @@ class Recorder:
                     result.invocation_id,
                     report,
                     ended_at=now,
+                    notes=notes,
                     wait_s=self._fired_wait_s,
                     stopping=self._stopping,
                 )
@@ -189,6 +204,7 @@ class Recorder:
                 result.invocation_id,
                 report or b"",
                 ended_at=now,
+                notes=None if report is None else run_notes.encode(invocation, result, now),
                 wait_s=self._fired_wait_s,
                 stopping=self._stopping,
                 claim=claim,
@@ -232,7 +248,7 @@ class Recorder:
         return None if record is None else record.result
 
     async def _commit_or_owe(
-        self, outbox: Outbox, invocation_id: str, report: bytes, ended_at: float
+        self, outbox: Outbox, invocation_id: str, report: bytes, ended_at: float, notes: str
     ) -> None:
         """An Execute's result: committed before its caller's answer, or the caller told at once.
 
@@ -241,7 +257,7 @@ class Recorder:
         stop comes first), and a later run of the id (a resend) is never replaced by it.
         """
         try:
-            await outbox.commit(invocation_id, report, ended_at)
+            await outbox.commit(invocation_id, report, ended_at, notes)
         except UnavailableError as err:
             owed = asyncio.get_running_loop().create_task(
                 self._commit(
@@ -249,6 +265,7 @@ class Recorder:
                     invocation_id,
                     report,
                     ended_at=ended_at,
+                    notes=notes,
                     wait_s=None,
                     stopping=self._stopping,
                 )
@@ -272,6 +289,7 @@ class Recorder:
         report: bytes,
         *,
         ended_at: float,
+        notes: str | None = None,
         wait_s: float | None,
         stopping: asyncio.Event | None = None,
         claim: Callable[[], bool] | None = None,
@@ -292,7 +310,7 @@ class Recorder:
                 if claim is not None and not claim():
                     return False
                 if outbox is not None:
-                    await outbox.commit(invocation_id, report, ended_at)
+                    await outbox.commit(invocation_id, report, ended_at, notes)
             except UnavailableError as err:
                 if stopping.is_set() or (
                     give_up_at is not None and loop.time() + delay > give_up_at

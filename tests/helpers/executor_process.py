@@ -34,17 +34,19 @@ async def executor_process(
     *,
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    launcher: Sequence[str] = ("-m", "executor"),
 ) -> AsyncIterator[ExecutorProcess]:
     """`python -m executor serve` in its own session, logging to ``log``; always killed and reaped.
 
     ``env`` is added to this process's environment (e.g. a fleet replica's uid range).
+    ``launcher``: python's arguments before ``serve`` (``-c`` code that patches a module
+    of the executor, then runs ``executor.cli.main``).
     """
     start = log.stat().st_size if log.exists() else 0  # a restart appends to the same log
     with log.open("ab") as stderr:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
-            "-m",
-            "executor",
+            *launcher,
             "serve",
             "--bind",
             "127.0.0.1:0",

@@ -22,7 +22,9 @@ class FlakyOutbox:
         self.refusals = refusals
         self.committed: list[str] = []
 
-    async def commit(self, key: str, payload: bytes, ended_at: float | None = None) -> None:
+    async def commit(
+        self, key: str, payload: bytes, ended_at: float | None = None, notes: str | None = None
+    ) -> None:
         if self.refusals:
             self.refusals -= 1
             raise StoreUnavailable("PostgreSQL store unreachable: restarting")
