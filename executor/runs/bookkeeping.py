@@ -231,9 +231,9 @@ class BookkeepingWriter:
             )
             self._unrecorded = kept
         finally:
-            ids = frozenset(e.result.invocation_id for e in self._unrecorded)
+            waiting = frozenset(e.result.invocation_id for e in self._unrecorded)
             with self._changed:
-                self._unrecorded_ids = ids
+                self._unrecorded_ids = waiting
 
 
 def _worth_retrying(err: Exception) -> bool:

@@ -1,0 +1,59 @@
+"""The outbox keeps a run's notes past its delivery until the history has it; start-up rebuilds.
+
+On SQLite and on a fleet's PostgreSQL: what a kill -9 leaves (outbox rows committed and
+delivered, no history record) is rebuilt at the next start, and only once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from executor.runs import run_notes
+from executor.runs.callback_log import CallbackLog, log_path
+from executor.runs.history import RunHistory
+from executor.runs.outbox import Backoff, Outbox
+from executor.runs.recovery import recover_lost_bookkeeping
+from tests.fleet.test_store import RecordingReceiver
+from tests.unit.test_history import invocation, result
+
+pytestmark = pytest.mark.service
+
+
+async def test_runs_a_kill_left_out_of_the_history_are_rebuilt_once(
+    either_store: str, tmp_path: Path
+) -> None:
+    store = either_store if either_store.startswith("postgresql") else str(tmp_path / "outbox.db")
+    history_at = either_store if store == either_store else str(tmp_path / "runs.db")
+    receiver = RecordingReceiver()
+    outbox = Outbox(store, receiver, backoff=Backoff(first_s=0.01, cap_s=0.05), linger_s=0)
+    # The bookkeeping of both runs is still to be written when their rows are delivered.
+    outbox.notes_needed = lambda key: True
+    outbox.start()
+    try:
+        for n, ended_at in ((1, 100.0), (2, 101.0)):
+            run = invocation(f"lost-{n}", job_id=77)
+            notes = run_notes.encode(run, result(f"lost-{n}"), ended_at)
+            await outbox.commit(f"lost-{n}", b"report", ended_at, notes)
+        assert await outbox.flush(5)
+    finally:
+        await outbox.close()  # as a kill -9 would: the history has neither run
+    assert sorted(key for key, _ in receiver.sent) == ["lost-1", "lost-2"]
+
+    outbox = Outbox(store, receiver)
+    history = RunHistory(history_at, retention_days=1e6, max_runs=1000)
+    log = CallbackLog(tmp_path / "logs", 1 << 20)
+    try:
+        assert recover_lost_bookkeeping(outbox, history, log) == 2
+        record = history.get("lost-2")
+        assert record is not None and record.result is not None
+        assert (record.job_id, record.work_name, record.result.stdout) == (77, "5", "out\n")
+        assert record.started_at + record.usage.wall_seconds == pytest.approx(101.0)
+        assert outbox.kept_notes() == []
+        assert recover_lost_bookkeeping(outbox, history, log) == 0
+    finally:
+        history.close()
+        await outbox.close()
+    cb = log_path(tmp_path / "logs", 77).read_text()
+    assert (cb.count("invocation=lost-1 "), cb.count("invocation=lost-2 ")) == (1, 1), cb
