@@ -5,11 +5,14 @@ answered (``bookkeeping.BookkeepingWriter``); the outbox row is committed before
 row carries these notes, in the same INSERT (no second commit on the request's path),
 and a start-up after a crash or ``kill -9`` rebuilds from them what the writer never
 wrote (``recovery``). They hold what the history and the ``.cb`` entry need and nothing
-else: not the callback's code, the job's other fields, nor the limits.
+else: not the callback's code, the job's other fields, nor the limits; and of each output
+stream its first ``NOTES_OUTPUT_CHARS`` (marked truncated beyond), since they are encoded
+and committed on the request's path, where a run's megabytes of output would double.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any, Final
@@ -19,6 +22,8 @@ from executor.runs.history import result_from_plain, result_to_plain
 
 # An Invocation needs limits; neither the history nor the .cb entry shows them.
 _NO_LIMITS: Final = Limits(0.0, 0.0, 0, 0, 0, 0)
+# Of each stream, what a rebuilt record keeps (the history's own record keeps it all).
+NOTES_OUTPUT_CHARS: Final = 64 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +55,7 @@ def encode(invocation: Invocation, result: RunResult, ended_at: float) -> str:
             "policy": invocation.policy,
             "shadow": invocation.shadow,
             "ended_at": ended_at,
-            "result": result_to_plain(result),
+            "result": result_to_plain(_cut_output(result)),
         },
         separators=(",", ":"),
     )
@@ -74,3 +79,16 @@ def decode(text: str) -> RunNotes:
         shadow=bool(data["shadow"]),
     )
     return RunNotes(invocation, result, float(data["ended_at"]))
+
+
+def _cut_output(result: RunResult) -> RunResult:
+    """``result`` with each output stream cut to ``NOTES_OUTPUT_CHARS`` (and so marked)."""
+    if len(result.stdout) <= NOTES_OUTPUT_CHARS and len(result.stderr) <= NOTES_OUTPUT_CHARS:
+        return result
+    return dataclasses.replace(
+        result,
+        stdout=result.stdout[:NOTES_OUTPUT_CHARS],
+        stderr=result.stderr[:NOTES_OUTPUT_CHARS],
+        stdout_truncated=result.stdout_truncated or len(result.stdout) > NOTES_OUTPUT_CHARS,
+        stderr_truncated=result.stderr_truncated or len(result.stderr) > NOTES_OUTPUT_CHARS,
+    )
