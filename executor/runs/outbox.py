@@ -606,15 +606,18 @@ class Outbox:
                 await self._io(lambda: self._mark_delivered({}))
             except UnavailableError as err:  # still: the rows behind them go on meanwhile
                 unmarked = err
+        # Cleared before the query, not after it: in a fleet the query runs in a thread, and
+        # a message committed meanwhile sets it again (its wake-up is not lost, nor is
+        # ``_drained`` set while it waits).
+        self._wakeup.clear()
         batch, full = await self._io(self._next_batch)
         if not batch:
             if unmarked is not None:
-                self._drained.set()  # nothing is left to send
+                if not self._wakeup.is_set():
+                    self._drained.set()  # nothing is left to send
                 raise unmarked  # back off, then try the marks again
-            # No await between the query and clear(): put() cannot slip in between.
-            self._wakeup.clear()
             waiting = await self._io(self._next_retry_at)
-            if waiting is None:
+            if waiting is None and not self._wakeup.is_set():
                 self._drained.set()
             if self.fleet:
                 # Another replica's results wait for this one if that replica dies: look again.

@@ -440,6 +440,35 @@ class RecordingReceiver:
         return False
 
 
+async def test_a_result_committed_while_delivery_looks_in_postgresql_is_not_left_waiting(
+    pg_url: str,
+) -> None:
+    # In a fleet delivery's query runs in a thread: a result committed on the loop while it
+    # runs must still wake delivery (it used to wait a third of the lease, 20 s here).
+    receiver = RecordingReceiver()
+    outbox = Outbox(pg_url, receiver, backoff=Backoff(first_s=0.01, cap_s=0.05), lease_s=60)
+    loop = asyncio.get_running_loop()
+    query = outbox._next_batch
+    committed_meanwhile = threading.Event()
+
+    def query_then_commit() -> tuple[list[tuple[int, str, bytes]], bool]:
+        found = query()
+        if not found[0] and not committed_meanwhile.is_set():
+            loop.call_soon_threadsafe(lambda: outbox.put("pg-meanwhile", b"report"))
+            loop.call_soon_threadsafe(committed_meanwhile.set)
+            committed_meanwhile.wait(5)
+        return found
+
+    outbox._next_batch = query_then_commit  # type: ignore[method-assign]
+    outbox.start()
+    try:
+        assert await asyncio.to_thread(committed_meanwhile.wait, 5)
+        assert await outbox.flush(3), "the result committed meanwhile waits for the lease"
+        assert [key for key, _ in receiver.sent] == ["pg-meanwhile"]
+    finally:
+        await outbox.close()
+
+
 async def test_the_outbox_replaces_a_delivered_report_with_a_later_runs_on_postgresql(
     pg_url: str,
 ) -> None:
