@@ -20,6 +20,7 @@ from supervisor_client import ExecutorClient, ExecutorRpcError
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, running_stack, stack_settings
 from tests.helpers.waiting import eventually, outbox_drained
+from tests.unit.test_history import invocation, result
 
 pytestmark = pytest.mark.service
 
@@ -454,3 +455,49 @@ async def test_cbexec_prints_a_callbacks_control_characters_as_escapes(
     assert code == 0
     listed = [json.loads(line) for line in out.splitlines()]  # JSON still, escapes its own
     assert listed[-1]["invocation_id"] == tricky.invocation_id
+
+
+def record_runs(stack: Stack, names: list[str], job_id: int, start: float) -> None:
+    """Runs written straight into the executor's history, one second apart (oldest first)."""
+    history = stack.running.recorder.history
+    for n, name in enumerate(names):
+        history.record(invocation(name, job_id=job_id), result(name), started_at=start + n)
+
+
+async def test_list_runs_pages_through_every_run_with_the_filters_kept(stack_warm: Stack) -> None:
+    stack = stack_warm
+    start = time.time() - 600
+    record_runs(stack, [f"p-{n}" for n in range(7)], job_id=9001, start=start)
+    record_runs(stack, ["q-0", "q-1"], job_id=9002, start=start + 0.5)
+
+    first = await stack.client.list_runs(job_id=9001, limit=3)
+    assert ids(first) == ["p-6", "p-5", "p-4"] and first.next_page_token
+    # A run that finishes between two pages goes on the first: the next does not shift.
+    record_runs(stack, ["p-new"], job_id=9001, start=time.time())
+    second = await stack.client.list_runs(job_id=9001, limit=3, page_token=first.next_page_token)
+    assert ids(second) == ["p-3", "p-2", "p-1"]
+    # limit may change between pages; the end is an empty token.
+    last = await stack.client.list_runs(job_id=9001, limit=10, page_token=second.next_page_token)
+    assert ids(last) == ["p-0"] and last.next_page_token == ""
+    whole = await stack.client.list_runs(job_id=9001, limit=8)
+    assert ids(whole)[0] == "p-new" and whole.next_page_token == ""
+
+    for other in (
+        executor_pb2.ListRunsRequest(job_id=9002, page_token=first.next_page_token),
+        executor_pb2.ListRunsRequest(page_token=first.next_page_token),
+        executor_pb2.ListRunsRequest(
+            job_id=9001, outcome=executor_pb2.OUTCOME_FAILED, page_token=first.next_page_token
+        ),
+    ):
+        with pytest.raises(ExecutorRpcError) as refused:
+            await stack.client.list_runs(other)
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details.startswith(
+            "page_token was made for other filters (job_id 9001), not these ("
+        )
+    for garbage in ("garbage", first.next_page_token[:-2], "\x1b[2J"):
+        with pytest.raises(ExecutorRpcError) as refused:
+            await stack.client.list_runs(job_id=9001, page_token=garbage)
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "is not a ListRuns page token" in refused.value.details
+
