@@ -501,3 +501,57 @@ async def test_list_runs_pages_through_every_run_with_the_filters_kept(stack_war
         assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
         assert "is not a ListRuns page token" in refused.value.details
 
+
+def hinted_token(stderr: str) -> str:
+    """The page token ``cbexec runs`` names on stderr when older runs match."""
+    (line,) = [line for line in stderr.splitlines() if line.startswith("more runs:")]
+    return line.split("--page-token ", 1)[1].split()[0]
+
+
+async def test_cbexec_runs_says_how_to_list_the_next_page_or_lists_all(stack_warm: Stack) -> None:
+    stack = stack_warm
+    names = [f"c-{n}" for n in range(5)]
+    record_runs(stack, names, job_id=9101, start=time.time() - 600)
+    listing = ("runs", "--address", stack.address, "--job", "9101")
+
+    code, out, err = await cbexec(*listing, "--limit", "2", "--json")
+    assert code == 0, err
+    assert [json.loads(line)["invocation_id"] for line in out.splitlines()] == ["c-4", "c-3"]
+    token = hinted_token(err)
+    assert "the same options" in err and "--since" not in err
+
+    code, out, err = await cbexec(*listing, "--limit", "2", "--page-token", token)
+    assert code == 0, err
+    assert [row.split()[1] for row in out.splitlines()[1:]] == ["c-2", "c-1"]
+    code, out, err = await cbexec(*listing, "--page-token", hinted_token(err))
+    assert code == 0, err
+    assert [row.split()[1] for row in out.splitlines()[1:]] == ["c-0"]
+    assert "more runs" not in err, "the last page says nothing more"
+
+    # --since 1h again later would be another filter: the hint gives the time it meant.
+    code, out, err = await cbexec(*listing, "--limit", "3", "--since", "1h")
+    assert code == 0, err
+    since = err.split("--since ", 1)[1].split()[0]
+    assert abs(float(since) - (time.time() - 3600)) < 60
+    code, out, err = await cbexec(
+        *listing, "--since", since, "--page-token", hinted_token(err), "--json"
+    )
+    assert code == 0, err
+    assert [json.loads(line)["invocation_id"] for line in out.splitlines()] == ["c-1", "c-0"]
+    code, _, err = await cbexec(*listing, "--since", "1h", "--page-token", token)
+    assert code == 3 and "INVALID_ARGUMENT: page_token was made for other filters" in err
+
+    code, out, err = await cbexec(*listing, "--all", "--json")
+    assert code == 0, err
+    assert [json.loads(line)["invocation_id"] for line in out.splitlines()] == names[::-1]
+    assert err == ""
+    code, out, err = await cbexec(*listing, "--all")
+    assert code == 0, err
+    assert [row.split()[1] for row in out.splitlines()[1:]] == names[::-1]
+
+    code, _, err = await cbexec(*listing, "--all", "--limit", "5")
+    assert code == 2 and "not allowed with argument" in err
+    code, _, err = await cbexec(*listing, "--page-token", "garbage")
+    assert (
+        code == 3 and "INVALID_ARGUMENT: page_token 'garbage' is not a ListRuns page token" in err
+    )
