@@ -483,14 +483,17 @@ class ExecutorClient:
         limit: int = 0,
         language: str = "",
         shadow_only: bool = False,
+        page_token: str = "",
         timeout: float | None = None,
     ) -> executor_pb2.ListRunsResponse:
-        """Run history, newest first.
+        """Run history, newest first, a page at a time.
 
         Give the request, or filters: ``job_id``, ``outcome`` (a name such as "FAILED"),
         ``since`` (Unix seconds), ``language``, ``limit``, ``shadow_only`` (only shadow
         runs, each with its result: the actions it would have taken); none means every
-        run (the server's default limit applies).
+        run (the server's default limit applies). ``page_token``: the answer's
+        ``next_page_token`` for the page after it, with the same filters (empty: the
+        first page); the last page's ``next_page_token`` is empty.
         """
         if request is None:
             request = request_from(
@@ -500,6 +503,7 @@ class ExecutorClient:
                 limit=limit,
                 language=language,
                 shadow_only=shadow_only,
+                page_token=page_token,
             )
             if outcome:
                 request.outcome = outcome_value(outcome)

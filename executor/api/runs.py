@@ -16,6 +16,7 @@ from executor.api import convert, convert_status
 from executor.api.errors import Context, grpc_errors
 from executor.errors import InvalidRequestError, NotFoundError
 from executor.model import Language
+from executor.runs.paging import RunFilters, decode_page_token, encode_page_token
 from executor.runs.recorder import Recorder
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 
@@ -36,7 +37,7 @@ class RunServicer(executor_pb2_grpc.RunServiceServicer):
     async def ListRuns(
         self, request: executor_pb2.ListRunsRequest, context: Context
     ) -> executor_pb2.ListRunsResponse:
-        """Run history, newest first; filters by job, outcome and start time."""
+        """Run history, newest first, a page at a time; filters by job, outcome and start time."""
         if not math.isfinite(request.since):
             raise InvalidRequestError(f"since = {request.since} must be a finite number of seconds")
         # Any case, as Execute takes it; the history holds the lower-case name.
@@ -44,15 +45,21 @@ class RunServicer(executor_pb2_grpc.RunServiceServicer):
         if language and language not in set(Language):
             valid = ", ".join(Language)
             raise InvalidRequestError(f"language {request.language!r}: expected one of {valid}")
-        records = self._recorder.history.list_runs(
+        filters = RunFilters(
             job_id=convert.check_id("job_id", request.job_id) or None,
             outcome=convert.outcome_from_message(request.outcome),
             since=request.since if request.since > 0 else None,
             language=language or None,
             shadow_only=request.shadow_only,
-            limit=min(request.limit or DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT),
         )
-        return executor_pb2.ListRunsResponse(runs=[convert.run_message(r) for r in records])
+        after = decode_page_token(request.page_token, filters) if request.page_token else None
+        page = self._recorder.history.list_page(
+            filters, limit=min(request.limit or DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT), after=after
+        )
+        return executor_pb2.ListRunsResponse(
+            runs=[convert.run_message(r) for r in page.runs],
+            next_page_token=encode_page_token(page.next, filters) if page.next else "",
+        )
 
     @grpc_errors
     async def GetRun(

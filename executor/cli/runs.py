@@ -55,7 +55,9 @@ from supervisor_client.client import (
     outcome_value,
 )
 
-_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+# How many runs ``cbexec runs`` lists without --limit (ListRuns' own default).
+DEFAULT_RUNS: Final = 50
+SINCE_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 # The languages a callback file's extension picks, as in callbacks.conf (plus .pm, .qube).
 _EXTENSIONS: Final = {
     ".py": "python",
@@ -74,7 +76,7 @@ def parse_since(text: str, now: float) -> float:
     text = text.strip()
     relative = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw])", text)
     if relative:
-        return now - float(relative.group(1)) * _UNITS[relative.group(2)]
+        return now - float(relative.group(1)) * SINCE_UNITS[relative.group(2)]
     if re.fullmatch(r"\d+(?:\.\d+)?", text):
         return float(text)
     try:
@@ -221,23 +223,46 @@ async def _runs(args: argparse.Namespace, out: TextIO) -> int:
             run = await client.get_run(args.invocation_id, timeout=args.timeout)
             print(visible(format_run(run)), file=out)
             return EXIT_OK
-        response = await client.list_runs(
-            job_id=args.job or 0,
-            outcome=args.outcome or "",
-            since=args.since or 0.0,
-            limit=args.limit,
-            language=args.language or "",
-            shadow_only=args.shadow,
-            timeout=args.timeout,
-        )
-    if args.json:
-        for run in response.runs:
-            print(json.dumps(as_plain(run)), file=out)
-    else:
-        print(visible(format_runs(response.runs)), file=out)
+        listed: list[Any] = []
+        page_token = args.page_token or ""
+        while True:
+            response = await client.list_runs(
+                job_id=args.job or 0,
+                outcome=args.outcome or "",
+                since=args.since or 0.0,
+                limit=MAX_LIST if args.all else args.limit or DEFAULT_RUNS,
+                language=args.language or "",
+                shadow_only=args.shadow,
+                page_token=page_token,
+                timeout=args.timeout,
+            )
+            page_token = response.next_page_token
+            if args.json:  # a line per run as each page comes: a pipe reads them at once
+                for run in response.runs:
+                    print(json.dumps(as_plain(run)), file=out)
+            else:  # one table, its columns as wide as all the pages need
+                listed.extend(response.runs)
+            if not (args.all and page_token):
+                break
+    if not args.json:
+        print(visible(format_runs(listed)), file=out)
         if args.shadow:
-            print(visible(format_would_be(response.runs)), file=out, end="")
+            print(visible(format_would_be(listed)), file=out, end="")
+    if page_token:
+        print(next_page_hint(page_token, args.since), file=sys.stderr)
     return EXIT_OK
+
+
+def next_page_hint(page_token: str, since: float | None) -> str:
+    """What ``cbexec runs`` says on stderr when older runs match: how to list the next page.
+
+    A token holds the filters it was made for, the start time as Unix seconds: ``--since
+    1h`` given again later means another time, so the hint gives that time as it was.
+    """
+    same = "the same options"
+    if since is not None and since > 0:
+        same += f" but --since {since!r}"
+    return f"more runs: for the next page, {same} and --page-token {page_token} (or --all)"
 
 
 def format_would_be(runs: Sequence[Any]) -> str:
@@ -284,8 +309,20 @@ def add_runs_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         action="store_true",
         help="only shadow runs, each with the qb actions it would have taken",
     )
+    how_many = runs.add_mutually_exclusive_group()
+    how_many.add_argument(
+        "--limit",
+        type=whole_number(1, MAX_LIST),
+        help=f"at most this many (default {DEFAULT_RUNS}, max {MAX_LIST}); when older runs "
+        "match, stderr says how to list the next page",
+    )
+    how_many.add_argument(
+        "--all", action="store_true", help=f"every run that matches, {MAX_LIST} per call"
+    )
     runs.add_argument(
-        "--limit", type=whole_number(1, MAX_LIST), default=50, help="at most this many (max 1000)"
+        "--page-token",
+        metavar="TOKEN",
+        help="list the page after an earlier listing (the token it printed; same filters)",
     )
     runs.add_argument("--json", action="store_true", help="one JSON object per run")
     sub = runs.add_subparsers(dest="runs_command")

@@ -1,9 +1,10 @@
 """Run history: every finished run in SQLite (``<data_dir>/runs.db``), listed and pruned.
 
 The history answers "what ran, when, and how did it end" for ``ListRuns``/``GetRun`` and
-``cbexec runs``. The summary columns (job, callback, outcome, start, usage) are indexed
-for the list filters; the whole result (output, failure, actions) is kept as one JSON
-document because it is only ever read back whole, by ``GetRun``.
+``cbexec runs``, a page at a time (``list_page``; where a page ends is ``paging``'s). The
+summary columns (job, callback, outcome, start, usage) are indexed for the list filters;
+the whole result (output, failure, actions) is kept as one JSON document because it is
+only ever read back whole, by ``GetRun``.
 
 Writes come from the bookkeeping thread, several runs per commit (``record_many``):
 WAL with ``synchronous=NORMAL`` keeps a commit well under a millisecond and survives a
@@ -51,6 +52,7 @@ from executor.model import (
     Usage,
 )
 from executor.runs.latest import latest_per_key
+from executor.runs.paging import RunFilters, RunKey
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
 from executor.sql import Db, NoCheckpoints, PgDb, Row, is_postgres
 from executor.storage import StorageHealth, damaged, open_database, writing
@@ -159,6 +161,17 @@ class RunRecord:
     # whether it was a shadow run (qb actions recorded, not applied).
     policy: str = ""
     shadow: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RunPage:
+    """One page of ``RunHistory.list_page``: its runs, and the key the next page starts after.
+
+    ``next`` is None when no run matching the filters comes after the last one here.
+    """
+
+    runs: tuple[RunRecord, ...]
+    next: RunKey | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,38 +431,57 @@ class RunHistory:
         language: str | None = None,
         shadow_only: bool = False,
     ) -> list[RunRecord]:
-        """Runs matching every given filter, newest first, at most ``limit``.
+        """Runs matching every given filter, newest first, at most ``limit`` (the first page)."""
+        filters = RunFilters(job_id, outcome, since, language, shadow_only)
+        return list(self.list_page(filters, limit=limit).runs)
+
+    def list_page(
+        self, filters: RunFilters, *, limit: int = 50, after: RunKey | None = None
+    ) -> RunPage:
+        """Runs matching ``filters``, newest first, at most ``limit``; only those after ``after``.
 
         Shadow runs come with their whole result: what they would have done is the point.
         """
         where: list[str] = []
         args: list[object] = []
-        if job_id is not None:
+        if filters.job_id is not None:
             where.append("job_id = ?")
-            args.append(job_id)
-        if outcome is not None:
+            args.append(filters.job_id)
+        if filters.outcome is not None:
             where.append("outcome = ?")
-            args.append(outcome.value)
-        if since is not None:
+            args.append(filters.outcome.value)
+        if filters.since is not None:
             where.append("started_at >= ?")
-            args.append(since)
-        if language is not None:
+            args.append(filters.since)
+        if filters.language is not None:
             where.append("language = ?")
-            args.append(language)
-        columns = _SUMMARY_COLUMNS
-        if shadow_only:
+            args.append(filters.language)
+        columns = _SUMMARY_COLUMNS + ", rowid AS row_id"
+        if filters.shadow_only:
             where.append("shadow = 1")
             columns += ", result"
+        if after is not None:
+            # The order's own comparison; the first term lets the started_at index bound it.
+            where.append("started_at <= ? AND (started_at < ? OR rowid < ?)")
+            args += [after.started_at, after.started_at, after.row_id]
         query = f"SELECT {columns} FROM runs"  # noqa: S608 - our columns; values bound
         if where:
             query += " WHERE " + " AND ".join(where)
         query += " ORDER BY started_at DESC, rowid DESC LIMIT ?"
         self.before_read()
         with self._lock:
-            rows = self._db.execute(query, (*args, limit)).fetchall()
-        if shadow_only:
-            return [self._record(row, result=result_from_json(row["result"])) for row in rows]
-        return [self._record(row) for row in rows]
+            # One more than asked: whether a page follows, without a second query.
+            rows = self._db.execute(query, (*args, limit + 1)).fetchall()
+        shown = rows[:limit]
+        if filters.shadow_only:
+            runs = [self._record(row, result=result_from_json(row["result"])) for row in shown]
+        else:
+            runs = [self._record(row) for row in shown]
+        last = shown[-1] if shown and len(rows) > limit else None
+        return RunPage(
+            tuple(runs),
+            None if last is None else RunKey(last["started_at"], last["row_id"]),
+        )
 
     def get(self, invocation_id: str) -> RunRecord | None:
         """One run with its whole result, or None when unknown (or pruned)."""

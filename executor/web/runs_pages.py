@@ -19,10 +19,10 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 from urllib.parse import quote, urlencode
 
-from executor.cli.runs import parse_since
+from executor.cli.runs import SINCE_UNITS, parse_since
 from executor.web.html import Html, join, local_time, seconds, size, tag
 from executor.web.layout import badge, definitions, filter_notice, live
-from executor.web.source import parse_id
+from executor.web.source import SourceRefused, parse_id
 from supervisor_client.client import OUTCOMES, outcome_name
 
 LANGUAGES: Final = ("python", "perl", "qube", "mail")
@@ -43,6 +43,8 @@ class RunFilters:
     since_text: str = ""
     since: float = 0.0
     limit: int = DEFAULT_LIMIT
+    # An older page's: the ListRuns next_page_token of the page before it ("" for the newest).
+    page_token: str = ""
 
     @classmethod
     def parse(cls, query: Mapping[str, str], now: float) -> tuple[RunFilters, str]:
@@ -80,11 +82,13 @@ class RunFilters:
             if not fits or int(limit) > MAX_LIMIT:  # said, or an operator takes it for all
                 shown = limit if fits else f"{limit[:12]}..."
                 problems.append(
-                    f"limit {shown} (a page lists the newest {MAX_LIMIT} runs at most; "
-                    "a job, an outcome or a language reach older ones)"
+                    f"limit {shown} (a page lists {MAX_LIMIT} runs at most; "
+                    "its Older runs link leads to the next)"
                 )
         elif limit:
             problems.append(f"limit {limit!r} is not a whole number from 1 up")
+        # Opaque here: the executor checks it (``list_runs`` leaves out one it refuses).
+        filters = replace(filters, page_token=query.get("page_token", "").strip())
         return filters, "; ".join(problems)
 
     def query(self, **extra: str) -> str:
@@ -95,13 +99,27 @@ class RunFilters:
             "language": self.language,
             "since": self.since_text,
             "limit": str(self.limit) if self.limit != DEFAULT_LIMIT else "",
+            "page_token": self.page_token,
             **extra,
         }
         return urlencode({k: v for k, v in values.items() if v})
 
+    def older(self, page_token: str) -> RunFilters:
+        """These filters for the page after this one, which ``page_token`` leads to.
+
+        A relative start ("1h") is fixed to the time it meant for this page: read again
+        later it would be another filter, which the executor refuses with the token.
+        """
+        since_text = self.since_text
+        if since_text and since_text[-1] in SINCE_UNITS and self.since > 0:
+            since_text = repr(self.since)  # Unix seconds, exactly (parse_since reads it back)
+        return replace(self, since_text=since_text, page_token=page_token)
+
 
 def runs_page(source: Any, filters: RunFilters, problem: str) -> Html:
     """The filter form and the live table (its body is ``runs_rows``)."""
+    answer, filters, refused = list_runs(source, filters)
+    problem = "; ".join(p for p in (problem, refused) if p)
     form = tag(
         "form",
         tag("label", "Job", tag("input", name="job", value=filters.job_id or "", size=8)),
@@ -144,7 +162,7 @@ def runs_page(source: Any, filters: RunFilters, problem: str) -> Html:
     )
     body = live(
         f"/runs?{filters.query(part='rows')}",
-        runs_rows(source, filters),
+        _rows(answer, filters),
         element="tbody",
         id="runs-body",
     )
@@ -160,16 +178,54 @@ def runs_page(source: Any, filters: RunFilters, problem: str) -> Html:
 
 def runs_rows(source: Any, filters: RunFilters) -> Html:
     """The table's rows (what the live region refreshes)."""
-    runs = source.list_runs(
-        job_id=filters.job_id,
-        outcome=filters.outcome,
-        language=filters.language,
-        since=filters.since,
-        limit=filters.limit,
-    ).runs
-    if not runs:
-        return tag("tr", tag("td", "No runs match.", colspan=11, class_="empty"))
-    return join(_row(run) for run in runs)
+    answer, filters, _ = list_runs(source, filters)
+    return _rows(answer, filters)
+
+
+def list_runs(source: Any, filters: RunFilters) -> tuple[Any, RunFilters, str]:
+    """ListRuns for the page: its answer, the filters it answers, why the page token went.
+
+    A page token the executor refuses (mistyped, or kept with other filters) is left out,
+    as a bad filter value is: the newest runs, and a notice saying why ("" when kept).
+    """
+
+    def ask(filters: RunFilters) -> Any:
+        return source.list_runs(
+            job_id=filters.job_id,
+            outcome=filters.outcome,
+            language=filters.language,
+            since=filters.since,
+            limit=filters.limit,
+            page_token=filters.page_token,
+        )
+
+    try:
+        return ask(filters), filters, ""
+    except SourceRefused as err:
+        if not filters.page_token:
+            raise
+        newest = replace(filters, page_token="")
+        return ask(newest), newest, f"{err}; the newest runs are shown"
+
+
+def _rows(answer: Any, filters: RunFilters) -> Html:
+    """The runs, then the links to the next page and back to the newest.
+
+    The links are a row of the live region: the newest page's next page moves as new
+    runs push its last row down, and its link must move with the rows.
+    """
+    links = []
+    if filters.page_token:
+        newest = replace(filters, page_token="")
+        links.append(tag("a", "← Newest runs", href=f"/runs?{newest.query()}", id="newest-runs"))
+    if answer.next_page_token:
+        older = filters.older(answer.next_page_token)
+        links.append(tag("a", "Older runs →", href=f"/runs?{older.query()}", id="older-runs"))
+    pager = tag("tr", tag("td", join(links, "  "), colspan=11), class_="pager") if links else ""
+    if not answer.runs:
+        empty = "No older runs match." if filters.page_token else "No runs match."
+        return join([tag("tr", tag("td", empty, colspan=11, class_="empty")), pager])
+    return join([*(_row(run) for run in answer.runs), pager])
 
 
 def _row(run: Any) -> Html:

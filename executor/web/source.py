@@ -100,12 +100,24 @@ class ExecutorSource:
             raise SourceUnavailable(str(err)) from err
 
     def list_runs(
-        self, *, job_id: int, outcome: str, language: str, since: float, limit: int
+        self,
+        *,
+        job_id: int,
+        outcome: str,
+        language: str,
+        since: float,
+        limit: int,
+        page_token: str = "",
     ) -> Any:
-        """ListRuns with the page's filters."""
+        """ListRuns with the page's filters (and the page token of an older page)."""
         return self._call(
             lambda: self._client.list_runs(
-                job_id=job_id, outcome=outcome, language=language, since=since, limit=limit
+                job_id=job_id,
+                outcome=outcome,
+                language=language,
+                since=since,
+                limit=limit,
+                page_token=page_token,
             )
         )
 

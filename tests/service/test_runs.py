@@ -20,6 +20,7 @@ from supervisor_client import ExecutorClient, ExecutorRpcError
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, running_stack, stack_settings
 from tests.helpers.waiting import eventually, outbox_drained
+from tests.unit.test_history import invocation, result
 
 pytestmark = pytest.mark.service
 
@@ -454,3 +455,103 @@ async def test_cbexec_prints_a_callbacks_control_characters_as_escapes(
     assert code == 0
     listed = [json.loads(line) for line in out.splitlines()]  # JSON still, escapes its own
     assert listed[-1]["invocation_id"] == tricky.invocation_id
+
+
+def record_runs(stack: Stack, names: list[str], job_id: int, start: float) -> None:
+    """Runs written straight into the executor's history, one second apart (oldest first)."""
+    history = stack.running.recorder.history
+    for n, name in enumerate(names):
+        history.record(invocation(name, job_id=job_id), result(name), started_at=start + n)
+
+
+async def test_list_runs_pages_through_every_run_with_the_filters_kept(stack_warm: Stack) -> None:
+    stack = stack_warm
+    start = time.time() - 600
+    record_runs(stack, [f"p-{n}" for n in range(7)], job_id=9001, start=start)
+    record_runs(stack, ["q-0", "q-1"], job_id=9002, start=start + 0.5)
+
+    first = await stack.client.list_runs(job_id=9001, limit=3)
+    assert ids(first) == ["p-6", "p-5", "p-4"] and first.next_page_token
+    # A run that finishes between two pages goes on the first: the next does not shift.
+    record_runs(stack, ["p-new"], job_id=9001, start=time.time())
+    second = await stack.client.list_runs(job_id=9001, limit=3, page_token=first.next_page_token)
+    assert ids(second) == ["p-3", "p-2", "p-1"]
+    # limit may change between pages; the end is an empty token.
+    last = await stack.client.list_runs(job_id=9001, limit=10, page_token=second.next_page_token)
+    assert ids(last) == ["p-0"] and last.next_page_token == ""
+    whole = await stack.client.list_runs(job_id=9001, limit=8)
+    assert ids(whole)[0] == "p-new" and whole.next_page_token == ""
+
+    for other in (
+        executor_pb2.ListRunsRequest(job_id=9002, page_token=first.next_page_token),
+        executor_pb2.ListRunsRequest(page_token=first.next_page_token),
+        executor_pb2.ListRunsRequest(
+            job_id=9001, outcome=executor_pb2.OUTCOME_FAILED, page_token=first.next_page_token
+        ),
+    ):
+        with pytest.raises(ExecutorRpcError) as refused:
+            await stack.client.list_runs(other)
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details.startswith(
+            "page_token was made for other filters (job_id 9001), not these ("
+        )
+    for garbage in ("garbage", first.next_page_token[:-2], "\x1b[2J"):
+        with pytest.raises(ExecutorRpcError) as refused:
+            await stack.client.list_runs(job_id=9001, page_token=garbage)
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "is not a ListRuns page token" in refused.value.details
+
+
+def hinted_token(stderr: str) -> str:
+    """The page token ``cbexec runs`` names on stderr when older runs match."""
+    (line,) = [line for line in stderr.splitlines() if line.startswith("more runs:")]
+    return line.split("--page-token ", 1)[1].split()[0]
+
+
+async def test_cbexec_runs_says_how_to_list_the_next_page_or_lists_all(stack_warm: Stack) -> None:
+    stack = stack_warm
+    names = [f"c-{n}" for n in range(5)]
+    record_runs(stack, names, job_id=9101, start=time.time() - 600)
+    listing = ("runs", "--address", stack.address, "--job", "9101")
+
+    code, out, err = await cbexec(*listing, "--limit", "2", "--json")
+    assert code == 0, err
+    assert [json.loads(line)["invocation_id"] for line in out.splitlines()] == ["c-4", "c-3"]
+    token = hinted_token(err)
+    assert "the same options" in err and "--since" not in err
+
+    code, out, err = await cbexec(*listing, "--limit", "2", "--page-token", token)
+    assert code == 0, err
+    assert [row.split()[1] for row in out.splitlines()[1:]] == ["c-2", "c-1"]
+    code, out, err = await cbexec(*listing, "--page-token", hinted_token(err))
+    assert code == 0, err
+    assert [row.split()[1] for row in out.splitlines()[1:]] == ["c-0"]
+    assert "more runs" not in err, "the last page says nothing more"
+
+    # --since 1h again later would be another filter: the hint gives the time it meant.
+    code, out, err = await cbexec(*listing, "--limit", "3", "--since", "1h")
+    assert code == 0, err
+    since = err.split("--since ", 1)[1].split()[0]
+    assert abs(float(since) - (time.time() - 3600)) < 60
+    code, out, err = await cbexec(
+        *listing, "--since", since, "--page-token", hinted_token(err), "--json"
+    )
+    assert code == 0, err
+    assert [json.loads(line)["invocation_id"] for line in out.splitlines()] == ["c-1", "c-0"]
+    code, _, err = await cbexec(*listing, "--since", "1h", "--page-token", token)
+    assert code == 3 and "INVALID_ARGUMENT: page_token was made for other filters" in err
+
+    code, out, err = await cbexec(*listing, "--all", "--json")
+    assert code == 0, err
+    assert [json.loads(line)["invocation_id"] for line in out.splitlines()] == names[::-1]
+    assert err == ""
+    code, out, err = await cbexec(*listing, "--all")
+    assert code == 0, err
+    assert [row.split()[1] for row in out.splitlines()[1:]] == names[::-1]
+
+    code, _, err = await cbexec(*listing, "--all", "--limit", "5")
+    assert code == 2 and "not allowed with argument" in err
+    code, _, err = await cbexec(*listing, "--page-token", "garbage")
+    assert (
+        code == 3 and "INVALID_ARGUMENT: page_token 'garbage' is not a ListRuns page token" in err
+    )

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import html
+import inspect
 import json
+import re
 import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
+from executor.api.runs import RunServicer
+from executor.errors import InvalidRequestError
+from executor.runs.history import RunHistory
+from executor.runs.recorder import Recorder
 from executor.visible_text import escaped, visible
 from executor.web.app import Dashboard, Request
 from executor.web.auth import Access
@@ -23,7 +32,9 @@ from executor.web.jobs_pages import frame_shape
 from executor.web.runs_pages import STREAM_EDGE_BYTES, Excerpt, RunFilters, excerpt
 from executor.web.source import ExecutorSource, SourceRefused, SourceUnavailable
 from supervisor_client import ExecutorRpcError
+from supervisor_client.client import outcome_value
 from supervisor_client.qbcallback.v1 import executor_pb2
+from tests.unit.test_history import invocation, result
 
 pytestmark = pytest.mark.unit
 
@@ -366,8 +377,8 @@ def test_a_job_filter_too_large_for_an_id_is_a_notice_on_runs(value: str) -> Non
         (f"/runs?job={TOO_LARGE}", "is out of range"),
         ("/runs?limit=abc", "limit 'abc' is not a whole number from 1 up"),
         ("/runs?limit=-5", "limit '-5' is not a whole number from 1 up"),
-        ("/runs?limit=5000", "limit 5000 (a page lists the newest 1000 runs at most; "),
-        (f"/runs?limit={'9' * 5000}", "limit 999999999999... (a page lists the newest 1000"),
+        ("/runs?limit=5000", "limit 5000 (a page lists 1000 runs at most; its Older runs link"),
+        (f"/runs?limit={'9' * 5000}", "limit 999999999999... (a page lists 1000 runs"),
     ],
 )
 def test_every_bad_filter_value_is_left_out_with_a_notice(path: str, said: str) -> None:
@@ -539,3 +550,110 @@ def test_under_tls_the_cookie_takes_the_host_prefix() -> None:
     cookie = Access("tok", port=443, secure_cookie=True).sign_in("tok")
     assert cookie is not None and cookie.startswith("__Host-cbexec_session_443=")
     assert "; Secure" in cookie and "; Path=/;" in cookie and "Domain" not in cookie
+
+
+# -- paging ---------------------------------------------------------------------------------
+
+
+class HistorySource(FakeSource):
+    """ListRuns as the executor answers it: its servicer on a real history.
+
+    A refusal comes out as ExecutorSource makes it (``SourceRefused``, the status's text).
+    """
+
+    def __init__(self, history: RunHistory) -> None:
+        super().__init__()
+        self._servicer = RunServicer(cast(Recorder, SimpleNamespace(history=history)))
+        self.tokens: list[str] = []
+
+    def list_runs(self, **asked: Any) -> Any:
+        request = executor_pb2.ListRunsRequest(
+            job_id=asked["job_id"],
+            language=asked["language"],
+            since=asked["since"],
+            limit=asked["limit"],
+            page_token=asked["page_token"],
+        )
+        if asked["outcome"]:
+            request.outcome = outcome_value(asked["outcome"])
+        self.tokens.append(asked["page_token"])
+        list_runs = inspect.unwrap(RunServicer.ListRuns)  # the domain error, not context.abort
+        try:
+            return asyncio.run(list_runs(self._servicer, request, None))
+        except InvalidRequestError as err:
+            raise SourceRefused(str(err)) from err
+
+
+@pytest.fixture
+def paged(tmp_path: Path) -> Iterator[Dashboard]:
+    """A dashboard over a history of five runs of job 7 and one of job 8, a minute apart."""
+    history = RunHistory(tmp_path / "runs.db", retention_days=1, max_runs=100)
+    start = time.time() - 600
+    for n in range(5):
+        history.record(invocation(f"r-{n}", job_id=7), result(f"r-{n}"), started_at=start + 60 * n)
+    history.record(invocation("other", job_id=8), result("other"), started_at=start + 30)
+    yield Dashboard(HistorySource(history), CollectorRegistry(), Access(""))
+    history.close()
+
+
+def listed(body: str) -> list[str]:
+    return re.findall(r'<tr data-key="([^"]+)"', body)
+
+
+def link(body: str, link_id: str) -> str | None:
+    found = re.search(rf'<a href="([^"]*)" id="{link_id}">', body)
+    return html.unescape(found.group(1)) if found else None
+
+
+def test_older_runs_leads_through_every_page_with_the_filters_kept(paged: Dashboard) -> None:
+    body = paged.handle(get("/runs?job=7&limit=2")).body.decode()
+    assert listed(body) == ["r-4", "r-3"]
+    assert link(body, "newest-runs") is None
+    older = link(body, "older-runs")
+    assert older is not None and older.startswith("/runs?job=7&limit=2&page_token=")
+
+    body = paged.handle(get(older)).body.decode()
+    assert "Left out" not in body
+    assert listed(body) == ["r-2", "r-1"]
+    assert link(body, "newest-runs") == "/runs?job=7&limit=2"
+    older = link(body, "older-runs")
+    assert older is not None
+    # The live region refreshes the older page itself, links included.
+    rows = paged.handle(get(older.replace("/runs?", "/runs?part=rows&"))).body.decode()
+    assert listed(rows) == ["r-0"] and link(rows, "older-runs") is None
+    assert link(rows, "newest-runs") == "/runs?job=7&limit=2"
+
+    body = paged.handle(get(older)).body.decode()
+    assert listed(body) == ["r-0"] and link(body, "older-runs") is None
+    assert f'data-live="/runs?{html.escape(older[6:])}&amp;part=rows"' in body
+
+
+def test_a_relative_since_is_fixed_to_the_time_it_meant_for_older_pages(paged: Dashboard) -> None:
+    body = paged.handle(get("/runs?job=7&since=1h&limit=3")).body.decode()
+    assert listed(body) == ["r-4", "r-3", "r-2"]
+    older = link(body, "older-runs")
+    assert older is not None
+    since = parse_qs(urlsplit(older).query)["since"][0]
+    assert abs(float(since) - (time.time() - 3600)) < 60
+    body = paged.handle(get(older)).body.decode()
+    assert "Left out" not in body, "the token's filters are the link's"
+    assert listed(body) == ["r-1", "r-0"]
+
+
+@pytest.mark.parametrize("kind", ["other filters", "garbage"])
+def test_a_page_token_the_executor_refuses_is_left_out_with_a_notice(
+    paged: Dashboard, kind: str
+) -> None:
+    older = link(paged.handle(get("/runs?job=7&limit=2")).body.decode(), "older-runs")
+    assert older is not None
+    token = parse_qs(urlsplit(older).query)["page_token"][0]
+    path = f"/runs?job=8&page_token={token}" if kind == "other filters" else "/runs?page_token=x"
+    response = paged.handle(get(path))
+    assert response.status == 200
+    body = html.unescape(response.body.decode())
+    said = "page_token was made for other filters" if kind == "other filters" else "page_token 'x'"
+    assert f"Left out of the filter: {said}" in body
+    assert "the newest runs are shown." in body
+    newest = ["other"] if kind == "other filters" else ["r-4", "r-3", "r-2", "r-1", "other", "r-0"]
+    assert listed(body) == newest
+    assert "page_token" not in body.split('data-live="', 1)[1].split('"', 1)[0]

@@ -1626,6 +1626,7 @@ class ListRunsRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     LANGUAGE_FIELD_NUMBER: _builtins.int
     SHADOW_ONLY_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     """Filters; zero / empty means any."""
     outcome: Global___Outcome.ValueType
@@ -1639,6 +1640,13 @@ class ListRunsRequest(_message.Message):
     """
     shadow_only: _builtins.bool
     """Only shadow runs (of callbacks.conf lines marked shadow)."""
+    page_token: _builtins.str
+    """Opaque: the next_page_token of an earlier answer, for the page after it; empty
+    for the first page (the newest runs). The other fields must be those of the
+    request that gave it (limit may differ), else INVALID_ARGUMENT. A page starts
+    after the last run of the one before by start time, not by count: runs
+    recorded in between neither shift nor repeat what later pages list.
+    """
     def __init__(
         self,
         *,
@@ -1648,10 +1656,11 @@ class ListRunsRequest(_message.Message):
         limit: _builtins.int = ...,
         language: _builtins.str = ...,
         shadow_only: _builtins.bool = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "language", b"language", "limit", b"limit", "outcome", b"outcome", "shadow_only", b"shadow_only", "since", b"since"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "language", b"language", "limit", b"limit", "outcome", b"outcome", "page_token", b"page_token", "shadow_only", b"shadow_only", "since", b"since"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1734,16 +1743,22 @@ class ListRunsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RUNS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Give it as page_token, with the same filters, for the next page; empty when
+    no run matching the filters is older than the last one listed.
+    """
     @_builtins.property
     def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Run]: ...
     def __init__(
         self,
         *,
         runs: _abc.Iterable[Global___Run] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["runs", b"runs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "runs", b"runs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -557,7 +557,9 @@ class RunServiceServicer:
     """
 
     def ListRuns(self, request, context):
-        """History of runs, newest first.
+        """History of runs, newest first, a page at a time (next_page_token leads to
+        the next page). INVALID_ARGUMENT for a page_token that is not one of its
+        own, or that was made for other filters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

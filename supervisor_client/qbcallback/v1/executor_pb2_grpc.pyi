@@ -207,7 +207,10 @@ class RunServiceStub:
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListRuns: _aio.UnaryUnaryMultiCallable[_executor_pb2.ListRunsRequest, _executor_pb2.ListRunsResponse]
-    """History of runs, newest first."""
+    """History of runs, newest first, a page at a time (next_page_token leads to
+    the next page). INVALID_ARGUMENT for a page_token that is not one of its
+    own, or that was made for other filters.
+    """
     GetRun: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetRunRequest, _executor_pb2.GetRunResponse]
     """One run with its captured output, by its id or a unique prefix of it.
     NOT_FOUND when unknown or pruned.
@@ -230,7 +233,10 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _executor_pb2.ListRunsRequest,
         context: _aio.ServicerContext[_executor_pb2.ListRunsRequest, _abc.Awaitable[_executor_pb2.ListRunsResponse]],
     ) -> _abc.Awaitable[_executor_pb2.ListRunsResponse]:
-        """History of runs, newest first."""
+        """History of runs, newest first, a page at a time (next_page_token leads to
+        the next page). INVALID_ARGUMENT for a page_token that is not one of its
+        own, or that was made for other filters.
+        """
 
     @_abc_1.abstractmethod
     def GetRun(
