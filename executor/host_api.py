@@ -14,7 +14,9 @@ a call that does not fit its function with ``InvalidArgument``):
 - instances: ``'<jobid>.<subid>'``, or ``'<jobid>'`` for all instances;
 - ``jobinfo('-id', n)``, ``jobinfo('-pgrp', n)``, ``jobinfo(id=n)``, ``jobinfo(pgrp=n)``,
   ``jobinfo(n)``, and no selector meaning the callback's own job (a second selector is
-  refused); ``callbacks=True`` or the flag ``'-callbacks'`` adds each job's callbacks.
+  refused); ``callbacks=True`` or the flag ``'-callbacks'`` adds each job's callbacks;
+  ``fields=[names]`` (or ``'-fields', [names]``) keeps only those keys of each job, and
+  ``id`` (``'callbacks'`` among them adds the callbacks).
 
 Effects are numbered: every supervisor action request (one per job, per work target,
 per instance target) and every mail takes the run's next ``action_seq``, from 1, in the
@@ -87,6 +89,19 @@ def _checked_answer(job_id: int, jobs: list[dict[str, Any]]) -> list[dict[str, A
             f" {len(jobs)} job(s) (ids {ids})",
         )
     return jobs
+
+
+def _only(jobs: list[dict[str, Any]], kept: frozenset[str] | None) -> list[dict[str, Any]]:
+    """Each job with only the ``kept`` keys it has, and its ``id`` (None keeps them all).
+
+    A name a job does not have is left out, not refused: a job holds whatever it was
+    submitted with, so what one job lacks another of the same pgrp may have.
+    """
+    if kept is None:
+        return jobs
+    return [
+        {key: value for key, value in job.items() if key == "id" or key in kept} for job in jobs
+    ]
 
 
 def _total(outcomes: list[ActionOutcome]) -> tuple[int, str]:
@@ -363,13 +378,17 @@ class HostApi:
         """One job, or one pgrp's jobs: a second selector is refused, not silently preferred."""
         call = self._spelling.fn("jobinfo")
         include = bool(kwargs.pop("callbacks", False))
-        kwargs.pop("fields", None)  # accepted for compatibility; whole dicts are returned
+        fields = [self._field_names(kwargs.pop("fields"))] if "fields" in kwargs else []
         selectors: list[tuple[str, str, int]] = []  # (as written, "id" or "pgrp", value)
         rest = list(args)
         while rest:
             head = rest.pop(0)
             if head == "-callbacks":
                 include = True
+            elif head == "-fields":
+                if not rest:
+                    raise invalid(f"{call}: -fields needs a value")
+                fields.append(self._field_names(rest.pop(0)))
             elif head in ("-id", "-pgrp"):
                 if not rest:
                     raise invalid(f"{call}: {head} needs a value")
@@ -378,7 +397,7 @@ class HostApi:
             elif isinstance(head, str) and head.startswith("-"):
                 raise invalid(
                     f"{call}: unknown flag {self._spelling.value(head)}; "
-                    "expected -id, -pgrp, -callbacks"
+                    "expected -id, -pgrp, -callbacks, -fields"
                 )
             else:
                 selectors.append((f"job id {self._spelling.value(head)}", "id", head))
@@ -395,19 +414,35 @@ class HostApi:
                 f"{call} takes one job (-id, id= or a job id) or one pgrp (-pgrp, pgrp=), "
                 f"or neither for the callback's own job; it was given {given}"
             )
+        if len(fields) > 1:  # refused, as a second selector is, rather than one chosen
+            raise invalid(f"{call} takes one list of fields; it was given {len(fields)}")
+        kept = fields[0] | ({"callbacks"} if include else set()) if fields else None
+        include = include or (kept is not None and "callbacks" in kept)
         if selectors and selectors[0][1] == "pgrp":
             pgrp = parse_job_id(selectors[0][2], self._spelling, "pgrp")
             if pgrp == 0:  # no pgrp has it (nor may it read as "not given")
                 return [], "no pgrp 0"
             jobs = await self._jobs(pgrp=pgrp, include_callbacks=include)
-            return jobs, f"{len(jobs)} jobs of pgrp {pgrp}"
+            return _only(jobs, kept), f"{len(jobs)} jobs of pgrp {pgrp}"
         job_id = self._job_id(selectors[0][2]) if selectors else self._invocation.job_id
         if job_id == 0:
             # No job has id 0: not the callback's own job, which a parentless job's pid
             # (0) would otherwise have named.
             return [], "no job 0"
         jobs = _checked_answer(job_id, await self._jobs(job_id=job_id, include_callbacks=include))
-        return jobs, f"job {job_id}" if jobs else "no job"
+        return _only(jobs, kept), f"job {job_id}" if jobs else "no job"
+
+    def _field_names(self, value: Any) -> frozenset[str]:
+        """The job keys ``fields`` names: a list of strings, as Qube's client takes it."""
+        if isinstance(value, list) and all(isinstance(name, str) for name in value):
+            return frozenset(value)
+        example = (
+            "fields => ['name', 'status']" if self._spelling.perl else "fields=['name', 'status']"
+        )
+        raise invalid(
+            f"{self._spelling.fn('jobinfo')}: fields takes a list of field names, as in "
+            f"{example}; it was given {self._spelling.value(value)}"
+        )
 
     async def jobstatus(self, job: Any) -> tuple[str, str]:
         info = await self._job(self._job_id(job))

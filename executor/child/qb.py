@@ -310,7 +310,9 @@ def callback(*args: Any, **kwargs: Any) -> CallbackContext:
 def jobinfo(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
     """Job dicts, as Qube spells the call: ``'-id', n``, ``'-pgrp', n``, ``id=n``, ``pgrp=n``.
 
-    Add ``callbacks=True`` (or the flag '-callbacks') to include each job's callbacks.
+    Add ``callbacks=True`` (or the flag '-callbacks') to include each job's callbacks;
+    ``fields=['name', ...]`` keeps only those keys of each job, and its ``id``
+    (``'callbacks'`` among them includes the callbacks).
     """
     return list(_call("jobinfo", *args, **kwargs))
 

@@ -178,10 +178,15 @@ my @hash = qb::jobinfo(id => "$qb::jobid");
 my $ref = qb::jobinfo();
 my @pgrp = qb::jobinfo(-pgrp => $qb::jobid);
 my ($with) = qb::jobinfo(id => $qb::jobid, callbacks => 1);
+my ($named) = qb::jobinfo(id => $qb::jobid, fields => ['callbacks', 'name']);
+my ($flagged) = qb::jobinfo(-id => $qb::jobid, -fields => ['status']);
+my ($mixed) = qb::jobinfo(-id => $qb::jobid, callbacks => 1);
 print join(",", map { $_->[0]{id} } \@flag, \@arrow, \@hash, $ref), "\n";
 print scalar(@pgrp), " ", join(",", map { $_->{name} } @pgrp), "\n";
 print $flag[0]{name}, " ", $flag[0]{status}, " ", scalar @{ $flag[0]{agenda} }, "\n";
 print exists $with->{callbacks} ? "callbacks\n" : "none\n";
+print join(",", sort keys %$named), " ", join(",", sort keys %$flagged), "\n";
+print exists $mixed->{callbacks} ? "mixed callbacks\n" : "mixed none\n";
 print qb::jobstatus($qb::jobid), " ", qb::workstatus("$qb::jobid:2"), " ",
       qb::subjobstatus("$qb::jobid.1"), "\n";
 """
@@ -193,6 +198,8 @@ print qb::jobstatus($qb::jobid), " ", qb::workstatus("$qb::jobid:2"), " ",
         "2 comp,sibling",
         "comp blocked 5",
         "callbacks",
+        "callbacks,id,name id,status",  # fields => [...] as Python's fields=[...]
+        "mixed callbacks",  # -id => 12 with a name after it was read as job ids
         "blocked blocked blocked",
     ]
     calls = [a for a in run.host.actions if a.verb == "jobinfo"]
@@ -250,6 +257,9 @@ my @calls = (
     sub { qb::unblock([[$qb::jobid]]) },
     sub { qb::jobinfo(foo => 1) },
     sub { qb::jobinfo(id => $qb::jobid, Foo_2 => 1) },
+    sub { qb::jobinfo(-id => $qb::jobid, foo => 1) },
+    sub { qb::jobinfo(fields => ['name'], fields => ['status']) },
+    sub { qb::jobinfo(fields => 'name') },
     sub { qb::jobid(1) },
     sub { qb::workid(1, 2) },
     sub { qb::subid(1) },
@@ -284,6 +294,11 @@ for my $call (@calls) {
         # An unknown name, as Python's jobinfo(foo=1) (it was read as two job ids).
         "InvalidArgument|qb::jobinfo: unknown argument foo; expected id, pgrp, callbacks, fields",
         "InvalidArgument|qb::jobinfo: unknown argument Foo_2; expected id, pgrp, callbacks, fields",
+        "InvalidArgument|qb::jobinfo: unknown argument foo; expected id, pgrp, callbacks, fields",
+        # Two lists of fields are refused, not the last one kept as a hash would.
+        "InvalidArgument|qb::jobinfo takes one list of fields; it was given 2",
+        "InvalidArgument|qb::jobinfo: fields takes a list of field names, as in"
+        " fields => ['name', 'status']; it was given name",
         # The context functions take nothing, as Python's do (they were answered anyway).
         "InvalidArgument|qb::jobid takes no arguments, as in qb::jobid(); it was given 1",
         "InvalidArgument|qb::workid takes no arguments, as in qb::workid(); it was given 2",

@@ -122,6 +122,22 @@ SCENARIOS = [
         same_output=True,
     ),
     Scenario(
+        "read chosen jobinfo fields",
+        {
+            # Each checks its keys itself: the old executor ignored fields in both alike.
+            "python": "job = qb.jobinfo('-id', qb.jobid(), fields=['callbacks', 'name'])[0]\n"
+            "keys = ','.join(sorted(job))\n"
+            "if keys != 'callbacks,id,name': raise SystemExit(keys)\n"
+            "print(keys, job['name'])",
+            "perl": "my ($job) = qb::jobinfo(-id => $qb::jobid, fields => ['callbacks', 'name']);\n"
+            'my $keys = join(",", sort keys %$job);\n'
+            'die "$keys\\n" if $keys ne "callbacks,id,name";\n'
+            'print "$keys $job->{name}\\n";',
+        },
+        Outcome.OUTCOME_SUCCEEDED,
+        same_output=True,
+    ),
+    Scenario(
         "a qb call the owner may not make",
         {
             "python": "qb.unblock(qb.jobid())",

@@ -145,7 +145,7 @@ async def test_jobinfo_refuses_an_unknown_name_saying_what_it_takes(
         f"{call}: unknown argument foo; expected id, pgrp, callbacks, fields"
     )
     assert await refusal(host, "jobinfo", "-foo", 1) == (
-        f"{call}: unknown flag -foo; expected -id, -pgrp, -callbacks"
+        f"{call}: unknown flag -foo; expected -id, -pgrp, -callbacks, -fields"
     )
 
 
@@ -160,6 +160,59 @@ async def test_jobinfo_forms_that_name_one_selector_still_work(sup: ReferenceSup
         assert job["id"] == 2 and "callbacks" in job
     assert [j["id"] for j in await host.call("jobinfo", ["-pgrp", 1], {})] == [1]
     assert [j["id"] for j in await host.call("jobinfo", [], {})] == [1]
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        ([], {"id": 1, "fields": ["callbacks"]}),
+        (["-id", 1, "-fields", ["callbacks"]], {}),
+        ([1], {"fields": ["callbacks"], "callbacks": False}),
+    ],
+)
+async def test_jobinfo_fields_callbacks_adds_the_callbacks_as_qube_documents(
+    args: list[Any], kwargs: dict[str, Any]
+) -> None:
+    # fields=['callbacks'] was accepted and ignored: a Qube callback asking for its
+    # callbacks the documented way silently got none.
+    with ReferenceSupervisor() as store:
+        callback = {"triggers": "complete-job-self", "language": "python", "code": "pass"}
+        store.submit([{"name": "a", "user": "alice", "callbacks": [callback]}])
+        (job,) = await host_for(store).call("jobinfo", args, kwargs)
+    assert sorted(job) == ["callbacks", "id"]
+    assert [c["triggers"] for c in job["callbacks"]] == ["complete-job-self"]
+
+
+async def test_jobinfo_fields_keeps_only_the_named_keys_and_id(sup: ReferenceSupervisor) -> None:
+    sup.submit([{"name": "c", "user": "alice", "pgrp": 1, "shot": "sh010"}])
+    host = host_for(sup)
+    (job,) = await host.call("jobinfo", [], {"fields": ["name", "status"]})
+    assert job == {"id": 1, "name": "a", "status": "pending"}
+    # A name a job lacks is left out: what one job of a pgrp lacks another may have.
+    jobs = await host.call("jobinfo", ["-pgrp", 1], {"fields": ["shot", "nosuchfield"]})
+    assert jobs == [{"id": 1}, {"id": 3, "shot": "sh010"}]
+    (job,) = await host.call("jobinfo", [1], {"fields": [], "callbacks": True})
+    assert sorted(job) == ["callbacks", "id"]
+
+
+@pytest.mark.parametrize(
+    ("language", "call", "example", "a_list"),
+    [
+        ("python", "qb.jobinfo", "fields=['name', 'status']", "['name', 1]"),
+        ("perl", "qb::jobinfo", "fields => ['name', 'status']", "an array reference"),
+    ],
+)
+async def test_jobinfo_fields_must_be_a_list_of_names(
+    sup: ReferenceSupervisor, language: str, call: str, example: str, a_list: str
+) -> None:
+    host = host_for(sup, language)
+    expected = f"{call}: fields takes a list of field names, as in {example}; it was given "
+    assert await refusal(host, "jobinfo", fields="callbacks") == expected + "callbacks"
+    assert await refusal(host, "jobinfo", fields=["name", 1]) == expected + a_list
+    assert await refusal(host, "jobinfo", "-fields") == f"{call}: -fields needs a value"
+    assert await refusal(host, "jobinfo", "-fields", ["name"], fields=["id"]) == (
+        f"{call} takes one list of fields; it was given 2"
+    )
 
 
 async def test_jobinfo_of_job_or_pgrp_0_is_no_job_not_the_callbacks_own(

@@ -293,37 +293,32 @@ sub callback {
 # Job hashes: jobinfo('-id', $n), jobinfo(-id => $n), jobinfo(-pgrp => $n),
 # jobinfo(id => $n), jobinfo(pgrp => $n), jobinfo($n), jobinfo() for the own job.
 # Add -callbacks (a flag, or -callbacks => 1) or callbacks => 1 for each job's
-# callbacks. A list in list context, an arrayref in scalar context.
+# callbacks; fields => ['name', ...] keeps only those keys of each job, and its id
+# ('callbacks' among them includes the callbacks). A list in list context, an arrayref
+# in scalar context.
 sub jobinfo {
     my @args = @_;
-    my %kwargs;
-    if (@args && @args % 2 == 0 && defined $args[0] && !ref $args[0]
-        && $args[0] =~ /\A[A-Za-z_]\w*\z/)
-    {
-        # Hash style: id => 12. The selectors go as -id/-pgrp flags, not through a hash
-        # that would keep only the last of two: the executor refuses a second selector.
-        # Any other name (foo => 1) goes as a named argument, which the executor refuses
-        # by name, as Python's jobinfo(foo=1); no job id starts with a letter.
-        my @pairs = @args;
-        @args = ();
-        while (@pairs) {
-            my ($key, $value) = splice @pairs, 0, 2;
-            if (defined $key && ($key eq 'id' || $key eq 'pgrp')) {
-                push @args, "-$key", $value;
-            }
-            else {
-                $kwargs{$key // ''} = $value;
-            }
-        }
-    }
-    my @positional;
+    my (@positional, %kwargs);
+    # Flags and hash style mix freely (-id => 12, fields => [...]). The selectors and
+    # fields go as flags, not through a hash that would keep only the last of two: the
+    # executor refuses a second one. Any other name (foo => 1) goes as a named argument,
+    # which the executor refuses by name, as Python's jobinfo(foo=1); no job id starts
+    # with a letter.
     while (@args) {
         my $arg = shift @args;
-        if (defined $arg && !ref $arg && $arg eq '-callbacks'
-            && @args && defined $args[0] && $args[0] =~ /\A[01]\z/)
-        {
-            $kwargs{callbacks} = shift @args;
-            next;
+        if (@args && defined $arg && !ref $arg) {
+            if ($arg =~ /\A-?(id|pgrp|fields)\z/) {
+                push @positional, "-$1", shift @args;
+                next;
+            }
+            if ($arg eq '-callbacks' && defined $args[0] && $args[0] =~ /\A[01]\z/) {
+                $kwargs{callbacks} = shift @args;
+                next;
+            }
+            if ($arg =~ /\A[A-Za-z_]\w*\z/) {
+                $kwargs{$arg} = shift @args;
+                next;
+            }
         }
         push @positional, $arg;
     }
