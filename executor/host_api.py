@@ -136,8 +136,11 @@ async def _each(
 def expand_work_names(spec: str, agenda_names: list[str]) -> list[str]:
     """Work names a spec like '5', '1-10', 'a,b' or '3,7-9' selects in an agenda.
 
-    Each item once, in the order the spec names them (a range's in frame order). Linear
-    in the spec and the agenda whatever the spec repeats or overlaps: it comes from a
+    Each item once, in the order the spec names them (a range's in frame order). A name
+    not in the agenda is NoSuchWork; a range selects those of its frames that exist, and
+    the spec is NoSuchWork only when it selects nothing at all: ``'3,7-9'`` is frame 3
+    when 7-9 has none, as Qube applies a work list to the frames that exist. Linear in
+    the spec and the agenda whatever the spec repeats or overlaps: it comes from a
     callback, on the event loop.
     """
     known = set(agenda_names)
@@ -158,6 +161,7 @@ def expand_work_names(spec: str, agenda_names: list[str]) -> list[str]:
         return position
 
     selected: dict[str, None] = {}
+    empty_ranges: list[str] = []
     for part in dict.fromkeys(p.strip() for p in spec.split(",")):
         if part in known:
             selected[part] = None
@@ -168,12 +172,19 @@ def expand_work_names(spec: str, agenda_names: list[str]) -> list[str]:
         low, high = sorted((int(match.group(1)), int(match.group(2))))
         first, end = bisect.bisect_left(numbers, low), bisect.bisect_right(numbers, high)
         if first == end:
-            raise HostCallError("NoSuchWork", f"no work items in range {part!r}")
+            empty_ranges.append(repr(part))
+            continue
         position = untaken(first)
         while position < end:
             selected[numbered[position][2]] = None
             following[position] = position + 1
             position = untaken(position + 1)
+    if not selected:
+        named = ", ".join(empty_ranges[:3])
+        if len(empty_ranges) > 3:  # a callback's spec may hold thousands
+            named += f" and {len(empty_ranges) - 3} more"
+        ranges = "range" if len(empty_ranges) == 1 else "ranges"
+        raise HostCallError("NoSuchWork", f"no work items in {ranges} {named}")
     return list(selected)
 
 

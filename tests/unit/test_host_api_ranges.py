@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 
 from executor.errors import HostCallError
-from executor.host_api import _target, expand_work_names
+from executor.host_api import HostApi, _target, expand_work_names
+from supervisor_client.reference import ReferenceSupervisor
+from tests.helpers.supervisor_port import ReferencePort, invocation_for
 
 pytestmark = pytest.mark.unit
 
@@ -25,6 +27,10 @@ AGENDA = ["-2", "-1", "0", "1", "2", "3", "10", "1-10", "Initialize"]
         ("Initialize,0-1", ["Initialize", "0", "1"]),
         ("3-2", ["2", "3"]),
         ("2-5", ["2", "3"]),  # a range selects those of its frames that exist
+        # A list acts on the frames that exist: a range with none among them was NoSuchWork
+        # for the whole list, and frame 3 was left alone.
+        ("3,50-60", ["3"]),
+        ("50-60,2-5,70-80", ["2", "3"]),
     ],
 )
 def test_expansion(spec: str, names: list[str]) -> None:
@@ -36,6 +42,34 @@ def test_unknown_items_are_no_such_work(spec: str) -> None:
     with pytest.raises(HostCallError) as err:
         expand_work_names(spec, AGENDA)
     assert err.value.kind == "NoSuchWork"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("50-60", "no work items in range '50-60'"),
+        ("50-60,70-80", "no work items in ranges '50-60', '70-80'"),
+        (
+            "50-51,52-53,54-55,56-57,58-59",
+            "no work items in ranges '50-51', '52-53', '54-55' and 2 more",
+        ),
+        ("3,99", "no work item '99'"),  # a name, not a range: it must be in the agenda
+    ],
+)
+def test_a_spec_that_selects_nothing_says_which_ranges(spec: str, message: str) -> None:
+    with pytest.raises(HostCallError) as err:
+        expand_work_names(spec, AGENDA)
+    assert (err.value.kind, err.value.message) == ("NoSuchWork", message)
+
+
+@pytest.mark.parametrize("language", ["python", "perl"])
+async def test_a_work_list_acts_on_the_frames_that_exist(language: str) -> None:
+    with ReferenceSupervisor() as sup:
+        (job,) = sup.submit([{"name": "a", "user": "alice", "agenda": ["1", "2", "3", "4", "5"]}])
+        host = HostApi(ReferencePort(sup), invocation_for(job, "", language=language))
+        assert await host.call("workblock", [f"{job['id']}:3,7-9"], {}) == 1
+        statuses = [w["status"] for w in sup.job(job["id"])["agenda"]]
+    assert statuses == ["pending", "pending", "blocked", "pending", "pending"]
 
 
 def test_repeated_and_overlapping_ranges_select_each_item_once_in_order() -> None:
