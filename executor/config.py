@@ -511,7 +511,7 @@ def _check_supervisor(settings: Settings) -> None:
         # The clients' rule (cbexec --address, ExecutorClient): an address gRPC could
         # never reach (http://h:p, port 0, a space) would be retried for ever.
         try:
-            check_address(address, port_required=True)
+            check_address(address)
         except ValueError as err:
             raise ConfigError(f"supervisor: {err}") from None
     _check_timeout("supervisor_timeout_seconds", settings.supervisor_timeout_seconds)

@@ -78,15 +78,15 @@ _HOST_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _URL_SCHEME: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
-def check_address(address: str, *, port_required: bool = False) -> None:
+def check_address(address: str) -> None:
     """ValueError, naming ``address``, for one address gRPC could never connect to.
 
     Taken: ``host:port`` (a host name, an IPv4 address or a bracketed IPv6 one, and a
     port 1 to 65535), ``dns:[//server/]name:port``, ``unix:/path``,
     ``unix-abstract:name``, ``vsock:cid:port``, and ``ipv4:``/``ipv6:`` lists. gRPC would
     take most of the rest (``http://host:port``, ``a b:1``, port 0) for a name to
-    resolve, and retry it for ever. Without ``port_required`` a port may be left out
-    (gRPC's default, 443), and an IPv6 address given bare.
+    resolve, and retry it for ever. A port is required: gRPC would dial 443 without one,
+    which no executor listens on, so a forgotten port would end as UNAVAILABLE.
     """
     if address.startswith(("unix:", "unix-abstract:", "vsock:")):
         if not address.partition(":")[2]:
@@ -106,40 +106,29 @@ def check_address(address: str, *, port_required: bool = False) -> None:
             f"address {address!r}: gRPC has no {scheme.group(1)!r} scheme; expected "
             "host:port, dns:///name:port or unix:/path"
         )
-    _check_host_and_port(address, hostport, port_required=port_required)
+    form = "dns:///NAME:PORT" if address.startswith("dns:") else "host:port"
+    _check_host_and_port(address, hostport, form)
 
 
-def _check_host_and_port(address: str, hostport: str, *, port_required: bool) -> None:
+def _check_host_and_port(address: str, hostport: str, form: str) -> None:
     if hostport.startswith("["):
         host, _, rest = hostport[1:].partition("]")
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
             raise ValueError(f"address {address!r}: [{host}] is not an IPv6 address") from None
-        if rest or port_required:
-            if not rest.startswith(":"):
-                raise ValueError(f"address {address!r} needs a port: [IPv6]:PORT")
-            _check_port(address, rest[1:])
+        if not rest.startswith(":"):
+            raise ValueError(f"address {address!r} needs a port: [IPv6]:PORT")
+        _check_port(address, rest[1:])
         return
-    if hostport.count(":") > 1:  # a bare IPv6 address: gRPC takes it with port 443
-        try:
-            ipaddress.IPv6Address(hostport)
-        except ValueError:
-            raise ValueError(
-                f"address {address!r}: write an IPv6 address in brackets, [IPv6]:PORT"
-            ) from None
-        if port_required:
-            raise ValueError(f"address {address!r}: write an IPv6 address in brackets, [IPv6]:PORT")
-        return
+    if hostport.count(":") > 1:  # a bare IPv6 address: '::1:5' is not port 5 (gRPC: 443)
+        raise ValueError(f"address {address!r}: write an IPv6 address in brackets, [IPv6]:PORT")
     host, sep, port = hostport.rpartition(":")
     if not sep:
-        host = hostport
-        if port_required:
-            raise ValueError(f"address {address!r} needs a port: host:port")
+        raise ValueError(f"address {address!r} needs a port: {form}")
     if not _HOST_NAME.fullmatch(host):
         raise ValueError(f"address {address!r}: {host!r} is not a host name or an IP address")
-    if sep:
-        _check_port(address, port)
+    _check_port(address, port)
 
 
 def _ip_and_port(address: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:

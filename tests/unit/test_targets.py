@@ -7,7 +7,7 @@ import json
 import pytest
 
 from executor.cli import build_parser, main
-from supervisor_client import FarmClient
+from supervisor_client import ExecutorClient, FarmClient
 from supervisor_client.targets import FLEET_SERVICE_CONFIG, HEALTH_SERVICE, resolve_target
 
 pytestmark = pytest.mark.unit
@@ -19,8 +19,6 @@ def test_one_address_is_used_as_given_without_a_fleet_policy() -> None:
         "executor.example:50051",
         "unix:/run/cbexec.sock",
         "[::1]:50051",
-        "localhost",  # gRPC's port 443
-        "::1",  # a bare IPv6 address, port 443 too
     ):
         target = resolve_target(address)
         assert (target.target, target.service_config, target.is_fleet) == (address, None, False)
@@ -70,9 +68,19 @@ def test_an_ipv6_list_and_the_dns_and_static_forms() -> None:
         ("a b:1", "'a b' is not a host name or an IP address"),
         ("http://127.0.0.1:1", "gRPC has no 'http' scheme"),
         ("[::1x]:1", r"\[::1x\] is not an IPv6 address"),
+        # No port: gRPC dialled 443, and a forgotten port ended as UNAVAILABLE.
+        ("127.0.0.1", r"address '127.0.0.1' needs a port: host:port"),
+        ("localhost", r"address 'localhost' needs a port: host:port"),
+        ("executor.example", r"address 'executor.example' needs a port: host:port"),
+        ("[::1]", r"address '\[::1\]' needs a port: \[IPv6\]:PORT"),
+        ("::1", r"address '::1': write an IPv6 address in brackets, \[IPv6\]:PORT"),
+        ("dns:///executors.example", r"needs a port: dns:///NAME:PORT"),
+        ("dns://10.0.0.53/executors.example", r"needs a port: dns:///NAME:PORT"),
+        ("10.0.0.1:1,10.0.0.2", r"address '10.0.0.2' needs a port: IP:PORT"),
+        (["10.0.0.1:1", "10.0.0.2"], r"address '10.0.0.2' needs a port: IP:PORT"),
     ],
 )
-def test_bad_lists_are_refused_naming_the_entry(addresses: str, message: str) -> None:
+def test_bad_lists_are_refused_naming_the_entry(addresses: str | list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         resolve_target(addresses)
 
@@ -91,6 +99,15 @@ def test_the_address_flag_takes_a_list_or_repeats() -> None:
 def test_a_bad_address_list_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["metrics", "--address", "exec1:1,exec2:1"]) == 2
     assert "cbexec: --address: address 'exec1:1' in a list" in capsys.readouterr().err
+
+
+def test_an_address_without_a_port_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["metrics", "--address", "127.0.0.1"]) == 2
+    assert "cbexec: --address: address '127.0.0.1' needs a port: host:port" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(ValueError, match="needs a port"):
+        ExecutorClient("127.0.0.1")
 
 
 def test_a_farm_is_one_executor(capsys: pytest.CaptureFixture[str]) -> None:
