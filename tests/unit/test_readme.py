@@ -1,4 +1,4 @@
-"""The README stands alone, and its quick start's two commands keep out of each other's way."""
+"""The README stands alone, its quick start's two commands keep out of each other's way, and it quotes limits as met."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 
 from executor.config import Settings
+from executor.errors import HostCallError
+from executor.host_api import MAX_CALLS_PER_RUN, HostApi
+from supervisor_client.reference import ReferenceSupervisor
 from tests.conftest import DEFAULT_TEST_UID_BASES
+from tests.helpers.supervisor_port import ReferencePort, invocation_for
 
 pytestmark = pytest.mark.unit
 
@@ -45,3 +49,23 @@ def test_the_suite_keeps_its_sandbox_uids_apart_from_a_default_service() -> None
     # Each executor uses base + cell, two cells per slot: far fewer than 1000.
     for base in DEFAULT_TEST_UID_BASES:
         assert service >= base + 1000 or service + 1000 <= base
+
+
+async def test_the_readme_quotes_the_qb_call_cap_as_a_callback_meets_it() -> None:
+    # The cap failed runs that polled, and the README spoke only of what is kept.
+    with ReferenceSupervisor() as sup:
+        (job,) = sup.submit([{"name": "a", "user": "alice"}])
+        host = HostApi(ReferencePort(sup), invocation_for(job, ""))
+        for _ in range(MAX_CALLS_PER_RUN):  # refused at once: no supervisor round trip
+            with pytest.raises(HostCallError):
+                await host.call("nosuchfunction", [], {})
+        with pytest.raises(HostCallError) as err:
+            await host.call("jobstatus", [job["id"]], {})
+    assert err.value.kind == "QbError"
+    text = " ".join(README.split())
+    assert f"at most {MAX_CALLS_PER_RUN:,} `qb` calls" in text
+    assert (
+        f"`qb.QbError` (Perl: dies with a `qb::Error` of kind `QbError`) `{err.value.message}`"
+        in text
+    )
+    assert len(host.actions) == MAX_CALLS_PER_RUN  # "not listed in the actions"
