@@ -1,4 +1,4 @@
-"""The README stands alone, its quick start's two commands keep out of each other's way, and it quotes limits as met."""
+"""The README stands alone, its quick start keeps its two commands apart, and it quotes limits as met."""
 
 from __future__ import annotations
 
