@@ -3,7 +3,9 @@
 The commands come from the README's fenced blocks tagged ``console walkthrough`` (``$``
 lines; the lines under each are what the README says you will see) and the program from
 the block tagged ``python client-example``, as .ci/run reads the quick start: the README
-cannot drift from what this proves. They run against a real executor started as the
+cannot drift from what this proves. The program runs once after the walkthrough, on the
+same service, as a reader following the README in order runs it, and once on a fresh
+one, as a reader who skips the walkthrough does. They run against a real executor started as the
 quick start's (the defaults, its data dir under ``~/.local/share/cbexec``, with ``HOME``
 a temporary directory), in a directory where ``scripts/`` is the repository's, with
 ``.venv/bin/cbexec`` meaning this interpreter's ``python -m executor``.
@@ -179,11 +181,13 @@ async def test_try_it_in_five_minutes(
     assert "job 3 (shot010) of" in record.result.stdout
     assert running.reference is not None and Farm(running.reference).status(3) == "failed"
 
+    # "Drive it from Python" next, on the same service: step 4's universal callbacks
+    # attached to its job too, and two failed runs more were printed than the README showed.
+    await shows_the_client_example_output(address, home, tmp_path)
 
-async def test_drive_it_from_python(
-    quick_start_service: tuple[str, Path, server.RunningServer], tmp_path: Path
-) -> None:
-    address, home, _ = quick_start_service
+
+async def shows_the_client_example_output(address: str, home: Path, tmp_path: Path) -> None:
+    """Run the README's client example against ``address``; it prints what the README shows."""
     (program,) = fenced("python client-example")
     (expected,) = fenced("text client-example-output")
     script = tmp_path / "client.py"
@@ -198,6 +202,13 @@ async def test_drive_it_from_python(
     out, err = await asyncio.wait_for(proc.communicate(), 90)
     assert (proc.returncode, err.decode()) == (0, "")
     assert out.decode().splitlines() == expected
+
+
+async def test_drive_it_from_python(
+    quick_start_service: tuple[str, Path, server.RunningServer], tmp_path: Path
+) -> None:
+    address, home, _ = quick_start_service
+    await shows_the_client_example_output(address, home, tmp_path)
 
 
 def test_the_expected_output_reader() -> None:
