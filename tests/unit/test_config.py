@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from pathlib import Path
+from typing import Final
 
 import pytest
 
 from executor import config
+from executor.cli import main
+from executor.cli.connection import EXIT_USAGE
 from executor.errors import ConfigError
 from executor.model import Language
 
@@ -486,3 +490,64 @@ def test_every_problem_of_the_settings_is_named_not_only_the_first() -> None:
         ["f", " unknown setting 'bogus'"],
         ["f", " grace_seconds"],
     ]
+
+
+# Six bad settings, three of them checked by one group (grace_seconds, max_concurrent,
+# max_queue) and two by another (callback_log_max_bytes, history_max_runs): each named.
+SIX_BAD_SETTINGS: Final = (
+    "max_concurrent = -1\nmax_queue = -1\nhistory_max_runs = 0\ncallback_log_max_bytes = 0\n"
+    "grace_seconds = 100\nsupervisor_timeout_seconds = 0\n"
+)
+
+
+def test_every_bad_setting_is_named_a_line_each(tmp_path: Path) -> None:
+    toml = tmp_path / "cbexec.toml"
+    toml.write_text(SIX_BAD_SETTINGS)
+    with pytest.raises(ConfigError) as caught:
+        config.validate(config.from_toml(config.Settings(), toml))
+    named = sorted(line.split(":")[0] for line in str(caught.value).splitlines())
+    assert named == [
+        "callback_log_max_bytes",
+        "grace_seconds",
+        "history_max_runs",
+        "max_concurrent",
+        "max_queue",
+        "supervisor_timeout_seconds",
+    ]
+
+
+def test_every_bad_limit_is_named_once() -> None:
+    settings = config.apply(
+        config.Settings(),
+        {
+            "default_limits": {"cpu_seconds": -1, "wall_seconds": 2e9},
+            "max_limits": {"memory_bytes": 0},
+        },
+        "t",
+    )
+    with pytest.raises(ConfigError) as caught:
+        config.validate(settings)
+    assert str(caught.value).splitlines() == [
+        "default_limits.cpu_seconds: must be positive",
+        "default_limits.wall_seconds: must be at most 1000000000, got 2000000000",
+        "max_limits.memory_bytes: must be positive",
+    ]
+
+
+@pytest.mark.parametrize(
+    "command", [["serve", "--check-config"], ["store", "migrate"]], ids=["serve", "migrate"]
+)
+def test_serve_and_store_migrate_name_every_bad_setting(
+    command: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for variable in [v for v in os.environ if v.startswith(config.ENV_PREFIX)]:
+        monkeypatch.delenv(variable)  # the suite's own CBEXEC_TEST_* are not settings
+    toml = tmp_path / "cbexec.toml"
+    toml.write_text(SIX_BAD_SETTINGS)
+    assert main([*command, "--config", str(toml)]) == EXIT_USAGE
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 6 and all(line.startswith("cbexec: ") for line in lines)
+    assert any(line.startswith("cbexec: max_queue: ") for line in lines)
