@@ -21,6 +21,7 @@ from typing import Any, Final
 from executor.errors import ConfigError
 from executor.model import Language, Limits
 from executor.runtimes.mail import MailSettings
+from executor.sandbox.limits import MOST as MOST_LIMITS
 from executor.sandbox.limits import setting_problem as limit_problem
 from supervisor_client.targets import check_address
 
@@ -558,6 +559,15 @@ def _timeout_problem(name: str, seconds: float) -> str | None:
     return None
 
 
+# GetMetrics carries max_queue (queue_limit) and max_concurrent (slots) as uint32 fields: a
+# larger value failed every GetMetrics (INTERNAL), so cbexec metrics and the dashboard's
+# /health page, while /metrics showed it.
+MAX_QUEUE: Final = (1 << 32) - 1
+# Well below that: no host runs more processes at once than the kernel's PID_MAX_LIMIT,
+# and every run is at least one.
+MAX_CONCURRENT: Final = int(MOST_LIMITS["max_processes"])
+
+
 def _check_runs(settings: Settings) -> Iterator[str]:
     if settings.grace_seconds < 0:
         yield f"grace_seconds: must be 0 or more, got {settings.grace_seconds:g}"
@@ -570,8 +580,18 @@ def _check_runs(settings: Settings) -> Iterator[str]:
         yield (
             f"max_concurrent: must be at least 1 (0 means the default), got {settings.max_concurrent}"
         )
+    elif settings.max_concurrent > MAX_CONCURRENT:
+        yield (
+            f"max_concurrent: must be at most {MAX_CONCURRENT} (the kernel's most processes,"
+            f" and each run is one), got {settings.max_concurrent}"
+        )
     if settings.max_queue < 0:
         yield f"max_queue: must be 0 or more, got {settings.max_queue}"
+    elif settings.max_queue > MAX_QUEUE:
+        yield (
+            f"max_queue: must be at most {MAX_QUEUE} (GetMetrics carries it in 32 bits),"
+            f" got {settings.max_queue}"
+        )
 
 
 def _check_outputs(settings: Settings) -> Iterator[str]:

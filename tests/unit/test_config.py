@@ -15,6 +15,7 @@ from executor.cli import main
 from executor.cli.connection import EXIT_USAGE
 from executor.errors import ConfigError
 from executor.model import Language
+from supervisor_client.qbcallback.v1 import executor_pb2
 
 pytestmark = pytest.mark.unit
 
@@ -551,3 +552,43 @@ def test_serve_and_store_migrate_name_every_bad_setting(
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 6 and all(line.startswith("cbexec: ") for line in lines)
     assert any(line.startswith("cbexec: max_queue: ") for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        (
+            {"CBEXEC_MAX_QUEUE": "4294967296"},
+            "max_queue: must be at most 4294967295 (GetMetrics carries it in 32 bits),"
+            " got 4294967296",
+        ),
+        (
+            {"CBEXEC_MAX_CONCURRENT": "4194305"},
+            "max_concurrent: must be at most 4194304 (the kernel's most processes, and each"
+            " run is one), got 4194305",
+        ),
+    ],
+    ids=["max_queue", "max_concurrent"],
+)
+def test_a_setting_getmetrics_carries_in_32_bits_is_bounded_at_load(
+    variables: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.validate(config.from_env(config.Settings(), variables))
+    assert str(caught.value) == message
+
+
+def test_the_largest_max_queue_and_max_concurrent_fit_getmetrics() -> None:
+    largest = config.validate(
+        config.Settings(max_queue=config.MAX_QUEUE, max_concurrent=config.MAX_CONCURRENT)
+    )
+    # What convert_status.metrics_message fills from them: protobuf refuses a value past
+    # its field's width (ValueError), which failed every GetMetrics.
+    reply = executor_pb2.GetMetricsResponse(
+        queue_limit=largest.max_queue,
+        queue_depth=largest.max_queue,
+        slots=largest.max_concurrent,
+        active_children=largest.max_concurrent,
+        prepared_children=largest.max_concurrent,
+    )
+    assert (reply.queue_limit, reply.slots) == (4294967295, 4194304)
