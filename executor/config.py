@@ -41,6 +41,9 @@ LANGUAGE_BITS: Final = {
     Language.PYTHON: 4,
     Language.MAIL: 16,
 }
+# Qube's other supervisor_language_flags bits: features of Qube's supervisor, not languages
+# a callback can be written in here. Named when refused, for a value copied from qb.conf.
+QUBE_OTHER_BITS: Final = {8: "post", 32: "dependency", 64: "auto_wrangling"}
 
 
 def _default_data_dir() -> Path:
@@ -54,10 +57,17 @@ def default_max_concurrent() -> int:
 
 
 def parse_languages(value: str | int | list[str]) -> frozenset[Language]:
-    """Parse ``supervisor_language_flags`` style: names (comma list) or the numeric sum."""
-    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
-        bits = int(value)
-        return frozenset(lang for lang, bit in LANGUAGE_BITS.items() if bits & bit)
+    """Parse ``supervisor_language_flags`` style: names (comma list) or the numeric sum.
+
+    A bit that is no language here is refused, naming it, as an unknown name is: dropped
+    in silence, it would leave a language off that its writer meant on, or the reverse.
+    """
+    if isinstance(value, bool):  # TOML's true is no sum of flags (bool is an int)
+        raise ConfigError(f"languages: expected names or Qube's numeric flags, got {value!r}")
+    if isinstance(value, int) or (
+        isinstance(value, str) and value.strip().isascii() and value.strip().isdigit()
+    ):
+        return _flag_languages(int(value))
     names = value if isinstance(value, list) else value.split(",")
     languages = set()
     for name in (n.strip().lower() for n in names):
@@ -69,6 +79,25 @@ def parse_languages(value: str | int | list[str]) -> frozenset[Language]:
             valid = ", ".join(lang.value for lang in Language)
             raise ConfigError(f"languages: unknown language {name!r}; expected {valid}") from None
     return frozenset(languages)
+
+
+def _flag_languages(flags: int) -> frozenset[Language]:
+    """The languages of a numeric ``supervisor_language_flags``; ConfigError for other bits."""
+    known = ", ".join(f"{lang.value} {bit}" for lang, bit in LANGUAGE_BITS.items())
+    if not 0 <= flags <= MAX_WHOLE:
+        raise ConfigError(f"languages: {flags} is not a sum of the flags {known}")
+    bits = (1 << n for n in range(flags.bit_length()))
+    unknown = [bit for bit in bits if flags & bit and bit not in LANGUAGE_BITS.values()]
+    if unknown:
+        named = ", ".join(
+            f"{bit} (Qube's {QUBE_OTHER_BITS[bit]})" if bit in QUBE_OTHER_BITS else str(bit)
+            for bit in unknown
+        )
+        raise ConfigError(
+            f"languages: {flags} holds flags that are no language here: {named};"
+            f" the flags are {known}"
+        )
+    return frozenset(lang for lang, bit in LANGUAGE_BITS.items() if flags & bit)
 
 
 @dataclass(frozen=True, slots=True)

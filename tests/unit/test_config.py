@@ -592,3 +592,28 @@ def test_the_largest_max_queue_and_max_concurrent_fit_getmetrics() -> None:
         prepared_children=largest.max_concurrent,
     )
     assert (reply.queue_limit, reply.slots) == (4294967295, 4194304)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (37, "languages: 37 holds flags that are no language here: 32 (Qube's dependency)"),
+        ("8", "languages: 8 holds flags that are no language here: 8 (Qube's post)"),
+        (128 + 4, "languages: 132 holds flags that are no language here: 128;"),
+        (-1, "languages: -1 is not a sum of the flags"),
+    ],
+    ids=["37", "8", "132", "-1"],
+)
+def test_numeric_language_flags_refuse_bits_that_are_no_language(
+    flags: int | str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.validate(config.apply(config.Settings(), {"languages": flags}, "t"))
+    assert str(caught.value).startswith(message)
+    assert str(caught.value).endswith("qube 1, perl 2, python 4, mail 16")
+
+
+def test_qubes_default_language_flags_name_each_bit_that_is_no_language() -> None:
+    # qb.conf's default: qube, post, mail, dependency, auto_wrangling.
+    with pytest.raises(ConfigError, match=re.escape("8 (Qube's post), 32 (Qube's dependency)")):
+        config.parse_languages(1 + 8 + 16 + 32 + 64)
