@@ -13,7 +13,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -21,6 +21,7 @@ from typing import Any, Final
 from executor.errors import ConfigError
 from executor.model import Language, Limits
 from executor.runtimes.mail import MailSettings
+from executor.sandbox.limits import MOST as MOST_LIMITS
 from executor.sandbox.limits import setting_problem as limit_problem
 from supervisor_client.targets import check_address
 
@@ -40,6 +41,9 @@ LANGUAGE_BITS: Final = {
     Language.PYTHON: 4,
     Language.MAIL: 16,
 }
+# Qube's other supervisor_language_flags bits: features of Qube's supervisor, not languages
+# a callback can be written in here. Named when refused, for a value copied from qb.conf.
+QUBE_OTHER_BITS: Final = {8: "post", 32: "dependency", 64: "auto_wrangling"}
 
 
 def _default_data_dir() -> Path:
@@ -53,10 +57,17 @@ def default_max_concurrent() -> int:
 
 
 def parse_languages(value: str | int | list[str]) -> frozenset[Language]:
-    """Parse ``supervisor_language_flags`` style: names (comma list) or the numeric sum."""
-    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
-        bits = int(value)
-        return frozenset(lang for lang, bit in LANGUAGE_BITS.items() if bits & bit)
+    """Parse ``supervisor_language_flags`` style: names (comma list) or the numeric sum.
+
+    A bit that is no language here is refused, naming it, as an unknown name is: dropped
+    in silence, it would leave a language off that its writer meant on, or the reverse.
+    """
+    if isinstance(value, bool):  # TOML's true is no sum of flags (bool is an int)
+        raise ConfigError(f"languages: expected names or Qube's numeric flags, got {value!r}")
+    if isinstance(value, int) or (
+        isinstance(value, str) and value.strip().isascii() and value.strip().isdigit()
+    ):
+        return _flag_languages(int(value))
     names = value if isinstance(value, list) else value.split(",")
     languages = set()
     for name in (n.strip().lower() for n in names):
@@ -68,6 +79,25 @@ def parse_languages(value: str | int | list[str]) -> frozenset[Language]:
             valid = ", ".join(lang.value for lang in Language)
             raise ConfigError(f"languages: unknown language {name!r}; expected {valid}") from None
     return frozenset(languages)
+
+
+def _flag_languages(flags: int) -> frozenset[Language]:
+    """The languages of a numeric ``supervisor_language_flags``; ConfigError for other bits."""
+    known = ", ".join(f"{lang.value} {bit}" for lang, bit in LANGUAGE_BITS.items())
+    if not 0 <= flags <= MAX_WHOLE:
+        raise ConfigError(f"languages: {flags} is not a sum of the flags {known}")
+    bits = (1 << n for n in range(flags.bit_length()))
+    unknown = [bit for bit in bits if flags & bit and bit not in LANGUAGE_BITS.values()]
+    if unknown:
+        named = ", ".join(
+            f"{bit} (Qube's {QUBE_OTHER_BITS[bit]})" if bit in QUBE_OTHER_BITS else str(bit)
+            for bit in unknown
+        )
+        raise ConfigError(
+            f"languages: {flags} holds flags that are no language here: {named};"
+            f" the flags are {known}"
+        )
+    return frozenset(lang for lang, bit in LANGUAGE_BITS.items() if flags & bit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,24 +415,26 @@ def from_env(settings: Settings, environ: Mapping[str, str]) -> Settings:
     return apply(settings, values, "environment")
 
 
-def _check_address(name: str, value: str) -> None:
+def _address_problem(name: str, value: str) -> str | None:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise ConfigError(f"{name}: expected host:port, got {value!r}")
+        return f"{name}: expected host:port, got {value!r}"
     if int(port) > 65535:
-        raise ConfigError(f"{name}: port {port} is out of range (1-65535, or 0 for any free port)")
+        return f"{name}: port {port} is out of range (1-65535, or 0 for any free port)"
+    return None
 
 
-def _check_store_url(url: str) -> None:
-    """Refuse a ``store`` URL libpq cannot parse, saying why without the URL's password."""
+def _store_url_problem(url: str) -> str | None:
+    """Why libpq cannot parse a ``store`` URL, without the URL's password; None if it can."""
     try:
         from psycopg import Error, conninfo
     except ImportError:
-        return  # connecting says psycopg is needed
+        return None  # connecting says psycopg is needed
     try:
         conninfo.conninfo_to_dict(url)
     except Error as err:
-        raise ConfigError(f"store: not a valid PostgreSQL URL: {_url_problem(err, url)}") from None
+        return f"store: not a valid PostgreSQL URL: {_url_problem(err, url)}"
+    return None
 
 
 def _url_problem(err: Exception, url: str) -> str:
@@ -419,10 +451,11 @@ def _url_problem(err: Exception, url: str) -> str:
 GRPC_TARGET_SCHEMES: Final = ("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:", "vsock:")
 
 
-def _check_not_a_file(name: str, path: Path | None) -> None:
+def _not_a_directory(name: str, path: Path | None) -> str | None:
     """A directory start-up makes (or uses) must not already be something else."""
     if path is not None and path.exists() and not path.is_dir():
-        raise ConfigError(f"{name}: {path} exists and is not a directory")
+        return f"{name}: {path} exists and is not a directory"
+    return None
 
 
 # Settings whose values are secrets: shown as set or not, never printed.
@@ -482,43 +515,55 @@ def describe(settings: Settings) -> list[str]:
     return lines
 
 
-def _check_endpoints(settings: Settings) -> None:
-    _check_address("bind", settings.bind)
+# Each check below yields a line per bad setting it finds, never stopping at the first:
+# an admin fixing a file sees every bad setting at once, not three, then the next three.
+Check = Callable[[Settings], Iterator[str]]
+
+
+def _check_endpoints(settings: Settings) -> Iterator[str]:
+    if problem := _address_problem("bind", settings.bind):
+        yield problem
     if settings.http_bind:
-        _check_address("http_bind", settings.http_bind)
-        if settings.http_bind == settings.bind and not settings.bind.endswith(":0"):
-            raise ConfigError("http_bind: must differ from bind (the gRPC port)")
+        if problem := _address_problem("http_bind", settings.http_bind):
+            yield problem
+        elif settings.http_bind == settings.bind and not settings.bind.endswith(":0"):
+            yield "http_bind: must differ from bind (the gRPC port)"
 
 
-def _check_limits(settings: Settings) -> None:
+def _check_limits(settings: Settings) -> Iterator[str]:
+    named = set()  # limits refused already: comparing them would name them twice
     for name in ("default_limits", "max_limits"):
         limits: Limits = getattr(settings, name)
         for key in _LIMIT_FIELDS:
             problem = limit_problem(key, getattr(limits, key))
             if problem:
-                raise ConfigError(f"{name}.{key}: {problem}")
+                named.add(key)
+                yield f"{name}.{key}: {problem}"
     for key in _LIMIT_FIELDS:
         default, cap = getattr(settings.default_limits, key), getattr(settings.max_limits, key)
-        if default > cap:
-            raise ConfigError(f"default_limits.{key}: {default} exceeds max_limits.{key} {cap}")
+        if key not in named and default > cap:
+            yield f"default_limits.{key}: {default} exceeds max_limits.{key} {cap}"
 
 
-def _check_supervisor(settings: Settings) -> None:
+def _check_supervisor(settings: Settings) -> Iterator[str]:
     address = settings.supervisor
     if address and not address.startswith(GRPC_TARGET_SCHEMES) and ":" not in address:
-        raise ConfigError(f"supervisor: expected host:port, got {address!r}")
-    if address:
+        yield f"supervisor: expected host:port, got {address!r}"
+    elif address:
         # The clients' rule (cbexec --address, ExecutorClient): an address gRPC could
         # never reach (http://h:p, port 0, a space) would be retried for ever.
         try:
             check_address(address)
         except ValueError as err:
-            raise ConfigError(f"supervisor: {err}") from None
-    _check_timeout("supervisor_timeout_seconds", settings.supervisor_timeout_seconds)
+            yield f"supervisor: {err}"
+    if problem := _timeout_problem(
+        "supervisor_timeout_seconds", settings.supervisor_timeout_seconds
+    ):
+        yield problem
     if settings.supervisor_max_message_bytes < 256 << 10:
-        raise ConfigError("supervisor_max_message_bytes: must be at least 262144 (256 KiB)")
-    if settings.supervisor_max_message_bytes > MAX_MESSAGE_BYTES:
-        raise ConfigError(
+        yield "supervisor_max_message_bytes: must be at least 262144 (256 KiB)"
+    elif settings.supervisor_max_message_bytes > MAX_MESSAGE_BYTES:
+        yield (
             f"supervisor_max_message_bytes: must be at most {MAX_MESSAGE_BYTES} (gRPC's largest"
             f" message), got {settings.supervisor_max_message_bytes}"
         )
@@ -535,40 +580,62 @@ MAX_GRACE_S: Final = 60.0
 MAX_MESSAGE_BYTES: Final = (1 << 31) - 1
 
 
-def _check_timeout(name: str, seconds: float) -> None:
+def _timeout_problem(name: str, seconds: float) -> str | None:
     if seconds <= 0:
-        raise ConfigError(f"{name}: must be positive, got {seconds:g}")
+        return f"{name}: must be positive, got {seconds:g}"
     if seconds > MAX_TIMEOUT_S:
-        raise ConfigError(f"{name}: must be at most {MAX_TIMEOUT_S:g} (an hour), got {seconds:g}")
+        return f"{name}: must be at most {MAX_TIMEOUT_S:g} (an hour), got {seconds:g}"
+    return None
 
 
-def _check_runs(settings: Settings) -> None:
+# GetMetrics carries max_queue (queue_limit) and max_concurrent (slots) as uint32 fields: a
+# larger value failed every GetMetrics (INTERNAL), so cbexec metrics and the dashboard's
+# /health page, while /metrics showed it.
+MAX_QUEUE: Final = (1 << 32) - 1
+# Well below that: no host runs more processes at once than the kernel's PID_MAX_LIMIT,
+# and every run is at least one.
+MAX_CONCURRENT: Final = int(MOST_LIMITS["max_processes"])
+
+
+def _check_runs(settings: Settings) -> Iterator[str]:
     if settings.grace_seconds < 0:
-        raise ConfigError(f"grace_seconds: must be 0 or more, got {settings.grace_seconds:g}")
-    if settings.grace_seconds > MAX_GRACE_S:
+        yield f"grace_seconds: must be 0 or more, got {settings.grace_seconds:g}"
+    elif settings.grace_seconds > MAX_GRACE_S:
         # Every stopped run holds its slot for the grace: a long one only stalls the farm.
-        raise ConfigError(
-            f"grace_seconds: must be at most {MAX_GRACE_S:g}, got {settings.grace_seconds:g}"
-        )
+        yield f"grace_seconds: must be at most {MAX_GRACE_S:g}, got {settings.grace_seconds:g}"
     if not settings.languages:
-        raise ConfigError("languages: none is enabled, so no callback could run; name at least one")
+        yield "languages: none is enabled, so no callback could run; name at least one"
     if settings.max_concurrent < 1:
-        raise ConfigError(
+        yield (
             f"max_concurrent: must be at least 1 (0 means the default), got {settings.max_concurrent}"
         )
+    elif settings.max_concurrent > MAX_CONCURRENT:
+        yield (
+            f"max_concurrent: must be at most {MAX_CONCURRENT} (the kernel's most processes,"
+            f" and each run is one), got {settings.max_concurrent}"
+        )
     if settings.max_queue < 0:
-        raise ConfigError(f"max_queue: must be 0 or more, got {settings.max_queue}")
+        yield f"max_queue: must be 0 or more, got {settings.max_queue}"
+    elif settings.max_queue > MAX_QUEUE:
+        yield (
+            f"max_queue: must be at most {MAX_QUEUE} (GetMetrics carries it in 32 bits),"
+            f" got {settings.max_queue}"
+        )
 
 
-def _check_outputs(settings: Settings) -> None:
+def _check_outputs(settings: Settings) -> Iterator[str]:
     """Where logs and mail go."""
     # The default, <data_dir>/logs, too: a file there would lose every .cb log in silence.
     log_dir = settings.callback_log_dir
-    _check_not_a_file("log_dir" if settings.log_dir else "log_dir (the default)", log_dir)
-    _check_not_a_file("mail.directory", settings.mail_settings.directory)
+    if problem := _not_a_directory(
+        "log_dir" if settings.log_dir else "log_dir (the default)", log_dir
+    ):
+        yield problem
+    if problem := _not_a_directory("mail.directory", settings.mail_settings.directory):
+        yield problem
     templates = settings.mail.templates_dir
     if templates is not None and str(templates) not in ("", ".") and not templates.is_dir():
-        raise ConfigError(f"mail.templates_dir: {templates} is not a directory")
+        yield f"mail.templates_dir: {templates} is not a directory"
 
 
 # Settings that take one of a few words, and those words.
@@ -583,95 +650,92 @@ _CHOICES: Final[dict[str, tuple[str, ...]]] = {
 }
 
 
-def _check_choice(name: str) -> Callable[[Settings], None]:
-    def check(settings: Settings) -> None:
-        choices = _CHOICES[name]
+def _check_choices(settings: Settings) -> Iterator[str]:
+    for name, choices in _CHOICES.items():
         if getattr(settings, name) not in choices:
-            raise ConfigError(
+            yield (
                 f"{name}: expected {', '.join(choices[:-1])} or {choices[-1]},"
                 f" got {getattr(settings, name)!r}"
             )
 
-    return check
 
-
-def _check_log_level(settings: Settings) -> None:
+def _check_log_level(settings: Settings) -> Iterator[str]:
     if settings.log_level.upper() not in LOG_LEVELS:
-        raise ConfigError(
-            f"log_level: expected {', '.join(LOG_LEVELS)}, got {settings.log_level!r}"
-        )
+        yield f"log_level: expected {', '.join(LOG_LEVELS)}, got {settings.log_level!r}"
 
 
-def _check_history(settings: Settings) -> None:
+def _check_history(settings: Settings) -> Iterator[str]:
     for name in ("callback_log_max_bytes", "history_max_runs"):
         if getattr(settings, name) < 1:
-            raise ConfigError(f"{name}: must be at least 1, got {getattr(settings, name)}")
+            yield f"{name}: must be at least 1, got {getattr(settings, name)}"
     if settings.history_retention_days <= 0:
-        raise ConfigError("history_retention_days: must be positive")
+        yield "history_retention_days: must be positive"
 
 
-def _check_journal(settings: Settings) -> None:
+def _check_journal(settings: Settings) -> Iterator[str]:
     if settings.trigger_journal_entries < 1:
-        raise ConfigError("trigger_journal_entries: must be >= 1")
+        yield "trigger_journal_entries: must be >= 1"
     if settings.trigger_journal_days <= 0:
-        raise ConfigError("trigger_journal_days: must be positive")
+        yield "trigger_journal_days: must be positive"
 
 
-def _check_tls(settings: Settings) -> None:
+def _check_tls(settings: Settings) -> Iterator[str]:
     if bool(settings.tls_cert) != bool(settings.tls_key):
-        raise ConfigError("tls_cert and tls_key: set both (TLS) or neither (plaintext)")
+        yield "tls_cert and tls_key: set both (TLS) or neither (plaintext)"
     if settings.tls_client_ca and not settings.tls_cert:
-        raise ConfigError("tls_client_ca: mutual TLS needs tls_cert and tls_key too")
+        yield "tls_client_ca: mutual TLS needs tls_cert and tls_key too"
 
 
-def _check_smtp_timeout(settings: Settings) -> None:
-    _check_timeout("mail.smtp_timeout_seconds", settings.mail.smtp_timeout_seconds)
+def _check_smtp_timeout(settings: Settings) -> Iterator[str]:
+    if problem := _timeout_problem("mail.smtp_timeout_seconds", settings.mail.smtp_timeout_seconds):
+        yield problem
 
 
-def _check_auth_token(settings: Settings) -> None:
+def _check_auth_token(settings: Settings) -> Iterator[str]:
     """A token clients can send: gRPC metadata carries printable ASCII only."""
     token = settings.auth_token
     if token and not token.strip():
-        raise ConfigError("auth_token: only whitespace; leave it empty for no token")
+        yield "auth_token: only whitespace; leave it empty for no token"
+        return
     # The position only: the message must not show any of the secret.
     bad = next((n for n, c in enumerate(token.strip(), 1) if not " " <= c <= "~"), 0)
     if bad:
-        raise ConfigError(
+        yield (
             f"auth_token: character {bad} is not printable ASCII, which no client can send "
             "(gRPC metadata carries nothing else)"
         )
 
 
-def _check_store(settings: Settings) -> None:
+def _check_store(settings: Settings) -> Iterator[str]:
     if settings.store and not settings.store.startswith(("postgresql://", "postgres://")):
-        raise ConfigError(
-            "store: expected a postgresql://user@host/db URL, or empty for SQLite in data_dir"
-        )
-    if settings.store:
-        _check_store_url(settings.store)
+        yield "store: expected a postgresql://user@host/db URL, or empty for SQLite in data_dir"
+    elif settings.store and (problem := _store_url_problem(settings.store)):
+        yield problem
     if settings.store_lease_seconds < 1:
-        raise ConfigError("store_lease_seconds: must be at least 1")
-    if settings.store_lease_seconds > MAX_TIMEOUT_S:
+        yield "store_lease_seconds: must be at least 1"
+    elif settings.store_lease_seconds > MAX_TIMEOUT_S:
         # A dead replica's work waits this long for another: beyond an hour, never in practice.
-        raise ConfigError(
+        yield (
             f"store_lease_seconds: must be at most {MAX_TIMEOUT_S:g} (an hour), "
             f"got {settings.store_lease_seconds:g}"
         )
 
 
-def _check_universal_path(settings: Settings) -> None:
-    settings.universal_callback_policies  # noqa: B018 - raises for a malformed entry
+def _check_universal_path(settings: Settings) -> Iterator[str]:
+    try:
+        settings.universal_callback_policies  # noqa: B018 - raises for a malformed entry
+    except ConfigError as err:
+        yield str(err)
 
 
-# Each stops at its own first problem; ``validate`` reports every one's.
-_CHECKS: Final[tuple[Callable[[Settings], None], ...]] = (
+_CHECKS: Final[tuple[Check, ...]] = (
     _check_endpoints,
     _check_limits,
     _check_supervisor,
     _check_runs,
     _check_outputs,
     _check_smtp_timeout,
-    *(_check_choice(name) for name in _CHOICES),
+    _check_choices,
     _check_log_level,
     _check_history,
     _check_journal,
@@ -683,13 +747,8 @@ _CHECKS: Final[tuple[Callable[[Settings], None], ...]] = (
 
 
 def validate(settings: Settings) -> Settings:
-    """Reject settings that cannot work, naming every problem (a line each); else return them."""
-    problems: list[str] = []
-    for check in _CHECKS:
-        try:
-            check(settings)
-        except ConfigError as err:
-            problems.append(str(err))
+    """Reject settings that cannot work, naming every bad setting (a line each); else return them."""
+    problems = [problem for check in _CHECKS for problem in check(settings)]
     if problems:
         raise ConfigError("\n".join(problems))
     return settings

@@ -1,8 +1,9 @@
 """``cbexec metrics``: the executor's counters, latencies and readings, for a person (or ``--json``).
 
-The same numbers a Prometheus scrape of ``/metrics`` shows, read through GetMetrics, so
-it works without the HTTP port. Latency lines give the bucket bound each quantile falls
-under (a histogram knows no more than that).
+Most of the numbers a Prometheus scrape of ``/metrics`` shows (not the per-language
+latencies, the CPU time, the version or the process metrics: GetMetrics has no field for
+them), read through GetMetrics, so it works without the HTTP port. Latency lines give the
+bucket bound each quantile falls under (a histogram knows no more than that).
 """
 
 from __future__ import annotations

@@ -192,8 +192,7 @@ class Dashboard:
 
     def _stopped(self, path: str, request: Request) -> Response:
         if path == "/healthz":
-            answer = {"status": "NOT_SERVING", "why": STOPPING}
-            return Response(503, json.dumps(answer).encode() + b"\n", "application/json")
+            return _json(503, {"status": "NOT_SERVING", "why": STOPPING})
         return self._error(503, "The executor is stopping", "The executor is stopping.", request)
 
     def _metrics(self, request: Request) -> Response:
@@ -204,18 +203,22 @@ class Dashboard:
     def _healthz(self) -> Response:
         """The health service's status as JSON: 200 while SERVING, else 503 (a probe reads either).
 
-        An executor whose event loop does not answer in time is UNKNOWN, with why: still
-        JSON, as a load balancer's probe expects.
+        An executor that does not answer either call in time is UNKNOWN, with why; one
+        that stopped between them (a stop began after this request was let in) is
+        NOT_SERVING, as from the stop's first moment. Always JSON, as a load balancer's
+        probe expects, never the 503 page.
         """
-        answer: dict[str, str] = {}
         try:
             status = self._source.health()
+            # Not asked after a health call that failed: a held event loop would make the
+            # probe wait the timeout twice, past its own.
+            problem = self._source.metrics().storage_problem
         except SourceUnavailable as err:
-            status, answer["why"] = "UNKNOWN", str(err)
-        problem = self._source.metrics().storage_problem
-        answer = {"status": status, "storage_problem": problem, **answer}
-        body = json.dumps(answer).encode() + b"\n"
-        return Response(200 if status == "SERVING" else 503, body, "application/json")
+            if self._stopping.is_set():
+                return _json(503, {"status": "NOT_SERVING", "why": STOPPING})
+            return _json(503, {"status": "UNKNOWN", "why": str(err)})
+        answer = {"status": status, "storage_problem": problem}
+        return _json(200 if status == "SERVING" else 503, answer)
 
     # -- pages --------------------------------------------------------------------------
 
@@ -305,6 +308,11 @@ class Dashboard:
 
 def _html(status: int, body: Html) -> Response:
     return Response(status, body.encode(), HTML_TYPE, (("Cache-Control", "no-store"),))
+
+
+def _json(status: int, answer: Mapping[str, str]) -> Response:
+    """A /healthz answer: one JSON object and a newline."""
+    return Response(status, json.dumps(answer).encode() + b"\n", "application/json")
 
 
 def _query_string(request: Request) -> str:

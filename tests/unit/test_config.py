@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from pathlib import Path
+from typing import Final
 
 import pytest
 
 from executor import config
+from executor.cli import main
+from executor.cli.connection import EXIT_USAGE
 from executor.errors import ConfigError
 from executor.model import Language
+from supervisor_client.qbcallback.v1 import executor_pb2
 
 pytestmark = pytest.mark.unit
 
@@ -486,3 +491,129 @@ def test_every_problem_of_the_settings_is_named_not_only_the_first() -> None:
         ["f", " unknown setting 'bogus'"],
         ["f", " grace_seconds"],
     ]
+
+
+# Six bad settings, three of them checked by one group (grace_seconds, max_concurrent,
+# max_queue) and two by another (callback_log_max_bytes, history_max_runs): each named.
+SIX_BAD_SETTINGS: Final = (
+    "max_concurrent = -1\nmax_queue = -1\nhistory_max_runs = 0\ncallback_log_max_bytes = 0\n"
+    "grace_seconds = 100\nsupervisor_timeout_seconds = 0\n"
+)
+
+
+def test_every_bad_setting_is_named_a_line_each(tmp_path: Path) -> None:
+    toml = tmp_path / "cbexec.toml"
+    toml.write_text(SIX_BAD_SETTINGS)
+    with pytest.raises(ConfigError) as caught:
+        config.validate(config.from_toml(config.Settings(), toml))
+    named = sorted(line.split(":")[0] for line in str(caught.value).splitlines())
+    assert named == [
+        "callback_log_max_bytes",
+        "grace_seconds",
+        "history_max_runs",
+        "max_concurrent",
+        "max_queue",
+        "supervisor_timeout_seconds",
+    ]
+
+
+def test_every_bad_limit_is_named_once() -> None:
+    settings = config.apply(
+        config.Settings(),
+        {
+            "default_limits": {"cpu_seconds": -1, "wall_seconds": 2e9},
+            "max_limits": {"memory_bytes": 0},
+        },
+        "t",
+    )
+    with pytest.raises(ConfigError) as caught:
+        config.validate(settings)
+    assert str(caught.value).splitlines() == [
+        "default_limits.cpu_seconds: must be positive",
+        "default_limits.wall_seconds: must be at most 1000000000, got 2000000000",
+        "max_limits.memory_bytes: must be positive",
+    ]
+
+
+@pytest.mark.parametrize(
+    "command", [["serve", "--check-config"], ["store", "migrate"]], ids=["serve", "migrate"]
+)
+def test_serve_and_store_migrate_name_every_bad_setting(
+    command: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for variable in [v for v in os.environ if v.startswith(config.ENV_PREFIX)]:
+        monkeypatch.delenv(variable)  # the suite's own CBEXEC_TEST_* are not settings
+    toml = tmp_path / "cbexec.toml"
+    toml.write_text(SIX_BAD_SETTINGS)
+    assert main([*command, "--config", str(toml)]) == EXIT_USAGE
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 6 and all(line.startswith("cbexec: ") for line in lines)
+    assert any(line.startswith("cbexec: max_queue: ") for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        (
+            {"CBEXEC_MAX_QUEUE": "4294967296"},
+            "max_queue: must be at most 4294967295 (GetMetrics carries it in 32 bits),"
+            " got 4294967296",
+        ),
+        (
+            {"CBEXEC_MAX_CONCURRENT": "4194305"},
+            "max_concurrent: must be at most 4194304 (the kernel's most processes, and each"
+            " run is one), got 4194305",
+        ),
+    ],
+    ids=["max_queue", "max_concurrent"],
+)
+def test_a_setting_getmetrics_carries_in_32_bits_is_bounded_at_load(
+    variables: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.validate(config.from_env(config.Settings(), variables))
+    assert str(caught.value) == message
+
+
+def test_the_largest_max_queue_and_max_concurrent_fit_getmetrics() -> None:
+    largest = config.validate(
+        config.Settings(max_queue=config.MAX_QUEUE, max_concurrent=config.MAX_CONCURRENT)
+    )
+    # What convert_status.metrics_message fills from them: protobuf refuses a value past
+    # its field's width (ValueError), which failed every GetMetrics.
+    reply = executor_pb2.GetMetricsResponse(
+        queue_limit=largest.max_queue,
+        queue_depth=largest.max_queue,
+        slots=largest.max_concurrent,
+        active_children=largest.max_concurrent,
+        prepared_children=largest.max_concurrent,
+    )
+    assert (reply.queue_limit, reply.slots) == (4294967295, 4194304)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (37, "languages: 37 holds flags that are no language here: 32 (Qube's dependency)"),
+        ("8", "languages: 8 holds flags that are no language here: 8 (Qube's post)"),
+        (128 + 4, "languages: 132 holds flags that are no language here: 128;"),
+        (-1, "languages: -1 is not a sum of the flags"),
+    ],
+    ids=["37", "8", "132", "-1"],
+)
+def test_numeric_language_flags_refuse_bits_that_are_no_language(
+    flags: int | str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.validate(config.apply(config.Settings(), {"languages": flags}, "t"))
+    assert str(caught.value).startswith(message)
+    assert str(caught.value).endswith("qube 1, perl 2, python 4, mail 16")
+
+
+def test_qubes_default_language_flags_name_each_bit_that_is_no_language() -> None:
+    # qb.conf's default: qube, post, mail, dependency, auto_wrangling.
+    with pytest.raises(ConfigError, match=re.escape("8 (Qube's post), 32 (Qube's dependency)")):
+        config.parse_languages(1 + 8 + 16 + 32 + 64)

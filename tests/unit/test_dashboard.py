@@ -151,12 +151,50 @@ def test_healthz_of_an_executor_that_does_not_answer_is_a_503_in_json() -> None:
         def health(self) -> str:
             raise SourceUnavailable("the executor did not answer within 5 s")
 
+        def metrics(self) -> Any:
+            raise AssertionError("a held loop is not asked twice: the probe would wait 10 s")
+
     response = Dashboard(Silent(), CollectorRegistry(), Access("")).handle(get("/healthz"))
     assert response.status == 503 and response.content_type == "application/json"
     assert json.loads(response.body) == {
         "status": "UNKNOWN",
-        "storage_problem": HOSTILE,
         "why": "the executor did not answer within 5 s",
+    }
+
+
+def test_healthz_whose_second_call_fails_is_still_json() -> None:
+    class HeldAfterHealth(FakeSource):
+        def metrics(self) -> Any:
+            raise SourceUnavailable("the executor did not answer within 5 s")
+
+    response = Dashboard(HeldAfterHealth(), CollectorRegistry(), Access("")).handle(get("/healthz"))
+    assert response.status == 503 and response.content_type == "application/json"
+    assert json.loads(response.body) == {
+        "status": "UNKNOWN",
+        "why": "the executor did not answer within 5 s",
+    }
+
+
+def test_healthz_of_a_stop_that_begins_between_its_calls_is_not_serving_in_json() -> None:
+    """The race of a stop (repro: /healthz polled during SIGTERM), made deterministic."""
+
+    class StoppingMidway(FakeSource):
+        dashboard: Dashboard
+
+        def health(self) -> str:
+            self.dashboard.stop_answering()  # the stop begins after /healthz was let in
+            return "SERVING"
+
+        def metrics(self) -> Any:
+            raise SourceUnavailable("CANCELLED: the client is closed; open a new one to call again")
+
+    source = StoppingMidway()
+    source.dashboard = Dashboard(source, CollectorRegistry(), Access(""))
+    response = source.dashboard.handle(get("/healthz"))
+    assert response.status == 503 and response.content_type == "application/json"
+    assert json.loads(response.body) == {
+        "status": "NOT_SERVING",
+        "why": "the executor is stopping",
     }
 
 

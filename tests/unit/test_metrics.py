@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
@@ -13,6 +14,7 @@ from executor.model import Outcome, RunResult, Usage
 from executor.runs.metrics import Histogram, Metrics
 from executor.runs.readings import Readings, ReadingSources, TierFlags
 from executor.sandbox.spawners import ZygoteStatus
+from supervisor_client.qbcallback.v1 import executor_pb2
 
 pytestmark = pytest.mark.unit
 
@@ -156,3 +158,51 @@ class _Load:
     def __init__(self, *, active: int, waiting: int) -> None:
         self.active = active
         self.waiting = waiting
+
+
+# Each family a scrape of /metrics shows, and the GetMetricsResponse field that carries it
+# (None: /metrics only). A new metric must be placed here, and the README then says which.
+GET_METRICS_FIELD: dict[str, str | None] = {
+    "cbexec_runs": "runs",
+    "cbexec_run_duration_seconds": "run_wall_seconds",  # every language together
+    "cbexec_queue_wait_seconds": "queue_seconds",  # every language together
+    "cbexec_run_cpu_seconds": None,
+    "cbexec_refused_at_capacity": "rejected_at_capacity",
+    "cbexec_active_children": "active_children",
+    "cbexec_slots": "slots",
+    "cbexec_prepared_children": "prepared_children",
+    "cbexec_queue_depth": "queue_depth",
+    "cbexec_queue_limit": "queue_limit",
+    "cbexec_firings_queued": "firings_queued",
+    "cbexec_outbox_pending": "outbox_pending",
+    "cbexec_outbox_dead_letters": "outbox_dead_letters",
+    "cbexec_storage_degraded": "storage_problem",
+    "cbexec_events_published": "events_published",
+    "cbexec_callbacks_fired": "callbacks_fired",
+    "cbexec_trigger_jobs": "trigger_jobs",
+    "cbexec_trigger_callbacks": "trigger_callbacks",
+    "cbexec_universal_callbacks": "universal_callbacks",
+    "cbexec_universal_reload_errors": "universal_reload_errors",
+    "cbexec_zygote_up": "zygotes",  # a zygote's pid, 0 while it does not run
+    "cbexec_zygote_restarts": "zygotes",
+    "cbexec_sandbox_mechanism": "sandbox",
+    "cbexec_build": None,
+}
+
+
+def test_the_readme_says_which_metrics_getmetrics_does_not_carry() -> None:
+    families = {family.name for family in Metrics().registry.collect()}
+    own = {name for name in families if not name.startswith("process_")}
+    assert own == set(GET_METRICS_FIELD), "place each new metric in GET_METRICS_FIELD"
+    fields = set(executor_pb2.GetMetricsResponse.DESCRIPTOR.fields_by_name)
+    assert {f for f in GET_METRICS_FIELD.values() if f} <= fields
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    only = re.search(r"([^.]*) are on `/metrics` only\.", " ".join(readme.split()))
+    assert only, "the README names the metrics GetMetrics does not carry"
+    shown = {
+        "cbexec_run_cpu_seconds": "cbexec_run_cpu_seconds_total",
+        "cbexec_build": "cbexec_build_info",
+    }
+    for name in (n for n, f in GET_METRICS_FIELD.items() if f is None):
+        assert f"`{shown[name]}`" in only.group(1), name
+    assert "`process_*`" in only.group(1) and "per-language histograms" in only.group(1)
