@@ -127,8 +127,9 @@ sub _write_frame {
     # gives the callback's own writes to a pipe with no reader.
     local $SIG{PIPE} = 'IGNORE';
     _write_out();    # the rest of a frame an interruption cut short goes first
-    $outbox = $data;
-    return if eval { _write_out(); 1 };
+    # Given to $outbox inside the eval: a die just before the write is then "none of it
+    # went" too, not a frame left to go out before the next one.
+    return if eval { $outbox = $data; _write_out(); 1 };
     my $error = $@;
     $outbox = '' if length $outbox == length $data;    # none of it went: no answer to come
     die $error;
@@ -166,8 +167,13 @@ sub _read_frame {
                 # interruption ends.
                 substr($inbox, 0, $wanted, '');
                 # Strings arrive as UTF-8 octets: the callback sees bytes, as from a file.
-                my $message = eval { qb::JSON::decode($body) };
-                die qb::Error->new('QbError', "the executor sent a malformed frame: $@") if $@;
+                my $message;
+                if (!eval { $message = qb::JSON::decode($body); 1 }) {
+                    my $error = $@;
+                    # A signal handler's die while decoding ends the call as itself.
+                    die $error if ref $error ne 'qb::JSON::Malformed';
+                    die qb::Error->new('QbError', "the executor sent a malformed frame: $error");
+                }
                 die qb::Error->new('QbError', 'the executor sent a frame that is not an object')
                     if ref $message ne 'HASH';
                 return $message;
@@ -505,9 +511,22 @@ sub _string_body {
     }
 }
 
+# Input that is not JSON dies with a qb::JSON::Malformed, so that qb::_read_frame tells
+# it from a signal handler's die while decoding; it stringifies to its text (overload's
+# symbols, made as qb::Error makes them).
+{
+    no strict 'refs';    ## no critic (ProhibitNoStrict)
+    *{'qb::JSON::Malformed::(('} = \&qb::Error::_nil;
+    *{'qb::JSON::Malformed::()'} = \&qb::Error::_nil;
+    ${'qb::JSON::Malformed::()'} = 1;    # fallback => 1
+    *{'qb::JSON::Malformed::(""'} = sub { ${ $_[0] } };
+    *{'qb::JSON::Malformed::(bool'} = sub { 1 };
+}
+
 sub _fail {
     my ($ref, $what) = @_;
-    die "expected $what at byte " . (pos($$ref) // 0) . "\n";
+    my $text = "expected $what at byte " . (pos($$ref) // 0) . "\n";
+    die bless \$text, 'qb::JSON::Malformed';
 }
 
 1;
