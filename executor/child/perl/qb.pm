@@ -59,6 +59,8 @@ my $outbox = '';
 # Whether a call is under way: a signal handler's call that interrupted it is refused
 # (its frames would go between the call's frame and its reply), as qb.py refuses one.
 our $_in_call = 0;
+# The call under way ("qb::jobstatus"), for what a broken bridge makes it die with.
+our $_calling;
 
 # Every job, work and instance verb of executor/host_api.py's table.
 my @JOB_VERBS = qw(unblock block kill remove retry requeue preempt interrupt migrate
@@ -140,11 +142,22 @@ sub _write_out {
         my $written = syswrite($bridge, $outbox);
         if (!defined $written) {
             next if $! == EINTR;
-            die qb::Error->new('QbError', "the executor closed the bridge: $!");
+            die qb::Error->new('QbError', ($_calling // 'a frame')
+                . " could not be sent: the bridge to the executor is broken ($!)");
         }
         substr($outbox, 0, $written, '');
     }
     return;
+}
+
+# A broken bridge (the callback closed or shut down fd 3) while an answer was awaited:
+# worded as qb.py words it, since the call may have been applied.
+sub _no_answer {
+    my ($reason) = @_;
+    die qb::Error->new('QbError', "the bridge to the executor is broken ($reason)")
+        if !defined $_calling;
+    die qb::Error->new('QbError', "$_calling was sent but no answer came: the bridge to the "
+        . "executor is broken ($reason); it may have been applied");
 }
 
 # protocol.py's MAX_PARENT_FRAME_BYTES: a larger length is a bridge out of step, never
@@ -182,9 +195,9 @@ sub _read_frame {
         my $got = sysread($bridge, $inbox, $wanted - length $inbox, length $inbox);
         if (!defined $got) {
             next if $! == EINTR;
-            die qb::Error->new('QbError', "reading from the executor failed: $!");
+            _no_answer("$!");
         }
-        die qb::Error->new('QbError', 'the executor closed the bridge') if $got == 0;
+        _no_answer(length $inbox ? 'bridge closed mid-frame' : 'eof') if $got == 0;
     }
 }
 
@@ -233,6 +246,7 @@ sub _call {
     die qb::Error->new('QbError', "a qb call cannot be made while a qb call is under way "
         . "(a signal handler's)") if $_in_call;
     local $_in_call = 1;
+    local $_calling = "qb::$fn";
     my $id = ++$next_call_id;
     _write_frame({
         type   => 'call',
