@@ -43,6 +43,15 @@ def plain_perl(code: str, directory: Path) -> str:
     return ran.stdout
 
 
+def plain_perl_stderr(code: str, directory: Path) -> str:
+    """What ``perl <callback>`` prints for ``code`` on its stderr (it must succeed)."""
+    (directory / "<callback>").write_text(code)
+    ran = subprocess.run(
+        ["perl", "<callback>"], cwd=directory, capture_output=True, text=True, check=True
+    )
+    return ran.stderr
+
+
 # -- DATA ----------------------------------------------------------------------------------
 
 DATA_SECTIONS = {
@@ -294,3 +303,29 @@ async def test_a_qb_call_on_a_broken_bridge_dies_with_a_qb_error_saying_whether_
     response = await run(stack, code)
 
     assert response.stdout == f"qb::Error QbError: {message}\nwent on\n", response
+
+
+# -- warnings as the code's file scope ends ------------------------------------------------
+
+FILE_SCOPE_ENDS = {
+    "last-line": 'open(my $f, ">", "/dev/full") or die;\nprint $f "x";\n',
+    "then-comments-pod-and-data": (
+        'open(my $f, ">", "/dev/full") or die;\nprint $f "x";\n\n# done\n'
+        "=pod\n\nprint 1;\n\n=cut\n__END__\nprint 2;\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("code", FILE_SCOPE_ENDS.values(), ids=FILE_SCOPE_ENDS.keys())
+async def test_a_warning_as_the_file_scope_ends_names_the_callback_as_plain_perl_does(
+    stack: Stack, tmp_path: Path, code: str
+) -> None:
+    # A handle perl cannot flush as it frees the code's lexicals: the warning named the
+    # executor's bootstrap.pl and its line.
+    plain = plain_perl_stderr(code, tmp_path)
+    assert "unable to close filehandle $f properly" in plain
+
+    response = await run(stack, code)
+
+    assert response.outcome == Outcome.OUTCOME_SUCCEEDED, response.failure
+    assert response.stderr == plain
