@@ -237,11 +237,12 @@ class BridgeServer:
             return
         finally:
             self.answering = False
-        try:
+        with contextlib.suppress(OSError):
+            # When it fails, the callback went away before its reply: what it sent
+            # before going is still to be read, up to the EOF. A call a signal handler's
+            # die cut short is followed by the done frame that reports the die, and a
+            # cold child exits after it without waiting for the reply.
             await self._loop.sock_sendall(self._sock, protocol.encode(reply))
-        except OSError:
-            self._end()  # the callback went away mid-reply
-            return
         self._task = None
         self._take_frames()
         if self._task is None:

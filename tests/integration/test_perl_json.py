@@ -97,6 +97,37 @@ def test_a_frame_length_beyond_the_executors_limit_is_a_qb_error_not_an_allocati
     )
 
 
+READ_ONE_FRAME = (
+    "open(my $in, '<&=', 0) or die; qb::_set_bridge($in);"
+    " my $got = eval { qb::_read_frame() };"
+    " print ref($@) ? ref($@) . ' ' : '', $@ ? \"died $@\" : \"read $got->{type}\";"
+)
+
+
+def test_a_signal_handlers_die_while_a_frame_is_decoded_is_the_handlers() -> None:
+    # The die of a timeout landing in the decode was taken for the executor's fault:
+    # qb::Error "QbError: the executor sent a malformed frame: TIMEOUT".
+    body = b'{"type": "reply", "id": 1, "ok": true, "value": 42}'
+    interrupted = (
+        '$SIG{USR1} = sub { die "TIMEOUT\\n" }; my $decode = \\&qb::JSON::decode;'
+        " { no warnings 'redefine'; *qb::JSON::decode = sub { kill 'USR1', $$; $decode->(@_) } }"
+    )
+    frame = len(body).to_bytes(4, "big") + body
+
+    assert perl_qb(interrupted + READ_ONE_FRAME, frame) == "died TIMEOUT\n"
+    assert perl_qb(READ_ONE_FRAME, frame) == "read reply"
+
+
+def test_a_frame_that_is_not_json_is_the_executors_malformed_frame() -> None:
+    body = b'{"type": "reply", "id": 1'
+    frame = len(body).to_bytes(4, "big") + body
+
+    assert perl_qb(READ_ONE_FRAME, frame) == (
+        "qb::Error died QbError: the executor sent a malformed frame: "
+        "expected ',' or '}' at byte 25\n"
+    )
+
+
 @pytest.mark.parametrize(
     ("argument", "too_deep"),
     [

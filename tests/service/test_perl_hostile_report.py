@@ -43,6 +43,15 @@ def plain_perl(code: str, directory: Path) -> str:
     return ran.stdout
 
 
+def plain_perl_stderr(code: str, directory: Path) -> str:
+    """What ``perl <callback>`` prints for ``code`` on its stderr (it must succeed)."""
+    (directory / "<callback>").write_text(code)
+    ran = subprocess.run(
+        ["perl", "<callback>"], cwd=directory, capture_output=True, text=True, check=True
+    )
+    return ran.stderr
+
+
 # -- DATA ----------------------------------------------------------------------------------
 
 DATA_SECTIONS = {
@@ -261,16 +270,62 @@ async def test_the_callback_may_still_ignore_sigpipe(stack: Stack) -> None:
     assert response.stdout == "EPIPE: Broken pipe"
 
 
-async def test_a_qb_call_on_a_broken_bridge_still_dies_with_a_qb_error(stack: Stack) -> None:
-    # The bridge's EPIPE is the bootstrap's, not the callback's pipe: no SIGPIPE exit.
-    code = (
-        "open(my $bridge, '+<&=', 3) or die;\nshutdown($bridge, 1);\n"
-        'eval { qb::jobstatus(qb::jobid()); 1 } or print ref($@), ": $@->{message}\\n";\n'
+@pytest.mark.parametrize(
+    ("breaking", "message"),
+    [
+        # The bridge's EPIPE is the bootstrap's, not the callback's pipe: no SIGPIPE exit.
+        (
+            "open(my $bridge, '+<&=', 3) or die;\nshutdown($bridge, 1);\n",
+            "qb::jobstatus could not be sent: the bridge to the executor is broken (Broken pipe)",
+        ),
+        (
+            "POSIX::close(3);\n",
+            "qb::jobstatus could not be sent: the bridge to the executor is broken "
+            "(Bad file descriptor)",
+        ),
+        (
+            "open(my $bridge, '+<&=', 3) or die;\nshutdown($bridge, 0);\n",
+            "qb::jobstatus was sent but no answer came: the bridge to the executor is broken "
+            "(eof); it may have been applied",
+        ),
+    ],
+    ids=["shut-down-for-writing", "closed", "shut-down-for-reading"],
+)
+async def test_a_qb_call_on_a_broken_bridge_dies_with_a_qb_error_saying_whether_it_went(
+    stack: Stack, breaking: str, message: str
+) -> None:
+    # Worded as Python's qb words it (README), not blaming the executor for it.
+    code = breaking + (
+        'eval { qb::jobstatus(qb::jobid()); 1 } or print ref($@), " $@->{kind}: $@->{message}\\n";\n'
         'print "went on\\n";\n'
     )
 
     response = await run(stack, code)
 
-    assert response.stdout == (
-        "qb::Error: the executor closed the bridge: Broken pipe\nwent on\n"
-    ), response
+    assert response.stdout == f"qb::Error QbError: {message}\nwent on\n", response
+
+
+# -- warnings as the code's file scope ends ------------------------------------------------
+
+FILE_SCOPE_ENDS = {
+    "last-line": 'open(my $f, ">", "/dev/full") or die;\nprint $f "x";\n',
+    "then-comments-pod-and-data": (
+        'open(my $f, ">", "/dev/full") or die;\nprint $f "x";\n\n# done\n'
+        "=pod\n\nprint 1;\n\n=cut\n__END__\nprint 2;\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("code", FILE_SCOPE_ENDS.values(), ids=FILE_SCOPE_ENDS.keys())
+async def test_a_warning_as_the_file_scope_ends_names_the_callback_as_plain_perl_does(
+    stack: Stack, tmp_path: Path, code: str
+) -> None:
+    # A handle perl cannot flush as it frees the code's lexicals: the warning named the
+    # executor's bootstrap.pl and its line.
+    plain = plain_perl_stderr(code, tmp_path)
+    assert "unable to close filehandle $f properly" in plain
+
+    response = await run(stack, code)
+
+    assert response.outcome == Outcome.OUTCOME_SUCCEEDED, response.failure
+    assert response.stderr == plain

@@ -282,3 +282,42 @@ async def test_a_handler_raising_every_millisecond_during_calls_leaves_qb_in_ste
 
     assert response.outcome == Outcome.OUTCOME_SUCCEEDED, (response.failure, response.stderr)
     assert response.stdout == "no job 7777\n0 []\n"
+
+
+# A Perl timeout's die landing while an answer is decoded, and (uncaught) while one is
+# waited for: USR1 sent from inside qb.pm's decode and read, so it lands there each time.
+PERL_DIE_IN_THE_EXCHANGE = r"""
+$SIG{USR1} = sub { die "TIMEOUT\n" };
+my ($in_decode, $in_read) = (0, 0);
+my ($decode, $read) = (\&qb::JSON::decode, \&qb::_read_frame);
+{
+    no warnings 'redefine';
+    *qb::JSON::decode = sub { kill 'USR1', $$ if $in_decode-- == 1; $decode->(@_) };
+    *qb::_read_frame = sub { kill 'USR1', $$ if $in_read-- == 1; $read->(@_) };
+}
+$in_decode = 1;
+print "caught: ", (eval { qb::jobstatus(1000) } // "$@");
+print "next: ", (eval { qb::jobstatus(5000) } // "$@"), "\n";
+print "unblock ", qb::unblock(qb::jobid()), "\n";
+$| = 1;
+$in_read = 1;
+qb::jobstatus(qb::jobid());
+"""
+
+
+async def test_a_perl_handlers_die_in_a_call_is_the_handlers_and_reported(stack: Stack) -> None:
+    # The die in the decode was turned into "QbError: the executor sent a malformed
+    # frame: TIMEOUT"; on the cold launcher the run's report of the die after a call
+    # left unanswered was lost when the child exited first (the executor, failing to
+    # send that call's reply, read no further).
+    response = await run(stack, "perl", PERL_DIE_IN_THE_EXCHANGE)
+
+    assert response.stdout == "caught: TIMEOUT\nnext: NoSuchJob: no job 5000\nunblock 1\n"
+    assert response.outcome == Outcome.OUTCOME_FAILED, response
+    assert (response.failure.exception_type, response.failure.message) == ("die", "TIMEOUT")
+    assert [action.verb for action in response.actions] == [
+        "jobstatus",
+        "jobstatus",
+        "unblock",
+        "jobstatus",
+    ]

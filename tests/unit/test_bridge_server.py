@@ -145,3 +145,27 @@ async def test_read_pending_with_nothing_sent_changes_nothing(served: Served) ->
     served.server.read_pending()
 
     assert not served.server.ended.done() and served.marks == 0
+
+
+async def test_a_done_frame_after_a_call_is_kept_when_the_child_exits_before_the_reply(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A signal handler's die ends a call mid-wait; the child reports it and exits (a cold
+    # child makes no end mark) before the call's answer comes: the reply cannot be sent,
+    # and the done frame after the call still says how the run ended.
+    child_gone = asyncio.Event()
+
+    async def answer_after_the_exit(frame: CallFrame) -> ReplyFrame:
+        await child_gone.wait()
+        return {"type": "reply", "id": frame["id"], "ok": True, "value": 42}
+
+    monkeypatch.setattr(served.server, "_on_call", answer_after_the_exit)
+    failed = protocol.encode({"type": "done", "status": "exception", "message": "TIMEOUT"})
+    served.child.sendall(CALL + failed)
+    await asyncio.sleep(0.05)  # the call is taken (and answered later)
+    served.child.close()
+    child_gone.set()
+    await served.ended()
+
+    assert served.evidence.done is not None and served.evidence.done["message"] == "TIMEOUT"
+    assert served.evidence.calls == 1 and not served.violations

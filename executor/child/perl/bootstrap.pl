@@ -176,6 +176,23 @@ my sub _record_die {
     return;
 }
 
+# The line of the code's last statement, as near as a look at its lines tells: the last
+# one with more than blanks or a comment, outside POD and before `__END__`/`__DATA__`.
+my sub _last_code_line {
+    my ($last, $in_pod) = (1, 0);
+    for my $index (0 .. $#source_lines) {
+        my $line = $source_lines[$index];
+        if ($line =~ /\A=([a-zA-Z]\w*)/) {
+            $in_pod = $1 ne 'cut';
+            next;
+        }
+        next if $in_pod;
+        last if $line =~ /\A__(?:END|DATA)__\b/;
+        $last = $index + 1 if $line =~ /\A\s*[^\s#]/;
+    }
+    return $last;
+}
+
 # The callback's code is compiled as plain `perl FILE` compiles a file: `do` of a name only
 # $source_hook (first in @INC) answers, handing the code over a line at a time. A string
 # eval reports compile errors unlike perl: perl appends ";" to the string (an error at
@@ -213,11 +230,15 @@ my sub _compile_and_run_callback {
         });
     };
     unshift @INC, $source_hook;
-    my $name = CALLBACK_FILENAME;    # `do NAME(...)` would be an old form of sub call
     # One statement, so no signal handler runs between the code's end and the block (perl
-    # runs them at each statement): see _run_callback.
-    (do $name), ($code_error = $@), ($code_ended = 1),
-        POSIX::sigprocmask(POSIX::SIG_BLOCK(), $every_signal, $mask_at_end);
+    # runs them at each statement): see _run_callback. It is compiled as the code's last
+    # line: perl frees the code's file-scope lexicals as `do` returns, and what that says
+    # (a handle it cannot flush: "unable to close filehandle $f properly") then names
+    # the callback's last statement, as plain perl names the script's, not this file.
+    my $run = eval sprintf("#line %d \"%s\"\n%s", _last_code_line(), CALLBACK_FILENAME,
+        'sub { (do $_[0]), (${ $_[1] } = $@), (${ $_[2] } = 1),'
+        . ' POSIX::sigprocmask(POSIX::SIG_BLOCK(), $_[3], $_[4]) }') or die $@;
+    $run->(CALLBACK_FILENAME, \$code_error, \$code_ended, $every_signal, $mask_at_end);
     return;
 }
 

@@ -59,6 +59,8 @@ my $outbox = '';
 # Whether a call is under way: a signal handler's call that interrupted it is refused
 # (its frames would go between the call's frame and its reply), as qb.py refuses one.
 our $_in_call = 0;
+# The call under way ("qb::jobstatus"), for what a broken bridge makes it die with.
+our $_calling;
 
 # Every job, work and instance verb of executor/host_api.py's table.
 my @JOB_VERBS = qw(unblock block kill remove retry requeue preempt interrupt migrate
@@ -127,8 +129,9 @@ sub _write_frame {
     # gives the callback's own writes to a pipe with no reader.
     local $SIG{PIPE} = 'IGNORE';
     _write_out();    # the rest of a frame an interruption cut short goes first
-    $outbox = $data;
-    return if eval { _write_out(); 1 };
+    # Given to $outbox inside the eval: a die just before the write is then "none of it
+    # went" too, not a frame left to go out before the next one.
+    return if eval { $outbox = $data; _write_out(); 1 };
     my $error = $@;
     $outbox = '' if length $outbox == length $data;    # none of it went: no answer to come
     die $error;
@@ -139,11 +142,22 @@ sub _write_out {
         my $written = syswrite($bridge, $outbox);
         if (!defined $written) {
             next if $! == EINTR;
-            die qb::Error->new('QbError', "the executor closed the bridge: $!");
+            die qb::Error->new('QbError', ($_calling // 'a frame')
+                . " could not be sent: the bridge to the executor is broken ($!)");
         }
         substr($outbox, 0, $written, '');
     }
     return;
+}
+
+# A broken bridge (the callback closed or shut down fd 3) while an answer was awaited:
+# worded as qb.py words it, since the call may have been applied.
+sub _no_answer {
+    my ($reason) = @_;
+    die qb::Error->new('QbError', "the bridge to the executor is broken ($reason)")
+        if !defined $_calling;
+    die qb::Error->new('QbError', "$_calling was sent but no answer came: the bridge to the "
+        . "executor is broken ($reason); it may have been applied");
 }
 
 # protocol.py's MAX_PARENT_FRAME_BYTES: a larger length is a bridge out of step, never
@@ -166,8 +180,13 @@ sub _read_frame {
                 # interruption ends.
                 substr($inbox, 0, $wanted, '');
                 # Strings arrive as UTF-8 octets: the callback sees bytes, as from a file.
-                my $message = eval { qb::JSON::decode($body) };
-                die qb::Error->new('QbError', "the executor sent a malformed frame: $@") if $@;
+                my $message;
+                if (!eval { $message = qb::JSON::decode($body); 1 }) {
+                    my $error = $@;
+                    # A signal handler's die while decoding ends the call as itself.
+                    die $error if ref $error ne 'qb::JSON::Malformed';
+                    die qb::Error->new('QbError', "the executor sent a malformed frame: $error");
+                }
                 die qb::Error->new('QbError', 'the executor sent a frame that is not an object')
                     if ref $message ne 'HASH';
                 return $message;
@@ -176,9 +195,9 @@ sub _read_frame {
         my $got = sysread($bridge, $inbox, $wanted - length $inbox, length $inbox);
         if (!defined $got) {
             next if $! == EINTR;
-            die qb::Error->new('QbError', "reading from the executor failed: $!");
+            _no_answer("$!");
         }
-        die qb::Error->new('QbError', 'the executor closed the bridge') if $got == 0;
+        _no_answer(length $inbox ? 'bridge closed mid-frame' : 'eof') if $got == 0;
     }
 }
 
@@ -227,6 +246,7 @@ sub _call {
     die qb::Error->new('QbError', "a qb call cannot be made while a qb call is under way "
         . "(a signal handler's)") if $_in_call;
     local $_in_call = 1;
+    local $_calling = "qb::$fn";
     my $id = ++$next_call_id;
     _write_frame({
         type   => 'call',
@@ -500,9 +520,22 @@ sub _string_body {
     }
 }
 
+# Input that is not JSON dies with a qb::JSON::Malformed, so that qb::_read_frame tells
+# it from a signal handler's die while decoding; it stringifies to its text (overload's
+# symbols, made as qb::Error makes them).
+{
+    no strict 'refs';    ## no critic (ProhibitNoStrict)
+    *{'qb::JSON::Malformed::(('} = \&qb::Error::_nil;
+    *{'qb::JSON::Malformed::()'} = \&qb::Error::_nil;
+    ${'qb::JSON::Malformed::()'} = 1;    # fallback => 1
+    *{'qb::JSON::Malformed::(""'} = sub { ${ $_[0] } };
+    *{'qb::JSON::Malformed::(bool'} = sub { 1 };
+}
+
 sub _fail {
     my ($ref, $what) = @_;
-    die "expected $what at byte " . (pos($$ref) // 0) . "\n";
+    my $text = "expected $what at byte " . (pos($$ref) // 0) . "\n";
+    die bless \$text, 'qb::JSON::Malformed';
 }
 
 1;
