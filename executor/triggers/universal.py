@@ -23,12 +23,12 @@ Brackets cannot start a Qube file name's extension, so a Qube ``callbacks.conf``
 the same here. A directory's policy and the options are read at each load: turning
 shadow off, or changing a policy, is a reload.
 
-A line is its file and its trigger (``find_line``): one file may be named on several
-lines, each a callback with its own options (Qube maps a file to several triggers), so
-a ``[shadow]`` line never takes another line's options, and a line removed (or whose
-trigger changed) is gone for the jobs it was attached to even while the file is still
-named. The same file with the same trigger twice in one directory is a load error: the
-lines could not be told apart.
+A line is its file and its trigger in canonical form (``trigger_key``, ``find_line``):
+one file may be named on several lines, each a callback with its own options (Qube maps
+a file to several triggers), so a ``[shadow]`` line never takes another line's options,
+and a line removed (or whose trigger changed, not merely its spacing) is gone for the
+jobs it was attached to even while the file is still named. The same file with the
+same trigger twice in one directory is a load error: the lines could not be told apart.
 
 Triggers get the registration checks a trigger alone allows (checks.static_checks) at
 load: those are warnings (``file:line: message``), not errors.
@@ -36,6 +36,7 @@ load: those are warnings (``file:line: message``), not errors.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -44,6 +45,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Final
 
+from executor.triggers.errors import TriggerSyntaxError
+from executor.triggers.nodes import render
+from executor.triggers.parser import parse
 from executor.visible_text import escaped
 
 CONF_NAME: Final = "callbacks.conf"
@@ -247,9 +251,20 @@ def _load_line(
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def trigger_key(triggers: str) -> str:
-    """A trigger as lines are told apart by: its words, however they are spaced."""
-    return " ".join(triggers.split())
+    """A trigger as lines are told apart by: its canonical form (``nodes.render``).
+
+    Spacing (``a&&b`` is ``a && b``), the ``and``/``or`` aliases and redundant
+    parentheses are how a trigger is written, not which one it is: a reload that only
+    re-writes them keeps the line for the jobs it is attached to. Cached, as every
+    firing of a universal callback looks its line up (``find_line``); a text that no
+    longer parses (stored by an older grammar) is told apart by its words.
+    """
+    try:
+        return render(parse(triggers, stored=True))
+    except TriggerSyntaxError:
+        return " ".join(triggers.split())
 
 
 def find_line(

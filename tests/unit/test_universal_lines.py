@@ -136,3 +136,50 @@ def test_load_errors_show_control_characters_as_escapes(tmp_path: Path) -> None:
         f"{conf}/callbacks.conf:1: cannot read missing\\x1b[2J.py: No such file or directory",
         f"{conf}/callbacks.conf:2: bad trigger 'x\\u202e'",
     ]
+
+
+async def test_a_line_respaced_around_its_operators_is_the_same_line_after_a_reload(
+    tmp_path: Path, engines: Engines
+) -> None:
+    # Before, `a&&b` -> `a && b` was a changed trigger: jobs registered earlier got REJECTED.
+    conf = _directory(tmp_path / "callback", "blockme.py = submit-job-self&&failed-job-self\n")
+    recorder = Recorder()
+    engine = engines(recorder, universal_dirs=[conf])
+    assert engine.reload_universal() == []
+    engine.register_job(job(8))
+    (conf / "callbacks.conf").write_text(
+        "blockme.py [shadow] = (submit-job-self AND failed-job-self)\n"
+    )
+    assert engine.reload_universal() == []
+
+    await engine.publish(Event("submit", "job", 8), wait=True)
+    await engine.publish(Event("failed", "job", 8), wait=True)
+
+    (run,) = recorder.runs
+    assert (run.refusal, run.shadow) == ("", True)
+
+
+def test_find_line_compares_canonical_triggers() -> None:
+    line = UniversalCallback("/a/blockme.py", "python", "", "done-job-self && failed-job-007")
+
+    assert find_line([line], "/a/blockme.py", "done-job-self&&failed-job-7") is line
+    assert find_line([line], "/a/blockme.py", "(done-job-self and failed-job-7)") is line
+    assert find_line([line], "/a/blockme.py", "done-job-self || failed-job-7") is None
+
+
+def test_one_trigger_twice_however_its_operators_are_spaced_is_a_load_error(
+    tmp_path: Path,
+) -> None:
+    conf = _directory(
+        tmp_path,
+        "blockme.py = done-job-self&&failed-job-self\n"
+        "blockme.py = done-job-self && failed-job-self\n",
+    )
+
+    with pytest.raises(UniversalConfigError) as raised:
+        load_universal([conf], lambda _: None)
+
+    assert raised.value.errors == [
+        f"{conf}/callbacks.conf:2: blockme.py = done-job-self && failed-job-self is also "
+        "line 1; one file's lines need different triggers"
+    ]
