@@ -14,6 +14,9 @@ submission register its jobs at once, ahead of the queue, so the trigger engine 
 when the submission is answered (the queue may be waiting on an earlier event's
 callbacks); the ``submit`` event then uses that registration (registering a job again
 keeps its callbacks' state, so the registration a resent ``submit`` makes is harmless).
+A change Qube publishes no event for (a retry puts a complete job back to pending) has
+the job registered again in its place in the queue (states.REGISTER_AGAIN), so the trigger
+engine's known states follow the job: a dependency on it is not met by its old end.
 Events are published with ``wait`` so that ``drain()`` returning means the callbacks
 they fired have run, and the transitions those callbacks caused have been forwarded too.
 """
@@ -30,7 +33,7 @@ from supervisor_client.jobdict import job_from_dict
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 from supervisor_client.reference.errors import NoSuchJobError
 from supervisor_client.reference.event_outbox import UnsentEvent
-from supervisor_client.reference.states import PUBLISHED_EVENTS, Transition
+from supervisor_client.reference.states import PUBLISHED_EVENTS, REGISTER_AGAIN
 from supervisor_client.reference.store import ReferenceSupervisor
 
 logger = logging.getLogger(__name__)
@@ -71,10 +74,10 @@ class EventForwarder:
         # Registrations made ahead of the queue, until each job's submit event takes its own.
         self._ahead: dict[int, asyncio.Future[bool | None]] = {}
         self._max_backoff_s = max_backoff_s
-        supervisor.add_listener(self._on_transition)
+        supervisor.add_outbox_listener(self._on_kept)
 
-    def _on_transition(self, transition: Transition) -> None:
-        """Wake the sender; the event itself is already in the database (any thread)."""
+    def _on_kept(self) -> None:
+        """Wake the sender; what to send is already in the database (any thread)."""
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
@@ -191,6 +194,9 @@ class EventForwarder:
 
     async def _forward(self, item: UnsentEvent) -> None:
         t = item.transition
+        if t.name == REGISTER_AGAIN:
+            await self._register(t.job_id)  # a job removed meanwhile has nothing to register
+            return
         if t.name == "submit" and t.type == "job" and not await self._registered(t.job_id):
             return  # removed before we got to it
         request = executor_pb2.PublishEventRequest(

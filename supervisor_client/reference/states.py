@@ -78,6 +78,26 @@ PUBLISHED_EVENTS: Final = frozenset(
 )
 
 
+#: Not a Qube event: the name of the outbox row that has the forwarder register a job
+#: again, as it is then, after a change Qube publishes no event for (see
+#: ``needs_registering_again``). RegisterJob carries the job's, its items' and its
+#: instances' states, which replace what the trigger engine knew.
+REGISTER_AGAIN: Final = "register-again"
+
+
+def needs_registering_again(old: str, new: str) -> bool:
+    """Whether moving an object from ``old`` to ``new`` leaves the trigger engine's view stale.
+
+    The engine knows a state from the last event (or registration): a move into a
+    state without an event (pending, suspended) leaves it showing the state before,
+    and a retried job would still read as complete, releasing at once a job that
+    depends on it. Unblocking (blocked -> pending) is left out: a stale "blocked"
+    makes no dependency hold or release, and a frame link unblocks frame by frame,
+    where registering the whole agenda again each time would cost O(frames) per frame.
+    """
+    return old != new and event_name(new) is None and old != Status.BLOCKED
+
+
 def is_terminal(status: str) -> bool:
     """True for complete, failed and killed: the states only retry/requeue leave."""
     return status in TERMINAL

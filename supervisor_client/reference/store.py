@@ -51,6 +51,7 @@ from supervisor_client.reference.retention import ResultRetention, compact
 from supervisor_client.reference.states import (
     DEFAULT_SECURITY,
     NON_TERMINAL,
+    REGISTER_AGAIN,
     TERMINAL,
     Status,
     Transition,
@@ -59,6 +60,7 @@ from supervisor_client.reference.states import (
     event_name,
     is_terminal,
     job_rule,
+    needs_registering_again,
     permits,
     subjob_rule,
     work_rule,
@@ -167,9 +169,21 @@ class _Changes:
 
     transitions: list[Transition] = field(default_factory=list)
     history: list[tuple[int, str, str]] = field(default_factory=list)
+    # Jobs to register again once the change's events are sent (states.REGISTER_AGAIN).
+    register_again: dict[int, None] = field(default_factory=dict)
 
     def note(self, job_id: int, text: str, invocation_id: str = "") -> None:
         self.history.append((job_id, text, invocation_id))
+
+    def moved(self, job_id: int, old: str, new: str) -> None:
+        """Note a state change of the job or one of its items or instances."""
+        if needs_registering_again(old, new):
+            self.register_again[job_id] = None
+
+    def outbox(self) -> list[Transition]:
+        """What the forwarder sends, in order: the events, then the registrations again."""
+        again = [Transition(REGISTER_AGAIN, "job", job_id) for job_id in self.register_again]
+        return [*self.transitions, *again]
 
 
 def _origin(invocation_id: str) -> str:
@@ -227,6 +241,7 @@ class ReferenceSupervisor:
         self._storage_errors = storage_errors
         self._security = default_security
         self._listeners = list(listeners)
+        self._outbox_listeners: list[Callable[[], None]] = []
         self._clock = clock
         self._lock = threading.RLock()
         self._db = sqlite3.connect(path, check_same_thread=False)
@@ -318,6 +333,15 @@ class ReferenceSupervisor:
         with self._lock:
             self._listeners.append(listener)
 
+    def add_outbox_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after each commit that kept rows to forward (``event_outbox``).
+
+        Those are the events listeners hear, and the registrations a change without an
+        event asks for (states.REGISTER_AGAIN), which listeners do not hear.
+        """
+        with self._lock:
+            self._outbox_listeners.append(listener)
+
     @contextmanager
     def _using_db(self) -> Iterator[None]:
         """Hold the connection; a storage failure meanwhile is raised as ``storage_errors`` says."""
@@ -342,9 +366,17 @@ class ReferenceSupervisor:
                     "INSERT INTO history (job_id, time, text, invocation_id) VALUES (?, ?, ?, ?)",
                     [(job_id, now, text, inv) for job_id, text, inv in changes.history],
                 )
+                kept: list[Transition] = []
                 if self._events is not None:
-                    self._events.add(changes.transitions)
+                    kept = changes.outbox()
+                    self._events.add(kept)
             listeners = tuple(self._listeners)
+            wake = tuple(self._outbox_listeners) if kept else ()
+        for on_kept in wake:
+            try:
+                on_kept()
+            except Exception:
+                logger.exception("outbox listener %r failed", on_kept)
         for transition in changes.transitions:
             for listener in listeners:
                 try:
@@ -575,6 +607,8 @@ class ReferenceSupervisor:
         preempt still waiting for the job's running work (job_action).
         """
         now = int(self._clock())
+        old = self._job_row(job_id)["status"]
+        changes.moved(job_id, old, new)
         self._db.execute(
             "UPDATE jobs SET status = ?, preempted = 0,"
             " timestart = CASE WHEN ? AND timestart = 0 THEN ? ELSE timestart END,"
@@ -592,6 +626,10 @@ class ReferenceSupervisor:
     def _set_subjob_status(
         self, changes: _Changes, job_id: int, subid: int, new: str, host: str
     ) -> None:
+        old = self._db.execute(
+            "SELECT status FROM subjobs WHERE job_id = ? AND id = ?", (job_id, subid)
+        ).fetchone()
+        changes.moved(job_id, old["status"] if old else new, new)
         self._db.execute(
             "UPDATE subjobs SET status = ?, host = ? WHERE job_id = ? AND id = ?",
             (new, host, job_id, subid),
@@ -599,6 +637,7 @@ class ReferenceSupervisor:
         self._emit(changes, new, "subjob", job_id, subjob_id=subid, host=host)
 
     def _set_work_status(self, changes: _Changes, job_id: int, work: sqlite3.Row, new: str) -> None:
+        changes.moved(job_id, work["status"], new)
         self._db.execute(
             "UPDATE work SET status = ? WHERE job_id = ? AND name = ?", (new, job_id, work["name"])
         )

@@ -59,6 +59,43 @@ async def test_dependencies_hold_jobs_and_frames_until_met(stack_warm: Stack) ->
         assert statuses(await farm.get_job(late.id))[0] == "pending"
 
 
+@pytest.mark.parametrize("retried_as", ["job", "frame"])
+async def test_a_dependency_on_a_retried_job_waits_for_its_next_end(
+    stack_warm: Stack, retried_as: str
+) -> None:
+    # Before, the engine still knew the retried job as complete (Qube has no pending
+    # event): these were released at once, while it was pending again.
+    async with FarmClient(stack_warm.channel) as farm:
+        (first,) = (await farm.submit_jobs([{"name": "A", "label": "A", "agenda": ["1"]}])).jobs
+        await farm.change_work(job_id=first.id, work=["1"], change="start")
+        await farm.change_work(job_id=first.id, work=["1"], change="complete")
+        await stack_warm.settle()
+        if retried_as == "job":
+            await farm.change_job(job_id=first.id, verb="retry")
+        else:
+            await farm.change_work(job_id=first.id, work=["1"], change="retry")
+        await stack_warm.settle()
+        assert statuses(await farm.get_job(first.id)) == ("pending", {"1": "pending"})
+
+        waiting: list[dict[str, Any]] = [
+            {"name": "B", "dependency": str(first.id)},
+            {"name": "C", "waitfor": first.id},
+            {"name": "D", "agenda": ["1"], "dependency": f"link-complete-work-{first.id}"},
+        ]
+        b, c, d = (job.id for job in (await farm.submit_jobs(waiting)).jobs)
+        await stack_warm.settle()
+        assert statuses(await farm.get_job(b))[0] == "blocked"
+        assert statuses(await farm.get_job(c))[0] == "blocked"
+        assert statuses(await farm.get_job(d))[1] == {"1": "blocked"}
+
+        await farm.change_work(job_id=first.id, work=["1"], change="start")
+        await farm.change_work(job_id=first.id, work=["1"], change="complete")
+        await stack_warm.settle()
+        assert statuses(await farm.get_job(b))[0] == "pending"
+        assert statuses(await farm.get_job(c))[0] == "pending"
+        assert statuses(await farm.get_job(d))[1] == {"1": "pending"}
+
+
 @pytest.mark.parametrize(
     ("dependency", "message"),
     [

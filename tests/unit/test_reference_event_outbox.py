@@ -8,6 +8,7 @@ import pytest
 
 from supervisor_client.reference import ReferenceSupervisor, Transition
 from supervisor_client.reference.forwarder import EventForwarder
+from supervisor_client.reference.states import REGISTER_AGAIN
 
 pytestmark = pytest.mark.unit
 
@@ -58,3 +59,24 @@ def test_without_the_outbox_nothing_is_kept_and_no_forwarder_takes_it() -> None:
         assert not sup.has_unsent_events()
         with pytest.raises(ValueError, match="event_outbox=True"):
             EventForwarder(sup, channel=None)  # type: ignore[arg-type]  # refused before use
+
+
+def test_a_move_without_an_event_has_the_job_registered_again_once() -> None:
+    # Before, a retry left nothing in the outbox: the trigger engine kept the job complete.
+    heard: list[Transition] = []
+    with ReferenceSupervisor(event_outbox=True, listeners=[heard.append]) as sup:
+        (job,) = sup.submit([{"name": "a", "user": "alice", "agenda": ["1", "2"]}])
+        sup.job_action("block", job["id"], "alice")
+        sup.job_action("unblock", job["id"], "alice")
+        assert REGISTER_AGAIN not in [name for name, *_ in kept(sup)]  # unblocking: not again
+        for name in ("1", "2"):
+            sup.start_work(job["id"], name)
+            sup.complete_work(job["id"], name)
+        for event in sup.unsent_events():
+            sup.remove_event(event.seq)
+        heard.clear()
+
+        sup.job_action("retry", job["id"], "alice")  # the job, its frames and its instance
+
+        assert kept(sup) == [(REGISTER_AGAIN, "job", job["id"], "")]
+        assert heard == []  # not an event: listeners hear none
