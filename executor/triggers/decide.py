@@ -39,7 +39,7 @@ from executor.triggers.nodes import (
     render_atom,
     substitute_all,
 )
-from executor.triggers.store import PendingFiring, StoredCallback, TriggerStore
+from executor.triggers.store import LEVEL, PendingFiring, StoredCallback, TriggerStore
 
 MAX_NEAR_MISSES: Final = 16
 
@@ -90,12 +90,15 @@ class Decider:
         dry: bool,
         parsed: Callable[[str], Expr],
         group: GroupState | None = None,
+        registering: bool = False,
     ) -> None:
         """Decide in ``db``'s open transaction (or, ``dry``, decide without writing).
 
         ``group`` (PostgreSQL's group transactions): the state the group's earlier events
         left, which this event reads and writes instead of the database (group_state.py).
+        ``registering``: a registration decides, its job's submission the event.
         """
+        self._registering = registering
         self._db = db
         self._group = group
         self._seen = seen
@@ -124,6 +127,11 @@ class Decider:
             loaded = TriggerStore.load_callbacks(self._db, slots)
         else:
             loaded = [callbacks[rowid] for rowid in sorted(slots)]
+        if self.event.name == "submit" and self.event.type == "job" and not self._registering:
+            # A job is submitted once, and a level callback took that submission when it
+            # or the job registered (registration.level_pass, take_submission): the
+            # event after it is the same submission, not a second one.
+            loaded = [cb for cb in loaded if cb.mode != LEVEL]
         for cb in sorted(loaded, key=firing_order):
             expr = self._parsed(cb.triggers)
             if per_work(expr):

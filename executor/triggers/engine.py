@@ -69,7 +69,14 @@ from executor.triggers.group_commit import GroupCommit
 from executor.triggers.group_state import GroupState
 from executor.triggers.journal import JournalLimits, SeenEvent
 from executor.triggers.nodes import EventName, EventType, per_work
-from executor.triggers.registration import Registration, callback_specs, level_pass, surroundings
+from executor.triggers.registration import (
+    Registration,
+    callback_specs,
+    level_pass,
+    store_job,
+    surroundings,
+    take_submission,
+)
 from executor.triggers.store import LEVEL, NewAtom, PendingFiring, StoredCallback, TriggerStore
 from executor.triggers.universal import (
     CodeCheck,
@@ -475,11 +482,14 @@ class TriggerEngine:
                 for key, cb in previous.items()
                 if per_work(_parsed(cb.triggers))
             }
-            TriggerStore.remove_job(db, job_id)
-            TriggerStore.put_job(db, {k: v for k, v in job.items() if k != "callbacks"})
-            states.register_job(db, job)
+            first_time = store_job(db, job)
             decider = Decider(
-                db, SeenEvent(Event("submit", "job", job_id), now), batch, dry=False, parsed=_parsed
+                db,
+                SeenEvent(Event("submit", "job", job_id), now),
+                batch,
+                dry=False,
+                parsed=_parsed,
+                registering=True,
             )
             for spec, expr in specs:
                 key = (spec["id"], spec["triggers"], spec["code"], spec["mode"])
@@ -496,6 +506,8 @@ class TriggerEngine:
                 elif spec["mode"] == LEVEL:
                     (stored,) = TriggerStore.load_callbacks(db, [rowid])
                     level_pass(db, decider, stored, expr, place, agenda)
+            if first_time:
+                take_submission(db, decider, place)
             checks.replace_job(db, job_id, found)
             if label:
                 checks.resolve_label(

@@ -21,7 +21,7 @@ from executor.sql import Db
 from executor.triggers import checks, items, states
 from executor.triggers.decide import Decider, Fired
 from executor.triggers.errors import TriggerSyntaxError
-from executor.triggers.evaluate import JobPlace, happened
+from executor.triggers.evaluate import JobPlace, event_keys, happened
 from executor.triggers.journal import SeenEvent
 from executor.triggers.nodes import (
     WILDCARD,
@@ -243,4 +243,42 @@ def level_pass(
         TriggerStore.save_count(db, cb.rowid, total)
 
 
-__all__ = ["LEVEL", "Registration", "callback_specs", "level_pass", "surroundings"]
+def store_job(db: Db, job: Mapping[str, Any]) -> bool:
+    """Replace what is stored of the job and its known states; True when it was not known."""
+    job_id = int(job["id"])
+    first_time = states.state(db, job_id, states.JOB) is None
+    TriggerStore.remove_job(db, job_id)
+    TriggerStore.put_job(db, {k: v for k, v in job.items() if k != "callbacks"})
+    states.register_job(db, job)
+    return first_time
+
+
+def take_submission(db: Db, decider: Decider, place: JobPlace) -> None:
+    """A job registered for the first time: other jobs' level callbacks take its submission.
+
+    For level mode a job's submission is its registration ("submit: any job the engine
+    knows"): a level callback registered later latches it in its level pass, one
+    registered before the job latches it now, and the job's submit event latches level
+    callbacks no more (decide.Decider.matched), so one submission fires them once.
+    """
+    hits, callbacks = TriggerStore.matching_callbacks(db, event_keys(decider.event, place))
+    taking = {
+        rowid
+        for rowid, cb in callbacks.items()
+        if cb.mode == LEVEL and cb.job_id != place.job_id  # the job's own: its level pass
+    }
+    decider.matched(
+        [(rowid, slot) for rowid, slot in hits if rowid in taking],
+        {rowid: callbacks[rowid] for rowid in taking},
+    )
+
+
+__all__ = [
+    "LEVEL",
+    "Registration",
+    "callback_specs",
+    "level_pass",
+    "store_job",
+    "surroundings",
+    "take_submission",
+]

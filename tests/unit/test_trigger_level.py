@@ -144,6 +144,37 @@ async def test_a_universal_level_work_line_fires_with_the_jobs_work_item(
     assert [run.work_name for run in recorder.runs] == ["1"]
 
 
+async def test_one_submission_fires_a_level_submit_callback_once(engines: Engines) -> None:
+    # Before, it fired at registration and again on the job's own submit event.
+    recorder = Recorder()
+    engine = engines(recorder)
+    own = {
+        "id": 10,
+        "pgrp": 1,
+        "callbacks": [
+            {"triggers": "submit-job-self", "language": "qube", "code": "level", "mode": "level"},
+            {"triggers": "submit-job-self", "language": "qube", "code": "edge"},
+        ],
+    }
+    earlier = engine.register_job(waiter(9, "submit-job-10", "level"))  # before job 10 is known
+
+    registered = engine.register_job(own)  # the submission, for level mode
+    later = engine.register_job(waiter(11, "submit-job-10", "level"))  # after it, before the event
+    fired, _ = await engine.publish(Event("submit", "job", 10, event_id="s-10"), wait=True)
+    await engine.wait_idle()
+
+    assert earlier.fired == []
+    assert sorted((f.callback.job_id, f.callback.callback_id) for f in registered.fired) == [
+        (9, 1),
+        (10, 1),
+    ]
+    assert [f.callback.job_id for f in later.fired] == [11]
+    assert [(f.callback.job_id, f.callback.callback_id) for f in fired] == [(10, 2)]  # edge only
+    assert sorted(recorder.codes) == ["edge", "level", "level", "level"]  # one run each
+    # Registering it again (the farm does, see forwarder) is not a new submission either.
+    assert engine.register_job(own).fired == []
+
+
 async def test_registering_a_level_callback_again_does_not_fire_it_again(
     engines: Engines,
 ) -> None:
