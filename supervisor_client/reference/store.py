@@ -436,7 +436,7 @@ class ReferenceSupervisor:
                     raise SubmitError(f"pgrp {pgrp} does not exist")
         # Labels are unique per pgrp, so the existing ones also count the existing jobs.
         positions = {pgrp: len(labels) for pgrp, labels in taken.items()}
-        for n, (job, pgrp) in enumerate(zip(jobs, pgrps, strict=True)):
+        for n, (job, pgrp) in enumerate(zip(jobs, pgrps, strict=True), start=1):
             if job.label is None:
                 continue
             if job.label in taken[pgrp]:
