@@ -422,7 +422,7 @@ def test_kill_running_job_kills_running_work_only(
     assert events == [
         Transition("killed", "job", job_id),
         Transition("killed", "subjob", job_id, subjob_id=0, host="node7"),
-        Transition("killed", "work", job_id, work_name="1", host="node7"),
+        Transition("killed", "work", job_id, work_name="1", subjob_id=0, host="node7"),
     ]
 
 
@@ -534,7 +534,9 @@ def test_preempt_lets_the_running_frame_finish_then_the_job_goes_pending(
     assert statuses(sup, job_id) == {"1": "complete", "2": "pending"}
     assert [sub["status"] for sub in job["subjobs"]] == ["pending"]
     # The frame's own event only: Qube fires none for pending.
-    assert events == [Transition("complete", "work", job_id, work_name="1", host="localhost")]
+    assert events == [
+        Transition("complete", "work", job_id, work_name="1", subjob_id=0, host="localhost")
+    ]
     assert sup.preempted_job_ids() == set()
     history = [line["text"] for line in sup.history(job_id)]
     assert "[job] running -> pending (preempted: its running work ended)" in history
@@ -794,7 +796,7 @@ def test_start_work_runs_item_instance_and_job(
         == [
             Transition("running", "job", job_id),
             Transition("running", "subjob", job_id, subjob_id=1, host="node3"),
-            Transition("running", "work", job_id, work_name="2", host="node3"),
+            Transition("running", "work", job_id, work_name="2", subjob_id=1, host="node3"),
         ]
     )
     job = sup.job(job_id)
