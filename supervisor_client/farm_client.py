@@ -37,7 +37,7 @@ JOB_VERBS: Final = tuple(
 )
 
 
-def job_struct(job: Mapping[str, Any], index: int = 0) -> Any:
+def job_struct(job: Mapping[str, Any], number: int = 1) -> Any:
     """A job dict as the Struct SubmitJobs carries; ValueError naming a non-JSON field.
 
     The dict goes through JSON first, so dict subclasses (``qb.Job``), tuples and ints
@@ -46,7 +46,7 @@ def job_struct(job: Mapping[str, Any], index: int = 0) -> Any:
     try:
         plain = json.loads(json.dumps(dict(job), allow_nan=False))
     except (TypeError, ValueError) as err:
-        raise ValueError(f"job {index} of the submission is not JSON: {err}") from err
+        raise ValueError(f"job {number} of the submission is not JSON: {err}") from err
     return dict_to_struct(plain)
 
 
@@ -144,7 +144,7 @@ class FarmClient:
             request = jobs
         else:
             request = farm_pb2.SubmitJobsRequest(
-                jobs=[job_struct(job, index) for index, job in enumerate(jobs)]
+                jobs=[job_struct(job, number) for number, job in enumerate(jobs, start=1)]
             )
         return await self._call(self._farm.SubmitJobs, request, timeout)
 

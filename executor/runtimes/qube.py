@@ -104,7 +104,8 @@ def _missing_context(code: str, invocation: Invocation) -> str | None:
         or code == "mail-subjob-status"
     )
     if needs_instance and invocation.subjob_id < 0:
-        return f"{code} acts on the instance that fired the callback, and no instance event did"
+        # An instance's event names one, and a work event may (the instance that took it).
+        return f"{code} acts on the instance that fired the callback, and the event named none"
     return None
 
 

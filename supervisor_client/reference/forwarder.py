@@ -208,6 +208,6 @@ class EventForwarder:
             event_id=item.event_id,
             wait=True,
         )
-        if t.type == "subjob":
+        if t.subjob_id >= 0:  # an instance's event, or a work item's (the instance that took it)
             request.subjob_id = t.subjob_id
         await self._stub.PublishEvent(request)

@@ -468,7 +468,7 @@ class ReferenceSupervisor:
                     raise SubmitError(f"pgrp {pgrp} does not exist")
         # Labels are unique per pgrp, so the existing ones also count the existing jobs.
         positions = {pgrp: len(labels) for pgrp, labels in taken.items()}
-        for n, (job, pgrp) in enumerate(zip(jobs, pgrps, strict=True)):
+        for n, (job, pgrp) in enumerate(zip(jobs, pgrps, strict=True), start=1):
             if job.label is None:
                 continue
             if job.label in taken[pgrp]:
@@ -637,11 +637,24 @@ class ReferenceSupervisor:
         self._emit(changes, new, "subjob", job_id, subjob_id=subid, host=host)
 
     def _set_work_status(self, changes: _Changes, job_id: int, work: sqlite3.Row, new: str) -> None:
+        """Move a work item to ``new``; its event names the instance that last took it.
+
+        As Qube's work item ``subid``: a callback fired by the event sees it as
+        ``qb.subid()`` and ``*-subjob-self`` acts on it (-1, none, if the item never ran).
+        """
         changes.moved(job_id, work["status"], new)
         self._db.execute(
             "UPDATE work SET status = ? WHERE job_id = ? AND name = ?", (new, job_id, work["name"])
         )
-        self._emit(changes, new, "work", job_id, work_name=work["name"], host=work["host"])
+        self._emit(
+            changes,
+            new,
+            "work",
+            job_id,
+            work_name=work["name"],
+            subjob_id=work["subid"],
+            host=work["host"],
+        )
 
     @staticmethod
     def _emit(changes: _Changes, status: str, kind: str, job_id: int, **where: Any) -> None:

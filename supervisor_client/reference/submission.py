@@ -248,10 +248,11 @@ def _callback_user(at: str, entry: Mapping[str, Any], owner: str) -> str:
     return user
 
 
-def _parse_job(index: int, job: Any, checks: _Checks) -> NewJob:
+def _parse_job(number: int, job: Any, checks: _Checks) -> NewJob:
+    """The job at ``number`` (from 1, as its callbacks are numbered) of a submission."""
     if not isinstance(job, Mapping):
-        raise SubmitError(f"job {index} of the submission must be a dict, got {job!r}")
-    where = f"job {index} of the submission"
+        raise SubmitError(f"job {number} of the submission must be a dict, got {job!r}")
+    where = f"job {number} of the submission"
     status = _status(where, job.get("status"))
     cpus = _integer(where, job, "cpus", 1, 1)
     if cpus > MAX_CPUS:
@@ -318,7 +319,8 @@ def parse_submission(
     if isinstance(jobs, Mapping | str | bytes) or not isinstance(jobs, Sequence):
         raise SubmitError("submit takes a list of job dicts")
     checks = _Checks(check_trigger, check_language)
-    return [_parse_job(index, job, checks) for index, job in enumerate(jobs)]
+    # Counted from 1 like callbacks: "job 0" would read as a job id, which none has.
+    return [_parse_job(number, job, checks) for number, job in enumerate(jobs, start=1)]
 
 
 # -- the store ----------------------------------------------------------------------------

@@ -90,7 +90,7 @@ async def test_a_language_nothing_runs_is_refused_at_submission(
             await farm.submit_jobs(jobs)
         assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
         assert refused.value.details == (
-            f"job 1 of the submission, callback 1: language: {language!r} is not a callback "
+            f"job 2 of the submission, callback 1: language: {language!r} is not a callback "
             "language; expected python, perl, qube, mail"
         )
         assert list((await farm.list_jobs()).jobs) == []  # all or nothing

@@ -26,6 +26,7 @@ class RecordingTriggers:
 
     def __init__(self) -> None:
         self.published: list[tuple[str, str, str]] = []  # (name, type, event_id)
+        self.requests: list[executor_pb2.PublishEventRequest] = []
         self.held = asyncio.Event()
         self.reached = asyncio.Event()
 
@@ -38,6 +39,7 @@ class RecordingTriggers:
         self, request: executor_pb2.PublishEventRequest, context: Any
     ) -> executor_pb2.PublishEventResponse:
         self.published.append((request.name, request.type, request.event_id))
+        self.requests.append(request)
         if request.name == "complete":
             self.reached.set()
             await self.held.wait()
@@ -119,3 +121,26 @@ async def test_an_event_not_acknowledged_before_a_stop_is_sent_again_with_its_id
     # What was left, in order, the held event again under its id: a duplicate to the engine.
     assert [event_id for _, _, event_id in triggers.published[before:]] == left
     assert triggers.published[before:] == stored[before - 1 :]
+
+
+async def test_a_frames_event_names_the_instance_that_took_it(tmp_path: Path) -> None:
+    async with triggers_on_loopback() as (triggers, channel):
+        triggers.held.set()
+        with ReferenceSupervisor(tmp_path / "supervisor.db", event_outbox=True) as sup:
+            (job,) = sup.submit([{"name": "a", "user": "alice", "agenda": ["1", "2"], "cpus": 2}])
+            sup.start_work(job["id"], "1", host="node3", subid=1)
+            sup.complete_work(job["id"], "1")
+            sup.work_action("block", job["id"], ["2"], "alice")  # never ran: no instance
+            forwarder = EventForwarder(sup, channel)
+            async with forwarding(forwarder):
+                await asyncio.wait_for(forwarder.drain(), 10)
+
+    def instance(request: executor_pb2.PublishEventRequest) -> int | None:
+        return request.subjob_id if request.HasField("subjob_id") else None
+
+    sent = [(r.name, r.type, r.work_name, instance(r), r.host) for r in triggers.requests]
+    # Qube's work item subid: qb.subid() and *-subjob-self in a frame's callbacks.
+    assert ("running", "work", "1", 1, "node3") in sent
+    assert ("complete", "work", "1", 1, "node3") in sent
+    assert ("blocked", "work", "2", None, "") in sent
+    assert all(instance(r) is None for r in triggers.requests if r.type == "job")

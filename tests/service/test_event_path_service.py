@@ -30,7 +30,7 @@ async def test_submit_jobs_refuses_a_trigger_the_engine_would_refuse(stack_warm:
             await farm.submit_jobs(jobs)
         assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
         assert refused.value.details.startswith(
-            "job 1 of the submission, callback 1: triggers: unknown event type 'jb' at column 10;"
+            "job 2 of the submission, callback 1: triggers: unknown event type 'jb' at column 10;"
         )
         assert list((await farm.list_jobs()).jobs) == []  # all or nothing: none stored
 

@@ -167,7 +167,7 @@ async def test_a_failing_script_names_its_line_and_keeps_what_it_submitted(
     said = await cbexec("farm", "submit", str(refused), address=stack_warm.address)
     assert said.code == 3
     assert said.err.strip() == (
-        "cbexec: INVALID_ARGUMENT: job 0 of the submission: status must be 'pending' or "
+        "cbexec: INVALID_ARGUMENT: job 1 of the submission: status must be 'pending' or "
         "'blocked', got 'running'"
     )
 

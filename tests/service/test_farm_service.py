@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from executor.api.edge import FARM_SERVICE
 from supervisor_client import ExecutorRpcError, FarmClient, InvalidRequestError
 from supervisor_client.qbcallback.v1 import farm_pb2, farm_pb2_grpc
+from supervisor_client.qbcallback.v1.executor_pb2 import Outcome
 from tests.conftest import Stack, running_stack, stack_settings
 from tests.helpers.health import SERVING, health_status
 from tests.helpers.supervisors import SupervisorEndpoint
@@ -198,6 +199,32 @@ async def test_fail_self_ends_the_running_frame_and_its_done_work_callback_fires
         assert (late.changed, late.job_status) == (0, "failed")
 
 
+async def test_a_frames_callbacks_act_on_the_instance_that_ran_it(stack_warm: Stack) -> None:
+    callbacks = [
+        {"triggers": "complete-work-self-1", "language": "python", "code": "print(qb.subid())"},
+        # Qube's frame timelimit: fail the instance that runs the frame.
+        {"triggers": "running-work-self-2", "language": "qube", "code": "fail-subjob-self"},
+    ]
+    async with FarmClient(stack_warm.channel) as farm:
+        submitted = await farm.submit_jobs(
+            [{"name": "inst", "user": "alice", "agenda": ["1", "2"], "callbacks": callbacks}]
+        )
+        job_id = submitted.jobs[0].id
+        await farm.change_work(job_id=job_id, work=["1"], change="start", host="w1")
+        await farm.change_work(job_id=job_id, work=["1"], change="complete", host="w1")
+        await farm.change_work(job_id=job_id, work=["2"], change="start", host="w1")
+        waited = await farm.wait_jobs([job_id], wait_seconds=30)
+        assert waited.done and waited.jobs[0].status == "failed"
+        job = await farm.get_job(job_id)
+        assert agenda(job) == {"1": "complete", "2": "failed"}
+        assert [(sub.id, sub.status) for sub in job.job.subjobs] == [(0, "failed")]
+
+    runs = {r.callback_id: r for r in (await stack_warm.client.list_runs(job_id=job_id)).runs}
+    printed = await stack_warm.client.get_run(runs[1].invocation_id)
+    assert printed.result.stdout == "0\n"
+    assert runs[2].outcome == Outcome.OUTCOME_SUCCEEDED
+
+
 async def test_errors_name_what_is_wrong_and_what_exists(stack_warm: Stack) -> None:
     async with FarmClient(stack_warm.channel) as farm:
         await farm.submit_jobs(frame_by_frame())
@@ -216,13 +243,13 @@ async def test_errors_name_what_is_wrong_and_what_exists(stack_warm: Stack) -> N
             (
                 farm.submit_jobs([{"name": "x", "agenda": ["1", "1"]}]),
                 grpc.StatusCode.INVALID_ARGUMENT,
-                "job 0 of the submission: work name '1' appears twice",
+                "job 1 of the submission: work name '1' appears twice",
             ),
             (farm.submit_jobs([]), grpc.StatusCode.INVALID_ARGUMENT, "nothing to submit"),
             (
                 farm.submit_jobs([{"name": "x", "mailaddress": "<a@b>"}]),
                 grpc.StatusCode.INVALID_ARGUMENT,
-                "job 0 of the submission: mailaddress '<a@b>': '<a@b>' is not a mail address",
+                "job 1 of the submission: mailaddress '<a@b>': '<a@b>' is not a mail address",
             ),
             (
                 farm.submit_jobs([{"name": "x", "mailaddress": "good@x.org a@b..c"}]),
@@ -262,8 +289,8 @@ async def test_errors_name_what_is_wrong_and_what_exists(stack_warm: Stack) -> N
             assert text in err.value.details, err.value.details
         with pytest.raises(ValueError, match="unknown work change 'finish'"):
             await farm.change_work(job_id=1, work=["1"], change="finish")
-        with pytest.raises(ValueError, match="not JSON"):
-            await farm.submit_jobs([{"name": "x", "when": object()}])
+        with pytest.raises(ValueError, match=r"^job 2 of the submission is not JSON"):
+            await farm.submit_jobs([{"name": "ok"}, {"name": "x", "when": object()}])
         with pytest.raises(InvalidRequestError, match="verb is required"):
             await farm.change_job(farm_pb2.ChangeJobRequest(job_id=1))
 

@@ -71,7 +71,7 @@ async def test_a_trigger_that_does_not_parse_refuses_the_whole_submission(farm: 
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
     # The job's index, the callback, and the words RegisterJob uses for the same trigger.
     assert refused.value.details.startswith(
-        "job 1 of the submission, callback 1: triggers: unknown event type 'jb' at column 10;"
+        "job 2 of the submission, callback 1: triggers: unknown event type 'jb' at column 10;"
         " expected one of job, subjob, work"
     )
     assert farm.supervisor.job_ids() == []  # nothing stored, no id used
@@ -92,7 +92,7 @@ async def test_a_list_valued_trigger_is_the_or_of_its_items(farm: Farm) -> None:
     [
         (
             ["complete-job-self", "failed-jb-self"],
-            "job 0 of the submission, callback 1: triggers[1]: unknown event type 'jb' at column 8",
+            "job 1 of the submission, callback 1: triggers[1]: unknown event type 'jb' at column 8",
         ),
         ([], "callback 1: triggers is required"),
         (["complete-job-self", 5], "callback 1: triggers[1] must be a string, got 5"),

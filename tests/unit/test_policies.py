@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -301,3 +302,28 @@ def test_an_env_value_with_a_nul_byte_is_refused(tmp_path: Path) -> None:
 
 def test_a_group_may_be_a_gid_written_as_a_string(tmp_path: Path) -> None:
     assert policies(tmp_path, {"p": {"group": "4242"}}).get("p").group == 4242
+
+
+def test_the_readme_shows_the_policy_lines_its_studio_config_gives(tmp_path: Path) -> None:
+    # The README's lines had lost mail from the default languages.
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    studio = readme.split("**A studio's policies.**", 1)[1].split("```toml\n", 1)[1]
+    tables = tomllib.loads(studio.split("```", 1)[0])["policies"]
+    shown = readme.split("list each policy and what it grants:\n\n```\n", 1)[1].split("```", 1)[0]
+    # This host has neither its directories nor its group: stand-ins, named back after.
+    stand_ins: dict[str, str] = {}
+    for bind in tables["universal"]["binds"]:
+        stand_ins[bind["path"]] = bind["path"] = str(tmp_path / bind["path"].strip("/"))
+        Path(bind["path"]).mkdir(parents=True)
+    tables["universal"]["group"] = 990
+    for table in tables.values():
+        files = table.get("env_files", {})
+        for variable in files:
+            files[variable] = str(tmp_path / variable)
+            Path(files[variable]).write_text("secret\n")
+
+    lines = policies_module.report(policies(tmp_path, tables))
+
+    for readme_path, stand_in in stand_ins.items():
+        lines = [line.replace(stand_in, readme_path) for line in lines]
+    assert lines == shown.splitlines()

@@ -308,7 +308,9 @@ async def test_instance_code_without_an_instance_event_fails(
 
     assert result.outcome is Outcome.FAILED
     assert result.failure is not None
-    assert "instance event" in result.failure.message
+    assert result.failure.message == (
+        f"{code} acts on the instance that fired the callback, and the event named none"
+    )
     assert result.actions == ()
     assert instance_statuses(supervisor, job_id) == {0: "blocked", 1: "blocked"}
 

@@ -241,7 +241,10 @@ def test_a_job_verb_stops_the_running_frame_with_its_event(
     assert farm.status(job_id) == job_status
     assert [e.name for e in events if e.type == "work"] == work_events
     if work_events:
-        assert Transition(work_events[0], "work", job_id, work_name="1", host="node1") in events
+        assert (
+            Transition(work_events[0], "work", job_id, work_name="1", subjob_id=0, host="node1")
+            in events
+        )
     # The worker's report comes too late: refused, and nothing is left running.
     late = farm.change_work("complete", job_id, ["1"], host="node1")
     assert late.changed == 0
@@ -284,7 +287,7 @@ def test_a_resumed_job_runs_its_paused_frame_on(farm: Farm, events: list[Transit
     farm.change_job("resume", job_id)
 
     assert statuses(farm, job_id) == {"1": "running", "2": "pending"}
-    assert Transition("running", "work", job_id, work_name="1", host="node1") in events
+    assert Transition("running", "work", job_id, work_name="1", subjob_id=0, host="node1") in events
     assert farm.change_work("complete", job_id, ["1"]).changed == 1
 
 
@@ -301,7 +304,7 @@ def test_an_ended_instance_stops_its_frame_and_takes_no_other(
         f"instance {job_id}.0 running -> {ended} (work {job_id}:1 running -> {ended})"
     )
     assert statuses(farm, job_id) == {"1": ended, "2": "pending"}
-    assert Transition(ended, "work", job_id, work_name="1", host="node1") in events
+    assert Transition(ended, "work", job_id, work_name="1", subjob_id=0, host="node1") in events
     # Its only instance has ended, so the job ends with it, as a job killed or failed does.
     assert farm.status(job_id) == ended
     assert farm.take_work() is None

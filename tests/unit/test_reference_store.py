@@ -120,12 +120,12 @@ def test_auto_labels_never_take_an_explicit_label(sup: ReferenceSupervisor) -> N
         # A new pgrp has no id yet: the jobs that clash are named, not the pgrp.
         (
             [[{"label": "comp"}, {"label": "comp"}]],
-            "^job 2 of the submission: label 'comp' is taken by job 1 of the submission; "
+            "^job 3 of the submission: label 'comp' is taken by job 2 of the submission; "
             "a label names one job of its process group$",
         ),
         (
             [[{"label": "comp"}], [{"label": "comp", "pgrp": 1}]],
-            r"^job 1 of the submission: label 'comp' is taken by job 1 \(pgrp 1\);",
+            r"^job 2 of the submission: label 'comp' is taken by job 1 \(pgrp 1\);",
         ),
         ([[{"agenda": [1, "1"]}]], "work name '1' appears twice"),
     ],
@@ -216,12 +216,46 @@ def test_a_trigger_check_refuses_the_submission_naming_job_and_callback(
         {"callbacks": [good]},
         {"callbacks": [good, {**good, "triggers": ["a", "x"]}]},
     ]
-    with pytest.raises(SubmitError, match=r"^job 1 of the submission, callback 2: triggers\[1\]: "):
+    with pytest.raises(SubmitError, match=r"^job 2 of the submission, callback 2: triggers\[1\]: "):
         sup.submit(jobs, check_trigger=check)
     assert sup.job_ids() == []
     assert checked == ["done-job-self", "done-job-self", "a", "x"]
     # Without a check (the supervisor alone knows no grammar) triggers are stored as given.
     assert len(sup.submit(jobs)) == 2
+
+
+@pytest.mark.parametrize(
+    ("jobs", "message"),
+    [
+        (
+            [
+                {
+                    "name": "u",
+                    "user": "alice",
+                    "callbacks": [{"triggers": "done-job-self", "user": "bob"}],
+                }
+            ],
+            "job 1 of the submission, callback 1: user 'bob' is not the job's owner 'alice'",
+        ),
+        (
+            [{"name": "ok"}, {"name": "x", "dependency": "link-complete-subjob-1"}],
+            "job 2 of the submission: dependency item 'link-complete-subjob-1'",
+        ),
+        ([{"name": "ok"}, "not a job"], "job 2 of the submission must be a dict"),
+        (
+            [{"label": "a"}, {"label": "a"}],
+            "job 2 of the submission: label 'a' is taken by job 1 of",
+        ),
+    ],
+    ids=["callback", "dependency", "not-a-dict", "label"],
+)
+def test_a_refusal_counts_the_submissions_jobs_from_1_as_their_callbacks(
+    sup: ReferenceSupervisor, jobs: list[Any], message: str
+) -> None:
+    # "job 0" read as a job id no job has, beside "callback 1" counted from 1.
+    with pytest.raises(SubmitError) as refused:
+        sup.submit(jobs)
+    assert str(refused.value).startswith(message), refused.value
 
 
 def test_submit_needs_a_list(sup: ReferenceSupervisor) -> None:
@@ -388,7 +422,7 @@ def test_kill_running_job_kills_running_work_only(
     assert events == [
         Transition("killed", "job", job_id),
         Transition("killed", "subjob", job_id, subjob_id=0, host="node7"),
-        Transition("killed", "work", job_id, work_name="1", host="node7"),
+        Transition("killed", "work", job_id, work_name="1", subjob_id=0, host="node7"),
     ]
 
 
@@ -500,7 +534,9 @@ def test_preempt_lets_the_running_frame_finish_then_the_job_goes_pending(
     assert statuses(sup, job_id) == {"1": "complete", "2": "pending"}
     assert [sub["status"] for sub in job["subjobs"]] == ["pending"]
     # The frame's own event only: Qube fires none for pending.
-    assert events == [Transition("complete", "work", job_id, work_name="1", host="localhost")]
+    assert events == [
+        Transition("complete", "work", job_id, work_name="1", subjob_id=0, host="localhost")
+    ]
     assert sup.preempted_job_ids() == set()
     history = [line["text"] for line in sup.history(job_id)]
     assert "[job] running -> pending (preempted: its running work ended)" in history
@@ -760,7 +796,7 @@ def test_start_work_runs_item_instance_and_job(
         == [
             Transition("running", "job", job_id),
             Transition("running", "subjob", job_id, subjob_id=1, host="node3"),
-            Transition("running", "work", job_id, work_name="2", host="node3"),
+            Transition("running", "work", job_id, work_name="2", subjob_id=1, host="node3"),
         ]
     )
     job = sup.job(job_id)
@@ -1113,7 +1149,7 @@ def test_a_mailaddress_that_is_no_address_is_refused_at_submission(
     with pytest.raises(SubmitError) as refused:
         sup.submit([{"name": "j"}, {"name": "k", "user": "bob", "mailaddress": mailaddress}])
     assert str(refused.value) == (
-        f"job 1 of the submission: mailaddress {mailaddress!r}: {named} is not a mail "
+        f"job 2 of the submission: mailaddress {mailaddress!r}: {named} is not a mail "
         "address (expected name@domain or a bare user name, with no empty part between dots, "
         "separated by ',', ';' or spaces)"
     )
