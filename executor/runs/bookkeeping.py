@@ -187,9 +187,9 @@ class BookkeepingWriter:
         return len(self._queue) >= GATHER_RUNS or self._closing or self._waiting_readers > 0
 
     def _write(self, batch: list[_Entry]) -> None:
-        recorded = [entry for entry in batch if entry.in_history]
-        if recorded or self._unrecorded:
-            self._record([*self._unrecorded, *recorded], recorded)
+        # The .cb entries before the history: a start-up after a kill -9 in between finds
+        # the history without the run and rebuilds it (``recovery``), its .cb entry seen
+        # there already; the other way round, a run in the history would lose its entry.
         for entry in batch:
             with _guarded("callback log", [entry]):
                 self._callback_log.append(entry.invocation, entry.result, entry.ended_at)
@@ -198,6 +198,9 @@ class BookkeepingWriter:
                 self._metrics.observe(
                     entry.result, language=callback.language, source=entry.invocation.source
                 )
+        recorded = [entry for entry in batch if entry.in_history]
+        if recorded or self._unrecorded:
+            self._record([*self._unrecorded, *recorded], recorded)
 
     def _record_unrecorded(self) -> None:
         records, self._unrecorded = self._unrecorded, []

@@ -145,6 +145,26 @@ class CallbackLog:
             os.close(fd)
         return path
 
+    def logged(self, job_id: int) -> set[str]:
+        """The invocation ids with an entry in the job's log (its rotated generation too).
+
+        Read at start-up only (``recovery``), for the few runs a crash left unrecorded: a
+        header line is the only line that starts with "=== " (a callback's own are escaped).
+        """
+        path = self._path(job_id)
+        ids: set[str] = set()
+        for generation in (path.with_name(path.name + ".1"), path):
+            try:
+                text = generation.read_text("utf-8", "replace")
+            except FileNotFoundError:
+                continue
+            for line in text.splitlines():
+                if line.startswith("=== "):
+                    _, found, rest = line.partition(" invocation=")
+                    if found:
+                        ids.add(rest.partition(" policy=")[0])
+        return ids
+
     def _path(self, job_id: int) -> Path:
         path = self._paths.get(job_id)
         if path is None:

@@ -452,7 +452,15 @@ class Outbox:
         rows = self._db.execute(
             "SELECT seq, key, ended_at FROM outbox WHERE notes IS NOT NULL ORDER BY seq"
         ).fetchall()
-        return [KeptNotes(int(seq), str(key), float(ended_at)) for seq, key, ended_at in rows]
+        kept = []
+        for seq, key, ended_at in rows:
+            try:
+                kept.append(KeptNotes(int(seq), str(key), float(ended_at)))
+            except (TypeError, ValueError):  # a damaged row: delivery sets it aside
+                logger.warning(
+                    "outbox row %r: its ended_at %r is no time; not rebuilt", seq, ended_at
+                )
+        return kept
 
     def notes(self, seqs: list[int]) -> dict[int, str]:
         """The notes of these rows (seq: notes), those that still have them."""

@@ -4,12 +4,13 @@ A run's outbox row is committed before its caller is answered, with the run's no
 (``run_notes``); its history record and ``.cb`` entry are written just after the answer.
 A ``kill -9`` in between leaves the notes and no history record: this writes both from
 them, before the executor serves (so ``ListRuns`` and the repeated-id check see the run),
-then drops the notes of every row whose run the history now has. The metrics are counters
-in memory, lost with the process anyway.
+then drops the notes of every row whose run the history now has. A run's .cb entry is
+written only when its job's log lacks it (the writer puts entries before records). The
+metrics are counters in memory, lost with the process anyway.
 
 In a fleet's store, the rows are every replica's: a run another replica answered in the
 moment before this start, and has not written yet, may be written by both (the same
-history record; its ``.cb`` entry twice, if the replicas share the log directory).
+history record; its ``.cb`` entry in each one's log directory, twice if they share one).
 """
 
 from __future__ import annotations
@@ -31,8 +32,17 @@ _SAME_END_S: Final = 1e-3
 def recover_lost_bookkeeping(outbox: Outbox, history: RunHistory, callback_log: CallbackLog) -> int:
     """Write the runs the outbox has notes of and the history lacks; how many.
 
-    A storage that fails is logged: the notes stay, for the next start.
+    Never stops a start: a storage that fails (or anything else) is logged, and the notes
+    stay for the next start.
     """
+    try:
+        return _recover(outbox, history, callback_log)
+    except Exception:
+        logger.exception("the history of runs a crash interrupted was not rebuilt")
+        return 0
+
+
+def _recover(outbox: Outbox, history: RunHistory, callback_log: CallbackLog) -> int:
     kept = outbox.kept_notes()
     if not kept:
         return 0
@@ -45,22 +55,12 @@ def recover_lost_bookkeeping(outbox: Outbox, history: RunHistory, callback_log: 
             runs.append(run_notes.decode(notes[row.seq]))
         except (KeyError, ValueError, TypeError) as err:  # another version's, or damaged
             logger.warning("run %s: its notes cannot be read (%r); not rebuilt", row.key, err)
-    try:
-        if runs:
-            history.record_many(
-                [(r.invocation, r.result, r.ended_at - r.result.usage.wall_seconds) for r in runs]
-            )
-            for run in runs:
-                try:
-                    callback_log.append(run.invocation, run.result, run.ended_at)
-                except OSError as err:
-                    logger.warning(
-                        "run %s: its .cb entry was not written: %s", run.result.invocation_id, err
-                    )
-        outbox.forget_notes([row.seq for row in kept])
-    except Exception:
-        logger.exception("the history of runs a crash interrupted was not rebuilt")
-        return 0
+    if runs:
+        history.record_many(
+            [(r.invocation, r.result, r.ended_at - r.result.usage.wall_seconds) for r in runs]
+        )
+        _append_unlogged(callback_log, runs)
+    outbox.forget_notes([row.seq for row in kept])
     if runs:
         logger.warning(
             "rebuilt the history record and .cb entry of %d runs answered just before the"
@@ -68,6 +68,26 @@ def recover_lost_bookkeeping(outbox: Outbox, history: RunHistory, callback_log: 
             len(runs),
         )
     return len(runs)
+
+
+def _append_unlogged(callback_log: CallbackLog, runs: list[run_notes.RunNotes]) -> None:
+    """The .cb entries of ``runs`` their job's log does not have yet.
+
+    The writer appends a batch's .cb entries before its history records
+    (``bookkeeping``): a crash in between left the entries and not the records.
+    """
+    logged: dict[int, set[str]] = {}
+    for run in runs:
+        job_id = run.invocation.job_id
+        try:
+            if job_id not in logged:
+                logged[job_id] = callback_log.logged(job_id)
+            if run.result.invocation_id not in logged[job_id]:
+                callback_log.append(run.invocation, run.result, run.ended_at)
+        except OSError as err:
+            logger.warning(
+                "run %s: its .cb entry was not written: %s", run.result.invocation_id, err
+            )
 
 
 def _in_history(row: KeptNotes, ends: dict[str, float]) -> bool:

@@ -203,3 +203,28 @@ def test_a_run_left_out_of_the_history_still_has_its_cb_entry_and_metrics(
     assert history.transactions == []
     assert log_path(callback_log.root, 10).read_text().count("=== ") == 1
     assert sum(metrics.snapshot().runs_by_outcome.values()) == 1
+
+
+class CheckingLogFirst(CountedHistory):
+    """The real history, noting whether each run's .cb entry was there before its record."""
+
+    log: CallbackLog
+    logged_first: list[bool]
+
+    def record_many(self, runs: Sequence[tuple[Invocation, RunResult, float]]) -> None:
+        for run, ran, _ in runs:
+            self.logged_first.append(ran.invocation_id in self.log.logged(run.job_id))
+        super().record_many(runs)
+
+
+def test_a_runs_cb_entry_is_written_before_its_history_record(tmp_path: Path) -> None:
+    # A kill -9 between the two then leaves a run the start-up rebuilds (no history
+    # record), never a recorded run whose .cb entry nothing would write (recovery.py).
+    history = CheckingLogFirst(tmp_path / "runs.db", retention_days=1, max_runs=1000)
+    history.transactions, history.logged_first = [], []
+    history.log = CallbackLog(tmp_path / "logs", 1 << 20)
+    writer = BookkeepingWriter(history, history.log, Metrics())
+    for n in range(3):
+        submit(writer, f"run-{n}")
+    writer.close()
+    assert history.logged_first == [True, True, True]
