@@ -28,7 +28,9 @@ messages behind it go on, and is set aside after ``max_attempts`` such failures 
 over at least ``min_refusing_s`` (so a supervisor that fails for a few seconds, an
 upgrade's INTERNAL, does not set aside everything that came meanwhile). While
 the receiver does not answer at all (down, hanging), everything waits together and is
-retried for as long as it takes.
+retried for as long as it takes. A row damaged from outside (a column not of its type,
+an empty payload; see ``outbox_rows``) blocks nothing either: it is set aside as a dead
+letter naming the column when it is read.
 
 With a ``BatchTransport``, what has piled up goes in one exchange (at most
 ``batch_size`` messages and ``batch_bytes`` bytes, so a batch stays under the
@@ -60,6 +62,17 @@ from typing import Final, NamedTuple, Protocol, TypeVar, cast, runtime_checkable
 
 from executor.errors import UnavailableError
 from executor.runs.latest import latest_per_key
+from executor.runs.outbox_rows import (
+    UNREADABLE_TIME_ABOVE,
+    DamagedRow,
+    PendingRow,
+    listed_count,
+    listed_time,
+    read_pending,
+    read_seq,
+    read_time,
+    shown_key,
+)
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
 from executor.sql import (
     Db,
@@ -133,6 +146,10 @@ class _Message(NamedTuple):
     def replaced(self) -> tuple[str, bytes, float]:
         """``_REPLACE``'s values."""
         return self.key, self.payload, self.ended_at
+
+
+# What delivery reads of a pending row (``outbox_rows.read_pending``'s arguments).
+_PENDING_COLUMNS: Final = "seq, key, payload, retry_at, attempts, ended_at"
 
 
 class KeptNotes(NamedTuple):
@@ -337,7 +354,7 @@ class Outbox:
         ``key`` replaces the one there unless that one's run ended later (``_REPLACE``).
         ``notes``: kept with it until ``notes_needed`` says the key's run no longer needs
         them at its delivery (``kept_notes``). Raises StorageError when the commit fails
-        because of the storage.
+        because of the storage, ValueError for an empty ``payload``.
         """
         message = self._message(key, payload, ended_at, notes)
         with writing(self._path, self._health):
@@ -414,6 +431,8 @@ class Outbox:
     def _message(
         self, key: str, payload: bytes, ended_at: float | None, notes: str | None
     ) -> _Message:
+        if not payload:  # a delivered row's payload: a pending one holding it is damaged
+            raise ValueError(f"payload: the message under {key!r} is empty")
         return _Message(key, payload, self._clock() if ended_at is None else ended_at, notes)
 
     def _row(self, message: _Message) -> tuple[str, bytes, float, str, float, float, str | None]:
@@ -455,8 +474,10 @@ class Outbox:
         kept = []
         for seq, key, ended_at in rows:
             try:
-                kept.append(KeptNotes(int(seq), str(key), float(ended_at)))
-            except (TypeError, ValueError):  # a damaged row: delivery sets it aside
+                kept.append(
+                    KeptNotes(read_seq(seq), shown_key(key), read_time("ended_at", ended_at))
+                )
+            except DamagedRow:  # delivery sets it aside (``outbox_rows``), as damaged
                 logger.warning(
                     "outbox row %r: its ended_at %r is no time; not rebuilt", seq, ended_at
                 )
@@ -545,28 +566,60 @@ class Outbox:
         if self.fleet:
             rows = self._ddb.execute(
                 "UPDATE outbox SET owner = ?, lease_until = ? WHERE seq IN (SELECT seq FROM outbox"  # noqa: S608 - a lock clause
-                " WHERE delivered_at IS NULL AND dead_at IS NULL AND retry_at <= ?"
+                " WHERE delivered_at IS NULL AND dead_at IS NULL AND (retry_at <= ? OR retry_at > ?)"
                 " AND (owner = ? OR lease_until < ?) ORDER BY seq LIMIT ?"
                 + row_lock(self._ddb, skip_locked=True)
-                + ") RETURNING seq, key, payload",
-                (self._owner, now + self._lease_s, now, self._owner, now, limit),
+                + f") RETURNING {_PENDING_COLUMNS}",
+                (
+                    self._owner,
+                    now + self._lease_s,
+                    now,
+                    UNREADABLE_TIME_ABOVE,
+                    self._owner,
+                    now,
+                    limit,
+                ),
             ).fetchall()
             rows.sort(key=lambda row: int(row[0]))
         else:
             rows = self._ddb.execute(
-                "SELECT seq, key, payload FROM outbox WHERE delivered_at IS NULL"
-                " AND dead_at IS NULL AND retry_at <= ? ORDER BY seq LIMIT ?",
-                (now, limit),
+                f"SELECT {_PENDING_COLUMNS} FROM outbox WHERE delivered_at IS NULL"  # noqa: S608 - a constant
+                " AND dead_at IS NULL AND (retry_at <= ? OR retry_at > ?) ORDER BY seq LIMIT ?",
+                (now, UNREADABLE_TIME_ABOVE, limit),
             ).fetchall()
-        rows = [row for row in rows if int(row[0]) not in self._unmarked][: self._batch_size]
+        pending, damaged = self._readable(rows, now)
+        pending = [row for row in pending if row.seq not in self._unmarked][: self._batch_size]
         batch: list[tuple[int, str, bytes]] = []
         size = 0
-        for seq, key, payload in rows:
-            size += len(payload)
+        for row in pending:
+            size += len(row.payload)
             if batch and size > self._batch_bytes:
                 break
-            batch.append((int(seq), str(key), bytes(payload)))
-        return batch, len(batch) < len(rows) or len(rows) == self._batch_size
+            batch.append((row.seq, row.key, row.payload))
+        # A row set aside as damaged left room for another: look again at once.
+        full = len(batch) < len(pending) or len(pending) == self._batch_size or damaged > 0
+        return batch, full
+
+    def _readable(self, rows: list[tuple[object, ...]], now: float) -> tuple[list[PendingRow], int]:
+        """The rows read as their types and due now, and how many were damaged.
+
+        The damaged ones are set aside on the way (logged at ERROR, once: a dead letter
+        is read no more), before anything sends or waits for them: a time that is not a
+        number would never fall due (and failed the wait for it), an empty payload would
+        go out as a blank report (it parses as a default request).
+        """
+        readable: list[PendingRow] = []
+        damaged = 0
+        for row in rows:
+            try:
+                pending = read_pending(*row)
+            except DamagedRow as damage:
+                self._set_aside(row[0], shown_key(row[1]), str(damage))
+                damaged += 1
+                continue
+            if pending.retry_at <= now:  # not a number above UNREADABLE_TIME_ABOVE
+                readable.append(pending)
+        return readable, damaged
 
     async def _deliver_forever(self) -> None:
         """Deliver until cancelled; no error ends it (each is logged, then backed off from)."""
@@ -730,8 +783,11 @@ class Outbox:
 
     def _next_retry_at(self) -> float | None:
         """When the earliest message waiting out its own backoff is due; None if none waits."""
+        # Not a time that cannot be read: ``_next_batch`` takes such a row, to set it aside.
         row = self._ddb.execute(
             "SELECT min(retry_at) FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL"
+            " AND NOT retry_at > ?",
+            (UNREADABLE_TIME_ABOVE,),
         ).fetchone()
         return None if row[0] is None else float(row[0])
 
@@ -750,10 +806,11 @@ class Outbox:
         self._checkpoints.committed()
         return int(row[0]) if row else 0
 
-    def _set_aside(self, seq: int, key: str, why: str) -> None:
+    def _set_aside(self, seq: object, key: str, why: str) -> None:
+        """Set a row aside as a dead letter, logged at ERROR; ``seq`` as read (a damaged row's too)."""
         # The receiver's words (a supervisor may echo a job's text): a CR/LF or an escape
         # sequence in them must not split the log line or act on a terminal showing it.
-        logger.error("outbox: %s set aside as a dead letter: %s", key, escaped(why))
+        logger.error("outbox: %s set aside as a dead letter: %s", escaped(key), escaped(why))
         with writing(self._path, self._health):
             self._ddb.execute(
                 "UPDATE outbox SET dead_at = ?, last_error = ? WHERE seq = ?",
@@ -770,8 +827,11 @@ class Outbox:
             " WHERE dead_at IS NOT NULL ORDER BY dead_at DESC, seq DESC LIMIT ?",
             (limit,),
         ).fetchall()
+        # A damaged row's columns show as they can: its last_error names the damage.
         return [
-            DeadLetter(str(k), float(c), float(d), int(a), str(e), int(n))
+            DeadLetter(
+                shown_key(k), listed_time(c), listed_time(d), listed_count(a), str(e), int(n)
+            )
             for k, c, d, a, e, n in rows
         ]
 
