@@ -563,9 +563,8 @@ def test_serve_and_store_migrate_name_every_bad_setting(
             " got 4294967296",
         ),
         (
-            {"CBEXEC_MAX_CONCURRENT": "4194305"},
-            "max_concurrent: must be at most 4194304 (the kernel's most processes, and each"
-            " run is one), got 4194305",
+            {"CBEXEC_MAX_CONCURRENT": "4097"},
+            "max_concurrent: must be at most 4096 (each slot makes 4 cgroups), got 4097",
         ),
     ],
     ids=["max_queue", "max_concurrent"],
@@ -591,7 +590,7 @@ def test_the_largest_max_queue_and_max_concurrent_fit_getmetrics() -> None:
         active_children=largest.max_concurrent,
         prepared_children=largest.max_concurrent,
     )
-    assert (reply.queue_limit, reply.slots) == (4294967295, 4194304)
+    assert (reply.queue_limit, reply.slots) == (4294967295, 4096)
 
 
 @pytest.mark.parametrize(
