@@ -2,8 +2,9 @@
 
 Precedence, lowest first: the defaults below, a TOML file (``--config``), ``CBEXEC_*``
 environment variables (named after the fields, e.g. ``CBEXEC_MAX_CONCURRENT``,
-``CBEXEC_DEFAULT_LIMITS__WALL_SECONDS``), then command-line flags. ``validate`` raises
-``ConfigError`` naming the offending setting.
+``CBEXEC_DEFAULT_LIMITS__WALL_SECONDS``), then command-line flags. ``layered`` reads them
+all and raises one ``ConfigError`` naming every bad setting, a line each: values of the
+wrong type first, then the checks of what the others mean (``validate``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from typing import Any, Final
 from executor.errors import ConfigError
 from executor.model import Language, Limits
 from executor.runtimes.mail import MailSettings
-from executor.sandbox.limits import MOST as MOST_LIMITS
 from executor.sandbox.limits import setting_problem as limit_problem
 from supervisor_client.targets import check_address
 
@@ -56,18 +56,25 @@ def default_max_concurrent() -> int:
     return max(2, 2 * (os.cpu_count() or 1))
 
 
-def parse_languages(value: str | int | list[str]) -> frozenset[Language]:
+def parse_languages(value: object) -> frozenset[Language]:
     """Parse ``supervisor_language_flags`` style: names (comma list) or the numeric sum.
 
     A bit that is no language here is refused, naming it, as an unknown name is: dropped
     in silence, it would leave a language off that its writer meant on, or the reverse.
+    A TOML value of another type (``1.5``, a table, a list holding a number) is refused too.
     """
-    if isinstance(value, bool):  # TOML's true is no sum of flags (bool is an int)
-        raise ConfigError(f"languages: expected names or Qube's numeric flags, got {value!r}")
-    if isinstance(value, int) or (
-        isinstance(value, str) and value.strip().isascii() and value.strip().isdigit()
-    ):
+    expected = "expected names (a comma list, or a list of names) or Qube's numeric flags"
+    if isinstance(value, bool) or not isinstance(value, str | int | list):
+        # TOML's true is no sum of flags (bool is an int), nor is 1.5 or a table.
+        raise ConfigError(f"languages: {expected}, got {as_written(value)}")
+    if isinstance(value, int):
+        return _flag_languages(value)
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         return _flag_languages(int(value))
+    if isinstance(value, list) and (odd := [v for v in value if not isinstance(v, str)]):
+        raise ConfigError(
+            f"languages: expected language names in the list, got {as_written(odd[0])}"
+        )
     names = value if isinstance(value, list) else value.split(",")
     languages = set()
     for name in (n.strip().lower() for n in names):
@@ -79,6 +86,13 @@ def parse_languages(value: str | int | list[str]) -> frozenset[Language]:
             valid = ", ".join(lang.value for lang in Language)
             raise ConfigError(f"languages: unknown language {name!r}; expected {valid}") from None
     return frozenset(languages)
+
+
+def as_written(value: object) -> str:
+    """A raw setting's value in a refusal, as TOML spells it where Python's differs (true)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
 
 
 def _flag_languages(flags: int) -> frozenset[Language]:
@@ -277,45 +291,51 @@ class Settings:
 _LIMIT_FIELDS = {f.name: f.type for f in dataclasses.fields(Limits)}
 
 
-def _coerce(name: str, raw: Any, current: Any) -> Any:
-    """Turn a TOML/env value into the type of the current value."""
+# The words a boolean setting may be given as text (an environment variable).
+_TRUE_WORDS: Final = ("1", "true", "yes", "on")
+_FALSE_WORDS: Final = ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True, slots=True)
+class Overlay:
+    """Settings with one source's values laid over them, and the values refused.
+
+    A refused value leaves its setting as it was; ``refused`` names those settings
+    (``max_queue``, ``default_limits.wall_seconds``, a whole ``mail``) so the checks of
+    what the values mean leave them out rather than judge the value underneath.
+    """
+
+    settings: Settings
+    problems: tuple[str, ...] = ()
+    refused: frozenset[str] = frozenset()
+
+
+def _coerce(name: str, raw: Any, current: Any, *, text: bool) -> Any:
+    """Turn a TOML/env value into the type of the current value (``text``: from the environment).
+
+    Raises:
+        ConfigError: the value has the wrong type, naming ``name``; for a table, a line
+            per bad key, and ``refused_keys`` on the error names them.
+    """
     try:
         if isinstance(current, bool):
             if isinstance(raw, bool):
                 return raw
-            lowered = str(raw).strip().lower()
-            if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                raise ValueError(f"expected a boolean, got {raw!r}")
-            return lowered in ("1", "true", "yes", "on")
+            # Only text spells a boolean as a word: a TOML "yes" or 1 is a typing slip
+            # (once read as false), not a choice.
+            lowered = str(raw).strip().lower() if text else None
+            if lowered not in (*_TRUE_WORDS, *_FALSE_WORDS):
+                words = " (or 1/0, yes/no, on/off)" if text else ""
+                raise ValueError(f"expected true or false{words}, got {as_written(raw)}")
+            return lowered in _TRUE_WORDS
         if isinstance(current, Path) or (current is None and name.endswith("_dir")):
             return Path(str(raw)).expanduser()
         if isinstance(current, frozenset):
             return parse_languages(raw)
         if dataclasses.is_dataclass(current) and not isinstance(current, type):
-            # A nested table ([default_limits], [mail]): coerce each key like the top level.
-            if not isinstance(raw, Mapping):
-                raise ValueError("expected a table")
-            # By the declared type: a float field's default may be a whole number (30).
-            declared = {f.name: f.type for f in dataclasses.fields(current)}
-            changes = {}
-            problems = []  # each key's, as for the top level
-            for key, value in raw.items():
-                if key not in declared:
-                    noun = "limit" if isinstance(current, Limits) else "setting"
-                    problems.append(f"{name}: unknown {noun} {key!r}")
-                    continue
-                like = float(getattr(current, key)) if declared[key] == "float" else None
-                try:
-                    changes[key] = _coerce(
-                        f"{name}.{key}", value, getattr(current, key) if like is None else like
-                    )
-                except ConfigError as err:
-                    problems.append(str(err))
-            if problems:
-                raise ConfigError("\n".join(problems))
-            return dataclasses.replace(current, **changes)
+            return _coerce_table(name, raw, current, text=text)
         if isinstance(current, float):
-            return _finite(raw)
+            return finite_number(raw)
         if isinstance(current, int):
             return whole_number(raw)
         return str(raw)
@@ -323,13 +343,51 @@ def _coerce(name: str, raw: Any, current: Any) -> Any:
         raise ConfigError(f"{name}: {err}") from err
 
 
-def _finite(raw: Any) -> float:
+class TableError(ConfigError):
+    """Some keys of a settings table are refused: a line each, and which keys."""
+
+    def __init__(self, problems: list[str], keys: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.keys = keys
+
+
+def _coerce_table(name: str, raw: Any, current: Any, *, text: bool) -> Any:
+    """A nested table ([default_limits], [mail]): each key coerced like the top level."""
+    if not isinstance(raw, Mapping):
+        raise TypeError("expected a table")
+    # By the declared type: a float field's default may be a whole number (30).
+    declared = {f.name: f.type for f in dataclasses.fields(current)}
+    changes = {}
+    problems, keys = [], []  # each key's, as for the top level
+    for key, value in raw.items():
+        if key not in declared:
+            noun = "limit" if isinstance(current, Limits) else "setting"
+            problems.append(f"{name}: unknown {noun} {key!r}")
+            continue
+        like = float(getattr(current, key)) if declared[key] == "float" else getattr(current, key)
+        try:
+            changes[key] = _coerce(f"{name}.{key}", value, like, text=text)
+        except ConfigError as err:
+            problems.append(str(err))
+            keys.append(key)
+    if problems:
+        raise TableError(problems, keys)
+    return dataclasses.replace(current, **changes)
+
+
+def finite_number(raw: Any) -> float:
     """A float setting's value; NaN and infinities are refused, whatever the setting.
 
     No setting means anything by them, and some broke the service (a NaN wall limit
-    failed every run; an infinite supervisor timeout every supervisor call).
+    failed every run; an infinite supervisor timeout every supervisor call). A boolean
+    is refused too: TOML's true is no number of seconds.
     """
-    value = float(raw)
+    try:
+        if isinstance(raw, bool):
+            raise TypeError
+        value = float(raw)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"expected a number, got {as_written(raw)}") from None
     if not math.isfinite(value):
         raise ValueError(f"must be a finite number, got {value}")
     return value
@@ -340,26 +398,30 @@ MAX_WHOLE: Final = (1 << 63) - 1
 
 
 def whole_number(raw: Any) -> int:
-    """An integer setting's value; 1.5 is refused, never truncated to 1 (ValueError)."""
-    if isinstance(raw, float) and not raw.is_integer():
-        raise ValueError(f"expected a whole number, got {raw!r}")
+    """An integer setting's value; 1.5 (never truncated to 1) and true are refused (ValueError)."""
+    if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+        raise ValueError(f"expected a whole number, got {as_written(raw)}")
     try:
         value = int(raw)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected a whole number, got {raw!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"expected a whole number, got {as_written(raw)}") from None
     if not -MAX_WHOLE - 1 <= value <= MAX_WHOLE:
         raise ValueError(f"expected a whole number of 64 bits (at most {MAX_WHOLE}), got {raw}")
     return value
 
 
-def apply(settings: Settings, values: Mapping[str, Any], origin: str) -> Settings:
-    """Overlay a mapping of field name -> raw value, naming ``origin`` in errors.
+def overlay(
+    settings: Settings, values: Mapping[str, Any], origin: str, *, text: bool = False
+) -> Overlay:
+    """Lay a mapping of field name -> raw value over ``settings``, naming ``origin`` in problems.
 
-    Every value ``origin`` gets wrong is named, a line each, in one ConfigError.
+    Every value ``origin`` gets wrong is named, a line each; the others are applied.
+    ``text``: the values are text (the environment), so a boolean may be a word.
     """
     known = {f.name for f in dataclasses.fields(Settings)} - {"config_file"}
     changes: dict[str, Any] = {}
     problems: list[str] = []
+    refused: set[str] = set()
     for key, raw in values.items():
         if key not in known:
             problems.append(f"{origin}: unknown setting {key!r}")
@@ -370,29 +432,46 @@ def apply(settings: Settings, values: Mapping[str, Any], origin: str) -> Setting
             changes[key] = raw
         else:
             try:
-                changes[key] = _coerce(f"{origin}: {key}", raw, getattr(settings, key))
+                changes[key] = _coerce(f"{origin}: {key}", raw, getattr(settings, key), text=text)
+            except TableError as err:
+                problems.append(str(err))
+                refused.update(f"{key}.{sub}" for sub in err.keys)
             except ConfigError as err:
                 problems.append(str(err))
-    if problems:
-        raise ConfigError("\n".join(problems))
+                refused.add(key)
     if changes.get("max_concurrent") == 0:
         changes["max_concurrent"] = default_max_concurrent()
-    return settings.replace(**changes)
+    return Overlay(settings.replace(**changes), tuple(problems), frozenset(refused))
 
 
-def from_toml(settings: Settings, path: Path) -> Settings:
-    """Overlay a TOML file (top-level keys are field names; limits are tables)."""
+def apply(settings: Settings, values: Mapping[str, Any], origin: str) -> Settings:
+    """Overlay a mapping of field name -> raw value, naming ``origin`` in errors.
+
+    Every value ``origin`` gets wrong is named, a line each, in one ConfigError.
+    """
+    laid = overlay(settings, values, origin)
+    if laid.problems:
+        raise ConfigError("\n".join(laid.problems))
+    return laid.settings
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML settings file's values; ConfigError when it cannot be read or parsed."""
     try:
-        values = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except OSError as err:
         raise ConfigError(f"config file {path}: {err.strerror or err}") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file {path}: {err}") from err
-    return apply(settings, values, str(path)).replace(config_file=str(path))
 
 
-def from_env(settings: Settings, environ: Mapping[str, str]) -> Settings:
-    """Overlay ``CBEXEC_<FIELD>`` and ``CBEXEC_<LIMITS>__<FIELD>`` variables (pure).
+def from_toml(settings: Settings, path: Path) -> Settings:
+    """Overlay a TOML file (top-level keys are field names; limits are tables)."""
+    return apply(settings, read_toml(path), str(path)).replace(config_file=str(path))
+
+
+def env_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The settings ``CBEXEC_<FIELD>`` and ``CBEXEC_<TABLE>__<FIELD>`` variables give, as text.
 
     Sandbox policies are the config file's only: a ``CBEXEC_POLICIES*`` variable is a
     ConfigError saying so.
@@ -412,7 +491,50 @@ def from_env(settings: Settings, environ: Mapping[str, str]) -> Settings:
             values.setdefault(table, {})[sub] = raw
         else:
             values[name] = raw
-    return apply(settings, values, "environment")
+    return values
+
+
+def from_env(settings: Settings, environ: Mapping[str, str]) -> Settings:
+    """Overlay ``CBEXEC_<FIELD>`` and ``CBEXEC_<LIMITS>__<FIELD>`` variables (pure)."""
+    laid = overlay(settings, env_values(environ), "environment", text=True)
+    if laid.problems:
+        raise ConfigError("\n".join(laid.problems))
+    return laid.settings
+
+
+def layered(
+    config_file: Path | None, environ: Mapping[str, str], flags: Mapping[str, object]
+) -> Settings:
+    """Defaults < TOML file < environment < flags given, validated.
+
+    Every bad setting is named in one ConfigError, a line each: the values of the wrong
+    type first (each source's, in order), then the checks of what the others mean. A
+    refused value leaves its setting as the source below had it, and the checks say
+    nothing about it: judging the value underneath would name a problem not written.
+    """
+    settings = Settings()
+    problems: list[str] = []
+    refused: set[str] = set()
+    sources: list[tuple[Mapping[str, Any], str, bool]] = []
+    if config_file is not None:
+        sources.append((read_toml(config_file), str(config_file), False))
+    sources.append((env_values(environ), "environment", True))
+    sources.append((flags, "flag", False))
+    for values, origin, text in sources:
+        laid = overlay(settings, values, origin, text=text)
+        settings = laid.settings
+        problems += laid.problems
+        # A setting a later source gives again is checked again if that value is taken.
+        given = {
+            f"{key}.{sub}" for key, raw in values.items() if isinstance(raw, Mapping) for sub in raw
+        }
+        refused = (refused - set(values) - given) | laid.refused
+    if config_file is not None:
+        settings = settings.replace(config_file=str(config_file))
+    problems += _meaning_problems(settings, frozenset(refused))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return settings
 
 
 def _address_problem(name: str, value: str) -> str | None:
@@ -592,9 +714,12 @@ def _timeout_problem(name: str, seconds: float) -> str | None:
 # larger value failed every GetMetrics (INTERNAL), so cbexec metrics and the dashboard's
 # /health page, while /metrics showed it.
 MAX_QUEUE: Final = (1 << 32) - 1
-# Well below that: no host runs more processes at once than the kernel's PID_MAX_LIMIT,
-# and every run is at least one.
-MAX_CONCURRENT: Final = int(MOST_LIMITS["max_processes"])
+# Far below that, and far beyond what a host runs at once: each slot holds two sandbox cells
+# (python, perl), each with a memory and a pids cgroup, made at start (and by
+# --check-config). 40,000 slots ran into cgroup v1's host-wide 65535 memory cgroups, and
+# the kernel's 4194304 processes (the bound before) kept --check-config at full CPU for
+# over a minute. 4096 is 16,384 cgroups (made in about 4 s), the default of a 2048-CPU host.
+MAX_CONCURRENT: Final = 4096
 
 
 def _check_runs(settings: Settings) -> Iterator[str]:
@@ -611,8 +736,8 @@ def _check_runs(settings: Settings) -> Iterator[str]:
         )
     elif settings.max_concurrent > MAX_CONCURRENT:
         yield (
-            f"max_concurrent: must be at most {MAX_CONCURRENT} (the kernel's most processes,"
-            f" and each run is one), got {settings.max_concurrent}"
+            f"max_concurrent: must be at most {MAX_CONCURRENT} (each slot makes 4 cgroups),"
+            f" got {settings.max_concurrent}"
         )
     if settings.max_queue < 0:
         yield f"max_queue: must be 0 or more, got {settings.max_queue}"
@@ -748,7 +873,19 @@ _CHECKS: Final[tuple[Check, ...]] = (
 
 def validate(settings: Settings) -> Settings:
     """Reject settings that cannot work, naming every bad setting (a line each); else return them."""
-    problems = [problem for check in _CHECKS for problem in check(settings)]
+    problems = _meaning_problems(settings, frozenset())
     if problems:
         raise ConfigError("\n".join(problems))
     return settings
+
+
+def _meaning_problems(settings: Settings, refused: frozenset[str]) -> list[str]:
+    """Every check's lines, but those naming a setting in ``refused`` (its value was not taken)."""
+    problems = [problem for check in _CHECKS for problem in check(settings)]
+    if not refused:
+        return problems
+    # A name as a whole: "mail" in "mail.directory", not "max_queue" in "max_queue_x".
+    named = re.compile(
+        r"(?<![\w.])(" + "|".join(re.escape(name) for name in sorted(refused)) + r")(?!\w)"
+    )
+    return [problem for problem in problems if not named.search(problem)]

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from executor.config import parse_languages, whole_number
+from executor.config import finite_number, parse_languages, whole_number
 from executor.errors import ConfigError, PermissionDeniedError
 from executor.model import Language, Limits
 from executor.runtimes.child import CHILD_DIR, PerlRuntime
@@ -411,12 +411,9 @@ def _limits(name: str, key: str, raw: Any, base: Limits) -> Limits:
         # number (cpu_seconds = 10) that would have cut 1.5 to 1.
         number: float
         try:
-            number = float(value) if declared[field] == "float" else whole_number(value)
-        except (TypeError, ValueError) as err:
-            refusal = (
-                f"expected a number, got {value!r}" if declared[field] == "float" else str(err)
-            )
-            raise _error(name, f"{key}.{field}", refusal) from None
+            number = finite_number(value) if declared[field] == "float" else whole_number(value)
+        except ValueError as err:
+            raise _error(name, f"{key}.{field}", str(err)) from None
         problem = setting_problem(field, number)
         if problem:
             raise _error(name, f"{key}.{field}", problem)

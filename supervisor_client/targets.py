@@ -93,8 +93,7 @@ def check_address(address: str) -> None:
             raise ValueError(f"address {address!r}: nothing after the scheme")
         return
     if address.startswith(("ipv4:", "ipv6:")):
-        for part in address.partition(":")[2].split(","):
-            _ip_and_port(part)
+        _check_static_target(address)
         return
     hostport = address
     if address.startswith("dns:"):
@@ -153,6 +152,23 @@ def _ip_and_port(address: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Ad
     return ip, int(port)
 
 
+def _check_static_target(target: str) -> None:
+    """ValueError for an ``ipv4:``/``ipv6:`` list with an entry gRPC could never connect to.
+
+    gRPC's C core refuses such a target only when it makes the channel (a log line, and
+    UNKNOWN for the call), and dials port 0: each entry is checked as a list's is.
+    """
+    scheme, _, listed = target.partition(":")
+    version = 4 if scheme == "ipv4" else 6
+    for part in listed.split(","):
+        ip, _ = _ip_and_port(part)
+        if ip.version != version:
+            raise ValueError(
+                f"address {part!r} in {target!r} is not an IPv{version} address, as the "
+                f"{scheme}: form takes"
+            )
+
+
 def _given(addresses: object) -> list[str]:
     """The addresses as a list; TypeError for what is neither a str nor a sequence of them."""
     if isinstance(addresses, str):
@@ -183,8 +199,7 @@ def resolve_target(addresses: str | Sequence[str]) -> Target:
     """
     given = _given(addresses)
     if len(given) == 1 and _is_fleet_target(given[0]):
-        if given[0].startswith("dns:"):
-            check_address(given[0])
+        check_address(given[0])
         return Target(given[0], FLEET_SERVICE_CONFIG)  # a gRPC fleet target, as is
     parts = [part.strip() for item in given for part in item.split(",") if part.strip()]
     if not parts:

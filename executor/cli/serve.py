@@ -59,15 +59,10 @@ def layered_settings(
     config_arg: Path | None, environ: dict[str, str], flags: dict[str, object]
 ) -> config.Settings:
     """Defaults < TOML file (``--config`` or ``CBEXEC_CONFIG``) < environment < flags set."""
-    settings = config.Settings()
     config_file = config_arg or (
         Path(environ["CBEXEC_CONFIG"]) if "CBEXEC_CONFIG" in environ else None
     )
-    if config_file is not None:
-        settings = config.from_toml(settings, config_file)
-    settings = config.from_env(settings, environ)
-    settings = config.apply(settings, {k: v for k, v in flags.items() if v is not None}, "flag")
-    return config.validate(settings)
+    return config.layered(config_file, environ, {k: v for k, v in flags.items() if v is not None})
 
 
 def load_settings(args: argparse.Namespace, environ: dict[str, str]) -> config.Settings:

@@ -35,6 +35,9 @@ MAX_TOKEN_CHARS: Final = 1024
 # The token's fields: version, the key's start and row id, and the filters (a list, in
 # RunFilters' order), short because a person may copy the token from a terminal.
 _KEYS: Final = frozenset({"v", "at", "row", "f"})
+# The largest row id a store holds: SQLite's INTEGER and PostgreSQL's BIGINT are signed
+# 64-bit, and an edited token's larger id would fail in the store's driver, not here.
+MAX_ROW_ID: Final = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +121,8 @@ def _made_for(token: str) -> tuple[RunKey, RunFilters]:
             raise ValueError("not base64url")  # stray characters that the decoder skipped
         document = json.loads(raw, parse_constant=_no_constant)
         return _key(document), _filters(document["f"])
-    except (ValueError, TypeError, binascii.Error) as err:  # UnicodeDecodeError included
+    # UnicodeDecodeError is a ValueError; OverflowError is a whole number too large for a float.
+    except (ValueError, TypeError, OverflowError, binascii.Error) as err:
         shown = token if len(token) <= 40 else token[:40] + "..."
         raise InvalidRequestError(
             f"page_token {shown!r} is not a ListRuns page token: give the "
@@ -139,8 +143,8 @@ def _key(document: Any) -> RunKey:
     started_at, row_id = document["at"], document["row"]
     if not _is_number(started_at) or not math.isfinite(started_at):
         raise ValueError("its start is not a finite number")
-    if not _is_int(row_id) or row_id < 0:
-        raise ValueError("its row id is not a whole number")
+    if not _is_int(row_id) or not 0 <= row_id <= MAX_ROW_ID:
+        raise ValueError(f"its row id is not a whole number from 0 to {MAX_ROW_ID}")
     return RunKey(float(started_at), row_id)
 
 

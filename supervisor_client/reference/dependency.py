@@ -33,6 +33,9 @@ from typing import Any, Final
 from supervisor_client.reference.errors import SubmitError
 
 _STATES: Final = ("complete", "done", "failed", "killed")
+# The job ids a trigger takes (64-bit signed, as the store): checked here, so a refusal
+# names the dependency item as written, not the generated trigger's column.
+_MOST_JOB_ID: Final = (1 << 63) - 1
 _LINK: Final = re.compile(r"^(?:link-)?(complete|done|failed|killed)-(job|work|subjob)-(\S+)$")
 
 
@@ -54,6 +57,7 @@ def parse_dependency(where: str, job: Mapping[str, Any]) -> Dependency:
         if item.startswith("info-"):
             continue
         if item.isdigit():
+            _check_job_id(where, "dependency item", item, item)
             job_atoms.append(f"complete-job-{item}")
             continue
         match = _LINK.match(item)
@@ -74,6 +78,8 @@ def parse_dependency(where: str, job: Mapping[str, Any]) -> Dependency:
                 f"{where}: dependency item {item!r}: instance-by-instance links are not "
                 "supported; use a job or work link, or a callback"
             )
+        if other.isdigit():
+            _check_job_id(where, "dependency item", item, other)
         if kind == "job":
             job_atoms.append(f"{state}-job-{other}")
         else:
@@ -88,6 +94,13 @@ def parse_dependency(where: str, job: Mapping[str, Any]) -> Dependency:
     if work_atoms:
         callbacks.append(_holding(" && ".join(work_atoms), "unblock-work-self", job))
     return Dependency(tuple(callbacks), holds_job=bool(job_atoms), holds_frames=bool(work_atoms))
+
+
+def _check_job_id(where: str, field: str, written: object, job_id: str) -> None:
+    if not 1 <= int(job_id) <= _MOST_JOB_ID:
+        raise SubmitError(
+            f"{where}: {field} {written!r}: job id {job_id} is out of range (1 to {_MOST_JOB_ID})"
+        )
 
 
 def _holding(triggers: str, code: str, job: Mapping[str, Any]) -> dict[str, Any]:
@@ -143,5 +156,6 @@ def _waitfor(where: str, value: Any) -> list[str]:
         text = str(job_id).strip()
         if isinstance(job_id, bool) or not text.isdigit() or int(text) == 0:
             raise SubmitError(f"{where}: waitfor must be job ids, got {value!r}")
+        _check_job_id(where, "waitfor item", job_id, text)
         items.append(f"link-done-job-{int(text)}")
     return items

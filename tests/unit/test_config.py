@@ -563,9 +563,8 @@ def test_serve_and_store_migrate_name_every_bad_setting(
             " got 4294967296",
         ),
         (
-            {"CBEXEC_MAX_CONCURRENT": "4194305"},
-            "max_concurrent: must be at most 4194304 (the kernel's most processes, and each"
-            " run is one), got 4194305",
+            {"CBEXEC_MAX_CONCURRENT": "4097"},
+            "max_concurrent: must be at most 4096 (each slot makes 4 cgroups), got 4097",
         ),
     ],
     ids=["max_queue", "max_concurrent"],
@@ -591,7 +590,7 @@ def test_the_largest_max_queue_and_max_concurrent_fit_getmetrics() -> None:
         active_children=largest.max_concurrent,
         prepared_children=largest.max_concurrent,
     )
-    assert (reply.queue_limit, reply.slots) == (4294967295, 4194304)
+    assert (reply.queue_limit, reply.slots) == (4294967295, 4096)
 
 
 @pytest.mark.parametrize(
@@ -617,3 +616,128 @@ def test_qubes_default_language_flags_name_each_bit_that_is_no_language() -> Non
     # qb.conf's default: qube, post, mail, dependency, auto_wrangling.
     with pytest.raises(ConfigError, match=re.escape("8 (Qube's post), 32 (Qube's dependency)")):
         config.parse_languages(1 + 8 + 16 + 32 + 64)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ([1], "languages: expected language names in the list, got 1"),
+        (["python", 4], "languages: expected language names in the list, got 4"),
+        (1.5, "languages: expected names (a comma list, or a list of names) or Qube's"),
+        ({"a": 1}, "languages: expected names"),
+        (
+            True,
+            "languages: expected names (a comma list, or a list of names) or Qube's numeric flags, got true",
+        ),
+    ],
+)
+def test_languages_of_another_toml_type_are_refused_by_name(value: object, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.parse_languages(value)
+    assert str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "languages = [1]",
+        'languages = ["python", 4]',
+        "languages = 1.5",
+        "languages = {a = 1}",
+        "[policies.job]\nlanguages = [1]",
+    ],
+)
+def test_check_config_refuses_languages_of_another_type_in_one_line(
+    text: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Once a traceback and exit 1 (an AttributeError from the names' parsing)."""
+    for variable in [v for v in os.environ if v.startswith(config.ENV_PREFIX)]:
+        monkeypatch.delenv(variable)
+    toml = tmp_path / "cbexec.toml"
+    toml.write_text(text + "\n")
+    monkeypatch.setenv("CBEXEC_DATA_DIR", str(tmp_path / "data"))
+    assert main(["serve", "--check-config", "--config", str(toml)]) == EXIT_USAGE
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cbexec: ") and "languages: expected" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"max_queue": True}, "t: max_queue: expected a whole number, got true"),
+        ({"grace_seconds": True}, "t: grace_seconds: expected a number, got true"),
+        (
+            {"default_limits": {"wall_seconds": False}},
+            "t: default_limits.wall_seconds: expected a number, got false",
+        ),
+        (
+            {"default_limits": {"memory_bytes": True}},
+            "t: default_limits.memory_bytes: expected a whole number, got true",
+        ),
+        ({"report_results": "yes"}, "t: report_results: expected true or false, got 'yes'"),
+        ({"report_results": 1}, "t: report_results: expected true or false, got 1"),
+        (
+            {"mail": {"smtp_starttls": "no"}},
+            "t: mail.smtp_starttls: expected true or false, got 'no'",
+        ),
+        # Once Python's own words: "could not convert string to float: 'x'".
+        ({"history_retention_days": "x"}, "t: history_retention_days: expected a number, got 'x'"),
+    ],
+)
+def test_a_toml_value_of_the_wrong_type_is_refused_never_coerced(
+    values: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.apply(config.Settings(), values, "t")
+    assert str(caught.value) == message
+
+
+def test_the_environment_spells_booleans_as_words() -> None:
+    words = {"CBEXEC_REPORT_RESULTS": "no", "CBEXEC_STRICT": "yes", "CBEXEC_PREPARE_AHEAD": "0"}
+    settings = config.from_env(config.Settings(), words)
+    assert (settings.report_results, settings.strict, settings.prepare_ahead) == (
+        False,
+        True,
+        False,
+    )
+    with pytest.raises(ConfigError) as caught:
+        config.from_env(config.Settings(), {"CBEXEC_STRICT": "maybe"})
+    assert str(caught.value) == (
+        "environment: strict: expected true or false (or 1/0, yes/no, on/off), got 'maybe'"
+    )
+
+
+def test_a_value_of_the_wrong_type_does_not_stop_the_checks_of_the_others(tmp_path: Path) -> None:
+    toml = tmp_path / "cbexec.toml"
+    toml.write_text(
+        'max_concurrent = "four"\nmax_queue = 4294967296\nlauncher = "tepid"\n'
+        'report_results = "yes"\n[default_limits]\nwall_seconds = "x"\n[max_limits]\nwall_seconds = 10\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        config.layered(toml, {"CBEXEC_GRACE_SECONDS": "soon", "CBEXEC_LOG_FORMAT": "xml"}, {})
+    assert str(caught.value).splitlines() == [
+        # The values of the wrong type first, each source's in order...
+        f"{toml}: max_concurrent: expected a whole number, got 'four'",
+        f"{toml}: report_results: expected true or false, got 'yes'",
+        f"{toml}: default_limits.wall_seconds: expected a number, got 'x'",
+        "environment: grace_seconds: expected a number, got 'soon'",
+        # ...then what the others mean; default_limits.wall_seconds is not compared with
+        # max_limits.wall_seconds: its value was refused, so the default's 30 was never given.
+        "max_queue: must be at most 4294967295 (GetMetrics carries it in 32 bits), got 4294967296",
+        "launcher: expected zygote or cold, got 'tepid'",
+        "log_format: expected text or json, got 'xml'",
+    ]
+
+
+def test_a_later_source_that_gives_a_refused_setting_right_has_it_checked(tmp_path: Path) -> None:
+    toml = tmp_path / "cbexec.toml"
+    toml.write_text('max_queue = "x"\n')
+    with pytest.raises(ConfigError) as caught:
+        config.layered(toml, {"CBEXEC_MAX_QUEUE": "-1"}, {})
+    assert str(caught.value).splitlines() == [
+        f"{toml}: max_queue: expected a whole number, got 'x'",
+        "max_queue: must be 0 or more, got -1",
+    ]

@@ -258,6 +258,33 @@ def test_a_refusal_counts_the_submissions_jobs_from_1_as_their_callbacks(
     assert str(refused.value).startswith(message), refused.value
 
 
+@pytest.mark.parametrize(
+    ("field", "message"),
+    [
+        (
+            {"dependency": "99999999999999999999"},
+            "dependency item '99999999999999999999': job id 99999999999999999999 is out of range",
+        ),
+        (
+            {"dependency": "link-failed-job-99999999999999999999"},
+            "dependency item 'link-failed-job-99999999999999999999': job id 99999999999999999999",
+        ),
+        (
+            {"waitfor": [1, 99999999999999999999]},
+            "waitfor item 99999999999999999999: job id 99999999999999999999 is out of range",
+        ),
+    ],
+    ids=["id", "link", "waitfor"],
+)
+def test_an_out_of_range_dependency_id_names_the_field_as_written(
+    sup: ReferenceSupervisor, field: dict[str, Any], message: str
+) -> None:
+    """Once "callback 1: triggers: ... at column 14", of the trigger made from it."""
+    with pytest.raises(SubmitError) as refused:
+        sup.submit([{"name": "a"}, {"name": "b", **field}])
+    assert str(refused.value).startswith(f"job 2 of the submission: {message}"), refused.value
+
+
 def test_submit_needs_a_list(sup: ReferenceSupervisor) -> None:
     with pytest.raises(SubmitError, match="submit takes a list of job dicts"):
         sup.submit({"name": "a"})  # type: ignore[arg-type]

@@ -113,6 +113,11 @@ GOOD = {"v": 1, "at": 200.0, "row": 3, "f": [None, None, None, None, False]}
         _forged({**GOOD, "at": float("nan")}),
         _forged({**GOOD, "row": -1}),
         _forged({**GOOD, "row": 1.5}),
+        # Beyond what a store's signed 64-bit row id holds, or what a float holds.
+        _forged({**GOOD, "row": 2**63}),
+        _forged({**GOOD, "row": 10**30}),
+        _forged({**GOOD, "at": 10**400}),
+        _forged({**GOOD, "f": [None, None, 10**400, None, False]}),
         _forged({**GOOD, "f": [None, "BOGUS", None, None, False]}),
         _forged({**GOOD, "f": [None, None, None, None]}),
         _forged({**GOOD, "f": [True, None, None, None, False]}),
@@ -138,6 +143,17 @@ def test_a_malformed_or_foreign_token_is_refused_saying_what_to_give(token: str)
 def test_the_forged_good_token_is_one_indeed() -> None:
     """The malformed ones above differ from an accepted token only where they say."""
     assert decode_page_token(_forged(GOOD), EVERY_RUN) == RunKey(200.0, 3)
+
+
+def test_the_largest_row_id_a_store_holds_is_a_key_the_history_pages_after(
+    history: RunHistory,
+) -> None:
+    record(history, "run-0", 100.0)
+    key = decode_page_token(_forged({**GOOD, "row": 2**63 - 1}), EVERY_RUN)
+    assert key == RunKey(200.0, 2**63 - 1)
+    assert [run.invocation_id for run in history.list_page(EVERY_RUN, limit=5, after=key).runs] == [
+        "run-0"
+    ]
 
 
 # -- pages of a history ---------------------------------------------------------------------

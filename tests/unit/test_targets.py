@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -115,3 +116,32 @@ def test_a_farm_is_one_executor(capsys: pytest.CaptureFixture[str]) -> None:
         FarmClient("10.0.0.1:1,10.0.0.2:1")
     assert main(["farm", "jobs", "--address", "dns:///executors.example:1"]) == 2
     assert "the farm is one executor's embedded supervisor" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("ipv4:127.0.0.1", "address '127.0.0.1' needs a port"),
+        ("ipv4:127.0.0.1:99999", "port 99999 is out of range"),
+        ("ipv4:127.0.0.1:0", "port 0 is out of range"),
+        ("ipv4:localhost:1", "'localhost:1' in a list is not an IP address"),
+        ("ipv4:10.0.0.1:1,10.0.0.2", "address '10.0.0.2' needs a port"),
+        ("ipv6:[::1]", "address '[::1]' needs a port"),
+        ("ipv6:::1:5", "write an IPv6 address in brackets"),
+        ("ipv4:[::1]:5", "'[::1]:5' in 'ipv4:[::1]:5' is not an IPv4 address"),
+        ("ipv6:127.0.0.1:5", "'127.0.0.1:5' in 'ipv6:127.0.0.1:5' is not an IPv6 address"),
+    ],
+)
+def test_an_ipv4_or_ipv6_target_is_checked_entry_by_entry(address: str, message: str) -> None:
+    """Once passed to gRPC as is: C-core log lines, and UNKNOWN or a dial to port 0."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        resolve_target(address)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ExecutorClient(address)
+
+
+def test_an_ipv4_target_without_a_port_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["metrics", "--address", "ipv4:127.0.0.1"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "cbexec: --address: address '127.0.0.1' needs a port: IP:PORT, or [IPv6]:PORT"
+    ]
