@@ -107,9 +107,15 @@ async def test_a_dependency_on_a_retried_job_waits_for_its_next_end(
         ("complete-job-parent", "'parent' is not another job's id or label"),
         ("link-complete-work-24-5", "'24-5' is not another job's id or label"),
         # Past the stored ids: SubmitJobs said OK and the job was never registered.
-        ("9223372036854775808", "job id '9223372036854775808' out of range"),
-        ("link-done-job-18446744073709551615", "job id '18446744073709551615' out of range"),
-        ("12, 0", "job id '0': no job has id 0"),
+        (
+            "9223372036854775808",
+            "dependency item '9223372036854775808': job id 9223372036854775808 is out of range",
+        ),
+        (
+            "link-done-job-18446744073709551615",
+            "dependency item 'link-done-job-18446744073709551615': job id 18446744073709551615 is out of range",
+        ),
+        ("12, 0", "dependency item '0': job id 0 is out of range (1 to 9223372036854775807)"),
     ],
 )
 async def test_a_dependency_that_cannot_hold_is_refused(
