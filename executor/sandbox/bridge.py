@@ -107,6 +107,8 @@ class BridgeServer:
         self._senders: set[int] = set()
         self._reading = False
         self._shut_down = False
+        # The child is gone (abandon_call): a call frame it left is not answered.
+        self._abandoned = False
         self._release_after_mark = False
         self._task: asyncio.Task[None] | None = None
         # A qb call is being answered: nothing more can come until its reply is sent.
@@ -162,6 +164,8 @@ class BridgeServer:
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as err:
+            # Linux reports the reset (the child's end released with our bytes unread)
+            # only once what it sent before is read: nothing of it is lost here.
             if err.errno == errno.ECONNRESET and not self._result.calls:
                 # The child's end was released with data unread, and only the start
                 # frame was ever sent to it: its callback never had its code.
@@ -208,6 +212,8 @@ class BridgeServer:
                     raise BridgeViolation("a frame after the launch failure report")
                 if frame["type"] == "call":
                     self._result.calls += 1
+                    if self._abandoned:
+                        continue  # its caller is dead: there is no one to answer
                     self._pause()  # the child waits for the reply
                     self.answering = True
                     self._task = self._loop.create_task(self._answer(frame))
@@ -269,6 +275,24 @@ class BridgeServer:
         self._release_after_mark = True
         if self.end_marked:
             self._end()
+
+    def abandon_call(self) -> None:
+        """The child is dead with a qb call unanswered: give the call up, and take what it sent after it.
+
+        A call a signal handler's die cut short is followed by the done frame that reports
+        the die, and a cold child exits after it while the answer may still be in the
+        making (a large jobinfo). Nobody waits for that answer any more; everything the
+        child sent is in the kernel's queue by now, so it is read at once, to the end.
+        """
+        if self._task is not None:
+            self._task.cancel()  # recorded as cut short (HostApi.call)
+            self._task = None
+        self.answering = False
+        self._abandoned = True
+        self._reading = True  # no reader is added: the reads happen here and now
+        self._take_frames()  # what came in the same read as the call
+        self.read_pending()
+        self._end()
 
     def close(self) -> None:
         """Stop serving: no more reading, our side shut down, a call in progress cancelled.

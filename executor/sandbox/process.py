@@ -669,12 +669,15 @@ class SandboxRunner:
     async def _drain(child: _Child) -> None:
         """Wait up to DRAIN_TIMEOUT_S for the pipes' EOF and the bridge's end, then give up on them.
 
-        A qb call still being answered is not waited for: its caller is dead, and
-        stopping to serve cancels it (recorded as cut short, ``HostApi.call``).
+        A qb call still being answered is not waited for: its caller is dead, so it is
+        cancelled (recorded as cut short, ``HostApi.call``), and what the child sent
+        after the call (the done frame of a handler's die in the wait) is read at once.
         """
         child.watch_pipes()
         waits = [pipe.eof for pipe in child.pipes]
-        if child.server is not None and not child.server.answering:
+        if child.server is not None:
+            if child.server.answering:
+                child.server.abandon_call()
             waits.append(child.server.ended)
         pending = [wait for wait in waits if not wait.done()]
         if pending:

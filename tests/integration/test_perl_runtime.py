@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import shutil
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from executor.host_api import HostApi
+from executor.host_api import CUT_SHORT, HostApi
 from executor.model import Failure, Invocation, Language, Limits, Outcome
 from executor.runtimes.child import child_runtime
 from executor.sandbox.exit_status import SandboxResult
@@ -379,6 +380,36 @@ async def test_die_fails_with_the_message(
     assert run.failure.message == "boom at <callback> line 2."
     assert "main::deeper called at <callback> line 3" in run.failure.traceback
     assert run.stdout == "before\n"
+
+
+async def test_a_handlers_die_while_a_call_is_still_being_answered_is_reported(
+    runner: SandboxRunner,
+    supervisor: ReferenceSupervisor,
+    job_id: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The die lands in the wait; the cold child reports it and exits while the executor
+    # still builds the answer (a large jobinfo takes that long). The done frame sent
+    # before the exit was left unread, and the run was "exited with status 1".
+    job_info = ReferencePort.job_info
+
+    async def slow_job_info(port: ReferencePort, **query: Any) -> list[dict[str, Any]]:
+        await asyncio.sleep(3)
+        return await job_info(port, **query)
+
+    monkeypatch.setattr(ReferencePort, "job_info", slow_job_info)
+    code = (
+        'use Time::HiRes qw(ualarm);\n$SIG{ALRM} = sub { die "TIMEOUT\\n" };\n'
+        "ualarm(200_000);\nqb::jobinfo(id => $qb::jobid);\n"
+    )
+    run = await run_perl(runner, supervisor, job_id, code)
+
+    assert run.outcome is Outcome.FAILED, (run.failure, run.stderr)
+    assert run.failure is not None
+    assert (run.failure.exception_type, run.failure.message) == ("die", "TIMEOUT")
+    assert run.child.usage.wall_seconds < 2.5  # the unanswered call is not waited for
+    (action,) = run.host.actions  # made all the same, and may have been applied
+    assert (action.verb, action.ok, action.message) == ("jobinfo", False, CUT_SHORT)
 
 
 async def test_die_with_an_object_that_overloads_only_stringification(

@@ -230,3 +230,31 @@ async def test_perl_callbacks_find_the_same_modules_loaded_on_both_launchers(
 
     assert seen["zygote"] == seen["cold"]
     assert seen["cold"] >= DOCUMENTED_PERL_MODULES
+
+
+# -- global destruction -------------------------------------------------------------------
+
+
+async def test_global_destruction_is_part_of_a_perl_run_only_on_the_cold_path(
+    stack: Stack,
+) -> None:
+    # As the README's Perl section says: plain perl runs an object's DESTROY held by a
+    # package variable in global destruction, after the END blocks; the warm path's end
+    # mark comes before that, so its output and warnings are not the run's.
+    code = (
+        'package Foo; sub DESTROY { print "DESTROY ran\\n"; warn "global bye" }\n'
+        'package main;\nour $kept = bless {}, "Foo";\nmy $freed = bless {}, "Foo";\n'
+        'undef $freed;\nEND { print "END ran\\n" }\nprint "body done\\n";\n'
+    )
+    response = await run(stack, "perl", code)
+
+    assert response.outcome == Outcome.OUTCOME_SUCCEEDED, (response.failure, response.stderr)
+    released = "DESTROY ran\nbody done\nEND ran\n"  # released in the code: on both paths
+    if stack.settings.launcher == "cold":
+        assert response.stdout == released + "DESTROY ran\n"
+        assert response.stderr.endswith(
+            "global bye at <callback> line 1 during global destruction.\n"
+        )
+    else:
+        assert response.stdout == released
+        assert "global destruction" not in response.stderr

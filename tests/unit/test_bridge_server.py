@@ -169,3 +169,39 @@ async def test_a_done_frame_after_a_call_is_kept_when_the_child_exits_before_the
 
     assert served.evidence.done is not None and served.evidence.done["message"] == "TIMEOUT"
     assert served.evidence.calls == 1 and not served.violations
+
+
+@pytest.mark.parametrize("one_read", [True, False], ids=["with-the-call", "after-the-call"])
+async def test_a_call_given_up_after_the_childs_death_leaves_its_done_frame_read(
+    served: Served, monkeypatch: pytest.MonkeyPatch, one_read: bool
+) -> None:
+    # The child reported a handler's die and exited while its call was still being
+    # answered (a large answer): the answer is given up, the done frame is still taken,
+    # and a reset for our reply left unread is no sign of a start frame left unread.
+    cancelled = asyncio.Event()
+
+    async def never_answered(frame: CallFrame) -> ReplyFrame:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cancelled.set()
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(served.server, "_on_call", never_answered)
+    failed = protocol.encode({"type": "done", "status": "exception", "message": "TIMEOUT"})
+    if one_read:
+        served.child.sendall(CALL + failed)
+        await asyncio.sleep(0.05)
+    else:
+        served.child.sendall(CALL)
+        await asyncio.sleep(0.05)  # the call is taken, the reading paused
+        served.child.sendall(failed + CALL)  # a call after it: nobody is left to answer
+    served.ours.send(b"part of a reply")  # unread by the child: its close is a reset
+    served.child.close()
+
+    served.server.abandon_call()
+
+    assert served.server.ended.done() and not served.server.answering
+    assert served.evidence.done is not None and served.evidence.done["message"] == "TIMEOUT"
+    assert not served.evidence.start_unread and not served.violations
+    await asyncio.wait_for(cancelled.wait(), 5)
