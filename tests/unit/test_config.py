@@ -16,6 +16,7 @@ from executor.cli.connection import EXIT_USAGE
 from executor.errors import ConfigError
 from executor.model import Language
 from supervisor_client.qbcallback.v1 import executor_pb2
+from tests.conftest import TEST_UID_BASE
 
 pytestmark = pytest.mark.unit
 
@@ -659,6 +660,10 @@ def test_check_config_refuses_languages_of_another_type_in_one_line(
     toml = tmp_path / "cbexec.toml"
     toml.write_text(text + "\n")
     monkeypatch.setenv("CBEXEC_DATA_DIR", str(tmp_path / "data"))
+    # Clear of a service on the default port and uids (the start-up checks come first
+    # for a policy's languages): this suite's own range, any free port.
+    monkeypatch.setenv("CBEXEC_SANDBOX_UID_BASE", str(TEST_UID_BASE))
+    monkeypatch.setenv("CBEXEC_BIND", "127.0.0.1:0")
     assert main(["serve", "--check-config", "--config", str(toml)]) == EXIT_USAGE
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("cbexec: ") and "languages: expected" in lines[0]
