@@ -111,6 +111,23 @@ class Decider:
     def event(self) -> Event:
         return self._seen.event
 
+    def _submission_taken_at_registration(self) -> bool:
+        """Whether this is a registered job's submit event, whose submission level mode took.
+
+        A job is submitted once, and a level callback took the submission of a job the
+        engine registered when it or the job registered (registration.level_pass,
+        take_submission): the event after it is the same submission, not a second one.
+        A job never registered (a scheduler registers only jobs with callbacks) has only
+        its event, which level callbacks then take.
+        """
+        event = self.event
+        if self._registering or event.name != "submit" or event.type != "job":
+            return False
+        registered = self._db.execute(
+            "SELECT 1 FROM jobs WHERE job_id = ?", (event.job_id,)
+        ).fetchone()
+        return registered is not None
+
     def matched(
         self,
         hits: Iterable[tuple[int, int]],
@@ -127,10 +144,7 @@ class Decider:
             loaded = TriggerStore.load_callbacks(self._db, slots)
         else:
             loaded = [callbacks[rowid] for rowid in sorted(slots)]
-        if self.event.name == "submit" and self.event.type == "job" and not self._registering:
-            # A job is submitted once, and a level callback took that submission when it
-            # or the job registered (registration.level_pass, take_submission): the
-            # event after it is the same submission, not a second one.
+        if self._submission_taken_at_registration():
             loaded = [cb for cb in loaded if cb.mode != LEVEL]
         for cb in sorted(loaded, key=firing_order):
             expr = self._parsed(cb.triggers)

@@ -175,6 +175,22 @@ async def test_one_submission_fires_a_level_submit_callback_once(engines: Engine
     assert engine.register_job(own).fired == []
 
 
+async def test_the_submission_of_a_job_never_registered_is_its_submit_event(
+    engines: Engines,
+) -> None:
+    # A scheduler registers only the jobs that have callbacks: another job's level
+    # callback waiting for a job without any takes its submit event, once.
+    recorder = Recorder()
+    engine = engines(recorder)
+    waiting = engine.register_job(waiter(9, "submit-job-12", "level"))
+    fired, _ = await engine.publish(Event("submit", "job", 12, event_id="s-12"), wait=True)
+    await engine.wait_idle()
+    assert waiting.fired == []
+    assert [(f.callback.job_id, f.callback.callback_id) for f in fired] == [(9, 1)]
+    await engine.wait_idle()
+    assert recorder.codes == ["level"]
+
+
 async def test_registering_a_level_callback_again_does_not_fire_it_again(
     engines: Engines,
 ) -> None:
