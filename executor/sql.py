@@ -33,7 +33,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import lru_cache
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 from executor.errors import ConfigError, UnavailableError
 
@@ -585,6 +585,19 @@ def execute_counted(db: Db, sql: str, parameters: Sequence[Any]) -> int:
     if isinstance(db, PgDb):
         return db.execute_prepared(sql, parameters)
     return int(db.execute(sql, parameters).rowcount)
+
+
+_V = TypeVar("_V")
+
+# Values per ``IN (...)`` list: SQLite bounds the parameters of one statement.
+IN_LIST_VALUES: Final = 500
+
+
+def in_lists(values: Sequence[_V]) -> Iterator[tuple[list[_V], str]]:
+    """``values`` in parts of at most ``IN_LIST_VALUES``, each with its ``?, ?, ...`` marks."""
+    for start in range(0, len(values), IN_LIST_VALUES):
+        part = list(values[start : start + IN_LIST_VALUES])
+        yield part, ", ".join("?" * len(part))
 
 
 def pipelined(db: Db) -> AbstractContextManager[None]:

@@ -54,7 +54,7 @@ from executor.model import (
 from executor.runs.latest import latest_per_key
 from executor.runs.paging import RunFilters, RunKey
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
-from executor.sql import Db, NoCheckpoints, PgDb, Row, is_postgres
+from executor.sql import Db, NoCheckpoints, PgDb, Row, in_lists, is_postgres
 from executor.storage import StorageHealth, damaged, open_database, writing
 
 logger = logging.getLogger(__name__)
@@ -521,14 +521,12 @@ class RunHistory:
         """When the recorded run of each of these ids ended (Unix time); unknown ids left out."""
         self.before_read()
         found: dict[str, float] = {}
-        for start in range(0, len(invocation_ids), 500):  # SQLite bounds a statement's values
-            chunk = invocation_ids[start : start + 500]
-            marks = ", ".join("?" * len(chunk))
+        for chunk, marks in in_lists(invocation_ids):
             with self._lock:
                 rows = self._db.execute(
                     "SELECT invocation_id, started_at + wall_seconds FROM runs"  # noqa: S608 - ? marks
                     f" WHERE invocation_id IN ({marks})",
-                    list(chunk),
+                    chunk,
                 ).fetchall()
             found.update((str(row[0]), float(row[1])) for row in rows)
         return found

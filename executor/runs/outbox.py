@@ -80,6 +80,7 @@ from executor.sql import (
     PgDb,
     StoreUnavailable,
     execute_counted,
+    in_lists,
     is_postgres,
     row_lock,
 )
@@ -486,8 +487,7 @@ class Outbox:
     def notes(self, seqs: list[int]) -> dict[int, str]:
         """The notes of these rows (seq: notes), those that still have them."""
         found: dict[int, str] = {}
-        for chunk in _chunks(seqs):
-            marks = ", ".join("?" * len(chunk))
+        for chunk, marks in in_lists(seqs):
             found.update(
                 (int(seq), str(notes))
                 for seq, notes in self._db.execute(
@@ -505,8 +505,7 @@ class Outbox:
         with writing(self._path, self._health):
             self._db.execute("BEGIN")
             try:
-                for chunk in _chunks(seqs):
-                    marks = ", ".join("?" * len(chunk))
+                for chunk, marks in in_lists(seqs):
                     self._db.execute(
                         f"UPDATE outbox SET notes = NULL WHERE seq IN ({marks})",  # noqa: S608
                         chunk,
@@ -921,8 +920,3 @@ class Outbox:
                 (self._keep_delivered,),
             )
         self._checkpoints.committed()
-
-
-def _chunks(seqs: list[int], size: int = 500) -> list[list[int]]:
-    """``seqs`` in lists of ``size``: SQLite bounds the parameters of a statement."""
-    return [seqs[start : start + size] for start in range(0, len(seqs), size)]
