@@ -123,10 +123,7 @@ class Decider:
         event = self.event
         if self._registering or event.name != "submit" or event.type != "job":
             return False
-        registered = self._db.execute(
-            "SELECT 1 FROM jobs WHERE job_id = ?", (event.job_id,)
-        ).fetchone()
-        return registered is not None
+        return TriggerStore.place_in(self._db, event.job_id) is not None  # registered
 
     def matched(
         self,
