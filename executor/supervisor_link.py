@@ -7,11 +7,14 @@ call raises ``HostCallError`` with the exception kind the callback sees.
 Every action carries ``invocation_id`` and ``action_seq`` (its position among the run's
 effects, from 1, numbered by ``host_api.HostApi``): a supervisor applies each pair once,
 so a run repeated with the same invocation id (a fleet re-running a firing whose replica
-died) does not apply its actions twice. Reads (``job_info``) are not numbered.
+died) does not apply its actions twice. Reads (``job_info``) are not numbered; each says
+how much of a job's agenda it needs, so that a big job's 20,000 work items are not read
+for a status.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -46,8 +49,23 @@ class SupervisorPort(Protocol):
     """What callbacks may ask of the supervisor, on behalf of ``actor``."""
 
     async def job_info(
-        self, *, job_id: int | None, pgrp: int | None, include_callbacks: bool, actor: str
-    ) -> list[dict[str, Any]]: ...
+        self,
+        *,
+        job_id: int | None,
+        pgrp: int | None,
+        include_callbacks: bool,
+        actor: str,
+        work_names: Sequence[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """One job (``job_id``) or a pgrp's jobs, as Qube job dicts.
+
+        ``work_names`` says what of each agenda the caller needs: None every item, else
+        the items so named (an empty sequence: none). It is a hint, which the
+        supervisor may answer with more (every item), so a caller looks the items it
+        needs up by name, and reads the agenda's length or tallies (``todo``,
+        ``todotally``) only from a read of every item.
+        """
+        ...
 
     async def job_action(
         self, verb: str, job_id: int, *, actor: str, invocation_id: str, action_seq: int

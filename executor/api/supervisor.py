@@ -9,7 +9,7 @@ guessed from the message text.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
 import grpc
@@ -71,13 +71,26 @@ class GrpcSupervisor:
             raise host_error(err) from err
 
     async def job_info(
-        self, *, job_id: int | None, pgrp: int | None, include_callbacks: bool, actor: str
+        self,
+        *,
+        job_id: int | None,
+        pgrp: int | None,
+        include_callbacks: bool,
+        actor: str,
+        work_names: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
         request = supervisor_pb2.JobInfoRequest(include_callbacks=include_callbacks, actor=actor)
         if pgrp is not None:
             request.pgrp = pgrp
         else:
             request.id = job_id or 0
+        if work_names is None:
+            request.agenda = supervisor_pb2.AGENDA_SCOPE_ALL
+        elif not work_names:
+            request.agenda = supervisor_pb2.AGENDA_SCOPE_NONE
+        else:
+            request.agenda = supervisor_pb2.AGENDA_SCOPE_NAMED
+            request.work_names.extend(work_names)
         response = await self._call(self._stub.JobInfo, request)
         return [job_to_dict(job, include_callbacks=include_callbacks) for job in response.jobs]
 

@@ -71,6 +71,19 @@ def verb_name(enum_type: Any, value: int) -> str:
     return name.split("_VERB_", 1)[1].lower()
 
 
+def agenda_names(request: supervisor_pb2.JobInfoRequest) -> list[str] | None:
+    """The work items a JobInfo asks for: None for every one, else those names (maybe none).
+
+    A scope this contract does not know (proto3 enums are open) gets every item: the
+    field is a hint, and answering more is always correct.
+    """
+    if request.agenda == supervisor_pb2.AGENDA_SCOPE_NONE:
+        return []
+    if request.agenda == supervisor_pb2.AGENDA_SCOPE_NAMED:
+        return list(request.work_names)
+    return None
+
+
 def _plain(message: Message) -> dict[str, Any]:
     """A message as the JSON mapping (enum names, field names as in the .proto)."""
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
@@ -130,15 +143,24 @@ class SupervisorServicer(supervisor_pb2_grpc.SupervisorServiceServicer):
     async def JobInfo(
         self, request: supervisor_pb2.JobInfoRequest, context: Context
     ) -> supervisor_pb2.JobInfoResponse:
-        """One job (NOT_FOUND when unknown) or a pgrp's jobs; reading needs no rights."""
+        """One job (NOT_FOUND when unknown) or a pgrp's jobs; reading needs no rights.
+
+        Each job's agenda as the request's ``agenda`` scope asks: only the rows asked
+        for are read.
+        """
         selector = request.WhichOneof("selector")
         include = request.include_callbacks
+        names = agenda_names(request)
 
         def read() -> list[dict[str, Any]]:
             if selector == "id":
-                return [self._supervisor.job(request.id, include_callbacks=include)]
+                return [
+                    self._supervisor.job(request.id, include_callbacks=include, work_names=names)
+                ]
             if selector == "pgrp":
-                return self._supervisor.jobs_in_pgrp(request.pgrp, include_callbacks=include)
+                return self._supervisor.jobs_in_pgrp(
+                    request.pgrp, include_callbacks=include, work_names=names
+                )
             raise ValueError("JobInfoRequest needs an id or a pgrp")
 
         jobs = await self._call(context, read)

@@ -78,6 +78,9 @@ logger = logging.getLogger(__name__)
 Listener = Callable[[Transition], None]
 
 DEFAULT_ADMINS: Final = frozenset({"root", "admin"})
+# Names in one ``IN`` list: well under SQLite's bound on a statement's parameters
+# (999 before SQLite 3.32).
+_NAMES_PER_QUERY: Final = 500
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -493,19 +496,42 @@ class ReferenceSupervisor:
 
     # -- reading ------------------------------------------------------------------------
 
-    def job(self, job_id: int, *, include_callbacks: bool = False) -> dict[str, Any]:
-        """The Qube job dict of one job. Raises NoSuchJobError."""
-        with self._using_db():
-            return self._job_dict(self._job_row(job_id), include_callbacks=include_callbacks)
+    def job(
+        self,
+        job_id: int,
+        *,
+        include_callbacks: bool = False,
+        work_names: Collection[str] | None = None,
+    ) -> dict[str, Any]:
+        """The Qube job dict of one job. Raises NoSuchJobError.
 
-    def jobs_in_pgrp(self, pgrp: int, *, include_callbacks: bool = False) -> list[dict[str, Any]]:
-        """Every job of a process group, by id; empty for an unknown pgrp."""
+        ``work_names``: None for the whole agenda; else only the items so named, in
+        agenda order (none for an empty collection; a name the job lacks is left out).
+        A big job's read that needs one item, or none, then reads only that.
+        """
+        with self._using_db():
+            return self._job_dict(
+                self._job_row(job_id), include_callbacks=include_callbacks, work_names=work_names
+            )
+
+    def jobs_in_pgrp(
+        self,
+        pgrp: int,
+        *,
+        include_callbacks: bool = False,
+        work_names: Collection[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Every job of a process group, by id; empty for an unknown pgrp.
+
+        ``work_names``: as for ``job``, for each job.
+        """
         if not 0 <= pgrp <= MAX_ID:
             return []
         with self._using_db():
             rows = self._db.execute("SELECT * FROM jobs WHERE pgrp = ? ORDER BY id", (pgrp,))
             return [
-                self._job_dict(row, include_callbacks=include_callbacks) for row in rows.fetchall()
+                self._job_dict(row, include_callbacks=include_callbacks, work_names=work_names)
+                for row in rows.fetchall()
             ]
 
     def jobs(self, *, statuses: Collection[str] = ()) -> list[dict[str, Any]]:
@@ -560,7 +586,26 @@ class ReferenceSupervisor:
             "SELECT * FROM work WHERE job_id = ? ORDER BY position", (job_id,)
         ).fetchall()
 
-    def _job_dict(self, row: sqlite3.Row, *, include_callbacks: bool) -> dict[str, Any]:
+    def _named_work_rows(self, job_id: int, names: Collection[str]) -> list[sqlite3.Row]:
+        """The job's items among ``names``, each once, in agenda order (by its primary key)."""
+        wanted = list(dict.fromkeys(names))
+        rows: list[sqlite3.Row] = []
+        for start in range(0, len(wanted), _NAMES_PER_QUERY):
+            part = wanted[start : start + _NAMES_PER_QUERY]
+            marks = ", ".join("?" * len(part))
+            rows += self._db.execute(
+                f"SELECT * FROM work WHERE job_id = ? AND name IN ({marks})",  # noqa: S608 - ? marks
+                (job_id, *part),
+            ).fetchall()
+        return sorted(rows, key=lambda work: work["position"])
+
+    def _job_dict(
+        self,
+        row: sqlite3.Row,
+        *,
+        include_callbacks: bool,
+        work_names: Collection[str] | None = None,
+    ) -> dict[str, Any]:
         job_id = row["id"]
         job: dict[str, Any] = {name: row[name] for name in _JOB_COLUMNS}
         job["agenda"] = [
@@ -575,7 +620,11 @@ class ReferenceSupervisor:
                 if w["resultpackage"] == "{}"
                 else json.loads(w["resultpackage"]),
             }
-            for w in self._work_rows(job_id)
+            for w in (
+                self._work_rows(job_id)
+                if work_names is None
+                else self._named_work_rows(job_id, work_names)
+            )
         ]
         job["subjobs"] = [
             dict(sub)

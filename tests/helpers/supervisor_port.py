@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -47,12 +47,24 @@ class ReferencePort:
         self.supervisor = supervisor
 
     async def job_info(
-        self, *, job_id: int | None, pgrp: int | None, include_callbacks: bool, actor: str
+        self,
+        *,
+        job_id: int | None,
+        pgrp: int | None,
+        include_callbacks: bool,
+        actor: str,
+        work_names: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
         with _as_host_errors():
             if pgrp is not None:
-                return self.supervisor.jobs_in_pgrp(pgrp, include_callbacks=include_callbacks)
-            return [self.supervisor.job(job_id or 0, include_callbacks=include_callbacks)]
+                return self.supervisor.jobs_in_pgrp(
+                    pgrp, include_callbacks=include_callbacks, work_names=work_names
+                )
+            return [
+                self.supervisor.job(
+                    job_id or 0, include_callbacks=include_callbacks, work_names=work_names
+                )
+            ]
 
     async def job_action(
         self, verb: str, job_id: int, *, actor: str, invocation_id: str, action_seq: int

@@ -3,7 +3,8 @@
 ``CountingSupervisor`` is the reference supervisor's service, counting every reported
 result by invocation id (applied, or acknowledged as a duplicate) and every action
 request by ``(invocation_id, action_seq)`` (the store applies each pair once; its
-history shows what was applied); ``SupervisorEndpoint``
+history shows what was applied), and recording what each JobInfo asked of the agenda;
+``HintIgnoringSupervisor`` answers every JobInfo with the whole agenda; ``SupervisorEndpoint``
 serves it on one loopback port that can be stopped and started again.
 """
 
@@ -37,6 +38,19 @@ class CountingSupervisor(SupervisorServicer):
         self.delay_s = delay_s
         # Every action request, in arrival order: (invocation_id, action_seq).
         self.action_requests: list[tuple[str, int]] = []
+        # Every JobInfo: what of the agenda it asked for (scope name, work names) and
+        # how many work items the answer held.
+        self.job_info_asked: list[tuple[str, list[str]]] = []
+        self.job_info_items: list[int] = []
+
+    async def JobInfo(
+        self, request: supervisor_pb2.JobInfoRequest, context: Any
+    ) -> supervisor_pb2.JobInfoResponse:
+        scope = supervisor_pb2.AgendaScope.Name(request.agenda)
+        self.job_info_asked.append((scope, list(request.work_names)))
+        response = await super().JobInfo(request, context)
+        self.job_info_items.append(sum(len(job.agenda) for job in response.jobs))
+        return response
 
     async def JobAction(
         self, request: supervisor_pb2.JobActionRequest, context: Any
@@ -91,6 +105,23 @@ class SingleResultSupervisor(CountingSupervisor):
     """A supervisor written before ReportResults: it answers UNIMPLEMENTED to batches."""
 
     ReportResults = supervisor_pb2_grpc.SupervisorServiceServicer.ReportResults  # type: ignore[assignment]
+
+
+class HintIgnoringSupervisor(CountingSupervisor):
+    """A supervisor that ignores JobInfo's ``agenda`` hint: it answers every work item."""
+
+    async def JobInfo(
+        self, request: supervisor_pb2.JobInfoRequest, context: Any
+    ) -> supervisor_pb2.JobInfoResponse:
+        scope = supervisor_pb2.AgendaScope.Name(request.agenda)
+        self.job_info_asked.append((scope, list(request.work_names)))
+        every_item = supervisor_pb2.JobInfoRequest()
+        every_item.CopyFrom(request)
+        every_item.ClearField("agenda")
+        every_item.ClearField("work_names")
+        response = await SupervisorServicer.JobInfo(self, every_item, context)
+        self.job_info_items.append(sum(len(job.agenda) for job in response.jobs))
+        return response
 
 
 class SupervisorEndpoint:

@@ -135,6 +135,29 @@ async def test_jobinfo_by_pgrp(served: Served) -> None:
     assert list(empty.jobs) == []
 
 
+async def test_jobinfo_answers_the_agenda_its_scope_asks_for(
+    served: Served, blocked_job: int
+) -> None:
+    async def agenda(**scope: Any) -> list[list[str]]:
+        for selector in ("id", "pgrp"):
+            request = supervisor_pb2.JobInfoRequest(include_callbacks=True, **scope)
+            setattr(request, selector, blocked_job)
+            response = await served.stub.JobInfo(request)
+            assert [len(job.callbacks) for job in response.jobs] == [1]
+            assert [len(job.subjobs) for job in response.jobs] == [2]
+        return [[work.name for work in job.agenda] for job in response.jobs]
+
+    every = [[str(n) for n in range(1, 6)]]
+    assert await agenda() == every
+    assert await agenda(agenda=supervisor_pb2.AGENDA_SCOPE_ALL, work_names=["2"]) == every
+    assert await agenda(agenda=supervisor_pb2.AGENDA_SCOPE_NONE, work_names=["2"]) == [[]]
+    named = await agenda(agenda=supervisor_pb2.AGENDA_SCOPE_NAMED, work_names=["4", "9", "2"])
+    assert named == [["2", "4"]]
+    assert await agenda(agenda=supervisor_pb2.AGENDA_SCOPE_NAMED) == [[]]
+    # A scope this contract does not know (a newer caller's) is answered in full.
+    assert await agenda(agenda=7, work_names=["2"]) == every
+
+
 async def test_jobinfo_errors(served: Served) -> None:
     missing = await rpc_error(served.stub.JobInfo(supervisor_pb2.JobInfoRequest(id=99)))
     no_selector = await rpc_error(served.stub.JobInfo(supervisor_pb2.JobInfoRequest()))

@@ -317,6 +317,32 @@ def test_agenda_forms_and_blocked_jobs(sup: ReferenceSupervisor) -> None:
     assert job["subjobs"] == [{"id": n, "status": "blocked", "host": ""} for n in range(3)]
 
 
+def test_a_read_of_named_work_holds_only_those_items_in_agenda_order(
+    sup: ReferenceSupervisor,
+) -> None:
+    callbacks = [{"triggers": "done-job-self", "language": "qube", "code": "unblock-self"}]
+    agenda = [*(str(n) for n in range(1, 1_201)), "1-10", "Initialize"]
+    job_id = submit_one(sup, cpus=2, agenda=agenda, callbacks=callbacks)
+    whole = sup.job(job_id, include_callbacks=True)
+    by_name = {work["name"]: work for work in whole["agenda"]}
+
+    named = sup.job(
+        job_id, include_callbacks=True, work_names=["Initialize", "7", "missing", "7", "1-10"]
+    )
+    assert named["agenda"] == [by_name["7"], by_name["1-10"], by_name["Initialize"]]
+    # Past one IN list's worth of names (500 a query), still each once, in agenda order.
+    many = [str(n) for n in range(1_200, 0, -1)]
+    assert sup.job(job_id, work_names=many)["agenda"] == whole["agenda"][:1_200]
+    # No names: no item. Everything else is as a whole read's.
+    none = sup.job(job_id, include_callbacks=True, work_names=[])
+    assert none["agenda"] == []
+    assert {**none, "agenda": whole["agenda"]} == whole
+    assert {**named, "agenda": whole["agenda"]} == whole
+    (in_pgrp,) = sup.jobs_in_pgrp(whole["pgrp"], work_names=["3"])
+    assert in_pgrp["agenda"] == [by_name["3"]]
+    assert sup.jobs_in_pgrp(whole["pgrp"], work_names=[])[0]["subjobs"] == whole["subjobs"]
+
+
 def test_callbacks_are_numbered_and_only_shown_when_asked(sup: ReferenceSupervisor) -> None:
     job_id = submit_one(
         sup,

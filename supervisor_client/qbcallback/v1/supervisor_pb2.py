@@ -26,41 +26,43 @@ from supervisor_client.qbcallback.v1 import executor_pb2 as qbcallback_dot_v1_do
 from supervisor_client.qbcallback.v1 import types_pb2 as qbcallback_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eqbcallback/v1/supervisor.proto\x12\rqbcallback.v1\x1a\x1cqbcallback/v1/executor.proto\x1a\x19qbcallback/v1/types.proto\"d\n\x0eJobInfoRequest\x12\x0c\n\x02id\x18\x01 \x01(\x04H\x00\x12\x0e\n\x04pgrp\x18\x02 \x01(\x04H\x00\x12\x19\n\x11include_callbacks\x18\x03 \x01(\x08\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\tB\n\n\x08selector\"3\n\x0fJobInfoResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.qbcallback.v1.Job\"\x82\x01\n\x10JobActionRequest\x12$\n\x04verb\x18\x01 \x01(\x0e\x32\x16.qbcallback.v1.JobVerb\x12\x0e\n\x06job_id\x18\x02 \x01(\x04\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x15\n\rinvocation_id\x18\x04 \x01(\t\x12\x12\n\naction_seq\x18\x05 \x01(\r\"\x98\x01\n\x11WorkActionRequest\x12%\n\x04verb\x18\x01 \x01(\x0e\x32\x17.qbcallback.v1.WorkVerb\x12\x0e\n\x06job_id\x18\x02 \x01(\x04\x12\x12\n\nwork_names\x18\x03 \x03(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x15\n\rinvocation_id\x18\x05 \x01(\t\x12\x12\n\naction_seq\x18\x06 \x01(\r\"\x99\x01\n\x13SubjobActionRequest\x12$\n\x04verb\x18\x01 \x01(\x0e\x32\x16.qbcallback.v1.JobVerb\x12\x0e\n\x06job_id\x18\x02 \x01(\x04\x12\x12\n\nsubjob_ids\x18\x03 \x03(\x05\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x15\n\rinvocation_id\x18\x05 \x01(\t\x12\x12\n\naction_seq\x18\x06 \x01(\r\"5\n\x11JobActionResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\"6\n\x12WorkActionResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\"8\n\x14SubjobActionResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xb7\x01\n\x13ReportResultRequest\x12.\n\x06result\x18\x01 \x01(\x0b\x32\x1e.qbcallback.v1.ExecuteResponse\x12\x0e\n\x06job_id\x18\x02 \x01(\x04\x12)\n\x08\x63\x61llback\x18\x03 \x01(\x0b\x32\x17.qbcallback.v1.Callback\x12#\n\x05\x65vent\x18\x04 \x01(\x0b\x32\x14.qbcallback.v1.Event\x12\x10\n\x08\x65nded_at\x18\x05 \x01(\x01\")\n\x14ReportResultResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\"K\n\x14ReportResultsRequest\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".qbcallback.v1.ReportResultRequest\"M\n\x15ReportResultsResponse\x12\x34\n\x07results\x18\x01 \x03(\x0b\x32#.qbcallback.v1.ReportResultResponse*\xb8\x02\n\x07JobVerb\x12\x18\n\x14JOB_VERB_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_VERB_UNBLOCK\x10\x01\x12\x12\n\x0eJOB_VERB_BLOCK\x10\x02\x12\x11\n\rJOB_VERB_KILL\x10\x03\x12\x13\n\x0fJOB_VERB_REMOVE\x10\x04\x12\x12\n\x0eJOB_VERB_RETRY\x10\x05\x12\x14\n\x10JOB_VERB_REQUEUE\x10\x06\x12\x14\n\x10JOB_VERB_PREEMPT\x10\x07\x12\x16\n\x12JOB_VERB_INTERRUPT\x10\x08\x12\x14\n\x10JOB_VERB_MIGRATE\x10\t\x12\x14\n\x10JOB_VERB_SUSPEND\x10\n\x12\x13\n\x0fJOB_VERB_RESUME\x10\x0b\x12\x15\n\x11JOB_VERB_COMPLETE\x10\x0c\x12\x11\n\rJOB_VERB_FAIL\x10\r*\xbd\x01\n\x08WorkVerb\x12\x19\n\x15WORK_VERB_UNSPECIFIED\x10\x00\x12\x15\n\x11WORK_VERB_UNBLOCK\x10\x01\x12\x13\n\x0fWORK_VERB_BLOCK\x10\x02\x12\x12\n\x0eWORK_VERB_KILL\x10\x03\x12\x13\n\x0fWORK_VERB_RETRY\x10\x04\x12\x15\n\x11WORK_VERB_REQUEUE\x10\x05\x12\x16\n\x12WORK_VERB_COMPLETE\x10\x06\x12\x12\n\x0eWORK_VERB_FAIL\x10\x07\x32\x8e\x04\n\x11SupervisorService\x12H\n\x07JobInfo\x12\x1d.qbcallback.v1.JobInfoRequest\x1a\x1e.qbcallback.v1.JobInfoResponse\x12N\n\tJobAction\x12\x1f.qbcallback.v1.JobActionRequest\x1a .qbcallback.v1.JobActionResponse\x12Q\n\nWorkAction\x12 .qbcallback.v1.WorkActionRequest\x1a!.qbcallback.v1.WorkActionResponse\x12W\n\x0cSubjobAction\x12\".qbcallback.v1.SubjobActionRequest\x1a#.qbcallback.v1.SubjobActionResponse\x12W\n\x0cReportResult\x12\".qbcallback.v1.ReportResultRequest\x1a#.qbcallback.v1.ReportResultResponse\x12Z\n\rReportResults\x12#.qbcallback.v1.ReportResultsRequest\x1a$.qbcallback.v1.ReportResultsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eqbcallback/v1/supervisor.proto\x12\rqbcallback.v1\x1a\x1cqbcallback/v1/executor.proto\x1a\x19qbcallback/v1/types.proto\"\xa4\x01\n\x0eJobInfoRequest\x12\x0c\n\x02id\x18\x01 \x01(\x04H\x00\x12\x0e\n\x04pgrp\x18\x02 \x01(\x04H\x00\x12\x19\n\x11include_callbacks\x18\x03 \x01(\x08\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12*\n\x06\x61genda\x18\x05 \x01(\x0e\x32\x1a.qbcallback.v1.AgendaScope\x12\x12\n\nwork_names\x18\x06 \x03(\tB\n\n\x08selector\"3\n\x0fJobInfoResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.qbcallback.v1.Job\"\x82\x01\n\x10JobActionRequest\x12$\n\x04verb\x18\x01 \x01(\x0e\x32\x16.qbcallback.v1.JobVerb\x12\x0e\n\x06job_id\x18\x02 \x01(\x04\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x15\n\rinvocation_id\x18\x04 \x01(\t\x12\x12\n\naction_seq\x18\x05 \x01(\r\"\x98\x01\n\x11WorkActionRequest\x12%\n\x04verb\x18\x01 \x01(\x0e\x32\x17.qbcallback.v1.WorkVerb\x12\x0e\n\x06job_id\x18\x02 \x01(\x04\x12\x12\n\nwork_names\x18\x03 \x03(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x15\n\rinvocation_id\x18\x05 \x01(\t\x12\x12\n\naction_seq\x18\x06 \x01(\r\"\x99\x01\n\x13SubjobActionRequest\x12$\n\x04verb\x18\x01 \x01(\x0e\x32\x16.qbcallback.v1.JobVerb\x12\x0e\n\x06job_id\x18\x02 \x01(\x04\x12\x12\n\nsubjob_ids\x18\x03 \x03(\x05\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x15\n\rinvocation_id\x18\x05 \x01(\t\x12\x12\n\naction_seq\x18\x06 \x01(\r\"5\n\x11JobActionResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\"6\n\x12WorkActionResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\"8\n\x14SubjobActionResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xb7\x01\n\x13ReportResultRequest\x12.\n\x06result\x18\x01 \x01(\x0b\x32\x1e.qbcallback.v1.ExecuteResponse\x12\x0e\n\x06job_id\x18\x02 \x01(\x04\x12)\n\x08\x63\x61llback\x18\x03 \x01(\x0b\x32\x17.qbcallback.v1.Callback\x12#\n\x05\x65vent\x18\x04 \x01(\x0b\x32\x14.qbcallback.v1.Event\x12\x10\n\x08\x65nded_at\x18\x05 \x01(\x01\")\n\x14ReportResultResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\"K\n\x14ReportResultsRequest\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".qbcallback.v1.ReportResultRequest\"M\n\x15ReportResultsResponse\x12\x34\n\x07results\x18\x01 \x03(\x0b\x32#.qbcallback.v1.ReportResultResponse*p\n\x0b\x41gendaScope\x12\x1c\n\x18\x41GENDA_SCOPE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41GENDA_SCOPE_ALL\x10\x01\x12\x15\n\x11\x41GENDA_SCOPE_NONE\x10\x02\x12\x16\n\x12\x41GENDA_SCOPE_NAMED\x10\x03*\xb8\x02\n\x07JobVerb\x12\x18\n\x14JOB_VERB_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_VERB_UNBLOCK\x10\x01\x12\x12\n\x0eJOB_VERB_BLOCK\x10\x02\x12\x11\n\rJOB_VERB_KILL\x10\x03\x12\x13\n\x0fJOB_VERB_REMOVE\x10\x04\x12\x12\n\x0eJOB_VERB_RETRY\x10\x05\x12\x14\n\x10JOB_VERB_REQUEUE\x10\x06\x12\x14\n\x10JOB_VERB_PREEMPT\x10\x07\x12\x16\n\x12JOB_VERB_INTERRUPT\x10\x08\x12\x14\n\x10JOB_VERB_MIGRATE\x10\t\x12\x14\n\x10JOB_VERB_SUSPEND\x10\n\x12\x13\n\x0fJOB_VERB_RESUME\x10\x0b\x12\x15\n\x11JOB_VERB_COMPLETE\x10\x0c\x12\x11\n\rJOB_VERB_FAIL\x10\r*\xbd\x01\n\x08WorkVerb\x12\x19\n\x15WORK_VERB_UNSPECIFIED\x10\x00\x12\x15\n\x11WORK_VERB_UNBLOCK\x10\x01\x12\x13\n\x0fWORK_VERB_BLOCK\x10\x02\x12\x12\n\x0eWORK_VERB_KILL\x10\x03\x12\x13\n\x0fWORK_VERB_RETRY\x10\x04\x12\x15\n\x11WORK_VERB_REQUEUE\x10\x05\x12\x16\n\x12WORK_VERB_COMPLETE\x10\x06\x12\x12\n\x0eWORK_VERB_FAIL\x10\x07\x32\x8e\x04\n\x11SupervisorService\x12H\n\x07JobInfo\x12\x1d.qbcallback.v1.JobInfoRequest\x1a\x1e.qbcallback.v1.JobInfoResponse\x12N\n\tJobAction\x12\x1f.qbcallback.v1.JobActionRequest\x1a .qbcallback.v1.JobActionResponse\x12Q\n\nWorkAction\x12 .qbcallback.v1.WorkActionRequest\x1a!.qbcallback.v1.WorkActionResponse\x12W\n\x0cSubjobAction\x12\".qbcallback.v1.SubjobActionRequest\x1a#.qbcallback.v1.SubjobActionResponse\x12W\n\x0cReportResult\x12\".qbcallback.v1.ReportResultRequest\x1a#.qbcallback.v1.ReportResultResponse\x12Z\n\rReportResults\x12#.qbcallback.v1.ReportResultsRequest\x1a$.qbcallback.v1.ReportResultsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'qbcallback.v1.supervisor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBVERB']._serialized_start=1260
-  _globals['_JOBVERB']._serialized_end=1572
-  _globals['_WORKVERB']._serialized_start=1575
-  _globals['_WORKVERB']._serialized_end=1764
-  _globals['_JOBINFOREQUEST']._serialized_start=106
-  _globals['_JOBINFOREQUEST']._serialized_end=206
-  _globals['_JOBINFORESPONSE']._serialized_start=208
-  _globals['_JOBINFORESPONSE']._serialized_end=259
-  _globals['_JOBACTIONREQUEST']._serialized_start=262
-  _globals['_JOBACTIONREQUEST']._serialized_end=392
-  _globals['_WORKACTIONREQUEST']._serialized_start=395
-  _globals['_WORKACTIONREQUEST']._serialized_end=547
-  _globals['_SUBJOBACTIONREQUEST']._serialized_start=550
-  _globals['_SUBJOBACTIONREQUEST']._serialized_end=703
-  _globals['_JOBACTIONRESPONSE']._serialized_start=705
-  _globals['_JOBACTIONRESPONSE']._serialized_end=758
-  _globals['_WORKACTIONRESPONSE']._serialized_start=760
-  _globals['_WORKACTIONRESPONSE']._serialized_end=814
-  _globals['_SUBJOBACTIONRESPONSE']._serialized_start=816
-  _globals['_SUBJOBACTIONRESPONSE']._serialized_end=872
-  _globals['_REPORTRESULTREQUEST']._serialized_start=875
-  _globals['_REPORTRESULTREQUEST']._serialized_end=1058
-  _globals['_REPORTRESULTRESPONSE']._serialized_start=1060
-  _globals['_REPORTRESULTRESPONSE']._serialized_end=1101
-  _globals['_REPORTRESULTSREQUEST']._serialized_start=1103
-  _globals['_REPORTRESULTSREQUEST']._serialized_end=1178
-  _globals['_REPORTRESULTSRESPONSE']._serialized_start=1180
-  _globals['_REPORTRESULTSRESPONSE']._serialized_end=1257
-  _globals['_SUPERVISORSERVICE']._serialized_start=1767
-  _globals['_SUPERVISORSERVICE']._serialized_end=2293
+  _globals['_AGENDASCOPE']._serialized_start=1324
+  _globals['_AGENDASCOPE']._serialized_end=1436
+  _globals['_JOBVERB']._serialized_start=1439
+  _globals['_JOBVERB']._serialized_end=1751
+  _globals['_WORKVERB']._serialized_start=1754
+  _globals['_WORKVERB']._serialized_end=1943
+  _globals['_JOBINFOREQUEST']._serialized_start=107
+  _globals['_JOBINFOREQUEST']._serialized_end=271
+  _globals['_JOBINFORESPONSE']._serialized_start=273
+  _globals['_JOBINFORESPONSE']._serialized_end=324
+  _globals['_JOBACTIONREQUEST']._serialized_start=327
+  _globals['_JOBACTIONREQUEST']._serialized_end=457
+  _globals['_WORKACTIONREQUEST']._serialized_start=460
+  _globals['_WORKACTIONREQUEST']._serialized_end=612
+  _globals['_SUBJOBACTIONREQUEST']._serialized_start=615
+  _globals['_SUBJOBACTIONREQUEST']._serialized_end=768
+  _globals['_JOBACTIONRESPONSE']._serialized_start=770
+  _globals['_JOBACTIONRESPONSE']._serialized_end=823
+  _globals['_WORKACTIONRESPONSE']._serialized_start=825
+  _globals['_WORKACTIONRESPONSE']._serialized_end=879
+  _globals['_SUBJOBACTIONRESPONSE']._serialized_start=881
+  _globals['_SUBJOBACTIONRESPONSE']._serialized_end=937
+  _globals['_REPORTRESULTREQUEST']._serialized_start=940
+  _globals['_REPORTRESULTREQUEST']._serialized_end=1123
+  _globals['_REPORTRESULTRESPONSE']._serialized_start=1125
+  _globals['_REPORTRESULTRESPONSE']._serialized_end=1166
+  _globals['_REPORTRESULTSREQUEST']._serialized_start=1168
+  _globals['_REPORTRESULTSREQUEST']._serialized_end=1243
+  _globals['_REPORTRESULTSRESPONSE']._serialized_start=1245
+  _globals['_REPORTRESULTSRESPONSE']._serialized_end=1322
+  _globals['_SUPERVISORSERVICE']._serialized_start=1946
+  _globals['_SUPERVISORSERVICE']._serialized_end=2472
 # @@protoc_insertion_point(module_scope)

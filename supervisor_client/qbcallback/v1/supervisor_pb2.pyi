@@ -49,6 +49,47 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _AgendaScope:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AgendaScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgendaScope.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AGENDA_SCOPE_UNSPECIFIED: _AgendaScope.ValueType  # 0
+    """Not set: every item, as AGENDA_SCOPE_ALL (what a caller older than this
+    field gets).
+    """
+    AGENDA_SCOPE_ALL: _AgendaScope.ValueType  # 1
+    """Every item of the agenda, in agenda order."""
+    AGENDA_SCOPE_NONE: _AgendaScope.ValueType  # 2
+    """No item: an empty agenda."""
+    AGENDA_SCOPE_NAMED: _AgendaScope.ValueType  # 3
+    """Only the items named in `work_names`, each once, in agenda order (none for
+    an empty list).
+    """
+
+class AgendaScope(_AgendaScope, metaclass=_AgendaScopeEnumTypeWrapper):
+    """How much of each job's agenda a JobInfo answer holds (JobInfoRequest.agenda),
+    the same for every job of a pgrp. Only the agenda is narrowed: every other
+    field of a job, its instances and (when asked) its callbacks are always
+    there. A caller that asks for less than every item must not take the agenda
+    it gets for the whole one (its length is not Qube's `todo`).
+    """
+
+AGENDA_SCOPE_UNSPECIFIED: AgendaScope.ValueType  # 0
+"""Not set: every item, as AGENDA_SCOPE_ALL (what a caller older than this
+field gets).
+"""
+AGENDA_SCOPE_ALL: AgendaScope.ValueType  # 1
+"""Every item of the agenda, in agenda order."""
+AGENDA_SCOPE_NONE: AgendaScope.ValueType  # 2
+"""No item: an empty agenda."""
+AGENDA_SCOPE_NAMED: AgendaScope.ValueType  # 3
+"""Only the items named in `work_names`, each once, in agenda order (none for
+an empty list).
+"""
+Global___AgendaScope: _TypeAlias = AgendaScope  # noqa: Y015
+
 class _JobVerb:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -127,6 +168,8 @@ class JobInfoRequest(_message.Message):
     PGRP_FIELD_NUMBER: _builtins.int
     INCLUDE_CALLBACKS_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
+    AGENDA_FIELD_NUMBER: _builtins.int
+    WORK_NAMES_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """One job by id."""
     pgrp: _builtins.int
@@ -135,6 +178,20 @@ class JobInfoRequest(_message.Message):
     """Include each job's callbacks (Qube omits them unless asked)."""
     actor: _builtins.str
     """The Qube user making the call."""
+    agenda: Global___AgendaScope.ValueType
+    """What of each job's agenda the caller needs, a hint: a supervisor may answer
+    with more (every item, as one that ignores this field does) and the executor
+    copes, looking the items it needs up by name. Unset is every item. Honouring
+    it saves reading, converting and sending a big job's agenda (20,000 frames)
+    for a read that needs one item or none (qb.jobstatus, qb.workstatus('12:5'),
+    the work verbs, which look up their named items first).
+    """
+    @_builtins.property
+    def work_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """With AGENDA_SCOPE_NAMED: the names of the items wanted. A name the job does
+        not have is left out, not an error (the executor says which is missing).
+        """
+
     def __init__(
         self,
         *,
@@ -142,10 +199,12 @@ class JobInfoRequest(_message.Message):
         pgrp: _builtins.int = ...,
         include_callbacks: _builtins.bool = ...,
         actor: _builtins.str = ...,
+        agenda: Global___AgendaScope.ValueType = ...,
+        work_names: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "pgrp", b"pgrp", "selector", b"selector"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "id", b"id", "include_callbacks", b"include_callbacks", "pgrp", b"pgrp", "selector", b"selector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "agenda", b"agenda", "id", b"id", "include_callbacks", b"include_callbacks", "pgrp", b"pgrp", "selector", b"selector", "work_names", b"work_names"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_selector: _TypeAlias = _typing.Literal["id", "pgrp"]  # noqa: Y015
     _WhichOneofArgType_selector: _TypeAlias = _typing.Literal["selector", b"selector"]  # noqa: Y015

@@ -70,8 +70,10 @@ class SupervisorServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def JobInfo(self, request, context):
-        """qb.jobinfo('-id', n) / qb.jobinfo('-pgrp', n). NOT_FOUND when no job
-        matches an id; an empty list for an empty pgrp.
+        """qb.jobinfo('-id', n) / qb.jobinfo('-pgrp', n), and every other qb read
+        (qb.jobstatus, qb.workstatus, ...). NOT_FOUND when no job matches an id; an
+        empty list for an empty pgrp. `agenda` says how much of each job's agenda
+        the caller needs (a hint: answering every item is always correct).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -43,8 +43,10 @@ GRPC_VERSION: str
 class SupervisorServiceStub:
     def __init__(self, channel: _aio.Channel) -> None: ...
     JobInfo: _aio.UnaryUnaryMultiCallable[_supervisor_pb2.JobInfoRequest, _supervisor_pb2.JobInfoResponse]
-    """qb.jobinfo('-id', n) / qb.jobinfo('-pgrp', n). NOT_FOUND when no job
-    matches an id; an empty list for an empty pgrp.
+    """qb.jobinfo('-id', n) / qb.jobinfo('-pgrp', n), and every other qb read
+    (qb.jobstatus, qb.workstatus, ...). NOT_FOUND when no job matches an id; an
+    empty list for an empty pgrp. `agenda` says how much of each job's agenda
+    the caller needs (a hint: answering every item is always correct).
     """
     JobAction: _aio.UnaryUnaryMultiCallable[_supervisor_pb2.JobActionRequest, _supervisor_pb2.JobActionResponse]
     """A job verb (qb.unblock(n), qb.kill(n), ...). NOT_FOUND for an unknown job,
@@ -80,8 +82,10 @@ class SupervisorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _supervisor_pb2.JobInfoRequest,
         context: _aio.ServicerContext[_supervisor_pb2.JobInfoRequest, _abc.Awaitable[_supervisor_pb2.JobInfoResponse]],
     ) -> _abc.Awaitable[_supervisor_pb2.JobInfoResponse]:
-        """qb.jobinfo('-id', n) / qb.jobinfo('-pgrp', n). NOT_FOUND when no job
-        matches an id; an empty list for an empty pgrp.
+        """qb.jobinfo('-id', n) / qb.jobinfo('-pgrp', n), and every other qb read
+        (qb.jobstatus, qb.workstatus, ...). NOT_FOUND when no job matches an id; an
+        empty list for an empty pgrp. `agenda` says how much of each job's agenda
+        the caller needs (a hint: answering every item is always correct).
         """
 
     @_abc_1.abstractmethod
