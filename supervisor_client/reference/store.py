@@ -719,14 +719,15 @@ class ReferenceSupervisor:
         """
         job = self._job_row(job_id)
         current = job["status"]
-        work = self._work_rows(job_id)
-        new = derive_job_status(current, [w["status"] for w in work])
+        # Which statuses the agenda holds is all the rule asks: not 20,000 rows a change.
+        held = self._db.execute("SELECT DISTINCT status FROM work WHERE job_id = ?", (job_id,))
+        new = derive_job_status(current, [row[0] for row in held])
         if new != current:
             instances_from = NON_TERMINAL if is_terminal(new) else TERMINAL
             self._set_job_status(changes, job_id, new, instances_from)
             changes.note(job_id, f"[job] {current} -> {new} (from its agenda)")
         elif job["preempted"]:
-            self._release_preempted(changes, job_id, work)
+            self._release_preempted(changes, job_id, self._work_rows(job_id))
 
     def _release_preempted(
         self, changes: _Changes, job_id: int, work: Sequence[sqlite3.Row]
@@ -873,7 +874,7 @@ class ReferenceSupervisor:
         def apply(changes: _Changes) -> ActionResult:
             job = self._job_row(job_id)
             self._authorize(actor, job, verb)
-            items = {work["name"]: work for work in self._work_rows(job_id)}
+            items = {work["name"]: work for work in self._named_work_rows(job_id, names)}
             unknown = [name for name in names if name not in items]
             if unknown:
                 listed = ", ".join(map(repr, unknown))

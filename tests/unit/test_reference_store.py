@@ -749,6 +749,28 @@ def test_workunblock_unblocks_exactly_the_named_items(sup: ReferenceSupervisor) 
     }
 
 
+def test_a_work_verb_reads_the_rows_of_its_items_not_the_whole_agenda(
+    sup: ReferenceSupervisor,
+) -> None:
+    """A frame-by-frame dependency unblocks 20,000 frames one call each: no call reads them all."""
+    job_id = submit_one(
+        sup, agenda=[{"name": str(n), "status": "blocked"} for n in range(1, 2_001)]
+    )
+    statements: list[str] = []
+    sup._db.set_trace_callback(statements.append)
+
+    moved = sup.work_action("unblock", job_id, ["5"], "alice")
+    left = sup.work_action("unblock", job_id, ["5", "6"], "alice")
+    sup.work_action("complete", job_id, [str(n) for n in range(1, 2_001)], "alice")
+
+    sup._db.set_trace_callback(None)
+    assert (moved.changed, left.changed) == (1, 1)
+    assert sup.job(job_id)["status"] == "complete"  # the agenda's statuses still decide
+    work_reads = [s for s in statements if s.startswith("SELECT * FROM work WHERE job_id")]
+    assert work_reads
+    assert all(" AND name IN (" in s for s in work_reads), work_reads
+
+
 def test_work_verb_reports_items_it_left_alone(sup: ReferenceSupervisor) -> None:
     job_id = submit_one(sup, agenda=[1, {"name": "2", "status": "blocked"}])
 
