@@ -462,7 +462,9 @@ class TriggerEngine:
         where = surroundings(self._store, place, job, [expr for _, expr in specs], published)
         found = checks.job_checks(place)
         for spec, expr in specs:
-            found += checks.trigger_checks(expr, spec["id"], where, universal=spec["universal"])
+            found += checks.trigger_checks(
+                expr, spec["id"], where, universal=spec["universal"], level=spec["mode"] == LEVEL
+            )
             if not spec["universal"]:  # a universal file's code was checked at its load
                 found += checks.code_checks(spec["id"], spec["language"], spec["code"])
         own = [check for check in found if not check.universal]

@@ -538,8 +538,9 @@ class RegisterJobRequest(_message.Message):
     def published_events(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The events the scheduler publishes, as "NAME" or "NAME-TYPE" (e.g.
         "complete", "running-job"), with the names and types PublishEventRequest
-        takes; an atom waiting for any other is reported as never happening. An item
-        that is neither is INVALID_ARGUMENT naming it ("published_events[1]: ...").
+        takes; an atom waiting for any other is reported as never happening (not a
+        level callback's submit-job atom: its job's registration is the submission).
+        An item that is neither is INVALID_ARGUMENT naming it ("published_events[1]: ...").
         Blank items are skipped. Empty: not declared, not checked.
         """
 
