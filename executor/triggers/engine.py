@@ -72,6 +72,8 @@ from executor.triggers.nodes import EventName, EventType, per_work
 from executor.triggers.registration import (
     Registration,
     callback_specs,
+    continued,
+    keep_journal,
     level_pass,
     store_job,
     surroundings,
@@ -471,20 +473,19 @@ class TriggerEngine:
         if strict and own:
             problems = "; ".join(check.line() for check in own)
             raise InvalidRequestError(f"job {job_id} (strict): {problems}")
-        previous = {
-            (cb.callback_id, cb.triggers, cb.code, cb.mode): cb
-            for cb in self._store.callbacks_of(job_id)
-        }
+        previous = self._store.callbacks_of(job_id)
+        kept_as = continued([spec for spec, _ in specs], previous)
         agenda = list(where.agendas.get(job_id) or [])
         now = self._clock()
         batch = uuid.uuid4().hex
         with self._store.transaction() as db:
             kept_items = {
-                key: items.held(db, cb.rowid, len(cb.latches))
-                for key, cb in previous.items()
-                if per_work(_parsed(cb.triggers))
+                cb.rowid: items.held(db, cb.rowid, len(cb.latches))
+                for cb in kept_as
+                if cb is not None and per_work(_parsed(cb.triggers))
             }
             first_time = store_job(db, job)
+            keep_journal(db, job_id, [spec for spec, _ in specs], kept_as, previous)
             decider = Decider(
                 db,
                 SeenEvent(Event("submit", "job", job_id), now),
@@ -493,9 +494,7 @@ class TriggerEngine:
                 parsed=_parsed,
                 registering=True,
             )
-            for spec, expr in specs:
-                key = (spec["id"], spec["triggers"], spec["code"], spec["mode"])
-                kept = previous.get(key)
+            for (spec, expr), kept in zip(specs, kept_as, strict=True):
                 if kept is not None:
                     spec.update(
                         count=kept.count, latches=list(kept.latches), latched_by=list(kept.marks)
@@ -503,7 +502,7 @@ class TriggerEngine:
                 atoms, timers = self._index(place, expr)
                 rowid = TriggerStore.put_callback(db, job_id, spec, atoms, timers)
                 if kept is not None:
-                    for work_name, state in kept_items.get(key, {}).items():
+                    for work_name, state in kept_items.get(kept.rowid, {}).items():
                         items.save(db, rowid, work_name, state)
                 elif spec["mode"] == LEVEL:
                     (stored,) = TriggerStore.load_callbacks(db, [rowid])
