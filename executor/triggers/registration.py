@@ -299,6 +299,13 @@ def level_pass(
         if after is not None:
             TriggerStore.save_state(db, cb.rowid, after.count, after.latches, after.latched_by)
         return
+    if not agenda:
+        # The items are those events will name: each starts from what latched for all.
+        marks = [None if atom.per_work else known.mark(atom) for atom in atoms(expr)]
+        unnamed = decider.level_unnamed(cb, expr, marks)
+        if unnamed is not None:
+            TriggerStore.save_state(db, cb.rowid, 0, unnamed.latches, unnamed.latched_by)
+        return
     total = 0
     for item in agenda:
         item_expr = substitute_all(expr, item)

@@ -599,8 +599,9 @@ class RegisteredCallback(_message.Message):
     @_builtins.property
     def latches(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
         """Latch state of each atom of the trigger, in left-to-right order. For a
-        trigger with {work}, all false: each work item has its own (see
-        ExplainCallbacks).
+        trigger with {work}, each work item has its own (see ExplainCallbacks);
+        these are what an item no event has named yet starts from (atoms without
+        {work} latch here for every item of a job registered without an agenda).
         """
 
     def __init__(

@@ -1,7 +1,8 @@
-"""Registration semantics probe 42 found wrong, on PostgreSQL as on SQLite.
+"""Trigger semantics probe 42 found wrong, on PostgreSQL as on SQLite.
 
-A universal line keeps its state and journal when its per-job id moves; a replaced
-callback's journal is not shown as the new one's.
+A universal line keeps its state and journal when its per-job id moves, and a replaced
+callback's journal is not shown as the new one's; without an agenda, an atom without
+``{work}`` latches for the items events name later too.
 """
 
 from __future__ import annotations
@@ -82,3 +83,39 @@ async def test_a_level_line_whose_id_moved_keeps_its_submission_and_journal(
     assert explained[4].callback.triggers == "submit-job-self"
     assert explained[4].callback.count == 1
     assert [e.kind for e in explained[4].journal] == [EntryKind.LEVEL]
+
+
+async def test_without_an_agenda_what_latches_for_every_item_reaches_items_named_later(
+    engines: Make,
+) -> None:
+    engine = engines()
+    engine.register_job({"id": 70, "pgrp": 70, "label": "lb"})
+    engine.register_job(
+        {
+            "id": 71,
+            "pgrp": 70,
+            "callbacks": [
+                {"triggers": t, "language": "qube", "code": "unblock-work-self"}
+                for t in (
+                    "complete-work-self-{work} && complete-job-lb",
+                    "complete-work-self-{work} && complete-work-self-*",
+                )
+            ],
+        }
+    )
+
+    # In one group: the later events read what the earlier ones left, not yet written.
+    decided = await engine.publish_many(
+        [
+            Event("complete", "job", 70, event_id="lb"),
+            Event("complete", "work", 71, work_name="1", event_id="w1"),
+            Event("complete", "work", 71, work_name="2", event_id="w2"),
+        ]
+    )
+    assert [[(f.callback.callback_id, f.work_name) for f in fired] for fired, _ in decided] == [
+        [],
+        [(1, "1"), (2, "1")],
+        [(1, "2"), (2, "2")],
+    ]
+    fired, _ = await engine.publish(Event("complete", "work", 71, work_name="3"), wait=True)
+    assert [(f.callback.callback_id, f.work_name) for f in fired] == [(1, "3"), (2, "3")]
