@@ -565,6 +565,11 @@ class TriggerEngine:
             decider.near_misses(keys, place, hits, in_pgrp, elsewhere)
             if deferred is not None:
                 deferred.records.append(seen)
+        elif (
+            deferred is not None and event.name == EventName.SUBMIT and event.type == EventType.JOB
+        ):
+            # A job never registered: level callbacks registered later take its submission.
+            deferred.submissions.append(seen)
         return decider.decision
 
     def _own(self, db: Db, batch: str, firings: Sequence[PendingFiring]) -> None:
@@ -612,8 +617,9 @@ class TriggerEngine:
             deferred.flush(db)  # what waits for the job's states is written before they go
             TriggerStore.remove_job(db, event.job_id)
             states.forget_job(db, event.job_id)
+            states.forget_submission(db, event.job_id)
             checks.forget_job(db, event.job_id)
-        self._prune_journal(db)
+        self._prune(db)
         return decision, False
 
     def _count(self, decision: Decision, duplicate: bool) -> None:
@@ -658,7 +664,7 @@ class TriggerEngine:
                 end += 1
             applied += self._apply_segment(db, events[start : end + 1], deferred)
             start = end + 1
-        self._prune_journal(db)
+        self._prune(db)
         return applied
 
     def _apply_segment(
@@ -704,6 +710,7 @@ class TriggerEngine:
         if _removes_job(last) and not applied[-1][1]:
             TriggerStore.remove_job(db, last.job_id)
             states.forget_job(db, last.job_id)
+            states.forget_submission(db, last.job_id)
             checks.forget_job(db, last.job_id)
         return applied
 
@@ -732,13 +739,18 @@ class TriggerEngine:
         applied = await self._group.submit(events, self._applied)
         return [(decision.fired, duplicate) for decision, duplicate in applied]
 
-    def _prune_journal(self, db: Db) -> None:
-        """Drop journal entries past their age, at most once per ``PRUNE_EVERY_S``."""
+    def _prune(self, db: Db) -> None:
+        """Prune what is bounded, at most once per ``PRUNE_EVERY_S``.
+
+        Journal entries past their age, and the remembered submissions of jobs never
+        registered past their number (``states.MAX_REMEMBERED_SUBMISSIONS``).
+        """
         now = self._clock()
         if now - self._journal_pruned_at < journal.PRUNE_EVERY_S:
             return
         self._journal_pruned_at = now
         journal.prune_older_than(db, now - self._journal.max_age_s)
+        states.prune_submissions(db)
 
     def match(self, event: Event, *, dry: bool) -> Decision:
         """Apply (or, dry, simulate) one event; what it fires is queued for the worker.

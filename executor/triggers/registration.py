@@ -22,7 +22,7 @@ from executor.sql import Db
 from executor.triggers import checks, items, journal, states
 from executor.triggers.decide import Decider, Fired
 from executor.triggers.errors import TriggerSyntaxError
-from executor.triggers.evaluate import JobPlace, event_keys, happened
+from executor.triggers.evaluate import JobPlace, event_keys, happened, scope_label
 from executor.triggers.journal import SeenEvent
 from executor.triggers.nodes import (
     WILDCARD,
@@ -267,6 +267,9 @@ class _Known:
         type_ = atom.type.value
         if atom.type is EventType.JOB:
             known = states.state(self._db, job_id, type_)
+            if known is None and atom.name is EventName.SUBMIT:
+                # A job never registered whose submit event came: its submission.
+                return states.submission(self._db, job_id)
             candidates = [("", known)] if known is not None else []
         elif atom.type in (EventType.WORK, EventType.SUBJOB):
             found = self.items(job_id, type_)
@@ -335,8 +338,18 @@ def take_submission(db: Db, decider: Decider, place: JobPlace) -> None:
     knows"): a level callback registered later latches it in its level pass, one
     registered before the job latches it now, and the job's submit event latches level
     callbacks no more (decide.Decider.matched), so one submission fires them once.
+
+    When its submit event came before it registered (a job the engine was not given
+    then, whose submission it remembered: states.submission), the level callbacks
+    naming it by id took that event, or the remembered submission in their level pass;
+    only those naming it by the label it registers with, which could not, take it now.
     """
-    hits, callbacks = TriggerStore.matching_callbacks(db, event_keys(decider.event, place))
+    keys = event_keys(decider.event, place)
+    if states.forget_submission(db, place.job_id):  # its states take over from here
+        keys = [key for key in keys if scope_label(key.scope) is not None]
+        if not keys:
+            return
+    hits, callbacks = TriggerStore.matching_callbacks(db, keys)
     taking = {
         rowid
         for rowid, cb in callbacks.items()

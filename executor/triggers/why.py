@@ -302,6 +302,8 @@ def _already(view: _View, atom: Atom, job_id: int) -> bool:
         return False
     item = "" if atom.type is EventType.JOB else atom.extra
     known = states.state(view.db, job_id, atom.type.value, item)
+    if known is None and atom.name is EventName.SUBMIT and atom.type is EventType.JOB:
+        return states.submission(view.db, job_id) is not None  # a job never registered
     return known is not None and happened(atom, [known.state])
 
 

@@ -119,3 +119,20 @@ async def test_without_an_agenda_what_latches_for_every_item_reaches_items_named
     ]
     fired, _ = await engine.publish(Event("complete", "work", 71, work_name="3"), wait=True)
     assert [(f.callback.callback_id, f.work_name) for f in fired] == [(1, "3"), (2, "3")]
+
+
+async def test_the_submission_of_a_job_never_registered_is_remembered_for_level_callbacks(
+    engines: Make,
+) -> None:
+    engine = engines()
+    waiting = {"triggers": "submit-job-80", "language": "qube", "code": "x", "mode": "level"}
+    engine.register_job({"id": 81, "pgrp": 81, "callbacks": [waiting]})
+    decided = await engine.publish_many([Event("submit", "job", 80, event_id="s80")])
+    assert [f.callback.job_id for f in decided[0][0]] == [81]
+
+    later = engine.register_job({"id": 82, "pgrp": 82, "callbacks": [waiting]})
+    assert [f.callback.job_id for f in later.fired] == [82]
+    assert engine.register_job({"id": 80, "pgrp": 80}).fired == []  # the same submission
+    with engine.store.outside_transaction() as db:
+        count = db.execute("SELECT count(*) FROM unregistered_submissions").fetchone()[0]
+    assert count == 0  # its states took over
