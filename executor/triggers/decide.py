@@ -229,11 +229,20 @@ class Decider:
     def _latch_unnamed(self, cb: StoredCallback, expr: Expr, slots: Sequence[int]) -> None:
         """Latch atoms without ``{work}`` in the state every item starts from (``items.unnamed``).
 
-        Nothing fires: no item is named. Its journal entry is kept as one more item's ("").
+        Nothing fires, as no item is known yet (when these latches alone make the
+        trigger true, an item fires when an event first names it). The journal entry is
+        kept as one more item's ("").
         """
         before = items.unnamed(cb)
-        moved = step(expr, before.latches, slots, count=0, maximum=0)
-        moved = Step(False, moved.latches, moved.newly, moved.already)
+        matched = sorted(set(slots))
+        # Not ``step``: these latches never fire or reset, even when they make the trigger
+        # true; an item fires with them when an event names it.
+        moved = Step(
+            False,
+            tuple(latched or slot in matched for slot, latched in enumerate(before.latches)),
+            tuple(slot for slot in matched if not before.latches[slot]),
+            tuple(slot for slot in matched if before.latches[slot]),
+        )
         if moved.newly:
             if not self._dry:
                 self._save_state(

@@ -228,3 +228,22 @@ async def test_without_an_agenda_level_mode_latches_for_every_item_at_registrati
 
     assert registration.fired == []
     assert await complete(engine, 21, "3") == ["3"]
+
+
+async def test_without_an_agenda_what_latched_for_every_item_is_kept_when_it_is_true_alone(
+    engines: Engines,
+) -> None:
+    # Nothing fires for items no event has named; the first event naming one fires it.
+    engine = engines(Recorder())
+    engine.register_job({"id": 20, "pgrp": 20, "label": "lb"})
+    engine.register_job({"id": 19, "pgrp": 20, "label": "la"})
+    engine.register_job(
+        no_agenda("(complete-job-la || complete-work-self-{work}) && complete-job-lb")
+    )
+    for job_id in (19, 20):
+        fired, _ = await engine.publish(Event("complete", "job", job_id), wait=True)
+        assert fired == []
+
+    assert await complete(engine, 21, "2") == ["2"]
+    assert await complete(engine, 21, "2") == []  # item 2 fired and reset
+    assert await complete(engine, 21, "5") == ["5"]
