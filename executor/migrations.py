@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS fleet_versions (
 def _steps() -> list[str]:
     """Migration steps, oldest first; step n brings a database to version n."""
     from executor.runs import history, outbox
-    from executor.triggers import store
+    from executor.triggers import states, store
 
     return [
         pg_ddl(
@@ -48,6 +48,9 @@ def _steps() -> list[str]:
         "ALTER TABLE outbox ADD COLUMN IF NOT EXISTS ended_at DOUBLE PRECISION NOT NULL DEFAULT 0;",
         # A run's notes, kept with its report until the history has the run (run_notes).
         "ALTER TABLE outbox ADD COLUMN IF NOT EXISTS notes TEXT;",
+        # The submissions of jobs never registered, which level callbacks registered after
+        # them take (a database made at an earlier version by this code has the table).
+        pg_ddl(states.SUBMISSIONS_SCHEMA),
     ]
 
 

@@ -11,7 +11,8 @@ alone (the universal callbacks at load, when there is no job). What they find:
 * ``unknown_work``: a work name (or, for ``{work}``, the job's own items) missing from
   the referenced job's agenda, when that agenda is known.
 * ``never_happens``: an atom no event can match: ``global``, ``parent`` of a job without
-  one, an event the scheduler declared it never publishes.
+  one, an event the scheduler declared it never publishes (but a level callback's
+  ``submit-job`` atom: its job's registration is its submission).
 * ``label_split``: a label holding ``-``, which the grammar splits (``complete-job-a-b``
   names label ``a``).
 * ``parse_warning``: what the parser accepted with a warning (an extra on a job atom is
@@ -232,20 +233,31 @@ def job_checks(owner: JobPlace) -> list[Check]:
 
 
 def trigger_checks(
-    expr: Expr, callback_id: int, where: Surroundings, *, universal: bool = False
+    expr: Expr,
+    callback_id: int,
+    where: Surroundings,
+    *,
+    universal: bool = False,
+    level: bool = False,
 ) -> list[Check]:
-    """Everything wrong with one callback's trigger where its job registers."""
+    """Everything wrong with one callback's trigger where its job registers.
+
+    ``level``: the callback is in level mode (its job's registration is the submission
+    its ``submit-job`` atoms wait for, whatever events the scheduler publishes).
+    """
     found = static_checks(expr)
     for slot, atom in enumerate(atoms(expr)):
         text = atom.text or render_atom(atom)
         found.extend(
             Check(kind, message, slot=slot, atom=text, pgrp=pgrp, label=label)
-            for kind, message, pgrp, label in _atom_problems(atom, where)
+            for kind, message, pgrp, label in _atom_problems(atom, where, level=level)
         )
     return [replace(check, callback_id=callback_id, universal=universal) for check in found]
 
 
-def _atom_problems(atom: Atom, where: Surroundings) -> Iterable[tuple[CheckKind, str, int, str]]:
+def _atom_problems(
+    atom: Atom, where: Surroundings, *, level: bool
+) -> Iterable[tuple[CheckKind, str, int, str]]:
     """(kind, message, pgrp, label) of each problem of one atom."""
     owner = where.owner
     if atom.is_timed or atom.type is EventType.GLOBAL:
@@ -260,7 +272,10 @@ def _atom_problems(atom: Atom, where: Surroundings) -> Iterable[tuple[CheckKind,
         )
     if kind is ContextKind.LABEL:
         yield from _label_problems(atom, where)
-    if not _published(atom, where.published):
+    # For level mode a job's registration is its submission: a level submit-job atom
+    # latches when its job registers, with or without a submit event.
+    registers = level and atom.name is EventName.SUBMIT and atom.type is EventType.JOB
+    if not registers and not _published(atom, where.published):
         declared = _declared(where.published or frozenset())
         yield (
             CheckKind.NEVER_HAPPENS,

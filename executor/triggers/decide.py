@@ -192,9 +192,15 @@ class Decider:
         if outside:
             agenda = states.agenda(self._db, job_id)
             self._near_miss(cb, outside, outside_agenda_reason(work_name, job_id, agenda))
+        shared = [slot for slot in slots if not found[slot].per_work]
+        if shared and not known:
+            # Without an agenda the items are those events name, now or later: each
+            # starts from what latched for every item before it was named.
+            self._latch_unnamed(cb, expr, shared)
         total = cb.count
         for item, item_slots in targets.items():
             state = held.get(item) or self._item(cb.rowid, item, size)
+            state = items.or_unnamed(state, cb)
             item_expr = substitute_all(expr, item)
             moved = step(
                 item_expr, state.latches, item_slots, count=state.count, maximum=cb.maximum
@@ -219,6 +225,31 @@ class Decider:
                 TriggerStore.save_count(self._db, cb.rowid, total)
             else:
                 self._group.save_count(cb.rowid, total)
+
+    def _latch_unnamed(self, cb: StoredCallback, expr: Expr, slots: Sequence[int]) -> None:
+        """Latch atoms without ``{work}`` in the state every item starts from (``items.unnamed``).
+
+        Nothing fires, as no item is known yet (when these latches alone make the
+        trigger true, an item fires when an event first names it). The journal entry is
+        kept as one more item's ("").
+        """
+        before = items.unnamed(cb)
+        matched = sorted(set(slots))
+        # Not ``step``: these latches never fire or reset, even when they make the trigger
+        # true; an item fires with them when an event names it.
+        moved = Step(
+            False,
+            tuple(latched or slot in matched for slot, latched in enumerate(before.latches)),
+            tuple(slot for slot in matched if not before.latches[slot]),
+            tuple(slot for slot in matched if before.latches[slot]),
+        )
+        if moved.newly:
+            if not self._dry:
+                self._save_state(
+                    cb.rowid, cb.count, moved.latches, self._marks(before.latched_by, moved)
+                )
+            self.decision.latched.append(Latched(cb, moved.latches))
+        self._entry(cb, expr, moved, count=0, per_item=True)
 
     def _item(self, rowid: int, work_name: str, size: int) -> WorkState:
         if self._group is None:
@@ -376,6 +407,35 @@ class Decider:
             self._near_miss(cb, [ref.slot], reason)
 
     # -- level mode at registration ---------------------------------------------------
+
+    def level_unnamed(
+        self, cb: StoredCallback, expr: Expr, marks: Sequence[SeenEvent | None]
+    ) -> WorkState | None:
+        """Level mode for a ``{work}`` callback of a job without an agenda.
+
+        What already happened of its atoms without ``{work}`` (``marks``) latches in the
+        state its items start from (``items.unnamed``); nothing fires, as no item is
+        known. None when nothing latched.
+        """
+        newly = tuple(slot for slot, mark in enumerate(marks) if mark is not None)
+        if not newly:
+            return None
+        latest = max((mark for mark in marks if mark is not None), key=lambda mark: mark.at)
+        latches = tuple(mark is not None for mark in marks)
+        rest, _ = residual(expr, latches)
+        found = atoms(expr)
+        self.decision.entries.append(
+            JournalEntry(
+                job_id=cb.job_id,
+                callback_id=cb.callback_id,
+                kind=EntryKind.LEVEL,
+                seen=SeenEvent(latest.event, self._seen.at),
+                per_item=True,
+                latched=tuple(render_atom(found[slot]) for slot in newly),
+                waiting_for="" if rest is None else render(rest),
+            )
+        )
+        return WorkState(0, latches, tuple(marks))
 
     def level(
         self,

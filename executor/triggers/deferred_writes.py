@@ -5,7 +5,8 @@ the states it leaves its objects in (states.py); no event's decisions read eithe
 they wait for the end of the transaction and go as one ``executemany`` each, whatever
 the group's size, instead of a few statements (on PostgreSQL, round trips) per event.
 A ``removed`` job forgets its states: what was waiting is written before it
-(``flush``), so the order of the writes is the events' order.
+(``flush``), so the order of the writes is the events' order. The ``submit`` events of
+jobs never registered wait here too, to be remembered (``states.remember_submissions``).
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from executor.triggers.journal import JournalEntry, JournalLimits, SeenEvent
 
 @dataclass
 class DeferredWrites:
-    """Journal entries and state records waiting for their transaction's ``flush``."""
+    """Journal entries, state records and submissions waiting for their transaction's ``flush``."""
 
     limits: JournalLimits
     entries: list[JournalEntry] = field(default_factory=list)
     records: list[SeenEvent] = field(default_factory=list)
+    submissions: list[SeenEvent] = field(default_factory=list)
 
     def flush(self, db: Db) -> None:
         """Write what waits, in the events' order, in the open transaction.
@@ -38,4 +40,5 @@ class DeferredWrites:
                 journal.append(db, self.entries, self.limits)
             if self.records:
                 states.record_all(db, self.records)
-        self.entries, self.records = [], []
+        states.remember_submissions(db, self.submissions)
+        self.entries, self.records, self.submissions = [], [], []

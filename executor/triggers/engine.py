@@ -72,6 +72,8 @@ from executor.triggers.nodes import EventName, EventType, per_work
 from executor.triggers.registration import (
     Registration,
     callback_specs,
+    continued,
+    keep_journal,
     level_pass,
     store_job,
     surroundings,
@@ -462,27 +464,28 @@ class TriggerEngine:
         where = surroundings(self._store, place, job, [expr for _, expr in specs], published)
         found = checks.job_checks(place)
         for spec, expr in specs:
-            found += checks.trigger_checks(expr, spec["id"], where, universal=spec["universal"])
+            found += checks.trigger_checks(
+                expr, spec["id"], where, universal=spec["universal"], level=spec["mode"] == LEVEL
+            )
             if not spec["universal"]:  # a universal file's code was checked at its load
                 found += checks.code_checks(spec["id"], spec["language"], spec["code"])
         own = [check for check in found if not check.universal]
         if strict and own:
             problems = "; ".join(check.line() for check in own)
             raise InvalidRequestError(f"job {job_id} (strict): {problems}")
-        previous = {
-            (cb.callback_id, cb.triggers, cb.code, cb.mode): cb
-            for cb in self._store.callbacks_of(job_id)
-        }
+        previous = self._store.callbacks_of(job_id)
+        kept_as = continued([spec for spec, _ in specs], previous)
         agenda = list(where.agendas.get(job_id) or [])
         now = self._clock()
         batch = uuid.uuid4().hex
         with self._store.transaction() as db:
             kept_items = {
-                key: items.held(db, cb.rowid, len(cb.latches))
-                for key, cb in previous.items()
-                if per_work(_parsed(cb.triggers))
+                cb.rowid: items.held(db, cb.rowid, len(cb.latches))
+                for cb in kept_as
+                if cb is not None and per_work(_parsed(cb.triggers))
             }
             first_time = store_job(db, job)
+            keep_journal(db, job_id, [spec for spec, _ in specs], kept_as, previous)
             decider = Decider(
                 db,
                 SeenEvent(Event("submit", "job", job_id), now),
@@ -491,9 +494,7 @@ class TriggerEngine:
                 parsed=_parsed,
                 registering=True,
             )
-            for spec, expr in specs:
-                key = (spec["id"], spec["triggers"], spec["code"], spec["mode"])
-                kept = previous.get(key)
+            for (spec, expr), kept in zip(specs, kept_as, strict=True):
                 if kept is not None:
                     spec.update(
                         count=kept.count, latches=list(kept.latches), latched_by=list(kept.marks)
@@ -501,7 +502,7 @@ class TriggerEngine:
                 atoms, timers = self._index(place, expr)
                 rowid = TriggerStore.put_callback(db, job_id, spec, atoms, timers)
                 if kept is not None:
-                    for work_name, state in kept_items.get(key, {}).items():
+                    for work_name, state in kept_items.get(kept.rowid, {}).items():
                         items.save(db, rowid, work_name, state)
                 elif spec["mode"] == LEVEL:
                     (stored,) = TriggerStore.load_callbacks(db, [rowid])
@@ -564,6 +565,11 @@ class TriggerEngine:
             decider.near_misses(keys, place, hits, in_pgrp, elsewhere)
             if deferred is not None:
                 deferred.records.append(seen)
+        elif (
+            deferred is not None and event.name == EventName.SUBMIT and event.type == EventType.JOB
+        ):
+            # A job never registered: level callbacks registered later take its submission.
+            deferred.submissions.append(seen)
         return decider.decision
 
     def _own(self, db: Db, batch: str, firings: Sequence[PendingFiring]) -> None:
@@ -611,8 +617,9 @@ class TriggerEngine:
             deferred.flush(db)  # what waits for the job's states is written before they go
             TriggerStore.remove_job(db, event.job_id)
             states.forget_job(db, event.job_id)
+            states.forget_submission(db, event.job_id)
             checks.forget_job(db, event.job_id)
-        self._prune_journal(db)
+        self._prune(db)
         return decision, False
 
     def _count(self, decision: Decision, duplicate: bool) -> None:
@@ -657,7 +664,7 @@ class TriggerEngine:
                 end += 1
             applied += self._apply_segment(db, events[start : end + 1], deferred)
             start = end + 1
-        self._prune_journal(db)
+        self._prune(db)
         return applied
 
     def _apply_segment(
@@ -703,6 +710,7 @@ class TriggerEngine:
         if _removes_job(last) and not applied[-1][1]:
             TriggerStore.remove_job(db, last.job_id)
             states.forget_job(db, last.job_id)
+            states.forget_submission(db, last.job_id)
             checks.forget_job(db, last.job_id)
         return applied
 
@@ -731,13 +739,18 @@ class TriggerEngine:
         applied = await self._group.submit(events, self._applied)
         return [(decision.fired, duplicate) for decision, duplicate in applied]
 
-    def _prune_journal(self, db: Db) -> None:
-        """Drop journal entries past their age, at most once per ``PRUNE_EVERY_S``."""
+    def _prune(self, db: Db) -> None:
+        """Prune what is bounded, at most once per ``PRUNE_EVERY_S``.
+
+        Journal entries past their age, and the remembered submissions of jobs never
+        registered past their number (``states.MAX_REMEMBERED_SUBMISSIONS``).
+        """
         now = self._clock()
         if now - self._journal_pruned_at < journal.PRUNE_EVERY_S:
             return
         self._journal_pruned_at = now
         journal.prune_older_than(db, now - self._journal.max_age_s)
+        states.prune_submissions(db)
 
     def match(self, event: Event, *, dry: bool) -> Decision:
         """Apply (or, dry, simulate) one event; what it fires is queued for the worker.

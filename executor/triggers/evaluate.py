@@ -343,7 +343,9 @@ def work_targets(
         if agenda_known and work_name not in items:
             outside = placed
         else:
-            targets[work_name] = tuple(sorted({*targets.get(work_name, ()), *placed}))
+            # The event's item is one of the callback's: what latches for every item
+            # latches for it too, though it may hold no state yet (no agenda).
+            targets[work_name] = tuple(sorted({*shared, *targets.get(work_name, ()), *placed}))
     return targets, outside
 
 

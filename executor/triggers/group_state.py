@@ -130,4 +130,4 @@ class GroupState:
 
 def _untouched(state: WorkState) -> bool:
     """items.save's rule: an item with no count and no latch has no row."""
-    return state.count == 0 and not any(state.latches)
+    return state.untouched

@@ -4,16 +4,24 @@ A ``{work}`` callback is stored once (store.py); each of its work items has its 
 latch vector, the events that set its latches, and its count. An item no event has
 touched has no row (``WorkState.fresh``), so registering a job of 10,000 frames writes
 nothing here, and an event reads the one row of the item it names, by primary key.
+
+Such an item starts from the callback's own latch vector (``unnamed``): the atoms
+without ``{work}`` that latched for every item of a job registered without an agenda,
+whose items are not known until events name them (decide.py). One callback per frame
+would have latched them in every frame's callback, named or not.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from executor.sql import Db, Row
 from executor.triggers.journal import SeenEvent, marks_from_json, marks_to_json
+
+if TYPE_CHECKING:
+    from executor.triggers.store import StoredCallback
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS work_latches (
@@ -40,12 +48,31 @@ class WorkState:
         """An item no event has touched."""
         return cls(0, (False,) * size, (None,) * size)
 
+    @property
+    def untouched(self) -> bool:
+        """No count and no latch: the state of an item without a row (``save`` deletes it)."""
+        return self.count == 0 and not any(self.latches)
+
     @classmethod
     def from_row(cls, row: Row, size: int) -> WorkState:
         latches = tuple(bool(x) for x in json.loads(row["latches"]))
         if len(latches) != size:  # the trigger changed under a kept row: start afresh
             return cls(int(row["count"]), (False,) * size, (None,) * size)
         return cls(int(row["count"]), latches, marks_from_json(row["latched_by"], size))
+
+
+def unnamed(cb: StoredCallback) -> WorkState:
+    """The state an item of ``{work}`` callback ``cb`` starts from: the callback's own latches.
+
+    Set by atoms without ``{work}`` for every item of a job registered without an
+    agenda, including the items no event has named yet (all false otherwise).
+    """
+    return WorkState(0, cb.latches, cb.marks)
+
+
+def or_unnamed(work: WorkState, cb: StoredCallback) -> WorkState:
+    """An item's state as read, or, for an item without a row, ``unnamed``."""
+    return unnamed(cb) if work.untouched else work
 
 
 def state(db: Db, rowid: int, work_name: str, size: int) -> WorkState:

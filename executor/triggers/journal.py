@@ -12,20 +12,21 @@ journal and the state never disagree, after ``kill -9`` included. They are bound
 the newest ``JournalLimits.entries`` per callback (per work item for a ``{work}``
 callback, whose items are as many callbacks), and none older than
 ``JournalLimits.max_age_s`` (pruned at most once a minute, by the engine). An entry
-holds the texts of its atoms as they were, so it still reads right after the trigger
-is registered anew.
+holds the texts of its atoms as they were. A job registered again keeps the entries of
+the callbacks it keeps, under their ids now, and drops those of the others
+(``follow_callbacks``): an id another callback takes never shows the old one's.
 """
 
 from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from executor.model import Event
-from executor.sql import Db, Row
+from executor.sql import Db, Row, in_lists
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS journal (
@@ -197,6 +198,37 @@ def append(db: Db, entries: Iterable[JournalEntry], limits: JournalLimits) -> No
             " AND seq <= (SELECT seq FROM journal WHERE job_id = ? AND callback_id = ?"
             " ORDER BY seq DESC LIMIT 1 OFFSET ?)",
             [(*key, *key, limits.entries) for key in plain],
+        )
+
+
+def follow_callbacks(
+    db: Db, job_id: int, moved: Mapping[int, int], gone: Collection[int], *, everything: bool
+) -> None:
+    """Keep a registered-again job's journal with the callbacks the registration kept.
+
+    ``moved``: old id -> new id of a callback kept under another id (a universal line
+    whose per-job id moved): its entries follow it. ``gone``: the ids of callbacks it
+    did not keep (a trigger changed under an id, a line removed): their entries go, so
+    that a callback registered under such an id never shows another one's. With
+    ``everything``, every entry of the job goes (it had no callbacks: entries left by
+    an earlier job of that id, removed).
+    """
+    if everything:
+        db.execute("DELETE FROM journal WHERE job_id = ?", (job_id,))
+        return
+    for part, marks in in_lists(sorted(gone)):
+        db.execute(
+            f"DELETE FROM journal WHERE job_id = ? AND callback_id IN ({marks})",  # noqa: S608 - marks only
+            (job_id, *part),
+        )
+    if moved:
+        # One statement: ids may swap (lines reordered), which a statement per id would mix.
+        cases = " ".join("WHEN ? THEN ?" for _ in moved)
+        marks = ", ".join("?" * len(moved))
+        db.execute(
+            f"UPDATE journal SET callback_id = CASE callback_id {cases} END"  # noqa: S608 - marks only
+            f" WHERE job_id = ? AND callback_id IN ({marks})",
+            (*(n for pair in moved.items() for n in pair), job_id, *moved),
         )
 
 

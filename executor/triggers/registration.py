@@ -10,6 +10,7 @@ latches, and what that makes true fires, in that same transaction.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,10 +19,10 @@ from executor.bounds import code_size_problem
 from executor.errors import InvalidRequestError
 from executor.model import Event, Language
 from executor.sql import Db
-from executor.triggers import checks, items, states
+from executor.triggers import checks, items, journal, states
 from executor.triggers.decide import Decider, Fired
 from executor.triggers.errors import TriggerSyntaxError
-from executor.triggers.evaluate import JobPlace, event_keys, happened
+from executor.triggers.evaluate import JobPlace, event_keys, happened, scope_label
 from executor.triggers.journal import SeenEvent
 from executor.triggers.nodes import (
     WILDCARD,
@@ -34,7 +35,7 @@ from executor.triggers.nodes import (
     substitute_all,
 )
 from executor.triggers.store import EDGE, LEVEL, MODES, StoredCallback, TriggerStore
-from executor.triggers.universal import UniversalCallback
+from executor.triggers.universal import UniversalCallback, trigger_key
 
 QUBE = Language.QUBE.value
 _LANGUAGES = tuple(language.value for language in Language)
@@ -91,6 +92,73 @@ def callback_specs(
         specs.append((_spec(cb, next_id, job, expr, attached.mode), expr))
         next_id += 1
     return specs
+
+
+def continued(
+    specs: Sequence[Mapping[str, Any]], previous: Sequence[StoredCallback]
+) -> list[StoredCallback | None]:
+    """Per spec (``callback_specs``), the callback of the job's last registration it is.
+
+    None for a callback new to the job, which starts afresh. A job's own callback is
+    the one of the same id (the scheduler names its callbacks) with the same trigger,
+    code and mode. A universal callback is the one of its line: its file and its trigger
+    in canonical form, whatever per-job id it has now (those ids follow the job's own
+    callbacks in callbacks.conf order, so they move when a reload adds a line before
+    it or the job's callbacks change in number) and whatever the line's options or the
+    file's code became. Its file is found by path, else (a fleet whose replicas each
+    keep callbacks.conf in a directory of their own) by name when exactly one of the
+    last registration's universal callbacks has that name and trigger, as
+    ``universal.find_line`` finds a firing's line.
+    """
+    own = {
+        (cb.callback_id, cb.triggers, cb.code, cb.mode): cb for cb in previous if not cb.universal
+    }
+    lines = {(cb.source, trigger_key(cb.triggers)): cb for cb in previous if cb.universal}
+    found: list[StoredCallback | None] = []
+    for spec in specs:
+        if spec["universal"]:
+            found.append(lines.pop((spec["source"], trigger_key(spec["triggers"])), None))
+        else:
+            found.append(own.get((spec["id"], spec["triggers"], spec["code"], spec["mode"])))
+    # The lines not found by path, by file name: taken only where that is unambiguous.
+    was: dict[tuple[str, str], list[StoredCallback]] = {}
+    for (source, key), cb in lines.items():
+        was.setdefault((os.path.basename(source), key), []).append(cb)
+    now: dict[tuple[str, str], list[int]] = {}
+    for index, spec in enumerate(specs):
+        if spec["universal"] and found[index] is None:
+            name = (os.path.basename(spec["source"]), trigger_key(spec["triggers"]))
+            now.setdefault(name, []).append(index)
+    for name, indexes in now.items():
+        if len(indexes) == 1 and len(was.get(name, ())) == 1:
+            found[indexes[0]] = was[name][0]
+    # A text stored by an older grammar is told apart by its words: its latches may not fit.
+    return [
+        cb if cb is None or len(cb.latches) == len(spec["latches"]) else None
+        for spec, cb in zip(specs, found, strict=True)
+    ]
+
+
+def keep_journal(
+    db: Db,
+    job_id: int,
+    specs: Sequence[Mapping[str, Any]],
+    kept_as: Sequence[StoredCallback | None],
+    previous: Sequence[StoredCallback],
+) -> None:
+    """The journal of each callback kept (``continued``) follows it; the others' goes."""
+    journal.follow_callbacks(
+        db,
+        job_id,
+        moved={
+            cb.callback_id: spec["id"]
+            for spec, cb in zip(specs, kept_as, strict=True)
+            if cb is not None and cb.callback_id != spec["id"]
+        },
+        gone={cb.callback_id for cb in previous}
+        - {cb.callback_id for cb in kept_as if cb is not None},
+        everything=not previous,
+    )
 
 
 def _callback_ids(given: Sequence[int]) -> list[int]:
@@ -199,6 +267,9 @@ class _Known:
         type_ = atom.type.value
         if atom.type is EventType.JOB:
             known = states.state(self._db, job_id, type_)
+            if known is None and atom.name is EventName.SUBMIT:
+                # A job never registered whose submit event came: its submission.
+                return states.submission(self._db, job_id)
             candidates = [("", known)] if known is not None else []
         elif atom.type in (EventType.WORK, EventType.SUBJOB):
             found = self.items(job_id, type_)
@@ -231,6 +302,13 @@ def level_pass(
         if after is not None:
             TriggerStore.save_state(db, cb.rowid, after.count, after.latches, after.latched_by)
         return
+    if not agenda:
+        # The items are those events will name: each starts from what latched for all.
+        marks = [None if atom.per_work else known.mark(atom) for atom in atoms(expr)]
+        unnamed = decider.level_unnamed(cb, expr, marks)
+        if unnamed is not None:
+            TriggerStore.save_state(db, cb.rowid, 0, unnamed.latches, unnamed.latched_by)
+        return
     total = 0
     for item in agenda:
         item_expr = substitute_all(expr, item)
@@ -260,8 +338,18 @@ def take_submission(db: Db, decider: Decider, place: JobPlace) -> None:
     knows"): a level callback registered later latches it in its level pass, one
     registered before the job latches it now, and the job's submit event latches level
     callbacks no more (decide.Decider.matched), so one submission fires them once.
+
+    When its submit event came before it registered (a job the engine was not given
+    then, whose submission it remembered: states.submission), the level callbacks
+    naming it by id took that event, or the remembered submission in their level pass;
+    only those naming it by the label it registers with, which could not, take it now.
     """
-    hits, callbacks = TriggerStore.matching_callbacks(db, event_keys(decider.event, place))
+    keys = event_keys(decider.event, place)
+    if states.forget_submission(db, place.job_id):  # its states take over from here
+        keys = [key for key in keys if scope_label(key.scope) is not None]
+        if not keys:
+            return
+    hits, callbacks = TriggerStore.matching_callbacks(db, keys)
     taking = {
         rowid
         for rowid, cb in callbacks.items()
@@ -277,6 +365,8 @@ __all__ = [
     "LEVEL",
     "Registration",
     "callback_specs",
+    "continued",
+    "keep_journal",
     "level_pass",
     "store_job",
     "surroundings",

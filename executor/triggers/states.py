@@ -9,7 +9,12 @@ is running"). Qube publishes no event for ``pending``: an item unblocked since i
 event still shows that event's state.
 
 Only registered jobs are kept (an event of a job the engine does not know is not
-recorded); a job's states go when a ``removed`` event removes it.
+recorded); a job's states go when a ``removed`` event removes it. Of a job the engine
+was never given (a scheduler registers only the jobs with callbacks) it keeps one
+thing: that it was submitted (its ``submit`` event), for the level callbacks registered
+after it (``remember_submissions``). Those are bounded: the newest
+``MAX_REMEMBERED_SUBMISSIONS``, pruned by the engine (``prune_submissions``); the job's
+first registration (or its removal) takes its submission out.
 """
 
 from __future__ import annotations
@@ -34,8 +39,19 @@ CREATE TABLE IF NOT EXISTS known_states (
     seen_json TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (job_id, type, item)
 ) WITHOUT ROWID;
-
 """
+# The submissions of jobs never registered (a store from before it gets it at its start;
+# a fleet's PostgreSQL at ``cbexec store migrate``).
+SUBMISSIONS_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS unregistered_submissions (
+    job_id INTEGER PRIMARY KEY,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS unregistered_submissions_by_age ON unregistered_submissions (at);
+"""
+
+# The newest submissions of jobs never registered that are remembered (a row each).
+MAX_REMEMBERED_SUBMISSIONS: Final = 100_000
 
 JOB: Final = "job"
 WORK: Final = "work"
@@ -179,3 +195,38 @@ def seen_or_registered(known: KnownState, job_id: int, type_: str, item: str) ->
     return SeenEvent(
         Event.from_atom_form(known.state, type_, str(job_id), item, job_id=job_id), 0.0
     )
+
+
+def remember_submissions(db: Db, seen: Iterable[SeenEvent]) -> None:
+    """Remember the ``submit`` events of jobs never registered (the first of each job)."""
+    rows = sorted({one.event.job_id: one.at for one in reversed(list(seen))}.items())
+    if rows:
+        db.executemany(
+            "INSERT INTO unregistered_submissions (job_id, at) VALUES (?, ?)"
+            " ON CONFLICT (job_id) DO NOTHING",
+            rows,
+        )
+
+
+def submission(db: Db, job_id: int) -> SeenEvent | None:
+    """The remembered ``submit`` event of a job never registered; None if none is."""
+    row = db.execute(
+        "SELECT at FROM unregistered_submissions WHERE job_id = ?", (job_id,)
+    ).fetchone()
+    return None if row is None else SeenEvent(Event("submit", "job", job_id), float(row[0]))
+
+
+def forget_submission(db: Db, job_id: int) -> bool:
+    """Take a job's remembered submission out; whether there was one."""
+    cursor = db.execute("DELETE FROM unregistered_submissions WHERE job_id = ?", (job_id,))
+    return bool(cursor.rowcount)
+
+
+def prune_submissions(db: Db, keep: int = MAX_REMEMBERED_SUBMISSIONS) -> int:
+    """Forget all but the newest ``keep`` remembered submissions; how many went."""
+    cursor = db.execute(
+        "DELETE FROM unregistered_submissions WHERE (at, job_id) <= (SELECT at, job_id FROM"
+        " unregistered_submissions ORDER BY at DESC, job_id DESC LIMIT 1 OFFSET ?)",
+        (keep,),
+    )
+    return int(cursor.rowcount)

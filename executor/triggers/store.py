@@ -130,7 +130,14 @@ _ADDED_COLUMNS: Final = (
     ("firings", "epoch", "INTEGER NOT NULL DEFAULT 0"),
 )
 # Everything the trigger store keeps, in SQLite's spelling (sql.pg_ddl for PostgreSQL).
-FULL_SCHEMA: Final = SCHEMA + items.SCHEMA + journal.SCHEMA + states.SCHEMA + checks.SCHEMA
+FULL_SCHEMA: Final = (
+    SCHEMA
+    + items.SCHEMA
+    + journal.SCHEMA
+    + states.SCHEMA
+    + states.SUBMISSIONS_SCHEMA
+    + checks.SCHEMA
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,7 +101,7 @@ class CallbackExplanation:
     atoms: tuple[AtomExplanation, ...]
     spent: bool
     # Canonical residual of the trigger ("" when spent or true); for a {work} callback,
-    # that of an untouched item, with the placeholder.
+    # that of an item no event has named (items.unnamed), with the placeholder.
     waiting: str
     waiting_for: tuple[str, ...]
     work: tuple[WorkExplanation, ...]
@@ -302,6 +302,8 @@ def _already(view: _View, atom: Atom, job_id: int) -> bool:
         return False
     item = "" if atom.type is EventType.JOB else atom.extra
     known = states.state(view.db, job_id, atom.type.value, item)
+    if known is None and atom.name is EventName.SUBMIT and atom.type is EventType.JOB:
+        return states.submission(view.db, job_id) is not None  # a job never registered
     return known is not None and happened(atom, [known.state])
 
 
@@ -318,10 +320,18 @@ def _callback(
     found = atoms(expr)
     work: tuple[WorkExplanation, ...] = ()
     if per_work(expr):
-        explained = tuple(view.atom(slot, atom, False, None) for slot, atom in enumerate(found))
+        # As an item no event has named stands (what latched for every item, if anything).
+        unnamed = items.unnamed(cb)
+        explained = tuple(
+            view.atom(slot, atom, unnamed.latches[slot], unnamed.latched_by[slot])
+            for slot, atom in enumerate(found)
+        )
         is_spent = False
-        waiting = render(expr)
-        waiting_for = tuple(f"{item.atom}: {item.resolution}" for item in explained)
+        rest, open_slots = residual(expr, unnamed.latches)
+        waiting = "" if rest is None else render(rest)
+        waiting_for = tuple(
+            f"{explained[slot].atom}: {explained[slot].resolution}" for slot in open_slots
+        )
         work = _work_items(db, view, cb, expr, work_name)
     else:
         marks = cb.marks
@@ -366,7 +376,7 @@ def _work_items(
     size = len(atoms(expr))
     held = items.held(db, cb.rowid, size)
     if work_name:
-        return (_one_item(view, cb, expr, work_name, held.get(work_name, WorkState.fresh(size))),)
+        return (_one_item(view, cb, expr, work_name, held.get(work_name, items.unnamed(cb))),)
     agenda = states.agenda(db, cb.job_id)
     names = [*agenda, *(name for name in held if name not in set(agenda))]
     latched = [name for name in names if name in held and any(held[name].latches)]
@@ -375,7 +385,7 @@ def _work_items(
         single = [_one_item(view, cb, expr, name, held[name]) for name in latched]
     groups: dict[tuple[int, tuple[bool, ...]], list[str]] = {}
     for name in names:
-        state = held.get(name, WorkState.fresh(size))
+        state = held.get(name, items.unnamed(cb))
         if single and name in latched:
             continue
         groups.setdefault((state.count, state.latches), []).append(name)

@@ -199,6 +199,27 @@ def test_a_universal_callbacks_checks_warn_and_never_refuse_a_strict_job(tmp_pat
     assert check.universal and check.kind is CheckKind.NEVER_HAPPENS
 
 
+def test_a_level_submit_atom_is_not_an_event_that_never_comes(tmp_path: Path) -> None:
+    # Found by probe 42: for level mode the job's registration is its submission, so a
+    # scheduler that publishes no submit event still fires it; strict refused the job.
+    engine = engine_at(tmp_path, Recorder())
+    level = [
+        {"triggers": t, "language": "qube", "code": "mail-status", "mode": "level"}
+        for t in ("submit-job-self", "complete-job-self && submit-job-self")
+    ]
+    edge = {"triggers": "submit-job-self", "language": "qube", "code": "mail-status"}
+    published = frozenset({"complete", "failed", "killed"})
+
+    registration = engine.register_job({"id": 30, "callbacks": [*level, edge]}, published=published)
+
+    assert [(c.callback_id, c.kind, c.atom) for c in registration.checks] == [
+        (3, CheckKind.NEVER_HAPPENS, "submit-job-self")  # the edge one waits for the event
+    ]
+    assert [f.callback.callback_id for f in registration.fired] == [1]
+    strict = engine.register_job({"id": 31, "callbacks": level}, strict=True, published=published)
+    assert strict.checks == []
+
+
 # -- universal callbacks at load -------------------------------------------------------------
 
 

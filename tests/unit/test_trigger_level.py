@@ -9,6 +9,7 @@ import pytest
 
 from executor.errors import InvalidRequestError
 from executor.model import Event
+from executor.triggers import states
 from executor.triggers.journal import EntryKind
 from tests.helpers.trigger_engines import Engines, Recorder
 
@@ -189,6 +190,69 @@ async def test_the_submission_of_a_job_never_registered_is_its_submit_event(
     assert [(f.callback.job_id, f.callback.callback_id) for f in fired] == [(9, 1)]
     await engine.wait_idle()
     assert recorder.codes == ["level"]
+
+
+async def test_a_level_callback_registered_after_an_unregistered_jobs_submit_event_takes_it(
+    engines: Engines,
+) -> None:
+    # Found by probe 42: the submit event of a job never registered was taken only by
+    # level callbacks registered before it; one registered after it waited for ever.
+    recorder = Recorder()
+    engine = engines(recorder, clock=lambda: 1_800_000_000.0)
+    before = engine.register_job(waiter(9, "submit-job-12", "level"))
+    fired, _ = await engine.publish(Event("submit", "job", 12, event_id="s-12"), wait=True)
+    assert [f.callback.job_id for f in fired] == [9]
+
+    after = engine.register_job(
+        {
+            "id": 13,
+            "pgrp": 1,
+            "callbacks": [
+                {"triggers": t, "language": "qube", "code": m, "mode": m}
+                for t, m in (
+                    ("submit-job-12", "level"),
+                    ("submit-job-self", "level"),
+                    ("submit-job-12", "edge"),
+                )
+            ],
+        }
+    )
+    by_label = engine.register_job(waiter(14, "submit-job-plates", "level"))
+
+    assert before.fired == []
+    assert [(f.callback.callback_id, f.callback.triggers) for f in after.fired] == [
+        (1, "submit-job-12"),
+        (2, "submit-job-self"),
+    ]
+    (_, _, edge) = engine.explain(13).callbacks
+    assert edge.waiting_for == (
+        "submit-job-12: job 12 (not registered here) (already happened; a job is submitted "
+        "once, so it will not come again)",
+    )
+    assert by_label.fired == []  # no job holds the label yet
+    # Job 12 registers at last: the same submission, taken only by what could not take it.
+    registered = engine.register_job({"id": 12, "pgrp": 1, "label": "plates"})
+    assert [f.callback.job_id for f in registered.fired] == [14]
+    await engine.wait_idle()
+    assert recorder.codes == ["level"] * 4
+
+
+async def test_a_remembered_submission_goes_with_its_job_and_past_the_newest(
+    engines: Engines,
+) -> None:
+    engine = engines(Recorder())
+    for job_id in (30, 31, 32):
+        await engine.publish(Event("submit", "job", job_id), wait=True)
+    await engine.publish(Event("removed", "job", 31), wait=True)
+    with engine.store.transaction() as db:
+        assert states.prune_submissions(db, keep=1) == 1  # 30, the oldest
+
+    fired = engine.register_job(
+        waiter(40, "submit-job-30 || submit-job-31 || submit-job-32", "level")
+    ).fired
+    (latched,) = engine.explain(40).callbacks[0].journal
+    assert [f.callback.job_id for f in fired] == [40]
+    assert latched.latched == ("submit-job-32",)
 
 
 async def test_registering_a_level_callback_again_does_not_fire_it_again(

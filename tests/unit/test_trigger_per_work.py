@@ -171,3 +171,79 @@ async def test_many_half_latched_items_are_grouped_by_their_latches(engines: Eng
         (20, (True, False), "complete-work-render-{work}", 0),
         (10, (False, False), PER_FRAME, 0),
     ]
+
+
+# -- a job without an agenda: its items are those events name -----------------------------
+# Found by probe 42: an atom without {work} latched only the items an earlier event had
+# named, so an item named after it (or by the same event) never saw it.
+
+
+def no_agenda(trigger: str, *, mode: str = "edge") -> dict[str, Any]:
+    return {
+        "id": 21,
+        "pgrp": 20,
+        "callbacks": [
+            {"triggers": trigger, "language": "qube", "code": "unblock-work-self", "mode": mode}
+        ],
+    }
+
+
+async def test_without_an_agenda_an_atom_without_work_latches_for_items_named_later(
+    engines: Engines,
+) -> None:
+    engine = engines(Recorder())
+    engine.register_job({"id": 20, "pgrp": 20, "label": "lb"})
+    engine.register_job(no_agenda("complete-work-self-{work} && complete-job-lb"))
+
+    fired, _ = await engine.publish(Event("complete", "job", 20), wait=True)
+    assert fired == []
+    (explained,) = engine.explain(21).callbacks
+    assert explained.waiting == "complete-work-self-{work}"
+    assert [e.latched for e in explained.journal] == [("complete-job-lb",)]
+
+    assert await complete(engine, 21, "1") == ["1"]
+    assert await complete(engine, 21, "7") == ["7"]
+    assert await complete(engine, 21, "1") == []  # fired and reset, as frame 1's own would
+    (item,) = engine.explain(21, work_name="1").callbacks[0].work
+    assert item.waiting == "complete-job-lb"
+
+
+async def test_without_an_agenda_one_event_naming_an_item_latches_its_wildcard_too(
+    engines: Engines,
+) -> None:
+    engine = engines(Recorder())
+    engine.register_job(no_agenda("complete-work-self-{work} && complete-work-self-*"))
+
+    assert await complete(engine, 21, "4") == ["4"]
+
+
+async def test_without_an_agenda_level_mode_latches_for_every_item_at_registration(
+    engines: Engines,
+) -> None:
+    engine = engines(Recorder())
+    engine.register_job({"id": 20, "pgrp": 20, "label": "lb", "status": "complete"})
+    registration = engine.register_job(
+        no_agenda("complete-work-self-{work} && complete-job-lb", mode="level")
+    )
+
+    assert registration.fired == []
+    assert await complete(engine, 21, "3") == ["3"]
+
+
+async def test_without_an_agenda_what_latched_for_every_item_is_kept_when_it_is_true_alone(
+    engines: Engines,
+) -> None:
+    # Nothing fires for items no event has named; the first event naming one fires it.
+    engine = engines(Recorder())
+    engine.register_job({"id": 20, "pgrp": 20, "label": "lb"})
+    engine.register_job({"id": 19, "pgrp": 20, "label": "la"})
+    engine.register_job(
+        no_agenda("(complete-job-la || complete-work-self-{work}) && complete-job-lb")
+    )
+    for job_id in (19, 20):
+        fired, _ = await engine.publish(Event("complete", "job", job_id), wait=True)
+        assert fired == []
+
+    assert await complete(engine, 21, "2") == ["2"]
+    assert await complete(engine, 21, "2") == []  # item 2 fired and reset
+    assert await complete(engine, 21, "5") == ["5"]

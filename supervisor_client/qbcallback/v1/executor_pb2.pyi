@@ -538,8 +538,9 @@ class RegisterJobRequest(_message.Message):
     def published_events(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The events the scheduler publishes, as "NAME" or "NAME-TYPE" (e.g.
         "complete", "running-job"), with the names and types PublishEventRequest
-        takes; an atom waiting for any other is reported as never happening. An item
-        that is neither is INVALID_ARGUMENT naming it ("published_events[1]: ...").
+        takes; an atom waiting for any other is reported as never happening (not a
+        level callback's submit-job atom: its job's registration is the submission).
+        An item that is neither is INVALID_ARGUMENT naming it ("published_events[1]: ...").
         Blank items are skipped. Empty: not declared, not checked.
         """
 
@@ -598,8 +599,9 @@ class RegisteredCallback(_message.Message):
     @_builtins.property
     def latches(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
         """Latch state of each atom of the trigger, in left-to-right order. For a
-        trigger with {work}, all false: each work item has its own (see
-        ExplainCallbacks).
+        trigger with {work}, each work item has its own (see ExplainCallbacks);
+        these are what an item no event has named yet starts from (atoms without
+        {work} latch here for every item of a job registered without an agenda).
         """
 
     def __init__(

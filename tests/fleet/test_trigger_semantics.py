@@ -1,0 +1,138 @@
+"""Trigger semantics probe 42 found wrong, on PostgreSQL as on SQLite.
+
+A universal line keeps its state and journal when its per-job id moves, and a replaced
+callback's journal is not shown as the new one's; without an agenda, an atom without
+``{work}`` latches for the items events name later too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from executor.model import Event
+from executor.triggers.engine import TriggerEngine
+from executor.triggers.journal import EntryKind
+from executor.triggers.store import TriggerStore
+from tests.helpers.trigger_engines import LIMITS, Recorder
+
+pytestmark = pytest.mark.service
+
+Make = Callable[..., TriggerEngine]
+
+
+@pytest.fixture
+async def engines(either_store: str) -> AsyncIterator[Make]:
+    made: list[TriggerEngine] = []
+
+    def make(**kwargs: Any) -> TriggerEngine:
+        engine = TriggerEngine(TriggerStore(either_store), Recorder(), limits=LIMITS, **kwargs)
+        engine.start()
+        made.append(engine)
+        return engine
+
+    yield make
+    for engine in made:
+        await engine.close()
+        engine.store.close()
+
+
+def own(job_id: int, *triggers: str) -> dict[str, Any]:
+    return {
+        "id": job_id,
+        "pgrp": job_id,
+        "callbacks": [
+            {"triggers": t, "language": "qube", "code": "unblock-self"} for t in triggers
+        ],
+    }
+
+
+async def test_a_level_line_whose_id_moved_keeps_its_submission_and_journal(
+    engines: Make, tmp_path: Path
+) -> None:
+    conf = tmp_path / "callback"
+    conf.mkdir()
+    (conf / "logged.qcb").write_text("mail-status")
+    (conf / "other.qcb").write_text("mail-status")
+    (conf / "callbacks.conf").write_text("logged.qcb [level] = submit-job-self\n")
+    engine = engines(universal_dirs=[conf])
+    assert engine.reload_universal() == []
+    first = engine.register_job(
+        own(60, "complete-job-self", "complete-job-self && failed-job-self")
+    )
+    assert [f.callback.callback_id for f in first.fired] == [3]
+    await engine.publish(Event("complete", "job", 60), wait=True)
+
+    (conf / "callbacks.conf").write_text(
+        "other.qcb = done-job-self\nlogged.qcb [level] = submit-job-self\n"
+    )
+    assert engine.reload_universal() == []
+    again = engine.register_job(
+        own(60, "complete-job-self", "complete-job-self && killed-job-self")
+    )
+    assert again.fired == []
+
+    explained = {cb.callback.callback_id: cb for cb in engine.explain(60).callbacks}
+    assert explained[1].callback.count == 1  # kept: same id, trigger, code and mode
+    assert [e.kind for e in explained[1].journal] == [EntryKind.FIRED]
+    assert (explained[2].callback.latches, explained[2].journal) == ((False, False), ())
+    assert (explained[3].callback.triggers, explained[3].journal) == ("done-job-self", ())
+    assert explained[4].callback.triggers == "submit-job-self"
+    assert explained[4].callback.count == 1
+    assert [e.kind for e in explained[4].journal] == [EntryKind.LEVEL]
+
+
+async def test_without_an_agenda_what_latches_for_every_item_reaches_items_named_later(
+    engines: Make,
+) -> None:
+    engine = engines()
+    engine.register_job({"id": 70, "pgrp": 70, "label": "lb"})
+    engine.register_job(
+        {
+            "id": 71,
+            "pgrp": 70,
+            "callbacks": [
+                {"triggers": t, "language": "qube", "code": "unblock-work-self"}
+                for t in (
+                    "complete-work-self-{work} && complete-job-lb",
+                    "complete-work-self-{work} && complete-work-self-*",
+                )
+            ],
+        }
+    )
+
+    # In one group: the later events read what the earlier ones left, not yet written.
+    decided = await engine.publish_many(
+        [
+            Event("complete", "job", 70, event_id="lb"),
+            Event("complete", "work", 71, work_name="1", event_id="w1"),
+            Event("complete", "work", 71, work_name="2", event_id="w2"),
+        ]
+    )
+    assert [[(f.callback.callback_id, f.work_name) for f in fired] for fired, _ in decided] == [
+        [],
+        [(1, "1"), (2, "1")],
+        [(1, "2"), (2, "2")],
+    ]
+    fired, _ = await engine.publish(Event("complete", "work", 71, work_name="3"), wait=True)
+    assert [(f.callback.callback_id, f.work_name) for f in fired] == [(1, "3"), (2, "3")]
+
+
+async def test_the_submission_of_a_job_never_registered_is_remembered_for_level_callbacks(
+    engines: Make,
+) -> None:
+    engine = engines()
+    waiting = {"triggers": "submit-job-80", "language": "qube", "code": "x", "mode": "level"}
+    engine.register_job({"id": 81, "pgrp": 81, "callbacks": [waiting]})
+    decided = await engine.publish_many([Event("submit", "job", 80, event_id="s80")])
+    assert [f.callback.job_id for f in decided[0][0]] == [81]
+
+    later = engine.register_job({"id": 82, "pgrp": 82, "callbacks": [waiting]})
+    assert [f.callback.job_id for f in later.fired] == [82]
+    assert engine.register_job({"id": 80, "pgrp": 80}).fired == []  # the same submission
+    with engine.store.outside_transaction() as db:
+        count = db.execute("SELECT count(*) FROM unregistered_submissions").fetchone()[0]
+    assert count == 0  # its states took over
