@@ -140,7 +140,7 @@ def bench_frames(frames: int, events: int, *, per_work: bool) -> dict[str, float
                 )
                 into.append(time.perf_counter() - t)
                 fired += len(decision.fired)
-        with store.reading() as db:
+        with store.snapshot() as db:
             rows = {
                 table: int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # noqa: S608
                 for table in ("callbacks", "atoms", "work_latches", "journal")

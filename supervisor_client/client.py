@@ -454,13 +454,18 @@ class ExecutorClient:
         *,
         work_name: str = "",
         journal_limit: int = 0,
+        limit: int = 0,
+        after_callback_id: int = 0,
         timeout: float | None = None,
     ) -> executor_pb2.ExplainCallbacksResponse:
         """Why a job's callbacks (or one of them) did or did not fire, and what they wait for.
 
         ``work_name`` explains one work item of a ``{work}`` callback in full;
         ``journal_limit`` bounds the journal entries per callback (0: the executor's
-        bound). NOT_FOUND (ExecutorRpcError) for a job or callback not registered.
+        bound). One answer holds at most ``limit`` callbacks (0: the most, 1000), those
+        with ids above ``after_callback_id``; its ``next_after_callback_id`` is where the
+        next page starts (0: none follows). NOT_FOUND (ExecutorRpcError) for a job or
+        callback not registered.
         """
         request = request_from(
             executor_pb2.ExplainCallbacksRequest,
@@ -468,6 +473,8 @@ class ExecutorClient:
             callback_id=callback_id,
             work_name=work_name,
             journal_limit=journal_limit,
+            limit=limit,
+            after_callback_id=after_callback_id,
         )
         return await self._call(self._triggers.ExplainCallbacks, request, timeout)
 

@@ -126,4 +126,6 @@ def explanation_message(explained: JobExplanation) -> executor_pb2.ExplainCallba
         pgrp=explained.pgrp,
         callbacks=[_callback_message(explained.job_id, cb) for cb in explained.callbacks],
         checks=[check_message(explained.job_id, check) for check in explained.checks],
+        total_callbacks=explained.total_callbacks,
+        next_after_callback_id=explained.next_after_callback_id,
     )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Final
 
 from executor.api import convert, convert_status, explanations
 from executor.api.errors import Context, grpc_errors
 from executor.errors import InvalidRequestError
 from executor.triggers.engine import TriggerEngine
+from executor.triggers.snapshots import MOST_READERS
+from executor.triggers.why import MAX_CALLBACKS_EXPLAINED
 from supervisor_client.jobdict import job_to_dict
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 
@@ -22,6 +25,9 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
 
     def __init__(self, engine: TriggerEngine) -> None:
         self._engine = engine
+        # Explanations read on worker threads, as many at once as the store has snapshot
+        # connections; more wait here, not on a thread each (threads also apply events).
+        self._explaining = asyncio.Semaphore(MOST_READERS)
 
     @grpc_errors
     async def RegisterJob(
@@ -35,16 +41,22 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
         convert.check_agenda(request.job, "job")
         job = job_to_dict(request.job, include_callbacks=True)
         published = convert.published_events(request.published_events)
-        registration = self._engine.register_job(
+        registration = await self._engine.register(
             job, strict=request.strict, published=published or None
         )
-        return executor_pb2.RegisterJobResponse(
-            callbacks=[convert.registered_message(cb) for cb in registration.callbacks],
-            warnings=[
-                explanations.check_message(request.job.id, check) for check in registration.checks
-            ],
-            fired=[convert.firing_message(f) for f in registration.fired],
-        )
+
+        def answer() -> executor_pb2.RegisterJobResponse:
+            return executor_pb2.RegisterJobResponse(
+                callbacks=[convert.registered_message(cb) for cb in registration.callbacks],
+                warnings=[
+                    explanations.check_message(request.job.id, check)
+                    for check in registration.checks
+                ],
+                fired=[convert.firing_message(f) for f in registration.fired],
+            )
+
+        # One message per callback: for a big job, a while of its own.
+        return await asyncio.to_thread(answer)
 
     @grpc_errors
     async def PublishEvent(
@@ -122,21 +134,28 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
     ) -> executor_pb2.ListRegisteredJobsResponse:
         """Registered jobs, newest id first, with their callbacks' latches and counts."""
         store = self._engine.store
-        if request.job_id:
-            job = store.job(convert.check_id("job_id", request.job_id))
-            jobs = [job] if job is not None else []
-        else:
-            jobs = store.jobs(
-                limit=min(request.limit or DEFAULT_JOBS_LIMIT, MAX_JOBS_LIMIT),
-                before=convert.check_id("before_job_id", request.before_job_id),
+        job_id = convert.check_id("job_id", request.job_id)
+        before = convert.check_id("before_job_id", request.before_job_id)
+
+        def answer() -> executor_pb2.ListRegisteredJobsResponse:
+            if job_id:
+                job = store.job(job_id)
+                jobs = [job] if job is not None else []
+            else:
+                jobs = store.jobs(
+                    limit=min(request.limit or DEFAULT_JOBS_LIMIT, MAX_JOBS_LIMIT), before=before
+                )
+            return executor_pb2.ListRegisteredJobsResponse(
+                jobs=[
+                    convert_status.registered_job_message(job, store.callbacks_of(int(job["id"])))
+                    for job in jobs
+                ],
+                total=store.count_jobs(),
             )
-        return executor_pb2.ListRegisteredJobsResponse(
-            jobs=[
-                convert_status.registered_job_message(job, store.callbacks_of(int(job["id"])))
-                for job in jobs
-            ],
-            total=store.count_jobs(),
-        )
+
+        # Its reads wait for a transaction in progress (a big job's registration): on a
+        # thread, so the loop does not.
+        return await asyncio.to_thread(answer)
 
     @grpc_errors
     async def GetUniversalCallbacks(
@@ -156,10 +175,20 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
         if not request.job_id:
             raise InvalidRequestError("job_id is required")
         convert.check_id("job_id", request.job_id)
-        explained = self._engine.explain(
-            request.job_id,
-            request.callback_id,
-            work_name=request.work_name,
-            journal_limit=request.journal_limit,
-        )
-        return explanations.explanation_message(explained)
+        limit = min(request.limit or MAX_CALLBACKS_EXPLAINED, MAX_CALLBACKS_EXPLAINED)
+
+        def answer() -> executor_pb2.ExplainCallbacksResponse:
+            explained = self._engine.explain(
+                request.job_id,
+                request.callback_id,
+                work_name=request.work_name,
+                journal_limit=request.journal_limit,
+                after_callback_id=request.after_callback_id,
+                limit=limit,
+            )
+            return explanations.explanation_message(explained)
+
+        # A page of a big job reads (and converts) for a while: on a thread, on a snapshot
+        # connection, so events and every other call go on meanwhile.
+        async with self._explaining:
+            return await asyncio.to_thread(answer)

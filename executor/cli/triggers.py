@@ -127,6 +127,18 @@ async def _why(args: argparse.Namespace, out: TextIO) -> int:
             journal_limit=args.journal,
             timeout=args.timeout,
         )
+        # A job of more callbacks than one answer holds: the next pages, into this one.
+        while reply.next_after_callback_id:
+            page = await client.explain_callbacks(
+                job_id,
+                work_name=args.work or "",
+                journal_limit=args.journal,
+                after_callback_id=reply.next_after_callback_id,
+                timeout=args.timeout,
+            )
+            reply.callbacks.extend(page.callbacks)
+            reply.total_callbacks = page.total_callbacks
+            reply.next_after_callback_id = page.next_after_callback_id
     if args.json:
         print(json.dumps(as_plain(reply)), file=out)
     else:
@@ -218,7 +230,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "Explain a registered job's callbacks: each atom with the job its context names,"
             " its latch and the event that set it, what the trigger still waits for, the"
-            " checks found at registration, and the recent journal of events."
+            " checks found at registration, and the recent journal of events. A job of more"
+            " callbacks than one answer holds (1000) is asked for a page at a time."
         ),
     )
     why.add_argument("target", metavar="JOB[:CALLBACK]", help="e.g. 12, or 12:1 for callback 1")

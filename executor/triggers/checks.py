@@ -39,6 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
 
+from executor.bounds import MAX_ID
 from executor.model import Language
 from executor.runtimes.qube_codes import validate
 from executor.sql import Db
@@ -417,11 +418,17 @@ def forget_job(db: Db, job_id: int) -> None:
     db.execute("DELETE FROM trigger_checks WHERE job_id = ?", (job_id,))
 
 
-def of_job(db: Db, job_id: int) -> list[Check]:
-    """The job's checks, pending and resolved, by callback and slot."""
+def of_job(db: Db, job_id: int, *, callback_ids: tuple[int, int] | None = None) -> list[Check]:
+    """The job's checks, pending and resolved, by callback and slot.
+
+    With ``callback_ids`` (first, last): the job's own (its label's) and those of the
+    callbacks with ids from first to last only (a page of a big job's callbacks).
+    """
+    first, last = callback_ids or (0, MAX_ID)
     rows = db.execute(
-        "SELECT * FROM trigger_checks WHERE job_id = ? ORDER BY callback_id, slot, rowid",
-        (job_id,),
+        "SELECT * FROM trigger_checks WHERE job_id = ? "
+        "AND (callback_id = 0 OR callback_id BETWEEN ? AND ?) ORDER BY callback_id, slot, rowid",
+        (job_id, first, last),
     ).fetchall()
     return [
         Check(

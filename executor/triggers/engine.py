@@ -37,6 +37,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -292,6 +293,8 @@ class TriggerEngine:
         self._follower: asyncio.Task[None] | None = None
         self._journal_pruned_at = float("-inf")
         self._group: GroupCommit[tuple[Decision, bool]] = GroupCommit(self._apply_group)
+        self._registering = asyncio.Lock()
+        self._registration_lock = threading.Lock()
         self.stats = EngineStats()
 
     # -- universal callbacks --------------------------------------------------------
@@ -426,8 +429,48 @@ class TriggerEngine:
         strict: bool = False,
         published: frozenset[str] | None = None,
     ) -> Registration:
-        """Store a job (``_register_job``), again when a fleet's transaction lost a deadlock."""
-        return _retrying(lambda: self._register_job(job, strict=strict, published=published))
+        """Store a job (``_stored_registration``) and queue what it fired, all on this thread."""
+        registration, firings = self._stored_registration(job, strict, published)
+        return self._registered(registration, firings)
+
+    async def register(
+        self,
+        job: dict[str, Any],
+        *,
+        strict: bool = False,
+        published: frozenset[str] | None = None,
+    ) -> Registration:
+        """``register_job`` with the store's part on a worker thread.
+
+        A job of tens of thousands of callbacks parses, checks and writes for seconds;
+        meanwhile the loop answers every other call. Registrations wait their turn here,
+        not on a thread each (the default executor's threads also apply the events).
+        """
+        async with self._registering:
+            registration, firings = await asyncio.to_thread(
+                self._stored_registration, job, strict, published
+            )
+        return self._registered(registration, firings)
+
+    def _registered(
+        self, registration: Registration, firings: Sequence[PendingFiring]
+    ) -> Registration:
+        """(On the loop.) Queue what a committed registration fired and wake the timers."""
+        self.stats.callbacks_fired += len(registration.fired)
+        self._firings.add(firings)
+        self._timer_wakeup.set()
+        return registration
+
+    def _stored_registration(
+        self, job: dict[str, Any], strict: bool, published: frozenset[str] | None
+    ) -> tuple[Registration, list[PendingFiring]]:
+        """``_register_job``, one at a time, again when a fleet's transaction lost a deadlock.
+
+        One at a time: a registration reads the job's callbacks before its transaction,
+        so two of one job at once would both take the other's callbacks as new.
+        """
+        with self._registration_lock:
+            return _retrying(lambda: self._register_job(job, strict=strict, published=published))
 
     def _register_job(
         self,
@@ -435,8 +478,11 @@ class TriggerEngine:
         *,
         strict: bool = False,
         published: frozenset[str] | None = None,
-    ) -> Registration:
+    ) -> tuple[Registration, list[PendingFiring]]:
         """Store a job with its callbacks and the universal ones; keeps state of unchanged ones.
+
+        Touches only the store (any thread): what it fired is returned, for the loop to
+        queue (``_registered``).
 
         Args:
             job: The Qube job dict, with its callbacks (each may say ``mode``).
@@ -516,10 +562,8 @@ class TriggerEngine:
                 )
             journal.append(db, decider.decision.entries, self._journal)
             self._own(db, batch, decider.decision.firings)
-        self.stats.callbacks_fired += len(decider.decision.fired)
-        self._firings.add(decider.decision.firings)
-        self._timer_wakeup.set()
-        return Registration(self._store.callbacks_of(job_id), found, decider.decision.fired)
+        registration = Registration(self._store.callbacks_of(job_id), found, decider.decision.fired)
+        return registration, decider.decision.firings
 
     # -- matching -------------------------------------------------------------------
 
@@ -813,9 +857,20 @@ class TriggerEngine:
     # -- explanations ---------------------------------------------------------------
 
     def explain(
-        self, job_id: int, callback_id: int = 0, *, work_name: str = "", journal_limit: int = 0
+        self,
+        job_id: int,
+        callback_id: int = 0,
+        *,
+        work_name: str = "",
+        journal_limit: int = 0,
+        after_callback_id: int = 0,
+        limit: int = why.MAX_CALLBACKS_EXPLAINED,
     ) -> JobExplanation:
         """Why each callback of a job did or did not fire, and what it still waits for.
+
+        At most ``limit`` callbacks, those with ids above ``after_callback_id``. It reads
+        on a snapshot of the store for as long as that takes: any thread may call it,
+        and the servicer calls it on a worker thread (``why.explain_job``).
 
         Raises:
             NotFoundError: the job (or the callback) is not registered.
@@ -827,6 +882,8 @@ class TriggerEngine:
             work_name=work_name,
             journal_limit=journal_limit or self._journal.entries,
             parsed=_parsed,
+            after_callback_id=after_callback_id,
+            limit=limit,
         )
 
     async def _result_of_record(

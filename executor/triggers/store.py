@@ -38,6 +38,12 @@ from executor.storage import StorageHealth, open_database, writing
 from executor.triggers import checks, items, journal, states
 from executor.triggers.evaluate import AtomKey, JobPlace, scope_label
 from executor.triggers.journal import SeenEvent, marks_from_json, marks_to_json
+from executor.triggers.snapshots import (
+    POSTGRES_BEGIN,
+    SQLITE_BEGIN,
+    SnapshotReaders,
+    sqlite_reader,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -310,6 +316,10 @@ class TriggerStore:
                 raise
             self._outside_lock = threading.RLock()
             self._checkpoints = NoCheckpoints()
+            self._snapshots = SnapshotReaders(
+                lambda: open_postgres(path, application_name="cbexec-triggers-reads"),
+                begin=POSTGRES_BEGIN,
+            )
             return
         sqlite = open_database(path)
         sqlite.row_factory = sqlite3.Row
@@ -321,6 +331,7 @@ class TriggerStore:
         sqlite.executescript(LABEL_INDEXES)
         # A burst of events commits fast; the log's fsyncing checkpoints go to a thread.
         self._checkpoints = BackgroundCheckpoints(sqlite, path)
+        self._snapshots = SnapshotReaders(sqlite_reader(path), begin=SQLITE_BEGIN)
 
     @property
     def fleet(self) -> bool:
@@ -345,6 +356,7 @@ class TriggerStore:
                         )
 
     def close(self) -> None:
+        self._snapshots.close()
         with self._lock, self._outside_lock:
             self._checkpoints.close()
             if self._outside_db is not self._db:
@@ -360,6 +372,16 @@ class TriggerStore:
         """
         with self._outside_lock:
             yield self._outside_db
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Db]:
+        """A read-only connection of its own, one committed state, for long reads off the loop.
+
+        It neither takes nor waits for the locks of the other connections (snapshots.py):
+        for reads that may take seconds (``why`` of a big job), made on a worker thread.
+        """
+        with self._snapshots.snapshot() as db:
+            yield db
 
     @contextmanager
     def transaction(self) -> Iterator[Db]:
@@ -415,6 +437,19 @@ class TriggerStore:
                 "SELECT * FROM callbacks WHERE job_id = ? ORDER BY callback_id", (job_id,)
             ).fetchall()
         return [StoredCallback.from_row(row) for row in rows]
+
+    @staticmethod
+    def callbacks_page(
+        db: Db, job_id: int, *, after: int = 0, limit: int
+    ) -> tuple[list[StoredCallback], int]:
+        """A job's callbacks with ids above ``after``, at most ``limit``, and how many it has."""
+        rows = db.execute(
+            "SELECT * FROM callbacks WHERE job_id = ? AND callback_id > ? "
+            "ORDER BY callback_id LIMIT ?",
+            (job_id, after, limit),
+        ).fetchall()
+        total = db.execute("SELECT count(*) FROM callbacks WHERE job_id = ?", (job_id,)).fetchone()
+        return [StoredCallback.from_row(row) for row in rows], int(total[0])
 
     def labels_in(self, pgrp: int) -> dict[str, int]:
         """Label -> job id of every labelled job registered in ``pgrp``."""

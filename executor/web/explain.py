@@ -7,8 +7,9 @@ what the trigger still waits for, per work item for a ``{work}`` callback, and t
 callback's recent journal. For a job the engine no longer knows it falls back to
 ``explain_from_latches``, which reads what ListRegisteredJobs already answered (the
 trigger, each atom's latch, count and maximum) and names the atoms whose events have not
-happened yet in the engine's own words (``triggers.explain.describe_atom``). The pages
-only read ``Explanation``.
+happened yet in the engine's own words (``triggers.explain.describe_atom``); so does
+each callback past the first answer of a job with more callbacks than one answer holds
+(1000: one call per job shown). The pages only read ``Explanation``.
 """
 
 from __future__ import annotations
@@ -150,6 +151,8 @@ def explain_from_engine(source: Any) -> Explainer:
         reply = source.explain(job.id)
         if reply is None:  # removed meanwhile: what ListRegisteredJobs said is all there is
             return explain_from_latches(job)
+        if reply.next_after_callback_id:  # the callbacks past the first page: their latches
+            return {**explain_from_latches(job), **explain_reply(reply)}
         return explain_reply(reply)
 
     return explain

@@ -239,6 +239,58 @@ def test_statements_outside_a_transaction_never_wait_for_one_in_a_fleet(pg_url: 
         store.close()
 
 
+def test_a_snapshot_reads_one_committed_state_and_never_waits_for_a_transaction(
+    either_store: str,
+) -> None:
+    # The long reads of an explanation (ExplainCallbacks, on a worker thread) neither wait
+    # for the writer nor hold it back, on either store.
+    store = TriggerStore(either_store)
+    with store.transaction() as db:
+        TriggerStore.put_job(db, {"id": 5, "name": "before"})
+    in_transaction, release = threading.Event(), threading.Event()
+
+    def hold_a_transaction() -> None:
+        with store.transaction() as db:
+            TriggerStore.put_job(db, {"id": 5, "name": "after"})
+            in_transaction.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_a_transaction)
+    holder.start()
+    try:
+        assert in_transaction.wait(10)
+        seen: list[object] = []
+        reader = threading.Thread(
+            target=lambda: seen.append(_read_in_snapshot(store, release, holder))
+        )
+        reader.start()
+        reader.join(10)
+        assert not reader.is_alive(), "a snapshot waited for the transaction"
+        # Begun before the commit, it read the state before it, before and after the commit.
+        assert seen == [("before", "before")]
+    finally:
+        release.set()
+        holder.join()
+    try:
+        with store.snapshot() as db:
+            assert TriggerStore.job_in(db, 5) == {"id": 5, "name": "after"}
+            with pytest.raises(Exception, match=r"(?i)read.only|readonly"):
+                db.execute("DELETE FROM jobs")
+    finally:
+        store.close()
+
+
+def _read_in_snapshot(
+    store: TriggerStore, release: threading.Event, holder: threading.Thread
+) -> tuple[object, object]:
+    with store.snapshot() as db:
+        first = (TriggerStore.job_in(db, 5) or {}).get("name")
+        release.set()
+        holder.join(10)  # the writer commits while the snapshot is open
+        assert not holder.is_alive(), "the transaction waited for a snapshot"
+        return first, (TriggerStore.job_in(db, 5) or {}).get("name")
+
+
 def _kill_backend(url: str, db: PgDb) -> None:
     """Terminate ``db``'s server process, as a PostgreSQL restart would."""
     pid = db.execute("SELECT pg_backend_pid()").fetchone()[0]

@@ -1325,6 +1325,8 @@ class ExplainCallbacksRequest(_message.Message):
     CALLBACK_ID_FIELD_NUMBER: _builtins.int
     WORK_NAME_FIELD_NUMBER: _builtins.int
     JOURNAL_LIMIT_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    AFTER_CALLBACK_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     """The job."""
     callback_id: _builtins.int
@@ -1335,6 +1337,14 @@ class ExplainCallbacksRequest(_message.Message):
     """At most this many journal entries per callback, the newest (0: as many as
     the executor keeps per callback, its trigger_journal_entries).
     """
+    limit: _builtins.int
+    """At most this many callbacks in the answer (0, or above 1000: 1000). A job with
+    more is explained a page at a time (next_after_callback_id).
+    """
+    after_callback_id: _builtins.int
+    """Only callbacks whose id is above this (0: from the first). The next page starts
+    after the last id of this one.
+    """
     def __init__(
         self,
         *,
@@ -1342,10 +1352,12 @@ class ExplainCallbacksRequest(_message.Message):
         callback_id: _builtins.int = ...,
         work_name: _builtins.str = ...,
         journal_limit: _builtins.int = ...,
+        limit: _builtins.int = ...,
+        after_callback_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_id", b"callback_id", "job_id", b"job_id", "journal_limit", b"journal_limit", "work_name", b"work_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_callback_id", b"after_callback_id", "callback_id", b"callback_id", "job_id", b"job_id", "journal_limit", b"journal_limit", "limit", b"limit", "work_name", b"work_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1363,6 +1375,8 @@ class ExplainCallbacksResponse(_message.Message):
     PGRP_FIELD_NUMBER: _builtins.int
     CALLBACKS_FIELD_NUMBER: _builtins.int
     CHECKS_FIELD_NUMBER: _builtins.int
+    TOTAL_CALLBACKS_FIELD_NUMBER: _builtins.int
+    NEXT_AFTER_CALLBACK_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     """The job."""
     name: _builtins.str
@@ -1371,9 +1385,15 @@ class ExplainCallbacksResponse(_message.Message):
     """Its label, as registered ("" when none)."""
     pgrp: _builtins.int
     """Its process group."""
+    total_callbacks: _builtins.int
+    """How many callbacks the job has (its own and the universal ones)."""
+    next_after_callback_id: _builtins.int
+    """When callbacks follow those of this answer: the after_callback_id of the next
+    page. 0 when this answer holds the job's last callback.
+    """
     @_builtins.property
     def callbacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___CallbackExplanation]:
-        """Its callbacks, by id."""
+        """Its callbacks, by id (those of this page: see limit and after_callback_id)."""
 
     @_builtins.property
     def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___TriggerCheck]:
@@ -1388,10 +1408,12 @@ class ExplainCallbacksResponse(_message.Message):
         pgrp: _builtins.int = ...,
         callbacks: _abc.Iterable[Global___CallbackExplanation] | None = ...,
         checks: _abc.Iterable[Global___TriggerCheck] | None = ...,
+        total_callbacks: _builtins.int = ...,
+        next_after_callback_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["callbacks", b"callbacks", "checks", b"checks", "job_id", b"job_id", "label", b"label", "name", b"name", "pgrp", b"pgrp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callbacks", b"callbacks", "checks", b"checks", "job_id", b"job_id", "label", b"label", "name", b"name", "next_after_callback_id", b"next_after_callback_id", "pgrp", b"pgrp", "total_callbacks", b"total_callbacks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
