@@ -7,7 +7,6 @@ doubles, so integral values are turned back into ints.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -49,10 +48,11 @@ _TALLIED: Final = (
 _DERIVED = frozenset({"todo", "todotally", "cpustally"})
 _DEDICATED = frozenset((*_SCALARS, "agenda", "subjobs", "callbacks", "extra", *_DERIVED))
 _CALLBACK_FIELDS = ("id", "triggers", "language", "code", "user", "count", "maximum")
-# One event atom as the trigger grammar's lexer reads it: no whitespace, '&', '|' or
-# parentheses (the words and/or are operators, not atoms).
-_ONE_ATOM: Final = re.compile(r"[^\s&|()]+")
-_WORD_OPERATORS: Final = frozenset({"and", "or"})
+# The trigger engine's limit on one trigger's size and how it joins a list's items
+# (executor/triggers/lexer.py and parser.py; a test keeps them equal): a list joined past
+# the limit is refused here, naming the item, rather than as a column of the join.
+MAX_TRIGGER_BYTES: Final = 64 << 10
+LIST_JOIN: Final = " || "
 # A callback dict's "mode" ("edge" or "level") <-> the wire's TriggerMode; unset is edge.
 _MODES = {"edge": types_pb2.TRIGGER_MODE_EDGE, "level": types_pb2.TRIGGER_MODE_LEVEL}
 
@@ -114,12 +114,14 @@ def triggers_text(value: Any, where: str = "triggers") -> str:
     """A callback's ``triggers`` as one expression: a string as it is, a list as the OR of its items.
 
     Qube's class docstring allows a list-valued ``triggers``; it is the OR of its items
-    (as the trigger grammar's ``parse_trigger_list`` reads it): ``["a", "b && c"]``
-    becomes ``a || (b && c)``. An item that is more than one atom is parenthesised, so
-    it stays one term whatever it holds; a one-item list is its item. What the items
-    say is the trigger grammar's to check; this refuses (JobDictError, naming
-    ``where[i]``) only what cannot be one term: not a string, empty, or with
-    parentheses that do not pair up.
+    (as the trigger grammar's ``parse_trigger_list`` reads it), joined with ``' || '``
+    and no parentheses: ``["a", "b && c"]`` becomes ``a || b && c``, the same trigger
+    as ``a || (b && c)`` (``&&`` binds tighter, and an OR of ORs is one OR), so the
+    expression is no deeper than its deepest item. A one-item list is its item. What the
+    items say is the trigger grammar's to check; this refuses (JobDictError, naming
+    ``where[i]``) only what cannot be one term of it: not a string, empty, with
+    parentheses that do not pair up, or past the size a trigger may have once joined
+    (``MAX_TRIGGER_BYTES``, the joins counted).
     """
     if isinstance(value, str):
         return value
@@ -128,6 +130,7 @@ def triggers_text(value: Any, where: str = "triggers") -> str:
     if not value:
         raise JobDictError(f"{where} is an empty list; give at least one trigger")
     terms: list[str] = []
+    size = 0
     for index, item in enumerate(value):
         if not isinstance(item, str):
             raise JobDictError(f"{where}[{index}] must be a string, got {item!r}")
@@ -138,9 +141,15 @@ def triggers_text(value: Any, where: str = "triggers") -> str:
             return text
         if not _balanced(text):
             raise JobDictError(f"{where}[{index}]: its parentheses do not pair up: {text!r}")
-        one_atom = _ONE_ATOM.fullmatch(text) and text.lower() not in _WORD_OPERATORS
-        terms.append(text if one_atom else f"({text})")
-    return " || ".join(terms)
+        size += (len(LIST_JOIN) if terms else 0) + len(text.encode("utf-8", "replace"))
+        if size > MAX_TRIGGER_BYTES:
+            raise JobDictError(
+                f"{where}[{index}]: the items up to this one come to {size} bytes joined into"
+                f" the one expression stored ({LIST_JOIN!r} between each two); a trigger is"
+                f" at most {MAX_TRIGGER_BYTES} bytes (64 KiB)"
+            )
+        terms.append(text)
+    return LIST_JOIN.join(terms)
 
 
 def _callback(index: int, cb: Any) -> types_pb2.Callback:

@@ -109,10 +109,17 @@ def _parsed(expression: str) -> triggers.Expr:
     return triggers.parse(expression, stored=True)
 
 
-def check_trigger(expression: str) -> str | None:
-    """None when the expression parses, else the parser's message."""
+def check_trigger(expression: str | list[str]) -> str | None:
+    """None when the expression parses, else the parser's message.
+
+    A list-valued trigger's items are checked as the one expression they are stored as
+    (``parse_trigger_list``: its message names the item).
+    """
     try:
-        _checked(expression)
+        if isinstance(expression, str):
+            _checked(expression)
+        else:
+            triggers.parse_triggers(expression)
     except triggers.TriggerSyntaxError as err:
         return str(err)
     return None

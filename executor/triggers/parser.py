@@ -47,7 +47,9 @@ Choices where Qube's documentation is silent or unclear:
 * A list-valued ``triggers`` (allowed by Qube's class docstring, meaning
   undocumented) is the OR of its items: ``parse_trigger_list``. OR is the reading
   under which a one-item list equals its string, and what "a list of events the
-  callback reacts to" suggests. The items share one size budget.
+  callback reacts to" suggests. The items are stored joined with `` || `` and no
+  parentheses (``&&`` binds tighter, and an OR of ORs is one OR), so the expression is
+  as deep as its deepest item; they share its size limit, joins counted.
 * ``global`` alone parses (Qube lists the type) but nothing fires it.
 * ``{work}`` as the whole extra of a work atom is the per-work-item placeholder
   (nodes). Any other ``{...}`` extra is refused as an unknown placeholder (a typo such
@@ -55,7 +57,10 @@ Choices where Qube's documentation is silent or unclear:
   subjob or host atom.
 
 Hostile input fails fast: more than ``MAX_TRIGGER_BYTES`` is refused before
-tokenising, and parentheses deeper than ``MAX_DEPTH`` before recursing further.
+tokenising, and parentheses deeper than ``MAX_DEPTH`` before recursing further. The
+canonical form (``render``: what ``triggers check`` prints, what the store shows and
+what identifies a universal callback's line) must fit ``MAX_TRIGGER_BYTES`` too, so
+that whatever is accepted, its canonical form is accepted as well.
 """
 
 from __future__ import annotations
@@ -75,8 +80,11 @@ from executor.triggers.nodes import (
     EventName,
     EventType,
     Expr,
+    atoms,
     conjoin,
     disjoin,
+    render,
+    render_atom,
 )
 
 _NAMES: Final = frozenset(name.value for name in EventName)
@@ -94,6 +102,9 @@ EXPECT_TIME: Final = "a Qube time (whole seconds since 2000-01-01 05:00:00 UTC)"
 EXPECT_INTERVAL: Final = "'<T>-<seconds>' with a positive interval in seconds"
 EXPECT_OPERAND: Final = "an event or '('"
 EXPECT_WORK: Final = f"a work name, '*' or {PLACEHOLDER} (each work item of this job)"
+# How a list-valued trigger's items are joined into the one expression stored (the
+# same as supervisor_client.jobdict's): the OR of the items, with no parentheses added.
+LIST_JOIN: Final = " || "
 
 
 def parse(expression: str, *, stored: bool = False) -> Expr:
@@ -102,40 +113,89 @@ def parse(expression: str, *, stored: bool = False) -> Expr:
     ``stored``: the expression was registered already, perhaps by an older version,
     whose grammar took job ids it now refuses (0, past 2^63 - 1): they are read as
     they were, an atom no event names, rather than failing every event of their job.
+    Nor is its canonical form's size checked again (it was, or predates the check).
 
     Raises:
         TriggerSyntaxError: with the column of the problem and what was expected.
     """
-    return _Parser(expression, tokenize(expression), stored=stored).parse()
+    expr = _Parser(expression, tokenize(expression), stored=stored).parse()
+    if not stored:
+        column = _canonical_overflow(expr, expression, MAX_TRIGGER_BYTES)
+        if column is not None:
+            raise TriggerSyntaxError(
+                "trigger too long in its canonical form",
+                column,
+                f"at most {MAX_TRIGGER_BYTES} bytes (UTF-8) written canonically too, with one "
+                f"space each side of every operator ({_size(render(expr))} bytes)",
+                expression,
+            )
+    return expr
 
 
 def parse_trigger_list(items: Sequence[str]) -> Expr:
     """Parse a list-valued ``triggers`` as the OR of its items (see module docstring).
 
     Errors name the 0-based item (``error.item``); columns count within that item.
-    All items together may not exceed ``MAX_TRIGGER_BYTES``.
+    The items are stored as one expression, joined with ``LIST_JOIN``, so they share
+    its ``MAX_TRIGGER_BYTES``, as written and in canonical form, joins counted: a list
+    this accepts, joined, ``parse`` accepts, and is as deep as its deepest item.
     """
     if isinstance(items, str):
         raise TypeError("parse_trigger_list takes a list of strings; use parse() for one")
     if not items:
         raise TriggerSyntaxError("empty trigger list", 1, "at least one trigger", "")
-    budget = MAX_TRIGGER_BYTES
+    expected = (
+        f"at most {MAX_TRIGGER_BYTES} bytes (UTF-8) in all items together, as written and "
+        f"written canonically, with the {_size(LIST_JOIN)} bytes of {LIST_JOIN.strip()!r} "
+        "between each two"
+    )
+    written = canonical = MAX_TRIGGER_BYTES
     terms: list[Expr] = []
     for index, item in enumerate(items):
+        join = _size(LIST_JOIN) if index else 0
         try:
             tokens = tokenize(item)
-            budget -= len(item.encode("utf-8", "replace"))
-            if budget < 0:
+            if _size(item) > written - join:
+                fits = item.encode("utf-8", "replace")[: max(written - join, 0)]
+                stop = len(fits.decode("utf-8", "ignore")) + 1
+                raise TriggerSyntaxError("trigger list too long", stop, expected, item)
+            term = _Parser(item, tokens).parse()
+            overflow = _canonical_overflow(term, item, canonical - join)
+            if overflow is not None:
                 raise TriggerSyntaxError(
-                    "trigger list too long",
-                    1,
-                    f"at most {MAX_TRIGGER_BYTES} bytes (UTF-8) in all items together",
-                    item,
+                    "trigger list too long in its canonical form", overflow, expected, item
                 )
-            terms.append(_Parser(item, tokens).parse())
         except TriggerSyntaxError as err:
             raise err.with_item(index) from None
+        written -= join + _size(item)
+        canonical -= join + _size(render(term))
+        terms.append(term)
     return disjoin(terms)
+
+
+def _size(text: str) -> int:
+    return len(text.encode("utf-8", "replace"))
+
+
+def _canonical_overflow(expr: Expr, expression: str, room: int) -> int | None:
+    """None when ``expr``'s canonical form fits in ``room`` bytes; else where it stops fitting.
+
+    The canonical form (``render``) puts one space each side of every operator, so a
+    trigger written as ``a||b||...`` grows by 2 bytes per operator; what it stores and
+    ``triggers check`` prints must itself be a trigger the limit takes. The column is
+    that, in ``expression``, of the first atom whose canonical text ends past ``room``
+    (or one past its end, when only a closing parenthesis does).
+    """
+    canonical = render(expr).encode("utf-8", "replace")
+    if len(canonical) <= room:
+        return None
+    end = 0
+    for atom in atoms(expr):
+        end = canonical.index(render_atom(atom).encode("utf-8", "replace"), end)
+        end += len(render_atom(atom).encode("utf-8", "replace"))
+        if end > room:
+            return atom.column
+    return len(expression) + 1
 
 
 def parse_triggers(value: str | Sequence[str]) -> Expr:

@@ -49,10 +49,12 @@ MAX_RUNS: Final = 2**32 - 1
 MAX_PRIORITY: Final = 2**31 - 1
 
 #: Checks one trigger expression: None when it can be used, else what is wrong with it.
-#: The reference supervisor knows no trigger grammar (supervisor_client never imports
-#: the executor); whoever embeds it passes the trigger engine's check, and a submission
-#: with a trigger the engine would refuse is then refused whole.
-TriggerCheck = Callable[[str], str | None]
+#: Given a list-valued trigger's items, it checks them as the one expression they are
+#: stored as (``jobdict.triggers_text``), naming the item in its answer. The reference
+#: supervisor knows no trigger grammar (supervisor_client never imports the executor);
+#: whoever embeds it passes the trigger engine's check, and a submission with a trigger
+#: the engine would refuse is then refused whole.
+TriggerCheck = Callable[[str | list[str]], str | None]
 #: Checks one callback language the same way: a submission with a callback the executor
 #: cannot run (``ruby``, a typo) is refused instead of being dropped when it fires.
 LanguageCheck = Callable[[str], str | None]
@@ -167,8 +169,9 @@ def _parse_agenda(where: str, entries: Any) -> tuple[_NewWork, ...]:
 def _triggers(at: str, value: Any, check: TriggerCheck | None) -> str:
     """A callback's ``triggers`` as stored: one expression (a list is the OR of its items).
 
-    With ``check``, each item of a list and then the expression stored are checked, so an
-    error names the item and counts columns within it.
+    With ``check``, each item of a list alone, then the items as the one expression they
+    are stored as: either error names the item and counts columns within it (a list's
+    items share a trigger's size, ``jobdict.triggers_text``).
     """
     try:
         text = triggers_text(value)
@@ -177,11 +180,14 @@ def _triggers(at: str, value: Any, check: TriggerCheck | None) -> str:
     if check is None or not text:
         return text
     if not isinstance(value, str) and len(value) > 1:
-        for index, item in enumerate(value):
-            problem = check(item.strip())
+        items = [item.strip() for item in value]
+        for index, item in enumerate(items):
+            problem = check(item)
             if problem is not None:
                 raise SubmitError(f"{at}: triggers[{index}]: {problem}")
-    problem = check(text)
+        problem = check(items)
+    else:
+        problem = check(text)
     if problem is not None:
         raise SubmitError(f"{at}: triggers: {problem}")
     return text

@@ -20,6 +20,9 @@ from executor.cli.triggers import _check
 from executor.model import Event
 from executor.triggers import parse, parse_triggers
 from executor.triggers.journal import EntryKind
+from executor.triggers.lexer import MAX_DEPTH, MAX_TRIGGER_BYTES
+from executor.triggers.parser import LIST_JOIN
+from supervisor_client import jobdict
 from supervisor_client.jobdict import dict_to_struct, job_from_dict, triggers_text
 from supervisor_client.qbcallback.v1 import executor_pb2, farm_pb2
 from supervisor_client.reference import ReferenceSupervisor
@@ -83,8 +86,50 @@ async def test_a_list_valued_trigger_is_the_or_of_its_items(farm: Farm) -> None:
     items = ["complete-job-self", "failed-job-self && done-work-self-*"]
     stored = await submit(farm, [bad_callback(items)])
     (callback,) = stored.jobs[0].callbacks
-    assert callback.triggers == "complete-job-self || (failed-job-self && done-work-self-*)"
+    assert callback.triggers == "complete-job-self || failed-job-self && done-work-self-*"
     assert parse(callback.triggers) == parse_triggers(items)  # what the grammar means by it
+
+
+A = "complete-job-self"
+
+
+async def test_a_list_item_valid_alone_is_not_refused_for_the_join(farm: Farm) -> None:
+    # The join added a level of parentheses: 64 levels alone were 65 in the list.
+    deep = "(" * MAX_DEPTH + A + ")" * MAX_DEPTH
+    compact = "||".join([A] * 1500)  # 28,498 bytes, 31,496 in canonical form
+    for items in ([deep, A], [deep, f"{A} && done-job-self"], [compact, compact]):
+        stored = await submit(farm, [bad_callback(items)])
+        (callback,) = stored.jobs[0].callbacks
+        parse(callback.triggers)  # RegisterJob takes what the farm stored
+        assert parse(callback.triggers) == parse_triggers(items)
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        (
+            # Each 37,796 bytes: valid alone, 75,596 bytes joined.
+            [" || ".join([A] * 1800)] * 2,
+            "callback 1: triggers[1]: the items up to this one come to 75596 bytes joined"
+            " into the one expression stored (' || ' between each two); a trigger is at most"
+            " 65536 bytes (64 KiB)",
+        ),
+        (
+            # 64,600 bytes joined as written (32,298 each), 71,396 in canonical form.
+            ["||".join([A] * 1700)] * 2,
+            "callback 1: triggers: trigger list item 1: trigger list too long in its"
+            " canonical form at column 26981; expected at most 65536 bytes (UTF-8)",
+        ),
+    ],
+)
+async def test_items_too_long_together_are_refused_naming_the_item(
+    farm: Farm, items: list[str], message: str
+) -> None:
+    with pytest.raises(Aborted) as refused:
+        await submit(farm, [bad_callback(items)])
+    assert message in refused.value.details
+    assert "column 6553" not in refused.value.details  # no column of the joined string
+    assert farm.supervisor.job_ids() == []
 
 
 @pytest.mark.parametrize(
@@ -115,8 +160,13 @@ def test_triggers_text_joins_a_list_as_or() -> None:
     assert triggers_text("a-job-self") == "a-job-self"
     assert triggers_text(["complete-job-self"]) == "complete-job-self"
     assert triggers_text([" a && b "]) == "a && b"  # one item: the item
-    assert triggers_text(["a", "b || c", "(d)"]) == "a || (b || c) || ((d))"
-    assert triggers_text(("a", "OR")) == "a || (OR)"  # a word operator is not an atom
+    # No parentheses added: the OR of ORs is one OR, and && binds tighter.
+    assert triggers_text(["a", "b || c", "(d) && e"]) == "a || b || c || (d) && e"
+
+
+def test_the_join_is_the_trigger_engines() -> None:
+    assert jobdict.MAX_TRIGGER_BYTES == MAX_TRIGGER_BYTES
+    assert jobdict.LIST_JOIN == LIST_JOIN
 
 
 def test_a_job_dict_with_a_list_valued_trigger_becomes_a_wire_job() -> None:

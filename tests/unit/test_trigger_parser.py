@@ -24,7 +24,7 @@ from executor.triggers.nodes import (
     substitute,
     substitute_all,
 )
-from executor.triggers.parser import parse, parse_trigger_list, parse_triggers
+from executor.triggers.parser import LIST_JOIN, parse, parse_trigger_list, parse_triggers
 
 pytestmark = pytest.mark.unit
 
@@ -566,6 +566,49 @@ def test_the_largest_allowed_trigger_parses() -> None:
     text = unit * ((MAX_TRIGGER_BYTES - 17) // len(unit)) + "complete-job-self"
     assert len(text) <= MAX_TRIGGER_BYTES
     assert len(atoms(parse(text))) > 3000
+
+
+def test_the_canonical_form_of_an_accepted_trigger_is_accepted_too() -> None:
+    # Written without spaces: 64,978 bytes, under the limit; its canonical form, with one
+    # space each side of every operator, 71,816: what `triggers check` prints was refused.
+    compact = "||".join(["complete-job-self"] * 3420)
+    with pytest.raises(TriggerSyntaxError) as caught:
+        parse(compact)
+    # The first atom whose canonical text ends past the limit: atom 3121, 21 bytes each.
+    assert caught.value.column == 3120 * 19 + 1
+    assert str(caught.value) == (
+        f"trigger too long in its canonical form at column {3120 * 19 + 1}; expected at most"
+        f" {MAX_TRIGGER_BYTES} bytes (UTF-8) written canonically too, with one space each"
+        " side of every operator (71816 bytes)"
+    )
+    assert len(atoms(parse(compact, stored=True))) == 3420  # registered before: still read
+    # The largest compact trigger accepted: its canonical form is at the limit, and parses.
+    largest = "||".join(["complete-job-self"] * ((MAX_TRIGGER_BYTES + 4) // 21))
+    canonical = render(parse(largest))
+    assert len(canonical) <= MAX_TRIGGER_BYTES < len(canonical) + 21
+    assert parse(canonical) == parse(largest)
+
+
+def test_a_trigger_list_joined_is_a_trigger_parse_accepts() -> None:
+    # The items are stored joined with ' || ': those 4 bytes count toward the limit.
+    first = " || ".join(["complete-job-self"] * 1600)  # 33,596 bytes
+    second = " || ".join(["complete-job-self"] * 1520)  # 31,916 bytes: 20 to spare, joined
+    at_limit = [first, second + " || done-job-1234567"]
+    assert len(LIST_JOIN.join(at_limit)) == MAX_TRIGGER_BYTES
+    assert parse(LIST_JOIN.join(at_limit)) == parse_trigger_list(at_limit)
+    over = [first, second + " || done-job-12345678"]  # 65,533 bytes as items, 65,537 joined
+    with pytest.raises(TriggerSyntaxError) as caught:
+        parse_trigger_list(over)
+    assert (caught.value.item, caught.value.column) == (1, len(second) + 21)
+    assert str(caught.value).startswith(
+        f"trigger list item 1: trigger list too long at column {len(second) + 21}; expected at"
+        f" most {MAX_TRIGGER_BYTES} bytes (UTF-8) in all items together"
+    )
+    with pytest.raises(TriggerSyntaxError, match="too long"):
+        parse(LIST_JOIN.join(over))
+    # Nesting: the join adds no parentheses, so 64 levels stay 64.
+    deep = "(" * MAX_DEPTH + "complete-job-self" + ")" * MAX_DEPTH
+    assert parse(LIST_JOIN.join([deep, "done-job-1"])) == parse_trigger_list([deep, "done-job-1"])
 
 
 def test_a_one_megabyte_trigger_fails_fast() -> None:
