@@ -41,16 +41,27 @@ MAX_TRIGGER_BYTES: Final = 64 << 10
 MAX_UINT32: Final = (1 << 32) - 1
 
 
-def check_id(field: str, value: int) -> int:
-    """``value`` when it fits a stored id; InvalidRequestError naming the field otherwise."""
-    if not 0 <= value <= MAX_ID:
-        raise InvalidRequestError(f"{field} = {value} is out of range (0 to {MAX_ID})")
+def check_id(field: str, value: int, *, required: bool = False) -> int:
+    """``value`` when it fits a stored id; InvalidRequestError naming the field otherwise.
+
+    ``required``: the field names a job (no job has id 0), so 0 "is required" and the
+    range stated starts at 1; otherwise 0 means none, or all.
+    """
+    if required and not value:
+        raise InvalidRequestError(f"{field} is required")
+    lowest = 1 if required else 0
+    if not lowest <= value <= MAX_ID:
+        raise InvalidRequestError(f"{field} = {value} is out of range ({lowest} to {MAX_ID})")
     return value
 
 
 def check_job(job: types_pb2.Job, where: str) -> None:
-    """The ids of a job fit what the executor stores; ``where`` names the job field."""
-    for name in ("id", "pgrp", "pid"):
+    """The ids of a job fit what the executor stores; ``where`` names the job field.
+
+    Its id is required; a pgrp of 0 is the job's own id, a pid of 0 no parent.
+    """
+    check_id(f"{where}.id", job.id, required=True)
+    for name in ("pgrp", "pid"):
         check_id(f"{where}.{name}", getattr(job, name))
 
 
@@ -250,9 +261,7 @@ def event_from_request(
             f"type {request.type!r} cannot be published; "
             f"expected one of {', '.join(sorted(PUBLISHABLE_TYPES))}"
         )
-    if not request.job_id:
-        raise InvalidRequestError("job_id is required")
-    check_id("job_id", request.job_id)
+    check_id("job_id", request.job_id, required=True)
     if request.type == "work" and not request.work_name:
         raise InvalidRequestError("work_name is required for work events")
     if request.type == "subjob" and not request.HasField("subjob_id"):

@@ -172,9 +172,7 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
         self, request: executor_pb2.ExplainCallbacksRequest, context: Context
     ) -> executor_pb2.ExplainCallbacksResponse:
         """Why a job's callbacks did or did not fire (NOT_FOUND when it is not registered)."""
-        if not request.job_id:
-            raise InvalidRequestError("job_id is required")
-        convert.check_id("job_id", request.job_id)
+        convert.check_id("job_id", request.job_id, required=True)
         limit = min(request.limit or MAX_CALLBACKS_EXPLAINED, MAX_CALLBACKS_EXPLAINED)
 
         def answer() -> executor_pb2.ExplainCallbacksResponse:

@@ -140,6 +140,33 @@ def test_a_published_event_is_checked(fields: dict[str, object], message: str) -
         convert.event_from_request(publish(**fields))
 
 
+MAX_ID = (1 << 63) - 1
+
+
+def test_an_id_no_job_can_have_says_its_range_from_1() -> None:
+    # 0 is refused as "required" in these fields: the range they state starts at 1.
+    beyond = 1 << 63
+    with pytest.raises(InvalidRequestError) as caught:
+        convert.event_from_request(publish(name="complete", type="job", job_id=beyond))
+    assert str(caught.value) == f"job_id = {beyond} is out of range (1 to {MAX_ID})"
+    job = types_pb2.Job(id=beyond)
+    with pytest.raises(InvalidRequestError) as caught:
+        convert.check_job(job, "job")
+    assert str(caught.value) == f"job.id = {beyond} is out of range (1 to {MAX_ID})"
+    with pytest.raises(InvalidRequestError, match=r"^job\.id is required$"):
+        convert.check_job(types_pb2.Job(id=0), "job")
+    with pytest.raises(InvalidRequestError) as caught:
+        convert.invocation_from_request(
+            request(context__job__id=beyond), default_limits=DEFAULTS, max_limits=CAPS
+        )
+    assert str(caught.value) == f"context.job.id = {beyond} is out of range (1 to {MAX_ID})"
+    # Where 0 means none (a pgrp, a parent) or all (a filter), the range starts at 0.
+    with pytest.raises(InvalidRequestError) as caught:
+        convert.check_job(types_pb2.Job(id=1, pid=beyond), "job")
+    assert str(caught.value) == f"job.pid = {beyond} is out of range (0 to {MAX_ID})"
+    assert convert.check_id("before_job_id", 0) == 0
+
+
 @pytest.mark.parametrize("name", convert.PUBLISHABLE_NAMES)
 @pytest.mark.parametrize("type_", sorted(convert.PUBLISHABLE_TYPES))
 def test_every_event_qube_raises_is_accepted_with_every_type(name: str, type_: str) -> None:
