@@ -10,6 +10,7 @@ from executor.api.errors import Context, grpc_errors
 from executor.errors import InvalidRequestError
 from executor.triggers.engine import TriggerEngine
 from executor.triggers.snapshots import MOST_READERS
+from executor.triggers.store import TriggerStore
 from executor.triggers.why import MAX_CALLBACKS_EXPLAINED
 from supervisor_client.jobdict import job_to_dict
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
@@ -25,9 +26,10 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
 
     def __init__(self, engine: TriggerEngine) -> None:
         self._engine = engine
-        # Explanations read on worker threads, as many at once as the store has snapshot
-        # connections; more wait here, not on a thread each (threads also apply events).
-        self._explaining = asyncio.Semaphore(MOST_READERS)
+        # Explanations and listings read on worker threads, as many at once as the store
+        # has snapshot connections; more wait here, not on a thread each (the threads
+        # also apply the events).
+        self._reading = asyncio.Semaphore(MOST_READERS)
 
     @grpc_errors
     async def RegisterJob(
@@ -136,26 +138,29 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
         store = self._engine.store
         job_id = convert.check_id("job_id", request.job_id)
         before = convert.check_id("before_job_id", request.before_job_id)
+        limit = min(request.limit or DEFAULT_JOBS_LIMIT, MAX_JOBS_LIMIT)
 
         def answer() -> executor_pb2.ListRegisteredJobsResponse:
-            if job_id:
-                job = store.job(job_id)
-                jobs = [job] if job is not None else []
-            else:
-                jobs = store.jobs(
-                    limit=min(request.limit or DEFAULT_JOBS_LIMIT, MAX_JOBS_LIMIT), before=before
+            with store.snapshot() as db:
+                if job_id:
+                    job = TriggerStore.job_in(db, job_id)
+                    jobs = [job] if job is not None else []
+                else:
+                    jobs = TriggerStore.jobs_in(db, limit=limit, before=before)
+                return executor_pb2.ListRegisteredJobsResponse(
+                    jobs=[
+                        convert_status.registered_job_message(
+                            job, TriggerStore.callbacks_in(db, int(job["id"]))
+                        )
+                        for job in jobs
+                    ],
+                    total=TriggerStore.count_jobs_in(db),
                 )
-            return executor_pb2.ListRegisteredJobsResponse(
-                jobs=[
-                    convert_status.registered_job_message(job, store.callbacks_of(int(job["id"])))
-                    for job in jobs
-                ],
-                total=store.count_jobs(),
-            )
 
-        # Its reads wait for a transaction in progress (a big job's registration): on a
-        # thread, so the loop does not.
-        return await asyncio.to_thread(answer)
+        # Up to 1000 jobs with all their callbacks: read on a snapshot, on a thread, so
+        # neither the loop nor the events wait (nor it for a big job's registration).
+        async with self._reading:
+            return await asyncio.to_thread(answer)
 
     @grpc_errors
     async def GetUniversalCallbacks(
@@ -188,5 +193,5 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
 
         # A page of a big job reads (and converts) for a while: on a thread, on a snapshot
         # connection, so events and every other call go on meanwhile.
-        async with self._explaining:
+        async with self._reading:
             return await asyncio.to_thread(answer)

@@ -433,9 +433,14 @@ class TriggerStore:
 
     def callbacks_of(self, job_id: int) -> list[StoredCallback]:
         with self.outside_transaction() as db:
-            rows = db.execute(
-                "SELECT * FROM callbacks WHERE job_id = ? ORDER BY callback_id", (job_id,)
-            ).fetchall()
+            return self.callbacks_in(db, job_id)
+
+    @staticmethod
+    def callbacks_in(db: Db, job_id: int) -> list[StoredCallback]:
+        """``callbacks_of`` on ``db`` (a transaction's, a snapshot's)."""
+        rows = db.execute(
+            "SELECT * FROM callbacks WHERE job_id = ? ORDER BY callback_id", (job_id,)
+        ).fetchall()
         return [StoredCallback.from_row(row) for row in rows]
 
     @staticmethod
@@ -475,15 +480,25 @@ class TriggerStore:
 
     def count_jobs(self) -> int:
         with self.outside_transaction() as db:
-            return int(db.execute("SELECT count(*) FROM jobs").fetchone()[0])
+            return self.count_jobs_in(db)
+
+    @staticmethod
+    def count_jobs_in(db: Db) -> int:
+        """``count_jobs`` on ``db``."""
+        return int(db.execute("SELECT count(*) FROM jobs").fetchone()[0])
 
     def jobs(self, *, limit: int, before: int = 0) -> list[dict[str, Any]]:
         """Registered jobs, newest id first: at most ``limit``, with ids below ``before`` if set."""
         with self.outside_transaction() as db:
-            rows = db.execute(
-                "SELECT job_json FROM jobs WHERE ? = 0 OR job_id < ? ORDER BY job_id DESC LIMIT ?",
-                (before, before, limit),
-            ).fetchall()
+            return self.jobs_in(db, limit=limit, before=before)
+
+    @staticmethod
+    def jobs_in(db: Db, *, limit: int, before: int = 0) -> list[dict[str, Any]]:
+        """``jobs`` on ``db``."""
+        rows = db.execute(
+            "SELECT job_json FROM jobs WHERE ? = 0 OR job_id < ? ORDER BY job_id DESC LIMIT ?",
+            (before, before, limit),
+        ).fetchall()
         return [json.loads(row["job_json"]) for row in rows]
 
     @staticmethod

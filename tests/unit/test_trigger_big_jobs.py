@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from executor.api.triggers import TriggerServicer
-from executor.triggers import registration, why
+from executor.triggers import checks, registration, why
 from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
 from tests.helpers.servicer_context import FakeContext, as_context
 from tests.helpers.trigger_engines import Engines, Recorder, job
@@ -107,6 +107,27 @@ async def test_calls_are_answered_while_a_big_job_registers(
     assert [f.callback_id for f in answered.fired] == [1]
     assert [j.id for j in listed.jobs] == [6]
     assert [cb.id for cb in registered.callbacks] == [1]
+
+
+async def test_jobs_are_listed_while_a_registration_writes(
+    engines: Engines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = engines(Recorder())
+    triggers = TriggerServicer(engine)
+    engine.register_job(job(6, ("running-job-self", "unblock-self")))
+    hold = Hold(checks.replace_job)
+    monkeypatch.setattr(checks, "replace_job", hold)  # inside the registration's transaction
+
+    callback = types_pb2.Callback(triggers="complete-job-self", language="qube", code="x")
+    request = executor_pb2.RegisterJobRequest(job=types_pb2.Job(id=5, callbacks=[callback]))
+    registering = asyncio.ensure_future(triggers.RegisterJob(request, context()))
+    await hold.until_started()
+    listed = await triggers.ListRegisteredJobs(executor_pb2.ListRegisteredJobsRequest(), context())
+    hold.released.set()
+    await registering
+
+    assert hold.released_in_time  # the listing did not wait for the transaction
+    assert ([j.id for j in listed.jobs], listed.total) == ([6], 1)  # what was committed
 
 
 async def test_registrations_run_one_at_a_time_and_queue_what_they_fire(
