@@ -4,13 +4,16 @@
 --check-config``'s, which finds the same problems without leaving anything behind: what
 can be seen is looked at (something on the way that is not a directory, a read-only
 filesystem, no write permission), and what can only be found by trying (a
-pseudo-filesystem such as /proc refuses a mkdir that every permission allows) is tried
-with the one directory start-up would make first, removed again at once.
+pseudo-filesystem such as /proc refuses a mkdir that every permission allows; a
+filesystem the kernel stopped writing to after an error still shows it read-write) is
+tried with the one directory start-up would make first, or an empty file made in the
+data dir, removed again at once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 
@@ -64,6 +67,31 @@ def _first_missing(path: Path) -> Path:
 
 def _usable(path: Path) -> None:
     _writable(path, "")
+    _takes_new_files(path)
+
+
+def _takes_new_files(directory: Path) -> None:
+    """ConfigError when the filesystem refuses a new file though it is mounted read-write.
+
+    After an error the kernel stops writes to a filesystem that says so in no flag
+    (ext4's errors=remount-ro shows ``rw,emergency_ro``): without this, the databases'
+    first write would be the one to fail. Only that refusal (EROFS) stops start-up: a
+    full disk is waited out serving NOT_SERVING, as when it fills later.
+    """
+    probe = directory / f".cbexec-start-up-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as err:
+        if err.errno == errno.EROFS:
+            raise ConfigError(
+                f"data_dir: {directory} refuses new files ({err.strerror}) although its "
+                "filesystem is mounted read-write (the kernel does this after a filesystem "
+                "error; its log says why): mend it, then start again"
+            ) from err
+        return
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        probe.unlink()
 
 
 def _writable(directory: Path, prefix: str) -> None:

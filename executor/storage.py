@@ -6,7 +6,9 @@ Two kinds of trouble, two answers:
   another of the executor's databases (its kind is in its header), found at start-up
   is a ``ConfigError`` naming the file and what to do; the executor never
   deletes or rewrites it (``open_database``). ``check_database`` finds the same for
-  ``cbexec serve --check-config`` without changing anything.
+  ``cbexec serve --check-config`` without changing anything. An SQLite error met on
+  the way says which it is (``unusable``): only damage SQLite reports is called damage,
+  never a read-only filesystem, an I/O error or a lock, whose file is sound.
 - A write that fails for a reason outside the executor (the disk is full, an I/O error,
   the file became read-only) is a ``StorageError``: an ``UnavailableError`` naming the
   file and the cause, which the caller gets instead of a success without a durable
@@ -109,10 +111,11 @@ def open_database(path: Path | str) -> sqlite3.Connection:
     except sqlite3.Error as err:
         raise ConfigError(f"{path}: cannot open the database: {err}") from err
     try:
-        _verify(db, Path(path))
-        kind = _KINDS.get(Path(path).name)
-        if kind is not None and _application_id(db) != kind[0]:
-            db.execute(f"PRAGMA application_id = {kind[0]}")
+        with opening(path):
+            _verify(db, Path(path))
+            kind = _KINDS.get(Path(path).name)
+            if kind is not None and _application_id(db) != kind[0]:
+                db.execute(f"PRAGMA application_id = {kind[0]}")
     except BaseException:
         db.close()
         raise
@@ -149,7 +152,8 @@ def _check_read_only(path: Path, *, wal: bool, named: Path) -> None:
     except sqlite3.Error as err:
         raise ConfigError(f"{named}: cannot open the database: {err}") from err
     try:
-        _verify(db, named)
+        with opening(named):
+            _verify(db, named)
     finally:
         db.close()
 
@@ -180,23 +184,20 @@ _CHECKED_WHOLE: Final = frozenset({"outbox.db", "triggers.db", "supervisor.db"})
 
 
 def _verify(db: sqlite3.Connection, path: Path) -> None:
-    """Raise ConfigError unless ``db`` reads as a sound SQLite database.
+    """Raise ConfigError unless ``db`` reads as a sound SQLite database (inside ``opening``).
 
     SQLite's ``quick_check`` reads every page of the databases in ``_CHECKED_WHOLE`` (a
     few ms for a typical one): a damaged page found now is a refusal naming the file,
     not a traceback at start-up or a storage that fails at some later write.
     """
     whole = path.name in _CHECKED_WHOLE
-    try:
-        _check_kind(db, path)
-        if not whole:  # what start-up reads of it: the schema, and the runs' count
-            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-            if "runs" in tables:
-                db.execute("SELECT count(*) FROM runs").fetchall()
-            return
-        found = [str(row[0]) for row in db.execute("PRAGMA quick_check(3)").fetchall()]
-    except sqlite3.DatabaseError as err:
-        raise ConfigError(damaged(path, str(err))) from err
+    _check_kind(db, path)
+    if not whole:  # what start-up reads of it: the schema, and the runs' count
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        if "runs" in tables:
+            db.execute("SELECT count(*) FROM runs").fetchall()
+        return
+    found = [str(row[0]) for row in db.execute("PRAGMA quick_check(3)").fetchall()]
     if found != ["ok"]:
         lines = [line.strip("* ") for row in found for line in row.splitlines()]
         raise ConfigError(damaged(path, "; ".join(line for line in lines if line)))
@@ -246,6 +247,60 @@ def damaged(path: Path, why: str) -> str:
         "It was left untouched: restore it from a backup, or move it aside to start "
         f"with an empty one{lost}"
     )
+
+
+# SQLite's primary result codes for a file it found damaged: SQLITE_CORRUPT, SQLITE_NOTADB.
+_DAMAGE_CODES: Final = frozenset({11, 26})
+# The storage under a file failed it, which says nothing of the file itself:
+# SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN (a -shm it cannot make).
+_FAILING_STORAGE_CODES: Final = frozenset({8, 10, 13, 14})
+
+
+def _primary_code(err: sqlite3.Error) -> int | None:
+    code = getattr(err, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
+
+
+def is_damage(err: sqlite3.Error) -> bool:
+    """Whether SQLite found the file damaged (not merely the storage under it failing)."""
+    return _primary_code(err) in _DAMAGE_CODES
+
+
+def unusable(path: Path, err: sqlite3.Error) -> str:
+    """The refusal of the database at ``path``, which start-up met ``err`` in, saying what it means.
+
+    Only damage SQLite reports is called damage, with the advice to move the file aside.
+    A filesystem the kernel made read-only after an error (ext4's errors=remount-ro still
+    shows it mounted read-write), an I/O error or another process's lock leave a sound
+    file, and moving aside an ``outbox.db`` loses the results it holds.
+    """
+    code = _primary_code(err)
+    if code in _DAMAGE_CODES:
+        return damaged(path, str(err))
+    holds = _HOLDS.get(path.name)
+    kept = f" (it holds {holds})" if holds else ""
+    if code in _FAILING_STORAGE_CODES:
+        return (
+            f"{path}: {err}: the storage failed (an I/O error, or a filesystem that is read-only "
+            "or full); the file is not known to be damaged. It was left untouched: mend the "
+            "storage (a filesystem the kernel made read-only after an error says why in the "
+            f"kernel log), then start again; do not move the file aside{kept}"
+        )
+    if is_busy(err):
+        return (
+            f"{path}: {err}: another process holds the database locked (an sqlite3 shell or "
+            "a backup, say). It was left untouched: end that, then start again"
+        )
+    return f"{path}: cannot use the database: {err}. It was left untouched{kept}"
+
+
+@contextlib.contextmanager
+def opening(path: Path | str) -> Iterator[None]:
+    """Turn an SQLite error met while start-up opens ``path`` into its ConfigError (``unusable``)."""
+    try:
+        yield
+    except sqlite3.Error as err:
+        raise ConfigError(unusable(Path(path), err)) from err
 
 
 class StorageHealth:

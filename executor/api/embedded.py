@@ -28,7 +28,7 @@ from typing import Final, Protocol
 import grpc
 
 from executor.errors import ConfigError
-from executor.storage import StorageError, StorageHealth, open_database, writing
+from executor.storage import StorageError, StorageHealth, open_database, unusable, writing
 from supervisor_client.reference import ReferenceSupervisor, add_reference_supervisor
 from supervisor_client.reference.forwarder import EventForwarder
 
@@ -138,12 +138,8 @@ async def start(
             max_results=min(history_max_runs, MAX_RESULTS),
             storage_errors=functools.partial(writing, path, health),
         )
-    except sqlite3.DatabaseError as err:
-        raise ConfigError(
-            f"{path}: {err}: the file is damaged or is not the embedded supervisor's database. "
-            "It was left untouched: restore it from a backup, or move it aside to start "
-            "with an empty one"
-        ) from err
+    except sqlite3.Error as err:  # damage, or the storage under it: the refusal says which
+        raise ConfigError(unusable(path, err)) from err
     socket_path = data_dir / "supervisor.sock"
     if len(str(socket_path)) > MAX_UNIX_SOCKET_PATH:
         socket_path = Path(tempfile.mkdtemp(prefix="cbexec-")) / "supervisor.sock"

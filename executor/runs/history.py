@@ -41,7 +41,6 @@ from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from executor.errors import ConfigError
 from executor.model import (
     ActionRecord,
     Event,
@@ -55,7 +54,7 @@ from executor.runs.latest import latest_per_key
 from executor.runs.paging import RunFilters, RunKey
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
 from executor.sql import Db, NoCheckpoints, PgDb, Row, in_lists, is_postgres
-from executor.storage import StorageHealth, damaged, open_database, writing
+from executor.storage import StorageHealth, open_database, opening, writing
 
 logger = logging.getLogger(__name__)
 
@@ -315,12 +314,17 @@ class RunHistory:
             self._prune_every = max(min(prune_every, max_runs // 10), max_runs // 100, 1)
         else:
             db = open_database(path)
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")
-            db.executescript(SCHEMA)
-            self._db = db
-            self._add_columns()
+            try:
+                with opening(path):
+                    db.row_factory = sqlite3.Row
+                    db.execute("PRAGMA journal_mode = WAL")
+                    db.execute("PRAGMA synchronous = NORMAL")
+                    db.executescript(SCHEMA)
+                    self._db = db
+                    self._add_columns()
+            except BaseException:
+                db.close()
+                raise
             self._checkpoints = BackgroundCheckpoints(db, path)
             # The repeated-id check's reads, on the event loop: in WAL mode a connection
             # of their own never waits for the bookkeeping thread's writes.
@@ -328,11 +332,14 @@ class RunHistory:
                 self._path, isolation_level=None, check_same_thread=False
             )
         try:
-            self._runs = self.count()
-            self.prune()
-        except sqlite3.DatabaseError as err:  # a damaged page (start-up reads only the header)
+            # A damaged page start-up did not read, a filesystem that refuses the prune's
+            # write: a refusal naming the file, saying which (``opening``).
+            with opening(path):
+                self._runs = self.count()
+                self.prune()
+        except BaseException:
             self.close()
-            raise ConfigError(damaged(Path(path), str(err))) from err
+            raise
 
     def _add_columns(self) -> None:
         """A history from before ``source``, ``policy`` or ``shadow`` were kept gets them.

@@ -84,7 +84,7 @@ from executor.sql import (
     is_postgres,
     row_lock,
 )
-from executor.storage import StorageHealth, open_database, writing
+from executor.storage import StorageHealth, open_database, opening, writing
 from executor.visible_text import escaped
 
 logger = logging.getLogger(__name__)
@@ -327,16 +327,22 @@ class Outbox:
     @staticmethod
     def _open_sqlite(path: str) -> sqlite3.Connection:
         db = open_database(path)
-        db.execute("PRAGMA journal_mode = WAL")
-        # WAL + NORMAL: a commit survives the executor's own crash (kill -9); only an OS
-        # crash or power loss can drop the last commits. FULL fsyncs every run on the
-        # event loop, which measured ~5 ms per callback and capped throughput.
-        db.execute("PRAGMA synchronous = NORMAL")
-        db.executescript(SCHEMA)
-        columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
-        for column, definition in _ADDED_COLUMNS:
-            if column not in columns:  # an outbox.db from before the column
-                db.execute(f"ALTER TABLE outbox ADD COLUMN {column} {definition}")
+        try:
+            with opening(path):  # a read-only filesystem, say: a refusal saying so
+                db.execute("PRAGMA journal_mode = WAL")
+                # WAL + NORMAL: a commit survives the executor's own crash (kill -9); only
+                # an OS crash or power loss can drop the last commits. FULL fsyncs every
+                # run on the event loop, which measured ~5 ms per callback and capped
+                # throughput.
+                db.execute("PRAGMA synchronous = NORMAL")
+                db.executescript(SCHEMA)
+                columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+                for column, definition in _ADDED_COLUMNS:
+                    if column not in columns:  # an outbox.db from before the column
+                        db.execute(f"ALTER TABLE outbox ADD COLUMN {column} {definition}")
+        except BaseException:
+            db.close()
+            raise
         return db
 
     @property

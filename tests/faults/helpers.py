@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import os
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -39,6 +40,59 @@ def small_tmpfs(path: Path, size_bytes: int) -> Iterator[Path]:
     finally:
         # Lazy: a database the test still holds open must not keep the mount alive.
         _libc.umount2(str(path).encode(), MNT_DETACH)
+
+
+@contextlib.contextmanager
+def ext4_that_fails(path: Path, size_bytes: int = 32 << 20) -> Iterator[Callable[[], None]]:
+    """An ext4 filesystem mounted ``errors=remount-ro`` at ``path`` (a loop-mounted image beside it).
+
+    Yields what makes the kernel meet a filesystem error there (``trigger_fs_error``):
+    from then on every write is refused (EROFS) while the mount still shows ``rw``
+    (``emergency_ro``), as after a real disk error. Skipped where that cannot be made.
+    """
+    image = path.with_name(f"{path.name}.ext4")
+    with image.open("wb") as out:
+        out.truncate(size_bytes)
+    path.mkdir(parents=True, exist_ok=True)
+    for argv in (
+        ["mkfs.ext4", "-q", "-F", str(image)],
+        ["mount", "-o", "loop,errors=remount-ro", str(image), str(path)],
+    ):
+        made = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if made.returncode != 0:
+            pytest.skip(f"cannot make an ext4 filesystem here: {made.stderr.strip()}")
+    try:
+        device = Path(os.path.realpath(_mount_source(path))).name
+        trigger = Path(f"/sys/fs/ext4/{device}/trigger_fs_error")
+        if not trigger.exists():
+            pytest.skip(f"this kernel cannot be made to meet an ext4 error ({trigger})")
+
+        def fail() -> None:
+            trigger.write_text("cbexec test\n")
+            try:
+                (path / ".after-the-error").touch()
+            except OSError as err:
+                if err.errno == errno.EROFS:
+                    return
+                raise
+            pytest.skip("this kernel keeps writing to an ext4 filesystem after an error")
+
+        yield fail
+    finally:
+        # Lazy: a database the test still holds open must not keep the mount alive; the
+        # loop device goes with the mount (mount -o loop sets it to clear itself).
+        _libc.umount2(str(path).encode(), MNT_DETACH)
+        image.unlink(missing_ok=True)
+
+
+def _mount_source(path: Path) -> str:
+    """The device mounted at ``path`` (its last mount), from /proc/self/mountinfo."""
+    source = ""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields, _, after = line.partition(" - ")
+        if fields.split()[4] == str(path):
+            source = after.split()[1]
+    return source
 
 
 def fill(directory: Path) -> Path:

@@ -17,9 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from executor.api import embedded
+from executor.errors import ConfigError
+from executor.runs.history import RunHistory
 from executor.runs.outbox import Outbox
+from executor.triggers.store import TriggerStore
 from tests.conftest import TEST_UID_BASE, stack_settings
-from tests.faults.helpers import executor, small_tmpfs
+from tests.faults.helpers import executor, ext4_that_fails, small_tmpfs
 from tests.helpers.cli import cbexec
 
 pytestmark = pytest.mark.faults
@@ -287,3 +291,99 @@ async def test_databases_of_an_older_version_open_and_are_marked(tmp_path: Path)
     async with executor(stack_settings(data_dir)):
         pass
     assert {name: _application_id(data_dir / name) for name in KINDS} == marks
+
+
+# -- a sound database on storage that fails: never called damaged ---------------------------
+
+# What start-up says of a damaged file, and would lose a sound one's contents if followed.
+DAMAGE_ADVICE = ("is damaged", "move it aside")
+
+
+async def test_a_filesystem_the_kernel_stopped_writing_to_is_refused_as_such(
+    tmp_path: Path,
+) -> None:
+    # Found by fault injection: ext4 made read-only by an error (errors=remount-ro) still
+    # shows rw, and start-up said runs.db "is damaged... move it aside": followed for
+    # outbox.db, that loses the results not yet delivered.
+    with ext4_that_fails(tmp_path / "disk") as fail:
+        data_dir = tmp_path / "disk" / "data"
+        await _data_dir_of_a_run(data_dir)
+        fail()
+
+        said = await _both_refuse(data_dir)
+
+    assert said == (
+        f"cbexec: data_dir: {data_dir} refuses new files (Read-only file system) although "
+        "its filesystem is mounted read-write (the kernel does this after a filesystem "
+        "error; its log says why): mend it, then start again"
+    )
+
+
+async def _open_each(data_dir: Path) -> dict[str, str]:
+    """Each database opened as start-up opens it, then closed: what refused it, by name ("" if none)."""
+    said: dict[str, str] = {}
+    for name, opened in (
+        ("runs.db", lambda: RunHistory(data_dir / "runs.db", retention_days=1, max_runs=10)),
+        ("outbox.db", lambda: Outbox(data_dir / "outbox.db", transport=None)),  # type: ignore[arg-type]
+        ("triggers.db", lambda: TriggerStore(str(data_dir / "triggers.db"))),
+    ):
+        try:
+            store = opened()
+        except ConfigError as err:
+            said[name] = str(err)
+            continue
+        said[name] = ""
+        await store.close() if isinstance(store, Outbox) else store.close()
+    try:
+        supervisor = await embedded.start(
+            data_dir, max_message_bytes=1 << 20, history_retention_days=1, history_max_runs=10
+        )
+    except ConfigError as err:
+        said["supervisor.db"] = str(err)
+    else:
+        said["supervisor.db"] = ""
+        await supervisor.close(0)
+    return said
+
+
+async def test_a_sound_database_on_a_filesystem_that_failed_is_not_called_damaged(
+    tmp_path: Path,
+) -> None:
+    """Past the data dir's own check (a file made there first) each database says the same."""
+    with ext4_that_fails(tmp_path / "disk") as fail:
+        data_dir = tmp_path / "disk" / "data"
+        data_dir.mkdir(mode=0o700)
+        assert await _open_each(data_dir) == dict.fromkeys(KINDS, "")
+        before = _snapshot(data_dir)
+        fail()
+
+        said = await _open_each(data_dir)
+
+        assert _snapshot(data_dir) == before, "left exactly as it was"
+    for name in KINDS:
+        assert said[name].startswith(f"{data_dir / name}: "), said[name]
+        assert "the storage failed" in said[name], said[name]
+        assert "the file is not known to be damaged" in said[name], said[name]
+        assert "do not move the file aside (it holds " in said[name], said[name]
+        assert not any(advice in said[name] for advice in DAMAGE_ADVICE), said[name]
+
+
+async def test_a_database_another_process_holds_locked_is_not_called_damaged(
+    tmp_path: Path,
+) -> None:
+    """SQLite's busy timeout (5 s) passes, then start-up says who is in the way."""
+    path = tmp_path / "outbox.db"
+    await Outbox(path, transport=None).close()  # type: ignore[arg-type]
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA journal_mode = DELETE")  # so that the lock keeps readers out too
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(ConfigError) as refused:
+            await asyncio.to_thread(Outbox, path, transport=None)  # type: ignore[arg-type]
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+    said = str(refused.value)
+    assert said.startswith(f"{path}: database is locked: another process holds the database ")
+    assert not any(advice in said for advice in DAMAGE_ADVICE), said
