@@ -7,6 +7,7 @@ ExecutorError
  +-- PermissionDeniedError    the caller's Qube user may not do what it asks (the farm)
  +-- CapacityError            every slot is busy and the queue is full
  +-- UnavailableError         draining, or a child could not be started
+ +-- DataLossError            a database a request reads is damaged (the message names it)
  +-- ConfigError              settings that cannot work, naming the setting
 HostCallError                 a qb call from a callback failed (goes back to the callback)
 """
@@ -46,6 +47,10 @@ class CapacityError(ExecutorError):
 
 class UnavailableError(ExecutorError):
     """The executor cannot run callbacks right now (draining, spawn failure)."""
+
+
+class DataLossError(ExecutorError):
+    """A database the request reads is damaged: no retry mends it; the message names the file."""
 
 
 class ConfigError(ExecutorError):

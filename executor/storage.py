@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final
 
-from executor.errors import ConfigError, UnavailableError
+from executor.errors import ConfigError, DataLossError, UnavailableError
 from executor.sql import StoreUnavailable, connect_postgres
 
 logger = logging.getLogger(__name__)
@@ -292,6 +292,50 @@ def unusable(path: Path, err: sqlite3.Error) -> str:
             "a backup, say). It was left untouched: end that, then start again"
         )
     return f"{path}: cannot use the database: {err}. It was left untouched{kept}"
+
+
+def damaged_in_service(path: Path, why: str) -> str:
+    """What a read that met damage in the database at ``path`` answers: what it holds, what to do."""
+    holds = _HOLDS.get(path.name)
+    lost = f" (it holds {holds})" if holds else ""
+    return (
+        f"{path}: {why}: the file is damaged{lost}. Stop the executor, then restore it from "
+        "a backup, or move it aside (with its -wal and -shm) to start with an empty one"
+    )
+
+
+# Files whose damage a read met, logged once each (every ListRuns of a dashboard meets it).
+_DAMAGE_LOGGED: set[str] = set()
+
+
+@contextlib.contextmanager
+def reading(path: Path | str) -> Iterator[None]:
+    """Turn an SQLite error a read meets into an error naming ``path`` and saying what it means.
+
+    A damaged page (start-up reads only part of the history) is a DataLossError, logged
+    at ERROR once per file: no retry mends it. A failing storage (an I/O error) or a lock
+    held past the busy timeout is an UnavailableError: the same read may work later.
+    Anything else is a bug of ours, raised as it is.
+    """
+    try:
+        yield
+    except sqlite3.Error as err:
+        if is_damage(err):
+            said = damaged_in_service(Path(path), str(err))
+            if str(path) not in _DAMAGE_LOGGED:
+                _DAMAGE_LOGGED.add(str(path))
+                logger.error("%s", said)
+            raise DataLossError(said) from err
+        if is_busy(err):
+            raise UnavailableError(
+                f"cannot read {path}: {err} (another process holds it locked); try again"
+            ) from err
+        if _primary_code(err) in _FAILING_STORAGE_CODES:
+            raise UnavailableError(
+                f"cannot read {path}: {err}; the storage under it failed (the file is not "
+                "known to be damaged): the executor's data dir needs attention"
+            ) from err
+        raise
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ from executor.errors import (
     AlreadyExistsError,
     CapacityError,
     ConfigError,
+    DataLossError,
     ExecutorError,
     InvalidRequestError,
     NotFoundError,
@@ -37,6 +38,7 @@ STATUS_BY_ERROR: Final[tuple[tuple[type[ExecutorError], grpc.StatusCode], ...]] 
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (CapacityError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (DataLossError, grpc.StatusCode.DATA_LOSS),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
 )
 

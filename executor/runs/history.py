@@ -54,7 +54,7 @@ from executor.runs.latest import latest_per_key
 from executor.runs.paging import RunFilters, RunKey
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
 from executor.sql import Db, NoCheckpoints, PgDb, Row, in_lists, is_postgres
-from executor.storage import StorageHealth, open_database, opening, writing
+from executor.storage import StorageHealth, open_database, opening, reading, writing
 
 logger = logging.getLogger(__name__)
 
@@ -334,8 +334,8 @@ class RunHistory:
         try:
             # A damaged page start-up did not read, a filesystem that refuses the prune's
             # write: a refusal naming the file, saying which (``opening``).
-            with opening(path):
-                self._runs = self.count()
+            with opening(path), self._lock:
+                self._runs = self._count()
                 self.prune()
         except BaseException:
             self.close()
@@ -476,7 +476,7 @@ class RunHistory:
             query += " WHERE " + " AND ".join(where)
         query += " ORDER BY started_at DESC, rowid DESC LIMIT ?"
         self.before_read()
-        with self._lock:
+        with self._lock, reading(self._path):
             # One more than asked: whether a page follows, without a second query.
             rows = self._db.execute(query, (*args, limit + 1)).fetchall()
         shown = rows[:limit]
@@ -493,7 +493,7 @@ class RunHistory:
     def get(self, invocation_id: str) -> RunRecord | None:
         """One run with its whole result, or None when unknown (or pruned)."""
         self.before_read()
-        with self._lock:
+        with self._lock, reading(self._path):
             row = self._db.execute(
                 f"SELECT {_SUMMARY_COLUMNS}, result FROM runs WHERE invocation_id = ?",  # noqa: S608
                 (invocation_id,),
@@ -514,10 +514,10 @@ class RunHistory:
             " WHERE invocation_id = ?"
         )
         if self._reader is None:
-            with self._lock:
+            with self._lock, reading(self._path):
                 row = self._db.execute(query, (invocation_id,)).fetchone()
         else:
-            with self._reader_lock:
+            with self._reader_lock, reading(self._path):
                 row = self._reader.execute(query, (invocation_id,)).fetchone()
         if row is None:
             return None
@@ -529,7 +529,7 @@ class RunHistory:
         self.before_read()
         found: dict[str, float] = {}
         for chunk, marks in in_lists(invocation_ids):
-            with self._lock:
+            with self._lock, reading(self._path):
                 rows = self._db.execute(
                     "SELECT invocation_id, started_at + wall_seconds FROM runs"  # noqa: S608 - ? marks
                     f" WHERE invocation_id IN ({marks})",
@@ -554,13 +554,13 @@ class RunHistory:
             )
             wanted = "".join(f"[{c}]" if c in "*?[" else c for c in prefix) + "*"
         self.before_read()
-        with self._lock:
+        with self._lock, reading(self._path):
             rows = self._db.execute(query, (wanted, limit)).fetchall()
         return [row["invocation_id"] for row in rows]
 
     def count(self) -> int:
         self.before_read()
-        with self._lock:
+        with self._lock, reading(self._path):
             return self._count()
 
     def _count(self) -> int:

@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, NamedTuple, Protocol, TypeVar, cast, runtime_checkable
 
-from executor.errors import UnavailableError
+from executor.errors import DataLossError, UnavailableError
 from executor.runs.latest import latest_per_key
 from executor.runs.outbox_rows import (
     UNREADABLE_TIME_ABOVE,
@@ -84,7 +84,7 @@ from executor.sql import (
     is_postgres,
     row_lock,
 )
-from executor.storage import StorageHealth, open_database, opening, writing
+from executor.storage import StorageHealth, open_database, opening, reading, writing
 from executor.visible_text import escaped
 
 logger = logging.getLogger(__name__)
@@ -456,19 +456,22 @@ class Outbox:
 
     def pending(self) -> int:
         """Messages not yet acknowledged (dead ones excluded)."""
-        row = self._db.execute(
-            "SELECT count(*) FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL"
-        ).fetchone()
+        with reading(self._path):
+            row = self._db.execute(
+                "SELECT count(*) FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL"
+            ).fetchone()
         return int(row[0]) - len(self._unmarked)
 
     def dead(self) -> int:
         """Messages set aside as dead letters."""
-        return int(self._db.execute("SELECT count(dead_at) FROM outbox").fetchone()[0])
+        with reading(self._path):
+            return int(self._db.execute("SELECT count(dead_at) FROM outbox").fetchone()[0])
 
     def stats(self) -> OutboxStats:
-        delivered, dead = self._db.execute(
-            "SELECT count(delivered_at), count(dead_at) FROM outbox"
-        ).fetchone()
+        with reading(self._path):
+            delivered, dead = self._db.execute(
+                "SELECT count(delivered_at), count(dead_at) FROM outbox"
+            ).fetchone()
         return OutboxStats(self.pending(), int(delivered), int(dead), self._duplicates)
 
     # -- the notes of runs whose bookkeeping a crash may have lost ----------------------------
@@ -650,7 +653,7 @@ class Outbox:
             delay = self._backoff.delay(failures, self._rng)
             try:
                 logger.warning("outbox: %d pending, retrying in %.2fs", self.pending(), delay)
-            except UnavailableError:  # the store itself is what is away
+            except (UnavailableError, DataLossError):  # the store itself is what is away
                 logger.warning("outbox: retrying in %.2fs", delay)
             await asyncio.sleep(delay)
 
@@ -827,11 +830,12 @@ class Outbox:
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """Messages set aside, newest first."""
-        rows = self._db.execute(
-            "SELECT key, created_at, dead_at, attempts, last_error, length(payload) FROM outbox"
-            " WHERE dead_at IS NOT NULL ORDER BY dead_at DESC, seq DESC LIMIT ?",
-            (limit,),
-        ).fetchall()
+        with reading(self._path):
+            rows = self._db.execute(
+                "SELECT key, created_at, dead_at, attempts, last_error, length(payload)"
+                " FROM outbox WHERE dead_at IS NOT NULL ORDER BY dead_at DESC, seq DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
         # A damaged row's columns show as they can: its last_error names the damage.
         return [
             DeadLetter(

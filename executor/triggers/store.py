@@ -34,7 +34,7 @@ from typing import Any, Final
 from executor.model import Event
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
 from executor.sql import Db, NoCheckpoints, PgDb, Row, is_postgres, row_lock
-from executor.storage import StorageHealth, open_database, opening, writing
+from executor.storage import StorageHealth, open_database, opening, reading, writing
 from executor.triggers import checks, items, journal, states
 from executor.triggers.evaluate import AtomKey, JobPlace, scope_label
 from executor.triggers.journal import SeenEvent, marks_from_json, marks_to_json
@@ -373,9 +373,10 @@ class TriggerStore:
         """The connection for statements outside a transaction, holding its lock.
 
         On SQLite it is the transactions' own (statements make no round trips); in a
-        fleet, a second one, so that a read never waits for a transaction to commit.
+        fleet, a second one, so that a read never waits for a transaction to commit. A
+        damaged page a read meets is a DataLossError naming the file (``reading``).
         """
-        with self._outside_lock:
+        with self._outside_lock, reading(self._path):
             yield self._outside_db
 
     @contextmanager

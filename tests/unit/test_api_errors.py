@@ -13,6 +13,7 @@ from executor.errors import (
     AlreadyExistsError,
     CapacityError,
     ConfigError,
+    DataLossError,
     ExecutorError,
     InvalidRequestError,
     NotFoundError,
@@ -44,6 +45,7 @@ DOCUMENTED = [
     (StorageError("/data/outbox.db", "database or disk is full"), grpc.StatusCode.UNAVAILABLE),
     (ConfigError("bad setting"), grpc.StatusCode.FAILED_PRECONDITION),
     (PermissionDeniedError("job 3 belongs to alice"), grpc.StatusCode.PERMISSION_DENIED),
+    (DataLossError("/data/runs.db: database disk image is malformed"), grpc.StatusCode.DATA_LOSS),
 ]
 
 
