@@ -152,14 +152,28 @@ class GrpcReportTransport:
 
     Each call's deadline is ``timeout_s``, doubled after a call that ran out of it (up to
     ``MAX_PATIENCE_FACTOR`` times) until one is answered within ``timeout_s`` again.
+    ``connections`` counts the connections its calls made or will make: each may reach
+    another supervisor (upgraded, replaced), which the outbox then asks for batches.
     """
 
     def __init__(self, channel: grpc.aio.Channel, timeout_s: float) -> None:
+        self._channel = channel
         self._stub = supervisor_pb2_grpc.SupervisorServiceStub(channel)
         self._timeout_s = timeout_s
         self._patience_s = timeout_s
+        self._connects = 0  # calls that found the channel not connected
+
+    @property
+    def connections(self) -> int:
+        """Connections its calls made, and the one the next call makes when not connected now."""
+        return self._connects + (not self._is_connected())
+
+    def _is_connected(self) -> bool:
+        return self._channel.get_state() == grpc.ChannelConnectivity.READY
 
     async def _call(self, method: Any, request: Any) -> Any:
+        if not self._is_connected():
+            self._connects += 1
         started = time.monotonic()
         try:
             response = await method(request, timeout=self._patience_s)

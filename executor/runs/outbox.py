@@ -94,6 +94,11 @@ _T = TypeVar("_T")
 # Room left in a receiver's message limit for the batch around the messages and framing:
 # a message, or a batch of them, is at most the limit less this.
 MESSAGE_MARGIN_BYTES: Final = 64 << 10
+# A receiver that said it takes no batches (UNIMPLEMENTED) is asked again this long after,
+# or sooner once it was out of reach or the transport connected anew: an upgraded or
+# replaced supervisor may take them, and one call per result costs more executor CPU than
+# the run itself.
+ASK_FOR_BATCHES_AGAIN_S: Final = 300.0
 
 _INSERT: Final = (
     "INSERT INTO outbox (key, payload, created_at, owner, lease_until, ended_at, notes)"
@@ -202,6 +207,17 @@ class BatchTransport(Transport, Protocol):
     async def deliver_many(self, messages: list[tuple[str, bytes]]) -> list[bool] | None: ...
 
 
+@runtime_checkable
+class CountsConnections(Protocol):
+    """A transport that counts its connections (and the one its next call makes, if any).
+
+    A new one may reach another receiver.
+    """
+
+    @property
+    def connections(self) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Backoff:
     """Exponential backoff with jitter: attempt n waits in [d/2, d], d = min(cap, first * 2^(n-1))."""
@@ -248,6 +264,9 @@ class Outbox:
             of runs, one exchange per result cost more executor CPU than the run).
         batch_size, batch_bytes: the most messages, and bytes of them, one exchange
             carries (a single larger message still goes, alone).
+        ask_for_batches_again_s: how long after a receiver said it takes no batches
+            it is asked again (sooner once it was out of reach, or the transport
+            connected anew).
         max_attempts, min_refusing_s: a message the receiver keeps refusing (while it
             answers) is set aside after this many failed tries, the first of them (since
             this outbox last saw it delivered, queued or started) at least this long ago.
@@ -266,6 +285,7 @@ class Outbox:
         linger_s: float = 0.05,
         batch_size: int = 64,
         batch_bytes: int = 3 << 20,
+        ask_for_batches_again_s: float = ASK_FOR_BATCHES_AGAIN_S,
         max_attempts: int = 8,
         min_refusing_s: float = 30.0,
         health: StorageHealth | None = None,
@@ -285,6 +305,12 @@ class Outbox:
         self._first_refused: dict[int, float] = {}
         self._transport = transport
         self._batches = isinstance(transport, BatchTransport)
+        # When the receiver last said it takes no batches (monotonic; None: ask it), and
+        # the transport's connections then.
+        self._no_batches_since: float | None = None
+        self._no_batches_connections = 0
+        self._ask_for_batches_again_s = ask_for_batches_again_s
+        self._told_no_batches = False
         self._linger_s = linger_s
         self._backoff = backoff
         self._keep_delivered = keep_delivered
@@ -701,7 +727,7 @@ class Outbox:
         # Whether the receiver answered the whole batch and refused it: that attempt
         # counts for the message(s) it then refuses alone (the ones it was refused for).
         batch_refused = False
-        if len(batch) > 1 and self._batches:
+        if len(batch) > 1 and self._sends_batches():
             error = await self._deliver_many(batch)
             if error is None:
                 await self._linger_unless(full)
@@ -709,12 +735,29 @@ class Outbox:
             if error.unreachable:
                 return False  # back off, as for one message
             # Refused, too large, or not supported: one by one finds the message at fault.
-            batch_refused = self._batches  # not when the receiver takes no batches at all
+            # Not "refused" when the receiver takes no batches at all.
+            batch_refused = self._no_batches_since is None
         for seq, key, payload in batch:
             if not await self._deliver_one(seq, key, payload, batch_refused=batch_refused):
                 return False  # back off; then re-read from the oldest pending row
         await self._linger_unless(full)
         return True
+
+    def _sends_batches(self) -> bool:
+        """Whether to send a batch: the transport can, and the receiver did not lately say no."""
+        if not self._batches:
+            return False
+        since = self._no_batches_since
+        if since is not None and (
+            time.monotonic() - since >= self._ask_for_batches_again_s
+            or self._connections() != self._no_batches_connections
+        ):
+            self._no_batches_since = None
+        return self._no_batches_since is None
+
+    def _connections(self) -> int:
+        transport = self._transport
+        return transport.connections if isinstance(transport, CountsConnections) else 0
 
     async def _linger_unless(self, full: bool) -> None:
         """After an exchange that was not full, let the next results gather a moment.
@@ -736,8 +779,16 @@ class Outbox:
             logger.info("outbox: a batch of %d was not delivered (%s)", len(batch), err)
             return err
         if duplicates is None:
-            logger.info("outbox: the receiver takes no batches; sending results one by one")
-            self._batches = False
+            # Said once; each later ask that gets the same answer only at DEBUG.
+            logger.log(
+                logging.DEBUG if self._told_no_batches else logging.INFO,
+                "outbox: the receiver takes no batches; sending results one by one"
+                " (asking again in %.0f s, or once it was out of reach or connected anew)",
+                self._ask_for_batches_again_s,
+            )
+            self._told_no_batches = True
+            self._no_batches_since = time.monotonic()
+            self._no_batches_connections = self._connections()
             return DeliveryError("the receiver takes no batches", retryable=True)
         self._duplicates += sum(duplicates)
         for seq, _, _ in batch:
@@ -765,6 +816,8 @@ class Outbox:
                 return True
             if err.unreachable:
                 logger.warning("outbox: delivery of %s failed (%s)", key, err)
+                # What answers next may be another supervisor (upgraded, replaced).
+                self._no_batches_since = None
                 return False  # nothing moves: back off as a whole
             first = self._first_refused.setdefault(seq, time.monotonic())
             refusing_s = time.monotonic() - first
