@@ -9,6 +9,7 @@ guessed from the message text.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
@@ -32,23 +33,33 @@ _KIND_BY_CODE: Final[dict[grpc.StatusCode, QbErrorKind]] = {
     grpc.StatusCode.FAILED_PRECONDITION: "QbError",
 }
 
-# Codes that mean no answer came (down, too slow, the call cut); any other is an answer.
-_NO_ANSWER: Final = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
-)
+# What these codes say of the supervisor, true whether gRPC made them (the supervisor
+# down, the call cut) or the supervisor answered them itself (the embedded one answers
+# UNAVAILABLE while supervisor.db cannot be written). DEADLINE_EXCEEDED is told apart by
+# the time the call took (``host_error``); every other code is an answer.
+_SAID_OF: Final = {
+    grpc.StatusCode.UNAVAILABLE: "the supervisor is unavailable",
+    grpc.StatusCode.CANCELLED: "the call to the supervisor was cancelled",
+}
 
 _Response = TypeVar("_Response")
 
 
-def host_error(err: grpc.aio.AioRpcError) -> HostCallError:
-    """The error a callback sees for a refused SupervisorService call."""
+def host_error(err: grpc.aio.AioRpcError, *, ran_out_of_s: float | None = None) -> HostCallError:
+    """The error a callback sees for a refused SupervisorService call.
+
+    ``ran_out_of_s``: the call's deadline, when the call took all of it: its
+    DEADLINE_EXCEEDED is then the executor's own, not one the supervisor answered sooner.
+    """
     code = err.code()
     named = NAMED_KINDS.get(str(dict(err.trailing_metadata() or ()).get(ERROR_KIND_KEY, "")))
     kind = named or _KIND_BY_CODE.get(code, "SupervisorUnavailable")
     details = err.details() or code.name
     if kind == "SupervisorUnavailable":
-        if code in _NO_ANSWER:
-            said = "the supervisor did not answer"
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED and ran_out_of_s is not None:
+            said = f"the supervisor did not answer within {ran_out_of_s:g} s"
+        elif code in _SAID_OF:
+            said = _SAID_OF[code]
         elif code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
             said = "the supervisor's answer was larger than the executor takes"
         else:
@@ -65,10 +76,12 @@ class GrpcSupervisor:
         self._timeout_s = timeout_s
 
     async def _call(self, rpc: Callable[..., Awaitable[_Response]], request: Any) -> _Response:
+        started = time.monotonic()
         try:
             return await rpc(request, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as err:
-            raise host_error(err) from err
+            took_it_all = time.monotonic() - started >= self._timeout_s
+            raise host_error(err, ran_out_of_s=self._timeout_s if took_it_all else None) from err
 
     async def job_info(
         self,

@@ -85,7 +85,7 @@ class InvalidArgument(QbError):
 
 
 class SupervisorUnavailable(QbError):
-    """The supervisor did not answer."""
+    """The supervisor is unavailable, did not answer in time, or failed the call."""
 
 
 # Why a call from a process the callback forked is refused (qb.pm says the same).

@@ -2,11 +2,13 @@
 
 A real executor is pointed at a real Supervisor service on loopback (the reference
 one, with JobInfo or JobAction answered otherwise): an unknown job as an empty list
-rather than NOT_FOUND, a malformed answer, a refusal of the site's own.
+rather than NOT_FOUND, a malformed answer, a refusal of the site's own, codes gRPC also
+makes itself (DEADLINE_EXCEEDED, CANCELLED, UNAVAILABLE) answered by the supervisor.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,15 @@ from tests.helpers.supervisors import CountingSupervisor, SupervisorEndpoint
 pytestmark = pytest.mark.service
 
 UNKNOWN_JOB = 9_999
+# Job ids whose JobInfo the site answers with a code gRPC also makes itself, and one it
+# answers only after the executor's deadline (SUPERVISOR_TIMEOUT_S).
+ANSWERED_CODES = {
+    501: (grpc.StatusCode.DEADLINE_EXCEEDED, "the farm database's own deadline passed"),
+    502: (grpc.StatusCode.CANCELLED, "the request was cancelled by the site"),
+    503: (grpc.StatusCode.UNAVAILABLE, "down for maintenance"),
+}
+HANGING_JOB = 504
+SUPERVISOR_TIMEOUT_S = 1.0
 
 
 class SiteSupervisor(CountingSupervisor):
@@ -31,6 +42,10 @@ class SiteSupervisor(CountingSupervisor):
     async def JobInfo(
         self, request: supervisor_pb2.JobInfoRequest, context: Any
     ) -> supervisor_pb2.JobInfoResponse:
+        if request.WhichOneof("selector") == "id" and request.id in ANSWERED_CODES:
+            await context.abort(*ANSWERED_CODES[request.id])
+        if request.WhichOneof("selector") == "id" and request.id == HANGING_JOB:
+            await asyncio.sleep(SUPERVISOR_TIMEOUT_S * 3)
         if request.WhichOneof("selector") == "id" and request.id >= UNKNOWN_JOB:
             if request.id == UNKNOWN_JOB:
                 return supervisor_pb2.JobInfoResponse()
@@ -50,7 +65,13 @@ class SiteSupervisor(CountingSupervisor):
 async def client(tmp_path: Path) -> AsyncIterator[ExecutorClient]:
     endpoint = SupervisorEndpoint(tmp_path / "supervisor.db", SiteSupervisor)
     await endpoint.start()
-    running = await server.start(stack_settings(tmp_path / "data", supervisor=endpoint.address))
+    running = await server.start(
+        stack_settings(
+            tmp_path / "data",
+            supervisor=endpoint.address,
+            supervisor_timeout_seconds=SUPERVISOR_TIMEOUT_S,
+        )
+    )
     try:
         async with ExecutorClient(f"127.0.0.1:{running.port}") as client:
             yield client
@@ -102,3 +123,20 @@ async def test_a_failed_precondition_is_a_plain_qb_error_with_the_supervisors_me
 ) -> None:
     out = await run(client, caught("qb.kill(1)"))
     assert out.splitlines() == ["QbError job is locked by wrangler"]
+
+
+async def test_a_code_the_supervisor_answered_is_told_from_one_grpc_made(
+    client: ExecutorClient,
+) -> None:
+    # Found by fault injection: a supervisor that answered DEADLINE_EXCEEDED or CANCELLED
+    # (with its own message) was said not to have answered.
+    out = await run(client, "".join(caught(f"qb.jobinfo('-id', {job})") for job in range(501, 505)))
+    assert out.splitlines() == [
+        "SupervisorUnavailable the supervisor answered with an error: DEADLINE_EXCEEDED: "
+        "the farm database's own deadline passed",
+        "SupervisorUnavailable the call to the supervisor was cancelled: CANCELLED: "
+        "the request was cancelled by the site",
+        "SupervisorUnavailable the supervisor is unavailable: UNAVAILABLE: down for maintenance",
+        "SupervisorUnavailable the supervisor did not answer within 1 s: DEADLINE_EXCEEDED: "
+        "Deadline Exceeded",
+    ]

@@ -16,22 +16,36 @@ def rpc_error(code: grpc.StatusCode, details: str) -> AioRpcError:
 
 
 @pytest.mark.parametrize(
-    ("code", "details", "said"),
+    ("code", "details", "ran_out_of_s", "said"),
     [
-        (grpc.StatusCode.UNAVAILABLE, "connection refused", "the supervisor did not answer"),
-        (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", "the supervisor did not answer"),
+        (grpc.StatusCode.UNAVAILABLE, "connection refused", None, "the supervisor is unavailable"),
+        (
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "Deadline Exceeded",
+            10.0,
+            "the supervisor did not answer within 10 s",
+        ),
+        # Sooner than the deadline: the supervisor answered it.
+        (
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "its own deadline",
+            None,
+            "the supervisor answered with an error",
+        ),
+        (grpc.StatusCode.CANCELLED, "cut", None, "the call to the supervisor was cancelled"),
         # Before, these two read "did not answer" although the supervisor had answered.
-        (grpc.StatusCode.INTERNAL, "boom", "the supervisor answered with an error"),
+        (grpc.StatusCode.INTERNAL, "boom", None, "the supervisor answered with an error"),
         (
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "Received message larger than max (5000000 vs. 4194304)",
+            None,
             "the supervisor's answer was larger than the executor takes",
         ),
     ],
 )
 def test_the_message_says_whether_the_supervisor_answered(
-    code: grpc.StatusCode, details: str, said: str
+    code: grpc.StatusCode, details: str, ran_out_of_s: float | None, said: str
 ) -> None:
-    error = host_error(rpc_error(code, details))
+    error = host_error(rpc_error(code, details), ran_out_of_s=ran_out_of_s)
     assert error.kind == "SupervisorUnavailable"
     assert error.message == f"{said}: {code.name}: {details}"
