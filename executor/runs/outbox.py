@@ -98,7 +98,7 @@ MESSAGE_MARGIN_BYTES: Final = 64 << 10
 # or sooner once it was out of reach or the transport connected anew: an upgraded or
 # replaced supervisor may take them, and one call per result costs more executor CPU than
 # the run itself.
-ASK_FOR_BATCHES_AGAIN_S: Final = 300.0
+ASK_FOR_BATCHES_AGAIN_S: Final = 60.0
 
 _INSERT: Final = (
     "INSERT INTO outbox (key, payload, created_at, owner, lease_until, ended_at, notes)"
