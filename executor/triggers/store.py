@@ -384,9 +384,10 @@ class TriggerStore:
         """A read-only connection of its own, one committed state, for long reads off the loop.
 
         It neither takes nor waits for the locks of the other connections (snapshots.py):
-        for reads that may take seconds (``why`` of a big job), made on a worker thread.
+        for reads that may take seconds (``why`` of a big job), made on a worker thread. A
+        damaged page a read meets is a DataLossError naming the file (``reading``).
         """
-        with self._snapshots.snapshot() as db:
+        with reading(self._path), self._snapshots.snapshot() as db:
             yield db
 
     @contextmanager
