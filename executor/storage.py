@@ -281,10 +281,10 @@ def unusable(path: Path, err: sqlite3.Error) -> str:
     kept = f" (it holds {holds})" if holds else ""
     if code in _FAILING_STORAGE_CODES:
         return (
-            f"{path}: {err}: the storage failed (an I/O error, or a filesystem that is read-only "
-            "or full); the file is not known to be damaged. It was left untouched: mend the "
-            "storage (a filesystem the kernel made read-only after an error says why in the "
-            f"kernel log), then start again; do not move the file aside{kept}"
+            f"{path}: {err}: the storage refused it (an I/O error, a read-only filesystem or "
+            "file, a full disk); the file is not known to be damaged. It was left untouched: "
+            "mend the storage (a filesystem the kernel made read-only after an error says why "
+            f"in the kernel log), then start again; do not move the file aside{kept}"
         )
     if is_busy(err):
         return (

@@ -362,7 +362,7 @@ async def test_a_sound_database_on_a_filesystem_that_failed_is_not_called_damage
         assert _snapshot(data_dir) == before, "left exactly as it was"
     for name in KINDS:
         assert said[name].startswith(f"{data_dir / name}: "), said[name]
-        assert "the storage failed" in said[name], said[name]
+        assert "the storage refused it" in said[name], said[name]
         assert "the file is not known to be damaged" in said[name], said[name]
         assert "do not move the file aside (it holds " in said[name], said[name]
         assert not any(advice in said[name] for advice in DAMAGE_ADVICE), said[name]
