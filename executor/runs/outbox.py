@@ -328,7 +328,8 @@ class Outbox:
             self._ddb: Db = open_postgres(self._path, application_name="cbexec-delivery")
             self._checkpoints = NoCheckpoints()
         else:
-            self._db = self._open_sqlite(self._path)
+            with opening(self._path):  # a read-only filesystem, say: a refusal saying so
+                self._db = self._open_sqlite(self._path)
             self._ddb = self._db
             # The log's checkpoints fsync; in a thread, they stall no answer.
             self._checkpoints = BackgroundCheckpoints(self._db, path)
@@ -353,22 +354,16 @@ class Outbox:
     @staticmethod
     def _open_sqlite(path: str) -> sqlite3.Connection:
         db = open_database(path)
-        try:
-            with opening(path):  # a read-only filesystem, say: a refusal saying so
-                db.execute("PRAGMA journal_mode = WAL")
-                # WAL + NORMAL: a commit survives the executor's own crash (kill -9); only
-                # an OS crash or power loss can drop the last commits. FULL fsyncs every
-                # run on the event loop, which measured ~5 ms per callback and capped
-                # throughput.
-                db.execute("PRAGMA synchronous = NORMAL")
-                db.executescript(SCHEMA)
-                columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
-                for column, definition in _ADDED_COLUMNS:
-                    if column not in columns:  # an outbox.db from before the column
-                        db.execute(f"ALTER TABLE outbox ADD COLUMN {column} {definition}")
-        except BaseException:
-            db.close()
-            raise
+        db.execute("PRAGMA journal_mode = WAL")
+        # WAL + NORMAL: a commit survives the executor's own crash (kill -9); only an OS
+        # crash or power loss can drop the last commits. FULL fsyncs every run on the
+        # event loop, which measured ~5 ms per callback and capped throughput.
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.executescript(SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+        for column, definition in _ADDED_COLUMNS:
+            if column not in columns:  # an outbox.db from before the column
+                db.execute(f"ALTER TABLE outbox ADD COLUMN {column} {definition}")
         return db
 
     @property

@@ -34,7 +34,7 @@ from typing import Any, Final
 from executor.model import Event
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
 from executor.sql import Db, NoCheckpoints, PgDb, Row, is_postgres, row_lock
-from executor.storage import StorageHealth, open_database, opening, reading, writing
+from executor.storage import StorageHealth, open_database, reading, writing
 from executor.triggers import checks, items, journal, states
 from executor.triggers.evaluate import AtomKey, JobPlace, scope_label
 from executor.triggers.journal import SeenEvent, marks_from_json, marks_to_json
@@ -322,18 +322,13 @@ class TriggerStore:
             )
             return
         sqlite = open_database(path)
-        try:
-            with opening(path):  # a read-only filesystem, say: a refusal saying so
-                sqlite.row_factory = sqlite3.Row
-                sqlite.execute("PRAGMA foreign_keys = ON")
-                sqlite.executescript(FULL_SCHEMA)
-                self._migrate(sqlite)
-                sqlite.executescript(LABEL_INDEXES)
-        except BaseException:
-            sqlite.close()
-            raise
+        sqlite.row_factory = sqlite3.Row
+        sqlite.execute("PRAGMA foreign_keys = ON")
+        sqlite.executescript(FULL_SCHEMA)
         self._db = self._outside_db = sqlite
         self._outside_lock = self._lock
+        self._migrate(sqlite)
+        sqlite.executescript(LABEL_INDEXES)
         # A burst of events commits fast; the log's fsyncing checkpoints go to a thread.
         self._checkpoints = BackgroundCheckpoints(sqlite, path)
         self._snapshots = SnapshotReaders(sqlite_reader(path), begin=SQLITE_BEGIN)
