@@ -40,7 +40,7 @@ from executor.api import embedded as api_embedded
 from executor.api import security
 from executor.api.farm import FarmServicer
 from executor.api.reporting import GrpcReportTransport, ReportEncoder
-from executor.api.supervisor import GrpcSupervisor
+from executor.api.supervisor import SUPERVISOR_CHANNEL_OPTIONS, GrpcSupervisor
 from executor.config import Settings
 from executor.dispatcher import Dispatcher
 from executor.errors import ConfigError, UnavailableError
@@ -132,7 +132,9 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         embedded = None
         if settings.supervisor:
             # A remote supervisor never gets our token: it is not theirs.
-            supervisor_channel = open_channel(settings.supervisor)
+            supervisor_channel = open_channel(
+                settings.supervisor, options=SUPERVISOR_CHANNEL_OPTIONS
+            )
             stack.push_async_callback(supervisor_channel.close)
         else:
             embedded = await api_embedded.start(

@@ -27,6 +27,7 @@ from typing import Final, Protocol
 
 import grpc
 
+from executor.api.supervisor import SUPERVISOR_CHANNEL_OPTIONS
 from executor.errors import ConfigError
 from executor.storage import StorageError, StorageHealth, open_database, unusable, writing
 from supervisor_client.reference import ReferenceSupervisor, add_reference_supervisor
@@ -154,4 +155,5 @@ async def start(
     except BaseException:
         reference.close()
         raise
-    return EmbeddedSupervisor(reference, server, grpc.aio.insecure_channel(address))
+    channel = grpc.aio.insecure_channel(address, options=list(SUPERVISOR_CHANNEL_OPTIONS))
+    return EmbeddedSupervisor(reference, server, channel)

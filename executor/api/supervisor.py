@@ -18,10 +18,20 @@ import grpc
 from executor.child.protocol import QbErrorKind
 from executor.errors import HostCallError
 from executor.supervisor_link import ActionOutcome
+from supervisor_client.credentials import RECONNECT_OPTIONS
 from supervisor_client.jobdict import job_to_dict
 from supervisor_client.qbcallback.v1 import supervisor_pb2, supervisor_pb2_grpc
 
 ERROR_KIND_KEY: Final = "qb-error-kind"
+# The largest answer the executor takes from a supervisor (a JobInfo of a job of ~1.5
+# million work items): not gRPC's default 4 MiB, which a job of ~110,000 passed. Each
+# answer is held whole, as a message and then as job dicts, while a qb call reads it.
+MAX_SUPERVISOR_ANSWER_BYTES: Final = 64 << 20
+# The channel options of the executor's channel to a supervisor.
+SUPERVISOR_CHANNEL_OPTIONS: Final = (
+    *RECONNECT_OPTIONS,
+    ("grpc.max_receive_message_length", MAX_SUPERVISOR_ANSWER_BYTES),
+)
 # The kinds a supervisor may name; anything else falls back to the status code.
 NAMED_KINDS: Final[dict[str, QbErrorKind]] = {
     kind: kind for kind in ("NoSuchJob", "NoSuchWork", "PermissionDenied", "InvalidArgument")
@@ -52,16 +62,21 @@ def host_error(err: grpc.aio.AioRpcError, *, ran_out_of_s: float | None = None) 
     DEADLINE_EXCEEDED is then the executor's own, not one the supervisor answered sooner.
     """
     code = err.code()
+    details = err.details() or code.name
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
+        # Not the supervisor away: the same call would fail again, so not a kind to retry.
+        return HostCallError(
+            "QbError",
+            f"the supervisor's answer is larger than the executor takes "
+            f"({MAX_SUPERVISOR_ANSWER_BYTES} bytes): {details}",
+        )
     named = NAMED_KINDS.get(str(dict(err.trailing_metadata() or ()).get(ERROR_KIND_KEY, "")))
     kind = named or _KIND_BY_CODE.get(code, "SupervisorUnavailable")
-    details = err.details() or code.name
     if kind == "SupervisorUnavailable":
         if code == grpc.StatusCode.DEADLINE_EXCEEDED and ran_out_of_s is not None:
             said = f"the supervisor did not answer within {ran_out_of_s:g} s"
         elif code in _SAID_OF:
             said = _SAID_OF[code]
-        elif code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
-            said = "the supervisor's answer was larger than the executor takes"
         else:
             said = "the supervisor answered with an error"
         details = f"{said}: {code.name}: {details}"

@@ -106,3 +106,31 @@ async def test_a_supervisor_that_ignores_the_hint_gives_the_callback_the_same_an
 ) -> None:
     supervisor = await run_callback(tmp_path, HintIgnoringSupervisor)
     assert set(supervisor.job_info_items) == {len(AGENDA)}
+
+
+async def test_an_answer_larger_than_grpc_default_4_mib_reaches_the_callback(
+    tmp_path: Path,
+) -> None:
+    """A big job's JobInfo passes gRPC's default receive limit (4 MiB: ~110,000 frames)."""
+    endpoint = SupervisorEndpoint(tmp_path / "supervisor.db")
+    (job,) = endpoint.store.submit(
+        [{"name": "big", "user": "alice", "agenda": ["1"], "notes": "n" * (5 << 20)}]
+    )
+    try:
+        await endpoint.start()
+        settings = stack_settings(tmp_path / "data", supervisor=endpoint.address)
+        running = await server.start(settings)
+        try:
+            async with ExecutorClient(f"127.0.0.1:{running.port}") as client:
+                response = await client.execute_callback(
+                    language="python",
+                    code="print(len(qb.jobinfo()[0]['notes']))",
+                    job={"id": job["id"], "user": "alice"},
+                )
+        finally:
+            await running.stop()
+    finally:
+        await endpoint.stop()
+        endpoint.store.close()
+    assert response.outcome == executor_pb2.OUTCOME_SUCCEEDED, response.failure
+    assert response.stdout == f"{5 << 20}\n"

@@ -6,7 +6,7 @@ import grpc
 import pytest
 from grpc.aio import AioRpcError, Metadata
 
-from executor.api.supervisor import host_error
+from executor.api.supervisor import MAX_SUPERVISOR_ANSWER_BYTES, host_error
 
 pytestmark = pytest.mark.unit
 
@@ -35,12 +35,6 @@ def rpc_error(code: grpc.StatusCode, details: str) -> AioRpcError:
         (grpc.StatusCode.CANCELLED, "cut", None, "the call to the supervisor was cancelled"),
         # Before, these two read "did not answer" although the supervisor had answered.
         (grpc.StatusCode.INTERNAL, "boom", None, "the supervisor answered with an error"),
-        (
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            "Received message larger than max (5000000 vs. 4194304)",
-            None,
-            "the supervisor's answer was larger than the executor takes",
-        ),
     ],
 )
 def test_the_message_says_whether_the_supervisor_answered(
@@ -49,3 +43,13 @@ def test_the_message_says_whether_the_supervisor_answered(
     error = host_error(rpc_error(code, details), ran_out_of_s=ran_out_of_s)
     assert error.kind == "SupervisorUnavailable"
     assert error.message == f"{said}: {code.name}: {details}"
+
+
+def test_an_answer_too_large_is_an_error_of_the_call_not_the_supervisor_away() -> None:
+    details = "Received message larger than max (70000000 vs. 67108864)"
+    error = host_error(rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, details))
+    assert error.kind == "QbError"  # the same call would fail again: not one to retry
+    assert error.message == (
+        "the supervisor's answer is larger than the executor takes "
+        f"({MAX_SUPERVISOR_ANSWER_BYTES} bytes): {details}"
+    )
