@@ -23,7 +23,7 @@ from supervisor_client.jobdict import job_to_dict
 from supervisor_client.qbcallback.v1 import supervisor_pb2, supervisor_pb2_grpc
 
 ERROR_KIND_KEY: Final = "qb-error-kind"
-# The largest answer the executor takes from a supervisor (a JobInfo of a job of ~1.5
+# The largest answer the executor takes from a supervisor (a JobInfo of a job of over a
 # million work items): not gRPC's default 4 MiB, which a job of ~110,000 passed. Each
 # answer is held whole, as a message and then as job dicts, while a qb call reads it.
 MAX_SUPERVISOR_ANSWER_BYTES: Final = 64 << 20
