@@ -3,7 +3,7 @@
 Registered on the executor's port only with the embedded supervisor (edge.py). Requests
 become calls of ``supervisor_client.reference.farm.Farm`` with plain values; the farm's
 errors become the executor's domain errors, and so statuses through the one table
-(errors.py). Work ranges are expanded by ``host_api.expand_work_names``, the function
+(errors.py). Work ranges are expanded by ``host_api.WorkSelection``, the selection
 behind ``qb.workunblock('12:1-10')``: one meaning of a range for callbacks and people.
 
 The changes the farm makes reach the trigger engine through the embedded supervisor's
@@ -28,7 +28,7 @@ from executor.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from executor.host_api import expand_work_names
+from executor.host_api import WorkSelection
 from executor.triggers.engine import check_trigger
 from executor.triggers.registration import check_language
 from executor.triggers.store import StoredCallback
@@ -40,6 +40,9 @@ from supervisor_client.reference.service import verb_name
 from supervisor_client.reference.states import is_terminal
 
 DEFAULT_WAIT_S: Final = 60.0
+# Entries of one ChangeWork's ``work``: each costs the loop a moment whether or not it
+# selects anything new, and a range or a comma list names any number of items in one.
+MAX_WORK_ENTRIES: Final = 100_000
 MAX_WAIT_S: Final = 3600.0
 _POLL_S: Final = 0.05
 
@@ -159,15 +162,23 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
         """A worker's change or an operator's work verb, on work names and ranges."""
         change = _change_name(request.change)
         job_id = convert.check_id("job_id", request.job_id)
+        if len(request.work) > MAX_WORK_ENTRIES:
+            raise InvalidRequestError(
+                f"work: at most {MAX_WORK_ENTRIES} entries, got {len(request.work)}; a range"
+                " ('1-5000') or a comma list ('a,b,c') names many items in one"
+            )
         with _farm_errors():
             agenda = [w["name"] for w in self._farm.job(job_id, include_callbacks=False)["agenda"]]
-            names: list[str] = []
+            # One selection over the agenda for every spec: a list of 30,000 names is one
+            # pass, where expanding each name over the whole agenda held the loop minutes.
+            selection = WorkSelection(agenda)
             for spec in request.work:
                 try:
-                    names += expand_work_names(spec, agenda)
+                    selection.add(spec)
                 except HostCallError as err:
                     what = f"its agenda is {describe_agenda(agenda)}" if agenda else "no agenda"
                     raise NotFoundError(f"job {job_id}: {err.message}; {what}") from err
+            names = selection.names
             package = (
                 struct_to_dict(request.result_package)
                 if request.HasField("result_package")

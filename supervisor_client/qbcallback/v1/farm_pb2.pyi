@@ -318,7 +318,9 @@ class ChangeWorkRequest(_message.Message):
     def work(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Work names or ranges as the qb work verbs take them: "5", "1-10" (frames 1 to
         10, unless an item is literally named "1-10"), "3,7-9". Empty for start,
-        complete or fail of a job without an agenda: the job itself runs or ends.
+        complete or fail of a job without an agenda: the job itself runs or ends. At
+        most 100000 entries (more is INVALID_ARGUMENT naming `work` and the limit); a
+        range or a comma list names any number of items in one.
         """
 
     @_builtins.property
