@@ -22,6 +22,7 @@ from typing import Final
 
 from executor.api import convert
 from executor.api.errors import Context, grpc_errors
+from executor.api.struct_values import struct_dict
 from executor.errors import (
     HostCallError,
     InvalidRequestError,
@@ -32,7 +33,7 @@ from executor.host_api import WorkSelection
 from executor.triggers.engine import check_trigger
 from executor.triggers.registration import check_language
 from executor.triggers.store import StoredCallback
-from supervisor_client.jobdict import job_from_dict, struct_to_dict
+from supervisor_client.jobdict import job_from_dict
 from supervisor_client.qbcallback.v1 import farm_pb2, farm_pb2_grpc, supervisor_pb2
 from supervisor_client.reference import errors as reference_errors
 from supervisor_client.reference.farm import Farm, describe_agenda
@@ -116,9 +117,10 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
         """
         if not request.jobs:
             raise InvalidRequestError("jobs: there is nothing to submit")
+        jobs = [struct_dict(f"jobs[{index}]", job) for index, job in enumerate(request.jobs)]
         with _farm_errors():
             stored = self._farm.submit(
-                [struct_to_dict(job) for job in request.jobs],
+                jobs,
                 check_trigger=check_trigger,
                 check_language=check_language,
             )
@@ -162,6 +164,8 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
         """A worker's change or an operator's work verb, on work names and ranges."""
         change = _change_name(request.change)
         job_id = convert.check_id("job_id", request.job_id)
+        convert.check_name("host", request.host)
+        convert.check_name("actor", request.actor)
         if len(request.work) > MAX_WORK_ENTRIES:
             raise InvalidRequestError(
                 f"work: at most {MAX_WORK_ENTRIES} entries, got {len(request.work)}; a range"
@@ -180,7 +184,7 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
                     raise NotFoundError(f"job {job_id}: {err.message}; {what}") from err
             names = selection.names
             package = (
-                struct_to_dict(request.result_package)
+                struct_dict("result_package", request.result_package)
                 if request.HasField("result_package")
                 else None
             )
@@ -205,6 +209,7 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
     ) -> farm_pb2.ChangeJobResponse:
         """A job verb as the operator (the job's owner unless ``actor`` says otherwise)."""
         job_id = convert.check_id("job_id", request.job_id)
+        convert.check_name("actor", request.actor)
         with _farm_errors():
             verb = verb_name(supervisor_pb2.JobVerb, request.verb)
             result = self._farm.change_job(verb, job_id, request.actor)
@@ -217,6 +222,7 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
         self, request: farm_pb2.TakeWorkRequest, context: Context
     ) -> farm_pb2.TakeWorkResponse:
         """Start the next item a free worker would be given; ``taken`` false when none."""
+        convert.check_name("host", request.host)
         with _farm_errors():
             taken = self._farm.take_work(request.host or "localhost")
         if taken is None:
