@@ -25,6 +25,11 @@ MAX_ACTIONS_BYTES: Final = 1 << 20
 MAX_FAILURE_MESSAGE_CHARS: Final = 4096
 MAX_EXCEPTION_TYPE_CHARS: Final = 256
 MAX_TRACEBACK_CHARS: Final = 64 << 10
+# The longest name a request may give what it names: a work item, an instance's or a
+# worker's host, a job's name, label, user, status, prototype and mail addresses, an
+# event's id, context and extra, an actor. Each is stored, journaled and sent on in
+# events and reports; a Qube name is far shorter. Characters, as Python counts them.
+MAX_NAME_CHARS: Final = 1024
 # Ids are stored as SQLite integers (signed 64 bits): a uint64 above this cannot be kept,
 # so neither a request nor a callback's qb call may name one. Instance ids are int32.
 MAX_ID: Final = (1 << 63) - 1

@@ -13,7 +13,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Final
 
-from executor.bounds import MAX_ID, code_size_problem
+from executor.api.struct_values import job_dict
+from executor.bounds import MAX_ID, MAX_NAME_CHARS, MAX_SUBJOB_ID, code_size_problem
 from executor.errors import InvalidRequestError
 from executor.model import (
     CallbackSpec,
@@ -30,9 +31,8 @@ from executor.runs.outbox import DeadLetter
 from executor.sandbox.limits import merge
 from executor.triggers.decide import Fired
 from executor.triggers.engine import canonical_triggers, is_per_work
-from executor.triggers.nodes import EventName
+from executor.triggers.nodes import EventName, EventType
 from executor.triggers.store import LEVEL, StoredCallback
-from supervisor_client.jobdict import job_to_dict
 from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
 
 # It names the run in logs, `.cb` headers and reports: nothing there may break a line.
@@ -55,14 +55,59 @@ def check_id(field: str, value: int, *, required: bool = False) -> int:
     return value
 
 
-def check_job(job: types_pb2.Job, where: str) -> None:
-    """The ids of a job fit what the executor stores; ``where`` names the job field.
+def check_name(field: str, value: str) -> str:
+    """``value`` when it is at most MAX_NAME_CHARS characters; InvalidRequestError naming the field."""
+    if len(value) > MAX_NAME_CHARS:
+        raise InvalidRequestError(
+            f"{field} is {len(value)} characters; the limit is {MAX_NAME_CHARS}"
+        )
+    return value
 
-    Its id is required; a pgrp of 0 is the job's own id, a pid of 0 no parent.
+
+def check_instance(field: str, value: int, *, none: bool = True) -> int:
+    """An instance number, 0 or more (-1 too, meaning none, when ``none``); InvalidRequestError else.
+
+    -1 is what a wire field without presence says for "no instance" (WorkItem.subid), and
+    what ``qb.subid()`` answers then; any other negative number is no instance's.
+    """
+    if value < (-1 if none else 0):
+        meaning = "; -1 (or unset) means none" if none else ""
+        raise InvalidRequestError(f"{field} = {value}: an instance number is 0 or more{meaning}")
+    return value
+
+
+# The Job fields that name something (each at most MAX_NAME_CHARS).
+_JOB_NAMES: Final = ("name", "label", "status", "user", "prototype", "mailaddress")
+
+
+def check_job(job: types_pb2.Job, where: str) -> None:
+    """A job as a request gives it is one the executor can keep; ``where`` names the job field.
+
+    Its id is required (a pgrp of 0 is the job's own id, a pid of 0 no parent) and its ids
+    fit what the executor stores, its instance numbers are 0 or more (a work item's
+    ``subid`` -1: none), and its names fit MAX_NAME_CHARS.
     """
     check_id(f"{where}.id", job.id, required=True)
     for name in ("pgrp", "pid"):
         check_id(f"{where}.{name}", getattr(job, name))
+    for name in _JOB_NAMES:
+        check_name(f"{where}.{name}", getattr(job, name))
+    limit = MAX_NAME_CHARS
+    for index, item in enumerate(job.agenda):
+        # A big job's 20,000 items: the field names are only spelled out for a bad one.
+        if max(len(item.name), len(item.status), len(item.host)) > limit or item.subid < -1:
+            at = f"{where}.agenda[{index}]"
+            for name in ("name", "status", "host"):
+                check_name(f"{at}.{name}", getattr(item, name))
+            check_instance(f"{at}.subid", item.subid)
+    for index, sub in enumerate(job.subjobs):
+        at = f"{where}.subjobs[{index}]"
+        check_instance(f"{at}.id", sub.id, none=False)
+        check_name(f"{at}.status", sub.status)
+        check_name(f"{at}.host", sub.host)
+    for index, callback in enumerate(job.callbacks):
+        check_name(f"{where}.callbacks[{index}].user", callback.user)
+        check_name(f"{where}.callbacks[{index}].language", callback.language)
 
 
 def check_agenda(job: types_pb2.Job, where: str) -> None:
@@ -149,8 +194,12 @@ def invocation_from_request(
         raise InvalidRequestError("callback.code is empty: there is nothing to run")
     if (too_large := code_size_problem(callback.code)) is not None:
         raise InvalidRequestError(f"callback.code {too_large}")
+    # Carried, never parsed: the caller matched it (Execute runs what a scheduler fired
+    # with its own engine, whose grammar may differ); it labels the run, the ALREADY_EXISTS
+    # identity, the report and a mail.
     if len(callback.triggers.encode()) > MAX_TRIGGER_BYTES:
         raise InvalidRequestError(f"callback.triggers is longer than {MAX_TRIGGER_BYTES} bytes")
+    check_name("callback.user", callback.user)
     if request.invocation_id and not _INVOCATION_ID.fullmatch(request.invocation_id):
         raise InvalidRequestError(
             "invocation_id: 1 to 128 printable ASCII characters, no spaces (a UUID, say); "
@@ -160,11 +209,9 @@ def invocation_from_request(
         raise InvalidRequestError("context.job.id is required: a callback runs in a job's context")
     context = request.context
     check_job(context.job, "context.job")
-    job_id = context.job.id
-    event = None
-    if context.HasField("event") and context.event.name:
-        wire = context.event
-        event = Event.from_atom_form(wire.name, wire.type, wire.context, wire.extra, job_id=job_id)
+    check_name("context.work_name", context.work_name)
+    if context.HasField("subjob_id"):
+        check_instance("context.subjob_id", context.subjob_id)
     return Invocation(
         invocation_id=request.invocation_id or str(uuid.uuid4()),
         callback=CallbackSpec(
@@ -176,18 +223,66 @@ def invocation_from_request(
             count=callback.count,
             maximum=callback.maximum,
         ),
-        job=job_to_dict(context.job, include_callbacks=True),
+        job=job_dict(context.job, "context.job"),
         # Without limits the defaults hold, and they are within the caps (config).
         limits=(
             merge(_limits(request.limits), default_limits, max_limits, cap_name)
             if request.HasField("limits")
             else default_limits
         ),
-        event=event,
+        event=_triggering_event(context.event, context.job.id)
+        if context.HasField("event")
+        else None,
         work_name=context.work_name,
         subjob_id=context.subjob_id if context.HasField("subjob_id") else -1,
         policy=policy,
     )
+
+
+# What an Execute's triggering event may be called: any event the trigger grammar
+# knows, clock events and `done` included (a scheduler describes what fired the
+# callback), as `cbexec run --event` takes them.
+_EVENT_NAMES: Final = tuple(name.value for name in EventName)
+_EVENT_TYPES: Final = tuple(type_.value for type_ in EventType)
+
+
+def _subjob_extra(text: str) -> bool:
+    """Whether ``text`` is what a subjob event's extra may be: none, '*' or an instance."""
+    if text in ("", "*"):
+        return True
+    return text.isascii() and text.isdigit() and len(text) <= 12 and int(text) <= MAX_SUBJOB_ID
+
+
+def _triggering_event(wire: types_pb2.Event, job_id: int) -> Event | None:
+    """ExecuteRequest's ``context.event``; None when it is empty, else checked by field."""
+    if not wire.name:
+        if wire.type or wire.context or wire.extra:
+            raise InvalidRequestError(
+                "context.event.name is required for an event with a type, context or extra"
+                f" ({', '.join(_EVENT_NAMES)})"
+            )
+        return None
+    if wire.name not in _EVENT_NAMES:
+        raise InvalidRequestError(
+            f"context.event.name: unknown event name {wire.name!r}; expected one of "
+            f"{', '.join(_EVENT_NAMES)}"
+        )
+    if wire.type not in _EVENT_TYPES:
+        raise InvalidRequestError(
+            f"context.event.type: unknown event type {wire.type!r}; expected one of "
+            f"{', '.join(_EVENT_TYPES)}"
+        )
+    check_name("context.event.context", wire.context)
+    check_name("context.event.extra", wire.extra)
+    if wire.context.isascii() and wire.context.isdigit():  # the job it happened to, by id
+        check_id("context.event.context", int(wire.context))
+    if wire.type == EventType.SUBJOB and not _subjob_extra(wire.extra.strip()):
+        # As the grammar reads a subjob atom's extra: qb.subid() would show -5 otherwise.
+        raise InvalidRequestError(
+            f"context.event.extra: bad subjob id {wire.extra!r}; expected a subjob id "
+            f"(0, 1, ... {MAX_SUBJOB_ID}) or '*'"
+        )
+    return Event.from_atom_form(wire.name, wire.type, wire.context, wire.extra, job_id=job_id)
 
 
 def response_from_result(result: RunResult) -> executor_pb2.ExecuteResponse:
@@ -262,20 +357,27 @@ def event_from_request(
             f"expected one of {', '.join(sorted(PUBLISHABLE_TYPES))}"
         )
     check_id("job_id", request.job_id, required=True)
+    event_id = request.event_id if isinstance(request, executor_pb2.PublishEventRequest) else ""
+    check_name("work_name", request.work_name)
+    check_name("host", request.host)
+    check_name("event_id", event_id)
+    # -1 says "no instance" as leaving it unset does (qb.subid() answers -1 then).
+    subjob_id = (
+        check_instance("subjob_id", request.subjob_id) if request.HasField("subjob_id") else -1
+    )
     if request.type == "work" and not request.work_name:
         raise InvalidRequestError("work_name is required for work events")
-    if request.type == "subjob" and not request.HasField("subjob_id"):
-        raise InvalidRequestError("subjob_id is required for subjob events")
+    if request.type == "subjob" and subjob_id == -1:
+        raise InvalidRequestError("subjob_id is required for subjob events (0 or more)")
     if request.type == "host" and not request.host:
         raise InvalidRequestError("host is required for host events")
-    event_id = request.event_id if isinstance(request, executor_pb2.PublishEventRequest) else ""
     has = EVENT_FIELDS[request.type]
     return Event(
         name=request.name,
         type=request.type,
         job_id=request.job_id,
         work_name=request.work_name if "work_name" in has else "",
-        subjob_id=request.subjob_id if "subjob_id" in has and request.HasField("subjob_id") else -1,
+        subjob_id=subjob_id if "subjob_id" in has else -1,
         host=request.host if "host" in has else "",
         event_id=event_id,
     )

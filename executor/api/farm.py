@@ -3,7 +3,7 @@
 Registered on the executor's port only with the embedded supervisor (edge.py). Requests
 become calls of ``supervisor_client.reference.farm.Farm`` with plain values; the farm's
 errors become the executor's domain errors, and so statuses through the one table
-(errors.py). Work ranges are expanded by ``host_api.expand_work_names``, the function
+(errors.py). Work ranges are expanded by ``host_api.WorkSelection``, the selection
 behind ``qb.workunblock('12:1-10')``: one meaning of a range for callbacks and people.
 
 The changes the farm makes reach the trigger engine through the embedded supervisor's
@@ -22,17 +22,18 @@ from typing import Final
 
 from executor.api import convert
 from executor.api.errors import Context, grpc_errors
+from executor.api.struct_values import struct_dict
 from executor.errors import (
     HostCallError,
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
 )
-from executor.host_api import expand_work_names
+from executor.host_api import WorkSelection
 from executor.triggers.engine import check_trigger
 from executor.triggers.registration import check_language
 from executor.triggers.store import StoredCallback
-from supervisor_client.jobdict import job_from_dict, struct_to_dict
+from supervisor_client.jobdict import job_from_dict
 from supervisor_client.qbcallback.v1 import farm_pb2, farm_pb2_grpc, supervisor_pb2
 from supervisor_client.reference import errors as reference_errors
 from supervisor_client.reference.farm import Farm, describe_agenda
@@ -40,6 +41,9 @@ from supervisor_client.reference.service import verb_name
 from supervisor_client.reference.states import is_terminal
 
 DEFAULT_WAIT_S: Final = 60.0
+# Entries of one ChangeWork's ``work``: each costs the loop a moment whether or not it
+# selects anything new, and a range or a comma list names any number of items in one.
+MAX_WORK_ENTRIES: Final = 100_000
 MAX_WAIT_S: Final = 3600.0
 _POLL_S: Final = 0.05
 
@@ -113,9 +117,10 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
         """
         if not request.jobs:
             raise InvalidRequestError("jobs: there is nothing to submit")
+        jobs = [struct_dict(f"jobs[{index}]", job) for index, job in enumerate(request.jobs)]
         with _farm_errors():
             stored = self._farm.submit(
-                [struct_to_dict(job) for job in request.jobs],
+                jobs,
                 check_trigger=check_trigger,
                 check_language=check_language,
             )
@@ -159,17 +164,27 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
         """A worker's change or an operator's work verb, on work names and ranges."""
         change = _change_name(request.change)
         job_id = convert.check_id("job_id", request.job_id)
+        convert.check_name("host", request.host)
+        convert.check_name("actor", request.actor)
+        if len(request.work) > MAX_WORK_ENTRIES:
+            raise InvalidRequestError(
+                f"work: at most {MAX_WORK_ENTRIES} entries, got {len(request.work)}; a range"
+                " ('1-5000') or a comma list ('a,b,c') names many items in one"
+            )
         with _farm_errors():
             agenda = [w["name"] for w in self._farm.job(job_id, include_callbacks=False)["agenda"]]
-            names: list[str] = []
+            # One selection over the agenda for every spec: a list of 30,000 names is one
+            # pass, where expanding each name over the whole agenda held the loop minutes.
+            selection = WorkSelection(agenda)
             for spec in request.work:
                 try:
-                    names += expand_work_names(spec, agenda)
+                    selection.add(spec)
                 except HostCallError as err:
                     what = f"its agenda is {describe_agenda(agenda)}" if agenda else "no agenda"
                     raise NotFoundError(f"job {job_id}: {err.message}; {what}") from err
+            names = selection.names
             package = (
-                struct_to_dict(request.result_package)
+                struct_dict("result_package", request.result_package)
                 if request.HasField("result_package")
                 else None
             )
@@ -194,6 +209,7 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
     ) -> farm_pb2.ChangeJobResponse:
         """A job verb as the operator (the job's owner unless ``actor`` says otherwise)."""
         job_id = convert.check_id("job_id", request.job_id)
+        convert.check_name("actor", request.actor)
         with _farm_errors():
             verb = verb_name(supervisor_pb2.JobVerb, request.verb)
             result = self._farm.change_job(verb, job_id, request.actor)
@@ -206,6 +222,7 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
         self, request: farm_pb2.TakeWorkRequest, context: Context
     ) -> farm_pb2.TakeWorkResponse:
         """Start the next item a free worker would be given; ``taken`` false when none."""
+        convert.check_name("host", request.host)
         with _farm_errors():
             taken = self._farm.take_work(request.host or "localhost")
         if taken is None:

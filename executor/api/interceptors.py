@@ -3,7 +3,8 @@
 ``CallGuard`` decodes each request itself, so bytes that are not the request message
 (random bytes, a truncated message, invalid UTF-8 in a string field, nesting too deep)
 are answered INVALID_ARGUMENT with one log line, instead of gRPC Python's default
-UNKNOWN "Unexpected <class 'DecodeError'>" and a traceback. It also counts the calls
+UNKNOWN "Unexpected <class 'DecodeError'>" and a traceback. A string field holding
+invalid UTF-8 is named (``undecodable.py``): protobuf's own error does not say which. It also counts the calls
 refused at capacity: those never reach the dispatcher's ``on_result`` (nothing ran), so
 they are counted where they become visible, as RESOURCE_EXHAUSTED leaving the server.
 
@@ -22,9 +23,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import grpc
+from google.protobuf import descriptor_pool
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health
 
+from executor.api.undecodable import invalid_utf8_field
 from executor.runs.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -179,6 +183,15 @@ _TOLD: Final = {
 }
 
 
+def _request_type(method: str) -> Descriptor | None:
+    """The request message of ``/package.Service/Method``; None when the pool lacks it."""
+    service, _, name = method.strip("/").rpartition("/")
+    try:
+        return descriptor_pool.Default().FindMethodByName(f"{service}.{name}").input_type
+    except KeyError:
+        return None
+
+
 class CallGuard:
     """Registers services on a server with each unary method guarded (see the module doc).
 
@@ -220,16 +233,20 @@ class CallGuard:
         behavior: Behavior = handler.unary_unary  # type: ignore[assignment]  # aio handlers are async
         decode = handler.request_deserializer
         metrics = self._metrics if method.startswith(ADMISSION_METHODS) else None
+        request_type = _request_type(method)
 
         async def guarded(raw: bytes, context: Context) -> Any:
             try:
                 request = decode(raw) if decode is not None else raw
             except (DecodeError, RecursionError, UnicodeDecodeError, ValueError) as err:
                 logger.info("refused %s: the request does not decode: %s", method, err)
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"the request is not a valid {method.rsplit('/', 1)[-1]} message",
-                )
+                refusal = f"the request is not a valid {method.rsplit('/', 1)[-1]} message"
+                field = None if request_type is None else invalid_utf8_field(request_type, raw)
+                if field is not None:
+                    refusal += (
+                        f": {field} is not valid UTF-8 (no string field may hold other bytes)"
+                    )
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal)
             try:
                 return await behavior(request, context)
             finally:

@@ -7,12 +7,12 @@ from typing import Final
 
 from executor.api import convert, convert_status, explanations
 from executor.api.errors import Context, grpc_errors
+from executor.api.struct_values import job_dict
 from executor.errors import InvalidRequestError
 from executor.triggers.engine import TriggerEngine
 from executor.triggers.snapshots import MOST_READERS
 from executor.triggers.store import TriggerStore
 from executor.triggers.why import MAX_CALLBACKS_EXPLAINED
-from supervisor_client.jobdict import job_to_dict
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 
 DEFAULT_JOBS_LIMIT: Final = 50
@@ -41,7 +41,7 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
         """
         convert.check_job(request.job, "job")
         convert.check_agenda(request.job, "job")
-        job = job_to_dict(request.job, include_callbacks=True)
+        job = job_dict(request.job, "job")
         published = convert.published_events(request.published_events)
         registration = await self._engine.register(
             job, strict=request.strict, published=published or None

@@ -56,7 +56,7 @@ function parseArgs(argv) {
   args.token = cleanToken(args.token);
   if (!/^[1-9][0-9]*$/.test(args.executes)) throw new Error(`--executes: expected a count, got ${args.executes}`);
   // A whole number the wire's uint64 carries as given (the executor says which ids it takes).
-  if (!/^(0|[1-9][0-9]{0,18})$/.test(args.job) || BigInt(args.job) > 2n ** 63n - 1n) {
+  if (!/^[1-9][0-9]{0,18}$/.test(args.job) || BigInt(args.job) > 2n ** 63n - 1n) {
     throw new Error(`--job: expected a job id from 1 to ${2n ** 63n - 1n}, got ${args.job}`);
   }
   return args;

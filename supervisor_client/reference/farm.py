@@ -209,7 +209,8 @@ class Farm:
         """
         job = self.job(job_id, include_callbacks=False)
         agenda = [w["name"] for w in job["agenda"]]
-        unknown = [name for name in names if name not in agenda]
+        known = set(agenda)  # a set: a list's lookups made 30,000 names minutes of work
+        unknown = [name for name in names if name not in known]
         if unknown:
             listed = ", ".join(map(repr, unknown))
             what = f"its agenda is {describe_agenda(agenda)}" if agenda else "it has no agenda"

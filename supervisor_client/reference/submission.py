@@ -20,6 +20,10 @@ from supervisor_client.reference.states import Status
 # The executor's limit on a callback's code (executor/bounds.py; a test keeps the two
 # equal): a job stored here whose callback the executor would refuse could never run.
 MAX_CODE_BYTES: Final = 1 << 20
+# The executor's limit on a name (executor/bounds.py; a test keeps the two equal): the
+# forwarder registers each job and publishes each event with the job's names, which the
+# executor would refuse beyond it, and the job's callbacks would never hear of them.
+MAX_NAME_CHARS: Final = 1024
 
 #: Fields the supervisor assigns. A resubmitted jobinfo dict carries them; they are ignored.
 _ASSIGNED_FIELDS: Final = frozenset({"id", "timesubmit", "timestart", "timecomplete", "subjobs"})
@@ -113,6 +117,16 @@ def _text(where: str, fields: Mapping[str, Any], key: str, default: str) -> str:
     return value
 
 
+def _name(where: str, fields: Mapping[str, Any], key: str, default: str) -> str:
+    """A text field that names something: at most MAX_NAME_CHARS characters."""
+    value = _text(where, fields, key, default)
+    if len(value) > MAX_NAME_CHARS:
+        raise SubmitError(
+            f"{where}: {key} is {len(value)} characters; the limit is {MAX_NAME_CHARS}"
+        )
+    return value
+
+
 def _integer(
     where: str,
     fields: Mapping[str, Any],
@@ -159,6 +173,11 @@ def _parse_agenda(where: str, entries: Any) -> tuple[_NewWork, ...]:
         name = fields.get("name")
         if isinstance(name, bool) or not isinstance(name, str | int) or str(name) == "":
             raise SubmitError(f"{where}: a work item needs a name (str or int), got {entry!r}")
+        if len(str(name)) > MAX_NAME_CHARS:
+            raise SubmitError(
+                f"{where}: work name {str(name)[:40]!r}... is {len(str(name))} characters;"
+                f" the limit is {MAX_NAME_CHARS}"
+            )
         if str(name) in seen:
             raise SubmitError(f"{where}: work name {str(name)!r} appears twice in the agenda")
         seen.add(str(name))
@@ -268,11 +287,11 @@ def _parse_job(number: int, job: Any, checks: _Checks) -> NewJob:
         extra_json = json.dumps(extra, allow_nan=False)
     except (TypeError, ValueError) as err:
         raise SubmitError(f"{where}: fields {sorted(extra)} are not JSON values: {err}") from err
-    user = _text(where, job, "user", "qube") or "qube"
+    user = _name(where, job, "user", "qube") or "qube"
     if user != user.strip() or not user.isprintable():
         # A user is a Qube account name: "  " or "bob\n" would be an owner no one is.
         raise SubmitError(f"{where}: user {user!r} is not a user name")
-    mailaddress = _text(where, job, "mailaddress", "")
+    mailaddress = _name(where, job, "mailaddress", "")
     if not mailaddress.replace("\t", " ").isprintable():
         # A list of addresses is one line: a CR/LF would reach the mail's To: header.
         raise SubmitError(
@@ -295,12 +314,12 @@ def _parse_job(number: int, job: Any, checks: _Checks) -> NewJob:
     if dependency.holds_frames:
         agenda = tuple(_NewWork(work.name, Status.BLOCKED) for work in agenda)
     return NewJob(
-        name=_text(where, job, "name", ""),
-        label=_text(where, job, "label", "") or None,
+        name=_name(where, job, "name", ""),
+        label=_name(where, job, "label", "") or None,
         user=user,
         status=Status.BLOCKED if dependency.holds_job else status,
         priority=_integer(where, job, "priority", 9999, -(2**31), MAX_PRIORITY),
-        prototype=_text(where, job, "prototype", "cmdline"),
+        prototype=_name(where, job, "prototype", "cmdline"),
         cpus=cpus,
         pid=_integer(where, job, "pid", 0, 0),
         pgrp=_integer(where, job, "pgrp", 0, 0) or None,

@@ -70,6 +70,58 @@ async def test_deeply_nested_job_extra_is_invalid_argument(stack_warm: Stack) ->
     assert code == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def test_invalid_utf8_is_refused_naming_its_field(stack_warm: Stack) -> None:
+    execute = "/qbcallback.v1.CallbackExecutorService/Execute"
+    code_field = field(2, field(3, b"python") + field(4, b"print(1)\xff\xfe"))
+    request = code_field + field(3, field(1, varint(1 << 3) + varint(1)))
+    change_work = field(2, b"1") + field(2, b"2\xc3\x28")  # ChangeWorkRequest.work
+    for method, payload, details in [
+        (
+            execute,
+            request,
+            "the request is not a valid Execute message: callback.code is not valid UTF-8",
+        ),
+        (
+            "/qbcallback.v1.FarmService/ChangeWork",
+            change_work,
+            "the request is not a valid ChangeWork message: work[1] is not valid UTF-8",
+        ),
+    ]:
+        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = stack_warm.channel.unary_unary(
+            method, request_serializer=None, response_deserializer=None
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call(payload, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (refused.value.details() or "").startswith(details)
+
+
+async def test_a_number_json_cannot_hold_in_a_struct_is_invalid_argument(
+    stack_warm: Stack,
+) -> None:
+    # Execute and RegisterJob answered INTERNAL with an incident id for Job.extra {x: NaN}.
+    job = types_pb2.Job(id=3)
+    job.extra.update({"x": math.nan})
+    request = executor_pb2.ExecuteRequest(
+        callback=types_pb2.Callback(language="python", code="print(1)"),
+        context=executor_pb2.JobContext(job=job),
+    )
+    for call, message, where in [
+        (stack_warm.stub.Execute, request, "context.job.extra.x"),
+        (
+            stack_warm.triggers.RegisterJob,
+            executor_pb2.RegisterJobRequest(job=job),
+            "job.extra.x",
+        ),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call(message, timeout=30)  # type: ignore[operator]
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details() == (
+            f"{where}: NaN is not a JSON number; a Struct's numbers must be finite"
+        )
+
+
 async def _refused(call: object) -> str:
     with pytest.raises(InvalidRequestError) as refused:
         await call  # type: ignore[misc]

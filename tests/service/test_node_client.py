@@ -98,16 +98,19 @@ async def test_node_client_executes_and_publishes(stack: Stack, installed_client
     }
 
 
-async def test_node_client_reports_a_refusal(stack: Stack, installed_client: Path) -> None:
+async def test_node_client_reports_a_refusal(installed_client: Path, tmp_path: Path) -> None:
     assert NODE is not None
-    env = {**os.environ, "CBEXEC_PROTO_ROOT": str(REPO / "proto"), "CBEXEC_AUTH_TOKEN": ""}
-    code, _, err = await _run(
-        NODE, "client.js", stack.address, "--job", "0", cwd=installed_client, env=env, timeout_s=60
-    )
+    async with running_stack(stack_settings(tmp_path / "data", auth_token="right")) as stack:
+        env = {**os.environ, "CBEXEC_PROTO_ROOT": str(REPO / "proto"), "CBEXEC_AUTH_TOKEN": "x"}
+        code, _, err = await _run(
+            NODE, "client.js", stack.address, "--no-events",
+            cwd=installed_client, env=env, timeout_s=60,
+        )  # fmt: skip
     assert code == 1
-    assert "Execute failed: INVALID_ARGUMENT" in err
-    # Not a number a job id can be: refused before any call (was sent as an odd id).
-    for job in ("-4", "abc", "9223372036854775808"):
+    assert "Execute failed: UNAUTHENTICATED" in err
+    # Not a number a job id can be: refused before any call (was sent as an odd id; 0,
+    # which no job has, was sent and refused by the executor).
+    for job in ("0", "-4", "abc", "9223372036854775808"):
         code, _, err = await _run(
             NODE,
             "client.js",

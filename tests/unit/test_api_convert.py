@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -11,6 +12,7 @@ from executor.errors import InvalidRequestError
 from executor.model import Event, Limits, Outcome, RunResult, Usage
 from executor.runs.metrics import Histogram, MetricsSnapshot
 from executor.runs.readings import Readings
+from executor.triggers.nodes import EventName, EventType
 from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
 
 pytestmark = pytest.mark.unit
@@ -72,13 +74,99 @@ def test_a_missing_invocation_id_gets_a_fresh_one() -> None:
         ({"invocation_id": "x\n=== 2026-01-01 callback=9 outcome=SUCCEEDED"}, "invocation_id"),
         ({"invocation_id": "has space"}, "invocation_id"),
         ({"invocation_id": "x" * 129}, "invocation_id"),
+        # A negative instance number is no instance's; -1 is "none", as unset is.
+        ({"context__subjob_id": -5}, "context.subjob_id = -5: an instance number is 0 or more"),
+        # What PublishEvent, DryRun and `cbexec run --event` refuse, Execute refuses too.
+        ({"context__event__name": "bogus"}, "context.event.name: unknown event name 'bogus'"),
+        ({"context__event__type": "zzz"}, "context.event.name is required"),
+        ({"context__event__name": "complete"}, "context.event.type: unknown event type ''"),
+        (
+            {"context__event__name": "complete", "context__event__type": "zzz"},
+            "context.event.type: unknown event type 'zzz'",
+        ),
+        (
+            {"context__event__name": "killed", "context__event__type": "subjob"}
+            | {"context__event__extra": "-5"},
+            "context.event.extra: bad subjob id '-5'",
+        ),
+        # Names are bounded like every name a request gives (executor/bounds.py).
+        ({"context__work_name": "w" * 1025}, "context.work_name is 1025 characters; the limit"),
+        ({"callback__user": "u" * 1025}, "callback.user is 1025 characters"),
+        (
+            {"context__event__name": "complete", "context__event__type": "work"}
+            | {"context__event__extra": "w" * 1025},
+            "context.event.extra is 1025 characters",
+        ),
+        ({"context__job__label": "l" * 1025}, "context.job.label is 1025 characters"),
+        (
+            {"context__event__name": "complete", "context__event__type": "job"}
+            | {"context__event__context": str(1 << 63)},
+            f"context.event.context = {1 << 63} is out of range",
+        ),
     ],
 )
 def test_what_a_request_may_not_hold_is_refused_naming_the_field(
     overrides: dict[str, object], field: str
 ) -> None:
-    with pytest.raises(InvalidRequestError, match=field.replace(".", r"\.")):
+    with pytest.raises(InvalidRequestError, match=re.escape(field)):
         invocation(request(**overrides))
+
+
+def test_a_job_is_checked_item_by_item_naming_the_field() -> None:
+    cases = [
+        (types_pb2.Job(agenda=[types_pb2.WorkItem(name="1", subid=-2)]), "agenda[0].subid = -2"),
+        (types_pb2.Job(agenda=[types_pb2.WorkItem(name="1", host="h" * 1025)]), "agenda[0].host"),
+        (types_pb2.Job(subjobs=[types_pb2.Subjob(id=0), types_pb2.Subjob(id=-1)]), "subjobs[1].id"),
+        (types_pb2.Job(subjobs=[types_pb2.Subjob(status="s" * 1025)]), "subjobs[0].status"),
+        (types_pb2.Job(callbacks=[types_pb2.Callback(user="u" * 1025)]), "callbacks[0].user"),
+    ]
+    for job, field in cases:
+        message = request()
+        message.context.job.MergeFrom(job)
+        with pytest.raises(InvalidRequestError, match=re.escape(f"context.job.{field}")):
+            invocation(message)
+    fine = request()
+    fine.context.job.agenda.add(name="w" * 1024, subid=-1)
+    fine.context.job.subjobs.add(id=0, host="h" * 1024)
+    assert invocation(fine) is not None
+
+
+@pytest.mark.parametrize(
+    ("value", "spelled"), [(math.nan, "NaN"), (math.inf, "Infinity"), (-math.inf, "-Infinity")]
+)
+def test_a_number_json_cannot_hold_is_refused_naming_where_it_is(
+    value: float, spelled: str
+) -> None:
+    # An INTERNAL error with an incident id before: protobuf's conversion refused it.
+    message = request()
+    message.context.job.extra.update({"a": 1, "deep": {"list": [1, value]}})
+    with pytest.raises(InvalidRequestError) as refused:
+        invocation(message)
+    assert str(refused.value) == (
+        f"context.job.extra.deep.list[1]: {spelled} is not a JSON number;"
+        " a Struct's numbers must be finite"
+    )
+    message = request()
+    message.context.job.agenda.add(name="1")
+    message.context.job.agenda.add(name="2").resultpackage.update({"out path": value})
+    with pytest.raises(InvalidRequestError, match=re.escape("agenda[1].resultpackage['out path']")):
+        invocation(message)
+
+
+@pytest.mark.parametrize("subjob_id", [None, -1, 0, 7])
+def test_minus_one_is_no_instance_as_unset_is(subjob_id: int | None) -> None:
+    message = request()
+    if subjob_id is not None:
+        message.context.subjob_id = subjob_id
+    assert invocation(message).subjob_id == (-1 if subjob_id is None else subjob_id)  # type: ignore[attr-defined]
+
+
+def test_any_event_the_grammar_knows_is_taken_as_the_triggering_event() -> None:
+    for name in EventName:
+        for type_ in EventType:
+            message = request()
+            message.context.event.CopyFrom(types_pb2.Event(name=name, type=type_, extra="*"))
+            assert invocation(message).event is not None  # type: ignore[attr-defined]
 
 
 def test_limits_may_lower_the_defaults_and_zero_means_default() -> None:
@@ -96,7 +184,7 @@ def test_limits_may_lower_the_defaults_and_zero_means_default() -> None:
         (("complete", "job", "self", ""), Event("complete", "job", 12)),
         (("complete", "work", "12", "5"), Event("complete", "work", 12, work_name="5")),
         (("done", "subjob", "render", "3"), Event("done", "subjob", 12, subjob_id=3)),
-        (("down", "host", "40", "node7"), Event("down", "host", 40, host="node7")),
+        (("assigned", "host", "40", "node7"), Event("assigned", "host", 40, host="node7")),
         (("dummy", "time", "", "790000000"), Event("dummy", "time", 12, extra="790000000")),
     ],
 )
@@ -133,6 +221,19 @@ def publish(**fields: object) -> executor_pb2.PublishEventRequest:
         ({"name": "bogus", "type": "work", "job_id": 1, "work_name": "1"}, "'bogus'"),
         ({"name": "dummy", "type": "job", "job_id": 1}, "unknown event name 'dummy'"),
         ({"name": "Complete", "type": "job", "job_id": 1}, "unknown event name 'Complete'"),
+        ({"name": "complete", "type": "subjob", "job_id": 1, "subjob_id": -3}, "subjob_id = -3"),
+        ({"name": "complete", "type": "subjob", "job_id": 1, "subjob_id": -1}, "is required"),
+        (
+            {"name": "complete", "type": "work", "job_id": 1, "work_name": "1", "subjob_id": -2},
+            "-2",
+        ),
+        ({"name": "complete", "type": "job", "job_id": 1, "subjob_id": -2}, "subjob_id = -2"),
+        (
+            {"name": "complete", "type": "work", "job_id": 1, "work_name": "w" * 1025},
+            "work_name is",
+        ),
+        ({"name": "complete", "type": "host", "job_id": 1, "host": "h" * 1025}, "host is 1025"),
+        ({"name": "complete", "type": "job", "job_id": 1, "event_id": "e" * 1025}, "event_id is"),
     ],
 )
 def test_a_published_event_is_checked(fields: dict[str, object], message: str) -> None:

@@ -254,8 +254,9 @@ class JobContext(_message.Message):
     returns and what "-work-self" qube codes act on); empty otherwise.
     """
     subjob_id: _builtins.int
-    """The triggering instance for subjob events (qb.subid()); unset when none
-    (qb.subid() then returns -1).
+    """The triggering instance for subjob events (qb.subid()); unset, or -1, when
+    none (qb.subid() then returns -1). Any other negative number is
+    INVALID_ARGUMENT.
     """
     @_builtins.property
     def job(self) -> _types_pb2.Job:
@@ -263,7 +264,14 @@ class JobContext(_message.Message):
 
     @_builtins.property
     def event(self) -> _types_pb2.Event:
-        """The triggering event; empty for a callback run by hand."""
+        """The triggering event; empty for a callback run by hand. Checked as
+        `cbexec run --event` checks it: its name and type must be ones the trigger
+        grammar knows (those listed in Event, `done` and `dummy` among them), an
+        event with a type, context or extra needs a name, a context of digits (the
+        job's id) is at most 2^63 - 1 as every id, and a subjob event's extra is "",
+        "*" or an instance number (0 to 2147483647); else INVALID_ARGUMENT naming
+        `context.event.name`, `.type`, `.context` or `.extra`.
+        """
 
     def __init__(
         self,
@@ -315,7 +323,10 @@ class ExecuteRequest(_message.Message):
     @_builtins.property
     def callback(self) -> _types_pb2.Callback:
         """The callback to run. `language` is required, and `code` unless the
-        language is "mail".
+        language is "mail". `triggers` is carried as given, never parsed (the caller
+        matched it, maybe with a grammar of its own; only its size is checked, 64
+        KiB): it labels the run in the history, the report and a mail callback's
+        message, and is part of the identity a repeated invocation_id must keep.
         """
 
     @_builtins.property
@@ -738,11 +749,14 @@ class PublishEventRequest(_message.Message):
     """The job the transition happened to."""
     work_name: _builtins.str
     """The work item; required for work events, dropped from the other types (a
-    job event's callback sees qb.workid() '').
+    job event's callback sees qb.workid() ''). At most 1024 characters, as
+    `host` and `event_id` (more is INVALID_ARGUMENT naming the field).
     """
     subjob_id: _builtins.int
-    """The instance; required for subjob events, optional for work events (the
-    instance that worked the item: qb.subid()), dropped from job and host events.
+    """The instance, 0 or more; required for subjob events, optional for work
+    events (the instance that worked the item: qb.subid()), dropped from job and
+    host events. -1 means none, as unset does; any other negative number is
+    INVALID_ARGUMENT.
     """
     host: _builtins.str
     """The host; required for host events, optional for work and subjob events,

@@ -24,10 +24,10 @@ class CallbackExecutorServiceStub:
     """Runs one callback now, in a fresh sandboxed child, and answers with its
     outcome. A callback that fails, times out or exceeds a limit is an OK
     response whose `outcome` says so; a request the executor cannot accept
-    is a gRPC error (INVALID_ARGUMENT for malformed requests and limits above
-    the server's caps, PERMISSION_DENIED for a policy the user may not have,
-    RESOURCE_EXHAUSTED when at capacity, ALREADY_EXISTS for an invocation_id
-    recorded for another run, UNAVAILABLE while a run with the same
+    is a gRPC error (INVALID_ARGUMENT for malformed requests, naming the field,
+    and limits above the server's caps, PERMISSION_DENIED for a policy the user
+    may not have, RESOURCE_EXHAUSTED when at capacity, ALREADY_EXISTS for an
+    invocation_id recorded for another run, UNAVAILABLE while a run with the same
     invocation_id is still in progress at this executor (a fleet's replicas do
     not ask each other), while the service stops or its storage
     cannot record results, or when no sandboxed child could be started).
@@ -49,10 +49,10 @@ class CallbackExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         """Runs one callback now, in a fresh sandboxed child, and answers with its
         outcome. A callback that fails, times out or exceeds a limit is an OK
         response whose `outcome` says so; a request the executor cannot accept
-        is a gRPC error (INVALID_ARGUMENT for malformed requests and limits above
-        the server's caps, PERMISSION_DENIED for a policy the user may not have,
-        RESOURCE_EXHAUSTED when at capacity, ALREADY_EXISTS for an invocation_id
-        recorded for another run, UNAVAILABLE while a run with the same
+        is a gRPC error (INVALID_ARGUMENT for malformed requests, naming the field,
+        and limits above the server's caps, PERMISSION_DENIED for a policy the user
+        may not have, RESOURCE_EXHAUSTED when at capacity, ALREADY_EXISTS for an
+        invocation_id recorded for another run, UNAVAILABLE while a run with the same
         invocation_id is still in progress at this executor (a fleet's replicas do
         not ask each other), while the service stops or its storage
         cannot record results, or when no sandboxed child could be started).

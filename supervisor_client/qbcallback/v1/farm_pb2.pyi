@@ -16,7 +16,8 @@ service is not registered (UNIMPLEMENTED).
 Errors: NOT_FOUND for an unknown job or work item (the message names it and what
 exists), INVALID_ARGUMENT for a malformed request or a submission the supervisor
 refuses (the message names the job and the field), PERMISSION_DENIED when the
-`actor` may not act on the job.
+`actor` may not act on the job. A host or an actor is at most 1024 characters,
+as every name is (more is INVALID_ARGUMENT naming the field and the limit).
 """
 
 from collections import abc as _abc
@@ -106,7 +107,11 @@ class SubmitJobsRequest(_message.Message):
         code, user, maximum, mode}); any other field is kept and shown to callbacks.
         A callback's `triggers` is a string or a list of strings, the OR of its items,
         stored joined into one expression (`["a", "b && c"]` is "a || (b && c)"; an
-        error in an item names it: "triggers[1]: ...").
+        error in an item names it: "triggers[1]: ..."). The name, label, user,
+        prototype, mailaddress and each work name are at most 1024 characters. A
+        number must be finite: NaN or Infinity anywhere is INVALID_ARGUMENT naming it
+        by its place in the request ("jobs[1].priority: NaN is not a JSON number;
+        ...", the index counted from 0 as in `jobs`).
         """
 
     def __init__(
@@ -318,12 +323,16 @@ class ChangeWorkRequest(_message.Message):
     def work(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Work names or ranges as the qb work verbs take them: "5", "1-10" (frames 1 to
         10, unless an item is literally named "1-10"), "3,7-9". Empty for start,
-        complete or fail of a job without an agenda: the job itself runs or ends.
+        complete or fail of a job without an agenda: the job itself runs or ends. At
+        most 100000 entries (more is INVALID_ARGUMENT naming `work` and the limit); a
+        range or a comma list names any number of items in one.
         """
 
     @_builtins.property
     def result_package(self) -> _struct_pb2.Struct:
-        """The result package a worker returns with complete (e.g. outputPaths)."""
+        """The result package a worker returns with complete (e.g. outputPaths). NaN
+        or Infinity in it is INVALID_ARGUMENT naming it ("result_package.size: ...").
+        """
 
     def __init__(
         self,

@@ -82,8 +82,8 @@ class FarmServiceServicer:
         trigger is checked by the trigger engine's parser: one that RegisterJob would
         refuse refuses the whole submission and nothing is stored (INVALID_ARGUMENT
         "job 1 of the submission, callback 1: triggers: unknown event type 'jb' at
-        column 10; expected ...": the job's 0-based index in `jobs`, the callback
-        numbered from 1 as its id would be, then the parser's words). The jobs of one
+        column 10; expected ...": the job and the callback numbered from 1 (the
+        callback as its id would be), then the parser's words). The jobs of one
         call that name no `pgrp` join one new process group led by the first of them;
         a job naming a `pgrp` joins that existing group (INVALID_ARGUMENT if none).
         """

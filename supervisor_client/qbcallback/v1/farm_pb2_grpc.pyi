@@ -16,7 +16,8 @@ service is not registered (UNIMPLEMENTED).
 Errors: NOT_FOUND for an unknown job or work item (the message names it and what
 exists), INVALID_ARGUMENT for a malformed request or a submission the supervisor
 refuses (the message names the job and the field), PERMISSION_DENIED when the
-`actor` may not act on the job.
+`actor` may not act on the job. A host or an actor is at most 1024 characters,
+as every name is (more is INVALID_ARGUMENT naming the field and the limit).
 """
 
 from collections import abc as _abc
@@ -38,8 +39,8 @@ class FarmServiceStub:
     trigger is checked by the trigger engine's parser: one that RegisterJob would
     refuse refuses the whole submission and nothing is stored (INVALID_ARGUMENT
     "job 1 of the submission, callback 1: triggers: unknown event type 'jb' at
-    column 10; expected ...": the job's 0-based index in `jobs`, the callback
-    numbered from 1 as its id would be, then the parser's words). The jobs of one
+    column 10; expected ...": the job and the callback numbered from 1 (the
+    callback as its id would be), then the parser's words). The jobs of one
     call that name no `pgrp` join one new process group led by the first of them;
     a job naming a `pgrp` joins that existing group (INVALID_ARGUMENT if none).
     """
@@ -83,8 +84,8 @@ class FarmServiceServicer(metaclass=_abc_1.ABCMeta):
         trigger is checked by the trigger engine's parser: one that RegisterJob would
         refuse refuses the whole submission and nothing is stored (INVALID_ARGUMENT
         "job 1 of the submission, callback 1: triggers: unknown event type 'jb' at
-        column 10; expected ...": the job's 0-based index in `jobs`, the callback
-        numbered from 1 as its id would be, then the parser's words). The jobs of one
+        column 10; expected ...": the job and the callback numbered from 1 (the
+        callback as its id would be), then the parser's words). The jobs of one
         call that name no `pgrp` join one new process group led by the first of them;
         a job naming a `pgrp` joins that existing group (INVALID_ARGUMENT if none).
         """

@@ -74,7 +74,9 @@ class WorkItem(_message.Message):
     waiting, suspended.
     """
     subid: _builtins.int
-    """The instance (subjob) that took the item; -1 when none has."""
+    """The instance (subjob) that took the item; -1 when none has (below -1 is
+    INVALID_ARGUMENT).
+    """
     host: _builtins.str
     """The worker host that ran the item, empty when none has."""
     count: _builtins.int
@@ -111,7 +113,9 @@ class Subjob(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     HOST_FIELD_NUMBER: _builtins.int
     id: _builtins.int
-    """The instance number inside the job: 0, 1, ..."""
+    """The instance number inside the job: 0, 1, ... (a negative one is
+    INVALID_ARGUMENT).
+    """
     status: _builtins.str
     """Qube instance status (same vocabulary as jobs)."""
     host: _builtins.str
@@ -199,6 +203,17 @@ Global___Callback: _TypeAlias = Callback  # noqa: Y015
 class Job(_message.Message):
     """A job as the supervisor describes it (a subset of Qube's job dict plus a
     pass-through for every other field).
+
+    Given to Execute and RegisterJob, every text field that names something is at
+    most 1024 characters (the job's name, label, status, user, prototype and
+    mailaddress; a work item's name, status and host; an instance's status and
+    host; a callback's user and language), an instance number is 0 or more and a
+    work item's subid -1 or more, and `extra` and the result packages hold no NaN
+    or Infinity (JSON has none): else INVALID_ARGUMENT naming the field
+    ("context.job.agenda[3].host is 2000 characters; the limit is 1024",
+    "job.extra.x: NaN is not a JSON number; ..."). Text beyond these (`extra`,
+    the result packages, the callbacks' code and triggers in an Execute's
+    context) is bounded by the request's 16 MiB.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -300,7 +315,7 @@ Global___Job: _TypeAlias = Job  # noqa: Y015
 @_typing.final
 class Event(_message.Message):
     """One occurrence of a state transition, as in a trigger atom
-    name-type-context-extra.
+    name-type-context-extra. Its context and extra are at most 1024 characters.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -1,0 +1,133 @@
+"""FarmService.ChangeWork on many work names: one pass over the agenda, the same answers.
+
+A ChangeWork listing 30,000 names expanded each over the whole agenda and held the event
+loop for minutes (health, Execute and SIGTERM waited with it). The specs now share one
+selection (``host_api.WorkSelection``), whose answers and errors are those of expanding
+each spec alone.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import grpc
+import pytest
+
+from executor.api.farm import MAX_WORK_ENTRIES, FarmServicer
+from executor.errors import HostCallError
+from executor.host_api import WorkSelection, expand_work_names
+from supervisor_client.qbcallback.v1 import farm_pb2
+from supervisor_client.reference import ReferenceSupervisor
+from supervisor_client.reference.farm import Farm
+from tests.helpers.servicer_context import Aborted, FakeContext, as_context
+
+pytestmark = pytest.mark.unit
+
+
+async def _nothing(*_: Any) -> None:
+    return None
+
+
+def _servicer(agenda: list[str]) -> tuple[FarmServicer, int]:
+    farm = Farm(ReferenceSupervisor(":memory:"))
+    (job,) = farm.submit([{"name": "big", "agenda": agenda}])
+    return FarmServicer(farm, lambda _: [], _nothing, _nothing), job["id"]
+
+
+async def _change(servicer: FarmServicer, request: farm_pb2.ChangeWorkRequest) -> Any:
+    return await servicer.ChangeWork(request, as_context(FakeContext()))
+
+
+async def test_many_names_take_about_as_long_as_one_range() -> None:
+    count = 8_000  # 22 s through gRPC before, growing with the square of the count
+    frames = [str(n) for n in range(count)]
+    servicer, job_id = _servicer(frames)
+    started = time.perf_counter()
+    answer = await _change(
+        servicer,
+        farm_pb2.ChangeWorkRequest(job_id=job_id, work=frames, change=farm_pb2.WORK_CHANGE_BLOCK),
+    )
+    took = time.perf_counter() - started
+    assert (answer.changed, list(answer.selected)) == (count, frames)
+    assert took < 3.0, f"{count} names took {took:.1f} s"
+
+
+async def test_more_work_entries_than_the_bound_are_refused_naming_the_field() -> None:
+    servicer, job_id = _servicer(["1", "2"])
+    request = farm_pb2.ChangeWorkRequest(
+        job_id=job_id, work=["1"] * (MAX_WORK_ENTRIES + 1), change=farm_pb2.WORK_CHANGE_BLOCK
+    )
+    with pytest.raises(Aborted) as refused:
+        await _change(servicer, request)
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details.startswith(
+        f"work: at most {MAX_WORK_ENTRIES} entries, got {MAX_WORK_ENTRIES + 1};"
+    )
+    request = farm_pb2.ChangeWorkRequest(
+        job_id=job_id, work=["1"] * MAX_WORK_ENTRIES, change=farm_pb2.WORK_CHANGE_BLOCK
+    )
+    answer = await _change(servicer, request)
+    assert (answer.changed, list(answer.selected)) == (1, ["1"])
+
+
+def _each_alone(specs: list[str], agenda: list[str]) -> list[str] | str:
+    """What ChangeWork answered before: each spec expanded alone, then the names once."""
+    names: list[str] = []
+    for spec in specs:
+        try:
+            names += expand_work_names(spec, agenda)
+        except HostCallError as err:
+            return err.message
+    return list(dict.fromkeys(names))
+
+
+def _together(specs: list[str], agenda: list[str]) -> list[str] | str:
+    selection = WorkSelection(agenda)
+    for spec in specs:
+        try:
+            selection.add(spec)
+        except HostCallError as err:
+            return err.message
+    return selection.names
+
+
+def _spec(pick: random.Random) -> str:
+    parts = []
+    for _ in range(pick.randint(1, 4)):
+        low, high = pick.randint(-3, 14), pick.randint(-3, 14)
+        parts.append(
+            pick.choice([str(low), f"{low}-{high}", "1-10", "Initialize", "render", f" {low} ", ""])
+        )
+    return ",".join(parts)
+
+
+def test_a_shared_selection_answers_as_each_spec_alone() -> None:
+    agenda = ["-2", "-1", "0", "1", "2", "3", "10", "1-10", "Initialize", "007"]
+    pick = random.Random(40)
+    for _ in range(3_000):
+        specs = [_spec(pick) for _ in range(pick.randint(0, 5))]
+        assert _together(specs, agenda) == _each_alone(specs, agenda), specs
+
+
+async def test_the_answers_and_errors_are_those_of_each_spec_alone() -> None:
+    servicer, job_id = _servicer([str(n) for n in range(1, 11)])
+
+    async def change(*work: str) -> Any:
+        return await _change(
+            servicer,
+            farm_pb2.ChangeWorkRequest(job_id=job_id, work=work, change=farm_pb2.WORK_CHANGE_BLOCK),
+        )
+
+    answer = await change("5", "3-6", "5", "1-2,9")
+    assert list(answer.selected) == ["5", "3", "4", "6", "1", "2", "9"]
+    # A spec whose items an earlier one took still selects them: no error.
+    assert list((await change("1-10", "4")).selected) == [str(n) for n in range(1, 11)]
+    for work, message in [
+        (("3", "50-60"), "job 1: no work items in range '50-60'; its agenda is 1-10"),
+        (("3", "x"), "job 1: no work item 'x'; its agenda is 1-10"),
+    ]:
+        with pytest.raises(Aborted) as refused:
+            await change(*work)
+        assert (refused.value.code, refused.value.details) == (grpc.StatusCode.NOT_FOUND, message)

@@ -1,0 +1,76 @@
+"""Naming the string field of request bytes that holds invalid UTF-8 (protobuf names none)."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf.message import DecodeError
+
+from executor.api.undecodable import invalid_utf8_field
+from supervisor_client.qbcallback.v1 import executor_pb2, farm_pb2, types_pb2
+
+pytestmark = pytest.mark.unit
+
+BAD = b"\xff\xfe"
+
+
+def _spoiled(message: object, marker: bytes) -> bytes:
+    raw: bytes = message.SerializeToString()  # type: ignore[attr-defined]
+    assert raw.count(marker) == 1
+    return raw.replace(marker, BAD)
+
+
+@pytest.mark.parametrize(
+    ("message", "path"),
+    [
+        (
+            executor_pb2.ExecuteRequest(
+                callback=types_pb2.Callback(language="python", code="print('QQ')"),
+                context=executor_pb2.JobContext(job=types_pb2.Job(id=1)),
+            ),
+            "callback.code",
+        ),
+        (farm_pb2.ChangeWorkRequest(job_id=1, work=["a", "b", "QQ"]), "work[2]"),
+        (
+            executor_pb2.PublishEventsRequest(
+                events=[
+                    executor_pb2.PublishEventRequest(name="a"),
+                    executor_pb2.PublishEventRequest(name="b", host="QQ"),
+                ]
+            ),
+            "events[1].host",
+        ),
+        (
+            executor_pb2.ExecuteRequest(
+                context=executor_pb2.JobContext(
+                    job=types_pb2.Job(id=1, agenda=[types_pb2.WorkItem(name="1", host="QQ")])
+                )
+            ),
+            "context.job.agenda[0].host",
+        ),
+        (executor_pb2.ListRunsRequest(language="QQ"), "language"),
+    ],
+)
+def test_the_field_holding_invalid_utf8_is_named(message: object, path: str) -> None:
+    raw = _spoiled(message, b"QQ")
+    with pytest.raises(DecodeError):  # what the guard sees first: protobuf names no field
+        type(message).FromString(raw)  # type: ignore[attr-defined]
+    assert invalid_utf8_field(message.DESCRIPTOR, raw) == path  # type: ignore[attr-defined]
+
+
+def test_a_string_inside_a_struct_is_named_by_its_struct_field() -> None:
+    message = executor_pb2.ExecuteRequest()
+    message.context.job.extra.update({"k": {"x": ["QQ"]}})
+    raw = _spoiled(message, b"QQ")
+    assert invalid_utf8_field(message.DESCRIPTOR, raw) == "context.job.extra"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\x12\x10\x1a\x06python",  # truncated: a length beyond the bytes
+        bytes(range(256)),
+        executor_pb2.ExecuteRequest(invocation_id="fine").SerializeToString(),
+    ],
+)
+def test_bytes_without_such_a_field_name_nothing(raw: bytes) -> None:
+    assert invalid_utf8_field(executor_pb2.ExecuteRequest.DESCRIPTOR, raw) is None
