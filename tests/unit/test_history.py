@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import threading
 from pathlib import Path
@@ -253,3 +254,98 @@ def test_the_repeated_id_check_sees_what_was_committed_since_it_last_read(
     history.record(invocation("b", job_id=11), result("b"), started_at=1000.0)
     identity = history.identity("b")
     assert identity is not None and identity.job_id == 11
+
+
+# -- the byte bound (history_max_bytes) -------------------------------------------------
+
+MIB = 1 << 20
+
+
+def flood(inv_id: str, size: int) -> RunResult:
+    """A run that printed ``size`` bytes, as a callback flooding its output does."""
+    return dataclasses.replace(result(inv_id), stdout="x" * size)
+
+
+def file_bytes(path: Path) -> int:
+    """runs.db as large as it is (its pages, those in its log included)."""
+    db = sqlite3.connect(path)
+    try:
+        (pages,) = db.execute("PRAGMA page_count").fetchone()
+        (page_size,) = db.execute("PRAGMA page_size").fetchone()
+    finally:
+        db.close()
+    return int(pages * page_size)
+
+
+def kept(history: RunHistory) -> list[str]:
+    return [r.invocation_id for r in history.list_runs(limit=1000)]
+
+
+def test_runs_with_large_outputs_leave_the_history_under_its_bytes_newest_first(
+    tmp_path: Path,
+) -> None:
+    """~40 runs that flooded their output made a 1.2 GB runs.db: max_bytes holds at every commit."""
+    history = RunHistory(
+        tmp_path / "runs.db", retention_days=1e6, max_runs=1000, max_bytes=4 * MIB, clock=Clock(1e6)
+    )
+    for n in range(20):
+        history.record(invocation(f"big{n:02}"), flood(f"big{n:02}", MIB), started_at=float(n))
+        assert history.stored_bytes() <= 4 * MIB
+        assert kept(history)[0] == f"big{n:02}"
+    # The oldest went, as few as needed: 4 MiB holds three runs of 1 MiB and their pages.
+    assert kept(history) == ["big19", "big18", "big17"]
+    newest = history.get("big19")
+    assert newest is not None and newest.result == flood("big19", MIB)
+    # A group of runs, some small, in one commit: the bound holds after it too.
+    history.record_many(
+        [(invocation(f"s{n}"), result(f"s{n}"), 100.0 + n) for n in range(5)]
+        + [(invocation("big20"), flood("big20", 2 * MIB), 200.0)]
+    )
+    assert history.stored_bytes() <= 4 * MIB
+    assert kept(history)[:6] == ["big20", "s4", "s3", "s2", "s1", "s0"]
+    # Room is made before a commit's runs are written: they take the pages freed, so the
+    # file stays near the bound instead of growing by each commit's runs.
+    assert file_bytes(tmp_path / "runs.db") <= 4 * MIB + MIB // 4
+    history.close()
+
+
+def test_the_newest_run_is_kept_even_when_it_alone_is_larger_than_the_bound(
+    tmp_path: Path,
+) -> None:
+    history = RunHistory(
+        tmp_path / "runs.db", retention_days=1e6, max_runs=1000, max_bytes=MIB, clock=Clock(1e6)
+    )
+    history.record(invocation("small"), result("small"), started_at=1.0)
+    history.record(invocation("huge"), flood("huge", 3 * MIB), started_at=2.0)
+    assert kept(history) == ["huge"]
+    assert history.prune() == 0  # pruning again never takes the last run
+    assert kept(history) == ["huge"]
+    history.record(invocation("after"), result("after"), started_at=3.0)
+    assert kept(history) == ["after"]
+    assert history.stored_bytes() <= MIB
+    history.close()
+
+
+def test_a_history_larger_than_the_bound_is_pruned_at_open_and_its_file_stops_growing(
+    tmp_path: Path,
+) -> None:
+    """A runs.db an older version let grow is bounded at the first start: its free pages are reused."""
+    path = tmp_path / "runs.db"
+    unbounded = RunHistory(path, retention_days=1e6, max_runs=1000, clock=Clock(1e6))
+    for n in range(12):
+        unbounded.record(invocation(f"r{n:02}"), flood(f"r{n:02}", MIB), started_at=float(n))
+    unbounded.close()
+    grown = file_bytes(path)
+    assert grown > 12 * MIB
+
+    history = RunHistory(
+        path, retention_days=1e6, max_runs=1000, max_bytes=5 * MIB, clock=Clock(1e6)
+    )
+    assert history.stored_bytes() <= 5 * MIB
+    assert kept(history) == ["r11", "r10", "r09", "r08"]
+    for n in range(12, 40):
+        history.record(invocation(f"r{n:02}"), flood(f"r{n:02}", MIB), started_at=float(n))
+    assert history.stored_bytes() <= 5 * MIB
+    assert kept(history)[0] == "r39"
+    history.close()
+    assert file_bytes(path) == grown  # SQLite does not shrink the file; it stops growing
