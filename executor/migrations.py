@@ -57,7 +57,7 @@ def _steps() -> list[str]:
         # its place), and indexed so a prune's count and sum read only that index.
         "ALTER TABLE runs ADD COLUMN IF NOT EXISTS size_bytes BIGINT NOT NULL DEFAULT 0;"  # noqa: S608 - our columns
         f" UPDATE runs SET size_bytes = {history_size.PG_SIZE_SQL} WHERE size_bytes = 0;"
-        " CREATE INDEX IF NOT EXISTS runs_by_size ON runs (size_bytes);",
+        f" {history_size.SIZE_INDEX};",
     ]
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Final
 
 import pytest
 
@@ -326,15 +328,29 @@ def test_the_newest_run_is_kept_even_when_it_alone_is_larger_than_the_bound(
     history.close()
 
 
+OLD_RUNS_TABLE: Final = (  # runs.db as versions before policies and sizes made it
+    "CREATE TABLE runs (invocation_id TEXT PRIMARY KEY, job_id INTEGER NOT NULL,"
+    " callback_id INTEGER NOT NULL, triggers TEXT NOT NULL, language TEXT NOT NULL,"
+    " outcome TEXT NOT NULL, started_at REAL NOT NULL, wall_seconds REAL NOT NULL,"
+    " cpu_seconds REAL NOT NULL, peak_rss_bytes INTEGER NOT NULL,"
+    " queue_seconds REAL NOT NULL, event TEXT, work_name TEXT NOT NULL,"
+    " result TEXT NOT NULL)"
+)
+
+
 def test_a_history_larger_than_the_bound_is_pruned_at_open_and_its_file_stops_growing(
     tmp_path: Path,
 ) -> None:
-    """A runs.db an older version let grow is bounded at the first start: its free pages are reused."""
+    """A runs.db an older version let grow, its runs' sizes unknown, is bounded at the first start."""
     path = tmp_path / "runs.db"
-    unbounded = RunHistory(path, retention_days=1e6, max_runs=1000, clock=Clock(1e6))
-    for n in range(12):
-        unbounded.record(invocation(f"r{n:02}"), flood(f"r{n:02}", MIB), started_at=float(n))
-    unbounded.close()
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute(OLD_RUNS_TABLE)
+        for n in range(12):
+            db.execute(
+                "INSERT INTO runs VALUES (?, 1, 1, 't', 'python', 'SUCCEEDED', ?, 0, 0, 0, 0,"
+                " NULL, '', ?)",
+                (f"r{n:02}", float(n), result_to_json(flood(f"r{n:02}", MIB))),
+            )
     grown = file_bytes(path)
     assert grown > 12 * MIB
 
@@ -343,9 +359,38 @@ def test_a_history_larger_than_the_bound_is_pruned_at_open_and_its_file_stops_gr
     )
     assert history.stored_bytes() <= 5 * MIB
     assert kept(history) == ["r11", "r10", "r09", "r08"]
+    opened = file_bytes(path)  # the runs and the indexes this version adds
+    assert grown <= opened < grown + 64 * 1024
     for n in range(12, 40):
         history.record(invocation(f"r{n:02}"), flood(f"r{n:02}", MIB), started_at=float(n))
     assert history.stored_bytes() <= 5 * MIB
     assert kept(history)[0] == "r39"
     history.close()
-    assert file_bytes(path) == grown  # SQLite does not shrink the file; it stops growing
+    assert file_bytes(path) == opened  # SQLite does not shrink the file; it stops growing
+
+
+def test_as_few_runs_go_as_bring_the_history_under_its_bytes(tmp_path: Path) -> None:
+    """Many small runs, then large ones: the small ones go first, then only the large ones needed."""
+    history = RunHistory(
+        tmp_path / "runs.db", retention_days=1e6, max_runs=10_000, clock=Clock(1e6)
+    )
+    history.record_many(
+        [(invocation(f"s{n:04}"), result(f"s{n:04}"), float(n)) for n in range(2000)]
+    )
+    history.record_many(
+        [(invocation(f"big{n}"), flood(f"big{n}", MIB), 3000.0 + n) for n in range(8)]
+    )
+    history.close()
+    bounded = RunHistory(
+        tmp_path / "runs.db",
+        retention_days=1e6,
+        max_runs=10_000,
+        max_bytes=6 * MIB,
+        clock=Clock(1e6),
+    )
+    left = kept(bounded)
+    assert not any(name.startswith("s") for name in left)
+    assert left == [f"big{n}" for n in range(7, 7 - len(left), -1)]
+    # One more of them would not have fitted: none went that did not have to.
+    assert bounded.stored_bytes() <= 6 * MIB < bounded.stored_bytes() + MIB
+    bounded.close()
