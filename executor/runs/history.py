@@ -639,7 +639,7 @@ class RunHistory:
     def stored_bytes(self) -> int:
         """What the runs take, as ``max_bytes`` bounds it (``history_size``), counted now."""
         self.before_read()
-        with self._lock:
+        with self._lock, reading(self._path):
             if isinstance(self._db, PgDb):
                 return self._count_and_bytes()[1]
             return sqlite_bytes_in_use(self._db)
