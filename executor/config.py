@@ -204,8 +204,12 @@ class Settings:
     callback_log_max_bytes: int = 10 * MIB
     # Run history (<data_dir>/runs.db) keeps runs younger than this many days...
     history_retention_days: float = 30.0
-    # ...and at most this many of them (the oldest go first).
+    # ...and at most this many of them (the oldest go first)...
     history_max_runs: int = 100_000
+    # ...taking at most this many bytes (the oldest go first, never the newest): a run
+    # keeps its whole output, up to 2 x output_bytes. A run with little output takes
+    # ~1.1 KB, so this is ~10 x what 100,000 of them take, and ~30 runs of 2 x 16 MiB.
+    history_max_bytes: int = 1 * GIB
     # The trigger engine's journal (cbexec triggers why) keeps this many entries per
     # callback (per work item of a {work} callback)...
     trigger_journal_entries: int = 20
@@ -789,10 +793,20 @@ def _check_log_level(settings: Settings) -> Iterator[str]:
         yield f"log_level: expected {', '.join(LOG_LEVELS)}, got {settings.log_level!r}"
 
 
+# The least history_max_bytes: below it the history holds a handful of runs, and a value
+# this small is more likely meant in KiB or MiB than in bytes.
+MIN_HISTORY_BYTES: Final = MIB
+
+
 def _check_history(settings: Settings) -> Iterator[str]:
     for name in ("callback_log_max_bytes", "history_max_runs"):
         if getattr(settings, name) < 1:
             yield f"{name}: must be at least 1, got {getattr(settings, name)}"
+    if settings.history_max_bytes < MIN_HISTORY_BYTES:
+        yield (
+            f"history_max_bytes: must be at least {MIN_HISTORY_BYTES} (1 MiB; the value is "
+            f"in bytes), got {settings.history_max_bytes}"
+        )
     if settings.history_retention_days <= 0:
         yield "history_retention_days: must be positive"
 

@@ -9,7 +9,8 @@ database whose version is not the one this executor was written for, naming the 
 
 The tables are the SQLite stores' own (one spelling, translated by ``sql.pg_ddl``): the
 trigger store's, the outbox's and the run history's, plus ``fleet_versions`` (what every
-replica must reload, e.g. the universal callbacks).
+replica must reload, e.g. the universal callbacks). The history's runs also keep their
+size here (``size_bytes``, for its byte bound: an SQLite history reads its pages instead).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ CREATE TABLE IF NOT EXISTS fleet_versions (
 
 def _steps() -> list[str]:
     """Migration steps, oldest first; step n brings a database to version n."""
-    from executor.runs import history, outbox
+    from executor.runs import history, history_size, outbox
     from executor.triggers import states, store
 
     return [
@@ -51,6 +52,12 @@ def _steps() -> list[str]:
         # The submissions of jobs never registered, which level callbacks registered after
         # them take (a database made at an earlier version by this code has the table).
         pg_ddl(states.SUBMISSIONS_SCHEMA),
+        # Each run's size, for history_max_bytes (history_size): the runs recorded before
+        # are sized here once, from their text (a large result is TOASTed apart and keeps
+        # its place), and indexed so a prune's count and sum read only that index.
+        "ALTER TABLE runs ADD COLUMN IF NOT EXISTS size_bytes BIGINT NOT NULL DEFAULT 0;"  # noqa: S608 - our columns
+        f" UPDATE runs SET size_bytes = {history_size.PG_SIZE_SQL} WHERE size_bytes = 0;"
+        f" {history_size.SIZE_INDEX};",
     ]
 
 

@@ -142,6 +142,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
                 max_message_bytes=settings.supervisor_max_message_bytes,
                 history_retention_days=settings.history_retention_days,
                 history_max_runs=settings.history_max_runs,
+                history_max_bytes=settings.history_max_bytes,
                 health=storage_health,
             )
             stack.push_async_callback(embedded.close, STOP_GRACE_S)

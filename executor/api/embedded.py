@@ -8,10 +8,15 @@ TriggerService through ``EventForwarder``, as any scheduler's would; their event
 in supervisor.db until the executor has them, so a stop or a crash loses none.
 
 The results reported to it are kept as long as the history keeps the run
-(``history_retention_days``), and at most the last ``MAX_RESULTS`` (fewer when
-``history_max_runs`` is smaller): nothing reads them but its own check for a resent
-report, and kept like the history they would make supervisor.db as large as runs.db,
-too large to check whole at every start.
+(``history_retention_days``), at most the last ``MAX_RESULTS`` (fewer when
+``history_max_runs`` is smaller), and within ``history_max_bytes`` of payload: nothing
+reads them but its own check for a resent report, and kept like the history they would
+make supervisor.db as large as runs.db, too large to check whole at every start. Each
+holds the run's report, its output cut to the supervisor's message limit (4 MiB by
+default), so without the byte bound 1,000 of them could take 4 GiB. The bound is never
+below ``max_message_bytes``, what one batch of reports carries on the wire, so the last
+batch is kept and a resend of it is known as one (unless JSON's escapes of its output
+make it larger stored than sent).
 """
 
 from __future__ import annotations
@@ -118,6 +123,7 @@ async def start(
     max_message_bytes: int,
     history_retention_days: float,
     history_max_runs: int,
+    history_max_bytes: int,
     health: StorageHealth | None = None,
 ) -> EmbeddedSupervisor:
     """Open ``<data_dir>/supervisor.db`` and serve it on ``<data_dir>/supervisor.sock``.
@@ -137,6 +143,7 @@ async def start(
             event_outbox=True,
             result_retention_s=history_retention_days * DAY_S,
             max_results=min(history_max_runs, MAX_RESULTS),
+            max_result_bytes=max(history_max_bytes, max_message_bytes),
             storage_errors=functools.partial(writing, path, health),
         )
     except sqlite3.Error as err:  # damage, or the storage under it: the refusal says which

@@ -13,19 +13,26 @@ history — unlike the outbox — is acceptable). The log's checkpoints, which f
 a thread (``sqlite_checkpoints``). In a fleet's PostgreSQL store, the runs of one commit
 are one statement: one round trip and one transaction, whatever their number.
 
-Retention is by age and by count. In SQLite the history keeps its row count itself (the
-executor is its only writer), so the commit that takes it past ``max_runs`` also drops
-the oldest runs beyond it, without walking the ones it keeps: it never holds more than
-``max_runs`` runs, however small the cap, and a full one deletes as many rows per commit
-as it adds (a full history of 100k runs once stalled the event loop ~12 ms every 500
-runs). Runs past the retention age go at open, every ``prune_every`` runs, and every
-minute (``bookkeeping.PRUNE_EVERY_S``: the writer thread calls ``prune`` on a timer).
+Retention is by age, by count and by bytes (``history_size``: what the runs take, and
+which go). In SQLite the history keeps its row count itself (the executor is its only
+writer), so the commit that takes it past ``max_runs`` also drops the oldest runs beyond
+it, without walking the ones it keeps: it never holds more than ``max_runs`` runs,
+however small the cap, and a full one deletes as many rows per commit as it adds (a full
+history of 100k runs once stalled the event loop ~12 ms every 500 runs). The byte bound
+holds at every commit too: the commit first drops the oldest runs its own need room for,
+so they take the pages those freed instead of growing the file. Runs past the retention
+age go at open, every ``prune_every`` runs, and every minute (``bookkeeping.PRUNE_EVERY_S``:
+the writer thread calls ``prune`` on a timer).
 
 A fleet's PostgreSQL store is written by every replica, so a prune counts its rows afresh
 (~6.5 ms for 100k) and drops by age and by count: at open, every minute, and every
 ``prune_every`` runs of a replica, but every 1% of ``max_runs`` when that is more (a run
 pays for counting ~100 rows) and every tenth of it when that is less (at least every
-run). Between two prunes it may hold that many runs per replica beyond ``max_runs``.
+run). Between two prunes it may hold that many runs per replica beyond ``max_runs``. The
+same scan sums the runs' sizes (it reads an index of them, and costs what the count
+alone did), and a replica also prunes once it has recorded a tenth of ``max_bytes``
+since its last prune: a flood of large outputs may take the history past ``max_bytes``
+by that much per replica (and the commit that passed it), no more.
 """
 
 from __future__ import annotations
@@ -49,6 +56,13 @@ from executor.model import (
     Outcome,
     RunResult,
     Usage,
+)
+from executor.runs.history_size import (
+    SIZE_INDEX,
+    drop_oldest_sized,
+    drop_oldest_sqlite,
+    run_size_bytes,
+    sqlite_bytes_in_use,
 )
 from executor.runs.latest import latest_per_key
 from executor.runs.paging import RunFilters, RunKey
@@ -91,34 +105,59 @@ _SUMMARY_COLUMNS: Final = (
     "shadow"
 )
 
-# A repeated invocation id replaces the earlier run (SQLite's INSERT OR REPLACE, in the
-# spelling PostgreSQL shares), unless the one recorded ended later: two replicas of a
-# fleet may run one id at once, and the one that ended last is the supervisor's result
-# too (``ReportResultRequest.ended_at``), whichever history write comes last.
-_REPLACE: Final = ", ".join(
-    f"{column} = excluded.{column}" for column in (*_SUMMARY_COLUMNS.split(", ")[1:], "result")
-) + (" WHERE excluded.started_at + excluded.wall_seconds >= runs.started_at + runs.wall_seconds")
-
-
-_INSERT: Final = (
-    "INSERT INTO runs (invocation_id, job_id, callback_id, triggers, language, outcome,"  # noqa: S608 - our columns; values bound
-    " started_at, wall_seconds, cpu_seconds, peak_rss_bytes, queue_seconds, event,"
-    " work_name, result, source, policy, shadow) VALUES {values}"
-    f" ON CONFLICT (invocation_id) DO UPDATE SET {_REPLACE}"
+# A run's columns as ``_row`` gives its values; the last, its size (history_size), is no
+# column of SCHEMA: added by ``_add_columns`` in SQLite and by a migration in PostgreSQL.
+_COLUMNS: Final = (
+    "invocation_id",
+    "job_id",
+    "callback_id",
+    "triggers",
+    "language",
+    "outcome",
+    "started_at",
+    "wall_seconds",
+    "cpu_seconds",
+    "peak_rss_bytes",
+    "queue_seconds",
+    "event",
+    "work_name",
+    "result",
+    "source",
+    "policy",
+    "shadow",
+    "size_bytes",
 )
-_VALUES: Final = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-_INSERT_ONE: Final = _INSERT.format(values=_VALUES)
+
+
+def _insert(columns: tuple[str, ...], runs: int) -> str:
+    """An INSERT of ``runs`` runs' ``columns``.
+
+    A repeated invocation id replaces the earlier run (SQLite's INSERT OR REPLACE, in
+    the spelling PostgreSQL shares), unless the one recorded ended later: two replicas
+    of a fleet may run one id at once, and the one that ended last is the supervisor's
+    result too (``ReportResultRequest.ended_at``), whichever history write comes last.
+    """
+    values = "(" + ",".join("?" * len(columns)) + ")"
+    replace = ", ".join(f"{column} = excluded.{column}" for column in columns[1:])
+    return (
+        f"INSERT INTO runs ({', '.join(columns)}) VALUES {', '.join([values] * runs)}"  # noqa: S608 - our columns; values bound
+        f" ON CONFLICT (invocation_id) DO UPDATE SET {replace}"
+        " WHERE excluded.started_at + excluded.wall_seconds >= runs.started_at + runs.wall_seconds"
+    )
+
+
+_INSERT_ONE: Final = _insert(_COLUMNS, 1)
 
 
 def _ended_at(invocation: Invocation, result: RunResult, started_at: float) -> float:
-    """When a run ended, as ``_REPLACE`` reckons it from the row."""
+    """When a run ended, as ``_insert``'s replacing reckons it from the row."""
     return started_at + result.usage.wall_seconds
 
 
 def _row(invocation: Invocation, result: RunResult, started_at: float) -> tuple[Any, ...]:
-    """One run's values, in ``_INSERT``'s column order."""
+    """One run's values, in ``_COLUMNS``' order."""
     usage = result.usage
-    return (
+    row = (
         result.invocation_id,
         invocation.job_id,
         invocation.callback.id,
@@ -137,6 +176,7 @@ def _row(invocation: Invocation, result: RunResult, started_at: float) -> tuple[
         invocation.policy,
         int(invocation.shadow),
     )
+    return (*row, run_size_bytes(row))
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,8 +311,11 @@ class RunHistory:
         retention_days: runs that started longer ago than this are pruned.
         max_runs: at most this many runs are kept; the oldest are pruned first (in a
             fleet's store, to within the runs between two prunes).
+        max_bytes: the runs take at most this many bytes (``history_size``); the oldest
+            are pruned first, never the newest. None: no bound.
         clock: Unix time source, replaceable in tests.
-        prune_every: prune by age (and, in a fleet, by count) after this many recorded runs.
+        prune_every: prune by age (and, in a fleet, by count and bytes) after this many
+            recorded runs.
         health: told when a write fails because of the storage.
     """
 
@@ -282,15 +325,23 @@ class RunHistory:
         *,
         retention_days: float,
         max_runs: int,
+        max_bytes: int | None = None,
         clock: Callable[[], float] = time.time,
         prune_every: int = 50,
         health: StorageHealth | None = None,
     ) -> None:
         self._retention_s = retention_days * DAY_S
         self._max_runs = max_runs
+        self._max_bytes = max_bytes
         self._clock = clock
         self._prune_every = prune_every
         self._since_prune = 0
+        # (PostgreSQL) The runs' sizes as the last prune summed them, plus those recorded
+        # since by this replica; and what it recorded since, which prunes at a tenth of
+        # max_bytes. SQLite reads its pages in use instead (exact, and as cheap).
+        self._bytes = 0
+        self._bytes_since_prune = 0
+        self._prune_every_bytes: int | None = None
         self._path = str(path)
         self._health = health
         # The connection is shared by the event loop (reads) and the bookkeeping thread
@@ -312,6 +363,8 @@ class RunHistory:
             # so a run pays for counting ~100 rows, however full the history; a tenth of a
             # small cap apart at most, so the cap holds to within that.
             self._prune_every = max(min(prune_every, max_runs // 10), max_runs // 100, 1)
+            if max_bytes is not None:
+                self._prune_every_bytes = max(max_bytes // 10, 1)
         else:
             db = open_database(path)
             try:
@@ -342,18 +395,22 @@ class RunHistory:
             raise
 
     def _add_columns(self) -> None:
-        """A history from before ``source``, ``policy`` or ``shadow`` were kept gets them.
+        """A history from before ``source``, ``policy``, ``shadow`` or ``size_bytes`` gets them.
 
-        Old runs read as "" (no policy recorded) and not shadow.
+        Old runs read as "" (no policy recorded), not shadow, and of a size not known
+        (NULL: filling it in would rewrite every run, output and all). The sizes' index
+        reads only each run's header to build (a 333 MB history: 15 ms).
         """
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(runs)")}
         for name, declaration in (
             ("source", "TEXT NOT NULL DEFAULT ''"),
             ("policy", "TEXT NOT NULL DEFAULT ''"),
             ("shadow", "INTEGER NOT NULL DEFAULT 0"),
+            ("size_bytes", "INTEGER"),
         ):
             if name not in columns:
                 self._db.execute(f"ALTER TABLE runs ADD COLUMN {name} {declaration}")
+        self._db.execute(SIZE_INDEX)
 
     def close(self) -> None:
         with self._lock:
@@ -377,7 +434,10 @@ class RunHistory:
             self._checkpoints.committed()
             self._runs += added
             self._since_prune += len(runs)
-            if self._since_prune >= self._prune_every:
+            if self._since_prune >= self._prune_every or (
+                self._prune_every_bytes is not None
+                and self._bytes_since_prune >= self._prune_every_bytes
+            ):
                 self.prune()
 
     def _insert_in_one_transaction(
@@ -387,23 +447,33 @@ class RunHistory:
 
         Our own count of the rows is exact here (the executor is the only writer), so the
         same transaction drops the oldest runs beyond ``max_runs``: the cap holds after
-        every commit, at the cost of deleting as many rows as a full history gains.
+        every commit, at the cost of deleting as many rows as a full history gains. So
+        does ``max_bytes``: room is made for the runs before they are written (they take
+        the pages freed, not new ones at the file's end), then the pages are checked.
         """
+        db = self._db
+        rows = [_row(*run) for run in runs]
         replaced = 0
         # IMMEDIATE: the write lock first, waiting out another holder (the checkpoint
         # thread's TRUNCATE) for the busy timeout. A read first would make the upgrade
         # fail at once with "database is locked" (SQLite calls no busy handler for it).
-        self._db.execute("BEGIN IMMEDIATE")
+        db.execute("BEGIN IMMEDIATE")
         try:
-            for invocation, result, started_at in runs:
-                if self._db.execute(
-                    "SELECT 1 FROM runs WHERE invocation_id = ?", (result.invocation_id,)
-                ).fetchone():
+            added = 0
+            if self._max_bytes is not None:
+                incoming = sum(row[-1] for row in rows)
+                added -= drop_oldest_sqlite(
+                    db, runs=self._runs, max_bytes=self._max_bytes, incoming=incoming
+                )
+            for row in rows:
+                if db.execute("SELECT 1 FROM runs WHERE invocation_id = ?", row[:1]).fetchone():
                     replaced += 1
-                self._db.execute(_INSERT_ONE, _row(invocation, result, started_at))
-            added = len(runs) - replaced
+                db.execute(_INSERT_ONE, row)
+            added += len(runs) - replaced
             added -= self._delete_oldest(self._runs + added - self._max_runs)
-            self._db.execute("COMMIT")
+            if self._max_bytes is not None:
+                added -= drop_oldest_sqlite(db, runs=self._runs + added, max_bytes=self._max_bytes)
+            db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(Exception):  # the store's own error, either kind
                 self._db.execute("ROLLBACK")
@@ -416,16 +486,16 @@ class RunHistory:
         Other replicas record too, so whether a run replaced one is not asked (the count
         is taken afresh at each prune): always 0. A repeated invocation id keeps the run
         that ended last, as one INSERT per run would (PostgreSQL refuses to update a row
-        twice in one statement).
+        twice in one statement). Each run's size goes with it (``size_bytes``).
         """
         latest = latest_per_key(
             runs, key=lambda run: run[1].invocation_id, ended_at=lambda run: _ended_at(*run)
         )
         rows = [_row(*run) for run in latest]
-        self._db.execute(
-            _INSERT.format(values=", ".join([_VALUES] * len(rows))),
-            [value for row in rows for value in row],
-        )
+        self._db.execute(_insert(_COLUMNS, len(rows)), [value for row in rows for value in row])
+        recorded = sum(row[-1] for row in rows)
+        self._bytes += recorded
+        self._bytes_since_prune += recorded
         return len(runs)
 
     def list_runs(
@@ -566,36 +636,71 @@ class RunHistory:
     def _count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM runs").fetchone()[0])
 
+    def stored_bytes(self) -> int:
+        """What the runs take, as ``max_bytes`` bounds it (``history_size``), counted now."""
+        self.before_read()
+        with self._lock, reading(self._path):
+            if isinstance(self._db, PgDb):
+                return self._count_and_bytes()[1]
+            return sqlite_bytes_in_use(self._db)
+
+    def _count_and_bytes(self) -> tuple[int, int]:
+        """(PostgreSQL) The runs and the sum of their sizes, in one scan."""
+        row = self._db.execute("SELECT count(*), coalesce(sum(size_bytes), 0) FROM runs").fetchone()
+        return int(row[0]), int(row[1])
+
     def prune(self) -> int:
-        """Drop runs past the retention age, then the oldest beyond ``max_runs``."""
+        """Drop runs past the retention age, then the oldest beyond ``max_runs`` and ``max_bytes``."""
         with self._lock:
             return self._prune()
 
     def _prune(self) -> int:
         self._since_prune = 0
-        if isinstance(self._db, PgDb):
-            self._runs = self._count()  # not count(): the writer thread prunes, mid-flush
+        self._bytes_since_prune = 0
         cutoff = self._clock() - self._retention_s
         by_age = self._db.execute("DELETE FROM runs WHERE started_at < ?", (cutoff,)).rowcount
-        self._runs -= by_age
+        if isinstance(self._db, PgDb):
+            # Counted afresh: every replica writes. Not count(): the writer thread prunes,
+            # mid-flush.
+            self._runs, self._bytes = self._count_and_bytes()
+        else:
+            self._runs -= by_age
         by_count = self._delete_oldest(self._runs - self._max_runs)
         self._runs -= by_count
+        by_size = self._delete_oldest_beyond_bytes()
+        self._runs -= by_size
         self._checkpoints.committed()
-        if by_age or by_count:
-            logger.debug("history pruned %d runs by age, %d by count", by_age, by_count)
-        return int(by_age + by_count)
+        if by_age or by_count or by_size:
+            logger.debug(
+                "history pruned %d runs by age, %d by count, %d by size", by_age, by_count, by_size
+            )
+        return int(by_age + by_count + by_size)
 
     def _delete_oldest(self, excess: int) -> int:
         """Drop the ``excess`` oldest runs (none when it is not positive); how many went."""
         if excess <= 0:
             return 0
-        return int(
-            self._db.execute(
-                "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs"
-                " ORDER BY started_at, rowid LIMIT ?)",
-                (excess,),
-            ).rowcount
+        query = (
+            "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs"
+            " ORDER BY started_at, rowid LIMIT ?)"
         )
+        if isinstance(self._db, PgDb):
+            sizes = self._db.execute(query + " RETURNING size_bytes", (excess,)).fetchall()
+            self._bytes -= sum(int(size) for (size,) in sizes)
+            return len(sizes)
+        return int(self._db.execute(query, (excess,)).rowcount)
+
+    def _delete_oldest_beyond_bytes(self) -> int:
+        """Drop the oldest runs beyond ``max_bytes``, but the newest; how many went."""
+        if self._max_bytes is None:
+            return 0
+        if isinstance(self._db, PgDb):
+            dropped, freed = drop_oldest_sized(
+                self._db, runs=self._runs, stored_bytes=self._bytes, max_bytes=self._max_bytes
+            )
+            self._bytes -= freed
+            return dropped
+        return drop_oldest_sqlite(self._db, runs=self._runs, max_bytes=self._max_bytes)
 
     @staticmethod
     def _record(row: Row, result: RunResult | None = None) -> RunRecord:

@@ -122,6 +122,7 @@ class Recorder:
             settings.store or settings.data_dir / "runs.db",
             retention_days=settings.history_retention_days,
             max_runs=settings.history_max_runs,
+            max_bytes=settings.history_max_bytes,
             health=health,
         )
         callback_log = CallbackLog(settings.callback_log_dir, settings.callback_log_max_bytes)

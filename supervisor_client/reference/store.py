@@ -8,8 +8,8 @@ delivered to listeners after the change is committed, outside the lock. With
 ``event_outbox``, its event is also kept in the database, in the change's own
 transaction, until a forwarder has delivered it (event_outbox.py).
 
-Reported results are kept per invocation id; ``result_retention_s`` and ``max_results``
-bound them (retention.py). The job history lines they add stay.
+Reported results are kept per invocation id; ``result_retention_s``, ``max_results``
+and ``max_result_bytes`` bound them (retention.py). The job history lines they add stay.
 
 A numbered action (``invocation_id`` + ``action_seq``, from a callback's run) is applied
 once: its answer is kept in the same transaction (applied.py), and a repeat is answered
@@ -47,7 +47,7 @@ from supervisor_client.reference.errors import (
     SubmitError,
 )
 from supervisor_client.reference.event_outbox import EventOutbox, UnsentEvent
-from supervisor_client.reference.retention import ResultRetention, compact
+from supervisor_client.reference.retention import PAYLOAD_BYTES, ResultRetention, compact
 from supervisor_client.reference.states import (
     DEFAULT_SECURITY,
     NON_TERMINAL,
@@ -221,6 +221,8 @@ class ReferenceSupervisor:
             and every 50 results); None keeps them.
         max_results: at most this many results are kept, the oldest pruned first;
             None keeps them all.
+        max_result_bytes: the kept results' payloads take at most this many bytes, the
+            oldest pruned first but never the newest; None: no bound.
         storage_errors: wraps every use of the database after the open, a failed
             commit included: the embedding process's translation of a storage failure (a
             full disk, an I/O error) into its own error (the executor's
@@ -240,6 +242,7 @@ class ReferenceSupervisor:
         event_outbox: bool = False,
         result_retention_s: float | None = None,
         max_results: int | None = None,
+        max_result_bytes: int | None = None,
         storage_errors: Callable[[], AbstractContextManager[None]] = nullcontext,
     ) -> None:
         self._admins = frozenset(admins)
@@ -251,7 +254,14 @@ class ReferenceSupervisor:
         self._lock = threading.RLock()
         self._db = sqlite3.connect(path, check_same_thread=False)
         try:
-            self._open(path, action_retention_s, event_outbox, result_retention_s, max_results)
+            self._open(
+                path,
+                action_retention_s,
+                event_outbox,
+                result_retention_s,
+                max_results,
+                max_result_bytes,
+            )
         except BaseException:
             self._db.close()
             raise
@@ -263,6 +273,7 @@ class ReferenceSupervisor:
         event_outbox: bool,
         result_retention_s: float | None,
         max_results: int | None,
+        max_result_bytes: int | None,
     ) -> None:
         """Make or upgrade the schema; prune the results past their bounds."""
         self._db.row_factory = sqlite3.Row
@@ -284,7 +295,10 @@ class ReferenceSupervisor:
         self._applied = AppliedActions(self._db, action_retention_s)
         self._events = EventOutbox(self._db) if event_outbox else None
         self._retention = ResultRetention(
-            self._db, retention_s=result_retention_s, max_results=max_results
+            self._db,
+            retention_s=result_retention_s,
+            max_results=max_results,
+            max_bytes=max_result_bytes,
         )
         with self._db:
             pruned = self._retention.prune(self._clock())
@@ -1175,11 +1189,13 @@ class ReferenceSupervisor:
         with self._transaction() as changes:
             last_id = self._last_job_id()
             inserted = 0
+            # The payloads' bytes this adds (json.dumps writes ASCII: a character, a byte).
+            new_bytes = 0
             for invocation_id, job_id, outcome, ended_at, text, callback in rows:
                 known = 0 < job_id <= last_id  # ids are never reused: one a job had
                 stored = self._db.execute(
-                    "SELECT json_extract(payload, '$.outcome'), json_extract(payload, '$.ended_at')"
-                    " FROM results WHERE invocation_id = ?",
+                    "SELECT json_extract(payload, '$.outcome'), json_extract(payload, '$.ended_at'),"  # noqa: S608 - our expression
+                    f" {PAYLOAD_BYTES} FROM results WHERE invocation_id = ?",
                     (invocation_id,),
                 ).fetchone()
                 line = f"[callback] result of invocation {invocation_id}: {outcome}"
@@ -1190,6 +1206,7 @@ class ReferenceSupervisor:
                         (invocation_id, job_id, self._clock(), text, int(known)),
                     )
                     inserted += 1
+                    new_bytes += len(text)
                 elif ended_at > _as_seconds(stored[1]):
                     self._db.execute(
                         "UPDATE results SET job_id = ?, time = ?, payload = ?, job_known = ?"
@@ -1197,6 +1214,7 @@ class ReferenceSupervisor:
                         (job_id, self._clock(), text, int(known), invocation_id),
                     )
                     line += f" (a later run; replaces {stored[0] or 'no outcome'})"
+                    new_bytes += len(text) - int(stored[2])
                 else:
                     duplicates.append(True)
                     continue
@@ -1212,7 +1230,7 @@ class ReferenceSupervisor:
                         job_id,
                     )
                 duplicates.append(False)
-            self._retention.added(inserted, self._clock())
+            self._retention.added(inserted, self._clock(), new_bytes)
         return duplicates
 
     def _last_job_id(self) -> int:

@@ -336,7 +336,11 @@ async def _open_each(data_dir: Path) -> dict[str, str]:
         await store.close() if isinstance(store, Outbox) else store.close()
     try:
         supervisor = await embedded.start(
-            data_dir, max_message_bytes=1 << 20, history_retention_days=1, history_max_runs=10
+            data_dir,
+            max_message_bytes=1 << 20,
+            history_retention_days=1,
+            history_max_runs=10,
+            history_max_bytes=1 << 20,
         )
     except ConfigError as err:
         said["supervisor.db"] = str(err)

@@ -11,21 +11,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import Final
 
 import pytest
 
 from executor import sql
 from executor.errors import ConfigError
-from executor.migrations import current_version, schema_version
-from executor.model import Outcome
-from executor.runs.history import RunHistory
+from executor.migrations import _steps, current_version, migrate, schema_version
+from executor.model import CallbackSpec, Invocation, Outcome
+from executor.runs.history import RunHistory, _row
 from executor.runs.outbox import Backoff, Outbox
 from executor.sql import PgDb, StoreConflict, StoreUnavailable, connect_postgres, pg_ddl
 from executor.triggers.store import TriggerStore
 from tests.conftest import TEST_UID_BASE
 from tests.helpers.cli import cbexec, cli_env
+from tests.helpers.clock import Clock
 from tests.helpers.postgres import PostgresServer
-from tests.unit.test_history import invocation, result
+from tests.unit.test_history import LIMITS, MIB, flood, invocation, kept, result
 
 pytestmark = pytest.mark.service
 
@@ -205,6 +207,75 @@ def test_a_fleets_history_keeps_the_run_of_an_id_that_ended_last(pg_url: str) ->
         assert early is not None and early.outcome is Outcome.FAILED and early.started_at == 7.0
     finally:
         history.close()
+
+
+def test_a_fleets_history_keeps_its_runs_within_max_bytes_with_the_newest_kept(
+    postgres: PostgresServer,
+) -> None:
+    """Runs that flood their output are pruned by bytes in PostgreSQL too, oldest first."""
+    url = postgres.create_database("history_bytes")
+    migrate(url)
+    cap = 4 * MIB
+    history = RunHistory(url, retention_days=1e6, max_runs=1000, max_bytes=cap, clock=Clock(1e6))
+    try:
+        for n in range(20):
+            history.record(invocation(f"big{n:02}"), flood(f"big{n:02}", MIB), started_at=float(n))
+            # A replica prunes once it recorded a tenth of the bound since its last prune.
+            assert history.stored_bytes() <= cap
+            assert kept(history)[0] == f"big{n:02}"
+        assert kept(history) == ["big19", "big18", "big17"]
+        newest = history.get("big19")
+        assert newest is not None and newest.result == flood("big19", MIB)
+        history.record(invocation("huge"), flood("huge", 2 * cap), started_at=100.0)
+        assert kept(history) == ["huge"]  # alone larger than the bound, and kept
+        assert history.prune() == 0
+        assert history.stored_bytes() > cap
+    finally:
+        history.close()
+
+
+# The schema step that adds the runs' sizes.
+SIZES_STEP: Final = next(n for n, ddl in enumerate(_steps(), 1) if "size_bytes" in ddl)
+
+
+def test_the_runs_recorded_before_their_size_was_kept_are_sized_by_the_migration(
+    postgres: PostgresServer,
+) -> None:
+    """The step that adds size_bytes fills it as the executor would have: idempotent."""
+    url = postgres.create_database("history_sizes")
+    assert migrate(url) == (0, schema_version())
+    spec = CallbackSpec("python", "print(1)", "done-job-self", 3, source="/cb/café.py")
+    runs = [
+        (
+            Invocation("accented", spec, {"id": 1}, LIMITS, work_name="wörk"),
+            result("accented"),
+            1.0,
+        ),
+        (invocation("plain"), flood("plain", 5000), 2.0),
+    ]
+    history = RunHistory(url, retention_days=1e6, max_runs=10)
+    try:
+        history.record_many(runs)
+    finally:
+        history.close()
+    db = connect_postgres(url)
+    try:
+        written = dict(db.execute("SELECT invocation_id, size_bytes FROM runs").fetchall())
+        assert written == {run[1].invocation_id: _row(*run)[-1] for run in runs}
+        # The database as the step before left it: no sizes.
+        db.execute("ALTER TABLE runs DROP COLUMN size_bytes")
+        db.execute("DELETE FROM cbexec_schema WHERE version >= ?", (SIZES_STEP,))
+    finally:
+        db.close()
+    assert migrate(url) == (SIZES_STEP - 1, schema_version())
+    assert migrate(url) == (schema_version(), schema_version())
+    db = connect_postgres(url)
+    try:
+        assert dict(db.execute("SELECT invocation_id, size_bytes FROM runs").fetchall()) == written
+        # A prune's count and sum read the sizes' index only, as the count alone did.
+        assert db.execute("SELECT to_regclass('runs_by_start_size')").fetchone()[0] is not None
+    finally:
+        db.close()
 
 
 def test_statements_outside_a_transaction_never_wait_for_one_in_a_fleet(pg_url: str) -> None:

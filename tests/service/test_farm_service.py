@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from executor.api.edge import FARM_SERVICE
+from executor.runs.history_size import sqlite_bytes_in_use
 from supervisor_client import ExecutorRpcError, FarmClient, InvalidRequestError
 from supervisor_client.qbcallback.v1 import farm_pb2, farm_pb2_grpc
 from supervisor_client.qbcallback.v1.executor_pb2 import Outcome
@@ -337,6 +340,42 @@ async def test_the_farm_takes_the_executors_token(tmp_path: Path) -> None:
             assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
         async with FarmClient(stack.address, token="s3cret") as farm:
             assert list((await farm.list_jobs()).jobs) == []
+
+
+async def test_callbacks_flooding_their_output_leave_the_data_dir_within_history_max_bytes(
+    tmp_path: Path,
+) -> None:
+    """A callback printing megabytes, run often, filled the data dir's disk (runs.db, supervisor.db)."""
+    cap = 1 << 20
+    settings = stack_settings(
+        tmp_path / "data", history_max_bytes=cap, supervisor_max_message_bytes=256 << 10
+    )
+    async with running_stack(settings) as stack, FarmClient(stack.channel) as farm:
+        (job,) = (await farm.submit_jobs([{"name": "flood", "user": "alice"}])).jobs
+        ids = []
+        for n in range(6):
+            answer = await stack.client.execute_callback(
+                language="python",
+                code=f"print({n}, 'x' * 400_000)",
+                job={"id": job.id, "user": "alice"},
+            )
+            assert answer.outcome == Outcome.OUTCOME_SUCCEEDED
+            ids.append(answer.invocation_id)
+        assert await outbox_drained(stack.client)
+        listed = [run.invocation_id for run in (await stack.client.list_runs()).runs]
+        newest = await stack.client.get_run(ids[-1])
+        reported = [result["invocation_id"] for result in stack.supervisor.results()]
+    assert listed == ids[-1 : -len(listed) - 1 : -1] and 1 <= len(listed) < 6
+    assert newest.result.stdout.startswith("5 xxx") and len(newest.result.stdout) > 400_000
+    assert reported == ids[-len(reported) :] and 1 <= len(reported) < 6
+    data = tmp_path / "data"
+    with contextlib.closing(sqlite3.connect(data / "runs.db")) as db:
+        assert sqlite_bytes_in_use(db) <= cap
+    with contextlib.closing(sqlite3.connect(data / "supervisor.db")) as db:
+        (payloads,) = db.execute(
+            "SELECT total(length(CAST(payload AS BLOB))) FROM results"
+        ).fetchone()
+        assert payloads <= cap
 
 
 async def test_the_embedded_supervisor_keeps_results_within_the_historys_bounds(

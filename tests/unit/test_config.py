@@ -124,6 +124,14 @@ def test_policies_come_from_the_config_file_not_the_environment(variable: str) -
         ),
         ({"CBEXEC_HISTORY_MAX_RUNS": "0"}, "history_max_runs: must be at least 1, got 0"),
         (
+            {"CBEXEC_HISTORY_MAX_BYTES": "1024"},
+            "history_max_bytes: must be at least 1048576 (1 MiB; the value is in bytes), got 1024",
+        ),
+        (
+            {"CBEXEC_HISTORY_MAX_BYTES": "-1"},
+            "history_max_bytes: must be at least 1048576 (1 MiB; the value is in bytes), got -1",
+        ),
+        (
             {"CBEXEC_CALLBACK_LOG_MAX_BYTES": "0"},
             "callback_log_max_bytes: must be at least 1, got 0",
         ),
@@ -135,6 +143,23 @@ def test_a_number_out_of_range_names_only_its_setting(
     with pytest.raises(ConfigError) as caught:
         config.validate(config.from_env(config.Settings(), variables))
     assert str(caught.value) == message
+
+
+def test_history_max_bytes_is_a_gib_by_default_and_taken_from_a_file_or_the_environment(
+    tmp_path: Path,
+) -> None:
+    assert config.Settings().history_max_bytes == 1 << 30
+    toml = tmp_path / "cbexec.toml"
+    toml.write_text("history_max_bytes = 268435456\n")
+    assert config.validate(config.from_toml(config.Settings(), toml)).history_max_bytes == 1 << 28
+    settings = config.from_env(config.Settings(), {"CBEXEC_HISTORY_MAX_BYTES": "1048576"})
+    assert config.validate(settings).history_max_bytes == 1 << 20
+    toml.write_text("history_max_bytes = 0\n")
+    with pytest.raises(ConfigError, match=r"^history_max_bytes: must be at least 1048576"):
+        config.validate(config.from_toml(config.Settings(), toml))
+    toml.write_text('history_max_bytes = "1GiB"\n')
+    with pytest.raises(ConfigError, match="history_max_bytes: expected a whole number"):
+        config.from_toml(config.Settings(), toml)
 
 
 def test_describe_prints_toml_spelling_and_hides_secrets() -> None:

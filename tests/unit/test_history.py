@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Final
 
 import pytest
 
@@ -253,3 +256,141 @@ def test_the_repeated_id_check_sees_what_was_committed_since_it_last_read(
     history.record(invocation("b", job_id=11), result("b"), started_at=1000.0)
     identity = history.identity("b")
     assert identity is not None and identity.job_id == 11
+
+
+# -- the byte bound (history_max_bytes) -------------------------------------------------
+
+MIB = 1 << 20
+
+
+def flood(inv_id: str, size: int) -> RunResult:
+    """A run that printed ``size`` bytes, as a callback flooding its output does."""
+    return dataclasses.replace(result(inv_id), stdout="x" * size)
+
+
+def file_bytes(path: Path) -> int:
+    """runs.db as large as it is (its pages, those in its log included)."""
+    db = sqlite3.connect(path)
+    try:
+        (pages,) = db.execute("PRAGMA page_count").fetchone()
+        (page_size,) = db.execute("PRAGMA page_size").fetchone()
+    finally:
+        db.close()
+    return int(pages * page_size)
+
+
+def kept(history: RunHistory) -> list[str]:
+    return [r.invocation_id for r in history.list_runs(limit=1000)]
+
+
+def test_runs_with_large_outputs_leave_the_history_under_its_bytes_newest_first(
+    tmp_path: Path,
+) -> None:
+    """~40 runs that flooded their output made a 1.2 GB runs.db: max_bytes holds at every commit."""
+    history = RunHistory(
+        tmp_path / "runs.db", retention_days=1e6, max_runs=1000, max_bytes=4 * MIB, clock=Clock(1e6)
+    )
+    for n in range(20):
+        history.record(invocation(f"big{n:02}"), flood(f"big{n:02}", MIB), started_at=float(n))
+        assert history.stored_bytes() <= 4 * MIB
+        assert kept(history)[0] == f"big{n:02}"
+    # The oldest went, as few as needed: 4 MiB holds three runs of 1 MiB and their pages.
+    assert kept(history) == ["big19", "big18", "big17"]
+    newest = history.get("big19")
+    assert newest is not None and newest.result == flood("big19", MIB)
+    # A group of runs, some small, in one commit: the bound holds after it too.
+    history.record_many(
+        [(invocation(f"s{n}"), result(f"s{n}"), 100.0 + n) for n in range(5)]
+        + [(invocation("big20"), flood("big20", 2 * MIB), 200.0)]
+    )
+    assert history.stored_bytes() <= 4 * MIB
+    assert kept(history)[:6] == ["big20", "s4", "s3", "s2", "s1", "s0"]
+    # Room is made before a commit's runs are written: they take the pages freed, so the
+    # file stays near the bound instead of growing by each commit's runs.
+    assert file_bytes(tmp_path / "runs.db") <= 4 * MIB + MIB // 4
+    history.close()
+
+
+def test_the_newest_run_is_kept_even_when_it_alone_is_larger_than_the_bound(
+    tmp_path: Path,
+) -> None:
+    history = RunHistory(
+        tmp_path / "runs.db", retention_days=1e6, max_runs=1000, max_bytes=MIB, clock=Clock(1e6)
+    )
+    history.record(invocation("small"), result("small"), started_at=1.0)
+    history.record(invocation("huge"), flood("huge", 3 * MIB), started_at=2.0)
+    assert kept(history) == ["huge"]
+    assert history.prune() == 0  # pruning again never takes the last run
+    assert kept(history) == ["huge"]
+    history.record(invocation("after"), result("after"), started_at=3.0)
+    assert kept(history) == ["after"]
+    assert history.stored_bytes() <= MIB
+    history.close()
+
+
+OLD_RUNS_TABLE: Final = (  # runs.db as versions before policies and sizes made it
+    "CREATE TABLE runs (invocation_id TEXT PRIMARY KEY, job_id INTEGER NOT NULL,"
+    " callback_id INTEGER NOT NULL, triggers TEXT NOT NULL, language TEXT NOT NULL,"
+    " outcome TEXT NOT NULL, started_at REAL NOT NULL, wall_seconds REAL NOT NULL,"
+    " cpu_seconds REAL NOT NULL, peak_rss_bytes INTEGER NOT NULL,"
+    " queue_seconds REAL NOT NULL, event TEXT, work_name TEXT NOT NULL,"
+    " result TEXT NOT NULL)"
+)
+
+
+def test_a_history_larger_than_the_bound_is_pruned_at_open_and_its_file_stops_growing(
+    tmp_path: Path,
+) -> None:
+    """A runs.db an older version let grow, its runs' sizes unknown, is bounded at the first start."""
+    path = tmp_path / "runs.db"
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute(OLD_RUNS_TABLE)
+        for n in range(12):
+            db.execute(
+                "INSERT INTO runs VALUES (?, 1, 1, 't', 'python', 'SUCCEEDED', ?, 0, 0, 0, 0,"
+                " NULL, '', ?)",
+                (f"r{n:02}", float(n), result_to_json(flood(f"r{n:02}", MIB))),
+            )
+    grown = file_bytes(path)
+    assert grown > 12 * MIB
+
+    history = RunHistory(
+        path, retention_days=1e6, max_runs=1000, max_bytes=5 * MIB, clock=Clock(1e6)
+    )
+    assert history.stored_bytes() <= 5 * MIB
+    assert kept(history) == ["r11", "r10", "r09", "r08"]
+    opened = file_bytes(path)  # the runs and the indexes this version adds
+    assert grown <= opened < grown + 64 * 1024
+    for n in range(12, 40):
+        history.record(invocation(f"r{n:02}"), flood(f"r{n:02}", MIB), started_at=float(n))
+    assert history.stored_bytes() <= 5 * MIB
+    assert kept(history)[0] == "r39"
+    history.close()
+    assert file_bytes(path) == opened  # SQLite does not shrink the file; it stops growing
+
+
+def test_as_few_runs_go_as_bring_the_history_under_its_bytes(tmp_path: Path) -> None:
+    """Many small runs, then large ones: the small ones go first, then only the large ones needed."""
+    history = RunHistory(
+        tmp_path / "runs.db", retention_days=1e6, max_runs=10_000, clock=Clock(1e6)
+    )
+    history.record_many(
+        [(invocation(f"s{n:04}"), result(f"s{n:04}"), float(n)) for n in range(2000)]
+    )
+    history.record_many(
+        [(invocation(f"big{n}"), flood(f"big{n}", MIB), 3000.0 + n) for n in range(8)]
+    )
+    history.close()
+    bounded = RunHistory(
+        tmp_path / "runs.db",
+        retention_days=1e6,
+        max_runs=10_000,
+        max_bytes=6 * MIB,
+        clock=Clock(1e6),
+    )
+    left = kept(bounded)
+    assert not any(name.startswith("s") for name in left)
+    assert left == [f"big{n}" for n in range(7, 7 - len(left), -1)]
+    # One more of them would not have fitted: none went that did not have to.
+    assert bounded.stored_bytes() <= 6 * MIB < bounded.stored_bytes() + MIB
+    bounded.close()

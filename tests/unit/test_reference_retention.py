@@ -1,4 +1,4 @@
-"""The reference supervisor's results are bounded by age and count; the history lines stay."""
+"""The reference supervisor's results are bounded by age, count and bytes; the history lines stay."""
 
 from __future__ import annotations
 
@@ -61,6 +61,57 @@ def test_results_past_their_age_go_at_open_and_while_reports_come(tmp_path: Path
         assert len(ids(sup)) == PRUNE_EVERY
 
 
+def payload_bytes(path: Path) -> int:
+    db = sqlite3.connect(path)
+    try:
+        (total,) = db.execute("SELECT total(length(CAST(payload AS BLOB))) FROM results").fetchone()
+    finally:
+        db.close()
+    return int(total)
+
+
+def test_the_payloads_bytes_hold_at_every_report_with_the_newest_kept(tmp_path: Path) -> None:
+    """Each result holds its run's output: 1,000 of them could take 4 GiB of supervisor.db."""
+    clock = Clock()
+    path = tmp_path / "supervisor.db"
+    with ReferenceSupervisor(path, clock=clock, max_result_bytes=100_000) as sup:
+        (job,) = sup.submit([{"name": "a", "user": "alice"}])
+        for n in range(10):
+            clock.now += 1
+            sup.report_result(f"inv-{n}", job["id"], {"stdout": "x" * 30_000})
+            assert payload_bytes(path) <= 100_000
+        assert ids(sup) == ["inv-7", "inv-8", "inv-9"]
+        # A later run of a kept one replaces it: its bytes, not the first run's, count.
+        clock.now += 1
+        sup.report_result("inv-9", job["id"], {"stdout": "y" * 60_000, "ended_at": 5.0})
+        assert ids(sup) == ["inv-8", "inv-9"]
+        assert payload_bytes(path) <= 100_000
+        # The newest is kept even when it alone is larger; the lines of every run stay.
+        clock.now += 1
+        sup.report_results(
+            [("small", job["id"], {}), ("huge", job["id"], {"stdout": "z" * 200_000})]
+        )
+        assert ids(sup) == ["huge"]
+        assert len(result_lines(sup, job["id"])) == 13
+
+    with ReferenceSupervisor(path, clock=clock, max_result_bytes=100_000) as reopened:
+        assert ids(reopened) == ["huge"]  # counted at open: the next report goes in its place
+        reopened.report_result("next", job["id"], {})
+        assert ids(reopened) == ["next"]
+
+
+def test_a_supervisor_db_past_the_bytes_is_pruned_at_open(tmp_path: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "supervisor.db"
+    with ReferenceSupervisor(path, clock=clock) as unbounded:  # a version without the bound
+        for n in range(10):
+            clock.now += 1
+            unbounded.report_result(f"inv-{n}", 0, {"stdout": "x" * 30_000})
+    with ReferenceSupervisor(path, clock=clock, max_result_bytes=100_000) as sup:
+        assert ids(sup) == ["inv-7", "inv-8", "inv-9"]
+    assert payload_bytes(path) <= 100_000
+
+
 def size_of(path: Path) -> int:
     db = sqlite3.connect(path)
     try:
@@ -95,6 +146,7 @@ def test_a_file_mostly_freed_by_the_first_prune_is_compacted(
     [
         ("max_results", 0, "max_results: expected a count > 0, got 0"),
         ("result_retention_s", -1.0, "result_retention_s: expected seconds > 0, got -1.0"),
+        ("max_result_bytes", 0, "max_result_bytes: expected a size > 0, got 0"),
     ],
 )
 def test_a_bound_that_is_not_positive_is_refused_by_name(
