@@ -29,7 +29,14 @@ import grpc
 
 from executor.api.supervisor import SUPERVISOR_CHANNEL_OPTIONS
 from executor.errors import ConfigError
-from executor.storage import StorageError, StorageHealth, open_database, unusable, writing
+from executor.storage import (
+    LOOP_BUSY_TIMEOUT_S,
+    StorageError,
+    StorageHealth,
+    open_database,
+    unusable,
+    writing,
+)
 from supervisor_client.reference import ReferenceSupervisor, add_reference_supervisor
 from supervisor_client.reference.forwarder import EventForwarder
 
@@ -138,6 +145,9 @@ async def start(
             result_retention_s=history_retention_days * DAY_S,
             max_results=min(history_max_runs, MAX_RESULTS),
             storage_errors=functools.partial(writing, path, health),
+            # Its calls run on the executor's loop: a lock held by another process is
+            # waited for briefly, then answered UNAVAILABLE (``DatabaseLocked``).
+            busy_timeout_s=LOOP_BUSY_TIMEOUT_S,
         )
     except sqlite3.Error as err:  # damage, or the storage under it: the refusal says which
         raise ConfigError(unusable(path, err)) from err

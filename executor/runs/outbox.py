@@ -84,7 +84,15 @@ from executor.sql import (
     is_postgres,
     row_lock,
 )
-from executor.storage import StorageHealth, open_database, opening, reading, writing
+from executor.storage import (
+    LOOP_BUSY_TIMEOUT_S,
+    LOOP_CHECKPOINT_BUSY_TIMEOUT_S,
+    StorageHealth,
+    open_database,
+    opening,
+    reading,
+    writing,
+)
 from executor.visible_text import escaped
 
 logger = logging.getLogger(__name__)
@@ -332,7 +340,9 @@ class Outbox:
                 self._db = self._open_sqlite(self._path)
             self._ddb = self._db
             # The log's checkpoints fsync; in a thread, they stall no answer.
-            self._checkpoints = BackgroundCheckpoints(self._db, path)
+            self._checkpoints = BackgroundCheckpoints(
+                self._db, path, busy_timeout_s=LOOP_CHECKPOINT_BUSY_TIMEOUT_S
+            )
         self._wakeup = asyncio.Event()
         # Messages given to ``commit`` in this turn of the event loop, and their callers.
         self._gathered: list[tuple[_Message, asyncio.Future[None]]] = []
@@ -353,7 +363,9 @@ class Outbox:
 
     @staticmethod
     def _open_sqlite(path: str) -> sqlite3.Connection:
-        db = open_database(path)
+        # Written on the loop (each result's commit, delivery's marks): a lock held by
+        # another process is waited for briefly, then refused as the storage's.
+        db = open_database(path, busy_timeout_s=LOOP_BUSY_TIMEOUT_S)
         db.execute("PRAGMA journal_mode = WAL")
         # WAL + NORMAL: a commit survives the executor's own crash (kill -9); only an OS
         # crash or power loss can drop the last commits. FULL fsyncs every run on the

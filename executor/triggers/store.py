@@ -34,7 +34,14 @@ from typing import Any, Final
 from executor.model import Event
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
 from executor.sql import Db, NoCheckpoints, PgDb, Row, is_postgres, row_lock
-from executor.storage import StorageHealth, open_database, reading, writing
+from executor.storage import (
+    LOOP_BUSY_TIMEOUT_S,
+    LOOP_CHECKPOINT_BUSY_TIMEOUT_S,
+    StorageHealth,
+    open_database,
+    reading,
+    writing,
+)
 from executor.triggers import checks, items, journal, states
 from executor.triggers.evaluate import AtomKey, JobPlace, scope_label
 from executor.triggers.journal import SeenEvent, marks_from_json, marks_to_json
@@ -321,7 +328,9 @@ class TriggerStore:
                 begin=POSTGRES_BEGIN,
             )
             return
-        sqlite = open_database(path)
+        # Written on the loop (registrations, timers, a firing done) and by the group
+        # commit's thread through the one connection, whose lock the loop may wait for.
+        sqlite = open_database(path, busy_timeout_s=LOOP_BUSY_TIMEOUT_S)
         sqlite.row_factory = sqlite3.Row
         sqlite.execute("PRAGMA foreign_keys = ON")
         sqlite.executescript(FULL_SCHEMA)
@@ -330,7 +339,9 @@ class TriggerStore:
         self._migrate(sqlite)
         sqlite.executescript(LABEL_INDEXES)
         # A burst of events commits fast; the log's fsyncing checkpoints go to a thread.
-        self._checkpoints = BackgroundCheckpoints(sqlite, path)
+        self._checkpoints = BackgroundCheckpoints(
+            sqlite, path, busy_timeout_s=LOOP_CHECKPOINT_BUSY_TIMEOUT_S
+        )
         self._snapshots = SnapshotReaders(sqlite_reader(path), begin=SQLITE_BEGIN)
 
     @property

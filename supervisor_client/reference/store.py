@@ -226,6 +226,9 @@ class ReferenceSupervisor:
             full disk, an I/O error) into its own error (the executor's
             ``storage.writing``, UNAVAILABLE naming the file). By default SQLite's errors
             pass as they are.
+        busy_timeout_s: how long a write waits for another connection's lock (SQLite's
+            busy timeout) before it fails with "database is locked"; a process that
+            calls it on its event loop keeps this short.
     """
 
     def __init__(
@@ -241,6 +244,7 @@ class ReferenceSupervisor:
         result_retention_s: float | None = None,
         max_results: int | None = None,
         storage_errors: Callable[[], AbstractContextManager[None]] = nullcontext,
+        busy_timeout_s: float = 5.0,
     ) -> None:
         self._admins = frozenset(admins)
         self._storage_errors = storage_errors
@@ -249,7 +253,7 @@ class ReferenceSupervisor:
         self._outbox_listeners: list[Callable[[], None]] = []
         self._clock = clock
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(path, check_same_thread=False)
+        self._db = sqlite3.connect(path, timeout=busy_timeout_s, check_same_thread=False)
         try:
             self._open(path, action_retention_s, event_outbox, result_retention_s, max_results)
         except BaseException:

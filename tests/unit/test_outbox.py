@@ -12,6 +12,7 @@ import asyncio
 import json
 import random
 import sqlite3
+import time
 from collections import Counter
 from pathlib import Path
 from typing import cast
@@ -19,6 +20,7 @@ from typing import cast
 import pytest
 
 from executor.runs.outbox import Backoff, DeliveryError, Outbox
+from executor.storage import DatabaseLocked, StorageHealth
 from supervisor_client.reference import ReferenceSupervisor
 from tests.helpers.waiting import eventually
 
@@ -158,6 +160,27 @@ async def test_a_failed_shared_commit_fails_each_of_its_callers_and_keeps_none(
         other.execute("DROP TRIGGER refuse")
     await asyncio.gather(*(outbox.commit(f"k{n}", payload(n)) for n in range(3)))
     assert outbox.pending() == 3
+    await outbox.close()
+
+
+async def test_a_commit_meeting_another_processs_lock_is_refused_promptly_as_the_storage(
+    tmp_path: Path, receiver: ReferenceReceiver
+) -> None:
+    # The commit runs on the event loop: SQLite's 5 s busy timeout there stalled every
+    # request, and "database is locked" was an internal error, its result never reported.
+    health = StorageHealth(tmp_path)
+    outbox = Outbox(tmp_path / "outbox.db", receiver, health=health)
+    holder = sqlite3.connect(tmp_path / "outbox.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # a backup tool, an admin's sqlite3
+    started = time.monotonic()
+    with pytest.raises(DatabaseLocked):
+        await outbox.commit("k", payload(1))
+    assert time.monotonic() - started < 1.0
+    assert "outbox.db: database is locked" in health.problem
+    holder.execute("COMMIT")
+    await outbox.commit("k", payload(1))
+    assert outbox.pending() == 1
+    holder.close()
     await outbox.close()
 
 

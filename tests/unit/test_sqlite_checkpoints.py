@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
+from executor.storage import LOOP_BUSY_TIMEOUT_S, LOOP_CHECKPOINT_BUSY_TIMEOUT_S
 
 ROW = b"x" * 3000  # about a page per commit
 
@@ -163,3 +165,39 @@ def test_a_log_held_by_a_reader_is_reported_and_nothing_is_lost(
     checkpoints.close()
     reader.close()
     assert writer.execute("SELECT count(*) FROM t").fetchone()[0] == 100
+
+
+def test_emptying_a_log_never_holds_a_loop_writer_past_its_busy_timeout(
+    database: tuple[sqlite3.Connection, Path],
+) -> None:
+    # The outbox commits on the event loop, waiting LOOP_BUSY_TIMEOUT_S for a lock: longer,
+    # and the storage counts as refusing. The TRUNCATE that empties a log which cannot
+    # restart holds the write lock while it waits for a reader (here one that keeps its
+    # snapshot for a second): it must give up long before the writer would (with SQLite's
+    # 5 s it held the lock that whole second, and the commit failed "database is locked").
+    writer, path = database
+    writer.execute(f"PRAGMA busy_timeout = {int(LOOP_BUSY_TIMEOUT_S * 1000)}")
+    reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM t").fetchone()
+    release = threading.Timer(1.0, reader.execute, ("COMMIT",))
+    release.start()
+    checkpoints = BackgroundCheckpoints(
+        writer,
+        path,
+        every_commits=5,
+        max_log_pages=10,
+        busy_timeout_s=LOOP_CHECKPOINT_BUSY_TIMEOUT_S,
+    )
+    slowest = 0.0
+    until = time.monotonic() + 1.5
+    while time.monotonic() < until:
+        started = time.monotonic()
+        writer.execute("INSERT INTO t (payload) VALUES (?)", (ROW,))  # never "locked"
+        checkpoints.committed()
+        slowest = max(slowest, time.monotonic() - started)
+        time.sleep(0.005)
+    release.join()
+    checkpoints.close()
+    reader.close()
+    assert slowest < LOOP_BUSY_TIMEOUT_S, f"a commit waited {slowest:.3f}s"
