@@ -16,7 +16,8 @@ Two kinds of trouble, two answers:
   never an internal error. ``StorageHealth`` remembers the last such failure, so health
   and metrics show the degraded state, and probes the data directory (and takes the
   lock of each database found locked) until a write works again; then everything
-  resumes by itself.
+  resumes by itself. On a full disk its probe first gives back what the databases' own
+  logs hold needlessly (``sqlite_checkpoints.empty_logs``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Final
 
 from executor.errors import ConfigError, DataLossError, UnavailableError
+from executor.runs.sqlite_checkpoints import empty_logs
 from executor.sql import StoreUnavailable, connect_postgres
 
 logger = logging.getLogger(__name__)
@@ -412,6 +414,8 @@ class StorageHealth:
         self._sound.set()
         # The databases a write found locked (DatabaseLocked) in this degraded spell.
         self._locked: set[str] = set()
+        # The databases whose log the probe could not empty, told once a spell.
+        self._logs_reported: set[Path] = set()
         self._loop: asyncio.AbstractEventLoop | None = None  # probe_forever's
         self.listeners: list[Callable[[str], None]] = []
 
@@ -457,11 +461,40 @@ class StorageHealth:
     def probe(self) -> bool:
         """Whether the storage works again (any thread).
 
-        A small file can be written, synced and removed in the data dir, a fleet's
-        PostgreSQL answers, and the databases found locked can be locked by us.
+        The databases' logs are emptied first where they can be (``empty_logs``: on a
+        full disk, what the executor's own files can give back). Then: a small file can be
+        written, synced and removed in the data dir, a fleet's PostgreSQL answers, and the
+        databases found locked can be locked by us.
         """
         locked = tuple(self._locked)
+        self._empty_logs()
         return not self._data_dir_problem() and self._probe_store() and all(map(_lockable, locked))
+
+    def check(self) -> None:
+        """Start-up's probe (blocks): a data dir that takes no write degrades the state now.
+
+        So an executor started on a full disk says NOT_SERVING and runs nothing from the
+        start, not from the first result it cannot record.
+        """
+        self._empty_logs()
+        problem = self._data_dir_problem()
+        if problem:
+            self.failed(StorageError(self._data_dir, problem))
+
+    def _empty_logs(self) -> None:
+        """Give back the space of the databases' logs, saying once a spell which log cannot be."""
+        paths = [self._data_dir / name for name in _KINDS]
+        for log in empty_logs(paths, busy_timeout_s=LOOP_CHECKPOINT_BUSY_TIMEOUT_S):
+            if log.path not in self._logs_reported:
+                self._logs_reported.add(log.path)
+                logger.warning(
+                    "%s: its log (%s-wal, %.1f MB) cannot be copied into it and emptied: %s; "
+                    "copying it takes up to that much free space",
+                    log.path,
+                    log.path.name,
+                    log.log_bytes / 1e6,
+                    log.error,
+                )
 
     def _probe_store(self) -> bool:
         if not self._store_url:
@@ -504,6 +537,7 @@ class StorageHealth:
             writable = await asyncio.to_thread(self.probe)
             if writable and self._problem:
                 logger.info("storage writable again: %s", self._data_dir)
+                self._logs_reported.clear()
                 self._set("")
 
 

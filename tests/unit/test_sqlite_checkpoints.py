@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
+from executor.runs.sqlite_checkpoints import BackgroundCheckpoints, empty_logs
 from executor.storage import LOOP_BUSY_TIMEOUT_S, LOOP_CHECKPOINT_BUSY_TIMEOUT_S
 
 ROW = b"x" * 3000  # about a page per commit
@@ -165,6 +165,53 @@ def test_a_log_held_by_a_reader_is_reported_and_nothing_is_lost(
     checkpoints.close()
     reader.close()
     assert writer.execute("SELECT count(*) FROM t").fetchone()[0] == 100
+
+
+def test_a_log_grown_past_its_bound_is_checkpointed_before_the_commit_count(
+    database: tuple[sqlite3.Connection, Path],
+) -> None:
+    # Big results: 100 commits of them would fill a small data disk with the log alone.
+    writer, path = database
+    checkpoints = BackgroundCheckpoints(writer, path, every_commits=100, max_log_bytes=1 << 20)
+    big = b"y" * (600 << 10)
+    for _ in range(2):  # the second takes the log past 1 MiB
+        writer.execute("INSERT INTO t (payload) VALUES (?)", (big,))
+        checkpoints.committed()
+    checkpoints.wait()
+    assert path.stat().st_size > 1 << 20, "the log was copied into the database"
+    for _ in range(20):
+        writer.execute("INSERT INTO t (payload) VALUES (?)", (big,))
+        checkpoints.committed()
+        checkpoints.wait()
+    # Twenty more such commits, 12 MB: the log restarted, cut back, again and again.
+    assert log_bytes(path) <= 2 << 20
+    checkpoints.close()
+
+
+def test_empty_logs_gives_back_what_it_can_and_names_what_it_cannot(tmp_path: Path) -> None:
+    paths = [tmp_path / "a.db", tmp_path / "b.db", tmp_path / "none.db"]
+    writers = []
+    for path in paths[:2]:
+        writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        writer.execute("PRAGMA journal_mode = WAL")
+        writer.execute("PRAGMA wal_autocheckpoint = 0")
+        writer.execute("CREATE TABLE t (payload BLOB)")
+        writer.execute("INSERT INTO t VALUES (?)", (b"z" * (1 << 20),))
+        writers.append(writer)
+    holder = sqlite3.connect(paths[1], isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process's lock, on b.db only
+
+    not_emptied = empty_logs(paths, busy_timeout_s=0.05)
+
+    assert log_bytes(paths[0]) == 0
+    assert [(log.path, log.log_bytes > 1 << 20) for log in not_emptied] == [(paths[1], True)]
+    holder.execute("COMMIT")
+    assert empty_logs(paths, busy_timeout_s=0.05) == []
+    assert log_bytes(paths[1]) == 0
+    for writer in writers:
+        assert writer.execute("SELECT length(payload) FROM t").fetchone()[0] == 1 << 20
+        writer.close()
+    holder.close()
 
 
 def test_emptying_a_log_never_holds_a_loop_writer_past_its_busy_timeout(

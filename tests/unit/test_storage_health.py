@@ -103,3 +103,11 @@ def test_a_history_that_meets_a_lock_degrades_nothing(
     with locked(path), pytest.raises(DatabaseLocked), writing(path, health, lock_degrades=False):
         db.execute("INSERT INTO t VALUES (1)")
     assert health.problem == ""
+
+
+def test_a_start_on_a_data_dir_that_takes_no_write_is_degraded_from_the_start(
+    tmp_path: Path,
+) -> None:
+    health = StorageHealth(tmp_path / "gone")  # its probe file cannot be made
+    health.check()
+    assert "No such file or directory" in health.problem
