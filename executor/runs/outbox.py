@@ -87,6 +87,7 @@ from executor.sql import (
 from executor.storage import (
     LOOP_BUSY_TIMEOUT_S,
     LOOP_CHECKPOINT_BUSY_TIMEOUT_S,
+    DatabaseLocked,
     StorageHealth,
     open_database,
     opening,
@@ -673,6 +674,11 @@ class Outbox:
                 if self._health is not None and isinstance(err, StoreUnavailable):
                     # Met here first while no run ends: health says so before a run does.
                     self._health.failed(err)
+                if self._health is not None and isinstance(err, DatabaseLocked):
+                    # Each try would wait for the lock on the loop, stalling every request
+                    # for a while: the probe (a thread) tells when it is gone. (On a full
+                    # disk delivery goes on: only its marks wait, in memory.)
+                    await self._health.sound()
                 delivered = False
             except Exception:  # a database or transport bug: it must not end delivery
                 logger.exception("outbox: delivery failed unexpectedly; retrying")

@@ -216,7 +216,14 @@ async def test_a_locked_trigger_store_answers_unavailable_and_applies_nothing(
                 assert refused.value.code == grpc.StatusCode.UNAVAILABLE
                 assert "triggers.db: database is locked" in refused.value.details
                 assert await _is(channel, NOT_SERVING)
+                with pytest.raises(RetryableError) as not_registered:
+                    await client.register_job({"id": 22, "name": "later"})
+                assert "triggers.db: database is locked" in not_registered.value.details
             assert await eventually(lambda: _is(channel, SERVING), timeout_s=10)
+            listed = await client.list_registered_jobs()
+            assert [job.id for job in listed.jobs] == [21], (
+                "the refused registration applied nothing"
+            )
             # Nothing was applied: the same event, sent again, fires its callback once.
             reply = await client.publish_event(**event, work_name="1", event_id="w1")
             assert not reply.duplicate
