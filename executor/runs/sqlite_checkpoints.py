@@ -42,6 +42,8 @@ from typing import Final, NamedTuple
 
 logger = logging.getLogger(__name__)
 
+SQLITE_BUSY: Final = 5  # another connection holds the lock a checkpoint needs
+
 # PASSIVE passes per checkpoint: the first copies the bulk, the next ones the few frames
 # committed meanwhile (about a millisecond), the last finds nothing new (microseconds).
 CATCH_UP_ROUNDS: Final = 4
@@ -167,7 +169,8 @@ def empty_logs(paths: Iterable[Path], *, busy_timeout_s: float) -> list[LogNotEm
     without taking any space, and a log copied frees about as much as its copy took,
     often more (frames of the same page, a restart's leftovers), leaving room for the
     next, larger one. A log that cannot be copied (the database cannot grow into a full
-    disk; another process holds a lock) is left as it was, and returned. Any thread:
+    disk, an I/O error) is left as it was, and returned; one another connection holds
+    (a lock, a reader) is left for the next call, unsaid (its writes say so). Any thread:
     each database gets a connection of its own for the call; ``busy_timeout_s`` bounds
     how long it holds the write lock waiting for readers.
     """
@@ -186,12 +189,10 @@ def empty_logs(paths: Iterable[Path], *, busy_timeout_s: float) -> list[LogNotEm
                 path.absolute().as_uri() + "?mode=rw", uri=True, timeout=busy_timeout_s
             )
             try:
-                busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             finally:
                 db.close()
         except sqlite3.Error as err:
-            not_emptied.append(LogNotEmptied(path, size, str(err)))
-            continue
-        if busy:
-            not_emptied.append(LogNotEmptied(path, size, "another connection held it"))
+            if getattr(err, "sqlite_errorcode", 0) & 0xFF != SQLITE_BUSY:
+                not_emptied.append(LogNotEmptied(path, size, str(err)))
     return not_emptied

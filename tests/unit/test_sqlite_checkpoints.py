@@ -188,7 +188,7 @@ def test_a_log_grown_past_its_bound_is_checkpointed_before_the_commit_count(
     checkpoints.close()
 
 
-def test_empty_logs_gives_back_what_it_can_and_names_what_it_cannot(tmp_path: Path) -> None:
+def test_empty_logs_gives_back_what_it_can_and_leaves_a_locked_one(tmp_path: Path) -> None:
     paths = [tmp_path / "a.db", tmp_path / "b.db", tmp_path / "none.db"]
     writers = []
     for path in paths[:2]:
@@ -204,7 +204,8 @@ def test_empty_logs_gives_back_what_it_can_and_names_what_it_cannot(tmp_path: Pa
     not_emptied = empty_logs(paths, busy_timeout_s=0.05)
 
     assert log_bytes(paths[0]) == 0
-    assert [(log.path, log.log_bytes > 1 << 20) for log in not_emptied] == [(paths[1], True)]
+    assert not_emptied == [], "a lock is no lack of space: its writes say so"
+    assert log_bytes(paths[1]) > 1 << 20
     holder.execute("COMMIT")
     assert empty_logs(paths, busy_timeout_s=0.05) == []
     assert log_bytes(paths[1]) == 0
