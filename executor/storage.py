@@ -96,6 +96,15 @@ LOOP_BUSY_TIMEOUT_S: Final = 0.25
 LOOP_CHECKPOINT_BUSY_TIMEOUT_S: Final = 0.05
 
 
+def wait_briefly_for_locks(db: sqlite3.Connection) -> None:
+    """From now on, ``db``'s writes wait ``LOOP_BUSY_TIMEOUT_S`` for another's lock.
+
+    Called once a connection the event loop writes through is open: start-up's opening
+    (its checks, its schema) waits SQLite's usual 5 s, as the loop serves nothing yet.
+    """
+    db.execute(f"PRAGMA busy_timeout = {int(LOOP_BUSY_TIMEOUT_S * 1000)}")
+
+
 def is_busy(err: sqlite3.Error) -> bool:
     """Whether an SQLite error is "database is locked": the same write may work later."""
     code = getattr(err, "sqlite_errorcode", None)
@@ -138,22 +147,18 @@ _KINDS: Final = {
 }
 
 
-def open_database(
-    path: Path | str, *, busy_timeout_s: float = BUSY_TIMEOUT_S
-) -> sqlite3.Connection:
+def open_database(path: Path | str) -> sqlite3.Connection:
     """An autocommit connection to ``path`` (created when missing), checked to be a database.
 
     Raises ConfigError naming the file when it exists but is not a sound SQLite database
     (``_file_problem``, then SQLite's ``quick_check``) or is another of the executor's
     databases (``_check_kind``); the file is left exactly as it was. A database of the
     right kind is marked as such when it is not yet (new, or from an earlier version).
-    ``busy_timeout_s``: how long its writes wait for another connection's lock
-    (``LOOP_BUSY_TIMEOUT_S`` for a connection the event loop writes through).
     """
     _file_problem(Path(path))
     try:
         db = sqlite3.connect(
-            str(path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
         )
     except sqlite3.Error as err:
         raise ConfigError(f"{path}: cannot open the database: {err}") from err

@@ -85,13 +85,13 @@ from executor.sql import (
     row_lock,
 )
 from executor.storage import (
-    LOOP_BUSY_TIMEOUT_S,
     LOOP_CHECKPOINT_BUSY_TIMEOUT_S,
     DatabaseLocked,
     StorageHealth,
     open_database,
     opening,
     reading,
+    wait_briefly_for_locks,
     writing,
 )
 from executor.visible_text import escaped
@@ -364,9 +364,7 @@ class Outbox:
 
     @staticmethod
     def _open_sqlite(path: str) -> sqlite3.Connection:
-        # Written on the loop (each result's commit, delivery's marks): a lock held by
-        # another process is waited for briefly, then refused as the storage's.
-        db = open_database(path, busy_timeout_s=LOOP_BUSY_TIMEOUT_S)
+        db = open_database(path)
         db.execute("PRAGMA journal_mode = WAL")
         # WAL + NORMAL: a commit survives the executor's own crash (kill -9); only an OS
         # crash or power loss can drop the last commits. FULL fsyncs every run on the
@@ -377,6 +375,9 @@ class Outbox:
         for column, definition in _ADDED_COLUMNS:
             if column not in columns:  # an outbox.db from before the column
                 db.execute(f"ALTER TABLE outbox ADD COLUMN {column} {definition}")
+        # Written on the loop (each result's commit, delivery's marks): a lock held by
+        # another process is waited for briefly, then refused as the storage's.
+        wait_briefly_for_locks(db)
         return db
 
     @property

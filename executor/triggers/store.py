@@ -35,11 +35,11 @@ from executor.model import Event
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
 from executor.sql import Db, NoCheckpoints, PgDb, Row, is_postgres, row_lock
 from executor.storage import (
-    LOOP_BUSY_TIMEOUT_S,
     LOOP_CHECKPOINT_BUSY_TIMEOUT_S,
     StorageHealth,
     open_database,
     reading,
+    wait_briefly_for_locks,
     writing,
 )
 from executor.triggers import checks, items, journal, states
@@ -328,9 +328,7 @@ class TriggerStore:
                 begin=POSTGRES_BEGIN,
             )
             return
-        # Written on the loop (registrations, timers, a firing done) and by the group
-        # commit's thread through the one connection, whose lock the loop may wait for.
-        sqlite = open_database(path, busy_timeout_s=LOOP_BUSY_TIMEOUT_S)
+        sqlite = open_database(path)
         sqlite.row_factory = sqlite3.Row
         sqlite.execute("PRAGMA foreign_keys = ON")
         sqlite.executescript(FULL_SCHEMA)
@@ -338,6 +336,11 @@ class TriggerStore:
         self._outside_lock = self._lock
         self._migrate(sqlite)
         sqlite.executescript(LABEL_INDEXES)
+        # Written through the one connection by the loop (timers, a firing done) and by
+        # worker threads (events, registrations), each holding its lock, which the loop
+        # may wait for: a lock held by another process is waited for briefly, then
+        # refused as the storage's.
+        wait_briefly_for_locks(sqlite)
         # A burst of events commits fast; the log's fsyncing checkpoints go to a thread.
         self._checkpoints = BackgroundCheckpoints(
             sqlite, path, busy_timeout_s=LOOP_CHECKPOINT_BUSY_TIMEOUT_S

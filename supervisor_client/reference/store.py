@@ -226,9 +226,9 @@ class ReferenceSupervisor:
             full disk, an I/O error) into its own error (the executor's
             ``storage.writing``, UNAVAILABLE naming the file). By default SQLite's errors
             pass as they are.
-        busy_timeout_s: how long a write waits for another connection's lock (SQLite's
-            busy timeout) before it fails with "database is locked"; a process that
-            calls it on its event loop keeps this short.
+        busy_timeout_s: after the open (which waits SQLite's usual 5 s), how long a
+            write waits for another connection's lock before it fails with "database is
+            locked"; a process that calls it on its event loop keeps this short.
     """
 
     def __init__(
@@ -253,9 +253,10 @@ class ReferenceSupervisor:
         self._outbox_listeners: list[Callable[[], None]] = []
         self._clock = clock
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(path, timeout=busy_timeout_s, check_same_thread=False)
+        self._db = sqlite3.connect(path, timeout=5.0, check_same_thread=False)
         try:
             self._open(path, action_retention_s, event_outbox, result_retention_s, max_results)
+            self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
         except BaseException:
             self._db.close()
             raise
