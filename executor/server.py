@@ -168,6 +168,9 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             claim_holds=trigger_store.claim_holds if trigger_store.fleet else None,
         )
         stack.push_async_callback(recorder.close)
+        # Every database is open (and checked): their logs may give space back now, and a
+        # data dir that takes no write is known before the first run, not by its result.
+        storage_health.check()
 
         spawner = _spawner(settings, options)
         stack.push_async_callback(spawner.close)

@@ -10,11 +10,14 @@ Two kinds of trouble, two answers:
   the way says which it is (``unusable``): only damage SQLite reports is called damage,
   never a read-only filesystem, an I/O error or a lock, whose file is sound.
 - A write that fails for a reason outside the executor (the disk is full, an I/O error,
-  the file became read-only) is a ``StorageError``: an ``UnavailableError`` naming the
-  file and the cause, which the caller gets instead of a success without a durable
-  record (``writing``). ``StorageHealth`` remembers the last such failure, so health and
-  metrics show the degraded state, and probes the data directory until a write works
-  again; then everything resumes by itself.
+  the file became read-only, another process holds the database locked past the busy
+  timeout) is a ``StorageError``: an ``UnavailableError`` naming the file and the cause,
+  which the caller gets instead of a success without a durable record (``writing``),
+  never an internal error. ``StorageHealth`` remembers the last such failure, so health
+  and metrics show the degraded state, and probes the data directory (and takes the
+  lock of each database found locked) until a write works again; then everything
+  resumes by itself. On a full disk its probe first gives back what the databases' own
+  logs hold needlessly (``sqlite_checkpoints.empty_logs``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Final
 
 from executor.errors import ConfigError, DataLossError, UnavailableError
+from executor.runs.sqlite_checkpoints import empty_logs
 from executor.sql import StoreUnavailable, connect_postgres
 
 logger = logging.getLogger(__name__)
@@ -49,6 +53,8 @@ _STORAGE_CODES: Final = frozenset(
 # How often a degraded executor tries the data directory again.
 PROBE_INTERVAL_S: Final = 1.0
 PROBE_BYTES: Final = 64 << 10
+# How long the probe (a thread of its own) waits for a locked database's write lock.
+LOCK_PROBE_TIMEOUT_S: Final = 0.1
 
 
 class StorageError(UnavailableError):
@@ -60,14 +66,58 @@ class StorageError(UnavailableError):
         self.cause = cause
 
 
+class DatabaseLocked(StorageError):
+    """A database write met another connection's lock, held past the busy timeout.
+
+    Another process (a backup, an admin's ``sqlite3``) holds the database's write lock:
+    the write may work once it lets go, and the probe tells when (``StorageHealth``).
+    """
+
+    def __init__(self, path: Path | str, cause: str) -> None:
+        super().__init__(path, f"{cause} (another process holds its write lock)")
+
+
 # SQLITE_BUSY and SQLITE_LOCKED: another connection held the lock past the busy timeout.
 _BUSY_CODES: Final = frozenset({5, 6})
+SQLITE_BUSY: Final = 5
+
+# How long a connection waits for another's write lock before its write fails. On a
+# worker thread (the history's bookkeeping, the checkpoints), SQLite's usual 5 s: nothing
+# waits for it but that thread.
+BUSY_TIMEOUT_S: Final = 5.0
+# On the event loop (the outbox's commit before an answer, the trigger store's and the
+# embedded supervisor's transactions) the wait stalls every request in flight. Those
+# databases have one writing connection each; the only other writer of ours is the
+# checkpoint thread's TRUNCATE (a log that could not restart), which holds the lock for
+# a copy of the last few frames and an fsync, and for at most two waits of
+# ``LOOP_CHECKPOINT_BUSY_TIMEOUT_S`` for readers: well under this. A lock held longer is
+# someone else's: the storage refuses the write, as a full disk does.
+LOOP_BUSY_TIMEOUT_S: Final = 0.25
+LOOP_CHECKPOINT_BUSY_TIMEOUT_S: Final = 0.05
+
+
+def wait_briefly_for_locks(db: sqlite3.Connection) -> None:
+    """From now on, ``db``'s writes wait ``LOOP_BUSY_TIMEOUT_S`` for another's lock.
+
+    Called once a connection the event loop writes through is open: start-up's opening
+    (its checks, its schema) waits SQLite's usual 5 s, as the loop serves nothing yet.
+    """
+    db.execute(f"PRAGMA busy_timeout = {int(LOOP_BUSY_TIMEOUT_S * 1000)}")
 
 
 def is_busy(err: sqlite3.Error) -> bool:
     """Whether an SQLite error is "database is locked": the same write may work later."""
     code = getattr(err, "sqlite_errorcode", None)
     return code is not None and code & 0xFF in _BUSY_CODES
+
+
+def is_locked(err: sqlite3.Error) -> bool:
+    """Whether an SQLite error is SQLITE_BUSY: another connection held the lock past the timeout.
+
+    Not SQLITE_LOCKED, a conflict inside one connection: that is a bug of ours.
+    """
+    code = getattr(err, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == SQLITE_BUSY
 
 
 def is_storage_failure(err: sqlite3.Error) -> bool:
@@ -107,7 +157,9 @@ def open_database(path: Path | str) -> sqlite3.Connection:
     """
     _file_problem(Path(path))
     try:
-        db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(
+            str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
     except sqlite3.Error as err:
         raise ConfigError(f"{path}: cannot open the database: {err}") from err
     try:
@@ -352,7 +404,8 @@ class StorageHealth:
 
     ``failed`` is called by whoever met a ``StorageError``; ``listeners`` hear every change
     (the gRPC health service). While degraded, ``probe_forever`` writes a small file in
-    the data directory every second; once that works the state clears.
+    the data directory every second, and takes and lets go the write lock of each database
+    found locked; once that works the state clears.
     """
 
     def __init__(self, data_dir: Path, store_url: str = "") -> None:
@@ -362,6 +415,12 @@ class StorageHealth:
         self._store_url = store_url
         self._problem = ""
         self._degraded = asyncio.Event()
+        self._sound = asyncio.Event()
+        self._sound.set()
+        # The databases a write found locked (DatabaseLocked) in this degraded spell.
+        self._locked: set[str] = set()
+        # The databases whose log the probe could not empty, told once a spell.
+        self._logs_reported: set[Path] = set()
         self._loop: asyncio.AbstractEventLoop | None = None  # probe_forever's
         self.listeners: list[Callable[[str], None]] = []
 
@@ -374,32 +433,73 @@ class StorageHealth:
         """Note a storage failure (logged once per degraded spell)."""
         if not self._problem:
             logger.error("storage degraded: %s", error)
+        locked = error.path if isinstance(error, DatabaseLocked) else ""
         loop = self._loop
         if loop is not None and not loop.is_closed() and _running_loop() is not loop:
             # Met on a worker thread (the trigger engine's transactions, the outbox's
             # delivery): the event and the listeners belong to the loop.
-            loop.call_soon_threadsafe(self._set, str(error))
+            loop.call_soon_threadsafe(self._set, str(error), locked)
             return
-        self._set(str(error))
+        self._set(str(error), locked)
 
-    def _set(self, problem: str) -> None:
+    async def sound(self) -> None:
+        """Until no storage failure is known (at once when none is)."""
+        while self._problem:
+            await self._sound.wait()
+
+    def _set(self, problem: str, locked: str = "") -> None:
+        if locked:
+            self._locked.add(locked)
         if problem == self._problem:
             return
         self._problem = problem
         if problem:
             self._degraded.set()
+            self._sound.clear()
         else:
+            self._locked.clear()
             self._degraded.clear()
+            self._sound.set()
         for listener in self.listeners:
             listener(problem)
 
     def probe(self) -> bool:
         """Whether the storage works again (any thread).
 
-        A small file can be written, synced and removed in the data dir, and a fleet's
-        PostgreSQL answers.
+        The databases' logs are emptied first where they can be (``empty_logs``: on a
+        full disk, what the executor's own files can give back). Then: a small file can be
+        written, synced and removed in the data dir, a fleet's PostgreSQL answers, and the
+        databases found locked can be locked by us.
         """
-        return self._probe_data_dir() and self._probe_store()
+        locked = tuple(self._locked)
+        self._empty_logs()
+        return not self._data_dir_problem() and self._probe_store() and all(map(_lockable, locked))
+
+    def check(self) -> None:
+        """Start-up's probe (blocks): a data dir that takes no write degrades the state now.
+
+        So an executor started on a full disk says NOT_SERVING and runs nothing from the
+        start, not from the first result it cannot record.
+        """
+        self._empty_logs()
+        problem = self._data_dir_problem()
+        if problem:
+            self.failed(StorageError(self._data_dir, problem))
+
+    def _empty_logs(self) -> None:
+        """Give back the space of the databases' logs, saying once a spell which log cannot be."""
+        paths = [self._data_dir / name for name in _KINDS]
+        for log in empty_logs(paths, busy_timeout_s=LOOP_CHECKPOINT_BUSY_TIMEOUT_S):
+            if log.path not in self._logs_reported:
+                self._logs_reported.add(log.path)
+                logger.warning(
+                    "%s: its log (%s-wal, %.1f MB) cannot be copied into it and emptied: %s; "
+                    "copying it takes up to that much free space",
+                    log.path,
+                    log.path.name,
+                    log.log_bytes / 1e6,
+                    log.error,
+                )
 
     def _probe_store(self) -> bool:
         if not self._store_url:
@@ -416,7 +516,8 @@ class StorageHealth:
             db.close()
         return True
 
-    def _probe_data_dir(self) -> bool:
+    def _data_dir_problem(self) -> str:
+        """Why a small file cannot be written, synced and removed in the data dir; "" if it can."""
         path = self._data_dir / ".storage-probe"
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -425,12 +526,12 @@ class StorageHealth:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        except OSError:
-            return False
+        except OSError as err:
+            return err.strerror or str(err)
         finally:
             with contextlib.suppress(OSError):
                 path.unlink()
-        return True
+        return ""
 
     async def probe_forever(self) -> None:
         """While degraded, probe every PROBE_INTERVAL_S and clear the state once a write works."""
@@ -441,7 +542,29 @@ class StorageHealth:
             writable = await asyncio.to_thread(self.probe)
             if writable and self._problem:
                 logger.info("storage writable again: %s", self._data_dir)
+                self._logs_reported.clear()
                 self._set("")
+
+
+def _lockable(path: str) -> bool:
+    """Whether the write lock of the database at ``path`` is free: taken and let go at once."""
+    try:
+        db = sqlite3.connect(
+            Path(path).absolute().as_uri() + "?mode=rw",
+            uri=True,
+            timeout=LOCK_PROBE_TIMEOUT_S,
+            isolation_level=None,
+        )
+    except sqlite3.Error:
+        return False
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ROLLBACK")
+    except sqlite3.Error:
+        return False
+    finally:
+        db.close()
+    return True
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -452,14 +575,27 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 
 
 @contextlib.contextmanager
-def writing(path: Path | str, health: StorageHealth | None = None) -> Iterator[None]:
-    """Turn a storage failure inside the block into a StorageError naming ``path``."""
+def writing(
+    path: Path | str, health: StorageHealth | None = None, *, lock_degrades: bool = True
+) -> Iterator[None]:
+    """Turn a storage failure inside the block into a StorageError naming ``path``.
+
+    A lock held past the busy timeout is one too (``DatabaseLocked``). ``lock_degrades``
+    False: ``health`` does not hear of it (the history's, whose runs wait in memory while
+    their results are recorded in the outbox: nothing is lost, so nothing need stop).
+    """
     try:
         yield
     except sqlite3.Error as err:
-        if not is_storage_failure(err):
+        error: StorageError
+        if is_locked(err):
+            error = DatabaseLocked(path, str(err))
+            if not lock_degrades:
+                raise error from err
+        elif is_storage_failure(err):
+            error = StorageError(path, str(err))
+        else:
             raise
-        error = StorageError(path, str(err))
         if health is not None:
             health.failed(error)
         raise error from err

@@ -79,6 +79,8 @@ class Edge:
             loop.call_soon_threadsafe(on_loop, problem)
 
         storage.listeners.append(changed)
+        if storage.problem:  # met before now (start-up on a full disk)
+            on_loop(storage.problem)
 
     async def stop_serving(self) -> None:
         """NOT_SERVING from now on, whatever the storage does (the start of a stop).

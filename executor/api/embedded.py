@@ -34,7 +34,14 @@ import grpc
 
 from executor.api.supervisor import SUPERVISOR_CHANNEL_OPTIONS
 from executor.errors import ConfigError
-from executor.storage import StorageError, StorageHealth, open_database, unusable, writing
+from executor.storage import (
+    LOOP_BUSY_TIMEOUT_S,
+    StorageError,
+    StorageHealth,
+    open_database,
+    unusable,
+    writing,
+)
 from supervisor_client.reference import ReferenceSupervisor, add_reference_supervisor
 from supervisor_client.reference.forwarder import EventForwarder
 
@@ -145,6 +152,9 @@ async def start(
             max_results=min(history_max_runs, MAX_RESULTS),
             max_result_bytes=max(history_max_bytes, max_message_bytes),
             storage_errors=functools.partial(writing, path, health),
+            # Its calls run on the executor's loop: a lock held by another process is
+            # waited for briefly, then answered UNAVAILABLE (``DatabaseLocked``).
+            busy_timeout_s=LOOP_BUSY_TIMEOUT_S,
         )
     except sqlite3.Error as err:  # damage, or the storage under it: the refusal says which
         raise ConfigError(unusable(path, err)) from err

@@ -426,7 +426,9 @@ class RunHistory:
     def record_many(self, runs: Sequence[tuple[Invocation, RunResult, float]]) -> None:
         """Store finished runs in one transaction: one commit for all (group commit)."""
         with self._lock:
-            with writing(self._path, self._health):
+            # A lock held by another process: the runs wait in the bookkeeping thread (their
+            # results are in the outbox), and nothing else need stop for it.
+            with writing(self._path, self._health, lock_degrades=False):
                 if isinstance(self._db, PgDb):
                     added = self._insert_in_one_statement(runs)
                 else:

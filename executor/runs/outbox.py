@@ -84,7 +84,16 @@ from executor.sql import (
     is_postgres,
     row_lock,
 )
-from executor.storage import StorageHealth, open_database, opening, reading, writing
+from executor.storage import (
+    LOOP_CHECKPOINT_BUSY_TIMEOUT_S,
+    DatabaseLocked,
+    StorageHealth,
+    open_database,
+    opening,
+    reading,
+    wait_briefly_for_locks,
+    writing,
+)
 from executor.visible_text import escaped
 
 logger = logging.getLogger(__name__)
@@ -332,7 +341,9 @@ class Outbox:
                 self._db = self._open_sqlite(self._path)
             self._ddb = self._db
             # The log's checkpoints fsync; in a thread, they stall no answer.
-            self._checkpoints = BackgroundCheckpoints(self._db, path)
+            self._checkpoints = BackgroundCheckpoints(
+                self._db, path, busy_timeout_s=LOOP_CHECKPOINT_BUSY_TIMEOUT_S
+            )
         self._wakeup = asyncio.Event()
         # Messages given to ``commit`` in this turn of the event loop, and their callers.
         self._gathered: list[tuple[_Message, asyncio.Future[None]]] = []
@@ -364,6 +375,9 @@ class Outbox:
         for column, definition in _ADDED_COLUMNS:
             if column not in columns:  # an outbox.db from before the column
                 db.execute(f"ALTER TABLE outbox ADD COLUMN {column} {definition}")
+        # Written on the loop (each result's commit, delivery's marks): a lock held by
+        # another process is waited for briefly, then refused as the storage's.
+        wait_briefly_for_locks(db)
         return db
 
     @property
@@ -661,6 +675,11 @@ class Outbox:
                 if self._health is not None and isinstance(err, StoreUnavailable):
                     # Met here first while no run ends: health says so before a run does.
                     self._health.failed(err)
+                if self._health is not None and isinstance(err, DatabaseLocked):
+                    # Each try would wait for the lock on the loop, stalling every request
+                    # for a while: the probe (a thread) tells when it is gone. (On a full
+                    # disk delivery goes on: only its marks wait, in memory.)
+                    await self._health.sound()
                 delivered = False
             except Exception:  # a database or transport bug: it must not end delivery
                 logger.exception("outbox: delivery failed unexpectedly; retrying")

@@ -15,7 +15,6 @@ and skipped, and never costs the caller its answer or the other sinks their entr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -65,6 +64,7 @@ class Recorder:
         clock: Callable[[], float] = time.time,
         fired_wait_s: float | None = None,
         claim_holds: Callable[[str, int], bool] | None = None,
+        health: StorageHealth | None = None,
     ) -> None:
         if outbox is not None and encode_report is None:
             raise ValueError("an outbox needs encode_report")
@@ -76,6 +76,7 @@ class Recorder:
         self._clock = clock
         self._fired_wait_s = fired_wait_s
         self._claim_holds = claim_holds
+        self._health = health
         # Set at the start of a stop: no result waits for the storage any more.
         self._stopping = asyncio.Event()
         # Results of Execute runs whose callers were told the storage refused them,
@@ -136,6 +137,7 @@ class Recorder:
             encode_report=encode_report,
             fired_wait_s=FIRED_RESULT_WAIT_S if settings.store else None,
             claim_holds=claim_holds,
+            health=health,
         )
 
     def on_result(self, invocation: Invocation, result: RunResult) -> Awaitable[object] | None:
@@ -171,6 +173,7 @@ class Recorder:
                     notes=notes,
                     wait_s=self._fired_wait_s,
                     stopping=self._stopping,
+                    health=self._health,
                 )
         self._writer.submit(
             invocation, result, ended_at=now, started_at=now - result.usage.wall_seconds
@@ -209,6 +212,7 @@ class Recorder:
                 wait_s=self._fired_wait_s,
                 stopping=self._stopping,
                 claim=claim,
+                health=self._health,
             )
         finally:
             self._writer.submit(
@@ -269,6 +273,7 @@ class Recorder:
                     notes=notes,
                     wait_s=None,
                     stopping=self._stopping,
+                    health=self._health,
                 )
             )
             self._owed.add(owed)
@@ -294,11 +299,15 @@ class Recorder:
         wait_s: float | None,
         stopping: asyncio.Event | None = None,
         claim: Callable[[], bool] | None = None,
+        health: StorageHealth | None = None,
     ) -> bool:
         """Commit the result; an unavailable storage is retried for up to ``wait_s`` (None: ever).
 
         Never once ``stopping`` is set (``stop_waiting``): the run then counts as not
         recorded, and a fired one runs again at the next start, as after a crash.
+        A try follows a backoff, and then the storage's ``health``: while it is degraded,
+        its probe (a thread) finds when the storage takes writes again, and a try before
+        that would only wait for a lock on the loop, or fail again.
         With a ``claim``, it is checked before each try: False, and nothing committed,
         once it no longer holds. No ``outbox``: the claim alone is checked.
         """
@@ -322,16 +331,14 @@ class Recorder:
                     )
                     raise
                 logger.warning(
-                    "result of %s not recorded yet (%s); retrying in %.2fs",
+                    "result of %s not recorded yet (%s); retrying in %.2fs, once the storage is sound",
                     invocation_id,
                     err,
                     delay,
                 )
             else:
                 return True
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await stopping.wait()
+            await _until_retry(delay, health, stopping, give_up_at)
             delay = min(delay * 2, 4.0)
 
     def stop_waiting(self) -> None:
@@ -360,3 +367,27 @@ class Recorder:
             await self.outbox.close()
         self._writer.close()
         self.history.close()
+
+
+async def _until_retry(
+    delay: float, health: StorageHealth | None, stopping: asyncio.Event, give_up_at: float | None
+) -> None:
+    """Wait ``delay``, then until ``health`` is sound; a stop, or ``give_up_at``, ends it."""
+
+    async def ready() -> None:
+        await asyncio.sleep(delay)
+        if health is not None:
+            await health.sound()
+
+    loop = asyncio.get_running_loop()
+    waits = [asyncio.ensure_future(ready()), asyncio.ensure_future(stopping.wait())]
+    try:
+        await asyncio.wait(
+            waits,
+            timeout=None if give_up_at is None else max(0.0, give_up_at - loop.time()),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    finally:
+        for wait in waits:
+            wait.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)

@@ -9,32 +9,40 @@ answer and the history's commit after one each took 17-19 ms, and those stalls w
 the p99 of a trivial callback.
 
 So a connection handed to ``BackgroundCheckpoints`` never checkpoints itself. After
-every ``every_commits`` commits, a thread of ours checkpoints the log on a connection
-of its own. The checkpoint is PASSIVE: it neither waits for the writer nor blocks it.
+every ``every_commits`` commits, or a commit that took the log past ``max_log_bytes``
+(big results: at 40 KB of output a run, 100 runs wrote a 15 MB log, and filled a small
+data disk with a log never checkpointed), a thread of ours checkpoints the log on a
+connection of its own. The checkpoint is PASSIVE: it neither waits for the writer nor blocks it.
 The log restarts (SQLite's own way to reuse it) only when a commit begins while
 everything in it is copied, and a busy writer commits while the bulk is being copied.
 So the checkpoint repeats until a pass finds nothing new: a pass reports the log as it
 stood when the pass began, so only two passes seeing the same log prove that nothing
 was written in between. A writer that never pauses could still keep the log from
 restarting; once the log passes ``max_log_pages``, one TRUNCATE checkpoint empties it,
-holding the writer back for that one copy.
+holding the writer back for that one copy, and for at most ``busy_timeout_s`` of
+waiting for readers (the outbox's writes on the event loop wait for it: keep it short).
 
 A restarted log is reused from its start but keeps its size: one burst of big results
 (16 MiB outputs) left a 130 MB log beside an 11 MB history for good. So the writer's
 log is cut back to ``max_log_bytes`` whenever it restarts (SQLite's
-``journal_size_limit``).
+``journal_size_limit``); a log file larger than that has grown since it last restarted,
+which is what starts a checkpoint by size.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 logger = logging.getLogger(__name__)
+
+SQLITE_BUSY: Final = 5  # another connection holds the lock a checkpoint needs
 
 # PASSIVE passes per checkpoint: the first copies the bulk, the next ones the few frames
 # committed meanwhile (about a millisecond), the last finds nothing new (microseconds).
@@ -55,12 +63,14 @@ class BackgroundCheckpoints:
         *,
         every_commits: int = 100,
         max_log_pages: int = 10_000,
-        max_log_bytes: int = 64 << 20,
+        max_log_bytes: int = 4 << 20,
         busy_timeout_s: float = 5.0,
     ) -> None:
         writer.execute("PRAGMA wal_autocheckpoint = 0")
         writer.execute(f"PRAGMA journal_size_limit = {int(max_log_bytes)}")
         self._path = str(path)
+        self._log_path = f"{path}-wal"
+        self._max_log_bytes = max_log_bytes
         self._every = every_commits
         self._max_log_pages = max_log_pages
         self._busy_timeout_s = busy_timeout_s
@@ -72,15 +82,26 @@ class BackgroundCheckpoints:
         self._closed = False
 
     def committed(self) -> None:
-        """Count one commit; start a checkpoint when enough have gone by and none is running."""
+        """Count one commit; maybe start a checkpoint.
+
+        One starts when none is running and ``every_commits`` commits have gone by, or the
+        log has grown past ``max_log_bytes``.
+        """
         with self._lock:
             self._since += 1
-            if self._since < self._every or (
-                self._running is not None and not self._running.done()
-            ):
+            if self._running is not None and not self._running.done():
+                return
+            if self._since < self._every and self._log_bytes() <= self._max_log_bytes:
                 return
             self._since = 0
             self._running = self._thread.submit(self._checkpoint)
+
+    def _log_bytes(self) -> int:
+        """The log file's size (a stat: about a microsecond)."""
+        try:
+            return os.stat(self._log_path).st_size
+        except OSError:
+            return 0
 
     def wait(self) -> None:
         """Until the checkpoint started last (if any) has finished."""
@@ -109,7 +130,7 @@ class BackgroundCheckpoints:
                 if busy:
                     logger.warning(
                         "%s: the write-ahead log has %d pages and could not be "
-                        "emptied (a reader held it); it will be tried again",
+                        "emptied (another connection held it); it will be tried again",
                         self._path,
                         log,
                     )
@@ -130,3 +151,48 @@ class BackgroundCheckpoints:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+class LogNotEmptied(NamedTuple):
+    """A database whose log a TRUNCATE checkpoint could not empty, and why."""
+
+    path: Path
+    log_bytes: int
+    error: str
+
+
+def empty_logs(paths: Iterable[Path], *, busy_timeout_s: float) -> list[LogNotEmptied]:
+    """Copy each database's log into it and empty the log (TRUNCATE), the smallest log first.
+
+    What a full disk can get back from the executor's own files: a log whose frames are
+    all copied already (its file keeps its size until the log restarts) is emptied
+    without taking any space, and a log copied frees about as much as its copy took,
+    often more (frames of the same page, a restart's leftovers), leaving room for the
+    next, larger one. A log that cannot be copied (the database cannot grow into a full
+    disk, an I/O error) is left as it was, and returned; one another connection holds
+    (a lock, a reader) is left for the next call, unsaid (its writes say so). Any thread:
+    each database gets a connection of its own for the call; ``busy_timeout_s`` bounds
+    how long it holds the write lock waiting for readers.
+    """
+    logs = []
+    for path in paths:
+        try:
+            size = os.stat(f"{path}-wal").st_size
+        except OSError:
+            continue  # no log (or no database): nothing to give back
+        if size:
+            logs.append((size, path))
+    not_emptied = []
+    for size, path in sorted(logs):
+        try:
+            db = sqlite3.connect(
+                path.absolute().as_uri() + "?mode=rw", uri=True, timeout=busy_timeout_s
+            )
+            try:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error as err:
+            if getattr(err, "sqlite_errorcode", 0) & 0xFF != SQLITE_BUSY:
+                not_emptied.append(LogNotEmptied(path, size, str(err)))
+    return not_emptied

@@ -34,7 +34,14 @@ from typing import Any, Final
 from executor.model import Event
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
 from executor.sql import Db, NoCheckpoints, PgDb, Row, is_postgres, row_lock
-from executor.storage import StorageHealth, open_database, reading, writing
+from executor.storage import (
+    LOOP_CHECKPOINT_BUSY_TIMEOUT_S,
+    StorageHealth,
+    open_database,
+    reading,
+    wait_briefly_for_locks,
+    writing,
+)
 from executor.triggers import checks, items, journal, states
 from executor.triggers.evaluate import AtomKey, JobPlace, scope_label
 from executor.triggers.journal import SeenEvent, marks_from_json, marks_to_json
@@ -329,8 +336,15 @@ class TriggerStore:
         self._outside_lock = self._lock
         self._migrate(sqlite)
         sqlite.executescript(LABEL_INDEXES)
+        # Written through the one connection by the loop (timers, a firing done) and by
+        # worker threads (events, registrations), each holding its lock, which the loop
+        # may wait for: a lock held by another process is waited for briefly, then
+        # refused as the storage's.
+        wait_briefly_for_locks(sqlite)
         # A burst of events commits fast; the log's fsyncing checkpoints go to a thread.
-        self._checkpoints = BackgroundCheckpoints(sqlite, path)
+        self._checkpoints = BackgroundCheckpoints(
+            sqlite, path, busy_timeout_s=LOOP_CHECKPOINT_BUSY_TIMEOUT_S
+        )
         self._snapshots = SnapshotReaders(sqlite_reader(path), begin=SQLITE_BEGIN)
 
     @property

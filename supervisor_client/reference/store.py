@@ -228,6 +228,9 @@ class ReferenceSupervisor:
             full disk, an I/O error) into its own error (the executor's
             ``storage.writing``, UNAVAILABLE naming the file). By default SQLite's errors
             pass as they are.
+        busy_timeout_s: after the open (which waits SQLite's usual 5 s), how long a
+            write waits for another connection's lock before it fails with "database is
+            locked"; a process that calls it on its event loop keeps this short.
     """
 
     def __init__(
@@ -244,6 +247,7 @@ class ReferenceSupervisor:
         max_results: int | None = None,
         max_result_bytes: int | None = None,
         storage_errors: Callable[[], AbstractContextManager[None]] = nullcontext,
+        busy_timeout_s: float = 5.0,
     ) -> None:
         self._admins = frozenset(admins)
         self._storage_errors = storage_errors
@@ -252,7 +256,7 @@ class ReferenceSupervisor:
         self._outbox_listeners: list[Callable[[], None]] = []
         self._clock = clock
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(path, check_same_thread=False)
+        self._db = sqlite3.connect(path, timeout=5.0, check_same_thread=False)
         try:
             self._open(
                 path,
@@ -262,6 +266,7 @@ class ReferenceSupervisor:
                 max_results,
                 max_result_bytes,
             )
+            self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
         except BaseException:
             self._db.close()
             raise

@@ -12,6 +12,7 @@ import asyncio
 import json
 import random
 import sqlite3
+import time
 from collections import Counter
 from pathlib import Path
 from typing import cast
@@ -19,6 +20,7 @@ from typing import cast
 import pytest
 
 from executor.runs.outbox import Backoff, DeliveryError, Outbox
+from executor.storage import DatabaseLocked, StorageHealth
 from supervisor_client.reference import ReferenceSupervisor
 from tests.helpers.waiting import eventually
 
@@ -159,6 +161,58 @@ async def test_a_failed_shared_commit_fails_each_of_its_callers_and_keeps_none(
     await asyncio.gather(*(outbox.commit(f"k{n}", payload(n)) for n in range(3)))
     assert outbox.pending() == 3
     await outbox.close()
+
+
+async def test_a_commit_meeting_another_processs_lock_is_refused_promptly_as_the_storage(
+    tmp_path: Path, receiver: ReferenceReceiver
+) -> None:
+    # The commit runs on the event loop: SQLite's 5 s busy timeout there stalled every
+    # request, and "database is locked" was an internal error, its result never reported.
+    health = StorageHealth(tmp_path)
+    outbox = Outbox(tmp_path / "outbox.db", receiver, health=health)
+    holder = sqlite3.connect(tmp_path / "outbox.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # a backup tool, an admin's sqlite3
+    started = time.monotonic()
+    with pytest.raises(DatabaseLocked):
+        await outbox.commit("k", payload(1))
+    assert time.monotonic() - started < 1.0
+    assert "outbox.db: database is locked" in health.problem
+    holder.execute("COMMIT")
+    await outbox.commit("k", payload(1))
+    assert outbox.pending() == 1
+    holder.close()
+    await outbox.close()
+
+
+async def test_delivery_meeting_a_lock_waits_for_the_probe_not_on_the_loop(
+    tmp_path: Path, receiver: ReferenceReceiver
+) -> None:
+    # Each mark that meets the lock waits for it on the event loop: tried at every
+    # backoff, they stalled every request again and again for as long as the lock held.
+    health = StorageHealth(tmp_path)
+    prober = asyncio.get_running_loop().create_task(health.probe_forever())
+    outbox = Outbox(tmp_path / "outbox.db", receiver, backoff=FAST, health=health)
+    marks: list[str] = []
+    cast(sqlite3.Connection, outbox._db).set_trace_callback(
+        lambda sql: marks.append(sql) if "delivered_at" in sql and "UPDATE" in sql else None
+    )
+    for n in range(3):
+        outbox.put(f"k{n}", payload(n))
+    holder = sqlite3.connect(tmp_path / "outbox.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    outbox.start()
+    assert await eventually(lambda: receiver.order == ["k0"])  # then its mark meets the lock
+    await asyncio.sleep(1.0)  # twenty backoffs of delivery's
+    assert len(marks) == 1, f"{len(marks)} marks tried while the lock held"
+    assert receiver.order == ["k0"], "delivery waits for the lock to go"
+    assert "database is locked" in health.problem
+    holder.execute("COMMIT")
+    assert await eventually(lambda: outbox.stats().delivered == 3, timeout_s=5)
+    assert receiver.calls == Counter({"k0": 1, "k1": 1, "k2": 1})
+    holder.close()
+    await outbox.close()
+    prober.cancel()
+    await asyncio.gather(prober, return_exceptions=True)
 
 
 async def test_delivers_in_order_and_drains(tmp_path: Path, receiver: ReferenceReceiver) -> None:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
+from executor.runs.sqlite_checkpoints import BackgroundCheckpoints, empty_logs
+from executor.storage import LOOP_BUSY_TIMEOUT_S, LOOP_CHECKPOINT_BUSY_TIMEOUT_S
 
 ROW = b"x" * 3000  # about a page per commit
 
@@ -163,3 +165,87 @@ def test_a_log_held_by_a_reader_is_reported_and_nothing_is_lost(
     checkpoints.close()
     reader.close()
     assert writer.execute("SELECT count(*) FROM t").fetchone()[0] == 100
+
+
+def test_a_log_grown_past_its_bound_is_checkpointed_before_the_commit_count(
+    database: tuple[sqlite3.Connection, Path],
+) -> None:
+    # Big results: 100 commits of them would fill a small data disk with the log alone.
+    writer, path = database
+    checkpoints = BackgroundCheckpoints(writer, path, every_commits=100, max_log_bytes=1 << 20)
+    big = b"y" * (600 << 10)
+    for _ in range(2):  # the second takes the log past 1 MiB
+        writer.execute("INSERT INTO t (payload) VALUES (?)", (big,))
+        checkpoints.committed()
+    checkpoints.wait()
+    assert path.stat().st_size > 1 << 20, "the log was copied into the database"
+    for _ in range(20):
+        writer.execute("INSERT INTO t (payload) VALUES (?)", (big,))
+        checkpoints.committed()
+        checkpoints.wait()
+    # Twenty more such commits, 12 MB: the log restarted, cut back, again and again.
+    assert log_bytes(path) <= 2 << 20
+    checkpoints.close()
+
+
+def test_empty_logs_gives_back_what_it_can_and_leaves_a_locked_one(tmp_path: Path) -> None:
+    paths = [tmp_path / "a.db", tmp_path / "b.db", tmp_path / "none.db"]
+    writers = []
+    for path in paths[:2]:
+        writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        writer.execute("PRAGMA journal_mode = WAL")
+        writer.execute("PRAGMA wal_autocheckpoint = 0")
+        writer.execute("CREATE TABLE t (payload BLOB)")
+        writer.execute("INSERT INTO t VALUES (?)", (b"z" * (1 << 20),))
+        writers.append(writer)
+    holder = sqlite3.connect(paths[1], isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process's lock, on b.db only
+
+    not_emptied = empty_logs(paths, busy_timeout_s=0.05)
+
+    assert log_bytes(paths[0]) == 0
+    assert not_emptied == [], "a lock is no lack of space: its writes say so"
+    assert log_bytes(paths[1]) > 1 << 20
+    holder.execute("COMMIT")
+    assert empty_logs(paths, busy_timeout_s=0.05) == []
+    assert log_bytes(paths[1]) == 0
+    for writer in writers:
+        assert writer.execute("SELECT length(payload) FROM t").fetchone()[0] == 1 << 20
+        writer.close()
+    holder.close()
+
+
+def test_emptying_a_log_never_holds_a_loop_writer_past_its_busy_timeout(
+    database: tuple[sqlite3.Connection, Path],
+) -> None:
+    # The outbox commits on the event loop, waiting LOOP_BUSY_TIMEOUT_S for a lock: longer,
+    # and the storage counts as refusing. The TRUNCATE that empties a log which cannot
+    # restart holds the write lock while it waits for a reader (here one that keeps its
+    # snapshot for a second): it must give up long before the writer would (with SQLite's
+    # 5 s it held the lock that whole second, and the commit failed "database is locked").
+    writer, path = database
+    writer.execute(f"PRAGMA busy_timeout = {int(LOOP_BUSY_TIMEOUT_S * 1000)}")
+    reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM t").fetchone()
+    release = threading.Timer(1.0, reader.execute, ("COMMIT",))
+    release.start()
+    checkpoints = BackgroundCheckpoints(
+        writer,
+        path,
+        every_commits=5,
+        max_log_pages=10,
+        busy_timeout_s=LOOP_CHECKPOINT_BUSY_TIMEOUT_S,
+    )
+    slowest = 0.0
+    until = time.monotonic() + 1.5
+    while time.monotonic() < until:
+        started = time.monotonic()
+        writer.execute("INSERT INTO t (payload) VALUES (?)", (ROW,))  # never "locked"
+        checkpoints.committed()
+        slowest = max(slowest, time.monotonic() - started)
+        time.sleep(0.005)
+    release.join()
+    checkpoints.close()
+    reader.close()
+    assert slowest < LOOP_BUSY_TIMEOUT_S, f"a commit waited {slowest:.3f}s"

@@ -1,14 +1,17 @@
-"""StorageHealth told of a failure on a worker thread: the loop's event and listeners hear it."""
+"""StorageHealth: failures met on any thread, a database another process holds locked, a start-up probe."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from executor.storage import StorageError, StorageHealth
+from executor.storage import DatabaseLocked, StorageError, StorageHealth, writing
 
 pytestmark = pytest.mark.unit
 
@@ -31,3 +34,80 @@ async def test_a_failure_met_on_a_worker_thread_is_noted_on_the_loop(tmp_path: P
     finally:
         prober.cancel()
         await asyncio.gather(prober, return_exceptions=True)
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Iterator[tuple[sqlite3.Connection, Path]]:
+    """A WAL database and the executor's connection to it, which waits 50 ms for a lock."""
+    path = tmp_path / "outbox.db"
+    db = sqlite3.connect(path, timeout=0.05, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("CREATE TABLE t (x)")
+    yield db, path
+    db.close()
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Another connection holds the database's write lock for the block (an admin's sqlite3)."""
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        other.execute("COMMIT")
+        other.close()
+
+
+async def test_a_write_meeting_another_connections_lock_degrades_until_the_lock_is_free(
+    database: tuple[sqlite3.Connection, Path],
+) -> None:
+    db, path = database
+    health = StorageHealth(path.parent)
+    with locked(path):
+        with pytest.raises(DatabaseLocked) as refused, writing(path, health):
+            db.execute("INSERT INTO t VALUES (1)")
+        # The storage refused the write, as a full disk does: not a bug of ours.
+        assert isinstance(refused.value, StorageError)
+        assert f"cannot write {path}: database is locked" in str(refused.value)
+        assert "database is locked" in health.problem
+        assert not health.probe(), "the data dir takes writes, but the database does not"
+    assert health.probe()
+
+
+async def test_the_storage_is_sound_again_once_the_probe_finds_the_lock_gone(
+    database: tuple[sqlite3.Connection, Path],
+) -> None:
+    db, path = database
+    health = StorageHealth(path.parent)
+    prober = asyncio.get_running_loop().create_task(health.probe_forever())
+    try:
+        with locked(path):
+            with contextlib.suppress(DatabaseLocked), writing(path, health):
+                db.execute("INSERT INTO t VALUES (1)")
+            await asyncio.sleep(1.5)  # a probe or more, while it holds
+            assert health.problem
+        async with asyncio.timeout(5):
+            await health.sound()
+        assert health.problem == ""
+    finally:
+        prober.cancel()
+        await asyncio.gather(prober, return_exceptions=True)
+
+
+def test_a_history_that_meets_a_lock_degrades_nothing(
+    database: tuple[sqlite3.Connection, Path],
+) -> None:
+    db, path = database
+    health = StorageHealth(path.parent)
+    with locked(path), pytest.raises(DatabaseLocked), writing(path, health, lock_degrades=False):
+        db.execute("INSERT INTO t VALUES (1)")
+    assert health.problem == ""
+
+
+def test_a_start_on_a_data_dir_that_takes_no_write_is_degraded_from_the_start(
+    tmp_path: Path,
+) -> None:
+    health = StorageHealth(tmp_path / "gone")  # its probe file cannot be made
+    health.check()
+    assert "No such file or directory" in health.problem

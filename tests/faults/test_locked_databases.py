@@ -1,0 +1,252 @@
+"""A database another process holds locked: the storage refusing writes, not a bug.
+
+A backup tool or an admin's ``sqlite3`` holding ``BEGIN EXCLUSIVE`` on one of the
+executor's databases, against a real executor: a write that meets the lock is answered
+UNAVAILABLE at once (a quarter of a second, not SQLite's 5 s busy timeout on the event
+loop), health says NOT_SERVING while the lock holds, nothing runs meanwhile, and what ran
+is recorded and reported once the lock is gone. The event loop is never stalled for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import grpc
+import pytest
+
+from supervisor_client import ExecutorClient, FarmClient, RetryableError
+from supervisor_client.qbcallback.v1 import executor_pb2
+from tests.conftest import stack_settings
+from tests.faults.helpers import executor, supervisor_endpoint
+from tests.helpers.health import NOT_SERVING, SERVING, health_status, health_updates
+from tests.helpers.waiting import eventually, outbox_drained
+
+pytestmark = pytest.mark.faults
+
+# Another process: connects, takes the write lock, says so, and lets go at a line on stdin.
+LOCK_HOLDER: Final = (
+    "import sqlite3, sys\n"
+    "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+    "db.execute('BEGIN EXCLUSIVE')\n"
+    "print('locked', flush=True)\n"
+    "sys.stdin.readline()\n"
+    "db.execute('COMMIT')\n"
+)
+# Well under SQLite's 5 s busy timeout, well over the executor's 0.25 s on the loop.
+PROMPTLY_S: Final = 2.0
+
+
+@contextmanager
+def locked(database: Path) -> Iterator[None]:
+    """``BEGIN EXCLUSIVE`` on ``database``, held by another process for the block."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(database)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        holder.communicate("\n", timeout=10)
+    assert holder.returncode == 0
+
+
+async def _is(channel: grpc.aio.Channel, status: int) -> bool:
+    return await health_status(channel) == status
+
+
+async def _slowest_health_check(channel: grpc.aio.Channel, until: asyncio.Task[object]) -> float:
+    """The longest a health check took while ``until`` ran (the event loop's stalls)."""
+    slowest = 0.0
+    while not until.done():
+        started = time.monotonic()
+        await health_status(channel)
+        slowest = max(slowest, time.monotonic() - started)
+        await asyncio.sleep(0.02)
+    return slowest
+
+
+async def test_a_locked_outbox_refuses_at_once_runs_nothing_and_reports_what_ran_after(
+    tmp_path: Path,
+) -> None:
+    async with supervisor_endpoint(tmp_path / "supervisor.db") as endpoint:
+        settings = stack_settings(tmp_path / "data", supervisor=endpoint.address)
+        async with executor(settings) as running:
+            address = f"127.0.0.1:{running.port}"
+            async with ExecutorClient(address) as client:
+                channel = grpc.aio.insecure_channel(address)
+
+                async def run(invocation_id: str) -> None:
+                    response = await client.execute_callback(
+                        language="python",
+                        code=f"print('{invocation_id}')",
+                        job={"id": 7},
+                        invocation_id=invocation_id,
+                    )
+                    assert response.outcome == executor_pb2.OUTCOME_SUCCEEDED
+
+                await run("before")
+                with locked(settings.data_dir / "outbox.db"):
+                    started = time.monotonic()
+                    meeting = asyncio.ensure_future(run("ran-locked"))
+                    slowest = await _slowest_health_check(channel, meeting)
+                    with pytest.raises(RetryableError) as refused:
+                        await meeting
+                    assert time.monotonic() - started < PROMPTLY_S
+                    assert slowest < 1.0, f"a health check waited {slowest:.2f}s for the lock"
+                    assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+                    details = refused.value.details
+                    assert "the callback ran, but its result could not be recorded" in details
+                    assert "outbox.db: database is locked" in details, details
+                    assert await _is(channel, NOT_SERVING)
+                    # Nothing runs while the lock holds: no effect happens unrecorded.
+                    requests = len(endpoint.servicer.action_requests)
+                    with pytest.raises(RetryableError) as not_run:
+                        await client.execute_callback(
+                            language="python", code="qb.block(7)", job={"id": 7}
+                        )
+                    assert "cannot record results now, so it runs nothing" in not_run.value.details
+                    assert len(endpoint.servicer.action_requests) == requests
+                    assert "database is locked" in (await client.get_metrics()).storage_problem
+
+                assert await eventually(lambda: _is(channel, SERVING), timeout_s=10)
+                await run("after")
+                assert await outbox_drained(client)
+                # The run the lock refused is reported too, once: its callback ran.
+                endpoint.assert_exactly_once({"before", "ran-locked", "after"})
+                await channel.close()
+
+
+async def test_a_burst_with_big_results_never_meets_a_lock_of_the_executors_own(
+    tmp_path: Path,
+) -> None:
+    # The loop's short wait for a lock must not fail a commit for the executor's own
+    # writers: checkpoints by log size (~1 MB a result), delivery's marks, the history.
+    async with supervisor_endpoint(tmp_path / "supervisor.db") as endpoint:
+        settings = stack_settings(tmp_path / "data", supervisor=endpoint.address, max_concurrent=4)
+        async with executor(settings) as running:
+            address = f"127.0.0.1:{running.port}"
+            async with ExecutorClient(address) as client:
+                channel = grpc.aio.insecure_channel(address)
+                statuses: list[int] = []
+
+                async def watch() -> None:
+                    async for update in health_updates(channel):
+                        statuses.append(int(update.status))  # noqa: PERF401 - until cancelled
+
+                watching = asyncio.ensure_future(watch())
+                gate = asyncio.Semaphore(12)
+                ids = [f"burst-{n}" for n in range(96)]
+
+                async def run(invocation_id: str) -> None:
+                    async with gate:
+                        response = await client.execute_callback(
+                            language="python",
+                            code="import sys\nsys.stdout.write('x' * (1 << 20))\n",
+                            job={"id": 8},
+                            invocation_id=invocation_id,
+                        )
+                    assert response.outcome == executor_pb2.OUTCOME_SUCCEEDED
+
+                await asyncio.gather(*(run(i) for i in ids))
+                assert await outbox_drained(client)
+                watching.cancel()
+                await asyncio.gather(watching, return_exceptions=True)
+                assert statuses and set(statuses) == {SERVING}, statuses
+                assert (await client.get_metrics()).storage_problem == ""
+                endpoint.assert_exactly_once(set(ids))
+                await channel.close()
+
+
+async def test_a_locked_history_stops_nothing_and_gets_its_runs_after(tmp_path: Path) -> None:
+    # The runs wait in memory; their results are recorded in the outbox meanwhile.
+    async with executor(stack_settings(tmp_path / "data")) as running:
+        address = f"127.0.0.1:{running.port}"
+        async with ExecutorClient(address) as client:
+            channel = grpc.aio.insecure_channel(address)
+            with locked(tmp_path / "data" / "runs.db"):
+                response = await client.execute_callback(
+                    language="python", code="print('hi')", job={"id": 9}, invocation_id="h-1"
+                )
+                assert response.outcome == executor_pb2.OUTCOME_SUCCEEDED
+                await asyncio.sleep(0.5)  # the bookkeeping thread meets the lock meanwhile
+                assert await _is(channel, SERVING)
+            runs = (await client.list_runs(job_id=9)).runs
+            assert [run.invocation_id for run in runs] == ["h-1"]
+            await channel.close()
+
+
+async def test_a_locked_trigger_store_answers_unavailable_and_applies_nothing(
+    tmp_path: Path,
+) -> None:
+    settings = stack_settings(tmp_path / "data")
+    async with executor(settings) as running:
+        address = f"127.0.0.1:{running.port}"
+        async with ExecutorClient(address) as client:
+            channel = grpc.aio.insecure_channel(address)
+            await client.register_job(
+                {
+                    "id": 21,
+                    "name": "locked",
+                    "callbacks": [
+                        {
+                            "triggers": "complete-work-self-*",
+                            "language": "python",
+                            "code": "print('frame done')",
+                        }
+                    ],
+                }
+            )
+            event: dict[str, Any] = {"name": "complete", "type": "work", "job_id": 21, "wait": True}
+            with locked(settings.data_dir / "triggers.db"):
+                started = time.monotonic()
+                with pytest.raises(RetryableError) as refused:
+                    await client.publish_event(**event, work_name="1", event_id="w1")
+                assert time.monotonic() - started < PROMPTLY_S
+                assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+                assert "triggers.db: database is locked" in refused.value.details
+                assert await _is(channel, NOT_SERVING)
+                with pytest.raises(RetryableError) as not_registered:
+                    await client.register_job({"id": 22, "name": "later"})
+                assert "triggers.db: database is locked" in not_registered.value.details
+            assert await eventually(lambda: _is(channel, SERVING), timeout_s=10)
+            listed = await client.list_registered_jobs()
+            assert [job.id for job in listed.jobs] == [21], (
+                "the refused registration applied nothing"
+            )
+            # Nothing was applied: the same event, sent again, fires its callback once.
+            reply = await client.publish_event(**event, work_name="1", event_id="w1")
+            assert not reply.duplicate
+            assert [fired.result.stdout for fired in reply.fired] == ["frame done\n"]
+            await channel.close()
+
+
+async def test_a_locked_embedded_supervisor_answers_unavailable_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    settings = stack_settings(tmp_path / "data")
+    async with executor(settings) as running:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+        async with FarmClient(channel) as farm:
+            with locked(settings.data_dir / "supervisor.db"):
+                started = time.monotonic()
+                with pytest.raises(RetryableError) as refused:
+                    await farm.submit_jobs([{"name": "shot", "user": "alice"}])
+                assert time.monotonic() - started < PROMPTLY_S
+                assert "supervisor.db: database is locked" in refused.value.details
+                assert await _is(channel, NOT_SERVING)
+            assert await eventually(lambda: _is(channel, SERVING), timeout_s=10)
+            assert not (await farm.list_jobs()).jobs
+            submitted = await farm.submit_jobs([{"name": "shot", "user": "alice"}])
+            assert [job.name for job in submitted.jobs] == ["shot"]
+        await channel.close()
