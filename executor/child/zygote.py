@@ -8,11 +8,13 @@ it starts this process with fork+exec and talks to it over a SOCK_SEQPACKET sock
 executor -> zygote   ``{"type":"spawn","id":N,"workdir":W,"warm_up":B,"env":{...}}``, a
                      newline, the cell's part of the launch spec ``{...}``, with
                      SCM_RIGHTS fds [stdout_w, stderr_w, bridge]
+executor -> zygote   ``ping`` (no fds), answered ``{"type":"pong"}`` at once: the
+                     executor's watchdog, while this process owes it answers
 zygote -> executor   ``{"type":"started","id":N,"pid":P}`` or ``{"type":"failed","id":N,...}``
                      ``{"type":"exited","pid":P,"status":S,"cpu":C,"maxrss_kib":K}``
 
 (``protocol.SpawnRequest``, ``encode_spawn``, ``ZygoteStarted``, ``ZygoteFailed``,
-``ZygoteExited``.) A cell's part of the spec is parsed once (``CellSpecs``).
+``ZygoteExited``, ``ZYGOTE_PING``.) A cell's part of the spec is parsed once (``CellSpecs``).
 
 The child does what the cold path's Popen + launcher do: new session, stdin from
 /dev/null, the passed stdout/stderr, the bridge as fd 3, every other fd closed, the
@@ -71,6 +73,8 @@ if TYPE_CHECKING:
     from protocol import LaunchSpec, ZygoteFailed
 
 BRIDGE_FD = protocol.BRIDGE_FD
+ZYGOTE_PING = protocol.ZYGOTE_PING
+ZYGOTE_PONG = protocol.ZYGOTE_PONG
 MAX_MESSAGE = 64 << 10  # spawner.py's; larger spawn messages are never sent
 # Every fd above the bridge is closed in a child (looked up once, not per child).
 MAX_FD = os.sysconf("SC_OPEN_MAX")
@@ -424,6 +428,21 @@ def _receive(control: socket.socket) -> tuple[bytes, list[int]]:
     return data, fds
 
 
+def _not_a_spawn(control: socket.socket, data: bytes, fds: list[int]) -> bool:
+    """Answer a message that starts no child: the watchdog's ping, or one without its 3 fds."""
+    if data == ZYGOTE_PING:
+        answer = ZYGOTE_PONG
+    elif len(fds) != 3:
+        failed = {"type": "failed", "id": protocol.decode_spawn(data)[0], "error": "expected 3 fds"}
+        answer = json.dumps(failed).encode()
+    else:
+        return False
+    for fd in fds:
+        os.close(fd)
+    control.send(answer)
+    return True
+
+
 class Children:
     """The children alive, each watched through a pidfd in the loop's poll; reaped, reported.
 
@@ -484,12 +503,9 @@ def serve(control: socket.socket, *, private_network: bool = False) -> None:
             data, fds = _receive(control)
             if not data:
                 return  # the executor is gone; our children follow via PDEATHSIG
-            request_id, cell_part, workdir, warm_up, env = protocol.decode_spawn(data)
-            if len(fds) != 3:
-                for fd in fds:
-                    os.close(fd)
-                _send(control, {"type": "failed", "id": request_id, "error": "expected 3 fds"})
+            if _not_a_spawn(control, data, fds):
                 continue
+            request_id, cell_part, workdir, warm_up, env = protocol.decode_spawn(data)
             pid = -1
             error = ""
             try:

@@ -12,6 +12,8 @@
 #                       child of a cell: decoded once, %cell_specs), a newline, then
 #                       ID\0WARM_UP\0WORKDIR\0NAME=value\0... (protocol.encode_spawn),
 #                       with SCM_RIGHTS fds [stdout_w, stderr_w, bridge]
+#                       or "ping" (no fds), answered {"type":"pong"} at once: the
+#                       executor's watchdog, while this process owes it answers
 #   zygote -> executor  {"type":"started","id":N,"pid":P} | {"type":"failed","id":N,...}
 #                       {"type":"exited","pid":P,"status":S,"cpu":C,"maxrss_kib":K}
 #
@@ -525,6 +527,11 @@ sub serve {
         my ($data, @fds) = receive($control_fd);
         next if !defined $data && $!{EINTR};
         return if !defined $data || $data eq '';    # the executor is gone; children follow
+        if ($data eq 'ping') {    # protocol.ZYGOTE_PING
+            POSIX::close($_) for @fds;
+            defined syswrite($control, '{"type":"pong"}') or die "perl zygote: control socket: $!\n";
+            next;
+        }
         my ($cell_part, $run_part) = split /\n/, $data, 2;
         my ($id, $warm_up, $workdir, @env) = split /\0/, $run_part // '', -1;
         my $message = defined $workdir && $id =~ /\A[0-9]+\z/
