@@ -105,10 +105,19 @@ async def test_a_dead_zygote_is_logged_with_the_runs_it_cost(
         lost = await running
 
     assert lost.outcome == executor_pb2.Outcome.OUTCOME_KILLED
-    (line,) = [r.getMessage() for r in caplog.records if "sandbox zygote" in r.getMessage()]
+    (line,) = zygote_errors(caplog)
     assert f"(pid {zygote}) died: 1 callback running in it reported KILLED" in line, line
     assert "2 children prepared for runs discarded" in line, line
     assert "lost" not in line
+
+
+def zygote_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The ERROR lines of the zygotes (a death, a hang)."""
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "executor.sandbox.spawners" and record.levelno >= logging.ERROR
+    ]
 
 
 @contextlib.contextmanager
@@ -127,6 +136,31 @@ async def within(seconds: float) -> AsyncIterator[None]:
     """A bound on a block that would otherwise wait for ever (the failure it guards against)."""
     async with asyncio.timeout(seconds):
         yield
+
+
+@pytest.mark.parametrize("language", ["python", "perl"])
+async def test_a_live_zygote_answers_its_watchdog_through_a_long_callback(
+    stack_warm: Stack, language: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Pinged all along (a callback runs in it), it answers: nothing is killed.
+    stack = stack_warm
+    (job,) = stack.supervisor.submit([{"name": "z", "user": "alice"}])
+    sleep = ZYGOTE_LONGEST_WAIT_S + ZYGOTE_PING_PERIOD_S
+    code = {
+        "python": f"import time\ntime.sleep({sleep})\nprint('alive')",
+        "perl": f'select(undef, undef, undef, {sleep}); print "alive\\n";',
+    }[language]
+    with caplog.at_level(logging.ERROR, logger="executor.sandbox.spawners"):
+        response = await stack.client.execute_callback(language=language, code=code, job=job)
+        zygote = warm_spawner(stack).pid_of(language)
+        after = await stack.client.execute_callback(
+            language=language, code=ALIVE[language], job=job
+        )
+
+    assert response.outcome == executor_pb2.Outcome.OUTCOME_SUCCEEDED, response
+    assert response.stdout == after.stdout == "alive\n"
+    assert warm_spawner(stack).pid_of(language) == zygote
+    assert zygote_errors(caplog) == []
 
 
 @pytest.mark.parametrize("language", ["python", "perl"])
@@ -170,7 +204,7 @@ async def test_a_hung_zygote_is_killed_and_no_slot_waits_for_it(
     assert after.outcome == executor_pb2.Outcome.OUTCOME_SUCCEEDED
     assert spawner.pid_of(language) not in (None, zygote)
     assert not psutil.pid_exists(zygote) or psutil.Process(zygote).status() == "zombie"
-    (line,) = [r.getMessage() for r in caplog.records if "sandbox zygote" in r.getMessage()]
+    (line,) = zygote_errors(caplog)
     assert f"(pid {zygote}) did not answer for {ZYGOTE_PING_PERIOD_S:g} s and was killed" in line
 
 
