@@ -184,19 +184,25 @@ class CellCgroupFiles:
     before covering it) can be covered once here with the other masks instead of by a
     tmpfs mounted in every child (measured: ~0.1-0.3 ms of CPU per child, the mount and
     its teardown). The files are opened relative to the tree's directories, held from
-    before the zygote covered them. A cell's cgroups live as long as the executor,
-    which outlives this process.
+    before the zygote covered them: the tree's own and each mount's in it (the cgroup
+    v1 hierarchies), which the zygote then detaches (``isolation.share_masks``). A
+    cell's cgroups live as long as the executor, which outlives this process.
     """
 
     def __init__(self) -> None:
-        self._roots: dict[str, int] = {}  # a late mask -> an O_PATH descriptor of it
+        # A late mask, or a mount point under one -> an O_PATH descriptor of it.
+        self._roots: dict[str, int] = {}
         self._files: dict[str, int] = {}  # a cgroup.procs path -> its descriptor
 
     def hold_roots(self, late_masks: list[str]) -> None:
-        """Keep a way into each late mask; call before covering them."""
+        """Keep a way into each late mask and each mount in it; call before covering them."""
         for mask in late_masks:
-            if mask not in self._roots:
-                self._roots[mask] = os.open(mask, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            for root in (mask, *isolation_module.mount_points_under(mask)):
+                if root not in self._roots:
+                    try:  # noqa: SIM105 - no contextlib in the zygote for one call
+                        self._roots[root] = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                    except NotADirectoryError:
+                        pass  # a file mounted there: no cgroup.procs under it
 
     def opened(self, procs_files: list[str]) -> list[int]:
         """The descriptors of ``procs_files`` (opened on their first use); CgroupFilesError."""
@@ -214,9 +220,10 @@ class CellCgroupFiles:
 
     def _open(self, path: str) -> int:
         flags = os.O_WRONLY | os.O_CLOEXEC
-        for mask, root in self._roots.items():
-            if isolation_module.under(path, mask):
-                return os.open(os.path.relpath(path, mask), flags, dir_fd=root)
+        held = [root for root in self._roots if isolation_module.under(path, root)]
+        if held:
+            innermost = max(held, key=len)  # the mount the file is on
+            return os.open(os.path.relpath(path, innermost), flags, dir_fd=self._roots[innermost])
         return os.open(path, flags)
 
 
@@ -250,6 +257,7 @@ class SharedMasks:
                 [*isolation["masks"], *isolation["late_masks"]],
                 isolation["keep"],
                 spec["workdir"],
+                own_devpts=bool(isolation["devpts"]),
             )
         if plan != self._plan:
             return spec  # another plan: the child covers every mask itself
