@@ -570,6 +570,7 @@ def main(argv: list[str]) -> int:
         stream.reconfigure(encoding="utf-8", errors="backslashreplace")  # type: ignore[union-attr]
     control = socket.socket(fileno=int(argv[1]))
     python_bootstrap.warm_zygote()  # before serve()'s gc.freeze: shared by every child
+    python_bootstrap.note_cut_short_exit_handlers()
     launcher.python_run = python_bootstrap.run
     serve(control, private_network=private_network)
     return 0
