@@ -106,10 +106,13 @@ def _report_unraisable(unraisable: Any) -> None:
     if not isinstance(unraisable.exc_value, Terminated):
         sys.__unraisablehook__(unraisable)
         return
-    handler = getattr(unraisable.object, "__qualname__", None)
-    where = f"exit handler {handler}()" if isinstance(handler, str) else "a cleanup"
+    # Its function's name, and whether it ran as an exit handler or as another cleanup
+    # (a __del__, say) whose exception Python also cannot raise anywhere.
+    name = getattr(unraisable.object, "__qualname__", None)
+    kind = "exit handler" if "atexit" in str(unraisable.err_msg) else "cleanup"
+    what = f"{kind} {name}()" if isinstance(name, str) else kind
     try:  # noqa: SIM105 - as in _exit_code
-        sys.stderr.write(f"{where} was cut short: the run was stopped (SIGTERM)\n")
+        sys.stderr.write(f"{what} was cut short: the run was stopped (SIGTERM)\n")
     except Exception:  # noqa: BLE001, S110 - its stderr may be gone
         pass
 

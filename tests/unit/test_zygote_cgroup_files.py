@@ -51,8 +51,9 @@ def test_a_cells_files_open_through_the_mount_they_are_on_when_it_was_detached(
     (hierarchy / "cell-0").mkdir(parents=True)
     (hierarchy / "cell-0" / "cgroup.procs").write_bytes(b"")
     (tree / "cgroup.procs").write_bytes(b"")
+    isolation_in_the_zygote = vars(zygote)["isolation_module"]  # its top-level name's
     monkeypatch.setattr(
-        zygote.isolation_module, "mount_points_under", lambda mask: [str(tree), str(hierarchy)]
+        isolation_in_the_zygote, "mount_points_under", lambda mask: [str(tree), str(hierarchy)]
     )
     files = zygote.CellCgroupFiles()
     files.hold_roots([str(tree)])
