@@ -27,9 +27,17 @@ before the runtime starts:
 9. the process drops to a dedicated unprivileged uid/gid with no supplementary groups
    but the policy's group, which also drops every capability. RLIMIT_NPROC now counts only this cell's uid.
 
-A zygote takes steps 1, 3, 4 and 7 off its children (``share_masks``): once, in a mount
-namespace of its own, it covers every mask but the one that holds the working
-directories. Each child's namespace is a copy of that one, so the child only mounts its
+Before step 3, where the mounts no longer propagate to the host's (private, or a
+zygote's slave namespace), every mount at or under a mask, a late mask and (with a
+devpts of the child's own) ``/dev/pts`` is detached (``detach_hidden_mounts``): the
+host's mounts there (another user's tmpfs under ``/tmp``, the cgroup hierarchies, the
+host's ``/dev/shm`` and ptys) are no longer listed in ``/proc/self/mountinfo``, where
+the masks alone only hid what they hold. Those that hold a kept path, or lie under
+one, stay: they are bound back.
+
+A zygote takes steps 1, 3, 4 and 7 and the detaching off its children (``share_masks``):
+once, in a mount namespace of its own, it covers every mask but the one that holds the
+working directories. Each child's namespace is a copy of that one, so the child only mounts its
 ``/proc``, its own ``/tmp``, its working directory and its devpts (measured: ~1.1 ms of
 CPU less per child, about a sixth of a warm run). The devpts stays per child: one
 instance for all of a zygote's children would let one callback take the others' ptys.
@@ -44,6 +52,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 from os import mkdir, setgroups, setresgid, setresuid  # called by name: see launcher.py
 from typing import TYPE_CHECKING
 
@@ -59,13 +68,18 @@ MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
+MNT_DETACH = 2
+UMOUNT_NOFOLLOW = 8
 CLONE_NEWNS = 0x00020000
+# Where a child with a devpts of its own mounts it: the host's instances under it go.
+DEV_PTS = "/dev/pts"
 # Files and directories the working directory may hold (tmpfs inodes cost kernel memory).
 MAX_WORKDIR_FILES = 65536
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.unshare  # noqa: B018 - looked up now, as launcher.py explains
 _mount_call = _libc.mount  # and called by this name (launcher.py says why)
+_umount2 = _libc.umount2
 
 
 def _mount(
@@ -97,6 +111,46 @@ def _under_any(path: str, directories: list[str]) -> bool:
     return False
 
 
+def _mount_points() -> list[str]:
+    """Every mount point of this process's mount namespace, in /proc/self/mountinfo's order."""
+    with open("/proc/self/mountinfo", "rb") as listing:
+        lines = listing.read().splitlines()
+    # The fifth field, with space, tab, newline and backslash as octal escapes.
+    return [os.fsdecode(_ESCAPE.sub(_octal, line.split(b" ", 5)[4])) for line in lines]
+
+
+_ESCAPE = re.compile(rb"\\([0-7]{3})")
+
+
+def _octal(escape: re.Match[bytes]) -> bytes:
+    return bytes([int(escape[1], 8)])
+
+
+def mount_points_under(directory: str) -> list[str]:
+    """The mount points at or under ``directory``."""
+    return [point for point in _mount_points() if under(point, directory)]
+
+
+def detach_hidden_mounts(places: list[str], keep: list[str]) -> None:
+    """Detach (MNT_DETACH) every mount at or under ``places`` but those holding or under a kept path.
+
+    Only where this namespace's mounts no longer propagate to the host's (a slave or
+    private root): the host keeps them. Stacked mounts are listed once each, and each
+    call detaches the top one with what is mounted on it (so those under it are not
+    asked again). Best effort: a mount that stays is still covered by its mask.
+    """
+    detached: list[str] = []
+    for point in _mount_points():
+        if not _under_any(point, places):
+            continue
+        if any(under(point, gone) and point != gone for gone in detached):
+            continue  # went with the mount it was on
+        if any(under(path, point) or under(point, path) for path in keep):
+            continue  # bound back from where it is, with what is under it
+        _umount2(os.fsencode(point), MNT_DETACH | UMOUNT_NOFOLLOW)
+        detached.append(point)
+
+
 def _cover(masks: list[str], keep: list[str]) -> None:
     """An empty tmpfs over each mask; the ``keep`` paths under them bound back."""
     kept = {}
@@ -118,19 +172,24 @@ def _cover(masks: list[str], keep: list[str]) -> None:
             os.close(fd)
 
 
-def share_masks(masks: list[str], keep: list[str], workdir: str) -> list[str]:
+def share_masks(
+    masks: list[str], keep: list[str], workdir: str, *, own_devpts: bool = False
+) -> list[str]:
     """In a zygote, once: cover in a mount namespace of its own every mask not holding ``workdir``.
 
     Returns the masks covered. The namespace is a slave of the host's: mounts the host
     makes later (automounted project storage) still reach the callbacks, and nothing
     mounted in it, or in a child's copy of it, propagates back. The mask that holds the
     working directories stays per child: each run sees only its own ``/tmp``, and no
-    run's mount point is left behind in a shared one.
+    run's mount point is left behind in a shared one. The mounts under every mask (and
+    the host's ``/dev/pts`` when each child mounts its own: ``own_devpts``) are detached
+    first, once for all the children (``detach_hidden_mounts``).
     """
     if _libc.unshare(CLONE_NEWNS) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"unshare(CLONE_NEWNS): {os.strerror(errno)}")
     _mount(None, "/", None, MS_REC | MS_SLAVE)
+    detach_hidden_mounts([*masks, DEV_PTS] if own_devpts else masks, keep)
     shared = [mask for mask in masks if not under(workdir, mask)]
     _cover(shared, keep)
     return shared
@@ -193,6 +252,10 @@ class FilesystemPlan:
         covered = [m for m in masks if m not in shared_masks or under(workdir, m)]
         covered.extend(late_masks)
         self.covered = covered
+        # With a private root (no zygote did it): the mounts to detach before the cover,
+        # and what must stay for the binds back (the kept paths, the binds' sources).
+        self.detached = [*covered, DEV_PTS] if devpts else covered
+        self.held = [*keep, *(bind["source"] for bind in binds)]
         self.covered_targets = [mask.encode() for mask in covered]
         self.keep = keep
         # Whether a kept path lies under a mask covered here, to be bound back (rare: the
@@ -247,6 +310,7 @@ def isolate_filesystem(plan: FilesystemPlan, workdir: str) -> None:
     try:
         if plan.private_root:
             _mount_encoded(None, _ROOT, None, _PRIVATE_FLAGS, None)
+            detach_hidden_mounts(plan.detached, plan.held)
         _mount_encoded(_PROC, b"/proc", _PROC, _PROC_FLAGS, None)
         if plan.bind_back:
             _cover(plan.covered, plan.keep)

@@ -394,6 +394,7 @@ def main(argv: list[str]) -> int:
         import python_bootstrap
 
         python_run = python_bootstrap.run
+        python_bootstrap.note_cut_short_exit_handlers()
     try:
         return confine_and_run(spec, report_fd=report)
     except Exception as err:  # noqa: BLE001 - before the start frame: the callback never ran

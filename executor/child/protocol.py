@@ -334,7 +334,19 @@ class ZygoteExited(TypedDict):
     maxrss_kib: int
 
 
-ZygoteMessage = ZygoteStarted | ZygoteFailed | ZygoteExited
+class ZygotePong(TypedDict):
+    """zygote -> executor: the answer to ``ZYGOTE_PING``, proof that its loop still turns."""
+
+    type: Literal["pong"]
+
+
+# executor -> zygote: a message that is not a spawn (no newline, no fds), answered at
+# once with ``ZYGOTE_PONG``: the executor's watchdog asks it while the zygote owes it
+# answers (``spawners._Zygote``).
+ZYGOTE_PING: Final = b"ping"
+ZYGOTE_PONG: Final = b'{"type":"pong"}'
+
+ZygoteMessage = ZygoteStarted | ZygoteFailed | ZygoteExited | ZygotePong
 
 
 # -- framing ---------------------------------------------------------------------------

@@ -95,6 +95,37 @@ def _on_sigterm(signum: int, frame: types.FrameType | None) -> None:
     raise Terminated(EXIT_ON_SIGTERM)
 
 
+def _report_unraisable(unraisable: Any) -> None:
+    """``sys.unraisablehook``: SIGTERM's ``Terminated`` in an exit handler as a one-line note.
+
+    Python reports an exception an ``atexit`` handler raised, and goes on to the next one:
+    for the executor's SIGTERM (the wall limit, a stop) that report named this file and
+    ``python_bootstrap.Terminated``, none of the callback's business. Any other exception
+    is reported as Python reports it.
+    """
+    if not isinstance(unraisable.exc_value, Terminated):
+        sys.__unraisablehook__(unraisable)
+        return
+    # Its function's name, and whether it ran as an exit handler or as another cleanup
+    # (a __del__, say) whose exception Python also cannot raise anywhere.
+    name = getattr(unraisable.object, "__qualname__", None)
+    kind = "exit handler" if "atexit" in str(unraisable.err_msg) else "cleanup"
+    what = f"{kind} {name}()" if isinstance(name, str) else kind
+    try:  # noqa: SIM105 - as in _exit_code
+        sys.stderr.write(f"{what} was cut short: the run was stopped (SIGTERM)\n")
+    except Exception:  # noqa: BLE001, S110 - its stderr may be gone
+        pass
+
+
+def note_cut_short_exit_handlers() -> None:
+    """Report SIGTERM in an exit handler as a note (``_report_unraisable``), in this process and its forks.
+
+    Called by a zygote before its children are forked and by the cold launcher, not per
+    child: a callback that sets a hook of its own has its own.
+    """
+    sys.unraisablehook = _report_unraisable
+
+
 def _user_traceback(err: BaseException) -> str:
     """The traceback restricted to the callback's own frames."""
     summary = traceback.TracebackException.from_exception(err)

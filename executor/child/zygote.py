@@ -8,11 +8,13 @@ it starts this process with fork+exec and talks to it over a SOCK_SEQPACKET sock
 executor -> zygote   ``{"type":"spawn","id":N,"workdir":W,"warm_up":B,"env":{...}}``, a
                      newline, the cell's part of the launch spec ``{...}``, with
                      SCM_RIGHTS fds [stdout_w, stderr_w, bridge]
+executor -> zygote   ``ping`` (no fds), answered ``{"type":"pong"}`` at once: the
+                     executor's watchdog, while this process owes it answers
 zygote -> executor   ``{"type":"started","id":N,"pid":P}`` or ``{"type":"failed","id":N,...}``
                      ``{"type":"exited","pid":P,"status":S,"cpu":C,"maxrss_kib":K}``
 
 (``protocol.SpawnRequest``, ``encode_spawn``, ``ZygoteStarted``, ``ZygoteFailed``,
-``ZygoteExited``.) A cell's part of the spec is parsed once (``CellSpecs``).
+``ZygoteExited``, ``ZYGOTE_PING``.) A cell's part of the spec is parsed once (``CellSpecs``).
 
 The child does what the cold path's Popen + launcher do: new session, stdin from
 /dev/null, the passed stdout/stderr, the bridge as fd 3, every other fd closed, the
@@ -71,6 +73,8 @@ if TYPE_CHECKING:
     from protocol import LaunchSpec, ZygoteFailed
 
 BRIDGE_FD = protocol.BRIDGE_FD
+ZYGOTE_PING = protocol.ZYGOTE_PING
+ZYGOTE_PONG = protocol.ZYGOTE_PONG
 MAX_MESSAGE = 64 << 10  # spawner.py's; larger spawn messages are never sent
 # Every fd above the bridge is closed in a child (looked up once, not per child).
 MAX_FD = os.sysconf("SC_OPEN_MAX")
@@ -180,19 +184,25 @@ class CellCgroupFiles:
     before covering it) can be covered once here with the other masks instead of by a
     tmpfs mounted in every child (measured: ~0.1-0.3 ms of CPU per child, the mount and
     its teardown). The files are opened relative to the tree's directories, held from
-    before the zygote covered them. A cell's cgroups live as long as the executor,
-    which outlives this process.
+    before the zygote covered them: the tree's own and each mount's in it (the cgroup
+    v1 hierarchies), which the zygote then detaches (``isolation.share_masks``). A
+    cell's cgroups live as long as the executor, which outlives this process.
     """
 
     def __init__(self) -> None:
-        self._roots: dict[str, int] = {}  # a late mask -> an O_PATH descriptor of it
+        # A late mask, or a mount point under one -> an O_PATH descriptor of it.
+        self._roots: dict[str, int] = {}
         self._files: dict[str, int] = {}  # a cgroup.procs path -> its descriptor
 
     def hold_roots(self, late_masks: list[str]) -> None:
-        """Keep a way into each late mask; call before covering them."""
+        """Keep a way into each late mask and each mount in it; call before covering them."""
         for mask in late_masks:
-            if mask not in self._roots:
-                self._roots[mask] = os.open(mask, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            for root in (mask, *isolation_module.mount_points_under(mask)):
+                if root not in self._roots:
+                    try:  # noqa: SIM105 - no contextlib in the zygote for one call
+                        self._roots[root] = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                    except NotADirectoryError:
+                        pass  # a file mounted there: no cgroup.procs under it
 
     def opened(self, procs_files: list[str]) -> list[int]:
         """The descriptors of ``procs_files`` (opened on their first use); CgroupFilesError."""
@@ -210,9 +220,10 @@ class CellCgroupFiles:
 
     def _open(self, path: str) -> int:
         flags = os.O_WRONLY | os.O_CLOEXEC
-        for mask, root in self._roots.items():
-            if isolation_module.under(path, mask):
-                return os.open(os.path.relpath(path, mask), flags, dir_fd=root)
+        held = [root for root in self._roots if isolation_module.under(path, root)]
+        if held:
+            innermost = max(held, key=len)  # the mount the file is on
+            return os.open(os.path.relpath(path, innermost), flags, dir_fd=self._roots[innermost])
         return os.open(path, flags)
 
 
@@ -246,6 +257,7 @@ class SharedMasks:
                 [*isolation["masks"], *isolation["late_masks"]],
                 isolation["keep"],
                 spec["workdir"],
+                own_devpts=bool(isolation["devpts"]),
             )
         if plan != self._plan:
             return spec  # another plan: the child covers every mask itself
@@ -424,6 +436,21 @@ def _receive(control: socket.socket) -> tuple[bytes, list[int]]:
     return data, fds
 
 
+def _not_a_spawn(control: socket.socket, data: bytes, fds: list[int]) -> bool:
+    """Answer a message that starts no child: the watchdog's ping, or one without its 3 fds."""
+    if data == ZYGOTE_PING:
+        answer = ZYGOTE_PONG
+    elif len(fds) != 3:
+        failed = {"type": "failed", "id": protocol.decode_spawn(data)[0], "error": "expected 3 fds"}
+        answer = json.dumps(failed).encode()
+    else:
+        return False
+    for fd in fds:
+        os.close(fd)
+    control.send(answer)
+    return True
+
+
 class Children:
     """The children alive, each watched through a pidfd in the loop's poll; reaped, reported.
 
@@ -484,12 +511,9 @@ def serve(control: socket.socket, *, private_network: bool = False) -> None:
             data, fds = _receive(control)
             if not data:
                 return  # the executor is gone; our children follow via PDEATHSIG
-            request_id, cell_part, workdir, warm_up, env = protocol.decode_spawn(data)
-            if len(fds) != 3:
-                for fd in fds:
-                    os.close(fd)
-                _send(control, {"type": "failed", "id": request_id, "error": "expected 3 fds"})
+            if _not_a_spawn(control, data, fds):
                 continue
+            request_id, cell_part, workdir, warm_up, env = protocol.decode_spawn(data)
             pid = -1
             error = ""
             try:
@@ -546,6 +570,7 @@ def main(argv: list[str]) -> int:
         stream.reconfigure(encoding="utf-8", errors="backslashreplace")  # type: ignore[union-attr]
     control = socket.socket(fileno=int(argv[1]))
     python_bootstrap.warm_zygote()  # before serve()'s gc.freeze: shared by every child
+    python_bootstrap.note_cut_short_exit_handlers()
     launcher.python_run = python_bootstrap.run
     serve(control, private_network=private_network)
     return 0

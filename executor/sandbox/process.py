@@ -47,7 +47,7 @@ from executor.sandbox.cgroup import CellCgroups
 from executor.sandbox.exit_status import ChildExit, SandboxResult, expected_exit, sandbox_result
 from executor.sandbox.lifecycle import RunStop, has_ended, terminate
 from executor.sandbox.netns import EmptyNetwork
-from executor.sandbox.spawners import ChildHandle, Spawner
+from executor.sandbox.spawners import ZYGOTE_LONGEST_WAIT_S, ChildHandle, Spawner
 from executor.sandbox.usage import live_usage
 from executor.wall_deadline import WallDeadline
 
@@ -333,8 +333,47 @@ class SandboxRunner:
     ) -> _Child:
         """Start a child that confines itself and then waits for its start frame.
 
-        A child started ``ahead`` of its run also warms itself up while it waits.
+        A child started ``ahead`` of its run also warms itself up while it waits. For a
+        run, a zygote is waited for at most its wall limit (``_bounded``): then the
+        child is started cold.
         """
+        try:
+            return await self._start_child(runtime, limits, cell, policy, ahead=ahead)
+        except TimeoutError:
+            self._log_cold_start(cell, runtime, limits)
+            return await self._start_child(runtime, limits, cell, policy, cold=True)
+
+    @staticmethod
+    def _bounded(limits: Limits) -> bool:
+        """Whether a run's wait for its zygote needs a bound of its own: its wall limit.
+
+        The zygote's watchdog bounds every wait at ``ZYGOTE_LONGEST_WAIT_S`` (then the
+        zygote is killed, and its child started cold): a timer per run is needed only for
+        a wall limit shorter than that.
+        """
+        return limits.wall_seconds < ZYGOTE_LONGEST_WAIT_S
+
+    @staticmethod
+    def _log_cold_start(cell: int, runtime: ChildRuntime, limits: Limits) -> None:
+        logger.warning(
+            "cell %d: the %s zygote did not start a child within its run's wall-clock limit "
+            "of %gs; starting it cold",
+            cell,
+            runtime.language,
+            limits.wall_seconds,
+        )
+
+    async def _start_child(
+        self,
+        runtime: ChildRuntime,
+        limits: Limits,
+        cell: int,
+        policy: Policy | None,
+        *,
+        ahead: bool = False,
+        cold: bool = False,
+    ) -> _Child:
+        """``_start``'s child; TimeoutError when a run's wall limit passed first (``_bounded``)."""
         self._set_cgroup_limits(cell, limits)  # the child joins the cell's cgroups at once
         if self.options.isolation is not None:
             # Made by the child on its private /tmp: nothing on the host to make or remove.
@@ -353,11 +392,17 @@ class SandboxRunner:
         # Each process's data comes with its pid: only the callback's own reports the run.
         parent_sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         try:
-            handle = await self.spawner.spawn(
+            spawning = self.spawner.spawn(
                 spec,
                 env=child_environment(workdir),
                 fds=(stdout_w, stderr_w, child_sock.fileno()),
+                cold=cold,
             )
+            if ahead or cold or not self._bounded(limits):
+                handle = await spawning
+            else:
+                async with asyncio.timeout(limits.wall_seconds):
+                    handle = await spawning
         except BaseException:
             for fd in (stdout_r, stderr_r):
                 os.close(fd)
@@ -387,9 +432,20 @@ class SandboxRunner:
 
         It fits when its launch spec is the one this run would have given it: other
         limits, say, would confine it differently. The spec is made only from the cell,
-        the runner's options and ``_made_for``, so comparing those is enough.
+        the runner's options and ``_made_for``, so comparing those is enough. A child
+        still being prepared is waited for at most the run's wall limit (``_bounded``),
+        and then one is started cold.
         """
         pending = self._prepared.pop(cell, None)
+        if pending is not None and not pending.done() and self._bounded(limits):
+            await asyncio.wait([pending], timeout=limits.wall_seconds)
+            if not pending.done():
+                pending.cancel()
+                await asyncio.wait([pending])
+                self._log_cold_start(cell, runtime, limits)
+                if not pending.cancelled() and pending.exception() is None:
+                    await self._dispose(pending.result())  # started as it was cancelled
+                return await self._start_child(runtime, limits, cell, policy, cold=True)
         if pending is not None:
             try:
                 child = await pending
@@ -500,17 +556,17 @@ class SandboxRunner:
                 started = not stop.requested
                 if policy is not None and policy.env:
                     start = {**start, "env": dict(policy.env)}
-                unsent = send_now(child.bridge, protocol.encode(start)) if started else b""
+                unsent = self._send_start(child, start) if started else b""
                 server = self._serve(child, evidence, unsent, on_call, stop, end_wait)
                 await self._wait_for_end(ended, deadline, stop, evidence, server.read_pending)
-                if started and (evidence.timed_out or evidence.stop_reason):
+                if self._cut_short(child, started, evidence):
                     grace_s = self.options.grace_s
                 elif server.end_marked and not child.handle.exited.is_set():
                     early = self._answer_at_end_mark(
                         child, evidence, limits, began, oom_kills_before
                     )
                     if early is not None:
-                        answered_early = True
+                        answered_early = child.handle.settled = True
                         return replace(
                             early,
                             finishing=self._finish_later(child, runtime, limits, stop, policy),
@@ -519,7 +575,7 @@ class SandboxRunner:
                     # bootstrap waits for our side of the bridge to close before it exits.
                     server.close()
                     await self._wait_for_exit(child.handle, deadline, stop, evidence)
-                    if started and (evidence.timed_out or evidence.stop_reason):
+                    if self._cut_short(child, started, evidence):
                         grace_s = self.options.grace_s
             finally:
                 if not answered_early:
@@ -537,6 +593,22 @@ class SandboxRunner:
         if not stop.requested:  # a stopped run's executor is going down, or its caller gone
             self._prepare(runtime, limits, cell, policy)
         return sandbox_result(evidence, limits)
+
+    @staticmethod
+    def _cut_short(child: _Child, started: bool, evidence: ChildExit) -> bool:
+        """Whether the run's wall deadline or a stop ended its wait (its child gets the grace).
+
+        Past its deadline, the run is WALL_TIMEOUT however its child ends now.
+        """
+        child.handle.settled = started and evidence.timed_out
+        return started and (evidence.timed_out or bool(evidence.stop_reason))
+
+    @staticmethod
+    def _send_start(child: _Child, start: StartFrame) -> bytes:
+        """Send the run's start frame; what the socket did not take (the bridge sends it)."""
+        unsent = send_now(child.bridge, protocol.encode(start))
+        child.handle.mark_running()
+        return unsent
 
     @staticmethod
     def _serve(

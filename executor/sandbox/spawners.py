@@ -25,7 +25,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from executor.child.protocol import LaunchSpec, ZygoteMessage, encode_spawn, spawn_cell_fields
+from executor.child.protocol import (
+    ZYGOTE_PING,
+    LaunchSpec,
+    ZygoteMessage,
+    encode_spawn,
+    spawn_cell_fields,
+)
 from executor.errors import UnavailableError
 from executor.policies import DEFAULT_UMASK
 from executor.runtimes.child import CHILD_RUNTIMES, LAUNCHER
@@ -35,8 +41,18 @@ logger = logging.getLogger(__name__)
 
 # Control messages either way; a spawn message is ~2 KiB (zygote.py and zygote.pl).
 MAX_MESSAGE: Final = 64 << 10
-# A language whose zygote fails this many spawns in a row starts its children cold.
+# A language whose zygote fails this many spawns in a row starts its children cold (a
+# zygote that died or was killed with several spawns under way counts once).
 MAX_ZYGOTE_FAILURES: Final = 3
+# The zygote's watchdog: while a zygote owes the executor answers (a spawn's, or the end
+# of a child that runs a callback or is being reaped), it is pinged every this many seconds, and one that
+# has not answered a ping by the next is taken for hung (stopped, stuck in the kernel):
+# killed, and restarted by the next spawn. A live one answers in microseconds, its
+# start-up included (~40 ms); a whole period gives a loaded machine room.
+ZYGOTE_PING_PERIOD_S: Final = 2.5
+# The longest a zygote's answer is waited for: something owed just after a tick waits
+# for the next tick's ping and the one after to judge it.
+ZYGOTE_LONGEST_WAIT_S: Final = 2 * ZYGOTE_PING_PERIOD_S
 # How long a cold child's shim is given to reap the callback the executor killed (it
 # takes a few ms) before the SIGKILL of its whole process group.
 SHIM_REAP_TIMEOUT_S: Final = 1.0
@@ -62,6 +78,15 @@ class ChildHandle:
     peak_rss_bytes: int = 0
     # Why the child is gone when it was not its own doing (e.g. the zygote died).
     lost_reason: str = ""
+    # Whether it was sent a run's code (``mark_running``): a prepared child that never
+    # ran is not, and its loss costs no run. And whether that run's outcome no longer
+    # depends on how the child ends (answered at its end mark, or past its wall limit).
+    running: bool = False
+    settled: bool = False
+    # Whether the executor waits for its end (it runs a callback, or is being reaped),
+    # and what is called when it starts to (a zygote's child: its zygote owes that end).
+    end_awaited: bool = False
+    on_end_awaited: Callable[[], object] | None = None
     # Called once ``exited`` is set (the runner waits for the exit or the end mark).
     on_exit: list[Callable[[], object]] = field(default_factory=list)
     # Whether ``pid`` is the callback's own bootstrap (a zygote's child), so its /proc
@@ -84,6 +109,18 @@ class ChildHandle:
             return self.callback_pid()
         return self.pid if self.is_bootstrap else 0
 
+    def mark_running(self) -> None:
+        """The child was sent its run's start frame."""
+        self.running = True
+        self.await_end()
+
+    def await_end(self) -> None:
+        """The executor waits for the child's end from now on."""
+        if not self.end_awaited:
+            self.end_awaited = True
+            if self.on_end_awaited is not None:
+                self.on_end_awaited()
+
     def mark_exited(self) -> None:
         """Set ``exited`` and tell whoever waits (its status is filled in first)."""
         self.exited.set()
@@ -95,9 +132,18 @@ class Spawner(Protocol):
     """Starts a child running ``launcher.confine_and_run(spec)``, its bridge on fd 3."""
 
     async def spawn(
-        self, spec: LaunchSpec, *, env: dict[str, str], fds: tuple[int, int, int]
+        self,
+        spec: LaunchSpec,
+        *,
+        env: dict[str, str],
+        fds: tuple[int, int, int],
+        cold: bool = False,
     ) -> ChildHandle:
-        """Fds are (stdout write end, stderr write end, bridge); the caller closes its copies."""
+        """Fds are (stdout write end, stderr write end, bridge); the caller closes its copies.
+
+        ``cold``: start it cold even where a zygote would (its run waited for one as long
+        as its wall limit allows).
+        """
         ...
 
     async def reap(self, handle: ChildHandle) -> None:
@@ -121,7 +167,12 @@ class ColdSpawner:
         self._reports: dict[int, ShimReport] = {}
 
     async def spawn(
-        self, spec: LaunchSpec, *, env: dict[str, str], fds: tuple[int, int, int]
+        self,
+        spec: LaunchSpec,
+        *,
+        env: dict[str, str],
+        fds: tuple[int, int, int],
+        cold: bool = False,
     ) -> ChildHandle:
         stdout_w, stderr_w, bridge = fds
         report_r, report_w = os.pipe()
@@ -193,10 +244,29 @@ class ZygoteStatus:
     warm: bool = True
 
 
+def _counted(count: int, one: str, more: str) -> str:
+    return f"{count} {one if count == 1 else more}"
+
+
+class ZygoteLost(UnavailableError):
+    """A zygote died, or was killed for not answering, with this spawn unanswered."""
+
+    def __init__(self, message: str, zygote_pid: int | None) -> None:
+        super().__init__(message)
+        # Which zygote process it was: one loss, however many spawns it had under way.
+        self.zygote_pid = zygote_pid
+
+
 class _Zygote:
     """One warm helper process (one language) and the children it has forked.
 
     Started as ``argv`` + the fd of its end of the control socket + ``options``.
+
+    Its watchdog: one timer, running while the zygote owes the executor an answer (a
+    spawn, or the end of a child that runs a callback or is being reaped). Each tick sends a ping
+    (``protocol.ZYGOTE_PING``); a ping still unanswered at the next tick means the
+    zygote's loop has not turned for a whole period, and it is killed (``_lose``).
+    Nothing per run but a flag: a run's own wait needs no timer of its own.
     """
 
     def __init__(self, argv: list[str], language: str, options: list[str]) -> None:
@@ -215,6 +285,10 @@ class _Zygote:
         self._buffer = bytearray(MAX_MESSAGE)
         # Each cell's last part of a spawn message, and its JSON: encoded once per change.
         self._cell_parts: dict[int, tuple[dict[str, object], bytes]] = {}
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._ping_unanswered = False
+        # Killed zygotes not reaped yet (one stuck in the kernel dies when it leaves it).
+        self._reaping: set[asyncio.Future[int]] = set()
 
     @property
     def pid(self) -> int | None:
@@ -244,32 +318,37 @@ class _Zygote:
         ours.setblocking(False)
         asyncio.get_running_loop().add_reader(ours, self._on_message)
         self._control = ours
+        self._ping_unanswered = False
         logger.info("%s sandbox zygote started (pid %d)", self.language, self._process.pid)
         return ours
 
-    def _on_message(self) -> None:
+    def _on_message(self) -> bool:
+        """Handle one message of the zygote's, if one is there (whether one was)."""
         control = self._control
         if control is None:  # a message queued before the socket was closed
-            return
+            return False
         try:
             size = control.recv_into(self._buffer)
         except BlockingIOError:
-            return
+            return False
         except OSError:
             size = 0
         if not size:
-            self._on_death()
-            return
+            self._lose("died")
+            return False
         message: ZygoteMessage = json.loads(self._buffer[:size])
         if message["type"] == "started":
             # Registered here, not by the spawning coroutine: "exited" may be the very
             # next message, handled before that coroutine resumes.
             started = self._children[message["pid"]] = ChildHandle(
-                message["pid"], is_bootstrap=True
+                message["pid"], is_bootstrap=True, on_end_awaited=self._watch
             )
             future = self._starting.pop(message["id"], None)
             if future is not None and not future.done():
                 future.set_result(started)
+            else:  # its run stopped waiting (cancelled): no one will run it
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(started.pid, signal.SIGKILL)
         elif message["type"] == "failed":
             failed = message["id"]
             future = self._starting.pop(failed, None) if failed is not None else None
@@ -282,32 +361,92 @@ class _Zygote:
                 handle.cpu_seconds = message["cpu"]
                 handle.peak_rss_bytes = message["maxrss_kib"] * 1024
                 handle.mark_exited()
+        elif message["type"] == "pong":
+            self._ping_unanswered = False
+        return True
 
-    def _on_death(self) -> None:
-        """Every child in flight is reported lost (killed with the zygote); the next spawn restarts it."""
+    def _watch(self) -> None:
+        """Have the watchdog run (it stops by itself once nothing is owed)."""
+        if self._watchdog is None and self._control is not None:
+            self._watchdog = asyncio.get_running_loop().call_later(
+                ZYGOTE_PING_PERIOD_S, self._on_watchdog
+            )
+
+    def _owes_answers(self) -> bool:
+        return bool(self._starting) or any(c.end_awaited for c in self._children.values())
+
+    def _on_watchdog(self) -> None:
+        self._watchdog = None
+        # What the zygote sent that the loop has not handed over yet (the reader takes
+        # one message per wake-up): a pong among it, when the executor was held up.
+        while self._on_message():
+            pass
+        control = self._control
+        if control is None:
+            return
+        if self._ping_unanswered:
+            self._lose(f"did not answer for {ZYGOTE_PING_PERIOD_S:g} s and was killed")
+            return
+        if not self._owes_answers():
+            return
+        try:
+            control.send(ZYGOTE_PING)
+        except BlockingIOError:
+            # Its socket full of messages it has not read: as good as a ping unanswered
+            # (a live zygote reads each at once, and a few per cell at most are sent).
+            pass
+        except OSError:
+            self._lose("died")
+            return
+        self._ping_unanswered = True
+        self._watch()
+
+    def _lose(self, what: str) -> None:
+        """The zygote died (or is killed now): every child in flight is reported killed.
+
+        Its children die with it (PR_SET_PDEATHSIG) and are killed here too. A run whose
+        child it was ends ``KILLED`` (``lost_reason``); a spawn it had not answered raises
+        ``ZygoteLost`` (the spawner starts that child cold); the next spawn restarts it.
+        """
+        children = self._children.values()
+        running = sum(1 for child in children if child.running and not child.settled)
+        prepared = sum(1 for child in children if not child.running)
         logger.error(
-            "%s sandbox zygote died; %d callbacks in flight are lost",
+            "%s sandbox zygote (pid %s) %s: %s running in it reported KILLED, %s prepared "
+            "for runs discarded, %s being started started cold instead",
             self.language,
-            len(self._children),
+            self.pid,
+            what,
+            _counted(running, "callback", "callbacks"),
+            _counted(prepared, "child", "children"),
+            _counted(sum(1 for f in self._starting.values() if not f.done()), "child", "children"),
         )
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         control, self._control = self._control, None
         if control is not None:
             asyncio.get_running_loop().remove_reader(control)
             control.close()
-        if self._process is not None:
+        lost = ZygoteLost(f"the sandbox zygote {what}", self.pid)
+        process, self._process = self._process, None
+        if process is not None:
             with contextlib.suppress(ProcessLookupError):
-                self._process.kill()
-            self._process.wait()
-            self._process = None
+                process.kill()
+            if process.poll() is None:  # not gone yet: not waited for on the event loop
+                reaping = asyncio.ensure_future(asyncio.to_thread(process.wait))
+                self._reaping.add(reaping)
+                reaping.add_done_callback(self._reaping.discard)
         for future in self._starting.values():
             if not future.done():
-                future.set_exception(UnavailableError("the sandbox zygote died"))
+                future.set_exception(lost)
         self._starting.clear()
+        reason = f"the sandbox zygote {what} while the callback ran"
         for handle in self._children.values():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(handle.pid, signal.SIGKILL)
             handle.wait_status = signal.SIGKILL
-            handle.lost_reason = "the sandbox zygote died while the callback ran"
+            handle.lost_reason = reason
             handle.mark_exited()
         self._children.clear()
 
@@ -328,9 +467,18 @@ class _Zygote:
                 socket.send_fds(control, [payload], list(fds))
             except OSError as err:
                 self._starting.pop(request_id, None)
-                self._on_death()
-                raise UnavailableError(f"could not reach the sandbox zygote: {err}") from err
-        return await future
+                pid = self.pid
+                self._lose("died")
+                raise ZygoteLost(f"could not reach the sandbox zygote: {err}", pid) from err
+            self._watch()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # Started the moment its run stopped waiting: no one will run it.
+            if future.done() and not future.cancelled():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(future.result().pid, signal.SIGKILL)
+            raise
 
     def _cell_part(self, spec: LaunchSpec) -> bytes:
         fields = spawn_cell_fields(spec)
@@ -340,6 +488,9 @@ class _Zygote:
         return known[1]
 
     async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._control is not None:
             asyncio.get_running_loop().remove_reader(self._control)
             self._control.close()
@@ -349,6 +500,8 @@ class _Zygote:
                 self._process.kill()
             await asyncio.to_thread(self._process.wait)
             self._process = None
+        if self._reaping:
+            await asyncio.wait(list(self._reaping))
 
 
 def starts_cold(spec: LaunchSpec) -> bool:
@@ -365,15 +518,16 @@ def starts_cold(spec: LaunchSpec) -> bool:
 
 
 class ZygoteSpawner:
-    """Forks children from a warm, single-threaded zygote per language and network; restarts one that dies.
+    """Forks children from a warm, single-threaded zygote per language and network; restarts one that dies or hangs.
 
     Python's zygote (``zygote.py``) and Perl's (``perl/zygote.pl``) are started on their
     language's first callback and confine their children the same way. A policy with
     the host network (where the others have a private one) gets zygotes of its own,
     started without ``--private-network``; a policy with binds starts its children cold
     (``starts_cold``). The cold path is also the fallback: a child its zygote could not
-    start is started cold, and a language whose zygote fails ``MAX_ZYGOTE_FAILURES``
-    times in a row (it cannot start here, say) starts all its children cold from then on.
+    start (it failed, died, or hung: ``_Zygote``'s watchdog) is started cold, and a
+    language whose zygote fails ``MAX_ZYGOTE_FAILURES`` times in a row (it cannot start
+    here, say) starts all its children cold from then on.
     """
 
     def __init__(self, python: str, *, private_network: bool = False) -> None:
@@ -389,6 +543,8 @@ class ZygoteSpawner:
         # Zygotes for the other network (a policy's): made on its first child.
         self._other_network: dict[str, _Zygote] = {}
         self._failures = dict.fromkeys(self._zygotes, 0)
+        # The pid of each language's zygote whose loss was counted last (``_new_failure``).
+        self._losses_counted: dict[str, int | None] = {}
         self._cold = ColdSpawner(python)
         self._cold_pids: set[int] = set()
 
@@ -407,11 +563,16 @@ class ZygoteSpawner:
         return zygote, private
 
     async def spawn(
-        self, spec: LaunchSpec, *, env: dict[str, str], fds: tuple[int, int, int]
+        self,
+        spec: LaunchSpec,
+        *,
+        env: dict[str, str],
+        fds: tuple[int, int, int],
+        cold: bool = False,
     ) -> ChildHandle:
         language = spec["language"]
         zygote, private = self._zygote_for(spec)
-        if starts_cold(spec):
+        if cold or starts_cold(spec):
             zygote = None
         if zygote is not None and self._failures[language] < MAX_ZYGOTE_FAILURES:
             warm_spec = spec
@@ -421,7 +582,8 @@ class ZygoteSpawner:
             try:
                 handle = await zygote.spawn(warm_spec, env, fds)
             except UnavailableError as err:
-                self._failures[language] += 1
+                if self._new_failure(language, err):
+                    self._failures[language] += 1
                 if self._failures[language] < MAX_ZYGOTE_FAILURES:
                     logger.warning("%s zygote: %s; starting this child cold", language, err)
                 else:
@@ -440,11 +602,24 @@ class ZygoteSpawner:
         self._cold_pids.add(handle.pid)
         return handle
 
+    def _new_failure(self, language: str, err: UnavailableError) -> bool:
+        """Whether ``err`` is one more failure of the language's zygote in a row.
+
+        A zygote lost with several spawns under way fails each of them: one failure.
+        """
+        if not isinstance(err, ZygoteLost):
+            return True
+        if self._losses_counted.get(language) == err.zygote_pid:
+            return False
+        self._losses_counted[language] = err.zygote_pid
+        return True
+
     async def reap(self, handle: ChildHandle) -> None:
         if handle.pid in self._cold_pids:
             self._cold_pids.discard(handle.pid)
             await self._cold.reap(handle)
-        else:
+        elif not handle.exited.is_set():
+            handle.await_end()  # its zygote's report: the watchdog's while it is owed
             await handle.exited.wait()
 
     async def close(self) -> None:

@@ -17,12 +17,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from executor.child.isolation import under
 from tests.hostile.harness import Arena, Outcome, assert_outcome
 
 pytestmark = [pytest.mark.hostile, pytest.mark.timeout(60)]
@@ -250,3 +254,67 @@ async def test_the_host_stays_out_of_sight(arena: Arena, language: str) -> None:
     if seen["daemon"] != "errno 2":
         leaks.append(f"the daemon under /run: {seen['daemon']}")
     assert not leaks, "\n".join(leaks)
+
+
+# The mount table the callback can read: each mount's point and file system type.
+READ_MOUNTINFO = {
+    "python": r"""
+import json
+print(json.dumps([
+    [line.split(' - ')[0].split(' ')[4], line.split(' - ')[1].split(' ')[0]]
+    for line in open('/proc/self/mountinfo').read().splitlines()
+]))
+""",
+    "perl": r"""
+open(my $table, '<', '/proc/self/mountinfo') or die "mountinfo: $!";
+my @mounts;
+while (my $line = <$table>) {
+    my ($before, $after) = split / - /, $line, 2;
+    push @mounts, [(split / /, $before)[4], (split / /, $after)[0]];
+}
+print qb::JSON::encode(\@mounts);
+""",
+}
+
+
+@contextlib.contextmanager
+def host_mount(point: str) -> Iterator[None]:
+    """A small tmpfs of the host's at ``point`` (another user's, under the masked /tmp)."""
+    os.makedirs(point)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", point], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", point], check=False)
+
+
+async def test_the_mount_table_lists_nothing_the_masks_hide(
+    arena: Arena, language: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    options = arena.stack.running.options
+    if options.isolation is None or os.geteuid() != 0:
+        pytest.xfail("needs the hardened tier (root, namespaces): masks")
+    masked = [*options.isolation.masks, *options.isolation.late_masks]
+    hidden = str(tmp_path / "host-mount")
+    assert any(under(hidden, mask) for mask in masked), "the test's mount must be under a mask"
+
+    with (
+        caplog.at_level(logging.WARNING, logger="executor.sandbox.spawners"),
+        host_mount(hidden),  # made before the first callback starts its zygote
+    ):
+        response = await arena.attack(READ_MOUNTINFO[language], language=language)
+        still_mounted = os.path.ismount(hidden)
+
+    assert_outcome(response, Outcome.OUTCOME_SUCCEEDED)
+    listed = json.loads(response.stdout)
+    leaks = [f"{point} ({kind})" for point, kind in listed if under(point, hidden)]
+    # Nor the cgroup hierarchies under the masked tree, nor the host's own /dev/shm or
+    # pty instances under the child's: one mount at each, the child's.
+    leaks += [f"{point} ({kind})" for point, kind in listed if kind in ("cgroup", "cgroup2")]
+    for place in ("/dev/shm", "/dev/pts"):
+        at = [kind for point, kind in listed if point == place]
+        if len(at) > 1:
+            leaks.append(f"{place}: {len(at)} mounts ({', '.join(at)})")
+    assert not leaks, "\n".join(leaks)
+    assert still_mounted, "the host's own mount went with the sandbox's"
+    assert "cold" not in caplog.text, "a zygote did not start its child"

@@ -112,3 +112,35 @@ async def test_nesting_handlers_under_a_1ms_timer_are_always_the_callbacks_error
         response = await run(stack_warm, NESTING_HARDER)
         assert response.outcome == Outcome.OUTCOME_FAILED, response
         assert response.failure.exception_type == "RecursionError", response.failure
+
+
+# An exit handler still running at the wall limit: the executor's SIGTERM interrupts it.
+SLOW_EXIT_HANDLER = """
+import atexit, time
+def linger():
+    time.sleep(30)
+atexit.register(linger)
+def mine():
+    raise ValueError("the callback's own")
+atexit.register(mine)
+print("code done", flush=True)
+"""
+
+
+async def test_an_exit_handler_cut_short_at_the_wall_limit_leaves_a_one_line_note(
+    stack: Stack,
+) -> None:
+    (job,) = stack.supervisor.submit([{"name": "victim", "user": "alice", "status": "blocked"}])
+    response = await stack.client.execute_callback(
+        language="python", code=SLOW_EXIT_HANDLER, job=job, limits={"wall_seconds": 1.5}
+    )
+
+    assert response.outcome == Outcome.OUTCOME_WALL_TIMEOUT, response
+    assert response.stdout == "code done\n"
+    # The callback's own exception is reported as Python reports it; the cut, in a line
+    # that names nothing of the sandbox's.
+    own, note = response.stderr.split("ValueError: the callback's own\n")
+    assert own.startswith("Exception ignored in atexit callback"), response.stderr
+    assert note == "exit handler linger() was cut short: the run was stopped (SIGTERM)\n", (
+        response.stderr
+    )

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
 from executor.runtimes.child import PerlRuntime
-from executor.sandbox.spawners import MAX_ZYGOTE_FAILURES, ZygoteSpawner
+from executor.sandbox.spawners import (
+    MAX_ZYGOTE_FAILURES,
+    ZYGOTE_LONGEST_WAIT_S,
+    ZYGOTE_PING_PERIOD_S,
+    ZygoteSpawner,
+)
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, running_stack, stack_settings
 from tests.helpers.waiting import eventually
@@ -25,6 +33,7 @@ SLEEP = {
     "perl": "qb::block(qb::jobid());\nsleep 30;",
 }
 ALIVE = {"python": "print('alive')", "perl": 'print "alive\\n";'}
+OTHER = {"python": "perl", "perl": "python"}
 
 
 def warm_spawner(stack: Stack) -> ZygoteSpawner:
@@ -71,6 +80,201 @@ async def test_zygote_death_reports_callbacks_in_flight_and_restarts(
     assert after.outcome == executor_pb2.Outcome.OUTCOME_SUCCEEDED
     assert after.stdout == "alive\n"
     assert spawner.pid_of(language) not in (None, zygote)
+
+
+@pytest.mark.parametrize("language", ["python", "perl"])
+async def test_a_dead_zygote_is_logged_with_the_runs_it_cost(
+    stack_warm: Stack, language: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two cells with a child prepared for their next run, one callback running.
+    stack = stack_warm
+    (job,) = stack.supervisor.submit([{"name": "z", "user": "alice"}])
+    await asyncio.gather(
+        *(
+            stack.client.execute_callback(language=language, code=ALIVE[language], job=job)
+            for _ in range(2)
+        )
+    )
+    await stack.running.runner.prepared_pids()
+    running = await sleeping_callback(stack, language)
+    zygote = warm_spawner(stack).pid_of(language)
+    assert zygote is not None
+
+    with caplog.at_level(logging.ERROR, logger="executor.sandbox.spawners"):
+        os.kill(zygote, signal.SIGKILL)
+        lost = await running
+
+    assert lost.outcome == executor_pb2.Outcome.OUTCOME_KILLED
+    (line,) = zygote_errors(caplog)
+    assert f"(pid {zygote}) died: 1 callback running in it reported KILLED" in line, line
+    assert "2 children prepared for runs discarded" in line, line
+    assert "lost" not in line
+
+
+def zygote_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The ERROR lines of the zygotes (a death, a hang)."""
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "executor.sandbox.spawners" and record.levelno >= logging.ERROR
+    ]
+
+
+@contextlib.contextmanager
+def stopped(pid: int) -> Iterator[None]:
+    """``pid`` stopped (SIGSTOP) while inside; let go after, if it is still there."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+@contextlib.asynccontextmanager
+async def within(seconds: float) -> AsyncIterator[None]:
+    """A bound on a block that would otherwise wait for ever (the failure it guards against)."""
+    async with asyncio.timeout(seconds):
+        yield
+
+
+@pytest.mark.parametrize("language", ["python", "perl"])
+async def test_a_live_zygote_answers_its_watchdog_through_a_long_callback(
+    stack_warm: Stack, language: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Pinged all along (a callback runs in it), it answers: nothing is killed.
+    stack = stack_warm
+    (job,) = stack.supervisor.submit([{"name": "z", "user": "alice"}])
+    sleep = ZYGOTE_LONGEST_WAIT_S + ZYGOTE_PING_PERIOD_S
+    code = {
+        "python": f"import time\ntime.sleep({sleep})\nprint('alive')",
+        "perl": f'select(undef, undef, undef, {sleep}); print "alive\\n";',
+    }[language]
+    with caplog.at_level(logging.ERROR, logger="executor.sandbox.spawners"):
+        response = await stack.client.execute_callback(language=language, code=code, job=job)
+        zygote = warm_spawner(stack).pid_of(language)
+        after = await stack.client.execute_callback(
+            language=language, code=ALIVE[language], job=job
+        )
+
+    assert response.outcome == executor_pb2.Outcome.OUTCOME_SUCCEEDED, response
+    assert response.stdout == after.stdout == "alive\n"
+    assert warm_spawner(stack).pid_of(language) == zygote
+    assert zygote_errors(caplog) == []
+
+
+@pytest.mark.parametrize("language", ["python", "perl"])
+async def test_a_hung_zygote_is_killed_and_no_slot_waits_for_it(
+    stack_warm: Stack, language: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # More callbacks of the hung zygote's language than slots, then a qube and another
+    # language's: each slot's run waits for the zygote (a spawn, or the end of the child
+    # it ran), until the watchdog kills it; then every run goes on, cold or restarted.
+    stack = stack_warm
+    (job,) = stack.supervisor.submit([{"name": "z", "user": "alice"}])
+    spawner = warm_spawner(stack)
+    await stack.client.execute_callback(language=language, code=ALIVE[language], job=job)
+    await stack.client.execute_callback(
+        language=OTHER[language], code=ALIVE[OTHER[language]], job=job
+    )
+    zygote = spawner.pid_of(language)
+    assert zygote is not None
+    began = time.monotonic()
+    with (
+        caplog.at_level(logging.ERROR, logger="executor.sandbox.spawners"),
+        stopped(zygote),
+    ):
+        async with within(3 * ZYGOTE_LONGEST_WAIT_S):
+            responses = await asyncio.gather(
+                *(
+                    stack.client.execute_callback(language=language, code=ALIVE[language], job=job)
+                    for _ in range(stack.settings.max_concurrent + 2)
+                ),
+                stack.client.execute_callback(language="qube", code="block-self", job=job),
+                stack.client.execute_callback(
+                    language=OTHER[language], code=ALIVE[OTHER[language]], job=job
+                ),
+            )
+    took = time.monotonic() - began
+    after = await stack.client.execute_callback(language=language, code=ALIVE[language], job=job)
+
+    outcomes = {r.outcome for r in responses}
+    assert outcomes == {executor_pb2.Outcome.OUTCOME_SUCCEEDED}, responses
+    assert took < ZYGOTE_LONGEST_WAIT_S + 3, took
+    assert after.outcome == executor_pb2.Outcome.OUTCOME_SUCCEEDED
+    assert spawner.pid_of(language) not in (None, zygote)
+    assert not psutil.pid_exists(zygote) or psutil.Process(zygote).status() == "zombie"
+    (line,) = zygote_errors(caplog)
+    assert f"(pid {zygote}) did not answer for {ZYGOTE_PING_PERIOD_S:g} s and was killed" in line
+
+
+@pytest.mark.parametrize("language", ["python", "perl"])
+async def test_a_callback_running_in_a_hung_zygote_is_reported_killed(
+    stack_warm: Stack, language: str
+) -> None:
+    stack = stack_warm
+    running = await sleeping_callback(stack, language)
+    zygote = warm_spawner(stack).pid_of(language)
+    assert zygote is not None
+    with stopped(zygote):
+        async with within(3 * ZYGOTE_LONGEST_WAIT_S):  # it sleeps 30 s
+            lost = await running
+
+    assert lost.outcome == executor_pb2.Outcome.OUTCOME_KILLED
+    assert lost.failure.message == (
+        f"the sandbox zygote did not answer for {ZYGOTE_PING_PERIOD_S:g} s and was killed "
+        "while the callback ran"
+    )
+
+
+async def test_a_prepared_child_of_a_hung_zygote_is_discarded_in_bounded_time(
+    tmp_path: Path,
+) -> None:
+    # One slot, its child prepared by the first run; the next run's other limits do not
+    # fit it: it is killed, and its end is the hung zygote's to report.
+    async with running_stack(stack_settings(tmp_path / "data", max_concurrent=1)) as stack:
+        (job,) = stack.supervisor.submit([{"name": "z", "user": "alice"}])
+        await stack.client.execute_callback(language="python", code=ALIVE["python"], job=job)
+        await stack.running.runner.prepared_pids()
+        zygote = warm_spawner(stack).pid_of("python")
+        assert zygote is not None
+        with stopped(zygote):
+            async with within(3 * ZYGOTE_LONGEST_WAIT_S):
+                response = await stack.client.execute_callback(
+                    language="python", code=ALIVE["python"], job=job, limits={"cpu_seconds": 7}
+                )
+
+    assert response.outcome == executor_pb2.Outcome.OUTCOME_SUCCEEDED, response
+    assert response.stdout == "alive\n"
+
+
+async def test_a_run_waits_for_a_hung_zygote_at_most_its_wall_limit(tmp_path: Path) -> None:
+    # Two slots. Slot 0 has a child prepared by the first run; slot 1 none yet: the
+    # second run's child is asked of the hung zygote, and started cold at its wall limit.
+    # That run prepares slot 1's next child, which the zygote never starts: the fourth
+    # run waits for it as long, and starts cold too (the third runs slot 0's child).
+    async with running_stack(stack_settings(tmp_path / "data", max_concurrent=2)) as stack:
+        (job,) = stack.supervisor.submit([{"name": "z", "user": "alice"}])
+        await stack.client.execute_callback(language="python", code=ALIVE["python"], job=job)
+        zygote = warm_spawner(stack).pid_of("python")
+        assert zygote is not None
+        took = []
+        with stopped(zygote):
+            for _ in range(3):
+                began = time.monotonic()
+                async with within(3 * ZYGOTE_LONGEST_WAIT_S):
+                    response = await stack.client.execute_callback(
+                        language="python",
+                        code=ALIVE["python"],
+                        job=job,
+                        limits={"wall_seconds": 1},
+                    )
+                took.append(time.monotonic() - began)
+                assert response.outcome == executor_pb2.Outcome.OUTCOME_SUCCEEDED, response
+
+    # Under the watchdog's bound: a wall limit of 1 s bounded each wait.
+    assert took[0] < ZYGOTE_PING_PERIOD_S - 0.3, took
+    assert took[2] < ZYGOTE_PING_PERIOD_S - 0.3, took
 
 
 async def test_a_warm_perl_callback_is_a_fork_of_the_perl_zygote(stack_warm: Stack) -> None:

@@ -12,6 +12,8 @@
 #                       child of a cell: decoded once, %cell_specs), a newline, then
 #                       ID\0WARM_UP\0WORKDIR\0NAME=value\0... (protocol.encode_spawn),
 #                       with SCM_RIGHTS fds [stdout_w, stderr_w, bridge]
+#                       or "ping" (no fds), answered {"type":"pong"} at once: the
+#                       executor's watchdog, while this process owes it answers
 #   zygote -> executor  {"type":"started","id":N,"pid":P} | {"type":"failed","id":N,...}
 #                       {"type":"exited","pid":P,"status":S,"cpu":C,"maxrss_kib":K}
 #
@@ -78,13 +80,13 @@ use strict;
 my %SYSCALLS = (
     x86_64 => {
         recvmsg => 47, wait4 => 61, setrlimit => 160, prctl => 157, unshare => 272,
-        setns => 308, mount => 165, setgroups => 116, setresuid => 117, setresgid => 119,
-        close_range => 436, signalfd4 => 289,
+        setns => 308, mount => 165, umount2 => 166, setgroups => 116, setresuid => 117,
+        setresgid => 119, close_range => 436, signalfd4 => 289,
     },
     aarch64 => {
         recvmsg => 212, wait4 => 260, setrlimit => 164, prctl => 167, unshare => 97,
-        setns => 268, mount => 40, setgroups => 159, setresuid => 147, setresgid => 149,
-        close_range => 436, signalfd4 => 74,
+        setns => 268, mount => 40, umount2 => 39, setgroups => 159, setresuid => 147,
+        setresgid => 149, close_range => 436, signalfd4 => 74,
     },
 );
 my ($ARCH) = $Config::Config{archname} =~ /\A(x86_64|aarch64)/
@@ -108,6 +110,8 @@ sub MS_BIND ()              { 4096 }
 sub MS_REC ()               { 16384 }
 sub MS_PRIVATE ()           { 1 << 18 }
 sub MS_SLAVE ()             { 1 << 19 }
+sub MNT_DETACH ()           { 2 }
+sub UMOUNT_NOFOLLOW ()      { 8 }
 sub O_PATH ()               { 0x200000 }
 sub MSG_CMSG_CLOEXEC ()     { 0x40000000 }
 sub WNOHANG ()              { 1 }
@@ -216,6 +220,36 @@ sub make_path {
     return;
 }
 
+# isolation.py's _mount_points: every mount point of this mount namespace, in order (the
+# fifth field of /proc/self/mountinfo, its octal escapes undone).
+sub mount_points {
+    open(my $listing, '<', '/proc/self/mountinfo') or die "/proc/self/mountinfo: $!\n";
+    my @points;
+    while (my $line = <$listing>) {
+        my $point = (split / /, $line)[4];
+        $point =~ s/\\([0-7]{3})/chr oct $1/ge;
+        push @points, $point;
+    }
+    close $listing;
+    return @points;
+}
+
+# isolation.py's detach_hidden_mounts: every mount at or under the places detached, but
+# those that hold a kept path or lie under one (bound back with what is under them).
+# Only where this namespace no longer propagates to the host's. Best effort.
+sub detach_hidden_mounts {
+    my ($places, $keep) = @_;
+    my @detached;
+    for my $point (mount_points()) {
+        next if !grep { under($point, $_) } @$places;
+        next if grep { $point ne $_ && under($point, $_) } @detached;    # gone with it
+        next if grep { under($_, $point) || under($point, $_) } @$keep;
+        syscall($SYS->{umount2}, $point, MNT_DETACH | UMOUNT_NOFOLLOW);
+        push @detached, $point;
+    }
+    return;
+}
+
 # isolation.py's _cover: an empty tmpfs over each mask, the kept paths under them bound back.
 sub cover {
     my ($masks, $keep) = @_;
@@ -242,10 +276,11 @@ sub cover {
 }
 
 # isolation.py's share_masks, once in this zygote: a mount namespace of its own (a slave
-# of the host's) in which every mask not holding the working directory is covered, the
-# late masks (the cgroup tree) too: the children join their cgroups through files this
-# zygote opened (zygote.py's CellCgroupFiles), through the tree's directories held
-# from before they were covered.
+# of the host's) in which the mounts under every mask are detached (and the host's
+# /dev/pts when each child mounts its own), and every mask not holding the working
+# directory is covered, the late masks (the cgroup tree) too: the children join their
+# cgroups through files this zygote opened (zygote.py's CellCgroupFiles), through the
+# tree's directories (its own and each mount's in it) held from before they went.
 my ($shared_plan, @shared_masks, %late_roots);
 sub share_masks {
     my ($spec) = @_;
@@ -254,11 +289,17 @@ sub share_masks {
     my $plan = join("\0", @{ $isolation->{masks} }, '', @{ $isolation->{keep} }, '', @late);
     if (!defined $shared_plan) {
         $shared_plan = $plan;
+        my @points = mount_points();
         for my $mask (@late) {
-            $late_roots{$mask} = POSIX::open($mask, O_PATH) // die "open $mask: $!\n";
+            for my $root ($mask, grep { under($_, $mask) } @points) {
+                next if exists $late_roots{$root} || !-d $root;
+                $late_roots{$root} = POSIX::open($root, O_PATH) // die "open $root: $!\n";
+            }
         }
         sys('unshare', CLONE_NEWNS);
         mount(undef, '/', undef, MS_REC | MS_SLAVE);
+        detach_hidden_mounts([@{ $isolation->{masks} }, @late,
+            $isolation->{devpts} ? ('/dev/pts') : ()], $isolation->{keep});
         @shared_masks = grep { !under($spec->{workdir}, $_) } @{ $isolation->{masks} }, @late;
         cover(\@shared_masks, $isolation->{keep});
     }
@@ -278,10 +319,11 @@ sub cgroup_files {
         my $handle = $cgroup_files{$procs};
         if (!$handle) {
             my $path = $procs;
-            for my $mask (keys %late_roots) {
-                next if !under($procs, $mask);
-                # The held directory's magic link: the tree as it was before the cover.
-                $path = "/proc/self/fd/$late_roots{$mask}" . substr($procs, length $mask);
+            # The innermost held directory (the mount the file is on) and its magic link:
+            # the tree as it was before the cover.
+            for my $root (sort { length $b <=> length $a } keys %late_roots) {
+                next if !under($procs, $root);
+                $path = "/proc/self/fd/$late_roots{$root}" . substr($procs, length $root);
                 last;
             }
             open($handle, '>', $path) or die "could not open $procs: $!\n";
@@ -299,7 +341,11 @@ sub cgroup_files {
 sub isolate_filesystem {
     my ($plan, $workdir, $disk_bytes) = @_;
     my %shared = map { $_ => 1 } @{ $plan->{shared_masks} || [] };
-    mount(undef, '/', undef, MS_REC | MS_PRIVATE) if !%shared;
+    if (!%shared) {    # no zygote's namespace to copy: the detaching is this child's
+        mount(undef, '/', undef, MS_REC | MS_PRIVATE);
+        detach_hidden_mounts([@{ $plan->{masks} }, @{ $plan->{late_masks} || [] },
+            $plan->{devpts} ? ('/dev/pts') : ()], $plan->{keep});
+    }
     mount('proc', '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC);
     # A shared mask holding the working directory is covered again (see isolation.py);
     # the late masks (the cgroup tree, joined by now) always.
@@ -525,6 +571,11 @@ sub serve {
         my ($data, @fds) = receive($control_fd);
         next if !defined $data && $!{EINTR};
         return if !defined $data || $data eq '';    # the executor is gone; children follow
+        if ($data eq 'ping') {    # protocol.ZYGOTE_PING
+            POSIX::close($_) for @fds;
+            defined syswrite($control, '{"type":"pong"}') or die "perl zygote: control socket: $!\n";
+            next;
+        }
         my ($cell_part, $run_part) = split /\n/, $data, 2;
         my ($id, $warm_up, $workdir, @env) = split /\0/, $run_part // '', -1;
         my $message = defined $workdir && $id =~ /\A[0-9]+\z/
