@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Final
 
 from executor.errors import ConfigError, DataLossError, UnavailableError
-from executor.runs.sqlite_checkpoints import empty_logs
+from executor.runs.sqlite_checkpoints import SQLITE_BUSY, empty_logs
 from executor.sql import StoreUnavailable, connect_postgres
 
 logger = logging.getLogger(__name__)
@@ -78,8 +78,7 @@ class DatabaseLocked(StorageError):
 
 
 # SQLITE_BUSY and SQLITE_LOCKED: another connection held the lock past the busy timeout.
-_BUSY_CODES: Final = frozenset({5, 6})
-SQLITE_BUSY: Final = 5
+_BUSY_CODES: Final = frozenset({SQLITE_BUSY, 6})
 
 # How long a connection waits for another's write lock before its write fails. On a
 # worker thread (the history's bookkeeping, the checkpoints), SQLite's usual 5 s: nothing
@@ -105,10 +104,15 @@ def wait_briefly_for_locks(db: sqlite3.Connection) -> None:
     db.execute(f"PRAGMA busy_timeout = {int(LOOP_BUSY_TIMEOUT_S * 1000)}")
 
 
+def _primary_code(err: sqlite3.Error) -> int | None:
+    """SQLite's primary result code of ``err`` (its extended code's low byte); None if none."""
+    code = getattr(err, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
+
+
 def is_busy(err: sqlite3.Error) -> bool:
     """Whether an SQLite error is "database is locked": the same write may work later."""
-    code = getattr(err, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF in _BUSY_CODES
+    return _primary_code(err) in _BUSY_CODES
 
 
 def is_locked(err: sqlite3.Error) -> bool:
@@ -116,14 +120,12 @@ def is_locked(err: sqlite3.Error) -> bool:
 
     Not SQLITE_LOCKED, a conflict inside one connection: that is a bug of ours.
     """
-    code = getattr(err, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF == SQLITE_BUSY
+    return _primary_code(err) == SQLITE_BUSY
 
 
 def is_storage_failure(err: sqlite3.Error) -> bool:
     """Whether an SQLite error is the storage's fault (see ``_STORAGE_CODES``)."""
-    code = getattr(err, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF in _STORAGE_CODES
+    return _primary_code(err) in _STORAGE_CODES
 
 
 # What each database holds, for the refusal of a damaged one: moved aside, that is lost.
@@ -133,6 +135,12 @@ _HOLDS: Final = {
     "runs.db": "the run history",
     "supervisor.db": "the embedded supervisor's jobs and the events it has not yet forwarded",
 }
+
+
+def _holding(path: Path) -> str:
+    """`` (it holds ...)`` for one of the executor's databases, else empty."""
+    holds = _HOLDS.get(path.name)
+    return f" (it holds {holds})" if holds else ""
 
 
 # Each database's kind, in its header's application id (``PRAGMA application_id``, "cb"
@@ -292,12 +300,10 @@ def _check_kind(db: sqlite3.Connection, path: Path) -> None:
 
 def damaged(path: Path, why: str) -> str:
     """The refusal of a damaged database at ``path``: what it holds, and what to do."""
-    holds = _HOLDS.get(path.name)
-    lost = f" (it holds {holds})" if holds else ""
     return (
         f"{path}: {why}: the file is damaged or is not one of the executor's databases. "
         "It was left untouched: restore it from a backup, or move it aside to start "
-        f"with an empty one{lost}"
+        f"with an empty one{_holding(path)}"
     )
 
 
@@ -306,11 +312,6 @@ _DAMAGE_CODES: Final = frozenset({11, 26})
 # The storage under a file failed it, which says nothing of the file itself:
 # SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN (a -shm it cannot make).
 _FAILING_STORAGE_CODES: Final = frozenset({8, 10, 13, 14})
-
-
-def _primary_code(err: sqlite3.Error) -> int | None:
-    code = getattr(err, "sqlite_errorcode", None)
-    return None if code is None else int(code) & 0xFF
 
 
 def is_damage(err: sqlite3.Error) -> bool:
@@ -329,8 +330,7 @@ def unusable(path: Path, err: sqlite3.Error) -> str:
     code = _primary_code(err)
     if code in _DAMAGE_CODES:
         return damaged(path, str(err))
-    holds = _HOLDS.get(path.name)
-    kept = f" (it holds {holds})" if holds else ""
+    kept = _holding(path)
     if code in _FAILING_STORAGE_CODES:
         return (
             f"{path}: {err}: the storage refused it (an I/O error, a read-only filesystem or "
@@ -348,10 +348,8 @@ def unusable(path: Path, err: sqlite3.Error) -> str:
 
 def damaged_in_service(path: Path, why: str) -> str:
     """What a read that met damage in the database at ``path`` answers: what it holds, what to do."""
-    holds = _HOLDS.get(path.name)
-    lost = f" (it holds {holds})" if holds else ""
     return (
-        f"{path}: {why}: the file is damaged{lost}. Stop the executor, then restore it from "
+        f"{path}: {why}: the file is damaged{_holding(path)}. Stop the executor, then restore it from "
         "a backup, or move it aside (with its -wal and -shm) to start with an empty one"
     )
 
