@@ -244,27 +244,40 @@ class Farm:
                 "has ended and it is pending again"
             )
             return WorkChangeResult(0, tuple(names), refusal, job["status"])
+        return self._move_frames(change, job, names, host, resultpackage)
+
+    def _move_frames(
+        self,
+        change: str,
+        job: Mapping[str, Any],
+        names: Sequence[str],
+        host: str,
+        resultpackage: Mapping[str, Any] | None,
+    ) -> WorkChangeResult:
+        """A worker's start, complete or fail of the named frames of a dispatchable job."""
+        job_id = job["id"]
         statuses = {w["name"]: w["status"] for w in job["agenda"]}
         wanted = (Status.PENDING,) if change == "start" else _DISPATCHABLE
         instances = self._instances_to_start_on(job)
         moved: list[str] = []
         refused: dict[str, list[str]] = {}
         unstarted: list[str] = []
-        for name in names:
-            status = statuses[name]
-            if status not in wanted:
-                refused.setdefault(status, []).append(name)
-                continue
-            if status == Status.PENDING and not instances:
-                unstarted.append(name)
-                continue
-            if status == Status.PENDING:
-                self._supervisor.start_work(job_id, name, host, subid=instances[0])
-            if change == "complete":
-                self._supervisor.complete_work(job_id, name, resultpackage)
-            elif change == "fail":
-                self._supervisor.fail_work(job_id, name)
-            moved.append(name)
+        with self._supervisor.together():  # every frame's change, or none (a full disk)
+            for name in names:
+                status = statuses[name]
+                if status not in wanted:
+                    refused.setdefault(status, []).append(name)
+                    continue
+                if status == Status.PENDING and not instances:
+                    unstarted.append(name)
+                    continue
+                if status == Status.PENDING:
+                    self._supervisor.start_work(job_id, name, host, subid=instances[0])
+                if change == "complete":
+                    self._supervisor.complete_work(job_id, name, resultpackage)
+                elif change == "fail":
+                    self._supervisor.fail_work(job_id, name)
+                moved.append(name)
         accepts = " or ".join(wanted)
         parts = [f"work {job_id}:{','.join(moved)} -> {_TARGET[change]}"] if moved else []
         parts += [

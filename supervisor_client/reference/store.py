@@ -256,6 +256,8 @@ class ReferenceSupervisor:
         self._outbox_listeners: list[Callable[[], None]] = []
         self._clock = clock
         self._lock = threading.RLock()
+        # The changes of the transaction open on the thread holding ``_lock`` (together()).
+        self._open_changes: _Changes | None = None
         self._db = sqlite3.connect(path, timeout=5.0, check_same_thread=False)
         try:
             self._open(
@@ -373,27 +375,66 @@ class ReferenceSupervisor:
             yield
 
     @contextmanager
+    def together(self) -> Iterator[None]:
+        """Make the changes inside one transaction: all committed at its end, or none.
+
+        What a farm's worker reports for many frames at once: a failure part-way (a
+        full disk) leaves no frame changed, and the commit is one instead of one per
+        frame. Other threads' changes wait until it ends.
+        """
+        with self._transaction():
+            # Begun now: a savepoint opening a transaction would commit it at its release.
+            self._db.execute("BEGIN")
+            yield
+
+    @contextmanager
+    def _part_of(self, changes: _Changes) -> Iterator[_Changes]:
+        """A change inside an open transaction: undone alone when it fails (a savepoint)."""
+        marks = len(changes.transitions), len(changes.history)
+        again = dict(changes.register_again)
+        self._db.execute("SAVEPOINT change")
+        try:
+            yield changes
+        except BaseException:
+            self._db.execute("ROLLBACK TO change")
+            self._db.execute("RELEASE change")
+            del changes.transitions[marks[0] :], changes.history[marks[1] :]
+            changes.register_again = again
+            raise
+        self._db.execute("RELEASE change")
+
+    @contextmanager
     def _transaction(self) -> Iterator[_Changes]:
         """Run a change atomically; deliver its transitions once it is committed.
 
         A listener that raises is logged and skipped: the change is already committed,
         so failing the caller's verb would misreport what happened. A change that fails,
         its commit included, is rolled back whole: its state, history lines and kept
-        events together, and no listener hears of it.
+        events together, and no listener hears of it. Inside ``together`` a change joins
+        that transaction: a failed one is undone alone (a savepoint), and a failure that
+        leaves ``together`` rolls back the whole of it.
         """
-        changes = _Changes()
         with self._using_db():
-            with self._db:
-                yield changes
-                now = self._clock()
-                self._db.executemany(
-                    "INSERT INTO history (job_id, time, text, invocation_id) VALUES (?, ?, ?, ?)",
-                    [(job_id, now, text, inv) for job_id, text, inv in changes.history],
-                )
-                kept: list[Transition] = []
-                if self._events is not None:
-                    kept = changes.outbox()
-                    self._events.add(kept)
+            if self._open_changes is not None:  # this thread's, in together()
+                with self._part_of(self._open_changes) as changes:
+                    yield changes
+                return
+            changes = self._open_changes = _Changes()
+            try:
+                with self._db:
+                    yield changes
+                    now = self._clock()
+                    self._db.executemany(
+                        "INSERT INTO history (job_id, time, text, invocation_id)"
+                        " VALUES (?, ?, ?, ?)",
+                        [(job_id, now, text, inv) for job_id, text, inv in changes.history],
+                    )
+                    kept: list[Transition] = []
+                    if self._events is not None:
+                        kept = changes.outbox()
+                        self._events.add(kept)
+            finally:
+                self._open_changes = None
             listeners = tuple(self._listeners)
             wake = tuple(self._outbox_listeners) if kept else ()
         for on_kept in wake:

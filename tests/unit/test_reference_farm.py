@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
 from supervisor_client.reference import (
@@ -108,6 +110,58 @@ def test_worker_changes_start_pending_items_and_name_the_rest(
     failed = farm.change_work("fail", 1, ["2"])
     assert (failed.changed, failed.job_status) == (1, "running")
     assert statuses(farm, 1) == {"1": "complete", "2": "failed", "3": "blocked"}
+
+
+def test_a_worker_change_of_many_frames_is_all_or_nothing(
+    farm: Farm, events: list[Transition]
+) -> None:
+    (job,) = farm.submit([{"name": "j", "agenda": ["1", "2", "3", "4"]}])
+    db = farm.supervisor._db
+    # The storage refuses the third frame's change (a full disk, say), part-way through.
+    db.execute(
+        "CREATE TEMP TRIGGER refuse_3 BEFORE UPDATE OF status ON work"
+        " WHEN NEW.name = '3' AND NEW.status = 'complete'"
+        " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+    )
+    before = list(events)
+    with pytest.raises(sqlite3.IntegrityError, match="disk is full"):
+        farm.change_work("complete", job["id"], ["1", "2", "3", "4"])
+    assert statuses(farm, job["id"]) == dict.fromkeys("1234", "pending")
+    assert farm.job(job["id"])["status"] == "pending"
+    assert events == before  # nothing happened, so nobody hears of it
+    assert not any("[work]" in line["text"] for line in farm.history(job["id"]))
+    db.execute("DROP TRIGGER refuse_3")
+    done = farm.change_work("complete", job["id"], ["1", "2", "3", "4"])
+    assert (done.changed, done.job_status) == (4, "complete")
+    completed = [e.work_name for e in events if e.type == "work" and e.name == "complete"]
+    assert completed == ["1", "2", "3", "4"]
+
+
+def test_inside_together_a_failed_change_is_undone_alone(
+    farm: Farm, events: list[Transition]
+) -> None:
+    supervisor = farm.supervisor
+    (job,) = farm.submit([{"name": "j", "agenda": ["1", "2"]}])
+    supervisor._db.execute(
+        "CREATE TEMP TRIGGER refuse_2 BEFORE UPDATE OF status ON work"
+        " WHEN NEW.name = '2' AND NEW.status = 'complete'"
+        " BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    )
+    before = len(events)
+    with supervisor.together():
+        supervisor.start_work(job["id"], "1")
+        supervisor.start_work(job["id"], "2")
+        supervisor.complete_work(job["id"], "1", {"frame": 1})
+        # Its result package is written before its status is refused: both undone.
+        with pytest.raises(sqlite3.IntegrityError, match="refused"):
+            supervisor.complete_work(job["id"], "2", {"frame": 2})
+        assert len(events) == before  # heard of at the commit, not before
+    agenda = {w["name"]: (w["status"], w["resultpackage"]) for w in farm.job(job["id"])["agenda"]}
+    assert agenda == {"1": ("complete", {"frame": 1}), "2": ("running", {})}
+    frame_events = [(e.work_name, e.name) for e in events[before:] if e.type == "work"]
+    assert frame_events == [("1", "running"), ("2", "running"), ("1", "complete")]
+    history = [line["text"] for line in farm.history(job["id"])]
+    assert "[work] 1 complete" in history and "[work] 2 complete" not in history
 
 
 def test_operator_changes_go_through_the_work_verbs(farm: Farm) -> None:
