@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import Final
 
 from executor.errors import ConfigError, DataLossError, UnavailableError
-from executor.runs.sqlite_checkpoints import SQLITE_BUSY, empty_logs
+from executor.runs.sqlite_checkpoints import empty_logs
 from executor.sql import StoreUnavailable, connect_postgres
+from executor.sqlite_codes import SQLITE_BUSY, SQLITE_LOCKED, primary_code
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class DatabaseLocked(StorageError):
 
 
 # SQLITE_BUSY and SQLITE_LOCKED: another connection held the lock past the busy timeout.
-_BUSY_CODES: Final = frozenset({SQLITE_BUSY, 6})
+_BUSY_CODES: Final = frozenset({SQLITE_BUSY, SQLITE_LOCKED})
 
 # How long a connection waits for another's write lock before its write fails. On a
 # worker thread (the history's bookkeeping, the checkpoints), SQLite's usual 5 s: nothing
@@ -104,15 +105,9 @@ def wait_briefly_for_locks(db: sqlite3.Connection) -> None:
     db.execute(f"PRAGMA busy_timeout = {int(LOOP_BUSY_TIMEOUT_S * 1000)}")
 
 
-def _primary_code(err: sqlite3.Error) -> int | None:
-    """SQLite's primary result code of ``err`` (its extended code's low byte); None if none."""
-    code = getattr(err, "sqlite_errorcode", None)
-    return None if code is None else int(code) & 0xFF
-
-
 def is_busy(err: sqlite3.Error) -> bool:
     """Whether an SQLite error is "database is locked": the same write may work later."""
-    return _primary_code(err) in _BUSY_CODES
+    return primary_code(err) in _BUSY_CODES
 
 
 def is_locked(err: sqlite3.Error) -> bool:
@@ -120,12 +115,12 @@ def is_locked(err: sqlite3.Error) -> bool:
 
     Not SQLITE_LOCKED, a conflict inside one connection: that is a bug of ours.
     """
-    return _primary_code(err) == SQLITE_BUSY
+    return primary_code(err) == SQLITE_BUSY
 
 
 def is_storage_failure(err: sqlite3.Error) -> bool:
     """Whether an SQLite error is the storage's fault (see ``_STORAGE_CODES``)."""
-    return _primary_code(err) in _STORAGE_CODES
+    return primary_code(err) in _STORAGE_CODES
 
 
 # What each database holds, for the refusal of a damaged one: moved aside, that is lost.
@@ -316,7 +311,7 @@ _FAILING_STORAGE_CODES: Final = frozenset({8, 10, 13, 14})
 
 def is_damage(err: sqlite3.Error) -> bool:
     """Whether SQLite found the file damaged (not merely the storage under it failing)."""
-    return _primary_code(err) in _DAMAGE_CODES
+    return primary_code(err) in _DAMAGE_CODES
 
 
 def unusable(path: Path, err: sqlite3.Error) -> str:
@@ -327,7 +322,7 @@ def unusable(path: Path, err: sqlite3.Error) -> str:
     shows it mounted read-write), an I/O error or another process's lock leave a sound
     file, and moving aside an ``outbox.db`` loses the results it holds.
     """
-    code = _primary_code(err)
+    code = primary_code(err)
     if code in _DAMAGE_CODES:
         return damaged(path, str(err))
     kept = _holding(path)
@@ -380,7 +375,7 @@ def reading(path: Path | str) -> Iterator[None]:
             raise UnavailableError(
                 f"cannot read {path}: {err} (another process holds it locked); try again"
             ) from err
-        if _primary_code(err) in _FAILING_STORAGE_CODES:
+        if primary_code(err) in _FAILING_STORAGE_CODES:
             raise UnavailableError(
                 f"cannot read {path}: {err}; the storage under it failed (the file is not "
                 "known to be damaged): the executor's data dir needs attention"

@@ -40,9 +40,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Final, NamedTuple
 
-logger = logging.getLogger(__name__)
+from executor.sqlite_codes import SQLITE_BUSY, primary_code
 
-SQLITE_BUSY: Final = 5  # another connection holds the lock a checkpoint needs
+logger = logging.getLogger(__name__)
 
 # PASSIVE passes per checkpoint: the first copies the bulk, the next ones the few frames
 # committed meanwhile (about a millisecond), the last finds nothing new (microseconds).
@@ -193,6 +193,6 @@ def empty_logs(paths: Iterable[Path], *, busy_timeout_s: float) -> list[LogNotEm
             finally:
                 db.close()
         except sqlite3.Error as err:
-            if getattr(err, "sqlite_errorcode", 0) & 0xFF != SQLITE_BUSY:
+            if primary_code(err) != SQLITE_BUSY:  # a lock: another connection empties it
                 not_emptied.append(LogNotEmptied(path, size, str(err)))
     return not_emptied
