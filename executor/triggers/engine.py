@@ -1035,8 +1035,13 @@ class TriggerEngine:
                 self.fire_due_timers()
                 due = self._store.next_timer_due()
             except UnavailableError as err:  # PostgreSQL restarting: the timers wait for it
-                logger.warning("timers: %s; trying again in %.0fs", err, _STORE_RETRY_S)
+                logger.warning(
+                    "timers: %s; trying again in %.0fs, once the storage is sound",
+                    err,
+                    _STORE_RETRY_S,
+                )
                 await asyncio.sleep(_STORE_RETRY_S)
+                await self._store.sound()
                 continue
             delay = 3600.0 if due is None else max(0.0, min(3600.0, due - self._clock()))
             self._timer_wakeup.clear()

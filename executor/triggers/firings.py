@@ -260,9 +260,12 @@ class FiringWorker:
                 failures += 1
                 delay = self._retry.delay(failures, self._rng)
                 logger.warning(
-                    "firing %s ran; recording it: %s (retrying)", firing.invocation_id, err
+                    "firing %s ran; recording it: %s (retrying once the storage is sound)",
+                    firing.invocation_id,
+                    err,
                 )
                 await asyncio.sleep(delay)
+                await self._store.sound()
                 continue
             if not held:
                 # Its result was recorded only if the claim still held when it ended

@@ -20,6 +20,8 @@ Label atoms also carry their pgrp and label, for the near-miss lookups (near_mis
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
@@ -351,6 +353,18 @@ class TriggerStore:
     def fleet(self) -> bool:
         """Whether this store is a fleet's PostgreSQL database."""
         return isinstance(self._db, PgDb)
+
+    async def sound(self, at_most_s: float = 30.0) -> None:
+        """Until the storage's health probe finds it takes writes again, or ``at_most_s``.
+
+        What a retry waits for after the store refused a write: trying sooner would only
+        wait for another's lock on the event loop, or fail again. At most that long: the
+        health may be degraded by another database (a damaged history) for longer.
+        """
+        if self._health is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(at_most_s):
+                    await self._health.sound()
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         """Add the columns a database from an earlier version lacks."""

@@ -10,10 +10,11 @@ is recorded and reported once the lock is gone. The event loop is never stalled 
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -41,6 +42,8 @@ LOCK_HOLDER: Final = (
 )
 # Well under SQLite's 5 s busy timeout, well over the executor's 0.25 s on the loop.
 PROMPTLY_S: Final = 2.0
+# Qube time: Unix time less this.
+QUBE_EPOCH: Final = 946702800
 
 
 @contextmanager
@@ -229,6 +232,48 @@ async def test_a_locked_trigger_store_answers_unavailable_and_applies_nothing(
             assert not reply.duplicate
             assert [fired.result.stdout for fired in reply.fired] == ["frame done\n"]
             await channel.close()
+
+
+async def test_timers_meeting_a_locked_trigger_store_wait_for_the_probe_not_the_lock(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each try of a write meets the lock for the loop's quarter second: a timer that
+    # tried again every second stalled every request a quarter of the time.
+    settings = stack_settings(tmp_path / "data")
+    async with executor(settings) as running, ExecutorClient(f"127.0.0.1:{running.port}") as client:
+        now_qube = int(time.time()) - QUBE_EPOCH
+        await client.register_job(
+            {
+                "id": 41,
+                "name": "ticking",
+                "callbacks": [
+                    {
+                        "triggers": f"dummy-repeat-self-{now_qube}-1",
+                        "language": "python",
+                        "code": "print('tick')",
+                    }
+                ],
+            }
+        )
+
+        async def ticks() -> int:
+            runs = await client.list_runs(job_id=41, limit=1000)
+            return len(runs.runs)
+
+        assert await eventually(lambda: _at_least(ticks, 1), timeout_s=10)
+        with caplog.at_level(logging.WARNING, logger="executor.triggers.engine"):
+            with locked(settings.data_dir / "triggers.db"):
+                await asyncio.sleep(4.5)  # four ticks due meanwhile
+            tries = [r for r in caplog.records if r.getMessage().startswith("timers: ")]
+        assert len(tries) == 1, [r.getMessage() for r in tries]
+        assert "triggers.db: database is locked" in tries[0].getMessage()
+        # Once the probe finds the lock gone, the clock ticks on: missed ticks coalesce.
+        after = await ticks()
+        assert await eventually(lambda: _at_least(ticks, after + 1), timeout_s=10)
+
+
+async def _at_least(count: Callable[[], Awaitable[int]], least: int) -> bool:
+    return await count() >= least
 
 
 async def test_a_locked_embedded_supervisor_answers_unavailable_and_changes_nothing(
