@@ -314,14 +314,19 @@ class Overlay:
     refused: frozenset[str] = frozenset()
 
 
-def _coerce(name: str, raw: Any, current: Any, *, text: bool) -> Any:
+def _coerce(name: str, raw: Any, current: Any, *, text: bool, typed: bool = False) -> Any:
     """Turn a TOML/env value into the type of the current value (``text``: from the environment).
+
+    ``typed``: the value carries the type it was written with (TOML), which must be the
+    setting's: a string is no number, nor 2e6 or 5.0 a whole number, nor 5 a string.
 
     Raises:
         ConfigError: the value has the wrong type, naming ``name``; for a table, a line
             per bad key, and ``refused_keys`` on the error names them.
     """
     try:
+        if typed:
+            _check_written_type(raw, current, name)
         if isinstance(current, bool):
             if isinstance(raw, bool):
                 return raw
@@ -337,7 +342,7 @@ def _coerce(name: str, raw: Any, current: Any, *, text: bool) -> Any:
         if isinstance(current, frozenset):
             return parse_languages(raw)
         if dataclasses.is_dataclass(current) and not isinstance(current, type):
-            return _coerce_table(name, raw, current, text=text)
+            return _coerce_table(name, raw, current, text=text, typed=typed)
         if isinstance(current, float):
             return finite_number(raw)
         if isinstance(current, int):
@@ -345,6 +350,24 @@ def _coerce(name: str, raw: Any, current: Any, *, text: bool) -> Any:
         return str(raw)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{name}: {err}") from err
+
+
+def _check_written_type(raw: Any, current: Any, name: str) -> None:
+    """Refuse a TOML value whose type is not the setting's (TypeError saying which it takes)."""
+    if isinstance(current, bool | frozenset) or (
+        dataclasses.is_dataclass(current) and not isinstance(current, type)
+    ):
+        return  # their own checks name what they take; a table's keys are checked in turn
+    if isinstance(current, float):
+        expected, fits = "a number", isinstance(raw, int | float)
+    elif isinstance(current, int):
+        expected, fits = "a whole number", isinstance(raw, int)
+    elif isinstance(current, str | Path) or name.endswith("_dir"):
+        expected, fits = "a string", isinstance(raw, str)
+    else:
+        return
+    if isinstance(raw, bool) or not fits:
+        raise TypeError(f"expected {expected}, got {as_written(raw)}")
 
 
 class TableError(ConfigError):
@@ -355,7 +378,7 @@ class TableError(ConfigError):
         self.keys = keys
 
 
-def _coerce_table(name: str, raw: Any, current: Any, *, text: bool) -> Any:
+def _coerce_table(name: str, raw: Any, current: Any, *, text: bool, typed: bool) -> Any:
     """A nested table ([default_limits], [mail]): each key coerced like the top level."""
     if not isinstance(raw, Mapping):
         raise TypeError("expected a table")
@@ -370,7 +393,7 @@ def _coerce_table(name: str, raw: Any, current: Any, *, text: bool) -> Any:
             continue
         like = float(getattr(current, key)) if declared[key] == "float" else getattr(current, key)
         try:
-            changes[key] = _coerce(f"{name}.{key}", value, like, text=text)
+            changes[key] = _coerce(f"{name}.{key}", value, like, text=text, typed=typed)
         except ConfigError as err:
             problems.append(str(err))
             keys.append(key)
@@ -415,12 +438,18 @@ def whole_number(raw: Any) -> int:
 
 
 def overlay(
-    settings: Settings, values: Mapping[str, Any], origin: str, *, text: bool = False
+    settings: Settings,
+    values: Mapping[str, Any],
+    origin: str,
+    *,
+    text: bool = False,
+    typed: bool = False,
 ) -> Overlay:
     """Lay a mapping of field name -> raw value over ``settings``, naming ``origin`` in problems.
 
     Every value ``origin`` gets wrong is named, a line each; the others are applied.
     ``text``: the values are text (the environment), so a boolean may be a word.
+    ``typed``: the values have the types they were written with (TOML), the settings'.
     """
     known = {f.name for f in dataclasses.fields(Settings)} - {"config_file"}
     changes: dict[str, Any] = {}
@@ -436,7 +465,9 @@ def overlay(
             changes[key] = raw
         else:
             try:
-                changes[key] = _coerce(f"{origin}: {key}", raw, getattr(settings, key), text=text)
+                changes[key] = _coerce(
+                    f"{origin}: {key}", raw, getattr(settings, key), text=text, typed=typed
+                )
             except TableError as err:
                 problems.append(str(err))
                 refused.update(f"{key}.{sub}" for sub in err.keys)
@@ -449,11 +480,11 @@ def overlay(
 
 
 def apply(settings: Settings, values: Mapping[str, Any], origin: str) -> Settings:
-    """Overlay a mapping of field name -> raw value, naming ``origin`` in errors.
+    """Overlay a mapping of field name -> value as TOML types it, naming ``origin`` in errors.
 
     Every value ``origin`` gets wrong is named, a line each, in one ConfigError.
     """
-    laid = overlay(settings, values, origin)
+    laid = overlay(settings, values, origin, typed=True)
     if laid.problems:
         raise ConfigError("\n".join(laid.problems))
     return laid.settings
@@ -519,13 +550,14 @@ def layered(
     settings = Settings()
     problems: list[str] = []
     refused: set[str] = set()
-    sources: list[tuple[Mapping[str, Any], str, bool]] = []
+    # Each source's values, its name, whether they are text, whether typed as written.
+    sources: list[tuple[Mapping[str, Any], str, bool, bool]] = []
     if config_file is not None:
-        sources.append((read_toml(config_file), str(config_file), False))
-    sources.append((env_values(environ), "environment", True))
-    sources.append((flags, "flag", False))
-    for values, origin, text in sources:
-        laid = overlay(settings, values, origin, text=text)
+        sources.append((read_toml(config_file), str(config_file), False, True))
+    sources.append((env_values(environ), "environment", True, False))
+    sources.append((flags, "flag", False, False))
+    for values, origin, text, typed in sources:
+        laid = overlay(settings, values, origin, text=text, typed=typed)
         settings = laid.settings
         problems += laid.problems
         # A setting a later source gives again is checked again if that value is taken.

@@ -715,6 +715,20 @@ def test_check_config_refuses_languages_of_another_type_in_one_line(
         ),
         # Once Python's own words: "could not convert string to float: 'x'".
         ({"history_retention_days": "x"}, "t: history_retention_days: expected a number, got 'x'"),
+        # Once converted: a string of digits, or a float with no fraction, for a whole number.
+        ({"max_queue": "5"}, "t: max_queue: expected a whole number, got '5'"),
+        ({"max_queue": 5.0}, "t: max_queue: expected a whole number, got 5.0"),
+        (
+            {"history_max_bytes": 2e6},
+            "t: history_max_bytes: expected a whole number, got 2000000.0",
+        ),
+        (
+            {"default_limits": {"memory_bytes": "1048576"}},
+            "t: default_limits.memory_bytes: expected a whole number, got '1048576'",
+        ),
+        ({"grace_seconds": "2"}, "t: grace_seconds: expected a number, got '2'"),
+        ({"bind": 50051}, "t: bind: expected a string, got 50051"),
+        ({"data_dir": 1}, "t: data_dir: expected a string, got 1"),
     ],
 )
 def test_a_toml_value_of_the_wrong_type_is_refused_never_coerced(
