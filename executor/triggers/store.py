@@ -28,14 +28,14 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
 from executor.model import Event
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
-from executor.sql import Db, NoCheckpoints, PgDb, Row, is_postgres, row_lock
+from executor.sql import Db, NoCheckpoints, PgDb, Row, in_lists, is_postgres, row_lock
 from executor.storage import (
     LOOP_CHECKPOINT_BUSY_TIMEOUT_S,
     StorageHealth,
@@ -128,6 +128,10 @@ LABEL_INDEXES = """
 CREATE INDEX IF NOT EXISTS atoms_unresolved ON atoms (pgrp, type, name, extra) WHERE label != '';
 CREATE INDEX IF NOT EXISTS atoms_by_label ON atoms (label, type, name, extra) WHERE label != '';
 """
+# The advisory locks a fleet's registrations of one job take turns under
+# (``callbacks_to_register``): the two-key form, keyed by this and the job; the migration's
+# lock is of the one-key form, which PostgreSQL keeps apart.
+_REGISTRATION_LOCK: Final = 0x63627267  # "cbrg"
 # Columns added since the first schema: (table, column, definition).
 _ADDED_COLUMNS: Final = (
     # A queue from before batches: its firings keep running one after another.
@@ -474,6 +478,41 @@ class TriggerStore:
         return [StoredCallback.from_row(row) for row in rows]
 
     @staticmethod
+    def callbacks_to_register(db: Db, job_id: int) -> list[StoredCallback]:
+        """The job's callbacks as its registration finds them, held until it commits.
+
+        What a registration keeps of the last one (counts, latches, journals, work items)
+        is read here, in its own transaction. In a fleet the job's registrations take
+        turns under a transaction-scoped advisory lock keyed by the job, taken first, and
+        its callback rows are then locked in ascending order:
+
+        * The advisory lock, not a row lock: a job registered for the first time has no
+          row to lock yet, and two replicas registering it at once would both take it as
+          new (a level ``submit-job-self`` would fire twice). Events never take it, and
+          a registration waiting for it holds nothing else, so it adds no deadlock.
+        * The rows in ascending order, in one statement, as an event's transaction locks
+          the rows it matches (group_reads.matching): an event that latched one of them
+          has committed before this reads it, and one that comes later waits for the
+          registration and reads what it wrote (a kept row is rewritten in place,
+          ``rewrite_callback``); the two orders agree, so they take turns and never
+          deadlock. (The other jobs' level callbacks a first
+          registration latches, ``registration.take_submission``, are locked after
+          these, but a first registration has no rows of its own an event could hold.)
+
+        On SQLite the transaction is the file's only writer already: a plain read.
+        """
+        if isinstance(db, PgDb):
+            db.execute(
+                "SELECT pg_advisory_xact_lock(?::integer, ?::integer)",
+                (_REGISTRATION_LOCK, _as_int4(job_id)),
+            )
+        rows = db.execute(
+            f"SELECT * FROM callbacks WHERE job_id = ? ORDER BY rowid{row_lock(db)}",  # noqa: S608 - a clause of ours
+            (job_id,),
+        ).fetchall()
+        return sorted((StoredCallback.from_row(row) for row in rows), key=lambda cb: cb.callback_id)
+
+    @staticmethod
     def callbacks_page(
         db: Db, job_id: int, *, after: int = 0, limit: int
     ) -> tuple[list[StoredCallback], int]:
@@ -566,6 +605,32 @@ class TriggerStore:
         db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
 
     @staticmethod
+    def delete_callbacks(db: Db, rowids: Collection[int]) -> None:
+        """Delete callback rows (their index rows, timers and items go with them)."""
+        for part, marks in in_lists(sorted(rowids)):
+            db.execute(f"DELETE FROM callbacks WHERE rowid IN ({marks})", part)  # noqa: S608 - marks only
+
+    @staticmethod
+    def unindex_callbacks(db: Db, rowids: Collection[int]) -> None:
+        """Delete callbacks' index rows and timers (``rewrite_callback`` writes them again)."""
+        for part, marks in in_lists(sorted(rowids)):
+            db.execute(f"DELETE FROM atoms WHERE callback_rowid IN ({marks})", part)  # noqa: S608 - marks only
+            db.execute(f"DELETE FROM timers WHERE callback_rowid IN ({marks})", part)  # noqa: S608 - marks only
+
+    @staticmethod
+    def set_callback_ids_aside(db: Db, rowids: Collection[int]) -> None:
+        """Give kept rows whose id moves an id no callback has (``-rowid``) until rewritten.
+
+        Ids may swap between kept rows (universal lines reordered), and the job's ids are
+        unique at every row written.
+        """
+        for part, marks in in_lists(sorted(rowids)):
+            db.execute(
+                f"UPDATE callbacks SET callback_id = -rowid WHERE rowid IN ({marks})",  # noqa: S608 - marks only
+                part,
+            )
+
+    @staticmethod
     def put_callback(
         db: Db,
         job_id: int,
@@ -573,28 +638,45 @@ class TriggerStore:
         atoms: Iterable[NewAtom],
         timers: Iterable[tuple[int, float]],
     ) -> int:
-        latches = list(spec["latches"])
         cursor = db.execute(
             'INSERT INTO callbacks (job_id, callback_id, triggers, language, code, "user", count,'
             " maximum, latches, universal, source, mode, latched_by)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING rowid",
-            (
-                job_id,
-                spec["id"],
-                spec["triggers"],
-                spec["language"],
-                spec["code"],
-                spec["user"],
-                spec.get("count", 0),
-                spec.get("maximum", 0),
-                json.dumps(latches),
-                int(spec.get("universal", False)),
-                spec.get("source", ""),
-                spec.get("mode", EDGE),
-                marks_to_json(spec.get("latched_by") or [None] * len(latches)),
-            ),
+            (job_id, *_callback_columns(spec)),
         )
         rowid = int(cursor.fetchone()[0])
+        TriggerStore._index_callback(db, rowid, atoms, timers)
+        return rowid
+
+    @staticmethod
+    def rewrite_callback(
+        db: Db,
+        rowid: int,
+        spec: dict[str, Any],
+        atoms: Iterable[NewAtom],
+        timers: Iterable[tuple[int, float]],
+    ) -> None:
+        """A kept callback's row as registered again, in place (``put_callback``'s columns).
+
+        Its old index rows and timers must be gone (``unindex_callbacks``).
+
+        In place, not deleted and inserted again: in a fleet, an event's transaction
+        waiting for the row's lock then reads the row as written here, where it would
+        have skipped a deleted one (and not seen the new row): its latch would be lost.
+        """
+        db.execute(
+            'UPDATE callbacks SET callback_id = ?, triggers = ?, language = ?, code = ?, "user" = ?,'
+            " count = ?, maximum = ?, latches = ?, universal = ?, source = ?, mode = ?,"
+            " latched_by = ? WHERE rowid = ?",
+            (*_callback_columns(spec), rowid),
+        )
+        TriggerStore._index_callback(db, rowid, atoms, timers)
+
+    @staticmethod
+    def _index_callback(
+        db: Db, rowid: int, atoms: Iterable[NewAtom], timers: Iterable[tuple[int, float]]
+    ) -> None:
+        """A callback's index rows and timers."""
         rows = []
         for a in atoms:
             pgrp, label = scope_label(a.key.scope) or (0, "")
@@ -610,7 +692,6 @@ class TriggerStore:
             "INSERT INTO timers (callback_rowid, slot, due) VALUES (?, ?, ?)",
             [(rowid, slot, due) for slot, due in timers],
         )
-        return rowid
 
     # -- matching -------------------------------------------------------------------
 
@@ -912,6 +993,33 @@ class TriggerStore:
                 "UPDATE timers SET due = ? WHERE callback_rowid = ? AND slot = ?",
                 (due, rowid, slot),
             )
+
+
+def _callback_columns(spec: dict[str, Any]) -> tuple[Any, ...]:
+    """A registration's callback spec as the callbacks row's columns after ``job_id``."""
+    latches = list(spec["latches"])
+    return (
+        spec["id"],
+        spec["triggers"],
+        spec["language"],
+        spec["code"],
+        spec["user"],
+        spec.get("count", 0),
+        spec.get("maximum", 0),
+        json.dumps(latches),
+        int(spec.get("universal", False)),
+        spec.get("source", ""),
+        spec.get("mode", EDGE),
+        marks_to_json(spec.get("latched_by") or [None] * len(latches)),
+    )
+
+
+def _as_int4(job_id: int) -> int:
+    """A job id folded into PostgreSQL's integer, an advisory lock's key.
+
+    Two ids that fold alike only make their registrations take turns.
+    """
+    return (job_id + 2**31) % 2**32 - 2**31
 
 
 def _marks(values: Sequence[object]) -> str:
