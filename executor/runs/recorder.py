@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 # another replica may claim it and run it again anyway. With SQLite nobody else would: the
 # result waits for the storage as long as it takes (or until a stop).
 FIRED_RESULT_WAIT_S = 30.0
+# How soon the start's rebuild of lost history records is tried again after the storage
+# refused it (then once its probe finds it takes writes).
+RECOVERY_RETRY_S = 1.0
 
 
 class Recorder:
@@ -65,7 +68,10 @@ class Recorder:
         fired_wait_s: float | None = None,
         claim_holds: Callable[[str, int], bool] | None = None,
         health: StorageHealth | None = None,
+        recovery_owed: bool = False,
     ) -> None:
+        # recovery_owed: the start's rebuild of lost history records met a storage that
+        # refused it; ``start`` tries again once the storage takes writes.
         if outbox is not None and encode_report is None:
             raise ValueError("an outbox needs encode_report")
         self.history = history
@@ -82,6 +88,8 @@ class Recorder:
         # Results of Execute runs whose callers were told the storage refused them,
         # committed once it takes them.
         self._owed: set[asyncio.Task[bool]] = set()
+        self._recovery_owed = recovery_owed
+        self._recovering: asyncio.Task[None] | None = None
         self._writer = BookkeepingWriter(history, callback_log, metrics)
         # A reader of either never misses a run that was answered.
         history.before_read = self._writer.flush
@@ -127,8 +135,9 @@ class Recorder:
             health=health,
         )
         callback_log = CallbackLog(settings.callback_log_dir, settings.callback_log_max_bytes)
-        if outbox is not None:
-            recover_lost_bookkeeping(outbox, history, callback_log)
+        owed = (
+            outbox is not None and recover_lost_bookkeeping(outbox, history, callback_log) is None
+        )
         return cls(
             history=history,
             callback_log=callback_log,
@@ -138,6 +147,7 @@ class Recorder:
             fired_wait_s=FIRED_RESULT_WAIT_S if settings.store else None,
             claim_holds=claim_holds,
             health=health,
+            recovery_owed=owed,
         )
 
     def on_result(self, invocation: Invocation, result: RunResult) -> Awaitable[object] | None:
@@ -349,12 +359,28 @@ class Recorder:
         """Start delivering results (needs the running event loop)."""
         if self.outbox is not None:
             self.outbox.start()
+            if self._recovery_owed:
+                self._recovering = asyncio.get_running_loop().create_task(
+                    self._recover_when_sound(self.outbox)
+                )
+
+    async def _recover_when_sound(self, outbox: Outbox) -> None:
+        """The start's rebuild of lost history records, again once the storage takes writes."""
+        while True:
+            await asyncio.sleep(RECOVERY_RETRY_S)
+            if self._health is not None:
+                await self._health.sound()
+            if recover_lost_bookkeeping(outbox, self.history, self.callback_log) is not None:
+                return
 
     async def close(self, flush_timeout_s: float = 2.0) -> None:
         """Give queued results a moment to go out, then close everything.
 
         What is still pending stays in the outbox and goes out after the next start.
         """
+        if self._recovering is not None:  # its notes stay for the next start
+            self._recovering.cancel()
+            await asyncio.gather(self._recovering, return_exceptions=True)
         if self._owed:
             self.stop_waiting()
             await asyncio.wait(list(self._owed))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Final
 
+from executor.errors import UnavailableError
 from executor.runs import run_notes
 from executor.runs.callback_log import CallbackLog
 from executor.runs.history import RunHistory
@@ -29,14 +30,25 @@ logger = logging.getLogger(__name__)
 _SAME_END_S: Final = 1e-3
 
 
-def recover_lost_bookkeeping(outbox: Outbox, history: RunHistory, callback_log: CallbackLog) -> int:
+def recover_lost_bookkeeping(
+    outbox: Outbox, history: RunHistory, callback_log: CallbackLog
+) -> int | None:
     """Write the runs the outbox has notes of and the history lacks; how many.
 
-    Never stops a start: a storage that fails (or anything else) is logged, and the notes
-    stay for the next start.
+    Never stops a start. None when the storage refused (another process holding a
+    database locked, a full disk): logged in a line, the notes stay, and the caller tries
+    again once the storage takes writes. Anything else is logged with its traceback, and
+    the notes stay for the next start.
     """
     try:
         return _recover(outbox, history, callback_log)
+    except UnavailableError as err:
+        logger.error(
+            "the rebuild of the history of runs a crash interrupted did not finish: %s; it"
+            " is tried again once the storage takes writes",
+            err,
+        )
+        return None
     except Exception:
         logger.exception("the history of runs a crash interrupted was not rebuilt")
         return 0

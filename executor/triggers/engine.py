@@ -866,15 +866,18 @@ class TriggerEngine:
         journal_limit: int = 0,
         after_callback_id: int = 0,
         limit: int = why.MAX_CALLBACKS_EXPLAINED,
+        registration: int = 0,
     ) -> JobExplanation:
         """Why each callback of a job did or did not fire, and what it still waits for.
 
-        At most ``limit`` callbacks, those with ids above ``after_callback_id``. It reads
-        on a snapshot of the store for as long as that takes: any thread may call it,
-        and the servicer calls it on a worker thread (``why.explain_job``).
+        At most ``limit`` callbacks, those with ids above ``after_callback_id``, of the
+        job's registration ``registration`` when not 0. It reads on a snapshot of the
+        store for as long as that takes: any thread may call it, and the servicer calls
+        it on a worker thread (``why.explain_job``).
 
         Raises:
             NotFoundError: the job (or the callback) is not registered.
+            ChangedMeanwhileError: the job was registered again since ``registration``.
         """
         return why.explain_job(
             self._store,
@@ -885,6 +888,7 @@ class TriggerEngine:
             parsed=_parsed,
             after_callback_id=after_callback_id,
             limit=limit,
+            registration=registration,
         )
 
     async def _result_of_record(

@@ -67,7 +67,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     job_id INTEGER PRIMARY KEY,
     pgrp INTEGER NOT NULL,
     label TEXT NOT NULL,
-    job_json TEXT NOT NULL
+    job_json TEXT NOT NULL,
+    registration INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_label ON jobs (pgrp, label) WHERE label != '';
 CREATE TABLE IF NOT EXISTS callbacks (
@@ -147,7 +148,20 @@ _ADDED_COLUMNS: Final = (
     ("firings", "owner", "TEXT NOT NULL DEFAULT ''"),
     ("firings", "lease_until", "REAL NOT NULL DEFAULT 0"),
     ("firings", "epoch", "INTEGER NOT NULL DEFAULT 0"),
+    # Jobs registered before registrations were numbered get numbers at the upgrade.
+    ("jobs", "registration", "INTEGER NOT NULL DEFAULT 0"),
 )
+# SQLite's stand-in for PostgreSQL's sequence ``job_registrations`` (migrations.py): the
+# last number a job's registration was given. A counter of its own, not the largest
+# number stored: a removed job takes its number with it, and a number given again could
+# make two registrations of one job look like one. SQLite has one writer, so the one row
+# costs nothing; a fleet's replicas would wait for each other on it, hence the sequence.
+SQLITE_REGISTRATION_COUNTER: Final = """
+CREATE TABLE IF NOT EXISTS registration_counter (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    last INTEGER NOT NULL
+);
+"""
 # Everything the trigger store keeps, in SQLite's spelling (sql.pg_ddl for PostgreSQL).
 FULL_SCHEMA: Final = (
     SCHEMA
@@ -337,7 +351,7 @@ class TriggerStore:
         sqlite = open_database(path)
         sqlite.row_factory = sqlite3.Row
         sqlite.execute("PRAGMA foreign_keys = ON")
-        sqlite.executescript(FULL_SCHEMA)
+        sqlite.executescript(FULL_SCHEMA + SQLITE_REGISTRATION_COUNTER)
         self._db = self._outside_db = sqlite
         self._outside_lock = self._lock
         self._migrate(sqlite)
@@ -386,6 +400,17 @@ class TriggerStore:
                             "UPDATE atoms SET pgrp = ?, label = ? WHERE rowid = ?",
                             (pgrp, label, rowid),
                         )
+        # Jobs registered before registrations were numbered: each its own number, as if
+        # registered now (one transaction, so a crash half-way leaves no number twice).
+        unnumbered = db.execute("SELECT job_id FROM jobs WHERE registration = 0").fetchall()
+        if unnumbered:
+            db.execute("BEGIN IMMEDIATE")
+            for (job_id,) in unnumbered:
+                db.execute(
+                    "UPDATE jobs SET registration = ? WHERE job_id = ?",
+                    (self.next_registration(db), job_id),
+                )
+            db.execute("COMMIT")
 
     def close(self) -> None:
         self._snapshots.close()
@@ -586,18 +611,44 @@ class TriggerStore:
         return {str(row[0]): int(row[1]) for row in rows}
 
     @staticmethod
-    def put_job(db: Db, job: dict[str, Any]) -> None:
+    def put_job(db: Db, job: dict[str, Any]) -> int:
+        """Store a job (its callbacks apart) as a new registration of it; the registration's number."""
+        registration = TriggerStore.next_registration(db)
         db.execute(
-            "INSERT INTO jobs (job_id, pgrp, label, job_json) VALUES (?, ?, ?, ?) "
+            "INSERT INTO jobs (job_id, pgrp, label, job_json, registration) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (job_id) DO UPDATE SET pgrp = excluded.pgrp, label = excluded.label, "
-            "job_json = excluded.job_json",
+            "job_json = excluded.job_json, registration = excluded.registration",
             (
                 int(job["id"]),
                 int(job.get("pgrp") or job["id"]),
                 str(job.get("label") or ""),
                 json.dumps(job),
+                registration,
             ),
         )
+        return registration
+
+    @staticmethod
+    def next_registration(db: Db) -> int:
+        """A number no registration of any job had before (in the open transaction).
+
+        What tells two registrations of one job apart (ExplainCallbacks' pages name it):
+        PostgreSQL's sequence, whose numbers no transaction waits for and no rollback
+        gives back; SQLite's counter row (``SQLITE_REGISTRATION_COUNTER``).
+        """
+        if isinstance(db, PgDb):
+            return int(db.execute("SELECT nextval('job_registrations')").fetchone()[0])
+        row = db.execute(
+            "INSERT INTO registration_counter (id, last) VALUES (1, 1)"
+            " ON CONFLICT (id) DO UPDATE SET last = last + 1 RETURNING last"
+        ).fetchone()
+        return int(row[0])
+
+    @staticmethod
+    def registration_in(db: Db, job_id: int) -> int | None:
+        """The number of the job's registration as it stands; None when it is not registered."""
+        row = db.execute("SELECT registration FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return int(row[0]) if row else None
 
     @staticmethod
     def remove_job(db: Db, job_id: int) -> None:

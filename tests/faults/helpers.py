@@ -8,9 +8,11 @@ import ctypes
 import errno
 import os
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Final
 
 import grpc
 import pytest
@@ -212,3 +214,32 @@ def nested_struct(depth: int) -> bytes:
 
 def env_without_pythonpath() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
+# Another process: connects, takes the write lock, says so, and lets go at a line on stdin.
+LOCK_HOLDER: Final = (
+    "import sqlite3, sys\n"
+    "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+    "db.execute('BEGIN EXCLUSIVE')\n"
+    "print('locked', flush=True)\n"
+    "sys.stdin.readline()\n"
+    "db.execute('COMMIT')\n"
+)
+
+
+@contextmanager
+def locked(database: Path) -> Iterator[None]:
+    """``BEGIN EXCLUSIVE`` on ``database``, held by another process for the block."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(database)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        holder.communicate("\n", timeout=10)
+    assert holder.returncode == 0

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
-import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -25,43 +22,16 @@ import pytest
 from supervisor_client import ExecutorClient, FarmClient, RetryableError
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import stack_settings
-from tests.faults.helpers import executor, supervisor_endpoint
+from tests.faults.helpers import executor, locked, supervisor_endpoint
 from tests.helpers.health import NOT_SERVING, SERVING, health_status, health_updates
 from tests.helpers.waiting import eventually, outbox_drained
 
 pytestmark = pytest.mark.faults
 
-# Another process: connects, takes the write lock, says so, and lets go at a line on stdin.
-LOCK_HOLDER: Final = (
-    "import sqlite3, sys\n"
-    "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-    "db.execute('BEGIN EXCLUSIVE')\n"
-    "print('locked', flush=True)\n"
-    "sys.stdin.readline()\n"
-    "db.execute('COMMIT')\n"
-)
 # Well under SQLite's 5 s busy timeout, well over the executor's 0.25 s on the loop.
 PROMPTLY_S: Final = 2.0
 # Qube time: Unix time less this.
 QUBE_EPOCH: Final = 946702800
-
-
-@contextmanager
-def locked(database: Path) -> Iterator[None]:
-    """``BEGIN EXCLUSIVE`` on ``database``, held by another process for the block."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", LOCK_HOLDER, str(database)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdin is not None and holder.stdout is not None
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        yield
-    finally:
-        holder.communicate("\n", timeout=10)
-    assert holder.returncode == 0
 
 
 async def _is(channel: grpc.aio.Channel, status: int) -> bool:
