@@ -53,9 +53,10 @@ import contextlib
 import logging
 import random
 import sqlite3
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, NamedTuple, Protocol, TypeVar, cast, runtime_checkable
@@ -162,6 +163,13 @@ class _Message(NamedTuple):
         """``_REPLACE``'s values."""
         return self.key, self.payload, self.ended_at
 
+
+# A run the history has (its key, when it ended): its row's notes go, not a later run's.
+_FORGET_WRITTEN: Final = (
+    "UPDATE outbox SET notes = NULL WHERE key = ? AND ended_at <= ? AND notes IS NOT NULL"
+)
+# Runs whose notes a refusing storage kept from being dropped, kept for the next try.
+MAX_WRITTEN_KEPT: Final = 10_000
 
 # What delivery reads of a pending row (``outbox_rows.read_pending``'s arguments).
 _PENDING_COLUMNS: Final = "seq, key, payload, retry_at, attempts, ended_at"
@@ -354,11 +362,15 @@ class Outbox:
         # Rows the receiver acknowledged whose mark the storage did not take yet (a full
         # disk): never sent again by this process, marked at the next chance.
         self._unmarked: dict[int, str] = {}
-        # Whether the bookkeeping of a key's run is still to be written: its row's notes
-        # stay until it is (set by the Recorder; called from delivery, maybe in a thread).
-        self.notes_needed: Callable[[str], bool] = lambda key: False
-        # Delivered rows whose notes stayed for that reason, cleared at a later mark.
-        self._notes_held: dict[int, str] = {}
+        # Runs the history has committed (key, ended_at), told by the bookkeeping thread:
+        # their rows' notes are dropped on the loop (``notes_written``).
+        self._written: list[tuple[str, float]] = []
+        self._written_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._forgetting: asyncio.Task[None] | None = None
+        # In a fleet, the dropping's own connection, used by one thread at a time.
+        self._notes_db: Db | None = None
+        self._closed = False
         if self.pending():
             logger.info("outbox: %d results from an earlier run still to deliver", self.pending())
 
@@ -394,9 +406,9 @@ class Outbox:
 
         ``ended_at``: when the run it reports ended (None: now). Another message under
         ``key`` replaces the one there unless that one's run ended later (``_REPLACE``).
-        ``notes``: kept with it until ``notes_needed`` says the key's run no longer needs
-        them at its delivery (``kept_notes``). Raises StorageError when the commit fails
-        because of the storage, ValueError for an empty ``payload``.
+        ``notes``: kept with it until the history has the key's run (``notes_written``).
+        Raises StorageError when the commit fails because of the storage, ValueError for
+        an empty ``payload``.
         """
         message = self._message(key, payload, ended_at, notes)
         with writing(self._path, self._health):
@@ -561,12 +573,90 @@ class Outbox:
                 raise
         self._checkpoints.committed()
 
+    def notes_written(self, runs: Sequence[tuple[str, float]]) -> None:
+        """These runs (key, ended_at) are in the history now: drop their rows' notes soon.
+
+        Called by the bookkeeping thread after each history commit (any thread): the
+        notes then mean exactly "this run may lack its history record", and a start-up
+        rebuilds only what a crash lost. The rows are updated on the event loop, which
+        owns the SQLite connection (one UPDATE per history commit, after the answers); in
+        a fleet, by a connection of their own in a thread. A row whose run ended later (a
+        resend's) keeps its notes. One committed after its history record (a result the
+        storage refused at first) keeps them until the next start drops them.
+        """
+        with self._written_lock:
+            wake = not self._written
+            self._written.extend(runs)
+        loop = self._loop
+        if wake and loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (a stop)
+                loop.call_soon_threadsafe(self._forget_written_soon)
+
+    def _forget_written_soon(self) -> None:
+        """(On the loop) Drop the notes told of: inline on SQLite, in a thread in a fleet."""
+        if self._closed:
+            return
+        if not self.fleet:
+            self.forget_written()
+        elif self._forgetting is None or self._forgetting.done():
+            self._forgetting = asyncio.get_running_loop().create_task(self._forget_in_thread())
+
+    async def _forget_in_thread(self) -> None:
+        while self._written and not self._closed:
+            await asyncio.to_thread(self._forget_on_own_connection)
+
+    def _forget_on_own_connection(self) -> None:
+        from executor.migrations import open_postgres
+
+        try:
+            if self._notes_db is None:
+                self._notes_db = open_postgres(self._path, application_name="cbexec-notes")
+        except UnavailableError as err:
+            logger.debug("outbox: notes of written runs kept for now: %s", err)
+            return
+        self.forget_written(self._notes_db)
+
+    def forget_written(self, db: Db | None = None) -> None:
+        """Drop now the notes of the runs ``notes_written`` told of (``db``: the loop's).
+
+        Nothing is lost when the storage refuses: the runs are kept for the next try (up
+        to ``MAX_WRITTEN_KEPT``), and a start-up drops the notes of runs in the history.
+        """
+        with self._written_lock:
+            written, self._written = self._written, []
+        if not written:
+            return
+        db = self._db if db is None else db
+        try:
+            with writing(self._path):  # no health: notes kept too long harm nothing
+                if isinstance(db, PgDb):
+                    db.executemany(_FORGET_WRITTEN, written)
+                else:
+                    db.execute("BEGIN")
+                    try:
+                        db.executemany(_FORGET_WRITTEN, written)
+                        db.execute("COMMIT")
+                    except BaseException:
+                        with contextlib.suppress(Exception):
+                            db.execute("ROLLBACK")
+                        raise
+        except UnavailableError as err:
+            with self._written_lock:
+                self._written[:0] = written[-MAX_WRITTEN_KEPT:]
+            logger.debug("outbox: notes of %d written runs kept for now: %s", len(written), err)
+            return
+        if db is self._db:
+            self._checkpoints.committed()
+
     # -- the delivery task ------------------------------------------------------------------
 
     def start(self) -> None:
         """Start delivering (in the running event loop); idempotent."""
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._deliver_forever())
+            self._loop = asyncio.get_running_loop()
+            self._task = self._loop.create_task(self._deliver_forever())
+            if self._written:  # told before the start (recovery's writes, say)
+                self._forget_written_soon()
 
     async def flush(self, timeout_s: float) -> bool:
         """Wait until nothing is pending, at most ``timeout_s``; True when drained."""
@@ -591,6 +681,14 @@ class Outbox:
                 "(the storage); they are sent once more after the next start",
                 len(self._unmarked),
             )
+        # The writer has stopped (Recorder.close): what it wrote last loses its notes now,
+        # so a clean stop leaves notes only of runs the history does not have.
+        self._closed = True
+        if self._forgetting is not None:
+            await asyncio.gather(self._forgetting, return_exceptions=True)
+        self.forget_written()
+        if self._notes_db is not None:
+            self._notes_db.close()
         self._checkpoints.close()
         if self._ddb is not self._db:
             self._ddb.close()
@@ -941,35 +1039,27 @@ class Outbox:
 
         A delivered row keeps its key (a repeat of it is not queued again) but not its
         payload: the last ``keep_delivered`` rows of up to a report's size each could
-        otherwise hold gigabytes that nothing reads. Nor its notes, unless its run's
-        bookkeeping is still to be written (``notes_needed``): those stay, and go at a
-        later mark once it is.
+        otherwise hold gigabytes that nothing reads. Its notes are the history's business
+        (``notes_written``): a row keeping them is not trimmed.
 
         With those acknowledged earlier whose mark failed (``_unmarked``); on failure all
         of them stay there, so that none is sent again.
         """
         self._unmarked.update(delivered)
-        written = [seq for seq, key in self._notes_held.items() if not self.notes_needed(key)]
-        held = {seq: key for seq, key in self._unmarked.items() if self.notes_needed(key)}
-        seqs = sorted({*self._unmarked, *written})
-        # coalesce: a row delivered earlier (its notes held) keeps when it was delivered.
-        mark = (
-            "UPDATE outbox SET delivered_at = coalesce(delivered_at, ?), payload = ?,"
-            " notes = CASE WHEN {held} THEN notes END WHERE {rows}"
-        )
+        seqs = sorted(self._unmarked)
         now = self._clock()
-        if self.fleet:  # one statement is one transaction: one round trip, not three
+        if self.fleet:  # one statement is one transaction: one round trip
             self._ddb.execute(
-                mark.format(held="seq = ANY(?)", rows="seq = ANY(?)"),
-                (now, b"", list(held), seqs),
+                "UPDATE outbox SET delivered_at = ?, payload = ? WHERE seq = ANY(?)",
+                (now, b"", seqs),
             )
         else:
             with writing(self._path, self._health):
                 self._ddb.execute("BEGIN")
                 try:
                     self._ddb.executemany(
-                        mark.format(held="?", rows="seq = ?"),
-                        [(now, b"", seq in held, seq) for seq in seqs],
+                        "UPDATE outbox SET delivered_at = ?, payload = ? WHERE seq = ?",
+                        [(now, b"", seq) for seq in seqs],
                     )
                     self._ddb.execute("COMMIT")
                 except BaseException:
@@ -978,9 +1068,6 @@ class Outbox:
                     raise
             self._checkpoints.committed()
         delivered_now = len(self._unmarked)
-        for seq in written:
-            del self._notes_held[seq]
-        self._notes_held.update(held)
         self._unmarked.clear()
         self._delivered_since_trim += delivered_now
         if self._delivered_since_trim >= 100:
