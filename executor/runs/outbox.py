@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import Final, NamedTuple, Protocol, TypeVar, cast, runtime_checkable
 
 from executor.errors import DataLossError, UnavailableError
+from executor.runs import outbox_space
 from executor.runs.latest import latest_per_key
 from executor.runs.outbox_rows import (
     UNREADABLE_TIME_ABOVE,
@@ -288,6 +289,10 @@ class Outbox:
             answers) is set aside after this many failed tries, the first of them (since
             this outbox last saw it delivered, queued or started) at least this long ago.
         health: told when a write fails because of the storage.
+        max_bytes: past this many bytes of outbox.db's pages in use, no run may start
+            (``refusal``; ``outbox_space``). None: no bound; never in a fleet.
+        compact_free_bytes: outbox.db is compacted (``outbox_space.compact``) when at
+            least this much of it, and half of it, is free.
         clock: Unix time source, replaceable in tests.
         rng: jitter source, seedable in tests.
     """
@@ -309,8 +314,14 @@ class Outbox:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         lease_s: float = 15.0,
+        max_bytes: int | None = None,
+        compact_free_bytes: int = outbox_space.COMPACT_FREE_BYTES,
     ) -> None:
         self._path = str(path)
+        self._max_bytes = max_bytes
+        self._compact_free_bytes = compact_free_bytes
+        # Why no run may start now ("" while outbox.db is within max_bytes).
+        self._refusal = ""
         self._lease_s = lease_s
         self._owner = uuid.uuid4().hex
         self._health = health
@@ -348,6 +359,8 @@ class Outbox:
             with opening(self._path):  # a read-only filesystem, say: a refusal saying so
                 self._db = self._open_sqlite(self._path)
             self._ddb = self._db
+            # Before serving: an outage's peak size, given back if a stop came first.
+            outbox_space.compact(self._db, self._path, free_bytes=compact_free_bytes)
             # The log's checkpoints fsync; in a thread, they stall no answer.
             self._checkpoints = BackgroundCheckpoints(
                 self._db, path, busy_timeout_s=LOOP_CHECKPOINT_BUSY_TIMEOUT_S
@@ -362,6 +375,11 @@ class Outbox:
         # Rows the receiver acknowledged whose mark the storage did not take yet (a full
         # disk): never sent again by this process, marked at the next chance.
         self._unmarked: dict[int, str] = {}
+        self._init_written()
+        if self.pending():
+            logger.info("outbox: %d results from an earlier run still to deliver", self.pending())
+
+    def _init_written(self) -> None:
         # Runs the history has committed (key, ended_at), told by the bookkeeping thread:
         # their rows' notes are dropped on the loop (``notes_written``).
         self._written: list[tuple[str, float]] = []
@@ -371,8 +389,6 @@ class Outbox:
         # In a fleet, the dropping's own connection, used by one thread at a time.
         self._notes_db: Db | None = None
         self._closed = False
-        if self.pending():
-            logger.info("outbox: %d results from an earlier run still to deliver", self.pending())
 
     @staticmethod
     def _open_sqlite(path: str) -> sqlite3.Connection:
@@ -497,9 +513,33 @@ class Outbox:
 
     def _committed(self, added: int) -> None:
         self._checkpoints.committed()
+        self._measure()
         if added:
             self._drained.clear()
             self._wakeup.set()
+
+    def refusal(self) -> str:
+        """Why no run may start now: outbox.db past ``max_bytes``; "" when one may."""
+        return self._refusal
+
+    def _measure(self) -> None:
+        """(SQLite, after a commit on the loop) Whether outbox.db is past ``max_bytes``."""
+        if self._max_bytes is None or self.fleet:
+            return
+        try:
+            in_use, _ = outbox_space.pages(cast(sqlite3.Connection, self._db))
+            if in_use < self._max_bytes:
+                if self._refusal:
+                    logger.warning("outbox: the supervisor took results; runs start again")
+                self._refusal = ""
+                return
+            refusal = outbox_space.over_bound(self.pending(), in_use, self._max_bytes)
+        except (sqlite3.Error, UnavailableError) as err:  # the storage's: its writes say so
+            logger.debug("outbox: its size was not read: %s", err)
+            return
+        if not self._refusal:
+            logger.error("outbox: %s", refusal)
+        self._refusal = refusal
 
     def pending(self) -> int:
         """Messages not yet acknowledged (dead ones excluded)."""
@@ -826,6 +866,8 @@ class Outbox:
             waiting = await self._io(self._next_retry_at)
             if waiting is None and not self._wakeup.is_set():
                 self._drained.set()
+                if not self.fleet:  # caught up: an outage's peak size given back
+                    self._compact()
             if self.fleet:
                 # Another replica's results wait for this one if that replica dies: look again.
                 waiting = min(waiting or float("inf"), self._clock() + self._lease_s / 3)
@@ -854,6 +896,14 @@ class Outbox:
                 return False  # back off; then re-read from the oldest pending row
         await self._linger_unless(full)
         return True
+
+    def _compact(self) -> None:
+        db = cast(sqlite3.Connection, self._db)
+        try:
+            if outbox_space.compact(db, self._path, free_bytes=self._compact_free_bytes):
+                self._measure()
+        except sqlite3.Error as err:  # its size unread: the next commit says what is wrong
+            logger.debug("outbox: not compacted: %s", err)
 
     def _sends_batches(self) -> bool:
         """Whether to send a batch: the transport can, and the receiver did not lately say no."""
@@ -1072,6 +1122,7 @@ class Outbox:
         self._delivered_since_trim += delivered_now
         if self._delivered_since_trim >= 100:
             self._trim_delivered()
+        self._measure()
 
     def _trim_delivered(self) -> None:
         self._delivered_since_trim = 0

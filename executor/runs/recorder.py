@@ -130,6 +130,7 @@ class Recorder:
                 batch_bytes=settings.supervisor_max_message_bytes - MESSAGE_MARGIN_BYTES,
                 health=health,
                 lease_s=settings.store_lease_seconds,
+                max_bytes=settings.outbox_max_bytes,
             )
         history = RunHistory(
             settings.store or settings.data_dir / "runs.db",
