@@ -521,10 +521,13 @@ class HostApi:
 
     async def workstatus(self, target: Any) -> tuple[str, str]:
         job_id, name = parse_work_target(target, self._spelling)
-        info = await self._job(job_id, work_names=[name])
-        for work in info["agenda"]:
-            if work["name"] == name:
-                return str(work["status"]), str(work["status"])
+        # The named read first; when its answer lacks the item (a supervisor that bends
+        # the hint, or no such item), the whole agenda decides, as for a work verb.
+        for work_names in ([name], None):
+            info = await self._job(job_id, work_names=work_names)
+            for work in info["agenda"]:
+                if work["name"] == name:
+                    return str(work["status"]), str(work["status"])
         raise HostCallError("NoSuchWork", f"job {job_id} has no work item {name!r}")
 
     async def subjobstatus(self, target: Any) -> tuple[str, str]:

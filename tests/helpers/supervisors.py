@@ -4,7 +4,8 @@
 result by invocation id (applied, or acknowledged as a duplicate) and every action
 request by ``(invocation_id, action_seq)`` (the store applies each pair once; its
 history shows what was applied), and recording what each JobInfo asked of the agenda;
-``HintIgnoringSupervisor`` answers every JobInfo with the whole agenda; ``SupervisorEndpoint``
+``HintIgnoringSupervisor`` answers every JobInfo with the whole agenda,
+``NameDroppingSupervisor`` a named one without its first name; ``SupervisorEndpoint``
 serves it on one loopback port that can be stopped and started again.
 """
 
@@ -121,6 +122,25 @@ class HintIgnoringSupervisor(CountingSupervisor):
         every_item.ClearField("work_names")
         response = await SupervisorServicer.JobInfo(self, every_item, context)
         self.job_info_items.append(sum(len(job.agenda) for job in response.jobs))
+        return response
+
+
+class NameDroppingSupervisor(CountingSupervisor):
+    """A supervisor that bends JobInfo's hint: a named read's answer lacks the first name.
+
+    What a site's supervisor with its own idea of the agenda may do; the executor then
+    reads every item, so the callback sees what a full read shows.
+    """
+
+    async def JobInfo(
+        self, request: supervisor_pb2.JobInfoRequest, context: Any
+    ) -> supervisor_pb2.JobInfoResponse:
+        response = await super().JobInfo(request, context)
+        if request.agenda == supervisor_pb2.AGENDA_SCOPE_NAMED and request.work_names:
+            for job in response.jobs:
+                kept = [w for w in job.agenda if w.name != request.work_names[0]]
+                del job.agenda[:]
+                job.agenda.extend(kept)
         return response
 
 

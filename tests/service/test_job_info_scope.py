@@ -4,7 +4,8 @@ A real executor calls a real Supervisor service on loopback (the reference one,
 recording each JobInfo): ``qb.jobstatus`` asks for no work item and gets none,
 ``qb.workstatus`` and a work verb on plain names ask for and get those items; a range
 and a full ``qb.jobinfo()`` read every item. Against a supervisor that ignores the
-hint (it answers every item) the callback prints the same.
+hint (it answers every item), or bends it (a named answer lacks a name), the callback
+prints the same.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tests.conftest import stack_settings
 from tests.helpers.supervisors import (
     CountingSupervisor,
     HintIgnoringSupervisor,
+    NameDroppingSupervisor,
     SupervisorEndpoint,
 )
 
@@ -106,6 +108,20 @@ async def test_a_supervisor_that_ignores_the_hint_gives_the_callback_the_same_an
 ) -> None:
     supervisor = await run_callback(tmp_path, HintIgnoringSupervisor)
     assert set(supervisor.job_info_items) == {len(AGENDA)}
+
+
+async def test_a_supervisor_whose_named_answer_lacks_a_name_gives_the_same_answers(
+    tmp_path: Path,
+) -> None:
+    """A named read that comes back without its item is read again in full, as verbs do.
+
+    ``qb.workstatus`` raised NoSuchWork for an item the job has.
+    """
+    supervisor = await run_callback(tmp_path, NameDroppingSupervisor)
+    assert supervisor.job_info_asked[2:4] == [
+        ("AGENDA_SCOPE_NAMED", ["5"]),  # workstatus: the answer lacks '5' ...
+        ("AGENDA_SCOPE_ALL", []),  # ... so the whole agenda decides
+    ]
 
 
 async def test_an_answer_larger_than_grpc_default_4_mib_reaches_the_callback(

@@ -116,6 +116,8 @@ async def test_reads_ask_for_only_the_items_they_need_and_get_only_those(
         ("jobstatus", [j], {}, [[]], [0]),
         ("subjobstatus", [f"{j}.1"], {}, [[]], [0]),
         ("workstatus", [f"{j}:5"], {}, [["5"]], [1]),
+        # A named answer that lacks the item: the whole agenda decides, as for a verb.
+        ("workstatus", [f"{j}:99999"], {}, [["99999"], None], [0, everything]),
         ("workunblock", [f"{j}:5"], {}, [["5"]], [1]),
         ("workblock", [f"{j}:5, 7,Initialize"], {}, [["5", "7", "Initialize"]], [3]),
         ("jobinfo", [], {"fields": ["status", "name"]}, [[]], [0]),

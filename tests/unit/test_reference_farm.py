@@ -408,3 +408,22 @@ def test_a_callback_without_language_is_qube(farm: Farm) -> None:
     )
 
     assert job["callbacks"][0]["language"] == "qube"
+
+
+def test_a_started_frame_goes_to_an_idle_instance_else_the_first_live_one(farm: Farm) -> None:
+    """Which instances are busy is asked of the running items alone, not of every item."""
+    (job,) = farm.submit(
+        [{"name": "r", "user": "alice", "agenda": ["1", "2", "3", "4"], "cpus": 2}]
+    )
+    job_id = int(job["id"])
+    subids: dict[str, int] = {}
+    for name in ("1", "2", "3"):
+        assert farm.change_work("start", job_id, [name], host="w").changed == 1
+        subids[name] = farm.job(job_id, work_names=[name])["agenda"][0]["subid"]
+    # 1 on idle instance 0, 2 on idle instance 1; none is idle for 3: the first live one.
+    assert subids == {"1": 0, "2": 1, "3": 0}
+    assert farm.supervisor.busy_instances(job_id) == {0, 1}
+    farm.change_work("complete", job_id, ["2"])
+    assert farm.supervisor.busy_instances(job_id) == {0}
+    farm.change_work("start", job_id, ["4"], host="w")
+    assert farm.job(job_id, work_names=["4"])["agenda"][0]["subid"] == 1
