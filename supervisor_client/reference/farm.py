@@ -197,25 +197,26 @@ class Farm:
 
     def take_work(self, host: str = DEFAULT_HOST) -> Taken | None:
         """Start the next item a free worker would get, on ``host``; None when there is none."""
-        jobs = self._supervisor.jobs(statuses=_DISPATCHABLE)
-        preempted = self._supervisor.preempted_job_ids()
+        # Each job's row and instances, its running items' instances and its first
+        # pending item: never its whole agenda (a worker asks for every frame it takes).
+        supervisor = self._supervisor
+        jobs = supervisor.jobs(statuses=_DISPATCHABLE, work_names=())
+        preempted = supervisor.preempted_job_ids()
         for job in sorted(jobs, key=lambda j: (j["priority"], j["id"])):
-            if job["id"] in preempted:
+            job_id = job["id"]
+            if job_id in preempted:
                 continue
-            busy = {w["subid"] for w in job["agenda"] if w["status"] == Status.RUNNING}
-            idle = self._idle_instances(job, busy)
+            idle = self._idle_instances(job, supervisor.busy_instances(job_id))
             if not idle:
                 continue
-            if not job["agenda"]:
-                if job["status"] == Status.PENDING:
-                    self._supervisor.start_job(job["id"], host)
-                    return Taken(job["id"], "", job["name"], 1)
-                continue
-            item = next((w for w in job["agenda"] if w["status"] == Status.PENDING), None)
-            if item is None:
-                continue
-            self._supervisor.start_work(job["id"], item["name"], host, subid=idle[0])
-            return Taken(job["id"], item["name"], job["name"], item["count"] + 1)
+            item = supervisor.next_pending(job_id)
+            if item is not None:
+                name, count = item
+                supervisor.start_work(job_id, name, host, subid=idle[0])
+                return Taken(job_id, name, job["name"], count + 1)
+            if job["status"] == Status.PENDING and not supervisor.has_agenda(job_id):
+                supervisor.start_job(job_id, host)
+                return Taken(job_id, "", job["name"], 1)
         return None
 
     # -- changes ------------------------------------------------------------------------

@@ -121,7 +121,7 @@ CREATE TABLE IF NOT EXISTS history (
 );
 CREATE INDEX IF NOT EXISTS history_by_job ON history (job_id, seq);
 -- Which statuses a job's agenda holds, a step each (_agenda_statuses).
-CREATE INDEX IF NOT EXISTS work_by_status ON work (job_id, status);
+CREATE INDEX IF NOT EXISTS work_by_status ON work (job_id, status, position);
 CREATE TABLE IF NOT EXISTS results (
     invocation_id TEXT PRIMARY KEY, job_id INTEGER NOT NULL, time REAL NOT NULL,
     payload TEXT NOT NULL, job_known INTEGER NOT NULL DEFAULT 1
@@ -315,6 +315,12 @@ class ReferenceSupervisor:
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(results)")}
         if "job_known" not in columns:  # a database from before results were kept apart
             self._db.execute("ALTER TABLE results ADD COLUMN job_known INTEGER NOT NULL DEFAULT 1")
+        indexed = [row["name"] for row in self._db.execute("PRAGMA index_info(work_by_status)")]
+        if "position" not in indexed:  # from before take_work sought its next item in it
+            self._db.executescript(
+                "DROP INDEX work_by_status;"
+                " CREATE INDEX work_by_status ON work (job_id, status, position);"
+            )
         self._applied = AppliedActions(self._db, action_retention_s)
         self._events = EventOutbox(self._db) if event_outbox else None
         self._retention = ResultRetention(
@@ -616,14 +622,21 @@ class ReferenceSupervisor:
                 for row in rows.fetchall()
             ]
 
-    def jobs(self, *, statuses: Collection[str] = ()) -> list[dict[str, Any]]:
-        """Every job (only those in ``statuses`` when given), by id, without callbacks."""
+    def jobs(
+        self, *, statuses: Collection[str] = (), work_names: Collection[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Every job (only those in ``statuses`` when given), by id, without callbacks.
+
+        ``work_names``: as for ``job`` (``()``: no items, each job's row and instances).
+        """
         query, args = "SELECT * FROM jobs", list(statuses)
         if args:
             query += f" WHERE status IN ({', '.join('?' * len(args))})"
         with self._using_db():
             rows = self._db.execute(query + " ORDER BY id", args).fetchall()
-            return [self._job_dict(row, include_callbacks=False) for row in rows]
+            return [
+                self._job_dict(row, include_callbacks=False, work_names=work_names) for row in rows
+            ]
 
     def job_ids(self) -> list[int]:
         """The ids of every job, ascending."""
@@ -682,6 +695,26 @@ class ReferenceSupervisor:
                     (job_id, *part),
                 ).fetchone()[0]
         return found == len(wanted)
+
+    def next_pending(self, job_id: int) -> tuple[str, int] | None:
+        """The job's first pending item in agenda order, (name, times started); None if none.
+
+        A seek in ``work_by_status`` (job, status, position): what a worker takes next,
+        without reading the agenda (a 100,000-item job's took over a second).
+        """
+        with self._using_db():
+            row = self._db.execute(
+                "SELECT name, count FROM work WHERE job_id = ? AND status = ?"
+                " ORDER BY position LIMIT 1",
+                (job_id, Status.PENDING),
+            ).fetchone()
+        return None if row is None else (str(row[0]), int(row[1]))
+
+    def has_agenda(self, job_id: int) -> bool:
+        """Whether the job has work items at all."""
+        with self._using_db():
+            row = self._db.execute("SELECT 1 FROM work WHERE job_id = ? LIMIT 1", (job_id,))
+            return row.fetchone() is not None
 
     def busy_instances(self, job_id: int) -> set[int]:
         """The job's instances running one of its items (none for an unknown job)."""

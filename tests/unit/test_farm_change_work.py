@@ -264,3 +264,26 @@ async def test_answers_and_errors_are_those_of_a_full_read() -> None:
         grpc.StatusCode.NOT_FOUND,
         f"no job {job_id + 1}; the farm has jobs {job_id}",
     )
+
+
+async def test_a_worker_taking_its_next_frame_reads_no_agenda() -> None:
+    """TakeWork, asked for every frame by every worker, read each dispatchable job whole."""
+    _, store, job_id = _recording_servicer(cpus=3)
+    farm = Farm(store)
+    (small,) = farm.submit([{"name": "no agenda", "user": "bob", "priority": 10000}])
+    store.whole.clear()
+    taken = [farm.take_work(f"host-{n}") for n in range(4)]
+    assert [(t.job_id, t.work_name, t.attempt) for t in taken if t is not None] == [
+        (job_id, "1", 1),
+        (job_id, "2", 1),
+        (job_id, "3", 1),
+        (small["id"], "", 1),  # the big job's three instances are busy
+    ]
+    assert farm.take_work("host-5") is None
+    # No item read but the frames taken (starting one reads it): the empty job's agenda at most.
+    assert sum(store.whole) == 0 and sum(store.named) <= 3, (store.whole, store.named)
+    assert farm.change_work("fail", job_id, ["2"]).changed == 1
+    assert farm.change_work("retry", job_id, ["2"]).changed == 1
+    again = farm.take_work("host-2")
+    assert again is not None and (again.work_name, again.attempt) == ("2", 2)
+    assert sum(store.whole) == 0

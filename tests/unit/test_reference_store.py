@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -1291,3 +1292,19 @@ def test_the_job_status_rule_reads_which_statuses_the_agenda_holds_by_a_seek_eac
     (query,) = steps
     plan = " ".join(row[3] for row in sup._db.execute(f"EXPLAIN QUERY PLAN {query}"))
     assert "work_by_status" in plan and "SCAN work" not in plan, plan
+
+
+def test_a_database_from_before_keeps_its_items_in_agenda_order_by_status(tmp_path: Path) -> None:
+    # work_by_status gained the position (a worker's next frame is a seek in it): an
+    # older database's index is made again at its open.
+    path = tmp_path / "supervisor.db"
+    ReferenceSupervisor(path).close()
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.executescript(
+            "DROP INDEX work_by_status; CREATE INDEX work_by_status ON work (job_id, status);"
+        )
+    with ReferenceSupervisor(path) as store:
+        (job,) = store.submit([{"name": "j", "agenda": ["b", "a", "c"]}])
+        assert store.next_pending(job["id"]) == ("b", 0)
+        columns = [row[2] for row in store._db.execute("PRAGMA index_info(work_by_status)")]
+    assert columns == ["job_id", "status", "position"]
