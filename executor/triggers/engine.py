@@ -666,10 +666,7 @@ class TriggerEngine:
         deferred.entries.extend(decision.entries)
         if event.name == EventName.REMOVED and event.type == EventType.JOB:
             deferred.flush(db)  # what waits for the job's states is written before they go
-            TriggerStore.remove_job(db, event.job_id)
-            states.forget_job(db, event.job_id)
-            states.forget_submission(db, event.job_id)
-            checks.forget_job(db, event.job_id)
+            TriggerStore.forget_job(db, event.job_id)
         self._prune(db)
         return decision, False
 
@@ -759,10 +756,7 @@ class TriggerEngine:
             group.flush(db)
             deferred.flush(db)  # what waits for a removed job's states is written before they go
         if _removes_job(last) and not applied[-1][1]:
-            TriggerStore.remove_job(db, last.job_id)
-            states.forget_job(db, last.job_id)
-            states.forget_submission(db, last.job_id)
-            checks.forget_job(db, last.job_id)
+            TriggerStore.forget_job(db, last.job_id)
         return applied
 
     def _applied(self, applied: list[tuple[Decision, bool]]) -> list[tuple[Decision, bool]]:

@@ -562,8 +562,25 @@ class TriggerStore:
 
     @staticmethod
     def remove_job(db: Db, job_id: int) -> None:
+        """The job's row and its callbacks' (their atoms, timers and work latches cascade)."""
         db.execute("DELETE FROM callbacks WHERE job_id = ?", (job_id,))
         db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+
+    @staticmethod
+    def forget_job(db: Db, job_id: int) -> None:
+        """Every row a job ``removed`` leaves, in the caller's transaction.
+
+        ``remove_job``, and its known states, remembered submission, registration checks
+        and journal: nothing reads them once the job is gone (``why`` answers NOT_FOUND),
+        and a job registered again under its id starts without them. Its queued firings
+        stay (they run as decided, then leave the queue), and so do its events' ids (a
+        resent ``removed`` is still a repeat).
+        """
+        TriggerStore.remove_job(db, job_id)
+        states.forget_job(db, job_id)
+        states.forget_submission(db, job_id)
+        checks.forget_job(db, job_id)
+        journal.forget_job(db, job_id)
 
     @staticmethod
     def put_callback(
