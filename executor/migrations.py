@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS fleet_versions (
 def _steps() -> list[str]:
     """Migration steps, oldest first; step n brings a database to version n."""
     from executor.runs import history, history_size, outbox
-    from executor.triggers import states, store
+    from executor.triggers import event_ids, states, store
 
     return [
         pg_ddl(
@@ -58,6 +58,9 @@ def _steps() -> list[str]:
         "ALTER TABLE runs ADD COLUMN IF NOT EXISTS size_bytes BIGINT NOT NULL DEFAULT 0;"  # noqa: S608 - our columns
         f" UPDATE runs SET size_bytes = {history_size.PG_SIZE_SQL} WHERE size_bytes = 0;"
         f" {history_size.SIZE_INDEX};",
+        # The seen event ids' age, which their pruning reads (event_ids.py; a database
+        # made at an earlier version by this code has the index).
+        pg_ddl(event_ids.SCHEMA),
     ]
 
 

@@ -15,7 +15,8 @@ from executor.triggers.store import FULL_SCHEMA, TriggerStore
 # Qube's clock counts from 2000-01-01 (local midnight on the farm's machines).
 _QUBE_EPOCH = 946702800
 
-# Tables that name no job, directly or through a callback: the ids of events.
+# Tables that name no job, directly or through a callback: the ids of events (bounded by
+# their age, event_ids.py).
 NOT_PER_JOB = frozenset({"seen_events"})
 
 
@@ -74,6 +75,12 @@ def rows_of(
             ).fetchone()
             counts[table] = int(row[0])
     return counts
+
+
+def seen_ids(store: TriggerStore) -> set[str]:
+    """The event ids the store remembers."""
+    with store.outside_transaction() as db:
+        return {str(row[0]) for row in db.execute("SELECT event_id FROM seen_events")}
 
 
 async def a_job_in_every_table(engine: TriggerEngine) -> tuple[tuple[int, ...], set[int]]:
