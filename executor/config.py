@@ -210,6 +210,9 @@ class Settings:
     # keeps its whole output, up to 2 x output_bytes. A run with little output takes
     # ~1.1 KB, so this is ~10 x what 100,000 of them take, and ~30 runs of 2 x 16 MiB.
     history_max_bytes: int = 1 * GIB
+    # The results the supervisor has not taken may fill outbox.db this far: past it no run
+    # starts (Execute UNAVAILABLE, fired callbacks wait) until it takes them.
+    outbox_max_bytes: int = 1 * GIB
     # The trigger engine's journal (cbexec triggers why) keeps this many entries per
     # callback (per work item of a {work} callback)...
     trigger_journal_entries: int = 20
@@ -842,6 +845,11 @@ def _check_history(settings: Settings) -> Iterator[str]:
         yield (
             f"history_max_bytes: must be at least {MIN_HISTORY_BYTES} (1 MiB; the value is "
             f"in bytes), got {settings.history_max_bytes}"
+        )
+    if settings.outbox_max_bytes < MIN_HISTORY_BYTES:
+        yield (
+            f"outbox_max_bytes: must be at least {MIN_HISTORY_BYTES} (1 MiB; the value is "
+            f"in bytes), got {settings.outbox_max_bytes}"
         )
     if settings.history_retention_days <= 0:
         yield "history_retention_days: must be positive"

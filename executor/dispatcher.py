@@ -195,8 +195,11 @@ class Dispatcher:
         max_queue: int,
         on_result: Callable[[Invocation, RunResult], Awaitable[object] | None] | None = None,
         policies: PolicySet | None = None,
+        refusal: Callable[[], str] = lambda: "",
     ) -> None:
         self._runner = runner
+        # Why no run may start now ("": one may): the outbox past outbox_max_bytes.
+        self._refusal = refusal
         # None (unit tests): every run is confined as the sandbox options alone say.
         self._policies = policies
         self._supervisor = supervisor
@@ -231,6 +234,8 @@ class Dispatcher:
         """
         if self._draining:
             raise UnavailableError(SHUTTING_DOWN)
+        if full := self._refusal():  # a fired run waits in its queue (FiringWorker)
+            raise UnavailableError(full)
         try:
             language = Language(invocation.callback.language)
         except ValueError:

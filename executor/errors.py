@@ -4,6 +4,7 @@ ExecutorError
  +-- InvalidRequestError      the request is malformed or asks for more than the caps
  +-- NotFoundError            the request names something the executor does not have
  +-- AlreadyExistsError       the request's id already names something else (another run)
+ +-- ChangedMeanwhileError    what the request continues changed since it began: start over
  +-- PermissionDeniedError    the caller's Qube user may not do what it asks (the farm)
  +-- CapacityError            every slot is busy and the queue is full
  +-- UnavailableError         draining, or a child could not be started
@@ -31,6 +32,13 @@ class NotFoundError(ExecutorError):
 
 class AlreadyExistsError(ExecutorError):
     """The request's idempotency key already names a different thing (another run)."""
+
+
+class ChangedMeanwhileError(ExecutorError):
+    """What the request continues changed since it began (a job registered again between pages).
+
+    Retrying the same request cannot help; starting over from the first page can.
+    """
 
 
 class PermissionDeniedError(ExecutorError):

@@ -9,7 +9,8 @@ database whose version is not the one this executor was written for, naming the 
 
 The tables are the SQLite stores' own (one spelling, translated by ``sql.pg_ddl``): the
 trigger store's, the outbox's and the run history's, plus ``fleet_versions`` (what every
-replica must reload, e.g. the universal callbacks). The history's runs also keep their
+replica must reload, e.g. the universal callbacks) and the sequence ``job_registrations``
+(SQLite keeps a counter row instead: store.SQLITE_REGISTRATION_COUNTER). The history's runs also keep their
 size here (``size_bytes``, for its byte bound: an SQLite history reads its pages instead).
 """
 
@@ -58,6 +59,13 @@ def _steps() -> list[str]:
         "ALTER TABLE runs ADD COLUMN IF NOT EXISTS size_bytes BIGINT NOT NULL DEFAULT 0;"  # noqa: S608 - our columns
         f" UPDATE runs SET size_bytes = {history_size.PG_SIZE_SQL} WHERE size_bytes = 0;"
         f" {history_size.SIZE_INDEX};",
+        # Each registration of a job gets a number never given before (store.put_job), from
+        # a sequence (no replica waits for another's registration to commit to take one);
+        # the jobs registered before are numbered here. ExplainCallbacks' pages name it.
+        # (A database made at an earlier version by this code has the column already.)
+        "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS registration BIGINT NOT NULL DEFAULT 0;"
+        " CREATE SEQUENCE IF NOT EXISTS job_registrations;"
+        " UPDATE jobs SET registration = nextval('job_registrations') WHERE registration = 0;",
         # The seen event ids' age, which their pruning reads (event_ids.py; a database
         # made at an earlier version by this code has the index).
         pg_ddl(event_ids.SCHEMA),

@@ -184,6 +184,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             max_queue=settings.max_queue,
             on_result=recorder.on_result,
             policies=policies,
+            refusal=recorder.outbox.refusal if recorder.outbox is not None else lambda: "",
         )
 
         engine = TriggerEngine(
@@ -355,7 +356,8 @@ def _reading_sources(
         outbox=(lambda: (outbox.pending(), outbox.dead()))
         if outbox is not None
         else lambda: (0, 0),
-        storage_problem=lambda: storage.problem,
+        # The outbox past outbox_max_bytes is said here too: it stops every run as well.
+        storage_problem=lambda: storage.problem or (outbox.refusal() if outbox else ""),
         trigger_counts=lambda: (stats.events_published, stats.callbacks_fired),
         trigger_store=lambda: (
             store.count_jobs(),

@@ -406,7 +406,8 @@ class PgDb:
         quiet_s = _watchdog.unanswered_at + UNANSWERED_QUIET_S - time.monotonic()
         if quiet_s > 0:
             raise StoreUnavailable(
-                f"PostgreSQL store did not answer a moment ago; asking again in {quiet_s:.0f} s"
+                f"PostgreSQL store did not answer a moment ago (a statement left unanswered"
+                f" for {ANSWER_DEADLINE_S:.0f} s); none is sent to it for {quiet_s:.0f} s more"
             )
 
     def _run(self, sql: str, call: Any, *, translate: bool = True) -> Any:

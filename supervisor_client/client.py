@@ -456,6 +456,7 @@ class ExecutorClient:
         journal_limit: int = 0,
         limit: int = 0,
         after_callback_id: int = 0,
+        registration: int = 0,
         timeout: float | None = None,
     ) -> executor_pb2.ExplainCallbacksResponse:
         """Why a job's callbacks (or one of them) did or did not fire, and what they wait for.
@@ -464,8 +465,10 @@ class ExecutorClient:
         ``journal_limit`` bounds the journal entries per callback (0: the executor's
         bound). One answer holds at most ``limit`` callbacks (0: the most, 1000), those
         with ids above ``after_callback_id``; its ``next_after_callback_id`` is where the
-        next page starts (0: none follows). NOT_FOUND (ExecutorRpcError) for a job or
-        callback not registered.
+        next page starts (0: none follows). Ask for the next pages with the first
+        answer's ``registration``: a job registered again since is then ABORTED
+        (ExecutorRpcError), and its pages are asked for again from the first. NOT_FOUND
+        for a job or callback not registered.
         """
         request = request_from(
             executor_pb2.ExplainCallbacksRequest,
@@ -475,6 +478,7 @@ class ExecutorClient:
             journal_limit=journal_limit,
             limit=limit,
             after_callback_id=after_callback_id,
+            registration=registration,
         )
         return await self._call(self._triggers.ExplainCallbacks, request, timeout)
 

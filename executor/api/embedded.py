@@ -34,8 +34,10 @@ import grpc
 
 from executor.api.supervisor import SUPERVISOR_CHANNEL_OPTIONS
 from executor.errors import ConfigError
+from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
 from executor.storage import (
     LOOP_BUSY_TIMEOUT_S,
+    LOOP_CHECKPOINT_BUSY_TIMEOUT_S,
     StorageError,
     StorageHealth,
     open_database,
@@ -155,6 +157,11 @@ async def start(
             # Its calls run on the executor's loop: a lock held by another process is
             # waited for briefly, then answered UNAVAILABLE (``DatabaseLocked``).
             busy_timeout_s=LOOP_BUSY_TIMEOUT_S,
+            # As the executor's own databases: off the loop, the log cut back to 4 MiB
+            # when it restarts (SQLite's own kept its peak: 15.6 MB for 25 minutes).
+            checkpoints=functools.partial(
+                BackgroundCheckpoints, busy_timeout_s=LOOP_CHECKPOINT_BUSY_TIMEOUT_S
+            ),
         )
     except sqlite3.Error as err:  # damage, or the storage under it: the refusal says which
         raise ConfigError(unusable(path, err)) from err

@@ -19,6 +19,7 @@ import grpc
 from executor.errors import (
     AlreadyExistsError,
     CapacityError,
+    ChangedMeanwhileError,
     ConfigError,
     DataLossError,
     ExecutorError,
@@ -35,6 +36,9 @@ STATUS_BY_ERROR: Final[tuple[tuple[type[ExecutorError], grpc.StatusCode], ...]] 
     (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
+    # ABORTED, not FAILED_PRECONDITION: the client retries at a higher level (gRPC's
+    # status guide: restart the sequence), here from the first page.
+    (ChangedMeanwhileError, grpc.StatusCode.ABORTED),
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (CapacityError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),

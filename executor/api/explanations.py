@@ -128,4 +128,5 @@ def explanation_message(explained: JobExplanation) -> executor_pb2.ExplainCallba
         checks=[check_message(explained.job_id, check) for check in explained.checks],
         total_callbacks=explained.total_callbacks,
         next_after_callback_id=explained.next_after_callback_id,
+        registration=explained.registration,
     )

@@ -176,7 +176,10 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
     async def ExplainCallbacks(
         self, request: executor_pb2.ExplainCallbacksRequest, context: Context
     ) -> executor_pb2.ExplainCallbacksResponse:
-        """Why a job's callbacks did or did not fire (NOT_FOUND when it is not registered)."""
+        """Why a job's callbacks did or did not fire (NOT_FOUND when it is not registered).
+
+        ABORTED when the request names a registration of the job other than its current one.
+        """
         convert.check_id("job_id", request.job_id, required=True)
         limit = min(request.limit or MAX_CALLBACKS_EXPLAINED, MAX_CALLBACKS_EXPLAINED)
 
@@ -188,6 +191,7 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
                 journal_limit=request.journal_limit,
                 after_callback_id=request.after_callback_id,
                 limit=limit,
+                registration=request.registration,
             )
             return explanations.explanation_message(explained)
 

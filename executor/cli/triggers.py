@@ -10,12 +10,15 @@ import argparse
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
+
+import grpc
 
 from executor import triggers
 from executor.cli.connection import (
     EXIT_NOT_SUCCEEDED,
     EXIT_OK,
+    EXIT_RPC,
     MAX_CALLBACK_ID,
     MAX_COUNT,
     MAX_ID,
@@ -30,7 +33,7 @@ from executor.cli.connection import (
 from executor.cli.explain import format_check, format_dry_run, format_explanation
 from executor.errors import ConfigError
 from executor.triggers.checks import static_checks
-from supervisor_client import InvalidRequestError
+from supervisor_client import ExecutorClient, ExecutorRpcError, InvalidRequestError
 from supervisor_client.client import as_plain
 
 
@@ -117,28 +120,66 @@ def _digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+# How many times ``why JOB`` reads a job's pages from the first again when the job is
+# registered again while they are read (ABORTED) before it says so: a farm registers a
+# job again at each retry, not several times a second.
+WHY_READS: Final = 3
+
+
+async def _every_page(
+    client: ExecutorClient, job_id: int, callback_id: int, args: argparse.Namespace
+) -> Any:
+    """The job's ExplainCallbacksResponse with every page's callbacks, of one registration.
+
+    Raises:
+        ExecutorRpcError: ABORTED when the job was registered again between two pages.
+    """
+    reply = await client.explain_callbacks(
+        job_id,
+        callback_id,
+        work_name=args.work or "",
+        journal_limit=args.journal,
+        timeout=args.timeout,
+    )
+    while reply.next_after_callback_id:
+        page = await client.explain_callbacks(
+            job_id,
+            work_name=args.work or "",
+            journal_limit=args.journal,
+            after_callback_id=reply.next_after_callback_id,
+            registration=reply.registration,
+            timeout=args.timeout,
+        )
+        reply.callbacks.extend(page.callbacks)
+        reply.total_callbacks = page.total_callbacks
+        reply.next_after_callback_id = page.next_after_callback_id
+    return reply
+
+
+async def _one_registration(
+    client: ExecutorClient, job_id: int, callback_id: int, args: argparse.Namespace
+) -> Any | None:
+    """Every page of the job as one registration has it; None after ``WHY_READS`` tries."""
+    for _ in range(WHY_READS):
+        try:
+            return await _every_page(client, job_id, callback_id, args)
+        except ExecutorRpcError as err:
+            if err.code != grpc.StatusCode.ABORTED:
+                raise
+    return None
+
+
 async def _why(args: argparse.Namespace, out: TextIO) -> int:
     job_id, callback_id = parse_target(args.target)
     async with connect(args) as client:
-        reply = await client.explain_callbacks(
-            job_id,
-            callback_id,
-            work_name=args.work or "",
-            journal_limit=args.journal,
-            timeout=args.timeout,
+        reply = await _one_registration(client, job_id, callback_id, args)
+    if reply is None:
+        say_error(
+            f"job {job_id} was registered again while its pages were read, {WHY_READS} "
+            "times in a row, so no answer describes one registration of it: ask again "
+            "later, or for one callback (JOB:CALLBACK)"
         )
-        # A job of more callbacks than one answer holds: the next pages, into this one.
-        while reply.next_after_callback_id:
-            page = await client.explain_callbacks(
-                job_id,
-                work_name=args.work or "",
-                journal_limit=args.journal,
-                after_callback_id=reply.next_after_callback_id,
-                timeout=args.timeout,
-            )
-            reply.callbacks.extend(page.callbacks)
-            reply.total_callbacks = page.total_callbacks
-            reply.next_after_callback_id = page.next_after_callback_id
+        return EXIT_RPC
     if args.json:
         print(json.dumps(as_plain(reply)), file=out)
     else:

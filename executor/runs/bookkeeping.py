@@ -21,7 +21,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -71,8 +71,15 @@ class BookkeepingWriter:
         metrics: Metrics,
         *,
         prune_every_s: float = PRUNE_EVERY_S,
+        on_recorded: Callable[[Sequence[tuple[str, float]]], object] | None = None,
     ) -> None:
+        """Start the thread.
+
+        ``on_recorded`` hears, on this thread, of the runs (invocation id, ended_at) each
+        history commit wrote: their outbox rows' notes are no longer needed (``Recorder``).
+        """
         self._history = history
+        self._on_recorded = on_recorded
         self._prune_every_s = prune_every_s
         self._callback_log = callback_log
         self._metrics = metrics
@@ -81,8 +88,6 @@ class BookkeepingWriter:
         self._pending: dict[str, Invocation] = {}
         # Runs the history could not take yet, oldest first (written by this thread only).
         self._unrecorded: list[_Entry] = []
-        # Their invocation ids, for readers on other threads (``unwritten``).
-        self._unrecorded_ids: frozenset[str] = frozenset()
         # Queued and being written: flush() waits for 0.
         self._unwritten = 0
         # Readers waiting in flush(): the writer does not pause for others to join.
@@ -118,11 +123,6 @@ class BookkeepingWriter:
         """The run under ``invocation_id`` queued or being written now, if any."""
         with self._changed:
             return self._pending.get(invocation_id)
-
-    def unwritten(self, invocation_id: str) -> bool:
-        """Whether a run of ``invocation_id`` still waits for its history record."""
-        with self._changed:
-            return invocation_id in self._pending or invocation_id in self._unrecorded_ids
 
     def flush(self, timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
         """Wait until every run queued so far is written; False on timeout."""
@@ -233,10 +233,16 @@ class BookkeepingWriter:
                 f", {given_up} older ones are given up" if given_up else "",
             )
             self._unrecorded = kept
-        finally:
-            waiting = frozenset(e.result.invocation_id for e in self._unrecorded)
-            with self._changed:
-                self._unrecorded_ids = waiting
+        else:
+            self._recorded(records)
+
+    def _recorded(self, records: list[_Entry]) -> None:
+        if self._on_recorded is None or not records:
+            return
+        try:
+            self._on_recorded([(e.result.invocation_id, e.ended_at) for e in records])
+        except Exception:  # a bug of the listener's: the history is written all the same
+            logger.exception("telling that %d runs are in the history failed", len(records))
 
 
 def _worth_retrying(err: Exception) -> bool:

@@ -610,6 +610,13 @@ class RunHistory:
             found.update((str(row[0]), float(row[1])) for row in rows)
         return found
 
+    def oldest_start(self) -> float | None:
+        """When the oldest run kept began (Unix time; an index's first entry); None: no run."""
+        self.before_read()
+        with self._lock, reading(self._path):
+            row = self._db.execute("SELECT min(started_at) FROM runs").fetchone()
+        return None if row[0] is None else float(row[0])
+
     def ids_starting_with(self, prefix: str, limit: int = 3) -> list[str]:
         """Up to ``limit`` invocation ids that start with ``prefix`` (taken literally)."""
         if isinstance(self._db, PgDb):

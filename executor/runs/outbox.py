@@ -53,14 +53,16 @@ import contextlib
 import logging
 import random
 import sqlite3
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, NamedTuple, Protocol, TypeVar, cast, runtime_checkable
 
 from executor.errors import DataLossError, UnavailableError
+from executor.runs import outbox_space
 from executor.runs.latest import latest_per_key
 from executor.runs.outbox_rows import (
     UNREADABLE_TIME_ABOVE,
@@ -162,6 +164,13 @@ class _Message(NamedTuple):
         """``_REPLACE``'s values."""
         return self.key, self.payload, self.ended_at
 
+
+# A run the history has (its key, when it ended): its row's notes go, not a later run's.
+_FORGET_WRITTEN: Final = (
+    "UPDATE outbox SET notes = NULL WHERE key = ? AND ended_at <= ? AND notes IS NOT NULL"
+)
+# Runs whose notes a refusing storage kept from being dropped, kept for the next try.
+MAX_WRITTEN_KEPT: Final = 10_000
 
 # What delivery reads of a pending row (``outbox_rows.read_pending``'s arguments).
 _PENDING_COLUMNS: Final = "seq, key, payload, retry_at, attempts, ended_at"
@@ -280,6 +289,10 @@ class Outbox:
             answers) is set aside after this many failed tries, the first of them (since
             this outbox last saw it delivered, queued or started) at least this long ago.
         health: told when a write fails because of the storage.
+        max_bytes: past this many bytes of outbox.db's pages in use, no run may start
+            (``refusal``; ``outbox_space``). None: no bound; never in a fleet.
+        compact_free_bytes: outbox.db is compacted (``outbox_space.compact``) when at
+            least this much of it, and half of it, is free.
         clock: Unix time source, replaceable in tests.
         rng: jitter source, seedable in tests.
     """
@@ -301,8 +314,14 @@ class Outbox:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         lease_s: float = 15.0,
+        max_bytes: int | None = None,
+        compact_free_bytes: int = outbox_space.COMPACT_FREE_BYTES,
     ) -> None:
         self._path = str(path)
+        self._max_bytes = max_bytes
+        self._compact_free_bytes = compact_free_bytes
+        # Why no run may start now ("" while outbox.db is within max_bytes).
+        self._refusal = ""
         self._lease_s = lease_s
         self._owner = uuid.uuid4().hex
         self._health = health
@@ -340,6 +359,8 @@ class Outbox:
             with opening(self._path):  # a read-only filesystem, say: a refusal saying so
                 self._db = self._open_sqlite(self._path)
             self._ddb = self._db
+            # Before serving: an outage's peak size, given back if a stop came first.
+            outbox_space.compact(self._db, self._path, free_bytes=compact_free_bytes)
             # The log's checkpoints fsync; in a thread, they stall no answer.
             self._checkpoints = BackgroundCheckpoints(
                 self._db, path, busy_timeout_s=LOOP_CHECKPOINT_BUSY_TIMEOUT_S
@@ -354,13 +375,20 @@ class Outbox:
         # Rows the receiver acknowledged whose mark the storage did not take yet (a full
         # disk): never sent again by this process, marked at the next chance.
         self._unmarked: dict[int, str] = {}
-        # Whether the bookkeeping of a key's run is still to be written: its row's notes
-        # stay until it is (set by the Recorder; called from delivery, maybe in a thread).
-        self.notes_needed: Callable[[str], bool] = lambda key: False
-        # Delivered rows whose notes stayed for that reason, cleared at a later mark.
-        self._notes_held: dict[int, str] = {}
+        self._init_written()
         if self.pending():
             logger.info("outbox: %d results from an earlier run still to deliver", self.pending())
+
+    def _init_written(self) -> None:
+        # Runs the history has committed (key, ended_at), told by the bookkeeping thread:
+        # their rows' notes are dropped on the loop (``notes_written``).
+        self._written: list[tuple[str, float]] = []
+        self._written_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._forgetting: asyncio.Task[None] | None = None
+        # In a fleet, the dropping's own connection, used by one thread at a time.
+        self._notes_db: Db | None = None
+        self._closed = False
 
     @staticmethod
     def _open_sqlite(path: str) -> sqlite3.Connection:
@@ -394,9 +422,9 @@ class Outbox:
 
         ``ended_at``: when the run it reports ended (None: now). Another message under
         ``key`` replaces the one there unless that one's run ended later (``_REPLACE``).
-        ``notes``: kept with it until ``notes_needed`` says the key's run no longer needs
-        them at its delivery (``kept_notes``). Raises StorageError when the commit fails
-        because of the storage, ValueError for an empty ``payload``.
+        ``notes``: kept with it until the history has the key's run (``notes_written``).
+        Raises StorageError when the commit fails because of the storage, ValueError for
+        an empty ``payload``.
         """
         message = self._message(key, payload, ended_at, notes)
         with writing(self._path, self._health):
@@ -485,9 +513,33 @@ class Outbox:
 
     def _committed(self, added: int) -> None:
         self._checkpoints.committed()
+        self._measure()
         if added:
             self._drained.clear()
             self._wakeup.set()
+
+    def refusal(self) -> str:
+        """Why no run may start now: outbox.db past ``max_bytes``; "" when one may."""
+        return self._refusal
+
+    def _measure(self) -> None:
+        """(SQLite, after a commit on the loop) Whether outbox.db is past ``max_bytes``."""
+        if self._max_bytes is None or self.fleet:
+            return
+        try:
+            in_use, _ = outbox_space.pages(cast(sqlite3.Connection, self._db))
+            if in_use < self._max_bytes:
+                if self._refusal:
+                    logger.warning("outbox: the supervisor took results; runs start again")
+                self._refusal = ""
+                return
+            refusal = outbox_space.over_bound(self.pending(), in_use, self._max_bytes)
+        except (sqlite3.Error, UnavailableError) as err:  # the storage's: its writes say so
+            logger.debug("outbox: its size was not read: %s", err)
+            return
+        if not self._refusal:
+            logger.error("outbox: %s", refusal)
+        self._refusal = refusal
 
     def pending(self) -> int:
         """Messages not yet acknowledged (dead ones excluded)."""
@@ -561,12 +613,90 @@ class Outbox:
                 raise
         self._checkpoints.committed()
 
+    def notes_written(self, runs: Sequence[tuple[str, float]]) -> None:
+        """These runs (key, ended_at) are in the history now: drop their rows' notes soon.
+
+        Called by the bookkeeping thread after each history commit (any thread): the
+        notes then mean exactly "this run may lack its history record", and a start-up
+        rebuilds only what a crash lost. The rows are updated on the event loop, which
+        owns the SQLite connection (one UPDATE per history commit, after the answers); in
+        a fleet, by a connection of their own in a thread. A row whose run ended later (a
+        resend's) keeps its notes. One committed after its history record (a result the
+        storage refused at first) keeps them until the next start drops them.
+        """
+        with self._written_lock:
+            wake = not self._written
+            self._written.extend(runs)
+        loop = self._loop
+        if wake and loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (a stop)
+                loop.call_soon_threadsafe(self._forget_written_soon)
+
+    def _forget_written_soon(self) -> None:
+        """(On the loop) Drop the notes told of: inline on SQLite, in a thread in a fleet."""
+        if self._closed:
+            return
+        if not self.fleet:
+            self.forget_written()
+        elif self._forgetting is None or self._forgetting.done():
+            self._forgetting = asyncio.get_running_loop().create_task(self._forget_in_thread())
+
+    async def _forget_in_thread(self) -> None:
+        while self._written and not self._closed:
+            await asyncio.to_thread(self._forget_on_own_connection)
+
+    def _forget_on_own_connection(self) -> None:
+        from executor.migrations import open_postgres
+
+        try:
+            if self._notes_db is None:
+                self._notes_db = open_postgres(self._path, application_name="cbexec-notes")
+        except UnavailableError as err:
+            logger.debug("outbox: notes of written runs kept for now: %s", err)
+            return
+        self.forget_written(self._notes_db)
+
+    def forget_written(self, db: Db | None = None) -> None:
+        """Drop now the notes of the runs ``notes_written`` told of (``db``: the loop's).
+
+        Nothing is lost when the storage refuses: the runs are kept for the next try (up
+        to ``MAX_WRITTEN_KEPT``), and a start-up drops the notes of runs in the history.
+        """
+        with self._written_lock:
+            written, self._written = self._written, []
+        if not written:
+            return
+        db = self._db if db is None else db
+        try:
+            with writing(self._path):  # no health: notes kept too long harm nothing
+                if isinstance(db, PgDb):
+                    db.executemany(_FORGET_WRITTEN, written)
+                else:
+                    db.execute("BEGIN")
+                    try:
+                        db.executemany(_FORGET_WRITTEN, written)
+                        db.execute("COMMIT")
+                    except BaseException:
+                        with contextlib.suppress(Exception):
+                            db.execute("ROLLBACK")
+                        raise
+        except UnavailableError as err:
+            with self._written_lock:
+                self._written[:0] = written[-MAX_WRITTEN_KEPT:]
+            logger.debug("outbox: notes of %d written runs kept for now: %s", len(written), err)
+            return
+        if db is self._db:
+            self._checkpoints.committed()
+
     # -- the delivery task ------------------------------------------------------------------
 
     def start(self) -> None:
         """Start delivering (in the running event loop); idempotent."""
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._deliver_forever())
+            self._loop = asyncio.get_running_loop()
+            self._task = self._loop.create_task(self._deliver_forever())
+            if self._written:  # told before the start (recovery's writes, say)
+                self._forget_written_soon()
 
     async def flush(self, timeout_s: float) -> bool:
         """Wait until nothing is pending, at most ``timeout_s``; True when drained."""
@@ -591,6 +721,14 @@ class Outbox:
                 "(the storage); they are sent once more after the next start",
                 len(self._unmarked),
             )
+        # The writer has stopped (Recorder.close): what it wrote last loses its notes now,
+        # so a clean stop leaves notes only of runs the history does not have.
+        self._closed = True
+        if self._forgetting is not None:
+            await asyncio.gather(self._forgetting, return_exceptions=True)
+        self.forget_written()
+        if self._notes_db is not None:
+            self._notes_db.close()
         self._checkpoints.close()
         if self._ddb is not self._db:
             self._ddb.close()
@@ -728,6 +866,8 @@ class Outbox:
             waiting = await self._io(self._next_retry_at)
             if waiting is None and not self._wakeup.is_set():
                 self._drained.set()
+                if not self.fleet:  # caught up: an outage's peak size given back
+                    self._compact()
             if self.fleet:
                 # Another replica's results wait for this one if that replica dies: look again.
                 waiting = min(waiting or float("inf"), self._clock() + self._lease_s / 3)
@@ -756,6 +896,14 @@ class Outbox:
                 return False  # back off; then re-read from the oldest pending row
         await self._linger_unless(full)
         return True
+
+    def _compact(self) -> None:
+        db = cast(sqlite3.Connection, self._db)
+        try:
+            if outbox_space.compact(db, self._path, free_bytes=self._compact_free_bytes):
+                self._measure()
+        except sqlite3.Error as err:  # its size unread: the next commit says what is wrong
+            logger.debug("outbox: not compacted: %s", err)
 
     def _sends_batches(self) -> bool:
         """Whether to send a batch: the transport can, and the receiver did not lately say no."""
@@ -941,35 +1089,27 @@ class Outbox:
 
         A delivered row keeps its key (a repeat of it is not queued again) but not its
         payload: the last ``keep_delivered`` rows of up to a report's size each could
-        otherwise hold gigabytes that nothing reads. Nor its notes, unless its run's
-        bookkeeping is still to be written (``notes_needed``): those stay, and go at a
-        later mark once it is.
+        otherwise hold gigabytes that nothing reads. Its notes are the history's business
+        (``notes_written``): a row keeping them is not trimmed.
 
         With those acknowledged earlier whose mark failed (``_unmarked``); on failure all
         of them stay there, so that none is sent again.
         """
         self._unmarked.update(delivered)
-        written = [seq for seq, key in self._notes_held.items() if not self.notes_needed(key)]
-        held = {seq: key for seq, key in self._unmarked.items() if self.notes_needed(key)}
-        seqs = sorted({*self._unmarked, *written})
-        # coalesce: a row delivered earlier (its notes held) keeps when it was delivered.
-        mark = (
-            "UPDATE outbox SET delivered_at = coalesce(delivered_at, ?), payload = ?,"
-            " notes = CASE WHEN {held} THEN notes END WHERE {rows}"
-        )
+        seqs = sorted(self._unmarked)
         now = self._clock()
-        if self.fleet:  # one statement is one transaction: one round trip, not three
+        if self.fleet:  # one statement is one transaction: one round trip
             self._ddb.execute(
-                mark.format(held="seq = ANY(?)", rows="seq = ANY(?)"),
-                (now, b"", list(held), seqs),
+                "UPDATE outbox SET delivered_at = ?, payload = ? WHERE seq = ANY(?)",
+                (now, b"", seqs),
             )
         else:
             with writing(self._path, self._health):
                 self._ddb.execute("BEGIN")
                 try:
                     self._ddb.executemany(
-                        mark.format(held="?", rows="seq = ?"),
-                        [(now, b"", seq in held, seq) for seq in seqs],
+                        "UPDATE outbox SET delivered_at = ?, payload = ? WHERE seq = ?",
+                        [(now, b"", seq) for seq in seqs],
                     )
                     self._ddb.execute("COMMIT")
                 except BaseException:
@@ -978,13 +1118,11 @@ class Outbox:
                     raise
             self._checkpoints.committed()
         delivered_now = len(self._unmarked)
-        for seq in written:
-            del self._notes_held[seq]
-        self._notes_held.update(held)
         self._unmarked.clear()
         self._delivered_since_trim += delivered_now
         if self._delivered_since_trim >= 100:
             self._trim_delivered()
+        self._measure()
 
     def _trim_delivered(self) -> None:
         self._delivered_since_trim = 0

@@ -2,8 +2,9 @@
 
 Order matters: the outbox commit comes first, before the caller gets its answer, so
 once any trace of a run exists the supervisor is sure to hear of it. The row carries the
-run's notes (``run_notes``) until its bookkeeping is written, so a start-up after a
-``kill -9`` in between rebuilds it (``recovery``). In a fleet, a fired
+run's notes (``run_notes``) until the bookkeeping thread has committed its history
+record (it then tells the outbox, which drops them), so a start-up after a ``kill -9``
+in between rebuilds it (``recovery``), and nothing else. In a fleet, a fired
 run is recorded only while its replica's claim on the firing holds (fencing: see
 ``_record_claimed``). The other sinks
 are bookkeeping, written by one thread (``bookkeeping.BookkeepingWriter``): off the
@@ -90,13 +91,16 @@ class Recorder:
         self._owed: set[asyncio.Task[bool]] = set()
         self._recovery_owed = recovery_owed
         self._recovering: asyncio.Task[None] | None = None
-        self._writer = BookkeepingWriter(history, callback_log, metrics)
+        # A run's outbox row keeps its notes until the history has committed the run.
+        self._writer = BookkeepingWriter(
+            history,
+            callback_log,
+            metrics,
+            on_recorded=None if outbox is None else outbox.notes_written,
+        )
         # A reader of either never misses a run that was answered.
         history.before_read = self._writer.flush
         metrics.before_read = self._writer.flush
-        if outbox is not None:
-            # A delivered row keeps its run's notes until the history has the run.
-            outbox.notes_needed = self._writer.unwritten
 
     @classmethod
     def open(
@@ -126,6 +130,7 @@ class Recorder:
                 batch_bytes=settings.supervisor_max_message_bytes - MESSAGE_MARGIN_BYTES,
                 health=health,
                 lease_s=settings.store_lease_seconds,
+                max_bytes=settings.outbox_max_bytes,
             )
         history = RunHistory(
             settings.store or settings.data_dir / "runs.db",
@@ -376,7 +381,9 @@ class Recorder:
     async def close(self, flush_timeout_s: float = 2.0) -> None:
         """Give queued results a moment to go out, then close everything.
 
-        What is still pending stays in the outbox and goes out after the next start.
+        What is still pending stays in the outbox and goes out after the next start. The
+        writer stops before the outbox closes: the runs it writes last lose their notes
+        then, and a clean stop leaves notes only of runs the history could not take.
         """
         if self._recovering is not None:  # its notes stay for the next start
             self._recovering.cancel()
@@ -384,14 +391,14 @@ class Recorder:
         if self._owed:
             self.stop_waiting()
             await asyncio.wait(list(self._owed))
-        if self.outbox is not None:
-            if not await self.outbox.flush(flush_timeout_s):
-                logger.warning(
-                    "stopping with %d results not yet delivered; they go out after the next start",
-                    self.outbox.pending(),
-                )
-            await self.outbox.close()
+        if self.outbox is not None and not await self.outbox.flush(flush_timeout_s):
+            logger.warning(
+                "stopping with %d results not yet delivered; they go out after the next start",
+                self.outbox.pending(),
+            )
         self._writer.close()
+        if self.outbox is not None:
+            await self.outbox.close()
         self.history.close()
 
 

@@ -1,12 +1,19 @@
 """At start-up, the history records and ``.cb`` entries a crash lost, rebuilt from the outbox.
 
 A run's outbox row is committed before its caller is answered, with the run's notes
-(``run_notes``); its history record and ``.cb`` entry are written just after the answer.
-A ``kill -9`` in between leaves the notes and no history record: this writes both from
-them, before the executor serves (so ``ListRuns`` and the repeated-id check see the run),
-then drops the notes of every row whose run the history now has. A run's .cb entry is
-written only when its job's log lacks it (the writer puts entries before records). The
-metrics are counters in memory, lost with the process anyway.
+(``run_notes``); its history record and ``.cb`` entry are written just after the answer,
+and the notes are dropped once the history has committed the run (``Outbox.notes_written``;
+a clean stop drops the last ones). A ``kill -9`` in between leaves the notes and no
+history record: this writes both from them, before the executor serves (so ``ListRuns``
+and the repeated-id check see the run), then drops the notes of every row read. A run's
+.cb entry is written only when its job's log lacks it (the writer puts entries before
+records). The metrics are counters in memory, lost with the process anyway.
+
+Never a run the history pruned: notes can outlive their run's record only when a crash
+came between the history's commit and the outbox's, and a run that ended before the
+oldest run the history keeps began is one its bounds dropped (or would drop first):
+rebuilt, it would push the newest runs out (the bound makes room for it) and append a
+long-rotated ``.cb`` entry again.
 
 In a fleet's store, the rows are every replica's: a run another replica answered in the
 moment before this start, and has not written yet, may be written by both (the same
@@ -59,7 +66,8 @@ def _recover(outbox: Outbox, history: RunHistory, callback_log: CallbackLog) -> 
     if not kept:
         return 0
     ends = history.ends([row.key for row in kept])
-    lost = [row for row in kept if not _in_history(row, ends)]
+    oldest = history.oldest_start()
+    lost = [row for row in kept if not _in_history(row, ends) and not _pruned(row, oldest)]
     notes = outbox.notes([row.seq for row in lost])
     runs = []
     for row in lost:
@@ -100,6 +108,11 @@ def _append_unlogged(callback_log: CallbackLog, runs: list[run_notes.RunNotes]) 
             logger.warning(
                 "run %s: its .cb entry was not written: %s", run.result.invocation_id, err
             )
+
+
+def _pruned(row: KeptNotes, oldest_start: float | None) -> bool:
+    """Whether the row's run ended before the oldest run the history keeps began."""
+    return oldest_start is not None and row.ended_at < oldest_start
 
 
 def _in_history(row: KeptNotes, ends: dict[str, float]) -> bool:

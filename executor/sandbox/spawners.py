@@ -410,14 +410,19 @@ class _Zygote:
         """
         children = self._children.values()
         running = sum(1 for child in children if child.running and not child.settled)
+        # Runs already answered (or past their wall limit) whose slots waited for its
+        # report of their children's end.
+        settled = sum(1 for child in children if child.running and child.settled)
         prepared = sum(1 for child in children if not child.running)
         logger.error(
-            "%s sandbox zygote (pid %s) %s: %s running in it reported KILLED, %s prepared "
-            "for runs discarded, %s being started started cold instead",
+            "%s sandbox zygote (pid %s) %s: %s running in it reported KILLED, %s of runs "
+            "already answered let go, %s prepared for runs discarded, %s being started "
+            "started cold instead",
             self.language,
             self.pid,
             what,
             _counted(running, "callback", "callbacks"),
+            _counted(settled, "slot", "slots"),
             _counted(prepared, "child", "children"),
             _counted(sum(1 for f in self._starting.values() if not f.done()), "child", "children"),
         )

@@ -40,7 +40,6 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -318,7 +317,6 @@ class TriggerEngine:
         self._event_id_pruning: asyncio.Task[None] | None = None
         self._group: GroupCommit[tuple[Decision, bool]] = GroupCommit(self._apply_group)
         self._registering = asyncio.Lock()
-        self._registration_lock = threading.Lock()
         self.stats = EngineStats()
 
     # -- universal callbacks --------------------------------------------------------
@@ -488,13 +486,12 @@ class TriggerEngine:
     def _stored_registration(
         self, job: dict[str, Any], strict: bool, published: frozenset[str] | None
     ) -> tuple[Registration, list[PendingFiring]]:
-        """``_register_job``, one at a time, again when a fleet's transaction lost a deadlock.
+        """``_register_job``, again when a fleet's transaction lost a deadlock.
 
-        One at a time: a registration reads the job's callbacks before its transaction,
-        so two of one job at once would both take the other's callbacks as new.
+        Registrations of one job take turns in their transactions, in every replica of a
+        fleet (``TriggerStore.callbacks_to_register``).
         """
-        with self._registration_lock:
-            return _retrying(lambda: self._register_job(job, strict=strict, published=published))
+        return _retrying(lambda: self._register_job(job, strict=strict, published=published))
 
     def _register_job(
         self,
@@ -543,19 +540,17 @@ class TriggerEngine:
         if strict and own:
             problems = "; ".join(check.line() for check in own)
             raise InvalidRequestError(f"job {job_id} (strict): {problems}")
-        previous = self._store.callbacks_of(job_id)
-        kept_as = continued([spec for spec, _ in specs], previous)
         agenda = list(where.agendas.get(job_id) or [])
         now = self._clock()
         batch = uuid.uuid4().hex
         with self._store.transaction() as db:
-            kept_items = {
-                cb.rowid: items.held(db, cb.rowid, len(cb.latches))
-                for cb in kept_as
-                if cb is not None and per_work(_parsed(cb.triggers))
-            }
-            first_time = store_job(db, job)
-            keep_journal(db, job_id, [spec for spec, _ in specs], kept_as, previous)
+            # Read (and in a fleet locked) in the transaction that writes it back: a copy
+            # read before it would undo an event's latch committed meanwhile.
+            previous = TriggerStore.callbacks_to_register(db, job_id)
+            plain_specs = [spec for spec, _ in specs]
+            kept_as = continued(plain_specs, previous)
+            first_time = store_job(db, job, plain_specs, kept_as, previous)
+            keep_journal(db, job_id, plain_specs, kept_as, previous)
             decider = Decider(
                 db,
                 SeenEvent(Event("submit", "job", job_id), now),
@@ -565,16 +560,15 @@ class TriggerEngine:
                 registering=True,
             )
             for (spec, expr), kept in zip(specs, kept_as, strict=True):
-                if kept is not None:
+                atoms, timers = self._index(place, expr)
+                if kept is not None:  # its count, latches and work items stay in its row
                     spec.update(
                         count=kept.count, latches=list(kept.latches), latched_by=list(kept.marks)
                     )
-                atoms, timers = self._index(place, expr)
+                    TriggerStore.rewrite_callback(db, kept.rowid, spec, atoms, timers)
+                    continue
                 rowid = TriggerStore.put_callback(db, job_id, spec, atoms, timers)
-                if kept is not None:
-                    for work_name, state in kept_items.get(kept.rowid, {}).items():
-                        items.save(db, rowid, work_name, state)
-                elif spec["mode"] == LEVEL:
+                if spec["mode"] == LEVEL:
                     (stored,) = TriggerStore.load_callbacks(db, [rowid])
                     level_pass(db, decider, stored, expr, place, agenda)
             if first_time:
@@ -586,8 +580,8 @@ class TriggerEngine:
                 )
             journal.append(db, decider.decision.entries, self._journal)
             self._own(db, batch, decider.decision.firings)
-        registration = Registration(self._store.callbacks_of(job_id), found, decider.decision.fired)
-        return registration, decider.decision.firings
+            registered = TriggerStore.callbacks_in(db, job_id)
+        return Registration(registered, found, decider.decision.fired), decider.decision.firings
 
     # -- matching -------------------------------------------------------------------
 
@@ -883,15 +877,18 @@ class TriggerEngine:
         journal_limit: int = 0,
         after_callback_id: int = 0,
         limit: int = why.MAX_CALLBACKS_EXPLAINED,
+        registration: int = 0,
     ) -> JobExplanation:
         """Why each callback of a job did or did not fire, and what it still waits for.
 
-        At most ``limit`` callbacks, those with ids above ``after_callback_id``. It reads
-        on a snapshot of the store for as long as that takes: any thread may call it,
-        and the servicer calls it on a worker thread (``why.explain_job``).
+        At most ``limit`` callbacks, those with ids above ``after_callback_id``, of the
+        job's registration ``registration`` when not 0. It reads on a snapshot of the
+        store for as long as that takes: any thread may call it, and the servicer calls
+        it on a worker thread (``why.explain_job``).
 
         Raises:
             NotFoundError: the job (or the callback) is not registered.
+            ChangedMeanwhileError: the job was registered again since ``registration``.
         """
         return why.explain_job(
             self._store,
@@ -902,6 +899,7 @@ class TriggerEngine:
             parsed=_parsed,
             after_callback_id=after_callback_id,
             limit=limit,
+            registration=registration,
         )
 
     async def _result_of_record(

@@ -3,9 +3,12 @@
 The engine's ``register_job`` runs these in order: ``callback_specs`` (the job's own
 callbacks, then the universal ones; a trigger that does not parse or a mode that is
 neither edge nor level refuses the registration), ``surroundings`` and the checks
-(checks.py) before anything is written, then, in the registration's transaction, the
-level pass (``level_pass``) for each new level callback: what has already happened
-latches, and what that makes true fires, in that same transaction.
+(checks.py) before anything is written. Then, in the registration's transaction: the
+job's callbacks as its last registration left them (locked in a fleet:
+``TriggerStore.callbacks_to_register``), which of them it keeps (``continued``: their
+rows are rewritten in place, ``store_job``), and the level pass (``level_pass``) for
+each new level callback: what has already happened latches, and what that makes true
+fires, in that same transaction.
 """
 
 from __future__ import annotations
@@ -321,11 +324,33 @@ def level_pass(
         TriggerStore.save_count(db, cb.rowid, total)
 
 
-def store_job(db: Db, job: Mapping[str, Any]) -> bool:
-    """Replace what is stored of the job and its known states; True when it was not known."""
+def store_job(
+    db: Db,
+    job: Mapping[str, Any],
+    specs: Sequence[Mapping[str, Any]],
+    kept_as: Sequence[StoredCallback | None],
+    previous: Sequence[StoredCallback],
+) -> bool:
+    """Replace what is stored of the job and its known states; True when it was not known.
+
+    The callbacks of its last registration (``previous``) that this one does not keep
+    (``continued``) go. Those it keeps stay in their rows, with their work items, for
+    the engine to rewrite in place (``TriggerStore.rewrite_callback``): their index rows
+    and timers go, and a kept row whose id moves takes an id no callback has meanwhile.
+    """
     job_id = int(job["id"])
     first_time = states.state(db, job_id, states.JOB) is None
-    TriggerStore.remove_job(db, job_id)
+    kept = {cb.rowid for cb in kept_as if cb is not None}
+    TriggerStore.delete_callbacks(db, [cb.rowid for cb in previous if cb.rowid not in kept])
+    TriggerStore.unindex_callbacks(db, kept)
+    TriggerStore.set_callback_ids_aside(
+        db,
+        [
+            cb.rowid
+            for spec, cb in zip(specs, kept_as, strict=True)
+            if cb is not None and cb.callback_id != spec["id"]
+        ],
+    )
     TriggerStore.put_job(db, {k: v for k, v in job.items() if k != "callbacks"})
     states.register_job(db, job)
     return first_time

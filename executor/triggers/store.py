@@ -28,14 +28,14 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
 from executor.model import Event
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
-from executor.sql import Db, NoCheckpoints, PgDb, Row, is_postgres, row_lock
+from executor.sql import Db, NoCheckpoints, PgDb, Row, in_lists, is_postgres, row_lock
 from executor.storage import (
     LOOP_CHECKPOINT_BUSY_TIMEOUT_S,
     StorageHealth,
@@ -67,7 +67,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     job_id INTEGER PRIMARY KEY,
     pgrp INTEGER NOT NULL,
     label TEXT NOT NULL,
-    job_json TEXT NOT NULL
+    job_json TEXT NOT NULL,
+    registration INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_label ON jobs (pgrp, label) WHERE label != '';
 CREATE TABLE IF NOT EXISTS callbacks (
@@ -128,6 +129,10 @@ LABEL_INDEXES = """
 CREATE INDEX IF NOT EXISTS atoms_unresolved ON atoms (pgrp, type, name, extra) WHERE label != '';
 CREATE INDEX IF NOT EXISTS atoms_by_label ON atoms (label, type, name, extra) WHERE label != '';
 """
+# The advisory locks a fleet's registrations of one job take turns under
+# (``callbacks_to_register``): the two-key form, keyed by this and the job; the migration's
+# lock is of the one-key form, which PostgreSQL keeps apart.
+_REGISTRATION_LOCK: Final = 0x63627267  # "cbrg"
 # Columns added since the first schema: (table, column, definition).
 _ADDED_COLUMNS: Final = (
     # A queue from before batches: its firings keep running one after another.
@@ -143,7 +148,20 @@ _ADDED_COLUMNS: Final = (
     ("firings", "owner", "TEXT NOT NULL DEFAULT ''"),
     ("firings", "lease_until", "REAL NOT NULL DEFAULT 0"),
     ("firings", "epoch", "INTEGER NOT NULL DEFAULT 0"),
+    # Jobs registered before registrations were numbered get numbers at the upgrade.
+    ("jobs", "registration", "INTEGER NOT NULL DEFAULT 0"),
 )
+# SQLite's stand-in for PostgreSQL's sequence ``job_registrations`` (migrations.py): the
+# last number a job's registration was given. A counter of its own, not the largest
+# number stored: a removed job takes its number with it, and a number given again could
+# make two registrations of one job look like one. SQLite has one writer, so the one row
+# costs nothing; a fleet's replicas would wait for each other on it, hence the sequence.
+SQLITE_REGISTRATION_COUNTER: Final = """
+CREATE TABLE IF NOT EXISTS registration_counter (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    last INTEGER NOT NULL
+);
+"""
 # Everything the trigger store keeps, in SQLite's spelling (sql.pg_ddl for PostgreSQL).
 FULL_SCHEMA: Final = (
     SCHEMA
@@ -334,7 +352,7 @@ class TriggerStore:
         sqlite = open_database(path)
         sqlite.row_factory = sqlite3.Row
         sqlite.execute("PRAGMA foreign_keys = ON")
-        sqlite.executescript(FULL_SCHEMA)
+        sqlite.executescript(FULL_SCHEMA + SQLITE_REGISTRATION_COUNTER)
         self._db = self._outside_db = sqlite
         self._outside_lock = self._lock
         self._migrate(sqlite)
@@ -383,6 +401,17 @@ class TriggerStore:
                             "UPDATE atoms SET pgrp = ?, label = ? WHERE rowid = ?",
                             (pgrp, label, rowid),
                         )
+        # Jobs registered before registrations were numbered: each its own number, as if
+        # registered now (one transaction, so a crash half-way leaves no number twice).
+        unnumbered = db.execute("SELECT job_id FROM jobs WHERE registration = 0").fetchall()
+        if unnumbered:
+            db.execute("BEGIN IMMEDIATE")
+            for (job_id,) in unnumbered:
+                db.execute(
+                    "UPDATE jobs SET registration = ? WHERE job_id = ?",
+                    (self.next_registration(db), job_id),
+                )
+            db.execute("COMMIT")
 
     def close(self) -> None:
         self._snapshots.close()
@@ -475,6 +504,41 @@ class TriggerStore:
         return [StoredCallback.from_row(row) for row in rows]
 
     @staticmethod
+    def callbacks_to_register(db: Db, job_id: int) -> list[StoredCallback]:
+        """The job's callbacks as its registration finds them, held until it commits.
+
+        What a registration keeps of the last one (counts, latches, journals, work items)
+        is read here, in its own transaction. In a fleet the job's registrations take
+        turns under a transaction-scoped advisory lock keyed by the job, taken first, and
+        its callback rows are then locked in ascending order:
+
+        * The advisory lock, not a row lock: a job registered for the first time has no
+          row to lock yet, and two replicas registering it at once would both take it as
+          new (a level ``submit-job-self`` would fire twice). Events never take it, and
+          a registration waiting for it holds nothing else, so it adds no deadlock.
+        * The rows in ascending order, in one statement, as an event's transaction locks
+          the rows it matches (group_reads.matching): an event that latched one of them
+          has committed before this reads it, and one that comes later waits for the
+          registration and reads what it wrote (a kept row is rewritten in place,
+          ``rewrite_callback``); the two orders agree, so they take turns and never
+          deadlock. (The other jobs' level callbacks a first
+          registration latches, ``registration.take_submission``, are locked after
+          these, but a first registration has no rows of its own an event could hold.)
+
+        On SQLite the transaction is the file's only writer already: a plain read.
+        """
+        if isinstance(db, PgDb):
+            db.execute(
+                "SELECT pg_advisory_xact_lock(?::integer, ?::integer)",
+                (_REGISTRATION_LOCK, _as_int4(job_id)),
+            )
+        rows = db.execute(
+            f"SELECT * FROM callbacks WHERE job_id = ? ORDER BY rowid{row_lock(db)}",  # noqa: S608 - a clause of ours
+            (job_id,),
+        ).fetchall()
+        return sorted((StoredCallback.from_row(row) for row in rows), key=lambda cb: cb.callback_id)
+
+    @staticmethod
     def callbacks_page(
         db: Db, job_id: int, *, after: int = 0, limit: int
     ) -> tuple[list[StoredCallback], int]:
@@ -548,18 +612,44 @@ class TriggerStore:
         return {str(row[0]): int(row[1]) for row in rows}
 
     @staticmethod
-    def put_job(db: Db, job: dict[str, Any]) -> None:
+    def put_job(db: Db, job: dict[str, Any]) -> int:
+        """Store a job (its callbacks apart) as a new registration of it; the registration's number."""
+        registration = TriggerStore.next_registration(db)
         db.execute(
-            "INSERT INTO jobs (job_id, pgrp, label, job_json) VALUES (?, ?, ?, ?) "
+            "INSERT INTO jobs (job_id, pgrp, label, job_json, registration) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (job_id) DO UPDATE SET pgrp = excluded.pgrp, label = excluded.label, "
-            "job_json = excluded.job_json",
+            "job_json = excluded.job_json, registration = excluded.registration",
             (
                 int(job["id"]),
                 int(job.get("pgrp") or job["id"]),
                 str(job.get("label") or ""),
                 json.dumps(job),
+                registration,
             ),
         )
+        return registration
+
+    @staticmethod
+    def next_registration(db: Db) -> int:
+        """A number no registration of any job had before (in the open transaction).
+
+        What tells two registrations of one job apart (ExplainCallbacks' pages name it):
+        PostgreSQL's sequence, whose numbers no transaction waits for and no rollback
+        gives back; SQLite's counter row (``SQLITE_REGISTRATION_COUNTER``).
+        """
+        if isinstance(db, PgDb):
+            return int(db.execute("SELECT nextval('job_registrations')").fetchone()[0])
+        row = db.execute(
+            "INSERT INTO registration_counter (id, last) VALUES (1, 1)"
+            " ON CONFLICT (id) DO UPDATE SET last = last + 1 RETURNING last"
+        ).fetchone()
+        return int(row[0])
+
+    @staticmethod
+    def registration_in(db: Db, job_id: int) -> int | None:
+        """The number of the job's registration as it stands; None when it is not registered."""
+        row = db.execute("SELECT registration FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return int(row[0]) if row else None
 
     @staticmethod
     def remove_job(db: Db, job_id: int) -> None:
@@ -584,6 +674,32 @@ class TriggerStore:
         journal.forget_job(db, job_id)
 
     @staticmethod
+    def delete_callbacks(db: Db, rowids: Collection[int]) -> None:
+        """Delete callback rows (their index rows, timers and items go with them)."""
+        for part, marks in in_lists(sorted(rowids)):
+            db.execute(f"DELETE FROM callbacks WHERE rowid IN ({marks})", part)  # noqa: S608 - marks only
+
+    @staticmethod
+    def unindex_callbacks(db: Db, rowids: Collection[int]) -> None:
+        """Delete callbacks' index rows and timers (``rewrite_callback`` writes them again)."""
+        for part, marks in in_lists(sorted(rowids)):
+            db.execute(f"DELETE FROM atoms WHERE callback_rowid IN ({marks})", part)  # noqa: S608 - marks only
+            db.execute(f"DELETE FROM timers WHERE callback_rowid IN ({marks})", part)  # noqa: S608 - marks only
+
+    @staticmethod
+    def set_callback_ids_aside(db: Db, rowids: Collection[int]) -> None:
+        """Give kept rows whose id moves an id no callback has (``-rowid``) until rewritten.
+
+        Ids may swap between kept rows (universal lines reordered), and the job's ids are
+        unique at every row written.
+        """
+        for part, marks in in_lists(sorted(rowids)):
+            db.execute(
+                f"UPDATE callbacks SET callback_id = -rowid WHERE rowid IN ({marks})",  # noqa: S608 - marks only
+                part,
+            )
+
+    @staticmethod
     def put_callback(
         db: Db,
         job_id: int,
@@ -591,28 +707,45 @@ class TriggerStore:
         atoms: Iterable[NewAtom],
         timers: Iterable[tuple[int, float]],
     ) -> int:
-        latches = list(spec["latches"])
         cursor = db.execute(
             'INSERT INTO callbacks (job_id, callback_id, triggers, language, code, "user", count,'
             " maximum, latches, universal, source, mode, latched_by)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING rowid",
-            (
-                job_id,
-                spec["id"],
-                spec["triggers"],
-                spec["language"],
-                spec["code"],
-                spec["user"],
-                spec.get("count", 0),
-                spec.get("maximum", 0),
-                json.dumps(latches),
-                int(spec.get("universal", False)),
-                spec.get("source", ""),
-                spec.get("mode", EDGE),
-                marks_to_json(spec.get("latched_by") or [None] * len(latches)),
-            ),
+            (job_id, *_callback_columns(spec)),
         )
         rowid = int(cursor.fetchone()[0])
+        TriggerStore._index_callback(db, rowid, atoms, timers)
+        return rowid
+
+    @staticmethod
+    def rewrite_callback(
+        db: Db,
+        rowid: int,
+        spec: dict[str, Any],
+        atoms: Iterable[NewAtom],
+        timers: Iterable[tuple[int, float]],
+    ) -> None:
+        """A kept callback's row as registered again, in place (``put_callback``'s columns).
+
+        Its old index rows and timers must be gone (``unindex_callbacks``).
+
+        In place, not deleted and inserted again: in a fleet, an event's transaction
+        waiting for the row's lock then reads the row as written here, where it would
+        have skipped a deleted one (and not seen the new row): its latch would be lost.
+        """
+        db.execute(
+            'UPDATE callbacks SET callback_id = ?, triggers = ?, language = ?, code = ?, "user" = ?,'
+            " count = ?, maximum = ?, latches = ?, universal = ?, source = ?, mode = ?,"
+            " latched_by = ? WHERE rowid = ?",
+            (*_callback_columns(spec), rowid),
+        )
+        TriggerStore._index_callback(db, rowid, atoms, timers)
+
+    @staticmethod
+    def _index_callback(
+        db: Db, rowid: int, atoms: Iterable[NewAtom], timers: Iterable[tuple[int, float]]
+    ) -> None:
+        """A callback's index rows and timers."""
         rows = []
         for a in atoms:
             pgrp, label = scope_label(a.key.scope) or (0, "")
@@ -628,7 +761,6 @@ class TriggerStore:
             "INSERT INTO timers (callback_rowid, slot, due) VALUES (?, ?, ?)",
             [(rowid, slot, due) for slot, due in timers],
         )
-        return rowid
 
     # -- matching -------------------------------------------------------------------
 
@@ -930,6 +1062,33 @@ class TriggerStore:
                 "UPDATE timers SET due = ? WHERE callback_rowid = ? AND slot = ?",
                 (due, rowid, slot),
             )
+
+
+def _callback_columns(spec: dict[str, Any]) -> tuple[Any, ...]:
+    """A registration's callback spec as the callbacks row's columns after ``job_id``."""
+    latches = list(spec["latches"])
+    return (
+        spec["id"],
+        spec["triggers"],
+        spec["language"],
+        spec["code"],
+        spec["user"],
+        spec.get("count", 0),
+        spec.get("maximum", 0),
+        json.dumps(latches),
+        int(spec.get("universal", False)),
+        spec.get("source", ""),
+        spec.get("mode", EDGE),
+        marks_to_json(spec.get("latched_by") or [None] * len(latches)),
+    )
+
+
+def _as_int4(job_id: int) -> int:
+    """A job id folded into PostgreSQL's integer, an advisory lock's key.
+
+    Two ids that fold alike only make their registrations take turns.
+    """
+    return (job_id + 2**31) % 2**32 - 2**31
 
 
 def _marks(values: Sequence[object]) -> str:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from executor.errors import NotFoundError
+from executor.errors import ChangedMeanwhileError, NotFoundError
 from executor.sql import Db
 from executor.triggers import checks, items, journal, states
 from executor.triggers.evaluate import JobPlace, happened, residual, spent
@@ -129,6 +129,9 @@ class JobExplanation:
     # follow) the id the next page starts after; 0 when none follow.
     total_callbacks: int = 0
     next_after_callback_id: int = 0
+    # Which registration of the job this describes (TriggerStore.put_job's number): the
+    # pages after the first name it, so that no answer mixes two registrations' pages.
+    registration: int = 0
 
 
 def explain_job(
@@ -141,6 +144,7 @@ def explain_job(
     parsed: Callable[[str], Expr],
     after_callback_id: int = 0,
     limit: int,
+    registration: int = 0,
 ) -> JobExplanation:
     """Explain a job's callbacks: those with ids above ``after_callback_id``, at most ``limit``.
 
@@ -148,15 +152,26 @@ def explain_job(
     ``work_name``. Blocks for as long as the reads take (a page of a big job: a fraction
     of a second): call it on a worker thread. It reads on a snapshot connection
     (``TriggerStore.snapshot``), so it holds no lock that events or the loop wait for.
+    ``registration`` (a page after the first: the first page's): the registration the
+    answer must describe; 0 for the job as it stands.
 
     Raises:
         NotFoundError: the job or the callback is not registered.
+        ChangedMeanwhileError: the job was registered again since ``registration``.
     """
     with store.snapshot() as db:
         job = TriggerStore.job_in(db, job_id)
-        if job is None:
+        current = TriggerStore.registration_in(db, job_id)
+        if job is None or current is None:
             raise NotFoundError(
                 f"job {job_id} is not registered with the trigger engine (never, or removed)"
+            )
+        if registration and registration != current:
+            raise ChangedMeanwhileError(
+                f"job {job_id} was registered again since the first page was read "
+                f"(registration {registration} asked for, the job is at {current} now): "
+                "pages of two registrations would not be one answer; start over from the "
+                "first page (after_callback_id and registration 0)"
             )
         if callback_id:
             page, total = TriggerStore.callbacks_page(db, job_id, after=callback_id - 1, limit=1)
@@ -206,6 +221,7 @@ def explain_job(
         checks=tuple(by_callback.get(0, ())),
         total_callbacks=total,
         next_after_callback_id=callbacks[-1].callback_id if more else 0,
+        registration=current,
     )
 
 

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from supervisor_client.reference.applied import (
     DEFAULT_RETENTION_S,
@@ -202,6 +202,14 @@ def _names(job_id: int, names: Sequence[str], limit: int = 10) -> str:
     return f"work {job_id}:{shown}{more}"
 
 
+class Checkpoints(Protocol):
+    """Takes a WAL database's checkpoints off its writer (the executor's ``BackgroundCheckpoints``)."""
+
+    def committed(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class ReferenceSupervisor:
     """Qube job state on SQLite: submission, jobinfo, verbs, work lifecycle, results.
 
@@ -231,6 +239,10 @@ class ReferenceSupervisor:
         busy_timeout_s: after the open (which waits SQLite's usual 5 s), how long a
             write waits for another connection's lock before it fails with "database is
             locked"; a process that calls it on its event loop keeps this short.
+        checkpoints: given the connection and the path once open, what takes the
+            log's checkpoints (told of each commit, closed before the connection):
+            the executor's thread, which also keeps the log near 4 MiB. None: SQLite's
+            own, on the committing thread, the log keeping its largest size.
     """
 
     def __init__(
@@ -248,8 +260,10 @@ class ReferenceSupervisor:
         max_result_bytes: int | None = None,
         storage_errors: Callable[[], AbstractContextManager[None]] = nullcontext,
         busy_timeout_s: float = 5.0,
+        checkpoints: Callable[[sqlite3.Connection, str], Checkpoints] | None = None,
     ) -> None:
         self._admins = frozenset(admins)
+        self._checkpoints: Checkpoints | None = None
         self._storage_errors = storage_errors
         self._security = default_security
         self._listeners = list(listeners)
@@ -269,6 +283,8 @@ class ReferenceSupervisor:
                 max_result_bytes,
             )
             self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            if checkpoints is not None:
+                self._checkpoints = checkpoints(self._db, str(path))
         except BaseException:
             self._db.close()
             raise
@@ -318,6 +334,8 @@ class ReferenceSupervisor:
     def close(self) -> None:
         """Close the database connection; the store is unusable afterwards."""
         with self._lock:
+            if self._checkpoints is not None:
+                self._checkpoints.close()
             self._db.close()
 
     def __enter__(self) -> ReferenceSupervisor:
@@ -433,6 +451,8 @@ class ReferenceSupervisor:
                     if self._events is not None:
                         kept = changes.outbox()
                         self._events.add(kept)
+                if self._checkpoints is not None:
+                    self._checkpoints.committed()
             finally:
                 self._open_changes = None
             listeners = tuple(self._listeners)

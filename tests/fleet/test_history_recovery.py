@@ -28,8 +28,6 @@ async def test_runs_a_kill_left_out_of_the_history_are_rebuilt_once(
     history_at = either_store if store == either_store else str(tmp_path / "runs.db")
     receiver = RecordingReceiver()
     outbox = Outbox(store, receiver, backoff=Backoff(first_s=0.01, cap_s=0.05), linger_s=0)
-    # The bookkeeping of both runs is still to be written when their rows are delivered.
-    outbox.notes_needed = lambda key: True
     outbox.start()
     try:
         for n, ended_at in ((1, 100.0), (2, 101.0)):

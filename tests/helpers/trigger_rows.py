@@ -10,19 +10,21 @@ from typing import Any
 from executor.model import Event
 from executor.sql import Db, PgDb
 from executor.triggers.engine import TriggerEngine
-from executor.triggers.store import FULL_SCHEMA, TriggerStore
+from executor.triggers.store import FULL_SCHEMA, SQLITE_REGISTRATION_COUNTER, TriggerStore
 
 # Qube's clock counts from 2000-01-01 (local midnight on the farm's machines).
 _QUBE_EPOCH = 946702800
 
 # Tables that name no job, directly or through a callback: the ids of events (bounded by
-# their age, event_ids.py).
-NOT_PER_JOB = frozenset({"seen_events"})
+# their age, event_ids.py), and SQLite's counter of registrations (one row).
+NOT_PER_JOB = frozenset({"seen_events", "registration_counter"})
 
 
 def store_tables() -> list[str]:
     """Every table of the trigger store, as its schema creates them."""
-    return re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", FULL_SCHEMA)
+    return re.findall(
+        r"CREATE TABLE IF NOT EXISTS (\w+)", FULL_SCHEMA + SQLITE_REGISTRATION_COUNTER
+    )
 
 
 def _columns(db: Db, table: str) -> set[str]:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -206,6 +207,46 @@ async def test_a_hung_zygote_is_killed_and_no_slot_waits_for_it(
     assert not psutil.pid_exists(zygote) or psutil.Process(zygote).status() == "zombie"
     (line,) = zygote_errors(caplog)
     assert f"(pid {zygote}) did not answer for {ZYGOTE_PING_PERIOD_S:g} s and was killed" in line
+
+
+async def test_a_hung_zygotes_error_counts_the_slots_of_answered_runs_it_held(
+    stack_warm: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Runs answered at their end mark, whose children the stopped zygote never reports
+    # reaped: their slots wait for the watchdog, and its ERROR line says so.
+    stack = stack_warm
+    (job,) = stack.supervisor.submit([{"name": "z", "user": "alice"}])
+    spawner = warm_spawner(stack)
+    slots = stack.settings.max_concurrent
+    await asyncio.gather(  # every cell runs one, and has its next child prepared after
+        *(
+            stack.client.execute_callback(language="python", code="pass", job=job)
+            for _ in range(slots)
+        )
+    )
+    zygote = spawner.pid_of("python")
+    assert zygote is not None
+
+    async def prepared() -> bool:  # children forked before the stop run the next callbacks
+        children = spawner._zygotes["python"]._children.values()
+        return sum(not child.running for child in children) >= slots
+
+    assert await eventually(prepared, timeout_s=10)
+    with (
+        caplog.at_level(logging.ERROR, logger="executor.sandbox.spawners"),
+        stopped(zygote),
+    ):
+        async with within(3 * ZYGOTE_LONGEST_WAIT_S):
+            answered = await stack.client.execute_callback(language="python", code="pass", job=job)
+            assert answered.outcome == executor_pb2.Outcome.OUTCOME_SUCCEEDED
+
+            async def logged() -> bool:
+                return bool(zygote_errors(caplog))
+
+            assert await eventually(logged, timeout_s=2 * ZYGOTE_LONGEST_WAIT_S)
+    (line,) = zygote_errors(caplog)
+    assert "0 callbacks running in it reported KILLED" in line, line
+    assert re.search(r", [1-9][0-9]* slots? of runs already answered let go,", line), line
 
 
 @pytest.mark.parametrize("language", ["python", "perl"])

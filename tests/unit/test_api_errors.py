@@ -12,6 +12,7 @@ from executor.api.errors import STATUS_BY_ERROR, grpc_errors, status_for
 from executor.errors import (
     AlreadyExistsError,
     CapacityError,
+    ChangedMeanwhileError,
     ConfigError,
     DataLossError,
     ExecutorError,
@@ -40,6 +41,7 @@ DOCUMENTED = [
     (InvalidRequestError("bad field"), grpc.StatusCode.INVALID_ARGUMENT),
     (NotFoundError("no such run"), grpc.StatusCode.NOT_FOUND),
     (AlreadyExistsError("id of another run"), grpc.StatusCode.ALREADY_EXISTS),
+    (ChangedMeanwhileError("job 5 was registered again"), grpc.StatusCode.ABORTED),
     (CapacityError("busy", retry_after_s=1.5), grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UnavailableError("stopping"), grpc.StatusCode.UNAVAILABLE),
     (StorageError("/data/outbox.db", "database or disk is full"), grpc.StatusCode.UNAVAILABLE),

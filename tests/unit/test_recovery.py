@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import sqlite3
 from pathlib import Path
 
 import pytest
 
+from executor.config import Settings
 from executor.runs import run_notes
 from executor.runs.callback_log import CallbackLog, log_path
 from executor.runs.history import RunHistory
-from executor.runs.outbox import Outbox
+from executor.runs.metrics import Metrics
+from executor.runs.outbox import DeliveryError, Outbox
+from executor.runs.recorder import Recorder
 from executor.runs.recovery import recover_lost_bookkeeping
+from tests.helpers.waiting import eventually
 from tests.unit.test_history import invocation, result
 
 pytestmark = pytest.mark.unit
@@ -69,3 +75,63 @@ def test_a_history_that_fails_leaves_the_notes_for_the_next_start(tmp_path: Path
     log = CallbackLog(tmp_path / "logs", 1 << 20)
     assert recover_lost_bookkeeping(outbox, history, log) == 0
     assert [row.key for row in outbox.kept_notes()] == ["waiting"]
+
+
+def test_a_run_the_history_pruned_is_not_rebuilt(tmp_path: Path) -> None:
+    # Found by probe 46: with the supervisor away, rows of runs the bound had pruned came
+    # back at a clean restart as the newest, and the prune then dropped the real newest.
+    outbox = _left_by_a_kill(tmp_path, "pruned-1", "pruned-2")
+    history = RunHistory(tmp_path / "runs.db", retention_days=1e6, max_runs=1)
+    try:
+        # Newer runs, of which the history keeps the last: 100.0 and 101.0 went before.
+        for n, kept in enumerate(("newer", "newest")):
+            history.record(invocation(kept, job_id=7), result(kept), 200.0 + n)
+        log = CallbackLog(tmp_path / "logs", 1 << 20)
+        assert recover_lost_bookkeeping(outbox, history, log) == 0
+        assert [run.invocation_id for run in history.list_runs()] == ["newest"]
+    finally:
+        history.close()
+    assert outbox.kept_notes() == []
+    assert not log_path(tmp_path / "logs", 7).exists()
+
+
+async def test_notes_go_once_the_history_has_the_run_and_a_clean_stop_leaves_none(
+    tmp_path: Path,
+) -> None:
+    # The supervisor away: nothing is delivered, yet the notes must not outlive the
+    # history's commit, or a restart takes them for runs a crash lost.
+    settings = dataclasses.replace(
+        Settings(), data_dir=tmp_path, log_dir=str(tmp_path / "logs"), report_results=True
+    )
+    rec = Recorder.open(
+        settings, Metrics(), transport=Away(), encode_report=lambda inv, res, at: b"report"
+    )
+    rec.start()
+    for n in range(5):
+        await _answered(rec, f"away-{n}")
+    outbox_path = tmp_path / "outbox.db"
+    assert _notes_kept(outbox_path) == 5  # the history has none of them yet
+    assert rec.history.count() == 5  # a reader flushes the writer
+    assert await eventually(lambda: _notes_kept(outbox_path) == 0)
+    await _answered(rec, "last")
+    await rec.close(flush_timeout_s=0.1)  # the writer writes it at the stop
+    assert _notes_kept(outbox_path) == 0
+    with sqlite3.connect(outbox_path) as db:
+        assert db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 6
+
+
+async def _answered(rec: Recorder, inv_id: str) -> None:
+    """A run recorded as an Execute's is: its outbox commit awaited, its history queued."""
+    committed = rec.on_result(invocation(inv_id, job_id=7), result(inv_id))
+    assert committed is not None
+    await committed
+
+
+class Away:
+    async def deliver(self, key: str, payload: bytes) -> bool:
+        raise DeliveryError("the supervisor is away", retryable=True, unreachable=True)
+
+
+def _notes_kept(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return int(db.execute("SELECT count(notes) FROM outbox").fetchone()[0])

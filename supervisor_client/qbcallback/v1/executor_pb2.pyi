@@ -1341,6 +1341,7 @@ class ExplainCallbacksRequest(_message.Message):
     JOURNAL_LIMIT_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     AFTER_CALLBACK_ID_FIELD_NUMBER: _builtins.int
+    REGISTRATION_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     """The job."""
     callback_id: _builtins.int
@@ -1359,6 +1360,14 @@ class ExplainCallbacksRequest(_message.Message):
     """Only callbacks whose id is above this (0: from the first). The next page starts
     after the last id of this one.
     """
+    registration: _builtins.int
+    """For every page after the first: the registration of the job the first page's
+    answer named. A job registered again since (a farm registers a job again at each
+    retry) has other callbacks, and pages of two registrations are no one answer:
+    such a request is refused with ABORTED, saying so; start over from the first
+    page. 0 (a client from before this field): no check, each page describes the
+    job as it is when that page is read.
+    """
     def __init__(
         self,
         *,
@@ -1368,10 +1377,11 @@ class ExplainCallbacksRequest(_message.Message):
         journal_limit: _builtins.int = ...,
         limit: _builtins.int = ...,
         after_callback_id: _builtins.int = ...,
+        registration: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_callback_id", b"after_callback_id", "callback_id", b"callback_id", "job_id", b"job_id", "journal_limit", b"journal_limit", "limit", b"limit", "work_name", b"work_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_callback_id", b"after_callback_id", "callback_id", b"callback_id", "job_id", b"job_id", "journal_limit", b"journal_limit", "limit", b"limit", "registration", b"registration", "work_name", b"work_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1391,6 +1401,7 @@ class ExplainCallbacksResponse(_message.Message):
     CHECKS_FIELD_NUMBER: _builtins.int
     TOTAL_CALLBACKS_FIELD_NUMBER: _builtins.int
     NEXT_AFTER_CALLBACK_ID_FIELD_NUMBER: _builtins.int
+    REGISTRATION_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     """The job."""
     name: _builtins.str
@@ -1404,6 +1415,12 @@ class ExplainCallbacksResponse(_message.Message):
     next_after_callback_id: _builtins.int
     """When callbacks follow those of this answer: the after_callback_id of the next
     page. 0 when this answer holds the job's last callback.
+    """
+    registration: _builtins.int
+    """Which registration of the job this answer describes: a number the executor gives
+    each registration of any job, never the same twice (a job registered again, even
+    after its removal, gets a new one). Give it as the registration of the requests
+    for the next pages. 0 from an executor from before this field.
     """
     @_builtins.property
     def callbacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___CallbackExplanation]:
@@ -1424,10 +1441,11 @@ class ExplainCallbacksResponse(_message.Message):
         checks: _abc.Iterable[Global___TriggerCheck] | None = ...,
         total_callbacks: _builtins.int = ...,
         next_after_callback_id: _builtins.int = ...,
+        registration: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["callbacks", b"callbacks", "checks", b"checks", "job_id", b"job_id", "label", b"label", "name", b"name", "next_after_callback_id", b"next_after_callback_id", "pgrp", b"pgrp", "total_callbacks", b"total_callbacks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callbacks", b"callbacks", "checks", b"checks", "job_id", b"job_id", "label", b"label", "name", b"name", "next_after_callback_id", b"next_after_callback_id", "pgrp", b"pgrp", "registration", b"registration", "total_callbacks", b"total_callbacks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,78 @@
+"""outbox.db's size: the bound on results the supervisor has not taken, and the space given back.
+
+While the supervisor is away every result waits in outbox.db whole (up to 2 x
+``output_bytes`` each): an output flood during an outage filled the data dir's disk
+the way ``history_max_bytes`` was added to prevent (60 runs of 2 MB made 128 MB). So
+past ``outbox_max_bytes`` of pages in use (read from the file's header: microseconds,
+measured after each commit on the loop) the executor runs nothing new: Execute answers
+UNAVAILABLE saying why, and fired callbacks wait in their queue (their firings are
+durable), until delivery has taken results out. No result is ever refused or dropped:
+runs already admitted are recorded whatever the size, so the file may pass the bound by
+those. In a fleet the outbox is PostgreSQL's table, not this file: no bound here.
+
+A delivered row keeps only its key, but the file keeps its peak size (SQLite reuses
+free pages, it does not give them back): after an outage, ``compact`` rewrites it when
+most of it is free, at start-up (before serving) and when delivery has caught up,
+and only while little is kept (``COMPACT_MAX_KEPT_BYTES``): the VACUUM holds the
+outbox's write lock for its copy, and the loop's commits wait for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from typing import Final
+
+logger = logging.getLogger(__name__)
+
+MIB: Final = 1 << 20
+# Compacted when at least this much of the file, and half of it, is free...
+COMPACT_FREE_BYTES: Final = 64 * MIB
+# ...and the rows kept take at most this much (a copy of ~8 MiB: tens of milliseconds).
+COMPACT_MAX_KEPT_BYTES: Final = 8 * MIB
+
+
+def pages(db: sqlite3.Connection) -> tuple[int, int]:
+    """(bytes in use, bytes free) of the database, from its header."""
+    (page_size,) = db.execute("PRAGMA page_size").fetchone()
+    (count,) = db.execute("PRAGMA page_count").fetchone()
+    (free,) = db.execute("PRAGMA freelist_count").fetchone()
+    return int((count - free) * page_size), int(free * page_size)
+
+
+def over_bound(pending: int, in_use: int, max_bytes: int) -> str:
+    """Why no run may start now, as Execute's refusal and the metrics say it."""
+    return (
+        f"the supervisor has not taken {pending} results, and outbox.db holds"
+        f" {in_use / MIB:.1f} MiB (outbox_max_bytes = {max_bytes / MIB:.1f} MiB): the"
+        " executor runs nothing until it takes them (fired callbacks wait)"
+    )
+
+
+def compact(
+    db: sqlite3.Connection,
+    path: str,
+    *,
+    free_bytes: int = COMPACT_FREE_BYTES,
+    max_kept_bytes: int = COMPACT_MAX_KEPT_BYTES,
+) -> bool:
+    """VACUUM ``db`` (outside a transaction) when most of it is free; whether it did.
+
+    A VACUUM that fails (no room for its copy, a lock) is logged; the file is unchanged.
+    """
+    in_use, free = pages(db)
+    if free < free_bytes or free < in_use or in_use > max_kept_bytes:
+        return False
+    try:
+        db.execute("VACUUM")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.Error as err:
+        logger.warning("%s: not compacted (%s); it keeps its size and works as before", path, err)
+        return False
+    logger.info(
+        "%s: compacted: %.1f MiB of %.1f MiB were free (results delivered)",
+        path,
+        free / MIB,
+        (free + in_use) / MIB,
+    )
+    return True
