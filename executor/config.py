@@ -218,6 +218,10 @@ class Settings:
     trigger_journal_entries: int = 20
     # ...none older than this many days.
     trigger_journal_days: float = 7.0
+    # A published event's event_id is remembered this many hours (a repeat within them is
+    # ignored), then forgotten within about a minute: a publisher's resend after an outage
+    # of a day or two is still a repeat, and triggers.db does not keep every id for ever.
+    event_id_retention_hours: float = 72.0
     # PEM files: server certificate chain and key (TLS); a client CA turns on mutual TLS.
     tls_cert: str = ""
     tls_key: str = ""
@@ -858,6 +862,20 @@ def _check_journal(settings: Settings) -> Iterator[str]:
         yield "trigger_journal_days: must be positive"
 
 
+# The least event_id_retention_hours: a publisher resends an event it is unsure of after
+# its own retries and timeouts, which take minutes; shorter, such a resend applies twice.
+MIN_EVENT_ID_RETENTION_HOURS: Final = 1.0
+
+
+def _check_event_ids(settings: Settings) -> Iterator[str]:
+    if settings.event_id_retention_hours < MIN_EVENT_ID_RETENTION_HOURS:
+        yield (
+            f"event_id_retention_hours: must be at least {MIN_EVENT_ID_RETENTION_HOURS:g} "
+            "(a publisher's resend of an event must still find its id), "
+            f"got {settings.event_id_retention_hours:g}"
+        )
+
+
 def _check_tls(settings: Settings) -> Iterator[str]:
     if bool(settings.tls_cert) != bool(settings.tls_key):
         yield "tls_cert and tls_key: set both (TLS) or neither (plaintext)"
@@ -918,6 +936,7 @@ _CHECKS: Final[tuple[Check, ...]] = (
     _check_log_level,
     _check_history,
     _check_journal,
+    _check_event_ids,
     _check_tls,
     _check_auth_token,
     _check_store,

@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS fleet_versions (
 def _steps() -> list[str]:
     """Migration steps, oldest first; step n brings a database to version n."""
     from executor.runs import history, history_size, outbox
-    from executor.triggers import states, store
+    from executor.triggers import event_ids, states, store
 
     return [
         pg_ddl(
@@ -66,6 +66,9 @@ def _steps() -> list[str]:
         "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS registration BIGINT NOT NULL DEFAULT 0;"
         " CREATE SEQUENCE IF NOT EXISTS job_registrations;"
         " UPDATE jobs SET registration = nextval('job_registrations') WHERE registration = 0;",
+        # The seen event ids' age, which their pruning reads (event_ids.py; a database
+        # made at an earlier version by this code has the index).
+        pg_ddl(event_ids.SCHEMA),
     ]
 
 

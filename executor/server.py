@@ -200,6 +200,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
                 entries=settings.trigger_journal_entries,
                 max_age_s=settings.trigger_journal_days * 86400.0,
             ),
+            event_id_retention_s=settings.event_id_retention_hours * 3600.0,
             check_code=check_source,
             # <data_dir>/callback need not exist; a directory named in the settings should.
             warn_missing_dirs=bool(settings.universal_callback_path.strip()),

@@ -25,6 +25,9 @@ Semantics (documented in the README; every decision is one of evaluate's functio
 - Durability: latching, counting, queueing the firing, the journal's entries and the
   known states commit in one transaction; the firing worker (firings.py) runs the
   queue, the firings queued before a restart first, each once.
+- Repeats: an event whose ``event_id`` was applied within the retention decides nothing;
+  the ids past it are forgotten every minute, off the event path (event_ids.py). A job
+  ``removed`` takes every row of it with it (``TriggerStore.forget_job``).
 - Explanations: registration checks (checks.py) come back from ``register_job``; the
   journal (journal.py) says what each event did to each callback; ``explain`` (why.py)
   puts it together for a job.
@@ -52,7 +55,16 @@ from executor.model import CallbackSpec, Event, Invocation, Limits, RunResult
 from executor.policies import JOB, UNIVERSAL, PolicySet
 from executor.runs.outbox import Backoff
 from executor.sql import Db, StoreConflict, pipelined
-from executor.triggers import checks, group_reads, items, journal, near_misses, states, why
+from executor.triggers import (
+    checks,
+    event_ids,
+    group_reads,
+    items,
+    journal,
+    near_misses,
+    states,
+    why,
+)
 from executor.triggers.decide import MAX_NEAR_MISSES, Decider, Decision, Fired
 from executor.triggers.deferred_writes import DeferredWrites
 from executor.triggers.evaluate import (
@@ -238,6 +250,7 @@ class TriggerEngine:
         max_parallel_events: int = 4,
         retry: Backoff = Backoff(),
         journal_limits: JournalLimits = JournalLimits(),
+        event_id_retention_s: float = event_ids.DEFAULT_RETENTION_S,
         universal_policies: Mapping[Path, str] | None = None,
         policies: PolicySet | None = None,
         check_code: CodeCheck = no_code_check,
@@ -252,10 +265,12 @@ class TriggerEngine:
             run: Runs one invocation to its result (the dispatcher's ``execute``).
             limits: The limits of every fired run.
             universal_dirs: Where the universal callbacks' ``callbacks.conf`` files are.
-            clock: Unix time, for the timers.
+            clock: Unix time, for the timers and the event ids' age.
             max_parallel_events: How many events' firings may run at once.
             retry: The delays between tries of a run refused for capacity or availability.
             journal_limits: How much of the per-callback journal is kept.
+            event_id_retention_s: How long a published event's id is remembered (a
+                repeat within it is ignored); pruned every minute while started.
             check_code: Checks a universal callback's code when it is loaded.
             warn_missing_dirs: Warn at each reload about a ``universal_dirs`` entry that
                 does not exist (off for the default directory, which need not).
@@ -298,6 +313,8 @@ class TriggerEngine:
         self._universal_version = store.fleet_version(UNIVERSAL_VERSION) if store.fleet else 0
         self._follower: asyncio.Task[None] | None = None
         self._journal_pruned_at = float("-inf")
+        self._event_ids = event_ids.EventIdPruner(store, event_id_retention_s, clock)
+        self._event_id_pruning: asyncio.Task[None] | None = None
         self._group: GroupCommit[tuple[Decision, bool]] = GroupCommit(self._apply_group)
         self._registering = asyncio.Lock()
         self.stats = EngineStats()
@@ -660,10 +677,7 @@ class TriggerEngine:
         deferred.entries.extend(decision.entries)
         if event.name == EventName.REMOVED and event.type == EventType.JOB:
             deferred.flush(db)  # what waits for the job's states is written before they go
-            TriggerStore.remove_job(db, event.job_id)
-            states.forget_job(db, event.job_id)
-            states.forget_submission(db, event.job_id)
-            checks.forget_job(db, event.job_id)
+            TriggerStore.forget_job(db, event.job_id)
         self._prune(db)
         return decision, False
 
@@ -753,10 +767,7 @@ class TriggerEngine:
             group.flush(db)
             deferred.flush(db)  # what waits for a removed job's states is written before they go
         if _removes_job(last) and not applied[-1][1]:
-            TriggerStore.remove_job(db, last.job_id)
-            states.forget_job(db, last.job_id)
-            states.forget_submission(db, last.job_id)
-            checks.forget_job(db, last.job_id)
+            TriggerStore.forget_job(db, last.job_id)
         return applied
 
     def _applied(self, applied: list[tuple[Decision, bool]]) -> list[tuple[Decision, bool]]:
@@ -1049,8 +1060,15 @@ class TriggerEngine:
                 async with asyncio.timeout(delay):
                     await self._timer_wakeup.wait()
 
+    def prune_event_ids(self) -> int:
+        """Forget the event ids past their retention now (blocks); how many went.
+
+        A started engine does this every minute on a thread of its own.
+        """
+        return self._event_ids.prune()
+
     def start(self) -> None:
-        """Start the firing worker and the timers: tasks of the running loop, ended by ``close``.
+        """Start the firing worker, the timers and the event ids' pruning: ended by ``close``.
 
         The firings queued before a restart run first.
         """
@@ -1058,6 +1076,7 @@ class TriggerEngine:
             raise RuntimeError("the trigger engine is already started")
         self._firings.start()
         self._timers = asyncio.get_running_loop().create_task(self._run_timers())
+        self._event_id_pruning = asyncio.get_running_loop().create_task(self._event_ids.run())
         if self._store.fleet:
             self._follower = asyncio.get_running_loop().create_task(self._follow_fleet())
 
@@ -1090,6 +1109,10 @@ class TriggerEngine:
         The events already taken are applied and answered first.
         """
         await self._group.close()
+        self._event_ids.stop()
+        if self._event_id_pruning is not None:
+            # Not cancelled: its thread would go on writing; it ends after its batch.
+            await asyncio.gather(self._event_id_pruning, return_exceptions=True)
         for task in (self._timers, self._follower):
             if task is not None:
                 task.cancel()

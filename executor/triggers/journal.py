@@ -214,7 +214,7 @@ def follow_callbacks(
     an earlier job of that id, removed).
     """
     if everything:
-        db.execute("DELETE FROM journal WHERE job_id = ?", (job_id,))
+        forget_job(db, job_id)
         return
     for part, marks in in_lists(sorted(gone)):
         db.execute(
@@ -230,6 +230,11 @@ def follow_callbacks(
             f" WHERE job_id = ? AND callback_id IN ({marks})",
             (*(n for pair in moved.items() for n in pair), job_id, *moved),
         )
+
+
+def forget_job(db: Db, job_id: int) -> None:
+    """Delete every entry of a job's callbacks (the job was removed: nothing can read them)."""
+    db.execute("DELETE FROM journal WHERE job_id = ?", (job_id,))
 
 
 def prune_older_than(db: Db, cutoff: float) -> int:

@@ -44,7 +44,7 @@ from executor.storage import (
     wait_briefly_for_locks,
     writing,
 )
-from executor.triggers import checks, items, journal, states
+from executor.triggers import checks, event_ids, items, journal, states
 from executor.triggers.evaluate import AtomKey, JobPlace, scope_label
 from executor.triggers.journal import SeenEvent, marks_from_json, marks_to_json
 from executor.triggers.snapshots import (
@@ -165,6 +165,7 @@ CREATE TABLE IF NOT EXISTS registration_counter (
 # Everything the trigger store keeps, in SQLite's spelling (sql.pg_ddl for PostgreSQL).
 FULL_SCHEMA: Final = (
     SCHEMA
+    + event_ids.SCHEMA
     + items.SCHEMA
     + journal.SCHEMA
     + states.SCHEMA
@@ -652,8 +653,25 @@ class TriggerStore:
 
     @staticmethod
     def remove_job(db: Db, job_id: int) -> None:
+        """The job's row and its callbacks' (their atoms, timers and work latches cascade)."""
         db.execute("DELETE FROM callbacks WHERE job_id = ?", (job_id,))
         db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+
+    @staticmethod
+    def forget_job(db: Db, job_id: int) -> None:
+        """Every row a job ``removed`` leaves, in the caller's transaction.
+
+        ``remove_job``, and its known states, remembered submission, registration checks
+        and journal: nothing reads them once the job is gone (``why`` answers NOT_FOUND),
+        and a job registered again under its id starts without them. Its queued firings
+        stay (they run as decided, then leave the queue), and so do its events' ids
+        (``event_ids``: a resent ``removed`` is still a repeat).
+        """
+        TriggerStore.remove_job(db, job_id)
+        states.forget_job(db, job_id)
+        states.forget_submission(db, job_id)
+        checks.forget_job(db, job_id)
+        journal.forget_job(db, job_id)
 
     @staticmethod
     def delete_callbacks(db: Db, rowids: Collection[int]) -> None:

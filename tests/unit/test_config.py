@@ -135,6 +135,17 @@ def test_policies_come_from_the_config_file_not_the_environment(variable: str) -
             {"CBEXEC_CALLBACK_LOG_MAX_BYTES": "0"},
             "callback_log_max_bytes: must be at least 1, got 0",
         ),
+        # Shorter, a publisher's resend of an event it was unsure of would apply twice.
+        (
+            {"CBEXEC_EVENT_ID_RETENTION_HOURS": "0.5"},
+            "event_id_retention_hours: must be at least 1 (a publisher's resend of an event "
+            "must still find its id), got 0.5",
+        ),
+        (
+            {"CBEXEC_EVENT_ID_RETENTION_HOURS": "-72"},
+            "event_id_retention_hours: must be at least 1 (a publisher's resend of an event "
+            "must still find its id), got -72",
+        ),
     ],
 )
 def test_a_number_out_of_range_names_only_its_setting(
@@ -328,6 +339,7 @@ def test_every_float_setting_is_found() -> None:
         "supervisor_timeout_seconds",
         "history_retention_days",
         "trigger_journal_days",
+        "event_id_retention_hours",
         "default_limits.wall_seconds",
         "max_limits.cpu_seconds",
         "mail.smtp_timeout_seconds",

@@ -1,0 +1,117 @@
+"""What a job leaves in the trigger store's tables, read from the real database (SQLite or PostgreSQL)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Collection
+from typing import Any
+
+from executor.model import Event
+from executor.sql import Db, PgDb
+from executor.triggers.engine import TriggerEngine
+from executor.triggers.store import FULL_SCHEMA, SQLITE_REGISTRATION_COUNTER, TriggerStore
+
+# Qube's clock counts from 2000-01-01 (local midnight on the farm's machines).
+_QUBE_EPOCH = 946702800
+
+# Tables that name no job, directly or through a callback: the ids of events (bounded by
+# their age, event_ids.py), and SQLite's counter of registrations (one row).
+NOT_PER_JOB = frozenset({"seen_events", "registration_counter"})
+
+
+def store_tables() -> list[str]:
+    """Every table of the trigger store, as its schema creates them."""
+    return re.findall(
+        r"CREATE TABLE IF NOT EXISTS (\w+)", FULL_SCHEMA + SQLITE_REGISTRATION_COUNTER
+    )
+
+
+def _columns(db: Db, table: str) -> set[str]:
+    if isinstance(db, PgDb):
+        rows = db.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = ?",
+            (table,),
+        ).fetchall()
+        return {str(row[0]) for row in rows}
+    return {str(row[1]) for row in db.execute(f"PRAGMA table_info({table})")}
+
+
+def callback_rowids(store: TriggerStore, job_ids: Collection[int]) -> set[int]:
+    """The rows of the jobs' callbacks (to find their atoms, timers, latches and firings)."""
+    with store.outside_transaction() as db:
+        return {
+            int(row[0])
+            for job_id in job_ids
+            for row in db.execute("SELECT rowid FROM callbacks WHERE job_id = ?", (job_id,))
+        }
+
+
+def rows_of(
+    store: TriggerStore, job_ids: Collection[int], rowids: Collection[int]
+) -> dict[str, int]:
+    """Per table of the store, how many of its rows belong to the jobs (by job id or callback row).
+
+    Raises AssertionError for a table that names neither and is not ``NOT_PER_JOB``: a new
+    table must say how its rows go with their job.
+    """
+    counts: dict[str, int] = {}
+    with store.outside_transaction() as db:
+        for table in store_tables():
+            columns = _columns(db, table)
+            if "job_id" in columns:
+                column, keys = "job_id", sorted(job_ids)
+            elif "callback_rowid" in columns:
+                column, keys = "callback_rowid", sorted(rowids)
+            else:
+                assert table in NOT_PER_JOB, f"{table}: neither job_id nor callback_rowid"
+                continue
+            if not keys:
+                counts[table] = 0
+                continue
+            marks = ",".join("?" * len(keys))
+            row: Any = db.execute(
+                f"SELECT count(*) FROM {table} WHERE {column} IN ({marks})",  # noqa: S608 - our names
+                keys,
+            ).fetchone()
+            counts[table] = int(row[0])
+    return counts
+
+
+def seen_ids(store: TriggerStore) -> set[str]:
+    """The event ids the store remembers."""
+    with store.outside_transaction() as db:
+        return {str(row[0]) for row in db.execute("SELECT event_id FROM seen_events")}
+
+
+async def a_job_in_every_table(engine: TriggerEngine) -> tuple[tuple[int, ...], set[int]]:
+    """Jobs with a row in every per-job table; (their ids, their callbacks' rows).
+
+    Job 7 (registered): its callbacks and their atoms, a timer, a ``{work}`` item's
+    latches, a registration check (a label no job holds), a known state and journal
+    entries; a callback that fires when it is removed (a firing). Job 8 (never
+    registered): a remembered submission.
+    """
+    later = int(time.time()) - _QUBE_EPOCH + 10 * 86400
+    agenda = [{"name": frame, "status": "pending"} for frame in ("1", "2")]
+    engine.register_job(
+        {
+            "id": 7,
+            "pgrp": 7,
+            "label": "comp",
+            "agenda": agenda,
+            "callbacks": [
+                {"triggers": t, "language": "qube", "code": "x"}
+                for t in (
+                    "complete-work-self-{work} && failed-job-self",
+                    "complete-work-ribgn-*",
+                    f"dummy-time-self-{later}",
+                    "removed-job-self",
+                )
+            ],
+        }
+    )
+    await engine.publish(Event("complete", "work", 7, work_name="1", event_id="w1"), wait=True)
+    await engine.publish(Event("submit", "job", 8, event_id="s8"), wait=True)
+    return (7, 8), callback_rowids(engine.store, [7])
