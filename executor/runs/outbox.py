@@ -386,8 +386,6 @@ class Outbox:
         self._written_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._forgetting: asyncio.Task[None] | None = None
-        # In a fleet, the dropping's own connection, used by one thread at a time.
-        self._notes_db: Db | None = None
         self._closed = False
 
     @staticmethod
@@ -620,7 +618,7 @@ class Outbox:
         notes then mean exactly "this run may lack its history record", and a start-up
         rebuilds only what a crash lost. The rows are updated on the event loop, which
         owns the SQLite connection (one UPDATE per history commit, after the answers); in
-        a fleet, by a connection of their own in a thread. A row whose run ended later (a
+        a fleet, in a thread, on delivery's connection. A row whose run ended later (a
         resend's) keeps its notes. One committed after its history record (a result the
         storage refused at first) keeps them until the next start drops them.
         """
@@ -642,19 +640,10 @@ class Outbox:
             self._forgetting = asyncio.get_running_loop().create_task(self._forget_in_thread())
 
     async def _forget_in_thread(self) -> None:
+        # On delivery's connection (its lock takes turns with delivery's own statements,
+        # also in threads): no sixth connection per replica for an UPDATE now and then.
         while self._written and not self._closed:
-            await asyncio.to_thread(self._forget_on_own_connection)
-
-    def _forget_on_own_connection(self) -> None:
-        from executor.migrations import open_postgres
-
-        try:
-            if self._notes_db is None:
-                self._notes_db = open_postgres(self._path, application_name="cbexec-notes")
-        except UnavailableError as err:
-            logger.debug("outbox: notes of written runs kept for now: %s", err)
-            return
-        self.forget_written(self._notes_db)
+            await asyncio.to_thread(self.forget_written, self._ddb)
 
     def forget_written(self, db: Db | None = None) -> None:
         """Drop now the notes of the runs ``notes_written`` told of (``db``: the loop's).
@@ -727,8 +716,6 @@ class Outbox:
         if self._forgetting is not None:
             await asyncio.gather(self._forgetting, return_exceptions=True)
         self.forget_written()
-        if self._notes_db is not None:
-            self._notes_db.close()
         self._checkpoints.close()
         if self._ddb is not self._db:
             self._ddb.close()

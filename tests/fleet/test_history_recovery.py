@@ -1,4 +1,4 @@
-"""The outbox keeps a run's notes past its delivery until the history has it; start-up rebuilds.
+"""The outbox keeps a run's notes until the history has it (delivered or not); start-up rebuilds.
 
 On SQLite and on a fleet's PostgreSQL: what a kill -9 leaves (outbox rows committed and
 delivered, no history record) is rebuilt at the next start, and only once.
@@ -6,17 +6,24 @@ delivered, no history record) is rebuilt at the next start, and only once.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from executor.config import Settings
 from executor.runs import run_notes
 from executor.runs.callback_log import CallbackLog, log_path
 from executor.runs.history import RunHistory
+from executor.runs.metrics import Metrics
 from executor.runs.outbox import Backoff, Outbox
+from executor.runs.recorder import Recorder
 from executor.runs.recovery import recover_lost_bookkeeping
 from tests.fleet.test_store import RecordingReceiver
+from tests.helpers.waiting import eventually
 from tests.unit.test_history import invocation, result
+from tests.unit.test_recovery import Away, _answered
 
 pytestmark = pytest.mark.service
 
@@ -55,3 +62,39 @@ async def test_runs_a_kill_left_out_of_the_history_are_rebuilt_once(
         await outbox.close()
     cb = log_path(tmp_path / "logs", 77).read_text()
     assert (cb.count("invocation=lost-1 "), cb.count("invocation=lost-2 ")) == (1, 1), cb
+
+
+async def test_a_fleets_notes_go_once_its_history_has_the_run(pg_url: str, tmp_path: Path) -> None:
+    # The supervisor away: nothing is delivered, yet the notes go at the history's commit
+    # (on delivery's connection: no connection of their own), and a clean stop leaves none.
+    settings = dataclasses.replace(
+        Settings(),
+        data_dir=tmp_path,
+        log_dir=str(tmp_path / "logs"),
+        report_results=True,
+        store=pg_url,
+    )
+    rec = Recorder.open(
+        settings, Metrics(), transport=Away(), encode_report=lambda inv, res, at: b"report"
+    )
+    rec.start()
+    ids = [f"fleet-away-{n}" for n in range(5)]
+    for inv_id in ids:
+        await _answered(rec, inv_id)
+
+    async def notes_kept() -> int:
+        with psycopg.connect(pg_url, autocommit=True) as db:
+            row = db.execute(
+                "SELECT count(notes) FROM outbox WHERE key = ANY(%s)", (ids,)
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    assert rec.history.count() >= len(ids)  # a reader flushes the writer
+
+    async def none_kept() -> bool:
+        return await notes_kept() == 0
+
+    assert await eventually(none_kept)
+    await rec.close(flush_timeout_s=0.1)
+    assert await notes_kept() == 0
