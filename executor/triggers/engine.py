@@ -154,6 +154,31 @@ def _spent(db: Db, cb: StoredCallback, expr: triggers.Expr) -> bool:
     return spent(cb.count, cb.maximum)
 
 
+def _keep_callback(
+    db: Db,
+    kept: StoredCallback,
+    spec: dict[str, Any],
+    expr: triggers.Expr,
+    atoms: list[NewAtom],
+    timers: list[tuple[int, float]],
+) -> None:
+    """Rewrite a callback a registration keeps in its row: count, latches, items and clocks stay.
+
+    Its time atoms go on as they were (``unindex_callbacks``): one that fired stays fired
+    and a repeat keeps its next tick (they were re-armed at every registration again: a
+    past time fired again, a repeat ticked at each one). One its last registration had
+    spent (its clocks stopped) that a higher ``maximum`` makes live again starts them
+    afresh: "registering the job again with a higher maximum starts it again".
+    """
+    spec.update(count=kept.count, latches=list(kept.latches), latched_by=list(kept.marks))
+    was_spent = bool(timers) and _spent(db, kept, expr)
+    TriggerStore.rewrite_callback(db, kept.rowid, spec, atoms)
+    if was_spent:
+        (now,) = TriggerStore.load_callbacks(db, [kept.rowid])  # with the new maximum
+        if not _spent(db, now, expr):
+            TriggerStore.replace_timers(db, kept.rowid, timers)
+
+
 def _iso(unix_s: float) -> str:
     return datetime.fromtimestamp(unix_s).astimezone().isoformat(timespec="seconds")
 
@@ -561,11 +586,8 @@ class TriggerEngine:
             )
             for (spec, expr), kept in zip(specs, kept_as, strict=True):
                 atoms, timers = self._index(place, expr)
-                if kept is not None:  # its count, latches and work items stay in its row
-                    spec.update(
-                        count=kept.count, latches=list(kept.latches), latched_by=list(kept.marks)
-                    )
-                    TriggerStore.rewrite_callback(db, kept.rowid, spec, atoms, timers)
+                if kept is not None:
+                    _keep_callback(db, kept, spec, expr, atoms, timers)
                     continue
                 rowid = TriggerStore.put_callback(db, job_id, spec, atoms, timers)
                 if spec["mode"] == LEVEL:

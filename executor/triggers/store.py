@@ -681,10 +681,13 @@ class TriggerStore:
 
     @staticmethod
     def unindex_callbacks(db: Db, rowids: Collection[int]) -> None:
-        """Delete callbacks' index rows and timers (``rewrite_callback`` writes them again)."""
+        """Delete callbacks' index rows (``rewrite_callback`` writes them again).
+
+        Not their timers: a kept callback's clocks run on as they were (a one-shot time
+        that fired stays fired, a repeat keeps its next tick), ``rewrite_callback``.
+        """
         for part, marks in in_lists(sorted(rowids)):
             db.execute(f"DELETE FROM atoms WHERE callback_rowid IN ({marks})", part)  # noqa: S608 - marks only
-            db.execute(f"DELETE FROM timers WHERE callback_rowid IN ({marks})", part)  # noqa: S608 - marks only
 
     @staticmethod
     def set_callback_ids_aside(db: Db, rowids: Collection[int]) -> None:
@@ -723,11 +726,11 @@ class TriggerStore:
         rowid: int,
         spec: dict[str, Any],
         atoms: Iterable[NewAtom],
-        timers: Iterable[tuple[int, float]],
     ) -> None:
         """A kept callback's row as registered again, in place (``put_callback``'s columns).
 
-        Its old index rows and timers must be gone (``unindex_callbacks``).
+        Its old index rows must be gone (``unindex_callbacks``); its timers stay as they
+        run (``replace_timers`` starts them afresh).
 
         In place, not deleted and inserted again: in a fleet, an event's transaction
         waiting for the row's lock then reads the row as written here, where it would
@@ -739,7 +742,16 @@ class TriggerStore:
             " latched_by = ? WHERE rowid = ?",
             (*_callback_columns(spec), rowid),
         )
-        TriggerStore._index_callback(db, rowid, atoms, timers)
+        TriggerStore._index_callback(db, rowid, atoms, ())
+
+    @staticmethod
+    def replace_timers(db: Db, rowid: int, timers: Iterable[tuple[int, float]]) -> None:
+        """Start a callback's clocks afresh: ``timers`` (slot, first due) replace its own."""
+        TriggerStore.drop_timers(db, rowid)
+        db.executemany(
+            "INSERT INTO timers (callback_rowid, slot, due) VALUES (?, ?, ?)",
+            [(rowid, slot, due) for slot, due in timers],
+        )
 
     @staticmethod
     def _index_callback(

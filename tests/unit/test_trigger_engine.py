@@ -401,6 +401,33 @@ async def test_a_repeat_that_reached_its_maximum_is_no_longer_ticked(engines: En
     assert [entry.kind for entry in explained.journal] == [EntryKind.FIRED, EntryKind.FIRED]
 
 
+async def test_a_job_registered_again_unchanged_keeps_its_clocks_as_they_run(
+    engines: Engines,
+) -> None:
+    # They were re-armed at every registration: a past one-shot time fired again each
+    # time, and a repeat ticked at each registration instead of once a minute.
+    recorder = Recorder()
+    now = [1_800_000_000.0]
+    engine = engines(recorder, start=False, clock=lambda: now[0])
+    past = int(now[0]) - 946702800 - 3600
+    once = job(6, (f"dummy-time-self-{past}", "unblock-self"))
+    repeat = _repeat_job(past, maximum=0)
+    repeat["id"] = 7
+    for registered in (once, repeat):
+        engine.register_job(registered)
+    assert len(engine.fire_due_timers()) == 2  # the past time, and the missed ticks as one
+    for _ in range(3):
+        now[0] += 1
+        for registered in (once, repeat):
+            engine.register_job(registered)
+        assert engine.fire_due_timers() == []
+    now[0] += 60
+    fired = engine.fire_due_timers()  # the repeat's next tick, as before the registrations
+    assert [f.callback.job_id for f in fired] == [7]
+    counts = {j: engine.explain(j).callbacks[0].callback.count for j in (6, 7)}
+    assert counts == {6: 1, 7: 2}
+
+
 async def test_a_repeat_spent_by_an_event_stops_at_its_next_tick_unrecorded(
     engines: Engines,
 ) -> None:
