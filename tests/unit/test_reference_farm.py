@@ -150,7 +150,10 @@ def test_inside_together_a_failed_change_is_undone_alone(
     before = len(events)
     with supervisor.together():
         supervisor.start_work(job["id"], "1")
-        supervisor.start_work(job["id"], "2")
+        # A change answers its own transitions, not every one before it in the
+        # transaction: a copy of those per frame made a ChangeWork of n frames n squared.
+        own = supervisor.start_work(job["id"], "2")
+        assert [(t.work_name, t.name) for t in own if t.type == "work"] == [("2", "running")]
         supervisor.complete_work(job["id"], "1", {"frame": 1})
         # Its result package is written before its status is refused: both undone.
         with pytest.raises(sqlite3.IntegrityError, match="refused"):
