@@ -80,13 +80,14 @@ def _recover(outbox: Outbox, history: RunHistory, callback_log: CallbackLog) -> 
             [(r.invocation, r.result, r.ended_at - r.result.usage.wall_seconds) for r in runs]
         )
         _append_unlogged(callback_log, runs)
-    outbox.forget_notes([row.seq for row in kept])
-    if runs:
+        # Said now: dropping the notes below may meet a refusing storage, and the try
+        # after it finds these runs in the history, with nothing left to rebuild.
         logger.warning(
             "rebuilt the history record and .cb entry of %d runs answered just before the"
             " executor stopped without writing them (a crash or kill -9)",
             len(runs),
         )
+    outbox.forget_notes([row.seq for row in kept])
     return len(runs)
 
 

@@ -100,6 +100,7 @@ async def test_a_rebuild_a_lock_cut_short_at_the_start_is_finished_once_the_lock
                 text = log.read_text()
                 assert "did not finish: cannot write" in text and "outbox.db" in text, text
                 assert "Traceback" not in text, text  # a lock is no bug
+                assert f"rebuilt the history record and .cb entry of {RUNS} runs" in text, text
                 lock.close()
                 assert await eventually(lambda: _no_notes_kept(data), timeout_s=15), text
         cb = (data / "logs" / "job" / "4000" / str(JOB_ID) / f"{JOB_ID}.cb").read_text()
