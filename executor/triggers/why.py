@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from executor.errors import ChangedMeanwhileError, NotFoundError
+from executor.errors import ChangedMeanwhileError, InvalidRequestError, NotFoundError
 from executor.sql import Db
 from executor.triggers import checks, items, journal, states
 from executor.triggers.evaluate import JobPlace, happened, residual, spent
@@ -165,6 +165,11 @@ def explain_job(
         if job is None or current is None:
             raise NotFoundError(
                 f"job {job_id} is not registered with the trigger engine (never, or removed)"
+            )
+        if registration > current:  # numbers only grow: this job never had it
+            raise InvalidRequestError(
+                f"registration {registration}: job {job_id} has never been at it (it is at"
+                f" {current}); name the registration its first page was answered with, or 0"
             )
         if registration and registration != current:
             raise ChangedMeanwhileError(

@@ -120,6 +120,12 @@ async def test_a_page_of_a_registration_the_job_no_longer_has_is_refused(
         assert "job 5 was registered again since the first page was read" in refused.value.details
         assert "start over from the first page" in refused.value.details
 
+        # A number the job never had (numbers only grow) is the request's mistake.
+        with pytest.raises(ExecutorRpcError) as never:
+            await client.explain_callbacks(5, registration=first.registration + 10**6)
+        assert never.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "job 5 has never been at it" in never.value.details
+
         # A client from before the field asks without it: each page as the job is now.
         old = await client.explain_callbacks(5, after_callback_id=2)
         assert [cb.callback.triggers for cb in old.callbacks] == ["done-work-self-2"]

@@ -1365,8 +1365,9 @@ class ExplainCallbacksRequest(_message.Message):
     answer named. A job registered again since (a farm registers a job again at each
     retry) has other callbacks, and pages of two registrations are no one answer:
     such a request is refused with ABORTED, saying so; start over from the first
-    page. 0 (a client from before this field): no check, each page describes the
-    job as it is when that page is read.
+    page. A number above the job's (numbers only grow: it never had it) is
+    INVALID_ARGUMENT. 0 (a client from before this field): no check, each page
+    describes the job as it is when that page is read.
     """
     def __init__(
         self,
