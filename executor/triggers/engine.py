@@ -668,6 +668,7 @@ class TriggerEngine:
     def _apply_once(self, event: Event) -> tuple[Decision, bool]:
         """Apply one event durably: what it decided, and whether it was a repeat."""
         with self._store.transaction() as db:
+            TriggerStore.submissions_take_turns(db, [event])  # first: before any row lock
             deferred = DeferredWrites(self._journal)
             applied = self._apply_in(db, event, deferred)
             deferred.flush(db)
@@ -736,6 +737,9 @@ class TriggerEngine:
         order on the state the earlier ones left (group_state.py), and what they wrote
         is written at the segment's end.
         """
+        # First, before any row lock: a first registration and its job's submit event
+        # take turns, so one of them reads what the other wrote.
+        TriggerStore.submissions_take_turns(db, events)
         applied: list[tuple[Decision, bool]] = []
         deferred = DeferredWrites(self._journal)
         start = 0

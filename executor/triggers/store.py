@@ -514,8 +514,10 @@ class TriggerStore:
 
         * The advisory lock, not a row lock: a job registered for the first time has no
           row to lock yet, and two replicas registering it at once would both take it as
-          new (a level ``submit-job-self`` would fire twice). Events never take it, and
-          a registration waiting for it holds nothing else, so it adds no deadlock.
+          new (a level ``submit-job-self`` would fire twice). Only the ``submit`` event
+          of a job not registered takes it too, before any row lock
+          (``submissions_take_turns``), and a registration waiting for it holds nothing
+          else, so it adds no deadlock.
         * The rows in ascending order, in one statement, as an event's transaction locks
           the rows it matches (group_reads.matching): an event that latched one of them
           has committed before this reads it, and one that comes later waits for the
@@ -537,6 +539,40 @@ class TriggerStore:
             (job_id,),
         ).fetchall()
         return sorted((StoredCallback.from_row(row) for row in rows), key=lambda cb: cb.callback_id)
+
+    @staticmethod
+    def submissions_take_turns(db: Db, events: Iterable[Event]) -> None:
+        """In a fleet, the events' ``submit`` of jobs not registered wait for their registrations.
+
+        The first registration of a job and its ``submit`` event are one submission: the
+        registration latches the other jobs' level callbacks naming it unless the event
+        came first and left its submission remembered (``registration.take_submission``).
+        At two replicas at once each could miss the other (the event reads the job as not
+        registered while its registration latches; the registration reads no remembered
+        submission while the event's transaction latches), and a watcher's level
+        ``submit-job-<id>`` fired twice. So such an event takes the job's registration
+        lock (``callbacks_to_register``) and the two take turns; the event's reads come
+        after it, so it finds the job registered if its registration went first.
+
+        It must be the transaction's first statement: the locks are taken before any row
+        lock (in ascending order, as a group may hold several), so waiting for one never
+        closes a cycle. A job registered already takes no lock (its registrations took
+        its submission; the event takes nothing from level callbacks). SQLite: nothing
+        to do, its transaction is the file's only writer.
+        """
+        if not isinstance(db, PgDb):
+            return
+        submitted = sorted(
+            {e.job_id for e in events if e.name == "submit" and e.type == "job" and e.job_id > 0}
+        )
+        if not submitted:
+            return
+        db.execute(
+            "SELECT count(pg_advisory_xact_lock(?::integer, s.k)) FROM (SELECT DISTINCT t.k"
+            " FROM unnest(?::bigint[], ?::integer[]) AS t(job_id, k) WHERE NOT EXISTS"
+            " (SELECT 1 FROM jobs j WHERE j.job_id = t.job_id) ORDER BY t.k) AS s",
+            (_REGISTRATION_LOCK, submitted, [_as_int4(job_id) for job_id in submitted]),
+        ).fetchone()
 
     @staticmethod
     def callbacks_page(

@@ -122,3 +122,67 @@ async def test_a_job_registered_at_two_replicas_at_once_fires_its_level_submit_o
         counting = group.counting
         assert await eventually(lambda: everything <= set(counting.applied), timeout_s=30)
         assert all(counting.applied[i] == 1 for i in everything)
+
+
+def watcher_job(job_id: int, watched: int) -> dict[str, Any]:
+    return {
+        "id": job_id,
+        "name": f"watcher{job_id}",
+        "user": "alice",
+        "status": "pending",
+        "callbacks": [
+            {
+                "id": 1,
+                "triggers": f"submit-job-{watched}",
+                "mode": "level",
+                "language": "python",
+                "code": "print('watched job submitted')",
+            }
+        ],
+    }
+
+
+def quiet_job(job_id: int) -> dict[str, Any]:
+    """A job whose own callback a submission does not fire."""
+    return {
+        "id": job_id,
+        "name": f"quiet{job_id}",
+        "user": "alice",
+        "status": "pending",
+        "callbacks": [
+            {"id": 1, "triggers": "complete-job-self", "language": "python", "code": "pass"}
+        ],
+    }
+
+
+async def test_a_first_registration_racing_its_submit_event_fires_a_watchers_level_submit_once(
+    tmp_path: Path, pg_url: str
+) -> None:
+    async with (
+        fleet(tmp_path, pg_url, replicas=2) as group,
+        ExecutorClient(group.address(0)) as first,
+        ExecutorClient(group.address(1)) as second,
+    ):
+        fired: dict[int, list[str]] = {}
+        # The watcher names the job by id before it is registered; the job's first
+        # registration (at one replica) and its submit event (at the other) cross.
+        for watcher in range(63_000, 63_000 + 4 * JOBS, 2):
+            job_id = watcher + 1
+            await second.register_job(watcher_job(watcher, job_id))
+            registered, published = await asyncio.gather(
+                first.register_job(quiet_job(job_id)),
+                second.publish_event(
+                    name="submit", type="job", job_id=job_id, event_id=f"submit-{job_id}"
+                ),
+            )
+            fired[watcher] = [f.invocation_id for f in (*registered.fired, *published.fired)]
+        assert {w: len(ids) for w, ids in fired.items() if len(ids) != 1} == {}
+        counts = {
+            w: [c.callback.count for c in (await first.explain_callbacks(w)).callbacks]
+            for w in fired
+        }
+        assert {w: n for w, n in counts.items() if n != [1]} == {}
+        everything = set(itertools.chain.from_iterable(fired.values()))
+        counting = group.counting
+        assert await eventually(lambda: everything <= set(counting.applied), timeout_s=30)
+        assert all(counting.applied[i] == 1 for i in everything)
