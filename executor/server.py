@@ -95,7 +95,14 @@ class RunningServer:
     forwarder: EventForwarder | None
     # The HTTP side port's bound port; None when http_bind is empty.
     http_port: int | None = None
+    _embedded: api_embedded.EmbeddedSupervisor | None = field(default=None, repr=False)
     _exit_stack: AsyncExitStack = field(default_factory=AsyncExitStack, repr=False)
+
+    async def settle(self) -> None:
+        """Until the embedded supervisor's transitions, and what they fired, have run."""
+        if self._embedded is None:
+            raise RuntimeError("settle needs the embedded supervisor")
+        await self._embedded.settle(self.engine)
 
     async def stop(self) -> None:
         """Drain and stop everything, in the order ``start`` arranged (see the module doc)."""
@@ -308,6 +315,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             reference=embedded.reference if embedded else None,
             forwarder=forwarder,
             http_port=http_port,
+            _embedded=embedded,
             _exit_stack=stack.pop_all(),
         )
     raise AssertionError("unreachable: the block returns or raises")

@@ -74,8 +74,7 @@ class Stack:
 
     async def settle(self) -> None:
         """Wait until the embedded supervisor's transitions, and what they fired, are done."""
-        assert self.running.forwarder is not None
-        await self.running.forwarder.drain()
+        await self.running.settle()
 
     @property
     def address(self) -> str:

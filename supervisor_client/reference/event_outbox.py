@@ -2,8 +2,8 @@
 
 Each transition's event is written to ``event_outbox`` in the transaction that made the
 change (store.py), so an executor stopped or killed right after a change still gets its
-event: the forwarder sends the rows oldest first and deletes each once the executor has
-acknowledged it (forwarder.py), and at the next start sends what is left. A row that was
+event: the forwarder sends the rows oldest first and deletes them once the executor has
+acknowledged them (forwarder.py), and at the next start sends what is left. A row that was
 sent but not yet deleted when the process died is sent again with the same event id,
 which the trigger engine acknowledges and ignores (PublishEvent is idempotent per
 ``event_id``).
@@ -71,9 +71,9 @@ class EventOutbox:
             for row in rows
         ]
 
-    def remove(self, seq: int) -> None:
-        """Forget an event: the executor acknowledged it (or refused it for good)."""
-        self._db.execute("DELETE FROM event_outbox WHERE seq = ?", (seq,))
+    def remove(self, seqs: list[int]) -> None:
+        """Forget events: the executor acknowledged them (or refused them for good)."""
+        self._db.executemany("DELETE FROM event_outbox WHERE seq = ?", [(seq,) for seq in seqs])
 
     def waiting(self) -> bool:
         """Whether any event waits (asked at every removal while ``drain`` waits: no count)."""

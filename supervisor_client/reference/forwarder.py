@@ -9,7 +9,11 @@ not yet removed is sent again with the same id, which the trigger engine ignores
 duplicate. A retry after UNAVAILABLE (an executor restarting) is idempotent the same way.
 
 A submitted job is registered (RegisterJob, with its callbacks) before its ``submit``
-event is published; every later transition is one PublishEvent. ``register_now`` lets a
+event is published; the transitions between are published together, as many as are
+waiting (up to ``READ_BATCH``), in one PublishEvents: the trigger engine applies them in
+order in one transaction, so a worker completing 20,000 frames in one ChangeWork costs
+40 calls, not 20,000 one after another while every other job's events wait behind them.
+``register_now`` lets a
 submission register its jobs at once, ahead of the queue, so the trigger engine has them
 when the submission is answered (the queue may be waiting on an earlier event's
 callbacks); the ``submit`` event then uses that registration (registering a job again
@@ -17,14 +21,17 @@ keeps its callbacks' state, so the registration a resent ``submit`` makes is har
 A change Qube publishes no event for (a retry puts a complete job back to pending) has
 the job registered again in its place in the queue (states.REGISTER_AGAIN), so the trigger
 engine's known states follow the job: a dependency on it is not met by its old end.
-Events are published with ``wait`` so that ``drain()`` returning means the callbacks
-they fired have run, and the transitions those callbacks caused have been forwarded too.
+Events are not published with ``wait``: an acknowledgement means the engine latched the
+event and queued what it fired, durably, and a slow callback holds no other event back.
+``drain()`` says every transition so far was acknowledged; whoever needs the callbacks run
+too waits for the engine's firings as well (``EmbeddedSupervisor.settle``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from typing import Final
 
 import grpc
@@ -39,8 +46,9 @@ from supervisor_client.reference.store import ReferenceSupervisor
 logger = logging.getLogger(__name__)
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
-# Events read from the database at a time (each is still sent and removed on its own).
-READ_BATCH: Final = 100
+# Events read from the database at a time, and the most one PublishEvents carries (the
+# engine takes up to 1,000).
+READ_BATCH: Final = 500
 # After the database failed a read or a removal: wait this long, then try again.
 STORE_RETRY_S: Final = 1.0
 
@@ -142,7 +150,7 @@ class EventForwarder:
         return await self._register(job_id)
 
     async def run(self) -> None:
-        """Forward forever, one event at a time, oldest first; those left from before first.
+        """Forward forever, oldest first; those left from before first.
 
         An event is removed once the executor acknowledged it, or refused it for a reason
         a resend would not change (logged); a cancellation leaves it for the next start.
@@ -158,56 +166,102 @@ class EventForwarder:
             if not events:
                 await self._new.wait()
                 continue
-            for event in events:
+            for group in _in_turn(events):
                 try:
-                    await self._forward_with_retry(event)
+                    await self._with_retry(group)
                 except Exception:
-                    logger.exception("could not forward %s", event.transition)
-                await self._remove(event)
+                    logger.exception(
+                        "could not forward %s", ", ".join(str(e.transition) for e in group)
+                    )
+                await self._remove(group)
 
-    async def _remove(self, event: UnsentEvent) -> None:
+    async def _remove(self, events: list[UnsentEvent]) -> None:
         while True:
             try:
-                self._supervisor.remove_event(event.seq)
+                self._supervisor.remove_events([event.seq for event in events])
             except Exception:
-                # Not removed, it would be sent again: wait for the database instead.
-                logger.exception("cannot remove the forwarded %s; trying again", event.transition)
+                # Not removed, they would be sent again: wait for the database instead.
+                logger.exception("cannot remove %d forwarded events; trying again", len(events))
                 await asyncio.sleep(STORE_RETRY_S)
             else:
                 break
         async with self._removed:
             self._removed.notify_all()
 
-    async def _forward_with_retry(self, item: UnsentEvent) -> None:
+    async def _with_retry(self, events: list[UnsentEvent]) -> None:
+        """Send events until acknowledged, or refused for good (then each alone, logged)."""
         backoff = 0.05
         while True:
             try:
-                await self._forward(item)
+                await self._send(events)
             except grpc.aio.AioRpcError as err:
                 if err.code() not in RETRYABLE:
-                    logger.error("executor refused %s: %s", item.transition, err.details())
+                    if len(events) > 1:
+                        # A batch is applied whole or not at all: find the one refused.
+                        for event in events:
+                            await self._with_retry([event])
+                        return
+                    logger.error("executor refused %s: %s", events[0].transition, err.details())
                     return
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff_s)
             else:
                 return
 
-    async def _forward(self, item: UnsentEvent) -> None:
-        t = item.transition
+    async def _send(self, events: list[UnsentEvent]) -> None:
+        if len(events) > 1:
+            await self._publish([_request(event) for event in events])
+            return
+        (event,) = events
+        t = event.transition
         if t.name == REGISTER_AGAIN:
             await self._register(t.job_id)  # a job removed meanwhile has nothing to register
             return
-        if t.name == "submit" and t.type == "job" and not await self._registered(t.job_id):
+        if _is_submission(event) and not await self._registered(t.job_id):
             return  # removed before we got to it
-        request = executor_pb2.PublishEventRequest(
-            name=t.name,
-            type=t.type,
-            job_id=t.job_id,
-            work_name=t.work_name,
-            host=t.host,
-            event_id=item.event_id,
-            wait=True,
-        )
-        if t.subjob_id >= 0:  # an instance's event, or a work item's (the instance that took it)
-            request.subjob_id = t.subjob_id
-        await self._stub.PublishEvent(request)
+        await self._publish([_request(event)])
+
+    async def _publish(self, requests: list[executor_pb2.PublishEventRequest]) -> None:
+        """One PublishEvent, or one PublishEvents of several (overridden by the fleet tests)."""
+        if len(requests) == 1:
+            await self._stub.PublishEvent(requests[0])
+        else:
+            await self._stub.PublishEvents(executor_pb2.PublishEventsRequest(events=requests))
+
+
+def _is_submission(event: UnsentEvent) -> bool:
+    return event.transition.name == "submit" and event.transition.type == "job"
+
+
+def _in_turn(events: list[UnsentEvent]) -> Iterator[list[UnsentEvent]]:
+    """The events in order, in groups to send as one call.
+
+    A registration again and a job's ``submit`` (which registers the job first) go
+    alone; the events between them go together.
+    """
+    group: list[UnsentEvent] = []
+    for event in events:
+        if event.transition.name == REGISTER_AGAIN or _is_submission(event):
+            if group:
+                yield group
+                group = []
+            yield [event]
+        else:
+            group.append(event)
+    if group:
+        yield group
+
+
+def _request(event: UnsentEvent) -> executor_pb2.PublishEventRequest:
+    t = event.transition
+    request = executor_pb2.PublishEventRequest(
+        name=t.name,
+        type=t.type,
+        job_id=t.job_id,
+        work_name=t.work_name,
+        host=t.host,
+        event_id=event.event_id,
+    )
+    if t.subjob_id >= 0:  # an instance's event, or a work item's (the instance that took it)
+        request.subjob_id = t.subjob_id
+    return request

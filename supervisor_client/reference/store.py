@@ -223,7 +223,7 @@ class ReferenceSupervisor:
         action_retention_s: how long the answer to a numbered action is kept to answer
             a repeat (applied.py).
         event_outbox: keep each transition's event in the database, written in the
-            transaction of its change, until ``remove_event`` (what a forwarder that must
+            transaction of its change, until ``remove_events`` (what a forwarder that must
             survive a stop or a crash reads: event_outbox.py).
         result_retention_s: results stored longer ago than this are pruned (at open,
             and every 50 results); None keeps them.
@@ -371,12 +371,12 @@ class ReferenceSupervisor:
         with self._using_db():
             return self._events.waiting()
 
-    def remove_event(self, seq: int) -> None:
-        """Forget a kept event: it was delivered (or refused for good)."""
+    def remove_events(self, seqs: list[int]) -> None:
+        """Forget kept events, in one transaction: they were delivered (or refused for good)."""
         if self._events is None:
             return
         with self._using_db(), self._db:
-            self._events.remove(seq)
+            self._events.remove(seqs)
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener`` with every later Transition, after the listeners given so far."""
@@ -689,16 +689,9 @@ class ReferenceSupervisor:
     def has_work_items(self, job_id: int, names: Collection[str]) -> bool:
         """Whether the job has an item of every name, looking up only those; NoSuchJobError."""
         wanted = list(dict.fromkeys(names))
-        found = 0
         with self._using_db():
             self._job_row(job_id)
-            for start in range(0, len(wanted), _NAMES_PER_QUERY):
-                part = wanted[start : start + _NAMES_PER_QUERY]
-                marks = ", ".join("?" * len(part))
-                found += self._db.execute(
-                    f"SELECT count(*) FROM work WHERE job_id = ? AND name IN ({marks})",  # noqa: S608 - ? marks
-                    (job_id, *part),
-                ).fetchone()[0]
+            found = sum(row[0] for row in self._work_named(job_id, wanted, "count(*)"))
         return found == len(wanted)
 
     def next_pending(self, job_id: int) -> tuple[str, int] | None:
@@ -749,16 +742,23 @@ class ReferenceSupervisor:
 
     def _named_work_rows(self, job_id: int, names: Collection[str]) -> list[sqlite3.Row]:
         """The job's items among ``names``, each once, in agenda order (by its primary key)."""
-        wanted = list(dict.fromkeys(names))
+        rows = self._work_named(job_id, list(dict.fromkeys(names)), "*")
+        return sorted(rows, key=lambda work: work["position"])
+
+    def _work_named(self, job_id: int, names: list[str], what: str) -> list[sqlite3.Row]:
+        """``SELECT what`` of the job's items named, ``_NAMES_PER_QUERY`` names a statement.
+
+        One row per statement for an aggregate ``what`` such as ``count(*)``.
+        """
         rows: list[sqlite3.Row] = []
-        for start in range(0, len(wanted), _NAMES_PER_QUERY):
-            part = wanted[start : start + _NAMES_PER_QUERY]
+        for start in range(0, len(names), _NAMES_PER_QUERY):
+            part = names[start : start + _NAMES_PER_QUERY]
             marks = ", ".join("?" * len(part))
             rows += self._db.execute(
-                f"SELECT * FROM work WHERE job_id = ? AND name IN ({marks})",  # noqa: S608 - ? marks
+                f"SELECT {what} FROM work WHERE job_id = ? AND name IN ({marks})",  # noqa: S608 - ours, ? marks
                 (job_id, *part),
             ).fetchall()
-        return sorted(rows, key=lambda work: work["position"])
+        return rows
 
     def _job_dict(
         self,

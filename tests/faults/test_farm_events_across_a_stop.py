@@ -2,10 +2,12 @@
 
 A real `cbexec serve` with the embedded supervisor: frames of jobA complete, and at once
 the executor is stopped (SIGTERM) or killed (SIGKILL), then started again on the same data
-dir. A slow callback on jobA's first frame holds the forwarder, so the later frames'
-events are certainly still unsent when the executor goes: they wait in supervisor.db and
-reach the trigger engine after the restart, and each of jobB's per-frame callbacks runs
-exactly once.
+dir. The stop comes within milliseconds of the change: its events may still wait in
+supervisor.db (sent after the restart), or be latched with their firings queued in
+triggers.db (run after it), and jobA's first frame fires a slow callback that is still
+running when the executor goes. Whichever it was, each of jobB's per-frame callbacks runs
+exactly once. (An event left unsent at a stop is resent with its id:
+tests/service/test_event_forwarder.py.)
 """
 
 from __future__ import annotations

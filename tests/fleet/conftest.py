@@ -1,17 +1,24 @@
-"""The fleet tests' PostgreSQL: one real server per session, one database per test module."""
+"""The fleet tests' PostgreSQL: one real server per session, a database per module or test.
+
+And trigger engines on either store (``engines``).
+"""
 
 from __future__ import annotations
 
 import itertools
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from executor.migrations import migrate
+from executor.triggers.engine import TriggerEngine
+from executor.triggers.store import TriggerStore
 from tests.helpers.postgres import PostgresServer, find_bin_dir
+from tests.helpers.trigger_engines import LIMITS, MakeEngine, Recorder
 
 pytest.importorskip("psycopg", reason="the fleet tests need psycopg 3 (the [test] extra)")
 
@@ -51,3 +58,21 @@ def either_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url = server.create_database(f"either_{next(_databases)}")
     migrate(url)
     return url
+
+
+@pytest.fixture
+async def engines(either_store: str) -> AsyncIterator[MakeEngine]:
+    """Trigger engines on ``either_store`` (started unless ``start=False``), closed after."""
+    made: list[TriggerEngine] = []
+
+    def make(*, start: bool = True, **kwargs: Any) -> TriggerEngine:
+        engine = TriggerEngine(TriggerStore(either_store), Recorder(), limits=LIMITS, **kwargs)
+        if start:
+            engine.start()
+        made.append(engine)
+        return engine
+
+    yield make
+    for engine in made:
+        await engine.close()
+        engine.store.close()

@@ -72,18 +72,18 @@ class ActionCounting(CountingSupervisor):
 
 
 class RoundRobinForwarder(EventForwarder):
-    """The reference supervisor's transitions, each to the next replica in turn."""
+    """The reference supervisor's transitions, each call (one event or several) to the next replica."""
 
     def __init__(self, fleet: Fleet) -> None:
         super().__init__(fleet.endpoint.store, grpc.aio.insecure_channel("127.0.0.1:1"))
         self._fleet = fleet
         self._turn = itertools.count()
 
-    async def _forward(self, item: Any) -> None:
+    async def _send(self, events: list[Any]) -> None:
         alive = [r for r in self._fleet.replicas if r is not None]
         replica = alive[next(self._turn) % len(alive)]
         self._stub = executor_pb2_grpc.TriggerServiceStub(self._fleet.channel(replica.address))
-        await super()._forward(item)
+        await super()._send(events)
 
 
 class Fleet:

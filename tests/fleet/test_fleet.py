@@ -50,14 +50,28 @@ class Farm:
 
     async def submit(self, path: Path) -> dict[str, int]:
         jobs = self.store.submit(example_jobs(path))
-        await self.forwarder.drain()
+        await self.settle()
         return {job["name"]: int(job["id"]) for job in jobs}
 
     async def complete(self, job_id: int, frames: str) -> None:
         for frame in frames.split(","):
             self.store.start_work(job_id, frame)
             self.store.complete_work(job_id, frame)
-        await self.forwarder.drain()
+        await self.settle()
+
+    async def settle(self) -> None:
+        """Until every transition was acknowledged and every firing it decided has run.
+
+        Each feeds the other (a callback's action is a transition), so both at once. A
+        firing leaves the shared store once its run's result is recorded.
+        """
+        while True:
+            await self.forwarder.drain()
+            async with await psycopg.AsyncConnection.connect(self.group.store) as db:
+                waiting = await (await db.execute("SELECT count(*) FROM firings")).fetchone()
+            if waiting == (0,) and not self.store.has_unsent_events():
+                return
+            await asyncio.sleep(0.02)
 
     def agenda(self, job_id: int) -> dict[str, str]:
         return {w["name"]: w["status"] for w in self.store.job(job_id)["agenda"]}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
 import pytest
@@ -18,33 +17,16 @@ from executor.errors import ChangedMeanwhileError
 from executor.migrations import _steps, migrate, schema_version
 from executor.model import Event
 from executor.sql import connect_postgres, is_postgres
-from executor.triggers.engine import TriggerEngine
 from executor.triggers.store import TriggerStore
-from tests.helpers.trigger_engines import LIMITS, Recorder
+from tests.helpers.trigger_engines import MakeEngine
 
 pytestmark = pytest.mark.service
 
-Make = Callable[[], TriggerEngine]
 
 # The PostgreSQL schema step that numbers the registrations.
 REGISTRATIONS_STEP: Final = next(
     n for n, ddl in enumerate(_steps(), 1) if "job_registrations" in ddl
 )
-
-
-@pytest.fixture
-async def engines(either_store: str) -> AsyncIterator[Make]:
-    made: list[TriggerEngine] = []
-
-    def make() -> TriggerEngine:
-        engine = TriggerEngine(TriggerStore(either_store), Recorder(), limits=LIMITS)
-        made.append(engine)
-        return engine
-
-    yield make
-    for engine in made:
-        await engine.close()
-        engine.store.close()
 
 
 def own(job_id: int, count: int, event: str = "complete") -> dict[str, Any]:
@@ -63,9 +45,10 @@ def registrations(store: TriggerStore, *job_ids: int) -> list[int | None]:
         return [TriggerStore.registration_in(db, job_id) for job_id in job_ids]
 
 
-async def test_the_pages_of_a_job_registered_again_meanwhile_are_refused(engines: Make) -> None:
+async def test_the_pages_of_a_job_registered_again_meanwhile_are_refused(
+    engines: MakeEngine,
+) -> None:
     engine = engines()
-    engine.start()
     engine.register_job(own(5, 5))
     first = engine.explain(5, limit=2)
     assert first.registration > 0 and first.next_after_callback_id == 2
@@ -88,9 +71,9 @@ async def test_the_pages_of_a_job_registered_again_meanwhile_are_refused(engines
 
 
 async def test_jobs_registered_before_registrations_were_numbered_get_numbers_of_their_own(
-    either_store: str, engines: Make
+    either_store: str, engines: MakeEngine
 ) -> None:
-    engine = engines()
+    engine = engines(start=False)
     for job_id in (5, 6, 7):
         engine.register_job(own(job_id, 1))
     await engine.close()
@@ -112,7 +95,7 @@ async def test_jobs_registered_before_registrations_were_numbered_get_numbers_of
             db.execute("DROP TABLE registration_counter")
             db.commit()
 
-    upgraded = engines()
+    upgraded = engines(start=False)
     numbered = registrations(upgraded.store, 5, 6, 7)
     assert 0 not in numbered and None not in numbered and len(set(numbered)) == 3
     upgraded.register_job(own(8, 1))

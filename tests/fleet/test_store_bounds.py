@@ -7,40 +7,17 @@ retention, and a recent one still answers a repeat.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import pytest
 
 from executor.model import Event
-from executor.triggers.engine import TriggerEngine
-from executor.triggers.store import TriggerStore
-from tests.helpers.trigger_engines import LIMITS, Recorder, job
+from tests.helpers.trigger_engines import MakeEngine, job
 from tests.helpers.trigger_rows import a_job_in_every_table, rows_of, seen_ids
 
 pytestmark = pytest.mark.service
 
-Make = Callable[..., TriggerEngine]
 
-
-@pytest.fixture
-async def engines(either_store: str) -> AsyncIterator[Make]:
-    made: list[TriggerEngine] = []
-
-    def make(*, start: bool = True, **kwargs: Any) -> TriggerEngine:
-        engine = TriggerEngine(TriggerStore(either_store), Recorder(), limits=LIMITS, **kwargs)
-        if start:
-            engine.start()
-        made.append(engine)
-        return engine
-
-    yield make
-    for engine in made:
-        await engine.close()
-        engine.store.close()
-
-
-async def test_a_removed_job_leaves_no_row_in_any_table_of_the_store(engines: Make) -> None:
+async def test_a_removed_job_leaves_no_row_in_any_table_of_the_store(engines: MakeEngine) -> None:
     engine = engines()
     job_ids, rowids = await a_job_in_every_table(engine)
     assert [t for t, n in rows_of(engine.store, job_ids, rowids).items() if n == 0] == ["firings"]
@@ -53,7 +30,7 @@ async def test_a_removed_job_leaves_no_row_in_any_table_of_the_store(engines: Ma
 
 
 async def test_event_ids_past_their_retention_are_forgotten_and_recent_ones_are_not(
-    engines: Make,
+    engines: MakeEngine,
 ) -> None:
     now = [time.time()]
     engine = engines(start=False, event_id_retention_s=3600.0, clock=lambda: now[0])

@@ -7,37 +7,16 @@ callback's journal is not shown as the new one's; without an agenda, an atom wit
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from executor.model import Event
-from executor.triggers.engine import TriggerEngine
 from executor.triggers.journal import EntryKind
-from executor.triggers.store import TriggerStore
-from tests.helpers.trigger_engines import LIMITS, Recorder
+from tests.helpers.trigger_engines import MakeEngine
 
 pytestmark = pytest.mark.service
-
-Make = Callable[..., TriggerEngine]
-
-
-@pytest.fixture
-async def engines(either_store: str) -> AsyncIterator[Make]:
-    made: list[TriggerEngine] = []
-
-    def make(**kwargs: Any) -> TriggerEngine:
-        engine = TriggerEngine(TriggerStore(either_store), Recorder(), limits=LIMITS, **kwargs)
-        engine.start()
-        made.append(engine)
-        return engine
-
-    yield make
-    for engine in made:
-        await engine.close()
-        engine.store.close()
 
 
 def own(job_id: int, *triggers: str) -> dict[str, Any]:
@@ -51,7 +30,7 @@ def own(job_id: int, *triggers: str) -> dict[str, Any]:
 
 
 async def test_a_level_line_whose_id_moved_keeps_its_submission_and_journal(
-    engines: Make, tmp_path: Path
+    engines: MakeEngine, tmp_path: Path
 ) -> None:
     conf = tmp_path / "callback"
     conf.mkdir()
@@ -86,7 +65,7 @@ async def test_a_level_line_whose_id_moved_keeps_its_submission_and_journal(
 
 
 async def test_without_an_agenda_what_latches_for_every_item_reaches_items_named_later(
-    engines: Make,
+    engines: MakeEngine,
 ) -> None:
     engine = engines()
     engine.register_job({"id": 70, "pgrp": 70, "label": "lb"})
@@ -122,7 +101,7 @@ async def test_without_an_agenda_what_latches_for_every_item_reaches_items_named
 
 
 async def test_the_submission_of_a_job_never_registered_is_remembered_for_level_callbacks(
-    engines: Make,
+    engines: MakeEngine,
 ) -> None:
     engine = engines()
     waiting = {"triggers": "submit-job-80", "language": "qube", "code": "x", "mode": "level"}

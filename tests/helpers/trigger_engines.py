@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -11,6 +12,9 @@ from executor.triggers.engine import TriggerEngine
 from executor.triggers.store import TriggerStore
 
 LIMITS = Limits(1, 5, 1 << 28, 1 << 16, 8, 1 << 20)
+
+# What the fleet tests' ``engines`` fixture gives: a factory of trigger engines.
+MakeEngine = Callable[..., TriggerEngine]
 
 
 class Recorder:

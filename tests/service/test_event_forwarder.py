@@ -13,37 +13,66 @@ import pytest
 
 from supervisor_client.qbcallback.v1 import executor_pb2
 from supervisor_client.reference import ReferenceSupervisor
-from supervisor_client.reference.forwarder import EventForwarder
+from supervisor_client.reference.forwarder import READ_BATCH, EventForwarder
 
 pytestmark = pytest.mark.service
 
 
 class RecordingTriggers:
-    """A TriggerService with only RegisterJob and PublishEvent: records what it is sent.
+    """A TriggerService with only RegisterJob, PublishEvent and PublishEvents: records calls.
 
-    Holds the ``complete`` events until ``held`` is set.
+    Holds a call with a ``complete`` event until ``held`` is set, and refuses (as the
+    engine refuses a batch: whole) a call with an event of the work item ``refused``.
     """
 
     def __init__(self) -> None:
-        self.published: list[tuple[str, str, str]] = []  # (name, type, event_id)
-        self.requests: list[executor_pb2.PublishEventRequest] = []
+        self.calls: list[list[executor_pb2.PublishEventRequest]] = []
         self.held = asyncio.Event()
         self.reached = asyncio.Event()
+
+    @property
+    def requests(self) -> list[executor_pb2.PublishEventRequest]:
+        return [request for call in self.calls for request in call]
+
+    @property
+    def published(self) -> list[tuple[str, str, str]]:
+        """(name, type, event_id) of every event sent, in order."""
+        return [(r.name, r.type, r.event_id) for r in self.requests]
 
     async def register_job(
         self, request: executor_pb2.RegisterJobRequest, context: Any
     ) -> executor_pb2.RegisterJobResponse:
         return executor_pb2.RegisterJobResponse()
 
-    async def publish_event(
-        self, request: executor_pb2.PublishEventRequest, context: Any
-    ) -> executor_pb2.PublishEventResponse:
-        self.published.append((request.name, request.type, request.event_id))
-        self.requests.append(request)
-        if request.name == "complete":
+    async def _record(
+        self,
+        requests: list[executor_pb2.PublishEventRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        if any(r.work_name == "refused" for r in requests):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "work_name: refused")
+        self.calls.append(requests)
+        if any(r.name == "complete" for r in requests):
             self.reached.set()
             await self.held.wait()
+
+    async def publish_event(
+        self,
+        request: executor_pb2.PublishEventRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> executor_pb2.PublishEventResponse:
+        await self._record([request], context)
         return executor_pb2.PublishEventResponse()
+
+    async def publish_events(
+        self,
+        request: executor_pb2.PublishEventsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> executor_pb2.PublishEventsResponse:
+        await self._record(list(request.events), context)
+        return executor_pb2.PublishEventsResponse(
+            results=[executor_pb2.PublishEventResponse() for _ in request.events]
+        )
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
@@ -58,6 +87,11 @@ class RecordingTriggers:
                     self.publish_event,
                     request_deserializer=executor_pb2.PublishEventRequest.FromString,
                     response_serializer=executor_pb2.PublishEventResponse.SerializeToString,
+                ),
+                "PublishEvents": grpc.unary_unary_rpc_method_handler(
+                    self.publish_events,
+                    request_deserializer=executor_pb2.PublishEventsRequest.FromString,
+                    response_serializer=executor_pb2.PublishEventsResponse.SerializeToString,
                 ),
             },
         )
@@ -105,9 +139,11 @@ async def test_an_event_not_acknowledged_before_a_stop_is_sent_again_with_its_id
             forwarder = EventForwarder(sup, channel)
             async with forwarding(forwarder):
                 await asyncio.wait_for(triggers.reached.wait(), 10)
-            # Stopped while the executor held the first complete event: it stays.
+            # Stopped while the executor held the call with the complete event: it stays,
+            # with the events sent beside it.
             left = [e.event_id for e in sup.unsent_events()]
-            assert left and left[0] == triggers.published[-1][2]
+            held = [r.event_id for r in triggers.calls[-1]]
+            assert left[: len(held)] == held
         before = len(triggers.published)
         assert triggers.published == stored[:before]
 
@@ -118,9 +154,9 @@ async def test_an_event_not_acknowledged_before_a_stop_is_sent_again_with_its_id
                 await asyncio.wait_for(forwarder.drain(), 10)
             assert not reopened.has_unsent_events()
 
-    # What was left, in order, the held event again under its id: a duplicate to the engine.
+    # What was left, in order, the held events again under their ids: duplicates to the engine.
     assert [event_id for _, _, event_id in triggers.published[before:]] == left
-    assert triggers.published[before:] == stored[before - 1 :]
+    assert triggers.published[before:] == stored[before - len(held) :]
 
 
 async def test_a_frames_event_names_the_instance_that_took_it(tmp_path: Path) -> None:
@@ -144,3 +180,51 @@ async def test_a_frames_event_names_the_instance_that_took_it(tmp_path: Path) ->
     assert ("complete", "work", "1", 1, "node3") in sent
     assert ("blocked", "work", "2", None, "") in sent
     assert all(instance(r) is None for r in triggers.requests if r.type == "job")
+
+
+async def test_a_workers_many_frames_go_in_few_calls_in_order_and_none_waits(
+    tmp_path: Path,
+) -> None:
+    # One event per call, each waiting for what it fired, held every other job's events
+    # behind a 20,000-frame ChangeWork for half a minute.
+    frames = [str(n) for n in range(1, 1201)]
+    async with triggers_on_loopback() as (triggers, channel):
+        triggers.held.set()
+        with ReferenceSupervisor(tmp_path / "supervisor.db", event_outbox=True) as sup:
+            (job,) = sup.submit([{"name": "a", "user": "alice", "agenda": frames}])
+            with sup.together():
+                for name in frames:
+                    sup.start_work(job["id"], name, host="node1")
+                    sup.complete_work(job["id"], name)
+            stored = [e.event_id for e in sup.unsent_events(limit=10_000)]
+            forwarder = EventForwarder(sup, channel)
+            async with forwarding(forwarder):
+                await asyncio.wait_for(forwarder.drain(), 30)
+
+    assert [r.event_id for r in triggers.requests] == stored
+    # The submit alone (its job registered first), then the rest in calls of READ_BATCH.
+    assert len(triggers.calls) <= 2 + len(stored) // READ_BATCH
+    assert max(len(call) for call in triggers.calls) <= READ_BATCH
+    assert not any(r.wait for r in triggers.requests)
+
+
+async def test_an_event_refused_in_a_batch_is_dropped_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with triggers_on_loopback() as (triggers, channel):
+        triggers.held.set()
+        with ReferenceSupervisor(tmp_path / "supervisor.db", event_outbox=True) as sup:
+            (job,) = sup.submit([{"name": "a", "user": "alice", "agenda": ["1", "refused", "3"]}])
+            for name in ("1", "refused", "3"):
+                sup.start_work(job["id"], name)
+            stored = [(e.transition.work_name, e.event_id) for e in sup.unsent_events()]
+            forwarder = EventForwarder(sup, channel)
+            async with forwarding(forwarder):
+                await asyncio.wait_for(forwarder.drain(), 10)
+            assert not sup.has_unsent_events()
+
+    # Every other event arrived, in order; the refused one was logged and let go.
+    assert [r.event_id for r in triggers.requests] == [
+        event_id for work, event_id in stored if work != "refused"
+    ]
+    assert "executor refused" in caplog.text and "work_name: refused" in caplog.text

@@ -87,9 +87,8 @@ async def test_submit_drive_and_read_a_frame_by_frame_dependency(stack_warm: Sta
 async def test_submitted_jobs_are_registered_when_the_submission_is_answered(
     stack_warm: Stack,
 ) -> None:
-    # The first job's submit event fires a slow callback, which holds the forwarder's
-    # queue (its events are published with wait): the next submission must not wait
-    # for its turn there before its jobs have their callbacks.
+    # The first job's submit event fires a slow callback: the next submission's jobs
+    # have their callbacks when it is answered, whatever waits in the forwarder's queue.
     slow = {
         "name": "slow",
         "user": "alice",

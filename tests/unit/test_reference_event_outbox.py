@@ -37,16 +37,14 @@ def test_each_transition_is_kept_with_its_change_in_order(tmp_path: Path) -> Non
         assert kept(reopened)[0] == ("submit", "job", 1, "")
         assert ("complete", "work", 1, "1") in kept(reopened)
         assert reopened.has_unsent_events()
-        for event in reopened.unsent_events(limit=2):
-            reopened.remove_event(event.seq)
+        reopened.remove_events([event.seq for event in reopened.unsent_events(limit=2)])
         assert [e.event_id for e in reopened.unsent_events()] == ids[2:]
 
 
 def test_a_change_that_fails_keeps_no_event() -> None:
     with ReferenceSupervisor(event_outbox=True) as sup:
         (job,) = sup.submit([{"name": "a", "user": "alice", "agenda": ["1"]}])
-        for event in sup.unsent_events():
-            sup.remove_event(event.seq)
+        sup.remove_events([event.seq for event in sup.unsent_events()])
         with pytest.raises(ValueError, match="only running work ends"):
             sup.complete_work(job["id"], "1")
         assert not sup.has_unsent_events()
@@ -72,8 +70,7 @@ def test_a_move_without_an_event_has_the_job_registered_again_once() -> None:
         for name in ("1", "2"):
             sup.start_work(job["id"], name)
             sup.complete_work(job["id"], name)
-        for event in sup.unsent_events():
-            sup.remove_event(event.seq)
+        sup.remove_events([event.seq for event in sup.unsent_events()])
         heard.clear()
 
         sup.job_action("retry", job["id"], "alice")  # the job, its frames and its instance
