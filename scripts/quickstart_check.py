@@ -17,6 +17,8 @@ import asyncio
 import os
 import sys
 
+import grpc
+
 from supervisor_client import ExecutorClient, ExecutorRpcError
 from supervisor_client.qbcallback.v1 import executor_pb2
 
@@ -33,7 +35,10 @@ async def check(address: str, token: str | None = None) -> int:
                 timeout=60,
             )
     except ExecutorRpcError as err:
-        print(f"no answer from the executor at {address}: {err}")
+        if err.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            print(f"no answer from the executor at {address}: {err}")
+        else:  # it answered: a wrong or missing token, a refused request
+            print(f"the executor at {address} refused the call: {err}")
         return 1
     print(executor_pb2.Outcome.Name(response.outcome), response.stdout.strip())
     if response.outcome == executor_pb2.Outcome.OUTCOME_SUCCEEDED:

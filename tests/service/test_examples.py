@@ -239,6 +239,8 @@ async def universal_callbacks_with_their_policy(stack: Stack, log_dir: Path) -> 
     assert rows == [("3",)]
     for made in log_dir.iterdir():  # the sandbox uid's, in the directory's group
         assert made.stat().st_gid == LOG_GROUP and made.stat().st_mode & 0o007 == 0
+        # Writable by the group: the next run may be another cell's uid (failures.db was 0640).
+        assert made.stat().st_mode & 0o060 == 0o060, (made, oct(made.stat().st_mode))
 
     # The same code as a user's job callback: the directory is not there for it.
     example = EXAMPLES / "universal-callbacks"

@@ -53,6 +53,14 @@ async def test_quickstart_check_says_why_a_callback_did_not_succeed(tmp_path: Pa
     assert code == 1 and out.startswith("no answer from the executor at 127.0.0.1:1: UNAVAILABLE")
 
 
+async def test_quickstart_check_tells_a_refusal_from_no_answer(tmp_path: Path) -> None:
+    settings = stack_settings(tmp_path / "data", auth_token="s3cret-token-for-tests")
+    async with running_stack(settings) as stack:
+        code, out = await cbexec_script("scripts/quickstart_check.py", stack.address)
+    assert code == 1
+    assert out.startswith(f"the executor at {stack.address} refused the call: UNAUTHENTICATED")
+
+
 async def test_quickstart_check_takes_its_address_as_the_cbexec_commands_do() -> None:
     code, out = await cbexec_script(
         "scripts/quickstart_check.py", env={"CBEXEC_ADDRESS": "127.0.0.1:1"}

@@ -4,6 +4,8 @@
 # that the example's policy binds into the sandbox (cbexec.toml here); edit it for your
 # site. The line it records is printed first, so it is in the run's output (`cbexec runs
 # show`, the job's .cb log) even when the database cannot be written.
+import contextlib
+import os
 import sqlite3
 import time
 
@@ -16,6 +18,11 @@ print(
     % (job["id"], job["name"], job["user"], ",".join(failed) or "-")
 )
 
+# Made group-writable first: SQLite makes a new database 0644 less the umask (0640 under
+# the policy's 007), and the next failed job's run, as another sandbox uid of the group,
+# could not write it. Where this fails, sqlite3 says why below.
+with contextlib.suppress(OSError):
+    os.close(os.open(DB_PATH, os.O_CREAT | os.O_WRONLY, 0o660))
 try:
     with sqlite3.connect(DB_PATH) as db:
         db.execute(
