@@ -302,7 +302,11 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         )
         for line in policy_report(policies):
             logger.info("%s", line)
-        for line in [*root_warnings(options), *exposure_warnings(policies, settings.auth_token)]:
+        for line in [
+            *root_warnings(options),
+            *exposure_warnings(policies, settings.auth_token),
+            *(api_embedded.shared_store_warnings(settings.store) if embedded else []),
+        ]:
             logger.warning("%s", line)
         return RunningServer(
             port=edge.port,

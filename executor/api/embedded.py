@@ -35,6 +35,7 @@ import grpc
 from executor.api.supervisor import SUPERVISOR_CHANNEL_OPTIONS
 from executor.errors import ConfigError
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
+from executor.sql import is_postgres
 from executor.storage import (
     LOOP_BUSY_TIMEOUT_S,
     LOOP_CHECKPOINT_BUSY_TIMEOUT_S,
@@ -53,6 +54,24 @@ MAX_UNIX_SOCKET_PATH: Final = 107
 # batch of reports (64), and a few MB of typical results.
 MAX_RESULTS: Final = 1000
 DAY_S: Final = 86400.0
+
+
+def shared_store_warnings(store: str) -> list[str]:
+    """The WARNING for the embedded supervisor over a fleet's shared store, if that is so.
+
+    Each replica's embedded supervisor is a farm of its own (its own supervisor.db), so
+    two replicas' farms give out the same job ids, and in the one trigger store a job
+    registered by one replaces the other's.
+    """
+    if not is_postgres(store):
+        return []
+    return [
+        "the embedded reference supervisor (no supervisor set) over a shared PostgreSQL "
+        "store: each replica on this store runs a farm of its own, whose job ids collide "
+        "with the other replicas' in the shared trigger store (one farm's job replaces "
+        "another's); give a fleet of more than one replica the studio's supervisor "
+        '(supervisor = "HOST:PORT")'
+    ]
 
 
 class Firings(Protocol):

@@ -145,7 +145,12 @@ def _store(settings: config.Settings) -> str:
         raise ConfigError(f"store: {err}") from err
     except ConfigError as err:
         raise ConfigError(f"store: {err}") from err
-    return f"PostgreSQL, schema version {schema_version()} (a fleet's shared store)"
+    found = f"PostgreSQL, schema version {schema_version()} (a fleet's shared store)"
+    if settings.supervisor:
+        return found
+    from executor.api.embedded import shared_store_warnings
+
+    return "\n".join([found, *(f"  WARNING: {w}" for w in shared_store_warnings(settings.store))])
 
 
 def check(settings: config.Settings, out: TextIO) -> list[str]:

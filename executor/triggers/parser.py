@@ -146,7 +146,7 @@ def parse_trigger_list(items: Sequence[str]) -> Expr:
         raise TriggerSyntaxError("empty trigger list", 1, "at least one trigger", "")
     expected = (
         f"at most {MAX_TRIGGER_BYTES} bytes (UTF-8) in all items together, as written and "
-        f"written canonically, with the {_size(LIST_JOIN)} bytes of {LIST_JOIN.strip()!r} "
+        f"written canonically, with the {_size(LIST_JOIN)} bytes of {LIST_JOIN!r} "
         "between each two"
     )
     written = canonical = MAX_TRIGGER_BYTES

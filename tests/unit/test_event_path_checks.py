@@ -118,7 +118,9 @@ async def test_a_list_item_valid_alone_is_not_refused_for_the_join(farm: Farm) -
             # 64,600 bytes joined as written (32,298 each), 71,396 in canonical form.
             ["||".join([A] * 1700)] * 2,
             "callback 1: triggers: trigger list item 1: trigger list too long in its"
-            " canonical form at column 26981; expected at most 65536 bytes (UTF-8)",
+            " canonical form at column 26981; expected at most 65536 bytes (UTF-8) in all"
+            " items together, as written and written canonically, with the 4 bytes of"
+            " ' || ' between each two",
         ),
     ],
 )

@@ -106,8 +106,9 @@ class SubmitJobsRequest(_message.Message):
         agenda (work names or {name, status} dicts), callbacks ({triggers, language,
         code, user, maximum, mode}); any other field is kept and shown to callbacks.
         A callback's `triggers` is a string or a list of strings, the OR of its items,
-        stored joined into one expression (`["a", "b && c"]` is "a || (b && c)"; an
-        error in an item names it: "triggers[1]: ..."). The name, label, user,
+        stored joined into one expression with " || " and no parentheses added
+        (`["a", "b && c"]` is stored as "a || b && c", which means "a || (b && c)": && binds
+        tighter); an error in an item names it: "triggers[1]: ...". The name, label, user,
         prototype, mailaddress and each work name are at most 1024 characters. A
         number must be finite: NaN or Infinity anywhere is INVALID_ARGUMENT naming it
         by its place in the request ("jobs[1].priority: NaN is not a JSON number;

@@ -155,7 +155,8 @@ class Callback(_message.Message):
     """Trigger expression, e.g. "complete-job-self" or
     "(complete-work-a-5 && complete-work-b-5) || complete-work-c-5". A job dict's
     list-valued `triggers` (the OR of its items) travels joined into one
-    expression: ["a", "b && c"] is "a || (b && c)".
+    expression with " || " and no parentheses added: ["a", "b && c"] is
+    "a || b && c", which means "a || (b && c)" (&& binds tighter).
     """
     language: _builtins.str
     """"python", "perl", "qube" or "mail" (any case). A registered callback's
