@@ -46,6 +46,8 @@ HTML_TYPE: Final = "text/html; charset=utf-8"
 TEXT_TYPE: Final = "text/plain; charset=utf-8"
 MAX_FORM_BYTES: Final = 4096
 DEFAULT_PAGE: Final = "/runs"
+# What a 401 asks for (RFC 6750).
+_CHALLENGE: Final = (("WWW-Authenticate", 'Bearer realm="cbexec"'),)
 STOPPING: Final = "the executor is stopping"
 # What a sign-in's ``next`` keeps as is (a "%" included: it is already encoded).
 _PRINTABLE_ASCII: Final = "".join(c for c in string.printable if not c.isspace())
@@ -280,12 +282,10 @@ class Dashboard:
         ):
             target = quote(_safe_next(request.path + _query_string(request)), safe="/")
             return Response(303, headers=(("Location", f"/login?next={target}"),))
-        return Response(
-            401,
-            f"{self._access.refusal(request.headers)}\n".encode(),
-            "text/plain",
-            (("WWW-Authenticate", 'Bearer realm="cbexec"'),),
-        )
+        why = self._access.refusal(request.headers)
+        if (request.path.rstrip("/") or "/") == "/healthz":  # JSON always, as a probe expects
+            return _json(401, {"status": "UNAUTHENTICATED", "why": why}, _CHALLENGE)
+        return Response(401, f"{why}\n".encode(), "text/plain", _CHALLENGE)
 
     def _login(self, request: Request) -> Response:
         wanted = _safe_next(request.query.get("next", DEFAULT_PAGE))
@@ -310,9 +310,11 @@ def _html(status: int, body: Html) -> Response:
     return Response(status, body.encode(), HTML_TYPE, (("Cache-Control", "no-store"),))
 
 
-def _json(status: int, answer: Mapping[str, str]) -> Response:
+def _json(
+    status: int, answer: Mapping[str, str], headers: tuple[tuple[str, str], ...] = ()
+) -> Response:
     """A /healthz answer: one JSON object and a newline."""
-    return Response(status, json.dumps(answer).encode() + b"\n", "application/json")
+    return Response(status, json.dumps(answer).encode() + b"\n", "application/json", headers)
 
 
 def _query_string(request: Request) -> str:

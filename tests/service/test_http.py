@@ -168,6 +168,12 @@ async def test_token_bearer_login_and_exempt_probes(tmp_path: Path) -> None:
     async with running_stack(http_settings(tmp_path, auth_token=TOKEN)) as web:
         status, headers, _ = await fetch(url(web, "/metrics"))
         assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
+        # A probe reads JSON from /healthz, refused or not (it was text/plain).
+        for given in ({}, {"Authorization": "Bearer nope"}):
+            status, headers, body = await fetch(url(web, "/healthz"), headers=given)
+            assert (status, headers["Content-Type"]) == (401, "application/json"), body
+            assert json.loads(body)["status"] == "UNAUTHENTICATED"
+            assert headers["WWW-Authenticate"].startswith("Bearer")
         bearer = {"Authorization": f"Bearer {TOKEN}"}
         assert (await fetch(url(web, "/metrics"), headers=bearer))[0] == 200
         assert (await fetch(url(web, "/runs"), headers=bearer))[0] == 200
