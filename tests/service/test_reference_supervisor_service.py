@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -497,3 +498,26 @@ async def test_unreachable_executor_is_retryable_and_a_borrowed_channel_stays_op
             language="python", code="ok", job={"id": 1}
         )
         assert response.outcome == executor_pb2.Outcome.OUTCOME_SUCCEEDED
+
+
+async def test_a_whole_agenda_is_read_off_the_event_loop_and_a_named_one_on_it(
+    served: Served, blocked_job: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 20,000-item agenda is ~100 ms of Python: on the loop (the executor's, when
+    # embedded) every other run waited for it.
+    threads: list[bool] = []
+    job = served.supervisor.job
+
+    def watched(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        threads.append(threading.current_thread() is threading.main_thread())
+        return job(*args, **kwargs)
+
+    monkeypatch.setattr(served.supervisor, "job", watched)
+    whole = await served.stub.JobInfo(supervisor_pb2.JobInfoRequest(id=blocked_job))
+    named = await served.stub.JobInfo(
+        supervisor_pb2.JobInfoRequest(
+            id=blocked_job, agenda=supervisor_pb2.AGENDA_SCOPE_NAMED, work_names=["2"]
+        )
+    )
+    assert [len(whole.jobs[0].agenda), len(named.jobs[0].agenda)] == [5, 1]
+    assert threads == [False, True]  # on the loop's thread: the main one here
