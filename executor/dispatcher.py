@@ -18,7 +18,9 @@ shielded. A run ends early only through a stop with a reason (``lifecycle.RunSto
 (client deadline or cancel) stops its own ("the caller cancelled the request"). A
 stopped run ends as KILLED with that reason as its failure, its sandbox kills and reaps
 its child, and it is recorded through ``on_result`` like any other run; drain's callers
-get it as their answer, a cancelled caller its cancellation once the run has ended.
+get it as their answer, a cancelled caller its cancellation once the run has ended. A
+fired run drain stopped (or never started) is the exception: its caller, the trigger
+engine's queue, gets UnavailableError, and keeps the firing for the next start.
 """
 
 from __future__ import annotations
@@ -336,6 +338,12 @@ class Dispatcher:
             await self._finished(invocation, run.language, result)
         finally:
             del self._runs[invocation.invocation_id]
+        if run.fired and result.outcome is Outcome.KILLED and run.stop.reason == SHUTTING_DOWN:
+            # Recorded as it ended, but not done: the firing stays in the engine's durable
+            # queue and runs again at the next start, under its invocation id, as after a
+            # crash (the actions it applied are not applied twice). Done, a routine restart
+            # would leave a dependency it was to unblock blocked for good.
+            raise UnavailableError(SHUTTING_DOWN)
         return result
 
     def _hold_slot(self, slot: int, finishing: Awaitable[None]) -> None:

@@ -263,9 +263,9 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
 
         engine.start()  # firings decided before a restart run first, then new ones
         stack.push_async_callback(engine.close)
-        # Runs in flight end KILLED ("shutting down"), recorded and reported; the engine
-        # stops after them, so a fired run that was stopped is done, never replayed (one
-        # still waiting for a slot never started: it stays queued for the next start).
+        # Runs in flight end KILLED ("shutting down"), recorded and reported; a fired one
+        # stopped so (or still waiting for a slot) stays in the engine's durable queue and
+        # runs again at the next start, under its invocation id, as after a crash.
         stack.push_async_callback(dispatcher.drain)
         # Before the drain: a fired run's result waiting for a full disk would hold it (on
         # SQLite, for as long as the disk stays full); not recorded, it runs at the next start.

@@ -19,8 +19,10 @@ from typing import Any
 
 import pytest
 
-from supervisor_client import FarmClient
+from supervisor_client import ExecutorClient, FarmClient
+from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.helpers.executor_process import executor_process
+from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.faults
 
@@ -82,3 +84,55 @@ async def test_frames_completed_just_before_a_stop_fire_their_callbacks_once_aft
     unblocks = [line.text for line in shown.history if "workunblock by" in line.text]
     assert len(unblocks) == len(FRAMES), unblocks
     assert sorted(text.split(f"work {b}:")[1].split(" ")[0] for text in unblocks) == list(FRAMES)
+
+
+async def test_a_fired_callback_running_at_a_stop_runs_again_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    # Marked done when the stop killed it, its frame stayed blocked for good.
+    held = {
+        "name": "held",
+        "label": "held",
+        "user": "alice",
+        "agenda": [{"name": "1", "status": "blocked"}, "2"],
+        "callbacks": [
+            {
+                "triggers": "complete-work-self-2",
+                "language": "python",
+                "code": "import time\ntime.sleep(3)\nqb.workunblock('%d:1' % qb.jobid())",
+            }
+        ],
+    }
+    data, log = tmp_path / "data", tmp_path / "executor.log"
+    async with executor_process(data, "", log) as first:
+        async with FarmClient(first.address) as farm, ExecutorClient(first.address) as client:
+            (job_id,) = (job.id for job in (await farm.submit_jobs([held])).jobs)
+            assert (await farm.change_work(job_id=job_id, work=["2"], change="start")).changed
+            assert (await farm.change_work(job_id=job_id, work=["2"], change="complete")).changed
+            assert await eventually(lambda: _running(client), timeout_s=30), (
+                "the callback never started"
+            )
+            os.kill(first.proc.pid, signal.SIGTERM)
+        assert await first.proc.wait() == 0, log.read_text()
+
+    async with (
+        executor_process(data, "", log) as second,
+        FarmClient(second.address) as farm,
+        ExecutorClient(second.address) as client,
+    ):
+
+        async def unblocked() -> bool:
+            shown = await farm.get_job(job_id)
+            return {w.name: w.status for w in shown.job.agenda}["1"] == "pending"
+
+        assert await eventually(unblocked, timeout_s=30), log.read_text()
+        shown = await farm.get_job(job_id)
+        runs = (await client.list_runs(job_id=job_id)).runs
+    assert [(cb.id, cb.count) for cb in shown.callbacks] == [(1, 1)]  # decided once
+    # One run of record: the re-run's, under the killed run's invocation id.
+    assert [run.outcome for run in runs] == [executor_pb2.OUTCOME_SUCCEEDED]
+    assert "outcome=KILLED" in log.read_text()
+
+
+async def _running(client: ExecutorClient) -> bool:
+    return (await client.get_metrics()).active_children > 0

@@ -203,6 +203,25 @@ async def test_drain_stops_every_run_records_it_and_answers_its_caller() -> None
         await harness.execute("e", fired=True)
 
 
+async def test_a_fired_run_drain_stopped_is_recorded_and_kept_for_the_next_start() -> None:
+    # Marked done, a routine restart left the dependency it was to unblock blocked.
+    harness = Harness(slots=2, queue=4)
+    fired = harness.start("f", fired=True)
+    finished = harness.start("g", fired=True)
+    await settle()
+    harness.runner.finish("g")
+    assert (await finished).outcome == Outcome.SUCCEEDED
+    await harness.dispatcher.drain()
+
+    with pytest.raises(UnavailableError, match=SHUTTING_DOWN):
+        await fired
+    assert harness.runner.stopped == ["f"]
+    assert harness.outcomes() == {
+        "run-g": (Outcome.SUCCEEDED, ""),
+        "run-f": (Outcome.KILLED, SHUTTING_DOWN),
+    }
+
+
 async def test_a_cancelled_caller_stops_its_run_which_is_still_recorded() -> None:
     harness = Harness(slots=1, queue=1)
     caller = harness.start("a")
