@@ -691,7 +691,7 @@ class ReferenceSupervisor:
         wanted = list(dict.fromkeys(names))
         with self._using_db():
             self._job_row(job_id)
-            found = sum(row[0] for row in self._work_named(job_id, wanted, "count(*)"))
+            found = sum(int(row[0]) for row in self._work_named(job_id, wanted, "count(*)"))
         return found == len(wanted)
 
     def next_pending(self, job_id: int) -> tuple[str, int] | None:

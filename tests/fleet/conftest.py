@@ -18,7 +18,7 @@ from executor.migrations import migrate
 from executor.triggers.engine import TriggerEngine
 from executor.triggers.store import TriggerStore
 from tests.helpers.postgres import PostgresServer, find_bin_dir
-from tests.helpers.trigger_engines import LIMITS, MakeEngine, Recorder
+from tests.helpers.trigger_engines import LIMITS, MakeEngine, Recorder, engines_made
 
 pytest.importorskip("psycopg", reason="the fleet tests need psycopg 3 (the [test] extra)")
 
@@ -63,16 +63,9 @@ def either_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 async def engines(either_store: str) -> AsyncIterator[MakeEngine]:
     """Trigger engines on ``either_store`` (started unless ``start=False``), closed after."""
-    made: list[TriggerEngine] = []
 
-    def make(*, start: bool = True, **kwargs: Any) -> TriggerEngine:
-        engine = TriggerEngine(TriggerStore(either_store), Recorder(), limits=LIMITS, **kwargs)
-        if start:
-            engine.start()
-        made.append(engine)
-        return engine
+    def open_engine(**kwargs: Any) -> TriggerEngine:
+        return TriggerEngine(TriggerStore(either_store), Recorder(), limits=LIMITS, **kwargs)
 
-    yield make
-    for engine in made:
-        await engine.close()
-        engine.store.close()
+    async with engines_made(open_engine) as make:
+        yield make

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -90,6 +91,32 @@ def engine_at(path: Path, recorder: Recorder, **kwargs: Any) -> TriggerEngine:
 class Engines(Protocol):
     def __call__(self, recorder: Recorder, *, start: bool = True, **kwargs: Any) -> TriggerEngine:
         """An engine on the test's database, started unless told; closed after the test."""
+
+
+@asynccontextmanager
+async def engines_made(
+    open_engine: Callable[..., TriggerEngine],
+) -> AsyncIterator[Callable[..., TriggerEngine]]:
+    """A factory of ``open_engine``'s engines, each started unless ``start=False``; all closed after.
+
+    The ``engines`` fixtures' body (tests/unit and tests/fleet): each engine's store is
+    closed with it.
+    """
+    made: list[TriggerEngine] = []
+
+    def make(*args: Any, start: bool = True, **kwargs: Any) -> TriggerEngine:
+        engine = open_engine(*args, **kwargs)
+        if start:
+            engine.start()
+        made.append(engine)
+        return engine
+
+    try:
+        yield make
+    finally:
+        for engine in made:
+            await engine.close()
+            engine.store.close()
 
 
 def job(

@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from executor.triggers.engine import TriggerEngine
-from tests.helpers.trigger_engines import Engines, Recorder, engine_at
+from tests.helpers.trigger_engines import Engines, engine_at, engines_made
 
 
 @pytest.fixture
 async def engines(tmp_path: Path) -> AsyncIterator[Engines]:
     """Make engines on one database (a second one is the first after a restart); closed after."""
-    made: list[TriggerEngine] = []
-
-    def make(recorder: Recorder, *, start: bool = True, **kwargs: Any) -> TriggerEngine:
-        engine = engine_at(tmp_path, recorder, **kwargs)
-        if start:
-            engine.start()
-        made.append(engine)
-        return engine
-
-    yield make
-    for engine in made:
-        await engine.close()
+    async with engines_made(partial(engine_at, tmp_path)) as make:
+        yield make
