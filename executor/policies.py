@@ -12,7 +12,8 @@ Keys (every one optional):
 - ``binds``: ``[{path, target, mode}]``: the host directory ``path`` is visible at
   ``target`` (default ``path``) inside the callback, ``mode`` ``"ro"`` (default) or
   ``"rw"``. Checked at start-up: absolute, existing directories, none covering or
-  inside the data dir, the config file or the TLS files; a target is an existing
+  inside the data dir, nor holding the config file, the TLS files or an ``env_files``
+  file (a bind would show them past their covers); a target is an existing
   directory, or lies under the private ``/tmp`` where it is made, and neither is, holds
   nor lies inside what the interpreters need (``interpreter_paths``).
 - ``group``: a host group (name or gid) the sandbox uid gets as its only supplementary
@@ -52,6 +53,7 @@ from executor.errors import ConfigError, PermissionDeniedError
 from executor.model import Language, Limits
 from executor.runtimes.child import CHILD_DIR, PerlRuntime
 from executor.sandbox.limits import setting_problem
+from executor.secret_files import secret_files
 from executor.supervisor_link import JOB_VERBS, SUBJOB_VERBS, WORK_VERBS
 
 if TYPE_CHECKING:
@@ -510,7 +512,7 @@ def resolve(
         default_limits: The executor's default limits (a policy's default).
         max_limits: The executor's caps (a policy's default caps).
         data_dir: The executor's data dir, which no bind may expose.
-        protected_files: The config and TLS files no bind may expose.
+        protected_files: The config, TLS and ``env_files`` files no bind may expose.
         keep: Paths the callbacks need (the interpreters, the child code): no target may
             be one, hold one or lie inside one.
         environ: The executor's environment (``env_pass``).
@@ -575,9 +577,8 @@ def for_host(settings: Settings, options: SandboxOptions, environ: Mapping[str, 
         max_limits=settings.max_limits,
         data_dir=settings.data_dir,
         protected_files=[
-            settings.config_file,
+            *(path for _, path in secret_files(settings)),
             settings.tls_cert,
-            settings.tls_key,
             settings.tls_client_ca,
         ],
         keep=keep,

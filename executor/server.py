@@ -56,6 +56,7 @@ from executor.sandbox.identity import UidClaim
 from executor.sandbox.process import SandboxOptions, SandboxRunner
 from executor.sandbox.spawners import ColdSpawner, Spawner, ZygoteSpawner
 from executor.sandbox.tier import describe_sandbox, mechanisms, root_warnings, sandbox_options
+from executor.secret_files import open_to_others
 from executor.sql import is_postgres
 from executor.storage import StorageHealth
 from executor.triggers.engine import TriggerEngine
@@ -306,6 +307,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             *root_warnings(options),
             *exposure_warnings(policies, settings.auth_token),
             *(api_embedded.shared_store_warnings(settings.store) if embedded else []),
+            *open_to_others(settings),
         ]:
             logger.warning("%s", line)
         return RunningServer(

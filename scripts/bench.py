@@ -44,7 +44,8 @@ with the warm (zygote) and the cold (fork+exec) launcher, and measures in one ru
 - as root, what each sandbox mechanism of the hardening round costs a child, measured
   apart (``--mechanisms-only`` runs just that): the IPC and cgroup namespaces, the
   syscall filter, the tmpfs over the cgroup tree, each child's own devpts instance (and,
-  for comparison, a bind of its ptmx over /dev/ptmx, which the child does not need), the
+  for comparison, a bind of its ptmx over /dev/ptmx, which the child does not need),
+  /dev/null bound over one of the executor's secret files (one per file), the
   zygote's setns into a cell's network namespace, the bridge made in an empty one;
   fork+exit+wait of a warm process with and without each, wall time and the CPU of the
   whole machine (namespace teardown runs in kernel workers, not in the child).
@@ -325,7 +326,7 @@ def fork_floor(runs: int) -> list[float]:
 # before the fork, as the zygote does), exit, wait. Printed as JSON: variant -> [wall
 # us, machine CPU us] per child.
 _MECHANISMS = r"""
-import ctypes, json, os, socket, sys, time
+import ctypes, json, os, socket, sys, tempfile, time
 sys.path.insert(0, sys.argv[1])
 import seccomp
 runs = int(sys.argv[2])
@@ -356,6 +357,12 @@ def own_devpts():
     private_mounts()
     assert libc.mount(b'devpts', b'/dev/pts', b'devpts', ctypes.c_ulong(10), DEVPTS) == 0
 
+SECRET = tempfile.mkstemp(prefix='cbexec-bench-secret-')[1].encode()
+
+def hidden_file():
+    private_mounts()
+    assert libc.mount(b'/dev/null', SECRET, None, ctypes.c_ulong(4096), None) == 0
+
 def own_devpts_ptmx_bound():
     own_devpts()
     assert libc.mount(b'/dev/pts/ptmx', b'/dev/ptmx', None, ctypes.c_ulong(4096), None) == 0
@@ -377,6 +384,7 @@ in_child = {
     'mount namespace + /sys/fs/cgroup mask': mask,
     'mount namespace + own devpts': own_devpts,
     'mount namespace + own devpts, /dev/ptmx bound': own_devpts_ptmx_bound,
+    'mount namespace + /dev/null over a secret file': hidden_file,
     'new network namespace (reference)': lambda: libc.unshare(0x40000000) == 0 or os._exit(1),
 }
 before_fork = {'setns into the cell network namespace': lambda: libc.setns(cell, 0x40000000)}
@@ -454,6 +462,7 @@ def in_empty():
 
 found['bridge socketpair in an empty network namespace'] = [pairs(in_empty), None, None]
 found['bridge socketpair (reference)'] = [pairs(socket.socketpair), None, None]
+os.unlink(SECRET)
 print(json.dumps(found))
 """
 
@@ -501,8 +510,9 @@ def print_mechanism_costs(runs: int) -> None:
     print(
         "  (+: over a plain fork+exit+wait of a warm process, median of 5 interleaved rounds;\n"
         "   cpu: the parent's and the child's; +machine: every core's busy time, so kernel\n"
-        "   workers' teardown of namespaces too, and anything else running; the mask's and\n"
-        "   the devpts' cost is over the mount namespace, which every hardened child has anyway)"
+        "   workers' teardown of namespaces too, and anything else running; the mask's, the\n"
+        "   devpts' and a secret file's cost is over the mount namespace, which every hardened\n"
+        "   child has anyway)"
     )
 
 

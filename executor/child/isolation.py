@@ -10,6 +10,11 @@ before the runtime starts:
    whose Python lives there) is covered by an empty tmpfs;
 4. the *keep* paths under a mask (the interpreter, the venv, the child code) are
    bind-mounted back, from O_PATH descriptors opened before anything was covered;
+   then ``/dev/null`` is bound over each of the executor's *secret files* outside the
+   masks (its config file, TLS key, ``env_files``): read, they are empty, whatever
+   their mode or the policy's group. Per child, not once in a zygote: a host file
+   replaced under its name (an editor's save, ``sed -i``) takes a mount on the old one
+   away in every namespace, so each child covers the file the name holds when it starts;
 5. the working directory (a path under the masked ``/tmp``, never made on the host) is a
    private tmpfs of the run's ``disk_bytes``, owned by the callback's uid: a disk quota
    (ENOSPC beyond it) that vanishes with the run;
@@ -35,10 +40,11 @@ host's ``/dev/shm`` and ptys) are no longer listed in ``/proc/self/mountinfo``, 
 the masks alone only hid what they hold. Those that hold a kept path, or lie under
 one, stay: they are bound back.
 
-A zygote takes steps 1, 3, 4 and 7 and the detaching off its children (``share_masks``):
-once, in a mount namespace of its own, it covers every mask but the one that holds the
-working directories. Each child's namespace is a copy of that one, so the child only mounts its
-``/proc``, its own ``/tmp``, its working directory and its devpts (measured: ~1.1 ms of
+A zygote takes steps 1, 3, 4 (but the secret files) and 7 and the detaching off its
+children (``share_masks``): once, in a mount namespace of its own, it covers every mask
+but the one that holds the working directories. Each child's namespace is a copy of that
+one, so the child only mounts its ``/proc``, its own ``/tmp``, the secret files' covers,
+its working directory and its devpts (measured: ~1.1 ms of
 CPU less per child, about a sixth of a warm run). The devpts stays per child: one
 instance for all of a zygote's children would let one callback take the others' ptys.
 It costs a child ~35-60 us of CPU, and ~20-40 us more in kernel threads tearing it
@@ -53,6 +59,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+from errno import ENOENT, ENOTDIR
 from os import mkdir, setgroups, setresgid, setresuid  # called by name: see launcher.py
 from typing import TYPE_CHECKING
 
@@ -233,6 +240,7 @@ class FilesystemPlan:
     ``quota`` is ``{"bytes": ..., "uid": ..., "gid": ...}`` for the working directory,
     which must lie under a mask: it is made there, never on the host's disk.
     ``devpts``: the mount options of the child's own devpts instance; "" for none.
+    ``secret_files``: files ``/dev/null`` is bound over (step 4 above).
     """
 
     def __init__(
@@ -245,6 +253,7 @@ class FilesystemPlan:
         late_masks: list[str] | tuple[str, ...] = (),
         binds: list[BindSpec] | tuple[BindSpec, ...] = (),
         devpts: str = "",
+        secret_files: list[str] | tuple[str, ...] = (),
     ) -> None:
         self.private_root = not shared_masks
         # A shared mask is covered again when it holds the working directory: its tmpfs
@@ -268,6 +277,7 @@ class FilesystemPlan:
             f"uid={quota['uid']},gid={quota['gid']}"
         ).encode()
         self.devpts_data = devpts.encode() if devpts else None
+        self.secret_targets = [path.encode() for path in secret_files]
 
     def fits(self, workdir: str) -> bool:
         """Whether the plan holds for ``workdir`` (under the same mask)."""
@@ -285,6 +295,10 @@ _PRIVATE_FLAGS = ctypes.c_ulong(MS_REC | MS_PRIVATE)
 _PROC_FLAGS = ctypes.c_ulong(MS_NOSUID | MS_NODEV | MS_NOEXEC)
 _TMPFS_FLAGS = ctypes.c_ulong(MS_NOSUID | MS_NODEV)
 _DEVPTS_FLAGS = ctypes.c_ulong(MS_NOSUID | MS_NOEXEC)
+_BIND_FLAGS = ctypes.c_ulong(MS_BIND)
+_DEV_NULL = b"/dev/null"
+# What a secret file's mount may meet: the name gone, or no longer a file's.
+_NOTHING_TO_HIDE = (ENOENT, ENOTDIR)
 
 
 def _mount_encoded(
@@ -299,8 +313,19 @@ def _mount_encoded(
         raise OSError(errno, f"mount {target.decode()}: {os.strerror(errno)}")
 
 
+def _hide(target: bytes) -> None:
+    """``/dev/null`` bound over the file ``target``: it reads empty, writes go nowhere.
+
+    Nothing to do where the name is gone or leads to no file any more.
+    """
+    if _mount_call(_DEV_NULL, target, None, _BIND_FLAGS, None) != 0:
+        error = ctypes.get_errno()
+        if error not in _NOTHING_TO_HIDE:
+            raise OSError(error, f"mount /dev/null on {target.decode()}: {os.strerror(error)}")
+
+
 def isolate_filesystem(plan: FilesystemPlan, workdir: str) -> None:
-    """Private mounts, fresh /proc, masks, ``keep`` bound back, own ptys, a quota'd workdir.
+    """Private mounts, fresh /proc, masks, ``keep`` bound back, secrets hidden, own ptys, a quota'd workdir.
 
     As ``plan`` says; ``workdir`` must fit it (``FilesystemPlan.fits``).
     """
@@ -317,6 +342,8 @@ def isolate_filesystem(plan: FilesystemPlan, workdir: str) -> None:
         else:  # the usual case: nothing to bind back, the masks only
             for target in plan.covered_targets:
                 _mount_encoded(_TMPFS, target, _TMPFS, _TMPFS_FLAGS, _MASK_DATA)
+        for target in plan.secret_targets:  # before the binds, which may cover one's directory
+            _hide(target)
         if bind_fds:
             _mount_binds(plan.binds, bind_fds)
         if plan.devpts_data is not None:  # after the binds: none can hide it

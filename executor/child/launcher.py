@@ -224,6 +224,7 @@ class Confinement:
                 isolation["late_masks"],  # the cgroup tree, joined before
                 isolation["binds"],  # the policy's, in this namespace only
                 isolation["devpts"],  # the callback's own ptys
+                isolation["secret_files"],  # the executor's, hidden in each child
             )
         )
         self.rlimits = [

@@ -225,6 +225,10 @@ class IsolationSpec(TypedDict):
     # Mount options of the child's own devpts instance on /dev/pts (its ptys, at most the
     # ``max`` they name); "" where the host cannot give it one (the host's ptys, then).
     devpts: str
+    # The executor's secret files outside the masks (its config file, TLS key, env_files):
+    # /dev/null is bound over each, in each child (a file replaced on the host since the
+    # zygote started is hidden too).
+    secret_files: list[str]
 
 
 class LaunchSpec(TypedDict):

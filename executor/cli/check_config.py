@@ -23,6 +23,7 @@ from executor.policies import BUILT_IN, exposure_warnings, for_host, report
 from executor.runtimes.check import check_source
 from executor.sandbox.identity import UidClaim
 from executor.sandbox.tier import describe_sandbox, root_warnings, sandbox_options
+from executor.secret_files import open_to_others
 from executor.storage import check_database
 from executor.triggers.engine import check_trigger
 from executor.triggers.universal import (
@@ -74,7 +75,11 @@ def _sandbox(settings: config.Settings) -> str:
         tier = describe_sandbox(options, settings.launcher)
         warnings = [
             f"  WARNING: {w}"
-            for w in [*root_warnings(options), *exposure_warnings(policies, settings.auth_token)]
+            for w in [
+                *root_warnings(options),
+                *exposure_warnings(policies, settings.auth_token),
+                *open_to_others(settings),
+            ]
         ]
         return "\n".join([tier, *(f"  {line}" for line in report(policies)), *warnings])
     finally:

@@ -82,6 +82,9 @@ class IsolationPlan:
     late_masks: tuple[str, ...] = ()
     # The options of each child's own devpts instance (``tier.devpts_options``); "" none.
     devpts: str = ""
+    # The executor's files that hold secrets (``secret_files``), outside the masks: each
+    # child binds /dev/null over them.
+    secret_files: tuple[str, ...] = ()
 
     def for_cell(self, cell: int) -> IsolationSpec:
         return {
@@ -94,6 +97,7 @@ class IsolationPlan:
             "binds": [],
             "groups": [],
             "devpts": self.devpts,
+            "secret_files": list(self.secret_files),
         }
 
 

@@ -28,6 +28,7 @@ from executor.sandbox.cgroup import CGROUP_ROOT, CellCgroups
 from executor.sandbox.identity import check_uid_range
 from executor.sandbox.netns import EmptyNetwork
 from executor.sandbox.process import IsolationPlan, SandboxOptions, SandboxRunner
+from executor.secret_files import secret_files
 
 logger = logging.getLogger(__name__)
 
@@ -161,14 +162,32 @@ def isolation_plan(
     # The cgroup tree: every cell's counters and the executor's pid in its paths. Joined
     # through it first, so each child covers it itself (IsolationPlan.late_masks).
     late = (str(CGROUP_ROOT),) if CGROUP_ROOT.is_dir() else ()
+    outermost = _outermost_dirs(masks)
     return IsolationPlan(
-        _outermost_dirs(masks),
+        outermost,
         tuple(keep),
         settings.sandbox_uid_base,
         SandboxRunner.cells(settings.max_concurrent),
         late_masks=late,
         devpts=devpts,
+        secret_files=files_to_hide([p for _, p in secret_files(settings)], outermost, keep),
     )
+
+
+def files_to_hide(paths: list[str], masks: tuple[str, ...], keep: list[str]) -> tuple[str, ...]:
+    """The real paths of the files among ``paths`` that a callback would see: each child hides them.
+
+    A file under a mask is hidden with it already, unless a kept path bound back holds it.
+    """
+    found = set()
+    for path in paths:
+        real = os.path.realpath(path)
+        if not os.path.isfile(real):
+            continue  # gone, or not a file: nothing of the executor's to hide there
+        if any(under(real, m) for m in masks) and not any(under(real, k) for k in keep):
+            continue
+        found.add(real)
+    return tuple(sorted(found))
 
 
 def _outermost_dirs(paths: set[str]) -> tuple[str, ...]:
@@ -329,6 +348,8 @@ def describe_tier(options: SandboxOptions) -> str:
         masked = [*options.isolation.late_masks]
         masked += [m for m in options.isolation.masks if m.startswith(("/run", "/sys"))]
         parts.append(f"masked {', '.join(sorted(masked))}")
+        if options.isolation.secret_files:
+            parts.append(f"hidden {', '.join(options.isolation.secret_files)}")
     if options.bridge_network:
         parts.append("bridge made in an empty network namespace")
     parts += [f"NO {name} ({reason})" for name, reason in options.inactive]

@@ -127,6 +127,34 @@ def test_a_bind_may_not_expose_the_data_dir_the_config_or_tls_files(tmp_path: Pa
     assert "would hide" in target
 
 
+def test_a_bind_may_not_expose_an_env_file_or_the_config_file_given_in_the_settings(
+    tmp_path: Path,
+) -> None:
+    # A bind mounts its directory afresh: the covers a child puts on the files in it
+    # would not show there.
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    token = secrets / "token"
+    token.write_text("s3cret")
+    config = tmp_path / "etc" / "cbexec.toml"
+    config.parent.mkdir()
+    config.write_text("")
+    for bound, exposed in ((secrets, token), (config.parent, config)):
+        settings = Settings(
+            data_dir=tmp_path / "data",
+            config_file=str(config),
+            policies={
+                "pipeline": {"env_files": {"TOKEN": str(token)}},
+                "p": {"network": "host", "binds": [{"path": str(bound)}]},
+            },
+        )
+        with pytest.raises(ConfigError) as caught:
+            for_host(settings, HOST_NETWORK, {})
+        assert str(caught.value) == (
+            f"policies.p.binds[0].path: {bound} would expose {exposed} to callbacks"
+        )
+
+
 def test_env_comes_from_the_table_files_and_the_executors_environment(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("s3cret\n")

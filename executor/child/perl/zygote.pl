@@ -275,6 +275,16 @@ sub cover {
     return;
 }
 
+# isolation.py's _hide: /dev/null bound over one of the executor's secret files (its
+# config file, TLS key, env_files), in each child; nothing to do where the name is gone.
+sub hide {
+    my ($file) = @_;
+    my $null = '/dev/null';    # syscall() takes its strings as writable buffers
+    return if syscall($SYS->{mount}, $null, $file, 0, MS_BIND, 0) == 0;
+    die "mount /dev/null on $file: $!\n" if !$!{ENOENT} && !$!{ENOTDIR};
+    return;
+}
+
 # isolation.py's share_masks, once in this zygote: a mount namespace of its own (a slave
 # of the host's) in which the mounts under every mask are detached (and the host's
 # /dev/pts when each child mounts its own), and every mask not holding the working
@@ -336,8 +346,8 @@ sub cgroup_files {
 
 # isolation.py's isolate_filesystem: private mounts, a fresh /proc, tmpfs over the masks
 # (the plan lists only the outermost ones) but those the zygote shares, the kept paths
-# bound back, a devpts instance of the child's own (its ptys: /dev/ptmx reaches it),
-# a quota'd workdir.
+# bound back, the secret files hidden, a devpts instance of the child's own (its ptys:
+# /dev/ptmx reaches it), a quota'd workdir.
 sub isolate_filesystem {
     my ($plan, $workdir, $disk_bytes) = @_;
     my %shared = map { $_ => 1 } @{ $plan->{shared_masks} || [] };
@@ -351,6 +361,7 @@ sub isolate_filesystem {
     # the late masks (the cgroup tree, joined by now) always.
     cover([(grep { !$shared{$_} || under($workdir, $_) } @{ $plan->{masks} }),
         @{ $plan->{late_masks} || [] }], $plan->{keep});
+    hide($_) for @{ $plan->{secret_files} || [] };
     mount('devpts', '/dev/pts', 'devpts', MS_NOSUID | MS_NOEXEC, $plan->{devpts}) if $plan->{devpts};
     die "working directory $workdir is not under a masked directory\n"
         if !grep { under($workdir, $_) } @{ $plan->{masks} };

@@ -1,0 +1,98 @@
+"""The executor's own files that hold secrets: which they are, and whether other users may read them.
+
+They are the config file (``auth_token``, ``mail.smtp_password``, a store URL's password
+and the policies), the TLS key, and each policy's ``env_files`` (credentials): all read
+once, at start-up. The hardened tier hides each from every callback
+(``tier.isolation_plan``: a child binds ``/dev/null`` over it), whatever its mode. The
+other local users are a file's mode's business: ``open_to_others`` says which of these
+files they could read, for the start-up WARNING.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from executor.config import SECRETS, Settings, without_passwords
+
+# Mode bits that let the file's group or anyone else read it.
+READABLE_BY_OTHERS: Final = stat.S_IRGRP | stat.S_IROTH
+
+
+def secret_files(settings: Settings) -> list[tuple[str, str]]:
+    """(setting, path) of each file start-up read that holds a secret, as the settings name it.
+
+    The config file whatever it holds (it also lays out the policies), then the TLS
+    key, then the policies' ``env_files``. The TLS certificate and client CA are
+    public. Malformed policy tables give nothing here: start-up refuses them anyway.
+    """
+    found: list[tuple[str, str]] = []
+    if settings.config_file:
+        found.append(("config file", settings.config_file))
+    if settings.tls_key:
+        found.append(("tls_key", str(Path(settings.tls_key).expanduser())))
+    policies = settings.policies if isinstance(settings.policies, Mapping) else {}
+    for name, table in policies.items():
+        files = table.get("env_files") if isinstance(table, Mapping) else None
+        if not isinstance(files, Mapping):
+            continue
+        found += [
+            (f"policies.{name}.env_files.{var}", str(path))
+            for var, path in files.items()
+            if isinstance(path, str) and path
+        ]
+    return found
+
+
+def secrets_in_config(values: Mapping[str, Any]) -> list[str]:
+    """The secret settings a config file's TOML gives (their names, never their values)."""
+    found = []
+    for name in sorted(SECRETS):
+        table, _, key = name.rpartition(".")
+        holder = values.get(table) if table else values
+        if isinstance(holder, Mapping) and holder.get(key):
+            found.append(name)
+    store = values.get("store")
+    if isinstance(store, str) and without_passwords(store) != store:
+        found.append("store (its password)")
+    return found
+
+
+def _config_secrets(path: str) -> list[str]:
+    """What the config file at ``path`` holds, read again; [] if it no longer reads."""
+    try:
+        return secrets_in_config(tomllib.loads(Path(path).read_text()))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return []
+
+
+def open_to_others(settings: Settings) -> list[str]:
+    """A start-up WARNING for each secret file its group or other users may read.
+
+    The config file only when it holds a secret (``auth_token``, ``mail.smtp_password``,
+    a store URL's password): without one, its mode is the site's choice.
+    """
+    warnings = []
+    for setting, path in secret_files(settings):
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:
+            continue  # start-up names a file it cannot read; nothing to say here
+        if not mode & READABLE_BY_OTHERS:
+            continue
+        if setting == "config file":
+            held = _config_secrets(path)
+            if not held:
+                continue
+            what = f"config file {path} holds {', '.join(held)} and"
+        else:
+            what = f"{setting}: {path}"
+        warnings.append(
+            f"{what} is readable by its group or others (mode {mode:04o}): other local "
+            f"users can read it; chmod 600 {path}"
+        )
+    return warnings
