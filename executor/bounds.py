@@ -8,6 +8,10 @@ report and history record carries them. So each has a size, stated in the README
 - actions: each record's verb, target and message cut to the sizes below, at most
   ``MAX_ACTIONS_BYTES`` of them together (later calls are counted, not kept);
 - a failure: its message, exception type and traceback cut to the sizes below.
+
+A size in bytes counts UTF-8 bytes (a character may take four), one in characters counts
+characters: a bound on what goes on the wire must be in bytes, or a callback's 4-byte
+characters make it four times what it says.
 """
 
 from __future__ import annotations
@@ -22,9 +26,13 @@ MAX_VERB_CHARS: Final = 64
 MAX_TARGET_CHARS: Final = 512
 MAX_MESSAGE_CHARS: Final = 1024
 MAX_ACTIONS_BYTES: Final = 1 << 20
-MAX_FAILURE_MESSAGE_CHARS: Final = 4096
+# What each action record takes on the wire beside its text (field tags and lengths: at
+# most 14 bytes for a record within the sizes above), counted toward MAX_ACTIONS_BYTES:
+# so the records are within it as an answer carries them, however many calls made them.
+ACTION_FRAMING_BYTES: Final = 16
+MAX_FAILURE_MESSAGE_BYTES: Final = 4096
 MAX_EXCEPTION_TYPE_CHARS: Final = 256
-MAX_TRACEBACK_CHARS: Final = 64 << 10
+MAX_TRACEBACK_BYTES: Final = 64 << 10
 # The longest name a request may give what it names: a work item, an instance's or a
 # worker's host, a job's name, label, user, status, prototype and mail addresses, an
 # event's id, context and extra, an actor. Each is stored, journaled and sent on in
@@ -59,3 +67,33 @@ def cut(text: str, limit: int) -> str:
     if kept <= 0:
         return text[:limit]
     return f"{text[:kept]}…[{len(text) - kept} more characters]"
+
+
+def utf8_size(text: str) -> int:
+    """How many bytes ``text`` takes as UTF-8 (a lone surrogate as the 3 of its U+FFFD)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _bytes_marker(left_out: int) -> str:
+    return f"…[{left_out} more bytes]"
+
+
+def cut_utf8(text: str, max_bytes: int) -> str:
+    """``text``, or as much of it as fits in ``max_bytes`` of UTF-8 with a marker.
+
+    The cut falls on a character boundary; the marker says how many bytes were left out,
+    and counts toward the limit: the stated size holds.
+    """
+    size = utf8_size(text)
+    if size <= max_bytes:
+        return text
+    data = text.encode("utf-8", "surrogatepass")
+    # Room for the marker at its longest: it never counts more than the whole text.
+    kept = max_bytes - utf8_size(_bytes_marker(size))
+    with_marker = kept > 0
+    if not with_marker:
+        kept = max_bytes
+    while kept > 0 and data[kept] & 0xC0 == 0x80:  # a continuation byte: back to its start
+        kept -= 1
+    head = data[:kept].decode("utf-8", "surrogatepass")
+    return f"{head}{_bytes_marker(size - kept)}" if with_marker else head

@@ -36,11 +36,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 from executor.bounds import (
+    ACTION_FRAMING_BYTES,
     MAX_ACTIONS_BYTES,
     MAX_MESSAGE_CHARS,
     MAX_TARGET_CHARS,
     MAX_VERB_CHARS,
     cut,
+    utf8_size,
 )
 from executor.child.protocol import CallFrame, ReplyFrame
 from executor.errors import HostCallError
@@ -249,9 +251,10 @@ class ActionLog:
     """A run's qb calls as action records, within a stated size.
 
     Each record's fields are cut to ``MAX_*_CHARS`` with a marker; once the records hold
-    ``MAX_ACTIONS_BYTES`` of text, later calls are counted but not kept, and one last
-    record says how many were left out. What a callback makes the executor hold and send
-    for its actions is therefore bounded, however many calls it makes.
+    ``MAX_ACTIONS_BYTES`` (their UTF-8 text and ``ACTION_FRAMING_BYTES`` each), later
+    calls are counted but not kept, and one last record says how many were left out.
+    What a callback makes the executor hold and send for its actions is therefore
+    bounded, however many calls it makes.
     """
 
     def __init__(self, budget_bytes: int = MAX_ACTIONS_BYTES) -> None:
@@ -264,7 +267,12 @@ class ActionLog:
         record = ActionRecord(
             cut(verb, MAX_VERB_CHARS), target, ok, cut(message, MAX_MESSAGE_CHARS)
         )
-        size = len(record.verb) + len(record.target) + len(record.message)
+        size = (
+            utf8_size(record.verb)
+            + utf8_size(record.target)
+            + utf8_size(record.message)
+            + ACTION_FRAMING_BYTES
+        )
         if self._left_out or self._used + size > self._budget:
             self._left_out += 1
             return

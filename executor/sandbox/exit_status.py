@@ -27,9 +27,10 @@ from typing import Final
 
 from executor.bounds import (
     MAX_EXCEPTION_TYPE_CHARS,
-    MAX_FAILURE_MESSAGE_CHARS,
-    MAX_TRACEBACK_CHARS,
+    MAX_FAILURE_MESSAGE_BYTES,
+    MAX_TRACEBACK_BYTES,
     cut,
+    cut_utf8,
 )
 from executor.child.protocol import DoneFrame
 from executor.model import Failure, Limits, Outcome, Usage
@@ -107,9 +108,9 @@ def _bounded(failure: Failure | None) -> Failure | None:
     if failure is None:
         return None
     return Failure(
-        cut(failure.message, MAX_FAILURE_MESSAGE_CHARS),
+        cut_utf8(failure.message, MAX_FAILURE_MESSAGE_BYTES),
         cut(failure.exception_type, MAX_EXCEPTION_TYPE_CHARS),
-        cut(failure.traceback, MAX_TRACEBACK_CHARS),
+        cut_utf8(failure.traceback, MAX_TRACEBACK_BYTES),
     )
 
 

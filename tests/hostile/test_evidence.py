@@ -12,7 +12,12 @@ from __future__ import annotations
 import psutil
 import pytest
 
-from executor.bounds import MAX_ACTIONS_BYTES, MAX_VERB_CHARS
+from executor.bounds import (
+    MAX_ACTIONS_BYTES,
+    MAX_FAILURE_MESSAGE_BYTES,
+    MAX_TRACEBACK_BYTES,
+    MAX_VERB_CHARS,
+)
 from tests.hostile.harness import MIB, Arena, Outcome, assert_outcome
 from tests.hostile.test_bridge import FIND_BRIDGE, PERL_FIND_BRIDGE
 
@@ -230,6 +235,63 @@ async def test_a_storm_of_long_calls_keeps_the_actions_within_their_budget(
     assert kept <= MAX_ACTIONS_BYTES + 1000
     assert response.actions[-1].target.endswith("more qb calls")
     assert response.ByteSize() < MAX_ACTIONS_BYTES + 512_000
+
+
+async def test_a_storm_of_four_byte_characters_keeps_the_actions_within_their_bytes(
+    arena_warm: Arena,
+) -> None:
+    # 1500 records of ~600 characters: within 1 MiB of characters, 3.5 MiB of bytes.
+    code = (
+        "target = '12:' + '\\U0001F600' * 600\n"
+        "for _ in range(1500):\n"
+        "    try:\n"
+        "        qb.workunblock(target)\n"
+        "    except qb.QbError:\n"
+        "        pass\n"
+        "print('done')\n"
+    )
+    response = await arena_warm.attack(code, limits={"wall_seconds": 60})
+
+    assert_outcome(response, Outcome.OUTCOME_SUCCEEDED)
+    *kept, note = response.actions
+    assert note.target.endswith("more qb calls"), note
+    assert sum(a.ByteSize() + 3 for a in kept) <= MAX_ACTIONS_BYTES  # with the field's own framing
+    assert response.ByteSize() < MAX_ACTIONS_BYTES + 64_000
+
+
+async def test_a_failure_of_four_byte_characters_comes_back_within_its_bytes(
+    arena_warm: Arena, language: str
+) -> None:
+    code = {
+        "python": "def f(n):\n    if n == 0:\n        raise ValueError('\\U0001F600' * 10_000)\n"
+        "    f(n - 1)\nf(900)\n",
+        "perl": 'use utf8;\nsub f { my ($n) = @_; die "\\x{1F600}" x 10_000 if !$n; f($n - 1) }\nf(900);\n',
+    }[language]
+    response = await arena_warm.attack(code, language=language)
+
+    assert_outcome(response, Outcome.OUTCOME_FAILED)
+    assert len(response.failure.message.encode()) <= MAX_FAILURE_MESSAGE_BYTES
+    assert response.failure.message.endswith(" more bytes]"), response.failure.message[-40:]
+    assert len(response.failure.traceback.encode()) <= MAX_TRACEBACK_BYTES
+
+
+async def test_a_forged_failure_is_cut_to_its_bytes_whatever_the_child_counted(
+    arena_warm: Arena,
+) -> None:
+    # The bootstraps cut a done frame's texts to 16,384 characters; a frame the callback
+    # writes itself need not.
+    code = FORGE_DONE + (
+        "text = '\\U0001F600' * 30_000\n"
+        "forge({'type': 'done', 'status': 'exception', 'exception_type': 'E',"
+        " 'message': text, 'traceback': text})\n"
+        "os._exit(1)\n"
+    )
+    response = await arena_warm.attack(code)
+
+    assert_outcome(response, Outcome.OUTCOME_FAILED)
+    assert len(response.failure.message.encode()) <= MAX_FAILURE_MESSAGE_BYTES
+    assert len(response.failure.traceback.encode()) <= MAX_TRACEBACK_BYTES
+    assert response.failure.traceback.endswith(" more bytes]")
 
 
 async def test_output_that_is_not_utf8_stays_within_output_bytes(

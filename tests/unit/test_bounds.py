@@ -1,10 +1,10 @@
-"""``bounds.cut``: text cut to a stated size, the marker included."""
+"""``bounds.cut`` and ``bounds.cut_utf8``: text cut to a stated size, the marker included."""
 
 from __future__ import annotations
 
 import pytest
 
-from executor.bounds import cut
+from executor.bounds import cut, cut_utf8, utf8_size
 
 
 def test_text_within_the_limit_is_kept_whole() -> None:
@@ -20,3 +20,36 @@ def test_a_cut_text_with_its_marker_stays_within_the_limit(length: int, limit: i
         head, _, marker = kept.partition("…[")
         assert text.startswith(head) and len(kept) >= limit - 2
         assert marker == f"{length - len(head)} more characters]"
+
+
+# A 1-, 2-, 3- and 4-byte character in turn: every cut point falls somewhere different.
+MIXED = "a\u00e9\u20ac\U0001f600"
+
+
+def test_text_within_the_byte_limit_is_kept_whole() -> None:
+    assert cut_utf8("\U0001f600" * 10, 40) == "\U0001f600" * 10
+
+
+@pytest.mark.parametrize("limit", [4096, 4097, 4098, 4099, 65536])
+@pytest.mark.parametrize("text", ["x" * 70_000, "\U0001f600" * 20_000, MIXED * 8000])
+def test_a_text_cut_to_bytes_stays_within_them_on_a_character_boundary(
+    text: str, limit: int
+) -> None:
+    kept = cut_utf8(text, limit)
+
+    assert utf8_size(kept) <= limit
+    head, _, marker = kept.rpartition("…[")
+    assert text.startswith(head)
+    # Little is given up: the part of a character that did not fit (the marker's room is
+    # kept for the count at its longest, the whole text's size: the same digits here).
+    assert utf8_size(kept) > limit - 4
+    assert marker == f"{utf8_size(text) - utf8_size(head)} more bytes]"
+
+
+def test_a_limit_too_small_for_the_marker_keeps_whole_characters_only() -> None:
+    assert cut_utf8("\U0001f600" * 10, 6) == "\U0001f600"
+
+
+def test_a_lone_surrogate_counts_the_three_bytes_of_the_u_fffd_it_becomes() -> None:
+    assert utf8_size("\ud800") == utf8_size("\ufffd") == 3
+    assert utf8_size(cut_utf8("\ud800" * 100, 50)) <= 50

@@ -93,12 +93,32 @@ my sub report {
     return eval { qb::_write_frame(\%frame); 1 } ? 1 : 0;
 }
 
+# perl's main() puts every signal with a %SIG handler back to its default action before
+# it runs the END blocks (perlmain.c), and PID 1 ignores a signal at its default action:
+# the executor's TERM (wall limit, stop) and the CPU limit's XCPU would not end an END
+# block, which would then run until the grace's or the hard limit's SIGKILL. So, as the
+# code ends, an END block compiled last (it runs first) hands the handlers back to the
+# kernel: a TERM or XCPU then ends the END block it lands in as it ends the code (perl
+# goes on to the next one, as Python to the next atexit handler). Assigning a handler
+# again installs it; the same scalar (`$SIG{X} = $SIG{X}`) would not.
+my $end_blocks_keep_handlers = 0;
+my sub keep_handlers_in_end_blocks {
+    return if $end_blocks_keep_handlers++;
+    local $@;    # the callback's END blocks see the $@ they would have seen
+    # CORE::ref: a callback may override CORE::GLOBAL::ref, and a die here would abort
+    # the END blocks.
+    eval 'END { for my $name (qw(TERM XCPU PIPE)) { my $handler = $SIG{$name};'
+        . ' $SIG{$name} = $handler if CORE::ref $handler } }';
+    return;
+}
+
 # `exit` anywhere in the callback (compiled after this) reports, then ends this child.
 my sub callback_exit (;$) {
     my $code = @_ ? $_[0] : 0;
     $code = 0 if !defined $code || $code !~ /\A\s*-?[0-9]+/;
     $code = int $code;
     report({ status => 'exit', exit_code => $code });
+    keep_handlers_in_end_blocks();
     CORE::exit($code);
 }
 *CORE::GLOBAL::exit = \&callback_exit;    # as this file runs: before any callback compiles
@@ -384,9 +404,14 @@ my sub run {
     binmode $bridge;
     qb::_set_bridge($bridge);
     # The executor's wall deadline, or someone else's kill: report it, and end through
-    # exit so END blocks run.
+    # exit so END blocks run. In an END block, exit ends that block (then perl runs the
+    # next): said in one line, as the Python bootstrap says it of an atexit handler.
     $SIG{TERM} = sub {
         report({ status => 'terminated', exit_code => EXIT_ON_SIGTERM });
+        if (${^GLOBAL_PHASE} eq 'END') {
+            local $SIG{PIPE} = 'IGNORE';
+            print STDERR "END block was cut short: the run was stopped (SIGTERM)\n";
+        }
         CORE::exit(EXIT_ON_SIGTERM);
     };
     if ($$ == 1) {
@@ -416,6 +441,7 @@ my sub run {
     my %kept = (TERM => $SIG{TERM}, XCPU => $SIG{XCPU}, PIPE => $SIG{PIPE});    # after the run
     local $SIG{__DIE__} = \&_record_die;
     my $err = _run_callback($source, \%kept);
+    keep_handlers_in_end_blocks();
 
     # What plain perl would print on stderr goes there when no frame says it: in a
     # process the callback forked (report sends nothing), or when the callback closed or
