@@ -33,7 +33,7 @@ from executor.web.runs_pages import STREAM_EDGE_BYTES, Excerpt, RunFilters, exce
 from executor.web.source import ExecutorSource, SourceRefused, SourceUnavailable
 from supervisor_client import ExecutorRpcError
 from supervisor_client.client import outcome_value
-from supervisor_client.qbcallback.v1 import executor_pb2
+from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
 from tests.unit.test_history import invocation, result
 
 pytestmark = pytest.mark.unit
@@ -487,6 +487,70 @@ def test_control_and_bidi_characters_reach_a_page_as_visible_escapes(path: str) 
     for raw in ("\u202e", "\u2066", "\x00", "\x1b", "\x07", "\u2029", "\ufeff"):
         assert raw not in text, (path, raw)
     assert r"frame\u202e1\x00\x1b]0;title\x07\u2066x\x0d\u2029\ufeff" in text
+
+
+# A name with a line end: its own escape, never drawn as a space (probe 50).
+NEWLINED = "real\n999\tx\r\nprod"
+NEWLINED_SHOWN = r"real\x0a999\x09x\x0d\x0aprod"
+
+
+class NewlinedSource(FakeSource):
+    """Every one-line string a scheduler or callback sends holds a tab and line ends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.run.work_name = NEWLINED
+        self.run.triggers = NEWLINED
+        self.run.event.CopyFrom(types_pb2.Event(name="complete", type="work", extra=NEWLINED))
+        self.run.result.failure.exception_type = NEWLINED
+        del self.run.result.actions[:]
+        self.run.result.actions.add(verb="unblock", target=NEWLINED, message=NEWLINED)
+
+    def list_jobs(self, **_: object) -> Any:
+        job = executor_pb2.RegisteredJob(
+            id=7,
+            pgrp=7,
+            name=NEWLINED,
+            label=NEWLINED,
+            user=NEWLINED,
+            callbacks=[callback(f"complete-work-{NEWLINED}-1", [False])],
+        )
+        job.callbacks[0].universal = True
+        job.callbacks[0].source = NEWLINED
+        return executor_pb2.ListRegisteredJobsResponse(jobs=[job], total=1)
+
+    def universal(self) -> Any:
+        cb = executor_pb2.UniversalCallback(source=NEWLINED, language="qube", triggers=NEWLINED)
+        directory = executor_pb2.UniversalDirectory(path=NEWLINED, has_conf=True, callbacks=[cb])
+        return executor_pb2.GetUniversalCallbacksResponse(
+            directories=[directory], errors=[NEWLINED]
+        )
+
+
+def _outside_blocks(body: str) -> str:
+    """The page without what is many lines by nature: its <pre>s and a failure's message."""
+    body = re.sub(r"<pre[^>]*>.*?</pre>", "", body, flags=re.S)
+    return re.sub(r'<p class="failure-message" id="failure">.*?</p>', "", body, flags=re.S)
+
+
+@pytest.mark.parametrize("path", ["/runs", "/runs/inv-1", "/jobs", "/universal"])
+def test_a_line_end_in_a_name_or_trigger_is_shown_as_an_escape(path: str) -> None:
+    # Before, the jobs page wrote a job name's newline raw into its <h2> (the CR beside
+    # it as \x0d): Chromium drew it as a space, "real 999".
+    body = Dashboard(NewlinedSource(), CollectorRegistry(), Access("")).handle(get(path)).body
+    main = _outside_blocks(body.decode().split("<main>", 1)[1])
+    assert "\n" not in main and "\t" not in main and "\r" not in main, path
+    assert NEWLINED_SHOWN in main, path
+
+
+def test_a_stream_and_a_traceback_keep_their_line_ends() -> None:
+    source = NewlinedSource()
+    source.run.result.stdout = "frame 1\nframe 2\r\n\tdone"
+    source.run.result.failure.message = "bad\nframe"
+    body = Dashboard(source, CollectorRegistry(), Access("")).handle(get("/runs/inv-1")).body
+    text = body.decode()
+    assert '<pre id="stdout">frame 1\nframe 2\r\n\tdone</pre>' in text
+    assert ">bad\nframe</p>" in text
 
 
 def test_a_line_end_and_right_to_left_letters_stay_as_written() -> None:
