@@ -26,7 +26,8 @@ from executor.runs.recorder import Recorder
 from executor.visible_text import escaped, visible
 from executor.web.app import Dashboard, Request
 from executor.web.auth import Access
-from executor.web.explain import explain_callback
+from executor.web.explain import explain_callback, explain_from_engine, explain_from_latches
+from executor.web.frame_strip import Frame, in_agenda_order, tally
 from executor.web.html import Html, esc, tag
 from executor.web.jobs_pages import frame_shape
 from executor.web.runs_pages import STREAM_EDGE_BYTES, Excerpt, RunFilters, excerpt
@@ -280,6 +281,192 @@ def test_per_frame_callbacks_share_a_shape() -> None:
     assert frame_shape("complete-work-self-1 && complete-work-self-2") is None
     assert frame_shape("complete-job-self") is None
     assert frame_shape("complete-work-self-*") is None
+
+
+# -- one callback per frame: a {work} callback, and one callback written per frame --------
+
+WORK_TRIGGER = "complete-work-sA-{work} && complete-work-sB-{work}"
+
+
+def work_items(
+    *groups: tuple[list[str], int, list[bool]], maximum: int = 0
+) -> list[executor_pb2.WorkItemExplanation]:
+    """ExplainCallbacks' work items: (names, count, latches) each."""
+    return [
+        executor_pb2.WorkItemExplanation(
+            work_names=names,
+            count=count,
+            latches=latches,
+            spent=bool(maximum) and count >= maximum,
+            waiting="" if maximum and count >= maximum else "complete-work-sB-{work}",
+        )
+        for names, count, latches in groups
+    ]
+
+
+class WorkSource(FakeSource):
+    """Job 9: one {work} callback over six frames, explained by the engine (ExplainCallbacks)."""
+
+    def __init__(self, items: list[executor_pb2.WorkItemExplanation], maximum: int = 0) -> None:
+        super().__init__()
+        fired = sum(item.count * len(item.work_names) for item in items)
+        self.callback = executor_pb2.RegisteredCallback(
+            id=1,
+            job_id=9,
+            triggers=WORK_TRIGGER,
+            canonical_triggers=WORK_TRIGGER,
+            language="qube",
+            count=fired,
+            maximum=maximum,
+            latches=[False, False],
+            per_work_item=True,
+        )
+        atoms = [
+            executor_pb2.AtomExplanation(slot=slot, atom=atom, description=f"job {slot + 1}")
+            for slot, atom in enumerate(WORK_TRIGGER.split(" && "))
+        ]
+        self.reply = executor_pb2.ExplainCallbacksResponse(
+            job_id=9,
+            callbacks=[
+                executor_pb2.CallbackExplanation(
+                    callback=self.callback, atoms=atoms, work_items=items
+                )
+            ],
+        )
+
+    def list_jobs(self, **_: object) -> Any:
+        job = executor_pb2.RegisteredJob(id=9, pgrp=9, name="sC", callbacks=[self.callback])
+        return executor_pb2.ListRegisteredJobsResponse(jobs=[job], total=1)
+
+    def explain(self, job_id: int, journal_limit: int = 5) -> Any:
+        return self.reply if job_id == 9 else None
+
+
+def jobs_html(source: Any, *, engine: bool = True) -> str:
+    explain = explain_from_engine(source) if engine else explain_from_latches
+    dashboard = Dashboard(source, CollectorRegistry(), Access(""), explain=explain)
+    return dashboard.handle(get("/jobs?job=9")).body.decode()
+
+
+def strip_cells(page: str) -> list[tuple[str, str]]:
+    """(class, frame) of each cell of the page's strips, in order."""
+    return re.findall(r'<span class="(frame[^"]*)" title="[^"]*">([^<]*)</span>', page)
+
+
+def test_a_work_callback_is_a_strip_of_its_items_with_their_latches() -> None:
+    # Before, a {work} callback was a plain row: no frame cells, and every atom "○"
+    # (waiting) while items 2 and 3 were half latched (probe 50).
+    source = WorkSource(
+        work_items(
+            (["2"], 0, [True, False]),
+            (["3"], 0, [True, False]),
+            (["10", "4", "5"], 0, [False, False]),
+            (["1"], 1, [False, False]),
+        )
+    )
+    page = jobs_html(source)
+    assert strip_cells(page) == [
+        ("frame fired again", "1"),
+        ("frame partly", "2"),
+        ("frame partly", "3"),
+        ("frame waiting", "4"),
+        ("frame waiting", "5"),
+        ("frame waiting", "10"),
+    ]
+    assert "6 work items: 1 fired and waiting again, 2 half latched, 3 waiting" in page
+    sa, sb = re.findall(r'<span class="(latch[^"]*)" title="[^"]*">(.*?)</span></span>', page)
+    assert sa == ("latch some", '◐ complete-work-sA-{work}<span class="count"> 2 of 6')
+    assert sb == ("latch", '○ complete-work-sB-{work}<span class="count"> 0 of 6')
+    assert "1 in all" in page and "no maximum" in page
+    assert 'title="frame 1: fired once; waiting to fire again for' in page
+    assert "work 1: fired once; waiting again for complete-work-sB-{work}" in page
+
+
+def test_a_work_callbacks_maximum_is_per_item() -> None:
+    # A frame-link dependency (maximum 1 per frame) that fired for one frame of three
+    # read "1 / 1", as if it were spent.
+    source = WorkSource(
+        work_items((["1"], 1, [False, False]), (["2", "3"], 0, [False, False]), maximum=1),
+        maximum=1,
+    )
+    page = jobs_html(source)
+    assert "1 / 1" not in page
+    assert "1 in all" in page and "at most 1 per item" in page
+    assert strip_cells(page) == [
+        ("frame fired", "1"),
+        ("frame waiting", "2"),
+        ("frame waiting", "3"),
+    ]
+    assert "3 work items: 1 fired the maximum, 2 waiting, nothing latched" in page
+    assert "frame 1: fired once, its maximum: it fires no more" in page
+
+
+def test_a_work_callback_known_only_by_its_latches_does_not_claim_its_items_wait() -> None:
+    page = jobs_html(WorkSource(work_items((["1"], 0, [True, False]))), engine=False)
+    assert "○" not in page and "✓" not in page
+    assert "each work item latches on its own" in page
+
+
+class PerFrameSource(FakeSource):
+    """Job 9: the same trigger written once for each of frames 1-5; frames 1-3 fired."""
+
+    def __init__(self, maximum: int) -> None:
+        super().__init__()
+        self.maximum = maximum
+
+    def list_jobs(self, **_: object) -> Any:
+        callbacks = [
+            executor_pb2.RegisteredCallback(
+                id=frame,
+                triggers=f"complete-work-jobA-{frame}",
+                canonical_triggers=f"complete-work-jobA-{frame}",
+                language="qube",
+                count=1 if frame <= 3 else 0,
+                maximum=self.maximum,
+                latches=[False],
+            )
+            for frame in range(1, 6)
+        ]
+        job = executor_pb2.RegisteredJob(id=9, pgrp=9, name="jobB", callbacks=callbacks)
+        return executor_pb2.ListRegisteredJobsResponse(jobs=[job], total=1)
+
+
+def test_per_frame_callbacks_are_named_in_words_and_counted_truly() -> None:
+    # The row was labelled "complete-work-jobA-{frame}", which the grammar refuses, and
+    # callbacks without a maximum, all waiting again, were "5 fired, 0 waiting".
+    page = jobs_html(PerFrameSource(maximum=0), engine=False)
+    assert "{frame}" not in page
+    assert (
+        '<span class="mono">complete-work-jobA-1</span> … '
+        '<span class="mono">complete-work-jobA-5</span>'
+    ) in page
+    assert "5 callbacks, one per frame (1 … 5): 3 fired and waiting again, 2 waiting" in page
+    assert [css for css, _ in strip_cells(page)] == ["frame fired again"] * 3 + [
+        "frame waiting"
+    ] * 2
+
+    spent = jobs_html(PerFrameSource(maximum=1), engine=False)
+    assert "3 fired the maximum, 2 waiting, nothing latched" in spent
+    assert [css for css, _ in strip_cells(spent)][:3] == ["frame fired"] * 3
+
+
+def test_frames_in_agenda_order_and_their_states() -> None:
+    assert in_agenda_order(["10", "2", "1-10", "b", "1", "a2", "a10"]) == [
+        "1",
+        "1-10",
+        "2",
+        "10",
+        "a2",
+        "a10",
+        "b",
+    ]
+    assert in_agenda_order(["9" * 5000, "1"])[0] == "1"  # no int() of 5000 digits
+    assert Frame("1", count=2, maximum=2, latched=False).state == "spent"
+    assert Frame("1", count=2, maximum=3, latched=False).state == "again"
+    assert Frame("1", count=2, maximum=0, latched=True).state == "partly"
+    assert Frame("1", count=0, maximum=1, latched=False).state == "waiting"
+    frames = [Frame("1", 1, 0, False), Frame("2", 0, 0, False), Frame("3", 0, 0, False)]
+    assert tally(frames) == "1 fired and waiting again, 2 waiting, nothing latched"
 
 
 def test_access_by_bearer_or_session(monkeypatch: pytest.MonkeyPatch) -> None:
