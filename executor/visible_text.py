@@ -23,6 +23,11 @@ when printable, else its ``repr`` with quotes, as ``farm show`` prints a name:
 place, no quotes). A forged CR/LF in a job name can then not add a row to an operator's
 table. All three give text the next application leaves unchanged; ``--json`` output
 needs none of them (JSON escapes control characters itself).
+
+The dashboard keeps ``visible``'s ``\xNN`` escapes for such a field too, with
+``visible_line``: a newline or tab in a job name is ``\x0a`` / ``\x09`` there, as a
+carriage return already was (HTML would draw a raw newline as a space, so a name
+holding one would read as a name holding a space).
 """
 
 from __future__ import annotations
@@ -35,6 +40,12 @@ _SHOWN_ESCAPED: Final = re.compile(
     "\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]|\r(?!\n)"
 )
 
+# ``visible``'s set, with the tab, the newline and a CR before one: text that stays on a line.
+_SHOWN_ESCAPED_IN_A_LINE: Final = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028\u2029"
+    "\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"
+)
+
 
 def _escape(match: re.Match[str]) -> str:
     code = ord(match.group())
@@ -44,6 +55,11 @@ def _escape(match: re.Match[str]) -> str:
 def visible(text: str) -> str:
     """``text`` with every character that would act rather than show written as an escape."""
     return _SHOWN_ESCAPED.sub(_escape, text)
+
+
+def visible_line(text: str) -> str:
+    """``visible``, with the line ends and tabs escaped too: a field that stays on its line."""
+    return _SHOWN_ESCAPED_IN_A_LINE.sub(_escape, text)
 
 
 def printable(text: str) -> str:

@@ -66,20 +66,31 @@ async def populate(client: ExecutorClient, reference: object) -> str:
             "id": 1202,
             "name": "shot_010_frames",
             "user": "bob",
+            "agenda": [{"name": str(frame)} for frame in range(1, 49)],
             "callbacks": [
+                *(
+                    {
+                        "triggers": f"complete-work-1200-{frame}",
+                        "language": "qube",
+                        "code": "unblock-work-self",
+                        "maximum": 1,
+                    }
+                    for frame in range(1, 49)
+                ),
+                # The same, written once: one callback for every frame.
                 {
-                    "triggers": f"complete-work-1200-{frame}",
+                    "triggers": "complete-work-1200-{work} && complete-work-self-{work}",
                     "language": "qube",
                     "code": "unblock-work-self",
-                    "maximum": 1,
-                }
-                for frame in range(1, 49)
+                },
             ],
         }
     )
     await client.publish_event(name="complete", type="job", job_id=1200)
     for frame in range(1, 18):
         await client.publish_event(name="complete", type="work", job_id=1200, work_name=str(frame))
+    for frame in range(1, 7):
+        await client.publish_event(name="complete", type="work", job_id=1202, work_name=str(frame))
     return failed.invocation_id
 
 

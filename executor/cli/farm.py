@@ -22,7 +22,7 @@ import random
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, TextIO
@@ -46,6 +46,7 @@ from executor.cli.connection import (
 from executor.cli.farm_submit import describe_submitted, registration_warnings, submit_file
 from executor.cli.farm_workers import WorkerPlan, Workers, run_until_signalled
 from executor.errors import ConfigError
+from executor.triggers.explain import compact_names
 from executor.visible_text import escaped, printable
 from supervisor_client import ExecutorClient, ExecutorRpcError
 from supervisor_client.client import as_plain
@@ -106,17 +107,50 @@ def format_jobs(jobs: Sequence[Any]) -> str:
 
 def _latches(triggers_text: str, latches: Sequence[bool]) -> str:
     """Each atom of a trigger with its latch: "[x] complete-work-a-1, [ ] complete-work-b-1"."""
-    try:
-        atoms = [triggers.render(a) for a in triggers.atoms(triggers.parse(triggers_text))]
-    except triggers.TriggerSyntaxError:
-        atoms = [f"atom {n + 1}" for n in range(len(latches))]
+    atoms = _atoms(triggers_text, len(latches))
     return ", ".join(
         f"[{'x' if latched else ' '}] {atom}" for atom, latched in zip(atoms, latches, strict=False)
     )
 
 
-def format_job(reply: Any) -> str:
-    """``cbexec farm show``: the job, its agenda, its callbacks with latches, its history."""
+def _atoms(triggers_text: str, size: int) -> list[str]:
+    try:
+        return [triggers.render(a) for a in triggers.atoms(triggers.parse(triggers_text))]
+    except triggers.TriggerSyntaxError:
+        return [f"atom {n + 1}" for n in range(size)]
+
+
+def _work_latches(triggers_text: str, work_items: Sequence[Any] | None) -> str:
+    """A {work} callback's atoms, each latched in how many of its frames, and the frames half latched.
+
+    "[2/6] complete-work-a-{work}, [0/6] complete-work-b-{work}; half latched: 2-3". Its
+    own latches are only what a frame no event has named starts from: shown as its
+    latches, "[ ]" everywhere read as nothing latched while frames were half latched.
+    ``work_items`` is ExplainCallbacks' (None when the executor did not answer).
+    """
+    if work_items is None:
+        atoms = _atoms(triggers_text, 0)
+        return ", ".join(f"[?] {atom}" for atom in atoms) + " (latched per frame)"
+    size = max((len(items.latches) for items in work_items), default=0)
+    atoms = _atoms(triggers_text, size)
+    total = sum(len(items.work_names) for items in work_items)
+    held = [0] * len(atoms)
+    half: list[str] = []
+    for items in work_items:
+        for slot, latched in enumerate(items.latches[: len(held)]):
+            held[slot] += len(items.work_names) if latched else 0
+        if any(items.latches):
+            half += items.work_names
+    shown = ", ".join(f"[{count}/{total}] {atom}" for atom, count in zip(atoms, held, strict=True))
+    return shown + (f"; half latched: {compact_names(half)}" if half else "")
+
+
+def format_job(reply: Any, work_items: Mapping[int, Sequence[Any] | None] | None = None) -> str:
+    """``cbexec farm show``: the job, its agenda, its callbacks with latches, its history.
+
+    ``work_items``: for each {work} callback (by id), ExplainCallbacks' work items.
+    """
+    work_items = work_items or {}
     job = reply.job
     head = (
         f"job {job.id} {job.name!r}: {job.status}  (label {printable(job.label)}, pgrp {job.pgrp}, "
@@ -139,7 +173,12 @@ def format_job(reply: Any) -> str:
             if cb.maximum:
                 # A {work} callback's maximum is per frame: "2/1" would read as an overrun.
                 ran += f" (max {cb.maximum} per frame)" if cb.per_work_item else f"/{cb.maximum}"
-            rows.append((str(cb.id), language, cb.triggers, ran, _latches(cb.triggers, cb.latches)))
+            latches = (
+                _work_latches(cb.triggers, work_items.get(cb.id))
+                if cb.per_work_item
+                else _latches(cb.triggers, cb.latches)
+            )
+            rows.append((str(cb.id), language, cb.triggers, ran, latches))
         lines.append(_table(rows, indent="  "))
         lines.append(f"  (what each waits for and why: cbexec triggers why {job.id})")
     else:
@@ -204,6 +243,7 @@ async def _jobs(args: argparse.Namespace, out: TextIO) -> int:
 async def _show(args: argparse.Namespace, out: TextIO) -> int:
     async with connect_farm(args) as farm:
         reply = await farm.get_job(args.job_id)
+        work_items = {} if args.json else await _work_items(farm, reply)
     if args.json:
         shown = {
             "job": job_to_dict(reply.job, include_callbacks=True),
@@ -212,8 +252,27 @@ async def _show(args: argparse.Namespace, out: TextIO) -> int:
         }
         print(json.dumps(shown), file=out)
     else:
-        print(format_job(reply), file=out)
+        print(format_job(reply, work_items), file=out)
     return EXIT_OK
+
+
+async def _work_items(farm: Any, reply: Any) -> dict[int, Sequence[Any] | None]:
+    """Each {work} callback's work items (ExplainCallbacks): its latches are per frame.
+
+    None for one the executor did not explain (the job removed or registered again since).
+    """
+    engine = ExecutorClient(farm.channel)
+    found: dict[int, Sequence[Any] | None] = {}
+    for cb in reply.callbacks:
+        if not cb.per_work_item:
+            continue
+        try:
+            explained = await engine.explain_callbacks(reply.job.id, cb.id, journal_limit=1)
+        except ExecutorRpcError:
+            found[cb.id] = None
+            continue
+        found[cb.id] = explained.callbacks[0].work_items if explained.callbacks else None
+    return found
 
 
 async def _change(args: argparse.Namespace, out: TextIO) -> int:

@@ -3,8 +3,9 @@
 The dashboard asks the trigger engine (``explain_from_engine``: its ExplainCallbacks
 RPC, what ``cbexec triggers why`` prints): each atom's resolved context (a label as a
 job id and pgrp, ``parent`` as a job id), the last known state of what it watches,
-what the trigger still waits for, per work item for a ``{work}`` callback, and the
-callback's recent journal. For a job the engine no longer knows it falls back to
+what the trigger still waits for, per work item for a ``{work}`` callback (with each
+item's latches and count, which the page draws as a strip), and the callback's recent
+journal. For a job the engine no longer knows it falls back to
 ``explain_from_latches``, which reads what ListRegisteredJobs already answered (the
 trigger, each atom's latch, count and maximum) and names the atoms whose events have not
 happened yet in the engine's own words (``triggers.explain.describe_atom``); so does
@@ -22,6 +23,7 @@ from typing import Any
 from executor import triggers
 from executor.triggers.explain import describe_atom
 from executor.triggers.nodes import And, Atom, Expr, render_atom
+from executor.web.frame_strip import times
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,20 @@ class AtomState:
     text: str
     words: str
     latched: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WorkItems:
+    """Work items of a ``{work}`` callback in one state (ExplainCallbacks' work_items)."""
+
+    names: tuple[str, ...]
+    # How many times each fired, and its latches (one per atom of the trigger).
+    count: int
+    latches: tuple[bool, ...]
+    # They fired the callback's maximum (per item).
+    spent: bool
+    # What they still wait for, canonical ("" when spent).
+    waiting: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +60,9 @@ class Explanation:
     spent: bool = False
     # Recent engine journal lines (ExplainCallbacks); empty from the latches alone.
     journal: tuple[str, ...] = ()
+    # A {work} callback's items, each with its own latches and count (ExplainCallbacks);
+    # empty from the latches alone, which hold only what an unnamed item starts from.
+    items: tuple[WorkItems, ...] = ()
 
 
 # A job (ListRegisteredJobs' RegisteredJob) -> callback id -> its explanation.
@@ -123,7 +142,19 @@ def _work_item_lines(item: Any) -> list[str]:
         return [f"work {names}: fired its maximum"]
     if not item.waiting:
         return []
-    return [f"work {names}: waiting for {line}" for line in item.waiting_for or [item.waiting]]
+    # As `triggers why` says it: a fired item without a maximum is waited for again.
+    again = f"fired {times(item.count)}; waiting again for" if item.count else "waiting for"
+    return [f"work {names}: {again} {line}" for line in item.waiting_for or [item.waiting]]
+
+
+def _work_items(item: Any) -> tuple[WorkItems, ...]:
+    """A {work} callback's items from its CallbackExplanation (none for another callback)."""
+    if not item.callback.per_work_item:
+        return ()
+    return tuple(
+        WorkItems(tuple(work.work_names), work.count, tuple(work.latches), work.spent, work.waiting)
+        for work in item.work_items
+    )
 
 
 def explain_reply(reply: Any) -> dict[int, Explanation]:
@@ -139,7 +170,7 @@ def explain_reply(reply: Any) -> dict[int, Explanation]:
             lines += _work_item_lines(work)
         journal = tuple(format_entry(as_plain(entry)) for entry in item.journal)
         explained[item.callback.id] = Explanation(
-            atoms, "; ".join(lines), spent=item.spent, journal=journal
+            atoms, "; ".join(lines), spent=item.spent, journal=journal, items=_work_items(item)
         )
     return explained
 

@@ -1,11 +1,14 @@
-"""HTML built in code, escaped by default: what a callback printed can never become markup.
+r"""HTML built in code, escaped by default: what a callback printed can never become markup.
 
 Every value that reaches a page goes through ``esc`` unless it is already ``Html`` (a
 fragment built by ``tag`` from escaped parts), so the only way to put raw markup on a
 page is to construct ``Html`` on purpose, which only this package does, from literals.
 A callback's output, its failure, a trigger, a job name: all are text, never markup.
 Control and bidi characters in them are shown as escapes (``visible_text``): a raw
-right-to-left override would draw the page's own words after it backwards.
+right-to-left override would draw the page's own words after it backwards. A line end
+too (``\x0a``): a name, label or trigger stays on its line, and a newline in a job name
+does not pass for a space. Only what is many lines by nature (a stream, a traceback, a
+failure's message) keeps its line ends, through ``text_block``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Final
 
-from executor.visible_text import visible
+from executor.visible_text import visible, visible_line
 
 # Attributes written without a value when true (``<input checked>``).
 _BOOLEAN_ATTRIBUTES: Final = frozenset({"checked", "selected", "disabled", "open", "hidden"})
@@ -29,10 +32,15 @@ class Html(str):
 
 
 def esc(value: object) -> Html:
-    """``value`` as HTML text: escaped (controls shown), unless it is ``Html`` already."""
+    """``value`` as HTML text on one line: escaped (controls shown), unless it is ``Html`` already."""
     if isinstance(value, Html):
         return value
-    return Html(html.escape(visible(str(value)), quote=True))
+    return Html(html.escape(visible_line(str(value)), quote=True))
+
+
+def text_block(text: str) -> Html:
+    """``text`` as HTML text that keeps its line ends and tabs (for ``<pre>``); other controls shown."""
+    return Html(html.escape(visible(text), quote=True))
 
 
 def join(parts: Iterable[object], separator: str = "") -> Html:

@@ -1,10 +1,13 @@
 """The jobs page: every registered job with its callbacks, their latches, count/maximum, and what they wait for.
 
 Each callback's trigger is shown atom by atom, latched or not, with what it still
-waits for in words (``explain.Explainer``, the page's one plug-in point). A job's
-per-frame callbacks (the same trigger for work item 1, 2, 3, ...: the seed examples'
-one callback per frame) are shown as one row with a strip of frames, so a job with
-thousands of frames stays one screen.
+waits for in words (``explain.Explainer``, the page's one plug-in point). One callback
+per frame is one row with a strip of frames (``frame_strip``), so a job with thousands
+of frames stays one screen: a ``{work}`` callback with its work items (each atom
+latched in how many of them; its count in all, its maximum per item), and a job's
+callbacks that differ only in their work item (the same trigger for work item 1, 2,
+3, ...: the seed examples' one callback per frame) grouped into one row, named by their
+first and last triggers.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from typing import Any, Final
 from executor import triggers
 from executor.triggers.nodes import Atom, EventType, Expr, render
 from executor.web.explain import Explainer, Explanation
-from executor.web.html import Html, join, tag
+from executor.web.frame_strip import Frame, in_agenda_order, strip, tally
+from executor.web.html import Html, esc, join, tag
 from executor.web.layout import filter_notice, live, notice
 from executor.web.source import parse_id
 
@@ -121,7 +125,13 @@ def _job(job: Any, explanations: Mapping[int, Explanation]) -> Html:
         tag("a", "runs", href=f"/runs?job={job.id}", class_="small"),
     )
     if not job.callbacks:
-        return tag("section", title, tag("p", "No callbacks.", class_="hint"), class_="job")
+        return tag(
+            "section",
+            title,
+            tag("p", "No callbacks.", class_="hint"),
+            class_="job",
+            id=f"job-{job.id}",
+        )
     rows = []
     for item in _grouped(list(job.callbacks)):
         if isinstance(item, _FrameGroup):
@@ -143,16 +153,13 @@ def _callback_row(callback: Any, explanation: Explanation | None) -> Html:
     latches: object = "-"
     waiting: object = ""
     if explanation is not None:
-        latches = join(
-            tag(
-                "span",
-                "✓ " if atom.latched else "○ ",
-                atom.text,
-                class_="latch on" if atom.latched else "latch",
-                title=("happened: " if atom.latched else "waiting: ") + atom.words,
+        if callback.per_work_item:
+            latches = _work_latches(explanation, callback.maximum)
+        else:
+            latches = join(
+                _latch(atom.text, atom.words, ALL if atom.latched else NONE)
+                for atom in explanation.atoms
             )
-            for atom in explanation.atoms
-        )
         if explanation.spent:
             waiting = tag("span", "nothing: it reached its maximum", class_="hint")
         else:
@@ -171,8 +178,69 @@ def _callback_row(callback: Any, explanation: Explanation | None) -> Html:
     )
 
 
-def _count(callback: Any) -> str:
-    return f"{callback.count} / {callback.maximum}" if callback.maximum else f"{callback.count} / ∞"
+# How much of a latch has happened: for a {work} callback, in some of its items only.
+ALL, SOME, NONE = "all", "some", "none"
+_LATCH_MARKS: Final = {ALL: ("✓ ", "latch on"), SOME: ("◐ ", "latch some"), NONE: ("○ ", "latch")}
+
+
+def _latch(text: str, words: str, held: str, items: str = "") -> Html:
+    mark, css = _LATCH_MARKS[held]
+    said = "happened" if held == ALL else "happened for some items" if held == SOME else "waiting"
+    shown = [mark, text] + ([tag("span", f" {items}", class_="count")] if items else [])
+    return tag("span", *shown, class_=css, title=f"{said}: {words}")
+
+
+def _work_latches(explanation: Explanation, maximum: int) -> Html:
+    """A {work} callback's atoms, each latched in how many of its items, then its strip."""
+    if not explanation.items:  # ExplainCallbacks did not say (the latches alone hold no item)
+        atoms = [
+            tag("span", atom.text, class_="latch", title=atom.words) for atom in explanation.atoms
+        ]
+        note = tag("span", "each work item latches on its own: cbexec triggers why", class_="hint")
+        return join([*atoms, note])
+    total = sum(len(items.names) for items in explanation.items)
+    latched = [0] * len(explanation.atoms)
+    for items in explanation.items:
+        for slot, on in enumerate(items.latches[: len(latched)]):
+            latched[slot] += len(items.names) if on else 0
+    atoms = [
+        _latch(
+            atom.text,
+            atom.words,
+            NONE if not held else ALL if held == total else SOME,
+            f"{held} of {total}",
+        )
+        for atom, held in zip(explanation.atoms, latched, strict=True)
+    ]
+    frames = _work_frames(explanation, maximum)
+    return join(
+        [
+            *atoms,
+            strip(frames),
+            tag("p", f"{_items(len(frames))}: {tally(frames)}", class_="hint tally"),
+        ]
+    )
+
+
+def _work_frames(explanation: Explanation, maximum: int) -> list[Frame]:
+    by_name = {
+        name: Frame(name, items.count, maximum, any(items.latches), items.waiting)
+        for items in explanation.items
+        for name in items.names
+    }
+    return [by_name[name] for name in in_agenda_order(by_name)]
+
+
+def _items(count: int) -> str:
+    return "1 work item" if count == 1 else f"{count} work items"
+
+
+def _count(callback: Any) -> Html:
+    if callback.per_work_item:
+        # Its count is of all its items; its maximum is each item's: "3 / 1" read as overrun.
+        limit = f"at most {callback.maximum} per item" if callback.maximum else "no maximum"
+        return join([f"{callback.count} in all", tag("br"), tag("span", limit, class_="hint")])
+    return esc(f"{callback.count} / {callback.maximum or '∞'}")
 
 
 # -- one callback per frame, drawn as one row -------------------------------------------
@@ -238,38 +306,39 @@ def _grouped(callbacks: list[Any]) -> list[Any]:
 
 
 def _group_row(group: _FrameGroup, explanations: Mapping[int, Explanation]) -> Html:
-    cells = []
-    fired = waiting = 0
+    frames = []
     for frame, callback in group.members:
         explanation = explanations.get(callback.id)
-        partly = any(callback.latches)
-        state = "fired" if callback.count else "partly" if partly else "waiting"
-        fired += 1 if callback.count else 0
-        waiting += 0 if callback.count else 1
-        detail = explanation.waiting_for if explanation is not None else ""
-        cells.append(
-            tag(
-                "span",
+        frames.append(
+            Frame(
                 frame,
-                class_=f"frame {state}",
-                title=f"frame {frame}, callback {callback.id}: {state}"
-                + (f"; waiting for {detail}" if detail and not callback.count else ""),
+                callback.count,
+                callback.maximum,
+                any(callback.latches),
+                explanation.waiting_for if explanation is not None else "",
+                callback_id=callback.id,
             )
         )
-    first, last = group.members[0][0], group.members[-1][0]
+    first, last = group.members[0][1], group.members[-1][1]
+    # Named by its first and last triggers, as written: "{frame}" is no trigger's word.
+    trigger = join(
+        [
+            tag("span", first.canonical_triggers or first.triggers, class_="mono"),
+            " … ",
+            tag("span", last.canonical_triggers or last.triggers, class_="mono"),
+            tag("br"),
+            tag("span", "the same trigger for each frame", class_="hint"),
+        ]
+    )
     return tag(
         "tr",
-        tag("td", f"{group.members[0][1].id}-{group.members[-1][1].id}"),
-        tag("td", group.shape, class_="mono"),
+        tag("td", f"{first.id}-{last.id}"),
+        tag("td", trigger),
+        tag("td", strip(frames), colspan=2),
         tag(
             "td",
-            tag("div", *cells, class_="frames"),
-            colspan=2,
-        ),
-        tag(
-            "td",
-            f"{len(group.members)} per-frame callbacks (frames {first} … {last}): "
-            f"{fired} fired, {waiting} waiting",
+            f"{len(frames)} callbacks, one per frame ({frames[0].name} … {frames[-1].name}): "
+            + tally(frames),
         ),
         tag("td", group.language),
         class_="frame-group",

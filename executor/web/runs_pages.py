@@ -20,7 +20,7 @@ from typing import Any, Final
 from urllib.parse import quote, urlencode
 
 from executor.cli.runs import SINCE_UNITS, parse_since
-from executor.web.html import Html, join, local_time, seconds, size, tag
+from executor.web.html import Html, join, local_time, seconds, size, tag, text_block
 from executor.web.layout import badge, definitions, filter_notice, live
 from executor.web.source import SourceRefused, parse_id
 from supervisor_client.client import OUTCOMES, outcome_name
@@ -309,11 +309,11 @@ def run_page(run: Any) -> Html:
             tag(
                 "section",
                 tag("h2", "Failure"),
-                tag("p", failure.message, class_="failure-message", id="failure"),
+                tag("p", text_block(failure.message), class_="failure-message", id="failure"),
                 tag("p", "Exception: ", tag("code", failure.exception_type))
                 if failure.exception_type
                 else "",
-                tag("pre", failure.traceback) if failure.traceback else "",
+                tag("pre", text_block(failure.traceback)) if failure.traceback else "",
                 class_="failure",
             )
         )
@@ -371,7 +371,7 @@ def _stream(title: str, text: str, truncated: bool, element_id: str, link: str) 
         return tag("section", tag("h2", title, note), tag("p", "(empty)", class_="hint"))
     whole = tag("a", f"{element_id} as plain text", href=link + element_id, class_="small")
     shown = excerpt(text)
-    content = [tag("pre", shown.head, id=element_id)]
+    content = [tag("pre", text_block(shown.head), id=element_id)]
     if shown.hidden_bytes:
         content += [
             tag(
@@ -381,7 +381,7 @@ def _stream(title: str, text: str, truncated: bool, element_id: str, link: str) 
                 class_="notice warn",
                 id=f"{element_id}-cut",
             ),
-            tag("pre", shown.tail, id=f"{element_id}-end"),
+            tag("pre", text_block(shown.tail), id=f"{element_id}-end"),
         ]
     return tag("section", tag("h2", title, note, " ", whole), *content)
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from supervisor_client import ExecutorClient
+from supervisor_client import ExecutorClient, FarmClient
 from tests.conftest import TEST_UID_BASE, Stack, running_stack, stack_settings
 from tests.helpers.browser import Browser, chromium, missing
 from tests.service.test_runs import FAIL, run_py
@@ -103,6 +104,93 @@ async def test_what_an_and_trigger_still_waits_for(web: Stack, browser: Browser)
     assert "complete-work-43-1: latched complete-work-self-1" in journal[-1]
     assert "complete-work-self-1" in await browser.text(".latch.on")
     assert "0 / ∞" in await browser.text("tr[data-callback] td.num")
+
+
+async def test_one_callback_per_frame_is_a_strip_of_its_frames(
+    web: Stack, browser: Browser
+) -> None:
+    # Probe 50: a {work} callback was a plain row, its atoms all "○" while two items were
+    # half latched; a frame link that fired for one frame of three read "1 / 1"; callbacks
+    # written per frame were labelled "complete-work-sA-{frame}" and "3 fired, 2 waiting".
+    frames = ["1", "2", "3", "4", "5", "6"]
+    work = "complete-work-sA-{work} && complete-work-sB-{work}"
+    jobs: list[dict[str, Any]] = [
+        {"name": "sA", "label": "sA", "agenda": frames},
+        {"name": "sB", "label": "sB", "agenda": frames},
+        {
+            "name": "sC",
+            "label": "sC",
+            "agenda": frames,
+            "callbacks": [{"triggers": work, "language": "qube", "code": "unblock-work-self"}],
+        },
+        {"name": "sD", "label": "sD", "agenda": frames[:3], "dependency": "link-complete-work-sB"},
+        {
+            "name": "sE",
+            "label": "sE",
+            "agenda": frames[:5],
+            "callbacks": [
+                {"triggers": f"complete-work-sA-{f}", "language": "qube", "code": "unblock-self"}
+                for f in frames[:5]
+            ],
+        },
+    ]
+    async with FarmClient(web.channel) as farm:
+        submitted = await farm.submit_jobs(jobs)
+        a, b, c, d, e = (job.id for job in submitted.jobs)
+        await farm.change_work(job_id=a, work=["1-3"], change="complete")
+        await farm.change_work(job_id=b, work=["1"], change="complete")
+    await web.settle()
+
+    cells = (
+        "return [...document.querySelectorAll(arguments[0])].map(e => [e.className, e.textContent])"
+    )
+    await browser.open(page(web, f"/jobs?job={c}"))
+    await browser.wait_for(f"#job-{c} .frame")
+    assert await browser.script(cells, f"#job-{c} .frame") == [
+        ["frame fired again", "1"],
+        ["frame partly", "2"],
+        ["frame partly", "3"],
+        ["frame waiting", "4"],
+        ["frame waiting", "5"],
+        ["frame waiting", "6"],
+    ]
+    assert await browser.text(f"#job-{c} p.tally") == (
+        "6 work items: 1 fired and waiting again, 2 half latched, 3 waiting, nothing latched"
+    )
+    half = await browser.text(f"#job-{c} .latch.some")
+    assert "complete-work-sA-{work}" in half and "2 of 6" in half
+    assert "1 in all" in await browser.text(f"#job-{c} td.num")
+
+    await browser.open(page(web, f"/jobs?job={d}"))
+    fired = await browser.wait_for(f"#job-{d} td.num")
+    assert "1 / 1" not in fired and "1 in all" in fired and "at most 1 per item" in fired
+    assert await browser.script(cells, f"#job-{d} .frame") == [
+        ["frame fired", "1"],
+        ["frame waiting", "2"],
+        ["frame waiting", "3"],
+    ]
+
+    await browser.open(page(web, f"/jobs?job={e}"))
+    row = await browser.wait_for(f"#job-{e} tr.frame-group")
+    assert "{frame}" not in row
+    assert "complete-work-sA-1 … complete-work-sA-5" in row
+    assert "5 callbacks, one per frame (1 … 5): 3 fired and waiting again, 2 waiting" in row
+
+
+async def test_a_newline_in_a_job_name_is_shown_as_an_escape(web: Stack, browser: Browser) -> None:
+    # It reached the <h2> raw, and Chromium drew it as a space: "real 999\x0dprod".
+    await web.client.register_job(
+        {
+            "id": 46,
+            "name": "real\n999\rprod",
+            "label": "lab\u202eel",
+            "callbacks": [{"triggers": "complete-job-self", "code": "unblock-self"}],
+        }
+    )
+    await browser.open(page(web, "/jobs?job=46"))
+    heading = await browser.wait_for("#job-46 h2")
+    assert heading.startswith("Job 46 real\\x0a999\\x0dprod"), heading
+    assert "lab\\u202eel" in heading
 
 
 async def test_printed_markup_stays_text(web: Stack, browser: Browser) -> None:

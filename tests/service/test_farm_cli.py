@@ -235,6 +235,34 @@ async def test_jobs_show_and_changes(stack_warm: Stack) -> None:
     assert "still waiting after 0.3s" in waiting.err
 
 
+async def test_show_counts_a_work_callbacks_latches_per_frame(
+    stack_warm: Stack, tmp_path: Path
+) -> None:
+    # It showed "[ ] complete-work-sA-{work}, [ ] complete-work-sB-{work}" while frames 2
+    # and 3 were half latched: the callback's own latches, not its frames' (probe 50).
+    address = stack_warm.address
+    jobs = tmp_path / "jobs.json"
+    trigger = "complete-work-sA-{work} && complete-work-sB-{work}"
+    sc = {
+        "name": "sC",
+        "label": "sC",
+        "agenda": ["1", "2", "3", "4", "5", "6"],
+        "callbacks": [{"triggers": trigger, "language": "qube", "code": "unblock-work-self"}],
+    }
+    sa, sb = ({"name": n, "label": n, "agenda": sc["agenda"]} for n in ("sA", "sB"))
+    jobs.write_text(json.dumps([sa, sb, sc]))
+    assert (await cbexec("farm", "submit", str(jobs), address=address)).code == 0
+    assert (await cbexec("farm", "complete", "1:1-3", "2:1", address=address)).code == 0
+    await stack_warm.settle()
+
+    shown = await cbexec("farm", "show", "3", address=address)
+    assert shown.code == 0, shown.err
+    assert (
+        "[2/6] complete-work-sA-{work}, [0/6] complete-work-sB-{work}; half latched: 2-3"
+        in shown.out
+    )
+
+
 async def test_control_characters_a_submitter_chose_cannot_forge_lines(
     stack_warm: Stack, tmp_path: Path
 ) -> None:

@@ -148,3 +148,39 @@ def test_farm_show_gives_a_work_callbacks_maximum_per_frame() -> None:
     assert " 2 (max 1 per frame) " in shown
     assert " 1/3 " in shown
     assert "2/1" not in shown
+
+
+def test_farm_show_counts_a_work_callbacks_latches_per_frame() -> None:
+    # Its own latches are only what a frame no event has named starts from: shown as its
+    # latches, "[ ] complete-work-sA-{work}, [ ] ..." hid two half-latched frames (probe 50).
+    trigger = "complete-work-sA-{work} && complete-work-sB-{work}"
+    reply = farm_pb2.GetJobResponse(
+        job=types_pb2.Job(id=3, name="sC"),
+        callbacks=[
+            executor_pb2.RegisteredCallback(
+                id=1,
+                language="qube",
+                triggers=trigger,
+                count=1,
+                latches=[False, False],
+                per_work_item=True,
+            )
+        ],
+    )
+    items = [
+        executor_pb2.WorkItemExplanation(work_names=["2"], latches=[True, False]),
+        executor_pb2.WorkItemExplanation(work_names=["3"], latches=[True, False]),
+        executor_pb2.WorkItemExplanation(work_names=["4", "5", "6"], latches=[False, False]),
+        executor_pb2.WorkItemExplanation(work_names=["1"], count=1, latches=[False, False]),
+    ]
+    shown = format_job(reply, {1: items})
+    assert (
+        "[2/6] complete-work-sA-{work}, [0/6] complete-work-sB-{work}; half latched: 2-3" in shown
+    )
+    assert "[ ] complete-work-sA-{work}" not in shown
+
+    nothing_half = format_job(reply, {1: items[2:]})
+    row = next(line for line in nothing_half.splitlines() if line.startswith("  1 "))
+    assert row.endswith("[0/4] complete-work-sA-{work}, [0/4] complete-work-sB-{work}")
+    unknown = format_job(reply, {1: None})
+    assert "[?] complete-work-sA-{work}, [?] complete-work-sB-{work} (latched per frame)" in unknown

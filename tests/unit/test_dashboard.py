@@ -26,14 +26,15 @@ from executor.runs.recorder import Recorder
 from executor.visible_text import escaped, visible
 from executor.web.app import Dashboard, Request
 from executor.web.auth import Access
-from executor.web.explain import explain_callback
+from executor.web.explain import explain_callback, explain_from_engine, explain_from_latches
+from executor.web.frame_strip import Frame, in_agenda_order, tally
 from executor.web.html import Html, esc, tag
 from executor.web.jobs_pages import frame_shape
 from executor.web.runs_pages import STREAM_EDGE_BYTES, Excerpt, RunFilters, excerpt
 from executor.web.source import ExecutorSource, SourceRefused, SourceUnavailable
 from supervisor_client import ExecutorRpcError
 from supervisor_client.client import outcome_value
-from supervisor_client.qbcallback.v1 import executor_pb2
+from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
 from tests.unit.test_history import invocation, result
 
 pytestmark = pytest.mark.unit
@@ -282,6 +283,192 @@ def test_per_frame_callbacks_share_a_shape() -> None:
     assert frame_shape("complete-work-self-*") is None
 
 
+# -- one callback per frame: a {work} callback, and one callback written per frame --------
+
+WORK_TRIGGER = "complete-work-sA-{work} && complete-work-sB-{work}"
+
+
+def work_items(
+    *groups: tuple[list[str], int, list[bool]], maximum: int = 0
+) -> list[executor_pb2.WorkItemExplanation]:
+    """ExplainCallbacks' work items: (names, count, latches) each."""
+    return [
+        executor_pb2.WorkItemExplanation(
+            work_names=names,
+            count=count,
+            latches=latches,
+            spent=bool(maximum) and count >= maximum,
+            waiting="" if maximum and count >= maximum else "complete-work-sB-{work}",
+        )
+        for names, count, latches in groups
+    ]
+
+
+class WorkSource(FakeSource):
+    """Job 9: one {work} callback over six frames, explained by the engine (ExplainCallbacks)."""
+
+    def __init__(self, items: list[executor_pb2.WorkItemExplanation], maximum: int = 0) -> None:
+        super().__init__()
+        fired = sum(item.count * len(item.work_names) for item in items)
+        self.callback = executor_pb2.RegisteredCallback(
+            id=1,
+            job_id=9,
+            triggers=WORK_TRIGGER,
+            canonical_triggers=WORK_TRIGGER,
+            language="qube",
+            count=fired,
+            maximum=maximum,
+            latches=[False, False],
+            per_work_item=True,
+        )
+        atoms = [
+            executor_pb2.AtomExplanation(slot=slot, atom=atom, description=f"job {slot + 1}")
+            for slot, atom in enumerate(WORK_TRIGGER.split(" && "))
+        ]
+        self.reply = executor_pb2.ExplainCallbacksResponse(
+            job_id=9,
+            callbacks=[
+                executor_pb2.CallbackExplanation(
+                    callback=self.callback, atoms=atoms, work_items=items
+                )
+            ],
+        )
+
+    def list_jobs(self, **_: object) -> Any:
+        job = executor_pb2.RegisteredJob(id=9, pgrp=9, name="sC", callbacks=[self.callback])
+        return executor_pb2.ListRegisteredJobsResponse(jobs=[job], total=1)
+
+    def explain(self, job_id: int, journal_limit: int = 5) -> Any:
+        return self.reply if job_id == 9 else None
+
+
+def jobs_html(source: Any, *, engine: bool = True) -> str:
+    explain = explain_from_engine(source) if engine else explain_from_latches
+    dashboard = Dashboard(source, CollectorRegistry(), Access(""), explain=explain)
+    return dashboard.handle(get("/jobs?job=9")).body.decode()
+
+
+def strip_cells(page: str) -> list[tuple[str, str]]:
+    """(class, frame) of each cell of the page's strips, in order."""
+    return re.findall(r'<span class="(frame[^"]*)" title="[^"]*">([^<]*)</span>', page)
+
+
+def test_a_work_callback_is_a_strip_of_its_items_with_their_latches() -> None:
+    # Before, a {work} callback was a plain row: no frame cells, and every atom "○"
+    # (waiting) while items 2 and 3 were half latched (probe 50).
+    source = WorkSource(
+        work_items(
+            (["2"], 0, [True, False]),
+            (["3"], 0, [True, False]),
+            (["10", "4", "5"], 0, [False, False]),
+            (["1"], 1, [False, False]),
+        )
+    )
+    page = jobs_html(source)
+    assert strip_cells(page) == [
+        ("frame fired again", "1"),
+        ("frame partly", "2"),
+        ("frame partly", "3"),
+        ("frame waiting", "4"),
+        ("frame waiting", "5"),
+        ("frame waiting", "10"),
+    ]
+    assert "6 work items: 1 fired and waiting again, 2 half latched, 3 waiting" in page
+    sa, sb = re.findall(r'<span class="(latch[^"]*)" title="[^"]*">(.*?)</span></span>', page)
+    assert sa == ("latch some", '◐ complete-work-sA-{work}<span class="count"> 2 of 6')
+    assert sb == ("latch", '○ complete-work-sB-{work}<span class="count"> 0 of 6')
+    assert "1 in all" in page and "no maximum" in page
+    assert 'title="frame 1: fired once; waiting to fire again for' in page
+    assert "work 1: fired once; waiting again for complete-work-sB-{work}" in page
+
+
+def test_a_work_callbacks_maximum_is_per_item() -> None:
+    # A frame-link dependency (maximum 1 per frame) that fired for one frame of three
+    # read "1 / 1", as if it were spent.
+    source = WorkSource(
+        work_items((["1"], 1, [False, False]), (["2", "3"], 0, [False, False]), maximum=1),
+        maximum=1,
+    )
+    page = jobs_html(source)
+    assert "1 / 1" not in page
+    assert "1 in all" in page and "at most 1 per item" in page
+    assert strip_cells(page) == [
+        ("frame fired", "1"),
+        ("frame waiting", "2"),
+        ("frame waiting", "3"),
+    ]
+    assert "3 work items: 1 fired the maximum, 2 waiting, nothing latched" in page
+    assert "frame 1: fired once, its maximum: it fires no more" in page
+
+
+def test_a_work_callback_known_only_by_its_latches_does_not_claim_its_items_wait() -> None:
+    page = jobs_html(WorkSource(work_items((["1"], 0, [True, False]))), engine=False)
+    assert "○" not in page and "✓" not in page
+    assert "each work item latches on its own" in page
+
+
+class PerFrameSource(FakeSource):
+    """Job 9: the same trigger written once for each of frames 1-5; frames 1-3 fired."""
+
+    def __init__(self, maximum: int) -> None:
+        super().__init__()
+        self.maximum = maximum
+
+    def list_jobs(self, **_: object) -> Any:
+        callbacks = [
+            executor_pb2.RegisteredCallback(
+                id=frame,
+                triggers=f"complete-work-jobA-{frame}",
+                canonical_triggers=f"complete-work-jobA-{frame}",
+                language="qube",
+                count=1 if frame <= 3 else 0,
+                maximum=self.maximum,
+                latches=[False],
+            )
+            for frame in range(1, 6)
+        ]
+        job = executor_pb2.RegisteredJob(id=9, pgrp=9, name="jobB", callbacks=callbacks)
+        return executor_pb2.ListRegisteredJobsResponse(jobs=[job], total=1)
+
+
+def test_per_frame_callbacks_are_named_in_words_and_counted_truly() -> None:
+    # The row was labelled "complete-work-jobA-{frame}", which the grammar refuses, and
+    # callbacks without a maximum, all waiting again, were "5 fired, 0 waiting".
+    page = jobs_html(PerFrameSource(maximum=0), engine=False)
+    assert "{frame}" not in page
+    assert (
+        '<span class="mono">complete-work-jobA-1</span> … '
+        '<span class="mono">complete-work-jobA-5</span>'
+    ) in page
+    assert "5 callbacks, one per frame (1 … 5): 3 fired and waiting again, 2 waiting" in page
+    assert [css for css, _ in strip_cells(page)] == ["frame fired again"] * 3 + [
+        "frame waiting"
+    ] * 2
+
+    spent = jobs_html(PerFrameSource(maximum=1), engine=False)
+    assert "3 fired the maximum, 2 waiting, nothing latched" in spent
+    assert [css for css, _ in strip_cells(spent)][:3] == ["frame fired"] * 3
+
+
+def test_frames_in_agenda_order_and_their_states() -> None:
+    assert in_agenda_order(["10", "2", "1-10", "b", "1", "a2", "a10"]) == [
+        "1",
+        "1-10",
+        "2",
+        "10",
+        "a2",
+        "a10",
+        "b",
+    ]
+    assert in_agenda_order(["9" * 5000, "1"])[0] == "1"  # no int() of 5000 digits
+    assert Frame("1", count=2, maximum=2, latched=False).state == "spent"
+    assert Frame("1", count=2, maximum=3, latched=False).state == "again"
+    assert Frame("1", count=2, maximum=0, latched=True).state == "partly"
+    assert Frame("1", count=0, maximum=1, latched=False).state == "waiting"
+    frames = [Frame("1", 1, 0, False), Frame("2", 0, 0, False), Frame("3", 0, 0, False)]
+    assert tally(frames) == "1 fired and waiting again, 2 waiting, nothing latched"
+
+
 def test_access_by_bearer_or_session(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("executor.web.auth.WRONG_TOKEN_DELAY_S", 0)
     access = Access("tok", exempt_probes=True)
@@ -487,6 +674,70 @@ def test_control_and_bidi_characters_reach_a_page_as_visible_escapes(path: str) 
     for raw in ("\u202e", "\u2066", "\x00", "\x1b", "\x07", "\u2029", "\ufeff"):
         assert raw not in text, (path, raw)
     assert r"frame\u202e1\x00\x1b]0;title\x07\u2066x\x0d\u2029\ufeff" in text
+
+
+# A name with a line end: its own escape, never drawn as a space (probe 50).
+NEWLINED = "real\n999\tx\r\nprod"
+NEWLINED_SHOWN = r"real\x0a999\x09x\x0d\x0aprod"
+
+
+class NewlinedSource(FakeSource):
+    """Every one-line string a scheduler or callback sends holds a tab and line ends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.run.work_name = NEWLINED
+        self.run.triggers = NEWLINED
+        self.run.event.CopyFrom(types_pb2.Event(name="complete", type="work", extra=NEWLINED))
+        self.run.result.failure.exception_type = NEWLINED
+        del self.run.result.actions[:]
+        self.run.result.actions.add(verb="unblock", target=NEWLINED, message=NEWLINED)
+
+    def list_jobs(self, **_: object) -> Any:
+        job = executor_pb2.RegisteredJob(
+            id=7,
+            pgrp=7,
+            name=NEWLINED,
+            label=NEWLINED,
+            user=NEWLINED,
+            callbacks=[callback(f"complete-work-{NEWLINED}-1", [False])],
+        )
+        job.callbacks[0].universal = True
+        job.callbacks[0].source = NEWLINED
+        return executor_pb2.ListRegisteredJobsResponse(jobs=[job], total=1)
+
+    def universal(self) -> Any:
+        cb = executor_pb2.UniversalCallback(source=NEWLINED, language="qube", triggers=NEWLINED)
+        directory = executor_pb2.UniversalDirectory(path=NEWLINED, has_conf=True, callbacks=[cb])
+        return executor_pb2.GetUniversalCallbacksResponse(
+            directories=[directory], errors=[NEWLINED]
+        )
+
+
+def _outside_blocks(body: str) -> str:
+    """The page without what is many lines by nature: its <pre>s and a failure's message."""
+    body = re.sub(r"<pre[^>]*>.*?</pre>", "", body, flags=re.S)
+    return re.sub(r'<p class="failure-message" id="failure">.*?</p>', "", body, flags=re.S)
+
+
+@pytest.mark.parametrize("path", ["/runs", "/runs/inv-1", "/jobs", "/universal"])
+def test_a_line_end_in_a_name_or_trigger_is_shown_as_an_escape(path: str) -> None:
+    # Before, the jobs page wrote a job name's newline raw into its <h2> (the CR beside
+    # it as \x0d): Chromium drew it as a space, "real 999".
+    body = Dashboard(NewlinedSource(), CollectorRegistry(), Access("")).handle(get(path)).body
+    main = _outside_blocks(body.decode().split("<main>", 1)[1])
+    assert "\n" not in main and "\t" not in main and "\r" not in main, path
+    assert NEWLINED_SHOWN in main, path
+
+
+def test_a_stream_and_a_traceback_keep_their_line_ends() -> None:
+    source = NewlinedSource()
+    source.run.result.stdout = "frame 1\nframe 2\r\n\tdone"
+    source.run.result.failure.message = "bad\nframe"
+    body = Dashboard(source, CollectorRegistry(), Access("")).handle(get("/runs/inv-1")).body
+    text = body.decode()
+    assert '<pre id="stdout">frame 1\nframe 2\r\n\tdone</pre>' in text
+    assert ">bad\nframe</p>" in text
 
 
 def test_a_line_end_and_right_to_left_letters_stay_as_written() -> None:
