@@ -73,6 +73,10 @@ from executor.storage import StorageHealth, open_database, opening, reading, wri
 logger = logging.getLogger(__name__)
 
 DAY_S: Final = 86_400.0
+# A page of shadow runs (with their results) ends before its results pass this: with the
+# largest run (twice 16 MiB of output and 1 MiB of actions) it stays under the 34 MiB a
+# client is told to accept for an Execute answer.
+MAX_SHADOW_PAGE_BYTES: Final = 32 << 20
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -553,10 +557,11 @@ class RunHistory:
             rows = self._db.execute(query, (*args, limit + 1)).fetchall()
         shown = rows[:limit]
         if filters.shadow_only:
+            shown = _within_bytes(shown, MAX_SHADOW_PAGE_BYTES)
             runs = [self._record(row, result=result_from_json(row["result"])) for row in shown]
         else:
             runs = [self._record(row) for row in shown]
-        last = shown[-1] if shown and len(rows) > limit else None
+        last = shown[-1] if shown and len(rows) > len(shown) else None
         return RunPage(
             tuple(runs),
             None if last is None else RunKey(last["started_at"], last["row_id"]),
@@ -735,3 +740,19 @@ class RunHistory:
             policy=row["policy"],
             shadow=bool(row["shadow"]),
         )
+
+
+def _within_bytes(rows: list[Any], cap: int) -> list[Any]:
+    """The first rows whose stored results come to at most ``cap`` bytes (at least one).
+
+    A page of shadow runs carries their whole results: 1,000 of them, each up to twice
+    ``output_bytes`` and 1 MiB of actions, made an answer no client takes. The stored
+    JSON is at least as long as the answer's protobuf (it escapes what protobuf sends
+    as is).
+    """
+    total = 0
+    for count, row in enumerate(rows):
+        total += len(row["result"] or "")
+        if total > cap and count:
+            return rows[:count]
+    return rows

@@ -242,12 +242,25 @@ def check_a_shadow_page_carries_results(history: RunHistory) -> None:
     assert [r.invocation_id for r in last.runs] == ["s-0"] and last.next is None
 
 
+def check_a_shadow_page_ends_before_its_results_pass_the_bound(history: RunHistory) -> None:
+    # 1,000 shadow runs of 16 MiB outputs made one answer no client could take.
+    big = 12 << 20
+    for n in range(4):
+        run = dataclasses.replace(invocation(f"b-{n}"), shadow=True)
+        history.record(
+            run, dataclasses.replace(result(f"b-{n}"), stdout="x" * big), started_at=400.0 + n
+        )
+    pages = walk(history, RunFilters(shadow_only=True), limit=1000)
+    assert pages == [["b-3", "b-2"], ["b-1", "b-0"]]  # 24 MiB each: a third would pass 32
+
+
 CHECKS = [
     check_pages_cover_every_run_once_newest_first,
     check_runs_that_started_at_once_are_split_across_pages_without_loss,
     check_every_page_keeps_the_filters,
     check_runs_recorded_between_pages_neither_shift_nor_repeat,
     check_a_shadow_page_carries_results,
+    check_a_shadow_page_ends_before_its_results_pass_the_bound,
 ]
 
 

@@ -1696,7 +1696,10 @@ class ListRunsRequest(_message.Message):
     INVALID_ARGUMENT.
     """
     shadow_only: _builtins.bool
-    """Only shadow runs (of callbacks.conf lines marked shadow)."""
+    """Only shadow runs (of callbacks.conf lines marked shadow), each with its whole
+    result: a page then ends early, before its results pass 32 MiB (it holds at
+    least one run), and next_page_token leads on.
+    """
     page_token: _builtins.str
     """Opaque: the next_page_token of an earlier answer, for the page after it; empty
     for the first page (the newest runs). The other fields must be those of the
