@@ -805,6 +805,18 @@ class ReferenceSupervisor:
         with self._using_db():
             return self._busy_instances(job_id)
 
+    def running_work_by_instance(self, job_id: int) -> dict[int, list[str]]:
+        """The job's running items by the instance running each, in agenda order."""
+        with self._using_db():
+            rows = self._db.execute(
+                "SELECT subid, name FROM work WHERE job_id = ? AND status = ? ORDER BY position",
+                (job_id, Status.RUNNING),
+            )
+            running: dict[int, list[str]] = {}
+            for subid, name in rows:
+                running.setdefault(subid, []).append(name)
+        return running
+
     def _busy_instances(self, job_id: int) -> set[int]:
         # A seek in ``work_by_status``: the running items, not the whole agenda.
         rows = self._db.execute(
