@@ -13,7 +13,8 @@ and the attempt number, never on which worker took it or when. Which worker take
 item depends on timing.
 
 Stopping: the first SIGINT/SIGTERM stops taking work and finishes the items in flight
-(at most ``frame_seconds``); a second one leaves them running and exits.
+(at most ``frame_seconds``); a second one leaves them running, names them with the
+command that ends them, and exits.
 
 An executor that cannot take a call now (restarting, say, or its data dir full: both
 answer UNAVAILABLE) does not lose a rendered frame: its end is reported again for up to
@@ -75,6 +76,8 @@ class Workers:
         self._plan = plan
         self._out = out
         self._stopping = asyncio.Event()
+        # Set by a second Ctrl-C: the items in flight are left running on purpose.
+        self._abandoned = False
         self.finished = 0
         # host -> the item it has taken and not yet reported ("12:5", or "12" for a job).
         self.in_flight: dict[str, str] = {}
@@ -87,6 +90,15 @@ class Workers:
 
     def stop(self) -> None:
         """Take no more work; finish the items in flight."""
+        self._stopping.set()
+
+    def abandon(self) -> None:
+        """Leave the items in flight running: the caller then cancels ``run``.
+
+        What is left is named as stopped by the user, not as unreported because the
+        executor did not answer (it may have answered all along).
+        """
+        self._abandoned = True
         self._stopping.set()
 
     async def _pause(self, seconds: float) -> None:
@@ -195,13 +207,21 @@ class Workers:
             self._say_left_running()
 
     def _say_left_running(self) -> None:
-        if not self.in_flight and not self.unreported:
-            return
-        names = " ".join(sorted({*self.in_flight.values(), *self.unreported}))
-        self._say(
-            f"left running (taken, their end never reported): {names}; once the executor "
-            f"answers, end them with: cbexec farm complete {names} (or fail, or kill then retry)"
-        )
+        stopped = sorted(set(self.in_flight.values())) if self._abandoned else []
+        unreported = sorted({*self.in_flight.values(), *self.unreported} - set(stopped))
+        ending = "end them with: cbexec farm complete {} (or fail, or kill then retry)"
+        if stopped:
+            names = " ".join(stopped)
+            self._say(
+                f"left running (stopped before their end was reported): {names}; "
+                + ending.format(names)
+            )
+        if unreported:
+            names = " ".join(unreported)
+            self._say(
+                f"left running (taken, their end never reported): {names}; once the executor "
+                "answers, " + ending.format(names)
+            )
 
 
 async def run_until_signalled(workers: Workers, say: Callable[[str], None]) -> None:
@@ -217,6 +237,7 @@ async def run_until_signalled(workers: Workers, say: Callable[[str], None]) -> N
             say("stopping: finishing the items in flight (again to leave them running)")
             workers.stop()
         else:
+            workers.abandon()
             running.cancel()
 
     for signum in (signal.SIGINT, signal.SIGTERM):

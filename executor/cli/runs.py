@@ -3,7 +3,8 @@
 ``cbexec run`` is how an admin tries a callback before installing it: against the site's
 running executor (the callback really acts on the job, and its result is reported like
 any other), or with ``--embedded`` against a throwaway executor and embedded supervisor
-started in this process on 127.0.0.1:0, into which the job file is submitted first.
+started in this process on 127.0.0.1:0, whose supervisor holds the job file's job as
+it is given first (its id, statuses and all).
 
 What a callback chose (its output, failure, traceback, action messages, the trigger
 and names it ran for) is printed with its control characters as visible escapes
@@ -370,14 +371,6 @@ def _callback_source(args: argparse.Namespace) -> tuple[str, str]:
     return language, code
 
 
-def _submittable(job: Mapping[str, Any]) -> dict[str, Any]:
-    """A job dict the embedded supervisor accepts: ids and live state are its to assign."""
-    copy = {k: v for k, v in job.items() if k not in ("id", "pgrp", "pid")}
-    if copy.get("status") not in (None, "pending", "blocked"):
-        copy.pop("status")
-    return copy
-
-
 def _throwaway_settings(data_dir: Path) -> Settings:
     """The ``--embedded`` executor's settings: loopback, any port, cold children.
 
@@ -425,15 +418,18 @@ async def _run_one(args: argparse.Namespace, out: TextIO) -> int:
             from supervisor_client.reference.errors import SubmitError
 
             try:
-                # Checked as the farm's SubmitJobs checks it: a trigger RegisterJob would
-                # refuse is an error here, not callbacks silently dropped.
-                job = running.reference.submit(
-                    [_submittable(job)], check_trigger=check_trigger, check_language=check_language
-                )[0]
+                # As jobinfo gave it (an ended job's frames, its status and id), not as a
+                # submission: that would refuse ended frames and give a new id and status.
+                # Malformed input is refused as the farm's SubmitJobs refuses it: a trigger
+                # RegisterJob would refuse is an error here, not a callback silently dropped.
+                job = running.reference.hold_as_given(
+                    job, check_trigger=check_trigger, check_language=check_language
+                )
             except SubmitError as err:
                 raise ConfigError(f"--job: {err}") from err
             print(
-                f"embedded executor on port {running.port}; job submitted as id {job['id']}",
+                f"embedded executor on port {running.port}; job {job['id']} held as given "
+                f"({job['status']})",
                 file=out,
             )
             async with ExecutorClient(f"127.0.0.1:{running.port}") as client:

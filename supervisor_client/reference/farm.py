@@ -11,10 +11,12 @@ reaches the executor through the same forwarder. What this adds is the worker's 
   A preempted job (its running frames finishing, store.job_action) is given none.
 - ``change_work``: the worker's changes (start, complete, fail) and the operator's work
   verbs on a list of exact item names. Items a change does not apply to are left alone
-  and named in the result, as the supervisor's verbs do. It reads the job's row, its
-  instances and the named items only: a worker's change of one frame costs the same on
-  a job of ten frames or of 100,000 (where reading every item took 1-2 s of the
-  executor's loop); only an error naming the agenda reads its names.
+  and named in the result, as the supervisor's verbs do. A start dispatches as
+  ``take_work`` does: each frame on a free instance, and none of them when too few are
+  free. It reads the job's row, its instances, the named items and, to start pending
+  ones, the running items only: a worker's change of one frame costs the same on a job
+  of ten frames or of 100,000 (where reading every item took 1-2 s of the executor's
+  loop); only an error naming the agenda reads its names.
 - messages that name the job or item and say what exists.
 
 Single-threaded use is assumed (the executor's event loop): ``take_work`` reads and then
@@ -290,21 +292,20 @@ class Farm:
         job_id = job["id"]
         statuses = {w["name"]: w["status"] for w in job["agenda"]}
         wanted = (Status.PENDING,) if change == "start" else _DISPATCHABLE
-        instances = self._instances_to_start_on(job)
+        pending = [name for name in names if statuses[name] == Status.PENDING]
+        starts_on, not_started = self._instances_for(change, job, pending)
         moved: list[str] = []
         refused: dict[str, list[str]] = {}
-        unstarted: list[str] = []
         with self._supervisor.together():  # every frame's change, or none (a full disk)
             for name in names:
                 status = statuses[name]
                 if status not in wanted:
                     refused.setdefault(status, []).append(name)
                     continue
-                if status == Status.PENDING and not instances:
-                    unstarted.append(name)
-                    continue
                 if status == Status.PENDING:
-                    self._supervisor.start_work(job_id, name, host, subid=instances[0])
+                    if name not in starts_on:
+                        continue  # not_started says why
+                    self._supervisor.start_work(job_id, name, host, subid=starts_on[name])
                 if change == "complete":
                     self._supervisor.complete_work(job_id, name, resultpackage)
                 elif change == "fail":
@@ -316,18 +317,64 @@ class Farm:
             f"work {job_id}:{','.join(group)} is {status}; {change} takes {accepts} work"
             for status, group in refused.items()
         ]
-        if unstarted:
-            parts.append(self._no_instance_to_start_on(job, unstarted))
+        if not_started:
+            parts.append(not_started)
         return WorkChangeResult(len(moved), tuple(names), "; ".join(parts), self.status(job_id))
 
-    def _instances_to_start_on(self, job: Mapping[str, Any]) -> list[int]:
-        """The instances a frame may start on, idle ones first.
+    def _instances_for(
+        self, change: str, job: Mapping[str, Any], pending: Sequence[str]
+    ) -> tuple[dict[str, int], str]:
+        """The instance each pending frame starts on, and why any does not start ("" if all do).
 
-        An operator may start a frame on a busy instance, never on one that is not
-        pending or running (ended, blocked, suspended).
+        An instance runs one frame at a time (Qube's dispatch, as ``take_work``'s): a
+        start puts each frame on a free instance of the job (pending, or running with no
+        frame), and when there are fewer free instances than frames, starts none of them
+        (a worker's start of several frames is all or nothing). A complete or fail of a
+        pending frame starts and ends it at once, leaving no two frames running on one
+        instance, so it may take a busy instance when none is free. None starts on an
+        instance that is not pending or running (ended, blocked, suspended).
         """
+        if not pending:
+            return {}, ""
         live = [sub["id"] for sub in job["subjobs"] if sub["status"] in _DISPATCHABLE]
-        return self._idle_instances(job, self._supervisor.busy_instances(job["id"])) or live
+        if not live:
+            return {}, self._no_instance_to_start_on(job, pending)
+        running = self._supervisor.running_work_by_instance(job["id"])
+        free = self._idle_instances(job, running)
+        if change != "start":
+            return dict.fromkeys(pending, (free or live)[0]), ""
+        if len(free) < len(pending):
+            return {}, self._no_free_instance(job, pending, free, running)
+        return dict(zip(pending, free, strict=False)), ""
+
+    @staticmethod
+    def _no_free_instance(
+        job: Mapping[str, Any],
+        names: Sequence[str],
+        free: Sequence[int],
+        running: Mapping[int, Sequence[str]],
+    ) -> str:
+        """Why a start of ``names`` started none: too few free instances, and what the others do."""
+        job_id = job["id"]
+        others = [
+            f"{job_id}.{subid} runs {job_id}:{','.join(frames)}"
+            for subid, frames in sorted(running.items())
+        ]
+        others += [
+            f"{job_id}.{sub['id']} {sub['status']}"
+            for sub in job["subjobs"]
+            if sub["status"] not in _DISPATCHABLE
+        ]
+        if free:
+            listed = ", ".join(f"{job_id}.{subid}" for subid in free)
+            have = f"{len(free)} free instance{'s' if len(free) > 1 else ''} ({listed})"
+            have += f" for {len(names)} frames"
+        else:
+            have = "no free instance"
+        return (
+            f"work {job_id}:{','.join(names)} not started: job {job_id} has {have}, as an "
+            "instance runs one frame at a time" + (f" ({', '.join(others)})" if others else "")
+        )
 
     @staticmethod
     def _no_instance_to_start_on(job: Mapping[str, Any], names: Sequence[str]) -> str:

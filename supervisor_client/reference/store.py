@@ -47,6 +47,7 @@ from supervisor_client.reference.errors import (
     SubmitError,
 )
 from supervisor_client.reference.event_outbox import EventOutbox, UnsentEvent
+from supervisor_client.reference.given_job import parse_given_job
 from supervisor_client.reference.retention import PAYLOAD_BYTES, ResultRetention, compact
 from supervisor_client.reference.states import (
     DEFAULT_SECURITY,
@@ -587,6 +588,91 @@ class ReferenceSupervisor:
             labels.append(label)
         return labels
 
+    def hold_as_given(
+        self,
+        job: Mapping[str, Any],
+        *,
+        check_trigger: TriggerCheck | None = None,
+        check_language: LanguageCheck | None = None,
+    ) -> dict[str, Any]:
+        """Hold one job dict as it is given, in place of any job held under its id.
+
+        What ``cbexec run --embedded`` tries a callback in: unlike ``submit``, the job
+        keeps its id, its statuses, where its frames ran, their attempts and result
+        packages, and its callbacks' ids and counts (given_job.py). Nothing happened to
+        the job here, so it causes no event and is not registered with the trigger
+        engine (which would fire its callbacks). Returns the job with its callbacks.
+        Raises SubmitError naming a malformed field (checked as ``submit`` checks it),
+        or a label another job of its process group holds.
+        """
+        given = parse_given_job(
+            job,
+            now=int(self._clock()),
+            check_trigger=check_trigger,
+            check_language=check_language,
+        )
+        job_id, fields = given.id, given.fields
+        with self._transaction() as changes:
+            holder = self._db.execute(
+                "SELECT id FROM jobs WHERE pgrp = ? AND label = ? AND id != ?",
+                (given.pgrp, given.label, job_id),
+            ).fetchone()
+            if holder is not None:
+                raise SubmitError(
+                    f"job {job_id}: label {given.label!r} is taken by job {holder['id']} "
+                    f"(pgrp {given.pgrp}); a label names one job of its process group"
+                )
+            replaced = self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount
+            self._db.execute(
+                "INSERT INTO jobs (id, name, label, pgrp, pid, status, user, priority, prototype,"
+                " cpus, mailaddress, timesubmit, timestart, timecomplete, extra) VALUES"
+                " (:id, :name, :label, :pgrp, :pid, :status, :user, :priority, :prototype,"
+                " :cpus, :mailaddress, :timesubmit, :timestart, :timecomplete, :extra)",
+                {
+                    **asdict(fields),
+                    "id": job_id,
+                    "label": given.label,
+                    "pgrp": given.pgrp,
+                    "status": given.status,
+                    "timesubmit": given.timesubmit,
+                    "timestart": given.timestart,
+                    "timecomplete": given.timecomplete,
+                },
+            )
+            self._db.executemany(
+                "INSERT INTO work (job_id, position, name, status, subid, host, count,"
+                " resultpackage) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (job_id, pos, w.name, w.status, w.subid, w.host, w.count, w.resultpackage)
+                    for pos, w in enumerate(given.agenda)
+                ],
+            )
+            self._db.executemany(
+                "INSERT INTO subjobs (job_id, id, status, host) VALUES (?, ?, ?, ?)",
+                [(job_id, sub.id, sub.status, sub.host) for sub in given.instances],
+            )
+            self._db.executemany(
+                "INSERT INTO callbacks (job_id, id, triggers, language, code, user, count,"
+                " maximum, mode) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        job_id,
+                        cb.id,
+                        cb.callback.triggers,
+                        cb.callback.language,
+                        cb.callback.code,
+                        cb.callback.user or fields.user,
+                        cb.count,
+                        cb.callback.maximum,
+                        cb.callback.mode,
+                    )
+                    for cb in given.callbacks
+                ],
+            )
+            instead = " in place of the job held under its id" if replaced else ""
+            changes.note(job_id, f"[job] held as given{instead}, status {given.status}")
+        return self.job(job_id, include_callbacks=True)
+
     # -- reading ------------------------------------------------------------------------
 
     def job(
@@ -718,6 +804,18 @@ class ReferenceSupervisor:
         """The job's instances running one of its items (none for an unknown job)."""
         with self._using_db():
             return self._busy_instances(job_id)
+
+    def running_work_by_instance(self, job_id: int) -> dict[int, list[str]]:
+        """The job's running items by the instance running each, in agenda order."""
+        with self._using_db():
+            rows = self._db.execute(
+                "SELECT subid, name FROM work WHERE job_id = ? AND status = ? ORDER BY position",
+                (job_id, Status.RUNNING),
+            )
+            running: dict[int, list[str]] = {}
+            for subid, name in rows:
+                running.setdefault(subid, []).append(name)
+        return running
 
     def _busy_instances(self, job_id: int) -> set[int]:
         # A seek in ``work_by_status``: the running items, not the whole agenda.

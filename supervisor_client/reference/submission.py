@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 from supervisor_client.jobdict import triggers_text
@@ -65,7 +65,7 @@ LanguageCheck = Callable[[str], str | None]
 
 
 @dataclass(frozen=True, slots=True)
-class _Checks:
+class Checks:
     trigger: TriggerCheck | None = None
     language: LanguageCheck | None = None
 
@@ -77,7 +77,7 @@ class _NewWork:
 
 
 @dataclass(frozen=True, slots=True)
-class _NewCallback:
+class NewCallback:
     triggers: str
     language: str
     code: str
@@ -104,11 +104,11 @@ class NewJob:
     pgrp: int | None
     mailaddress: str
     agenda: tuple[_NewWork, ...]
-    callbacks: tuple[_NewCallback, ...]
+    callbacks: tuple[NewCallback, ...]
     extra: str
 
 
-def _text(where: str, fields: Mapping[str, Any], key: str, default: str) -> str:
+def text_field(where: str, fields: Mapping[str, Any], key: str, default: str) -> str:
     value = fields.get(key)
     if value is None:
         return default
@@ -117,9 +117,9 @@ def _text(where: str, fields: Mapping[str, Any], key: str, default: str) -> str:
     return value
 
 
-def _name(where: str, fields: Mapping[str, Any], key: str, default: str) -> str:
+def name_field(where: str, fields: Mapping[str, Any], key: str, default: str) -> str:
     """A text field that names something: at most MAX_NAME_CHARS characters."""
-    value = _text(where, fields, key, default)
+    value = text_field(where, fields, key, default)
     if len(value) > MAX_NAME_CHARS:
         raise SubmitError(
             f"{where}: {key} is {len(value)} characters; the limit is {MAX_NAME_CHARS}"
@@ -127,7 +127,7 @@ def _name(where: str, fields: Mapping[str, Any], key: str, default: str) -> str:
     return value
 
 
-def _integer(
+def integer_field(
     where: str,
     fields: Mapping[str, Any],
     key: str,
@@ -156,17 +156,16 @@ def _status(where: str, value: Any) -> str:
     return str(value)
 
 
-def _parse_agenda(where: str, entries: Any) -> tuple[_NewWork, ...]:
-    """Work names (str/int) or dicts with ``name`` and optional ``status``.
+def agenda_entries(where: str, entries: Any) -> list[tuple[str, Mapping[str, Any]]]:
+    """An agenda's items as (name, the item's fields): names checked, each once.
 
-    Items are pending unless they say "blocked", also in a blocked job: the job's own
-    status is what holds them back, as in Qube.
+    An item is a work name (str or int) or a dict with ``name``.
     """
     if entries is None:
-        return ()
+        return []
     if not isinstance(entries, list | tuple):
         raise SubmitError(f"{where}: agenda must be a list, got {type(entries).__name__}")
-    agenda: list[_NewWork] = []
+    items: list[tuple[str, Mapping[str, Any]]] = []
     seen: set[str] = set()
     for entry in entries:
         fields = entry if isinstance(entry, Mapping) else {"name": entry}
@@ -181,8 +180,20 @@ def _parse_agenda(where: str, entries: Any) -> tuple[_NewWork, ...]:
         if str(name) in seen:
             raise SubmitError(f"{where}: work name {str(name)!r} appears twice in the agenda")
         seen.add(str(name))
-        agenda.append(_NewWork(str(name), _status(f"{where}, work {name}", fields.get("status"))))
-    return tuple(agenda)
+        items.append((str(name), fields))
+    return items
+
+
+def _parse_agenda(where: str, entries: Any) -> tuple[_NewWork, ...]:
+    """Work names (str/int) or dicts with ``name`` and optional ``status``.
+
+    Items are pending unless they say "blocked", also in a blocked job: the job's own
+    status is what holds them back, as in Qube.
+    """
+    return tuple(
+        _NewWork(name, _status(f"{where}, work {name}", fields.get("status")))
+        for name, fields in agenda_entries(where, entries)
+    )
 
 
 def _triggers(at: str, value: Any, check: TriggerCheck | None) -> str:
@@ -212,9 +223,9 @@ def _triggers(at: str, value: Any, check: TriggerCheck | None) -> str:
     return text
 
 
-def _parse_callbacks(
-    where: str, entries: Any, checks: _Checks, owner: str
-) -> tuple[_NewCallback, ...]:
+def parse_callbacks(
+    where: str, entries: Any, checks: Checks, owner: str
+) -> tuple[NewCallback, ...]:
     """Callback dicts; ``id``, ``count`` and the like are assigned here, so they are ignored.
 
     ``triggers`` is a string, or a list of them meaning the OR of its items (the README's
@@ -233,25 +244,25 @@ def _parse_callbacks(
         if not isinstance(entry, Mapping):
             raise SubmitError(f"{at}: must be a dict, got {entry!r}")
         # As RegisterJob takes it (README): a callback without a language is qube.
-        language = _text(at, entry, "language", "") or "qube"
+        language = text_field(at, entry, "language", "") or "qube"
         if entry.get("triggers") in (None, "", [], ()):
             raise SubmitError(f"{at}: triggers is required (a trigger expression, or a list)")
         if checks.language is not None and (problem := checks.language(language)) is not None:
             raise SubmitError(f"{at}: language: {problem}")
         triggers = _triggers(at, entry["triggers"], checks.trigger)
-        mode = _text(at, entry, "mode", "")
+        mode = text_field(at, entry, "mode", "")
         if mode not in _MODES:
             raise SubmitError(f"{at}: mode must be 'edge' or 'level', got {mode!r}")
-        code = _text(at, entry, "code", "")
+        code = text_field(at, entry, "code", "")
         if (size := len(code.encode("utf-8", "surrogatepass"))) > MAX_CODE_BYTES:
             raise SubmitError(f"{at}: code is {size} bytes; the limit is {MAX_CODE_BYTES} (1 MiB)")
         callbacks.append(
-            _NewCallback(
+            NewCallback(
                 triggers,
                 language,
                 code,
                 _callback_user(at, entry, owner),
-                _integer(at, entry, "maximum", 0, 0, MAX_RUNS),
+                integer_field(at, entry, "maximum", 0, 0, MAX_RUNS),
                 mode,
             )
         )
@@ -264,7 +275,7 @@ def _callback_user(at: str, entry: Mapping[str, Any], owner: str) -> str:
     It gets that user's rights and sandbox policy, so a submission naming anyone else
     would borrow theirs.
     """
-    user = _text(at, entry, "user", "")
+    user = text_field(at, entry, "user", "")
     if user and user != owner:
         raise SubmitError(
             f"{at}: user {user!r} is not the job's owner {owner!r}; a job's callbacks act "
@@ -273,13 +284,25 @@ def _callback_user(at: str, entry: Mapping[str, Any], owner: str) -> str:
     return user
 
 
-def _parse_job(number: int, job: Any, checks: _Checks) -> NewJob:
-    """The job at ``number`` (from 1, as its callbacks are numbered) of a submission."""
-    if not isinstance(job, Mapping):
-        raise SubmitError(f"job {number} of the submission must be a dict, got {job!r}")
-    where = f"job {number} of the submission"
-    status = _status(where, job.get("status"))
-    cpus = _integer(where, job, "cpus", 1, 1)
+@dataclass(frozen=True, slots=True)
+class JobFields:
+    """What a job dict says of itself besides its state: a submitted and a held job's alike."""
+
+    name: str
+    label: str | None
+    user: str
+    priority: int
+    prototype: str
+    cpus: int
+    pid: int
+    pgrp: int | None
+    mailaddress: str
+    extra: str
+
+
+def parse_job_fields(where: str, job: Mapping[str, Any]) -> JobFields:
+    """The job's own fields, validated: its names, owner, mail, priority, instances, extra."""
+    cpus = integer_field(where, job, "cpus", 1, 1)
     if cpus > MAX_CPUS:
         raise SubmitError(f"{where}: cpus = {cpus} is above the limit of {MAX_CPUS}")
     extra = {k: v for k, v in job.items() if k not in _INPUT_FIELDS | _ASSIGNED_FIELDS}
@@ -287,11 +310,11 @@ def _parse_job(number: int, job: Any, checks: _Checks) -> NewJob:
         extra_json = json.dumps(extra, allow_nan=False)
     except (TypeError, ValueError) as err:
         raise SubmitError(f"{where}: fields {sorted(extra)} are not JSON values: {err}") from err
-    user = _name(where, job, "user", "qube") or "qube"
+    user = name_field(where, job, "user", "qube") or "qube"
     if user != user.strip() or not user.isprintable():
         # A user is a Qube account name: "  " or "bob\n" would be an owner no one is.
         raise SubmitError(f"{where}: user {user!r} is not a user name")
-    mailaddress = _name(where, job, "mailaddress", "")
+    mailaddress = name_field(where, job, "mailaddress", "")
     if not mailaddress.replace("\t", " ").isprintable():
         # A list of addresses is one line: a CR/LF would reach the mail's To: header.
         raise SubmitError(
@@ -305,28 +328,40 @@ def _parse_job(number: int, job: Any, checks: _Checks) -> NewJob:
             f"{where}: mailaddress {mailaddress!r}: {bad!r} is not a mail address ({EXPECTED}, "
             "separated by ',', ';' or spaces)"
         )
-    dependency = parse_dependency(where, {**job, "user": user})
+    return JobFields(
+        name=name_field(where, job, "name", ""),
+        label=name_field(where, job, "label", "") or None,
+        user=user,
+        priority=integer_field(where, job, "priority", 9999, -(2**31), MAX_PRIORITY),
+        prototype=name_field(where, job, "prototype", "cmdline"),
+        cpus=cpus,
+        pid=integer_field(where, job, "pid", 0, 0),
+        pgrp=integer_field(where, job, "pgrp", 0, 0) or None,
+        mailaddress=mailaddress,
+        extra=extra_json,
+    )
+
+
+def _parse_job(number: int, job: Any, checks: Checks) -> NewJob:
+    """The job at ``number`` (from 1, as its callbacks are numbered) of a submission."""
+    if not isinstance(job, Mapping):
+        raise SubmitError(f"job {number} of the submission must be a dict, got {job!r}")
+    where = f"job {number} of the submission"
+    status = _status(where, job.get("status"))
+    fields = parse_job_fields(where, job)
+    dependency = parse_dependency(where, {**job, "user": fields.user})
     callbacks = (  # the dependency's are checked the same way, after the job's own
-        *_parse_callbacks(where, job.get("callbacks"), checks, user),
-        *_parse_callbacks(f"{where}, dependency", list(dependency.callbacks), checks, user),
+        *parse_callbacks(where, job.get("callbacks"), checks, fields.user),
+        *parse_callbacks(f"{where}, dependency", list(dependency.callbacks), checks, fields.user),
     )
     agenda = _parse_agenda(where, job.get("agenda"))
     if dependency.holds_frames:
         agenda = tuple(_NewWork(work.name, Status.BLOCKED) for work in agenda)
     return NewJob(
-        name=_name(where, job, "name", ""),
-        label=_name(where, job, "label", "") or None,
-        user=user,
+        **asdict(fields),
         status=Status.BLOCKED if dependency.holds_job else status,
-        priority=_integer(where, job, "priority", 9999, -(2**31), MAX_PRIORITY),
-        prototype=_name(where, job, "prototype", "cmdline"),
-        cpus=cpus,
-        pid=_integer(where, job, "pid", 0, 0),
-        pgrp=_integer(where, job, "pgrp", 0, 0) or None,
-        mailaddress=mailaddress,
         agenda=agenda,
         callbacks=callbacks,
-        extra=extra_json,
     )
 
 
@@ -343,7 +378,7 @@ def parse_submission(
     """
     if isinstance(jobs, Mapping | str | bytes) or not isinstance(jobs, Sequence):
         raise SubmitError("submit takes a list of job dicts")
-    checks = _Checks(check_trigger, check_language)
+    checks = Checks(check_trigger, check_language)
     # Counted from 1 like callbacks: "job 0" would read as a job id, which none has.
     return [_parse_job(number, job, checks) for number, job in enumerate(jobs, start=1)]
 

@@ -379,6 +379,64 @@ async def test_a_stopped_worker_finishes_its_frame_first(stack_warm: Stack) -> N
     assert statuses == ["complete", "pending"], "frame 2 was never taken"
 
 
+async def test_a_second_stop_names_the_frames_it_left_running_as_its_own_doing(
+    stack_warm: Stack,
+) -> None:
+    """The executor answered all along: the message must not say to wait for it (probe 50)."""
+    stack_warm.supervisor.submit([{"name": "slow", "cpus": 2, "agenda": ["1", "2", "3"]}])
+    proc = await start_workers(stack_warm.address, "2", "--frame-seconds", "60")
+    try:
+        await read_until(proc, "took 1:")
+        await read_until(proc, "took 1:")
+        proc.send_signal(signal.SIGTERM)
+        await read_until(proc, "stopping: finishing the items in flight")
+    finally:
+        code, out, err = await stop(proc)  # the second SIGTERM
+    assert code == 0, err
+    assert out.splitlines()[-2:] == [
+        "left running (stopped before their end was reported): 1:1 1:2; end them with: "
+        "cbexec farm complete 1:1 1:2 (or fail, or kill then retry)",
+        "stopped after 0 items",
+    ]
+    statuses = [w["status"] for w in stack_warm.supervisor.job(1)["agenda"]]
+    assert statuses == ["running", "running", "pending"]
+
+
+async def test_abandoned_workers_name_their_frames_apart_from_a_refused_end() -> None:
+    """A frame whose end was refused keeps its words; those in flight are the user's doing."""
+
+    class Slow:
+        def __init__(self) -> None:
+            self.frames = ["1", "2"]
+
+        async def take_work(self, host: str) -> farm_pb2.TakeWorkResponse:
+            if not self.frames:
+                return farm_pb2.TakeWorkResponse(taken=False)
+            return farm_pb2.TakeWorkResponse(
+                taken=True, job_id=4, work_name=self.frames.pop(0), job_name="j", attempt=1
+            )
+
+        async def change_work(self, **call: Any) -> farm_pb2.ChangeWorkResponse:
+            if call["work"] == ["1"]:
+                raise ExecutorRpcError(grpc.StatusCode.INTERNAL, "internal error (incident 3)")
+            await asyncio.Event().wait()  # never answers: still reporting 4:2
+            raise AssertionError
+
+    out = io.StringIO()
+    workers = farm_workers.Workers(Slow(), WorkerPlan(1, 0.0, 0.0, 1), out)  # type: ignore[arg-type]
+    running = asyncio.create_task(workers.run())
+    assert await eventually(lambda: list(workers.in_flight.values()) == ["4:2"], timeout_s=5)
+    workers.abandon()
+    running.cancel()
+    await asyncio.wait([running])
+    assert out.getvalue().splitlines()[-2:] == [
+        "left running (stopped before their end was reported): 4:2; end them with: "
+        "cbexec farm complete 4:2 (or fail, or kill then retry)",
+        "left running (taken, their end never reported): 4:1; once the executor answers, "
+        "end them with: cbexec farm complete 4:1 (or fail, or kill then retry)",
+    ]
+
+
 def test_worker_failures_depend_only_on_seed_job_frame_and_attempt() -> None:
     plan = WorkerPlan(2, 1.0, 0.3, seed=5)
     first = [fails(plan, 7, str(n), 1) for n in range(200)]

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import grpc
 import pytest
@@ -372,8 +372,72 @@ async def test_cbexec_run_embedded(stack: Stack, tmp_path: Path) -> None:
         env={"CBEXEC_SANDBOX_UID_BASE": str(stack.settings.sandbox_uid_base)},
     )
     assert code == 0, out + err
-    assert "job submitted as id" in out
+    assert "job 4000 held as given (running)" in out
     assert "\nx\n" in out
+
+
+ENDED_JOB: Final = {
+    "id": 12,
+    "name": "emb",
+    "user": "alice",
+    "status": "failed",
+    "agenda": [
+        {"name": "1", "status": "complete", "subid": 0, "host": "node7", "count": 1},
+        {"name": "2", "status": "failed", "subid": 0, "host": "node7", "count": 2},
+    ],
+    "subjobs": [{"id": 0, "status": "failed", "host": "node7"}],
+    "todotally": {"complete": 1, "failed": 1},
+}
+SHOW_JOB: Final = """\
+info = qb.jobinfo("-id", qb.jobid())[0]
+print(qb.jobid(), qb.jobstatus(qb.jobid()), info["status"])
+print([(w["name"], w["status"], w["count"]) for w in info["agenda"]])
+"""
+
+
+async def test_cbexec_run_embedded_runs_in_the_job_as_jobinfo_gave_it(
+    stack: Stack, tmp_path: Path
+) -> None:
+    # An ended job (a failed-job-self or done-work-self-* callback is tried on one) was
+    # refused as a submission ("status must be 'pending' or 'blocked'"), and an accepted
+    # one became a pending job 1.
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps(ENDED_JOB))
+    code, out, err = await cbexec(
+        "run",
+        "--embedded",
+        "--lang",
+        "python",
+        "--job",
+        str(job_file),
+        "--event",
+        "failed-job-self",
+        "--code",
+        SHOW_JOB,
+        env={"CBEXEC_SANDBOX_UID_BASE": str(stack.settings.sandbox_uid_base)},
+    )
+    assert code == 0, out + err
+    assert "job 12 held as given (failed)" in out
+    assert "\n12 failed failed\n[('1', 'complete', 1), ('2', 'failed', 2)]\n" in out
+
+
+async def test_cbexec_run_embedded_names_a_malformed_field(stack: Stack, tmp_path: Path) -> None:
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps({**ENDED_JOB, "agenda": [{"name": "1", "status": "dying"}]}))
+    code, out, err = await cbexec(
+        "run",
+        "--embedded",
+        "--lang",
+        "python",
+        "--job",
+        str(job_file),
+        "--code",
+        "pass",
+        env={"CBEXEC_SANDBOX_UID_BASE": str(stack.settings.sandbox_uid_base)},
+    )
+    assert code == 2, out + err
+    assert err.startswith("cbexec: --job: job 12, work 1: status must be one of pending, ")
+    assert "got 'dying'" in err and "submission" not in err and "Traceback" not in err
 
 
 async def test_cbexec_run_embedded_refuses_a_job_whose_trigger_does_not_parse(

@@ -413,20 +413,141 @@ def test_a_callback_without_language_is_qube(farm: Farm) -> None:
     assert job["callbacks"][0]["language"] == "qube"
 
 
-def test_a_started_frame_goes_to_an_idle_instance_else_the_first_live_one(farm: Farm) -> None:
-    """Which instances are busy is asked of the running items alone, not of every item."""
+def test_a_started_frame_goes_to_a_free_instance_and_waits_when_none_is(farm: Farm) -> None:
+    """An instance runs one frame at a time, for a worker's start as for TakeWork.
+
+    A start put a frame on a busy instance when none was free: a cpus = 1 job ran all
+    its frames at once on instance N.0 (probe 50).
+    """
     (job,) = farm.submit(
         [{"name": "r", "user": "alice", "agenda": ["1", "2", "3", "4"], "cpus": 2}]
     )
     job_id = int(job["id"])
     subids: dict[str, int] = {}
-    for name in ("1", "2", "3"):
+    for name in ("1", "2"):
         assert farm.change_work("start", job_id, [name], host="w").changed == 1
         subids[name] = farm.job(job_id, work_names=[name])["agenda"][0]["subid"]
-    # 1 on idle instance 0, 2 on idle instance 1; none is idle for 3: the first live one.
-    assert subids == {"1": 0, "2": 1, "3": 0}
+    assert subids == {"1": 0, "2": 1}
+
+    refused = farm.change_work("start", job_id, ["3"], host="w")
+
+    assert refused.changed == 0
+    assert refused.message == (
+        f"work {job_id}:3 not started: job {job_id} has no free instance, as an instance "
+        f"runs one frame at a time ({job_id}.0 runs {job_id}:1, {job_id}.1 runs {job_id}:2)"
+    )
+    assert statuses(farm, job_id)["3"] == "pending"
     assert farm.supervisor.busy_instances(job_id) == {0, 1}
     farm.change_work("complete", job_id, ["2"])
     assert farm.supervisor.busy_instances(job_id) == {0}
-    farm.change_work("start", job_id, ["4"], host="w")
+    assert farm.change_work("start", job_id, ["4"], host="w").changed == 1
     assert farm.job(job_id, work_names=["4"])["agenda"][0]["subid"] == 1
+
+
+def running_on(farm: Farm, job_id: int) -> dict[str, int]:
+    """The job's running frames and the instance each runs on."""
+    return {w["name"]: w["subid"] for w in farm.job(job_id)["agenda"] if w["status"] == "running"}
+
+
+def test_a_cpus_1_job_runs_its_frames_one_after_another_when_started_by_hand(
+    farm: Farm,
+) -> None:
+    # `cbexec farm start 14:1` then `14:2` ran both frames at once on instance 14.0.
+    (job,) = farm.submit([{"name": "one", "user": "alice", "agenda": ["1", "2", "3"]}])
+    job_id = int(job["id"])
+    assert farm.change_work("start", job_id, ["1"]).changed == 1
+
+    for second in (["2"], ["2", "3"]):
+        refused = farm.change_work("start", job_id, second)
+        assert refused.changed == 0
+        assert refused.message == (
+            f"work {job_id}:{','.join(second)} not started: job {job_id} has no free instance, "
+            f"as an instance runs one frame at a time ({job_id}.0 runs {job_id}:1)"
+        )
+    assert running_on(farm, job_id) == {"1": 0}
+    assert farm.take_work() is None
+
+    farm.change_work("complete", job_id, ["1"])
+    assert farm.change_work("start", job_id, ["2"]).changed == 1
+    assert running_on(farm, job_id) == {"2": 0}
+
+
+def test_a_start_of_several_frames_takes_a_free_instance_each_or_starts_none(
+    farm: Farm, events: list[Transition]
+) -> None:
+    (job,) = farm.submit(
+        [{"name": "two", "user": "alice", "agenda": ["1", "2", "3", "4"], "cpus": 2}]
+    )
+    job_id = int(job["id"])
+    events.clear()
+
+    refused = farm.change_work("start", job_id, ["1", "2", "3"])
+
+    assert refused.changed == 0
+    assert refused.message == (
+        f"work {job_id}:1,2,3 not started: job {job_id} has 2 free instances ({job_id}.0, "
+        f"{job_id}.1) for 3 frames, as an instance runs one frame at a time"
+    )
+    assert running_on(farm, job_id) == {} and events == []
+
+    started = farm.change_work("start", job_id, ["1", "2"])
+
+    assert (started.changed, started.message) == (2, f"work {job_id}:1,2 -> running")
+    assert running_on(farm, job_id) == {"1": 0, "2": 1}  # both went on instance 0 before
+
+    # A frame refused for its status is named; the pending one waits for a free instance.
+    mixed = farm.change_work("start", job_id, ["2", "3"])
+    assert mixed.changed == 0
+    assert mixed.message == (
+        f"work {job_id}:2 is running; start takes pending work; work {job_id}:3 not started: "
+        f"job {job_id} has no free instance, as an instance runs one frame at a time "
+        f"({job_id}.0 runs {job_id}:1, {job_id}.1 runs {job_id}:2)"
+    )
+
+
+def test_an_ended_instance_is_named_beside_the_busy_one(farm: Farm) -> None:
+    (job,) = farm.submit([{"name": "r", "user": "alice", "agenda": ["1", "2"], "cpus": 2}])
+    job_id = int(job["id"])
+    farm.supervisor.subjob_action("kill", job_id, [1], "alice")
+    farm.change_work("start", job_id, ["1"])
+
+    refused = farm.change_work("start", job_id, ["2"])
+
+    assert refused.message == (
+        f"work {job_id}:2 not started: job {job_id} has no free instance, as an instance runs "
+        f"one frame at a time ({job_id}.0 runs {job_id}:1, {job_id}.1 killed)"
+    )
+
+
+def test_after_a_preempt_or_a_resume_a_start_still_waits_for_a_free_instance(
+    farm: Farm,
+) -> None:
+    (job,) = farm.submit([{"name": "p", "user": "alice", "agenda": ["1", "2", "3"]}])
+    job_id = int(job["id"])
+    farm.change_work("start", job_id, ["1"])
+    farm.change_job("preempt", job_id)
+    assert "is preempted" in farm.change_work("start", job_id, ["2"]).message
+    farm.change_work("complete", job_id, ["1"])  # its running work ended: pending again
+    assert farm.status(job_id) == "pending"
+
+    assert farm.change_work("start", job_id, ["2"]).changed == 1
+    assert farm.change_work("start", job_id, ["3"]).changed == 0
+
+    farm.change_job("suspend", job_id)
+    farm.change_job("resume", job_id)
+    assert running_on(farm, job_id) == {"2": 0}
+    assert farm.change_work("start", job_id, ["3"]).changed == 0
+    assert running_on(farm, job_id) == {"2": 0}
+
+
+def test_a_complete_of_a_pending_frame_may_use_a_busy_instance(farm: Farm) -> None:
+    """It starts and ends the frame at once: no two frames are left running on one instance."""
+    (job,) = farm.submit([{"name": "c", "user": "alice", "agenda": ["1", "2"]}])
+    job_id = int(job["id"])
+    farm.change_work("start", job_id, ["1"])
+
+    done = farm.change_work("complete", job_id, ["2"])
+
+    assert (done.changed, done.message) == (1, f"work {job_id}:2 -> complete")
+    assert statuses(farm, job_id) == {"1": "running", "2": "complete"}
+    assert running_on(farm, job_id) == {"1": 0}
