@@ -46,8 +46,10 @@ SIGTERM = int(signal.SIGTERM)  # an int: the enum member would be one more objec
 EXIT_ON_SIGTERM = 128 + SIGTERM
 # The callback never ran: no start frame, or code that does not compile (as bootstrap.pl).
 EXIT_BAD_START = 2
-# Each text of a done frame is cut to this, so the frame stays under the bridge's limit.
-DONE_TEXT_CHARS = 16 << 10  # JSON may spend 12 bytes on a character
+# Each text of a done frame is cut to this many characters, with a marker: never below the
+# executor's bounds (256 characters, 4 KiB, 64 KiB: it cuts further, by UTF-8 bytes), and
+# the frame stays under the bridge's 1 MiB (JSON may spend 12 bytes on a character).
+DONE_TYPE_CHARS, DONE_MESSAGE_CHARS, DONE_TRACEBACK_CHARS = 1 << 10, 4 << 10, 64 << 10
 # An exception escaped the bootstrap after the start frame: the callback may have run, so
 # this is not the launcher's EXIT_LAUNCH_FAILED (the executor's exit_status.py says which).
 EXIT_REPORT_FAILED = 122
@@ -87,6 +89,13 @@ _sigxcpu_handler: Any = SIG_DFL
 
 class Terminated(SystemExit):
     """SIGTERM arrived: a SystemExit, so the callback's ``finally`` blocks run."""
+
+
+def _within(text: str, most: int) -> str:
+    """``text``, or its first characters with a marker: ``most`` characters in all."""
+    if len(text) <= most:
+        return text
+    return f"{text[: most - 32]}…[{len(text) - most + 32} more characters]"
 
 
 def _on_sigterm(signum: int, frame: types.FrameType | None) -> None:
@@ -429,9 +438,12 @@ def _run_started(bridge_fd: int, start: StartFrame) -> int:
     except (OSError, ValueError):
         pass  # the callback closed or broke its own stdio; the done frame still matters
     if not forked:  # a forked process's ending is its own, not the run's: no done frame
-        for field in ("exception_type", "message", "traceback"):
-            if field in done:  # short enough for the frame limit (the executor cuts further)
-                done[field] = done[field][:DONE_TEXT_CHARS]
+        if "exception_type" in done:
+            done["exception_type"] = _within(done["exception_type"], DONE_TYPE_CHARS)
+        if "message" in done:
+            done["message"] = _within(done["message"], DONE_MESSAGE_CHARS)
+        if "traceback" in done:
+            done["traceback"] = _within(done["traceback"], DONE_TRACEBACK_CHARS)
         # Not contextlib.suppress: it is one more module a forked child would touch.
         try:
             qb._finish_sending()  # a call frame a signal handler's exception cut short

@@ -275,11 +275,34 @@ async def test_a_failure_of_four_byte_characters_comes_back_within_its_bytes(
     assert len(response.failure.traceback.encode()) <= MAX_TRACEBACK_BYTES
 
 
+async def test_a_long_traceback_is_kept_to_its_bound_and_a_cut_says_so(
+    arena_warm: Arena, language: str
+) -> None:
+    # The bootstraps cut every text to 16,384 characters, without a word, though the
+    # traceback's bound is 64 KiB.
+    def raising(length: int) -> str:
+        return {
+            "python": f"raise ValueError('x' * {length})\n",
+            "perl": f"die 'x' x {length};\n",
+        }[language]
+
+    kept = await arena_warm.attack(raising(40_000), language=language)
+    cut = await arena_warm.attack(raising(200_000), language=language)
+
+    assert_outcome(kept, Outcome.OUTCOME_FAILED)
+    assert "x" * 40_000 in kept.failure.traceback
+    assert_outcome(cut, Outcome.OUTCOME_FAILED)
+    assert 60_000 < len(cut.failure.traceback.encode()) <= MAX_TRACEBACK_BYTES
+    assert cut.failure.traceback.endswith(" more characters]") or cut.failure.traceback.endswith(
+        " more bytes]"
+    ), cut.failure.traceback[-60:]
+
+
 async def test_a_forged_failure_is_cut_to_its_bytes_whatever_the_child_counted(
     arena_warm: Arena,
 ) -> None:
-    # The bootstraps cut a done frame's texts to 16,384 characters; a frame the callback
-    # writes itself need not.
+    # The bootstraps cut a done frame's texts to their bounds in characters; a frame the
+    # callback writes itself need not.
     code = FORGE_DONE + (
         "text = '\\U0001F600' * 30_000\n"
         "forge({'type': 'done', 'status': 'exception', 'exception_type': 'E',"

@@ -70,8 +70,10 @@ my sub flush_stdio {
     return;
 }
 
-# Each text of a done frame is cut to this, so the frame stays under the bridge's limit.
-sub DONE_TEXT_CHARS () { 16 << 10 }    # JSON may spend 12 bytes on a character
+# Each text of a done frame is cut to this many characters, with a marker: never below the
+# executor's bounds (256 characters, 4 KiB, 64 KiB: it cuts further, by UTF-8 bytes), and
+# the frame stays under the bridge's 1 MiB (JSON may spend 12 bytes on a character).
+my %DONE_TEXT_CHARS = (exception_type => 1 << 10, message => 4 << 10, traceback => 64 << 10);
 
 # True once the frame is on the bridge (or was before): false in a process the callback
 # forked, or when the callback closed or broke its bridge.
@@ -88,7 +90,11 @@ my sub report {
     # Strings, as protocol.DoneFrame says, even when they look like numbers (die "42"),
     # and short enough for the frame limit (the executor cuts them shorter still).
     for my $field (grep { exists $frame{$_} } qw(exception_type message traceback)) {
-        $frame{$field} = qb::JSON::text(substr($frame{$field} // '', 0, DONE_TEXT_CHARS));
+        my ($text, $most) = ($frame{$field} // '', $DONE_TEXT_CHARS{$field});
+        $text = substr($text, 0, $most - 32) . "\x{2026}[" . (length($text) - $most + 32)
+          . ' more characters]'
+          if length($text) > $most;
+        $frame{$field} = qb::JSON::text($text);
     }
     return eval { qb::_write_frame(\%frame); 1 } ? 1 : 0;
 }
