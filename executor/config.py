@@ -286,7 +286,14 @@ class Settings:
                         f"universal_callback_path: {entry!r}: expected '<dir> [policy=NAME]'"
                     )
                 policy = value.strip()
-            found[Path(directory.strip()).expanduser()] = policy
+            path = Path(directory.strip()).expanduser()
+            if path in found:
+                # Taking the last would give its callbacks whichever policy came last.
+                raise ConfigError(
+                    f"universal_callback_path: {str(path)!r} is named twice; name each "
+                    "directory once, with its [policy=NAME] if any"
+                )
+            found[path] = policy
         if not found:
             # Commas alone: whoever set it meant some directory, not none (nor the default).
             raise ConfigError(

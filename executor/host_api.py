@@ -45,6 +45,7 @@ from executor.bounds import (
     utf8_size,
 )
 from executor.child.protocol import CallFrame, ReplyFrame
+from executor.dependency_release import dependency_release_verb
 from executor.errors import HostCallError
 from executor.host_args import (
     JOB_TARGETS,
@@ -61,7 +62,7 @@ from executor.host_args import (
     parse_work_target,
 )
 from executor.model import ActionRecord, Invocation
-from executor.policies import READ_FUNCTIONS, Policy
+from executor.policies import READ_FUNCTIONS, Policy, canonical_verb
 from executor.supervisor_link import (
     JOB_VERBS,
     SUBJOB_VERBS,
@@ -300,7 +301,9 @@ class HostApi:
     """The qb functions of one run; records every call as an action.
 
     Its ``policy`` says which actions the run may take (``verbs``); a refused one raises
-    ``PermissionDenied`` in the callback, naming the setting. In a *shadow* run
+    ``PermissionDenied`` in the callback, naming the setting. The callback that releases
+    its job as a dependency does may unblock it whatever the ``verbs``
+    (dependency_release.py). In a *shadow* run
     (``invocation.shadow``) reading works as always, and each action is checked and
     recorded as ``shadow: would <verb> <target>`` but never sent to the supervisor: it
     returns ``SHADOW_VALUE`` (0, no item changed).
@@ -316,6 +319,7 @@ class HostApi:
         self._calls = 0
         self._action_seq = 0
         self._spelling = Spelling.of(invocation.callback.language)
+        self._dependency_verb = dependency_release_verb(invocation)
 
     def next_action_seq(self) -> int:
         """The number of the run's next effect (1, 2, ...): a supervisor action or a mail."""
@@ -366,7 +370,11 @@ class HostApi:
             self._log.add(fn, target, False, error.message)
             raise error
         function, shape = entry
-        if self._policy is not None and not self._policy.allows_function(fn):
+        if (
+            self._policy is not None
+            and not self._policy.allows_function(fn)
+            and canonical_verb(fn) != self._dependency_verb
+        ):
             name = self._policy.name
             error = HostCallError(
                 "PermissionDenied",

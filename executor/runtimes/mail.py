@@ -6,8 +6,10 @@ are text with ``$NAME`` or ``${NAME}`` placeholders, expanded with
 name, stays as written; ``$$`` is a literal ``$``. Leading ``Header: value`` lines up
 to the first blank line are headers (only ``Subject`` is used; From, To, Date and
 Message-ID are always ours); the rest is the body. A template without header lines is
-all body. The defaults below can be replaced per kind by ``job.mail``, ``work.mail``,
-``subjob.mail``, ``license.mail`` and ``report.mail`` in ``MailSettings.templates_dir``.
+all body. The Subject is shown as written (``mail_header.LiteralHeader``): control
+characters in it become spaces, and an encoded word in a job field stays text. The
+defaults below can be replaced per kind by ``job.mail``, ``work.mail``, ``subjob.mail``,
+``license.mail`` and ``report.mail`` in ``MailSettings.templates_dir``.
 
 Variables (all strings; unset ones are empty): the job's ``JOB_ACCOUNT`` ...
 ``JOB_USER`` (see ``template_variables``), ``JOB_TIMESUBMIT``/``JOB_TIMESTART``/
@@ -53,6 +55,7 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from executor.runtimes.mail_header import LiteralHeader
 from supervisor_client.mailaddress import EXPECTED, is_address, recipient_names
 
 logger = logging.getLogger(__name__)
@@ -364,11 +367,6 @@ def _split_template(text: str) -> tuple[list[tuple[str, str]], str]:
     return [], text  # header-like lines without a blank line after them: all body
 
 
-def _one_line(value: str) -> str:
-    """A header value from job fields: one line, other control characters as spaces."""
-    return " ".join("".join(" " if unicodedata.category(c) == "Cc" else c for c in value).split())
-
-
 def message_id(invocation_id: str, action_seq: int, domain: str) -> str:
     """The Message-ID of the mail a run sends at ``action_seq``: stable across re-runs."""
     local = invocation_id
@@ -406,10 +404,11 @@ def render(
     message["From"] = settings.sender
     message["To"] = ", ".join(to)
     _check_header_recipients(job, to, message)
-    message["Subject"] = _one_line(subject)
+    # Job fields are the submitter's text: shown as written, never decoded into headers.
+    message["Subject"] = LiteralHeader("Subject", subject)
     message["Date"] = formatdate(localtime=True)
     message["Message-ID"] = message_id or make_msgid(domain=settings.default_domain or None)
-    message["X-Qube-Job"] = _one_line(variables["JOB_ID"])
+    message["X-Qube-Job"] = LiteralHeader("X-Qube-Job", variables["JOB_ID"])
     message["X-Qube-Mail"] = kind
     message.set_content(string.Template(body).safe_substitute(variables))
     return message

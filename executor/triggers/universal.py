@@ -19,6 +19,9 @@ policy=admin, shadow] = trigger``, separated by commas or spaces:
 - ``shadow``: it fires and runs for real, but its qb actions are recorded and not
   applied and its mail is rendered, not sent (host_api.py); its runs are flagged.
 
+Each may be given once: a repeated option, or two that contradict each other (two
+modes, two policies), is an error of the line, not the last one taken.
+
 Brackets cannot start a Qube file name's extension, so a Qube ``callbacks.conf`` reads
 the same here. A directory's policy and the options are read at each load: turning
 shadow off, or changing a policy, is a reload.
@@ -113,18 +116,32 @@ def _options(where: str, left: str) -> tuple[str, _LineOptions, str | None]:
     if found is None:
         return left, _LineOptions(), None
     options = _LineOptions()
+    # What each kind of option was set by: a second one is refused, not the last taken
+    # (an admin adding policy=... to a line that had one would otherwise get either).
+    given: dict[str, str] = {}
     for option in found.group("options").replace(",", " ").split():
         key, equals, value = option.partition("=")
         if option in MODES:
-            options = replace(options, mode=option)
+            kind, options = "mode", replace(options, mode=option)
         elif option == "shadow":
-            options = replace(options, shadow=True)
+            kind, options = "shadow", replace(options, shadow=True)
         elif key == "policy" and equals and value:
-            options = replace(options, policy=value)
+            kind, options = "policy", replace(options, policy=value)
         else:
             expected = f"{' or '.join(MODES)}, policy=NAME or shadow"
             return "", options, f"{where}: unknown option {option!r}; expected {expected}"
+        if kind in given:
+            return "", options, f"{where}: {_repeated(given[kind], option, kind)}"
+        given[kind] = option
     return found.group("file"), options, None
+
+
+def _repeated(first: str, second: str, kind: str) -> str:
+    """Why a line's options may not set ``kind`` twice (``first``, then ``second``)."""
+    if first == second:
+        return f"option {second!r} is given twice"
+    one = {"mode": "trigger mode (level or edge)", "policy": "policy"}[kind]
+    return f"options {first!r} and {second!r} contradict each other: a line has one {one}"
 
 
 def load_universal(

@@ -20,7 +20,9 @@ as internal callbacks; they are listed in the job's ``callbacks``, after its own
 ``<job>`` is a job id or a label of the job's process group, as in triggers. The
 callbacks are in level mode: a condition already met when the job is submitted (the job
 it waits for is already complete) counts, so a late submission does not wait for ever.
-Each runs at most once (per frame for a frame-by-frame link).
+Each runs at most once (per frame for a frame-by-frame link). The executor lets a
+callback of exactly this form unblock its job whatever the owner's policy ``verbs``
+(executor/dependency_release.py): a change of form here must be one there too.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -9,7 +10,7 @@ import pytest
 
 from supervisor_client import FarmClient, InvalidRequestError
 from supervisor_client.qbcallback.v1 import farm_pb2
-from tests.conftest import Stack
+from tests.conftest import Stack, running_stack, stack_settings
 
 pytestmark = pytest.mark.service
 
@@ -126,3 +127,43 @@ async def test_a_dependency_that_cannot_hold_is_refused(
             await farm.submit_jobs([{"name": "x", "dependency": dependency}])
         assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
         assert message in refused.value.details, refused.value.details
+
+
+async def test_a_policy_without_unblock_still_lets_dependencies_release_jobs(
+    tmp_path: Path,
+) -> None:
+    # Before, the releases ran under 'ops' and were FAILED ('qb.unblock is not allowed by
+    # the sandbox policy 'ops' ...'): B and C's frames stayed blocked for ever.
+    ops = {"verbs": ["kill"], "users": ["lead"]}
+    async with (
+        running_stack(stack_settings(tmp_path / "data", policies={"ops": ops})) as stack,
+        FarmClient(stack.channel) as farm,
+    ):
+        (first,) = (await farm.submit_jobs([{"name": "A", "user": "lead", "agenda": ["1"]}])).jobs
+        waiting: list[dict[str, Any]] = [
+            {"name": "B", "user": "lead", "waitfor": first.id},
+            {
+                "name": "C",
+                "user": "lead",
+                "agenda": ["1"],
+                "dependency": f"link-done-work-{first.id}",
+            },
+            # Its own unblock, of another form, is still the policy's to refuse.
+            {
+                "name": "D",
+                "user": "lead",
+                "status": "blocked",
+                "callbacks": [{"triggers": "done-job-self", "code": "unblock-self"}],
+            },
+        ]
+        b, c, d = (job.id for job in (await farm.submit_jobs(waiting)).jobs)
+        await farm.change_work(job_id=first.id, work=["1"], change="complete")
+        await farm.change_job(job_id=d, verb="kill")
+        await stack.settle()
+
+        assert statuses(await farm.get_job(b))[0] == "pending"
+        assert statuses(await farm.get_job(c))[1] == {"1": "pending"}
+        history = stack.running.recorder.history
+        assert {r.policy for job_id in (b, c) for r in history.list_runs(job_id=job_id)} == {"ops"}
+        (refused,) = history.list_runs(job_id=d)
+        assert "policies.ops.verbs" in str(history.get(refused.invocation_id))

@@ -221,6 +221,46 @@ def test_newlines_in_values_cannot_add_headers() -> None:
     assert message["Subject"] == "[qube] job 42 (evil Bcc: victim@x.org) is complete"
 
 
+# Encoded words (RFC 2047) a mail reader would decode into CR LF: a header, or the body early.
+ENCODED_CRLF_NAMES = [
+    "=?utf-8?q?shot=0D=0ABcc=3A_attacker=40evil.example?=",
+    "shot =?utf-8?b?DQpCY2M6IGF0dGFja2VyQGV2aWwuZXhhbXBsZQ==?= end",
+    "(=?utf-8?q?x=0D=0A=0D=0Aforged_body?=)",
+]
+
+
+def assert_sent_as_rendered(data: bytes, message: EmailMessage) -> None:
+    """The mail as a reader parses it: no header or body the job's fields did not ask for."""
+    head = data.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0]
+    names = [line.split(b":", 1)[0] for line in head.split(b"\n") if line[:1] not in b" \t"]
+    assert names == [name.encode() for name in message]
+    received = parse(data)
+    assert received["Bcc"] is None
+    assert received["Subject"] == message["Subject"]
+    assert received["X-Qube-Job"] == message["X-Qube-Job"]
+    # SMTP sends CR LF line ends, which the parsed body keeps.
+    assert received.get_content().replace("\r\n", "\n") == message.get_content()
+
+
+@pytest.mark.parametrize("name", ENCODED_CRLF_NAMES)
+def test_an_encoded_word_in_a_job_field_is_shown_as_written(name: str) -> None:
+    # Before, the Subject header decoded it after the control characters were cleaned, and
+    # the mail read 'Subject: [qube] job 42 (shot' CR LF 'Bcc: attacker@evil.example) ...'.
+    message = render("job", dict(JOB, name=name, id=name), None, None, "")
+
+    assert message["Subject"] == f"[qube] job {name} ({name}) is complete"
+    assert message["X-Qube-Job"] == name
+    assert_sent_as_rendered(message.as_bytes(), message)
+
+
+def test_a_subject_without_encoded_words_is_written_plainly() -> None:
+    message = render("job", dict(JOB, name="café\r\nBcc: x"), None, None, "")
+
+    assert message["Subject"] == "[qube] job 42 (café Bcc: x) is complete"
+    assert b"Subject: [qube] job 42 " in message.as_bytes()
+    assert_sent_as_rendered(message.as_bytes(), message)
+
+
 def test_settings_validate_delivery_and_port() -> None:
     with pytest.raises(ValueError, match="delivery"):
         MailSettings(delivery="pigeon")
@@ -248,6 +288,14 @@ def test_file_delivery_writes_a_maildir_message(tmp_path: Path) -> None:
     assert stored["Subject"] == message["Subject"]
     assert stored["To"] == "alice@localhost"
     assert stored.get_content() == message.get_content()
+
+
+def test_file_delivery_keeps_an_encoded_word_in_the_subject_as_text(tmp_path: Path) -> None:
+    message = render("job", dict(JOB, name=ENCODED_CRLF_NAMES[0]), None, None, "")
+
+    where = Path(Mailer(MailSettings(directory=tmp_path / "mail")).deliver(message))
+
+    assert_sent_as_rendered(where.read_bytes(), message)
 
 
 def test_file_delivery_failure_is_a_mail_error(tmp_path: Path) -> None:
@@ -355,6 +403,19 @@ async def test_smtp_delivery_reaches_the_server(smtp_server: SmtpServer) -> None
     received = parse(session.data)
     assert received["Subject"] == "[qube] job 42 (comp) is complete"
     assert 'Job 42 "comp" of alice is complete.' in received.get_content()
+
+
+async def test_smtp_keeps_an_encoded_word_in_the_subject_as_text(smtp_server: SmtpServer) -> None:
+    settings = MailSettings(
+        delivery="smtp", smtp_host="127.0.0.1", smtp_port=smtp_server.port, smtp_timeout_seconds=5
+    )
+    message = render("job", dict(JOB, name=ENCODED_CRLF_NAMES[2]), None, None, "", settings)
+
+    await asyncio.to_thread(Mailer(settings).deliver, message)
+
+    (session,) = smtp_server.sessions
+    assert session.rcpt_to == ["alice@localhost"]
+    assert_sent_as_rendered(session.data, message)
 
 
 async def test_smtp_refusing_every_recipient_is_a_mail_error(smtp_server: SmtpServer) -> None:

@@ -294,6 +294,17 @@ def test_universal_callback_path_may_name_a_policy_per_directory() -> None:
         validate(Settings(universal_callback_path="/a [admin]"))
 
 
+@pytest.mark.parametrize("path", ["/a [policy=admin], /b, /a/ [policy=pipe]", "/a, /a"])
+def test_a_directory_named_twice_in_universal_callback_path_is_refused(path: str) -> None:
+    # Before, the last entry won: /a's callbacks ran under 'pipe'.
+    with pytest.raises(ConfigError) as refused:
+        validate(Settings(universal_callback_path=path))
+    assert str(refused.value) == (
+        "universal_callback_path: '/a' is named twice; name each directory once, with its "
+        "[policy=NAME] if any"
+    )
+
+
 def test_callbacks_conf_lines_name_a_policy_and_shadow(tmp_path: Path) -> None:
     (tmp_path / "a.py").write_text("print(1)\n")
     (tmp_path / "b.py").write_text("print(2)\n")

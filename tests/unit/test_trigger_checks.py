@@ -252,6 +252,40 @@ def test_an_unknown_option_in_callbacks_conf_is_an_error_with_file_and_line(
     ]
 
 
+@pytest.mark.parametrize(
+    ("options", "refusal"),
+    [
+        (
+            "policy=admin, policy=pipe",
+            "options 'policy=admin' and 'policy=pipe' contradict each other: a line has one policy",
+        ),
+        ("policy=admin policy=admin", "option 'policy=admin' is given twice"),
+        (
+            "level, edge",
+            "options 'level' and 'edge' contradict each other: a line has one trigger mode "
+            "(level or edge)",
+        ),
+        ("level, shadow, level", "option 'level' is given twice"),
+        ("level, edge, shadow, shadow", "options 'level' and 'edge' contradict each other"),
+        ("shadow,shadow", "option 'shadow' is given twice"),
+    ],
+)
+def test_an_option_given_twice_in_callbacks_conf_is_an_error_not_the_last_one_taken(
+    tmp_path: Path, options: str, refusal: str
+) -> None:
+    # Before, these loaded and the last one won: the line ran under 'pipe' (or 'admin'
+    # with the two swapped), whichever policy its admin meant.
+    (tmp_path / "callbacks.conf").write_text(
+        f"ok.qcb = complete-job-self\nlate.qcb [{options}] = complete-job-self\n"
+    )
+    (tmp_path / "ok.qcb").write_text("unblock-self")
+    (tmp_path / "late.qcb").write_text("unblock-self")
+    with pytest.raises(UniversalConfigError) as caught:
+        load_universal([tmp_path], check_trigger)
+    (error,) = caught.value.errors
+    assert error.startswith(f"{tmp_path}/callbacks.conf:2: {refusal}"), error
+
+
 def test_a_callback_file_linking_out_of_its_directory_is_refused_unread(tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     secret.write_text("root:*:20228:0:99999:7:::\n")

@@ -253,6 +253,21 @@ def test_a_universal_line_naming_a_job_id_no_job_can_have_keeps_the_old_set(
     assert len(engine.explain(7).callbacks) == 2
 
 
+def test_a_universal_line_with_two_policies_keeps_the_old_set(tmp_path: Path) -> None:
+    # Before, the reload took it, and the line ran under whichever policy came last.
+    engine, conf = _engine_with_one_universal(tmp_path)
+    assert engine.reload_universal() == []
+    (conf / "callbacks.conf").write_text("ok.qcb [policy=admin, policy=pipe] = done-job-self\n")
+
+    errors = engine.reload_universal()
+
+    assert errors == [
+        f"{conf}/callbacks.conf:1: options 'policy=admin' and 'policy=pipe' contradict each "
+        "other: a line has one policy"
+    ]
+    assert [(u.triggers, u.policy) for u in engine.universal] == [("done-job-self", "")]
+
+
 def test_a_kept_set_line_this_version_refuses_is_left_out_at_start_up(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
