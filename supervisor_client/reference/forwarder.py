@@ -209,6 +209,7 @@ class EventForwarder:
                 return
 
     async def _send(self, events: list[UnsentEvent]) -> None:
+        """One call for ``events`` (the fleet tests send each to the next replica)."""
         if len(events) > 1:
             await self._publish([_request(event) for event in events])
             return
@@ -222,7 +223,7 @@ class EventForwarder:
         await self._publish([_request(event)])
 
     async def _publish(self, requests: list[executor_pb2.PublishEventRequest]) -> None:
-        """One PublishEvent, or one PublishEvents of several (overridden by the fleet tests)."""
+        """One PublishEvent, or one PublishEvents of several."""
         if len(requests) == 1:
             await self._stub.PublishEvent(requests[0])
         else:
