@@ -9,13 +9,18 @@ Keys (every one optional):
 
 - ``network``: ``"none"`` (an empty network namespace) or ``"host"``; default the
   top-level ``network`` setting's result.
-- ``binds``: ``[{path, target, mode}]``: the host directory ``path`` is visible at
-  ``target`` (default ``path``) inside the callback, ``mode`` ``"ro"`` (default) or
-  ``"rw"``. Checked at start-up: absolute, existing directories, none covering or
+- ``binds``: ``[{path, target, mode}]``: the host directory ``path`` is mounted at
+  ``target`` (default ``path``) in the callback's mount namespace, ``mode`` ``"ro"``
+  (default) or ``"rw"``. Outside the masks every callback sees the host's directories
+  anyway: the directory's mode, and the policy's ``group``, decide who gets in.
+  Checked at start-up: absolute, existing directories, none covering or
   inside the data dir, nor holding the config file, the TLS files or an ``env_files``
   file (a bind would show them past their covers); a target is an existing
-  directory, or lies under the private ``/tmp`` where it is made, and neither is, holds
-  nor lies inside what the interpreters need (``interpreter_paths``).
+  directory, or lies under the private ``/tmp`` (made there), and neither is, holds
+  nor lies inside what the interpreters need (``interpreter_paths``); no path, nor
+  target on the host, lies inside a read-write bind's directory (its callbacks could
+  swap it). Both are resolved, and the directories noted: a run mounts those or
+  is refused (``isolation.BindChangedError``).
 - ``group``: a host group (name or gid) the sandbox uid gets as its only supplementary
   group: how an admin lets the dedicated uids write to a bound directory.
 - ``umask``: the callback's umask (octal string or number); default ``"077"``.
