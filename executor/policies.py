@@ -9,13 +9,18 @@ Keys (every one optional):
 
 - ``network``: ``"none"`` (an empty network namespace) or ``"host"``; default the
   top-level ``network`` setting's result.
-- ``binds``: ``[{path, target, mode}]``: the host directory ``path`` is visible at
-  ``target`` (default ``path``) inside the callback, ``mode`` ``"ro"`` (default) or
-  ``"rw"``. Checked at start-up: absolute, existing directories, none covering or
+- ``binds``: ``[{path, target, mode}]``: the host directory ``path`` is mounted at
+  ``target`` (default ``path``) in the callback's mount namespace, ``mode`` ``"ro"``
+  (default) or ``"rw"``. Outside the masks every callback sees the host's directories
+  anyway: the directory's mode, and the policy's ``group``, decide who gets in.
+  Checked at start-up: absolute, existing directories, none covering or
   inside the data dir, nor holding the config file, the TLS files or an ``env_files``
   file (a bind would show them past their covers); a target is an existing
-  directory, or lies under the private ``/tmp`` where it is made, and neither is, holds
-  nor lies inside what the interpreters need (``interpreter_paths``).
+  directory, or lies under the private ``/tmp`` (made there), and neither is, holds
+  nor lies inside what the interpreters need (``interpreter_paths``); no path, nor
+  target on the host, lies inside a read-write bind's directory (its callbacks could
+  swap it). Both are resolved, and the directories noted: a run mounts those or
+  is refused (``isolation.BindChangedError``).
 - ``group``: a host group (name or gid) the sandbox uid gets as its only supplementary
   group: how an admin lets the dedicated uids write to a bound directory.
 - ``umask``: the callback's umask (octal string or number); default ``"077"``.
@@ -43,11 +48,12 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from executor.child.isolation import identity, open_directory
 from executor.config import finite_number, parse_languages, whole_number
 from executor.errors import ConfigError, PermissionDeniedError
 from executor.model import Language, Limits
@@ -108,11 +114,19 @@ RESERVED_ENV: Final = frozenset({"PATH", "HOME", "TMPDIR", "CBEXEC_SANDBOX", "LD
 
 @dataclass(frozen=True, slots=True)
 class Bind:
-    """A host directory made visible inside the callback's mount namespace."""
+    """A host directory mounted at ``target`` in the callback's mount namespace.
+
+    Both paths are resolved (no symbolic link left); the identities, (st_dev, st_ino),
+    are the directories start-up checked, which a run mounts or is refused
+    (``isolation.BindChangedError``).
+    """
 
     path: str
     target: str
     writable: bool
+    path_identity: tuple[int, int]
+    # None: the target lies under a masked directory, made afresh in each run's tmpfs.
+    target_identity: tuple[int, int] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,8 +288,26 @@ def _protected(data_dir: Path, protected_files: list[str]) -> list[tuple[str, st
     return found
 
 
+def _identity(name: str, key: str, path: str) -> tuple[int, int]:
+    """Which directory ``path`` (resolved) is, reached as a run will: no symbolic link followed."""
+    try:
+        fd = open_directory(path)
+    except OSError as err:
+        raise _error(name, key, f"{path} changed while it was checked: {err.strerror}") from None
+    try:
+        device, inode = identity(fd)
+    finally:
+        os.close(fd)
+    return device, inode
+
+
 def _bind(
-    name: str, index: int, raw: Any, protected: list[tuple[str, str, bool]], keep: list[str]
+    name: str,
+    index: int,
+    raw: Any,
+    protected: list[tuple[str, str, bool]],
+    keep: list[str],
+    masked: list[str],
 ) -> Bind:
     key = f"binds[{index}]"
     if not isinstance(raw, Mapping):
@@ -300,7 +332,8 @@ def _bind(
             name, f"{key}.target", f"must be an absolute path other than /, got {target!r}"
         )
     # As the mount sees it too: a target through a symbolic link (/bin on a merged /usr).
-    for where in dict.fromkeys((target, os.path.realpath(target))):
+    real_target = os.path.realpath(target)
+    for where in dict.fromkeys((target, real_target)):
         for kept in keep:
             if _under(kept, where):
                 raise _error(
@@ -325,7 +358,45 @@ def _bind(
     mode = str(raw.get("mode", "ro"))
     if mode not in ("ro", "rw"):
         raise _error(name, f"{key}.mode", f"expected 'ro' or 'rw', got {mode!r}")
-    return Bind(real, target, mode == "rw")
+    # A run mounts these very directories, reached by these resolved paths, or none.
+    fresh = any(_under(real_target, os.path.realpath(mask)) for mask in (private_tmp, *masked))
+    return Bind(
+        real,
+        real_target,
+        mode == "rw",
+        path_identity=_identity(name, f"{key}.path", real),
+        target_identity=None if fresh else _identity(name, f"{key}.target", real_target),
+    )
+
+
+def _inside_a_writable_bind(policies: Mapping[str, Policy]) -> str | None:
+    """The first bind path, or target on the host, inside a read-write bind's directory.
+
+    The callbacks with that read-write bind could rename the directory away between two
+    runs and leave a symbolic link or a directory of their own: the other bind's runs
+    would then be refused (the path is no longer what start-up checked).
+    """
+    writable = [
+        (policy.name, index, bind.path)
+        for policy in policies.values()
+        for index, bind in enumerate(policy.binds)
+        if bind.writable
+    ]
+    for policy in policies.values():
+        for index, bind in enumerate(policy.binds):
+            places = [("path", bind.path)]
+            if bind.target_identity is not None:  # the host's directory, not a tmpfs's
+                places.append(("target", bind.target))
+            for key, place in places:
+                for writer, writer_index, directory in writable:
+                    if place != directory and _under(place, directory):
+                        return (
+                            f"policies.{policy.name}.binds[{index}].{key}: {place} lies inside "
+                            f"{directory}, which policies.{writer}.binds[{writer_index}] "
+                            "mounts read-write: its callbacks could swap it for a symbolic "
+                            "link between runs; bind a directory outside it"
+                        )
+    return None
 
 
 def _group(name: str, raw: Any) -> int:
@@ -433,6 +504,7 @@ def _policy(
     max_limits: Limits,
     protected: list[tuple[str, str, bool]],
     keep: list[str],
+    masked: list[str],
     environ: Mapping[str, str],
 ) -> Policy:
     unknown = set(table) - KEYS
@@ -448,7 +520,7 @@ def _policy(
     binds = table.get("binds", [])
     if not isinstance(binds, list):
         raise _error(name, "binds", "expected a list of tables {path, target, mode}")
-    resolved = tuple(_bind(name, i, raw, protected, keep) for i, raw in enumerate(binds))
+    resolved = tuple(_bind(name, i, raw, protected, keep, masked) for i, raw in enumerate(binds))
     targets = [b.target for b in resolved]
     for i, target in enumerate(targets):
         for other in targets[:i]:
@@ -502,6 +574,7 @@ def resolve(
     protected_files: list[str],
     keep: list[str],
     environ: Mapping[str, str],
+    masked: Sequence[str] = (),
 ) -> PolicySet:
     """Every policy of the ``[policies]`` tables, the built-ins included, checked.
 
@@ -516,6 +589,8 @@ def resolve(
         keep: Paths the callbacks need (the interpreters, the child code): no target may
             be one, hold one or lie inside one.
         environ: The executor's environment (``env_pass``).
+        masked: The directories each callback gets an empty tmpfs over (``/tmp`` always
+            counts): a target under one is made there, every run, not the host's.
     """
     if not isinstance(tables, Mapping):
         raise ConfigError("policies: expected tables [policies.NAME]")
@@ -536,8 +611,11 @@ def resolve(
             max_limits=max_limits,
             protected=protected,
             keep=keep,
+            masked=list(masked),
             environ=environ,
         )
+    if problem := _inside_a_writable_bind(resolved):
+        raise ConfigError(problem)
     if resolved[JOB].users:
         raise ConfigError("policies.job.users: job is every user's default; list users elsewhere")
     # Which policy a user's callbacks get must not hang on the order of the tables.
@@ -583,6 +661,7 @@ def for_host(settings: Settings, options: SandboxOptions, environ: Mapping[str, 
         ],
         keep=keep,
         environ=environ,
+        masked=[*isolation.masks, *isolation.late_masks] if isolation is not None else [],
     )
     for policy in policies:
         if not policy.host_network and not options.pid_namespace:

@@ -20,7 +20,10 @@ before the runtime starts:
    (ENOSPC beyond it) that vanishes with the run;
 6. the policy's *binds* (host directories a site granted, read-only or read-write) are
    mounted at their targets, from O_PATH descriptors opened before anything was covered;
-   they exist only in this namespace;
+   the mounts are this namespace's only. Each path and each target on the host is
+   reached with no symbolic link followed and must be the directory start-up checked
+   (``BindSpec``'s identities), else the run is refused (``BindChangedError``): whoever
+   may write a directory on the way could have swapped it for a link to /run since;
 7. the *late masks* (the cgroup tree, ``/sys/fs/cgroup``) are covered too: a cold
    child had to join its cgroups through them first (a zygote covers them once for
    all its children, which join through descriptors it opened: ``zygote.CellCgroupFiles``);
@@ -202,12 +205,88 @@ def share_masks(
     return shared
 
 
-def _open_binds(binds: list[BindSpec]) -> list[int]:
-    """O_PATH descriptors of the bind sources, opened while the host's view still shows them."""
+# Each step of a walk: the directory itself, never a symbolic link (ENOTDIR then).
+_WALK_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_directory(path: str, *, make: bool = False) -> int:
+    """An O_PATH descriptor of the directory ``path`` (absolute), reached following no symbolic link.
+
+    One component at a time from ``/``: a component that is a symbolic link or no
+    directory is NotADirectoryError, a missing one FileNotFoundError unless ``make``
+    (then it is made, 0755). ``.`` and ``..`` are refused: the paths are resolved once,
+    at start-up. Mounts on the way are crossed, as any lookup does.
+    """
+    fd = os.open("/", _WALK_FLAGS)
+    try:
+        for name in path.split("/"):
+            if not name:
+                continue
+            if name in (".", ".."):
+                raise ValueError(f"{path}: not a resolved path")
+            try:
+                step = os.open(name, _WALK_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not make:
+                    raise
+                try:  # noqa: SIM105 - not contextlib.suppress: one module fewer (launcher.py)
+                    mkdir(name, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                step = os.open(name, _WALK_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = step
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def identity(fd: int) -> list[int]:
+    """Which directory ``fd`` is: [st_dev, st_ino], as start-up noted it (``BindSpec``)."""
+    found = os.fstat(fd)
+    return [found.st_dev, found.st_ino]
+
+
+class BindChangedError(Exception):
+    """A bind's path or target is no longer the directory start-up checked: the run is refused."""
+
+
+def _changed(what: str, path: str, policy: str, how: str) -> BindChangedError:
+    return BindChangedError(
+        f"the bind {what} {path} of policy {policy} changed since start-up ({how}): "
+        "the run was refused; put the directory back, or restart the executor to check the "
+        "new one"
+    )
+
+
+def _open_checked(what: str, path: str, noted: list[int] | None, policy: str) -> int:
+    """``path`` opened by ``open_directory``, and the very directory start-up noted."""
+    try:
+        fd = open_directory(path)
+    except FileNotFoundError:
+        raise _changed(what, path, policy, "it no longer exists") from None
+    except NotADirectoryError:
+        raise _changed(
+            what, path, policy, "it, or a directory on its way, is a symbolic link or a file now"
+        ) from None
+    if noted is None or identity(fd) != noted:
+        os.close(fd)
+        raise _changed(what, path, policy, "another directory is there now")
+    return fd
+
+
+def _open_binds(binds: list[BindSpec], policy: str) -> list[int]:
+    """O_PATH descriptors of the bind sources, opened while the host's view still shows them.
+
+    Each reached with no symbolic link followed, and the directory start-up checked: a
+    writer of a directory on the way could have swapped it since (for a symbolic link
+    to /run, say) and the mount would follow.
+    """
     fds: list[int] = []
     try:
         for bind in binds:
-            fds.append(os.open(bind["source"], os.O_PATH | os.O_DIRECTORY))  # noqa: PERF401 - each kept once open
+            fds.append(_open_checked("path", bind["source"], bind["source_identity"], policy))  # noqa: PERF401 - each kept once open
     except BaseException:
         for fd in fds:
             os.close(fd)
@@ -215,14 +294,36 @@ def _open_binds(binds: list[BindSpec]) -> list[int]:
     return fds
 
 
-def _mount_binds(binds: list[BindSpec], fds: list[int]) -> None:
-    """Each source at its target; read-only unless writable; never set-uid or devices."""
+def _open_target(bind: BindSpec, policy: str) -> int:
+    """The mount point: made on a mask's empty tmpfs, else the host's directory start-up checked.
+
+    Never made on the host, and never reached through a symbolic link: one left on a
+    target's way would put the bind over what it points to (Perl's @INC, say).
+    """
+    if bind["target_identity"] is None:  # under a mask (the executor's word)
+        return open_directory(bind["target"], make=True)
+    return _open_checked("target", bind["target"], bind["target_identity"], policy)
+
+
+def _mount_binds(binds: list[BindSpec], fds: list[int], policy: str) -> None:
+    """Each source at its target; read-only unless writable; never set-uid or devices.
+
+    Mounted from descriptor to descriptor, then remounted through the target reached
+    again, checked to be the bind just made.
+    """
     for bind, fd in zip(binds, fds, strict=True):
-        target = bind["target"]
-        os.makedirs(target, mode=0o755, exist_ok=True)  # only where a mask's tmpfs is
-        _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND)
-        flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV
-        _mount(None, target, None, flags if bind["writable"] else flags | MS_RDONLY)
+        target = _open_target(bind, policy)
+        try:
+            _mount(f"/proc/self/fd/{fd}", f"/proc/self/fd/{target}", None, MS_BIND)
+        finally:
+            os.close(target)
+        mounted = _open_checked("target", bind["target"], bind["source_identity"], policy)
+        try:
+            flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV
+            flags = flags if bind["writable"] else flags | MS_RDONLY
+            _mount(None, f"/proc/self/fd/{mounted}", None, flags)
+        finally:
+            os.close(mounted)
 
 
 class FilesystemPlan:
@@ -254,6 +355,7 @@ class FilesystemPlan:
         binds: list[BindSpec] | tuple[BindSpec, ...] = (),
         devpts: str = "",
         secret_files: list[str] | tuple[str, ...] = (),
+        policy: str = "",
     ) -> None:
         self.private_root = not shared_masks
         # A shared mask is covered again when it holds the working directory: its tmpfs
@@ -271,6 +373,7 @@ class FilesystemPlan:
         # interpreter, the venv and the child code are rarely under /tmp).
         self.bind_back = any(_under_any(path, covered) for path in keep)
         self.binds = list(binds)
+        self.policy = policy  # named when a bind changed since start-up
         self.workdir_mask = next((mask for mask in masks if under(workdir, mask)), None)
         self.workdir_data = (
             f"size={quota['bytes']},nr_inodes={MAX_WORKDIR_FILES},mode=0700,"
@@ -331,7 +434,7 @@ def isolate_filesystem(plan: FilesystemPlan, workdir: str) -> None:
     """
     if not plan.fits(workdir):
         raise OSError(f"working directory {workdir} is not under a masked directory")
-    bind_fds = _open_binds(plan.binds) if plan.binds else []
+    bind_fds = _open_binds(plan.binds, plan.policy) if plan.binds else []
     try:
         if plan.private_root:
             _mount_encoded(None, _ROOT, None, _PRIVATE_FLAGS, None)
@@ -345,7 +448,7 @@ def isolate_filesystem(plan: FilesystemPlan, workdir: str) -> None:
         for target in plan.secret_targets:  # before the binds, which may cover one's directory
             _hide(target)
         if bind_fds:
-            _mount_binds(plan.binds, bind_fds)
+            _mount_binds(plan.binds, bind_fds, plan.policy)
         if plan.devpts_data is not None:  # after the binds: none can hide it
             _mount_encoded(_DEVPTS, _DEV_PTS, _DEVPTS, _DEVPTS_FLAGS, plan.devpts_data)
     finally:

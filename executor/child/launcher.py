@@ -225,6 +225,7 @@ class Confinement:
                 isolation["binds"],  # the policy's, in this namespace only
                 isolation["devpts"],  # the callback's own ptys
                 isolation["secret_files"],  # the executor's, hidden in each child
+                spec["policy"],  # named if a bind changed since start-up
             )
         )
         self.rlimits = [

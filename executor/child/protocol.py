@@ -201,11 +201,18 @@ ChildFrame = CallFrame | DoneFrame | LaunchFailedFrame
 
 
 class BindSpec(TypedDict):
-    """A host directory ``source`` shown at ``target`` in the child's mount namespace."""
+    """A host directory ``source`` shown at ``target`` in the child's mount namespace.
+
+    Both resolved at start-up, no symbolic link left in them; the identities are the
+    directories start-up checked, [st_dev, st_ino]: a run mounts those or none.
+    """
 
     source: str
     target: str
     writable: bool
+    source_identity: list[int]
+    # None for a target made afresh in a masked directory's tmpfs (under /tmp, /run, ...).
+    target_identity: list[int] | None
 
 
 class IsolationSpec(TypedDict):

@@ -285,7 +285,15 @@ class SandboxRunner:
             host_network = policy.host_network
             if cell_isolation is not None:
                 cell_isolation["binds"] = [
-                    {"source": b.path, "target": b.target, "writable": b.writable}
+                    {
+                        "source": b.path,
+                        "target": b.target,
+                        "writable": b.writable,
+                        "source_identity": list(b.path_identity),
+                        "target_identity": (
+                            None if b.target_identity is None else list(b.target_identity)
+                        ),
+                    }
                     for b in policy.binds
                 ]
                 cell_isolation["groups"] = [policy.group] if policy.group is not None else []

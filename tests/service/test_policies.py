@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import sqlite3
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -346,6 +347,55 @@ async def test_job_callbacks_get_their_owners_policy_never_a_wider_one(
         header = log_path(stack.settings.data_dir / "logs", job["id"]).read_text().splitlines()[0]
         assert f"policy={record.policy}" in header
     assert seen == {"bob": ("job", "False"), "admin": ("admin", "True")}
+
+
+READ_EACH: Final = r"""
+import json
+seen = {}
+for path in PATHS:
+    try:
+        seen[path] = open(path).read().strip()
+    except OSError as err:
+        seen[path] = err.strerror
+print(json.dumps(seen))
+"""
+
+
+async def test_a_bind_outside_the_masks_shows_nothing_new_its_mode_decides(
+    tmp_path: Path,
+) -> None:
+    # Outside the masked directories every callback sees the host's directories: a bind
+    # at its own path adds no privacy. A directory the sandbox uids cannot reach on the
+    # host (a 0700 root parent), bound at a target under the masked /tmp, is the policy's.
+    parent = Path(tempfile.mkdtemp(prefix="cbexec-test-binds-", dir="/srv"))
+    try:
+        parent.chmod(0o755)
+        shared, kept = parent / "shared", parent / "private" / "reports"
+        for directory, text in ((shared, "shared"), (kept, "kept")):
+            directory.mkdir(parents=True)
+            directory.chmod(0o755)
+            (directory / "a.txt").write_text(f"{text}\n")
+            (directory / "a.txt").chmod(0o644)
+        (parent / "private").chmod(0o700)
+        binds = [{"path": str(shared)}, {"path": str(kept), "target": "/tmp/reports"}]
+        policies = {"admin": {"binds": binds, "users": ["admin"]}}
+        paths = [str(shared / "a.txt"), "/tmp/reports/a.txt", str(kept / "a.txt")]
+        code = READ_EACH.replace("PATHS", repr(paths))
+        async with running_stack(stack_settings(tmp_path / "data", policies=policies)) as stack:
+            admin = succeeded(await run(stack, code, owner="admin"))
+            bob = succeeded(await run(stack, code, owner="bob"))
+    finally:
+        shutil.rmtree(parent)
+    assert admin == {
+        paths[0]: "shared",
+        paths[1]: "kept",
+        paths[2]: "Permission denied",  # the host's path, through the 0700 parent
+    }
+    assert bob == {
+        paths[0]: "shared",  # the job policy's too: no bind needed
+        paths[1]: "No such file or directory",
+        paths[2]: "Permission denied",
+    }
 
 
 SHADOW_KILL: Final = "qb.kill(qb.jobid())\nprint('asked to kill', qb.jobid())\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,54 @@ def test_a_bind_may_not_expose_an_env_file_or_the_config_file_given_in_the_setti
         assert str(caught.value) == (
             f"policies.p.binds[0].path: {bound} would expose {exposed} to callbacks"
         )
+
+
+def test_a_bind_inside_a_read_write_bind_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer's callbacks could swap the directory for a symbolic link between runs.
+    area = tmp_path / "area"
+    (area / "sub").mkdir(parents=True)
+    (area / "view").mkdir()
+    writer = {"binds": [{"path": str(area), "mode": "rw"}]}
+    reports = {"binds": [{"path": str(area / "sub"), "target": "/tmp/reports"}]}
+    assert refused(tmp_path, {"universal": writer, "reports": reports}) == (
+        f"policies.reports.binds[0].path: {area / 'sub'} lies inside {area}, which "
+        "policies.universal.binds[0] mounts read-write: its callbacks could swap it for a "
+        "symbolic link between runs; bind a directory outside it"
+    )
+    # Read-write inside read-write, in the same policy or through a symbolic link.
+    (tmp_path / "link").symlink_to(area / "sub")
+    inner = {"path": str(tmp_path / "link"), "target": "/tmp/inner", "mode": "rw"}
+    nested = {"binds": [*writer["binds"], inner]}
+    assert refused(tmp_path, {"universal": nested}).startswith(
+        f"policies.universal.binds[1].path: {area / 'sub'} lies inside {area}"
+    )
+    # A target on the host inside it, when it is not under a mask (pytest's directories
+    # are under /tmp, each callback's own: out of a writer's reach).
+    elsewhere = tmp_path / "outside"
+    elsewhere.mkdir()
+    at_view = {"binds": [{"path": str(elsewhere), "target": str(area / "view")}]}
+    policies(tmp_path, {"universal": writer, "reports": at_view})
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "private"))
+    assert refused(tmp_path, {"universal": writer, "reports": at_view}).startswith(
+        f"policies.reports.binds[0].target: {area / 'view'} lies inside {area}"
+    )
+    # The read-write directory itself, bound by another policy too, is no nesting.
+    policies(tmp_path, {"universal": writer, "reports": {"binds": [{"path": str(area)}]}})
+
+
+def test_a_bind_is_resolved_and_its_directories_noted(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (tmp_path / "link").symlink_to(shared)
+    found = policies(
+        tmp_path, {"p": {"binds": [{"path": str(tmp_path / "link"), "target": "/tmp/view"}]}}
+    )
+    (bind,) = found.get("p").binds
+    noted = shared.stat()
+    assert (bind.path, bind.path_identity) == (str(shared), (noted.st_dev, noted.st_ino))
+    assert (bind.target, bind.target_identity) == ("/tmp/view", None), "made in the private /tmp"
 
 
 def test_env_comes_from_the_table_files_and_the_executors_environment(tmp_path: Path) -> None:
