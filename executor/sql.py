@@ -85,6 +85,10 @@ class StoreConflict(UnavailableError):
     """A transaction lost a deadlock or a serialization race: run it again."""
 
 
+class StorePermissionDenied(ConfigError):
+    """The store's role lacks a privilege a statement needs: the deployment's to fix."""
+
+
 def is_postgres(store: str) -> bool:
     """Whether a ``store`` setting names a PostgreSQL database."""
     return store.startswith(POSTGRES_SCHEMES)
@@ -230,7 +234,8 @@ class PgDb:
     ``StoreUnavailable`` for the statement that met it; the next statement outside a
     transaction connects again, so the executor carries on once the server is back.
     A deadlock, a serialization failure or a unique key two replicas raced for is
-    ``StoreConflict``: the caller runs the transaction again.
+    ``StoreConflict``: the caller runs the transaction again. A privilege the role lacks
+    is ``StorePermissionDenied`` (a ConfigError naming the role).
     """
 
     def __init__(
@@ -506,6 +511,10 @@ class PgDb:
             errors.UniqueViolation,
         ) as err:
             raise StoreConflict(f"PostgreSQL store: {_first_line(err)}") from err
+        except errors.InsufficientPrivilege as err:
+            raise StorePermissionDenied(
+                f"the PostgreSQL store's role '{self._conn.info.user}': {_first_line(err)}"
+            ) from err
         except (errors.QueryCanceled, errors.LockNotAvailable) as err:  # _STALL_LIMITS
             raise StoreUnavailable(f"PostgreSQL store too slow: {_first_line(err)}") from err
         except psycopg.OperationalError as err:
