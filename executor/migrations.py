@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 _MIGRATION_LOCK: Final = 0x63626578  # "cbex"
 
 # The executor's cbexec_schema, as every version of ``migrate`` has made it.
-SCHEMA_TABLE: Final = (
+_SCHEMA_TABLE: Final = (
     "CREATE TABLE IF NOT EXISTS cbexec_schema (version INTEGER PRIMARY KEY,"
     " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
 )
@@ -211,7 +211,7 @@ def migrate(url: str) -> tuple[int, int]:
             )
         if before < len(steps):
             _refuse_unless_creating(db)
-            db.execute(SCHEMA_TABLE)
+            db.execute(_SCHEMA_TABLE)
         for version, ddl in enumerate(steps[before:], start=before + 1):
             db.execute("BEGIN")
             db.executescript(ddl)

@@ -512,8 +512,9 @@ class PgDb:
         ) as err:
             raise StoreConflict(f"PostgreSQL store: {_first_line(err)}") from err
         except errors.InsufficientPrivilege as err:
+            role = self._conn.info.user if self._conn is not None else "?"
             raise StorePermissionDenied(
-                f"the PostgreSQL store's role '{self._conn.info.user}': {_first_line(err)}"
+                f"the PostgreSQL store's role '{role}': {_first_line(err)}"
             ) from err
         except (errors.QueryCanceled, errors.LockNotAvailable) as err:  # _STALL_LIMITS
             raise StoreUnavailable(f"PostgreSQL store too slow: {_first_line(err)}") from err
@@ -537,10 +538,11 @@ class PgDb:
         The next statement outside a transaction makes a new one (``_reconnect_if_lost``);
         one inside the transaction it held fails, as for any connection lost.
         """
-        if self._conn is None:
+        conn, self._conn = self._conn, None
+        if conn is None:
             return
         try:
-            self._conn.close()
+            conn.close()
         except Exception as err:  # noqa: BLE001 - it is being thrown away either way
             logger.debug("closing a failed PostgreSQL connection: %s", err)
 
