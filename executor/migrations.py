@@ -5,7 +5,12 @@ tables, or an old replica meeting a newer schema, are what an explicit, versione
 avoids): ``migrate`` applies the steps a database lacks, in order, each in its own
 transaction under an advisory lock, and records the version in ``cbexec_schema``; it is
 idempotent, so the systemd unit runs it before every start. ``open_postgres`` refuses a
-database whose version is not the one this executor was written for, naming the fix.
+database whose version is not the one this executor was written for, naming the fix,
+and a role without the privileges the executor's statements need (``missing_privileges``).
+
+A database that holds something else is refused as it is, before anything is changed:
+a ``cbexec_schema`` that is not the one every version of ``migrate`` made (its columns),
+or one whose recorded version lacks the tables that version has (``_MADE_BY_STEP``).
 
 The tables are the SQLite stores' own (one spelling, translated by ``sql.pg_ddl``): the
 trigger store's, the outbox's and the run history's, plus ``fleet_versions`` (what every
@@ -21,12 +26,35 @@ import re
 from typing import Final
 
 from executor.errors import ConfigError
-from executor.sql import PgDb, connect_postgres, pg_ddl
+from executor.sql import PgDb, StorePermissionDenied, connect_postgres, pg_ddl
 
 logger = logging.getLogger(__name__)
 
 # Any number a replica and the database agree on; taken while the schema changes.
 _MIGRATION_LOCK: Final = 0x63626578  # "cbex"
+
+# The executor's cbexec_schema, as every version of ``migrate`` has made it.
+_SCHEMA_TABLE: Final = (
+    "CREATE TABLE IF NOT EXISTS cbexec_schema (version INTEGER PRIMARY KEY,"
+    " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+)
+_SCHEMA_TABLE_COLUMNS: Final = {"version": "integer", "applied_at": "timestamp with time zone"}
+
+# The tables (and sequence) a store has from each version on, whichever version of this
+# code migrated it: step 1 makes unregistered_submissions today, but made it only from
+# step 4 before. A cbexec_schema whose version lacks them is not the executor's.
+_MADE_BY_STEP: Final[dict[int, tuple[str, ...]]] = {
+    1: (
+        "jobs", "callbacks", "atoms", "timers", "firings", "seen_events", "work_latches",
+        "journal", "known_states", "trigger_checks", "outbox", "runs", "fleet_versions",
+    ),
+    4: ("unregistered_submissions",),
+    6: ("job_registrations",),
+}  # fmt: skip
+# What the executor's statements do to each of its tables (it never changes the schema),
+# and to its sequences (nextval); cbexec_schema it only reads.
+TABLE_PRIVILEGES: Final = ("SELECT", "INSERT", "UPDATE", "DELETE")
+SEQUENCE_PRIVILEGE: Final = "USAGE"
 
 FLEET_SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS fleet_versions (
@@ -81,28 +109,67 @@ def current_version(db: PgDb) -> int:
     """The database's version; 0 when it was never migrated.
 
     ConfigError when it holds something else: a ``cbexec_schema`` table that is not ours
-    (another application's), or, never migrated, tables the first step would make.
+    (another application's), one whose version lacks tables that version has, or, never
+    migrated, tables the first step would make. Reads only.
     """
     row = db.execute("SELECT to_regclass('cbexec_schema')").fetchone()
     if row[0] is None:
         _refuse_foreign_tables(db)
         return 0
-    row = db.execute(
-        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
-        " WHERE attrelid = to_regclass('cbexec_schema') AND attname = 'version'"
-        " AND NOT attisdropped"
-    ).fetchone()
-    if row is None or row[0] != "integer":
-        has = "no version column" if row is None else f"a version column of type {row[0]}"
+    columns = dict(
+        db.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+            " WHERE attrelid = to_regclass('cbexec_schema') AND attnum > 0"
+            " AND NOT attisdropped ORDER BY attnum"
+        ).fetchall()
+    )
+    unlike = _unlike_ours(columns)
+    if unlike:
         raise ConfigError(
-            f"the PostgreSQL store's table cbexec_schema is not the executor's (it has {has}): "
+            f"the PostgreSQL store's table cbexec_schema is not the executor's ({unlike}): "
             "the database holds something else; give the executor a database of its own"
         )
+    if not db.execute("SELECT has_table_privilege('cbexec_schema', 'SELECT')").fetchone()[0]:
+        raise ConfigError(_lacking(db, ["SELECT on cbexec_schema"]))
     row = db.execute("SELECT max(version) FROM cbexec_schema").fetchone()
     version = int(row[0] or 0)
     if version == 0:
         _refuse_foreign_tables(db)
+    else:
+        _refuse_missing_tables(db, version)
     return version
+
+
+def _unlike_ours(columns: dict[str, str]) -> str:
+    """How a ``cbexec_schema`` with these columns (name: type) differs from ours; "" if not."""
+    if "version" not in columns:
+        return "it has no version column"
+    if columns["version"] != "integer":
+        return f"it has a version column of type {columns['version']}"
+    if columns != _SCHEMA_TABLE_COLUMNS:
+        theirs = ", ".join(f"{name} {kind}" for name, kind in columns.items())
+        ours = ", ".join(f"{name} {kind}" for name, kind in _SCHEMA_TABLE_COLUMNS.items())
+        return f"its columns are {theirs}, not {ours}"
+    return ""
+
+
+def _refuse_missing_tables(db: PgDb, version: int) -> None:
+    """ConfigError when the database lacks a table (or sequence) its recorded version has."""
+    expected = [name for step, names in _MADE_BY_STEP.items() if step <= version for name in names]
+    missing = [
+        row[0]
+        for row in db.execute(
+            "SELECT name FROM unnest(?::text[]) WITH ORDINALITY AS t(name, n)"
+            " WHERE to_regclass(name) IS NULL ORDER BY n",
+            (expected,),
+        ).fetchall()
+    ]
+    if missing:
+        raise ConfigError(
+            f"the PostgreSQL store's table cbexec_schema records schema version {version}, "
+            f"yet the database lacks tables of that version ({_some(missing)}): it holds "
+            "something else (or they were dropped); give the executor a database of its own"
+        )
 
 
 def _refuse_foreign_tables(db: PgDb) -> None:
@@ -126,21 +193,25 @@ def _refuse_foreign_tables(db: PgDb) -> None:
 
 
 def migrate(url: str) -> tuple[int, int]:
-    """Bring the database at ``url`` to ``schema_version()``; (version before, after)."""
+    """Bring the database at ``url`` to ``schema_version()``; (version before, after).
+
+    ConfigError (and nothing changed) for a database that holds something else, or a
+    role that may not make the tables; with nothing to do, a role that reads
+    ``cbexec_schema`` is enough.
+    """
     db = connect_postgres(url, application_name="cbexec-migrate", stall_limits=False)
     try:
         db.execute("SELECT pg_advisory_lock(?)", (_MIGRATION_LOCK,))
         before = current_version(db)  # a database of another kind is refused as it is
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS cbexec_schema (version INTEGER PRIMARY KEY,"
-            " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-        )
         steps = _steps()
         if before > len(steps):
             raise ConfigError(
                 f"the store is at schema version {before}, newer than this executor's "
                 f"{len(steps)}: upgrade the executor"
             )
+        if before < len(steps):
+            _refuse_unless_creating(db)
+            db.execute(_SCHEMA_TABLE)
         for version, ddl in enumerate(steps[before:], start=before + 1):
             db.execute("BEGIN")
             db.executescript(ddl)
@@ -149,23 +220,124 @@ def migrate(url: str) -> tuple[int, int]:
             logger.info("store migrated to schema version %d", version)
         db.execute("SELECT pg_advisory_unlock(?)", (_MIGRATION_LOCK,))
         return before, len(steps)
+    except StorePermissionDenied as err:  # a table of another owner's, say (ALTER TABLE)
+        raise ConfigError(
+            f"{err}: run `cbexec store migrate` as the database's owner (the role that owns "
+            "the executor's tables)"
+        ) from err
     finally:
         db.close()
 
 
-def open_postgres(url: str, *, application_name: str) -> PgDb:
-    """A connection to a migrated store; ConfigError naming the fix when it is not."""
-    db = connect_postgres(url, application_name=application_name)
-    version = current_version(db)
-    if version != schema_version():
-        db.close()
-        fix = (
-            "upgrade this executor (the store was migrated by a newer one)"
-            if version > schema_version()
-            else "run `cbexec store migrate --store <url>` first"
-        )
+def _refuse_unless_creating(db: PgDb) -> None:
+    """ConfigError when the role may not create tables where migrate would make them.
+
+    PostgreSQL 15 gives CREATE on schema public only to the database's owner.
+    """
+    role, schema, may = db.execute(
+        "SELECT current_user, current_schema(),"
+        " coalesce(has_schema_privilege(current_schema(), 'CREATE'), false)"
+    ).fetchone()
+    if schema is None:
         raise ConfigError(
-            f"the PostgreSQL store is at schema version {version}, this executor needs "
-            f"{schema_version()}: {fix}"
+            f"the PostgreSQL store's role '{role}' has no schema to make the executor's "
+            "tables in (its search_path names none that exists)"
         )
+    if not may:
+        raise ConfigError(
+            f"the PostgreSQL store's role '{role}' may not create tables in schema "
+            f"{schema} (permission denied for schema {schema}): it needs CREATE on it, "
+            "or run `cbexec store migrate` as the database's owner"
+        )
+
+
+def missing_privileges(db: PgDb) -> list[str]:
+    """The privileges the executor's statements need that the role lacks ("INSERT on runs").
+
+    Reads only (has_table_privilege, has_sequence_privilege), on a migrated store: its
+    tables, and the sequences they own (their serial keys) or ``job_registrations``.
+    """
+    tables = [name for names in _MADE_BY_STEP.values() for name in names]
+    rows = db.execute(
+        "SELECT t.name, p.privilege"
+        " FROM unnest(?::text[]) WITH ORDINALITY AS t(name, n)"
+        " CROSS JOIN unnest(?::text[]) WITH ORDINALITY AS p(privilege, m)"
+        " JOIN pg_class c ON c.oid = to_regclass(t.name)"
+        " WHERE CASE WHEN c.relkind = 'r' THEN NOT has_table_privilege(c.oid, p.privilege) END"
+        " ORDER BY t.n, p.m",
+        (tables, list(TABLE_PRIVILEGES)),
+    ).fetchall()
+    by_table: dict[str, list[str]] = {}
+    for name, privilege in rows:
+        by_table.setdefault(name, []).append(privilege)
+    missing = [f"{', '.join(privileges)} on {name}" for name, privileges in by_table.items()]
+    sequences = db.execute(
+        "SELECT s.oid::regclass::text FROM pg_class s WHERE s.relkind = 'S'"
+        " AND (s.oid = to_regclass('job_registrations') OR s.oid IN ("
+        "  SELECT d.objid FROM pg_depend d WHERE d.classid = 'pg_class'::regclass"
+        "  AND d.refclassid = 'pg_class'::regclass AND d.deptype = 'a'"
+        "  AND d.refobjid IN (SELECT to_regclass(name) FROM unnest(?::text[]) AS t(name))))"
+        # (CASE: the planner may test the privilege before the kind, on an index.)
+        " AND CASE WHEN s.relkind = 'S' THEN NOT has_sequence_privilege(s.oid, ?) END"
+        " ORDER BY 1",
+        (tables, SEQUENCE_PRIVILEGE),
+    ).fetchall()
+    missing += [f"{SEQUENCE_PRIVILEGE} on sequence {row[0]}" for row in sequences]
+    return missing
+
+
+def _lacking(db: PgDb, missing: list[str]) -> str:
+    """The one line that names a role's missing privileges and what to grant it."""
+    role, schema = db.execute(
+        "SELECT current_user, coalesce((SELECT relnamespace::regnamespace::text FROM pg_class"
+        " WHERE oid = to_regclass('cbexec_schema')), current_schema())"
+    ).fetchone()
+    to = _identifier(role)
+    return (
+        f"the PostgreSQL store's role '{role}' lacks privileges the executor needs "
+        f"({_some(missing)}): grant it {', '.join(TABLE_PRIVILEGES)} on the executor's "
+        f"tables and {SEQUENCE_PRIVILEGE} on their sequences (GRANT "
+        f"{', '.join(TABLE_PRIVILEGES)} ON ALL TABLES IN SCHEMA {schema} TO {to}; GRANT "
+        f"{SEQUENCE_PRIVILEGE} ON ALL SEQUENCES IN SCHEMA {schema} TO {to})"
+    )
+
+
+def _identifier(name: str) -> str:
+    """``name`` as SQL spells it: quoted unless a plain lower-case identifier."""
+    if re.fullmatch(r"[a-z_][a-z0-9_$]*", name):
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    """The first few of ``names``, and how many more there are."""
+    more = f"; and {len(names) - shown} more" if len(names) > shown else ""
+    return "; ".join(names[:shown]) + more
+
+
+def open_postgres(url: str, *, application_name: str) -> PgDb:
+    """A connection to a migrated store; ConfigError naming the fix when it is not.
+
+    Also when the role lacks a privilege the executor's statements need: found here,
+    not by the first statement that needs it (``serve --check-config`` says so too).
+    """
+    db = connect_postgres(url, application_name=application_name)
+    try:
+        version = current_version(db)
+        if version != schema_version():
+            fix = (
+                "upgrade this executor (the store was migrated by a newer one)"
+                if version > schema_version()
+                else "run `cbexec store migrate --store <url>` first"
+            )
+            raise ConfigError(
+                f"the PostgreSQL store is at schema version {version}, this executor needs "
+                f"{schema_version()}: {fix}"
+            )
+        missing = missing_privileges(db)
+        if missing:
+            raise ConfigError(_lacking(db, missing))
+    except BaseException:
+        db.close()
+        raise
     return db

@@ -52,6 +52,8 @@ ANSWER_DEADLINE_S: Final = 5.0
 UNANSWERED_QUIET_S: Final = 10.0
 # How long a statement waits for a lost connection to be made again (``_connect_again``).
 RECONNECT_WAIT_S: Final = 0.5
+# libpq's PQpipelineStatus of a connection not in pipeline mode (psycopg.pq.PipelineStatus.OFF).
+PIPELINE_OFF: Final = 0
 
 
 class Row(Protocol):
@@ -81,6 +83,10 @@ class StoreUnavailable(UnavailableError):
 
 class StoreConflict(UnavailableError):
     """A transaction lost a deadlock or a serialization race: run it again."""
+
+
+class StorePermissionDenied(ConfigError):
+    """The store's role lacks a privilege a statement needs: the deployment's to fix."""
 
 
 def is_postgres(store: str) -> bool:
@@ -228,7 +234,8 @@ class PgDb:
     ``StoreUnavailable`` for the statement that met it; the next statement outside a
     transaction connects again, so the executor carries on once the server is back.
     A deadlock, a serialization failure or a unique key two replicas raced for is
-    ``StoreConflict``: the caller runs the transaction again.
+    ``StoreConflict``: the caller runs the transaction again. A privilege the role lacks
+    is ``StorePermissionDenied`` (a ConfigError naming the role).
     """
 
     def __init__(
@@ -454,8 +461,19 @@ class PgDb:
         with self._lock:
             self._not_while_unanswered()
             self._reconnect_if_lost("")
-            with self._errors_translated(), self._conn.pipeline():
-                yield
+            try:
+                with self._errors_translated(), self._conn.pipeline():
+                    try:
+                        yield
+                    finally:
+                        # The block's statements each had (and ended) a deadline of their
+                        # own; the Sync on the way out waits for all of their answers.
+                        self.answer_due = time.monotonic() + ANSWER_DEADLINE_S
+            finally:
+                if not self._lost() and self._conn.pgconn.pipeline_status != PIPELINE_OFF:
+                    # psycopg could not leave pipeline mode (an answer still awaited, after
+                    # an error it gave up on): no statement would run on it again.
+                    self._discard()
 
     def _terminated_before_it_counted(self, verb: str, err: StoreUnavailable) -> bool:
         """Whether a statement that met a terminated connection can simply run again.
@@ -493,16 +511,40 @@ class PgDb:
             errors.UniqueViolation,
         ) as err:
             raise StoreConflict(f"PostgreSQL store: {_first_line(err)}") from err
+        except errors.InsufficientPrivilege as err:
+            role = self._conn.info.user if self._conn is not None else "?"
+            raise StorePermissionDenied(
+                f"the PostgreSQL store's role '{role}': {_first_line(err)}"
+            ) from err
         except (errors.QueryCanceled, errors.LockNotAvailable) as err:  # _STALL_LIMITS
             raise StoreUnavailable(f"PostgreSQL store too slow: {_first_line(err)}") from err
         except psycopg.OperationalError as err:
             if self._cut_off:
+                self._discard()
                 raise StoreUnavailable(
                     f"PostgreSQL store did not answer within {ANSWER_DEADLINE_S:g} s"
                 ) from err
-            if self._conn is None or self._conn.broken or self._conn.closed:
-                raise StoreUnavailable(f"PostgreSQL store unreachable: {_first_line(err)}") from err
+            if self._lost() or _session_ended(err):
+                self._discard()
+                said = _server_said(err)
+                raise StoreUnavailable(
+                    f"PostgreSQL store unreachable: {_first_line(said)}"
+                ) from err
             raise
+
+    def _discard(self) -> None:
+        """Close the connection after a failure that leaves it unusable or of unknown state.
+
+        The next statement outside a transaction makes a new one (``_reconnect_if_lost``);
+        one inside the transaction it held fails, as for any connection lost.
+        """
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.close()
+        except Exception as err:  # noqa: BLE001 - it is being thrown away either way
+            logger.debug("closing a failed PostgreSQL connection: %s", err)
 
     def transaction_failed(self) -> bool:
         """Whether the open transaction can only be rolled back (an error inside it)."""
@@ -604,6 +646,35 @@ def in_lists(values: Sequence[_V]) -> Iterator[tuple[list[_V], str]]:
 def pipelined(db: Db) -> AbstractContextManager[None]:
     """``PgDb.pipeline`` on PostgreSQL; nothing on SQLite (its statements make no round trips)."""
     return db.pipeline() if isinstance(db, PgDb) else nullcontext()
+
+
+# SQLSTATEs of a session the server ended: an admin's pg_terminate_backend or a shutdown
+# (57P01), a crash of another backend (57P02), a server starting or stopping (57P03).
+_SESSION_ENDED: Final = frozenset({"57P01", "57P02", "57P03"})
+
+
+def _session_ended(err: Any) -> bool:
+    """Whether a driver error means the connection is over, or in a state nothing can follow.
+
+    The server's word that it ended the session (it may come before libpq has seen the
+    connection close), a connection exception (class 08), or an error of libpq's own,
+    without an SQLSTATE (a query it could not send, a pipeline it could not leave).
+    """
+    sqlstate = getattr(err, "sqlstate", None)
+    return sqlstate is None or sqlstate in _SESSION_ENDED or sqlstate.startswith("08")
+
+
+def _server_said(err: BaseException) -> BaseException:
+    """The server's error behind one of libpq's own, if any: what to tell the caller.
+
+    Leaving a pipeline after the server ended the session fails with "cannot exit
+    pipeline mode while busy", raised while handling the server's "terminating
+    connection due to administrator command", which says what happened.
+    """
+    context = err.__context__
+    if context is not None and getattr(err, "sqlstate", None) is None:
+        return context if getattr(context, "sqlstate", None) else err
+    return err
 
 
 def _first_line(err: BaseException) -> str:

@@ -1,7 +1,8 @@
 """``cbexec serve --check-config``: check everything start-up would, print the effective settings.
 
 Start-up refuses bad TLS files, a port it cannot bind, a data dir it cannot use, a
-damaged database, a PostgreSQL store it cannot reach or that is not migrated, a sandbox
+damaged database, a PostgreSQL store it cannot reach, that is not migrated or whose role
+lacks a privilege the executor needs (asked, not tried), a sandbox
 setting the host cannot satisfy, a sandbox uid range another executor holds; and with
 ``strict`` a broken ``callbacks.conf`` (without it, a warning: start-up runs without
 them). The check runs each of those (collecting every problem
@@ -138,7 +139,7 @@ def _universal(settings: config.Settings) -> str:
 
 
 def _store(settings: config.Settings) -> str:
-    """Where the triggers, outbox and history live; a fleet's database reached and migrated."""
+    """Where the triggers, outbox and history live; a fleet's database reached, migrated, usable."""
     if not settings.store:
         return f"SQLite in {settings.data_dir}"
     from executor.errors import UnavailableError

@@ -444,9 +444,14 @@ def stopped(*pids: int) -> Iterator[None]:
             os.kill(pid, signal.SIGCONT)
 
 
-@pytest.mark.parametrize("prepared", [False, True])
+def _pipelined_insert(db: PgDb) -> None:
+    with db.pipeline():
+        db.execute("INSERT INTO frozen_away VALUES (1)")  # sent; the Sync waits for its answer
+
+
+@pytest.mark.parametrize("way", ["execute", "prepared", "pipeline"])
 def test_a_server_that_stops_answering_is_unavailable_not_a_hang(
-    pg_url: str, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch, prepared: bool
+    pg_url: str, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch, way: str
 ) -> None:
     # Found by fault injection: a frozen PostgreSQL keeps TCP alive and its own
     # statement_timeout never runs, so a statement on the event loop waited for ever.
@@ -460,12 +465,16 @@ def test_a_server_that_stops_answering_is_unavailable_not_a_hang(
         backend = db.execute("SELECT pg_backend_pid()").fetchone()[0]
         with stopped(backend, postmaster):
             started = time.monotonic()
-            # libpq's own calls (as the outbox's commit makes them), or psycopg's:
-            statement = (
-                partial(db.execute_prepared, "INSERT INTO frozen_away VALUES (?)", (1,))
-                if prepared
-                else partial(db.execute, "SELECT 1")
-            )
+            # libpq's own calls (as the outbox's commit makes them), psycopg's, or a
+            # pipeline's (the trigger store's writes; its statements' own deadlines ended
+            # before the Sync that waits for their answers):
+            statement = {
+                "execute": partial(db.execute, "SELECT 1"),
+                "prepared": partial(
+                    db.execute_prepared, "INSERT INTO frozen_away VALUES (?)", (1,)
+                ),
+                "pipeline": partial(_pipelined_insert, db),
+            }[way]
             with pytest.raises(StoreUnavailable, match="did not answer within 1 s"):
                 statement()
             # The next statements, of any connection, do not wait out a deadline each.
