@@ -505,8 +505,8 @@ class ReferenceSupervisor:
 
     def _insert_jobs(self, changes: _Changes, jobs: Sequence[NewJob]) -> list[int]:
         first_id = self._last_job_id() + 1
-        leader = next((first_id + i for i, job in enumerate(jobs) if job.pgrp is None), 0)
-        pgrps = [job.pgrp or leader for job in jobs]
+        leader = next((first_id + i for i, job in enumerate(jobs) if job.fields.pgrp is None), 0)
+        pgrps = [job.fields.pgrp or leader for job in jobs]
         labels = self._assign_labels(jobs, pgrps)
         now = int(self._clock())
         for offset, (job, pgrp, label) in enumerate(zip(jobs, pgrps, labels, strict=True)):
@@ -515,7 +515,14 @@ class ReferenceSupervisor:
                 "INSERT INTO jobs (id, name, label, pgrp, pid, status, user, priority, prototype,"
                 " cpus, mailaddress, timesubmit, extra) VALUES (:id, :name, :label, :pgrp, :pid,"
                 " :status, :user, :priority, :prototype, :cpus, :mailaddress, :timesubmit, :extra)",
-                {**asdict(job), "id": job_id, "label": label, "pgrp": pgrp, "timesubmit": now},
+                {
+                    **asdict(job.fields),
+                    "id": job_id,
+                    "label": label,
+                    "pgrp": pgrp,
+                    "status": job.status,
+                    "timesubmit": now,
+                },
             )
             self._db.executemany(
                 "INSERT INTO work (job_id, position, name, status) VALUES (?, ?, ?, ?)",
@@ -523,7 +530,7 @@ class ReferenceSupervisor:
             )
             self._db.executemany(
                 "INSERT INTO subjobs (job_id, id, status) VALUES (?, ?, ?)",
-                [(job_id, subid, job.status) for subid in range(job.cpus)],
+                [(job_id, subid, job.status) for subid in range(job.fields.cpus)],
             )
             self._db.executemany(
                 "INSERT INTO callbacks (job_id, id, triggers, language, code, user, maximum, mode)"
@@ -535,7 +542,7 @@ class ReferenceSupervisor:
                         cb.triggers,
                         cb.language,
                         cb.code,
-                        cb.user or job.user,
+                        cb.user or job.fields.user,
                         cb.maximum,
                         cb.mode,
                     )
@@ -543,7 +550,9 @@ class ReferenceSupervisor:
                 ],
             )
             changes.transitions.append(Transition("submit", "job", job_id))
-            changes.note(job_id, f"[job] submitted by {job.user} into pgrp {pgrp} as {label!r}")
+            changes.note(
+                job_id, f"[job] submitted by {job.fields.user} into pgrp {pgrp} as {label!r}"
+            )
         return [first_id + offset for offset in range(len(jobs))]
 
     def _assign_labels(self, jobs: Sequence[NewJob], pgrps: Sequence[int]) -> list[str]:
@@ -561,23 +570,23 @@ class ReferenceSupervisor:
                 rows = self._db.execute("SELECT id, label FROM jobs WHERE pgrp = ?", (pgrp,))
                 holders[pgrp] = {row["label"]: f"job {row['id']} (pgrp {pgrp})" for row in rows}
                 taken[pgrp] = set(holders[pgrp])
-                if job.pgrp is not None and not taken[pgrp]:
+                if job.fields.pgrp is not None and not taken[pgrp]:
                     raise SubmitError(f"pgrp {pgrp} does not exist")
         # Labels are unique per pgrp, so the existing ones also count the existing jobs.
         positions = {pgrp: len(labels) for pgrp, labels in taken.items()}
         for n, (job, pgrp) in enumerate(zip(jobs, pgrps, strict=True), start=1):
-            if job.label is None:
+            if job.fields.label is None:
                 continue
-            if job.label in taken[pgrp]:
+            if job.fields.label in taken[pgrp]:
                 raise SubmitError(
-                    f"job {n} of the submission: label {job.label!r} is taken by "
-                    f"{holders[pgrp][job.label]}; a label names one job of its process group"
+                    f"job {n} of the submission: label {job.fields.label!r} is taken by "
+                    f"{holders[pgrp][job.fields.label]}; a label names one job of its process group"
                 )
-            taken[pgrp].add(job.label)
-            holders[pgrp][job.label] = f"job {n} of the submission"
+            taken[pgrp].add(job.fields.label)
+            holders[pgrp][job.fields.label] = f"job {n} of the submission"
         labels = []
         for job, pgrp in zip(jobs, pgrps, strict=True):
-            label = job.label
+            label = job.fields.label
             if label is None:
                 n = positions[pgrp]
                 while f"qube{n}" in taken[pgrp]:

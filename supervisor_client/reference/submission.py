@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Final
 
 from supervisor_client.jobdict import triggers_text
@@ -93,19 +93,12 @@ _MODES: Final = ("", "edge", "level")
 
 @dataclass(frozen=True, slots=True)
 class NewJob:
-    name: str
-    label: str | None
-    user: str
+    """A submitted job: its own fields (as a held job's, given_job.py) and its state."""
+
+    fields: JobFields
     status: str
-    priority: int
-    prototype: str
-    cpus: int
-    pid: int
-    pgrp: int | None
-    mailaddress: str
     agenda: tuple[_NewWork, ...]
     callbacks: tuple[NewCallback, ...]
-    extra: str
 
 
 def text_field(where: str, fields: Mapping[str, Any], key: str, default: str) -> str:
@@ -358,7 +351,7 @@ def _parse_job(number: int, job: Any, checks: Checks) -> NewJob:
     if dependency.holds_frames:
         agenda = tuple(_NewWork(work.name, Status.BLOCKED) for work in agenda)
     return NewJob(
-        **asdict(fields),
+        fields,
         status=Status.BLOCKED if dependency.holds_job else status,
         agenda=agenda,
         callbacks=callbacks,
