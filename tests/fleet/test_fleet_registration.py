@@ -26,39 +26,25 @@ pytestmark = pytest.mark.service
 JOBS = 30
 
 
-def and_job(job_id: int) -> dict[str, Any]:
+def job_with(job_id: int, name: str, callback: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """Job ``job_id`` of alice, named ``<name><job_id>``, with one python callback (id 1)."""
     return {
         "id": job_id,
-        "name": f"and{job_id}",
-        "label": f"and{job_id}",
+        "name": f"{name}{job_id}",
         "user": "alice",
-        "callbacks": [
-            {
-                "id": 1,
-                "triggers": "complete-work-self-1 && complete-work-self-2",
-                "language": "python",
-                "code": "print('both')",
-            }
-        ],
+        **fields,
+        "callbacks": [{"id": 1, "language": "python", **callback}],
     }
+
+
+def and_job(job_id: int) -> dict[str, Any]:
+    both = {"triggers": "complete-work-self-1 && complete-work-self-2", "code": "print('both')"}
+    return job_with(job_id, "and", both, label=f"and{job_id}")
 
 
 def level_job(job_id: int) -> dict[str, Any]:
-    return {
-        "id": job_id,
-        "name": f"level{job_id}",
-        "user": "alice",
-        "status": "pending",
-        "callbacks": [
-            {
-                "id": 1,
-                "triggers": "submit-job-self",
-                "mode": "level",
-                "language": "python",
-                "code": "print('submitted')",
-            }
-        ],
-    }
+    submitted = {"triggers": "submit-job-self", "mode": "level", "code": "print('submitted')"}
+    return job_with(job_id, "level", submitted, status="pending")
 
 
 async def test_a_registration_at_the_moment_of_an_event_keeps_the_events_latch(
@@ -125,34 +111,19 @@ async def test_a_job_registered_at_two_replicas_at_once_fires_its_level_submit_o
 
 
 def watcher_job(job_id: int, watched: int) -> dict[str, Any]:
-    return {
-        "id": job_id,
-        "name": f"watcher{job_id}",
-        "user": "alice",
-        "status": "pending",
-        "callbacks": [
-            {
-                "id": 1,
-                "triggers": f"submit-job-{watched}",
-                "mode": "level",
-                "language": "python",
-                "code": "print('watched job submitted')",
-            }
-        ],
+    watching = {
+        "triggers": f"submit-job-{watched}",
+        "mode": "level",
+        "code": "print('watched job submitted')",
     }
+    return job_with(job_id, "watcher", watching, status="pending")
 
 
 def quiet_job(job_id: int) -> dict[str, Any]:
     """A job whose own callback a submission does not fire."""
-    return {
-        "id": job_id,
-        "name": f"quiet{job_id}",
-        "user": "alice",
-        "status": "pending",
-        "callbacks": [
-            {"id": 1, "triggers": "complete-job-self", "language": "python", "code": "pass"}
-        ],
-    }
+    return job_with(
+        job_id, "quiet", {"triggers": "complete-job-self", "code": "pass"}, status="pending"
+    )
 
 
 async def test_a_first_registration_racing_its_submit_event_fires_a_watchers_level_submit_once(

@@ -216,18 +216,23 @@ async def test_huge_function_names_do_not_grow_the_executor(arena_warm: Arena) -
     assert executor.memory_info().rss - rss_before < 32 * MIB
 
 
-async def test_a_storm_of_long_calls_keeps_the_actions_within_their_budget(
-    arena_warm: Arena,
-) -> None:
-    code = (
-        "target = '12:' + ','.join(str(n) for n in range(2000))\n"
-        "for _ in range(3000):\n"
+def unblock_storm(target: str, calls: int) -> str:
+    """Python code calling ``qb.workunblock(<target expression>)`` ``calls`` times, errors aside."""
+    return (
+        f"target = {target}\n"
+        f"for _ in range({calls}):\n"
         "    try:\n"
         "        qb.workunblock(target)\n"
         "    except qb.QbError:\n"
         "        pass\n"
         "print('done')\n"
     )
+
+
+async def test_a_storm_of_long_calls_keeps_the_actions_within_their_budget(
+    arena_warm: Arena,
+) -> None:
+    code = unblock_storm("'12:' + ','.join(str(n) for n in range(2000))", 3000)
     response = await arena_warm.attack(code, limits={"wall_seconds": 60})
 
     assert_outcome(response, Outcome.OUTCOME_SUCCEEDED)
@@ -241,15 +246,7 @@ async def test_a_storm_of_four_byte_characters_keeps_the_actions_within_their_by
     arena_warm: Arena,
 ) -> None:
     # 1500 records of ~600 characters: within 1 MiB of characters, 3.5 MiB of bytes.
-    code = (
-        "target = '12:' + '\\U0001F600' * 600\n"
-        "for _ in range(1500):\n"
-        "    try:\n"
-        "        qb.workunblock(target)\n"
-        "    except qb.QbError:\n"
-        "        pass\n"
-        "print('done')\n"
-    )
+    code = unblock_storm("'12:' + '\\U0001F600' * 600", 1500)
     response = await arena_warm.attack(code, limits={"wall_seconds": 60})
 
     assert_outcome(response, Outcome.OUTCOME_SUCCEEDED)

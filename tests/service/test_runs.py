@@ -355,21 +355,26 @@ async def test_cbexec_run_through_a_running_executor(stack: Stack, tmp_path: Pat
     assert "outcome: FAILED" in out and "bad frame range" in out
 
 
-async def test_cbexec_run_embedded(stack: Stack, tmp_path: Path) -> None:
+async def run_embedded(
+    stack: Stack, tmp_path: Path, job: dict[str, Any], *args: str
+) -> tuple[int, str, str]:
+    """``cbexec run --embedded --lang python --job <job> ARGS``: exit code, stdout, stderr.
+
+    A service runs on this host (``stack``, holding the suite's uid range): the throwaway
+    executor takes the next free range instead of refusing to start.
+    """
     job_file = tmp_path / "job.json"
-    job_file.write_text(json.dumps({"id": 4000, "name": "x", "user": "bob", "status": "running"}))
-    # A service runs on this host (``stack``, holding the suite's uid range): the throwaway
-    # executor takes the next free range instead of refusing to start.
-    code, out, err = await cbexec(
-        "run",
-        "--embedded",
-        "--lang",
-        "python",
-        "--job",
-        str(job_file),
-        "--code",
-        "print(qb.jobinfo('-id', qb.jobid())[0]['name'])",
-        env={"CBEXEC_SANDBOX_UID_BASE": str(stack.settings.sandbox_uid_base)},
+    job_file.write_text(json.dumps(job))
+    env = {"CBEXEC_SANDBOX_UID_BASE": str(stack.settings.sandbox_uid_base)}
+    return await cbexec(
+        "run", "--embedded", "--lang", "python", "--job", str(job_file), *args, env=env
+    )
+
+
+async def test_cbexec_run_embedded(stack: Stack, tmp_path: Path) -> None:
+    job = {"id": 4000, "name": "x", "user": "bob", "status": "running"}
+    code, out, err = await run_embedded(
+        stack, tmp_path, job, "--code", "print(qb.jobinfo('-id', qb.jobid())[0]['name'])"
     )
     assert code == 0, out + err
     assert "job 4000 held as given (running)" in out
@@ -401,20 +406,8 @@ async def test_cbexec_run_embedded_runs_in_the_job_as_jobinfo_gave_it(
     # An ended job (a failed-job-self or done-work-self-* callback is tried on one) was
     # refused as a submission ("status must be 'pending' or 'blocked'"), and an accepted
     # one became a pending job 1.
-    job_file = tmp_path / "job.json"
-    job_file.write_text(json.dumps(ENDED_JOB))
-    code, out, err = await cbexec(
-        "run",
-        "--embedded",
-        "--lang",
-        "python",
-        "--job",
-        str(job_file),
-        "--event",
-        "failed-job-self",
-        "--code",
-        SHOW_JOB,
-        env={"CBEXEC_SANDBOX_UID_BASE": str(stack.settings.sandbox_uid_base)},
+    code, out, err = await run_embedded(
+        stack, tmp_path, ENDED_JOB, "--event", "failed-job-self", "--code", SHOW_JOB
     )
     assert code == 0, out + err
     assert "job 12 held as given (failed)" in out
@@ -422,18 +415,12 @@ async def test_cbexec_run_embedded_runs_in_the_job_as_jobinfo_gave_it(
 
 
 async def test_cbexec_run_embedded_names_a_malformed_field(stack: Stack, tmp_path: Path) -> None:
-    job_file = tmp_path / "job.json"
-    job_file.write_text(json.dumps({**ENDED_JOB, "agenda": [{"name": "1", "status": "dying"}]}))
-    code, out, err = await cbexec(
-        "run",
-        "--embedded",
-        "--lang",
-        "python",
-        "--job",
-        str(job_file),
+    code, out, err = await run_embedded(
+        stack,
+        tmp_path,
+        {**ENDED_JOB, "agenda": [{"name": "1", "status": "dying"}]},
         "--code",
         "pass",
-        env={"CBEXEC_SANDBOX_UID_BASE": str(stack.settings.sandbox_uid_base)},
     )
     assert code == 2, out + err
     assert err.startswith("cbexec: --job: job 12, work 1: status must be one of pending, ")
@@ -443,19 +430,13 @@ async def test_cbexec_run_embedded_names_a_malformed_field(stack: Stack, tmp_pat
 async def test_cbexec_run_embedded_refuses_a_job_whose_trigger_does_not_parse(
     stack: Stack, tmp_path: Path
 ) -> None:
-    job_file = tmp_path / "job.json"
     callback = {"triggers": "complete-jb-self", "language": "python", "code": "pass"}
-    job_file.write_text(json.dumps({"id": 4000, "name": "x", "callbacks": [callback]}))
-    code, out, err = await cbexec(
-        "run",
-        "--embedded",
-        "--lang",
-        "python",
-        "--job",
-        str(job_file),
+    code, out, err = await run_embedded(
+        stack,
+        tmp_path,
+        {"id": 4000, "name": "x", "callbacks": [callback]},
         "--code",
         "pass",
-        env={"CBEXEC_SANDBOX_UID_BASE": str(stack.settings.sandbox_uid_base)},
     )
     assert code == 2, out + err
     assert "unknown event type 'jb'" in err and "Traceback" not in err
