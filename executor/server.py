@@ -91,13 +91,21 @@ class RunningServer:
     spawner: Spawner
     engine: TriggerEngine
     recorder: Recorder
-    # The embedded reference supervisor and its forwarder (embedded mode only).
-    reference: ReferenceSupervisor | None
-    forwarder: EventForwarder | None
     # The HTTP side port's bound port; None when http_bind is empty.
     http_port: int | None = None
+    # The embedded reference supervisor, with its forwarder (embedded mode only).
     _embedded: api_embedded.EmbeddedSupervisor | None = field(default=None, repr=False)
     _exit_stack: AsyncExitStack = field(default_factory=AsyncExitStack, repr=False)
+
+    @property
+    def reference(self) -> ReferenceSupervisor | None:
+        """The embedded reference supervisor's store; None with a remote supervisor."""
+        return self._embedded.reference if self._embedded is not None else None
+
+    @property
+    def forwarder(self) -> EventForwarder | None:
+        """What sends the embedded supervisor's transitions to the trigger engine."""
+        return self._embedded.forwarder if self._embedded is not None else None
 
     async def settle(self) -> None:
         """Until the embedded supervisor's transitions, and what they fired, have run."""
@@ -276,9 +284,8 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         stack.push_async_callback(
             _stop_tasks, [asyncio.create_task(storage_health.probe_forever())]
         )
-        forwarder = None
         if embedded is not None:
-            forwarder = embedded.forward_to(edge.own_channel)
+            embedded.forward_to(edge.own_channel)
             stack.push_async_callback(embedded.stop_forwarding)
         http_port = None
         if settings.http_bind:
@@ -318,8 +325,6 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             spawner=spawner,
             engine=engine,
             recorder=recorder,
-            reference=embedded.reference if embedded else None,
-            forwarder=forwarder,
             http_port=http_port,
             _embedded=embedded,
             _exit_stack=stack.pop_all(),
