@@ -518,6 +518,13 @@ class PgDb:
             ) from err
         except (errors.QueryCanceled, errors.LockNotAvailable) as err:  # _STALL_LIMITS
             raise StoreUnavailable(f"PostgreSQL store too slow: {_first_line(err)}") from err
+        except errors.ReadOnlySqlTransaction as err:
+            # A standby (the address reaches the old primary after a failover): a new
+            # connection may reach the new primary (target_session_attrs=read-write).
+            self._discard()
+            raise StoreUnavailable(
+                f"PostgreSQL store is read-only (a standby?): {_first_line(err)}"
+            ) from err
         except psycopg.OperationalError as err:
             if self._cut_off:
                 self._discard()
@@ -529,6 +536,10 @@ class PgDb:
                 said = _server_said(err)
                 raise StoreUnavailable(
                     f"PostgreSQL store unreachable: {_first_line(said)}"
+                ) from err
+            if _server_short(err):
+                raise StoreUnavailable(
+                    f"PostgreSQL store cannot take it now: {_first_line(err)}"
                 ) from err
             raise
 
@@ -662,6 +673,15 @@ def _session_ended(err: Any) -> bool:
     """
     sqlstate = getattr(err, "sqlstate", None)
     return sqlstate is None or sqlstate in _SESSION_ENDED or sqlstate.startswith("08")
+
+
+def _server_short(err: Any) -> bool:
+    """Whether the server refused for want of a resource: the statement did nothing.
+
+    Its disk, memory or connection slots (class 53), or its file system failed it (58).
+    """
+    sqlstate = getattr(err, "sqlstate", None) or ""
+    return sqlstate.startswith(("53", "58"))
 
 
 def _server_said(err: BaseException) -> BaseException:

@@ -1,0 +1,123 @@
+"""PostgreSQL's own refusals for now: UNAVAILABLE to retry, never INTERNAL.
+
+A server short of disk, memory or connection slots (SQLSTATE class 53), one whose file
+system failed it (class 58), and a read-only one (25006: the address reaches a standby
+after a failover) did nothing of the statement; a publisher resends only UNAVAILABLE,
+so INTERNAL would lose the event. The errors are the server's own, raised by it.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import grpc
+import pytest
+
+from executor.api.triggers import TriggerServicer
+from executor.migrations import migrate
+from executor.sql import PgDb, StoreUnavailable, connect_postgres
+from executor.triggers.engine import TriggerEngine
+from executor.triggers.store import TriggerStore
+from supervisor_client.jobdict import job_from_dict
+from supervisor_client.qbcallback.v1 import executor_pb2
+from tests.helpers.postgres import PostgresServer
+from tests.helpers.servicer_context import Aborted, FakeContext, as_context
+from tests.helpers.trigger_engines import LIMITS, Recorder, job
+
+pytestmark = pytest.mark.service
+
+
+def backend_pid(db: PgDb) -> int:
+    return int(db.execute("SELECT pg_backend_pid()").fetchone()[0])
+
+
+@pytest.mark.parametrize("condition", ["disk_full", "out_of_memory", "io_error"])
+def test_a_server_short_of_a_resource_is_unavailable_on_the_same_connection(
+    pg_url: str, condition: str
+) -> None:
+    db = connect_postgres(pg_url)
+    try:
+        pid = backend_pid(db)
+        with pytest.raises(StoreUnavailable, match="cannot take it now: no room for it"):
+            db.execute(
+                "DO $$ BEGIN RAISE EXCEPTION 'no room for it' "
+                f"USING ERRCODE = '{condition}'; END $$"
+            )
+        assert backend_pid(db) == pid  # the session itself is well
+    finally:
+        db.close()
+
+
+def test_a_read_only_server_is_unavailable_and_its_connection_made_again(pg_url: str) -> None:
+    db = connect_postgres(pg_url)
+    try:
+        db.execute("CREATE TABLE IF NOT EXISTS read_only_probe (n INTEGER)")
+        pid = backend_pid(db)
+        db.execute("SET default_transaction_read_only = on")  # as a standby's sessions are
+        with pytest.raises(StoreUnavailable, match=r"read-only \(a standby\?\)"):
+            db.execute("INSERT INTO read_only_probe VALUES (1)")
+        # A new session, which may reach the new primary: here, the same server, writable.
+        assert backend_pid(db) != pid
+        db.execute("INSERT INTO read_only_probe VALUES (2)")
+        assert db.execute("SELECT n FROM read_only_probe").fetchall()[0][0] == 2
+    finally:
+        db.close()
+
+
+def test_a_store_url_may_list_hosts_for_libpq_to_find_the_writable_one(
+    postgres: PostgresServer,
+) -> None:
+    with socket.socket() as unused:  # a port nothing listens on: a host that is down
+        unused.bind(("127.0.0.1", 0))
+        down = unused.getsockname()[1]
+    url = (
+        f"postgresql://postgres@127.0.0.1:{down},127.0.0.1:{postgres.port}/postgres"
+        "?target_session_attrs=read-write"
+    )
+    db = connect_postgres(url)
+    try:
+        assert db.execute("SELECT current_setting('transaction_read_only')").fetchone()[0] == "off"
+    finally:
+        db.close()
+
+
+async def test_publish_event_on_a_read_only_database_is_unavailable_and_applied_when_resent(
+    postgres: PostgresServer,
+) -> None:
+    url = postgres.create_database("read_only_events")
+    migrate(url)
+    admin = connect_postgres(postgres.url())
+    store = TriggerStore(url)
+    recorder = Recorder()
+    engine = TriggerEngine(store, recorder, limits=LIMITS)
+    triggers = TriggerServicer(engine)
+    engine.start()
+    try:
+        await triggers.RegisterJob(
+            executor_pb2.RegisterJobRequest(job=job_from_dict(job(71, ("running-job-self", "x")))),
+            as_context(FakeContext()),
+        )
+        # A failover leaves the address on a read-only server: new sessions cannot write.
+        admin.execute("ALTER DATABASE read_only_events SET default_transaction_read_only = on")
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = 'read_only_events'"
+        )
+        request = executor_pb2.PublishEventRequest(
+            name="running", type="job", job_id=71, event_id="ro-71"
+        )
+        with pytest.raises(Aborted) as refused:
+            await triggers.PublishEvent(request, as_context(FakeContext()))
+        assert refused.value.code == grpc.StatusCode.UNAVAILABLE, refused.value.details
+        assert "read-only" in refused.value.details
+        # Writable again (the new primary): the resent event is applied, once.
+        admin.execute("ALTER DATABASE read_only_events RESET default_transaction_read_only")
+        again = await triggers.PublishEvent(request, as_context(FakeContext()))
+        assert not again.duplicate
+        assert (await triggers.PublishEvent(request, as_context(FakeContext()))).duplicate
+        await recorder.ran(1)
+        assert recorder.codes == ["x"]
+    finally:
+        await engine.close()
+        store.close()
+        admin.close()
