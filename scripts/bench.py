@@ -933,123 +933,143 @@ async def main() -> int:
     add_reference_supervisor(supervisor_server, reference)
     supervisor_address = f"127.0.0.1:{supervisor_server.add_insecure_port('127.0.0.1:0')}"
     await supervisor_server.start()
-    if args.only == "http":
+    try:
+        if args.only == "http":
+            with tempfile.TemporaryDirectory() as tmp:
+                results = await http_side_by_side(
+                    supervisor_address, Path(tmp), args.runs, args.seconds, args.http_rounds
+                )
+            await supervisor_server.stop(2.0)
+            reference.close()
+            print_http(results)
+            return 0
+        await interleaved(args, supervisor_address)
+        if not args.extras:
+            await supervisor_server.stop(2.0)
+            reference.close()
+            print_mechanism_costs(args.runs)
+            return 0
+        setups = (
+            ("zygote", "zygote", {}),
+            ("zygote, no private mounts/uid", "zygote", {"dedicated_uid": "off"}),
+            ("cold", "cold", {}),
+        )
         with tempfile.TemporaryDirectory() as tmp:
-            results = await http_side_by_side(
+            for index, (label, launcher, settings) in enumerate(setups):
+                data_dir = Path(tmp) / str(index)
+                with executor(launcher, data_dir, supervisor_address, **settings) as (
+                    address,
+                    proc,
+                ):
+                    await wait_serving(address, proc)
+                    await asyncio.sleep(0.5)
+                    main_setup = index == 0
+                    if main_setup:
+                        idle = rss_mb(proc)
+                        rows.append(
+                            (
+                                "floor: empty gRPC call",
+                                *summary(await grpc_floor(address, args.runs)),
+                            )
+                        )
+                    meter = CpuMeter(proc)
+                    for language in ("python", "perl", "qube"):
+                        runs = args.runs if launcher == "zygote" else args.runs // 4
+                        samples, cpu = await meter.per_call(latency(address, language, runs))
+                        rows.append((f"{label}: {language} callback", *summary(samples)))
+                        if main_setup:
+                            cpu_rows.append((f"{language} callback, 1 client", cpu))
+                    if main_setup:
+                        loads = []
+                        for clients in (1, 8, 32):
+                            before = meter.sample()
+                            rate, exhausted, errors = await throughput(
+                                address, clients, args.seconds
+                            )
+                            cpu = meter.ms_per_call(before, rate * args.seconds)
+                            loads.append((clients, (rate, exhausted, errors)))
+                            if clients == 32:
+                                cpu_rows.append(("python callback, 32 clients", cpu))
+                        loaded = rss_mb(proc)
+            http_results = await http_side_by_side(
                 supervisor_address, Path(tmp), args.runs, args.seconds, args.http_rounds
             )
-        await supervisor_server.stop(2.0)
+        await supervisor_server.stop(2.0)  # let reports still in flight finish
         reference.close()
-        print_http(results)
-        return 0
-    await interleaved(args, supervisor_address)
-    if not args.extras:
-        await supervisor_server.stop(2.0)
-        reference.close()
-        print_mechanism_costs(args.runs)
-        return 0
-    setups = (
-        ("zygote", "zygote", {}),
-        ("zygote, no private mounts/uid", "zygote", {"dedicated_uid": "off"}),
-        ("cold", "cold", {}),
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        for index, (label, launcher, settings) in enumerate(setups):
-            data_dir = Path(tmp) / str(index)
-            with executor(launcher, data_dir, supervisor_address, **settings) as (address, proc):
-                await wait_serving(address, proc)
-                await asyncio.sleep(0.5)
-                main_setup = index == 0
-                if main_setup:
-                    idle = rss_mb(proc)
-                    rows.append(
-                        ("floor: empty gRPC call", *summary(await grpc_floor(address, args.runs)))
-                    )
-                meter = CpuMeter(proc)
-                for language in ("python", "perl", "qube"):
-                    runs = args.runs if launcher == "zygote" else args.runs // 4
-                    samples, cpu = await meter.per_call(latency(address, language, runs))
-                    rows.append((f"{label}: {language} callback", *summary(samples)))
-                    if main_setup:
-                        cpu_rows.append((f"{language} callback, 1 client", cpu))
-                if main_setup:
-                    loads = []
-                    for clients in (1, 8, 32):
-                        before = meter.sample()
-                        rate, exhausted, errors = await throughput(address, clients, args.seconds)
-                        cpu = meter.ms_per_call(before, rate * args.seconds)
-                        loads.append((clients, (rate, exhausted, errors)))
-                        if clients == 32:
-                            cpu_rows.append(("python callback, 32 clients", cpu))
-                    loaded = rss_mb(proc)
-        http_results = await http_side_by_side(
-            supervisor_address, Path(tmp), args.runs, args.seconds, args.http_rounds
+        rows.append(("floor: fork+wait, warm process", *summary(fork_floor(args.runs))))
+        rows.append(
+            ("baseline: python3 -c per callback", *summary(naive_baseline(max(20, args.runs // 4))))
         )
-    await supervisor_server.stop(2.0)  # let reports still in flight finish
-    reference.close()
-    rows.append(("floor: fork+wait, warm process", *summary(fork_floor(args.runs))))
-    rows.append(
-        ("baseline: python3 -c per callback", *summary(naive_baseline(max(20, args.runs // 4))))
-    )
 
-    print(f"\n{'end-to-end latency':<50}{'p50 ms':>10}{'p99 ms':>10}")
-    for name, p50, p99 in rows:
-        print(f"{name:<50}{p50:>10.2f}{p99:>10.2f}")
-    by_name = {name: (p50, p99) for name, p50, p99 in rows}
-    baseline = by_name["baseline: python3 -c per callback"][0]
-    print("\nratios (p50):")
-    for language in ("python", "perl", "qube"):
-        warm = by_name[f"zygote: {language} callback"][0]
+        print(f"\n{'end-to-end latency':<50}{'p50 ms':>10}{'p99 ms':>10}")
+        for name, p50, p99 in rows:
+            print(f"{name:<50}{p50:>10.2f}{p99:>10.2f}")
+        by_name = {name: (p50, p99) for name, p50, p99 in rows}
+        baseline = by_name["baseline: python3 -c per callback"][0]
+        print("\nratios (p50):")
+        for language in ("python", "perl", "qube"):
+            warm = by_name[f"zygote: {language} callback"][0]
+            print(
+                f"  warm {language}: {baseline / warm:.1f}x faster than the python3 -c baseline, "
+                f"{warm / by_name['floor: fork+wait, warm process'][0]:.1f}x the fork floor, "
+                f"{warm / by_name['floor: empty gRPC call'][0]:.1f}x the gRPC floor"
+            )
         print(
-            f"  warm {language}: {baseline / warm:.1f}x faster than the python3 -c baseline, "
-            f"{warm / by_name['floor: fork+wait, warm process'][0]:.1f}x the fork floor, "
-            f"{warm / by_name['floor: empty gRPC call'][0]:.1f}x the gRPC floor"
+            f"  cold python vs warm python: "
+            f"{by_name['cold: python callback'][0] / by_name['zygote: python callback'][0]:.1f}x"
         )
-    print(
-        f"  cold python vs warm python: "
-        f"{by_name['cold: python callback'][0] / by_name['zygote: python callback'][0]:.1f}x"
-    )
 
-    print(
-        f"\n{'CPU per call (ms)':<50}{'executor':>10}{'zygotes':>10}{'client+sup':>12}{'total':>8}"
-    )
-    for name, (own, zygotes, client) in cpu_rows:
-        total = own + zygotes + client
-        print(f"{name:<50}{own:>10.2f}{zygotes:>10.2f}{client:>12.2f}{total:>8.2f}")
-    print(
-        "  (zygotes: the zygotes and every child they forked, prepared ones included; "
-        f"{os.cpu_count()} cores bound the rate at cores / total)"
-    )
+        print(
+            f"\n{'CPU per call (ms)':<50}{'executor':>10}{'zygotes':>10}{'client+sup':>12}{'total':>8}"
+        )
+        for name, (own, zygotes, client) in cpu_rows:
+            total = own + zygotes + client
+            print(f"{name:<50}{own:>10.2f}{zygotes:>10.2f}{client:>12.2f}{total:>8.2f}")
+        print(
+            "  (zygotes: the zygotes and every child they forked, prepared ones included; "
+            f"{os.cpu_count()} cores bound the rate at cores / total)"
+        )
 
-    print(
-        f"\n{'throughput (trivial python, warm)':<50}{'calls/s':>10}{'exhausted':>11}{'errors':>8}"
-    )
-    for clients, (rate, exhausted, errors) in loads:
-        print(f"{f'{clients} concurrent clients':<50}{rate:>10.0f}{exhausted:>11}{errors:>8}")
-    print(
-        f"\nexecutor RSS idle {idle[0]:.1f} MiB (zygotes {idle[1]:.1f} MiB); "
-        f"after load {loaded[0]:.1f} MiB (zygotes and children {loaded[1]:.1f} MiB)"
-    )
+        print(
+            f"\n{'throughput (trivial python, warm)':<50}{'calls/s':>10}{'exhausted':>11}{'errors':>8}"
+        )
+        for clients, (rate, exhausted, errors) in loads:
+            print(f"{f'{clients} concurrent clients':<50}{rate:>10.0f}{exhausted:>11}{errors:>8}")
+        print(
+            f"\nexecutor RSS idle {idle[0]:.1f} MiB (zygotes {idle[1]:.1f} MiB); "
+            f"after load {loaded[0]:.1f} MiB (zygotes and children {loaded[1]:.1f} MiB)"
+        )
 
-    python, perl = by_name["zygote: python callback"], by_name["zygote: perl callback"]
-    checks = [
-        (f"python p50 <= {TARGETS['p50']:g} ms", python[0] <= TARGETS["p50"]),
-        (f"perl p50 <= {TARGETS['p50']:g} ms", perl[0] <= TARGETS["p50"]),
-        (f"python p99 <= {TARGETS['p99']:g} ms", python[1] <= TARGETS["p99"]),
-        (f"perl p99 <= {TARGETS['p99']:g} ms", perl[1] <= TARGETS["p99"]),
-        (
-            f">= {TARGETS['throughput']:g} calls/s",
-            max(rate for _, (rate, _, _) in loads) >= TARGETS["throughput"],
-        ),
-        (
-            f">= {TARGETS['baseline_ratio']:g}x the baseline (python)",
-            baseline / python[0] >= TARGETS["baseline_ratio"],
-        ),
-        (f"idle RSS <= {TARGETS['idle_rss']:g} MB", idle[0] * 2**20 / 1e6 <= TARGETS["idle_rss"]),
-    ]
-    print("\ntargets: " + "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in checks))
-    print_http(http_results)
-    print_mechanism_costs(args.runs)
+        python, perl = by_name["zygote: python callback"], by_name["zygote: perl callback"]
+        checks = [
+            (f"python p50 <= {TARGETS['p50']:g} ms", python[0] <= TARGETS["p50"]),
+            (f"perl p50 <= {TARGETS['p50']:g} ms", perl[0] <= TARGETS["p50"]),
+            (f"python p99 <= {TARGETS['p99']:g} ms", python[1] <= TARGETS["p99"]),
+            (f"perl p99 <= {TARGETS['p99']:g} ms", perl[1] <= TARGETS["p99"]),
+            (
+                f">= {TARGETS['throughput']:g} calls/s",
+                max(rate for _, (rate, _, _) in loads) >= TARGETS["throughput"],
+            ),
+            (
+                f">= {TARGETS['baseline_ratio']:g}x the baseline (python)",
+                baseline / python[0] >= TARGETS["baseline_ratio"],
+            ),
+            (
+                f"idle RSS <= {TARGETS['idle_rss']:g} MB",
+                idle[0] * 2**20 / 1e6 <= TARGETS["idle_rss"],
+            ),
+        ]
+        print(
+            "\ntargets: "
+            + "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in checks)
+        )
+        print_http(http_results)
+        print_mechanism_costs(args.runs)
+    except SystemExit:
+        # An executor that could not start ends the run: no server left to the GC
+        # once the event loop is closed.
+        await supervisor_server.stop(None)
+        raise
     return 0
 
 
