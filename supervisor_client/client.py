@@ -16,7 +16,7 @@ import math
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Self, TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -165,7 +165,59 @@ def executor_channel(
     return channel, True
 
 
-class ExecutorClient:
+class ChannelClient:
+    """What ExecutorClient and FarmClient share: one channel, its calls, and ``close()``.
+
+    The channel is the one given (the caller keeps owning it) or one opened on an
+    address, which ``close()`` closes (``executor_channel``).
+    """
+
+    def __init__(
+        self,
+        channel_or_address: grpc.aio.Channel | str | Sequence[str],
+        *,
+        root_certificates: bytes | None,
+        private_key: bytes | None,
+        certificate_chain: bytes | None,
+        token: str | None,
+        fleet: bool,
+    ) -> None:
+        self._channel, self._owns_channel = executor_channel(
+            channel_or_address,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            token=token,
+            fleet=fleet,
+        )
+        self._closed = False
+
+    async def close(self) -> None:
+        """Close the channel if this client opened it; the client takes no more calls."""
+        self._closed = True
+        if self._owns_channel:
+            await self._channel.close()
+
+    async def _call(
+        self, method: Callable[..., Awaitable[_Response]], request: Any, timeout: float | None
+    ) -> _Response:
+        """One call, its failure as the typed error (errors.py); ClientClosedError after close."""
+        deadline = check_timeout(timeout)
+        return await checked_call(self._closed, lambda: method(request, timeout=deadline))
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class ExecutorClient(ChannelClient):
     """Calls a callback executor over one gRPC channel.
 
     Args:
@@ -194,12 +246,13 @@ class ExecutorClient:
         certificate_chain: bytes | None = None,
         token: str | None = None,
     ) -> None:
-        self._channel, self._owns_channel = executor_channel(
+        super().__init__(
             channel_or_address,
             root_certificates=root_certificates,
             private_key=private_key,
             certificate_chain=certificate_chain,
             token=token,
+            fleet=True,
         )
         # Every stub now: gRPC's C core can corrupt the heap when a method is first
         # registered on a channel already closed.
@@ -207,31 +260,6 @@ class ExecutorClient:
         self._triggers = executor_pb2_grpc.TriggerServiceStub(self._channel)
         self._runs = executor_pb2_grpc.RunServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
-        self._closed = False
-
-    async def close(self) -> None:
-        """Close the channel if this client opened it; the client takes no more calls."""
-        self._closed = True
-        if self._owns_channel:
-            await self._channel.close()
-
-    async def _call(
-        self, method: Callable[..., Awaitable[_Response]], request: Any, timeout: float | None
-    ) -> _Response:
-        """One call, its failure as the typed error (errors.py); ClientClosedError after close."""
-        deadline = check_timeout(timeout)
-        return await checked_call(self._closed, lambda: method(request, timeout=deadline))
-
-    async def __aenter__(self) -> ExecutorClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def wait_until_serving(self, timeout: float = 30.0, *, poll_s: float = 0.05) -> None:
         """Wait until the executor's health service answers SERVING (e.g. after a start).

@@ -11,21 +11,18 @@ does. An executor with a remote ``supervisor`` has no farm: its calls are UNIMPL
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from types import TracebackType
-from typing import Any, Final, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
 
 import grpc
 
 from supervisor_client.arguments import request_from
-from supervisor_client.client import check_timeout, executor_channel
-from supervisor_client.errors import checked_call
+from supervisor_client.client import ChannelClient
 from supervisor_client.jobdict import dict_to_struct
 from supervisor_client.qbcallback.v1 import farm_pb2, farm_pb2_grpc, supervisor_pb2
 
 __all__ = ["JOB_VERBS", "WORK_CHANGES", "FarmClient", "job_struct"]
 
-_Response = TypeVar("_Response")
 
 #: The work changes by name, in the contract's order: a worker's, then an operator's.
 WORK_CHANGES: Final = tuple(
@@ -67,7 +64,7 @@ def job_verb_value(verb: str) -> supervisor_pb2.JobVerb.ValueType:
     return supervisor_pb2.JobVerb.Value(f"JOB_VERB_{verb.strip().upper()}")
 
 
-class FarmClient:
+class FarmClient(ChannelClient):
     """Drives an executor's embedded farm over one gRPC channel.
 
     Args:
@@ -89,7 +86,7 @@ class FarmClient:
         certificate_chain: bytes | None = None,
         token: str | None = None,
     ) -> None:
-        self._channel, self._owns_channel = executor_channel(
+        super().__init__(
             channel_or_address,
             root_certificates=root_certificates,
             private_key=private_key,
@@ -98,36 +95,11 @@ class FarmClient:
             fleet=False,  # a farm is one executor's embedded supervisor
         )
         self._farm = farm_pb2_grpc.FarmServiceStub(self._channel)
-        self._closed = False
 
     @property
     def channel(self) -> grpc.aio.Channel:
         """The channel the calls go through (an ExecutorClient may share it)."""
         return self._channel
-
-    async def close(self) -> None:
-        """Close the channel if this client opened it; the client takes no more calls."""
-        self._closed = True
-        if self._owns_channel:
-            await self._channel.close()
-
-    async def _call(
-        self, method: Callable[..., Awaitable[_Response]], request: Any, timeout: float | None
-    ) -> _Response:
-        """One call, its failure as the typed error (errors.py); ClientClosedError after close."""
-        deadline = check_timeout(timeout)
-        return await checked_call(self._closed, lambda: method(request, timeout=deadline))
-
-    async def __aenter__(self) -> FarmClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def submit_jobs(
         self,
