@@ -19,8 +19,9 @@ Keys (every one optional):
   directory, or lies under the private ``/tmp`` (made there), and neither is, holds
   nor lies inside what the interpreters need (``interpreter_paths``); no path, nor
   target on the host, lies inside a read-write bind's directory (its callbacks could
-  swap it). Both are resolved, and the directories noted: a run mounts those or
-  is refused (``isolation.BindChangedError``).
+  swap it). Both are resolved, and the directories noted: a run mounts those (or a
+  file system mounted again where one was mounted) or is refused
+  (``isolation.BindChangedError``).
 - ``group``: a host group (name or gid) the sandbox uid gets as its only supplementary
   group: how an admin lets the dedicated uids write to a bound directory.
 - ``umask``: the callback's umask (octal string or number); default ``"077"``.
@@ -124,9 +125,9 @@ class Bind:
     path: str
     target: str
     writable: bool
-    path_identity: tuple[int, int]
+    path_identity: tuple[int, int, int]
     # None: the target lies under a masked directory, made afresh in each run's tmpfs.
-    target_identity: tuple[int, int] | None
+    target_identity: tuple[int, int, int] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,17 +289,17 @@ def _protected(data_dir: Path, protected_files: list[str]) -> list[tuple[str, st
     return found
 
 
-def _identity(name: str, key: str, path: str) -> tuple[int, int]:
+def _identity(name: str, key: str, path: str) -> tuple[int, int, int]:
     """Which directory ``path`` (resolved) is, reached as a run will: no symbolic link followed."""
     try:
         fd = open_directory(path)
     except OSError as err:
         raise _error(name, key, f"{path} changed while it was checked: {err.strerror}") from None
     try:
-        device, inode = identity(fd)
+        device, inode, mounted = identity(fd)
     finally:
         os.close(fd)
-    return device, inode
+    return device, inode, mounted
 
 
 def _bind(

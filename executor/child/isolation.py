@@ -243,9 +243,25 @@ def open_directory(path: str, *, make: bool = False) -> int:
 
 
 def identity(fd: int) -> list[int]:
-    """Which directory ``fd`` is: [st_dev, st_ino], as start-up noted it (``BindSpec``)."""
+    """Which directory ``fd`` is, as start-up noted it (``BindSpec``).
+
+    [st_dev, st_ino, 1 if a file system is mounted there (its root: another device
+    than its parent's) else 0].
+    """
     found = os.fstat(fd)
-    return [found.st_dev, found.st_ino]
+    parent = os.stat("..", dir_fd=fd, follow_symlinks=False)
+    return [found.st_dev, found.st_ino, int(found.st_dev != parent.st_dev)]
+
+
+def _same_place(found: list[int], noted: list[int]) -> bool:
+    """The directory noted, or a file system mounted again where one was mounted then.
+
+    An automount that expired and came back, or a share mounted again, is another
+    device; mounting takes root, so what is mounted there is still the admin's. A
+    directory that is no mount's root must be the very one noted: whoever writes its
+    parent could have renamed another into its place.
+    """
+    return found == noted or (found[2] == 1 and noted[2] == 1)
 
 
 class BindChangedError(Exception):
@@ -260,19 +276,30 @@ def _changed(what: str, path: str, policy: str, how: str) -> BindChangedError:
     )
 
 
-def _open_checked(what: str, path: str, noted: list[int] | None, policy: str) -> int:
-    """``path`` opened by ``open_directory``, and the very directory start-up noted."""
+def _reach(what: str, path: str, policy: str) -> int:
+    """``path`` opened by ``open_directory``; a refusal of the run when it cannot be."""
     try:
-        fd = open_directory(path)
+        return open_directory(path)
     except FileNotFoundError:
         raise _changed(what, path, policy, "it no longer exists") from None
     except NotADirectoryError:
         raise _changed(
             what, path, policy, "it, or a directory on its way, is a symbolic link or a file now"
         ) from None
-    if noted is None or identity(fd) != noted:
+
+
+def _open_checked(what: str, path: str, noted: list[int] | None, policy: str) -> int:
+    """``path`` reached (``_reach``), the directory start-up noted (``_same_place``)."""
+    fd = _reach(what, path, policy)
+    found = identity(fd)
+    if noted is None or not _same_place(found, noted):
         os.close(fd)
-        raise _changed(what, path, policy, "another directory is there now")
+        how = (
+            "the file system mounted there is not mounted now"
+            if noted is not None and noted[2] == 1
+            else "another directory is there now"
+        )
+        raise _changed(what, path, policy, how)
     return fd
 
 
@@ -317,7 +344,11 @@ def _mount_binds(binds: list[BindSpec], fds: list[int], policy: str) -> None:
             _mount(f"/proc/self/fd/{fd}", f"/proc/self/fd/{target}", None, MS_BIND)
         finally:
             os.close(target)
-        mounted = _open_checked("target", bind["target"], bind["source_identity"], policy)
+        mounted = _reach("target", bind["target"], policy)
+        source, there = os.fstat(fd), os.fstat(mounted)
+        if (there.st_dev, there.st_ino) != (source.st_dev, source.st_ino):
+            os.close(mounted)
+            raise _changed("target", bind["target"], policy, "another directory is there now")
         try:
             flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV
             flags = flags if bind["writable"] else flags | MS_RDONLY

@@ -204,7 +204,8 @@ class BindSpec(TypedDict):
     """A host directory ``source`` shown at ``target`` in the child's mount namespace.
 
     Both resolved at start-up, no symbolic link left in them; the identities are the
-    directories start-up checked, [st_dev, st_ino]: a run mounts those or none.
+    directories start-up checked, [st_dev, st_ino, mounted there] (``isolation.identity``):
+    a run mounts those, or a file system mounted again where one was, or none.
     """
 
     source: str

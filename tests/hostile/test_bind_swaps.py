@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
@@ -175,3 +176,47 @@ async def test_a_bind_target_that_vanished_is_refused_not_made_on_the_host(
         code = f"import os\nprint(sorted(os.listdir({str(view)!r})))\n"
         assert_refused(await as_reporter(stack, code), "target", view)
         assert not view.exists(), "the launcher made the target on the host"
+
+
+def unmount(directory: Path, *, check: bool = True) -> None:
+    subprocess.run(["umount", str(directory)], check=check)
+
+
+@contextmanager
+def tmpfs_on(directory: Path) -> Iterator[None]:
+    """A small tmpfs mounted on ``directory`` (a share, an automount), unmounted after."""
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(directory)], check=True)
+    try:
+        yield
+    finally:
+        unmount(directory, check=False)
+
+
+@pytest.mark.parametrize("target", [VIEW, None], ids=["target-elsewhere", "target-is-path"])
+async def test_a_bind_path_mounted_again_is_taken_and_one_unmounted_is_refused(
+    tmp_path: Path, outside_masks: Path, target: str | None
+) -> None:
+    share = outside_masks / "share"
+    share.mkdir()
+    shown = target or str(share)
+    listing = f"import os\nprint(sorted(os.listdir({shown!r})))\n"
+    with tmpfs_on(share):
+        (share / "first.txt").write_text("the first mount\n")
+        policies = {"reports": reports_policy(share, shown)}
+        async with running_stack(stack_settings(tmp_path / "data", policies=policies)) as stack:
+            first = await as_reporter(stack, listing)
+            assert_outcome(first, Outcome.OUTCOME_SUCCEEDED)
+            assert first.stdout == "['first.txt']\n"
+
+            # Unmounted (the share went away): its empty mount point is not the share.
+            unmount(share)
+            gone = await as_reporter(stack, listing)
+            assert_refused(gone, "path", share)
+            assert "the file system mounted there is not mounted now" in gone.failure.message
+
+            # Mounted again, as an automount that expired and came back: another device.
+            with tmpfs_on(share):
+                (share / "again.txt").write_text("the second mount\n")
+                again = await as_reporter(stack, listing)
+                assert_outcome(again, Outcome.OUTCOME_SUCCEEDED)
+                assert again.stdout == "['again.txt']\n"
