@@ -234,6 +234,8 @@ class SandboxRunner:
         self.spawner = spawner
         self._prepare_ahead = prepare_ahead
         self._prepared: dict[int, asyncio.Task[_Child]] = {}
+        isolation = options.isolation
+        self._secret_files = isolation.secret_files if isolation is not None else ()
         # Each cell's last launch spec and what it was made from: the next child's, but
         # for its workdir and warm-up, unless the run's limits or policy differ.
         self._cell_specs: dict[int, tuple[tuple[object, ...], LaunchSpec]] = {}
@@ -392,7 +394,7 @@ class SandboxRunner:
             workdir, host_workdir = f"/tmp/cbexec-run-{secrets.token_hex(6)}", None
         else:
             workdir = host_workdir = tempfile.mkdtemp(prefix="cbexec-run-")
-        made_for = _made_for(runtime, limits, policy)
+        made_for = _made_for(runtime, limits, policy, self._secret_files)
         spec = self._launch_spec(
             runtime, limits, cell, made_for, workdir=workdir, warm_up=ahead, policy=policy
         )
@@ -465,7 +467,7 @@ class SandboxRunner:
                 logger.warning("preparing a child in cell %d failed: %s", cell, err)
             else:
                 # The policy also names the environment the prepared child has.
-                fits = child.made_for == _made_for(runtime, limits, policy)
+                fits = child.made_for == _made_for(runtime, limits, policy, self._secret_files)
                 if fits and not has_ended(child.handle.pid):
                     return child
                 await self._dispose(child)
@@ -881,10 +883,13 @@ class SandboxRunner:
         return await asyncio.to_thread(cgroups.kill_all, cell)
 
 
-def _made_for(runtime: ChildRuntime, limits: Limits, policy: Policy | None) -> tuple[object, ...]:
-    """What, beside the cell and the runner's options, a child's launch spec is made from.
+def _made_for(
+    runtime: ChildRuntime, limits: Limits, policy: Policy | None, secret_files: tuple[str, ...]
+) -> tuple[object, ...]:
+    """What, beside the cell and the runner's options, a child is made from and for.
 
-    Every limit but the wall clock's, which the executor alone enforces.
+    Every limit but the wall clock's, which the executor alone enforces; and which file
+    each secret file's path names (``_files_named``): a child hides those it named then.
     """
     confined = (
         limits.cpu_seconds,
@@ -893,7 +898,26 @@ def _made_for(runtime: ChildRuntime, limits: Limits, policy: Policy | None) -> t
         limits.max_processes,
         limits.disk_bytes,
     )
-    return (runtime.language, tuple(runtime.argv()), confined, policy)
+    return (runtime.language, tuple(runtime.argv()), confined, policy, _files_named(secret_files))
+
+
+def _files_named(paths: tuple[str, ...]) -> tuple[tuple[int, int] | None, ...]:
+    """(st_dev, st_ino) of the file at each path now; None where there is none.
+
+    A file replaced by rename, as editors save, takes every mount on the old one with it,
+    a prepared child's ``/dev/null`` cover too, and the new file is there to read: such a
+    child no longer fits a run (``_take``). Taken before a child is started, so a child
+    that covered the new file already is only discarded needlessly.
+    """
+    named: list[tuple[int, int] | None] = []
+    for path in paths:
+        try:
+            found = os.lstat(path)
+        except OSError:
+            named.append(None)
+        else:
+            named.append((found.st_dev, found.st_ino))
+    return tuple(named)
 
 
 async def _remove_workdir(workdir: str | None) -> None:

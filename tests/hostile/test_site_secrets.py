@@ -9,6 +9,7 @@ the token) and under one whose group may read the env file (a cold child).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
@@ -36,6 +37,8 @@ SITE_TOKEN: Final = "site-token-no-callback-may-read"
 PIPELINE_SECRET: Final = "pipeline-secret-of-the-env-file"
 # The group the admin policy gives its callbacks, which may read the env file.
 GRANTED_GROUP: Final = TEST_UID_BASE + 902
+# Slots of the executor whose prepared children are checked: each has a cell per language.
+SLOTS: Final = 2
 
 # Each path, a tab, then what reading it gave: its bytes in hex, or ! and the error.
 READ: Final = {
@@ -188,3 +191,33 @@ async def test_a_config_file_replaced_or_removed_while_running_stays_hidden(
         for language in ("python", "perl"):
             seen = await read_as(client, "alice", language, [site_files.config])
             assert seen == {str(site_files.config): "!No such file or directory"}, seen
+
+
+async def test_a_child_prepared_before_the_config_file_was_replaced_is_not_run(
+    tmp_path: Path, site_files: SiteFiles, started: list[server.RunningServer]
+) -> None:
+    # A prepared child covered the file the name held when it started: a save by rename
+    # since took its cover away, and the new file would be there to read, for as long
+    # as that child waited for its run.
+    client = await site_executor(
+        started, tmp_path, site_files, prepare_ahead=True, max_concurrent=SLOTS
+    )
+    async with client:
+        for language in ("python", "perl") * SLOTS:  # each cell has a prepared child now
+            assert not read_anything(await read_as(client, "alice", language, site_files.secret))
+        await asyncio.sleep(1)  # the last ones prepared before the save, not during it
+        saved = site_files.config.with_suffix(".new")
+        saved.write_text(f'auth_token = "{SITE_TOKEN}-edited"\n')
+        saved.chmod(0o644)
+        saved.rename(site_files.config)
+        for language in ("python", "perl") * SLOTS:  # runs go round the slots' cells
+            seen = await read_as(client, "alice", language, [site_files.config])
+            assert not read_anything(seen), (language, seen)
+        # Removed, then made again: the children prepared meanwhile had nothing to cover.
+        site_files.config.unlink()
+        for language in ("python", "perl") * SLOTS:
+            await read_as(client, "alice", language, [site_files.config])
+        site_files.config.write_text(f'auth_token = "{SITE_TOKEN}-made-again"\n')
+        for language in ("python", "perl") * SLOTS:
+            seen = await read_as(client, "alice", language, [site_files.config])
+            assert not read_anything(seen), (language, seen)
