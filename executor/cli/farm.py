@@ -243,17 +243,30 @@ async def _jobs(args: argparse.Namespace, out: TextIO) -> int:
 async def _show(args: argparse.Namespace, out: TextIO) -> int:
     async with connect_farm(args) as farm:
         reply = await farm.get_job(args.job_id)
-        work_items = {} if args.json else await _work_items(farm, reply)
+        work_items = await _work_items(farm, reply)
     if args.json:
         shown = {
             "job": job_to_dict(reply.job, include_callbacks=True),
-            "callbacks": [as_plain(cb) for cb in reply.callbacks],
+            "callbacks": [_plain_callback(cb, work_items) for cb in reply.callbacks],
             "history": [as_plain(line) for line in reply.history],
         }
         print(json.dumps(shown), file=out)
     else:
         print(format_job(reply, work_items), file=out)
     return EXIT_OK
+
+
+def _plain_callback(cb: Any, work_items: Mapping[int, Sequence[Any] | None]) -> dict[str, Any]:
+    """A callback as JSON; a {work} callback's latches per frame under ``work_items``.
+
+    Each item: its frames (``work_names``), their ``latches``, ``count`` and what they
+    wait for, as ``triggers why --json`` gives them; null when the engine could not say.
+    """
+    plain = as_plain(cb)
+    if cb.per_work_item:
+        items = work_items.get(cb.id)
+        plain["work_items"] = None if items is None else [as_plain(item) for item in items]
+    return plain
 
 
 async def _work_items(farm: Any, reply: Any) -> dict[int, Sequence[Any] | None]:

@@ -261,6 +261,20 @@ async def test_show_counts_a_work_callbacks_latches_per_frame(
         "[2/6] complete-work-sA-{work}, [0/6] complete-work-sB-{work}; half latched: 2-3"
         in shown.out
     )
+    # As JSON too: each frame's latches, which the callback's own do not say.
+    (callback,) = json.loads((await cbexec("farm", "show", "3", "--json", address=address)).out)[
+        "callbacks"
+    ]
+    latched = {
+        name: item["latches"] for item in callback["work_items"] for name in item["work_names"]
+    }
+    assert latched == {
+        "1": [False, False],  # fired: both ends seen, then unblocked
+        "2": [True, False],
+        "3": [True, False],
+        **{name: [False, False] for name in ("4", "5", "6")},
+    }, callback["work_items"]
+    assert next(i for i in callback["work_items"] if "1" in i["work_names"])["count"] == 1
 
 
 async def test_control_characters_a_submitter_chose_cannot_forge_lines(
