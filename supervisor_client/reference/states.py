@@ -383,13 +383,15 @@ def subjob_rule(verb: str) -> VerbRule:
     return _lookup(SUBJOB_RULES, verb, "subjob")
 
 
-def derive_job_status(current: str, work_statuses: Iterable[str]) -> str:
+def derive_job_status(current: str, work_statuses: Iterable[str], *, revived: bool = False) -> str:
     """The job status its agenda implies after a work item changed.
 
     All items complete → complete; all ended with any failed → failed; all ended with
-    any killed (none failed) → killed. Choice: an ended job whose agenda has unfinished
-    work again (a retried item) becomes pending. Otherwise, and for an empty agenda, the
-    job keeps ``current``.
+    any killed (none failed) → killed. An ended job becomes pending only when the change
+    ``revived`` one of its items (brought it back from an ended status: a retry, as
+    Qube's ``qbretry job:frame``): a killed job keeps its pending and blocked frames, and
+    a block or unblock of one (a dependency's release) must not run it again. Otherwise,
+    and for an empty agenda, the job keeps ``current``.
     """
     statuses = list(work_statuses)
     if not statuses:
@@ -400,6 +402,6 @@ def derive_job_status(current: str, work_statuses: Iterable[str]) -> str:
         if Status.KILLED in statuses:
             return Status.KILLED
         return Status.COMPLETE
-    if is_terminal(current):
+    if is_terminal(current) and revived:
         return Status.PENDING
     return current

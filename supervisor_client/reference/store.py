@@ -177,6 +177,8 @@ class _Changes:
     history: list[tuple[int, str, str]] = field(default_factory=list)
     # Jobs to register again once the change's events are sent (states.REGISTER_AGAIN).
     register_again: dict[int, None] = field(default_factory=dict)
+    # Jobs with an item brought back from an ended status (a retry): an ended job runs again.
+    revived: set[int] = field(default_factory=set)
 
     def note(self, job_id: int, text: str, invocation_id: str = "") -> None:
         self.history.append((job_id, text, invocation_id))
@@ -960,6 +962,8 @@ class ReferenceSupervisor:
         ``qb.subid()`` and ``*-subjob-self`` acts on it (-1, none, if the item never ran).
         """
         changes.moved(job_id, work["status"], new)
+        if is_terminal(work["status"]) and not is_terminal(new):
+            changes.revived.add(job_id)
         self._db.execute(
             "UPDATE work SET status = ? WHERE job_id = ? AND name = ?", (new, job_id, work["name"])
         )
@@ -987,7 +991,9 @@ class ReferenceSupervisor:
         """
         job = self._job_row(job_id)
         current = job["status"]
-        new = derive_job_status(current, self._agenda_statuses(job_id))
+        new = derive_job_status(
+            current, self._agenda_statuses(job_id), revived=job_id in changes.revived
+        )
         if new != current:
             instances_from = NON_TERMINAL if is_terminal(new) else TERMINAL
             self._set_job_status(changes, job_id, new, instances_from)

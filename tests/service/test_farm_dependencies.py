@@ -60,6 +60,38 @@ async def test_dependencies_hold_jobs_and_frames_until_met(stack_warm: Stack) ->
         assert statuses(await farm.get_job(late.id))[0] == "pending"
 
 
+async def test_a_job_killed_while_its_frames_wait_stays_killed_as_they_are_released(
+    stack_warm: Stack,
+) -> None:
+    # The README's frame-by-frame case: a wrangler kills comp while its frames wait for
+    # render's. Each release unblocked a frame and made the killed job pending again,
+    # ready to render, and its done-job-self fired once more (probe 54).
+    jobs: list[dict[str, Any]] = [
+        {"name": "render", "label": "render", "agenda": ["1", "2"]},
+        {
+            "name": "comp",
+            "agenda": ["1", "2"],
+            "dependency": "link-complete-work-render",
+            "callbacks": [{"triggers": "done-job-self", "language": "python", "code": "pass"}],
+        },
+    ]
+    async with FarmClient(stack_warm.channel) as farm:
+        render, comp = (job.id for job in (await farm.submit_jobs(jobs)).jobs)
+        await stack_warm.settle()
+        await farm.change_job(job_id=comp, verb="kill")
+        await farm.change_work(job_id=render, work=["1", "2"], change="complete")
+        await stack_warm.settle()
+
+        shown = await farm.get_job(comp)
+        assert statuses(shown) == ("killed", {"1": "pending", "2": "pending"})
+        (done,) = (cb for cb in shown.callbacks if cb.triggers == "done-job-self")
+        assert done.count == 1
+        assert not (await farm.take_work()).taken  # nothing of comp's is dispatched
+
+        await farm.change_job(job_id=comp, verb="retry")  # as in Qube: run it again
+        assert statuses(await farm.get_job(comp))[0] == "pending"
+
+
 @pytest.mark.parametrize("retried_as", ["job", "frame"])
 async def test_a_dependency_on_a_retried_job_waits_for_its_next_end(
     stack_warm: Stack, retried_as: str

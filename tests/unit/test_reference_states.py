@@ -189,16 +189,22 @@ def test_permits(actor: str, owner: str, mask: int, allowed: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    ("current", "work", "derived"),
+    ("current", "work", "revived", "derived"),
     [
-        ("running", ["complete", "complete"], "complete"),
-        ("running", ["complete", "failed", "killed"], "failed"),
-        ("running", ["complete", "killed"], "killed"),
-        ("running", ["complete", "pending"], "running"),
-        ("blocked", ["complete", "running"], "blocked"),
-        ("complete", ["complete", "pending"], "pending"),
-        ("pending", [], "pending"),
+        ("running", ["complete", "complete"], False, "complete"),
+        ("running", ["complete", "failed", "killed"], False, "failed"),
+        ("running", ["complete", "killed"], False, "killed"),
+        ("running", ["complete", "pending"], False, "running"),
+        ("blocked", ["complete", "running"], False, "blocked"),
+        ("complete", ["complete", "pending"], True, "pending"),  # a frame retried
+        # A frame of an ended job blocked or unblocked (a dependency's release): it stays.
+        ("killed", ["killed", "pending", "blocked"], False, "killed"),
+        ("failed", ["failed", "pending"], False, "failed"),
+        ("complete", ["complete", "blocked"], False, "complete"),
+        ("pending", [], False, "pending"),
     ],
 )
-def test_job_status_derived_from_its_agenda(current: str, work: list[str], derived: str) -> None:
-    assert states.derive_job_status(current, work) == derived
+def test_job_status_derived_from_its_agenda(
+    current: str, work: list[str], revived: bool, derived: str
+) -> None:
+    assert states.derive_job_status(current, work, revived=revived) == derived

@@ -829,6 +829,32 @@ def test_retrying_work_of_an_ended_job_reopens_it(sup: ReferenceSupervisor) -> N
     assert sup.job(job_id)["subjobs"][0]["status"] == "pending"
 
 
+@pytest.mark.parametrize("ending", ["kill", "fail", "complete"])
+def test_a_frame_of_an_ended_job_blocked_or_unblocked_does_not_run_it_again(
+    sup: ReferenceSupervisor, events: list[Transition], ending: str
+) -> None:
+    # Qube: a killed job "must be retried/resubmitted to run again". It keeps its pending
+    # and blocked frames; a dependency's release unblocking one made it pending and run
+    # (probe 54), and its done-job-self fired a second time.
+    job_id = submit_one(sup, agenda=["1", "2", "3"])
+    sup.work_action("block", job_id, ["2", "3"], "alice")
+    sup.job_action(ending, job_id, "alice")
+    ended = sup.job(job_id)["status"]
+    assert ended == {"kill": "killed", "fail": "failed", "complete": "complete"}[ending]
+    events.clear()
+
+    assert sup.work_action("unblock", job_id, ["2"], "alice").changed == 1
+    assert sup.work_action("block", job_id, ["1"], "alice").changed == 1
+
+    assert sup.job(job_id)["status"] == ended
+    assert [e for e in events if e.type == "job"] == []
+    with pytest.raises(ValueError, match=f"job {job_id} is {ended}"):
+        sup.start_work(job_id, "2")
+    sup.work_action("unblock", job_id, ["1"], "alice")
+    sup.job_action("retry", job_id, "alice")  # as Qube: a retry runs it again
+    assert sup.job(job_id)["status"] == "pending"
+
+
 # -- instance verbs -----------------------------------------------------------------------
 
 
