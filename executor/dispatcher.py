@@ -104,6 +104,10 @@ class ChildRunner(Protocol):
         policy: Policy | None = None,
     ) -> SandboxResult: ...
 
+    def stop_preparing(self) -> None:
+        """Prepare nothing for later runs: the runs are being stopped for good."""
+        ...
+
     async def close(self) -> None:
         """Dispose of what was prepared for runs that will not come."""
         ...
@@ -460,6 +464,7 @@ class Dispatcher:
     async def drain(self) -> None:
         """Refuse new runs, stop every run (KILLED, recorded, answered), wait until all have ended."""
         self.stop_admitting()
+        self._runner.stop_preparing()  # a run it stops leaves its cell no child ready
         runs = list(self._runs.values())
         for run in runs:
             run.stop.request(SHUTTING_DOWN)

@@ -505,9 +505,13 @@ class SandboxRunner:
             if not task.cancelled() and task.exception() is None
         ]
 
+    def stop_preparing(self) -> None:
+        """Start no child ahead from now on: the executor is stopping its runs."""
+        self._closing = True
+
     async def close(self) -> None:
         """Stop preparing and dispose of every prepared child (after the last run)."""
-        self._closing = True
+        self.stop_preparing()
         if self._finishing:
             await asyncio.wait(list(self._finishing))
         prepared, self._prepared = self._prepared, {}
@@ -583,7 +587,7 @@ class SandboxRunner:
                         answered_early = child.handle.settled = True
                         return replace(
                             early,
-                            finishing=self._finish_later(child, runtime, limits, stop, policy),
+                            finishing=self._finish_later(child, runtime, limits, policy),
                         )
                     # Not answered at the mark: the exit decides, as for any run. The
                     # bootstrap waits for our side of the bridge to close before it exits.
@@ -604,8 +608,9 @@ class SandboxRunner:
         finally:
             if not answered_early:
                 await asyncio.shield(self._release(child))
-        if not stop.requested:  # a stopped run's executor is going down, or its caller gone
-            self._prepare(runtime, limits, cell, policy)
+        # A run its caller left (a deadline, a cancel) still leaves its cell a child ready;
+        # a stopping executor prepares none (``stop_preparing``).
+        self._prepare(runtime, limits, cell, policy)
         return sandbox_result(evidence, limits)
 
     @staticmethod
@@ -710,12 +715,9 @@ class SandboxRunner:
         child: _Child,
         runtime: ChildRuntime,
         limits: Limits,
-        stop: RunStop,
         policy: Policy | None,
     ) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(
-            self._finish(child, runtime, limits, stop, policy)
-        )
+        task = asyncio.get_running_loop().create_task(self._finish(child, runtime, limits, policy))
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
         return task
@@ -725,7 +727,6 @@ class SandboxRunner:
         child: _Child,
         runtime: ChildRuntime,
         limits: Limits,
-        stop: RunStop,
         policy: Policy | None,
     ) -> None:
         """After an answer at the end mark: kill and reap everything, release, prepare the next."""
@@ -748,8 +749,7 @@ class SandboxRunner:
                 child.close()  # nothing left to wait for: no task to shield it in
             else:
                 await asyncio.shield(self._release(child))
-        if not stop.requested:
-            self._prepare(runtime, limits, child.cell, policy)
+        self._prepare(runtime, limits, child.cell, policy)
 
     @staticmethod
     async def _drain(child: _Child) -> None:

@@ -15,12 +15,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psutil
 import pytest
 
 from executor.model import Language
 from executor.runtimes.child import child_runtime
 from executor.sandbox.process import SandboxRunner
+from supervisor_client import ExecutorRpcError
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, running_stack, stack_settings
 from tests.helpers.frames import refuse_calls, start_frame
@@ -171,6 +173,42 @@ async def test_nothing_of_a_run_reaches_the_next_one(one_slot: Stack) -> None:
     workdir, listing, leak = second.stdout.split(maxsplit=2)
     assert workdir != first.stdout.strip()
     assert listing == "[]" and leak.strip() == "None"
+
+
+@pytest.mark.parametrize("left", ["deadline", "cancel"])
+async def test_a_run_its_caller_left_still_leaves_its_cell_a_prepared_child(
+    one_slot: Stack, left: str
+) -> None:
+    # It left none: each cancel or short deadline took a cell's head start away for
+    # every later caller (probe 56).
+    runner = one_slot.running.runner
+    await run(one_slot, "pass")
+    (prepared,) = await runner.prepared_pids()
+    (job,) = one_slot.supervisor.submit([{"name": "left", "user": "alice"}])
+    call = one_slot.client.execute_callback(
+        language="python",
+        code="import time\ntime.sleep(30)",
+        job=job,
+        timeout=1.0 if left == "deadline" else None,
+    )
+    if left == "deadline":
+        with pytest.raises(ExecutorRpcError) as late:
+            await call
+        assert late.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    else:
+        calling = asyncio.create_task(call)
+        assert await eventually(lambda: runner.prepared == 0, 10.0)  # taken by the run
+        await asyncio.sleep(0.2)  # running its callback
+        calling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await calling
+    assert await eventually(lambda: runner.prepared == 1, 10.0)
+    (again,) = await runner.prepared_pids()
+    assert again != prepared
+    spawns = SpawnCounter(runner)
+    await run(one_slot, "pass")
+    await runner.prepared_pids()  # the one after it
+    assert spawns.count == 1, "the next run started a child of its own"
 
 
 async def test_stopping_the_executor_ends_the_prepared_children(tmp_path: Path) -> None:

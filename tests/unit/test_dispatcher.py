@@ -45,6 +45,7 @@ class FakeRunner:
         self.started: list[tuple[str, int]] = []  # (code, slot), in the order they began
         self.stopped: list[str] = []
         self._gates: dict[str, asyncio.Event] = {}
+        self.preparing = True
         self.closed = False
 
     def finish(self, code: str) -> None:
@@ -72,6 +73,9 @@ class FakeRunner:
             self.stopped.append(code)
             return sandbox_result(Outcome.KILLED, Failure(stop.reason))
         return sandbox_result(Outcome.SUCCEEDED)
+
+    def stop_preparing(self) -> None:
+        self.preparing = False
 
     async def close(self) -> None:
         self.closed = True
@@ -195,7 +199,7 @@ async def test_drain_stops_every_run_records_it_and_answers_its_caller() -> None
     with pytest.raises(UnavailableError, match=SHUTTING_DOWN):
         await fired
     assert harness.runner.stopped == ["a"]  # the queued ones never started
-    assert harness.runner.closed
+    assert not harness.runner.preparing and harness.runner.closed
     assert (harness.dispatcher.active, harness.dispatcher.waiting) == (0, 0)
     with pytest.raises(UnavailableError, match=SHUTTING_DOWN):
         await harness.execute("d")
