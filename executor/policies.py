@@ -45,6 +45,7 @@ import dataclasses
 import functools
 import grp
 import os
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -117,9 +118,9 @@ RESERVED_ENV: Final = frozenset({"PATH", "HOME", "TMPDIR", "CBEXEC_SANDBOX", "LD
 class Bind:
     """A host directory mounted at ``target`` in the callback's mount namespace.
 
-    Both paths are resolved (no symbolic link left); the identities, (st_dev, st_ino),
-    are the directories start-up checked, which a run mounts or is refused
-    (``isolation.BindChangedError``).
+    Both paths are resolved (no symbolic link left); the identities, (st_dev, st_ino,
+    mounted there), are the directories start-up checked, which a run mounts or is
+    refused (``isolation.BindChangedError``).
     """
 
     path: str
@@ -302,6 +303,32 @@ def _identity(name: str, key: str, path: str) -> tuple[int, int, int]:
     return device, inode, mounted
 
 
+def directories_now(binds: Sequence[Bind]) -> tuple[object, ...]:
+    """Which directory each bind's path, and host target, names now, reached as a run will.
+
+    A child started ahead checked and mounted what they named then; a directory swapped
+    since (for a symbolic link, or another file system mounted there) takes the child's
+    mount on it away, and the path leads elsewhere. Such a child no longer fits a run.
+    """
+    named: list[object] = []
+    for bind in binds:
+        named.append(_directory_now(bind.path))
+        if bind.target_identity is not None:
+            named.append(_directory_now(bind.target))
+    return tuple(named)
+
+
+def _directory_now(path: str) -> object:
+    try:
+        fd = open_directory(path)
+    except (OSError, ValueError) as err:
+        return type(err).__name__
+    try:
+        return tuple(identity(fd))
+    finally:
+        os.close(fd)
+
+
 def _bind(
     name: str,
     index: int,
@@ -361,12 +388,52 @@ def _bind(
         raise _error(name, f"{key}.mode", f"expected 'ro' or 'rw', got {mode!r}")
     # A run mounts these very directories, reached by these resolved paths, or none.
     fresh = any(_under(real_target, os.path.realpath(mask)) for mask in (private_tmp, *masked))
+    if not fresh and (writer := _written_by_others(os.path.dirname(real_target))) is not None:
+        raise _error(
+            name,
+            f"{key}.target",
+            f"{_swappable(target, writer)}; make the directories on its way writable by root "
+            f"only, or choose a target under {private_tmp} (made in the callback's private one)",
+        )
     return Bind(
         real,
         real_target,
         mode == "rw",
         path_identity=_identity(name, f"{key}.path", real),
         target_identity=None if fresh else _identity(name, f"{key}.target", real_target),
+    )
+
+
+def _written_by_others(directory: str, *, group: bool = False) -> str | None:
+    """The first directory from ``/`` down to ``directory`` that users other than root may write.
+
+    Said as "DIR, which ... may write (mode M, owner uid U, group gid G)"; None when none
+    is. A user's own directory, or one anyone may write; with ``group``, one a group
+    other than root's may write. A sticky directory lets others rename only their own
+    entries, not root's.
+    """
+    parts = [part for part in directory.split("/") if part]
+    for depth in range(len(parts) + 1):
+        current = "/" + "/".join(parts[:depth])
+        found = os.stat(current)
+        sticky = bool(found.st_mode & stat.S_ISVTX)
+        if group:
+            written = bool(found.st_mode & stat.S_IWGRP) and found.st_gid != 0 and not sticky
+        else:
+            written = found.st_uid != 0 or (bool(found.st_mode & stat.S_IWOTH) and not sticky)
+        if written:
+            return (
+                f"{current}, which users other than root may write (mode "
+                f"{stat.S_IMODE(found.st_mode):04o}, owner uid {found.st_uid}, group gid "
+                f"{found.st_gid})"
+            )
+    return None
+
+
+def _swappable(target: str, writer: str) -> str:
+    return (
+        f"{target} lies in {writer}: they could rename it and leave a symbolic link in its "
+        "place while a callback runs, and the callback's path would follow it"
     )
 
 
@@ -687,6 +754,26 @@ def for_host(settings: Settings, options: SandboxOptions, environ: Mapping[str, 
 def report(policies: PolicySet) -> list[str]:
     """One line per policy: its name and what it grants (start-up log, check-config)."""
     return [f"policy {policy.name}: {policy.grants()}" for policy in policies]
+
+
+def bind_warnings(policies: PolicySet) -> list[str]:
+    """A WARNING for each bind target on the host that a group of users may rename.
+
+    Anyone's or a user's own directory is refused (``_bind``); a group's (a system
+    group such as syslog's /var/log on some distributions) is the site's to judge.
+    """
+    warnings = []
+    for policy in policies:
+        for index, bind in enumerate(policy.binds):
+            if bind.target_identity is None:
+                continue
+            writer = _written_by_others(os.path.dirname(bind.target), group=True)
+            if writer is not None:
+                warnings.append(
+                    f"policies.{policy.name}.binds[{index}].target: "
+                    f"{_swappable(bind.target, writer)}"
+                )
+    return warnings
 
 
 def exposure_warnings(policies: PolicySet, auth_token: str) -> list[str]:

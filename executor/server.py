@@ -44,7 +44,7 @@ from executor.api.supervisor import SUPERVISOR_CHANNEL_OPTIONS, GrpcSupervisor
 from executor.config import Settings
 from executor.dispatcher import Dispatcher
 from executor.errors import ConfigError, UnavailableError
-from executor.policies import exposure_warnings, for_host
+from executor.policies import bind_warnings, exposure_warnings, for_host
 from executor.policies import report as policy_report
 from executor.runs.invocation_ids import FleetIds
 from executor.runs.metrics import Metrics
@@ -313,6 +313,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         for line in [
             *root_warnings(options),
             *exposure_warnings(policies, settings.auth_token),
+            *bind_warnings(policies),
             *(api_embedded.shared_store_warnings(settings.store) if embedded else []),
             *open_to_others(settings),
         ]:

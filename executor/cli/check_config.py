@@ -20,7 +20,7 @@ from typing import TextIO
 from executor import config, data_dir
 from executor.api import security
 from executor.errors import ConfigError
-from executor.policies import BUILT_IN, exposure_warnings, for_host, report
+from executor.policies import BUILT_IN, bind_warnings, exposure_warnings, for_host, report
 from executor.runtimes.check import check_source
 from executor.sandbox.identity import UidClaim
 from executor.sandbox.tier import describe_sandbox, root_warnings, sandbox_options
@@ -79,6 +79,8 @@ def _sandbox(settings: config.Settings) -> str:
             for w in [
                 *root_warnings(options),
                 *exposure_warnings(policies, settings.auth_token),
+                *bind_warnings(policies),
+                *bind_warnings(policies),
                 *open_to_others(settings),
             ]
         ]

@@ -37,7 +37,7 @@ from typing import Final
 from executor.child import protocol
 from executor.child.protocol import IsolationSpec, LaunchSpec, StartFrame
 from executor.model import Limits
-from executor.policies import DEFAULT_UMASK, Policy
+from executor.policies import DEFAULT_UMASK, Policy, directories_now
 from executor.runtimes.child import CHILD_RUNTIMES, ChildRuntime
 from executor.sandbox import limits as sandbox_limits
 from executor.sandbox.bridge import BridgeServer, CallHandler, send_now
@@ -889,7 +889,8 @@ def _made_for(
     """What, beside the cell and the runner's options, a child is made from and for.
 
     Every limit but the wall clock's, which the executor alone enforces; and which file
-    each secret file's path names (``_files_named``): a child hides those it named then.
+    each secret file's path names (``_files_named``), and which directory each of the
+    policy's binds (``directories_now``): a child hides and mounts those it named then.
     """
     confined = (
         limits.cpu_seconds,
@@ -898,7 +899,15 @@ def _made_for(
         limits.max_processes,
         limits.disk_bytes,
     )
-    return (runtime.language, tuple(runtime.argv()), confined, policy, _files_named(secret_files))
+    binds = directories_now(policy.binds) if policy is not None and policy.binds else ()
+    return (
+        runtime.language,
+        tuple(runtime.argv()),
+        confined,
+        policy,
+        _files_named(secret_files),
+        binds,
+    )
 
 
 def _files_named(paths: tuple[str, ...]) -> tuple[tuple[int, int] | None, ...]:

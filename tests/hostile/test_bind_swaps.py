@@ -13,6 +13,7 @@ target there is made in the callback's private copy, out of any writer's reach.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -26,6 +27,8 @@ import pytest
 
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, running_stack, stack_settings
+from tests.helpers.processes import sandboxed_processes
+from tests.helpers.waiting import eventually
 from tests.hostile.harness import assert_outcome
 
 pytestmark = [
@@ -203,7 +206,9 @@ async def test_a_bind_path_mounted_again_is_taken_and_one_unmounted_is_refused(
     with tmpfs_on(share):
         (share / "first.txt").write_text("the first mount\n")
         policies = {"reports": reports_policy(share, shown)}
-        async with running_stack(stack_settings(tmp_path / "data", policies=policies)) as stack:
+        # One slot: each run takes the child the one before it left prepared, mounted.
+        settings = stack_settings(tmp_path / "data", policies=policies, max_concurrent=1)
+        async with running_stack(settings) as stack:
             first = await as_reporter(stack, listing)
             assert_outcome(first, Outcome.OUTCOME_SUCCEEDED)
             assert first.stdout == "['first.txt']\n"
@@ -220,3 +225,46 @@ async def test_a_bind_path_mounted_again_is_taken_and_one_unmounted_is_refused(
                 again = await as_reporter(stack, listing)
                 assert_outcome(again, Outcome.OUTCOME_SUCCEEDED)
                 assert again.stdout == "['again.txt']\n"
+
+
+def bind_mounted_in_a_child(target: Path) -> bool:
+    """Whether a sandboxed child of ours has a mount at ``target`` (its bind, made)."""
+    for proc in sandboxed_processes():
+        with contextlib.suppress(OSError):
+            mounts = Path(f"/proc/{proc.pid}/mountinfo").read_text().splitlines()
+            if any(line.split()[4] == str(target) for line in mounts):
+                return True
+    return False
+
+
+@pytest.mark.parametrize("launcher", ["zygote", "cold"])
+async def test_a_child_prepared_before_its_bind_was_swapped_is_not_run(
+    tmp_path: Path, outside_masks: Path, launcher: str
+) -> None:
+    # The child started ahead had checked and mounted the site's directory; the swap
+    # took its mount away (the kernel detaches mounts on a dentry renamed over), and the
+    # path led through the writer's symbolic link: another user's code ran with the
+    # policy's secrets (probe 53).
+    tools = outside_masks / "tools"
+    tools.mkdir()
+    (tools / "tool.txt").write_text("the site's\n")
+    planted = outside_masks / "planted"
+    planted.mkdir()
+    (planted / "tool.txt").write_text("the writer's\n")
+    read = f"print(open({str(tools / 'tool.txt')!r}).read(), end='')"
+    policies = {"reports": reports_policy(tools, str(tools))}  # the target is the path
+    settings = stack_settings(
+        tmp_path / "data", policies=policies, max_concurrent=1, launcher=launcher
+    )
+    async with running_stack(settings) as stack:
+        first = await as_reporter(stack, read)
+        assert_outcome(first, Outcome.OUTCOME_SUCCEEDED)
+        assert first.stdout == "the site's\n"
+        await stack.running.runner.prepared_pids()
+        assert await eventually(lambda: bind_mounted_in_a_child(tools), 10.0)  # checked, mounted
+
+        tools.rename(tools.with_name("tools.old"))
+        tools.symlink_to(planted)
+        swapped = await as_reporter(stack, read)
+        assert "the writer's" not in swapped.stdout
+        assert_refused(swapped, "path", tools)

@@ -18,6 +18,7 @@ from executor.errors import ConfigError, PermissionDeniedError
 from executor.policies import (
     PolicySet,
     _perl_inc,
+    bind_warnings,
     canonical_verb,
     for_host,
     interpreter_paths,
@@ -189,6 +190,43 @@ def test_a_bind_inside_a_read_write_bind_is_refused(
     )
     # The read-write directory itself, bound by another policy too, is no nesting.
     policies(tmp_path, {"universal": writer, "reports": {"binds": [{"path": str(area)}]}})
+
+
+def test_a_bind_target_on_the_host_in_a_directory_others_may_write_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its writers could rename it while a callback runs (the child's mount goes with the
+    # renamed directory) and leave a symbolic link in its place (probe 53).
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "private"))  # tmp_path: the host's
+    shared = tmp_path / "shared"
+    (shared / "tools").mkdir(parents=True)
+    shared.chmod(0o777)
+    at_itself = {"p": {"binds": [{"path": str(shared / "tools")}]}}  # the target is the path
+    assert refused(tmp_path, at_itself) == (
+        f"policies.p.binds[0].target: {shared / 'tools'} lies in {shared}, which users other "
+        "than root may write (mode 0777, owner uid 0, group gid 0): they could rename it and "
+        "leave a symbolic link in its place while a callback runs, and the callback's path "
+        "would follow it; make the directories on its way writable by root only, or choose a "
+        f"target under {tmp_path / 'private'} (made in the callback's private one)"
+    )
+    shared.chmod(0o1777)  # sticky: others rename only their own entries
+    policies(tmp_path, at_itself)
+    shared.chmod(0o775)
+    os.chown(shared, 0, 54321)  # a group's (syslog's /var/log, on some systems): a warning
+    assert bind_warnings(policies(tmp_path, at_itself)) == [
+        f"policies.p.binds[0].target: {shared / 'tools'} lies in {shared}, which users other "
+        "than root may write (mode 0775, owner uid 0, group gid 54321): they could rename it "
+        "and leave a symbolic link in its place while a callback runs, and the callback's "
+        "path would follow it"
+    ]
+    os.chown(shared, 0, 0)
+    assert bind_warnings(policies(tmp_path, at_itself)) == []
+    os.chown(shared, 54321, 0)  # a user's own directory
+    assert "owner uid 54321" in refused(tmp_path, at_itself)
+    # A target in the callback's private /tmp is out of every writer's reach.
+    private = {"p": {"binds": [{"path": str(shared / "tools"), "target": "/tmp/tools"}]}}
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    policies(tmp_path, private)
 
 
 def test_a_bind_is_resolved_and_its_directories_noted(tmp_path: Path) -> None:
