@@ -42,6 +42,7 @@ from executor.api.farm import FarmServicer
 from executor.api.reporting import GrpcReportTransport, ReportEncoder
 from executor.api.supervisor import SUPERVISOR_CHANNEL_OPTIONS, GrpcSupervisor
 from executor.config import Settings
+from executor.data_dir_lock import DataDirLock
 from executor.dispatcher import Dispatcher
 from executor.errors import ConfigError, UnavailableError
 from executor.policies import bind_warnings, exposure_warnings, for_host
@@ -141,6 +142,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             stack.callback(options.bridge_network.close)
         policies = for_host(settings, options, os.environ)
         data_dir.make(settings.data_dir)
+        stack.callback(DataDirLock.take(settings.data_dir).release)
         storage_health = StorageHealth(
             settings.data_dir, settings.store if is_postgres(settings.store) else ""
         )

@@ -19,6 +19,7 @@ from typing import TextIO
 
 from executor import config, data_dir
 from executor.api import security
+from executor.data_dir_lock import DataDirLock
 from executor.errors import ConfigError
 from executor.policies import BUILT_IN, bind_warnings, exposure_warnings, for_host, report
 from executor.runtimes.check import check_source
@@ -39,6 +40,7 @@ from executor.triggers.universal import (
 def _data_dir(settings: config.Settings) -> str:
     """How the data dir and the databases start-up opens in it look: usable, or why not."""
     found = data_dir.inspect(settings.data_dir)
+    DataDirLock.check(settings.data_dir)
     checked: list[str] = []
     problems: list[str] = []
     for name in databases(settings):
