@@ -22,10 +22,15 @@ Targets:
   instances, ``unblock-subjob-self-single`` only ever the triggering one;
 - ``mail-status`` (job template), ``mail-subjob-status`` (instance),
   ``mail-license-status``, ``mail-report-status``: read the job (``qb.jobinfo()``) so
-  the status is current, render the template (``executor/runtimes/mail.py``) and deliver it,
+  its fields are current, render the template (``executor/runtimes/mail.py``) and deliver it,
   named by a Message-ID made of the invocation id and the mail's ``action_seq`` (the
   run's effects are numbered by ``HostApi.next_action_seq``), so a re-run's mail is
-  recognisably the same mail.
+  recognisably the same mail. The status of the job, work item or instance whose event
+  fired the callback is the event's (``_as_fired``): by the time the mail is sent, an
+  earlier callback of the same event may have moved it on (a ``failed-job-self`` that
+  requeues the job), and the mail must still say what happened. After an earlier code
+  string of the same callback acted (``unblock-self; mail-status``) the mail tells what
+  that left instead: the status as read then.
 
 A callback in Qube's ``mail`` language (``{'triggers': 'done-job-self', 'language':
 'mail'}``) has no code: it mails the status of what fired it, with the work template for
@@ -50,7 +55,7 @@ from typing import Any, Final
 
 from executor.errors import HostCallError
 from executor.host_api import HostApi
-from executor.model import Failure, Invocation, Language, Outcome, RunResult, Usage
+from executor.model import Event, Failure, Invocation, Language, Outcome, RunResult, Usage
 from executor.runtimes.mail import (
     Mailer,
     MailError,
@@ -85,6 +90,9 @@ MAIL_CUT_SHORT: Final = (
 )
 # A callback in the ``mail`` language: no code string, it runs as this one step.
 MAIL_LANGUAGE: Final = "mail"
+# Event names that are also the status they leave their object in (qube-callbacks.md
+# §1.3, §5.1); submit, assigned, removed, modified, timeout and dummy are not statuses.
+STATUS_EVENTS: Final = frozenset({"complete", "failed", "killed", "blocked", "running", "waiting"})
 
 
 def _mail_kind(invocation: Invocation) -> MailKind:
@@ -92,6 +100,28 @@ def _mail_kind(invocation: Invocation) -> MailKind:
     if invocation.work_name:
         return "work"
     return "subjob" if invocation.subjob_id >= 0 else "job"
+
+
+def _as_fired(
+    event: Event | None,
+    job: dict[str, Any],
+    work: dict[str, Any] | None,
+    subjob: dict[str, Any] | None,
+) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
+    """The records a mail renders, the one the event is about in the status it fired with.
+
+    Only the status is the event's; every other field stays as read now. An event of
+    another job, or one that is no status (``submit``, ``timeout``), changes nothing.
+    """
+    if event is None or event.name not in STATUS_EVENTS or event.job_id != job.get("id"):
+        return job, work, subjob
+    if event.type == "job":
+        return {**job, "status": event.name}, work, subjob
+    if event.type == "work" and work is not None and work.get("name") == event.work_name:
+        return job, {**work, "status": event.name}, subjob
+    if event.type == "subjob" and subjob is not None and subjob.get("id") == event.subjob_id:
+        return job, work, {**subjob, "status": event.name}
+    return job, work, subjob
 
 
 def _missing_context(code: str, invocation: Invocation) -> str | None:
@@ -155,13 +185,15 @@ class QubeInterpreter:
             deadline = WallDeadline(wall_s)  # the executor's own stalls are not the run's
             try:
                 async with deadline.scope():
+                    acted = False  # has a code string of this run changed the job?
                     for part in parts:
                         try:
-                            step = await self._run_one(part, invocation, host)
+                            step = await self._run_one(part, invocation, host, acted=acted)
                         except _StepFailed as err:
                             outcome, failure = Outcome.FAILED, err.failure
                             break
                         lines.append(f"{step.code}: {step.summary}")
+                        acted = acted or (part not in MAIL_CODES and not invocation.shadow)
             except TimeoutError:
                 outcome = Outcome.WALL_TIMEOUT
                 failure = Failure(f"wall time limit of {wall_s:g} s reached")
@@ -209,13 +241,15 @@ class QubeInterpreter:
                 Failure(f"{code}: {err.kind}: {err.message}", exception_type=err.kind)
             ) from err
 
-    async def _run_one(self, code: str, invocation: Invocation, host: HostApi) -> _Step:
+    async def _run_one(
+        self, code: str, invocation: Invocation, host: HostApi, *, acted: bool
+    ) -> _Step:
         job_id = invocation.job_id
         target: int | str
         if code in MAIL_CODES:
-            return await self._mail(code, MAIL_CODES[code], invocation, host)
+            return await self._mail(code, MAIL_CODES[code], invocation, host, acted=acted)
         if code == MAIL_LANGUAGE:
-            return await self._mail(code, _mail_kind(invocation), invocation, host)
+            return await self._mail(code, _mail_kind(invocation), invocation, host, acted=acted)
         if code in JOB_CODES:
             fn, target = JOB_CODES[code], job_id
         elif code in WORK_CODES:
@@ -232,8 +266,9 @@ class QubeInterpreter:
         return _Step(code, host.actions[-1].message)
 
     async def _mail(
-        self, code: str, kind: MailKind, invocation: Invocation, host: HostApi
+        self, code: str, kind: MailKind, invocation: Invocation, host: HostApi, *, acted: bool
     ) -> _Step:
+        """Mail the status of what fired the callback, or as the run's own verbs left it."""
         # The mail's place among the run's effects, taken first: the same on a re-run.
         action_seq = host.next_action_seq()
         try:
@@ -255,6 +290,8 @@ class QubeInterpreter:
                 (s for s in job.get("subjobs") or [] if s.get("id") == invocation.subjob_id),
                 {"id": invocation.subjob_id},
             )
+        if not acted:  # else the mail tells what this callback did (unblock-self; mail-status)
+            job, work, subjob = _as_fired(invocation.event, job, work, subjob)
         try:
             settings = self._mailer.settings
             message = render(

@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from supervisor_client.reference.dependency import parse_dependency
 from supervisor_client.reference.errors import SubmitError
+from supervisor_client.reference.qube_time import to_store
 from supervisor_client.reference.states import Status
 from supervisor_client.reference.submission import (
     MAX_ID,
@@ -187,9 +188,9 @@ def parse_given_job(
         fields=fields,
         pgrp=fields.pgrp or job_id,
         label=fields.label or "qube0",  # what a submission names the first job of its pgrp
-        timesubmit=integer_field(where, job, "timesubmit", now, 0),
-        timestart=integer_field(where, job, "timestart", 0, 0),
-        timecomplete=integer_field(where, job, "timecomplete", 0, 0),
+        timesubmit=to_store(integer_field(where, job, "timesubmit", now, 0)),
+        timestart=to_store(integer_field(where, job, "timestart", 0, 0)),
+        timecomplete=to_store(integer_field(where, job, "timecomplete", 0, 0)),
         agenda=agenda,
         instances=instances,
         callbacks=_callbacks(

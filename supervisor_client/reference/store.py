@@ -48,6 +48,7 @@ from supervisor_client.reference.errors import (
 )
 from supervisor_client.reference.event_outbox import EventOutbox, UnsentEvent
 from supervisor_client.reference.given_job import parse_given_job
+from supervisor_client.reference.qube_time import TIME_FIELDS, shown
 from supervisor_client.reference.retention import PAYLOAD_BYTES, ResultRetention, compact
 from supervisor_client.reference.states import (
     DEFAULT_SECURITY,
@@ -878,6 +879,7 @@ class ReferenceSupervisor:
     ) -> dict[str, Any]:
         job_id = row["id"]
         job: dict[str, Any] = {name: row[name] for name in _JOB_COLUMNS}
+        job.update((name, shown(row[name])) for name in TIME_FIELDS)
         job["agenda"] = [
             {
                 "name": w["name"],

@@ -15,6 +15,7 @@ from supervisor_client.jobdict import triggers_text
 from supervisor_client.mailaddress import EXPECTED, first_non_address
 from supervisor_client.reference.dependency import parse_dependency
 from supervisor_client.reference.errors import SubmitError
+from supervisor_client.reference.job_flags import MAIL_CALLBACK, has_done_mail, wants_done_mail
 from supervisor_client.reference.states import Status
 
 # The executor's limit on a callback's code (executor/bounds.py; a test keeps the two
@@ -343,9 +344,14 @@ def _parse_job(number: int, job: Any, checks: Checks) -> NewJob:
     status = _status(where, job.get("status"))
     fields = parse_job_fields(where, job)
     dependency = parse_dependency(where, {**job, "user": fields.user})
-    callbacks = (  # the dependency's are checked the same way, after the job's own
-        *parse_callbacks(where, job.get("callbacks"), checks, fields.user),
+    own = job.get("callbacks")
+    done_mail = wants_done_mail(where, job) and not has_done_mail(own)
+    callbacks = (  # after the job's own, the dependency's and the mail flag's, checked alike
+        *parse_callbacks(where, own, checks, fields.user),
         *parse_callbacks(f"{where}, dependency", list(dependency.callbacks), checks, fields.user),
+        *parse_callbacks(
+            f"{where}, flags mail", [MAIL_CALLBACK] if done_mail else [], checks, fields.user
+        ),
     )
     agenda = _parse_agenda(where, job.get("agenda"))
     if dependency.holds_frames:

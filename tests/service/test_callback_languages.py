@@ -66,6 +66,79 @@ async def test_a_mail_callback_mails_when_its_job_is_done(stack_warm: Stack) -> 
     assert await eventually(lambda: counts() == [1, 2]), counts()
 
 
+async def test_a_done_mail_tells_the_failure_a_requeue_has_moved_on(stack_warm: Stack) -> None:
+    # The job's failed-job-self requeues it before its done mails are sent (one event's
+    # firings run in callback id order): the mails still say it failed, not "blocked".
+    failing = {
+        "name": "mailrace",
+        "user": "alice",
+        "mailaddress": "lead@studio.example",
+        "agenda": ["1"],
+        "callbacks": [
+            {
+                "triggers": "failed-job-self",
+                "language": "python",
+                "code": "qb.requeue(qb.jobid())",
+                "maximum": 1,
+            },
+            {"triggers": "done-job-self", "language": "mail"},
+            {"triggers": "done-job-self", "language": "qube", "code": "mail-status"},
+        ],
+    }
+    # The same for a frame retried by its own failed-work-self-* (frame 2 keeps the job on).
+    retried = {
+        "name": "frames",
+        "user": "alice",
+        "mailaddress": "lead@studio.example",
+        "agenda": ["1", "2"],
+        "callbacks": [
+            {"triggers": "failed-work-self-*", "code": "retry-work-self", "maximum": 1},
+            {"triggers": "done-work-self-*", "language": "mail"},
+        ],
+    }
+    mail_dir = stack_warm.settings.mail_settings.directory
+    async with FarmClient(stack_warm.channel) as farm:
+        job, frames = (await farm.submit_jobs([failing, retried])).jobs
+        await farm.change_work(job_id=job.id, work=["1"], change="fail")
+        await farm.change_work(job_id=frames.id, work=["1"], change="fail")
+        await stack_warm.settle()
+
+    assert stack_warm.supervisor.job(job.id)["status"] == "blocked"
+    assert stack_warm.supervisor.job(frames.id)["agenda"][0]["status"] == "pending"
+    assert sorted(subjects(mail_dir)) == [
+        f"[qube] job {job.id} (mailrace) is failed",
+        f"[qube] job {job.id} (mailrace) is failed",
+        f"[qube] job {frames.id} (frames) work 1 is failed",
+    ]
+
+
+async def test_the_mail_flag_mails_when_the_job_is_done(stack_warm: Stack) -> None:
+    # Qube's qbsub --mail (flags 1024): the job's done mail, as a mail callback sends it.
+    jobs: list[dict[str, Any]] = [
+        {"name": "flagged", "agenda": ["1"], "flags": "mail", "mailaddress": "td@example.com"},
+        {"name": "numbered", "user": "bob", "agenda": ["1"], "flags": 1024},
+        {"name": "plain", "agenda": ["1"]},
+    ]
+    mail_dir = stack_warm.settings.mail_settings.directory
+    async with FarmClient(stack_warm.channel) as farm:
+        flagged, numbered, plain = (await farm.submit_jobs(jobs)).jobs
+        await farm.change_work(job_id=flagged.id, work=["1"], change="complete")
+        await farm.change_work(job_id=numbered.id, work=["1"], change="fail")
+        await farm.change_work(job_id=plain.id, work=["1"], change="complete")
+        await stack_warm.settle()
+
+    sent = [
+        email.message_from_bytes(p.read_bytes(), policy=email.policy.default)
+        for p in (mail_dir / "new").glob("*.eml")
+    ]
+    assert sorted((str(m["To"]), str(m["Subject"])) for m in sent) == [
+        ("bob@localhost", f"[qube] job {numbered.id} (numbered) is failed"),
+        ("td@example.com", f"[qube] job {flagged.id} (flagged) is complete"),
+    ]
+    runs = (await stack_warm.client.list_runs(job_id=flagged.id)).runs
+    assert [(r.language, r.outcome) for r in runs] == [("mail", Outcome.OUTCOME_SUCCEEDED)]
+
+
 async def test_execute_runs_a_mail_callback_without_code(stack_warm: Stack) -> None:
     job = stack_warm.supervisor.submit([{"name": "solo", "user": "bob"}])[0]
     response = await stack_warm.client.execute_callback(language="mail", code="", job=job)

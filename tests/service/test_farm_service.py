@@ -393,3 +393,19 @@ async def test_the_embedded_supervisor_keeps_results_within_the_historys_bounds(
         history = (await farm.get_job(job.id)).history
     assert len(kept) == 3
     assert sum("result of invocation" in line.text for line in history) == 5
+
+
+async def test_a_callback_reads_times_as_qubes_client_gives_them(stack_warm: Stack) -> None:
+    # Unix seconds; a time not reached yet is Qube's time 0 (qb.QB_TIME_EPOCH_OFFSET).
+    code = (
+        "j = qb.jobinfo()[0]\n"
+        "print(j['timestart'], j['timecomplete'], qb.QB_TIME_EPOCH_OFFSET)\n"
+        "print(j['timesubmit'] > qb.QB_TIME_EPOCH_OFFSET)\n"
+    )
+    job = stack_warm.supervisor.submit([{"name": "t", "user": "bob", "agenda": ["1"]}])[0]
+    assert (job["timestart"], job["timecomplete"]) == (946702800, 946702800)
+
+    answer = await stack_warm.client.execute_callback(language="python", code=code, job=job)
+
+    assert answer.outcome == Outcome.OUTCOME_SUCCEEDED, answer.failure
+    assert answer.stdout == "946702800 946702800 946702800\nTrue\n"

@@ -16,7 +16,7 @@ import pytest
 
 from executor.errors import HostCallError
 from executor.host_api import CUT_SHORT, HostApi
-from executor.model import Outcome, RunResult
+from executor.model import Event, Outcome, RunResult
 from executor.runtimes import qube_codes
 from executor.runtimes.mail import Mailer, MailSettings
 from executor.runtimes.qube import MAIL_CODES, MAIL_CUT_SHORT, QubeInterpreter
@@ -444,6 +444,58 @@ async def test_the_mail_language_mails_the_status_of_what_fired_it(
         ("jobinfo", "", True),
         ("mail", "lead@studio.example", True),
     ]
+
+
+@pytest.mark.parametrize(
+    ("event", "context", "subject_end"),
+    [
+        (Event("failed", "job", 0), {}, "is failed"),
+        (Event("failed", "job", 0), {"code": "mail-status", "language": "qube"}, "is failed"),
+        (Event("complete", "work", 0, work_name="2"), {"work_name": "2"}, "work 2 is complete"),
+        (Event("killed", "subjob", 0, subjob_id=1), {"subjob_id": 1}, "instance 1 is killed"),
+        # Not about this job's status: as read now.
+        (Event("failed", "job", 999), {}, "is blocked"),
+        (Event("submit", "job", 0), {}, "is blocked"),
+        (Event("complete", "work", 0, work_name="3"), {"work_name": "2"}, "work 2 is blocked"),
+    ],
+)
+async def test_a_mail_tells_the_status_its_event_fired_with(
+    interpreter: QubeInterpreter,
+    supervisor: ReferenceSupervisor,
+    mail_dir: Path,
+    event: Event,
+    context: dict[str, Any],
+    subject_end: str,
+) -> None:
+    # The job is blocked now (an earlier callback of the event requeued it, say).
+    job_id = submit(supervisor)
+    if event.job_id == 0:
+        event = dataclasses.replace(event, job_id=job_id)
+    options = {"language": "mail", "code": "", **context}
+    code = options.pop("code")
+    invocation = invocation_for(supervisor.job(job_id), code, **options)
+    invocation = dataclasses.replace(invocation, event=event)
+
+    result = await interpreter.run(invocation, HostApi(ReferencePort(supervisor), invocation))
+
+    assert result.outcome is Outcome.SUCCEEDED, result.failure
+    (mail,) = mails(mail_dir)
+    assert mail["Subject"].endswith(subject_end), mail["Subject"]
+    assert f"({subject_end.rsplit(maxsplit=1)[-1]})" in result.stdout
+
+
+async def test_a_mail_after_the_callbacks_own_verb_tells_what_it_left(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor, mail_dir: Path
+) -> None:
+    job_id = submit(supervisor)
+    invocation = invocation_for(supervisor.job(job_id), "unblock-self; mail-status")
+    invocation = dataclasses.replace(invocation, event=Event("blocked", "job", job_id))
+
+    result = await interpreter.run(invocation, HostApi(ReferencePort(supervisor), invocation))
+
+    assert result.outcome is Outcome.SUCCEEDED, result.failure
+    (mail,) = mails(mail_dir)
+    assert mail["Subject"] == f"[qube] job {job_id} (comp) is pending"
 
 
 async def test_the_mail_language_ignores_its_code(

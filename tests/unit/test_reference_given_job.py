@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from supervisor_client.reference import ReferenceSupervisor, SubmitError, Transition
+from supervisor_client.reference.qube_time import QB_TIME_EPOCH_OFFSET
 from tests.helpers.clock import Clock
 
 pytestmark = pytest.mark.unit
@@ -66,6 +67,23 @@ def ended_job() -> dict[str, Any]:
         "todotally": {"complete": 1, "failed": 1, "killed": 1},
         "shot": "sq010",
     }
+
+
+@pytest.mark.parametrize("unset", [0, QB_TIME_EPOCH_OFFSET, None])
+def test_an_unset_time_is_held_as_unset_and_reads_qube_time_0(
+    sup: ReferenceSupervisor, unset: int | None
+) -> None:
+    # jobinfo of a job that never ran, from Qube's client (946702800) or another (0).
+    job = {**ended_job(), "status": "pending", "timestart": unset, "timecomplete": unset}
+    job["agenda"] = [{"name": "1"}]
+    job["subjobs"] = [{"id": 0, "status": "pending"}]
+    held = sup.hold_as_given(job)
+    assert (held["timestart"], held["timecomplete"]) == (QB_TIME_EPOCH_OFFSET,) * 2
+
+    sup.start_work(12, "1")  # it starts now, as a job that never ran does
+    sup.complete_work(12, "1")
+    ran = sup.job(12)
+    assert QB_TIME_EPOCH_OFFSET < ran["timestart"] <= ran["timecomplete"]
 
 
 def test_an_ended_job_is_held_with_its_id_statuses_and_history_of_work(

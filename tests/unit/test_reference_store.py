@@ -21,6 +21,7 @@ from supervisor_client.reference import (
     Transition,
 )
 from supervisor_client.reference import store as reference_store
+from supervisor_client.reference.qube_time import QB_TIME_EPOCH_OFFSET
 from supervisor_client.reference.states import (
     JOB_RULES,
     PUBLISHED_EVENTS,
@@ -77,8 +78,9 @@ def test_submit_fills_qube_defaults(sup: ReferenceSupervisor, clock: Clock) -> N
         "cpus": 1,
         "mailaddress": "",
         "timesubmit": int(clock.now),
-        "timestart": 0,
-        "timecomplete": 0,
+        # Unset times read Qube's time 0 in Unix seconds, as Qube's client gives them.
+        "timestart": QB_TIME_EPOCH_OFFSET,
+        "timecomplete": QB_TIME_EPOCH_OFFSET,
         "agenda": [],
         "subjobs": [{"id": 0, "status": "pending", "host": ""}],
     }
@@ -493,7 +495,7 @@ def test_retry_runs_every_ended_item_again(sup: ReferenceSupervisor) -> None:
 
     assert result.message == "job 1 failed -> pending (4 work items moved with it)"
     assert statuses(sup, job_id) == dict.fromkeys("1234", "pending")
-    assert sup.job(job_id)["timecomplete"] == 0
+    assert sup.job(job_id)["timecomplete"] == QB_TIME_EPOCH_OFFSET  # unset again
 
 
 def test_a_retried_complete_job_runs_and_ends_again(sup: ReferenceSupervisor) -> None:
