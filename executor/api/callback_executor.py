@@ -79,9 +79,10 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
     async def _refuse_another_runs_id(self, invocation: Invocation) -> None:
         """AlreadyExistsError when the id is recorded for another job's or callback's run.
 
-        A repeat of the same callback is a retry: it runs again and replaces the record
-        (proto ExecuteRequest.invocation_id). Another run's record, a fired one included,
-        stays: the supervisor keeps the first result under the id, and so does the history.
+        A repeat of the same callback (``RunIdentity``: its code is no part of it) is a
+        retry: it runs again and replaces the record, a fired run's too (proto
+        ExecuteRequest.invocation_id). Another identity's record stays: the supervisor
+        keeps the first result under the id, and so does the history.
         """
         invocation_id = invocation.invocation_id
         # On the loop: memory and one indexed read of a local file, or one round trip to

@@ -24,6 +24,7 @@ from executor.api.callback_executor import CallbackExecutorServicer
 from executor.api.farm import FarmServicer
 from executor.api.health import HealthService
 from executor.api.interceptors import CallGuard
+from executor.api.reflection import enable_reflection
 from executor.api.runs import RunServicer
 from executor.api.triggers import TriggerServicer
 from executor.config import Settings
@@ -157,9 +158,7 @@ def build(
         services = (*SERVICES, FARM_SERVICE)
     health_servicer = HealthService()
     guarded.register(health_pb2_grpc.add_HealthServicer_to_server, health_servicer)
-    reflection.enable_server_reflection(
-        (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    enable_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = security.add_port(server, settings, credentials)
     own_channel = security.own_channel(server, settings, port)
     return Edge(server, port, health_servicer, own_channel, services)

@@ -1,4 +1,4 @@
-"""grpc.health.v1: Check and Watch of each service's status, with Watch streams that end at a stop.
+"""grpc.health.v1: Check, List and Watch of each service's status, with Watch streams that end at a stop.
 
 grpcio-health-checking's servicer keeps every Watch stream open until the client leaves,
 and a fleet client's channel (``healthCheckConfig``) always has one open. At a stop the
@@ -21,6 +21,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 # A HealthCheckResponse.ServingStatus value (its stub's nested enum is no type to mypy).
 Status: TypeAlias = int
 SERVICE_UNKNOWN: Final[Status] = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+# types-grpcio-health-checking's stubs predate Health/List: they lack its messages.
+HealthListResponse: Final[Any] = health_pb2.HealthListResponse  # type: ignore[attr-defined]
 
 
 class HealthService(health_pb2_grpc.HealthServicer):
@@ -55,6 +57,19 @@ class HealthService(health_pb2_grpc.HealthServicer):
         if status is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no service {request.service!r} here")
         return health_pb2.HealthCheckResponse(status=status)
+
+    async def List(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        """Every service's status now, "" (the whole server) among them, as Check answers each.
+
+        health.proto lets a server refuse a list too long to send (RESOURCE_EXHAUSTED);
+        this one holds a handful of names, fixed at start-up.
+        """
+        return HealthListResponse(
+            statuses={
+                service: health_pb2.HealthCheckResponse(status=status)
+                for service, status in self._status.items()
+            }
+        )
 
     async def Watch(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]

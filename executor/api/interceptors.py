@@ -128,7 +128,7 @@ def peer_address(peer: str) -> str:
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses calls without ``authorization: Bearer <token>`` with UNAUTHENTICATED."""
+    """Refuses calls without exactly one ``authorization: Bearer <token>`` with UNAUTHENTICATED."""
 
     def __init__(self, token: str, refusals: RefusalLog | None = None) -> None:
         # Without surrounding whitespace (a token file's newline), as clients send it.
@@ -139,18 +139,25 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         """Why the call may not go on; "" when it may."""
         if details.method.startswith(OPEN_SERVICES):
             return ""
-        for key, value in details.invocation_metadata or ():
-            if key == "authorization":
-                given = value.encode() if isinstance(value, str) else value
-                # The scheme in any case, as HTTP has it (RFC 9110 11.1).
-                scheme, _, token = given.partition(b" ")
-                if scheme.lower() != b"bearer":
-                    return "not a bearer token"
-                # Constant time: the comparison must not reveal how much of a guess was right.
-                if hmac.compare_digest(token.strip(), self._expected):
-                    return ""
-                return "wrong bearer token"
-        return "no bearer token"
+        given = [
+            value.encode() if isinstance(value, str) else value
+            for key, value in details.invocation_metadata or ()
+            if key == "authorization"
+        ]
+        if not given:
+            return "no bearer token"
+        if len(given) > 1:
+            # Judging one of them would make the credential depend on their order.
+            return "several authorization entries"
+        # Whitespace around the value is no part of it, before the scheme as after the
+        # token. The scheme in any case, as HTTP has it (RFC 9110 11.1).
+        scheme, _, token = given[0].strip().partition(b" ")
+        if scheme.lower() != b"bearer":
+            return "not a bearer token"
+        # Constant time: the comparison must not reveal how much of a guess was right.
+        if hmac.compare_digest(token.strip(), self._expected):
+            return ""
+        return "wrong bearer token"
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -180,6 +187,10 @@ _TOLD: Final = {
         "the authorization given is not a bearer token"
     ),
     "wrong bearer token": "the bearer token does not match this executor's token",
+    "several authorization entries": (
+        "this executor requires one 'authorization: Bearer <token>' metadata entry; "
+        "the call carried more than one"
+    ),
 }
 
 

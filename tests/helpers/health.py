@@ -24,6 +24,13 @@ async def health_status(channel: grpc.aio.Channel, service: str = "") -> int:
     return int(reply.status)
 
 
+async def health_list(channel: grpc.aio.Channel) -> dict[str, int]:
+    """Every service's status, by name, as the server's List reports them."""
+    request = health_pb2.HealthListRequest()  # type: ignore[attr-defined]  # the stubs predate List
+    reply = await _stub(channel).List(request, timeout=5)
+    return {service: int(answer.status) for service, answer in reply.statuses.items()}
+
+
 def health_updates(channel: grpc.aio.Channel, service: str = "") -> AsyncIterator[Any]:
     """Every status the server announces for ``service``, as it changes."""
     updates: AsyncIterator[Any] = _stub(channel).Watch(

@@ -8,13 +8,21 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2_grpc
 
 from executor import server
-from executor.api.edge import SERVICES
+from executor.api.edge import FARM_SERVICE, SERVICES
+from executor.api.health import HealthService
 from supervisor_client import ExecutorClient, ExecutorRpcError
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, stack_settings
-from tests.helpers.health import NOT_SERVING, SERVING, health_status, health_updates
+from tests.helpers.health import (
+    NOT_SERVING,
+    SERVING,
+    health_list,
+    health_status,
+    health_updates,
+)
 
 pytestmark = pytest.mark.service
 
@@ -35,6 +43,32 @@ async def test_serving_while_up(stack: Stack) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as unknown:
         await health_status(stub, "no.such.Service")
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_list_names_every_service_with_the_status_check_gives(stack_warm: Stack) -> None:
+    # Reflection lists List among Health's methods: it was UNIMPLEMENTED, with gRPC
+    # Python's "Unexpected <class 'NotImplementedError'>" for a message.
+    listed = await health_list(stack_warm.channel)
+    assert listed == dict.fromkeys(("", *SERVICES, FARM_SERVICE), SERVING)
+    for service, status in listed.items():
+        assert await health_status(stack_warm.channel, service) == status
+
+
+async def test_list_follows_each_change() -> None:
+    health = HealthService()
+    bare = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health, bare)
+    port = bare.add_insecure_port("127.0.0.1:0")
+    await bare.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        assert await health_list(channel) == {"": SERVING}
+        await health.set("a.Service", NOT_SERVING)
+        await health.set("", NOT_SERVING)
+        assert await health_list(channel) == {"": NOT_SERVING, "a.Service": NOT_SERVING}
+    finally:
+        await channel.close()
+        await bare.stop(None)
 
 
 @pytest.mark.parametrize("http_bind", ["", "127.0.0.1:0"], ids=["grpc", "with-http-port"])

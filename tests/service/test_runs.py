@@ -17,7 +17,7 @@ import pytest
 from executor import server
 from executor.runs.callback_log import log_path
 from supervisor_client import ExecutorClient, ExecutorRpcError
-from supervisor_client.qbcallback.v1 import executor_pb2
+from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
 from tests.conftest import Stack, running_stack, stack_settings
 from tests.helpers.waiting import eventually, outbox_drained
 from tests.unit.test_history import invocation, result
@@ -138,6 +138,51 @@ async def test_an_invocation_id_of_another_run_is_refused_a_retry_reruns(stack: 
     with pytest.raises(ExecutorRpcError) as other_job:
         await run_py(stack, "print('try 3')", 2, invocation_id="retry-1")
     assert other_job.value.code == grpc.StatusCode.ALREADY_EXISTS
+
+
+async def test_an_execute_naming_a_fired_runs_identity_is_its_repeat_whatever_its_code(
+    stack_warm: Stack,
+) -> None:
+    # What the README's "What a repeat is" says: an invocation id's identity is job,
+    # callback id, language and trigger text, and a fired run's id is no exception.
+    stack = stack_warm
+    await stack.client.register_job(
+        {
+            "id": 7703,
+            "user": "alice",
+            "callbacks": [
+                {"triggers": "complete-job-self", "language": "python", "code": "print('fired')"}
+            ],
+        }
+    )
+    reply = await stack.client.publish_event(name="complete", type="job", job_id=7703, wait=True)
+    fired = reply.fired[0]
+    assert await eventually(lambda: stack.supervisor.result(fired.invocation_id) is not None)
+
+    def execute(callback_id: int) -> executor_pb2.ExecuteRequest:
+        return executor_pb2.ExecuteRequest(
+            invocation_id=fired.invocation_id,
+            callback=types_pb2.Callback(
+                id=callback_id,
+                triggers=fired.triggers,
+                language=fired.language.upper(),  # any case
+                code="print('other code')",
+            ),
+            context=executor_pb2.JobContext(job=types_pb2.Job(id=7703, user="alice")),
+        )
+
+    with pytest.raises(grpc.aio.AioRpcError) as other_callback:
+        await stack.stub.Execute(execute(fired.callback_id + 1))
+    assert other_callback.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    repeat = await stack.stub.Execute(execute(fired.callback_id))
+    assert (repeat.outcome, repeat.stdout) == (executor_pb2.OUTCOME_SUCCEEDED, "other code\n")
+    assert (await stack.client.get_run(fired.invocation_id)).result.stdout == "other code\n"
+
+    def reported_stdout() -> object:
+        stored = stack.supervisor.result(fired.invocation_id)
+        return None if stored is None else stored["payload"].get("stdout")
+
+    assert await eventually(lambda: reported_stdout() == "other code\n")
 
 
 async def test_the_invocation_id_of_a_fired_callback_not_yet_run_is_refused(

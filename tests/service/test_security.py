@@ -286,19 +286,34 @@ async def test_token(tmp_path: Path, executor_with: list[server.RunningServer]) 
     async with grpc.aio.insecure_channel(address) as channel:
         assert await health_status(channel) == SERVING, "health stays open"
         metrics = executor_pb2_grpc.RunServiceStub(channel).GetMetrics
-        for header, allowed in (
-            (f"bearer {TOKEN}", True),  # the scheme in any case, as in HTTP
-            (f"BEARER  {TOKEN}", True),
-            (f"Basic {TOKEN}", False),
-            (TOKEN, False),
+        right, wrong = f"Bearer {TOKEN}", "Bearer wrong"
+        one_entry = (
+            "this executor requires one 'authorization: Bearer <token>' metadata entry; "
+            "the call carried more than one"
+        )
+        for headers, refusal in (
+            ((f"bearer {TOKEN}",), ""),  # the scheme in any case, as in HTTP
+            ((f"BEARER  {TOKEN}",), ""),
+            # Surrounding whitespace is no part of it, before the scheme as after the token.
+            ((f" Bearer {TOKEN}",), ""),
+            ((f"  Bearer {TOKEN}  ",), ""),
+            ((f"Basic {TOKEN}",), "the authorization given is not a bearer token"),
+            ((TOKEN,), "the authorization given is not a bearer token"),
+            # Two entries are refused whatever their order: judging only the first
+            # accepted [right, wrong] and refused [wrong, right].
+            ((right, wrong), one_entry),
+            ((wrong, right), one_entry),
+            ((right, right), one_entry),
         ):
-            call = metrics(executor_pb2.GetMetricsRequest(), metadata=(("authorization", header),))
-            if allowed:
+            metadata = tuple(("authorization", header) for header in headers)
+            call = metrics(executor_pb2.GetMetricsRequest(), metadata=metadata)
+            if not refusal:
                 await call
-            else:
-                with pytest.raises(grpc.aio.AioRpcError) as refused_header:
-                    await call
-                assert refused_header.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                continue
+            with pytest.raises(grpc.aio.AioRpcError) as refused_header:
+                await call
+            assert refused_header.value.code() == grpc.StatusCode.UNAUTHENTICATED, headers
+            assert refusal in (refused_header.value.details() or ""), headers
         from supervisor_client.qbcallback.v1 import supervisor_pb2, supervisor_pb2_grpc
 
         kill = supervisor_pb2.JobActionRequest(

@@ -115,6 +115,11 @@ async def test_every_call_is_refused_and_one_is_logged(caplog: pytest.LogCapture
             (("authorization", "Bearer guessed-secret"),),
             "the bearer token does not match this executor's token",
         ),
+        (
+            (("authorization", "Bearer tok"), ("authorization", "Bearer tok")),
+            "this executor requires one 'authorization: Bearer <token>' metadata entry; "
+            "the call carried more than one",
+        ),
     ],
 )
 async def test_the_caller_is_told_what_was_wrong_never_the_token(

@@ -308,11 +308,16 @@ class ExecuteRequest(_message.Message):
     The executor does not deduplicate runs: a repeat is run again (UNAVAILABLE
     while the first is still in progress at the same executor; at another
     replica of a fleet both run) and replaces the first in the history and at
-    the supervisor (ReportResultRequest.ended_at tells the runs apart). A
-    repeat must be of the same callback (job id, callback id, language and
-    triggers): an id the history holds for another run, a fired one included,
-    or that a fired callback not yet run to its end has, is ALREADY_EXISTS, and
-    that run's record stays.
+    the supervisor (ReportResultRequest.ended_at tells the runs apart). The
+    identity a repeat must keep is the first run's job id, callback id,
+    language (any case) and triggers, and nothing else: a repeat may carry other
+    code, user, policy or limits, and runs them; the supervisor answers its N-th
+    qb action as it answered the first run's N-th, without applying it again
+    (those past the first run's last are applied). A fired run's id is no
+    exception once that run has ended (an Execute never matches a universal
+    callback's run: its file is part of its identity). An id the history holds
+    under another identity, or that a fired callback not yet run to its end
+    has, is ALREADY_EXISTS, and that run's record stays.
     """
     policy: _builtins.str
     """The sandbox policy to run under (the executor's [policies.NAME]); empty: the
