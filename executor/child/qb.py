@@ -312,7 +312,9 @@ def jobinfo(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
 
     Add ``callbacks=True`` (or the flag '-callbacks') to include each job's callbacks;
     ``fields=['name', ...]`` keeps only those keys of each job, and its ``id``
-    (``'callbacks'`` among them includes the callbacks).
+    (``'callbacks'`` among them includes the callbacks); ``status='running'`` keeps only
+    jobs in that status; ``agenda``/``subjobs`` are always there unless set false. An
+    unknown job id gives ``[]``.
     """
     return list(_call("jobinfo", *args, **kwargs))
 
