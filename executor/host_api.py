@@ -456,7 +456,7 @@ class HostApi:
                 include_callbacks=request.include_callbacks,
                 work_names=request.work_names,
             )
-            jobs = request.shape(jobs)
+            jobs = self._as_callbacks_see(request.shape(jobs))
             return jobs, f"{len(jobs)} jobs of pgrp {request.pgrp}"
         job_id = self._invocation.job_id if request.job_id is None else request.job_id
         if job_id == 0:
@@ -473,8 +473,30 @@ class HostApi:
             if err.kind != "NoSuchJob":
                 raise
             return [], f"no job {job_id}"
-        jobs = request.shape(_checked_answer(job_id, jobs))
+        jobs = self._as_callbacks_see(request.shape(_checked_answer(job_id, jobs)))
         return jobs, f"job {job_id}" if jobs else "no job"
+
+    def _as_callbacks_see(self, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each callback record with its ``pid`` (its job), and this run's own count.
+
+        The trigger engine counts a firing before it runs (``qb.callback()['count']`` is
+        1 in the first run); a supervisor learns the count from the run's report, after
+        it. The running callback's own record says this run's count, not the older one.
+        """
+        own = self._invocation.callback
+        for job in jobs:
+            for record in job.get("callbacks") or ():
+                if not isinstance(record, dict):
+                    continue
+                record["pid"] = job["id"]
+                if (
+                    job["id"] == self._invocation.job_id
+                    and not own.source
+                    and record.get("id") == own.id
+                    and record.get("triggers") == own.triggers
+                ):
+                    record["count"] = max(int(record.get("count") or 0), own.count)
+        return jobs
 
     async def jobstatus(self, job: Any) -> tuple[str, str]:
         info = await self._job(self._job_id(job), work_names=[])

@@ -299,7 +299,10 @@ def event(*args: Any, **kwargs: Any) -> EventContext | None:
 
 
 def callback(*args: Any, **kwargs: Any) -> CallbackContext:
-    """The running callback's record: id, triggers, language, user, count, maximum."""
+    """The running callback's record: id, pid, triggers, language, user, count, maximum.
+
+    ``count`` is its firings so far, this run's included (1 in its first run).
+    """
     _takes_nothing("callback", args, kwargs)
     return _context["callback"].copy()
 

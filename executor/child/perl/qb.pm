@@ -302,7 +302,8 @@ sub event {
     return ref $event eq 'HASH' ? { %$event } : undef;
 }
 
-# The running callback's record: id, triggers, language, user, count, maximum.
+# The running callback's record: id, pid, triggers, language, user, count (its firings,
+# this run's included), maximum.
 sub callback {
     _takes_nothing('callback', @_);
     return { %{ $context{callback} || {} } };
