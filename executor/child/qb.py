@@ -366,6 +366,30 @@ _WORK_VERBS = ["unblock", "block", "kill", "retry", "requeue", "complete", "reti
 # Mirrors executor.supervisor_link.SUBJOB_VERBS (this module may not import it).
 _SUBJOB_VERBS = [verb for verb in _JOB_VERBS if verb not in ("remove", "retire")]
 
+# ``from qb import *`` gives the API, not this module's own imports (read, write, select
+# would shadow the callback's names). Built once at import, in the zygote.
+__all__ = [  # noqa: PLE0604  # the verbs' names come from their lists, as the verbs do
+    "QB_TIME_EPOCH_OFFSET",
+    "QbError",
+    "PermissionDenied",
+    "NoSuchJob",
+    "NoSuchWork",
+    "InvalidArgument",
+    "SupervisorUnavailable",
+    "jobid",
+    "subid",
+    "workid",
+    "event",
+    "callback",
+    "jobinfo",
+    "jobstatus",
+    "workstatus",
+    "subjobstatus",
+    *_JOB_VERBS,
+    *(spelling for verb in _WORK_VERBS for spelling in ("work" + verb, verb + "work")),
+    *("subjob" + verb for verb in _SUBJOB_VERBS),
+]
+
 for _name in _JOB_VERBS:
     globals()[_name] = _verb(_name)
 for _name in _WORK_VERBS:
