@@ -13,10 +13,9 @@ a call that does not fit its function with ``InvalidArgument``):
   which wins; a list of such strings is accepted;
 - instances: ``'<jobid>.<subid>'``, or ``'<jobid>'`` for all instances;
 - ``jobinfo('-id', n)``, ``jobinfo('-pgrp', n)``, ``jobinfo(id=n)``, ``jobinfo(pgrp=n)``,
-  ``jobinfo(n)``, and no selector meaning the callback's own job (a second selector is
-  refused); ``callbacks=True`` or the flag ``'-callbacks'`` adds each job's callbacks;
-  ``fields=[names]`` (or ``'-fields', [names]``) keeps only those keys of each job, and
-  ``id`` (``'callbacks'`` among them adds the callbacks).
+  ``jobinfo(n)``, and no selector meaning the callback's own job, with Qube's client
+  keywords (``callbacks``, ``fields``, ``status``, ``agenda``, ``subjobs``) as
+  ``jobinfo_args.py`` reads them; an unknown job id reads ``[]``.
 
 Effects are numbered: every supervisor action request (one per job, per work target,
 per instance target) and every mail takes the run's next ``action_seq``, from 1, in the
@@ -56,11 +55,11 @@ from executor.host_args import (
     Spelling,
     check_shape,
     flatten,
-    invalid,
     parse_job_id,
     parse_subjob_target,
     parse_work_target,
 )
+from executor.jobinfo_args import read_jobinfo
 from executor.model import ActionRecord, Invocation
 from executor.policies import READ_FUNCTIONS, Policy, canonical_verb
 from executor.supervisor_link import (
@@ -80,8 +79,6 @@ _RANGE = re.compile(r"^(-?[0-9]+)-(-?[0-9]+)$")
 _INTEGER = re.compile(r"-?[0-9]+")
 _T = TypeVar("_T")
 _ALIASES: Final = {"retire": "complete"}
-# The job keys made from its agenda: a jobinfo whose fields hold none reads no item.
-_FROM_AGENDA: Final = frozenset({"agenda", "todo", "todotally"})
 
 
 def _checked_answer(job_id: int, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -94,19 +91,6 @@ def _checked_answer(job_id: int, jobs: list[dict[str, Any]]) -> list[dict[str, A
             f" {len(jobs)} job(s) (ids {ids})",
         )
     return jobs
-
-
-def _only(jobs: list[dict[str, Any]], kept: frozenset[str] | None) -> list[dict[str, Any]]:
-    """Each job with only the ``kept`` keys it has, and its ``id`` (None keeps them all).
-
-    A name a job does not have is left out, not refused: a job holds whatever it was
-    submitted with, so what one job lacks another of the same pgrp may have.
-    """
-    if kept is None:
-        return jobs
-    return [
-        {key: value for key, value in job.items() if key == "id" or key in kept} for job in jobs
-    ]
 
 
 def _total(outcomes: list[ActionOutcome]) -> tuple[int, str]:
@@ -458,78 +442,61 @@ class HostApi:
         return parse_job_id(value, self._spelling)
 
     async def jobinfo(self, *args: Any, **kwargs: Any) -> tuple[list[dict[str, Any]], str]:
-        """One job, or one pgrp's jobs: a second selector is refused, not silently preferred."""
-        call = self._spelling.fn("jobinfo")
-        include = bool(kwargs.pop("callbacks", False))
-        fields = [self._field_names(kwargs.pop("fields"))] if "fields" in kwargs else []
-        selectors: list[tuple[str, str, int]] = []  # (as written, "id" or "pgrp", value)
-        rest = list(args)
-        while rest:
-            head = rest.pop(0)
-            if head == "-callbacks":
-                include = True
-            elif head == "-fields":
-                if not rest:
-                    raise invalid(f"{call}: -fields needs a value")
-                fields.append(self._field_names(rest.pop(0)))
-            elif head in ("-id", "-pgrp"):
-                if not rest:
-                    raise invalid(f"{call}: {head} needs a value")
-                value = rest.pop(0)
-                selectors.append((f"{head} {self._spelling.value(value)}", head[1:], value))
-            elif isinstance(head, str) and head.startswith("-"):
-                raise invalid(
-                    f"{call}: unknown flag {self._spelling.value(head)}; "
-                    "expected -id, -pgrp, -callbacks, -fields"
-                )
-            else:
-                selectors.append((f"job id {self._spelling.value(head)}", "id", head))
-        for key, value in kwargs.items():
-            if key not in ("id", "pgrp"):
-                raise invalid(
-                    f"{call}: unknown argument {self._spelling.value(key)}; "
-                    "expected id, pgrp, callbacks, fields"
-                )
-            selectors.append((f"{key}={self._spelling.value(value)}", key, value))
-        if len(selectors) > 1:
-            given = ", ".join(written for written, _, _ in selectors)
-            raise invalid(
-                f"{call} takes one job (-id, id= or a job id) or one pgrp (-pgrp, pgrp=), "
-                f"or neither for the callback's own job; it was given {given}"
-            )
-        if len(fields) > 1:  # refused, as a second selector is, rather than one chosen
-            raise invalid(f"{call} takes one list of fields; it was given {len(fields)}")
-        kept = fields[0] | ({"callbacks"} if include else set()) if fields else None
-        include = include or (kept is not None and "callbacks" in kept)
-        # Fields that leave out every one made from the agenda need none of it.
-        agenda: list[str] | None = None if kept is None or kept & _FROM_AGENDA else []
-        if selectors and selectors[0][1] == "pgrp":
-            pgrp = parse_job_id(selectors[0][2], self._spelling, "pgrp")
-            if pgrp == 0:  # no pgrp has it (nor may it read as "not given")
+        """One job, or one pgrp's jobs, as ``jobinfo_args.py`` reads the call.
+
+        An unknown job id reads no job (``[]``), as an unknown pgrp reads none: Qube's
+        client answers so, and Qube code tests ``if not qb.jobinfo(...)``.
+        """
+        request = read_jobinfo(list(args), kwargs, self._spelling)
+        if request.pgrp is not None:
+            if request.pgrp == 0:  # no pgrp has it (nor may it read as "not given")
                 return [], "no pgrp 0"
-            jobs = await self._jobs(pgrp=pgrp, include_callbacks=include, work_names=agenda)
-            return _only(jobs, kept), f"{len(jobs)} jobs of pgrp {pgrp}"
-        job_id = self._job_id(selectors[0][2]) if selectors else self._invocation.job_id
+            jobs = await self._jobs(
+                pgrp=request.pgrp,
+                include_callbacks=request.include_callbacks,
+                work_names=request.work_names,
+            )
+            jobs = self._as_callbacks_see(request.shape(jobs))
+            return jobs, f"{len(jobs)} jobs of pgrp {request.pgrp}"
+        job_id = self._invocation.job_id if request.job_id is None else request.job_id
         if job_id == 0:
             # No job has id 0: not the callback's own job, which a parentless job's pid
             # (0) would otherwise have named.
             return [], "no job 0"
-        jobs = _checked_answer(
-            job_id, await self._jobs(job_id=job_id, include_callbacks=include, work_names=agenda)
-        )
-        return _only(jobs, kept), f"job {job_id}" if jobs else "no job"
+        try:
+            jobs = await self._jobs(
+                job_id=job_id,
+                include_callbacks=request.include_callbacks,
+                work_names=request.work_names,
+            )
+        except HostCallError as err:
+            if err.kind != "NoSuchJob":
+                raise
+            return [], f"no job {job_id}"
+        jobs = self._as_callbacks_see(request.shape(_checked_answer(job_id, jobs)))
+        return jobs, f"job {job_id}" if jobs else "no job"
 
-    def _field_names(self, value: Any) -> frozenset[str]:
-        """The job keys ``fields`` names: a list of strings, as Qube's client takes it."""
-        if isinstance(value, list) and all(isinstance(name, str) for name in value):
-            return frozenset(value)
-        example = (
-            "fields => ['name', 'status']" if self._spelling.perl else "fields=['name', 'status']"
-        )
-        raise invalid(
-            f"{self._spelling.fn('jobinfo')}: fields takes a list of field names, as in "
-            f"{example}; it was given {self._spelling.value(value)}"
-        )
+    def _as_callbacks_see(self, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each callback record with its ``pid`` (its job), and this run's own count.
+
+        The trigger engine counts a firing before it runs (``qb.callback()['count']`` is
+        1 in the first run); a supervisor learns the count from the run's report, after
+        it. The running callback's own record says this run's count, not the older one.
+        """
+        own = self._invocation.callback
+        for job in jobs:
+            for record in job.get("callbacks") or ():
+                if not isinstance(record, dict):
+                    continue
+                record["pid"] = job["id"]
+                if (
+                    job["id"] == self._invocation.job_id
+                    and not own.source
+                    and record.get("id") == own.id
+                    and record.get("triggers") == own.triggers
+                ):
+                    record["count"] = max(int(record.get("count") or 0), own.count)
+        return jobs
 
     async def jobstatus(self, job: Any) -> tuple[str, str]:
         info = await self._job(self._job_id(job), work_names=[])

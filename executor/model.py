@@ -223,6 +223,7 @@ class Invocation:
             "subjob_id": self.subjob_id,
             "callback": {
                 "id": self.callback.id,
+                "pid": self.job_id,
                 "triggers": self.callback.triggers,
                 "language": self.callback.language,
                 "user": self.actor,

@@ -104,10 +104,11 @@ class CallbackContext(TypedDict):
     """The running callback's record, as ``qb.callback()`` shows it."""
 
     id: int
+    pid: int  # the job it runs for (Qube's stored callbacks name their job so)
     triggers: str
     language: str
     user: str
-    count: int
+    count: int  # its firings so far, this run's included
     maximum: int
 
 

@@ -189,6 +189,7 @@ _WARM_UP_FRAME = protocol.encode(
             "subjob_id": -1,
             "callback": {
                 "id": 1,
+                "pid": 0,
                 "triggers": "",
                 "language": "python",
                 "user": "",

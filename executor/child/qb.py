@@ -299,7 +299,10 @@ def event(*args: Any, **kwargs: Any) -> EventContext | None:
 
 
 def callback(*args: Any, **kwargs: Any) -> CallbackContext:
-    """The running callback's record: id, triggers, language, user, count, maximum."""
+    """The running callback's record: id, pid, triggers, language, user, count, maximum.
+
+    ``count`` is its firings so far, this run's included (1 in its first run).
+    """
     _takes_nothing("callback", args, kwargs)
     return _context["callback"].copy()
 
@@ -312,7 +315,9 @@ def jobinfo(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
 
     Add ``callbacks=True`` (or the flag '-callbacks') to include each job's callbacks;
     ``fields=['name', ...]`` keeps only those keys of each job, and its ``id``
-    (``'callbacks'`` among them includes the callbacks).
+    (``'callbacks'`` among them includes the callbacks); ``status='running'`` keeps only
+    jobs in that status; ``agenda``/``subjobs`` are always there unless set false. An
+    unknown job id gives ``[]``.
     """
     return list(_call("jobinfo", *args, **kwargs))
 
@@ -360,6 +365,30 @@ _JOB_VERBS = [
 _WORK_VERBS = ["unblock", "block", "kill", "retry", "requeue", "complete", "retire", "fail"]
 # Mirrors executor.supervisor_link.SUBJOB_VERBS (this module may not import it).
 _SUBJOB_VERBS = [verb for verb in _JOB_VERBS if verb not in ("remove", "retire")]
+
+# ``from qb import *`` gives the API, not this module's own imports (read, write, select
+# would shadow the callback's names). Built once at import, in the zygote.
+__all__ = [  # noqa: PLE0604  # the verbs' names come from their lists, as the verbs do
+    "QB_TIME_EPOCH_OFFSET",
+    "QbError",
+    "PermissionDenied",
+    "NoSuchJob",
+    "NoSuchWork",
+    "InvalidArgument",
+    "SupervisorUnavailable",
+    "jobid",
+    "subid",
+    "workid",
+    "event",
+    "callback",
+    "jobinfo",
+    "jobstatus",
+    "workstatus",
+    "subjobstatus",
+    *_JOB_VERBS,
+    *(spelling for verb in _WORK_VERBS for spelling in ("work" + verb, verb + "work")),
+    *("subjob" + verb for verb in _SUBJOB_VERBS),
+]
 
 for _name in _JOB_VERBS:
     globals()[_name] = _verb(_name)

@@ -18,6 +18,7 @@ def start_frame(code: str, language: str = "python", job_id: int = 1) -> StartFr
             "subjob_id": -1,
             "callback": {
                 "id": 0,
+                "pid": 0,
                 "triggers": "",
                 "language": language,
                 "user": "",

@@ -207,6 +207,33 @@ print qb::jobstatus($qb::jobid), " ", qb::workstatus("$qb::jobid:2"), " ",
     assert all(a.ok for a in calls)
 
 
+async def test_jobinfo_takes_the_qube_clients_options(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
+) -> None:
+    # qb::jobinfo('-id', $id, '-agenda') died with "unknown flag -agenda".
+    supervisor.submit([{"name": "sibling", "user": "alice", "pgrp": job_id}])
+    code = r"""
+my ($flag) = qb::jobinfo('-id', $qb::jobid, '-agenda');
+my ($both) = qb::jobinfo('-id', $qb::jobid, '-agenda', '-subjobs');
+my ($on) = qb::jobinfo(id => $qb::jobid, agenda => 1, -subjobs => 1);
+my ($off) = qb::jobinfo(-id => $qb::jobid, -agenda => 0, subjobs => "0");
+my @blocked = qb::jobinfo(-pgrp => $qb::jobid, status => 'blocked');
+my @either = qb::jobinfo(-pgrp => $qb::jobid, -status => ['blocked', 'pending']);
+my @unknown = qb::jobinfo('-id', 999999);
+print join(",", map { scalar @{ $_->{agenda} } } $flag, $both, $on), "
+";
+print exists $off->{agenda} || exists $off->{subjobs} ? "kept
+" : "left out
+";
+print join(",", map { $_->{name} } @blocked), " ", scalar @either, " ", scalar @unknown, "
+";
+"""
+    run = await run_perl(runner, supervisor, job_id, code)
+
+    succeeded(run)
+    assert run.stdout.splitlines() == ["5,5,5", "left out", "comp 2 0"]
+
+
 async def test_context_functions(
     runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
 ) -> None:
@@ -276,6 +303,7 @@ for my $call (@calls) {
 
     succeeded(run)
     one_of = "one job (-id, id= or a job id) or one pgrp (-pgrp, pgrp=), or neither"
+    names = "id, pgrp, status, agenda, subjobs, callbacks, fields"
     assert run.stdout.splitlines() == [
         "InvalidArgument|qb::jobstatus takes one job id, as in qb::jobstatus(12);"
         " it was given none",
@@ -293,9 +321,9 @@ for my $call (@calls) {
         "InvalidArgument|qb::unblock takes one or more job ids (or a list of them), as in"
         " qb::unblock(12); it was given an array reference inside an array reference",
         # An unknown name, as Python's jobinfo(foo=1) (it was read as two job ids).
-        "InvalidArgument|qb::jobinfo: unknown argument foo; expected id, pgrp, callbacks, fields",
-        "InvalidArgument|qb::jobinfo: unknown argument Foo_2; expected id, pgrp, callbacks, fields",
-        "InvalidArgument|qb::jobinfo: unknown argument foo; expected id, pgrp, callbacks, fields",
+        f"InvalidArgument|qb::jobinfo: unknown argument foo; expected {names}",
+        f"InvalidArgument|qb::jobinfo: unknown argument Foo_2; expected {names}",
+        f"InvalidArgument|qb::jobinfo: unknown argument foo; expected {names}",
         # Two lists of fields are refused, not the last one kept as a hash would.
         "InvalidArgument|qb::jobinfo takes one list of fields; it was given 2",
         "InvalidArgument|qb::jobinfo: fields takes a list of field names, as in"

@@ -142,10 +142,12 @@ async def test_jobinfo_refuses_an_unknown_name_saying_what_it_takes(
 ) -> None:
     host = host_for(sup, language)
     assert await refusal(host, "jobinfo", foo=1) == (
-        f"{call}: unknown argument foo; expected id, pgrp, callbacks, fields"
+        f"{call}: unknown argument foo; expected id, pgrp, status, agenda, subjobs, callbacks, "
+        "fields"
     )
     assert await refusal(host, "jobinfo", "-foo", 1) == (
-        f"{call}: unknown flag -foo; expected -id, -pgrp, -callbacks, -fields"
+        f"{call}: unknown flag -foo; expected -id, -pgrp, -status, -agenda, -subjobs, "
+        "-callbacks, -fields"
     )
 
 
@@ -225,6 +227,79 @@ async def test_jobinfo_of_job_or_pgrp_0_is_no_job_not_the_callbacks_own(
         assert await host.call("jobinfo", args, kwargs) == [], (args, kwargs)
     message = await refusal(host, "jobinfo", "-pgrp", 2**63)
     assert message == f"pgrp {2**63} is out of range (0 to {2**63 - 1})"  # not "job id"
+
+
+async def test_jobinfo_takes_qube_clients_agenda_and_subjobs(sup: ReferenceSupervisor) -> None:
+    # A Qube callback's qb.jobinfo(id=n, agenda=True) was refused as an unknown argument.
+    host = host_for(sup)
+    for args, kwargs in (
+        ([], {"id": 1, "agenda": True}),
+        ([], {"id": 1, "subjobs": True, "agenda": True}),
+        (["-id", 1, "-agenda"], {}),
+        (["-agenda", "-subjobs", 1], {}),
+    ):
+        (job,) = await host.call("jobinfo", args, kwargs)
+        assert [w["name"] for w in job["agenda"]] == ["1", "2"], (args, kwargs)
+        assert "subjobs" in job
+    # Set false, as the client leaves them out unless asked.
+    (job,) = await host.call("jobinfo", [1], {"agenda": False, "subjobs": 0})
+    assert "agenda" not in job and "subjobs" not in job and job["name"] == "a"
+
+
+async def test_jobinfo_status_keeps_only_jobs_in_that_status(sup: ReferenceSupervisor) -> None:
+    sup.submit([{"name": "c", "user": "alice", "pgrp": 1, "status": "blocked"}])
+    host = host_for(sup)
+
+    async def names(*args: Any, **kwargs: Any) -> list[str]:
+        return [job["name"] for job in await host.call("jobinfo", list(args), kwargs)]
+
+    assert await names("-pgrp", 1, status="blocked") == ["c"]
+    assert await names("-pgrp", 1, "-status", ["pending", "blocked"]) == ["a", "c"]
+    assert await names(pgrp=1, status="pending, blocked") == ["a", "c"]
+    assert await names(pgrp=1, status="running") == []
+    assert await names(id=1, status="pending") == ["a"]
+    assert await names(status="running") == []  # the own job, not running
+    # The filter reads the status even when the fields leave it out.
+    assert await host.call("jobinfo", [], {"status": "pending", "fields": ["name"]}) == [
+        {"id": 1, "name": "a"}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("language", "call", "example", "value", "shown"),
+    [
+        ("python", "qb.jobinfo", "status='running'", "runing", "runing"),
+        ("python", "qb.jobinfo", "status='running'", [], "[]"),
+        ("perl", "qb::jobinfo", "status => 'running'", 1, "1"),
+    ],
+)
+async def test_jobinfo_status_must_name_job_statuses(
+    sup: ReferenceSupervisor, language: str, call: str, example: str, value: Any, shown: str
+) -> None:
+    host = host_for(sup, language)
+    assert await refusal(host, "jobinfo", status=value) == (
+        f"{call}: status takes a job status or a list of them (badlogin, blocked, complete, "
+        "dying, exiting, failed, killed, pending, registering, running, suspended, unknown, "
+        f"waiting), as in {example}; it was given {shown}"
+    )
+    assert await refusal(host, "jobinfo", "-status") == f"{call}: -status needs a value"
+    assert await refusal(host, "jobinfo", "-status", "failed", status="killed") == (
+        f"{call} takes one status filter; it was given 2"
+    )
+
+
+@pytest.mark.parametrize("language", ["python", "perl"])
+async def test_jobinfo_of_an_unknown_job_is_no_job_as_for_an_unknown_pgrp(
+    sup: ReferenceSupervisor, language: str
+) -> None:
+    # Qube's client answers an unknown id with an empty list; '-id' raised NoSuchJob
+    # while '-pgrp' of the same number gave [].
+    host = host_for(sup, language)
+    for args, kwargs in ((["-id", 999], {}), ([999], {}), ([], {"id": 999}), (["-pgrp", 999], {})):
+        assert await host.call("jobinfo", args, kwargs) == [], (args, kwargs)
+    with pytest.raises(HostCallError) as err:
+        await host.call("jobstatus", [999], {})
+    assert err.value.kind == "NoSuchJob"  # what needs the job still says it has none
 
 
 @pytest.mark.parametrize(

@@ -302,7 +302,8 @@ sub event {
     return ref $event eq 'HASH' ? { %$event } : undef;
 }
 
-# The running callback's record: id, triggers, language, user, count, maximum.
+# The running callback's record: id, pid, triggers, language, user, count (its firings,
+# this run's included), maximum.
 sub callback {
     _takes_nothing('callback', @_);
     return { %{ $context{callback} || {} } };
@@ -314,8 +315,10 @@ sub callback {
 # jobinfo(id => $n), jobinfo(pgrp => $n), jobinfo($n), jobinfo() for the own job.
 # Add -callbacks (a flag, or -callbacks => 1) or callbacks => 1 for each job's
 # callbacks; fields => ['name', ...] keeps only those keys of each job, and its id
-# ('callbacks' among them includes the callbacks). A list in list context, an arrayref
-# in scalar context.
+# ('callbacks' among them includes the callbacks); status => 'running' (or a list)
+# keeps only jobs in that status; -agenda / -subjobs (flags, or => 1) are Qube's
+# client's and always hold, => 0 leaves that key out. A list in list context, an
+# arrayref in scalar context.
 sub jobinfo {
     my @args = @_;
     my (@positional, %kwargs);
@@ -327,12 +330,13 @@ sub jobinfo {
     while (@args) {
         my $arg = shift @args;
         if (@args && defined $arg && !ref $arg) {
-            if ($arg =~ /\A-?(id|pgrp|fields)\z/) {
+            if ($arg =~ /\A-?(id|pgrp|fields|status)\z/) {
                 push @positional, "-$1", shift @args;
                 next;
             }
-            if ($arg eq '-callbacks' && defined $args[0] && $args[0] =~ /\A[01]\z/) {
-                $kwargs{callbacks} = shift @args;
+            my ($flag) = $arg =~ /\A-(callbacks|agenda|subjobs)\z/;
+            if ($flag && defined $args[0] && $args[0] =~ /\A[01]\z/) {
+                $kwargs{$flag} = shift @args;
                 next;
             }
             if ($arg =~ /\A[A-Za-z_]\w*\z/) {
@@ -342,8 +346,9 @@ sub jobinfo {
         }
         push @positional, $arg;
     }
-    if (exists $kwargs{callbacks}) {
-        $kwargs{callbacks} = $kwargs{callbacks} ? 1 : 0;
+    # Perl's truth, not Python's: "0" is false.
+    for my $flag (grep { exists $kwargs{$_} } qw(callbacks agenda subjobs)) {
+        $kwargs{$flag} = $kwargs{$flag} ? 1 : 0;
     }
     my $jobs = _call('jobinfo', \@positional, \%kwargs);
     return wantarray ? @$jobs : $jobs;
