@@ -477,14 +477,18 @@ async def _execute(
 
 
 def unknown_job(response: Any, job_id: Any) -> bool:
-    """Whether a qb call of the run was refused because the supervisor has no job ``job_id``.
+    """Whether a qb call of the run found no job ``job_id`` at the supervisor.
 
-    Not any NoSuchJob: a callback asking about another job that does not exist is the
-    callback's business, not a sign that the run's own job is unknown there.
+    A call refused with NoSuchJob, or a jobinfo that read no job (Qube's client answers
+    an unknown id with ``[]``). Not any unknown job: a callback asking about another job
+    that does not exist is the callback's business, not a sign that the run's own job
+    is unknown there.
     """
     own = re.compile(rf"\bno job {re.escape(str(job_id))}\b")
     refused = [
-        a.message for a in response.actions if not a.ok and a.message.startswith("NoSuchJob")
+        a.message
+        for a in response.actions
+        if (not a.ok and a.message.startswith("NoSuchJob")) or (a.ok and a.verb == "jobinfo")
     ]
     failure = response.failure if response.HasField("failure") else None
     if failure is not None and failure.exception_type == "NoSuchJob":
