@@ -343,9 +343,11 @@ def add_runs_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
 
 def _load_job(path: Path) -> dict[str, Any]:
     try:
-        job = json.loads(path.read_text())
+        job = json.loads(path.read_text(encoding="utf-8"))  # JSON is UTF-8 (RFC 8259)
     except OSError as err:
         raise ConfigError(f"--job: cannot read {path}: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"--job: {path} is not UTF-8 text: {err}") from err
     except json.JSONDecodeError as err:
         raise ConfigError(f"--job: {path} is not JSON: {err}") from err
     if not isinstance(job, dict):
@@ -360,9 +362,11 @@ def _callback_source(args: argparse.Namespace) -> tuple[str, str]:
     language = args.lang
     if args.file is not None:
         try:
-            code = args.file.read_text()
+            code = args.file.read_text(encoding="utf-8")  # a callback's code is sent as UTF-8
         except OSError as err:
             raise ConfigError(f"FILE: cannot read {args.file}: {err.strerror or err}") from err
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"FILE: {args.file} is not UTF-8 text: {err}") from err
         language = language or _EXTENSIONS.get(args.file.suffix.lower())
     else:
         code = args.code

@@ -30,6 +30,7 @@ from supervisor_client.reference.submission import (
     NewCallback,
     TriggerCheck,
     agenda_entries,
+    check_utf8_text,
     integer_field,
     name_field,
     parse_callbacks,
@@ -175,6 +176,7 @@ def parse_given_job(
     job = {key: value for key, value in job.items() if key not in _DERIVED}
     job_id = integer_field("the job", job, "id", 1, 1, MAX_ID)
     where = f"job {job_id}"
+    check_utf8_text(where, job)
     status = _any_status(where, job.get("status"), Status.PENDING)
     fields = parse_job_fields(where, job)
     parse_dependency(where, {**job, "user": fields.user})  # kept as given, not acted on

@@ -102,6 +102,48 @@ class NewJob:
     callbacks: tuple[NewCallback, ...]
 
 
+def check_utf8_text(where: str, job: Mapping[str, Any]) -> None:
+    r"""Refuse a string anywhere in ``job`` (a value or a key, at any depth) that is not UTF-8 text.
+
+    JSON can spell a lone surrogate (``"\ud800"``), which neither the store (SQLite) nor
+    the wire (protobuf) can carry: refused here by its field, not as an encoding error
+    from deep in an INSERT. Walked without recursion, as JSON nests as deep as it likes;
+    each value's place is a (parent's place, key) pair, spelt out only for the error.
+    """
+    pending: list[tuple[Any, _Place]] = [(job, None)]
+    while pending:
+        value, place = pending.pop()
+        if isinstance(value, str):
+            _check_encodable(where, value, place, "is not UTF-8 text")
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                if isinstance(key, str):
+                    _check_encodable(where, key, place, "has a field name that is not UTF-8 text")
+                pending.append((item, (place, key)))
+        elif isinstance(value, list | tuple):
+            pending.extend((item, (place, index)) for index, item in enumerate(value))
+
+
+#: Where a value is in a job: None for the job itself, else (its parent's place, its key).
+_Place = tuple["_Place", object] | None
+
+
+def _spelt_out(place: _Place) -> str:
+    """``callbacks[0].code`` for (((None, "callbacks"), 0), "code")."""
+    steps: list[str] = []
+    while place is not None:
+        place, key = place
+        steps.append(f"[{key}]" if isinstance(key, int) else f".{key}")
+    return "".join(reversed(steps)).lstrip(".") or "the job"
+
+
+def _check_encodable(where: str, text: str, place: _Place, problem: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise SubmitError(f"{where}: {_spelt_out(place)} {problem}: {err}") from None
+
+
 def text_field(where: str, fields: Mapping[str, Any], key: str, default: str) -> str:
     value = fields.get(key)
     if value is None:
@@ -341,6 +383,7 @@ def _parse_job(number: int, job: Any, checks: Checks) -> NewJob:
     if not isinstance(job, Mapping):
         raise SubmitError(f"job {number} of the submission must be a dict, got {job!r}")
     where = f"job {number} of the submission"
+    check_utf8_text(where, job)
     status = _status(where, job.get("status"))
     fields = parse_job_fields(where, job)
     dependency = parse_dependency(where, {**job, "user": fields.user})

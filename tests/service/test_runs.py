@@ -487,6 +487,61 @@ async def test_cbexec_run_embedded_refuses_a_job_whose_trigger_does_not_parse(
     assert "unknown event type 'jb'" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("embedded", [True, False], ids=["embedded", "against-an-executor"])
+async def test_cbexec_run_refuses_a_job_file_that_is_not_utf8_in_one_line(
+    stack_warm: Stack, tmp_path: Path, embedded: bool
+) -> None:
+    # A UnicodeDecodeError traceback, exit 1, on either path.
+    job_file = tmp_path / "job.json"
+    job_file.write_bytes(b"\xff\xfe{}")
+    where = ["--embedded"] if embedded else ["--address", stack_warm.address]
+    env = {"CBEXEC_SANDBOX_UID_BASE": str(stack_warm.settings.sandbox_uid_base)}
+
+    code, out, err = await cbexec(
+        "run", "--code", "pass", "--lang", "python", "--job", str(job_file), *where, env=env
+    )
+
+    assert code == 2, out + err
+    assert err == (
+        f"cbexec: --job: {job_file} is not UTF-8 text: 'utf-8' codec can't decode byte 0xff "
+        "in position 0: invalid start byte\n"
+    )
+
+
+async def test_cbexec_run_embedded_names_a_field_that_is_not_utf8(
+    stack_warm: Stack, tmp_path: Path
+) -> None:
+    # JSON's "\ud800" is a lone surrogate: a UnicodeEncodeError traceback from the
+    # supervisor's store, exit 1 (a running executor's path refused it by name already).
+    job = {"id": 3, "name": "a\ud800b", "user": "alice"}
+
+    code, out, err = await run_embedded(stack_warm, tmp_path, job, "--code", "pass")
+
+    assert code == 2, out + err
+    assert err == (
+        "cbexec: --job: job 3: name is not UTF-8 text: 'utf-8' codec can't encode character "
+        "'\\ud800' in position 1: surrogates not allowed\n"
+    )
+
+
+async def test_cbexec_run_refuses_a_callback_file_that_is_not_utf8(tmp_path: Path) -> None:
+    (tmp_path / "job.json").write_text('{"id": 3}')
+    (tmp_path / "hook.py").write_bytes(b"print('caf\xe9')\n")  # Latin-1
+
+    code, out, err = await cbexec(
+        "run",
+        str(tmp_path / "hook.py"),
+        "--job",
+        str(tmp_path / "job.json"),
+        "--address",
+        "127.0.0.1:1",
+    )
+
+    assert code == 2, out + err
+    assert err.startswith(f"cbexec: FILE: {tmp_path / 'hook.py'} is not UTF-8 text: ")
+    assert len(err.splitlines()) == 1, err
+
+
 async def test_cbexec_run_usage_errors(tmp_path: Path) -> None:
     code, _, err = await cbexec(
         "run",

@@ -173,6 +173,12 @@ def test_a_submission_after_it_takes_the_next_id(sup: ReferenceSupervisor) -> No
         ),
         ({"callbacks": [{"code": "pass"}]}, "job 12, callback 1: triggers is required"),
         ({"dependency": "link-done-job-self"}, "job 12: dependency item 'link-done-job-self'"),
+        # JSON can spell a lone surrogate; SQLite refused it with a UnicodeEncodeError.
+        ({"name": "a\ud800b"}, "job 12: name is not UTF-8 text: 'utf-8' codec can't encode"),
+        (
+            {"agenda": [{"name": "1", "host": "node\udc07"}]},
+            "job 12: agenda[0].host is not UTF-8 text: ",
+        ),
     ],
 )
 def test_malformed_fields_are_refused_by_name(

@@ -186,6 +186,12 @@ def test_rejected_submission_consumes_no_ids(sup: ReferenceSupervisor) -> None:
             r"callback 1: triggers\[1\] must be a string, got None",
         ),
         ({"package": {"x": float("nan")}}, r"fields \['package'\] are not JSON values"),
+        # JSON can spell a lone surrogate; SQLite refused it with a UnicodeEncodeError.
+        (
+            {"callbacks": [{"triggers": "done-job-self", "language": "qube", "code": "\ud800"}]},
+            r"^job 1 of the submission: callbacks\[0\]\.code is not UTF-8 text: .* surrogates",
+        ),
+        ({"package": {"out\udcff": 1}}, "package has a field name that is not UTF-8 text"),
         ({"package": object()}, "are not JSON values"),
     ],
 )

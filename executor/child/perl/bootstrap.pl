@@ -118,6 +118,55 @@ my sub keep_handlers_in_end_blocks {
     return;
 }
 
+# A handler's exit in a DESTROY (TERM, XCPU, PIPE: run below) ends the DESTROY but not
+# its object: perl leaves it half freed and calls its DESTROY again in global
+# destruction, from the start, where no second signal comes to end it (it ran on to the
+# grace's or the hard limit's SIGKILL). So each object whose DESTROY is under way is
+# blessed into a class whose DESTROY does nothing, as Python calls a __del__ once: true
+# if there was one. (@DB::args: each frame's arguments, a shifted $_[0] included, as
+# Carp reads them.)
+sub qb::Bootstrap::CutShort::DESTROY { }
+my sub forget_destroys_under_way {
+    my $found = 0;
+    local ($@, $SIG{__DIE__});    # a DESTROY called by hand on \1 cannot bless it: no matter
+    for (my $level = 1; my @frame = do { package DB; caller($level) }; $level++) {
+        next if !$frame[4] || $frame[3] !~ /::DESTROY\z/;
+        $found = 1;
+        my $object = $DB::args[0];
+        eval { bless $object, 'qb::Bootstrap::CutShort' } if ref $object;
+    }
+    return $found;
+}
+
+# perl may also run a handler just after a DESTROY has returned, before it has freed the
+# object (the signal came in the DESTROY's last statement, a sleep): no frame names the
+# DESTROY then, only the void eval perl calls it in, entered at the statement the handler
+# runs at. An exit there would leave that object half freed all the same, so the handler
+# comes back once perl is done with it: it sends its signal again, which perl hands it
+# at the next statement. Once per signal: a one-line `eval { ...; ... };` looks the same,
+# and one more of its statements then runs first. Not in global destruction, where the
+# exit ends the process there and then (and no statement may follow).
+my %came_back;    # signal name => 1 once its handler came back for a returned DESTROY
+
+# For a handler about to end the run (called by it, as its first statement): undef when
+# it is to return and come back, else whether it cuts a DESTROY short.
+my sub ending_in_a_destroy {
+    my ($signal) = @_;
+    # 0: this sub, 1: the handler, 2: the eval perl calls it in, 3: what it interrupted.
+    my @handler_call = caller 2;
+    my @interrupted = caller 3;
+    my $after_a_return = @interrupted && $handler_call[3] eq '(eval)'
+        && $interrupted[3] eq '(eval)' && !defined $interrupted[5] && !defined $interrupted[6]
+        && $handler_call[1] eq $interrupted[1] && $handler_call[2] == $interrupted[2];
+    if ($after_a_return && !$came_back{$signal} && ${^GLOBAL_PHASE} ne 'DESTRUCT') {
+        $came_back{$signal} = 1;
+        return undef if kill $signal, $$;
+    }
+    return 1 if forget_destroys_under_way();
+    # Back, and out of that eval: it was a DESTROY's (in global destruction, not back).
+    return $came_back{$signal} ? !$after_a_return : $after_a_return;
+}
+
 # `exit` anywhere in the callback (compiled after this) reports, then ends this child.
 my sub callback_exit (;$) {
     my $code = @_ ? $_[0] : 0;
@@ -411,19 +460,27 @@ my sub run {
     qb::_set_bridge($bridge);
     # The executor's wall deadline, or someone else's kill: report it, and end through
     # exit so END blocks run. In an END block, exit ends that block (then perl runs the
-    # next): said in one line, as the Python bootstrap says it of an atexit handler.
+    # next), in a DESTROY that DESTROY: said in one line, as the Python bootstrap says it
+    # of an atexit handler or a __del__.
     $SIG{TERM} = sub {
+        my $in_a_destroy = ending_in_a_destroy('TERM') // return;
         report({ status => 'terminated', exit_code => EXIT_ON_SIGTERM });
-        if (${^GLOBAL_PHASE} eq 'END') {
+        my $cut_short = $in_a_destroy ? 'DESTROY'
+            : ${^GLOBAL_PHASE} eq 'END' ? 'END block' : undef;
+        if (defined $cut_short) {
             local $SIG{PIPE} = 'IGNORE';
-            print STDERR "END block was cut short: the run was stopped (SIGTERM)\n";
+            print STDERR "$cut_short was cut short: the run was stopped (SIGTERM)\n";
         }
         CORE::exit(EXIT_ON_SIGTERM);
     };
     if ($$ == 1) {
         # PID 1 of a namespace ignores signals it has no handler for, SIGXCPU included.
         # No done frame (report is not called): the executor reads 152 as the CPU limit.
-        $SIG{XCPU} = sub { eval { flush_stdio(); 1 }; CORE::exit(EXIT_ON_SIGXCPU) };
+        $SIG{XCPU} = sub {
+            defined ending_in_a_destroy('XCPU') or return;
+            eval { flush_stdio(); 1 };
+            CORE::exit(EXIT_ON_SIGXCPU);
+        };
     }
     # A write with no reader ends plain perl (SIGPIPE); this process inherited the signal
     # ignored (the executor is Python), and as PID 1 would ignore its default action: a
@@ -431,6 +488,7 @@ my sub run {
     # with or without a PID namespace (one outcome, FAILED, not KILLED in some tiers).
     # The bootstrap's own writes ignore it (report).
     $SIG{PIPE} = sub {
+        defined ending_in_a_destroy('PIPE') or return;
         local $SIG{PIPE} = 'IGNORE';
         eval { flush_stdio(); 1 };
         CORE::exit(EXIT_ON_SIGPIPE);
