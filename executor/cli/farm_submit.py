@@ -52,9 +52,11 @@ def _jobs_of(data: Any, path: Path) -> list[dict[str, Any]]:
 def load_job_file(path: Path) -> list[dict[str, Any]]:
     """The jobs of a .json or .toml file; ConfigError naming the file and the problem."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")  # JSON and TOML are UTF-8 by their specs
     except OSError as err:
         raise ConfigError(f"FILE: cannot read {path}: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"FILE: {path} is not UTF-8 text: {err}") from err
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:

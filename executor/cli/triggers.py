@@ -190,9 +190,11 @@ async def _why(args: argparse.Namespace, out: TextIO) -> int:
 def load_job_file(path: Path) -> dict[str, Any]:
     """A job dict from a JSON or (``.toml``) TOML file; ConfigError naming what is wrong."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")  # JSON and TOML are UTF-8 by their specs
     except OSError as err:
         raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text: {err}") from err
     try:
         job = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:

@@ -34,6 +34,9 @@ CASES: list[tuple[tuple[str, ...], int, str]] = [
     (("triggers", "dry-run", "--event", "complete-job"), 2, "--event expects NAME-TYPE-JOBID"),
     (("triggers", "reload", "--address", UNREACHABLE), 3, "UNAVAILABLE"),
     (("triggers", "register", "{job}"), 2, "job.json: cannot read"),
+    # A file that is not UTF-8 was a UnicodeDecodeError traceback (exit 1).
+    (("triggers", "register", "{latin}"), 2, "latin.json: not UTF-8 text"),
+    (("farm", "submit", "{latin}"), 2, "latin.json is not UTF-8 text"),
     (("triggers", "why", "abc"), 2, "expected JOB or JOB:CALLBACK"),
     (("triggers", "why", "99"), 3, "NOT_FOUND"),
     (("metrics", "--address", UNREACHABLE), 3, "UNAVAILABLE"),
@@ -108,7 +111,9 @@ async def test_error_path(
 ) -> None:
     (tmp_path / "empty.pem").write_bytes(b"")
     (tmp_path / "some.pem").write_bytes(PEM)
+    (tmp_path / "latin.json").write_bytes(b'\xff\xfe{"name": "caf\xe9"}')
     places = {
+        "{latin}": tmp_path / "latin.json",
         "{job}": tmp_path / "job.json",
         "{missing}": tmp_path / "m",
         "{empty}": tmp_path / "empty.pem",
