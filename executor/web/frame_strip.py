@@ -114,13 +114,11 @@ class StripDrawn:
     first_left_out: str = ""
 
 
-def strip(frames: Sequence[Frame]) -> Html:
-    """The frames as a row of cells, coloured by state, each titled with its sentence (bounded)."""
-    return draw_strip(frames).html
-
-
 def draw_strip(frames: Sequence[Frame]) -> StripDrawn:
-    """The frames as at most ``MAX_STRIP_CELLS`` cells (and one for what is left out), and how."""
+    """The frames as cells coloured by state, each titled with its sentence; bounded, and how.
+
+    At most ``MAX_STRIP_CELLS`` cells, and one for the frames left out.
+    """
     if len(frames) <= MAX_STRIP_CELLS:
         return StripDrawn(tag("div", *(_cell(frame) for frame in frames), class_="frames"))
     runs = _runs(frames)
