@@ -18,12 +18,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Final
 
 from executor import triggers
 from executor.triggers.explain import describe_atom
 from executor.triggers.nodes import And, Atom, Expr, render_atom
 from executor.web.frame_strip import times
+
+# What a {work} callback waits for: at most this many lines of its item groups (a job of
+# 100,000 frames in many states has as many groups), then how many more there are.
+MAX_WORK_ITEM_LINES: Final = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,8 +170,14 @@ def explain_reply(reply: Any) -> dict[int, Explanation]:
     for item in reply.callbacks:
         atoms = tuple(AtomState(atom.atom, _atom_words(atom), atom.latched) for atom in item.atoms)
         lines = list(item.waiting_for) or ([item.waiting] if item.waiting else [])
-        for work in item.work_items:
-            lines += _work_item_lines(work)
+        work_lines = [line for work in item.work_items for line in _work_item_lines(work)]
+        if len(work_lines) > MAX_WORK_ITEM_LINES:
+            left_out = len(work_lines) - MAX_WORK_ITEM_LINES
+            work_lines[MAX_WORK_ITEM_LINES:] = [
+                f"{left_out} more lines of work items: "
+                f"cbexec triggers why {reply.job_id}:{item.callback.id}"
+            ]
+        lines += work_lines
         journal = tuple(format_entry(as_plain(entry)) for entry in item.journal)
         explained[item.callback.id] = Explanation(
             atoms, "; ".join(lines), spent=item.spent, journal=journal, items=_work_items(item)

@@ -10,6 +10,15 @@ a maximum, whose fired frames wait to fire again, does not read as done:
 - fired, and waiting to fire again (``fired again``: no maximum, or below it);
 - half latched: some of its atoms have happened (``partly``);
 - waiting, nothing latched (``waiting``).
+
+A strip is bounded, as the run page's output is (a job of 100,000 frames drew 100,000
+cells: a 9.9 MB page, fetched again at every refresh, that Chromium took seconds to
+load). Up to ``MAX_STRIP_CELLS`` frames it is a cell per frame; a longer one draws each
+run of neighbouring frames in the same state as one cell (a render's frames mostly
+finish in order, so 100,000 frames are a few runs), and past ``MAX_STRIP_CELLS`` runs
+the rest is one cell counting the frames it leaves out. The tally counts every frame.
+Names and waiting words are cut in a cell (a work name may be 1024 characters, a
+trigger 64 KiB), so a cell is a few hundred bytes at most.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from executor.bounds import cut
 from executor.web.html import Html, tag
 
 SPENT: Final = "spent"
@@ -35,6 +45,11 @@ _TALLIED: Final = (
     (WAITING, "waiting, nothing latched"),
 )
 _DIGITS: Final = re.compile(r"([0-9]+)")
+# The most cells a strip draws: a frame each up to this many frames, else runs of frames.
+MAX_STRIP_CELLS: Final = 200
+# What a cell shows of a frame's name, and of what it waits for (in its title).
+MAX_CELL_NAME_CHARS: Final = 48
+MAX_CELL_WAITING_CHARS: Final = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,29 +83,105 @@ class Frame:
     def words(self) -> str:
         """The frame's state in a sentence (the cell's title)."""
         fired = f"fired {times(self.count)}"
+        waiting = cut(self.waiting, MAX_CELL_WAITING_CHARS)
         state = self.state
         if state == SPENT:
             said = f"{fired}, its maximum: it fires no more"
         elif state == AGAIN:
-            said = f"{fired}; waiting to fire again" + (
-                f" for {self.waiting}" if self.waiting else ""
-            )
+            said = f"{fired}; waiting to fire again" + (f" for {waiting}" if waiting else "")
         elif state == PARTLY:
             said = "half latched" + (f" ({fired} before)" if self.count else "")
-            said += f"; waiting for {self.waiting}" if self.waiting else ""
+            said += f"; waiting for {waiting}" if waiting else ""
         else:
-            said = f"waiting for {self.waiting}" if self.waiting else "waiting, nothing latched"
+            said = f"waiting for {waiting}" if waiting else "waiting, nothing latched"
         own = f", callback {self.callback_id}" if self.callback_id else ""
-        return f"frame {self.name}{own}: {said}"
+        return f"frame {_short(self.name)}{own}: {said}"
 
 
-def strip(frames: Iterable[Frame]) -> Html:
-    """The frames as a row of cells, coloured by state, each titled with its sentence."""
-    cells = [
-        tag("span", frame.name, class_=f"frame {_CLASSES[frame.state]}", title=frame.words())
-        for frame in frames
-    ]
-    return tag("div", *cells, class_="frames")
+@dataclass(frozen=True, slots=True)
+class StripDrawn:
+    """A strip as drawn: its HTML, and what it drew of its frames in words ("" when all, one a cell).
+
+    Attributes:
+        html: The cells.
+        summary: How the frames were drawn when not a cell each, e.g. ``100000 frames
+            drawn as 3 runs of the same state``; with what was left out, if anything.
+        first_left_out: The first frame not drawn ("" when every frame is in a cell).
+    """
+
+    html: Html
+    summary: str = ""
+    first_left_out: str = ""
+
+
+def draw_strip(frames: Sequence[Frame]) -> StripDrawn:
+    """The frames as cells coloured by state, each titled with its sentence; bounded, and how.
+
+    At most ``MAX_STRIP_CELLS`` cells, and one for the frames left out.
+    """
+    if len(frames) <= MAX_STRIP_CELLS:
+        return StripDrawn(tag("div", *(_cell(frame) for frame in frames), class_="frames"))
+    runs = _runs(frames)
+    shown = runs[:MAX_STRIP_CELLS]
+    cells = [_cell(run[0]) if len(run) == 1 else _run_cell(run) for run in shown]
+    summary = f"{len(frames)} frames drawn as {_count(len(runs), 'run')} of the same state"
+    left_out = sum(len(run) for run in runs[MAX_STRIP_CELLS:])
+    first_left_out = ""
+    if left_out:
+        first_left_out = runs[MAX_STRIP_CELLS][0].name
+        more = f"… {_count(left_out, 'more frame')}"
+        cells.append(
+            tag(
+                "span",
+                more,
+                class_="frame more",
+                title=f"{left_out} frames from {_short(first_left_out)} on are not drawn: "
+                "the tally counts them",
+            )
+        )
+        summary = (
+            f"{len(frames)} frames in {_count(len(runs), 'run')} of the same state; "
+            f"the first {MAX_STRIP_CELLS} runs drawn, {_count(left_out, 'frame')} after them not"
+        )
+    return StripDrawn(tag("div", *cells, class_="frames"), summary, first_left_out)
+
+
+def _cell(frame: Frame) -> Html:
+    return tag(
+        "span", _short(frame.name), class_=f"frame {_CLASSES[frame.state]}", title=frame.words()
+    )
+
+
+def _run_cell(run: Sequence[Frame]) -> Html:
+    """Neighbouring frames in one state as one cell: ``1 … 5000``, titled with the state."""
+    first, last = _short(run[0].name), _short(run[-1].name)
+    state = run[0].state
+    words = dict(_TALLIED)[state]
+    return tag(
+        "span",
+        f"{first} … {last}",
+        class_=f"frame run {_CLASSES[state]}",
+        title=f"frames {first} … {last} ({len(run)} frames): {words}",
+    )
+
+
+def _runs(frames: Sequence[Frame]) -> list[list[Frame]]:
+    """The frames cut where the state changes, in their order."""
+    runs: list[list[Frame]] = []
+    for frame in frames:
+        if runs and runs[-1][0].state == frame.state:
+            runs[-1].append(frame)
+        else:
+            runs.append([frame])
+    return runs
+
+
+def _short(name: str) -> str:
+    return cut(name, MAX_CELL_NAME_CHARS)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"1 {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def tally(frames: Sequence[Frame]) -> str:

@@ -8,6 +8,14 @@ latched in how many of them; its count in all, its maximum per item), and a job'
 callbacks that differ only in their work item (the same trigger for work item 1, 2,
 3, ...: the seed examples' one callback per frame) grouped into one row, named by their
 first and last triggers.
+
+The page is bounded, as the run page is, because an open tab fetches its live part again
+every 2 s: a strip draws at most ``frame_strip.MAX_STRIP_CELLS`` cells (a job of 100,000
+frames was a 9.9 MB page); a job shows at most ``MAX_CALLBACK_ROWS`` rows, and no more
+once its rows take ``JOB_BUDGET_BYTES``; a page lists at most ``JOBS_PER_PAGE`` jobs, and
+no more once it takes ``PAGE_BUDGET_BYTES`` (the jobs after go to the next page, which
+"Older jobs" leads to). What is left out is said on the page, with the command that
+shows it all (``cbexec triggers why``).
 """
 
 from __future__ import annotations
@@ -21,12 +29,20 @@ from typing import Any, Final
 from executor import triggers
 from executor.triggers.nodes import Atom, EventType, Expr, render
 from executor.web.explain import Explainer, Explanation
-from executor.web.frame_strip import Frame, in_agenda_order, strip, tally
+from executor.web.frame_strip import Frame, StripDrawn, draw_strip, in_agenda_order, tally
 from executor.web.html import Html, esc, join, tag
 from executor.web.layout import filter_notice, live, notice
 from executor.web.source import parse_id
 
 JOBS_PER_PAGE: Final = 20
+# A job's rows: at most this many, and none more once they take this many bytes (a
+# trigger may be 64 KiB, and a row shows it, its atoms and what it waits for).
+MAX_CALLBACK_ROWS: Final = 50
+JOB_BUDGET_BYTES: Final = 256 << 10
+# No further job on a page once it takes this many bytes: a page is at most this, one
+# job more (JOB_BUDGET_BYTES and a row: up to 600 KB for a 64 KiB trigger of many atoms)
+# and the frame around it, under 1.5 MiB.
+PAGE_BUDGET_BYTES: Final = 512 << 10
 # Callbacks differing only in their work item are drawn as one row from this many on.
 GROUP_FROM: Final = 3
 FRAME: Final = "{frame}"
@@ -102,9 +118,29 @@ def jobs_body(source: Any, query: JobsQuery, explain: Explainer) -> Html:
         if not query.job_id
         else ""
     ]
-    parts += [_job(job, explain(job)) for job in answer.jobs]
-    if not query.job_id and len(answer.jobs) == JOBS_PER_PAGE:
-        older = JobsQuery(before=answer.jobs[-1].id).url()
+    size = 0
+    shown = 0
+    for job in answer.jobs:
+        if size >= PAGE_BUDGET_BYTES:
+            break
+        rendered = _job(job, explain(job))
+        parts.append(rendered)
+        size += len(rendered)
+        shown += 1
+    if query.job_id:
+        return join(parts)
+    if shown < len(answer.jobs):
+        # The jobs past the budget lead the next page, where the budget starts again.
+        parts.append(
+            tag(
+                "p",
+                f"{len(answer.jobs) - shown} more jobs of this page are on the next one: "
+                f"this page holds jobs up to {PAGE_BUDGET_BYTES >> 10} KiB.",
+                class_="hint",
+            )
+        )
+    if shown < len(answer.jobs) or len(answer.jobs) == JOBS_PER_PAGE:
+        older = JobsQuery(before=answer.jobs[shown - 1].id).url()
         parts.append(tag("p", tag("a", "Older jobs →", href=older), class_="pager"))
     return join(parts)
 
@@ -132,21 +168,43 @@ def _job(job: Any, explanations: Mapping[int, Explanation]) -> Html:
             class_="job",
             id=f"job-{job.id}",
         )
-    rows = []
-    for item in _grouped(list(job.callbacks)):
+    rows: list[Html] = []
+    size = 0
+    items = _grouped(list(job.callbacks))
+    for item in items:
+        if len(rows) == MAX_CALLBACK_ROWS or size >= JOB_BUDGET_BYTES:
+            break
         if isinstance(item, _FrameGroup):
-            rows.append(_group_row(item, explanations))
+            row = _group_row(job.id, item, explanations)
         else:
-            rows.append(_callback_row(item, explanations.get(item.id)))
+            row = _callback_row(job.id, item, explanations.get(item.id))
+        rows.append(row)
+        size += len(row)
     head = tag(
         "tr",
         *(tag("th", name) for name in ("#", "Trigger", "Latches", "Fired", "Waiting for", "Lang")),
     )
     table = tag("table", tag("thead", head), tag("tbody", *rows), class_="callbacks")
-    return tag("section", title, table, class_="job", id=f"job-{job.id}")
+    left_out = _callbacks_in(items[len(rows) :])
+    more = (
+        tag(
+            "p",
+            f"{left_out} more callbacks are not shown (a job shows at most "
+            f"{MAX_CALLBACK_ROWS} rows, up to {JOB_BUDGET_BYTES >> 10} KiB): "
+            f"cbexec triggers why {job.id} lists them all.",
+            class_="hint more-callbacks",
+        )
+        if left_out
+        else ""
+    )
+    return tag("section", title, table, more, class_="job", id=f"job-{job.id}")
 
 
-def _callback_row(callback: Any, explanation: Explanation | None) -> Html:
+def _callbacks_in(items: list[Any]) -> int:
+    return sum(len(item.members) if isinstance(item, _FrameGroup) else 1 for item in items)
+
+
+def _callback_row(job_id: int, callback: Any, explanation: Explanation | None) -> Html:
     origin = (
         tag("span", "universal", class_="tag", title=callback.source) if callback.universal else ""
     )
@@ -154,7 +212,7 @@ def _callback_row(callback: Any, explanation: Explanation | None) -> Html:
     waiting: object = ""
     if explanation is not None:
         if callback.per_work_item:
-            latches = _work_latches(explanation, callback.maximum)
+            latches = _work_latches(explanation, callback.maximum, f"{job_id}:{callback.id}")
         else:
             latches = join(
                 _latch(atom.text, atom.words, ALL if atom.latched else NONE)
@@ -190,7 +248,7 @@ def _latch(text: str, words: str, held: str, items: str = "") -> Html:
     return tag("span", *shown, class_=css, title=f"{said}: {words}")
 
 
-def _work_latches(explanation: Explanation, maximum: int) -> Html:
+def _work_latches(explanation: Explanation, maximum: int, why: str) -> Html:
     """A {work} callback's atoms, each latched in how many of its items, then its strip."""
     if not explanation.items:  # ExplainCallbacks did not say (the latches alone hold no item)
         atoms = [
@@ -213,13 +271,22 @@ def _work_latches(explanation: Explanation, maximum: int) -> Html:
         for atom, held in zip(explanation.atoms, latched, strict=True)
     ]
     frames = _work_frames(explanation, maximum)
+    drawn = draw_strip(frames)
     return join(
         [
             *atoms,
-            strip(frames),
+            drawn.html,
             tag("p", f"{_items(len(frames))}: {tally(frames)}", class_="hint tally"),
+            _strip_summary(drawn, f"cbexec triggers why {why} --work NAME"),
         ]
     )
+
+
+def _strip_summary(drawn: StripDrawn, command: str) -> Html:
+    """How a long strip was drawn, and the command for each frame's own state ("" for a short one)."""
+    if not drawn.summary:
+        return Html("")
+    return tag("p", f"{drawn.summary}; each frame in full: {command}", class_="hint strip-summary")
 
 
 def _work_frames(explanation: Explanation, maximum: int) -> list[Frame]:
@@ -305,7 +372,7 @@ def _grouped(callbacks: list[Any]) -> list[Any]:
     return items
 
 
-def _group_row(group: _FrameGroup, explanations: Mapping[int, Explanation]) -> Html:
+def _group_row(job_id: int, group: _FrameGroup, explanations: Mapping[int, Explanation]) -> Html:
     frames = []
     for frame, callback in group.members:
         explanation = explanations.get(callback.id)
@@ -330,11 +397,17 @@ def _group_row(group: _FrameGroup, explanations: Mapping[int, Explanation]) -> H
             tag("span", "the same trigger for each frame", class_="hint"),
         ]
     )
+    drawn = draw_strip(frames)
     return tag(
         "tr",
         tag("td", f"{first.id}-{last.id}"),
         tag("td", trigger),
-        tag("td", strip(frames), colspan=2),
+        tag(
+            "td",
+            drawn.html,
+            _strip_summary(drawn, f"cbexec triggers why {job_id}:CALLBACK"),
+            colspan=2,
+        ),
         tag(
             "td",
             f"{len(frames)} callbacks, one per frame ({frames[0].name} … {frames[-1].name}): "

@@ -177,6 +177,48 @@ async def test_one_callback_per_frame_is_a_strip_of_its_frames(
     assert "5 callbacks, one per frame (1 … 5): 3 fired and waiting again, 2 waiting" in row
 
 
+async def test_a_job_of_100000_frames_is_a_small_page_that_says_what_it_leaves_out(
+    web: Stack, browser: Browser
+) -> None:
+    # Probe 53: one {work} job of 100,000 frames drew a cell per frame, a 9.9 MB page that
+    # an open tab fetched again every few seconds (five such jobs: 49 MB, 30 s to load).
+    frames = [str(n) for n in range(1, 100_001)]
+    # Half latched by each frame that completes; it never fires (the job does not fail).
+    trigger = "complete-work-self-{work} && failed-job-self"
+    job = {
+        "name": "big",
+        "agenda": frames,
+        "callbacks": [{"triggers": trigger, "language": "qube", "code": "unblock-self"}],
+    }
+    async with FarmClient(web.channel) as farm:
+        (big,) = (await farm.submit_jobs([job])).jobs
+        await farm.change_work(job_id=big.id, work=["1-1000"], change="complete")
+    await web.settle()
+
+    await browser.open(page(web, "/jobs"))
+    strip = await browser.wait_for(f"#job-{big.id} .frames")
+    cells = "return [...document.querySelectorAll(arguments[0])].map(e => e.textContent)"
+    assert await browser.script(cells, f"#job-{big.id} .frame") == [
+        "1 … 1000",
+        "1001 … 100000",
+    ], strip
+    assert await browser.text(f"#job-{big.id} p.tally") == (
+        "100000 work items: 1000 half latched, 99000 waiting, nothing latched"
+    )
+    assert await browser.text(f"#job-{big.id} p.strip-summary") == (
+        "100000 frames drawn as 2 runs of the same state; each frame in full: "
+        f"cbexec triggers why {big.id}:1 --work NAME"
+    )
+    length = await browser.script("return document.documentElement.outerHTML.length")
+    assert length < 64 << 10
+    # What the open tab fetches again every 2 s is as small.
+    refreshed = await browser.script(
+        "const x = new XMLHttpRequest(); x.open('GET', '/jobs?part=body', false); x.send();"
+        "return x.responseText.length"
+    )
+    assert refreshed < 64 << 10
+
+
 async def test_a_newline_in_a_job_name_is_shown_as_an_escape(web: Stack, browser: Browser) -> None:
     # It reached the <h2> raw, and Chromium drew it as a space: "real 999\x0dprod".
     await web.client.register_job(
