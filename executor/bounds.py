@@ -38,6 +38,10 @@ MAX_TRACEBACK_BYTES: Final = 64 << 10
 # event's id, context and extra, an actor. Each is stored, journaled and sent on in
 # events and reports; a Qube name is far shorter. Characters, as Python counts them.
 MAX_NAME_CHARS: Final = 1024
+# The largest request the executor's gRPC server takes (its receive limit). Above gRPC's
+# 4 MiB default, so an oversized callback meets our own validation (a clear
+# INVALID_ARGUMENT naming the field) instead of a transport-level refusal.
+MAX_REQUEST_BYTES: Final = 16 << 20
 # Ids are stored as SQLite integers (signed 64 bits): a uint64 above this cannot be kept,
 # so neither a request nor a callback's qb call may name one. Instance ids are int32.
 MAX_ID: Final = (1 << 63) - 1

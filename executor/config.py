@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from executor.bounds import MAX_REQUEST_BYTES
 from executor.errors import ConfigError
 from executor.model import Language, Limits
 from executor.runtimes.mail import MailSettings
@@ -156,6 +157,11 @@ class Settings:
     max_concurrent: int = field(default_factory=default_max_concurrent)
     # Requests waiting for a slot; beyond it RESOURCE_EXHAUSTED.
     max_queue: int = 256
+    # What the requests waiting for a slot may total, in bytes as received (each up to
+    # 16 MiB); beyond it RESOURCE_EXHAUSTED, as past max_queue. A waiting request is held
+    # about twice over (its bytes, the job dict made of them): max_queue alone let 256
+    # requests of 16 MiB hold ~8 GiB (~15 GB before the parsed copy was let go of).
+    max_queue_bytes: int = 256 * MIB
     # Enabled languages (Qube's supervisor_language_flags). Unlike Qube, python and perl are
     # on: they run sandboxed here, not inside the supervisor.
     languages: frozenset[Language] = frozenset(Language)
@@ -795,6 +801,11 @@ def _check_runs(settings: Settings) -> Iterator[str]:
         yield (
             f"max_queue: must be at most {MAX_QUEUE} (GetMetrics carries it in 32 bits),"
             f" got {settings.max_queue}"
+        )
+    if settings.max_queue_bytes < MAX_REQUEST_BYTES:
+        yield (
+            f"max_queue_bytes: must be at least {MAX_REQUEST_BYTES} (16 MiB, the largest"
+            f" request, which may then wait; the value is in bytes), got {settings.max_queue_bytes}"
         )
 
 

@@ -1,7 +1,10 @@
 """Admission and dispatch: bounded slots and queue, language gating, one owned task and one RunResult per run.
 
 Every run takes a slot (its pids cgroup is the slot's), or waits in a bounded queue;
-past the queue the request is refused with CapacityError (RESOURCE_EXHAUSTED). Python
+past the queue the request is refused with CapacityError (RESOURCE_EXHAUSTED). The queue
+is bounded twice: by the runs waiting (``max_queue``), and by the bytes their requests
+came in (``max_queue_bytes``): each is held until its run has ended, so the count alone
+let 256 requests of 16 MiB take the executor to many GB. Python
 and Perl run in a sandboxed child; qube code strings run in the executor's own
 interpreter.
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import logging
 import time
@@ -113,12 +117,19 @@ class ChildRunner(Protocol):
         ...
 
 
+def _mib(size_bytes: int) -> str:
+    return f"{size_bytes / (1 << 20):.1f} MiB"
+
+
 class _Slots:
     """The concurrency slots, handed out first come, first served; a bounded queue for the rest."""
 
-    def __init__(self, count: int, max_queue: int) -> None:
+    def __init__(self, count: int, max_queue: int, max_queue_bytes: int | None = None) -> None:
         self.count = count
         self.max_queue = max_queue
+        # None: no bound on the waiting requests' bytes (unit tests).
+        self.max_queue_bytes = max_queue_bytes
+        self.waiting_bytes = 0  # the waiting tickets' request bytes, counted as ``waiting``
         # Free slots in the order they came back: the one idle longest goes first, so runs
         # rotate over the cells (and over the children prepared in them).
         self._free = collections.deque(range(count))
@@ -132,24 +143,42 @@ class _Slots:
     def busy(self) -> int:
         return self.count - len(self._free)
 
-    def ticket(self, *, fired: bool) -> asyncio.Future[int | None]:
-        """A place: a free slot at once, else in the queue. CapacityError past its bound."""
+    def ticket(self, *, fired: bool, request_bytes: int = 0) -> asyncio.Future[int | None]:
+        """A place: a free slot at once, else in the queue. CapacityError past its bounds.
+
+        ``request_bytes``: what the run's request takes as received, held while it waits.
+        """
         ticket: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         if self._free:
             ticket.set_result(self._free.popleft())
             return ticket
-        if not fired and self.waiting >= self.max_queue:
+        if not fired:
+            self._refuse_past_bounds(request_bytes)
+        self._queue.append(ticket)
+        self.waiting += 1
+        self.waiting_bytes += request_bytes
+        # A slot, a withdrawal or a cancellation.
+        ticket.add_done_callback(functools.partial(self._left_queue, request_bytes))
+        return ticket
+
+    def _refuse_past_bounds(self, request_bytes: int) -> None:
+        if self.waiting >= self.max_queue:
             raise CapacityError(
                 f"all {self.count} slots are busy and {self.waiting} runs are queued; retry later",
                 retry_after_s=1.0,
             )
-        self._queue.append(ticket)
-        self.waiting += 1
-        ticket.add_done_callback(self._left_queue)  # a slot, a withdrawal or a cancellation
-        return ticket
+        limit = self.max_queue_bytes
+        if limit is not None and self.waiting_bytes + request_bytes > limit:
+            raise CapacityError(
+                f"all {self.count} slots are busy and the {self.waiting} queued requests take "
+                f"{_mib(self.waiting_bytes)}; with this one's {_mib(request_bytes)} they would "
+                f"pass max_queue_bytes ({_mib(limit)}); retry later",
+                retry_after_s=1.0,
+            )
 
-    def _left_queue(self, ticket: asyncio.Future[int | None]) -> None:
+    def _left_queue(self, request_bytes: int, ticket: asyncio.Future[int | None]) -> None:
         self.waiting -= 1
+        self.waiting_bytes -= request_bytes
 
     def withdraw(self, ticket: asyncio.Future[int | None]) -> None:
         """A stopped run leaves the queue: its ticket resolves to None."""
@@ -199,6 +228,7 @@ class Dispatcher:
         languages: frozenset[Language],
         max_concurrent: int,
         max_queue: int,
+        max_queue_bytes: int | None = None,
         on_result: Callable[[Invocation, RunResult], Awaitable[object] | None] | None = None,
         policies: PolicySet | None = None,
         refusal: Callable[[], str] = lambda: "",
@@ -211,7 +241,7 @@ class Dispatcher:
         self._supervisor = supervisor
         self._qube = qube
         self._languages = languages
-        self._slots = _Slots(max_concurrent, max_queue)
+        self._slots = _Slots(max_concurrent, max_queue, max_queue_bytes)
         self._runs: dict[str, _Run] = {}
         self._draining = False
         self._on_result = on_result
@@ -228,12 +258,24 @@ class Dispatcher:
         """Runs waiting for a slot."""
         return self._slots.waiting
 
+    @property
+    def waiting_bytes(self) -> int:
+        """What the requests of the runs waiting for a slot came in as, in bytes."""
+        return self._slots.waiting_bytes
+
     async def execute(
-        self, invocation: Invocation, *, fired: bool = False, deadline: float | None = None
+        self,
+        invocation: Invocation,
+        *,
+        fired: bool = False,
+        deadline: float | None = None,
+        request_bytes: int = 0,
     ) -> RunResult:
         """Run one invocation to its RunResult. Raises CapacityError / UnavailableError.
 
-        ``fired``: the trigger engine fired it; it is never refused for a full queue. If
+        ``fired``: the trigger engine fired it; it is never refused for a full queue.
+        ``request_bytes``: the size its request came in, counted against
+        ``max_queue_bytes`` while it waits for a slot (its caller's gRPC call holds it). If
         the caller is cancelled, the run is stopped (KILLED, recorded, its failure saying
         whether the caller's ``deadline``, a ``time.monotonic()`` value, had passed or it
         cancelled) and the cancellation goes on once it has ended.
@@ -269,7 +311,7 @@ class Dispatcher:
             )
         if refusal is not None:
             return await self._refused(invocation, language, refusal)
-        run, task = self._admit(invocation, language, fired=fired)
+        run, task = self._admit(invocation, language, fired=fired, request_bytes=request_bytes)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -294,7 +336,7 @@ class Dispatcher:
         return self._policies.get(invocation.policy) if self._policies is not None else None
 
     def _admit(
-        self, invocation: Invocation, language: Language, *, fired: bool
+        self, invocation: Invocation, language: Language, *, fired: bool, request_bytes: int
     ) -> tuple[_Run, asyncio.Task[RunResult]]:
         """Take a place for the run (CapacityError) and start the task that owns it."""
         if invocation.invocation_id in self._runs:
@@ -302,7 +344,7 @@ class Dispatcher:
                 f"a run with invocation_id {invocation.invocation_id!r} is still in progress; "
                 "retry once it has ended"
             )
-        ticket = self._slots.ticket(fired=fired)
+        ticket = self._slots.ticket(fired=fired, request_bytes=request_bytes)
         run = _Run(invocation, language, RunStop(), fired=fired)
         task = run.task = asyncio.create_task(
             self._run(run, ticket), name=f"run {invocation.invocation_id}"

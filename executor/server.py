@@ -34,7 +34,7 @@ from typing import Any, Final
 
 import grpc
 
-from executor import data_dir
+from executor import data_dir, heap_return
 from executor.api import edge as api_edge
 from executor.api import embedded as api_embedded
 from executor.api import security
@@ -127,6 +127,7 @@ def _spawner(settings: Settings, options: SandboxOptions) -> Spawner:
 
 async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the whole assembly
     """Build and start everything the settings describe."""
+    heap_return.keep_large_blocks_apart()  # a large request's memory is given back after it
     async with AsyncExitStack() as stack:
         credentials = security.server_credentials(settings)  # bad TLS files fail first
         security.check_bindable(settings.bind)
@@ -200,6 +201,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             languages=settings.languages,
             max_concurrent=settings.max_concurrent,
             max_queue=settings.max_queue,
+            max_queue_bytes=settings.max_queue_bytes,
             on_result=recorder.on_result,
             policies=policies,
             refusal=recorder.outbox.refusal if recorder.outbox is not None else lambda: "",

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from executor import logs
 from executor.api import convert
 from executor.api.errors import Context, grpc_errors
+from executor.api.interceptors import request_bytes
 from executor.dispatcher import Dispatcher
 from executor.errors import AlreadyExistsError, PermissionDeniedError, UnavailableError
 from executor.model import Invocation, Limits
@@ -64,16 +65,22 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
             cap_name=cap_name,
         )
         logs.invocation_id.set(invocation.invocation_id)
+        named_id = bool(request.invocation_id)  # one the executor makes names no earlier run
+        # The parsed request is a copy of the bytes gRPC holds (a 16 MiB one, 16 MiB more):
+        # not kept while the run waits for a slot and runs; the invocation has what it needs.
+        del request
         if self._storage is not None and (problem := self._storage.problem):
             # Its effects would happen and its result be lost: a retry would repeat them.
             raise UnavailableError(
                 f"the executor cannot record results now, so it runs nothing: {problem}"
             )
-        if request.invocation_id:  # one the executor makes names no earlier run
+        if named_id:
             await self._refuse_another_runs_id(invocation)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        result = await self._dispatcher.execute(invocation, deadline=deadline)
+        result = await self._dispatcher.execute(
+            invocation, deadline=deadline, request_bytes=request_bytes.get()
+        )
         return convert.response_from_result(result)
 
     async def _refuse_another_runs_id(self, invocation: Invocation) -> None:

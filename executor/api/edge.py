@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import grpc
@@ -27,8 +27,10 @@ from executor.api.interceptors import CallGuard
 from executor.api.reflection import enable_reflection
 from executor.api.runs import RunServicer
 from executor.api.triggers import TriggerServicer
+from executor.bounds import MAX_REQUEST_BYTES
 from executor.config import Settings
 from executor.dispatcher import Dispatcher
+from executor.heap_return import HeapTrimmer
 from executor.policies import PolicySet
 from executor.runs.invocation_ids import IdUse, LocalIds
 from executor.runs.metrics import Metrics
@@ -38,9 +40,6 @@ from executor.triggers.engine import TriggerEngine
 from supervisor_client.credentials import KEEPALIVE_TIME_MS
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc, farm_pb2, farm_pb2_grpc
 
-# Above gRPC's 4 MiB default, so an oversized callback meets our own validation (a clear
-# INVALID_ARGUMENT naming the field) instead of a transport-level refusal.
-MAX_REQUEST_BYTES: Final = 16 << 20
 SERVICES: Final = tuple(
     service.full_name for service in executor_pb2.DESCRIPTOR.services_by_name.values()
 )
@@ -64,6 +63,8 @@ class Edge:
     own_channel: grpc.aio.Channel
     # The services registered (health answers for each by name).
     services: tuple[str, ...] = SERVICES
+    # Gives back the memory of large requests after them (heap_return.py).
+    trimmer: HeapTrimmer = field(default_factory=HeapTrimmer)
     _stopping: bool = False
     _pending_health: asyncio.Future[None] | None = None
 
@@ -107,6 +108,7 @@ class Edge:
         """Stop serving (calls in flight get ``grace_s`` to finish) and close our channel."""
         await self.server.stop(grace_s)
         await self.own_channel.close()
+        await self.trimmer.close()
 
 
 def build(
@@ -136,7 +138,8 @@ def build(
             *KEEPALIVE_SERVER_OPTIONS,
         ],
     )
-    guarded = CallGuard(server, metrics)  # registers each service's methods guarded
+    trimmer = HeapTrimmer()
+    guarded = CallGuard(server, metrics, trimmer)  # registers each service's methods guarded
     guarded.register(
         executor_pb2_grpc.add_CallbackExecutorServiceServicer_to_server,
         CallbackExecutorServicer(
@@ -161,4 +164,4 @@ def build(
     enable_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = security.add_port(server, settings, credentials)
     own_channel = security.own_channel(server, settings, port)
-    return Edge(server, port, health_servicer, own_channel, services)
+    return Edge(server, port, health_servicer, own_channel, services, trimmer)

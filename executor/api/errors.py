@@ -86,8 +86,11 @@ def grpc_errors(handler: Handler[Request, Response]) -> Handler[Request, Respons
 
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Request, context: Context) -> Response:
+        # Only the handler holds the request, so it can let go of it (see CallGuard).
+        calling = handler(self, request, context)
+        del request
         try:
-            return await handler(self, request, context)
+            return await calling
         except ExecutorError as err:
             if isinstance(err, CapacityError):
                 context.set_trailing_metadata((("retry-after-s", f"{err.retry_after_s:g}"),))

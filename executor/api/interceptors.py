@@ -7,6 +7,9 @@ UNKNOWN "Unexpected <class 'DecodeError'>" and a traceback. A string field holdi
 invalid UTF-8 is named (``undecodable.py``): protobuf's own error does not say which. It also counts the calls
 refused at capacity: those never reach the dispatcher's ``on_result`` (nothing ran), so
 they are counted where they become visible, as RESOURCE_EXHAUSTED leaving the server.
+And it tells the method how large its request came in (``request_bytes``): gRPC holds
+those bytes until the call ends, so a queued Execute counts them against
+``max_queue_bytes``.
 
 Calls refused for their token are logged through ``RefusalLog``: anyone who can reach
 the port can make them, so the log says so once a minute per address and reason, with
@@ -15,9 +18,11 @@ how many were left out, instead of once per call.
 
 from __future__ import annotations
 
+import contextvars
 import hmac
 import logging
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -29,6 +34,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health
 
 from executor.api.undecodable import invalid_utf8_field
+from executor.heap_return import HeapTrimmer
 from executor.runs.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -48,6 +54,9 @@ REFUSAL_LOG_INTERVAL_S: Final = 60.0
 # Addresses remembered at most; beyond them new ones share one entry (see RefusalLog).
 REFUSAL_LOG_MAX_KEYS: Final = 1024
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable["MethodHandler | None"]]
+# The size, as received, of the request the current call is handling (each call is a task
+# of its own, so its own value): set by CallGuard, 0 outside a guarded call.
+request_bytes: Final = contextvars.ContextVar[int]("request_bytes", default=0)
 
 
 @dataclass(slots=True)
@@ -171,6 +180,7 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
 
         async def refuse(request: Any, context: Context) -> Any:
+            del request  # not read, nor held by the abort's frames (see _let_go_of_frames)
             # Here, not above: only the call's context knows who made it.
             self._refusals.refused(peer_address(context.peer()), method, reason)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, _TOLD[reason])
@@ -216,9 +226,12 @@ class CallGuard:
     bare server), more than finding the method in a generic handler's dict.
     """
 
-    def __init__(self, server: grpc.aio.Server, metrics: Metrics) -> None:
+    def __init__(
+        self, server: grpc.aio.Server, metrics: Metrics, trimmer: HeapTrimmer | None = None
+    ) -> None:
         self._server = server
         self._metrics = metrics
+        self._trimmer = trimmer or HeapTrimmer()
 
     def register(self, add_to_server: Callable[[S, Any], None], servicer: S) -> None:
         """``add_to_server(servicer, server)`` (generated), each method guarded."""
@@ -245,8 +258,9 @@ class CallGuard:
         decode = handler.request_deserializer
         metrics = self._metrics if method.startswith(ADMISSION_METHODS) else None
         request_type = _request_type(method)
+        trimmer = self._trimmer
 
-        async def guarded(raw: bytes, context: Context) -> Any:
+        async def answer(raw: bytes, context: Context) -> Any:
             try:
                 request = decode(raw) if decode is not None else raw
             except (DecodeError, RecursionError, UnicodeDecodeError, ValueError) as err:
@@ -258,15 +272,49 @@ class CallGuard:
                         f": {field} is not valid UTF-8 (no string field may hold other bytes)"
                     )
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal)
+            # Only the method holds the parsed request, so it can let go of it (Execute
+            # does, once it has made its invocation: a queued run need not keep it).
+            calling = behavior(request, context)
+            del request
             try:
-                return await behavior(request, context)
+                return await calling
             finally:
                 if metrics is not None and context.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     metrics.note_rejected()
 
+        async def guarded(raw: bytes, context: Context) -> Any:
+            size = len(raw)
+            request_bytes.set(size)
+            answering = answer(raw, context)
+            del raw  # ``answering`` holds it, and lets go of it when it aborts (below)
+            try:
+                return await answering
+            except grpc.aio.AbortError as aborted:
+                _let_go_of_frames(aborted)
+                raise
+            finally:
+                trimmer.after_request(size)
+
         return grpc.unary_unary_rpc_method_handler(
             guarded, request_deserializer=None, response_serializer=handler.response_serializer
         )
+
+
+def _let_go_of_frames(aborted: BaseException) -> None:
+    """Clear the ended frames of ``aborted``'s traceback and of the errors it came from.
+
+    gRPC keeps an abort's exception on its call (``RPCState.abort_exception``) and every
+    frame it went through holds the call's context: a reference cycle, which only the
+    cyclic collector frees, and that an idle executor may not run for minutes. It held
+    what those frames did: a refused Execute's request, bytes and parsed message, and
+    the job dict made of it, up to 16 MiB each, long after the refusal was sent.
+    """
+    error: BaseException | None = aborted
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
 
 
 def _same_kind(handler: MethodHandler, behavior: Behavior) -> MethodHandler:

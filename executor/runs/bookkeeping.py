@@ -22,7 +22,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from executor.errors import UnavailableError
@@ -59,6 +59,15 @@ class _Entry:
     started_at: float
     # False: the .cb log and the metrics only (a fleet's run fenced off, Recorder).
     in_history: bool = True
+
+    def for_history(self) -> _Entry:
+        """This entry with what its history record needs of the job: only its id.
+
+        For runs kept while the history refuses them (up to ``MAX_UNRECORDED``): an
+        Execute's job holds the caller's Struct, up to 16 MiB.
+        """
+        job = {"id": self.invocation.job_id}
+        return replace(self, invocation=replace(self.invocation, job=job))
 
 
 class BookkeepingWriter:
@@ -162,15 +171,23 @@ class BookkeepingWriter:
                 elif self._unrecorded:
                     self._record_unrecorded()
             finally:
-                with self._changed:
-                    self._unwritten -= len(batch)
-                    for entry in batch:
-                        if self._pending.get(entry.result.invocation_id) is entry.invocation:
-                            del self._pending[entry.result.invocation_id]
-                    self._changed.notify_all()
+                self._written(batch)
+            # Not held while this thread waits for the next runs: each entry's invocation
+            # holds its job, an Execute's Struct among it (up to 16 MiB), which the last
+            # batch of a burst kept alive until the next run ended.
+            del batch
             if time.monotonic() >= next_prune:
                 self._prune()
                 next_prune = time.monotonic() + self._prune_every_s
+
+    def _written(self, batch: list[_Entry]) -> None:
+        """``batch`` is written (or given up): flush() may return, the history shows it."""
+        with self._changed:
+            self._unwritten -= len(batch)
+            for entry in batch:
+                if self._pending.get(entry.result.invocation_id) is entry.invocation:
+                    del self._pending[entry.result.invocation_id]
+            self._changed.notify_all()
 
     def _prune(self) -> None:
         """Prune the history now; a storage that refuses is tried at the next turn."""
@@ -221,14 +238,16 @@ class BookkeepingWriter:
                 ids = ", ".join(e.result.invocation_id for e in records)
                 logger.exception("runs %s: writing the history failed", ids)
                 return
-            kept = records[-MAX_UNRECORDED:]
+            kept = [entry.for_history() for entry in records[-MAX_UNRECORDED:]]
             given_up = len(records) - len(kept)
             # Once per batch of new runs; the quiet retries in between say nothing new.
             logger.log(
                 logging.WARNING if batch or given_up else logging.DEBUG,
                 "runs %s: the history was not written (%s); %d runs wait to be written%s",
                 ", ".join(e.result.invocation_id for e in batch) or "(earlier)",
-                err,
+                # Its text: a record kept by a handler would keep the error's traceback,
+                # and through its frames every run of this try, jobs and all.
+                str(err),
                 len(kept),
                 f", {given_up} older ones are given up" if given_up else "",
             )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import sqlite3
 import time
+import weakref
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -228,3 +231,59 @@ def test_a_runs_cb_entry_is_written_before_its_history_record(tmp_path: Path) ->
         submit(writer, f"run-{n}")
     writer.close()
     assert history.logged_first == [True, True, True]
+
+
+class Bulk:
+    """Stands for a job's large contents (an Execute's Struct): a weak reference sees it go."""
+
+
+def released(ref: weakref.ref[Bulk], timeout_s: float = 5.0) -> bool:
+    """Whether ``ref``'s object is let go of within ``timeout_s`` (the thread may still hold it)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        gc.collect()
+        if ref() is None:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def bulky_invocation(inv_id: str) -> tuple[Invocation, weakref.ref[Bulk]]:
+    bulk = Bulk()
+    return replace(invocation(inv_id), job={"id": 10, "extra": bulk}), weakref.ref(bulk)
+
+
+def test_a_written_run_is_not_held_while_the_thread_waits_for_the_next(
+    history: CountedHistory, tmp_path: Path
+) -> None:
+    writer = BookkeepingWriter(history, CallbackLog(tmp_path / "logs", 1 << 20), Metrics())
+    inv, ref = bulky_invocation("run-big")
+    now = time.time()
+    writer.submit(inv, result("run-big"), ended_at=now, started_at=now - 0.5)
+    del inv
+    assert writer.flush()
+    # The last batch of a burst was held until the next run ended: its jobs with it.
+    assert released(ref)
+    writer.close()
+    assert history.get("run-big") is not None
+
+
+def test_a_run_kept_for_a_full_disk_keeps_only_its_jobs_id(tmp_path: Path) -> None:
+    history = FullDisk(tmp_path / "runs.db", retention_days=1, max_runs=1000)
+    history.transactions = []
+    writer = BookkeepingWriter(history, CallbackLog(tmp_path / "logs", 1 << 20), Metrics())
+    inv, ref = bulky_invocation("run-big")
+    now = time.time()
+    writer.submit(inv, result("run-big"), ended_at=now, started_at=now - 0.5)
+    del inv
+    assert writer.flush()
+    assert released(ref)  # waiting for the disk, without the job's contents
+    assert history.count() == 0
+    history.full = False  # space returns: the run is written at the next try
+    deadline = time.monotonic() + 10
+    while history.count() < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    writer.close()
+    record = history.get("run-big")
+    assert record is not None
+    assert record.job_id == 10

@@ -97,6 +97,17 @@ def test_the_clients_address_variable_is_not_a_setting() -> None:
     assert settings.max_queue == 9
 
 
+def test_the_queues_bytes_default_to_256_mib_and_are_set_in_a_file_or_the_environment(
+    tmp_path: Path,
+) -> None:
+    assert config.Settings().max_queue_bytes == 256 << 20
+    toml = tmp_path / "c.toml"
+    toml.write_text("max_queue_bytes = 67_108_864\n")
+    assert config.validate(config.from_toml(config.Settings(), toml)).max_queue_bytes == 64 << 20
+    env = config.from_env(config.Settings(), {"CBEXEC_MAX_QUEUE_BYTES": "16777216"})
+    assert config.validate(env).max_queue_bytes == 16 << 20
+
+
 def test_max_concurrent_zero_means_the_hosts_default() -> None:
     settings = config.from_env(config.Settings(max_concurrent=3), {"CBEXEC_MAX_CONCURRENT": "0"})
     assert settings.max_concurrent == config.default_max_concurrent()
@@ -123,6 +134,11 @@ def test_policies_come_from_the_config_file_not_the_environment(variable: str) -
             "max_concurrent: must be at least 1 (0 means the default), got -2",
         ),
         ({"CBEXEC_HISTORY_MAX_RUNS": "0"}, "history_max_runs: must be at least 1, got 0"),
+        (
+            {"CBEXEC_MAX_QUEUE_BYTES": "16777215"},
+            "max_queue_bytes: must be at least 16777216 (16 MiB, the largest request, which "
+            "may then wait; the value is in bytes), got 16777215",
+        ),
         (
             {"CBEXEC_HISTORY_MAX_BYTES": "1024"},
             "history_max_bytes: must be at least 1048576 (1 MiB; the value is in bytes), got 1024",

@@ -90,7 +90,14 @@ class FakeQube:
 
 
 class Harness:
-    def __init__(self, *, slots: int, queue: int, languages: str = "python,qube") -> None:
+    def __init__(
+        self,
+        *,
+        slots: int,
+        queue: int,
+        languages: str = "python,qube",
+        queue_bytes: int | None = None,
+    ) -> None:
         self.runner = FakeRunner()
         self.recorded: list[RunResult] = []
         self.dispatcher = Dispatcher(
@@ -100,13 +107,18 @@ class Harness:
             languages=frozenset(Language(name) for name in languages.split(",")),
             max_concurrent=slots,
             max_queue=queue,
+            max_queue_bytes=queue_bytes,
             on_result=lambda invocation, result: self.recorded.append(result),
         )
 
     def start(
-        self, code: str, *, fired: bool = False, language: str = "python"
+        self, code: str, *, fired: bool = False, language: str = "python", request_bytes: int = 0
     ) -> asyncio.Task[RunResult]:
-        return asyncio.create_task(self.dispatcher.execute(invocation(code, language), fired=fired))
+        return asyncio.create_task(
+            self.dispatcher.execute(
+                invocation(code, language), fired=fired, request_bytes=request_bytes
+            )
+        )
 
     def execute(self, code: str, *, fired: bool = False, language: str = "python") -> Any:
         return self.dispatcher.execute(invocation(code, language), fired=fired)
@@ -157,6 +169,48 @@ async def test_runs_take_free_slots_then_queue_in_order_then_are_refused() -> No
     assert [r.invocation_id for r in harness.recorded] == ["run-b", "run-a", "run-c", "run-d"]
     assert results[2].usage.queue_seconds > 0
     assert (harness.dispatcher.active, harness.dispatcher.waiting) == (0, 0)
+
+
+MIB = 1 << 20
+
+
+async def test_the_queue_is_refused_past_the_bytes_its_requests_may_total() -> None:
+    harness = Harness(slots=1, queue=100, queue_bytes=32 * MIB)
+    running = harness.start("a", request_bytes=15 * MIB)  # a slot: not counted
+    queued = [harness.start(code, request_bytes=15 * MIB) for code in "bc"]
+    await settle()
+    assert (harness.dispatcher.waiting, harness.dispatcher.waiting_bytes) == (2, 30 * MIB)
+
+    with pytest.raises(CapacityError, match="would pass max_queue_bytes") as refused:
+        await harness.dispatcher.execute(invocation("d"), request_bytes=15 * MIB)
+    assert refused.value.retry_after_s == 1.0
+    assert "the 2 queued requests take 30.0 MiB; with this one's 15.0 MiB" in str(refused.value)
+    small = harness.start("e", request_bytes=2 * MIB)  # what still fits waits
+    fired = harness.start("fired", fired=True, request_bytes=15 * MIB)  # never refused
+    await settle()
+    assert harness.dispatcher.waiting_bytes == 47 * MIB  # past the bound: fired runs wait
+
+    for code in ["a", "b", "c", "e", "fired"]:
+        harness.runner.finish(code)
+        await settle()
+    await asyncio.gather(running, *queued, small, fired)
+    assert (harness.dispatcher.waiting, harness.dispatcher.waiting_bytes) == (0, 0)
+
+
+async def test_a_queued_run_stopped_before_its_slot_gives_back_its_bytes() -> None:
+    harness = Harness(slots=1, queue=100, queue_bytes=20 * MIB)
+    running = harness.start("a")
+    queued = harness.start("b", request_bytes=15 * MIB)
+    await settle()
+    assert harness.dispatcher.waiting_bytes == 15 * MIB
+    queued.cancel()  # its caller's deadline
+    await asyncio.gather(queued, return_exceptions=True)
+    assert harness.dispatcher.waiting_bytes == 0
+    again = harness.start("c", request_bytes=15 * MIB)  # fits again
+    await settle()
+    harness.runner.finish("a")
+    harness.runner.finish("c")
+    await asyncio.gather(running, again)
 
 
 async def test_a_fired_run_is_never_refused_for_a_full_queue() -> None:
