@@ -55,9 +55,8 @@ class DataDirLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise _in_use(data_dir, fd) from None
-        finally:
-            os.close(fd)
+            raise _in_use(data_dir, fd) from None  # it closes fd
+        os.close(fd)
 
 
 def _in_use(data_dir: Path, fd: int) -> ConfigError:

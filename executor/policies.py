@@ -388,12 +388,12 @@ def _bind(
         raise _error(name, f"{key}.mode", f"expected 'ro' or 'rw', got {mode!r}")
     # A run mounts these very directories, reached by these resolved paths, or none.
     fresh = any(_under(real_target, os.path.realpath(mask)) for mask in (private_tmp, *masked))
-    if not fresh and (writer := _written_by_others(os.path.dirname(real_target))) is not None:
+    if not fresh and (who := _renamed_by_others(real_target)) is not None:
         raise _error(
             name,
             f"{key}.target",
-            f"{_swappable(target, writer)}; make the directories on its way writable by root "
-            f"only, or choose a target under {private_tmp} (made in the callback's private one)",
+            f"{_swappable(target, who)}; make it and the directories on its way root's alone, "
+            f"or choose a target under {private_tmp} (made in the callback's private one)",
         )
     return Bind(
         real,
@@ -404,36 +404,39 @@ def _bind(
     )
 
 
-def _written_by_others(directory: str, *, group: bool = False) -> str | None:
-    """The first directory from ``/`` down to ``directory`` that users other than root may write.
+def _renamed_by_others(path: str, *, group: bool = False) -> str | None:
+    """Who other than root may rename ``path`` or a directory on its way; None when nobody.
 
-    Said as "DIR, which ... may write (mode M, owner uid U, group gid G)"; None when none
-    is. A user's own directory, or one anyone may write; with ``group``, one a group
-    other than root's may write. A sticky directory lets others rename only their own
-    entries, not root's.
+    A directory's entries are renamed by whoever may write it: its owner, anyone when
+    anyone may write it. In a sticky one (``/tmp``) only an entry's own owner may, so
+    there the entry's owner counts. With ``group``: a group other than root's that may
+    write a directory on the way (a system group's ``/var/log``), which is a warning.
     """
-    parts = [part for part in directory.split("/") if part]
-    for depth in range(len(parts) + 1):
-        current = "/" + "/".join(parts[:depth])
-        found = os.stat(current)
-        sticky = bool(found.st_mode & stat.S_ISVTX)
+    parts = [part for part in path.split("/") if part]
+    for depth in range(1, len(parts) + 1):
+        parent = "/" + "/".join(parts[: depth - 1])
+        entry = "/" + "/".join(parts[:depth])
+        above, found = os.stat(parent), os.lstat(entry)
+        mode = stat.S_IMODE(above.st_mode)
+        sticky = bool(mode & stat.S_ISVTX)
+        writers = (
+            f"the users who may write {parent} (mode {mode:04o}, owner uid {above.st_uid}, "
+            f"group gid {above.st_gid})"
+        )
         if group:
-            written = bool(found.st_mode & stat.S_IWGRP) and found.st_gid != 0 and not sticky
-        else:
-            written = found.st_uid != 0 or (bool(found.st_mode & stat.S_IWOTH) and not sticky)
-        if written:
-            return (
-                f"{current}, which users other than root may write (mode "
-                f"{stat.S_IMODE(found.st_mode):04o}, owner uid {found.st_uid}, group gid "
-                f"{found.st_gid})"
-            )
+            if mode & stat.S_IWGRP and above.st_gid != 0 and not sticky:
+                return writers
+        elif above.st_uid != 0 or (mode & stat.S_IWOTH and not sticky):
+            return writers
+        elif sticky and mode & (stat.S_IWOTH | stat.S_IWGRP) and found.st_uid != 0:
+            return f"uid {found.st_uid}, the owner of {entry} in the sticky directory {parent}"
     return None
 
 
-def _swappable(target: str, writer: str) -> str:
+def _swappable(target: str, who: str) -> str:
     return (
-        f"{target} lies in {writer}: they could rename it and leave a symbolic link in its "
-        "place while a callback runs, and the callback's path would follow it"
+        f"{target} can be renamed by {who}: they could leave a symbolic link in its place "
+        "while a callback runs, and the callback's path would follow it"
     )
 
 
@@ -767,11 +770,10 @@ def bind_warnings(policies: PolicySet) -> list[str]:
         for index, bind in enumerate(policy.binds):
             if bind.target_identity is None:
                 continue
-            writer = _written_by_others(os.path.dirname(bind.target), group=True)
-            if writer is not None:
+            who = _renamed_by_others(bind.target, group=True)
+            if who is not None:
                 warnings.append(
-                    f"policies.{policy.name}.binds[{index}].target: "
-                    f"{_swappable(bind.target, writer)}"
+                    f"policies.{policy.name}.binds[{index}].target: {_swappable(bind.target, who)}"
                 )
     return warnings
 

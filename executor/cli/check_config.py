@@ -82,7 +82,6 @@ def _sandbox(settings: config.Settings) -> str:
                 *root_warnings(options),
                 *exposure_warnings(policies, settings.auth_token),
                 *bind_warnings(policies),
-                *bind_warnings(policies),
                 *open_to_others(settings),
             ]
         ]

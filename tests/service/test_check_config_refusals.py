@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from executor.data_dir_lock import DataDirLock
 from executor.runtimes.child import PerlRuntime
 from executor.sandbox.identity import UidClaim
 from executor.sandbox.process import SandboxRunner
@@ -144,3 +146,37 @@ async def test_every_bad_setting_is_named_at_once(tmp_path: Path) -> None:
         "cbexec: network: expected auto, none or host, got 'maybe'",
         "cbexec: log_format: expected text or json, got 'xml'",
     ]
+
+
+async def test_a_data_dir_a_running_executor_holds_is_said_in_one_line(tmp_path: Path) -> None:
+    # It was a traceback (the lock file closed twice), exit 1 (probe 57).
+    (tmp_path / "data").mkdir()
+    held = DataDirLock.take(tmp_path / "data")
+    try:
+        code, _, err = await check_config(config_file(tmp_path))
+    finally:
+        held.release()
+    assert code == 2
+    assert err.strip() == (
+        f"cbexec: data_dir: {tmp_path / 'data'} is in use by another executor (pid "
+        f"{os.getpid()}): give each executor its own data dir (a fleet's replicas share "
+        "PostgreSQL, never a data dir)"
+    )
+    code, out, _ = await check_config(config_file(tmp_path))  # let go: free again
+    assert code == 0, out
+
+
+async def test_a_bind_target_a_group_may_rename_is_warned_of_once(tmp_path: Path) -> None:
+    site = Path(tempfile.mkdtemp(prefix="cbexec-test-group-", dir="/srv"))
+    try:
+        (site / "tools").mkdir()
+        os.chown(site, 0, TEST_UID_BASE + 603)
+        site.chmod(0o775)
+        binds = f'[policies.x]\nbinds = [{{ path = "{site / "tools"}" }}]\n'
+        code, out, _ = await check_config(config_file(tmp_path, binds))
+    finally:
+        shutil.rmtree(site)
+    assert code == 0, out
+    warned = [line for line in out.splitlines() if "policies.x.binds[0].target" in line]
+    assert len(warned) == 1, out
+    assert f"can be renamed by the users who may write {site} (mode 0775" in warned[0]

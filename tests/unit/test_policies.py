@@ -203,21 +203,27 @@ def test_a_bind_target_on_the_host_in_a_directory_others_may_write_is_refused(
     shared.chmod(0o777)
     at_itself = {"p": {"binds": [{"path": str(shared / "tools")}]}}  # the target is the path
     assert refused(tmp_path, at_itself) == (
-        f"policies.p.binds[0].target: {shared / 'tools'} lies in {shared}, which users other "
-        "than root may write (mode 0777, owner uid 0, group gid 0): they could rename it and "
-        "leave a symbolic link in its place while a callback runs, and the callback's path "
-        "would follow it; make the directories on its way writable by root only, or choose a "
-        f"target under {tmp_path / 'private'} (made in the callback's private one)"
+        f"policies.p.binds[0].target: {shared / 'tools'} can be renamed by the users who may "
+        f"write {shared} (mode 0777, owner uid 0, group gid 0): they could leave a symbolic "
+        "link in its place while a callback runs, and the callback's path would follow it; "
+        "make it and the directories on its way root's alone, or choose a target under "
+        f"{tmp_path / 'private'} (made in the callback's private one)"
     )
     shared.chmod(0o1777)  # sticky: others rename only their own entries
     policies(tmp_path, at_itself)
+    os.chown(shared / "tools", 54321, 0)  # but the target's owner may rename it there
+    assert refused(tmp_path, at_itself).startswith(
+        f"policies.p.binds[0].target: {shared / 'tools'} can be renamed by uid 54321, the "
+        f"owner of {shared / 'tools'} in the sticky directory {shared}: "
+    )
+    os.chown(shared / "tools", 0, 0)
     shared.chmod(0o775)
     os.chown(shared, 0, 54321)  # a group's (syslog's /var/log, on some systems): a warning
     assert bind_warnings(policies(tmp_path, at_itself)) == [
-        f"policies.p.binds[0].target: {shared / 'tools'} lies in {shared}, which users other "
-        "than root may write (mode 0775, owner uid 0, group gid 54321): they could rename it "
-        "and leave a symbolic link in its place while a callback runs, and the callback's "
-        "path would follow it"
+        f"policies.p.binds[0].target: {shared / 'tools'} can be renamed by the users who may "
+        f"write {shared} (mode 0775, owner uid 0, group gid 54321): they could leave a "
+        "symbolic link in its place while a callback runs, and the callback's path would "
+        "follow it"
     ]
     os.chown(shared, 0, 0)
     assert bind_warnings(policies(tmp_path, at_itself)) == []
