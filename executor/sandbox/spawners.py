@@ -33,6 +33,7 @@ from executor.child.protocol import (
     spawn_cell_fields,
 )
 from executor.errors import UnavailableError
+from executor.open_files import out_of_descriptors
 from executor.policies import DEFAULT_UMASK
 from executor.runtimes.child import CHILD_RUNTIMES, LAUNCHER
 from executor.sandbox.shim_report import ShimReport
@@ -175,7 +176,7 @@ class ColdSpawner:
         cold: bool = False,
     ) -> ChildHandle:
         stdout_w, stderr_w, bridge = fds
-        report_r, report_w = os.pipe()
+        report_r, report_w = os.pipe()  # out of descriptors: the runner refuses the run
         os.set_blocking(report_r, False)
         argv = [self._python, "-I", "-S", "-B", str(LAUNCHER), json.dumps(spec)]
         try:
@@ -193,16 +194,26 @@ class ColdSpawner:
             )
         except OSError as err:
             os.close(report_r)
+            if out_of_descriptors(err):
+                raise  # the runner refuses the run for capacity
             raise UnavailableError(f"could not start the sandbox: {err}") from err
         finally:
             os.close(report_w)  # the shim's alone: EOF once it has gone
         # We reap with wait4 ourselves; Popen must not try again.
         proc.returncode = 0
+        try:
+            pidfd = os.pidfd_open(proc.pid)
+        except OSError:
+            # No way to watch it (out of descriptors): the shim is not left behind.
+            os.close(report_r)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            os.waitpid(proc.pid, 0)  # noqa: ASYNC222 - killed: its end is a moment away
+            raise
         report = self._reports[proc.pid] = ShimReport(report_r, proc.pid)
         handle = ChildHandle(proc.pid)
         handle.before_kill = functools.partial(self._kill_callback, handle, report)
         handle.callback_pid = report.callback
-        pidfd = os.pidfd_open(proc.pid)
         self._pidfds[proc.pid] = pidfd
         asyncio.get_running_loop().add_reader(pidfd, handle.mark_exited)
         return handle
@@ -311,6 +322,8 @@ class _Zygote:
             )
         except OSError as err:
             ours.close()
+            if out_of_descriptors(err):
+                raise  # not the zygote's failure: the runner refuses the run for capacity
             raise UnavailableError(f"could not start the {self.language} zygote: {err}") from err
         finally:
             theirs.close()
