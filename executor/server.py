@@ -34,7 +34,7 @@ from typing import Any, Final
 
 import grpc
 
-from executor import data_dir, heap_return
+from executor import data_dir, heap_return, open_files
 from executor.api import edge as api_edge
 from executor.api import embedded as api_embedded
 from executor.api import security
@@ -320,6 +320,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             *bind_warnings(policies),
             *(api_embedded.shared_store_warnings(settings.store) if embedded else []),
             *open_to_others(settings),
+            *_open_files_warnings(settings),
         ]:
             logger.warning("%s", line)
         return RunningServer(
@@ -432,8 +433,19 @@ async def _stop_tasks(tasks: Sequence[asyncio.Task[Any]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _open_files_warnings(settings: Settings) -> list[str]:
+    warning = open_files.limit_warning(
+        open_files.limit(), settings.max_concurrent, settings.launcher
+    )
+    return [] if warning is None else [warning]
+
+
 async def serve_forever(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
+    # The process's own limit, so here rather than in ``start`` (tests run that in theirs).
+    before, after = open_files.raise_soft_limit()
+    if after != before:
+        logger.info("open-file limit raised from %d to the hard limit, %d", before, after)
     running = await start(settings)
     # What start-up made (modules, stubs, the server) lives as long as the process: the
     # collector need not walk it again on every full collection while callbacks run.

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from typing import TextIO
 
-from executor import config, data_dir
+from executor import config, data_dir, open_files
 from executor.api import security
 from executor.data_dir_lock import DataDirLock
 from executor.errors import ConfigError
@@ -173,6 +173,7 @@ def check(settings: config.Settings, out: TextIO) -> list[str]:
         ("store", lambda: _store(settings)),
         ("sandbox", lambda: _sandbox(settings)),
         ("universal callbacks", lambda: _universal(settings)),
+        ("open files", lambda: _open_files(settings)),
     ]
     problems: list[str] = []
     for name, run in checks:
@@ -181,6 +182,19 @@ def check(settings: config.Settings, out: TextIO) -> list[str]:
         except ConfigError as err:
             problems += str(err).splitlines()
     return problems
+
+
+def _open_files(settings: config.Settings) -> str:
+    """The open-file limit start-up would raise itself to, against what the slots want."""
+    reachable, soft = open_files.reachable_limit(), open_files.limit()
+    idle, wanted = open_files.wanted(settings.max_concurrent, settings.launcher)
+    raised = "" if soft == reachable else f" (start-up raises the soft limit, {soft} here, to it)"
+    found = (
+        f"limit {reachable}{raised}; max_concurrent = {settings.max_concurrent} wants "
+        f"~{wanted} (~{idle} at idle)"
+    )
+    warning = open_files.limit_warning(reachable, settings.max_concurrent, settings.launcher)
+    return found if warning is None else f"{found}\n  WARNING: {warning}"
 
 
 def _endpoint(settings: config.Settings) -> str:

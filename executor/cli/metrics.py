@@ -79,7 +79,7 @@ def format_metrics(m: Any) -> str:
         state = f"pid {zygote.pid}" if zygote.pid else "not started"
         lines.append(
             f"{'zygote':<16}{zygote.language:<8}{state}, {zygote.restarts} restarts"
-            + ("" if zygote.warm else ", gave up: children start cold")
+            + ("" if zygote.warm else ", failing: children start cold until a retry works")
         )
     active = [mech.name for mech in m.sandbox.mechanisms if mech.active]
     lines.append(f"{'sandbox':<16}{', '.join(active) or 'rlimits only'}")

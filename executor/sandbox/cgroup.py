@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from executor.open_files import out_of_descriptors
+
 logger = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -173,7 +175,26 @@ class CellCgroups:
                 # v1: swappiness 0 keeps anonymous memory in RAM; v2: no swap at all.
                 with contextlib.suppress(OSError):
                     cgroups._write(cgroups._file("memory", cell, "swap"), "0")
+        cgroups._open_counters(cells)
         return cgroups
+
+    def _open_counters(self, cells: int) -> None:
+        """Open every cell's kept counter files now, not on some run's path.
+
+        The executor then holds them from the start (its idle count, ``open_files``), and
+        a run never finds one unreadable for want of a descriptor.
+        """
+        for cell in range(cells):
+            paths = [
+                self._file(controller, cell, role)
+                for controller, role in (("pids", "current"), ("memory", "events"))
+                if controller in self._pools
+            ]
+            if (cpu_stat := self._cpu_stat(cell)) is not None:
+                paths.append(cpu_stat)
+            for path in paths:
+                with contextlib.suppress(OSError):  # read on a run's path; it says then
+                    self._read(path)
 
     @property
     def controllers(self) -> tuple[str, ...]:
@@ -217,6 +238,8 @@ class CellCgroups:
             try:
                 self._write(self._file("memory", cell, "max"), str(memory_bytes))
             except OSError as err:
+                if out_of_descriptors(err):
+                    raise  # not the limit's fault: the run is refused (process.py)
                 # v1 refuses (EBUSY) a limit below what it cannot reclaim; the last limit stays.
                 logger.warning("cell %d: memory limit %d not set: %s", cell, memory_bytes, err)
 
@@ -226,7 +249,9 @@ class CellCgroups:
             return 0
         try:
             text = self._read(self._file("memory", cell, "events"))
-        except OSError:
+        except OSError as err:
+            if out_of_descriptors(err):
+                raise  # 0 now would count every earlier kill against the run
             return 0
         for line in text.splitlines():
             key, _, value = line.partition(b" ")
@@ -240,11 +265,11 @@ class CellCgroups:
         cgroup v2 keeps it (``cpu.stat``, with or without the cpu controller), so it
         counts what a callback's processes used whether or not anyone reaped them.
         """
-        pool = next((p for c, p in self._pools.items() if self._hierarchies[c].v2), None)
-        if pool is None:
+        cpu_stat = self._cpu_stat(cell)
+        if cpu_stat is None:
             return None
         try:
-            text = self._read(f"{pool}/cell-{cell}/cpu.stat")
+            text = self._read(cpu_stat)
         except OSError:
             return None
         for line in text.splitlines():
@@ -252,6 +277,11 @@ class CellCgroups:
             if key == b"usage_usec":
                 return int(value) / 1e6
         return None
+
+    def _cpu_stat(self, cell: int) -> str | None:
+        """The cell's ``cpu.stat`` (cgroup v2 only)."""
+        pool = next((p for c, p in self._pools.items() if self._hierarchies[c].v2), None)
+        return None if pool is None else f"{pool}/cell-{cell}/cpu.stat"
 
     def has_processes(self, cell: int) -> bool:
         """Whether anything is left in the cell: its pids counter, else its process list.

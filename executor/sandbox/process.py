@@ -22,6 +22,7 @@ way. The evidence is then classified (``exit_status``) into the run's ``SandboxR
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -30,13 +31,14 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Final
 
 from executor.child import protocol
 from executor.child.protocol import IsolationSpec, LaunchSpec, StartFrame
 from executor.model import Limits
+from executor.open_files import DescriptorShortage, out_of_descriptors
 from executor.policies import DEFAULT_UMASK, Policy, directories_now
 from executor.runtimes.child import CHILD_RUNTIMES, ChildRuntime
 from executor.sandbox import limits as sandbox_limits
@@ -244,6 +246,8 @@ class SandboxRunner:
         self._oom_kills: dict[int, int] = {}
         # Runs answered at their end mark whose children are still being ended.
         self._finishing: set[asyncio.Task[None]] = set()
+        # Runs refused for want of descriptors, and the log lines that say so.
+        self._shortage = DescriptorShortage()
 
     @staticmethod
     def cells(slots: int) -> int:
@@ -398,14 +402,15 @@ class SandboxRunner:
         spec = self._launch_spec(
             runtime, limits, cell, made_for, workdir=workdir, warm_up=ahead, policy=policy
         )
-        stdout_r, stdout_w = os.pipe()
-        stderr_r, stderr_w = os.pipe()
-        network = self.options.bridge_network
-        parent_sock, child_sock = network.socketpair() if network else socket.socketpair()
-        parent_sock.setblocking(False)
-        # Each process's data comes with its pid: only the callback's own reports the run.
-        parent_sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         try:
+            stdout_r, stdout_w, stderr_r, stderr_w, parent_sock, child_sock = self._child_ends()
+        except BaseException:
+            await _remove_workdir(host_workdir)
+            raise
+        try:
+            parent_sock.setblocking(False)
+            # Each process's data comes with its pid: only the callback's own reports the run.
+            parent_sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             spawning = self.spawner.spawn(
                 spec,
                 env=child_environment(workdir),
@@ -439,6 +444,23 @@ class SandboxRunner:
             parent_sock,
         )
 
+    def _child_ends(self) -> tuple[int, int, int, int, socket.socket, socket.socket]:
+        """A child's stdout and stderr pipes and its bridge; nothing left open when one fails.
+
+        They fail when the executor is out of descriptors (``run`` refuses the run then).
+        """
+        with contextlib.ExitStack() as undo:
+            stdout_r, stdout_w = os.pipe()
+            undo.callback(os.close, stdout_r)
+            undo.callback(os.close, stdout_w)
+            stderr_r, stderr_w = os.pipe()
+            undo.callback(os.close, stderr_r)
+            undo.callback(os.close, stderr_w)
+            network = self.options.bridge_network
+            parent_sock, child_sock = network.socketpair() if network else socket.socketpair()
+            undo.pop_all()
+        return stdout_r, stdout_w, stderr_r, stderr_w, parent_sock, child_sock
+
     async def _take(
         self, runtime: ChildRuntime, limits: Limits, cell: int, policy: Policy | None
     ) -> _Child:
@@ -464,7 +486,10 @@ class SandboxRunner:
             try:
                 child = await pending
             except Exception as err:  # noqa: BLE001 - a failed preparation only costs the head start
-                logger.warning("preparing a child in cell %d failed: %s", cell, err)
+                if out_of_descriptors(err):
+                    self._shortage.note(f"preparing children: {self._shortage.describe(err)}")
+                else:
+                    logger.warning("preparing a child in cell %d failed: %s", cell, err)
             else:
                 # The policy also names the environment the prepared child has.
                 fits = child.made_for == _made_for(runtime, limits, policy, self._secret_files)
@@ -546,11 +571,13 @@ class SandboxRunner:
 
         A ``stop`` ends the run early (SIGTERM, grace, SIGKILL; a run stopped before its
         child got the start frame never starts): the outcome is KILLED with the stop's
-        reason as its failure. Raises UnavailableError when no child could be started.
+        reason as its failure. Raises UnavailableError when no child could be started, and
+        CapacityError when the executor is out of descriptors to start one (``open_files``).
         """
         stop = stop or RunStop()
         cell = self.cell(slot, runtime.language)
-        child = await self._take(runtime, limits, cell, policy)
+        with self._refused_out_of_descriptors():
+            child = await self._take(runtime, limits, cell, policy)
         evidence = ChildExit(
             stdout=CapturedStream(limits.output_bytes), stderr=CapturedStream(limits.output_bytes)
         )
@@ -566,8 +593,10 @@ class SandboxRunner:
             began = time.monotonic()
             grace_s = 0.0
             try:
-                self._set_cgroup_limits(cell, limits)  # this run's own, whoever started it
-                oom_kills_before = self._oom_kills_seen(cell)
+                # Before its start frame: a refused run's child is ended below, never ran.
+                with self._refused_out_of_descriptors():
+                    self._set_cgroup_limits(cell, limits)  # this run's own, whoever started it
+                    oom_kills_before = self._oom_kills_seen(cell)
                 evidence.cell_cpu_before = self._cell_cpu(cell)
                 began = time.monotonic()
                 deadline = WallDeadline(limits.wall_seconds)
@@ -612,6 +641,16 @@ class SandboxRunner:
         # a stopping executor prepares none (``stop_preparing``).
         self._prepare(runtime, limits, cell, policy)
         return sandbox_result(evidence, limits)
+
+    @contextlib.contextmanager
+    def _refused_out_of_descriptors(self) -> Iterator[None]:
+        """Out of descriptors (EMFILE, ENFILE) in the block: the run is refused, CapacityError."""
+        try:
+            yield
+        except OSError as err:
+            if not out_of_descriptors(err):
+                raise
+            raise self._shortage.refusal(err) from err
 
     @staticmethod
     def _cut_short(child: _Child, started: bool, evidence: ChildExit) -> bool:

@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
@@ -33,6 +34,7 @@ from executor.child.protocol import (
     spawn_cell_fields,
 )
 from executor.errors import UnavailableError
+from executor.open_files import out_of_descriptors
 from executor.policies import DEFAULT_UMASK
 from executor.runtimes.child import CHILD_RUNTIMES, LAUNCHER
 from executor.sandbox.shim_report import ShimReport
@@ -42,8 +44,14 @@ logger = logging.getLogger(__name__)
 # Control messages either way; a spawn message is ~2 KiB (zygote.py and zygote.pl).
 MAX_MESSAGE: Final = 64 << 10
 # A language whose zygote fails this many spawns in a row starts its children cold (a
-# zygote that died or was killed with several spawns under way counts once).
+# zygote that died or was killed with several spawns under way counts once)...
 MAX_ZYGOTE_FAILURES: Final = 3
+# ...for this long; then one spawn tries its zygote again. Each failure of that try
+# doubles the wait, up to the longest: a transient cause (EAGAIN under a pids limit) is
+# outlived, and a permanent one (a zygote that cannot run here) costs one failed start
+# an hour.
+ZYGOTE_RETRY_AFTER_S: Final = 60.0
+ZYGOTE_LONGEST_RETRY_AFTER_S: Final = 3600.0
 # The zygote's watchdog: while a zygote owes the executor answers (a spawn's, or the end
 # of a child that runs a callback or is being reaped), it is pinged every this many seconds, and one that
 # has not answered a ping by the next is taken for hung (stopped, stuck in the kernel):
@@ -175,7 +183,7 @@ class ColdSpawner:
         cold: bool = False,
     ) -> ChildHandle:
         stdout_w, stderr_w, bridge = fds
-        report_r, report_w = os.pipe()
+        report_r, report_w = os.pipe()  # out of descriptors: the runner refuses the run
         os.set_blocking(report_r, False)
         argv = [self._python, "-I", "-S", "-B", str(LAUNCHER), json.dumps(spec)]
         try:
@@ -193,16 +201,26 @@ class ColdSpawner:
             )
         except OSError as err:
             os.close(report_r)
+            if out_of_descriptors(err):
+                raise  # the runner refuses the run for capacity
             raise UnavailableError(f"could not start the sandbox: {err}") from err
         finally:
             os.close(report_w)  # the shim's alone: EOF once it has gone
         # We reap with wait4 ourselves; Popen must not try again.
         proc.returncode = 0
+        try:
+            pidfd = os.pidfd_open(proc.pid)
+        except OSError:
+            # No way to watch it (out of descriptors): the shim is not left behind.
+            os.close(report_r)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            os.waitpid(proc.pid, 0)  # noqa: ASYNC222 - killed: its end is a moment away
+            raise
         report = self._reports[proc.pid] = ShimReport(report_r, proc.pid)
         handle = ChildHandle(proc.pid)
         handle.before_kill = functools.partial(self._kill_callback, handle, report)
         handle.callback_pid = report.callback
-        pidfd = os.pidfd_open(proc.pid)
         self._pidfds[proc.pid] = pidfd
         asyncio.get_running_loop().add_reader(pidfd, handle.mark_exited)
         return handle
@@ -240,7 +258,8 @@ class ZygoteStatus:
     language: str
     pid: int = 0
     restarts: int = 0
-    # False once the language fell back to cold starts for good (MAX_ZYGOTE_FAILURES).
+    # False while the language starts its children cold after MAX_ZYGOTE_FAILURES failures
+    # (until a zygote tried again works: ZYGOTE_RETRY_AFTER_S).
     warm: bool = True
 
 
@@ -311,6 +330,8 @@ class _Zygote:
             )
         except OSError as err:
             ours.close()
+            if out_of_descriptors(err):
+                raise  # not the zygote's failure: the runner refuses the run for capacity
             raise UnavailableError(f"could not start the {self.language} zygote: {err}") from err
         finally:
             theirs.close()
@@ -532,7 +553,8 @@ class ZygoteSpawner:
     (``starts_cold``). The cold path is also the fallback: a child its zygote could not
     start (it failed, died, or hung: ``_Zygote``'s watchdog) is started cold, and a
     language whose zygote fails ``MAX_ZYGOTE_FAILURES`` times in a row (it cannot start
-    here, say) starts all its children cold from then on.
+    here, or cannot fork for now) starts all its children cold for ``ZYGOTE_RETRY_AFTER_S``;
+    then one spawn tries a zygote again, and each failure of that doubles the wait.
     """
 
     def __init__(self, python: str, *, private_network: bool = False) -> None:
@@ -548,6 +570,10 @@ class ZygoteSpawner:
         # Zygotes for the other network (a policy's): made on its first child.
         self._other_network: dict[str, _Zygote] = {}
         self._failures = dict.fromkeys(self._zygotes, 0)
+        # A language gone cold (MAX_ZYGOTE_FAILURES): when its zygote is tried again
+        # (``time.monotonic()``), and the wait after that try if it fails too.
+        self._retry_at: dict[str, float] = {}
+        self._retry_after_s = dict.fromkeys(self._zygotes, ZYGOTE_RETRY_AFTER_S)
         # The pid of each language's zygote whose loss was counted last (``_new_failure``).
         self._losses_counted: dict[str, int | None] = {}
         self._cold = ColdSpawner(python)
@@ -579,7 +605,7 @@ class ZygoteSpawner:
         zygote, private = self._zygote_for(spec)
         if cold or starts_cold(spec):
             zygote = None
-        if zygote is not None and self._failures[language] < MAX_ZYGOTE_FAILURES:
+        if zygote is not None and self._may_try_zygote(language):
             warm_spec = spec
             if private:
                 warm_spec = spec.copy()
@@ -587,25 +613,59 @@ class ZygoteSpawner:
             try:
                 handle = await zygote.spawn(warm_spec, env, fds)
             except UnavailableError as err:
-                if self._new_failure(language, err):
-                    self._failures[language] += 1
-                if self._failures[language] < MAX_ZYGOTE_FAILURES:
-                    logger.warning("%s zygote: %s; starting this child cold", language, err)
-                else:
-                    logger.error(
-                        "%s zygote failed %d times in a row (%s); %s callbacks start "
-                        "cold from now on",
-                        language,
-                        MAX_ZYGOTE_FAILURES,
-                        err,
-                        language,
-                    )
+                self._failed(language, err)
             else:
-                self._failures[language] = 0
+                self._worked(language)
                 return handle
         handle = await self._cold.spawn(spec, env=env, fds=fds)  # our fds are still ours
         self._cold_pids.add(handle.pid)
         return handle
+
+    def _may_try_zygote(self, language: str) -> bool:
+        """Whether this spawn may use the language's zygote: warm, or its retry is due now.
+
+        A due retry is this spawn's alone: the next one is put off at once, so the spawns
+        of a busy moment do not all try (and fail) together.
+        """
+        if self._failures[language] < MAX_ZYGOTE_FAILURES:
+            return True
+        now = time.monotonic()
+        if now < self._retry_at.get(language, now):
+            return False
+        self._retry_at[language] = now + self._retry_after_s[language]
+        return True
+
+    def _failed(self, language: str, err: UnavailableError) -> None:
+        """One more failure of the language's zygote: log it, and go cold after too many."""
+        if not self._new_failure(language, err):
+            return  # the same lost zygote: counted and logged with its first spawn
+        failures = self._failures[language] = self._failures[language] + 1
+        if failures < MAX_ZYGOTE_FAILURES:
+            logger.warning("%s zygote: %s; starting this child cold", language, err)
+            return
+        wait = self._retry_after_s[language]
+        if failures > MAX_ZYGOTE_FAILURES:  # its retry failed: wait twice as long
+            wait = self._retry_after_s[language] = min(2 * wait, ZYGOTE_LONGEST_RETRY_AFTER_S)
+        self._retry_at[language] = time.monotonic() + wait
+        logger.error(
+            "%s zygote failed %s (%s); %s callbacks start cold, and its zygote is tried again "
+            "in %gs",
+            language,
+            f"{MAX_ZYGOTE_FAILURES} times in a row"
+            if failures == MAX_ZYGOTE_FAILURES
+            else "again when tried",
+            err,
+            language,
+            wait,
+        )
+
+    def _worked(self, language: str) -> None:
+        """The language's zygote started a child: warm again, its retry wait back to the first."""
+        if self._failures[language] >= MAX_ZYGOTE_FAILURES:
+            logger.warning("%s zygote works again; %s callbacks start warm", language, language)
+        self._failures[language] = 0
+        self._retry_after_s[language] = ZYGOTE_RETRY_AFTER_S
+        self._retry_at.pop(language, None)
 
     def _new_failure(self, language: str, err: UnavailableError) -> bool:
         """Whether ``err`` is one more failure of the language's zygote in a row.
@@ -643,7 +703,7 @@ class ZygoteSpawner:
         return self._zygotes[language].pid
 
     def warm(self, language: str) -> bool:
-        """Whether ``language``'s children still start from its zygote."""
+        """Whether ``language``'s children start from its zygote (not cold for a while)."""
         return self._failures[language] < MAX_ZYGOTE_FAILURES
 
     def status(self) -> tuple[ZygoteStatus, ...]:

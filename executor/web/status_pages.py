@@ -117,7 +117,7 @@ def health_body(source: Any) -> Html:
             tag("td", z.language),
             tag("td", z.pid or "not started"),
             tag("td", z.restarts, class_="num"),
-            tag("td", "warm" if z.warm else "gave up: children start cold"),
+            tag("td", "warm" if z.warm else "failing: children start cold until a retry works"),
         )
         for z in m.zygotes
     ]

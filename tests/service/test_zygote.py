@@ -11,11 +11,13 @@ import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
 
 from executor.runtimes.child import PerlRuntime
+from executor.sandbox import spawners
 from executor.sandbox.spawners import (
     MAX_ZYGOTE_FAILURES,
     ZYGOTE_LONGEST_WAIT_S,
@@ -24,6 +26,7 @@ from executor.sandbox.spawners import (
 )
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, running_stack, stack_settings
+from tests.helpers.clock import Clock
 from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.service
@@ -372,7 +375,63 @@ async def test_a_language_whose_zygote_cannot_start_runs_its_callbacks_cold(
     assert {r.stdout for r in responses} == {"alive\n"}
     assert not spawner.warm("perl") and spawner.warm("python")
     assert python.stdout == "alive\n"
-    assert "perl callbacks start cold from now on" in caplog.text
+    assert "perl callbacks start cold, and its zygote is tried again in 60s" in caplog.text
+
+
+async def test_a_language_gone_cold_tries_its_zygote_again_after_a_while(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Perl's zygote exits at once while the flag file is there (a fork failing for now,
+    # say under a pids limit), and is the real one once it is gone.
+    failing = tmp_path / "zygote-fails"
+    failing.touch()
+    real_argv = PerlRuntime.zygote_argv
+    monkeypatch.setattr(
+        PerlRuntime,
+        "zygote_argv",
+        lambda self, python: [
+            "sh", "-c", f'test -e {failing} && exit 3; exec "$@"', "sh", *real_argv(self, python)
+        ],
+    )  # fmt: skip
+    clock = Clock(0.0)
+    monkeypatch.setattr(spawners, "time", SimpleNamespace(monotonic=clock))
+    retry = spawners.ZYGOTE_RETRY_AFTER_S
+    # Every child a run's own: each spawn below is one run's.
+    settings = stack_settings(tmp_path / "data", prepare_ahead=False)
+    with caplog.at_level(logging.WARNING, logger="executor.sandbox.spawners"):
+        async with running_stack(settings) as stack:
+            (job,) = stack.supervisor.submit([{"name": "z", "user": "alice"}])
+            spawner = warm_spawner(stack)
+
+            async def alive_at(now: float) -> tuple[str, int]:
+                """Run a perl callback at ``now``: its output, and perl's zygote restarts by then."""
+                clock.now = now
+                response = await stack.client.execute_callback(
+                    language="perl", code=ALIVE["perl"], job=job
+                )
+                (perl,) = [z for z in spawner.status() if z.language == "perl"]
+                return response.stdout, perl.restarts
+
+            failed = [await alive_at(0.0) for _ in range(MAX_ZYGOTE_FAILURES)]
+            cold = not spawner.warm("perl")
+            not_due = await alive_at(retry - 1)  # cold, no zygote tried
+            tried = await alive_at(retry)  # one try, which fails again: the wait doubles
+            doubled = await alive_at(2 * retry)
+            failing.unlink()  # the cause has passed
+            recovered = await alive_at(3 * retry)
+            warm_again = spawner.warm("perl")
+
+    assert [out for out, _ in failed] == ["alive\n"] * MAX_ZYGOTE_FAILURES
+    assert cold
+    gone_cold = failed[-1][1]
+    assert not_due == ("alive\n", gone_cold)
+    assert tried == ("alive\n", gone_cold + 1)
+    assert doubled == ("alive\n", gone_cold + 1)
+    assert recovered == ("alive\n", gone_cold + 2)
+    assert warm_again
+    assert "perl zygote failed again when tried" in caplog.text
+    assert f"tried again in {2 * retry:g}s" in caplog.text
+    assert "perl zygote works again; perl callbacks start warm" in caplog.text
 
 
 @pytest.mark.parametrize("language", ["python", "perl"])

@@ -1,0 +1,133 @@
+"""The executor's open-file limit: raised at start-up, weighed against the slots, a capacity refusal once spent.
+
+Every run needs descriptors to start (its child's stdout and stderr pipes, its bridge
+socketpair, a cold child's pidfd and report pipe), and the idle executor holds many:
+measured with ``cbexec serve`` on the development host (cgroup v1, hardened tier), idle
+after every cell had run once (so each holds a prepared child), ``ls /proc/PID/fd``
+counted 56 with max_concurrent 1, 92 with 4, 140 with 8, 236 with 16 and 429 with 32
+(zygote launcher): about 44 for the service itself (databases, log, gRPC, zygotes, the
+empty network namespace) and 6 per cell (a slot has one cell per child language): its
+uid lock, two kept cgroup counter files, and its prepared child's stdout, stderr and
+bridge. The cold launcher adds each prepared shim's pidfd and report pipe: 8 per cell
+(106 with 4 slots, 170 with 8). cgroup v2 keeps a third counter file per cell (cpu.stat).
+
+Out of descriptors (EMFILE, or ENFILE for the whole host) when a run starts is a
+capacity refusal, not a bug: the run is refused RESOURCE_EXHAUSTED with a retry-after
+and a message naming the limit, and nothing of its child is left open. The log says so
+once per ``LOG_INTERVAL_S`` (with how many were refused meanwhile), without a traceback:
+under load every request would otherwise write one.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import resource
+import time
+from collections.abc import Callable
+from typing import Final, TypeGuard
+
+from executor.errors import CapacityError
+from executor.runtimes.child import CHILD_RUNTIMES
+
+logger = logging.getLogger(__name__)
+
+# The measurements above, rounded up: the service's own, and each cell's by launcher (the
+# cgroup v2 counter included).
+SERVICE_FDS: Final = 64
+CELL_FDS: Final = {"zygote": 7, "cold": 9}
+# Client connections (one descriptor each), queued requests' among them, and the
+# descriptors a run holds only while it starts.
+CONNECTIONS_MARGIN_FDS: Final = 256
+OUT_OF_DESCRIPTORS: Final = frozenset({errno.EMFILE, errno.ENFILE})
+# As for a full queue: a finished run gives its descriptors back within moments.
+RETRY_AFTER_S: Final = 1.0
+LOG_INTERVAL_S: Final = 60.0
+
+
+def out_of_descriptors(err: BaseException) -> TypeGuard[OSError]:
+    """Whether ``err`` says this process (EMFILE) or the host (ENFILE) has no descriptor left."""
+    return isinstance(err, OSError) and err.errno in OUT_OF_DESCRIPTORS
+
+
+def limit() -> int:
+    """This process's open-file limit now (the soft one: the one the kernel applies)."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def raise_soft_limit() -> tuple[int, int]:
+    """Raise the soft open-file limit to the hard one, as most servers do; (before, after).
+
+    Often 1024 soft with a far higher hard limit (systemd's default is 1024:524288); a
+    callback's own stays 256 (``sandbox.limits``). Left as it was where the kernel
+    refuses (a hard limit of "unlimited" is above its nr_open).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as err:
+            logger.info("open-file limit left at %d: raising it to %d failed: %s", soft, hard, err)
+    return soft, limit()
+
+
+def reachable_limit() -> int:
+    """The open-file limit start-up would run with (``raise_soft_limit``), without raising it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if hard == resource.RLIM_INFINITY else max(soft, hard)
+
+
+def wanted(slots: int, launcher: str) -> tuple[int, int]:
+    """Descriptors the idle executor holds with ``slots`` (see the module doc), and that plus the margin."""
+    cells = slots * len(CHILD_RUNTIMES)
+    idle = SERVICE_FDS + cells * CELL_FDS.get(launcher, max(CELL_FDS.values()))
+    return idle, idle + CONNECTIONS_MARGIN_FDS
+
+
+def limit_warning(open_files: int, slots: int, launcher: str) -> str | None:
+    """The start-up WARNING when ``open_files`` is below what ``slots`` want; None when it is not."""
+    idle, needed = wanted(slots, launcher)
+    if open_files >= needed:
+        return None
+    return (
+        f"the open-file limit (RLIMIT_NOFILE) is {open_files}, below the ~{needed} descriptors "
+        f"max_concurrent = {slots} wants (~{idle} held at idle by the service and its "
+        f"{slots * len(CHILD_RUNTIMES)} cells, plus {CONNECTIONS_MARGIN_FDS} for connections): "
+        "runs that find none left are refused RESOURCE_EXHAUSTED; raise the hard limit "
+        "(systemd LimitNOFILE=, ulimit -Hn) or lower max_concurrent"
+    )
+
+
+class DescriptorShortage:
+    """Refusals of runs that found no descriptor left, and their log lines (one per interval)."""
+
+    def __init__(
+        self, interval_s: float = LOG_INTERVAL_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._interval_s = interval_s
+        self._clock = clock
+        self._logged_at: float | None = None
+        self._left_out = 0
+
+    @staticmethod
+    def describe(err: OSError) -> str:
+        """What ran out, in words a person can act on."""
+        if err.errno == errno.ENFILE:
+            return "the host is out of file descriptors (the kernel's fs.file-max)"
+        return f"the executor is out of file descriptors (its limit, RLIMIT_NOFILE, is {limit()})"
+
+    def refusal(self, err: OSError) -> CapacityError:
+        """The run's refusal (logged or counted): RESOURCE_EXHAUSTED with a retry-after."""
+        what = self.describe(err)
+        self.note(f"runs refused: {what}")
+        return CapacityError(f"{what}; retry later", retry_after_s=RETRY_AFTER_S)
+
+    def note(self, line: str) -> None:
+        """Log ``line`` at WARNING unless one was logged within the interval (then count it)."""
+        now = self._clock()
+        if self._logged_at is not None and now - self._logged_at < self._interval_s:
+            self._left_out += 1
+            return
+        left_out, self._left_out, self._logged_at = self._left_out, 0, now
+        more = f" ({left_out} more since the last such line, not logged)" if left_out else ""
+        logger.warning("%s%s", line, more)
