@@ -185,8 +185,8 @@ class VerbRule:
     ``target`` None means the object is deleted (remove). ``work_moves`` only exists on
     job verbs: the work items in a key state move to the value state along with the job.
     ``applies_to`` names the source states for the "does not apply" message.
-    ``passive``: a job with running work reaches ``target`` only once that work has
-    ended, taking no new work meanwhile (preempt); without running work, at once.
+    ``passive``: a job (an instance) with running work reaches ``target`` only once that
+    work has ended, taking no new work meanwhile (preempt); without running work, at once.
     """
 
     verb: str
@@ -353,6 +353,7 @@ SUBJOB_RULES: Final[Mapping[str, VerbRule]] = MappingProxyType(
                 for old, new in rule.work_moves.items()
                 if old in (Status.RUNNING, Status.SUSPENDED)
             },
+            passive=rule.passive,
         )
         for verb, rule in JOB_RULES.items()
         if verb != "remove"

@@ -105,6 +105,7 @@ CREATE TABLE IF NOT EXISTS work (
 CREATE TABLE IF NOT EXISTS subjobs (
     job_id INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
     id INTEGER NOT NULL, status TEXT NOT NULL, host TEXT NOT NULL DEFAULT '',
+    preempted INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (job_id, id)
 );
 CREATE TABLE IF NOT EXISTS callbacks (
@@ -316,6 +317,9 @@ class ReferenceSupervisor:
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
         if "preempted" not in columns:  # a database from before the passive preempt
             self._db.execute("ALTER TABLE jobs ADD COLUMN preempted INTEGER NOT NULL DEFAULT 0")
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(subjobs)")}
+        if "preempted" not in columns:  # a database from before the passive instance preempt
+            self._db.execute("ALTER TABLE subjobs ADD COLUMN preempted INTEGER NOT NULL DEFAULT 0")
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(results)")}
         if "job_known" not in columns:  # a database from before results were kept apart
             self._db.execute("ALTER TABLE results ADD COLUMN job_known INTEGER NOT NULL DEFAULT 1")
@@ -820,13 +824,17 @@ class ReferenceSupervisor:
     def running_work_by_instance(self, job_id: int) -> dict[int, list[str]]:
         """The job's running items by the instance running each, in agenda order."""
         with self._using_db():
-            rows = self._db.execute(
-                "SELECT subid, name FROM work WHERE job_id = ? AND status = ? ORDER BY position",
-                (job_id, Status.RUNNING),
-            )
-            running: dict[int, list[str]] = {}
-            for subid, name in rows:
-                running.setdefault(subid, []).append(name)
+            return self._running_work_by_instance(job_id)
+
+    def _running_work_by_instance(self, job_id: int) -> dict[int, list[str]]:
+        """``running_work_by_instance``, inside a transaction already held."""
+        rows = self._db.execute(
+            "SELECT subid, name FROM work WHERE job_id = ? AND status = ? ORDER BY position",
+            (job_id, Status.RUNNING),
+        )
+        running: dict[int, list[str]] = {}
+        for subid, name in rows:
+            running.setdefault(subid, []).append(name)
         return running
 
     def _busy_instances(self, job_id: int) -> set[int]:
@@ -951,8 +959,9 @@ class ReferenceSupervisor:
             "SELECT status FROM subjobs WHERE job_id = ? AND id = ?", (job_id, subid)
         ).fetchone()
         changes.moved(job_id, old["status"] if old else new, new)
+        # Any change of its status ends a preempt waiting for its running work.
         self._db.execute(
-            "UPDATE subjobs SET status = ?, host = ? WHERE job_id = ? AND id = ?",
+            "UPDATE subjobs SET status = ?, host = ?, preempted = 0 WHERE job_id = ? AND id = ?",
             (new, host, job_id, subid),
         )
         self._emit(changes, new, "subjob", job_id, subjob_id=subid, host=host)
@@ -991,6 +1000,7 @@ class ReferenceSupervisor:
         A preempted job (still running) then releases the instances its ended work
         leaves idle, and goes pending once none of its work runs.
         """
+        self._release_preempted_instances(changes, job_id)
         job = self._job_row(job_id)
         current = job["status"]
         new = derive_job_status(
@@ -1035,6 +1045,23 @@ class ReferenceSupervisor:
             if sub["id"] not in busy:
                 self._set_subjob_status(changes, job_id, sub["id"], Status.PENDING, sub["host"])
                 changes.note(job_id, f"[job] instance {job_id}.{sub['id']} released (preempted)")
+
+    def _release_preempted_instances(self, changes: _Changes, job_id: int) -> None:
+        """Preempted instances whose running work has ended go pending (subjob_action)."""
+        rows = self._db.execute(
+            "SELECT id, host FROM subjobs WHERE job_id = ? AND preempted ORDER BY id", (job_id,)
+        ).fetchall()
+        if not rows:
+            return
+        busy = self._busy_instances(job_id)
+        for sub in rows:
+            if sub["id"] not in busy:
+                self._set_subjob_status(changes, job_id, sub["id"], Status.PENDING, sub["host"])
+                changes.note(
+                    job_id,
+                    f"[job] instance {job_id}.{sub['id']} running -> pending (preempted: its "
+                    "running work ended)",
+                )
 
     def _authorize(self, actor: str, job: sqlite3.Row, verb: str) -> None:
         if not permits(actor, job["user"], verb, mask=self._security, admins=self._admins):
@@ -1221,9 +1248,11 @@ class ReferenceSupervisor:
             job = self._job_row(job_id)
             self._authorize(actor, job, verb)
             rows = self._db.execute(
-                "SELECT id, status, host FROM subjobs WHERE job_id = ? ORDER BY id", (job_id,)
+                "SELECT id, status, host, preempted FROM subjobs WHERE job_id = ? ORDER BY id",
+                (job_id,),
             ).fetchall()
             instances = {sub["id"]: sub for sub in rows}
+            running = self._running_work_by_instance(job_id) if rule.passive else {}
             wanted = list(dict.fromkeys(subjob_ids)) or list(instances)
             unknown = [str(subid) for subid in wanted if subid not in instances]
             if unknown:
@@ -1233,7 +1262,24 @@ class ReferenceSupervisor:
             for subid in wanted:
                 sub = instances[subid]
                 refusal = rule.refusal(f"instance {job_id}.{subid}", sub["status"])
-                if refusal is None and rule.target is not None:
+                its_work = _names(job_id, running.get(subid, []))
+                if refusal is None and rule.passive and sub["preempted"]:
+                    refusal = (
+                        f"instance {job_id}.{subid} is already preempted: it goes "
+                        f"{rule.target} once {its_work} ends"
+                    )
+                if refusal is None and rule.passive and subid in running:
+                    # Qube's preempt: pending once the current agenda item completes.
+                    self._db.execute(
+                        "UPDATE subjobs SET preempted = 1 WHERE job_id = ? AND id = ?",
+                        (job_id, subid),
+                    )
+                    changed += 1
+                    messages.append(
+                        f"instance {job_id}.{subid} preempted: it stays {sub['status']} until "
+                        f"{its_work} ends, then goes {rule.target}; it takes no new work"
+                    )
+                elif refusal is None and rule.target is not None:
                     self._set_subjob_status(changes, job_id, subid, rule.target, sub["host"])
                     changed += 1
                     message = f"instance {job_id}.{subid} {sub['status']} -> {rule.target}"
@@ -1316,10 +1362,16 @@ class ReferenceSupervisor:
                     "has ended and it is pending again"
                 )
             sub = self._db.execute(
-                "SELECT status FROM subjobs WHERE job_id = ? AND id = ?", (job_id, subid)
+                "SELECT status, preempted FROM subjobs WHERE job_id = ? AND id = ?",
+                (job_id, subid),
             ).fetchone()
             if sub is None:
                 raise NoSuchJobError(f"job {job_id} has no instance {subid}")
+            if sub["preempted"]:
+                raise ValueError(
+                    f"instance {job_id}.{subid} is preempted: it takes no new work until its "
+                    "running work has ended and it is pending again"
+                )
             if sub["status"] not in (Status.PENDING, Status.RUNNING):
                 raise ValueError(
                     f"instance {job_id}.{subid} is {sub['status']}; work runs only on pending "

@@ -604,6 +604,52 @@ def test_preempt_lets_the_running_frame_finish_then_the_job_goes_pending(
     assert sup.job(job_id)["status"] == "running"
 
 
+def test_preempt_of_an_instance_lets_its_frame_finish_then_it_goes_pending(
+    sup: ReferenceSupervisor, events: list[Transition]
+) -> None:
+    # It read pending at once while its frame ran (probe 54): Qube's preempt is
+    # "pending after the current agenda item completes", for an instance as for a job.
+    job_id = submit_one(sup, agenda=["1", "2", "3"], cpus=2)
+    sup.start_work(job_id, "1", subid=0)
+    sup.start_work(job_id, "2", subid=1)
+    events.clear()
+
+    result = sup.subjob_action("preempt", job_id, [0], "alice")
+
+    assert (result.changed, result.message) == (
+        1,
+        "instance 1.0 preempted: it stays running until work 1:1 ends, then goes pending; "
+        "it takes no new work",
+    )
+    assert [s["status"] for s in sup.job(job_id)["subjobs"]] == ["running", "running"]
+    assert events == []
+    with pytest.raises(ValueError, match=r"instance 1\.0 is preempted: it takes no new work"):
+        sup.start_work(job_id, "3", subid=0)
+    assert sup.subjob_action("preempt", job_id, [0], "alice").message == (
+        "instance 1.0 is already preempted: it goes pending once work 1:1 ends"
+    )
+
+    sup.complete_work(job_id, "1")
+
+    assert [s["status"] for s in sup.job(job_id)["subjobs"]] == ["pending", "running"]
+    assert sup.job(job_id)["status"] == "running"  # its other instance runs on
+    sup.start_work(job_id, "3", subid=0)  # dispatched again like any pending instance
+    assert [s["status"] for s in sup.job(job_id)["subjobs"]] == ["running", "running"]
+
+
+def test_another_verb_on_a_preempted_instance_ends_the_wait(sup: ReferenceSupervisor) -> None:
+    job_id = submit_one(sup, agenda=["1", "2", "3"], cpus=2)
+    sup.start_work(job_id, "1", subid=0)
+    sup.start_work(job_id, "2", subid=1)  # the job runs on while instance 0 is changed
+    sup.subjob_action("preempt", job_id, [0], "alice")
+
+    sup.subjob_action("kill", job_id, [0], "alice")
+
+    assert sup.job(job_id)["subjobs"][0]["status"] == "killed"
+    sup.subjob_action("retry", job_id, [0], "alice")
+    sup.start_work(job_id, "3", subid=0)  # no preempt left over
+
+
 def test_preempt_releases_each_instance_as_its_frame_ends(sup: ReferenceSupervisor) -> None:
     job_id = submit_one(sup, agenda=[1, 2, 3], cpus=2)
     sup.start_work(job_id, "1", subid=0)
