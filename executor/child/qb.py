@@ -370,12 +370,7 @@ _SUBJOB_VERBS = [verb for verb in _JOB_VERBS if verb not in ("remove", "retire")
 # would shadow the callback's names). Built once at import, in the zygote.
 __all__ = [  # noqa: PLE0604  # the verbs' names come from their lists, as the verbs do
     "QB_TIME_EPOCH_OFFSET",
-    "QbError",
-    "PermissionDenied",
-    "NoSuchJob",
-    "NoSuchWork",
-    "InvalidArgument",
-    "SupervisorUnavailable",
+    *protocol.QB_ERROR_KINDS,  # the exception classes
     "jobid",
     "subid",
     "workid",

@@ -14,21 +14,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 
-import grpc
 import pytest
 
 from executor import sql
-from executor.api.triggers import TriggerServicer
 from executor.sql import Db, PgDb, StoreUnavailable, connect_postgres
 from executor.triggers import engine as engine_module
-from executor.triggers.engine import TriggerEngine
-from executor.triggers.store import TriggerStore
-from supervisor_client.jobdict import job_from_dict
-from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.helpers.pg_relay import HoldingRelay
 from tests.helpers.postgres import PostgresServer
-from tests.helpers.servicer_context import Aborted, FakeContext, as_context
-from tests.helpers.trigger_engines import LIMITS, Recorder, job
+from tests.helpers.registered_job import registered_job
 
 pytestmark = pytest.mark.service
 
@@ -119,33 +112,12 @@ def cut_before_the_group_commits(
 async def test_publish_event_is_unavailable_when_its_backend_ends_and_applied_when_resent(
     pg_url: str, relay: HoldingRelay, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = TriggerStore(relay.url(pg_url))
-    recorder = Recorder()
-    engine = TriggerEngine(store, recorder, limits=LIMITS)
-    triggers = TriggerServicer(engine)
-    engine.start()
-    try:
-        await triggers.RegisterJob(
-            executor_pb2.RegisterJobRequest(job=job_from_dict(job(61, ("running-job-self", "x")))),
-            as_context(FakeContext()),
-        )
-        with store.transaction() as db:
+    async with registered_job(relay.url(pg_url), 61) as registered:
+        with registered.store.transaction() as db:
             pid = backend_pid(db)  # the connection the groups' transactions run on
         monkeypatch.setattr(
             engine_module, "pipelined", cut_before_the_group_commits(pg_url, relay, pid)
         )
-        request = executor_pb2.PublishEventRequest(
-            name="running", type="job", job_id=61, event_id="cut-61"
-        )
-        with pytest.raises(Aborted) as refused:
-            await triggers.PublishEvent(request, as_context(FakeContext()))
-        assert refused.value.code == grpc.StatusCode.UNAVAILABLE, refused.value.details
-        # Nothing of it was applied: resent with its id, it is applied now, and once.
-        again = await triggers.PublishEvent(request, as_context(FakeContext()))
-        assert not again.duplicate
-        assert (await triggers.PublishEvent(request, as_context(FakeContext()))).duplicate
-        await recorder.ran(1)
-        assert recorder.codes == ["x"]
-    finally:
-        await engine.close()
-        store.close()
+        request = registered.running_event("cut-61")
+        await registered.refused(request)
+        await registered.applied_once_when_resent(request)

@@ -10,19 +10,12 @@ from __future__ import annotations
 
 import socket
 
-import grpc
 import pytest
 
-from executor.api.triggers import TriggerServicer
 from executor.migrations import migrate
 from executor.sql import PgDb, StoreUnavailable, connect_postgres
-from executor.triggers.engine import TriggerEngine
-from executor.triggers.store import TriggerStore
-from supervisor_client.jobdict import job_from_dict
-from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.helpers.postgres import PostgresServer
-from tests.helpers.servicer_context import Aborted, FakeContext, as_context
-from tests.helpers.trigger_engines import LIMITS, Recorder, job
+from tests.helpers.registered_job import registered_job
 
 pytestmark = pytest.mark.service
 
@@ -87,37 +80,18 @@ async def test_publish_event_on_a_read_only_database_is_unavailable_and_applied_
     url = postgres.create_database("read_only_events")
     migrate(url)
     admin = connect_postgres(postgres.url())
-    store = TriggerStore(url)
-    recorder = Recorder()
-    engine = TriggerEngine(store, recorder, limits=LIMITS)
-    triggers = TriggerServicer(engine)
-    engine.start()
     try:
-        await triggers.RegisterJob(
-            executor_pb2.RegisterJobRequest(job=job_from_dict(job(71, ("running-job-self", "x")))),
-            as_context(FakeContext()),
-        )
-        # A failover leaves the address on a read-only server: new sessions cannot write.
-        admin.execute("ALTER DATABASE read_only_events SET default_transaction_read_only = on")
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = 'read_only_events'"
-        )
-        request = executor_pb2.PublishEventRequest(
-            name="running", type="job", job_id=71, event_id="ro-71"
-        )
-        with pytest.raises(Aborted) as refused:
-            await triggers.PublishEvent(request, as_context(FakeContext()))
-        assert refused.value.code == grpc.StatusCode.UNAVAILABLE, refused.value.details
-        assert "read-only" in refused.value.details
-        # Writable again (the new primary): the resent event is applied, once.
-        admin.execute("ALTER DATABASE read_only_events RESET default_transaction_read_only")
-        again = await triggers.PublishEvent(request, as_context(FakeContext()))
-        assert not again.duplicate
-        assert (await triggers.PublishEvent(request, as_context(FakeContext()))).duplicate
-        await recorder.ran(1)
-        assert recorder.codes == ["x"]
+        async with registered_job(url, 71) as registered:
+            # A failover leaves the address on a read-only server: new sessions cannot write.
+            admin.execute("ALTER DATABASE read_only_events SET default_transaction_read_only = on")
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = 'read_only_events'"
+            )
+            request = registered.running_event("ro-71")
+            assert "read-only" in await registered.refused(request)
+            # Writable again (the new primary): the resent event is applied, once.
+            admin.execute("ALTER DATABASE read_only_events RESET default_transaction_read_only")
+            await registered.applied_once_when_resent(request)
     finally:
-        await engine.close()
-        store.close()
         admin.close()
