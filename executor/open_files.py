@@ -12,10 +12,7 @@ bridge. The cold launcher adds each prepared shim's pidfd and report pipe: 8 per
 (106 with 4 slots, 170 with 8). cgroup v2 keeps a third counter file per cell (cpu.stat).
 
 Out of descriptors (EMFILE, or ENFILE for the whole host) when a run starts is a
-capacity refusal, not a bug: the run is refused RESOURCE_EXHAUSTED with a retry-after
-and a message naming the limit, and nothing of its child is left open. The log says so
-once per ``LOG_INTERVAL_S`` (with how many were refused meanwhile), without a traceback:
-under load every request would otherwise write one.
+capacity refusal, not a bug (``shortage``): nothing of its child is left open.
 """
 
 from __future__ import annotations
@@ -23,11 +20,8 @@ from __future__ import annotations
 import errno
 import logging
 import resource
-import time
-from collections.abc import Callable
 from typing import Final, TypeGuard
 
-from executor.errors import CapacityError
 from executor.runtimes.child import CHILD_RUNTIMES
 
 logger = logging.getLogger(__name__)
@@ -40,9 +34,6 @@ CELL_FDS: Final = {"zygote": 7, "cold": 9}
 # descriptors a run holds only while it starts.
 CONNECTIONS_MARGIN_FDS: Final = 256
 OUT_OF_DESCRIPTORS: Final = frozenset({errno.EMFILE, errno.ENFILE})
-# As for a full queue: a finished run gives its descriptors back within moments.
-RETRY_AFTER_S: Final = 1.0
-LOG_INTERVAL_S: Final = 60.0
 
 
 def out_of_descriptors(err: BaseException) -> TypeGuard[OSError]:
@@ -96,38 +87,3 @@ def limit_warning(open_files: int, slots: int, launcher: str) -> str | None:
         "runs that find none left are refused RESOURCE_EXHAUSTED; raise the hard limit "
         "(systemd LimitNOFILE=, ulimit -Hn) or lower max_concurrent"
     )
-
-
-class DescriptorShortage:
-    """Refusals of runs that found no descriptor left, and their log lines (one per interval)."""
-
-    def __init__(
-        self, interval_s: float = LOG_INTERVAL_S, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._interval_s = interval_s
-        self._clock = clock
-        self._logged_at: float | None = None
-        self._left_out = 0
-
-    @staticmethod
-    def describe(err: OSError) -> str:
-        """What ran out, in words a person can act on."""
-        if err.errno == errno.ENFILE:
-            return "the host is out of file descriptors (the kernel's fs.file-max)"
-        return f"the executor is out of file descriptors (its limit, RLIMIT_NOFILE, is {limit()})"
-
-    def refusal(self, err: OSError) -> CapacityError:
-        """The run's refusal (logged or counted): RESOURCE_EXHAUSTED with a retry-after."""
-        what = self.describe(err)
-        self.note(f"runs refused: {what}")
-        return CapacityError(f"{what}; retry later", retry_after_s=RETRY_AFTER_S)
-
-    def note(self, line: str) -> None:
-        """Log ``line`` at WARNING unless one was logged within the interval (then count it)."""
-        now = self._clock()
-        if self._logged_at is not None and now - self._logged_at < self._interval_s:
-            self._left_out += 1
-            return
-        left_out, self._left_out, self._logged_at = self._left_out, 0, now
-        more = f" ({left_out} more since the last such line, not logged)" if left_out else ""
-        logger.warning("%s%s", line, more)

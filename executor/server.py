@@ -34,7 +34,7 @@ from typing import Any, Final
 
 import grpc
 
-from executor import data_dir, heap_return, open_files
+from executor import data_dir, heap_return, open_files, process_limit
 from executor.api import edge as api_edge
 from executor.api import embedded as api_embedded
 from executor.api import security
@@ -320,7 +320,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             *bind_warnings(policies),
             *(api_embedded.shared_store_warnings(settings.store) if embedded else []),
             *open_to_others(settings),
-            *_open_files_warnings(settings),
+            *_own_limits_warnings(settings),
         ]:
             logger.warning("%s", line)
         return RunningServer(
@@ -433,11 +433,13 @@ async def _stop_tasks(tasks: Sequence[asyncio.Task[Any]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _open_files_warnings(settings: Settings) -> list[str]:
-    warning = open_files.limit_warning(
-        open_files.limit(), settings.max_concurrent, settings.launcher
+def _own_limits_warnings(settings: Settings) -> list[str]:
+    """The start-up WARNINGs of the executor's own open-file and process limits."""
+    warnings = (
+        open_files.limit_warning(open_files.limit(), settings.max_concurrent, settings.launcher),
+        process_limit.limit_warning(process_limit.own_limit(), settings.max_concurrent),
     )
-    return [] if warning is None else [warning]
+    return [warning for warning in warnings if warning is not None]
 
 
 async def serve_forever(settings: Settings) -> None:

@@ -102,7 +102,7 @@ def mark_end() -> None:
         pass
 
 
-def report_launch_failure(reason: str) -> int:
+def report_launch_failure(reason: str, errno: int | None = None) -> int:
     """Tell the executor on the bridge that the callback could not be started; EXIT_LAUNCH_FAILED.
 
     Only before the runtime has read its start frame: the executor believes it only
@@ -111,7 +111,10 @@ def report_launch_failure(reason: str) -> int:
     starts nothing. Formatted here (``protocol.LaunchFailedFrame``): a cold Perl child
     never imports protocol.
     """
-    body = json.dumps({"type": "launch_failed", "reason": reason[-4000:]}).encode()
+    frame: dict[str, object] = {"type": "launch_failed", "reason": reason[-4000:]}
+    if errno:  # EAGAIN: the executor's process limit, a refusal rather than a failure
+        frame["errno"] = errno
+    body = json.dumps(frame).encode()
     try:  # noqa: SIM105 - not contextlib.suppress: one module fewer for a cold start
         os.write(BRIDGE_FD, len(body).to_bytes(4, "big") + body)
     except OSError:
@@ -406,7 +409,7 @@ def main(argv: list[str]) -> int:
             os.write(2, f"launcher: could not start the callback: {reason}\n".encode())
         except OSError:
             pass
-        return report_launch_failure(reason)
+        return report_launch_failure(reason, getattr(err, "errno", None))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ child -> parent
                answered by a reply
     ``done``   ``DoneFrame`` {status, exit_code?, exception_type?, message?, traceback?}
                status: ok | exit | exception | memory | rejected | terminated
-    ``launch_failed``  ``LaunchFailedFrame`` {reason}: the launcher (or a zygote's
+    ``launch_failed``  ``LaunchFailedFrame`` {reason, errno?}: the launcher (or a zygote's
                child) could not start the callback; sent only before the start frame
                is read, then the process exits 121 (never on a run that starts)
 
@@ -191,6 +191,9 @@ class LaunchFailedFrame(TypedDict):
 
     type: Literal["launch_failed"]
     reason: str
+    # The failure's errno when it was an OSError: EAGAIN (a fork the process limit
+    # refused) makes the run a capacity refusal rather than a failed callback.
+    errno: NotRequired[int]
 
 
 ReplyFrame = ReplyOk | ReplyFailed
@@ -335,6 +338,8 @@ class ZygoteFailed(TypedDict):
     type: Literal["failed"]
     id: int | None
     error: str
+    # The fork's errno when the fork failed: EAGAIN is the executor's process limit.
+    errno: NotRequired[int]
 
 
 class ZygoteExited(TypedDict):
@@ -457,7 +462,7 @@ _DONE_FIELDS: Final[dict[str, type]] = {
     "traceback": str,
 }
 _DONE_REQUIRED: Final = ("status",)
-_LAUNCH_FAILED_FIELDS: Final[dict[str, type]] = {"type": str, "reason": str}
+_LAUNCH_FAILED_FIELDS: Final[dict[str, type]] = {"type": str, "reason": str, "errno": int}
 
 
 def _check_fields(

@@ -11,6 +11,7 @@ executor -> zygote   ``{"type":"spawn","id":N,"workdir":W,"warm_up":B,"env":{...
 executor -> zygote   ``ping`` (no fds), answered ``{"type":"pong"}`` at once: the
                      executor's watchdog, while this process owes it answers
 zygote -> executor   ``{"type":"started","id":N,"pid":P}`` or ``{"type":"failed","id":N,...}``
+                     (with the fork's ``errno`` when it was the fork that failed)
                      ``{"type":"exited","pid":P,"status":S,"cpu":C,"maxrss_kib":K}``
 
 (``protocol.SpawnRequest``, ``encode_spawn``, ``ZygoteStarted``, ``ZygoteFailed``,
@@ -393,7 +394,7 @@ def _child(
         # run that started itself (EXIT_REPORT_FAILED). Not marked: the end mark's wait
         # would read the unread start frame, the executor's evidence that the callback
         # never ran.
-        code = report_launch_failure(f"{type(err).__name__}: {err}")
+        code = report_launch_failure(f"{type(err).__name__}: {err}", getattr(err, "errno", None))
         own = -1
     finally:
         try:
@@ -516,6 +517,7 @@ def serve(control: socket.socket, *, private_network: bool = False) -> None:
             request_id, cell_part, workdir, warm_up, env = protocol.decode_spawn(data)
             pid = -1
             error = ""
+            error_number = 0
             try:
                 spec, confinement = cell_specs.spec(cell_part, workdir, warm_up=warm_up)
             except CgroupFilesError as err:
@@ -536,7 +538,7 @@ def serve(control: socket.socket, *, private_network: bool = False) -> None:
                 environment.before_fork(env)
                 pid = os.fork()
             except OSError as err:
-                error = str(err)
+                error, error_number = str(err), err.errno or 0
             if pid == 0:
                 # The child leaves our objects alone (each touch is a page fault) and
                 # never returns to them: closing fds above its bridge closes their fds.
@@ -547,7 +549,10 @@ def serve(control: socket.socket, *, private_network: bool = False) -> None:
                 control.send(_started(request_id, pid))
                 children.add(pid)
             else:
-                _send(control, {"type": "failed", "id": request_id, "error": error})
+                _send(
+                    control,
+                    {"type": "failed", "id": request_id, "error": error, "errno": error_number},
+                )
 
 
 def main(argv: list[str]) -> int:

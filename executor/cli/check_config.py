@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from typing import TextIO
 
-from executor import config, data_dir, open_files
+from executor import config, data_dir, open_files, process_limit
 from executor.api import security
 from executor.data_dir_lock import DataDirLock
 from executor.errors import ConfigError
@@ -174,6 +174,7 @@ def check(settings: config.Settings, out: TextIO) -> list[str]:
         ("sandbox", lambda: _sandbox(settings)),
         ("universal callbacks", lambda: _universal(settings)),
         ("open files", lambda: _open_files(settings)),
+        ("processes", lambda: _processes(settings)),
     ]
     problems: list[str] = []
     for name, run in checks:
@@ -194,6 +195,17 @@ def _open_files(settings: config.Settings) -> str:
         f"~{wanted} (~{idle} at idle)"
     )
     warning = open_files.limit_warning(reachable, settings.max_concurrent, settings.launcher)
+    return found if warning is None else f"{found}\n  WARNING: {warning}"
+
+
+def _processes(settings: config.Settings) -> str:
+    """This process's task limit (``serve`` runs under the same), against what the slots want."""
+    limit = process_limit.own_limit()
+    wanted = process_limit.wanted(settings.max_concurrent)
+    found = (
+        f"limit {limit[0]} ({limit[1]})" if limit is not None else "no limit"
+    ) + f"; max_concurrent = {settings.max_concurrent} may want ~{wanted} tasks"
+    warning = process_limit.limit_warning(limit, settings.max_concurrent)
     return found if warning is None else f"{found}\n  WARNING: {warning}"
 
 

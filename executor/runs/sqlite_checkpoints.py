@@ -94,7 +94,12 @@ class BackgroundCheckpoints:
             if self._since < self._every and self._log_bytes() <= self._max_log_bytes:
                 return
             self._since = 0
-            self._running = self._thread.submit(self._checkpoint)
+            try:
+                self._running = self._thread.submit(self._checkpoint)
+            except RuntimeError as err:
+                # Its thread could not be started (the executor's process limit): the
+                # checkpoint is queued for the thread a later commit starts.
+                logger.debug("checkpoint of %s put off: %s", self._path, err)
 
     def _log_bytes(self) -> int:
         """The log file's size (a stat: about a microsecond)."""

@@ -222,6 +222,7 @@ class BridgeServer:
                     if self._result.calls or self._result.done is not None:
                         raise BridgeViolation("a launch failure report after the run started")
                     self._result.launch_failure = frame["reason"] or "(no reason given)"
+                    self._result.launch_errno = frame.get("errno", 0)
                     continue
                 if not self._from_main_process():
                     logger.info("a done frame not from the callback's own process is ignored")

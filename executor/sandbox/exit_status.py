@@ -52,8 +52,10 @@ class ChildExit:
     bridge_error: str = ""
     # qb call frames the child sent (a callback that made any has run).
     calls: int = 0
-    # The launcher's (or a zygote child's) ``launch_failed`` reason, when it sent one.
+    # The launcher's (or a zygote child's) ``launch_failed`` reason, when it sent one,
+    # and the errno of the failure when it was an OSError (EAGAIN: out of processes).
     launch_failure: str = ""
+    launch_errno: int = 0
     # The kernel's word that the child's end of the bridge was closed with the start
     # frame not (wholly) read: sending it failed (EPIPE), or with no call answered, a
     # read found the child's end released with data left in it (ECONNRESET). Its

@@ -38,19 +38,26 @@ from typing import Final
 from executor.child import protocol
 from executor.child.protocol import IsolationSpec, LaunchSpec, StartFrame
 from executor.model import Limits
-from executor.open_files import DescriptorShortage, out_of_descriptors
 from executor.policies import DEFAULT_UMASK, Policy, directories_now
+from executor.process_limit import OUT_OF_PROCESSES
 from executor.runtimes.child import CHILD_RUNTIMES, ChildRuntime
 from executor.sandbox import limits as sandbox_limits
 from executor.sandbox.bridge import BridgeServer, CallHandler, send_now
 from executor.sandbox.capture import CapturedStream, PipeReader
 from executor.sandbox.cgroup import PREFIX as CGROUP_PREFIX
 from executor.sandbox.cgroup import CellCgroups
-from executor.sandbox.exit_status import ChildExit, SandboxResult, expected_exit, sandbox_result
+from executor.sandbox.exit_status import (
+    ChildExit,
+    SandboxResult,
+    expected_exit,
+    launch_failed,
+    sandbox_result,
+)
 from executor.sandbox.lifecycle import RunStop, has_ended, terminate
 from executor.sandbox.netns import EmptyNetwork
 from executor.sandbox.spawners import ZYGOTE_LONGEST_WAIT_S, ChildHandle, Spawner
 from executor.sandbox.usage import live_usage
+from executor.shortage import Shortage, at_capacity
 from executor.wall_deadline import WallDeadline
 
 logger = logging.getLogger(__name__)
@@ -246,8 +253,8 @@ class SandboxRunner:
         self._oom_kills: dict[int, int] = {}
         # Runs answered at their end mark whose children are still being ended.
         self._finishing: set[asyncio.Task[None]] = set()
-        # Runs refused for want of descriptors, and the log lines that say so.
-        self._shortage = DescriptorShortage()
+        # Runs refused for want of descriptors or processes, and the log lines that say so.
+        self._shortage = Shortage()
 
     @staticmethod
     def cells(slots: int) -> int:
@@ -486,7 +493,7 @@ class SandboxRunner:
             try:
                 child = await pending
             except Exception as err:  # noqa: BLE001 - a failed preparation only costs the head start
-                if out_of_descriptors(err):
+                if at_capacity(err):
                     self._shortage.note(f"preparing children: {self._shortage.describe(err)}")
                 else:
                     logger.warning("preparing a child in cell %d failed: %s", cell, err)
@@ -572,11 +579,12 @@ class SandboxRunner:
         A ``stop`` ends the run early (SIGTERM, grace, SIGKILL; a run stopped before its
         child got the start frame never starts): the outcome is KILLED with the stop's
         reason as its failure. Raises UnavailableError when no child could be started, and
-        CapacityError when the executor is out of descriptors to start one (``open_files``).
+        CapacityError when the executor is out of descriptors or processes to start one
+        (``shortage``).
         """
         stop = stop or RunStop()
         cell = self.cell(slot, runtime.language)
-        with self._refused_out_of_descriptors():
+        with self._refused_at_capacity():
             child = await self._take(runtime, limits, cell, policy)
         evidence = ChildExit(
             stdout=CapturedStream(limits.output_bytes), stderr=CapturedStream(limits.output_bytes)
@@ -594,7 +602,7 @@ class SandboxRunner:
             grace_s = 0.0
             try:
                 # Before its start frame: a refused run's child is ended below, never ran.
-                with self._refused_out_of_descriptors():
+                with self._refused_at_capacity():
                     self._set_cgroup_limits(cell, limits)  # this run's own, whoever started it
                     oom_kills_before = self._oom_kills_seen(cell)
                 evidence.cell_cpu_before = self._cell_cpu(cell)
@@ -637,18 +645,36 @@ class SandboxRunner:
         finally:
             if not answered_early:
                 await asyncio.shield(self._release(child))
+        return self._concluded(evidence, runtime, limits, cell, policy)
+
+    def _concluded(
+        self,
+        evidence: ChildExit,
+        runtime: ChildRuntime,
+        limits: Limits,
+        cell: int,
+        policy: Policy | None,
+    ) -> SandboxResult:
+        """The ended run's result, its cell given a child ready for the next one.
+
+        A callback that never started because its process could not be forked (EAGAIN:
+        the executor's or the host's process limit) is no failure of the callback's: the
+        run is refused, as when its child could not be forked at all.
+        """
+        if launch_failed(evidence) and evidence.launch_errno == OUT_OF_PROCESSES:
+            raise self._shortage.refusal(OSError(OUT_OF_PROCESSES, evidence.launch_failure))
         # A run its caller left (a deadline, a cancel) still leaves its cell a child ready;
         # a stopping executor prepares none (``stop_preparing``).
         self._prepare(runtime, limits, cell, policy)
         return sandbox_result(evidence, limits)
 
     @contextlib.contextmanager
-    def _refused_out_of_descriptors(self) -> Iterator[None]:
-        """Out of descriptors (EMFILE, ENFILE) in the block: the run is refused, CapacityError."""
+    def _refused_at_capacity(self) -> Iterator[None]:
+        """Out of descriptors or processes in the block: the run is refused, CapacityError."""
         try:
             yield
         except OSError as err:
-            if not out_of_descriptors(err):
+            if not at_capacity(err):
                 raise
             raise self._shortage.refusal(err) from err
 

@@ -34,10 +34,11 @@ from executor.child.protocol import (
     spawn_cell_fields,
 )
 from executor.errors import UnavailableError
-from executor.open_files import out_of_descriptors
 from executor.policies import DEFAULT_UMASK
+from executor.process_limit import OUT_OF_PROCESSES
 from executor.runtimes.child import CHILD_RUNTIMES, LAUNCHER
 from executor.sandbox.shim_report import ShimReport
+from executor.shortage import at_capacity
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +202,7 @@ class ColdSpawner:
             )
         except OSError as err:
             os.close(report_r)
-            if out_of_descriptors(err):
+            if at_capacity(err):
                 raise  # the runner refuses the run for capacity
             raise UnavailableError(f"could not start the sandbox: {err}") from err
         finally:
@@ -330,7 +331,7 @@ class _Zygote:
             )
         except OSError as err:
             ours.close()
-            if out_of_descriptors(err):
+            if at_capacity(err):
                 raise  # not the zygote's failure: the runner refuses the run for capacity
             raise UnavailableError(f"could not start the {self.language} zygote: {err}") from err
         finally:
@@ -374,7 +375,12 @@ class _Zygote:
             failed = message["id"]
             future = self._starting.pop(failed, None) if failed is not None else None
             if future is not None and not future.done():
-                future.set_exception(UnavailableError(f"zygote could not fork: {message}"))
+                error: Exception = UnavailableError(f"zygote could not fork: {message}")
+                if message.get("errno") == OUT_OF_PROCESSES:
+                    # The process limit, not the zygote: refused for capacity (the cold
+                    # path would need more processes still), and no zygote failure.
+                    error = OSError(OUT_OF_PROCESSES, f"zygote could not fork: {message['error']}")
+                future.set_exception(error)
         elif message["type"] == "exited":
             handle = self._children.pop(message["pid"], None)
             if handle is not None:

@@ -114,7 +114,16 @@ class _Server(ThreadingHTTPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._connections_lock:
             self._connections.add(request)
-        super().process_request(request, client_address)
+        try:
+            super().process_request(request, client_address)
+        except RuntimeError:
+            # No thread to be had (the executor's process limit, ``process_limit``): the
+            # connection is closed unanswered (handle_error, shutdown_request), and the
+            # thread that never started is not left for server_close to join.
+            threads = vars(self).get("_threads")  # ThreadingMixIn's, made by the call above
+            if threads is not None:
+                threads.reap()
+            raise
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         if self._tls is None:

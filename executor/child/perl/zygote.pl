@@ -613,6 +613,7 @@ sub serve {
             next;
         }
         my $new_namespace = $message->{spec}{pid_namespace};
+        my $errno = 0;    # fork's: EAGAIN is the executor's process limit (a refusal)
         my $pid = eval {
             prepare_filter($message->{spec}{child_filter});
             enter_cell_network($message->{spec}{cell} // 0) if $private_network;
@@ -620,7 +621,7 @@ sub serve {
                 sys('setns', fileno $own_namespace, CLONE_NEWPID);
                 sys('unshare', CLONE_NEWPID);
             }
-            fork // die "fork: $!\n";
+            fork // do { $errno = $! + 0; die "fork: $!\n" };
         };
         my $error = $@;
         if (defined $pid && $pid == 0) {
@@ -631,7 +632,8 @@ sub serve {
         sys('setns', fileno $own_namespace, CLONE_NEWPID) if $new_namespace;
         POSIX::close($_) for @fds;
         if (!defined $pid) {
-            send_message($control, { type => 'failed', id => $message->{id}, error => $error });
+            send_message($control,
+                { type => 'failed', id => $message->{id}, error => $error, errno => $errno });
             next;
         }
         $children{$pid} = 1;
