@@ -375,6 +375,10 @@ def confine_and_run(
         drop_privileges(isolation["uid"], isolation["gid"], isolation["groups"])
     umask(spec["umask"])
     _apply_rlimits(confinement.rlimits)
+    # Not dumpable, so /proc/self's files stay root's: a dumpable process could reset the
+    # peak RSS its usage reports (clear_refs). A uid change leaves it to fs.suid_dumpable,
+    # and the filter refuses setting it back; an exec'd Perl sets it itself (bootstrap.pl).
+    set_process_flag(PR_SET_DUMPABLE, 0)
     if confinement.filter is not None:
         install_filter(confinement.filter)  # survives the exec of Perl on the cold path
     return _run_runtime(spec)

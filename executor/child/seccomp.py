@@ -18,6 +18,10 @@ What it decides, for the one architecture it was built for:
 - ``socket``/``socketpair`` of a family other than AF_UNIX, AF_INET, AF_INET6 and
   AF_NETLINK: EAFNOSUPPORT, what a kernel without that family says;
 - ``personality`` other than the query (0xffffffff) and PER_LINUX: EPERM;
+- ``prctl(PR_SET_DUMPABLE, 1)`` (any value but 0): EPERM. The callback's processes are
+  not dumpable, so ``/proc/self``'s files are root's; a dumpable one could write 5 to
+  ``/proc/self/clear_refs``, which resets the peak RSS the usage reports (both wait4's
+  and VmHWM). Querying it, and setting 0, stay allowed;
 - a file mode with the setuid or setgid bit (``chmod`` and its kin, ``creat``,
   ``mknod``, ``open``/``openat`` creating a file): EPERM. A file the callback makes in a
   read-write bind is the host's too, where ``nosuid`` does not hold: a setuid file
@@ -25,9 +29,12 @@ What it decides, for the one architecture it was built for:
   whose mode a classic filter cannot read, is ENOSYS (libc then uses ``openat``);
 - the calls in ``DENIED`` (io_uring and native Linux AIO, keyrings, bpf, perf events,
   userfaultfd, ptrace and cross-process memory, mounts old and new, modules, kexec,
-  clocks, ...): EPERM. Native AIO because its events are a host-wide pool
-  (``fs.aio-max-nr``): one ``io_setup(65536)`` took them all from every other process
-  until the run ended, at almost no memory cost to the callback;
+  clocks, fanotify and inotify, ...): EPERM. Native AIO because its events are a
+  host-wide pool (``fs.aio-max-nr``): one ``io_setup(65536)`` took them all from every
+  other process until the run ended, at almost no memory cost to the callback. inotify
+  because a watch on a host directory a callback sees (``/etc``, the stdlib) shows
+  every process's opens there, a sibling callback's imports included (programs such
+  as ``tail -f`` fall back to polling);
 - everything else: allowed.
 
 A denied call fails with an errno, never a kill: the callback gets a clear error it can
@@ -54,6 +61,7 @@ EPERM: Final = 1
 ENOSYS: Final = 38
 EAFNOSUPPORT: Final = 97
 PR_SET_SECCOMP: Final = 22
+PR_SET_DUMPABLE: Final = 4
 SECCOMP_MODE_FILTER: Final = 2
 
 # Classic BPF opcodes (linux/filter.h): load a word of seccomp_data, jumps on a
@@ -101,6 +109,7 @@ SYSCALLS: Final[dict[str, tuple[int | None, int | None]]] = {
     "socket": (41, 198),
     "socketpair": (53, 199),
     "personality": (135, 92),
+    "prctl": (157, 167),
     "unshare": (272, 97),
     "setns": (308, 268),
     "io_uring_setup": (425, 425),
@@ -158,6 +167,8 @@ SYSCALLS: Final[dict[str, tuple[int | None, int | None]]] = {
     "sethostname": (170, 161),
     "setdomainname": (171, 162),
     "fanotify_init": (300, 262),
+    "inotify_init": (253, None),
+    "inotify_init1": (294, 26),
     "chmod": (90, None),
     "fchmod": (91, 52),
     "fchmodat": (268, 53),
@@ -188,7 +199,7 @@ OPEN_ARGUMENTS: Final = {"open": (1, 2), "openat": (2, 3)}
 DENIED: Final = tuple(
     name
     for name in SYSCALLS
-    if name not in ("clone", "clone3", "socket", "socketpair", "personality", "openat2")
+    if name not in ("clone", "clone3", "socket", "socketpair", "personality", "prctl", "openat2")
     and name not in MODE_ARGUMENT
     and name not in OPEN_ARGUMENTS
 )
@@ -288,6 +299,7 @@ def build(arch: str, *, allowing: tuple[str, ...] = ()) -> bytes:
         ("socket", "socket"),
         ("socketpair", "socket"),
         ("personality", "personality"),
+        ("prctl", "prctl"),
     ):
         number = nr(name)
         if number is None:  # every architecture the filter knows has these
@@ -327,6 +339,13 @@ def build(arch: str, *, allowing: tuple[str, ...] = ()) -> bytes:
         (LD_W_ABS, None, None, ARG0_LOW),
         *(_jeq(family, "allow") for family in ALLOWED_SOCKET_FAMILIES),
         _ret(SECCOMP_RET_ERRNO | EAFNOSUPPORT),
+        "prctl",
+        (LD_W_ABS, None, None, ARG0_LOW),
+        _jeq(PR_SET_DUMPABLE, None, "allow"),
+        # Its value is an unsigned long: one whose low half is 0 but not the rest is
+        # refused by the kernel (EINVAL).
+        (LD_W_ABS, None, None, arg_low(1)),
+        _jeq(0, "allow", "eperm"),
         "personality",
         (LD_W_ABS, None, None, ARG0_LOW),
         *(_jeq(persona, "allow") for persona in ALLOWED_PERSONALITIES),

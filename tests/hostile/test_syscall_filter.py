@@ -38,6 +38,7 @@ ctypes.memmove(attr, (1).to_bytes(4, 'little') + (128).to_bytes(4, 'little'), 8)
 seen['perf_event_open'] = outcome(libc.syscall(SYS_perf_event_open, attr, 0, -1, -1, 0))
 seen['bpf'] = outcome(libc.syscall(SYS_bpf, 0, ctypes.create_string_buffer(128), 128))
 seen['ptrace(TRACEME)'] = outcome(libc.syscall(SYS_ptrace, 0, 0, 0, 0))
+seen['inotify_init1'] = outcome(libc.inotify_init1(0))
 seen['personality(ADDR_NO_RANDOMIZE)'] = outcome(libc.personality(0x0040000))
 seen['clone3'] = outcome(libc.syscall(SYS_clone3, None, 0))
 child = libc.syscall(SYS_clone, 0x10000000 | 17, 0, 0, 0, 0)  # CLONE_NEWUSER | SIGCHLD
@@ -86,6 +87,7 @@ $seen{perf_event_open} = outcome(syscall(SYS_perf_event_open, $attr, 0, -1, -1, 
 my $bpf_attr = "\0" x 128;
 $seen{bpf} = outcome(syscall(SYS_bpf, 0, $bpf_attr, 128));
 $seen{'ptrace(TRACEME)'} = outcome(syscall(SYS_ptrace, 0, 0, 0, 0));
+$seen{inotify_init1} = outcome(syscall(SYS_inotify_init1, 0));
 $seen{'personality(ADDR_NO_RANDOMIZE)'} = outcome(syscall(SYS_personality, 0x0040000));
 $seen{clone3} = outcome(syscall(SYS_clone3, 0, 0));
 my $child = syscall(SYS_clone, 0x10000000 | 17, 0, 0, 0, 0);
@@ -115,6 +117,7 @@ DENIED = {
     "perf_event_open": "errno 1",
     "bpf": "errno 1",
     "ptrace(TRACEME)": "errno 1",
+    "inotify_init1": "errno 1",  # a watch on /etc or the stdlib shows the host's activity
     "personality(ADDR_NO_RANDOMIZE)": "errno 1",
     "clone(CLONE_NEWUSER)": "errno 1",
     "clone3": "errno 38",  # ENOSYS: glibc falls back to clone
@@ -124,13 +127,19 @@ DENIED = {
 
 # The kernel's number, not the filter's table: the probe asks whether it is denied.
 IO_SETUP = {"x86_64": 206, "aarch64": 0}
+PRCTL = {"x86_64": 157, "aarch64": 167}
 
 
 def _probe(language: str) -> str:
+    return _probe_code(PROBE[language])
+
+
+def _probe_code(code: str) -> str:
+    """``code`` with each ``SYS_name`` replaced by this machine's syscall number."""
     arch = seccomp.native_arch()
     if arch is None:
         pytest.skip(f"no syscall filter for {os.uname().machine}")
-    code = PROBE[language].replace("SYS_io_setup", str(IO_SETUP[arch]))
+    code = code.replace("SYS_io_setup", str(IO_SETUP[arch])).replace("SYS_prctl", str(PRCTL[arch]))
     for name, numbers in sorted(seccomp.SYSCALLS.items(), key=lambda item: -len(item[0])):
         number = numbers[list(seccomp.ARCHES).index(arch)]
         code = code.replace(f"SYS_{name}", str(number))
@@ -209,3 +218,89 @@ async def test_no_callback_file_gets_a_setuid_or_setgid_bit(arena: Arena, langua
     modes = dict(seen["modes"])
     assert sorted(modes) == ["fine", "plain"] and modes["plain"] == "0o755"
     assert not int(modes["fine"], 8) & 0o6000  # its permissions are the policy's umask's
+
+
+# Touch 200 MiB, free it, then try the kernel's "reset the peak RSS" knob
+# (/proc/self/clear_refs, writable only by a dumpable process).
+PEAK_RESET = {
+    "python": r"""
+import ctypes, json
+libc = ctypes.CDLL(None, use_errno=True)
+memory = bytearray(200 << 20)
+for at in range(0, len(memory), 4096):
+    memory[at] = 1
+del memory
+seen = {'dumpable': libc.prctl(3, 0, 0, 0, 0)}  # PR_GET_DUMPABLE
+seen['set undumpable'] = 'ok' if libc.prctl(4, 0, 0, 0, 0) == 0 else f'errno {ctypes.get_errno()}'
+seen['set dumpable'] = 'ok' if libc.prctl(4, 1, 0, 0, 0) == 0 else f'errno {ctypes.get_errno()}'
+try:
+    with open('/proc/self/clear_refs', 'w') as knob:
+        knob.write('5')
+    seen['reset'] = 'ok'
+except OSError as err:
+    seen['reset'] = f'errno {err.errno}'
+print(json.dumps(seen))
+""",
+    "perl": r"""
+my %seen;
+my $memory = "\1" x (200 << 20);
+undef $memory;
+$seen{dumpable} = syscall(SYS_prctl, 3, 0, 0, 0, 0);
+$seen{'set undumpable'} = syscall(SYS_prctl, 4, 0, 0, 0, 0) == 0 ? 'ok' : 'errno ' . ($! + 0);
+$seen{'set dumpable'} = syscall(SYS_prctl, 4, 1, 0, 0, 0) == 0 ? 'ok' : 'errno ' . ($! + 0);
+if (open(my $knob, '>', '/proc/self/clear_refs')) {
+    $seen{reset} = (print $knob '5') && close($knob) ? 'ok' : 'errno ' . ($! + 0);
+} else {
+    $seen{reset} = 'errno ' . ($! + 0);
+}
+print qb::JSON::encode(\%seen);
+""",
+}
+PEAK = 200 << 20
+
+
+async def test_a_callback_cannot_lower_its_peak_rss(arena: Arena, language: str) -> None:
+    # Dumpable again, a process may write 5 to clear_refs: the kernel then forgets the
+    # peak that both wait4 and VmHWM report. Its processes stay undumpable instead.
+    response = await arena.attack(_probe_code(PEAK_RESET[language]), language=language)
+
+    assert_outcome(response, Outcome.OUTCOME_SUCCEEDED)
+    seen = json.loads(response.stdout)
+    assert seen == {
+        "dumpable": 0,
+        "set dumpable": "errno 1",
+        "set undumpable": "ok",
+        "reset": "errno 13",  # EACCES: /proc/self's files are root's
+    }
+    assert response.usage.peak_rss_bytes >= PEAK, response.usage.peak_rss_bytes
+
+
+# The same after an exec, which makes a process dumpable again: the kernel keeps the
+# peak of the image it replaced (for wait4), the new image resets only its own.
+EXEC_THEN_RESET = {
+    "python": r"""
+import os, sys
+memory = bytearray(200 << 20)
+for at in range(0, len(memory), 4096):
+    memory[at] = 1
+del memory
+sys.stdout.flush()
+reset = "open('/proc/self/clear_refs', 'w').write('5'); print('reset')"
+os.execv(sys.executable, [sys.executable, '-c', reset])
+""",
+    "perl": r"""
+my $memory = "\1" x (200 << 20);
+undef $memory;
+my $reset = 'open(my $k, ">", "/proc/self/clear_refs") or die "$!"; print $k "5";'
+    . ' close $k or die "$!"; print "reset\n"';
+exec($^X, '-e', $reset) or die "exec: $!";
+""",
+}
+
+
+async def test_an_exec_does_not_lower_the_peak_rss(arena: Arena, language: str) -> None:
+    response = await arena.attack(EXEC_THEN_RESET[language], language=language)
+
+    assert_outcome(response, Outcome.OUTCOME_SUCCEEDED)
+    assert response.stdout == "reset\n"
+    assert response.usage.peak_rss_bytes >= PEAK, response.usage.peak_rss_bytes

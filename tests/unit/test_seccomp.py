@@ -138,8 +138,16 @@ def test_every_denied_call_gets_eperm(arch: str) -> None:
         "sethostname",
         "setdomainname",
         "fanotify_init",
+        "inotify_init1",
     ):
         assert name in seccomp.DENIED, name
+
+
+def test_inotify_is_denied(arch: str) -> None:
+    # A watch on a host directory the callback sees shows every process's opens there.
+    assert decide(arch, "inotify_init1", 0) == EPERM
+    if arch == "x86_64":  # aarch64 has inotify_init1 only
+        assert decide(arch, "inotify_init") == EPERM
 
 
 def test_io_port_calls_are_denied_on_x86_64() -> None:
@@ -245,6 +253,19 @@ def test_personality_only_the_query_and_per_linux(arch: str) -> None:
     assert decide(arch, "personality", 0x0008) == EPERM  # PER_SVR4 and friends
 
 
+PR_GET_DUMPABLE, PR_SET_DUMPABLE, PR_SET_NAME = 3, 4, 15
+
+
+def test_no_process_makes_itself_dumpable_again(arch: str) -> None:
+    # A dumpable process may reset its peak RSS through /proc/self/clear_refs.
+    for value in (1, 2, 0xFFFFFFFF, (1 << 32) | 1):
+        assert decide(arch, "prctl", PR_SET_DUMPABLE, value) == EPERM, hex(value)
+    assert decide(arch, "prctl", PR_SET_DUMPABLE, 0) == ALLOW
+    assert decide(arch, "prctl", (1 << 32) | PR_SET_DUMPABLE, 1) == EPERM  # option is an int
+    assert decide(arch, "prctl", PR_GET_DUMPABLE) == ALLOW
+    assert decide(arch, "prctl", PR_SET_NAME, 0x1000) == ALLOW
+
+
 def test_another_architecture_is_refused() -> None:
     for arch in ARCHES:
         program = seccomp.build(arch)
@@ -290,6 +311,8 @@ def test_a_zygote_and_its_childs_closing_filter_decide_as_the_whole_one(arch: st
         (0, 0o20000000, 0o20000000, 0o755),  # O_TMPFILE, plain mode
         (0xFFFFFFFF,),  # the personality query
         (0x0040000,),  # ADDR_NO_RANDOMIZE
+        (4, 1),  # PR_SET_DUMPABLE, 1
+        (4, 0),  # PR_SET_DUMPABLE, 0
     ]
     foreign = [a for name, a in seccomp.ARCHES.items() if name != arch] + [0x40000003]
     numbers = [*range(470), seccomp.X32_SYSCALL_BIT | 39, 0xFFFFFFFF]

@@ -542,6 +542,14 @@ my sub run {
 
 if (!caller) {    # run as a script (the cold path), not loaded by the zygote
     @ARGV == 1 && $ARGV[0] =~ /\A[0-9]+\z/ or die "usage: bootstrap.pl <bridge fd>\n";
+    # The exec of perl made this process dumpable again, and with it /proc/self's files
+    # the callback's: writing 5 to clear_refs would reset the peak RSS its usage reports.
+    # prctl(PR_SET_DUMPABLE, 0), by number (the filter knows these two architectures).
+    my %prctl = (x86_64 => 157, aarch64 => 167);
+    my ($arch) = $Config::Config{archname} =~ /\A(x86_64|aarch64)/;
+    if ($arch) {
+        syscall($prctl{$arch}, 4, 0, 0, 0, 0) == 0 or die "bootstrap.pl: prctl: $!\n";
+    }
     $INC{'bootstrap.pl'} = __FILE__;    # as the zygote's children have it (its require)
     CORE::exit(run(shift @ARGV));    # the callback sees an empty @ARGV
 }

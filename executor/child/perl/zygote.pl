@@ -469,6 +469,8 @@ sub confine {
     }
     umask 077;
     apply_rlimits($spec->{rlimits} || {});
+    # Not dumpable (as launcher.py explains: a uid change leaves it to fs.suid_dumpable).
+    prctl(PR_SET_DUMPABLE, 0);
     if ($spec->{child_filter}) {
         prepare_filter($spec->{child_filter});    # made already, unless it changed
         sys('prctl', PR_SET_SECCOMP, SECCOMP_MODE_FILTER, $filter_fprog, 0, 0);
