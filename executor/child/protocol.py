@@ -35,6 +35,7 @@ more for every cold child).
 import json
 import re
 import struct
+import sys
 from collections.abc import Mapping
 from os import read, write
 from typing import Any, Final, Literal, NotRequired, TypedDict, cast
@@ -49,6 +50,11 @@ MAX_PARENT_FRAME_BYTES: Final = 64 << 20
 # before they are sent. No qb function takes more than a list of ids (2 with the call's
 # own list); the executor's JSON parser would take the frame as broken at ~1000.
 MAX_ARG_DEPTH: Final = 32
+# The most digits an integer in a child's frame may have: Python's default limit on
+# converting an int from text (sys.int_info.default_max_str_digits), which the
+# executor's JSON parser applies. qb.py refuses a larger one (InvalidArgument) before
+# it is sent; no id has that many digits.
+MAX_INT_DIGITS: Final = 4300
 # Where every child has its end of the bridge: the zygotes dup it there, and so does the
 # cold launcher.
 BRIDGE_FD: Final = 3
@@ -380,7 +386,15 @@ def decode_body(body: bytes) -> dict[str, Any]:
     """Parse one frame body, insisting on a JSON object with a string ``type``."""
     try:
         message = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as err:  # 1 MiB of '[' recurses
+    except ValueError as err:
+        if type(err) is ValueError:
+            # Not json's own errors (JSONDecodeError, UnicodeDecodeError: subclasses):
+            # the only plain one is int()'s limit on digits, which the JSON was not at fault for.
+            raise FrameError(
+                f"frame holds a number of more than {sys.get_int_max_str_digits()} digits"
+            ) from err
+        raise FrameError(f"frame is not UTF-8 JSON: {err}") from err
+    except RecursionError as err:  # 1 MiB of '[' recurses
         raise FrameError(f"frame is not UTF-8 JSON: {err}") from err
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise FrameError("frame is not a JSON object with a 'type'")

@@ -401,6 +401,18 @@ def run(bridge_fd: int, *, warm_up: bool = False) -> int:
         return EXIT_REPORT_FAILED
 
 
+def _flush_output(trace: str) -> None:
+    """Flush stdout and stderr, writing ``trace`` (an uncaught exception's, or "") to stderr first."""
+    try:
+        sys.stdout.flush()
+        if trace:
+            # Printed as Python prints one (the callback's frames).
+            sys.stderr.write(trace)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass  # the callback closed or broke its own stdio; the done frame still matters
+
+
 def _run_started(bridge_fd: int, start: StartFrame) -> int:
     """Run the callback of ``start`` and report how it ended; the process exit code."""
     if "env" in start:
@@ -430,15 +442,9 @@ def _run_started(bridge_fd: int, start: StartFrame) -> int:
 
     done = _execute(code, namespace, quiet)
     forked = getpid() != main_pid
-    try:
-        sys.stdout.flush()
-        if forked and "traceback" in done:
-            # An uncaught exception, printed as Python prints one (the callback's frames).
-            sys.stderr.write(done["traceback"])
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass  # the callback closed or broke its own stdio; the done frame still matters
+    _flush_output(done.get("traceback", "") if forked else "")
     if not forked:  # a forked process's ending is its own, not the run's: no done frame
+        trace = done.get("traceback", "")  # whole, for stderr if the frame cannot go
         if "exception_type" in done:
             done["exception_type"] = _within(done["exception_type"], DONE_TYPE_CHARS)
         if "message" in done:
@@ -453,7 +459,10 @@ def _run_started(bridge_fd: int, start: StartFrame) -> int:
             else:
                 write_frame(bridge_fd, done)
         except OSError:
-            pass  # the callback closed the bridge; the exit status still tells the executor
+            # The callback closed or shut down its bridge (or a process it forked did):
+            # the exit status still tells the executor, and the exception goes to stderr,
+            # as plain python prints it, rather than nowhere.
+            _flush_output(trace)
     if done["status"] == "ok":
         return 0
     return done.get("exit_code", 1)

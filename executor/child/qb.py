@@ -113,34 +113,42 @@ def _bind(bridge_fd: int, context: StartContext) -> None:
     _pid = getpid()
 
 
-def _nests_too_deep(values: list[Any]) -> bool:
-    """Whether lists and dicts in ``values`` nest beyond ``protocol.MAX_ARG_DEPTH``.
+# An int this large (in magnitude) has more digits than a frame may hold.
+_TOO_MANY_DIGITS = 10**protocol.MAX_INT_DIGITS
 
+
+def _unsendable(values: list[Any]) -> str:
+    """What ``values``, a call's arguments, do that cannot be sent; "" when they can be.
+
+    Lists and dicts nesting beyond ``protocol.MAX_ARG_DEPTH``, or an int of more than
+    ``protocol.MAX_INT_DIGITS`` digits: the executor would take either frame as broken
+    (too deep for its JSON parser, a number it does not convert) and end the run.
     Iterative, so a self-containing list is found too (it nests without end).
     """
     pending = [(value, 1) for value in values]
     while pending:
         value, depth = pending.pop()
+        if isinstance(value, int):
+            if int.__abs__(value) >= _TOO_MANY_DIGITS:  # int's own: a subclass may override
+                return f"hold an integer of more than {protocol.MAX_INT_DIGITS} digits"
+            continue
         if isinstance(value, dict):
-            value = list(value.values())
+            value = [*value, *value.values()]  # its int keys are written as digits too
         elif not isinstance(value, list | tuple):
             continue
         if depth > protocol.MAX_ARG_DEPTH:
-            return True
+            return f"nest lists or dicts more than {protocol.MAX_ARG_DEPTH} deep"
         pending.extend((item, depth + 1) for item in value)
-    return False
+    return ""
 
 
 def _call(fn: str, *args: Any, **kwargs: Any) -> Any:
     global _exchange_thread
     if getpid() != _pid:
         raise QbError(_FORKED_CALL)
-    if _nests_too_deep([*args, *kwargs.values()]):
-        # Refused here, as an oversized call is: the executor would take the frame as
-        # broken (too deep for its JSON parser) and end the run.
-        raise InvalidArgument(
-            f"qb.{fn}: its arguments nest lists or dicts more than {protocol.MAX_ARG_DEPTH} deep"
-        )
+    if unsendable := _unsendable([*args, *kwargs.values()]):
+        # Refused here, as an oversized call is: the executor would end the run.
+        raise InvalidArgument(f"qb.{fn}: its arguments {unsendable}")
     body = protocol.encode({"type": "call", "fn": fn, "args": list(args), "kwargs": kwargs})[
         protocol.HEADER.size :
     ]

@@ -4,7 +4,8 @@ Every frame the child sends is checked (``protocol.parse_child_frame``) before i
 believed; a length beyond the child's frame limit is refused before anything is read
 into memory. Whatever the callback writes on its bridge may end its own run's bridge
 (``bridge_error``), never the executor: the socket is shut down, so a qb call after
-garbage fails at once instead of waiting.
+garbage fails at once instead of waiting. The processes of a run share the bridge, and
+each one's bytes are framed apart (by the sender's pid the kernel attaches).
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ READ_CHUNK: Final = 64 << 10
 # sends, and never hands data of two senders over in one read.
 _CREDENTIALS: Final = struct.Struct("iII")
 _CREDENTIALS_SPACE: Final = socket.CMSG_SPACE(_CREDENTIALS.size)
+# The most processes of a run with part of a frame buffered at once (each at most a
+# frame, 1 MiB): one more is a protocol break, so a callback's forks cannot make the
+# executor hold more than this many frames of their bytes.
+MAX_SENDERS: Final = 8
 
 logger = logging.getLogger(__name__)
 
@@ -100,11 +105,16 @@ class BridgeServer:
         self._result = result
         self._on_violation = on_violation
         self._on_end_mark = on_end_mark
-        self._buffer = bytearray()
+        # What each process sent that is not a whole frame yet, by its pid: the bytes of
+        # the processes sharing the bridge are separate streams, so one that leaves part
+        # of a frame (a fork that died writing) garbles only its own. Pid 0: no
+        # credentials came with the bytes (a socket without SO_PASSCRED: the tests').
+        self._buffers: dict[int, bytearray] = {}
+        # The sender whose frames are being taken (across a call's answer).
+        self._sender = 0
         # The callback's own process, as the executor sees its pid (0: not known yet,
-        # every sender is taken for it), and the processes whose bytes are in _buffer.
+        # every sender is taken for it).
         self._main_pid = main_pid
-        self._senders: set[int] = set()
         self._reading = False
         self._shut_down = False
         # The child is gone (abandon_call): a call frame it left is not answered.
@@ -173,41 +183,76 @@ class BridgeServer:
             self._end()  # the callback went away mid-frame
             return False
         if not chunk:
-            if len(self._buffer) >= protocol.HEADER.size:
+            own = self._own_leftover()
+            if len(own) >= protocol.HEADER.size:
                 self._violated(
                     f"malformed frame: {protocol.FrameError('the bridge closed inside a frame')}"
                 )
                 return True
             # The bridge ending between frames (or inside a header) is the callback ending.
-            self.end_marked = self._result.done is not None and not self._buffer
+            # Part of a frame another process left is its own loss: the run is its
+            # callback's own process's to report and end.
+            self.end_marked = self._result.done is not None and not own
             # After a mark the child waits for our side to close: it stays open until
             # the runner has read the child's figures (close()).
             self._end(shut_down=not self.end_marked or self._release_after_mark)
             if self.end_marked:
                 self._on_end_mark()
             return True
+        sender = 0
         for level, kind, data in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                self._senders.add(_CREDENTIALS.unpack_from(data)[0])
-        self._buffer += chunk
+                sender = _CREDENTIALS.unpack_from(data)[0]
+        buffer = self._buffers.get(sender)
+        if buffer is None:
+            if len(self._buffers) >= MAX_SENDERS:
+                self._violated(
+                    f"more than {MAX_SENDERS} processes with part of a frame on the bridge at once"
+                )
+                return True
+            buffer = self._buffers[sender] = bytearray()
+        buffer += chunk
+        self._sender = sender
         self._take_frames()
-        if not self._buffer:
-            self._senders.clear()
         return True
 
+    def _is_main(self, sender: int) -> bool:
+        """Whether ``sender`` may be the callback's own process (it or its pid is not known)."""
+        return not sender or sender == self._main_pid() or not self._main_pid()
+
+    def _own_leftover(self) -> bytes:
+        """What the callback's own process sent after its last whole frame.
+
+        Another process's leftover is its own loss: the run is its callback's own
+        process's to report and end.
+        """
+        left = b"".join(bytes(data) for pid, data in self._buffers.items() if self._is_main(pid))
+        if len(left) < sum(map(len, self._buffers.values())):
+            logger.info("part of a frame another process of the callback sent is ignored")
+        return left
+
     def _from_main_process(self) -> bool:
-        """Whether every byte now buffered was sent by the callback's own process.
+        """Whether the frame being taken was sent by the callback's own process.
 
         Only that process reports (and, with the bridge's end, ends) the run: a process
         it forked shares the bridge, and its done frame is not the run's (the kernel's
-        SCM_CREDENTIALS say who sent what; a buffer mixing senders is not believed).
+        SCM_CREDENTIALS say who sent what).
         """
-        main = self._main_pid()
-        return not main or self._senders <= {main}
+        return self._is_main(self._sender)
 
     def _take_frames(self) -> None:
+        buffer = self._buffers.get(self._sender)
+        if buffer is None:
+            return  # the sender's bytes were all taken before a call's answer
         try:
-            while (frame := _next_frame(self._buffer)) is not None:
+            self._take_frames_of(buffer)
+        finally:
+            if not buffer:
+                del self._buffers[self._sender]
+
+    def _take_frames_of(self, buffer: bytearray) -> None:
+        try:
+            while (frame := _next_frame(buffer)) is not None:
                 if self._result.launch_failure:
                     raise BridgeViolation("a frame after the launch failure report")
                 if frame["type"] == "call":

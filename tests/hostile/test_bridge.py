@@ -11,7 +11,7 @@ from __future__ import annotations
 import psutil
 import pytest
 
-from executor.child.protocol import MAX_ARG_DEPTH, MAX_CHILD_FRAME_BYTES
+from executor.child.protocol import MAX_ARG_DEPTH, MAX_CHILD_FRAME_BYTES, MAX_INT_DIGITS
 from executor.host_api import MAX_CALLS_PER_RUN
 from tests.hostile.harness import MIB, Arena, Outcome, assert_outcome
 
@@ -287,3 +287,69 @@ async def test_a_qb_call_whose_arguments_nest_too_deep_fails_the_call(
     assert refusals == [expected, expected], response.stdout + response.stderr
     assert went_on.startswith("went on ")
     assert len(response.actions) == 1
+
+
+HUGE_INTEGER = {
+    # One int each place an id goes, then with Python's own limit on digits lifted, so
+    # only qb stands between the number and the frame.
+    "python": (
+        "import sys\n"
+        "huge = 10 ** 5000\n"
+        "for call in (lambda: qb.jobstatus(huge), lambda: qb.block([huge]),\n"
+        "             lambda: qb.jobinfo('-id', -huge), lambda: qb.jobinfo(fields={huge: 1}),\n"
+        "             lambda: (sys.set_int_max_str_digits(0), qb.jobstatus(huge))):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except qb.QbError as err:\n"
+        "        print(type(err).__name__, err)\n"
+        "print('went on', qb.jobstatus(qb.jobid()))\n"
+    ),
+    # Perl sends a big integer as its digits, a string: the executor refuses the id.
+    "perl": (
+        "use Math::BigInt;\n"
+        "eval { qb::jobstatus(Math::BigInt->new('1' . '0' x 5000)); 1 }\n"
+        '    or print $@->kind, " ", substr($@->message, 0, 28), "\\n";\n'
+        'print "went on ", qb::jobstatus($qb::jobid), "\\n";\n'
+    ),
+}
+
+
+async def test_a_qb_call_with_an_integer_of_too_many_digits_fails_the_call(
+    arena_warm: Arena, language: str
+) -> None:
+    # Python refuses it in the callback (its own int() limit raised a plain ValueError,
+    # and with that lifted the executor ended the run, the frame "not UTF-8 JSON").
+    response = await arena_warm.attack(
+        HUGE_INTEGER[language], language=language, limits={"wall_seconds": 10}
+    )
+
+    assert_outcome(response, Outcome.OUTCOME_SUCCEEDED)
+    *refusals, went_on = response.stdout.splitlines()
+    if language == "python":
+        assert refusals == [
+            f"InvalidArgument qb.{fn}: its arguments hold an integer of more than "
+            f"{MAX_INT_DIGITS} digits"
+            for fn in ("jobstatus", "block", "jobinfo", "jobinfo", "jobstatus")
+        ], response.stdout + response.stderr
+    else:
+        assert refusals == ["InvalidArgument job id 1" + "0" * 20], response.stdout
+    assert went_on.startswith("went on ")
+    assert len(response.actions) == 1 + (language == "perl")
+
+
+async def test_a_frame_with_a_number_of_too_many_digits_ends_the_run_saying_so(
+    arena_warm: Arena,
+) -> None:
+    code = FIND_BRIDGE + (
+        'body = b\'{"type":"call","id":\' + b\'1\' * 100_000 + b\',"fn":"jobid",\'\n'
+        'body += b\'"args":[],"kwargs":{}}\'\n'
+        "os.write(fd, struct.pack('>I', len(body)) + body)\n"
+        "print('answer', qb.jobstatus(qb.jobid()))\n"
+    )
+    response = await arena_warm.attack(code, limits={"wall_seconds": 10})
+
+    assert_outcome(response, Outcome.OUTCOME_KILLED)
+    assert response.failure.message == (
+        "the callback broke the bridge protocol: malformed frame: "
+        "frame holds a number of more than 4300 digits"
+    )

@@ -97,3 +97,32 @@ async def test_a_forked_process_shutdown_does_not_end_the_run_early(
     assert response.failure.message == (
         "the callback exited with status 3 (after reporting 'ok', which is not how it ended)"
     )
+
+
+# A forked process dies having written part of a frame (256 bytes announced, 6 sent).
+PART_OF_A_FRAME = """
+import os
+if os.fork() == 0:
+    os.write(3, b'\\0\\0\\1\\0{"id":')
+    os._exit(0)
+os.wait()
+"""
+
+
+async def test_a_forked_process_part_of_a_frame_leaves_the_callbacks_calls_answered(
+    stack: Stack,
+) -> None:
+    code = PART_OF_A_FRAME + "print(qb.jobstatus(qb.jobid()))\n"
+    response = await run(stack, "python", code)
+
+    assert response.outcome == Outcome.OUTCOME_SUCCEEDED, response
+    assert response.stdout == "blocked\n"
+    assert len(response.actions) == 1
+
+
+async def test_a_forked_process_part_of_a_frame_does_not_break_the_callbacks_end(
+    stack: Stack,
+) -> None:
+    response = await run(stack, "python", PART_OF_A_FRAME)
+
+    assert response.outcome == Outcome.OUTCOME_SUCCEEDED, response

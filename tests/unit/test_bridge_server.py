@@ -8,6 +8,7 @@ else leaves the run to the child's exit status, as before.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import AsyncIterator
 
@@ -15,7 +16,7 @@ import pytest
 
 from executor.child import protocol
 from executor.child.protocol import CallFrame, ReplyFrame
-from executor.sandbox.bridge import BridgeServer
+from executor.sandbox.bridge import MAX_SENDERS, BridgeServer
 from executor.sandbox.exit_status import ChildExit
 
 DONE = protocol.encode({"type": "done", "status": "ok", "exit_code": 0})
@@ -23,14 +24,23 @@ CALL = protocol.encode({"type": "call", "id": 1, "fn": "jobid", "args": [], "kwa
 
 
 class Served:
-    def __init__(self) -> None:
+    def __init__(self, *, with_senders: bool = False) -> None:
         self.ours, self.child = socket.socketpair()
         self.ours.setblocking(False)
         self.evidence = ChildExit()
         self.violations: list[str] = []
         self.marks = 0
+        if with_senders:  # as the executor's end is: each read comes with its sender's pid
+            self.ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        main_pid = os.getpid() if with_senders else 0  # this process plays the callback's
         self.server = BridgeServer(
-            self.ours, b"", self._answer, self.evidence, self.violations.append, self._mark
+            self.ours,
+            b"",
+            self._answer,
+            self.evidence,
+            self.violations.append,
+            self._mark,
+            lambda: main_pid,
         )
 
     async def _answer(self, frame: CallFrame) -> ReplyFrame:
@@ -50,6 +60,90 @@ async def served() -> AsyncIterator[Served]:
     made.server.close()
     made.ours.close()
     made.child.close()
+
+
+@pytest.fixture
+async def served_with_senders() -> AsyncIterator[Served]:
+    made = Served(with_senders=True)
+    yield made
+    made.server.close()
+    made.ours.close()
+    made.child.close()
+
+
+# The first bytes of a frame of 256 bytes: a forked process that died writing it.
+PART_OF_A_FRAME = b'\0\0\1\0{"id":'
+
+
+def send_from_another_process(sock: socket.socket, data: bytes) -> None:
+    """``data`` sent on ``sock`` by a forked process, which then exits (as a callback's fork)."""
+    pid = os.fork()
+    if pid == 0:  # only async-signal-safe calls in the fork of a threaded process
+        os.write(sock.fileno(), data)
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+
+async def test_another_process_part_of_a_frame_leaves_the_callbacks_frames_whole(
+    served_with_senders: Served,
+) -> None:
+    served = served_with_senders
+    send_from_another_process(served.child, PART_OF_A_FRAME)
+    served.child.sendall(CALL)  # read on its own, not as the rest of the other's frame
+    reply = await asyncio.wait_for(asyncio.to_thread(served.child.recv, 4096), 5)
+    assert protocol.decode_body(reply[protocol.HEADER.size :])["value"] == 42
+    served.child.sendall(DONE)
+    served.child.shutdown(socket.SHUT_WR)
+    await served.ended()
+
+    # What the other process left is its own loss: the callback's end stands.
+    assert served.server.end_marked and served.marks == 1 and not served.violations
+
+
+async def test_frames_of_two_processes_interleaved_are_each_taken_whole(
+    served_with_senders: Served,
+) -> None:
+    served = served_with_senders
+    served.child.sendall(CALL[:10])
+    forged = protocol.encode({"type": "done", "status": "exception", "message": "forged"})
+    send_from_another_process(served.child, forged)  # whole, inside the callback's frame
+    served.child.sendall(CALL[10:])
+    reply = await asyncio.wait_for(asyncio.to_thread(served.child.recv, 4096), 5)
+    assert protocol.decode_body(reply[protocol.HEADER.size :])["value"] == 42
+    served.child.sendall(DONE)
+    served.child.shutdown(socket.SHUT_WR)
+    await served.ended()
+
+    assert served.evidence.done == {"type": "done", "status": "ok", "exit_code": 0}
+    assert served.server.end_marked and not served.violations
+
+
+async def test_the_callbacks_own_part_of_a_frame_at_the_end_is_still_a_violation(
+    served_with_senders: Served,
+) -> None:
+    served = served_with_senders
+    served.child.sendall(DONE + PART_OF_A_FRAME)
+    served.child.shutdown(socket.SHUT_WR)
+    await served.ended()
+
+    assert not served.server.end_marked
+    assert served.violations == [
+        "the callback broke the bridge protocol: malformed frame: the bridge closed inside a frame"
+    ]
+
+
+async def test_parts_of_frames_are_kept_for_a_bounded_number_of_processes(
+    served_with_senders: Served,
+) -> None:
+    served = served_with_senders
+    for _ in range(MAX_SENDERS + 1):
+        send_from_another_process(served.child, PART_OF_A_FRAME)
+    await served.ended()
+
+    assert served.violations == [
+        "the callback broke the bridge protocol: "
+        f"more than {MAX_SENDERS} processes with part of a frame on the bridge at once"
+    ]
 
 
 async def test_done_then_shutdown_is_the_end_mark(served: Served) -> None:

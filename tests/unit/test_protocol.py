@@ -63,6 +63,11 @@ def test_well_formed_child_frames_pass_unchanged(frame: dict[str, Any]) -> None:
         (b"[1, 2, 3]", "not a JSON object with a 'type'"),
         (body({"type": 5}), "not a JSON object with a 'type'"),
         (b"[" * 100_000, "not UTF-8 JSON"),
+        # UTF-8 JSON, but a number Python does not convert (sys.get_int_max_str_digits).
+        (
+            b'{"type":"call","id":1,"fn":"jobstatus","args":[' + b"1" * 5000 + b'],"kwargs":{}}',
+            "frame holds a number of more than 4300 digits",
+        ),
         (body({"type": "start", "code": ""}), "a child may not send a 'start' frame"),
         (body({"type": "reply", "id": 1, "ok": True}), "a child may not send a 'reply' frame"),
         # call frames
