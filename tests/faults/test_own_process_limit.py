@@ -1,8 +1,8 @@
 """The executor's own process limit: spent is a capacity refusal, never a wedged service.
 
 A real executor (``python -m executor serve``) moved, with its zygotes, into a pids
-cgroup of this test's whose ``pids.max`` is what they already hold: no fork and no
-thread more. Every run is refused RESOURCE_EXHAUSTED with ``retry-after-s`` (gRPC's fork
+cgroup of this test's whose ``pids.max`` is below what they already hold: no fork and
+no thread more. Every run is refused RESOURCE_EXHAUSTED with ``retry-after-s`` (gRPC's fork
 handlers once made the first fork wait for good, and the event loop with it), health
 answers meanwhile, a side-port connection without a thread is closed, runs go again once
 the limit is raised, and a SIGTERM still ends the process cleanly.
@@ -36,6 +36,7 @@ from tests.helpers.executor_process import executor_process
 pytestmark = pytest.mark.faults
 
 REFUSALS: Final = 3
+LIMIT: Final = 1
 CGROUP_ROOT: Final = Path("/sys/fs/cgroup")
 
 
@@ -111,8 +112,9 @@ async def test_a_run_the_process_limit_refuses_is_a_capacity_refusal(
                     warm = await _execute(stub, language, code)  # zygotes up, threads made
                     assert await warm.code() == grpc.StatusCode.OK, await warm.details()
                 _move_family(pid, cgroup)
-                held = (cgroup / "pids.current").read_text().strip()
-                (cgroup / "pids.max").write_text(held)
+                # Below what they hold (a finished run's child may still be on its way
+                # out): what runs keeps running, and no fork or thread more is had.
+                (cgroup / "pids.max").write_text(str(LIMIT))
                 try:
                     refused = [
                         await _execute(stub, language, code)
@@ -134,7 +136,7 @@ async def test_a_run_the_process_limit_refuses_is_a_capacity_refusal(
         assert await call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, await call.details()
         assert await call.details() == (
             "the executor could not start a process (its process limit: pids.max of its "
-            f"cgroup {cgroup} is {held}); retry later"
+            f"cgroup {cgroup} is {LIMIT}); retry later"
         )
         assert ("retry-after-s", "1") in tuple(await call.trailing_metadata() or ())
     assert status.status == health_pb2.HealthCheckResponse.SERVING
