@@ -150,7 +150,11 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
                 return executor_pb2.ListRegisteredJobsResponse(
                     jobs=[
                         convert_status.registered_job_message(
-                            job, TriggerStore.callbacks_in(db, int(job["id"]))
+                            job,
+                            [
+                                self._engine.as_loaded(cb)
+                                for cb in TriggerStore.callbacks_in(db, int(job["id"]))
+                            ],
                         )
                         for job in jobs
                     ],

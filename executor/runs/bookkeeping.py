@@ -8,7 +8,9 @@ per run. A reader never misses a run that was answered: reading the history or t
 metrics first waits for what is queued (``flush``), which cuts the pause short. A sink
 that fails (disk full, a bad path) is logged and never costs the other sinks their
 entry; runs the history could not take (a full disk, a database locked past the busy
-timeout) are written with the next batch that it does. The thread also prunes the
+timeout) are written with the next batch that it does, and so are, in their order, the
+``.cb`` entries the callback log could not take (any ``OSError``: a full disk mended
+must not lose more than a ``kill -9``, whose next start rebuilds them). The thread also prunes the
 history every ``PRUNE_EVERY_S``, so runs past its retention age go within that while the
 executor runs, not only at start and every ``prune_every`` runs (a quiet executor kept
 them for days).
@@ -44,6 +46,8 @@ GATHER_S: Final = 0.05
 GATHER_RUNS: Final = 32
 # Runs kept for the history while it cannot be written; older ones are given up.
 MAX_UNRECORDED: Final = 10_000
+# The same bound for .cb entries kept while the callback log cannot be written.
+MAX_UNLOGGED: Final = MAX_UNRECORDED
 RETRY_UNRECORDED_S: Final = 1.0
 # How often the history is pruned however few runs end: one indexed DELETE in SQLite (a
 # count and a sum of the runs' sizes too in a fleet's PostgreSQL, ~6.5 ms per 100k runs).
@@ -63,8 +67,8 @@ class _Entry:
     def for_history(self) -> _Entry:
         """This entry with what its history record needs of the job: only its id.
 
-        For runs kept while the history refuses them (up to ``MAX_UNRECORDED``): an
-        Execute's job holds the caller's Struct, up to 16 MiB.
+        For runs kept while the history or the callback log refuses them (up to
+        ``MAX_UNRECORDED`` each): an Execute's job holds the caller's Struct, up to 16 MiB.
         """
         job = {"id": self.invocation.job_id}
         return replace(self, invocation=replace(self.invocation, job=job))
@@ -97,6 +101,8 @@ class BookkeepingWriter:
         self._pending: dict[str, Invocation] = {}
         # Runs the history could not take yet, oldest first (written by this thread only).
         self._unrecorded: list[_Entry] = []
+        # Runs whose .cb entry the callback log could not take yet, oldest first (ditto).
+        self._unlogged: list[_Entry] = []
         # Queued and being written: flush() waits for 0.
         self._unwritten = 0
         # Readers waiting in flush(): the writer does not pause for others to join.
@@ -158,18 +164,22 @@ class BookkeepingWriter:
             with self._changed:
                 # While runs wait for the history, it is tried again now and then.
                 wait_s = max(0.0, next_prune - time.monotonic())
-                if self._unrecorded:
+                if self._unrecorded or self._unlogged:
                     wait_s = min(wait_s, RETRY_UNRECORDED_S)
                 self._changed.wait_for(lambda: self._queue or self._closing, wait_s)
                 self._changed.wait_for(self._gathered, GATHER_S)
                 batch, self._queue = self._queue, []
                 if not batch and self._closing:
+                    self._give_up_unlogged()
                     return
             try:
                 if batch:
                     self._write(batch)
-                elif self._unrecorded:
-                    self._record_unrecorded()
+                else:
+                    if self._unlogged:
+                        self._log_unlogged()
+                    if self._unrecorded:
+                        self._record_unrecorded()
             finally:
                 self._written(batch)
             # Not held while this thread waits for the next runs: each entry's invocation
@@ -207,9 +217,9 @@ class BookkeepingWriter:
         # The .cb entries before the history: a start-up after a kill -9 in between finds
         # the history without the run and rebuilds it (``recovery``), its .cb entry seen
         # there already; the other way round, a run in the history would lose its entry.
+        # (As it does when a kill -9 comes while its entry waits for the log's disk.)
+        self._log([*self._unlogged, *batch], batch)
         for entry in batch:
-            with _guarded("callback log", [entry]):
-                self._callback_log.append(entry.invocation, entry.result, entry.ended_at)
             with _guarded("metrics", [entry]):
                 callback = entry.invocation.callback
                 self._metrics.observe(
@@ -218,6 +228,57 @@ class BookkeepingWriter:
         recorded = [entry for entry in batch if entry.in_history]
         if recorded or self._unrecorded:
             self._record([*self._unrecorded, *recorded], recorded)
+
+    def _log_unlogged(self) -> None:
+        self._log(self._unlogged, [])
+
+    def _log(self, entries: list[_Entry], batch: list[_Entry]) -> None:
+        """Append ``entries``' .cb entries in order; on a storage failure keep the rest.
+
+        So a run answered while the disk was full gets its entry once it is not, after
+        the entries before it and before those after it.
+        """
+        self._unlogged = []
+        for index, entry in enumerate(entries):
+            try:
+                self._callback_log.append(entry.invocation, entry.result, entry.ended_at)
+            except OSError as err:
+                self._keep_unlogged(entries[index:], batch, err)
+                return
+            except Exception:  # a bug of ours: retrying would fail the same way
+                logger.exception(
+                    "runs %s: writing the callback log failed", entry.result.invocation_id
+                )
+        if waited := len(entries) - len(batch):
+            logger.info("the callback log took the %d .cb entries that waited for it", waited)
+
+    def _keep_unlogged(self, waiting: list[_Entry], batch: list[_Entry], err: OSError) -> None:
+        kept = [entry.for_history() for entry in waiting[-MAX_UNLOGGED:]]
+        given_up = len(waiting) - len(kept)
+        # Once per batch of new runs; the quiet retries in between say nothing new.
+        logger.log(
+            logging.WARNING if batch or given_up else logging.DEBUG,
+            "runs %s: the callback log was not written (%s); %d .cb entries wait to be written%s",
+            ", ".join(e.result.invocation_id for e in batch) or "(earlier)",
+            err,
+            len(kept),
+            f", {given_up} older ones are given up" if given_up else "",
+        )
+        self._unlogged = kept
+
+    def _give_up_unlogged(self) -> None:
+        """At the stop: the .cb entries the callback log never took are lost, said once."""
+        if self._unlogged:
+            self._log_unlogged()
+        if self._unlogged:
+            logger.warning(
+                "stopping with %d .cb entries the callback log did not take (runs %s):"
+                " they are not written",
+                len(self._unlogged),
+                ", ".join(e.result.invocation_id for e in self._unlogged[:20])
+                + (", ..." if len(self._unlogged) > 20 else ""),
+            )
+            self._unlogged = []
 
     def _record_unrecorded(self) -> None:
         records, self._unrecorded = self._unrecorded, []

@@ -14,6 +14,7 @@ an entry larger than the cap on its own is cut, with a marker saying so.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -138,9 +139,16 @@ class CallbackLog:
                 os.replace(path, path.with_name(path.name + ".1"))
                 os.close(fd)
                 fd = self._open(path)
-            unwritten = memoryview(data)
-            while unwritten:
-                unwritten = unwritten[os.write(fd, unwritten) :]
+            try:
+                unwritten = memoryview(data)
+                while unwritten:
+                    unwritten = unwritten[os.write(fd, unwritten) :]
+            except OSError:
+                # A full disk may take part of the entry: cut it off, so the entry
+                # written again later (``bookkeeping``) is the only one, whole.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, os.fstat(fd).st_size - (len(data) - len(unwritten)))
+                raise
         finally:
             os.close(fd)
         return path

@@ -350,6 +350,21 @@ class TriggerEngine:
     def universal(self) -> list[UniversalCallback]:
         return list(self._universal)
 
+    def as_loaded(self, callback: StoredCallback) -> StoredCallback:
+        """``callback``, a universal one naming its line's file as loaded now (``find_line``).
+
+        Its stored source is the file's path at registration: after the data dir moved
+        (or in a fleet, at another replica) the line is found by the file's name, and the
+        file that counts, the one whose options its firings take, is the one loaded.
+        Unchanged when the line is gone (its firings are refused, naming the stored one).
+        """
+        if not callback.universal:
+            return callback
+        loaded = find_line(self._universal, callback.source, callback.triggers)
+        if loaded is None or loaded.source == callback.source:
+            return callback
+        return replace(callback, source=loaded.source)
+
     @property
     def event_transactions(self) -> int:
         """How many transactions published events were applied in (group commit)."""
@@ -916,7 +931,7 @@ class TriggerEngine:
             NotFoundError: the job (or the callback) is not registered.
             ChangedMeanwhileError: the job was registered again since ``registration``.
         """
-        return why.explain_job(
+        explained = why.explain_job(
             self._store,
             job_id,
             callback_id,
@@ -927,6 +942,10 @@ class TriggerEngine:
             limit=limit,
             registration=registration,
         )
+        callbacks = tuple(
+            replace(each, callback=self.as_loaded(each.callback)) for each in explained.callbacks
+        )
+        return replace(explained, callbacks=callbacks)
 
     async def _result_of_record(
         self, recorded_result: Callable[[str], RunResult | None], invocation_id: str
@@ -987,7 +1006,9 @@ class TriggerEngine:
         Looked up in the set loaded last, not stored with the job: a reload that turns
         shadow off or changes a policy applies to the next firing, and one that removes
         the line stops the callback (it is refused, not run under defaults: a shadow
-        callback must never go live by being removed).
+        callback must never go live by being removed). Its source is the line's file as
+        loaded now: the one stored names the file at registration, which a data dir
+        moved since (or another replica's directory) leaves elsewhere.
         """
         named, shadow = "", False
         if universal:
@@ -995,6 +1016,7 @@ class TriggerEngine:
             loaded = find_line(self._universal, spec.source, spec.triggers)
             if loaded is not None:
                 named, shadow = loaded.policy, loaded.shadow
+                invocation = replace(invocation, callback=replace(spec, source=loaded.source))
             else:
                 return replace(
                     invocation,

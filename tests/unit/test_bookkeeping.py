@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import gc
+import os
 import sqlite3
 import time
 import weakref
@@ -287,3 +289,69 @@ def test_a_run_kept_for_a_full_disk_keeps_only_its_jobs_id(tmp_path: Path) -> No
     record = history.get("run-big")
     assert record is not None
     assert record.job_id == 10
+
+
+class FullLogDisk(CallbackLog):
+    """The real callback log, on a disk that refuses its writes until told otherwise."""
+
+    full = True
+
+    def append(self, invocation: Invocation, result: RunResult, when: float) -> Path:
+        if self.full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().append(invocation, result, when)
+
+
+def logged_ids(callback_log: CallbackLog, job_id: int = 10) -> list[str]:
+    """The invocation ids of the job's .cb entries, in the order they were written."""
+    text = log_path(callback_log.root, job_id).read_text()
+    return [
+        line.split(" invocation=")[1].split(" ")[0]
+        for line in text.splitlines()
+        if line.startswith("=== ")
+    ]
+
+
+def test_cb_entries_the_full_disk_refused_are_written_once_it_is_not_in_order(
+    history: CountedHistory, tmp_path: Path
+) -> None:
+    # They were lost for good (one WARNING each), where a kill -9 loses none of them.
+    callback_log = FullLogDisk(tmp_path / "logs", 1 << 20)
+    writer = BookkeepingWriter(history, callback_log, Metrics())
+    for n in range(3):
+        submit(writer, f"run-{n}")
+    assert writer.flush()
+    assert not log_path(callback_log.root, 10).exists()
+    assert history.count() == 3  # the history's own disk took them
+    callback_log.full = False  # space returns; no new run comes
+    deadline = time.monotonic() + 10
+    while not log_path(callback_log.root, 10).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    submit(writer, "run-3")
+    writer.close()
+    assert logged_ids(callback_log) == ["run-0", "run-1", "run-2", "run-3"]
+
+
+def test_a_new_runs_cb_entry_goes_after_those_that_waited(
+    history: CountedHistory, tmp_path: Path
+) -> None:
+    callback_log = FullLogDisk(tmp_path / "logs", 1 << 20)
+    writer = BookkeepingWriter(history, callback_log, Metrics())
+    submit(writer, "run-0")
+    assert writer.flush()
+    callback_log.full = False
+    submit(writer, "run-1")  # written with the one that waited, after it
+    assert writer.flush()
+    assert logged_ids(callback_log) == ["run-0", "run-1"]
+    writer.close()
+    assert logged_ids(callback_log) == ["run-0", "run-1"]  # each once
+
+
+def test_a_stop_says_which_cb_entries_the_log_never_took(
+    history: CountedHistory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    callback_log = FullLogDisk(tmp_path / "logs", 1 << 20)
+    writer = BookkeepingWriter(history, callback_log, Metrics())
+    submit(writer, "run-0")
+    writer.close()
+    assert "stopping with 1 .cb entries the callback log did not take (runs run-0)" in caplog.text

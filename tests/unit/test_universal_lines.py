@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from executor.api.triggers import TriggerServicer
 from executor.model import Event
 from executor.triggers.universal import (
     UniversalCallback,
@@ -13,6 +14,8 @@ from executor.triggers.universal import (
     find_line,
     load_universal,
 )
+from supervisor_client.qbcallback.v1 import executor_pb2
+from tests.helpers.servicer_context import FakeContext, as_context
 from tests.helpers.trigger_engines import Engines, Recorder, job
 
 pytestmark = pytest.mark.unit
@@ -183,3 +186,32 @@ def test_one_trigger_twice_however_its_operators_are_spaced_is_a_load_error(
         f"{conf}/callbacks.conf:2: blockme.py = done-job-self && failed-job-self is also "
         "line 1; one file's lines need different triggers"
     ]
+
+
+async def test_after_the_data_dir_moved_a_line_is_named_by_the_file_loaded_now(
+    tmp_path: Path, engines: Engines
+) -> None:
+    """Stop, ``mv A B``, start on B: the runs and listings named A's file, which did not run."""
+    text = "blockme.py = submit-job-self\n"
+    before = _directory(tmp_path / "A" / "callback", text)
+    registering = engines(Recorder(), universal_dirs=[before])
+    assert registering.reload_universal() == []
+    registering.register_job(job(8))
+    (tmp_path / "A").rename(tmp_path / "B")
+    _directory(tmp_path / "A" / "callback", "").joinpath("blockme.py").write_text("other\n")
+    now = tmp_path / "B" / "callback" / "blockme.py"
+    recorder = Recorder()
+    moved = engines(recorder, universal_dirs=[tmp_path / "B" / "callback"])
+    assert moved.reload_universal() == []
+
+    await moved.publish(Event("submit", "job", 8), wait=True)
+
+    (run,) = recorder.runs
+    assert (run.callback.source, run.refusal) == (str(now), "")
+    triggers = TriggerServicer(moved)
+    listed = await triggers.ListRegisteredJobs(
+        executor_pb2.ListRegisteredJobsRequest(job_id=8), as_context(FakeContext())
+    )
+    assert [cb.source for cb in listed.jobs[0].callbacks if cb.universal] == [str(now)]
+    explained = moved.explain(8)
+    assert [c.callback.source for c in explained.callbacks if c.callback.universal] == [str(now)]
