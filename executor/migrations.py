@@ -97,6 +97,10 @@ def _steps() -> list[str]:
         # The seen event ids' age, which their pruning reads (event_ids.py; a database
         # made at an earlier version by this code has the index).
         pg_ddl(event_ids.SCHEMA),
+        # Whether the trigger engine made each run, which an Execute may then not repeat
+        # (RunIdentity.fired). The runs recorded before read as not fired: which were is
+        # not known. (A database made at an earlier version by this code has the column.)
+        "ALTER TABLE runs ADD COLUMN IF NOT EXISTS fired BIGINT NOT NULL DEFAULT 0;",
     ]
 
 

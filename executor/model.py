@@ -202,6 +202,11 @@ class Invocation:
         return int(self.job["id"])
 
     @property
+    def fired(self) -> bool:
+        """Whether the trigger engine made this run (its id too), not an Execute."""
+        return self.source != "execute"
+
+    @property
     def actor(self) -> str:
         """The Qube user the callback acts as: its owner, else the job's owner."""
         return self.callback.user or str(self.job.get("user", ""))

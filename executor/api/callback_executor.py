@@ -84,23 +84,32 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
         return convert.response_from_result(result)
 
     async def _refuse_another_runs_id(self, invocation: Invocation) -> None:
-        """AlreadyExistsError when the id is recorded for another job's or callback's run.
+        """AlreadyExistsError when the id is a fired run's, or recorded for another run.
 
-        A repeat of the same callback (``RunIdentity``: its code is no part of it) is a
-        retry: it runs again and replaces the record, a fired run's too (proto
-        ExecuteRequest.invocation_id). Another identity's record stays: the supervisor
-        keeps the first result under the id, and so does the history.
+        A repeat of an Execute's run of the same callback (``RunIdentity``: its code is no
+        part of it) is a retry: it runs again and replaces the record (proto
+        ExecuteRequest.invocation_id). A fired run's record stays, as does another
+        identity's: the supervisor keeps the first result under the id, and so does the
+        history.
         """
         invocation_id = invocation.invocation_id
         # On the loop: memory and one indexed read of a local file, or one round trip to
         # a fleet's store (as the result's commit is): a thread's hand-offs cost more.
-        fired, recorded = self._id_use(invocation_id)
-        if fired:
+        firing, recorded = self._id_use(invocation_id)
+        if firing:
             # Never a retry: the engine made the id. Run first, this call would take the
             # fired callback's place at the supervisor, its actions counted as repeats.
             raise AlreadyExistsError(
                 f"invocation_id {invocation_id!r} is a fired callback's, which has"
                 " not run to its end yet; choose a new invocation_id"
+            )
+        if recorded is not None and recorded.fired:
+            # Never a retry either, once it has ended: the engine made the id, and a
+            # "repeat" would replace the fired run's result with its own code's.
+            raise AlreadyExistsError(
+                f"invocation_id {invocation_id!r} is a fired callback's run"
+                f" ({recorded.describe()}); an Execute cannot repeat it; choose a new"
+                " invocation_id"
             )
         if recorded is not None and recorded != RunIdentity.of(invocation):
             raise AlreadyExistsError(

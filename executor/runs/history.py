@@ -96,7 +96,8 @@ CREATE TABLE IF NOT EXISTS runs (
     result TEXT NOT NULL,
     source TEXT NOT NULL DEFAULT '',
     policy TEXT NOT NULL DEFAULT '',
-    shadow INTEGER NOT NULL DEFAULT 0
+    shadow INTEGER NOT NULL DEFAULT 0,
+    fired INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_at);
 CREATE INDEX IF NOT EXISTS runs_by_job ON runs (job_id, started_at);
@@ -129,6 +130,7 @@ _COLUMNS: Final = (
     "source",
     "policy",
     "shadow",
+    "fired",
     "size_bytes",
 )
 
@@ -179,6 +181,7 @@ def _row(invocation: Invocation, result: RunResult, started_at: float) -> tuple[
         invocation.callback.source,
         invocation.policy,
         int(invocation.shadow),
+        int(invocation.fired),
     )
     return (*row, run_size_bytes(row))
 
@@ -219,7 +222,11 @@ class RunPage:
 
 @dataclass(frozen=True, slots=True)
 class RunIdentity:
-    """Whose run an invocation id names: a repeat of it must be the same callback's."""
+    """Whose run an invocation id names: a repeat of it must be the same callback's.
+
+    And whether the trigger engine made it (``fired``): an Execute never repeats such a
+    run, whatever the rest (``CallbackExecutorServicer._refuse_another_runs_id``).
+    """
 
     job_id: int
     callback_id: int
@@ -227,6 +234,7 @@ class RunIdentity:
     triggers: str
     # A universal callback's file; "" for a job's own callback or an Execute.
     source: str
+    fired: bool
 
     @classmethod
     def of(cls, invocation: Invocation) -> RunIdentity:
@@ -237,6 +245,7 @@ class RunIdentity:
             callback.language.lower(),
             callback.triggers,
             callback.source,
+            invocation.fired,
         )
 
     def describe(self) -> str:
@@ -399,11 +408,12 @@ class RunHistory:
             raise
 
     def _add_columns(self) -> None:
-        """A history from before ``source``, ``policy``, ``shadow`` or ``size_bytes`` gets them.
+        """A history from before ``source``, ``policy``, ``shadow``, ``size_bytes`` or ``fired``.
 
-        Old runs read as "" (no policy recorded), not shadow, and of a size not known
-        (NULL: filling it in would rewrite every run, output and all). The sizes' index
-        reads only each run's header to build (a 333 MB history: 15 ms).
+        Old runs read as "" (no policy recorded), not shadow, of a size not known (NULL:
+        filling it in would rewrite every run, output and all), and not fired: which of them
+        the engine made was not kept, so an Execute may repeat any of them, as before. The
+        sizes' index reads only each run's header to build (a 333 MB history: 15 ms).
         """
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(runs)")}
         for name, declaration in (
@@ -411,6 +421,7 @@ class RunHistory:
             ("policy", "TEXT NOT NULL DEFAULT ''"),
             ("shadow", "INTEGER NOT NULL DEFAULT 0"),
             ("size_bytes", "INTEGER"),
+            ("fired", "INTEGER NOT NULL DEFAULT 0"),
         ):
             if name not in columns:
                 self._db.execute(f"ALTER TABLE runs ADD COLUMN {name} {declaration}")
@@ -587,7 +598,7 @@ class RunHistory:
         SQLite it reads on its own connection, so it never waits for a write either.
         """
         query = (
-            "SELECT job_id, callback_id, language, triggers, source FROM runs"
+            "SELECT job_id, callback_id, language, triggers, source, fired FROM runs"
             " WHERE invocation_id = ?"
         )
         if self._reader is None:
@@ -598,8 +609,8 @@ class RunHistory:
                 row = self._reader.execute(query, (invocation_id,)).fetchone()
         if row is None:
             return None
-        job_id, callback_id, language, triggers, source = row
-        return RunIdentity(job_id, callback_id, language.lower(), triggers, source)
+        job_id, callback_id, language, triggers, source, fired = row
+        return RunIdentity(job_id, callback_id, language.lower(), triggers, source, bool(fired))
 
     def ends(self, invocation_ids: Sequence[str]) -> dict[str, float]:
         """When the recorded run of each of these ids ended (Unix time); unknown ids left out."""

@@ -3,9 +3,10 @@
 ``Execute`` asks before it runs a callback under an id its caller chose
 (``CallbackExecutorServicer._refuse_another_runs_id``): a firing decided and not yet run
 to its end has it (the engine made it), or the history records (or is writing) a run
-under it. A single executor answers both at once from memory and a local file. A fleet's
-answers are in the shared store: asked apart they were two round trips on the request's
-path, so ``FleetIds`` asks both in one statement.
+under it, and whether the engine made that one (``RunIdentity.fired``). A single
+executor answers both at once from memory and a local file. A fleet's answers are in
+the shared store: asked apart they were two round trips on the request's path, so
+``FleetIds`` asks both in one statement.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from executor.sql import Db
 
 # One round trip: whether a firing holds the id, and the run the history has under it.
 _QUERY: Final = (
-    "SELECT EXISTS (SELECT 1 FROM firings WHERE invocation_id = ?) AS fired,"
-    " runs.job_id, runs.callback_id, runs.language, runs.triggers, runs.source"
+    "SELECT EXISTS (SELECT 1 FROM firings WHERE invocation_id = ?) AS firing,"
+    " runs.job_id, runs.callback_id, runs.language, runs.triggers, runs.source, runs.fired"
     " FROM (SELECT 1) AS one LEFT JOIN runs ON runs.invocation_id = ?"
 )
 
@@ -28,8 +29,8 @@ _QUERY: Final = (
 class IdUse(NamedTuple):
     """What an invocation id names already."""
 
-    fired: bool  # a firing not yet run to its end
-    recorded: RunIdentity | None  # whose run the history records, or is writing
+    firing: bool  # a firing not yet run to its end holds it
+    recorded: RunIdentity | None  # whose run the history records, or is writing (fired or not)
 
 
 class LocalIds:
@@ -77,5 +78,6 @@ class FleetIds:
                 row["language"].lower(),
                 row["triggers"],
                 row["source"],
+                bool(row["fired"]),
             )
-        return IdUse(bool(row["fired"]), recorded)
+        return IdUse(bool(row["firing"]), recorded)

@@ -11,8 +11,10 @@ import grpc
 import pytest
 
 from supervisor_client import ExecutorRpcError
+from supervisor_client.client import build_execute_request
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.fleet.harness import two_replicas
+from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.service
 
@@ -78,3 +80,49 @@ async def test_the_id_of_a_firing_running_at_another_replica_is_refused(
             )
         assert refused.value.code == grpc.StatusCode.ALREADY_EXISTS
         assert "is a fired callback's, which has not run to its end yet" in refused.value.details
+
+
+async def test_the_id_of_a_run_fired_at_another_replica_is_refused_once_it_has_ended(
+    tmp_path: Path, pg_url: str
+) -> None:
+    # Before, an Execute matching the ended fired run's job, callback id, language and
+    # triggers was taken for its repeat, and replaced its record with its own code's.
+    async with two_replicas(tmp_path, pg_url) as (first, second):
+        await first.register_job(
+            {
+                "id": 72_200,
+                "name": "done",
+                "user": "fleet",
+                "callbacks": [
+                    {"triggers": "complete-job-self", "language": "python", "code": "print(1)"}
+                ],
+            }
+        )
+        reply = await first.publish_event(
+            name="complete", type="job", job_id=72_200, event_id="done-72200", wait=True
+        )
+        (firing,) = reply.fired
+
+        async def recorded() -> bool:  # the history is written just after the answer
+            runs = await second.list_runs(executor_pb2.ListRunsRequest(job_id=72_200))
+            return firing.invocation_id in {run.invocation_id for run in runs.runs}
+
+        assert await eventually(recorded)
+        request = build_execute_request(
+            language=firing.language,
+            code="print('intruder')",
+            job={"id": 72_200, "name": "done", "user": "fleet"},
+            invocation_id=firing.invocation_id,
+        )
+        request.callback.id = firing.callback_id
+        request.callback.triggers = firing.triggers
+
+        for client in (second, first):
+            with pytest.raises(ExecutorRpcError) as refused:
+                await client.execute(request)
+            assert refused.value.code == grpc.StatusCode.ALREADY_EXISTS
+            assert f"{firing.invocation_id!r} is a fired callback's run (job 72200, " in (
+                refused.value.details
+            )
+        kept = await second.get_run(firing.invocation_id)
+        assert kept.result.stdout == "1\n"

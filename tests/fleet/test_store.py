@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import threading
@@ -276,6 +277,49 @@ def test_the_runs_recorded_before_their_size_was_kept_are_sized_by_the_migration
         assert db.execute("SELECT to_regclass('runs_by_start_size')").fetchone()[0] is not None
     finally:
         db.close()
+
+
+# The schema step that adds whether a run was fired.
+FIRED_STEP: Final = next(
+    n for n, ddl in enumerate(_steps(), 1) if "ADD COLUMN IF NOT EXISTS fired " in ddl
+)
+
+
+def test_the_runs_recorded_before_fired_was_kept_read_as_not_fired(
+    postgres: PostgresServer,
+) -> None:
+    """An Execute may not repeat a fired run; which runs were, a store migrates to keep."""
+    url = postgres.create_database("history_fired")
+    assert migrate(url) == (0, schema_version())
+    db = connect_postgres(url)
+    try:
+        # The database as the step before left it.
+        db.execute("ALTER TABLE runs DROP COLUMN fired")
+        db.execute("DELETE FROM cbexec_schema WHERE version >= ?", (FIRED_STEP,))
+        db.execute(
+            "INSERT INTO runs (invocation_id, job_id, callback_id, triggers, language, outcome,"
+            " started_at, wall_seconds, cpu_seconds, peak_rss_bytes, queue_seconds, work_name,"
+            " result) VALUES ('old', 10, 1, 'complete-job-self', 'python', 'SUCCEEDED', 1.0,"
+            " 0, 0, 0, 0, '', '{}')"
+        )
+    finally:
+        db.close()
+    assert migrate(url) == (FIRED_STEP - 1, schema_version())
+    assert migrate(url) == (schema_version(), schema_version())
+    history = RunHistory(url, retention_days=1e6, max_runs=10)
+    try:
+        fired = dataclasses.replace(invocation("fired"), source="universal")
+        history.record_many(
+            [(fired, result("fired"), 2.0), (invocation("run"), result("run"), 3.0)]
+        )
+        answers = {name: history.identity(name) for name in ("old", "fired", "run")}
+        assert {name: got and got.fired for name, got in answers.items()} == {
+            "old": False,  # which old runs were fired was not kept
+            "fired": True,
+            "run": False,
+        }
+    finally:
+        history.close()
 
 
 def test_statements_outside_a_transaction_never_wait_for_one_in_a_fleet(pg_url: str) -> None:

@@ -125,7 +125,7 @@ async def test_an_invocation_id_of_another_run_is_refused_a_retry_reruns(stack: 
     with pytest.raises(ExecutorRpcError) as refused:
         await run_py(stack, "raise SystemExit(3)", 1, invocation_id=fired_id)
     assert refused.value.code == grpc.StatusCode.ALREADY_EXISTS
-    assert f"invocation_id {fired_id!r} is already recorded for another run (job 7701, " in (
+    assert f"invocation_id {fired_id!r} is a fired callback's run (job 7701, " in (
         refused.value.details
     )
     kept = await stack.client.get_run(fired_id)
@@ -138,13 +138,18 @@ async def test_an_invocation_id_of_another_run_is_refused_a_retry_reruns(stack: 
     with pytest.raises(ExecutorRpcError) as other_job:
         await run_py(stack, "print('try 3')", 2, invocation_id="retry-1")
     assert other_job.value.code == grpc.StatusCode.ALREADY_EXISTS
+    assert "invocation_id 'retry-1' is already recorded for another run (job 1, " in (
+        other_job.value.details
+    )
 
 
-async def test_an_execute_naming_a_fired_runs_identity_is_its_repeat_whatever_its_code(
+async def test_an_execute_naming_a_fired_runs_id_and_identity_is_refused_its_record_kept(
     stack_warm: Stack,
 ) -> None:
-    # What the README's "What a repeat is" says: an invocation id's identity is job,
-    # callback id, language and trigger text, and a fired run's id is no exception.
+    # Before, an Execute that matched an ended fired run's job, callback id, language and
+    # trigger text was taken for its repeat: it ran its own code and replaced the fired
+    # run's record, in the history and at the supervisor. The engine made that id: no
+    # caller's retry sends it.
     stack = stack_warm
     await stack.client.register_job(
         {
@@ -171,18 +176,27 @@ async def test_an_execute_naming_a_fired_runs_identity_is_its_repeat_whatever_it
             context=executor_pb2.JobContext(job=types_pb2.Job(id=7703, user="alice")),
         )
 
-    with pytest.raises(grpc.aio.AioRpcError) as other_callback:
-        await stack.stub.Execute(execute(fired.callback_id + 1))
-    assert other_callback.value.code() == grpc.StatusCode.ALREADY_EXISTS
-    repeat = await stack.stub.Execute(execute(fired.callback_id))
-    assert (repeat.outcome, repeat.stdout) == (executor_pb2.OUTCOME_SUCCEEDED, "other code\n")
-    assert (await stack.client.get_run(fired.invocation_id)).result.stdout == "other code\n"
+    for callback_id in (fired.callback_id, fired.callback_id + 1):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stack.stub.Execute(execute(callback_id))
+        assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert refused.value.details() == (
+            f"invocation_id {fired.invocation_id!r} is a fired callback's run (job 7703,"
+            f" callback {fired.callback_id} (python, triggers 'complete-job-self'));"
+            " an Execute cannot repeat it; choose a new invocation_id"
+        )
+    assert (await stack.client.get_run(fired.invocation_id)).result.stdout == "fired\n"
+    stored = stack.supervisor.result(fired.invocation_id)
+    assert stored is not None and stored["payload"].get("stdout") == "fired\n"
 
-    def reported_stdout() -> object:
-        stored = stack.supervisor.result(fired.invocation_id)
-        return None if stored is None else stored["payload"].get("stdout")
-
-    assert await eventually(lambda: reported_stdout() == "other code\n")
+    # A repeat of an Execute's run is still a retry: it runs again and replaces the record.
+    executed = execute(fired.callback_id)
+    executed.invocation_id = "execute-7703"
+    await stack.stub.Execute(executed)
+    executed.callback.code = "print('retried')"
+    repeat = await stack.stub.Execute(executed)
+    assert (repeat.outcome, repeat.stdout) == (executor_pb2.OUTCOME_SUCCEEDED, "retried\n")
+    assert (await stack.client.get_run("execute-7703")).result.stdout == "retried\n"
 
 
 async def test_the_invocation_id_of_a_fired_callback_not_yet_run_is_refused(

@@ -218,6 +218,40 @@ def test_a_universal_callbacks_file_is_kept_and_an_old_history_gains_the_column(
         history.close()
 
 
+def test_the_history_keeps_whether_a_run_was_fired_and_old_runs_read_as_not(
+    tmp_path: Path,
+) -> None:
+    # An Execute may not repeat a fired run (the engine made its id): the history must
+    # say which runs were fired, and a history from before it kept that gains the column.
+    path = tmp_path / "runs.db"
+    first = RunHistory(path, retention_days=1e6, max_runs=10)
+    first.close()
+    with sqlite3.connect(path) as db:  # the table as it was before ``fired``
+        db.execute("ALTER TABLE runs DROP COLUMN fired")
+        db.execute(
+            "INSERT INTO runs (invocation_id, job_id, callback_id, triggers, language, outcome,"
+            " started_at, wall_seconds, cpu_seconds, peak_rss_bytes, queue_seconds, event,"
+            " work_name, result) VALUES ('old', 10, 1, 'complete-job-self', 'python',"
+            " 'SUCCEEDED', 1e12, 0, 0, 0, 0, NULL, '', ?)",
+            (result_to_json(result("old")),),
+        )
+    history = RunHistory(path, retention_days=1e6, max_runs=10)
+    try:
+        fired = dataclasses.replace(invocation("fired"), source="job")
+        history.record(fired, result("fired"), started_at=2e12)
+        history.record(invocation("executed"), result("executed"), started_at=2e12)
+        answers = {name: history.identity(name) for name in ("fired", "executed", "old")}
+        assert {name: got and got.fired for name, got in answers.items()} == {
+            "fired": True,
+            "executed": False,
+            "old": False,  # which old runs were fired was not kept
+        }
+        assert answers["fired"] == RunIdentity.of(fired) != RunIdentity.of(invocation("fired"))
+        assert answers["old"] == RunIdentity.of(invocation("old"))
+    finally:
+        history.close()
+
+
 def test_a_write_waits_for_another_connections_write_lock(tmp_path: Path) -> None:
     # As the checkpoint thread's TRUNCATE holds it: the write must wait for the lock,
     # not fail at once ("database is locked") when it would upgrade a read to a write.

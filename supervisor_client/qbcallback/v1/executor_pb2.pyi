@@ -313,11 +313,11 @@ class ExecuteRequest(_message.Message):
     language (any case) and triggers, and nothing else: a repeat may carry other
     code, user, policy or limits, and runs them; the supervisor answers its N-th
     qb action as it answered the first run's N-th, without applying it again
-    (those past the first run's last are applied). A fired run's id is no
-    exception once that run has ended (an Execute never matches a universal
-    callback's run: its file is part of its identity). An id the history holds
-    under another identity, or that a fired callback not yet run to its end
-    has, is ALREADY_EXISTS, and that run's record stays.
+    (those past the first run's last are applied). An id the history holds
+    under another identity, or that is a fired callback's run (the trigger
+    engine made the id: ended or not, no Execute repeats it; runs recorded
+    before the executor kept which were fired excepted), is ALREADY_EXISTS,
+    and that run's record stays.
     """
     policy: _builtins.str
     """The sandbox policy to run under (the executor's [policies.NAME]); empty: the
