@@ -15,7 +15,7 @@ import string
 import threading
 import unicodedata
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -67,26 +67,38 @@ SECURITY_HEADERS: Final = (
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """What the handler read: method, path, query, headers (lower-cased names), body."""
+    """What the handler read: method, path, query, headers (lower-cased names), body.
+
+    ``repeated`` names the headers that came more than once (``headers`` keeps the last):
+    an access check must not judge one of two ``Authorization`` headers.
+    """
 
     method: str
     path: str
     query: Mapping[str, str] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
+    repeated: frozenset[str] = frozenset()
 
     @classmethod
     def parse(
-        cls, method: str, target: str, headers: Mapping[str, str], body: bytes = b""
+        cls,
+        method: str,
+        target: str,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]],
+        body: bytes = b"",
     ) -> Request:
-        """From the request line's target (path and query) and the headers."""
+        """From the request line's target (path and query) and the headers, as sent."""
         path, _, query = target.partition("?")
+        pairs = headers.items() if isinstance(headers, Mapping) else headers
+        named: dict[str, str] = {}
+        repeated: set[str] = set()
+        for name, value in pairs:
+            if name.lower() in named:
+                repeated.add(name.lower())
+            named[name.lower()] = value
         return cls(
-            method,
-            unquote(path) or "/",
-            dict(parse_qsl(query)),
-            {k.lower(): v for k, v in headers.items()},
-            body,
+            method, unquote(path) or "/", dict(parse_qsl(query)), named, body, frozenset(repeated)
         )
 
 
@@ -161,7 +173,7 @@ class Dashboard:
 
     def _route(self, request: Request) -> Response:
         path = request.path.rstrip("/") or "/"
-        if not self._access.allowed(path, request.headers):
+        if not self._access.allowed(path, request.headers, repeated=request.repeated):
             return self._refuse(request)
         if self._stopping.is_set():
             return self._stopped(path, request)
@@ -275,16 +287,19 @@ class Dashboard:
     # -- signing in -----------------------------------------------------------------------
 
     def _refuse(self, request: Request) -> Response:
-        if (
-            request.method == "GET"
-            and request.path not in ("/metrics", "/healthz")
-            and ("text/html" in request.headers.get("accept", ""))
-        ):
+        path = request.path.rstrip("/") or "/"
+        why = self._access.refusal(request.headers, repeated=request.repeated)
+        if path == "/healthz":  # JSON always, as a probe expects
+            return _json(401, {"status": "UNAUTHENTICATED", "why": why}, _CHALLENGE)
+        if path == "/metrics":
+            return Response(401, f"{why}\n".encode(), "text/plain", _CHALLENGE)
+        if "authorization" in request.repeated:
+            # Signing in would not help: whatever sent two headers sends them again.
+            refused = self._error(401, "Unauthorized", f"Refused: {why}.", request)
+            return Response(401, refused.body, refused.content_type, refused.headers + _CHALLENGE)
+        if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
             target = quote(_safe_next(request.path + _query_string(request)), safe="/")
             return Response(303, headers=(("Location", f"/login?next={target}"),))
-        why = self._access.refusal(request.headers)
-        if (request.path.rstrip("/") or "/") == "/healthz":  # JSON always, as a probe expects
-            return _json(401, {"status": "UNAUTHENTICATED", "why": why}, _CHALLENGE)
         return Response(401, f"{why}\n".encode(), "text/plain", _CHALLENGE)
 
     def _login(self, request: Request) -> Response:

@@ -23,7 +23,7 @@ import hmac
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from http.cookies import CookieError, SimpleCookie
 from typing import Final
 
@@ -34,6 +34,10 @@ WRONG_TOKEN_DELAY_S: Final = 0.5
 # Open whatever the settings say: the login form and what it needs to look right.
 OPEN_PATHS: Final = ("/login", "/static/")
 PROBE_PATHS: Final = ("/metrics", "/healthz")
+MORE_THAN_ONE: Final = (
+    "this executor requires one 'Authorization: Bearer <token>' header; "
+    "the request carried more than one"
+)
 
 
 class Access:
@@ -66,19 +70,30 @@ class Access:
         """Constant time: the comparison does not say how much of a guess was right."""
         return bool(self._expected) and hmac.compare_digest(given.strip().encode(), self._expected)
 
-    def allowed(self, path: str, headers: Mapping[str, str]) -> bool:
-        """Whether a request for ``path`` with these (lower-cased) headers may be answered."""
+    def allowed(
+        self, path: str, headers: Mapping[str, str], *, repeated: Collection[str] = ()
+    ) -> bool:
+        """Whether a request for ``path`` with these (lower-cased) headers may be answered.
+
+        ``repeated`` names the headers sent more than once: two ``Authorization`` headers
+        are refused whatever they hold (as the gRPC port refuses two entries), since
+        judging one would depend on their order, which a proxy may change.
+        """
         if not self.required or path.startswith(OPEN_PATHS):
             return True
         if self._exempt_probes and path in PROBE_PATHS:
             return True
+        if "authorization" in repeated:
+            return False
         scheme, _, given = headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and self.token_matches(given.strip()):
             return True
         return self.session_of(headers) is not None
 
-    def refusal(self, headers: Mapping[str, str]) -> str:
+    def refusal(self, headers: Mapping[str, str], *, repeated: Collection[str] = ()) -> str:
         """Why a request ``allowed`` refused was refused, for the caller (never the token)."""
+        if "authorization" in repeated:
+            return MORE_THAN_ONE
         scheme, _, _ = headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer":
             return "the bearer token does not match this executor's token"

@@ -72,7 +72,7 @@ class _Handler(BaseHTTPRequestHandler):
         request = Request.parse(
             method,
             self.path,
-            dict(self.headers.items()),
+            self.headers.items(),  # every header as sent: a repeated one is refused
             self.rfile.read(length) if length else b"",
         )
         response = self.server.dashboard.handle(request)

@@ -343,3 +343,32 @@ async def test_a_slow_steady_reader_gets_a_whole_large_stream(
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     assert len(body) == len(response.stdout) and body.endswith(b"the end")
+
+
+def raw_get(
+    port: int, path: str, headers: list[tuple[str, str]]
+) -> tuple[int, dict[str, str], str]:
+    """A GET with headers exactly as listed (a name twice included), which urllib cannot send."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    try:
+        connection.putrequest("GET", path)
+        for name, value in headers:
+            connection.putheader(name, value)
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read().decode()
+    finally:
+        connection.close()
+
+
+async def test_two_authorization_headers_are_refused_in_either_order(tmp_path: Path) -> None:
+    # The handler kept the last of two headers: wrong then right was let in.
+    async with running_stack(http_settings(tmp_path, auth_token=TOKEN)) as web:
+        port = web.running.http_port or 0
+        right, wrong = ("Authorization", f"Bearer {TOKEN}"), ("Authorization", "Bearer nope")
+        for pair in ([wrong, right], [right, wrong], [right, right]):
+            for path in ("/healthz", "/metrics", "/runs"):
+                status, _, body = await asyncio.to_thread(raw_get, port, path, pair)
+                assert status == 401, (path, pair)
+                assert "the request carried more than one" in body
+        assert (await asyncio.to_thread(raw_get, port, "/healthz", [right]))[0] == 200

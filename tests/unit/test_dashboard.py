@@ -946,3 +946,34 @@ def test_a_page_token_the_executor_refuses_is_left_out_with_a_notice(
     newest = ["other"] if kind == "other filters" else ["r-4", "r-3", "r-2", "r-1", "other", "r-0"]
     assert listed(body) == newest
     assert "page_token" not in body.split('data-live="', 1)[1].split('"', 1)[0]
+
+
+# -- two Authorization headers ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "tokens", [("wrong", "tok"), ("tok", "wrong"), ("tok", "tok")], ids=["wr", "rw", "rr"]
+)
+@pytest.mark.parametrize("path", ["/healthz", "/metrics", "/runs"])
+def test_two_authorization_headers_are_refused_whatever_they_hold(
+    tokens: tuple[str, str], path: str
+) -> None:
+    # As the gRPC port: judging one of them would depend on their order, which a proxy
+    # adding its own header decides (wrong then right was let in).
+    dashboard = Dashboard(FakeSource(), CollectorRegistry(), Access("tok"))
+    sent = [("Authorization", f"Bearer {token}") for token in tokens]
+    refused = dashboard.handle(Request.parse("GET", path, [*sent, ("Accept", "text/html")]))
+    assert refused.status == 401
+    assert b"the request carried more than one" in refused.body
+    assert ("WWW-Authenticate", 'Bearer realm="cbexec"') in refused.headers
+    if path == "/healthz":
+        assert json.loads(refused.body)["status"] == "UNAUTHENTICATED"
+    if path == "/runs":  # the dashboard's page, not the sign-in form: it would not help
+        assert refused.content_type.startswith("text/html") and b"<!doctype" in refused.body.lower()
+
+
+def test_two_authorization_headers_on_an_open_path_are_not_judged() -> None:
+    dashboard = Dashboard(FakeSource(), CollectorRegistry(), Access("tok", exempt_probes=True))
+    twice = [("Authorization", "Bearer a"), ("authorization", "Bearer b")]
+    assert dashboard.handle(Request.parse("GET", "/healthz", twice)).status == 200
+    assert dashboard.handle(Request.parse("GET", "/login", twice)).status == 200
