@@ -17,6 +17,7 @@ import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qsl, quote, unquote
@@ -49,6 +50,7 @@ DEFAULT_PAGE: Final = "/runs"
 # What a 401 asks for (RFC 6750).
 _CHALLENGE: Final = (("WWW-Authenticate", 'Bearer realm="cbexec"'),)
 STOPPING: Final = "the executor is stopping"
+_NO_STORE: Final = (("Cache-Control", "no-store"),)
 # What a sign-in's ``next`` keeps as is (a "%" included: it is already encoded).
 _PRINTABLE_ASCII: Final = "".join(c for c in string.printable if not c.isspace())
 SECURITY_HEADERS: Final = (
@@ -164,12 +166,26 @@ class Dashboard:
                 "dashboard: %s %s failed (incident %s)", request.method, request.path, incident
             )
             response = self._error(500, "Internal error", f"incident {incident}", request)
-        return Response(
-            response.status,
-            response.body,
-            response.content_type,
-            (*response.headers, *SECURITY_HEADERS),
-        )
+        return _secured(response)
+
+    def unreadable(self, status: int, why: str, target: str) -> Response:
+        """The answer to a request the HTTP layer refused before routing it.
+
+        An unknown method, a request line or headers too long, a bad HTTP version:
+        Python's own answer was an HTML page without the security headers, on /healthz
+        too. Here /healthz answers JSON (as always), /metrics text (as its 401), any
+        other path the dashboard's error page; all with the security headers.
+        ``target`` is the request line's target, as much of it as was read.
+        """
+        path = unquote(target.partition("?")[0]).rstrip("/") or "/"
+        if path == "/healthz":
+            response = _json(status, {"status": HTTPStatus(status).name, "why": why})
+        elif path == "/metrics":
+            response = Response(status, f"{why}\n".encode(), TEXT_TYPE, _NO_STORE)
+        else:
+            request = Request("GET", path)
+            response = self._error(status, HTTPStatus(status).phrase, why, request)
+        return _secured(response)
 
     def _route(self, request: Request) -> Response:
         path = request.path.rstrip("/") or "/"
@@ -321,8 +337,17 @@ class Dashboard:
         return _html(status, page(title, notice(text, "error")))
 
 
+def _secured(response: Response) -> Response:
+    return Response(
+        response.status,
+        response.body,
+        response.content_type,
+        (*response.headers, *SECURITY_HEADERS),
+    )
+
+
 def _html(status: int, body: Html) -> Response:
-    return Response(status, body.encode(), HTML_TYPE, (("Cache-Control", "no-store"),))
+    return Response(status, body.encode(), HTML_TYPE, _NO_STORE)
 
 
 def _json(
