@@ -338,11 +338,16 @@ class Dashboard:
 
 
 def _secured(response: Response) -> Response:
+    """With the security headers, and no-store unless it says otherwise (a static file).
+
+    /metrics and /healthz included: an answer that needed the token is not for a cache.
+    """
+    cached = any(name == "Cache-Control" for name, _ in response.headers)
     return Response(
         response.status,
         response.body,
         response.content_type,
-        (*response.headers, *SECURITY_HEADERS),
+        (*response.headers, *SECURITY_HEADERS, *(() if cached else _NO_STORE)),
     )
 
 

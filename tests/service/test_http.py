@@ -414,6 +414,7 @@ async def test_a_request_the_port_cannot_take_on_healthz_is_answered_in_json(
     assert json.loads(body)["why"]
     assert "script-src 'self'" in headers["Content-Security-Policy"]
     assert (headers["X-Frame-Options"], headers["X-Content-Type-Options"]) == ("DENY", "nosniff")
+    assert headers["Cache-Control"] == "no-store"
 
 
 async def test_a_request_the_port_cannot_take_elsewhere_gets_the_dashboard_s_page(

@@ -977,3 +977,22 @@ def test_two_authorization_headers_on_an_open_path_are_not_judged() -> None:
     twice = [("Authorization", "Bearer a"), ("authorization", "Bearer b")]
     assert dashboard.handle(Request.parse("GET", "/healthz", twice)).status == 200
     assert dashboard.handle(Request.parse("GET", "/login", twice)).status == 200
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/healthz"])
+@pytest.mark.parametrize("token", ["", "tok"])
+def test_probes_are_never_kept_by_a_cache(path: str, token: str) -> None:
+    # Every page says no-store; an answer that needed the token must not sit in a cache.
+    dashboard = Dashboard(FakeSource(), CollectorRegistry(), Access(token))
+    for headers in ({"authorization": f"Bearer {token}"}, {}):
+        answer = dashboard.handle(get(path, **headers))
+        assert ("Cache-Control", "no-store") in answer.headers, (answer.status, headers)
+
+
+def test_only_a_static_file_may_be_cached() -> None:
+    dashboard = Dashboard(FakeSource(), CollectorRegistry(), Access(""))
+    static = dashboard.handle(get("/static/app.css"))
+    assert [v for n, v in static.headers if n == "Cache-Control"] == ["max-age=300"]
+    for path in ("/", "/static/nothing.css", "/login"):
+        answer = dashboard.handle(get(path))
+        assert ("Cache-Control", "no-store") in answer.headers, path
