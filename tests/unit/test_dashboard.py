@@ -996,3 +996,26 @@ def test_only_a_static_file_may_be_cached() -> None:
     for path in ("/", "/static/nothing.css", "/login"):
         answer = dashboard.handle(get(path))
         assert ("Cache-Control", "no-store") in answer.headers, path
+
+
+def test_wrong_tokens_wait_their_turn_across_the_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The delay was per connection (20 parallel guessers: 20 times the rate) and a wrong
+    # bearer header had none at all.
+    monkeypatch.setattr("executor.web.auth.WRONG_TOKEN_DELAY_S", 0.2)
+    access = Access("tok")
+    guesses = [
+        *(lambda: access.sign_in("wrong") for _ in range(3)),
+        *(lambda: access.allowed("/runs", {"authorization": "Bearer wrong"}) for _ in range(3)),
+    ]
+    threads = [threading.Thread(target=guess) for guess in guesses]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    time.sleep(0.05)
+    right = time.monotonic()
+    assert access.allowed("/runs", {"authorization": "Bearer tok"})
+    assert access.sign_in("tok") is not None
+    assert time.monotonic() - right < 0.15, "the right token never waits for the guessers"
+    for thread in threads:
+        thread.join()
+    assert time.monotonic() - started >= 6 * 0.2 - 0.05, "one wrong token at a time"
