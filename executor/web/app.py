@@ -213,6 +213,8 @@ class Dashboard:
             return self._healthz()
         if path.startswith("/runs/"):
             return self._run(request, path.removeprefix("/runs/"))
+        if path == "/run":  # for the ids "." and "..", which no browser sends in a path
+            return self._run(request, request.query.get("id", ""))
         route = self._pages.get(path)
         if route is None:
             return self._error(404, "Not found", f"There is no page {path}.", request)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import grpc
 import pytest
@@ -1019,3 +1019,42 @@ def test_wrong_tokens_wait_their_turn_across_the_port(monkeypatch: pytest.Monkey
     for thread in threads:
         thread.join()
     assert time.monotonic() - started >= 6 * 0.2 - 0.05, "one wrong token at a time"
+
+
+class DotIdSource(FakeSource):
+    """Runs whose invocation ids are the path segments "." and ".." (the proto allows them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs = {}
+        for invocation_id in (".", "..", "a.."):
+            run = executor_pb2.Run()
+            run.CopyFrom(self.run)
+            run.invocation_id = invocation_id
+            self.runs[invocation_id] = run
+
+    def list_runs(self, **_: object) -> Any:
+        return executor_pb2.ListRunsResponse(runs=list(self.runs.values()))
+
+    def get_run(self, invocation_id: str) -> Any:
+        return self.runs.get(invocation_id)
+
+
+def test_a_run_whose_id_is_a_dot_segment_has_a_link_a_browser_keeps() -> None:
+    # /runs/.. was resolved by the browser to /runs (the list), %2e%2e as well.
+    dashboard = Dashboard(DotIdSource(), CollectorRegistry(), Access(""))
+    listed = dashboard.handle(get("/runs")).body.decode()
+    for invocation_id in (".", "..", "a.."):
+        found = re.search(rf'<a href="([^"]*)" title="{re.escape(invocation_id)}"', listed)
+        assert found is not None, invocation_id
+        # As a browser takes a link: dot segments of the path resolved, then asked.
+        followed = urlsplit(urljoin("http://executor/runs", html.unescape(found.group(1))))
+        target = followed.path + (f"?{followed.query}" if followed.query else "")
+        page = dashboard.handle(get(target))
+        assert page.status == 200, (invocation_id, target)
+        assert f"Run {invocation_id}" in page.body.decode(), target
+        stream = re.search(r'href="([^"]*stream=stdout)"', page.body.decode())
+        assert stream is not None
+        followed = urlsplit(urljoin("http://executor/runs", html.unescape(stream.group(1))))
+        text = dashboard.handle(get(f"{followed.path}?{followed.query}"))
+        assert (text.status, text.content_type) == (200, "text/plain; charset=utf-8"), target
