@@ -15,8 +15,9 @@ import string
 import threading
 import unicodedata
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qsl, quote, unquote
@@ -49,6 +50,7 @@ DEFAULT_PAGE: Final = "/runs"
 # What a 401 asks for (RFC 6750).
 _CHALLENGE: Final = (("WWW-Authenticate", 'Bearer realm="cbexec"'),)
 STOPPING: Final = "the executor is stopping"
+_NO_STORE: Final = (("Cache-Control", "no-store"),)
 # What a sign-in's ``next`` keeps as is (a "%" included: it is already encoded).
 _PRINTABLE_ASCII: Final = "".join(c for c in string.printable if not c.isspace())
 SECURITY_HEADERS: Final = (
@@ -67,26 +69,38 @@ SECURITY_HEADERS: Final = (
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """What the handler read: method, path, query, headers (lower-cased names), body."""
+    """What the handler read: method, path, query, headers (lower-cased names), body.
+
+    ``repeated`` names the headers that came more than once (``headers`` keeps the last):
+    an access check must not judge one of two ``Authorization`` headers.
+    """
 
     method: str
     path: str
     query: Mapping[str, str] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
+    repeated: frozenset[str] = frozenset()
 
     @classmethod
     def parse(
-        cls, method: str, target: str, headers: Mapping[str, str], body: bytes = b""
+        cls,
+        method: str,
+        target: str,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]],
+        body: bytes = b"",
     ) -> Request:
-        """From the request line's target (path and query) and the headers."""
+        """From the request line's target (path and query) and the headers, as sent."""
         path, _, query = target.partition("?")
+        pairs = headers.items() if isinstance(headers, Mapping) else headers
+        named: dict[str, str] = {}
+        repeated: set[str] = set()
+        for name, value in pairs:
+            if name.lower() in named:
+                repeated.add(name.lower())
+            named[name.lower()] = value
         return cls(
-            method,
-            unquote(path) or "/",
-            dict(parse_qsl(query)),
-            {k.lower(): v for k, v in headers.items()},
-            body,
+            method, unquote(path) or "/", dict(parse_qsl(query)), named, body, frozenset(repeated)
         )
 
 
@@ -152,16 +166,30 @@ class Dashboard:
                 "dashboard: %s %s failed (incident %s)", request.method, request.path, incident
             )
             response = self._error(500, "Internal error", f"incident {incident}", request)
-        return Response(
-            response.status,
-            response.body,
-            response.content_type,
-            (*response.headers, *SECURITY_HEADERS),
-        )
+        return _secured(response)
+
+    def unreadable(self, status: int, why: str, target: str) -> Response:
+        """The answer to a request the HTTP layer refused before routing it.
+
+        An unknown method, a request line or headers too long, a bad HTTP version:
+        Python's own answer was an HTML page without the security headers, on /healthz
+        too. Here /healthz answers JSON (as always), /metrics text (as its 401), any
+        other path the dashboard's error page; all with the security headers.
+        ``target`` is the request line's target, as much of it as was read.
+        """
+        path = unquote(target.partition("?")[0]).rstrip("/") or "/"
+        if path == "/healthz":
+            response = _json(status, {"status": HTTPStatus(status).name, "why": why})
+        elif path == "/metrics":
+            response = Response(status, f"{why}\n".encode(), TEXT_TYPE, _NO_STORE)
+        else:
+            request = Request("GET", path)
+            response = self._error(status, HTTPStatus(status).phrase, why, request)
+        return _secured(response)
 
     def _route(self, request: Request) -> Response:
         path = request.path.rstrip("/") or "/"
-        if not self._access.allowed(path, request.headers):
+        if not self._access.allowed(path, request.headers, repeated=request.repeated):
             return self._refuse(request)
         if self._stopping.is_set():
             return self._stopped(path, request)
@@ -185,6 +213,8 @@ class Dashboard:
             return self._healthz()
         if path.startswith("/runs/"):
             return self._run(request, path.removeprefix("/runs/"))
+        if path == "/run":  # for the ids "." and "..", which no browser sends in a path
+            return self._run(request, request.query.get("id", ""))
         route = self._pages.get(path)
         if route is None:
             return self._error(404, "Not found", f"There is no page {path}.", request)
@@ -275,16 +305,19 @@ class Dashboard:
     # -- signing in -----------------------------------------------------------------------
 
     def _refuse(self, request: Request) -> Response:
-        if (
-            request.method == "GET"
-            and request.path not in ("/metrics", "/healthz")
-            and ("text/html" in request.headers.get("accept", ""))
-        ):
+        path = request.path.rstrip("/") or "/"
+        why = self._access.refusal(request.headers, repeated=request.repeated)
+        if path == "/healthz":  # JSON always, as a probe expects
+            return _json(401, {"status": "UNAUTHENTICATED", "why": why}, _CHALLENGE)
+        if path == "/metrics":
+            return Response(401, f"{why}\n".encode(), "text/plain", _CHALLENGE)
+        if "authorization" in request.repeated:
+            # Signing in would not help: whatever sent two headers sends them again.
+            refused = self._error(401, "Unauthorized", f"Refused: {why}.", request)
+            return Response(401, refused.body, refused.content_type, refused.headers + _CHALLENGE)
+        if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
             target = quote(_safe_next(request.path + _query_string(request)), safe="/")
             return Response(303, headers=(("Location", f"/login?next={target}"),))
-        why = self._access.refusal(request.headers)
-        if (request.path.rstrip("/") or "/") == "/healthz":  # JSON always, as a probe expects
-            return _json(401, {"status": "UNAUTHENTICATED", "why": why}, _CHALLENGE)
         return Response(401, f"{why}\n".encode(), "text/plain", _CHALLENGE)
 
     def _login(self, request: Request) -> Response:
@@ -306,8 +339,22 @@ class Dashboard:
         return _html(status, page(title, notice(text, "error")))
 
 
+def _secured(response: Response) -> Response:
+    """With the security headers, and no-store unless it says otherwise (a static file).
+
+    /metrics and /healthz included: an answer that needed the token is not for a cache.
+    """
+    cached = any(name == "Cache-Control" for name, _ in response.headers)
+    return Response(
+        response.status,
+        response.body,
+        response.content_type,
+        (*response.headers, *SECURITY_HEADERS, *(() if cached else _NO_STORE)),
+    )
+
+
 def _html(status: int, body: Html) -> Response:
-    return Response(status, body.encode(), HTML_TYPE, (("Cache-Control", "no-store"),))
+    return Response(status, body.encode(), HTML_TYPE, _NO_STORE)
 
 
 def _json(

@@ -13,8 +13,10 @@ because browsers keep cookies per host, not per port: under one name, signing in
 a second executor on the host replaced the first one's session. Under TLS the name
 starts with ``__Host-``: a browser takes such a cookie only from an HTTPS answer, with
 Path=/ and no Domain (as this one is set), so no plaintext page and no other host of the
-domain can set one of that name. Comparisons are constant-time, and a wrong token costs
-its sender half a second (in the HTTP thread, never the event loop).
+domain can set one of that name. Comparisons are constant-time, and a wrong token (in
+the sign-in form or an ``Authorization`` header) costs half a second, one wrong token at
+a time for the whole port: parallel guessers share two guesses a second between them
+(the wait is in the HTTP threads, never the event loop, and the right token never waits).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import hmac
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from http.cookies import CookieError, SimpleCookie
 from typing import Final
 
@@ -34,6 +36,10 @@ WRONG_TOKEN_DELAY_S: Final = 0.5
 # Open whatever the settings say: the login form and what it needs to look right.
 OPEN_PATHS: Final = ("/login", "/static/")
 PROBE_PATHS: Final = ("/metrics", "/healthz")
+MORE_THAN_ONE: Final = (
+    "this executor requires one 'Authorization: Bearer <token>' header; "
+    "the request carried more than one"
+)
 
 
 class Access:
@@ -56,6 +62,9 @@ class Access:
         self._clock = clock
         self._sessions: dict[str, float] = {}  # id -> expiry
         self._lock = threading.Lock()  # handler threads sign in and out concurrently
+        # Held through a wrong token's delay: a delay per connection let 20 connections
+        # guess 20 times as fast.
+        self._wrong_token_turn = threading.Lock()
 
     @property
     def required(self) -> bool:
@@ -66,19 +75,35 @@ class Access:
         """Constant time: the comparison does not say how much of a guess was right."""
         return bool(self._expected) and hmac.compare_digest(given.strip().encode(), self._expected)
 
-    def allowed(self, path: str, headers: Mapping[str, str]) -> bool:
-        """Whether a request for ``path`` with these (lower-cased) headers may be answered."""
+    def allowed(
+        self, path: str, headers: Mapping[str, str], *, repeated: Collection[str] = ()
+    ) -> bool:
+        """Whether a request for ``path`` with these (lower-cased) headers may be answered.
+
+        ``repeated`` names the headers sent more than once: two ``Authorization`` headers
+        are refused whatever they hold (as the gRPC port refuses two entries), since
+        judging one would depend on their order, which a proxy may change.
+        """
         if not self.required or path.startswith(OPEN_PATHS):
             return True
         if self._exempt_probes and path in PROBE_PATHS:
             return True
+        if "authorization" in repeated:
+            return False
         scheme, _, given = headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and self.token_matches(given.strip()):
+        bearer = scheme.lower() == "bearer"
+        if bearer and self.token_matches(given.strip()):
             return True
-        return self.session_of(headers) is not None
+        if self.session_of(headers) is not None:
+            return True
+        if bearer:  # a wrong token costs as much here as in the sign-in form
+            self._wrong_token_delay()
+        return False
 
-    def refusal(self, headers: Mapping[str, str]) -> str:
+    def refusal(self, headers: Mapping[str, str], *, repeated: Collection[str] = ()) -> str:
         """Why a request ``allowed`` refused was refused, for the caller (never the token)."""
+        if "authorization" in repeated:
+            return MORE_THAN_ONE
         scheme, _, _ = headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer":
             return "the bearer token does not match this executor's token"
@@ -103,7 +128,7 @@ class Access:
     def sign_in(self, given: str) -> str | None:
         """A Set-Cookie value for a new session when ``given`` is the token, else None."""
         if not self.token_matches(given):
-            time.sleep(WRONG_TOKEN_DELAY_S)
+            self._wrong_token_delay()
             return None
         session = secrets.token_urlsafe(32)
         now = self._clock()
@@ -122,6 +147,11 @@ class Access:
             with self._lock:
                 self._sessions.pop(session, None)
         return self._cookie("", 0)
+
+    def _wrong_token_delay(self) -> None:
+        """Wait ``WRONG_TOKEN_DELAY_S`` in turn with every other wrong token on the port."""
+        with self._wrong_token_turn:
+            time.sleep(WRONG_TOKEN_DELAY_S)
 
     def _cookie(self, value: str, max_age: int) -> str:
         secure = "; Secure" if self._secure else ""

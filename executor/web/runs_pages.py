@@ -228,6 +228,18 @@ def _rows(answer: Any, filters: RunFilters) -> Html:
     return join([*(_row(run) for run in answer.runs), pager])
 
 
+def run_link(invocation_id: str, query: str = "") -> str:
+    """The address of a run's page (``query`` without its ``?``, e.g. ``stream=``).
+
+    ``/runs/ID``, except for the ids ``.`` and ``..`` (the proto allows them): a browser
+    resolves ``/runs/..`` to ``/runs`` before asking, ``%2e%2e`` too, so those go to
+    ``/run?id=..``, the same page.
+    """
+    if invocation_id in (".", ".."):
+        return f"/run?id={quote(invocation_id, safe='')}" + (f"&{query}" if query else "")
+    return f"/runs/{quote(invocation_id, safe='')}" + (f"?{query}" if query else "")
+
+
 def _row(run: Any) -> Html:
     outcome = outcome_name(run.outcome)
     trigger = run.triggers or "-"
@@ -240,7 +252,7 @@ def _row(run: Any) -> Html:
             tag(
                 "a",
                 run.invocation_id[:8],
-                href=f"/runs/{quote(run.invocation_id, safe='')}",
+                href=run_link(run.invocation_id),
                 title=run.invocation_id,
                 class_="mono",
             ),
@@ -318,7 +330,7 @@ def run_page(run: Any) -> Html:
             )
         )
     parts.append(tag("section", tag("h2", "Actions"), _actions(result.actions)))
-    link = f"/runs/{quote(run.invocation_id, safe='')}?stream="
+    link = run_link(run.invocation_id, "stream=")
     parts.append(_stream("Output", result.stdout, result.stdout_truncated, "stdout", link))
     parts.append(_stream("Errors", result.stderr, result.stderr_truncated, "stderr", link))
     return join(parts)

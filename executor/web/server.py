@@ -26,13 +26,14 @@ import ssl
 import sys
 import threading
 from collections.abc import Callable
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 
 from executor.api import security
 from executor.config import Settings
 from executor.errors import ConfigError
-from executor.web.app import Dashboard, Request
+from executor.web.app import Dashboard, Request, Response
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +41,15 @@ logger = logging.getLogger(__name__)
 IDLE_TIMEOUT_S: Final = 30.0
 MAX_BODY_BYTES: Final = 64 << 10
 WRITE_PIECE_BYTES: Final = 256 << 10
+# Of a request line too long to take (414), what is read to tell /healthz from a page.
+MAX_TARGET_SEEN: Final = 4096
 
 
 class _Handler(BaseHTTPRequestHandler):
     """One connection: reads requests, asks the dashboard, writes its answers."""
 
     server: _Server
+    raw_requestline: bytes  # set by the stdlib's handle_one_request (untyped there)
     timeout = IDLE_TIMEOUT_S
     protocol_version = "HTTP/1.1"
     server_version = "cbexec"
@@ -72,11 +76,15 @@ class _Handler(BaseHTTPRequestHandler):
         request = Request.parse(
             method,
             self.path,
-            dict(self.headers.items()),
+            self.headers.items(),  # every header as sent: a repeated one is refused
             self.rfile.read(length) if length else b"",
         )
         response = self.server.dashboard.handle(request)
         self.send_response(response.status)
+        self._send(response, body=body)
+
+    def _send(self, response: Response, *, body: bool) -> None:
+        """The headers after the status line, and the body unless a HEAD asked."""
         if response.status not in (204, 304):
             self.send_header("Content-Type", response.content_type)
         self.send_header("Content-Length", str(len(response.body)))
@@ -90,6 +98,36 @@ class _Handler(BaseHTTPRequestHandler):
             whole = memoryview(response.body)
             for start in range(0, len(whole), WRITE_PIECE_BYTES):
                 self.wfile.write(whole[start : start + WRITE_PIECE_BYTES])
+
+    def parse_request(self) -> bool:
+        # A request line without a version (HTTP/0.9) has no headers, but the stdlib
+        # read on for them, holding the connection until the idle timeout: answer now.
+        if len(self.raw_requestline.split()) == 2:
+            self.command = ""
+            self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+            self.send_error(400, "HTTP/0.9 requests are not served: send HTTP/1.0 or HTTP/1.1")
+            return False
+        return super().parse_request()
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Every error the stdlib answers itself, in the dashboard's way (``Dashboard.unreadable``).
+
+        Its own page was HTML without the security headers, on /healthz too, and one of
+        a request line it could not read (``HTTP/9.9``) lost even its status line.
+        """
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            self.request_version = self.protocol_version  # so a status line is written
+        why = message or HTTPStatus(code).phrase
+        self.log_error("code %d, message %s", code, why)
+        line = getattr(self, "requestline", "") or str(
+            self.raw_requestline[:MAX_TARGET_SEEN], "iso-8859-1"
+        )
+        words = line.split()
+        response = self.server.dashboard.unreadable(code, why, words[1] if len(words) > 1 else "")
+        self.send_response(code)
+        self.send_header("Connection", "close")
+        self.close_connection = True
+        self._send(response, body=getattr(self, "command", None) != "HEAD")
 
     def log_message(self, format: str, *args: Any) -> None:  # the stdlib's signature
         if logger.isEnabledFor(logging.DEBUG):

@@ -343,3 +343,96 @@ async def test_a_slow_steady_reader_gets_a_whole_large_stream(
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     assert len(body) == len(response.stdout) and body.endswith(b"the end")
+
+
+def raw_get(
+    port: int, path: str, headers: list[tuple[str, str]]
+) -> tuple[int, dict[str, str], str]:
+    """A GET with headers exactly as listed (a name twice included), which urllib cannot send."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    try:
+        connection.putrequest("GET", path)
+        for name, value in headers:
+            connection.putheader(name, value)
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read().decode()
+    finally:
+        connection.close()
+
+
+async def test_two_authorization_headers_are_refused_in_either_order(tmp_path: Path) -> None:
+    # The handler kept the last of two headers: wrong then right was let in.
+    async with running_stack(http_settings(tmp_path, auth_token=TOKEN)) as web:
+        port = web.running.http_port or 0
+        right, wrong = ("Authorization", f"Bearer {TOKEN}"), ("Authorization", "Bearer nope")
+        for pair in ([wrong, right], [right, wrong], [right, right]):
+            for path in ("/healthz", "/metrics", "/runs"):
+                status, _, body = await asyncio.to_thread(raw_get, port, path, pair)
+                assert status == 401, (path, pair)
+                assert "the request carried more than one" in body
+        assert (await asyncio.to_thread(raw_get, port, "/healthz", [right]))[0] == 200
+
+
+def raw_exchange(port: int, request: bytes) -> tuple[str, dict[str, str], bytes]:
+    """Send bytes as they are; the status line, headers and body the port answers before closing."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        answer = bytearray()
+        while chunk := sock.recv(1 << 16):  # a timeout here: the port held the connection
+            answer += chunk
+    head, _, body = bytes(answer).partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    return status, dict(line.split(": ", 1) for line in lines), body
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"OPTIONS /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "501"),
+        (b"PUT /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", "501"),
+        (b"GET /healthz?" + b"q" * (70 << 10) + b" HTTP/1.1\r\nHost: x\r\n\r\n", "414"),
+        (
+            b"GET /healthz HTTP/1.1\r\n"
+            + b"".join(b"X-%d: y\r\n" % n for n in range(200))
+            + b"\r\n",
+            "431",
+        ),
+        (b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n", "505"),
+        (b"GET /healthz\r\n", "400"),  # HTTP/0.9: held the connection for the idle timeout
+    ],
+    ids=["options", "put", "long-target", "many-headers", "http-9.9", "http-0.9"],
+)
+async def test_a_request_the_port_cannot_take_on_healthz_is_answered_in_json(
+    web: Stack, request_bytes: bytes, status: str
+) -> None:
+    # Python's own error page was HTML, without the dashboard's security headers.
+    port = web.running.http_port or 0
+    line, headers, body = await asyncio.to_thread(raw_exchange, port, request_bytes)
+    assert line.startswith(f"HTTP/1.1 {status} "), line
+    assert headers["Content-Type"] == "application/json"
+    assert json.loads(body)["why"]
+    assert "script-src 'self'" in headers["Content-Security-Policy"]
+    assert (headers["X-Frame-Options"], headers["X-Content-Type-Options"]) == ("DENY", "nosniff")
+    assert headers["Cache-Control"] == "no-store"
+
+
+async def test_a_request_the_port_cannot_take_elsewhere_gets_the_dashboard_s_page(
+    web: Stack,
+) -> None:
+    port = web.running.http_port or 0
+    for request_bytes in (b"PUT /runs HTTP/1.1\r\nHost: x\r\n\r\n", b"TRACE / HTTP/1.1\r\n\r\n"):
+        line, headers, body = await asyncio.to_thread(raw_exchange, port, request_bytes)
+        assert line.startswith("HTTP/1.1 501 "), line
+        assert headers["Content-Type"] == "text/html; charset=utf-8"
+        assert b"/static/app.css" in body and b"Unsupported method" in body
+        assert "script-src 'self'" in headers["Content-Security-Policy"]
+        assert headers["Cache-Control"] == "no-store"
+    line, headers, body = await asyncio.to_thread(
+        raw_exchange, port, b"POST /runs HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"
+    )
+    assert line.startswith("HTTP/1.1 413 ") and headers["X-Frame-Options"] == "DENY"
+    line, headers, body = await asyncio.to_thread(
+        raw_exchange, port, b"PUT /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    assert line.startswith("HTTP/1.1 501 ") and headers["Content-Type"].startswith("text/plain")

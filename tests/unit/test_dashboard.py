@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import grpc
 import pytest
@@ -946,3 +946,115 @@ def test_a_page_token_the_executor_refuses_is_left_out_with_a_notice(
     newest = ["other"] if kind == "other filters" else ["r-4", "r-3", "r-2", "r-1", "other", "r-0"]
     assert listed(body) == newest
     assert "page_token" not in body.split('data-live="', 1)[1].split('"', 1)[0]
+
+
+# -- two Authorization headers ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "tokens", [("wrong", "tok"), ("tok", "wrong"), ("tok", "tok")], ids=["wr", "rw", "rr"]
+)
+@pytest.mark.parametrize("path", ["/healthz", "/metrics", "/runs"])
+def test_two_authorization_headers_are_refused_whatever_they_hold(
+    tokens: tuple[str, str], path: str
+) -> None:
+    # As the gRPC port: judging one of them would depend on their order, which a proxy
+    # adding its own header decides (wrong then right was let in).
+    dashboard = Dashboard(FakeSource(), CollectorRegistry(), Access("tok"))
+    sent = [("Authorization", f"Bearer {token}") for token in tokens]
+    refused = dashboard.handle(Request.parse("GET", path, [*sent, ("Accept", "text/html")]))
+    assert refused.status == 401
+    assert b"the request carried more than one" in refused.body
+    assert ("WWW-Authenticate", 'Bearer realm="cbexec"') in refused.headers
+    if path == "/healthz":
+        assert json.loads(refused.body)["status"] == "UNAUTHENTICATED"
+    if path == "/runs":  # the dashboard's page, not the sign-in form: it would not help
+        assert refused.content_type.startswith("text/html") and b"<!doctype" in refused.body.lower()
+
+
+def test_two_authorization_headers_on_an_open_path_are_not_judged() -> None:
+    dashboard = Dashboard(FakeSource(), CollectorRegistry(), Access("tok", exempt_probes=True))
+    twice = [("Authorization", "Bearer a"), ("authorization", "Bearer b")]
+    assert dashboard.handle(Request.parse("GET", "/healthz", twice)).status == 200
+    assert dashboard.handle(Request.parse("GET", "/login", twice)).status == 200
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/healthz"])
+@pytest.mark.parametrize("token", ["", "tok"])
+def test_probes_are_never_kept_by_a_cache(path: str, token: str) -> None:
+    # Every page says no-store; an answer that needed the token must not sit in a cache.
+    dashboard = Dashboard(FakeSource(), CollectorRegistry(), Access(token))
+    for headers in ({"authorization": f"Bearer {token}"}, {}):
+        answer = dashboard.handle(get(path, **headers))
+        assert ("Cache-Control", "no-store") in answer.headers, (answer.status, headers)
+
+
+def test_only_a_static_file_may_be_cached() -> None:
+    dashboard = Dashboard(FakeSource(), CollectorRegistry(), Access(""))
+    static = dashboard.handle(get("/static/app.css"))
+    assert [v for n, v in static.headers if n == "Cache-Control"] == ["max-age=300"]
+    for path in ("/", "/static/nothing.css", "/login"):
+        answer = dashboard.handle(get(path))
+        assert ("Cache-Control", "no-store") in answer.headers, path
+
+
+def test_wrong_tokens_wait_their_turn_across_the_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The delay was per connection (20 parallel guessers: 20 times the rate) and a wrong
+    # bearer header had none at all.
+    monkeypatch.setattr("executor.web.auth.WRONG_TOKEN_DELAY_S", 0.2)
+    access = Access("tok")
+    guesses = [
+        *(lambda: access.sign_in("wrong") for _ in range(3)),
+        *(lambda: access.allowed("/runs", {"authorization": "Bearer wrong"}) for _ in range(3)),
+    ]
+    threads = [threading.Thread(target=guess) for guess in guesses]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    time.sleep(0.05)
+    right = time.monotonic()
+    assert access.allowed("/runs", {"authorization": "Bearer tok"})
+    assert access.sign_in("tok") is not None
+    assert time.monotonic() - right < 0.15, "the right token never waits for the guessers"
+    for thread in threads:
+        thread.join()
+    assert time.monotonic() - started >= 6 * 0.2 - 0.05, "one wrong token at a time"
+
+
+class DotIdSource(FakeSource):
+    """Runs whose invocation ids are the path segments "." and ".." (the proto allows them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs = {}
+        for invocation_id in (".", "..", "a.."):
+            run = executor_pb2.Run()
+            run.CopyFrom(self.run)
+            run.invocation_id = invocation_id
+            self.runs[invocation_id] = run
+
+    def list_runs(self, **_: object) -> Any:
+        return executor_pb2.ListRunsResponse(runs=list(self.runs.values()))
+
+    def get_run(self, invocation_id: str) -> Any:
+        return self.runs.get(invocation_id)
+
+
+def test_a_run_whose_id_is_a_dot_segment_has_a_link_a_browser_keeps() -> None:
+    # /runs/.. was resolved by the browser to /runs (the list), %2e%2e as well.
+    dashboard = Dashboard(DotIdSource(), CollectorRegistry(), Access(""))
+    listed = dashboard.handle(get("/runs")).body.decode()
+    for invocation_id in (".", "..", "a.."):
+        found = re.search(rf'<a href="([^"]*)" title="{re.escape(invocation_id)}"', listed)
+        assert found is not None, invocation_id
+        # As a browser takes a link: dot segments of the path resolved, then asked.
+        followed = urlsplit(urljoin("http://executor/runs", html.unescape(found.group(1))))
+        target = followed.path + (f"?{followed.query}" if followed.query else "")
+        page = dashboard.handle(get(target))
+        assert page.status == 200, (invocation_id, target)
+        assert f"Run {invocation_id}" in page.body.decode(), target
+        stream = re.search(r'href="([^"]*stream=stdout)"', page.body.decode())
+        assert stream is not None
+        followed = urlsplit(urljoin("http://executor/runs", html.unescape(stream.group(1))))
+        text = dashboard.handle(get(f"{followed.path}?{followed.query}"))
+        assert (text.status, text.content_type) == (200, "text/plain; charset=utf-8"), target
