@@ -606,7 +606,9 @@ def _policy(
             problems.append(
                 str(_error(name, "network", f"expected 'none' or 'host', got {table['network']!r}"))
             )
-    resolved = _named_each(problems, (), lambda: _binds(name, table, protected, keep, masked))
+    resolved: tuple[Bind, ...] = _named_each(
+        problems, (), lambda: _binds(name, table, protected, keep, masked)
+    )
     allowed = languages
     if "languages" in table:
         try:
@@ -637,8 +639,12 @@ def _policy(
         DEFAULT_UMASK,
         lambda: _umask(name, table["umask"]) if "umask" in table else DEFAULT_UMASK,
     )
-    env = _named_each(problems, (), lambda: _environment(name, table, environ))
-    users = _named_each(problems, [], lambda: _names(name, "users", table.get("users", [])))
+    env: tuple[tuple[str, str], ...] = _named_each(
+        problems, (), lambda: _environment(name, table, environ)
+    )
+    users: list[str] = _named_each(
+        problems, [], lambda: _names(name, "users", table.get("users", []))
+    )
     if problems:
         raise ConfigError("\n".join(problems))
     return Policy(
