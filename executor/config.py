@@ -391,11 +391,17 @@ def _check_written_type(raw: Any, current: Any, name: str) -> None:
 
 
 class TableError(ConfigError):
-    """Some keys of a settings table are refused: a line each, and which keys."""
+    """Some keys of a settings table are refused: a line each, which keys, and the rest applied.
 
-    def __init__(self, problems: list[str], keys: list[str]) -> None:
+    ``partial`` is the table with its good values laid over it, so the checks of what
+    they mean still see them (a bad ``mail.delivery`` leaves ``mail.smtp_timeout_seconds``
+    checked).
+    """
+
+    def __init__(self, problems: list[str], keys: list[str], partial: Any) -> None:
         super().__init__("\n".join(problems))
         self.keys = keys
+        self.partial = partial
 
 
 def _coerce_table(name: str, raw: Any, current: Any, *, text: bool, typed: bool) -> Any:
@@ -417,8 +423,17 @@ def _coerce_table(name: str, raw: Any, current: Any, *, text: bool, typed: bool)
         except ConfigError as err:
             problems.append(str(err))
             keys.append(key)
+            continue
+        # Checked a key at a time, not by the table's constructor, which names only
+        # its first bad value: each fix would reveal the next.
+        if isinstance(current, MailSettings) and (
+            problem := MailSettings.value_problem(key, changes[key])
+        ):
+            problems.append(f"{name}.{key}: {problem}")
+            keys.append(key)
+            del changes[key]
     if problems:
-        raise TableError(problems, keys)
+        raise TableError(problems, keys, dataclasses.replace(current, **changes))
     return dataclasses.replace(current, **changes)
 
 
@@ -491,6 +506,7 @@ def overlay(
             except TableError as err:
                 problems.append(str(err))
                 refused.update(f"{key}.{sub}" for sub in err.keys)
+                changes[key] = err.partial
             except ConfigError as err:
                 problems.append(str(err))
                 refused.add(key)

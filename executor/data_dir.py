@@ -15,9 +15,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Final
 
 from executor.errors import ConfigError
+
+# What SQLite makes for a database it opens in WAL mode: its -shm, 32 KiB. A stopped
+# executor's databases have none (a stop removes it), so a filesystem with less than that
+# free per database refuses start-up ("disk I/O error: the storage refused it"), while
+# one with that much starts, NOT_SERVING until space is freed, as when it fills later.
+SHM_BYTES: Final = 32 << 10
 
 
 def make(path: Path) -> None:
@@ -110,3 +118,29 @@ def _read_only_filesystem(directory: Path) -> bool:
         return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
     except OSError:
         return False
+
+
+def space_problem(path: Path, databases: Sequence[str]) -> str | None:
+    """Why start-up would be refused for lack of space to open ``databases`` in ``path``; None if not.
+
+    Read off ``statvfs`` (the blocks free to this user: root may take the reserved ones
+    too), nothing written: ``cbexec serve --check-config``'s.
+    """
+    needing = [name for name in databases if not (path / f"{name}-shm").exists()]
+    on = path if path.is_dir() else _first_missing(path).parent
+    if not needing or not on.is_dir():
+        return None
+    try:
+        found = os.statvfs(on)
+    except OSError:
+        return None
+    free = (found.f_bfree if os.geteuid() == 0 else found.f_bavail) * found.f_frsize
+    need = SHM_BYTES * len(needing)
+    if free >= need:
+        return None
+    return (
+        f"data_dir: {path}: its filesystem is full ({free // 1024} KiB free to this user; "
+        f"opening {', '.join(needing)} takes {need // 1024} KiB, 32 KiB each for its -shm): "
+        "start-up would be refused (disk I/O error: the storage refused it); free space, "
+        "then start again"
+    )

@@ -50,10 +50,10 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from executor.child.isolation import identity, open_directory
 from executor.config import finite_number, parse_languages, whole_number
@@ -565,6 +565,22 @@ def _limits(name: str, key: str, raw: Any, base: Limits) -> Limits:
     return dataclasses.replace(base, **changes)
 
 
+_T = TypeVar("_T")
+
+
+def _named_each(problems: list[str], fallback: _T, value: Callable[[], _T]) -> _T:
+    """``value()``, or ``fallback`` with its ConfigError's lines added to ``problems``.
+
+    So a policy's every bad key is named, a line each, as the top-level settings are,
+    rather than only the first (each fix revealing the next).
+    """
+    try:
+        return value()
+    except ConfigError as err:
+        problems += str(err).splitlines()
+        return fallback
+
+
 def _policy(
     name: str,
     table: Mapping[str, Any],
@@ -578,16 +594,81 @@ def _policy(
     masked: list[str],
     environ: Mapping[str, str],
 ) -> Policy:
-    unknown = set(table) - KEYS
-    if unknown:
-        raise _error(
-            name, sorted(unknown)[0], f"unknown key; expected one of {', '.join(sorted(KEYS))}"
-        )
+    problems = [
+        str(_error(name, key, f"unknown key; expected one of {', '.join(sorted(KEYS))}"))
+        for key in sorted(set(table) - KEYS)
+    ]
     host_network = network_host
     if "network" in table:
-        if table["network"] not in ("none", "host"):
-            raise _error(name, "network", f"expected 'none' or 'host', got {table['network']!r}")
-        host_network = table["network"] == "host"
+        if table["network"] in ("none", "host"):
+            host_network = table["network"] == "host"
+        else:
+            problems.append(
+                str(_error(name, "network", f"expected 'none' or 'host', got {table['network']!r}"))
+            )
+    resolved: tuple[Bind, ...] = _named_each(
+        problems, (), lambda: _binds(name, table, protected, keep, masked)
+    )
+    allowed = languages
+    if "languages" in table:
+        try:
+            allowed = parse_languages(table["languages"])
+        except ConfigError as err:
+            problems.append(str(_error(name, "languages", str(err))))
+    verbs = _named_each(problems, None, lambda: _verbs(name, table))
+    default = _named_each(
+        problems,
+        default_limits,
+        lambda: _limits(name, "default_limits", table.get("default_limits", {}), default_limits),
+    )
+    cap = _named_each(
+        problems,
+        max_limits,
+        lambda: _limits(name, "max_limits", table.get("max_limits", {}), max_limits),
+    )
+    problems.extend(
+        f"policies.{name}.default_limits.{f.name}: exceeds max_limits.{f.name}"
+        for f in dataclasses.fields(Limits)
+        if getattr(default, f.name) > getattr(cap, f.name)
+    )
+    group = _named_each(
+        problems, None, lambda: _group(name, table["group"]) if "group" in table else None
+    )
+    umask = _named_each(
+        problems,
+        DEFAULT_UMASK,
+        lambda: _umask(name, table["umask"]) if "umask" in table else DEFAULT_UMASK,
+    )
+    env: tuple[tuple[str, str], ...] = _named_each(
+        problems, (), lambda: _environment(name, table, environ)
+    )
+    users: list[str] = _named_each(
+        problems, [], lambda: _names(name, "users", table.get("users", []))
+    )
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return Policy(
+        name=name,
+        host_network=host_network,
+        binds=resolved,
+        group=group,
+        umask=umask,
+        env=env,
+        languages=allowed,
+        verbs=verbs,
+        default_limits=default,
+        max_limits=cap,
+        users=tuple(users),
+    )
+
+
+def _binds(
+    name: str,
+    table: Mapping[str, Any],
+    protected: list[tuple[str, str, bool]],
+    keep: list[str],
+    masked: list[str],
+) -> tuple[Bind, ...]:
     binds = table.get("binds", [])
     if not isinstance(binds, list):
         raise _error(name, "binds", "expected a list of tables {path, target, mode}")
@@ -597,41 +678,22 @@ def _policy(
         for other in targets[:i]:
             if _under(target, other) or _under(other, target):
                 raise _error(name, f"binds[{i}].target", f"{target} overlaps {other}")
-    allowed = languages
-    if "languages" in table:
-        try:
-            allowed = parse_languages(table["languages"])
-        except ConfigError as err:
-            raise _error(name, "languages", str(err)) from None
-    verbs = None
-    if "verbs" in table:
-        verbs = frozenset(canonical_verb(v) for v in _names(name, "verbs", table["verbs"]))
-        unknown_verbs = sorted(verbs - VERBS)
-        if unknown_verbs:
-            raise _error(
-                name,
-                "verbs",
-                f"unknown qb action {unknown_verbs[0]!r}; expected some of "
-                f"{', '.join(sorted(VERBS))} (reading is always allowed)",
-            )
-    default = _limits(name, "default_limits", table.get("default_limits", {}), default_limits)
-    cap = _limits(name, "max_limits", table.get("max_limits", {}), max_limits)
-    for field in dataclasses.fields(Limits):
-        if getattr(default, field.name) > getattr(cap, field.name):
-            raise _error(name, f"default_limits.{field.name}", f"exceeds max_limits.{field.name}")
-    return Policy(
-        name=name,
-        host_network=host_network,
-        binds=resolved,
-        group=_group(name, table["group"]) if "group" in table else None,
-        umask=_umask(name, table["umask"]) if "umask" in table else DEFAULT_UMASK,
-        env=_environment(name, table, environ),
-        languages=allowed,
-        verbs=verbs,
-        default_limits=default,
-        max_limits=cap,
-        users=tuple(_names(name, "users", table.get("users", []))),
-    )
+    return resolved
+
+
+def _verbs(name: str, table: Mapping[str, Any]) -> frozenset[str] | None:
+    if "verbs" not in table:
+        return None
+    verbs = frozenset(canonical_verb(v) for v in _names(name, "verbs", table["verbs"]))
+    unknown_verbs = sorted(verbs - VERBS)
+    if unknown_verbs:
+        raise _error(
+            name,
+            "verbs",
+            f"unknown qb action {unknown_verbs[0]!r}; expected some of "
+            f"{', '.join(sorted(VERBS))} (reading is always allowed)",
+        )
+    return verbs
 
 
 def resolve(
@@ -667,24 +729,32 @@ def resolve(
         raise ConfigError("policies: expected tables [policies.NAME]")
     protected = _protected(data_dir, protected_files)
     resolved: dict[str, Policy] = {}
+    problems: list[str] = []  # every policy's, a line each
     for name in (*BUILT_IN, *(n for n in tables if n not in BUILT_IN)):
         if not name.replace("-", "").replace("_", "").isalnum():
-            raise ConfigError(f"policies.{name}: a policy name is letters, digits, - and _")
+            problems.append(f"policies.{name}: a policy name is letters, digits, - and _")
+            continue
         table = tables.get(name, {})
         if not isinstance(table, Mapping):
-            raise ConfigError(f"policies.{name}: expected a table")
-        resolved[name] = _policy(
-            name,
-            table,
-            network_host=network_host,
-            languages=languages,
-            default_limits=default_limits,
-            max_limits=max_limits,
-            protected=protected,
-            keep=keep,
-            masked=list(masked),
-            environ=environ,
-        )
+            problems.append(f"policies.{name}: expected a table")
+            continue
+        try:
+            resolved[name] = _policy(
+                name,
+                table,
+                network_host=network_host,
+                languages=languages,
+                default_limits=default_limits,
+                max_limits=max_limits,
+                protected=protected,
+                keep=keep,
+                masked=list(masked),
+                environ=environ,
+            )
+        except ConfigError as err:
+            problems += str(err).splitlines()
+    if problems:
+        raise ConfigError("\n".join(problems))
     if problem := _inside_a_writable_bind(resolved):
         raise ConfigError(problem)
     if resolved[JOB].users:
@@ -734,9 +804,10 @@ def for_host(settings: Settings, options: SandboxOptions, environ: Mapping[str, 
         environ=environ,
         masked=[*isolation.masks, *isolation.late_masks] if isolation is not None else [],
     )
+    problems: list[str] = []  # every policy's, a line each
     for policy in policies:
         if not policy.host_network and not options.pid_namespace:
-            raise ConfigError(
+            problems.append(
                 f"policies.{policy.name}.network: 'none' needs namespaces, which this host "
                 "does not allow (see the sandbox line of cbexec serve --check-config)"
             )
@@ -746,11 +817,13 @@ def for_host(settings: Settings, options: SandboxOptions, environ: Mapping[str, 
             if asked
         ]
         if needs_tier and isolation is None:
-            raise ConfigError(
+            problems.append(
                 f"policies.{policy.name}.{needs_tier[0]}: needs the hardened tier (private "
                 "mounts and a dedicated uid: root, PID namespaces, dedicated_uid not off), "
                 "which this executor does not have"
             )
+    if problems:
+        raise ConfigError("\n".join(problems))
     return policies
 
 

@@ -159,6 +159,7 @@ def open_database(path: Path | str) -> sqlite3.Connection:
     right kind is marked as such when it is not yet (new, or from an earlier version).
     """
     _file_problem(Path(path))
+    _unwritable(Path(path))
     try:
         db = sqlite3.connect(
             str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
@@ -188,6 +189,7 @@ def check_database(path: Path) -> str:
     if not os.path.lexists(path):
         return "made at start-up"
     _file_problem(path)
+    _unwritable(path)
     wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
     if wal.exists() and not shm.exists():
         with tempfile.TemporaryDirectory(prefix="cbexec-check-") as tmp:
@@ -327,18 +329,51 @@ def unusable(path: Path, err: sqlite3.Error) -> str:
         return damaged(path, str(err))
     kept = _holding(path)
     if code in _FAILING_STORAGE_CODES:
-        return (
-            f"{path}: {err}: the storage refused it (an I/O error, a read-only filesystem or "
-            "file, a full disk); the file is not known to be damaged. It was left untouched: "
-            "mend the storage (a filesystem the kernel made read-only after an error says why "
-            f"in the kernel log), then start again; do not move the file aside{kept}"
-        )
+        return refused_by_storage(path, str(err))
     if is_busy(err):
         return (
             f"{path}: {err}: another process holds the database locked (an sqlite3 shell or "
             "a backup, say). It was left untouched: end that, then start again"
         )
     return f"{path}: cannot use the database: {err}. It was left untouched{kept}"
+
+
+def refused_by_storage(path: Path, cause: str) -> str:
+    """The refusal of a sound database at ``path`` whose storage refused start-up: ``cause``."""
+    return (
+        f"{path}: {cause}: the storage refused it (an I/O error, a read-only filesystem or "
+        "file, a full disk); the file is not known to be damaged. It was left untouched: "
+        "mend the storage (a filesystem the kernel made read-only after an error says why "
+        f"in the kernel log), then start again; do not move the file aside{_holding(path)}"
+    )
+
+
+def _unwritable(path: Path) -> None:
+    """Raise the storage's refusal when this user cannot write the database or its -wal, -shm.
+
+    SQLite opens such a file read-only without a word, and start-up's reads and
+    unchanged schema write nothing: the executor would start, and the first result,
+    event or registration would fail (UNAVAILABLE). ``os.access`` asks without opening
+    (closing a descriptor would drop this process's SQLite locks on the file), and says
+    no for an immutable file (``chattr +i``) even to root.
+    """
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if file.is_file() and not os.access(file, os.W_OK, effective_ids=_EFFECTIVE_IDS):
+            raise ConfigError(refused_by_storage(path, _cannot_write(file)))
+
+
+# Linux's access(2) can ask as the effective user (the one SQLite opens files as).
+_EFFECTIVE_IDS: Final = os.access in os.supports_effective_ids
+
+
+def _cannot_write(file: Path) -> str:
+    """Why this user cannot write ``file``, as far as can be seen without trying."""
+    try:
+        read_only = bool(os.statvfs(file).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    why = "its filesystem is mounted read-only" if read_only else "its mode, or chattr +i"
+    return f"this user cannot write {file.name} ({why})"
 
 
 def damaged_in_service(path: Path, why: str) -> str:

@@ -49,6 +49,8 @@ def _data_dir(settings: config.Settings) -> str:
                 checked.append(name)
         except ConfigError as err:
             problems.append(str(err))
+    if full := data_dir.space_problem(settings.data_dir, databases(settings)):
+        problems.append(full)
     if problems:
         raise ConfigError("\n".join(problems))
     return found + (f"; {', '.join(checked)} sound" if checked else "")

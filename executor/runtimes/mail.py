@@ -104,10 +104,21 @@ class MailSettings:
     default_domain: str = "localhost"
 
     def __post_init__(self) -> None:
-        if self.delivery not in DELIVERIES:
-            raise ValueError(f"mail delivery: expected file or smtp, got {self.delivery!r}")
-        if not 0 < self.smtp_port < 65536:
-            raise ValueError(f"mail smtp_port: expected 1-65535, got {self.smtp_port}")
+        for key in ("delivery", "smtp_port"):
+            if problem := self.value_problem(key, getattr(self, key)):
+                raise ValueError(f"mail.{key}: {problem}")
+
+    @staticmethod
+    def value_problem(key: str, value: object) -> str | None:
+        """What is wrong with one ``[mail]`` value, None if nothing.
+
+        One key at a time, so the settings' check names every bad one, a line each.
+        """
+        if key == "delivery" and value not in DELIVERIES:
+            return f"expected file or smtp, got {value!r}"
+        if key == "smtp_port" and isinstance(value, int) and not 0 < value < 65536:
+            return f"expected 1-65535, got {value}"
+        return None
 
 
 DEFAULT_TEMPLATES: Final[dict[str, str]] = {

@@ -1021,9 +1021,7 @@ class TriggerEngine:
                 return replace(
                     invocation,
                     policy=UNIVERSAL,
-                    refusal=f"universal callback {spec.source} = {spec.triggers} is no longer "
-                    "in callbacks.conf (its line was removed, or its trigger changed, by a "
-                    "reload): not run",
+                    refusal=self._not_loaded(f"universal callback {spec.source} = {spec.triggers}"),
                 )
         if self._policies is None:
             name = (named or UNIVERSAL) if universal else JOB
@@ -1033,6 +1031,25 @@ class TriggerEngine:
         else:
             policy = self._policies.for_job_callback(invocation.actor)
         return replace(invocation, policy=policy.name, shadow=shadow, limits=policy.limits[0])
+
+    def _not_loaded(self, callback: str) -> str:
+        """The refusal of a registered universal ``callback`` whose line is not in the set loaded.
+
+        No set taken since the start (a broken callbacks.conf, and none kept from before:
+        an upgrade that refuses a file the old version took, say) turns them all off; the
+        line may still be there, unchanged, so "removed by a reload" would mislead.
+        """
+        status = self.universal_reload
+        if status.errors and not status.loaded_at:
+            count = f"{len(status.errors)} problem{'s' if len(status.errors) > 1 else ''}"
+            return (
+                f"{callback}: not run: universal callbacks are off: callbacks.conf has "
+                f"{count} (first: {status.errors[0]}); fix it, then cbexec triggers reload"
+            )
+        return (
+            f"{callback} is no longer in callbacks.conf (its line was removed, or its "
+            "trigger changed, by a reload): not run"
+        )
 
     # -- timers and the engine's tasks ----------------------------------------------
 

@@ -7,12 +7,13 @@ without creating or changing anything, and a damaged database is left as it was.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import sqlite3
 import subprocess
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -391,3 +392,65 @@ async def test_a_database_another_process_holds_locked_is_not_called_damaged(
     said = str(refused.value)
     assert said.startswith(f"{path}: database is locked: another process holds the database ")
     assert not any(advice in said for advice in DAMAGE_ADVICE), said
+
+
+# -- a database start-up could open but not write -------------------------------------------
+
+
+@contextlib.contextmanager
+def _immutable(path: Path) -> Iterator[None]:
+    """``path`` made immutable (``chattr +i``) for the block; skipped where that cannot be done."""
+    made = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"cannot make a file immutable here: {made.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+@pytest.mark.parametrize("name", KINDS)
+async def test_a_database_start_up_cannot_write_is_refused_by_both(
+    tmp_path: Path, name: str
+) -> None:
+    # Found by a probe: SQLite opened an immutable triggers.db or outbox.db read-only
+    # without a word, the executor served, and the first event met UNAVAILABLE; the check
+    # said "ok" for each (runs.db was refused by start-up only, at its first write).
+    data_dir = tmp_path / "data"
+    await _data_dir_of_a_run(data_dir)
+    before = _snapshot(data_dir, name)
+
+    with _immutable(data_dir / name):
+        said = await _both_refuse(data_dir)
+
+    assert said.startswith(
+        f"cbexec: {data_dir / name}: this user cannot write {name} (its mode, or chattr +i): "
+        "the storage refused it ("
+    ), said
+    assert "do not move the file aside (it holds " in said, said
+    assert _snapshot(data_dir, name) == before, "left exactly as it was"
+
+
+async def test_a_data_dir_on_a_full_filesystem_is_refused_by_the_check_as_by_start_up(
+    tmp_path: Path,
+) -> None:
+    # Found by a probe: start-up could not make the databases' -shm and refused to start,
+    # while the check, reading them read-only, said "ok".
+    with small_tmpfs(tmp_path / "disk", 3 << 20) as disk:
+        data_dir = disk / "data"
+        await _data_dir_of_a_run(data_dir)
+        with contextlib.suppress(OSError), (disk / "filler").open("wb", buffering=0) as filler:
+            while True:  # to the last block: ENOSPC ends it
+                filler.write(b"\0" * 4096)
+
+        check_code, _, check_err = await _cbexec(data_dir, "--check-config")
+        serve_code, _, serve_err = await _cbexec(data_dir)
+
+    assert (check_code, serve_code) == (2, 2), (check_err, serve_err)
+    assert check_err.strip() == (
+        f"cbexec: data_dir: {data_dir}: its filesystem is full (0 KiB free to this user; "
+        "opening runs.db, triggers.db, outbox.db, supervisor.db takes 128 KiB, 32 KiB each "
+        "for its -shm): start-up would be refused (disk I/O error: the storage refused it); "
+        "free space, then start again"
+    )
+    assert "the storage refused it" in serve_err, serve_err

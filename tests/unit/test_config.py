@@ -571,6 +571,20 @@ def test_every_bad_setting_is_named_a_line_each(tmp_path: Path) -> None:
     ]
 
 
+def test_every_bad_mail_setting_is_named_a_line_each(tmp_path: Path) -> None:
+    # Only the first was named ("mail: mail delivery: ..."), and the table's good values
+    # were dropped with it, so smtp_timeout_seconds = 0 went unchecked.
+    toml = tmp_path / "c.toml"
+    toml.write_text('[mail]\ndelivery = "pigeon"\nsmtp_port = 0\nsmtp_timeout_seconds = 0\n')
+    with pytest.raises(ConfigError) as caught:
+        config.layered(toml, {}, {})
+    assert str(caught.value).splitlines() == [
+        f"{toml}: mail.delivery: expected file or smtp, got 'pigeon'",
+        f"{toml}: mail.smtp_port: expected 1-65535, got 0",
+        "mail.smtp_timeout_seconds: must be positive, got 0",
+    ]
+
+
 def test_every_bad_limit_is_named_once() -> None:
     settings = config.apply(
         config.Settings(),

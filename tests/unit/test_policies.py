@@ -101,6 +101,24 @@ def test_a_malformed_policy_is_refused_naming_its_key(
     assert message in refused(tmp_path, {"p": table})
 
 
+def test_every_bad_key_of_every_policy_is_named_a_line_each(tmp_path: Path) -> None:
+    # Only the first was named: each fix revealed the next.
+    lines = refused(
+        tmp_path,
+        {
+            "job": {"network": "moon", "users": "x", "colour": "red", "umask": "9"},
+            "universal": {"network": "lan"},
+        },
+    ).splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "policies.job.colour",
+        "policies.job.network",
+        "policies.job.umask",
+        "policies.job.users",
+        "policies.universal.network",
+    ]
+
+
 def test_a_policys_fractional_seconds_are_kept_not_cut(tmp_path: Path) -> None:
     # Were cut to whole seconds (int(1.5)) when the executor's own were whole numbers.
     found = policies(

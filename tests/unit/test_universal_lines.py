@@ -70,6 +70,34 @@ async def test_a_removed_line_is_refused_while_another_line_still_names_its_file
     assert f"{conf}/blockme.py = failed-job-self is no longer in callbacks.conf" in run.refusal
 
 
+async def test_a_line_refused_for_a_broken_conf_says_so_not_that_it_was_removed(
+    tmp_path: Path, engines: Engines
+) -> None:
+    # Found by a probe: an upgrade that refuses a callbacks.conf the old version took
+    # (one line twice), with no set kept from before, turns the set off; every earlier
+    # job's callback was refused as "removed by a reload", its line there, no reload made.
+    before = _directory(tmp_path / "before", "blockme.py = failed-job-self\n")
+    registering = engines(Recorder(), universal_dirs=[before])
+    assert registering.reload_universal() == []
+    registering.register_job(job(9))
+    twice = "blockme.py = failed-job-self\nblockme.py = failed-job-self\n"
+    after = _directory(tmp_path / "after", twice)
+    recorder = Recorder()
+    starting = engines(recorder, universal_dirs=[after])
+    problems = starting.reload_universal(quiet=True)
+    assert len(problems) == 1
+    assert starting.keep_last_good() is None
+
+    await starting.publish(Event("failed", "job", 9), wait=True)
+
+    (run,) = recorder.runs
+    assert run.refusal == (
+        f"universal callback {before}/blockme.py = failed-job-self: not run: universal "
+        f"callbacks are off: callbacks.conf has 1 problem (first: {problems[0]}); fix it, "
+        "then cbexec triggers reload"
+    )
+
+
 async def test_a_line_is_found_by_its_file_name_at_a_replica_with_its_own_directory(
     tmp_path: Path, engines: Engines
 ) -> None:
