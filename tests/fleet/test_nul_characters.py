@@ -38,25 +38,20 @@ async def test_a_nul_in_an_event_or_a_job_is_invalid_on_either_store(
         executor_pb2.RegisterJobRequest(job=job_from_dict(job(5, ("complete-work-self-*", "x")))),
         context,
     )
-    work = {"name": "complete", "type": "work", "job_id": 5}
-    for field in ("work_name", "event_id"):
-        event = {**work, "work_name": "w", field: "w\x00"}
-        details = await refused(triggers.PublishEvent, executor_pb2.PublishEventRequest(**event))
-        assert details == f"{field} {NUL}"
+
+    def work(work_name: str, event_id: str = "") -> executor_pb2.PublishEventRequest:
+        return executor_pb2.PublishEventRequest(
+            name="complete", type="work", job_id=5, work_name=work_name, event_id=event_id
+        )
+
+    assert await refused(triggers.PublishEvent, work("w\x00")) == f"work_name {NUL}"
+    assert await refused(triggers.PublishEvent, work("w", "e\x00")) == f"event_id {NUL}"
     host = executor_pb2.DryRunRequest(name="complete", type="host", job_id=5, host="h\x00")
     assert await refused(triggers.DryRun, host) == f"host {NUL}"
-    batch = executor_pb2.PublishEventsRequest(
-        events=[
-            executor_pb2.PublishEventRequest(**work, work_name="ok", event_id="nul-1"),
-            executor_pb2.PublishEventRequest(**work, work_name="w\x00"),
-        ]
-    )
+    batch = executor_pb2.PublishEventsRequest(events=[work("ok", "nul-1"), work("w\x00")])
     assert await refused(triggers.PublishEvents, batch) == f"events[1]: work_name {NUL}"
     # All or none: the good event of the refused batch was not applied.
-    again = await triggers.PublishEvent(
-        executor_pb2.PublishEventRequest(**work, work_name="ok", event_id="nul-1"), context
-    )
-    assert not again.duplicate
+    assert not (await triggers.PublishEvent(work("ok", "nul-1"), context)).duplicate
 
     bad_jobs: list[tuple[dict[str, Any], str]] = [
         ({"user": "al\x00ice"}, "job.user"),
