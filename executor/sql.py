@@ -366,6 +366,32 @@ class PgDb:
     def _lost(self) -> bool:
         return self._conn is None or self._conn.broken or self._conn.closed
 
+    def _notice_closed_while_idle(self) -> None:
+        """Read what waits on an idle connection, so one the server closed shows as lost.
+
+        A crashed server (``pg_ctl stop -m immediate``, a failover) closes its sockets
+        without a word libpq has read: a statement sent on one fails with "server closed
+        the connection unexpectedly" and no SQLSTATE, which cannot tell whether it ran.
+        Seen closed before anything is sent, the connection is made again instead
+        (``_reconnect_if_lost``). A notice waiting there stays in libpq for later.
+        """
+        import psycopg
+
+        conn = self._conn
+        if conn is None or conn.broken or conn.closed:
+            return
+        try:
+            poller = select.poll()
+            poller.register(conn.pgconn.socket, select.POLLIN)
+            # The server's last words (a FATAL) may come first, its end of file after.
+            for _ in range(_IDLE_READS):
+                if not poller.poll(0):
+                    return
+                conn.pgconn.consume_input()
+        except (psycopg.OperationalError, OSError) as err:
+            # libpq has marked the connection bad: ``_lost`` says so from now on.
+            logger.info("a PostgreSQL connection was closed while idle: %s", _first_line(err))
+
     def _reconnect_if_lost(self, verb: str) -> bool:
         """Connect again after a lost connection; False when there is nothing to run.
 
@@ -422,6 +448,8 @@ class PgDb:
         with self._lock:
             if verb not in {"COMMIT", "ROLLBACK"}:  # those end a transaction, or nothing
                 self._not_while_unanswered()
+            if verb == "BEGIN" or not self._in_transaction:
+                self._notice_closed_while_idle()
             if not self._reconnect_if_lost(verb):
                 return None
             text = pg_sql(sql) if translate else sql
@@ -460,6 +488,8 @@ class PgDb:
         """
         with self._lock:
             self._not_while_unanswered()
+            if not self._in_transaction:
+                self._notice_closed_while_idle()
             self._reconnect_if_lost("")
             try:
                 with self._errors_translated(), self._conn.pipeline():
@@ -662,6 +692,11 @@ def pipelined(db: Db) -> AbstractContextManager[None]:
 # SQLSTATEs of a session the server ended: an admin's pg_terminate_backend or a shutdown
 # (57P01), a crash of another backend (57P02), a server starting or stopping (57P03).
 _SESSION_ENDED: Final = frozenset({"57P01", "57P02", "57P03"})
+
+
+# How often an idle connection's waiting input is read before a statement: a notice or
+# two, or the server's last words and the end of its connection.
+_IDLE_READS: Final = 4
 
 
 def _session_ended(err: Any) -> bool:

@@ -55,13 +55,29 @@ def check_id(field: str, value: int, *, required: bool = False) -> int:
     return value
 
 
+def check_text(field: str, value: str) -> str:
+    """``value`` when it holds no NUL; InvalidRequestError naming the field otherwise.
+
+    PostgreSQL's text cannot hold U+0000, so a fleet would fail to store it (INTERNAL)
+    where SQLite keeps it: every stored string is refused alike on both stores.
+    """
+    if "\0" in value:
+        raise InvalidRequestError(
+            f"{field} holds a NUL character (U+0000), which no stored text may hold"
+        )
+    return value
+
+
 def check_name(field: str, value: str) -> str:
-    """``value`` when it is at most MAX_NAME_CHARS characters; InvalidRequestError naming the field."""
+    """``value`` when it is at most MAX_NAME_CHARS characters without a NUL (``check_text``).
+
+    InvalidRequestError naming the field otherwise.
+    """
     if len(value) > MAX_NAME_CHARS:
         raise InvalidRequestError(
             f"{field} is {len(value)} characters; the limit is {MAX_NAME_CHARS}"
         )
-    return value
+    return check_text(field, value)
 
 
 def check_instance(field: str, value: int, *, none: bool = True) -> int:
@@ -85,7 +101,8 @@ def check_job(job: types_pb2.Job, where: str) -> None:
 
     Its id is required (a pgrp of 0 is the job's own id, a pid of 0 no parent) and its ids
     fit what the executor stores, its instance numbers are 0 or more (a work item's
-    ``subid`` -1: none), and its names fit MAX_NAME_CHARS.
+    ``subid`` -1: none), and its names fit MAX_NAME_CHARS; neither they nor its callbacks'
+    code and triggers hold a NUL (``check_text``).
     """
     check_id(f"{where}.id", job.id, required=True)
     for name in ("pgrp", "pid"):
@@ -95,7 +112,8 @@ def check_job(job: types_pb2.Job, where: str) -> None:
     limit = MAX_NAME_CHARS
     for index, item in enumerate(job.agenda):
         # A big job's 20,000 items: the field names are only spelled out for a bad one.
-        if max(len(item.name), len(item.status), len(item.host)) > limit or item.subid < -1:
+        names = (item.name, item.status, item.host)
+        if max(map(len, names)) > limit or item.subid < -1 or any("\0" in n for n in names):
             at = f"{where}.agenda[{index}]"
             for name in ("name", "status", "host"):
                 check_name(f"{at}.{name}", getattr(item, name))
@@ -108,6 +126,8 @@ def check_job(job: types_pb2.Job, where: str) -> None:
     for index, callback in enumerate(job.callbacks):
         check_name(f"{where}.callbacks[{index}].user", callback.user)
         check_name(f"{where}.callbacks[{index}].language", callback.language)
+        check_text(f"{where}.callbacks[{index}].triggers", callback.triggers)
+        check_text(f"{where}.callbacks[{index}].code", callback.code)
 
 
 def check_agenda(job: types_pb2.Job, where: str) -> None:
@@ -199,6 +219,7 @@ def invocation_from_request(
     # identity, the report and a mail.
     if len(callback.triggers.encode()) > MAX_TRIGGER_BYTES:
         raise InvalidRequestError(f"callback.triggers is longer than {MAX_TRIGGER_BYTES} bytes")
+    check_text("callback.triggers", callback.triggers)  # the history keeps it
     check_name("callback.user", callback.user)
     if request.invocation_id and not _INVOCATION_ID.fullmatch(request.invocation_id):
         raise InvalidRequestError(

@@ -98,6 +98,7 @@ from executor.triggers.universal import (
     UniversalCallback,
     UniversalConfigError,
     find_line,
+    line_name,
     load_last_good,
     load_universal,
     no_code_check,
@@ -314,6 +315,9 @@ class TriggerEngine:
         self._universal_policies = dict(universal_policies or {})
         self._policies = policies
         self._universal: list[UniversalCallback] = []
+        # Every line this engine has loaded (``line_name``): a firing whose line is not
+        # loaded now was removed by a reload, or was never read here.
+        self._lines_seen: set[tuple[str, str]] = set()
         # Configured directories found missing at the last reload (an unmounted share).
         self._missing_dirs: list[Path] = []
         self._warn_missing_dirs = warn_missing_dirs
@@ -423,7 +427,7 @@ class TriggerEngine:
                 now, self.universal_reload.loaded_at, tuple(err.errors)
             )
             return err.errors
-        self._universal = loaded
+        self._set_universal(loaded)
         self.universal_reload = ReloadStatus(now, now)
         if self._last_good is not None:
             try:
@@ -453,18 +457,43 @@ class TriggerEngine:
         callbacks, loaded_at = kept
         # A set kept by an older version may hold a trigger this one refuses (a job id no
         # stored id can be): attached to every job, it would make every RegisterJob fail.
-        self._universal = []
+        usable = []
         for callback in callbacks:
             if (problem := check_trigger(callback.triggers)) is None:
-                self._universal.append(callback)
+                usable.append(callback)
             else:
                 logger.error(
                     "universal callbacks: %s left out of the set kept from before: %s",
                     callback.source,
                     problem,
                 )
+        self._set_universal(usable)
         self.universal_reload = replace(self.universal_reload, loaded_at=loaded_at)
         return len(self._universal)
+
+    def _set_universal(self, loaded: list[UniversalCallback]) -> None:
+        self._universal = loaded
+        self._lines_seen.update(line_name(cb.source, cb.triggers) for cb in loaded)
+
+    def _caught_up_with_fleet(self) -> bool:
+        """In a fleet: reload now if another replica was asked to since; whether it did.
+
+        A job registered at a replica that has reloaded may fire here before this
+        replica's poll (``_follow_fleet``) has seen the version row move.
+        """
+        if not self._store.fleet:
+            return False
+        try:
+            version = self._store.fleet_version(UNIVERSAL_VERSION)
+        except UnavailableError as err:
+            logger.debug("fleet version: %s", err)
+            return False
+        if version == self._universal_version:
+            return False
+        self._universal_version = version
+        logger.info("another replica reloaded the universal callbacks: reloading")
+        self._reload_universal(quiet=False)
+        return True
 
     # -- registration ---------------------------------------------------------------
 
@@ -1014,6 +1043,8 @@ class TriggerEngine:
         if universal:
             spec = invocation.callback
             loaded = find_line(self._universal, spec.source, spec.triggers)
+            if loaded is None and self._caught_up_with_fleet():
+                loaded = find_line(self._universal, spec.source, spec.triggers)
             if loaded is not None:
                 named, shadow = loaded.policy, loaded.shadow
                 invocation = replace(invocation, callback=replace(spec, source=loaded.source))
@@ -1021,7 +1052,7 @@ class TriggerEngine:
                 return replace(
                     invocation,
                     policy=UNIVERSAL,
-                    refusal=self._not_loaded(f"universal callback {spec.source} = {spec.triggers}"),
+                    refusal=self._not_loaded(spec.source, spec.triggers),
                 )
         if self._policies is None:
             name = (named or UNIVERSAL) if universal else JOB
@@ -1032,13 +1063,15 @@ class TriggerEngine:
             policy = self._policies.for_job_callback(invocation.actor)
         return replace(invocation, policy=policy.name, shadow=shadow, limits=policy.limits[0])
 
-    def _not_loaded(self, callback: str) -> str:
-        """The refusal of a registered universal ``callback`` whose line is not in the set loaded.
+    def _not_loaded(self, source: str, triggers: str) -> str:
+        """The refusal of a registered universal callback whose line is not in the set loaded.
 
         No set taken since the start (a broken callbacks.conf, and none kept from before:
         an upgrade that refuses a file the old version took, say) turns them all off; the
-        line may still be there, unchanged, so "removed by a reload" would mislead.
+        line may still be there, unchanged, so "removed by a reload" would mislead. A line
+        this replica never read was registered at another one (or before a restart).
         """
+        callback = f"universal callback {source} = {triggers}"
         status = self.universal_reload
         if status.errors and not status.loaded_at:
             count = f"{len(status.errors)} problem{'s' if len(status.errors) > 1 else ''}"
@@ -1046,10 +1079,12 @@ class TriggerEngine:
                 f"{callback}: not run: universal callbacks are off: callbacks.conf has "
                 f"{count} (first: {status.errors[0]}); fix it, then cbexec triggers reload"
             )
-        return (
-            f"{callback} is no longer in callbacks.conf (its line was removed, or its "
-            "trigger changed, by a reload): not run"
-        )
+        if line_name(source, triggers) in self._lines_seen:
+            return (
+                f"{callback} is no longer in callbacks.conf (its line was removed, or its "
+                "trigger changed, by a reload): not run"
+            )
+        return f"{callback} is not in this replica's callbacks.conf: not run"
 
     # -- timers and the engine's tasks ----------------------------------------------
 
@@ -1149,15 +1184,7 @@ class TriggerEngine:
         """In a fleet: reload the universal callbacks when another replica was asked to."""
         while True:
             await asyncio.sleep(FLEET_POLL_S)
-            try:
-                version = self._store.fleet_version(UNIVERSAL_VERSION)
-            except UnavailableError as err:
-                logger.debug("fleet version: %s", err)
-                continue
-            if version != self._universal_version:
-                self._universal_version = version
-                logger.info("another replica reloaded the universal callbacks: reloading")
-                self._reload_universal(quiet=False)
+            self._caught_up_with_fleet()
 
     @property
     def idle(self) -> bool:

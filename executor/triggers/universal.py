@@ -284,6 +284,11 @@ def trigger_key(triggers: str) -> str:
         return " ".join(triggers.split())
 
 
+def line_name(source: str, triggers: str) -> tuple[str, str]:
+    """A line as every replica names it: its file name and its trigger (``find_line``)."""
+    return os.path.basename(source), trigger_key(triggers)
+
+
 def find_line(
     loaded: Sequence[UniversalCallback], source: str, triggers: str
 ) -> UniversalCallback | None:

@@ -241,6 +241,60 @@ def test_a_published_event_is_checked(fields: dict[str, object], message: str) -
         convert.event_from_request(publish(**fields))
 
 
+NUL_REFUSAL = "holds a NUL character (U+0000), which no stored text may hold"
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"type": "work", "work_name": "w\x00"}, "work_name"),
+        ({"type": "host", "host": "h\x00"}, "host"),
+        ({"type": "job", "event_id": "e\x00"}, "event_id"),
+    ],
+)
+def test_a_nul_in_an_event_is_refused_naming_the_field(
+    fields: dict[str, object], field: str
+) -> None:
+    # PostgreSQL's text cannot hold it: a fleet answered INTERNAL where SQLite stored it.
+    with pytest.raises(InvalidRequestError, match=re.escape(f"{field} {NUL_REFUSAL}")):
+        convert.event_from_request(publish(name="complete", job_id=1, **fields))
+
+
+def test_a_nul_in_what_a_job_stores_is_refused_naming_the_field() -> None:
+    cases = [
+        (types_pb2.Job(user="al\x00ice"), "user"),
+        (types_pb2.Job(agenda=[types_pb2.WorkItem(name="w\x00")]), "agenda[0].name"),
+        (types_pb2.Job(subjobs=[types_pb2.Subjob(host="h\x00")]), "subjobs[0].host"),
+        (types_pb2.Job(callbacks=[types_pb2.Callback(user="b\x00")]), "callbacks[0].user"),
+        (types_pb2.Job(callbacks=[types_pb2.Callback(code="print('\x00')")]), "callbacks[0].code"),
+        (
+            types_pb2.Job(callbacks=[types_pb2.Callback(triggers="complete-job-self\x00")]),
+            "callbacks[0].triggers",
+        ),
+    ]
+    for job, field in cases:
+        message = types_pb2.Job(id=7)
+        message.MergeFrom(job)
+        with pytest.raises(InvalidRequestError, match=re.escape(f"job.{field} {NUL_REFUSAL}")):
+            convert.check_job(message, "job")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"context__work_name": "w\x00"}, "context.work_name"),
+        ({"callback__user": "a\x00"}, "callback.user"),
+        ({"callback__triggers": "complete-job-self\x00"}, "callback.triggers"),
+        ({"context__job__name": "n\x00"}, "context.job.name"),
+    ],
+)
+def test_a_nul_in_what_the_history_keeps_of_an_execute_is_refused(
+    overrides: dict[str, object], field: str
+) -> None:
+    with pytest.raises(InvalidRequestError, match=re.escape(f"{field} {NUL_REFUSAL}")):
+        invocation(request(**overrides))
+
+
 MAX_ID = (1 << 63) - 1
 
 
