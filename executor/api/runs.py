@@ -71,7 +71,8 @@ class RunServicer(executor_pb2_grpc.RunServiceServicer):
         ``MIN_PREFIX_CHARS`` that is no run's whole id.
         """
         history = self._recorder.history
-        wanted = request.invocation_id
+        # Looked up as a key: a NUL no stored id holds is refused as it would be stored.
+        wanted = convert.check_text("invocation_id", request.invocation_id)
         record = history.get(wanted)
         if record is None and len(wanted) < MIN_PREFIX_CHARS:
             raise InvalidRequestError(
@@ -121,5 +122,10 @@ class RunServicer(executor_pb2_grpc.RunServiceServicer):
         outbox = self._recorder.outbox
         if outbox is None:
             return executor_pb2.RetryDeadLettersResponse(queued=0)
-        keys = None if request.all else list(request.invocation_ids)
+        keys = None
+        if not request.all:  # keys no stored id holds are refused as they would be stored
+            keys = [
+                convert.check_text(f"invocation_ids[{i}]", key)
+                for i, key in enumerate(request.invocation_ids)
+            ]
         return executor_pb2.RetryDeadLettersResponse(queued=outbox.retry_dead(keys))

@@ -185,6 +185,7 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
         ABORTED when the request names a registration of the job other than its current one.
         """
         convert.check_id("job_id", request.job_id, required=True)
+        convert.check_text("work_name", request.work_name)  # a key no stored name holds
         limit = min(request.limit or MAX_CALLBACKS_EXPLAINED, MAX_CALLBACKS_EXPLAINED)
 
         def answer() -> executor_pb2.ExplainCallbacksResponse:

@@ -126,3 +126,22 @@ async def test_the_id_of_a_run_fired_at_another_replica_is_refused_once_it_has_e
             )
         kept = await second.get_run(firing.invocation_id)
         assert kept.result.stdout == "1\n"
+
+
+async def test_a_nul_in_a_key_looked_up_is_invalid_not_internal(
+    tmp_path: Path, pg_url: str
+) -> None:
+    # PostgreSQL's text cannot hold U+0000: a lookup by such a key failed INTERNAL there.
+    nul = "holds a NUL character (U+0000), which no stored text may hold"
+    async with two_replicas(tmp_path, pg_url) as (first, _):
+        await first.register_job({"id": 72_300, "name": "keys", "user": "fleet"})
+        calls = {
+            f"invocation_id {nul}": first.get_run("run-\x00"),
+            f"invocation_ids[1] {nul}": first.retry_dead_letters(["ok", "x\x00"]),
+            f"work_name {nul}": first.explain_callbacks(72_300, work_name="w\x00"),
+        }
+        for expected, call in calls.items():
+            with pytest.raises(ExecutorRpcError) as refused:
+                await call
+            assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details
+            assert refused.value.details == expected
