@@ -498,6 +498,10 @@ def overlay(
             if not isinstance(raw, Mapping):
                 problems.append(f"{origin}: policies: expected [policies.NAME] tables")
             changes[key] = raw
+        elif key == "data_dir" and raw == "":
+            # The default, as an empty log_dir is: Path("") is ".", the working directory
+            # (/ under systemd), where the databases were once made without a word.
+            changes[key] = _default_data_dir()
         else:
             try:
                 changes[key] = _coerce(

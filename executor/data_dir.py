@@ -1,13 +1,13 @@
 """The data dir as start-up finds it: made and usable, or one line saying why not.
 
-``make`` is start-up's (it creates the directory); ``inspect`` is ``cbexec serve
---check-config``'s, which finds the same problems without leaving anything behind: what
-can be seen is looked at (something on the way that is not a directory, a read-only
-filesystem, no write permission), and what can only be found by trying (a
-pseudo-filesystem such as /proc refuses a mkdir that every permission allows; a
-filesystem the kernel stopped writing to after an error still shows it read-write) is
-tried with the one directory start-up would make first, or an empty file made in the
-data dir, removed again at once.
+``make`` is start-up's (it creates the directory), ``databases`` the files it opens
+there; ``inspect`` is ``cbexec serve --check-config``'s, which finds the same problems
+without leaving anything behind: what can be seen is looked at (something on the way
+that is not a directory, a read-only filesystem, no write permission), and what can
+only be found by trying (a pseudo-filesystem such as /proc refuses a mkdir that every
+permission allows; a filesystem the kernel stopped writing to after an error still
+shows it read-write) is tried with the one directory start-up would make first, or an
+empty file made in the data dir, removed again at once.
 """
 
 from __future__ import annotations
@@ -17,9 +17,12 @@ import errno
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from executor.errors import ConfigError
+
+if TYPE_CHECKING:
+    from executor.config import Settings
 
 # What SQLite makes for a database it opens in WAL mode: its -shm, 32 KiB. A stopped
 # executor's databases have none (a stop removes it), so a filesystem with less than that
@@ -38,6 +41,16 @@ def make(path: Path) -> None:
     except OSError as err:
         raise ConfigError(f"data_dir: cannot make {path}: {err.strerror or err}") from err
     _usable(path)
+
+
+def databases(settings: Settings) -> list[str]:
+    """The SQLite files start-up opens in the data dir with these settings."""
+    names = [] if settings.store else ["runs.db", "triggers.db"]
+    if settings.report_results and not settings.store:
+        names.append("outbox.db")
+    if not settings.supervisor:
+        names.append("supervisor.db")  # the embedded reference supervisor's
+    return names
 
 
 def inspect(path: Path) -> str:

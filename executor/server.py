@@ -189,6 +189,8 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         stack.push_async_callback(recorder.close)
         # Every database is open (and checked): their logs may give space back now, and a
         # data dir that takes no write is known before the first run, not by its result.
+        # From now on each must stay the file opened (a deleted one loses what it records).
+        storage_health.watch(settings.data_dir / name for name in data_dir.databases(settings))
         storage_health.check()
 
         spawner = _spawner(settings, options)

@@ -17,7 +17,9 @@ Two kinds of trouble, two answers:
   and metrics show the degraded state, and probes the data directory (and takes the
   lock of each database found locked) until a write works again; then everything
   resumes by itself. On a full disk its probe first gives back what the databases' own
-  logs hold needlessly (``sqlite_checkpoints.empty_logs``).
+  logs hold needlessly (``sqlite_checkpoints.empty_logs``). A database deleted (or
+  replaced) under the running executor is such a failure too, found by a look every few
+  seconds (``StorageHealth.watch``), which only a restart ends.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Final
 
@@ -53,6 +55,8 @@ _STORAGE_CODES: Final = frozenset(
 )
 # How often a degraded executor tries the data directory again.
 PROBE_INTERVAL_S: Final = 1.0
+# How often a sound one looks whether its databases' files are still the ones it opened.
+WATCH_INTERVAL_S: Final = 5.0
 PROBE_BYTES: Final = 64 << 10
 # How long the probe (a thread of its own) waits for a locked database's write lock.
 LOCK_PROBE_TIMEOUT_S: Final = 0.1
@@ -433,7 +437,8 @@ class StorageHealth:
     ``failed`` is called by whoever met a ``StorageError``; ``listeners`` hear every change
     (the gRPC health service). While degraded, ``probe_forever`` writes a small file in
     the data directory every second, and takes and lets go the write lock of each database
-    found locked; once that works the state clears.
+    found locked; once that works the state clears. While sound, it looks every
+    WATCH_INTERVAL_S whether each database ``watch``ed is still at its path.
     """
 
     def __init__(self, data_dir: Path, store_url: str = "") -> None:
@@ -450,6 +455,8 @@ class StorageHealth:
         # The databases whose log the probe could not empty, told once a spell.
         self._logs_reported: set[Path] = set()
         self._loop: asyncio.AbstractEventLoop | None = None  # probe_forever's
+        # The databases start-up opened, and the file (device, inode) each path named then.
+        self._opened: dict[Path, tuple[int, int]] = {}
         self.listeners: list[Callable[[str], None]] = []
 
     @property
@@ -501,7 +508,45 @@ class StorageHealth:
         """
         locked = tuple(self._locked)
         self._empty_logs()
-        return not self._data_dir_problem() and self._probe_store() and all(map(_lockable, locked))
+        return (
+            not self._data_dir_problem()
+            and not self.replaced()
+            and self._probe_store()
+            and all(map(_lockable, locked))
+        )
+
+    def watch(self, databases: Iterable[Path]) -> None:
+        """Note the files ``databases`` name now: open, they must stay at their paths.
+
+        Deleted (or another file moved over one) while the executor runs, a database is
+        still written through its open file, which nothing reads again: its results would
+        be reported as kept and be gone at the next start, without a word (probe 61).
+        """
+        for path in databases:
+            with contextlib.suppress(OSError):  # not made (yet): nothing to lose
+                found = path.stat()
+                self._opened[path] = (found.st_dev, found.st_ino)
+
+    def replaced(self) -> StorageError | None:
+        """The first watched database whose path no longer names the file opened, if any."""
+        for path, opened in self._opened.items():
+            try:
+                found = path.stat()
+            except FileNotFoundError:
+                why = "deleted"
+            except OSError:
+                continue  # the storage failing: the data dir's probe says so
+            else:
+                if (found.st_dev, found.st_ino) == opened:
+                    continue
+                why = "replaced by another file"
+            return StorageError(
+                path,
+                f"the database was {why} while the executor ran, which still writes the file "
+                f"it opened, unreachable: what it records now is lost at the stop{_holding(path)}."
+                " Restart the executor (first put back a copy from a backup, if there is one)",
+            )
+        return None
 
     def check(self) -> None:
         """Start-up's probe (blocks): a data dir that takes no write degrades the state now.
@@ -562,16 +607,39 @@ class StorageHealth:
         return ""
 
     async def probe_forever(self) -> None:
-        """While degraded, probe every PROBE_INTERVAL_S and clear the state once a write works."""
+        """While degraded, probe every PROBE_INTERVAL_S and clear the state once a write works.
+
+        While sound, a database deleted under the executor is looked for (``_watch``). It
+        is a failure no probe clears: only a restart opens a database at its path again.
+        """
         self._loop = asyncio.get_running_loop()
         while True:
-            await self._degraded.wait()
+            await self._watch()
             await asyncio.sleep(PROBE_INTERVAL_S)
+            gone = await asyncio.to_thread(self.replaced)
+            if gone is not None:
+                if str(gone) != self._problem:  # it outlasts whatever else was wrong: say it
+                    logger.error("storage degraded: %s", gone)
+                    self._set(str(gone))
+                continue
             writable = await asyncio.to_thread(self.probe)
             if writable and self._problem:
                 logger.info("storage writable again: %s", self._data_dir)
                 self._logs_reported.clear()
                 self._set("")
+
+    async def _watch(self) -> None:
+        """Until the storage is degraded; meanwhile, every WATCH_INTERVAL_S, a deleted database degrades it."""
+        while not self._problem:
+            if not self._opened:
+                await self._degraded.wait()
+                return
+            # Not wait_for: Python 3.11's loses a cancel that meets the event being set.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(WATCH_INTERVAL_S):
+                    await self._degraded.wait()
+            if not self._problem and (gone := await asyncio.to_thread(self.replaced)):
+                self.failed(gone)
 
 
 def _lockable(path: str) -> bool:

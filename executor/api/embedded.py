@@ -33,6 +33,7 @@ from typing import Final, Protocol
 import grpc
 
 from executor.api.supervisor import SUPERVISOR_CHANNEL_OPTIONS
+from executor.data_dir_lock import SUPERVISOR_SOCKET
 from executor.errors import ConfigError
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
 from executor.sql import is_postgres
@@ -184,9 +185,9 @@ async def start(
         )
     except sqlite3.Error as err:  # damage, or the storage under it: the refusal says which
         raise ConfigError(unusable(path, err)) from err
-    socket_path = data_dir / "supervisor.sock"
+    socket_path = data_dir / SUPERVISOR_SOCKET
     if len(str(socket_path)) > MAX_UNIX_SOCKET_PATH:
-        socket_path = Path(tempfile.mkdtemp(prefix="cbexec-")) / "supervisor.sock"
+        socket_path = Path(tempfile.mkdtemp(prefix="cbexec-")) / SUPERVISOR_SOCKET
     socket_path.unlink(missing_ok=True)
     address = f"unix:{socket_path}"
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes)])

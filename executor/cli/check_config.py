@@ -43,27 +43,17 @@ def _data_dir(settings: config.Settings) -> str:
     DataDirLock.check(settings.data_dir)
     checked: list[str] = []
     problems: list[str] = []
-    for name in databases(settings):
+    for name in data_dir.databases(settings):
         try:
             if check_database(settings.data_dir / name) != "made at start-up":
                 checked.append(name)
         except ConfigError as err:
             problems.append(str(err))
-    if full := data_dir.space_problem(settings.data_dir, databases(settings)):
+    if full := data_dir.space_problem(settings.data_dir, data_dir.databases(settings)):
         problems.append(full)
     if problems:
         raise ConfigError("\n".join(problems))
     return found + (f"; {', '.join(checked)} sound" if checked else "")
-
-
-def databases(settings: config.Settings) -> list[str]:
-    """The SQLite files start-up opens in the data dir with these settings."""
-    names = [] if settings.store else ["runs.db", "triggers.db"]
-    if settings.report_results and not settings.store:
-        names.append("outbox.db")
-    if not settings.supervisor:
-        names.append("supervisor.db")  # the embedded reference supervisor's
-    return names
 
 
 def _sandbox(settings: config.Settings) -> str:

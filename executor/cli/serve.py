@@ -26,7 +26,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="HOST:PORT",
         help="serve /metrics, /healthz and the dashboard on this address (setting http_bind)",
     )
-    serve.add_argument("--data-dir", type=Path, help="where databases and logs live")
+    serve.add_argument("--data-dir", help="where databases and logs live (empty: the default)")
     serve.add_argument(
         "--supervisor", help="address of a remote Supervisor service (default: embedded)"
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from executor import server
+from executor.data_dir_lock import LOCK_FILE
 from executor.errors import ConfigError
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import TEST_UID_BASE, running_stack, stack_settings
@@ -58,3 +59,18 @@ async def test_a_second_executor_on_the_same_data_dir_is_refused_naming_the_firs
     async with running_stack(second) as after:  # the first let go as it stopped
         reply = await after.client.execute_callback(language="python", code="pass", job={"id": 1})
         assert reply.outcome == executor_pb2.OUTCOME_SUCCEEDED, reply
+
+
+async def test_a_second_executor_is_refused_though_the_lock_file_was_deleted(
+    tmp_path: Path,
+) -> None:
+    # The lock was the file's alone: a second executor started, and ran the first one's
+    # firing in flight a second time (probe 61).
+    data = tmp_path / "data"
+    second = stack_settings(data, sandbox_uid_base=TEST_UID_BASE + 8)
+    async with running_stack(stack_settings(data)):
+        (data / LOCK_FILE).unlink()
+        with pytest.raises(
+            ConfigError, match=rf"^data_dir: {data} is in use by another executor: give each"
+        ):
+            await server.start(second)

@@ -11,8 +11,9 @@ from typing import Final
 import pytest
 
 from executor import config
-from executor.cli import main
+from executor.cli import build_parser, main
 from executor.cli.connection import EXIT_USAGE
+from executor.cli.serve import load_settings
 from executor.errors import ConfigError
 from executor.model import Language
 from supervisor_client.qbcallback.v1 import executor_pb2
@@ -827,3 +828,28 @@ def test_a_later_source_that_gives_a_refused_setting_right_has_it_checked(tmp_pa
         f"{toml}: max_queue: expected a whole number, got 'x'",
         "max_queue: must be 0 or more, got -1",
     ]
+
+
+def test_an_empty_data_dir_means_the_default_not_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It was Path("") = ".": the databases went into the working directory, / under systemd
+    # (probe 61). An empty log_dir, store or supervisor means its default too.
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "share"))
+    default = tmp_path / "share" / "cbexec"
+    assert config.Settings().data_dir == default
+    assert config.from_env(config.Settings(), {"CBEXEC_DATA_DIR": ""}).data_dir == default
+    toml = tmp_path / "cbexec.toml"
+    toml.write_text('data_dir = ""\n')
+    assert config.from_toml(config.Settings(), toml).data_dir == default
+    assert config.layered(toml, {}, {"data_dir": ""}).data_dir == default
+
+
+def test_an_empty_data_dir_flag_means_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "share"))
+    args = build_parser().parse_args(["serve", "--data-dir", ""])
+    assert load_settings(args, {}).data_dir == tmp_path / "share" / "cbexec"
+    args = build_parser().parse_args(["serve", "--data-dir", "~/x"])
+    assert load_settings(args, {}).data_dir == Path.home() / "x"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from executor import storage
 from executor.storage import DatabaseLocked, StorageError, StorageHealth, writing
 
 pytestmark = pytest.mark.unit
@@ -111,3 +112,63 @@ def test_a_start_on_a_data_dir_that_takes_no_write_is_degraded_from_the_start(
     health = StorageHealth(tmp_path / "gone")  # its probe file cannot be made
     health.check()
     assert "No such file or directory" in health.problem
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced by another file"])
+async def test_a_database_deleted_under_the_executor_degrades_it_until_a_restart(
+    database: tuple[sqlite3.Connection, Path], monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    # Health stayed SERVING and the stop promised the results it held "after the next
+    # start", which then had an empty database (probe 61).
+    db, path = database
+    monkeypatch.setattr(storage, "WATCH_INTERVAL_S", 0.05)
+    monkeypatch.setattr(storage, "PROBE_INTERVAL_S", 0.05)
+    health = StorageHealth(path.parent)
+    health.watch([path, path.parent / "runs.db"])  # runs.db not made: nothing to watch
+    degraded = asyncio.Event()
+    health.listeners.append(lambda problem: degraded.set())
+    prober = asyncio.get_running_loop().create_task(health.probe_forever())
+    try:
+        await asyncio.sleep(0.2)
+        assert health.problem == "", "sound while the file is the one opened"
+        if how == "deleted":
+            path.unlink()
+        else:
+            other = path.with_name("other.db")
+            other.write_bytes(b"")
+            other.replace(path)
+        async with asyncio.timeout(5):
+            await degraded.wait()
+        assert health.problem.startswith(
+            f"cannot write {path}: the database was {how} while the executor ran"
+        )
+        assert "(it holds results not yet delivered to the supervisor)" in health.problem
+        assert "Restart the executor" in health.problem
+        db.execute("INSERT INTO t VALUES (1)")  # its writes still work, unreachable
+        await asyncio.sleep(0.3)  # probes that find the data dir writable
+        assert health.problem.startswith(f"cannot write {path}: the database was {how}")
+        assert not health.probe()
+    finally:
+        prober.cancel()
+        await asyncio.gather(prober, return_exceptions=True)
+
+
+async def test_a_database_deleted_while_degraded_is_said_instead(
+    database: tuple[sqlite3.Connection, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, path = database
+    monkeypatch.setattr(storage, "PROBE_INTERVAL_S", 0.05)
+    health = StorageHealth(path.parent)
+    health.watch([path])
+    said = asyncio.Event()
+    health.listeners.append(lambda problem: said.set() if "was deleted" in problem else None)
+    prober = asyncio.get_running_loop().create_task(health.probe_forever())
+    try:
+        await asyncio.sleep(0)
+        health.failed(StorageError(path, "disk full"))
+        path.unlink()
+        async with asyncio.timeout(5):
+            await said.wait()
+    finally:
+        prober.cancel()
+        await asyncio.gather(prober, return_exceptions=True)
