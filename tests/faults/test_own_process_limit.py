@@ -26,12 +26,12 @@ from typing import Final
 import grpc
 import psutil
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from executor import process_limit
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc, types_pb2
 from tests.conftest import TEST_UID_BASE
 from tests.helpers.executor_process import executor_process
+from tests.helpers.health import SERVING, health_status
 
 pytestmark = pytest.mark.faults
 
@@ -107,7 +107,6 @@ async def test_a_run_the_process_limit_refuses_is_a_capacity_refusal(
             (http_port,) = re.findall(r"HTTP side port on 127\.0\.0\.1:(\d+)", log.read_text())
             async with grpc.aio.insecure_channel(executor.address) as channel:
                 stub = executor_pb2_grpc.CallbackExecutorServiceStub(channel)
-                health = health_pb2_grpc.HealthStub(channel)
                 for language, code in (("python", "print('ok')"), ("perl", 'print "ok\\n";')):
                     warm = await _execute(stub, language, code)  # zygotes up, threads made
                     assert await warm.code() == grpc.StatusCode.OK, await warm.details()
@@ -120,7 +119,7 @@ async def test_a_run_the_process_limit_refuses_is_a_capacity_refusal(
                         await _execute(stub, language, code)
                         for language, code in [("python", "print('ok')"), ("perl", "1;")] * REFUSALS
                     ]
-                    status = await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+                    status = await health_status(channel)
                     page = await asyncio.to_thread(
                         _http_get, f"http://127.0.0.1:{http_port}/healthz"
                     )
@@ -139,7 +138,7 @@ async def test_a_run_the_process_limit_refuses_is_a_capacity_refusal(
             f"cgroup {cgroup} is {LIMIT}); retry later"
         )
         assert ("retry-after-s", "1") in tuple(await call.trailing_metadata() or ())
-    assert status.status == health_pb2.HealthCheckResponse.SERVING
+    assert status == SERVING
     # With no thread to answer it, the side port closes the connection (or, where the
     # connection's thread was to be had, answers as ever).
     assert page.startswith("no answer") or '"SERVING"' in page, page
