@@ -527,9 +527,11 @@ class StorageHealth:
                 found = path.stat()
                 self._opened[path] = (found.st_dev, found.st_ino)
 
-    def replaced(self) -> StorageError | None:
-        """The first watched database whose path no longer names the file opened, if any."""
+    def replaced(self, among: Iterable[str] | None = None) -> StorageError | None:
+        """The first watched database (of those ``among``) whose path names another file now."""
         for path, opened in self._opened.items():
+            if among is not None and str(path) not in among:
+                continue
             try:
                 found = path.stat()
             except FileNotFoundError:

@@ -411,6 +411,11 @@ class Outbox:
         """Whether the outbox is a fleet's, in PostgreSQL (shared by every replica)."""
         return isinstance(self._db, PgDb)
 
+    @property
+    def path(self) -> str:
+        """Its SQLite file, or a fleet's PostgreSQL URL."""
+        return self._path
+
     # -- the producer side: synchronous, durable before it returns ------------------------
 
     def put(

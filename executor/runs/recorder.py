@@ -392,10 +392,19 @@ class Recorder:
             self.stop_waiting()
             await asyncio.wait(list(self._owed))
         if self.outbox is not None and not await self.outbox.flush(flush_timeout_s):
-            logger.warning(
-                "stopping with %d results not yet delivered; they go out after the next start",
-                self.outbox.pending(),
-            )
+            outbox_file = (self.outbox.path,)
+            gone = self._health.replaced(among=outbox_file) if self._health is not None else None
+            if gone is not None:
+                logger.error(
+                    "stopping with %d results not yet delivered, and lost: %s",
+                    self.outbox.pending(),
+                    gone.cause,
+                )
+            else:
+                logger.warning(
+                    "stopping with %d results not yet delivered; they go out after the next start",
+                    self.outbox.pending(),
+                )
         self._writer.close()
         if self.outbox is not None:
             await self.outbox.close()
