@@ -143,7 +143,7 @@ class Dashboard:
         try:
             response = self._route(request)
         except SourceUnavailable as err:
-            response = self._error(503, "The executor is not answering", str(err), request)
+            response = self._error(503, "No answer in time", str(err), request)
         except SourceRefused as err:
             response = self._error(400, "Bad request", str(err), request)
         except Exception:

@@ -218,6 +218,7 @@ def _callback_row(job_id: int, callback: Any, explanation: Explanation | None) -
                 _latch(atom.text, atom.words, ALL if atom.latched else NONE)
                 for atom in explanation.atoms
             )
+        latches = join([latches, _atoms_left_out(explanation, f"{job_id}:{callback.id}")])
         if explanation.spent:
             waiting = tag("span", "nothing: it reached its maximum", class_="hint")
         else:
@@ -233,6 +234,18 @@ def _callback_row(job_id: int, callback: Any, explanation: Explanation | None) -
         tag("td", waiting, class_="waiting"),
         tag("td", callback.language),
         data_callback=callback.id,
+    )
+
+
+def _atoms_left_out(explanation: Explanation, why: str) -> Html:
+    """What a row cut at MAX_ATOMS_SHOWN atoms left out, and the command that shows it ("" if none)."""
+    if not explanation.atoms_left_out:
+        return Html("")
+    return tag(
+        "p",
+        f"{explanation.atoms_left_out} more atoms not shown (a row shows "
+        f"{len(explanation.atoms)}): cbexec triggers why {why}",
+        class_="hint atoms-left-out",
     )
 
 

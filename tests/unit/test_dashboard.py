@@ -338,7 +338,7 @@ class WorkSource(FakeSource):
         job = executor_pb2.RegisteredJob(id=9, pgrp=9, name="sC", callbacks=[self.callback])
         return executor_pb2.ListRegisteredJobsResponse(jobs=[job], total=1)
 
-    def explain(self, job_id: int, journal_limit: int = 5) -> Any:
+    def explain(self, job_id: int, journal_limit: int = 5, **_: object) -> Any:
         return self.reply if job_id == 9 else None
 
 
