@@ -16,7 +16,8 @@ Bounded by what a page shows, not by what is registered: a callback's first
 ``MAX_ATOMS_SHOWN`` atoms only (a legal trigger holds thousands, and the engine reads
 each one's context and state: 150 callbacks of 2,500 atoms made a 120 MB answer and held
 the jobs page past its deadline), and from the engine only the callbacks, in id order,
-whose triggers fit in ``EXPLAINED_TRIGGER_BYTES`` (the rows a job shows take no more).
+whose triggers fit in ``EXPLAINED_TRIGGER_BYTES`` (the rows a job shows take no more);
+others are explained from their latches when a row shows them, not all beforehand.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ MAX_ATOMS_SHOWN: Final = 50
 # What a callback waits for, in words from its latches: at most this many atoms named.
 MAX_WORDS_ATOMS: Final = MAX_ATOMS_SHOWN
 # The engine explains a job's callbacks, in id order, while their triggers take this
-# many bytes (at least one): a job's rows take no more (jobs_pages.JOB_BUDGET_BYTES).
+# many bytes, and the one past them: a job's rows take no more (jobs_pages.JOB_BUDGET_BYTES).
 EXPLAINED_TRIGGER_BYTES: Final = 256 << 10
 
 
@@ -118,14 +119,36 @@ def explain_callback(callback: Any) -> Explanation:
 
 
 def explain_from_latches(
-    job: Any, skip: Mapping[int, object] | None = None
-) -> dict[int, Explanation]:
-    """The callbacks of a registered job (but those in ``skip``), explained from what the engine answered."""
-    return {
-        callback.id: explain_callback(callback)
-        for callback in job.callbacks
-        if skip is None or callback.id not in skip
-    }
+    job: Any, answered: Mapping[int, Explanation] | None = None
+) -> Mapping[int, Explanation]:
+    """A registered job's callbacks explained: as ``answered`` (the engine's), else from their latches.
+
+    Each from its latches only when the page looks it up (``_FromLatches``).
+    """
+    return _FromLatches(job, answered or {})
+
+
+class _FromLatches(Mapping[int, Explanation]):
+    """Explanations made when looked up: a page looks up the rows it shows, not every callback.
+
+    Made all at once, a job of 150 callbacks of 2,500 atoms cost seconds of parsing at
+    every refresh for the few rows a page shows.
+    """
+
+    def __init__(self, job: Any, answered: Mapping[int, Explanation]) -> None:
+        self._callbacks = {callback.id: callback for callback in job.callbacks}
+        self._made = dict(answered)
+
+    def __getitem__(self, callback_id: int) -> Explanation:
+        if callback_id not in self._made:
+            self._made[callback_id] = explain_callback(self._callbacks[callback_id])
+        return self._made[callback_id]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._callbacks)
+
+    def __len__(self) -> int:
+        return len(self._callbacks)
 
 
 class _Named:
@@ -245,7 +268,7 @@ def explain_from_engine(source: Any) -> Explainer:
             return explain_from_latches(job)
         explained = explain_reply(reply)
         if reply.next_after_callback_id:  # the callbacks past the first page: their latches
-            return {**explain_from_latches(job, skip=explained), **explained}
+            return explain_from_latches(job, explained)
         return explained
 
     return explain
@@ -254,7 +277,7 @@ def explain_from_engine(source: Any) -> Explainer:
 def explained_callbacks(job: Any) -> int:
     """How many of a job's callbacks, in id order, the engine explains for the page (1 to 1000).
 
-    Those whose triggers fit in ``EXPLAINED_TRIGGER_BYTES``, at least one: a row shows its
+    Those whose triggers fit in ``EXPLAINED_TRIGGER_BYTES`` and the one past it: a row shows its
     trigger, so no job's rows take more; the rest (callbacks of frame groups, mostly)
     are explained from their latches.
     """
@@ -262,5 +285,5 @@ def explained_callbacks(job: Any) -> int:
     for count, callback in enumerate(job.callbacks[:MAX_CALLBACKS_EXPLAINED]):
         size += len(callback.canonical_triggers or callback.triggers)
         if size > EXPLAINED_TRIGGER_BYTES:
-            return max(count, 1)
+            return count + 1  # the row that crosses the budget is shown too
     return MAX_CALLBACKS_EXPLAINED
