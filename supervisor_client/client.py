@@ -485,6 +485,7 @@ class ExecutorClient(ChannelClient):
         limit: int = 0,
         after_callback_id: int = 0,
         registration: int = 0,
+        max_atoms: int = 0,
         timeout: float | None = None,
     ) -> executor_pb2.ExplainCallbacksResponse:
         """Why a job's callbacks (or one of them) did or did not fire, and what they wait for.
@@ -495,8 +496,9 @@ class ExecutorClient(ChannelClient):
         with ids above ``after_callback_id``; its ``next_after_callback_id`` is where the
         next page starts (0: none follows). Ask for the next pages with the first
         answer's ``registration``: a job registered again since is then ABORTED
-        (ExecutorRpcError), and its pages are asked for again from the first. NOT_FOUND
-        for a job or callback not registered.
+        (ExecutorRpcError), and its pages are asked for again from the first. Of each
+        callback the first ``max_atoms`` atoms (0: all; ``atoms_left_out`` counts the
+        rest). NOT_FOUND for a job or callback not registered.
         """
         request = request_from(
             executor_pb2.ExplainCallbacksRequest,
@@ -507,6 +509,7 @@ class ExecutorClient(ChannelClient):
             limit=limit,
             after_callback_id=after_callback_id,
             registration=registration,
+            max_atoms=max_atoms,
         )
         return await self._call(self._triggers.ExplainCallbacks, request, timeout)
 

@@ -114,6 +114,7 @@ def _callback_message(
         work_items=[_work_message(work) for work in explained.work],
         journal=[journal_message(entry) for entry in explained.journal],
         checks=[check_message(job_id, check) for check in explained.checks],
+        atoms_left_out=explained.atoms_left_out,
     )
 
 

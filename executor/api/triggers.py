@@ -197,6 +197,7 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
                 after_callback_id=request.after_callback_id,
                 limit=limit,
                 registration=request.registration,
+                max_atoms=request.max_atoms,
             )
             return explanations.explanation_message(explained)
 

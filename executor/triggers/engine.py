@@ -948,11 +948,13 @@ class TriggerEngine:
         after_callback_id: int = 0,
         limit: int = why.MAX_CALLBACKS_EXPLAINED,
         registration: int = 0,
+        max_atoms: int = 0,
     ) -> JobExplanation:
         """Why each callback of a job did or did not fire, and what it still waits for.
 
         At most ``limit`` callbacks, those with ids above ``after_callback_id``, of the
-        job's registration ``registration`` when not 0. It reads on a snapshot of the
+        job's registration ``registration`` when not 0; of each, its first ``max_atoms``
+        atoms (0: all). It reads on a snapshot of the
         store for as long as that takes: any thread may call it, and the servicer calls
         it on a worker thread (``why.explain_job``).
 
@@ -970,6 +972,7 @@ class TriggerEngine:
             after_callback_id=after_callback_id,
             limit=limit,
             registration=registration,
+            max_atoms=max_atoms,
         )
         callbacks = tuple(
             replace(each, callback=self.as_loaded(each.callback)) for each in explained.callbacks

@@ -112,6 +112,8 @@ class CallbackExplanation:
     work: tuple[WorkExplanation, ...]
     journal: tuple[JournalEntry, ...]
     checks: tuple[checks.Check, ...]
+    # Its atoms past the request's ``max_atoms``: not explained (nor their waiting_for lines).
+    atoms_left_out: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,12 +147,14 @@ def explain_job(
     after_callback_id: int = 0,
     limit: int,
     registration: int = 0,
+    max_atoms: int = 0,
 ) -> JobExplanation:
     """Explain a job's callbacks: those with ids above ``after_callback_id``, at most ``limit``.
 
     One of them when ``callback_id``; one work item of a ``{work}`` callback when
-    ``work_name``. Blocks for as long as the reads take (a page of a big job: a fraction
-    of a second): call it on a worker thread. It reads on a snapshot connection
+    ``work_name``. Of each callback the first ``max_atoms`` atoms (0: all): each atom
+    costs reads, and a legal trigger holds thousands. Blocks for as long as the reads
+    take (a page of a big job: a fraction of a second): call it on a worker thread. It reads on a snapshot connection
     (``TriggerStore.snapshot``), so it holds no lock that events or the loop wait for.
     ``registration`` (a page after the first: the first page's): the registration the
     answer must describe; 0 for the job as it stands.
@@ -214,6 +218,7 @@ def explain_job(
                 work_name=work_name,
                 journal_limit=journal_limit,
                 checks_found=tuple(by_callback.get(cb.callback_id, ())),
+                max_atoms=max_atoms,
             )
             for cb in callbacks
         )
@@ -325,6 +330,8 @@ def _waiting_for(
     lines = []
     found = atoms(expr)
     for slot in open_slots:
+        if slot >= len(explained):  # past max_atoms: not explained, counted in atoms_left_out
+            break
         item = explained[slot]
         words = ", ".join(part for part in (item.resolution, item.state) if part)
         line = f"{item.atom}: {words}" if words else f"{item.atom}: {item.description}"
@@ -363,27 +370,31 @@ def _callback(
     work_name: str,
     journal_limit: int,
     checks_found: tuple[checks.Check, ...],
+    max_atoms: int = 0,
 ) -> CallbackExplanation:
     found = atoms(expr)
+    shown = found[:max_atoms] if max_atoms else found
     work: tuple[WorkExplanation, ...] = ()
     if per_work(expr):
         # As an item no event has named stands (what latched for every item, if anything).
         unnamed = items.unnamed(cb)
         explained = tuple(
             view.atom(slot, atom, unnamed.latches[slot], unnamed.latched_by[slot])
-            for slot, atom in enumerate(found)
+            for slot, atom in enumerate(shown)
         )
         is_spent = False
         rest, open_slots = residual(expr, unnamed.latches)
         waiting = "" if rest is None else render(rest)
         waiting_for = tuple(
-            f"{explained[slot].atom}: {explained[slot].resolution}" for slot in open_slots
+            f"{explained[slot].atom}: {explained[slot].resolution}"
+            for slot in open_slots
+            if slot < len(explained)
         )
-        work = _work_items(db, view, cb, expr, work_name)
+        work = _work_items(db, view, cb, expr, work_name, max_atoms)
     else:
         marks = cb.marks
         explained = tuple(
-            view.atom(slot, atom, cb.latches[slot], marks[slot]) for slot, atom in enumerate(found)
+            view.atom(slot, atom, cb.latches[slot], marks[slot]) for slot, atom in enumerate(shown)
         )
         is_spent = spent(cb.count, cb.maximum)
         waiting, waiting_for = (
@@ -409,6 +420,7 @@ def _callback(
         work=work,
         journal=tuple(entries),
         checks=checks_found,
+        atoms_left_out=len(found) - len(shown),
     )
 
 
@@ -425,12 +437,13 @@ def _listed(names: list[str], most: int = 10) -> str:
 
 
 def _work_items(
-    db: Db, view: _View, cb: StoredCallback, expr: Expr, work_name: str
+    db: Db, view: _View, cb: StoredCallback, expr: Expr, work_name: str, max_atoms: int
 ) -> tuple[WorkExplanation, ...]:
     size = len(atoms(expr))
     held = items.held(db, cb.rowid, size)
     if work_name:
-        return (_one_item(view, cb, expr, work_name, held.get(work_name, items.unnamed(cb))),)
+        state = held.get(work_name, items.unnamed(cb))
+        return (_one_item(view, cb, expr, work_name, state, max_atoms),)
     agenda = states.agenda(db, cb.job_id)
     # The agenda as a set once: made per held item, 1,000 latched items of a 100,000-frame
     # job took 5 s of each explanation (the dashboard's jobs page asks at every refresh).
@@ -439,7 +452,7 @@ def _work_items(
     latched = [name for name in names if name in held and any(held[name].latches)]
     single: list[WorkExplanation] = []
     if len(latched) <= MAX_ITEMS_IN_FULL:
-        single = [_one_item(view, cb, expr, name, held[name]) for name in latched]
+        single = [_one_item(view, cb, expr, name, held[name], max_atoms) for name in latched]
     groups: dict[tuple[int, tuple[bool, ...]], list[str]] = {}
     for name in names:
         state = held.get(name, items.unnamed(cb))
@@ -464,12 +477,13 @@ def _work_items(
 
 
 def _one_item(
-    view: _View, cb: StoredCallback, expr: Expr, name: str, state: WorkState
+    view: _View, cb: StoredCallback, expr: Expr, name: str, state: WorkState, max_atoms: int
 ) -> WorkExplanation:
     item_expr = substitute_all(expr, name)
+    found = atoms(item_expr)
     explained = tuple(
         view.atom(slot, atom, state.latches[slot], state.latched_by[slot])
-        for slot, atom in enumerate(atoms(item_expr))
+        for slot, atom in enumerate(found[:max_atoms] if max_atoms else found)
     )
     is_spent = spent(state.count, cb.maximum)
     waiting, waiting_for = (

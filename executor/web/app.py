@@ -33,6 +33,7 @@ from executor.web.jobs_pages import JobsQuery, jobs_body, jobs_page
 from executor.web.layout import notice, page
 from executor.web.source import SourceRefused, SourceUnavailable
 from executor.web.status_pages import health_body, health_page, universal_page
+from executor.web.stream_gate import StreamGate
 from supervisor_client import ExecutorRpcError
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ HTML_TYPE: Final = "text/html; charset=utf-8"
 TEXT_TYPE: Final = "text/plain; charset=utf-8"
 MAX_FORM_BYTES: Final = 4096
 DEFAULT_PAGE: Final = "/runs"
+# A stream refused for want of a slot (StreamGate): when to ask again, in seconds.
+RETRY_STREAM_S: Final = "5"
 # What a 401 asks for (RFC 6750).
 _CHALLENGE: Final = (("WWW-Authenticate", 'Bearer realm="cbexec"'),)
 STOPPING: Final = "the executor is stopping"
@@ -112,6 +115,8 @@ class Response:
     body: bytes = b""
     content_type: str = HTML_TYPE
     headers: tuple[tuple[str, str], ...] = ()
+    # Called once the body is sent, or its sending failed (a stream's slot: StreamGate).
+    sent: Callable[[], None] | None = None
 
 
 class Dashboard:
@@ -124,8 +129,10 @@ class Dashboard:
         access: Access,
         *,
         explain: Explainer = explain_from_latches,
+        streams: StreamGate | None = None,
     ) -> None:
         self._source = source
+        self._streams = streams or StreamGate()
         self._registry = registry
         # Set at the start of a stop: the port stays open, to say so (see stop_answering).
         self._stopping = threading.Event()
@@ -157,7 +164,7 @@ class Dashboard:
         try:
             response = self._route(request)
         except SourceUnavailable as err:
-            response = self._error(503, "The executor is not answering", str(err), request)
+            response = self._error(503, "No answer in time", str(err), request)
         except SourceRefused as err:
             response = self._error(400, "Bad request", str(err), request)
         except Exception:
@@ -270,24 +277,46 @@ class Dashboard:
         return self._page("Runs", request, lambda s: runs_pages.runs_page(s, filters, problem))
 
     def _run(self, request: Request, invocation_id: str) -> Response:
-        try:
-            run = self._source.get_run(invocation_id)
-        except ExecutorRpcError:
-            run = None
-        if run is None:
-            return self._error(
-                404, "No such run", f"No run {invocation_id!r} in the history.", request
-            )
         stream = request.query.get("stream")
         if stream is not None:
-            if stream not in runs_pages.STREAMS:
-                raise SourceRefused(
-                    f"stream {stream!r} is not one of {', '.join(runs_pages.STREAMS)}"
-                )
+            return self._stream(request, invocation_id, stream)
+        run = self._run_record(invocation_id)
+        if run is None:
+            return self._no_run(invocation_id, request)
+        return self._page(f"Run {invocation_id[:8]}", request, lambda _: runs_pages.run_page(run))
+
+    def _run_record(self, invocation_id: str) -> Any | None:
+        try:
+            return self._source.get_run(invocation_id)
+        except ExecutorRpcError:
+            return None
+
+    def _no_run(self, invocation_id: str, request: Request) -> Response:
+        return self._error(404, "No such run", f"No run {invocation_id!r} in the history.", request)
+
+    def _stream(self, request: Request, invocation_id: str, stream: str) -> Response:
+        """A whole output stream as text, in one of the port's few stream slots (StreamGate)."""
+        if stream not in runs_pages.STREAMS:
+            raise SourceRefused(f"stream {stream!r} is not one of {', '.join(runs_pages.STREAMS)}")
+        if not self._streams.enter():
+            busy = (
+                f"{self._streams.at_once} whole output streams are being sent already (the"
+                f" most at once); try again in a few seconds\n"
+            )
+            retry = (("Retry-After", RETRY_STREAM_S), ("Cache-Control", "no-store"))
+            return Response(503, busy.encode(), TEXT_TYPE, retry)
+        try:
+            run = self._run_record(invocation_id)
+            if run is None:
+                self._streams.leave()
+                return self._no_run(invocation_id, request)
             # Text, never HTML (nosniff is on every response): output shows as written.
             text = runs_pages.stream_text(run, stream).encode()
-            return Response(200, text, TEXT_TYPE, (("Cache-Control", "no-store"),))
-        return self._page(f"Run {invocation_id[:8]}", request, lambda _: runs_pages.run_page(run))
+        except BaseException:
+            self._streams.leave()
+            raise
+        headers = (("Cache-Control", "no-store"),)
+        return Response(200, text, TEXT_TYPE, headers, sent=self._streams.leave)
 
     def _jobs(self, request: Request) -> Response:
         query, problem = JobsQuery.parse(request.query)
@@ -350,6 +379,7 @@ def _secured(response: Response) -> Response:
         response.body,
         response.content_type,
         (*response.headers, *SECURITY_HEADERS, *(() if cached else _NO_STORE)),
+        response.sent,
     )
 
 

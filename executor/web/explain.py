@@ -11,6 +11,13 @@ trigger, each atom's latch, count and maximum) and names the atoms whose events 
 happened yet in the engine's own words (``triggers.explain.describe_atom``); so does
 each callback past the first answer of a job with more callbacks than one answer holds
 (1000: one call per job shown). The pages only read ``Explanation``.
+
+Bounded by what a page shows, not by what is registered: a callback's first
+``MAX_ATOMS_SHOWN`` atoms only (a legal trigger holds thousands, and the engine reads
+each one's context and state: 150 callbacks of 2,500 atoms made a 120 MB answer and held
+the jobs page past its deadline), and from the engine only the callbacks, in id order,
+whose triggers fit in ``EXPLAINED_TRIGGER_BYTES`` (the rows a job shows take no more);
+others are explained from their latches when a row shows them, not all beforehand.
 """
 
 from __future__ import annotations
@@ -23,11 +30,19 @@ from typing import Any, Final
 from executor import triggers
 from executor.triggers.explain import describe_atom
 from executor.triggers.nodes import And, Atom, Expr, render_atom
+from executor.triggers.why import MAX_CALLBACKS_EXPLAINED
 from executor.web.frame_strip import times
 
 # What a {work} callback waits for: at most this many lines of its item groups (a job of
 # 100,000 frames in many states has as many groups), then how many more there are.
 MAX_WORK_ITEM_LINES: Final = 12
+# A callback's atoms explained and shown; past them the row says how many it left out.
+MAX_ATOMS_SHOWN: Final = 50
+# What a callback waits for, in words from its latches: at most this many atoms named.
+MAX_WORDS_ATOMS: Final = MAX_ATOMS_SHOWN
+# The engine explains a job's callbacks, in id order, while their triggers take this
+# many bytes, and the one past them: a job's rows take no more (jobs_pages.JOB_BUDGET_BYTES).
+EXPLAINED_TRIGGER_BYTES: Final = 256 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +82,8 @@ class Explanation:
     # A {work} callback's items, each with its own latches and count (ExplainCallbacks);
     # empty from the latches alone, which hold only what an unnamed item starts from.
     items: tuple[WorkItems, ...] = ()
+    # Atoms past MAX_ATOMS_SHOWN: not in ``atoms``, nor named in ``waiting_for``.
+    atoms_left_out: int = 0
 
 
 # A job (ListRegisteredJobs' RegisteredJob) -> callback id -> its explanation.
@@ -88,42 +105,94 @@ def explain_callback(callback: Any) -> Explanation:
     if expr is None:
         return Explanation((), "", spent)
     latches = list(callback.latches)
+    found = triggers.atoms(expr)
     atoms = tuple(
         AtomState(render_atom(atom), describe_atom(atom), slot < len(latches) and latches[slot])
-        for slot, atom in enumerate(triggers.atoms(expr))
+        for slot, atom in enumerate(found[:MAX_ATOMS_SHOWN])
     )
+    left_out = len(found) - len(atoms)
     if spent:
-        return Explanation(atoms, "", spent=True)
-    _, missing = _missing(expr, iter(atom.latched for atom in atoms))
-    return Explanation(atoms, missing)
+        return Explanation(atoms, "", spent=True, atoms_left_out=left_out)
+    slots = iter(slot < len(latches) and latches[slot] for slot in range(len(found)))
+    _, missing = _missing(expr, slots, _Named(MAX_WORDS_ATOMS))
+    return Explanation(atoms, missing, atoms_left_out=left_out)
 
 
-def explain_from_latches(job: Any) -> dict[int, Explanation]:
-    """Every callback of a registered job, explained from what the engine answered."""
-    return {callback.id: explain_callback(callback) for callback in job.callbacks}
+def explain_from_latches(
+    job: Any, answered: Mapping[int, Explanation] | None = None
+) -> Mapping[int, Explanation]:
+    """A registered job's callbacks explained: as ``answered`` (the engine's), else from their latches.
+
+    Each from its latches only when the page looks it up (``_FromLatches``).
+    """
+    return _FromLatches(job, answered or {})
 
 
-def _missing(expr: Expr, latched: Iterator[bool]) -> tuple[bool, str]:
+class _FromLatches(Mapping[int, Explanation]):
+    """Explanations made when looked up: a page looks up the rows it shows, not every callback.
+
+    Made all at once, a job of 150 callbacks of 2,500 atoms cost seconds of parsing at
+    every refresh for the few rows a page shows.
+    """
+
+    def __init__(self, job: Any, answered: Mapping[int, Explanation]) -> None:
+        self._callbacks = {callback.id: callback for callback in job.callbacks}
+        self._made = dict(answered)
+
+    def __getitem__(self, callback_id: int) -> Explanation:
+        if callback_id not in self._made:
+            self._made[callback_id] = explain_callback(self._callbacks[callback_id])
+        return self._made[callback_id]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._callbacks)
+
+    def __len__(self) -> int:
+        return len(self._callbacks)
+
+
+class _Named:
+    """How many more open atoms ``_missing`` may name in words; past them it writes "…"."""
+
+    def __init__(self, most: int) -> None:
+        self.left = most
+
+    def words(self, atom: Atom) -> str:
+        if self.left <= 0:
+            return "…"
+        self.left -= 1
+        return describe_atom(atom)
+
+
+def _missing(expr: Expr, latched: Iterator[bool], named: _Named) -> tuple[bool, str]:
     """(whether ``expr`` holds over the latches, what is missing in words).
 
     Consumes one latch per atom, left to right: the order of the latch slots.
     """
     if isinstance(expr, Atom):
         done = next(latched, False)
-        return done, "" if done else describe_atom(expr)
-    parts = [_missing(term, latched) for term in expr.terms]  # every slot consumed
+        return done, "" if done else named.words(expr)
+    parts = [_missing(term, latched, named) for term in expr.terms]  # every slot consumed
     if isinstance(expr, And):
         wanted = [
             _grouped(term, text)
             for term, (ok, text) in zip(expr.terms, parts, strict=True)
             if not ok
         ]
-        return not wanted, " AND ".join(wanted)
+        return not wanted, " AND ".join(_unrepeated(wanted))
     if any(ok for ok, _ in parts):
         return True, ""
     return False, " OR ".join(
-        _grouped(term, text) for term, (_, text) in zip(expr.terms, parts, strict=True)
+        _unrepeated(
+            [_grouped(term, text) for term, (_, text) in zip(expr.terms, parts, strict=True)]
+        )
     )
+
+
+def _unrepeated(texts: list[str]) -> list[str]:
+    """The texts with the atoms past ``MAX_WORDS_ATOMS`` ("…") said once, at the end."""
+    named = [text for text in texts if text != "…"]
+    return [*named, "…"] if len(named) < len(texts) else named
 
 
 def _grouped(term: Expr, text: str) -> str:
@@ -180,7 +249,12 @@ def explain_reply(reply: Any) -> dict[int, Explanation]:
         lines += work_lines
         journal = tuple(format_entry(as_plain(entry)) for entry in item.journal)
         explained[item.callback.id] = Explanation(
-            atoms, "; ".join(lines), spent=item.spent, journal=journal, items=_work_items(item)
+            atoms,
+            "; ".join(lines),
+            spent=item.spent,
+            journal=journal,
+            items=_work_items(item),
+            atoms_left_out=item.atoms_left_out,
         )
     return explained
 
@@ -189,11 +263,27 @@ def explain_from_engine(source: Any) -> Explainer:
     """The Explainer that asks the trigger engine (``source.explain``: ExplainCallbacks)."""
 
     def explain(job: Any) -> Mapping[int, Explanation]:
-        reply = source.explain(job.id)
+        reply = source.explain(job.id, limit=explained_callbacks(job), max_atoms=MAX_ATOMS_SHOWN)
         if reply is None:  # removed meanwhile: what ListRegisteredJobs said is all there is
             return explain_from_latches(job)
+        explained = explain_reply(reply)
         if reply.next_after_callback_id:  # the callbacks past the first page: their latches
-            return {**explain_from_latches(job), **explain_reply(reply)}
-        return explain_reply(reply)
+            return explain_from_latches(job, explained)
+        return explained
 
     return explain
+
+
+def explained_callbacks(job: Any) -> int:
+    """How many of a job's callbacks, in id order, the engine explains for the page (1 to 1000).
+
+    Those whose triggers fit in ``EXPLAINED_TRIGGER_BYTES`` and the one past it: a row shows its
+    trigger, so no job's rows take more; the rest (callbacks of frame groups, mostly)
+    are explained from their latches.
+    """
+    size = 0
+    for count, callback in enumerate(job.callbacks[:MAX_CALLBACKS_EXPLAINED]):
+        size += len(callback.canonical_triggers or callback.triggers)
+        if size > EXPLAINED_TRIGGER_BYTES:
+            return count + 1  # the row that crosses the budget is shown too
+    return MAX_CALLBACKS_EXPLAINED

@@ -43,6 +43,11 @@ MAX_BODY_BYTES: Final = 64 << 10
 WRITE_PIECE_BYTES: Final = 256 << 10
 # Of a request line too long to take (414), what is read to tell /healthz from a page.
 MAX_TARGET_SEEN: Final = 4096
+# Each piece must be taken by the client within this (the socket's send timeout while a
+# body is written): a client that asks for a 16 MiB stream and never reads is dropped,
+# and its stream's slot (stream_gate) and copy with it, instead of holding them for the
+# idle timeout per piece. A browser laying a page out slowly still takes 256 KiB in it.
+WRITE_TIMEOUT_S: Final = 10.0
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -80,8 +85,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.rfile.read(length) if length else b"",
         )
         response = self.server.dashboard.handle(request)
-        self.send_response(response.status)
-        self._send(response, body=body)
+        try:
+            self.send_response(response.status)
+            self._send(response, body=body)
+        finally:
+            if response.sent is not None:
+                response.sent()
 
     def _send(self, response: Response, *, body: bool) -> None:
         """The headers after the status line, and the body unless a HEAD asked."""
@@ -91,13 +100,18 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in response.headers:
             self.send_header(name, value)
         self.end_headers()
-        if body:
-            # In pieces: the socket's timeout bounds each write, not the whole body. One
-            # write of a 16 MiB output stream had IDLE_TIMEOUT_S for all of it, so a browser
-            # reading it steadily but slowly (laying it out as it comes) was cut off.
+        if not body:
+            return
+        # In pieces: the socket's timeout bounds each write, not the whole body. One
+        # write of a 16 MiB output stream had IDLE_TIMEOUT_S for all of it, so a browser
+        # reading it steadily but slowly (laying it out as it comes) was cut off.
+        self.connection.settimeout(WRITE_TIMEOUT_S)
+        try:
             whole = memoryview(response.body)
             for start in range(0, len(whole), WRITE_PIECE_BYTES):
                 self.wfile.write(whole[start : start + WRITE_PIECE_BYTES])
+        finally:
+            self.connection.settimeout(self.timeout)
 
     def parse_request(self) -> bool:
         # A request line without a version (HTTP/0.9) has no headers, but the stdlib

@@ -87,8 +87,12 @@ class ExecutorSource:
             return future.result(self._timeout_s)
         except concurrent.futures.TimeoutError as err:
             future.cancel()
+            # Not "the executor is down": a page asking more than it can read in time
+            # (a job of huge triggers) lands here too, while gRPC and /healthz answer.
             raise SourceUnavailable(
-                f"the executor did not answer within {self._timeout_s:g} s"
+                f"the executor did not answer within {self._timeout_s:g} s: it is busy, or"
+                " this page asked for more than it reads in that time (/healthz says whether"
+                " it is serving; cbexec answers without this deadline)"
             ) from err
         except concurrent.futures.CancelledError as err:
             raise SourceUnavailable("the executor is stopping") from err
@@ -136,11 +140,18 @@ class ExecutorSource:
             )
         )
 
-    def explain(self, job_id: int, journal_limit: int = 5) -> Any | None:
-        """ExplainCallbacks for a job; None when the engine does not know it (any more)."""
+    def explain(
+        self, job_id: int, journal_limit: int = 5, *, limit: int = 0, max_atoms: int = 0
+    ) -> Any | None:
+        """ExplainCallbacks for a job (its first ``limit`` callbacks, ``max_atoms`` atoms of each).
+
+        None when the engine does not know the job (any more).
+        """
         try:
             return self._call(
-                lambda: self._client.explain_callbacks(job_id, journal_limit=journal_limit)
+                lambda: self._client.explain_callbacks(
+                    job_id, journal_limit=journal_limit, limit=limit, max_atoms=max_atoms
+                )
             )
         except ExecutorRpcError:  # NOT_FOUND: _call lets only that one through
             return None

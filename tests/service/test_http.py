@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from executor import server
 from executor.config import Settings
 from executor.errors import ConfigError
+from executor.web.stream_gate import MAX_STREAMS_AT_ONCE
 from supervisor_client import ExecutorClient
 from tests.conftest import Stack, running_stack, stack_settings
 from tests.helpers.waiting import eventually
@@ -436,3 +437,50 @@ async def test_a_request_the_port_cannot_take_elsewhere_gets_the_dashboard_s_pag
         raw_exchange, port, b"PUT /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
     )
     assert line.startswith("HTTP/1.1 501 ") and headers["Content-Type"].startswith("text/plain")
+
+
+async def test_stalled_stream_readers_hold_at_most_the_port_s_stream_slots(
+    web: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each client that asked for a 16 MiB stream and never read held its whole answer
+    # (120 of them: 3 GB) and 60 arriving at once held gRPC calls for seconds.
+    monkeypatch.setattr("executor.web.server.WRITE_TIMEOUT_S", 2.0)
+    code = "import sys\nsys.stdout.write('x' * (12 << 20))"
+    async with ExecutorClient(web.address) as client:
+        response = await client.execute_callback(
+            language="python",
+            code=code,
+            job={"id": 1, "user": "root"},
+            limits={"output_bytes": 16 << 20},
+        )
+    target = url(web, f"/runs/{response.invocation_id}?stream=stdout")
+    stalled = []
+    for _ in range(MAX_STREAMS_AT_ONCE):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 10)
+        sock.connect(("127.0.0.1", web.running.http_port or 0))
+        path = f"/runs/{response.invocation_id}?stream=stdout"
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        stalled.append(sock)  # never read
+    try:
+        # Once both are stuck in their writes, the next waits STREAM_WAIT_S and is refused.
+        async def answer() -> tuple[int, dict[str, str], str] | None:
+            got = await fetch(target)
+            return got if got[0] == 503 else None
+
+        refused = await eventually(answer, timeout_s=20)
+        assert refused is not None, "a third stream was sent while two were stalled"
+        _, headers, text = refused
+        assert headers["Retry-After"] == "5"
+        assert f"{MAX_STREAMS_AT_ONCE} whole output streams are being sent already" in text
+        # The stalled readers are dropped by the write timeout: their slots come free.
+        deadline = time.monotonic() + 30
+        while True:
+            status, _, whole = await fetch(target)
+            if status == 200 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        assert status == 200 and len(whole) == 12 << 20
+    finally:
+        for sock in stalled:
+            sock.close()

@@ -9,9 +9,15 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from executor.web import explain as explain_module
 from executor.web.app import Dashboard
 from executor.web.auth import Access
-from executor.web.explain import MAX_WORK_ITEM_LINES, explain_from_latches
+from executor.web.explain import (
+    MAX_ATOMS_SHOWN,
+    MAX_WORK_ITEM_LINES,
+    explain_from_engine,
+    explain_from_latches,
+)
 from executor.web.frame_strip import MAX_STRIP_CELLS, Frame, draw_strip
 from executor.web.jobs_pages import JOBS_PER_PAGE, MAX_CALLBACK_ROWS, PAGE_BUDGET_BYTES
 from supervisor_client.qbcallback.v1 import executor_pb2
@@ -197,3 +203,87 @@ def test_a_page_of_small_jobs_shows_them_all() -> None:
     assert body.count('<section class="job"') == JOBS_PER_PAGE
     assert "more jobs of this page" not in body
     assert '<a href="/jobs?before=81">Older jobs →</a>' in body
+
+
+HUGE_ATOMS = 2_000  # a legal trigger: under 64 KiB
+
+
+class HugeTriggersSource(ManyCallbacksSource):
+    """Job 7: 150 callbacks of 2,000 atoms each; ExplainCallbacks answers what it is asked."""
+
+    def job(self, job_id: int) -> Any:
+        callbacks = [
+            executor_pb2.RegisteredCallback(
+                id=n,
+                job_id=job_id,
+                triggers=(
+                    text := " || ".join(f"complete-work-self-w{k}" for k in range(HUGE_ATOMS))
+                ),
+                canonical_triggers=text,
+                latches=[False] * HUGE_ATOMS,
+                language="qube",
+            )
+            for n in range(1, 151)
+        ]
+        return executor_pb2.RegisteredJob(id=job_id, pgrp=job_id, callbacks=callbacks)
+
+    def explain(self, job_id: int, journal_limit: int = 5, **asked: Any) -> Any:
+        self.asked.append(asked)
+        callbacks = self.job(job_id).callbacks[: asked["limit"]]
+        return executor_pb2.ExplainCallbacksResponse(
+            job_id=job_id,
+            callbacks=[
+                executor_pb2.CallbackExplanation(
+                    callback=callback,
+                    atoms=[
+                        executor_pb2.AtomExplanation(atom=f"complete-work-self-w{k}")
+                        for k in range(min(asked["max_atoms"] or HUGE_ATOMS, HUGE_ATOMS))
+                    ],
+                    atoms_left_out=max(HUGE_ATOMS - (asked["max_atoms"] or HUGE_ATOMS), 0),
+                )
+                for callback in callbacks
+            ],
+            next_after_callback_id=callbacks[-1].id,
+        )
+
+
+@pytest.mark.parametrize("engine", [True, False])
+def test_a_job_of_huge_triggers_is_explained_only_as_far_as_its_rows_show(
+    engine: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 150 callbacks of 2,500 atoms: the whole ExplainCallbacks was 120 MB, built for every
+    # refresh of a page that shows a few rows, and the page answered 503 after 5 s.
+    source = HugeTriggersSource(0)
+    explain = explain_from_engine(source) if engine else explain_from_latches
+    board = Dashboard(source, CollectorRegistry(), Access(""), explain=explain)
+    from_latches: list[int] = []
+    made = explain_module.explain_callback
+
+    def counted(callback: Any) -> Any:
+        from_latches.append(callback.id)
+        return made(callback)
+
+    monkeypatch.setattr(explain_module, "explain_callback", counted)
+    answer = board.handle(get("/jobs?job=7"))
+    page = answer.body.decode()
+
+    assert answer.status == 200
+    assert len(answer.body) < ONE_MIB
+    rows = page.count("<tr data-callback=")
+    assert 1 <= rows < MAX_CALLBACK_ROWS
+    # Each of the 150 was explained from its latches (2,500 atoms parsed and described).
+    assert len(from_latches) <= (0 if engine else rows)
+    if engine:
+        (asked,) = source.asked[1:]  # after list_jobs
+        assert asked["max_atoms"] == MAX_ATOMS_SHOWN
+        assert isinstance(asked["limit"], int) and asked["limit"] <= rows + 1, (
+            "the engine explains the callbacks shown, no more"
+        )
+    assert page.count('class="latch"') == rows * MAX_ATOMS_SHOWN
+    assert (
+        f"{HUGE_ATOMS - MAX_ATOMS_SHOWN} more atoms not shown (a row shows {MAX_ATOMS_SHOWN}):"
+        " cbexec triggers why 7:1"
+    ) in page
+    if not engine:  # the words of what it waits for name as many atoms as the row shows
+        waiting = re.search(r'<td class="waiting">(.*?)</td>', page, re.S)
+        assert waiting is not None and waiting.group(1).count(" OR ") == MAX_ATOMS_SHOWN

@@ -181,3 +181,44 @@ async def test_a_big_job_is_explained_a_page_at_a_time(engines: Engines) -> None
     one = await explain(callback_id=1003)
     assert [cb.callback.id for cb in one.callbacks] == [1003]
     assert one.next_after_callback_id == 0
+
+
+async def test_an_explanation_of_huge_triggers_reads_only_the_atoms_asked_for(
+    engines: Engines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 2,000 atoms a callback (a legal trigger, under 64 KiB): each atom explained is reads and
+    # ~400 bytes, and the jobs page asked for all of 150 such callbacks (120 MB).
+    engine = engines(Recorder())
+    triggers = TriggerServicer(engine)
+    atoms = 2_000
+    engine.register_job(
+        job(
+            5,
+            *(
+                (" || ".join(f"complete-work-self-w{k}" for k in range(atoms)), "x")
+                for _ in range(3)
+            ),
+        )
+    )
+    built = 0
+    explain_atom = why._View.atom
+
+    def counted(view: why._View, *args: Any) -> Any:
+        nonlocal built
+        built += 1
+        return explain_atom(view, *args)
+
+    monkeypatch.setattr(why._View, "atom", counted)
+    request = executor_pb2.ExplainCallbacksRequest(job_id=5, max_atoms=50)
+    reply = await triggers.ExplainCallbacks(request, context())
+
+    assert built == 3 * 50
+    for explained in reply.callbacks:
+        assert len(explained.atoms) == 50
+        assert explained.atoms_left_out == atoms - 50
+        assert len(explained.waiting_for) == 50, "a line per open atom explained, no more"
+        assert explained.waiting.count("complete-work-self-w") == atoms, "the residual is whole"
+    whole = await triggers.ExplainCallbacks(
+        executor_pb2.ExplainCallbacksRequest(job_id=5, callback_id=1), context()
+    )
+    assert len(whole.callbacks[0].atoms) == atoms and whole.callbacks[0].atoms_left_out == 0

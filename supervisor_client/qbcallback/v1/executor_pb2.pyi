@@ -1286,10 +1286,15 @@ class CallbackExplanation(_message.Message):
     WORK_ITEMS_FIELD_NUMBER: _builtins.int
     JOURNAL_FIELD_NUMBER: _builtins.int
     CHECKS_FIELD_NUMBER: _builtins.int
+    ATOMS_LEFT_OUT_FIELD_NUMBER: _builtins.int
     spent: _builtins.bool
     """True when it has fired its maximum."""
     waiting: _builtins.str
     """What the trigger still waits for, canonical ("" when spent)."""
+    atoms_left_out: _builtins.int
+    """How many of its atoms are not in atoms (nor their lines in waiting_for, nor in its
+    single work items' atoms): those past the request's max_atoms. 0 when all are.
+    """
     @_builtins.property
     def callback(self) -> Global___RegisteredCallback:
         """The callback (trigger as written and canonical, count, maximum, mode)."""
@@ -1325,10 +1330,11 @@ class CallbackExplanation(_message.Message):
         work_items: _abc.Iterable[Global___WorkItemExplanation] | None = ...,
         journal: _abc.Iterable[Global___JournalEntry] | None = ...,
         checks: _abc.Iterable[Global___TriggerCheck] | None = ...,
+        atoms_left_out: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["atoms", b"atoms", "callback", b"callback", "checks", b"checks", "journal", b"journal", "spent", b"spent", "waiting", b"waiting", "waiting_for", b"waiting_for", "work_items", b"work_items"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["atoms", b"atoms", "atoms_left_out", b"atoms_left_out", "callback", b"callback", "checks", b"checks", "journal", b"journal", "spent", b"spent", "waiting", b"waiting", "waiting_for", b"waiting_for", "work_items", b"work_items"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1347,6 +1353,7 @@ class ExplainCallbacksRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     AFTER_CALLBACK_ID_FIELD_NUMBER: _builtins.int
     REGISTRATION_FIELD_NUMBER: _builtins.int
+    MAX_ATOMS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     """The job."""
     callback_id: _builtins.int
@@ -1374,6 +1381,12 @@ class ExplainCallbacksRequest(_message.Message):
     INVALID_ARGUMENT. 0 (a client from before this field): no check, each page
     describes the job as it is when that page is read.
     """
+    max_atoms: _builtins.int
+    """At most this many atoms of each callback explained, its first ones (0: all). A
+    trigger may hold thousands of atoms; each is read and explained, so a page that
+    shows a few of them (the dashboard's) asks for no more (atoms_left_out says how
+    many were left out).
+    """
     def __init__(
         self,
         *,
@@ -1384,10 +1397,11 @@ class ExplainCallbacksRequest(_message.Message):
         limit: _builtins.int = ...,
         after_callback_id: _builtins.int = ...,
         registration: _builtins.int = ...,
+        max_atoms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_callback_id", b"after_callback_id", "callback_id", b"callback_id", "job_id", b"job_id", "journal_limit", b"journal_limit", "limit", b"limit", "registration", b"registration", "work_name", b"work_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_callback_id", b"after_callback_id", "callback_id", b"callback_id", "job_id", b"job_id", "journal_limit", b"journal_limit", "limit", b"limit", "max_atoms", b"max_atoms", "registration", b"registration", "work_name", b"work_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
