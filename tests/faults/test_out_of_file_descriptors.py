@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Final
@@ -25,6 +23,7 @@ import pytest
 from executor import open_files
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc, types_pb2
 from tests.conftest import TEST_UID_BASE
+from tests.helpers.cli import check_config
 from tests.helpers.executor_process import executor_process
 
 pytestmark = pytest.mark.faults
@@ -142,29 +141,11 @@ async def test_start_up_raises_the_soft_limit_and_warns_when_the_hard_one_is_too
 
 
 def test_check_config_says_the_same(tmp_path: Path) -> None:
-    said = subprocess.run(
-        [
-            sys.executable,
-            *_rlimit_then_cbexec(200, LOW_HARD_LIMIT),
-            "serve",
-            "--check-config",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--bind",
-            "127.0.0.1:0",
-            "--max-concurrent",
-            "4",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "CBEXEC_SANDBOX_UID_BASE": str(TEST_UID_BASE)},
-        timeout=120,
-    )
+    said = check_config(_rlimit_then_cbexec(200, LOW_HARD_LIMIT), tmp_path / "data", TEST_UID_BASE)
 
-    assert said.returncode == 0, said.stderr
+    assert said.code == 0, said.err
     assert (
         f"open files: limit {LOW_HARD_LIMIT} (start-up raises the soft limit, 200 here, to it);"
         f" max_concurrent = 4 wants ~{LOW_HARD_LIMIT + 1}"
-    ) in said.stdout
-    assert f"  WARNING: the open-file limit (RLIMIT_NOFILE) is {LOW_HARD_LIMIT}" in said.stdout
+    ) in said.out
+    assert f"  WARNING: the open-file limit (RLIMIT_NOFILE) is {LOW_HARD_LIMIT}" in said.out

@@ -15,8 +15,6 @@ import contextlib
 import os
 import re
 import signal
-import subprocess
-import sys
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -30,6 +28,7 @@ import pytest
 from executor import process_limit
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc, types_pb2
 from tests.conftest import TEST_UID_BASE
+from tests.helpers.cli import check_config
 from tests.helpers.executor_process import executor_process
 from tests.helpers.health import SERVING, health_status
 
@@ -151,47 +150,24 @@ async def test_a_run_the_process_limit_refuses_is_a_capacity_refusal(
     assert "zygote failed" not in text  # the limit's doing, not the zygote's
 
 
-def _serve_check_config(tmp_path: Path, cgroup: Path) -> subprocess.CompletedProcess[str]:
-    """``cbexec serve --check-config`` run inside ``cgroup`` (it reads its own limit)."""
-    code = (
-        f"import sys; open({str(cgroup / 'cgroup.procs')!r}, 'w').write('0');"
-        " from executor.cli import main; sys.exit(main())"
-    )
-    return subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            code,
-            "serve",
-            "--check-config",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--bind",
-            "127.0.0.1:0",
-            "--max-concurrent",
-            "4",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "CBEXEC_SANDBOX_UID_BASE": str(TEST_UID_BASE)},
-        timeout=120,
-    )
-
-
 def test_check_config_weighs_the_process_limit_against_the_slots(tmp_path: Path) -> None:
     low = process_limit.wanted(4) - 1
     with pids_cgroup(f"cbexec-test-{os.getpid()}-check") as cgroup:
         (cgroup / "pids.max").write_text(str(low))
-        said = _serve_check_config(tmp_path, cgroup)
+        joins = f"import sys; open({str(cgroup / 'cgroup.procs')!r}, 'w').write('0');"
+        said = check_config(
+            ("-c", f"{joins} from executor.cli import main; sys.exit(main())"),
+            tmp_path / "data",
+            TEST_UID_BASE,
+        )
 
-    assert said.returncode == 0, said.stderr
+    assert said.code == 0, said.err
     assert (
         f"processes: limit {low} (pids.max of its cgroup {cgroup}); max_concurrent = 4 may "
         f"want ~{low + 1} tasks"
-    ) in said.stdout
+    ) in said.out
     assert (
         f"  WARNING: the executor's own process limit (pids.max of its cgroup {cgroup}) is "
         f"{low}, below the ~{low + 1} tasks max_concurrent = 4 may want"
-    ) in said.stdout
-    assert "systemd TasksMax=" in said.stdout
+    ) in said.out
+    assert "systemd TasksMax=" in said.out

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import pytest
 from executor.migrations import migrate
 from executor.triggers.engine import TriggerEngine
 from executor.triggers.store import TriggerStore
-from tests.helpers.postgres import PostgresServer, find_bin_dir
+from tests.helpers.postgres import PostgresServer, running_server
 from tests.helpers.trigger_engines import LIMITS, MakeEngine, Recorder, engines_made
 
 pytest.importorskip("psycopg", reason="the fleet tests need psycopg 3 (the [test] extra)")
@@ -25,16 +24,8 @@ pytest.importorskip("psycopg", reason="the fleet tests need psycopg 3 (the [test
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
-    bin_dir = find_bin_dir()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin")
-    server = PostgresServer(bin_dir, Path(tempfile.mkdtemp(prefix="cbexec-pg-")))
-    try:
-        server.init()
-        server.start()
+    with running_server("cbexec-pg-") as server:
         yield server
-    finally:
-        server.cleanup()
 
 
 @pytest.fixture(scope="module")

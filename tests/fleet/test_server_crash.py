@@ -8,15 +8,13 @@ server was back. Only a clean shutdown's AdminShutdown was run again.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from executor.migrations import migrate
 from executor.sql import connect_postgres
-from tests.helpers.postgres import PostgresServer, find_bin_dir
+from tests.helpers.postgres import PostgresServer, running_server
 from tests.helpers.registered_job import registered_job
 
 pytestmark = pytest.mark.service
@@ -25,16 +23,8 @@ pytestmark = pytest.mark.service
 @pytest.fixture
 def crashable() -> Iterator[PostgresServer]:
     """A server of this test's own: crashing the session's would disturb the others."""
-    bin_dir = find_bin_dir()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin")
-    server = PostgresServer(bin_dir, Path(tempfile.mkdtemp(prefix="cbexec-pg-crash-")))
-    try:
-        server.init()
-        server.start()
+    with running_server("cbexec-pg-crash-") as server:
         yield server
-    finally:
-        server.cleanup()
 
 
 def crash_and_restart(server: PostgresServer) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,3 +53,31 @@ async def cbexec(
             await proc.wait()
     assert proc.returncode is not None
     return Said(proc.returncode, out.decode(), err.decode())
+
+
+def check_config(launcher: Sequence[str], data_dir: Path, uid_base: int) -> Said:
+    """``serve --check-config`` with 4 slots, run as ``python LAUNCHER`` (its ``-c`` code first).
+
+    ``launcher``: python's arguments before ``serve``, code that sets what it is checked
+    under (an rlimit, a cgroup) and then runs ``executor.cli.main``.
+    """
+    done = subprocess.run(
+        [
+            sys.executable,
+            *launcher,
+            "serve",
+            "--check-config",
+            "--data-dir",
+            str(data_dir),
+            "--bind",
+            "127.0.0.1:0",
+            "--max-concurrent",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "CBEXEC_SANDBOX_UID_BASE": str(uid_base)},
+        timeout=120,
+    )
+    return Said(done.returncode, done.stdout, done.stderr)

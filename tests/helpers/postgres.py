@@ -8,13 +8,16 @@ exit path.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -120,3 +123,23 @@ class PostgresServer:
             self.stop("immediate")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_server(prefix: str) -> Iterator[PostgresServer]:
+    """A server initialised in a temp dir of its own and started; stopped and removed at the end.
+
+    Skips the test where Debian's server binaries are not installed.
+    """
+    import pytest  # a test helper: only a test asks for a server
+
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin")
+    server = PostgresServer(bin_dir, Path(tempfile.mkdtemp(prefix=prefix)))
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
