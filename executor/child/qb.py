@@ -178,8 +178,11 @@ def _call(fn: str, *args: Any, **kwargs: Any) -> Any:
             reply = _receive(fn, call_id)
         finally:
             _exchange_thread = 0
-    if reply["type"] != "reply" or reply["id"] != call_id:
+    if reply["type"] != "reply":
         raise QbError(f"unexpected answer to qb.{fn}: {reply['type']!r}")
+    if reply["id"] != call_id:
+        # The answers go to whichever process reads the shared socket first.
+        raise QbError(_ANOTHER_CALLS_ANSWER.format(fn=fn, id=reply["id"], own=call_id))
     if reply["ok"]:
         return reply["value"]
     error = reply["error"]
@@ -206,6 +209,13 @@ def _send(fn: str, frame: bytes) -> None:
         raise QbError(
             f"qb.{fn} could not be sent: the bridge to the executor is broken ({err})"
         ) from err
+
+
+_ANOTHER_CALLS_ANSWER = (
+    "qb.{fn} got the answer to another call (id {id}; its own is {own}): a call frame "
+    "written to the bridge other than through qb (by a process the callback forked, say) "
+    "took this call's answer"
+)
 
 
 def _receive(fn: str, call_id: int) -> protocol.ParentFrame:

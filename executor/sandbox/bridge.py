@@ -30,8 +30,9 @@ READ_CHUNK: Final = 64 << 10
 _CREDENTIALS: Final = struct.Struct("iII")
 _CREDENTIALS_SPACE: Final = socket.CMSG_SPACE(_CREDENTIALS.size)
 # The most processes of a run with part of a frame buffered at once (each at most a
-# frame, 1 MiB): one more is a protocol break, so a callback's forks cannot make the
-# executor hold more than this many frames of their bytes.
+# frame, 1 MiB), counted after their whole frames are taken: one more is a protocol
+# break, so a callback's forks cannot make the executor hold more than this many frames
+# of their bytes (and the one read that made the ninth).
 MAX_SENDERS: Final = 8
 
 logger = logging.getLogger(__name__)
@@ -203,15 +204,7 @@ class BridgeServer:
         for level, kind, data in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
                 sender = _CREDENTIALS.unpack_from(data)[0]
-        buffer = self._buffers.get(sender)
-        if buffer is None:
-            if len(self._buffers) >= MAX_SENDERS:
-                self._violated(
-                    f"more than {MAX_SENDERS} processes with part of a frame on the bridge at once"
-                )
-                return True
-            buffer = self._buffers[sender] = bytearray()
-        buffer += chunk
+        self._buffers.setdefault(sender, bytearray()).extend(chunk)
         self._sender = sender
         self._take_frames()
         return True
@@ -249,6 +242,12 @@ class BridgeServer:
         finally:
             if not buffer:
                 del self._buffers[self._sender]
+        # Counted once the sender's frames are taken: one that sent only whole frames
+        # holds no part of one (while a call is answered, what follows it is not taken yet).
+        if self._task is None and len(self._buffers) > MAX_SENDERS and not self.ended.done():
+            self._violated(
+                f"more than {MAX_SENDERS} processes with part of a frame on the bridge at once"
+            )
 
     def _take_frames_of(self, buffer: bytearray) -> None:
         try:

@@ -48,6 +48,26 @@ async def test_a_non_daemon_thread_is_waited_for_with_its_qb_calls(stack: Stack)
     assert response.usage.wall_seconds >= 0.5
 
 
+async def test_daemon_threads_calling_qb_at_the_end_end_silently(stack: Stack) -> None:
+    # As Python's exit stops them: nothing of theirs after the run's end (no traceback of
+    # a qb call the end of the bridge broke).
+    code = (
+        "import threading, time\n"
+        "def ask():\n"
+        "    while True:\n"
+        "        qb.jobstatus(qb.jobid())\n"
+        "for _ in range(4):\n"
+        "    threading.Thread(target=ask, daemon=True).start()\n"
+        "time.sleep(0.2)\n"
+        "print('main ends')\n"
+    )
+    response = await run(stack, "python", code)
+
+    assert response.outcome == Outcome.OUTCOME_SUCCEEDED, (response.failure, response.stderr)
+    assert (response.stdout, response.stderr) == ("main ends\n", "")
+    assert response.actions
+
+
 async def test_a_thread_pool_left_running_finishes_its_work(stack_warm: Stack) -> None:
     # concurrent.futures' workers are shut down as at Python's own exit.
     code = (

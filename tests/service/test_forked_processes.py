@@ -176,6 +176,55 @@ async def test_qb_calls_in_a_forked_perl_process_are_refused(stack: Stack) -> No
     )
 
 
+# A forked process that writes a call frame on the bridge itself is answered on the socket
+# both share: the callback's own qb call may read that answer first, and says so.
+ANOTHER_CALLS_ANSWER = (
+    "got the answer to another call (id 1000; its own is 1): a call frame written to the"
+    " bridge other than through qb (by a process the callback forked, say) took this"
+    " call's answer"
+)
+
+
+async def test_a_qb_call_that_reads_a_forked_processs_answer_says_so(stack: Stack) -> None:
+    code = (
+        "import json, os\n"
+        "call = {'type': 'call', 'id': 1000, 'fn': 'jobstatus', 'args': [qb.jobid()]}\n"
+        "body = json.dumps({**call, 'kwargs': {}}).encode()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os.write(3, len(body).to_bytes(4, 'big') + body)\n"
+        "    os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+        "try:\n"
+        "    qb.jobstatus(qb.jobid())\n"
+        "except qb.QbError as err:\n"
+        "    print(err)\n"
+    )
+    response = await run(stack, "python", code)
+
+    assert response.outcome == Outcome.OUTCOME_SUCCEEDED, (response.failure, response.stderr)
+    assert response.stdout == f"qb.jobstatus {ANOTHER_CALLS_ANSWER}\n"
+
+
+async def test_a_perl_qb_call_that_reads_a_forked_processs_answer_says_so(stack: Stack) -> None:
+    code = (
+        "use JSON::PP;\n"
+        "my $body = JSON::PP->new->encode(\n"
+        "    {type => 'call', id => 1000, fn => 'jobstatus', args => [qb::jobid()], kwargs => {}});\n"
+        "my $pid = fork;\n"
+        "if (!$pid) {\n"
+        "    open(my $bridge, '>&=', 3) or die; syswrite($bridge, pack('N', length $body) . $body);\n"
+        "    POSIX::_exit(0);\n"
+        "}\n"
+        "waitpid($pid, 0);\n"
+        'eval { qb::jobstatus(qb::jobid()) }; print "$@->{message}\\n";\n'
+    )
+    response = await run(stack, "perl", code)
+
+    assert response.outcome == Outcome.OUTCOME_SUCCEEDED, (response.failure, response.stderr)
+    assert response.stdout == f"qb::jobstatus {ANOTHER_CALLS_ANSWER}\n"
+
+
 # An exit (the callback's, or its handler's for the deadline or the CPU limit) is left
 # to the exit status, no end mark: a warm child then reaches Perl's global destruction,
 # where a handle of the zygote's whose fd was closed under it (or one of two handles on

@@ -258,3 +258,31 @@ async def test_global_destruction_is_part_of_a_perl_run_only_on_the_cold_path(
     else:
         assert response.stdout == released
         assert "global destruction" not in response.stderr
+
+
+# -- session ------------------------------------------------------------------------------
+
+
+async def test_the_session_and_group_a_callback_is_in_are_as_documented(stack: Stack) -> None:
+    # The one difference the README states: a cold callback is in its shim's session and
+    # group (outside its PID namespace), through which the deadline's SIGTERM reaches it.
+    code = (
+        "import os, time\n"
+        "print(os.getsid(0), os.getpgrp(), flush=True)\n"
+        "try:\n"
+        "    os.setsid()\n"
+        "    print('setsid made a session', os.getsid(0), flush=True)\n"
+        "except PermissionError:\n"
+        "    print('setsid refused', flush=True)\n"
+        "try:\n"
+        "    time.sleep(30)\n"
+        "finally:\n"
+        "    print('finally', flush=True)\n"
+    )
+    response = await run(stack, "python", code, wall_seconds=1)
+
+    assert response.outcome == Outcome.OUTCOME_WALL_TIMEOUT, response.failure.message
+    if stack.settings.launcher == "zygote":
+        assert response.stdout == "1 1\nsetsid refused\nfinally\n"
+    else:  # out of the shim's group, the SIGTERM misses it: the grace's SIGKILL ends it
+        assert response.stdout == "0 0\nsetsid made a session 1\n"

@@ -146,6 +146,39 @@ async def test_parts_of_frames_are_kept_for_a_bounded_number_of_processes(
     ]
 
 
+async def test_whole_frames_need_no_room_beside_the_most_parts_of_frames(
+    served_with_senders: Served,
+) -> None:
+    served = served_with_senders
+    for _ in range(MAX_SENDERS):
+        send_from_another_process(served.child, PART_OF_A_FRAME)
+    served.child.sendall(CALL)  # the callback's own process: a whole frame holds no part
+    reply = await asyncio.wait_for(asyncio.to_thread(served.child.recv, 4096), 5)
+    assert protocol.decode_body(reply[protocol.HEADER.size :])["value"] == 42
+    send_from_another_process(served.child, DONE)  # another process's whole frame, ignored
+    served.child.sendall(DONE)
+    served.child.shutdown(socket.SHUT_WR)
+    await served.ended()
+
+    assert served.server.end_marked and not served.violations
+    assert served.evidence.calls == 1
+
+
+async def test_a_whole_frame_then_part_of_one_takes_room_from_the_most(
+    served_with_senders: Served,
+) -> None:
+    served = served_with_senders
+    for _ in range(MAX_SENDERS):
+        send_from_another_process(served.child, PART_OF_A_FRAME)
+    send_from_another_process(served.child, DONE + PART_OF_A_FRAME)
+    await served.ended()
+
+    assert served.violations == [
+        "the callback broke the bridge protocol: "
+        f"more than {MAX_SENDERS} processes with part of a frame on the bridge at once"
+    ]
+
+
 async def test_done_then_shutdown_is_the_end_mark(served: Served) -> None:
     served.child.sendall(DONE)
     served.child.shutdown(socket.SHUT_WR)

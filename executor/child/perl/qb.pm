@@ -258,9 +258,15 @@ sub _call {
     my $reply = _read_frame();
     $reply = _read_frame()    # the answer to a call abandoned before this one
         while ($reply->{type} // '') eq 'reply' && ($reply->{id} // $id) < $id;
-    if (($reply->{type} // '') ne 'reply' || ($reply->{id} // -1) != $id) {
+    if (($reply->{type} // '') ne 'reply') {
         die qb::Error->new('QbError',
             "unexpected answer to qb::$fn: " . ($reply->{type} // 'no type'));
+    }
+    if (($reply->{id} // -1) != $id) {    # qb.py's _ANOTHER_CALLS_ANSWER
+        die qb::Error->new('QbError', "qb::$fn got the answer to another call (id "
+            . ($reply->{id} // 'none') . "; its own is $id): a call frame written to the "
+            . "bridge other than through qb (by a process the callback forked, say) took "
+            . "this call's answer");
     }
     return $reply->{value} if $reply->{ok};
     my $error = $reply->{error} || {};
