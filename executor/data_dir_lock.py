@@ -126,9 +126,15 @@ def _refuse_a_listener(data_dir: Path) -> None:
     """
     path = data_dir / SUPERVISOR_SOCKET
     try:
-        if not stat.S_ISSOCK(os.lstat(path).st_mode):
-            return
+        mode = os.lstat(path).st_mode
     except OSError:
+        return
+    if stat.S_ISDIR(mode):  # start-up replaces what is there: it cannot replace a directory
+        raise ConfigError(
+            f"data_dir: {path} is a directory; the embedded supervisor's socket goes there: "
+            "move it away"
+        )
+    if not stat.S_ISSOCK(mode):
         return
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(CONNECT_TIMEOUT_S)

@@ -396,7 +396,8 @@ class Recorder:
             gone = self._health.replaced(among=outbox_file) if self._health is not None else None
             if gone is not None:
                 logger.error(
-                    "stopping with %d results not yet delivered, and lost: %s",
+                    "stopping with %d results not yet delivered, lost unless the file now at "
+                    "the outbox's path is a copy of the one written: %s",
                     self.outbox.pending(),
                     gone.cause,
                 )

@@ -351,15 +351,19 @@ class Dashboard:
 
     def _login(self, request: Request) -> Response:
         wanted = _safe_next(request.query.get("next", DEFAULT_PAGE))
+        form: dict[str, str] = {}
         if request.method == "POST":
             form = dict(parse_qsl(request.body[:MAX_FORM_BYTES].decode("utf-8", "replace")))
             wanted = _safe_next(form.get("next", DEFAULT_PAGE))
+        if not self._access.required:  # nothing to sign in to: every page is open
+            return Response(
+                303 if request.method == "POST" else 302, headers=(("Location", wanted),)
+            )
+        if request.method == "POST":
             cookie = self._access.sign_in(form.get("token", ""))
             if cookie is not None:
                 return Response(303, headers=(("Location", wanted), ("Set-Cookie", cookie)))
             return _html(401, _login_page(wanted, "That is not this executor's token."))
-        if not self._access.required:
-            return Response(302, headers=(("Location", wanted),))
         return _html(200, _login_page(wanted, ""))
 
     def _error(self, status: int, title: str, text: str, request: Request) -> Response:

@@ -40,7 +40,10 @@ async def test_the_stop_says_whether_undelivered_results_are_kept(
 
     text = log.read_text()
     if deleted:
-        assert "stopping with 1 results not yet delivered, and lost: the database was " in text
+        assert (
+            "stopping with 1 results not yet delivered, lost unless the file now at the "
+            "outbox's path is a copy of the one written: the database was deleted"
+        ) in text
         assert "go out after the next start" not in text
     else:
         assert "stopping with 1 results not yet delivered; they go out after the next start" in (

@@ -543,6 +543,18 @@ def test_sign_in_keeps_a_path_and_query_and_encodes_what_a_header_cannot_carry()
             value.encode("ascii")  # http.server writes headers as Latin-1: ASCII always fits
 
 
+def test_signing_in_where_no_token_is_needed_goes_on_to_the_page() -> None:
+    # It answered "That is not this executor's token." to any form sent (probe 62).
+    dashboard = Dashboard(FakeSource(), CollectorRegistry(), Access(""))
+    for response in (
+        dashboard.handle(post_login("anything", "/jobs")),
+        dashboard.handle(get("/login?next=/jobs")),
+    ):
+        assert response.status in (302, 303)
+        assert dict(response.headers)["Location"] == "/jobs"
+        assert "Set-Cookie" not in dict(response.headers)
+
+
 def test_the_way_to_sign_in_carries_only_a_safe_next() -> None:
     dashboard = Dashboard(FakeSource(), CollectorRegistry(), Access("tok"))
     html = {"accept": "text/html"}

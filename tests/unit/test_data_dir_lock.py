@@ -78,3 +78,15 @@ def test_a_lock_let_go_can_be_taken_again(tmp_path: Path) -> None:
     DataDirLock.take(tmp_path).release()
     DataDirLock.check(tmp_path)
     DataDirLock.take(tmp_path).release()
+
+
+def test_a_directory_where_the_supervisor_socket_goes_is_refused_in_one_line(
+    tmp_path: Path,
+) -> None:
+    # Start-up replaces what is there, and died with a traceback on a directory (probe 62).
+    (tmp_path / SUPERVISOR_SOCKET).mkdir()
+    expected = rf"^data_dir: {tmp_path / SUPERVISOR_SOCKET} is a directory; the embedded"
+    with pytest.raises(ConfigError, match=expected):
+        DataDirLock.check(tmp_path)
+    with pytest.raises(ConfigError, match=expected):
+        DataDirLock.take(tmp_path)
