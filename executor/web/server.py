@@ -48,6 +48,17 @@ MAX_TARGET_SEEN: Final = 4096
 # and its stream's slot (stream_gate) and copy with it, instead of holding them for the
 # idle timeout per piece. A browser laying a page out slowly still takes 256 KiB in it.
 WRITE_TIMEOUT_S: Final = 10.0
+# Connections served at once, each in a thread of its own (and each thread one of the
+# executor's tasks, ``process_limit``): browsers open a few each, scrapers one. Past it a
+# connection is answered 503 at once (closed unanswered under TLS): a flood of idle or
+# slow clients (or of wrong tokens waiting their turn, ``auth``) holds at most this many.
+MAX_CONNECTIONS: Final = 32
+_BUSY_TEXT: Final = b"too many connections to this side port at once; try again shortly\n"
+_TURNED_AWAY: Final = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Retry-After: 1\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_TEXT), _BUSY_TEXT)
+)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -165,7 +176,12 @@ class _Server(ThreadingHTTPServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._connections_lock:
-            self._connections.add(request)
+            full = len(self._connections) >= MAX_CONNECTIONS
+            if not full:
+                self._connections.add(request)
+        if full:
+            self._turn_away(request)
+            return
         try:
             super().process_request(request, client_address)
         except RuntimeError:
@@ -176,6 +192,19 @@ class _Server(ThreadingHTTPServer):
             if threads is not None:
                 threads.reap()
             raise
+
+    def _turn_away(self, request: socket.socket) -> None:
+        """A connection past ``MAX_CONNECTIONS``: a 503 (plaintext) or nothing (TLS), closed.
+
+        Answered from the accepting thread, without waiting: a client that does not read
+        loses the answer, not the port.
+        """
+        if self._tls is None:
+            request.setblocking(False)
+            with contextlib.suppress(OSError):
+                request.send(_TURNED_AWAY)
+                request.recv(MAX_BODY_BYTES)  # what it sent already: closed unread, a reset
+        super().shutdown_request(request)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         if self._tls is None:

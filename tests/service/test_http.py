@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from executor import server
 from executor.config import Settings
 from executor.errors import ConfigError
+from executor.web.server import MAX_CONNECTIONS
 from executor.web.stream_gate import MAX_STREAMS_AT_ONCE
 from supervisor_client import ExecutorClient
 from tests.conftest import Stack, running_stack, stack_settings
@@ -484,3 +485,24 @@ async def test_stalled_stream_readers_hold_at_most_the_port_s_stream_slots(
     finally:
         for sock in stalled:
             sock.close()
+
+
+async def test_connections_past_the_port_s_bound_are_turned_away_at_once(web: Stack) -> None:
+    # Each connection held a thread (one of the executor's tasks) for as long as its client
+    # kept it: idle clients, or wrong tokens waiting their turn, held them without bound.
+    port = web.running.http_port or 0
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(MAX_CONNECTIONS)]
+    try:
+        await asyncio.sleep(0.3)  # every one accepted and in its thread
+        line, headers, body = await asyncio.to_thread(raw_exchange, port, b"")  # answered unasked
+        assert line.startswith("HTTP/1.1 503 "), line
+        assert headers["Retry-After"] == "1"
+        assert body == b"too many connections to this side port at once; try again shortly\n"
+    finally:
+        for connection in idle:
+            connection.close()
+    await asyncio.sleep(0.3)  # their threads see the close and end
+    line, _, _ = await asyncio.to_thread(
+        raw_exchange, port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert line.startswith("HTTP/1.1 200 "), line
