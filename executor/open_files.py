@@ -9,7 +9,8 @@ counted 56 with max_concurrent 1, 92 with 4, 140 with 8, 236 with 16 and 429 wit
 empty network namespace) and 6 per cell (a slot has one cell per child language): its
 uid lock, two kept cgroup counter files, and its prepared child's stdout, stderr and
 bridge. The cold launcher adds each prepared shim's pidfd and report pipe: 8 per cell
-(106 with 4 slots, 170 with 8). cgroup v2 keeps a third counter file per cell (cpu.stat).
+(106 with 4 slots, 170 with 8). A third counter file per cell counts its CPU (cgroup v2's
+cpu.stat, v1's cpuacct.usage where cells join cpuacct).
 
 Out of descriptors (EMFILE, or ENFILE for the whole host) when a run starts is a
 capacity refusal, not a bug (``shortage``): nothing of its child is left open.
@@ -27,7 +28,7 @@ from executor.runtimes.child import CHILD_RUNTIMES
 logger = logging.getLogger(__name__)
 
 # The measurements above, rounded up: the service's own, and each cell's by launcher (the
-# cgroup v2 counter included).
+# CPU counter included).
 SERVICE_FDS: Final = 64
 CELL_FDS: Final = {"zygote": 7, "cold": 9}
 # Client connections (one descriptor each), queued requests' among them, and the

@@ -13,6 +13,11 @@ Two controllers, each used when the host lets us write it:
   it the kernel's OOM killer picks one of them; ``oom_kills`` counts those kills so the
   run can be reported as MEMORY_LIMIT. Swap is off for the cell, so the limit is real.
 
+And a counter: the CPU time of every process the cell held (``cpu_seconds``), reaped
+or not. Cgroup v2 keeps it in every cgroup; v1 only in the cpuacct hierarchy, which
+cells join beside the others (with either of them) unless it is mounted with the cpu
+controller, where a cell would also become a CPU scheduling group.
+
 Limits are written before each run; an unchanged value is not written again (each
 write is a syscall on the request's path).
 
@@ -54,6 +59,8 @@ class _Hierarchy:
     v2: bool
 
     def files(self, controller: str) -> dict[str, str]:
+        if controller == "cpuacct":  # v1 only: v2 keeps the CPU counter in every cgroup
+            return {"usage": "cpuacct.usage"}
         if controller == "pids":
             return {"max": "pids.max", "current": "pids.current"}
         if self.v2:
@@ -72,9 +79,13 @@ def _hierarchies() -> dict[str, _Hierarchy]:
         available = v2_controllers.read_text().split()
         return {c: _Hierarchy(CGROUP_ROOT, v2=True) for c in ("pids", "memory") if c in available}
     found = {}
-    for controller in ("pids", "memory"):
+    for controller in ("pids", "memory", "cpuacct"):
         if (CGROUP_ROOT / controller / "cgroup.procs").exists():
             found[controller] = _Hierarchy(CGROUP_ROOT / controller, v2=False)
+    if (CGROUP_ROOT / "cpuacct" / "cpu.shares").exists():
+        # Mounted with cpu: all callbacks together would weigh as one task against
+        # every other process of the host. Their CPU then goes uncounted, not slowed.
+        found.pop("cpuacct", None)
     return found
 
 
@@ -159,6 +170,8 @@ class CellCgroups:
         pools: dict[str, Path] = {}
         name = pool_name(os.getpid(), next(_pools_made))
         for controller, hierarchy in hierarchies.items():
+            if controller == "cpuacct" and not pools:
+                continue  # a counter alone caps nothing: no cells without pids or memory
             try:
                 if hierarchy.v2 and pools:  # one v2 cgroup carries both controllers
                     pools[controller] = next(iter(pools.values()))
@@ -190,8 +203,8 @@ class CellCgroups:
                 for controller, role in (("pids", "current"), ("memory", "events"))
                 if controller in self._pools
             ]
-            if (cpu_stat := self._cpu_stat(cell)) is not None:
-                paths.append(cpu_stat)
+            if (cpu_counter := self._cpu_counter(cell)) is not None:
+                paths.append(cpu_counter)
             for path in paths:
                 with contextlib.suppress(OSError):  # read on a run's path; it says then
                     self._read(path)
@@ -262,15 +275,17 @@ class CellCgroups:
     def cpu_seconds(self, cell: int) -> float | None:
         """CPU time of every process the cell has held, since it was made; None where unknown.
 
-        cgroup v2 keeps it (``cpu.stat``, with or without the cpu controller), so it
-        counts what a callback's processes used whether or not anyone reaped them.
+        It counts what a callback's processes used whether or not anyone reaped them:
+        v2's ``cpu.stat`` (with or without the cpu controller), v1's ``cpuacct.usage``.
         """
-        cpu_stat = self._cpu_stat(cell)
-        if cpu_stat is None:
+        counter = self._cpu_counter(cell)
+        if counter is None:
             return None
         try:
-            text = self._read(cpu_stat)
-        except OSError:
+            text = self._read(counter)
+            if "cpuacct" in self._pools:
+                return int(text) / 1e9  # nanoseconds
+        except (OSError, ValueError):
             return None
         for line in text.splitlines():
             key, _, value = line.partition(b" ")
@@ -278,8 +293,10 @@ class CellCgroups:
                 return int(value) / 1e6
         return None
 
-    def _cpu_stat(self, cell: int) -> str | None:
-        """The cell's ``cpu.stat`` (cgroup v2 only)."""
+    def _cpu_counter(self, cell: int) -> str | None:
+        """The file counting the cell's CPU time: v1's cpuacct cgroup, else v2's ``cpu.stat``."""
+        if "cpuacct" in self._pools:
+            return self._file("cpuacct", cell, "usage")
         pool = next((p for c, p in self._pools.items() if self._hierarchies[c].v2), None)
         return None if pool is None else f"{pool}/cell-{cell}/cpu.stat"
 

@@ -42,6 +42,8 @@ class ChildExit:
     """The evidence of how the child ended, gathered by the runner before classification."""
 
     wait_status: int = 0
+    # The main process's CPU time with its reaped children's (wait4, /proc at the end
+    # mark): what RLIMIT_CPU, per process, is judged on.
     cpu_seconds: float = 0.0
     peak_rss_bytes: int = 0
     wall_seconds: float = 0.0
@@ -68,8 +70,20 @@ class ChildExit:
     lost_reason: str = ""
     # Processes of the callback the kernel killed for exceeding the cell's memory cgroup.
     oom_kills: int = 0
-    # The cell cgroup's CPU time when the run began (None where the kernel keeps none).
+    # The cell cgroup's CPU time when the run began (None where the kernel keeps none),
+    # and what it had grown by once every process of the run was killed.
     cell_cpu_before: float | None = None
+    cell_cpu_seconds: float | None = None
+
+    @property
+    def run_cpu_seconds(self) -> float:
+        """The CPU the run's usage reports: its cell's, unless its main process shows more.
+
+        The cell counts every process of the run, one nobody reaped included (a forked
+        process ignoring SIGTERM, killed at the wall limit); the main process's figure
+        counts a prepared child's start-up, from before the cell's count began.
+        """
+        return max(self.cpu_seconds, self.cell_cpu_seconds or 0.0)
 
     @property
     def exit_code(self) -> int:
@@ -129,7 +143,7 @@ def sandbox_result(child: ChildExit, limits: Limits) -> SandboxResult:
         stderr=stderr,
         stdout_truncated=child.stdout.truncated,
         stderr_truncated=child.stderr.truncated,
-        usage=Usage(child.wall_seconds, child.cpu_seconds, child.peak_rss_bytes),
+        usage=Usage(child.wall_seconds, child.run_cpu_seconds, child.peak_rss_bytes),
         done=child.done,
         bridge_error=child.bridge_error,
         escaped_pids=tuple(child.escaped_pids),
@@ -157,7 +171,11 @@ def describe_signal(signum: int) -> str:
 
 
 def _hit_cpu_limit(child: ChildExit, limits: Limits) -> bool:
-    """Whether the kernel ended the child for its CPU time (never the child's word alone)."""
+    """Whether the kernel ended the child for its CPU time (never the child's word alone).
+
+    Judged on the main process's figure, never its cell's: RLIMIT_CPU is per process,
+    and what processes it did not reap spent ends nobody's run with SIGXCPU.
+    """
     if child.signal == signal.SIGXCPU:
         return True
     soft = max(1, math.ceil(limits.cpu_seconds))

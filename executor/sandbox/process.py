@@ -921,15 +921,15 @@ class SandboxRunner:
         return None if cgroups is None else cgroups.cpu_seconds(cell)
 
     def _count_cell_cpu(self, cell: int, evidence: ChildExit) -> None:
-        """The run's CPU: its main process's, or its cell's since the start if more.
+        """The cell's CPU since the run began (``ChildExit.run_cpu_seconds``).
 
-        The main process's figure counts only the children it reaped; the cell's counts
-        every process of the run, a forked one left spinning included.
+        Read once the run's processes are dead (or, at the end mark, when the main
+        process is the cell's only one), so nothing adds to it after the read.
         """
         before = evidence.cell_cpu_before
         now = self._cell_cpu(cell)
         if before is not None and now is not None:
-            evidence.cpu_seconds = max(evidence.cpu_seconds, now - before)
+            evidence.cell_cpu_seconds = now - before
 
     def _oom_kills_seen(self, cell: int) -> int:
         """The cell's OOM kill count before this run, read from the cgroup only the first time."""

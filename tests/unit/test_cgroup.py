@@ -88,9 +88,9 @@ def test_oom_kills_are_read_from_either_layout(v1_root: Path) -> None:
     assert cgroups.oom_kills(0) == 3
 
 
-def test_a_cells_cpu_time_comes_from_cgroup_v2_only(v1_root: Path, tmp_path: Path) -> None:
+def test_a_cells_cpu_time_comes_from_v2s_cpu_stat(v1_root: Path, tmp_path: Path) -> None:
     v1 = CellCgroups.create(1)
-    assert v1 is not None and v1.cpu_seconds(0) is None  # v1 keeps it in cpuacct, not ours
+    assert v1 is not None and v1.cpu_seconds(0) is None  # no cpuacct hierarchy here
 
     root = tmp_path / "v2"
     root.mkdir()
@@ -104,6 +104,43 @@ def test_a_cells_cpu_time_comes_from_cgroup_v2_only(v1_root: Path, tmp_path: Pat
     assert v2.cpu_seconds(0) == 1.5
     stat.write_text("usage_usec 4250000\nuser_usec 4000000\nsystem_usec 250000\n")
     assert v2.cpu_seconds(0) == 4.25  # read anew each time
+
+
+def test_v1_cells_join_cpuacct_for_their_cpu_time(v1_root: Path) -> None:
+    (v1_root / "cpuacct").mkdir()
+    (v1_root / "cpuacct" / "cgroup.procs").write_text("")
+    cgroups = CellCgroups.create(1)
+    assert cgroups is not None
+
+    pool = f"cbexec-{os.getpid()}"
+    assert cgroups.procs_files(0) == sorted(
+        str(v1_root / c / pool / "cell-0" / "cgroup.procs") for c in ("cpuacct", "memory", "pids")
+    )
+    usage = v1_root / "cpuacct" / pool / "cell-0" / "cpuacct.usage"
+    usage.write_text("2500000000\n")  # nanoseconds
+    assert cgroups.cpu_seconds(0) == 2.5
+    usage.write_text("")
+    assert cgroups.cpu_seconds(0) is None  # unreadable: nothing known
+
+
+def test_cpuacct_mounted_with_cpu_is_not_joined(v1_root: Path) -> None:
+    # A cell there would be a CPU scheduling group too, weighing as one task.
+    (v1_root / "cpuacct").mkdir()
+    for name in ("cgroup.procs", "cpu.shares"):
+        (v1_root / "cpuacct" / name).write_text("")
+    cgroups = CellCgroups.create(1)
+
+    assert cgroups is not None and cgroups.controllers == ("pids", "memory")
+    assert cgroups.cpu_seconds(0) is None
+
+
+def test_cpuacct_alone_makes_no_cells(v1_root: Path) -> None:
+    for controller in ("pids", "memory"):
+        (v1_root / controller / "cgroup.procs").unlink()
+    (v1_root / "cpuacct").mkdir()
+    (v1_root / "cpuacct" / "cgroup.procs").write_text("")
+
+    assert CellCgroups.create(1) is None  # a counter caps nothing
 
 
 def test_without_the_memory_controller_only_processes_are_capped(v1_root: Path) -> None:

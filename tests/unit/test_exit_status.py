@@ -97,6 +97,41 @@ def test_classification(exit_: ChildExit, outcome: Outcome) -> None:
     assert classify(exit_, LIMITS)[0] == outcome
 
 
+@pytest.mark.parametrize(
+    ("exit_", "outcome"),
+    [
+        # Its own 0.1 s: a SIGKILL from elsewhere, however long unreaped processes spun.
+        (child(killed(signal.SIGKILL), cpu_seconds=0.1, cell_cpu_seconds=3.0), Outcome.KILLED),
+        (child(exited(152), cpu_seconds=0.1, cell_cpu_seconds=3.0), Outcome.FAILED),
+        (child(killed(signal.SIGKILL), cpu_seconds=3.0, cell_cpu_seconds=3.1), Outcome.CPU_LIMIT),
+    ],
+)
+def test_the_cpu_limit_is_judged_on_the_main_process_not_its_cell(
+    exit_: ChildExit, outcome: Outcome
+) -> None:
+    assert classify(exit_, LIMITS)[0] == outcome
+
+
+@pytest.mark.parametrize(
+    ("main", "cell", "reported"),
+    [
+        (0.004, 2.9, 2.9),  # a forked process nobody reaped spun to the wall limit
+        (0.02, 0.001, 0.02),  # a prepared child's start-up, before the cell's count began
+        (0.5, None, 0.5),  # no counter: the main process's figure, as before
+    ],
+)
+def test_the_usage_reports_the_larger_of_main_and_cell_cpu(
+    main: float, cell: float | None, reported: float
+) -> None:
+    result = sandbox_result(
+        child(killed(signal.SIGKILL), cpu_seconds=main, cell_cpu_seconds=cell, timed_out=True),
+        LIMITS,
+    )
+
+    assert result.outcome == Outcome.WALL_TIMEOUT
+    assert result.usage.cpu_seconds == reported
+
+
 def test_perl_out_of_memory_on_stderr_is_memory_limit() -> None:
     exit_ = child(exited(1))
     exit_.stderr.feed(b"Out of memory!\n")
