@@ -15,13 +15,17 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Final, NamedTuple
 
+from executor.runs import run_notes
 from executor.runs.history import RunIdentity
 from executor.sql import Db
 
-# One round trip: whether a firing holds the id, and the run the history has under it.
+# One round trip: whether a firing holds the id, the run the history has under it, and
+# where it has none yet, the notes its outbox row keeps until it has: a run another
+# replica ended a moment ago is in neither the firings nor the history (probe 64).
 _QUERY: Final = (
     "SELECT EXISTS (SELECT 1 FROM firings WHERE invocation_id = ?) AS firing,"
-    " runs.job_id, runs.callback_id, runs.language, runs.triggers, runs.source, runs.fired"
+    " runs.job_id, runs.callback_id, runs.language, runs.triggers, runs.source, runs.fired,"
+    " CASE WHEN runs.job_id IS NULL THEN (SELECT notes FROM outbox WHERE key = ?) END AS notes"
     " FROM (SELECT 1) AS one LEFT JOIN runs ON runs.invocation_id = ?"
 )
 
@@ -69,7 +73,7 @@ class FleetIds:
 
     def __call__(self, invocation_id: str) -> IdUse:
         with self._connection() as db:
-            row = db.execute(_QUERY, (invocation_id, invocation_id)).fetchone()
+            row = db.execute(_QUERY, (invocation_id,) * 3).fetchone()
         recorded = self._pending(invocation_id)
         if recorded is None and row["job_id"] is not None:
             recorded = RunIdentity(
@@ -80,4 +84,14 @@ class FleetIds:
                 row["source"],
                 bool(row["fired"]),
             )
+        if recorded is None and row["notes"] is not None:
+            recorded = _noted(row["notes"])
         return IdUse(bool(row["firing"]), recorded)
+
+
+def _noted(notes: str) -> RunIdentity | None:
+    """Whose run an outbox row's notes describe; None for notes that cannot be read."""
+    try:
+        return RunIdentity.of(run_notes.decode(notes).invocation)
+    except (ValueError, KeyError, TypeError):
+        return None  # a damaged row: delivery sets it aside, and it names no run

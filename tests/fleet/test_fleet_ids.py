@@ -5,11 +5,15 @@ They are asked of the shared store in one statement (``executor.runs.invocation_
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import grpc
+import psycopg
 import pytest
 
+from executor.model import CallbackSpec, Invocation, Limits, Outcome, RunResult
+from executor.runs import run_notes
 from supervisor_client import ExecutorRpcError
 from supervisor_client.client import build_execute_request
 from supervisor_client.qbcallback.v1 import executor_pb2
@@ -145,3 +149,39 @@ async def test_a_nul_in_a_key_looked_up_is_invalid_not_internal(
                 await call
             assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details
             assert refused.value.details == expected
+
+
+async def test_a_fired_run_ended_at_another_replica_and_not_in_the_history_yet_is_refused(
+    tmp_path: Path, pg_url: str
+) -> None:
+    # Its firing is done and its history record is written a moment after: for that
+    # moment only its outbox row (and the notes it keeps) named it, and an Execute at
+    # another replica ran under its id, replacing its result (probe 64).
+    invocation_id = "fired-in-the-gap"
+    fired = Invocation(
+        invocation_id=invocation_id,
+        callback=CallbackSpec(code="", language="python", triggers="complete-job-self", id=1),
+        job={"id": 72_400},
+        limits=Limits(30.0, 30.0, 1 << 30, 1 << 20, 64, 1 << 20),
+        source="job",
+    )
+    notes = run_notes.encode(fired, RunResult(invocation_id, Outcome.SUCCEEDED), time.time())
+    async with two_replicas(tmp_path, pg_url) as (first, _):
+        with psycopg.connect(pg_url, autocommit=True) as db:
+            db.execute(
+                "INSERT INTO outbox (key, payload, created_at, ended_at, notes)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (invocation_id, b"reported", time.time(), time.time(), notes),
+            )
+        request = build_execute_request(
+            language="python",
+            code="print('intruder')",
+            job={"id": 72_400, "name": "gap", "user": "fleet"},
+            invocation_id=invocation_id,
+        )
+        request.callback.id = 1
+        request.callback.triggers = "complete-job-self"
+        with pytest.raises(ExecutorRpcError) as refused:
+            await first.execute(request)
+        assert refused.value.code == grpc.StatusCode.ALREADY_EXISTS
+        assert f"{invocation_id!r} is a fired callback's run (job 72400, " in refused.value.details
