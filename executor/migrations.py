@@ -26,10 +26,18 @@ import re
 from typing import Final
 
 from executor.errors import ConfigError
-from executor.sql import PgDb, StorePermissionDenied, connect_postgres, pg_ddl
+from executor.sql import (
+    PgDb,
+    StorePermissionDenied,
+    StoreUnavailable,
+    connect_postgres,
+    pg_ddl,
+)
 
 logger = logging.getLogger(__name__)
 
+# How long a step waits for a table another session holds (then migrate says so, exit 3).
+LOCK_WAIT_S: Final = 10.0
 # Any number a replica and the database agree on; taken while the schema changes.
 _MIGRATION_LOCK: Final = 0x63626578  # "cbex"
 
@@ -205,6 +213,9 @@ def migrate(url: str) -> tuple[int, int]:
     """
     db = connect_postgres(url, application_name="cbexec-migrate", stall_limits=False)
     try:
+        # A step changes tables a replica's (or a report's) open transaction may hold:
+        # waited for this long, then said so, rather than forever or as an unreachable server.
+        db.execute(f"SET lock_timeout = '{int(LOCK_WAIT_S * 1000)}ms'")
         db.execute("SELECT pg_advisory_lock(?)", (_MIGRATION_LOCK,))
         before = current_version(db)  # a database of another kind is refused as it is
         steps = _steps()
@@ -224,6 +235,17 @@ def migrate(url: str) -> tuple[int, int]:
             logger.info("store migrated to schema version %d", version)
         db.execute("SELECT pg_advisory_unlock(?)", (_MIGRATION_LOCK,))
         return before, len(steps)
+    except StoreUnavailable as err:
+        from psycopg.errors import LockNotAvailable  # a fleet's driver, there once connected
+
+        if not isinstance(err.__cause__, LockNotAvailable):
+            raise
+        raise StoreUnavailable(
+            f"a table migrate must change stayed locked by another session for {LOCK_WAIT_S:g} s "
+            "(an open transaction that read it, a VACUUM FULL, a replica of the older "
+            "version mid-statement; pg_stat_activity shows who): nothing was changed by the "
+            "step it waited in; run migrate again once that session ends"
+        ) from err
     except StorePermissionDenied as err:  # a table of another owner's, say (ALTER TABLE)
         raise ConfigError(
             f"{err}: run `cbexec store migrate` as the database's owner (the role that owns "

@@ -256,7 +256,8 @@ class PgDb:
         self._prepared_on: Any = None
         self._prepared: set[bytes] = set()
         self._conn = self._new_connection()
-        _watchdog.watch(self)
+        if stall_limits:  # migrate's steps may wait and work as long as they need
+            _watchdog.watch(self)
 
     def _new_connection(self) -> Any:
         import psycopg

@@ -322,6 +322,31 @@ def test_the_runs_recorded_before_fired_was_kept_read_as_not_fired(
         history.close()
 
 
+def test_a_migration_step_kept_waiting_by_a_reader_says_so_and_changes_nothing(
+    postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It was cut after 5 s as "did not answer", exit 3, as if the server were down
+    # (probe 64), and without that cut a lock would hold it for good.
+    monkeypatch.setattr("executor.migrations.LOCK_WAIT_S", 0.5)
+    url = postgres.create_database("migrate_locked")
+    assert migrate(url) == (0, schema_version())
+    db = connect_postgres(url)
+    reader = connect_postgres(url)
+    try:
+        db.execute("ALTER TABLE runs DROP COLUMN fired")
+        db.execute("DELETE FROM cbexec_schema WHERE version >= ?", (FIRED_STEP,))
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM runs")  # an open transaction that read it
+        with pytest.raises(StoreUnavailable, match=r"^a table migrate must change stayed locked"):
+            migrate(url)
+        assert current_version(db) == FIRED_STEP - 1
+        reader.execute("COMMIT")
+        assert migrate(url) == (FIRED_STEP - 1, schema_version())
+    finally:
+        reader.close()
+        db.close()
+
+
 def test_statements_outside_a_transaction_never_wait_for_one_in_a_fleet(pg_url: str) -> None:
     # The event loop's reads and marks (a firing's job, a firing done) go on while the
     # group thread holds a transaction open, and see only what is committed.
