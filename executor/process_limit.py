@@ -25,9 +25,10 @@ from typing import Final, TypeGuard
 
 from executor.runtimes.child import CHILD_RUNTIMES
 
-# The measurements above, rounded up: the service's own tasks with headroom for side-port
-# connections and a fleet's pool, and per cell one child on its way to its cell.
-SERVICE_TASKS: Final = 64
+# The measurements above, rounded up: the service's own tasks, the HTTP side port's
+# connection threads at most (``web.server.MAX_CONNECTIONS``) and headroom for a fleet's
+# pool; and per cell one child on its way to its cell.
+SERVICE_TASKS: Final = 96
 CELL_TASKS: Final = 2
 OUT_OF_PROCESSES: Final = errno.EAGAIN
 CGROUP_ROOT: Final = Path("/sys/fs/cgroup")

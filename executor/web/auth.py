@@ -62,9 +62,6 @@ class Access:
         self._clock = clock
         self._sessions: dict[str, float] = {}  # id -> expiry
         self._lock = threading.Lock()  # handler threads sign in and out concurrently
-        # Held through a wrong token's delay: a delay per connection let 20 connections
-        # guess 20 times as fast.
-        self._wrong_token_turn = threading.Lock()
 
     @property
     def required(self) -> bool:
@@ -148,10 +145,16 @@ class Access:
                 self._sessions.pop(session, None)
         return self._cookie("", 0)
 
-    def _wrong_token_delay(self) -> None:
-        """Wait ``WRONG_TOKEN_DELAY_S`` in turn with every other wrong token on the port."""
-        with self._wrong_token_turn:
-            time.sleep(WRONG_TOKEN_DELAY_S)
+    @staticmethod
+    def _wrong_token_delay() -> None:
+        """Wait ``WRONG_TOKEN_DELAY_S`` in the connection's own thread.
+
+        Per connection: one lock for the whole port made every wrong token wait behind the
+        others, so a scraper left with an old token queued up threads without end and held
+        the side port's connections from everyone else (probe 62, 65); the port's
+        connection bound (``server.MAX_CONNECTIONS``) bounds the guesses instead.
+        """
+        time.sleep(WRONG_TOKEN_DELAY_S)
 
     def _cookie(self, value: str, max_age: int) -> str:
         secure = "; Secure" if self._secure else ""

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import select
 import socket
 import ssl
 import sys
@@ -33,7 +35,7 @@ from typing import Any, Final
 from executor.api import security
 from executor.config import Settings
 from executor.errors import ConfigError
-from executor.web.app import Dashboard, Request, Response
+from executor.web.app import SECURITY_HEADERS, Dashboard, Request, Response
 
 logger = logging.getLogger(__name__)
 
@@ -50,15 +52,13 @@ MAX_TARGET_SEEN: Final = 4096
 WRITE_TIMEOUT_S: Final = 10.0
 # Connections served at once, each in a thread of its own (and each thread one of the
 # executor's tasks, ``process_limit``): browsers open a few each, scrapers one. Past it a
-# connection is answered 503 at once (closed unanswered under TLS): a flood of idle or
-# slow clients (or of wrong tokens waiting their turn, ``auth``) holds at most this many.
-MAX_CONNECTIONS: Final = 32
-_BUSY_TEXT: Final = b"too many connections to this side port at once; try again shortly\n"
-_TURNED_AWAY: Final = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
-    b"Retry-After: 1\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"
-    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_TEXT), _BUSY_TEXT)
-)
+# connection is answered 503 at once (closed unanswered under TLS): idle or slow clients
+# hold at most this many threads, and a wrong token's delay (``auth``) is per connection.
+MAX_CONNECTIONS: Final = 64
+_BUSY_WHY: Final = "too many connections to this side port at once; try again shortly"
+# How long a connection turned away may take to send its request line (the accepting
+# thread waits for it: a port that is full accepts nothing else meanwhile anyway).
+TURN_AWAY_WAIT_S: Final = 0.02
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -202,8 +202,12 @@ class _Server(ThreadingHTTPServer):
         if self._tls is None:
             request.setblocking(False)
             with contextlib.suppress(OSError):
-                request.send(_TURNED_AWAY)
-                request.recv(MAX_BODY_BYTES)  # what it sent already: closed unread, a reset
+                asked = b""
+                # Its request line, if it comes at once: /healthz is answered in JSON. Read
+                # in any case, since a socket closed with data unread sends a reset.
+                if select.select([request], [], [], TURN_AWAY_WAIT_S)[0]:
+                    asked = request.recv(MAX_TARGET_SEEN)
+                request.send(_turned_away(asked))
         super().shutdown_request(request)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
@@ -298,3 +302,27 @@ class SidePort:
         self._server.end_connections()
         self._server.server_close()  # joins the connections' threads
         self._thread.join()
+
+
+def _turned_away(asked: bytes) -> bytes:
+    """The whole 503 for a connection past ``MAX_CONNECTIONS``, JSON if it asked for /healthz.
+
+    ``asked``: what the client sent already (its request line, if it came that soon).
+    """
+    words = asked.split(b"\r\n", 1)[0].split()
+    target = words[1].split(b"?", 1)[0].rstrip(b"/") if len(words) > 1 else b""
+    if target == b"/healthz":  # JSON always, as a probe expects
+        body = json.dumps({"status": "UNAVAILABLE", "why": _BUSY_WHY}).encode() + b"\n"
+        kind = "application/json"
+    else:
+        body, kind = f"{_BUSY_WHY}\n".encode(), "text/plain; charset=utf-8"
+    headers = [
+        ("Content-Type", kind),
+        ("Retry-After", "1"),
+        ("Cache-Control", "no-store"),
+        *SECURITY_HEADERS,
+        ("Connection", "close"),
+        ("Content-Length", str(len(body))),
+    ]
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    return f"HTTP/1.1 503 Service Unavailable\r\n{head}\r\n".encode() + body

@@ -494,10 +494,19 @@ async def test_connections_past_the_port_s_bound_are_turned_away_at_once(web: St
     idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(MAX_CONNECTIONS)]
     try:
         await asyncio.sleep(0.3)  # every one accepted and in its thread
-        line, headers, body = await asyncio.to_thread(raw_exchange, port, b"")  # answered unasked
+        line, headers, body = await asyncio.to_thread(
+            raw_exchange, port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
         assert line.startswith("HTTP/1.1 503 "), line
         assert headers["Retry-After"] == "1"
-        assert body == b"too many connections to this side port at once; try again shortly\n"
+        assert headers["Content-Type"] == "application/json"  # /healthz's, always
+        assert json.loads(body) == {
+            "status": "UNAVAILABLE",
+            "why": "too many connections to this side port at once; try again shortly",
+        }
+        assert "script-src 'self'" in headers["Content-Security-Policy"]
+        line, headers, body = await asyncio.to_thread(raw_exchange, port, b"")  # asks nothing
+        assert line.startswith("HTTP/1.1 503 ") and headers["Content-Type"].startswith("text/plain")
     finally:
         for connection in idle:
             connection.close()
