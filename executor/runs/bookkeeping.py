@@ -253,18 +253,9 @@ class BookkeepingWriter:
             logger.info("the callback log took the %d .cb entries that waited for it", waited)
 
     def _keep_unlogged(self, waiting: list[_Entry], batch: list[_Entry], err: OSError) -> None:
-        kept = [entry.for_history() for entry in waiting[-MAX_UNLOGGED:]]
-        given_up = len(waiting) - len(kept)
-        # Once per batch of new runs; the quiet retries in between say nothing new.
-        logger.log(
-            logging.WARNING if batch or given_up else logging.DEBUG,
-            "runs %s: the callback log was not written (%s); %d .cb entries wait to be written%s",
-            ", ".join(e.result.invocation_id for e in batch) or "(earlier)",
-            err,
-            len(kept),
-            f", {given_up} older ones are given up" if given_up else "",
+        self._unlogged = _kept_for_later(
+            waiting, batch, err, MAX_UNLOGGED, "the callback log", ".cb entries"
         )
-        self._unlogged = kept
 
     def _give_up_unlogged(self) -> None:
         """At the stop: the .cb entries the callback log never took are lost, said once."""
@@ -299,20 +290,9 @@ class BookkeepingWriter:
                 ids = ", ".join(e.result.invocation_id for e in records)
                 logger.exception("runs %s: writing the history failed", ids)
                 return
-            kept = [entry.for_history() for entry in records[-MAX_UNRECORDED:]]
-            given_up = len(records) - len(kept)
-            # Once per batch of new runs; the quiet retries in between say nothing new.
-            logger.log(
-                logging.WARNING if batch or given_up else logging.DEBUG,
-                "runs %s: the history was not written (%s); %d runs wait to be written%s",
-                ", ".join(e.result.invocation_id for e in batch) or "(earlier)",
-                # Its text: a record kept by a handler would keep the error's traceback,
-                # and through its frames every run of this try, jobs and all.
-                str(err),
-                len(kept),
-                f", {given_up} older ones are given up" if given_up else "",
+            self._unrecorded = _kept_for_later(
+                records, batch, err, MAX_UNRECORDED, "the history", "runs"
             )
-            self._unrecorded = kept
         else:
             self._recorded(records)
 
@@ -323,6 +303,36 @@ class BookkeepingWriter:
             self._on_recorded([(e.result.invocation_id, e.ended_at) for e in records])
         except Exception:  # a bug of the listener's: the history is written all the same
             logger.exception("telling that %d runs are in the history failed", len(records))
+
+
+def _kept_for_later(
+    waiting: list[_Entry],
+    batch: list[_Entry],
+    err: Exception,
+    most: int,
+    where: str,
+    what: str,
+) -> list[_Entry]:
+    """The newest ``most`` of ``waiting`` (without their code), kept for the next try; said once.
+
+    Logged at WARNING once per batch of new runs (or when some are given up), the quiet
+    retries in between at DEBUG: they say nothing new.
+    """
+    kept = [entry.for_history() for entry in waiting[-most:]]
+    given_up = len(waiting) - len(kept)
+    logger.log(
+        logging.WARNING if batch or given_up else logging.DEBUG,
+        "runs %s: %s was not written (%s); %d %s wait to be written%s",
+        ", ".join(e.result.invocation_id for e in batch) or "(earlier)",
+        where,
+        # Its text: a record kept by a handler would keep the error's traceback, and
+        # through its frames every run of this try, jobs and all.
+        str(err),
+        len(kept),
+        what,
+        f", {given_up} older ones are given up" if given_up else "",
+    )
+    return kept
 
 
 def _worth_retrying(err: Exception) -> bool:
