@@ -34,9 +34,12 @@ import resource
 import signal
 import sys
 from _signal import signal as set_handler  # type: ignore[import-not-found]  # signal's wrappers: ~70 page faults in a child
-from os import chdir, getpid, read, umask, write
+from atexit import _run_exitfuncs
+from os import O_WRONLY, _exit, chdir, dup2, getpid, read, umask, write
+from os import close as close_fd
+from os import open as open_fd
 from resource import setrlimit
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -99,6 +102,24 @@ def mark_end() -> None:
         while read(BRIDGE_FD, 4096):
             pass
     except OSError:
+        pass
+
+
+def silence_daemon_threads() -> None:
+    """Point fds 1 and 2 at /dev/null: nothing this process's threads write reaches the run now.
+
+    Once the exit handlers have run and the output is flushed, in the callback's own
+    process on both paths (``zygote._child``, ``end_cold_callback``). Neither ends with
+    Python's exit, which would stop daemon threads: they run on until the process is
+    gone, and their output (the traceback of a qb call the end of the bridge broke)
+    would land in the run's stdout and stderr.
+    """
+    try:
+        null = open_fd("/dev/null", O_WRONLY)
+        dup2(null, 1)
+        dup2(null, 2)
+        close_fd(null)
+    except OSError:  # no fd left (the callback's RLIMIT_NOFILE): its output still goes
         pass
 
 
@@ -298,6 +319,39 @@ def _exit_on_sigxcpu(signum: int, frame: object) -> None:
     os._exit(128 + SIGXCPU)
 
 
+# The callback's own process on the cold path, set in it once forked (None in the shim).
+_callback_pid: int | None = None
+
+
+def end_cold_callback(code: int) -> NoReturn:
+    """End a cold Python child whose run returned ``code``, as a zygote's child ends: no finalization.
+
+    Its exit handlers run, its output is flushed, the callback's own process silences
+    its daemon threads, then ``_exit``. Python's own exit would finalize the interpreter
+    under daemon threads still writing: one holding stdout's lock at that moment makes
+    it abort ("could not acquire lock ... at interpreter shutdown"), a run that
+    succeeded reported killed. A process the callback forked ends the same way, its
+    output left alone (as ``zygote._child``). ``code & 0xFF``: the status ``sys.exit``
+    would give, where ``_exit`` refuses an int past C's.
+    """
+    try:
+        _run_exitfuncs()  # SIGTERM in one: a one-line note, then the next (python_bootstrap)
+    finally:
+        try:
+            # The originals too: a callback that replaced sys.stdout may have left
+            # output in the real one's buffer, which finalization would have flushed.
+            for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+                try:  # noqa: SIM105 - not contextlib.suppress: as in _report
+                    stream.flush()  # type: ignore[union-attr]
+                except Exception:  # noqa: BLE001, S110 - closed, broken or None: as Python's exit
+                    pass
+            if getpid() == _callback_pid:
+                silence_daemon_threads()
+        finally:
+            # Whatever raises above (SIGTERM's handler), the run's status, as before.
+            _exit(code & 0xFF)
+
+
 # The Python runtime's entry (``python_bootstrap.run``), set by a zygote that imported it:
 # its children then skip the import statement (its lookups write to shared pages).
 python_run: Callable[..., int] | None = None
@@ -334,6 +388,8 @@ def _fork_callback(spec: LaunchSpec, confinement: Confinement, report_fd: int) -
         os.close(BRIDGE_FD)  # EOF on the bridge must mean the callback is gone
         return _shim(pid, report_fd)
     os.close(report_fd)  # the shim's alone to write
+    global _callback_pid
+    _callback_pid = getpid()
     set_process_flag(PR_SET_PDEATHSIG, SIGKILL)
     _join_cgroups(confinement.cgroup_procs)
     _enter_namespaces(confinement.namespace_flags & CLONE_NEWCGROUP)
@@ -405,7 +461,11 @@ def main(argv: list[str]) -> int:
         python_run = python_bootstrap.run
         python_bootstrap.note_cut_short_exit_handlers()
     try:
-        return confine_and_run(spec, report_fd=report)
+        code = confine_and_run(spec, report_fd=report)
+    except SystemExit as err:  # SIGTERM's, from the bootstrap (143)
+        if _callback_pid is None:
+            raise
+        code = err.code if isinstance(err.code, int) else 1
     except Exception as err:  # noqa: BLE001 - before the start frame: the callback never ran
         # No traceback module: a mount that failed half way may have covered the stdlib.
         reason = f"{type(err).__name__}: {err}"
@@ -414,6 +474,9 @@ def main(argv: list[str]) -> int:
         except OSError:
             pass
         return report_launch_failure(reason, getattr(err, "errno", None))
+    if _callback_pid is None:  # the shim, mirroring the callback's end
+        return code
+    end_cold_callback(code)
 
 
 if __name__ == "__main__":

@@ -252,12 +252,12 @@ def warm_zygote() -> None:
 def _wait_for_threads() -> None:
     """Wait for the callback's non-daemon threads, as Python's own exit does before atexit.
 
-    A zygote's child never reaches the interpreter's exit (``zygote._child`` ends with
-    ``_exit``), so without this a thread the callback started would be dropped unseen,
-    its output and qb calls with it. Done before the done frame: the run is over when
-    its threads are. Python's own function, so ``concurrent.futures`` workers are shut
-    down as at a normal exit; the executor's SIGTERM at the wall limit interrupts the
-    wait. A cold child's exit then finds it done (it runs once).
+    A child never reaches the interpreter's exit (``zygote._child`` and, on the cold
+    path, ``launcher.end_cold_callback`` end with ``_exit``), so without this a thread
+    the callback started would be dropped unseen, its output and qb calls with it.
+    Done before the done frame: the run is over when its threads are. Python's own
+    function, so ``concurrent.futures`` workers are shut down as at a normal exit; the
+    executor's SIGTERM at the wall limit interrupts the wait.
     """
     threading = sys.modules.get("threading")
     if threading is not None:  # no thread was started through it otherwise

@@ -49,9 +49,7 @@ import signal
 import socket
 import sys
 from atexit import _run_exitfuncs
-from os import O_WRONLY, _exit, closerange, dup2, getpid, setsid
-from os import close as close_fd
-from os import open as open_fd
+from os import _exit, closerange, dup2, getpid, setsid
 from typing import TYPE_CHECKING
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I leaves it out
@@ -70,6 +68,7 @@ from launcher import (
     join_cgroups_through,
     mark_end,
     report_launch_failure,
+    silence_daemon_threads,
 )
 
 if TYPE_CHECKING:
@@ -359,23 +358,6 @@ class CellSpecs:
         return confinement
 
 
-def _silence_daemon_threads() -> None:
-    """Point fds 1 and 2 at /dev/null: nothing this process's threads write reaches the run now.
-
-    Once the exit handlers have run and the output is flushed. Python's own exit stops
-    daemon threads there (the cold path's end); a zygote's child, waiting at its end
-    mark before ``_exit``, leaves them running, and their qb calls' tracebacks (the
-    mark shuts the bridge down) would land in the run's stderr.
-    """
-    try:
-        null = open_fd("/dev/null", O_WRONLY)
-        dup2(null, 1)
-        dup2(null, 2)
-        close_fd(null)
-    except OSError:  # no fd left (the callback's RLIMIT_NOFILE): its output still goes
-        pass
-
-
 def _child(
     spec: LaunchSpec, confinement: launcher.Confinement, fds: list[int], devnull: int
 ) -> None:
@@ -424,7 +406,7 @@ def _child(
                 except (OSError, ValueError):
                     pass
             if getpid() == own:
-                _silence_daemon_threads()
+                silence_daemon_threads()
                 mark_end()  # after the exit handlers: nothing of the run's is left to do
         finally:
             # Whatever raises above (SIGTERM's handler in the end mark's wait), this

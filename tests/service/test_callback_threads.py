@@ -68,6 +68,42 @@ async def test_daemon_threads_calling_qb_at_the_end_end_silently(stack: Stack) -
     assert response.actions
 
 
+async def test_daemon_threads_still_printing_at_the_end_leave_the_run_succeeded(
+    stack: Stack,
+) -> None:
+    # The cold child's interpreter finalized under them, and one holding stdout's lock
+    # made it abort: "Fatal Python error: _enter_buffered_busy", the run KILLED (SIGSEGV).
+    # Now both paths end as the warm one: what they wrote before the end is kept.
+    code = (
+        "import sys, threading, time\n"
+        "def chatter(k):\n"
+        "    i = 0\n"
+        "    while True:\n"
+        "        print(f'T{k} {i}')\n"
+        "        i += 1\n"
+        "        if i % 50 == 0:\n"
+        "            sys.stderr.write(f'E{k} {i}\\n')\n"
+        "for k in range(3):\n"
+        "    threading.Thread(target=chatter, args=(k,), daemon=True).start()\n"
+        "time.sleep(0.2)\n"
+        "print('main ends', flush=True)\n"
+    )
+    for _ in range(3):  # the abort took 10 runs of 10, but it is a race
+        (job,) = stack.supervisor.submit([{"name": "chatter", "user": "alice"}])
+        response = await stack.client.execute_callback(
+            language="python", code=code, job=job, limits={"wall_seconds": 20}
+        )
+
+        assert response.outcome == Outcome.OUTCOME_SUCCEEDED, (
+            response.failure,
+            response.stderr[-300:],
+        )
+        assert response.exit_code == 0
+        assert "Fatal Python error" not in response.stderr
+        # Their output up to the end (past 1 MiB, the default output_bytes, dropped).
+        assert response.stdout.startswith("T") and response.stderr.startswith("E")
+
+
 async def test_a_thread_pool_left_running_finishes_its_work(stack_warm: Stack) -> None:
     # concurrent.futures' workers are shut down as at Python's own exit.
     code = (
