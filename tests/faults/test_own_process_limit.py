@@ -63,7 +63,8 @@ def pids_cgroup(name: str) -> Iterator[Path]:
 def _move_family(pid: int, cgroup: Path) -> None:
     """The executor and every process it started so far (its zygotes) into ``cgroup``."""
     for process in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
-        (cgroup / "cgroup.procs").write_text(str(process.pid))
+        with contextlib.suppress(ProcessLookupError):  # a finished run's child, gone since
+            (cgroup / "cgroup.procs").write_text(str(process.pid))
 
 
 async def _execute(
