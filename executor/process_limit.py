@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Final, TypeGuard
 
 from executor.runtimes.child import CHILD_RUNTIMES
+from executor.sandbox.cgroup import CGROUP_ROOT
 
 # The measurements above, rounded up: the service's own tasks, the HTTP side port's
 # connection threads at most (``web.server.MAX_CONNECTIONS``) and headroom for a fleet's
@@ -31,7 +32,6 @@ from executor.runtimes.child import CHILD_RUNTIMES
 SERVICE_TASKS: Final = 96
 CELL_TASKS: Final = 2
 OUT_OF_PROCESSES: Final = errno.EAGAIN
-CGROUP_ROOT: Final = Path("/sys/fs/cgroup")
 
 
 def out_of_processes(err: BaseException) -> TypeGuard[OSError]:

@@ -378,9 +378,9 @@ class PgDb:
         """
         import psycopg
 
-        conn = self._conn
-        if conn is None or conn.broken or conn.closed:
+        if self._lost():
             return
+        conn = self._conn
         try:
             poller = select.poll()
             poller.register(conn.pgconn.socket, select.POLLIN)
