@@ -30,7 +30,8 @@ Targets:
   earlier callback of the same event may have moved it on (a ``failed-job-self`` that
   requeues the job), and the mail must still say what happened. After an earlier code
   string of the same callback acted (``unblock-self; mail-status``) the mail tells what
-  that left instead: the status as read then.
+  that left instead: the status as read then. A job the supervisor no longer has
+  (jobinfo reads none) fails the step with NoSuchJob, as the verbs do.
 
 A callback in Qube's ``mail`` language (``{'triggers': 'done-job-self', 'language':
 'mail'}``) has no code: it mails the status of what fired it, with the work template for
@@ -272,11 +273,17 @@ class QubeInterpreter:
         # The mail's place among the run's effects, taken first: the same on a re-run.
         action_seq = host.next_action_seq()
         try:
-            (job,) = await host.call("jobinfo", [], {})
+            jobs = await host.call("jobinfo", [], {})
         except HostCallError as err:
             raise _StepFailed(
                 Failure(f"{code}: {err.kind}: {err.message}", exception_type=err.kind)
             ) from err
+        if not jobs:
+            # jobinfo reads an unknown job as none (Qube's client does): an earlier
+            # callback of the same event may have removed it. Nothing is left to mail.
+            missing = f"the supervisor has no job {invocation.job_id}"
+            raise _StepFailed(Failure(f"{code}: NoSuchJob: {missing}", exception_type="NoSuchJob"))
+        (job,) = jobs
         work = (
             next(
                 (w for w in job.get("agenda") or [] if w.get("name") == invocation.work_name), None

@@ -150,6 +150,30 @@ async def test_execute_runs_a_mail_callback_without_code(stack_warm: Stack) -> N
     ]
 
 
+@pytest.mark.parametrize(("mail_language", "code"), [("mail", ""), ("qube", "mail-status")])
+async def test_a_mail_of_a_removed_job_fails_saying_the_supervisor_has_none(
+    stack_warm: Stack, caplog: pytest.LogCaptureFixture, mail_language: str, code: str
+) -> None:
+    # The supervisor's jobinfo reads no job for it (Qube's client answers an unknown id so).
+    job = stack_warm.supervisor.submit([{"name": "gone", "user": "bob"}])[0]
+    stack_warm.supervisor.job_action("remove", job["id"], "bob")
+
+    with caplog.at_level("ERROR"):
+        response = await stack_warm.client.execute_callback(
+            language=mail_language, code=code, job=job
+        )
+
+    named = code or "mail"
+    assert response.outcome == Outcome.OUTCOME_FAILED
+    assert response.failure.exception_type == "NoSuchJob"
+    assert response.failure.message == (
+        f"{named}: NoSuchJob: the supervisor has no job {job['id']}"
+    )
+    assert [(a.verb, a.ok) for a in response.actions] == [("jobinfo", True)]
+    assert subjects(stack_warm.settings.mail_settings.directory) == []
+    assert "failed inside the executor" not in caplog.text
+
+
 @pytest.mark.parametrize("language", ["ruby", "javascript", "post"])
 async def test_a_language_nothing_runs_is_refused_at_submission(
     stack_warm: Stack, language: str

@@ -415,6 +415,34 @@ async def test_undeliverable_mail_fails(supervisor: ReferenceSupervisor, tmp_pat
 
 
 @pytest.mark.parametrize(
+    ("code", "language"),
+    [(code, "qube") for code in MAIL_CODES] + [("", "mail")],
+)
+async def test_a_mail_of_a_job_the_supervisor_no_longer_has_fails_with_no_such_job(
+    interpreter: QubeInterpreter,
+    supervisor: ReferenceSupervisor,
+    mail_dir: Path,
+    code: str,
+    language: str,
+) -> None:
+    # An earlier callback of the same event removed the job (failed-job-self: qb.remove);
+    # jobinfo reads no job then, as Qube's client does, and nothing can be mailed.
+    job_id = submit(supervisor, mailaddress="lead@studio.example")
+    invocation = invocation_for(supervisor.job(job_id), code, language=language, subjob_id=0)
+    supervisor.job_action("remove", job_id, "alice")
+
+    result = await interpreter.run(invocation, HostApi(ReferencePort(supervisor), invocation))
+
+    named = code or "mail"
+    assert result.outcome is Outcome.FAILED
+    assert result.failure is not None
+    assert result.failure.exception_type == "NoSuchJob"
+    assert result.failure.message == f"{named}: NoSuchJob: the supervisor has no job {job_id}"
+    assert [(a.verb, a.ok) for a in result.actions] == [("jobinfo", True)]
+    assert mails(mail_dir) == []
+
+
+@pytest.mark.parametrize(
     ("context", "subject_end", "summary"),
     [
         ({}, "is blocked", "mail: mailed the job status (blocked)"),
