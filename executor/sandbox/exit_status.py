@@ -18,7 +18,6 @@ kept as evidence.
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 from collections.abc import Awaitable
@@ -35,6 +34,7 @@ from executor.bounds import (
 from executor.child.protocol import DoneFrame
 from executor.model import Failure, Limits, Outcome, Usage
 from executor.sandbox.capture import CapturedStream
+from executor.sandbox.limits import enforced_cpu_seconds
 
 
 @dataclass(slots=True)
@@ -178,7 +178,7 @@ def _hit_cpu_limit(child: ChildExit, limits: Limits) -> bool:
     """
     if child.signal == signal.SIGXCPU:
         return True
-    soft = max(1, math.ceil(limits.cpu_seconds))
+    soft = enforced_cpu_seconds(limits)
     # SIGXCPU's handler (a PID 1 has one) exits 152: it counts only with the CPU time to
     # show for it (`exit 152` alone is just an exit). The kernel enforces RLIMIT_CPU on
     # tick-sampled time while wait4 reports precise runtime, so a process stopped at the
@@ -297,14 +297,20 @@ def _cpu_limit_message(child: ChildExit, limits: Limits) -> str:
     percent less (a spinning process is charged whole ticks it shared with processes
     that ran briefly): measured with a bare process outside the executor, 1.85-1.92 s at
     a limit of 2 s. The callback's own start-up counts for ~2 ms (warm) to ~20 ms (cold).
+    The limit quoted and compared is the enforced one (whole seconds); a limit asked for
+    in fractions is named beside it, so "used 0.97s" never reads as over "0.1s".
     """
     used = child.cpu_seconds
-    if used >= limits.cpu_seconds:
-        return f"the callback exceeded its CPU limit of {limits.cpu_seconds:g}s (used {used:.2f}s)"
+    enforced = enforced_cpu_seconds(limits)
+    asked = f"the {limits.cpu_seconds:g}s asked for, rounded up to whole seconds"
+    rounded = limits.cpu_seconds != enforced
+    if used >= enforced:
+        detail = f"{asked}; used {used:.2f}s" if rounded else f"used {used:.2f}s"
+        return f"the callback exceeded its CPU limit of {enforced}s ({detail})"
+    limit = f"{enforced}s ({asked})" if rounded else f"{enforced}s"
     return (
-        f"the callback reached its CPU limit of {limits.cpu_seconds:g}s as the kernel counts "
-        f"CPU time (RLIMIT_CPU, sampled at each clock tick); measured precisely, it used "
-        f"{used:.2f}s"
+        f"the callback reached its CPU limit of {limit} as the kernel counts CPU time "
+        f"(RLIMIT_CPU, sampled at each clock tick); measured precisely, it used {used:.2f}s"
     )
 
 

@@ -79,9 +79,14 @@ def merge(
     return Limits(**values)
 
 
+def enforced_cpu_seconds(limits: Limits) -> int:
+    """The CPU limit the kernel enforces: RLIMIT_CPU takes whole seconds, and 0 means none."""
+    return max(1, math.ceil(limits.cpu_seconds))
+
+
 def rlimits(limits: Limits, *, cap_processes_with_nproc: bool) -> dict[str, list[int]]:
     """The rlimits the launcher applies in the child, as {NAME: [soft, hard]}."""
-    cpu = max(1, math.ceil(limits.cpu_seconds))
+    cpu = enforced_cpu_seconds(limits)
     file_size = max(limits.output_bytes, MIN_FILE_SIZE_BYTES)
     result = {
         "CPU": [cpu, cpu + 1],

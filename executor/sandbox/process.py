@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import secrets
 import shutil
@@ -763,7 +762,7 @@ class SandboxRunner:
         usage = live_usage(child.handle.pid)
         if usage is None:
             return None
-        if usage[0] >= 0.75 * max(1, math.ceil(limits.cpu_seconds)):
+        if usage[0] >= 0.75 * sandbox_limits.enforced_cpu_seconds(limits):
             return None  # near its CPU limit: the kernel's signal may be on its way
         evidence.wall_seconds = time.monotonic() - began
         evidence.wait_status = (expected_exit(done) & 0xFF) << 8

@@ -121,6 +121,19 @@ async def test_cpu_spin_hits_the_cpu_limit(arena_warm: Arena, language: str) -> 
     assert "CPU limit of 1s" in response.failure.message
 
 
+async def test_a_fractional_cpu_limit_is_quoted_as_the_kernel_enforced_it(
+    arena_warm: Arena,
+) -> None:
+    response = await arena_warm.attack(
+        CPU_SPIN["python"], limits={"cpu_seconds": 0.5, "wall_seconds": 10}
+    )
+
+    assert_outcome(response, Outcome.OUTCOME_CPU_LIMIT)
+    assert "CPU limit of 1s (the 0.5s asked for, rounded up to whole seconds" in (
+        response.failure.message
+    )
+
+
 OUTPUT_FLOOD = {
     "python": (
         "import sys\n"

@@ -257,3 +257,41 @@ def test_a_cpu_limit_message_never_contradicts_its_figures(
     assert outcome == Outcome.CPU_LIMIT
     assert failure is not None
     assert failure.message == message
+
+
+@pytest.mark.parametrize(
+    ("asked", "used", "message"),
+    [
+        # RLIMIT_CPU takes whole seconds: 0.1 s is enforced as 1 s, 1.5 s as 2 s.
+        (
+            0.1,
+            0.97,
+            "the callback reached its CPU limit of 1s (the 0.1s asked for, rounded up to "
+            "whole seconds) as the kernel counts CPU time (RLIMIT_CPU, sampled at each clock "
+            "tick); measured precisely, it used 0.97s",
+        ),
+        (
+            1.5,
+            1.91,
+            "the callback reached its CPU limit of 2s (the 1.5s asked for, rounded up to "
+            "whole seconds) as the kernel counts CPU time (RLIMIT_CPU, sampled at each clock "
+            "tick); measured precisely, it used 1.91s",
+        ),
+        (
+            1.5,
+            2.04,
+            "the callback exceeded its CPU limit of 2s (the 1.5s asked for, rounded up to "
+            "whole seconds; used 2.04s)",
+        ),
+    ],
+)
+def test_a_cpu_limit_message_quotes_the_limit_the_kernel_enforced(
+    asked: float, used: float, message: str
+) -> None:
+    limits = dataclasses.replace(LIMITS, cpu_seconds=asked)
+
+    outcome, failure = classify(child(killed(signal.SIGXCPU), cpu_seconds=used), limits)
+
+    assert outcome == Outcome.CPU_LIMIT
+    assert failure is not None
+    assert failure.message == message
