@@ -295,7 +295,8 @@ def _outcome(text: str) -> str:
 def add_runs_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parent = connection_options()
     runs = commands.add_parser("runs", parents=[parent], help="list recent runs (run history)")
-    runs.add_argument("--job", type=whole_number(0, MAX_ID), help="only runs of this job id")
+    # Job ids start at 1: a 0 (an unset id in a script) would list every job's runs.
+    runs.add_argument("--job", type=whole_number(1, MAX_ID), help="only runs of this job id")
     runs.add_argument(
         "--outcome", type=_outcome, help=f"only runs with this outcome: {', '.join(OUTCOMES)}"
     )

@@ -60,7 +60,9 @@ CASES: list[tuple[tuple[str, ...], int, str]] = [
     (("farm", "workers", "0"), 2, "N: 0 workers; expected 1 to 64"),
     (("farm", "wait", "7"), 3, "NOT_FOUND: no job 7"),
     (("serve", "--check-config", "--log-level", "LOUD"), 2, "log_level: expected DEBUG, INFO"),
-    (("runs", "--job", "-1"), 2, "argument --job: expected 0 to 9223372036854775807, got -1"),
+    (("runs", "--job", "-1"), 2, "argument --job: expected 1 to 9223372036854775807, got -1"),
+    # 0 is no job id: it had listed every job's runs.
+    (("runs", "--job", "0"), 2, "argument --job: expected 1 to 9223372036854775807, got 0"),
     (("runs", "--limit", "-3"), 2, "argument --limit: expected 1 to 1000, got -3"),
     (("runs", "--limit", "1001"), 2, "argument --limit: expected 1 to 1000, got 1001"),
     # gRPC answered these with an immediate DEADLINE_EXCEEDED (exit 3).
