@@ -305,6 +305,8 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         stack.callback(dispatcher.stop_admitting)
 
         logger.info("endpoint security: %s", security.describe(settings))
+        for warning in security.open_port_warnings(settings):
+            logger.warning("%s", warning)
         logger.info(
             "serving on port %d; supervisor %s; sandbox: %s; languages: %s; slots %d, queue %d",
             edge.port,

@@ -18,6 +18,7 @@ hold a client certificate for its own CA.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 import ssl
@@ -147,6 +148,43 @@ def describe(settings: Settings) -> str:
         "mutual TLS" if settings.tls_client_ca else "TLS" if settings.tls_cert else "plaintext"
     )
     return f"{transport}, {'token required' if settings.auth_token else 'no token'}"
+
+
+def open_port_warnings(settings: Settings) -> list[str]:
+    """A warning for each port anyone on the network may use: bound beyond loopback, no token.
+
+    Plaintext with no token on a network address lets whoever reaches it run code as
+    callbacks and act on the farm's jobs; the example config says to open the port only
+    with TLS and/or a token. Said at start-up and by ``--check-config``, never refused:
+    a site may guard the port by other means.
+    """
+    warnings = []
+    if not settings.auth_token and not settings.tls_cert and not _loopback(settings.bind):
+        warnings.append(
+            f"bind {settings.bind} takes calls from the network in plaintext with no token: "
+            "anyone who reaches it can run code as callbacks and act on the farm's jobs; "
+            "set auth_token (and tls_cert/tls_key), or bind to 127.0.0.1"
+        )
+    if settings.http_bind and not settings.auth_token and not _loopback(settings.http_bind):
+        warnings.append(
+            f"http_bind {settings.http_bind} serves the network with no token: anyone who "
+            "reaches it reads the run history and callbacks' output; set auth_token, or "
+            "bind it to 127.0.0.1"
+        )
+    return warnings
+
+
+def _loopback(bind: str) -> bool:
+    """Whether ``bind`` (host:port, [v6]:port, or a unix: socket) is reachable from this host only."""
+    if bind.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = bind.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # no host (every address), or a name: as reachable as it resolves
 
 
 def check_bindable(bind: str, *, setting: str = "bind") -> None:

@@ -207,4 +207,5 @@ def _endpoint(settings: config.Settings) -> str:
     if settings.http_bind:
         security.check_bindable(settings.http_bind, setting="http_bind")
     http = f"; HTTP side port {settings.http_bind}" if settings.http_bind else ""
-    return f"{settings.bind}, {security.describe(settings)}{http}"
+    warnings = "".join(f"\n  WARNING: {w}" for w in security.open_port_warnings(settings))
+    return f"{settings.bind}, {security.describe(settings)}{http}{warnings}"

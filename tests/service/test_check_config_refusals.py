@@ -180,3 +180,28 @@ async def test_a_bind_target_a_group_may_rename_is_warned_of_once(tmp_path: Path
     warned = [line for line in out.splitlines() if "policies.x.binds[0].target" in line]
     assert len(warned) == 1, out
     assert f"can be renamed by the users who may write {site} (mode 0775" in warned[0]
+
+
+async def test_a_port_open_to_the_network_with_no_token_is_warned_of(tmp_path: Path) -> None:
+    config = config_file(tmp_path)
+    env = {k: v for k, v in cli_env().items() if k != "CBEXEC_SANDBOX_UID_BASE"}
+    said = await cbexec(
+        "serve", "--config", str(config), "--check-config", "--bind", "0.0.0.0:0", env=env
+    )
+    assert said.code == 0, said.err
+    assert "WARNING: bind 0.0.0.0:0 takes calls from the network in plaintext with no token" in (
+        said.out
+    )
+    # The same port with a token, or on loopback, is nothing to warn of.
+    for bind, token in (("0.0.0.0:0", "s3cret"), ("127.0.0.1:0", "")):
+        said = await cbexec(
+            "serve",
+            "--config",
+            str(config),
+            "--check-config",
+            "--bind",
+            bind,
+            env={**env, "CBEXEC_AUTH_TOKEN": token},
+        )
+        assert said.code == 0, said.err
+        assert "takes calls from the network" not in said.out
