@@ -20,12 +20,13 @@ a call that does not fit its function with ``InvalidArgument``):
 Effects are numbered: every supervisor action request (one per job, per work target,
 per instance target) and every mail takes the run's next ``action_seq``, from 1, in the
 order the callback makes them. A verb call takes one number per target as it is made,
-before anything is checked, read or sent, and keeps them whether its requests are then
-sent or not (a work verb's read of the job failed, an earlier target was refused, the
-policy refused it): what the supervisor answered, now or before, never moves the numbers
-of later calls. So a re-run of the same callback with the same invocation id numbers
-the same actions the same way, and the supervisor applies each
-``(invocation_id, action_seq)`` once (supervisor.proto). Reads take no number.
+before its arguments or the policy are checked or anything is read or sent, and keeps
+them whether its requests are then sent or not (a work verb's read of the job failed,
+an earlier target was refused, the policy refused it): what the supervisor answered,
+now or before, never moves the numbers of later calls. So a re-run of the same
+callback with the same invocation id numbers the same actions the same way, and the
+supervisor applies each ``(invocation_id, action_seq)`` once (supervisor.proto). Reads
+take no number.
 """
 
 from __future__ import annotations
