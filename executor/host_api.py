@@ -19,9 +19,14 @@ a call that does not fit its function with ``InvalidArgument``):
 
 Effects are numbered: every supervisor action request (one per job, per work target,
 per instance target) and every mail takes the run's next ``action_seq``, from 1, in the
-order the callback makes them. A re-run of the same callback with the same invocation id
-numbers the same actions the same way, and the supervisor applies each
-``(invocation_id, action_seq)`` once (supervisor.proto). Reads take no number.
+order the callback makes them. A verb call takes one number per target as it is made,
+before its arguments or the policy are checked or anything is read or sent, and keeps
+them whether its requests are then sent or not (a work verb's read of the job failed,
+an earlier target was refused, the policy refused it): what the supervisor answered,
+now or before, never moves the numbers of later calls. So a re-run of the same
+callback with the same invocation id numbers the same actions the same way, and the
+supervisor applies each ``(invocation_id, action_seq)`` once (supervisor.proto). Reads
+take no number.
 """
 
 from __future__ import annotations
@@ -73,6 +78,8 @@ from executor.supervisor_link import (
 logger = logging.getLogger(__name__)
 
 MAX_CALLS_PER_RUN: Final = 10_000
+# action_seq is a uint32 on the wire.
+MAX_ACTION_SEQ: Final = 2**32 - 1
 CUT_SHORT: Final = "cut short: the run ended while the supervisor had it; it may have been applied"
 # ASCII digits only, as ids (host_args.py): a frame named with a full-width 1 is not frame 1.
 _RANGE = re.compile(r"^(-?[0-9]+)-(-?[0-9]+)$")
@@ -99,17 +106,19 @@ def _total(outcomes: list[ActionOutcome]) -> tuple[int, str]:
 
 
 async def _each(
-    targets: list[_T], act: Callable[[_T], Awaitable[ActionOutcome]]
+    targets: list[_T], seqs: range, act: Callable[[_T, int], Awaitable[ActionOutcome]]
 ) -> tuple[int, str]:
     """A verb over its targets in order: how many changed, and its summary.
 
-    Each target is its own supervisor request, applied as it comes. When one is refused,
-    those before it stay applied, and the error the callback sees says so.
+    Each target is its own supervisor request, with its own number from ``seqs``,
+    applied as it comes. When one is refused, those before it stay applied, and the
+    error the callback sees says so; those after it are not sent, and their numbers
+    stay unused.
     """
     outcomes: list[ActionOutcome] = []
-    for target in targets:
+    for target, action_seq in zip(targets, seqs, strict=True):
         try:
-            outcomes.append(await act(target))
+            outcomes.append(await act(target, action_seq))
         except HostCallError as err:
             if not outcomes:
                 raise
@@ -305,10 +314,24 @@ class HostApi:
         self._spelling = Spelling.of(invocation.callback.language)
         self._dependency_verb = dependency_release_verb(invocation)
 
+    def take_action_seqs(self, count: int) -> range:
+        """The numbers of the run's next ``count`` effects (supervisor actions, mail), from 1.
+
+        A call takes all of its numbers at once, as it is made (the module docstring).
+        """
+        if self._action_seq + count > MAX_ACTION_SEQ:
+            raise HostCallError(
+                "QbError",
+                f"a run's effects are numbered up to {MAX_ACTION_SEQ} (action_seq); "
+                f"{self._action_seq} are taken, and this call's {count} target(s) would pass it",
+            )
+        first = self._action_seq + 1
+        self._action_seq += count
+        return range(first, first + count)
+
     def next_action_seq(self) -> int:
-        """The number of the run's next effect (1, 2, ...): a supervisor action or a mail."""
-        self._action_seq += 1
-        return self._action_seq
+        """The number of the run's next effect: a supervisor action or a mail."""
+        return self.take_action_seqs(1)[0]
 
     @property
     def actions(self) -> list[ActionRecord]:
@@ -321,7 +344,11 @@ class HostApi:
 
     @functools.cached_property
     def _functions(self) -> dict[str, tuple[Callable[..., Awaitable[Any]], Shape | None]]:
-        """Every qb function by name, with what it takes (None: jobinfo reads its own)."""
+        """Every qb function by name, with what it takes (None: jobinfo reads its own).
+
+        A read is called with the call's arguments; a verb with its numbers and then its
+        targets.
+        """
         functions: dict[str, tuple[Callable[..., Awaitable[Any]], Shape | None]] = {
             "jobinfo": (self.jobinfo, None),
             "jobstatus": (self.jobstatus, STATUS_SHAPES["jobstatus"]),
@@ -354,26 +381,19 @@ class HostApi:
             self._log.add(fn, target, False, error.message)
             raise error
         function, shape = entry
-        if (
-            self._policy is not None
-            and not self._policy.allows_function(fn)
-            and canonical_verb(fn) != self._dependency_verb
-        ):
-            name = self._policy.name
-            error = HostCallError(
-                "PermissionDenied",
-                f"qb.{fn} is not allowed by the sandbox policy {name!r} of this callback "
-                f"(policies.{name}.verbs)",
-            )
-            self._log.add(fn, target, False, f"{error.kind}: {error.message}")
-            raise error
         try:
+            # First, so that nothing this call or an earlier one met moves its numbers.
+            seqs = None if fn in READ_FUNCTIONS else self.take_action_seqs(len(flatten(args)))
+            self._check_policy(fn)
             if shape is not None:
                 check_shape(fn, shape, args, kwargs, self._spelling)
-            if self._invocation.shadow and fn not in READ_FUNCTIONS:
+            if seqs is None:
+                value, summary = await function(*args, **kwargs)
+            elif self._invocation.shadow:
                 self._log.add(fn, target, True, f"shadow: would {fn} {target}; not applied")
                 return SHADOW_VALUE
-            value, summary = await function(*args, **kwargs)
+            else:
+                value, summary = await function(seqs, *args)  # check_shape refused kwargs
         except HostCallError as err:
             self._log.add(fn, target, False, f"{err.kind}: {err.message}")
             raise
@@ -384,6 +404,20 @@ class HostApi:
             raise
         self._log.add(fn, target, True, summary)
         return value
+
+    def _check_policy(self, fn: str) -> None:
+        """PermissionDenied, naming the setting, for a call the run's policy does not allow."""
+        if (
+            self._policy is not None
+            and not self._policy.allows_function(fn)
+            and canonical_verb(fn) != self._dependency_verb
+        ):
+            name = self._policy.name
+            raise HostCallError(
+                "PermissionDenied",
+                f"qb.{fn} is not allowed by the sandbox policy {name!r} of this callback "
+                f"(policies.{name}.verbs)",
+            )
 
     async def serve_frame(self, frame: CallFrame) -> ReplyFrame:
         """Answer one ``call`` frame from the child (checked by the bridge) with a ``reply``."""
@@ -524,25 +558,25 @@ class HostApi:
     # -- verbs (check_shape has made sure each has a target) --------------------------
 
     def _job_verb(self, verb: str) -> Callable[..., Awaitable[tuple[int, str]]]:
-        async def job_verb(*targets: Any) -> tuple[int, str]:
+        async def job_verb(seqs: range, *targets: Any) -> tuple[int, str]:
             ids = [self._job_id(t) for t in flatten(targets)]
 
-            async def act(job_id: int) -> ActionOutcome:
+            async def act(job_id: int, action_seq: int) -> ActionOutcome:
                 return await self._supervisor.job_action(
                     verb,
                     job_id,
                     actor=self._invocation.actor,
                     invocation_id=self._invocation.invocation_id,
-                    action_seq=self.next_action_seq(),
+                    action_seq=action_seq,
                 )
 
-            return await _each(ids, act)
+            return await _each(ids, seqs, act)
 
         return job_verb
 
     def _work_verb(self, verb: str) -> Callable[..., Awaitable[tuple[int, str]]]:
-        async def work_verb(*targets: Any) -> tuple[int, str]:
-            async def act(target: Any) -> ActionOutcome:
+        async def work_verb(seqs: range, *targets: Any) -> tuple[int, str]:
+            async def act(target: Any, action_seq: int) -> ActionOutcome:
                 job_id, spec = parse_work_target(target, self._spelling)
                 names = await self._selected_work(job_id, spec)
                 return await self._supervisor.work_action(
@@ -551,10 +585,10 @@ class HostApi:
                     names,
                     actor=self._invocation.actor,
                     invocation_id=self._invocation.invocation_id,
-                    action_seq=self.next_action_seq(),
+                    action_seq=action_seq,
                 )
 
-            return await _each(flatten(targets), act)
+            return await _each(flatten(targets), seqs, act)
 
         return work_verb
 
@@ -578,8 +612,8 @@ class HostApi:
             raise HostCallError(err.kind, f"job {job_id}: {err.message}") from err
 
     def _subjob_verb(self, verb: str) -> Callable[..., Awaitable[tuple[int, str]]]:
-        async def subjob_verb(*targets: Any) -> tuple[int, str]:
-            async def act(target: Any) -> ActionOutcome:
+        async def subjob_verb(seqs: range, *targets: Any) -> tuple[int, str]:
+            async def act(target: Any, action_seq: int) -> ActionOutcome:
                 job_id, subids = parse_subjob_target(target, self._spelling)
                 return await self._supervisor.subjob_action(
                     verb,
@@ -587,9 +621,9 @@ class HostApi:
                     subids,
                     actor=self._invocation.actor,
                     invocation_id=self._invocation.invocation_id,
-                    action_seq=self.next_action_seq(),
+                    action_seq=action_seq,
                 )
 
-            return await _each(flatten(targets), act)
+            return await _each(flatten(targets), seqs, act)
 
         return subjob_verb

@@ -55,14 +55,26 @@ _SAID_OF: Final = {
     grpc.StatusCode.CANCELLED: "the call to the supervisor was cancelled",
 }
 
+# The codes of a call that may have been cut off from its answer after the supervisor
+# had it (gRPC cannot say whether the request got there): an action may have been
+# applied, and retrying it is another action (another action_seq), applied again.
+_FATE_UNKNOWN: Final = frozenset(
+    {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+)
+MAY_HAVE_BEEN_APPLIED: Final = "it may have been applied"
+
 _Response = TypeVar("_Response")
 
 
-def host_error(err: grpc.aio.AioRpcError, *, ran_out_of_s: float | None = None) -> HostCallError:
+def host_error(
+    err: grpc.aio.AioRpcError, *, ran_out_of_s: float | None = None, acts: bool = False
+) -> HostCallError:
     """The error a callback sees for a refused SupervisorService call.
 
     ``ran_out_of_s``: the call's deadline, when the call took all of it: its
     DEADLINE_EXCEEDED is then the executor's own, not one the supervisor answered sooner.
+    ``acts``: the call was an action, which a code of ``_FATE_UNKNOWN`` leaves possibly
+    applied; the message says so.
     """
     code = err.code()
     details = err.details() or code.name
@@ -83,6 +95,8 @@ def host_error(err: grpc.aio.AioRpcError, *, ran_out_of_s: float | None = None) 
         else:
             said = "the supervisor answered with an error"
         details = f"{said}: {code.name}: {details}"
+        if acts and code in _FATE_UNKNOWN:
+            details = f"{details}; {MAY_HAVE_BEEN_APPLIED}"
     return HostCallError(kind, details)
 
 
@@ -93,13 +107,17 @@ class GrpcSupervisor:
         self._stub = supervisor_pb2_grpc.SupervisorServiceStub(channel)
         self._timeout_s = timeout_s
 
-    async def _call(self, rpc: Callable[..., Awaitable[_Response]], request: Any) -> _Response:
+    async def _call(
+        self, rpc: Callable[..., Awaitable[_Response]], request: Any, *, acts: bool = False
+    ) -> _Response:
+        """``rpc``'s answer, or the HostCallError for it; ``acts``: an action, not a read."""
         started = time.monotonic()
         try:
             return await rpc(request, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as err:
             took_it_all = time.monotonic() - started >= self._timeout_s
-            raise host_error(err, ran_out_of_s=self._timeout_s if took_it_all else None) from err
+            ran_out_of_s = self._timeout_s if took_it_all else None
+            raise host_error(err, ran_out_of_s=ran_out_of_s, acts=acts) from err
 
     async def job_info(
         self,
@@ -142,7 +160,7 @@ class GrpcSupervisor:
             invocation_id=invocation_id,
             action_seq=action_seq,
         )
-        response = await self._call(self._stub.JobAction, request)
+        response = await self._call(self._stub.JobAction, request, acts=True)
         return ActionOutcome(response.changed, response.message)
 
     async def work_action(
@@ -163,7 +181,7 @@ class GrpcSupervisor:
             invocation_id=invocation_id,
             action_seq=action_seq,
         )
-        response = await self._call(self._stub.WorkAction, request)
+        response = await self._call(self._stub.WorkAction, request, acts=True)
         return ActionOutcome(response.changed, response.message)
 
     async def subjob_action(
@@ -184,5 +202,5 @@ class GrpcSupervisor:
             invocation_id=invocation_id,
             action_seq=action_seq,
         )
-        response = await self._call(self._stub.SubjobAction, request)
+        response = await self._call(self._stub.SubjobAction, request, acts=True)
         return ActionOutcome(response.changed, response.message)

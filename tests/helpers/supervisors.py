@@ -5,7 +5,8 @@ result by invocation id (applied, or acknowledged as a duplicate) and every acti
 request by ``(invocation_id, action_seq)`` (the store applies each pair once; its
 history shows what was applied), and recording what each JobInfo asked of the agenda;
 ``HintIgnoringSupervisor`` answers every JobInfo with the whole agenda,
-``NameDroppingSupervisor`` a named one without its first name; ``SupervisorEndpoint``
+``NameDroppingSupervisor`` a named one without its first name,
+``BrieflyUnavailableSupervisor`` UNAVAILABLE to the next calls it is told of; ``SupervisorEndpoint``
 serves it on one loopback port that can be stopped and started again.
 """
 
@@ -142,6 +143,47 @@ class NameDroppingSupervisor(CountingSupervisor):
                 del job.agenda[:]
                 job.agenda.extend(kept)
         return response
+
+
+class BrieflyUnavailableSupervisor(CountingSupervisor):
+    """A supervisor restarting: the next ``unavailable[rpc]`` calls of an RPC find it away.
+
+    Each such call is answered UNAVAILABLE before the store sees it (nothing is applied
+    or recorded), as when the supervisor's process is between a stop and a start.
+    """
+
+    def __init__(self, store: ReferenceSupervisor, delay_s: float = 0.0) -> None:
+        super().__init__(store, delay_s)
+        self.unavailable: Counter[str] = Counter()
+
+    async def _away(self, rpc: str, context: Any) -> None:
+        if self.unavailable[rpc] > 0:
+            self.unavailable[rpc] -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the supervisor is restarting")
+
+    async def JobInfo(
+        self, request: supervisor_pb2.JobInfoRequest, context: Any
+    ) -> supervisor_pb2.JobInfoResponse:
+        await self._away("JobInfo", context)
+        return await super().JobInfo(request, context)
+
+    async def JobAction(
+        self, request: supervisor_pb2.JobActionRequest, context: Any
+    ) -> supervisor_pb2.JobActionResponse:
+        await self._away("JobAction", context)
+        return await super().JobAction(request, context)
+
+    async def WorkAction(
+        self, request: supervisor_pb2.WorkActionRequest, context: Any
+    ) -> supervisor_pb2.WorkActionResponse:
+        await self._away("WorkAction", context)
+        return await super().WorkAction(request, context)
+
+    async def SubjobAction(
+        self, request: supervisor_pb2.SubjobActionRequest, context: Any
+    ) -> supervisor_pb2.SubjobActionResponse:
+        await self._away("SubjobAction", context)
+        return await super().SubjobAction(request, context)
 
 
 class SupervisorEndpoint:

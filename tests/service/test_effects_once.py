@@ -18,7 +18,7 @@ from executor import server
 from supervisor_client import ExecutorClient
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import stack_settings
-from tests.helpers.supervisors import SupervisorEndpoint
+from tests.helpers.supervisors import BrieflyUnavailableSupervisor, SupervisorEndpoint
 from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.service
@@ -30,6 +30,20 @@ print(qb.jobstatus(j))
 print(qb.block(j))
 print(qb.subjobkill(f"{j}.1"))
 print(qb.jobstatus(j))
+"""
+
+
+# Each call's error is caught: the callback goes on to its next call whatever happened.
+ATTEMPTS = """
+j = qb.jobid()
+def attempt(name, call):
+    try:
+        print(name, call())
+    except qb.SupervisorUnavailable:
+        print(name, "unavailable")
+attempt("workunblock", lambda: qb.workunblock(f"{j}:1"))
+attempt("subjobkill", lambda: qb.subjobkill([f"{j}.0", f"{j}.1"]))
+attempt("block", lambda: qb.block(j))
 """
 
 
@@ -101,3 +115,79 @@ async def test_a_rerun_with_the_same_invocation_id_applies_its_effects_once(
     applied = [line for line in store.history(job_id) if line["invocation_id"] == "rerun-1"]
     assert len([line for line in applied if " by alice:" in line["text"]]) == 3
     assert other.stdout.splitlines()[-1] == "blocked"
+
+
+@pytest.fixture
+async def restarting(tmp_path: Path) -> AsyncIterator[SupervisorEndpoint]:
+    endpoint = SupervisorEndpoint(tmp_path / "supervisor.db", BrieflyUnavailableSupervisor)
+    await endpoint.start()
+    try:
+        yield endpoint
+    finally:
+        await endpoint.stop()
+        endpoint.store.close()
+
+
+async def test_a_rerun_after_calls_that_found_the_supervisor_away_applies_each_action_once(
+    tmp_path: Path, restarting: SupervisorEndpoint
+) -> None:
+    # Found by fault injection: a work verb whose read of the job failed took no number,
+    # and a list whose first target failed none for the rest, so the re-run's numbers
+    # moved: its work verb got the block's answer, and the block was applied twice.
+    store = restarting.store
+    servicer = restarting.servicer
+    assert isinstance(servicer, BrieflyUnavailableSupervisor)
+    (job,) = store.submit(
+        [
+            {
+                "name": "comp",
+                "user": "alice",
+                "status": "pending",
+                "cpus": 3,  # instances 0-2: killing two leaves the job alive
+                "agenda": [{"name": str(n), "status": "blocked"} for n in (1, 2)],
+            }
+        ]
+    )
+    job_id = int(job["id"])
+    settings = stack_settings(tmp_path / "data", supervisor=restarting.address)
+    running = await server.start(settings)
+    try:
+        async with ExecutorClient(f"127.0.0.1:{running.port}") as client:
+
+            async def run() -> list[str]:
+                response = await client.execute_callback(
+                    language="python",
+                    code=ATTEMPTS,
+                    job=store.job(job_id),
+                    invocation_id="rerun-away",
+                )
+                assert response.outcome == executor_pb2.OUTCOME_SUCCEEDED, response
+                return list(response.stdout.splitlines())
+
+            # The first run: the work verb's read and the first instance's kill find the
+            # supervisor away (unapplied); the block is applied.
+            servicer.unavailable.update({"JobInfo": 1, "SubjobAction": 1})
+            first = await run()
+            sent = list(servicer.action_requests)
+            store.job_action("unblock", job_id, "alice")  # an operator's, unnumbered
+            repeat = await run()
+    finally:
+        await running.stop()
+
+    # Each call keeps its numbers whether its requests were sent or not: the work verb 1,
+    # the two instances 2 and 3, the block 4.
+    assert first == ["workunblock unavailable", "subjobkill unavailable", "block 1"]
+    assert sent == [("rerun-away", 4)]
+    assert servicer.action_requests[1:] == [("rerun-away", n) for n in (1, 2, 3, 4)]
+    # The re-run applies what the first did not, and the block only once.
+    assert repeat == ["workunblock 1", "subjobkill 2", "block 1"]
+    applied = [
+        line["text"]
+        for line in store.history(job_id)
+        if line["invocation_id"] == "rerun-away" and " by alice:" in line["text"]
+    ]
+    verbs = sorted(text.split(" by alice:")[0].split()[-1] for text in applied)
+    assert verbs == ["block", "subjobkill", "subjobkill", "workunblock"], applied
+    after = store.job(job_id)
+    assert after["status"] == "pending"  # the operator's unblock stands
+    assert [w["status"] for w in after["agenda"]] == ["pending", "blocked"]

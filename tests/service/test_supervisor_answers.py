@@ -37,7 +37,10 @@ SUPERVISOR_TIMEOUT_S = 1.0
 
 
 class SiteSupervisor(CountingSupervisor):
-    """Answers JobInfo for UNKNOWN_JOB with no job, for job ids above it with two; locks kills."""
+    """Answers JobInfo for UNKNOWN_JOB with no job, for job ids above it with two; locks kills.
+
+    The ids of ANSWERED_CODES and HANGING_JOB are answered so by JobAction too.
+    """
 
     async def JobInfo(
         self, request: supervisor_pb2.JobInfoRequest, context: Any
@@ -56,6 +59,10 @@ class SiteSupervisor(CountingSupervisor):
     async def JobAction(
         self, request: supervisor_pb2.JobActionRequest, context: Any
     ) -> supervisor_pb2.JobActionResponse:
+        if request.job_id in ANSWERED_CODES:
+            await context.abort(*ANSWERED_CODES[request.job_id])
+        if request.job_id == HANGING_JOB:
+            await asyncio.sleep(SUPERVISOR_TIMEOUT_S * 3)
         if request.verb == supervisor_pb2.JOB_VERB_KILL:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "job is locked by wrangler")
         return await super().JobAction(request, context)
@@ -139,4 +146,27 @@ async def test_a_code_the_supervisor_answered_is_told_from_one_grpc_made(
         "SupervisorUnavailable the supervisor is unavailable: UNAVAILABLE: down for maintenance",
         "SupervisorUnavailable the supervisor did not answer within 1 s: DEADLINE_EXCEEDED: "
         "Deadline Exceeded",
+    ]
+
+
+async def test_an_action_left_without_its_answer_is_said_to_may_have_been_applied(
+    client: ExecutorClient,
+) -> None:
+    # Found by fault injection: a verb the supervisor applied and then answered too late
+    # was reported as plain "did not answer", so a callback author would retry it, and
+    # the retry (a new action_seq) was applied again.
+    code = "".join(caught(f"qb.block({job})") for job in range(501, 505))
+    response = await client.execute_callback(language="python", code=code, job={"id": 1})
+    assert response.outcome == executor_pb2.OUTCOME_SUCCEEDED, response
+    said = [
+        "the supervisor answered with an error: DEADLINE_EXCEEDED: "
+        "the farm database's own deadline passed",
+        "the call to the supervisor was cancelled: CANCELLED: the request was cancelled by the site",
+        "the supervisor is unavailable: UNAVAILABLE: down for maintenance",
+        "the supervisor did not answer within 1 s: DEADLINE_EXCEEDED: Deadline Exceeded",
+    ]
+    maybe = [f"{message}; it may have been applied" for message in said]
+    assert response.stdout.splitlines() == [f"SupervisorUnavailable {m}" for m in maybe]
+    assert [(a.verb, a.ok, a.message) for a in response.actions] == [
+        ("block", False, f"SupervisorUnavailable: {m}") for m in maybe
     ]

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from executor.host_api import HostApi
+from executor.errors import HostCallError
+from executor.host_api import MAX_ACTION_SEQ, HostApi
 from executor.model import Outcome
 from executor.runtimes.mail import MailSettings, message_id
 from executor.runtimes.qube import QubeInterpreter
@@ -266,6 +267,41 @@ async def test_every_action_request_takes_the_next_number_and_reads_take_none(
     assert repeat[1:] == first[1:] and repeat[1:3] == [0, "pending"]
     assert sup.job(job_id)["status"] == "pending"  # the repeated block was not applied
     assert len(callback_lines(sup, job_id, run)) == 5
+
+
+async def test_a_call_keeps_its_numbers_whatever_its_read_or_an_earlier_target_met(
+    sup: ReferenceSupervisor,
+) -> None:
+    # Found by fault injection: a work verb whose read failed took no number, and a list
+    # whose first target was refused none for the rest, so a re-run in which they went
+    # through numbered every later action differently.
+    job_id = submit(sup)
+    port = RecordingPort(sup)
+    invocation = invocation_for(sup.job(job_id), "", language="python")
+    host = HostApi(port, invocation)
+
+    with pytest.raises(HostCallError) as no_item:
+        await host.call("workunblock", [f"{job_id}:9"], {})  # read: the job has no item 9
+    with pytest.raises(HostCallError) as no_job:
+        await host.call("unblock", [[99_999, job_id]], {})  # the first target is refused
+    await host.call("block", [job_id], {})
+
+    run = invocation.invocation_id
+    assert (no_item.value.kind, no_job.value.kind) == ("NoSuchWork", "NoSuchJob")
+    # The work verb is 1 though unsent, the list 2 and 3 though only 2 was sent.
+    assert port.keys == [(run, 2), (run, 4)]
+    assert host.next_action_seq() == 5
+
+
+def test_numbers_past_what_action_seq_carries_are_refused_not_sent(
+    sup: ReferenceSupervisor,
+) -> None:
+    invocation = invocation_for(sup.job(submit(sup)), "", language="python")
+    host = HostApi(RecordingPort(sup), invocation)
+    assert host.take_action_seqs(MAX_ACTION_SEQ - 1) == range(1, MAX_ACTION_SEQ)
+    with pytest.raises(HostCallError, match=r"numbered up to 4294967295 \(action_seq\)"):
+        host.take_action_seqs(2)
+    assert host.next_action_seq() == MAX_ACTION_SEQ
 
 
 # -- qube code strings and mail -------------------------------------------------------------

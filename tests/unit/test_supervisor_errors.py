@@ -45,6 +45,26 @@ def test_the_message_says_whether_the_supervisor_answered(
     assert error.message == f"{said}: {code.name}: {details}"
 
 
+@pytest.mark.parametrize(
+    ("code", "may_have_been_applied"),
+    [
+        (grpc.StatusCode.DEADLINE_EXCEEDED, True),
+        (grpc.StatusCode.UNAVAILABLE, True),
+        (grpc.StatusCode.CANCELLED, True),
+        # Any other code is the supervisor's answer, not a call cut off from one.
+        (grpc.StatusCode.INTERNAL, False),
+        (grpc.StatusCode.NOT_FOUND, False),
+    ],
+)
+def test_an_action_cut_off_from_its_answer_may_have_been_applied(
+    code: grpc.StatusCode, may_have_been_applied: bool
+) -> None:
+    error = host_error(rpc_error(code, "details"), acts=True)
+    assert error.message.endswith("; it may have been applied") is may_have_been_applied
+    # A read changes nothing, so its message has nothing to add.
+    assert not host_error(rpc_error(code, "details")).message.endswith("applied")
+
+
 def test_an_answer_too_large_is_an_error_of_the_call_not_the_supervisor_away() -> None:
     details = "Received message larger than max (70000000 vs. 67108864)"
     error = host_error(rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, details))

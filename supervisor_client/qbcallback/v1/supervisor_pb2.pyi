@@ -252,8 +252,10 @@ class JobActionRequest(_message.Message):
     action_seq: _builtins.int
     """The action's position among the run's effects: 1 for its first, then
     strictly increasing in the order the callback made them (gaps allowed: a
-    mail takes a number too). A repeated (invocation_id, action_seq) must be
-    answered as the first time, without applying again; 0 means not numbered.
+    mail takes a number too, and so does a request its call did not send, a
+    work verb whose read failed say, so that a re-run numbers alike). A
+    repeated (invocation_id, action_seq) must be answered as the first time,
+    without applying again; 0 means not numbered.
     """
     def __init__(
         self,
@@ -292,8 +294,10 @@ class WorkActionRequest(_message.Message):
     action_seq: _builtins.int
     """The action's position among the run's effects: 1 for its first, then
     strictly increasing in the order the callback made them (gaps allowed: a
-    mail takes a number too). A repeated (invocation_id, action_seq) must be
-    answered as the first time, without applying again; 0 means not numbered.
+    mail takes a number too, and so does a request its call did not send, a
+    work verb whose read failed say, so that a re-run numbers alike). A
+    repeated (invocation_id, action_seq) must be answered as the first time,
+    without applying again; 0 means not numbered.
     """
     @_builtins.property
     def work_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -343,8 +347,10 @@ class SubjobActionRequest(_message.Message):
     action_seq: _builtins.int
     """The action's position among the run's effects: 1 for its first, then
     strictly increasing in the order the callback made them (gaps allowed: a
-    mail takes a number too). A repeated (invocation_id, action_seq) must be
-    answered as the first time, without applying again; 0 means not numbered.
+    mail takes a number too, and so does a request its call did not send, a
+    work verb whose read failed say, so that a re-run numbers alike). A
+    repeated (invocation_id, action_seq) must be answered as the first time,
+    without applying again; 0 means not numbered.
     """
     @_builtins.property
     def subjob_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
