@@ -25,6 +25,7 @@ from typing import Final
 
 from executor.api import convert
 from executor.api.errors import Context, grpc_errors
+from executor.api.farm_registration import registration_problem
 from executor.api.struct_values import struct_dict
 from executor.errors import (
     HostCallError,
@@ -108,12 +109,14 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
 
         Each callback's trigger is checked with the trigger engine's own parser, and its
         language as RegisterJob checks it, handed to the supervisor as its
-        ``check_trigger`` and ``check_language``: a callback RegisterJob would refuse
-        refuses the whole submission here (INVALID_ARGUMENT naming the job, the callback
-        and the problem) instead of reaching the forwarder, which could only log the
-        refusal once the jobs are stored. The supervisor cannot import the grammar
-        (supervisor_client never imports executor), and asking the engine over gRPC from
-        this synchronous, in-loop submission would block the loop that serves it.
+        ``check_trigger`` and ``check_language``, and each job as stored is checked as
+        the forwarder's RegisterJob of it would be (``farm_registration``, its
+        ``check_job``): a job RegisterJob would refuse refuses the whole submission here
+        (INVALID_ARGUMENT naming the job, the field and the problem) instead of reaching
+        the forwarder, which could only log the refusal once the jobs are stored. The
+        supervisor cannot import the grammar (supervisor_client never imports executor),
+        and asking the engine over gRPC from this synchronous, in-loop submission would
+        block the loop that serves it.
 
         The answer comes once the trigger engine has the jobs, so a client's next
         ``GetJob`` lists their callbacks and an event it publishes finds them.
@@ -126,6 +129,7 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
                 jobs,
                 check_trigger=check_trigger,
                 check_language=check_language,
+                check_job=registration_problem,
             )
         await self._registered([job["id"] for job in stored])
         return farm_pb2.SubmitJobsResponse(jobs=[job_from_dict(job) for job in stored])
