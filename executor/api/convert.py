@@ -92,6 +92,11 @@ def check_instance(field: str, value: int, *, none: bool = True) -> int:
     return value
 
 
+def _in(where: str, field: str) -> str:
+    """``field`` of the message ``where`` names ("job" -> "job.name"); alone when ``where`` is ""."""
+    return f"{where}.{field}" if where else field
+
+
 # The Job fields that name something (each at most MAX_NAME_CHARS).
 _JOB_NAMES: Final = ("name", "label", "status", "user", "prototype", "mailaddress")
 
@@ -99,35 +104,37 @@ _JOB_NAMES: Final = ("name", "label", "status", "user", "prototype", "mailaddres
 def check_job(job: types_pb2.Job, where: str) -> None:
     """A job as a request gives it is one the executor can keep; ``where`` names the job field.
 
+    (``where`` "": the fields are named alone, as the farm names them in a submitted job.)
+
     Its id is required (a pgrp of 0 is the job's own id, a pid of 0 no parent) and its ids
     fit what the executor stores, its instance numbers are 0 or more (a work item's
     ``subid`` -1: none), and its names fit MAX_NAME_CHARS; neither they nor its callbacks'
     code and triggers hold a NUL (``check_text``).
     """
-    check_id(f"{where}.id", job.id, required=True)
+    check_id(_in(where, "id"), job.id, required=True)
     for name in ("pgrp", "pid"):
-        check_id(f"{where}.{name}", getattr(job, name))
+        check_id(_in(where, name), getattr(job, name))
     for name in _JOB_NAMES:
-        check_name(f"{where}.{name}", getattr(job, name))
+        check_name(_in(where, name), getattr(job, name))
     limit = MAX_NAME_CHARS
     for index, item in enumerate(job.agenda):
         # A big job's 20,000 items: the field names are only spelled out for a bad one.
         names = (item.name, item.status, item.host)
         if max(map(len, names)) > limit or item.subid < -1 or any("\0" in n for n in names):
-            at = f"{where}.agenda[{index}]"
+            at = _in(where, f"agenda[{index}]")
             for name in ("name", "status", "host"):
                 check_name(f"{at}.{name}", getattr(item, name))
             check_instance(f"{at}.subid", item.subid)
     for index, sub in enumerate(job.subjobs):
-        at = f"{where}.subjobs[{index}]"
+        at = _in(where, f"subjobs[{index}]")
         check_instance(f"{at}.id", sub.id, none=False)
         check_name(f"{at}.status", sub.status)
         check_name(f"{at}.host", sub.host)
     for index, callback in enumerate(job.callbacks):
-        check_name(f"{where}.callbacks[{index}].user", callback.user)
-        check_name(f"{where}.callbacks[{index}].language", callback.language)
-        check_text(f"{where}.callbacks[{index}].triggers", callback.triggers)
-        check_text(f"{where}.callbacks[{index}].code", callback.code)
+        check_name(_in(where, f"callbacks[{index}].user"), callback.user)
+        check_name(_in(where, f"callbacks[{index}].language"), callback.language)
+        check_text(_in(where, f"callbacks[{index}].triggers"), callback.triggers)
+        check_text(_in(where, f"callbacks[{index}].code"), callback.code)
 
 
 def check_agenda(job: types_pb2.Job, where: str) -> None:
@@ -135,12 +142,12 @@ def check_agenda(job: types_pb2.Job, where: str) -> None:
     first: dict[str, int] = {}
     for index, item in enumerate(job.agenda):
         if not item.name:
-            raise InvalidRequestError(f"{where}.agenda[{index}].name is empty")
+            raise InvalidRequestError(f"{_in(where, f'agenda[{index}].name')} is empty")
         seen = first.setdefault(item.name, index)
         if seen != index:
             raise InvalidRequestError(
-                f"{where}.agenda[{index}].name: {item.name!r} is also {where}.agenda[{seen}]'s;"
-                " a job's work names are unique"
+                f"{_in(where, f'agenda[{index}].name')}: {item.name!r} is also"
+                f" {_in(where, f'agenda[{seen}]')}'s; a job's work names are unique"
             )
 
 

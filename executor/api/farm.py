@@ -20,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Final
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import Any, Final
 
 from executor.api import convert
 from executor.api.errors import Context, grpc_errors
+from executor.api.farm_registration import registration_problem
 from executor.api.struct_values import struct_dict
 from executor.errors import (
     HostCallError,
@@ -37,9 +38,10 @@ from executor.triggers.engine import check_trigger
 from executor.triggers.registration import check_language
 from executor.triggers.store import StoredCallback
 from supervisor_client.jobdict import job_from_dict
-from supervisor_client.qbcallback.v1 import farm_pb2, farm_pb2_grpc, supervisor_pb2
+from supervisor_client.qbcallback.v1 import farm_pb2, farm_pb2_grpc, supervisor_pb2, types_pb2
 from supervisor_client.reference import errors as reference_errors
 from supervisor_client.reference.farm import Farm, describe_agenda
+from supervisor_client.reference.qube_time import with_times_stored
 from supervisor_client.reference.service import verb_name
 from supervisor_client.reference.states import is_terminal
 
@@ -66,6 +68,15 @@ def _farm_errors() -> Iterator[None]:
         raise PermissionDeniedError(str(err)) from err
     except (reference_errors.SubmitError, ValueError) as err:
         raise InvalidRequestError(str(err)) from err
+
+
+def _wire_job(job: Mapping[str, Any]) -> types_pb2.Job:
+    """The wire Job of a farm job: an unset time is 0, as types.proto says.
+
+    The farm's job dicts show Qube's 946702800 for it, as a callback's ``qb.jobinfo``
+    reads it (qube_time.py); a client written from the proto reads 0 as unset.
+    """
+    return job_from_dict(with_times_stored(job))
 
 
 def _change_name(value: int) -> str:
@@ -108,12 +119,14 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
 
         Each callback's trigger is checked with the trigger engine's own parser, and its
         language as RegisterJob checks it, handed to the supervisor as its
-        ``check_trigger`` and ``check_language``: a callback RegisterJob would refuse
-        refuses the whole submission here (INVALID_ARGUMENT naming the job, the callback
-        and the problem) instead of reaching the forwarder, which could only log the
-        refusal once the jobs are stored. The supervisor cannot import the grammar
-        (supervisor_client never imports executor), and asking the engine over gRPC from
-        this synchronous, in-loop submission would block the loop that serves it.
+        ``check_trigger`` and ``check_language``, and each job as stored is checked as
+        the forwarder's RegisterJob of it would be (``farm_registration``, its
+        ``check_job``): a job RegisterJob would refuse refuses the whole submission here
+        (INVALID_ARGUMENT naming the job, the field and the problem) instead of reaching
+        the forwarder, which could only log the refusal once the jobs are stored. The
+        supervisor cannot import the grammar (supervisor_client never imports executor),
+        and asking the engine over gRPC from this synchronous, in-loop submission would
+        block the loop that serves it.
 
         The answer comes once the trigger engine has the jobs, so a client's next
         ``GetJob`` lists their callbacks and an event it publishes finds them.
@@ -126,9 +139,10 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
                 jobs,
                 check_trigger=check_trigger,
                 check_language=check_language,
+                check_job=registration_problem,
             )
         await self._registered([job["id"] for job in stored])
-        return farm_pb2.SubmitJobsResponse(jobs=[job_from_dict(job) for job in stored])
+        return farm_pb2.SubmitJobsResponse(jobs=[_wire_job(job) for job in stored])
 
     @grpc_errors
     async def ListJobs(
@@ -139,7 +153,7 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
             jobs = self._farm.jobs(
                 status=request.status, pgrp=convert.check_id("pgrp", request.pgrp)
             )
-        return farm_pb2.ListJobsResponse(jobs=[job_from_dict(job) for job in jobs])
+        return farm_pb2.ListJobsResponse(jobs=[_wire_job(job) for job in jobs])
 
     @grpc_errors
     async def GetJob(
@@ -150,7 +164,7 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
         with _farm_errors():
             job = self._farm.job(job_id)
         return farm_pb2.GetJobResponse(
-            job=job_from_dict(job),
+            job=_wire_job(job),
             callbacks=[convert.registered_message(cb) for cb in self._callbacks_of(job_id)],
             history=[
                 farm_pb2.HistoryEntry(

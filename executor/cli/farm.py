@@ -51,6 +51,7 @@ from executor.visible_text import escaped, printable
 from supervisor_client import ExecutorClient, ExecutorRpcError
 from supervisor_client.client import as_plain
 from supervisor_client.jobdict import job_to_dict
+from supervisor_client.reference.qube_time import with_times_shown
 
 _TARGET: Final = re.compile(r"^([0-9]+)(?::(.+))?$")
 WORKER_VERBS: Final = ("start", "complete", "fail")
@@ -232,7 +233,7 @@ async def _jobs(args: argparse.Namespace, out: TextIO) -> int:
         reply = await farm.list_jobs(status=args.status or "", pgrp=args.pgrp or 0)
     if args.json:
         for job in reply.jobs:
-            print(json.dumps(job_to_dict(job)), file=out)
+            print(json.dumps(with_times_shown(job_to_dict(job))), file=out)
     elif reply.jobs:
         print(format_jobs(reply.jobs), file=out)
     else:
@@ -246,7 +247,7 @@ async def _show(args: argparse.Namespace, out: TextIO) -> int:
         work_items = await _work_items(farm, reply)
     if args.json:
         shown = {
-            "job": job_to_dict(reply.job, include_callbacks=True),
+            "job": with_times_shown(job_to_dict(reply.job, include_callbacks=True)),
             "callbacks": [_plain_callback(cb, work_items) for cb in reply.callbacks],
             "history": [as_plain(line) for line in reply.history],
         }

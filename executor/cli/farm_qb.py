@@ -18,20 +18,26 @@ import getpass
 import re
 import types
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from typing import Any, Final
+from typing import Any
 
 from supervisor_client.farm_client import JOB_VERBS, FarmClient
 from supervisor_client.jobdict import job_to_dict
+from supervisor_client.qbcallback.v1 import types_pb2
+from supervisor_client.reference.qube_time import QB_TIME_EPOCH_OFFSET, with_times_shown
 
 # Runs one coroutine on the command's event loop and returns its result (from a thread).
 Call = Callable[[Coroutine[Any, Any, Any]], Any]
 
-QB_TIME_EPOCH_OFFSET: Final = 946702800
 _FRAMES = re.compile(r"^(-?\d+)(?:-(-?\d+)(?:x(\d+))?)?$")
 
 
 class Job(dict[str, Any]):
     """A Qube job dict (``qb.Job()``): set ``name``, ``label``, ``agenda``, ``callbacks``..."""
+
+
+def _qube_job(job: types_pb2.Job, *, include_callbacks: bool = False) -> Job:
+    """A FarmService job as Qube's client gives it: an unset time (0 on the wire) 946702800."""
+    return Job(with_times_shown(job_to_dict(job, include_callbacks=include_callbacks)))
 
 
 class Work(dict[str, Any]):
@@ -105,7 +111,7 @@ class SubmissionApi:
         batch = [jobs] if isinstance(jobs, Mapping) else list(jobs)
         prepared = [{"user": self._user, **job} for job in batch]
         response = self._call(self._farm.submit_jobs(prepared))
-        stored = [Job(job_to_dict(job, include_callbacks=True)) for job in response.jobs]
+        stored = [_qube_job(job, include_callbacks=True) for job in response.jobs]
         self.submitted += stored
         return stored
 
@@ -128,15 +134,15 @@ class SubmissionApi:
             raise TypeError(f"jobinfo: unknown arguments {sorted(kwargs)}")
         if not values:
             listing = self._call(self._farm.list_jobs())
-            return [Job(job_to_dict(job)) for job in listing.jobs]
+            return [_qube_job(job) for job in listing.jobs]
         if selector == "pgrp":
             listing = self._call(self._farm.list_jobs(pgrp=_job_ids(tuple(values))[0]))
             jobs = list(listing.jobs)
             if include:
                 jobs = [self._call(self._farm.get_job(job.id)).job for job in jobs]
-            return [Job(job_to_dict(job, include_callbacks=include)) for job in jobs]
+            return [_qube_job(job, include_callbacks=include) for job in jobs]
         return [
-            Job(job_to_dict(self._call(self._farm.get_job(i)).job, include_callbacks=include))
+            _qube_job(self._call(self._farm.get_job(i)).job, include_callbacks=include)
             for i in _job_ids(tuple(values))
         ]
 

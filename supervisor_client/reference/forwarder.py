@@ -25,14 +25,23 @@ Events are not published with ``wait``: an acknowledgement means the engine latc
 event and queued what it fired, durably, and a slow callback holds no other event back.
 ``drain()`` says every transition so far was acknowledged; whoever needs the callbacks run
 too waits for the engine's firings as well (``EmbeddedSupervisor.settle``).
+
+Events are forwarded strictly in order, so one the executor can never take must not be
+retried for ever: it would hold every later event of every job behind it. A refusal a
+resend cannot change is logged at ERROR and the event set aside: any status but
+UNAVAILABLE and RESOURCE_EXHAUSTED, and RESOURCE_EXHAUSTED too when gRPC says the message
+is over the executor's receive limit. A RegisterJob the executor's limit
+(``MAX_REQUEST_BYTES``) cannot carry is not sent at all (the farm's SubmitJobs refuses
+such a job; one stored before it did, or grown since by result packages, is set aside
+so). Retries are logged at WARNING, so a stalled event path shows in the log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
-from typing import Final
+from collections.abc import Iterator, Mapping
+from typing import Any, Final
 
 import grpc
 
@@ -46,11 +55,43 @@ from supervisor_client.reference.store import ReferenceSupervisor
 logger = logging.getLogger(__name__)
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+# How gRPC words a request over the receiver's limit (RESOURCE_EXHAUSTED): the same
+# request is refused again, however long we wait.
+_OVER_RECEIVE_LIMIT: Final = "larger than max"
+# The executor's gRPC receive limit (executor/bounds.py MAX_REQUEST_BYTES; a test keeps
+# the two equal): a request over it is refused whole, before the executor reads it.
+MAX_REQUEST_BYTES: Final = 16 << 20
 # Events read from the database at a time, and the most one PublishEvents carries (the
 # engine takes up to 1,000).
 READ_BATCH: Final = 500
 # After the database failed a read or a removal: wait this long, then try again.
 STORE_RETRY_S: Final = 1.0
+
+
+class UndeliverableError(Exception):
+    """A request the executor can never take, so it is not sent; the message says why."""
+
+
+def registration_request(job: Mapping[str, Any]) -> executor_pb2.RegisterJobRequest:
+    """The RegisterJob the forwarder sends for a job dict (with its callbacks).
+
+    The farm's SubmitJobs checks a job with this very request before it stores it.
+    """
+    return executor_pb2.RegisterJobRequest(
+        job=job_from_dict(dict(job)), published_events=sorted(PUBLISHED_EVENTS)
+    )
+
+
+def oversize_problem(request: executor_pb2.RegisterJobRequest) -> str | None:
+    """Why the executor's receive limit refuses ``request``, or None when it fits."""
+    size = request.ByteSize()
+    if size <= MAX_REQUEST_BYTES:
+        return None
+    return (
+        f"registering it with the trigger engine takes a RegisterJob request of {size} bytes;"
+        f" the executor takes at most {MAX_REQUEST_BYTES} bytes (16 MiB): split it into"
+        " smaller jobs"
+    )
 
 
 class EventForwarder:
@@ -122,22 +163,25 @@ class EventForwarder:
         for job_id, outcome in claimed:
             try:
                 registered: bool | None = await self._register(job_id)
-            except grpc.aio.AioRpcError:
-                registered = None  # the queue's turn registers it
+            except (grpc.aio.AioRpcError, UndeliverableError):
+                registered = None  # the queue's turn registers it, or logs why it cannot
             if not outcome.done():
                 outcome.set_result(registered)
 
     async def _register(self, job_id: int) -> bool:
-        """RegisterJob with the job as it is now; False when it has been removed."""
+        """RegisterJob with the job as it is now; False when it has been removed.
+
+        UndeliverableError when the request is over the executor's receive limit.
+        """
         try:
             job = self._supervisor.job(job_id, include_callbacks=True)
         except NoSuchJobError:
             return False
-        await self._stub.RegisterJob(
-            executor_pb2.RegisterJobRequest(
-                job=job_from_dict(job), published_events=sorted(PUBLISHED_EVENTS)
-            )
-        )
+        request = registration_request(job)
+        problem = oversize_problem(request)
+        if problem is not None:
+            raise UndeliverableError(f"job {job_id}: {problem}")
+        await self._stub.RegisterJob(request)
         return True
 
     async def _registered(self, job_id: int) -> bool:
@@ -191,18 +235,42 @@ class EventForwarder:
     async def _with_retry(self, events: list[UnsentEvent]) -> None:
         """Send events until acknowledged, or refused for good (then each alone, logged)."""
         backoff = 0.05
+        attempt = 0
         while True:
             try:
                 await self._send(events)
+            except UndeliverableError as err:
+                logger.error(
+                    "cannot forward %s, set aside: %s; the job's callbacks will not fire",
+                    events[0].transition,
+                    err,
+                )
+                return
             except grpc.aio.AioRpcError as err:
-                if err.code() not in RETRYABLE:
+                if not _retryable(err):
                     if len(events) > 1:
                         # A batch is applied whole or not at all: find the one refused.
                         for event in events:
                             await self._with_retry([event])
                         return
-                    logger.error("executor refused %s: %s", events[0].transition, err.details())
+                    logger.error(
+                        "executor refused %s, set aside: %s: %s",
+                        events[0].transition,
+                        err.code().name,
+                        err.details(),
+                    )
                     return
+                attempt += 1
+                if attempt & (attempt - 1) == 0:  # the 1st, 2nd, 4th, 8th, ... retry
+                    logger.warning(
+                        "could not forward %s (%s: %s); retry %d, every %gs at most; every"
+                        " later event waits for it",
+                        ", ".join(str(e.transition) for e in events),
+                        err.code().name,
+                        err.details(),
+                        attempt,
+                        self._max_backoff_s,
+                    )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff_s)
             else:
@@ -228,6 +296,13 @@ class EventForwarder:
             await self._stub.PublishEvent(requests[0])
         else:
             await self._stub.PublishEvents(executor_pb2.PublishEventsRequest(events=requests))
+
+
+def _retryable(err: grpc.aio.AioRpcError) -> bool:
+    """Whether the same call may succeed later: not when it is over the receive limit."""
+    if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return _OVER_RECEIVE_LIMIT not in (err.details() or "")
+    return err.code() in RETRYABLE
 
 
 def _is_submission(event: UnsentEvent) -> bool:

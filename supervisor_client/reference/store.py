@@ -69,6 +69,7 @@ from supervisor_client.reference.states import (
 )
 from supervisor_client.reference.submission import (
     MAX_ID,
+    JobCheck,
     LanguageCheck,
     NewJob,
     TriggerCheck,
@@ -496,6 +497,7 @@ class ReferenceSupervisor:
         *,
         check_trigger: TriggerCheck | None = None,
         check_language: LanguageCheck | None = None,
+        check_job: JobCheck | None = None,
     ) -> list[dict[str, Any]]:
         """Store Qube job dicts; all or nothing. Returns the stored jobs, in order.
 
@@ -503,11 +505,13 @@ class ReferenceSupervisor:
         ``pgrp``; that job's id is the pgrp id. Raises SubmitError naming the problem
         (duplicate label or work name, unknown pgrp, malformed field, and, with
         ``check_trigger`` and ``check_language``, a callback's trigger or language they
-        refuse).
+        refuse, and with ``check_job`` a job as stored that it refuses).
         """
         parsed = parse_submission(jobs, check_trigger, check_language)
         with self._transaction() as changes:
             ids = self._insert_jobs(changes, parsed)
+            if check_job is not None:
+                self._check_stored(ids, check_job)
             return [self._job_dict(self._job_row(i), include_callbacks=False) for i in ids]
 
     def _insert_jobs(self, changes: _Changes, jobs: Sequence[NewJob]) -> list[int]:
@@ -562,6 +566,14 @@ class ReferenceSupervisor:
             )
         return [first_id + offset for offset in range(len(jobs))]
 
+    def _check_stored(self, ids: Sequence[int], check_job: JobCheck) -> None:
+        """Ask ``check_job`` of each job as stored; SubmitError, before the commit, for one it refuses."""
+        for number, job_id in enumerate(ids, start=1):
+            job = self._job_dict(self._job_row(job_id), include_callbacks=True)
+            problem = check_job(job)
+            if problem is not None:
+                raise SubmitError(f"job {number} of the submission: {problem}")
+
     def _assign_labels(self, jobs: Sequence[NewJob], pgrps: Sequence[int]) -> list[str]:
         """Check explicit labels are unique per pgrp, then give the rest ``qube<N>``.
 
@@ -572,13 +584,13 @@ class ReferenceSupervisor:
         # Who holds each explicit label, for the refusal: an existing job, or a job of this
         # submission (a new pgrp has no id to name yet: the refused submission gets none).
         holders: dict[int, dict[str, str]] = {}
-        for job, pgrp in zip(jobs, pgrps, strict=True):
+        for n, (job, pgrp) in enumerate(zip(jobs, pgrps, strict=True), start=1):
             if pgrp not in taken:
                 rows = self._db.execute("SELECT id, label FROM jobs WHERE pgrp = ?", (pgrp,))
                 holders[pgrp] = {row["label"]: f"job {row['id']} (pgrp {pgrp})" for row in rows}
                 taken[pgrp] = set(holders[pgrp])
                 if job.fields.pgrp is not None and not taken[pgrp]:
-                    raise SubmitError(f"pgrp {pgrp} does not exist")
+                    raise SubmitError(f"job {n} of the submission: pgrp {pgrp} does not exist")
         # Labels are unique per pgrp, so the existing ones also count the existing jobs.
         positions = {pgrp: len(labels) for pgrp, labels in taken.items()}
         for n, (job, pgrp) in enumerate(zip(jobs, pgrps, strict=True), start=1):

@@ -63,6 +63,11 @@ TriggerCheck = Callable[[str | list[str]], str | None]
 #: Checks one callback language the same way: a submission with a callback the executor
 #: cannot run (``ruby``, a typo) is refused instead of being dropped when it fires.
 LanguageCheck = Callable[[str], str | None]
+#: Checks one job as it would be stored (its job dict with callbacks, ids and labels
+#: assigned: what the forwarder registers): None when the executor can register it, else
+#: why not. The executor passes its RegisterJob checks: a job it would refuse is refused
+#: with the submission instead of being stored with callbacks that could never run.
+JobCheck = Callable[[Mapping[str, Any]], str | None]
 
 
 @dataclass(frozen=True, slots=True)

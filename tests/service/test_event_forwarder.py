@@ -27,8 +27,11 @@ class RecordingTriggers:
 
     def __init__(self) -> None:
         self.calls: list[list[executor_pb2.PublishEventRequest]] = []
+        self.registered: list[int] = []
         self.held = asyncio.Event()
         self.reached = asyncio.Event()
+        # Calls to answer UNAVAILABLE (an executor restarting) before taking any.
+        self.unavailable = 0
 
     @property
     def requests(self) -> list[executor_pb2.PublishEventRequest]:
@@ -42,6 +45,7 @@ class RecordingTriggers:
     async def register_job(
         self, request: executor_pb2.RegisterJobRequest, context: Any
     ) -> executor_pb2.RegisterJobResponse:
+        self.registered.append(request.job.id)
         return executor_pb2.RegisterJobResponse()
 
     async def _record(
@@ -49,6 +53,9 @@ class RecordingTriggers:
         requests: list[executor_pb2.PublishEventRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
+        if self.unavailable:
+            self.unavailable -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "restarting")
         if any(r.work_name == "refused" for r in requests):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "work_name: refused")
         self.calls.append(requests)
@@ -98,9 +105,17 @@ class RecordingTriggers:
 
 
 @contextlib.asynccontextmanager
-async def triggers_on_loopback() -> AsyncIterator[tuple[RecordingTriggers, grpc.aio.Channel]]:
+async def triggers_on_loopback(
+    max_request_bytes: int | None = None,
+) -> AsyncIterator[tuple[RecordingTriggers, grpc.aio.Channel]]:
+    """``max_request_bytes``: the server's receive limit (gRPC's 4 MiB when None)."""
     servicer = RecordingTriggers()
-    server = grpc.aio.server()
+    options = (
+        []
+        if max_request_bytes is None
+        else [("grpc.max_receive_message_length", max_request_bytes)]
+    )
+    server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers((servicer.handler(),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -228,3 +243,58 @@ async def test_an_event_refused_in_a_batch_is_dropped_alone(
         event_id for work, event_id in stored if work != "refused"
     ]
     assert "executor refused" in caplog.text and "work_name: refused" in caplog.text
+
+
+async def test_a_request_over_the_executors_receive_limit_is_set_aside_and_the_rest_go_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its RESOURCE_EXHAUSTED was retried every 5 s for ever, silently, and every later
+    # event of every job waited behind it, across restarts.
+    async with triggers_on_loopback(max_request_bytes=64 << 10) as (triggers, channel):
+        triggers.held.set()
+        with ReferenceSupervisor(tmp_path / "supervisor.db", event_outbox=True) as sup:
+            big, small = sup.submit(
+                [
+                    {
+                        "name": "big",
+                        "user": "alice",
+                        "agenda": [f"{n:04d}" + "x" * 200 for n in range(1000)],
+                    },
+                    {"name": "small", "user": "alice", "agenda": ["1"]},
+                ]
+            )
+            sup.start_work(small["id"], "1")
+            stored = [(e.transition.job_id, e.event_id) for e in sup.unsent_events()]
+            forwarder = EventForwarder(sup, channel)
+            async with forwarding(forwarder):
+                await asyncio.wait_for(forwarder.drain(), 10)
+
+    # The big job's submit event, which registers it, was let go; every other event came.
+    assert triggers.registered == [small["id"]]
+    assert [r.event_id for r in triggers.requests] == [
+        event_id for job_id, event_id in stored if job_id != big["id"]
+    ]
+    assert len(triggers.requests) > 1
+    (refusal,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert f"job_id={big['id']}" in refusal.getMessage()
+    assert "set aside" in refusal.getMessage()
+    assert "RESOURCE_EXHAUSTED" in refusal.getMessage()
+
+
+async def test_a_retried_event_is_logged_at_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with triggers_on_loopback() as (triggers, channel):
+        triggers.held.set()
+        triggers.unavailable = 3
+        with ReferenceSupervisor(tmp_path / "supervisor.db", event_outbox=True) as sup:
+            sup.submit([{"name": "a", "user": "alice"}])
+            forwarder = EventForwarder(sup, channel)
+            async with forwarding(forwarder):
+                await asyncio.wait_for(forwarder.drain(), 10)
+
+    assert [r.name for r in triggers.requests] == ["submit"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    # The 1st, 2nd and 4th retry are logged (then the 8th, ...): a stall shows, not a flood.
+    assert [w.split("; retry ")[1].split(",")[0] for w in warnings] == ["1", "2"], warnings
+    assert all("UNAVAILABLE: restarting" in w and "every later event waits" in w for w in warnings)

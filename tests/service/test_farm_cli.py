@@ -139,6 +139,9 @@ async def test_a_submission_script_gets_qb_and_its_arguments(
         "print('status', qb.jobstatus(stored['id']), len(qb.jobinfo('-pgrp', stored['pgrp'])))\n"
         "print('blocked', qb.block(stored['id']), qb.jobinfo(id=stored['id'])[0]['status'])\n"
         "print('chunks', [w['name'] for w in qb.genchunks(2, '1-5')])\n"
+        # Qube's client reads an unset time as its time 0 (the wire says 0).
+        "print('times', stored['timestart'] == qb.QB_TIME_EPOCH_OFFSET,"
+        " qb.jobinfo(id=stored['id'])[0]['timecomplete'] == qb.QB_TIME_EPOCH_OFFSET)\n"
     )
     said = await cbexec("farm", "submit", str(script), "042", address=stack_warm.address)
     assert said.code == 0, said.err
@@ -147,6 +150,7 @@ async def test_a_submission_script_gets_qb_and_its_arguments(
         "status pending 1",
         "blocked 1 blocked",
         "chunks ['1-2', '3-4', '5']",
+        "times True True",
         "submitted job 1 'shot042' (label qube0, pgrp 1): pending, 3 frames, 1 callback",
     ]
 
@@ -212,6 +216,8 @@ async def test_jobs_show_and_changes(stack_warm: Stack) -> None:
     assert plain["callbacks"][0]["job_id"] == 3  # a number, not protobuf's JSON string
     lines = (await cbexec("farm", "jobs", "--json", "--status", "pending", address=address)).out
     assert [json.loads(line)["name"] for line in lines.splitlines()] == ["jobC"]
+    # Qube job dicts: a time not reached yet is Qube's time 0, as its client gives it.
+    assert plain["job"]["timecomplete"] == json.loads(lines)["timestart"] == 946702800
 
     partly = await cbexec("farm", "complete", "1:1-2", address=address)
     assert partly.code == 1

@@ -409,3 +409,40 @@ async def test_a_callback_reads_times_as_qubes_client_gives_them(stack_warm: Sta
 
     assert answer.outcome == Outcome.OUTCOME_SUCCEEDED, answer.failure
     assert answer.stdout == "946702800 946702800 946702800\nTrue\n"
+
+
+async def test_the_wire_says_0_for_an_unset_time_and_a_callback_reads_qubes_time_0(
+    stack_warm: Stack,
+) -> None:
+    # types.proto: "Unix seconds; 0 when unset". A client written from it read a pending
+    # job's 946702800 as started and completed on 2000-01-01.
+    reads = (
+        "j = qb.jobinfo()[0]\nprint(j['timestart'] > qb.QB_TIME_EPOCH_OFFSET, j['timecomplete'])\n"
+    )
+    callback = {"triggers": "running-job-self", "language": "python", "code": reads}
+    async with FarmClient(stack_warm.channel) as farm:
+        (submitted,) = (
+            await farm.submit_jobs(
+                [{"name": "t", "user": "bob", "agenda": ["1"], "callbacks": [callback]}]
+            )
+        ).jobs
+        listed = (await farm.list_jobs()).jobs[0]
+        shown = (await farm.get_job(submitted.id)).job
+        for job in (submitted, listed, shown):
+            assert (job.timestart, job.timecomplete) == (0, 0)
+            assert job.timesubmit > 946702800
+        await farm.change_work(job_id=submitted.id, work=["1"], change="start")
+
+        async def ran() -> bool:
+            return bool((await stack_warm.client.list_runs(job_id=submitted.id)).runs)
+
+        # Its callback has run (while the job is running) before the job completes.
+        assert await eventually(ran, timeout_s=30)
+        await farm.change_work(job_id=submitted.id, work=["1"], change="complete")
+        assert (await farm.wait_jobs([submitted.id], wait_seconds=30)).done
+        ended = (await farm.get_job(submitted.id)).job
+    assert ended.timesubmit <= ended.timestart <= ended.timecomplete
+    assert ended.timestart > 946702800
+    (run,) = (await stack_warm.client.list_runs(job_id=submitted.id)).runs
+    # Started, not complete: the callback's jobinfo says Qube's time 0 for the latter.
+    assert (await stack_warm.client.get_run(run.invocation_id)).result.stdout == "True 946702800\n"

@@ -107,8 +107,8 @@ def test_a_job_can_join_an_existing_pgrp(sup: ReferenceSupervisor) -> None:
     (joined,) = sup.submit([{"name": "late", "pgrp": 1}])
 
     assert (joined["pgrp"], joined["label"]) == (1, "qube2")
-    with pytest.raises(SubmitError, match="pgrp 77 does not exist"):
-        sup.submit([{"name": "x", "pgrp": 77}])
+    with pytest.raises(SubmitError, match=r"^job 2 of the submission: pgrp 77 does not exist$"):
+        sup.submit([{"name": "x"}, {"name": "y", "pgrp": 77}])
 
 
 def test_auto_labels_never_take_an_explicit_label(sup: ReferenceSupervisor) -> None:

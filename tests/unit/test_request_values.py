@@ -16,10 +16,10 @@ import pytest
 
 from executor.api.farm import FarmServicer
 from executor.api.triggers import TriggerServicer
-from executor.bounds import MAX_NAME_CHARS
+from executor.bounds import MAX_NAME_CHARS, MAX_REQUEST_BYTES
 from supervisor_client.jobdict import dict_to_struct
 from supervisor_client.qbcallback.v1 import executor_pb2, farm_pb2, supervisor_pb2, types_pb2
-from supervisor_client.reference import ReferenceSupervisor, submission
+from supervisor_client.reference import ReferenceSupervisor, forwarder, submission
 from supervisor_client.reference.farm import Farm
 from tests.helpers.servicer_context import Aborted, FakeContext, as_context
 from tests.helpers.trigger_engines import Engines, Recorder
@@ -52,6 +52,11 @@ def farm() -> FarmServicer:
 def test_the_supervisor_bounds_names_as_the_executor_does() -> None:
     # The forwarder sends the farm's names to RegisterJob and PublishEvent.
     assert submission.MAX_NAME_CHARS == MAX_NAME_CHARS
+
+
+def test_the_forwarder_knows_the_executors_receive_limit() -> None:
+    # A registration over it is set aside, not retried for ever (nor sent).
+    assert forwarder.MAX_REQUEST_BYTES == MAX_REQUEST_BYTES
 
 
 async def test_a_non_finite_number_in_a_farm_struct_names_the_job_and_field(

@@ -138,7 +138,8 @@ class SubmitJobsResponse(_message.Message):
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Job]:
         """The stored jobs, in submission order, with their ids, pgrp, labels and
-        callbacks as the supervisor assigned them.
+        callbacks as the supervisor assigned them. A time not reached yet is 0, as in
+        every Job this service answers (callbacks' `qb.jobinfo` reads Qube's 946702800).
         """
 
     def __init__(

@@ -40,9 +40,14 @@ class FarmServiceStub:
     refuse refuses the whole submission and nothing is stored (INVALID_ARGUMENT
     "job 1 of the submission, callback 1: triggers: unknown event type 'jb' at
     column 10; expected ...": the job and the callback numbered from 1 (the
-    callback as its id would be), then the parser's words). The jobs of one
+    callback as its id would be), then the parser's words). Each job as it would
+    be stored is checked as RegisterJob checks the farm's registration of it: a
+    NUL in any of its text, or a registration over the executor's 16 MiB receive
+    limit (each work item grows on the way), refuses the submission alike ("job 2
+    of the submission: agenda[1].name holds a NUL character ..."). The jobs of one
     call that name no `pgrp` join one new process group led by the first of them;
-    a job naming a `pgrp` joins that existing group (INVALID_ARGUMENT if none).
+    a job naming a `pgrp` joins that existing group (INVALID_ARGUMENT if none:
+    "job 2 of the submission: pgrp 99 does not exist").
     """
     ListJobs: _aio.UnaryUnaryMultiCallable[_farm_pb2.ListJobsRequest, _farm_pb2.ListJobsResponse]
     """The farm's jobs with their agendas, by id."""
@@ -85,9 +90,14 @@ class FarmServiceServicer(metaclass=_abc_1.ABCMeta):
         refuse refuses the whole submission and nothing is stored (INVALID_ARGUMENT
         "job 1 of the submission, callback 1: triggers: unknown event type 'jb' at
         column 10; expected ...": the job and the callback numbered from 1 (the
-        callback as its id would be), then the parser's words). The jobs of one
+        callback as its id would be), then the parser's words). Each job as it would
+        be stored is checked as RegisterJob checks the farm's registration of it: a
+        NUL in any of its text, or a registration over the executor's 16 MiB receive
+        limit (each work item grows on the way), refuses the submission alike ("job 2
+        of the submission: agenda[1].name holds a NUL character ..."). The jobs of one
         call that name no `pgrp` join one new process group led by the first of them;
-        a job naming a `pgrp` joins that existing group (INVALID_ARGUMENT if none).
+        a job naming a `pgrp` joins that existing group (INVALID_ARGUMENT if none:
+        "job 2 of the submission: pgrp 99 does not exist").
         """
 
     @_abc_1.abstractmethod

@@ -260,7 +260,10 @@ class Job(_message.Message):
     mailaddress: _builtins.str
     """Where `mail` callbacks send mail; empty means the owner."""
     timesubmit: _builtins.int
-    """Unix seconds; 0 when unset."""
+    """Unix seconds; 0 when unset (the FarmService answers so). A supervisor's
+    JobInfo may say Qube's time 0, 946702800, instead, as the reference
+    supervisor's does: a callback reads the times as its supervisor sends them.
+    """
     timestart: _builtins.int
     timecomplete: _builtins.int
     cpus: _builtins.int
