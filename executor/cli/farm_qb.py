@@ -22,7 +22,6 @@ from typing import Any
 
 from supervisor_client.farm_client import JOB_VERBS, FarmClient
 from supervisor_client.jobdict import job_to_dict
-from supervisor_client.qbcallback.v1 import types_pb2
 from supervisor_client.reference.qube_time import QB_TIME_EPOCH_OFFSET, with_times_shown
 
 # Runs one coroutine on the command's event loop and returns its result (from a thread).
@@ -35,8 +34,11 @@ class Job(dict[str, Any]):
     """A Qube job dict (``qb.Job()``): set ``name``, ``label``, ``agenda``, ``callbacks``..."""
 
 
-def _qube_job(job: types_pb2.Job, *, include_callbacks: bool = False) -> Job:
-    """A FarmService job as Qube's client gives it: an unset time (0 on the wire) 946702800."""
+def _qube_job(job: Any, *, include_callbacks: bool = False) -> Job:
+    """A FarmService job as Qube's client gives it: an unset time (0 on the wire) 946702800.
+
+    ``job`` is the client's answer, typed loosely: protobuf messages stay in executor/api/.
+    """
     return Job(with_times_shown(job_to_dict(job, include_callbacks=include_callbacks)))
 
 
