@@ -86,6 +86,21 @@ def host_error(err: grpc.aio.AioRpcError, *, ran_out_of_s: float | None = None) 
     return HostCallError(kind, details)
 
 
+def malformed_answer(method: str, *, acts: bool) -> HostCallError:
+    """The error for an answer that does not parse as ``method``'s response message.
+
+    grpc.aio returns None for such an answer (after logging "Exception deserializing
+    message!") instead of raising: a supervisor built from another version of the proto,
+    or a proxy that mangles its body. It answered OK, so an action was taken in all
+    likelihood.
+    """
+    applied = " (the action may have been applied)" if acts else ""
+    return HostCallError(
+        "SupervisorUnavailable",
+        f"the supervisor's answer was malformed: its {method} answer does not parse{applied}",
+    )
+
+
 class GrpcSupervisor:
     """``executor.supervisor_link.SupervisorPort`` over a SupervisorService channel."""
 
@@ -93,13 +108,24 @@ class GrpcSupervisor:
         self._stub = supervisor_pb2_grpc.SupervisorServiceStub(channel)
         self._timeout_s = timeout_s
 
-    async def _call(self, rpc: Callable[..., Awaitable[_Response]], request: Any) -> _Response:
+    async def _call(
+        self,
+        rpc: Callable[..., Awaitable[_Response | None]],
+        request: Any,
+        method: str,
+        *,
+        acts: bool = False,
+    ) -> _Response:
+        """Call ``rpc``; ``method`` names it, ``acts`` says it changes a job."""
         started = time.monotonic()
         try:
-            return await rpc(request, timeout=self._timeout_s)
+            response = await rpc(request, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as err:
             took_it_all = time.monotonic() - started >= self._timeout_s
             raise host_error(err, ran_out_of_s=self._timeout_s if took_it_all else None) from err
+        if response is None:
+            raise malformed_answer(method, acts=acts)
+        return response
 
     async def job_info(
         self,
@@ -122,7 +148,7 @@ class GrpcSupervisor:
         else:
             request.agenda = supervisor_pb2.AGENDA_SCOPE_NAMED
             request.work_names.extend(work_names)
-        response = await self._call(self._stub.JobInfo, request)
+        response = await self._call(self._stub.JobInfo, request, "JobInfo")
 
         def converted() -> list[dict[str, Any]]:
             return [job_to_dict(job, include_callbacks=include_callbacks) for job in response.jobs]
@@ -142,7 +168,7 @@ class GrpcSupervisor:
             invocation_id=invocation_id,
             action_seq=action_seq,
         )
-        response = await self._call(self._stub.JobAction, request)
+        response = await self._call(self._stub.JobAction, request, "JobAction", acts=True)
         return ActionOutcome(response.changed, response.message)
 
     async def work_action(
@@ -163,7 +189,7 @@ class GrpcSupervisor:
             invocation_id=invocation_id,
             action_seq=action_seq,
         )
-        response = await self._call(self._stub.WorkAction, request)
+        response = await self._call(self._stub.WorkAction, request, "WorkAction", acts=True)
         return ActionOutcome(response.changed, response.message)
 
     async def subjob_action(
@@ -184,5 +210,5 @@ class GrpcSupervisor:
             invocation_id=invocation_id,
             action_seq=action_seq,
         )
-        response = await self._call(self._stub.SubjobAction, request)
+        response = await self._call(self._stub.SubjobAction, request, "SubjobAction", acts=True)
         return ActionOutcome(response.changed, response.message)

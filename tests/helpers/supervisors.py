@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import grpc
 
@@ -190,3 +190,44 @@ class SupervisorEndpoint:
         assert set(stored) == expected
         assert set(self.servicer.applied) == expected
         assert set(self.servicer.applied.values()) == {1}, "a result was applied twice"
+
+
+class GarbledAnswers:
+    """A 'supervisor' on loopback that answers every SupervisorService call OK with bytes
+    that are not its response message: what one built from an incompatible proto, or a
+    broken proxy, sends. ``methods`` counts the calls by method name.
+    """
+
+    BODY: Final = b"\xff\xff\xff"
+
+    def __init__(self) -> None:
+        self.methods: Counter[str] = Counter()
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        garbled = self
+
+        async def answer(request: bytes, context: Any) -> bytes:
+            return garbled.BODY
+
+        class Handler(grpc.GenericRpcHandler):
+            def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+                garbled.methods[str(details.method).rsplit("/", 1)[-1]] += 1
+                return grpc.unary_unary_rpc_method_handler(
+                    answer, request_deserializer=bytes, response_serializer=bytes
+                )
+
+        self._server = grpc.aio.server()
+        self._server.add_generic_rpc_handlers((Handler(),))
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        await self._server.start()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(0)
+            self._server = None
