@@ -201,6 +201,11 @@ class GrpcReportTransport:
         try:
             response = await self._call(self._stub.ReportResult, request, "ReportResult")
         except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+                # A supervisor that implements only ReportResults: a batch of one.
+                duplicates = await self.deliver_many([(key, payload)])
+                if duplicates is not None:
+                    return duplicates[0]
             raise _delivery_error(err) from err
         return bool(response.duplicate)
 

@@ -108,6 +108,12 @@ class SingleResultSupervisor(CountingSupervisor):
     ReportResults = supervisor_pb2_grpc.SupervisorServiceServicer.ReportResults  # type: ignore[assignment]
 
 
+class BatchOnlySupervisor(CountingSupervisor):
+    """A supervisor that implements ReportResults only: it answers UNIMPLEMENTED to ReportResult."""
+
+    ReportResult = supervisor_pb2_grpc.SupervisorServiceServicer.ReportResult  # type: ignore[assignment]
+
+
 class HintIgnoringSupervisor(CountingSupervisor):
     """A supervisor that ignores JobInfo's ``agenda`` hint: it answers every work item."""
 
