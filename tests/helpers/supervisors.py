@@ -199,9 +199,10 @@ class SupervisorEndpoint:
 
 
 class GarbledAnswers:
-    """A 'supervisor' on loopback that answers every SupervisorService call OK with bytes
-    that are not its response message: what one built from an incompatible proto, or a
-    broken proxy, sends. ``methods`` counts the calls by method name.
+    """A 'supervisor' on loopback answering every call OK with bytes that are not its answer.
+
+    What one built from an incompatible proto, or a broken proxy, sends. ``methods``
+    counts the calls by method name.
     """
 
     BODY: Final = b"\xff\xff\xff"
