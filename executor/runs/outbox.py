@@ -382,6 +382,8 @@ class Outbox:
         self._drained = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._duplicates = 0
+        # Why the last try to deliver failed; "" once one was delivered since (``last_error``).
+        self._last_error = ""
         self._delivered_since_trim = 0
         # Rows the receiver acknowledged whose mark the storage did not take yet (a full
         # disk): never sent again by this process, marked at the next chance.
@@ -563,6 +565,14 @@ class Outbox:
         if not self._refusal:
             logger.error("outbox: %s", refusal)
         self._refusal = refusal
+
+    def last_error(self) -> str:
+        """Why the last try to deliver failed; "" when none failed since one was delivered.
+
+        What an operator asks while results pile up: the supervisor away, refusing them,
+        or the storage.
+        """
+        return self._last_error
 
     def pending(self) -> int:
         """Messages not yet acknowledged (dead ones excluded)."""
@@ -821,6 +831,7 @@ class Outbox:
             try:
                 delivered = await self._deliver_next()
             except UnavailableError as err:  # the disk is full, PostgreSQL is restarting: wait
+                self._last_error = str(err)
                 logger.warning("outbox: %s", err)
                 if self._health is not None and isinstance(err, StoreUnavailable):
                     # Met here first while no run ends: health says so before a run does.
@@ -832,6 +843,7 @@ class Outbox:
                     await self._health.sound()
                 delivered = False
             except Exception:  # a database or transport bug: it must not end delivery
+                self._last_error = "an error in the executor (its log has the traceback)"
                 logger.exception("outbox: delivery failed unexpectedly; retrying")
                 delivered = False
             if delivered is None:
@@ -841,10 +853,14 @@ class Outbox:
                 continue
             failures += 1
             delay = self._backoff.delay(failures, self._rng)
+            # Why, each time: the only line an outage repeats at WARNING.
+            why = escaped(self._last_error)
             try:
-                logger.warning("outbox: %d pending, retrying in %.2fs", self.pending(), delay)
+                logger.warning(
+                    "outbox: %d pending, retrying in %.2fs (%s)", self.pending(), delay, why
+                )
             except (UnavailableError, DataLossError):  # the store itself is what is away
-                logger.warning("outbox: retrying in %.2fs", delay)
+                logger.warning("outbox: retrying in %.2fs (%s)", delay, why)
             await asyncio.sleep(delay)
 
     async def _io(self, step: Callable[[], _T]) -> _T:
@@ -950,6 +966,7 @@ class Outbox:
         try:
             duplicates = await transport.deliver_many([(key, payload) for _, key, payload in batch])
         except DeliveryError as err:
+            self._last_error = str(err)
             logger.info("outbox: a batch of %d was not delivered (%s)", len(batch), err)
             return err
         if duplicates is None:
@@ -965,6 +982,7 @@ class Outbox:
             self._no_batches_connections = self._connections()
             return DeliveryError("the receiver takes no batches", retryable=True)
         self._duplicates += sum(duplicates)
+        self._last_error = ""
         for seq, _, _ in batch:
             self._first_refused.pop(seq, None)
         await self._io(lambda: self._mark_delivered({seq: key for seq, key, _ in batch}))
@@ -981,7 +999,7 @@ class Outbox:
         try:
             duplicate = await self._transport.deliver(key, payload)
         except DeliveryError as err:
-            error = str(err)
+            error = self._last_error = str(err)
             counted = 0 if err.unreachable else 1 + int(batch_refused)
             attempts = await self._io(lambda: self._note_failure(seq, error, counted=counted))
             if not err.retryable:
@@ -1012,6 +1030,7 @@ class Outbox:
                 )
             return True
         self._duplicates += duplicate
+        self._last_error = ""
         self._first_refused.pop(seq, None)
         await self._io(lambda: self._mark_delivered({seq: key}))
         return True

@@ -223,7 +223,7 @@ class GarbledAnswers:
             return garbled.BODY
 
         class Handler(grpc.GenericRpcHandler):
-            def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+            def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[bytes, bytes]:
                 garbled.methods[str(details.method).rsplit("/", 1)[-1]] += 1
                 return grpc.unary_unary_rpc_method_handler(
                     answer, request_deserializer=bytes, response_serializer=bytes
