@@ -223,7 +223,9 @@ class GarbledAnswers:
             return garbled.BODY
 
         class Handler(grpc.GenericRpcHandler):
-            def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[bytes, bytes]:
+            def service(
+                self, details: grpc.HandlerCallDetails
+            ) -> grpc.RpcMethodHandler[bytes, bytes]:
                 garbled.methods[str(details.method).rsplit("/", 1)[-1]] += 1
                 return grpc.unary_unary_rpc_method_handler(
                     answer, request_deserializer=bytes, response_serializer=bytes
