@@ -217,7 +217,8 @@ class Settings:
     # ~1.1 KB, so this is ~10 x what 100,000 of them take, and ~30 runs of 2 x 16 MiB.
     history_max_bytes: int = 1 * GIB
     # The results the supervisor has not taken may fill outbox.db this far: past it no run
-    # starts (Execute UNAVAILABLE, fired callbacks wait) until it takes them.
+    # starts (Execute UNAVAILABLE, fired callbacks wait) until it takes them. The dead
+    # letters keep to as much besides (the oldest dropped first).
     outbox_max_bytes: int = 1 * GIB
     # The trigger engine's journal (cbexec triggers why) keeps this many entries per
     # callback (per work item of a {work} callback)...

@@ -385,6 +385,7 @@ def _reading_sources(
         outbox=(lambda: (outbox.pending(), outbox.dead()))
         if outbox is not None
         else lambda: (0, 0),
+        outbox_last_error=outbox.last_error if outbox is not None else lambda: "",
         # The outbox past outbox_max_bytes is said here too: it stops every run as well.
         storage_problem=lambda: storage.problem or (outbox.refusal() if outbox else ""),
         trigger_counts=lambda: (stats.events_published, stats.callbacks_fired),

@@ -44,6 +44,7 @@ def metrics_message(snapshot: MetricsSnapshot) -> executor_pb2.GetMetricsRespons
         events_published=readings.events_published,
         callbacks_fired=readings.callbacks_fired,
         outbox_dead_letters=readings.outbox_dead_letters,
+        outbox_last_error=readings.outbox_last_error,
         storage_problem=readings.storage_problem,
         prepared_children=readings.prepared_children,
         slots=readings.slots,

@@ -171,7 +171,13 @@ class GrpcReportTransport:
     def _is_connected(self) -> bool:
         return self._channel.get_state() == grpc.ChannelConnectivity.READY
 
-    async def _call(self, method: Any, request: Any) -> Any:
+    async def _call(self, method: Any, request: Any, name: str) -> Any:
+        """Call ``method`` (named ``name``); an answer that does not parse is a DeliveryError.
+
+        grpc.aio gives None for such an answer instead of raising. The supervisor answered
+        (a proto of another version, a proxy mangling bodies), so it counts as a refusal:
+        retried, and set aside after a few like any answered failure.
+        """
         if not self._is_connected():
             self._connects += 1
         started = time.monotonic()
@@ -183,13 +189,23 @@ class GrpcReportTransport:
             raise
         if time.monotonic() - started < self._timeout_s:
             self._patience_s = self._timeout_s
+        if response is None:
+            raise DeliveryError(
+                f"the supervisor's answer was malformed: its {name} answer does not parse",
+                retryable=True,
+            )
         return response
 
     async def deliver(self, key: str, payload: bytes) -> bool:
         request = _parsed(payload)
         try:
-            response = await self._call(self._stub.ReportResult, request)
+            response = await self._call(self._stub.ReportResult, request, "ReportResult")
         except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+                # A supervisor that implements only ReportResults: a batch of one.
+                duplicates = await self.deliver_many([(key, payload)])
+                if duplicates is not None:
+                    return duplicates[0]
             raise _delivery_error(err) from err
         return bool(response.duplicate)
 
@@ -199,7 +215,7 @@ class GrpcReportTransport:
             results=[_parsed(payload) for _, payload in messages]
         )
         try:
-            response = await self._call(self._stub.ReportResults, request)
+            response = await self._call(self._stub.ReportResults, request, "ReportResults")
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.UNIMPLEMENTED:
                 return None

@@ -100,6 +100,21 @@ def host_error(
     return HostCallError(kind, details)
 
 
+def malformed_answer(method: str, *, acts: bool) -> HostCallError:
+    """The error for an answer that does not parse as ``method``'s response message.
+
+    grpc.aio returns None for such an answer (after logging "Exception deserializing
+    message!") instead of raising: a supervisor built from another version of the proto,
+    or a proxy that mangles its body. It answered OK, so an action was taken in all
+    likelihood.
+    """
+    applied = "; it may have been applied" if acts else ""  # as host_error says it
+    return HostCallError(
+        "SupervisorUnavailable",
+        f"the supervisor's answer was malformed: its {method} answer does not parse{applied}",
+    )
+
+
 class GrpcSupervisor:
     """``executor.supervisor_link.SupervisorPort`` over a SupervisorService channel."""
 
@@ -108,16 +123,24 @@ class GrpcSupervisor:
         self._timeout_s = timeout_s
 
     async def _call(
-        self, rpc: Callable[..., Awaitable[_Response]], request: Any, *, acts: bool = False
+        self,
+        rpc: Callable[..., Awaitable[_Response | None]],
+        request: Any,
+        method: str,
+        *,
+        acts: bool = False,
     ) -> _Response:
-        """``rpc``'s answer, or the HostCallError for it; ``acts``: an action, not a read."""
+        """``rpc``'s answer, or the HostCallError for it; ``method`` names it, ``acts``: an action, not a read."""
         started = time.monotonic()
         try:
-            return await rpc(request, timeout=self._timeout_s)
+            response = await rpc(request, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as err:
             took_it_all = time.monotonic() - started >= self._timeout_s
             ran_out_of_s = self._timeout_s if took_it_all else None
             raise host_error(err, ran_out_of_s=ran_out_of_s, acts=acts) from err
+        if response is None:
+            raise malformed_answer(method, acts=acts)
+        return response
 
     async def job_info(
         self,
@@ -140,7 +163,7 @@ class GrpcSupervisor:
         else:
             request.agenda = supervisor_pb2.AGENDA_SCOPE_NAMED
             request.work_names.extend(work_names)
-        response = await self._call(self._stub.JobInfo, request)
+        response = await self._call(self._stub.JobInfo, request, "JobInfo")
 
         def converted() -> list[dict[str, Any]]:
             return [job_to_dict(job, include_callbacks=include_callbacks) for job in response.jobs]
@@ -160,7 +183,7 @@ class GrpcSupervisor:
             invocation_id=invocation_id,
             action_seq=action_seq,
         )
-        response = await self._call(self._stub.JobAction, request, acts=True)
+        response = await self._call(self._stub.JobAction, request, "JobAction", acts=True)
         return ActionOutcome(response.changed, response.message)
 
     async def work_action(
@@ -181,7 +204,7 @@ class GrpcSupervisor:
             invocation_id=invocation_id,
             action_seq=action_seq,
         )
-        response = await self._call(self._stub.WorkAction, request, acts=True)
+        response = await self._call(self._stub.WorkAction, request, "WorkAction", acts=True)
         return ActionOutcome(response.changed, response.message)
 
     async def subjob_action(
@@ -202,5 +225,5 @@ class GrpcSupervisor:
             invocation_id=invocation_id,
             action_seq=action_seq,
         )
-        response = await self._call(self._stub.SubjobAction, request, acts=True)
+        response = await self._call(self._stub.SubjobAction, request, "SubjobAction", acts=True)
         return ActionOutcome(response.changed, response.message)

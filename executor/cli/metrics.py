@@ -14,6 +14,7 @@ import sys
 from typing import Any, TextIO
 
 from executor.cli.connection import EXIT_OK, connect, connection_options, rpc_command
+from executor.visible_text import escaped
 from supervisor_client.client import as_plain, outcome_name
 from supervisor_client.targets import resolve_target
 
@@ -61,7 +62,11 @@ def format_metrics(m: Any) -> str:
             f"{'queue':<16}{m.queue_depth} waiting of {m.queue_limit} allowed; "
             f"{m.rejected_at_capacity} refused at capacity"
         ),
-        f"{'outbox':<16}{m.outbox_pending} pending, {m.outbox_dead_letters} dead letters",
+        f"{'outbox':<16}{m.outbox_pending} pending, {m.outbox_dead_letters} dead letters"
+        # The supervisor's words, escaped: they act on no terminal.
+        + (
+            f"; last delivery failed: {escaped(m.outbox_last_error)}" if m.outbox_last_error else ""
+        ),
         f"{'storage':<16}" + (f"DEGRADED: {m.storage_problem}" if m.storage_problem else "ok"),
         (
             f"{'trigger engine':<16}{m.events_published} events, {m.callbacks_fired} firings; "

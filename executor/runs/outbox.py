@@ -151,6 +151,14 @@ CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq)
 """
 
 
+# outbox.db's dead letters, so their size and the oldest of them are read without a scan
+# of the table (whose rows hold their payloads inline). SQLite only: the bounds are
+# outbox.db's, and a fleet's schema is its migrations'.
+_DEAD_INDEX: Final = (
+    "CREATE INDEX IF NOT EXISTS outbox_dead ON outbox (dead_at, seq) WHERE dead_at IS NOT NULL"
+)
+
+
 class _Message(NamedTuple):
     """A message to commit: ``_REPLACE``'s values, in its order, then its notes."""
 
@@ -320,8 +328,11 @@ class Outbox:
         self._path = str(path)
         self._max_bytes = max_bytes
         self._compact_free_bytes = compact_free_bytes
-        # Why no run may start now ("" while outbox.db is within max_bytes).
+        # Why no run may start now ("" while the results waiting are within max_bytes).
         self._refusal = ""
+        # What the dead letters' payloads take of outbox.db: not results that wait, so
+        # not part of that bound (they have one of their own, ``_bound_dead_letters``).
+        self._dead_bytes = 0
         self._lease_s = lease_s
         self._owner = uuid.uuid4().hex
         self._health = health
@@ -371,6 +382,8 @@ class Outbox:
         self._drained = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._duplicates = 0
+        # Why the last try to deliver failed; "" once one was delivered since (``last_error``).
+        self._last_error = ""
         self._delivered_since_trim = 0
         # Rows the receiver acknowledged whose mark the storage did not take yet (a full
         # disk): never sent again by this process, marked at the next chance.
@@ -378,6 +391,9 @@ class Outbox:
         self._init_written()
         if self.pending():
             logger.info("outbox: %d results from an earlier run still to deliver", self.pending())
+        # Before the first run: one must not start past the bound, nor be refused for letters.
+        self._bound_dead_letters()
+        self._measure()
 
     def _init_written(self) -> None:
         # Runs the history has committed (key, ended_at), told by the bookkeeping thread:
@@ -397,6 +413,7 @@ class Outbox:
         # event loop, which measured ~5 ms per callback and capped throughput.
         db.execute("PRAGMA synchronous = NORMAL")
         db.executescript(SCHEMA)
+        db.execute(_DEAD_INDEX)
         columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
         for column, definition in _ADDED_COLUMNS:
             if column not in columns:  # an outbox.db from before the column
@@ -526,23 +543,36 @@ class Outbox:
         return self._refusal
 
     def _measure(self) -> None:
-        """(SQLite, after a commit on the loop) Whether outbox.db is past ``max_bytes``."""
+        """(SQLite, after a commit on the loop) Whether the results waiting are past ``max_bytes``.
+
+        Measured as outbox.db's pages in use (read from its header: no scan) less what
+        the dead letters take, known since they last changed.
+        """
         if self._max_bytes is None or self.fleet:
             return
         try:
             in_use, _ = outbox_space.pages(cast(sqlite3.Connection, self._db))
-            if in_use < self._max_bytes:
+            waiting = max(0, in_use - self._dead_bytes)
+            if waiting < self._max_bytes:
                 if self._refusal:
                     logger.warning("outbox: the supervisor took results; runs start again")
                 self._refusal = ""
                 return
-            refusal = outbox_space.over_bound(self.pending(), in_use, self._max_bytes)
+            refusal = outbox_space.over_bound(self.pending(), waiting, self._max_bytes)
         except (sqlite3.Error, UnavailableError) as err:  # the storage's: its writes say so
             logger.debug("outbox: its size was not read: %s", err)
             return
         if not self._refusal:
             logger.error("outbox: %s", refusal)
         self._refusal = refusal
+
+    def last_error(self) -> str:
+        """Why the last try to deliver failed; "" when none failed since one was delivered.
+
+        What an operator asks while results pile up: the supervisor away, refusing them,
+        or the storage.
+        """
+        return self._last_error
 
     def pending(self) -> int:
         """Messages not yet acknowledged (dead ones excluded)."""
@@ -801,6 +831,7 @@ class Outbox:
             try:
                 delivered = await self._deliver_next()
             except UnavailableError as err:  # the disk is full, PostgreSQL is restarting: wait
+                self._last_error = str(err)
                 logger.warning("outbox: %s", err)
                 if self._health is not None and isinstance(err, StoreUnavailable):
                     # Met here first while no run ends: health says so before a run does.
@@ -812,6 +843,7 @@ class Outbox:
                     await self._health.sound()
                 delivered = False
             except Exception:  # a database or transport bug: it must not end delivery
+                self._last_error = "an error in the executor (its log has the traceback)"
                 logger.exception("outbox: delivery failed unexpectedly; retrying")
                 delivered = False
             if delivered is None:
@@ -821,10 +853,14 @@ class Outbox:
                 continue
             failures += 1
             delay = self._backoff.delay(failures, self._rng)
+            # Why, each time: the only line an outage repeats at WARNING.
+            why = escaped(self._last_error)
             try:
-                logger.warning("outbox: %d pending, retrying in %.2fs", self.pending(), delay)
+                logger.warning(
+                    "outbox: %d pending, retrying in %.2fs (%s)", self.pending(), delay, why
+                )
             except (UnavailableError, DataLossError):  # the store itself is what is away
-                logger.warning("outbox: retrying in %.2fs", delay)
+                logger.warning("outbox: retrying in %.2fs (%s)", delay, why)
             await asyncio.sleep(delay)
 
     async def _io(self, step: Callable[[], _T]) -> _T:
@@ -930,6 +966,7 @@ class Outbox:
         try:
             duplicates = await transport.deliver_many([(key, payload) for _, key, payload in batch])
         except DeliveryError as err:
+            self._last_error = str(err)
             logger.info("outbox: a batch of %d was not delivered (%s)", len(batch), err)
             return err
         if duplicates is None:
@@ -945,6 +982,7 @@ class Outbox:
             self._no_batches_connections = self._connections()
             return DeliveryError("the receiver takes no batches", retryable=True)
         self._duplicates += sum(duplicates)
+        self._last_error = ""
         for seq, _, _ in batch:
             self._first_refused.pop(seq, None)
         await self._io(lambda: self._mark_delivered({seq: key for seq, key, _ in batch}))
@@ -961,7 +999,7 @@ class Outbox:
         try:
             duplicate = await self._transport.deliver(key, payload)
         except DeliveryError as err:
-            error = str(err)
+            error = self._last_error = str(err)
             counted = 0 if err.unreachable else 1 + int(batch_refused)
             attempts = await self._io(lambda: self._note_failure(seq, error, counted=counted))
             if not err.retryable:
@@ -992,6 +1030,7 @@ class Outbox:
                 )
             return True
         self._duplicates += duplicate
+        self._last_error = ""
         self._first_refused.pop(seq, None)
         await self._io(lambda: self._mark_delivered({seq: key}))
         return True
@@ -1032,6 +1071,58 @@ class Outbox:
                 (self._clock(), why, seq),
             )
         self._checkpoints.committed()
+        self._bound_dead_letters()
+        self._measure()
+
+    def _bound_dead_letters(self) -> None:
+        """(SQLite, with ``max_bytes``) Keep the dead letters within ``max_bytes`` too.
+
+        A supervisor that refuses every result (another version of the proto, say) would
+        otherwise fill the data dir's disk with them. Past the bound the oldest go, each
+        logged at WARNING (its run stays in the history); never the newest, nor one whose
+        notes are kept (its run may not be in the history yet).
+        """
+        if self._max_bytes is None or self.fleet:
+            return
+        try:
+            self._dead_bytes = self._dead_letter_bytes()
+            if self._dead_bytes <= self._max_bytes:
+                return
+            oldest = self._db.execute(
+                "SELECT seq, key, length(payload) FROM outbox WHERE dead_at IS NOT NULL"
+                " AND notes IS NULL AND seq <> (SELECT seq FROM outbox WHERE dead_at IS NOT NULL"
+                " ORDER BY dead_at DESC, seq DESC LIMIT 1) ORDER BY dead_at, seq"
+            ).fetchall()
+            dropped: list[tuple[object, object]] = []
+            excess = self._dead_bytes - self._max_bytes
+            for seq, key, size in oldest:
+                if excess <= 0:
+                    break
+                dropped.append((seq, key))
+                excess -= int(size or 0)
+            with writing(self._path, self._health):
+                self._db.executemany(
+                    "DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _ in dropped]
+                )
+            self._checkpoints.committed()
+            self._dead_bytes = self._dead_letter_bytes()
+        except (sqlite3.Error, UnavailableError) as err:  # the storage's: its writes say so
+            logger.debug("outbox: dead letters not bounded now: %s", err)
+            return
+        for _, key in dropped:
+            logger.warning(
+                "outbox: dead letter %s dropped: the dead letters passed outbox_max_bytes"
+                " (%.1f MiB), the oldest go first; its run stays in the history",
+                escaped(shown_key(key)),
+                self._max_bytes / outbox_space.MIB,
+            )
+
+    def _dead_letter_bytes(self) -> int:
+        """What the dead letters' payloads take (their sizes: no payload is read)."""
+        row = self._db.execute(
+            "SELECT coalesce(sum(length(payload)), 0) FROM outbox WHERE dead_at IS NOT NULL"
+        ).fetchone()
+        return int(row[0])
 
     # -- dead letters ----------------------------------------------------------------------
 
@@ -1072,6 +1163,9 @@ class Outbox:
                 )
         self._checkpoints.committed()
         if cursor.rowcount:
+            # Queued again, they are results waiting: the bound counts them once more.
+            self._bound_dead_letters()
+            self._measure()
             self._drained.clear()
             self._wakeup.set()
         return int(cursor.rowcount)

@@ -3,12 +3,17 @@
 While the supervisor is away every result waits in outbox.db whole (up to 2 x
 ``output_bytes`` each): an output flood during an outage filled the data dir's disk
 the way ``history_max_bytes`` was added to prevent (60 runs of 2 MB made 128 MB). So
-past ``outbox_max_bytes`` of pages in use (read from the file's header: microseconds,
-measured after each commit on the loop) the executor runs nothing new: Execute answers
+past ``outbox_max_bytes`` of pages in use by results waiting for delivery (the file's
+pages in use, read from its header: microseconds, measured after each commit on the
+loop, less what the dead letters take) the executor runs nothing new: Execute answers
 UNAVAILABLE saying why, and fired callbacks wait in their queue (their firings are
-durable), until delivery has taken results out. No result is ever refused or dropped:
-runs already admitted are recorded whatever the size, so the file may pass the bound by
-those. In a fleet the outbox is PostgreSQL's table, not this file: no bound here.
+durable), until delivery has taken results out. No result waiting is ever refused or
+dropped: runs already admitted are recorded whatever the size, so the file may pass the
+bound by those. Dead letters (results the supervisor refused for good) wait for nobody:
+they are not counted there, or a supervisor refusing some would stop every run for
+good, and they keep to ``outbox_max_bytes`` of their own, the oldest dropped first
+(``Outbox._bound_dead_letters``). In a fleet the outbox is PostgreSQL's table, not this
+file: no bound here.
 
 A delivered row keeps only its key, but the file keeps its peak size (SQLite reuses
 free pages, it does not give them back): after an outage, ``compact`` rewrites it when
@@ -40,12 +45,15 @@ def pages(db: sqlite3.Connection) -> tuple[int, int]:
     return int((count - free) * page_size), int(free * page_size)
 
 
-def over_bound(pending: int, in_use: int, max_bytes: int) -> str:
-    """Why no run may start now, as Execute's refusal and the metrics say it."""
+def over_bound(pending: int, waiting_bytes: int, max_bytes: int) -> str:
+    """Why no run may start now, as Execute's refusal and the metrics say it.
+
+    ``waiting_bytes``: what the results waiting for delivery take of outbox.db.
+    """
     return (
-        f"the supervisor has not taken {pending} results, and outbox.db holds"
-        f" {in_use / MIB:.1f} MiB (outbox_max_bytes = {max_bytes / MIB:.1f} MiB): the"
-        " executor runs nothing until it takes them (fired callbacks wait)"
+        f"the supervisor has not taken {pending} results, and they take"
+        f" {waiting_bytes / MIB:.1f} MiB of outbox.db (outbox_max_bytes = {max_bytes / MIB:.1f}"
+        " MiB): the executor runs nothing until it takes them (fired callbacks wait)"
     )
 
 

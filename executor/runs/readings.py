@@ -43,6 +43,8 @@ class Readings:
     queue_limit: int = 0
     outbox_pending: int = 0
     outbox_dead_letters: int = 0
+    # Why the last try to deliver a result failed ("" once one was delivered since).
+    outbox_last_error: str = ""
     storage_problem: str = ""
     events_published: int = 0
     callbacks_fired: int = 0
@@ -80,6 +82,7 @@ class ReadingSources:
     tier: TierFlags
     prepared_children: Callable[[], int] = lambda: 0
     outbox: Callable[[], tuple[int, int]] = lambda: (0, 0)  # (pending, dead letters)
+    outbox_last_error: Callable[[], str] = lambda: ""
     storage_problem: Callable[[], str] = lambda: ""
     trigger_counts: Callable[[], tuple[int, int]] = lambda: (0, 0)  # (events, firings)
     # (jobs, callbacks, firings queued)
@@ -104,6 +107,7 @@ class ReadingSources:
             queue_limit=self.queue_limit,
             outbox_pending=pending,
             outbox_dead_letters=dead,
+            outbox_last_error=self.outbox_last_error(),
             storage_problem=self.storage_problem(),
             events_published=events,
             callbacks_fired=fired,

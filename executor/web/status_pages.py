@@ -85,7 +85,11 @@ def health_body(source: Any) -> Html:
             ("Prepared children", m.prepared_children),
             ("Queue", f"{m.queue_depth} waiting of {m.queue_limit} allowed"),
             ("Refused at capacity", m.rejected_at_capacity),
-            ("Outbox", f"{m.outbox_pending} pending, {m.outbox_dead_letters} dead letters"),
+            (
+                "Outbox",
+                f"{m.outbox_pending} pending, {m.outbox_dead_letters} dead letters"
+                + (f"; last delivery failed: {m.outbox_last_error}" if m.outbox_last_error else ""),
+            ),
         ]
     )
     engine = definitions(

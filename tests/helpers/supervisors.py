@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import grpc
 
@@ -107,6 +107,12 @@ class SingleResultSupervisor(CountingSupervisor):
     """A supervisor written before ReportResults: it answers UNIMPLEMENTED to batches."""
 
     ReportResults = supervisor_pb2_grpc.SupervisorServiceServicer.ReportResults  # type: ignore[assignment]
+
+
+class BatchOnlySupervisor(CountingSupervisor):
+    """A supervisor that implements ReportResults only: it answers UNIMPLEMENTED to ReportResult."""
+
+    ReportResult = supervisor_pb2_grpc.SupervisorServiceServicer.ReportResult  # type: ignore[assignment]
 
 
 class HintIgnoringSupervisor(CountingSupervisor):
@@ -232,3 +238,47 @@ class SupervisorEndpoint:
         assert set(stored) == expected
         assert set(self.servicer.applied) == expected
         assert set(self.servicer.applied.values()) == {1}, "a result was applied twice"
+
+
+class GarbledAnswers:
+    """A 'supervisor' on loopback answering every call OK with bytes that are not its answer.
+
+    What one built from an incompatible proto, or a broken proxy, sends. ``methods``
+    counts the calls by method name.
+    """
+
+    BODY: Final = b"\xff\xff\xff"
+
+    def __init__(self) -> None:
+        self.methods: Counter[str] = Counter()
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        garbled = self
+
+        async def answer(request: bytes, context: Any) -> bytes:
+            return garbled.BODY
+
+        class Handler(grpc.GenericRpcHandler):
+            def service(
+                self, details: grpc.HandlerCallDetails
+            ) -> grpc.RpcMethodHandler[bytes, bytes]:
+                garbled.methods[str(details.method).rsplit("/", 1)[-1]] += 1
+                return grpc.unary_unary_rpc_method_handler(
+                    answer, request_deserializer=bytes, response_serializer=bytes
+                )
+
+        self._server = grpc.aio.server()
+        self._server.add_generic_rpc_handlers((Handler(),))
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        await self._server.start()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(0)
+            self._server = None

@@ -24,7 +24,7 @@ from executor.runs.outbox import Backoff, Outbox
 from supervisor_client import ExecutorClient
 from supervisor_client.qbcallback.v1 import executor_pb2, supervisor_pb2
 from tests.conftest import stack_settings
-from tests.helpers.supervisors import CountingSupervisor, SupervisorEndpoint
+from tests.helpers.supervisors import BatchOnlySupervisor, CountingSupervisor, SupervisorEndpoint
 from tests.helpers.waiting import eventually, outbox_drained
 
 pytestmark = pytest.mark.service
@@ -132,3 +132,30 @@ async def test_a_supervisor_replaced_on_its_port_gets_batches_at_once(tmp_path: 
         for endpoint in (old, new):
             await endpoint.stop()
             endpoint.store.close()
+
+
+async def test_a_lone_result_reaches_a_supervisor_that_takes_only_batches(tmp_path: Path) -> None:
+    # Found by fault injection (probe 67): a batch of one was never sent, so each lone
+    # result to a supervisor implementing only ReportResults was set aside after its tries.
+    endpoint = SupervisorEndpoint(tmp_path / "supervisor.db", BatchOnlySupervisor)
+    await endpoint.start()
+    channel = grpc.aio.insecure_channel(endpoint.address)
+    outbox = Outbox(
+        tmp_path / "outbox.db",
+        GrpcReportTransport(channel, timeout_s=5.0),
+        backoff=Backoff(first_s=0.01, cap_s=0.05),
+        max_attempts=2,
+        min_refusing_s=0.0,
+    )
+    try:
+        outbox.put("run-0", report(0))
+        outbox.start()
+        assert await outbox.flush(10)
+        assert outbox.dead() == 0
+        assert endpoint.servicer.batches == [1]
+        endpoint.assert_exactly_once({"run-0"})
+    finally:
+        await outbox.close()
+        await channel.close()
+        await endpoint.stop()
+        endpoint.store.close()

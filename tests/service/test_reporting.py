@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from executor import server
+from executor.cli.metrics import format_metrics
 from supervisor_client import ExecutorClient
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import stack_settings
@@ -141,3 +142,40 @@ async def test_sigkill_during_delivery_redelivers_without_applying_twice(
     in_flight = max(endpoint.servicer.batches, default=1)
     resent = sum(endpoint.servicer.duplicates.values())
     assert resent <= in_flight, "only the in-flight exchange is resent"
+
+
+async def test_while_the_supervisor_is_away_the_warning_and_the_metrics_say_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found by fault injection (probe 67): the WARNING repeated during an outage said only
+    # "3 pending, retrying in 2.80s"; why (UNAVAILABLE, DEADLINE_EXCEEDED) was at INFO, and
+    # GetMetrics, cbexec metrics and the health page showed only the count.
+    endpoint = SupervisorEndpoint(tmp_path / "supervisor.db", CountingSupervisor)
+    await endpoint.start()
+    await endpoint.stop()  # away: its port known, nothing answering there
+    running = await server.start(stack_settings(tmp_path / "data", supervisor=endpoint.address))
+    try:
+        async with ExecutorClient(f"127.0.0.1:{running.port}") as client:
+            await run_many(client, 3)
+
+            async def said() -> str:
+                return (await client.get_metrics()).outbox_last_error
+
+            assert "UNAVAILABLE" in await eventually(said)
+            shown = format_metrics(await client.get_metrics())
+            assert "dead letters; last delivery failed: UNAVAILABLE: " in shown, shown
+            retrying = [
+                r
+                for r in caplog.records
+                if "retrying in" in r.getMessage() and "pending" in r.getMessage()
+            ]
+            assert retrying and all(r.levelname == "WARNING" for r in retrying)
+            assert all("UNAVAILABLE" in r.getMessage() for r in retrying), retrying[0].getMessage()
+
+            await endpoint.start()
+            assert await outbox_drained(client)
+            assert await said() == ""
+    finally:
+        await running.stop()
+        await endpoint.stop()
+        endpoint.store.close()

@@ -73,3 +73,89 @@ def _file_bytes(path: Path) -> int:
         (count,) = db.execute("PRAGMA page_count").fetchone()
         (size,) = db.execute("PRAGMA page_size").fetchone()
     return int(count * size)
+
+
+class Refusing:
+    """A supervisor that answers and refuses every result for good (INVALID_ARGUMENT)."""
+
+    def __init__(self) -> None:
+        self.taking = False
+        self.taken: list[str] = []
+
+    async def deliver(self, key: str, payload: bytes) -> bool:
+        if not self.taking:
+            raise DeliveryError("INVALID_ARGUMENT: not a result of ours", retryable=False)
+        self.taken.append(key)
+        return False
+
+
+async def test_dead_letters_do_not_count_against_the_bound_nor_stop_runs_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    # Found by probe 67: four refused results of 300 KB filled a 1 MiB bound; every
+    # Execute was refused for good, citing results "not taken" though none was pending,
+    # and a restart let one run through before refusing again.
+    path = tmp_path / "outbox.db"
+    supervisor = Refusing()
+    outbox = Outbox(path, supervisor, max_bytes=256 * KIB)
+    try:
+        outbox.start()
+        # Five letters of 50 KiB: within the dead letters' own bound, and with what else
+        # outbox.db holds past outbox_max_bytes.
+        for n in range(5):
+            outbox.put(f"run-{n}", b"x" * (50 * KIB), 100.0 + n)
+            assert await outbox.flush(10.0)
+        assert (outbox.pending(), outbox.dead()) == (0, 5)
+        assert outbox.refusal() == ""
+        assert {letter.key for letter in outbox.dead_letters()} == {f"run-{n}" for n in range(5)}
+    finally:
+        await outbox.close()
+    reopened = Outbox(path, supervisor, max_bytes=256 * KIB)
+    try:
+        assert reopened.refusal() == ""
+        # Queued again, they wait for delivery once more: the bound counts them, said truly.
+        supervisor.taking = False
+        assert reopened.retry_dead() == 5
+        assert "has not taken 5 results" in reopened.refusal()
+        supervisor.taking = True
+        reopened.start()
+        assert await reopened.flush(10.0)
+        assert reopened.refusal() == ""
+        assert sorted(supervisor.taken) == [f"run-{n}" for n in range(5)]
+    finally:
+        await reopened.close()
+
+
+async def test_a_refusal_is_measured_again_when_its_results_are_set_aside(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.db", Refusing(), max_bytes=256 * KIB)
+    try:
+        for n in range(5):  # not delivered yet: they wait, past the bound with the rest
+            outbox.put(f"run-{n}", b"x" * (50 * KIB), 100.0 + n)
+        assert "has not taken 5 results" in outbox.refusal()
+        outbox.start()  # the supervisor refuses each for good
+        assert await outbox.flush(10.0)
+        assert outbox.dead() == 5
+        assert outbox.refusal() == ""
+    finally:
+        await outbox.close()
+
+
+async def test_dead_letters_past_the_bound_drop_the_oldest_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "outbox.db"
+    outbox = Outbox(path, Refusing(), max_bytes=256 * KIB)
+    try:
+        outbox.start()
+        for n in range(6):
+            outbox.put(f"run-{n}", b"x" * (100 * KIB), 100.0 + n)
+            assert await outbox.flush(10.0)
+        # 256 KiB keep two letters of 100 KiB: the newest two.
+        assert [letter.key for letter in outbox.dead_letters()] == ["run-5", "run-4"]
+        assert outbox.refusal() == ""
+    finally:
+        await outbox.close()
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(dropped) == 4, dropped
+    assert dropped[0].startswith("outbox: dead letter run-0 dropped")
+    assert all(r.levelname == "WARNING" for r in caplog.records if "dropped" in r.getMessage())

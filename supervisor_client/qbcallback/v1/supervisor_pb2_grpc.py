@@ -110,7 +110,9 @@ class SupervisorServiceServicer:
         same invocation_id and a later `ended_at` is another run of it (a caller's
         resend after DEADLINE_EXCEEDED, a fleet's re-run), the one whose result the
         executor's history keeps: it replaces the stored result. One with an earlier
-        (or equal) `ended_at` is answered `duplicate` and changes nothing.
+        (or equal) `ended_at` is answered `duplicate` and changes nothing. A
+        supervisor may implement ReportResults only: one that answers UNIMPLEMENTED
+        here gets each result as a ReportResults batch, of one when it is alone.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

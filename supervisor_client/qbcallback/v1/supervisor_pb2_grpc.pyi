@@ -65,7 +65,9 @@ class SupervisorServiceStub:
     same invocation_id and a later `ended_at` is another run of it (a caller's
     resend after DEADLINE_EXCEEDED, a fleet's re-run), the one whose result the
     executor's history keeps: it replaces the stored result. One with an earlier
-    (or equal) `ended_at` is answered `duplicate` and changes nothing.
+    (or equal) `ended_at` is answered `duplicate` and changes nothing. A
+    supervisor may implement ReportResults only: one that answers UNIMPLEMENTED
+    here gets each result as a ReportResults batch, of one when it is alone.
     """
     ReportResults: _aio.UnaryUnaryMultiCallable[_supervisor_pb2.ReportResultsRequest, _supervisor_pb2.ReportResultsResponse]
     """Several runs' outcomes at once, oldest first: ReportResult for each, in one
@@ -128,7 +130,9 @@ class SupervisorServiceServicer(metaclass=_abc_1.ABCMeta):
         same invocation_id and a later `ended_at` is another run of it (a caller's
         resend after DEADLINE_EXCEEDED, a fleet's re-run), the one whose result the
         executor's history keeps: it replaces the stored result. One with an earlier
-        (or equal) `ended_at` is answered `duplicate` and changes nothing.
+        (or equal) `ended_at` is answered `duplicate` and changes nothing. A
+        supervisor may implement ReportResults only: one that answers UNIMPLEMENTED
+        here gets each result as a ReportResults batch, of one when it is alone.
         """
 
     @_abc_1.abstractmethod
