@@ -7,7 +7,15 @@ file holds the code string). A directory without a ``callbacks.conf`` contribute
 nothing. Each file's code is checked at load by ``check_code`` (Python is compiled, qube
 code strings are looked up), so a syntax error is reported when the file is installed,
 not when it first fires. Every problem is reported as ``file:line: message``; a load
-with any problem is refused as a whole, so a reload keeps the last good set.
+with any problem is refused as a whole, so a reload keeps the last good set. A line the
+loader cannot take, however it fails, is such a problem: never an exception out of the
+load (start-up and a reload would go down with it).
+
+Every file is read only if it really is a regular file in its directory (``_read_inside``),
+callbacks.conf too: whoever may write a universal directory must not get any file the
+executor can read quoted back, line by line, in the errors; and a directory is known by
+its real path, so one named twice (through a link or "..") is an error, not a second copy
+of each of its callbacks.
 
 Our extension: options in square brackets after the file name, ``filename [level,
 policy=admin, shadow] = trigger``, separated by commas or spaces:
