@@ -276,6 +276,9 @@ class Settings:
         if not self.universal_callback_path.strip():
             return {self.data_dir / "callback": ""}
         found: dict[Path, str] = {}
+        # Each directory by its real path too: a second name of one (a symbolic link,
+        # "/a/b/../cb", "//cb") would have each of its callbacks fire twice.
+        real_paths: dict[str, Path] = {}
         for entry in (p.strip() for p in self.universal_callback_path.split(",")):
             if not entry:
                 continue  # a stray comma ("/a, /b,") names nothing
@@ -300,6 +303,14 @@ class Settings:
                     f"universal_callback_path: {str(path)!r} is named twice; name each "
                     "directory once, with its [policy=NAME] if any"
                 )
+            real = os.path.realpath(path)
+            if real in real_paths:
+                raise ConfigError(
+                    f"universal_callback_path: {str(path)!r} names the same directory as "
+                    f"{str(real_paths[real])!r} ({real}); name each directory once, with "
+                    "its [policy=NAME] if any"
+                )
+            real_paths[real] = path
             found[path] = policy
         if not found:
             # Commas alone: whoever set it meant some directory, not none (nor the default).

@@ -23,6 +23,11 @@ def check_source(language: str, code: str, path: Path) -> str | None:
             return f"{err.lineno or 1}: {type(err).__name__}: {ascii(err.msg)[1:-1][:120]}"
         except ValueError as err:  # NUL bytes in the source
             return f"1: {err}"
+        except (RecursionError, MemoryError, OverflowError) as err:
+            # Nesting deeper than the compiler goes (a 3000-term "a" + "b" + ..., a long
+            # chain of unary operators): the file cannot run, and that is all this says;
+            # the file is at most MAX_FILE_BYTES, so the attempt costs milliseconds.
+            return f"1: {type(err).__name__}: {ascii(str(err))[1:-1][:120] or 'too deeply nested'}"
     elif language == Language.QUBE:
         problem = validate(code)
         if problem:

@@ -16,7 +16,9 @@ Semantics (documented in the README; every decision is one of evaluate's functio
 - Clock atoms are timers (``timers`` table). A callback that can fire no more (spent:
   ``maximum`` reached, for ``{work}`` by every item of its agenda) has its timers
   dropped: a spent repeat is no longer ticked, so it writes no journal entry per
-  interval. Registering the job again schedules them again (a raised ``maximum``).
+  interval. Registering the job again schedules them again (a raised ``maximum``). A
+  universal callback whose line a load removed has its timers dropped too, at every job
+  (``_stop_clocks_of``); a job registered again once the line is back ticks again.
 - The callback runs in the context of the event that completed its trigger: that
   event's work item (``qb.workid()``; for ``{work}``, the item that fired) and instance
   (``qb.subid()``).
@@ -162,6 +164,7 @@ def _keep_callback(
     expr: triggers.Expr,
     atoms: list[NewAtom],
     timers: list[tuple[int, float]],
+    now_unix: float,
 ) -> None:
     """Rewrite a callback a registration keeps in its row: count, latches, items and clocks stay.
 
@@ -169,7 +172,9 @@ def _keep_callback(
     and a repeat keeps its next tick (they were re-armed at every registration again: a
     past time fired again, a repeat ticked at each one). One its last registration had
     spent (its clocks stopped) that a higher ``maximum`` makes live again starts them
-    afresh: "registering the job again with a higher maximum starts it again".
+    afresh: "registering the job again with a higher maximum starts it again". A
+    universal line's repeat a reload stopped (``_stop_clocks_of``: the line was removed,
+    and is back now) ticks again from its next point.
     """
     spec.update(count=kept.count, latches=list(kept.latches), latched_by=list(kept.marks))
     was_spent = bool(timers) and _spent(db, kept, expr)
@@ -178,6 +183,14 @@ def _keep_callback(
         (now,) = TriggerStore.load_callbacks(db, [kept.rowid])  # with the new maximum
         if not _spent(db, now, expr):
             TriggerStore.replace_timers(db, kept.rowid, timers)
+    elif kept.universal and timers:
+        running = TriggerStore.timer_slots(db, kept.rowid)
+        for slot, atom in enumerate(triggers.atoms(expr)):
+            # Only a repeat has a next point after a firing; a repeat's clock stops only
+            # when spent (above) or when its line is removed: a one-shot's, once it fired.
+            due = next_fire(atom, now_unix, last_fired_unix=now_unix)
+            if due is not None and slot not in running:
+                TriggerStore.add_timer(db, kept.rowid, slot, due)
 
 
 def _iso(unix_s: float) -> str:
@@ -324,6 +337,8 @@ class TriggerEngine:
         # Where each loaded set is kept for a start-up that meets a broken callbacks.conf.
         self._last_good = last_good
         self.universal_reload = ReloadStatus()
+        # Lines removed whose clocks a load could not stop (the store away): the next does.
+        self._clocks_to_stop: set[tuple[str, str]] = set()
         self._check_code = check_code
         self._clock = clock
         self._timer_wakeup = asyncio.Event()
@@ -427,7 +442,11 @@ class TriggerEngine:
                 now, self.universal_reload.loaded_at, tuple(err.errors)
             )
             return err.errors
+        now_loaded = {line_name(cb.source, cb.triggers) for cb in loaded}
+        removed = (self._lines_before() | self._clocks_to_stop) - now_loaded
         self._set_universal(loaded)
+        if removed:
+            self._stop_clocks_of(removed)
         self.universal_reload = ReloadStatus(now, now)
         if self._last_good is not None:
             try:
@@ -470,6 +489,59 @@ class TriggerEngine:
         self._set_universal(usable)
         self.universal_reload = replace(self.universal_reload, loaded_at=loaded_at)
         return len(self._universal)
+
+    def _lines_before(self) -> set[tuple[str, str]]:
+        """The lines of the set active before this load (``line_name``).
+
+        Before the first load since the start, those of the set taken last before the
+        restart (``<data_dir>/universal-last-good.json``): a line removed while the
+        executor was stopped is removed by the start-up load.
+        """
+        if self.universal_reload.loaded_at or self._last_good is None:
+            before = self._universal
+        else:
+            try:
+                kept = load_last_good(self._last_good)
+            except UniversalConfigError:
+                kept = None  # unreadable: keep_last_good says so when it is needed
+            before = kept[0] if kept is not None else []
+        return {line_name(cb.source, cb.triggers) for cb in before}
+
+    def _stop_clocks_of(self, removed: set[tuple[str, str]]) -> None:
+        """Stop the clocks of the lines a load removed, at every job they are attached to.
+
+        A removed line's firings are refused (``_not_loaded``), but a repeat attached with
+        no maximum is never spent: it would be refused anew each interval, for each job,
+        for as long as the job is registered. Its event atoms stay (an event fires it, and
+        is refused, once per event). A line added back ticks again at a job registered
+        again (``_keep_callback``), and at a new one as any line.
+        """
+
+        def stop() -> list[int]:
+            with self._store.transaction() as db:
+                running = TriggerStore.universal_clocks(db)
+                stopped = [
+                    rowid
+                    for rowid, source, trigger in running
+                    if line_name(source, trigger) in removed
+                ]
+                TriggerStore.drop_timers_of(db, stopped)
+            return stopped
+
+        try:
+            stopped = _retrying(stop)
+        except (UnavailableError, StoreConflict) as err:
+            # PostgreSQL away: each firing is refused REJECTED until the next load that
+            # reaches it stops them (unless that load has the line back).
+            logger.warning("universal callbacks: the removed lines' clocks go on: %s", err)
+            self._clocks_to_stop = removed
+            return
+        self._clocks_to_stop = set()
+        if stopped:
+            logger.info(
+                "universal callbacks: clocks stopped for %d callbacks of removed lines",
+                len(stopped),
+            )
 
     def _set_universal(self, loaded: list[UniversalCallback]) -> None:
         self._universal = loaded
@@ -631,7 +703,7 @@ class TriggerEngine:
             for (spec, expr), kept in zip(specs, kept_as, strict=True):
                 atoms, timers = self._index(place, expr)
                 if kept is not None:
-                    _keep_callback(db, kept, spec, expr, atoms, timers)
+                    _keep_callback(db, kept, spec, expr, atoms, timers, now)
                     continue
                 rowid = TriggerStore.put_callback(db, job_id, spec, atoms, timers)
                 if spec["mode"] == LEVEL:

@@ -1097,6 +1097,34 @@ class TriggerStore:
         ]
 
     @staticmethod
+    def universal_clocks(db: Db) -> list[tuple[int, str, str]]:
+        """(rowid, source, triggers) of each universal callback, of any job, whose clocks run."""
+        rows = db.execute(
+            "SELECT rowid, source, triggers FROM callbacks WHERE universal = 1"
+            " AND rowid IN (SELECT callback_rowid FROM timers) ORDER BY rowid"
+        ).fetchall()
+        return [(int(row[0]), str(row[1]), str(row[2])) for row in rows]
+
+    @staticmethod
+    def drop_timers_of(db: Db, rowids: Collection[int]) -> None:
+        """``drop_timers`` of many callbacks."""
+        for part, marks in in_lists(sorted(rowids)):
+            db.execute(f"DELETE FROM timers WHERE callback_rowid IN ({marks})", part)  # noqa: S608 - marks only
+
+    @staticmethod
+    def timer_slots(db: Db, rowid: int) -> set[int]:
+        """The slots of a callback's clocks that run."""
+        rows = db.execute("SELECT slot FROM timers WHERE callback_rowid = ?", (rowid,))
+        return {int(row[0]) for row in rows}
+
+    @staticmethod
+    def add_timer(db: Db, rowid: int, slot: int, due: float) -> None:
+        """Start one clock of a callback."""
+        db.execute(
+            "INSERT INTO timers (callback_rowid, slot, due) VALUES (?, ?, ?)", (rowid, slot, due)
+        )
+
+    @staticmethod
     def drop_timers(db: Db, rowid: int) -> None:
         """Stop every clock atom of a callback (spent: it can fire no more)."""
         db.execute("DELETE FROM timers WHERE callback_rowid = ?", (rowid,))

@@ -7,7 +7,15 @@ file holds the code string). A directory without a ``callbacks.conf`` contribute
 nothing. Each file's code is checked at load by ``check_code`` (Python is compiled, qube
 code strings are looked up), so a syntax error is reported when the file is installed,
 not when it first fires. Every problem is reported as ``file:line: message``; a load
-with any problem is refused as a whole, so a reload keeps the last good set.
+with any problem is refused as a whole, so a reload keeps the last good set. A line the
+loader cannot take, however it fails, is such a problem: never an exception out of the
+load (start-up and a reload would go down with it).
+
+Every file is read only if it really is a regular file in its directory (``_read_inside``),
+callbacks.conf too: whoever may write a universal directory must not get any file the
+executor can read quoted back, line by line, in the errors; and a directory is known by
+its real path, so one named twice (through a link or "..") is an error, not a second copy
+of each of its callbacks.
 
 Our extension: options in square brackets after the file name, ``filename [level,
 policy=admin, shadow] = trigger``, separated by commas or spaces:
@@ -41,8 +49,10 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import re
+import stat
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -53,11 +63,15 @@ from executor.triggers.nodes import render
 from executor.triggers.parser import parse
 from executor.visible_text import escaped
 
+logger = logging.getLogger(__name__)
+
 CONF_NAME: Final = "callbacks.conf"
 MODES: Final = ("edge", "level")
 _OPTIONS: Final = re.compile(r"(?P<file>[^\[]*?)\s*\[(?P<options>[^\]]*)\]")
 LANGUAGE_BY_SUFFIX: Final = {".py": "python", ".pl": "perl", ".qcb": "qube"}
 MAX_FILE_BYTES: Final = 1 << 20
+# How much of a line, file name or option an error quotes: enough to find it in the file.
+MAX_QUOTED_CHARS: Final = 60
 
 # (language, code, path) -> "line: message" or "message" when the code cannot run, else None.
 CodeCheck = Callable[[str, str, Path], str | None]
@@ -129,7 +143,7 @@ def _options(where: str, left: str) -> tuple[str, _LineOptions, str | None]:
             kind, options = "policy", replace(options, policy=value)
         else:
             expected = f"{' or '.join(MODES)}, policy=NAME or shadow"
-            return "", options, f"{where}: unknown option {option!r}; expected {expected}"
+            return "", options, f"{where}: unknown option {_quoted(option)}; expected {expected}"
         if kind in given:
             return "", options, f"{where}: {_repeated(given[kind], option, kind)}"
         given[kind] = option
@@ -167,7 +181,19 @@ def load_universal(
     callbacks: list[UniversalCallback] = []
     errors: list[str] = []
     seen: dict[tuple[str, str], str] = {}
+    # Each directory by its real path: one reached by two names (a symbolic link, "..")
+    # would have every callback of it fire twice. Checked at each load, as a link may
+    # have been changed since start-up.
+    real_dirs: dict[str, Path] = {}
     for directory in directories:
+        real = os.path.realpath(directory)
+        if real in real_dirs:
+            errors.append(
+                f"universal_callback_path: {str(directory)!r} is the directory "
+                f"{str(real_dirs[real])!r} names too ({real}); name each directory once"
+            )
+            continue
+        real_dirs[real] = directory
         named = (policies or {}).get(directory, "")
         if known_policies is not None and named and named not in known_policies:
             # The setting names it, not a line of the file: say so, once for the directory.
@@ -177,19 +203,22 @@ def load_universal(
             )
             continue
         conf = directory / CONF_NAME
-        if not conf.is_file():
+        text = _conf_text(directory)
+        if isinstance(text, _Refused):
+            errors.append(f"{conf}: {text.why}")
             continue
-        try:
-            lines = conf.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as err:
-            errors.append(f"{conf}: cannot read: {err}")
-            continue
-        for number, raw in enumerate(lines, start=1):
+        for number, raw in enumerate(text.splitlines(), start=1):
             line = raw.strip()
             if not line or line.startswith("#"):
                 continue
             where = f"{conf}:{number}"
-            loaded = _load_line(directory, where, line, check_trigger, check_code)
+            try:
+                loaded = _load_line(directory, where, line, check_trigger, check_code)
+            except Exception as err:  # one line's fault, never the whole load's
+                # A line that breaks the loader in a way not foreseen is this line's error:
+                # an exception out of here would take start-up, or a reload, down with it.
+                logger.exception("universal callbacks: %s: loading the line failed", where)
+                loaded = f"{where}: internal error while loading: {type(err).__name__}"
             if isinstance(loaded, str):
                 errors.append(loaded)
                 continue
@@ -217,6 +246,26 @@ def load_universal(
     return callbacks
 
 
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    why: str
+
+
+def _conf_text(directory: Path) -> str | _Refused:
+    """A directory's callbacks.conf ("" when it has none), or why it was not read."""
+    try:
+        # As a callback file is read (a link out of the directory would show whoever
+        # may write there any file the executor can, quoted line by line in errors);
+        # "-sig": a Windows editor's byte order mark is not part of the first line.
+        return _read_inside(directory, directory / CONF_NAME, encoding="utf-8-sig")
+    except FileNotFoundError:
+        return ""  # no callbacks.conf (or a dangling link): the directory adds nothing
+    except _Unreadable as err:
+        return _Refused(err.why(CONF_NAME, directory))
+    except (OSError, UnicodeDecodeError) as err:
+        return _Refused(f"cannot read: {getattr(err, 'strerror', None) or err}")
+
+
 def _load_line(
     directory: Path,
     where: str,
@@ -233,24 +282,24 @@ def _load_line(
     if problem is not None:
         return problem
     if not sep or not filename or not triggers:
-        return f"{where}: expected 'filename [options] = trigger', got {line!r}"
+        return f"{where}: expected 'filename [options] = trigger', got {_quoted(line)}"
     language = LANGUAGE_BY_SUFFIX.get(Path(filename).suffix)
     if language is None:
         valid = ", ".join(LANGUAGE_BY_SUFFIX)
-        return f"{where}: {filename!r} has no known extension ({valid})"
+        return f"{where}: {_quoted(filename)} has no known extension ({valid})"
+    if _CONTROL.search(filename):
+        # A NUL cannot be in a path at all (os.open raises), nor would a name with a
+        # control character be one anybody meant: file damage, most likely.
+        return f"{where}: {_quoted(filename)} holds a control character: not a file name"
     path = directory / filename
     if Path(filename).name != filename:
-        return f"{where}: {filename!r} must be a file in {directory}"
+        return f"{where}: {_quoted(filename)} must be a file in {directory}"
     try:
         code = _read_inside(directory, path)
-    except _Outside:
-        # A link out of the directory would let whoever may write there read any file
-        # the executor can (and see it quoted in this very error): not read at all.
-        return f"{where}: {filename} leads outside {directory} (a symbolic link?): not read"
-    except _TooLarge:
-        return f"{where}: {filename} is larger than {MAX_FILE_BYTES} bytes"
+    except _Unreadable as err:
+        return f"{where}: {err.why(_cut(filename), directory)}"
     except (OSError, UnicodeDecodeError) as err:
-        return f"{where}: cannot read {filename}: {getattr(err, 'strerror', err)}"
+        return f"{where}: cannot read {_cut(filename)}: {getattr(err, 'strerror', None) or err}"
     problem = check_trigger(triggers)
     if problem:
         return f"{where}: {problem}"
@@ -311,29 +360,77 @@ def find_line(
     return named[0] if len(named) == 1 else None
 
 
-class _Outside(Exception):
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f]")
+
+
+def _quoted(text: str) -> str:
+    """``text`` quoted in an error, cut short: errors are shown widely, a file's lines are not."""
+    if len(text) <= MAX_QUOTED_CHARS:
+        return repr(text)
+    return f"{text[:MAX_QUOTED_CHARS]!r}... ({len(text)} characters)"
+
+
+def _cut(name: str) -> str:
+    """A file name as an error names it: unquoted, cut short as ``_quoted`` cuts."""
+    if len(name) <= MAX_QUOTED_CHARS:
+        return name
+    return f"{name[:MAX_QUOTED_CHARS]}... ({len(name)} characters)"
+
+
+class _Unreadable(Exception):
+    """A file refused before it is read: why, given its name and its directory."""
+
+    def why(self, name: str, directory: Path) -> str:
+        raise NotImplementedError
+
+
+class _Outside(_Unreadable):
     """The file's real path is not inside its directory's."""
 
+    def why(self, name: str, directory: Path) -> str:
+        # A link out of the directory would let whoever may write there read any file
+        # the executor can (and see it quoted in this very error): not read at all.
+        return f"{name} leads outside {directory} (a symbolic link?): not read"
 
-class _TooLarge(Exception):
+
+class _NotRegular(_Unreadable):
+    """The file is no regular file (a FIFO, a device, a directory, a socket)."""
+
+    def why(self, name: str, directory: Path) -> str:
+        # A FIFO's read would wait for its writer, a device's may never end.
+        return f"{name} is not a regular file: not read"
+
+
+class _TooLarge(_Unreadable):
     """The file is larger than MAX_FILE_BYTES."""
 
+    def why(self, name: str, directory: Path) -> str:
+        return f"{name} is larger than {MAX_FILE_BYTES} bytes"
 
-def _read_inside(directory: Path, path: Path) -> str:
-    """``path``'s text, if the file it opens really is inside ``directory``.
 
-    The check is on the file opened (its /proc/self/fd link), so a link swapped
-    between a check and the read cannot get around it.
+def _read_inside(directory: Path, path: Path, *, encoding: str = "utf-8") -> str:
+    """``path``'s text, if the file it opens really is a regular file inside ``directory``.
+
+    The checks are on the file opened (its /proc/self/fd link, its fstat), so a link
+    swapped between a check and the read cannot get around them. O_NONBLOCK: opening
+    a FIFO does not wait for a writer (it is then refused, unread).
     """
     inside = os.path.realpath(directory)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    with os.fdopen(fd, encoding="utf-8") as handle:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    with os.fdopen(fd, "rb") as handle:
         opened = os.readlink(f"/proc/self/fd/{fd}")
         if os.path.commonpath([opened, inside]) != inside:
             raise _Outside
-        if os.fstat(fd).st_size > MAX_FILE_BYTES:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise _NotRegular
+        if status.st_size > MAX_FILE_BYTES:
             raise _TooLarge
-        return handle.read()
+        data = handle.read(MAX_FILE_BYTES + 1)  # it may have grown since the fstat
+        if len(data) > MAX_FILE_BYTES:
+            raise _TooLarge
+        # Line ends as a text-mode read gives them (a Windows editor's CRLF is one).
+        return data.decode(encoding).replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _none(triggers: str) -> list[str]:

@@ -164,7 +164,7 @@ def test_load_errors_show_control_characters_as_escapes(tmp_path: Path) -> None:
         load_universal([conf], check)
 
     assert raised.value.errors == [
-        f"{conf}/callbacks.conf:1: cannot read missing\\x1b[2J.py: No such file or directory",
+        f"{conf}/callbacks.conf:1: 'missing\\x1b[2J.py' holds a control character: not a file name",
         f"{conf}/callbacks.conf:2: bad trigger 'x\\u202e'",
     ]
 

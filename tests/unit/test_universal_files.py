@@ -1,0 +1,195 @@
+"""What a callbacks.conf and the files it names may hold: anything else is an error, never a crash.
+
+Probe 69: a Python file the compiler refuses with RecursionError, a NUL in a file name
+or a FIFO named as a file escaped the loader (start-up and check-config crashed, a reload
+answered INTERNAL); a callbacks.conf linked out of its directory was read and quoted
+whole, line by line; a directory named twice through a link fired every callback twice.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from executor.cli.check_config import _universal
+from executor.config import Settings
+from executor.errors import ConfigError
+from executor.runtimes.check import check_source
+from executor.triggers.universal import UniversalConfigError, load_universal
+from tests.helpers.trigger_engines import Engines, Recorder
+
+pytestmark = pytest.mark.unit
+
+# CPython 3.11 gives up on each: "maximum recursion depth exceeded during compilation",
+# and a MemoryError for the unary chain.
+TOO_DEEP = "MSG = " + " + ".join(f'"s{i}"' for i in range(3000)) + "\n"
+TOO_MANY_UNARY = "x = " + "-" * 200_000 + "1\n"
+
+
+def _directory(path: Path, conf: str, **files: str) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "ok.py").write_text("print('ok')\n")
+    for name, text in files.items():
+        (path / name).write_text(text)
+    (path / "callbacks.conf").write_text(conf)
+    return path
+
+
+def _errors(directories: list[Path]) -> list[str]:
+    with pytest.raises(UniversalConfigError) as raised:
+        load_universal(directories, lambda _: None, check_code=check_source)
+    return raised.value.errors
+
+
+@pytest.mark.parametrize(
+    ("code", "error"), [(TOO_DEEP, "RecursionError"), (TOO_MANY_UNARY, "MemoryError")]
+)
+def test_a_file_too_deep_to_compile_is_an_error_of_its_line(
+    tmp_path: Path, code: str, error: str
+) -> None:
+    conf = _directory(
+        tmp_path, "ok.py = done-job-self\ndeep.py = done-job-self\n", **{"deep.py": code}
+    )
+
+    (said,) = _errors([conf])
+
+    assert said.startswith(f"{conf}/deep.py:1: {error}")
+    assert said.endswith(f"(named at {conf}/callbacks.conf:2)")
+
+
+def test_a_nul_in_a_file_name_is_an_error_of_its_line(tmp_path: Path) -> None:
+    conf = _directory(tmp_path, "ok.py = done-job-self\nok\x00.py = done-job-self\n")
+
+    assert _errors([conf]) == [
+        f"{conf}/callbacks.conf:2: 'ok\\x00.py' holds a control character: not a file name"
+    ]
+
+
+def test_a_fifo_with_a_writer_is_refused_unread(tmp_path: Path) -> None:
+    conf = _directory(tmp_path, "ok.py = done-job-self\npipe.py = done-job-self\n")
+    os.mkfifo(conf / "pipe.py")
+    loaded = threading.Event()
+
+    def write() -> None:
+        """Hold the FIFO open with nothing written until the load is over."""
+        with open(conf / "pipe.py", "wb"):
+            loaded.wait(timeout=30)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert _errors([conf]) == [
+            f"{conf}/callbacks.conf:2: pipe.py is not a regular file: not read"
+        ]
+    finally:
+        loaded.set()
+        # A writer still waiting in its open (the load's was too short to meet) gets a reader.
+        with open(os.open(conf / "pipe.py", os.O_RDONLY | os.O_NONBLOCK), "rb"):
+            writer.join(timeout=30)
+    assert not writer.is_alive()
+
+
+def test_a_callbacks_conf_that_is_no_regular_file_is_refused_unread(tmp_path: Path) -> None:
+    conf = tmp_path / "callback"
+    conf.mkdir()
+    os.mkfifo(conf / "callbacks.conf")  # no writer: a blocking open would wait for ever
+
+    assert _errors([conf]) == [
+        f"{conf}/callbacks.conf: callbacks.conf is not a regular file: not read"
+    ]
+
+
+def test_a_callbacks_conf_linked_out_of_its_directory_is_refused_unread(tmp_path: Path) -> None:
+    secret = tmp_path / "private" / "tls.key"
+    secret.parent.mkdir()
+    secret.write_text("MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg=\nroot:$6$salt:19000::\n")
+    conf = tmp_path / "callback"
+    conf.mkdir()
+    (conf / "callbacks.conf").symlink_to(secret)
+
+    assert _errors([conf]) == [
+        f"{conf}/callbacks.conf: callbacks.conf leads outside {conf} (a symbolic link?): not read"
+    ]
+
+
+def test_an_unparseable_line_is_quoted_short(tmp_path: Path) -> None:
+    long_line = "x" * 5000
+    conf = _directory(
+        tmp_path, f"{long_line}\n{'y' * 5000} = done-job-self\n{'z' * 200}.py = done-job-self\n"
+    )
+
+    first, second, third = _errors([conf])
+
+    assert first == (
+        f"{conf}/callbacks.conf:1: expected 'filename [options] = trigger', got "
+        f"'{'x' * 60}'... (5000 characters)"
+    )
+    assert second == (
+        f"{conf}/callbacks.conf:2: '{'y' * 60}'... (5000 characters) has no known extension "
+        "(.py, .pl, .qcb)"
+    )
+    assert third == (
+        f"{conf}/callbacks.conf:3: cannot read {'z' * 60}... (203 characters): No such file or directory"
+    )
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path: Path) -> None:
+    conf = _directory(tmp_path, "")
+    (conf / "callbacks.conf").write_bytes("\ufeffok.py = done-job-self\n".encode())
+
+    (loaded,) = load_universal([conf], lambda _: None, check_code=check_source)
+
+    assert loaded.source == f"{conf}/ok.py"
+
+
+def test_check_config_warns_of_a_file_too_deep_to_compile(tmp_path: Path) -> None:
+    callbacks = _directory(
+        tmp_path / "callback", "deep.py = done-job-self\n", **{"deep.py": TOO_DEEP}
+    )
+    settings = Settings(data_dir=tmp_path / "data", universal_callback_path=str(callbacks))
+
+    said = _universal(settings)
+
+    assert said.startswith("NOT LOADED: callbacks.conf has 1 problem; start-up would run without")
+    assert f"WARNING: {callbacks}/deep.py:1: RecursionError" in said
+    with pytest.raises(ConfigError, match="RecursionError"):
+        _universal(settings.replace(strict=True))
+
+
+async def test_a_reload_that_meets_a_file_too_deep_to_compile_keeps_the_set(
+    tmp_path: Path, engines: Engines
+) -> None:
+    conf = _directory(tmp_path / "callback", "ok.py = done-job-self\n")
+    engine = engines(Recorder(), universal_dirs=[conf], check_code=check_source)
+    assert engine.reload_universal() == []
+    (conf / "deep.py").write_text(TOO_DEEP)
+    (conf / "callbacks.conf").write_text("ok.py = done-job-self\ndeep.py = done-job-self\n")
+
+    (problem,) = engine.reload_universal()
+
+    assert f"{conf}/deep.py:1: RecursionError" in problem
+    assert engine.universal_reload.errors == (problem,)  # the metrics and the dashboard say it
+    assert [cb.source for cb in engine.universal] == [f"{conf}/ok.py"]
+
+
+def test_a_directory_named_again_through_a_link_is_refused(tmp_path: Path) -> None:
+    conf = _directory(tmp_path / "cb", "ok.py = done-job-self\n")
+    (tmp_path / "cb-link").symlink_to(conf)
+    (tmp_path / "sub").mkdir()
+    aliases = [tmp_path / "cb-link", tmp_path / "sub" / ".." / "cb"]
+
+    for alias in aliases:
+        assert _errors([conf, alias]) == [
+            f"universal_callback_path: '{alias}' is the directory '{conf}' names too "
+            f"({conf}); name each directory once"
+        ]
+        entries = f"{conf}, {alias}"
+        with pytest.raises(ConfigError) as raised:
+            Settings(universal_callback_path=entries).universal_callback_policies  # noqa: B018
+        assert str(raised.value) == (
+            f"universal_callback_path: '{alias}' names the same directory as '{conf}' "
+            f"({conf}); name each directory once, with its [policy=NAME] if any"
+        )
