@@ -22,6 +22,19 @@ What it decides, for the one architecture it was built for:
   not dumpable, so ``/proc/self``'s files are root's; a dumpable one could write 5 to
   ``/proc/self/clear_refs``, which resets the peak RSS the usage reports (both wait4's
   and VmHWM). Querying it, and setting 0, stay allowed;
+- ``fcntl(F_NOTIFY)`` (dnotify): EPERM, for inotify's reason below (it signals every
+  access in a watched directory);
+- ``flock``: ENOLCK ("No locks available", what a file system without locks says). A
+  callback may open many host files for reading, and a lock needs only that: held on
+  ``os.py`` it was a channel between callbacks of different cells, and held on
+  debconf's world-readable ``config.dat`` it made the host's apt and dpkg fail for the
+  whole run. ``fcntl`` record locks stay
+  allowed: SQLite and ``lockf`` use them, and a classic filter cannot read the
+  ``struct flock`` that says a read lock from a write lock (the README says what they
+  still allow);
+- ``setsockopt(IPPROTO_IPV6, IPV6_FLOWLABEL_MGR)``: EPERM. A flow label outlives its
+  socket (a linger of up to 150 s) in the cell's network namespace, which the cell's
+  later runs share: it carried data from one run, one job's or user's, to the next;
 - a file mode with the setuid or setgid bit (``chmod`` and its kin, ``creat``,
   ``mknod``, ``open``/``openat`` creating a file): EPERM. A file the callback makes in a
   read-write bind is the host's too, where ``nosuid`` does not hold: a setuid file
@@ -39,7 +52,8 @@ What it decides, for the one architecture it was built for:
 
 A denied call fails with an errno, never a kill: the callback gets a clear error it can
 report. Most syscalls are decided without looking at their arguments, so the kernel's
-seccomp cache (5.11+) allows them without running the program at all.
+seccomp cache (5.11+) allows them without running the program at all (``fcntl`` and
+``setsockopt`` run it, about a dozen instructions, for their argument checks).
 """
 
 from __future__ import annotations
@@ -60,8 +74,12 @@ SECCOMP_RET_ERRNO: Final = 0x00050000
 EPERM: Final = 1
 ENOSYS: Final = 38
 EAFNOSUPPORT: Final = 97
+ENOLCK: Final = 37
 PR_SET_SECCOMP: Final = 22
 PR_SET_DUMPABLE: Final = 4
+F_NOTIFY: Final = 1026
+IPPROTO_IPV6: Final = 41
+IPV6_FLOWLABEL_MGR: Final = 32
 SECCOMP_MODE_FILTER: Final = 2
 
 # Classic BPF opcodes (linux/filter.h): load a word of seccomp_data, jumps on a
@@ -179,6 +197,9 @@ SYSCALLS: Final[dict[str, tuple[int | None, int | None]]] = {
     "open": (2, None),
     "openat": (257, 56),
     "openat2": (437, 437),
+    "fcntl": (72, 25),
+    "flock": (73, 32),
+    "setsockopt": (54, 208),
     "iopl": (172, None),
     "ioperm": (173, None),
     "uselib": (134, None),
@@ -195,13 +216,24 @@ MODE_ARGUMENT: Final = {
 }
 # Calls that create a file with a mode only under a flag: (flags argument, mode argument).
 OPEN_ARGUMENTS: Final = {"open": (1, 2), "openat": (2, 3)}
-# Denied outright with EPERM (the others have rules of their own).
+# Calls decided by a rule of their own (an argument, or another errno than EPERM).
+OWN_RULES: Final = (
+    "clone",
+    "clone3",
+    "socket",
+    "socketpair",
+    "personality",
+    "prctl",
+    "openat2",
+    "fcntl",
+    "flock",
+    "setsockopt",
+)
+# Denied outright with EPERM.
 DENIED: Final = tuple(
     name
     for name in SYSCALLS
-    if name not in ("clone", "clone3", "socket", "socketpair", "personality", "prctl", "openat2")
-    and name not in MODE_ARGUMENT
-    and name not in OPEN_ARGUMENTS
+    if name not in OWN_RULES and name not in MODE_ARGUMENT and name not in OPEN_ARGUMENTS
 )
 
 # The calls a zygote's child still makes after the fork, while it confines itself (its
@@ -300,6 +332,9 @@ def build(arch: str, *, allowing: tuple[str, ...] = ()) -> bytes:
         ("socketpair", "socket"),
         ("personality", "personality"),
         ("prctl", "prctl"),
+        ("fcntl", "fcntl"),
+        ("flock", "enolck"),
+        ("setsockopt", "setsockopt"),
     ):
         number = nr(name)
         if number is None:  # every architecture the filter knows has these
@@ -346,6 +381,14 @@ def build(arch: str, *, allowing: tuple[str, ...] = ()) -> bytes:
         # refused by the kernel (EINVAL).
         (LD_W_ABS, None, None, arg_low(1)),
         _jeq(0, "allow", "eperm"),
+        "fcntl",
+        (LD_W_ABS, None, None, arg_low(1)),  # its command, an unsigned int
+        _jeq(F_NOTIFY, "eperm", "allow"),
+        "setsockopt",
+        (LD_W_ABS, None, None, arg_low(1)),  # level and option name are ints
+        _jeq(IPPROTO_IPV6, None, "allow"),
+        (LD_W_ABS, None, None, arg_low(2)),
+        _jeq(IPV6_FLOWLABEL_MGR, "eperm", "allow"),
         "personality",
         (LD_W_ABS, None, None, ARG0_LOW),
         *(_jeq(persona, "allow") for persona in ALLOWED_PERSONALITIES),
@@ -355,6 +398,8 @@ def build(arch: str, *, allowing: tuple[str, ...] = ()) -> bytes:
         _ret(SECCOMP_RET_ALLOW),
         "enosys",
         _ret(SECCOMP_RET_ERRNO | ENOSYS),
+        "enolck",
+        _ret(SECCOMP_RET_ERRNO | ENOLCK),
     ]
     return _assemble(lines)
 

@@ -28,6 +28,11 @@ from executor.errors import InvalidRequestError
 from executor.model import Limits
 
 OPEN_FILES: Final = 256
+# glibc's malloc arenas a callback's process may have (MALLOC_ARENA_MAX): by default each
+# thread that allocates gets one of 64 MiB of address space, and RLIMIT_AS capped the
+# threads at a dozen (sandbox.md pitfall 4). Both the child's environment and its
+# zygote's carry it: glibc reads it when a process starts, and a fork keeps its parent's.
+MALLOC_ARENA_MAX: Final = "2"
 MIN_FILE_SIZE_BYTES: Final = 64 << 20
 # The most a configured limit (default_limits, max_limits, a policy's) may be. More broke
 # every run: RLIMIT_CPU and the byte rlimits take at most a signed 64-bit number (the

@@ -164,8 +164,9 @@ def child_environment(workdir: str) -> dict[str, str]:
         "TMPDIR": workdir,
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
-        # glibc's per-thread arenas make RLIMIT_AS cap threads early (sandbox.md pitfall 4).
-        "MALLOC_ARENA_MAX": "2",
+        # Read at a process's start: a cold child's, and what a callback execs (a zygote's
+        # child keeps its zygote's, spawners.py).
+        "MALLOC_ARENA_MAX": sandbox_limits.MALLOC_ARENA_MAX,
         SANDBOX_MARKER: str(os.getpid()),
     }
 

@@ -173,6 +173,83 @@ async def test_a_denied_call_is_an_error_the_callback_can_report(arena: Arena) -
     assert "Operation not permitted" in response.failure.message
 
 
+# dnotify and flock on host files it may read, then the record locks and SQLite it
+# still needs on its own files.
+LOCKS_AND_WATCHES = {
+    "python": r"""
+import fcntl, json, os, sqlite3, tempfile
+seen = {}
+def attempt(name, call):
+    try:
+        call()
+        seen[name] = 'ok'
+    except OSError as err:
+        seen[name] = f'errno {err.errno}'
+host = os.open(os.__file__, os.O_RDONLY)
+attempt('flock host file', lambda: fcntl.flock(host, fcntl.LOCK_SH | fcntl.LOCK_NB))
+directory = os.open(os.path.dirname(os.__file__), os.O_RDONLY)
+notify = fcntl.DN_ACCESS | fcntl.DN_MULTISHOT
+attempt('dnotify', lambda: fcntl.fcntl(directory, fcntl.F_NOTIFY, notify))
+own = os.open('own.lock', os.O_CREAT | os.O_RDWR, 0o600)
+attempt('flock own file', lambda: fcntl.flock(own, fcntl.LOCK_EX | fcntl.LOCK_NB))
+attempt('lockf own file', lambda: fcntl.lockf(own, fcntl.LOCK_EX | fcntl.LOCK_NB))
+with tempfile.NamedTemporaryFile() as in_tmpdir:  # $TMPDIR
+    attempt('lockf in TMPDIR', lambda: fcntl.lockf(in_tmpdir, fcntl.LOCK_SH | fcntl.LOCK_NB))
+for journal in ('delete', 'wal'):
+    with sqlite3.connect(f'{journal}.db') as db:
+        db.execute(f'pragma journal_mode={journal}')
+        db.execute('create table frames (number integer)')
+        db.executemany('insert into frames values (?)', [(n,) for n in range(100)])
+    with sqlite3.connect(f'{journal}.db') as db:
+        seen[f'sqlite {journal}'] = db.execute('select sum(number) from frames').fetchone()[0]
+print(json.dumps(seen))
+""",
+    "perl": r"""
+use Fcntl qw(:flock O_RDONLY F_SETLK F_WRLCK SEEK_SET);
+use File::Basename qw(dirname);
+my %seen;
+sub outcome { return $_[0] ? 'ok' : 'errno ' . ($! + 0) }
+open(my $host, '<', $INC{'strict.pm'}) or die "strict.pm: $!";
+$seen{'flock host file'} = outcome(flock($host, LOCK_SH | LOCK_NB));
+sysopen(my $directory, dirname($INC{'strict.pm'}), O_RDONLY) or die "directory: $!";
+$seen{dnotify} = outcome(fcntl($directory, 1026, 0x80000001));  # F_NOTIFY, DN_ACCESS|MULTISHOT
+open(my $own, '+>', 'own.lock') or die "own.lock: $!";
+$seen{'flock own file'} = outcome(flock($own, LOCK_EX | LOCK_NB));
+my $lock = pack('s s x4 q q i x4', F_WRLCK, SEEK_SET, 0, 0, 0);  # struct flock
+$seen{'fcntl lock own file'} = outcome(fcntl($own, F_SETLK, $lock));
+print qb::JSON::encode(\%seen);
+""",
+}
+LOCKS_AND_WATCHES_SEEN = {
+    "python": {
+        "flock host file": "errno 37",  # ENOLCK
+        "dnotify": "errno 1",
+        "flock own file": "errno 37",
+        "lockf own file": "ok",
+        "lockf in TMPDIR": "ok",
+        "sqlite delete": 4950,
+        "sqlite wal": 4950,
+    },
+    "perl": {
+        "flock host file": "errno 37",
+        "dnotify": "errno 1",
+        "flock own file": "errno 37",
+        "fcntl lock own file": "ok",
+    },
+}
+
+
+async def test_no_flock_nor_dnotify_but_record_locks_and_sqlite_work(
+    arena: Arena, language: str
+) -> None:
+    # flock on debconf's world-readable config.dat made the host's apt fail while the run
+    # lasted; dnotify on the stdlib showed a sibling callback's imports, as inotify did.
+    response = await arena.attack(LOCKS_AND_WATCHES[language], language=language)
+
+    assert_outcome(response, Outcome.OUTCOME_SUCCEEDED)
+    assert json.loads(response.stdout) == LOCKS_AND_WATCHES_SEEN[language]
+
+
 SET_ID_FILES = {
     "python": r"""
 import json, os

@@ -4,7 +4,8 @@ A non-daemon thread outlives the callback's code on both launch paths (the zygot
 children never reach the interpreter's exit, so its bootstrap waits for them itself).
 Python threads may call qb at once: each gets the answer to its own call. A Perl
 thread other than the callback's own has its qb calls refused (``qb::Error``), as a
-forked process's are, rather than garbling the bridge.
+forked process's are, rather than garbling the bridge. With the default limits a
+callback of either language starts a few dozen threads on both launch paths.
 """
 
 from __future__ import annotations
@@ -46,6 +47,57 @@ async def test_a_non_daemon_thread_is_waited_for_with_its_qb_calls(stack: Stack)
     assert response.stdout == "main returned\nthread blocked\natexit\n"
     assert [action.verb for action in response.actions] == ["jobstatus", "unblock"]
     assert response.usage.wall_seconds >= 0.5
+
+
+# Starts THREADS threads that each allocate and wait, then prints how many started.
+MANY_THREADS = {
+    "python": (
+        "import threading\n"
+        "release = threading.Event()\n"
+        "def work():\n"
+        "    kept = [bytearray(4096) for _ in range(64)]\n"
+        "    release.wait()\n"
+        "threads = []\n"
+        "try:\n"
+        "    for _ in range(THREADS):\n"
+        "        thread = threading.Thread(target=work)\n"
+        "        thread.start()\n"
+        "        threads.append(thread)\n"
+        "finally:\n"
+        "    release.set()\n"
+        "    for thread in threads:\n"
+        "        thread.join()\n"
+        "print(len(threads))\n"
+    ),
+    "perl": (
+        "use threads; use threads::shared;\n"
+        "my $release :shared = 0;\n"
+        "my @threads;\n"
+        "for (1 .. THREADS) {\n"
+        "    my $thread = threads->create(sub {\n"
+        "        my @kept = map { 'x' x 4096 } 1 .. 64;\n"
+        "        lock $release; cond_wait $release until $release; 1;\n"
+        "    }) or last;\n"
+        "    push @threads, $thread;\n"
+        "}\n"
+        "{ lock $release; $release = 1; cond_broadcast $release; }\n"
+        "$_->join for @threads;\n"
+        'print scalar(@threads), "\\n";\n'
+    ),
+}
+
+
+@pytest.mark.parametrize(("language", "threads"), [("python", 40), ("perl", 30)])
+async def test_a_callback_with_the_default_limits_starts_dozens_of_threads(
+    stack: Stack, language: str, threads: int
+) -> None:
+    # Each thread that allocates would get a glibc arena of 64 MiB address space: a
+    # zygote's child started 13 (Perl 11) under the default 512 MiB, as MALLOC_ARENA_MAX=2
+    # was set only after the fork (glibc reads it when the process starts).
+    response = await run(stack, language, MANY_THREADS[language].replace("THREADS", str(threads)))
+
+    assert response.outcome == Outcome.OUTCOME_SUCCEEDED, (response.failure, response.stderr)
+    assert response.stdout == f"{threads}\n", response.stderr[-300:]
 
 
 async def test_daemon_threads_calling_qb_at_the_end_end_silently(stack: Stack) -> None:

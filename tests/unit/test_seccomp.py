@@ -14,6 +14,7 @@ ALLOW = seccomp.SECCOMP_RET_ALLOW
 EPERM = seccomp.SECCOMP_RET_ERRNO | seccomp.EPERM
 ENOSYS = seccomp.SECCOMP_RET_ERRNO | seccomp.ENOSYS
 EAFNOSUPPORT = seccomp.SECCOMP_RET_ERRNO | seccomp.EAFNOSUPPORT
+ENOLCK = seccomp.SECCOMP_RET_ERRNO | seccomp.ENOLCK
 ARCHES = list(seccomp.ARCHES)
 
 
@@ -148,6 +149,49 @@ def test_inotify_is_denied(arch: str) -> None:
     assert decide(arch, "inotify_init1", 0) == EPERM
     if arch == "x86_64":  # aarch64 has inotify_init1 only
         assert decide(arch, "inotify_init") == EPERM
+
+
+F_GETFD, F_SETFL, F_GETLK, F_SETLK, F_SETLKW, F_OFD_SETLK, F_DUPFD_CLOEXEC = 1, 4, 5, 6, 7, 37, 1030
+F_NOTIFY, DN_ACCESS, DN_MULTISHOT = 1026, 0x1, 0x80000000
+
+
+def test_dnotify_is_denied_as_inotify_is(arch: str) -> None:
+    # fcntl(F_NOTIFY) on a host directory signals every access there, as an inotify watch.
+    assert decide(arch, "fcntl", 3, F_NOTIFY, DN_ACCESS | DN_MULTISHOT) == EPERM
+    assert decide(arch, "fcntl", 3, (1 << 32) | F_NOTIFY, 0) == EPERM  # cmd is an unsigned int
+    for command in (F_GETFD, F_SETFL, F_DUPFD_CLOEXEC):
+        assert decide(arch, "fcntl", 3, command, 0) == ALLOW, command
+
+
+def test_flock_fails_as_where_there_are_no_locks(arch: str) -> None:
+    # A lock needs only read access: on a host file it held back the host's own writers.
+    assert decide(arch, "flock", 3, 1 | 4) == ENOLCK  # LOCK_SH | LOCK_NB
+    assert decide(arch, "flock", 3, 2) == ENOLCK  # LOCK_EX
+
+
+def test_record_locks_stay_allowed_for_sqlite(arch: str) -> None:
+    # SQLite's unix VFS and lockf take fcntl record locks; the filter cannot read their
+    # struct flock, so it cannot tell a read lock on a host file from a lock on its own.
+    for command in (F_GETLK, F_SETLK, F_SETLKW, F_OFD_SETLK):
+        assert decide(arch, "fcntl", 3, command, 0x1000) == ALLOW, command
+
+
+IPPROTO_IP, SOL_SOCKET, IPPROTO_TCP, IPPROTO_IPV6 = 0, 1, 6, 41
+IPV6_V6ONLY, IPV6_FLOWLABEL_MGR, IPV6_FLOWINFO_SEND = 26, 32, 33
+
+
+def test_ipv6_flow_labels_cannot_be_made(arch: str) -> None:
+    # A flow label outlives its socket in the cell's network namespace, into the next run.
+    assert decide(arch, "setsockopt", 3, IPPROTO_IPV6, IPV6_FLOWLABEL_MGR, 0x1000, 32) == EPERM
+    assert decide(arch, "setsockopt", 3, IPPROTO_IPV6, (1 << 32) | IPV6_FLOWLABEL_MGR) == EPERM
+    for level, option in (
+        (IPPROTO_IPV6, IPV6_V6ONLY),
+        (IPPROTO_IPV6, IPV6_FLOWINFO_SEND),
+        (SOL_SOCKET, IPV6_FLOWLABEL_MGR),  # SO_SNDBUFFORCE, whatever the kernel says
+        (IPPROTO_IP, IPV6_FLOWLABEL_MGR),  # IP_MULTICAST_IF
+        (IPPROTO_TCP, 1),  # TCP_NODELAY
+    ):
+        assert decide(arch, "setsockopt", 3, level, option, 0x1000, 4) == ALLOW, (level, option)
 
 
 def test_io_port_calls_are_denied_on_x86_64() -> None:
@@ -313,6 +357,10 @@ def test_a_zygote_and_its_childs_closing_filter_decide_as_the_whole_one(arch: st
         (0x0040000,),  # ADDR_NO_RANDOMIZE
         (4, 1),  # PR_SET_DUMPABLE, 1
         (4, 0),  # PR_SET_DUMPABLE, 0
+        (3, F_NOTIFY, DN_ACCESS),  # dnotify
+        (3, F_SETLK, 0x1000),  # a record lock
+        (3, IPPROTO_IPV6, IPV6_FLOWLABEL_MGR),  # a flow label
+        (3, IPPROTO_IPV6, IPV6_V6ONLY),
     ]
     foreign = [a for name, a in seccomp.ARCHES.items() if name != arch] + [0x40000003]
     numbers = [*range(470), seccomp.X32_SYSCALL_BIT | 39, 0xFFFFFFFF]

@@ -428,22 +428,46 @@ sub children_filter {
 }
 
 # Each cell's empty network namespace (a handle on /proc/self/ns/net), and the one the
-# next child would start in.
+# next child would start in. zygote.py's CellNetworks: a cell whose namespace still holds
+# a socket (one an earlier callback hid in flight, not yet freed by the kernel's garbage
+# collector) gets a fresh one, so no abstract name it bound reaches the next run.
 my (%cell_networks, $current_cell);
 
 sub enter_cell_network {
     my ($cell) = @_;
-    return if defined $current_cell && $current_cell == $cell;
-    undef $current_cell;    # unknown until the calls below succeed
-    if (my $network = $cell_networks{$cell}) {
-        sys('setns', fileno $network, CLONE_NEWNET);
-    } else {
-        sys('unshare', CLONE_NEWNET);
-        open(my $made, '<', '/proc/self/ns/net') or die "own network namespace: $!\n";
-        $cell_networks{$cell} = $made;
+    if (!defined $current_cell || $current_cell != $cell) {
+        undef $current_cell;    # unknown until the calls below succeed
+        if (my $network = $cell_networks{$cell}) {
+            sys('setns', fileno $network, CLONE_NEWNET);
+        } else {
+            make_cell_network($cell);
+        }
+        $current_cell = $cell;
     }
-    $current_cell = $cell;
+    if (sockets_in_use()) {
+        undef $current_cell;
+        delete $cell_networks{$cell};    # closed; the namespace goes once its sockets do
+        make_cell_network($cell);
+        $current_cell = $cell;
+    }
     return;
+}
+
+sub make_cell_network {
+    my ($cell) = @_;
+    sys('unshare', CLONE_NEWNET);
+    open(my $made, '<', '/proc/self/ns/net') or die "own network namespace: $!\n";
+    $cell_networks{$cell} = $made;
+    return;
+}
+
+# How many sockets this process's network namespace holds (sockstat's "sockets: used N").
+sub sockets_in_use {
+    open(my $sockstat, '<', '/proc/self/net/sockstat') or die "sockstat: $!\n";
+    my $first_line = <$sockstat>;
+    close $sockstat;
+    $first_line =~ /\Asockets: used (\d+)/ or die "sockstat: unexpected '$first_line'\n";
+    return $1;
 }
 
 # launcher.py's confine_and_run, for a child this zygote forked into its PID namespace.
