@@ -180,3 +180,27 @@ async def test_a_bind_target_a_group_may_rename_is_warned_of_once(tmp_path: Path
     warned = [line for line in out.splitlines() if "policies.x.binds[0].target" in line]
     assert len(warned) == 1, out
     assert f"can be renamed by the users who may write {site} (mode 0775" in warned[0]
+
+
+async def test_a_policy_value_of_the_wrong_toml_type_is_named_with_its_file(tmp_path: Path) -> None:
+    # Were converted and the check said ok: the callback saw VERBOSE='True', its umask
+    # was 0o115 (77 read as decimal), and "7" was 7 seconds.
+    config = config_file(
+        tmp_path,
+        "[policies.job]\n"
+        "env = { VERBOSE = true }\n"
+        "umask = 77\n"
+        'default_limits = { wall_seconds = "7" }\n'
+        "max_limits = { memory_bytes = 1e9 }\n",
+    )
+    code, out, err = await check_config(config)
+    assert code == 2 and "ok: start-up would succeed" not in out
+    assert err.splitlines() == [
+        f"cbexec: {config}: policies.job.default_limits.wall_seconds: expected a number, got '7'",
+        f"cbexec: {config}: policies.job.max_limits.memory_bytes: expected a whole number, "
+        "got 1000000000.0",
+        f'cbexec: {config}: policies.job.umask: expected a string of octal digits like "027", '
+        "got 77 (a TOML number keeps no base: 77 and 0o77 cannot be told apart; quote the "
+        'octal digits: umask = "077")',
+        f"cbexec: {config}: policies.job.env.VERBOSE: expected a string, got true",
+    ]
