@@ -56,7 +56,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -69,7 +69,7 @@ from executor.config import (
     parse_languages,
     whole_number,
 )
-from executor.errors import ConfigError, PermissionDeniedError
+from executor.errors import ConfigError, NotFoundError, PermissionDeniedError
 from executor.model import Language, Limits
 from executor.runtimes.child import CHILD_DIR, PerlRuntime
 from executor.sandbox.limits import setting_problem
@@ -243,8 +243,22 @@ class PolicySet:
         )
 
     def for_universal(self, named: str) -> Policy:
-        """A callbacks.conf callback: the policy its line or directory names, else ``universal``."""
-        return self._policies.get(named or UNIVERSAL, self._policies[UNIVERSAL])
+        """A callbacks.conf callback: the policy its line or directory names, else ``universal``.
+
+        Raises:
+            NotFoundError: the name is not configured (a line kept from before a restart
+                whose policy was removed since): never another policy in its place, whose
+                grants (credentials, binds, verbs) the admin gave other callbacks.
+        """
+        policy = self._policies.get(named or UNIVERSAL)
+        if policy is None:
+            raise NotFoundError(not_configured(named, self._policies))
+        return policy
+
+
+def not_configured(named: str, known: Iterable[str]) -> str:
+    """Why a universal line naming policy ``named`` cannot run: the config has no such policy."""
+    return f"policy {named!r} is not configured (policies: {', '.join(known)})"
 
 
 def _error(name: str, key: str, message: str) -> ConfigError:

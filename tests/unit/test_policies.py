@@ -14,7 +14,7 @@ import pytest
 
 from executor import policies as policies_module
 from executor.config import Settings, validate
-from executor.errors import ConfigError, PermissionDeniedError
+from executor.errors import ConfigError, NotFoundError, PermissionDeniedError
 from executor.policies import (
     PolicySet,
     _perl_inc,
@@ -350,6 +350,10 @@ def test_who_gets_which_policy(tmp_path: Path) -> None:
             found.for_execute(user, asked)
     assert found.for_universal("").name == "universal"
     assert found.for_universal("admin").name == "admin"
+    # Never another policy (and its grants) for a name that is gone.
+    with pytest.raises(NotFoundError) as gone:
+        found.for_universal("contrib")
+    assert str(gone.value) == "policy 'contrib' is not configured (policies: job, universal, admin)"
     assert "policies.job.users" in refused(tmp_path, {"job": {"users": ["x"]}})
 
 
