@@ -565,12 +565,12 @@ async def test_a_kept_line_whose_policy_was_removed_never_runs_under_another(
         stack.supervisor.job_action("kill", job_id, "bob")
         await stack.settle()
         history = stack.running.recorder.history
-        found = []
+        found: list[tuple[str, str, str]] = []
         for record in history.list_runs(job_id=job_id):
             full = history.get(record.invocation_id)
             assert full is not None and full.result is not None
             said = full.result.failure.message if full.result.failure else full.result.stdout
-            found.append((record.policy, record.outcome, said))
+            found.append((record.policy, str(record.outcome), said))
         return found
 
     async with running_stack(settings) as stack:  # loads the line, and keeps the set
