@@ -556,60 +556,81 @@ def _environment(
     name: str, table: Mapping[str, Any], environ: Mapping[str, str]
 ) -> tuple[tuple[str, str], ...]:
     env: dict[str, str] = {}
+    problems: list[str] = []  # every variable's, a line each
     for key in ("env", "env_files"):
         values = table.get(key, {})
         if not isinstance(values, Mapping):
             raise _error(name, key, "expected a table of VAR = value")
         for var, value in values.items():
-            if var in RESERVED_ENV or not var.replace("_", "").isalnum():
-                raise _error(name, f"{key}.{var}", "not a variable a policy may set")
-            if not isinstance(value, str):
-                # As str(): "True", "[1, 2]", Python's reprs, which no script expects.
-                raise _error(name, f"{key}.{var}", f"expected a string, got {as_written(value)}")
-            if key == "env":
-                env[var] = _no_nul(name, f"{key}.{var}", value)
-                continue
-            try:
-                with open(value, "rb") as source:
-                    content = source.read(MAX_ENV_FILE_BYTES + 1)
-            except OSError as err:
-                raise _error(name, f"{key}.{var}", f"cannot read {value}: {err.strerror}") from err
-            if len(content) > MAX_ENV_FILE_BYTES:
-                raise _error(
-                    name, f"{key}.{var}", f"{value} is larger than {MAX_ENV_FILE_BYTES} bytes"
-                )
-            env[var] = _no_nul(name, f"{key}.{var}", content.decode(errors="replace").rstrip("\n"))
+            found = _named_each(
+                problems, None, functools.partial(_env_value, name, key, var, value)
+            )
+            if found is not None:
+                env[var] = found
     for var in _names(name, "env_pass", table.get("env_pass", [])):
         if var in RESERVED_ENV:
-            raise _error(name, f"env_pass.{var}", "not a variable a policy may set")
-        if var not in environ:
-            raise _error(name, f"env_pass.{var}", "is not set in the executor's environment")
-        env[var] = environ[var]
+            problems.append(str(_error(name, f"env_pass.{var}", "not a variable a policy may set")))
+        elif var not in environ:
+            problems.append(
+                str(_error(name, f"env_pass.{var}", "is not set in the executor's environment"))
+            )
+        else:
+            env[var] = environ[var]
+    if problems:
+        raise ConfigError("\n".join(problems))
     return tuple(sorted(env.items()))
+
+
+def _env_value(name: str, key: str, var: str, value: Any) -> str:
+    """An ``env`` value, or an ``env_files`` file's content."""
+    if var in RESERVED_ENV or not var.replace("_", "").isalnum():
+        raise _error(name, f"{key}.{var}", "not a variable a policy may set")
+    if not isinstance(value, str):
+        # As str(): "True", "[1, 2]", Python's reprs, which no script expects.
+        raise _error(name, f"{key}.{var}", f"expected a string, got {as_written(value)}")
+    if key == "env":
+        return _no_nul(name, f"{key}.{var}", value)
+    try:
+        with open(value, "rb") as source:
+            content = source.read(MAX_ENV_FILE_BYTES + 1)
+    except OSError as err:
+        raise _error(name, f"{key}.{var}", f"cannot read {value}: {err.strerror}") from err
+    if len(content) > MAX_ENV_FILE_BYTES:
+        raise _error(name, f"{key}.{var}", f"{value} is larger than {MAX_ENV_FILE_BYTES} bytes")
+    return _no_nul(name, f"{key}.{var}", content.decode(errors="replace").rstrip("\n"))
 
 
 def _limits(name: str, key: str, raw: Any, base: Limits) -> Limits:
     if not isinstance(raw, Mapping):
         raise _error(name, key, "expected a table of limits")
-    declared = {f.name: f.type for f in dataclasses.fields(Limits)}
     changes: dict[str, Any] = {}
+    problems: list[str] = []  # every limit's, a line each
     for field, value in raw.items():
-        if field not in declared:
-            raise _error(name, key, f"unknown limit {field!r}")
-        # By the declared type, as the top-level tables: the base's value may be a whole
-        # number (cpu_seconds = 10) that would have cut 1.5 to 1.
-        number: float
-        try:
-            # As TOML wrote it, as the top-level tables: "7" is no number, 1e9 no whole one.
-            check_written_type(value, 0.0 if declared[field] == "float" else 0, field)
-            number = finite_number(value) if declared[field] == "float" else whole_number(value)
-        except (TypeError, ValueError) as err:
-            raise _error(name, f"{key}.{field}", str(err)) from None
-        problem = setting_problem(field, number)
-        if problem:
-            raise _error(name, f"{key}.{field}", problem)
-        changes[field] = number
+        number = _named_each(problems, None, functools.partial(_limit, name, key, field, value))
+        if number is not None:
+            changes[field] = number
+    if problems:
+        raise ConfigError("\n".join(problems))
     return dataclasses.replace(base, **changes)
+
+
+def _limit(name: str, key: str, field: str, value: Any) -> float:
+    """One limit of a policy's table, checked as the top-level tables' are."""
+    declared = {f.name: f.type for f in dataclasses.fields(Limits)}
+    if field not in declared:
+        raise _error(name, key, f"unknown limit {field!r}")
+    # By the declared type, as the top-level tables: the base's value may be a whole
+    # number (cpu_seconds = 10) that would have cut 1.5 to 1. As TOML wrote it, too:
+    # "7" is no number, 1e9 no whole number.
+    whole = declared[field] != "float"
+    try:
+        check_written_type(value, 0 if whole else 0.0, field)
+        number: float = whole_number(value) if whole else finite_number(value)
+    except (TypeError, ValueError) as err:
+        raise _error(name, f"{key}.{field}", str(err)) from None
+    if problem := setting_problem(field, number):
+        raise _error(name, f"{key}.{field}", problem)
+    return number
 
 
 _T = TypeVar("_T")
