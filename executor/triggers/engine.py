@@ -478,8 +478,8 @@ class TriggerEngine:
             return None
         callbacks, loaded_at = kept
         usable = []
+        known = self._policies.names() if self._policies is not None else None
         for callback in callbacks:
-            known = self._policies.names() if self._policies is not None else None
             if (problem := kept_line_problem(callback, known)) is None:
                 usable.append(callback)
                 continue
