@@ -358,7 +358,7 @@ def _coerce(name: str, raw: Any, current: Any, *, text: bool, typed: bool = Fals
     """
     try:
         if typed:
-            _check_written_type(raw, current, name)
+            check_written_type(raw, current, name)
         if isinstance(current, bool):
             if isinstance(raw, bool):
                 return raw
@@ -384,7 +384,7 @@ def _coerce(name: str, raw: Any, current: Any, *, text: bool, typed: bool = Fals
         raise ConfigError(f"{name}: {err}") from err
 
 
-def _check_written_type(raw: Any, current: Any, name: str) -> None:
+def check_written_type(raw: Any, current: Any, name: str) -> None:
     """Refuse a TOML value whose type is not the setting's (TypeError saying which it takes)."""
     if isinstance(current, bool | frozenset) or (
         dataclasses.is_dataclass(current) and not isinstance(current, type)

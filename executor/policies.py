@@ -24,7 +24,9 @@ Keys (every one optional):
   (``isolation.BindChangedError``).
 - ``group``: a host group (name or gid) the sandbox uid gets as its only supplementary
   group: how an admin lets the dedicated uids write to a bound directory.
-- ``umask``: the callback's umask (octal string or number); default ``"077"``.
+- ``umask``: the callback's umask, a string of octal digits; default ``"077"``. A TOML
+  number is refused: TOML keeps no base, so ``77`` (meant as 077, read as 0o115) and
+  ``0o77`` cannot be told apart.
 - ``env`` (``{VAR = "value"}``), ``env_files`` (``{VAR = "/path"}``: the file's content,
   read once at start-up, for credentials), ``env_pass`` (``["VAR"]``: taken from the
   executor's own environment at start-up). Never from a request.
@@ -35,8 +37,11 @@ Keys (every one optional):
 - ``users``: Qube users whose job callbacks get this policy, and whose Execute requests
   may ask for it (``ExecuteRequest.policy``).
 
+A value of the wrong TOML type is refused as the top-level settings' are, never
+converted (``env = {X = true}`` is no string, ``wall_seconds = "7"`` no number).
 Everything is resolved once, at start-up, into frozen ``Policy`` values (``resolve``);
-a problem is a ``ConfigError`` naming ``policies.NAME.key``.
+a problem is a ``ConfigError`` naming ``policies.NAME.key`` (``for_host``: after the
+config file's name).
 """
 
 from __future__ import annotations
@@ -45,19 +50,26 @@ import dataclasses
 import functools
 import grp
 import os
+import re
 import stat
 import subprocess
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from executor.child.isolation import identity, open_directory
-from executor.config import finite_number, parse_languages, whole_number
-from executor.errors import ConfigError, PermissionDeniedError
+from executor.config import (
+    as_written,
+    check_written_type,
+    finite_number,
+    parse_languages,
+    whole_number,
+)
+from executor.errors import ConfigError, NotFoundError, PermissionDeniedError
 from executor.model import Language, Limits
 from executor.runtimes.child import CHILD_DIR, PerlRuntime
 from executor.sandbox.limits import setting_problem
@@ -231,8 +243,22 @@ class PolicySet:
         )
 
     def for_universal(self, named: str) -> Policy:
-        """A callbacks.conf callback: the policy its line or directory names, else ``universal``."""
-        return self._policies.get(named or UNIVERSAL, self._policies[UNIVERSAL])
+        """A callbacks.conf callback: the policy its line or directory names, else ``universal``.
+
+        Raises:
+            NotFoundError: the name is not configured (a line kept from before a restart
+                whose policy was removed since): never another policy in its place, whose
+                grants (credentials, binds, verbs) the admin gave other callbacks.
+        """
+        policy = self._policies.get(named or UNIVERSAL)
+        if policy is None:
+            raise NotFoundError(not_configured(named, self._policies))
+        return policy
+
+
+def not_configured(named: str, known: Iterable[str]) -> str:
+    """Why a universal line naming policy ``named`` cannot run: the config has no such policy."""
+    return f"policy {named!r} is not configured (policies: {', '.join(known)})"
 
 
 def _error(name: str, key: str, message: str) -> ConfigError:
@@ -487,12 +513,28 @@ def _group(name: str, raw: Any) -> int:
     return gid
 
 
+_OCTAL_DIGITS: Final = re.compile(r"[0-7]{1,4}")
+
+
 def _umask(name: str, raw: Any) -> int:
-    try:
-        value = raw if isinstance(raw, int) and not isinstance(raw, bool) else int(str(raw), 8)
-    except ValueError:
-        raise _error(name, "umask", f'expected an octal number like "027", got {raw!r}') from None
-    if not 0 <= value <= 0o777:
+    """A umask written as a string of octal digits ("077").
+
+    Never a TOML number: TOML keeps no base, so ``77`` (read as 0o115, group-writable
+    for an admin who meant 077) and ``0o77`` (63) cannot be told from each other.
+    """
+    expected = 'expected a string of octal digits like "027"'
+    if not isinstance(raw, str):
+        hint = ""
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            hint = (
+                " (a TOML number keeps no base: 77 and 0o77 cannot be told apart; "
+                'quote the octal digits: umask = "077")'
+            )
+        raise _error(name, "umask", f"{expected}, got {as_written(raw)}{hint}")
+    if not _OCTAL_DIGITS.fullmatch(raw):
+        raise _error(name, "umask", f"{expected}, got {raw!r}")
+    value = int(raw, 8)
+    if value > 0o777:
         raise _error(name, "umask", f"{raw!r} is not a umask (000-777)")
     return value
 
@@ -514,55 +556,81 @@ def _environment(
     name: str, table: Mapping[str, Any], environ: Mapping[str, str]
 ) -> tuple[tuple[str, str], ...]:
     env: dict[str, str] = {}
+    problems: list[str] = []  # every variable's, a line each
     for key in ("env", "env_files"):
         values = table.get(key, {})
         if not isinstance(values, Mapping):
             raise _error(name, key, "expected a table of VAR = value")
         for var, value in values.items():
-            if var in RESERVED_ENV or not var.replace("_", "").isalnum():
-                raise _error(name, f"{key}.{var}", "not a variable a policy may set")
-            if key == "env":
-                env[var] = _no_nul(name, f"{key}.{var}", str(value))
-                continue
-            try:
-                with open(str(value), "rb") as source:
-                    content = source.read(MAX_ENV_FILE_BYTES + 1)
-            except OSError as err:
-                raise _error(name, f"{key}.{var}", f"cannot read {value}: {err.strerror}") from err
-            if len(content) > MAX_ENV_FILE_BYTES:
-                raise _error(
-                    name, f"{key}.{var}", f"{value} is larger than {MAX_ENV_FILE_BYTES} bytes"
-                )
-            env[var] = _no_nul(name, f"{key}.{var}", content.decode(errors="replace").rstrip("\n"))
+            found = _named_each(
+                problems, None, functools.partial(_env_value, name, key, var, value)
+            )
+            if found is not None:
+                env[var] = found
     for var in _names(name, "env_pass", table.get("env_pass", [])):
         if var in RESERVED_ENV:
-            raise _error(name, f"env_pass.{var}", "not a variable a policy may set")
-        if var not in environ:
-            raise _error(name, f"env_pass.{var}", "is not set in the executor's environment")
-        env[var] = environ[var]
+            problems.append(str(_error(name, f"env_pass.{var}", "not a variable a policy may set")))
+        elif var not in environ:
+            problems.append(
+                str(_error(name, f"env_pass.{var}", "is not set in the executor's environment"))
+            )
+        else:
+            env[var] = environ[var]
+    if problems:
+        raise ConfigError("\n".join(problems))
     return tuple(sorted(env.items()))
+
+
+def _env_value(name: str, key: str, var: str, value: Any) -> str:
+    """An ``env`` value, or an ``env_files`` file's content."""
+    if var in RESERVED_ENV or not var.replace("_", "").isalnum():
+        raise _error(name, f"{key}.{var}", "not a variable a policy may set")
+    if not isinstance(value, str):
+        # As str(): "True", "[1, 2]", Python's reprs, which no script expects.
+        raise _error(name, f"{key}.{var}", f"expected a string, got {as_written(value)}")
+    if key == "env":
+        return _no_nul(name, f"{key}.{var}", value)
+    try:
+        with open(value, "rb") as source:
+            content = source.read(MAX_ENV_FILE_BYTES + 1)
+    except OSError as err:
+        raise _error(name, f"{key}.{var}", f"cannot read {value}: {err.strerror}") from err
+    if len(content) > MAX_ENV_FILE_BYTES:
+        raise _error(name, f"{key}.{var}", f"{value} is larger than {MAX_ENV_FILE_BYTES} bytes")
+    return _no_nul(name, f"{key}.{var}", content.decode(errors="replace").rstrip("\n"))
 
 
 def _limits(name: str, key: str, raw: Any, base: Limits) -> Limits:
     if not isinstance(raw, Mapping):
         raise _error(name, key, "expected a table of limits")
-    declared = {f.name: f.type for f in dataclasses.fields(Limits)}
     changes: dict[str, Any] = {}
+    problems: list[str] = []  # every limit's, a line each
     for field, value in raw.items():
-        if field not in declared:
-            raise _error(name, key, f"unknown limit {field!r}")
-        # By the declared type, as the top-level tables: the base's value may be a whole
-        # number (cpu_seconds = 10) that would have cut 1.5 to 1.
-        number: float
-        try:
-            number = finite_number(value) if declared[field] == "float" else whole_number(value)
-        except ValueError as err:
-            raise _error(name, f"{key}.{field}", str(err)) from None
-        problem = setting_problem(field, number)
-        if problem:
-            raise _error(name, f"{key}.{field}", problem)
-        changes[field] = number
+        number = _named_each(problems, None, functools.partial(_limit, name, key, field, value))
+        if number is not None:
+            changes[field] = number
+    if problems:
+        raise ConfigError("\n".join(problems))
     return dataclasses.replace(base, **changes)
+
+
+def _limit(name: str, key: str, field: str, value: Any) -> float:
+    """One limit of a policy's table, checked as the top-level tables' are."""
+    declared = {f.name: f.type for f in dataclasses.fields(Limits)}
+    if field not in declared:
+        raise _error(name, key, f"unknown limit {field!r}")
+    # By the declared type, as the top-level tables: the base's value may be a whole
+    # number (cpu_seconds = 10) that would have cut 1.5 to 1. As TOML wrote it, too:
+    # "7" is no number, 1e9 no whole number.
+    whole = declared[field] != "float"
+    try:
+        check_written_type(value, 0 if whole else 0.0, field)
+        number: float = whole_number(value) if whole else finite_number(value)
+    except (TypeError, ValueError) as err:
+        raise _error(name, f"{key}.{field}", str(err)) from None
+    if problem := setting_problem(field, number):
+        raise _error(name, f"{key}.{field}", problem)
+    return number
 
 
 _T = TypeVar("_T")
@@ -778,8 +846,19 @@ def for_host(settings: Settings, options: SandboxOptions, environ: Mapping[str, 
     Raises:
         ConfigError: a policy is malformed, or asks for what the host cannot give
             (an empty network without namespaces; binds or a group without the hardened
-            tier's private mounts and dedicated uids).
+            tier's private mounts and dedicated uids); each line after the config file's
+            name, where the policies come from (as a top-level value's type error).
     """
+    try:
+        return _for_host(settings, options, environ)
+    except ConfigError as err:
+        if not settings.config_file:
+            raise
+        lines = str(err).splitlines()
+        raise ConfigError("\n".join(f"{settings.config_file}: {line}" for line in lines)) from err
+
+
+def _for_host(settings: Settings, options: SandboxOptions, environ: Mapping[str, str]) -> PolicySet:
     isolation = options.isolation
     keep = list(isolation.keep) if isolation is not None else [sys.prefix, str(CHILD_DIR)]
     tables = settings.policies

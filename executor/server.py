@@ -34,7 +34,7 @@ from typing import Any, Final
 
 import grpc
 
-from executor import data_dir, heap_return, open_files, process_limit
+from executor import data_dir, heap_return, open_files, process_limit, reload_signal
 from executor.api import edge as api_edge
 from executor.api import embedded as api_embedded
 from executor.api import security
@@ -462,6 +462,9 @@ async def serve_forever(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, functools.partial(_reload, running.engine))
+    if reload_signal.take_deferred():  # after the handler: none is lost in between
+        logger.info("SIGHUP during start-up: reloading callbacks.conf now that the executor is up")
+        _reload(running.engine)
     try:
         await stop.wait()
         logger.info("stopping: draining running callbacks")

@@ -27,7 +27,7 @@ from executor.sandbox.identity import UidClaim
 from executor.sandbox.tier import describe_sandbox, root_warnings, sandbox_options
 from executor.secret_files import open_to_others
 from executor.storage import check_database
-from executor.triggers.engine import check_trigger
+from executor.triggers.engine import check_trigger, kept_line_problem
 from executor.triggers.universal import (
     CONF_NAME,
     LAST_GOOD_NAME,
@@ -88,14 +88,15 @@ def _sandbox(settings: config.Settings) -> str:
 def _universal(settings: config.Settings) -> str:
     """How many universal callbacks start-up would load, from where; every problem otherwise."""
     dirs = settings.universal_callback_dirs
+    # [policies.job] widens a built-in one: each name once.
+    known_policies = list(dict.fromkeys([*BUILT_IN, *settings.policies]))
     try:
         loaded = load_universal(
             dirs,
             check_trigger,
             check_code=check_source,
             policies=settings.universal_callback_policies,
-            # [policies.job] widens a built-in one: each name once.
-            known_policies=list(dict.fromkeys([*BUILT_IN, *settings.policies])),
+            known_policies=known_policies,
         )
     except UniversalConfigError as err:
         if settings.strict:
@@ -108,16 +109,22 @@ def _universal(settings: config.Settings) -> str:
             kept = load_last_good(settings.data_dir / LAST_GOOD_NAME)
         except UniversalConfigError:
             kept = None
+        # As start-up (TriggerEngine.keep_last_good): the kept lines it would leave out.
+        left_out = [
+            f"{line.source} = {line.triggers} left out of the set kept from before: {problem}"
+            for line in (kept[0] if kept is not None else [])
+            if (problem := kept_line_problem(line, known_policies)) is not None
+        ]
         would = (
             "without universal callbacks"
             if kept is None
-            else f"with the set loaded last before it ({len(kept[0])} callbacks)"
+            else f"with the set loaded last before it ({len(kept[0]) - len(left_out)} callbacks)"
         )
         return "\n".join(
             [
                 f"NOT LOADED: callbacks.conf has {count}; start-up would run {would} "
                 "(strict = true refuses to start instead)",
-                *(f"  WARNING: {e}" for e in err.errors),
+                *(f"  WARNING: {e}" for e in [*err.errors, *left_out]),
             ]
         )
     missing = (

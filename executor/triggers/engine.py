@@ -52,9 +52,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from executor import triggers
-from executor.errors import InvalidRequestError, UnavailableError
+from executor.errors import InvalidRequestError, NotFoundError, UnavailableError
 from executor.model import CallbackSpec, Event, Invocation, Limits, RunResult
-from executor.policies import JOB, UNIVERSAL, PolicySet
+from executor.policies import JOB, UNIVERSAL, PolicySet, not_configured
 from executor.runs.outbox import Backoff
 from executor.sql import Db, StoreConflict, pipelined
 from executor.triggers import (
@@ -136,6 +136,22 @@ def check_trigger(expression: str | list[str]) -> str | None:
             triggers.parse_triggers(expression)
     except triggers.TriggerSyntaxError as err:
         return str(err)
+    return None
+
+
+def kept_line_problem(kept: UniversalCallback, known_policies: Sequence[str] | None) -> str | None:
+    """Why a line of the set kept from before a restart is left out at start-up, or None.
+
+    A set kept by an older version may hold a trigger this one refuses (a job id no
+    stored id can be): attached to every job, it would make every RegisterJob fail. A
+    line whose policy the config no longer has (``known_policies``; None: not checked)
+    must not run under another policy's grants: a reload refuses such a line
+    (``load_universal``), and so does a start-up.
+    """
+    if (problem := check_trigger(kept.triggers)) is not None:
+        return problem
+    if known_policies is not None and kept.policy and kept.policy not in known_policies:
+        return f"its {not_configured(kept.policy, known_policies)}"
     return None
 
 
@@ -331,6 +347,9 @@ class TriggerEngine:
         # Every line this engine has loaded (``line_name``): a firing whose line is not
         # loaded now was removed by a reload, or was never read here.
         self._lines_seen: set[tuple[str, str]] = set()
+        # Lines of the set kept from before a restart that it left out (``line_name``):
+        # the policy each named, and why it was left out, for their firings' refusals.
+        self._left_out: dict[tuple[str, str], tuple[str, str]] = {}
         # Configured directories found missing at the last reload (an unmounted share).
         self._missing_dirs: list[Path] = []
         self._warn_missing_dirs = warn_missing_dirs
@@ -447,6 +466,9 @@ class TriggerEngine:
         self._set_universal(loaded)
         if removed:
             self._stop_clocks_of(removed)
+        # A line left out at start-up and not loaded now was removed from callbacks.conf.
+        self._lines_seen.update(self._left_out)
+        self._left_out.clear()
         self.universal_reload = ReloadStatus(now, now)
         if self._last_good is not None:
             try:
@@ -474,18 +496,22 @@ class TriggerEngine:
         if kept is None:
             return None
         callbacks, loaded_at = kept
-        # A set kept by an older version may hold a trigger this one refuses (a job id no
-        # stored id can be): attached to every job, it would make every RegisterJob fail.
         usable = []
+        known = self._policies.names() if self._policies is not None else None
         for callback in callbacks:
-            if (problem := check_trigger(callback.triggers)) is None:
+            if (problem := kept_line_problem(callback, known)) is None:
                 usable.append(callback)
-            else:
-                logger.error(
-                    "universal callbacks: %s left out of the set kept from before: %s",
-                    callback.source,
-                    problem,
-                )
+                continue
+            logger.error(
+                "universal callbacks: %s = %s left out of the set kept from before: %s",
+                callback.source,
+                callback.triggers,
+                problem,
+            )
+            self._left_out[line_name(callback.source, callback.triggers)] = (
+                callback.policy,
+                problem,
+            )
         self._set_universal(usable)
         self.universal_reload = replace(self.universal_reload, loaded_at=loaded_at)
         return len(self._universal)
@@ -1124,16 +1150,24 @@ class TriggerEngine:
                 named, shadow = loaded.policy, loaded.shadow
                 invocation = replace(invocation, callback=replace(spec, source=loaded.source))
             else:
+                left_out = self._left_out.get(line_name(spec.source, spec.triggers))
                 return replace(
                     invocation,
-                    policy=UNIVERSAL,
+                    policy=(left_out[0] if left_out else "") or UNIVERSAL,
                     refusal=self._not_loaded(spec.source, spec.triggers),
                 )
         if self._policies is None:
             name = (named or UNIVERSAL) if universal else JOB
             return replace(invocation, policy=name, shadow=shadow)
         if universal:
-            policy = self._policies.for_universal(named)
+            try:
+                policy = self._policies.for_universal(named)
+            except NotFoundError as err:
+                # Never another policy's grants in its place (keep_last_good leaves such
+                # lines out; this holds for any other way one could get here).
+                callback = f"universal callback {invocation.callback.source} = "
+                refusal = f"{callback}{invocation.callback.triggers}: not run: its {err}"
+                return replace(invocation, policy=named, shadow=shadow, refusal=refusal)
         else:
             policy = self._policies.for_job_callback(invocation.actor)
         return replace(invocation, policy=policy.name, shadow=shadow, limits=policy.limits[0])
@@ -1147,6 +1181,8 @@ class TriggerEngine:
         this replica never read was registered at another one (or before a restart).
         """
         callback = f"universal callback {source} = {triggers}"
+        if (left_out := self._left_out.get(line_name(source, triggers))) is not None:
+            return f"{callback}: not run: left out of the set kept from before: {left_out[1]}"
         status = self.universal_reload
         if status.errors and not status.loaded_at:
             count = f"{len(status.errors)} problem{'s' if len(status.errors) > 1 else ''}"

@@ -205,3 +205,29 @@ async def test_a_port_open_to_the_network_with_no_token_is_warned_of(tmp_path: P
         )
         assert said.code == 0, said.err
         assert "takes calls from the network" not in said.out
+
+
+async def test_a_policy_value_of_the_wrong_toml_type_is_named_with_its_file(tmp_path: Path) -> None:
+    # Were converted and the check said ok: the callback saw VERBOSE='True', its umask
+    # was 0o115 (77 read as decimal), and "7" was 7 seconds.
+    config = config_file(
+        tmp_path,
+        "[policies.job]\n"
+        "env = { VERBOSE = true, SITE = 'studio', FRAMES = [1, 2] }\n"
+        "umask = 77\n"
+        'default_limits = { wall_seconds = "7" }\n'
+        'max_limits = { wall_seconds = "70", memory_bytes = 1e9 }\n',
+    )
+    code, out, err = await check_config(config)
+    assert code == 2 and "ok: start-up would succeed" not in out
+    assert err.splitlines() == [
+        f"cbexec: {config}: policies.job.default_limits.wall_seconds: expected a number, got '7'",
+        f"cbexec: {config}: policies.job.max_limits.wall_seconds: expected a number, got '70'",
+        f"cbexec: {config}: policies.job.max_limits.memory_bytes: expected a whole number, "
+        "got 1000000000.0",
+        f'cbexec: {config}: policies.job.umask: expected a string of octal digits like "027", '
+        "got 77 (a TOML number keeps no base: 77 and 0o77 cannot be told apart; quote the "
+        'octal digits: umask = "077")',
+        f"cbexec: {config}: policies.job.env.VERBOSE: expected a string, got true",
+        f"cbexec: {config}: policies.job.env.FRAMES: expected a string, got [1, 2]",
+    ]

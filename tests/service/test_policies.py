@@ -544,6 +544,61 @@ async def test_a_line_or_a_directory_names_a_universal_callbacks_policy(
         }
 
 
+async def test_a_kept_line_whose_policy_was_removed_never_runs_under_another(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found by a probe: the line kept from before the restart ran under the built-in
+    # 'universal' policy, with its credentials, when its own 'contrib' was gone.
+    callbacks = tmp_path / "callback"
+    callbacks.mkdir()
+    (callbacks / "leak.py").write_text("import os\nprint('SECRET', os.environ.get('SECRET'))\n")
+    (callbacks / "callbacks.conf").write_text("leak.py [policy=contrib] = killed-job-self\n")
+    universal = {"env": {"SECRET": "s3cret"}}
+    settings = stack_settings(
+        tmp_path / "data",
+        universal_callback_path=str(callbacks),
+        policies={"universal": universal, "contrib": {"verbs": ["unblock"]}},
+    )
+
+    async def killed(stack: Stack, job_id: int) -> list[tuple[str, str, str]]:
+        """(policy, outcome, stdout or failure) of each run the job's kill fired."""
+        stack.supervisor.job_action("kill", job_id, "bob")
+        await stack.settle()
+        history = stack.running.recorder.history
+        found: list[tuple[str, str, str]] = []
+        for record in history.list_runs(job_id=job_id):
+            full = history.get(record.invocation_id)
+            assert full is not None and full.result is not None
+            said = full.result.failure.message if full.result.failure else full.result.stdout
+            found.append((record.policy, str(record.outcome), said))
+        return found
+
+    async with running_stack(settings) as stack:  # loads the line, and keeps the set
+        shown, earlier = stack.supervisor.submit(
+            [{"name": "shown", "user": "bob"}, {"name": "earlier", "user": "bob"}]
+        )
+        await stack.settle()
+        assert await killed(stack, shown["id"]) == [("contrib", "SUCCEEDED", "SECRET None\n")]
+
+    caplog.clear()
+    async with running_stack(settings.replace(policies={"universal": universal})) as stack:
+        assert stack.running.engine.universal == []
+        (later,) = stack.supervisor.submit([{"name": "later", "user": "bob"}])
+        await stack.settle()
+        assert await killed(stack, later["id"]) == []
+        # Registered before the restart, with the line attached: refused, not run.
+        ((policy, outcome, said),) = await killed(stack, earlier["id"])
+    line = f"{callbacks}/leak.py = killed-job-self"
+    reason = "its policy 'contrib' is not configured (policies: job, universal)"
+    assert (policy, outcome) == ("contrib", "REJECTED")
+    assert said == (
+        f"universal callback {line}: not run: left out of the set kept from before: {reason}"
+    )
+    assert f"universal callbacks: {line} left out of the set kept from before: {reason}" in (
+        caplog.text
+    )
+
+
 def toml_value(value: Any) -> str:
     if isinstance(value, dict):
         return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"

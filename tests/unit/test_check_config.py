@@ -48,6 +48,36 @@ def test_an_unknown_policy_lists_each_configured_one_once(tmp_path: Path) -> Non
     )
 
 
+def test_a_kept_line_whose_policy_is_gone_is_not_counted_as_start_up_would_run_it(
+    tmp_path: Path,
+) -> None:
+    # Start-up leaves such a line out of the set kept from before; the check counted it.
+    callbacks = tmp_path / "callback"
+    callbacks.mkdir()
+    (callbacks / "cb.py").write_text("print('hi')\n")
+    (callbacks / "callbacks.conf").write_text("cb.py [policy=contrib] = done-job-self\n")
+    (tmp_path / "data").mkdir()
+    kept = [
+        UniversalCallback(str(callbacks / "cb.py"), "python", "print(1)\n", "done-job-self"),
+        UniversalCallback(
+            str(callbacks / "cb.py"), "python", "print(2)\n", "submit-job-self", policy="contrib"
+        ),
+    ]
+    save_last_good(tmp_path / "data" / LAST_GOOD_NAME, kept, 1.0)
+    settings = Settings(data_dir=tmp_path / "data", universal_callback_path=str(callbacks))
+
+    said = _universal(settings).splitlines()
+
+    assert said[0] == (
+        "NOT LOADED: callbacks.conf has 1 problem; start-up would run with the set loaded "
+        "last before it (1 callbacks) (strict = true refuses to start instead)"
+    )
+    assert said[-1] == (
+        f"  WARNING: {callbacks}/cb.py = submit-job-self left out of the set kept from "
+        "before: its policy 'contrib' is not configured (policies: job, universal)"
+    )
+
+
 def test_an_unknown_policy_named_by_universal_callback_path_blames_the_setting(
     tmp_path: Path,
 ) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from executor import policies as policies_module
 from executor.config import Settings, validate
-from executor.errors import ConfigError, PermissionDeniedError
+from executor.errors import ConfigError, NotFoundError, PermissionDeniedError
 from executor.policies import (
     PolicySet,
     _perl_inc,
@@ -86,7 +86,10 @@ def test_the_built_in_policies_are_todays_confinement(tmp_path: Path) -> None:
         ({"max_limits": {"speed": 1}}, "unknown limit 'speed'"),
         # Were taken: NaN compares false with everything, so no cap or default check saw it.
         ({"max_limits": {"wall_seconds": float("nan")}}, "max_limits.wall_seconds: must be a fini"),
-        ({"default_limits": {"cpu_seconds": "inf"}}, "default_limits.cpu_seconds: must be a fin"),
+        (
+            {"default_limits": {"cpu_seconds": float("inf")}},
+            "default_limits.cpu_seconds: must be a fi",
+        ),
         ({"max_limits": {"max_processes": 10**7}}, "max_processes: must be at most 4194304"),
         ({"max_limits": {"max_processes": 1.5}}, "max_processes: expected a whole number, got 1.5"),
         ({"env": {"PATH": "/evil"}}, "policies.p.env.PATH: not a variable a policy may set"),
@@ -121,11 +124,52 @@ def test_every_bad_key_of_every_policy_is_named_a_line_each(tmp_path: Path) -> N
 
 def test_a_policys_fractional_seconds_are_kept_not_cut(tmp_path: Path) -> None:
     # Were cut to whole seconds (int(1.5)) when the executor's own were whole numbers.
-    found = policies(
-        tmp_path, {"p": {"default_limits": {"wall_seconds": 1.5, "cpu_seconds": "2.5"}}}
-    )
+    found = policies(tmp_path, {"p": {"default_limits": {"wall_seconds": 1.5, "cpu_seconds": 2.5}}})
     default, _ = found.get("p").limits
     assert (default.wall_seconds, default.cpu_seconds) == (1.5, 2.5)
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        # Were given to the callback as Python's reprs: "True", "[1, 2]", "{'a': 1}".
+        ("env = { VERBOSE = true }", "policies.p.env.VERBOSE: expected a string, got true"),
+        ("env = { FRAMES = [1, 2] }", "policies.p.env.FRAMES: expected a string, got [1, 2]"),
+        ("env = { OPTS = { a = 1 } }", "policies.p.env.OPTS: expected a string, got {'a': 1}"),
+        ("env = { RATIO = 0.1 }", "policies.p.env.RATIO: expected a string, got 0.1"),
+        ("env_files = { TOKEN = 5 }", "policies.p.env_files.TOKEN: expected a string, got 5"),
+        # As the top-level tables: a string is no number, 1e9 no whole number.
+        (
+            'default_limits = { wall_seconds = "7" }',
+            "policies.p.default_limits.wall_seconds: expected a number, got '7'",
+        ),
+        (
+            "max_limits = { memory_bytes = 1e9 }",
+            "policies.p.max_limits.memory_bytes: expected a whole number, got 1000000000.0",
+        ),
+        (
+            "max_limits = { wall_seconds = true }",
+            "policies.p.max_limits.wall_seconds: expected a number, got true",
+        ),
+    ],
+)
+def test_a_policy_value_of_the_wrong_toml_type_is_refused_not_converted(
+    tmp_path: Path, toml: str, message: str
+) -> None:
+    assert refused(tmp_path, tomllib.loads(f"[p]\n{toml}\n")) == message
+
+
+# TOML keeps no base: umask = 77 read as decimal was 0o115, a group-writable umask for an
+# admin who meant 077; and 0o77 cannot be told from 63 written in decimal.
+@pytest.mark.parametrize("written", ["77", "0o077", "0", "true", '"0o77"', '"7_7"', '" 77"'])
+def test_a_umask_is_a_string_of_octal_digits(tmp_path: Path, written: str) -> None:
+    said = refused(tmp_path, tomllib.loads(f"[p]\numask = {written}\n"))
+    assert said.startswith('policies.p.umask: expected a string of octal digits like "027"'), said
+
+
+@pytest.mark.parametrize(("written", "umask"), [("077", 0o077), ("7", 0o007), ("0027", 0o027)])
+def test_a_umask_string_is_read_as_octal(tmp_path: Path, written: str, umask: int) -> None:
+    assert policies(tmp_path, {"p": {"umask": written}}).get("p").umask == umask
 
 
 def test_a_bind_may_not_expose_the_data_dir_the_config_or_tls_files(tmp_path: Path) -> None:
@@ -171,7 +215,7 @@ def test_a_bind_may_not_expose_an_env_file_or_the_config_file_given_in_the_setti
         with pytest.raises(ConfigError) as caught:
             for_host(settings, HOST_NETWORK, {})
         assert str(caught.value) == (
-            f"policies.p.binds[0].path: {bound} would expose {exposed} to callbacks"
+            f"{config}: policies.p.binds[0].path: {bound} would expose {exposed} to callbacks"
         )
 
 
@@ -306,6 +350,10 @@ def test_who_gets_which_policy(tmp_path: Path) -> None:
             found.for_execute(user, asked)
     assert found.for_universal("").name == "universal"
     assert found.for_universal("admin").name == "admin"
+    # Never another policy (and its grants) for a name that is gone.
+    with pytest.raises(NotFoundError) as gone:
+        found.for_universal("contrib")
+    assert str(gone.value) == "policy 'contrib' is not configured (policies: job, universal, admin)"
     assert "policies.job.users" in refused(tmp_path, {"job": {"users": ["x"]}})
 
 

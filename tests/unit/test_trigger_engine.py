@@ -284,7 +284,9 @@ def test_a_kept_set_line_this_version_refuses_is_left_out_at_start_up(
     assert engine.keep_last_good() == 1
 
     assert [u.source for u in engine.universal] == ["ok.qcb"]
-    assert "big.qcb left out of the set kept from before: job id" in caplog.text
+    assert (
+        "big.qcb = complete-job-9223372036854775808 left out of the set kept from before: job id"
+    ) in caplog.text
     assert len(engine.register_job(job(7, ("complete-job-self", "x"))).callbacks) == 2
 
 
