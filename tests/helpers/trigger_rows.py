@@ -92,7 +92,9 @@ def seen_in_order(store: TriggerStore) -> list[str]:
     insert, so it counts the events in the order their transactions wrote them.
     """
     with store.outside_transaction() as db:
-        return [str(row[0]) for row in db.execute("SELECT event_id FROM seen_events ORDER BY rowid")]
+        return [
+            str(row[0]) for row in db.execute("SELECT event_id FROM seen_events ORDER BY rowid")
+        ]
 
 
 async def a_job_in_every_table(engine: TriggerEngine) -> tuple[tuple[int, ...], set[int]]:
