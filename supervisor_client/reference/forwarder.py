@@ -10,15 +10,15 @@ after UNAVAILABLE (an executor restarting) is idempotent the same way.
 
 The order kept is each job's: its events go oldest first, a later one only once the
 earlier ones are acknowledged, because the trigger engine's decisions for a job follow
-from them in that order (its submit registers it; a callback's latches and counts, the
-job's known states and its ``removed`` come after). Across jobs the order is not kept:
-the forwarder reads job by job, round-robin over the jobs with events waiting (up to
-``READ_BATCH`` in all, EventOutbox.in_turn), so one verb's 100,000 events on a job fill
-one batch at a time and the next batch begins with the other jobs' (probe 68: strictly
-oldest first, a callback's 20 s of qb.workblock on its own job held every other job's
-callbacks back 50 s). A job's events thus wait behind at most one batch of each other
-job with events waiting; when all that waits fits in one batch, it goes oldest first, as
-kept. Nothing in the engine needs more: a callback's latches are set by events and
+from its events in that order: its submit registers it, and its callbacks' latches and
+counts and the job's known states follow each transition after. Across jobs the order is
+not kept: the forwarder reads job by job, round-robin over the jobs with events waiting
+(up to ``READ_BATCH`` in all, EventOutbox.in_turn), so one verb's 100,000 events on a job
+fill one batch at a time and the next batch begins with the other jobs' (probe 68:
+strictly oldest first, a callback's 20 s of qb.workblock on its own job held every other
+job's callbacks back 50 s). A job's events thus wait behind at most one batch of each
+other job with events waiting; when all that waits fits in one batch, it goes oldest
+first, as kept. Nothing in the engine needs more: a callback's latches are set by events and
 cleared only by its firing, each ``event_id`` is applied once whatever its turn, and a
 job registered meanwhile judges another job's state (level mode) by the events the
 engine has, as it does when a submission registers its jobs ahead of the queue.
