@@ -11,6 +11,11 @@ which the trigger engine acknowledges and ignores (PublishEvent is idempotent pe
 The event id is a random UUID kept in the row, not the row's number: a supervisor.db
 moved aside numbers its rows from 1 again, while the trigger engine remembers every
 event id it has seen, and would ignore a reused one.
+
+The forwarder reads the rows job by job (``in_turn``), not oldest first across all jobs:
+one verb on a 100,000-frame job keeps 100,000 rows, and read by ``seq`` alone they held
+every other job's events back until the last was sent (probe 68). Each job's rows are
+still read oldest first, and a job's later rows only once its earlier ones are removed.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import sqlite3
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from supervisor_client.reference.states import Transition
 
@@ -29,7 +34,18 @@ CREATE TABLE IF NOT EXISTS event_outbox (
     name TEXT NOT NULL, type TEXT NOT NULL, job_id INTEGER NOT NULL,
     work_name TEXT NOT NULL, subjob_id INTEGER NOT NULL, host TEXT NOT NULL
 );
+-- A job's rows in order (seq, the rowid, is every index's last key): ``in_turn`` reads
+-- from any job on without scanning the rows of the jobs before it.
+CREATE INDEX IF NOT EXISTS event_outbox_by_job ON event_outbox (job_id);
 """
+_COLUMNS: Final = "seq, event_id, name, type, job_id, work_name, subjob_id, host"
+# A turn's two reads: the jobs after the one the last turn ended at, then round again.
+_JOBS_AFTER: Final = (
+    f"SELECT {_COLUMNS} FROM event_outbox WHERE job_id > ? ORDER BY job_id, seq LIMIT ?"  # noqa: S608 - ours
+)
+_JOBS_UP_TO: Final = (
+    f"SELECT {_COLUMNS} FROM event_outbox WHERE job_id <= ? ORDER BY job_id, seq LIMIT ?"  # noqa: S608 - ours
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +55,17 @@ class UnsentEvent:
     seq: int
     event_id: str
     transition: Transition
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """Events read job by job (``EventOutbox.in_turn``), oldest first, and where the read ended.
+
+    ``last_job``: the job whose events were read last; the next turn begins after it.
+    """
+
+    events: list[UnsentEvent]
+    last_job: int
 
 
 class EventOutbox:
@@ -62,14 +89,26 @@ class EventOutbox:
     def oldest(self, limit: int) -> list[UnsentEvent]:
         """Up to ``limit`` events not yet removed, oldest first."""
         rows = self._db.execute(
-            "SELECT seq, event_id, name, type, job_id, work_name, subjob_id, host"
-            " FROM event_outbox ORDER BY seq LIMIT ?",
+            f"SELECT {_COLUMNS} FROM event_outbox ORDER BY seq LIMIT ?",  # noqa: S608 - ours
             (limit,),
         ).fetchall()
-        return [
-            UnsentEvent(row[0], row[1], Transition(row[2], row[3], row[4], row[5], row[6], row[7]))
-            for row in rows
-        ]
+        return [_event(row) for row in rows]
+
+    def in_turn(self, after_job: int, limit: int) -> Turn:
+        """Up to ``limit`` events, job by job from the first job after ``after_job``.
+
+        The jobs are taken in id order, wrapping round to the lowest after the highest,
+        each with its oldest events, as many as the batch still has room for. So a job
+        with a backlog of any size fills a batch at most, and the next turn begins with
+        the jobs after it. The events come back oldest first (``seq``): each job's in its
+        own order, and all of them in the order they were kept when they fit in one turn.
+        """
+        rows = self._db.execute(_JOBS_AFTER, (after_job, limit)).fetchall()
+        if len(rows) < limit:  # round again, up to and including the job it began after
+            rows += self._db.execute(_JOBS_UP_TO, (after_job, limit - len(rows))).fetchall()
+        if not rows:
+            return Turn([], after_job)
+        return Turn(sorted((_event(row) for row in rows), key=_seq), rows[-1][4])
 
     def remove(self, seqs: list[int]) -> None:
         """Forget events: the executor acknowledged them (or refused them for good)."""
@@ -78,3 +117,11 @@ class EventOutbox:
     def waiting(self) -> bool:
         """Whether any event waits (asked at every removal while ``drain`` waits: no count)."""
         return self._db.execute("SELECT 1 FROM event_outbox LIMIT 1").fetchone() is not None
+
+
+def _event(row: tuple[Any, ...]) -> UnsentEvent:
+    return UnsentEvent(row[0], row[1], Transition(row[2], row[3], row[4], row[5], row[6], row[7]))
+
+
+def _seq(event: UnsentEvent) -> int:
+    return event.seq

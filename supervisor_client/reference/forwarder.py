@@ -1,12 +1,27 @@
-"""Send the reference supervisor's transitions to an executor's trigger engine, in order.
+"""Send the reference supervisor's transitions to an executor's trigger engine, each job's in order.
 
 The events come from the supervisor's database, not from memory: each transition's
 event is written there in the transaction of its change, with its event id
 (event_outbox.py), and removed only once the executor has acknowledged it. So an
 executor stopped or killed right after a change gets the event when it starts again:
-the forwarder sends what is left, oldest first, and an event sent before the stop but
-not yet removed is sent again with the same id, which the trigger engine ignores as a
-duplicate. A retry after UNAVAILABLE (an executor restarting) is idempotent the same way.
+the forwarder sends what is left, and an event sent before the stop but not yet removed
+is sent again with the same id, which the trigger engine ignores as a duplicate. A retry
+after UNAVAILABLE (an executor restarting) is idempotent the same way.
+
+The order kept is each job's: its events go oldest first, a later one only once the
+earlier ones are acknowledged, because the trigger engine's decisions for a job follow
+from its events in that order: its submit registers it, and its callbacks' latches and
+counts and the job's known states follow each transition after. Across jobs the order is
+not kept: the forwarder reads job by job, round-robin over the jobs with events waiting
+(up to ``READ_BATCH`` in all, EventOutbox.in_turn), so one verb's 100,000 events on a job
+fill one batch at a time and the next batch begins with the other jobs' (probe 68:
+strictly oldest first, a callback's 20 s of qb.workblock on its own job held every other
+job's callbacks back 50 s). A job's events thus wait behind at most one batch of each
+other job with events waiting; when all that waits fits in one batch, it goes oldest
+first, as kept. Nothing in the engine needs more: a callback's latches are set by events and
+cleared only by its firing, each ``event_id`` is applied once whatever its turn, and a
+job registered meanwhile judges another job's state (level mode) by the events the
+engine has, as it does when a submission registers its jobs ahead of the queue.
 
 A submitted job is registered (RegisterJob, with its callbacks) before its ``submit``
 event is published; the transitions between are published together, as many as are
@@ -26,8 +41,9 @@ event and queued what it fired, durably, and a slow callback holds no other even
 ``drain()`` says every transition so far was acknowledged; whoever needs the callbacks run
 too waits for the engine's firings as well (``EmbeddedSupervisor.settle``).
 
-Events are forwarded strictly in order, so one the executor can never take must not be
-retried for ever: it would hold every later event of every job behind it. A refusal a
+A job's events are forwarded in order, and one call at a time, so one the executor can
+never take must not be retried for ever: it would hold every later event of every job
+behind it. A refusal a
 resend cannot change is logged at ERROR and the event set aside: any status but
 UNAVAILABLE and RESOURCE_EXHAUSTED, and RESOURCE_EXHAUSTED too when gRPC says the message
 is over the executor's receive limit. A RegisterJob the executor's limit
@@ -123,6 +139,8 @@ class EventForwarder:
         # Registrations made ahead of the queue, until each job's submit event takes its own.
         self._ahead: dict[int, asyncio.Future[bool | None]] = {}
         self._max_backoff_s = max_backoff_s
+        # The job the last read ended at: the next begins after it (round-robin).
+        self._last_job = 0
         supervisor.add_outbox_listener(self._on_kept)
 
     def _on_kept(self) -> None:
@@ -194,7 +212,7 @@ class EventForwarder:
         return await self._register(job_id)
 
     async def run(self) -> None:
-        """Forward forever, oldest first; those left from before first.
+        """Forward forever, job by job, each job's events oldest first; those left from before first.
 
         An event is removed once the executor acknowledged it, or refused it for a reason
         a resend would not change (logged); a cancellation leaves it for the next start.
@@ -202,15 +220,16 @@ class EventForwarder:
         while True:
             self._new.clear()  # before reading: a commit after the read sets it again
             try:
-                events = self._supervisor.unsent_events(READ_BATCH)
+                turn = self._supervisor.unsent_events_in_turn(self._last_job, READ_BATCH)
             except Exception:
                 logger.exception("cannot read the events to forward; trying again")
                 await asyncio.sleep(STORE_RETRY_S)
                 continue
-            if not events:
+            if not turn.events:
                 await self._new.wait()
                 continue
-            for group in _in_turn(events):
+            self._last_job = turn.last_job
+            for group in _as_calls(turn.events):
                 try:
                     await self._with_retry(group)
                 except Exception:
@@ -309,7 +328,7 @@ def _is_submission(event: UnsentEvent) -> bool:
     return event.transition.name == "submit" and event.transition.type == "job"
 
 
-def _in_turn(events: list[UnsentEvent]) -> Iterator[list[UnsentEvent]]:
+def _as_calls(events: list[UnsentEvent]) -> Iterator[list[UnsentEvent]]:
     """The events in order, in groups to send as one call.
 
     A registration again and a job's ``submit`` (which registers the job first) go

@@ -46,7 +46,7 @@ from supervisor_client.reference.errors import (
     PermissionDeniedError,
     SubmitError,
 )
-from supervisor_client.reference.event_outbox import EventOutbox, UnsentEvent
+from supervisor_client.reference.event_outbox import EventOutbox, Turn, UnsentEvent
 from supervisor_client.reference.given_job import parse_given_job
 from supervisor_client.reference.qube_time import TIME_FIELDS, shown
 from supervisor_client.reference.retention import PAYLOAD_BYTES, ResultRetention, compact
@@ -372,6 +372,16 @@ class ReferenceSupervisor:
             return []
         with self._using_db():
             return self._events.oldest(limit)
+
+    def unsent_events_in_turn(self, after_job: int, limit: int) -> Turn:
+        """Up to ``limit`` kept events, job by job from the job after ``after_job`` (round-robin).
+
+        Each job's come oldest first; see ``EventOutbox.in_turn``. None without ``event_outbox``.
+        """
+        if self._events is None:
+            return Turn([], after_job)
+        with self._using_db():
+            return self._events.in_turn(after_job, limit)
 
     def has_unsent_events(self) -> bool:
         """Whether any kept event waits to be removed."""

@@ -85,6 +85,18 @@ def seen_ids(store: TriggerStore) -> set[str]:
         return {str(row[0]) for row in db.execute("SELECT event_id FROM seen_events")}
 
 
+def seen_in_order(store: TriggerStore) -> list[str]:
+    """The event ids the store remembers, in the order it applied their events (SQLite only).
+
+    ``seen_events`` keys on the id; its rowid is SQLite's, one above the largest at each
+    insert, so it counts the events in the order their transactions wrote them.
+    """
+    with store.outside_transaction() as db:
+        return [
+            str(row[0]) for row in db.execute("SELECT event_id FROM seen_events ORDER BY rowid")
+        ]
+
+
 async def a_job_in_every_table(engine: TriggerEngine) -> tuple[tuple[int, ...], set[int]]:
     """Jobs with a row in every per-job table; (their ids, their callbacks' rows).
 

@@ -77,3 +77,36 @@ def test_a_move_without_an_event_has_the_job_registered_again_once() -> None:
 
         assert kept(sup) == [(REGISTER_AGAIN, "job", job["id"], "")]
         assert heard == []  # not an event: listeners hear none
+
+
+def test_events_are_read_job_by_job_each_jobs_oldest_first() -> None:
+    # Read oldest first across all jobs, a verb on a big job held every other job's
+    # events back until the last of its own was sent (probe 68).
+    frames = [str(n) for n in range(1, 11)]
+    with ReferenceSupervisor(event_outbox=True) as sup:
+        big, small = sup.submit(
+            [{"name": "big", "user": "alice", "agenda": frames}, {"name": "small", "user": "bob"}]
+        )
+        sup.remove_events([event.seq for event in sup.unsent_events()])
+        sup.work_action("block", big["id"], frames, "alice")
+        sup.job_action("block", small["id"], "bob")
+        everything = sup.unsent_events(limit=100)
+        bigs = [e for e in everything if e.transition.job_id == big["id"]]
+        smalls = [e for e in everything if e.transition.job_id == small["id"]]
+        assert len(bigs) == 10 and smalls and everything == bigs + smalls
+        # All of it fits in one turn: as kept, oldest first.
+        assert sup.unsent_events_in_turn(0, 100).events == everything
+
+        first = sup.unsent_events_in_turn(0, 4)
+        assert first.events == bigs[:4]  # the big job's oldest: it fills the turn
+        assert first.last_job == big["id"]
+        sup.remove_events([event.seq for event in first.events])  # forwarded
+        # The next turn begins after the big job: the small one's, then the big one's next.
+        second = sup.unsent_events_in_turn(first.last_job, 4 + len(smalls))
+        assert second.events == bigs[4:8] + smalls  # oldest first
+        assert second.last_job == big["id"]
+
+        sup.remove_events([event.seq for event in second.events])
+        third = sup.unsent_events_in_turn(second.last_job, 100)
+        assert third.events == bigs[8:]
+        assert third.last_job == big["id"]
