@@ -24,6 +24,10 @@ place, no quotes). A forged CR/LF in a job name can then not add a row to an ope
 table. All three give text the next application leaves unchanged; ``--json`` output
 needs none of them (JSON escapes control characters itself).
 
+A ``.cb`` log's body (``runs.callback_log``) is ``visible_lines``: ``visible`` with a
+carriage return escaped even before a newline, so a line there begins only after a
+newline.
+
 The dashboard keeps ``visible``'s ``\xNN`` escapes for such a field too, with
 ``visible_line``: a newline or tab in a job name is ``\x0a`` / ``\x09`` there, as a
 carriage return already was (HTML would draw a raw newline as a space, so a name
@@ -47,6 +51,16 @@ _SHOWN_ESCAPED_IN_A_LINE: Final = re.compile(
 )
 
 
+# ``visible_line``'s set but the tab and the newline (a carriage return before one is
+# escaped too): text whose only line break is the newline, a ``.cb`` log's body. One
+# character class, no lookahead as ``visible``'s: 16 MiB of output with nothing to
+# escape is searched in ~0.08 s, half ``visible``'s time.
+_SHOWN_ESCAPED_BUT_LINES: Final = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028\u2029"
+    "\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"
+)
+
+
 def _escape(match: re.Match[str]) -> str:
     code = ord(match.group())
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
@@ -60,6 +74,11 @@ def visible(text: str) -> str:
 def visible_line(text: str) -> str:
     """``visible``, with the line ends and tabs escaped too: a field that stays on its line."""
     return _SHOWN_ESCAPED_IN_A_LINE.sub(_escape, text)
+
+
+def visible_lines(text: str) -> str:
+    """``visible``, with every carriage return escaped: the newline is the only line break left."""
+    return _SHOWN_ESCAPED_BUT_LINES.sub(_escape, text)
 
 
 def printable(text: str) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Final
 
 from executor.model import Invocation, RunResult
-from executor.visible_text import escaped
+from executor.visible_text import escaped, visible_lines
 
 logger = logging.getLogger(__name__)
 
@@ -38,30 +38,29 @@ def log_path(root: Path, job_id: int) -> Path:
     return root.joinpath(f"job/{group}/{job_id}/{job_id}.cb")  # one join: a run's bookkeeping
 
 
-# A line of the callback's own text that a reader could take for ours ("=== " opens a
-# run's entry, "--- " a section) is escaped with a backslash, and so is a line that
-# begins with one; every other line is left as the callback wrote it. A line starts
-# after any break some reader honours: a terminal's carriage return, or any of the
-# separators str.splitlines() splits on.
+# The callback's own text is written as ``visible_lines`` shows it: every control
+# character but the tab and the newline as an escape (``\x1b``), so none acts on a
+# terminal that shows the log (a cursor move onto the header line, a carriage return,
+# concealment) and the newline is the only line break any reader sees. Then a line that
+# a reader could take for ours ("=== " opens a run's entry, "--- " a section) is escaped
+# with a backslash, and so is a line that begins with one (an escape's included).
+# Nothing else is changed.
 _OURS: Final = ("\\", "=== ", "--- ")  # the backslash first: its escape must not be escaped
-_ASCII_BREAKS: Final = "\n\r\x0b\x0c\x1c\x1d\x1e"
-_BREAKS: Final = _ASCII_BREAKS + "\x85\u2028\u2029"
 
 
 def _escaped(text: str) -> str:
-    """The callback's text, unable to forge a header or a section line.
+    """The callback's text, unable to act on a terminal or to forge a header or a section line.
 
-    By ``str.replace`` per line break and prefix, not one regular expression: each pass
-    is a C search, so 16 MiB takes milliseconds (a regex with a lookbehind at every
-    position took ~0.8 s, holding the GIL, and the event loop with it).
+    The line starts by ``str.replace`` per prefix, not one regular expression: each
+    pass is a C search, so 16 MiB takes milliseconds (a regex with a lookbehind at
+    every position took ~0.8 s, holding the GIL, and the event loop with it).
     """
+    text = visible_lines(text)
     if text.startswith(_OURS):
         text = "\\" + text
-    for brk in _ASCII_BREAKS if text.isascii() else _BREAKS:
-        if brk not in text:
-            continue
+    if "\n" in text:
         for ours in _OURS:
-            text = text.replace(brk + ours, brk + "\\" + ours)
+            text = text.replace("\n" + ours, "\n\\" + ours)
     return text
 
 
@@ -72,8 +71,8 @@ def format_entry(
 
     Everything after the header that the callback wrote (its output, its exception's
     message and traceback) is escaped: a printed ``=== ... invocation=forged`` line is
-    ``\\=== ...`` in the file, never a second header. With ``max_bytes`` (the entry is
-    cut there), each text is escaped only as far as can be kept.
+    ``\\=== ...`` in the file, never a second header, and an ESC is ``\\x1b``. With
+    ``max_bytes`` (the entry is cut there), each text is escaped only as far as can be kept.
     """
     stamp = datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")
     callback = invocation.callback

@@ -339,6 +339,22 @@ class BridgeServer:
         self.read_pending()
         self._end()
 
+    def finish(self) -> None:
+        """Every process of the run is dead: take what the bridge holds, to its end, and stop.
+
+        Nothing can send on it any more, so the queue is final, whoever holds the
+        child's end (a descriptor in flight in a unix socket is closed only by the
+        kernel's garbage collector, whenever that runs): our side is shut down for
+        reading, which makes the queue's end an EOF, read as any other (a part of a
+        frame left there is the same violation). A call left unanswered is given up.
+        """
+        if not self.ended.done():
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RD)
+        elif not self.answering:
+            return
+        self.abandon_call()
+
     def close(self) -> None:
         """Stop serving: no more reading, our side shut down, a call in progress cancelled.
 

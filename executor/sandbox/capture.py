@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import fcntl
 import os
 from dataclasses import dataclass, field
 from typing import Final
@@ -116,6 +117,23 @@ class PipeReader:
         for _ in range(max_reads):
             if self.eof.done() or not self._read_once():
                 return
+
+    def finish(self) -> None:
+        """Read all the pipe holds, then stop: for when nothing can write to it any more.
+
+        Once every process that could write is dead, its content is final, whoever
+        still holds a write end (one in flight in a unix socket never delivered, a
+        process outside the run's cell): no EOF need be waited for. It holds at most
+        its capacity (``F_GETPIPE_SZ``, which its writer may have raised).
+        """
+        if not self.eof.done():
+            try:
+                capacity = fcntl.fcntl(self._fd, fcntl.F_GETPIPE_SZ)
+            except OSError:
+                self.drain()  # not a pipe: as much as a default pipe holds, and more
+            else:
+                self.drain(max_reads=capacity // READ_CHUNK + 2)  # and the read that ends it
+        self.close()
 
     def close(self) -> None:
         """Stop reading (EOF, or given up); the fd stays open, it is the caller's."""

@@ -61,7 +61,8 @@ from executor.wall_deadline import WallDeadline
 
 logger = logging.getLogger(__name__)
 
-# After the main process ends, how long to wait for the output pipes to reach EOF.
+# Without cgroups, how long after the main process ends to wait for the output pipes'
+# and the bridge's EOF (with them, an empty cell is proof that nothing can write).
 DRAIN_TIMEOUT_S: Final = 2.0
 # How long into a run its stdout and stderr are left to the pipes' 64 KiB each before
 # the event loop watches them (``PipeReader.watch``): a trivial callback ends well
@@ -639,8 +640,7 @@ class SandboxRunner:
                     evidence.escaped_pids = await asyncio.shield(self._end(child, grace_s))
             evidence.wall_seconds = time.monotonic() - began
             self._exit_evidence(child, evidence, oom_kills_before)
-            # Everything that could hold the pipes is dead, so EOF is near (often read
-            # already); what a process outside the cell still holds open is given up.
+            # Everything of the run that could write to the pipes and the bridge is dead.
             await self._drain(child)
         finally:
             if not answered_early:
@@ -816,23 +816,35 @@ class SandboxRunner:
                 await asyncio.shield(self._release(child))
         self._prepare(runtime, limits, child.cell, policy)
 
-    @staticmethod
-    async def _drain(child: _Child) -> None:
-        """Wait up to DRAIN_TIMEOUT_S for the pipes' EOF and the bridge's end, then give up on them.
+    async def _drain(self, child: _Child) -> None:
+        """Take the rest of the pipes' output and the bridge's frames, then stop reading them.
+
+        Once the cell is empty (every process of the run dead and reaped: nothing left
+        that can write), what they hold is final and is read at once: no EOF is waited
+        for, which a descriptor the callback left in flight in a unix socket, or one a
+        process outside the cell holds, would hold back. Without that proof (no
+        cgroups), up to DRAIN_TIMEOUT_S for their EOF, then they are given up.
 
         A qb call still being answered is not waited for: its caller is dead, so it is
         cancelled (recorded as cut short, ``HostApi.call``), and what the child sent
         after the call (the done frame of a handler's die in the wait) is read at once.
         """
-        child.watch_pipes()
-        waits = [pipe.eof for pipe in child.pipes]
-        if child.server is not None:
-            if child.server.answering:
-                child.server.abandon_call()
-            waits.append(child.server.ended)
-        pending = [wait for wait in waits if not wait.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=DRAIN_TIMEOUT_S)
+        server = child.server
+        if self._cell_is_empty(child.cell):
+            for pipe in child.pipes:
+                pipe.finish()
+            if server is not None:
+                server.finish()
+        else:
+            child.watch_pipes()
+            waits = [pipe.eof for pipe in child.pipes]
+            if server is not None:
+                if server.answering:
+                    server.abandon_call()
+                waits.append(server.ended)
+            pending = [wait for wait in waits if not wait.done()]
+            if pending:
+                await asyncio.wait(pending, timeout=DRAIN_TIMEOUT_S)
         child.stop_serving()
 
     @classmethod
@@ -939,6 +951,11 @@ class SandboxRunner:
         if cell not in self._oom_kills:
             self._oom_kills[cell] = cgroups.oom_kills(cell)
         return self._oom_kills[cell]
+
+    def _cell_is_empty(self, cell: int) -> bool:
+        """Whether the cell's cgroups show no process (zombies count); False when there are none."""
+        cgroups = self.options.cgroups
+        return cgroups is not None and not cgroups.has_processes(cell)
 
     async def _kill_escaped(self, cell: int) -> list[int]:
         """SIGKILL every process left in the cell's cgroups (setsid and double-fork escapes)."""

@@ -332,3 +332,27 @@ async def test_a_call_given_up_after_the_childs_death_leaves_its_done_frame_read
     assert served.evidence.done is not None and served.evidence.done["message"] == "TIMEOUT"
     assert not served.evidence.start_unread and not served.violations
     await asyncio.wait_for(cancelled.wait(), 5)
+
+
+async def test_finish_takes_what_is_queued_to_its_end_while_the_childs_end_is_held(
+    served: Served,
+) -> None:
+    # Every process of the run is dead, its end of the bridge still open somewhere (in
+    # flight in a unix socket): the done frame queued is taken, and the end is an EOF's.
+    served.child.sendall(DONE + PART_OF_A_FRAME)
+
+    served.server.finish()
+
+    assert served.server.ended.done() and not served.server.end_marked
+    assert served.evidence.done == {"type": "done", "status": "ok", "exit_code": 0}
+    assert served.violations and "the bridge closed inside a frame" in served.violations[0]
+
+
+async def test_finish_after_the_end_changes_nothing(served: Served) -> None:
+    served.child.sendall(DONE)
+    served.child.shutdown(socket.SHUT_WR)
+    await served.ended()
+
+    served.server.finish()
+
+    assert served.server.end_marked and served.marks == 1 and not served.violations

@@ -108,16 +108,61 @@ def test_callback_text_cannot_forge_a_header_or_a_section() -> None:
     assert "before\n" in entry  # ordinary lines are left as written
 
 
-@pytest.mark.parametrize("brk", ["\r", "\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\u2029"])
-def test_no_line_break_of_any_reader_lets_text_forge_a_header(brk: str) -> None:
+@pytest.mark.parametrize(
+    ("brk", "written"),
+    [
+        ("\r", "\\x0d"),
+        ("\x0b", "\\x0b"),
+        ("\x0c", "\\x0c"),
+        ("\x1c", "\\x1c"),
+        ("\x85", "\\x85"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ],
+)
+def test_no_line_break_of_any_reader_lets_text_forge_a_header(brk: str, written: str) -> None:
     # `cat` shows "abc\r=== ..." as the header alone; splitlines() splits on the rest.
+    # Each is written as an escape: the newline is the only line break left.
     forged = "=== 2026-01-01T00:00:00.000+00:00 callback=9 outcome=SUCCEEDED invocation=forged"
     result = RunResult("inv-1", Outcome.SUCCEEDED, stdout=f"abc{brk}{forged}{brk}--- stderr\n")
     entry = format_entry(invocation(), result, WHEN)
     lines = entry.splitlines()
     assert [line for line in lines if line.startswith("=== ")] == [lines[0]]
     assert not any(line.startswith("--- stderr") for line in lines)
-    assert f"abc{brk}\\{forged}" in entry
+    assert lines[1] == f"abc{written}{forged}{written}--- stderr"
+
+
+def test_terminal_controls_in_callback_text_cannot_rewrite_the_header_on_a_terminal() -> None:
+    # Found by a tester: a FAILED run printed "up a line, erase it, column 1" and a
+    # SUCCEEDED header of its own, then "conceal"; `cat` of the log showed the forgery.
+    forged = "=== 2026-01-01T00:00:00.000+00:00 callback=9 outcome=SUCCEEDED invocation=forged"
+    controls = "\x1b[1A\x1b[2K\x1b[1G\x9b1A\x07\x00\x7f\r\x0b\x85\u2028"
+    text = f"{controls}{forged}\n\x1b[8m"
+    result = RunResult(
+        "inv-1",
+        Outcome.FAILED,
+        stdout=text,
+        stderr=text,
+        failure=Failure(f"boom{controls}", "ValueError", f"Traceback{controls}\n"),
+    )
+    entry = format_entry(invocation(), result, WHEN)
+    body = entry.partition("\n")[2]
+
+    # Only the tab and the newline stay as written; every other control is an escape.
+    assert not [char for char in body if not char.isprintable() and char not in "\t\n"]
+    assert "\\x1b[1A\\x1b[2K\\x1b[1G\\x9b1A\\x07\\x00\\x7f\\x0d\\x0b\\x85\\u2028" in body
+    assert "--- failure: boom\\x1b[1A" in body
+    assert [line for line in entry.splitlines() if line.startswith("=== ")] == [
+        entry.splitlines()[0]
+    ]
+
+
+def test_a_line_that_starts_with_an_escaped_control_gets_the_backslash_too() -> None:
+    # Its escape begins with a backslash: escaped as any such line, so a line's first
+    # backslash is always the log's.
+    result = RunResult("inv-1", Outcome.SUCCEEDED, stdout="\x1b[1Gx\n")
+    lines = format_entry(invocation(), result, WHEN).splitlines()
+    assert lines[1:] == ["\\\\x1b[1Gx"]
 
 
 def test_a_universal_callback_is_named_by_its_file() -> None:
@@ -146,8 +191,18 @@ def test_a_control_character_in_a_universal_files_name_is_escaped_in_the_header(
     assert " callback=ev\\x1b[31mil\\u202e.py trigger=" in header
 
 
-# The escape's definition as one regular expression (what it was: ~0.8 s for 16 MiB).
-_DEFINITION = re.compile(r"(?:^|(?<=[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]))(?==== |--- |\\)")
+# The escape's definition: every control character but the tab and the newline written
+# as an escape, then a backslash before each line that starts as one of ours, as one
+# regular expression (what it was: ~0.8 s for 16 MiB).
+_CONTROLS: dict[str, str | int | None] = {
+    "\r": "\\x0d",
+    "\x1b": "\\x1b",
+    "\x0b": "\\x0b",
+    "\x1e": "\\x1e",
+    "\x85": "\\x85",
+    "\u2028": "\\u2028",
+}
+_DEFINITION = re.compile(r"(?:^|(?<=\n))(?==== |--- |\\)")
 
 
 def test_the_escape_is_its_definition_on_any_text() -> None:
@@ -155,6 +210,7 @@ def test_the_escape_is_its_definition_on_any_text() -> None:
         "\n",
         "\r",
         "\r\n",
+        "\x1b",
         "\x0b",
         "\x1e",
         "\x85",
@@ -170,7 +226,8 @@ def test_the_escape_is_its_definition_on_any_text() -> None:
     for _ in range(20_000):
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 10)))
         stdout = format_entry(invocation(), RunResult("i", Outcome.SUCCEEDED, stdout=text), WHEN)
-        assert stdout.partition("\n")[2] == _DEFINITION.sub(r"\\", text) + (
+        shown = text.translate(str.maketrans(_CONTROLS))
+        assert stdout.partition("\n")[2] == _DEFINITION.sub(r"\\", shown) + (
             "" if not text or text.endswith("\n") else "\n"
         ), repr(text)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 from collections.abc import Iterator
 
@@ -97,3 +98,23 @@ def test_invalid_output_is_decoded_in_pieces_as_if_whole(data: bytes, cap: int) 
     stream.feed(data)
 
     assert (stream.text(), stream.truncated) == whole_text(data, cap)
+
+
+async def test_finish_reads_all_a_pipe_holds_while_a_writer_is_still_open(
+    pipe: tuple[int, int],
+) -> None:
+    # Nothing of the run can write any more, but a write end is still held (in flight in
+    # a unix socket, or by a process outside the cell): no EOF is waited for, and a pipe
+    # raised to 1 MiB is read whole.
+    read_end, write_end = pipe
+    capacity = fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 1 << 20)
+    payload = os.urandom(capacity)
+    os.set_blocking(write_end, False)
+    assert os.write(write_end, payload) == len(payload)
+    sink = CapturedStream(2 << 20)
+    reader = PipeReader(asyncio.get_running_loop(), read_end, sink)
+
+    reader.finish()
+
+    assert bytes(sink.data) == payload
+    assert reader.eof.done()
