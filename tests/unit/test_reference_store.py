@@ -292,6 +292,37 @@ def test_an_out_of_range_dependency_id_names_the_field_as_written(
     assert str(refused.value).startswith(f"job 2 of the submission: {message}"), refused.value
 
 
+def test_a_resubmitted_dict_gets_its_dependency_made_again_and_keeps_its_own_callbacks(
+    sup: ReferenceSupervisor,
+) -> None:
+    own = [
+        {"triggers": "complete-job-self", "code": "mail-status"},
+        # The form a dependency makes, but twice allowed: the job's own, not its dependency's.
+        {"triggers": "complete-job-7", "code": "unblock-self", "maximum": 2, "mode": "level"},
+    ]
+    (first,) = sup.submit([{"name": "b", "dependency": "7", "waitfor": 8, "callbacks": own}])
+    read_back = sup.job(int(first["id"]), include_callbacks=True)
+    del read_back["id"]
+    (again,) = sup.submit([{**read_back, "label": "b2", "dependency": "9"}])
+
+    stored = sup.job(int(again["id"]), include_callbacks=True)["callbacks"]
+    assert [(cb["triggers"], cb["code"], cb["maximum"]) for cb in stored] == [
+        ("complete-job-self", "mail-status", 0),
+        ("complete-job-7", "unblock-self", 2),
+        ("complete-job-9 && done-job-8", "unblock-self", 1),
+    ]
+
+
+def test_a_hand_written_dependency_callback_stays_in_a_job_without_the_attributes(
+    sup: ReferenceSupervisor,
+) -> None:
+    # Only a dict that says its dependency has the callbacks made from it made again.
+    written = {"triggers": "complete-job-7", "code": "unblock-self", "maximum": 1, "mode": "level"}
+    job_id = submit_one(sup, status="blocked", callbacks=[written])
+    (stored,) = sup.job(job_id, include_callbacks=True)["callbacks"]
+    assert (stored["triggers"], stored["code"]) == ("complete-job-7", "unblock-self")
+
+
 def test_submit_needs_a_list(sup: ReferenceSupervisor) -> None:
     with pytest.raises(SubmitError, match="submit takes a list of job dicts"):
         sup.submit({"name": "a"})  # type: ignore[arg-type]
