@@ -26,7 +26,8 @@ MAX_CODE_BYTES: Final = 1 << 20
 # executor would refuse beyond it, and the job's callbacks would never hear of them.
 MAX_NAME_CHARS: Final = 1024
 
-#: Fields the supervisor assigns. A resubmitted jobinfo dict carries them; they are ignored.
+#: Fields the supervisor assigns. A resubmitted jobinfo dict carries them; they are ignored
+#: (as is a label the supervisor gave: the store tells it apart, store.py _assign_labels).
 _ASSIGNED_FIELDS: Final = frozenset({"id", "timesubmit", "timestart", "timecomplete", "subjobs"})
 _INPUT_FIELDS: Final = frozenset(
     {

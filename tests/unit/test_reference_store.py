@@ -117,6 +117,26 @@ def test_auto_labels_never_take_an_explicit_label(sup: ReferenceSupervisor) -> N
     assert [j["label"] for j in jobs] == ["qube0", "qube2", "qube1"]
 
 
+def test_a_resubmitted_dict_gets_a_fresh_label_for_the_one_the_supervisor_gave(
+    sup: ReferenceSupervisor,
+) -> None:
+    # Before: "label 'qube0' is taken by job 1 (pgrp 1)", for a dict read back unchanged.
+    sup.submit([{"name": "a"}, {"name": "b", "label": "mine"}])
+    auto, mine = (sup.job(job_id) for job_id in (1, 2))
+    del auto["id"], mine["id"]
+
+    (again,) = sup.submit([auto])
+    assert (again["pgrp"], again["label"]) == (1, "qube2")
+    (in_a_new_pgrp,) = sup.submit([{**auto, "pgrp": None}])
+    assert in_a_new_pgrp["label"] == "qube0"
+    # A label its submitter gave is theirs: it still names one job of its pgrp.
+    with pytest.raises(SubmitError, match=r"^job 1 of the submission: label 'mine' is taken"):
+        sup.submit([mine])
+    (named,) = sup.submit([{"name": "c", "label": "qube7", "pgrp": 1}])
+    with pytest.raises(SubmitError, match=r"label 'qube7' is taken by job 5 \(pgrp 1\)"):
+        sup.submit([{**sup.job(int(named["id"])), "id": None}])
+
+
 @pytest.mark.parametrize(
     ("batches", "message"),
     [
@@ -1368,6 +1388,29 @@ def test_a_database_from_before_the_passive_preempt_gets_its_column(tmp_path: Pa
         sup.start_work(job_id, "1")
         assert sup.job_action("preempt", job_id, "alice").changed == 1
         assert sup.preempted_job_ids() == {job_id}
+
+
+def test_a_database_from_before_takes_its_qube_n_labels_as_the_supervisors(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "supervisor.db"
+    column = "    label_assigned INTEGER NOT NULL DEFAULT 0,\n"
+    old_schema = reference_store._SCHEMA.replace(column, "")
+    assert old_schema != reference_store._SCHEMA
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.executescript(old_schema)
+        db.executemany(
+            "INSERT INTO jobs (id, name, label, pgrp, pid, status, user, priority, prototype,"
+            " cpus, mailaddress, timesubmit) VALUES (?, ?, ?, 1, 0, 'pending', 'alice', 9999,"
+            " 'cmdline', 1, '', 0)",
+            [(1, "a", "qube0"), (2, "b", "qube1x")],
+        )
+
+    with ReferenceSupervisor(path) as sup:
+        (again,) = sup.submit([{"name": "a", "label": "qube0", "pgrp": 1}])
+        assert again["label"] == "qube2"
+        with pytest.raises(SubmitError, match="label 'qube1x' is taken by job 2"):
+            sup.submit([{"name": "b", "label": "qube1x", "pgrp": 1}])
 
 
 def test_the_declared_events_are_those_the_state_rules_raise() -> None:
