@@ -171,6 +171,12 @@ class SubmissionApi:
 
     def module(self) -> types.ModuleType:
         """A fresh ``qb`` module whose functions use this run's client."""
+        calls: dict[str, Callable[..., Any]] = {
+            "submit": self.submit,
+            "jobinfo": self.jobinfo,
+            "jobstatus": self.jobstatus,
+            **{verb: self._verb(verb) for verb in JOB_VERBS},
+        }
         qb = types.ModuleType("qb", "Qube's submission API, served by cbexec's farm.")
         qb.__dict__.update(
             QB_TIME_EPOCH_OFFSET=QB_TIME_EPOCH_OFFSET,
@@ -178,15 +184,7 @@ class SubmissionApi:
             Work=Work,
             genframes=genframes,
             genchunks=genchunks,
-            **{
-                name: _noting_refusals(name, function)
-                for name, function in (
-                    ("submit", self.submit),
-                    ("jobinfo", self.jobinfo),
-                    ("jobstatus", self.jobstatus),
-                    *((verb, self._verb(verb)) for verb in JOB_VERBS),
-                )
-            },
+            **{name: _noting_refusals(name, call) for name, call in calls.items()},
         )
         return qb
 
