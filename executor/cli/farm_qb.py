@@ -5,8 +5,9 @@ Qube's own client library runs on the user's machine, with ``import qb`` giving 
 module: ``qb.Job()`` and ``qb.Work()`` (plain dicts), ``qb.genframes('1-10')``,
 ``qb.genchunks(5, '1-100')``, ``qb.submit(jobs)`` returning the jobs with their ids,
 ``qb.jobinfo(...)`` / ``qb.jobstatus(n)`` and the job verbs (``qb.unblock(n)``, ...).
-Every call is one FarmService RPC; a refused call raises the client's error, which the
-command reports in one line.
+Every call is one FarmService RPC; a refused call raises the client's error, noted with
+the ``qb`` function that made it (``qb.submit``), which the command reports in one line
+with the script's line, as any error the script does not catch.
 
 The script runs in a worker thread; ``Call`` carries each RPC to the command's event
 loop and waits for its answer.
@@ -14,18 +15,23 @@ loop and waits for its answer.
 
 from __future__ import annotations
 
+import functools
 import getpass
 import re
 import types
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
+from supervisor_client.errors import ExecutorRpcError
 from supervisor_client.farm_client import JOB_VERBS, FarmClient
 from supervisor_client.jobdict import job_to_dict
 from supervisor_client.reference.qube_time import QB_TIME_EPOCH_OFFSET, with_times_shown
 
 # Runs one coroutine on the command's event loop and returns its result (from a thread).
 Call = Callable[[Coroutine[Any, Any, Any]], Any]
+
+#: The note a refused ``qb`` call adds to the client's error: which call it was.
+QB_CALL_NOTE = "qb.{name}"
 
 _FRAMES = re.compile(r"^(-?\d+)(?:-(-?\d+)(?:x(\d+))?)?$")
 
@@ -165,6 +171,12 @@ class SubmissionApi:
 
     def module(self) -> types.ModuleType:
         """A fresh ``qb`` module whose functions use this run's client."""
+        calls: dict[str, Callable[..., Any]] = {
+            "submit": self.submit,
+            "jobinfo": self.jobinfo,
+            "jobstatus": self.jobstatus,
+            **{verb: self._verb(verb) for verb in JOB_VERBS},
+        }
         qb = types.ModuleType("qb", "Qube's submission API, served by cbexec's farm.")
         qb.__dict__.update(
             QB_TIME_EPOCH_OFFSET=QB_TIME_EPOCH_OFFSET,
@@ -172,9 +184,25 @@ class SubmissionApi:
             Work=Work,
             genframes=genframes,
             genchunks=genchunks,
-            submit=self.submit,
-            jobinfo=self.jobinfo,
-            jobstatus=self.jobstatus,
-            **{verb: self._verb(verb) for verb in JOB_VERBS},
+            **{name: _noting_refusals(name, call) for name, call in calls.items()},
         )
         return qb
+
+
+def _noting_refusals(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` with its RPC errors noted as ``qb.<name>``'s.
+
+    A script's ``qb.submit`` refused tells "job 1 of the submission", of that call's list:
+    the note names the call, the script's line which one (farm_submit.py). The error is
+    the client's own, so a script that catches it sees what it always did.
+    """
+
+    @functools.wraps(function)
+    def noting(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except ExecutorRpcError as err:
+            err.add_note(QB_CALL_NOTE.format(name=name))
+            raise
+
+    return noting

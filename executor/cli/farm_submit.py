@@ -24,10 +24,16 @@ from typing import Any, Final
 
 import grpc
 
-from executor.cli.farm_qb import SubmissionApi
+from executor.cli.farm_qb import QB_CALL_NOTE, SubmissionApi
 from executor.errors import ConfigError
 from executor.visible_text import printable
-from supervisor_client import ExecutorClient, ExecutorRpcError, FarmClient
+from supervisor_client import (
+    ClientClosedError,
+    ExecutorClient,
+    ExecutorRpcError,
+    FarmClient,
+    RetryableError,
+)
 from supervisor_client.jobdict import job_to_dict
 
 SUFFIXES = (".py", ".json", ".toml")
@@ -71,6 +77,13 @@ def _where(err: BaseException, path: Path) -> str:
     return f"{path}:{frames[-1].lineno}" if frames else str(path)
 
 
+def _qb_call(err: BaseException) -> str:
+    """``qb.submit: `` for an error a ``qb`` call raised (farm_qb notes it), else ``""``."""
+    calls = QB_CALL_NOTE.format(name="")
+    notes = [n for n in getattr(err, "__notes__", ()) if isinstance(n, str)]
+    return next((f"{note}: " for note in notes if note.startswith(calls)), "")
+
+
 @contextlib.contextmanager
 def _as_qb(module: Any, argv: Sequence[str]) -> Iterator[None]:
     """``import qb`` gives ``module`` and ``sys.argv`` is the script's, while the block runs."""
@@ -91,7 +104,9 @@ async def run_script(
 ) -> tuple[list[dict[str, Any]], ScriptError | None]:
     """Run a submission script; the jobs it submitted, and its error if it raised.
 
-    RPC errors the script did not catch propagate as they are (the command prints them).
+    A call the farm refused, uncaught, is the script's error like any other, naming its
+    line and the ``qb`` call. An executor that cannot be reached (or a closed client)
+    propagates as it is: the command's connection error, as for any other command.
     """
     if not path.is_file():  # noqa: ASYNC240 - one stat before the script runs
         raise ConfigError(f"FILE: {path} does not exist")
@@ -110,10 +125,14 @@ async def run_script(
                 if stop.code in (None, 0):
                     return None
                 return ScriptError(f"{path}: exited with {stop.code}")
+            except (RetryableError, ClientClosedError):
+                raise
             except Exception as err:
-                if type(err).__module__.startswith(("supervisor_client", "grpc")):
+                if type(err).__module__.startswith("grpc"):
                     raise
-                return ScriptError(f"{_where(err, path)}: {type(err).__name__}: {err}")
+                return ScriptError(
+                    f"{_where(err, path)}: {type(err).__name__}: {_qb_call(err)}{err}"
+                )
         return None
 
     problem = await asyncio.to_thread(run)

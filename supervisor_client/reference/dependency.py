@@ -23,6 +23,11 @@ it waits for is already complete) counts, so a late submission does not wait for
 Each runs at most once (per frame for a frame-by-frame link). The executor lets a
 callback of exactly this form unblock its job whatever the owner's policy ``verbs``
 (executor/dependency_release.py): a change of form here must be one there too.
+
+A job dict read back with its callbacks (``qb.jobinfo``) lists the ones made here among
+them. When it is submitted again, its ``dependency``/``waitfor`` say what it waits for
+(perhaps changed): ``is_holding_callback`` finds the old ones, which the submission
+leaves out and makes again from the attributes, so no stale condition releases the job.
 """
 
 from __future__ import annotations
@@ -39,6 +44,15 @@ _STATES: Final = ("complete", "done", "failed", "killed")
 # names the dependency item as written, not the generated trigger's column.
 _MOST_JOB_ID: Final = (1 << 63) - 1
 _LINK: Final = re.compile(r"^(?:link-)?(complete|done|failed|killed)-(job|work|subjob)-(\S+)$")
+# The triggers ``parse_dependency`` makes, by the code each runs: ``&&``-joined ends of
+# other jobs (an id or a label: no '-'), or of their same-named frames.
+_END: Final = "(?:complete|done|failed|killed)"
+_JOB_END: Final = rf"{_END}-job-[^\s&|()-]+"
+_WORK_END: Final = rf"{_END}-work-[^\s&|()-]+-\{{work\}}"
+_HOLDING_TRIGGERS: Final = {
+    "unblock-self": re.compile(rf"{_JOB_END}(?: && {_JOB_END})*"),
+    "unblock-work-self": re.compile(rf"{_WORK_END}(?: && {_WORK_END})*"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +110,26 @@ def parse_dependency(where: str, job: Mapping[str, Any]) -> Dependency:
     if work_atoms:
         callbacks.append(_holding(" && ".join(work_atoms), "unblock-work-self", job))
     return Dependency(tuple(callbacks), holds_job=bool(job_atoms), holds_frames=bool(work_atoms))
+
+
+def is_holding_callback(callback: Any) -> bool:
+    """Whether a callback dict is of the one form ``parse_dependency`` makes, as read back.
+
+    A hand-written callback of this form does what a ``dependency`` item does, nothing more
+    (README, *The farm*): in a job dict that has the attributes it is taken as made from them.
+    """
+    if not isinstance(callback, Mapping):
+        return False
+    code, triggers = callback.get("code"), callback.get("triggers")
+    pattern = _HOLDING_TRIGGERS.get(code) if isinstance(code, str) else None
+    return (
+        pattern is not None
+        and isinstance(triggers, str)
+        and pattern.fullmatch(triggers) is not None
+        and (callback.get("language") or "qube") == "qube"
+        and str(callback.get("maximum")) == "1"
+        and callback.get("mode") == "level"
+    )
 
 
 def _check_job_id(where: str, field: str, written: object, job_id: str) -> None:

@@ -94,6 +94,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     timesubmit INTEGER NOT NULL, timestart INTEGER NOT NULL DEFAULT 0,
     timecomplete INTEGER NOT NULL DEFAULT 0, extra TEXT NOT NULL DEFAULT '{}',
     preempted INTEGER NOT NULL DEFAULT 0,
+    -- 1 when the supervisor gave the label (qube<N>): a resubmitted dict gets a fresh one.
+    label_assigned INTEGER NOT NULL DEFAULT 0,
     UNIQUE (pgrp, label)
 );
 CREATE TABLE IF NOT EXISTS work (
@@ -318,6 +320,15 @@ class ReferenceSupervisor:
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
         if "preempted" not in columns:  # a database from before the passive preempt
             self._db.execute("ALTER TABLE jobs ADD COLUMN preempted INTEGER NOT NULL DEFAULT 0")
+        if "label_assigned" not in columns:  # from before labels given were told apart
+            self._db.execute(
+                "ALTER TABLE jobs ADD COLUMN label_assigned INTEGER NOT NULL DEFAULT 0"
+            )
+            # The supervisor's form: a submitter rarely writes it, and it was then refused.
+            self._db.execute(
+                "UPDATE jobs SET label_assigned = 1 WHERE label GLOB 'qube[0-9]*'"
+                " AND substr(label, 5) NOT GLOB '*[^0-9]*'"
+            )
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(subjobs)")}
         if "preempted" not in columns:  # a database from before the passive instance preempt
             self._db.execute("ALTER TABLE subjobs ADD COLUMN preempted INTEGER NOT NULL DEFAULT 0")
@@ -530,16 +541,20 @@ class ReferenceSupervisor:
         pgrps = [job.fields.pgrp or leader for job in jobs]
         labels = self._assign_labels(jobs, pgrps)
         now = int(self._clock())
-        for offset, (job, pgrp, label) in enumerate(zip(jobs, pgrps, labels, strict=True)):
+        for offset, (job, pgrp, (label, assigned)) in enumerate(
+            zip(jobs, pgrps, labels, strict=True)
+        ):
             job_id = first_id + offset
             self._db.execute(
-                "INSERT INTO jobs (id, name, label, pgrp, pid, status, user, priority, prototype,"
-                " cpus, mailaddress, timesubmit, extra) VALUES (:id, :name, :label, :pgrp, :pid,"
-                " :status, :user, :priority, :prototype, :cpus, :mailaddress, :timesubmit, :extra)",
+                "INSERT INTO jobs (id, name, label, label_assigned, pgrp, pid, status, user,"
+                " priority, prototype, cpus, mailaddress, timesubmit, extra) VALUES (:id, :name,"
+                " :label, :label_assigned, :pgrp, :pid, :status, :user, :priority, :prototype,"
+                " :cpus, :mailaddress, :timesubmit, :extra)",
                 {
                     **asdict(job.fields),
                     "id": job_id,
                     "label": label,
+                    "label_assigned": assigned,
                     "pgrp": pgrp,
                     "status": job.status,
                     "timesubmit": now,
@@ -584,46 +599,59 @@ class ReferenceSupervisor:
             if problem is not None:
                 raise SubmitError(f"job {number} of the submission: {problem}")
 
-    def _assign_labels(self, jobs: Sequence[NewJob], pgrps: Sequence[int]) -> list[str]:
+    def _assign_labels(
+        self, jobs: Sequence[NewJob], pgrps: Sequence[int]
+    ) -> list[tuple[str, bool]]:
         """Check explicit labels are unique per pgrp, then give the rest ``qube<N>``.
 
-        N starts at the job's position in its pgrp and skips labels already taken, so
-        an explicit "qube1" later in the submission is never given away.
+        Each job's label, and whether the supervisor gave it. N starts at the job's
+        position in its pgrp and skips labels already taken, so an explicit "qube1" later
+        in the submission is never given away. A label a job of the pgrp holds as given by
+        the supervisor is an assigned field of a resubmitted jobinfo dict, as its ``id``
+        is: the job gets a fresh one.
         """
         taken: dict[int, set[str]] = {}
+        assigned: dict[int, set[str]] = {}
         # Who holds each explicit label, for the refusal: an existing job, or a job of this
         # submission (a new pgrp has no id to name yet: the refused submission gets none).
         holders: dict[int, dict[str, str]] = {}
         for n, (job, pgrp) in enumerate(zip(jobs, pgrps, strict=True), start=1):
             if pgrp not in taken:
-                rows = self._db.execute("SELECT id, label FROM jobs WHERE pgrp = ?", (pgrp,))
+                rows = self._db.execute(
+                    "SELECT id, label, label_assigned FROM jobs WHERE pgrp = ?", (pgrp,)
+                ).fetchall()
                 holders[pgrp] = {row["label"]: f"job {row['id']} (pgrp {pgrp})" for row in rows}
                 taken[pgrp] = set(holders[pgrp])
+                assigned[pgrp] = {row["label"] for row in rows if row["label_assigned"]}
                 if job.fields.pgrp is not None and not taken[pgrp]:
                     raise SubmitError(f"job {n} of the submission: pgrp {pgrp} does not exist")
+        given = [
+            None if job.fields.label in assigned[pgrp] else job.fields.label
+            for job, pgrp in zip(jobs, pgrps, strict=True)
+        ]
         # Labels are unique per pgrp, so the existing ones also count the existing jobs.
         positions = {pgrp: len(labels) for pgrp, labels in taken.items()}
-        for n, (job, pgrp) in enumerate(zip(jobs, pgrps, strict=True), start=1):
-            if job.fields.label is None:
-                continue
-            if job.fields.label in taken[pgrp]:
-                raise SubmitError(
-                    f"job {n} of the submission: label {job.fields.label!r} is taken by "
-                    f"{holders[pgrp][job.fields.label]}; a label names one job of its process group"
-                )
-            taken[pgrp].add(job.fields.label)
-            holders[pgrp][job.fields.label] = f"job {n} of the submission"
-        labels = []
-        for job, pgrp in zip(jobs, pgrps, strict=True):
-            label = job.fields.label
+        for n, (label, pgrp) in enumerate(zip(given, pgrps, strict=True), start=1):
             if label is None:
+                continue
+            if label in taken[pgrp]:
+                raise SubmitError(
+                    f"job {n} of the submission: label {label!r} is taken by "
+                    f"{holders[pgrp][label]}; a label names one job of its process group"
+                )
+            taken[pgrp].add(label)
+            holders[pgrp][label] = f"job {n} of the submission"
+        labels = []
+        for label, pgrp in zip(given, pgrps, strict=True):
+            if label is not None:
+                labels.append((label, False))
+            else:
                 n = positions[pgrp]
                 while f"qube{n}" in taken[pgrp]:
                     n += 1
-                label = f"qube{n}"
-                taken[pgrp].add(label)
+                taken[pgrp].add(f"qube{n}")
+                labels.append((f"qube{n}", True))
             positions[pgrp] += 1
-            labels.append(label)
         return labels
 
     def hold_as_given(

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from supervisor_client.jobdict import triggers_text
 from supervisor_client.mailaddress import EXPECTED, first_non_address
-from supervisor_client.reference.dependency import parse_dependency
+from supervisor_client.reference.dependency import is_holding_callback, parse_dependency
 from supervisor_client.reference.errors import SubmitError
 from supervisor_client.reference.job_flags import MAIL_CALLBACK, has_done_mail, wants_done_mail
 from supervisor_client.reference.states import Status
@@ -26,7 +26,8 @@ MAX_CODE_BYTES: Final = 1 << 20
 # executor would refuse beyond it, and the job's callbacks would never hear of them.
 MAX_NAME_CHARS: Final = 1024
 
-#: Fields the supervisor assigns. A resubmitted jobinfo dict carries them; they are ignored.
+#: Fields the supervisor assigns. A resubmitted jobinfo dict carries them; they are ignored
+#: (as is a label the supervisor gave: the store tells it apart, store.py _assign_labels).
 _ASSIGNED_FIELDS: Final = frozenset({"id", "timesubmit", "timestart", "timecomplete", "subjobs"})
 _INPUT_FIELDS: Final = frozenset(
     {
@@ -392,7 +393,7 @@ def _parse_job(number: int, job: Any, checks: Checks) -> NewJob:
     status = _status(where, job.get("status"))
     fields = parse_job_fields(where, job)
     dependency = parse_dependency(where, {**job, "user": fields.user})
-    own = job.get("callbacks")
+    own = _own_callbacks(job)
     done_mail = wants_done_mail(where, job) and not has_done_mail(own)
     callbacks = (  # after the job's own, the dependency's and the mail flag's, checked alike
         *parse_callbacks(where, own, checks, fields.user),
@@ -410,6 +411,19 @@ def _parse_job(number: int, job: Any, checks: Checks) -> NewJob:
         agenda=agenda,
         callbacks=callbacks,
     )
+
+
+def _own_callbacks(job: Mapping[str, Any]) -> Any:
+    """The job's callbacks less those its ``dependency``/``waitfor`` make (made again after).
+
+    A resubmitted jobinfo dict lists the ones made for the dependency it had: kept, they
+    would release the job on that condition (level mode: at once, if it was met), whatever
+    its dependency says now, and an unchanged one would get a second copy.
+    """
+    own = job.get("callbacks")
+    if ("dependency" not in job and "waitfor" not in job) or not isinstance(own, list | tuple):
+        return own
+    return [callback for callback in own if not is_holding_callback(callback)]
 
 
 def parse_submission(

@@ -166,14 +166,25 @@ async def test_a_failing_script_names_its_line_and_keeps_what_it_submitted(
     assert said.err.strip() == (
         f"cbexec: {script}:3: ValueError: genframes: '1-x' is not a frame spec (5, 1-10 or 1-10x2)"
     )
+    # A call the farm refuses, uncaught, is the script's error too: before, exit 3 and
+    # the bare refusal, the job already submitted never named, nor the call refused.
     refused = tmp_path / "refused.py"
-    refused.write_text("import qb\nqb.submit([{'name': 'x', 'status': 'running'}])\n")
-    said = await cbexec("farm", "submit", str(refused), address=stack_warm.address)
-    assert said.code == 3
-    assert said.err.strip() == (
-        "cbexec: INVALID_ARGUMENT: job 1 of the submission: status must be 'pending' or "
-        "'blocked', got 'running'"
+    refused.write_text(
+        "import qb\nqb.submit([{'name': 'first'}])\n"
+        "qb.submit([{'name': 'x', 'status': 'running'}])\n"
     )
+    said = await cbexec("farm", "submit", str(refused), address=stack_warm.address)
+    assert said.code == 1
+    assert said.out.strip() == "submitted job 2 'first' (label qube0, pgrp 2): pending"
+    assert said.err.strip() == (
+        f"cbexec: {refused}:3: InvalidRequestError: qb.submit: INVALID_ARGUMENT: job 1 of "
+        "the submission: status must be 'pending' or 'blocked', got 'running'"
+    )
+    missing = tmp_path / "missing.py"
+    missing.write_text("import qb\n\nqb.kill(99)\n")
+    said = await cbexec("farm", "submit", str(missing), address=stack_warm.address)
+    assert (said.code, said.out) == (1, "")
+    assert said.err.startswith(f"cbexec: {missing}:3: ExecutorRpcError: qb.kill: NOT_FOUND: ")
 
 
 async def test_jobs_show_and_changes(stack_warm: Stack) -> None:

@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from supervisor_client import FarmClient, InvalidRequestError
+from supervisor_client.jobdict import job_to_dict
 from supervisor_client.qbcallback.v1 import farm_pb2
 from tests.conftest import Stack, running_stack, stack_settings
 
@@ -90,6 +91,58 @@ async def test_a_job_killed_while_its_frames_wait_stays_killed_as_they_are_relea
 
         await farm.change_job(job_id=comp, verb="retry")  # as in Qube: run it again
         assert statuses(await farm.get_job(comp))[0] == "pending"
+
+
+async def test_a_resubmitted_jobinfo_dict_waits_for_its_own_dependency_only(
+    stack_warm: Stack,
+) -> None:
+    # Qube's resubmit: read the job back with its callbacks, change it, submit it again.
+    # Before, the callback made for the old dependency came back among the job's own:
+    # level mode, A complete, so the new job was released at once while C was pending;
+    # and a dict resubmitted as it was got one more copy of its dependency each time.
+    own = {"triggers": "complete-job-self", "language": "qube", "code": "mail-status"}
+    jobs: list[dict[str, Any]] = [
+        {"name": "A", "label": "A", "agenda": ["1"]},
+        {"name": "C", "label": "C", "agenda": ["1"]},
+        {"name": "B", "label": "B", "agenda": ["1"], "dependency": "link-complete-job-A"},
+        {
+            "name": "F",
+            "label": "F",
+            "agenda": ["1"],
+            "dependency": "link-complete-work-A",
+            "callbacks": [own],
+        },
+    ]
+    async with FarmClient(stack_warm.channel) as farm:
+        a, c, b, f = (job.id for job in (await farm.submit_jobs(jobs)).jobs)
+        await farm.change_work(job_id=a, work=["1"], change="complete")
+        await stack_warm.settle()
+        assert statuses(await farm.get_job(b))[0] == "pending"
+
+        def read_back(job: farm_pb2.GetJobResponse, label: str) -> dict[str, Any]:
+            info = job_to_dict(job.job, include_callbacks=True)
+            del info["id"]
+            return {**info, "label": label, "status": "pending"}
+
+        moved = {**read_back(await farm.get_job(b), "B2"), "dependency": "link-complete-job-C"}
+        same = read_back(await farm.get_job(f), "F2")
+        b2, f2 = (job.id for job in (await farm.submit_jobs([moved, same])).jobs)
+        await stack_warm.settle()
+
+        def callbacks(job: farm_pb2.GetJobResponse) -> list[tuple[str, str]]:
+            listed = job_to_dict(job.job, include_callbacks=True)["callbacks"]
+            return [(cb["triggers"], cb["code"]) for cb in listed]
+
+        shown = await farm.get_job(b2)
+        assert statuses(shown)[0] == "blocked"
+        assert callbacks(shown) == [("complete-job-C", "unblock-self")]
+        assert callbacks(await farm.get_job(f2)) == [
+            ("complete-job-self", "mail-status"),
+            ("complete-work-A-{work}", "unblock-work-self"),
+        ]
+        await farm.change_work(job_id=c, work=["1"], change="complete")
+        await stack_warm.settle()
+        assert statuses(await farm.get_job(b2))[0] == "pending"
 
 
 @pytest.mark.parametrize("retried_as", ["job", "frame"])

@@ -117,6 +117,26 @@ def test_auto_labels_never_take_an_explicit_label(sup: ReferenceSupervisor) -> N
     assert [j["label"] for j in jobs] == ["qube0", "qube2", "qube1"]
 
 
+def test_a_resubmitted_dict_gets_a_fresh_label_for_the_one_the_supervisor_gave(
+    sup: ReferenceSupervisor,
+) -> None:
+    # Before: "label 'qube0' is taken by job 1 (pgrp 1)", for a dict read back unchanged.
+    sup.submit([{"name": "a"}, {"name": "b", "label": "mine"}])
+    auto, mine = (sup.job(job_id) for job_id in (1, 2))
+    del auto["id"], mine["id"]
+
+    (again,) = sup.submit([auto])
+    assert (again["pgrp"], again["label"]) == (1, "qube2")
+    (in_a_new_pgrp,) = sup.submit([{**auto, "pgrp": None}])
+    assert in_a_new_pgrp["label"] == "qube0"
+    # A label its submitter gave is theirs: it still names one job of its pgrp.
+    with pytest.raises(SubmitError, match=r"^job 1 of the submission: label 'mine' is taken"):
+        sup.submit([mine])
+    (named,) = sup.submit([{"name": "c", "label": "qube7", "pgrp": 1}])
+    with pytest.raises(SubmitError, match=r"label 'qube7' is taken by job 5 \(pgrp 1\)"):
+        sup.submit([{**sup.job(int(named["id"])), "id": None}])
+
+
 @pytest.mark.parametrize(
     ("batches", "message"),
     [
@@ -290,6 +310,37 @@ def test_an_out_of_range_dependency_id_names_the_field_as_written(
     with pytest.raises(SubmitError) as refused:
         sup.submit([{"name": "a"}, {"name": "b", **field}])
     assert str(refused.value).startswith(f"job 2 of the submission: {message}"), refused.value
+
+
+def test_a_resubmitted_dict_gets_its_dependency_made_again_and_keeps_its_own_callbacks(
+    sup: ReferenceSupervisor,
+) -> None:
+    own = [
+        {"triggers": "complete-job-self", "code": "mail-status"},
+        # The form a dependency makes, but twice allowed: the job's own, not its dependency's.
+        {"triggers": "complete-job-7", "code": "unblock-self", "maximum": 2, "mode": "level"},
+    ]
+    (first,) = sup.submit([{"name": "b", "dependency": "7", "waitfor": 8, "callbacks": own}])
+    read_back = sup.job(int(first["id"]), include_callbacks=True)
+    del read_back["id"]
+    (again,) = sup.submit([{**read_back, "label": "b2", "dependency": "9"}])
+
+    stored = sup.job(int(again["id"]), include_callbacks=True)["callbacks"]
+    assert [(cb["triggers"], cb["code"], cb["maximum"]) for cb in stored] == [
+        ("complete-job-self", "mail-status", 0),
+        ("complete-job-7", "unblock-self", 2),
+        ("complete-job-9 && done-job-8", "unblock-self", 1),
+    ]
+
+
+def test_a_hand_written_dependency_callback_stays_in_a_job_without_the_attributes(
+    sup: ReferenceSupervisor,
+) -> None:
+    # Only a dict that says its dependency has the callbacks made from it made again.
+    written = {"triggers": "complete-job-7", "code": "unblock-self", "maximum": 1, "mode": "level"}
+    job_id = submit_one(sup, status="blocked", callbacks=[written])
+    (stored,) = sup.job(job_id, include_callbacks=True)["callbacks"]
+    assert (stored["triggers"], stored["code"]) == ("complete-job-7", "unblock-self")
 
 
 def test_submit_needs_a_list(sup: ReferenceSupervisor) -> None:
@@ -1337,6 +1388,29 @@ def test_a_database_from_before_the_passive_preempt_gets_its_column(tmp_path: Pa
         sup.start_work(job_id, "1")
         assert sup.job_action("preempt", job_id, "alice").changed == 1
         assert sup.preempted_job_ids() == {job_id}
+
+
+def test_a_database_from_before_takes_its_qube_n_labels_as_the_supervisors(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "supervisor.db"
+    column = "    label_assigned INTEGER NOT NULL DEFAULT 0,\n"
+    old_schema = reference_store._SCHEMA.replace(column, "")
+    assert old_schema != reference_store._SCHEMA
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.executescript(old_schema)
+        db.executemany(
+            "INSERT INTO jobs (id, name, label, pgrp, pid, status, user, priority, prototype,"
+            " cpus, mailaddress, timesubmit) VALUES (?, ?, ?, 1, 0, 'pending', 'alice', 9999,"
+            " 'cmdline', 1, '', 0)",
+            [(1, "a", "qube0"), (2, "b", "qube1x")],
+        )
+
+    with ReferenceSupervisor(path) as sup:
+        (again,) = sup.submit([{"name": "a", "label": "qube0", "pgrp": 1}])
+        assert again["label"] == "qube2"
+        with pytest.raises(SubmitError, match="label 'qube1x' is taken by job 2"):
+            sup.submit([{"name": "b", "label": "qube1x", "pgrp": 1}])
 
 
 def test_the_declared_events_are_those_the_state_rules_raise() -> None:
