@@ -18,6 +18,7 @@ from executor import server
 from supervisor_client import ExecutorClient
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import stack_settings
+from tests.faults.helpers import supervisor_endpoint
 from tests.helpers.supervisors import BrieflyUnavailableSupervisor, SupervisorEndpoint
 from tests.helpers.waiting import eventually
 
@@ -119,13 +120,9 @@ async def test_a_rerun_with_the_same_invocation_id_applies_its_effects_once(
 
 @pytest.fixture
 async def restarting(tmp_path: Path) -> AsyncIterator[SupervisorEndpoint]:
-    endpoint = SupervisorEndpoint(tmp_path / "supervisor.db", BrieflyUnavailableSupervisor)
-    await endpoint.start()
-    try:
+    db = tmp_path / "supervisor.db"
+    async with supervisor_endpoint(db, servicer=BrieflyUnavailableSupervisor) as endpoint:
         yield endpoint
-    finally:
-        await endpoint.stop()
-        endpoint.store.close()
 
 
 async def test_a_rerun_after_calls_that_found_the_supervisor_away_applies_each_action_once(

@@ -23,6 +23,7 @@ from executor.cli.metrics import format_metrics
 from supervisor_client import ExecutorClient
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import stack_settings
+from tests.faults.helpers import supervisor_endpoint
 from tests.helpers.executor_process import executor_process
 from tests.helpers.supervisors import CountingSupervisor, SingleResultSupervisor, SupervisorEndpoint
 from tests.helpers.waiting import eventually, outbox_drained
@@ -36,13 +37,8 @@ RUNS = 200
 async def endpoint(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[SupervisorEndpoint]:
-    endpoint = SupervisorEndpoint(tmp_path / "supervisor.db", request.param)
-    await endpoint.start()
-    try:
+    async with supervisor_endpoint(tmp_path / "supervisor.db", servicer=request.param) as endpoint:
         yield endpoint
-    finally:
-        await endpoint.stop()
-        endpoint.store.close()
 
 
 async def run_many(client: ExecutorClient, count: int) -> list[str]:
