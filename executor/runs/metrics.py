@@ -324,8 +324,8 @@ class ReadingsCollector(Collector):
         )
         yield gauge(
             "outbox_dead_letters",
-            "Results set aside instead of delivered (cbexec outbox dead; in a fleet, the shared "
-            "outbox's).",
+            "Results set aside instead of delivered (cbexec outbox dead); in a fleet, the "
+            "shared outbox's.",
             r.outbox_dead_letters,
         )
         yield gauge(
