@@ -4,18 +4,21 @@ Shared by ``cbexec triggers why`` / ``dry-run`` / ``register`` and any other com
 shows a job's callbacks (``cbexec farm show``): give ``format_explanation`` the answer of
 ``ExecutorClient.explain_callbacks`` (or its ``as_plain`` form, as ``--json`` prints it)
 and print what it returns. Everything reads the plain form, so the text and ``--json``
-say the same. Every line comes out with its control characters escaped
+say the same; the text adds only when each clock atom is due, worked out from the atom
+at the moment it is printed (``in 3600 s``). Every line comes out with its control characters escaped
 (printable.escaped): names, labels and work names are a submitter's, and a CR/LF in
 one must not start a line of its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
+from functools import cache
 from typing import Any, Final
 
-from executor.triggers.explain import compact_names
+from executor.triggers.explain import compact_names, describe_due
 from executor.visible_text import escaped, printable
 from supervisor_client.client import as_plain
 
@@ -101,8 +104,23 @@ def times(count: int) -> str:
     return "once" if count == 1 else f"{count} times"
 
 
-def _atom_line(atom: Mapping[str, Any]) -> str:
+# An atom's text -> when it is due, in words ("" for an atom no clock fires).
+Due = Callable[[str], str]
+
+
+def _due_at(now_unix: float | None) -> Due:
+    """When each clock atom is due, as of ``now_unix`` (this moment when None)."""
+    now = time.time() if now_unix is None else now_unix
+    return cache(lambda atom: describe_due(atom, now))
+
+
+def _never(atom: str) -> str:
+    return ""
+
+
+def _atom_line(atom: Mapping[str, Any], due: Due) -> str:
     words = ", ".join(part for part in (atom.get("resolution"), atom.get("state")) if part)
+    words = "; ".join(part for part in (due(atom["atom"]), words) if part)
     latch = ""
     if atom.get("latched"):
         by = atom.get("latched_by")
@@ -110,13 +128,22 @@ def _atom_line(atom: Mapping[str, Any]) -> str:
     return f"[{atom['slot']}] {atom['atom']}  ->  {words or atom['description']}{latch}"
 
 
-def _waiting(waiting: str, lines: Iterable[str], indent: str) -> list[str]:
+def _waiting(waiting: str, lines: Iterable[str], indent: str, due: Due) -> list[str]:
     out = [f"{indent}waiting for {waiting}"]
-    out.extend(f"{indent}{_INDENT}{line}" for line in lines)
+    out.extend(f"{indent}{_INDENT}{_with_due(line, due)}" for line in lines)
     return out
 
 
-def _work_lines(items: Sequence[Mapping[str, Any]], maximum: int, indent: str) -> list[str]:
+def _with_due(line: str, due: Due) -> str:
+    """A ``waiting for`` line (``<atom>: <words>``) with its clock atom's due time first."""
+    atom, sep, words = line.partition(": ")
+    when = due(atom) if sep else ""
+    return f"{atom}: {when}; {words}" if when else line
+
+
+def _work_lines(
+    items: Sequence[Mapping[str, Any]], maximum: int, indent: str, due: Due
+) -> list[str]:
     out: list[str] = []
     for item in items:
         names = item["work_names"]
@@ -137,13 +164,17 @@ def _work_lines(items: Sequence[Mapping[str, Any]], maximum: int, indent: str) -
             head += f" (fired {times(item['count'])} before)"
         out.append(f"{head}:")
         latched = [atom for atom in item["atoms"] if atom["latched"]]
-        out.extend(f"{indent}{_INDENT}{_atom_line(atom)}" for atom in latched)
-        out.extend(_waiting(item["waiting"], item["waiting_for"], indent + _INDENT))
+        out.extend(f"{indent}{_INDENT}{_atom_line(atom, due)}" for atom in latched)
+        out.extend(_waiting(item["waiting"], item["waiting_for"], indent + _INDENT, due))
     return out
 
 
-def format_callback(explained: Mapping[str, Any], indent: str = "") -> list[str]:
-    """The lines of one callback's explanation."""
+def format_callback(
+    explained: Mapping[str, Any], indent: str = "", *, now_unix: float | None = None
+) -> list[str]:
+    """The lines of one callback's explanation; clock atoms' due times as of ``now_unix``."""
+    # A spent callback's clocks are stopped: they are due no more.
+    due = _due_at(now_unix) if not explained["spent"] else _never
     cb = explained["callback"]
     mode = _short(cb["mode"], "TRIGGER_MODE_") or "edge"
     origin = f"universal, {cb['source']}" if cb["universal"] else cb["language"]
@@ -160,13 +191,13 @@ def format_callback(explained: Mapping[str, Any], indent: str = "") -> list[str]
     else:
         lines.append(f"{inner}fired {times(cb['count'])}{maximum}")
     lines.append(f"{inner}atoms:")
-    lines.extend(f"{inner}{_INDENT}{_atom_line(atom)}" for atom in explained["atoms"])
+    lines.extend(f"{inner}{_INDENT}{_atom_line(atom, due)}" for atom in explained["atoms"])
     if cb.get("per_work_item"):
-        lines.extend(_work_lines(explained["work_items"], cb["maximum"], inner))
+        lines.extend(_work_lines(explained["work_items"], cb["maximum"], inner, due))
     elif explained["spent"]:
         lines.append(f"{inner}spent: it has fired its maximum ({cb['maximum']})")
     elif explained["waiting"]:
-        lines.extend(_waiting(explained["waiting"], explained["waiting_for"], inner))
+        lines.extend(_waiting(explained["waiting"], explained["waiting_for"], inner, due))
     if explained["checks"]:
         lines.append(f"{inner}checks at registration:")
         lines.extend(f"{inner}{_INDENT}{format_check(check)}" for check in explained["checks"])
@@ -178,8 +209,11 @@ def format_callback(explained: Mapping[str, Any], indent: str = "") -> list[str]
     return [escaped(line) for line in lines]
 
 
-def format_explanation(reply: Any) -> str:
-    """The text of an ExplainCallbacks answer (the message or its ``as_plain`` dict)."""
+def format_explanation(reply: Any, *, now_unix: float | None = None) -> str:
+    """The text of an ExplainCallbacks answer (the message or its ``as_plain`` dict).
+
+    A clock atom's due time is said relative to ``now_unix`` (this moment when None).
+    """
     plain = _plain(reply)
     label = f" {plain['label']!r}" if plain["label"] else ""
     shown = plain["name"] and plain["name"] != plain["label"]
@@ -190,7 +224,7 @@ def format_explanation(reply: Any) -> str:
         lines.append(f"{_INDENT}no callbacks")
     for explained in plain["callbacks"]:
         lines.append("")
-        lines.extend(format_callback(explained))
+        lines.extend(format_callback(explained, now_unix=now_unix))
     return "\n".join(escaped(line) for line in lines)
 
 

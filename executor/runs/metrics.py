@@ -318,11 +318,14 @@ class ReadingsCollector(Collector):
         )
         yield gauge("queue_limit", "Runs allowed to wait (max_queue).", r.queue_limit)
         yield gauge(
-            "outbox_pending", "Results waiting in the outbox for the supervisor.", r.outbox_pending
+            "outbox_pending",
+            "Results waiting in the outbox for the supervisor (in a fleet, the shared outbox's).",
+            r.outbox_pending,
         )
         yield gauge(
             "outbox_dead_letters",
-            "Results set aside instead of delivered (cbexec outbox dead).",
+            "Results set aside instead of delivered (cbexec outbox dead); in a fleet, the "
+            "shared outbox's.",
             r.outbox_dead_letters,
         )
         yield gauge(
@@ -338,10 +341,15 @@ class ReadingsCollector(Collector):
             "Callbacks the trigger engine fired (events and timers).",
             r.callbacks_fired,
         )
-        yield gauge("trigger_jobs", "Jobs registered with the trigger engine.", r.trigger_jobs)
+        yield gauge(
+            "trigger_jobs",
+            "Jobs registered with the trigger engine (in a fleet, the shared store's).",
+            r.trigger_jobs,
+        )
         yield gauge(
             "trigger_callbacks",
-            "Callbacks registered with the trigger engine (universal copies included).",
+            "Callbacks registered with the trigger engine (universal copies included; in a "
+            "fleet, the shared store's).",
             r.trigger_callbacks,
         )
         yield gauge(

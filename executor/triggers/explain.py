@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from typing import Final
 
 from executor.model import Event
-from executor.triggers.evaluate import JobPlace, qube_to_unix
+from executor.triggers.errors import TriggerSyntaxError
+from executor.triggers.evaluate import JobPlace, next_fire, qube_to_unix
 from executor.triggers.nodes import (
     PLACEHOLDER,
     WILDCARD,
@@ -26,6 +27,7 @@ from executor.triggers.nodes import (
     atoms,
     render_atom,
 )
+from executor.triggers.parser import parse
 
 _VERBS: Final[dict[EventName, str]] = {
     EventName.COMPLETE: "completes",
@@ -152,8 +154,43 @@ def _describe_clock(atom: Atom) -> str:
 
 
 def _format_qube_time(qube_time: int) -> str:
-    moment = datetime.fromtimestamp(qube_to_unix(qube_time), tz=UTC)
-    return f"{moment:%Y-%m-%d %H:%M:%S} UTC (Qube time {qube_time})"
+    return f"{_utc(qube_to_unix(qube_time))} (Qube time {qube_time})"
+
+
+def _utc(unix_s: float) -> str:
+    return f"{datetime.fromtimestamp(unix_s, tz=UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def describe_due(atom_text: str, now_unix: float) -> str:
+    """When a clock atom is next due, for people; "" for an atom no clock fires.
+
+    ``due 2026-12-05 23:51:02 UTC (in 3600 s)``; a repeat says its next tick on its grid
+    after ``now_unix`` (``next tick ... (in 20 s), every 60 s``, or ``first tick ...,
+    then every 60 s`` before its start). It needs only the atom's canonical text, so
+    ``why``'s text works it out from the answer at the moment it prints it.
+    """
+    try:
+        atom = parse(atom_text, stored=True)
+    except TriggerSyntaxError:
+        return ""
+    if not isinstance(atom, Atom) or not atom.is_timed:
+        return ""
+    start, _, interval = atom.extra.partition("-")
+    first = qube_to_unix(int(start))
+    if not interval:
+        return f"due {_utc(first)} ({_from_now(first, now_unix)})"
+    if first >= now_unix:
+        return f"first tick {_utc(first)} ({_from_now(first, now_unix)}), then every {interval} s"
+    # The engine's own rule for a repeat's next tick, as if it had just ticked.
+    tick = next_fire(atom, now_unix, last_fired_unix=now_unix) or first
+    return f"next tick {_utc(tick)} ({_from_now(tick, now_unix)}), every {interval} s"
+
+
+def _from_now(unix_s: float, now_unix: float) -> str:
+    seconds = round(unix_s - now_unix)
+    if seconds == 0:
+        return "now"
+    return f"in {seconds} s" if seconds > 0 else f"{-seconds} s ago"
 
 
 def compact_names(names: Sequence[str], limit: int = 12) -> str:

@@ -1,14 +1,15 @@
-"""scripts/grafana-dashboard.json asks only for metrics a real executor's /metrics has."""
+"""scripts/grafana-dashboard.json asks only for metrics a real executor's /metrics has, and for each of them."""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
 import pytest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.service.test_http import fetch, url, web  # noqa: F401 - the fixture
@@ -67,15 +68,32 @@ def metric_names(expression: str) -> set[str]:
     return names
 
 
-def test_the_extractor_finds_metric_names_only() -> None:
-    assert metric_names(
-        'histogram_quantile(0.99, sum by (le, language) (rate(x_bucket{a="b(c)"}[$__rate_interval])))'
-        " / clamp_min(sum(y), 1e-9) and on (instance) z"
-    ) == {"x_bucket", "y", "z"}
+# A gauge's panel query: one aggregation over the chosen executors' samples of it.
+GAUGE_QUERY: Final = re.compile(r'(sum|max|min)\((\w+)\{instance=~"\$instance"\}\)')
+AGGREGATIONS: Final[dict[str, Callable[[Iterable[float]], float]]] = {
+    "sum": sum,
+    "max": max,
+    "min": min,
+}
 
 
-async def test_every_dashboard_metric_is_in_a_scrape(web: Any) -> None:  # noqa: F811
-    dashboard = json.loads(DASHBOARD.read_text())
+def load_dashboard() -> dict[str, Any]:
+    return dict(json.loads(DASHBOARD.read_text()))
+
+
+def shown(dashboard: dict[str, Any], gauge: str, values: Iterable[float]) -> float:
+    """What the dashboard shows for ``gauge`` when the executors report ``values``."""
+    queries = {
+        found.group(1)
+        for expression in expressions(dashboard)
+        if (found := GAUGE_QUERY.fullmatch(expression)) and found.group(2) == gauge
+    }
+    assert len(queries) == 1, f"{gauge}: panel queries {sorted(queries)}"
+    return float(AGGREGATIONS[queries.pop()](values))
+
+
+async def scrape_after_some_work(web: Any) -> list[Metric]:  # noqa: F811
+    """The metric families of a scrape after runs, a failure, a job and an event."""
     await run_py(web, "print('ok')", 1)
     await run_py(web, FAIL, 1)
     await web.client.register_job(
@@ -84,11 +102,20 @@ async def test_every_dashboard_metric_is_in_a_scrape(web: Any) -> None:  # noqa:
     await web.client.publish_event(name="complete", type="job", job_id=9, wait=True)
     status, _, scrape = await fetch(url(web, "/metrics"))
     assert status == 200
-    scraped = {
-        sample.name
-        for family in text_string_to_metric_families(scrape)
-        for sample in family.samples
-    }
+    return list(text_string_to_metric_families(scrape))
+
+
+def test_the_extractor_finds_metric_names_only() -> None:
+    assert metric_names(
+        'histogram_quantile(0.99, sum by (le, language) (rate(x_bucket{a="b(c)"}[$__rate_interval])))'
+        " / clamp_min(sum(y), 1e-9) and on (instance) z"
+    ) == {"x_bucket", "y", "z"}
+
+
+async def test_every_dashboard_metric_is_in_a_scrape(web: Any) -> None:  # noqa: F811
+    dashboard = load_dashboard()
+    families = await scrape_after_some_work(web)
+    scraped = {sample.name for family in families for sample in family.samples}
 
     wanted = {name for expression in expressions(dashboard) for name in metric_names(expression)}
 
@@ -97,3 +124,20 @@ async def test_every_dashboard_metric_is_in_a_scrape(web: Any) -> None:  # noqa:
     assert {p["datasource"]["uid"] for p in dashboard["panels"] if "datasource" in p} == {
         "${datasource}"
     }
+
+
+async def test_every_executor_metric_has_a_panel(web: Any) -> None:  # noqa: F811
+    dashboard = load_dashboard()
+    families = await scrape_after_some_work(web)
+    wanted = {name for expression in expressions(dashboard) for name in metric_names(expression)}
+
+    # *_created: prometheus_client's start time of each counter and histogram, not a reading.
+    unseen = [
+        family.name
+        for family in families
+        if family.name.startswith("cbexec_")
+        and not family.name.endswith("_created")
+        and not {sample.name for sample in family.samples} & wanted
+    ]
+
+    assert unseen == []

@@ -13,6 +13,8 @@ from executor.cli.farm import format_job
 from executor.cli.triggers import parse_target
 from executor.errors import ConfigError
 from executor.model import Event
+from executor.triggers.explain import describe_due
+from executor.triggers.nodes import QB_TIME_EPOCH_OFFSET
 from supervisor_client.client import as_plain
 from supervisor_client.qbcallback.v1 import executor_pb2, farm_pb2, types_pb2
 from tests.helpers.trigger_engines import Engines, Recorder
@@ -98,6 +100,75 @@ async def test_why_reads_as_the_readme_shows(engines: Engines) -> None:
     plain = as_plain(explanation_message(engine.explain(15)))
     assert format_explanation(plain) == text
     assert plain["callbacks"][0]["callback"]["per_work_item"] is True
+
+
+async def test_why_says_when_a_time_trigger_is_due(engines: Engines) -> None:
+    now = 1_800_000_000  # 2027-01-15 08:00:00 UTC
+    qube = now - QB_TIME_EPOCH_OFFSET
+    engine = engines(Recorder())
+    engine.register_job(
+        {
+            "id": 20,
+            "pgrp": 20,
+            "callbacks": [
+                cb(f"dummy-time-self-{qube + 3600}"),
+                cb(f"dummy-repeat-self-{qube + 60}-3600 && complete-job-self"),
+            ],
+        }
+    )
+
+    text = format_explanation(explanation_message(engine.explain(20)), now_unix=now)
+
+    lines = text.splitlines()
+    this_job = "this job: job 20 in pgrp 20"
+    once = f"dummy-time-self-{qube + 3600}"
+    assert f"    [0] {once}  ->  due 2027-01-15 09:00:00 UTC (in 3600 s); {this_job}" in lines
+    assert f"    {once}: due 2027-01-15 09:00:00 UTC (in 3600 s); {this_job}" in lines
+    repeat = f"dummy-repeat-self-{qube + 60}-3600"
+    first_tick = "first tick 2027-01-15 08:01:00 UTC (in 60 s), then every 3600 s"
+    assert f"    [0] {repeat}  ->  {first_tick}; {this_job}" in lines
+    assert f"    {repeat}: {first_tick}; {this_job}" in lines
+    # The other atom of that callback says no time.
+    assert f"    complete-job-self: {this_job}" in lines
+    # --json is unchanged: the time is worked out from the atom as the text is printed.
+    plain = as_plain(explanation_message(engine.explain(20)))
+    assert "(in 3600 s)" not in str(plain)
+    assert format_explanation(plain, now_unix=now) == text
+
+
+async def test_why_gives_no_next_tick_of_a_spent_repeat(engines: Engines) -> None:
+    # A spent callback's repeat is not ticked again.
+    now = 1_800_000_000
+    engine = engines(Recorder(), start=False, clock=lambda: now)
+    start = now - QB_TIME_EPOCH_OFFSET - 60
+    engine.register_job(
+        {"id": 21, "pgrp": 21, "callbacks": [cb(f"dummy-repeat-self-{start}-3600", maximum=1)]}
+    )
+    engine.fire_due_timers()
+
+    text = format_explanation(explanation_message(engine.explain(21)), now_unix=now)
+
+    assert "  spent: it has fired its maximum (1)" in text.splitlines()
+    assert "tick" not in text
+
+
+@pytest.mark.parametrize(
+    ("atom", "due"),
+    [
+        ("dummy-time-self-1000", "due 2000-01-01 05:16:40 UTC (40 s ago)"),
+        ("globaltime-1000", "due 2000-01-01 05:16:40 UTC (40 s ago)"),
+        ("dummy-time-self-1040", "due 2000-01-01 05:17:20 UTC (now)"),
+        # A repeat past its start: the next point of its grid after now.
+        ("dummy-repeat-self-1000-30", "next tick 2000-01-01 05:17:40 UTC (in 20 s), every 30 s"),
+        ("globalrepeat-1000-25", "next tick 2000-01-01 05:17:30 UTC (in 10 s), every 25 s"),
+        ("complete-job-self", ""),
+        ("global", ""),
+    ],
+)
+def test_a_clock_atoms_due_time_for_people(atom: str, due: str) -> None:
+    now = 1040 + QB_TIME_EPOCH_OFFSET
+
+    assert describe_due(atom, now) == due
 
 
 async def test_a_dry_run_says_why_per_callback(engines: Engines) -> None:
