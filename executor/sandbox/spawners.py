@@ -266,6 +266,9 @@ class ZygoteStatus:
     # False while the language starts its children cold after MAX_ZYGOTE_FAILURES failures
     # (until a zygote tried again works: ZYGOTE_RETRY_AFTER_S).
     warm: bool = True
+    # Whether it ran and is gone (it died, or was killed for not answering): the next
+    # child asked of it starts it again. False before its language's first callback.
+    died: bool = False
 
 
 def _counted(count: int, one: str, more: str) -> str:
@@ -724,6 +727,7 @@ class ZygoteSpawner:
                 zygote.pid or 0,
                 max(0, zygote.starts - 1),
                 self.warm(language),
+                died=zygote.pid is None and zygote.starts > 0,
             )
             for language, zygote in self._zygotes.items()
         )
