@@ -1010,9 +1010,7 @@ class Outbox:
                 await self._io(lambda: self._set_aside(seq, key, f"refused: {error}"))
                 return True
             if err.unreachable:
-                logger.warning(
-                    "outbox: delivery of %s failed (%s)", escaped(key), escaped(error)
-                )
+                logger.warning("outbox: delivery of %s failed (%s)", escaped(key), escaped(error))
                 # What answers next may be another supervisor (upgraded, replaced).
                 self._no_batches_since = None
                 return False  # nothing moves: back off as a whole
