@@ -36,6 +36,7 @@ from typing import Final
 
 from executor.child import protocol
 from executor.child.protocol import IsolationSpec, LaunchSpec, StartFrame
+from executor.logs import outside_any_run
 from executor.model import Limits
 from executor.policies import DEFAULT_UMASK, Policy, directories_now
 from executor.process_limit import OUT_OF_PROCESSES
@@ -514,8 +515,9 @@ class SandboxRunner:
         self, runtime: ChildRuntime, limits: Limits, cell: int, policy: Policy | None
     ) -> None:
         if self._prepare_ahead and not self._closing and cell not in self._prepared:
+            # For the cell's next run, whichever it is: not the run that ended.
             self._prepared[cell] = asyncio.create_task(
-                self._start(runtime, limits, cell, policy, ahead=True)
+                self._start(runtime, limits, cell, policy, ahead=True), context=outside_any_run()
             )
 
     @property

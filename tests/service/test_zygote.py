@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
+from executor import logs
 from executor.cli.metrics import format_metrics
 from executor.runtimes.child import PerlRuntime
 from executor.sandbox import spawners
@@ -150,6 +151,31 @@ async def test_a_dead_zygotes_discarded_children_leave_the_gauge_and_it_reads_di
     assert "<th>Prepared children</th><td>0</td>" in page, page
     (perl,) = [z for z in reply.zygotes if z.language == "perl"]
     assert (perl.pid, perl.died) == (0, False)  # never started: not a death
+
+
+async def test_a_dead_zygotes_error_names_no_run(
+    stack_warm: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The zygote's reader was registered while a run was served, and its callbacks ran
+    # in that run's context: the ERROR carried the id of a run that had ended long ago.
+    stack = stack_warm
+    (job,) = stack.supervisor.submit([{"name": "z", "user": "alice"}])
+    first = await stack.client.execute_callback(
+        language="python", code=ALIVE["python"], job=job, invocation_id="first-of-the-zygote"
+    )
+    assert first.outcome == executor_pb2.Outcome.OUTCOME_SUCCEEDED
+    await stack.running.runner.prepared_pids()
+    zygote = warm_spawner(stack).pid_of("python")
+    assert zygote is not None
+
+    caplog.handler.addFilter(logs.InvocationFilter())  # stamped as it is emitted
+    with caplog.at_level(logging.ERROR, logger="executor.sandbox.spawners"):
+        os.kill(zygote, signal.SIGKILL)
+        assert await eventually(lambda: bool(zygote_errors(caplog)), 10)
+
+    (record,) = [r for r in caplog.records if r.name == "executor.sandbox.spawners"]
+    assert "died" in record.getMessage()
+    assert record.invocation_id == "-"  # type: ignore[attr-defined]  # set by the filter
 
 
 def zygote_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
