@@ -427,7 +427,8 @@ async def test_a_failed_tries_words_are_logged_escaped_on_one_line(
     async def failing(*_: object) -> bool:
         raise DeliveryError(words, retryable=True, unreachable=unreachable)
 
-    receiver.deliver = failing  # type: ignore[method-assign]
+    # This one receiver fails every exchange, single or batched.
+    receiver.deliver = failing  # type: ignore[method-assign, assignment]
     if isinstance(receiver, BatchReceiver):
         receiver.deliver_many = failing  # type: ignore[method-assign, assignment]
     outbox = Outbox(tmp_path / "outbox.db", receiver, backoff=FAST, min_refusing_s=30)
