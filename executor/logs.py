@@ -25,6 +25,16 @@ _STANDARD: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None
 }
 
 
+def outside_any_run() -> contextvars.Context:
+    """A context of no run, for a reader, timer or task that outlives the run it was made in.
+
+    asyncio copies the current context into every callback and task: one made while a
+    run is served would stamp that run's invocation id on each line it logs, hours after
+    the run ended (a zygote's death, say). Executor-wide lines carry ``-``.
+    """
+    return contextvars.Context()
+
+
 class InvocationFilter(logging.Filter):
     """Adds ``record.invocation_id`` from the context of the request being served.
 

@@ -55,7 +55,9 @@ def metrics_message(snapshot: MetricsSnapshot) -> executor_pb2.GetMetricsRespons
         universal_callbacks=readings.universal_callbacks,
         universal_reload_errors=readings.universal_reload_errors,
         zygotes=[
-            executor_pb2.Zygote(language=z.language, pid=z.pid, restarts=z.restarts, warm=z.warm)
+            executor_pb2.Zygote(
+                language=z.language, pid=z.pid, restarts=z.restarts, warm=z.warm, died=z.died
+            )
             for z in readings.zygotes
         ],
         sandbox=executor_pb2.SandboxTier(

@@ -41,6 +41,18 @@ def _latency(name: str, histogram: Any) -> str:
     )
 
 
+def zygote_state(zygote: Any) -> str:
+    """A zygote's pid, or why it has none: not started yet, or died (and what comes next)."""
+    if zygote.pid:
+        return f"pid {zygote.pid}"
+    if not zygote.died:
+        return "not started"
+    # A language gone cold starts it again only when its retry is due (``warm`` says so).
+    return (
+        "not running (died; starts again at the next run)" if zygote.warm else "not running (died)"
+    )
+
+
 def format_metrics(m: Any) -> str:
     """The ``cbexec metrics`` text."""
     total = sum(m.runs_by_outcome.values())
@@ -81,9 +93,8 @@ def format_metrics(m: Any) -> str:
         ),
     ]
     for zygote in m.zygotes:
-        state = f"pid {zygote.pid}" if zygote.pid else "not started"
         lines.append(
-            f"{'zygote':<16}{zygote.language:<8}{state}, {zygote.restarts} restarts"
+            f"{'zygote':<16}{zygote.language:<8}{zygote_state(zygote)}, {zygote.restarts} restarts"
             + ("" if zygote.warm else ", failing: children start cold until a retry works")
         )
     active = [mech.name for mech in m.sandbox.mechanisms if mech.active]

@@ -967,7 +967,10 @@ class Outbox:
             duplicates = await transport.deliver_many([(key, payload) for _, key, payload in batch])
         except DeliveryError as err:
             self._last_error = str(err)
-            logger.info("outbox: a batch of %d was not delivered (%s)", len(batch), err)
+            # The receiver's words, escaped as the dead-letter line's (``_set_aside``).
+            logger.info(
+                "outbox: a batch of %d was not delivered (%s)", len(batch), escaped(str(err))
+            )
             return err
         if duplicates is None:
             # Said once; each later ask that gets the same answer only at DEBUG.
@@ -1007,7 +1010,7 @@ class Outbox:
                 await self._io(lambda: self._set_aside(seq, key, f"refused: {error}"))
                 return True
             if err.unreachable:
-                logger.warning("outbox: delivery of %s failed (%s)", key, err)
+                logger.warning("outbox: delivery of %s failed (%s)", escaped(key), escaped(error))
                 # What answers next may be another supervisor (upgraded, replaced).
                 self._no_batches_since = None
                 return False  # nothing moves: back off as a whole
@@ -1022,7 +1025,10 @@ class Outbox:
             # It waits its own backoff while the messages behind it go on.
             delay = self._backoff.delay(attempts, self._rng)
             logger.warning(
-                "outbox: delivery of %s failed (%s); retrying it in %.2fs", key, err, delay
+                "outbox: delivery of %s failed (%s); retrying it in %.2fs",
+                escaped(key),
+                escaped(error),
+                delay,
             )
             with writing(self._path, self._health):
                 self._ddb.execute(

@@ -36,6 +36,7 @@ from typing import Final
 
 from executor.child import protocol
 from executor.child.protocol import IsolationSpec, LaunchSpec, StartFrame
+from executor.logs import outside_any_run
 from executor.model import Limits
 from executor.policies import DEFAULT_UMASK, Policy, directories_now
 from executor.process_limit import OUT_OF_PROCESSES
@@ -514,14 +515,20 @@ class SandboxRunner:
         self, runtime: ChildRuntime, limits: Limits, cell: int, policy: Policy | None
     ) -> None:
         if self._prepare_ahead and not self._closing and cell not in self._prepared:
+            # For the cell's next run, whichever it is: not the run that ended.
             self._prepared[cell] = asyncio.create_task(
-                self._start(runtime, limits, cell, policy, ahead=True)
+                self._start(runtime, limits, cell, policy, ahead=True), context=outside_any_run()
             )
 
     @property
     def prepared(self) -> int:
-        """Children started ahead and not yet taken (those still starting included)."""
-        return len(self._prepared)
+        """Children started ahead, ready and still there, not yet taken.
+
+        A cell keeps its entry until its next run, also for a child that is gone since (its
+        zygote died, it was killed) or whose start failed: those are not counted, nor one
+        still starting.
+        """
+        return sum(1 for task in self._prepared.values() if _is_ready(task))
 
     async def prepared_pids(self) -> list[int]:
         """Pids of the children waiting for a run, once the ones being started are up.
@@ -963,6 +970,13 @@ class SandboxRunner:
         if cgroups is None or not cgroups.has_processes(cell):
             return []  # the common case: nothing left, no thread needed
         return await asyncio.to_thread(cgroups.kill_all, cell)
+
+
+def _is_ready(preparation: asyncio.Task[_Child]) -> bool:
+    """Whether a preparation has a child that waits for its run (started, and not ended)."""
+    if not preparation.done() or preparation.cancelled() or preparation.exception() is not None:
+        return False
+    return not preparation.result().handle.exited.is_set()
 
 
 def _made_for(

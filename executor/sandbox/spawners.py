@@ -34,6 +34,7 @@ from executor.child.protocol import (
     spawn_cell_fields,
 )
 from executor.errors import UnavailableError
+from executor.logs import outside_any_run
 from executor.policies import DEFAULT_UMASK
 from executor.process_limit import OUT_OF_PROCESSES
 from executor.runtimes.child import CHILD_RUNTIMES, LAUNCHER
@@ -266,6 +267,9 @@ class ZygoteStatus:
     # False while the language starts its children cold after MAX_ZYGOTE_FAILURES failures
     # (until a zygote tried again works: ZYGOTE_RETRY_AFTER_S).
     warm: bool = True
+    # Whether it ran and is gone (it died, or was killed for not answering): the next
+    # child asked of it starts it again. False before its language's first callback.
+    died: bool = False
 
 
 def _counted(count: int, one: str, more: str) -> str:
@@ -342,7 +346,8 @@ class _Zygote:
             theirs.close()
         self.starts += 1
         ours.setblocking(False)
-        asyncio.get_running_loop().add_reader(ours, self._on_message)
+        # The zygote serves every later run too: its reader belongs to no run.
+        outside_any_run().run(asyncio.get_running_loop().add_reader, ours, self._on_message)
         self._control = ours
         self._ping_unanswered = False
         logger.info("%s sandbox zygote started (pid %d)", self.language, self._process.pid)
@@ -400,7 +405,7 @@ class _Zygote:
         """Have the watchdog run (it stops by itself once nothing is owed)."""
         if self._watchdog is None and self._control is not None:
             self._watchdog = asyncio.get_running_loop().call_later(
-                ZYGOTE_PING_PERIOD_S, self._on_watchdog
+                ZYGOTE_PING_PERIOD_S, self._on_watchdog, context=outside_any_run()
             )
 
     def _owes_answers(self) -> bool:
@@ -724,6 +729,7 @@ class ZygoteSpawner:
                 zygote.pid or 0,
                 max(0, zygote.starts - 1),
                 self.warm(language),
+                died=zygote.pid is None and zygote.starts > 0,
             )
             for language, zygote in self._zygotes.items()
         )

@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 from executor.errors import CapacityError, UnavailableError
+from executor.logs import outside_any_run
 from executor.model import RunResult
 from executor.runs.outbox import Backoff
 from executor.triggers.store import PendingFiring, TriggerStore
@@ -165,7 +166,10 @@ class FiringWorker:
             and self._waiting
             and len(self._running) < self._max_parallel
         ):
-            task = asyncio.get_running_loop().create_task(self._run_event(self._waiting.popleft()))
+            # Its runs are the firings', not those of whichever call queued them.
+            task = asyncio.get_running_loop().create_task(
+                self._run_event(self._waiting.popleft()), context=outside_any_run()
+            )
             self._running.add(task)
             task.add_done_callback(self._finished)
 

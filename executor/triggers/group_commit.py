@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Generic, TypeVar
 
 from executor.errors import UnavailableError
+from executor.logs import outside_any_run
 from executor.model import Event
 
 T = TypeVar("T")
@@ -69,7 +70,8 @@ class GroupCommit(Generic[T]):
         answer: asyncio.Future[R] = loop.create_future()
         self._waiting.append(_Call(list(events), then, answer))
         if self._drainer is None or self._drainer.done():
-            self._drainer = loop.create_task(self._drain())
+            # It applies every caller's groups (and runs their ``then``): not this one's alone.
+            self._drainer = loop.create_task(self._drain(), context=outside_any_run())
         return await answer
 
     async def close(self) -> None:

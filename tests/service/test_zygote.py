@@ -16,6 +16,8 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
+from executor import logs
+from executor.cli.metrics import format_metrics
 from executor.runtimes.child import PerlRuntime
 from executor.sandbox import spawners
 from executor.sandbox.spawners import (
@@ -24,6 +26,7 @@ from executor.sandbox.spawners import (
     ZYGOTE_PING_PERIOD_S,
     ZygoteSpawner,
 )
+from executor.web.status_pages import health_body
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, running_stack, stack_settings
 from tests.helpers.clock import Clock
@@ -113,6 +116,66 @@ async def test_a_dead_zygote_is_logged_with_the_runs_it_cost(
     assert f"(pid {zygote}) died: 1 callback running in it reported KILLED" in line, line
     assert "2 children prepared for runs discarded" in line, line
     assert "lost" not in line
+
+
+async def test_a_dead_zygotes_discarded_children_leave_the_gauge_and_it_reads_died(
+    stack_warm: Stack,
+) -> None:
+    # Two cells with a child prepared for their next run; the zygote dies and takes them.
+    # They were counted until a run came to each cell, and the zygote read "not started".
+    stack = stack_warm
+    (job,) = stack.supervisor.submit([{"name": "z", "user": "alice"}])
+    await asyncio.gather(
+        *(
+            stack.client.execute_callback(language="python", code=ALIVE["python"], job=job)
+            for _ in range(2)
+        )
+    )
+    assert len(await stack.running.runner.prepared_pids()) == 2
+    spawner = warm_spawner(stack)
+    zygote = spawner.pid_of("python")
+    assert zygote is not None
+    assert (await stack.client.get_metrics()).prepared_children == 2
+
+    os.kill(zygote, signal.SIGKILL)
+    assert await eventually(lambda: spawner.pid_of("python") is None, 10)
+    reply = await stack.client.get_metrics()
+
+    assert reply.prepared_children == 0
+    (python,) = [z for z in reply.zygotes if z.language == "python"]
+    assert (python.pid, python.died) == (0, True)
+    state = "not running (died; starts again at the next run)"
+    assert f"python  {state}, 0 restarts" in format_metrics(reply)
+    page = str(health_body(SimpleNamespace(health=lambda: "SERVING", metrics=lambda: reply)))
+    assert state in page
+    assert "<th>Prepared children</th><td>0</td>" in page, page
+    (perl,) = [z for z in reply.zygotes if z.language == "perl"]
+    assert (perl.pid, perl.died) == (0, False)  # never started: not a death
+
+
+async def test_a_dead_zygotes_error_names_no_run(
+    stack_warm: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The zygote's reader was registered while a run was served, and its callbacks ran
+    # in that run's context: the ERROR carried the id of a run that had ended long ago.
+    stack = stack_warm
+    (job,) = stack.supervisor.submit([{"name": "z", "user": "alice"}])
+    first = await stack.client.execute_callback(
+        language="python", code=ALIVE["python"], job=job, invocation_id="first-of-the-zygote"
+    )
+    assert first.outcome == executor_pb2.Outcome.OUTCOME_SUCCEEDED
+    await stack.running.runner.prepared_pids()
+    zygote = warm_spawner(stack).pid_of("python")
+    assert zygote is not None
+
+    caplog.handler.addFilter(logs.InvocationFilter())  # stamped as it is emitted
+    with caplog.at_level(logging.ERROR, logger="executor.sandbox.spawners"):
+        os.kill(zygote, signal.SIGKILL)
+        assert await eventually(lambda: bool(zygote_errors(caplog)), 10)
+
+    (record,) = [r for r in caplog.records if r.name == "executor.sandbox.spawners"]
+    assert "died" in record.getMessage()
+    assert record.invocation_id == "-"  # type: ignore[attr-defined]  # set by the filter
 
 
 def zygote_errors(caplog: pytest.LogCaptureFixture) -> list[str]:

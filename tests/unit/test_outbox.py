@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import sqlite3
 import time
@@ -400,6 +401,49 @@ async def test_a_refusal_is_logged_on_one_line_with_its_control_characters_escap
         "refused\\n\\x1b[2J\\x1b[31mFAKE LINE \\u202eevil"
     )
     assert letter.last_error == f"refused: {refusal}"  # kept as said: --json shows it JSON-escaped
+
+
+@pytest.mark.parametrize(
+    ("unreachable", "lines"),
+    [
+        # Answered: the batch's line, then each result's own backoff.
+        (False, ["a batch of 2 was not delivered ({})", "delivery of a failed ({}); retrying"]),
+        # Out of reach (a receiver without batches): each result's line, then the outage's.
+        (True, ["delivery of a failed ({})", "retrying in"]),
+    ],
+)
+async def test_a_failed_tries_words_are_logged_escaped_on_one_line(
+    tmp_path: Path, unreachable: bool, lines: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A retried result's lines escape the supervisor's words, as the dead-letter line does.
+
+    They were written raw: a newline forged a log line, an ESC reached the terminal.
+    """
+    words = "boom\n2026-12-05 22:00:00,000 ERROR executor.server [-] FORGED\x1b[2J"
+    shown = "boom\\n2026-12-05 22:00:00,000 ERROR executor.server [-] FORGED\\x1b[2J"
+    supervisor = ReferenceSupervisor(":memory:")
+    receiver = ReferenceReceiver(supervisor) if unreachable else BatchReceiver(supervisor)
+
+    async def failing(*_: object) -> bool:
+        raise DeliveryError(words, retryable=True, unreachable=unreachable)
+
+    # This one receiver fails every exchange, single or batched.
+    receiver.deliver = failing  # type: ignore[method-assign, assignment]
+    if isinstance(receiver, BatchReceiver):
+        receiver.deliver_many = failing  # type: ignore[method-assign, assignment]
+    outbox = Outbox(tmp_path / "outbox.db", receiver, backoff=FAST, min_refusing_s=30)
+    caplog.set_level(logging.INFO, logger="executor.runs.outbox")
+    outbox.start()
+    outbox.put("a", payload(0))
+    outbox.put("b", payload(1))
+    wanted = [line.format(shown) for line in lines]
+
+    def logged() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "executor.runs.outbox"]
+
+    assert await eventually(lambda: all(any(w in line for line in logged()) for w in wanted))
+    await outbox.close()
+    assert not [line for line in logged() if "\n" in line or "\x1b" in line], logged()
 
 
 class FailingReceiver(ReferenceReceiver):

@@ -2096,13 +2096,21 @@ class Zygote(_message.Message):
     PID_FIELD_NUMBER: _builtins.int
     RESTARTS_FIELD_NUMBER: _builtins.int
     WARM_FIELD_NUMBER: _builtins.int
+    DIED_FIELD_NUMBER: _builtins.int
     language: _builtins.str
     pid: _builtins.int
-    """0 while it is not running (before its language's first callback)."""
+    """0 while it is not running: before its language's first callback, and after
+    it died (see died).
+    """
     restarts: _builtins.int
     """Times it was started again after the first."""
     warm: _builtins.bool
     """False once the language fell back to starting every child cold."""
+    died: _builtins.bool
+    """It ran and is gone (it died, or was killed for not answering), with the children
+    it had prepared for runs: the next child asked of it starts it again. False
+    before its language's first callback and while it runs.
+    """
     def __init__(
         self,
         *,
@@ -2110,10 +2118,11 @@ class Zygote(_message.Message):
         pid: _builtins.int = ...,
         restarts: _builtins.int = ...,
         warm: _builtins.bool = ...,
+        died: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["language", b"language", "pid", b"pid", "restarts", b"restarts", "warm", b"warm"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["died", b"died", "language", b"language", "pid", b"pid", "restarts", b"restarts", "warm", b"warm"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
