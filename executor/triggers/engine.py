@@ -1000,7 +1000,8 @@ class TriggerEngine:
         Returns:
             The callbacks it fired, with their results when ``wait`` (a refused run is
             retried until it runs; a result is None when the run raised), and whether
-            it was a repeat.
+            it was a repeat. A repeat fires nothing; with ``wait`` it answers with what
+            its id fired when first applied, once run (``_first_firings``).
 
         Raises:
             UnavailableError: the engine is closing (the event was not applied, unless it
