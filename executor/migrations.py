@@ -75,7 +75,7 @@ CREATE TABLE IF NOT EXISTS fleet_versions (
 def _steps() -> list[str]:
     """Migration steps, oldest first; step n brings a database to version n."""
     from executor.runs import history, history_size, outbox
-    from executor.triggers import event_ids, states, store
+    from executor.triggers import decided_firings, event_ids, states, store
 
     return [
         pg_ddl(
@@ -109,6 +109,10 @@ def _steps() -> list[str]:
         # (RunIdentity.fired). The runs recorded before read as not fired: which were is
         # not known. (A database made at an earlier version by this code has the column.)
         "ALTER TABLE runs ADD COLUMN IF NOT EXISTS fired BIGINT NOT NULL DEFAULT 0;",
+        # What each event fired, for a resent event that waits (decided_firings.py). The
+        # ids seen before read as firing nothing. (A database made at an earlier version by
+        # this code has the column.)
+        decided_firings.PG_COLUMN,
     ]
 
 

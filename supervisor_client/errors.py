@@ -13,6 +13,7 @@ says so.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
 
@@ -64,10 +65,34 @@ _CLASS_BY_CODE: Final[dict[grpc.StatusCode, type[ExecutorRpcError]]] = {
 }
 
 
+# gRPC's words when a fleet channel's health checks (targets.py) leave it no executor:
+# "connections to all backends failing; last error: ipv4:10.0.0.1:50051: backend unhealthy".
+_ALL_UNHEALTHY: Final = re.compile(r"last error: (?:ipv[46]:)?(\S+): backend unhealthy")
+
+
+def _explained(code: grpc.StatusCode, details: str) -> str:
+    """``details``, saying in plain words what gRPC's text means where it is cryptic.
+
+    Every executor of a fleet NOT_SERVING (its storage cannot record results: a full
+    disk, PostgreSQL down; or it is stopping) leaves the channel nothing to call, even
+    for a read such as GetMetrics, and gRPC says only "backend unhealthy": the executor
+    answers why when asked directly, so the error says whom to ask.
+    """
+    unhealthy = _ALL_UNHEALTHY.search(details)
+    if code != grpc.StatusCode.UNAVAILABLE or unhealthy is None:
+        return details
+    return (
+        "no executor of the fleet is SERVING (each reports NOT_SERVING: its storage cannot"
+        " record results, e.g. a full disk or PostgreSQL unreachable, or it is stopping);"
+        " ask one by its own address for why, e.g."
+        f" `cbexec metrics --address {unhealthy.group(1)}` (storage_problem) [{details}]"
+    )
+
+
 def from_rpc_error(err: grpc.aio.AioRpcError) -> ExecutorRpcError:
     """The typed error for a failed call (the caller chains it with ``raise ... from err``)."""
     code = err.code()
-    return _CLASS_BY_CODE.get(code, ExecutorRpcError)(code, err.details() or "")
+    return _CLASS_BY_CODE.get(code, ExecutorRpcError)(code, _explained(code, err.details() or ""))
 
 
 async def checked_call(closed: bool, call: Callable[[], Awaitable[_Response]]) -> _Response:

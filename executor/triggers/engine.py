@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import logging
 import time
 import uuid
@@ -59,6 +58,7 @@ from executor.runs.outbox import Backoff
 from executor.sql import Db, StoreConflict, pipelined
 from executor.triggers import (
     checks,
+    decided_firings,
     event_ids,
     group_reads,
     items,
@@ -362,15 +362,14 @@ class TriggerEngine:
         self._clock = clock
         self._timer_wakeup = asyncio.Event()
         self._timers: asyncio.Task[None] | None = None
-        result_of_record = None
-        if store.fleet and recorded_result is not None:
-            result_of_record = functools.partial(self._result_of_record, recorded_result)
+        self._recorded_result = recorded_result
         self._firings = FiringWorker(
             store,
             self._run_firing,
             max_parallel_events=max_parallel_events,
             retry=retry,
-            result_of_record=result_of_record,
+            # A fenced run's waiter (fleet only: a single executor's claims always hold).
+            result_of_record=self._result_of_record if store.fleet and recorded_result else None,
         )
         self._journal = journal_limits
         self._universal_version = store.fleet_version(UNIVERSAL_VERSION) if store.fleet else 0
@@ -840,6 +839,7 @@ class TriggerEngine:
         )
         self._own(db, batch, decision.firings)
         deferred.entries.extend(decision.entries)
+        deferred.fired(event, decision.fired)
         if event.name == EventName.REMOVED and event.type == EventType.JOB:
             deferred.flush(db)  # what waits for the job's states is written before they go
             TriggerStore.forget_job(db, event.job_id)
@@ -928,6 +928,7 @@ class TriggerEngine:
                 hits_by_key=hits_by_key,
             )
             deferred.entries.extend(decision.entries)
+            deferred.fired(event, decision.fired)
             applied.append((decision, False))
         last = events[-1]
         # What the segment wrote, in one round trip (the group's own reads are done).
@@ -999,7 +1000,8 @@ class TriggerEngine:
         Returns:
             The callbacks it fired, with their results when ``wait`` (a refused run is
             retried until it runs; a result is None when the run raised), and whether
-            it was a repeat.
+            it was a repeat. A repeat fires nothing; with ``wait`` it answers with what
+            its id fired when first applied, once run (``_first_firings``).
 
         Raises:
             UnavailableError: the engine is closing (the event was not applied, unless it
@@ -1019,11 +1021,33 @@ class TriggerEngine:
         decision, duplicate, futures = await self._group.submit([event], queued)
         if not wait:
             return decision.fired, duplicate
+        if duplicate:
+            return await self._first_firings(event.event_id), True
         results = await asyncio.gather(*futures)
         return [
             dataclasses.replace(fired, result=result)
             for fired, result in zip(decision.fired, results, strict=True)
         ], duplicate
+
+    async def _first_firings(self, event_id: str) -> list[Fired]:
+        """What a repeated event fired when first applied, each with its result once run.
+
+        Its firings may run here or at another replica (a resend after a failover), or
+        have run already: each result is the one of record, as a fenced waiter's is.
+        """
+
+        def read() -> list[Fired]:
+            with self._store.outside_transaction() as db:
+                return decided_firings.fired_by(db, event_id)
+
+        fired = await asyncio.to_thread(read)
+        results = await asyncio.gather(
+            *(self._result_of_record(each.invocation_id) for each in fired)
+        )
+        return [
+            dataclasses.replace(each, result=result)
+            for each, result in zip(fired, results, strict=True)
+        ]
 
     def holds_firing(self, invocation_id: str) -> bool:
         """Whether a firing decided and not yet run to its end has this invocation id.
@@ -1077,21 +1101,23 @@ class TriggerEngine:
         )
         return replace(explained, callbacks=callbacks)
 
-    async def _result_of_record(
-        self, recorded_result: Callable[[str], RunResult | None], invocation_id: str
-    ) -> RunResult | None:
-        """The firing's result in the fleet's history, once the firing is done.
+    async def _result_of_record(self, invocation_id: str) -> RunResult | None:
+        """The firing's result in the history, once the firing is done.
 
-        The run of another replica that claimed it (or of this one again, if it claimed
-        it back). Looked for every ``RECORD_POLL_S``; None when the firing is done and its
-        run has not reached the history within ``RECORD_WAIT_S`` (the history refused it).
+        The run of whichever replica ran it last (in a fleet, another that claimed it, or
+        this one again), or of this executor since a restart. Looked for every
+        ``RECORD_POLL_S``; None when the firing is done and its run has not reached the
+        history within ``RECORD_WAIT_S`` (the history refused it, or has pruned it), or
+        there is no history to look in.
         """
         done_at: float | None = None
         loop = asyncio.get_running_loop()
         while True:
             try:
-                if not await asyncio.to_thread(self._store.holds_firing, invocation_id):
-                    result = await asyncio.to_thread(recorded_result, invocation_id)
+                if not await self._holds(invocation_id):
+                    if self._recorded_result is None:
+                        return None
+                    result = await asyncio.to_thread(self._recorded_result, invocation_id)
                     if result is not None:
                         return result
                     done_at = loop.time() if done_at is None else done_at
@@ -1100,6 +1126,12 @@ class TriggerEngine:
             except UnavailableError as err:  # PostgreSQL away for now: look again
                 logger.debug("firing %s: its result of record: %s", invocation_id, err)
             await asyncio.sleep(RECORD_POLL_S)
+
+    async def _holds(self, invocation_id: str) -> bool:
+        """``holds_firing`` off the loop where it reads the store (a fleet's)."""
+        if self._store.fleet:
+            return await asyncio.to_thread(self._store.holds_firing, invocation_id)
+        return self._firings.holds(invocation_id)
 
     async def _run_firing(self, firing: PendingFiring) -> RunResult:
         """Run one queued firing in the context of its job and event (the worker's ``run``).

@@ -121,7 +121,8 @@ CREATE TABLE IF NOT EXISTS firings (
 );
 CREATE TABLE IF NOT EXISTS seen_events (
     event_id TEXT PRIMARY KEY,
-    seen_at REAL NOT NULL
+    seen_at REAL NOT NULL,
+    fired_json TEXT NOT NULL DEFAULT ''
 );
 """
 # Created after the columns they index exist (a database from before them gets those first).
@@ -150,6 +151,8 @@ _ADDED_COLUMNS: Final = (
     ("firings", "epoch", "INTEGER NOT NULL DEFAULT 0"),
     # Jobs registered before registrations were numbered get numbers at the upgrade.
     ("jobs", "registration", "INTEGER NOT NULL DEFAULT 0"),
+    # What each event fired (decided_firings.py); ids seen before read as firing nothing.
+    ("seen_events", "fired_json", "TEXT NOT NULL DEFAULT ''"),
 )
 # SQLite's stand-in for PostgreSQL's sequence ``job_registrations`` (migrations.py): the
 # last number a job's registration was given. A counter of its own, not the largest

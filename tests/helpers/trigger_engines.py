@@ -24,11 +24,16 @@ class Recorder:
     def __init__(self) -> None:
         self.runs: list[Invocation] = []
         self._changed = asyncio.Event()
+        # What each run returned, by invocation id: the history an engine's
+        # ``recorded_result`` reads.
+        self.results: dict[str, RunResult] = {}
 
     async def __call__(self, invocation: Invocation) -> RunResult:
         self.runs.append(invocation)
         self._changed.set()
-        return RunResult(invocation.invocation_id, Outcome.SUCCEEDED)
+        result = RunResult(invocation.invocation_id, Outcome.SUCCEEDED)
+        self.results[invocation.invocation_id] = result
+        return result
 
     @property
     def codes(self) -> list[str]:

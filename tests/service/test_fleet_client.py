@@ -129,6 +129,39 @@ async def test_an_executor_that_is_not_serving_gets_no_calls_until_it_serves_aga
                 await channel.close()
 
 
+async def test_a_fleet_none_of_whose_executors_serve_says_so_and_whom_to_ask(
+    tmp_path: Path,
+) -> None:
+    """No executor SERVING: the error says so and whom to ask, not only "backend unhealthy".
+
+    A full disk here; in a fleet, PostgreSQL down makes every replica NOT_SERVING alike.
+    """
+    with small_tmpfs(tmp_path / "disk", 16 << 20) as disk:
+        async with executor(disk / "a", 1) as a:
+            direct_a = f"127.0.0.1:{a.port}"
+            channel = grpc.aio.insecure_channel(direct_a)
+            try:
+                fill(disk)
+                async with ExecutorClient(direct_a) as only_a:
+                    for n in range(30):  # A answers until a write of its own fails
+                        try:
+                            await run(only_a, n)
+                        except RetryableError:
+                            break
+                assert await eventually(lambda: _status(channel, NOT_SERVING), timeout_s=10)
+
+                # "ipv4:" names a fleet (of one here): health-checked, round-robin.
+                async with ExecutorClient(f"ipv4:{direct_a}") as fleet:
+                    with pytest.raises(RetryableError) as refused:
+                        await fleet.get_metrics(timeout=10)
+            finally:
+                await channel.close()
+    said = refused.value.details
+    assert said.startswith("no executor of the fleet is SERVING"), said
+    assert f"cbexec metrics --address {direct_a}" in said, said
+    assert "backend unhealthy" in said, said  # gRPC's own words stay, at the end
+
+
 async def test_a_fleet_named_by_dns_is_reached_through_its_records(tmp_path: Path) -> None:
     """A DNS name: every record of localhost; the one with an executor takes every call.
 

@@ -199,6 +199,45 @@ async def test_repeated_event_id_is_ignored(engines: Engines) -> None:
     assert duplicate and len(recorder.runs) == 1
 
 
+async def test_a_waiting_resend_after_a_restart_answers_once_the_first_firings_ran(
+    engines: Engines,
+) -> None:
+    # The event was applied (its firing decided) and the executor stopped before running it;
+    # the publisher, not answered, sends it again with wait after the restart.
+    crashed = engines(Recorder(), start=False)
+    crashed.register_job(job(3, ("complete-job-1", "unblock-self"), ("complete-job-1", "mail")))
+    decided, _ = await crashed.publish(Event("complete", "job", 1, event_id="e1"), wait=False)
+    gated = Gated()
+    restarted = engines(gated, recorded_result=gated.results.get)
+
+    resend = asyncio.ensure_future(
+        restarted.publish(Event("complete", "job", 1, event_id="e1"), wait=True)
+    )
+    await gated.ran(1)
+    gated.open("unblock-self")
+    await gated.ran(2)
+    assert not resend.done()  # "mail" has not ended yet
+    gated.open("mail")
+    fired, duplicate = await asyncio.wait_for(resend, timeout=10)
+
+    assert duplicate
+    assert [(f.invocation_id, f.callback.callback_id) for f in fired] == [
+        (f.invocation_id, f.callback.callback_id) for f in decided
+    ]
+    assert [f.result for f in fired] == [gated.results[f.invocation_id] for f in decided]
+    assert len(gated.runs) == 2  # nothing decided again
+
+
+async def test_a_waiting_resend_of_an_event_that_fired_nothing_answers_at_once(
+    engines: Engines,
+) -> None:
+    engine = engines(Recorder())
+    engine.register_job(job(3, ("complete-job-2", "x")))
+    await engine.publish(Event("complete", "job", 1, event_id="e1"), wait=True)
+    fired, duplicate = await engine.publish(Event("complete", "job", 1, event_id="e1"), wait=True)
+    assert duplicate and fired == []
+
+
 def test_duplicate_label_and_bad_trigger_are_refused(tmp_path: Path) -> None:
     engine = engine_at(tmp_path, Recorder())
     engine.register_job(job(1, label="a", pgrp=1))

@@ -768,9 +768,14 @@ class PublishEventRequest(_message.Message):
     dropped from job events.
     """
     event_id: _builtins.str
-    """Idempotency key: a repeated event_id is acknowledged and ignored."""
+    """Idempotency key: a repeated event_id is acknowledged and ignored (it
+    decides nothing again), within event_id_retention_hours.
+    """
     wait: _builtins.bool
-    """Answer only after the fired callbacks have run (their results inline)."""
+    """Answer only after the fired callbacks have run (their results inline). A
+    repeated event_id with wait answers once the callbacks its first
+    application fired have run, wherever they ran, with their results of record.
+    """
     def __init__(
         self,
         *,
@@ -933,7 +938,11 @@ class PublishEventResponse(_message.Message):
     FIRED_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
     duplicate: _builtins.bool
-    """True when event_id had been seen before (nothing was done)."""
+    """True when event_id had been seen before (nothing was decided again).
+    Without wait, fired is then empty; with wait, it lists what the event fired
+    when first applied (same invocation ids), each with its result once run (no
+    result for a run the history does not have 30 s after it ended).
+    """
     @_builtins.property
     def fired(self) -> _containers.RepeatedCompositeFieldContainer[Global___Firing]:
         """In firing order: by owning job id, then callback id (universal callbacks
