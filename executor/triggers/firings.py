@@ -17,7 +17,10 @@ queue holds; a firing leaves the queue when its run has ended:
   event's results (``PublishEvent(wait=True)``) gets them through futures; if it goes
   away, the runs go on: they are durable work, not the caller's. In a fleet, a run
   whose claim was lost while it ran (the replica stalled past its lease) is not the
-  firing's: its waiter gets the result of record, the re-run's, once there is one.
+  firing's: its waiter gets the result of record, the re-run's, once there is one. A
+  queued firing whose claim was lost before its run started (the replica stalled or
+  lost PostgreSQL for longer than a lease while it waited) is not run here at all: the
+  replica that claimed it runs it, and its waiter is answered the same way.
 * The queue is mirrored in memory: the engine is the store's only writer, so the
   worker loads the queue once, when the engine is built (the firings decided before a
   restart), and the engine hands it each firing it decides after the commit.
@@ -220,10 +223,14 @@ class FiringWorker:
     async def _run_one(self, firing: PendingFiring) -> tuple[RunResult | None, bool]:
         """Run a firing until it is not refused; it then leaves the queue.
 
-        Returns its result and whether this replica's claim on it held to the end.
+        Returns its result and whether this replica's claim on it held to the end; in a
+        fleet, a firing whose claim was lost before its run started is not run (None, False).
         """
         refusals = 0
         while True:
+            if not await self._still_claimed(firing):
+                self._queued_ids.discard(firing.invocation_id)
+                return None, False
             try:
                 result: RunResult | None = await self._run(firing)
             except (CapacityError, UnavailableError) as err:
@@ -250,6 +257,43 @@ class FiringWorker:
             held = await self._done(firing)
             self._queued_ids.discard(firing.invocation_id)
             return result, held
+
+    async def _still_claimed(self, firing: PendingFiring) -> bool:
+        """Whether this replica may start the firing's run: in a fleet, its claim still holds.
+
+        Checked before each start, not only at the result's commit: a replica that
+        stalled or lost PostgreSQL for longer than a lease comes back to a queue whose
+        firings another replica may have claimed, run and marked done meanwhile; running
+        them again would repeat every effect of a firing already done. One indexed read
+        per start, waiting out a store that is unreachable for now (nothing is known).
+        """
+        if not self._store.fleet:
+            return True
+        failures = 0
+        while True:
+            try:
+                held = self._store.claim_holds(firing.invocation_id, firing.epoch)
+            except UnavailableError as err:
+                failures += 1
+                delay = self._retry.delay(failures, self._rng)
+                logger.warning(
+                    "firing %s: checking this replica's claim before its run: %s (retrying "
+                    "once the storage is sound)",
+                    firing.invocation_id,
+                    err,
+                )
+                await asyncio.sleep(delay)
+                await self._store.sound()
+                continue
+            if not held:
+                logger.warning(
+                    "firing %s of callback %s was claimed by another replica while this one "
+                    "was away (its lease ran out): not run here; that replica's run is the "
+                    "firing's",
+                    firing.invocation_id,
+                    firing.callback.callback_id,
+                )
+            return held
 
     async def _done(self, firing: PendingFiring) -> bool:
         """Take the firing off the queue, waiting out a store that is unreachable for now.
