@@ -61,6 +61,13 @@ CALLER_DEADLINE: Final = "the caller's deadline passed"
 _DEADLINE_SLACK_S: Final = 0.05
 
 
+def in_progress(invocation_id: str) -> str:
+    """The refusal of a run whose invocation id a run still in progress has."""
+    return (
+        f"a run with invocation_id {invocation_id!r} is still in progress; retry once it has ended"
+    )
+
+
 # A failure's first line is enough to tell runs apart in a log; the whole is in the history.
 MAX_LOGGED_FAILURE_CHARS: Final = 200
 
@@ -340,10 +347,7 @@ class Dispatcher:
     ) -> tuple[_Run, asyncio.Task[RunResult]]:
         """Take a place for the run (CapacityError) and start the task that owns it."""
         if invocation.invocation_id in self._runs:
-            raise UnavailableError(
-                f"a run with invocation_id {invocation.invocation_id!r} is still in progress; "
-                "retry once it has ended"
-            )
+            raise UnavailableError(in_progress(invocation.invocation_id))
         ticket = self._slots.ticket(fired=fired, request_bytes=request_bytes)
         run = _Run(invocation, language, RunStop(), fired=fired)
         task = run.task = asyncio.create_task(

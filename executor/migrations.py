@@ -14,7 +14,8 @@ or one whose recorded version lacks the tables that version has (``_MADE_BY_STEP
 
 The tables are the SQLite stores' own (one spelling, translated by ``sql.pg_ddl``): the
 trigger store's, the outbox's and the run history's, plus ``fleet_versions`` (what every
-replica must reload, e.g. the universal callbacks) and the sequence ``job_registrations``
+replica must reload, e.g. the universal callbacks), ``execute_claims`` (the invocation ids
+of Executes in progress) and the sequence ``job_registrations``
 (SQLite keeps a counter row instead: store.SQLITE_REGISTRATION_COUNTER). The history's runs also keep their
 size here (``size_bytes``, for its byte bound: an SQLite history reads its pages instead).
 """
@@ -58,6 +59,7 @@ _MADE_BY_STEP: Final[dict[int, tuple[str, ...]]] = {
     ),
     4: ("unregistered_submissions",),
     6: ("job_registrations",),
+    9: ("execute_claims",),
 }  # fmt: skip
 # What the executor's statements do to each of its tables (it never changes the schema),
 # and to its sequences (nextval); cbexec_schema it only reads.
@@ -74,7 +76,7 @@ CREATE TABLE IF NOT EXISTS fleet_versions (
 
 def _steps() -> list[str]:
     """Migration steps, oldest first; step n brings a database to version n."""
-    from executor.runs import history, history_size, outbox
+    from executor.runs import history, history_size, invocation_ids, outbox
     from executor.triggers import decided_firings, event_ids, states, store
 
     return [
@@ -113,6 +115,9 @@ def _steps() -> list[str]:
         # ids seen before read as firing nothing. (A database made at an earlier version by
         # this code has the column.)
         decided_firings.PG_COLUMN,
+        # The invocation ids of Executes in progress, each claimed by its replica
+        # (invocation_ids.FleetIds): a run of the id at another replica is refused meanwhile.
+        invocation_ids.CLAIMS_SCHEMA,
     ]
 
 

@@ -255,7 +255,12 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             )
         fleet_ids = None
         if trigger_store.fleet:  # Execute's id checks: one round trip to the shared store
-            fleet_ids = FleetIds(trigger_store.outside_transaction, recorder.pending)
+            fleet_ids = FleetIds(
+                trigger_store.outside_transaction,
+                recorder.pending,
+                owner=trigger_store.owner,
+                lease_s=trigger_store.lease_s,
+            )
         edge = api_edge.build(
             settings,
             credentials,
@@ -266,7 +271,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             farm=farm,
             policies=policies,
             storage=storage_health,
-            id_use=fleet_ids,
+            ids=fleet_ids,
         )
         # The HTTP side port closes once the gRPC server has: until then its /healthz says
         # 503 NOT_SERVING (drain, below), so a load balancer sees a drain, not a crash.
@@ -275,6 +280,8 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         stack.push_async_callback(edge.close, STOP_GRACE_S)
         await edge.server.start()
         recorder.start()
+        if fleet_ids is not None:  # until the drain has ended the runs that hold claims
+            stack.push_async_callback(_stop_tasks, [asyncio.create_task(fleet_ids.renew_forever())])
 
         engine.start()  # firings decided before a restart run first, then new ones
         stack.push_async_callback(engine.close)

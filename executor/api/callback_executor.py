@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 
 from executor import logs
 from executor.api import convert
 from executor.api.errors import Context, grpc_errors
 from executor.api.interceptors import request_bytes
-from executor.dispatcher import Dispatcher
+from executor.dispatcher import Dispatcher, in_progress
 from executor.errors import AlreadyExistsError, PermissionDeniedError, UnavailableError
 from executor.model import Invocation, Limits
 from executor.policies import PolicySet
 from executor.runs.history import RunIdentity
-from executor.runs.invocation_ids import IdUse
+from executor.runs.invocation_ids import IdUse, InvocationIds
 from executor.storage import StorageHealth
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 
@@ -30,11 +31,11 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
         max_limits: Limits,
         policies: PolicySet | None = None,
         storage: StorageHealth | None = None,
-        id_use: Callable[[str], IdUse] = lambda _: IdUse(False, None),
+        ids: InvocationIds | None = None,
     ) -> None:
         self._dispatcher = dispatcher
         # What a caller's invocation id names already (executor.runs.invocation_ids).
-        self._id_use = id_use
+        self._ids = ids
         self._default_limits = default_limits
         self._max_limits = max_limits
         self._policies = policies
@@ -74,16 +75,38 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
             raise UnavailableError(
                 f"the executor cannot record results now, so it runs nothing: {problem}"
             )
-        if named_id:
-            await self._refuse_another_runs_id(invocation)
-        remaining = context.time_remaining()
-        deadline = None if remaining is None else time.monotonic() + remaining
-        result = await self._dispatcher.execute(
-            invocation, deadline=deadline, request_bytes=request_bytes.get()
-        )
+        with self._run_id_claimed(invocation) if named_id else contextlib.nullcontext():
+            remaining = context.time_remaining()
+            deadline = None if remaining is None else time.monotonic() + remaining
+            result = await self._dispatcher.execute(
+                invocation, deadline=deadline, request_bytes=request_bytes.get()
+            )
         return convert.response_from_result(result)
 
-    async def _refuse_another_runs_id(self, invocation: Invocation) -> None:
+    @contextlib.contextmanager
+    def _run_id_claimed(self, invocation: Invocation) -> Iterator[None]:
+        """The caller's id checked (and in a fleet, claimed) for the block's run.
+
+        On the loop: memory and one indexed read of a local file, or one round trip to
+        a fleet's store (as the result's commit is): a thread's hand-offs cost more. The
+        claim is given back once the block has ended: the run's result committed, or the
+        run refused.
+        """
+        if self._ids is None:
+            yield
+            return
+        use = self._ids.claim(invocation.invocation_id)
+        try:
+            self._refuse_another_runs_id(invocation, use)
+            if use.running:  # at another replica; one here the dispatcher refuses alike
+                raise UnavailableError(in_progress(invocation.invocation_id))
+            yield
+        finally:
+            if use.claimed:
+                self._ids.release(invocation.invocation_id)
+
+    @staticmethod
+    def _refuse_another_runs_id(invocation: Invocation, use: IdUse) -> None:
         """AlreadyExistsError when the id is a fired run's, or recorded for another run.
 
         A repeat of an Execute's run of the same callback (``RunIdentity``: its code is no
@@ -93,9 +116,7 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
         history.
         """
         invocation_id = invocation.invocation_id
-        # On the loop: memory and one indexed read of a local file, or one round trip to
-        # a fleet's store (as the result's commit is): a thread's hand-offs cost more.
-        firing, recorded = self._id_use(invocation_id)
+        firing, recorded = use.firing, use.recorded
         if firing:
             # Never a retry: the engine made the id. Run first, this call would take the
             # fired callback's place at the supervisor, its actions counted as repeats.

@@ -11,7 +11,6 @@ instead of silently taking a share of the calls.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -32,7 +31,7 @@ from executor.config import Settings
 from executor.dispatcher import Dispatcher
 from executor.heap_return import HeapTrimmer
 from executor.policies import PolicySet
-from executor.runs.invocation_ids import IdUse, LocalIds
+from executor.runs.invocation_ids import InvocationIds, LocalIds
 from executor.runs.metrics import Metrics
 from executor.runs.recorder import Recorder
 from executor.storage import StorageHealth
@@ -122,13 +121,13 @@ def build(
     farm: FarmServicer | None = None,
     policies: PolicySet | None = None,
     storage: StorageHealth | None = None,
-    id_use: Callable[[str], IdUse] | None = None,
+    ids: InvocationIds | None = None,
 ) -> Edge:
     """The server with every service registered and its port bound; not started yet.
 
     ``farm`` is the embedded supervisor's FarmService, registered only when given.
-    ``id_use``: what Execute asks of a caller's invocation id (a fleet's ``FleetIds``);
-    None: this executor's own firings and history.
+    ``ids``: what Execute asks of a caller's invocation id, and claims it with (a
+    fleet's ``FleetIds``); None: this executor's own firings and history.
     """
     server = grpc.aio.server(
         interceptors=security.server_interceptors(settings) or None,
@@ -148,7 +147,7 @@ def build(
             max_limits=settings.max_limits,
             policies=policies,
             storage=storage,
-            id_use=id_use or LocalIds(engine.holds_firing, recorder.recorded),
+            ids=ids or LocalIds(engine.holds_firing, recorder.recorded),
         ),
     )
     guarded.register(

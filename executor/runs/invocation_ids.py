@@ -1,32 +1,69 @@
-"""Whether a caller's invocation id is taken already: by a firing, or by a recorded run.
+"""Whether a caller's invocation id is taken already: by a firing, a recorded run, or a run in progress.
 
 ``Execute`` asks before it runs a callback under an id its caller chose
-(``CallbackExecutorServicer._refuse_another_runs_id``): a firing decided and not yet run
-to its end has it (the engine made it), or the history records (or is writing) a run
-under it, and whether the engine made that one (``RunIdentity.fired``). A single
-executor answers both at once from memory and a local file. A fleet's answers are in
-the shared store: asked apart they were two round trips on the request's path, so
-``FleetIds`` asks both in one statement.
+(``CallbackExecutorServicer._run_id_claimed``): a firing decided and not yet run to its
+end has it (the engine made it), or the history records (or is writing) a run under it,
+and whether the engine made that one (``RunIdentity.fired``). A single executor answers
+from memory and a local file, and its dispatcher refuses an id one of its runs has
+(``Dispatcher._admit``). A fleet's answers are in the shared store, and a run in progress
+at another replica is in neither the firings nor the history: so ``FleetIds`` also
+claims the id there for this run (table ``execute_claims``, under a lease this replica
+renews), in the one statement that asks the rest, and gives it back once the run's
+result is committed (or the run was refused). Two replicas asked at once cannot both
+claim it: the second is answered as one executor answers a run's id in progress.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, Protocol
 
+from executor.errors import DataLossError, UnavailableError
 from executor.runs import run_notes
 from executor.runs.history import RunIdentity
 from executor.sql import Db
 
-# One round trip: whether a firing holds the id, the run the history has under it, and
-# where it has none yet, the notes its outbox row keeps until it has: a run another
-# replica ended a moment ago is in neither the firings nor the history (probe 64).
+logger = logging.getLogger(__name__)
+
+# A fleet's Execute runs in progress, by invocation id (made by ``cbexec store migrate``).
+# ``lease_until``: the claiming replica's clock, as the firings' leases are.
+CLAIMS_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS execute_claims (
+    invocation_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    lease_until DOUBLE PRECISION NOT NULL
+);
+"""
+
+# One round trip: this run's claim on the id (taken where none holds it, or where the
+# claim's replica let its lease run out, or is this one), whether another replica's run
+# held it as the statement began, whether a firing holds it, the run the history has
+# under it, and where it has none yet, the notes its outbox row keeps until it has: a
+# run another replica ended a moment ago is in neither the firings nor the history
+# (probe 64). A claim given back between the statement's start and its insert was a run
+# ending: its record is newer than what the statement reads, so the id counts as in
+# progress still (``running``), and the claim just taken is given back.
 _QUERY: Final = (
-    "SELECT EXISTS (SELECT 1 FROM firings WHERE invocation_id = ?) AS firing,"
+    "WITH claim AS (INSERT INTO execute_claims (invocation_id, owner, lease_until)"
+    " VALUES (?, ?, ?) ON CONFLICT (invocation_id) DO UPDATE"
+    " SET owner = excluded.owner, lease_until = excluded.lease_until"
+    " WHERE execute_claims.lease_until < ? OR execute_claims.owner = excluded.owner"
+    " RETURNING 1)"
+    " SELECT EXISTS (SELECT 1 FROM claim) AS claimed,"
+    " EXISTS (SELECT 1 FROM execute_claims WHERE invocation_id = ? AND owner != ?"
+    " AND lease_until >= ?) AS running,"
+    " EXISTS (SELECT 1 FROM firings WHERE invocation_id = ?) AS firing,"
     " runs.job_id, runs.callback_id, runs.language, runs.triggers, runs.source, runs.fired,"
     " CASE WHEN runs.job_id IS NULL THEN (SELECT notes FROM outbox WHERE key = ?) END AS notes"
     " FROM (SELECT 1) AS one LEFT JOIN runs ON runs.invocation_id = ?"
+)
+_RELEASE: Final = "DELETE FROM execute_claims WHERE invocation_id = ? AND owner = ?"
+_RENEW: Final = (
+    "UPDATE execute_claims SET lease_until = ? WHERE owner = ? AND invocation_id = ANY(?)"
 )
 
 
@@ -35,6 +72,20 @@ class IdUse(NamedTuple):
 
     firing: bool  # a firing not yet run to its end holds it
     recorded: RunIdentity | None  # whose run the history records, or is writing (fired or not)
+    running: bool = False  # a run in progress at another replica of a fleet holds it
+    claimed: bool = False  # this call claimed it: ``release`` it once its run has ended
+
+
+class InvocationIds(Protocol):
+    """What Execute asks of a caller's invocation id, and gives back after its run."""
+
+    def claim(self, invocation_id: str) -> IdUse:
+        """What the id names already; in a fleet, claimed for this run where nothing does."""
+        ...
+
+    def release(self, invocation_id: str) -> None:
+        """Give back a claim ``claim`` took (``IdUse.claimed``)."""
+        ...
 
 
 class LocalIds:
@@ -48,32 +99,59 @@ class LocalIds:
         self._holds_firing = holds_firing
         self._recorded = recorded
 
-    def __call__(self, invocation_id: str) -> IdUse:
+    def claim(self, invocation_id: str) -> IdUse:
+        # Never claimed here: the dispatcher refuses an id one of its runs has.
         if self._holds_firing(invocation_id):
             return IdUse(True, None)
         return IdUse(False, self._recorded(invocation_id))
 
+    def release(self, invocation_id: str) -> None:
+        return None
+
 
 class FleetIds:
-    """A fleet's: one statement on the shared store.
+    """A fleet's: one statement on the shared store, which also claims the id.
 
     Made on ``connection``, the trigger store's connection for statements outside a
     transaction (``TriggerStore.outside_transaction``): the event loop's, which never
     waits for a group's transaction or the history's writes. ``pending``: the runs this
     replica is still writing to the history (``Recorder.pending``), looked at first.
+    ``owner`` names this replica in the claims (the trigger store's own), and a claim
+    lasts ``lease_s`` unless renewed (``renew_forever``): a dead replica's runs hold
+    their ids that long.
     """
 
     def __init__(
         self,
         connection: Callable[[], AbstractContextManager[Db]],
         pending: Callable[[str], RunIdentity | None],
+        *,
+        owner: str,
+        lease_s: float,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._connection = connection
         self._pending = pending
+        self._owner = owner
+        self._lease_s = lease_s
+        self._clock = clock
+        # The ids this replica's calls hold a claim on: another call here under one of
+        # them neither claims it (the dispatcher refuses it) nor gives it back.
+        self._held: set[str] = set()
 
-    def __call__(self, invocation_id: str) -> IdUse:
+    def claim(self, invocation_id: str) -> IdUse:
+        now = self._clock()
+        lease_until = now + self._lease_s
         with self._connection() as db:
-            row = db.execute(_QUERY, (invocation_id,) * 3).fetchone()
+            row = db.execute(
+                _QUERY,
+                (invocation_id, self._owner, lease_until, now)
+                + (invocation_id, self._owner, now)
+                + (invocation_id,) * 3,
+            ).fetchone()
+        claimed = bool(row["claimed"]) and invocation_id not in self._held
+        if claimed:
+            self._held.add(invocation_id)
         recorded = self._pending(invocation_id)
         if recorded is None and row["job_id"] is not None:
             recorded = RunIdentity(
@@ -86,7 +164,37 @@ class FleetIds:
             )
         if recorded is None and row["notes"] is not None:
             recorded = _noted(row["notes"])
-        return IdUse(bool(row["firing"]), recorded)
+        running = bool(row["running"]) or not row["claimed"]
+        return IdUse(bool(row["firing"]), recorded, running, claimed)
+
+    def release(self, invocation_id: str) -> None:
+        """Give the claim back; one the store cannot take back now ends with its lease."""
+        self._held.discard(invocation_id)  # no longer renewed
+        try:
+            with self._connection() as db:
+                db.execute(_RELEASE, (invocation_id, self._owner))
+        except (UnavailableError, DataLossError) as err:
+            logger.warning(
+                "the claim on invocation_id %r is left to end with its lease (%.0f s): %s",
+                invocation_id,
+                self._lease_s,
+                err,
+            )
+
+    async def renew_forever(self) -> None:
+        """Renew the leases of this replica's claims, every third of a lease."""
+        while True:
+            await asyncio.sleep(self._lease_s / 3)
+            if not self._held:
+                continue
+            try:
+                with self._connection() as db:
+                    db.execute(
+                        _RENEW,
+                        (self._clock() + self._lease_s, self._owner, sorted(self._held)),
+                    )
+            except UnavailableError as err:
+                logger.warning("Execute claims: %s", err)
 
 
 def _noted(notes: str) -> RunIdentity | None:

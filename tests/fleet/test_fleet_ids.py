@@ -5,6 +5,7 @@ They are asked of the shared store in one statement (``executor.runs.invocation_
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -14,10 +15,10 @@ import pytest
 
 from executor.model import CallbackSpec, Invocation, Limits, Outcome, RunResult
 from executor.runs import run_notes
-from supervisor_client import ExecutorRpcError
+from supervisor_client import ExecutorClient, ExecutorRpcError
 from supervisor_client.client import build_execute_request
 from supervisor_client.qbcallback.v1 import executor_pb2
-from tests.fleet.harness import two_replicas
+from tests.fleet.harness import LEASE_S, fleet, two_replicas
 from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.service
@@ -50,6 +51,139 @@ async def test_an_id_another_replica_used_is_refused_for_another_run_and_kept_fo
                 )
             assert refused.value.code == grpc.StatusCode.ALREADY_EXISTS
             assert "already recorded for another run" in refused.value.details
+
+
+def in_progress(invocation_id: str) -> str:
+    """What a single executor answers an Execute whose id a run still in progress has."""
+    return (
+        f"a run with invocation_id {invocation_id!r} is still in progress; retry once it has ended"
+    )
+
+
+async def test_an_id_running_at_another_replica_is_refused_as_in_progress_until_it_has_ended(
+    tmp_path: Path, pg_url: str
+) -> None:
+    # Before, both ran: the second callback's qb.unblock was answered from the first one's
+    # action (same invocation id, same position) and never applied, and the history could
+    # keep the run whose effect was dropped (probe 71).
+    invocation_id = "fleet-in-progress"
+    code = "print(qb.unblock(qb.jobid()))"
+    async with (
+        fleet(tmp_path, pg_url, replicas=2) as group,
+        ExecutorClient(group.address(0)) as first,
+        ExecutorClient(group.address(1)) as second,
+    ):
+        farm = group.endpoint.store
+        mine, other = farm.submit(
+            [{"name": n, "user": "fleet", "status": "blocked"} for n in ("mine", "other")]
+        )
+        # The first run waits for its unblock's answer until the test lets it go on.
+        first_may_end = group.counting.hold_answer(invocation_id, 1)
+        running = asyncio.create_task(
+            first.execute_callback(
+                language="python",
+                code=code,
+                job={"id": mine["id"], "user": "fleet"},
+                invocation_id=invocation_id,
+            )
+        )
+        try:
+            assert await eventually(lambda: group.counting.actions[invocation_id] == 1)
+            # A resend of the same run, and another job's run, as one executor answers both.
+            for job in (mine, other):
+                with pytest.raises(ExecutorRpcError) as refused:
+                    await second.execute_callback(
+                        language="python",
+                        code=code,
+                        job={"id": job["id"], "user": "fleet"},
+                        invocation_id=invocation_id,
+                    )
+                assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+                assert refused.value.details == in_progress(invocation_id)
+            # A run longer than a lease keeps its claim: its replica renews it.
+            with psycopg.connect(pg_url, autocommit=True) as db:
+                row = db.execute(
+                    "SELECT lease_until FROM execute_claims WHERE invocation_id = %s",
+                    (invocation_id,),
+                ).fetchone()
+            assert row is not None
+            assert await eventually(lambda: time.time() > row[0] + 0.5, timeout_s=LEASE_S * 2)
+            with pytest.raises(ExecutorRpcError) as refused:
+                await second.execute_callback(
+                    language="python",
+                    code=code,
+                    job={"id": other["id"], "user": "fleet"},
+                    invocation_id=invocation_id,
+                )
+            assert refused.value.details == in_progress(invocation_id)
+        finally:
+            first_may_end.set()
+        ran = await running
+        assert (ran.outcome, ran.stdout) == (executor_pb2.OUTCOME_SUCCEEDED, "1\n")
+
+        # Ended: another job's run is ALREADY_EXISTS, and that refusal holds the id for
+        # nothing: a resend at the other replica runs at once.
+        with pytest.raises(ExecutorRpcError) as refused:
+            await second.execute_callback(
+                language="python",
+                code=code,
+                job={"id": other["id"], "user": "fleet"},
+                invocation_id=invocation_id,
+            )
+        assert refused.value.code == grpc.StatusCode.ALREADY_EXISTS
+        again = await first.execute_callback(
+            language="python",
+            code=code,
+            job={"id": mine["id"], "user": "fleet"},
+            invocation_id=invocation_id,
+        )
+        assert again.outcome == executor_pb2.OUTCOME_SUCCEEDED
+        assert farm.job(int(other["id"]))["status"] == "blocked"
+        kept = await first.get_run(invocation_id)  # it ran there: read after its own writes
+        assert kept.job_id == int(mine["id"])
+
+
+async def test_the_id_of_a_run_at_a_replica_that_died_is_free_once_its_lease_has_run_out(
+    tmp_path: Path, pg_url: str
+) -> None:
+    invocation_id = "fleet-dead-claim"
+    code = "print(qb.unblock(qb.jobid()))"
+    async with fleet(tmp_path, pg_url, replicas=2) as group:
+        (job,) = group.endpoint.store.submit([{"name": "j", "user": "fleet", "status": "blocked"}])
+        never = group.counting.hold_answer(invocation_id, 1)
+        async with ExecutorClient(group.address(0)) as first:
+            running = asyncio.create_task(
+                first.execute_callback(
+                    language="python",
+                    code=code,
+                    job={"id": job["id"], "user": "fleet"},
+                    invocation_id=invocation_id,
+                )
+            )
+            assert await eventually(lambda: group.counting.actions[invocation_id] == 1)
+            await group.kill(0)
+            with pytest.raises(ExecutorRpcError):
+                await running
+        never.set()
+        refusals: set[str] = set()
+        async with ExecutorClient(group.address(1)) as second:
+
+            async def resent() -> executor_pb2.ExecuteResponse | None:
+                try:
+                    return await second.execute_callback(
+                        language="python",
+                        code=code,
+                        job={"id": job["id"], "user": "fleet"},
+                        invocation_id=invocation_id,
+                    )
+                except ExecutorRpcError as err:  # until the dead replica's lease runs out
+                    refusals.add(err.details)
+                    return None
+
+            ran = await eventually(resent, timeout_s=30, interval_s=0.2)
+        assert ran is not None, refusals
+        assert ran.outcome == executor_pb2.OUTCOME_SUCCEEDED
+        assert refusals <= {in_progress(invocation_id)}
 
 
 async def test_the_id_of_a_firing_running_at_another_replica_is_refused(

@@ -306,8 +306,8 @@ class ExecuteRequest(_message.Message):
     the executor makes one. The result reported to the supervisor carries it, and
     the supervisor applies each of its actions once (invocation_id, action_seq).
     The executor does not deduplicate runs: a repeat is run again (UNAVAILABLE
-    while the first is still in progress at the same executor; at another
-    replica of a fleet both run) and replaces the first in the history and at
+    while a run of the id is still in progress, at any replica of a fleet, and
+    whatever callback either names) and replaces the first in the history and at
     the supervisor (ReportResultRequest.ended_at tells the runs apart). The
     identity a repeat must keep is the first run's job id, callback id,
     language (any case) and triggers, and nothing else: a repeat may carry other

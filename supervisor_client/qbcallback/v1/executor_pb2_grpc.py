@@ -54,8 +54,8 @@ class CallbackExecutorServiceServicer:
         and limits above the server's caps, PERMISSION_DENIED for a policy the user
         may not have, RESOURCE_EXHAUSTED when at capacity, ALREADY_EXISTS for an
         invocation_id recorded for another run, UNAVAILABLE while a run with the same
-        invocation_id is still in progress at this executor (a fleet's replicas do
-        not ask each other), while the service stops or its storage
+        invocation_id is still in progress (at any replica of a fleet), while the
+        service stops or its storage
         cannot record results, or when no sandboxed child could be started).
         A request over the executor's 16 MiB receive limit is gRPC's own
         RESOURCE_EXHAUSTED, without retry-after-s. An answer may reach

@@ -28,8 +28,8 @@ class CallbackExecutorServiceStub:
     and limits above the server's caps, PERMISSION_DENIED for a policy the user
     may not have, RESOURCE_EXHAUSTED when at capacity, ALREADY_EXISTS for an
     invocation_id recorded for another run, UNAVAILABLE while a run with the same
-    invocation_id is still in progress at this executor (a fleet's replicas do
-    not ask each other), while the service stops or its storage
+    invocation_id is still in progress (at any replica of a fleet), while the
+    service stops or its storage
     cannot record results, or when no sandboxed child could be started).
     A request over the executor's 16 MiB receive limit is gRPC's own
     RESOURCE_EXHAUSTED, without retry-after-s. An answer may reach
@@ -53,8 +53,8 @@ class CallbackExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         and limits above the server's caps, PERMISSION_DENIED for a policy the user
         may not have, RESOURCE_EXHAUSTED when at capacity, ALREADY_EXISTS for an
         invocation_id recorded for another run, UNAVAILABLE while a run with the same
-        invocation_id is still in progress at this executor (a fleet's replicas do
-        not ask each other), while the service stops or its storage
+        invocation_id is still in progress (at any replica of a fleet), while the
+        service stops or its storage
         cannot record results, or when no sandboxed child could be started).
         A request over the executor's 16 MiB receive limit is gRPC's own
         RESOURCE_EXHAUSTED, without retry-after-s. An answer may reach
