@@ -402,9 +402,14 @@ class Recorder:
                     gone.cause,
                 )
             else:
+                # In a fleet the outbox is the store's: any replica running delivers them.
+                later = (
+                    "another replica delivers them, or this one after its next start"
+                    if self.outbox.fleet
+                    else "they go out after the next start"
+                )
                 logger.warning(
-                    "stopping with %d results not yet delivered; they go out after the next start",
-                    self.outbox.pending(),
+                    "stopping with %d results not yet delivered; %s", self.outbox.pending(), later
                 )
         self._writer.close()
         if self.outbox is not None:
