@@ -224,6 +224,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             ),
             event_id_retention_s=settings.event_id_retention_hours * 3600.0,
             check_code=check_source,
+            languages=settings.languages,
             # <data_dir>/callback need not exist; a directory named in the settings should.
             warn_missing_dirs=bool(settings.universal_callback_path.strip()),
             last_good=settings.data_dir / LAST_GOOD_NAME,

@@ -97,6 +97,7 @@ def _universal(settings: config.Settings) -> str:
             check_code=check_source,
             policies=settings.universal_callback_policies,
             known_policies=known_policies,
+            languages=settings.languages,
         )
     except UniversalConfigError as err:
         if settings.strict:
@@ -133,7 +134,7 @@ def _universal(settings: config.Settings) -> str:
     warnings = [
         f"\n  WARNING: {d}: no such directory (universal_callback_path); none of its callbacks is loaded"
         for d in missing
-    ]
+    ] + [f"\n  WARNING: {warning}" for callback in loaded for warning in callback.warnings]
     confs = [str(d / CONF_NAME) for d in dirs if (d / CONF_NAME).is_file()]
     if not confs:
         return f"none (no {CONF_NAME} in {', '.join(map(str, dirs))})" + "".join(warnings)

@@ -43,7 +43,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
@@ -309,6 +309,7 @@ class TriggerEngine:
         universal_policies: Mapping[Path, str] | None = None,
         policies: PolicySet | None = None,
         check_code: CodeCheck = no_code_check,
+        languages: Collection[str] | None = None,
         warn_missing_dirs: bool = True,
         last_good: Path | None = None,
         recorded_result: Callable[[str], RunResult | None] | None = None,
@@ -327,6 +328,8 @@ class TriggerEngine:
             event_id_retention_s: How long a published event's id is remembered (a
                 repeat within it is ignored); pruned every minute while started.
             check_code: Checks a universal callback's code when it is loaded.
+            languages: The languages the executor runs; a universal line in another is
+                loaded with a warning (its firings are refused).
             warn_missing_dirs: Warn at each reload about a ``universal_dirs`` entry that
                 does not exist (off for the default directory, which need not).
             universal_policies: The policy each universal directory names.
@@ -359,6 +362,7 @@ class TriggerEngine:
         # Lines removed whose clocks a load could not stop (the store away): the next does.
         self._clocks_to_stop: set[tuple[str, str]] = set()
         self._check_code = check_code
+        self._languages = languages
         self._clock = clock
         self._timer_wakeup = asyncio.Event()
         self._timers: asyncio.Task[None] | None = None
@@ -448,6 +452,7 @@ class TriggerEngine:
                 self._universal_dirs,
                 check_trigger,
                 check_code=self._check_code,
+                languages=self._languages,
                 warn=trigger_warnings,
                 policies=self._universal_policies,
                 known_policies=self._policies.names() if self._policies is not None else None,

@@ -158,6 +158,14 @@ def _repeated(first: str, second: str, kind: str) -> str:
     return f"options {first!r} and {second!r} contradict each other: a line has one {one}"
 
 
+def _disabled(language: str) -> str:
+    """The warning for a line in a language the executor does not run (the dispatcher's words)."""
+    return (
+        f"{language} callbacks are disabled by the executor's 'languages' setting: each "
+        "firing of this line is refused (REJECTED)"
+    )
+
+
 def load_universal(
     directories: list[Path],
     check_trigger: Callable[[str], str | None],
@@ -166,6 +174,7 @@ def load_universal(
     warn: Callable[[str], list[str]] | None = None,
     policies: Mapping[Path, str] | None = None,
     known_policies: Collection[str] | None = None,
+    languages: Collection[str] | None = None,
 ) -> list[UniversalCallback]:
     """Load every directory's callbacks.conf.
 
@@ -177,6 +186,8 @@ def load_universal(
         check_trigger: An error for a trigger that cannot be used, or None.
         check_code: An error for a file's code that cannot run, or None.
         warn: The warnings for a usable trigger (kept on the callback, not errors).
+        languages: The languages the executor runs (its ``languages`` setting); a line in
+            another loads, with a warning: each of its firings is refused.
     """
     callbacks: list[UniversalCallback] = []
     errors: list[str] = []
@@ -237,6 +248,8 @@ def load_universal(
                 continue
             seen[key] = f"line {number}"
             warnings = (warn or _none)(loaded.triggers)
+            if languages is not None and loaded.language not in languages:
+                warnings = [*warnings, _disabled(loaded.language)]
             shown = tuple(escaped(f"{where}: {w}") for w in warnings)
             callbacks.append(replace(loaded, warnings=shown))
     if errors:

@@ -17,6 +17,7 @@ import pytest
 from executor.cli.check_config import _universal
 from executor.config import Settings
 from executor.errors import ConfigError
+from executor.model import Language
 from executor.runtimes.check import check_source
 from executor.triggers.universal import UniversalConfigError, load_universal
 from tests.helpers.trigger_engines import Engines, Recorder
@@ -193,3 +194,28 @@ def test_a_directory_named_again_through_a_link_is_refused(tmp_path: Path) -> No
             f"universal_callback_path: '{alias}' names the same directory as '{conf}' "
             f"({conf}); name each directory once, with its [policy=NAME] if any"
         )
+
+
+def test_a_line_in_a_disabled_language_loads_with_a_warning(tmp_path: Path) -> None:
+    # It loaded silently, then each firing was REJECTED: the admin learnt of it only then.
+    conf = _directory(
+        tmp_path / "callback",
+        "ok.py = done-job-self\nlog.pl = done-job-self\n",
+        **{"log.pl": "print qq(done\\n);\n"},
+    )
+
+    python, perl = load_universal([conf], lambda _: None, languages={"python"})
+
+    assert python.warnings == ()
+    assert perl.warnings == (
+        f"{conf}/callbacks.conf:2: perl callbacks are disabled by the executor's 'languages' "
+        "setting: each firing of this line is refused (REJECTED)",
+    )
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        universal_callback_path=str(conf),
+        languages=frozenset({Language.PYTHON}),
+    )
+    said = _universal(settings)
+    assert said.startswith("2 from ")
+    assert "WARNING: " + perl.warnings[0] in said
