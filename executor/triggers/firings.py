@@ -269,62 +269,55 @@ class FiringWorker:
         """
         if not self._store.fleet:
             return True
-        failures = 0
-        while True:
-            try:
-                held = self._store.claim_holds(firing.invocation_id, firing.epoch)
-            except UnavailableError as err:
-                failures += 1
-                delay = self._retry.delay(failures, self._rng)
-                logger.warning(
-                    "firing %s: checking this replica's claim before its run: %s (retrying "
-                    "once the storage is sound)",
-                    firing.invocation_id,
-                    err,
-                )
-                await asyncio.sleep(delay)
-                await self._store.sound()
-                continue
-            if not held:
-                logger.warning(
-                    "firing %s of callback %s was claimed by another replica while this one "
-                    "was away (its lease ran out): not run here; that replica's run is the "
-                    "firing's",
-                    firing.invocation_id,
-                    firing.callback.callback_id,
-                )
-            return held
+        held = await self._stored(
+            lambda: self._store.claim_holds(firing.invocation_id, firing.epoch),
+            f"firing {firing.invocation_id}: checking this replica's claim before its run",
+        )
+        if not held:
+            logger.warning(
+                "firing %s of callback %s was claimed by another replica while this one "
+                "was away (its lease ran out): not run here; that replica's run is the "
+                "firing's",
+                firing.invocation_id,
+                firing.callback.callback_id,
+            )
+        return held
 
     async def _done(self, firing: PendingFiring) -> bool:
         """Take the firing off the queue, waiting out a store that is unreachable for now.
 
         False when this replica's claim on it had been lost (fleet).
         """
+        held = await self._stored(
+            lambda: self._store.firing_done(firing.invocation_id, firing.epoch),
+            f"firing {firing.invocation_id} ran; recording it",
+        )
+        if not held:
+            # Its result was recorded only if the claim still held when it ended
+            # (Recorder): else the other replica's run is the firing's.
+            logger.warning(
+                "firing %s ran, but its lease ran out before it was marked done: another "
+                "replica has claimed it and runs it again (or has), and that run's "
+                "result is the firing's",
+                firing.invocation_id,
+            )
+        return held
+
+    async def _stored(self, step: Callable[[], bool], doing: str) -> bool:
+        """``step``'s answer, waiting out a store that is unreachable for now (nothing is known).
+
+        Each failure is logged with ``doing``, then backed off from until the storage is sound.
+        """
         failures = 0
         while True:
             try:
-                held = self._store.firing_done(firing.invocation_id, firing.epoch)
+                return step()
             except UnavailableError as err:
                 failures += 1
                 delay = self._retry.delay(failures, self._rng)
-                logger.warning(
-                    "firing %s ran; recording it: %s (retrying once the storage is sound)",
-                    firing.invocation_id,
-                    err,
-                )
+                logger.warning("%s: %s (retrying once the storage is sound)", doing, err)
                 await asyncio.sleep(delay)
                 await self._store.sound()
-                continue
-            if not held:
-                # Its result was recorded only if the claim still held when it ended
-                # (Recorder): else the other replica's run is the firing's.
-                logger.warning(
-                    "firing %s ran, but its lease ran out before it was marked done: another "
-                    "replica has claimed it and runs it again (or has), and that run's "
-                    "result is the firing's",
-                    firing.invocation_id,
-                )
-            return held
 
     async def _claim_forever(self) -> None:
         """In a fleet: renew this replica's leases, and claim the firings of dead replicas.
