@@ -262,6 +262,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
                 owner=trigger_store.owner,
                 lease_s=trigger_store.lease_s,
             )
+            recorder.give_back_claims(fleet_ids)
         edge = api_edge.build(
             settings,
             credentials,

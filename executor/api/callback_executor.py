@@ -89,8 +89,9 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
 
         On the loop: memory and one indexed read of a local file, or one round trip to
         a fleet's store (as the result's commit is): a thread's hand-offs cost more. The
-        claim is given back once the block has ended: the run's result committed, or the
-        run refused.
+        claim is given back in the statement that commits the run's result
+        (``Recorder.give_back_claims``), else once the block has ended: the run refused,
+        or its result not committed.
         """
         if self._ids is None:
             yield

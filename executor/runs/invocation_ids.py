@@ -8,8 +8,9 @@ from memory and a local file, and its dispatcher refuses an id one of its runs h
 (``Dispatcher._admit``). A fleet's answers are in the shared store, and a run in progress
 at another replica is in neither the firings nor the history: so ``FleetIds`` also
 claims the id there for this run (table ``execute_claims``, under a lease this replica
-renews), in the one statement that asks the rest, and gives it back once the run's
-result is committed (or the run was refused). Two replicas asked at once cannot both
+renews), in the one statement that asks the rest, and gives it back in the statement
+that commits the run's result (``Recorder``; on its own once the run was refused, or
+its result was not committed). Two replicas asked at once cannot both
 claim it: the second is answered as one executor answers a run's id in progress.
 """
 
@@ -25,6 +26,7 @@ from typing import Final, NamedTuple, Protocol
 from executor.errors import DataLossError, UnavailableError
 from executor.runs import run_notes
 from executor.runs.history import RunIdentity
+from executor.runs.outbox import Alongside
 from executor.sql import Db
 
 logger = logging.getLogger(__name__)
@@ -138,6 +140,8 @@ class FleetIds:
         # The ids this replica's calls hold a claim on: another call here under one of
         # them neither claims it (the dispatcher refuses it) nor gives it back.
         self._held: set[str] = set()
+        # Held ids whose claim their run's result commit gave back, until ``release``.
+        self._given_back: set[str] = set()
 
     def claim(self, invocation_id: str) -> IdUse:
         now = self._clock()
@@ -167,8 +171,23 @@ class FleetIds:
         running = bool(row["running"]) or not row["claimed"]
         return IdUse(bool(row["firing"]), recorded, running, claimed)
 
+    def release_alongside(self, invocation_id: str) -> Alongside | None:
+        """The statement giving back this replica's claim on the id; None: it holds none."""
+        if invocation_id not in self._held:
+            return None
+        return Alongside(_RELEASE, (invocation_id, self._owner))
+
+    def released(self, invocation_id: str) -> None:
+        """``release_alongside``'s statement was committed: ``release`` only forgets it."""
+        if invocation_id in self._held:
+            self._held.discard(invocation_id)  # no longer renewed
+            self._given_back.add(invocation_id)
+
     def release(self, invocation_id: str) -> None:
         """Give the claim back; one the store cannot take back now ends with its lease."""
+        if invocation_id in self._given_back:  # with its run's result (``released``)
+            self._given_back.discard(invocation_id)
+            return
         self._held.discard(invocation_id)  # no longer renewed
         try:
             with self._connection() as db:

@@ -159,6 +159,19 @@ _DEAD_INDEX: Final = (
 )
 
 
+class Alongside(NamedTuple):
+    """A statement committed with a message, in its transaction (a fleet's: PostgreSQL's).
+
+    A write that returns no rows, ``?`` for its parameters: an Execute's release of its
+    claim on the invocation id (``invocation_ids.FleetIds``) goes with its result, so
+    the answer waits for one round trip, not two, and the claim ends exactly as the
+    result becomes the id's record.
+    """
+
+    sql: str
+    parameters: tuple[str | int | float, ...]
+
+
 class _Message(NamedTuple):
     """A message to commit: ``_REPLACE``'s values, in its order, then its notes."""
 
@@ -166,6 +179,7 @@ class _Message(NamedTuple):
     payload: bytes
     ended_at: float  # when the run it reports ended
     notes: str | None = None  # kept with it until the history has the run
+    alongside: Alongside | None = None
 
     @property
     def replaced(self) -> tuple[str, bytes, float]:
@@ -436,26 +450,41 @@ class Outbox:
     # -- the producer side: synchronous, durable before it returns ------------------------
 
     def put(
-        self, key: str, payload: bytes, ended_at: float | None = None, notes: str | None = None
+        self,
+        key: str,
+        payload: bytes,
+        ended_at: float | None = None,
+        notes: str | None = None,
+        alongside: Alongside | None = None,
     ) -> bool:
         """Commit one message; False when nothing was added (it, or a later run's, is there).
 
         ``ended_at``: when the run it reports ended (None: now). Another message under
         ``key`` replaces the one there unless that one's run ended later (``_REPLACE``).
         ``notes``: kept with it until the history has the key's run (``notes_written``).
-        Raises StorageError when the commit fails because of the storage, ValueError for
-        an empty ``payload``.
+        ``alongside``: a statement committed with it, whether or not it was added (a
+        fleet's only). Raises StorageError when the commit fails because of the storage,
+        ValueError for an empty ``payload`` or an ``alongside`` outside a fleet.
         """
-        message = self._message(key, payload, ended_at, notes)
+        message = self._message(key, payload, ended_at, notes, alongside)
+        sql, parameters = _INSERT, cast(tuple[object, ...], self._row(message))
+        if alongside is not None:  # one statement: PostgreSQL's data-modifying WITH
+            sql = f"WITH alongside AS ({alongside.sql}) {_INSERT}"
+            parameters = (*alongside.parameters, *parameters)
         with writing(self._path, self._health):
-            added = execute_counted(self._db, _INSERT, self._row(message))
+            added = execute_counted(self._db, sql, parameters)
         if not added:  # the key is there: a repeat of the message, or another run's
             return self._put_many([message])
         self._committed(added)
         return True
 
     async def commit(
-        self, key: str, payload: bytes, ended_at: float | None = None, notes: str | None = None
+        self,
+        key: str,
+        payload: bytes,
+        ended_at: float | None = None,
+        notes: str | None = None,
+        alongside: Alongside | None = None,
     ) -> None:
         """``put``, in one transaction with the messages of this turn of the event loop.
 
@@ -465,7 +494,7 @@ class Outbox:
         """
         loop = asyncio.get_running_loop()
         committed = loop.create_future()
-        message = self._message(key, payload, ended_at, notes)
+        message = self._message(key, payload, ended_at, notes, alongside)
         self._gathered.append((message, committed))
         if len(self._gathered) == 1:
             loop.call_soon(self._commit_gathered)
@@ -509,6 +538,9 @@ class Outbox:
                 added: int = self._db.executemany(
                     _INSERT, [self._row(message) for message in latest]
                 ).rowcount
+                for alongside in [message.alongside for message in messages]:
+                    if alongside is not None:  # a message not latest keeps its own too
+                        self._db.execute(alongside.sql, alongside.parameters)
                 self._db.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(Exception):  # the store's own error, either kind
@@ -519,16 +551,24 @@ class Outbox:
         return added != 0
 
     def _message(
-        self, key: str, payload: bytes, ended_at: float | None, notes: str | None
+        self,
+        key: str,
+        payload: bytes,
+        ended_at: float | None,
+        notes: str | None,
+        alongside: Alongside | None,
     ) -> _Message:
         if not payload:  # a delivered row's payload: a pending one holding it is damaged
             raise ValueError(f"payload: the message under {key!r} is empty")
-        return _Message(key, payload, self._clock() if ended_at is None else ended_at, notes)
+        if alongside is not None and not self.fleet:
+            raise ValueError("alongside: a statement committed with a message is a fleet's")
+        ended_at = self._clock() if ended_at is None else ended_at
+        return _Message(key, payload, ended_at, notes, alongside)
 
     def _row(self, message: _Message) -> tuple[str, bytes, float, str, float, float, str | None]:
         # The replica that ran it delivers it (its lease); another only if it dies.
         now = self._clock()
-        key, payload, ended_at, notes = message
+        key, payload, ended_at, notes, _ = message
         return (key, payload, now, self._owner, now + self._lease_s, ended_at, notes)
 
     def _committed(self, added: int) -> None:

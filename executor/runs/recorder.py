@@ -20,6 +20,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from executor.config import Settings
 from executor.errors import UnavailableError
@@ -29,7 +30,7 @@ from executor.runs.bookkeeping import BookkeepingWriter
 from executor.runs.callback_log import CallbackLog
 from executor.runs.history import RunHistory, RunIdentity
 from executor.runs.metrics import Metrics
-from executor.runs.outbox import MESSAGE_MARGIN_BYTES, Outbox, Transport
+from executor.runs.outbox import MESSAGE_MARGIN_BYTES, Alongside, Outbox, Transport
 from executor.runs.recovery import recover_lost_bookkeeping
 from executor.storage import StorageHealth
 
@@ -38,6 +39,16 @@ from executor.storage import StorageHealth
 EncodeReport = Callable[[Invocation, RunResult, float], bytes]
 
 logger = logging.getLogger(__name__)
+
+
+class ClaimsGivenBack(Protocol):
+    """A fleet's claims on Execute ids (``invocation_ids.FleetIds``), given back with results."""
+
+    def release_alongside(self, invocation_id: str) -> Alongside | None: ...
+
+    def released(self, invocation_id: str) -> None: ...
+
+
 # How long a fired callback's result waits for a fleet's PostgreSQL that cannot take it
 # before the firing is given back to run again: the firing's lease runs out meanwhile, and
 # another replica may claim it and run it again anyway. With SQLite nobody else would: the
@@ -91,6 +102,7 @@ class Recorder:
         self._owed: set[asyncio.Task[bool]] = set()
         self._recovery_owed = recovery_owed
         self._recovering: asyncio.Task[None] | None = None
+        self._claims: ClaimsGivenBack | None = None
         # A run's outbox row keeps its notes until the history has committed the run.
         self._writer = BookkeepingWriter(
             history,
@@ -154,6 +166,10 @@ class Recorder:
             health=health,
             recovery_owed=owed,
         )
+
+    def give_back_claims(self, claims: ClaimsGivenBack) -> None:
+        """An Execute's claim on its id ends in its result's commit (a fleet's: one round trip)."""
+        self._claims = claims
 
     def on_result(self, invocation: Invocation, result: RunResult) -> Awaitable[object] | None:
         """Record one finished run (called by the dispatcher on the event loop).
@@ -275,9 +291,15 @@ class Recorder:
         The callback has run and its effects happened, so a result the storage refuses is
         still owed to the supervisor: it is committed when the storage takes it (unless a
         stop comes first), and a later run of the id (a resend) is never replaced by it.
+        In a fleet, the claim on the id goes with the commit (``give_back_claims``);
+        one not committed is given back by the call (``CallbackExecutorServicer``).
         """
+        claims = self._claims
+        alongside = None if claims is None else claims.release_alongside(invocation_id)
         try:
-            await outbox.commit(invocation_id, report, ended_at, notes)
+            await outbox.commit(invocation_id, report, ended_at, notes, alongside)
+            if alongside is not None and claims is not None:
+                claims.released(invocation_id)
         except UnavailableError as err:
             owed = asyncio.get_running_loop().create_task(
                 self._commit(

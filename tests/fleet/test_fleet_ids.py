@@ -6,19 +6,26 @@ They are asked of the shared store in one statement (``executor.runs.invocation_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psycopg
 import pytest
 
+from executor.migrations import open_postgres
 from executor.model import CallbackSpec, Invocation, Limits, Outcome, RunResult
 from executor.runs import run_notes
+from executor.runs.invocation_ids import FleetIds
+from executor.runs.outbox import Alongside, Outbox
 from supervisor_client import ExecutorClient, ExecutorRpcError
 from supervisor_client.client import build_execute_request
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.fleet.harness import LEASE_S, fleet, two_replicas
+from tests.fleet.test_store import RecordingReceiver
 from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.service
@@ -319,3 +326,99 @@ async def test_a_fired_run_ended_at_another_replica_and_not_in_the_history_yet_i
             await first.execute(request)
         assert refused.value.code == grpc.StatusCode.ALREADY_EXISTS
         assert f"{invocation_id!r} is a fired callback's run (job 72400, " in refused.value.details
+
+
+class CountingConnection:
+    """FleetIds' connection, a real one, recording each statement it is given."""
+
+    def __init__(self, pg_url: str) -> None:
+        self.db = open_postgres(pg_url, application_name="test-fleet-ids")
+        self.statements: list[str] = []
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[CountingConnection]:
+        yield self
+
+    def execute(self, sql: str, parameters: Sequence[object] = ()) -> Any:
+        self.statements.append(sql)
+        return self.db.execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters: Iterable[Any]) -> Any:
+        self.statements.append(sql)
+        return self.db.executemany(sql, parameters)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.db.in_transaction
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def claims_and_results(pg_url: str, keys: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Which of ``keys`` the shared store has claims on, and results for."""
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        claims = db.execute(
+            "SELECT invocation_id FROM execute_claims WHERE invocation_id = ANY(%s) ORDER BY 1",
+            (list(keys),),
+        ).fetchall()
+        results = db.execute(
+            "SELECT key FROM outbox WHERE key = ANY(%s) ORDER BY 1", (list(keys),)
+        ).fetchall()
+    return [row[0] for row in claims], [row[0] for row in results]
+
+
+async def test_an_executes_claim_is_given_back_in_the_statement_that_commits_its_result(
+    pg_url: str,
+) -> None:
+    # The release was a round trip of its own after the result's commit, before the answer:
+    # each Execute naming an id waited for PostgreSQL three times, not twice.
+    connection = CountingConnection(pg_url)
+    ids = FleetIds(connection, lambda _: None, owner="replica-a", lease_s=60)
+    outbox = Outbox(pg_url, RecordingReceiver())
+    keys = ("alone", "together-1", "together-2")
+    try:
+        for invocation_id in keys:
+            assert ids.claim(invocation_id).claimed
+        assert claims_and_results(pg_url, keys) == (list(keys), [])
+
+        await outbox.commit("alone", b"r", None, None, ids.release_alongside("alone"))
+        # Ending in one turn of the loop, two runs share a transaction, and so do their claims.
+        await asyncio.gather(
+            *(
+                outbox.commit(key, b"r", None, None, ids.release_alongside(key))
+                for key in ("together-1", "together-2")
+            )
+        )
+        assert claims_and_results(pg_url, keys) == ([], list(keys))
+        connection.statements.clear()
+        for invocation_id in keys:
+            ids.released(invocation_id)
+            ids.release(invocation_id)
+        assert connection.statements == []  # nothing left to give back
+        # Released, the ids are no longer this replica's: a claim after is a claim anew.
+        assert ids.release_alongside("alone") is None
+        assert ids.claim("alone").claimed
+    finally:
+        connection.db.close()
+        await outbox.close()
+
+
+async def test_a_result_whose_alongside_statement_fails_is_not_committed(pg_url: str) -> None:
+    outbox = Outbox(pg_url, RecordingReceiver())
+    try:
+        failing = Alongside("DELETE FROM no_such_table WHERE invocation_id = ?", ("x",))
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            await outbox.commit("not-alone", b"r", None, None, failing)
+        assert claims_and_results(pg_url, ["not-alone"]) == ([], [])
+        # The claim a refused commit did not give back is given back by the call, on its own.
+        connection = CountingConnection(pg_url)
+        ids = FleetIds(connection, lambda _: None, owner="replica-a", lease_s=60)
+        try:
+            assert ids.claim("kept").claimed
+            ids.release("kept")
+            assert claims_and_results(pg_url, ["kept"]) == ([], [])
+        finally:
+            connection.db.close()
+    finally:
+        await outbox.close()
