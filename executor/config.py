@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from executor.bounds import MAX_REQUEST_BYTES
+from executor.directory_names import DirectoryNames
 from executor.errors import ConfigError
 from executor.model import Language, Limits
 from executor.runtimes.mail import MailSettings
@@ -278,7 +279,7 @@ class Settings:
         found: dict[Path, str] = {}
         # Each directory by its real path too: a second name of one (a symbolic link,
         # "/a/b/../cb", "//cb") would have each of its callbacks fire twice.
-        real_paths: dict[str, Path] = {}
+        names = DirectoryNames()
         for entry in (p.strip() for p in self.universal_callback_path.split(",")):
             if not entry:
                 continue  # a stray comma ("/a, /b,") names nothing
@@ -303,14 +304,12 @@ class Settings:
                     f"universal_callback_path: {str(path)!r} is named twice; name each "
                     "directory once, with its [policy=NAME] if any"
                 )
-            real = os.path.realpath(path)
-            if real in real_paths:
+            if alias := names.alias(path):
                 raise ConfigError(
                     f"universal_callback_path: {str(path)!r} names the same directory as "
-                    f"{str(real_paths[real])!r} ({real}); name each directory once, with "
+                    f"{str(alias.first)!r} ({alias.real}); name each directory once, with "
                     "its [policy=NAME] if any"
                 )
-            real_paths[real] = path
             found[path] = policy
         if not found:
             # Commas alone: whoever set it meant some directory, not none (nor the default).

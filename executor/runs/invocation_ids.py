@@ -16,13 +16,13 @@ claim it: the second is answered as one executor answers a run's id in progress.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Final, NamedTuple, Protocol
 
+from executor import lease_renewal
 from executor.errors import DataLossError, UnavailableError
 from executor.runs import run_notes
 from executor.runs.history import RunIdentity
@@ -202,18 +202,15 @@ class FleetIds:
 
     async def renew_forever(self) -> None:
         """Renew the leases of this replica's claims, every third of a lease."""
-        while True:
-            await asyncio.sleep(self._lease_s / 3)
-            if not self._held:
-                continue
-            try:
-                with self._connection() as db:
-                    db.execute(
-                        _RENEW,
-                        (self._clock() + self._lease_s, self._owner, sorted(self._held)),
-                    )
-            except UnavailableError as err:
-                logger.warning("Execute claims: %s", err)
+        await lease_renewal.renew_forever(
+            self._renew, lease_s=self._lease_s, what="Execute claims", logger=logger
+        )
+
+    def _renew(self) -> None:
+        if not self._held:
+            return
+        with self._connection() as db:
+            db.execute(_RENEW, (self._clock() + self._lease_s, self._owner, sorted(self._held)))
 
 
 def _noted(notes: str) -> RunIdentity | None:

@@ -35,6 +35,7 @@ import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
+from executor import lease_renewal
 from executor.errors import CapacityError, UnavailableError
 from executor.logs import outside_any_run
 from executor.model import RunResult
@@ -328,19 +329,28 @@ class FiringWorker:
         """
         loop = asyncio.get_running_loop()
         connected_since: float | None = None
-        while True:
-            try:
-                self._store.renew_leases()
-                if connected_since is None:
-                    connected_since = loop.time()
-                if loop.time() - connected_since >= self._store.lease_s:
-                    claimed = self._store.claim_expired()
-                    if claimed:
-                        logger.info("claimed %d firings of a replica that stopped", len(claimed))
-                    for _, firings in itertools.groupby(claimed, key=lambda f: f.batch):
-                        self._enqueue(list(firings))
-                    self._fill()
-            except UnavailableError as err:
-                connected_since = None
-                logger.warning("firing claims: %s", err)
-            await asyncio.sleep(self._store.lease_s / 3)
+
+        def renew_and_claim() -> None:
+            nonlocal connected_since
+            self._store.renew_leases()
+            if connected_since is None:
+                connected_since = loop.time()
+            if loop.time() - connected_since >= self._store.lease_s:
+                claimed = self._store.claim_expired()
+                if claimed:
+                    logger.info("claimed %d firings of a replica that stopped", len(claimed))
+                for _, firings in itertools.groupby(claimed, key=lambda f: f.batch):
+                    self._enqueue(list(firings))
+                self._fill()
+
+        def disconnected() -> None:
+            nonlocal connected_since
+            connected_since = None
+
+        await lease_renewal.renew_forever(
+            renew_and_claim,
+            lease_s=self._store.lease_s,
+            what="firing claims",
+            logger=logger,
+            failed=disconnected,
+        )

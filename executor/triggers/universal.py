@@ -58,6 +58,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Final
 
+from executor.directory_names import DirectoryNames
 from executor.triggers.errors import TriggerSyntaxError
 from executor.triggers.nodes import render
 from executor.triggers.parser import parse
@@ -195,16 +196,14 @@ def load_universal(
     # Each directory by its real path: one reached by two names (a symbolic link, "..")
     # would have every callback of it fire twice. Checked at each load, as a link may
     # have been changed since start-up.
-    real_dirs: dict[str, Path] = {}
+    names = DirectoryNames()
     for directory in directories:
-        real = os.path.realpath(directory)
-        if real in real_dirs:
+        if alias := names.alias(directory):
             errors.append(
                 f"universal_callback_path: {str(directory)!r} is the directory "
-                f"{str(real_dirs[real])!r} names too ({real}); name each directory once"
+                f"{str(alias.first)!r} names too ({alias.real}); name each directory once"
             )
             continue
-        real_dirs[real] = directory
         named = (policies or {}).get(directory, "")
         if known_policies is not None and named and named not in known_policies:
             # The setting names it, not a line of the file: say so, once for the directory.
