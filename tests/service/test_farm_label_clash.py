@@ -103,3 +103,17 @@ async def test_a_direct_job_the_farm_replaces_under_its_id_frees_its_label(
         (stored,) = (await farm.submit_jobs([job(name="shot", label="render")])).jobs
         assert (stored.id, stored.pgrp, stored.label) == (1, 1, "render")
         await callbacks_run(stack_warm, farm, stored.id)
+
+
+async def test_a_label_registered_by_hand_over_a_job_the_farm_has_is_refused(
+    stack_warm: Stack,
+) -> None:
+    async with FarmClient(stack_warm.channel) as farm:
+        (first,) = (await farm.submit_jobs([job(name="plate")])).jobs
+        # Against the README's advice: a registration by hand under the farm's job's id.
+        await stack_warm.client.register_job(
+            {"id": first.id, "name": "by hand", "pgrp": first.pgrp, "label": "x", "user": "bob"}
+        )
+        with pytest.raises(ExecutorRpcError) as err:
+            await farm.submit_jobs([job(name="comp", label="x", pgrp=first.pgrp)])
+        assert f"label 'x' in pgrp {first.pgrp} is held by job {first.id}," in err.value.details
