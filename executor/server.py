@@ -253,6 +253,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
                 engine.store.callbacks_of,
                 functools.partial(embedded.settle, engine),
                 embedded.registered,
+                engine.labels,
             )
         fleet_ids = None
         if trigger_store.fleet:  # Execute's id checks: one round trip to the shared store

@@ -35,6 +35,7 @@ from executor.errors import (
 )
 from executor.host_api import WorkSelection, plain_work_names
 from executor.triggers.engine import check_trigger
+from executor.triggers.label_claims import LabelClaims
 from executor.triggers.registration import check_language
 from executor.triggers.store import StoredCallback
 from supervisor_client.jobdict import job_from_dict
@@ -101,15 +102,22 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
         settle: waits until every transition so far, and what it fired, has been handled,
             and no firing is left to run (``EmbeddedSupervisor.settle``).
         registered: waits until just-submitted jobs are registered with the trigger engine.
+        labels: the trigger engine's labels per pgrp, and its claims on them.
     """
 
     def __init__(
-        self, farm: Farm, callbacks_of: CallbacksOf, settle: Settle, registered: Registered
+        self,
+        farm: Farm,
+        callbacks_of: CallbacksOf,
+        settle: Settle,
+        registered: Registered,
+        labels: LabelClaims,
     ) -> None:
         self._farm = farm
         self._callbacks_of = callbacks_of
         self._settle = settle
         self._registered = registered
+        self._labels = labels
 
     @grpc_errors
     async def SubmitJobs(
@@ -128,20 +136,32 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
         and asking the engine over gRPC from this synchronous, in-loop submission would
         block the loop that serves it.
 
+        A label given a job that another scheduler's job holds in its pgrp with the
+        trigger engine (a RegisterJob made directly) refuses the submission too, naming
+        the label, the pgrp and that job; a label the farm gives passes over it
+        (``label_claims``). The labels checked are claimed in the same step, until the
+        jobs' registrations are done, so a RegisterJob meanwhile cannot take one.
+
         The answer comes once the trigger engine has the jobs, so a client's next
         ``GetJob`` lists their callbacks and an event it publishes finds them.
         """
         if not request.jobs:
             raise InvalidRequestError("jobs: there is nothing to submit")
         jobs = [struct_dict(f"jobs[{index}]", job) for index, job in enumerate(request.jobs)]
-        with _farm_errors():
-            stored = self._farm.submit(
-                jobs,
-                check_trigger=check_trigger,
-                check_language=check_language,
-                check_job=registration_problem,
-            )
-        await self._registered([job["id"] for job in stored])
+        with self._labels.locked():
+            with _farm_errors():
+                stored = self._farm.submit(
+                    jobs,
+                    check_trigger=check_trigger,
+                    check_language=check_language,
+                    check_job=registration_problem,
+                    labels_held=self._labels.holders,
+                )
+            claimed = self._labels.claim((job["pgrp"], job["label"], job["id"]) for job in stored)
+        # Released when the registrations are done, even if this call is cancelled first.
+        registering = asyncio.ensure_future(self._registered([job["id"] for job in stored]))
+        registering.add_done_callback(lambda _: self._labels.release(claimed))
+        await asyncio.shield(registering)
         return farm_pb2.SubmitJobsResponse(jobs=[_wire_job(job) for job in stored])
 
     @grpc_errors

@@ -82,6 +82,7 @@ from executor.triggers.firings import FiringWorker
 from executor.triggers.group_commit import GroupCommit
 from executor.triggers.group_state import GroupState
 from executor.triggers.journal import JournalLimits, SeenEvent
+from executor.triggers.label_claims import LabelClaims
 from executor.triggers.nodes import EventName, EventType, per_work
 from executor.triggers.registration import (
     Registration,
@@ -383,6 +384,8 @@ class TriggerEngine:
         self._event_id_pruning: asyncio.Task[None] | None = None
         self._group: GroupCommit[tuple[Decision, bool]] = GroupCommit(self._apply_group)
         self._registering = asyncio.Lock()
+        # The labels held per pgrp, with those the farm checked and is registering.
+        self.labels = LabelClaims(store)
         self.stats = EngineStats()
 
     # -- universal callbacks --------------------------------------------------------
@@ -691,12 +694,19 @@ class TriggerEngine:
             raise InvalidRequestError("job.id is required to register a job")
         job = dict(job, pgrp=int(job.get("pgrp") or job_id))
         label = str(job.get("label") or "")
-        if label:
-            holder = self._store.label_owner(job["pgrp"], label)
-            if holder is not None and holder != job_id:
-                raise InvalidRequestError(
-                    f"label {label!r} is already used by job {holder} in pgrp {job['pgrp']}"
-                )
+        # Held until the transaction is over: its label is not in the store before then.
+        with self.labels.registering(job_id, job["pgrp"], label):
+            return self._register_labelled(job, job_id, label, strict, published)
+
+    def _register_labelled(
+        self,
+        job: dict[str, Any],
+        job_id: int,
+        label: str,
+        strict: bool,
+        published: frozenset[str] | None,
+    ) -> tuple[Registration, list[PendingFiring]]:
+        """``_register_job`` once the job's label is its own in its pgrp."""
         specs = callback_specs(job, self._universal, _checked)
         place = JobPlace.of(job)
         where = surroundings(self._store, place, job, [expr for _, expr in specs], published)

@@ -32,7 +32,12 @@ from typing import Any, Final
 from supervisor_client.reference.errors import NoSuchJobError, NoSuchWorkError
 from supervisor_client.reference.states import Status
 from supervisor_client.reference.store import ActionResult, ReferenceSupervisor
-from supervisor_client.reference.submission import JobCheck, LanguageCheck, TriggerCheck
+from supervisor_client.reference.submission import (
+    JobCheck,
+    LabelHolders,
+    LanguageCheck,
+    TriggerCheck,
+)
 
 #: A worker's changes: they move items along the dispatch path.
 WORKER_CHANGES: Final = ("start", "complete", "fail")
@@ -176,15 +181,21 @@ class Farm:
         check_trigger: TriggerCheck | None = None,
         check_language: LanguageCheck | None = None,
         check_job: JobCheck | None = None,
+        labels_held: LabelHolders | None = None,
     ) -> list[dict[str, Any]]:
         """Submit job dicts (all or nothing); the stored jobs with their callbacks.
 
         ``check_trigger``, ``check_language``, ``check_job``: the executor's checks of each
         callback's trigger and language, and of each job as RegisterJob would take it (the
         executor passes them; see ``submission.TriggerCheck`` and ``submission.JobCheck``).
+        ``labels_held``: the trigger engine's labels of a pgrp (``submission.LabelHolders``).
         """
         stored = self._supervisor.submit(
-            jobs, check_trigger=check_trigger, check_language=check_language, check_job=check_job
+            jobs,
+            check_trigger=check_trigger,
+            check_language=check_language,
+            check_job=check_job,
+            labels_held=labels_held,
         )
         return [self._supervisor.job(job["id"], include_callbacks=True) for job in stored]
 

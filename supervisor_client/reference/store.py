@@ -70,6 +70,7 @@ from supervisor_client.reference.states import (
 from supervisor_client.reference.submission import (
     MAX_ID,
     JobCheck,
+    LabelHolders,
     LanguageCheck,
     NewJob,
     TriggerCheck,
@@ -197,6 +198,30 @@ class _Changes:
         """What the forwarder sends, in order: the events, then the registrations again."""
         again = [Transition(REGISTER_AGAIN, "job", job_id) for job_id in self.register_again]
         return [*self.transitions, *again]
+
+
+def _held_elsewhere(
+    labels_held: LabelHolders | None, pgrps: Iterable[int], farm_has: Callable[[int], bool]
+) -> Callable[[int, str, int], int | None]:
+    """(pgrp, label, job id) -> the job another scheduler registered holding it, or None.
+
+    A holder above the job's own id is another scheduler's: the farm gives its ids in
+    order, never twice. One at or below it is the farm's registration, or one it
+    replaces (this submission registers its jobs in order, and the farm's registration
+    under an id replaces one made by hand under it), or a job the farm removed, whose
+    label goes when that event reaches the engine. Unless the farm has that job now:
+    a label its own job holds there is refused before this (``taken``), so the engine's
+    job of that id is one registered by hand over the farm's.
+    """
+    held = {pgrp: dict(labels_held(pgrp)) if labels_held else {} for pgrp in set(pgrps)}
+
+    def holder(pgrp: int, label: str, job_id: int) -> int | None:
+        found = held[pgrp].get(label)
+        if found is None or (found <= job_id and not farm_has(found)):
+            return None
+        return found
+
+    return holder
 
 
 def _origin(invocation_id: str) -> str:
@@ -519,6 +544,7 @@ class ReferenceSupervisor:
         check_trigger: TriggerCheck | None = None,
         check_language: LanguageCheck | None = None,
         check_job: JobCheck | None = None,
+        labels_held: LabelHolders | None = None,
     ) -> list[dict[str, Any]]:
         """Store Qube job dicts; all or nothing. Returns the stored jobs, in order.
 
@@ -526,20 +552,23 @@ class ReferenceSupervisor:
         ``pgrp``; that job's id is the pgrp id. Raises SubmitError naming the problem
         (duplicate label or work name, unknown pgrp, malformed field, and, with
         ``check_trigger`` and ``check_language``, a callback's trigger or language they
-        refuse, and with ``check_job`` a job as stored that it refuses).
+        refuse, with ``check_job`` a job as stored that it refuses, and with
+        ``labels_held`` a label given a job that another scheduler's job holds there).
         """
         parsed = parse_submission(jobs, check_trigger, check_language)
         with self._transaction() as changes:
-            ids = self._insert_jobs(changes, parsed)
+            ids = self._insert_jobs(changes, parsed, labels_held)
             if check_job is not None:
                 self._check_stored(ids, check_job)
             return [self._job_dict(self._job_row(i), include_callbacks=False) for i in ids]
 
-    def _insert_jobs(self, changes: _Changes, jobs: Sequence[NewJob]) -> list[int]:
+    def _insert_jobs(
+        self, changes: _Changes, jobs: Sequence[NewJob], labels_held: LabelHolders | None
+    ) -> list[int]:
         first_id = self._last_job_id() + 1
         leader = next((first_id + i for i, job in enumerate(jobs) if job.fields.pgrp is None), 0)
         pgrps = [job.fields.pgrp or leader for job in jobs]
-        labels = self._assign_labels(jobs, pgrps)
+        labels = self._assign_labels(jobs, pgrps, first_id, labels_held)
         now = int(self._clock())
         for offset, (job, pgrp, (label, assigned)) in enumerate(
             zip(jobs, pgrps, labels, strict=True)
@@ -600,7 +629,11 @@ class ReferenceSupervisor:
                 raise SubmitError(f"job {number} of the submission: {problem}")
 
     def _assign_labels(
-        self, jobs: Sequence[NewJob], pgrps: Sequence[int]
+        self,
+        jobs: Sequence[NewJob],
+        pgrps: Sequence[int],
+        first_id: int,
+        labels_held: LabelHolders | None,
     ) -> list[tuple[str, bool]]:
         """Check explicit labels are unique per pgrp, then give the rest ``qube<N>``.
 
@@ -609,7 +642,12 @@ class ReferenceSupervisor:
         in the submission is never given away. A label a job of the pgrp holds as given by
         the supervisor is an assigned field of a resubmitted jobinfo dict, as its ``id``
         is: the job gets a fresh one.
+
+        ``labels_held`` (the trigger engine's labels) counts only where its holder's id
+        is another scheduler's (``_held_elsewhere``).
         """
+        ids = range(first_id, first_id + len(jobs))
+        elsewhere = _held_elsewhere(labels_held, pgrps, self._has_job)
         taken: dict[int, set[str]] = {}
         assigned: dict[int, set[str]] = {}
         # Who holds each explicit label, for the refusal: an existing job, or a job of this
@@ -639,15 +677,23 @@ class ReferenceSupervisor:
                     f"job {n} of the submission: label {label!r} is taken by "
                     f"{holders[pgrp][label]}; a label names one job of its process group"
                 )
+            holder = elsewhere(pgrp, label, ids[n - 1])
+            if holder is not None:
+                raise SubmitError(
+                    f"job {n} of the submission: label {label!r} in pgrp {pgrp} is held by "
+                    f"job {holder}, registered with the trigger engine through RegisterJob, "
+                    "not by the farm; a label names one job of its process group: give this "
+                    "job another label, or none (the farm gives it one)"
+                )
             taken[pgrp].add(label)
             holders[pgrp][label] = f"job {n} of the submission"
         labels = []
-        for label, pgrp in zip(given, pgrps, strict=True):
+        for label, pgrp, job_id in zip(given, pgrps, ids, strict=True):
             if label is not None:
                 labels.append((label, False))
             else:
                 n = positions[pgrp]
-                while f"qube{n}" in taken[pgrp]:
+                while f"qube{n}" in taken[pgrp] or elsewhere(pgrp, f"qube{n}", job_id):
                     n += 1
                 taken[pgrp].add(f"qube{n}")
                 labels.append((f"qube{n}", True))
@@ -1592,6 +1638,9 @@ class ReferenceSupervisor:
                 duplicates.append(False)
             self._retention.added(inserted, self._clock(), new_bytes)
         return duplicates
+
+    def _has_job(self, job_id: int) -> bool:
+        return self._db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is not None
 
     def _last_job_id(self) -> int:
         """The highest job id given out so far (AUTOINCREMENT keeps it after a removal)."""

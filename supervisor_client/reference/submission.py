@@ -69,6 +69,11 @@ LanguageCheck = Callable[[str], str | None]
 #: why not. The executor passes its RegisterJob checks: a job it would refuse is refused
 #: with the submission instead of being stored with callbacks that could never run.
 JobCheck = Callable[[Mapping[str, Any]], str | None]
+#: The labels held in a pgrp outside the farm's own store (label -> job id): the trigger
+#: engine's, where another scheduler's RegisterJob may have put one in a pgrp the farm
+#: leads or joins (a pgrp is a job id). The farm refuses a label given it that one holds,
+#: and passes over it when it gives a label (``qube<N>``).
+LabelHolders = Callable[[int], Mapping[str, int]]
 
 
 @dataclass(frozen=True, slots=True)

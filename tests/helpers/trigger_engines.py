@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from executor.model import Invocation, Limits, Outcome, RunResult
 from executor.triggers.engine import TriggerEngine
+from executor.triggers.label_claims import LabelClaims
 from executor.triggers.store import TriggerStore
 
 LIMITS = Limits(1, 5, 1 << 28, 1 << 16, 8, 1 << 20)
@@ -91,6 +92,11 @@ class Refusing(Recorder):
 def engine_at(path: Path, recorder: Recorder, **kwargs: Any) -> TriggerEngine:
     """An engine that is not started: it decides, and queues what it fires."""
     return TriggerEngine(TriggerStore(str(path / "triggers.db")), recorder, limits=LIMITS, **kwargs)
+
+
+def no_labels() -> LabelClaims:
+    """The labels of an empty trigger engine (its store in memory), for a FarmServicer."""
+    return LabelClaims(TriggerStore(":memory:"))
 
 
 class Engines(Protocol):

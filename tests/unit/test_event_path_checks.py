@@ -28,7 +28,7 @@ from supervisor_client.qbcallback.v1 import executor_pb2, farm_pb2
 from supervisor_client.reference import ReferenceSupervisor
 from supervisor_client.reference.farm import Farm
 from tests.helpers.servicer_context import Aborted, FakeContext, as_context
-from tests.helpers.trigger_engines import Engines, Recorder, job
+from tests.helpers.trigger_engines import Engines, Recorder, job, no_labels
 
 pytestmark = pytest.mark.unit
 
@@ -56,7 +56,7 @@ async def _registered(job_ids: list[int]) -> None:
 
 
 def servicer(farm: Farm) -> FarmServicer:
-    return FarmServicer(farm, lambda job_id: [], _settled, _registered)
+    return FarmServicer(farm, lambda job_id: [], _settled, _registered, no_labels())
 
 
 async def submit(farm: Farm, jobs: list[dict[str, Any]]) -> farm_pb2.SubmitJobsResponse:

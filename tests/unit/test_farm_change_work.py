@@ -24,6 +24,7 @@ from supervisor_client.qbcallback.v1 import farm_pb2
 from supervisor_client.reference import ReferenceSupervisor
 from supervisor_client.reference.farm import Farm, describe_agenda
 from tests.helpers.servicer_context import Aborted, FakeContext, as_context
+from tests.helpers.trigger_engines import no_labels
 
 pytestmark = pytest.mark.unit
 
@@ -35,7 +36,7 @@ async def _nothing(*_: Any) -> None:
 def _servicer(agenda: list[str]) -> tuple[FarmServicer, int]:
     farm = Farm(ReferenceSupervisor(":memory:"))
     (job,) = farm.submit([{"name": "big", "agenda": agenda}])
-    return FarmServicer(farm, lambda _: [], _nothing, _nothing), job["id"]
+    return FarmServicer(farm, lambda _: [], _nothing, _nothing, no_labels()), job["id"]
 
 
 async def _change(servicer: FarmServicer, request: farm_pb2.ChangeWorkRequest) -> Any:
@@ -168,7 +169,7 @@ def _recording_servicer(cpus: int = 2) -> tuple[FarmServicer, ReadRecordingSuper
     (job,) = farm.submit([{"name": "big", "user": "alice", "cpus": cpus, "agenda": agenda}])
     store.whole.clear()
     store.named.clear()
-    return FarmServicer(farm, lambda _: [], _nothing, _nothing), store, job["id"]
+    return FarmServicer(farm, lambda _: [], _nothing, _nothing, no_labels()), store, job["id"]
 
 
 async def test_a_change_of_one_item_reads_that_item_not_the_job() -> None:

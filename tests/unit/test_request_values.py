@@ -22,7 +22,7 @@ from supervisor_client.qbcallback.v1 import executor_pb2, farm_pb2, supervisor_p
 from supervisor_client.reference import ReferenceSupervisor, forwarder, submission
 from supervisor_client.reference.farm import Farm
 from tests.helpers.servicer_context import Aborted, FakeContext, as_context
-from tests.helpers.trigger_engines import Engines, Recorder
+from tests.helpers.trigger_engines import Engines, Recorder, no_labels
 
 pytestmark = pytest.mark.unit
 
@@ -46,7 +46,9 @@ async def _nothing(*_: Any) -> None:
 
 @pytest.fixture
 def farm() -> FarmServicer:
-    return FarmServicer(Farm(ReferenceSupervisor(":memory:")), lambda _: [], _nothing, _nothing)
+    return FarmServicer(
+        Farm(ReferenceSupervisor(":memory:")), lambda _: [], _nothing, _nothing, no_labels()
+    )
 
 
 def test_the_supervisor_bounds_names_as_the_executor_does() -> None:
