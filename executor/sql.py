@@ -28,7 +28,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -347,11 +347,32 @@ class PgDb:
         every Execute waits for. Errors are those of ``execute``. Parameters are ``str``,
         ``bytes`` (sent binary), ``int``, ``float`` or None.
         """
+        return int(self._prepared_result(sql, parameters).command_tuples or 0)
+
+    def fetchone_prepared(self, sql: str, parameters: Sequence[Any], /) -> dict[str, Any] | None:
+        """A hot query's first row by column name (None: no row), as ``execute_prepared`` runs it.
+
+        Its columns are booleans, integers, floats or text (``_PG_TEXT_VALUES``).
+        """
+        result = self._prepared_result(sql, parameters)
+        if not result.ntuples:
+            return None
+        row: dict[str, Any] = {}
+        for column in range(result.nfields):
+            name = result.fname(column).decode()
+            read = _PG_TEXT_VALUES.get(result.ftype(column))
+            if read is None:
+                raise TypeError(f"fetchone_prepared: column {name!r} is of a type it does not read")
+            value = result.get_value(0, column)
+            row[name] = None if value is None else read(value)
+        return row
+
+    def _prepared_result(self, sql: str, parameters: Sequence[Any]) -> Any:
         name, text = _prepared_statement(sql)
         values = [_pg_param(value) for value in parameters]
         formats = [1 if isinstance(value, bytes) else 0 for value in parameters]
 
-        def run(conn: Any, _: str) -> int:
+        def run(conn: Any, _: str) -> Any:
             pgconn = conn.pgconn
             if self._prepared_on is not conn:
                 self._prepared_on, self._prepared = conn, set()
@@ -359,10 +380,9 @@ class PgDb:
                 _result_checked(pgconn, pgconn.prepare(name, text, None))
                 self._prepared.add(name)
             pgconn.send_query_prepared(name, values, formats)
-            result = _result_checked(pgconn, _first_result(pgconn))
-            return int(result.command_tuples or 0)
+            return _result_checked(pgconn, _first_result(pgconn))
 
-        return int(self._run(sql, run, translate=False))
+        return self._run(sql, run, translate=False)
 
     def _lost(self) -> bool:
         return self._conn is None or self._conn.broken or self._conn.closed
@@ -622,6 +642,19 @@ def _pg_param(value: Any) -> bytes | None:
     raise TypeError(f"execute_prepared takes str, bytes, int, float or None, not {type(value)}")
 
 
+# A text-format result value by its column's type: bool, int2/4/8, float4/8, text/varchar.
+_PG_TEXT_VALUES: Final[dict[int, Callable[[bytes], Any]]] = {
+    16: lambda value: value == b"t",
+    20: int,
+    21: int,
+    23: int,
+    700: float,
+    701: float,
+    25: bytes.decode,
+    1043: bytes.decode,
+}
+
+
 def _first_result(pgconn: Any) -> Any:
     """The first result of the statement sent on ``pgconn``, once all of them are in.
 
@@ -670,6 +703,13 @@ def execute_counted(db: Db, sql: str, parameters: Sequence[Any]) -> int:
     if isinstance(db, PgDb):
         return db.execute_prepared(sql, parameters)
     return int(db.execute(sql, parameters).rowcount)
+
+
+def first_row(db: Db, sql: str, parameters: Sequence[Any]) -> Any:
+    """A query's first row, by column name (``PgDb.fetchone_prepared`` on PostgreSQL)."""
+    if isinstance(db, PgDb):
+        return db.fetchone_prepared(sql, parameters)
+    return db.execute(sql, parameters).fetchone()
 
 
 _V = TypeVar("_V")

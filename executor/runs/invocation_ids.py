@@ -27,7 +27,7 @@ from executor.errors import DataLossError, UnavailableError
 from executor.runs import run_notes
 from executor.runs.history import RunIdentity
 from executor.runs.outbox import Alongside
-from executor.sql import Db
+from executor.sql import Db, first_row
 
 logger = logging.getLogger(__name__)
 
@@ -147,12 +147,13 @@ class FleetIds:
         now = self._clock()
         lease_until = now + self._lease_s
         with self._connection() as db:
-            row = db.execute(
+            row = first_row(
+                db,
                 _QUERY,
                 (invocation_id, self._owner, lease_until, now)
                 + (invocation_id, self._owner, now)
                 + (invocation_id,) * 3,
-            ).fetchone()
+            )
         claimed = bool(row["claimed"]) and invocation_id not in self._held
         if claimed:
             self._held.add(invocation_id)

@@ -612,6 +612,31 @@ def test_a_prepared_statement_takes_every_value_as_execute_does(pg_url: str) -> 
         db.close()
 
 
+def test_a_prepared_query_reads_its_first_row_as_psycopg_would(pg_url: str) -> None:
+    db = connect_postgres(pg_url)
+    try:
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS prepared_rows"
+            " (k TEXT PRIMARY KEY, yes BOOLEAN, n BIGINT, small INTEGER, f DOUBLE PRECISION,"
+            " v VARCHAR(20), at TIMESTAMP)"
+        )
+        db.execute(
+            "INSERT INTO prepared_rows VALUES (?, ?, ?, ?, ?, ?, now())",
+            ("ключ ✓", True, 2**63 - 1, -7, 0.1 + 0.2, "text"),
+        )
+        query = (
+            "SELECT k, yes, n, small, f, v, NULL::TEXT AS nothing FROM prepared_rows WHERE k = ?"
+        )
+        expected = dict(db.execute(query, ("ключ ✓",)).fetchone())
+        assert db.fetchone_prepared(query, ("ключ ✓",)) == expected
+        assert expected["yes"] is True and expected["nothing"] is None
+        assert db.fetchone_prepared(query, ("none",)) is None
+        with pytest.raises(TypeError, match="column 'at' is of a type it does not read"):
+            db.fetchone_prepared("SELECT at FROM prepared_rows", ())
+    finally:
+        db.close()
+
+
 def test_a_prepared_statement_raises_the_stores_own_errors(pg_url: str) -> None:
     db = connect_postgres(pg_url)
     try:
