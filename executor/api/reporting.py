@@ -16,9 +16,10 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from executor.api import convert
+from executor.api.lenient_answers import supervisor_stub
 from executor.model import Invocation, RunResult
 from executor.runs.outbox import MESSAGE_MARGIN_BYTES, DeliveryError
-from supervisor_client.qbcallback.v1 import supervisor_pb2, supervisor_pb2_grpc, types_pb2
+from supervisor_client.qbcallback.v1 import supervisor_pb2, types_pb2
 
 # The receiver will refuse these again however often we retry: the result is set aside.
 PERMANENT_CODES: Final = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE})
@@ -158,7 +159,7 @@ class GrpcReportTransport:
 
     def __init__(self, channel: grpc.aio.Channel, timeout_s: float) -> None:
         self._channel = channel
-        self._stub = supervisor_pb2_grpc.SupervisorServiceStub(channel)
+        self._stub = supervisor_stub(channel)
         self._timeout_s = timeout_s
         self._patience_s = timeout_s
         self._connects = 0  # calls that found the channel not connected
@@ -174,7 +175,7 @@ class GrpcReportTransport:
     async def _call(self, method: Any, request: Any, name: str) -> Any:
         """Call ``method`` (named ``name``); an answer that does not parse is a DeliveryError.
 
-        grpc.aio gives None for such an answer instead of raising. The supervisor answered
+        The stub gives None for such an answer (``lenient_answers``) instead of raising. The supervisor answered
         (a proto of another version, a proxy mangling bodies), so it counts as a refusal:
         retried, and set aside after a few like any answered failure.
         """

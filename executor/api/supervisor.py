@@ -16,12 +16,13 @@ from typing import Any, Final, TypeVar
 
 import grpc
 
+from executor.api.lenient_answers import supervisor_stub
 from executor.child.protocol import QbErrorKind
 from executor.errors import HostCallError
 from executor.supervisor_link import ActionOutcome
 from supervisor_client.credentials import RECONNECT_OPTIONS
 from supervisor_client.jobdict import job_to_dict
-from supervisor_client.qbcallback.v1 import supervisor_pb2, supervisor_pb2_grpc
+from supervisor_client.qbcallback.v1 import supervisor_pb2
 
 ERROR_KIND_KEY: Final = "qb-error-kind"
 # The largest answer the executor takes from a supervisor (a JobInfo of a job of over a
@@ -103,10 +104,9 @@ def host_error(
 def malformed_answer(method: str, *, acts: bool) -> HostCallError:
     """The error for an answer that does not parse as ``method``'s response message.
 
-    grpc.aio returns None for such an answer (after logging "Exception deserializing
-    message!") instead of raising: a supervisor built from another version of the proto,
-    or a proxy that mangles its body. It answered OK, so an action was taken in all
-    likelihood.
+    The stub returns None for such an answer (``lenient_answers``) instead of raising: a
+    supervisor built from another version of the proto, or a proxy that mangles its
+    body. It answered OK, so an action was taken in all likelihood.
     """
     applied = "; it may have been applied" if acts else ""  # as host_error says it
     return HostCallError(
@@ -119,7 +119,7 @@ class GrpcSupervisor:
     """``executor.supervisor_link.SupervisorPort`` over a SupervisorService channel."""
 
     def __init__(self, channel: grpc.aio.Channel, timeout_s: float) -> None:
-        self._stub = supervisor_pb2_grpc.SupervisorServiceStub(channel)
+        self._stub = supervisor_stub(channel)
         self._timeout_s = timeout_s
 
     async def _call(
