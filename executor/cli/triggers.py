@@ -40,8 +40,9 @@ from supervisor_client.client import as_plain
 def _check(args: argparse.Namespace) -> int:
     """The canonical form, then what a trigger alone can be warned about (exit 0 still).
 
-    The warnings are those RegisterJob answers without a job: what the parser accepted
-    with a warning (an extra on a job atom, dropped) and atoms nothing fires (``global``).
+    The warnings are those a trigger alone can get: what the parser accepted with a
+    warning (an extra on a job atom, dropped; ``SELF`` read as a label), and atoms
+    nothing fires (``global``).
     """
     try:
         expr = triggers.parse(args.expression)

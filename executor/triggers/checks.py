@@ -5,18 +5,23 @@ job (``Surroundings``), ``job_checks`` at the job itself, ``static_checks`` at a
 alone (the universal callbacks at load, when there is no job). What they find:
 
 * ``unknown_label``: a label no job of the job's pgrp holds (yet), with the labels that
-  are there and the closest one. Jobs of one pgrp may register in any order, so this
+  are there and the closest one (``self`` or ``parent`` for ``SELF`` or ``Parent``: a
+  context in another case is a label, as a label is case sensitive). Jobs of one pgrp may register in any order, so this
   is kept as *pending*: when a job registers later with that label in that pgrp, the
   check is marked resolved (``resolve_label``) and ``why`` says by which job.
 * ``unknown_work``: a work name (or, for ``{work}``, the job's own items) missing from
-  the referenced job's agenda, when that agenda is known.
+  the referenced job's agenda, when that agenda is known. Work triggers name items by
+  name only (Qube's doc also allows a "work id"): a number that is no name but an index
+  into the agenda is told so, with the name of the item at that index.
 * ``never_happens``: an atom no event can match: ``global``, ``parent`` of a job without
   one, an event the scheduler declared it never publishes (but a level callback's
   ``submit-job`` atom: its job's registration is its submission).
 * ``label_split``: a label holding ``-``, which the grammar splits (``complete-job-a-b``
   names label ``a``).
 * ``parse_warning``: what the parser accepted with a warning (an extra on a job atom is
-  ignored).
+  ignored); for a trigger alone (``triggers check``, a universal line at load), also a
+  label that is ``self`` or ``parent`` in another case (at registration the
+  ``unknown_label`` check says that instead, while no job of the pgrp holds the label).
 * ``label_unnameable``: a label no trigger can name otherwise: characters other than
   ASCII letters, digits, ``_`` and ``.``; all digits (read as a job id); ``self`` or
   ``parent``.
@@ -165,11 +170,27 @@ def referenced_job(atom: Atom, where: Surroundings) -> int | None:
     return None
 
 
-def static_checks(expr: Expr) -> list[Check]:
-    """What is wrong with a trigger whatever job it belongs to (slots filled in)."""
+def static_checks(expr: Expr, *, alone: bool = True) -> list[Check]:
+    """What is wrong with a trigger whatever job it belongs to (slots filled in).
+
+    ``alone``: no job is around (``triggers check``, a universal line at load), so a
+    label that is ``self`` or ``parent`` in another case is warned of here; at
+    registration the label check does it, knowing whether a job holds that label.
+    """
     found: list[Check] = []
     for slot, atom in enumerate(atoms(expr)):
         text = atom.text or render_atom(atom)
+        meant = _context_meant(atom)
+        if alone and meant:
+            found.append(
+                Check(
+                    CheckKind.PARSE_WARNING,
+                    f"'{atom.context}' is read as a label, not as '{meant}' (contexts are lower"
+                    " case; a label is case sensitive)",
+                    slot=slot,
+                    atom=text,
+                )
+            )
         found.extend(
             Check(CheckKind.PARSE_WARNING, warning, slot=slot, atom=text)
             for warning in atom.warnings
@@ -246,7 +267,7 @@ def trigger_checks(
     ``level``: the callback is in level mode (its job's registration is the submission
     its ``submit-job`` atoms wait for, whatever events the scheduler publishes).
     """
-    found = static_checks(expr)
+    found = static_checks(expr, alone=False)
     for slot, atom in enumerate(atoms(expr)):
         text = atom.text or render_atom(atom)
         found.extend(
@@ -313,12 +334,25 @@ def _label_problems(atom: Atom, where: Surroundings) -> Iterable[tuple[CheckKind
     there = f"labels there: {', '.join(labels)}" if labels else "no job there has a label"
     close = difflib.get_close_matches(atom.context, labels, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
+    if meant := _context_meant(atom):
+        hint = (
+            f"; did you mean '{meant}'? (contexts are lower case; '{atom.context}' is read"
+            " as a label)"
+        )
     yield (
         CheckKind.UNKNOWN_LABEL,
         f"label '{atom.context}' names no job in pgrp {pgrp} yet ({there}){hint}",
         pgrp,
         atom.context,
     )
+
+
+def _context_meant(atom: Atom) -> str:
+    """``self`` or ``parent`` when a label atom's label is one of them in another case."""
+    lower = atom.context.lower()
+    if atom.context_kind is ContextKind.LABEL and lower in ("self", "parent"):
+        return lower
+    return ""
 
 
 def _declared(published: frozenset[str]) -> str:
@@ -373,7 +407,17 @@ def _work_problem(atom: Atom, where: Surroundings) -> str:
         )
     if atom.extra in names:
         return ""
-    return f"work '{atom.extra}' is not in the agenda of job {job_id} ({compact_names(agenda)})"
+    absent = f"work '{atom.extra}' is not in the agenda of job {job_id} ({compact_names(agenda)})"
+    digits = atom.extra.isascii() and atom.extra.isdigit() and len(atom.extra) <= 18
+    index = int(atom.extra) if digits else len(agenda)  # int() refuses 4,300 digits
+    if index >= len(agenda):
+        return absent
+    # Qube's doc says "work id or work name"; names only here (an id would make a numeric
+    # frame's atom ambiguous, README "Triggers and the event path"): say what was meant.
+    return (
+        f"{absent}; work triggers name agenda items by name, not by index: item {index}"
+        f" is named '{agenda[index]}'"
+    )
 
 
 # -- the table ------------------------------------------------------------------------

@@ -24,7 +24,10 @@ Choices where Qube's documentation is silent or unclear:
 * Event names must be one of ``EventName``. Qube allows "user-defined" names but
   nothing can raise one, so such a trigger could never fire; we reject it at
   registration (this also rejects ``unblock-job-1234`` from one Qube page, most
-  likely a documentation slip). Names and types are case-sensitive.
+  likely a documentation slip). Names and types are case-sensitive, lower case as
+  Qube writes them (an error says so for ``COMPLETE``), and so are ``self`` and
+  ``parent``: ``SELF`` is a label (a label is case sensitive, and a job may hold it;
+  checks.py warns while none does).
 * Any real event name goes with any of job/subjob/work/host (e.g. ``submit-work``
   is accepted though it may never happen); ``dummy`` only goes with ``time`` and
   ``repeat``. The reverse is permissive: ``complete-time-self-<T>`` is accepted
@@ -310,16 +313,8 @@ class _AtomParser:
         present = fields + [""] * (4 - len(fields))
         name_text, type_text, context_text, extra_text = present
 
-        if not name_text:
-            self._fail("missing event name", 0, EXPECT_NAME)
-        if name_text not in _NAMES:
-            self._fail(f"unknown event name {_quoted(name_text)}", 0, EXPECT_NAME)
-        if not type_text:
-            self._fail("missing event type", offsets[1], EXPECT_TYPE)
-        if type_text not in _TYPES:
-            self._fail(f"unknown event type {_quoted(type_text)}", offsets[1], EXPECT_TYPE)
-        name = EventName(name_text)
-        type_ = EventType(type_text)
+        name = EventName(self._word(name_text, 0, "name", _NAMES, EXPECT_NAME))
+        type_ = EventType(self._word(type_text, offsets[1], "type", _TYPES, EXPECT_TYPE))
         if type_.value in _GLOBAL_HEADS:
             self._fail(
                 f"event type '{type_}' takes no name or context", 0, f"'{_global_form(type_)}'"
@@ -378,6 +373,18 @@ class _AtomParser:
         else:
             extra = self._repeat(extra_text, offset)
         return self._atom(name, type_, context, extra, warnings)
+
+    def _word(self, text: str, offset: int, what: str, words: frozenset[str], expected: str) -> str:
+        """An event name or type: one of ``words``, written as Qube does (lower case)."""
+        if not text:
+            self._fail(f"missing event {what}", offset, expected)
+        if text not in words:
+            lower = text.lower()
+            if lower in words:
+                # A context in another case is a label (case sensitive): no such leeway here.
+                expected = f"'{lower}' (event {what}s are lower case)"
+            self._fail(f"unknown event {what} {_quoted(text)}", offset, expected)
+        return text
 
     def _global(self, type_: EventType, dash: str, rest: str) -> Atom:
         offset = len(type_.value) + len(dash)

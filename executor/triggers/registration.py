@@ -278,16 +278,24 @@ class _Known:
             found = self.items(job_id, type_)
             if atom.extra == WILDCARD:
                 candidates = list(found.items())
+                if atom.type is EventType.SUBJOB:  # instance ids in number order
+                    candidates.sort(key=lambda candidate: (len(candidate[0]), candidate[0]))
             else:
                 candidates = [(atom.extra, found[atom.extra])] if atom.extra in found else []
         else:
             return None
+        # A ``*`` atom fires with the latest of its items' events, as the README says.
+        # A state a registration gave has no time (0.0; an event since it is later): of
+        # those, the last in agenda (instance) order.
+        latest: SeenEvent | None = None
         for item, known in candidates:
             if happened(atom, [known.state]):
                 if atom.name is EventName.SUBMIT:
                     return SeenEvent(Event("submit", "job", job_id), 0.0)
-                return states.seen_or_registered(known, job_id, type_, item)
-        return None
+                seen = states.seen_or_registered(known, job_id, type_, item)
+                if latest is None or seen.at >= latest.at:
+                    latest = seen
+        return latest
 
 
 def level_pass(

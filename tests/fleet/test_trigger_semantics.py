@@ -115,3 +115,47 @@ async def test_the_submission_of_a_job_never_registered_is_remembered_for_level_
     with engine.store.outside_transaction() as db:
         count = db.execute("SELECT count(*) FROM unregistered_submissions").fetchone()[0]
     assert count == 0  # its states took over
+
+
+def level_star(job_id: int, trigger: str) -> dict[str, Any]:
+    return {
+        "id": job_id,
+        "pgrp": 90,
+        "callbacks": [{"triggers": trigger, "language": "qube", "code": "x", "mode": "level"}],
+    }
+
+
+async def test_a_level_star_atom_fires_with_the_item_whose_event_came_last(
+    engines: MakeEngine,
+) -> None:
+    engine = engines()
+    frames = [{"name": n, "status": "pending"} for n in ("1", "2", "3")]
+    engine.register_job({"id": 90, "pgrp": 90, "label": "src", "agenda": frames})
+    for frame in ("1", "3", "2"):  # not agenda order: the last event wins, not the first item
+        await engine.publish(Event("complete", "work", 90, work_name=frame), wait=True)
+
+    registration = engine.register_job(level_star(91, "complete-work-src-*"))
+
+    assert [f.work_name for f in registration.fired] == ["2"]
+    (entry,) = engine.explain(91).callbacks[0].journal
+    assert entry.seen.event == Event("complete", "work", 90, work_name="2")
+
+
+async def test_a_level_star_atom_takes_an_item_an_event_moved_over_registered_states(
+    engines: MakeEngine,
+) -> None:
+    engine = engines()
+    # States a registration gave carry no time: of those, the last in agenda order.
+    done = [{"name": n, "status": "complete"} for n in ("1", "2")]
+    engine.register_job({"id": 90, "pgrp": 90, "label": "src", "agenda": done})
+    assert [f.work_name for f in engine.register_job(level_star(91, "done-work-src-*")).fired] == [
+        "2"
+    ]
+
+    # An event came after the registration that gave the others: its item is the latest.
+    frames = [{"name": "1", "status": "pending"}, {"name": "2", "status": "complete"}]
+    engine.register_job({"id": 92, "pgrp": 90, "label": "other", "agenda": frames})
+    await engine.publish(Event("complete", "work", 92, work_name="1"), wait=True)
+    assert [
+        f.work_name for f in engine.register_job(level_star(93, "complete-work-other-*")).fired
+    ] == ["1"]

@@ -50,6 +50,68 @@ def test_a_work_name_not_in_the_agenda() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("agenda", "extra", "item"),
+    [
+        (["Initialize", "render", "cleanup"], "0", "Initialize"),
+        (["Initialize", "render", "cleanup"], "2", "cleanup"),
+        (["1", "2"], "0", "1"),  # a frame agenda: frame 0 is no item, index 0 is frame 1
+    ],
+)
+def test_a_work_index_that_is_no_work_name_says_triggers_name_items_by_name(
+    agenda: list[str], extra: str, item: str
+) -> None:
+    # Found by an independent client: Qube's doc says a work event takes a "work id or
+    # work name"; cbexec matches names only, and the warning did not say so.
+    where = Surroundings(OWNER, labels={"comp": 15}, agendas={15: agenda})
+    names = ",".join(agenda) if agenda[0] != "1" else "1-2"
+    assert found(f"complete-work-self-{extra}", where) == [
+        (
+            CheckKind.UNKNOWN_WORK,
+            f"work '{extra}' is not in the agenda of job 15 ({names}); work triggers name"
+            f" agenda items by name, not by index: item {extra} is named '{item}'",
+        )
+    ]
+
+
+def test_a_number_past_the_agenda_is_only_not_in_it() -> None:
+    where = Surroundings(OWNER, labels={"comp": 15}, agendas={15: ["Initialize", "render"]})
+    assert found("complete-work-self-2", where) == [
+        (CheckKind.UNKNOWN_WORK, "work '2' is not in the agenda of job 15 (Initialize,render)")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("context", "meant"),
+    [("SELF", "self"), ("Self", "self"), ("PARENT", "parent"), ("Parent", "parent")],
+)
+def test_a_label_that_is_self_or_parent_in_other_case_asks_did_you_mean(
+    context: str, meant: str
+) -> None:
+    # Found by an independent client: complete-job-SELF waited for a job labelled SELF,
+    # and the warning gave no hint (a label is case sensitive: SELF may be a job's label).
+    assert found(f"complete-job-{context}") == [
+        (
+            CheckKind.UNKNOWN_LABEL,
+            f"label '{context}' names no job in pgrp 3 yet (labels there: comp, render, ribgen,"
+            f" shot-v2); did you mean '{meant}'? (contexts are lower case; '{context}' is read"
+            " as a label)",
+        )
+    ]
+    labelled = Surroundings(OWNER, labels={"comp": 15, context: 17}, agendas={})
+    assert found(f"complete-job-{context}", labelled) == []  # a job holds it: meant so
+
+
+def test_a_trigger_alone_warns_that_self_in_other_case_is_a_label() -> None:
+    # What `cbexec triggers check` and a universal callback's load print (no job around).
+    assert trigger_warnings("complete-job-SELF && done-work-Parent-1") == [
+        "complete-job-SELF: 'SELF' is read as a label, not as 'self' (contexts are lower"
+        " case; a label is case sensitive)",
+        "done-work-Parent-1: 'Parent' is read as a label, not as 'parent' (contexts are lower"
+        " case; a label is case sensitive)",
+    ]
+
+
 def test_the_work_placeholder_checks_every_item_of_the_job_against_the_other_agenda() -> None:
     assert found("complete-work-ribgen-{work}") == []
     assert found("complete-work-render-{work}") == [

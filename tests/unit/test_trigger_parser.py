@@ -314,7 +314,23 @@ JOB_IDS = "a job id from 1 to 9223372036854775807"
         ),
         ("finished-job-self", 1, f"unknown event name 'finished' at column 1; expected {NAMES}"),
         ("unblock-job-1234", 1, f"unknown event name 'unblock' at column 1; expected {NAMES}"),
-        ("Complete-job-self", 1, f"unknown event name 'Complete' at column 1; expected {NAMES}"),
+        (
+            "Complete-job-self",
+            1,
+            "unknown event name 'Complete' at column 1; expected 'complete' (event names are"
+            " lower case)",
+        ),
+        (
+            "COMPLETE-job-self",
+            1,
+            "unknown event name 'COMPLETE' at column 1; expected 'complete' (event names are"
+            " lower case)",
+        ),
+        (
+            "complete-JOB-self",
+            10,
+            "unknown event type 'JOB' at column 10; expected 'job' (event types are lower case)",
+        ),
         ("-job-self", 1, f"missing event name at column 1; expected {NAMES}"),
         ("complete", 9, f"missing event type at column 9; expected {TYPES}"),
         ("complete--self", 10, f"missing event type at column 10; expected {TYPES}"),
