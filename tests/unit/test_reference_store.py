@@ -178,7 +178,8 @@ def test_rejected_submission_consumes_no_ids(sup: ReferenceSupervisor) -> None:
 @pytest.mark.parametrize(
     ("job", "message"),
     [
-        ({"status": "running"}, "status must be 'pending' or 'blocked'"),
+        # Any state a job dict read back shows is taken (it starts pending); "done" is none.
+        ({"status": "done"}, "status must be 'pending' or 'blocked'"),
         ({"cpus": 0}, "cpus must be an integer >= 1"),
         ({"cpus": 10**6}, "cpus = 1000000 is above the limit"),
         ({"priority": "high"}, "priority must be an integer"),
@@ -195,7 +196,7 @@ def test_rejected_submission_consumes_no_ids(sup: ReferenceSupervisor) -> None:
         ({"user": 5}, "user must be a string"),
         ({"agenda": "1-10"}, "agenda must be a list"),
         ({"agenda": [{"status": "blocked"}]}, "a work item needs a name"),
-        ({"agenda": [{"name": "1", "status": "complete"}]}, "work 1: status must be"),
+        ({"agenda": [{"name": "1", "status": "dying"}]}, "work 1: status must be"),
         ({"callbacks": [{"language": "python"}]}, "callback 1: triggers is required"),
         (
             {"callbacks": [{"triggers": {"done-job-self": 1}, "language": "qube"}]},

@@ -1,0 +1,71 @@
+"""What starts a job afresh on the farm, and what does not: resubmit, resume, a last frame's check."""
+
+from __future__ import annotations
+
+import pytest
+
+from supervisor_client import FarmClient, InvalidRequestError
+from supervisor_client.jobdict import job_to_dict
+from supervisor_client.qbcallback.v1 import farm_pb2
+from tests.conftest import Stack
+
+pytestmark = pytest.mark.service
+
+
+def statuses(response: farm_pb2.GetJobResponse) -> tuple[str, dict[str, str]]:
+    return response.job.status, {w.name: w.status for w in response.job.agenda}
+
+
+def counts(response: farm_pb2.GetJobResponse) -> list[int]:
+    return [cb.count for cb in response.callbacks]
+
+
+async def test_a_job_dict_read_back_after_its_job_ran_is_submitted_as_a_new_job(
+    stack_warm: Stack,
+) -> None:
+    # Qube's resubmit of an ended job (qube-callbacks.md §5.2: a killed job "must be
+    # retried/resubmitted to run again"). Before, the dict was refused: "status must be
+    # 'pending' or 'blocked', got 'killed'", then each work item's likewise (probe 76).
+    shot = {
+        "name": "shot",
+        "label": "shot",
+        "agenda": ["1", "2", "3"],
+        "callbacks": [{"triggers": "done-work-self-*", "language": "python", "code": "pass"}],
+    }
+    async with FarmClient(stack_warm.channel) as farm:
+        (job,) = (await farm.submit_jobs([shot])).jobs
+        await farm.change_work(job_id=job.id, work=["3"], change="block")
+        await farm.change_work(job_id=job.id, work=["1"], change="start", host="node7")
+        await farm.change_work(
+            job_id=job.id, work=["1"], change="complete", result_package={"out": "/r/1.exr"}
+        )
+        await farm.change_work(job_id=job.id, work=["2"], change="start", host="node7")
+        await farm.change_work(job_id=job.id, work=["2"], change="fail")
+        await farm.change_job(job_id=job.id, verb="kill")
+        await stack_warm.settle()
+        old = await farm.get_job(job.id)
+        assert statuses(old) == ("killed", {"1": "complete", "2": "failed", "3": "blocked"})
+        assert counts(old) == [2]
+
+        read_back = {**job_to_dict(old.job, include_callbacks=True), "label": "shot_v2"}
+        (again,) = (await farm.submit_jobs([read_back])).jobs
+        await stack_warm.settle()
+
+        new = await farm.get_job(again.id)
+        # A frame the dict says is blocked stays blocked; everything else starts afresh.
+        assert statuses(new) == ("pending", {"1": "pending", "2": "pending", "3": "blocked"})
+        assert [(w.host, w.subid, w.count, dict(w.resultpackage)) for w in new.job.agenda] == [
+            ("", -1, 0, {})
+        ] * 3
+        assert new.job.pgrp == job.id
+        # Not started nor ended: both show the time Qube shows for unset.
+        assert new.job.timestart == new.job.timecomplete != old.job.timestart
+        assert [(cb.triggers, cb.count) for cb in new.callbacks] == [("done-work-self-*", 0)]
+
+        for bad, named in [
+            ({"status": "finished"}, "job 1 of the submission: status"),
+            ({"agenda": [{"name": "1", "status": 16}]}, "job 1 of the submission, work 1: status"),
+        ]:
+            with pytest.raises(InvalidRequestError, match=named) as refused:
+                await farm.submit_jobs([{**read_back, "label": "shot_v3", **bad}])
+            assert "'pending' or 'blocked'" in str(refused.value)
