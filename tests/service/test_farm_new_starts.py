@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from supervisor_client import FarmClient, InvalidRequestError
@@ -69,3 +71,78 @@ async def test_a_job_dict_read_back_after_its_job_ran_is_submitted_as_a_new_job(
             with pytest.raises(InvalidRequestError, match=named) as refused:
                 await farm.submit_jobs([{**read_back, "label": "shot_v3", **bad}])
             assert "'pending' or 'blocked'" in str(refused.value)
+
+
+async def test_a_resume_is_not_a_start_so_a_job_held_on_start_can_be_resumed(
+    stack_warm: Stack,
+) -> None:
+    # qube-callbacks.md §1.3: running is "object has started running". Before, resume
+    # raised it again: the hold below suspended the job again at once, and the second
+    # job's callback suspended and resumed it for ever (1,252 runs in 5 s; probe 76).
+    jobs: list[dict[str, Any]] = [
+        {
+            "name": "hold",
+            "label": "hold",
+            "agenda": ["1", "2"],
+            "callbacks": [
+                {"triggers": "running-job-self", "language": "qube", "code": "suspend-self"}
+            ],
+        },
+        {
+            "name": "loop",
+            "label": "loop",
+            "agenda": ["1"],
+            "callbacks": [
+                {
+                    "triggers": "running-work-self-1",
+                    "language": "qube",
+                    "code": "suspend-self\nresume-self",
+                    "maximum": 5,  # bounds the loop the old farm ran
+                }
+            ],
+        },
+    ]
+    async with FarmClient(stack_warm.channel) as farm:
+        hold, loop = (job.id for job in (await farm.submit_jobs(jobs)).jobs)
+        await farm.change_work(job_id=hold, work=["1"], change="start")
+        await farm.change_work(job_id=loop, work=["1"], change="start")
+        await stack_warm.settle()
+        assert statuses(await farm.get_job(hold)) == (
+            "suspended",
+            {"1": "suspended", "2": "pending"},
+        )
+
+        await farm.change_job(job_id=hold, verb="resume")
+        await stack_warm.settle()
+
+        shown = await farm.get_job(hold)
+        assert (statuses(shown), counts(shown)) == (
+            ("running", {"1": "running", "2": "pending"}),
+            [1],
+        )
+        shown = await farm.get_job(loop)
+        assert (statuses(shown), counts(shown)) == (("running", {"1": "running"}), [1])
+
+        # The trigger engine knows the resumed job runs (it was registered again): a
+        # level callback registered now latches its running at once.
+        watcher = {
+            "name": "watcher",
+            "callbacks": [
+                {
+                    "triggers": f"running-job-{hold}",
+                    "language": "python",
+                    "code": "pass",
+                    "mode": "level",
+                }
+            ],
+        }
+        (watching,) = (await farm.submit_jobs([watcher])).jobs
+        await stack_warm.settle()
+        assert counts(await farm.get_job(watching.id)) == [1]
+
+        # An interrupt then a dispatch is a new start: running fires, and the hold holds.
+        await farm.change_job(job_id=hold, verb="interrupt")
+        await farm.change_work(job_id=hold, work=["1"], change="start")
+        await stack_warm.settle()
+        shown = await farm.get_job(hold)
+        assert (statuses(shown)[0], counts(shown)) == ("suspended", [2])

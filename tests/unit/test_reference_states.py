@@ -38,6 +38,15 @@ def test_event_name_of_each_new_state(status: str, event: str | None) -> None:
     assert states.event_name(status) == event
 
 
+@pytest.mark.parametrize("new", ALL)
+@pytest.mark.parametrize("old", ALL)
+def test_a_move_fires_its_new_states_event_but_a_resume_fires_none(old: str, new: str) -> None:
+    resume = (old, new) == ("suspended", "running")
+    assert states.move_event(old, new) == (None if resume else states.event_name(new))
+    if resume:  # the trigger engine learns of it by a registration again
+        assert states.needs_registering_again(old, new)
+
+
 def test_done_is_never_an_event_name_of_a_state() -> None:
     assert "done" not in {states.event_name(status) for status in Status}
 
