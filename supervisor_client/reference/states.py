@@ -325,11 +325,15 @@ JOB_RULES: Final[Mapping[str, VerbRule]] = MappingProxyType(
             "jobs that have not ended",
             _in_flight_to(Status.COMPLETE),
         ),
+        # Qube's fail is "force failed", and a complete job can be forced: its last
+        # frame's completion completes it before that frame's callbacks run, so a frame
+        # check (complete-work-self-* -> fail-self) could otherwise not fail it there.
+        # Its frames and instances stay complete. A failed or killed job stays as it is.
         "fail": _rule(
             "fail",
-            NON_TERMINAL,
+            NON_TERMINAL | {Status.COMPLETE},
             Status.FAILED,
-            "jobs that have not ended",
+            "jobs that have not ended and complete jobs",
             _in_flight_to(Status.FAILED),
         ),
     }
@@ -352,18 +356,35 @@ WORK_RULES: Final[Mapping[str, VerbRule]] = MappingProxyType(
     }
 )
 
+
+def instances_moved_from(rule: VerbRule) -> frozenset[str]:
+    """The states a job verb moves the job's instances from.
+
+    Its sources, but an ended instance is not ended again: fail of a complete job
+    leaves its instances complete.
+    """
+    if rule.target is not None and is_terminal(rule.target):
+        return rule.sources - TERMINAL
+    return rule.sources
+
+
 #: Instances take the job verbs with the job's state rules, except remove (an instance
-#: cannot be deleted from its job). The frame an instance is running follows it as the
-#: job verb's running frames do (killed by kill, failed by fail, back to pending by
-#: block/interrupt/migrate, ...); no other work moves: retrying an instance does not
-#: re-run the frames it completed.
+#: cannot be deleted from its job) and that an ended instance is not ended again (a
+#: complete one is not failed: instances_moved_from). The frame an instance is running
+#: follows it as the job verb's running frames do (killed by kill, failed by fail, back
+#: to pending by block/interrupt/migrate, ...); no other work moves: retrying an
+#: instance does not re-run the frames it completed.
 SUBJOB_RULES: Final[Mapping[str, VerbRule]] = MappingProxyType(
     {
         verb: _rule(
             verb,
-            rule.sources,
+            instances_moved_from(rule),
             rule.target,
-            rule.applies_to.replace("jobs", "instances"),
+            (
+                rule.applies_to
+                if instances_moved_from(rule) == rule.sources
+                else "jobs that have not ended"
+            ).replace("jobs", "instances"),
             {
                 old: new
                 for old, new in rule.work_moves.items()

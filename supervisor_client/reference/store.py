@@ -59,6 +59,7 @@ from supervisor_client.reference.states import (
     Transition,
     VerbRule,
     derive_job_status,
+    instances_moved_from,
     is_terminal,
     job_rule,
     move_event,
@@ -1245,7 +1246,7 @@ class ReferenceSupervisor:
                 changes.transitions.append(Transition("removed", "job", job_id))
                 result = ActionResult(1, f"job {job_id} removed")
             else:
-                self._set_job_status(changes, job_id, rule.target, rule.sources)
+                self._set_job_status(changes, job_id, rule.target, instances_moved_from(rule))
                 moved = 0
                 for work in self._work_rows(job_id):
                     follows = rule.work_moves.get(work["status"])

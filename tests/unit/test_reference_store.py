@@ -783,6 +783,26 @@ def test_forcing_verbs(
     assert sup.job_action(verb, job_id, "alice").changed == 0
 
 
+def test_fail_forces_a_complete_job_failed_leaving_its_frames_and_instances(
+    sup: ReferenceSupervisor, events: list[Transition]
+) -> None:
+    # A check of the last frame runs once that frame has completed the job (probe 76).
+    job_id = submit_one(sup, agenda=["1"])
+    sup.start_work(job_id, "1")
+    sup.complete_work(job_id, "1")
+    events.clear()
+
+    result = sup.job_action("fail", job_id, "alice")
+
+    assert result.message == f"job {job_id} complete -> failed"
+    assert events == [Transition("failed", "job", job_id)]
+    shown = sup.job(job_id)
+    assert (shown["status"], shown["agenda"][0]["status"]) == ("failed", "complete")
+    assert [sub["status"] for sub in shown["subjobs"]] == ["complete"]
+    assert sup.job_action("retry", job_id, "alice").changed == 1
+    assert sup.job(job_id)["agenda"][0]["status"] == "pending"
+
+
 def test_remove_deletes_the_job_but_keeps_its_history(
     sup: ReferenceSupervisor, events: list[Transition]
 ) -> None:
