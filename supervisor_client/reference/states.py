@@ -88,14 +88,14 @@ REGISTER_AGAIN: Final = "register-again"
 def needs_registering_again(old: str, new: str) -> bool:
     """Whether moving an object from ``old`` to ``new`` leaves the trigger engine's view stale.
 
-    The engine knows a state from the last event (or registration): a move into a
-    state without an event (pending, suspended) leaves it showing the state before,
+    The engine knows a state from the last event (or registration): a move that fires
+    none (into pending or suspended, or a resume) leaves it showing the state before,
     and a retried job would still read as complete, releasing at once a job that
     depends on it. Unblocking (blocked -> pending) is left out: a stale "blocked"
     makes no dependency hold or release, and a frame link unblocks frame by frame,
     where registering the whole agenda again each time would cost O(frames) per frame.
     """
-    return old != new and event_name(new) is None and old != Status.BLOCKED
+    return old != new and move_event(old, new) is None and old != Status.BLOCKED
 
 
 def is_terminal(status: str) -> bool:
@@ -106,6 +106,21 @@ def is_terminal(status: str) -> bool:
 def event_name(status: str) -> str | None:
     """The event name entering ``status`` fires, or None when Qube fires none."""
     return _EVENT_BY_STATUS.get(status)
+
+
+def move_event(old: str, new: str) -> str | None:
+    """The event name moving an object from ``old`` to ``new`` fires, or None.
+
+    Entering ``new``'s event, except a resume (suspended -> running): Qube's running is
+    "object has started running" (qube-callbacks.md §1.3), and a resumed object goes
+    on with a run already started. Raised again, a ``running-job-self -> suspend-self``
+    hold could never be resumed, and a callback suspending and resuming on running
+    fired itself for ever. A new start (a dispatch after a retry, requeue, interrupt or
+    preempt) comes from pending, and fires running.
+    """
+    if old == Status.SUSPENDED and new == Status.RUNNING:
+        return None
+    return event_name(new)
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,7 +297,8 @@ JOB_RULES: Final[Mapping[str, VerbRule]] = MappingProxyType(
         ),
         "migrate": _rule("migrate", _RUNNING, Status.PENDING, "running jobs", _RUNNING_WORK_BACK),
         # suspend/resume pause processes: the running frames pause with the job (Qube has
-        # no suspended event) and run again when it resumes (their running event fires).
+        # no suspended event) and go on when it resumes, firing nothing either: a resume
+        # is not a start (move_event).
         "suspend": _rule(
             "suspend",
             _RUNNING,
@@ -309,11 +325,15 @@ JOB_RULES: Final[Mapping[str, VerbRule]] = MappingProxyType(
             "jobs that have not ended",
             _in_flight_to(Status.COMPLETE),
         ),
+        # Qube's fail is "force failed", and a complete job can be forced: its last
+        # frame's completion completes it before that frame's callbacks run, so a frame
+        # check (complete-work-self-* -> fail-self) could otherwise not fail it there.
+        # Its frames and instances stay complete. A failed or killed job stays as it is.
         "fail": _rule(
             "fail",
-            NON_TERMINAL,
+            NON_TERMINAL | {Status.COMPLETE},
             Status.FAILED,
-            "jobs that have not ended",
+            "jobs that have not ended and complete jobs",
             _in_flight_to(Status.FAILED),
         ),
     }
@@ -336,18 +356,35 @@ WORK_RULES: Final[Mapping[str, VerbRule]] = MappingProxyType(
     }
 )
 
+
+def instances_moved_from(rule: VerbRule) -> frozenset[str]:
+    """The states a job verb moves the job's instances from.
+
+    Its sources, but an ended instance is not ended again: fail of a complete job
+    leaves its instances complete.
+    """
+    if rule.target is not None and is_terminal(rule.target):
+        return rule.sources - TERMINAL
+    return rule.sources
+
+
 #: Instances take the job verbs with the job's state rules, except remove (an instance
-#: cannot be deleted from its job). The frame an instance is running follows it as the
-#: job verb's running frames do (killed by kill, failed by fail, back to pending by
-#: block/interrupt/migrate, ...); no other work moves: retrying an instance does not
-#: re-run the frames it completed.
+#: cannot be deleted from its job) and that an ended instance is not ended again (a
+#: complete one is not failed: instances_moved_from). The frame an instance is running
+#: follows it as the job verb's running frames do (killed by kill, failed by fail, back
+#: to pending by block/interrupt/migrate, ...); no other work moves: retrying an
+#: instance does not re-run the frames it completed.
 SUBJOB_RULES: Final[Mapping[str, VerbRule]] = MappingProxyType(
     {
         verb: _rule(
             verb,
-            rule.sources,
+            instances_moved_from(rule),
             rule.target,
-            rule.applies_to.replace("jobs", "instances"),
+            (
+                rule.applies_to
+                if instances_moved_from(rule) == rule.sources
+                else "jobs that have not ended"
+            ).replace("jobs", "instances"),
             {
                 old: new
                 for old, new in rule.work_moves.items()

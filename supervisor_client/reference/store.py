@@ -59,9 +59,10 @@ from supervisor_client.reference.states import (
     Transition,
     VerbRule,
     derive_job_status,
-    event_name,
+    instances_moved_from,
     is_terminal,
     job_rule,
+    move_event,
     needs_registering_again,
     permits,
     subjob_rule,
@@ -1040,7 +1041,7 @@ class ReferenceSupervisor:
             " timecomplete = CASE WHEN ? THEN ? ELSE 0 END WHERE id = ?",
             (new, new == Status.RUNNING, now, is_terminal(new), now, job_id),
         )
-        self._emit(changes, new, "job", job_id)
+        self._emit(changes, old, new, "job", job_id)
         rows = self._db.execute(
             "SELECT id, status, host FROM subjobs WHERE job_id = ? ORDER BY id", (job_id,)
         ).fetchall()
@@ -1054,13 +1055,14 @@ class ReferenceSupervisor:
         old = self._db.execute(
             "SELECT status FROM subjobs WHERE job_id = ? AND id = ?", (job_id, subid)
         ).fetchone()
-        changes.moved(job_id, old["status"] if old else new, new)
+        before = old["status"] if old else new
+        changes.moved(job_id, before, new)
         # Any change of its status ends a preempt waiting for its running work.
         self._db.execute(
             "UPDATE subjobs SET status = ?, host = ?, preempted = 0 WHERE job_id = ? AND id = ?",
             (new, host, job_id, subid),
         )
-        self._emit(changes, new, "subjob", job_id, subjob_id=subid, host=host)
+        self._emit(changes, before, new, "subjob", job_id, subjob_id=subid, host=host)
 
     def _set_work_status(self, changes: _Changes, job_id: int, work: sqlite3.Row, new: str) -> None:
         """Move a work item to ``new``; its event names the instance that last took it.
@@ -1076,6 +1078,7 @@ class ReferenceSupervisor:
         )
         self._emit(
             changes,
+            work["status"],
             new,
             "work",
             job_id,
@@ -1085,8 +1088,8 @@ class ReferenceSupervisor:
         )
 
     @staticmethod
-    def _emit(changes: _Changes, status: str, kind: str, job_id: int, **where: Any) -> None:
-        name = event_name(status)
+    def _emit(changes: _Changes, old: str, new: str, kind: str, job_id: int, **where: Any) -> None:
+        name = move_event(old, new)
         if name is not None:
             changes.transitions.append(Transition(name, kind, job_id, **where))
 
@@ -1243,7 +1246,7 @@ class ReferenceSupervisor:
                 changes.transitions.append(Transition("removed", "job", job_id))
                 result = ActionResult(1, f"job {job_id} removed")
             else:
-                self._set_job_status(changes, job_id, rule.target, rule.sources)
+                self._set_job_status(changes, job_id, rule.target, instances_moved_from(rule))
                 moved = 0
                 for work in self._work_rows(job_id):
                     follows = rule.work_moves.get(work["status"])

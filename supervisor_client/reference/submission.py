@@ -26,9 +26,22 @@ MAX_CODE_BYTES: Final = 1 << 20
 # executor would refuse beyond it, and the job's callbacks would never hear of them.
 MAX_NAME_CHARS: Final = 1024
 
-#: Fields the supervisor assigns. A resubmitted jobinfo dict carries them; they are ignored
-#: (as is a label the supervisor gave: the store tells it apart, store.py _assign_labels).
-_ASSIGNED_FIELDS: Final = frozenset({"id", "timesubmit", "timestart", "timecomplete", "subjobs"})
+#: Fields the supervisor assigns, or (the tallies) a reader derives. A resubmitted jobinfo
+#: dict carries them; they are ignored (as is a label the supervisor gave: the store tells
+#: it apart, store.py _assign_labels). Its status and its work items' are a run's too:
+#: see _status. Of a work item only the name and the status are read.
+_ASSIGNED_FIELDS: Final = frozenset(
+    {
+        "id",
+        "timesubmit",
+        "timestart",
+        "timecomplete",
+        "subjobs",
+        "todo",
+        "todotally",
+        "cpustally",
+    }
+)
 _INPUT_FIELDS: Final = frozenset(
     {
         "name",
@@ -195,12 +208,25 @@ def integer_field(
     return value
 
 
+#: Every state a job dict read back can show.
+_STATES: Final = frozenset(Status)
+
+
 def _status(where: str, value: Any) -> str:
-    if value is None:
+    """A new job's (or work item's) status: blocked if it says so, else pending.
+
+    A dict read back (Qube's resubmit) shows where its job got to (running, complete,
+    killed, ...): the new job starts afresh, as Qube's resubmit makes a new job. Only
+    what is no state at all is refused.
+    """
+    if value == Status.BLOCKED:
+        return Status.BLOCKED
+    if value is None or (isinstance(value, str) and value in _STATES):
         return Status.PENDING
-    if value not in (Status.PENDING, Status.BLOCKED):
-        raise SubmitError(f"{where}: status must be 'pending' or 'blocked', got {value!r}")
-    return str(value)
+    raise SubmitError(
+        f"{where}: status must be 'pending' or 'blocked' (or, in a job dict read back, "
+        f"any state it shows: it starts pending), got {value!r}"
+    )
 
 
 def agenda_entries(where: str, entries: Any) -> list[tuple[str, Mapping[str, Any]]]:
@@ -235,7 +261,8 @@ def _parse_agenda(where: str, entries: Any) -> tuple[_NewWork, ...]:
     """Work names (str/int) or dicts with ``name`` and optional ``status``.
 
     Items are pending unless they say "blocked", also in a blocked job: the job's own
-    status is what holds them back, as in Qube.
+    status is what holds them back, as in Qube. What a read-back item shows of its run
+    (``host``, ``subid``, ``count``, ``resultpackage``) is not read: it runs afresh.
     """
     return tuple(
         _NewWork(name, _status(f"{where}, work {name}", fields.get("status")))

@@ -170,15 +170,15 @@ async def test_a_failing_script_names_its_line_and_keeps_what_it_submitted(
     # the bare refusal, the job already submitted never named, nor the call refused.
     refused = tmp_path / "refused.py"
     refused.write_text(
-        "import qb\nqb.submit([{'name': 'first'}])\n"
-        "qb.submit([{'name': 'x', 'status': 'running'}])\n"
+        "import qb\nqb.submit([{'name': 'first'}])\nqb.submit([{'name': 'x', 'status': 'done'}])\n"
     )
     said = await cbexec("farm", "submit", str(refused), address=stack_warm.address)
     assert said.code == 1
     assert said.out.strip() == "submitted job 2 'first' (label qube0, pgrp 2): pending"
     assert said.err.strip() == (
         f"cbexec: {refused}:3: InvalidRequestError: qb.submit: INVALID_ARGUMENT: job 1 of "
-        "the submission: status must be 'pending' or 'blocked', got 'running'"
+        "the submission: status must be 'pending' or 'blocked' (or, in a job dict read back, "
+        "any state it shows: it starts pending), got 'done'"
     )
     missing = tmp_path / "missing.py"
     missing.write_text("import qb\n\nqb.kill(99)\n")

@@ -344,7 +344,7 @@ def test_a_resumed_job_runs_its_paused_frame_on(farm: Farm, events: list[Transit
     farm.change_job("resume", job_id)
 
     assert statuses(farm, job_id) == {"1": "running", "2": "pending"}
-    assert Transition("running", "work", job_id, work_name="1", subjob_id=0, host="node1") in events
+    assert events == []  # the frame goes on: no running event, it started before
     assert farm.change_work("complete", job_id, ["1"]).changed == 1
 
 

@@ -38,6 +38,15 @@ def test_event_name_of_each_new_state(status: str, event: str | None) -> None:
     assert states.event_name(status) == event
 
 
+@pytest.mark.parametrize("new", ALL)
+@pytest.mark.parametrize("old", ALL)
+def test_a_move_fires_its_new_states_event_but_a_resume_fires_none(old: str, new: str) -> None:
+    resume = (old, new) == ("suspended", "running")
+    assert states.move_event(old, new) == (None if resume else states.event_name(new))
+    if resume:  # the trigger engine learns of it by a registration again
+        assert states.needs_registering_again(old, new)
+
+
 def test_done_is_never_an_event_name_of_a_state() -> None:
     assert "done" not in {states.event_name(status) for status in Status}
 
@@ -65,7 +74,8 @@ JOB_TABLE = [
     ("suspend", {"running"}, "suspended"),
     ("resume", {"suspended"}, "running"),
     ("complete", {"pending", "blocked", "running", "waiting", "suspended"}, "complete"),
-    ("fail", {"pending", "blocked", "running", "waiting", "suspended"}, "failed"),
+    # Qube's fail is "force failed": a complete job too (a check of its last frame).
+    ("fail", {"pending", "blocked", "running", "waiting", "suspended", "complete"}, "failed"),
 ]
 
 WORK_TABLE = [
@@ -137,6 +147,21 @@ def test_instance_verbs_move_only_the_frame_the_instance_runs() -> None:
         "suspended": "failed",
     }
     assert not states.subjob_rule("retry").work_moves  # never re-runs its ended frames
+
+
+def test_an_ended_instance_is_not_ended_again() -> None:
+    # fail applies to a complete job, whose instances stay complete.
+    fail = states.subjob_rule("fail")
+    assert {status for status in ALL if fail.applies(status)} == states.NON_TERMINAL
+    assert fail.refusal("instance 3.0", "complete") == (
+        "instance 3.0 is complete; fail applies to instances that have not ended"
+    )
+    assert states.job_rule("fail").refusal("job 3", "killed") == (
+        "job 3 is killed; fail applies to jobs that have not ended and complete jobs"
+    )
+    for verb, rule in states.JOB_RULES.items():
+        if verb != "remove":
+            assert states.subjob_rule(verb).sources == states.instances_moved_from(rule), verb
 
 
 def test_refusal_says_why_a_verb_does_not_apply() -> None:

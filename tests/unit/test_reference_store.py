@@ -178,7 +178,8 @@ def test_rejected_submission_consumes_no_ids(sup: ReferenceSupervisor) -> None:
 @pytest.mark.parametrize(
     ("job", "message"),
     [
-        ({"status": "running"}, "status must be 'pending' or 'blocked'"),
+        # Any state a job dict read back shows is taken (it starts pending); "done" is none.
+        ({"status": "done"}, "status must be 'pending' or 'blocked'"),
         ({"cpus": 0}, "cpus must be an integer >= 1"),
         ({"cpus": 10**6}, "cpus = 1000000 is above the limit"),
         ({"priority": "high"}, "priority must be an integer"),
@@ -195,7 +196,7 @@ def test_rejected_submission_consumes_no_ids(sup: ReferenceSupervisor) -> None:
         ({"user": 5}, "user must be a string"),
         ({"agenda": "1-10"}, "agenda must be a list"),
         ({"agenda": [{"status": "blocked"}]}, "a work item needs a name"),
-        ({"agenda": [{"name": "1", "status": "complete"}]}, "work 1: status must be"),
+        ({"agenda": [{"name": "1", "status": "dying"}]}, "work 1: status must be"),
         ({"callbacks": [{"language": "python"}]}, "callback 1: triggers is required"),
         (
             {"callbacks": [{"triggers": {"done-job-self": 1}, "language": "qube"}]},
@@ -761,7 +762,9 @@ def test_suspend_and_resume(sup: ReferenceSupervisor, events: list[Transition]) 
     sup.job_action("resume", job_id, "alice")
 
     assert sup.job(job_id)["status"] == "running"
-    assert events[0] == Transition("running", "job", job_id)
+    # A resume is not a start (Qube's running: "object has started running"): before,
+    # running fired again, so a running-job-self -> suspend-self hold never let go.
+    assert events == []
 
 
 @pytest.mark.parametrize(
@@ -778,6 +781,26 @@ def test_forcing_verbs(
     assert sup.job(job_id)["status"] == status
     assert events[0] == Transition(status, "job", job_id)
     assert sup.job_action(verb, job_id, "alice").changed == 0
+
+
+def test_fail_forces_a_complete_job_failed_leaving_its_frames_and_instances(
+    sup: ReferenceSupervisor, events: list[Transition]
+) -> None:
+    # A check of the last frame runs once that frame has completed the job (probe 76).
+    job_id = submit_one(sup, agenda=["1"])
+    sup.start_work(job_id, "1")
+    sup.complete_work(job_id, "1")
+    events.clear()
+
+    result = sup.job_action("fail", job_id, "alice")
+
+    assert result.message == f"job {job_id} complete -> failed"
+    assert events == [Transition("failed", "job", job_id)]
+    shown = sup.job(job_id)
+    assert (shown["status"], shown["agenda"][0]["status"]) == ("failed", "complete")
+    assert [sub["status"] for sub in shown["subjobs"]] == ["complete"]
+    assert sup.job_action("retry", job_id, "alice").changed == 1
+    assert sup.job(job_id)["agenda"][0]["status"] == "pending"
 
 
 def test_remove_deletes_the_job_but_keeps_its_history(
