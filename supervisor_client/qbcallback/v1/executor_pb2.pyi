@@ -2315,7 +2315,9 @@ class RetryDeadLettersRequest(_message.Message):
     @_builtins.property
     def invocation_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The dead letters to queue again, or `all` for every one: exactly one of the
-        two (both, or neither, is INVALID_ARGUMENT).
+        two (both, or neither, is INVALID_ARGUMENT). At most 1000 ids (more is
+        INVALID_ARGUMENT: "invocation_ids: at most 1000 per call, got N; ..."); an id
+        named more than once is queued, and counted, once.
         """
 
     def __init__(
@@ -2338,7 +2340,7 @@ class RetryDeadLettersResponse(_message.Message):
 
     QUEUED_FIELD_NUMBER: _builtins.int
     queued: _builtins.int
-    """How many were queued again."""
+    """How many were queued again (a named id that is no dead letter is not counted)."""
     def __init__(
         self,
         *,

@@ -534,7 +534,10 @@ class WaitJobsRequest(_message.Message):
     """
     @_builtins.property
     def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """The jobs to wait for; empty means every job on the farm."""
+        """The jobs to wait for; empty means every job on the farm. At most 10000
+        entries (more is INVALID_ARGUMENT: "job_ids: at most 10000 entries, got N; ...");
+        a job named more than once is waited for, and listed in the answer, once.
+        """
 
     def __init__(
         self,
@@ -590,8 +593,8 @@ class WaitJobsResponse(_message.Message):
     """
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobStatus]:
-        """Each job's status at the end of the wait, in the order asked (by id when
-        every job was asked for).
+        """Each job's status at the end of the wait, once each, in the order first asked
+        (by id when every job was asked for).
         """
 
     def __init__(
