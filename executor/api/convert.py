@@ -217,6 +217,7 @@ def invocation_from_request(
     callback = request.callback
     if not callback.language.strip():
         raise InvalidRequestError("callback.language is required (python, perl, qube or mail)")
+    check_name("callback.language", callback.language)  # before it is named as unsupported
     if not callback.code.strip() and callback.language.strip().lower() != Language.MAIL:
         raise InvalidRequestError("callback.code is empty: there is nothing to run")
     if (too_large := code_size_problem(callback.code)) is not None:

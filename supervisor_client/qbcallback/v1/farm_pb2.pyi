@@ -109,7 +109,8 @@ class SubmitJobsRequest(_message.Message):
         stored joined into one expression with " || " and no parentheses added
         (`["a", "b && c"]` is stored as "a || b && c", which means "a || (b && c)": && binds
         tighter); an error in an item names it: "triggers[1]: ...". The name, label, user,
-        prototype, mailaddress and each work name are at most 1024 characters. A
+        prototype, mailaddress, each work name and each callback's language are at most
+        1024 characters. A
         number must be finite: NaN or Infinity anywhere is INVALID_ARGUMENT naming it
         by its place in the request ("jobs[1].priority: NaN is not a JSON number;
         ...", the index counted from 0 as in `jobs`).
