@@ -1,4 +1,4 @@
-"""Lists of ids a caller sends (WaitJobs, RetryDeadLetters): bounded, deduplicated, off the loop's back.
+"""Lists a caller sends (WaitJobs, RetryDeadLetters, RegisterJob's published_events): bounded.
 
 A list of one id repeated 600,000 times (600 KB) once held the executor's event loop for
 41 s: health went unanswered. Each list now has a stated bound, refused at once above it,
@@ -28,6 +28,7 @@ HEALTH_WITHIN_S = 1.0
 # The bounds the README states.
 MAX_WAIT_JOB_IDS = 10_000
 MAX_RETRY_IDS = 1_000
+MAX_PUBLISHED_EVENTS = 1_000
 
 
 async def health_latencies(stack: Stack, call: Awaitable[Any]) -> tuple[Any, list[float]]:
@@ -137,3 +138,28 @@ async def test_retry_dead_letters_at_its_bound_is_answered(stack_warm: Stack) ->
     assert isinstance(answer, executor_pb2.RetryDeadLettersResponse), answer
     assert answer.queued == 0  # none of them is a dead letter
     assert max(latencies) < HEALTH_WITHIN_S, latencies
+
+
+async def test_register_job_refuses_a_longer_published_events_list_than_its_bound(
+    stack_warm: Stack,
+) -> None:
+    """Eleven names in five forms each: a list of thousands says nothing more, and costs the loop."""
+    triggers = executor_pb2_grpc.TriggerServiceStub(stack_warm.channel)
+    request = executor_pb2.RegisterJobRequest(published_events=["killed"] * 2_000_000)
+    request.job.id = 5
+    request.job.name = "many"
+
+    answer, latencies = await health_latencies(
+        stack_warm, triggers.RegisterJob(request, timeout=60)
+    )
+
+    assert isinstance(answer, grpc.aio.AioRpcError)
+    assert answer.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert answer.details() == (
+        f"published_events: at most {MAX_PUBLISHED_EVENTS} items, got 2000000; each NAME or"
+        " NAME-TYPE once is enough"
+    )
+    assert max(latencies) < HEALTH_WITHIN_S, latencies
+    request.ClearField("published_events")
+    request.published_events.extend(["complete", "killed-job", " "] * (MAX_PUBLISHED_EVENTS // 3))
+    assert (await triggers.RegisterJob(request, timeout=60)).callbacks == []

@@ -556,8 +556,9 @@ class RegisterJobRequest(_message.Message):
         "complete", "running-job"), with the names and types PublishEventRequest
         takes; an atom waiting for any other is reported as never happening (not a
         level callback's submit-job atom: its job's registration is the submission).
-        An item that is neither is INVALID_ARGUMENT naming it ("published_events[1]: ...").
-        Blank items are skipped. Empty: not declared, not checked.
+        An item that is neither is INVALID_ARGUMENT naming it ("published_events[1]: ..."),
+        as are more than 1000 items. Blank items are skipped. Empty: not declared, not
+        checked.
         """
 
     def __init__(
