@@ -574,7 +574,7 @@ class ExecutorClient(ChannelClient):
     async def retry_dead_letters(
         self, invocation_ids: Sequence[str] = (), *, timeout: float | None = None
     ) -> executor_pb2.RetryDeadLettersResponse:
-        """Queue dead letters for delivery again: the ones named, or every one if none is."""
+        """Queue dead letters for delivery again: the ones named (at most 1,000), or every one if none is."""
         request = request_from(
             executor_pb2.RetryDeadLettersRequest,
             invocation_ids=invocation_ids,

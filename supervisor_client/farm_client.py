@@ -205,8 +205,8 @@ class FarmClient(ChannelClient):
     ) -> farm_pb2.WaitJobsResponse:
         """Wait until the jobs have ended and the callbacks their events fired have run.
 
-        Every job when none is named; ``done`` false when ``wait_seconds`` (default 60)
-        passed.
+        Every job when none is named (at most 10,000 ids; each job is answered once);
+        ``done`` false when ``wait_seconds`` (default 60) passed.
         """
         request = request_from(farm_pb2.WaitJobsRequest, job_ids=job_ids)
         request.timeout_seconds = wait_seconds

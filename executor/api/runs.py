@@ -25,6 +25,10 @@ DEFAULT_LIST_LIMIT: Final = 50
 MIN_PREFIX_CHARS: Final = 4
 DEFAULT_DEAD_LETTER_LIMIT: Final = 100
 MAX_LIST_LIMIT: Final = 1000
+# Ids one RetryDeadLetters names (repeats count): a page of ListDeadLetters' at most.
+# Each is checked and updated on the event loop, which holds outbox.db's write lock
+# meanwhile; ``all`` retries any number.
+MAX_RETRY_IDS: Final = 1000
 
 
 class RunServicer(executor_pb2_grpc.RunServiceServicer):
@@ -119,6 +123,11 @@ class RunServicer(executor_pb2_grpc.RunServiceServicer):
         """Queue dead letters (the ones named, or all) for delivery again."""
         if request.all == bool(request.invocation_ids):
             raise InvalidRequestError("name the invocation_ids to retry, or set all (not both)")
+        if len(request.invocation_ids) > MAX_RETRY_IDS:
+            raise InvalidRequestError(
+                f"invocation_ids: at most {MAX_RETRY_IDS} per call, got"
+                f" {len(request.invocation_ids)}; set all to retry every dead letter"
+            )
         outbox = self._recorder.outbox
         if outbox is None:
             return executor_pb2.RetryDeadLettersResponse(queued=0)
@@ -128,4 +137,5 @@ class RunServicer(executor_pb2_grpc.RunServiceServicer):
                 convert.check_text(f"invocation_ids[{i}]", key)
                 for i, key in enumerate(request.invocation_ids)
             ]
+            keys = list(dict.fromkeys(keys))  # a key named twice is queued (and counted) once
         return executor_pb2.RetryDeadLettersResponse(queued=outbox.retry_dead(keys))

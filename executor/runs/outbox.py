@@ -1188,33 +1188,46 @@ class Outbox:
             for k, c, d, a, e, n in rows
         ]
 
-    def retry_dead(self, keys: list[str] | None = None) -> int:
+    def retry_dead(self, keys: Sequence[str] | None = None) -> int:
         """Queue dead letters again (all of them when ``keys`` is None); returns how many.
 
         Each is queued as if new: its ``attempts`` start again at 0, so a letter retried
         once the receiver is fixed gets ``max_attempts`` tries of its own, and a letter
-        set aside again shows the refusals since it was retried.
+        set aside again shows the refusals since it was retried. The keys are updated a
+        list at a time (``in_lists``), in one transaction: one UPDATE per key, each its
+        own commit, held the event loop 11 s for 1.5 million of them.
         """
+        queued = 0
         with writing(self._path, self._health):
             if keys is None:
-                cursor = self._db.execute(
-                    "UPDATE outbox SET dead_at = NULL, attempts = 0, retry_at = 0"
-                    " WHERE dead_at IS NOT NULL"
+                queued = int(
+                    self._db.execute(
+                        "UPDATE outbox SET dead_at = NULL, attempts = 0, retry_at = 0"
+                        " WHERE dead_at IS NOT NULL"
+                    ).rowcount
                 )
             else:
-                cursor = self._db.executemany(
-                    "UPDATE outbox SET dead_at = NULL, attempts = 0, retry_at = 0"
-                    " WHERE key = ? AND dead_at IS NOT NULL",
-                    [(key,) for key in keys],
-                )
+                self._db.execute("BEGIN")
+                try:
+                    for chunk, marks in in_lists(list(dict.fromkeys(keys))):
+                        sql = (
+                            "UPDATE outbox SET dead_at = NULL, attempts = 0, retry_at = 0"  # noqa: S608 - ? marks
+                            f" WHERE key IN ({marks}) AND dead_at IS NOT NULL"
+                        )
+                        queued += int(self._db.execute(sql, chunk).rowcount)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(Exception):  # the store's own error, either kind
+                        self._db.execute("ROLLBACK")
+                    raise
         self._checkpoints.committed()
-        if cursor.rowcount:
+        if queued:
             # Queued again, they are results waiting: the bound counts them once more.
             self._bound_dead_letters()
             self._measure()
             self._drained.clear()
             self._wakeup.set()
-        return int(cursor.rowcount)
+        return queued
 
     def _mark_delivered(self, delivered: dict[int, str]) -> None:
         """Record the rows (seq: key) as delivered, in one commit; trim delivered ones now and then.

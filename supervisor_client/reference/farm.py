@@ -167,6 +167,25 @@ class Farm:
         """The job's history lines, oldest first (kept after the job is removed)."""
         return self._supervisor.history(job_id)
 
+    def statuses(self, job_ids: Sequence[int] | None = None) -> dict[int, str]:
+        """Each job's status, "removed" for one that no longer exists; one read of them all.
+
+        By id for every job when ``job_ids`` is None; else in the order first named, each
+        job once.
+        """
+        found = self._supervisor.job_statuses(job_ids)
+        if job_ids is None:
+            return found
+        return {job_id: found.get(job_id, "removed") for job_id in job_ids}
+
+    def ended(self, job_ids: Sequence[int] | None = None) -> bool:
+        """Whether every job named (every job when None) has ended or is gone; one read."""
+        return self._supervisor.unended_job(job_ids) is None
+
+    def first_unknown(self, job_ids: Sequence[int]) -> int | None:
+        """The first job named that the farm never had (no job, no history); None if none."""
+        return self._supervisor.unknown_job(job_ids)
+
     def status(self, job_id: int) -> str:
         """The job's status, or "removed" when it no longer exists."""
         try:

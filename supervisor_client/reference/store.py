@@ -847,6 +847,54 @@ class ReferenceSupervisor:
         with self._using_db():
             return [row[0] for row in self._db.execute("SELECT id FROM jobs ORDER BY id")]
 
+    def job_statuses(self, job_ids: Sequence[int] | None = None) -> dict[int, str]:
+        """Each job's status by id, every job's (by id) when ``job_ids`` is None; one statement.
+
+        A job that does not exist is left out. The ids go to SQLite as one JSON array, so
+        thousands of them are one statement, not one each: the farm's WaitJobs reads
+        them on the executor's event loop, every pass of its wait.
+        """
+        with self._using_db():
+            if job_ids is None:
+                rows = self._db.execute("SELECT id, status FROM jobs ORDER BY id")
+            else:
+                rows = self._db.execute(
+                    "SELECT id, status FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
+                    (json.dumps(list(job_ids)),),
+                )
+            return {int(row[0]): str(row[1]) for row in rows}
+
+    def unended_job(self, job_ids: Sequence[int] | None = None) -> int | None:
+        """A job of ``job_ids`` (of every job when None) that has not ended; None if none has.
+
+        One statement that stops at the first such job, without reading the others.
+        """
+        ended = sorted(TERMINAL)
+        query = f"SELECT id FROM jobs WHERE status NOT IN ({', '.join('?' * len(ended))})"  # noqa: S608 - ? marks
+        args: list[Any] = list(ended)
+        if job_ids is not None:
+            query += " AND id IN (SELECT value FROM json_each(?))"
+            args.append(json.dumps(list(job_ids)))
+        with self._using_db():
+            row = self._db.execute(query + " LIMIT 1", args).fetchone()
+        return None if row is None else int(row[0])
+
+    def unknown_job(self, job_ids: Sequence[int]) -> int | None:
+        """The first of ``job_ids`` with neither a job nor a history line; None if none.
+
+        One statement over them all (index seeks per id, in SQLite, not Python). An id
+        above SQLite's integers is never a job's: check ids against ``MAX_ID`` first.
+        """
+        with self._using_db():
+            row = self._db.execute(
+                "SELECT asked.value FROM json_each(?) AS asked"
+                " WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = asked.value)"
+                " AND NOT EXISTS (SELECT 1 FROM history WHERE job_id = asked.value)"
+                " ORDER BY asked.key LIMIT 1",
+                (json.dumps(list(job_ids)),),
+            ).fetchone()
+        return None if row is None else int(row[0])
+
     def preempted_job_ids(self) -> set[int]:
         """Jobs preempted while work ran: they take no new work until it has ended."""
         with self._using_db():

@@ -318,7 +318,7 @@ def parse_callbacks(
         if not isinstance(entry, Mapping):
             raise SubmitError(f"{at}: must be a dict, got {entry!r}")
         # As RegisterJob takes it (README): a callback without a language is qube.
-        language = text_field(at, entry, "language", "") or "qube"
+        language = name_field(at, entry, "language", "") or "qube"
         if entry.get("triggers") in (None, "", [], ()):
             raise SubmitError(f"{at}: triggers is required (a trigger expression, or a list)")
         if checks.language is not None and (problem := checks.language(language)) is not None:

@@ -239,3 +239,30 @@ async def test_callback_ids_are_unique_within_a_job(stack_warm: Stack) -> None:
         (2, "done-job-self"),
         (3, "failed-job-self"),
     ]
+
+
+async def test_an_over_long_language_is_refused_as_a_name_too_long(stack_warm: Stack) -> None:
+    """Said as every over-long name is (README), not echoed whole as "not supported"."""
+    long = "p" * 1025
+    too_long = "is 1025 characters; the limit is 1024"
+    job = stack_warm.supervisor.submit([{"name": "solo", "user": "bob"}])[0]
+    with pytest.raises(InvalidRequestError) as refused:
+        await stack_warm.client.execute_callback(language=long, code="print(1)", job=job)
+    assert refused.value.details == f"callback.language {too_long}"
+
+    with pytest.raises(InvalidRequestError) as refused:
+        await stack_warm.client.register_job(
+            {
+                "id": 7,
+                "name": "direct",
+                "callbacks": [{"triggers": "done-job-self", "language": long}],
+            }
+        )
+    assert refused.value.details == f"job.callbacks[0].language {too_long}"
+
+    async with FarmClient(stack_warm.channel) as farm:
+        with pytest.raises(InvalidRequestError) as refused:
+            await farm.submit_jobs(
+                [{"name": "bad", "callbacks": [{"triggers": "done-job-self", "language": long}]}]
+            )
+    assert refused.value.details == f"job 1 of the submission, callback 1: language {too_long}"

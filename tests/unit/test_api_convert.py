@@ -93,6 +93,10 @@ def test_a_missing_invocation_id_gets_a_fresh_one() -> None:
         ({"context__work_name": "w" * 1025}, "context.work_name is 1025 characters; the limit"),
         ({"callback__user": "u" * 1025}, "callback.user is 1025 characters"),
         (
+            {"callback__language": "p" * 1025},
+            "callback.language is 1025 characters; the limit is 1024",
+        ),
+        (
             {"context__event__name": "complete", "context__event__type": "work"}
             | {"context__event__extra": "w" * 1025},
             "context.event.extra is 1025 characters",

@@ -652,3 +652,32 @@ async def test_batches_are_retried_while_the_receiver_is_down(tmp_path: Path) ->
     assert await outbox.flush(5)
     assert receiver.order == [f"k{n}" for n in range(20)]
     await outbox.close()
+
+
+async def test_retrying_many_named_dead_letters_is_a_few_statements_in_one_transaction(
+    tmp_path: Path,
+) -> None:
+    """RetryDeadLetters runs on the event loop: not one UPDATE (and commit) per id named."""
+    receiver = BatchReceiver(ReferenceSupervisor(":memory:"))
+    receiver.refuse = {f"bad{n}" for n in range(4)}
+    outbox = Outbox(tmp_path / "outbox.db", receiver, backoff=FAST)
+    for key in ("a", "bad0", "bad1", "bad2", "bad3"):
+        outbox.put(key, payload(0))
+    outbox.start()
+    assert await outbox.flush(5)
+    assert outbox.stats().dead == 4
+    named = [f"x{n}" for n in range(990)] + ["bad1", "bad3"] * 5
+    statements: list[str] = []
+    cast(sqlite3.Connection, outbox._db).set_trace_callback(statements.append)  # SQLite here
+
+    queued = outbox.retry_dead(named)
+
+    cast(sqlite3.Connection, outbox._db).set_trace_callback(None)
+    assert queued == 2  # each letter once, however often it is named
+    updates = [s for s in statements if s.startswith("UPDATE outbox SET dead_at = NULL")]
+    assert len(updates) == 2, len(updates)  # 992 distinct keys, 500 a statement
+    assert statements.count("BEGIN") == statements.count("COMMIT") == 1
+    assert await outbox.flush(5)
+    assert sorted(letter.key for letter in outbox.dead_letters()) == [f"bad{n}" for n in range(4)]
+    assert receiver.calls["bad1"] == receiver.calls["bad0"] + 1  # sent again, once
+    await outbox.close()

@@ -551,3 +551,41 @@ def test_a_complete_of_a_pending_frame_may_use_a_busy_instance(farm: Farm) -> No
     assert (done.changed, done.message) == (1, f"work {job_id}:2 -> complete")
     assert statuses(farm, job_id) == {"1": "running", "2": "complete"}
     assert running_on(farm, job_id) == {"1": 0}
+
+
+def test_statuses_of_many_jobs_are_each_one_statement_and_each_job_once(farm: Farm) -> None:
+    """WaitJobs reads these on the executor's loop every pass: never one statement per id."""
+    ids = [
+        job["id"] for job in farm.submit([{"name": f"j{n}", "agenda": ["1"]} for n in range(300)])
+    ]
+    farm.change_work("complete", ids[1], ["1"])
+    farm.change_job("remove", ids[2])  # gone, its history kept
+    asked = list(dict.fromkeys([ids[5], 10_000, ids[2], *ids, ids[5]]))
+    statements: list[str] = []
+    farm.supervisor._db.set_trace_callback(statements.append)
+
+    statuses = farm.statuses(asked)
+    ended = (farm.ended(asked), farm.ended(ids[1:3]), farm.ended())
+    unknown = (farm.first_unknown(asked), farm.first_unknown(ids), farm.first_unknown([]))
+
+    farm.supervisor._db.set_trace_callback(None)
+    assert len(statements) == 7, statements  # one each
+    assert list(statuses)[:3] == [ids[5], 10_000, ids[2]]  # as first named, each once
+    assert len(statuses) == 301
+    assert (statuses[ids[5]], statuses[10_000], statuses[ids[1]]) == (
+        "pending",
+        "removed",
+        "complete",
+    )
+    assert statuses[ids[2]] == "removed"
+    assert ended == (False, True, False)
+    assert unknown == (10_000, None, None)  # a removed job with history is known
+
+
+def test_statuses_of_every_job_are_by_id(farm: Farm) -> None:
+    ids = [job["id"] for job in farm.submit([{"name": f"j{n}"} for n in range(3)])]
+    for job_id in ids:
+        farm.change_work("complete", job_id, [])
+    assert farm.statuses() == dict.fromkeys(ids, "complete")
+    assert farm.ended()
+    assert farm.first_unknown([ids[0], 2**62, ids[1]]) == 2**62

@@ -556,8 +556,9 @@ class RegisterJobRequest(_message.Message):
         "complete", "running-job"), with the names and types PublishEventRequest
         takes; an atom waiting for any other is reported as never happening (not a
         level callback's submit-job atom: its job's registration is the submission).
-        An item that is neither is INVALID_ARGUMENT naming it ("published_events[1]: ...").
-        Blank items are skipped. Empty: not declared, not checked.
+        An item that is neither is INVALID_ARGUMENT naming it ("published_events[1]: ..."),
+        as are more than 1000 items. Blank items are skipped. Empty: not declared, not
+        checked.
         """
 
     def __init__(
@@ -2315,7 +2316,9 @@ class RetryDeadLettersRequest(_message.Message):
     @_builtins.property
     def invocation_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The dead letters to queue again, or `all` for every one: exactly one of the
-        two (both, or neither, is INVALID_ARGUMENT).
+        two (both, or neither, is INVALID_ARGUMENT). At most 1000 ids (more is
+        INVALID_ARGUMENT: "invocation_ids: at most 1000 per call, got N; ..."); an id
+        named more than once is queued, and counted, once.
         """
 
     def __init__(
@@ -2338,7 +2341,7 @@ class RetryDeadLettersResponse(_message.Message):
 
     QUEUED_FIELD_NUMBER: _builtins.int
     queued: _builtins.int
-    """How many were queued again."""
+    """How many were queued again (a named id that is no dead letter is not counted)."""
     def __init__(
         self,
         *,

@@ -109,7 +109,8 @@ class SubmitJobsRequest(_message.Message):
         stored joined into one expression with " || " and no parentheses added
         (`["a", "b && c"]` is stored as "a || b && c", which means "a || (b && c)": && binds
         tighter); an error in an item names it: "triggers[1]: ...". The name, label, user,
-        prototype, mailaddress and each work name are at most 1024 characters. A
+        prototype, mailaddress, each work name and each callback's language are at most
+        1024 characters. A
         number must be finite: NaN or Infinity anywhere is INVALID_ARGUMENT naming it
         by its place in the request ("jobs[1].priority: NaN is not a JSON number;
         ...", the index counted from 0 as in `jobs`).
@@ -534,7 +535,10 @@ class WaitJobsRequest(_message.Message):
     """
     @_builtins.property
     def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """The jobs to wait for; empty means every job on the farm."""
+        """The jobs to wait for; empty means every job on the farm. At most 10000
+        entries (more is INVALID_ARGUMENT: "job_ids: at most 10000 entries, got N; ...");
+        a job named more than once is waited for, and listed in the answer, once.
+        """
 
     def __init__(
         self,
@@ -590,8 +594,8 @@ class WaitJobsResponse(_message.Message):
     """
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobStatus]:
-        """Each job's status at the end of the wait, in the order asked (by id when
-        every job was asked for).
+        """Each job's status at the end of the wait, once each, in the order first asked
+        (by id when every job was asked for).
         """
 
     def __init__(
