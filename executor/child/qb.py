@@ -26,7 +26,7 @@ from _signal import (  # type: ignore[import-not-found]  # as python_bootstrap.p
     valid_signals,
 )
 from _thread import allocate_lock, get_ident
-from os import getpid, read, write
+from os import fstat, getpid, read, write
 from select import select
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,9 @@ QB_TIME_EPOCH_OFFSET = 946702800
 _bridge_fd = -1
 _context: StartContext
 _pid = -1  # the callback's own process, the only one whose calls go on the bridge
+# What the bridge descriptor was at the start (st_dev, st_ino): a callback that put another
+# file there (os.dup2) would wait for ever for an answer from it.
+_bridge_file = (0, 0)
 _call_ids = itertools.count(1)
 # One exchange (call frame, then its reply) on the bridge at a time: two threads' frames
 # interleaved would each read the other's reply. Its holder's thread id, to refuse a
@@ -107,10 +110,13 @@ _ERRORS: dict[QbErrorKind, type[QbError]] = {
 
 def _bind(bridge_fd: int, context: StartContext) -> None:
     """Called once by the bootstrap before user code runs."""
-    global _bridge_fd, _context, _pid
+    global _bridge_fd, _bridge_file, _context, _pid
     _bridge_fd = bridge_fd
     _context = context
     _pid = getpid()
+    if bridge_fd >= 0:  # -1: the zygote's warm-up, no bridge
+        bridge = fstat(bridge_fd)
+        _bridge_file = (bridge.st_dev, bridge.st_ino)
 
 
 # An int this large (in magnitude) has more digits than a frame may hold.
@@ -197,6 +203,12 @@ def _write_out() -> None:
 def _send(fn: str, frame: bytes) -> None:
     """Send a call frame, after the rest of one an interruption cut short."""
     try:
+        now = fstat(_bridge_fd)
+        if (now.st_dev, now.st_ino) != _bridge_file:
+            raise QbError(
+                f"qb.{fn} could not be sent: the bridge to the executor is broken (its "
+                f"descriptor {_bridge_fd} is another file now: the callback replaced it)"
+            )
         _write_out()
         _outbox.extend(frame)
         try:

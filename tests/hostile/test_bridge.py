@@ -239,6 +239,34 @@ async def test_a_qb_call_after_the_callback_broke_its_bridge_raises_a_qb_error(
     assert closed.startswith("closed: qb.jobstatus could not be sent: the bridge")
 
 
+async def test_a_qb_call_after_the_callback_put_another_file_over_its_bridge_raises(
+    arena_warm: Arena,
+) -> None:
+    # Its stdout's pipe, or a socket of its own, over the bridge's descriptor: the call
+    # waited for an answer from it until the wall limit (probe 75).
+    code = FIND_BRIDGE + (
+        "import socket\n"
+        "bridge, (mine, _) = os.dup(fd), socket.socketpair()\n"
+        "for name, other in (('stdout', 1), ('socket', mine.fileno())):\n"
+        "    os.dup2(other, fd)\n"
+        "    try:\n"
+        "        qb.jobstatus(qb.jobid())\n"
+        "    except qb.QbError as err:\n"
+        "        print(name + ':', err)\n"
+        "os.dup2(bridge, fd)\n"
+        "print('again:', qb.jobstatus(qb.jobid()))\n"
+    )
+    response = await arena_warm.attack(code, limits={"wall_seconds": 10})
+
+    assert_outcome(response, Outcome.OUTCOME_SUCCEEDED)
+    *lines, again = response.stdout.splitlines()
+    assert again.startswith("again: ")  # the bridge put back, the calls go through again
+    assert [line.split(":", 1)[0] for line in lines] == ["stdout", "socket"]
+    for line in lines:
+        assert "qb.jobstatus could not be sent: the bridge to the executor is broken (its" in line
+        assert line.endswith("is another file now: the callback replaced it)")
+
+
 DEEP_ARGUMENT = {
     "python": (
         "x = 1\n"
