@@ -23,6 +23,8 @@ import math
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
+from google.protobuf import struct_pb2
+
 from executor.api import convert
 from executor.api.errors import Context, grpc_errors
 from executor.api.farm_registration import registration_problem
@@ -35,7 +37,7 @@ from executor.errors import (
 )
 from executor.host_api import WorkSelection, plain_work_names
 from executor.triggers.engine import check_trigger
-from executor.triggers.label_claims import LabelClaims
+from executor.triggers.label_claims import Claims, LabelClaims
 from executor.triggers.registration import check_language
 from executor.triggers.store import StoredCallback
 from supervisor_client.jobdict import job_from_dict
@@ -44,6 +46,7 @@ from supervisor_client.reference import errors as reference_errors
 from supervisor_client.reference.farm import Farm, describe_agenda
 from supervisor_client.reference.qube_time import with_times_stored
 from supervisor_client.reference.service import verb_name
+from supervisor_client.reference.submission import check_submission_size
 
 DEFAULT_WAIT_S: Final = 60.0
 # Entries of one ChangeWork's ``work``: each costs the loop a moment whether or not it
@@ -81,6 +84,14 @@ def _wire_job(job: Mapping[str, Any]) -> types_pb2.Job:
     reads it (qube_time.py); a client written from the proto reads 0 as unset.
     """
     return job_from_dict(with_times_stored(job))
+
+
+def _agenda_length(job: struct_pb2.Struct) -> int:
+    """How many items a submitted job's agenda lists, read without converting the job."""
+    if "agenda" not in job.fields:  # a message map's [] would add the key
+        return 0
+    agenda = job.fields["agenda"]
+    return len(agenda.list_value.values) if agenda.HasField("list_value") else 0
 
 
 def _change_name(value: int) -> str:
@@ -121,6 +132,7 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
         self._settle = settle
         self._registered = registered
         self._labels = labels
+        self._submissions: set[asyncio.Future[farm_pb2.SubmitJobsResponse]] = set()
 
     @grpc_errors
     async def SubmitJobs(
@@ -147,9 +159,45 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
 
         The answer comes once the trigger engine has the jobs, so a client's next
         ``GetJob`` lists their callbacks and an event it publishes finds them.
+
+        More than ``MAX_SUBMIT_JOBS`` jobs, or ``MAX_SUBMIT_WORK_ITEMS`` items in their
+        agendas, is refused from the request's counts alone (submission.py).
         """
         if not request.jobs:
             raise InvalidRequestError("jobs: there is nothing to submit")
+        with _farm_errors():
+            check_submission_size(len(request.jobs), 0)  # before reading millions of them
+            check_submission_size(len(request.jobs), sum(map(_agenda_length, request.jobs)))
+        # Done whole even if this call is cancelled: its jobs are registered and their
+        # labels released. Held in ``_submissions``, as the loop keeps only a weak reference.
+        submitting = asyncio.ensure_future(self._submit(request))
+        self._submissions.add(submitting)
+        submitting.add_done_callback(self._submissions.discard)
+        return await asyncio.shield(submitting)
+
+    async def _submit(self, request: farm_pb2.SubmitJobsRequest) -> farm_pb2.SubmitJobsResponse:
+        """Store off the loop, register, then answer (built off the loop too).
+
+        Storing a submission at its bounds takes the store a second or two (a 100,000-item
+        agenda parsed, stored, read back and checked as RegisterJob would take it), and
+        its answer as long again: on the loop that held health and every call. In a
+        thread, the store's lock keeps it one transaction and the ids in order; a farm
+        call meanwhile waits on that lock, holding the loop until the transaction ends
+        (the store's part, about a second at the bounds), but health and every call that
+        does not touch the farm are answered.
+        """
+        stored, claimed = await asyncio.to_thread(self._store, request)
+        try:
+            await self._registered([job["id"] for job in stored])
+        finally:
+            # Taken in a thread: a submission storing meanwhile holds the labels' lock.
+            await asyncio.to_thread(self._labels.release, claimed)
+        return await asyncio.to_thread(
+            lambda: farm_pb2.SubmitJobsResponse(jobs=[_wire_job(job) for job in stored])
+        )
+
+    def _store(self, request: farm_pb2.SubmitJobsRequest) -> tuple[list[dict[str, Any]], Claims]:
+        """The submission stored (in a worker thread), and the labels claimed for it."""
         jobs = [struct_dict(f"jobs[{index}]", job) for index, job in enumerate(request.jobs)]
         with self._labels.locked():
             with _farm_errors():
@@ -161,11 +209,7 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
                     labels_held=self._labels.holders,
                 )
             claimed = self._labels.claim((job["pgrp"], job["label"], job["id"]) for job in stored)
-        # Released when the registrations are done, even if this call is cancelled first.
-        registering = asyncio.ensure_future(self._registered([job["id"] for job in stored]))
-        registering.add_done_callback(lambda _: self._labels.release(claimed))
-        await asyncio.shield(registering)
-        return farm_pb2.SubmitJobsResponse(jobs=[_wire_job(job) for job in stored])
+        return stored, claimed
 
     @grpc_errors
     async def ListJobs(

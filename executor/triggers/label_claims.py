@@ -29,8 +29,8 @@ class LabelClaims:
 
     def __init__(self, store: TriggerStore) -> None:
         self._store = store
-        # Taken by registrations (worker threads) and by SubmitJobs (the loop) alike;
-        # each holds it only for a read of the store, or the farm's synchronous submit.
+        # Taken by registrations and by SubmitJobs' store (worker threads) alike; each
+        # holds it only for a read of the store, or the farm's synchronous submit.
         self._lock = threading.Lock()
         self._claims: Claims = {}
 

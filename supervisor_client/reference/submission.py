@@ -66,6 +66,15 @@ MAX_ID: Final = 2**63 - 1
 MAX_RUNS: Final = 2**32 - 1
 #: Qube's priority is a C int.
 MAX_PRIORITY: Final = 2**31 - 1
+#: The most jobs one submission holds: far more than a pipeline's process group. Each is
+#: stored, then registered with the trigger engine (a RegisterJob each), so the answer to
+#: 1,000 takes about a second; a 16 MiB request of empty jobs held millions, stored on the
+#: executor's loop for minutes, health unanswered.
+MAX_SUBMIT_JOBS: Final = 1_000
+#: The most work items all of a submission's agendas hold together: a 100,000-frame job,
+#: as many items as a ChangeWork's 100,000 entries. Four jobs of 250,000 frames (10 MB)
+#: held the loop for half a minute.
+MAX_SUBMIT_WORK_ITEMS: Final = 100_000
 
 #: Checks one trigger expression: None when it can be used, else what is wrong with it.
 #: Given a list-valued trigger's items, it checks them as the one expression they are
@@ -458,6 +467,24 @@ def _own_callbacks(job: Mapping[str, Any]) -> Any:
     return [callback for callback in own if not is_holding_callback(callback)]
 
 
+def check_submission_size(jobs: int, work_items: int) -> None:
+    """Refuse a submission of more than MAX_SUBMIT_JOBS jobs or MAX_SUBMIT_WORK_ITEMS items.
+
+    Asked before any job is read (SubmitError naming the bound), so a submission far above
+    them costs no more than their count.
+    """
+    if jobs > MAX_SUBMIT_JOBS:
+        raise SubmitError(
+            f"jobs: at most {MAX_SUBMIT_JOBS} jobs a submission, got {jobs}; submit more in"
+            " several calls (each its own pgrp unless a job names one)"
+        )
+    if work_items > MAX_SUBMIT_WORK_ITEMS:
+        raise SubmitError(
+            f"jobs: at most {MAX_SUBMIT_WORK_ITEMS} work items a submission (all its jobs'"
+            f" agendas), got {work_items}; submit more in several calls"
+        )
+
+
 def parse_submission(
     jobs: Any,
     check_trigger: TriggerCheck | None = None,
@@ -471,9 +498,17 @@ def parse_submission(
     """
     if isinstance(jobs, Mapping | str | bytes) or not isinstance(jobs, Sequence):
         raise SubmitError("submit takes a list of job dicts")
+    check_submission_size(len(jobs), 0)  # before counting the agendas of millions
+    check_submission_size(len(jobs), sum(_agenda_length(job) for job in jobs))
     checks = Checks(check_trigger, check_language)
     # Counted from 1 like callbacks: "job 0" would read as a job id, which none has.
     return [_parse_job(number, job, checks) for number, job in enumerate(jobs, start=1)]
+
+
+def _agenda_length(job: Any) -> int:
+    """How many items a job's agenda lists; 0 for what is no agenda (refused later)."""
+    agenda = job.get("agenda") if isinstance(job, Mapping) else None
+    return len(agenda) if isinstance(agenda, list | tuple) else 0
 
 
 # -- the store ----------------------------------------------------------------------------

@@ -114,6 +114,9 @@ class SubmitJobsRequest(_message.Message):
         number must be finite: NaN or Infinity anywhere is INVALID_ARGUMENT naming it
         by its place in the request ("jobs[1].priority: NaN is not a JSON number;
         ...", the index counted from 0 as in `jobs`).
+        At most 1,000 jobs, with at most 100,000 work items in all their agendas
+        together; more is INVALID_ARGUMENT naming the bound ("jobs: at most 1000 jobs a
+        submission, got N; ..."), refused before any job is read, and nothing is stored.
         """
 
     def __init__(
