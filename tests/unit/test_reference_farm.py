@@ -11,6 +11,7 @@ from supervisor_client.reference import (
     NoSuchWorkError,
     PermissionDeniedError,
     ReferenceSupervisor,
+    SubmitError,
     Transition,
 )
 from supervisor_client.reference.farm import Farm, describe_agenda, describe_ids
@@ -589,3 +590,15 @@ def test_statuses_of_every_job_are_by_id(farm: Farm) -> None:
     assert farm.statuses() == dict.fromkeys(ids, "complete")
     assert farm.ended()
     assert farm.first_unknown([ids[0], 2**62, ids[1]]) == 2**62
+
+
+def test_a_submission_above_its_bounds_is_refused_whole(farm: Farm) -> None:
+    with pytest.raises(SubmitError, match=r"^jobs: at most 1000 jobs a submission, got 1001;"):
+        farm.submit([{"agenda": ["1"]}] * 1001)
+    with pytest.raises(SubmitError, match=r"^jobs: at most 100000 work items a submission .*"):
+        farm.submit([{"agenda": list(range(50_000))}, {"agenda": list(range(50_001))}])
+    assert farm.jobs() == []
+
+    stored = farm.submit([{"agenda": list(range(50_000))}] * 2)  # at the bounds: taken
+
+    assert [len(job["agenda"]) for job in stored] == [50_000, 50_000]
