@@ -230,6 +230,10 @@ class Settings:
     # ignored), then forgotten within about a minute: a publisher's resend after an outage
     # of a day or two is still a repeat, and triggers.db does not keep every id for ever.
     event_id_retention_hours: float = 72.0
+    # ...and at most this many ids are (the oldest forgotten first, with a WARNING): about
+    # 1.2 GB of triggers.db. The farm's work verbs publish an event per frame changed, so
+    # age alone let a callback's loop keep ~25 GB of ids an hour (probe 75).
+    event_id_max_count: int = 10_000_000
     # PEM files: server certificate chain and key (TLS); a client CA turns on mutual TLS.
     tls_cert: str = ""
     tls_key: str = ""
@@ -916,12 +920,22 @@ def _check_journal(settings: Settings) -> Iterator[str]:
 MIN_EVENT_ID_RETENTION_HOURS: Final = 1.0
 
 
+# The least event_id_max_count: a minute of 1,000 events/s, a hundred full PublishEvents.
+MIN_EVENT_ID_MAX_COUNT: Final = 100_000
+
+
 def _check_event_ids(settings: Settings) -> Iterator[str]:
     if settings.event_id_retention_hours < MIN_EVENT_ID_RETENTION_HOURS:
         yield (
             f"event_id_retention_hours: must be at least {MIN_EVENT_ID_RETENTION_HOURS:g} "
             "(a publisher's resend of an event must still find its id), "
             f"got {settings.event_id_retention_hours:g}"
+        )
+    if settings.event_id_max_count < MIN_EVENT_ID_MAX_COUNT:
+        yield (
+            f"event_id_max_count: must be at least {MIN_EVENT_ID_MAX_COUNT} (a PublishEvents'"
+            " ids, and minutes of them, must be kept for their resends),"
+            f" got {settings.event_id_max_count}"
         )
 
 

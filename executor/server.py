@@ -223,6 +223,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
                 max_age_s=settings.trigger_journal_days * 86400.0,
             ),
             event_id_retention_s=settings.event_id_retention_hours * 3600.0,
+            event_id_max_count=settings.event_id_max_count,
             check_code=check_source,
             languages=settings.languages,
             # <data_dir>/callback need not exist; a directory named in the settings should.
@@ -398,7 +399,11 @@ def _reading_sources(
         outbox_last_error=outbox.last_error if outbox is not None else lambda: "",
         # The outbox past outbox_max_bytes is said here too: it stops every run as well.
         storage_problem=lambda: storage.problem or (outbox.refusal() if outbox else ""),
-        trigger_counts=lambda: (stats.events_published, stats.callbacks_fired),
+        trigger_counts=lambda: (
+            stats.events_published,
+            stats.callbacks_fired,
+            stats.event_ids_forgotten_early,
+        ),
         trigger_store=lambda: (
             store.count_jobs(),
             store.count_callbacks(),

@@ -43,6 +43,7 @@ def metrics_message(snapshot: MetricsSnapshot) -> executor_pb2.GetMetricsRespons
         outbox_pending=readings.outbox_pending,
         events_published=readings.events_published,
         callbacks_fired=readings.callbacks_fired,
+        event_ids_forgotten_early=readings.event_ids_forgotten_early,
         outbox_dead_letters=readings.outbox_dead_letters,
         outbox_last_error=readings.outbox_last_error,
         storage_problem=readings.storage_problem,

@@ -84,6 +84,11 @@ def format_metrics(m: Any) -> str:
             f"{'trigger engine':<16}{m.events_published} events, {m.callbacks_fired} firings; "
             f"{m.trigger_jobs} jobs, {m.trigger_callbacks} callbacks registered; "
             f"{m.firings_queued} firings queued"
+            + (
+                f"; {m.event_ids_forgotten_early} event ids forgotten early (event_id_max_count)"
+                if m.event_ids_forgotten_early
+                else ""
+            )
         ),
         f"{'universal':<16}{m.universal_callbacks} loaded"
         + (

@@ -341,6 +341,12 @@ class ReadingsCollector(Collector):
             "Callbacks the trigger engine fired (events and timers).",
             r.callbacks_fired,
         )
+        yield counter(
+            "event_ids_forgotten_early",
+            "Event ids forgotten before event_id_retention_hours, past event_id_max_count:"
+            " a resend of one is applied again.",
+            r.event_ids_forgotten_early,
+        )
         yield gauge(
             "trigger_jobs",
             "Jobs registered with the trigger engine (in a fleet, the shared store's).",

@@ -48,6 +48,8 @@ class Readings:
     storage_problem: str = ""
     events_published: int = 0
     callbacks_fired: int = 0
+    # Event ids forgotten before their retention, past event_id_max_count.
+    event_ids_forgotten_early: int = 0
     trigger_jobs: int = 0
     trigger_callbacks: int = 0
     # The trigger store's queue: fired callbacks waiting for their turn or running.
@@ -84,7 +86,8 @@ class ReadingSources:
     outbox: Callable[[], tuple[int, int]] = lambda: (0, 0)  # (pending, dead letters)
     outbox_last_error: Callable[[], str] = lambda: ""
     storage_problem: Callable[[], str] = lambda: ""
-    trigger_counts: Callable[[], tuple[int, int]] = lambda: (0, 0)  # (events, firings)
+    # (events, firings, event ids forgotten early)
+    trigger_counts: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)
     # (jobs, callbacks, firings queued)
     trigger_store: Callable[[], tuple[int, ...]] = lambda: (0, 0, 0)
     universal: Callable[[], tuple[int, int]] = lambda: (0, 0)  # (loaded, reload errors)
@@ -96,7 +99,7 @@ class ReadingSources:
     def read(self) -> Readings:
         """Every reading now (a store that cannot be read keeps its last counts)."""
         pending, dead = self._or_last("outbox", self.outbox)
-        events, fired = self._or_last("trigger_counts", self.trigger_counts)
+        events, fired, forgotten = self._or_last("trigger_counts", self.trigger_counts, 3)
         jobs, callbacks, firings = self._or_last("trigger_store", self.trigger_store, 3)
         universal, reload_errors = self.universal()
         return Readings(
@@ -111,6 +114,7 @@ class ReadingSources:
             storage_problem=self.storage_problem(),
             events_published=events,
             callbacks_fired=fired,
+            event_ids_forgotten_early=forgotten,
             trigger_jobs=jobs,
             trigger_callbacks=callbacks,
             firings_queued=firings,

@@ -116,6 +116,8 @@ logger = logging.getLogger(__name__)
 class EngineStats:
     events_published: int = 0
     callbacks_fired: int = 0
+    # Event ids forgotten before their retention, past event_id_max_count (event_ids.py).
+    event_ids_forgotten_early: int = 0
 
 
 @lru_cache(maxsize=65536)
@@ -307,6 +309,7 @@ class TriggerEngine:
         retry: Backoff = Backoff(),
         journal_limits: JournalLimits = JournalLimits(),
         event_id_retention_s: float = event_ids.DEFAULT_RETENTION_S,
+        event_id_max_count: int = event_ids.DEFAULT_MAX_COUNT,
         universal_policies: Mapping[Path, str] | None = None,
         policies: PolicySet | None = None,
         check_code: CodeCheck = no_code_check,
@@ -328,6 +331,8 @@ class TriggerEngine:
             journal_limits: How much of the per-callback journal is kept.
             event_id_retention_s: How long a published event's id is remembered (a
                 repeat within it is ignored); pruned every minute while started.
+            event_id_max_count: The most event ids remembered: past it the oldest are
+                forgotten at the next prune, before their retention, with a WARNING.
             check_code: Checks a universal callback's code when it is loaded.
             languages: The languages the executor runs; a universal line in another is
                 loaded with a warning (its firings are refused).
@@ -380,7 +385,13 @@ class TriggerEngine:
         self._universal_version = store.fleet_version(UNIVERSAL_VERSION) if store.fleet else 0
         self._follower: asyncio.Task[None] | None = None
         self._journal_pruned_at = float("-inf")
-        self._event_ids = event_ids.EventIdPruner(store, event_id_retention_s, clock)
+        self._event_ids = event_ids.EventIdPruner(
+            store,
+            event_id_retention_s,
+            clock,
+            max_count=event_id_max_count,
+            forgotten_early=self._count_forgotten_early,
+        )
         self._event_id_pruning: asyncio.Task[None] | None = None
         self._group: GroupCommit[tuple[Decision, bool]] = GroupCommit(self._apply_group)
         self._registering = asyncio.Lock()
@@ -1318,8 +1329,12 @@ class TriggerEngine:
                 async with asyncio.timeout(delay):
                     await self._timer_wakeup.wait()
 
+    def _count_forgotten_early(self, count: int) -> None:
+        # On the pruner's thread: the one writer of this count, read by the loop.
+        self.stats.event_ids_forgotten_early += count
+
     def prune_event_ids(self) -> int:
-        """Forget the event ids past their retention now (blocks); how many went.
+        """Forget the event ids past their retention, then past the most kept (blocks); how many went.
 
         A started engine does this every minute on a thread of its own.
         """

@@ -11,6 +11,8 @@ import time
 import pytest
 
 from executor.model import Event
+from executor.triggers import event_ids
+from executor.triggers.store import TriggerStore
 from tests.helpers.trigger_engines import MakeEngine, job
 from tests.helpers.trigger_rows import a_job_in_every_table, rows_of, seen_ids
 
@@ -51,3 +53,44 @@ async def test_event_ids_past_their_retention_are_forgotten_and_recent_ones_are_
 
     assert seen_ids(engine.store) == {"new-1"}
     assert await repeats("new-1", "old-1") == [True, False]
+
+
+async def test_past_the_most_ids_kept_the_oldest_are_forgotten_first(engines: MakeEngine) -> None:
+    engine = engines(start=False, event_id_max_count=3)
+    engine.register_job(job(3, ("complete-job-1", "unblock-self")))
+    for event_id in "abcde":  # each seen strictly after the one before
+        await engine.publish_many([Event("complete", "job", 1, event_id=event_id)])
+        seen = time.time()
+        while time.time() <= seen:
+            pass
+
+    assert engine.prune_event_ids() == 2
+
+    assert seen_ids(engine.store) == {"c", "d", "e"}
+    assert engine.stats.event_ids_forgotten_early == 2
+    found = await engine.publish_many([Event("complete", "job", 1, event_id=i) for i in "ea"])
+    assert [duplicate for _, duplicate in found] == [True, False]
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 1_000])
+def test_the_ids_past_the_most_kept_are_counted_step_by_step_ties_and_all(
+    pg_url: str, step: int
+) -> None:
+    # Ids of one group share their seen_at: a step may end inside such a tie.
+    seen_at = [1.0, 2.0, 2.0, 2.0, 3.0, 4.0, 4.0, 5.0, 5.0, 5.0, 5.0, 6.0]
+    store = TriggerStore(pg_url)
+    try:
+        with store.transaction() as db:
+            db.execute("DELETE FROM seen_events")
+            db.executemany(
+                "INSERT INTO seen_events (event_id, seen_at) VALUES (?, ?)",
+                [(f"s{step}-{n}", at) for n, at in enumerate(seen_at)],
+            )
+        newest_first = sorted(seen_at, reverse=True)
+        for most in range(len(seen_at) + 2):
+            with store.snapshot() as db:
+                mark = event_ids.past_max_count(db, most, step=step)
+            expected = newest_first[most] if most < len(seen_at) else None
+            assert mark == expected, (most, mark)
+    finally:
+        store.close()

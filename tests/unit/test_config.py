@@ -163,6 +163,11 @@ def test_policies_come_from_the_config_file_not_the_environment(variable: str) -
             "event_id_retention_hours: must be at least 1 (a publisher's resend of an event "
             "must still find its id), got -72",
         ),
+        (
+            {"CBEXEC_EVENT_ID_MAX_COUNT": "99999"},
+            "event_id_max_count: must be at least 100000 (a PublishEvents' ids, and minutes"
+            " of them, must be kept for their resends), got 99999",
+        ),
     ],
 )
 def test_a_number_out_of_range_names_only_its_setting(
@@ -853,3 +858,11 @@ def test_an_empty_data_dir_flag_means_the_default(
     assert load_settings(args, {}).data_dir == tmp_path / "share" / "cbexec"
     args = build_parser().parse_args(["serve", "--data-dir", "~/x"])
     assert load_settings(args, {}).data_dir == Path.home() / "x"
+
+
+def test_the_event_ids_kept_are_bounded_by_count_by_default() -> None:
+    # Age alone let a callback's work verbs keep ~25 GB of ids an hour (probe 75).
+    assert config.Settings().event_id_max_count == 10_000_000
+    assert config.from_env(config.Settings(), {"CBEXEC_EVENT_ID_MAX_COUNT": "200000"}) == (
+        config.Settings(event_id_max_count=200_000)
+    )

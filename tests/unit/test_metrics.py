@@ -10,6 +10,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from executor.cli import build_parser
+from executor.cli.metrics import format_metrics
 from executor.model import Outcome, RunResult, Usage
 from executor.runs.metrics import Histogram, Metrics
 from executor.runs.readings import Readings, ReadingSources, TierFlags
@@ -98,7 +99,7 @@ def test_a_scrape_shows_counters_cumulative_buckets_and_readings() -> None:
             tier=TierFlags("tier", "zygote", (("pid_namespace", True), ("memory_cgroup", False))),
             outbox=lambda: (3, 1),
             storage_problem=lambda: "disk full",
-            trigger_counts=lambda: (10, 4),
+            trigger_counts=lambda: (10, 4, 6),
             trigger_store=lambda: (2, 3, 7),
             zygotes=lambda: (ZygoteStatus("python", pid=123, restarts=2),),
         ).read
@@ -121,6 +122,7 @@ def test_a_scrape_shows_counters_cumulative_buckets_and_readings() -> None:
     assert samples[("cbexec_storage_degraded", ())] == 1
     assert samples[("cbexec_events_published_total", ())] == 10
     assert samples[("cbexec_callbacks_fired_total", ())] == 4
+    assert samples[("cbexec_event_ids_forgotten_early_total", ())] == 6
     assert samples[("cbexec_trigger_jobs", ())] == 2
     assert samples[("cbexec_firings_queued", ())] == 7
     assert samples[("cbexec_zygote_up", lang)] == 1
@@ -179,6 +181,7 @@ GET_METRICS_FIELD: dict[str, str | None] = {
     "cbexec_storage_degraded": "storage_problem",
     "cbexec_events_published": "events_published",
     "cbexec_callbacks_fired": "callbacks_fired",
+    "cbexec_event_ids_forgotten_early": "event_ids_forgotten_early",
     "cbexec_trigger_jobs": "trigger_jobs",
     "cbexec_trigger_callbacks": "trigger_callbacks",
     "cbexec_universal_callbacks": "universal_callbacks",
@@ -206,3 +209,14 @@ def test_the_readme_says_which_metrics_getmetrics_does_not_carry() -> None:
     for name in (n for n, f in GET_METRICS_FIELD.items() if f is None):
         assert f"`{shown[name]}`" in only.group(1), name
     assert "`process_*`" in only.group(1) and "per-language histograms" in only.group(1)
+
+
+def test_cbexec_metrics_says_event_ids_forgotten_early_only_when_there_were_some() -> None:
+    def engine_line(response: executor_pb2.GetMetricsResponse) -> str:
+        (line,) = [x for x in format_metrics(response).splitlines() if "trigger engine" in x]
+        return line
+
+    assert "forgotten" not in engine_line(executor_pb2.GetMetricsResponse())
+    assert engine_line(executor_pb2.GetMetricsResponse(event_ids_forgotten_early=5)).endswith(
+        "; 5 event ids forgotten early (event_id_max_count)"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
@@ -116,3 +117,40 @@ async def test_a_stopped_pruner_ends_after_the_batch_it_is_in(engines: Engines) 
 
     assert pruner.prune() == 0
     await pruner.run(every_s=3600.0)  # returns at once: stopped
+
+
+async def test_past_the_most_ids_kept_the_oldest_are_forgotten_first_and_said(
+    engines: Engines, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A callback's work verbs over a 100,000-frame job left 100,000 ids a call, each kept
+    # 72 h: ~25 GB of triggers.db an hour over four slots (probe 75).
+    engine = engines(Recorder(), start=False, event_id_max_count=3)
+    engine.register_job(job(3, ("complete-job-1", "unblock-self")))
+    assert await _publish_ids(engine, "a", "b", "c", "d", "e") == [False] * 5
+
+    with caplog.at_level(logging.WARNING, logger="executor.triggers.event_ids"):
+        assert engine.prune_event_ids() == 2
+
+    assert seen_ids(engine.store) == {"c", "d", "e"}
+    assert engine.stats.event_ids_forgotten_early == 2
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(
+        "event ids: forgot the 2 oldest before their event_id_retention_hours: the store"
+        " keeps at most event_id_max_count (3); a resend of one of them now is applied again"
+    )
+    assert await _publish_ids(engine, "e", "a") == [True, False]
+
+
+async def test_ids_past_the_most_kept_go_batch_by_batch(engines: Engines) -> None:
+    engine = engines(Recorder(), start=False)
+    with engine.store.transaction() as db:
+        db.executemany(
+            "INSERT INTO seen_events (event_id, seen_at) VALUES (?, ?)",
+            [(f"e{n}", time.time()) for n in range(2_500)],
+        )
+    pruner = event_ids.EventIdPruner(engine.store, 3600.0, time.time, max_count=500, batch=300)
+
+    assert pruner.prune() == 2_000  # none past its age: the 2,000 oldest, in 7 batches
+
+    assert seen_ids(engine.store) == {f"e{n}" for n in range(2_000, 2_500)}
+    assert pruner.prune() == 0
