@@ -4,8 +4,8 @@ Off the event loop: the loop answers the next call while a run's bookkeeping is 
 on the other core. The thread lets runs gather for ``GATHER_S`` after the first one
 (or until ``GATHER_RUNS`` are queued), then writes them together, their history records
 in one transaction (group commit): one wake-up and one commit per burst, instead of one
-per run. A reader never misses a run that was answered: reading the history or the
-history first waits for what is queued (``flush``, in a thread of the reader's: it may
+per run. A reader never misses a run that was answered: reading the history first
+waits for what is queued (``flush``, in a thread of the reader's: it may
 wait for a locked ``runs.db``), which cuts the pause short; reading the metrics counts the
 queued runs first (``observe_pending``), which never waits for a write. A sink
 that fails (disk full, a bad path) is logged and never costs the other sinks their
