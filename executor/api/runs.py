@@ -4,7 +4,10 @@ Refusals at capacity never reach the dispatcher's ``on_result`` (nothing ran), s
 ``interceptors.CallGuard`` counts them where they become visible: as
 RESOURCE_EXHAUSTED statuses leaving the server. GetMetrics takes the readings of the
 executor's parts at the moment it is asked (``Metrics.refresh``), as a scrape of
-``/metrics`` does, so both show the same numbers.
+``/metrics`` does, so both show the same numbers. Neither waits for the history's
+writer (the runs it holds are counted at once); ListRuns and GetRun do, in the
+history readers' thread (``Recorder.read_history``), never on the event loop: a
+``runs.db`` another process holds locked stalls only them.
 """
 
 from __future__ import annotations
@@ -57,8 +60,9 @@ class RunServicer(executor_pb2_grpc.RunServiceServicer):
             shadow_only=request.shadow_only,
         )
         after = decode_page_token(request.page_token, filters) if request.page_token else None
-        page = self._recorder.history.list_page(
-            filters, limit=min(request.limit or DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT), after=after
+        limit = min(request.limit or DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)
+        page = await self._recorder.read_history(
+            lambda history: history.list_page(filters, limit=limit, after=after)
         )
         return executor_pb2.ListRunsResponse(
             runs=[convert.run_message(r) for r in page.runs],
@@ -74,23 +78,26 @@ class RunServicer(executor_pb2_grpc.RunServiceServicer):
         INVALID_ARGUMENT for a prefix of several runs, or one shorter than
         ``MIN_PREFIX_CHARS`` that is no run's whole id.
         """
-        history = self._recorder.history
         # Looked up as a key: a NUL no stored id holds is refused as it would be stored.
         wanted = convert.check_text("invocation_id", request.invocation_id)
-        record = history.get(wanted)
+        record = await self._recorder.read_history(lambda history: history.get(wanted))
         if record is None and len(wanted) < MIN_PREFIX_CHARS:
             raise InvalidRequestError(
                 f"no run {wanted!r} in the history; as a prefix it is too short: give at "
                 f"least {MIN_PREFIX_CHARS} characters of the id"
             )
         if record is None:
-            matches = history.ids_starting_with(wanted)
+            matches = await self._recorder.read_history(
+                lambda history: history.ids_starting_with(wanted)
+            )
             if len(matches) > 1:
                 shown = ", ".join(matches[:2]) + (", ..." if len(matches) > 2 else "")
                 raise InvalidRequestError(
                     f"{wanted!r} is the start of several runs ({shown}); give more of the id"
                 )
-            record = history.get(matches[0]) if matches else None
+            if matches:
+                match = matches[0]
+                record = await self._recorder.read_history(lambda history: history.get(match))
         if record is None:
             raise NotFoundError(f"no run {wanted!r} in the history (unknown, or pruned)")
         return executor_pb2.GetRunResponse(run=convert.run_message(record))

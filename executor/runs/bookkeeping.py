@@ -4,8 +4,10 @@ Off the event loop: the loop answers the next call while a run's bookkeeping is 
 on the other core. The thread lets runs gather for ``GATHER_S`` after the first one
 (or until ``GATHER_RUNS`` are queued), then writes them together, their history records
 in one transaction (group commit): one wake-up and one commit per burst, instead of one
-per run. A reader never misses a run that was answered: reading the history or the
-metrics first waits for what is queued (``flush``), which cuts the pause short. A sink
+per run. A reader never misses a run that was answered: reading the history first
+waits for what is queued (``flush``, in a thread of the reader's: it may
+wait for a locked ``runs.db``), which cuts the pause short; reading the metrics counts the
+queued runs first (``observe_pending``), which never waits for a write. A sink
 that fails (disk full, a bad path) is logged and never costs the other sinks their
 entry; runs the history could not take (a full disk, a database locked past the busy
 timeout) are written with the next batch that it does, and so are, in their order, the
@@ -103,6 +105,11 @@ class BookkeepingWriter:
         self._unrecorded: list[_Entry] = []
         # Runs whose .cb entry the callback log could not take yet, oldest first (ditto).
         self._unlogged: list[_Entry] = []
+        # Runs not yet counted in the metrics, oldest first: a reader of the metrics counts
+        # them itself rather than wait for this thread (which may wait for a locked runs.db).
+        self._unobserved: list[_Entry] = []
+        # Held while runs are counted: a reader sees the counts only once they are done.
+        self._observing = threading.Lock()
         # Queued and being written: flush() waits for 0.
         self._unwritten = 0
         # Readers waiting in flush(): the writer does not pause for others to join.
@@ -126,7 +133,9 @@ class BookkeepingWriter:
         ``in_history`` False: its ``.cb`` entry and metrics only (a fleet's fenced-off run).
         """
         with self._changed:
-            self._queue.append(_Entry(invocation, result, ended_at, started_at, in_history))
+            entry = _Entry(invocation, result, ended_at, started_at, in_history)
+            self._queue.append(entry)
+            self._unobserved.append(entry)
             if in_history:
                 self._pending[result.invocation_id] = invocation
             self._unwritten += 1
@@ -150,6 +159,18 @@ class BookkeepingWriter:
                 return self._changed.wait_for(lambda: not self._unwritten, timeout_s)
             finally:
                 self._waiting_readers -= 1
+
+    def observe_pending(self) -> None:
+        """Count the runs queued so far in the metrics, now (on any thread; never waits for a write)."""
+        with self._observing:
+            with self._changed:
+                entries, self._unobserved = self._unobserved, []
+            for entry in entries:
+                with _guarded("metrics", [entry]):
+                    callback = entry.invocation.callback
+                    self._metrics.observe(
+                        entry.result, language=callback.language, source=entry.invocation.source
+                    )
 
     def close(self) -> None:
         """Write what is queued, then stop the thread."""
@@ -219,12 +240,7 @@ class BookkeepingWriter:
         # there already; the other way round, a run in the history would lose its entry.
         # (As it does when a kill -9 comes while its entry waits for the log's disk.)
         self._log([*self._unlogged, *batch], batch)
-        for entry in batch:
-            with _guarded("metrics", [entry]):
-                callback = entry.invocation.callback
-                self._metrics.observe(
-                    entry.result, language=callback.language, source=entry.invocation.source
-                )
+        self.observe_pending()
         recorded = [entry for entry in batch if entry.in_history]
         if recorded or self._unrecorded:
             self._record([*self._unrecorded, *recorded], recorded)

@@ -357,8 +357,9 @@ class RunHistory:
         self._prune_every_bytes: int | None = None
         self._path = str(path)
         self._health = health
-        # The connection is shared by the event loop (reads) and the bookkeeping thread
-        # (writes, ``record_many``): one at a time.
+        # The connection is shared by its readers (the Recorder's history-read thread,
+        # start-up's recovery) and the bookkeeping thread (writes, ``record_many``): one
+        # at a time.
         self._lock = threading.RLock()
         # Called before each read: the Recorder's writer flushes the runs it still holds.
         self.before_read: Callable[[], object] = lambda: None

@@ -186,7 +186,8 @@ class Metrics:
         # Prometheus client exposes them: what the run counters cost the host.
         ProcessCollector(registry=self.registry)
         self._read: Callable[[], Readings] | None = None
-        # Called before the counters are read: the Recorder's writer flushes its queue.
+        # Called before the counters are read: the Recorder's writer counts the runs it
+        # holds (never waiting for their write: a scrape must not wait for runs.db).
         self.before_read: Callable[[], object] = lambda: None
 
     def observe(self, result: RunResult, *, language: str = "", source: str = "execute") -> None:

@@ -9,7 +9,8 @@ run is recorded only while its replica's claim on the firing holds (fencing: see
 ``_record_claimed``). The other sinks
 are bookkeeping, written by one thread (``bookkeeping.BookkeepingWriter``): off the
 event loop, several runs per history commit under load, and flushed before anything
-reads the history or the metrics. One that fails (disk full, a bad path) is logged
+reads the history (off the loop: ``read_history``); a read of the metrics counts the
+runs it holds without waiting for it. One that fails (disk full, a bad path) is logged
 and skipped, and never costs the caller its answer or the other sinks their entry.
 """
 
@@ -20,7 +21,8 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, TypeVar
 
 from executor.config import Settings
 from executor.errors import UnavailableError
@@ -39,6 +41,8 @@ from executor.storage import StorageHealth
 EncodeReport = Callable[[Invocation, RunResult, float], bytes]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class ClaimsGivenBack(Protocol):
@@ -110,9 +114,15 @@ class Recorder:
             metrics,
             on_recorded=None if outbox is None else outbox.notes_written,
         )
-        # A reader of either never misses a run that was answered.
+        # A reader of either never misses a run that was answered. The history's waits for
+        # the writer (``read_history`` runs it off the loop); the metrics' never does.
         history.before_read = self._writer.flush
-        metrics.before_read = self._writer.flush
+        metrics.before_read = self._writer.observe_pending
+        # The history's readers (ListRuns, GetRun), off the loop: each waits for the writer,
+        # which waits up to SQLite's busy timeout for a runs.db another process holds
+        # locked. A thread of their own, not the default pool's: readers piling up there
+        # would hold up what the loop hands to it (a child's cleanup, the outbox's steps).
+        self._history_reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history-read")
 
     @classmethod
     def open(
@@ -278,6 +288,11 @@ class Recorder:
         pending = self._writer.pending(invocation_id)
         return None if pending is None else RunIdentity.of(pending)
 
+    async def read_history(self, read: Callable[[RunHistory], T]) -> T:
+        """``read(history)`` in the history readers' thread: it may wait, the loop does not."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._history_reads, read, self.history)
+
     def recorded_result(self, invocation_id: str) -> RunResult | None:
         """The result the history has under ``invocation_id`` (None: none); blocks."""
         record = self.history.get(invocation_id)
@@ -434,6 +449,8 @@ class Recorder:
                     "stopping with %d results not yet delivered; %s", self.outbox.pending(), later
                 )
         self._writer.close()
+        # A read still waiting for the writer ends now that it has written (or given up).
+        self._history_reads.shutdown(wait=True, cancel_futures=True)
         if self.outbox is not None:
             await self.outbox.close()
         self.history.close()

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
@@ -156,6 +158,66 @@ async def test_a_locked_history_stops_nothing_and_gets_its_runs_after(tmp_path: 
                 assert await _is(channel, SERVING)
             runs = (await client.list_runs(job_id=9)).runs
             assert [run.invocation_id for run in runs] == ["h-1"]
+            await channel.close()
+
+
+async def test_reads_of_a_locked_history_never_stall_the_event_loop(tmp_path: Path) -> None:
+    # A run waits in the bookkeeping thread for runs.db; GetMetrics, a /metrics scrape,
+    # ListRuns and GetRun meanwhile wait for it (if at all) off the loop: health checks
+    # every 50 ms are each answered at once, and the metrics count the waiting run.
+    settings = stack_settings(tmp_path / "data", http_bind="127.0.0.1:0")
+    async with executor(settings) as running:
+        address = f"127.0.0.1:{running.port}"
+        scrape = f"http://127.0.0.1:{running.http_port}/metrics"
+        async with ExecutorClient(address) as client:
+            channel = grpc.aio.insecure_channel(address)
+            await client.execute_callback(
+                language="python", code="print(1)", job={"id": 10}, invocation_id="l-0"
+            )
+            checks: list[float] = []
+
+            async def check_health(until: asyncio.Event) -> None:
+                while not until.is_set():
+                    started = time.monotonic()
+                    try:
+                        await health_status(channel)
+                    except grpc.aio.AioRpcError:
+                        checks.append(math.inf)
+                    else:
+                        checks.append(time.monotonic() - started)
+                    await asyncio.sleep(0.05)
+
+            def scraped() -> str:
+                with urllib.request.urlopen(scrape, timeout=10) as answer:
+                    return str(answer.read().decode())
+
+            done = asyncio.Event()
+            checking = asyncio.ensure_future(check_health(done))
+            with locked(settings.data_dir / "runs.db"):
+                await client.execute_callback(
+                    language="python", code="print(2)", job={"id": 10}, invocation_id="l-1"
+                )
+                await asyncio.sleep(0.3)  # the bookkeeping thread waits for the lock now
+                listing = asyncio.ensure_future(client.list_runs(job_id=10))
+                getting = asyncio.ensure_future(client.get_run("l-1"))
+                started = time.monotonic()
+                metrics = await client.get_metrics()
+                assert time.monotonic() - started < 1.0
+                assert metrics.runs_by_outcome["SUCCEEDED"] == 2, "the waiting run is counted"
+                started = time.monotonic()
+                text = await asyncio.to_thread(scraped)
+                assert time.monotonic() - started < 1.0
+                assert (
+                    'cbexec_runs_total{language="python",outcome="SUCCEEDED",source="execute"} 2.0'
+                    in text
+                )
+                await asyncio.sleep(1.5)
+            # The history's readers got their answer once the writer could write.
+            assert [r.invocation_id for r in (await listing).runs] == ["l-1", "l-0"]
+            assert (await getting).invocation_id == "l-1"
+            done.set()
+            await checking
+            assert checks and max(checks) < 1.0, f"a health check took {max(checks):.2f}s"
             await channel.close()
 
 
