@@ -41,6 +41,10 @@ event and queued what it fired, durably, and a slow callback holds no other even
 ``drain()`` says every transition so far was acknowledged; whoever needs the callbacks run
 too waits for the engine's firings as well (``EmbeddedSupervisor.settle``).
 
+Its reads and removals of the database run on a thread, never on the loop: the
+supervisor's verbs run on a thread of their own (service.py) and hold the store's lock
+meanwhile (a second or two for a verb over 100,000 items), which the loop would wait for.
+
 A job's events are forwarded in order, and one call at a time, so one the executor can
 never take must not be retried for ever: it would hold every later event of every job
 behind it. A refusal a
@@ -161,7 +165,8 @@ class EventForwarder:
         thread) counts.
         """
         async with self._removed:
-            await self._removed.wait_for(lambda: not self._supervisor.has_unsent_events())
+            while await asyncio.to_thread(self._supervisor.has_unsent_events):
+                await self._removed.wait()
 
     def register_now(self, job_ids: list[int]) -> asyncio.Task[None]:
         """Register just-submitted jobs now, in order, ahead of the queue.
@@ -191,16 +196,23 @@ class EventForwarder:
 
         UndeliverableError when the request is over the executor's receive limit.
         """
+        request = await asyncio.to_thread(self._registration, job_id)
+        if request is None:
+            return False
+        await self._stub.RegisterJob(request)
+        return True
+
+    def _registration(self, job_id: int) -> executor_pb2.RegisterJobRequest | None:
+        """The RegisterJob for the job as it is now (on a thread: a big job's takes long)."""
         try:
             job = self._supervisor.job(job_id, include_callbacks=True)
         except NoSuchJobError:
-            return False
+            return None
         request = registration_request(job)
         problem = oversize_problem(request)
         if problem is not None:
             raise UndeliverableError(f"job {job_id}: {problem}")
-        await self._stub.RegisterJob(request)
-        return True
+        return request
 
     async def _registered(self, job_id: int) -> bool:
         """The job's registration made ahead of the queue, else the queue's own."""
@@ -220,7 +232,9 @@ class EventForwarder:
         while True:
             self._new.clear()  # before reading: a commit after the read sets it again
             try:
-                turn = self._supervisor.unsent_events_in_turn(self._last_job, READ_BATCH)
+                turn = await asyncio.to_thread(
+                    self._supervisor.unsent_events_in_turn, self._last_job, READ_BATCH
+                )
             except Exception:
                 logger.exception("cannot read the events to forward; trying again")
                 await asyncio.sleep(STORE_RETRY_S)
@@ -241,7 +255,9 @@ class EventForwarder:
     async def _remove(self, events: list[UnsentEvent]) -> None:
         while True:
             try:
-                self._supervisor.remove_events([event.seq for event in events])
+                await asyncio.to_thread(
+                    self._supervisor.remove_events, [event.seq for event in events]
+                )
             except Exception:
                 # Not removed, they would be sent again: wait for the database instead.
                 logger.exception("cannot remove %d forwarded events; trying again", len(events))
