@@ -255,6 +255,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
                 functools.partial(embedded.settle, engine),
                 embedded.registered,
                 engine.labels,
+                embedded.store_thread,
             )
         fleet_ids = None
         if trigger_store.fleet:  # Execute's id checks: one round trip to the shared store

@@ -11,6 +11,13 @@ answered only when the executor woke, ends as it would have.
 The holds are measured with a tick (``_Stalls``): a timer every ``TICK_S`` while a
 deadline is waited on; a tick that fires more than ``HELD_AFTER_S`` late adds its lateness to
 the held-up time. Shorter delays (a busy loop's ordinary jitter) count as the run's own.
+
+A hold is the loop's, not a run's: who caused it cannot be told, and every run waited
+on meanwhile is credited with it. So a callback that could make the executor hold its
+loop (its ``qb`` calls on a 100,000-frame job did, until they were moved off it) would
+buy itself time past its limit, twice it and more. The credit is therefore capped: a
+deadline moves on by at most its own wall limit, and never less than ``MIN_CREDIT_S``
+(a run of 1 s limit held 1.5 s by a stopped executor still ends as it would have).
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from typing import Final
 
 TICK_S: Final = 0.25
 HELD_AFTER_S: Final = 0.25
+# The most a deadline moves on is its wall limit, or this for a shorter limit.
+MIN_CREDIT_S: Final = 10.0
 
 
 class _Stalls:
@@ -79,6 +88,8 @@ def _stalls(loop: asyncio.AbstractEventLoop) -> _Stalls:
 class WallDeadline:
     """``wall_s`` from its making, plus the time the executor was held up while it was waited on.
 
+    That time counts up to ``max(wall_s, MIN_CREDIT_S)`` (see the module doc).
+
     The holds are measured only while a ``scope`` of it is open: the run's waits. What
     the executor does between them is synchronous: a hold there could not be told apart.
     """
@@ -88,10 +99,11 @@ class WallDeadline:
         self._stalls = _stalls(self._loop)
         self._held_before = self._stalls.held()
         self._due = self._loop.time() + wall_s
+        self._max_credit = max(wall_s, MIN_CREDIT_S)
 
     def held(self) -> float:
-        """How long the executor has been held up since the deadline was made."""
-        return self._stalls.held() - self._held_before
+        """How long the executor has been held up since the deadline was made, as credited (capped)."""
+        return min(self._stalls.held() - self._held_before, self._max_credit)
 
     def remaining(self) -> float:
         """Seconds left (0 or less once it has passed)."""

@@ -48,6 +48,7 @@ from executor.storage import (
 )
 from supervisor_client.reference import ReferenceSupervisor, add_reference_supervisor
 from supervisor_client.reference.forwarder import EventForwarder
+from supervisor_client.reference.store_thread import StoreThread
 
 # sun_path holds 108 bytes, the terminating NUL included.
 MAX_UNIX_SOCKET_PATH: Final = 107
@@ -95,6 +96,8 @@ class EmbeddedSupervisor:
     reference: ReferenceSupervisor
     server: grpc.aio.Server
     channel: grpc.aio.Channel
+    # The thread every call of the reference's runs on: the Supervisor service's, the farm's.
+    store_thread: StoreThread = field(default_factory=StoreThread)
     forwarder: EventForwarder | None = None
     _forwarding: asyncio.Task[None] | None = field(default=None, repr=False)
     # Set by forward_to: the farm is served a moment before, and its events wait till then.
@@ -143,6 +146,7 @@ class EmbeddedSupervisor:
         await self.stop_forwarding()
         await self.channel.close()
         await self.server.stop(grace_s)
+        self.store_thread.close()
         self.reference.close()
 
 
@@ -174,8 +178,9 @@ async def start(
             max_results=min(history_max_runs, MAX_RESULTS),
             max_result_bytes=max(history_max_bytes, max_message_bytes),
             storage_errors=functools.partial(writing, path, health),
-            # Its calls run on the executor's loop: a lock held by another process is
-            # waited for briefly, then answered UNAVAILABLE (``DatabaseLocked``).
+            # A farm submission runs on the executor's loop (every other call on a thread):
+            # a lock held by another process is waited for briefly, then answered
+            # UNAVAILABLE (``DatabaseLocked``).
             busy_timeout_s=LOOP_BUSY_TIMEOUT_S,
             # As the executor's own databases: off the loop, the log cut back to 4 MiB
             # when it restarts (SQLite's own kept its peak: 15.6 MB for 25 minutes).
@@ -191,7 +196,8 @@ async def start(
     socket_path.unlink(missing_ok=True)
     address = f"unix:{socket_path}"
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes)])
-    add_reference_supervisor(server, reference, unavailable=(StorageError,))
+    store_thread = StoreThread()
+    add_reference_supervisor(server, reference, (StorageError,), store_thread)
     try:
         if server.add_insecure_port(address) == 0:
             raise ConfigError(f"data_dir: cannot listen on the supervisor socket {socket_path}")
@@ -200,4 +206,4 @@ async def start(
         reference.close()
         raise
     channel = grpc.aio.insecure_channel(address, options=list(SUPERVISOR_CHANNEL_OPTIONS))
-    return EmbeddedSupervisor(reference, server, channel)
+    return EmbeddedSupervisor(reference, server, channel, store_thread)

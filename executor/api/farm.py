@@ -5,9 +5,13 @@ become calls of ``supervisor_client.reference.farm.Farm`` with plain values; the
 errors become the executor's domain errors, and so statuses through the one table
 (errors.py). Work ranges are expanded by ``host_api.WorkSelection``, the selection
 behind ``qb.workunblock('12:1-10')``: one meaning of a range for callbacks and people.
-A ChangeWork reads no more of the agenda than its specs need (``_selected_work``): it
-runs on the executor's loop, so reading a 100,000-item job for a worker's one frame
-held health and every Execute for 1-2 s.
+A ChangeWork reads no more of the agenda than its specs need (``_selected_work``):
+reading a 100,000-item job for a worker's one frame took 1-2 s.
+
+The farm's calls run on the store's one thread (``StoreThread``, shared with the
+Supervisor service), not on the executor's loop, where each waited for the store's lock
+while a callback's verb over a big job held it; ``SubmitJobs`` alone stays on the loop:
+it claims the jobs' registrations before it awaits anything (``registered``).
 
 The changes the farm makes reach the trigger engine through the embedded supervisor's
 forwarder like any other transition; ``WaitJobs`` waits until that forwarder has drained
@@ -43,9 +47,10 @@ from executor.triggers.store import StoredCallback
 from supervisor_client.jobdict import job_from_dict
 from supervisor_client.qbcallback.v1 import farm_pb2, farm_pb2_grpc, supervisor_pb2, types_pb2
 from supervisor_client.reference import errors as reference_errors
-from supervisor_client.reference.farm import Farm, describe_agenda
+from supervisor_client.reference.farm import Farm, WorkChangeResult, describe_agenda
 from supervisor_client.reference.qube_time import with_times_stored
 from supervisor_client.reference.service import verb_name
+from supervisor_client.reference.store_thread import StoreThread
 from supervisor_client.reference.submission import check_submission_size
 
 DEFAULT_WAIT_S: Final = 60.0
@@ -117,6 +122,8 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
             and no firing is left to run (``EmbeddedSupervisor.settle``).
         registered: waits until just-submitted jobs are registered with the trigger engine.
         labels: the trigger engine's labels per pgrp, and its claims on them.
+        store_thread: the thread the farm's calls run on (the Supervisor service's);
+            None: one of its own.
     """
 
     def __init__(
@@ -126,8 +133,10 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
         settle: Settle,
         registered: Registered,
         labels: LabelClaims,
+        store_thread: StoreThread | None = None,
     ) -> None:
         self._farm = farm
+        self._store = StoreThread() if store_thread is None else store_thread
         self._callbacks_of = callbacks_of
         self._settle = settle
         self._registered = registered
@@ -176,17 +185,16 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
         return await asyncio.shield(submitting)
 
     async def _submit(self, request: farm_pb2.SubmitJobsRequest) -> farm_pb2.SubmitJobsResponse:
-        """Store off the loop, register, then answer (built off the loop too).
+        """Store on the store's thread, register, then answer (built off the loop too).
 
         Storing a submission at its bounds takes the store a second or two (a 100,000-item
         agenda parsed, stored, read back and checked as RegisterJob would take it), and
-        its answer as long again: on the loop that held health and every call. In a
-        thread, the store's lock keeps it one transaction and the ids in order; a farm
-        call meanwhile waits on that lock, holding the loop until the transaction ends
-        (the store's part, about a second at the bounds), but health and every call that
+        its answer as long again: on the loop that held health and every call. On the
+        store's thread it is one transaction with its ids in order; the farm's calls and
+        the callbacks' qb calls wait behind it there, while health and every call that
         does not touch the farm are answered.
         """
-        stored, claimed = await asyncio.to_thread(self._store, request)
+        stored, claimed = await self._store.run(self._submitted, request)
         try:
             await self._registered([job["id"] for job in stored])
         finally:
@@ -196,8 +204,10 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
             lambda: farm_pb2.SubmitJobsResponse(jobs=[_wire_job(job) for job in stored])
         )
 
-    def _store(self, request: farm_pb2.SubmitJobsRequest) -> tuple[list[dict[str, Any]], Claims]:
-        """The submission stored (in a worker thread), and the labels claimed for it."""
+    def _submitted(
+        self, request: farm_pb2.SubmitJobsRequest
+    ) -> tuple[list[dict[str, Any]], Claims]:
+        """The submission stored (on the store's thread), and the labels claimed for it."""
         jobs = [struct_dict(f"jobs[{index}]", job) for index, job in enumerate(request.jobs)]
         with self._labels.locked():
             with _farm_errors():
@@ -216,10 +226,9 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
         self, request: farm_pb2.ListJobsRequest, context: Context
     ) -> farm_pb2.ListJobsResponse:
         """The jobs by id, filtered by status and pgrp."""
+        pgrp = convert.check_id("pgrp", request.pgrp)
         with _farm_errors():
-            jobs = self._farm.jobs(
-                status=request.status, pgrp=convert.check_id("pgrp", request.pgrp)
-            )
+            jobs = await self._store.run(self._farm.jobs, status=request.status, pgrp=pgrp)
         return farm_pb2.ListJobsResponse(jobs=[_wire_job(job) for job in jobs])
 
     @grpc_errors
@@ -228,8 +237,12 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
     ) -> farm_pb2.GetJobResponse:
         """The job, its registered callbacks with their latches, and its history."""
         job_id = convert.check_id("job_id", request.job_id)
+
+        def read() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+            return self._farm.job(job_id), self._farm.history(job_id)
+
         with _farm_errors():
-            job = self._farm.job(job_id)
+            job, history = await self._store.run(read)
         return farm_pb2.GetJobResponse(
             job=_wire_job(job),
             callbacks=[convert.registered_message(cb) for cb in self._callbacks_of(job_id)],
@@ -237,7 +250,7 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
                 farm_pb2.HistoryEntry(
                     time=line["time"], text=line["text"], invocation_id=line["invocation_id"]
                 )
-                for line in self._farm.history(job_id)
+                for line in history
             ],
         )
 
@@ -255,14 +268,16 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
                 f"work: at most {MAX_WORK_ENTRIES} entries, got {len(request.work)}; a range"
                 " ('1-5000') or a comma list ('a,b,c') names many items in one"
             )
-        with _farm_errors():
-            names = self._selected_work(job_id, request.work)
-            package = (
-                struct_dict("result_package", request.result_package)
-                if request.HasField("result_package")
-                else None
-            )
-            result = self._farm.change_work(
+        package = (
+            struct_dict("result_package", request.result_package)
+            if request.HasField("result_package")
+            else None
+        )
+        specs = list(request.work)
+
+        def change_work() -> WorkChangeResult:
+            names = self._selected_work(job_id, specs)
+            return self._farm.change_work(
                 change,
                 job_id,
                 names,
@@ -270,6 +285,9 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
                 actor=request.actor,
                 resultpackage=package,
             )
+
+        with _farm_errors():
+            result = await self._store.run(change_work)
         return farm_pb2.ChangeWorkResponse(
             changed=result.changed,
             selected=list(result.selected),
@@ -316,7 +334,7 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
         convert.check_name("actor", request.actor)
         with _farm_errors():
             verb = verb_name(supervisor_pb2.JobVerb, request.verb)
-            result = self._farm.change_job(verb, job_id, request.actor)
+            result = await self._store.run(self._farm.change_job, verb, job_id, request.actor)
         return farm_pb2.ChangeJobResponse(
             changed=result.changed, message=result.message, job_status=result.job_status
         )
@@ -328,7 +346,7 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
         """Start the next item a free worker would be given; ``taken`` false when none."""
         convert.check_name("host", request.host)
         with _farm_errors():
-            taken = self._farm.take_work(request.host or "localhost")
+            taken = await self._store.run(self._farm.take_work, request.host or "localhost")
         if taken is None:
             return farm_pb2.TakeWorkResponse(taken=False)
         return farm_pb2.TakeWorkResponse(
@@ -361,35 +379,37 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
                 " an empty list waits for every job"
             )
         asked = [convert.check_id("job_ids", job_id) for job_id in dict.fromkeys(request.job_ids)]
-        unknown = self._farm.first_unknown(asked) if asked else None
-        if unknown is not None:
-            raise self._not_found(unknown)
+        if asked and (missing := await self._store.run(self._missing, asked)) is not None:
+            raise missing
         ids = asked or None  # None: every job on the farm, read as the wait goes
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         done = False
         while True:
-            if self._farm.ended(ids):
+            if await self._store.run(self._farm.ended, ids):
                 try:
                     async with asyncio.timeout(max(0.0, deadline - loop.time())):
                         await self._settle()
                 except TimeoutError:
                     break
                 # A callback may have brought a job back (a retry): check again.
-                if self._farm.ended(ids):
+                if await self._store.run(self._farm.ended, ids):
                     done = True
                     break
             left = deadline - loop.time()
             if left <= 0:
                 break
             await asyncio.sleep(min(_POLL_S, left))
+        statuses = await self._store.run(self._farm.statuses, ids)
         return farm_pb2.WaitJobsResponse(
             done=done,
             jobs=[
                 farm_pb2.JobStatus(job_id=job_id, status=status)
-                for job_id, status in self._farm.statuses(ids).items()
+                for job_id, status in statuses.items()
             ],
         )
 
-    def _not_found(self, job_id: int) -> NotFoundError:
-        return NotFoundError(str(self._farm.no_such_job(job_id)))
+    def _missing(self, asked: list[int]) -> NotFoundError | None:
+        """The NotFound for the first job asked for that never was (on the store's thread)."""
+        unknown = self._farm.first_unknown(asked)
+        return None if unknown is None else NotFoundError(str(self._farm.no_such_job(unknown)))

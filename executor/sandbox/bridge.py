@@ -22,6 +22,7 @@ from typing import Final
 from executor.child import protocol
 from executor.child.protocol import CallFrame, ChildFrame, ReplyFrame
 from executor.sandbox.exit_status import ChildExit
+from executor.sandbox.reply_encoding import encode_in_steps
 
 READ_CHUNK: Final = 64 << 10
 # Room for the sender's SCM_CREDENTIALS (struct ucred: pid, uid, gid) on every read: the
@@ -293,7 +294,7 @@ class BridgeServer:
             # before going is still to be read, up to the EOF. A call a signal handler's
             # die cut short is followed by the done frame that reports the die, and a
             # cold child exits after it without waiting for the reply.
-            await self._loop.sock_sendall(self._sock, protocol.encode(reply))
+            await self._loop.sock_sendall(self._sock, await encode_in_steps(reply))
         self._task = None
         self._take_frames()
         if self._task is None:

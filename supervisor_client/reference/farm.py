@@ -19,8 +19,9 @@ reaches the executor through the same forwarder. What this adds is the worker's 
   loop); only an error naming the agenda reads its names.
 - messages that name the job or item and say what exists.
 
-Single-threaded use is assumed (the executor's event loop): ``take_work`` reads and then
-starts, which is atomic only because nothing else runs in between.
+``take_work`` reads and then starts in one transaction (``together``), which holds the
+store's lock: the Supervisor service's verbs, on a thread of their own, cannot come in
+between.
 """
 
 from __future__ import annotations
@@ -234,23 +235,24 @@ class Farm:
         # Each job's row and instances, its running items' instances and its first
         # pending item: never its whole agenda (a worker asks for every frame it takes).
         supervisor = self._supervisor
-        jobs = supervisor.jobs(statuses=_DISPATCHABLE, work_names=())
-        preempted = supervisor.preempted_job_ids()
-        for job in sorted(jobs, key=lambda j: (j["priority"], j["id"])):
-            job_id = job["id"]
-            if job_id in preempted:
-                continue
-            idle = self._idle_instances(job, supervisor.busy_instances(job_id))
-            if not idle:
-                continue
-            item = supervisor.next_pending(job_id)
-            if item is not None:
-                name, count = item
-                supervisor.start_work(job_id, name, host, subid=idle[0])
-                return Taken(job_id, name, job["name"], count + 1)
-            if job["status"] == Status.PENDING and not supervisor.has_agenda(job_id):
-                supervisor.start_job(job_id, host)
-                return Taken(job_id, "", job["name"], 1)
+        with supervisor.together():
+            jobs = supervisor.jobs(statuses=_DISPATCHABLE, work_names=())
+            preempted = supervisor.preempted_job_ids()
+            for job in sorted(jobs, key=lambda j: (j["priority"], j["id"])):
+                job_id = job["id"]
+                if job_id in preempted:
+                    continue
+                idle = self._idle_instances(job, supervisor.busy_instances(job_id))
+                if not idle:
+                    continue
+                item = supervisor.next_pending(job_id)
+                if item is not None:
+                    name, count = item
+                    supervisor.start_work(job_id, name, host, subid=idle[0])
+                    return Taken(job_id, name, job["name"], count + 1)
+                if job["status"] == Status.PENDING and not supervisor.has_agenda(job_id):
+                    supervisor.start_job(job_id, host)
+                    return Taken(job_id, "", job["name"], 1)
         return None
 
     # -- changes ------------------------------------------------------------------------
@@ -270,7 +272,21 @@ class Farm:
         Empty ``names`` with start, complete or fail drives a job without an agenda.
         Raises ValueError (unknown change, names missing), NoSuchJobError,
         NoSuchWorkError naming the unknown items and the agenda, PermissionDeniedError.
+        One transaction (``together``): what it reads is what it changes, whatever the
+        Supervisor service's thread does meanwhile.
         """
+        with self._supervisor.together():
+            return self._change_work(change, job_id, names, host, actor, resultpackage)
+
+    def _change_work(
+        self,
+        change: str,
+        job_id: int,
+        names: Sequence[str],
+        host: str,
+        actor: str,
+        resultpackage: Mapping[str, Any] | None,
+    ) -> WorkChangeResult:
         job = self.job(job_id, include_callbacks=False, work_names=names)
         known = {w["name"] for w in job["agenda"]}  # a set: 30,000 names' lookups
         unknown = [name for name in names if name not in known]

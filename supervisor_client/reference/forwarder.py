@@ -41,6 +41,10 @@ event and queued what it fired, durably, and a slow callback holds no other even
 ``drain()`` says every transition so far was acknowledged; whoever needs the callbacks run
 too waits for the engine's firings as well (``EmbeddedSupervisor.settle``).
 
+Its reads and removals of the database run on a thread, never on the loop: the
+supervisor's verbs run on a thread of their own (service.py) and hold the store's lock
+meanwhile (a second or two for a verb over 100,000 items), which the loop would wait for.
+
 A job's events are forwarded in order, and one call at a time, so one the executor can
 never take must not be retried for ever: it would hold every later event of every job
 behind it. A refusal a
@@ -161,7 +165,8 @@ class EventForwarder:
         thread) counts.
         """
         async with self._removed:
-            await self._removed.wait_for(lambda: not self._supervisor.has_unsent_events())
+            while await asyncio.to_thread(self._supervisor.has_unsent_events):
+                await self._removed.wait()
 
     def register_now(self, job_ids: list[int]) -> asyncio.Task[None]:
         """Register just-submitted jobs now, in order, ahead of the queue.
@@ -228,7 +233,9 @@ class EventForwarder:
         while True:
             self._new.clear()  # before reading: a commit after the read sets it again
             try:
-                turn = self._supervisor.unsent_events_in_turn(self._last_job, READ_BATCH)
+                turn = await asyncio.to_thread(
+                    self._supervisor.unsent_events_in_turn, self._last_job, READ_BATCH
+                )
             except Exception:
                 logger.exception("cannot read the events to forward; trying again")
                 await asyncio.sleep(STORE_RETRY_S)
@@ -249,7 +256,9 @@ class EventForwarder:
     async def _remove(self, events: list[UnsentEvent]) -> None:
         while True:
             try:
-                self._supervisor.remove_events([event.seq for event in events])
+                await asyncio.to_thread(
+                    self._supervisor.remove_events, [event.seq for event in events]
+                )
             except Exception:
                 # Not removed, they would be sent again: wait for the database instead.
                 logger.exception("cannot remove %d forwarded events; trying again", len(events))

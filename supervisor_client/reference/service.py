@@ -5,13 +5,14 @@ calls with plain values, store errors become gRPC statuses (one table below), jo
 become ``Job`` messages through ``supervisor_client.jobdict``, the converter the
 executor uses in the other direction. Actions carry ``action_seq``, and the store
 applies each ``(invocation_id, action_seq)`` once (applied.py): a repeat gets the first
-answer, an error included. Store calls are local and short, so the aio
-handlers call them directly instead of through a thread pool.
+answer, an error included. Every store call runs on the store's one thread
+(``StoreThread``), never on the caller's event loop: a verb over 100,000 items takes a
+second or two of Python, and the executor that embeds this service runs every callback
+on that loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
@@ -29,6 +30,7 @@ from supervisor_client.reference.errors import (
     SubmitError,
 )
 from supervisor_client.reference.store import ReferenceSupervisor
+from supervisor_client.reference.store_thread import StoreThread
 
 logger = logging.getLogger(__name__)
 
@@ -110,24 +112,34 @@ class SupervisorServicer(supervisor_pb2_grpc.SupervisorServiceServicer):
         unavailable: the errors its ``storage_errors`` raises for a storage failure,
             answered UNAVAILABLE with their message: the call changed nothing and may
             work once the storage does.
+        store_thread: the thread the store's calls run on, shared with the store's
+            other users in the process; None: one of its own (``close`` lets it go).
     """
 
     def __init__(
-        self, supervisor: ReferenceSupervisor, unavailable: tuple[type[Exception], ...] = ()
+        self,
+        supervisor: ReferenceSupervisor,
+        unavailable: tuple[type[Exception], ...] = (),
+        store_thread: StoreThread | None = None,
     ) -> None:
         self._supervisor = supervisor
         self._unavailable = unavailable
+        self._own_thread = store_thread is None
+        self._thread = StoreThread() if store_thread is None else store_thread
 
-    async def _call(
-        self, context: Context, call: Callable[[], _T], *, in_thread: bool = False
-    ) -> _T:
-        """Run one store call (on a thread, ``in_thread``); expected errors abort with their status.
+    def close(self) -> None:
+        """Let the store's thread go, when it is the servicer's own."""
+        if self._own_thread:
+            self._thread.close()
+
+    async def _call(self, context: Context, call: Callable[[], _T]) -> _T:
+        """Run one store call on the store's thread; expected errors abort with their status.
 
         Anything else is a bug here: logged with its traceback, answered with INTERNAL
         and a generic message (never gRPC's default UNKNOWN with the exception text).
         """
         try:
-            return await asyncio.to_thread(call) if in_thread else call()
+            return await self._thread.run(call)
         except Exception as err:
             mapped = status_for(err)
             if isinstance(err, self._unavailable):
@@ -169,10 +181,7 @@ class SupervisorServicer(supervisor_pb2_grpc.SupervisorServiceServicer):
         def answer() -> supervisor_pb2.JobInfoResponse:
             return supervisor_pb2.JobInfoResponse(jobs=[job_from_dict(job) for job in read()])
 
-        # A whole agenda (20,000 items: ~100 ms of Python) is read and built on a thread:
-        # on the caller's event loop (the executor's, when embedded) it held every other
-        # run meanwhile. A named or no agenda costs less than the hand-off.
-        return await self._call(context, answer, in_thread=names is None)
+        return await self._call(context, answer)
 
     async def JobAction(
         self, request: supervisor_pb2.JobActionRequest, context: Context
@@ -258,11 +267,12 @@ def add_reference_supervisor(
     server: grpc.aio.Server,
     supervisor: ReferenceSupervisor,
     unavailable: tuple[type[Exception], ...] = (),
+    store_thread: StoreThread | None = None,
 ) -> SupervisorServicer:
     """Serve ``supervisor`` as the Supervisor service on an existing (not yet started) server.
 
-    ``unavailable``: as for ``SupervisorServicer``.
+    ``unavailable``, ``store_thread``: as for ``SupervisorServicer``.
     """
-    servicer = SupervisorServicer(supervisor, unavailable)
+    servicer = SupervisorServicer(supervisor, unavailable, store_thread)
     supervisor_pb2_grpc.add_SupervisorServiceServicer_to_server(servicer, server)
     return servicer

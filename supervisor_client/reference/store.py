@@ -460,12 +460,16 @@ class ReferenceSupervisor:
 
         What a farm's worker reports for many frames at once: a failure part-way (a
         full disk) leaves no frame changed, and the commit is one instead of one per
-        frame. Other threads' changes wait until it ends.
+        frame. Other threads' changes wait until it ends. Inside another ``together`` it
+        is a part of that one, undone alone when it fails (a savepoint).
         """
-        with self._transaction():
-            # Begun now: a savepoint opening a transaction would commit it at its release.
-            self._db.execute("BEGIN")
-            yield
+        with self._lock:
+            part = self._open_changes is not None  # this thread's transaction is open
+            with self._transaction():
+                if not part:
+                    # Begun now: a savepoint opening a transaction would commit it at its release.
+                    self._db.execute("BEGIN")
+                yield
 
     @contextmanager
     def _part_of(self, changes: _Changes) -> Iterator[_Changes]:
@@ -477,12 +481,15 @@ class ReferenceSupervisor:
         """
         own = _Changes()
         self._db.execute("SAVEPOINT change")
+        self._open_changes = own  # the changes of a part of it are its own (a together in one)
         try:
             yield own
         except BaseException:
             self._db.execute("ROLLBACK TO change")
             self._db.execute("RELEASE change")
             raise
+        finally:
+            self._open_changes = changes
         self._db.execute("RELEASE change")
         changes.transitions.extend(own.transitions)
         changes.history.extend(own.history)

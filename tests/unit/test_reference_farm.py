@@ -168,6 +168,32 @@ def test_inside_together_a_failed_change_is_undone_alone(
     assert "[work] 1 complete" in history and "[work] 2 complete" not in history
 
 
+def test_together_inside_together_is_a_part_of_it_undone_alone(
+    farm: Farm, events: list[Transition]
+) -> None:
+    # The farm's change_work is one transaction, and its worker changes one inside it.
+    supervisor = farm.supervisor
+    (job,) = farm.submit([{"name": "j", "agenda": ["1", "2"]}])
+    with supervisor.together():
+        supervisor.start_work(job["id"], "1")
+
+        def start_both() -> None:
+            with supervisor.together():
+                supervisor.start_work(job["id"], "2")
+                supervisor.start_work(job["id"], "1")  # running already: refused
+
+        with pytest.raises(ValueError, match="only pending work starts"):
+            start_both()
+        with supervisor.together():
+            supervisor.complete_work(job["id"], "1")
+    agenda = {w["name"]: w["status"] for w in farm.job(job["id"])["agenda"]}
+    assert agenda == {"1": "complete", "2": "pending"}
+    assert [(e.work_name, e.name) for e in events if e.type == "work"] == [
+        ("1", "running"),
+        ("1", "complete"),
+    ]
+
+
 def test_operator_changes_go_through_the_work_verbs(farm: Farm) -> None:
     farm.submit([{"name": "j", "user": "alice", "agenda": ["1", "2"]}])
     farm.change_work("fail", 1, ["1"])

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from executor import wall_deadline
 from executor.wall_deadline import HELD_AFTER_S, TICK_S, WallDeadline
 
 
@@ -68,3 +69,19 @@ async def test_holds_count_only_while_the_deadline_is_waited_on() -> None:
 
 async def test_a_reschedule_of_its_scope_ends_it_sooner() -> None:
     assert await wait_out(WallDeadline(30), stop_after_s=0.1) < 1
+
+
+async def test_a_deadline_moves_on_by_its_own_wall_limit_at_most(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The floor lowered for the test: a 0.4 s limit is credited at most 0.4 s of a
+    # 1 s hold (a callback that made the executor hold its loop would buy time so).
+    monkeypatch.setattr(wall_deadline, "MIN_CREDIT_S", 0.0)
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.05, time.sleep, 1.0)
+    deadline = WallDeadline(0.4)
+
+    waited = await wait_out(deadline)
+
+    assert deadline.held() == 0.4
+    assert 1.0 <= waited < 1.3  # expired at once after the hold, past 0.4 + 0.4
