@@ -9,7 +9,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -871,7 +871,12 @@ class HistorySource(FakeSource):
 
     def __init__(self, history: RunHistory) -> None:
         super().__init__()
-        self._servicer = RunServicer(cast(Recorder, SimpleNamespace(history=history)))
+
+        async def read_history(read: Callable[[RunHistory], Any]) -> Any:
+            return read(history)  # the recorder's reads, here on the loop
+
+        recorder = SimpleNamespace(history=history, read_history=read_history)
+        self._servicer = RunServicer(cast(Recorder, recorder))
         self.tokens: list[str] = []
 
     def list_runs(self, **asked: Any) -> Any:
