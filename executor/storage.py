@@ -380,6 +380,19 @@ def _cannot_write(file: Path) -> str:
     return f"this user cannot write {file.name} ({why})"
 
 
+def _why_refused(path: Path, err: sqlite3.Error) -> str:
+    """SQLite's words for a write the storage refused, and the file this user cannot write, if one.
+
+    SQLite says "disk I/O error" for a database or log made immutable under it: named as
+    start-up names it (``_unwritable``).
+    """
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        with contextlib.suppress(OSError):
+            if file.is_file() and not os.access(file, os.W_OK, effective_ids=_EFFECTIVE_IDS):
+                return f"{err}: {_cannot_write(file)}"
+    return str(err)
+
+
 def damaged_in_service(path: Path, why: str) -> str:
     """What a read that met damage in the database at ``path`` answers: what it holds, what to do."""
     return (
@@ -452,6 +465,10 @@ class StorageHealth:
         self._sound.set()
         # The databases a write found locked (DatabaseLocked) in this degraded spell.
         self._locked: set[str] = set()
+        # The databases a write of theirs failed in (StorageError), this spell: the probe
+        # writes each, since the data dir's scratch file says nothing of one file made
+        # immutable, given another mode, or failing its I/O.
+        self._refused: set[str] = set()
         # The databases whose log the probe could not empty, told once a spell.
         self._logs_reported: set[Path] = set()
         self._loop: asyncio.AbstractEventLoop | None = None  # probe_forever's
@@ -469,22 +486,25 @@ class StorageHealth:
         if not self._problem:
             logger.error("storage degraded: %s", error)
         locked = error.path if isinstance(error, DatabaseLocked) else ""
+        refused = error.path if isinstance(error, StorageError) and not locked else ""
         loop = self._loop
         if loop is not None and not loop.is_closed() and _running_loop() is not loop:
             # Met on a worker thread (the trigger engine's transactions, the outbox's
             # delivery): the event and the listeners belong to the loop.
-            loop.call_soon_threadsafe(self._set, str(error), locked)
+            loop.call_soon_threadsafe(self._set, str(error), locked, refused)
             return
-        self._set(str(error), locked)
+        self._set(str(error), locked, refused)
 
     async def sound(self) -> None:
         """Until no storage failure is known (at once when none is)."""
         while self._problem:
             await self._sound.wait()
 
-    def _set(self, problem: str, locked: str = "") -> None:
+    def _set(self, problem: str, locked: str = "", refused: str = "") -> None:
         if locked:
             self._locked.add(locked)
+        if refused:
+            self._refused.add(refused)
         if problem == self._problem:
             return
         self._problem = problem
@@ -493,6 +513,7 @@ class StorageHealth:
             self._sound.clear()
         else:
             self._locked.clear()
+            self._refused.clear()
             self._degraded.clear()
             self._sound.set()
         for listener in self.listeners:
@@ -503,16 +524,18 @@ class StorageHealth:
 
         The databases' logs are emptied first where they can be (``empty_logs``: on a
         full disk, what the executor's own files can give back). Then: a small file can be
-        written, synced and removed in the data dir, a fleet's PostgreSQL answers, and the
-        databases found locked can be locked by us.
+        written, synced and removed in the data dir, a fleet's PostgreSQL answers, the
+        databases found locked can be locked by us, and those a write failed in take one.
         """
         locked = tuple(self._locked)
+        refused = tuple(self._refused)
         self._empty_logs()
         return (
             not self._data_dir_problem()
             and not self.replaced()
             and self._probe_store()
             and all(map(_lockable, locked))
+            and all(map(_takes_a_write, refused))
         )
 
     def watch(self, databases: Iterable[Path]) -> None:
@@ -665,6 +688,37 @@ def _lockable(path: str) -> bool:
     return True
 
 
+def _takes_a_write(path: str) -> bool:
+    """Whether the database at ``path`` takes a write: its header's mark, committed unchanged.
+
+    A write as the executor's own are, through the database's log and synced: an
+    immutable file (SQLite opens it read-only), another mode, or failing I/O refuses it.
+    A path that is no file (a fleet's store) is asked otherwise (``_probe_store``).
+    """
+    if not Path(path).is_file():
+        return True
+    try:
+        db = sqlite3.connect(
+            Path(path).absolute().as_uri() + "?mode=rw",
+            uri=True,
+            timeout=LOCK_PROBE_TIMEOUT_S,
+            isolation_level=None,
+        )
+    except sqlite3.Error:
+        return False
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute(f"PRAGMA application_id = {_application_id(db)}")
+        db.execute("COMMIT")
+    except sqlite3.Error:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        return False
+    finally:
+        db.close()
+    return True
+
+
 def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
         return asyncio.get_running_loop()
@@ -691,7 +745,7 @@ def writing(
             if not lock_degrades:
                 raise error from err
         elif is_storage_failure(err):
-            error = StorageError(path, str(err))
+            error = StorageError(path, _why_refused(Path(path), err))
         else:
             raise
         if health is not None:

@@ -18,13 +18,15 @@ how many were left out, instead of once per call.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import gc
 import hmac
 import logging
 import time
-import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import grpc
@@ -313,8 +315,24 @@ def _let_go_of_frames(aborted: BaseException) -> None:
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        traceback.clear_frames(error.__traceback__)
+        _clear_ended_frames(error.__traceback__)
         error = error.__cause__ or error.__context__
+
+
+def _clear_ended_frames(tb: TracebackType | None) -> None:
+    """Clear the frames of ``tb`` that have ended; never one that still runs or waits.
+
+    An error raised in several tasks (the callers of one failed shared commit) has their
+    frames in its traceback too, and clearing a suspended coroutine's frame closes the
+    coroutine: a result waiting to be tried again was dropped, and the stop then waited
+    for it forever (probe 74). CPython has the collector track a frame only once it has
+    ended (then it owns what it held); one running or waiting is not tracked.
+    """
+    while tb is not None:
+        if gc.is_tracked(tb.tb_frame):
+            with contextlib.suppress(RuntimeError):  # still running after all
+                tb.tb_frame.clear()
+        tb = tb.tb_next
 
 
 def _same_kind(handler: MethodHandler, behavior: Behavior) -> MethodHandler:

@@ -230,6 +230,26 @@ class DeliveryError(Exception):
         self.unreachable = unreachable
 
 
+def _own_copy(err: Exception) -> Exception:
+    """``err`` again, as an object of its own for one more caller of a failed shared commit.
+
+    One object raised in each caller gathers every caller's frames in its traceback, and
+    whoever lets go of those frames (the gRPC layer clears an aborted call's) closes the
+    callers still suspended in them: a result waiting to be tried again was dropped for
+    good (probe 74). The copy shares the original's cause and the frames it was raised in.
+    """
+    try:
+        copy = type(err).__new__(type(err))
+        copy.__dict__.update(err.__dict__)
+    except (TypeError, AttributeError):  # a type made otherwise: a plain error, same words
+        copy = Exception(*err.args)
+    copy.args = err.args
+    copy.__cause__ = err.__cause__
+    copy.__context__ = err.__context__
+    copy.__suppress_context__ = err.__suppress_context__
+    return copy.with_traceback(err.__traceback__)
+
+
 class Transport(Protocol):
     """Sends one message; returns True when the receiver had already applied it."""
 
@@ -512,9 +532,9 @@ class Outbox:
                 # idempotent on their message, so a commit that did land is not doubled.
                 self._put_any(messages)
         except Exception as err:  # noqa: BLE001 - the storage's, or a bug: each caller hears of it
-            for _, committed in gathered:
+            for n, (_, committed) in enumerate(gathered):
                 if not committed.done():
-                    committed.set_exception(err)
+                    committed.set_exception(err if n == 0 else _own_copy(err))
             return
         for _, committed in gathered:
             if not committed.done():

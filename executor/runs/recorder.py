@@ -61,6 +61,9 @@ FIRED_RESULT_WAIT_S = 30.0
 # How soon the start's rebuild of lost history records is tried again after the storage
 # refused it (then once its probe finds it takes writes).
 RECOVERY_RETRY_S = 1.0
+# How long a stop waits for the results still owed to end their last try (one commit on
+# the loop, which a lock holds up for LOOP_BUSY_TIMEOUT_S): past it, they are given up.
+OWED_STOP_WAIT_S = 5.0
 
 
 class Recorder:
@@ -326,7 +329,8 @@ class Recorder:
                     wait_s=None,
                     stopping=self._stopping,
                     health=self._health,
-                )
+                ),
+                name=invocation_id,
             )
             self._owed.add(owed)
             owed.add_done_callback(self._owed_done)
@@ -427,7 +431,14 @@ class Recorder:
             await asyncio.gather(self._recovering, return_exceptions=True)
         if self._owed:
             self.stop_waiting()
-            await asyncio.wait(list(self._owed))
+            _, left = await asyncio.wait(list(self._owed), timeout=OWED_STOP_WAIT_S)
+            for task in left:  # never expected: the stop ends all the same, and says so
+                task.cancel()
+                logger.error(
+                    "result of %s could NOT be recorded (the executor is stopping, and its "
+                    "last try did not end)",
+                    task.get_name(),
+                )
         if self.outbox is not None and not await self.outbox.flush(flush_timeout_s):
             outbox_file = (self.outbox.path,)
             gone = self._health.replaced(among=outbox_file) if self._health is not None else None

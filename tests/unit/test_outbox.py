@@ -9,11 +9,13 @@ does the same over gRPC with real processes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
 import sqlite3
 import time
+import traceback
 from collections import Counter
 from pathlib import Path
 from typing import cast
@@ -161,6 +163,38 @@ async def test_a_failed_shared_commit_fails_each_of_its_callers_and_keeps_none(
         other.execute("DROP TRIGGER refuse")
     await asyncio.gather(*(outbox.commit(f"k{n}", payload(n)) for n in range(3)))
     assert outbox.pending() == 3
+    await outbox.close()
+
+
+async def test_each_caller_of_a_failed_shared_commit_gets_an_error_of_its_own(
+    tmp_path: Path, receiver: ReferenceReceiver
+) -> None:
+    # Probe 74: one error object raised in every caller gathered each caller's frames in its
+    # traceback, and letting go of one caller's frames (the gRPC layer clears an abort's)
+    # closed another that had caught it and was waiting to try again: its result was lost.
+    outbox = Outbox(tmp_path / "outbox.db", receiver)
+    with sqlite3.connect(tmp_path / "outbox.db") as other:
+        other.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON outbox BEGIN SELECT RAISE(ABORT, 'no'); END"
+        )
+    again = asyncio.Event()
+
+    async def owed() -> str:
+        with contextlib.suppress(sqlite3.Error):
+            await outbox.commit("owed", payload(0))
+        await again.wait()  # suspended, as a result waiting for the storage is
+        return "tried again"
+
+    waiting = asyncio.create_task(owed())
+    with pytest.raises(sqlite3.Error) as refused:
+        await outbox.commit("answered", payload(1))  # the same turn: one shared commit
+    for _ in range(3):
+        await asyncio.sleep(0)  # the other caller has met its error too and waits
+    traceback.clear_frames(refused.value.__traceback__)
+    again.set()
+
+    assert await asyncio.wait_for(waiting, 2) == "tried again"
+    assert waiting.exception() is None
     await outbox.close()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,6 +75,44 @@ async def test_a_write_meeting_another_connections_lock_degrades_until_the_lock_
         assert "database is locked" in health.problem
         assert not health.probe(), "the data dir takes writes, but the database does not"
     assert health.probe()
+
+
+@contextlib.contextmanager
+def immutable(*paths: Path) -> Iterator[None]:
+    """``paths`` made immutable (``chattr +i``) for the block; skipped where that cannot be done."""
+    names = [str(path) for path in paths]
+    made = subprocess.run(["chattr", "+i", *names], capture_output=True, text=True, check=False)
+    if made.returncode != 0:
+        subprocess.run(["chattr", "-i", *names], capture_output=True, check=False)
+        pytest.skip(f"cannot make a file immutable here: {made.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", *names], check=True)
+
+
+async def test_a_database_that_refuses_writes_stays_degraded_until_it_takes_them(
+    tmp_path: Path, database: tuple[sqlite3.Connection, Path]
+) -> None:
+    # Probe 74: with outbox.db made immutable, the probe wrote only a scratch file beside
+    # it, found the storage "writable again" every second, and the Executes let in then
+    # ran, their results refused and their callers told that a resend runs them again.
+    db, path = database
+    db.execute("INSERT INTO t VALUES (1)")
+    health = StorageHealth(tmp_path)
+    with immutable(path, Path(f"{path}-wal")):
+        with pytest.raises(StorageError) as refused, writing(path, health):
+            db.execute("INSERT INTO t VALUES (2)")
+
+        assert str(refused.value) == (
+            f"cannot write {path}: disk I/O error: this user cannot write outbox.db (its "
+            "mode, or chattr +i); the executor's data dir needs attention"
+        ), "named as start-up names it"
+        assert health.problem == str(refused.value)
+        assert not await asyncio.to_thread(health.probe), "the database still refuses writes"
+
+    assert await asyncio.to_thread(health.probe)
+    db.execute("INSERT INTO t VALUES (2)")
 
 
 async def test_the_storage_is_sound_again_once_the_probe_finds_the_lock_gone(
