@@ -165,9 +165,12 @@ def open_database(path: Path | str) -> sqlite3.Connection:
     _file_problem(Path(path))
     _unwritable(Path(path))
     try:
+        _make_private(path)
         db = sqlite3.connect(
             str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
         )
+    except OSError as err:  # _unwritable saw none of it: a full inode table, say
+        raise ConfigError(f"{path}: cannot make the database: {err.strerror or err}") from err
     except sqlite3.Error as err:
         raise ConfigError(f"{path}: cannot open the database: {err}") from err
     try:
@@ -180,6 +183,17 @@ def open_database(path: Path | str) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+def _make_private(path: Path | str) -> None:
+    """Make a missing database empty and 0600 (an empty file is an empty SQLite database).
+
+    SQLite would make it with the process umask (0644 under root's usual 022), and its
+    ``-wal``, ``-shm`` and ``-journal`` copy the database's mode: in a data dir an admin
+    made 0755 every run's output was readable by every local user.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
 
 
 def check_database(path: Path) -> str:

@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 CUT_MARKER: Final = "\n[... entry cut at callback_log_max_bytes]\n"
 # Jobs whose log paths a CallbackLog keeps at once.
 MAX_REMEMBERED_PATHS: Final = 4096
+# Not the umask's (0644 under root's usual 022): the group its 0750 directories let in
+# (a log reader's, with a setgid log_dir), no one else, whatever log_dir's own mode.
+LOG_MODE: Final = 0o640
 
 
 def log_path(root: Path, job_id: int) -> Path:
@@ -188,7 +191,7 @@ class CallbackLog:
         """
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         try:
-            return os.open(path, flags, 0o666)
+            return os.open(path, flags, LOG_MODE)
         except FileNotFoundError:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-            return os.open(path, flags, 0o666)
+            return os.open(path, flags, LOG_MODE)

@@ -463,7 +463,10 @@ def save_last_good(path: Path, callbacks: list[UniversalCallback], loaded_at: fl
     data = {"loaded_at": loaded_at, "callbacks": [asdict(callback) for callback in callbacks]}
     partial = path.with_name(path.name + ".partial")
     try:
-        partial.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
+        # 0600, as every file of the executor's in the data dir, whatever the dir's mode.
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(json.dumps(data, separators=(",", ":")))
         os.replace(partial, path)
     except BaseException:
         partial.unlink(missing_ok=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import select
@@ -42,6 +43,17 @@ logger = logging.getLogger(__name__)
 # An idle keep-alive connection is closed after this; a request must arrive within it.
 IDLE_TIMEOUT_S: Final = 30.0
 MAX_BODY_BYTES: Final = 64 << 10
+# A request's header lines in all (their line ends and the blank line included), refused
+# 431 once read past: the stdlib's own limits (100 lines of 64 KiB) let a client without
+# the token, which is looked at only after them, hold 6.4 MB of the executor a connection.
+MAX_HEADER_BYTES: Final = 64 << 10
+_HEADERS_WHY: Final = "the request's headers are over 64 KiB in all"
+# After an answer that closes the connection (every error), what the client goes on
+# sending (a refused body) is read and dropped, up to this much or for this long: a socket
+# closed with bytes unread sends a reset, and a client that had not read the answer yet
+# saw the reset instead.
+LINGER_BYTES: Final = 4 << 20
+LINGER_S: Final = 2.0
 WRITE_PIECE_BYTES: Final = 256 << 10
 # Of a request line too long to take (414), what is read to tell /healthz from a page.
 MAX_TARGET_SEEN: Final = 4096
@@ -81,12 +93,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer("POST")
 
     def _answer(self, method: str, *, body: bool = True) -> None:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            self.send_error(400, "bad Content-Length")
+        given = self.headers.get("Content-Length", "0").strip()
+        if not (given.isascii() and given.isdigit()):  # int() takes "-5", "+5" and "5_0"
+            self.send_error(400, "bad Content-Length: not a number of bytes")
             return
-        if not 0 <= length <= MAX_BODY_BYTES:
+        length = int(given)
+        if length > MAX_BODY_BYTES:
             self.send_error(413, "request body too large")
             return
         request = Request.parse(
@@ -132,7 +144,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
             self.send_error(400, "HTTP/0.9 requests are not served: send HTTP/1.0 or HTTP/1.1")
             return False
-        return super().parse_request()
+        rfile = self.rfile
+        self.rfile = _HeaderBudget(rfile)  # what the stdlib reads the headers from
+        try:
+            return super().parse_request()
+        except _HeadersTooLargeError:
+            self.send_error(431, _HEADERS_WHY)
+            return False
+        finally:
+            self.rfile = rfile
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Every error the stdlib answers itself, in the dashboard's way (``Dashboard.unreadable``).
@@ -153,10 +173,47 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.close_connection = True
         self._send(response, body=getattr(self, "command", None) != "HEAD")
+        self._linger()
+
+    def _linger(self) -> None:
+        """Half-close, then read and drop what the client still sends (``LINGER_BYTES``)."""
+        connection = self.connection
+        with contextlib.suppress(OSError):
+            # Under TLS this ends the TLS layer too: what follows is read as it came.
+            connection.shutdown(socket.SHUT_WR)
+            connection.settimeout(LINGER_S)
+            left = LINGER_BYTES
+            while left > 0 and (dropped := connection.recv(min(left, 64 << 10))):
+                left -= len(dropped)
 
     def log_message(self, format: str, *args: Any) -> None:  # the stdlib's signature
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("http %s: %s", self.address_string(), format % args)
+
+
+class _HeadersTooLargeError(Exception):
+    """A request's headers went past ``MAX_HEADER_BYTES``."""
+
+
+class _HeaderBudget(io.BufferedIOBase):
+    """The connection's reader as the stdlib reads headers from it: ``MAX_HEADER_BYTES`` in all.
+
+    It asks for no more than one byte past what is left, so the request is refused as
+    soon as it is known to be over, however its lines are cut.
+    """
+
+    def __init__(self, rfile: io.BufferedIOBase) -> None:
+        super().__init__()
+        self._rfile = rfile
+        self._left = MAX_HEADER_BYTES
+
+    def readline(self, size: int | None = -1, /) -> bytes:
+        most = self._left + 1 if size is None or size < 0 else min(size, self._left + 1)
+        line = self._rfile.readline(most)
+        self._left -= len(line)
+        if self._left < 0:
+            raise _HeadersTooLargeError
+        return line
 
 
 class _Server(ThreadingHTTPServer):

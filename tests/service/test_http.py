@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from executor import server
 from executor.config import Settings
 from executor.errors import ConfigError
-from executor.web.server import MAX_CONNECTIONS
+from executor.web.server import MAX_CONNECTIONS, MAX_HEADER_BYTES
 from executor.web.stream_gate import MAX_STREAMS_AT_ONCE
 from supervisor_client import ExecutorClient
 from tests.conftest import Stack, running_stack, stack_settings
@@ -376,9 +376,12 @@ async def test_two_authorization_headers_are_refused_in_either_order(tmp_path: P
         assert (await asyncio.to_thread(raw_get, port, "/healthz", [right]))[0] == 200
 
 
-def raw_exchange(port: int, request: bytes) -> tuple[str, dict[str, str], bytes]:
+def raw_exchange(
+    port: int, request: bytes, context: ssl.SSLContext | None = None
+) -> tuple[str, dict[str, str], bytes]:
     """Send bytes as they are; the status line, headers and body the port answers before closing."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+    plain = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with plain if context is None else context.wrap_socket(plain) as sock:
         sock.sendall(request)
         answer = bytearray()
         while chunk := sock.recv(1 << 16):  # a timeout here: the port held the connection
@@ -431,7 +434,7 @@ async def test_a_request_the_port_cannot_take_elsewhere_gets_the_dashboard_s_pag
         assert "script-src 'self'" in headers["Content-Security-Policy"]
         assert headers["Cache-Control"] == "no-store"
     line, headers, body = await asyncio.to_thread(
-        raw_exchange, port, b"POST /runs HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"
+        raw_exchange, port, b"POST /runs HTTP/1.1\r\nHost: x\r\nContent-Length: 65537\r\n\r\n"
     )
     assert line.startswith("HTTP/1.1 413 ") and headers["X-Frame-Options"] == "DENY"
     line, headers, body = await asyncio.to_thread(
@@ -515,3 +518,77 @@ async def test_connections_past_the_port_s_bound_are_turned_away_at_once(web: St
         raw_exchange, port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
     assert line.startswith("HTTP/1.1 200 "), line
+
+
+def header_block(total: int, *lines: bytes) -> bytes:
+    """``lines``, then filler lines and the blank line that ends them: ``total`` bytes in all."""
+    block = b"".join(lines)
+    n = 0
+    while (room := total - len(block) - 2) > 0:
+        size = 1000 if room >= 2000 else room
+        name = b"X-F%d: " % n
+        block += name + b"a" * (size - len(name) - 2) + b"\r\n"
+        n += 1
+    block += b"\r\n"
+    assert len(block) == total
+    return block
+
+
+async def test_headers_over_the_cap_in_all_are_refused_431_without_reading_on(
+    tmp_path: Path,
+) -> None:
+    # The stdlib's limits (100 lines of 64 KiB each) were the only ones, read before the
+    # token was looked at: a client without one held 6.4 MB of the executor a connection.
+    async with running_stack(http_settings(tmp_path, auth_token=TOKEN)) as web:
+        port = web.running.http_port or 0
+        start = b"GET /healthz HTTP/1.1\r\n"
+        token = f"Authorization: Bearer {TOKEN}\r\n".encode()
+        at_cap = header_block(MAX_HEADER_BYTES, b"Host: x\r\n", token, b"Connection: close\r\n")
+        line, _, body = await asyncio.to_thread(raw_exchange, port, start + at_cap)
+        assert line.startswith("HTTP/1.1 200 "), (line, body)
+        # One byte more, and the request never ends: answered once the cap is read, and
+        # closed (raw_exchange reads to the end; a connection held is its timeout).
+        over = at_cap[:-2] + b"X-Y"
+        assert len(over) == MAX_HEADER_BYTES + 1
+        line, headers, body = await asyncio.to_thread(raw_exchange, port, start + over)
+        assert line.startswith("HTTP/1.1 431 "), line
+        assert headers["Connection"] == "close"
+        assert json.loads(body)["why"] == "the request's headers are over 64 KiB in all"
+        # Past the cap in any shape: one long line, many short ones.
+        for flood in (b"X-Long: " + b"a" * (70 << 10), b"X-A: b\r\n" * 20000):
+            line, _, body = await asyncio.to_thread(raw_exchange, port, start + flood)
+            assert line.startswith("HTTP/1.1 431 "), line
+
+
+@pytest.mark.parametrize("body_bytes", [70000, 1 << 20])
+async def test_a_post_whose_body_is_too_large_is_answered_413_not_reset(
+    tmp_path: Path, body_bytes: int
+) -> None:
+    # The 413 was written and the socket closed with the body unread: the kernel sent a
+    # reset, and a client that had not read the 413 yet saw that instead (under TLS; in
+    # plaintext the stdlib's half-close before it let the 413 and the end through).
+    directory = tmp_path / "pki"
+    directory.mkdir()
+    pki: Pki = _make_pki(directory)
+    settings = http_settings(tmp_path, tls_cert=str(pki.server_cert), tls_key=str(pki.server_key))
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    context.check_hostname = False
+    head = b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % body_bytes
+    async with running_stack(settings) as web:
+        port = web.running.http_port or 0
+        for _ in range(3):
+            line, _, body = await asyncio.to_thread(
+                raw_exchange, port, head + b"a" * body_bytes, context
+            )
+            assert line.startswith("HTTP/1.1 413 "), line
+            assert b"request body too large" in body
+
+
+@pytest.mark.parametrize("length", [b"-5", b"abc", b"+5", b"5_0", b""])
+async def test_a_content_length_that_is_not_a_length_is_400(web: Stack, length: bytes) -> None:
+    # -5 was answered 413, "request body too large".
+    port = web.running.http_port or 0
+    head = b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Length: %s\r\n\r\n" % length
+    line, _, body = await asyncio.to_thread(raw_exchange, port, head)
+    assert line.startswith("HTTP/1.1 400 "), line
+    assert b"bad Content-Length" in body
