@@ -8,8 +8,12 @@ invocation, the sandbox policy, and the word ``shadow`` for a shadow run), then
 stdout, then stderr and the failure when there are any.
 
 Size cap: a file that would grow past ``max_bytes`` is first rotated to ``<id>.cb.1``
-(replacing the older generation), so a job's logs never take more than twice the cap;
-an entry larger than the cap on its own is cut, with a marker saying so.
+(replacing the older generation), so a job's logs never take more than twice the cap.
+An entry larger than the cap on its own keeps its header and section lines; its texts
+(stdout, stderr, the failure's message, the traceback) share the rest, a short one
+whole, a long one as its start and its end around a marker of the bytes left out: an
+admin reads the ``.cb`` to learn why a callback failed, and that is at the end of
+stderr and in the failure, not in the start of a large stdout.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
@@ -27,7 +33,6 @@ from executor.visible_text import escaped, visible_lines
 
 logger = logging.getLogger(__name__)
 
-CUT_MARKER: Final = "\n[... entry cut at callback_log_max_bytes]\n"
 # Jobs whose log paths a CallbackLog keeps at once.
 MAX_REMEMBERED_PATHS: Final = 4096
 # Not the umask's (0644 under root's usual 022): the group its 0750 directories let in
@@ -67,6 +72,83 @@ def _escaped(text: str) -> str:
     return text
 
 
+@dataclass(frozen=True, slots=True)
+class _Text:
+    """One text the callback wrote, as an entry holds it."""
+
+    name: str  # what the cut marker calls it
+    text: str
+    # Whether the entry ends it with a newline when it has none (a stream, the traceback;
+    # the failure's message has the line break after it anyway).
+    ends_line: bool
+
+
+def _size(text: str) -> int:
+    return len(text.encode("utf-8", "replace"))
+
+
+def _line_end(written: str, text: _Text) -> str:
+    return "\n" if text.ends_line and written and not written.endswith("\n") else ""
+
+
+def _marker(left_out_bytes: int, name: str) -> str:
+    return f"[... {left_out_bytes} bytes of {name} left out ...]\n"
+
+
+def _within(text: str, max_bytes: int, *, end: bool) -> tuple[str, int]:
+    """The start (or ``end``) of ``text`` escaped in ``max_bytes`` at most, and its length kept.
+
+    Cut before escaping, so an escape is never cut in two and a line the cut starts is
+    escaped as every line start is (the end is written at a line start, after the marker).
+    A character is at least a byte, so ``max_bytes`` characters are the most that can fit.
+    """
+    kept = min(len(text), max_bytes)
+    while True:
+        piece = text[len(text) - kept :] if end else text[:kept]
+        written = _escaped(piece)
+        size = _size(written)
+        if size <= max_bytes or not kept:
+            return written, kept
+        kept = min(kept - 1, kept * max_bytes // size)
+
+
+def _cut(text: _Text, max_bytes: int) -> str:
+    """``text`` in ``max_bytes`` (or its marker alone): its start and end around a marker.
+
+    The start takes up to half of the room, the end the rest.
+    """
+    # The marker's room for as many digits as the whole text's size has.
+    room = max_bytes - len(_marker(_size(text.text), text.name)) - 2
+    head, head_chars = _within(text.text, max(0, room // 2), end=False)
+    rest = text.text[head_chars:]
+    tail, tail_chars = _within(rest, max(0, room - _size(head)), end=True)
+    # A head that ends in the middle of a line ends it: the marker is a line of its own.
+    left_out = _size(rest[: len(rest) - tail_chars])
+    return (
+        head
+        + ("\n" if head and not head.endswith("\n") else "")
+        + _marker(left_out, text.name)
+        + tail
+        + _line_end(tail, text)
+    )
+
+
+def _fitted(texts: list[_Text], max_bytes: int) -> Iterator[tuple[_Text, str]]:
+    """Each text written whole or cut, in ``max_bytes`` together: equal shares, a short one's rest to the others."""
+    left = max_bytes
+    # Shortest first: what one needs less than its share is left to the longer ones.
+    for n, text in enumerate(sorted(texts, key=lambda t: len(t.text))):
+        share = max(0, left // (len(texts) - n))
+        written = ""
+        if _size(text.text) <= share:  # escaping only lengthens
+            written = _escaped(text.text)
+            written += _line_end(written, text)
+        if not written and text.text or _size(written) > share:
+            written = _cut(text, share)
+        left -= _size(written)
+        yield text, written
+
+
 def format_entry(
     invocation: Invocation, result: RunResult, when: float, max_bytes: int | None = None
 ) -> str:
@@ -75,7 +157,8 @@ def format_entry(
     Everything after the header that the callback wrote (its output, its exception's
     message and traceback) is escaped: a printed ``=== ... invocation=forged`` line is
     ``\\=== ...`` in the file, never a second header, and an ESC is ``\\x1b``. With
-    ``max_bytes`` (the entry is cut there), each text is escaped only as far as can be kept.
+    ``max_bytes``, an entry larger than that is cut to it (see the module docstring):
+    the header and section lines always stay, so a cap smaller than they are is passed.
     """
     stamp = datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")
     callback = invocation.callback
@@ -87,7 +170,8 @@ def format_entry(
         f"invocation={result.invocation_id} policy={invocation.policy}"
         f"{' shadow' if invocation.shadow else ''}\n"
     )
-    parts = [header]
+    # The entry's parts in order: our own lines, and the callback's texts.
+    parts: list[str | _Text] = [header]
     for name, text, truncated in (
         ("stdout", result.stdout, result.stdout_truncated),
         ("stderr", result.stderr, result.stderr_truncated),
@@ -96,19 +180,26 @@ def format_entry(
             continue
         if name == "stderr":
             parts.append("--- stderr\n")
-        # A character is at least a byte; the margin keeps an escape that a cut "=== "
-        # would lose beyond what is kept.
-        kept = text if max_bytes is None else text[: max_bytes + len("=== ")]
-        written = _escaped(kept)
-        parts.append(written if written.endswith("\n") or not written else written + "\n")
+        parts.append(_Text(name, text, ends_line=True))
         if truncated:
             parts.append(f"[{name} truncated at the output_bytes limit]\n")
     if result.failure is not None:
-        parts.append(f"--- failure: {_escaped(result.failure.message)}\n")
+        parts += ["--- failure: ", _Text("the failure's message", result.failure.message, False)]
+        parts.append("\n")
         if result.failure.traceback:
-            tb = _escaped(result.failure.traceback)
-            parts.append(tb if tb.endswith("\n") else tb + "\n")
-    return "".join(parts)
+            parts.append(_Text("traceback", result.failure.traceback, ends_line=True))
+    texts = [part for part in parts if isinstance(part, _Text)]
+    ours = sum(_size(part) for part in parts if isinstance(part, str))
+    if max_bytes is None or ours + sum(_size(t.text) for t in texts) <= max_bytes:
+        written = {id(t): _escaped(t.text) for t in texts}
+        whole = "".join(
+            part if isinstance(part, str) else written[id(part)] + _line_end(written[id(part)], part)
+            for part in parts
+        )
+        if max_bytes is None or _size(whole) <= max_bytes:
+            return whole
+    fitted = {id(text): written for text, written in _fitted(texts, max_bytes - ours)}
+    return "".join(part if isinstance(part, str) else fitted[id(part)] for part in parts)
 
 
 class CallbackLog:
@@ -129,11 +220,6 @@ class CallbackLog:
         """Append one run's entry to its job's log; returns the file written."""
         path = self._path(invocation.job_id)
         data = format_entry(invocation, result, when, self._max_bytes).encode("utf-8", "replace")
-        if len(data) > self._max_bytes:
-            marker = CUT_MARKER.encode()
-            keep = max(0, self._max_bytes - len(marker))
-            data = data[:keep].decode("utf-8", "ignore").encode() + marker
-            data = data[: self._max_bytes]
         fd = self._open(path)
         try:
             size = os.fstat(fd).st_size
