@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 from executor.cli.connection import EXIT_OK, connect, connection_options, rpc_command
 from executor.visible_text import escaped
@@ -51,6 +51,21 @@ def zygote_state(zygote: Any) -> str:
     return (
         "not running (died; starts again at the next run)" if zygote.warm else "not running (died)"
     )
+
+
+# What the children of a language that fell back to starting cold do meanwhile.
+FAILING: Final = "failing: children start cold until a retry works"
+
+
+def zygote_condition(zygote: Any) -> str:
+    """'warm' while it runs and children are forked from it, FAILING once they start cold, else '-'.
+
+    Not ``warm`` alone: it is True too before the language's first callback (no zygote
+    yet), and after a death the next run restarts from, where ``zygote_state`` says so.
+    """
+    if not zygote.warm:
+        return FAILING
+    return "warm" if zygote.pid else "-"
 
 
 def format_metrics(m: Any) -> str:
@@ -100,7 +115,7 @@ def format_metrics(m: Any) -> str:
     for zygote in m.zygotes:
         lines.append(
             f"{'zygote':<16}{zygote.language:<8}{zygote_state(zygote)}, {zygote.restarts} restarts"
-            + ("" if zygote.warm else ", failing: children start cold until a retry works")
+            + ("" if zygote.warm else f", {FAILING}")
         )
     active = [mech.name for mech in m.sandbox.mechanisms if mech.active]
     lines.append(f"{'sandbox':<16}{', '.join(active) or 'rlimits only'}")

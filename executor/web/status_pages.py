@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from executor.cli.metrics import zygote_state
+from executor.cli.metrics import zygote_condition, zygote_state
 from executor.web.html import Html, join, local_time, seconds, tag
 from executor.web.layout import badge, definitions, live, notice
 from supervisor_client.client import outcome_name
@@ -122,7 +122,7 @@ def health_body(source: Any) -> Html:
             tag("td", z.language),
             tag("td", zygote_state(z)),
             tag("td", z.restarts, class_="num"),
-            tag("td", "warm" if z.warm else "failing: children start cold until a retry works"),
+            tag("td", zygote_condition(z)),
         )
         for z in m.zygotes
     ]
