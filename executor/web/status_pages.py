@@ -43,13 +43,20 @@ def universal_page(source: Any) -> Html:
         elif not directory.callbacks:
             content = tag("p", "callbacks.conf holds no active callback.", class_="hint")
         else:
-            head = tag("tr", *(tag("th", name) for name in ("File", "Language", "Trigger")))
+            names = ("File", "Language", "Trigger", "Policy")
+            head = tag("tr", *(tag("th", name) for name in names))
             rows = [
                 tag(
                     "tr",
                     tag("td", callback.source.rsplit("/", 1)[-1], class_="mono"),
                     tag("td", callback.language),
                     tag("td", callback.canonical_triggers or callback.triggers, class_="mono"),
+                    # As the POLICY column of `cbexec runs`: a shadow callback applies nothing.
+                    tag(
+                        "td",
+                        (callback.policy or "-") + (" (shadow)" if callback.shadow else ""),
+                        class_="mono",
+                    ),
                 )
                 for callback in directory.callbacks
             ]
