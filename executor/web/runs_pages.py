@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 from urllib.parse import quote, urlencode
 
 from executor.cli.runs import SINCE_UNITS, parse_since
 from executor.web.html import Html, join, local_time, seconds, size, tag, text_block
-from executor.web.layout import badge, definitions, filter_notice, live
+from executor.web.layout import badge, definitions, filter_notice, live, notice
 from executor.web.source import SourceRefused, parse_id
 from supervisor_client.client import OUTCOMES, outcome_name
 
@@ -45,6 +45,9 @@ class RunFilters:
     limit: int = DEFAULT_LIMIT
     # An older page's: the ListRuns next_page_token of the page before it ("" for the newest).
     page_token: str = ""
+    # The limit asked for, as shown, when it was above MAX_LIMIT and ``limit`` is MAX_LIMIT:
+    # the page says so (not a filter of its own: the links carry the limit applied).
+    limit_asked: str = field(default="", compare=False)
 
     @classmethod
     def parse(cls, query: Mapping[str, str], now: float) -> tuple[RunFilters, str]:
@@ -80,11 +83,7 @@ class RunFilters:
             fits = len(limit.lstrip("0")) <= len(str(MAX_LIMIT))
             filters = replace(filters, limit=min(int(limit), MAX_LIMIT) if fits else MAX_LIMIT)
             if not fits or int(limit) > MAX_LIMIT:  # said, or an operator takes it for all
-                shown = limit if fits else f"{limit[:12]}..."
-                problems.append(
-                    f"limit {shown} (a page lists {MAX_LIMIT} runs at most; "
-                    "its Older runs link leads to the next)"
-                )
+                filters = replace(filters, limit_asked=limit if fits else f"{limit[:12]}...")
         elif limit:
             problems.append(f"limit {limit!r} is not a whole number from 1 up")
         # Opaque here: the executor checks it (``list_runs`` leaves out one it refuses).
@@ -169,6 +168,14 @@ def runs_page(source: Any, filters: RunFilters, problem: str) -> Html:
     return join(
         [
             filter_notice(problem),
+            # Applied, unlike a value left out: the page says what it applied instead.
+            notice(
+                f"limit {filters.limit_asked} cut to {MAX_LIMIT}: a page lists {MAX_LIMIT} "
+                "runs at most; its Older runs link leads to the next.",
+                "warn",
+            )
+            if filters.limit_asked
+            else "",
             form,
             tag("table", head, body, class_="runs", id="runs"),
             tag("p", "Newest first; the table updates by itself.", class_="hint"),

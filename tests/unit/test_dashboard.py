@@ -614,8 +614,6 @@ def test_a_job_filter_too_large_for_an_id_is_a_notice_on_runs(value: str) -> Non
         (f"/runs?job={TOO_LARGE}", "is out of range"),
         ("/runs?limit=abc", "limit 'abc' is not a whole number from 1 up"),
         ("/runs?limit=-5", "limit '-5' is not a whole number from 1 up"),
-        ("/runs?limit=5000", "limit 5000 (a page lists 1000 runs at most; its Older runs link"),
-        (f"/runs?limit={'9' * 5000}", "limit 999999999999... (a page lists 1000 runs"),
     ],
 )
 def test_every_bad_filter_value_is_left_out_with_a_notice(path: str, said: str) -> None:
