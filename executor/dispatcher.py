@@ -42,6 +42,7 @@ from executor.child.protocol import StartFrame
 from executor.errors import CapacityError, InvalidRequestError, UnavailableError
 from executor.host_api import HostApi
 from executor.model import ActionRecord, Failure, Invocation, Language, Limits, Outcome, RunResult
+from executor.plurals import counted, counted_are
 from executor.policies import Policy, PolicySet
 from executor.runtimes.child import ChildRuntime, child_runtime
 from executor.sandbox.bridge import CallHandler
@@ -171,17 +172,20 @@ class _Slots:
     def _refuse_past_bounds(self, request_bytes: int) -> None:
         if self.waiting >= self.max_queue:
             raise CapacityError(
-                f"all {self.count} slots are busy and {self.waiting} runs are queued; retry later",
+                f"{self._busy()} and {counted_are(self.waiting, 'run')} queued; retry later",
                 retry_after_s=1.0,
             )
         limit = self.max_queue_bytes
         if limit is not None and self.waiting_bytes + request_bytes > limit:
             raise CapacityError(
-                f"all {self.count} slots are busy and the {self.waiting} queued requests take "
+                f"{self._busy()} and the {counted(self.waiting, 'queued request')} take "
                 f"{_mib(self.waiting_bytes)}; with this one's {_mib(request_bytes)} they would "
                 f"pass max_queue_bytes ({_mib(limit)}); retry later",
                 retry_after_s=1.0,
             )
+
+    def _busy(self) -> str:
+        return "the 1 slot is busy" if self.count == 1 else f"all {self.count} slots are busy"
 
     def _left_queue(self, request_bytes: int, ticket: asyncio.Future[int | None]) -> None:
         self.waiting -= 1

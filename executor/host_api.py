@@ -66,6 +66,7 @@ from executor.host_args import (
 )
 from executor.jobinfo_args import read_jobinfo
 from executor.model import ActionRecord, Invocation
+from executor.plurals import counted
 from executor.policies import READ_FUNCTIONS, Policy, canonical_verb
 from executor.supervisor_link import (
     JOB_VERBS,
@@ -493,7 +494,7 @@ class HostApi:
                 work_names=request.work_names,
             )
             jobs = self._as_callbacks_see(request.shape(jobs))
-            return jobs, f"{len(jobs)} jobs of pgrp {request.pgrp}"
+            return jobs, f"{counted(len(jobs), 'job')} of pgrp {request.pgrp}"
         job_id = self._invocation.job_id if request.job_id is None else request.job_id
         if job_id == 0:
             # No job has id 0: not the callback's own job, which a parentless job's pid

@@ -45,6 +45,7 @@ from executor.config import Settings
 from executor.data_dir_lock import DataDirLock
 from executor.dispatcher import Dispatcher
 from executor.errors import ConfigError, UnavailableError
+from executor.plurals import counted
 from executor.policies import bind_warnings, exposure_warnings, for_host
 from executor.policies import report as policy_report
 from executor.runs.invocation_ids import FleetIds
@@ -420,7 +421,7 @@ def _load_universal(engine: TriggerEngine, settings: Settings) -> None:
     problems = engine.reload_universal(quiet=True)
     if not problems:
         return
-    count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+    count = counted(len(problems), "problem")
     if settings.strict:
         raise ConfigError(f"universal callbacks: {count} in callbacks.conf; first: {problems[0]}")
     kept = engine.keep_last_good()

@@ -21,6 +21,7 @@ from executor import config, data_dir, open_files, process_limit
 from executor.api import security
 from executor.data_dir_lock import DataDirLock
 from executor.errors import ConfigError
+from executor.plurals import counted
 from executor.policies import BUILT_IN, bind_warnings, exposure_warnings, for_host, report
 from executor.runtimes.check import check_source
 from executor.sandbox.identity import UidClaim
@@ -105,7 +106,7 @@ def _universal(settings: config.Settings) -> str:
         # Without strict, start-up keeps the set loaded last, or runs without them (one
         # ERROR line): a warning, not a refusal, or a systemd ExecStartPre would keep
         # the service down for it.
-        count = f"{len(err.errors)} problem{'s' if len(err.errors) > 1 else ''}"
+        count = counted(len(err.errors), "problem")
         try:
             kept = load_last_good(settings.data_dir / LAST_GOOD_NAME)
         except UniversalConfigError:

@@ -46,6 +46,7 @@ from executor.cli.connection import (
 from executor.cli.farm_submit import describe_submitted, registration_warnings, submit_file
 from executor.cli.farm_workers import WorkerPlan, Workers, run_until_signalled
 from executor.errors import ConfigError
+from executor.plurals import counted
 from executor.triggers.explain import compact_names
 from executor.visible_text import escaped, printable
 from supervisor_client import ExecutorClient, ExecutorRpcError
@@ -333,7 +334,7 @@ async def _workers(args: argparse.Namespace, out: TextIO) -> int:
     async with connect_farm(args) as farm:
         workers = Workers(farm, plan, out)
         await run_until_signalled(workers, lambda line: print(line, file=out, flush=True))
-    print(f"stopped after {workers.finished} items", file=out)
+    print(f"stopped after {counted(workers.finished, 'item')}", file=out)
     return EXIT_OK
 
 

@@ -14,6 +14,7 @@ import sys
 from typing import Any, Final, TextIO
 
 from executor.cli.connection import EXIT_OK, connect, connection_options, rpc_command
+from executor.plurals import counted
 from executor.visible_text import escaped
 from supervisor_client.client import as_plain, outcome_name
 from supervisor_client.targets import resolve_target
@@ -35,7 +36,7 @@ def quantile_bound(histogram: Any, quantile: float) -> str:
 def _latency(name: str, histogram: Any) -> str:
     mean = histogram.sum_seconds / histogram.total if histogram.total else 0.0
     return (
-        f"{name:<16}{histogram.total} runs, mean {mean:.3f}s, "
+        f"{name:<16}{counted(histogram.total, 'run')}, mean {mean:.3f}s, "
         f"p50 {quantile_bound(histogram, 0.5)}, p90 {quantile_bound(histogram, 0.9)}, "
         f"p99 {quantile_bound(histogram, 0.99)}"
     )
@@ -83,22 +84,23 @@ def format_metrics(m: Any) -> str:
         _latency("queue wait", m.queue_seconds),
         (
             f"{'slots':<16}{m.active_children} of {m.slots} busy, "
-            f"{m.prepared_children} children prepared ahead"
+            f"{counted(m.prepared_children, 'child', 'children')} prepared ahead"
         ),
         (
             f"{'queue':<16}{m.queue_depth} waiting of {m.queue_limit} allowed; "
             f"{m.rejected_at_capacity} refused at capacity"
         ),
-        f"{'outbox':<16}{m.outbox_pending} pending, {m.outbox_dead_letters} dead letters"
+        f"{'outbox':<16}{m.outbox_pending} pending, {counted(m.outbox_dead_letters, 'dead letter')}"
         # The supervisor's words, escaped: they act on no terminal.
         + (
             f"; last delivery failed: {escaped(m.outbox_last_error)}" if m.outbox_last_error else ""
         ),
         f"{'storage':<16}" + (f"DEGRADED: {m.storage_problem}" if m.storage_problem else "ok"),
         (
-            f"{'trigger engine':<16}{m.events_published} events, {m.callbacks_fired} firings; "
-            f"{m.trigger_jobs} jobs, {m.trigger_callbacks} callbacks registered; "
-            f"{m.firings_queued} firings queued"
+            f"{'trigger engine':<16}{counted(m.events_published, 'event')}, "
+            f"{counted(m.callbacks_fired, 'firing')}; {counted(m.trigger_jobs, 'job')}, "
+            f"{counted(m.trigger_callbacks, 'callback')} registered; "
+            f"{counted(m.firings_queued, 'firing')} queued"
             + (
                 f"; {m.event_ids_forgotten_early} event ids forgotten early (event_id_max_count)"
                 if m.event_ids_forgotten_early
@@ -107,15 +109,15 @@ def format_metrics(m: Any) -> str:
         ),
         f"{'universal':<16}{m.universal_callbacks} loaded"
         + (
-            f"; the last reload found {m.universal_reload_errors} problems"
+            f"; the last reload found {counted(m.universal_reload_errors, 'problem')}"
             if m.universal_reload_errors
             else ""
         ),
     ]
     for zygote in m.zygotes:
         lines.append(
-            f"{'zygote':<16}{zygote.language:<8}{zygote_state(zygote)}, {zygote.restarts} restarts"
-            + ("" if zygote.warm else f", {FAILING}")
+            f"{'zygote':<16}{zygote.language:<8}{zygote_state(zygote)}, "
+            f"{counted(zygote.restarts, 'restart')}" + ("" if zygote.warm else f", {FAILING}")
         )
     active = [mech.name for mech in m.sandbox.mechanisms if mech.active]
     lines.append(f"{'sandbox':<16}{', '.join(active) or 'rlimits only'}")

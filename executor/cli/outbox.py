@@ -64,7 +64,9 @@ async def _retry(args: argparse.Namespace, out: TextIO) -> int:
     missing = len(set(args.invocation_ids)) - reply.queued
     if missing > 0:  # a typo'd id is not "done": say it, and fail
         print(
-            f"cbexec: {missing} of the ids named are not dead letters (see cbexec outbox dead)",
+            f"cbexec: {missing} of the ids named "
+            f"{'is not a dead letter' if missing == 1 else 'are not dead letters'} "
+            "(see cbexec outbox dead)",
             file=sys.stderr,
         )
         return EXIT_NOT_SUCCEEDED

@@ -143,7 +143,7 @@ def _fitted(texts: list[_Text], max_bytes: int) -> Iterator[tuple[_Text, str]]:
         if _size(text.text) <= share:  # escaping only lengthens
             written = _escaped(text.text)
             written += _line_end(written, text)
-        if not written and text.text or _size(written) > share:
+        if (not written and text.text) or _size(written) > share:
             written = _cut(text, share)
         left -= _size(written)
         yield text, written
@@ -193,7 +193,9 @@ def format_entry(
     if max_bytes is None or ours + sum(_size(t.text) for t in texts) <= max_bytes:
         written = {id(t): _escaped(t.text) for t in texts}
         whole = "".join(
-            part if isinstance(part, str) else written[id(part)] + _line_end(written[id(part)], part)
+            part
+            if isinstance(part, str)
+            else written[id(part)] + _line_end(written[id(part)], part)
             for part in parts
         )
         if max_bytes is None or _size(whole) <= max_bytes:

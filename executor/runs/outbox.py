@@ -1078,7 +1078,8 @@ class Outbox:
             refusing_s = time.monotonic() - first
             if attempts >= self._max_attempts and refusing_s >= self._min_refusing_s:
                 # The receiver answers, but never takes this one.
-                why = f"failed {attempts} times over {refusing_s:.0f} s, last: {err}"
+                tries = "once" if attempts == 1 else f"{attempts} times"
+                why = f"failed {tries} over {refusing_s:.0f} s, last: {err}"
                 self._first_refused.pop(seq, None)
                 await self._io(lambda: self._set_aside(seq, key, why))
                 return True

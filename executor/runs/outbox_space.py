@@ -28,6 +28,8 @@ import logging
 import sqlite3
 from typing import Final
 
+from executor.plurals import counted
+
 logger = logging.getLogger(__name__)
 
 MIB: Final = 1 << 20
@@ -50,10 +52,12 @@ def over_bound(pending: int, waiting_bytes: int, max_bytes: int) -> str:
 
     ``waiting_bytes``: what the results waiting for delivery take of outbox.db.
     """
+    they, them = ("it", "it") if pending == 1 else ("they", "them")
     return (
-        f"the supervisor has not taken {pending} results, and they take"
-        f" {waiting_bytes / MIB:.1f} MiB of outbox.db (outbox_max_bytes = {max_bytes / MIB:.1f}"
-        " MiB): the executor runs nothing until it takes them (fired callbacks wait)"
+        f"the supervisor has not taken {counted(pending, 'result')}, and {they} take"
+        f"{'s' if pending == 1 else ''} {waiting_bytes / MIB:.1f} MiB of outbox.db"
+        f" (outbox_max_bytes = {max_bytes / MIB:.1f} MiB): the executor runs nothing until"
+        f" it takes {them} (fired callbacks wait)"
     )
 
 

@@ -35,6 +35,7 @@ from executor.child.protocol import (
 )
 from executor.errors import UnavailableError
 from executor.logs import outside_any_run
+from executor.plurals import counted
 from executor.policies import DEFAULT_UMASK
 from executor.process_limit import OUT_OF_PROCESSES
 from executor.runtimes.child import CHILD_RUNTIMES, LAUNCHER
@@ -272,10 +273,6 @@ class ZygoteStatus:
     died: bool = False
 
 
-def _counted(count: int, one: str, more: str) -> str:
-    return f"{count} {one if count == 1 else more}"
-
-
 class ZygoteLost(UnavailableError):
     """A zygote died, or was killed for not answering, with this spawn unanswered."""
 
@@ -457,10 +454,10 @@ class _Zygote:
             self.language,
             self.pid,
             what,
-            _counted(running, "callback", "callbacks"),
-            _counted(settled, "slot", "slots"),
-            _counted(prepared, "child", "children"),
-            _counted(sum(1 for f in self._starting.values() if not f.done()), "child", "children"),
+            counted(running, "callback"),
+            counted(settled, "slot"),
+            counted(prepared, "child", "children"),
+            counted(sum(1 for f in self._starting.values() if not f.done()), "child", "children"),
         )
         if self._watchdog is not None:
             self._watchdog.cancel()

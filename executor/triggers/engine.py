@@ -53,6 +53,7 @@ from typing import Any, TypeVar
 from executor import triggers
 from executor.errors import InvalidRequestError, NotFoundError, UnavailableError
 from executor.model import CallbackSpec, Event, Invocation, Limits, RunResult
+from executor.plurals import counted
 from executor.policies import JOB, UNIVERSAL, PolicySet, not_configured
 from executor.runs.outbox import Backoff
 from executor.sql import Db, StoreConflict, pipelined
@@ -1243,7 +1244,7 @@ class TriggerEngine:
             return f"{callback}: not run: left out of the set kept from before: {left_out[1]}"
         status = self.universal_reload
         if status.errors and not status.loaded_at:
-            count = f"{len(status.errors)} problem{'s' if len(status.errors) > 1 else ''}"
+            count = counted(len(status.errors), "problem")
             return (
                 f"{callback}: not run: universal callbacks are off: callbacks.conf has "
                 f"{count} (first: {status.errors[0]}); fix it, then cbexec triggers reload"

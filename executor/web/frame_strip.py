@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from executor.bounds import cut
+from executor.plurals import counted
 from executor.web.html import Html, tag
 
 SPENT: Final = "spent"
@@ -124,12 +125,12 @@ def draw_strip(frames: Sequence[Frame]) -> StripDrawn:
     runs = _runs(frames)
     shown = runs[:MAX_STRIP_CELLS]
     cells = [_cell(run[0]) if len(run) == 1 else _run_cell(run) for run in shown]
-    summary = f"{len(frames)} frames drawn as {_count(len(runs), 'run')} of the same state"
+    summary = f"{len(frames)} frames drawn as {counted(len(runs), 'run')} of the same state"
     left_out = sum(len(run) for run in runs[MAX_STRIP_CELLS:])
     first_left_out = ""
     if left_out:
         first_left_out = runs[MAX_STRIP_CELLS][0].name
-        more = f"… {_count(left_out, 'more frame')}"
+        more = f"… {counted(left_out, 'more frame')}"
         cells.append(
             tag(
                 "span",
@@ -140,8 +141,8 @@ def draw_strip(frames: Sequence[Frame]) -> StripDrawn:
             )
         )
         summary = (
-            f"{len(frames)} frames in {_count(len(runs), 'run')} of the same state; "
-            f"the first {MAX_STRIP_CELLS} runs drawn, {_count(left_out, 'frame')} after them not"
+            f"{len(frames)} frames in {counted(len(runs), 'run')} of the same state; "
+            f"the first {MAX_STRIP_CELLS} runs drawn, {counted(left_out, 'frame')} after them not"
         )
     return StripDrawn(tag("div", *cells, class_="frames"), summary, first_left_out)
 
@@ -178,10 +179,6 @@ def _runs(frames: Sequence[Frame]) -> list[list[Frame]]:
 
 def _short(name: str) -> str:
     return cut(name, MAX_CELL_NAME_CHARS)
-
-
-def _count(number: int, noun: str) -> str:
-    return f"1 {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def tally(frames: Sequence[Frame]) -> str:

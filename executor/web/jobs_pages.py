@@ -27,6 +27,7 @@ from functools import lru_cache
 from typing import Any, Final
 
 from executor import triggers
+from executor.plurals import counted, counted_are
 from executor.triggers.nodes import Atom, EventType, Expr, render
 from executor.web.explain import Explainer, Explanation
 from executor.web.frame_strip import Frame, StripDrawn, draw_strip, in_agenda_order, tally
@@ -191,7 +192,8 @@ def _job(job: Any, explanations: Mapping[int, Explanation]) -> Html:
     more = (
         tag(
             "p",
-            f"{left_out} more callbacks are not shown (a job shows at most "
+            f"{counted_are(left_out, 'more callback', 'more callbacks')} not shown "
+            "(a job shows at most "
             f"{MAX_CALLBACK_ROWS} rows, up to {JOB_BUDGET_BYTES >> 10} KiB): "
             f"cbexec triggers why {job.id} lists them all.",
             class_="hint more-callbacks",
@@ -245,7 +247,7 @@ def _atoms_left_out(explanation: Explanation, why: str) -> Html:
         return Html("")
     return tag(
         "p",
-        f"{explanation.atoms_left_out} more atoms not shown (a row shows "
+        f"{counted(explanation.atoms_left_out, 'more atom', 'more atoms')} not shown (a row shows "
         f"{len(explanation.atoms)}): cbexec triggers why {why}",
         class_="hint atoms-left-out",
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from executor.cli.metrics import zygote_condition, zygote_state
+from executor.plurals import counted
 from executor.web.html import Html, join, local_time, seconds, tag
 from executor.web.layout import badge, definitions, live, notice
 from supervisor_client.client import outcome_name
@@ -95,7 +96,7 @@ def health_body(source: Any) -> Html:
             ("Refused at capacity", m.rejected_at_capacity),
             (
                 "Outbox",
-                f"{m.outbox_pending} pending, {m.outbox_dead_letters} dead letters"
+                f"{m.outbox_pending} pending, {counted(m.outbox_dead_letters, 'dead letter')}"
                 + (f"; last delivery failed: {m.outbox_last_error}" if m.outbox_last_error else ""),
             ),
         ]
@@ -110,7 +111,9 @@ def health_body(source: Any) -> Html:
             ("Universal callbacks", m.universal_callbacks),
             (
                 "Last reload",
-                f"{m.universal_reload_errors} problems" if m.universal_reload_errors else "ok",
+                counted(m.universal_reload_errors, "problem")
+                if m.universal_reload_errors
+                else "ok",
             ),
         ]
     )
@@ -200,7 +203,7 @@ def _runs(m: Any) -> Html:
             tag(
                 "p",
                 f"Mean wall time {seconds(mean_wall)}, mean queue wait {seconds(mean_queue)} "
-                f"over {wall.total} runs.",
+                f"over {counted(wall.total, 'run')}.",
             ),
             tag(
                 "table",

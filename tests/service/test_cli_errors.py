@@ -168,7 +168,7 @@ async def test_retrying_a_dead_letter_that_is_not_one_says_so(tmp_path: Path) ->
         said = await cbexec("outbox", "retry", "no-such-invocation", address=stack.address)
     assert said.code == 1, said.err
     assert "queued 0 for delivery again" in said.out
-    assert "1 of the ids named are not dead letters" in said.err
+    assert "1 of the ids named is not a dead letter" in said.err
 
 
 async def test_serve_with_its_store_unreachable_says_so_in_one_line(tmp_path: Path) -> None:

@@ -110,7 +110,9 @@ def test_a_cut_entry_keeps_the_failure_and_the_end_of_stderr(tmp_path: Path) -> 
     lines = text.splitlines()
     assert lines[0].startswith("=== ") and lines[1] == "out 0"
     assert "--- stderr" in lines and "--- failure: RuntimeError: boom" in lines
-    stderr_section = lines[lines.index("--- stderr") + 1 : lines.index("--- failure: RuntimeError: boom")]
+    stderr_section = lines[
+        lines.index("--- stderr") + 1 : lines.index("--- failure: RuntimeError: boom")
+    ]
     assert stderr_section[0] == "err 0" and stderr_section[-1] == "err 1999"
     assert lines[-1] == "  frame" and "Traceback" in lines
     # Each stream's middle is left out, with a marker saying how much of it.
@@ -147,8 +149,13 @@ def test_a_cut_entry_stays_within_the_cap_and_forges_nothing(tmp_path: Path, cap
 
 
 def test_an_entry_within_the_cap_is_whole(tmp_path: Path) -> None:
-    result = RunResult("inv-1", Outcome.FAILED, stdout="a" * 300, stderr="b" * 300,
-                       failure=Failure("E: x", "E", "tb\n"))
+    result = RunResult(
+        "inv-1",
+        Outcome.FAILED,
+        stdout="a" * 300,
+        stderr="b" * 300,
+        failure=Failure("E: x", "E", "tb\n"),
+    )
     whole = format_entry(invocation(), result, WHEN)
     assert format_entry(invocation(), result, WHEN, len(whole.encode())) == whole
     assert "[... " not in whole

@@ -145,6 +145,21 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def test_a_refusal_at_capacity_counts_one_slot_and_one_queued_run_in_the_singular() -> None:
+    # Found by a tester: "all 2 slots are busy and 1 runs are queued".
+    harness = Harness(slots=1, queue=1)
+    tasks = [harness.start(code) for code in "ab"]
+    await settle()
+    with pytest.raises(
+        CapacityError, match=r"^the 1 slot is busy and 1 run is queued; retry later$"
+    ):
+        await harness.execute("c")
+    harness.runner.finish("a")
+    await settle()
+    harness.runner.finish("b")
+    await asyncio.gather(*tasks)
+
+
 async def test_runs_take_free_slots_then_queue_in_order_then_are_refused() -> None:
     harness = Harness(slots=2, queue=2)
     tasks = [harness.start(code) for code in "abcd"]

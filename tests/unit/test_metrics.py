@@ -220,3 +220,31 @@ def test_cbexec_metrics_says_event_ids_forgotten_early_only_when_there_were_some
     assert engine_line(executor_pb2.GetMetricsResponse(event_ids_forgotten_early=5)).endswith(
         "; 5 event ids forgotten early (event_id_max_count)"
     )
+
+
+def test_cbexec_metrics_counts_one_of_a_thing_in_the_singular() -> None:
+    # Found by a tester: "the last reload found 1 problems", "1 jobs, 3 callbacks registered".
+    one = executor_pb2.GetMetricsResponse(
+        events_published=1,
+        callbacks_fired=1,
+        trigger_jobs=1,
+        trigger_callbacks=3,
+        firings_queued=1,
+        universal_callbacks=1,
+        universal_reload_errors=1,
+        outbox_dead_letters=1,
+        prepared_children=1,
+        zygotes=[executor_pb2.Zygote(language="perl", pid=7, restarts=1, warm=True)],
+    )
+    text = format_metrics(one)
+    assert "1 event, 1 firing; 1 job, 3 callbacks registered; 1 firing queued" in text
+    assert "the last reload found 1 problem\n" in text
+    assert "0 pending, 1 dead letter\n" in text
+    assert "1 child prepared ahead" in text
+    assert "pid 7, 1 restart" in text
+    assert "0 runs, mean" in text
+    many = format_metrics(
+        executor_pb2.GetMetricsResponse(trigger_jobs=2, universal_reload_errors=2)
+    )
+    assert "0 events, 0 firings; 2 jobs, 0 callbacks registered" in many
+    assert "the last reload found 2 problems" in many
