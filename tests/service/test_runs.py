@@ -283,6 +283,30 @@ async def test_results_reach_the_supervisor_and_the_callback_log(stack: Stack) -
     assert await outbox_drained(stack.client)
 
 
+async def test_a_cut_callback_log_entry_keeps_why_the_callback_failed(tmp_path: Path) -> None:
+    # Found by a tester: past callback_log_max_bytes the entry kept the head of stdout
+    # and lost stderr, the failure line and the traceback.
+    code = (
+        "import sys\n"
+        "print('X' * 6000)\n"
+        "print('warning: cache cold', file=sys.stderr)\n"
+        "raise RuntimeError('boom')\n"
+    )
+    settings = stack_settings(tmp_path / "data", callback_log_max_bytes=4096)
+    async with running_stack(settings) as stack:
+        done = await run_py(stack, code, 6100)
+        cb_file = log_path(settings.data_dir / "logs", 6100)
+        assert await eventually(lambda: cb_file.exists() and cb_file.stat().st_size > 0)
+        text = cb_file.read_text()
+    assert len(text.encode()) <= 4096
+    lines = text.splitlines()
+    assert lines[0].startswith("=== ") and f"invocation={done.invocation_id}" in lines[0]
+    assert lines[2].startswith("[... ") and lines[2].endswith(" bytes of stdout left out ...]")
+    assert "--- stderr" in lines and "warning: cache cold" in lines
+    assert "--- failure: RuntimeError: boom" in lines
+    assert lines[-1] == "RuntimeError: boom", "the traceback's end"
+
+
 async def test_metrics_count_outcomes_latencies_and_gauges(stack: Stack) -> None:
     await run_py(stack, "pass", 1)
     await run_py(stack, FAIL, 1)
