@@ -117,15 +117,16 @@ def _cut(text: _Text, max_bytes: int) -> str:
 
     The start takes up to half of the room, the end the rest.
     """
-    # The marker's room for as many digits as the whole text's size has.
+    # The marker with room for as many digits as the whole text's size has, and the two
+    # line ends a cut may add.
     room = max_bytes - len(_marker(_size(text.text), text.name)) - 2
     head, head_chars = _within(text.text, max(0, room // 2), end=False)
     rest = text.text[head_chars:]
     tail, tail_chars = _within(rest, max(0, room - _size(head)), end=True)
-    # A head that ends in the middle of a line ends it: the marker is a line of its own.
     left_out = _size(rest[: len(rest) - tail_chars])
     return (
         head
+        # A head that ends in the middle of a line ends it: the marker is a line of its own.
         + ("\n" if head and not head.endswith("\n") else "")
         + _marker(left_out, text.name)
         + tail
@@ -134,13 +135,14 @@ def _cut(text: _Text, max_bytes: int) -> str:
 
 
 def _fitted(texts: list[_Text], max_bytes: int) -> Iterator[tuple[_Text, str]]:
-    """Each text written whole or cut, in ``max_bytes`` together: equal shares, a short one's rest to the others."""
+    """Each text written whole or cut, all in ``max_bytes``: equal shares, a short one's rest to the others."""
     left = max_bytes
+    sizes = {id(text): _size(text.text) for text in texts}
     # Shortest first: what one needs less than its share is left to the longer ones.
-    for n, text in enumerate(sorted(texts, key=lambda t: len(t.text))):
+    for n, text in enumerate(sorted(texts, key=lambda t: sizes[id(t)])):
         share = max(0, left // (len(texts) - n))
         written = ""
-        if _size(text.text) <= share:  # escaping only lengthens
+        if sizes[id(text)] <= share:  # escaping only lengthens
             written = _escaped(text.text)
             written += _line_end(written, text)
         if (not written and text.text) or _size(written) > share:
