@@ -681,16 +681,23 @@ class StorageHealth:
                 self.failed(gone)
 
 
-def _lockable(path: str) -> bool:
-    """Whether the write lock of the database at ``path`` is free: taken and let go at once."""
+def _probe_connection(path: str) -> sqlite3.Connection | None:
+    """A connection to the existing database at ``path`` for a probe; None when it opens none."""
     try:
-        db = sqlite3.connect(
+        return sqlite3.connect(
             Path(path).absolute().as_uri() + "?mode=rw",
             uri=True,
             timeout=LOCK_PROBE_TIMEOUT_S,
             isolation_level=None,
         )
     except sqlite3.Error:
+        return None
+
+
+def _lockable(path: str) -> bool:
+    """Whether the write lock of the database at ``path`` is free: taken and let go at once."""
+    db = _probe_connection(path)
+    if db is None:
         return False
     try:
         db.execute("BEGIN IMMEDIATE")
@@ -711,14 +718,8 @@ def _takes_a_write(path: str) -> bool:
     """
     if not Path(path).is_file():
         return True
-    try:
-        db = sqlite3.connect(
-            Path(path).absolute().as_uri() + "?mode=rw",
-            uri=True,
-            timeout=LOCK_PROBE_TIMEOUT_S,
-            isolation_level=None,
-        )
-    except sqlite3.Error:
+    db = _probe_connection(path)
+    if db is None:
         return False
     try:
         db.execute("BEGIN IMMEDIATE")
