@@ -22,7 +22,9 @@ For the SQLite single executor and for 1, 2 and 3 replicas on one PostgreSQL:
 Then the cost of the PostgreSQL store on one executor's Execute p50 (``--executes``
 sequential Python ``pass`` callbacks, SQLite store against PostgreSQL store, in turns,
 ``--execute-rounds`` times, which one goes first alternating): results go to the outbox
-and the history either way. Each round's ratio is printed, and their median.
+and the history either way. Twice: Executes that each name an invocation id (as the
+Python client's do: a fleet claims it fleet-wide before the run) and Executes that name
+none (the executor makes one). Each round's ratio is printed, and their median.
 
 Each figure is the median of ``--rounds`` rounds: the machine is shared, and its speed
 drifts.
@@ -50,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from executor.migrations import migrate  # noqa: E402
 from supervisor_client import ExecutorClient  # noqa: E402
+from supervisor_client.client import build_execute_request  # noqa: E402
 from tests.fleet.harness import ActionCounting, Fleet  # noqa: E402
 from tests.helpers.executor_process import executor_process  # noqa: E402
 from tests.helpers.postgres import PostgresServer, find_bin_dir  # noqa: E402
@@ -179,14 +182,27 @@ async def measure(
             await client.close()
 
 
-async def execute_p50(address: str, count: int) -> float:
+async def execute_p50(address: str, count: int, *, named: bool = True) -> float:
+    """Median ms of ``count`` sequential trivial Executes; ``named``: each names an invocation id.
+
+    The Python client names a fresh one by default (its retry key), which a fleet claims
+    fleet-wide before the run (one more round trip); an Execute that names none gets one
+    the executor makes, which nothing else can hold.
+    """
     async with ExecutorClient(address) as client:
+
+        async def once() -> None:
+            request = build_execute_request(language="python", code="pass", job={"id": 1})
+            if not named:
+                request.invocation_id = ""
+            await client.execute(request)
+
         for _ in range(10):  # warm up
-            await client.execute_callback(language="python", code="pass", job={"id": 1})
+            await once()
         times = []
         for _ in range(count):
             start = time.perf_counter()
-            await client.execute_callback(language="python", code="pass", job={"id": 1})
+            await once()
             times.append(time.perf_counter() - start)
     return statistics.median(times) * 1000
 
@@ -227,32 +243,36 @@ async def main(args: argparse.Namespace) -> None:
             (root / "p50").mkdir()
             url = postgres.create_database("bench_execute")
             migrate(url)
-            sqlite_p50s, pg_p50s = [], []
+            p50s: dict[tuple[str, bool], list[float]] = {}
             async with (
                 sqlite_single(root / "p50", endpoint) as (sqlite_address,),
                 pg_fleet(root / "p50", url, endpoint, 1) as (pg_address,),
             ):
                 for turn in range(args.execute_rounds):
                     # Which goes first alternates: neither always follows the other's burst.
-                    first, second = (sqlite_address, pg_address)[:: 1 if turn % 2 == 0 else -1]
-                    measured = {
-                        first: await execute_p50(first, args.executes),
-                        second: await execute_p50(second, args.executes),
-                    }
-                    sqlite_p50s.append(measured[sqlite_address])
-                    pg_p50s.append(measured[pg_address])
-            print_execute_cost(sqlite_p50s, pg_p50s)
+                    for named in (True, False):
+                        order = (sqlite_address, pg_address)[:: 1 if turn % 2 == 0 else -1]
+                        for address in order:
+                            p50s.setdefault((address, named), []).append(
+                                await execute_p50(address, args.executes, named=named)
+                            )
+            for named in (True, False):
+                print_execute_cost(
+                    p50s[sqlite_address, named],
+                    p50s[pg_address, named],
+                    "each naming an invocation id" if named else "naming no invocation id",
+                )
         finally:
             await endpoint.stop()
     finally:
         postgres.cleanup()
 
 
-def print_execute_cost(sqlite_p50s: list[float], pg_p50s: list[float]) -> None:
+def print_execute_cost(sqlite_p50s: list[float], pg_p50s: list[float], what: str) -> None:
     """The PostgreSQL store's cost on Execute p50: each round's ratio, and their median."""
     ratios = [pg / sqlite - 1 for sqlite, pg in zip(sqlite_p50s, pg_p50s, strict=True)]
     print(
-        f"Execute p50, one executor, {len(ratios)} rounds in turns: SQLite store "
+        f"Execute p50, one executor, {len(ratios)} rounds in turns, {what}: SQLite store "
         f"{statistics.median(sqlite_p50s):.2f} ms, PostgreSQL store "
         f"{statistics.median(pg_p50s):.2f} ms (medians); PostgreSQL against SQLite, "
         f"median of the rounds {statistics.median(ratios) * 100:+.1f}%"
