@@ -227,6 +227,7 @@ def migrate(url: str) -> tuple[int, int]:
         db.execute(f"SET lock_timeout = '{int(LOCK_WAIT_S * 1000)}ms'")
         db.execute("SELECT pg_advisory_lock(?)", (_MIGRATION_LOCK,))
         before = current_version(db)  # a database of another kind is refused as it is
+        _refuse_unless_utf8(db)
         steps = _steps()
         if before > len(steps):
             raise ConfigError(
@@ -262,6 +263,25 @@ def migrate(url: str) -> tuple[int, int]:
         ) from err
     finally:
         db.close()
+
+
+def _refuse_unless_utf8(db: PgDb) -> None:
+    """ConfigError for a database not encoded in UTF-8 (or SQL_ASCII, which keeps any bytes).
+
+    Callbacks' code, output and triggers may hold any character; in LATIN1, say, one it
+    cannot hold is an error of the statement that writes it, met mid-run (probe 80).
+    SQL_ASCII (initdb's default in the C locale) converts nothing: the executor's UTF-8
+    comes back as it went in.
+    """
+    (encoding,) = db.execute(
+        "SELECT pg_encoding_to_char(encoding) FROM pg_database WHERE datname = current_database()"
+    ).fetchone()
+    if encoding not in ("UTF8", "SQL_ASCII"):
+        raise ConfigError(
+            f"the PostgreSQL store's database is encoded {encoding}; the executor keeps "
+            "callbacks' text, which may hold any character: use a database made with "
+            "ENCODING 'UTF8' (CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE template0)"
+        )
 
 
 def _refuse_unless_creating(db: PgDb) -> None:
@@ -358,6 +378,7 @@ def open_postgres(url: str, *, application_name: str) -> PgDb:
     """
     db = connect_postgres(url, application_name=application_name)
     try:
+        _refuse_unless_utf8(db)
         version = current_version(db)
         if version != schema_version():
             fix = (

@@ -269,6 +269,9 @@ class PgDb:
                 row_factory=_pg_rows,
                 connect_timeout=CONNECT_TIMEOUT_S,
                 application_name=self._application_name,
+                # What the prepared statements' own text values are (``_pg_param``,
+                # ``_PG_TEXT_VALUES``), whatever PGCLIENTENCODING says.
+                client_encoding="UTF8",
                 **self._limits,
             )
         except psycopg.OperationalError as err:

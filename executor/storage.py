@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -37,7 +38,7 @@ from typing import Final
 
 from executor.errors import ConfigError, DataLossError, UnavailableError
 from executor.runs.sqlite_checkpoints import empty_logs
-from executor.sql import StoreUnavailable, connect_postgres
+from executor.sql import StorePermissionDenied, StoreUnavailable, connect_postgres
 from executor.sqlite_codes import SQLITE_BUSY, SQLITE_LOCKED, primary_code
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,25 @@ class StorageError(UnavailableError):
         super().__init__(f"cannot write {path}: {cause}; the executor's data dir needs attention")
         self.path = str(path)
         self.cause = cause
+
+
+# What the probe inserts, and rolls back, once the store refused a result's row.
+_PROBE_RESULT: Final = "INSERT INTO outbox (key, payload, created_at) VALUES (?, ?, ?)"
+
+
+class StoreRefused(UnavailableError):
+    """A fleet's PostgreSQL refused a write for a reason of its own, not an outage.
+
+    A privilege taken from the executor's role, a trigger or a constraint an admin added:
+    the write may work once that is undone, and the probe tells when, by trying one
+    (``StorageHealth``). Its message names no URL (a password may be in it).
+    """
+
+    def __init__(self, url: str, cause: str) -> None:
+        super().__init__(
+            f"the PostgreSQL store refused a write: {cause}; the store needs attention"
+        )
+        self.path = url
 
 
 class DatabaseLocked(StorageError):
@@ -500,7 +520,9 @@ class StorageHealth:
         if not self._problem:
             logger.error("storage degraded: %s", error)
         locked = error.path if isinstance(error, DatabaseLocked) else ""
-        refused = error.path if isinstance(error, StorageError) and not locked else ""
+        refused = ""
+        if isinstance(error, StorageError | StoreRefused) and not locked:
+            refused = error.path
         loop = self._loop
         if loop is not None and not loop.is_closed() and _running_loop() is not loop:
             # Met on a worker thread (the trigger engine's transactions, the outbox's
@@ -547,7 +569,7 @@ class StorageHealth:
         return (
             not self._data_dir_problem()
             and not self.replaced()
-            and self._probe_store()
+            and self._probe_store(writes=self._store_url in refused)
             and all(map(_lockable, locked))
             and all(map(_takes_a_write, refused))
         )
@@ -613,7 +635,12 @@ class StorageHealth:
                     log.error,
                 )
 
-    def _probe_store(self) -> bool:
+    def _probe_store(self, *, writes: bool = False) -> bool:
+        """Whether a fleet's PostgreSQL answers; ``writes``: takes a result's row too.
+
+        After it refused a write (``StoreRefused``), answering says nothing: the row is
+        inserted as a result's is, in a transaction rolled back.
+        """
         if not self._store_url:
             return True
         try:
@@ -622,7 +649,17 @@ class StorageHealth:
             return False
         try:
             db.execute("SELECT 1")
+            if writes:
+                db.execute("BEGIN")
+                try:
+                    db.execute(_PROBE_RESULT, ("cbexec-storage-probe", b"probe", 0.0))
+                finally:
+                    db.execute("ROLLBACK")
         except UnavailableError:
+            return False
+        except Exception as err:
+            if not refused_by_store(err):
+                raise
             return False
         finally:
             db.close()
@@ -743,13 +780,20 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 
 @contextlib.contextmanager
 def writing(
-    path: Path | str, health: StorageHealth | None = None, *, lock_degrades: bool = True
+    path: Path | str,
+    health: StorageHealth | None = None,
+    *,
+    lock_degrades: bool = True,
+    store_refusals: bool = False,
 ) -> Iterator[None]:
     """Turn a storage failure inside the block into a StorageError naming ``path``.
 
     A lock held past the busy timeout is one too (``DatabaseLocked``). ``lock_degrades``
     False: ``health`` does not hear of it (the history's, whose runs wait in memory while
     their results are recorded in the outbox: nothing is lost, so nothing need stop).
+    ``store_refusals``: a fleet's PostgreSQL refusing the write for a reason of its own
+    (``refused_by_store``) is one too (``StoreRefused``): a result's commit, which must
+    wait for the store rather than be lost, as the run's effects have happened.
     """
     try:
         yield
@@ -770,3 +814,22 @@ def writing(
         if health is not None:
             health.failed(err)
         raise
+    except Exception as err:
+        if not (store_refusals and refused_by_store(err)):
+            raise
+        refused = StoreRefused(str(path), (str(err).splitlines() or [""])[0])
+        if health is not None:
+            health.failed(refused)
+        raise refused from err
+
+
+def refused_by_store(err: BaseException) -> bool:
+    """Whether ``err`` is a fleet's PostgreSQL refusing a statement for a reason of its own.
+
+    A privilege (``StorePermissionDenied``), or any other error of the server's that the
+    connection did not take for an outage (a trigger's, a constraint's): psycopg's own.
+    """
+    if isinstance(err, StorePermissionDenied):
+        return True
+    psycopg = sys.modules.get("psycopg")  # imported by then, where a store is PostgreSQL
+    return psycopg is not None and isinstance(err, psycopg.DatabaseError)

@@ -16,6 +16,7 @@ claim it: the second is answered as one executor answers a run's id in progress.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -64,6 +65,11 @@ _QUERY: Final = (
     " FROM (SELECT 1) AS one LEFT JOIN runs ON runs.invocation_id = ?"
 )
 _RELEASE: Final = "DELETE FROM execute_claims WHERE invocation_id = ? AND owner = ?"
+# Claims whose lease ran out this long ago (or 10 leases, if longer) are deleted, every
+# PRUNE_EVERY_RENEWALS renewals: a claim's lease is its replica's clock, so well past it.
+PRUNE_AFTER_S: Final = 600.0
+PRUNE_EVERY_RENEWALS: Final = 30
+_PRUNE: Final = "DELETE FROM execute_claims WHERE lease_until < ?"
 _RENEW: Final = (
     "UPDATE execute_claims SET lease_until = ? WHERE owner = ? AND invocation_id = ANY(?)"
 )
@@ -142,18 +148,27 @@ class FleetIds:
         self._held: set[str] = set()
         # Held ids whose claim their run's result commit gave back, until ``release``.
         self._given_back: set[str] = set()
+        self._renewals = 0
 
     def claim(self, invocation_id: str) -> IdUse:
         now = self._clock()
         lease_until = now + self._lease_s
         with self._connection() as db:
-            row = first_row(
-                db,
-                _QUERY,
-                (invocation_id, self._owner, lease_until, now)
-                + (invocation_id, self._owner, now)
-                + (invocation_id,) * 3,
-            )
+            try:
+                row = first_row(
+                    db,
+                    _QUERY,
+                    (invocation_id, self._owner, lease_until, now)
+                    + (invocation_id, self._owner, now)
+                    + (invocation_id,) * 3,
+                )
+            except BaseException:
+                # It may have claimed the id before it failed (a row it could not read):
+                # given back here, else its lease ends it, unless a call here holds it.
+                if invocation_id not in self._held:
+                    with contextlib.suppress(Exception):
+                        db.execute(_RELEASE, (invocation_id, self._owner))
+                raise
         claimed = bool(row["claimed"]) and invocation_id not in self._held
         if claimed:
             self._held.add(invocation_id)
@@ -208,10 +223,15 @@ class FleetIds:
         )
 
     def _renew(self) -> None:
-        if not self._held:
-            return
+        now = self._clock()
         with self._connection() as db:
-            db.execute(_RENEW, (self._clock() + self._lease_s, self._owner, sorted(self._held)))
+            if self._held:
+                db.execute(_RENEW, (now + self._lease_s, self._owner, sorted(self._held)))
+            self._renewals += 1
+            if self._renewals % PRUNE_EVERY_RENEWALS == 0:
+                # A dead replica's claims, and those a release that met an outage left:
+                # long past their lease, held by nobody (a live holder renews its own).
+                db.execute(_PRUNE, (now - max(PRUNE_AFTER_S, 10 * self._lease_s),))
 
 
 def _noted(notes: str) -> RunIdentity | None:

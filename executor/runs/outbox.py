@@ -491,7 +491,7 @@ class Outbox:
         if alongside is not None:  # one statement: PostgreSQL's data-modifying WITH
             sql = f"WITH alongside AS ({alongside.sql}) {_INSERT}"
             parameters = (*alongside.parameters, *parameters)
-        with writing(self._path, self._health):
+        with writing(self._path, self._health, store_refusals=True):
             added = execute_counted(self._db, sql, parameters)
         if not added:  # the key is there: a repeat of the message, or another run's
             return self._put_many([message])
@@ -551,7 +551,7 @@ class Outbox:
         latest = latest_per_key(
             messages, key=lambda message: message.key, ended_at=lambda message: message.ended_at
         )
-        with writing(self._path, self._health):
+        with writing(self._path, self._health, store_refusals=True):
             self._db.execute("BEGIN")
             try:
                 self._db.executemany(_REPLACE, [message.replaced for message in latest])

@@ -19,8 +19,9 @@ import pytest
 from executor.migrations import open_postgres
 from executor.model import CallbackSpec, Invocation, Limits, Outcome, RunResult
 from executor.runs import run_notes
-from executor.runs.invocation_ids import FleetIds
+from executor.runs.invocation_ids import PRUNE_EVERY_RENEWALS, FleetIds
 from executor.runs.outbox import Alongside, Outbox
+from executor.storage import StoreRefused
 from supervisor_client import ExecutorClient, ExecutorRpcError
 from supervisor_client.client import build_execute_request
 from supervisor_client.qbcallback.v1 import executor_pb2
@@ -408,7 +409,7 @@ async def test_a_result_whose_alongside_statement_fails_is_not_committed(pg_url:
     outbox = Outbox(pg_url, RecordingReceiver())
     try:
         failing = Alongside("DELETE FROM no_such_table WHERE invocation_id = ?", ("x",))
-        with pytest.raises(psycopg.errors.UndefinedTable):
+        with pytest.raises(StoreRefused, match='relation "no_such_table" does not exist;'):
             await outbox.commit("not-alone", b"r", None, None, failing)
         assert claims_and_results(pg_url, ["not-alone"]) == ([], [])
         # The claim a refused commit did not give back is given back by the call, on its own.
@@ -422,3 +423,44 @@ async def test_a_result_whose_alongside_statement_fails_is_not_committed(pg_url:
             connection.db.close()
     finally:
         await outbox.close()
+
+
+class ClaimUnread(CountingConnection):
+    """Runs the claim's statement, then fails reading its row (as a row not UTF-8 did)."""
+
+    def execute(self, sql: str, parameters: Sequence[object] = ()) -> Any:
+        answer = super().execute(sql, parameters)
+        if sql.startswith("WITH claim AS"):
+            raise UnicodeDecodeError("utf-8", b"\xe9", 0, 1, "the row could not be read")
+        return answer
+
+
+def test_a_claim_whose_row_cannot_be_read_is_given_back(pg_url: str) -> None:
+    # It stayed in execute_claims, neither renewed nor given back (probe 80).
+    connection = ClaimUnread(pg_url)
+    ids = FleetIds(connection, lambda _: None, owner="replica-a", lease_s=60)
+    try:
+        with pytest.raises(UnicodeDecodeError):
+            ids.claim("unread")
+        assert claims_and_results(pg_url, ["unread"]) == ([], [])
+    finally:
+        connection.db.close()
+
+
+def test_claims_long_past_their_lease_are_deleted_by_any_replica(pg_url: str) -> None:
+    # A replica killed mid-run, or a release that met an outage: left for good (probe 80).
+    connection = CountingConnection(pg_url)
+    ids = FleetIds(connection, lambda _: None, owner="replica-b", lease_s=60, clock=time.time)
+    now = time.time()
+    try:
+        connection.db.execute(
+            "INSERT INTO execute_claims VALUES (?, 'dead', ?), (?, 'stalled', ?)",
+            ("long-dead", now - 3600, "lately", now - 30),
+        )
+        assert ids.claim("mine").claimed
+        for _ in range(PRUNE_EVERY_RENEWALS):
+            ids._renew()
+        claims = claims_and_results(pg_url, ["long-dead", "lately", "mine"])[0]
+        assert claims == ["lately", "mine"]  # a lease just run out may be a slow clock's
+    finally:
+        connection.db.close()

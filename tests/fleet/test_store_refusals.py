@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from executor.migrations import migrate, schema_version
+from executor.migrations import migrate, open_postgres, schema_version
 from executor.sql import PgDb, connect_postgres
 from tests.conftest import TEST_UID_BASE
 from tests.helpers.cli import Said, cbexec, cli_env
@@ -247,3 +247,59 @@ def test_the_tables_each_version_has_are_those_the_steps_make() -> None:
         for name in re.findall(r"CREATE (?:TABLE|SEQUENCE) IF NOT EXISTS (\w+)", ddl)
     }
     assert {name for names in _MADE_BY_STEP.values() for name in names} == made
+
+
+# -- encoding --------------------------------------------------------------------------
+
+
+async def test_a_database_not_encoded_in_utf8_is_refused_before_anything_is_made(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    # It was taken: a callback whose triggers held an 'é' made every later Execute under
+    # its id INTERNAL, and left that id's claim behind (probe 80); a character LATIN1
+    # cannot hold failed the statement that wrote it, mid-run.
+    import psycopg
+
+    with psycopg.connect(postgres.url(), autocommit=True) as admin:
+        admin.execute('DROP DATABASE IF EXISTS "latin1" WITH (FORCE)')
+        admin.execute(
+            "CREATE DATABASE latin1 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C'"
+            " TEMPLATE template0"
+        )
+    url = postgres.url("latin1")
+    expected = (
+        "the PostgreSQL store's database is encoded LATIN1; the executor keeps"
+        " callbacks' text, which may hold any character: use a database made with ENCODING"
+        " 'UTF8' (CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE template0)"
+    )
+    for argv in (("store", "migrate", "--store", url), *serving(url, tmp_path)):
+        line = refusal(await cbexec(*argv, env=SERVE_ENV))
+        assert line.endswith(expected), (argv, line)
+    db = connect_postgres(url)
+    try:
+        assert tables(db) == []  # nothing made
+    finally:
+        db.close()
+
+
+def test_a_database_in_sql_ascii_keeps_the_executors_text_as_it_is(
+    postgres: PostgresServer,
+) -> None:
+    # initdb's default in the C locale: it converts nothing, so it is taken.
+    import psycopg
+
+    with psycopg.connect(postgres.url(), autocommit=True) as admin:
+        admin.execute('DROP DATABASE IF EXISTS "sqlascii" WITH (FORCE)')
+        admin.execute(
+            "CREATE DATABASE sqlascii ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C'"
+            " TEMPLATE template0"
+        )
+    url = postgres.url("sqlascii")
+    migrate(url)
+    db = open_postgres(url, application_name="test-sql-ascii")
+    try:
+        db.execute("INSERT INTO execute_claims VALUES (?, 'o', 0)", ("é ✓ 字",))
+        row = db.fetchone_prepared("SELECT invocation_id FROM execute_claims", ())
+        assert row == {"invocation_id": "é ✓ 字"}
+    finally:
+        db.close()

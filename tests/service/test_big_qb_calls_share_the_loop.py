@@ -77,8 +77,9 @@ async def test_big_qb_calls_leave_other_tenants_answered_and_end_near_their_limi
             hostile_done.set()
             await good
     assert hostile.outcome == executor_pb2.OUTCOME_WALL_TIMEOUT, hostile
-    # Each of its big calls was made and answered at least once.
-    assert hostile.stdout.split()[:3] == [str(FRAMES)] * 3, hostile.stdout
+    # Its big calls were made and answered (how many fit in its limit is the machine's).
+    printed = hostile.stdout.split()
+    assert printed and set(printed) == {str(FRAMES)}, hostile.stdout
     assert hostile.usage.wall_seconds < 1.5 * WALL_S, hostile.usage
     assert len(waits) >= 10
     assert set(answers) == {"42\n", SERVING}
