@@ -126,6 +126,8 @@ class Recorder:
         # locked. A thread of their own, not the default pool's: readers piling up there
         # would hold up what the loop hands to it (a child's cleanup, the outbox's steps).
         self._history_reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history-read")
+        # Started now: at the executor's process limit a first read could not start it.
+        self._history_reads.submit(lambda: None).result()
 
     @classmethod
     def open(

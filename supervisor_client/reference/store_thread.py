@@ -26,6 +26,10 @@ class StoreThread:
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="reference-supervisor")
+        # Its thread started now, not at the first call: a process at its limit of
+        # processes and threads (pids.max) could not start it then, and every call of
+        # the supervisor would fail ("can't start new thread").
+        self._pool.submit(lambda: None).result()
 
     async def run(self, call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """``call(*args, **kwargs)`` on the thread, awaited from the running loop."""
