@@ -28,6 +28,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -181,9 +182,13 @@ class _Handler(BaseHTTPRequestHandler):
         with contextlib.suppress(OSError):
             # Under TLS this ends the TLS layer too: what follows is read as it came.
             connection.shutdown(socket.SHUT_WR)
-            connection.settimeout(LINGER_S)
+            deadline = time.monotonic() + LINGER_S  # in all, however slowly it comes
             left = LINGER_BYTES
-            while left > 0 and (dropped := connection.recv(min(left, 64 << 10))):
+            while left > 0 and (wait := deadline - time.monotonic()) > 0:
+                connection.settimeout(wait)
+                dropped = connection.recv(min(left, 64 << 10))
+                if not dropped:
+                    break
                 left -= len(dropped)
 
     def log_message(self, format: str, *args: Any) -> None:  # the stdlib's signature

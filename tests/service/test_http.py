@@ -592,3 +592,35 @@ async def test_a_content_length_that_is_not_a_length_is_400(web: Stack, length: 
     line, _, body = await asyncio.to_thread(raw_exchange, port, head)
     assert line.startswith("HTTP/1.1 400 "), line
     assert b"bad Content-Length" in body
+
+
+def _trickle_after_413(port: int) -> tuple[str, float]:
+    """A refused body sent a byte every 0.2 s: (the answer's status line, when the server closed)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\n\r\n")
+        started = time.monotonic()
+        received = b""
+        answered = False  # its half-close came: it reads on, dropping, until it closes
+        conn.settimeout(0.2)
+        while time.monotonic() - started < 20:
+            if not answered:
+                try:
+                    chunk = conn.recv(65536)
+                except TimeoutError:
+                    chunk = None
+                answered = chunk == b""
+                received += chunk or b""
+            try:
+                conn.sendall(b"a")
+            except OSError:
+                break  # it closed the connection: the send met its reset
+            time.sleep(0.2)
+        return received.split(b"\r\n", 1)[0].decode(), time.monotonic() - started
+
+
+async def test_a_refused_body_trickled_is_dropped_for_two_seconds_in_all(web: Stack) -> None:
+    # The drain's 2 s were per read: a byte every 0.2 s held the connection's thread until
+    # 4 MiB had come, about nine days.
+    line, closed_after_s = await asyncio.to_thread(_trickle_after_413, web.running.http_port or 0)
+    assert line.startswith("HTTP/1.1 413 "), line
+    assert closed_after_s < 10, closed_after_s
