@@ -252,21 +252,26 @@ def test_the_tables_each_version_has_are_those_the_steps_make() -> None:
 # -- encoding --------------------------------------------------------------------------
 
 
+def database_encoded(postgres: PostgresServer, name: str, encoding: str) -> str:
+    """A new database ``name`` in ``encoding`` (C locale, as any encoding takes it); its URL."""
+    import psycopg
+
+    with psycopg.connect(postgres.url(), autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(
+            f"CREATE DATABASE {name} ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C'"
+            " TEMPLATE template0"
+        )
+    return postgres.url(name)
+
+
 async def test_a_database_not_encoded_in_utf8_is_refused_before_anything_is_made(
     postgres: PostgresServer, tmp_path: Path
 ) -> None:
     # It was taken: a callback whose triggers held an 'é' made every later Execute under
     # its id INTERNAL, and left that id's claim behind (probe 80); a character LATIN1
     # cannot hold failed the statement that wrote it, mid-run.
-    import psycopg
-
-    with psycopg.connect(postgres.url(), autocommit=True) as admin:
-        admin.execute('DROP DATABASE IF EXISTS "latin1" WITH (FORCE)')
-        admin.execute(
-            "CREATE DATABASE latin1 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C'"
-            " TEMPLATE template0"
-        )
-    url = postgres.url("latin1")
+    url = database_encoded(postgres, "latin1", "LATIN1")
     expected = (
         "the PostgreSQL store's database is encoded LATIN1; the executor keeps"
         " callbacks' text, which may hold any character: use a database made with ENCODING"
@@ -286,15 +291,7 @@ def test_a_database_in_sql_ascii_keeps_the_executors_text_as_it_is(
     postgres: PostgresServer,
 ) -> None:
     # initdb's default in the C locale: it converts nothing, so it is taken.
-    import psycopg
-
-    with psycopg.connect(postgres.url(), autocommit=True) as admin:
-        admin.execute('DROP DATABASE IF EXISTS "sqlascii" WITH (FORCE)')
-        admin.execute(
-            "CREATE DATABASE sqlascii ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C'"
-            " TEMPLATE template0"
-        )
-    url = postgres.url("sqlascii")
+    url = database_encoded(postgres, "sqlascii", "SQL_ASCII")
     migrate(url)
     db = open_postgres(url, application_name="test-sql-ascii")
     try:
