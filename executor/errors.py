@@ -72,3 +72,24 @@ class HostCallError(Exception):
         super().__init__(message)
         self.kind = kind
         self.message = message
+
+
+def own_copy(err: Exception) -> Exception:
+    """``err`` again, as an object of its own for one more waiter on a failed shared step.
+
+    One object raised in each waiter (of a shared commit, a zygote lost) gathers every
+    waiter's frames in its traceback, and whoever lets go of those frames (the gRPC layer
+    clears an aborted call's) closes the waiters still suspended in them: a result waiting
+    to be tried again was dropped for good (probe 74). The copy shares the original's
+    cause and the frames it was raised in.
+    """
+    try:
+        copy = type(err).__new__(type(err))
+        copy.__dict__.update(err.__dict__)
+    except (TypeError, AttributeError):  # a type made otherwise: a plain error, same words
+        copy = Exception(*err.args)
+    copy.args = err.args
+    copy.__cause__ = err.__cause__
+    copy.__context__ = err.__context__
+    copy.__suppress_context__ = err.__suppress_context__
+    return copy.with_traceback(err.__traceback__)

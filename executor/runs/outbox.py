@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, NamedTuple, Protocol, TypeVar, cast, runtime_checkable
 
-from executor.errors import DataLossError, UnavailableError
+from executor.errors import DataLossError, UnavailableError, own_copy
 from executor.runs import outbox_space
 from executor.runs.latest import latest_per_key
 from executor.runs.outbox_rows import (
@@ -228,26 +228,6 @@ class DeliveryError(Exception):
         super().__init__(message)
         self.retryable = retryable
         self.unreachable = unreachable
-
-
-def _own_copy(err: Exception) -> Exception:
-    """``err`` again, as an object of its own for one more caller of a failed shared commit.
-
-    One object raised in each caller gathers every caller's frames in its traceback, and
-    whoever lets go of those frames (the gRPC layer clears an aborted call's) closes the
-    callers still suspended in them: a result waiting to be tried again was dropped for
-    good (probe 74). The copy shares the original's cause and the frames it was raised in.
-    """
-    try:
-        copy = type(err).__new__(type(err))
-        copy.__dict__.update(err.__dict__)
-    except (TypeError, AttributeError):  # a type made otherwise: a plain error, same words
-        copy = Exception(*err.args)
-    copy.args = err.args
-    copy.__cause__ = err.__cause__
-    copy.__context__ = err.__context__
-    copy.__suppress_context__ = err.__suppress_context__
-    return copy.with_traceback(err.__traceback__)
 
 
 class Transport(Protocol):
@@ -534,7 +514,7 @@ class Outbox:
         except Exception as err:  # noqa: BLE001 - the storage's, or a bug: each caller hears of it
             for n, (_, committed) in enumerate(gathered):
                 if not committed.done():
-                    committed.set_exception(err if n == 0 else _own_copy(err))
+                    committed.set_exception(err if n == 0 else own_copy(err))
             return
         for _, committed in gathered:
             if not committed.done():

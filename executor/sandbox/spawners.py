@@ -33,7 +33,7 @@ from executor.child.protocol import (
     encode_spawn,
     spawn_cell_fields,
 )
-from executor.errors import UnavailableError
+from executor.errors import UnavailableError, own_copy
 from executor.logs import outside_any_run
 from executor.plurals import counted
 from executor.policies import DEFAULT_UMASK
@@ -475,9 +475,9 @@ class _Zygote:
                 reaping = asyncio.ensure_future(asyncio.to_thread(process.wait))
                 self._reaping.add(reaping)
                 reaping.add_done_callback(self._reaping.discard)
-        for future in self._starting.values():
+        for n, future in enumerate(self._starting.values()):
             if not future.done():
-                future.set_exception(lost)
+                future.set_exception(lost if n == 0 else own_copy(lost))
         self._starting.clear()
         reason = f"the sandbox zygote {what} while the callback ran"
         for handle in self._children.values():

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, TypeVar
 
-from executor.errors import UnavailableError
+from executor.errors import UnavailableError, own_copy
 from executor.logs import outside_any_run
 from executor.model import Event
 
@@ -119,7 +119,7 @@ class GroupCommit(Generic[T]):
         try:
             results = self._apply(events)
         except UnavailableError as err:
-            return [err] * len(group)
+            return [err, *(own_copy(err) for _ in group[1:])]
         except Exception as err:  # noqa: BLE001 - the caller's answer: it is raised there
             if len(group) == 1:
                 return [err]
