@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Sequence
 
 from executor.errors import UnavailableError, own_copy
+from executor.model import Event
 from executor.triggers.group_commit import GroupCommit
 
 
@@ -35,12 +36,15 @@ def test_own_copy_keeps_type_words_fields_and_cause() -> None:
 
 
 def test_a_group_that_cannot_commit_fails_each_caller_with_its_own_error() -> None:
-    def apply(events: Sequence[object]) -> list[object]:
+    def apply(events: Sequence[Event]) -> list[object]:
         raise UnavailableError("PostgreSQL store unreachable")
 
     async def main() -> list[BaseException]:
         group: GroupCommit[object] = GroupCommit(apply)
-        calls = [group.submit([n], lambda results: results) for n in range(3)]
+        calls = [
+            group.submit([Event(name="complete", type="job", job_id=n)], lambda results: results)
+            for n in range(1, 4)
+        ]
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
         await group.close()
         return [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
