@@ -2,18 +2,31 @@
 
 Protobuf's own refusals name nothing ("bad argument type for built-in operation" for
 ``get_run(1)``), and it takes a str given for a repeated string field as its characters
-(``retry_dead_letters("abc")`` would retry "a", "b" and "c").
+(``retry_dead_letters("abc")`` would retry "a", "b" and "c"); Python's name nothing
+either (``dict(5)``: "'int' object is not iterable"). Every check of both clients is
+here, each naming the argument (or the path inside one: ``events[1].job_id``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, TypeVar, cast
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, TypeVar, cast
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-__all__ = ["request_from"]
+__all__ = [
+    "check_json",
+    "check_mapping",
+    "check_message",
+    "check_sequence",
+    "check_str",
+    "expects",
+    "message_from",
+    "request_from",
+]
 
 _M = TypeVar("_M", bound=Message)
 
@@ -47,8 +60,18 @@ def _expected(field: FieldDescriptor) -> str:
     )
 
 
+def expects(message: type[Message], name: str) -> str:
+    """What ``message``'s field ``name`` takes, in the caller's Python words ("a str")."""
+    # upb's descriptors, typed apart in the stubs, are these at run time.
+    return _expected(cast("FieldDescriptor", message.DESCRIPTOR.fields_by_name[name]))
+
+
 def _repeated(field: FieldDescriptor) -> bool:
     return bool(field.is_repeated)
+
+
+def _kind(value: Any) -> str:
+    return type(value).__name__
 
 
 def request_from(message: type[_M], **fields: Any) -> _M:
@@ -57,23 +80,120 @@ def request_from(message: type[_M], **fields: Any) -> _M:
     The error says what the argument takes ("invocation_id: expected a str, got int"),
     the caller's mistake named as ``check_timeout`` names ``timeout``.
     """
+    return message_from(message, fields)
+
+
+def message_from(
+    message: type[_M],
+    fields: Mapping[str, Any],
+    *,
+    where: str = "",
+    names: Mapping[str, str] | None = None,
+) -> _M:
+    """``message(**fields)`` as ``request_from``, each name prefixed with ``where``.
+
+    ``where`` is the path of the dict the fields came from ("event.", "events[1]."),
+    and ``names`` the argument a field was given as, where the two differ
+    (``{"timeout_seconds": "wait_seconds"}``).
+    """
     # upb's descriptors, typed apart in the stubs, are these at run time.
     known = cast("Mapping[str, FieldDescriptor]", message.DESCRIPTOR.fields_by_name)
     for name, value in fields.items():
-        if name in known and _repeated(known[name]) and isinstance(value, str | bytes):
-            raise TypeError(
-                f"{name}: expected {_expected(known[name])}, got {type(value).__name__}"
+        label = where + (names or {}).get(name, name)
+        if name not in known:
+            # A ValueError, as protobuf's own (which named the field but not where it was).
+            raise ValueError(
+                f"{label}: not a field of {message.DESCRIPTOR.name}; expected one of "
+                + ", ".join(known)
             )
+        if _repeated(known[name]) and isinstance(value, str | bytes):
+            raise TypeError(f"{label}: expected {_expected(known[name])}, got {_kind(value)}")
     try:
         return message(**fields)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError):
         for name, value in fields.items():
-            if name in known:
-                _check_one(message, known[name], value)
-        raise err from None  # an unknown field: protobuf's message names it
+            _check_one(message, known[name], value, where + (names or {}).get(name, name))
+        raise
 
 
-def _check_one(message: type[Message], field: FieldDescriptor, value: Any) -> None:
+def check_message(name: str, value: Any, message: type[_M]) -> _M:
+    """``value`` when it is a ``message``; TypeError naming ``name`` otherwise.
+
+    A dict given for a request would go out as it is and fail inside gRPC's serializer.
+    """
+    if not isinstance(value, message):
+        article = "an" if message.DESCRIPTOR.name[0] in "AEIOU" else "a"
+        raise TypeError(f"{name}: expected {article} {message.DESCRIPTOR.name}, got {_kind(value)}")
+    return value
+
+
+def check_str(name: str, value: Any) -> str:
+    """``value`` when it is a str; TypeError naming ``name`` otherwise."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name}: expected a str, got {_kind(value)}")
+    return value
+
+
+def check_mapping(name: str, value: Any) -> Mapping[str, Any]:
+    """``value`` when it is a dict (any Mapping); TypeError naming ``name`` otherwise."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name}: expected a dict, got {_kind(value)}")
+    return value
+
+
+def check_sequence(name: str, value: Any, items: str) -> list[Any]:
+    """``value``'s items as a list; TypeError naming ``name`` for one that holds no ``items``.
+
+    A str, bytes or dict is refused, not taken as its characters or keys.
+    """
+    if isinstance(value, str | bytes | bytearray | Mapping) or not isinstance(value, Iterable):
+        raise TypeError(f"{name}: expected a sequence of {items}, got {_kind(value)}")
+    return list(value)
+
+
+_NON_FINITE: Final = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def check_json(where: str, value: Any, *, finite: bool) -> None:
+    """Raise naming the first value under ``where`` that JSON (a Struct) cannot hold.
+
+    TypeError for a value of another type (an object, bytes, a set, a key not a str),
+    and with ``finite`` ValueError for NaN or ±Infinity, as the executor words it. Call it
+    once a conversion has failed: it walks the whole value.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        if finite:
+            raise ValueError(
+                f"{where}: {_NON_FINITE[str(value)]} is not a JSON number;"
+                " a Struct's numbers must be finite"
+            )
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{where}: expected str keys, got {_kind(key)} {key!r}")
+            check_json(
+                f"{where}.{key}" if key.isidentifier() else f"{where}[{key!r}]", item, finite=finite
+            )
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            check_json(f"{where}[{index}]", item, finite=finite)
+    elif value is not None and not isinstance(value, str | int | float):
+        raise TypeError(
+            f"{where}: expected a JSON value (a str, number, bool, None, list or dict),"
+            f" got {_kind(value)}"
+        )
+
+
+def as_json(where: str, value: Any) -> Any:
+    """``value`` as plain JSON values (dict subclasses, tuples as lists); refusals as ``check_json``."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError):
+        check_json(where, value, finite=True)
+        raise
+
+
+def _check_one(message: type[Message], field: FieldDescriptor, value: Any, label: str) -> None:
     """Raise the named refusal if ``value`` is what the message cannot hold."""
     name = field.name
     where = ""
@@ -89,6 +209,6 @@ def _check_one(message: type[Message], field: FieldDescriptor, value: Any) -> No
         message(**{name: value if where == "" else [value]})
     except TypeError as one:
         got = type(value).__name__
-        raise TypeError(f"{name}: expected {_expected(field)}, got {got}{where}") from one
+        raise TypeError(f"{label}: expected {_expected(field)}, got {got}{where}") from one
     except ValueError as one:
-        raise ValueError(f"{name}: expected {_expected(field)}, got {value!r}{where}") from one
+        raise ValueError(f"{label}: expected {_expected(field)}, got {value!r}{where}") from one

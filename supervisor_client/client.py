@@ -23,10 +23,17 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from supervisor_client.arguments import request_from
+from supervisor_client.arguments import (
+    check_mapping,
+    check_message,
+    check_sequence,
+    check_str,
+    message_from,
+    request_from,
+)
 from supervisor_client.credentials import KEEPALIVE_OPTIONS, RECONNECT_OPTIONS, open_channel
 from supervisor_client.errors import ClientClosedError, ExecutorRpcError, checked_call
-from supervisor_client.jobdict import job_from_dict
+from supervisor_client.jobdict import job_message
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc, types_pb2
 from supervisor_client.targets import resolve_target
 
@@ -89,17 +96,13 @@ def build_execute_request(
     Raises ValueError (or TypeError) for a job dict, event or limits the messages cannot
     hold, before anything is sent.
     """
-    context = request_from(
-        executor_pb2.JobContext,
-        job=job if isinstance(job, types_pb2.Job) else job_from_dict(dict(job)),
-        work_name=work_name,
-    )
+    context = request_from(executor_pb2.JobContext, job=job_message(job), work_name=work_name)
     if event is not None:
-        context.event.CopyFrom(request_from(types_pb2.Event, **event))
+        event = check_mapping("event", event)
+        context.event.CopyFrom(message_from(types_pb2.Event, event, where="event."))
     if not (isinstance(subjob_id, int) and subjob_id < 0):  # a negative int: no instance
         context.MergeFrom(request_from(executor_pb2.JobContext, subjob_id=subjob_id))
-    if not isinstance(owner, str):  # the wire calls it user
-        raise TypeError(f"owner: expected a str, got {type(owner).__name__}")
+    check_str("owner", owner)  # the wire calls it user
     request = request_from(
         executor_pb2.ExecuteRequest,
         invocation_id=invocation_id or str(uuid.uuid4()),
@@ -107,8 +110,8 @@ def build_execute_request(
         context=context,
     )
     request.callback.user = owner
-    if limits:
-        request.limits.CopyFrom(request_from(executor_pb2.Limits, **limits))
+    if limits is not None and check_mapping("limits", limits):
+        request.limits.CopyFrom(message_from(executor_pb2.Limits, limits, where="limits."))
     return request
 
 
@@ -306,6 +309,7 @@ class ExecutorClient(ChannelClient):
         executor is busy or unreachable (or ``timeout`` seconds passed), and
         ExecutorRpcError otherwise.
         """
+        request = check_message("request", request, executor_pb2.ExecuteRequest)
         return await self._call(self._executor.Execute, request, timeout)
 
     async def execute_callback(
@@ -379,10 +383,9 @@ class ExecutorClient(ChannelClient):
         if isinstance(job, executor_pb2.RegisterJobRequest):
             request = job
         else:
-            message = job if isinstance(job, types_pb2.Job) else job_from_dict(dict(job))
             request = request_from(
                 executor_pb2.RegisterJobRequest,
-                job=message,
+                job=job_message(job),
                 strict=strict,
                 published_events=published_events,
             )
@@ -400,7 +403,9 @@ class ExecutorClient(ChannelClient):
         Give the request, or its fields: ``name``, ``type``, ``job_id``, ``work_name``,
         ``subjob_id``, ``host``, ``event_id``, ``wait``.
         """
-        request = request or request_from(executor_pb2.PublishEventRequest, **fields)
+        if request is None:
+            request = request_from(executor_pb2.PublishEventRequest, **fields)
+        request = check_message("request", request, executor_pb2.PublishEventRequest)
         return await self._call(self._triggers.PublishEvent, request, timeout)
 
     async def publish_events(
@@ -415,12 +420,19 @@ class ExecutorClient(ChannelClient):
         allowed). All are applied or none; sending the batch again is safe when each
         event has an ``event_id``.
         """
+        given = check_sequence("events", events, "event dicts or PublishEventRequests")
+        for index, event in enumerate(given):
+            if not isinstance(event, executor_pb2.PublishEventRequest | Mapping):
+                raise TypeError(
+                    f"events[{index}]: expected a dict or a PublishEventRequest, "
+                    f"got {type(event).__name__}"
+                )
         request = executor_pb2.PublishEventsRequest(
             events=[
                 e
                 if isinstance(e, executor_pb2.PublishEventRequest)
-                else request_from(executor_pb2.PublishEventRequest, **e)
-                for e in events
+                else message_from(executor_pb2.PublishEventRequest, e, where=f"events[{index}].")
+                for index, e in enumerate(given)
             ]
         )
         return await self._call(self._triggers.PublishEvents, request, timeout)
@@ -437,7 +449,9 @@ class ExecutorClient(ChannelClient):
         Give the request, or its fields: ``name``, ``type``, ``job_id``, ``work_name``,
         ``subjob_id``, ``host``.
         """
-        request = request or request_from(executor_pb2.DryRunRequest, **fields)
+        if request is None:
+            request = request_from(executor_pb2.DryRunRequest, **fields)
+        request = check_message("request", request, executor_pb2.DryRunRequest)
         return await self._call(self._triggers.DryRun, request, timeout)
 
     async def reload_universal_callbacks(
@@ -547,8 +561,9 @@ class ExecutorClient(ChannelClient):
                 shadow_only=shadow_only,
                 page_token=page_token,
             )
-            if outcome:
+            if check_str("outcome", outcome):
                 request.outcome = outcome_value(outcome)
+        request = check_message("request", request, executor_pb2.ListRunsRequest)
         return await self._call(self._runs.ListRuns, request, timeout)
 
     async def get_run(

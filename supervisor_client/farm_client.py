@@ -10,13 +10,21 @@ does. An executor with a remote ``supervisor`` has no farm: its calls are UNIMPL
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import grpc
 
-from supervisor_client.arguments import request_from
+from supervisor_client.arguments import (
+    as_json,
+    check_json,
+    check_mapping,
+    check_message,
+    check_sequence,
+    check_str,
+    message_from,
+    request_from,
+)
 from supervisor_client.client import ChannelClient
 from supervisor_client.jobdict import dict_to_struct
 from supervisor_client.qbcallback.v1 import farm_pb2, farm_pb2_grpc, supervisor_pb2
@@ -34,22 +42,24 @@ JOB_VERBS: Final = tuple(
 )
 
 
-def job_struct(job: Mapping[str, Any], number: int = 1) -> Any:
-    """A job dict as the Struct SubmitJobs carries; ValueError naming a non-JSON field.
+def job_struct(job: Mapping[str, Any], where: str = "jobs[0]") -> Any:
+    """A job dict as the Struct SubmitJobs carries; TypeError or ValueError naming the value.
 
     The dict goes through JSON first, so dict subclasses (``qb.Job``), tuples and ints
-    arrive as plain JSON values, and what cannot travel is named before anything is sent.
+    arrive as plain JSON values, and what cannot travel is named before anything is sent,
+    as the executor would name it (``jobs[1].priority: NaN is not a JSON number; ...``).
     """
-    try:
-        plain = json.loads(json.dumps(dict(job), allow_nan=False))
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"job {number} of the submission is not JSON: {err}") from err
-    return dict_to_struct(plain)
+    return dict_to_struct(as_json(where, check_mapping(where, job)))
+
+
+def _name(name: str, value: Any) -> str:
+    """A work change's or job verb's name; TypeError naming the argument when not a str."""
+    return check_str(name, value).strip()
 
 
 def work_change_value(change: str) -> farm_pb2.WorkChange.ValueType:
     """WorkChange for "start", "complete", ...; ValueError naming the valid ones."""
-    key = f"WORK_CHANGE_{change.strip().upper()}"
+    key = f"WORK_CHANGE_{_name('change', change).upper()}"
     if change.strip().lower() not in WORK_CHANGES:
         raise ValueError(
             f"unknown work change {change!r}; expected one of {', '.join(WORK_CHANGES)}"
@@ -59,7 +69,7 @@ def work_change_value(change: str) -> farm_pb2.WorkChange.ValueType:
 
 def job_verb_value(verb: str) -> supervisor_pb2.JobVerb.ValueType:
     """JobVerb for "block", "kill", ...; ValueError naming the valid ones."""
-    if verb.strip().lower() not in JOB_VERBS:
+    if _name("verb", verb).lower() not in JOB_VERBS:
         raise ValueError(f"unknown job verb {verb!r}; expected one of {', '.join(JOB_VERBS)}")
     return supervisor_pb2.JobVerb.Value(f"JOB_VERB_{verb.strip().upper()}")
 
@@ -109,14 +119,16 @@ class FarmClient(ChannelClient):
     ) -> farm_pb2.SubmitJobsResponse:
         """Submit Qube job dicts (all or nothing); the answer holds them with their ids.
 
-        Raises ValueError before sending for a job that is not JSON, InvalidRequestError
-        for a submission the supervisor refuses (the message names the job and field).
+        Raises TypeError or ValueError before sending for a job that is not JSON (naming
+        it as ``jobs[1].priority``, counted from 0), InvalidRequestError for a submission
+        the supervisor refuses (the message names the job and field).
         """
         if isinstance(jobs, farm_pb2.SubmitJobsRequest):
             request = jobs
         else:
+            given = check_sequence("jobs", jobs, "job dicts")
             request = farm_pb2.SubmitJobsRequest(
-                jobs=[job_struct(job, number) for number, job in enumerate(jobs, start=1)]
+                jobs=[job_struct(job, f"jobs[{index}]") for index, job in enumerate(given)]
             )
         return await self._call(self._farm.SubmitJobs, request, timeout)
 
@@ -129,7 +141,9 @@ class FarmClient(ChannelClient):
         timeout: float | None = None,
     ) -> farm_pb2.ListJobsResponse:
         """The farm's jobs by id; ``status`` and ``pgrp`` filter (empty / 0: any)."""
-        request = request or request_from(farm_pb2.ListJobsRequest, status=status, pgrp=pgrp)
+        if request is None:
+            request = request_from(farm_pb2.ListJobsRequest, status=status, pgrp=pgrp)
+        request = check_message("request", request, farm_pb2.ListJobsRequest)
         return await self._call(self._farm.ListJobs, request, timeout)
 
     async def get_job(
@@ -166,8 +180,14 @@ class FarmClient(ChannelClient):
                 host=host,
                 actor=actor,
             )
-            if result_package:
-                request.result_package.CopyFrom(dict_to_struct(dict(result_package)))
+            if result_package is not None and check_mapping("result_package", result_package):
+                try:
+                    package = dict_to_struct(dict(result_package))
+                except (TypeError, ValueError, AttributeError):
+                    check_json("result_package", result_package, finite=False)
+                    raise
+                request.result_package.CopyFrom(package)
+        request = check_message("request", request, farm_pb2.ChangeWorkRequest)
         return await self._call(self._farm.ChangeWork, request, timeout)
 
     async def change_job(
@@ -187,6 +207,7 @@ class FarmClient(ChannelClient):
             request = request_from(
                 farm_pb2.ChangeJobRequest, job_id=job_id, verb=job_verb_value(verb), actor=actor
             )
+        request = check_message("request", request, farm_pb2.ChangeJobRequest)
         return await self._call(self._farm.ChangeJob, request, timeout)
 
     async def take_work(
@@ -208,6 +229,9 @@ class FarmClient(ChannelClient):
         Every job when none is named (at most 10,000 ids; each job is answered once);
         ``done`` false when ``wait_seconds`` (default 60) passed.
         """
-        request = request_from(farm_pb2.WaitJobsRequest, job_ids=job_ids)
-        request.timeout_seconds = wait_seconds
+        request = message_from(
+            farm_pb2.WaitJobsRequest,
+            {"job_ids": job_ids, "timeout_seconds": wait_seconds},
+            names={"timeout_seconds": "wait_seconds"},
+        )
         return await self._call(self._farm.WaitJobs, request, timeout)

@@ -11,7 +11,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from google.protobuf import json_format, struct_pb2
+from google.protobuf.message import Message
 
+from supervisor_client.arguments import check_json, expects, message_from
 from supervisor_client.qbcallback.v1 import types_pb2
 
 _SCALARS = (
@@ -157,20 +159,16 @@ def _callback(index: int, cb: Any) -> types_pb2.Callback:
     where = f"callbacks[{index}]"
     if not isinstance(cb, Mapping):
         raise JobDictError(f"{where} must be a dict, got {cb!r}")
-    message = types_pb2.Callback()
-    for name in _CALLBACK_FIELDS:
-        value = cb.get(name)
-        if value is None:
-            continue
-        if name == "triggers":
-            value = triggers_text(value, f"{where}.triggers")
-        try:
-            setattr(message, name, value)
-        except (TypeError, ValueError) as err:
-            raise JobDictError(f"{where}.{name}: {err}") from err
+    fields = {name: cb[name] for name in _CALLBACK_FIELDS if cb.get(name) is not None}
+    if "triggers" in fields:
+        fields["triggers"] = triggers_text(fields["triggers"], f"{where}.triggers")
+    try:
+        message = message_from(types_pb2.Callback, fields, where=f"{where}.")
+    except (TypeError, ValueError) as err:
+        raise JobDictError(str(err)) from err
     mode = cb.get("mode")
     if mode:
-        if mode not in _MODES:
+        if not isinstance(mode, str) or mode not in _MODES:
             raise JobDictError(f"{where}.mode: {mode!r}; expected {' or '.join(_MODES)}")
         message.mode = _MODES[mode]
     return message
@@ -210,50 +208,104 @@ def _tally(statuses: Iterable[str]) -> dict[str, int]:
     return counts
 
 
-def _add_work_item(agenda: Any, entry: Any) -> None:
+def _items(name: str, value: Any, what: str) -> Iterable[Any]:
+    """A job's list field (agenda, subjobs); JobDictError naming it for a str, a dict, ..."""
+    if not value:  # None, or an empty value of any kind, as it always was: none
+        return ()
+    if not isinstance(value, list | tuple):  # a str would be taken as its characters
+        raise JobDictError(
+            f"job field {name!r}: expected a list of {what}, got {type(value).__name__}"
+        )
+    return value
+
+
+def _whole(value: Any) -> Any:
+    """Digits in a str as the int they spell (Qube's dicts may hold them); else ``value``."""
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        return value  # the wire's own check refuses it, named (``_added``)
+
+
+def _added(repeated: Any, kind: type[Message], where: str, **fields: Any) -> Any:
+    """``repeated.add(**fields)`` (of ``kind``); JobDictError naming a field it cannot hold."""
+    try:
+        return repeated.add(**fields)
+    except (TypeError, ValueError) as err:
+        try:
+            message_from(kind, fields, where=f"{where}.")
+        except (TypeError, ValueError) as named:
+            raise JobDictError(str(named)) from err
+        raise JobDictError(f"{where}: {err}") from err
+
+
+def _add_work_item(agenda: Any, index: int, entry: Any) -> None:
     """Append a work item to ``agenda`` (in place: a big job's 20,000 are not copied)."""
-    if not isinstance(entry, dict):
+    if not isinstance(entry, Mapping):
         agenda.add(name=str(entry), subid=-1)
         return
+    where = f"agenda[{index}]"
     get = entry.get
-    item = agenda.add(
+    item = _added(
+        agenda,
+        types_pb2.WorkItem,
+        where,
         name=str(get("name", "")),
         status=str(get("status", "")),
-        subid=int(get("subid", -1)),
+        subid=_whole(get("subid", -1)),
         host=str(get("host", "")),
-        count=int(get("count", 0)),
+        count=_whole(get("count", 0)),
     )
-    if get("resultpackage"):
-        item.resultpackage.CopyFrom(dict_to_struct(dict(entry["resultpackage"])))
+    package = get("resultpackage")
+    if package:
+        if not isinstance(package, Mapping):
+            raise JobDictError(
+                f"{where}.resultpackage: expected a dict, got {type(package).__name__}"
+            )
+        item.resultpackage.CopyFrom(_struct(f"{where}.resultpackage", package))
 
 
-def job_from_dict(job: dict[str, Any]) -> types_pb2.Job:
+def _struct(where: str, values: Mapping[str, Any]) -> struct_pb2.Struct:
+    """``dict_to_struct``; JobDictError naming the value under ``where`` a Struct cannot hold."""
+    try:
+        return dict_to_struct(dict(values))
+    except (TypeError, ValueError, AttributeError) as err:
+        try:
+            check_json(where, values, finite=False)
+        except (TypeError, ValueError) as named:
+            raise JobDictError(str(named)) from err
+        raise JobDictError(f"{where}: {err}") from err
+
+
+def job_from_dict(job: Mapping[str, Any]) -> types_pb2.Job:
     """A wire Job for a Qube job dict; unknown keys go to ``extra``.
 
     Raises JobDictError (a ValueError) naming the field the wire Job cannot hold.
     """
     message = types_pb2.Job()
     for name in _SCALARS:
-        if job.get(name) is not None:
+        value = job.get(name)
+        if value is not None:
             field_type = type(getattr(message, name))
             try:
-                setattr(message, name, field_type(job[name]))
-            except (TypeError, ValueError) as err:
-                raise JobDictError(f"job field {name!r}: {err}") from err
-    try:
-        for entry in job.get("agenda") or []:
-            _add_work_item(message.agenda, entry)
-    except (AttributeError, TypeError, ValueError) as err:
-        raise JobDictError(f"job field 'agenda': {err}") from err
-    try:
-        for sub in job.get("subjobs") or []:
-            message.subjobs.add(
-                id=int(sub.get("id", 0)),
-                status=str(sub.get("status", "")),
-                host=str(sub.get("host", "")),
-            )
-    except (AttributeError, TypeError, ValueError) as err:
-        raise JobDictError(f"job field 'subjobs': {err}") from err
+                setattr(message, name, field_type(value))
+            except (TypeError, ValueError, OverflowError) as err:
+                raise JobDictError(
+                    f"job field {name!r}: expected {expects(types_pb2.Job, name)}, got {value!r}"
+                ) from err
+    for index, entry in enumerate(_items("agenda", job.get("agenda"), "work items")):
+        _add_work_item(message.agenda, index, entry)
+    for index, sub in enumerate(_items("subjobs", job.get("subjobs"), "subjob dicts")):
+        if not isinstance(sub, Mapping):
+            raise JobDictError(f"subjobs[{index}]: expected a dict, got {type(sub).__name__}")
+        _added(
+            message.subjobs,
+            types_pb2.Subjob,
+            f"subjobs[{index}]",
+            id=_whole(sub.get("id", 0)),
+            status=str(sub.get("status", "")),
+            host=str(sub.get("host", "")),
+        )
     callbacks = job.get("callbacks") or []
     if not isinstance(callbacks, list | tuple):
         raise JobDictError(f"callbacks must be a list of dicts, got {callbacks!r}")
@@ -262,6 +314,24 @@ def job_from_dict(job: dict[str, Any]) -> types_pb2.Job:
     if extra:
         try:
             message.extra.CopyFrom(dict_to_struct(extra))
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, AttributeError) as err:
+            for key, value in extra.items():
+                try:
+                    check_json(f"job field {key!r}", value, finite=False)
+                except (TypeError, ValueError) as named:
+                    raise JobDictError(str(named)) from err
             raise JobDictError(f"job fields {sorted(extra)} are not JSON values: {err}") from err
     return message
+
+
+def job_message(job: Any) -> types_pb2.Job:
+    """The ``job`` argument of a client's call as a Job: a Job as it is, a job dict converted.
+
+    TypeError naming ``job`` for anything else (a list, a str, None), which ``dict()``
+    would refuse in words that name nothing, or take apart.
+    """
+    if isinstance(job, types_pb2.Job):
+        return job
+    if not isinstance(job, Mapping):
+        raise TypeError(f"job: expected a job dict or a Job, got {type(job).__name__}")
+    return job_from_dict(job)

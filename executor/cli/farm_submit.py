@@ -160,7 +160,7 @@ async def submit_file(
     jobs = [{"user": user, **job} for job in load_job_file(path)]
     try:
         response = await farm.submit_jobs(jobs)
-    except ValueError as err:
+    except (TypeError, ValueError) as err:  # a value no Struct holds (a TOML date), named
         raise ConfigError(f"FILE: {path}: {err}") from err
     return [job_to_dict(job, include_callbacks=True) for job in response.jobs], None
 

@@ -291,7 +291,7 @@ async def test_errors_name_what_is_wrong_and_what_exists(stack_warm: Stack) -> N
             assert text in err.value.details, err.value.details
         with pytest.raises(ValueError, match="unknown work change 'finish'"):
             await farm.change_work(job_id=1, work=["1"], change="finish")
-        with pytest.raises(ValueError, match=r"^job 2 of the submission is not JSON"):
+        with pytest.raises(TypeError, match=r"^jobs\[1\]\.when: expected a JSON value"):
             await farm.submit_jobs([{"name": "ok"}, {"name": "x", "when": object()}])
         with pytest.raises(InvalidRequestError, match="verb is required"):
             await farm.change_job(farm_pb2.ChangeJobRequest(job_id=1))

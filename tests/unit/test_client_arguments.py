@@ -192,3 +192,194 @@ async def test_a_farm_argument_the_request_cannot_hold_is_refused_by_name(
     async with FarmClient(ADDRESS) as farm:
         with pytest.raises(TypeError, match=message):
             await call(farm)
+
+
+class _NotJson:
+    """A value no Struct (JSON) can hold."""
+
+
+CALLBACK = {"triggers": "complete-job-self", "language": "python", "code": "print(1)"}
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        # The job itself, not a dict: Python's own words named nothing.
+        (lambda c: c.register_job([1]), TypeError, "job: expected a job dict .* got list"),
+        (lambda c: c.register_job("abc"), TypeError, "job: expected a job dict .* got str"),
+        (lambda c: c.register_job(None), TypeError, "job: expected a job dict .* got NoneType"),
+        (
+            lambda c: c.execute_callback(language="python", code="", job=5),
+            TypeError,
+            "job: expected a job dict .* got int",
+        ),
+        # A field of a job's callback: protobuf said "bad argument type for built-in operation".
+        (
+            lambda c: c.register_job({"id": 5, "callbacks": [{**CALLBACK, "code": 5}]}),
+            ValueError,
+            r"^callbacks\[0\]\.code: expected a str, got int$",
+        ),
+        (
+            lambda c: c.register_job({"id": 5, "callbacks": [CALLBACK, {**CALLBACK, "id": "x"}]}),
+            ValueError,
+            r"^callbacks\[1\]\.id: expected an int .* got str$",
+        ),
+        (
+            lambda c: c.register_job({"id": 5, "callbacks": [{**CALLBACK, "mode": [1]}]}),
+            ValueError,
+            r"^callbacks\[0\]\.mode: \[1\]; expected edge or level$",
+        ),
+        # A field of the job dict, named with what it takes.
+        (
+            lambda c: c.register_job({"id": "x"}),
+            ValueError,
+            r"^job field 'id': expected an int .* got 'x'$",
+        ),
+        (
+            lambda c: c.register_job({"id": 1, "agenda": 5}),
+            ValueError,
+            r"^job field 'agenda': expected a list of work items, got int$",
+        ),
+        (
+            lambda c: c.register_job({"id": 1, "agenda": "123"}),
+            ValueError,
+            r"^job field 'agenda': expected a list of work items, got str$",
+        ),
+        (
+            lambda c: c.register_job({"id": 1, "agenda": ["1", {"name": "2", "count": "x"}]}),
+            ValueError,
+            r"^agenda\[1\]\.count: expected an int from 0 to 4294967295, got str$",
+        ),
+        (
+            lambda c: c.register_job({"id": 1, "agenda": [{"name": "1", "resultpackage": 5}]}),
+            ValueError,
+            r"^agenda\[0\]\.resultpackage: expected a dict, got int$",
+        ),
+        (
+            lambda c: c.register_job({"id": 1, "agenda": [{"name": "1", "count": -1}]}),
+            ValueError,
+            r"^agenda\[0\]\.count: expected an int from 0 to 4294967295, got -1$",
+        ),
+        (
+            lambda c: c.register_job({"id": 1, "subjobs": [{"id": 2**40}]}),
+            ValueError,
+            r"^subjobs\[0\]\.id: expected an int from -2147483648 to 2147483647, got 1099511627776$",
+        ),
+        (
+            lambda c: c.register_job({"id": 1, "subjobs": [5]}),
+            ValueError,
+            r"^subjobs\[0\]: expected a dict, got int$",
+        ),
+        (
+            lambda c: c.register_job({"id": 1, "when": _NotJson()}),
+            ValueError,
+            r"^job field 'when': expected a JSON value .* got _NotJson$",
+        ),
+        # The other plain-value arguments.
+        (
+            lambda c: c.execute_callback(language="python", code="", job={"id": 1}, event=5),
+            TypeError,
+            "event: expected a dict, got int",
+        ),
+        (
+            lambda c: c.execute_callback(language="python", code="", job={"id": 1}, event="abc"),
+            TypeError,
+            "event: expected a dict, got str",
+        ),
+        (
+            lambda c: c.execute_callback(
+                language="python", code="", job={"id": 1}, event={"bogus": "x"}
+            ),
+            ValueError,
+            r"^event\.bogus: not a field of Event; expected one of name, type, ",
+        ),
+        (
+            lambda c: c.execute_callback(language="python", code="", job={"id": 1}, limits="abc"),
+            TypeError,
+            "limits: expected a dict, got str",
+        ),
+        (
+            lambda c: c.execute_callback(
+                language="python", code="", job={"id": 1}, limits={"wall": 1}
+            ),
+            ValueError,
+            r"^limits\.wall: not a field of Limits; expected one of ",
+        ),
+        (lambda c: c.execute({"code": ""}), TypeError, "request: expected an ExecuteRequest"),
+        (lambda c: c.publish_event({"name": "x"}), TypeError, "request: expected a Publish"),
+        (lambda c: c.publish_event(bogus=1), ValueError, "^bogus: not a field of PublishEvent"),
+        (lambda c: c.dry_run("x"), TypeError, "request: expected a DryRunRequest, got str"),
+        (lambda c: c.list_runs({"job_id": 1}), TypeError, "request: expected a ListRunsRequest"),
+        (lambda c: c.list_runs(outcome=5), TypeError, "outcome: expected a str, got int"),
+        (lambda c: c.publish_events(5), TypeError, "events: expected a sequence .* got int"),
+        (lambda c: c.publish_events("ab"), TypeError, "events: expected a sequence .* got str"),
+        (lambda c: c.publish_events([5]), TypeError, r"events\[0\]: expected a dict .* got int"),
+        (
+            lambda c: c.publish_events([{"name": "complete"}, {"job_id": "x"}]),
+            TypeError,
+            r"^events\[1\]\.job_id: expected an int",
+        ),
+    ],
+)
+async def test_every_argument_is_refused_by_its_name(
+    call: Any, error: type[Exception], message: str
+) -> None:
+    """Each once raised Python's or protobuf's own words, naming no argument."""
+    async with ExecutorClient(ADDRESS) as client:
+        with pytest.raises(error, match=message):
+            await call(client)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda f: f.submit_jobs(5), TypeError, "jobs: expected a sequence of job dicts, got int"),
+        (lambda f: f.submit_jobs("ab"), TypeError, "jobs: expected a sequence .* got str"),
+        (lambda f: f.submit_jobs({"name": "a"}), TypeError, "jobs: expected a sequence .* dict"),
+        (lambda f: f.submit_jobs([{}, 5]), TypeError, r"^jobs\[1\]: expected a dict, got int$"),
+        # README "Limits and outcomes": the executor names it so, counting from 0.
+        (
+            lambda f: f.submit_jobs([{"name": "a"}, {"name": "b", "priority": math.nan}]),
+            ValueError,
+            r"^jobs\[1\]\.priority: NaN is not a JSON number; a Struct's numbers must be finite$",
+        ),
+        (
+            lambda f: f.submit_jobs(
+                [{"agenda": [{"name": "1", "resultpackage": {"x": [1, -math.inf]}}]}]
+            ),
+            ValueError,
+            r"^jobs\[0\]\.agenda\[0\]\.resultpackage\.x\[1\]: -Infinity is not a JSON number",
+        ),
+        (
+            lambda f: f.submit_jobs([{"name": "a", "when": _NotJson()}]),
+            TypeError,
+            r"^jobs\[0\]\.when: expected a JSON value .* got _NotJson$",
+        ),
+        (lambda f: f.list_jobs("x"), TypeError, "request: expected a ListJobsRequest, got str"),
+        (
+            lambda f: f.change_work(job_id=1, work=["1"], change=5),
+            TypeError,
+            "change: expected a str, got int",
+        ),
+        (
+            lambda f: f.change_work(job_id=1, work=["1"], change="complete", result_package="ab"),
+            TypeError,
+            "result_package: expected a dict, got str",
+        ),
+        (
+            lambda f: f.change_work(
+                job_id=1, work=["1"], change="complete", result_package={"x": _NotJson()}
+            ),
+            TypeError,
+            r"^result_package\.x: expected a JSON value .* got _NotJson$",
+        ),
+        (lambda f: f.change_job(job_id=1, verb=5), TypeError, "verb: expected a str, got int"),
+        (lambda f: f.wait_jobs([1], wait_seconds="x"), TypeError, "^wait_seconds: expected a"),
+    ],
+)
+async def test_every_farm_argument_is_refused_by_its_name(
+    call: Any, error: type[Exception], message: str
+) -> None:
+    async with FarmClient(ADDRESS) as farm:
+        with pytest.raises(error, match=message):
+            await call(farm)
