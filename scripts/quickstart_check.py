@@ -7,7 +7,8 @@ The address defaults to ``$CBEXEC_ADDRESS``, else 127.0.0.1:50051, and the token
 
 Prints the outcome and the callback's output; when the callback did not succeed, also
 why (the failure's message and the end of its stderr), and when the executor cannot be
-reached or refuses the call, that, in one line.
+reached or refuses the call, that, in one line. An address or token no client can use
+(``127.0.0.1`` has no port) is refused in one line on stderr, exit 2, as ``cbexec`` does.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ import sys
 import grpc
 
 from supervisor_client import ExecutorClient, ExecutorRpcError
+from supervisor_client.credentials import clean_token
 from supervisor_client.qbcallback.v1 import executor_pb2
+from supervisor_client.targets import resolve_target
 
 STDERR_LINES = 5
+EXIT_USAGE = 2  # argparse's, and cbexec's for a setting it refuses
 
 
 async def check(address: str, token: str | None = None) -> int:
@@ -68,7 +72,17 @@ def main(argv: list[str] | None = None) -> int:
         help="the executor's auth_token (default: $CBEXEC_AUTH_TOKEN)",
     )
     args = parser.parse_args(argv)
-    return asyncio.run(check(args.address, args.token))
+    # One line and exit 2, as argparse and the cbexec commands refuse a usage error.
+    try:
+        token = clean_token(args.token)
+    except ValueError as err:
+        reason = str(err).removeprefix("token: ")
+        parser.exit(EXIT_USAGE, f"{parser.prog}: --token (or $CBEXEC_AUTH_TOKEN): {reason}\n")
+    try:
+        resolve_target(args.address)
+    except ValueError as err:  # no port, a scheme gRPC lacks, a port out of range, ...
+        parser.exit(EXIT_USAGE, f"{parser.prog}: {err}\n")
+    return asyncio.run(check(args.address, token))
 
 
 if __name__ == "__main__":

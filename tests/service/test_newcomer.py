@@ -70,19 +70,46 @@ async def test_quickstart_check_takes_its_address_as_the_cbexec_commands_do() ->
     assert code == 0 and "$CBEXEC_ADDRESS" in out
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "said"),
+    [
+        (["127.0.0.1"], {}, "address '127.0.0.1' needs a port: host:port"),
+        ([], {"CBEXEC_ADDRESS": "127.0.0.1"}, "address '127.0.0.1' needs a port: host:port"),
+        (["http://127.0.0.1:1"], {}, "address 'http://127.0.0.1:1': "),
+        (["127.0.0.1:1", "--token", "t\u00f8k"], {}, "--token (or $CBEXEC_AUTH_TOKEN): "),
+    ],
+)
+async def test_quickstart_check_refuses_a_bad_address_as_the_cbexec_commands_do(
+    args: list[str], env: dict[str, str], said: str
+) -> None:
+    """One line on stderr and exit 2, as ``cbexec runs --address 127.0.0.1``; was a traceback."""
+    code, out, err = await script_output("scripts/quickstart_check.py", *args, env=env)
+    assert (code, out) == (2, "")
+    assert len(err.splitlines()) == 1 and err.startswith(f"quickstart_check.py: {said}"), err
+
+
 async def cbexec_script(
     script: str, *args: str, env: dict[str, str] | None = None
 ) -> tuple[int, str]:
+    code, out, _ = await script_output(script, *args, env=env)
+    return code, out
+
+
+async def script_output(
+    script: str, *args: str, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """A script's exit status, stdout and stderr."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(ROOT / script),
         *args,
         stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={**cli_env(), **(env or {})},
     )
-    out, _ = await asyncio.wait_for(proc.communicate(), 90)
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
     assert proc.returncode is not None
-    return proc.returncode, out.decode()
+    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_run_recognises_qcb_and_refuses_a_misspelt_event(
