@@ -33,8 +33,12 @@ ENV_PREFIX: Final = "CBEXEC_"
 # logging's level names, any case (logs.configure upper-cases them).
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # CBEXEC_* variables that are not settings: the config file's path, and the address the
-# clients (cbexec farm, runs, ...) call, which a shell may export for them and the service.
-NOT_SETTINGS: Final = frozenset({"CBEXEC_CONFIG", "CBEXEC_ADDRESS"})
+# clients (cbexec farm, runs, ...) call and the Node example client's .proto root, which a
+# shell may export for them and the service.
+NOT_SETTINGS: Final = frozenset({"CBEXEC_CONFIG", "CBEXEC_ADDRESS", "CBEXEC_PROTO_ROOT"})
+# The test suite's own variables (CBEXEC_TEST_UID_BASE, ...): a shell set up to run it
+# may start the service too. No setting's name starts with "test".
+TEST_SUITE_PREFIX: Final = "CBEXEC_TEST_"
 
 # Qube's supervisor_language_flags bits (qube-callbacks.md §6) for the languages we run.
 LANGUAGE_BITS: Final = {
@@ -563,12 +567,16 @@ def from_toml(settings: Settings, path: Path) -> Settings:
 def env_values(environ: Mapping[str, str]) -> dict[str, Any]:
     """The settings ``CBEXEC_<FIELD>`` and ``CBEXEC_<TABLE>__<FIELD>`` variables give, as text.
 
+    ``NOT_SETTINGS`` and the test suite's ``CBEXEC_TEST_*`` are passed over; any other
+    name is a setting, and one that is none is refused later (``unknown setting``).
     Sandbox policies are the config file's only: a ``CBEXEC_POLICIES*`` variable is a
     ConfigError saying so.
     """
     values: dict[str, Any] = {}
     for key, raw in environ.items():
         if not key.startswith(ENV_PREFIX) or key in NOT_SETTINGS:
+            continue
+        if key.startswith(TEST_SUITE_PREFIX):
             continue
         name = key[len(ENV_PREFIX) :].lower()
         if name == "policies" or name.startswith("policies__"):

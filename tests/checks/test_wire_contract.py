@@ -1,7 +1,7 @@
 """The wire contract stays sound: fresh stubs, `buf lint` (STANDARD), `buf breaking` (WIRE_JSON).
 
 `buf breaking` compares proto/ with the previous commit (``HEAD~1``, or the git revision
-in ``CBEXEC_BUF_AGAINST``), so a change that would break a Node, Go or JSON caller of
+in ``CBEXEC_TEST_BUF_AGAINST``), so a change that would break a Node, Go or JSON caller of
 the contract cannot land without someone saying so. buf comes from the npm registry
 (``@bufbuild/buf``, pinned below) into a cache outside the repository; the buf tests skip
 with the reason only where npm is missing.
@@ -77,7 +77,7 @@ def test_buf_lint_standard(buf: Path) -> None:
 
 
 def _previous_revision() -> str | None:
-    wanted = os.environ.get("CBEXEC_BUF_AGAINST", "HEAD~1")
+    wanted = os.environ.get("CBEXEC_TEST_BUF_AGAINST", "HEAD~1")
     found = subprocess.run(
         ["git", "rev-parse", "--verify", "--quiet", f"{wanted}^{{commit}}"],
         cwd=ROOT,

@@ -126,6 +126,28 @@ def test_policies_come_from_the_config_file_not_the_environment(variable: str) -
     )
 
 
+def test_the_test_suites_and_clients_variables_are_not_settings() -> None:
+    """A shell set up for the suite (README "Development") can start the service too.
+
+    ``CBEXEC_TEST_UID_BASE`` made ``cbexec serve`` refuse to start: "environment: unknown
+    setting 'test_uid_base'".
+    """
+    suite = {
+        "CBEXEC_TEST_UID_BASE": "80100",
+        "CBEXEC_TEST_CHROMIUM": "/usr/bin/chromium",
+        "CBEXEC_TEST_BUF_AGAINST": "HEAD~1",
+        "CBEXEC_PROTO_ROOT": "/srv/proto",  # the Node example client's
+        "CBEXEC_ADDRESS": "127.0.0.1:50051",
+    }
+    assert config.env_values({**suite, "CBEXEC_MAX_QUEUE": "4"}) == {"max_queue": "4"}
+    serve = build_parser().parse_args(["serve"])
+    assert load_settings(serve, suite) == load_settings(serve, {})
+    # The prefix is the suite's alone: no setting may take it.
+    assert not [f.name for f in dataclasses.fields(config.Settings) if f.name.startswith("test")]
+    with pytest.raises(ConfigError, match=r"^environment: unknown setting 'max_queues'$"):
+        load_settings(serve, {**suite, "CBEXEC_MAX_QUEUES": "4"})
+
+
 @pytest.mark.parametrize(
     ("variables", "message"),
     [
@@ -619,7 +641,7 @@ def test_serve_and_store_migrate_name_every_bad_setting(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     for variable in [v for v in os.environ if v.startswith(config.ENV_PREFIX)]:
-        monkeypatch.delenv(variable)  # the suite's own CBEXEC_TEST_* are not settings
+        monkeypatch.delenv(variable)  # a developer's own settings would add lines
     toml = tmp_path / "cbexec.toml"
     toml.write_text(SIX_BAD_SETTINGS)
     assert main([*command, "--config", str(toml)]) == EXIT_USAGE
