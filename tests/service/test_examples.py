@@ -22,6 +22,7 @@ import pytest
 
 from executor.model import RunResult
 from executor.runs.history import RunRecord
+from supervisor_client.client import outcome_name
 from tests.conftest import TEST_UID_BASE, Stack, running_stack, stack_settings
 from tests.helpers.cli import ROOT, cbexec
 
@@ -135,6 +136,39 @@ def install_universal_callbacks(stack: Stack) -> Path:
         if path.suffix in (".conf", ".py", ".pl", ".qcb"):
             shutil.copy(path, target / path.name)
     return target
+
+
+@pytest.mark.skipif(shutil.which("perl") is None, reason="checkWork.pl needs perl")
+async def test_check_work_fails_for_a_job_the_farm_does_not_have(tmp_path: Path) -> None:
+    """A job the farm does not have: checkWork.pl FAILS, saying so (README "Drive it from Python").
+
+    With step 4's callbacks still installed, the client example's job 9001 (registered by
+    the scheduler, not in the embedded farm) gets two `5 FAILED` lines, as the README says.
+
+    checkWork.pl once printed a report of nothing and SUCCEEDED: ``qb::jobinfo`` of a job
+    the supervisor does not have is an empty list.
+    """
+    async with running_stack(stack_settings(tmp_path / "data")) as stack:
+        install_universal_callbacks(stack)
+        said = await cbexec("triggers", "reload", address=stack.address)
+        assert (said.code, said.out.strip()) == (0, "reloaded: 4 active"), said.err
+        # The example's job: its two callbacks are 1 and 2, the universal ones 3 to 6.
+        frame_done = {"triggers": "complete-work-self-*", "language": "python", "code": "1"}
+        both = {**frame_done, "triggers": "complete-work-self-1 && complete-work-self-2"}
+        job = {"id": 9001, "name": "comp", "user": "alice", "callbacks": [frame_done, both]}
+        await stack.client.register_job(job)
+        reply = await stack.client.publish_event(
+            name="complete", type="work", job_id=9001, work_name="2", wait=True
+        )
+    fired = {f.callback_id: f.result for f in reply.fired}
+    assert {n: outcome_name(result.outcome) for n, result in fired.items()} == {
+        1: "SUCCEEDED",
+        5: "FAILED",
+    }
+    assert fired[5].stdout == "", fired[5]
+    assert fired[5].failure.message == (
+        "frame 2 of job 9001: the supervisor has no job 9001 (qb::jobinfo found none)"
+    )
 
 
 LOG_DIR: Final = Path("/var/log/cbexec-callbacks")
