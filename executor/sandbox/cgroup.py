@@ -18,8 +18,10 @@ or not. Cgroup v2 keeps it in every cgroup; v1 only in the cpuacct hierarchy, wh
 cells join beside the others (with either of them) unless it is mounted with the cpu
 controller, where a cell would also become a CPU scheduling group.
 
-Limits are written before each run; an unchanged value is not written again (each
-write is a syscall on the request's path).
+Limits are written before each child is started, while its cell is empty (v1 refuses
+a memory limit below what the cell's processes hold, and v2 would OOM-kill one of them:
+written later, a run could go on under its cell's last limit, or die for it); an
+unchanged value is not written again (each write is a syscall on the request's path).
 
 Works with cgroup v2 (a writable subtree with the controllers) or the v1 hierarchies.
 When neither controller is writable, ``CellCgroups.create`` returns None and the
@@ -29,6 +31,7 @@ sandbox falls back to RLIMIT_NPROC and RLIMIT_AS alone.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import logging
 import os
@@ -69,7 +72,16 @@ class _Hierarchy:
             "max": "memory.limit_in_bytes",
             "events": "memory.oom_control",
             "swap": "memory.swappiness",
+            "force_empty": "memory.force_empty",
         }
+
+
+class MemoryLimitTooLowError(Exception):
+    """A cell's memory limit is below what it holds with no process in it: nothing can start in it."""
+
+    def __init__(self, memory_bytes: int) -> None:
+        super().__init__(f"memory limit {memory_bytes} is below what the empty cell holds")
+        self.memory_bytes = memory_bytes
 
 
 def _hierarchies() -> dict[str, _Hierarchy]:
@@ -244,17 +256,34 @@ class CellCgroups:
         return sorted({f"{pool}/cell-{cell}/cgroup.procs" for pool in self._pools.values()})
 
     def set_limits(self, cell: int, *, processes: int, memory_bytes: int) -> None:
-        """Set the cell's caps for its next run."""
+        """Set the cell's caps for its next child: only while the cell is empty.
+
+        A memory limit below what the cell is charged with is refused by cgroup v1
+        (EBUSY), its processes gone or not: the page cache and kernel objects its earlier
+        runs left. Those are reclaimed (``memory.force_empty``, allowed only in an empty
+        cgroup) and the limit written again; MemoryLimitTooLowError when it still does
+        not fit (below ~1 MiB, under what any process needs). Cgroup v2 never refuses: it
+        reclaims, and beyond that the next charge is an OOM kill.
+        """
         if "pids" in self._pools:
             self._write(self._file("pids", cell, "max"), str(processes))
-        if "memory" in self._pools:
+        if "memory" not in self._pools:
+            return
+        limit = self._file("memory", cell, "max")
+        try:
+            self._write(limit, str(memory_bytes))
+        except OSError as err:
+            if err.errno != errno.EBUSY or self._hierarchies["memory"].v2:
+                raise
             try:
-                self._write(self._file("memory", cell, "max"), str(memory_bytes))
-            except OSError as err:
-                if out_of_descriptors(err):
-                    raise  # not the limit's fault: the run is refused (process.py)
-                # v1 refuses (EBUSY) a limit below what it cannot reclaim; the last limit stays.
-                logger.warning("cell %d: memory limit %d not set: %s", cell, memory_bytes, err)
+                self._write(self._file("memory", cell, "force_empty"), "0")
+                self._write(limit, str(memory_bytes))
+            except OSError as again:
+                if again.errno != errno.EBUSY:
+                    raise
+                raise MemoryLimitTooLowError(memory_bytes) from again
+            finally:
+                self._written.pop(self._file("memory", cell, "force_empty"), None)
 
     def oom_kills(self, cell: int) -> int:
         """Processes of the cell the kernel has killed for memory, since the pool was made."""

@@ -224,6 +224,14 @@ def launch_failed(child: ChildExit) -> bool:
     )
 
 
+def memory_too_low(limits: Limits) -> Failure:
+    """Why a run whose process could not start within its memory limit never ran."""
+    return Failure(
+        f"the callback never ran: its memory limit of {limits.memory_bytes} bytes is less "
+        "than its process needs to start"
+    )
+
+
 def classify(child: ChildExit, limits: Limits) -> tuple[Outcome, Failure | None]:
     """The outcome and, unless it succeeded, why.
 
@@ -232,7 +240,14 @@ def classify(child: ChildExit, limits: Limits) -> tuple[Outcome, Failure | None]
     then reported; one that succeeded anyway succeeded.
     """
     outcome, failure = _classify_exit(child, limits)
+    never_ran = child.start_unread and child.done is None and not child.calls
+    if never_ran and outcome == Outcome.KILLED and child.signal == signal.SIGSEGV:
+        # Before its code: the kernel's SIGSEGV of an exec (perl's, cold) or a stack
+        # that RLIMIT_AS, the memory limit, left no room for.
+        return Outcome.MEMORY_LIMIT, memory_too_low(limits)
     if child.oom_kills and outcome in (Outcome.FAILED, Outcome.KILLED) and not child.stop_reason:
+        if never_ran:
+            return Outcome.MEMORY_LIMIT, memory_too_low(limits)
         return Outcome.MEMORY_LIMIT, Failure(
             f"the callback's processes together exceeded the memory limit of "
             f"{limits.memory_bytes} bytes: the kernel killed {child.oom_kills} of them"

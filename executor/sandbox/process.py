@@ -37,7 +37,7 @@ from typing import Final
 from executor.child import protocol
 from executor.child.protocol import IsolationSpec, LaunchSpec, StartFrame
 from executor.logs import outside_any_run
-from executor.model import Limits
+from executor.model import Limits, Outcome, Usage
 from executor.policies import DEFAULT_UMASK, Policy, directories_now
 from executor.process_limit import OUT_OF_PROCESSES
 from executor.runtimes.child import CHILD_RUNTIMES, ChildRuntime
@@ -45,12 +45,13 @@ from executor.sandbox import limits as sandbox_limits
 from executor.sandbox.bridge import BridgeServer, CallHandler, send_now
 from executor.sandbox.capture import CapturedStream, PipeReader
 from executor.sandbox.cgroup import PREFIX as CGROUP_PREFIX
-from executor.sandbox.cgroup import CellCgroups
+from executor.sandbox.cgroup import CellCgroups, MemoryLimitTooLowError
 from executor.sandbox.exit_status import (
     ChildExit,
     SandboxResult,
     expected_exit,
     launch_failed,
+    memory_too_low,
     sandbox_result,
 )
 from executor.sandbox.lifecycle import RunStop, has_ended, terminate
@@ -344,6 +345,10 @@ class SandboxRunner:
         }
 
     def _set_cgroup_limits(self, cell: int, limits: Limits) -> None:
+        """The cell's caps, written while it is empty: before its child is started.
+
+        MemoryLimitTooLowError when the memory limit is below what the empty cell holds.
+        """
         if self.options.cgroups is not None:
             self.options.cgroups.set_limits(
                 cell, processes=limits.max_processes, memory_bytes=limits.memory_bytes
@@ -401,7 +406,9 @@ class SandboxRunner:
         cold: bool = False,
     ) -> _Child:
         """``_start``'s child; TimeoutError when a run's wall limit passed first (``_bounded``)."""
-        self._set_cgroup_limits(cell, limits)  # the child joins the cell's cgroups at once
+        # Now, with the cell empty: the child joins its cgroups at once, and a prepared
+        # child is taken only by a run with its limits (``_made_for``).
+        self._set_cgroup_limits(cell, limits)
         if self.options.isolation is not None:
             # Made by the child on its private /tmp: nothing on the host to make or remove.
             workdir, host_workdir = f"/tmp/cbexec-run-{secrets.token_hex(6)}", None
@@ -495,7 +502,9 @@ class SandboxRunner:
             try:
                 child = await pending
             except Exception as err:  # noqa: BLE001 - a failed preparation only costs the head start
-                if at_capacity(err):
+                if isinstance(err, MemoryLimitTooLowError):
+                    pass  # so will this run's own start: it says so
+                elif at_capacity(err):
                     self._shortage.note(f"preparing children: {self._shortage.describe(err)}")
                 else:
                     logger.warning("preparing a child in cell %d failed: %s", cell, err)
@@ -508,8 +517,14 @@ class SandboxRunner:
         return await self._start(runtime, limits, cell, policy)
 
     async def _dispose(self, child: _Child) -> None:
-        """End a child that will not run (SIGKILL, reap), close our ends, remove its workdir."""
+        """End a child that will not run (SIGKILL, reap), close our ends, remove its workdir.
+
+        What the kernel OOM-killed of it (a limit too low to start in) is no run's.
+        """
         await asyncio.shield(self._release(child))
+        cgroups = self.options.cgroups
+        if cgroups is not None:
+            self._oom_kills[child.cell] = cgroups.oom_kills(child.cell)
 
     def _prepare(
         self, runtime: ChildRuntime, limits: Limits, cell: int, policy: Policy | None
@@ -586,14 +601,20 @@ class SandboxRunner:
 
         A ``stop`` ends the run early (SIGTERM, grace, SIGKILL; a run stopped before its
         child got the start frame never starts): the outcome is KILLED with the stop's
-        reason as its failure. Raises UnavailableError when no child could be started, and
+        reason as its failure. A memory limit below what the cell holds with no process in
+        it (cgroup v1 refuses it) ends the run MEMORY_LIMIT with no child started, as the
+        kernel's OOM kill of a child that could not start within it does (``classify``).
+        Raises UnavailableError when no child could be started, and
         CapacityError when the executor is out of descriptors or processes to start one
         (``shortage``).
         """
         stop = stop or RunStop()
         cell = self.cell(slot, runtime.language)
         with self._refused_at_capacity():
-            child = await self._take(runtime, limits, cell, policy)
+            try:
+                child = await self._take(runtime, limits, cell, policy)
+            except MemoryLimitTooLowError:
+                return _memory_too_low_to_start(limits)
         evidence = ChildExit(
             stdout=CapturedStream(limits.output_bytes), stderr=CapturedStream(limits.output_bytes)
         )
@@ -611,7 +632,6 @@ class SandboxRunner:
             try:
                 # Before its start frame: a refused run's child is ended below, never ran.
                 with self._refused_at_capacity():
-                    self._set_cgroup_limits(cell, limits)  # this run's own, whoever started it
                     oom_kills_before = self._oom_kills_seen(cell)
                 evidence.cell_cpu_before = self._cell_cpu(cell)
                 began = time.monotonic()
@@ -970,6 +990,21 @@ class SandboxRunner:
         if cgroups is None or not cgroups.has_processes(cell):
             return []  # the common case: nothing left, no thread needed
         return await asyncio.to_thread(cgroups.kill_all, cell)
+
+
+def _memory_too_low_to_start(limits: Limits) -> SandboxResult:
+    """A run whose memory limit no child can start in: none was, no output, no usage."""
+    return SandboxResult(
+        outcome=Outcome.MEMORY_LIMIT,
+        failure=memory_too_low(limits),
+        exit_code=0,
+        signal=0,
+        stdout="",
+        stderr="",
+        stdout_truncated=False,
+        stderr_truncated=False,
+        usage=Usage(0.0, 0.0, 0),
+    )
 
 
 def _is_ready(preparation: asyncio.Task[_Child]) -> bool:

@@ -56,6 +56,21 @@ async def test_the_wall_limits_sigterm_cuts_a_sleeping_end_block_short(
     assert response.stderr == CUT_SHORT_NOTE
 
 
+async def test_an_end_block_cut_short_in_its_last_statement_is_named_an_end_block(
+    stack: Stack,
+) -> None:
+    # The SIGTERM is handed over as the sleeping END block returns, in the frames perl
+    # also calls a returning DESTROY in: no object, so no DESTROY to name.
+    code = 'END { print "the next END block runs\\n" }\nEND { sleep 30 }\nprint "code done\\n";\n'
+
+    response = await run(stack, code, wall_seconds=1)
+
+    assert response.outcome == Outcome.OUTCOME_WALL_TIMEOUT, response
+    assert (response.signal, response.exit_code) == (0, 143), response
+    assert response.stdout == "code done\nthe next END block runs\n"
+    assert response.stderr == CUT_SHORT_NOTE
+
+
 async def test_the_cpu_limits_sigxcpu_ends_a_spinning_end_block_at_the_soft_limit(
     stack: Stack,
 ) -> None:

@@ -140,6 +140,42 @@ def test_perl_out_of_memory_on_stderr_is_memory_limit() -> None:
     assert failure is not None and "268435456" in failure.message
 
 
+NEVER_RAN = (
+    "the callback never ran: its memory limit of 268435456 bytes is less than its process "
+    "needs to start"
+)
+
+
+@pytest.mark.parametrize(
+    ("exit_", "message"),
+    [
+        # The kernel's OOM kill before the start frame was read: the code never ran.
+        (child(killed(signal.SIGKILL), oom_kills=1, start_unread=True), NEVER_RAN),
+        # The SIGSEGV of an exec (or a stack) RLIMIT_AS left no room for, as early.
+        (child(killed(signal.SIGSEGV), start_unread=True), NEVER_RAN),
+        # Once its code was read, an OOM kill is the run's processes exceeding the limit.
+        (
+            child(killed(signal.SIGKILL), oom_kills=1),
+            "the callback's processes together exceeded the memory limit of 268435456 bytes:"
+            " the kernel killed 1 of them",
+        ),
+    ],
+    ids=["oom-kill-before-start", "segv-before-start", "oom-kill-after-start"],
+)
+def test_a_process_that_could_not_start_within_its_memory_limit_never_ran(
+    exit_: ChildExit, message: str
+) -> None:
+    outcome, failure = classify(exit_, LIMITS)
+    assert outcome == Outcome.MEMORY_LIMIT
+    assert failure is not None and failure.message == message
+
+
+def test_a_segv_after_the_start_is_the_callbacks_own() -> None:
+    outcome, failure = classify(child(killed(signal.SIGSEGV)), LIMITS)
+    assert outcome == Outcome.KILLED
+    assert failure is not None and "SIGSEGV" in failure.message
+
+
 def test_out_of_memory_is_read_from_the_end_of_a_long_invalid_stderr() -> None:
     exit_ = child(exited(1))
     # Within the cap as bytes, but each bad byte is three as text: the text is cut
