@@ -918,8 +918,7 @@ def _for_host(settings: Settings, options: SandboxOptions, environ: Mapping[str,
     for policy in policies:
         if not policy.host_network and not options.pid_namespace:
             problems.append(
-                f"policies.{policy.name}.network: 'none' needs namespaces, which this host "
-                "does not allow (see the sandbox line of cbexec serve --check-config)"
+                f"policies.{policy.name}.network: {no_empty_network(settings.pid_namespace)}"
             )
         needs_tier = [
             key
@@ -959,6 +958,38 @@ def bind_warnings(policies: PolicySet) -> list[str]:
                     f"policies.{policy.name}.binds[{index}].target: {_swappable(bind.target, who)}"
                 )
     return warnings
+
+
+# Why no empty network comes without a PID namespace: the sandbox makes the two together.
+_NETWORK_NEEDS_PID: Final = (
+    "the executor makes an empty network namespace only with a PID namespace"
+)
+
+
+def no_empty_network(pid_namespace: str) -> str:
+    """Why ``network = "none"`` cannot be had: ``pid_namespace = "off"``, or the host refuses."""
+    if pid_namespace == "off":
+        return (
+            f"'none' needs namespaces, and pid_namespace is off ({_NETWORK_NEEDS_PID}); "
+            'set pid_namespace = "auto"'
+        )
+    return "'none' needs namespaces, which this host does not allow"
+
+
+def network_warnings(settings: Settings, options: SandboxOptions) -> list[str]:
+    """The start-up WARNING when ``network = "auto"`` gives callbacks the host network.
+
+    That they then reach this executor's port, with no token set, is each policy's
+    warning (``exposure_warnings``).
+    """
+    if settings.network != "auto" or not options.network:
+        return []
+    why = (
+        "pid_namespace is off"
+        if settings.pid_namespace == "off"
+        else "this host allows no PID namespace"
+    )
+    return [f'network = "auto" gives callbacks the host network here: {why} ({_NETWORK_NEEDS_PID})']
 
 
 def exposure_warnings(policies: PolicySet, auth_token: str) -> list[str]:

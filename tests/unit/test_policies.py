@@ -453,6 +453,22 @@ def test_the_private_tmp_itself_is_refused_as_a_target_for_what_it_is(tmp_path: 
     )
 
 
+def test_network_none_with_pid_namespace_off_blames_the_setting_not_the_host(
+    tmp_path: Path,
+) -> None:
+    # It said "which this host does not allow" on a host that allows them.
+    settings = Settings(
+        data_dir=tmp_path / "data", pid_namespace="off", policies={"p": {"network": "none"}}
+    )
+    with pytest.raises(ConfigError) as caught:
+        for_host(settings, HOST_NETWORK, {})
+    assert str(caught.value) == (
+        "policies.p.network: 'none' needs namespaces, and pid_namespace is off (the "
+        "executor makes an empty network namespace only with a PID namespace); set "
+        'pid_namespace = "auto"'
+    )
+
+
 @pytest.mark.skipif(shutil.which("perl") is None, reason="no perl here")
 def test_hiding_perl_names_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
