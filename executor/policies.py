@@ -16,8 +16,10 @@ Keys (every one optional):
   Checked at start-up: absolute, existing directories, none covering or
   inside the data dir, nor holding the config file, the TLS files or an ``env_files``
   file (a bind would show them past their covers); a target is an existing
-  directory, or lies under the private ``/tmp`` (made there), and neither is, holds
-  nor lies inside what the interpreters need (``interpreter_paths``); no path, nor
+  directory, or lies under the private ``/tmp`` (made there; not ``/tmp`` itself, which
+  holds the working directory), and neither is, holds nor lies inside what the
+  interpreters need (``interpreter_paths``) or what each child mounts afresh
+  (``isolation.FRESH_PER_CHILD``: ``/proc``, ``/dev/pts``); no path, nor
   target on the host, lies inside a read-write bind's directory (its callbacks could
   swap it). Both are resolved, and the directories noted: a run mounts those (or a
   file system mounted again where one was mounted) or is refused
@@ -61,7 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from executor.child.isolation import identity, open_directory
+from executor.child.isolation import FRESH_PER_CHILD, identity, open_directory
 from executor.config import (
     as_written,
     check_written_type,
@@ -400,8 +402,19 @@ def _bind(
                     f"{key}.target",
                     f"{target} would hide part of {kept}, which callbacks need",
                 )
+        if (meets := _meets_a_fresh_mount(where)) is not None:
+            raise _error(name, f"{key}.target", f"{target} {meets}: choose another target")
     private_tmp = tempfile.gettempdir()
-    if (not os.path.isdir(target) and not _under(target, private_tmp)) or target == private_tmp:
+    if private_tmp in (target, real_target):
+        # The working directory is made in it after the binds: in the bound directory.
+        raise _error(
+            name,
+            f"{key}.target",
+            f"{target} is each callback's private tmpfs, which holds its working directory "
+            "(made after the binds, it would be made in the bound directory): choose a "
+            f"target under {private_tmp} (made in the callback's private one)",
+        )
+    if not os.path.isdir(target) and not _under(target, private_tmp):
         raise _error(
             name,
             f"{key}.target",
@@ -428,6 +441,24 @@ def _bind(
         path_identity=_identity(name, f"{key}.path", real),
         target_identity=None if fresh else _identity(name, f"{key}.target", real_target),
     )
+
+
+def _meets_a_fresh_mount(target: str) -> str | None:
+    """How ``target`` meets what the sandbox mounts afresh in every child; None if it does not.
+
+    A bind there could not work: under ``/proc`` the child's own proc file system is
+    there instead of the host's directory start-up noted; over ``/dev/pts`` its devpts
+    goes on top; over ``/proc`` or ``/dev`` the mounts the sandbox makes next fail.
+    """
+    for mount, holding in FRESH_PER_CHILD.items():
+        where = f"where the sandbox mounts each callback's own {holding}"
+        if target == mount:
+            return f"is {where}"
+        if _under(mount, target):
+            return f"would hide {mount}, {where}"
+        if _under(target, mount):
+            return f"lies inside {mount}, {where}"
+    return None
 
 
 def _renamed_by_others(path: str, *, group: bool = False) -> str | None:
@@ -887,8 +918,7 @@ def _for_host(settings: Settings, options: SandboxOptions, environ: Mapping[str,
     for policy in policies:
         if not policy.host_network and not options.pid_namespace:
             problems.append(
-                f"policies.{policy.name}.network: 'none' needs namespaces, which this host "
-                "does not allow (see the sandbox line of cbexec serve --check-config)"
+                f"policies.{policy.name}.network: {no_empty_network(settings.pid_namespace)}"
             )
         needs_tier = [
             key
@@ -928,6 +958,38 @@ def bind_warnings(policies: PolicySet) -> list[str]:
                     f"policies.{policy.name}.binds[{index}].target: {_swappable(bind.target, who)}"
                 )
     return warnings
+
+
+# Why no empty network comes without a PID namespace: the sandbox makes the two together.
+_NETWORK_NEEDS_PID: Final = (
+    "the executor makes an empty network namespace only with a PID namespace"
+)
+
+
+def no_empty_network(pid_namespace: str) -> str:
+    """Why ``network = "none"`` cannot be had: ``pid_namespace = "off"``, or the host refuses."""
+    if pid_namespace == "off":
+        return (
+            f"'none' needs namespaces, and pid_namespace is off ({_NETWORK_NEEDS_PID}); "
+            'set pid_namespace = "auto"'
+        )
+    return "'none' needs namespaces, which this host does not allow"
+
+
+def network_warnings(settings: Settings, options: SandboxOptions) -> list[str]:
+    """The start-up WARNING when ``network = "auto"`` gives callbacks the host network.
+
+    That they then reach this executor's port, with no token set, is each policy's
+    warning (``exposure_warnings``).
+    """
+    if settings.network != "auto" or not options.network:
+        return []
+    why = (
+        "pid_namespace is off"
+        if settings.pid_namespace == "off"
+        else "this host allows no PID namespace"
+    )
+    return [f'network = "auto" gives callbacks the host network here: {why} ({_NETWORK_NEEDS_PID})']
 
 
 def exposure_warnings(policies: PolicySet, auth_token: str) -> list[str]:

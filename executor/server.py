@@ -46,7 +46,7 @@ from executor.data_dir_lock import DataDirLock
 from executor.dispatcher import Dispatcher
 from executor.errors import ConfigError, UnavailableError
 from executor.plurals import counted
-from executor.policies import bind_warnings, exposure_warnings, for_host
+from executor.policies import bind_warnings, exposure_warnings, for_host, network_warnings
 from executor.policies import report as policy_report
 from executor.runs.invocation_ids import FleetIds
 from executor.runs.metrics import Metrics
@@ -333,6 +333,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             logger.info("%s", line)
         for line in [
             *root_warnings(options),
+            *network_warnings(settings, options),
             *exposure_warnings(policies, settings.auth_token),
             *bind_warnings(policies),
             *(api_embedded.shared_store_warnings(settings.store) if embedded else []),

@@ -83,6 +83,9 @@ UMOUNT_NOFOLLOW = 8
 CLONE_NEWNS = 0x00020000
 # Where a child with a devpts of its own mounts it: the host's instances under it go.
 DEV_PTS = "/dev/pts"
+# What every child mounts afresh, with what each holds: a bind target that is, holds or
+# lies in one would be hidden or break the mount (refused at start-up: policies._bind).
+FRESH_PER_CHILD = {"/proc": "proc file system", DEV_PTS: "ptys"}
 # Files and directories the working directory may hold (tmpfs inodes cost kernel memory).
 MAX_WORKDIR_FILES = 65536
 
@@ -420,6 +423,7 @@ class FilesystemPlan:
 
 _TMPFS = b"tmpfs"
 _PROC = b"proc"
+_PROC_DIR = b"/proc"
 _ROOT = b"/"
 _MASK_DATA = b"mode=0755,size=64m"
 _DEVPTS = b"devpts"
@@ -470,7 +474,7 @@ def isolate_filesystem(plan: FilesystemPlan, workdir: str) -> None:
         if plan.private_root:
             _mount_encoded(None, _ROOT, None, _PRIVATE_FLAGS, None)
             detach_hidden_mounts(plan.detached, plan.held)
-        _mount_encoded(_PROC, b"/proc", _PROC, _PROC_FLAGS, None)
+        _mount_encoded(_PROC, _PROC_DIR, _PROC, _PROC_FLAGS, None)
         if plan.bind_back:
             _cover(plan.covered, plan.keep)
         else:  # the usual case: nothing to bind back, the masks only

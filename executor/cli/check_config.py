@@ -22,7 +22,14 @@ from executor.api import security
 from executor.data_dir_lock import DataDirLock
 from executor.errors import ConfigError
 from executor.plurals import counted
-from executor.policies import BUILT_IN, bind_warnings, exposure_warnings, for_host, report
+from executor.policies import (
+    BUILT_IN,
+    bind_warnings,
+    exposure_warnings,
+    for_host,
+    network_warnings,
+    report,
+)
 from executor.runtimes.check import check_source
 from executor.sandbox.identity import UidClaim
 from executor.sandbox.tier import describe_sandbox, root_warnings, sandbox_options
@@ -73,6 +80,7 @@ def _sandbox(settings: config.Settings) -> str:
             f"  WARNING: {w}"
             for w in [
                 *root_warnings(options),
+                *network_warnings(settings, options),
                 *exposure_warnings(policies, settings.auth_token),
                 *bind_warnings(policies),
                 *open_to_others(settings),

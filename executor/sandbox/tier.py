@@ -23,6 +23,7 @@ from executor.child import seccomp
 from executor.child.isolation import under
 from executor.config import Settings
 from executor.errors import ConfigError
+from executor.policies import no_empty_network
 from executor.runtimes.child import CHILD_DIR
 from executor.sandbox.cgroup import CGROUP_ROOT, CellCgroups
 from executor.sandbox.identity import check_uid_range
@@ -226,13 +227,8 @@ def sandbox_options(settings: Settings) -> SandboxOptions:
     if settings.pid_namespace == "on" and not pid_namespace:
         raise ConfigError("pid_namespace: 'on' but this host does not allow a PID namespace")
     if settings.network == "none" and not pid_namespace:
-        raise ConfigError("network: 'none' needs namespaces, which this host does not allow")
+        raise ConfigError(f"network: {no_empty_network(settings.pid_namespace)}")
     host_network = settings.network == "host" or not pid_namespace
-    if settings.network == "auto" and host_network:
-        logger.warning(
-            "no namespaces here: callbacks share the host network, and can reach "
-            "this executor's port; set auth_token"
-        )
     no_namespaces = (
         "no PID namespace here" if settings.pid_namespace != "off" else ("pid_namespace is off")
     )

@@ -70,6 +70,53 @@ async def test_a_bind_into_pythons_library_is_refused(tmp_path: Path) -> None:
     assert f"policies.x.binds[0].target: {target} would hide" in err
 
 
+async def test_a_bind_over_what_the_sandbox_mounts_for_each_callback_is_refused(
+    tmp_path: Path,
+) -> None:
+    # It said "ok: start-up would succeed", then every run of the policy failed (probe 82).
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    binds = "".join(
+        f'[policies.{name}]\nbinds = [{{ path = "{shared}", target = "{target}" }}]\n'
+        for name, target in (("proc", "/proc/sys"), ("dev", "/dev"), ("tmp", "/tmp"))
+    )
+    code, out, err = await check_config(config_file(tmp_path, binds))
+    assert code == 2 and "ok: start-up would succeed" not in out
+    lines = err.splitlines()
+    assert [line.split(": ", 3)[2] for line in lines] == [
+        "policies.proc.binds[0].target",
+        "policies.dev.binds[0].target",
+        "policies.tmp.binds[0].target",
+    ], err
+    assert "lies inside /proc, where the sandbox mounts" in lines[0]
+    assert "would hide /dev/pts, where the sandbox mounts" in lines[1]
+    assert "not an existing directory" not in lines[2]
+
+
+async def test_pid_namespace_off_is_blamed_as_the_setting_in_clean_lines(tmp_path: Path) -> None:
+    # The refusal of network = "none" said the host allows no namespaces (it does), and
+    # a raw log line ("no namespaces here", a timestamp) came amid the check's output.
+    config = config_file(tmp_path)
+    config.write_text(config.read_text() + 'pid_namespace = "off"\nnetwork = "none"\n')
+    code, out, err = await check_config(config)
+    assert code == 2 and "ok: start-up would succeed" not in out
+    assert err.splitlines() == [
+        "cbexec: network: 'none' needs namespaces, and pid_namespace is off (the executor "
+        'makes an empty network namespace only with a PID namespace); set pid_namespace = "auto"'
+    ]
+
+    config = config_file(tmp_path)
+    config.write_text(config.read_text() + 'pid_namespace = "off"\ndedicated_uid = "off"\n')
+    code, out, err = await check_config(config)
+    assert code == 0 and "ok: start-up would succeed" in out, err
+    assert err == ""
+    assert (
+        '  WARNING: network = "auto" gives callbacks the host network here: pid_namespace is '
+        "off (the executor makes an empty network namespace only with a PID namespace)"
+    ) in out.splitlines()
+    assert "no namespaces here" not in out
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="dedicated uids need root")
 async def test_a_uid_range_another_executor_holds_is_refused_and_left_to_it(
     tmp_path: Path,

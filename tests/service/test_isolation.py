@@ -316,17 +316,23 @@ async def test_the_tier_report_names_every_mechanism_as_active(stack_warm: Stack
 
 
 async def test_without_namespaces_the_executor_starts_and_says_what_is_missing(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # As root, no PID namespace means no dedicated uid: only dedicated_uid = "off" says
     # running callbacks as root is meant (the suite runs as root; elsewhere it is moot).
     settings = stack_settings(tmp_path / "data", pid_namespace="off", dedicated_uid="off")
-    async with running_stack(settings) as stack:
-        report = tier.describe_tier(stack.running.options)
-        response = await stack.client.execute_callback(
-            language="python", code="print('ran')", job={"id": 1, "user": "a"}
-        )
+    with caplog.at_level("WARNING"):
+        async with running_stack(settings) as stack:
+            report = tier.describe_tier(stack.running.options)
+            response = await stack.client.execute_callback(
+                language="python", code="print('ran')", job={"id": 1, "user": "a"}
+            )
 
+    # The setting, not the host, took the namespaces away (it said "no namespaces here").
+    assert (
+        'network = "auto" gives callbacks the host network here: pid_namespace is off'
+    ) in caplog.text
+    assert "no namespaces here" not in caplog.text
     assert response.outcome == Outcome.OUTCOME_SUCCEEDED, response.failure.message
     assert response.stdout == "ran\n"
     for missing in (

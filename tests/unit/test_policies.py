@@ -419,6 +419,56 @@ def test_a_bind_target_may_not_hide_what_the_interpreters_need(tmp_path: Path, t
     assert str(caught.value).endswith(", which callbacks need")
 
 
+# What the sandbox mounts afresh in each callback: a bind there was accepted, then every
+# run of the policy failed before its code ran (probe 82: a raw "mount ..." error, or a
+# BindChangedError blaming a change that never happened).
+@pytest.mark.parametrize(
+    ("target", "said"),
+    [
+        ("/proc", "/proc is where the sandbox mounts each callback's own proc file system"),
+        ("/proc/sys", "/proc/sys lies inside /proc, where the sandbox mounts each callback's own"),
+        ("/dev/pts", "/dev/pts is where the sandbox mounts each callback's own ptys"),
+        ("/dev", "/dev would hide /dev/pts, where the sandbox mounts each callback's own ptys"),
+    ],
+)
+def test_a_bind_target_may_not_meet_what_the_sandbox_mounts_for_each_callback(
+    tmp_path: Path, target: str, said: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        for_host(bind_to(tmp_path, target), HOST_NETWORK, {})
+    assert str(caught.value).startswith(f"policies.p.binds[0].target: {said}"), caught.value
+    assert str(caught.value).endswith(": choose another target"), caught.value
+    assert "\n" not in str(caught.value)
+
+
+def test_the_private_tmp_itself_is_refused_as_a_target_for_what_it_is(tmp_path: Path) -> None:
+    # It was "/tmp is not an existing directory": it is, and holds the working directory.
+    private_tmp = tempfile.gettempdir()
+    with pytest.raises(ConfigError) as caught:
+        for_host(bind_to(tmp_path, private_tmp), HOST_NETWORK, {})
+    assert str(caught.value) == (
+        f"policies.p.binds[0].target: {private_tmp} is each callback's private tmpfs, which "
+        "holds its working directory (made after the binds, it would be made in the bound "
+        f"directory): choose a target under {private_tmp} (made in the callback's private one)"
+    )
+
+
+def test_network_none_with_pid_namespace_off_blames_the_setting_not_the_host(
+    tmp_path: Path,
+) -> None:
+    # It said "which this host does not allow" on a host that allows them.
+    settings = Settings(
+        data_dir=tmp_path / "data", pid_namespace="off", policies={"p": {"network": "none"}}
+    )
+    with pytest.raises(ConfigError) as caught:
+        for_host(settings, HOST_NETWORK, {})
+    assert str(caught.value) == (
+        "policies.p.network: 'none' needs namespaces, and pid_namespace is off (the "
+        "executor makes an empty network namespace only with a PID namespace); set "
+        'pid_namespace = "auto"'
+    )
+
+
 @pytest.mark.skipif(shutil.which("perl") is None, reason="no perl here")
 def test_hiding_perl_names_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
