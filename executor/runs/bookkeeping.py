@@ -31,6 +31,7 @@ from typing import Final
 
 from executor.errors import UnavailableError
 from executor.model import Invocation, RunResult
+from executor.owned_dirs import UnsafePathError
 from executor.runs.callback_log import CallbackLog
 from executor.runs.history import RunHistory
 from executor.runs.metrics import Metrics
@@ -258,6 +259,10 @@ class BookkeepingWriter:
         for index, entry in enumerate(entries):
             try:
                 self._callback_log.append(entry.invocation, entry.result, entry.ended_at)
+            except UnsafePathError as err:  # planted on the way: no wait mends it
+                logger.warning(
+                    "run %s: its .cb entry is not written: %s", entry.result.invocation_id, err
+                )
             except OSError as err:
                 self._keep_unlogged(entries[index:], batch, err)
                 return

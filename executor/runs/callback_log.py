@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Final
 
 from executor.model import Invocation, RunResult
+from executor.owned_dirs import open_file, open_tree
 from executor.visible_text import escaped, visible_lines
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ MAX_REMEMBERED_PATHS: Final = 4096
 # Not the umask's (0644 under root's usual 022): the group its 0750 directories let in
 # (a log reader's, with a setgid log_dir), no one else, whatever log_dir's own mode.
 LOG_MODE: Final = 0o640
+# Every directory made for the logs, log_dir's missing parts too (``owned_dirs``).
+DIRECTORY_MODE: Final = 0o750
 
 
 def log_path(root: Path, job_id: int) -> Path:
@@ -221,28 +224,40 @@ class CallbackLog:
         return self._root
 
     def append(self, invocation: Invocation, result: RunResult, when: float) -> Path:
-        """Append one run's entry to its job's log; returns the file written."""
-        path = self._path(invocation.job_id)
+        """Append one run's entry to its job's log; returns the file written.
+
+        Raises UnsafePathError (no retry mends it) when something not the executor's is
+        on the way (``owned_dirs``), another OSError when the storage refuses.
+        """
+        job_id = invocation.job_id
+        path = self._path(job_id)
         data = format_entry(invocation, result, when, self._max_bytes).encode("utf-8", "replace")
-        fd = self._open(path)
-        try:
-            size = os.fstat(fd).st_size
-            if size and size + len(data) > self._max_bytes:
-                os.replace(path, path.with_name(path.name + ".1"))
-                os.close(fd)
-                fd = self._open(path)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        with open_tree(self._root, _directories(job_id), DIRECTORY_MODE) as directory:
+            fd = open_file(directory, path.name, flags, LOG_MODE)
             try:
-                unwritten = memoryview(data)
-                while unwritten:
-                    unwritten = unwritten[os.write(fd, unwritten) :]
-            except OSError:
-                # A full disk may take part of the entry: cut it off, so the entry
-                # written again later (``bookkeeping``) is the only one, whole.
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, os.fstat(fd).st_size - (len(data) - len(unwritten)))
-                raise
-        finally:
-            os.close(fd)
+                size = os.fstat(fd).st_size
+                if size and size + len(data) > self._max_bytes:
+                    os.replace(
+                        path.name,
+                        path.name + ".1",
+                        src_dir_fd=directory.fd,
+                        dst_dir_fd=directory.fd,
+                    )
+                    os.close(fd)
+                    fd = open_file(directory, path.name, flags, LOG_MODE)
+                try:
+                    unwritten = memoryview(data)
+                    while unwritten:
+                        unwritten = unwritten[os.write(fd, unwritten) :]
+                except OSError:
+                    # A full disk may take part of the entry: cut it off, so the entry
+                    # written again later (``bookkeeping``) is the only one, whole.
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, os.fstat(fd).st_size - (len(data) - len(unwritten)))
+                    raise
+            finally:
+                os.close(fd)
         return path
 
     def logged(self, job_id: int) -> set[str]:
@@ -251,18 +266,25 @@ class CallbackLog:
         Read at start-up only (``recovery``), for the few runs a crash left unrecorded: a
         header line is the only line that starts with "=== " (a callback's own are escaped).
         """
-        path = self._path(job_id)
+        name = self._path(job_id).name
         ids: set[str] = set()
-        for generation in (path.with_name(path.name + ".1"), path):
-            try:
-                text = generation.read_text("utf-8", "replace")
-            except FileNotFoundError:
-                continue
-            for line in text.splitlines():
-                if line.startswith("=== "):
-                    _, found, rest = line.partition(" invocation=")
-                    if found:
-                        ids.add(rest.partition(" policy=")[0])
+        try:
+            directory = open_tree(self._root, _directories(job_id), DIRECTORY_MODE, make=False)
+        except FileNotFoundError:
+            return ids
+        with directory:
+            for generation in (name + ".1", name):
+                try:
+                    fd = open_file(directory, generation, os.O_RDONLY, LOG_MODE)
+                except FileNotFoundError:
+                    continue
+                with os.fdopen(fd, encoding="utf-8", errors="replace") as file:
+                    text = file.read()
+                for line in text.splitlines():
+                    if line.startswith("=== "):
+                        _, found, rest = line.partition(" invocation=")
+                        if found:
+                            ids.add(rest.partition(" policy=")[0])
         return ids
 
     def _path(self, job_id: int) -> Path:
@@ -273,15 +295,7 @@ class CallbackLog:
             path = self._paths[job_id] = log_path(self._root, job_id)
         return path
 
-    @staticmethod
-    def _open(path: Path) -> int:
-        """The log for appending, made with its directories when missing.
 
-        Only then: a run's bookkeeping is on the event loop, and most runs find them.
-        """
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-        try:
-            return os.open(path, flags, LOG_MODE)
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-            return os.open(path, flags, LOG_MODE)
+def _directories(job_id: int) -> tuple[str, str, str]:
+    """The directories of ``log_path``'s, below the root."""
+    return ("job", str(job_id // 1000 * 1000), str(job_id))

@@ -65,3 +65,54 @@ async def test_files_in_a_0755_data_dir_are_the_executor_s_own(tmp_path: Path) -
     assert found[str(cb_log.relative_to(data))] == 0o640
     readable = {name: oct(mode) for name, mode in found.items() if mode & 0o007}
     assert not readable, readable
+
+
+@pytest.fixture
+def umask_000() -> Iterator[None]:
+    before = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(before)
+
+
+@pytest.mark.usefixtures("umask_000")
+async def test_under_umask_000_the_log_tree_is_0750_and_a_planted_link_is_not_followed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its parents were 0777, and a local user's link at logs/job/0/2 had the executor
+    # write job 2's log (as root) where it pointed (probe 82).
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    data.chmod(0o755)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    callbacks = tmp_path / "callback"
+    callbacks.mkdir()
+    (callbacks / "hello.py").write_text("print('hello')\n")
+    (callbacks / "callbacks.conf").write_text("hello.py = submit-job-self\n")
+    settings = stack_settings(data, universal_callback_path=str(callbacks))
+    logs = data / "logs"
+    async with running_stack(settings) as stack:
+        (first,) = stack.supervisor.submit([{"name": "j", "user": "alice"}])
+        await stack.settle()
+        first_log = log_path(logs, first["id"])
+        assert await eventually(lambda: first_log.exists() and "hello" in first_log.read_text())
+        tree = [logs, logs / "job", logs / "job/0", first_log.parent]
+        assert {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in tree} == {
+            str(p): "0o750" for p in tree
+        }
+        planted = log_path(logs, first["id"] + 1).parent
+        planted.symlink_to(victim)
+        (second,) = stack.supervisor.submit([{"name": "j", "user": "alice"}])
+        assert second["id"] == first["id"] + 1
+        await stack.settle()
+        history = stack.running.recorder.history
+        assert await eventually(lambda: len(history.list_runs(job_id=second["id"])) == 1)
+        (run,) = history.list_runs(job_id=second["id"])
+        assert run.outcome.value == "SUCCEEDED"
+        assert await eventually(
+            lambda: any("its .cb entry is not written" in r.getMessage() for r in caplog.records)
+        )
+    assert list(victim.iterdir()) == []
+    assert planted.is_symlink()
