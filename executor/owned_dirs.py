@@ -70,29 +70,33 @@ def open_tree(root: Path, names: Sequence[str], mode: int, *, make: bool = True)
 def open_file(directory: OwnedDir, name: str, flags: int, mode: int) -> int:
     """``name`` in ``directory`` opened with ``flags``; made with ``mode`` when missing and ``O_CREAT``.
 
-    A file made here gets exactly ``mode`` (the umask takes no bits from it); one that
-    was there keeps its own. A link, anything but a regular file, or a file of another
-    owner is refused.
+    With ``O_EXCL`` only a new file is opened, as ``os.open`` would. A file made here
+    gets exactly ``mode`` (the umask takes no bits from it); one that was there keeps
+    its own. A link, anything but a regular file, or a file of another owner is refused.
     """
     path = directory.path / name
     # O_NONBLOCK: a FIFO planted there is refused, not waited on (no effect on a file).
     base = (flags & ~os.O_CREAT) | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-    try:
-        fd = os.open(name, base, dir_fd=directory.fd)
-    except FileNotFoundError:
-        if not flags & os.O_CREAT:
-            raise
+    if not flags & os.O_EXCL:  # else only a new file will do
         try:
-            fd = os.open(name, base | os.O_CREAT | os.O_EXCL, mode, dir_fd=directory.fd)
-        except FileExistsError:  # made meanwhile: opened as it is, and checked
-            return open_file(directory, name, flags & ~os.O_CREAT, mode)
-        with _closed_on_error(fd):
-            os.fchmod(fd, mode)
-        return fd
-    except OSError as err:
-        raise _refusal(err, directory, name, "a regular file") from err
+            fd = os.open(name, base, dir_fd=directory.fd)
+        except FileNotFoundError:
+            if not flags & os.O_CREAT:
+                raise
+        except OSError as err:
+            raise _refusal(err, directory, name, "a regular file") from err
+        else:
+            with _closed_on_error(fd):
+                _check(os.fstat(fd), path, directory.owners, stat.S_ISREG, "a regular file")
+            return fd
+    try:
+        fd = os.open(name, base | os.O_CREAT | os.O_EXCL, mode, dir_fd=directory.fd)
+    except FileExistsError:
+        if flags & os.O_EXCL:
+            raise
+        return open_file(directory, name, flags & ~os.O_CREAT, mode)  # made meanwhile
     with _closed_on_error(fd):
-        _check(os.fstat(fd), path, directory.owners, stat.S_ISREG, "a regular file")
+        os.fchmod(fd, mode)
     return fd
 
 

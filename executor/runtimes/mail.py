@@ -55,6 +55,7 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from executor.owned_dirs import open_file, open_tree
 from executor.runtimes.mail_header import LiteralHeader
 from supervisor_client.mailaddress import EXPECTED, is_address, recipient_names
 
@@ -70,6 +71,9 @@ _HEADER_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9-]*):[ \t]*(.*)$")
 # What an invocation id may hold to appear in a Message-ID as is (a uuid does).
 _MESSAGE_ID_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _delivery_counter = itertools.count(1)
+# The maildir's directories and its mail, whatever the umask (``owned_dirs``).
+MAILDIR_MODE: Final = 0o700
+MAIL_MODE: Final = 0o600
 
 
 def _default_directory() -> Path:
@@ -459,23 +463,30 @@ class Mailer:
     def _store_maildir(self, message: EmailMessage) -> str:
         root = Path(self.settings.directory)
         try:
-            for sub in ("tmp", "new", "cur"):
-                (root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
-            host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
-            name = f"{time.time_ns()}.P{os.getpid()}Q{next(_delivery_counter)}.{host}.eml"
-            temporary, final = root / "tmp" / name, root / "new" / name
-            data = message.as_bytes()
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.rename(temporary, final)  # maildir: a message appears in new/ whole
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
-                raise
+            # Each directory 0700 whatever the umask, and none that someone planted
+            # (a link at new/ would take the mail, written as root, elsewhere).
+            with open_tree(root, ("cur",), MAILDIR_MODE):
+                pass
+            with (
+                open_tree(root, ("tmp",), MAILDIR_MODE) as tmp,
+                open_tree(root, ("new",), MAILDIR_MODE) as new,
+            ):
+                host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+                name = f"{time.time_ns()}.P{os.getpid()}Q{next(_delivery_counter)}.{host}.eml"
+                final = new.path / name
+                data = message.as_bytes()
+                fd = open_file(tmp, name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, MAIL_MODE)
+                try:
+                    with os.fdopen(fd, "wb") as handle:
+                        handle.write(data)
+                        handle.flush()
+                        os.fsync(handle.fileno())
+                    # maildir: a message appears in new/ whole
+                    os.rename(name, name, src_dir_fd=tmp.fd, dst_dir_fd=new.fd)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(name, dir_fd=tmp.fd)
+                    raise
         except OSError as err:
             raise MailError(f"could not store the mail in {root}: {err}") from err
         logger.info("mail to %s stored in %s", message["To"], final)
