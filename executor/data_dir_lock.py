@@ -49,7 +49,17 @@ class DataDirLock:
             if directory is not None:
                 held.append(directory)
                 _lock(directory, fcntl.LOCK_EX, data_dir)
-            file = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            _refuse_a_strange_lock_file(data_dir)
+            try:
+                file = os.open(
+                    data_dir / LOCK_FILE,
+                    os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
+                    0o600,
+                )
+            except OSError as err:  # a link or a directory put there meanwhile, say
+                raise ConfigError(
+                    f"data_dir: cannot open {data_dir / LOCK_FILE}: {err.strerror or err}"
+                ) from err
             held.append(file)
             _lock(file, fcntl.LOCK_EX, data_dir)
             _refuse_a_listener(data_dir)
@@ -68,6 +78,7 @@ class DataDirLock:
     @staticmethod
     def check(data_dir: Path) -> None:
         """Raise as ``take`` would, holding nothing (``cbexec serve --check-config``)."""
+        _refuse_a_strange_lock_file(data_dir)
         for fd in (_open_directory(data_dir), _open_file(data_dir / LOCK_FILE)):
             if fd is None:
                 continue  # no data dir or lock file yet: no executor holds it
@@ -114,6 +125,27 @@ def _in_use(data_dir: Path) -> ConfigError:
     return ConfigError(
         f"data_dir: {data_dir} is in use by another executor{holder}: give each executor "
         "its own data dir (a fleet's replicas share PostgreSQL, never a data dir)"
+    )
+
+
+def _refuse_a_strange_lock_file(data_dir: Path) -> None:
+    """ConfigError if something but a file is where ``cbexec.lock`` goes.
+
+    Start-up cannot lock a directory there (it died with a traceback), and through a
+    link it would truncate the file the link points to.
+    """
+    path = data_dir / LOCK_FILE
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return  # none yet (or no data dir): start-up makes it
+    if stat.S_ISREG(mode):
+        return
+    what = {stat.S_IFDIR: "a directory", stat.S_IFLNK: "a symbolic link"}.get(
+        stat.S_IFMT(mode), "not a file"
+    )
+    raise ConfigError(
+        f"data_dir: {path} is {what}; the executor's lock file goes there: move it away"
     )
 
 

@@ -454,3 +454,18 @@ async def test_a_data_dir_on_a_full_filesystem_is_refused_by_the_check_as_by_sta
         "free space, then start again"
     )
     assert "the storage refused it" in serve_err, serve_err
+
+
+async def test_a_directory_where_the_lock_file_goes_is_refused_alike_in_one_line(
+    tmp_path: Path,
+) -> None:
+    # --check-config said "ok", then serve died with a 23-line traceback (probe 82).
+    data_dir = tmp_path / "data"
+    (data_dir / "cbexec.lock").mkdir(parents=True)
+
+    said = await _both_refuse(data_dir)
+
+    assert said == (
+        f"cbexec: data_dir: {data_dir}/cbexec.lock is a directory; the executor's lock file"
+        " goes there: move it away"
+    )

@@ -90,3 +90,27 @@ def test_a_directory_where_the_supervisor_socket_goes_is_refused_in_one_line(
         DataDirLock.check(tmp_path)
     with pytest.raises(ConfigError, match=expected):
         DataDirLock.take(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["directory", "link"])
+def test_something_else_where_the_lock_file_goes_is_refused_in_one_line(
+    tmp_path: Path, kind: str
+) -> None:
+    # A directory there passed the check, then start-up died with an IsADirectoryError
+    # traceback (probe 82); a link had start-up truncate the file it points to.
+    path = tmp_path / LOCK_FILE
+    if kind == "directory":
+        path.mkdir()
+        what = "is a directory"
+    else:
+        target = tmp_path / "elsewhere"
+        target.write_text("keep me\n")
+        path.symlink_to(target)
+        what = "is a symbolic link"
+    expected = rf"^data_dir: {path} {what}; the executor's lock file goes there: move it away$"
+    with pytest.raises(ConfigError, match=expected):
+        DataDirLock.check(tmp_path)
+    with pytest.raises(ConfigError, match=expected):
+        DataDirLock.take(tmp_path)
+    if kind == "link":
+        assert (tmp_path / "elsewhere").read_text() == "keep me\n"
