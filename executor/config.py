@@ -552,9 +552,20 @@ def apply(settings: Settings, values: Mapping[str, Any], origin: str) -> Setting
 def read_toml(path: Path) -> dict[str, Any]:
     """A TOML settings file's values; ConfigError when it cannot be read or parsed."""
     try:
-        return tomllib.loads(path.read_text())
+        data = path.read_bytes()
     except OSError as err:
         raise ConfigError(f"config file {path}: {err.strerror or err}") from err
+    try:
+        text = data.decode("utf-8")  # TOML's encoding, not the locale's
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - data.rfind(b"\n", 0, err.start)  # in bytes, from 1
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (TOML is): byte 0x{data[err.start]:02x} at"
+            f" line {line}, column {column}; save it as UTF-8"
+        ) from err
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file {path}: {err}") from err
 

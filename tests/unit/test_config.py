@@ -888,3 +888,28 @@ def test_the_event_ids_kept_are_bounded_by_count_by_default() -> None:
     assert config.from_env(config.Settings(), {"CBEXEC_EVENT_ID_MAX_COUNT": "200000"}) == (
         config.Settings(event_id_max_count=200_000)
     )
+
+
+@pytest.mark.parametrize(
+    "command", [["serve", "--check-config"], ["store", "migrate"]], ids=["serve", "migrate"]
+)
+def test_a_config_file_that_is_not_utf8_is_refused_in_one_line_naming_it(
+    command: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # One Latin-1 byte in a comment gave a UnicodeDecodeError traceback (probe 82).
+    for variable in [v for v in os.environ if v.startswith(config.ENV_PREFIX)]:
+        monkeypatch.delenv(variable)
+    toml = tmp_path / "cbexec.toml"
+    toml.write_bytes(b'# caf\xe9 farm\nbind = "127.0.0.1:50051"\n')
+    with pytest.raises(ConfigError) as caught:
+        config.from_toml(config.Settings(), toml)
+    expected = (
+        f"config file {toml} is not UTF-8 text (TOML is): byte 0xe9 at line 1, column 6;"
+        " save it as UTF-8"
+    )
+    assert str(caught.value) == expected
+    assert main([*command, "--config", str(toml)]) == EXIT_USAGE
+    assert capsys.readouterr().err == f"cbexec: {expected}\n"
