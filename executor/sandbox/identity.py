@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Final
 
 from executor.errors import ConfigError
+from executor.owned_dirs import UnsafePathError, open_file, open_tree
 
 CLAIM_DIR: Final = Path("/run/cbexec/uids")
 # Below this are the host's system accounts (and root); Debian, Fedora and others begin
@@ -73,23 +74,26 @@ class UidClaim:
     @classmethod
     def take(cls, first: int, count: int, directory: Path = CLAIM_DIR) -> UidClaim:
         """Claim the range, or raise ConfigError naming the uid another executor holds."""
-        directory.mkdir(parents=True, exist_ok=True, mode=0o755)
+        # Made 0755 whatever the umask, and nothing planted in it followed: root creates
+        # and truncates these files (owned_dirs; a link at a lock file would have it
+        # truncate whatever file the link names).
         fds: list[int] = []
         try:
-            for uid in range(first, first + count):
-                fd = os.open(
-                    directory / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
-                )
-                fds.append(fd)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise _in_use(uid, first, count, fd) from None
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        except BaseException:
+            with open_tree(directory.parent, [directory.name], 0o755) as claims:
+                for uid in range(first, first + count):
+                    fd = open_file(claims, f"{uid}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+                    fds.append(fd)
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        raise _in_use(uid, first, count, fd) from None
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except BaseException as err:
             for fd in fds:
                 os.close(fd)
+            if isinstance(err, UnsafePathError):
+                raise ConfigError(f"sandbox uids: {err}") from None
             raise
         return cls(first, count, fds)
 
