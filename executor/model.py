@@ -222,7 +222,7 @@ class Invocation:
                 "extra": self.event.item,
             }
         return {
-            "job": self.job,
+            "job": {"id": self.job_id},  # not the job: its agenda may be a million items
             "event": event,
             "work_name": self.work_name,
             "subjob_id": self.subjob_id,

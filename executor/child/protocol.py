@@ -7,8 +7,8 @@ On the bridge socket (fd ``BRIDGE_FD`` in every child), each frame is a 4-byte
 big-endian length, then one UTF-8 JSON object, by ``type``:
 
 parent -> child
-    ``start``  ``StartFrame``: language, code, context (job, event, work_name, subjob_id,
-               callback)
+    ``start``  ``StartFrame``: language, code, context (job {id}, event, work_name,
+               subjob_id, callback)
     ``reply``  ``ReplyOk`` {id, ok: true, value} | ``ReplyFailed`` {id, ok: false,
                error: {kind, message}}; ``kind`` is a ``QbErrorKind``
 child -> parent
@@ -118,10 +118,22 @@ class CallbackContext(TypedDict):
     maximum: int
 
 
+class StartJob(TypedDict):
+    """The job as the start frame names it: its id alone.
+
+    All the ``qb`` module answers locally of its job (Python and Perl alike); the rest is
+    the supervisor's to answer (``qb.jobinfo``). The whole job here was ~15 times its
+    size on the wire (~74 bytes of JSON for a work item of 5): a job within the request
+    size made a frame past ``MAX_PARENT_FRAME_BYTES``, so none of its callbacks could start.
+    """
+
+    id: int
+
+
 class StartContext(TypedDict):
     """What the callback's ``qb`` module knows without asking."""
 
-    job: dict[str, Any]
+    job: StartJob
     event: EventContext | None
     work_name: str
     subjob_id: int

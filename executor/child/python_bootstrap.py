@@ -183,7 +183,7 @@ _WARM_UP_FRAME = protocol.encode(
         "language": "python",
         "code": "x = qb.jobid()",
         "context": {
-            "job": {"id": 1, "name": "", "status": ""},
+            "job": {"id": 1},
             "event": None,
             "work_name": "",
             "subjob_id": -1,

@@ -1,0 +1,87 @@
+"""Every job a request may carry can have its callbacks run, and taking it in holds no other call.
+
+A job's context is at most what a 16 MiB request holds, but as JSON a work item is far
+more than on the wire: ~74 bytes for a 5-byte item named "0", six bytes for each control
+character of a name. The whole job in the child's start frame made a job of ~900,000
+short items, or of 12,000 long names, a frame the child refuses (64 MiB): accepted, yet
+none of its callbacks could ever start. The child reads only the job's id from it.
+
+The 1,000,000-item Execute also took seconds of the event loop to check and convert:
+health checks meanwhile are each answered within ``PROMPT_S`` (a generous bound; on the
+loop they waited for the whole conversion, ~2.5 s here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
+from tests.conftest import running_stack, stack_settings
+from tests.helpers.health import SERVING, health_status
+
+pytestmark = pytest.mark.service
+
+PROMPT_S = 1.0
+PRINT_JOB_ID = "import qb\nprint(qb.jobid())"
+
+
+@pytest.mark.timeout(120)
+async def test_an_execute_of_a_million_work_items_runs_and_holds_no_other_call(
+    tmp_path: Path,
+) -> None:
+    job = types_pb2.Job(id=77, user="alice")
+    job.agenda.extend(types_pb2.WorkItem(name=str(n % 10)) for n in range(1_000_000))
+    async with running_stack(stack_settings(tmp_path / "data")) as stack:
+        waits: list[float] = []
+        answers: list[int] = []
+        done = asyncio.Event()
+
+        async def check_health() -> None:
+            # The client shares the server's loop: a hold shows in the check or the
+            # pause after it, so each round is timed whole.
+            while not done.is_set():
+                started = time.monotonic()
+                answers.append(await health_status(stack.channel))
+                await asyncio.sleep(0.05)
+                waits.append(time.monotonic() - started)
+
+        checking = asyncio.create_task(check_health())
+        try:
+            response = await stack.client.execute_callback(
+                language="python", code=PRINT_JOB_ID, job=job
+            )
+        finally:
+            done.set()
+            await checking
+    assert response.outcome == executor_pb2.OUTCOME_SUCCEEDED, response.failure
+    assert response.stdout == "77\n"
+    slow = [round(wait, 2) for wait in waits if wait >= PROMPT_S]
+    assert not slow, f"health waited {slow} of {len(waits)} checks"
+    assert len(waits) >= 5
+    assert set(answers) == {SERVING}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("language", ["python", "perl"])
+async def test_a_registered_job_of_long_work_names_fires_its_callback(
+    tmp_path: Path, language: str
+) -> None:
+    # 12 MB on the wire, ~72 MB as JSON: each control character is written \u0001.
+    names = ["\x01" * 1000 + str(n) for n in range(12_000)]
+    code = {"python": PRINT_JOB_ID, "perl": "print qb::jobid(), qq(\\n);"}[language]
+    job = {
+        "id": 78,
+        "user": "alice",
+        "agenda": names,
+        "callbacks": [{"triggers": "complete-job-self", "language": language, "code": code}],
+    }
+    async with running_stack(stack_settings(tmp_path / "data")) as stack:
+        await stack.client.register_job(job)
+        answer = await stack.client.publish_event(name="complete", type="job", job_id=78, wait=True)
+    (fired,) = answer.fired
+    assert fired.result.outcome == executor_pb2.OUTCOME_SUCCEEDED, fired.result.failure
+    assert fired.result.stdout == "78\n"
