@@ -587,6 +587,7 @@ async def test_a_full_control_socket_is_waited_on_not_taken_for_a_death(
                 ]
                 # Every spawn of the burst asked (or the zygote taken for dead).
                 assert await eventually(lambda: len(zygote._starting) >= shorts or long.done(), 10)
+                assert zygote._outbox or long.done(), "the socket never filled"
             async with within(3 * ZYGOTE_LONGEST_WAIT_S):
                 answers = await asyncio.gather(long, *burst)
         forks = spawner.status()
@@ -597,3 +598,53 @@ async def test_a_full_control_socket_is_waited_on_not_taken_for_a_death(
     assert [z.restarts for z in forks if z.language == language] == [0]
     assert "zygote" not in caplog.text, caplog.text  # no death, no child started cold
     assert zygote_end_blocks
+
+
+@pytest.mark.parametrize("wall_seconds", [1, None])
+async def test_a_hung_zygote_behind_a_full_control_socket_is_still_killed(
+    tmp_path: Path, wall_seconds: int | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Spawns wait for room in a socket the stopped zygote never reads: the watchdog's
+    # ping waits behind them and is never answered. A run with a short wall limit gives
+    # its spawn up first (its message, and the fds it carries, taken back) and starts cold.
+    settings = stack_settings(tmp_path / "data", max_concurrent=4, prepare_ahead=False)
+    limits = {} if wall_seconds is None else {"wall_seconds": wall_seconds}
+    async with running_stack(settings) as stack:
+        (job,) = stack.supervisor.submit([{"name": "z", "user": "alice"}])
+        spawner = warm_spawner(stack)
+        await stack.client.execute_callback(language="python", code=ALIVE["python"], job=job)
+        pid = spawner.pid_of("python")
+        assert pid is not None
+        zygote = shrink_control_socket(spawner, "python")
+        with (
+            caplog.at_level(logging.ERROR, logger="executor.sandbox.spawners"),
+            stopped(pid),
+        ):
+            async with within(3 * ZYGOTE_LONGEST_WAIT_S):
+                responses = await asyncio.gather(
+                    *(
+                        stack.client.execute_callback(
+                            language="python", code=ALIVE["python"], job=job, limits=limits
+                        )
+                        for _ in range(settings.max_concurrent)
+                    )
+                )
+                unsent = list(zygote._outbox)
+
+                async def logged() -> bool:
+                    return bool(zygote_errors(caplog))
+
+                assert await eventually(logged, timeout_s=2 * ZYGOTE_LONGEST_WAIT_S)
+        after = await stack.client.execute_callback(
+            language="python", code=ALIVE["python"], job=job
+        )
+        restarted = spawner.pid_of("python")
+
+    assert [(r.outcome, r.stdout) for r in responses] == [
+        (executor_pb2.Outcome.OUTCOME_SUCCEEDED, "alive\n")
+    ] * settings.max_concurrent, responses
+    assert unsent == []
+    assert after.stdout == "alive\n"
+    assert restarted not in (None, pid)
+    (line,) = zygote_errors(caplog)
+    assert f"(pid {pid}) did not answer for {ZYGOTE_PING_PERIOD_S:g} s and was killed" in line
