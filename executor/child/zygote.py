@@ -17,6 +17,10 @@ zygote -> executor   ``{"type":"started","id":N,"pid":P}`` or ``{"type":"failed"
 (``protocol.SpawnRequest``, ``encode_spawn``, ``ZygoteStarted``, ``ZygoteFailed``,
 ``ZygoteExited``, ``ZYGOTE_PING``.) A cell's part of the spec is parsed once (``CellSpecs``).
 
+This process's end of the socket blocks (the executor makes only its own end
+non-blocking): a report that finds the socket full waits until the executor has read
+the ones before it, never fails. The executor queues what finds its end full, in order.
+
 The child does what the cold path's Popen + launcher do: new session, stdin from
 /dev/null, the passed stdout/stderr, the bridge as fd 3, every other fd closed, the
 given environment, then ``launcher.confine_and_run`` (which enters the working

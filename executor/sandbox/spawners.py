@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
@@ -292,6 +293,11 @@ class _Zygote:
     (``protocol.ZYGOTE_PING``); a ping still unanswered at the next tick means the
     zygote's loop has not turned for a whole period, and it is killed (``_lose``).
     Nothing per run but a flag: a run's own wait needs no timer of its own.
+
+    Its control socket full (a burst of spawns while the zygote forks, or is held up a
+    moment) is back-pressure, not a death: what does not fit waits in ``_outbox``, in
+    order, for the socket to be writable. The watchdog's ping queues behind it, so a
+    zygote that reads nothing for a whole period is still taken for hung.
     """
 
     def __init__(self, argv: list[str], language: str, options: list[str]) -> None:
@@ -312,6 +318,9 @@ class _Zygote:
         self._cell_parts: dict[int, tuple[dict[str, object], bytes]] = {}
         self._watchdog: asyncio.TimerHandle | None = None
         self._ping_unanswered = False
+        # Messages the full socket did not take yet, oldest first: (spawn id or None for
+        # a ping, payload, fds). The fds stay the spawning run's until the message is sent.
+        self._outbox: deque[tuple[int | None, bytes, list[int]]] = deque()
         # Killed zygotes not reaped yet (one stuck in the kernel dies when it leaves it).
         self._reaping: set[asyncio.Future[int]] = set()
 
@@ -422,17 +431,50 @@ class _Zygote:
             return
         if not self._owes_answers():
             return
-        try:
-            control.send(ZYGOTE_PING)
-        except BlockingIOError:
-            # Its socket full of messages it has not read: as good as a ping unanswered
-            # (a live zygote reads each at once, and a few per cell at most are sent).
-            pass
-        except OSError:
-            self._lose("died")
-            return
+        # Behind any spawn still waiting for room: answered once the zygote has read them.
+        self._send(None, ZYGOTE_PING, [])
+        if self._control is None:
+            return  # the send found it dead
         self._ping_unanswered = True
         self._watch()
+
+    def _send(self, request_id: int | None, payload: bytes, fds: list[int]) -> None:
+        """Send a message now, or queue it behind those waiting for room; a dead socket loses the zygote."""
+        self._outbox.append((request_id, payload, fds))
+        if len(self._outbox) == 1:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Send what waits, in order, until the socket is full (then wait until it is writable)."""
+        control = self._control
+        if control is None:
+            return
+        loop = asyncio.get_running_loop()
+        while self._outbox:
+            _, payload, fds = self._outbox[0]
+            try:
+                if fds:
+                    socket.send_fds(control, [payload], fds)
+                else:
+                    control.send(payload)
+            except BlockingIOError:
+                # Full: its reader frees room as the zygote reads (a hung zygote, the
+                # watchdog's ping unanswered behind these, is killed at its next tick).
+                outside_any_run().run(loop.add_writer, control, self._flush)
+                return
+            except OSError:
+                self._lose("died")
+                return
+            self._outbox.popleft()
+        loop.remove_writer(control)
+
+    def _unsend(self, request_id: int) -> bool:
+        """Take a spawn out of the outbox if it is still there (whether it was)."""
+        for n, (queued, _, _) in enumerate(self._outbox):
+            if queued == request_id:
+                del self._outbox[n]
+                return True
+        return False
 
     def _lose(self, what: str) -> None:
         """The zygote died (or is killed now): every child in flight is reported killed.
@@ -463,8 +505,10 @@ class _Zygote:
             self._watchdog.cancel()
             self._watchdog = None
         control, self._control = self._control, None
+        self._outbox.clear()  # each spawn's fds are its run's again (started cold)
         if control is not None:
             asyncio.get_running_loop().remove_reader(control)
+            asyncio.get_running_loop().remove_writer(control)
             control.close()
         lost = ZygoteLost(f"the sandbox zygote {what}", self.pid)
         process, self._process = self._process, None
@@ -492,7 +536,7 @@ class _Zygote:
         self, spec: LaunchSpec, env: dict[str, str], fds: tuple[int, int, int]
     ) -> ChildHandle:
         async with self._lock:
-            control = await self._ensure_started()
+            await self._ensure_started()
             request_id = next(self._ids)
             payload = encode_spawn(request_id, spec, env, self._cell_part(spec))
             if len(payload) > MAX_MESSAGE:
@@ -501,19 +545,16 @@ class _Zygote:
                 )
             future: asyncio.Future[ChildHandle] = asyncio.get_running_loop().create_future()
             self._starting[request_id] = future
-            try:
-                socket.send_fds(control, [payload], list(fds))
-            except OSError as err:
-                self._starting.pop(request_id, None)
-                pid = self.pid
-                self._lose("died")
-                raise ZygoteLost(f"could not reach the sandbox zygote: {err}", pid) from err
+            self._send(request_id, payload, list(fds))  # a dead socket fails the future
             self._watch()
         try:
             return await future
         except asyncio.CancelledError:
-            # Started the moment its run stopped waiting: no one will run it.
-            if future.done() and not future.cancelled():
+            if self._unsend(request_id):
+                # Never sent: its fds, which its run closes now, must not be either.
+                self._starting.pop(request_id, None)
+            elif future.done() and not future.cancelled():
+                # Started the moment its run stopped waiting: no one will run it.
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(future.result().pid, signal.SIGKILL)
             raise
@@ -529,8 +570,10 @@ class _Zygote:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+        self._outbox.clear()
         if self._control is not None:
             asyncio.get_running_loop().remove_reader(self._control)
+            asyncio.get_running_loop().remove_writer(self._control)
             self._control.close()
             self._control = None
         if self._process is not None:

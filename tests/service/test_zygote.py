@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -521,3 +522,129 @@ async def test_the_zygotes_work_without_namespaces_or_cgroups(
 
     assert [r.stdout for r in responses] == ["alive\n"] * 3
     assert warm, "the zygote failed and its children were started cold"
+
+
+def shrink_control_socket(spawner: ZygoteSpawner, language: str) -> spawners._Zygote:
+    """The language's zygote, its control socket's send buffer small (8 KiB).
+
+    A spawn message or two fill it: what a burst of runs does to the default buffer
+    (~200 KiB, some 60 spawn messages) while the zygote is busy or held up.
+    """
+    zygote = spawner._zygotes[language]
+    control = zygote._control
+    assert control is not None
+    control.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    return zygote
+
+
+def nonblocking_control(zygote_pid: int) -> bool:
+    """Whether the zygote's own end of its control socket is non-blocking (its CONTROL_FD)."""
+    fd = next(arg for arg in psutil.Process(zygote_pid).cmdline() if arg.isdigit())
+    flags = Path(f"/proc/{zygote_pid}/fdinfo/{fd}").read_text().split("flags:")[1].split()[0]
+    return bool(int(flags, 8) & os.O_NONBLOCK)
+
+
+@pytest.mark.parametrize("language", ["python", "perl"])
+async def test_a_full_control_socket_is_waited_on_not_taken_for_a_death(
+    tmp_path: Path, language: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A long callback runs in the zygote; a burst of runs finds its control socket full
+    # (the zygote held up a moment). The spawns wait their turn: no run is killed, the
+    # zygote is not restarted, and every child of the burst is its fork.
+    shorts = 5
+    settings = stack_settings(tmp_path / "data", max_concurrent=shorts + 1, prepare_ahead=False)
+    async with running_stack(settings) as stack:
+        (job,) = stack.supervisor.submit([{"name": "z", "user": "alice"}])
+        spawner = warm_spawner(stack)
+        first = await stack.client.execute_callback(
+            language=language, code=ALIVE[language], job=job
+        )
+        assert first.outcome == executor_pb2.Outcome.OUTCOME_SUCCEEDED, first
+        pid = spawner.pid_of(language)
+        assert pid is not None
+        # Its reports (the other way) wait for room in its blocking end, never fail.
+        zygote_end_blocks = not nonblocking_control(pid)
+        code = {
+            "python": "qb.block(qb.jobid())\nimport time\ntime.sleep(2)\nprint('alive')",
+            "perl": 'qb::block(qb::jobid());\nselect(undef, undef, undef, 2); print "alive\\n";',
+        }[language]
+        long = asyncio.create_task(
+            stack.client.execute_callback(language=language, code=code, job=job)
+        )
+        assert await eventually(
+            lambda: long.done() or stack.supervisor.job(job["id"])["status"] == "blocked", 60
+        )
+        zygote = shrink_control_socket(spawner, language)
+        with caplog.at_level(logging.WARNING, logger="executor.sandbox.spawners"):
+            with stopped(pid):  # well within the watchdog's period
+                burst = [
+                    asyncio.create_task(
+                        stack.client.execute_callback(
+                            language=language, code=ALIVE[language], job=job
+                        )
+                    )
+                    for _ in range(shorts)
+                ]
+                # Every spawn of the burst asked (or the zygote taken for dead).
+                assert await eventually(lambda: len(zygote._starting) >= shorts or long.done(), 10)
+                assert zygote._outbox or long.done(), "the socket never filled"
+            async with within(3 * ZYGOTE_LONGEST_WAIT_S):
+                answers = await asyncio.gather(long, *burst)
+        forks = spawner.status()
+
+    assert [(a.outcome, a.stdout) for a in answers] == [
+        (executor_pb2.Outcome.OUTCOME_SUCCEEDED, "alive\n")
+    ] * (shorts + 1), answers
+    assert [z.restarts for z in forks if z.language == language] == [0]
+    assert "zygote" not in caplog.text, caplog.text  # no death, no child started cold
+    assert zygote_end_blocks
+
+
+@pytest.mark.parametrize("wall_seconds", [1, None])
+async def test_a_hung_zygote_behind_a_full_control_socket_is_still_killed(
+    tmp_path: Path, wall_seconds: int | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Spawns wait for room in a socket the stopped zygote never reads: the watchdog's
+    # ping waits behind them and is never answered. A run with a short wall limit gives
+    # its spawn up first (its message, and the fds it carries, taken back) and starts cold.
+    settings = stack_settings(tmp_path / "data", max_concurrent=4, prepare_ahead=False)
+    limits = {} if wall_seconds is None else {"wall_seconds": wall_seconds}
+    async with running_stack(settings) as stack:
+        (job,) = stack.supervisor.submit([{"name": "z", "user": "alice"}])
+        spawner = warm_spawner(stack)
+        await stack.client.execute_callback(language="python", code=ALIVE["python"], job=job)
+        pid = spawner.pid_of("python")
+        assert pid is not None
+        zygote = shrink_control_socket(spawner, "python")
+        with (
+            caplog.at_level(logging.ERROR, logger="executor.sandbox.spawners"),
+            stopped(pid),
+        ):
+            async with within(3 * ZYGOTE_LONGEST_WAIT_S):
+                responses = await asyncio.gather(
+                    *(
+                        stack.client.execute_callback(
+                            language="python", code=ALIVE["python"], job=job, limits=limits
+                        )
+                        for _ in range(settings.max_concurrent)
+                    )
+                )
+                unsent = list(zygote._outbox)
+
+                async def logged() -> bool:
+                    return bool(zygote_errors(caplog))
+
+                assert await eventually(logged, timeout_s=2 * ZYGOTE_LONGEST_WAIT_S)
+        after = await stack.client.execute_callback(
+            language="python", code=ALIVE["python"], job=job
+        )
+        restarted = spawner.pid_of("python")
+
+    assert [(r.outcome, r.stdout) for r in responses] == [
+        (executor_pb2.Outcome.OUTCOME_SUCCEEDED, "alive\n")
+    ] * settings.max_concurrent, responses
+    assert unsent == []
+    assert after.stdout == "alive\n"
+    assert restarted not in (None, pid)
+    (line,) = zygote_errors(caplog)
+    assert f"(pid {pid}) did not answer for {ZYGOTE_PING_PERIOD_S:g} s and was killed" in line

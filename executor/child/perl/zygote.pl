@@ -16,6 +16,8 @@
 #                       executor's watchdog, while this process owes it answers
 #   zygote -> executor  {"type":"started","id":N,"pid":P} | {"type":"failed","id":N,...}
 #                       {"type":"exited","pid":P,"status":S,"cpu":C,"maxrss_kib":K}
+# This process's end of the socket blocks, as zygote.py's: a report that finds it full
+# waits for the executor to read the ones before it (syswrite never sees EAGAIN).
 #
 # Each child is confined as executor/child/launcher.py confines a Python one, step for
 # step and with the same spec: new session, stdin from /dev/null, the passed stdout,
