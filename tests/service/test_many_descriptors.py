@@ -44,9 +44,9 @@ async def test_runs_fired_callbacks_and_the_side_port_s_503_work_past_1024_descr
             }
         )
         with descriptors_past_fd_setsize():
-            # Several in a row: each after the first takes a child prepared for it, the
-            # step that checks it is still alive (a pidfd).
-            for n in range(4):
+            # Twice the slots: each run past the first round takes the child its cell
+            # prepared after its last run, checking that it is still alive (a pidfd).
+            for n in range(2 * settings.max_concurrent):
                 result = await client.execute_callback(
                     language="python", code=f"print('run {n}')", job={"id": 70, "user": "alice"}
                 )
