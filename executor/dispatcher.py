@@ -24,6 +24,11 @@ its child, and it is recorded through ``on_result`` like any other run; drain's 
 get it as their answer, a cancelled caller its cancellation once the run has ended. A
 fired run drain stopped (or never started) is the exception: its caller, the trigger
 engine's queue, gets UnavailableError, and keeps the firing for the next start.
+
+A run an executor bug ends (an unexpected exception) is an Execute caller's INTERNAL
+error; a qube run, and a fired run (it has no caller to tell), is instead a FAILED run
+with ``INTERNAL_FAILURE``, recorded and reported like any other: a fired callback is
+never lost without a trace.
 """
 
 from __future__ import annotations
@@ -58,6 +63,8 @@ SHUTTING_DOWN: Final = "the executor is shutting down"
 _INTERPRETED: Final = frozenset({Language.QUBE, Language.MAIL})
 CALLER_CANCELLED: Final = "the caller cancelled the request"
 CALLER_DEADLINE: Final = "the caller's deadline passed"
+# The failure of a run that an executor bug ended (a qube run, or a fired child run).
+INTERNAL_FAILURE: Final = "internal error in the executor; its log has the details"
 # A cancellation this close to the caller's deadline is the deadline's (clocks differ).
 _DEADLINE_SLACK_S: Final = 0.05
 
@@ -424,14 +431,32 @@ class Dispatcher:
                 return self._stopped(invocation, run.stop, tuple(host.actions)), None
             except Exception:  # an executor bug: still a run, answered, recorded, reported
                 logger.exception("qube run %s failed inside the executor", invocation.invocation_id)
-                failure = Failure("internal error in the executor; its log has the details")
-                result = RunResult(
-                    invocation.invocation_id,
-                    Outcome.FAILED,
-                    failure=failure,
-                    actions=tuple(host.actions),
-                )
-                return result, None
+                return self._failed_inside(invocation, host), None
+        try:
+            return await self._run_child(run, slot, host, policy)
+        except (CapacityError, UnavailableError):
+            raise  # not started: the engine's queue tries a fired run again
+        except Exception:
+            if not run.fired:
+                raise  # its caller is answered INTERNAL
+            logger.exception("fired run %s failed inside the executor", invocation.invocation_id)
+            return self._failed_inside(invocation, host), None
+
+    @staticmethod
+    def _failed_inside(invocation: Invocation, host: HostApi) -> RunResult:
+        """A run an executor bug ended: FAILED, with what its host applied before."""
+        return RunResult(
+            invocation.invocation_id,
+            Outcome.FAILED,
+            failure=Failure(INTERNAL_FAILURE),
+            actions=tuple(host.actions),
+        )
+
+    async def _run_child(
+        self, run: _Run, slot: int, host: HostApi, policy: Policy | None
+    ) -> tuple[RunResult, Awaitable[None] | None]:
+        """A Python or Perl callback's run in a sandboxed child, in ``slot`` (as ``_run_in_slot``)."""
+        invocation = run.invocation
         child = await self._runner.run(
             runtime=child_runtime(run.language),
             limits=invocation.limits,

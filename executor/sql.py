@@ -658,21 +658,29 @@ _PG_TEXT_VALUES: Final[dict[int, Callable[[bytes], Any]]] = {
 }
 
 
+def _wait_for(sock: int, event: int) -> None:
+    """Until ``sock`` is ready for ``event`` (or has an error or hangup, which libpq reads)."""
+    poller = select.poll()
+    poller.register(sock, event)
+    poller.poll()
+
+
 def _first_result(pgconn: Any) -> Any:
     """The first result of the statement sent on ``pgconn``, once all of them are in.
 
     Not ``PQexec``: it discards what the server said before (``terminating connection
     due to administrator command``), which is how ``_terminated_before_it_counted``
-    knows that a statement can run again. ``select`` lets the GIL go while it waits, so
-    the watchdog can cut the connection.
+    knows that a statement can run again. ``poll`` lets the GIL go while it waits, so
+    the watchdog can cut the connection; not ``select``, which refuses a socket numbered
+    past FD_SETSIZE (1024), as the executor's are with many connections or slots.
     """
     sock = pgconn.socket
     while pgconn.flush():
-        select.select([], [sock], [])
+        _wait_for(sock, select.POLLOUT)
     first = None
     while True:
         while pgconn.is_busy():
-            select.select([sock], [], [])
+            _wait_for(sock, select.POLLIN)
             try:
                 pgconn.consume_input()
             except Exception:

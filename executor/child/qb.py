@@ -27,7 +27,7 @@ from _signal import (  # type: ignore[import-not-found]  # as python_bootstrap.p
 )
 from _thread import allocate_lock, get_ident
 from os import fstat, getpid, read, write
-from select import select
+from select import POLLIN, poll
 from typing import TYPE_CHECKING, Any
 
 import protocol
@@ -270,7 +270,10 @@ def _next_frame() -> protocol.ParentFrame:
                 except protocol.FrameError as err:
                     _out_of_step = str(err)
                     raise
-        select([_bridge_fd], [], [])  # the wait a handler may interrupt: nothing read yet
+        # The wait a handler may interrupt: nothing read yet. poll, not select (FD_SETSIZE).
+        waiting = poll()
+        waiting.register(_bridge_fd, POLLIN)
+        waiting.poll()
         # The read and its keeping with this thread's signals held: a handler's raise
         # comes after them (at the unblock), not between them, which would lose bytes.
         held = _HELD_SIGNALS - pthread_sigmask(SIG_BLOCK, ())

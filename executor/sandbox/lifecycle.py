@@ -89,7 +89,11 @@ def has_ended(pid: int) -> bool:
     except ProcessLookupError:
         return True
     try:
-        return bool(select.select([pidfd], [], [], 0)[0])  # a pidfd reads ready once it exits
+        # A pidfd reads ready once it exits. poll, not select: the executor's descriptors
+        # pass select()'s FD_SETSIZE (1024) with many connections or slots.
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        return bool(poller.poll(0))
     finally:
         os.close(pidfd)
 

@@ -11,8 +11,11 @@ queue holds; a firing leaves the queue when its run has ended:
   child could not start) is retried with exponential backoff while the engine runs; it
   never waits for a restart. The event's later firings wait behind it, so their order
   holds.
-* A run that raised anything else is an executor bug: it is logged and the firing
-  leaves the queue all the same, so that it does not replay at every start.
+* A run that an executor bug ends is not an exception here: the dispatcher records and
+  reports it as a FAILED run ("internal error in the executor; its log has the
+  details") and that is its result. Anything else raised here is a bug outside any run
+  (building its invocation, recording its result): it is logged with its traceback and
+  the firing leaves the queue all the same, so that it does not replay at every start.
 * Only the worker runs firings, so none runs twice. A publisher that waits for its
   event's results (``PublishEvent(wait=True)``) gets them through futures; if it goes
   away, the runs go on: they are durable work, not the caller's. In a fleet, a run
@@ -250,7 +253,8 @@ class FiringWorker:
                 continue
             except Exception:
                 logger.exception(
-                    "firing %s of callback %s raised; it is dropped from the queue",
+                    "firing %s of callback %s failed outside its run (an executor bug); "
+                    "it leaves the queue unrun",
                     firing.invocation_id,
                     firing.callback.callback_id,
                 )

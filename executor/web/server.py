@@ -267,7 +267,10 @@ class _Server(ThreadingHTTPServer):
                 asked = b""
                 # Its request line, if it comes at once: /healthz is answered in JSON. Read
                 # in any case, since a socket closed with data unread sends a reset.
-                if select.select([request], [], [], TURN_AWAY_WAIT_S)[0]:
+                # poll, not select: past 1024 descriptors select() raises ValueError.
+                poller = select.poll()
+                poller.register(request, select.POLLIN)
+                if poller.poll(TURN_AWAY_WAIT_S * 1000):
                     asked = request.recv(MAX_TARGET_SEEN)
                 request.send(_turned_away(asked))
         super().shutdown_request(request)

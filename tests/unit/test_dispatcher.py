@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from executor.child.protocol import StartFrame
-from executor.dispatcher import CALLER_CANCELLED, SHUTTING_DOWN, Dispatcher
+from executor.dispatcher import CALLER_CANCELLED, INTERNAL_FAILURE, SHUTTING_DOWN, Dispatcher
 from executor.errors import CapacityError, InvalidRequestError, UnavailableError
 from executor.host_api import HostApi
 from executor.model import (
@@ -64,6 +64,8 @@ class FakeRunner:
     ) -> SandboxResult:
         code = start["code"]
         assert start["language"] == runtime.language
+        if code == "bug":  # as has_ended's select() past FD_SETSIZE did
+            raise ValueError("filedescriptor out of range in select()")
         self.started.append((code, slot))
         stop = stop or RunStop()
         try:
@@ -293,6 +295,19 @@ async def test_a_fired_run_drain_stopped_is_recorded_and_kept_for_the_next_start
         "run-g": (Outcome.SUCCEEDED, ""),
         "run-f": (Outcome.KILLED, SHUTTING_DOWN),
     }
+
+
+async def test_a_fired_run_that_fails_inside_the_executor_is_a_failed_run_recorded() -> None:
+    # It was dropped: never recorded nor reported, its waiter answered with no result.
+    harness = Harness(slots=1, queue=1)
+    result = await harness.execute("bug", fired=True)
+    assert (result.outcome, result.failure) == (Outcome.FAILED, Failure(INTERNAL_FAILURE))
+    assert harness.outcomes() == {"run-bug": (Outcome.FAILED, INTERNAL_FAILURE)}
+    # Its slot is free again; an Execute's caller is still answered INTERNAL (an error).
+    with pytest.raises(ValueError, match="out of range"):
+        await harness.execute("bug")
+    harness.runner.finish("ok")
+    assert (await harness.execute("ok")).outcome == Outcome.SUCCEEDED
 
 
 async def test_a_cancelled_caller_stops_its_run_which_is_still_recorded() -> None:
