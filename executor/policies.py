@@ -389,6 +389,17 @@ def _bind(
         )
     # As the mount sees it too: a target through a symbolic link (/bin on a merged /usr).
     real_target = os.path.realpath(target)
+    private_tmp = tempfile.gettempdir()
+    if private_tmp in (target, real_target):
+        # The working directory is made in it after the binds: in the bound directory.
+        # Said first: a checkout under /tmp (the interpreters' files) is hidden as well.
+        raise _error(
+            name,
+            f"{key}.target",
+            f"{target} is each callback's private tmpfs, which holds its working directory "
+            "(made after the binds, it would be made in the bound directory): choose a "
+            f"target under {private_tmp} (made in the callback's private one)",
+        )
     for where in dict.fromkeys((target, real_target)):
         for kept in keep:
             if _under(kept, where):
@@ -404,16 +415,6 @@ def _bind(
                 )
         if (meets := _meets_a_fresh_mount(where)) is not None:
             raise _error(name, f"{key}.target", f"{target} {meets}: choose another target")
-    private_tmp = tempfile.gettempdir()
-    if private_tmp in (target, real_target):
-        # The working directory is made in it after the binds: in the bound directory.
-        raise _error(
-            name,
-            f"{key}.target",
-            f"{target} is each callback's private tmpfs, which holds its working directory "
-            "(made after the binds, it would be made in the bound directory): choose a "
-            f"target under {private_tmp} (made in the callback's private one)",
-        )
     if not os.path.isdir(target) and not _under(target, private_tmp):
         raise _error(
             name,
