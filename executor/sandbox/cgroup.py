@@ -126,17 +126,24 @@ def _hold(pool: Path) -> int | None:
 
 
 def _remove_stale(root: Path) -> None:
-    """Remove pools left by executors that died without cleaning up: those nobody holds.
+    """Remove pools left by executors that died without cleaning up.
 
-    Cells that still hold processes (a dead executor's orphans) are killed first.
+    Stale: held by nobody (``_hold``) and named for a pid that does not run here. A
+    held pool is a running executor's, whatever its PID namespace. An unheld one may
+    still be an executor's of an earlier version, which takes no lock: while its pid
+    runs it is kept, as that version kept it. Cells that still hold processes (a dead
+    executor's orphans) are killed first.
     """
     for pool in root.glob(f"{PREFIX}*"):
+        owner = pool.name[len(PREFIX) :].partition(".")[0]
+        if not owner.isdigit() or Path(f"/proc/{owner}").exists():
+            continue
         try:
             fd = _hold(pool)
         except OSError:  # gone meanwhile, or not a directory
             continue
         if fd is None:
-            continue  # its executor runs, in this PID namespace or another
+            continue  # its executor runs, in another PID namespace
         try:
             for cell in pool.glob("cell-*"):
                 _kill_and_remove(cell)

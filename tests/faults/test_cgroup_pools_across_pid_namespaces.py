@@ -88,9 +88,14 @@ def test_executors_with_the_same_pid_in_two_containers_get_pools_of_their_own(
         assert second.parent != first.parent
 
 
-def test_a_dead_executors_pool_is_removed_at_the_next_start(root: Path) -> None:
-    with executor_pools(root, own_pid_namespace=True) as gone:
-        pass
-    os.makedirs(gone, exist_ok=True)  # as a kill -9 leaves it: not removed by its executor
+def test_an_unheld_pool_goes_only_when_its_pid_runs_nowhere_here(root: Path) -> None:
+    # Above the largest pid_max (2^22): a dead executor's (or one of another namespace
+    # that held nothing: an earlier version's, which took no lock).
+    dead = root / "pids" / "cbexec-4194305" / "cell-0"
+    # Named for a pid that runs here, unheld: an earlier version's running executor.
+    older = root / "pids" / f"cbexec-{os.getpid()}.7" / "cell-0"
+    for cell in (dead, older):
+        cell.mkdir(parents=True)
     with executor_pools(root, own_pid_namespace=False):
-        assert not gone.parent.exists()
+        assert not dead.parent.exists()
+        assert older.is_dir()
