@@ -31,8 +31,12 @@ if TYPE_CHECKING:
 SHM_BYTES: Final = 32 << 10
 
 
-def make(path: Path) -> None:
-    """Create ``path`` (mode 0700, with its parents) and check it is usable; ConfigError if not."""
+def make(path: Path, databases: Sequence[str] = ()) -> None:
+    """Create ``path`` (mode 0700, with its parents) and check it is usable; ConfigError if not.
+
+    Also when its filesystem has no inodes left for the files opening ``databases``
+    makes: SQLite would say only "unable to open database file".
+    """
     _existing_problem(path)
     if not path.is_dir():
         _writable(_first_missing(path).parent, f"{path} does not exist and")
@@ -41,6 +45,8 @@ def make(path: Path) -> None:
     except OSError as err:
         raise ConfigError(f"data_dir: cannot make {path}: {err.strerror or err}") from err
     _usable(path)
+    if problem := _inodes_problem(path, databases):
+        raise ConfigError(problem)
 
 
 def databases(settings: Settings) -> list[str]:
@@ -97,7 +103,9 @@ def _takes_new_files(directory: Path) -> None:
     After an error the kernel stops writes to a filesystem that says so in no flag
     (ext4's errors=remount-ro shows ``rw,emergency_ro``): without this, the databases'
     first write would be the one to fail. Only that refusal (EROFS) stops start-up: a
-    full disk is waited out serving NOT_SERVING, as when it fills later.
+    full disk is waited out serving NOT_SERVING, as when it fills later. (One with no
+    inodes left, ENOSPC here, stops it only when the databases need new files: see
+    ``_inodes_problem``, which reads that off ``statvfs``.)
     """
     probe = directory / f".cbexec-start-up-{os.getpid()}"
     try:
@@ -136,12 +144,12 @@ def _read_only_filesystem(directory: Path) -> bool:
 def space_problem(path: Path, databases: Sequence[str]) -> str | None:
     """Why start-up would be refused for lack of space to open ``databases`` in ``path``; None if not.
 
-    Read off ``statvfs`` (the blocks free to this user: root may take the reserved ones
-    too), nothing written: ``cbexec serve --check-config``'s.
+    Read off ``statvfs`` (the blocks and inodes free to this user: root may take the
+    reserved ones too), nothing written: ``cbexec serve --check-config``'s.
     """
     needing = [name for name in databases if not (path / f"{name}-shm").exists()]
-    on = path if path.is_dir() else _first_missing(path).parent
-    if not needing or not on.is_dir():
+    on = _on(path)
+    if not needing or on is None:
         return None
     try:
         found = os.statvfs(on)
@@ -150,10 +158,49 @@ def space_problem(path: Path, databases: Sequence[str]) -> str | None:
     free = (found.f_bfree if os.geteuid() == 0 else found.f_bavail) * found.f_frsize
     need = SHM_BYTES * len(needing)
     if free >= need:
-        return None
+        return _inodes_problem(path, databases)
     return (
         f"data_dir: {path}: its filesystem is full ({free // 1024} KiB free to this user; "
         f"opening {', '.join(needing)} takes {need // 1024} KiB, 32 KiB each for its -shm): "
         "start-up would be refused (disk I/O error: the storage refused it); free space, "
         "then start again"
+    )
+
+
+def _on(path: Path) -> Path | None:
+    """The directory whose filesystem ``path``'s files go to: it, or where it would be made."""
+    on = path if path.is_dir() else _first_missing(path).parent
+    return on if on.is_dir() else None
+
+
+def _inodes_problem(path: Path, databases: Sequence[str]) -> str | None:
+    """Why opening ``databases`` in ``path`` would fail for want of inodes; None if not.
+
+    Each opening makes the files it lacks: the database, its -wal and its -shm (a stop
+    removes those two). Free blocks do not help a filesystem with no inodes left (a
+    tmpfs's nr_inodes, an ext4 full of small files). Filesystems that count none
+    (``f_files`` 0: btrfs, for one) make them as they go: nothing to say there.
+    """
+    new_files = {
+        f"{name}{suffix}": name
+        for name in databases
+        for suffix in ("", "-wal", "-shm")
+        if not (path / f"{name}{suffix}").exists()
+    }
+    on = _on(path)
+    if not new_files or on is None:
+        return None
+    try:
+        found = os.statvfs(on)
+    except OSError:
+        return None
+    free = found.f_ffree if os.geteuid() == 0 else found.f_favail
+    if not found.f_files or free >= len(new_files):
+        return None
+    return (
+        f"data_dir: {path}: its filesystem has no inodes left for new files ({free} free to "
+        f"this user; opening {', '.join(dict.fromkeys(new_files.values()))} makes "
+        f"{len(new_files)}: {', '.join(new_files)}): start-up would be refused (unable to "
+        "open database file: the storage refused it); delete files on it or give it more "
+        "inodes, then start again"
     )

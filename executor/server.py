@@ -143,7 +143,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         if options.bridge_network is not None:
             stack.callback(options.bridge_network.close)
         policies = for_host(settings, options, os.environ)
-        data_dir.make(settings.data_dir)
+        data_dir.make(settings.data_dir, data_dir.databases(settings))
         stack.callback(DataDirLock.take(settings.data_dir).release)
         storage_health = StorageHealth(
             settings.data_dir, settings.store if is_postgres(settings.store) else ""

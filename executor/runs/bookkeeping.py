@@ -10,9 +10,10 @@ wait for a locked ``runs.db``), which cuts the pause short; reading the metrics 
 queued runs first (``observe_pending``), which never waits for a write. A sink
 that fails (disk full, a bad path) is logged and never costs the other sinks their
 entry; runs the history could not take (a full disk, a database locked past the busy
-timeout) are written with the next batch that it does, and so are, in their order, the
-``.cb`` entries the callback log could not take (any ``OSError``: a full disk mended
-must not lose more than a ``kill -9``, whose next start rebuilds them). The thread also prunes the
+timeout) are written with the next batch that it does, and so are, in their job's order,
+the ``.cb`` entries the callback log could not take (any ``OSError``: a full disk mended
+must not lose more than a ``kill -9``, whose next start rebuilds them); one job's log
+that refuses holds back that job's entries only. The thread also prunes the
 history every ``PRUNE_EVERY_S``, so runs past its retention age go within that while the
 executor runs, not only at start and every ``prune_every`` runs (a quiet executor kept
 them for days).
@@ -25,14 +26,15 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Final
 
 from executor.errors import UnavailableError
 from executor.model import Invocation, RunResult
 from executor.owned_dirs import UnsafePathError
-from executor.runs.callback_log import CallbackLog
+from executor.runs.callback_log import CallbackLog, log_path
 from executor.runs.history import RunHistory
 from executor.runs.metrics import Metrics
 from executor.storage import StorageError, is_busy
@@ -106,6 +108,10 @@ class BookkeepingWriter:
         self._unrecorded: list[_Entry] = []
         # Runs whose .cb entry the callback log could not take yet, oldest first (ditto).
         self._unlogged: list[_Entry] = []
+        # Jobs whose log refused its entry at the last try (ditto): warned of once.
+        self._refusing: set[int] = set()
+        # Jobs whose .cb path holds something planted (UnsafePathError), warned of once.
+        self._planted: set[int] = set()
         # Runs not yet counted in the metrics, oldest first: a reader of the metrics counts
         # them itself rather than wait for this thread (which may wait for a locked runs.db).
         self._unobserved: list[_Entry] = []
@@ -250,33 +256,82 @@ class BookkeepingWriter:
         self._log(self._unlogged, [])
 
     def _log(self, entries: list[_Entry], batch: list[_Entry]) -> None:
-        """Append ``entries``' .cb entries in order; on a storage failure keep the rest.
+        """Append ``entries``' .cb entries in order; a log the storage refuses keeps its own.
 
         So a run answered while the disk was full gets its entry once it is not, after
-        the entries before it and before those after it.
+        the entries of its job before it and before those after it. Per job: a log that
+        refuses (a directory in its place, an immutable file, a job directory the executor
+        may not write) holds back its job's later entries only, and every other job's
+        log is written all the same.
         """
+        waited = Counter(e.invocation.job_id for e in entries[: len(entries) - len(batch)])
         self._unlogged = []
-        for index, entry in enumerate(entries):
+        kept: list[_Entry] = []
+        refused: dict[int, OSError] = {}  # by job id, in this pass
+        for entry in entries:
+            job_id = entry.invocation.job_id
+            if job_id in refused:  # its job's order: after the entry that waits
+                kept.append(entry.for_history())
+                continue
             try:
                 self._callback_log.append(entry.invocation, entry.result, entry.ended_at)
             except UnsafePathError as err:  # planted on the way: no wait mends it
-                logger.warning(
-                    "run %s: its .cb entry is not written: %s", entry.result.invocation_id, err
-                )
+                if job_id not in self._planted:  # said once per job, not per run
+                    if len(self._planted) >= MAX_UNLOGGED:
+                        self._planted.clear()
+                    self._planted.add(job_id)
+                    logger.warning(
+                        "run %s: its .cb entry is not written: %s (said once for job %d:"
+                        " its later entries are skipped alike)",
+                        entry.result.invocation_id,
+                        err,
+                        job_id,
+                    )
             except OSError as err:
-                self._keep_unlogged(entries[index:], batch, err)
-                return
+                refused[job_id] = err
+                kept.append(entry.for_history())
             except Exception:  # a bug of ours: retrying would fail the same way
                 logger.exception(
                     "runs %s: writing the callback log failed", entry.result.invocation_id
                 )
-        if waited := len(entries) - len(batch):
-            logger.info("the callback log took the %d .cb entries that waited for it", waited)
+        self._said_refused(refused, waited)
+        self._unlogged = kept[-MAX_UNLOGGED:]
+        if given_up := kept[: len(kept) - len(self._unlogged)]:
+            logger.warning(
+                "%d .cb entries waited for the callback log past %d and are given up"
+                " (the oldest: runs %s)",
+                len(given_up),
+                MAX_UNLOGGED,
+                _some(e.result.invocation_id for e in given_up),
+            )
 
-    def _keep_unlogged(self, waiting: list[_Entry], batch: list[_Entry], err: OSError) -> None:
-        self._unlogged = _kept_for_later(
-            waiting, batch, err, MAX_UNLOGGED, "the callback log", ".cb entries"
-        )
+    def _said_refused(self, refused: dict[int, OSError], waited: Counter[int]) -> None:
+        """Log the logs that begin to refuse, at WARNING once each, and those that took again.
+
+        Not per run: a log refused for an hour would say the same every second. A full
+        disk refuses every job's log with the same error: one line for them all.
+        """
+        began: dict[str, list[int]] = {}
+        for job_id, err in refused.items():
+            if job_id not in self._refusing:
+                # Its reason alone: the error's text may name the file again.
+                began.setdefault(err.strerror or str(err), []).append(job_id)
+        for reason, job_ids in began.items():
+            logger.warning(
+                "the callback log was not written: %s (%s); the .cb entries of %s wait for"
+                " it (tried every %gs), other jobs' logs are written",
+                _some(str(log_path(self._callback_log.root, job_id)) for job_id in job_ids),
+                reason,
+                "its job" if len(job_ids) == 1 else "their jobs",
+                RETRY_UNRECORDED_S,
+            )
+        if took := self._refusing - refused.keys():
+            logger.info(
+                "the callback log took the %d .cb entries that waited for it (%s)",
+                sum(waited[job_id] for job_id in took),
+                _some(str(log_path(self._callback_log.root, job_id)) for job_id in took),
+            )
+        self._refusing = set(refused)
 
     def _give_up_unlogged(self) -> None:
         """At the stop: the .cb entries the callback log never took are lost, said once."""
@@ -287,8 +342,7 @@ class BookkeepingWriter:
                 "stopping with %d .cb entries the callback log did not take (runs %s):"
                 " they are not written",
                 len(self._unlogged),
-                ", ".join(e.result.invocation_id for e in self._unlogged[:20])
-                + (", ..." if len(self._unlogged) > 20 else ""),
+                _some((e.result.invocation_id for e in self._unlogged), 20),
             )
             self._unlogged = []
 
@@ -354,6 +408,13 @@ def _kept_for_later(
         f", {given_up} older ones are given up" if given_up else "",
     )
     return kept
+
+
+def _some(items: Iterable[str], most: int = 5) -> str:
+    """The first ``most`` of ``items``, and how many more there are."""
+    items = list(items)
+    more = len(items) - most
+    return ", ".join(items[:most]) + (f" and {more} more" if more > 0 else "")
 
 
 def _worth_retrying(err: Exception) -> bool:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import itertools
 import logging
 import os
@@ -47,6 +48,9 @@ logger = logging.getLogger(__name__)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PREFIX = "cbexec-"
 READ_CHUNK = 64 << 10
+
+# Names tried for one pool before giving up (each taken one was made by another executor).
+MAX_POOL_NAMES = 64
 
 # Pools made by this process so far: a second executor in one process (tests, an
 # embedded run beside a service object) gets ``cbexec-<pid>.<n>``, so stopping one
@@ -101,15 +105,52 @@ def _hierarchies() -> dict[str, _Hierarchy]:
     return found
 
 
+def _hold(pool: Path) -> int | None:
+    """A descriptor of ``pool`` holding its lock; None when another process holds it.
+
+    An flock on the pool's directory, taken by its executor for its lifetime and let go
+    by the kernel when it dies (however it dies): the one sign of life that holds
+    across PID namespaces (an executor in a container sharing the host's cgroups), where
+    the pid in a pool's name may be another process's, or nobody's, in ours.
+    """
+    fd = os.open(pool, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _remove_stale(root: Path) -> None:
-    """Remove pools left by executors that died without cleaning up."""
+    """Remove pools left by executors that died without cleaning up.
+
+    Stale: held by nobody (``_hold``) and named for a pid that does not run here. A
+    held pool is a running executor's, whatever its PID namespace. An unheld one may
+    still be an executor's of an earlier version, which takes no lock: while its pid
+    runs it is kept, as that version kept it. Cells that still hold processes (a dead
+    executor's orphans) are killed first.
+    """
     for pool in root.glob(f"{PREFIX}*"):
         owner = pool.name[len(PREFIX) :].partition(".")[0]
-        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+        if not owner.isdigit() or Path(f"/proc/{owner}").exists():
+            continue
+        try:
+            fd = _hold(pool)
+        except OSError:  # gone meanwhile, or not a directory
+            continue
+        if fd is None:
+            continue  # its executor runs, in another PID namespace
+        try:
             for cell in pool.glob("cell-*"):
                 _kill_and_remove(cell)
             with contextlib.suppress(OSError):
                 pool.rmdir()
+        finally:
+            os.close(fd)
 
 
 def _read_whole(fd: int) -> bytes:
@@ -147,23 +188,53 @@ def pool_name(pid: int, instance: int) -> str:
     return f"{PREFIX}{pid}" if instance == 0 else f"{PREFIX}{pid}.{instance}"
 
 
-def _make_pool(controllers: list[str], hierarchy: _Hierarchy, cells: int, name: str) -> Path:
+def _make_pool(
+    controllers: list[str], hierarchy: _Hierarchy, cells: int, name: str
+) -> tuple[Path, int]:
+    """A pool of ours, made afresh and held (see ``_hold``): its path and its lock's descriptor.
+
+    Under ``name``, or the next free one when that is taken: an executor in another PID
+    namespace may have our pid, and a dead one's pool its orphans kept.
+    """
     _remove_stale(hierarchy.root)
-    pool = hierarchy.root / name
-    pool.mkdir(exist_ok=True)
+    for _ in range(MAX_POOL_NAMES):
+        pool = hierarchy.root / name
+        with contextlib.suppress(FileExistsError):
+            pool.mkdir()
+            lock = _hold(pool)
+            # Held and still the one we made: a sweep may take a pool between its mkdir
+            # and its lock (and removes it, being empty).
+            if lock is not None:
+                try:
+                    if os.path.samestat(os.fstat(lock), os.stat(pool)):
+                        _fill_pool(pool, controllers, hierarchy, cells)
+                        return pool, lock
+                except BaseException:
+                    os.close(lock)  # unheld, the next start's sweep removes it
+                    raise
+                os.close(lock)
+        name = pool_name(os.getpid(), next(_pools_made))
+    raise OSError(errno.EEXIST, f"no free pool name under {hierarchy.root}")
+
+
+def _fill_pool(pool: Path, controllers: list[str], hierarchy: _Hierarchy, cells: int) -> None:
     if hierarchy.v2:  # cells need the controllers enabled below the pool
         (pool / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in controllers))
     for cell in range(cells):
         (pool / f"cell-{cell}").mkdir(exist_ok=True)
-    return pool
 
 
 class CellCgroups:
     """Cell cgroups under ``<hierarchy>/<pool_name>/cell-<n>``, per controller."""
 
-    def __init__(self, pools: dict[str, Path], hierarchies: dict[str, _Hierarchy]) -> None:
+    def __init__(
+        self, pools: dict[str, Path], hierarchies: dict[str, _Hierarchy], locks: list[int]
+    ) -> None:
         self._pools = pools
         self._hierarchies = hierarchies
+        # Each pool's lock (``_hold``), held until close(): what tells other executors'
+        # start-ups it is not a dead one's.
+        self._locks = locks
         # Where to list a cell's processes: any of our cgroups holds all of them.
         self._listing = pools.get("pids") or next(iter(pools.values()))
         self._written: dict[str, str] = {}
@@ -172,6 +243,10 @@ class CellCgroups:
         # from offset 0). Not cgroup.procs: see pids().
         self._readers: dict[str, int] = {}
         self._paths: dict[tuple[str, int, str], str] = {}
+        self._distinct_pools = sorted(set(pools.values()))
+        # Cells made again after someone removed them, by number: their new names.
+        self._cell_names: dict[int, str] = {}
+        self._remade = 0
 
     @classmethod
     def create(cls, cells: int, *, memory: bool = True) -> CellCgroups | None:
@@ -180,6 +255,7 @@ class CellCgroups:
         if not memory:
             hierarchies.pop("memory", None)
         pools: dict[str, Path] = {}
+        locks: list[int] = []
         name = pool_name(os.getpid(), next(_pools_made))
         for controller, hierarchy in hierarchies.items():
             if controller == "cpuacct" and not pools:
@@ -189,12 +265,13 @@ class CellCgroups:
                     pools[controller] = next(iter(pools.values()))
                     continue
                 wanted = [c for c, h in hierarchies.items() if h == hierarchy]
-                pools[controller] = _make_pool(wanted, hierarchy, cells, name)
+                pools[controller], lock = _make_pool(wanted, hierarchy, cells, name)
+                locks.append(lock)
             except OSError as err:
                 logger.info("%s cgroup unavailable (%s)", controller, err)
         if not pools:
             return None
-        cgroups = cls(pools, hierarchies)
+        cgroups = cls(pools, hierarchies, locks)
         if "memory" in pools:
             for cell in range(cells):
                 # v1: swappiness 0 keeps anonymous memory in RAM; v2: no swap at all.
@@ -230,7 +307,7 @@ class CellCgroups:
         if path is None:  # a few per run, every run: made once
             name = self._hierarchies[controller].files(controller)[role]
             path = self._paths[controller, cell, role] = (
-                f"{self._pools[controller]}/cell-{cell}/{name}"
+                f"{self._pools[controller]}/{self._cell_name(cell)}/{name}"
             )
         return path
 
@@ -253,9 +330,10 @@ class CellCgroups:
 
     def procs_files(self, cell: int) -> list[str]:
         """The ``cgroup.procs`` files a child joins, one per distinct cgroup."""
-        return sorted({f"{pool}/cell-{cell}/cgroup.procs" for pool in self._pools.values()})
+        name = self._cell_name(cell)
+        return sorted({f"{pool}/{name}/cgroup.procs" for pool in self._pools.values()})
 
-    def set_limits(self, cell: int, *, processes: int, memory_bytes: int) -> None:
+    def set_limits(self, cell: int, *, processes: int, memory_bytes: int) -> bool:
         """Set the cell's caps for its next child: only while the cell is empty.
 
         A memory limit below what the cell is charged with is refused by cgroup v1
@@ -264,7 +342,22 @@ class CellCgroups:
         cgroup) and the limit written again; MemoryLimitTooLowError when it still does
         not fit (below ~1 MiB, under what any process needs). Cgroup v2 never refuses: it
         reclaims, and beyond that the next charge is an OOM kill.
+
+        A cell removed from outside (an executor of an earlier version, which judged our
+        pool dead by its pid; an admin) is made again first, with a WARNING, under a new
+        name (see ``_remake``): True then, and its ``procs_files`` are new.
         """
+        # A stat per pool and run (~1 us each): an unchanged limit is not written, and
+        # nothing else on a run's path would notice the cell gone before its child did.
+        remade = not all(
+            os.path.isdir(f"{pool}/{self._cell_name(cell)}") for pool in self._distinct_pools
+        )
+        if remade:
+            self._remake(cell)
+        self._set_limits(cell, processes=processes, memory_bytes=memory_bytes)
+        return remade
+
+    def _set_limits(self, cell: int, *, processes: int, memory_bytes: int) -> None:
         if "pids" in self._pools:
             self._write(self._file("pids", cell, "max"), str(processes))
         if "memory" not in self._pools:
@@ -284,6 +377,43 @@ class CellCgroups:
                 raise MemoryLimitTooLowError(memory_bytes) from again
             finally:
                 self._written.pop(self._file("memory", cell, "force_empty"), None)
+
+    def _cell_name(self, cell: int) -> str:
+        return self._cell_names.get(cell) or f"cell-{cell}"
+
+    def _remake(self, cell: int) -> None:
+        """Make the cell's cgroups again (its pool too when gone), under a new name.
+
+        A new name: a zygote keeps the descriptors of each cell's ``cgroup.procs`` it
+        opened, and a child writing to a removed cgroup's fails (ENODEV); under a new
+        path the zygote opens the new cell's.
+        """
+        old = self._cell_name(cell)
+        self._remade += 1
+        name = self._cell_names[cell] = f"cell-{cell}.{self._remade}"
+        logger.warning(
+            "cell %d's cgroups (%s) were removed by someone else: made again as %s",
+            cell,
+            ", ".join(f"{pool}/{old}" for pool in self._distinct_pools),
+            name,
+        )
+        for pool in self._distinct_pools:
+            if not pool.exists():  # as it was made; ours now as before
+                controllers = [c for c, p in self._pools.items() if p == pool]
+                pool.mkdir()
+                if (lock := _hold(pool)) is not None:
+                    self._locks.append(lock)
+                _fill_pool(pool, controllers, self._hierarchies[controllers[0]], 0)
+            (pool / name).mkdir(exist_ok=True)
+        # Every file of the old cell: its kept descriptors, what was written to it.
+        for path in [p for p in self._written if f"/{old}/" in p]:
+            del self._written[path]
+        for path in [p for p in self._readers if f"/{old}/" in p]:
+            os.close(self._readers.pop(path))
+        self._paths = {key: path for key, path in self._paths.items() if key[1] != cell}
+        if "memory" in self._pools:
+            with contextlib.suppress(OSError):
+                self._write(self._file("memory", cell, "swap"), "0")
 
     def oom_kills(self, cell: int) -> int:
         """Processes of the cell the kernel has killed for memory, since the pool was made."""
@@ -327,7 +457,7 @@ class CellCgroups:
         if "cpuacct" in self._pools:
             return self._file("cpuacct", cell, "usage")
         pool = next((p for c, p in self._pools.items() if self._hierarchies[c].v2), None)
-        return None if pool is None else f"{pool}/cell-{cell}/cpu.stat"
+        return None if pool is None else f"{pool}/{self._cell_name(cell)}/cpu.stat"
 
     def has_processes(self, cell: int) -> bool:
         """Whether anything is left in the cell: its pids counter, else its process list.
@@ -350,7 +480,7 @@ class CellCgroups:
     def pids(self, cell: int) -> list[int]:
         # Opened afresh each time: cgroup v1 keeps serving an open cgroup.procs the pid
         # list it built first (a kept descriptor would miss escaped processes).
-        return _pids_in(f"{self._listing}/cell-{cell}")
+        return _pids_in(f"{self._listing}/{self._cell_name(cell)}")
 
     def kill_all(self, cell: int, timeout_s: float = 2.0) -> list[int]:
         """SIGKILL every process in the cell until it is empty; returns the pids killed.
@@ -381,3 +511,6 @@ class CellCgroups:
                 _kill_and_remove(cell_dir)
             with contextlib.suppress(OSError):
                 pool.rmdir()
+        for lock in self._locks:
+            os.close(lock)
+        self._locks.clear()

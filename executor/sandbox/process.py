@@ -349,10 +349,10 @@ class SandboxRunner:
 
         MemoryLimitTooLowError when the memory limit is below what the empty cell holds.
         """
-        if self.options.cgroups is not None:
-            self.options.cgroups.set_limits(
-                cell, processes=limits.max_processes, memory_bytes=limits.memory_bytes
-            )
+        if self.options.cgroups is not None and self.options.cgroups.set_limits(
+            cell, processes=limits.max_processes, memory_bytes=limits.memory_bytes
+        ):
+            self._cell_specs.pop(cell, None)  # made again elsewhere: its cgroup.procs moved
 
     async def _start(
         self,

@@ -26,11 +26,12 @@ MNT_DETACH = 2
 
 
 @contextlib.contextmanager
-def small_tmpfs(path: Path, size_bytes: int) -> Iterator[Path]:
-    """A tmpfs of ``size_bytes`` mounted at ``path`` for the block; skipped where mounting fails."""
+def small_tmpfs(path: Path, size_bytes: int, *, inodes: int | None = None) -> Iterator[Path]:
+    """A tmpfs of ``size_bytes`` (and ``inodes``) mounted at ``path`` for the block; skipped where mounting fails."""
     path.mkdir(parents=True, exist_ok=True)
+    options = f"size={size_bytes},mode=0700" + (f",nr_inodes={inodes}" if inodes else "")
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size_bytes},mode=0700", "tmpfs", str(path)],
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
         capture_output=True,
         text=True,
         check=False,

@@ -431,6 +431,32 @@ async def test_a_database_start_up_cannot_write_is_refused_by_both(
     assert _snapshot(data_dir, name) == before, "left exactly as it was"
 
 
+async def test_a_data_dir_with_no_inodes_left_is_refused_by_the_check_as_by_start_up(
+    tmp_path: Path,
+) -> None:
+    # Found by a probe: the check said "ok" (it read only the free blocks), then start-up
+    # exited with "unable to open database file", never a word of inodes.
+    with small_tmpfs(tmp_path / "disk", 16 << 20, inodes=64) as disk:
+        data_dir = disk / "data"
+        await _data_dir_of_a_run(data_dir)
+        (disk / "fill").mkdir()
+        with contextlib.suppress(OSError):
+            for n in range(1000):  # to the last inode: ENOSPC ends it
+                (disk / "fill" / str(n)).touch()
+        assert os.statvfs(disk).f_bfree * os.statvfs(disk).f_frsize > 1 << 20  # bytes to spare
+
+        said = await _both_refuse(data_dir)
+
+    assert said == (
+        f"cbexec: data_dir: {data_dir}: its filesystem has no inodes left for new files (0 "
+        "free to this user; opening runs.db, triggers.db, outbox.db, supervisor.db makes 8: "
+        "runs.db-wal, runs.db-shm, triggers.db-wal, triggers.db-shm, outbox.db-wal, "
+        "outbox.db-shm, supervisor.db-wal, supervisor.db-shm): start-up would be refused "
+        "(unable to open database file: the storage refused it); delete files on it or give "
+        "it more inodes, then start again"
+    )
+
+
 async def test_a_data_dir_on_a_full_filesystem_is_refused_by_the_check_as_by_start_up(
     tmp_path: Path,
 ) -> None:

@@ -6,15 +6,17 @@ import errno
 import gc
 import os
 import sqlite3
+import subprocess
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from executor.model import Invocation, RunResult
+from executor.runs import bookkeeping
 from executor.runs.bookkeeping import GATHER_S, BookkeepingWriter
 from executor.runs.callback_log import CallbackLog, log_path
 from executor.runs.history import RunHistory, RunIdentity
@@ -355,3 +357,96 @@ def test_a_stop_says_which_cb_entries_the_log_never_took(
     submit(writer, "run-0")
     writer.close()
     assert "stopping with 1 .cb entries the callback log did not take (runs run-0)" in caplog.text
+
+
+def submit_for(writer: BookkeepingWriter, job_id: int, inv_id: str) -> None:
+    now = time.time()
+    writer.submit(invocation(inv_id, job_id), result(inv_id), ended_at=now, started_at=now - 0.5)
+
+
+@pytest.fixture
+def immutable_log() -> Iterator[Callable[[Path], None]]:
+    """Makes ``path`` an empty .cb file, immutable (chattr +i): every write refused, EPERM.
+
+    Whatever a test does, each is made mutable again at its end (else its tmp dir stays).
+    """
+    made: list[Path] = []
+
+    def make(path: Path) -> None:
+        path.parent.mkdir(parents=True, mode=0o750)
+        path.touch(mode=0o640)
+        if (
+            subprocess.run(["chattr", "+i", str(path)], check=False, capture_output=True).returncode
+            != 0
+        ):
+            pytest.skip("chattr +i is not available on this file system")
+        made.append(path)
+
+    yield make
+    for path in made:
+        subprocess.run(["chattr", "-i", str(path)], check=False, capture_output=True)
+
+
+def mend(path: Path) -> None:
+    subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_one_jobs_log_that_refuses_holds_back_only_its_own_entries(
+    history: CountedHistory,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    immutable_log: Callable[[Path], None],
+) -> None:
+    # One job's log stopped every job's (the others' entries kept behind its first).
+    callback_log = CallbackLog(tmp_path / "logs", 1 << 20)
+    blocked = log_path(callback_log.root, 2001)
+    immutable_log(blocked)  # an admin's chattr +i: job 2001's log refuses every write
+    writer = BookkeepingWriter(history, callback_log, Metrics())
+    try:
+        for batch in range(3):
+            submit_for(writer, 2001, f"a{batch}")
+            submit_for(writer, 2002, f"b{batch}")
+            submit_for(writer, 10, f"other-{batch}")
+            assert writer.flush()
+        assert logged_ids(callback_log, 2002) == ["b0", "b1", "b2"]
+        assert logged_ids(callback_log, 10) == ["other-0", "other-1", "other-2"]
+        warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]  # once, not per run
+        assert str(blocked) in warnings[0].getMessage()
+        assert "other jobs' logs are written" in warnings[0].getMessage()
+        mend(blocked)  # its entries follow, in their order, with no new run
+        deadline = time.monotonic() + 10
+        while not blocked.stat().st_size and time.monotonic() < deadline:
+            time.sleep(0.05)
+        submit_for(writer, 2001, "a3")
+    finally:
+        writer.close()
+    assert logged_ids(callback_log, 2001) == ["a0", "a1", "a2", "a3"]
+    assert logged_ids(callback_log, 2002) == ["b0", "b1", "b2"]  # each once
+    assert "stopping with" not in caplog.text
+
+
+def test_a_refusing_logs_entries_are_bounded_the_oldest_given_up(
+    history: CountedHistory,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    immutable_log: Callable[[Path], None],
+) -> None:
+    monkeypatch.setattr(bookkeeping, "MAX_UNLOGGED", 3)
+    callback_log = CallbackLog(tmp_path / "logs", 1 << 20)
+    blocked = log_path(callback_log.root, 2001)
+    immutable_log(blocked)
+    writer = BookkeepingWriter(history, callback_log, Metrics())
+    try:
+        for n in range(5):
+            submit_for(writer, 2001, f"a{n}")
+            submit_for(writer, 10, f"other-{n}")
+            assert writer.flush()
+        mend(blocked)
+        submit_for(writer, 10, "other-5")
+    finally:
+        writer.close()
+    assert logged_ids(callback_log, 10) == [f"other-{n}" for n in range(6)]
+    assert logged_ids(callback_log, 2001) == ["a2", "a3", "a4"]
+    assert "given up (the oldest: runs a0)" in caplog.text

@@ -169,6 +169,8 @@ def test_the_bookkeeping_skips_a_refused_entry_with_a_warning_and_goes_on(
     with caplog.at_level(logging.WARNING, logger="executor.runs.bookkeeping"):
         writer.submit(invocation("run-2", job_id=2), result("run-2"), ended_at=now, started_at=now)
         writer.submit(invocation("run-3", job_id=3), result("run-3"), ended_at=now, started_at=now)
+        # Its job's next run: skipped alike, not warned of again.
+        writer.submit(invocation("run-4", job_id=2), result("run-4"), ended_at=now, started_at=now)
         assert writer.flush()
         time.sleep(1.5)  # a kept entry would be tried again after a second
         writer.close()
@@ -179,4 +181,5 @@ def test_the_bookkeeping_skips_a_refused_entry_with_a_warning_and_goes_on(
     assert warnings == [
         f"run run-2: its .cb entry is not written: {root}/job/0/2 is a symbolic link"
         " (not followed: the executor makes and writes only its own directories and files there)"
+        " (said once for job 2: its later entries are skipped alike)"
     ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,27 @@ def test_without_a_pids_counter_a_cell_lists_its_processes(v1_root: Path) -> Non
 
     (cell / "cgroup.procs").write_text("4242\n")
     assert cgroups.has_processes(0)
+
+
+def test_a_cell_removed_from_outside_is_made_again_before_its_next_child(
+    v1_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its next run failed INTERNAL (FileNotFoundError: .../cell-1/pids.max), and every later one.
+    cgroups = CellCgroups.create(2)
+    assert cgroups is not None
+    cgroups.set_limits(1, processes=16, memory_bytes=256 << 20)
+    pool = f"cbexec-{os.getpid()}"
+    for controller in ("pids", "memory"):
+        shutil.rmtree(v1_root / controller / pool / "cell-1")  # another executor's sweep
+    cgroups.set_limits(1, processes=16, memory_bytes=256 << 20)  # the same limits as before
+    # Under a new name: a zygote's descriptors of the old cell's cgroup.procs are dead.
+    joined = [Path(f).parent for f in cgroups.procs_files(1)]
+    assert sorted(c.parent for c in joined) == [v1_root / c / pool for c in ("memory", "pids")]
+    memory, pids = joined
+    assert pids.name != "cell-1"
+    assert (pids / "pids.max").read_text() == "16"
+    assert (memory / "memory.limit_in_bytes").read_text() == str(256 << 20)
+    assert (memory / "memory.swappiness").read_text() == "0"
+    assert cgroups.pids(1) == []
+    assert "were removed by someone else: made again as cell-1.1" in caplog.text
+    cgroups.close()
