@@ -128,6 +128,16 @@ async def stack_warm(tmp_path: Path) -> AsyncIterator[Stack]:
         yield s
 
 
+@pytest.fixture
+def umask_000() -> Iterator[None]:
+    """The process umask 000 for the test: what the executor makes must not depend on it."""
+    before = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(before)
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_processes() -> Iterator[None]:
     """Fail a test that leaves a child of ours, or any sandboxed process, alive."""

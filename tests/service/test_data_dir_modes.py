@@ -67,15 +67,6 @@ async def test_files_in_a_0755_data_dir_are_the_executor_s_own(tmp_path: Path) -
     assert not readable, readable
 
 
-@pytest.fixture
-def umask_000() -> Iterator[None]:
-    before = os.umask(0)
-    try:
-        yield
-    finally:
-        os.umask(before)
-
-
 @pytest.mark.usefixtures("umask_000")
 async def test_under_umask_000_the_log_tree_is_0750_and_a_planted_link_is_not_followed(
     tmp_path: Path, caplog: pytest.LogCaptureFixture

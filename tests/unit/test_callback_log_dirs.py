@@ -38,15 +38,6 @@ def umask(request: pytest.FixtureRequest) -> Iterator[int]:
         os.umask(before)
 
 
-@pytest.fixture
-def umask_000() -> Iterator[None]:
-    before = os.umask(0)
-    try:
-        yield
-    finally:
-        os.umask(before)
-
-
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.lstat().st_mode)
 

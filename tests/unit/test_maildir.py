@@ -7,9 +7,7 @@ would have had the executor store every mail, as root, where it pointed (probe 8
 
 from __future__ import annotations
 
-import os
 import stat
-from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -18,15 +16,6 @@ import pytest
 from executor.runtimes.mail import Mailer, MailError, MailSettings
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture
-def umask_000() -> Iterator[None]:
-    before = os.umask(0)
-    try:
-        yield
-    finally:
-        os.umask(before)
 
 
 def message() -> EmailMessage:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
 
@@ -12,12 +11,9 @@ from executor.errors import ConfigError
 from executor.sandbox.identity import UidClaim
 
 
+@pytest.mark.usefixtures("umask_000")
 def test_the_claim_directory_is_0755_whatever_the_umask(tmp_path: Path) -> None:
-    previous = os.umask(0)
-    try:
-        claim = UidClaim.take(70000, 2, directory=tmp_path / "cbexec" / "uids")
-    finally:
-        os.umask(previous)
+    claim = UidClaim.take(70000, 2, directory=tmp_path / "cbexec" / "uids")
     try:
         for directory in (tmp_path / "cbexec", tmp_path / "cbexec" / "uids"):
             assert stat.S_IMODE(directory.stat().st_mode) == 0o755, directory
