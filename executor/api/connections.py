@@ -41,8 +41,17 @@ KEEPALIVE_SERVER_OPTIONS: Final = (
 )
 
 
-def server_options(settings: Settings) -> list[tuple[str, int]]:
-    """The gRPC server arguments that bound what a connection can make the server hold."""
+def server_options(
+    settings: Settings,
+    *,
+    idle_ms: int = MAX_CONNECTION_IDLE_MS,
+    age_ms: int = MAX_CONNECTION_AGE_MS,
+    age_grace_ms: int = MAX_CONNECTION_AGE_GRACE_MS,
+) -> list[tuple[str, int]]:
+    """The gRPC server arguments that bound what a connection can make the server hold.
+
+    ``idle_ms``, ``age_ms`` and ``age_grace_ms`` are for tests (the defaults are hours).
+    """
     keepalive_timeout_ms = round(settings.keepalive_timeout_seconds * 1000)
     return [
         *KEEPALIVE_SERVER_OPTIONS,
@@ -54,7 +63,7 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.http2.max_pings_without_data", 0),  # 0: no limit (the default stops at 2)
         ("grpc.max_allowed_incoming_connections", settings.max_connections),
         ("grpc.max_concurrent_streams", settings.max_streams),
-        ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS),
-        ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
-        ("grpc.max_connection_age_grace_ms", MAX_CONNECTION_AGE_GRACE_MS),
+        ("grpc.max_connection_idle_ms", idle_ms),
+        ("grpc.max_connection_age_ms", age_ms),
+        ("grpc.max_connection_age_grace_ms", age_grace_ms),
     ]

@@ -2,7 +2,8 @@
 
 Each over loopback against a real server: a frozen peer is dropped by keepalive pings,
 the server advertises its per-connection stream cap and refuses connections past its
-cap, health Watch streams are capped, a long health name is answered NOT_FOUND, and a
+cap, an old connection's calls go on for the age's grace and no longer, an idle one is
+closed, health Watch streams are capped, a long health name is answered NOT_FOUND, and a
 large answer is followed by a heap trim as a large request is.
 """
 
@@ -18,13 +19,15 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from executor.api.connections import server_options
 from executor.api.health import HealthService
 from executor.api.interceptors import CallGuard
+from executor.config import Settings
 from executor.heap_return import HeapTrimmer
 from executor.runs.metrics import Metrics
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import running_stack, stack_settings
-from tests.helpers.health import health_list, health_updates
+from tests.helpers.health import SERVING, health_list, health_updates
 
 pytestmark = pytest.mark.service
 
@@ -176,3 +179,52 @@ async def test_a_large_answer_is_followed_by_a_trim() -> None:
         await channel.close()
         await server.stop(None)
         await trimmer.close()
+
+
+async def _health_server(**ages: int) -> tuple[grpc.aio.Server, grpc.aio.Channel]:
+    server = grpc.aio.server(options=server_options(Settings(), **ages))
+    health_pb2_grpc.add_HealthServicer_to_server(HealthService(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+
+
+async def test_an_old_connection_keeps_its_calls_for_the_grace() -> None:
+    server, channel = await _health_server(age_ms=200, age_grace_ms=60_000)
+    try:
+        watch = health_updates(channel)
+        await watch.read()  # type: ignore[attr-defined]  # an aio call
+        await asyncio.sleep(1.0)  # well past the age: GOAWAY sent, the call goes on
+        assert not watch.done()  # type: ignore[attr-defined]
+        assert await health_list(channel) == {"": SERVING}  # on a new connection
+        assert not watch.done()  # type: ignore[attr-defined]
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
+async def test_an_old_connection_is_closed_after_the_grace() -> None:
+    server, channel = await _health_server(age_ms=200, age_grace_ms=300)
+    try:
+        watch = health_updates(channel)
+        await watch.read()  # type: ignore[attr-defined]  # an aio call
+        code = await asyncio.wait_for(watch.code(), 10)  # type: ignore[attr-defined]
+        assert code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
+async def test_an_idle_connection_is_closed() -> None:
+    server, channel = await _health_server(idle_ms=300)
+    try:
+        assert await health_list(channel) == {"": SERVING}
+        assert channel.get_state() == grpc.ChannelConnectivity.READY
+        for _ in range(100):
+            if channel.get_state() == grpc.ChannelConnectivity.IDLE:
+                break
+            await asyncio.sleep(0.05)
+        assert channel.get_state() == grpc.ChannelConnectivity.IDLE
+    finally:
+        await channel.close()
+        await server.stop(None)
