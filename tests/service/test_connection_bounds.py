@@ -106,6 +106,16 @@ async def test_streams_per_connection_and_connections_are_capped(tmp_path: Path)
         finally:
             for peer in peers:
                 peer.close()
+        # Their places are free again once they are gone.
+        for _ in range(50):
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as fresh:
+                try:
+                    assert (await health_list(fresh))[""] == SERVING
+                    break
+                except grpc.aio.AioRpcError:
+                    await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("no connection was taken after the others closed")
 
 
 async def _bare_health(health: HealthService) -> tuple[grpc.aio.Server, grpc.aio.Channel]:
