@@ -167,6 +167,16 @@ class Settings:
     # about twice over (its bytes, the job dict made of them): max_queue alone let 256
     # requests of 16 MiB hold ~8 GiB (~15 GB before the parsed copy was let go of).
     max_queue_bytes: int = 256 * MIB
+    # The gRPC port's connections (api/connections.py): at most this many at once (a further
+    # one is closed as it comes), each with at most max_streams calls open at once (a client
+    # queues the rest until one ends).
+    max_connections: int = 256
+    max_streams: int = 1000
+    # The server pings each connection after this long without a frame from the peer, and
+    # closes it when the ping is not answered within keepalive_timeout_seconds: a frozen or
+    # vanished client lets go of the answers it was sent but never read.
+    keepalive_seconds: float = 60.0
+    keepalive_timeout_seconds: float = 20.0
     # Enabled languages (Qube's supervisor_language_flags). Unlike Qube, python and perl are
     # on: they run sandboxed here, not inside the supervisor.
     languages: frozenset[Language] = frozenset(Language)
@@ -832,6 +842,21 @@ MAX_QUEUE: Final = (1 << 32) - 1
 MAX_CONCURRENT: Final = 4096
 
 
+# grpc takes a connection or stream count as a signed 32-bit number.
+MAX_CONNECTION_COUNT: Final = (1 << 31) - 1
+
+
+def _check_connections(settings: Settings) -> Iterator[str]:
+    for name in ("max_connections", "max_streams"):
+        value = getattr(settings, name)
+        if not 1 <= value <= MAX_CONNECTION_COUNT:
+            yield f"{name}: must be 1 to {MAX_CONNECTION_COUNT}, got {value}"
+    for name in ("keepalive_seconds", "keepalive_timeout_seconds"):
+        problem = _timeout_problem(name, getattr(settings, name))
+        if problem is not None:
+            yield problem
+
+
 def _check_runs(settings: Settings) -> Iterator[str]:
     if settings.grace_seconds < 0:
         yield f"grace_seconds: must be 0 or more, got {settings.grace_seconds:g}"
@@ -1012,6 +1037,7 @@ _CHECKS: Final[tuple[Check, ...]] = (
     _check_limits,
     _check_supervisor,
     _check_runs,
+    _check_connections,
     _check_outputs,
     _check_smtp_timeout,
     _check_choices,

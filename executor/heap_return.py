@@ -1,4 +1,4 @@
-"""Giving the memory large requests used back to the system (glibc's malloc).
+"""Giving the memory large requests and answers used back to the system (glibc's malloc).
 
 A request of many MiB (an Execute with a large ``context.job``, up to 16 MiB) is held
 several times over while it is received, decoded, converted and run: gRPC's receive
@@ -11,8 +11,10 @@ VM: 30 queued requests of 15 MiB took the executor from 59 to about 1.6 GB, and 
 
 So, at start, ``keep_large_blocks_apart`` fixes the mmap threshold at 1 MiB: a block of
 1 MiB or more is its own mapping, given back when it is freed (as glibc does before its
-first large free; a trivial call allocates no such block). And after a large request
-``HeapTrimmer`` has glibc give back the free pages of every heap (``malloc_trim``), once
+first large free; a trivial call allocates no such block). And once a call with a large
+request or a large answer has ended (an Execute answer of up to 2 x 16 MiB of output
+goes through gRPC's send buffers the same way) ``HeapTrimmer`` has glibc give back the
+free pages of every heap (``malloc_trim``), once
 for a burst of them, off the event loop. A trim that gave back ~100 MiB took 25-50 ms of
 its thread; one with nothing to give back, 0.2 ms. Elsewhere than glibc, both do nothing.
 """
@@ -27,9 +29,9 @@ from typing import Final
 
 logger = logging.getLogger(__name__)
 
-# A request at least this large is followed by a trim.
-LARGE_REQUEST_BYTES: Final = 1 << 20
-# The trim waits this long after the large request's call: gRPC has dropped its bytes by
+# A call whose request or answer is at least this large is followed by a trim.
+LARGE_CALL_BYTES: Final = 1 << 20
+# The trim waits this long after the large call: gRPC has dropped its bytes by
 # then, and the other requests of a burst are answered within it, so one trim gives back
 # what all of them took.
 TRIM_DELAY_S: Final = 1.0
@@ -60,7 +62,7 @@ def keep_large_blocks_apart() -> bool:
 
 
 class HeapTrimmer:
-    """Trims the process's heaps a moment after large requests, one trim per burst."""
+    """Trims the process's heaps a moment after large calls, one trim per burst."""
 
     def __init__(self, delay_s: float = TRIM_DELAY_S) -> None:
         self._delay_s = delay_s
@@ -69,9 +71,9 @@ class HeapTrimmer:
         self._running: asyncio.Future[int] | None = None
         self.trims = 0  # trims started (tests and curiosity)
 
-    def after_request(self, request_bytes: int) -> None:
-        """A call whose request took ``request_bytes`` has ended (on the event loop)."""
-        if request_bytes < LARGE_REQUEST_BYTES or self._trim is None or self._pending is not None:
+    def after_call(self, largest_bytes: int) -> None:
+        """A call whose request or answer took ``largest_bytes`` has ended (on the event loop)."""
+        if largest_bytes < LARGE_CALL_BYTES or self._trim is None or self._pending is not None:
             return
         loop = asyncio.get_running_loop()
         self._pending = loop.call_later(self._delay_s, self._start, loop)

@@ -128,7 +128,7 @@ def _spawner(settings: Settings, options: SandboxOptions) -> Spawner:
 
 async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the whole assembly
     """Build and start everything the settings describe."""
-    heap_return.keep_large_blocks_apart()  # a large request's memory is given back after it
+    heap_return.keep_large_blocks_apart()  # a large call's memory is given back after it
     async with AsyncExitStack() as stack:
         credentials = security.server_credentials(settings)  # bad TLS files fail first
         security.check_bindable(settings.bind)

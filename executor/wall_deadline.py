@@ -117,17 +117,23 @@ class WallDeadline:
         scope ends it sooner (a stop).
         """
         handle: asyncio.TimerHandle | None = None
+        # What ``check`` reaches the scope through, emptied at the end: the scope holds its
+        # task, the task the run's result (2 x 16 MiB of output at most), and ``check``
+        # holding the scope made a cycle only the collector freed, which an idle executor
+        # may not run for minutes (32 MB a run, probe 85).
+        scopes: list[asyncio.Timeout] = []
         self._stalls.watch()
         try:
             async with asyncio.timeout(None) as scope:
+                scopes.append(scope)
 
                 def check() -> None:
                     nonlocal handle
                     left = self.remaining()
                     if left > 0:
                         handle = self._loop.call_later(left, check)
-                    elif scope.when() is None:  # not ended sooner by a stop
-                        scope.reschedule(self._loop.time())
+                    elif scopes and scopes[0].when() is None:  # not ended sooner by a stop
+                        scopes[0].reschedule(self._loop.time())
 
                 check()
                 try:
@@ -135,5 +141,6 @@ class WallDeadline:
                 finally:
                     if handle is not None:
                         handle.cancel()
+                    scopes.clear()
         finally:
             self._stalls.unwatch()

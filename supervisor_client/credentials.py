@@ -28,7 +28,7 @@ RECONNECT_OPTIONS: Final = (
 #: connection stays up) within KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS, so a fleet's
 #: round robin drops it and a call on it fails UNAVAILABLE instead of waiting for ever.
 #: Pings go on while no call is active (a fleet's idle health watch is one stream), and
-#: an executor accepts them (``executor.api.edge.KEEPALIVE_SERVER_OPTIONS``); other
+#: an executor accepts them (``executor.api.connections.KEEPALIVE_SERVER_OPTIONS``); other
 #: gRPC servers may refuse such pings, so only channels to executors carry these.
 KEEPALIVE_TIME_MS: Final = 10_000
 KEEPALIVE_TIMEOUT_MS: Final = 5_000

@@ -5,7 +5,8 @@ runs the embedded reference supervisor, whose farm it drives. One servicer per s
 (the shape of grpc's ``multiplex_server`` example), each method under the one error
 table (``errors.grpc_errors``). The server refuses to share its port
 (``grpc.so_reuseport`` off): a second executor on a port already in use fails at start
-instead of silently taking a share of the calls.
+instead of silently taking a share of the calls. What a connection can make it hold is
+bounded by ``connections.py`` (keepalive, connection and stream caps, idle and age).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from executor.api import security
 from executor.api.callback_executor import CallbackExecutorServicer
+from executor.api.connections import server_options
 from executor.api.farm import FarmServicer
 from executor.api.health import HealthService
 from executor.api.interceptors import CallGuard
@@ -36,20 +38,12 @@ from executor.runs.metrics import Metrics
 from executor.runs.recorder import Recorder
 from executor.storage import StorageHealth
 from executor.triggers.engine import TriggerEngine
-from supervisor_client.credentials import KEEPALIVE_TIME_MS
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc, farm_pb2, farm_pb2_grpc
 
 SERVICES: Final = tuple(
     service.full_name for service in executor_pb2.DESCRIPTOR.services_by_name.values()
 )
 FARM_SERVICE: Final = farm_pb2.DESCRIPTOR.services_by_name["FarmService"].full_name
-# Accept the pings our clients send to find a frozen executor (credentials.KEEPALIVE_OPTIONS:
-# every 10 s, with or without a call). gRPC's defaults take a ping more often than every
-# 5 minutes without data as abuse, and answer the third with GOAWAY too_many_pings.
-KEEPALIVE_SERVER_OPTIONS: Final = (
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
-)
 
 
 @dataclass
@@ -62,7 +56,7 @@ class Edge:
     own_channel: grpc.aio.Channel
     # The services registered (health answers for each by name).
     services: tuple[str, ...] = SERVICES
-    # Gives back the memory of large requests after them (heap_return.py).
+    # Gives back the memory of large requests and answers after them (heap_return.py).
     trimmer: HeapTrimmer = field(default_factory=HeapTrimmer)
     _stopping: bool = False
     _pending_health: asyncio.Future[None] | None = None
@@ -134,7 +128,7 @@ def build(
         options=[
             ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
             ("grpc.so_reuseport", 0),
-            *KEEPALIVE_SERVER_OPTIONS,
+            *server_options(settings),
         ],
     )
     trimmer = HeapTrimmer()

@@ -7,7 +7,8 @@ UNKNOWN "Unexpected <class 'DecodeError'>" and a traceback. A string field holdi
 invalid UTF-8 is named (``undecodable.py``): protobuf's own error does not say which. It also counts the calls
 refused at capacity: those never reach the dispatcher's ``on_result`` (nothing ran), so
 they are counted where they become visible, as RESOURCE_EXHAUSTED leaving the server.
-And it tells the method how large its request came in (``request_bytes``): gRPC holds
+After a call whose request or answer was large it has the heap trimmed
+(``heap_return.py``). And it tells the method how large its request came in (``request_bytes``): gRPC holds
 those bytes until the call ends, so a queued Execute counts them against
 ``max_queue_bytes``.
 
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import grpc
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import Descriptor
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health
 
 from executor.api.undecodable import invalid_utf8_field
@@ -290,12 +291,24 @@ class CallGuard:
             answering = answer(raw, context)
             del raw  # ``answering`` holds it, and lets go of it when it aborts (below)
             try:
-                return await answering
+                reply = await answering
             except grpc.aio.AbortError as aborted:
                 _let_go_of_frames(aborted)
+                trimmer.after_call(size)
                 raise
-            finally:
-                trimmer.after_request(size)
+            except BaseException:
+                trimmer.after_call(size)
+                raise
+            # gRPC holds a large answer until the client has read it: trim once the call
+            # has ended (sent, or its connection gone), not when the answer was made.
+            reply_bytes = reply.ByteSize() if isinstance(reply, Message) else 0
+            largest = max(size, reply_bytes)
+
+            def trim(_: Context) -> None:
+                trimmer.after_call(largest)
+
+            context.add_done_callback(trim)  # type: ignore[arg-type]  # stubs: a class, no Protocol
+            return reply
 
         return grpc.unary_unary_rpc_method_handler(
             guarded, request_deserializer=None, response_serializer=handler.response_serializer

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import pytest
 
-from executor.api.edge import KEEPALIVE_SERVER_OPTIONS
+from executor.api.connections import KEEPALIVE_SERVER_OPTIONS
 from supervisor_client import ExecutorClient, FarmClient
 from supervisor_client.client import MAX_TIMEOUT_S, check_timeout
 from supervisor_client.credentials import (

@@ -1,4 +1,4 @@
-"""Giving back what large requests took: one trim per burst, none for small requests."""
+"""Giving back what large calls took: one trim per burst, none for small calls."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from executor.heap_return import LARGE_REQUEST_BYTES, HeapTrimmer, keep_large_blocks_apart
+from executor.heap_return import LARGE_CALL_BYTES, HeapTrimmer, keep_large_blocks_apart
 
 pytestmark = pytest.mark.unit
 
@@ -36,11 +36,11 @@ async def trims_reach(trimmer: CountingTrimmer, count: int) -> None:
 async def test_a_burst_of_large_requests_is_followed_by_one_trim() -> None:
     trimmer = CountingTrimmer()
     for _ in range(5):
-        trimmer.after_request(LARGE_REQUEST_BYTES)
+        trimmer.after_call(LARGE_CALL_BYTES)
     await trims_reach(trimmer, 1)
     await trimmer.close()
     assert trimmer.pads == [0]  # the whole heap, no pad kept
-    trimmer.after_request(16 << 20)  # a later one: a trim of its own
+    trimmer.after_call(16 << 20)  # a later one: a trim of its own
     await trims_reach(trimmer, 2)
     await trimmer.close()
     assert trimmer.pads == [0, 0]
@@ -49,7 +49,7 @@ async def test_a_burst_of_large_requests_is_followed_by_one_trim() -> None:
 async def test_small_requests_trim_nothing() -> None:
     trimmer = CountingTrimmer()
     for _ in range(100):
-        trimmer.after_request(LARGE_REQUEST_BYTES - 1)
+        trimmer.after_call(LARGE_CALL_BYTES - 1)
     assert trimmer.trims == 0
     assert trimmer._pending is None  # nothing scheduled either
 
@@ -57,7 +57,7 @@ async def test_small_requests_trim_nothing() -> None:
 async def test_a_trim_not_started_yet_is_cancelled_at_close() -> None:
     trimmer = CountingTrimmer()
     trimmer._delay_s = 60.0
-    trimmer.after_request(LARGE_REQUEST_BYTES)
+    trimmer.after_call(LARGE_CALL_BYTES)
     await trimmer.close()
     assert trimmer.pads == []
 

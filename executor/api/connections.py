@@ -1,0 +1,69 @@
+"""The gRPC port's connection options: keepalive, the caps on connections and streams, idle and age.
+
+gRPC keeps each answer in full until the client has read it (HTTP/2 flow control), for
+as long as the connection lives, and nothing else bounds it: a frozen client (SIGSTOP, a
+hung host) with six unread 32 MiB answers held 630 MB, eight peers that never opened
+their window 840 MB, and 60,000 idle health Watch streams 1.2 GB (probe 85). So:
+
+- the server pings a connection that has been quiet for ``keepalive_seconds`` and closes
+  it when no answer comes within ``keepalive_timeout_seconds``: a frozen or vanished
+  peer lets go of everything sent to it;
+- at most ``max_connections`` connections at once (a further one is closed as it
+  comes), each with at most ``max_streams`` calls open (advertised as HTTP/2's
+  ``SETTINGS_MAX_CONCURRENT_STREAMS``: a client queues the rest);
+- a connection with no call for ``MAX_CONNECTION_IDLE_MS`` is closed (GOAWAY; a channel
+  reconnects for its next call);
+- a connection is told to go away (GOAWAY) after ``MAX_CONNECTION_AGE_MS``, and then
+  closed once its calls have ended, or after ``MAX_CONNECTION_AGE_GRACE_MS`` at the
+  latest: a peer that answers pings but never reads its answers is let go of then. The
+  grace is longer than any call the README allows (a ``WaitJobs`` of 3600 s, a run at the
+  3600 s wall cap after waiting for a slot), so no such call is cut.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from executor.config import Settings
+from supervisor_client.credentials import KEEPALIVE_TIME_MS
+
+HOUR_MS: Final = 3_600_000
+MAX_CONNECTION_IDLE_MS: Final = HOUR_MS // 4
+MAX_CONNECTION_AGE_MS: Final = HOUR_MS
+MAX_CONNECTION_AGE_GRACE_MS: Final = 2 * HOUR_MS
+
+# Accept the pings our clients send to find a frozen executor (credentials.KEEPALIVE_OPTIONS:
+# every 10 s, with or without a call). gRPC's defaults take a ping more often than every
+# 5 minutes without data as abuse, and answer the third with GOAWAY too_many_pings.
+KEEPALIVE_SERVER_OPTIONS: Final = (
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
+)
+
+
+def server_options(
+    settings: Settings,
+    *,
+    idle_ms: int = MAX_CONNECTION_IDLE_MS,
+    age_ms: int = MAX_CONNECTION_AGE_MS,
+    age_grace_ms: int = MAX_CONNECTION_AGE_GRACE_MS,
+) -> list[tuple[str, int]]:
+    """The gRPC server arguments that bound what a connection can make the server hold.
+
+    ``idle_ms``, ``age_ms`` and ``age_grace_ms`` are for tests (the defaults are hours).
+    """
+    keepalive_timeout_ms = round(settings.keepalive_timeout_seconds * 1000)
+    return [
+        *KEEPALIVE_SERVER_OPTIONS,
+        ("grpc.keepalive_time_ms", round(settings.keepalive_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", keepalive_timeout_ms),
+        # Any ping of ours unanswered, not only keepalive's (a flow-control ping sent as
+        # the peer froze would hold keepalive's back for gRPC's default 60 s).
+        ("grpc.http2.ping_timeout_ms", keepalive_timeout_ms),
+        ("grpc.http2.max_pings_without_data", 0),  # 0: no limit (the default stops at 2)
+        ("grpc.max_allowed_incoming_connections", settings.max_connections),
+        ("grpc.max_concurrent_streams", settings.max_streams),
+        ("grpc.max_connection_idle_ms", idle_ms),
+        ("grpc.max_connection_age_ms", age_ms),
+        ("grpc.max_connection_age_grace_ms", age_grace_ms),
+    ]

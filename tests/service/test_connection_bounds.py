@@ -1,0 +1,240 @@
+"""What a peer that stops reading, or floods idle streams, can make the executor hold.
+
+Each over loopback against a real server: a frozen peer is dropped by keepalive pings,
+the server advertises its per-connection stream cap and refuses connections past its
+cap, an old connection's calls go on for the age's grace and no longer, an idle one is
+closed, health Watch streams are capped, a long health name is answered NOT_FOUND, and a
+large answer is followed by a heap trim as a large request is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from executor.api.connections import server_options
+from executor.api.health import HealthService
+from executor.api.interceptors import CallGuard
+from executor.config import Settings
+from executor.heap_return import HeapTrimmer
+from executor.runs.metrics import Metrics
+from supervisor_client.qbcallback.v1 import executor_pb2
+from tests.conftest import running_stack, stack_settings
+from tests.helpers.health import SERVING, health_list, health_updates
+
+pytestmark = pytest.mark.service
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # an empty SETTINGS frame
+SETTINGS_ACK = b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"
+SETTINGS_MAX_CONCURRENT_STREAMS = 0x3
+
+
+def _frozen_peer(port: int) -> socket.socket:
+    """A peer that says the HTTP/2 preface and then nothing more: it never answers a ping."""
+    peer = socket.create_connection(("127.0.0.1", port), timeout=0.2)
+    peer.sendall(PREFACE + SETTINGS + SETTINGS_ACK)
+    return peer
+
+
+def _closed_within(peer: socket.socket, timeout_s: float) -> bool:
+    """Whether the server closes ``peer`` within ``timeout_s`` (read all it sends meanwhile)."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        try:
+            if not peer.recv(65536):
+                return True
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return True
+    return False
+
+
+def _server_settings(port: int) -> dict[int, int]:
+    """The parameters of the first SETTINGS frame the server sends."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as peer:
+        peer.sendall(PREFACE + SETTINGS)
+        data = b""
+        while len(data) < 9 or len(data) < 9 + int.from_bytes(data[:3], "big"):
+            data += peer.recv(65536)
+        length, kind = int.from_bytes(data[:3], "big"), data[3]
+        assert kind == 0x4
+        body = data[9 : 9 + length]
+        return dict(struct.unpack(">HI", body[i : i + 6]) for i in range(0, length, 6))
+
+
+async def test_a_frozen_peer_is_dropped_and_a_long_call_is_not(tmp_path: Path) -> None:
+    settings = stack_settings(
+        tmp_path / "data", keepalive_seconds=0.5, keepalive_timeout_seconds=0.5
+    )
+    async with running_stack(settings) as stack:
+        peer = _frozen_peer(stack.running.port)
+        try:
+            assert await asyncio.to_thread(_closed_within, peer, 8.0)
+        finally:
+            peer.close()
+        # A live client answers the pings: a call several keepalive periods long goes on.
+        reply = await stack.client.execute_callback(
+            language="python", code="import time; time.sleep(2.5)", job={"id": 1}, timeout=30
+        )
+        assert reply.outcome == executor_pb2.OUTCOME_SUCCEEDED, reply.failure.message
+
+
+async def test_streams_per_connection_and_connections_are_capped(tmp_path: Path) -> None:
+    async with running_stack(stack_settings(tmp_path / "data", max_connections=3)) as stack:
+        port = stack.running.port
+        advertised = await asyncio.to_thread(_server_settings, port)
+        assert advertised.get(SETTINGS_MAX_CONCURRENT_STREAMS) == stack.settings.max_streams
+        # The fixture's channel holds one connection; two more fill the cap.
+        await stack.channel.channel_ready()
+        peers = [_frozen_peer(port) for _ in range(2)]
+        try:
+            await asyncio.sleep(0.3)  # the server has taken both
+            past_cap = _frozen_peer(port)
+            try:
+                assert await asyncio.to_thread(_closed_within, past_cap, 5.0)
+            finally:
+                past_cap.close()
+        finally:
+            for peer in peers:
+                peer.close()
+        # Their places are free again once they are gone.
+        for _ in range(50):
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as fresh:
+                try:
+                    assert (await health_list(fresh))[""] == SERVING
+                    break
+                except grpc.aio.AioRpcError:
+                    await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("no connection was taken after the others closed")
+
+
+async def _bare_health(health: HealthService) -> tuple[grpc.aio.Server, grpc.aio.Channel]:
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+
+
+async def test_health_watches_are_capped() -> None:
+    server, channel = await _bare_health(HealthService(max_watches=2))
+    try:
+        first, second = health_updates(channel), health_updates(channel)
+        await first.read()  # type: ignore[attr-defined]  # an aio call
+        await second.read()  # type: ignore[attr-defined]
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await anext(aiter(health_updates(channel)))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused.value.details() == (
+            "at most 2 health Watch streams may be open at once; use Check, or end another Watch"
+        )
+        first.cancel()  # type: ignore[attr-defined]  # an aio call
+        for _ in range(100):  # its place is free once the server has seen the cancel
+            try:
+                await anext(aiter(health_updates(channel)))
+                break
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the place of a cancelled Watch was never freed")
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
+async def test_a_long_unknown_name_is_not_found() -> None:
+    server, channel = await _bare_health(HealthService())
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[attr-defined]  # aio; stubs predate it
+                health_pb2.HealthCheckRequest(service="x" * 100_000), timeout=5
+            )
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+        assert len(unknown.value.details() or "") < 2100
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
+async def test_a_large_answer_is_followed_by_a_trim() -> None:
+    trimmer = HeapTrimmer(delay_s=0.05)
+    health = HealthService()
+    server = grpc.aio.server()
+    CallGuard(server, Metrics(), trimmer).register(
+        health_pb2_grpc.add_HealthServicer_to_server, health
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        for n in range(1500):  # a List answer of ~1.5 MB from a request of a few bytes
+            await health.set(f"{n:04d}" + "s" * 1000, health_pb2.HealthCheckResponse.SERVING)
+        assert len(await health_list(channel)) == 1501
+        for _ in range(200):
+            if trimmer.trims:
+                break
+            await asyncio.sleep(0.01)
+        assert trimmer.trims == 1
+    finally:
+        await channel.close()
+        await server.stop(None)
+        await trimmer.close()
+
+
+async def _health_server(**ages: int) -> tuple[grpc.aio.Server, grpc.aio.Channel]:
+    server = grpc.aio.server(options=server_options(Settings(), **ages))
+    health_pb2_grpc.add_HealthServicer_to_server(HealthService(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+
+
+async def test_an_old_connection_keeps_its_calls_for_the_grace() -> None:
+    server, channel = await _health_server(age_ms=200, age_grace_ms=60_000)
+    try:
+        watch = health_updates(channel)
+        await watch.read()  # type: ignore[attr-defined]  # an aio call
+        await asyncio.sleep(1.0)  # well past the age: GOAWAY sent, the call goes on
+        assert not watch.done()  # type: ignore[attr-defined]
+        assert await health_list(channel) == {"": SERVING}  # on a new connection
+        assert not watch.done()  # type: ignore[attr-defined]
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
+async def test_an_old_connection_is_closed_after_the_grace() -> None:
+    server, channel = await _health_server(age_ms=200, age_grace_ms=300)
+    try:
+        watch = health_updates(channel)
+        await watch.read()  # type: ignore[attr-defined]  # an aio call
+        code = await asyncio.wait_for(watch.code(), 10)  # type: ignore[attr-defined]
+        assert code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
+async def test_an_idle_connection_is_closed() -> None:
+    server, channel = await _health_server(idle_ms=300)
+    try:
+        assert await health_list(channel) == {"": SERVING}
+        assert channel.get_state() == grpc.ChannelConnectivity.READY
+        for _ in range(100):
+            if channel.get_state() == grpc.ChannelConnectivity.IDLE:
+                break
+            await asyncio.sleep(0.05)
+        assert channel.get_state() == grpc.ChannelConnectivity.IDLE
+    finally:
+        await channel.close()
+        await server.stop(None)
