@@ -41,6 +41,7 @@ from executor.model import Limits, Outcome, Usage
 from executor.policies import DEFAULT_UMASK, Policy, directories_now
 from executor.process_limit import OUT_OF_PROCESSES
 from executor.runtimes.child import CHILD_RUNTIMES, ChildRuntime
+from executor.sandbox import host_limits
 from executor.sandbox import limits as sandbox_limits
 from executor.sandbox.bridge import BridgeServer, CallHandler, send_now
 from executor.sandbox.capture import CapturedStream, PipeReader
@@ -134,6 +135,19 @@ class SandboxOptions:
     bridge_network: EmptyNetwork | None = None
     # Each mechanism the host could not give, with the reason (for the tier report).
     inactive: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def caps_processes_with_nproc(self) -> bool:
+        """Whether a run's ``max_processes`` is its RLIMIT_NPROC (see limits.py).
+
+        With a dedicated uid per cell, RLIMIT_NPROC counts only this callback; without a
+        pids cgroup it is all there is.
+        """
+        return (
+            self.isolation is not None
+            or self.cgroups is None
+            or ("pids" not in self.cgroups.controllers)
+        )
 
 
 def started_by(pid: int, executor_pid: int) -> bool:
@@ -329,12 +343,10 @@ class SandboxRunner:
             "seccomp_zygote_filter": self.options.seccomp_zygote_filter,
             "seccomp_closing_filter": self.options.seccomp_closing_filter,
             "cgroup_procs": cgroups.procs_files(cell) if cgroups is not None else [],
-            # With a dedicated uid per cell, RLIMIT_NPROC counts only this callback.
             "rlimits": sandbox_limits.rlimits(
                 limits,
-                cap_processes_with_nproc=isolation is not None
-                or cgroups is None
-                or "pids" not in cgroups.controllers,
+                cap_processes_with_nproc=self.options.caps_processes_with_nproc,
+                ceilings=host_limits.ceilings(),
             ),
             "isolation": cell_isolation,
             "disk_bytes": limits.disk_bytes,
