@@ -55,7 +55,7 @@ from executor.sandbox.exit_status import (
     memory_too_low,
     sandbox_result,
 )
-from executor.sandbox.lifecycle import RunStop, has_ended, terminate
+from executor.sandbox.lifecycle import RunStop, has_ended, is_stopped, terminate
 from executor.sandbox.netns import EmptyNetwork
 from executor.sandbox.spawners import ZYGOTE_LONGEST_WAIT_S, ChildHandle, Spawner
 from executor.sandbox.usage import live_usage
@@ -148,6 +148,18 @@ class SandboxOptions:
             or self.cgroups is None
             or ("pids" not in self.cgroups.controllers)
         )
+
+
+def _ready(handle: ChildHandle) -> bool:
+    """Whether a prepared child can take its run: alive, and not stopped from outside.
+
+    A stopped one (SIGSTOP of its uid, a freezer, a debugger) would never read its start
+    frame, and its run would end WALL_TIMEOUT blamed on a callback that never ran.
+    """
+    if has_ended(handle.pid):
+        return False
+    # A cold child: its shim, and the callback's process that reads the frame.
+    return not any(is_stopped(pid) for pid in {handle.pid, handle.main_pid()} if pid)
 
 
 def started_by(pid: int, executor_pid: int) -> bool:
@@ -523,7 +535,7 @@ class SandboxRunner:
             else:
                 # The policy also names the environment the prepared child has.
                 fits = child.made_for == _made_for(runtime, limits, policy, self._secret_files)
-                if fits and not has_ended(child.handle.pid):
+                if fits and _ready(child.handle):
                     return child
                 await self._dispose(child)
         return await self._start(runtime, limits, cell, policy)
