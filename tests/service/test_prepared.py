@@ -310,6 +310,10 @@ async def test_a_stopped_prepared_child_is_replaced_not_handed_the_run(one_slot:
     family = [psutil.Process(prepared), *psutil.Process(prepared).children(recursive=True)]
     for process in family:  # a cold child's shim and the callback's process it waits on
         process.suspend()
+    # Stopped before the run comes (a stop while the run takes the child is not this case).
+    assert await eventually(
+        lambda: all(p.status() == psutil.STATUS_STOPPED for p in family), timeout_s=5
+    )
     started = asyncio.get_running_loop().time()
 
     response = await run(one_slot, "print('ran')", wall_seconds=5)
