@@ -250,10 +250,13 @@ class Dispatcher:
         on_result: Callable[[Invocation, RunResult], Awaitable[object] | None] | None = None,
         policies: PolicySet | None = None,
         refusal: Callable[[], str] = lambda: "",
+        unenforceable: Callable[[Limits], str | None] = lambda _: None,
     ) -> None:
         self._runner = runner
         # Why no run may start now ("": one may): the outbox past outbox_max_bytes.
         self._refusal = refusal
+        # Why a run's limits cannot be enforced on this host (None: they can).
+        self._unenforceable = unenforceable
         # None (unit tests): every run is confined as the sandbox options alone say.
         self._policies = policies
         self._supervisor = supervisor
@@ -314,7 +317,9 @@ class Dispatcher:
                 raise InvalidRequestError(unsupported) from None
             # Registration refuses such a callback; one stored before it did still fires.
             return await self._refused(invocation, invocation.callback.language, unsupported)
-        refusal = invocation.refusal or None
+        if (unenforceable := self._unenforceable(invocation.limits)) is not None and not fired:
+            raise InvalidRequestError(unenforceable)
+        refusal = invocation.refusal or unenforceable
         if refusal is not None:
             pass
         elif language not in self._languages:

@@ -54,6 +54,7 @@ from executor.runs.readings import ReadingSources, TierFlags
 from executor.runs.recorder import Recorder
 from executor.runtimes.check import check_source
 from executor.runtimes.qube import QubeInterpreter
+from executor.sandbox import host_limits
 from executor.sandbox.identity import UidClaim
 from executor.sandbox.process import SandboxOptions, SandboxRunner
 from executor.sandbox.spawners import ColdSpawner, Spawner, ZygoteSpawner
@@ -208,6 +209,9 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             on_result=recorder.on_result,
             policies=policies,
             refusal=recorder.outbox.refusal if recorder.outbox is not None else lambda: "",
+            unenforceable=functools.partial(
+                host_limits.refusal, nproc=options.caps_processes_with_nproc
+            ),
         )
 
         engine = TriggerEngine(
@@ -339,6 +343,11 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             *(api_embedded.shared_store_warnings(settings.store) if embedded else []),
             *open_to_others(settings),
             *_own_limits_warnings(settings),
+            *host_limits.warnings(
+                settings.default_limits,
+                settings.max_limits,
+                nproc=options.caps_processes_with_nproc,
+            ),
         ]:
             logger.warning("%s", line)
         return RunningServer(

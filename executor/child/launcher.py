@@ -8,7 +8,8 @@ Stdlib only: it must never import grpc or the executor. It enters the run's work
 directory itself (``spec["workdir"]``): one the executor made, or in the hardened tier a
 private tmpfs that exists only inside the callback's mount namespace.
 
-In order: forbid privilege gain, die with the parent, and, when asked, move the callback
+In order: forbid privilege gain, die with the parent (set again after the uid drop,
+which clears it: ``die_with_parent``), and, when asked, move the callback
 into a new PID namespace (PID 1 inside, so ``kill(-1)``, ``getppid()`` and pids of the
 host do not reach the executor). The zygote forks its children straight into a fresh
 PID namespace, having joined their cell's cgroups for them; the cold launcher forks its
@@ -20,7 +21,8 @@ callback's own process: the shim's own would carry its start-up, and the executo
 memory from before the exec), then mirrors how it ended. With the PID namespace come a
 new IPC namespace and a cgroup namespace (rooted at the cell's cgroups, joined just
 before), a private network namespace on the cold path (a zygote's children join their
-cell's), and the hardened tier's mounts and uid. Then rlimits and umask, then the
+cell's), the hardened tier's mounts, the rlimits (before the uid drop, while they may
+still exceed the executor's own hard limits), the hardened tier's uid; then umask, then the
 syscall filter (``seccomp.py``, the last step: everything before it may use what it
 denies), then the language runtime.
 """
@@ -60,6 +62,7 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
+POLLHUP = 0x10
 PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 # Ints: the enum members would be more objects for a forked child to touch.
@@ -81,7 +84,18 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _prctl = _libc.prctl
 _unshare = _libc.unshare
 _shutdown = _libc.shutdown
+_poll = _libc.poll
 SHUT_WR = 1
+
+
+class _PollFd(ctypes.Structure):
+    _fields_ = (("fd", ctypes.c_int), ("events", ctypes.c_short), ("revents", ctypes.c_short))
+
+
+# The bridge's struct pollfd, made once (as the names above): no events asked, as POLLHUP
+# is reported whatever is asked.
+_bridge_pollfd = _PollFd(BRIDGE_FD, 0, 0)
+_bridge_pollfd_pointer = ctypes.pointer(_bridge_pollfd)
 
 
 def mark_end() -> None:
@@ -153,6 +167,22 @@ def check(result: int, what: str) -> None:
 def set_process_flag(option: int, value: int) -> None:
     if _prctl(option, value, 0, 0, 0) != 0:  # the message made only when needed
         check(-1, f"prctl({option})")
+
+
+def die_with_parent() -> None:
+    """Be SIGKILLed when the parent dies; end now if the executor is gone already.
+
+    Called again after the last credential change: the kernel clears the parent-death
+    signal on every change of uid or gid (``drop_privileges``), which left a hardened
+    callback running, unbounded, after a kill -9 of the executor. A parent that died
+    before this call sends nothing, and ``getppid()`` cannot tell (it reads 0 in a PID
+    namespace): the executor's end of the bridge can. It hangs up (POLLHUP, buffered
+    frames or not) only when the executor closed it, at the run's end or its own death,
+    and the parents in between (zygote, shim) die with the executor.
+    """
+    set_process_flag(PR_SET_PDEATHSIG, SIGKILL)
+    if _poll(_bridge_pollfd_pointer, 1, 0) == 1 and _bridge_pollfd.revents & POLLHUP:
+        _exit(EXIT_LAUNCH_FAILED)
 
 
 def _join_cgroups(procs_files: list[bytes]) -> None:
@@ -390,7 +420,7 @@ def _fork_callback(spec: LaunchSpec, confinement: Confinement, report_fd: int) -
     os.close(report_fd)  # the shim's alone to write
     global _callback_pid
     _callback_pid = getpid()
-    set_process_flag(PR_SET_PDEATHSIG, SIGKILL)
+    die_with_parent()  # the shim's death: set again after a uid change (confine_and_run)
     _join_cgroups(confinement.cgroup_procs)
     _enter_namespaces(confinement.namespace_flags & CLONE_NEWCGROUP)
     return -1
@@ -418,19 +448,24 @@ def confine_and_run(
     if isolation is None:
         chdir(workdir)  # made by the executor; in the hardened tier it is made below
     set_process_flag(PR_SET_NO_NEW_PRIVS, 1)
-    set_process_flag(PR_SET_PDEATHSIG, SIGKILL)
+    die_with_parent()
     if report_fd is not None:
         shim_exit = _fork_callback(spec, confinement, report_fd)
         if shim_exit >= 0:
             return shim_exit
     elif spec["pid_namespace"]:
         _enter_namespaces(confinement.namespace_flags)  # forked into its PID namespace
-    if spec["pid_namespace"] and isolation is not None and confinement.filesystem is not None:
-        isolate_filesystem(confinement.filesystem, workdir)
+    filesystem = confinement.filesystem if spec["pid_namespace"] else None
+    if filesystem is not None:
+        isolate_filesystem(filesystem, workdir)
         chdir(workdir)  # the working directory's own tmpfs
-        drop_privileges(isolation["uid"], isolation["gid"], isolation["groups"])
-    umask(spec["umask"])
+    # While still root: a hard limit above the executor's own (a unit's LimitNOFILE=, say)
+    # needs CAP_SYS_RESOURCE, which the uid drop takes away.
     _apply_rlimits(confinement.rlimits)
+    if filesystem is not None and isolation is not None:
+        drop_privileges(isolation["uid"], isolation["gid"], isolation["groups"])
+        die_with_parent()  # the uid change cleared it
+    umask(spec["umask"])
     # Not dumpable, so /proc/self's files stay root's: a dumpable process could reset the
     # peak RSS its usage reports (clear_refs). A uid change leaves it to fs.suid_dumpable,
     # and the filter refuses setting it back; an exec'd Perl sets it itself (bootstrap.pl).

@@ -31,6 +31,7 @@ from executor.policies import (
     report,
 )
 from executor.runtimes.check import check_source
+from executor.sandbox import host_limits
 from executor.sandbox.identity import UidClaim
 from executor.sandbox.tier import describe_sandbox, root_warnings, sandbox_options
 from executor.secret_files import open_to_others
@@ -84,6 +85,11 @@ def _sandbox(settings: config.Settings) -> str:
                 *exposure_warnings(policies, settings.auth_token),
                 *bind_warnings(policies),
                 *open_to_others(settings),
+                *host_limits.warnings(
+                    settings.default_limits,
+                    settings.max_limits,
+                    nproc=options.caps_processes_with_nproc,
+                ),
             ]
         ]
         return "\n".join([tier, *(f"  {line}" for line in report(policies)), *warnings])

@@ -98,6 +98,26 @@ def has_ended(pid: int) -> bool:
         os.close(pidfd)
 
 
+def is_stopped(pid: int) -> bool:
+    """Whether ``pid`` is stopped (SIGSTOP, a tracer): it would read nothing sent to it.
+
+    Its state in /proc/<pid>/stat, a read of a few microseconds; False when it is gone.
+    """
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        stat = os.read(fd, 512)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    # "pid (comm) S ...": comm may hold ") ", so the state follows the last ")".
+    end = stat.rfind(b")")
+    return end >= 0 and stat[end + 2 : end + 3] in (b"T", b"t")
+
+
 def signal_group(pgid: int, signum: int) -> None:
     """Signal the child's process group, or the child alone if it has not made it yet.
 

@@ -13,6 +13,9 @@ What each limit really bounds (setrlimit(2)):
   for root, so it only isolates callbacks under a dedicated uid.
 - ``output_bytes`` is enforced by the reader in the executor, not by the kernel; RLIMIT_FSIZE
   bounds files the callback writes to the same size (at least 64 MiB).
+- RLIMIT_NOFILE is 256 open files, whatever the request.
+- Without CAP_SYS_RESOURCE none of these can exceed the executor's own hard limit
+  (``host_limits``): FSIZE and NOFILE are lowered to it, a request needing more refused.
 - ``wall_seconds`` is the executor's deadline (SIGTERM, grace, SIGKILL to everything).
 - ``disk_bytes`` is the size of the working directory's private tmpfs (hardened tier,
   ``isolation.py``); elsewhere nothing bounds the total beyond RLIMIT_FSIZE per file.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Final
 
 from executor.errors import InvalidRequestError
@@ -89,15 +93,29 @@ def enforced_cpu_seconds(limits: Limits) -> int:
     return max(1, math.ceil(limits.cpu_seconds))
 
 
-def rlimits(limits: Limits, *, cap_processes_with_nproc: bool) -> dict[str, list[int]]:
-    """The rlimits the launcher applies in the child, as {NAME: [soft, hard]}."""
+def fixed_rlimits(limits: Limits) -> dict[str, int]:
+    """The rlimits the server chooses itself (no request field sets them), by name."""
+    return {"FSIZE": max(int(limits.output_bytes), MIN_FILE_SIZE_BYTES), "NOFILE": OPEN_FILES}
+
+
+def rlimits(
+    limits: Limits, *, cap_processes_with_nproc: bool, ceilings: Mapping[str, int] | None = None
+) -> dict[str, list[int]]:
+    """The rlimits the launcher applies in the child, as {NAME: [soft, hard]}.
+
+    ``ceilings``: hard limits a child cannot exceed (``host_limits``); the server's own
+    rlimits are lowered to them (a run whose asked limits need more is refused before).
+    """
     cpu = enforced_cpu_seconds(limits)
-    file_size = max(limits.output_bytes, MIN_FILE_SIZE_BYTES)
+    fixed = {
+        name: min(value, (ceilings or {}).get(name, value))
+        for name, value in fixed_rlimits(limits).items()
+    }
     result = {
         "CPU": [cpu, cpu + 1],
         "AS": [limits.memory_bytes, limits.memory_bytes],
-        "FSIZE": [file_size, file_size],
-        "NOFILE": [OPEN_FILES, OPEN_FILES],
+        "FSIZE": [fixed["FSIZE"]] * 2,
+        "NOFILE": [fixed["NOFILE"]] * 2,
         "CORE": [0, 0],
     }
     if cap_processes_with_nproc:

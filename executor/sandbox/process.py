@@ -41,6 +41,7 @@ from executor.model import Limits, Outcome, Usage
 from executor.policies import DEFAULT_UMASK, Policy, directories_now
 from executor.process_limit import OUT_OF_PROCESSES
 from executor.runtimes.child import CHILD_RUNTIMES, ChildRuntime
+from executor.sandbox import host_limits
 from executor.sandbox import limits as sandbox_limits
 from executor.sandbox.bridge import BridgeServer, CallHandler, send_now
 from executor.sandbox.capture import CapturedStream, PipeReader
@@ -54,7 +55,7 @@ from executor.sandbox.exit_status import (
     memory_too_low,
     sandbox_result,
 )
-from executor.sandbox.lifecycle import RunStop, has_ended, terminate
+from executor.sandbox.lifecycle import RunStop, has_ended, is_stopped, terminate
 from executor.sandbox.netns import EmptyNetwork
 from executor.sandbox.spawners import ZYGOTE_LONGEST_WAIT_S, ChildHandle, Spawner
 from executor.sandbox.usage import live_usage
@@ -134,6 +135,31 @@ class SandboxOptions:
     bridge_network: EmptyNetwork | None = None
     # Each mechanism the host could not give, with the reason (for the tier report).
     inactive: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def caps_processes_with_nproc(self) -> bool:
+        """Whether a run's ``max_processes`` is its RLIMIT_NPROC (see limits.py).
+
+        With a dedicated uid per cell, RLIMIT_NPROC counts only this callback; without a
+        pids cgroup it is all there is.
+        """
+        return (
+            self.isolation is not None
+            or self.cgroups is None
+            or ("pids" not in self.cgroups.controllers)
+        )
+
+
+def _ready(handle: ChildHandle) -> bool:
+    """Whether a prepared child can take its run: alive, and not stopped from outside.
+
+    A stopped one (SIGSTOP of its uid, a freezer, a debugger) would never read its start
+    frame, and its run would end WALL_TIMEOUT blamed on a callback that never ran.
+    """
+    if has_ended(handle.pid):
+        return False
+    # A cold child: its shim, and the callback's process that reads the frame.
+    return not any(is_stopped(pid) for pid in {handle.pid, handle.main_pid()} if pid)
 
 
 def started_by(pid: int, executor_pid: int) -> bool:
@@ -329,12 +355,10 @@ class SandboxRunner:
             "seccomp_zygote_filter": self.options.seccomp_zygote_filter,
             "seccomp_closing_filter": self.options.seccomp_closing_filter,
             "cgroup_procs": cgroups.procs_files(cell) if cgroups is not None else [],
-            # With a dedicated uid per cell, RLIMIT_NPROC counts only this callback.
             "rlimits": sandbox_limits.rlimits(
                 limits,
-                cap_processes_with_nproc=isolation is not None
-                or cgroups is None
-                or "pids" not in cgroups.controllers,
+                cap_processes_with_nproc=self.options.caps_processes_with_nproc,
+                ceilings=host_limits.ceilings(),
             ),
             "isolation": cell_isolation,
             "disk_bytes": limits.disk_bytes,
@@ -511,7 +535,7 @@ class SandboxRunner:
             else:
                 # The policy also names the environment the prepared child has.
                 fits = child.made_for == _made_for(runtime, limits, policy, self._secret_files)
-                if fits and not has_ended(child.handle.pid):
+                if fits and _ready(child.handle):
                     return child
                 await self._dispose(child)
         return await self._start(runtime, limits, cell, policy)

@@ -298,3 +298,27 @@ async def test_a_signal_to_an_idle_prepared_child_leaves_it_ready_for_its_run(
     response = await run(one_slot, "print('ran')")
 
     assert response.stdout == "ran\n"
+
+
+async def test_a_stopped_prepared_child_is_replaced_not_handed_the_run(one_slot: Stack) -> None:
+    # Found by a tester: an idle child stopped from outside (SIGSTOP of the cell's uid, a
+    # freezer, a debugger) was handed the next run, which never read its code and ended
+    # WALL_TIMEOUT after its whole limit, blamed on the callback.
+    runner = one_slot.running.runner
+    await run(one_slot, "pass")
+    (prepared,) = await runner.prepared_pids()
+    family = [psutil.Process(prepared), *psutil.Process(prepared).children(recursive=True)]
+    for process in family:  # a cold child's shim and the callback's process it waits on
+        process.suspend()
+    # Stopped before the run comes (a stop while the run takes the child is not this case).
+    assert await eventually(
+        lambda: all(p.status() == psutil.STATUS_STOPPED for p in family), timeout_s=5
+    )
+    started = asyncio.get_running_loop().time()
+
+    response = await run(one_slot, "print('ran')", wall_seconds=5)
+
+    assert response.stdout == "ran\n"
+    assert asyncio.get_running_loop().time() - started < 3
+    for process in family:
+        await until_ended(process.pid)  # discarded

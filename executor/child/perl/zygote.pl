@@ -83,12 +83,12 @@ my %SYSCALLS = (
     x86_64 => {
         recvmsg => 47, wait4 => 61, setrlimit => 160, prctl => 157, unshare => 272,
         setns => 308, mount => 165, umount2 => 166, setgroups => 116, setresuid => 117,
-        setresgid => 119, close_range => 436, signalfd4 => 289,
+        setresgid => 119, close_range => 436, signalfd4 => 289, ppoll => 271,
     },
     aarch64 => {
         recvmsg => 212, wait4 => 260, setrlimit => 164, prctl => 167, unshare => 97,
         setns => 268, mount => 40, umount2 => 39, setgroups => 159, setresuid => 147,
-        setresgid => 149, close_range => 436, signalfd4 => 74,
+        setresgid => 149, close_range => 436, signalfd4 => 74, ppoll => 73,
     },
 );
 my ($ARCH) = $Config::Config{archname} =~ /\A(x86_64|aarch64)/
@@ -198,6 +198,21 @@ sub close_from {
 }
 
 sub prctl { sys('prctl', $_[0], $_[1], 0, 0, 0); return }
+
+# launcher.py's die_with_parent: the parent-death signal, set again after the uid drop
+# (which cleared it), then an end here if the executor's end of the bridge is closed
+# already (a parent that died before the prctl sends nothing). POLLHUP (0x10) is reported
+# whatever is asked, buffered frames or not.
+my $NO_WAIT = pack('qq', 0, 0);    # made before the fork: a timespec of 0
+sub die_with_parent {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    my $pollfd = pack('lss', BRIDGE_FD, 0, 0);
+    if (syscall($SYS->{ppoll}, $pollfd, 1, $NO_WAIT, 0, 8) == 1
+        && (unpack('lss', $pollfd))[2] & 0x10) {
+        POSIX::_exit(EXIT_LAUNCH_FAILED);
+    }
+    return;
+}
 
 sub mount {
     my ($source, $target, $fstype, $flags, $data) = @_;
@@ -480,7 +495,7 @@ sub confine {
         chdir $spec->{workdir} or die "chdir $spec->{workdir}: $!\n";
     }
     prctl(PR_SET_NO_NEW_PRIVS, 1);
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    die_with_parent();
     if ($spec->{pid_namespace}) {
         my $flags = ($spec->{unshare_network} ? CLONE_NEWNET : 0) | ($isolation ? CLONE_NEWNS : 0)
             | ($spec->{ipc_namespace} ? CLONE_NEWIPC : 0)
@@ -490,11 +505,15 @@ sub confine {
         if ($isolation) {
             isolate_filesystem($isolation, $spec->{workdir}, $spec->{disk_bytes});
             chdir $spec->{workdir} or die "chdir $spec->{workdir}: $!\n";
-            drop_privileges($isolation->{uid}, $isolation->{gid});
         }
     }
-    umask 077;
+    # While still root (launcher.py's reason: above the executor's own hard limits).
     apply_rlimits($spec->{rlimits} || {});
+    if ($spec->{pid_namespace} && $isolation) {
+        drop_privileges($isolation->{uid}, $isolation->{gid});
+        die_with_parent();    # the uid change cleared it
+    }
+    umask 077;
     # Not dumpable (as launcher.py explains: a uid change leaves it to fs.suid_dumpable).
     prctl(PR_SET_DUMPABLE, 0);
     if ($spec->{child_filter}) {
