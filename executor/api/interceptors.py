@@ -37,7 +37,7 @@ from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health
 
 from executor.api.undecodable import invalid_utf8_field
-from executor.heap_return import HeapTrimmer
+from executor.heap_return import LARGE_CALL_BYTES, HeapTrimmer
 from executor.runs.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -303,11 +303,12 @@ class CallGuard:
             # has ended (sent, or its connection gone), not when the answer was made.
             reply_bytes = reply.ByteSize() if isinstance(reply, Message) else 0
             largest = max(size, reply_bytes)
+            if largest >= LARGE_CALL_BYTES:  # the others pay no callback
 
-            def trim(_: Context) -> None:
-                trimmer.after_call(largest)
+                def trim(_: Context) -> None:
+                    trimmer.after_call(largest)
 
-            context.add_done_callback(trim)  # type: ignore[arg-type]  # stubs: a class, no Protocol
+                context.add_done_callback(trim)  # type: ignore[arg-type]  # stubs: a class, no Protocol
             return reply
 
         return grpc.unary_unary_rpc_method_handler(
