@@ -317,7 +317,9 @@ class Dispatcher:
                 raise InvalidRequestError(unsupported) from None
             # Registration refuses such a callback; one stored before it did still fires.
             return await self._refused(invocation, invocation.callback.language, unsupported)
-        if (unenforceable := self._unenforceable(invocation.limits)) is not None and not fired:
+        # A child's rlimits only: a qube or mail run has none to enforce.
+        unenforceable = None if language in _INTERPRETED else self._unenforceable(invocation.limits)
+        if unenforceable is not None and not fired:
             raise InvalidRequestError(unenforceable)
         refusal = invocation.refusal or unenforceable
         if refusal is not None:

@@ -99,6 +99,7 @@ class Harness:
         queue: int,
         languages: str = "python,qube",
         queue_bytes: int | None = None,
+        unenforceable: str | None = None,
     ) -> None:
         self.runner = FakeRunner()
         self.recorded: list[RunResult] = []
@@ -111,6 +112,7 @@ class Harness:
             max_queue=queue,
             max_queue_bytes=queue_bytes,
             on_result=lambda invocation, result: self.recorded.append(result),
+            unenforceable=lambda limits: unenforceable,
         )
 
     def start(
@@ -308,6 +310,21 @@ async def test_a_fired_run_that_fails_inside_the_executor_is_a_failed_run_record
         await harness.execute("bug")
     harness.runner.finish("ok")
     assert (await harness.execute("ok")).outcome == Outcome.SUCCEEDED
+
+
+async def test_limits_the_host_cannot_enforce_refuse_a_childs_run_not_a_qube_one() -> None:
+    refusal = "limits.cpu_seconds = 200 cannot be enforced on this host: ..."
+    harness = Harness(slots=1, queue=1, unenforceable=refusal)
+    with pytest.raises(InvalidRequestError, match="cannot be enforced"):
+        await harness.execute("a")
+    fired = await harness.execute("b", fired=True)
+    assert (fired.outcome, fired.failure) == (Outcome.REJECTED, Failure(refusal))
+    # A qube run sets no rlimits: nothing of it to enforce. It runs (until the drain).
+    qube = harness.start("unblock-self", language="qube")
+    await settle()
+    assert harness.dispatcher.active == 1
+    await harness.dispatcher.drain()
+    assert (await qube).outcome == Outcome.KILLED
 
 
 async def test_a_cancelled_caller_stops_its_run_which_is_still_recorded() -> None:
