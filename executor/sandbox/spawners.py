@@ -321,6 +321,7 @@ class _Zygote:
         # Messages the full socket did not take yet, oldest first: (spawn id or None for
         # a ping, payload, fds). The fds stay the spawning run's until the message is sent.
         self._outbox: deque[tuple[int | None, bytes, list[int]]] = deque()
+        self._awaiting_room = False  # ``_flush`` is the socket's writer callback
         # Killed zygotes not reaped yet (one stuck in the kernel dies when it leaves it).
         self._reaping: set[asyncio.Future[int]] = set()
 
@@ -461,12 +462,15 @@ class _Zygote:
                 # Full: its reader frees room as the zygote reads (a hung zygote, the
                 # watchdog's ping unanswered behind these, is killed at its next tick).
                 outside_any_run().run(loop.add_writer, control, self._flush)
+                self._awaiting_room = True
                 return
             except OSError:
                 self._lose("died")
                 return
             self._outbox.popleft()
-        loop.remove_writer(control)
+        if self._awaiting_room:  # a spawn that found room at once registered nothing
+            self._awaiting_room = False
+            loop.remove_writer(control)
 
     def _unsend(self, request_id: int) -> bool:
         """Take a spawn out of the outbox if it is still there (whether it was)."""
@@ -509,6 +513,7 @@ class _Zygote:
         if control is not None:
             asyncio.get_running_loop().remove_reader(control)
             asyncio.get_running_loop().remove_writer(control)
+            self._awaiting_room = False
             control.close()
         lost = ZygoteLost(f"the sandbox zygote {what}", self.pid)
         process, self._process = self._process, None
@@ -574,6 +579,7 @@ class _Zygote:
         if self._control is not None:
             asyncio.get_running_loop().remove_reader(self._control)
             asyncio.get_running_loop().remove_writer(self._control)
+            self._awaiting_room = False
             self._control.close()
             self._control = None
         if self._process is not None:
