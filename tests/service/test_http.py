@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import socket
@@ -376,6 +377,18 @@ async def test_two_authorization_headers_are_refused_in_either_order(tmp_path: P
         assert (await asyncio.to_thread(raw_get, port, "/healthz", [right]))[0] == 200
 
 
+@contextlib.asynccontextmanager
+async def port_filled(port: int) -> AsyncIterator[None]:
+    """The side port holding its most connections at once, idle ones of ours; closed after."""
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(MAX_CONNECTIONS)]
+    try:
+        await asyncio.sleep(0.3)  # every one accepted and in its thread
+        yield
+    finally:
+        for connection in idle:
+            connection.close()
+
+
 def raw_exchange(
     port: int, request: bytes, context: ssl.SSLContext | None = None
 ) -> tuple[str, dict[str, str], bytes]:
@@ -494,9 +507,7 @@ async def test_connections_past_the_port_s_bound_are_turned_away_at_once(web: St
     # Each connection held a thread (one of the executor's tasks) for as long as its client
     # kept it: idle clients, or wrong tokens waiting their turn, held them without bound.
     port = web.running.http_port or 0
-    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(MAX_CONNECTIONS)]
-    try:
-        await asyncio.sleep(0.3)  # every one accepted and in its thread
+    async with port_filled(port):
         line, headers, body = await asyncio.to_thread(
             raw_exchange, port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
         )
@@ -510,9 +521,6 @@ async def test_connections_past_the_port_s_bound_are_turned_away_at_once(web: St
         assert "script-src 'self'" in headers["Content-Security-Policy"]
         line, headers, body = await asyncio.to_thread(raw_exchange, port, b"")  # asks nothing
         assert line.startswith("HTTP/1.1 503 ") and headers["Content-Type"].startswith("text/plain")
-    finally:
-        for connection in idle:
-            connection.close()
     await asyncio.sleep(0.3)  # their threads see the close and end
     line, _, _ = await asyncio.to_thread(
         raw_exchange, port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"

@@ -10,16 +10,14 @@ opens while it runs (pidfds, accepted connections, pipes) is numbered above 1023
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import pytest
 
-from executor.web.server import MAX_CONNECTIONS
 from supervisor_client.qbcallback.v1.executor_pb2 import Outcome
 from tests.conftest import running_stack, stack_settings
 from tests.helpers.descriptors import descriptors_past_fd_setsize
-from tests.service.test_http import raw_exchange
+from tests.service.test_http import port_filled, raw_exchange
 
 pytestmark = pytest.mark.service
 
@@ -59,13 +57,8 @@ async def test_runs_fired_callbacks_and_the_side_port_s_503_work_past_1024_descr
             assert fired.result.stdout == "fired\n"
 
             port = stack.running.http_port or 0
-            idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(MAX_CONNECTIONS)]
-            try:
-                await asyncio.sleep(0.3)  # every one accepted and in its thread
+            async with port_filled(port):
                 line, _, _ = await asyncio.to_thread(
                     raw_exchange, port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
                 )
                 assert line.startswith("HTTP/1.1 503 "), line
-            finally:
-                for connection in idle:
-                    connection.close()

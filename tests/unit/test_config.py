@@ -47,6 +47,13 @@ def test_toml_then_env_override(tmp_path: Path) -> None:
     assert settings.default_limits.cpu_seconds == 2
 
 
+@pytest.fixture
+def no_settings_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's own ``CBEXEC_*`` settings out of the way: they would add lines."""
+    for variable in [v for v in os.environ if v.startswith(config.ENV_PREFIX)]:
+        monkeypatch.delenv(variable)
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
@@ -634,14 +641,12 @@ def test_every_bad_limit_is_named_once() -> None:
 @pytest.mark.parametrize(
     "command", [["serve", "--check-config"], ["store", "migrate"]], ids=["serve", "migrate"]
 )
+@pytest.mark.usefixtures("no_settings_in_the_environment")
 def test_serve_and_store_migrate_name_every_bad_setting(
     command: list[str],
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    for variable in [v for v in os.environ if v.startswith(config.ENV_PREFIX)]:
-        monkeypatch.delenv(variable)  # a developer's own settings would add lines
     toml = tmp_path / "cbexec.toml"
     toml.write_text(SIX_BAD_SETTINGS)
     assert main([*command, "--config", str(toml)]) == EXIT_USAGE
@@ -743,6 +748,7 @@ def test_languages_of_another_toml_type_are_refused_by_name(value: object, messa
         "[policies.job]\nlanguages = [1]",
     ],
 )
+@pytest.mark.usefixtures("no_settings_in_the_environment")
 def test_check_config_refuses_languages_of_another_type_in_one_line(
     text: str,
     tmp_path: Path,
@@ -750,8 +756,6 @@ def test_check_config_refuses_languages_of_another_type_in_one_line(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Once a traceback and exit 1 (an AttributeError from the names' parsing)."""
-    for variable in [v for v in os.environ if v.startswith(config.ENV_PREFIX)]:
-        monkeypatch.delenv(variable)
     toml = tmp_path / "cbexec.toml"
     toml.write_text(text + "\n")
     monkeypatch.setenv("CBEXEC_DATA_DIR", str(tmp_path / "data"))
@@ -893,15 +897,13 @@ def test_the_event_ids_kept_are_bounded_by_count_by_default() -> None:
 @pytest.mark.parametrize(
     "command", [["serve", "--check-config"], ["store", "migrate"]], ids=["serve", "migrate"]
 )
+@pytest.mark.usefixtures("no_settings_in_the_environment")
 def test_a_config_file_that_is_not_utf8_is_refused_in_one_line_naming_it(
     command: list[str],
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # One Latin-1 byte in a comment gave a UnicodeDecodeError traceback (probe 82).
-    for variable in [v for v in os.environ if v.startswith(config.ENV_PREFIX)]:
-        monkeypatch.delenv(variable)
     toml = tmp_path / "cbexec.toml"
     toml.write_bytes(b'# caf\xe9 farm\nbind = "127.0.0.1:50051"\n')
     with pytest.raises(ConfigError) as caught:
