@@ -8,7 +8,9 @@ big-endian length, then one UTF-8 JSON object, by ``type``:
 
 parent -> child
     ``start``  ``StartFrame``: language, code, context (job {id}, event, work_name,
-               subjob_id, callback)
+               subjob_id, callback), and ``gated``: the code waits for a go
+    ``go``     ``GO_FRAME``, once, after a gated start frame: the code may run now
+               (never sent when the run is refused: the child is killed unrun)
     ``reply``  ``ReplyOk`` {id, ok: true, value} | ``ReplyFailed`` {id, ok: false,
                error: {kind, message}}; ``kind`` is a ``QbErrorKind``
 child -> parent
@@ -150,6 +152,15 @@ class StartFrame(TypedDict):
     # The policy's variables (secrets among them), set by the child before the code
     # runs: they never pass through a zygote, whose memory every later child copies.
     env: NotRequired[dict[str, str]]
+    # The child prepares the run (reads the frame, compiles the code) and then waits for
+    # ``GO_FRAME`` before the code runs: the executor decides meanwhile whether it may
+    # (an Execute's invocation id, claimed in a fleet's store: ``invocation_ids.IdGate``).
+    gated: NotRequired[bool]
+
+
+# parent -> child, after a gated start frame: the code may run. Compared as bytes by the
+# child, which reads exactly this many.
+GO_FRAME: Final = HEADER.pack(13) + b'{"type":"go"}'
 
 
 # -- qb calls --------------------------------------------------------------------------
@@ -453,6 +464,14 @@ def read_frame(fd: int, max_bytes: int = MAX_PARENT_FRAME_BYTES) -> ParentFrame:
     if size > max_bytes:
         raise FrameError(f"frame of {size} bytes exceeds {max_bytes}")
     return decode_trusted(_read_exactly(fd, size))  # type: ignore[return-value]  # see above
+
+
+def read_go(fd: int) -> bool:
+    """Block until the executor's go after a gated start frame; False if the bridge ends first."""
+    try:
+        return _read_exactly(fd, len(GO_FRAME)) == GO_FRAME
+    except FrameError:
+        return False
 
 
 def write_frame(fd: int, message: CallFrame | DoneFrame) -> None:

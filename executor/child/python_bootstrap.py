@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import protocol
 import qb
-from protocol import decode_trusted, read_frame, write_all, write_frame
+from protocol import GO_FRAME, decode_trusted, read_frame, read_go, write_all, write_frame
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -240,8 +240,9 @@ def warm_zygote() -> None:
     # a run: their method lookups fill the type cache here, not in every child.
     read_end, write_end = os.pipe()
     try:
-        write_all(write_end, _WARM_UP_FRAME + _DONE_OK)
+        write_all(write_end, _WARM_UP_FRAME + GO_FRAME + _DONE_OK)
         read_frame(read_end)
+        read_go(read_end)
     finally:
         os.close(read_end)
         os.close(write_end)
@@ -439,6 +440,8 @@ def _run_started(bridge_fd: int, start: StartFrame) -> int:
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, "qb": qb}
     main_pid = getpid()  # the callback's own process: one it forks reports nothing
     quiet = _kernel_quieting()
+    if start.get("gated") and not read_go(bridge_fd):
+        return EXIT_BAD_START  # refused: the executor kills it meanwhile
 
     done = _execute(code, namespace, quiet)
     forked = getpid() != main_pid

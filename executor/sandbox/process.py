@@ -611,6 +611,7 @@ class SandboxRunner:
         on_call: CallHandler,
         stop: RunStop | None = None,
         policy: Policy | None = None,
+        gate: Callable[[], None] | None = None,
     ) -> SandboxResult:
         """Run one callback in a child to its classified result.
 
@@ -622,6 +623,11 @@ class SandboxRunner:
 
         ``policy``: the run's sandbox policy (network, binds, group, umask, environment);
         None confines it as the options alone say.
+
+        ``gate`` is called once the start frame is sent, which then says the child is to
+        wait for a go before it runs the code: the child reads the frame and prepares the
+        run while the gate decides. What the gate raises ends the child unrun (no grace)
+        and is raised here.
 
         A ``stop`` ends the run early (SIGTERM, grace, SIGKILL; a run stopped before its
         child got the start frame never starts): the outcome is KILLED with the stop's
@@ -642,16 +648,14 @@ class SandboxRunner:
         evidence = ChildExit(
             stdout=CapturedStream(limits.output_bytes), stderr=CapturedStream(limits.output_bytes)
         )
-        loop = asyncio.get_running_loop()
-        ended: asyncio.Future[None] = loop.create_future()
+        ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def end_wait() -> None:
             if not ended.done():
                 ended.set_result(None)
 
-        answered_early = False
+        answered_early = refused = False
         try:
-            began = time.monotonic()
             grace_s = 0.0
             try:
                 # Before its start frame: a refused run's child is ended below, never ran.
@@ -661,9 +665,9 @@ class SandboxRunner:
                 began = time.monotonic()
                 deadline = WallDeadline(limits.wall_seconds)
                 started = not stop.requested
-                if policy is not None and policy.env:
-                    start = {**start, "env": dict(policy.env)}
-                unsent = self._send_start(child, start) if started else b""
+                refused = started  # until the start frame is sent and the gate opens
+                unsent = self._send_start(child, start, policy, gate) if started else b""
+                refused = False
                 server = self._serve(child, evidence, unsent, on_call, stop, end_wait)
                 await self._wait_for_end(ended, deadline, stop, evidence, server.read_pending)
                 if self._cut_short(child, started, evidence):
@@ -696,6 +700,8 @@ class SandboxRunner:
         finally:
             if not answered_early:
                 await asyncio.shield(self._release(child))
+            if refused:  # the child never ran the code: the cell's next one, as below
+                self._prepare(runtime, limits, cell, policy)
         return self._concluded(evidence, runtime, limits, cell, policy)
 
     def _concluded(
@@ -739,11 +745,23 @@ class SandboxRunner:
         return started and (evidence.timed_out or bool(evidence.stop_reason))
 
     @staticmethod
-    def _send_start(child: _Child, start: StartFrame) -> bytes:
-        """Send the run's start frame; what the socket did not take (the bridge sends it)."""
+    def _send_start(
+        child: _Child, start: StartFrame, policy: Policy | None, gate: Callable[[], None] | None
+    ) -> bytes:
+        """Send the run's start frame, then, once its gate opens, the go; what the socket did not take.
+
+        The rest goes through the bridge. What the gate raises is raised here.
+        """
+        if policy is not None and policy.env:
+            start = {**start, "env": dict(policy.env)}
+        if gate is not None:
+            start = {**start, "gated": True}
         unsent = send_now(child.bridge, protocol.encode(start))
         child.handle.mark_running()
-        return unsent
+        if gate is None:
+            return unsent
+        gate()
+        return unsent + protocol.GO_FRAME if unsent else send_now(child.bridge, protocol.GO_FRAME)
 
     @staticmethod
     def _serve(

@@ -504,6 +504,12 @@ my sub run {
         $ENV{$_} = $start->{env}{$_} for keys %{ $start->{env} };
     }
     qb::_bind($bridge, $start->{context});
+    # A gated run waits for the executor's go, which it sends once it has decided that
+    # the run may happen (protocol.py): the bridge ending first, the code never runs.
+    if ($start->{gated}) {
+        my $go = eval { qb::_read_frame() };
+        return EXIT_BAD_START if !$go || ($go->{type} // '') ne 'go';
+    }
     my $source = defined $start->{code} ? $start->{code} : '';
 
     my %kept = (TERM => $SIG{TERM}, XCPU => $SIG{XCPU}, PIPE => $SIG{PIPE});    # after the run
