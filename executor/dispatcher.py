@@ -44,7 +44,12 @@ from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol
 
 from executor.child.protocol import StartFrame
-from executor.errors import CapacityError, InvalidRequestError, UnavailableError
+from executor.errors import (
+    AlreadyExistsError,
+    CapacityError,
+    InvalidRequestError,
+    UnavailableError,
+)
 from executor.host_api import HostApi
 from executor.model import ActionRecord, Failure, Invocation, Language, Limits, Outcome, RunResult
 from executor.plurals import counted, counted_are
@@ -73,6 +78,14 @@ def in_progress(invocation_id: str) -> str:
     """The refusal of a run whose invocation id a run still in progress has."""
     return (
         f"a run with invocation_id {invocation_id!r} is still in progress; retry once it has ended"
+    )
+
+
+def firings_id(invocation_id: str) -> str:
+    """The refusal of an Execute naming the id of a firing not yet run to its end."""
+    return (
+        f"invocation_id {invocation_id!r} is a fired callback's, which has"
+        " not run to its end yet; choose a new invocation_id"
     )
 
 
@@ -121,6 +134,7 @@ class ChildRunner(Protocol):
         on_call: CallHandler,
         stop: RunStop | None = None,
         policy: Policy | None = None,
+        gate: Callable[[], None] | None = None,
     ) -> SandboxResult: ...
 
     def stop_preparing(self) -> None:
@@ -231,7 +245,18 @@ class _Run:
     language: Language
     stop: RunStop
     fired: bool = False
+    # ``execute``'s gate until it is opened (``open_gate``); None: nothing (more) to check.
+    gate: Callable[[], None] | None = None
     task: asyncio.Task[RunResult] | None = None
+
+    def open_gate(self) -> None:
+        """Open the run's gate, once; what it raises ends the run, unrecorded.
+
+        Just before the run's code may run, or before a run that never started is recorded.
+        """
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            gate()
 
 
 class Dispatcher:
@@ -291,6 +316,7 @@ class Dispatcher:
         fired: bool = False,
         deadline: float | None = None,
         request_bytes: int = 0,
+        gate: Callable[[], None] | None = None,
     ) -> RunResult:
         """Run one invocation to its RunResult. Raises CapacityError / UnavailableError.
 
@@ -300,6 +326,12 @@ class Dispatcher:
         the caller is cancelled, the run is stopped (KILLED, recorded, its failure saying
         whether the caller's ``deadline``, a ``time.monotonic()`` value, had passed or it
         cancelled) and the cancellation goes on once it has ended.
+
+        ``gate`` (an Execute's checks of its caller's invocation id, ``IdGate``) is called
+        just before the callback's code may run (a child's once its start frame is sent:
+        the child prepares the run meanwhile and waits for the go) and before a run that
+        never started is recorded. What it raises is the caller's: the run is not
+        recorded, and its child, if it had one, is ended without running the code.
         """
         if self._draining:
             raise UnavailableError(SHUTTING_DOWN)
@@ -335,8 +367,12 @@ class Dispatcher:
                 f"(policies.{policy.name}.languages)"
             )
         if refusal is not None:
+            if gate is not None:
+                gate()
             return await self._refused(invocation, language, refusal)
-        run, task = self._admit(invocation, language, fired=fired, request_bytes=request_bytes)
+        run, task = self._admit(
+            invocation, language, fired=fired, request_bytes=request_bytes, gate=gate
+        )
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -361,13 +397,21 @@ class Dispatcher:
         return self._policies.get(invocation.policy) if self._policies is not None else None
 
     def _admit(
-        self, invocation: Invocation, language: Language, *, fired: bool, request_bytes: int
+        self,
+        invocation: Invocation,
+        language: Language,
+        *,
+        fired: bool,
+        request_bytes: int,
+        gate: Callable[[], None] | None,
     ) -> tuple[_Run, asyncio.Task[RunResult]]:
         """Take a place for the run (CapacityError) and start the task that owns it."""
-        if invocation.invocation_id in self._runs:
+        if (same := self._runs.get(invocation.invocation_id)) is not None:
+            if same.fired and not fired:  # the engine made the id: never an Execute's
+                raise AlreadyExistsError(firings_id(invocation.invocation_id))
             raise UnavailableError(in_progress(invocation.invocation_id))
         ticket = self._slots.ticket(fired=fired, request_bytes=request_bytes)
-        run = _Run(invocation, language, RunStop(), fired=fired)
+        run = _Run(invocation, language, RunStop(), fired=fired, gate=gate)
         task = run.task = asyncio.create_task(
             self._run(run, ticket), name=f"run {invocation.invocation_id}"
         )
@@ -403,6 +447,7 @@ class Dispatcher:
                     else:
                         self._hold_slot(slot, finishing)
             result = replace(result, usage=replace(result.usage, queue_seconds=queue_s))
+            run.open_gate()  # opened already, unless the run never started
             await self._finished(invocation, run.language, result)
         finally:
             del self._runs[invocation.invocation_id]
@@ -431,6 +476,7 @@ class Dispatcher:
         policy = self._policy(invocation)
         host = HostApi(self._supervisor, invocation, policy)
         if run.language in _INTERPRETED:
+            run.open_gate()
             try:
                 async with stoppable(run.stop):
                     return await self._qube.run(invocation, host), None
@@ -477,6 +523,7 @@ class Dispatcher:
             on_call=host.serve_frame,
             stop=run.stop,
             policy=policy,
+            gate=None if run.gate is None else run.open_gate,
         )
         if child.escaped_pids:
             logger.info(

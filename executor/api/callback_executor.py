@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
-from collections.abc import Iterator
 from typing import Final
 
 from executor import logs
 from executor.api import convert
 from executor.api.errors import Context, grpc_errors
 from executor.api.interceptors import request_bytes
-from executor.dispatcher import Dispatcher, in_progress
-from executor.errors import AlreadyExistsError, PermissionDeniedError, UnavailableError
-from executor.model import Invocation, Limits
+from executor.dispatcher import Dispatcher
+from executor.errors import PermissionDeniedError, UnavailableError
+from executor.model import Limits
 from executor.policies import PolicySet
-from executor.runs.history import RunIdentity
-from executor.runs.invocation_ids import IdUse, InvocationIds
+from executor.runs.invocation_ids import IdGate, InvocationIds
 from executor.storage import StorageHealth
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 
@@ -90,67 +87,15 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
             raise UnavailableError(
                 f"the executor cannot record results now, so it runs nothing: {problem}"
             )
-        with self._run_id_claimed(invocation) if named_id else contextlib.nullcontext():
+        # The id's checks (in a fleet, its claim) wait until the run is about to start.
+        gate = IdGate(self._ids, invocation) if named_id and self._ids is not None else None
+        try:
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.monotonic() + remaining
             result = await self._dispatcher.execute(
-                invocation, deadline=deadline, request_bytes=request_bytes.get()
+                invocation, deadline=deadline, request_bytes=request_bytes.get(), gate=gate
             )
-        return convert.response_from_result(result)
-
-    @contextlib.contextmanager
-    def _run_id_claimed(self, invocation: Invocation) -> Iterator[None]:
-        """The caller's id checked (and in a fleet, claimed) for the block's run.
-
-        On the loop: memory and one indexed read of a local file, or one round trip to
-        a fleet's store (as the result's commit is): a thread's hand-offs cost more. The
-        claim is given back in the statement that commits the run's result
-        (``Recorder.give_back_claims``), else once the block has ended: the run refused,
-        or its result not committed.
-        """
-        if self._ids is None:
-            yield
-            return
-        use = self._ids.claim(invocation.invocation_id)
-        try:
-            self._refuse_another_runs_id(invocation, use)
-            if use.running:  # at another replica; one here the dispatcher refuses alike
-                raise UnavailableError(in_progress(invocation.invocation_id))
-            yield
         finally:
-            if use.claimed:
-                self._ids.release(invocation.invocation_id)
-
-    @staticmethod
-    def _refuse_another_runs_id(invocation: Invocation, use: IdUse) -> None:
-        """AlreadyExistsError when the id is a fired run's, or recorded for another run.
-
-        A repeat of an Execute's run of the same callback (``RunIdentity``: its code is no
-        part of it) is a retry: it runs again and replaces the record (proto
-        ExecuteRequest.invocation_id). A fired run's record stays, as does another
-        identity's: the supervisor keeps the first result under the id, and so does the
-        history.
-        """
-        invocation_id = invocation.invocation_id
-        firing, recorded = use.firing, use.recorded
-        if firing:
-            # Never a retry: the engine made the id. Run first, this call would take the
-            # fired callback's place at the supervisor, its actions counted as repeats.
-            raise AlreadyExistsError(
-                f"invocation_id {invocation_id!r} is a fired callback's, which has"
-                " not run to its end yet; choose a new invocation_id"
-            )
-        if recorded is not None and recorded.fired:
-            # Never a retry either, once it has ended: the engine made the id, and a
-            # "repeat" would replace the fired run's result with its own code's.
-            raise AlreadyExistsError(
-                f"invocation_id {invocation_id!r} is a fired callback's run"
-                f" ({recorded.describe()}); an Execute cannot repeat it; choose a new"
-                " invocation_id"
-            )
-        if recorded is not None and recorded != RunIdentity.of(invocation):
-            raise AlreadyExistsError(
-                f"invocation_id {invocation.invocation_id!r} is already recorded for another "
-                f"run ({recorded.describe()}); a repeat must name the same job and callback "
-                "(id, language, triggers), else choose a new invocation_id"
-            )
+            if gate is not None:
+                gate.release()
+        return convert.response_from_result(result)

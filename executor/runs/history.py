@@ -225,7 +225,7 @@ class RunIdentity:
     """Whose run an invocation id names: a repeat of it must be the same callback's.
 
     And whether the trigger engine made it (``fired``): an Execute never repeats such a
-    run, whatever the rest (``CallbackExecutorServicer._refuse_another_runs_id``).
+    run, whatever the rest (``invocation_ids.IdGate``).
     """
 
     job_id: int

@@ -1,17 +1,18 @@
 """Whether a caller's invocation id is taken already: by a firing, a recorded run, or a run in progress.
 
-``Execute`` asks before it runs a callback under an id its caller chose
-(``CallbackExecutorServicer._run_id_claimed``): a firing decided and not yet run to its
-end has it (the engine made it), or the history records (or is writing) a run under it,
-and whether the engine made that one (``RunIdentity.fired``). A single executor answers
-from memory and a local file, and its dispatcher refuses an id one of its runs has
-(``Dispatcher._admit``). A fleet's answers are in the shared store, and a run in progress
-at another replica is in neither the firings nor the history: so ``FleetIds`` also
-claims the id there for this run (table ``execute_claims``, under a lease this replica
-renews), in the one statement that asks the rest, and gives it back in the statement
-that commits the run's result (``Recorder``; on its own once the run was refused, or
-its result was not committed). Two replicas asked at once cannot both
-claim it: the second is answered as one executor answers a run's id in progress.
+``Execute`` asks before it runs a callback under an id its caller chose (``IdGate``,
+which the dispatcher opens just before the callback's code may run): a firing decided
+and not yet run to its end has it (the engine made it), or the history records (or is
+writing) a run under it, and whether the engine made that one (``RunIdentity.fired``).
+A single executor answers from memory and a local file, and its dispatcher refuses an
+id one of its runs has (``Dispatcher._admit``). A fleet's answers are in the shared
+store, and a run in progress at another replica is in neither the firings nor the
+history: so ``FleetIds`` also claims the id there for this run (table
+``execute_claims``, under a lease this replica renews), in the one statement that asks
+the rest, and gives it back in the statement that commits the run's result
+(``Recorder``; on its own once the run was refused, or its result was not committed).
+Two replicas asked at once cannot both claim it: the second is answered as one executor
+answers a run's id in progress.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from contextlib import AbstractContextManager
 from typing import Final, NamedTuple, Protocol
 
 from executor import lease_renewal
-from executor.errors import DataLossError, UnavailableError
+from executor.dispatcher import firings_id, in_progress
+from executor.errors import AlreadyExistsError, DataLossError, UnavailableError
+from executor.model import Invocation
 from executor.runs import run_notes
 from executor.runs.history import RunIdentity
 from executor.runs.outbox import Alongside
@@ -94,6 +97,77 @@ class InvocationIds(Protocol):
     def release(self, invocation_id: str) -> None:
         """Give back a claim ``claim`` took (``IdUse.claimed``)."""
         ...
+
+
+class IdGate:
+    """An Execute's checks of the id its caller chose, made once, as late as they can be.
+
+    The dispatcher opens it (its ``gate``) just before the callback's code may run, and
+    before it records a run that never started: a refused id is never run nor recorded.
+    For a child, that is right after its start frame: the child reads it and compiles
+    the code meanwhile, then waits for the executor's go, so a fleet's claim (a round
+    trip to the shared store, on the loop) costs the call only what the child's own
+    preparation does not hide. Raises AlreadyExistsError (the id is another run's) or
+    UnavailableError (a run of it is in progress, or the store cannot answer), and the
+    same error if opened again. ``release`` gives back what it claimed, once the run
+    has ended or was refused.
+    """
+
+    def __init__(self, ids: InvocationIds, invocation: Invocation) -> None:
+        self._ids = ids
+        self._invocation = invocation
+        self._use: IdUse | None = None
+        self._refused: Exception | None = None
+
+    def __call__(self) -> None:
+        if self._refused is not None:
+            raise self._refused
+        if self._use is not None:
+            return
+        invocation_id = self._invocation.invocation_id
+        try:
+            self._use = use = self._ids.claim(invocation_id)
+            _refuse_another_runs_id(self._invocation, use)
+            if use.running:  # at another replica; one here the dispatcher refuses alike
+                raise UnavailableError(in_progress(invocation_id))
+        except Exception as err:
+            self._refused = err
+            raise
+
+    def release(self) -> None:
+        if self._use is not None and self._use.claimed:
+            self._ids.release(self._invocation.invocation_id)
+
+
+def _refuse_another_runs_id(invocation: Invocation, use: IdUse) -> None:
+    """AlreadyExistsError when the id is a fired run's, or recorded for another run.
+
+    A repeat of an Execute's run of the same callback (``RunIdentity``: its code is no
+    part of it) is a retry: it runs again and replaces the record (proto
+    ExecuteRequest.invocation_id). A fired run's record stays, as does another
+    identity's: the supervisor keeps the first result under the id, and so does the
+    history.
+    """
+    invocation_id = invocation.invocation_id
+    firing, recorded = use.firing, use.recorded
+    if firing:
+        # Never a retry: the engine made the id. Run first, this call would take the
+        # fired callback's place at the supervisor, its actions counted as repeats.
+        raise AlreadyExistsError(firings_id(invocation_id))
+    if recorded is not None and recorded.fired:
+        # Never a retry either, once it has ended: the engine made the id, and a
+        # "repeat" would replace the fired run's result with its own code's.
+        raise AlreadyExistsError(
+            f"invocation_id {invocation_id!r} is a fired callback's run"
+            f" ({recorded.describe()}); an Execute cannot repeat it; choose a new"
+            " invocation_id"
+        )
+    if recorded is not None and recorded != RunIdentity.of(invocation):
+        raise AlreadyExistsError(
+            f"invocation_id {invocation.invocation_id!r} is already recorded for another "
+            f"run ({recorded.describe()}); a repeat must name the same job and callback "
+            "(id, language, triggers), else choose a new invocation_id"
+        )
 
 
 class LocalIds:

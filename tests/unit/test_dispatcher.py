@@ -7,13 +7,19 @@ are stopped, and report what they were given.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from executor.child.protocol import StartFrame
 from executor.dispatcher import CALLER_CANCELLED, INTERNAL_FAILURE, SHUTTING_DOWN, Dispatcher
-from executor.errors import CapacityError, InvalidRequestError, UnavailableError
+from executor.errors import (
+    AlreadyExistsError,
+    CapacityError,
+    InvalidRequestError,
+    UnavailableError,
+)
 from executor.host_api import HostApi
 from executor.model import (
     CallbackSpec,
@@ -61,13 +67,16 @@ class FakeRunner:
         on_call: Any,
         stop: RunStop | None = None,
         policy: Any = None,
+        gate: Callable[[], None] | None = None,
     ) -> SandboxResult:
         code = start["code"]
         assert start["language"] == runtime.language
         if code == "bug":  # as has_ended's select() past FD_SETSIZE did
             raise ValueError("filedescriptor out of range in select()")
-        self.started.append((code, slot))
         stop = stop or RunStop()
+        if gate is not None and not stop.requested:  # as the sandbox opens it: once started
+            gate()
+        self.started.append((code, slot))
         try:
             async with stoppable(stop):
                 await self._gates.setdefault(code, asyncio.Event()).wait()
@@ -124,8 +133,15 @@ class Harness:
             )
         )
 
-    def execute(self, code: str, *, fired: bool = False, language: str = "python") -> Any:
-        return self.dispatcher.execute(invocation(code, language), fired=fired)
+    def execute(
+        self,
+        code: str,
+        *,
+        fired: bool = False,
+        language: str = "python",
+        gate: Callable[[], None] | None = None,
+    ) -> Any:
+        return self.dispatcher.execute(invocation(code, language), fired=fired, gate=gate)
 
     def outcomes(self) -> dict[str, tuple[Outcome, str]]:
         return {
@@ -408,6 +424,73 @@ async def test_an_invocation_id_still_running_is_not_run_twice() -> None:
     harness.runner.finish("a")
     assert (await first).outcome == Outcome.SUCCEEDED
     assert (await harness.execute("a")).outcome == Outcome.SUCCEEDED  # once it has ended
+
+
+async def test_an_execute_naming_a_fired_runs_id_in_progress_is_told_it_is_a_firings() -> None:
+    harness = Harness(slots=2, queue=0)
+    fired = harness.start("a", fired=True)
+    await settle()
+
+    with pytest.raises(AlreadyExistsError, match="is a fired callback's"):
+        await harness.execute("a")
+
+    harness.runner.finish("a")
+    await fired
+
+
+class Gate:
+    """An Execute's id checks (``IdGate``): counted, and refusing when told to."""
+
+    def __init__(self, refusal: Exception | None = None) -> None:
+        self.refusal = refusal
+        self.opened = 0
+
+    def __call__(self) -> None:
+        self.opened += 1
+        if self.refusal is not None:
+            raise self.refusal
+
+
+async def test_a_run_opens_its_gate_once_before_it_starts() -> None:
+    harness = Harness(slots=1, queue=0)
+    harness.runner.finish("a")
+    gate = Gate()
+
+    assert (await harness.execute("a", gate=gate)).outcome == Outcome.SUCCEEDED
+    assert gate.opened == 1
+    assert len(harness.recorded) == 1
+
+
+@pytest.mark.parametrize("language", ["python", "qube", "perl"])
+async def test_a_gate_that_refuses_leaves_the_run_unstarted_and_unrecorded(language: str) -> None:
+    # perl is disabled here: a refused language is recorded REJECTED, but not before the gate.
+    harness = Harness(slots=1, queue=0)
+    gate = Gate(AlreadyExistsError("invocation_id 'run-a' is already recorded for another run"))
+
+    with pytest.raises(AlreadyExistsError, match="another run"):
+        await harness.execute("a", language=language, gate=gate)
+
+    assert (gate.opened, harness.recorded, harness.runner.started) == (1, [], [])
+    assert harness.dispatcher.active == 0
+    harness.runner.finish("b")
+    assert (await harness.execute("b")).outcome == Outcome.SUCCEEDED  # the slot came back
+
+
+async def test_a_run_stopped_before_it_started_opens_its_gate_before_it_is_recorded() -> None:
+    harness = Harness(slots=1, queue=1)
+    running = harness.start("a")
+    await settle()
+    gate = Gate(UnavailableError("a run with invocation_id 'run-b' is still in progress"))
+    waiting = asyncio.create_task(harness.execute("b", gate=gate))
+    await settle()
+
+    await harness.dispatcher.drain()  # stops both: "b" never started
+
+    with pytest.raises(UnavailableError, match="still in progress"):
+        await waiting
+    assert gate.opened == 1
+    assert harness.outcomes() == {"run-a": (Outcome.KILLED, SHUTTING_DOWN)}
+    await running
 
 
 @pytest.mark.parametrize("turns", range(6))
