@@ -84,6 +84,8 @@ MAX_ACTION_SEQ: Final = 2**32 - 1
 # A work verb's range over an agenda of at least this many items is expanded on a thread.
 THREADED_AGENDA: Final = 1000
 CUT_SHORT: Final = "cut short: the run ended while the supervisor had it; it may have been applied"
+# What a callback is told of a qb call an executor bug ended (the traceback is the log's).
+INTERNAL_ERROR: Final = "internal error in the executor"
 # ASCII digits only, as ids (host_args.py): a frame named with a full-width 1 is not frame 1.
 _RANGE = re.compile(r"^(-?[0-9]+)-(-?[0-9]+)$")
 _INTEGER = re.compile(r"-?[0-9]+")
@@ -294,7 +296,7 @@ SHADOW_VALUE: Final = 0
 
 
 class HostApi:
-    """The qb functions of one run; records every call as an action.
+    """The qb functions of one run; records every call as an action, failed or not.
 
     Its ``policy`` says which actions the run may take (``verbs``); a refused one raises
     ``PermissionDenied`` in the callback, naming the setting. The callback that releases
@@ -405,6 +407,11 @@ class HostApi:
             # was made, and may have been applied, so it is listed all the same.
             self._log.add(fn, target, False, CUT_SHORT)
             raise
+        except Exception:
+            # An executor bug: the call was made all the same (a verb may have been sent
+            # before it), so it is listed, with what the callback is told (serve_frame).
+            self._log.add(fn, target, False, f"QbError: {INTERNAL_ERROR}")
+            raise
         self._log.add(fn, target, True, summary)
         return value
 
@@ -441,7 +448,7 @@ class HostApi:
                 "type": "reply",
                 "id": call_id,
                 "ok": False,
-                "error": {"kind": "QbError", "message": "internal error in the executor"},
+                "error": {"kind": "QbError", "message": INTERNAL_ERROR},
             }
         return {"type": "reply", "id": call_id, "ok": True, "value": value}
 

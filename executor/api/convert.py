@@ -80,14 +80,19 @@ def check_name(field: str, value: str) -> str:
     return check_text(field, value)
 
 
-def check_instance(field: str, value: int, *, none: bool = True) -> int:
+def check_instance(field: str, value: int, *, none: bool = True, presence: bool = True) -> int:
     """An instance number, 0 or more (-1 too, meaning none, when ``none``); InvalidRequestError else.
 
     -1 is what a wire field without presence says for "no instance" (WorkItem.subid), and
-    what ``qb.subid()`` answers then; any other negative number is no instance's.
+    what ``qb.subid()`` answers then; any other negative number is no instance's. The
+    message says what unset means: none for an ``optional`` field (``presence``), instance 0
+    for one without presence (WorkItem.subid).
     """
     if value < (-1 if none else 0):
-        meaning = "; -1 (or unset) means none" if none else ""
+        meaning = ""
+        if none:
+            unset = "(or unset) means none" if presence else "means none (unset is 0, instance 0)"
+            meaning = f"; -1 {unset}"
         raise InvalidRequestError(f"{field} = {value}: an instance number is 0 or more{meaning}")
     return value
 
@@ -124,7 +129,7 @@ def check_job(job: types_pb2.Job, where: str) -> None:
             at = _in(where, f"agenda[{index}]")
             for name in ("name", "status", "host"):
                 check_name(f"{at}.{name}", getattr(item, name))
-            check_instance(f"{at}.subid", item.subid)
+            check_instance(f"{at}.subid", item.subid, presence=False)
     for index, sub in enumerate(job.subjobs):
         at = _in(where, f"subjobs[{index}]")
         check_instance(f"{at}.id", sub.id, none=False)

@@ -1,11 +1,13 @@
-"""Structs from a request as plain values, refusing the numbers JSON cannot hold by name.
+"""Structs from the wire as plain values, naming the numbers JSON cannot hold.
 
 A ``google.protobuf.Struct`` may carry NaN or ±Infinity (a double is a double), but a job
 dict is JSON: it is stored, reported and shown to callbacks as such, and protobuf's own
 conversion refuses them with a ValueError that names no field (an Execute answered
-INTERNAL, a SubmitJobs "Fail to serialize NaN for Value.number_value"). The conversion
-is tried as it is; only when it fails is the Struct walked to name the value, so a
-request without one pays nothing.
+INTERNAL, a SubmitJobs "Fail to serialize NaN for Value.number_value", a supervisor's
+JobInfo answer an executor bug). A request's is refused by name here; a supervisor's
+answer is its malformed answer (``supervisor.py``), named by ``job_problem``. The
+conversion is tried as it is; only when it fails is the Struct walked to name the value,
+so a message without one pays nothing.
 """
 
 from __future__ import annotations
@@ -42,14 +44,23 @@ def job_dict(job: types_pb2.Job, where: str) -> dict[str, Any]:
     try:
         return job_to_dict(job, include_callbacks=True)
     except ValueError:
-        problem = _in_struct(f"{where}.extra", job.extra)
-        for index, item in enumerate(job.agenda):
-            if problem is not None:
-                break
-            problem = _in_struct(f"{where}.agenda[{index}].resultpackage", item.resultpackage)
+        problem = job_problem(job, where)
         if problem is None:
             raise
         raise InvalidRequestError(problem) from None
+
+
+def job_problem(job: types_pb2.Job, where: str) -> str | None:
+    """The first number JSON cannot hold in ``job``'s Structs, named under ``where``; or None.
+
+    Its ``extra``, then each work item's ``resultpackage``: ``where.extra.x: NaN is ...``.
+    """
+    problem = _in_struct(f"{where}.extra", job.extra)
+    for index, item in enumerate(job.agenda):
+        if problem is not None:
+            break
+        problem = _in_struct(f"{where}.agenda[{index}].resultpackage", item.resultpackage)
+    return problem
 
 
 def _key(path: str, key: str) -> str:

@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final, TypeVar
 
 import grpc
 
 from executor.api.lenient_answers import supervisor_stub
+from executor.api.struct_values import job_problem
 from executor.child.protocol import QbErrorKind
 from executor.errors import HostCallError
 from executor.supervisor_link import ActionOutcome
 from supervisor_client.credentials import RECONNECT_OPTIONS
 from supervisor_client.jobdict import job_to_dict
-from supervisor_client.qbcallback.v1 import supervisor_pb2
+from supervisor_client.qbcallback.v1 import supervisor_pb2, types_pb2
 
 ERROR_KIND_KEY: Final = "qb-error-kind"
 # The largest answer the executor takes from a supervisor (a JobInfo of a job of over a
@@ -115,6 +116,30 @@ def malformed_answer(method: str, *, acts: bool) -> HostCallError:
     )
 
 
+def job_dicts(
+    jobs: Iterable[types_pb2.Job], *, include_callbacks: bool, asked: str
+) -> list[dict[str, Any]]:
+    """The job dicts of a JobInfo answer's ``jobs`` (for ``asked``: "job 12", "pgrp 3").
+
+    A Struct (a job's ``extra``, a work item's ``resultpackage``) may carry NaN or
+    ±Infinity, which no job dict (JSON) holds: the supervisor's answer is then malformed,
+    its HostCallError naming the value, not an executor bug that would fail every qb
+    call on the job.
+    """
+    dicts = []
+    for index, job in enumerate(jobs):
+        try:
+            dicts.append(job_to_dict(job, include_callbacks=include_callbacks))
+        except ValueError as err:
+            where = f"jobs[{index}]"
+            problem = job_problem(job, where) or f"{where}: {err}"
+            raise HostCallError(
+                "SupervisorUnavailable",
+                f"the supervisor's answer was malformed: JobInfo for {asked}: {problem}",
+            ) from err
+    return dicts
+
+
 class GrpcSupervisor:
     """``executor.supervisor_link.SupervisorPort`` over a SupervisorService channel."""
 
@@ -164,9 +189,10 @@ class GrpcSupervisor:
             request.agenda = supervisor_pb2.AGENDA_SCOPE_NAMED
             request.work_names.extend(work_names)
         response = await self._call(self._stub.JobInfo, request, "JobInfo")
+        asked = f"job {request.id}" if pgrp is None else f"pgrp {pgrp}"
 
         def converted() -> list[dict[str, Any]]:
-            return [job_to_dict(job, include_callbacks=include_callbacks) for job in response.jobs]
+            return job_dicts(response.jobs, include_callbacks=include_callbacks, asked=asked)
 
         if sum(len(job.agenda) for job in response.jobs) < BIG_AGENDA:
             return converted()

@@ -136,6 +136,20 @@ async def test_register_job_refuses_what_a_job_cannot_be(engines: Engines) -> No
         assert (await refusal(triggers.RegisterJob(request, context()))).startswith(field)
 
 
+async def test_a_work_items_subid_says_unset_is_instance_0(engines: Engines) -> None:
+    # WorkItem.subid has no presence: unset reads 0, instance 0, so only -1 says none.
+    # (It was refused "-1 (or unset) means none", the words of the optional subjob_id.)
+    triggers = TriggerServicer(engines(Recorder()))
+    job = types_pb2.Job(id=5, agenda=[types_pb2.WorkItem(name="1", subid=-2)])
+    details = await refusal(
+        triggers.RegisterJob(executor_pb2.RegisterJobRequest(job=job), context())
+    )
+    assert details == (
+        "job.agenda[0].subid = -2: an instance number is 0 or more;"
+        " -1 means none (unset is 0, instance 0)"
+    )
+
+
 async def test_published_events_refuse_negative_instances_and_long_names(engines: Engines) -> None:
     triggers = TriggerServicer(engines(Recorder()))
     await triggers.RegisterJob(executor_pb2.RegisterJobRequest(job=types_pb2.Job(id=7)), context())
