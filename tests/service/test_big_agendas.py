@@ -97,7 +97,9 @@ async def test_a_firing_of_a_big_registered_job_holds_no_other_call(tmp_path: Pa
         "id": 79,
         "user": "alice",
         "agenda": [str(n) for n in range(300_000)],
-        "callbacks": [{"triggers": "complete-job-self", "language": "python", "code": PRINT_JOB_ID}],
+        "callbacks": [
+            {"triggers": "complete-job-self", "language": "python", "code": PRINT_JOB_ID}
+        ],
     }
     async with running_stack(stack_settings(tmp_path / "data")) as stack:
         await stack.client.register_job(job)
@@ -127,7 +129,9 @@ async def test_a_firing_of_a_big_registered_job_holds_no_other_call(tmp_path: Pa
     assert fired.result.outcome == executor_pb2.OUTCOME_SUCCEEDED, fired.result.failure
     assert fired.result.stdout == "79\n"
     assert len(lateness) >= 3
-    assert max(lateness) < parse_s / 3, f"a health check waited {max(lateness):.3f} s; parse {parse_s:.3f} s"
+    assert max(lateness) < parse_s / 3, (
+        f"a health check waited {max(lateness):.3f} s; parse {parse_s:.3f} s"
+    )
 
 
 def _timed(read: Callable[[], object]) -> float:
