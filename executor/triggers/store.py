@@ -353,9 +353,9 @@ class TriggerStore:
             from executor.migrations import open_postgres
 
             self._db = open_postgres(path, application_name="cbexec-triggers")
-            # Statements outside a transaction (the event loop's: a firing's job, a
-            # firing done, a lease renewed) go through a connection of their own: the
-            # group thread's transaction holds the first for several round trips.
+            # Statements outside a transaction (the event loop's: a firing done, a
+            # lease renewed) go through a connection of their own: the group thread's
+            # transaction holds the first for several round trips.
             try:
                 self._outside_db = open_postgres(path, application_name="cbexec-triggers-loop")
             except BaseException:
