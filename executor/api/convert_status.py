@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from executor.api import convert
 from executor.model import Outcome
 from executor.runs.metrics import Histogram, MetricsSnapshot
 from executor.triggers.engine import canonical_triggers
-from executor.triggers.store import StoredCallback
+from executor.triggers.store import JobHead, StoredCallback
 from executor.triggers.universal import CONF_NAME, ReloadStatus, UniversalCallback
 from supervisor_client.qbcallback.v1 import executor_pb2
 
@@ -82,16 +81,16 @@ def metrics_message(snapshot: MetricsSnapshot) -> executor_pb2.GetMetricsRespons
 
 
 def registered_job_message(
-    job: dict[str, Any], callbacks: Sequence[StoredCallback]
+    job: JobHead, callbacks: Sequence[StoredCallback]
 ) -> executor_pb2.RegisteredJob:
     """The wire form of a job as the trigger engine holds it, with its callbacks."""
     return executor_pb2.RegisteredJob(
-        id=int(job["id"]),
-        pgrp=int(job.get("pgrp") or job["id"]),
-        label=str(job.get("label") or ""),
-        name=str(job.get("name") or ""),
-        user=str(job.get("user") or ""),
-        pid=max(0, int(job.get("pid") or 0)),
+        id=job.job_id,
+        pgrp=job.pgrp,
+        label=job.label,
+        name=job.name,
+        user=job.user,
+        pid=max(0, job.pid),
         callbacks=[convert.registered_message(cb) for cb in callbacks],
     )
 

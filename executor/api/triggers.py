@@ -148,17 +148,17 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
         def answer() -> executor_pb2.ListRegisteredJobsResponse:
             with store.snapshot() as db:
                 if job_id:
-                    job = TriggerStore.job_in(db, job_id)
-                    jobs = [job] if job is not None else []
+                    head = TriggerStore.head_in(db, job_id)
+                    jobs = [head] if head is not None else []
                 else:
-                    jobs = TriggerStore.jobs_in(db, limit=limit, before=before)
+                    jobs = TriggerStore.heads_in(db, limit=limit, before=before)
                 return executor_pb2.ListRegisteredJobsResponse(
                     jobs=[
                         convert_status.registered_job_message(
                             job,
                             [
                                 self._engine.as_loaded(cb)
-                                for cb in TriggerStore.callbacks_in(db, int(job["id"]))
+                                for cb in TriggerStore.callbacks_in(db, job.job_id)
                             ],
                         )
                         for job in jobs

@@ -396,10 +396,10 @@ class Decider:
         labels: dict[int, list[str]] = {}
         for ref in refs:
             cb = callbacks.get(ref.rowid)
-            job = TriggerStore.job_in(self._db, cb.job_id) if cb else None
-            if cb is None or job is None:
+            # Its pgrp and label, from their columns: not the job's JSON (its agenda).
+            owner = TriggerStore.place_in(self._db, cb.job_id) if cb else None
+            if cb is None or owner is None:
                 continue
-            owner = JobPlace.of(job)
             if owner.pgrp not in labels:
                 labels[owner.pgrp] = list(TriggerStore.labels_of(self._db, owner.pgrp))
             atom: Atom = atoms(self._parsed(cb.triggers))[ref.slot]

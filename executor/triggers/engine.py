@@ -1164,9 +1164,16 @@ class TriggerEngine:
         """Run one queued firing in the context of its job and event (the worker's ``run``).
 
         The callback, its count and its work item are the firing's, as decided.
+
+        Of the job, the invocation holds only its id and user: nothing a fired run does
+        reads more of it (the child's start frame names the id, the mail and status codes
+        ask the supervisor), and the stored callback's user is the job's where it has none
+        of its own (registration). Reading the job's JSON here cost the loop about a second
+        for a million work items, and a thread would not have helped: ``json.loads`` holds
+        the GIL throughout.
         """
         cb, event = firing.callback, firing.event
-        job = self._store.job(cb.job_id) or {"id": cb.job_id}
+        job = {"id": cb.job_id, "user": cb.user}
         invocation = Invocation(
             invocation_id=firing.invocation_id,
             callback=CallbackSpec(

@@ -292,6 +292,22 @@ class PendingFiring:
 
 
 @dataclass(frozen=True, slots=True)
+class JobHead:
+    """What is shown of a registered job besides its callbacks: never its agenda."""
+
+    job_id: int
+    pgrp: int
+    label: str
+    pid: int = 0
+    name: str = ""
+    user: str = ""
+
+    @property
+    def place(self) -> JobPlace:
+        return JobPlace(self.job_id, pid=self.pid, pgrp=self.pgrp, label=self.label)
+
+
+@dataclass(frozen=True, slots=True)
 class Sighting:
     """An event's first read: whether it is new (not a repeat), its job, and what else was read."""
 
@@ -337,9 +353,9 @@ class TriggerStore:
             from executor.migrations import open_postgres
 
             self._db = open_postgres(path, application_name="cbexec-triggers")
-            # Statements outside a transaction (the event loop's: a firing's job, a
-            # firing done, a lease renewed) go through a connection of their own: the
-            # group thread's transaction holds the first for several round trips.
+            # Statements outside a transaction (the event loop's: a firing done, a
+            # lease renewed) go through a connection of their own: the group thread's
+            # transaction holds the first for several round trips.
             try:
                 self._outside_db = open_postgres(path, application_name="cbexec-triggers-loop")
             except BaseException:
@@ -468,6 +484,7 @@ class TriggerStore:
     # -- jobs and callbacks -----------------------------------------------------------
 
     def job(self, job_id: int) -> dict[str, Any] | None:
+        """The job as registered, whole: parsing a big one holds the GIL (``heads``)."""
         with self.outside_transaction() as db:
             row = db.execute("SELECT job_json FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return json.loads(row["job_json"]) if row else None
@@ -621,23 +638,62 @@ class TriggerStore:
         """``count_jobs`` on ``db``."""
         return int(db.execute("SELECT count(*) FROM jobs").fetchone()[0])
 
-    def jobs(self, *, limit: int, before: int = 0) -> list[dict[str, Any]]:
-        """Registered jobs, newest id first: at most ``limit``, with ids below ``before`` if set."""
-        with self.outside_transaction() as db:
-            return self.jobs_in(db, limit=limit, before=before)
+    @staticmethod
+    def heads_in(db: Db, *, limit: int, before: int = 0) -> list[JobHead]:
+        """Registered jobs' heads, newest id first: at most ``limit``, ids below ``before`` if set."""
+        return TriggerStore._heads(db, "? = 0 OR job_id < ?", (before, before), limit)
 
     @staticmethod
-    def jobs_in(db: Db, *, limit: int, before: int = 0) -> list[dict[str, Any]]:
-        """``jobs`` on ``db``."""
-        rows = db.execute(
-            "SELECT job_json FROM jobs WHERE ? = 0 OR job_id < ? ORDER BY job_id DESC LIMIT ?",
-            (before, before, limit),
-        ).fetchall()
-        return [json.loads(row["job_json"]) for row in rows]
+    def head_in(db: Db, job_id: int) -> JobHead | None:
+        """The job's head (``heads_in``); None when it is not registered."""
+        heads = TriggerStore._heads(db, "job_id = ?", (job_id,), 1)
+        return heads[0] if heads else None
+
+    @staticmethod
+    def _heads(db: Db, where: str, params: tuple[Any, ...], limit: int) -> list[JobHead]:
+        """The jobs' heads, newest first: their columns, and their pid, name and user.
+
+        The database takes those three out of the job's JSON: ``json.loads`` of a big
+        job's (a million work items: ~74 MB, about a second) holds the GIL throughout, so
+        on a worker thread too it stops the event loop, while SQLite's parser runs with
+        the GIL released and PostgreSQL's in the server. Each comes back as JSON (a NUL,
+        say, stays escaped).
+        """
+        if isinstance(db, PgDb):
+            # One jsonb parse a job: OFFSET 0 keeps the planner from inlining the cast
+            # into each field's expression, and it runs only for the jobs the LIMIT keeps.
+            sql = (
+                "SELECT j.job_id, j.pgrp, j.label,"  # noqa: S608 - a condition of ours
+                " jsonb_build_array(p.h -> 'pid', p.h -> 'name', p.h -> 'user')::text"
+                f" FROM (SELECT job_id FROM jobs WHERE {where} ORDER BY job_id DESC LIMIT ?)"
+                " AS picked JOIN jobs j ON j.job_id = picked.job_id"
+                " CROSS JOIN LATERAL (SELECT j.job_json::jsonb AS h OFFSET 0) AS p"
+                " ORDER BY j.job_id DESC"
+            )
+        else:
+            sql = (
+                "SELECT job_id, pgrp, label,"  # noqa: S608 - a condition of ours
+                " json_extract(job_json, '$.pid', '$.name', '$.user')"
+                f" FROM jobs WHERE {where} ORDER BY job_id DESC LIMIT ?"
+            )
+        heads = []
+        for row in db.execute(sql, (*params, limit)).fetchall():
+            pid, name, user = json.loads(row[3])
+            heads.append(
+                JobHead(
+                    int(row[0]),
+                    int(row[1]),
+                    str(row[2]),
+                    int(pid or 0),
+                    str(name or ""),
+                    str(user or ""),
+                )
+            )
+        return heads
 
     @staticmethod
     def job_in(db: Db, job_id: int) -> dict[str, Any] | None:
-        """``job`` inside a transaction."""
+        """``job`` inside a transaction or on a snapshot."""
         row = db.execute("SELECT job_json FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return json.loads(row["job_json"]) if row else None
 

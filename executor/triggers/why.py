@@ -164,7 +164,7 @@ def explain_job(
         ChangedMeanwhileError: the job was registered again since ``registration``.
     """
     with store.snapshot() as db:
-        job = TriggerStore.job_in(db, job_id)
+        job = TriggerStore.head_in(db, job_id)
         current = TriggerStore.registration_in(db, job_id)
         if job is None or current is None:
             raise NotFoundError(
@@ -197,7 +197,7 @@ def explain_job(
                 db, job_id, after=after_callback_id, limit=limit + 1
             )
             callbacks, more = page[:limit], len(page) > limit
-        place = JobPlace.of(job)
+        place = job.place
         agenda = states.agenda(db, job_id)
         if work_name and agenda and work_name not in agenda:
             raise NotFoundError(
@@ -224,7 +224,7 @@ def explain_job(
         )
     return JobExplanation(
         job_id=job_id,
-        name=str(job.get("name") or ""),
+        name=job.name,
         label=place.label,
         pgrp=place.pgrp,
         callbacks=explained,
@@ -246,8 +246,8 @@ class _View:
 
     def place(self, job_id: int) -> JobPlace | None:
         if job_id not in self._places:
-            job = TriggerStore.job_in(self.db, job_id)
-            self._places[job_id] = None if job is None else JobPlace.of(job)
+            head = TriggerStore.head_in(self.db, job_id)
+            self._places[job_id] = None if head is None else head.place
         return self._places[job_id]
 
     def resolve(self, atom: Atom) -> tuple[int, str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,55 @@ async def test_a_registered_job_of_long_work_names_fires_its_callback(
     (fired,) = answer.fired
     assert fired.result.outcome == executor_pb2.OUTCOME_SUCCEEDED, fired.result.failure
     assert fired.result.stdout == "78\n"
+
+
+@pytest.mark.timeout(120)
+async def test_a_firing_of_a_big_registered_job_holds_no_other_call(tmp_path: Path) -> None:
+    # A fired run's invocation read the job's whole JSON on the loop (~74 bytes an item);
+    # for a million items a second in which no other call was answered. Parsing it on a
+    # thread would not help: json.loads holds the GIL throughout.
+    job = {
+        "id": 79,
+        "user": "alice",
+        "agenda": [str(n) for n in range(300_000)],
+        "callbacks": [
+            {"triggers": "complete-job-self", "language": "python", "code": PRINT_JOB_ID}
+        ],
+    }
+    async with running_stack(stack_settings(tmp_path / "data")) as stack:
+        await stack.client.register_job(job)
+        store = stack.running.engine.store
+        parse_s = min(_timed(lambda: store.job(79)) for _ in range(2))  # the old read's cost
+        lateness: list[float] = []
+        done = asyncio.Event()
+
+        async def check_health() -> None:
+            # The client shares the server's loop: a hold shows in the check or the
+            # pause after it, so each round is timed whole.
+            while not done.is_set():
+                started = time.monotonic()
+                assert await health_status(stack.channel) == SERVING
+                await asyncio.sleep(0.01)
+                lateness.append(time.monotonic() - started - 0.01)
+
+        checking = asyncio.create_task(check_health())
+        try:
+            answer = await stack.client.publish_event(
+                name="complete", type="job", job_id=79, wait=True
+            )
+        finally:
+            done.set()
+            await checking
+    (fired,) = answer.fired
+    assert fired.result.outcome == executor_pb2.OUTCOME_SUCCEEDED, fired.result.failure
+    assert fired.result.stdout == "79\n"
+    assert len(lateness) >= 3
+    assert max(lateness) < parse_s / 3, (
+        f"a health check waited {max(lateness):.3f} s; parse {parse_s:.3f} s"
+    )
+
+
+def _timed(read: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    read()
+    return time.perf_counter() - started
