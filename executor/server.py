@@ -264,11 +264,17 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             )
         fleet_ids = None
         if trigger_store.fleet:  # Execute's id checks: one round trip to the shared store
+            from executor.migrations import open_postgres
+
+            # Sent as a call arrives, on a connection of its own (FleetIds.claim_ahead).
+            ahead = open_postgres(settings.store, application_name="cbexec-execute-claims")
+            stack.callback(ahead.close)
             fleet_ids = FleetIds(
                 trigger_store.outside_transaction,
                 recorder.pending,
                 owner=trigger_store.owner,
                 lease_s=trigger_store.lease_s,
+                ahead=ahead,
             )
             recorder.give_back_claims(fleet_ids)
         edge = api_edge.build(

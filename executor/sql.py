@@ -255,6 +255,8 @@ class PgDb:
         # The connection ``execute_prepared``'s statements are prepared on, and their names.
         self._prepared_on: Any = None
         self._prepared: set[bytes] = set()
+        # A query ``send_prepared`` sent whose row ``take_sent_row`` has not taken yet.
+        self._sent = False
         self._conn = self._new_connection()
         if stall_limits:  # migrate's steps may wait and work as long as they need
             _watchdog.watch(self)
@@ -357,35 +359,66 @@ class PgDb:
 
         Its columns are booleans, integers, floats or text (``_PG_TEXT_VALUES``).
         """
-        result = self._prepared_result(sql, parameters)
-        if not result.ntuples:
-            return None
-        row: dict[str, Any] = {}
-        for column in range(result.nfields):
-            name = result.fname(column).decode()
-            read = _PG_TEXT_VALUES.get(result.ftype(column))
-            if read is None:
-                raise TypeError(f"fetchone_prepared: column {name!r} is of a type it does not read")
-            value = result.get_value(0, column)
-            row[name] = None if value is None else read(value)
-        return row
+        return _first_row_of(self._prepared_result(sql, parameters))
+
+    def send_prepared(self, sql: str, parameters: Sequence[Any], /) -> bool:
+        """Send a hot query now and take its first row later (``take_sent_row``).
+
+        So its round trip overlaps the caller's own work. One at a time, on a connection
+        nothing else uses meanwhile. False, with nothing sent, when it cannot be sent now
+        (the connection lost, the store not answering of late, one sent already): the
+        caller runs the statement as usual instead.
+        """
+        with self._lock:
+            if self._sent or self._in_transaction:
+                return False
+            try:
+                self._not_while_unanswered()
+                self._notice_closed_while_idle()
+                self._reconnect_if_lost("")
+                with self._errors_translated():
+                    self._send(self._conn, sql, parameters)
+            except StoreUnavailable:
+                return False
+            self._sent = True
+            return True
+
+    def take_sent_row(self) -> dict[str, Any] | None:
+        """The first row of the query ``send_prepared`` sent, waiting for it if need be.
+
+        Errors are those of ``fetchone_prepared``; the statement may have run or not.
+        """
+        with self._lock:
+            if not self._sent:
+                raise RuntimeError("take_sent_row: no query was sent")
+            self._sent = False
+            if self._lost():
+                raise StoreUnavailable("PostgreSQL store unreachable: the connection was lost")
+            with self._errors_translated():
+                pgconn = self._conn.pgconn
+                return _first_row_of(_result_checked(pgconn, _first_result(pgconn)))
 
     def _prepared_result(self, sql: str, parameters: Sequence[Any]) -> Any:
+        def run(conn: Any, _: str) -> Any:
+            self._send(conn, sql, parameters)
+            return _result_checked(conn.pgconn, _first_result(conn.pgconn))
+
+        return self._run(sql, run, translate=False)
+
+    def _send(self, conn: Any, sql: str, parameters: Sequence[Any]) -> None:
+        """Send ``sql`` as a statement prepared on ``conn`` (preparing it the first time)."""
         name, text = _prepared_statement(sql)
         values = [_pg_param(value) for value in parameters]
         formats = [1 if isinstance(value, bytes) else 0 for value in parameters]
-
-        def run(conn: Any, _: str) -> Any:
-            pgconn = conn.pgconn
-            if self._prepared_on is not conn:
-                self._prepared_on, self._prepared = conn, set()
-            if name not in self._prepared:
-                _result_checked(pgconn, pgconn.prepare(name, text, None))
-                self._prepared.add(name)
-            pgconn.send_query_prepared(name, values, formats)
-            return _result_checked(pgconn, _first_result(pgconn))
-
-        return self._run(sql, run, translate=False)
+        pgconn = conn.pgconn
+        if self._prepared_on is not conn:
+            self._prepared_on, self._prepared = conn, set()
+        if name not in self._prepared:
+            _result_checked(pgconn, pgconn.prepare(name, text, None))
+            self._prepared.add(name)
+        pgconn.send_query_prepared(name, values, formats)
+        while pgconn.flush():
+            _wait_for(pgconn.socket, select.POLLOUT)
 
     def _lost(self) -> bool:
         return self._conn is None or self._conn.broken or self._conn.closed
@@ -694,6 +727,21 @@ def _first_result(pgconn: Any) -> Any:
             return first
         if first is None:
             first = result
+
+
+def _first_row_of(result: Any) -> dict[str, Any] | None:
+    """A prepared query's first row by column name (None: no row), read by column type."""
+    if not result.ntuples:
+        return None
+    row: dict[str, Any] = {}
+    for column in range(result.nfields):
+        name = result.fname(column).decode()
+        read = _PG_TEXT_VALUES.get(result.ftype(column))
+        if read is None:
+            raise TypeError(f"fetchone_prepared: column {name!r} is of a type it does not read")
+        value = result.get_value(0, column)
+        row[name] = None if value is None else read(value)
+    return row
 
 
 def _result_checked(pgconn: Any, result: Any) -> Any:

@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Final, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 from executor import lease_renewal
 from executor.dispatcher import firings_id, in_progress
@@ -31,7 +31,7 @@ from executor.model import Invocation
 from executor.runs import run_notes
 from executor.runs.history import RunIdentity
 from executor.runs.outbox import Alongside
-from executor.sql import Db, first_row
+from executor.sql import Db, PgDb, first_row
 
 logger = logging.getLogger(__name__)
 
@@ -90,12 +90,20 @@ class IdUse(NamedTuple):
 class InvocationIds(Protocol):
     """What Execute asks of a caller's invocation id, and gives back after its run."""
 
+    def claim_ahead(self, invocation_id: str) -> None:
+        """Start ``claim``'s work now where it can be (a fleet's round trip), as a call arrives."""
+        ...
+
     def claim(self, invocation_id: str) -> IdUse:
         """What the id names already; in a fleet, claimed for this run where nothing does."""
         ...
 
     def release(self, invocation_id: str) -> None:
         """Give back a claim ``claim`` took (``IdUse.claimed``)."""
+        ...
+
+    def drop_ahead(self, invocation_id: str) -> None:
+        """``claim`` was never called after ``claim_ahead``: undo what it started."""
         ...
 
 
@@ -109,8 +117,10 @@ class IdGate:
     trip to the shared store, on the loop) costs the call only what the child's own
     preparation does not hide. Raises AlreadyExistsError (the id is another run's) or
     UnavailableError (a run of it is in progress, or the store cannot answer), and the
-    same error if opened again. ``release`` gives back what it claimed, once the run
-    has ended or was refused.
+    same error if opened again. In a fleet the claim is also sent ahead, as the call
+    arrives, and its answer taken when the gate opens: the executor's own work up to the
+    start frame hides the rest of the round trip. ``release`` gives back what it
+    claimed, once the run has ended or was refused.
     """
 
     def __init__(self, ids: InvocationIds, invocation: Invocation) -> None:
@@ -118,6 +128,7 @@ class IdGate:
         self._invocation = invocation
         self._use: IdUse | None = None
         self._refused: Exception | None = None
+        ids.claim_ahead(invocation.invocation_id)
 
     def __call__(self) -> None:
         if self._refused is not None:
@@ -135,7 +146,9 @@ class IdGate:
             raise
 
     def release(self) -> None:
-        if self._use is not None and self._use.claimed:
+        if self._use is None and self._refused is None:  # never opened
+            self._ids.drop_ahead(self._invocation.invocation_id)
+        elif self._use is not None and self._use.claimed:
             self._ids.release(self._invocation.invocation_id)
 
 
@@ -181,6 +194,9 @@ class LocalIds:
         self._holds_firing = holds_firing
         self._recorded = recorded
 
+    def claim_ahead(self, invocation_id: str) -> None:
+        return None  # nothing here is a round trip
+
     def claim(self, invocation_id: str) -> IdUse:
         # Never claimed here: the dispatcher refuses an id one of its runs has.
         if self._holds_firing(invocation_id):
@@ -188,6 +204,9 @@ class LocalIds:
         return IdUse(False, self._recorded(invocation_id))
 
     def release(self, invocation_id: str) -> None:
+        return None
+
+    def drop_ahead(self, invocation_id: str) -> None:
         return None
 
 
@@ -200,7 +219,9 @@ class FleetIds:
     replica is still writing to the history (``Recorder.pending``), looked at first.
     ``owner`` names this replica in the claims (the trigger store's own), and a claim
     lasts ``lease_s`` unless renewed (``renew_forever``): a dead replica's runs hold
-    their ids that long.
+    their ids that long. ``ahead``: a connection of its own, which nothing else uses,
+    for one claim at a time sent as its call arrives (``claim_ahead``); a claim that
+    finds it taken is made when its gate opens, on ``connection``.
     """
 
     def __init__(
@@ -211,12 +232,16 @@ class FleetIds:
         owner: str,
         lease_s: float,
         clock: Callable[[], float] = time.time,
+        ahead: PgDb | None = None,
     ) -> None:
         self._connection = connection
         self._pending = pending
         self._owner = owner
         self._lease_s = lease_s
         self._clock = clock
+        self._ahead_db = ahead
+        # The id whose claim was sent ahead on ``ahead`` and not yet taken, and when.
+        self._ahead: tuple[str, float] | None = None
         # The ids this replica's calls hold a claim on: another call here under one of
         # them neither claims it (the dispatcher refuses it) nor gives it back.
         self._held: set[str] = set()
@@ -224,25 +249,42 @@ class FleetIds:
         self._given_back: set[str] = set()
         self._renewals = 0
 
-    def claim(self, invocation_id: str) -> IdUse:
+    def _parameters(self, invocation_id: str, now: float) -> tuple[object, ...]:
+        return (
+            (invocation_id, self._owner, now + self._lease_s, now)
+            + (invocation_id, self._owner, now)
+            + (invocation_id,) * 3
+        )
+
+    def claim_ahead(self, invocation_id: str) -> None:
+        """Send the claim now, on the connection of its own, if it is free."""
+        if self._ahead_db is None or self._ahead is not None:
+            return
         now = self._clock()
-        lease_until = now + self._lease_s
-        with self._connection() as db:
-            try:
-                row = first_row(
-                    db,
-                    _QUERY,
-                    (invocation_id, self._owner, lease_until, now)
-                    + (invocation_id, self._owner, now)
-                    + (invocation_id,) * 3,
-                )
-            except BaseException:
-                # It may have claimed the id before it failed (a row it could not read):
-                # given back here, else its lease ends it, unless a call here holds it.
-                if invocation_id not in self._held:
-                    with contextlib.suppress(Exception):
-                        db.execute(_RELEASE, (invocation_id, self._owner))
-                raise
+        if self._ahead_db.send_prepared(_QUERY, self._parameters(invocation_id, now)):
+            self._ahead = (invocation_id, now)
+
+    def _taken_ahead(self, invocation_id: str) -> dict[str, Any] | None:
+        """The answer of the claim sent ahead for the id; None: none sent, or none to trust.
+
+        An answer that did not come (the store lost meanwhile), or that came more than a
+        renewal period ago (its lease may have run out, and another replica claimed the
+        id since), is no answer: the claim is made again. Made again by this replica,
+        it takes back its own claim, if the first one was taken.
+        """
+        if self._ahead is None or self._ahead[0] != invocation_id or self._ahead_db is None:
+            return None
+        sent_at, self._ahead = self._ahead[1], None
+        try:
+            row = self._ahead_db.take_sent_row()
+        except UnavailableError:
+            return None
+        return row if self._clock() - sent_at < self._lease_s / 3 else None
+
+    def claim(self, invocation_id: str) -> IdUse:
+        row = self._taken_ahead(invocation_id)
+        if row is None:
+            row = self._claimed_now(invocation_id)
         claimed = bool(row["claimed"]) and invocation_id not in self._held
         if claimed:
             self._held.add(invocation_id)
@@ -260,6 +302,37 @@ class FleetIds:
             recorded = _noted(row["notes"])
         running = bool(row["running"]) or not row["claimed"]
         return IdUse(bool(row["firing"]), recorded, running, claimed)
+
+    def _claimed_now(self, invocation_id: str) -> Any:
+        with self._connection() as db:
+            try:
+                return first_row(db, _QUERY, self._parameters(invocation_id, self._clock()))
+            except BaseException:
+                # It may have claimed the id before it failed (a row it could not read):
+                # given back here, else its lease ends it, unless a call here holds it.
+                if invocation_id not in self._held:
+                    with contextlib.suppress(Exception):
+                        db.execute(_RELEASE, (invocation_id, self._owner))
+                raise
+
+    def drop_ahead(self, invocation_id: str) -> None:
+        """The call whose claim was sent ahead never asked for it: taken, and given back."""
+        if self._ahead is None or self._ahead[0] != invocation_id or self._ahead_db is None:
+            return
+        self._ahead = None
+        try:
+            row = self._ahead_db.take_sent_row()
+        except UnavailableError as err:
+            logger.warning(
+                "the claim on invocation_id %r is left to end with its lease (%.0f s): %s",
+                invocation_id,
+                self._lease_s,
+                err,
+            )
+            return
+        if row is not None and row["claimed"] and invocation_id not in self._held:
+            self._held.add(invocation_id)
+            self.release(invocation_id)
 
     def release_alongside(self, invocation_id: str) -> Alongside | None:
         """The statement giving back this replica's claim on the id; None: it holds none."""

@@ -32,6 +32,7 @@ REPLICA_CONNECTIONS: Final = (
     "cbexec-outbox",
     "cbexec-delivery",
     "cbexec-history",
+    "cbexec-execute-claims",
     # The event ids' prune counts them from start on a read connection (event_ids.py).
     "cbexec-triggers-reads",
 )
@@ -229,7 +230,7 @@ async def test_a_reload_reaches_every_replica_and_every_replica_reads_the_fleets
         got = await first.get_run(ran.invocation_id)
         assert got.invocation_id == ran.invocation_id and "here" in got.result.stdout
 
-        # The README's deploy step: six connections per replica, named by their part.
+        # The README's deploy step: seven connections per replica, named by their part.
         def connections() -> list[str]:
             with psycopg.connect(pg_url, autocommit=True) as db:
                 return sorted(

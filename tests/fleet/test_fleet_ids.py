@@ -464,3 +464,97 @@ def test_claims_long_past_their_lease_are_deleted_by_any_replica(pg_url: str) ->
         assert claims == ["lately", "mine"]  # a lease just run out may be a slow clock's
     finally:
         connection.db.close()
+
+
+@contextlib.contextmanager
+def ids_with_ahead(
+    pg_url: str, clock: Any = time.time
+) -> Iterator[tuple[FleetIds, CountingConnection]]:
+    """FleetIds as a replica makes them: the loop's connection, and one for claims sent ahead."""
+    connection = CountingConnection(pg_url)
+    ahead = open_postgres(pg_url, application_name="test-claims-ahead")
+    try:
+        yield (
+            FleetIds(
+                connection, lambda _: None, owner="replica-a", lease_s=60, clock=clock, ahead=ahead
+            ),
+            connection,
+        )
+    finally:
+        ahead.close()
+        connection.db.close()
+
+
+def test_a_claim_sent_ahead_is_taken_as_the_claim_and_only_one_is_ahead_at_a_time(
+    pg_url: str,
+) -> None:
+    with ids_with_ahead(pg_url) as (ids, connection):
+        ids.claim_ahead("first")
+        ids.claim_ahead("second")  # the connection of its own is taken: claimed when asked
+        assert claims_and_results(pg_url, ["first", "second"])[0] == ["first"]
+
+        assert ids.claim("second").claimed
+        assert [s[:13] for s in connection.statements] == ["WITH claim AS"]
+        first = ids.claim("first")
+        assert first.claimed and not first.running
+        assert len(connection.statements) == 1  # its answer came on the other connection
+        ids.release("first")
+        ids.release("second")
+        assert claims_and_results(pg_url, ["first", "second"]) == ([], [])
+
+
+def test_a_claim_sent_ahead_sees_another_replicas_claim(pg_url: str) -> None:
+    others = CountingConnection(pg_url)
+    try:
+        other = FleetIds(others, lambda _: None, owner="replica-b", lease_s=60)
+        assert other.claim("contested").claimed
+        with ids_with_ahead(pg_url) as (ids, _):
+            ids.claim_ahead("contested")
+            use = ids.claim("contested")
+            assert use.running and not use.claimed
+    finally:
+        others.close()
+
+
+def test_a_claim_sent_ahead_whose_call_never_asks_for_it_is_given_back(pg_url: str) -> None:
+    # A call refused before its run (at capacity, say) never opens its gate.
+    with ids_with_ahead(pg_url) as (ids, _):
+        ids.claim_ahead("refused")
+        ids.drop_ahead("refused")
+        assert claims_and_results(pg_url, ["refused"]) == ([], [])
+        ids.claim_ahead("next")  # the connection is free again
+        assert claims_and_results(pg_url, ["next"])[0] == ["next"]
+        ids.drop_ahead("next")
+
+
+def test_a_claim_sent_ahead_too_long_ago_is_made_again(pg_url: str) -> None:
+    # Its lease may have run out while its run waited for a slot, and another replica
+    # claimed the id meanwhile: an answer older than a renewal period is not trusted.
+    now = [time.time()]
+    with ids_with_ahead(pg_url, clock=lambda: now[0]) as (ids, connection):
+        ids.claim_ahead("waited")
+        now[0] += 60 / 3 + 1
+        assert ids.claim("waited").claimed
+        assert [s[:13] for s in connection.statements] == ["WITH claim AS"]
+        ids.release("waited")
+
+
+def test_a_claim_sent_ahead_whose_connection_is_lost_is_made_again(pg_url: str) -> None:
+    with ids_with_ahead(pg_url) as (ids, connection):
+        with psycopg.connect(pg_url) as admin:
+            # The claim waits for this uncommitted row's lock, unanswered, until...
+            admin.execute("INSERT INTO execute_claims VALUES ('lost', 'replica-a', 0)")
+            ids.claim_ahead("lost")
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'test-claims-ahead'"
+            )  # ... its connection is lost
+            admin.rollback()
+        use = ids.claim("lost")
+        assert use.claimed  # on the loop's connection
+        assert [s[:13] for s in connection.statements] == ["WITH claim AS"]
+        ids.release("lost")
+        ids.claim_ahead("after")  # the connection of its own is made again
+        assert ids.claim("after").claimed
+        assert len(connection.statements) == 2  # the release's; the claim came ahead
+        ids.release("after")
