@@ -47,6 +47,7 @@ from executor.child.protocol import StartFrame
 from executor.errors import (
     AlreadyExistsError,
     CapacityError,
+    ExecutorError,
     InvalidRequestError,
     UnavailableError,
 )
@@ -384,7 +385,12 @@ class Dispatcher:
             # the caller again ends only this wait, the run still ends on its own.
             await asyncio.wait([task])
             if not task.cancelled() and (error := task.exception()) is not None:
-                logger.error("run %s failed", invocation.invocation_id, exc_info=error)
+                if isinstance(error, ExecutorError):  # what the caller would have been told
+                    logger.warning(
+                        "run %s, whose caller has gone: %s", invocation.invocation_id, error
+                    )
+                else:
+                    logger.error("run %s failed", invocation.invocation_id, exc_info=error)
             raise
 
     async def _refused(self, invocation: Invocation, language: str, refusal: str) -> RunResult:

@@ -279,22 +279,23 @@ class PgDb:
         except psycopg.OperationalError as err:
             raise StoreUnavailable(f"PostgreSQL store unreachable: {_first_line(err)}") from err
 
-    def _connect_again(self) -> None:
+    def _connect_again(self, wait_s: float = RECONNECT_WAIT_S) -> None:
         """A new connection for the lost one, without holding the caller past a moment.
 
         Made in a thread: a PostgreSQL that accepts TCP but does not answer (frozen)
         would hold the event loop for the whole connect timeout, at every statement. The
         caller waits ``RECONNECT_WAIT_S`` at most (a server that is up answers in
-        milliseconds); past that it is ``StoreUnavailable``, and a later statement
-        takes the connection once it is made.
+        milliseconds), or ``wait_s``; past that it is ``StoreUnavailable``, and a later
+        statement takes the connection once it is made.
         """
-        connecting, wait_s = self._connecting, 0.0
+        connecting = self._connecting
         if connecting is None:
             connecting = self._connecting = Future()
             threading.Thread(
                 target=self._connect_into, args=(connecting,), name="cbexec-pg-connect", daemon=True
             ).start()
-            wait_s = RECONNECT_WAIT_S
+        else:
+            wait_s = 0.0
         try:
             conn = connecting.result(timeout=wait_s)
         except FutureTimeout:
@@ -367,7 +368,8 @@ class PgDb:
         So its round trip overlaps the caller's own work. One at a time, on a connection
         nothing else uses meanwhile. False, with nothing sent, when it cannot be sent now
         (the connection lost, the store not answering of late, one sent already): the
-        caller runs the statement as usual instead.
+        caller runs the statement as usual instead. It never waits for a connection: a
+        lost one is made again meanwhile, for a later call.
         """
         with self._lock:
             if self._sent or self._in_transaction:
@@ -375,7 +377,8 @@ class PgDb:
             try:
                 self._not_while_unanswered()
                 self._notice_closed_while_idle()
-                self._reconnect_if_lost("")
+                if self._lost():
+                    self._connect_again(wait_s=0.0)
                 with self._errors_translated():
                     self._send(self._conn, sql, parameters)
             except StoreUnavailable:

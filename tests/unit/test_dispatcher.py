@@ -359,6 +359,28 @@ async def test_a_cancelled_caller_stops_its_run_which_is_still_recorded() -> Non
     assert (await harness.execute("b")).outcome == Outcome.SUCCEEDED  # the slot came back
 
 
+async def test_a_refusal_a_gone_caller_would_have_been_told_is_logged_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The store refusing a result its caller left was logged as an executor bug (probe 88).
+    harness = Harness(slots=1, queue=1)
+    running = harness.start("a")
+    await settle()
+    refusal = UnavailableError("the outbox refused the result for now")
+    waiting = asyncio.create_task(harness.execute("b", gate=Gate(refusal)))
+    await settle()
+
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+
+    (record,) = [r for r in caplog.records if "run-b" in r.getMessage()]
+    assert (record.levelname, record.exc_info) == ("WARNING", None)
+    assert record.getMessage() == f"run run-b, whose caller has gone: {refusal}"
+    harness.runner.finish("a")
+    await running
+
+
 async def test_a_caller_cancelled_in_the_queue_gives_up_its_place() -> None:
     harness = Harness(slots=1, queue=2)
     running = harness.start("a")
