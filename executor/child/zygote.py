@@ -608,7 +608,12 @@ def main(argv: list[str]) -> int:
     python_bootstrap.warm_zygote()  # before serve()'s gc.freeze: shared by every child
     python_bootstrap.note_cut_short_exit_handlers()
     launcher.python_run = python_bootstrap.run
-    serve(control, private_network=private_network)
+    try:
+        serve(control, private_network=private_network)
+    except ConnectionError:
+        # The executor is gone as an EOF is (killed with messages of ours unread: the
+        # read is ECONNRESET; or a write to it, EPIPE): our children follow via PDEATHSIG.
+        pass
     return 0
 
 
