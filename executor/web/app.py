@@ -75,7 +75,9 @@ class Request:
     """What the handler read: method, path, query, headers (lower-cased names), body.
 
     ``repeated`` names the headers that came more than once (``headers`` keeps the last):
-    an access check must not judge one of two ``Authorization`` headers.
+    an access check must not judge one of two ``Authorization`` headers. ``target`` is
+    the request line's target as sent, still percent-encoded: the way back after signing
+    in (``path`` decoded has lost which "?", "/", "%" or "#" was part of a run's id).
     """
 
     method: str
@@ -84,6 +86,7 @@ class Request:
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
     repeated: frozenset[str] = frozenset()
+    target: str = ""
 
     @classmethod
     def parse(
@@ -103,7 +106,13 @@ class Request:
                 repeated.add(name.lower())
             named[name.lower()] = value
         return cls(
-            method, unquote(path) or "/", dict(parse_qsl(query)), named, body, frozenset(repeated)
+            method,
+            unquote(path) or "/",
+            dict(parse_qsl(query)),
+            named,
+            body,
+            frozenset(repeated),
+            target,
         )
 
 
@@ -345,7 +354,8 @@ class Dashboard:
             refused = self._error(401, "Unauthorized", f"Refused: {why}.", request)
             return Response(401, refused.body, refused.content_type, refused.headers + _CHALLENGE)
         if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
-            target = quote(_safe_next(request.path + _query_string(request)), safe="/")
+            # The target as sent: decoded, a run id's "%3F" would come back as a "?".
+            target = quote(_safe_next(request.target), safe="/")
             return Response(303, headers=(("Location", f"/login?next={target}"),))
         return Response(401, f"{why}\n".encode(), "text/plain", _CHALLENGE)
 
@@ -396,14 +406,6 @@ def _json(
 ) -> Response:
     """A /healthz answer: one JSON object and a newline."""
     return Response(status, json.dumps(answer).encode() + b"\n", "application/json", headers)
-
-
-def _query_string(request: Request) -> str:
-    return (
-        ("?" + "&".join(f"{k}={quote(v)}" for k, v in request.query.items()))
-        if request.query
-        else ""
-    )
 
 
 def _safe_next(target: str) -> str:

@@ -23,6 +23,7 @@ import contextlib
 import io
 import json
 import logging
+import re
 import select
 import socket
 import ssl
@@ -37,6 +38,8 @@ from typing import Any, Final
 from executor.api import security
 from executor.config import Settings
 from executor.errors import ConfigError
+from executor.visible_text import escaped
+from executor.web import framing
 from executor.web.app import SECURITY_HEADERS, Dashboard, Request, Response
 
 logger = logging.getLogger(__name__)
@@ -72,6 +75,10 @@ _BUSY_WHY: Final = "too many connections to this side port at once; try again sh
 # How long a connection turned away may take to send its request line (the accepting
 # thread waits for it: a port that is full accepts nothing else meanwhile anyway).
 TURN_AWAY_WAIT_S: Final = 0.02
+# The versions served; any other is refused, 505 when it reads as one (RFC 9112 2.3).
+_VERSIONS: Final = (b"HTTP/1.0", b"HTTP/1.1")
+_VERSION: Final = re.compile(r"HTTP/[0-9]\.[0-9]")
+_SEND: Final = "send HTTP/1.0 or HTTP/1.1"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -79,6 +86,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     server: _Server
     raw_requestline: bytes  # set by the stdlib's handle_one_request (untyped there)
+    body_length: int  # set by parse_request (``framing``), for the do_* methods
     timeout = IDLE_TIMEOUT_S
     protocol_version = "HTTP/1.1"
     server_version = "cbexec"
@@ -94,11 +102,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer("POST")
 
     def _answer(self, method: str, *, body: bool = True) -> None:
-        given = self.headers.get("Content-Length", "0").strip()
-        if not (given.isascii() and given.isdigit()):  # int() takes "-5", "+5" and "5_0"
-            self.send_error(400, "bad Content-Length: not a number of bytes")
-            return
-        length = int(given)
+        length = self.body_length
         if length > MAX_BODY_BYTES:
             self.send_error(413, "request body too large")
             return
@@ -138,22 +142,33 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.settimeout(self.timeout)
 
     def parse_request(self) -> bool:
-        # A request line without a version (HTTP/0.9) has no headers, but the stdlib
-        # read on for them, holding the connection until the idle timeout: answer now.
-        if len(self.raw_requestline.split()) == 2:
+        # Judged from the request line, before the headers are read: the stdlib read on
+        # for the headers of a request line without a version (HTTP/0.9 has none),
+        # holding the connection until the idle timeout, and served HTTP/0.9 without a
+        # status line or a header (so none of SECURITY_HEADERS), HTTP/1.2 as HTTP/1.1.
+        refusal = _version_refusal(self.raw_requestline.split())
+        if refusal is not None:
             self.command = ""
             self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
-            self.send_error(400, "HTTP/0.9 requests are not served: send HTTP/1.0 or HTTP/1.1")
+            self.send_error(*refusal)
             return False
         rfile = self.rfile
-        self.rfile = _HeaderBudget(rfile)  # what the stdlib reads the headers from
+        budget = _HeaderBudget(rfile)
+        self.rfile = budget  # what the stdlib reads the headers from
         try:
-            return super().parse_request()
+            if not super().parse_request():
+                return False
         except _HeadersTooLargeError:
             self.send_error(431, _HEADERS_WHY)
             return False
         finally:
             self.rfile = rfile
+        try:
+            self.body_length = framing.body_length(budget.lines)
+        except framing.FramingError as err:
+            self.send_error(err.status, err.why)
+            return False
+        return True
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Every error the stdlib answers itself, in the dashboard's way (``Dashboard.unreadable``).
@@ -192,8 +207,26 @@ class _Handler(BaseHTTPRequestHandler):
                 left -= len(dropped)
 
     def log_message(self, format: str, *args: Any) -> None:  # the stdlib's signature
+        # The stdlib's own escapes control characters; so must this one, since a request
+        # line is the sender's: raw, an escape sequence acts on the terminal of whoever
+        # reads the log (a window title, colours, a cleared screen).
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("http %s: %s", self.address_string(), format % args)
+            logger.debug("http %s: %s", self.address_string(), escaped(format % args))
+
+
+def _version_refusal(words: list[bytes]) -> tuple[int, str] | None:
+    """The status and why for a request line whose HTTP version is not served, else None.
+
+    ``words``: the request line split. One of other lengths is the stdlib's to refuse.
+    """
+    if len(words) == 2:
+        return 400, f"HTTP/0.9 requests are not served: {_SEND}"
+    if len(words) < 3 or words[-1] in _VERSIONS:
+        return None
+    version = str(words[-1], "iso-8859-1")
+    if _VERSION.fullmatch(version):
+        return 505, f"HTTP version {version} is not served: {_SEND}"
+    return 400, f"bad HTTP version {version!r}: {_SEND}"
 
 
 class _HeadersTooLargeError(Exception):
@@ -211,6 +244,7 @@ class _HeaderBudget(io.BufferedIOBase):
         super().__init__()
         self._rfile = rfile
         self._left = MAX_HEADER_BYTES
+        self.lines: list[bytes] = []  # as read, for ``framing`` (the stdlib's parse hides some)
 
     def readline(self, size: int | None = -1, /) -> bytes:
         most = self._left + 1 if size is None or size < 0 else min(size, self._left + 1)
@@ -218,6 +252,7 @@ class _HeaderBudget(io.BufferedIOBase):
         self._left -= len(line)
         if self._left < 0:
             raise _HeadersTooLargeError
+        self.lines.append(line)
         return line
 
 

@@ -560,8 +560,12 @@ def test_the_way_to_sign_in_carries_only_a_safe_next() -> None:
     html = {"accept": "text/html"}
     sent = dashboard.handle(get("/jobs?job=3", **html))
     assert dict(sent.headers)["Location"] == "/login?next=/jobs%3Fjob%3D3"
-    hostile = dashboard.handle(get("/%5Cevil.example", **html))
-    assert dict(hostile.headers)["Location"] == "/login?next=/runs"
+    for hostile in ("/\\evil.example", "//evil.example", "http://evil.example/"):
+        refused = dashboard.handle(get(hostile, **html))
+        assert dict(refused.headers)["Location"] == "/login?next=/runs", hostile
+    # Kept as sent, still encoded: a path of this server (a run id holding a backslash).
+    encoded = dashboard.handle(get("/runs/a%5Cb%3Fc", **html))
+    assert dict(encoded.headers)["Location"] == "/login?next=/runs/a%255Cb%253Fc"
 
 
 class RequestBuildingSource(FakeSource):
