@@ -608,7 +608,7 @@ def main(argv: list[str]) -> int:
     python_bootstrap.warm_zygote()  # before serve()'s gc.freeze: shared by every child
     python_bootstrap.note_cut_short_exit_handlers()
     launcher.python_run = python_bootstrap.run
-    try:
+    try:  # noqa: SIM105 - not contextlib.suppress: one more module for the children to share
         serve(control, private_network=private_network)
     except ConnectionError:
         # The executor is gone as an EOF is (killed with messages of ours unread: the

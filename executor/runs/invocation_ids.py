@@ -90,11 +90,15 @@ class IdUse(NamedTuple):
 class InvocationIds(Protocol):
     """What Execute asks of a caller's invocation id, and gives back after its run."""
 
-    def claim_ahead(self, invocation_id: str) -> None:
-        """Start ``claim``'s work now where it can be (a fleet's round trip), as a call arrives."""
+    def claim_ahead(self, invocation_id: str) -> bool:
+        """Start ``claim``'s work now where it can be (a fleet's round trip), as a call arrives.
+
+        True when it did: that call's ``claim`` (``ahead=True``) or ``drop_ahead``, and
+        no other call's, takes what was started.
+        """
         ...
 
-    def claim(self, invocation_id: str) -> IdUse:
+    def claim(self, invocation_id: str, *, ahead: bool = False) -> IdUse:
         """What the id names already; in a fleet, claimed for this run where nothing does."""
         ...
 
@@ -103,7 +107,7 @@ class InvocationIds(Protocol):
         ...
 
     def drop_ahead(self, invocation_id: str) -> None:
-        """``claim`` was never called after ``claim_ahead``: undo what it started."""
+        """The call whose ``claim_ahead`` was True will not ``claim``: undo what it started."""
         ...
 
 
@@ -128,7 +132,9 @@ class IdGate:
         self._invocation = invocation
         self._use: IdUse | None = None
         self._refused: Exception | None = None
-        ids.claim_ahead(invocation.invocation_id)
+        # Whether this call's claim was sent ahead: only this call may take its answer
+        # (another call under the same id, refused meanwhile, would give this one's back).
+        self._ahead = ids.claim_ahead(invocation.invocation_id)
 
     def __call__(self) -> None:
         if self._refused is not None:
@@ -137,7 +143,8 @@ class IdGate:
             return
         invocation_id = self._invocation.invocation_id
         try:
-            self._use = use = self._ids.claim(invocation_id)
+            ahead, self._ahead = self._ahead, False
+            self._use = use = self._ids.claim(invocation_id, ahead=ahead)
             _refuse_another_runs_id(self._invocation, use)
             if use.running:  # at another replica; one here the dispatcher refuses alike
                 raise UnavailableError(in_progress(invocation_id))
@@ -146,7 +153,8 @@ class IdGate:
             raise
 
     def release(self) -> None:
-        if self._use is None and self._refused is None:  # never opened
+        if self._ahead:  # never opened
+            self._ahead = False
             self._ids.drop_ahead(self._invocation.invocation_id)
         elif self._use is not None and self._use.claimed:
             self._ids.release(self._invocation.invocation_id)
@@ -194,10 +202,10 @@ class LocalIds:
         self._holds_firing = holds_firing
         self._recorded = recorded
 
-    def claim_ahead(self, invocation_id: str) -> None:
-        return None  # nothing here is a round trip
+    def claim_ahead(self, invocation_id: str) -> bool:
+        return False  # nothing here is a round trip
 
-    def claim(self, invocation_id: str) -> IdUse:
+    def claim(self, invocation_id: str, *, ahead: bool = False) -> IdUse:
         # Never claimed here: the dispatcher refuses an id one of its runs has.
         if self._holds_firing(invocation_id):
             return IdUse(True, None)
@@ -256,16 +264,18 @@ class FleetIds:
             + (invocation_id,) * 3
         )
 
-    def claim_ahead(self, invocation_id: str) -> None:
+    def claim_ahead(self, invocation_id: str) -> bool:
         """Send the claim now, on the connection of its own, if it is free."""
         if self._ahead_db is None or self._ahead is not None:
-            return
+            return False
         now = self._clock()
-        if self._ahead_db.send_prepared(_QUERY, self._parameters(invocation_id, now)):
-            self._ahead = (invocation_id, now)
+        if not self._ahead_db.send_prepared(_QUERY, self._parameters(invocation_id, now)):
+            return False
+        self._ahead = (invocation_id, now)
+        return True
 
     def _taken_ahead(self, invocation_id: str) -> dict[str, Any] | None:
-        """The answer of the claim sent ahead for the id; None: none sent, or none to trust.
+        """The answer of the claim sent ahead for the id; None: none to trust.
 
         An answer that did not come (the store lost meanwhile), or that came more than a
         renewal period ago (its lease may have run out, and another replica claimed the
@@ -273,7 +283,7 @@ class FleetIds:
         it takes back its own claim, if the first one was taken.
         """
         if self._ahead is None or self._ahead[0] != invocation_id or self._ahead_db is None:
-            return None
+            raise RuntimeError(f"no claim on {invocation_id!r} was sent ahead")
         sent_at, self._ahead = self._ahead[1], None
         try:
             row = self._ahead_db.take_sent_row()
@@ -281,8 +291,8 @@ class FleetIds:
             return None
         return row if self._clock() - sent_at < self._lease_s / 3 else None
 
-    def claim(self, invocation_id: str) -> IdUse:
-        row = self._taken_ahead(invocation_id)
+    def claim(self, invocation_id: str, *, ahead: bool = False) -> IdUse:
+        row = self._taken_ahead(invocation_id) if ahead else None
         if row is None:
             row = self._claimed_now(invocation_id)
         claimed = bool(row["claimed"]) and invocation_id not in self._held
@@ -318,7 +328,7 @@ class FleetIds:
     def drop_ahead(self, invocation_id: str) -> None:
         """The call whose claim was sent ahead never asked for it: taken, and given back."""
         if self._ahead is None or self._ahead[0] != invocation_id or self._ahead_db is None:
-            return
+            raise RuntimeError(f"no claim on {invocation_id!r} was sent ahead")
         self._ahead = None
         try:
             row = self._ahead_db.take_sent_row()

@@ -19,7 +19,7 @@ import pytest
 from executor.migrations import open_postgres
 from executor.model import CallbackSpec, Invocation, Limits, Outcome, RunResult
 from executor.runs import run_notes
-from executor.runs.invocation_ids import PRUNE_EVERY_RENEWALS, FleetIds
+from executor.runs.invocation_ids import PRUNE_EVERY_RENEWALS, FleetIds, IdGate
 from executor.runs.outbox import Alongside, Outbox
 from executor.storage import StoreRefused
 from supervisor_client import ExecutorClient, ExecutorRpcError
@@ -489,13 +489,14 @@ def test_a_claim_sent_ahead_is_taken_as_the_claim_and_only_one_is_ahead_at_a_tim
     pg_url: str,
 ) -> None:
     with ids_with_ahead(pg_url) as (ids, connection):
-        ids.claim_ahead("first")
-        ids.claim_ahead("second")  # the connection of its own is taken: claimed when asked
+        assert ids.claim_ahead("first")
+        # The connection of its own is taken: claimed when asked.
+        assert not ids.claim_ahead("second")
         assert claims_and_results(pg_url, ["first", "second"])[0] == ["first"]
 
         assert ids.claim("second").claimed
         assert [s[:13] for s in connection.statements] == ["WITH claim AS"]
-        first = ids.claim("first")
+        first = ids.claim("first", ahead=True)
         assert first.claimed and not first.running
         assert len(connection.statements) == 1  # its answer came on the other connection
         ids.release("first")
@@ -509,8 +510,8 @@ def test_a_claim_sent_ahead_sees_another_replicas_claim(pg_url: str) -> None:
         other = FleetIds(others, lambda _: None, owner="replica-b", lease_s=60)
         assert other.claim("contested").claimed
         with ids_with_ahead(pg_url) as (ids, _):
-            ids.claim_ahead("contested")
-            use = ids.claim("contested")
+            assert ids.claim_ahead("contested")
+            use = ids.claim("contested", ahead=True)
             assert use.running and not use.claimed
     finally:
         others.close()
@@ -519,10 +520,10 @@ def test_a_claim_sent_ahead_sees_another_replicas_claim(pg_url: str) -> None:
 def test_a_claim_sent_ahead_whose_call_never_asks_for_it_is_given_back(pg_url: str) -> None:
     # A call refused before its run (at capacity, say) never opens its gate.
     with ids_with_ahead(pg_url) as (ids, _):
-        ids.claim_ahead("refused")
+        assert ids.claim_ahead("refused")
         ids.drop_ahead("refused")
         assert claims_and_results(pg_url, ["refused"]) == ([], [])
-        ids.claim_ahead("next")  # the connection is free again
+        assert ids.claim_ahead("next")  # the connection is free again
         assert claims_and_results(pg_url, ["next"])[0] == ["next"]
         ids.drop_ahead("next")
 
@@ -532,9 +533,9 @@ def test_a_claim_sent_ahead_too_long_ago_is_made_again(pg_url: str) -> None:
     # claimed the id meanwhile: an answer older than a renewal period is not trusted.
     now = [time.time()]
     with ids_with_ahead(pg_url, clock=lambda: now[0]) as (ids, connection):
-        ids.claim_ahead("waited")
+        assert ids.claim_ahead("waited")
         now[0] += 60 / 3 + 1
-        assert ids.claim("waited").claimed
+        assert ids.claim("waited", ahead=True).claimed
         assert [s[:13] for s in connection.statements] == ["WITH claim AS"]
         ids.release("waited")
 
@@ -544,23 +545,47 @@ def test_a_claim_sent_ahead_whose_connection_is_lost_is_made_again(pg_url: str) 
         with psycopg.connect(pg_url) as admin:
             # The claim waits for this uncommitted row's lock, unanswered, until...
             admin.execute("INSERT INTO execute_claims VALUES ('lost', 'replica-a', 0)")
-            ids.claim_ahead("lost")
+            assert ids.claim_ahead("lost")
             admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                 " WHERE application_name = 'test-claims-ahead'"
             )  # ... its connection is lost
             admin.rollback()
-        use = ids.claim("lost")
+        use = ids.claim("lost", ahead=True)
         assert use.claimed  # on the loop's connection
         assert [s[:13] for s in connection.statements] == ["WITH claim AS"]
         ids.release("lost")
         # The connection of its own is made again meanwhile, never waited for: until it
         # is there, a claim is made on the loop's connection, as its gate opens.
         deadline = time.monotonic() + 10
-        while not claims_and_results(pg_url, ["after"])[0] and time.monotonic() < deadline:
-            ids.claim_ahead("after")
+        while not ids.claim_ahead("after") and time.monotonic() < deadline:
             time.sleep(0.05)
         sent = len(connection.statements)
-        assert ids.claim("after").claimed
+        assert ids.claim("after", ahead=True).claimed
         assert len(connection.statements) == sent  # the claim came ahead
         ids.release("after")
+
+
+def test_a_call_refused_before_its_gate_leaves_the_claim_sent_ahead_for_another_call_alone(
+    pg_url: str,
+) -> None:
+    # The second call under an id, refused by the dispatcher (a run of the id in progress
+    # here), gave back the first call's claim sent ahead: the other replica's calls then
+    # took the id, and every call was refused with nothing run (probe 90).
+    def invocation() -> Invocation:
+        return Invocation(
+            invocation_id="twice",
+            callback=CallbackSpec(language="python", code="pass"),
+            job={"id": 1},
+            limits=Limits(30.0, 30.0, 1 << 30, 1 << 20, 64, 1 << 20),
+        )
+
+    with ids_with_ahead(pg_url) as (ids, _):
+        first = IdGate(ids, invocation())
+        second = IdGate(ids, invocation())
+        second.release()  # refused before its gate opened
+        assert claims_and_results(pg_url, ["twice"])[0] == ["twice"]
+        first()
+        assert claims_and_results(pg_url, ["twice"])[0] == ["twice"]
+        first.release()
+        assert claims_and_results(pg_url, ["twice"]) == ([], [])
