@@ -317,10 +317,11 @@ def level_pass(
         if after is not None:
             TriggerStore.save_state(db, cb.rowid, after.count, after.latches, after.latched_by)
         return
+    # What latched for every item: the state an item with no state yet starts from (the
+    # items events will name without an agenda; those a registration adds to one).
+    shared = [None if atom.per_work else known.mark(atom) for atom in atoms(expr)]
     if not agenda:
-        # The items are those events will name: each starts from what latched for all.
-        marks = [None if atom.per_work else known.mark(atom) for atom in atoms(expr)]
-        unnamed = decider.level_unnamed(cb, expr, marks)
+        unnamed = decider.level_unnamed(cb, expr, shared)
         if unnamed is not None:
             TriggerStore.save_state(db, cb.rowid, 0, unnamed.latches, unnamed.latched_by)
         return
@@ -332,7 +333,10 @@ def level_pass(
         if after is not None:
             items.save(db, cb.rowid, item, after)
             total += after.count
-    if total:
+    if any(mark is not None for mark in shared):
+        latches = [mark is not None for mark in shared]
+        TriggerStore.save_state(db, cb.rowid, total, latches, shared)
+    elif total:
         TriggerStore.save_count(db, cb.rowid, total)
 
 
