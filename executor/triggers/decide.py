@@ -193,10 +193,10 @@ class Decider:
             agenda = states.agenda(self._db, job_id)
             self._near_miss(cb, outside, outside_agenda_reason(work_name, job_id, agenda))
         shared = [slot for slot in slots if not found[slot].per_work]
-        if shared and not known:
-            # Without an agenda the items are those events name, now or later: each
-            # starts from what latched for every item before it was named.
-            self._latch_unnamed(cb, expr, shared)
+        if shared:
+            # An item with no state yet starts from what latched for every item before it:
+            # without an agenda, one events name later; with one, one a registration adds.
+            self._latch_unnamed(cb, expr, shared, told=not known)
         total = cb.count
         for item, item_slots in targets.items():
             state = held.get(item) or self._item(cb.rowid, item, size)
@@ -226,12 +226,15 @@ class Decider:
             else:
                 self._group.save_count(cb.rowid, total)
 
-    def _latch_unnamed(self, cb: StoredCallback, expr: Expr, slots: Sequence[int]) -> None:
+    def _latch_unnamed(
+        self, cb: StoredCallback, expr: Expr, slots: Sequence[int], *, told: bool
+    ) -> None:
         """Latch atoms without ``{work}`` in the state every item starts from (``items.unnamed``).
 
         Nothing fires, as no item is known yet (when these latches alone make the
-        trigger true, an item fires when an event first names it). The journal entry is
-        kept as one more item's ("").
+        trigger true, an item fires when an event first names it). ``told``: the journal
+        entry, kept as one more item's (""), and the answer's ``latched`` say so; with an
+        agenda, its items' own entries already do.
         """
         before = items.unnamed(cb)
         matched = sorted(set(slots))
@@ -243,11 +246,13 @@ class Decider:
             tuple(slot for slot in matched if not before.latches[slot]),
             tuple(slot for slot in matched if before.latches[slot]),
         )
+        if moved.newly and not self._dry:
+            self._save_state(
+                cb.rowid, cb.count, moved.latches, self._marks(before.latched_by, moved)
+            )
+        if not told:
+            return
         if moved.newly:
-            if not self._dry:
-                self._save_state(
-                    cb.rowid, cb.count, moved.latches, self._marks(before.latched_by, moved)
-                )
             self.decision.latched.append(Latched(cb, moved.latches))
         self._entry(cb, expr, moved, count=0, per_item=True)
 

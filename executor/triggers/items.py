@@ -6,9 +6,10 @@ touched has no row (``WorkState.fresh``), so registering a job of 10,000 frames 
 nothing here, and an event reads the one row of the item it names, by primary key.
 
 Such an item starts from the callback's own latch vector (``unnamed``): the atoms
-without ``{work}`` that latched for every item of a job registered without an agenda,
-whose items are not known until events name them (decide.py). One callback per frame
-would have latched them in every frame's callback, named or not.
+without ``{work}`` that latched for every item, including the items not known then
+(decide.py): those events name later, of a job registered without an agenda, and
+those a later registration adds to its agenda. One callback per frame would have
+latched them in every frame's callback, named or not.
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ class WorkState:
 def unnamed(cb: StoredCallback) -> WorkState:
     """The state an item of ``{work}`` callback ``cb`` starts from: the callback's own latches.
 
-    Set by atoms without ``{work}`` for every item of a job registered without an
-    agenda, including the items no event has named yet (all false otherwise).
+    Set by atoms without ``{work}`` for every item, including those no event has named
+    yet (no agenda) and those a later registration adds to the agenda.
     """
     return WorkState(0, cb.latches, cb.marks)
 

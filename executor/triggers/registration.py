@@ -103,18 +103,21 @@ def continued(
     """Per spec (``callback_specs``), the callback of the job's last registration it is.
 
     None for a callback new to the job, which starts afresh. A job's own callback is
-    the one of the same id (the scheduler names its callbacks) with the same trigger,
-    code and mode. A universal callback is the one of its line: its file and its trigger
-    in canonical form, whatever per-job id it has now (those ids follow the job's own
-    callbacks in callbacks.conf order, so they move when a reload adds a line before
-    it or the job's callbacks change in number) and whatever the line's options or the
-    file's code became. Its file is found by path, else (a fleet whose replicas each
-    keep callbacks.conf in a directory of their own) by name when exactly one of the
-    last registration's universal callbacks has that name and trigger, as
-    ``universal.find_line`` finds a firing's line.
+    the one of the same id (the scheduler names its callbacks) with the same trigger in
+    canonical form (``a&&b`` is ``a && b``: a scheduler that writes it otherwise between
+    registrations keeps a half-latched ``&&``), code and mode. A universal callback is
+    the one of its line: its file and its trigger in canonical form, whatever per-job
+    id it has now (those ids follow the job's own callbacks in callbacks.conf order, so
+    they move when a reload adds a line before it or the job's callbacks change in
+    number) and whatever the line's options or the file's code became. Its file is found
+    by path, else (a fleet whose replicas each keep callbacks.conf in a directory of
+    their own) by name when exactly one of the last registration's universal callbacks
+    has that name and trigger, as ``universal.find_line`` finds a firing's line.
     """
     own = {
-        (cb.callback_id, cb.triggers, cb.code, cb.mode): cb for cb in previous if not cb.universal
+        (cb.callback_id, trigger_key(cb.triggers), cb.code, cb.mode): cb
+        for cb in previous
+        if not cb.universal
     }
     lines = {(cb.source, trigger_key(cb.triggers)): cb for cb in previous if cb.universal}
     found: list[StoredCallback | None] = []
@@ -122,7 +125,8 @@ def continued(
         if spec["universal"]:
             found.append(lines.pop((spec["source"], trigger_key(spec["triggers"])), None))
         else:
-            found.append(own.get((spec["id"], spec["triggers"], spec["code"], spec["mode"])))
+            same = (spec["id"], trigger_key(spec["triggers"]), spec["code"], spec["mode"])
+            found.append(own.get(same))
     # The lines not found by path, by file name: taken only where that is unambiguous.
     was: dict[tuple[str, str], list[StoredCallback]] = {}
     for (source, key), cb in lines.items():
@@ -313,10 +317,11 @@ def level_pass(
         if after is not None:
             TriggerStore.save_state(db, cb.rowid, after.count, after.latches, after.latched_by)
         return
+    # What latched for every item: the state an item with no state yet starts from (the
+    # items events will name without an agenda; those a registration adds to one).
+    shared = [None if atom.per_work else known.mark(atom) for atom in atoms(expr)]
     if not agenda:
-        # The items are those events will name: each starts from what latched for all.
-        marks = [None if atom.per_work else known.mark(atom) for atom in atoms(expr)]
-        unnamed = decider.level_unnamed(cb, expr, marks)
+        unnamed = decider.level_unnamed(cb, expr, shared)
         if unnamed is not None:
             TriggerStore.save_state(db, cb.rowid, 0, unnamed.latches, unnamed.latched_by)
         return
@@ -328,7 +333,10 @@ def level_pass(
         if after is not None:
             items.save(db, cb.rowid, item, after)
             total += after.count
-    if total:
+    if any(mark is not None for mark in shared):
+        latches = [mark is not None for mark in shared]
+        TriggerStore.save_state(db, cb.rowid, total, latches, shared)
+    elif total:
         TriggerStore.save_count(db, cb.rowid, total)
 
 

@@ -1,8 +1,10 @@
-"""Trigger semantics probe 42 found wrong, on PostgreSQL as on SQLite.
+"""Trigger semantics probes 42 and 87 found wrong, on PostgreSQL as on SQLite.
 
 A universal line keeps its state and journal when its per-job id moves, and a replaced
 callback's journal is not shown as the new one's; without an agenda, an atom without
-``{work}`` latches for the items events name later too.
+``{work}`` latches for the items events name later too, and with one, for the items a
+registration adds; a job's own callback registered again with its trigger written
+otherwise (same canonical form) keeps its latches.
 """
 
 from __future__ import annotations
@@ -159,3 +161,51 @@ async def test_a_level_star_atom_takes_an_item_an_event_moved_over_registered_st
     assert [
         f.work_name for f in engine.register_job(level_star(93, "complete-work-other-*")).fired
     ] == ["1"]
+
+
+async def test_an_own_callback_registered_again_in_other_spacing_keeps_its_latches(
+    engines: MakeEngine,
+) -> None:
+    # Probe 87: the canonical trigger tells a job's own callback apart, as it does a line.
+    engine = engines()
+    engine.register_job(own(100, "running-job-self && complete-job-self"))
+    await engine.publish(Event("running", "job", 100), wait=True)
+
+    again = engine.register_job(own(100, "running-job-self&&complete-job-self"))
+
+    assert again.callbacks[0].latches == (True, False)
+    fired, _ = await engine.publish(Event("complete", "job", 100), wait=True)
+    assert [f.callback.callback_id for f in fired] == [1]
+
+
+async def test_an_item_a_registration_adds_to_the_agenda_starts_from_what_latched_for_all(
+    engines: MakeEngine,
+) -> None:
+    # Probe 87: as an item an event first names (no agenda) does.
+    engine = engines()
+
+    def job(*frames: str) -> dict[str, Any]:
+        return {
+            "id": 101,
+            "pgrp": 101,
+            "agenda": [{"name": frame, "status": "pending"} for frame in frames],
+            "callbacks": [
+                {
+                    "triggers": "complete-work-self-{work} && running-job-self",
+                    "language": "qube",
+                    "code": "unblock-work-self",
+                }
+            ],
+        }
+
+    engine.register_job(job("1"))
+    await engine.publish_many([Event("running", "job", 101, event_id="r101")])
+    engine.register_job(job("1", "2"))
+
+    decided = await engine.publish_many(
+        [
+            Event("complete", "work", 101, work_name="2", event_id="w2"),
+            Event("complete", "work", 101, work_name="1", event_id="w1"),
+        ]
+    )
+    assert [[f.work_name for f in fired] for fired, _ in decided] == [["2"], ["1"]]

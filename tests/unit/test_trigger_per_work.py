@@ -273,3 +273,53 @@ async def test_without_an_agenda_what_latched_for_every_item_is_kept_when_it_is_
     assert await complete(engine, 21, "2") == ["2"]
     assert await complete(engine, 21, "2") == []  # item 2 fired and reset
     assert await complete(engine, 21, "5") == ["5"]
+
+
+# -- an item a registration adds to the agenda -----------------------------------------------
+# Found by probe 87: it started without what an atom without {work} had latched for every
+# item, whereas an item an event first names (no agenda) starts from it.
+
+
+def growing(*frames: str, mode: str = "edge", status: str = "pending") -> dict[str, Any]:
+    return {
+        "id": 22,
+        "pgrp": 22,
+        "status": status,
+        "agenda": [{"name": frame, "status": "pending"} for frame in frames],
+        "callbacks": [
+            {
+                "triggers": "complete-work-self-{work} && running-job-self",
+                "language": "qube",
+                "code": "unblock-work-self",
+                "mode": mode,
+            }
+        ],
+    }
+
+
+async def test_an_item_a_registration_adds_starts_from_what_latched_for_every_item(
+    engines: Engines,
+) -> None:
+    engine = engines(Recorder())
+    engine.register_job(growing("1"))
+    await engine.publish(Event("running", "job", 22), wait=True)
+
+    again = engine.register_job(growing("1", "2"))
+
+    assert again.callbacks[0].latches == (False, True)
+    (explained,) = engine.explain(22).callbacks
+    assert explained.waiting == "complete-work-self-{work}"
+    assert await complete(engine, 22, "2") == ["2"]
+    assert await complete(engine, 22, "2") == []  # fired and reset, as frame 2's own would
+    assert await complete(engine, 22, "1") == ["1"]
+
+
+async def test_an_item_a_registration_adds_to_a_level_callback_starts_from_its_level_pass(
+    engines: Engines,
+) -> None:
+    engine = engines(Recorder())
+    assert engine.register_job(growing("1", mode="level", status="running")).fired == []
+
+    engine.register_job(growing("1", "2", mode="level", status="running"))
+
+    assert await complete(engine, 22, "2") == ["2"]

@@ -1,7 +1,7 @@
 """A job registered again: each callback keeps its state and journal, whatever id it has now.
 
-A job's own callback is the one of the same id (the scheduler's) with the same trigger,
-code and mode; a universal callback is its callbacks.conf line (file and canonical
+A job's own callback is the one of the same id (the scheduler's) with the same trigger
+in canonical form, code and mode; a universal callback is its callbacks.conf line (file and canonical
 trigger), whose per-job id moves when the job's own callbacks change in number or a
 reload adds a line before it. Found by probe 42: a `[level] submit-job-self` line fired
 again for one submission when its id moved, and `why` showed a replaced callback's
@@ -177,3 +177,38 @@ async def test_a_job_registered_again_after_its_removal_starts_with_an_empty_jou
     engine.register_job(own(52, "complete-job-self && failed-job-self"))
 
     assert engine.explain(52).callbacks[0].journal == ()
+
+
+# Found by probe 87: a job's own callback registered again with its trigger written
+# otherwise (``a&&b`` for ``a && b``) lost its latches, though the answer gave the same
+# canonical trigger; a universal line was already told apart by its canonical form.
+
+
+async def test_an_own_callback_whose_trigger_changed_in_spacing_only_keeps_its_latches(
+    engines: Engines,
+) -> None:
+    engine = engines(Recorder())
+    engine.register_job(own(53, "running-job-self && complete-job-self"))
+    await engine.publish(Event("running", "job", 53), wait=True)
+
+    again = engine.register_job(own(53, "(running-job-self and complete-job-self)"))
+
+    (cb,) = again.callbacks
+    assert (cb.triggers, cb.latches) == ("(running-job-self and complete-job-self)", (True, False))
+    assert [e.latched for e in engine.explain(53).callbacks[0].journal] == [("running-job-self",)]
+    fired, _ = await engine.publish(Event("complete", "job", 53), wait=True)
+    assert [f.callback.callback_id for f in fired] == [1]
+
+
+async def test_an_own_callback_whose_trigger_changed_in_canonical_form_starts_afresh(
+    engines: Engines,
+) -> None:
+    engine = engines(Recorder())
+    engine.register_job(own(54, "running-job-self && complete-job-self"))
+    await engine.publish(Event("running", "job", 54), wait=True)
+
+    again = engine.register_job(own(54, "complete-job-self&&running-job-self"))
+
+    (cb,) = again.callbacks
+    assert cb.latches == (False, False)
+    assert engine.explain(54).callbacks[0].journal == ()

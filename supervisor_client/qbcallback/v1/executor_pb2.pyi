@@ -617,8 +617,9 @@ class RegisteredCallback(_message.Message):
     def latches(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
         """Latch state of each atom of the trigger, in left-to-right order. For a
         trigger with {work}, each work item has its own (see ExplainCallbacks);
-        these are what an item no event has named yet starts from (atoms without
-        {work} latch here for every item of a job registered without an agenda).
+        these are what an item with no latches of its own yet starts from (atoms
+        without {work} latch here for every item: one an event names later, without
+        an agenda, or one a later registration adds to the agenda).
         """
 
     def __init__(
