@@ -263,6 +263,10 @@ class Settings:
     # Serve /metrics and /healthz without the token (for a scraper or load balancer that
     # cannot send one); the dashboard still asks for it.
     http_exempt_metrics: bool = False
+    # Without auth_token the side port answers only requests whose Host is localhost, an
+    # IP address, http_bind's name or this machine's name (against DNS rebinding): the
+    # further names it is reached by, a comma list ("dash.studio.example"); "*" for any.
+    http_allowed_hosts: str = ""
     # Refuse to start when callbacks.conf has a problem, instead of starting (and saying
     # so in one line) without universal callbacks.
     strict: bool = False
@@ -279,6 +283,14 @@ class Settings:
         if str(self.mail.directory) in ("", "."):
             return dataclasses.replace(self.mail, directory=self.data_dir / "mail")
         return self.mail
+
+    @property
+    def http_allowed_host_names(self) -> list[str]:
+        """``http_allowed_hosts`` as names: lower case, no final dot, no empty entry."""
+        names = (
+            name.strip().lower().removesuffix(".") for name in self.http_allowed_hosts.split(",")
+        )
+        return [name for name in names if name]
 
     @property
     def callback_log_dir(self) -> Path:
@@ -762,6 +774,12 @@ def describe(settings: Settings) -> list[str]:
 Check = Callable[[Settings], Iterator[str]]
 
 
+# A DNS name as a Host header carries it: labels of letters, digits, '-' and '_'.
+_HOST_NAME: Final = re.compile(
+    r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*"
+)
+
+
 def _check_endpoints(settings: Settings) -> Iterator[str]:
     if problem := _address_problem("bind", settings.bind):
         yield problem
@@ -770,6 +788,12 @@ def _check_endpoints(settings: Settings) -> Iterator[str]:
             yield problem
         elif settings.http_bind == settings.bind and not settings.bind.endswith(":0"):
             yield "http_bind: must differ from bind (the gRPC port)"
+    for name in settings.http_allowed_host_names:
+        if name != "*" and not _HOST_NAME.fullmatch(name):
+            yield (
+                f"http_allowed_hosts: {name!r} is not a host name (letters, digits, '-', '_',"
+                " dots; no port: any port is taken; addresses need no entry), nor '*' for any"
+            )
 
 
 def _check_limits(settings: Settings) -> Iterator[str]:

@@ -69,6 +69,7 @@ from executor.triggers.universal import LAST_GOOD_NAME
 from executor.web.app import Dashboard
 from executor.web.auth import Access
 from executor.web.explain import explain_from_engine
+from executor.web.host_check import HostCheck, bind_name
 from executor.web.server import SidePort
 from executor.web.source import ExecutorSource
 from supervisor_client import ExecutorClient
@@ -382,7 +383,13 @@ def _start_side_port(settings: Settings, channel: grpc.aio.Channel, metrics: Met
             exempt_probes=settings.http_exempt_metrics,
             secure_cookie=bool(settings.tls_cert),
         )
-        return Dashboard(source, metrics.registry, access, explain=explain_from_engine(source))
+        hosts = HostCheck(
+            [*settings.http_allowed_host_names, *bind_name(settings.http_bind)],
+            required=not settings.auth_token,
+        )
+        return Dashboard(
+            source, metrics.registry, access, explain=explain_from_engine(source), hosts=hosts
+        )
 
     return SidePort.start(settings, dashboard)
 

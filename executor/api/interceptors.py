@@ -14,11 +14,14 @@ those bytes until the call ends, so a queued Execute counts them against
 
 Calls refused for their token are logged through ``RefusalLog``: anyone who can reach
 the port can make them, so the log says so once a minute per address and reason, with
-how many were left out, instead of once per call.
+how many were left out, instead of once per call. A wrong token is answered after half a
+second, 64 at a time for the whole port (``WrongTokenTurns``): 128 guesses a second at
+most, as on the HTTP side port, however many calls and connections a guesser opens.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import gc
@@ -57,6 +60,10 @@ REFUSAL_LOG_INTERVAL_S: Final = 60.0
 # Addresses remembered at most; beyond them new ones share one entry (see RefusalLog).
 REFUSAL_LOG_MAX_KEYS: Final = 1024
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable["MethodHandler | None"]]
+# A wrong token is answered after this long (as on the HTTP side port, web/auth.py), and
+# at most this many wait at once: 128 guesses a second at most on this port.
+WRONG_TOKEN_DELAY_S: Final = 0.5
+WRONG_TOKENS_AT_ONCE: Final = 64
 # The size, as received, of the request the current call is handling (each call is a task
 # of its own, so its own value): set by CallGuard, 0 outside a guarded call.
 request_bytes: Final = contextvars.ContextVar[int]("request_bytes", default=0)
@@ -139,13 +146,44 @@ def peer_address(peer: str) -> str:
     return peer
 
 
+class WrongTokenTurns:
+    """Holds each wrong token's answer for ``delay_s``, ``at_once`` of them at a time.
+
+    A guess is answered only once its turn is over, so however many calls a guesser
+    makes at once, on however many connections, the port says "wrong" ``at_once /
+    delay_s`` times a second at most. Beyond ``at_once`` a call waits for a turn in
+    gRPC's own task for it (and one future here), before its request is read: nothing of
+    ours per call, and no more calls than gRPC takes anyway (``max_connections`` x
+    ``max_streams``), as many as an open Health.Watch lets anyone hold. Answering those
+    at once instead, even with another status, would tell their guesses wrong at full
+    speed. A caller that gives up (its deadline, a cancel) gives its turn back.
+    """
+
+    def __init__(
+        self, delay_s: float = WRONG_TOKEN_DELAY_S, at_once: int = WRONG_TOKENS_AT_ONCE
+    ) -> None:
+        self._delay_s = delay_s
+        self._turns = asyncio.Semaphore(at_once)
+
+    async def wait(self) -> None:
+        """Return once this wrong token's turn is over."""
+        async with self._turns:
+            await asyncio.sleep(self._delay_s)
+
+
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without exactly one ``authorization: Bearer <token>`` with UNAUTHENTICATED."""
 
-    def __init__(self, token: str, refusals: RefusalLog | None = None) -> None:
+    def __init__(
+        self,
+        token: str,
+        refusals: RefusalLog | None = None,
+        turns: WrongTokenTurns | None = None,
+    ) -> None:
         # Without surrounding whitespace (a token file's newline), as clients send it.
         self._expected = token.strip().encode()
         self._refusals = refusals or RefusalLog()
+        self._turns = turns or WrongTokenTurns()
 
     def _refusal(self, details: grpc.HandlerCallDetails) -> str:
         """Why the call may not go on; "" when it may."""
@@ -180,6 +218,9 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         reason = self._refusal(handler_call_details)
         if not reason:
             return handler
+        if reason == "wrong bearer token":
+            # Here, before the call's request is read: a waiting guess holds none of it.
+            await self._turns.wait()
         method = handler_call_details.method
 
         async def refuse(request: Any, context: Context) -> Any:

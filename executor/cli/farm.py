@@ -48,7 +48,7 @@ from executor.cli.farm_workers import WorkerPlan, Workers, run_until_signalled
 from executor.errors import ConfigError
 from executor.plurals import counted
 from executor.triggers.explain import compact_names
-from executor.visible_text import escaped, printable
+from executor.visible_text import escaped, printable, quoted
 from supervisor_client import ExecutorClient, ExecutorRpcError
 from supervisor_client.client import as_plain
 from supervisor_client.jobdict import job_to_dict
@@ -154,9 +154,7 @@ def format_job(reply: Any, work_items: Mapping[int, Sequence[Any] | None] | None
     """
     work_items = work_items or {}
     job = reply.job
-    head = (
-        f"job {job.id} {job.name!r}: {job.status}  (label {printable(job.label)}, pgrp {job.pgrp}, "
-    )
+    head = f"job {job.id} {quoted(job.name)}: {job.status}  (label {printable(job.label)}, pgrp {job.pgrp}, "
     lines = [head + f"user {printable(job.user)}, priority {job.priority})"]
     if job.agenda:
         lines.append(f"agenda: {tally(job.agenda)}")

@@ -26,7 +26,7 @@ import grpc
 
 from executor.cli.farm_qb import QB_CALL_NOTE, SubmissionApi
 from executor.errors import ConfigError
-from executor.visible_text import printable
+from executor.visible_text import printable, quoted
 from supervisor_client import (
     ClientClosedError,
     ExecutorClient,
@@ -177,7 +177,7 @@ def describe_submitted(job: dict[str, Any]) -> str:
     if callbacks:
         parts.append(f"{len(callbacks)} callback{'s' if len(callbacks) != 1 else ''}")
     return (
-        f"submitted job {job['id']} {job['name']!r} (label {printable(job['label'])}, "
+        f"submitted job {job['id']} {quoted(job['name'])} (label {printable(job['label'])}, "
         f"pgrp {job['pgrp']}): " + ", ".join(parts)
     )
 

@@ -28,6 +28,7 @@ from prometheus_client.exposition import choose_encoder
 from executor.web import runs_pages
 from executor.web.auth import Access
 from executor.web.explain import Explainer, explain_from_latches
+from executor.web.host_check import MISDIRECTED, HostCheck
 from executor.web.html import Html, tag
 from executor.web.jobs_pages import JobsQuery, jobs_body, jobs_page
 from executor.web.layout import notice, page
@@ -139,8 +140,10 @@ class Dashboard:
         *,
         explain: Explainer = explain_from_latches,
         streams: StreamGate | None = None,
+        hosts: HostCheck | None = None,
     ) -> None:
         self._source = source
+        self._hosts = hosts or HostCheck.anything()
         self._streams = streams or StreamGate()
         self._registry = registry
         # Set at the start of a stop: the port stays open, to say so (see stop_answering).
@@ -205,6 +208,8 @@ class Dashboard:
 
     def _route(self, request: Request) -> Response:
         path = request.path.rstrip("/") or "/"
+        if not self._hosts.allows(request.headers.get("host"), repeated="host" in request.repeated):
+            return self._misdirected(path, request)
         if not self._access.allowed(path, request.headers, repeated=request.repeated):
             return self._refuse(request)
         if self._stopping.is_set():
@@ -235,6 +240,15 @@ class Dashboard:
         if route is None:
             return self._error(404, "Not found", f"There is no page {path}.", request)
         return route(request)
+
+    def _misdirected(self, path: str, request: Request) -> Response:
+        """421 for a ``Host`` this port does not answer for (``host_check``), in each path's kind."""
+        why = f"{_shown_host(request)}: {MISDIRECTED}"
+        if path == "/healthz":  # JSON always, as a probe expects
+            return _json(421, {"status": "MISDIRECTED_REQUEST", "why": why})
+        if path == "/metrics":
+            return Response(421, f"{why}\n".encode(), TEXT_TYPE)
+        return self._error(421, "Misdirected request", why, request)
 
     # -- probes ---------------------------------------------------------------------------
 
@@ -406,6 +420,12 @@ def _json(
 ) -> Response:
     """A /healthz answer: one JSON object and a newline."""
     return Response(status, json.dumps(answer).encode() + b"\n", "application/json", headers)
+
+
+def _shown_host(request: Request) -> str:
+    if "host" in request.repeated:
+        return "more than one Host header"
+    return f"Host {request.headers.get('host', '')!r}"
 
 
 def _safe_next(target: str) -> str:

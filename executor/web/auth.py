@@ -14,9 +14,10 @@ a second executor on the host replaced the first one's session. Under TLS the na
 starts with ``__Host-``: a browser takes such a cookie only from an HTTPS answer, with
 Path=/ and no Domain (as this one is set), so no plaintext page and no other host of the
 domain can set one of that name. Comparisons are constant-time, and a wrong token (in
-the sign-in form or an ``Authorization`` header) costs half a second, one wrong token at
-a time for the whole port: parallel guessers share two guesses a second between them
-(the wait is in the HTTP threads, never the event loop, and the right token never waits).
+the sign-in form or an ``Authorization`` header) costs half a second in its connection's
+thread: with ``server.MAX_CONNECTIONS`` (64), 128 guesses a second at most, as on the
+gRPC port (``api.interceptors.WrongTokenTurns``). The wait is in the HTTP threads, never
+the event loop, and the right token never waits.
 """
 
 from __future__ import annotations

@@ -335,7 +335,9 @@ async def test_a_slow_steady_reader_gets_a_whole_large_stream(
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
             sock.connect(("127.0.0.1", web.running.http_port or 0))
             target = f"/runs/{response.invocation_id}?stream=stdout"
-            sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            sock.sendall(
+                f"GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
+            )
             received = bytearray()
             while chunk := sock.recv(64 << 10):
                 received += chunk
@@ -477,7 +479,7 @@ async def test_stalled_stream_readers_hold_at_most_the_port_s_stream_slots(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 10)
         sock.connect(("127.0.0.1", web.running.http_port or 0))
         path = f"/runs/{response.invocation_id}?stream=stdout"
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
         stalled.append(sock)  # never read
     try:
         # Once both are stuck in their writes, the next waits STREAM_WAIT_S and is refused.
@@ -509,7 +511,7 @@ async def test_connections_past_the_port_s_bound_are_turned_away_at_once(web: St
     port = web.running.http_port or 0
     async with port_filled(port):
         line, headers, body = await asyncio.to_thread(
-            raw_exchange, port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+            raw_exchange, port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
         )
         assert line.startswith("HTTP/1.1 503 "), line
         assert headers["Retry-After"] == "1"
@@ -523,7 +525,7 @@ async def test_connections_past_the_port_s_bound_are_turned_away_at_once(web: St
         assert line.startswith("HTTP/1.1 503 ") and headers["Content-Type"].startswith("text/plain")
     await asyncio.sleep(0.3)  # their threads see the close and end
     line, _, _ = await asyncio.to_thread(
-        raw_exchange, port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        raw_exchange, port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     )
     assert line.startswith("HTTP/1.1 200 "), line
 

@@ -9,7 +9,12 @@ from typing import Any, cast
 import grpc
 import pytest
 
-from executor.api.interceptors import RefusalLog, TokenAuthInterceptor, peer_address
+from executor.api.interceptors import (
+    RefusalLog,
+    TokenAuthInterceptor,
+    WrongTokenTurns,
+    peer_address,
+)
 from tests.helpers.servicer_context import Aborted, FakeContext
 
 pytestmark = pytest.mark.unit
@@ -88,7 +93,8 @@ async def test_every_call_is_refused_and_one_is_logged(caplog: pytest.LogCapture
     async def continuation(details: Any) -> Any:
         return grpc.unary_unary_rpc_method_handler(handle)
 
-    interceptor = TokenAuthInterceptor("tok")
+    # No wait for a wrong token here: this is about the log (test_token_guessing: the wait).
+    interceptor = TokenAuthInterceptor("tok", turns=WrongTokenTurns(delay_s=0))
     details = cast(
         grpc.HandlerCallDetails,
         SimpleNamespace(method=METHOD, invocation_metadata=(("authorization", "Bearer x"),)),

@@ -85,6 +85,21 @@ def test_network_takes_auto_none_or_host() -> None:
     assert config.Settings().network == "auto"
 
 
+def test_http_allowed_hosts_are_names_without_a_port() -> None:
+    settings = config.Settings(http_allowed_hosts=" Dash.Studio.Example., render-sup-1 ,,10.0.0.5")
+    assert config.validate(settings).http_allowed_host_names == [
+        "dash.studio.example",
+        "render-sup-1",
+        "10.0.0.5",
+    ]
+    assert config.validate(config.Settings(http_allowed_hosts="*")).http_allowed_host_names == ["*"]
+    for bad in ("dash:8080", "evil.test/x", "[::1]", "a b", "*.studio.example"):
+        with pytest.raises(ConfigError, match=f"http_allowed_hosts: '{re.escape(bad.lower())}'"):
+            config.validate(config.Settings(http_allowed_hosts=bad))
+    env = config.from_env(config.Settings(), {"CBEXEC_HTTP_ALLOWED_HOSTS": "dash.example"})
+    assert env.http_allowed_host_names == ["dash.example"]
+
+
 def test_http_bind_is_off_by_default_and_checked_when_set() -> None:
     assert config.Settings().http_bind == ""
     assert config.validate(config.Settings(http_bind="127.0.0.1:50052")).http_bind

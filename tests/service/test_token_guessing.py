@@ -1,0 +1,73 @@
+"""Guessing the token on the gRPC port is as slow as on the HTTP side port: 128 a second at most."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from executor.api.interceptors import WRONG_TOKEN_DELAY_S, WRONG_TOKENS_AT_ONCE
+from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
+from tests.conftest import running_stack, stack_settings
+
+pytestmark = pytest.mark.service
+
+TOKEN = "guess-me-if-you-can"
+
+
+async def metrics_call(
+    channel: grpc.aio.Channel, token: str, timeout: float = 30
+) -> grpc.StatusCode:
+    call = executor_pb2_grpc.RunServiceStub(channel).GetMetrics(
+        executor_pb2.GetMetricsRequest(),
+        metadata=(("authorization", f"Bearer {token}"),),
+        timeout=timeout,
+    )
+    try:
+        await call
+    except grpc.aio.AioRpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK
+
+
+async def test_wrong_tokens_are_answered_at_128_a_second_at_most_and_the_right_one_at_once(
+    tmp_path: Path,
+) -> None:
+    async with running_stack(stack_settings(tmp_path / "data", auth_token=TOKEN)) as stack:
+        channel = stack.channel
+        # One guess alone waits as long as on the side port.
+        began = time.monotonic()
+        assert await metrics_call(channel, "wrong") == grpc.StatusCode.UNAUTHENTICATED
+        assert time.monotonic() - began >= WRONG_TOKEN_DELAY_S * 0.95
+
+        # Three rounds' worth at once, on one channel: 4,300 a second before.
+        guesses = 3 * WRONG_TOKENS_AT_ONCE
+        began = time.monotonic()
+        flood = [asyncio.ensure_future(metrics_call(channel, f"guess-{n}")) for n in range(guesses)]
+        await asyncio.sleep(0.1)
+        # The right token meanwhile never waits behind them.
+        right_began = time.monotonic()
+        assert await metrics_call(channel, TOKEN) == grpc.StatusCode.OK
+        assert time.monotonic() - right_began < WRONG_TOKEN_DELAY_S / 2
+        answers = await asyncio.gather(*flood)
+        took = time.monotonic() - began
+        assert set(answers) == {grpc.StatusCode.UNAUTHENTICATED}
+        assert took >= 3 * WRONG_TOKEN_DELAY_S * 0.95, f"{guesses} guesses in {took:.2f} s"
+        assert guesses / took <= WRONG_TOKENS_AT_ONCE / WRONG_TOKEN_DELAY_S * 1.06  # 128/s
+
+
+async def test_a_guess_given_up_gives_its_turn_back(tmp_path: Path) -> None:
+    # A caller that leaves while its wrong token waits (its deadline) holds no turn after:
+    # the next guess waits its own half second, not theirs.
+    async with running_stack(stack_settings(tmp_path / "data", auth_token=TOKEN)) as stack:
+        channel = stack.channel
+        left = await asyncio.gather(
+            *(metrics_call(channel, "wrong", timeout=0.1) for _ in range(WRONG_TOKENS_AT_ONCE))
+        )
+        assert set(left) == {grpc.StatusCode.DEADLINE_EXCEEDED}
+        began = time.monotonic()
+        assert await metrics_call(channel, "wrong") == grpc.StatusCode.UNAUTHENTICATED
+        assert time.monotonic() - began < 2 * WRONG_TOKEN_DELAY_S
