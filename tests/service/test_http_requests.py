@@ -23,7 +23,7 @@ from tests.service.test_http import TOKEN, http_settings, raw_exchange
 
 pytestmark = pytest.mark.service
 
-SMUGGLED = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+SMUGGLED = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
 CHUNKED = b"%x\r\n" % len(SMUGGLED) + SMUGGLED + b"\r\n0\r\n\r\n"
 
 
@@ -49,7 +49,7 @@ def whole_exchange(port: int, request: bytes) -> bytes:
 
 
 def _post(headers: bytes, body: bytes, path: bytes = b"/logout") -> bytes:
-    return b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n" + body
+    return b"POST " + path + b" HTTP/1.1\r\nHost: localhost\r\n" + headers + b"\r\n" + body
 
 
 @pytest.mark.parametrize(
@@ -128,14 +128,14 @@ async def test_a_version_other_than_http_1_0_and_1_1_is_refused_with_a_status_li
     # HTTP/0.9 got the page with no status line and no headers (no CSP, no nosniff);
     # HTTP/1.2 and HTTP/01.1 were served as HTTP/1.1. Answered from the request line
     # alone: headers that never end are not waited for.
-    request = f"GET {path} {version}\r\nHost: x\r\n".encode()
+    request = f"GET {path} {version}\r\nHost: localhost\r\n".encode()
     line, headers, _ = await asyncio.to_thread(raw_exchange, web.running.http_port or 0, request)
     assert line.startswith(f"HTTP/1.1 {status} "), line
     assert "script-src 'self'" in headers["Content-Security-Policy"]
     assert (headers["X-Frame-Options"], headers["X-Content-Type-Options"]) == ("DENY", "nosniff")
     assert headers["Connection"] == "close"
     for served in ("HTTP/1.0", "HTTP/1.1"):
-        request = f"GET /healthz {served}\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        request = f"GET /healthz {served}\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
         line, _, _ = await asyncio.to_thread(raw_exchange, web.running.http_port or 0, request)
         assert line.startswith("HTTP/1.1 200 "), (served, line)
 
