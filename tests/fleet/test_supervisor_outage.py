@@ -55,7 +55,11 @@ async def test_each_replica_holds_its_fired_runs_while_the_supervisor_is_away(
                     ]
                 )
             for log in logs:
-                assert await eventually(lambda log=log: HOLDING in log.read_text(), timeout_s=30)
+
+                def holding(log: Path = log) -> bool:
+                    return HOLDING in log.read_text()
+
+                assert await eventually(holding, timeout_s=30)
             await asyncio.sleep(1.0)  # the outage goes on
             await endpoint.start()
 
@@ -63,7 +67,16 @@ async def test_each_replica_holds_its_fired_runs_while_the_supervisor_is_away(
                 return (await first.get_metrics()).firings_queued == 0
 
             assert await eventually(all_done, timeout_s=60)
-            runs = (await first.list_runs(job_id=job_id, limit=100)).runs
+
+            async def recorded() -> list[executor_pb2.Run]:
+                # A replica's bookkeeping thread writes a run a moment after it ends.
+                runs = (await first.list_runs(job_id=job_id, limit=100)).runs
+                outcomes = {run.outcome for run in runs if run.work_name}
+                return list(runs) if outcomes == {executor_pb2.OUTCOME_SUCCEEDED} else []
+
+            runs = await eventually(recorded, timeout_s=10) or list(
+                (await first.list_runs(job_id=job_id, limit=100)).runs
+            )
         job_now = endpoint.store.job(job_id)
     assert job_now is not None
     assert [w["name"] for w in job_now["agenda"] if w["status"] == "blocked"] == []
