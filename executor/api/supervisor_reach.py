@@ -24,12 +24,6 @@ from executor.api.lenient_answers import supervisor_stub
 from executor.runs.outbox import Backoff
 from supervisor_client.qbcallback.v1 import supervisor_pb2
 
-# The codes that say the supervisor did not answer (down, restarting, hanging): as the
-# outbox's UNREACHABLE_CODES. A DEADLINE_EXCEEDED counts only when it took the whole
-# deadline (the caller says so): one the supervisor answered sooner is an answer.
-UNREACHABLE_CODES: Final = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-)
 # Between two looks while it stays away: from a tenth of a second up to 5 s.
 PROBE_BACKOFF: Final = Backoff(first_s=0.1, cap_s=5.0)
 
@@ -70,7 +64,7 @@ class SupervisorReach:
         return time.monotonic() - self._since if self._why else 0.0
 
     def lost(self, err: grpc.aio.AioRpcError) -> None:
-        """A call met it unreachable (``err``'s code is one of ``UNREACHABLE_CODES``)."""
+        """A call met it unreachable (UNAVAILABLE, or DEADLINE_EXCEEDED after the whole deadline)."""
         self._losses += 1
         if not self._why:
             self._since = time.monotonic()
@@ -81,13 +75,18 @@ class SupervisorReach:
         self._why = ""
 
     def noted(self, err: grpc.aio.AioRpcError, *, took_it_all: bool = True) -> None:
-        """Note what a failed call says of the reach: ``lost`` or ``answered``."""
+        """Note what a failed call says of the reach: ``lost`` or ``answered``.
+
+        The codes of the outbox's UNREACHABLE_CODES are ``lost``, DEADLINE_EXCEEDED only
+        when the call took its whole deadline (``took_it_all``): one the supervisor
+        answered sooner is an answer. A CANCELLED call says neither: it may have been cut off on this side.
+        """
         code = err.code()
         if code == grpc.StatusCode.UNAVAILABLE or (
             code == grpc.StatusCode.DEADLINE_EXCEEDED and took_it_all
         ):
             self.lost(err)
-        else:
+        elif code != grpc.StatusCode.CANCELLED:
             self.answered()
 
     async def until_answering(self) -> None:
