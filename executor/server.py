@@ -41,6 +41,7 @@ from executor.api import security
 from executor.api.farm import FarmServicer
 from executor.api.reporting import GrpcReportTransport, ReportEncoder
 from executor.api.supervisor import SUPERVISOR_CHANNEL_OPTIONS, GrpcSupervisor
+from executor.api.supervisor_reach import SupervisorReach
 from executor.config import Settings
 from executor.data_dir_lock import DataDirLock
 from executor.dispatcher import Dispatcher
@@ -171,9 +172,13 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             supervisor_channel = embedded.channel
 
         metrics = Metrics()
+        # What qb calls and result reports find of the supervisor: fired runs wait it out.
+        reach = SupervisorReach(supervisor_channel, settings.supervisor_timeout_seconds)
         transport = None
         if settings.report_results:
-            transport = GrpcReportTransport(supervisor_channel, settings.supervisor_timeout_seconds)
+            transport = GrpcReportTransport(
+                supervisor_channel, settings.supervisor_timeout_seconds, reach
+            )
         trigger_store = TriggerStore(
             settings.store or str(settings.data_dir / "triggers.db"),
             health=storage_health,
@@ -201,7 +206,9 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         runner = SandboxRunner(options, spawner, prepare_ahead=settings.prepare_ahead)
         dispatcher = Dispatcher(
             runner=runner,
-            supervisor=GrpcSupervisor(supervisor_channel, settings.supervisor_timeout_seconds),
+            supervisor=GrpcSupervisor(
+                supervisor_channel, settings.supervisor_timeout_seconds, reach
+            ),
             qube=QubeInterpreter(settings.mail_settings),
             languages=settings.languages,
             max_concurrent=settings.max_concurrent,
@@ -236,6 +243,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             warn_missing_dirs=bool(settings.universal_callback_path.strip()),
             last_good=settings.data_dir / LAST_GOOD_NAME,
             recorded_result=recorder.recorded_result,
+            supervisor_reach=reach,
         )
         _load_universal(engine, settings)
 
@@ -422,6 +430,7 @@ def _reading_sources(
         if outbox is not None
         else lambda: (0, 0),
         outbox_last_error=outbox.last_error if outbox is not None else lambda: "",
+        firings_held=lambda: engine.firings_held,
         # The outbox past outbox_max_bytes is said here too: it stops every run as well.
         storage_problem=lambda: storage.problem or (outbox.refusal() if outbox else ""),
         trigger_counts=lambda: (

@@ -92,3 +92,26 @@ class SupervisorPort(Protocol):
         invocation_id: str,
         action_seq: int,
     ) -> ActionOutcome: ...
+
+
+class SupervisorReachability(Protocol):
+    """What the executor's own calls found of the supervisor's reach (``api.supervisor_reach``)."""
+
+    @property
+    def losses(self) -> int:
+        """How many calls have found it unreachable so far."""
+        ...
+
+    @property
+    def unreachable(self) -> str:
+        """Why the last call found it unreachable, while no answer came since; else ""."""
+        ...
+
+    @property
+    def unreachable_for_s(self) -> float:
+        """For how long it has been known unreachable (0 while it is not)."""
+        ...
+
+    async def until_answering(self) -> None:
+        """Return once it answers (at once unless it is known unreachable)."""
+        ...

@@ -52,6 +52,7 @@ def metrics_message(snapshot: MetricsSnapshot) -> executor_pb2.GetMetricsRespons
         trigger_jobs=readings.trigger_jobs,
         trigger_callbacks=readings.trigger_callbacks,
         firings_queued=readings.firings_queued,
+        firings_held=readings.firings_held,
         universal_callbacks=readings.universal_callbacks,
         universal_reload_errors=readings.universal_reload_errors,
         zygotes=[

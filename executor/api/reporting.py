@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError
 
 from executor.api import convert
 from executor.api.lenient_answers import supervisor_stub
+from executor.api.supervisor_reach import SupervisorReach
 from executor.model import Invocation, RunResult
 from executor.runs.outbox import MESSAGE_MARGIN_BYTES, DeliveryError
 from supervisor_client.qbcallback.v1 import supervisor_pb2, types_pb2
@@ -157,7 +158,11 @@ class GrpcReportTransport:
     another supervisor (upgraded, replaced), which the outbox then asks for batches.
     """
 
-    def __init__(self, channel: grpc.aio.Channel, timeout_s: float) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, timeout_s: float, reach: SupervisorReach | None = None
+    ) -> None:
+        """``reach`` is told what each call found of the supervisor's reach."""
+        self._reach = reach
         self._channel = channel
         self._stub = supervisor_stub(channel)
         self._timeout_s = timeout_s
@@ -187,7 +192,11 @@ class GrpcReportTransport:
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 self._patience_s = min(self._patience_s * 2, self._timeout_s * MAX_PATIENCE_FACTOR)
+            if self._reach is not None:
+                self._reach.noted(err, took_it_all=time.monotonic() - started >= self._timeout_s)
             raise
+        if self._reach is not None:
+            self._reach.answered()
         if time.monotonic() - started < self._timeout_s:
             self._patience_s = self._timeout_s
         if response is None:

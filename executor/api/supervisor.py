@@ -18,6 +18,7 @@ import grpc
 
 from executor.api.lenient_answers import supervisor_stub
 from executor.api.struct_values import job_problem
+from executor.api.supervisor_reach import SupervisorReach
 from executor.child.protocol import QbErrorKind
 from executor.errors import HostCallError
 from executor.supervisor_link import ActionOutcome
@@ -143,9 +144,13 @@ def job_dicts(
 class GrpcSupervisor:
     """``executor.supervisor_link.SupervisorPort`` over a SupervisorService channel."""
 
-    def __init__(self, channel: grpc.aio.Channel, timeout_s: float) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, timeout_s: float, reach: SupervisorReach | None = None
+    ) -> None:
+        """``reach`` is told what each call found of the supervisor's reach."""
         self._stub = supervisor_stub(channel)
         self._timeout_s = timeout_s
+        self._reach = reach
 
     async def _call(
         self,
@@ -161,8 +166,12 @@ class GrpcSupervisor:
             response = await rpc(request, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as err:
             took_it_all = time.monotonic() - started >= self._timeout_s
+            if self._reach is not None:
+                self._reach.noted(err, took_it_all=took_it_all)
             ran_out_of_s = self._timeout_s if took_it_all else None
             raise host_error(err, ran_out_of_s=ran_out_of_s, acts=acts) from err
+        if self._reach is not None:
+            self._reach.answered()
         if response is None:
             raise malformed_answer(method, acts=acts)
         return response

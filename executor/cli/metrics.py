@@ -107,6 +107,7 @@ def format_metrics(m: Any) -> str:
                 else ""
             )
         ),
+        *([f"{'fired runs':<16}HELD: {escaped(m.firings_held)}"] if m.firings_held else []),
         f"{'universal':<16}{m.universal_callbacks} loaded"
         + (
             f"; the last reload found {counted(m.universal_reload_errors, 'problem')}"

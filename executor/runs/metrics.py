@@ -366,6 +366,12 @@ class ReadingsCollector(Collector):
             r.firings_queued,
         )
         yield gauge(
+            "firings_held",
+            "1 while fired runs are held because the supervisor is unreachable (they start "
+            "again as soon as it answers).",
+            1 if r.firings_held else 0,
+        )
+        yield gauge(
             "universal_callbacks",
             "Universal callbacks loaded from callbacks.conf.",
             r.universal_callbacks,

@@ -54,6 +54,8 @@ class Readings:
     trigger_callbacks: int = 0
     # The trigger store's queue: fired callbacks waiting for their turn or running.
     firings_queued: int = 0
+    # Why fired runs are held (the supervisor unreachable), "" while they are not.
+    firings_held: str = ""
     universal_callbacks: int = 0
     universal_reload_errors: int = 0
     zygotes: tuple[ZygoteStatus, ...] = ()
@@ -86,6 +88,7 @@ class ReadingSources:
     outbox: Callable[[], tuple[int, int]] = lambda: (0, 0)  # (pending, dead letters)
     outbox_last_error: Callable[[], str] = lambda: ""
     storage_problem: Callable[[], str] = lambda: ""
+    firings_held: Callable[[], str] = lambda: ""
     # (events, firings, event ids forgotten early)
     trigger_counts: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)
     # (jobs, callbacks, firings queued)
@@ -118,6 +121,7 @@ class ReadingSources:
             trigger_jobs=jobs,
             trigger_callbacks=callbacks,
             firings_queued=firings,
+            firings_held=self.firings_held(),
             universal_callbacks=universal,
             universal_reload_errors=reload_errors,
             zygotes=self.zygotes(),

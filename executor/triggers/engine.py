@@ -57,6 +57,7 @@ from executor.plurals import counted
 from executor.policies import JOB, UNIVERSAL, PolicySet, not_configured
 from executor.runs.outbox import Backoff
 from executor.sql import Db, StoreConflict, pipelined
+from executor.supervisor_link import SupervisorReachability
 from executor.triggers import (
     checks,
     decided_firings,
@@ -318,6 +319,7 @@ class TriggerEngine:
         warn_missing_dirs: bool = True,
         last_good: Path | None = None,
         recorded_result: Callable[[str], RunResult | None] | None = None,
+        supervisor_reach: SupervisorReachability | None = None,
     ) -> None:
         """Build the engine over ``store``.
 
@@ -346,6 +348,8 @@ class TriggerEngine:
             recorded_result: In a fleet, the result the shared history has for an
                 invocation id (blocks; None: none yet): what a ``wait`` publisher gets
                 for a firing this replica ran after its claim was lost.
+            supervisor_reach: The supervisor's reach, as the executor's calls found it:
+                fired runs are held while it is unreachable (``FiringWorker``).
         """
         self._store = store
         self._run = run
@@ -381,6 +385,7 @@ class TriggerEngine:
             retry=retry,
             # A fenced run's waiter (fleet only: a single executor's claims always hold).
             result_of_record=self._result_of_record if store.fleet and recorded_result else None,
+            reach=supervisor_reach,
         )
         self._journal = journal_limits
         self._universal_version = store.fleet_version(UNIVERSAL_VERSION) if store.fleet else 0
@@ -1371,6 +1376,11 @@ class TriggerEngine:
     def idle(self) -> bool:
         """Whether no firing is queued or running now (the restored ones count until run)."""
         return self._firings.idle
+
+    @property
+    def firings_held(self) -> str:
+        """Why fired runs are held now (the supervisor unreachable); "" while they are not."""
+        return self._firings.held
 
     async def wait_idle(self) -> None:
         """Until no firing is queued or running (once started)."""

@@ -16,7 +16,15 @@ queue holds; a firing leaves the queue when its run has ended:
   details") and that is its result. Anything else raised here is a bug outside any run
   (building its invocation, recording its result): it is logged with its traceback and
   the firing leaves the queue all the same, so that it does not replay at every start.
-* Only the worker runs firings, so none runs twice. A publisher that waits for its
+* While the supervisor is known to be unreachable (a ``qb`` call or a result report met
+  UNAVAILABLE or its deadline), no fired run starts: the worker holds them all, in
+  their order, until the supervisor answers again (``SupervisorReachability``), logging
+  once as it holds and once as it resumes. A run already going when the outage began
+  fails as the callback's ``qb`` call does; one that ended FAILED with
+  ``SupervisorUnavailable`` while the supervisor was found unreachable is run again,
+  once, under its invocation id, after the hold (its actions are deduplicated per
+  ``(invocation_id, action_seq)``; its result replaces the failed one's record).
+* Only the worker runs firings, so none runs twice at once. A publisher that waits for its
   event's results (``PublishEvent(wait=True)``) gets them through futures; if it goes
   away, the runs go on: they are durable work, not the caller's. In a fleet, a run
   whose claim was lost while it ran (the replica stalled past its lease) is not the
@@ -41,11 +49,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from executor import lease_renewal
 from executor.errors import CapacityError, UnavailableError
 from executor.logs import outside_any_run
-from executor.model import RunResult
+from executor.model import Outcome, RunResult
 from executor.runs.outbox import Backoff
+from executor.supervisor_link import SupervisorReachability
 from executor.triggers.store import PendingFiring, TriggerStore
 
 logger = logging.getLogger(__name__)
+
+# How often a fired run that failed only because the supervisor was unreachable is run
+# again once it answers: a bound, since a callback may catch one error and meet another.
+OUTAGE_RERUNS = 1
 
 
 class FiringWorker:
@@ -60,11 +73,13 @@ class FiringWorker:
         retry: Backoff = Backoff(),
         rng: random.Random | None = None,
         result_of_record: Callable[[str], Awaitable[RunResult | None]] | None = None,
+        reach: SupervisorReachability | None = None,
     ) -> None:
         """Run ``store``'s queue through ``run``.
 
         ``result_of_record``: in a fleet, the result a firing's invocation id has in the
         shared history once the firing is done (waits for it; None: it has none).
+        ``reach``: the supervisor's, which holds fired runs while it is unreachable.
         """
         if max_parallel_events < 1:
             raise ValueError(f"max_parallel_events must be at least 1, got {max_parallel_events}")
@@ -88,6 +103,9 @@ class FiringWorker:
         self._started = False
         self._closed = False
         self._claims: asyncio.Task[None] | None = None
+        self._reach = reach
+        # While the supervisor is unreachable: the one wait every held run shares.
+        self._hold: asyncio.Task[None] | None = None
         # The queue of the last run, event by event: one event's firings were queued in
         # one transaction, so they are neighbours sharing a batch.
         restored = store.pending_firings()
@@ -132,6 +150,16 @@ class FiringWorker:
             self._claims = asyncio.get_running_loop().create_task(self._claim_forever())
 
     @property
+    def held(self) -> str:
+        """Why fired runs are held now, with how long and how many wait; "" while they are not."""
+        if self._hold is None or self._reach is None:
+            return ""
+        return (
+            f"the supervisor has been unreachable for {self._reach.unreachable_for_s:.0f} s "
+            f"({self._reach.unreachable}); {len(self._queued_ids)} fired runs wait"
+        )
+
+    @property
     def idle(self) -> bool:
         """Whether nothing is queued or running now."""
         return self._idle.is_set()
@@ -143,9 +171,10 @@ class FiringWorker:
     async def close(self) -> None:
         """Cancel the runs in progress; what has not finished stays queued for the next start."""
         self._closed = True
-        if self._claims is not None:
-            self._claims.cancel()
-            await asyncio.gather(self._claims, return_exceptions=True)
+        for task in (self._claims, self._hold):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         for task in (*self._running, *self._recorded_waits):
             task.cancel()
         await asyncio.gather(*self._running, *self._recorded_waits, return_exceptions=True)
@@ -230,11 +259,13 @@ class FiringWorker:
         Returns its result and whether this replica's claim on it held to the end; in a
         fleet, a firing whose claim was lost before its run started is not run (None, False).
         """
-        refusals = 0
+        refusals = reruns = 0
         while True:
             if not await self._still_claimed(firing):
                 self._queued_ids.discard(firing.invocation_id)
                 return None, False
+            await self._until_supervisor_answers()
+            losses = self._reach.losses if self._reach is not None else 0
             try:
                 result: RunResult | None = await self._run(firing)
             except (CapacityError, UnavailableError) as err:
@@ -259,9 +290,63 @@ class FiringWorker:
                     firing.callback.callback_id,
                 )
                 result = None
+            if reruns < OUTAGE_RERUNS and self._failed_for_outage(result, losses):
+                reruns += 1
+                logger.warning(
+                    "firing %s of callback %s failed because the supervisor was "
+                    "unreachable; it runs again once the supervisor answers",
+                    firing.invocation_id,
+                    firing.callback.callback_id,
+                )
+                continue
             held = await self._done(firing)
             self._queued_ids.discard(firing.invocation_id)
             return result, held
+
+    def _failed_for_outage(self, result: RunResult | None, losses: int) -> bool:
+        """Whether a run failed only because the supervisor was away.
+
+        It ended FAILED with ``SupervisorUnavailable``, and a call found the supervisor
+        unreachable meanwhile: not one that answered an error or a malformed answer,
+        which the callback sees as the same kind.
+        """
+        if self._reach is None or result is None or result.outcome != Outcome.FAILED:
+            return False
+        failure = result.failure
+        return (
+            failure is not None
+            and failure.exception_type.endswith("SupervisorUnavailable")
+            and self._reach.losses > losses
+        )
+
+    async def _until_supervisor_answers(self) -> None:
+        """Wait, with every other fired run, while the supervisor is known to be unreachable."""
+        reach = self._reach
+        if reach is None or not reach.unreachable:
+            return
+        if self._hold is None:
+            self._hold = asyncio.get_running_loop().create_task(self._hold_while_away(reach))
+        # Shielded: one run's cancellation (close) must not end the others' wait.
+        await asyncio.shield(self._hold)
+
+    async def _hold_while_away(self, reach: SupervisorReachability) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        logger.warning(
+            "the supervisor is unreachable (%s): holding fired runs until it answers "
+            "(%d queued; Execute calls are not held)",
+            reach.unreachable,
+            len(self._queued_ids),
+        )
+        try:
+            await reach.until_answering()
+        finally:
+            self._hold = None
+        logger.info(
+            "the supervisor answers again: fired runs resume after %.1f s (%d waited)",
+            loop.time() - started,
+            len(self._queued_ids),
+        )
 
     async def _still_claimed(self, firing: PendingFiring) -> bool:
         """Whether this replica may start the firing's run: in a fleet, its claim still holds.

@@ -123,6 +123,17 @@ def test_no_page_lets_callback_text_become_markup(path: str) -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body
 
 
+def test_the_health_page_says_fired_runs_are_held_only_while_they_are() -> None:
+    class Held(FakeSource):
+        def metrics(self) -> Any:
+            return executor_pb2.GetMetricsResponse(firings_held=HOSTILE)
+
+    held = Dashboard(Held(), CollectorRegistry(), Access("")).handle(get("/health")).body.decode()
+    assert "Fired runs held: &lt;script&gt;alert(1)&lt;/script&gt;" in held
+    calm = Dashboard(FakeSource(), CollectorRegistry(), Access("")).handle(get("/health"))
+    assert "Fired runs held" not in calm.body.decode()
+
+
 def test_unknown_paths_and_methods() -> None:
     dashboard = Dashboard(FakeSource(), CollectorRegistry(), Access(""))
     assert dashboard.handle(get("/runs/other")).status == 404

@@ -176,6 +176,7 @@ GET_METRICS_FIELD: dict[str, str | None] = {
     "cbexec_queue_depth": "queue_depth",
     "cbexec_queue_limit": "queue_limit",
     "cbexec_firings_queued": "firings_queued",
+    "cbexec_firings_held": "firings_held",  # why, with how long and how many wait
     "cbexec_outbox_pending": "outbox_pending",
     "cbexec_outbox_dead_letters": "outbox_dead_letters",
     "cbexec_storage_degraded": "storage_problem",
@@ -220,6 +221,13 @@ def test_cbexec_metrics_says_event_ids_forgotten_early_only_when_there_were_some
     assert engine_line(executor_pb2.GetMetricsResponse(event_ids_forgotten_early=5)).endswith(
         "; 5 event ids forgotten early (event_id_max_count)"
     )
+
+
+def test_cbexec_metrics_says_fired_runs_are_held_only_while_they_are() -> None:
+    held = "the supervisor has been unreachable for 12 s (UNAVAILABLE: x); 3 fired runs wait"
+    assert "HELD" not in format_metrics(executor_pb2.GetMetricsResponse())
+    lines = format_metrics(executor_pb2.GetMetricsResponse(firings_held=held)).splitlines()
+    assert f"{'fired runs':<16}HELD: {held}" in lines
 
 
 def test_cbexec_metrics_counts_one_of_a_thing_in_the_singular() -> None:

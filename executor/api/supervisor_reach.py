@@ -1,0 +1,116 @@
+"""Whether the supervisor is known to be unreachable, and the wait until it answers again.
+
+The executor learns it from its own calls: a ``qb`` call (``GrpcSupervisor``) or a result
+report (``GrpcReportTransport``) that met UNAVAILABLE or ran out of its deadline says
+``lost``, any answer says ``answered``. The firing worker holds fired runs while it is
+lost (``executor.triggers.firings``) and waits in ``until_answering``: the channel's
+connectivity first (gRPC reconnects with its own backoff, 2 s at most; waiting on a
+state change costs nothing), then one cheap real call, a JobInfo of job 0 that reads no
+agenda, since a proxy in front of a supervisor that is down accepts connections too.
+Any answer but UNAVAILABLE or DEADLINE_EXCEEDED (NOT_FOUND, say) means it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from typing import Final
+
+import grpc
+
+from executor.api.lenient_answers import supervisor_stub
+from executor.runs.outbox import Backoff
+from supervisor_client.qbcallback.v1 import supervisor_pb2
+
+# Between two looks while it stays away: from a tenth of a second up to 5 s.
+PROBE_BACKOFF: Final = Backoff(first_s=0.1, cap_s=5.0)
+
+
+class SupervisorReach:
+    """What the executor's own calls found of the supervisor's reach, and the wait for it."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        timeout_s: float,
+        *,
+        backoff: Backoff = PROBE_BACKOFF,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._channel = channel
+        self._stub = supervisor_stub(channel)
+        self._timeout_s = timeout_s
+        self._backoff = backoff
+        self._rng = rng or random.Random()
+        self._why = ""
+        self._since = 0.0
+        self._losses = 0
+
+    @property
+    def losses(self) -> int:
+        """How many calls have found it unreachable so far (a run compares before and after)."""
+        return self._losses
+
+    @property
+    def unreachable(self) -> str:
+        """Why the last call found it unreachable, while no answer came since; else ""."""
+        return self._why
+
+    @property
+    def unreachable_for_s(self) -> float:
+        """For how long it has been known unreachable (0 while it is not)."""
+        return time.monotonic() - self._since if self._why else 0.0
+
+    def lost(self, err: grpc.aio.AioRpcError) -> None:
+        """A call met it unreachable (UNAVAILABLE, or DEADLINE_EXCEEDED after the whole deadline)."""
+        self._losses += 1
+        if not self._why:
+            self._since = time.monotonic()
+        self._why = f"{err.code().name}: {err.details() or ''}".strip()
+
+    def answered(self) -> None:
+        """A call got an answer (any status the supervisor gave, or a response)."""
+        self._why = ""
+
+    def noted(self, err: grpc.aio.AioRpcError, *, took_it_all: bool = True) -> None:
+        """Note what a failed call says of the reach: ``lost`` or ``answered``.
+
+        The codes of the outbox's UNREACHABLE_CODES are ``lost``, DEADLINE_EXCEEDED only
+        when the call took its whole deadline (``took_it_all``): one the supervisor
+        answered sooner is an answer. A CANCELLED call says neither: it may have been cut off on this side.
+        """
+        code = err.code()
+        if code == grpc.StatusCode.UNAVAILABLE or (
+            code == grpc.StatusCode.DEADLINE_EXCEEDED and took_it_all
+        ):
+            self.lost(err)
+        elif code != grpc.StatusCode.CANCELLED:
+            self.answered()
+
+    async def until_answering(self) -> None:
+        """Return once the supervisor answers (at once unless it is known unreachable)."""
+        looks = 0
+        while self._why:
+            state = self._channel.get_state(try_to_connect=True)
+            if state == grpc.ChannelConnectivity.READY:
+                await self._probe()
+                if not self._why:
+                    return
+            looks += 1
+            # Woken early by a change of the channel's state (connected, say).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._backoff.delay(looks, self._rng)):
+                    await self._channel.wait_for_state_change(state)
+
+    async def _probe(self) -> None:
+        """One cheap real call: whatever it is answered, but not unreachable, is an answer."""
+        request = supervisor_pb2.JobInfoRequest(id=0, agenda=supervisor_pb2.AGENDA_SCOPE_NONE)
+        started = time.monotonic()
+        try:
+            await self._stub.JobInfo(request, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as err:
+            self.noted(err, took_it_all=time.monotonic() - started >= self._timeout_s)
+            return
+        self.answered()

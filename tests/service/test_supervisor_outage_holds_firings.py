@@ -1,0 +1,215 @@
+"""Fired callbacks wait out a supervisor outage instead of failing for it (probe 88, finding 1).
+
+A real executor calls the reference Supervisor service on its own loopback port, which
+the test stops and starts again. Frames are blocked; each frame's ``complete`` event
+fires a callback that unblocks it. Before, every firing started while the supervisor was
+away ended FAILED (``SupervisorUnavailable``) and its frame stayed blocked for good; now
+the firing worker holds fired runs while the supervisor is known to be unreachable, runs
+again (once) a fired run that failed only for it, and resumes as soon as it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Final
+
+import pytest
+
+from executor import server
+from supervisor_client import ExecutorClient
+from supervisor_client.qbcallback.v1 import executor_pb2
+from tests.conftest import stack_settings
+from tests.helpers.supervisors import BrieflyUnavailableSupervisor, SupervisorEndpoint
+from tests.helpers.waiting import eventually, outbox_drained
+
+pytestmark = pytest.mark.service
+
+FRAMES: Final = 8
+UNBLOCK: Final = "qb.workunblock('%d:%s' % (qb.jobid(), qb.workid()))\n"
+HOLDING: Final = "holding fired runs"
+RESUMING: Final = "fired runs resume"
+
+
+def _lines(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+
+async def _blocked_job(endpoint: SupervisorEndpoint) -> int:
+    names = [str(n) for n in range(1, FRAMES + 1)]
+    (job,) = endpoint.store.submit([{"name": "frames", "user": "alice", "agenda": names}])
+    endpoint.store.work_action("block", job["id"], names, "alice")
+    return int(job["id"])
+
+
+def _blocked(endpoint: SupervisorEndpoint, job_id: int) -> list[str]:
+    job = endpoint.store.job(job_id)
+    assert job is not None
+    return [w["name"] for w in job["agenda"] if w["status"] == "blocked"]
+
+
+async def _register_and_publish(client: ExecutorClient, job_id: int) -> None:
+    callback = {"triggers": "complete-work-self-*", "language": "python", "code": UNBLOCK}
+    await client.register_job(
+        {"id": job_id, "name": "frames", "user": "alice", "callbacks": [callback]}
+    )
+    await client.publish_events(
+        [
+            {"name": "complete", "type": "work", "job_id": job_id, "work_name": str(n)}
+            for n in range(1, FRAMES + 1)
+        ]
+    )
+
+
+async def test_fired_callbacks_decided_during_an_outage_run_after_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="executor.triggers.firings")
+    endpoint = SupervisorEndpoint(tmp_path / "supervisor.db")
+    job_id = await _blocked_job(endpoint)
+    await endpoint.start()
+    settings = stack_settings(tmp_path / "data", supervisor=endpoint.address, max_concurrent=2)
+    running = await server.start(settings)
+    try:
+        async with ExecutorClient(f"127.0.0.1:{running.port}") as client:
+            await endpoint.stop()
+            await _register_and_publish(client, job_id)
+            # The first runs find the supervisor away; then the worker holds the rest.
+            assert await eventually(lambda: _lines(caplog, HOLDING), timeout_s=20)
+            metrics = await client.get_metrics()
+            assert "UNAVAILABLE" in metrics.firings_held, metrics
+            # An Execute is not held: its caller decides what to do about the outage.
+            answer = await client.execute_callback(
+                language="python", code="qb.jobstatus(qb.jobid())", job={"id": job_id}
+            )
+            assert answer.outcome == executor_pb2.OUTCOME_FAILED, answer
+            assert answer.failure.exception_type == "SupervisorUnavailable", answer
+            await asyncio.sleep(1.0)  # the outage goes on; nothing more starts
+            assert not _lines(caplog, RESUMING)
+            await endpoint.start()
+            assert await eventually(lambda: running.engine.idle, timeout_s=30)
+            assert await outbox_drained(client)
+            runs = (await client.list_runs(job_id=job_id, limit=100)).runs
+            metrics = await client.get_metrics()
+            blocked = _blocked(endpoint, job_id)
+    finally:
+        await running.stop()
+        await endpoint.stop()
+        endpoint.store.close()
+    fired = [run for run in runs if run.work_name]
+    assert len(fired) == FRAMES, runs
+    assert {executor_pb2.Outcome.Name(run.outcome) for run in fired} == {"OUTCOME_SUCCEEDED"}
+    assert blocked == []
+    assert len(_lines(caplog, HOLDING)) == 1, caplog.text
+    (resumed,) = _lines(caplog, RESUMING)
+    assert "waited" in resumed, resumed
+    assert metrics.firings_held == ""
+
+
+async def test_a_long_outage_holds_without_spinning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While held, the worker waits on the channel with backoff: next to no CPU time."""
+    caplog.set_level(logging.INFO, logger="executor.triggers.firings")
+    endpoint = SupervisorEndpoint(tmp_path / "supervisor.db")
+    job_id = await _blocked_job(endpoint)
+    await endpoint.start()
+    settings = stack_settings(tmp_path / "data", supervisor=endpoint.address, max_concurrent=2)
+    running = await server.start(settings)
+    try:
+        async with ExecutorClient(f"127.0.0.1:{running.port}") as client:
+            await endpoint.stop()
+            await _register_and_publish(client, job_id)
+            assert await eventually(lambda: _lines(caplog, HOLDING), timeout_s=20)
+            await asyncio.sleep(0.5)  # the failed runs' results settle
+            cpu_before, wall_before = time.process_time(), time.monotonic()
+            await asyncio.sleep(4.0)
+            cpu_s = time.process_time() - cpu_before
+            wall_s = time.monotonic() - wall_before
+            queued = (await client.get_metrics()).firings_queued
+            assert queued == FRAMES, queued  # all still waiting, none lost
+            await endpoint.start()
+            assert await eventually(lambda: running.engine.idle, timeout_s=30)
+    finally:
+        await running.stop()
+        await endpoint.stop()
+        endpoint.store.close()
+    # The whole test process (executor included) idles; a spinning hold takes a core.
+    assert cpu_s < 0.15 * wall_s, (cpu_s, wall_s)
+    assert len(_lines(caplog, HOLDING)) == 1, caplog.text
+
+
+async def test_a_stop_during_the_hold_is_prompt_and_keeps_the_firings_queued(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A held worker does not keep a stop waiting; its firings run at the next start."""
+    caplog.set_level(logging.INFO, logger="executor.triggers.firings")
+    endpoint = SupervisorEndpoint(tmp_path / "supervisor.db")
+    job_id = await _blocked_job(endpoint)
+    await endpoint.start()
+    settings = stack_settings(tmp_path / "data", supervisor=endpoint.address, max_concurrent=2)
+    try:
+        running = await server.start(settings)
+        try:
+            async with ExecutorClient(f"127.0.0.1:{running.port}") as client:
+                await endpoint.stop()
+                await _register_and_publish(client, job_id)
+                assert await eventually(lambda: _lines(caplog, HOLDING), timeout_s=20)
+        finally:
+            stopping = time.monotonic()
+            await running.stop()
+            stop_s = time.monotonic() - stopping
+        assert stop_s < 5.0, stop_s
+        await endpoint.start()
+        running = await server.start(settings)
+        try:
+            assert await eventually(lambda: running.engine.idle, timeout_s=30)
+            blocked = _blocked(endpoint, job_id)
+        finally:
+            await running.stop()
+    finally:
+        await endpoint.stop()
+        endpoint.store.close()
+    assert blocked == []
+
+
+@pytest.mark.parametrize(("refusals", "outcome"), [(1, "SUCCEEDED"), (2, "FAILED")])
+async def test_a_run_failed_for_the_outage_runs_again_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, refusals: int, outcome: str
+) -> None:
+    """A supervisor (or a proxy before it) that answers UNAVAILABLE itself, its channel up.
+
+    The failed run is run again once the supervisor answers (here at once: the probe's
+    JobInfo is answered); a second failure for the same cause is the firing's result.
+    """
+    caplog.set_level(logging.INFO, logger="executor.triggers.firings")
+    endpoint = SupervisorEndpoint(tmp_path / "supervisor.db", BrieflyUnavailableSupervisor)
+    servicer = endpoint.servicer
+    assert isinstance(servicer, BrieflyUnavailableSupervisor)
+    job_id = await _blocked_job(endpoint)
+    await endpoint.start()
+    settings = stack_settings(tmp_path / "data", supervisor=endpoint.address)
+    running = await server.start(settings)
+    try:
+        async with ExecutorClient(f"127.0.0.1:{running.port}") as client:
+            callback = {"triggers": "complete-work-self-*", "language": "python", "code": UNBLOCK}
+            await client.register_job(
+                {"id": job_id, "name": "frames", "user": "alice", "callbacks": [callback]}
+            )
+            servicer.unavailable["WorkAction"] = refusals
+            answer = await client.publish_event(
+                name="complete", type="work", job_id=job_id, work_name="1", wait=True
+            )
+            runs = dict((await client.get_metrics()).runs_by_outcome)
+            blocked = _blocked(endpoint, job_id)
+    finally:
+        await running.stop()
+        await endpoint.stop()
+        endpoint.store.close()
+    (fired,) = answer.fired
+    assert executor_pb2.Outcome.Name(fired.result.outcome) == f"OUTCOME_{outcome}", fired
+    assert len(_lines(caplog, "runs again once the supervisor answers")) == 1, caplog.text
+    assert runs == {"FAILED": 2} if outcome == "FAILED" else {"FAILED": 1, "SUCCEEDED": 1}
+    assert ("1" in blocked) == (outcome == "FAILED")
