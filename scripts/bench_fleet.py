@@ -2,7 +2,7 @@
 
 Usage: python scripts/bench_fleet.py [--events 3000] [--fired 600] [--jobs 50]
                                      [--replicas 1,2,3] [--concurrency 64] [--executes 200]
-                                     [--rounds 3] [--execute-rounds 9]
+                                     [--rounds 3] [--execute-rounds 9] [--pg-latency-ms 0]
 
 Starts a real PostgreSQL (Debian's server binaries: initdb into a temp dir, pg_ctl on a
 free loopback port), a reference Supervisor service counting every result, and the
@@ -24,7 +24,9 @@ sequential Python ``pass`` callbacks, SQLite store against PostgreSQL store, in 
 ``--execute-rounds`` times, which one goes first alternating): results go to the outbox
 and the history either way. Twice: Executes that each name an invocation id (as the
 Python client's do: a fleet claims it fleet-wide before the run) and Executes that name
-none (the executor makes one). Each round's ratio is printed, and their median.
+none (the executor makes one). Each round's ratio is printed, and their median. With
+``--pg-latency-ms``, that PostgreSQL is reached through scripts/latency_proxy.py, which
+adds so much to each round trip, as a database server on another machine does.
 
 Each figure is the median of ``--rounds`` rounds: the machine is shared, and its speed
 drifts.
@@ -38,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import socket
 import statistics
 import sys
 import tempfile
@@ -246,6 +249,7 @@ async def main(args: argparse.Namespace) -> None:
             p50s: dict[tuple[str, bool], list[float]] = {}
             async with (
                 sqlite_single(root / "p50", endpoint) as (sqlite_address,),
+                latency_proxy(url, postgres.port, args.pg_latency_ms) as url,
                 pg_fleet(root / "p50", url, endpoint, 1) as (pg_address,),
             ):
                 for turn in range(args.execute_rounds):
@@ -266,6 +270,39 @@ async def main(args: argparse.Namespace) -> None:
             await endpoint.stop()
     finally:
         postgres.cleanup()
+
+
+@asynccontextmanager
+async def latency_proxy(url: str, port: int, round_trip_ms: float) -> AsyncIterator[str]:
+    """``url`` reached through scripts/latency_proxy.py, ``round_trip_ms`` more per round trip.
+
+    0: ``url`` itself. A PostgreSQL on another machine, as a fleet's is.
+    """
+    if not round_trip_ms:
+        yield url
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        listen = probe.getsockname()[1]
+    proxy = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "scripts" / "latency_proxy.py"),
+        str(listen),
+        str(port),
+        str(round_trip_ms / 2),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proxy.stdout is not None
+        if (await proxy.stdout.readline()).strip() != b"ready":
+            raise SystemExit("scripts/latency_proxy.py did not start")
+        print(
+            f"Execute p50: PostgreSQL reached through a proxy, +{round_trip_ms:g} ms a round trip"
+        )
+        yield url.replace(f"127.0.0.1:{port}/", f"127.0.0.1:{listen}/")
+    finally:
+        proxy.kill()
+        await proxy.wait()
 
 
 def print_execute_cost(sqlite_p50s: list[float], pg_p50s: list[float], what: str) -> None:
@@ -298,6 +335,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--batch", type=int, default=50, help="events per PublishEvents call")
     parser.add_argument("--executes", type=int, default=200)
+    parser.add_argument(
+        "--pg-latency-ms",
+        type=float,
+        default=0.0,
+        help="Execute p50 only: PostgreSQL reached through a proxy adding this to each round"
+        " trip (scripts/latency_proxy.py), as a database on another machine",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="the medians of this many")
     parser.add_argument(
         "--execute-rounds", type=int, default=9, help="rounds of the Execute p50 comparison"
