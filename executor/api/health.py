@@ -12,7 +12,9 @@ its client leaves (about 20 KB: 60,000 of them took 1.2 GB, probe 85), so at mos
 ``MAX_WATCHES`` are open at once; a further one is refused RESOURCE_EXHAUSTED. A fleet
 client's channel holds one per executor. A name is quoted in an error cut to the
 status details' bound (``errors.bounded``): gRPC cannot send a status whose details
-pass ~16 KB, and a client got RESOURCE_EXHAUSTED "Stream removed" for NOT_FOUND.
+pass ~16 KB, and a client got RESOURCE_EXHAUSTED "Stream removed" for NOT_FOUND. A Watch
+of a name longer than ``MAX_WATCHED_NAME`` is NOT_FOUND at once, not watched: no such
+name is ever served, and each stream held its request (1,000 names of 4 MB: ~4 GB).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ SERVICE_UNKNOWN: Final[Status] = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 HealthListResponse: Final[Any] = health_pb2.HealthListResponse  # type: ignore[attr-defined]
 # Watch streams open at once, over all clients.
 MAX_WATCHES: Final = 1000
+# The longest service name a Watch waits on (the names served are a few dozen characters).
+MAX_WATCHED_NAME: Final = 1024
 
 
 class HealthService(health_pb2_grpc.HealthServicer):
@@ -91,8 +95,17 @@ class HealthService(health_pb2_grpc.HealthServicer):
     ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
         """The status now, then each change, until the client leaves or a stop ends it.
 
-        RESOURCE_EXHAUSTED when ``max_watches`` are open already.
+        RESOURCE_EXHAUSTED when ``max_watches`` are open already; NOT_FOUND for a name
+        too long to be any service's.
         """
+        if len(request.service) > MAX_WATCHED_NAME and request.service not in self._status:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                bounded(
+                    f"a name of more than {MAX_WATCHED_NAME} characters is never served:"
+                    f" no service {request.service!r} here"
+                ),
+            )
         if self._watches >= self._max_watches:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
