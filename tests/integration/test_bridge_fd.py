@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import shutil
-import sys
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -15,8 +13,8 @@ import pytest
 from executor.child.protocol import BRIDGE_FD, CallFrame, ReplyFrame
 from executor.model import Language, Outcome
 from executor.runtimes.child import child_runtime
-from executor.sandbox.process import SandboxOptions, SandboxRunner
-from executor.sandbox.spawners import ChildHandle, ColdSpawner, Spawner, ZygoteSpawner
+from executor.sandbox.process import SandboxRunner
+from executor.sandbox.spawners import ChildHandle
 from tests.helpers.frames import start_frame
 from tests.helpers.supervisor_port import LIMITS
 
@@ -36,20 +34,6 @@ LOOK = {
         "print '[', join(', ', @fds), '] ', $kind, \"\\n\";\n"
     ),
 }
-
-
-@pytest.fixture(params=["cold", "zygote"])
-async def runner(request: pytest.FixtureRequest) -> AsyncIterator[SandboxRunner]:
-    spawner: Spawner = (
-        ColdSpawner(sys.executable) if request.param == "cold" else ZygoteSpawner(sys.executable)
-    )
-    options = SandboxOptions(
-        site_paths=(), pid_namespace=True, network=True, grace_s=0.5, cgroups=None
-    )
-    try:
-        yield SandboxRunner(options, spawner)
-    finally:
-        await spawner.close()
 
 
 def hold_loop_after_spawn(runner: SandboxRunner, after_s: float, hold_s: float) -> None:

@@ -8,9 +8,8 @@ never made, with the gate's error raised to the run's caller.
 from __future__ import annotations
 
 import shutil
-import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,7 @@ from executor.host_api import HostApi
 from executor.model import Invocation, Language, Outcome
 from executor.runtimes.child import child_runtime
 from executor.sandbox.exit_status import SandboxResult
-from executor.sandbox.process import SandboxOptions, SandboxRunner
-from executor.sandbox.spawners import ColdSpawner, Spawner, ZygoteSpawner
+from executor.sandbox.process import SandboxRunner
 from supervisor_client.reference import ReferenceSupervisor
 from tests.helpers.supervisor_port import LIMITS, ReferencePort, invocation_for
 
@@ -43,26 +41,6 @@ WRITE_AND_UNBLOCK = {
 }
 NO_PERL = pytest.mark.skipif(shutil.which("perl") is None, reason="perl is not installed")
 LANGUAGES = ["python", pytest.param("perl", marks=NO_PERL)]
-
-
-@pytest.fixture(params=["cold", "zygote"])
-async def runner(request: pytest.FixtureRequest) -> AsyncIterator[SandboxRunner]:
-    spawner: Spawner = (
-        ColdSpawner(sys.executable) if request.param == "cold" else ZygoteSpawner(sys.executable)
-    )
-    options = SandboxOptions(
-        site_paths=(), pid_namespace=True, network=True, grace_s=0.5, cgroups=None
-    )
-    try:
-        yield SandboxRunner(options, spawner)
-    finally:
-        await spawner.close()
-
-
-@pytest.fixture
-def supervisor() -> Iterator[ReferenceSupervisor]:
-    with ReferenceSupervisor() as store:
-        yield store
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import dataclasses
 import json
 import shutil
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,12 +53,6 @@ class PerlRun:
     @property
     def stderr(self) -> str:
         return self.child.stderr
-
-
-@pytest.fixture
-def supervisor() -> Iterator[ReferenceSupervisor]:
-    with ReferenceSupervisor() as store:
-        yield store
 
 
 @pytest.fixture
