@@ -123,8 +123,8 @@ class IdGate:
     UnavailableError (a run of it is in progress, or the store cannot answer), and the
     same error if opened again. In a fleet the claim is also sent ahead, as the call
     arrives, and its answer taken when the gate opens: the executor's own work up to the
-    start frame hides the rest of the round trip. ``release`` gives back what it
-    claimed, once the run has ended or was refused.
+    start frame hides more of the round trip. ``release`` gives back what it claimed,
+    once the run has ended or was refused.
     """
 
     def __init__(self, ids: InvocationIds, invocation: Invocation) -> None:
@@ -289,6 +289,9 @@ class FleetIds:
             row = self._ahead_db.take_sent_row()
         except UnavailableError:
             return None
+        except BaseException:
+            self._give_back_unread(invocation_id)
+            raise
         return row if self._clock() - sent_at < self._lease_s / 3 else None
 
     def claim(self, invocation_id: str, *, ahead: bool = False) -> IdUse:
@@ -314,16 +317,21 @@ class FleetIds:
         return IdUse(bool(row["firing"]), recorded, running, claimed)
 
     def _claimed_now(self, invocation_id: str) -> Any:
-        with self._connection() as db:
-            try:
+        try:
+            with self._connection() as db:
                 return first_row(db, _QUERY, self._parameters(invocation_id, self._clock()))
-            except BaseException:
-                # It may have claimed the id before it failed (a row it could not read):
-                # given back here, else its lease ends it, unless a call here holds it.
-                if invocation_id not in self._held:
-                    with contextlib.suppress(Exception):
-                        db.execute(_RELEASE, (invocation_id, self._owner))
-                raise
+        except BaseException:
+            self._give_back_unread(invocation_id)
+            raise
+
+    def _give_back_unread(self, invocation_id: str) -> None:
+        """Give back a claim whose answer could not be read: it may have been taken.
+
+        Else its lease ends it; not when a call here holds the id.
+        """
+        if invocation_id not in self._held:
+            with contextlib.suppress(Exception), self._connection() as db:
+                db.execute(_RELEASE, (invocation_id, self._owner))
 
     def drop_ahead(self, invocation_id: str) -> None:
         """The call whose claim was sent ahead never asked for it: taken, and given back."""

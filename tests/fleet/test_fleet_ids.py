@@ -589,3 +589,21 @@ def test_a_call_refused_before_its_gate_leaves_the_claim_sent_ahead_for_another_
         assert claims_and_results(pg_url, ["twice"])[0] == ["twice"]
         first.release()
         assert claims_and_results(pg_url, ["twice"]) == ([], [])
+
+
+def test_a_claim_sent_ahead_whose_row_cannot_be_read_is_given_back(pg_url: str) -> None:
+    # As a claim made on the loop's connection is (probe 80): not left to its lease.
+    with ids_with_ahead(pg_url) as (ids, _):
+        assert ids.claim_ahead("unread-ahead")
+        ahead = ids._ahead_db
+        assert ahead is not None
+        taken = ahead.take_sent_row
+
+        def unreadable() -> Any:
+            taken()
+            raise UnicodeDecodeError("utf-8", b"\xe9", 0, 1, "the row could not be read")
+
+        ahead.take_sent_row = unreadable  # type: ignore[method-assign]
+        with pytest.raises(UnicodeDecodeError):
+            ids.claim("unread-ahead", ahead=True)
+        assert claims_and_results(pg_url, ["unread-ahead"]) == ([], [])
