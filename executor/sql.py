@@ -381,7 +381,12 @@ class PgDb:
                     self._connect_again(wait_s=0.0)
                 with self._errors_translated():
                     self._send(self._conn, sql, parameters)
-            except StoreUnavailable:
+            except UnavailableError:
+                return False
+            except Exception:
+                # Whatever state the connection is in, the statement is run when asked for.
+                logger.exception("sending a statement ahead failed; it is run when asked for")
+                self._discard()
                 return False
             self._sent = True
             return True
