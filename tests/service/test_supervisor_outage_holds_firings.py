@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pytest
 
@@ -22,7 +24,11 @@ from executor import server
 from supervisor_client import ExecutorClient
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import stack_settings
-from tests.helpers.supervisors import BrieflyUnavailableSupervisor, SupervisorEndpoint
+from tests.helpers.supervisors import (
+    BrieflyUnavailableSupervisor,
+    CountingSupervisor,
+    SupervisorEndpoint,
+)
 from tests.helpers.waiting import eventually, outbox_drained
 
 pytestmark = pytest.mark.service
@@ -50,6 +56,35 @@ def _blocked(endpoint: SupervisorEndpoint, job_id: int) -> list[str]:
     return [w["name"] for w in job["agenda"] if w["status"] == "blocked"]
 
 
+@asynccontextmanager
+async def _farm(
+    tmp_path: Path, servicer: type[CountingSupervisor] = CountingSupervisor
+) -> AsyncIterator[tuple[SupervisorEndpoint, int]]:
+    """A supervisor serving on loopback with a job of blocked frames; stopped and closed after."""
+    endpoint = SupervisorEndpoint(tmp_path / "supervisor.db", servicer)
+    job_id = await _blocked_job(endpoint)
+    await endpoint.start()
+    try:
+        yield endpoint, job_id
+    finally:
+        await endpoint.stop()
+        endpoint.store.close()
+
+
+@asynccontextmanager
+async def _executor(
+    tmp_path: Path, endpoint: SupervisorEndpoint, **settings: Any
+) -> AsyncIterator[server.RunningServer]:
+    """A real executor calling ``endpoint``; stopped after."""
+    running = await server.start(
+        stack_settings(tmp_path / "data", supervisor=endpoint.address, **settings)
+    )
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
 async def _register_and_publish(client: ExecutorClient, job_id: int) -> None:
     callback = {"triggers": "complete-work-self-*", "language": "python", "code": UNBLOCK}
     await client.register_job(
@@ -67,37 +102,31 @@ async def test_fired_callbacks_decided_during_an_outage_run_after_it(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="executor.triggers.firings")
-    endpoint = SupervisorEndpoint(tmp_path / "supervisor.db")
-    job_id = await _blocked_job(endpoint)
-    await endpoint.start()
-    settings = stack_settings(tmp_path / "data", supervisor=endpoint.address, max_concurrent=2)
-    running = await server.start(settings)
-    try:
-        async with ExecutorClient(f"127.0.0.1:{running.port}") as client:
-            await endpoint.stop()
-            await _register_and_publish(client, job_id)
-            # The first runs find the supervisor away; then the worker holds the rest.
-            assert await eventually(lambda: _lines(caplog, HOLDING), timeout_s=20)
-            metrics = await client.get_metrics()
-            assert "UNAVAILABLE" in metrics.firings_held, metrics
-            # An Execute is not held: its caller decides what to do about the outage.
-            answer = await client.execute_callback(
-                language="python", code="qb.jobstatus(qb.jobid())", job={"id": job_id}
-            )
-            assert answer.outcome == executor_pb2.OUTCOME_FAILED, answer
-            assert answer.failure.exception_type == "SupervisorUnavailable", answer
-            await asyncio.sleep(1.0)  # the outage goes on; nothing more starts
-            assert not _lines(caplog, RESUMING)
-            await endpoint.start()
-            assert await eventually(lambda: running.engine.idle, timeout_s=30)
-            assert await outbox_drained(client)
-            runs = (await client.list_runs(job_id=job_id, limit=100)).runs
-            metrics = await client.get_metrics()
-            blocked = _blocked(endpoint, job_id)
-    finally:
-        await running.stop()
+    async with (
+        _farm(tmp_path) as (endpoint, job_id),
+        _executor(tmp_path, endpoint, max_concurrent=2) as running,
+        ExecutorClient(f"127.0.0.1:{running.port}") as client,
+    ):
         await endpoint.stop()
-        endpoint.store.close()
+        await _register_and_publish(client, job_id)
+        # The first runs find the supervisor away; then the worker holds the rest.
+        assert await eventually(lambda: _lines(caplog, HOLDING), timeout_s=20)
+        metrics = await client.get_metrics()
+        assert "UNAVAILABLE" in metrics.firings_held, metrics
+        # An Execute is not held: its caller decides what to do about the outage.
+        answer = await client.execute_callback(
+            language="python", code="qb.jobstatus(qb.jobid())", job={"id": job_id}
+        )
+        assert answer.outcome == executor_pb2.OUTCOME_FAILED, answer
+        assert answer.failure.exception_type == "SupervisorUnavailable", answer
+        await asyncio.sleep(1.0)  # the outage goes on; nothing more starts
+        assert not _lines(caplog, RESUMING)
+        await endpoint.start()
+        assert await eventually(lambda: running.engine.idle, timeout_s=30)
+        assert await outbox_drained(client)
+        runs = (await client.list_runs(job_id=job_id, limit=100)).runs
+        metrics = await client.get_metrics()
+        blocked = _blocked(endpoint, job_id)
     fired = [run for run in runs if run.work_name]
     assert len(fired) == FRAMES, runs
     assert {executor_pb2.Outcome.Name(run.outcome) for run in fired} == {"OUTCOME_SUCCEEDED"}
@@ -113,29 +142,23 @@ async def test_a_long_outage_holds_without_spinning(
 ) -> None:
     """While held, the worker waits on the channel with backoff: next to no CPU time."""
     caplog.set_level(logging.INFO, logger="executor.triggers.firings")
-    endpoint = SupervisorEndpoint(tmp_path / "supervisor.db")
-    job_id = await _blocked_job(endpoint)
-    await endpoint.start()
-    settings = stack_settings(tmp_path / "data", supervisor=endpoint.address, max_concurrent=2)
-    running = await server.start(settings)
-    try:
-        async with ExecutorClient(f"127.0.0.1:{running.port}") as client:
-            await endpoint.stop()
-            await _register_and_publish(client, job_id)
-            assert await eventually(lambda: _lines(caplog, HOLDING), timeout_s=20)
-            await asyncio.sleep(0.5)  # the failed runs' results settle
-            cpu_before, wall_before = time.process_time(), time.monotonic()
-            await asyncio.sleep(4.0)
-            cpu_s = time.process_time() - cpu_before
-            wall_s = time.monotonic() - wall_before
-            queued = (await client.get_metrics()).firings_queued
-            assert queued == FRAMES, queued  # all still waiting, none lost
-            await endpoint.start()
-            assert await eventually(lambda: running.engine.idle, timeout_s=30)
-    finally:
-        await running.stop()
+    async with (
+        _farm(tmp_path) as (endpoint, job_id),
+        _executor(tmp_path, endpoint, max_concurrent=2) as running,
+        ExecutorClient(f"127.0.0.1:{running.port}") as client,
+    ):
         await endpoint.stop()
-        endpoint.store.close()
+        await _register_and_publish(client, job_id)
+        assert await eventually(lambda: _lines(caplog, HOLDING), timeout_s=20)
+        await asyncio.sleep(0.5)  # the failed runs' results settle
+        cpu_before, wall_before = time.process_time(), time.monotonic()
+        await asyncio.sleep(4.0)
+        cpu_s = time.process_time() - cpu_before
+        wall_s = time.monotonic() - wall_before
+        queued = (await client.get_metrics()).firings_queued
+        assert queued == FRAMES, queued  # all still waiting, none lost
+        await endpoint.start()
+        assert await eventually(lambda: running.engine.idle, timeout_s=30)
     # The whole test process (executor included) idles; a spinning hold takes a core.
     assert cpu_s < 0.15 * wall_s, (cpu_s, wall_s)
     assert len(_lines(caplog, HOLDING)) == 1, caplog.text
@@ -146,11 +169,8 @@ async def test_a_stop_during_the_hold_is_prompt_and_keeps_the_firings_queued(
 ) -> None:
     """A held worker does not keep a stop waiting; its firings run at the next start."""
     caplog.set_level(logging.INFO, logger="executor.triggers.firings")
-    endpoint = SupervisorEndpoint(tmp_path / "supervisor.db")
-    job_id = await _blocked_job(endpoint)
-    await endpoint.start()
-    settings = stack_settings(tmp_path / "data", supervisor=endpoint.address, max_concurrent=2)
-    try:
+    async with _farm(tmp_path) as (endpoint, job_id):
+        settings = stack_settings(tmp_path / "data", supervisor=endpoint.address, max_concurrent=2)
         running = await server.start(settings)
         try:
             async with ExecutorClient(f"127.0.0.1:{running.port}") as client:
@@ -163,15 +183,9 @@ async def test_a_stop_during_the_hold_is_prompt_and_keeps_the_firings_queued(
             stop_s = time.monotonic() - stopping
         assert stop_s < 5.0, stop_s
         await endpoint.start()
-        running = await server.start(settings)
-        try:
+        async with _executor(tmp_path, endpoint, max_concurrent=2) as running:
             assert await eventually(lambda: running.engine.idle, timeout_s=30)
             blocked = _blocked(endpoint, job_id)
-        finally:
-            await running.stop()
-    finally:
-        await endpoint.stop()
-        endpoint.store.close()
     assert blocked == []
 
 
@@ -185,29 +199,23 @@ async def test_a_run_failed_for_the_outage_runs_again_once(
     JobInfo is answered); a second failure for the same cause is the firing's result.
     """
     caplog.set_level(logging.INFO, logger="executor.triggers.firings")
-    endpoint = SupervisorEndpoint(tmp_path / "supervisor.db", BrieflyUnavailableSupervisor)
-    servicer = endpoint.servicer
-    assert isinstance(servicer, BrieflyUnavailableSupervisor)
-    job_id = await _blocked_job(endpoint)
-    await endpoint.start()
-    settings = stack_settings(tmp_path / "data", supervisor=endpoint.address)
-    running = await server.start(settings)
-    try:
-        async with ExecutorClient(f"127.0.0.1:{running.port}") as client:
-            callback = {"triggers": "complete-work-self-*", "language": "python", "code": UNBLOCK}
-            await client.register_job(
-                {"id": job_id, "name": "frames", "user": "alice", "callbacks": [callback]}
-            )
-            servicer.unavailable["WorkAction"] = refusals
-            answer = await client.publish_event(
-                name="complete", type="work", job_id=job_id, work_name="1", wait=True
-            )
-            runs = dict((await client.get_metrics()).runs_by_outcome)
-            blocked = _blocked(endpoint, job_id)
-    finally:
-        await running.stop()
-        await endpoint.stop()
-        endpoint.store.close()
+    async with (
+        _farm(tmp_path, BrieflyUnavailableSupervisor) as (endpoint, job_id),
+        _executor(tmp_path, endpoint) as running,
+        ExecutorClient(f"127.0.0.1:{running.port}") as client,
+    ):
+        servicer = endpoint.servicer
+        assert isinstance(servicer, BrieflyUnavailableSupervisor)
+        callback = {"triggers": "complete-work-self-*", "language": "python", "code": UNBLOCK}
+        await client.register_job(
+            {"id": job_id, "name": "frames", "user": "alice", "callbacks": [callback]}
+        )
+        servicer.unavailable["WorkAction"] = refusals
+        answer = await client.publish_event(
+            name="complete", type="work", job_id=job_id, work_name="1", wait=True
+        )
+        runs = dict((await client.get_metrics()).runs_by_outcome)
+        blocked = _blocked(endpoint, job_id)
     (fired,) = answer.fired
     assert executor_pb2.Outcome.Name(fired.result.outcome) == f"OUTCOME_{outcome}", fired
     assert len(_lines(caplog, "runs again once the supervisor answers")) == 1, caplog.text
