@@ -182,10 +182,13 @@ def open_database(path: Path | str) -> sqlite3.Connection:
     databases (``_check_kind``); the file is left exactly as it was. A database of the
     right kind is marked as such when it is not yet (new, or from an earlier version).
     """
-    _file_problem(Path(path))
-    _unwritable(Path(path))
+    in_memory = str(path) == ":memory:"  # tests' stores: no file is made for it
+    if not in_memory:
+        _file_problem(Path(path))
+        _unwritable(Path(path))
     try:
-        _make_private(path)
+        if not in_memory:
+            _make_private(path)
         db = sqlite3.connect(
             str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
         )

@@ -48,3 +48,14 @@ def test_an_older_versions_database_is_taken_and_marked(tmp_path: Path) -> None:
     assert check_database(tmp_path / "triggers.db") == "sound"
     with pytest.raises(ConfigError, match=r"this is the executor's runs\.db .* not its outbox\.db"):
         check_database(path.rename(tmp_path / "outbox.db"))
+
+
+def test_an_in_memory_database_makes_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The tests' in-memory stores once left an empty ":memory:" file in the working dir.
+    monkeypatch.chdir(tmp_path)
+    db = open_database(":memory:")
+    db.execute("CREATE TABLE t (n INTEGER)")
+    db.close()
+    assert list(tmp_path.iterdir()) == []
