@@ -97,7 +97,20 @@ class Request:
         headers: Mapping[str, str] | Iterable[tuple[str, str]],
         body: bytes = b"",
     ) -> Request:
-        """From the request line's target (path and query) and the headers, as sent."""
+        """From the request line's target (path and query) and the headers, as sent.
+
+        A target in absolute form (``http://host:port/path``, what a client that takes
+        this port for a proxy sends) is served as its path, and its authority stands for
+        the ``Host`` header, which is ignored (RFC 9112 3.2.2): the Host check judges it.
+        """
+        authority = None
+        scheme, separator, rest = target.partition("://")
+        if separator and scheme.lower() in ("http", "https"):
+            ends = [at for at in (rest.find("/"), rest.find("?")) if at >= 0]
+            end = min(ends, default=len(rest))
+            authority, target = rest[:end], rest[end:]
+            if not target.startswith("/"):  # "http://host" or "http://host?q": path "/"
+                target = "/" + target
         path, _, query = target.partition("?")
         pairs = headers.items() if isinstance(headers, Mapping) else headers
         named: dict[str, str] = {}
@@ -106,6 +119,9 @@ class Request:
             if name.lower() in named:
                 repeated.add(name.lower())
             named[name.lower()] = value
+        if authority is not None:
+            named["host"] = authority
+            repeated.discard("host")
         return cls(
             method,
             unquote(path) or "/",

@@ -111,3 +111,21 @@ async def test_with_a_token_any_name_is_answered_to_the_token_holder_only(tmp_pa
         assert await status_as(port, "/runs", "dashboard.studio.example", **bearer) == 200
         assert await status_as(port, "/runs", "evil.test") == 401
         assert await status_as(port, "/healthz", "evil.test") == 401
+
+
+async def test_a_target_in_absolute_form_is_served_as_its_path_and_judged_by_its_authority(
+    tmp_path: Path,
+) -> None:
+    # RFC 9112 3.2.2: the target's authority stands for the Host header, which is ignored.
+    async with running_stack(http_settings(tmp_path)) as web:
+        port = web.running.http_port or 0
+        status, kind, body = await asyncio.to_thread(
+            get_as, port, f"http://127.0.0.1:{port}/healthz", ["evil.test"]
+        )
+        assert (status, kind) == (200, "application/json"), body
+        assert json.loads(body)["status"] == "SERVING"
+        assert await status_as(port, f"HTTP://localhost:{port}/runs?part=rows") == 200
+        assert await status_as(port, f"http://localhost:{port}") == 302  # "/": to the runs
+        assert await status_as(port, f"http://localhost:{port}/no-such-page") == 404
+        for target in (f"http://evil.test:{port}/runs", "http://evil.test/healthz"):
+            assert await status_as(port, target, "localhost") == 421, target

@@ -571,9 +571,12 @@ def test_the_way_to_sign_in_carries_only_a_safe_next() -> None:
     html = {"accept": "text/html"}
     sent = dashboard.handle(get("/jobs?job=3", **html))
     assert dict(sent.headers)["Location"] == "/login?next=/jobs%3Fjob%3D3"
-    for hostile in ("/\\evil.example", "//evil.example", "http://evil.example/"):
+    for hostile in ("/\\evil.example", "//evil.example", "/x/../\\evil.example"):
         refused = dashboard.handle(get(hostile, **html))
         assert dict(refused.headers)["Location"] == "/login?next=/runs", hostile
+    # A target in absolute form is its path: the way back stays on this server.
+    absolute = dashboard.handle(get("http://evil.example/jobs?job=3", **html))
+    assert dict(absolute.headers)["Location"] == "/login?next=/jobs%3Fjob%3D3"
     # Kept as sent, still encoded: a path of this server (a run id holding a backslash).
     encoded = dashboard.handle(get("/runs/a%5Cb%3Fc", **html))
     assert dict(encoded.headers)["Location"] == "/login?next=/runs/a%255Cb%253Fc"
