@@ -13,6 +13,8 @@ says so.
 
 from __future__ import annotations
 
+import asyncio
+
 import re
 from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
@@ -100,7 +102,9 @@ async def checked_call(closed: bool, call: Callable[[], Awaitable[_Response]]) -
 
     A closed client starts nothing: gRPC's C core can corrupt the heap when a method is
     first used on a closed channel. A channel closed by its owner is grpc's UsageError,
-    raised as ClientClosedError too.
+    raised as ClientClosedError too; so is the CancelledError grpc.aio raises in a call
+    under way when its channel is closed (the caller's task was not cancelled: a bare
+    CancelledError would pass ``except Exception`` and read as the caller's own).
     """
     if closed:
         raise ClientClosedError
@@ -110,3 +114,8 @@ async def checked_call(closed: bool, call: Callable[[], Awaitable[_Response]]) -
         raise from_rpc_error(err) from err
     except grpc.aio.UsageError as err:
         raise ClientClosedError from err
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise  # the caller's own cancellation
+        raise ClientClosedError from None

@@ -82,6 +82,34 @@ async def test_a_client_closed_after_use_says_so(tmp_path: Path) -> None:
             await farm.list_jobs()
 
 
+async def test_a_call_under_way_when_its_client_is_closed_says_so(tmp_path: Path) -> None:
+    # It raised a bare CancelledError: past `except Exception`, read as the caller's own.
+    async with running_stack(stack_settings(tmp_path / "data")) as stack:
+        client = ExecutorClient(stack.address)
+        call = asyncio.ensure_future(
+            client.execute_callback(
+                language="python", code="import time; time.sleep(5)", job={"id": 1}
+            )
+        )
+        await asyncio.sleep(0.5)
+        await client.close()
+        with pytest.raises(ClientClosedError):
+            await call
+        assert not call.cancelled()
+        # The caller's own cancellation stays one.
+        async with ExecutorClient(stack.address) as other:
+            mine = asyncio.ensure_future(
+                other.execute_callback(
+                    language="python", code="import time; time.sleep(5)", job={"id": 1}
+                )
+            )
+            await asyncio.sleep(0.5)
+            mine.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await mine
+            assert mine.cancelled()
+
+
 async def test_a_token_with_a_newline_works_on_both_sides(tmp_path: Path) -> None:
     """A token file's newline, on the executor's side and the client's, is not the token."""
     settings = stack_settings(tmp_path / "data", auth_token=f"  {TOKEN}\n")
