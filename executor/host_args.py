@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from executor.bounds import MAX_ID, MAX_SUBJOB_ID, MAX_TARGET_CHARS, cut
 from executor.errors import HostCallError
+from executor.visible_text import printable, quoted
 
 _JOB_ID: Final = re.compile(r"[0-9]+")
 _SUBJOB_ID: Final = re.compile(r"-?[0-9]+")
@@ -50,12 +51,33 @@ class Spelling:
         return f"{self.prefix}{name}"
 
     def value(self, value: Any) -> str:
-        """``value`` as a message shows it, cut: a callback may send a megabyte of digits."""
+        r"""``value`` as a message shows it, cut: a callback may send a megabyte of digits.
+
+        A string as it is, or quoted when it is empty or holds a character that would act
+        or draw nothing (``'\x1b[2J'``); anything else as the language writes it:
+        ``[None]`` or ``[undef]``.
+        """
         if value is None:
             return self.nothing
-        if self.perl and isinstance(value, (dict, list)):
-            return "a hash reference" if isinstance(value, dict) else "an array reference"
-        return cut(value if isinstance(value, str) else repr(value), MAX_TARGET_CHARS)
+        if isinstance(value, str):
+            shown = printable(value) if value else "''"
+        else:
+            shown = _perl_literal(value) if self.perl else repr(value)
+        return cut(shown, MAX_TARGET_CHARS)
+
+
+def _perl_literal(value: Any) -> str:
+    """A value from a Perl callback's frame as Perl writes it: ``['name', undef]``."""
+    if value is None:
+        return "undef"
+    if isinstance(value, str):
+        return quoted(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_perl_literal(item) for item in value) + "]"
+    if isinstance(value, dict):
+        pairs = (f"{quoted(str(key))} => {_perl_literal(item)}" for key, item in value.items())
+        return "{" + ", ".join(pairs) + "}"
+    return repr(value)
 
 
 PYTHON: Final = Spelling("qb.", "None")

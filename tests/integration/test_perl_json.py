@@ -142,3 +142,35 @@ def test_a_frame_that_is_not_json_is_the_executors_malformed_frame() -> None:
 )
 def test_qb_pm_finds_arguments_that_nest_too_deep(argument: str, too_deep: int) -> None:
     assert perl_qb(f"print qb::_nests_too_deep({argument})") == str(too_deep)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('do { my $s = "3:1"; my $n = $s + 0; $s }', "3:1"),
+        ('do { my $s = "02"; my $n = $s + 0; $s }', "02"),
+        ('do { my $s = "0x10"; my $n = $s + 0; $s }', "0x10"),
+        ('do { my $s = " 2 "; my $n = $s + 0; $s }', " 2 "),
+        ('do { my $s = "nan"; my $n = $s + 0; $s }', "nan"),
+        ('Scalar::Util::dualvar(2, "two")', "two"),
+        ("!1", ""),
+        ('"-0"', "-0"),
+        ('do { my $s = "-0"; my $n = $s + 0; $s }', "-0"),
+        ("9**9**9", "Inf"),
+        ("!0", 1),
+        ('do { my $s = "2.5"; my $n = $s + 0; $s }', 2.5),
+        ("2.5", 2.5),
+        ("1e20", 1e20),
+        ("-12", -12),
+        ("12345678901234567", 12345678901234567),
+        ('"12345678901234567"', "12345678901234567"),
+    ],
+)
+def test_a_scalar_encodes_as_a_number_only_when_its_string_form_is_one(
+    value: str, expected: Any
+) -> None:
+    # A string Perl once used as a number (or a dualvar) went out as its string form
+    # unquoted: "3:1" made a frame that is not JSON.
+    out = perl_qb(f"use Scalar::Util; no warnings; print qb::JSON::encode([{value}])")
+    assert json.loads(out) == [expected]
+    assert type(json.loads(out)[0]) is type(expected)

@@ -331,6 +331,139 @@ for my $call (@calls) {
     ]
 
 
+async def test_a_string_perl_used_as_a_number_is_still_sent_as_that_string(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
+) -> None:
+    # A string with numeric flags (used in `+`, `==`...) or a dualvar was written into
+    # the frame as its string form, unquoted: invalid JSON, the run KILLED ("broke the
+    # bridge protocol") instead of the call's answer or a catchable qb::Error.
+    code = r"""
+no warnings;
+use Scalar::Util ();
+sub numified { my ($text) = @_; my $n = $text + 0; return $text }
+my @calls = (
+    sub { qb::workstatus(numified("$qb::jobid:2")) },
+    sub { qb::workunblock(numified("$qb::jobid:3")) },
+    sub { qb::jobstatus(numified(sprintf "%02d", $qb::jobid)) },
+    sub { scalar @{ qb::jobinfo(-id => $qb::jobid, status => numified('blocked')) } },
+    sub { qb::jobstatus(numified('0x10')) },
+    sub { qb::jobstatus(numified('abc')) },
+    sub { qb::jobstatus(Scalar::Util::dualvar($qb::jobid, 'two')) },
+    sub { qb::jobstatus(Scalar::Util::dualvar(2, "$qb::jobid")) },
+    sub { qb::jobstatus(!1) },
+    sub { qb::jobstatus(1 == 2) },
+    sub { my $on = 3 > 5; exists qb::jobinfo(-callbacks => $on)->[0]{callbacks} ? 'kept' : 'left out' },
+    sub { my $r = qb::jobinfo(-agenda => !1, -subjobs => !1)->[0];
+          join ',', grep { exists $r->{$_} } qw(agenda subjobs) },
+);
+for my $call (@calls) {
+    my $got = eval { $call->() };
+    print $@ ? "$@->{kind}|$@->{message}\n" : "ok|$got\n";
+}
+"""
+    run = await run_perl(runner, supervisor, job_id, code)
+
+    succeeded(run)
+    assert not run.child.bridge_error
+    assert run.stdout.splitlines() == [
+        "ok|blocked",
+        "ok|1",
+        "ok|blocked",
+        "ok|1",
+        "InvalidArgument|expected a job id, got 0x10",
+        "InvalidArgument|expected a job id, got abc",
+        "InvalidArgument|expected a job id, got two",
+        "ok|blocked",
+        # Perl's false is the empty string: one argument, refused as Python's False is.
+        "InvalidArgument|expected a job id, got ''",
+        "InvalidArgument|expected a job id, got ''",
+        "ok|left out",
+        "ok|",
+    ]
+
+
+async def test_a_dashed_jobinfo_flag_takes_its_value_by_perls_truth(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
+) -> None:
+    # Only a literal 0 or 1 was the flag's value: -callbacks => 2 read job 2, and
+    # -callbacks => 'yes' died "expected a job id, got yes".
+    supervisor.submit([{"name": "other", "user": "alice"}])
+    code = r"""
+sub show {
+    my ($job) = eval { $_[0]->() };
+    return "$@->{kind}|$@->{message}" if $@;
+    return join ',', $job->{id} == $qb::jobid ? 'own' : "job $job->{id}",
+        grep { exists $job->{$_} } qw(callbacks agenda subjobs);
+}
+print show($_), "\n" for
+    sub { qb::jobinfo(-callbacks => 2) },
+    sub { qb::jobinfo(-callbacks => 'yes') },
+    sub { qb::jobinfo(-callbacks => undef) },
+    sub { qb::jobinfo(-callbacks => '0', -id => $qb::jobid) },
+    sub { qb::jobinfo(-agenda => 'false', -subjobs => '') },
+    sub { qb::jobinfo(-subjobs => 0.0, -agenda => [], id => $qb::jobid) },
+    sub { qb::jobinfo('-id', $qb::jobid, '-callbacks', '-agenda') },
+    sub { qb::jobinfo('-callbacks', fields => ['name']) },
+    sub { qb::jobinfo(-agenda => 1, -bogus => 1) };
+"""
+    run = await run_perl(runner, supervisor, job_id, code)
+
+    succeeded(run)
+    names = "-id, -pgrp, -status, -agenda, -subjobs, -callbacks, -fields"
+    assert run.stdout.splitlines() == [
+        "own,callbacks,agenda,subjobs",
+        "own,callbacks,agenda,subjobs",
+        "own,agenda,subjobs",
+        "own,agenda,subjobs",
+        "own,agenda",
+        "own,agenda",
+        "own,callbacks,agenda,subjobs",
+        "own,callbacks",
+        f"InvalidArgument|qb::jobinfo: unknown flag -bogus; expected {names}",
+    ]
+
+
+async def test_minus_zero_is_not_job_0(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
+) -> None:
+    # qb.pm sent "-0" as the number 0: job 0, where Python's qb refuses "-0".
+    code = r"""
+for my $call (sub { qb::jobstatus('-0') }, sub { qb::jobinfo(id => '-0') },
+              sub { qb::jobinfo(-id => '-0') }, sub { qb::unblock(['-0']) }) {
+    eval { $call->() };
+    print "$@->{kind}|$@->{message}\n";
+}
+"""
+    run = await run_perl(runner, supervisor, job_id, code)
+
+    succeeded(run)
+    assert run.stdout.splitlines() == ["InvalidArgument|expected a job id, got -0"] * 4
+
+
+async def test_a_refused_value_is_shown_as_perl_writes_it(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
+) -> None:
+    # fields => [undef] was "an array reference" (Python names [None]); a control
+    # character went into the message raw.
+    code = r"""
+for my $call (sub { qb::jobinfo(fields => [undef]) }, sub { qb::jobinfo(fields => ['name', 2]) },
+              sub { qb::jobstatus(v2) }, sub { qb::jobstatus("1\e[2J") }) {
+    eval { $call->() };
+    print "$@->{message}\n";
+}
+"""
+    run = await run_perl(runner, supervisor, job_id, code)
+
+    succeeded(run)
+    fields = "qb::jobinfo: fields takes a list of field names, as in fields => ['name', 'status']"
+    assert run.stdout.splitlines() == [
+        f"{fields}; it was given [undef]",
+        f"{fields}; it was given ['name', 2]",
+        r"expected a job id, got '\x02'",
+        r"expected a job id, got '1\x1b[2J'",
+    ]
+
+
 async def test_qb_kill_leaves_the_builtin_kill_alone(
     runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
 ) -> None:

@@ -76,7 +76,7 @@ async def test_perl_callbacks_read_perl_words(sup: ReferenceSupervisor) -> None:
     )
     assert await refusal(host, "unblock", None) == "expected a job id, got undef"
     assert await refusal(host, "unblock", "Inf") == "expected a job id, got Inf"
-    assert await refusal(host, "unblock", {"a": 1}) == "expected a job id, got a hash reference"
+    assert await refusal(host, "unblock", {"a": 1}) == "expected a job id, got {'a' => 1}"
     assert await refusal(host_for(sup), "unblock", None) == "expected a job id, got None"
 
 
@@ -93,6 +93,28 @@ def test_job_ids_are_ascii_digits_only(value: Any) -> None:
     with pytest.raises(HostCallError, match="expected a job id") as err:
         parse_job_id(value, PYTHON)
     assert err.value.kind == "InvalidArgument"
+
+
+@pytest.mark.parametrize(
+    ("value", "python", "perl"),
+    [
+        ("abc", "abc", "abc"),
+        ("", "''", "''"),  # Perl's false: one argument, not none
+        ("\x02", "'\\x02'", "'\\x02'"),
+        ("1\x1b[2J", "'1\\x1b[2J'", "'1\\x1b[2J'"),
+        (None, "None", "undef"),
+        ([None], "[None]", "[undef]"),
+        (["name", None, 2], "['name', None, 2]", "['name', undef, 2]"),
+        ({"a": [None]}, "{'a': [None]}", "{'a' => [undef]}"),
+        (2.5, "2.5", "2.5"),
+    ],
+)
+def test_a_refused_value_is_shown_as_the_callbacks_language_writes_it(
+    value: Any, python: str, perl: str
+) -> None:
+    # A control character went into the message raw (it acts on a terminal); Perl's
+    # fields => [undef] read "an array reference" where Python's names [None].
+    assert (PYTHON.value(value), PERL.value(value)) == (python, perl)
 
 
 def test_job_ids_may_have_spaces_around_them() -> None:
@@ -201,7 +223,7 @@ async def test_jobinfo_fields_keeps_only_the_named_keys_and_id(sup: ReferenceSup
     ("language", "call", "example", "a_list"),
     [
         ("python", "qb.jobinfo", "fields=['name', 'status']", "['name', 1]"),
-        ("perl", "qb::jobinfo", "fields => ['name', 'status']", "an array reference"),
+        ("perl", "qb::jobinfo", "fields => ['name', 'status']", "['name', 1]"),
     ],
 )
 async def test_jobinfo_fields_must_be_a_list_of_names(

@@ -201,19 +201,6 @@ sub _read_frame {
     }
 }
 
-# Ids that look like integers go as JSON numbers, as the Python qb sends them. Inf and
-# NaN have no JSON number (qb::JSON would send null, shown as undef): they go as Perl
-# prints them, so a refusal names what the callback passed.
-sub _wire_arg {
-    my ($value) = @_;
-    return [ map { _wire_arg($_) } @$value ] if ref $value eq 'ARRAY';
-    return $value if !defined $value || ref $value;
-    return 0 + $value if $value =~ /\A-?[0-9]{1,15}\z/;
-    # Only a number (qb::JSON's test): using a string as a number would mark it as one.
-    return $value if $value =~ /[^\x00-\xff]/ || !length do { $value & '' };
-    return $value == $value && abs($value) != 9**9**9 ? $value : "$value";
-}
-
 # protocol.py's MAX_ARG_DEPTH: arguments whose array and hash references nest deeper
 # are refused before they are sent (the executor would take the frame as broken).
 sub MAX_ARG_DEPTH () { 32 }
@@ -252,7 +239,7 @@ sub _call {
         type   => 'call',
         id     => $id,
         fn     => $fn,
-        args   => [ map { _wire_arg($_) } @{ $args || [] } ],
+        args   => [ @{ $args || [] } ],
         kwargs => { %{ $kwargs || {} } },
     });
     my $reply = _read_frame();
@@ -319,12 +306,12 @@ sub callback {
 
 # Job hashes: jobinfo('-id', $n), jobinfo(-id => $n), jobinfo(-pgrp => $n),
 # jobinfo(id => $n), jobinfo(pgrp => $n), jobinfo($n), jobinfo() for the own job.
-# Add -callbacks (a flag, or -callbacks => 1) or callbacks => 1 for each job's
+# Add -callbacks (a flag, or -callbacks => $true) or callbacks => $true for each job's
 # callbacks; fields => ['name', ...] keeps only those keys of each job, and its id
 # ('callbacks' among them includes the callbacks); status => 'running' (or a list)
-# keeps only jobs in that status; -agenda / -subjobs (flags, or => 1) are Qube's
-# client's and always hold, => 0 leaves that key out. A list in list context, an
-# arrayref in scalar context.
+# keeps only jobs in that status; -agenda / -subjobs (flags, or => $true) are Qube's
+# client's and always hold, => $false leaves that key out. A flag's value is taken by
+# Perl's truth, dashed or not. A list in list context, an arrayref in scalar context.
 sub jobinfo {
     my @args = @_;
     my (@positional, %kwargs);
@@ -340,8 +327,11 @@ sub jobinfo {
                 push @positional, "-$1", shift @args;
                 next;
             }
+            # A dashed flag's value is what follows it, unless that is a flag or a name
+            # itself ('-id', $n, '-agenda', '-subjobs'): -callbacks => 2 is true, as
+            # callbacks => 2 is, not the flag and job 2.
             my ($flag) = $arg =~ /\A-(callbacks|agenda|subjobs)\z/;
-            if ($flag && defined $args[0] && $args[0] =~ /\A[01]\z/) {
+            if ($flag && !_jobinfo_word($args[0])) {
                 $kwargs{$flag} = shift @args;
                 next;
             }
@@ -358,6 +348,13 @@ sub jobinfo {
     }
     my $jobs = _call('jobinfo', \@positional, \%kwargs);
     return wantarray ? @$jobs : $jobs;
+}
+
+# Whether a jobinfo argument is a flag (any -word) or one of its names, not a value.
+sub _jobinfo_word {
+    my ($arg) = @_;
+    return defined $arg && !ref $arg
+        && $arg =~ /\A(?:-[A-Za-z_]\w*|id|pgrp|fields|status|callbacks|agenda|subjobs)\z/;
 }
 
 # Status string of a job ('blocked', 'running', ...).
@@ -418,15 +415,21 @@ package qb::JSON;
 
 # The JSON the bridge needs, in pure Perl: encode takes character strings and returns
 # UTF-8 octets; decode takes UTF-8 octets and returns structures whose strings are
-# octets. Scalars that hold a number (Perl's polymorphic `&` is numeric for them), and
-# integer-looking strings (ids, as _wire_arg sends them), encode as numbers; true/false
-# decode to 1/0, null to undef. text() marks a string that must stay a JSON string
+# octets. Scalars that hold a number (Perl's polymorphic `&` is numeric for them) and
+# print as a JSON number, and strings written as integers (ids: a call's go as numbers,
+# as the Python qb sends them), encode as numbers; every other scalar as the string it
+# prints ("-0" and "02" too: the executor refuses "-0" as Python's qb does, where 0 + "-0"
+# would be job 0). true/false decode to 1/0, null to undef. text() marks a string that must stay a JSON string
 # whatever it looks like (the done frame's message of `die "42"` is text, not 42).
 
 use strict;
 
 my %ESCAPE = ('"' => '\\"', '\\' => '\\\\', "\n" => '\\n', "\r" => '\\r', "\t" => '\\t',
     "\f" => '\\f', "\b" => '\\b');
+# An integer as JSON and Python write it (no "-0", no leading zero), of up to 15 digits:
+# exact in a double.
+our $INTEGER = qr/\A(?:0|-?[1-9][0-9]{0,14})\z/;
+our $NUMBER = qr/\A-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?\z/;
 my %UNESCAPE = ('"' => '"', '\\' => '\\', '/' => '/', b => "\b", f => "\f", n => "\n",
     r => "\r", t => "\t");
 
@@ -450,11 +453,12 @@ sub _encode {
     }
     return '[' . join(',', map { _encode($_) } @$value) . ']' if $type eq 'ARRAY';
     return _string($type eq 'qb::JSON::Text' ? $$value : "$value") if $type;
-    return $value if $value =~ /\A-?(?:0|[1-9][0-9]{0,14})\z/;
-    # A number, not a string (wide strings are strings, and & would die on them).
-    if ($value !~ /[^\x00-\xff]/ && length do { $value & '' }) {
-        return $value == $value && abs($value) != 9**9**9 ? "$value" : 'null';
-    }
+    return $value if $value =~ $INTEGER;
+    # A number, not a string (wide strings are strings, and & would die on them), whose
+    # string form is a JSON number: a string once used as a number has numeric flags
+    # too ("3:1" + 0), a dualvar a string of its own, Perl's false is "", and Inf and
+    # NaN have no JSON number; each goes as the string Perl prints.
+    return "$value" if $value =~ $NUMBER && $value ne '-0' && length do { $value & '' };
     return _string($value);
 }
 
