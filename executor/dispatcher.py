@@ -21,9 +21,12 @@ shielded. A run ends early only through a stop with a reason (``lifecycle.RunSto
 (client deadline or cancel) stops its own ("the caller cancelled the request"). A
 stopped run ends as KILLED with that reason as its failure, its sandbox kills and reaps
 its child, and it is recorded through ``on_result`` like any other run; drain's callers
-get it as their answer, a cancelled caller its cancellation once the run has ended. A
-fired run drain stopped (or never started) is the exception: its caller, the trigger
-engine's queue, gets UnavailableError, and keeps the firing for the next start.
+get it as their answer, a cancelled caller its cancellation once the run has ended.
+Two exceptions, both for a drain: an Execute whose callback had not started (waiting
+for a slot, or its child not yet given its start) is no run: its caller gets
+UnavailableError (``NOT_STARTED``), nothing is recorded, and it may send it again. A
+fired run drain stopped (or never started): its caller, the trigger engine's queue,
+gets UnavailableError, and keeps the firing for the next start.
 
 A run an executor bug ends (an unexpected exception) is an Execute caller's INTERNAL
 error; a qube run, and a fired run (it has no caller to tell), is instead a FAILED run
@@ -65,6 +68,11 @@ from executor.visible_text import escaped
 logger = logging.getLogger(__name__)
 
 SHUTTING_DOWN: Final = "the executor is shutting down"
+# An Execute a stop caught before its callback started: no run, so its caller may resend it.
+NOT_STARTED: Final = (
+    "the executor is shutting down and the callback did not start; it may be sent again"
+    " under the same invocation_id (to another executor of a fleet, or here once restarted)"
+)
 # Languages the executor's own interpreter runs, with no child process.
 _INTERPRETED: Final = frozenset({Language.QUBE, Language.MAIL})
 CALLER_CANCELLED: Final = "the caller cancelled the request"
@@ -301,6 +309,11 @@ class Dispatcher:
         return self._slots.busy
 
     @property
+    def running(self) -> int:
+        """Runs whose callback has started and not ended (``active`` also counts unstarted ones)."""
+        return sum(run.stop.started for run in self._runs.values())
+
+    @property
     def waiting(self) -> int:
         """Runs waiting for a slot."""
         return self._slots.waiting
@@ -442,6 +455,7 @@ class Dispatcher:
                     # Never started: the firing stays in the engine's durable queue and
                     # runs at the next start, instead of ending as a run that never was.
                     raise UnavailableError(SHUTTING_DOWN)
+                self._refuse_unstarted(run)
                 result = self._stopped(invocation, run.stop, ())
             else:
                 finishing: Awaitable[None] | None = None
@@ -452,6 +466,8 @@ class Dispatcher:
                         self._slots.release(slot)
                     else:
                         self._hold_slot(slot, finishing)
+                if not run.fired:  # a fired one stopped so is recorded, and kept (below)
+                    self._refuse_unstarted(run)
             result = replace(result, usage=replace(result.usage, queue_seconds=queue_s))
             run.open_gate()  # opened already, unless the run never started
             await self._finished(invocation, run.language, result)
@@ -464,6 +480,18 @@ class Dispatcher:
             # would leave a dependency it was to unblock blocked for good.
             raise UnavailableError(SHUTTING_DOWN)
         return result
+
+    @staticmethod
+    def _refuse_unstarted(run: _Run) -> None:
+        """UnavailableError for an Execute whose callback a stop of the executor kept from starting.
+
+        It waited for a slot, or its child had not been given its start: not a run, so
+        neither recorded nor reported, and its caller, told UNAVAILABLE, sends it again
+        (a fleet's client to another executor) under the same invocation id, which then
+        runs as a first attempt does. Answered KILLED, a rolling restart lost it.
+        """
+        if not run.fired and run.stop.reason == SHUTTING_DOWN and not run.stop.started:
+            raise UnavailableError(NOT_STARTED)
 
     def _hold_slot(self, slot: int, finishing: Awaitable[None]) -> None:
         """Keep ``slot`` taken until the run's child has been ended (answered at its end mark)."""
@@ -483,6 +511,7 @@ class Dispatcher:
         host = HostApi(self._supervisor, invocation, policy)
         if run.language in _INTERPRETED:
             run.open_gate()
+            run.stop.start()  # not stopped yet (``_run`` checked), and nothing awaited since
             try:
                 async with stoppable(run.stop):
                     return await self._qube.run(invocation, host), None
@@ -597,10 +626,26 @@ class Dispatcher:
         self._draining = True
 
     async def drain(self) -> None:
-        """Refuse new runs, stop every run (KILLED, recorded, answered), wait until all have ended."""
+        """Refuse new runs, stop every run, wait until all have ended.
+
+        A run whose callback has started ends KILLED, recorded and answered; an Execute
+        whose callback has not is answered UnavailableError (NOT_STARTED), unrecorded; a
+        fired one stays in the engine's queue.
+        """
         self.stop_admitting()
         self._runner.stop_preparing()  # a run it stops leaves its cell no child ready
         runs = list(self._runs.values())
+        # Counted before the stop: one its caller stopped already ends as that caller's.
+        stopping = [run for run in runs if not run.stop.requested]
+        started = sum(run.stop.started for run in stopping)
+        fired = sum(run.fired and not run.stop.started for run in stopping)
+        logger.info(
+            "stopping: killing %s (KILLED, recorded); %s not started answered UNAVAILABLE "
+            "(not recorded: to be sent again); %s not started kept for the next start",
+            counted(started, "callback in progress", "callbacks in progress"),
+            counted(len(stopping) - started - fired, "Execute call"),
+            counted(fired, "fired callback"),
+        )
         for run in runs:
             run.stop.request(SHUTTING_DOWN)
         tasks = [run.task for run in runs if run.task is not None]

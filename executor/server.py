@@ -7,7 +7,8 @@ so that a stop goes: no new run is admitted (Execute is UNAVAILABLE; a fired run
 in the durable queue for the next start) and health says NOT_SERVING, the HTTP side port
 answers 503 (its /healthz NOT_SERVING), the embedded supervisor's forwarding stops, the dispatcher drains (runs in
 flight end KILLED "the executor is shutting down", are recorded, and their callers get
-that answer), the trigger engine stops, the gRPC server stops (its calls in flight
+that answer; an Execute whose callback has not started is answered UNAVAILABLE, not
+recorded, so its caller may send it again), the trigger engine stops, the gRPC server stops (its calls in flight
 finish) and then the HTTP side port, results still in the outbox get a moment to reach the supervisor, then the
 children's helpers, databases, channels and cgroups close.
 
@@ -310,7 +311,8 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
 
         engine.start()  # firings decided before a restart run first, then new ones
         stack.push_async_callback(engine.close)
-        # Runs in flight end KILLED ("shutting down"), recorded and reported; a fired one
+        # Runs in flight end KILLED ("shutting down"), recorded and reported; an Execute
+        # not started yet is answered UNAVAILABLE, unrecorded, to be sent again; a fired one
         # stopped so (or still waiting for a slot) stays in the engine's durable queue and
         # runs again at the next start, under its invocation id, as after a crash.
         stack.push_async_callback(dispatcher.drain)
@@ -516,7 +518,8 @@ async def serve_forever(settings: Settings) -> None:
         _reload(running.engine)
     try:
         await stop.wait()
-        logger.info("stopping: draining running callbacks")
+        # The drain, a moment later, logs what it kills and what it answers UNAVAILABLE.
+        logger.info("stopping: admitting no new run; then ending the runs in progress")
     finally:
         await running.stop()
 

@@ -306,8 +306,9 @@ class ExecutorClient(ChannelClient):
         """Run one callback now. A callback that fails is an OK response, not an error.
 
         Raises InvalidRequestError for a malformed request, RetryableError when the
-        executor is busy or unreachable (or ``timeout`` seconds passed), and
-        ExecutorRpcError otherwise.
+        executor is busy, unreachable or stopping before the callback started (or
+        ``timeout`` seconds passed): send the same request again, its invocation_id
+        unchanged; and ExecutorRpcError otherwise.
         """
         request = check_message("request", request, executor_pb2.ExecuteRequest)
         return await self._call(self._executor.Execute, request, timeout)

@@ -26,15 +26,24 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 class RunStop:
     """A request to end one run early, and the reason its failure will report."""
 
-    __slots__ = ("_wakers", "reason")
+    __slots__ = ("_wakers", "reason", "started")
 
     def __init__(self) -> None:
         self.reason = ""
+        # Whether the run's code was let run: a stop before that leaves a run that never was.
+        self.started = False
         self._wakers: list[Callable[[], object]] = []
 
     @property
     def requested(self) -> bool:
         return bool(self.reason)
+
+    def start(self) -> bool:
+        """Whether the run may start its code now (not stopped yet); if so it has started."""
+        if self.reason:
+            return False
+        self.started = True
+        return True
 
     def request(self, reason: str) -> None:
         """Stop the run; the first reason given is the one reported."""

@@ -664,7 +664,7 @@ class SandboxRunner:
                 evidence.cell_cpu_before = self._cell_cpu(cell)
                 began = time.monotonic()
                 deadline = WallDeadline(limits.wall_seconds)
-                started = not stop.requested
+                started = stop.start()
                 refused = started  # until the start frame is sent and the gate opens
                 unsent = self._send_start(child, start, policy, gate) if started else b""
                 refused = False

@@ -94,7 +94,7 @@ async def test_not_serving_while_draining(tmp_path: Path, http_bind: str) -> Non
             client.execute_callback(language="python", code=STUBBORN, job={"id": 1})
         )
         deadline = time.monotonic() + 10
-        while running.dispatcher.active == 0:
+        while running.dispatcher.running == 0:  # started: a stop kills it, KILLED
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
         assert await health_status(stub) == SERVING

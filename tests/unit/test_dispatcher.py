@@ -51,6 +51,8 @@ class FakeRunner:
         self.started: list[tuple[str, int]] = []  # (code, slot), in the order they began
         self.stopped: list[str] = []
         self._gates: dict[str, asyncio.Event] = {}
+        # Codes whose child is still being made until the event is set (a stop may come).
+        self.making: dict[str, asyncio.Event] = {}
         self.preparing = True
         self.closed = False
 
@@ -74,7 +76,11 @@ class FakeRunner:
         if code == "bug":  # as has_ended's select() past FD_SETSIZE did
             raise ValueError("filedescriptor out of range in select()")
         stop = stop or RunStop()
-        if gate is not None and not stop.requested:  # as the sandbox opens it: once started
+        if (made := self.making.get(code)) is not None:
+            await made.wait()
+        if not stop.start():  # as the sandbox: stopped before its start, it never runs
+            return sandbox_result(Outcome.KILLED, Failure(stop.reason))
+        if gate is not None:  # as the sandbox opens it: once started
             gate()
         self.started.append((code, slot))
         try:
@@ -280,10 +286,13 @@ async def test_drain_stops_every_run_records_it_and_answers_its_caller() -> None
 
     await harness.dispatcher.drain()
 
-    results = await asyncio.gather(child, qube, queued)
+    results = await asyncio.gather(child, qube)
     assert {r.outcome for r in results} == {Outcome.KILLED}
     assert {r.failure.message for r in results if r.failure} == {SHUTTING_DOWN}
     assert harness.outcomes() == {r.invocation_id: (Outcome.KILLED, SHUTTING_DOWN) for r in results}
+    # A queued Execute never started: not a run, so its caller may send it again.
+    with pytest.raises(UnavailableError, match="did not start"):
+        await queued
     # A queued firing never started: not a run, so the engine keeps it for the next start.
     with pytest.raises(UnavailableError, match=SHUTTING_DOWN):
         await fired
@@ -498,20 +507,51 @@ async def test_a_gate_that_refuses_leaves_the_run_unstarted_and_unrecorded(langu
     assert (await harness.execute("b")).outcome == Outcome.SUCCEEDED  # the slot came back
 
 
-async def test_a_run_stopped_before_it_started_opens_its_gate_before_it_is_recorded() -> None:
+async def test_an_execute_a_drain_stops_before_it_started_is_unavailable_and_unrecorded() -> None:
+    # Answered KILLED and recorded, it was lost in a rolling restart (probe 95): a fleet
+    # caller resends only what is retryable. Its id was never claimed (the gate unopened).
+    harness = Harness(slots=2, queue=1)
+    running = harness.start("a")
+    harness.runner.making["b"] = made = asyncio.Event()
+    in_slot = asyncio.create_task(harness.execute("b", gate=(in_slot_gate := Gate())))
+    await settle()
+    queued_gate = Gate()
+    queued = asyncio.create_task(harness.execute("c", gate=queued_gate))
+    await settle()
+    assert (harness.dispatcher.active, harness.dispatcher.waiting) == (2, 1)
+
+    draining = asyncio.create_task(harness.dispatcher.drain())
+    await settle()
+    made.set()  # "b"'s child is ready only after the stop: it never gets its start
+    await draining
+
+    for call in (in_slot, queued):
+        with pytest.raises(UnavailableError, match="did not start; it may be sent again"):
+            await call
+    assert (in_slot_gate.opened, queued_gate.opened) == (0, 0)
+    assert harness.outcomes() == {"run-a": (Outcome.KILLED, SHUTTING_DOWN)}
+    assert [code for code, _ in harness.runner.started] == ["a"]
+    assert (harness.dispatcher.active, harness.dispatcher.waiting) == (0, 0)
+    await running
+
+
+async def test_a_run_its_caller_left_before_it_started_opens_its_gate_before_it_is_recorded() -> (
+    None
+):
     harness = Harness(slots=1, queue=1)
     running = harness.start("a")
     await settle()
-    gate = Gate(UnavailableError("a run with invocation_id 'run-b' is still in progress"))
+    gate = Gate()
     waiting = asyncio.create_task(harness.execute("b", gate=gate))
     await settle()
 
-    await harness.dispatcher.drain()  # stops both: "b" never started
-
-    with pytest.raises(UnavailableError, match="still in progress"):
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
         await waiting
+
     assert gate.opened == 1
-    assert harness.outcomes() == {"run-a": (Outcome.KILLED, SHUTTING_DOWN)}
+    assert harness.outcomes() == {"run-b": (Outcome.KILLED, CALLER_CANCELLED)}
+    harness.runner.finish("a")
     await running
 
 

@@ -1,0 +1,92 @@
+"""A stop's Execute calls: runs in progress end KILLED and recorded; queued ones are resendable.
+
+Probe 95: a callback still waiting for a slot when its executor was stopped was answered
+KILLED, recorded and reported, so a fleet caller (who resends only RetryableError) lost
+it in every rolling restart, though it never ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+
+from executor import server
+from supervisor_client import ExecutorClient, RetryableError
+from supervisor_client.qbcallback.v1 import executor_pb2
+from tests.conftest import stack_settings
+from tests.helpers.waiting import eventually
+
+pytestmark = pytest.mark.service
+
+SLOW = "import time\ntime.sleep(60)"
+QUICK = "print('ran')"
+
+
+async def test_a_stop_answers_queued_calls_unavailable_unrecorded_and_kills_running_ones(
+    tmp_path: Path,
+) -> None:
+    settings = stack_settings(tmp_path / "data", max_concurrent=2, max_queue=8)
+    running = await server.start(settings)
+    stopped = False
+    client = ExecutorClient(f"127.0.0.1:{running.port}")
+    try:
+        busy = {
+            f"busy-{n}": asyncio.create_task(
+                client.execute_callback(
+                    language="python", code=SLOW, job={"id": 1}, invocation_id=f"busy-{n}"
+                )
+            )
+            for n in range(2)
+        }
+        # Started, not just in a slot: a child not yet given its callback is not a run either.
+        assert await eventually(lambda: running.dispatcher.running == 2, timeout_s=20)
+        queued = {
+            f"queued-{n}": asyncio.create_task(
+                client.execute_callback(
+                    language="python", code=QUICK, job={"id": 1}, invocation_id=f"queued-{n}"
+                )
+            )
+            for n in range(3)
+        }
+        assert await eventually(lambda: running.dispatcher.waiting == 3, timeout_s=20)
+
+        await running.stop()
+        stopped = True
+
+        for invocation_id, call in busy.items():
+            answer = await call
+            assert answer.outcome == executor_pb2.Outcome.OUTCOME_KILLED, invocation_id
+            assert answer.failure.message == "the executor is shutting down"
+        for invocation_id, call in queued.items():
+            with pytest.raises(RetryableError) as refused:
+                await call
+            assert refused.value.code == grpc.StatusCode.UNAVAILABLE, invocation_id
+            assert "did not start" in refused.value.details
+            assert "may be sent again" in refused.value.details
+    finally:
+        await client.close()
+        if not stopped:
+            await running.stop()
+
+    # The history (the same data dir, started again) has the runs that were killed only.
+    again = await server.start(settings)
+    client = ExecutorClient(f"127.0.0.1:{again.port}")
+    try:
+        listed = await client.list_runs()
+        assert {run.invocation_id: run.outcome for run in listed.runs} == {
+            "busy-0": executor_pb2.Outcome.OUTCOME_KILLED,
+            "busy-1": executor_pb2.Outcome.OUTCOME_KILLED,
+        }
+        # A resend under the same invocation id runs as a first attempt would.
+        for invocation_id in queued:
+            answer = await client.execute_callback(
+                language="python", code=QUICK, job={"id": 1}, invocation_id=invocation_id
+            )
+            assert answer.outcome == executor_pb2.Outcome.OUTCOME_SUCCEEDED, invocation_id
+            assert answer.stdout == "ran\n"
+    finally:
+        await client.close()
+        await again.stop()
