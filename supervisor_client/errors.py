@@ -14,7 +14,6 @@ says so.
 from __future__ import annotations
 
 import asyncio
-
 import re
 from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
