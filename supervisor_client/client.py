@@ -310,8 +310,11 @@ class ExecutorClient(ChannelClient):
             ``close()``: a "host:port"; a fleet as a list of "IP:PORT" (comma-separated,
             or a sequence of strings) or as "dns:///name:port" (every record of the
             name), balanced round-robin over the executors that are healthy (see
-            ``supervisor_client.targets``). The options below apply to such a channel
-            only: with a channel given they are a ValueError.
+            ``supervisor_client.targets``); a list's first call waits until every
+            executor of it SERVING is in the round robin, at most
+            ``first_calls.CONNECT_WAIT_S`` (``supervisor_client.first_calls``). The
+            options below apply to such a channel only: with a channel given they are a
+            ValueError.
         root_certificates: PEM CA that signed the executor's certificate; turns on TLS.
         private_key, certificate_chain: PEM client key and certificate (mutual TLS).
         token: the executor's ``auth_token``, sent as ``authorization: Bearer <token>``
