@@ -12,9 +12,11 @@ allows. ``as_plain`` and ``outcome_name`` turn answers into plain values for pri
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
@@ -33,6 +35,7 @@ from supervisor_client.arguments import (
 )
 from supervisor_client.credentials import KEEPALIVE_OPTIONS, RECONNECT_OPTIONS, open_channel
 from supervisor_client.errors import ClientClosedError, ExecutorRpcError, checked_call
+from supervisor_client.first_calls import CONNECT_WAIT_S, spread_first_calls
 from supervisor_client.jobdict import job_message
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc, types_pb2
 from supervisor_client.targets import resolve_target
@@ -130,9 +133,30 @@ def executor_channel(
     ValueError); for addresses (one, a list, or a DNS name, see ``targets.py``), one is
     opened with the TLS and token options, taking answers as large as an executor sends
     and pinging it (``KEEPALIVE_OPTIONS``); a fleet's channel balances round-robin over
-    healthy executors. ``fleet=False`` refuses several (ValueError): for what one
-    executor owns.
+    healthy executors, and a list's calls carry its first entry as their authority.
+    ``fleet=False`` refuses several (ValueError): for what one executor owns.
     """
+    opened = _open(
+        channel_or_address,
+        root_certificates=root_certificates,
+        private_key=private_key,
+        certificate_chain=certificate_chain,
+        token=token,
+        fleet=fleet,
+    )
+    return opened.channel, opened.owned
+
+
+def _open(
+    channel_or_address: grpc.aio.Channel | str | Sequence[str],
+    *,
+    root_certificates: bytes | None,
+    private_key: bytes | None,
+    certificate_chain: bytes | None,
+    token: str | None,
+    fleet: bool,
+) -> _Opened:
+    """``executor_channel``'s work, and how to open a channel to one of a list's addresses."""
     if isinstance(channel_or_address, grpc.aio.Channel):
         given = {
             "root_certificates": root_certificates,
@@ -146,7 +170,7 @@ def executor_channel(
                 f"{', '.join(named)}: not with a channel given; open the channel with its "
                 "credentials and token (credentials.open_channel), or give an address"
             )
-        return channel_or_address, False
+        return _Opened(channel_or_address, owned=False)
     where = resolve_target(channel_or_address)
     if where.is_fleet and not fleet:
         raise ValueError(f"expected one executor's address, got a fleet: {where.target}")
@@ -155,17 +179,39 @@ def executor_channel(
         *KEEPALIVE_OPTIONS,
         ("grpc.max_receive_message_length", MAX_ANSWER_BYTES),
     ]
-    if where.service_config is not None:
-        options.append(("grpc.service_config", where.service_config))
-    channel = open_channel(
-        where.target,
-        root_certificates=root_certificates,
-        private_key=private_key,
-        certificate_chain=certificate_chain,
-        token=token,
-        options=options,
-    )
-    return channel, True
+    if where.authority is not None:
+        # Not the whole list (gRPC's default), which past ~8 KiB exceeds an executor's
+        # metadata limit; with TLS, also the name each executor's certificate must hold.
+        options.append(("grpc.default_authority", where.authority))
+
+    def open_one(target: str, options: Sequence[tuple[str, Any]] = options) -> grpc.aio.Channel:
+        return open_channel(
+            target,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            token=token,
+            options=options,
+        )
+
+    if where.service_config is None:
+        return _Opened(open_one(where.target), owned=True)
+    fleet_options = [*options, ("grpc.service_config", where.service_config)]
+    return _Opened(open_one(where.target, fleet_options), True, open_one, where.listed)
+
+
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    """A client's channel and whether it opened it; for a list, its addresses too.
+
+    ``open_one`` opens a channel to one of them as the client's is opened (the same
+    credentials, options and authority, no balancing).
+    """
+
+    channel: grpc.aio.Channel
+    owned: bool
+    open_one: Callable[[str], grpc.aio.Channel] | None = None
+    listed: tuple[str, ...] = ()
 
 
 class ChannelClient:
@@ -185,7 +231,7 @@ class ChannelClient:
         token: str | None,
         fleet: bool,
     ) -> None:
-        self._channel, self._owns_channel = executor_channel(
+        opened = _open(
             channel_or_address,
             root_certificates=root_certificates,
             private_key=private_key,
@@ -193,19 +239,54 @@ class ChannelClient:
             token=token,
             fleet=fleet,
         )
+        self._channel, self._owns_channel = opened.channel, opened.owned
+        # Before a list's first call: its round robin holds every executor SERVING.
+        self._spread: Callable[[], Awaitable[None]] | None = None
+        if opened.open_one is not None and len(opened.listed) > 1:
+            self._spread = functools.partial(
+                spread_first_calls, self._channel, opened.listed, opened.open_one, CONNECT_WAIT_S
+            )
+        self._spreading: asyncio.Task[None] | None = None
         self._closed = False
 
     async def close(self) -> None:
         """Close the channel if this client opened it; the client takes no more calls."""
         self._closed = True
+        if self._spreading is not None and not self._spreading.done():
+            self._spreading.cancel()  # this client's own task
+            await asyncio.wait({self._spreading})
         if self._owns_channel:
             await self._channel.close()
 
+    async def _first_calls_spread(self, wait_s: float) -> None:
+        """Wait (at most ``wait_s``) for ``spread_first_calls``, once per client (first_calls.py)."""
+        if self._spread is None or self._closed:
+            return
+        if self._spreading is None:
+            self._spreading = asyncio.ensure_future(self._spread())
+        await asyncio.wait({self._spreading}, timeout=wait_s)
+        if self._spreading.done():
+            self._spread = None
+
     async def _call(
-        self, method: Callable[..., Awaitable[_Response]], request: Any, timeout: float | None
+        self,
+        method: Callable[..., Awaitable[_Response]],
+        request: Any,
+        timeout: float | None,
+        *,
+        spread: bool = True,
     ) -> _Response:
-        """One call, its failure as the typed error (errors.py); ClientClosedError after close."""
+        """One call, its failure as the typed error (errors.py); ClientClosedError after close.
+
+        A list's first calls wait for ``_first_calls_spread`` first, within their deadline.
+        """
         deadline = check_timeout(timeout)
+        if spread and self._spread is not None:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await self._first_calls_spread(CONNECT_WAIT_S if deadline is None else deadline)
+            if deadline is not None:  # what is left of it, but never none at all
+                deadline = max(deadline - (loop.time() - started), 0.001)
         return await checked_call(self._closed, lambda: method(request, timeout=deadline))
 
     async def __aenter__(self) -> Self:
@@ -229,8 +310,11 @@ class ExecutorClient(ChannelClient):
             ``close()``: a "host:port"; a fleet as a list of "IP:PORT" (comma-separated,
             or a sequence of strings) or as "dns:///name:port" (every record of the
             name), balanced round-robin over the executors that are healthy (see
-            ``supervisor_client.targets``). The options below apply to such a channel
-            only: with a channel given they are a ValueError.
+            ``supervisor_client.targets``); a list's first call waits until every
+            executor of it SERVING is in the round robin, at most
+            ``first_calls.CONNECT_WAIT_S`` (``supervisor_client.first_calls``). The
+            options below apply to such a channel only: with a channel given they are a
+            ValueError.
         root_certificates: PEM CA that signed the executor's certificate; turns on TLS.
         private_key, certificate_chain: PEM client key and certificate (mutual TLS).
         token: the executor's ``auth_token``, sent as ``authorization: Bearer <token>``
@@ -267,12 +351,19 @@ class ExecutorClient(ChannelClient):
     async def wait_until_serving(self, timeout: float = 30.0, *, poll_s: float = 0.05) -> None:
         """Wait until the executor's health service answers SERVING (e.g. after a start).
 
-        Raises TimeoutError when it has not within ``timeout`` seconds.
+        For a list of executors, until one answers SERVING, then until every executor of
+        the list that answers SERVING then is in the channel's round robin (at most
+        ``first_calls.CONNECT_WAIT_S`` more, within ``timeout``), so that the calls made
+        next are spread over them all. Raises TimeoutError when none was SERVING within
+        ``timeout`` seconds.
         """
-        deadline = asyncio.get_running_loop().time() + timeout
-        while asyncio.get_running_loop().time() < deadline:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
             try:
-                if await self.health(timeout=1) == "SERVING":
+                if await self._health_status("", 1, spread=False) == "SERVING":
+                    # Only now: the executors may have been starting until a moment ago.
+                    await self._first_calls_spread(max(deadline - loop.time(), 0))
                     return
             except ClientClosedError:
                 raise
@@ -287,10 +378,16 @@ class ExecutorClient(ChannelClient):
         "SERVING", or "NOT_SERVING" while the storage cannot record results and from the
         start of a stop. Raises RetryableError when the executor cannot be reached.
         """
+        return await self._health_status(service, timeout)
+
+    async def _health_status(
+        self, service: str, timeout: float | None, *, spread: bool = True
+    ) -> str:
         request = request_from(health_pb2.HealthCheckRequest, service=service)
         try:
             # The health stubs declare Check only on the sync stub's type.
-            reply = await self._call(self._health.Check, request, timeout)  # type: ignore[attr-defined]
+            check = self._health.Check  # type: ignore[attr-defined]
+            reply = await self._call(check, request, timeout, spread=spread)
         except ExecutorRpcError as err:
             if err.code == grpc.StatusCode.NOT_FOUND and not err.details:
                 # The health service says nothing more itself.

@@ -48,7 +48,9 @@ _TALLIED: Final = (
     "waiting",
 )
 _DERIVED = frozenset({"todo", "todotally", "cpustally"})
-_DEDICATED = frozenset((*_SCALARS, "agenda", "subjobs", "callbacks", "extra", *_DERIVED))
+# A key named "extra" is not among them: it is one more job field, carried in Job.extra
+# under its own name like any other (the farm stores it so too), and read back as it was.
+_DEDICATED = frozenset((*_SCALARS, "agenda", "subjobs", "callbacks", *_DERIVED))
 _CALLBACK_FIELDS = ("id", "triggers", "language", "code", "user", "count", "maximum")
 # The trigger engine's limit on one trigger's size and how it joins a list's items
 # (executor/triggers/lexer.py and parser.py; a test keeps them equal): a list joined past

@@ -54,6 +54,18 @@ class Target:
     target: str
     # FLEET_SERVICE_CONFIG for a list or a DNS name; None for one plain address.
     service_config: str | None = None
+    # A list's entries as gRPC writes its peers' addresses ("10.0.0.1:50051",
+    # "[fd00::1]:50051"); empty for one address and for a DNS name.
+    listed: tuple[str, ...] = ()
+
+    @property
+    def authority(self) -> str | None:
+        """The ``:authority`` of a list's calls: its first entry (None: gRPC's own).
+
+        gRPC's default is the whole list, which past about 8 KiB of text exceeds an
+        executor's metadata limit and has every call refused.
+        """
+        return self.listed[0] if self.listed else None
 
     @property
     def is_fleet(self) -> bool:
@@ -93,7 +105,7 @@ def check_address(address: str) -> None:
             raise ValueError(f"address {address!r}: nothing after the scheme")
         return
     if address.startswith(("ipv4:", "ipv6:")):
-        _check_static_target(address)
+        _static_entries(address)
         return
     hostport = address
     if address.startswith("dns:"):
@@ -152,21 +164,24 @@ def _ip_and_port(address: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Ad
     return ip, int(port)
 
 
-def _check_static_target(target: str) -> None:
-    """ValueError for an ``ipv4:``/``ipv6:`` list with an entry gRPC could never connect to.
+def _static_entries(target: str) -> tuple[str, ...]:
+    """An ``ipv4:``/``ipv6:`` list's entries; ValueError for one gRPC could never connect to.
 
     gRPC's C core refuses such a target only when it makes the channel (a log line, and
     UNKNOWN for the call), and dials port 0: each entry is checked as a list's is.
     """
     scheme, _, listed = target.partition(":")
     version = 4 if scheme == "ipv4" else 6
+    entries = []
     for part in listed.split(","):
-        ip, _ = _ip_and_port(part)
+        ip, port = _ip_and_port(part)
         if ip.version != version:
             raise ValueError(
                 f"address {part!r} in {target!r} is not an IPv{version} address, as the "
                 f"{scheme}: form takes"
             )
+        entries.append(f"{ip}:{port}" if version == 4 else f"[{ip}]:{port}")
+    return tuple(entries)
 
 
 def _given(addresses: object) -> list[str]:
@@ -200,7 +215,10 @@ def resolve_target(addresses: str | Sequence[str]) -> Target:
     given = _given(addresses)
     if len(given) == 1 and _is_fleet_target(given[0]):
         check_address(given[0])
-        return Target(given[0], FLEET_SERVICE_CONFIG)  # a gRPC fleet target, as is
+        # A gRPC fleet target, as is.
+        if given[0].startswith("dns:"):
+            return Target(given[0], FLEET_SERVICE_CONFIG)
+        return Target(given[0], FLEET_SERVICE_CONFIG, _static_entries(given[0]))
     parts = [part.strip() for item in given for part in item.split(",") if part.strip()]
     if not parts:
         raise ValueError("no executor address given")
@@ -220,7 +238,7 @@ def resolve_target(addresses: str | Sequence[str]) -> Target:
             "name a mixed fleet by one DNS name, dns:///NAME:PORT"
         )
     if families == {4}:
-        listed = ",".join(f"{ip}:{port}" for ip, port in parsed)
-        return Target(f"ipv4:{listed}", FLEET_SERVICE_CONFIG)
-    listed = ",".join(f"[{ip}]:{port}" for ip, port in parsed)
-    return Target(f"ipv6:{listed}", FLEET_SERVICE_CONFIG)
+        listed = tuple(f"{ip}:{port}" for ip, port in parsed)
+        return Target(f"ipv4:{','.join(listed)}", FLEET_SERVICE_CONFIG, listed)
+    listed = tuple(f"[{ip}]:{port}" for ip, port in parsed)
+    return Target(f"ipv6:{','.join(listed)}", FLEET_SERVICE_CONFIG, listed)

@@ -15,12 +15,17 @@ status details' bound (``errors.bounded``): gRPC cannot send a status whose deta
 pass ~16 KB, and a client got RESOURCE_EXHAUSTED "Stream removed" for NOT_FOUND. A Watch
 of a name longer than ``MAX_WATCHED_NAME`` is NOT_FOUND at once, not watched: no such
 name is ever served, and each stream held its request (1,000 names of 4 MB: ~4 GB).
+
+Check answers with an id of this process in its initial metadata
+(``supervisor_client.first_calls.INSTANCE_KEY``): gRPC's Python client cannot tell which
+executor of a fleet answered a call, and a new fleet client asks until each has.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Final, TypeAlias
 
@@ -28,6 +33,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from executor.api.errors import bounded
+from supervisor_client.first_calls import INSTANCE_KEY
 
 # A HealthCheckResponse.ServingStatus value (its stub's nested enum is no type to mypy).
 Status: TypeAlias = int
@@ -49,6 +55,7 @@ class HealthService(health_pb2_grpc.HealthServicer):
         self._watches = 0  # open now
         self._changed = asyncio.Condition()  # one for all: a status changes a few times a life
         self._ended = False
+        self._instance = ((INSTANCE_KEY, uuid.uuid4().hex),)
 
     async def set(self, service: str, status: Status) -> None:
         """Set a service's status; its watchers hear it (unless the watches have ended)."""
@@ -69,7 +76,8 @@ class HealthService(health_pb2_grpc.HealthServicer):
     async def Check(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> health_pb2.HealthCheckResponse:
-        """The status now; NOT_FOUND for a service that is not served."""
+        """The status now, and which process says it; NOT_FOUND for a service that is not served."""
+        await context.send_initial_metadata(self._instance)
         status = self._status.get(request.service)
         if status is None:
             await context.abort(

@@ -8,7 +8,9 @@ its own.
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +20,7 @@ import pytest
 
 from executor import server
 from supervisor_client import ExecutorClient, RetryableError
+from supervisor_client.first_calls import CONNECT_WAIT_S
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import TEST_UID_BASE, stack_settings
 from tests.faults.helpers import fill, small_tmpfs, supervisor_endpoint
@@ -180,3 +183,104 @@ async def _is_count(address: str, expected: int) -> bool:
 
 async def _status(channel: grpc.aio.Channel, status: int) -> bool:
     return await health_status(channel) == status
+
+
+async def _runs_each(addresses: list[str]) -> list[int]:
+    return [await succeeded(address) for address in addresses]
+
+
+async def _burst(client: ExecutorClient, n: int) -> None:
+    """``n`` calls at once, each busy long enough that they overlap."""
+    await asyncio.gather(
+        *(
+            client.execute_callback(
+                language="python", code="import time; time.sleep(0.3)", job={"id": 1}, timeout=60
+            )
+            for _ in range(n)
+        )
+    )
+
+
+async def test_a_new_clients_first_burst_is_spread_over_every_executor(tmp_path: Path) -> None:
+    """Nine calls at once from a client just made: three each, not all nine on one.
+
+    Round robin picks among the executors connected (and SERVING) at the pick: the calls
+    queued while the channel connected all went to the first one ready (0/9/0).
+    """
+    async with (
+        executor(tmp_path / "a", 1) as a,
+        executor(tmp_path / "b", 2) as b,
+        executor(tmp_path / "c", 3) as c,
+    ):
+        direct = [f"127.0.0.1:{e.port}" for e in (a, b, c)]
+        async with ExecutorClient(",".join(direct)) as fleet:
+            await _burst(fleet, 9)
+        assert await eventually(lambda: _total(direct, 9), timeout_s=10)
+        each = await _runs_each(direct)
+        assert min(each) >= 2, each  # round robin over all three gives 3/3/3
+
+
+async def test_an_executor_that_is_down_does_not_hold_up_a_new_clients_first_call(
+    tmp_path: Path,
+) -> None:
+    """One address refuses connections: the first call waits for the others only."""
+    async with executor(tmp_path / "a", 1) as a, executor(tmp_path / "b", 2) as b:
+        direct = [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]
+        down = "127.0.0.1:43199"  # in this worker's port range; nothing listens there
+        async with ExecutorClient([*direct, down]) as fleet:
+            started = time.monotonic()
+            await fleet.wait_until_serving(timeout=10)
+            assert time.monotonic() - started < 1.5
+        async with ExecutorClient([*direct, down]) as fleet:
+            await _burst(fleet, 8)
+        assert await eventually(lambda: _total(direct, 8), timeout_s=10)
+        each = await _runs_each(direct)
+        assert min(each) >= 3, each  # 4/4
+
+
+async def test_an_address_that_never_answers_holds_up_a_new_clients_first_call_boundedly(
+    tmp_path: Path,
+) -> None:
+    """A peer that takes the connection and says nothing: waited for CONNECT_WAIT_S at most."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # kept open, silent, until the test ends
+
+    silent = await asyncio.start_server(hold, "127.0.0.1", 43196)
+    try:
+        async with executor(tmp_path / "a", 1) as a, executor(tmp_path / "b", 2) as b:
+            direct = [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]
+            async with ExecutorClient([*direct, "127.0.0.1:43196"]) as fleet:
+                started = time.monotonic()
+                await run(fleet, 1)
+                waited = time.monotonic() - started
+                assert CONNECT_WAIT_S - 0.5 < waited < CONNECT_WAIT_S + 1.5, waited
+                await _burst(fleet, 8)
+            assert await eventually(lambda: _total(direct, 9), timeout_s=10)
+            assert min(await _runs_each(direct)) >= 3
+    finally:
+        for writer in held:
+            writer.close()
+        silent.close()
+        await silent.wait_closed()
+
+
+async def test_a_list_of_any_length_reaches_its_executors(tmp_path: Path) -> None:
+    """900 entries (15 KB of text): a list's calls carry its first entry as authority.
+
+    gRPC put the whole list in every call's ``:authority``, past the executor's metadata
+    limit, and a healthy executor was "health check call failed".
+    """
+    async with executor(tmp_path / "a", 1) as a:
+        live = f"127.0.0.1:{a.port}"
+        # Loopback addresses where nothing listens (ports of this worker's range).
+        gone = [f"127.0.1.{n // 10 + 1}:{43180 + n % 10}" for n in range(899)]
+        assert len(",".join([live, *gone])) > 15_000
+        async with ExecutorClient([live, *gone]) as fleet:
+            await run(fleet, 1)
+            assert (await fleet.get_metrics(timeout=30)).runs_by_outcome["SUCCEEDED"] == 1
+
+
+async def _total(addresses: list[str], expected: int) -> bool:
+    return sum(await _runs_each(addresses)) == expected

@@ -497,6 +497,17 @@ async def test_cbexec_run_embedded_runs_in_the_job_as_jobinfo_gave_it(
     assert "\n12 failed failed\n[('1', 'complete', 1), ('2', 'failed', 2)]\n" in out
 
 
+async def test_cbexec_run_embedded_carries_a_job_field_named_extra(
+    stack: Stack, tmp_path: Path
+) -> None:
+    # A job file's "extra" was dropped on the way to the callback, while "cluster" came.
+    job = {"id": 4001, "user": "bob", "extra": {"shot": "sq10"}, "cluster": "/render"}
+    show = "info = qb.jobinfo()[0]\nprint(info.get('extra'), info.get('cluster'))"
+    code, out, err = await run_embedded(stack, tmp_path, job, "--code", show)
+    assert code == 0, out + err
+    assert "\n{'shot': 'sq10'} /render\n" in out, out
+
+
 async def test_cbexec_run_embedded_names_a_malformed_field(stack: Stack, tmp_path: Path) -> None:
     code, out, err = await run_embedded(
         stack,

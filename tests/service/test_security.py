@@ -250,6 +250,20 @@ async def test_tls(tmp_path: Path, pki: Pki, executor_with: list[server.RunningS
     assert refused.value.code == grpc.StatusCode.UNAVAILABLE
 
 
+async def test_tls_to_a_list_checks_each_certificate_against_the_first_entry(
+    tmp_path: Path, pki: Pki, executor_with: list[server.RunningServer]
+) -> None:
+    """A list's calls carry its first entry as their authority, which TLS checks names by.
+
+    The certificate holds 127.0.0.1; the whole list ("127.0.0.1:A,127.0.0.1:B") was
+    the name checked, and no certificate could hold it.
+    """
+    tls = {"tls_cert": str(pki.server_cert), "tls_key": str(pki.server_key)}
+    first = await start(executor_with, stack_settings(tmp_path / "a", **tls))
+    async with ExecutorClient(f"{first},127.0.0.1:43198", root_certificates=pki.read("ca")) as c:
+        assert (await c.get_metrics(timeout=10)).slots > 0
+
+
 async def test_mutual_tls(
     tmp_path: Path, pki: Pki, executor_with: list[server.RunningServer]
 ) -> None:

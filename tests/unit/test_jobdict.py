@@ -45,3 +45,16 @@ def test_a_job_dict_has_qubes_tallies_of_its_work_and_instances() -> None:
     }
     assert (job["cpustally"]["running"], job["cpustally"]["pending"]) == (1, 1)
     assert sum(job["cpustally"].values()) == 2
+
+
+def test_a_job_dicts_own_extra_key_travels_like_any_other_key() -> None:
+    """A key named ``extra`` is one more job field: sent, and read back under its name.
+
+    It was counted among the dedicated fields and never copied: silently dropped.
+    """
+    given = {"id": 1, "extra": {"k": "v", "n": [1, 2]}, "cluster": "/render"}
+
+    job = job_to_dict(job_from_dict(given))
+
+    assert job["extra"] == {"k": "v", "n": [1, 2]}
+    assert job["cluster"] == "/render"

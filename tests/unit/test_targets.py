@@ -46,6 +46,15 @@ def test_an_ipv6_list_and_the_dns_and_static_forms() -> None:
         assert resolve_target(fleet).target == fleet and resolve_target(fleet).is_fleet
 
 
+def test_a_lists_calls_carry_its_first_entry_as_their_authority() -> None:
+    """Not the whole list, which past ~8 KiB exceeds an executor's metadata limit."""
+    assert resolve_target("10.0.0.1:1,10.0.0.2:2").authority == "10.0.0.1:1"
+    assert resolve_target("ipv4:10.0.0.3:3,10.0.0.2:2").listed == ("10.0.0.3:3", "10.0.0.2:2")
+    assert resolve_target("[::1]:1,[fd00::2]:2").authority == "[::1]:1"
+    for own in ("10.0.0.1:1", "dns:///executors.example:50051"):
+        assert resolve_target(own).authority is None  # gRPC's own: the address, the name
+
+
 @pytest.mark.parametrize(
     ("addresses", "message"),
     [
