@@ -198,8 +198,9 @@ class FiringWorker:
     def unrecorded(self, invocation_id: str, why: str) -> None:
         """A firing's run ended here, but the storage refuses its result for now.
 
-        Its waiter is answered now, UnavailableError with ``why``: the result waits for
-        the storage for as long as it refuses it, and the publisher for no answer that long.
+        Its waiter is answered now, UnavailableError with ``why``: with SQLite the result
+        waits for the storage as long as it refuses it, and the publisher must not wait
+        that long for no answer.
         """
         if invocation_id not in self._queued_ids:
             return
