@@ -246,6 +246,8 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             recorded_result=recorder.recorded_result,
             supervisor_reach=reach,
         )
+        # A fired run's result the storage refuses: its waiting publisher is told at once.
+        recorder.tell_unrecorded(engine.unrecorded)
         _load_universal(engine, settings)
 
         metrics.read_from(

@@ -1126,8 +1126,10 @@ class Outbox:
 
         A supervisor that refuses every result (another version of the proto, say) would
         otherwise fill the data dir's disk with them. Past the bound the oldest go, each
-        logged at WARNING (its run stays in the history); never the newest, nor one whose
-        notes are kept (its run may not be in the history yet).
+        logged at WARNING; never the newest, nor one whose notes are kept (its run may not
+        be in the history yet). The WARNING does not promise the run is in the history:
+        the history's own bounds may have dropped it already (its records may take more
+        bytes than the dead letters of the same runs).
         """
         if self._max_bytes is None or self.fleet:
             return
@@ -1159,7 +1161,9 @@ class Outbox:
         for _, key in dropped:
             logger.warning(
                 "outbox: dead letter %s dropped: the dead letters passed outbox_max_bytes"
-                " (%.1f MiB), the oldest go first; its run stays in the history",
+                " (%.1f MiB), the oldest go first; its result was not delivered, and its run"
+                " is in the history only as long as the history's own bounds keep it"
+                " (history_max_runs, history_max_bytes, history_retention_days)",
                 escaped(shown_key(key)),
                 self._max_bytes / outbox_space.MIB,
             )

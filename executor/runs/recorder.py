@@ -110,6 +110,7 @@ class Recorder:
         self._recovery_owed = recovery_owed
         self._recovering: asyncio.Task[None] | None = None
         self._claims: ClaimsGivenBack | None = None
+        self._unrecorded: Callable[[Invocation, str], None] | None = None
         # A run's outbox row keeps its notes until the history has committed the run.
         self._writer = BookkeepingWriter(
             history,
@@ -186,6 +187,36 @@ class Recorder:
         """An Execute's claim on its id ends in its result's commit (a fleet's: one round trip)."""
         self._claims = claims
 
+    def tell_unrecorded(self, hook: Callable[[Invocation, str], None]) -> None:
+        """Who hears of a fired run whose result the storage refused, at its first refusal.
+
+        ``hook(invocation, why)``: ``why`` says that its result could not be recorded and
+        what becomes of it (the trigger engine answers a ``wait``ing publisher with it).
+        """
+        self._unrecorded = hook
+
+    def _refused(self, invocation: Invocation) -> Callable[[UnavailableError], None]:
+        """What a fired run's commit calls at its first refusal: ``tell_unrecorded``'s hook."""
+
+        def refused(err: UnavailableError) -> None:
+            if self._unrecorded is None:
+                return
+            if self._fired_wait_s is None:
+                then = (
+                    "the executor keeps it and records it once the storage takes it (the "
+                    "event's later firings wait behind it; a stop before then leaves the "
+                    "firing queued, and it runs again at the next start)"
+                )
+            else:
+                then = (
+                    f"this replica keeps it for up to {self._fired_wait_s:.0f} s for the "
+                    "store to take it, then the firing runs again (the event's later "
+                    "firings wait behind it)"
+                )
+            self._unrecorded(invocation, f"its result could not be recorded: {err}; {then}")
+
+        return refused
+
     def on_result(self, invocation: Invocation, result: RunResult) -> Awaitable[object] | None:
         """Record one finished run (called by the dispatcher on the event loop).
 
@@ -220,6 +251,7 @@ class Recorder:
                     wait_s=self._fired_wait_s,
                     stopping=self._stopping,
                     health=self._health,
+                    refused=self._refused(invocation),
                 )
         self._writer.submit(
             invocation, result, ended_at=now, started_at=now - result.usage.wall_seconds
@@ -259,6 +291,7 @@ class Recorder:
                 stopping=self._stopping,
                 claim=claim,
                 health=self._health,
+                refused=self._refused(invocation),
             )
         finally:
             self._writer.submit(
@@ -358,6 +391,7 @@ class Recorder:
         stopping: asyncio.Event | None = None,
         claim: Callable[[], bool] | None = None,
         health: StorageHealth | None = None,
+        refused: Callable[[UnavailableError], None] | None = None,
     ) -> bool:
         """Commit the result; an unavailable storage is retried for up to ``wait_s`` (None: ever).
 
@@ -368,6 +402,7 @@ class Recorder:
         that would only wait for a lock on the loop, or fail again.
         With a ``claim``, it is checked before each try: False, and nothing committed,
         once it no longer holds. No ``outbox``: the claim alone is checked.
+        ``refused`` hears of the first refusal (then it is retried, or raised).
         """
         stopping = stopping or asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -380,6 +415,9 @@ class Recorder:
                 if outbox is not None:
                     await outbox.commit(invocation_id, report, ended_at, notes)
             except UnavailableError as err:
+                if refused is not None:
+                    refused(err)
+                    refused = None
                 if stopping.is_set() or (
                     give_up_at is not None and loop.time() + delay > give_up_at
                 ):

@@ -1141,10 +1141,17 @@ class TriggerEngine:
         ``RECORD_POLL_S``; None when the firing is done and its run has not reached the
         history within ``RECORD_WAIT_S`` (the history refused it, or has pruned it), or
         there is no history to look in.
+
+        Raises:
+            UnavailableError: its run ended here, but the storage refuses its result for
+                now (``unrecorded``): what a waiter would wait for has no bound.
         """
         done_at: float | None = None
         loop = asyncio.get_running_loop()
         while True:
+            why = self._firings.not_recorded(invocation_id)
+            if why:
+                raise UnavailableError(why)
             try:
                 if not await self._holds(invocation_id):
                     if self._recorded_result is None:
@@ -1158,6 +1165,19 @@ class TriggerEngine:
             except UnavailableError as err:  # PostgreSQL away for now: look again
                 logger.debug("firing %s: its result of record: %s", invocation_id, err)
             await asyncio.sleep(RECORD_POLL_S)
+
+    def unrecorded(self, invocation: Invocation, why: str) -> None:
+        """A fired run ended, but the storage refuses its result for now (``Recorder.tell_unrecorded``).
+
+        Its ``wait`` publisher is answered at once with ``why`` (UNAVAILABLE), and so is a
+        resend of its event until the result is recorded.
+        """
+        self._firings.unrecorded(
+            invocation.invocation_id,
+            f"callback {invocation.callback.name} of job {invocation.job_id} ran (firing "
+            f"{invocation.invocation_id}), but {why}; publish the event again with the same "
+            "event_id for its results",
+        )
 
     async def _holds(self, invocation_id: str) -> bool:
         """``holds_firing`` off the loop where it reads the store (a fleet's)."""

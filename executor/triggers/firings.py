@@ -32,6 +32,10 @@ queue holds; a firing leaves the queue when its run has ended:
   queued firing whose claim was lost before its run started (the replica stalled or
   lost PostgreSQL for longer than a lease while it waited) is not run here at all: the
   replica that claimed it runs it, and its waiter is answered the same way.
+* A run whose result the storage refuses (a full disk) stays the firing's while its
+  result waits for the storage (the Recorder): its waiter is answered at once,
+  UnavailableError saying so, rather than after the storage recovers, and so is a resend
+  of its event meanwhile (``not_recorded``); once recorded, a resend gets the result.
 * The queue is mirrored in memory: the engine is the store's only writer, so the
   worker loads the queue once, when the engine is built (the firings decided before a
   restart), and the engine hands it each firing it decides after the commit.
@@ -95,6 +99,8 @@ class FiringWorker:
         # The invocation ids of the firings queued or running here: the store's queue,
         # unless another replica shares it.
         self._queued_ids: set[str] = set()
+        # The firings whose run ended but whose result the storage refuses for now: why.
+        self._not_recorded: dict[str, str] = {}
         self._result_of_record = result_of_record
         # Waiters answered with another replica's run of a firing (see _answer_with_record).
         self._recorded_waits: set[asyncio.Task[None]] = set()
@@ -189,6 +195,24 @@ class FiringWorker:
         """Whether a firing queued or running here has this invocation id."""
         return invocation_id in self._queued_ids
 
+    def unrecorded(self, invocation_id: str, why: str) -> None:
+        """A firing's run ended here, but the storage refuses its result for now.
+
+        Its waiter is answered now, UnavailableError with ``why``: with SQLite the result
+        waits for the storage as long as it refuses it, and the publisher must not wait
+        that long for no answer.
+        """
+        if invocation_id not in self._queued_ids:
+            return
+        self._not_recorded[invocation_id] = why
+        future = self._results.pop(invocation_id, None)
+        if future is not None and not future.done():
+            future.set_exception(UnavailableError(why))
+
+    def not_recorded(self, invocation_id: str) -> str:
+        """Why a firing's ended run is not recorded yet (``unrecorded``); "" if it is not so."""
+        return self._not_recorded.get(invocation_id, "")
+
     def _enqueue(self, firings: list[PendingFiring]) -> None:
         self._queued_ids.update(firing.invocation_id for firing in firings)
         self._waiting.append(firings)
@@ -245,6 +269,11 @@ class FiringWorker:
         """Answer a waiter with the firing's result of record (after close: UnavailableError)."""
         try:
             result = await result_of_record(invocation_id)
+        except UnavailableError as err:  # its run here again ended unrecorded (``unrecorded``)
+            self._results.pop(invocation_id, None)
+            if not future.done():
+                future.set_exception(err)
+            return
         except Exception:  # a store bug: the waiter gets no result rather than no answer
             logger.exception("firing %s: looking for its result of record failed", invocation_id)
             result = None
@@ -267,7 +296,11 @@ class FiringWorker:
             await self._until_supervisor_answers()
             losses = self._reach.losses if self._reach is not None else 0
             try:
-                result: RunResult | None = await self._run(firing)
+                try:
+                    result: RunResult | None = await self._run(firing)
+                finally:
+                    # Recorded, given back to run again, or the worker closing: none waits.
+                    self._not_recorded.pop(firing.invocation_id, None)
             except (CapacityError, UnavailableError) as err:
                 refusals += 1
                 delay = self._retry.delay(refusals, self._rng)

@@ -327,3 +327,67 @@ async def test_a_locked_embedded_supervisor_answers_unavailable_and_changes_noth
             submitted = await farm.submit_jobs([{"name": "shot", "user": "alice"}])
             assert [job.name for job in submitted.jobs] == ["shot"]
         await channel.close()
+
+
+async def test_a_waiting_publisher_whose_result_cannot_be_recorded_is_told_at_once(
+    tmp_path: Path,
+) -> None:
+    async with supervisor_endpoint(tmp_path / "supervisor.db") as endpoint:
+        settings = stack_settings(tmp_path / "data", supervisor=endpoint.address)
+        async with (
+            executor(settings) as running,
+            ExecutorClient(f"127.0.0.1:{running.port}") as client,
+        ):
+            await client.register_job(
+                {
+                    "id": 23,
+                    "name": "waits",
+                    "callbacks": [
+                        {
+                            "triggers": "complete-job-self",
+                            "language": "python",
+                            # Its call tells the test it runs (the supervisor has no job 23);
+                            # the lock comes before its end.
+                            "code": (
+                                "import time\ntry:\n    qb.block(23)\nexcept Exception:\n    pass\n"
+                                "time.sleep(1.0)\nprint('ran')\n"
+                            ),
+                        }
+                    ],
+                }
+            )
+            event: dict[str, Any] = {
+                "name": "complete",
+                "type": "job",
+                "job_id": 23,
+                "event_id": "ev-23",
+                "wait": True,
+            }
+            waiting = asyncio.ensure_future(client.publish_event(**event, timeout=20))
+            assert await eventually(lambda: endpoint.servicer.action_requests, timeout_s=10)
+            with locked(settings.data_dir / "outbox.db"):
+                started = time.monotonic()
+                with pytest.raises(RetryableError) as refused:
+                    await waiting
+                # The run's last second, then a quarter second's try of the commit.
+                assert time.monotonic() - started < 1.0 + PROMPTLY_S
+                assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+                details = refused.value.details
+                assert details.startswith("callback 1 of job 23 ran (firing "), details
+                assert "but its result could not be recorded" in details, details
+                assert "records it once the storage takes it" in details, details
+                assert "outbox.db: database is locked" in details, details
+                assert "same event_id" in details, details
+                # A resend meanwhile is told the same, at once, and runs nothing again.
+                with pytest.raises(RetryableError) as resent:
+                    await client.publish_event(**event, timeout=20)
+                assert resent.value.details == details
+            # Once the storage has taken it (and the supervisor has it), the resend
+            # answers with the firing's result.
+            assert await eventually(lambda: endpoint.servicer.applied, timeout_s=15)
+            reply = await client.publish_event(**event, timeout=20)
+            assert reply.duplicate
+            assert [fired.result.stdout for fired in reply.fired] == ["ran\n"]
+            assert await outbox_drained(client)
+            assert len(endpoint.servicer.applied) == 1
+            assert set(endpoint.servicer.applied.values()) == {1}, "it ran once"

@@ -778,6 +778,8 @@ class PublishEventRequest(_message.Message):
     """Answer only after the fired callbacks have run (their results inline). A
     repeated event_id with wait answers once the callbacks its first
     application fired have run, wherever they ran, with their results of record.
+    A callback that ran here but whose result the storage refuses for now (a full
+    disk) is answered at once: UNAVAILABLE, saying so; resend the event_id later.
     """
     def __init__(
         self,
