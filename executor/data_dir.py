@@ -198,7 +198,7 @@ def _inodes_problem(path: Path, databases: Sequence[str]) -> str | None:
     if not found.f_files or free >= len(new_files):
         return None
     return (
-        f"data_dir: {path}: its filesystem has no inodes left for new files ({free} free to "
+        f"data_dir: {path}: its filesystem has too few inodes left for new files ({free} free to "
         f"this user; opening {', '.join(dict.fromkeys(new_files.values()))} makes "
         f"{len(new_files)}: {', '.join(new_files)}): start-up would be refused (unable to "
         "open database file: the storage refused it); delete files on it or give it more "

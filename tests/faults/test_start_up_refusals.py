@@ -448,7 +448,7 @@ async def test_a_data_dir_with_no_inodes_left_is_refused_by_the_check_as_by_star
         said = await _both_refuse(data_dir)
 
     assert said == (
-        f"cbexec: data_dir: {data_dir}: its filesystem has no inodes left for new files (0 "
+        f"cbexec: data_dir: {data_dir}: its filesystem has too few inodes left for new files (0 "
         "free to this user; opening runs.db, triggers.db, outbox.db, supervisor.db makes 8: "
         "runs.db-wal, runs.db-shm, triggers.db-wal, triggers.db-shm, outbox.db-wal, "
         "outbox.db-shm, supervisor.db-wal, supervisor.db-shm): start-up would be refused "
