@@ -118,6 +118,10 @@ def _steps() -> list[str]:
         # The invocation ids of Executes in progress, each claimed by its replica
         # (invocation_ids.FleetIds): a run of the id at another replica is refused meanwhile.
         invocation_ids.CLAIMS_SCHEMA,
+        # A repeat's tick looks for its callback's unfinished firing (unfinished_firing);
+        # without the index each tick would read the whole queue. (A database made at an
+        # earlier version by this code has the index already.)
+        "CREATE INDEX IF NOT EXISTS firings_by_callback ON firings (callback_rowid);",
     ]
 
 

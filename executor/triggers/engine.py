@@ -83,7 +83,7 @@ from executor.triggers.evaluate import (
 from executor.triggers.firings import FiringWorker
 from executor.triggers.group_commit import GroupCommit
 from executor.triggers.group_state import GroupState
-from executor.triggers.journal import JournalLimits, SeenEvent
+from executor.triggers.journal import EntryKind, JournalLimits, SeenEvent
 from executor.triggers.label_claims import LabelClaims
 from executor.triggers.nodes import EventName, EventType, per_work
 from executor.triggers.registration import (
@@ -120,6 +120,8 @@ class EngineStats:
     callbacks_fired: int = 0
     # Event ids forgotten before their retention, past event_id_max_count (event_ids.py).
     event_ids_forgotten_early: int = 0
+    # Repeat ticks skipped: the firing of the tick before had not finished.
+    repeat_ticks_skipped: int = 0
 
 
 @lru_cache(maxsize=65536)
@@ -231,6 +233,8 @@ RECORD_POLL_S = 0.5
 RECORD_WAIT_S = 30.0
 # How long the timers wait before they try an unreachable store again.
 _STORE_RETRY_S = 1.0
+# The repeats whose skipped ticks were logged, each with the firing it waits for.
+_SKIPPING_KEPT = 10_000
 
 
 def _retrying(run: Callable[[], _T]) -> _T:
@@ -404,6 +408,8 @@ class TriggerEngine:
         # The labels held per pgrp, with those the farm checked and is registering.
         self.labels = LabelClaims(store)
         self.stats = EngineStats()
+        # (callback rowid, slot) -> the unfinished firing its skipped ticks were logged for.
+        self._skipping: dict[tuple[int, int], str] = {}
 
     # -- universal callbacks --------------------------------------------------------
 
@@ -1317,17 +1323,25 @@ class TriggerEngine:
                     TriggerStore.drop_timers(db, rowid)
                     continue
                 atom = triggers.atoms(expr)[slot]
-                TriggerStore.reschedule_timer(
-                    db, rowid, slot, next_fire(atom, now, last_fired_unix=now)
-                )
+                next_tick = next_fire(atom, now, last_fired_unix=now)
+                TriggerStore.reschedule_timer(db, rowid, slot, next_tick)
                 # The event stored with the firing is the one it runs with: after a restart
                 # the callback sees what it would have seen.
                 event = clock_event(atom, cb[0].job_id)
+                if next_tick is not None and self._skips_tick(db, cb[0], slot, event):
+                    continue
                 batch = uuid.uuid4().hex
                 decider = Decider(db, SeenEvent(event, now), batch, dry=False, parsed=_parsed)
                 decider.matched([(rowid, slot)])
                 self._own(db, batch, decider.decision.firings)
-                journal.append(db, decider.decision.entries, self._journal)
+                # A tick that finds its atom latched changes nothing: an entry per tick
+                # would push the entries of the callback's firings out of the journal.
+                entries = [
+                    entry
+                    for entry in decider.decision.entries
+                    if entry.kind is not EntryKind.MATCHED or entry.latched
+                ]
+                journal.append(db, entries, self._journal)
                 fired_all.extend(decider.decision.fired)
                 batches.append(decider.decision.firings)
                 if decider.decision.fired and _spent(
@@ -1338,6 +1352,37 @@ class TriggerEngine:
         for firings in batches:
             self._firings.add(firings)
         return fired_all
+
+    def _skips_tick(self, db: Db, cb: StoredCallback, slot: int, event: Event) -> bool:
+        """Whether a repeat's tick is skipped: a firing of the callback by its clock is unfinished.
+
+        A callback slower than its interval would otherwise pile up firings without bound
+        (each tick one more, run side by side, every other job's callbacks behind them).
+        Skipped ticks are counted (``cbexec_repeat_ticks_skipped_total``) and logged once
+        per unfinished firing; the journal is left alone, as for any tick that changes
+        nothing.
+        """
+        unfinished = TriggerStore.unfinished_firing(db, cb.rowid, event)
+        key = (cb.rowid, slot)
+        if unfinished is None:
+            self._skipping.pop(key, None)
+            return False
+        self.stats.repeat_ticks_skipped += 1
+        if self._skipping.get(key) != unfinished:
+            if len(self._skipping) >= _SKIPPING_KEPT:
+                self._skipping.clear()  # only the log's once-per-firing is lost
+            self._skipping[key] = unfinished
+            logger.info(
+                "job %d callback %d: %s-%s-%s ticks skipped while firing %s of its last tick"
+                " is queued or running",
+                cb.job_id,
+                cb.callback_id,
+                event.name,
+                event.type,
+                event.extra,
+                unfinished,
+            )
+        return True
 
     async def _run_timers(self) -> None:
         """Forever: sleep until the next due time atom (or a registration), then fire."""

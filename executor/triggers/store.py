@@ -119,6 +119,7 @@ CREATE TABLE IF NOT EXISTS firings (
     lease_until REAL NOT NULL DEFAULT 0,
     epoch INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS firings_by_callback ON firings (callback_rowid);
 CREATE TABLE IF NOT EXISTS seen_events (
     event_id TEXT PRIMARY KEY,
     seen_at REAL NOT NULL,
@@ -1187,6 +1188,22 @@ class TriggerStore:
     def drop_timers(db: Db, rowid: int) -> None:
         """Stop every clock atom of a callback (spent: it can fire no more)."""
         db.execute("DELETE FROM timers WHERE callback_rowid = ?", (rowid,))
+
+    @staticmethod
+    def unfinished_firing(db: Db, rowid: int, event: Event) -> str | None:
+        """The invocation id of a firing of a callback by ``event`` still queued or running.
+
+        A repeat's tick reads it in the transaction that decides the tick (in a fleet, the
+        shared queue: another replica's firing counts), so a slow callback's ticks coalesce.
+        """
+        rows = db.execute(
+            "SELECT invocation_id, event_json FROM firings WHERE callback_rowid = ? ORDER BY seq",
+            (rowid,),
+        ).fetchall()
+        for row in rows:
+            if Event.from_dict(json.loads(row[1])) == event:
+                return str(row[0])
+        return None
 
     @staticmethod
     def reschedule_timer(db: Db, rowid: int, slot: int, due: float | None) -> None:

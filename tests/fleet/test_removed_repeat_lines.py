@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from executor.triggers.universal import LAST_GOOD_NAME
-from tests.helpers.trigger_engines import MakeEngine, job
+from tests.helpers.trigger_engines import MakeEngine, finish_firings, job
 
 pytestmark = pytest.mark.service
 
@@ -39,6 +39,7 @@ async def test_a_reload_that_removes_a_repeat_line_stops_its_clocks(
     engine.register_job(job(1, (f"dummy-repeat-self-{START}-60", "unblock-self")))
     engine.register_job(job(2))
     ticked = engine.fire_due_timers()
+    finish_firings(engine)
     assert sorted((f.callback.job_id, f.callback.universal) for f in ticked) == [
         (1, False),
         (1, True),
@@ -52,6 +53,7 @@ async def test_a_reload_that_removes_a_repeat_line_stops_its_clocks(
     # The job's own repeat ticks on; the removed line's are gone, for both jobs.
     ticked = engine.fire_due_timers()
     assert [(f.callback.job_id, f.callback.universal) for f in ticked] == [(1, False)]
+    finish_firings(engine)
     now[0] += 3600
     assert [f.callback.job_id for f in engine.fire_due_timers()] == [1]
 
@@ -83,6 +85,7 @@ async def test_a_line_kept_by_a_reload_ticks_on(engines: MakeEngine, tmp_path: P
     assert engine.reload_universal() == []
     engine.register_job(job(4))
     assert len(engine.fire_due_timers()) == 1
+    finish_firings(engine)
 
     # The same line, respaced: nothing removed.
     (conf / "callbacks.conf").write_text(f"tick.qcb  =  globalrepeat-{START}-60\n")
@@ -101,6 +104,7 @@ async def test_a_line_added_back_ticks_again_at_a_job_registered_again(
     assert engine.reload_universal() == []
     engine.register_job(job(5))
     assert len(engine.fire_due_timers()) == 1
+    finish_firings(engine)
     (conf / "callbacks.conf").write_text("")
     assert engine.reload_universal() == []
     (conf / "callbacks.conf").write_text(TICK)

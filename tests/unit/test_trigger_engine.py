@@ -20,7 +20,15 @@ from executor.triggers.universal import (
     load_universal,
     save_last_good,
 )
-from tests.helpers.trigger_engines import Engines, Gated, Recorder, Refusing, engine_at, job
+from tests.helpers.trigger_engines import (
+    Engines,
+    Gated,
+    Recorder,
+    Refusing,
+    engine_at,
+    finish_firings,
+    job,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -449,6 +457,7 @@ async def test_a_repeat_that_reached_its_maximum_is_no_longer_ticked(engines: En
     fired = []
     for _ in range(30):  # more ticks than the journal keeps entries
         fired += engine.fire_due_timers()
+        finish_firings(engine)
         now[0] += 60
     assert len(fired) == 2
     assert engine._store.next_timer_due() is None
@@ -472,6 +481,7 @@ async def test_a_job_registered_again_unchanged_keeps_its_clocks_as_they_run(
     for registered in (once, repeat):
         engine.register_job(registered)
     assert len(engine.fire_due_timers()) == 2  # the past time, and the missed ticks as one
+    finish_firings(engine)
     for _ in range(3):
         now[0] += 1
         for registered in (once, repeat):
@@ -511,6 +521,7 @@ async def test_a_spent_repeat_registered_again_with_a_higher_maximum_ticks_again
     start = int(now[0]) - 946702800
     engine.register_job(_repeat_job(start, maximum=1))
     assert len(engine.fire_due_timers()) == 1
+    finish_firings(engine)
     engine.register_job(_repeat_job(start, maximum=1))  # unchanged: still spent
     now[0] += 60
     assert engine.fire_due_timers() == []
@@ -746,3 +757,80 @@ def test_a_time_atom_of_another_context_is_refused_at_registration(tmp_path: Pat
     engine = engine_at(tmp_path, Recorder())
     with pytest.raises(InvalidRequestError, match=r"callbacks\[0\]\.triggers: a time event's"):
         engine.register_job(job(5, ("dummy-time-parent-100", "unblock-self")))
+
+
+# -- a repeat slower than its interval (probe 92) ---------------------------------------------
+
+
+async def test_a_repeat_tick_while_its_last_firing_is_unfinished_is_skipped(
+    engines: Engines,
+) -> None:
+    recorder = Recorder()
+    now = [1_800_000_000.0]
+    engine = engines(recorder, start=False, clock=lambda: now[0])
+    start = int(now[0]) - 946702800
+    engine.register_job(_repeat_job(start, maximum=0, trigger=f"dummy-repeat-self-{start}-1"))
+    assert len(engine.fire_due_timers()) == 1
+    for _ in range(5):  # its firing still queued: every tick is skipped, and counted
+        now[0] += 1
+        assert engine.fire_due_timers() == []
+    assert engine._store.count_firings() == 1
+    assert engine.stats.repeat_ticks_skipped == 5
+    assert engine._store.next_timer_due() == now[0] + 1  # the clock keeps its grid
+
+    engine.start()
+    await engine.wait_idle()
+    now[0] += 1
+    assert len(engine.fire_due_timers()) == 1  # the run ended: the next tick fires
+
+
+async def test_a_skipped_tick_writes_no_journal_entry(engines: Engines) -> None:
+    recorder = Recorder()
+    now = [1_800_000_000.0]
+    engine = engines(recorder, start=False, clock=lambda: now[0])
+    start = int(now[0]) - 946702800
+    engine.register_job(_repeat_job(start, maximum=0, trigger=f"dummy-repeat-self-{start}-1"))
+    engine.fire_due_timers()
+    for _ in range(30):
+        now[0] += 1
+        engine.fire_due_timers()
+    (explained,) = engine.explain(6).callbacks
+    assert [entry.kind for entry in explained.journal] == [EntryKind.FIRED]
+
+
+async def test_another_events_firing_does_not_skip_a_repeats_tick(engines: Engines) -> None:
+    recorder = Recorder()
+    now = [1_800_000_000.0]
+    engine = engines(recorder, start=False, clock=lambda: now[0])
+    start = int(now[0]) - 946702800 + 10
+    engine.register_job(_repeat_job(start, 0, f"dummy-repeat-self-{start}-60 || complete-job-self"))
+    fired, _ = await engine.publish(Event("complete", "job", 6), wait=False)
+    assert len(fired) == 1  # queued, not run (the engine is not started)
+    now[0] += 10
+    assert len(engine.fire_due_timers()) == 1
+    assert engine.stats.repeat_ticks_skipped == 0
+
+
+async def test_a_live_repeat_in_an_and_keeps_its_fired_entries_in_the_journal(
+    engines: Engines,
+) -> None:
+    recorder = Recorder()
+    now = [1_800_000_000.0]
+    engine = engines(recorder, clock=lambda: now[0])
+    start = int(now[0]) - 946702800
+    engine.register_job(
+        _repeat_job(start, 0, f"dummy-repeat-self-{start}-1 && complete-work-self-1")
+    )
+    engine.fire_due_timers()  # latches the repeat
+    fired, _ = await engine.publish(Event("complete", "work", 6, work_name="1"), wait=True)
+    assert len(fired) == 1
+    for _ in range(30):  # each tick: latched once, then "already latched": nothing changes
+        now[0] += 1
+        engine.fire_due_timers()
+    (explained,) = engine.explain(6).callbacks
+    assert [entry.kind for entry in explained.journal] == [
+        EntryKind.MATCHED,
+        EntryKind.FIRED,
+        EntryKind.MATCHED,
+    ]
+    assert explained.journal[1].invocation_id == fired[0].invocation_id
