@@ -441,6 +441,7 @@ def _reading_sources(
             stats.events_published,
             stats.callbacks_fired,
             stats.event_ids_forgotten_early,
+            stats.repeat_ticks_skipped,
         ),
         trigger_store=lambda: (
             store.count_jobs(),

@@ -43,6 +43,7 @@ def metrics_message(snapshot: MetricsSnapshot) -> executor_pb2.GetMetricsRespons
         events_published=readings.events_published,
         callbacks_fired=readings.callbacks_fired,
         event_ids_forgotten_early=readings.event_ids_forgotten_early,
+        repeat_ticks_skipped=readings.repeat_ticks_skipped,
         outbox_dead_letters=readings.outbox_dead_letters,
         outbox_last_error=readings.outbox_last_error,
         storage_problem=readings.storage_problem,

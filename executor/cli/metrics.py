@@ -106,6 +106,11 @@ def format_metrics(m: Any) -> str:
                 if m.event_ids_forgotten_early
                 else ""
             )
+            + (
+                f"; {counted(m.repeat_ticks_skipped, 'repeat tick')} skipped (last run unfinished)"
+                if m.repeat_ticks_skipped
+                else ""
+            )
         ),
         *([f"{'fired runs':<16}HELD: {escaped(m.firings_held)}"] if m.firings_held else []),
         f"{'universal':<16}{m.universal_callbacks} loaded"

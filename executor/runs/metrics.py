@@ -348,6 +348,12 @@ class ReadingsCollector(Collector):
             " a resend of one is applied again.",
             r.event_ids_forgotten_early,
         )
+        yield counter(
+            "repeat_ticks_skipped",
+            "Repeat ticks skipped because the firing of the tick before was still queued or"
+            " running (a callback slower than its interval).",
+            r.repeat_ticks_skipped,
+        )
         yield gauge(
             "trigger_jobs",
             "Jobs registered with the trigger engine (in a fleet, the shared store's).",

@@ -50,6 +50,8 @@ class Readings:
     callbacks_fired: int = 0
     # Event ids forgotten before their retention, past event_id_max_count.
     event_ids_forgotten_early: int = 0
+    # Repeat ticks skipped while the last tick's firing was unfinished.
+    repeat_ticks_skipped: int = 0
     trigger_jobs: int = 0
     trigger_callbacks: int = 0
     # The trigger store's queue: fired callbacks waiting for their turn or running.
@@ -89,8 +91,8 @@ class ReadingSources:
     outbox_last_error: Callable[[], str] = lambda: ""
     storage_problem: Callable[[], str] = lambda: ""
     firings_held: Callable[[], str] = lambda: ""
-    # (events, firings, event ids forgotten early)
-    trigger_counts: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)
+    # (events, firings, event ids forgotten early, repeat ticks skipped)
+    trigger_counts: Callable[[], tuple[int, int, int, int]] = lambda: (0, 0, 0, 0)
     # (jobs, callbacks, firings queued)
     trigger_store: Callable[[], tuple[int, ...]] = lambda: (0, 0, 0)
     universal: Callable[[], tuple[int, int]] = lambda: (0, 0)  # (loaded, reload errors)
@@ -102,7 +104,7 @@ class ReadingSources:
     def read(self) -> Readings:
         """Every reading now (a store that cannot be read keeps its last counts)."""
         pending, dead = self._or_last("outbox", self.outbox)
-        events, fired, forgotten = self._or_last("trigger_counts", self.trigger_counts, 3)
+        events, fired, forgotten, skipped = self._or_last("trigger_counts", self.trigger_counts, 4)
         jobs, callbacks, firings = self._or_last("trigger_store", self.trigger_store, 3)
         universal, reload_errors = self.universal()
         return Readings(
@@ -118,6 +120,7 @@ class ReadingSources:
             events_published=events,
             callbacks_fired=fired,
             event_ids_forgotten_early=forgotten,
+            repeat_ticks_skipped=skipped,
             trigger_jobs=jobs,
             trigger_callbacks=callbacks,
             firings_queued=firings,

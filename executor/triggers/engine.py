@@ -85,7 +85,7 @@ from executor.triggers.group_commit import GroupCommit
 from executor.triggers.group_state import GroupState
 from executor.triggers.journal import EntryKind, JournalLimits, SeenEvent
 from executor.triggers.label_claims import LabelClaims
-from executor.triggers.nodes import EventName, EventType, per_work
+from executor.triggers.nodes import EventName, EventType, per_work, render_atom
 from executor.triggers.registration import (
     Registration,
     callback_specs,
@@ -1328,7 +1328,7 @@ class TriggerEngine:
                 # The event stored with the firing is the one it runs with: after a restart
                 # the callback sees what it would have seen.
                 event = clock_event(atom, cb[0].job_id)
-                if next_tick is not None and self._skips_tick(db, cb[0], slot, event):
+                if next_tick is not None and self._skips_tick(db, cb[0], slot, atom, event):
                     continue
                 batch = uuid.uuid4().hex
                 decider = Decider(db, SeenEvent(event, now), batch, dry=False, parsed=_parsed)
@@ -1353,7 +1353,9 @@ class TriggerEngine:
             self._firings.add(firings)
         return fired_all
 
-    def _skips_tick(self, db: Db, cb: StoredCallback, slot: int, event: Event) -> bool:
+    def _skips_tick(
+        self, db: Db, cb: StoredCallback, slot: int, atom: triggers.Atom, event: Event
+    ) -> bool:
         """Whether a repeat's tick is skipped: a firing of the callback by its clock is unfinished.
 
         A callback slower than its interval would otherwise pile up firings without bound
@@ -1373,13 +1375,11 @@ class TriggerEngine:
                 self._skipping.clear()  # only the log's once-per-firing is lost
             self._skipping[key] = unfinished
             logger.info(
-                "job %d callback %d: %s-%s-%s ticks skipped while firing %s of its last tick"
-                " is queued or running",
+                "job %d callback %d: %s ticks skipped while firing %s of its last tick is"
+                " queued or running",
                 cb.job_id,
                 cb.callback_id,
-                event.name,
-                event.type,
-                event.extra,
+                render_atom(atom),
                 unfinished,
             )
         return True

@@ -99,7 +99,7 @@ def test_a_scrape_shows_counters_cumulative_buckets_and_readings() -> None:
             tier=TierFlags("tier", "zygote", (("pid_namespace", True), ("memory_cgroup", False))),
             outbox=lambda: (3, 1),
             storage_problem=lambda: "disk full",
-            trigger_counts=lambda: (10, 4, 6),
+            trigger_counts=lambda: (10, 4, 6, 9),
             trigger_store=lambda: (2, 3, 7),
             zygotes=lambda: (ZygoteStatus("python", pid=123, restarts=2),),
         ).read
@@ -123,6 +123,7 @@ def test_a_scrape_shows_counters_cumulative_buckets_and_readings() -> None:
     assert samples[("cbexec_events_published_total", ())] == 10
     assert samples[("cbexec_callbacks_fired_total", ())] == 4
     assert samples[("cbexec_event_ids_forgotten_early_total", ())] == 6
+    assert samples[("cbexec_repeat_ticks_skipped_total", ())] == 9
     assert samples[("cbexec_trigger_jobs", ())] == 2
     assert samples[("cbexec_firings_queued", ())] == 7
     assert samples[("cbexec_zygote_up", lang)] == 1
@@ -183,6 +184,7 @@ GET_METRICS_FIELD: dict[str, str | None] = {
     "cbexec_events_published": "events_published",
     "cbexec_callbacks_fired": "callbacks_fired",
     "cbexec_event_ids_forgotten_early": "event_ids_forgotten_early",
+    "cbexec_repeat_ticks_skipped": "repeat_ticks_skipped",
     "cbexec_trigger_jobs": "trigger_jobs",
     "cbexec_trigger_callbacks": "trigger_callbacks",
     "cbexec_universal_callbacks": "universal_callbacks",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -763,8 +764,9 @@ def test_a_time_atom_of_another_context_is_refused_at_registration(tmp_path: Pat
 
 
 async def test_a_repeat_tick_while_its_last_firing_is_unfinished_is_skipped(
-    engines: Engines,
+    engines: Engines, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="executor.triggers.engine")
     recorder = Recorder()
     now = [1_800_000_000.0]
     engine = engines(recorder, start=False, clock=lambda: now[0])
@@ -776,6 +778,12 @@ async def test_a_repeat_tick_while_its_last_firing_is_unfinished_is_skipped(
         assert engine.fire_due_timers() == []
     assert engine._store.count_firings() == 1
     assert engine.stats.repeat_ticks_skipped == 5
+    (firing,) = engine._store.pending_firings()
+    said = [r.getMessage() for r in caplog.records if "ticks skipped" in r.getMessage()]
+    assert said == [  # once per unfinished firing, not per tick
+        f"job 6 callback 1: dummy-repeat-self-{start}-1 ticks skipped while firing "
+        f"{firing.invocation_id} of its last tick is queued or running"
+    ]
     assert engine._store.next_timer_due() == now[0] + 1  # the clock keeps its grid
 
     engine.start()
