@@ -19,6 +19,10 @@ Semantics (documented in the README; every decision is one of evaluate's functio
   interval. Registering the job again schedules them again (a raised ``maximum``). A
   universal callback whose line a load removed has its timers dropped too, at every job
   (``_stop_clocks_of``); a job registered again once the line is back ticks again.
+  A repeat's tick that finds the firing of its clock's last tick unfinished (queued or
+  running, in the shared queue) is skipped and counted (``_skips_tick``), so a callback
+  slower than its interval never piles up; a tick that only finds its atom latched
+  writes no journal entry.
 - The callback runs in the context of the event that completed its trigger: that
   event's work item (``qb.workid()``; for ``{work}``, the item that fired) and instance
   (``qb.subid()``).
