@@ -1313,6 +1313,7 @@ class TriggerEngine:
         now = self._clock()
         fired_all: list[Fired] = []
         batches: list[list[PendingFiring]] = []
+        skipped = 0
         with self._store.transaction() as db:
             due = TriggerStore.due_timers(db, now)
             for rowid, slot, _when in due:
@@ -1333,6 +1334,7 @@ class TriggerEngine:
                 # the callback sees what it would have seen.
                 event = clock_event(atom, cb[0].job_id)
                 if next_tick is not None and self._skips_tick(db, cb[0], slot, atom, event):
+                    skipped += 1
                     continue
                 batch = uuid.uuid4().hex
                 decider = Decider(db, SeenEvent(event, now), batch, dry=False, parsed=_parsed)
@@ -1353,6 +1355,7 @@ class TriggerEngine:
                 ):
                     TriggerStore.drop_timers(db, rowid)  # the firing that spent it
         self.stats.callbacks_fired += len(fired_all)
+        self.stats.repeat_ticks_skipped += skipped  # committed: a retried try counts once
         for firings in batches:
             self._firings.add(firings)
         return fired_all
@@ -1373,7 +1376,6 @@ class TriggerEngine:
         if unfinished is None:
             self._skipping.pop(key, None)
             return False
-        self.stats.repeat_ticks_skipped += 1
         if self._skipping.get(key) != unfinished:
             if len(self._skipping) >= _SKIPPING_KEPT:
                 self._skipping.clear()  # only the log's once-per-firing is lost
