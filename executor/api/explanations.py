@@ -84,6 +84,7 @@ def _atom_message(atom: AtomExplanation) -> executor_pb2.AtomExplanation:
         resolution=atom.resolution,
         latched=atom.latched,
         state=atom.state,
+        next_due_unix=atom.next_due_unix,
     )
     if atom.latched_by is not None:
         message.latched_by.CopyFrom(seen_message(atom.latched_by))

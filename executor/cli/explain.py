@@ -4,10 +4,10 @@ Shared by ``cbexec triggers why`` / ``dry-run`` / ``register`` and any other com
 shows a job's callbacks (``cbexec farm show``): give ``format_explanation`` the answer of
 ``ExecutorClient.explain_callbacks`` (or its ``as_plain`` form, as ``--json`` prints it)
 and print what it returns. Everything reads the plain form, so the text and ``--json``
-say the same; the text adds only when each clock atom is due, worked out from the atom
-at the moment it is printed (``in 3600 s``). Every line comes out with its control characters escaped
-(printable.escaped): names, labels and work names are a submitter's, and a CR/LF in
-one must not start a line of its own.
+say the same; the text adds only when each clock atom is due, worked out from its
+timer's ``next_due_unix`` at the moment it is printed (``in 3600 s``). Every line
+comes out with its control characters escaped (printable.escaped): names, labels and
+work names are a submitter's, and a CR/LF in one must not start a line of its own.
 """
 
 from __future__ import annotations
@@ -108,10 +108,16 @@ def times(count: int) -> str:
 Due = Callable[[str], str]
 
 
-def _due_at(now_unix: float | None) -> Due:
-    """When each clock atom is due, as of ``now_unix`` (this moment when None)."""
+def _due_at(explained: Mapping[str, Any], now_unix: float | None) -> Due:
+    """When each clock atom's timer is due (its ``next_due_unix``), as of ``now_unix``.
+
+    ``now_unix`` None: this moment. An atom without a timer (a time that fired, a clock
+    stopped) is due no more: its state says why.
+    """
     now = time.time() if now_unix is None else now_unix
-    return cache(lambda atom: describe_due(atom, now))
+    atoms = [*explained["atoms"], *(a for item in explained["work_items"] for a in item["atoms"])]
+    dues = {atom["atom"]: atom.get("next_due_unix", 0.0) for atom in atoms}
+    return cache(lambda atom: describe_due(atom, dues.get(atom, 0.0), now))
 
 
 def _never(atom: str) -> str:
@@ -174,7 +180,7 @@ def format_callback(
 ) -> list[str]:
     """The lines of one callback's explanation; clock atoms' due times as of ``now_unix``."""
     # A spent callback's clocks are stopped: they are due no more.
-    due = _due_at(now_unix) if not explained["spent"] else _never
+    due = _due_at(explained, now_unix) if not explained["spent"] else _never
     cb = explained["callback"]
     mode = _short(cb["mode"], "TRIGGER_MODE_") or "edge"
     origin = f"universal, {cb['source']}" if cb["universal"] else cb["language"]

@@ -6,6 +6,7 @@ contract.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -13,7 +14,7 @@ from typing import Final
 
 from executor.model import Event
 from executor.triggers.errors import TriggerSyntaxError
-from executor.triggers.evaluate import JobPlace, next_fire, qube_to_unix
+from executor.triggers.evaluate import JobPlace, qube_to_unix
 from executor.triggers.nodes import (
     PLACEHOLDER,
     WILDCARD,
@@ -61,6 +62,9 @@ _PER_WORK_NOTE: Final = (
     "latches, count and firing, and runs with qb.workid() set to the item."
 )
 _INTEGER: Final = re.compile(r"-?\d+")
+# 400 Gregorian years to the second, and the last second datetime can show (9999-12-31).
+_CALENDAR_CYCLE_S: Final = 146097 * 86400
+_LAST_DATETIME_S: Final = 253402300799
 
 
 def explain(expr: Expr) -> str:
@@ -158,17 +162,28 @@ def _format_qube_time(qube_time: int) -> str:
 
 
 def _utc(unix_s: float) -> str:
-    return f"{datetime.fromtimestamp(unix_s, tz=UTC):%Y-%m-%d %H:%M:%S} UTC"
+    """A Unix time as a UTC date; one past the year 9999 too (a repeat's tick may be)."""
+    # The Gregorian calendar repeats every 400 years: shift into datetime's range, add back.
+    try:
+        cycles = max(0, math.ceil((unix_s - _LAST_DATETIME_S) / _CALENDAR_CYCLE_S))
+        when = datetime.fromtimestamp(unix_s - cycles * _CALENDAR_CYCLE_S, tz=UTC)
+    except (OverflowError, OSError, ValueError):  # not a date at all (never from a timer)
+        return f"Unix time {unix_s}"
+    return f"{when.year + 400 * cycles}-{when:%m-%d %H:%M:%S} UTC"
 
 
-def describe_due(atom_text: str, now_unix: float) -> str:
-    """When a clock atom is next due, for people; "" for an atom no clock fires.
+def describe_due(atom_text: str, due_unix: float, now_unix: float) -> str:
+    """When a clock atom's timer is next due, for people; "" for an atom without one.
 
-    ``due 2026-12-05 23:51:02 UTC (in 3600 s)``; a repeat says its next tick on its grid
-    after ``now_unix`` (``next tick ... (in 20 s), every 60 s``, or ``first tick ...,
-    then every 60 s`` before its start). It needs only the atom's canonical text, so
-    ``why``'s text works it out from the answer at the moment it prints it.
+    ``due_unix`` is its timer's due time as the engine stored it (why's
+    ``next_due_unix``), 0 when it has none: a time that fired, a clock stopped (the
+    explanation's state says which). ``due 2026-12-05 23:51:02 UTC (in 3600 s)``; a
+    repeat ``next tick ... (in 20 s), every 60 s``, or ``first tick ..., then every 60
+    s`` before its start. Said relative to ``now_unix``, so ``why``'s text works it out
+    from the answer at the moment it prints it.
     """
+    if not due_unix:
+        return ""
     try:
         atom = parse(atom_text, stored=True)
     except TriggerSyntaxError:
@@ -176,14 +191,12 @@ def describe_due(atom_text: str, now_unix: float) -> str:
     if not isinstance(atom, Atom) or not atom.is_timed:
         return ""
     start, _, interval = atom.extra.partition("-")
-    first = qube_to_unix(int(start))
+    when = f"{_utc(due_unix)} ({_from_now(due_unix, now_unix)})"
     if not interval:
-        return f"due {_utc(first)} ({_from_now(first, now_unix)})"
-    if first >= now_unix:
-        return f"first tick {_utc(first)} ({_from_now(first, now_unix)}), then every {interval} s"
-    # The engine's own rule for a repeat's next tick, as if it had just ticked.
-    tick = next_fire(atom, now_unix, last_fired_unix=now_unix) or first
-    return f"next tick {_utc(tick)} ({_from_now(tick, now_unix)}), every {interval} s"
+        return f"due {when}"
+    if due_unix == qube_to_unix(int(start)) and due_unix >= now_unix:
+        return f"first tick {when}, then every {interval} s"
+    return f"next tick {when}, every {interval} s"
 
 
 def _from_now(unix_s: float, now_unix: float) -> str:

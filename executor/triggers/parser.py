@@ -43,6 +43,7 @@ Choices where Qube's documentation is silent or unclear:
   are refused (a trigger stored before this rule keeps firing as its owner's timer).
 * ``<T>`` is an absolute Qube time (seconds since the Qube epoch), as in Qube's
   delayed-start example, not a time of day; repeat intervals are positive seconds.
+  T is at most the year 9999, and so is a repeat's second tick (T + interval).
 * Job ids, subjob ids, times and intervals are stored canonically (``007`` → ``7``).
 * A job id is 1 to ``MAX_ID`` (2^63 - 1), as everywhere else: ids are stored as
   signed 64-bit integers, and no job has id 0 (the farm numbers jobs from 1, and an
@@ -467,6 +468,17 @@ class _AtomParser:
         if interval is None or interval <= 0:
             self._fail(
                 f"bad repeat interval {_quoted(interval_text)}", interval_offset, EXPECT_INTERVAL
+            )
+        start_time = int(start_value)
+        if start_time + interval > MAX_QUBE_TIME and not self._stored:
+            # Its second tick is past any date a person (or `why`) can be shown; one
+            # registered before this rule is still read, and explained with that date.
+            self._fail(
+                f"repeat interval {_quoted(interval_text)} after time {start_time} ticks past"
+                " the year 9999",
+                interval_offset,
+                f"a repeat interval of at most {MAX_QUBE_TIME - start_time} seconds after that"
+                f" time (T + interval at most {MAX_QUBE_TIME}, 9999-12-31 23:59:59 UTC)",
             )
         return f"{start_value}-{interval}"
 

@@ -1178,6 +1178,12 @@ class TriggerStore:
         return {int(row[0]) for row in rows}
 
     @staticmethod
+    def timers_of(db: Db, rowid: int) -> dict[int, float]:
+        """A callback's running clocks: slot -> when it is next due (Unix seconds)."""
+        rows = db.execute("SELECT slot, due FROM timers WHERE callback_rowid = ?", (rowid,))
+        return {int(row[0]): float(row[1]) for row in rows}
+
+    @staticmethod
     def add_timer(db: Db, rowid: int, slot: int, due: float) -> None:
         """Start one clock of a callback."""
         db.execute(

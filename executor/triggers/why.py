@@ -4,16 +4,17 @@ Read-only over the store. For each callback: the trigger as written and canonica
 atom with the job its context names now (label -> job id and pgrp, ``parent`` -> job
 id), its latch and the event that set it, what the trigger still waits for in words
 (``residual`` over the latches, each open atom with its job and that object's last
-known state), the checks registration found, and the newest journal entries. A
-``{work}`` callback shows its work items compactly: up to ``MAX_ITEMS_IN_FULL`` items
-holding a latch each in full with its atoms, the others grouped by latches and count
-(one item in full on request).
+known state; a clock atom's timer as stored: when it is next due, or, without one,
+why: it fired, or its clock was stopped), the checks registration found, and the
+newest journal entries. A ``{work}`` callback shows its work items compactly: up to
+``MAX_ITEMS_IN_FULL`` items holding a latch each in full with its atoms, the others
+grouped by latches and count (one item in full on request).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -66,7 +67,10 @@ class AtomExplanation:
         resolution: In words, how the context resolved (or why it did not).
         latched: Its latch.
         latched_by: The event that set the latch; None when not latched (or unknown).
-        state: In words, the last known state of the object it watches ("" if none).
+        state: In words, the last known state of the object it watches ("" if none);
+            for a clock atom without a timer, why (it fired, or its clock was stopped).
+        next_due_unix: A clock atom's timer: when it is next due, as stored (Unix
+            seconds); 0 when it has none (and for other atoms).
     """
 
     slot: int
@@ -78,6 +82,37 @@ class AtomExplanation:
     latched: bool
     latched_by: SeenEvent | None
     state: str
+    next_due_unix: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Clocks:
+    """A callback's timers as the store holds them: its clock atoms' real state."""
+
+    due: Mapping[int, float]  # slot -> next due; a clock atom's slot missing: no timer
+    universal: bool
+    spent: bool
+
+    def state(self, slot: int, atom: Atom, latched: bool) -> str:
+        """Why a clock atom has no timer, in words ("" when it has one, or is no clock)."""
+        if not atom.is_timed or slot in self.due:
+            return ""
+        if self.spent:
+            return "its clock is stopped: the callback is spent"
+        again = "" if latched else "; it will not latch again"
+        if "-" not in atom.extra:  # a one-shot's timer goes when it fires
+            if self.universal:
+                return (
+                    "its clock has fired (a time fires once), or was stopped when its"
+                    f" callbacks.conf line was removed by a reload{again}"
+                )
+            return f"its clock has fired (a time fires once){again}"
+        if self.universal:
+            return (
+                "its clock is stopped: its callbacks.conf line was removed by a reload (a job"
+                f" registered again once the line is back ticks again){again}"
+            )
+        return f"its clock is stopped: no tick is scheduled{again}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,9 +334,15 @@ class _View:
             return f"{noun} {atom.extra} is not known (not in job {job_id}'s agenda)"
         return f"{noun} {atom.extra} is {known.state or 'in the agenda, no event seen yet'}"
 
-    def atom(self, slot: int, atom: Atom, latched: bool, mark: SeenEvent | None) -> AtomExplanation:
+    def atom(
+        self, slot: int, atom: Atom, latched: bool, mark: SeenEvent | None, clocks: _Clocks
+    ) -> AtomExplanation:
         job_id, resolution = self.resolve(atom)
         place = self.place(job_id) if job_id else None
+        if atom.is_timed:
+            state = clocks.state(slot, atom, latched)
+        else:
+            state = "" if atom.per_work else self.state(atom, job_id)
         return AtomExplanation(
             slot=slot,
             atom=render_atom(atom),
@@ -311,7 +352,8 @@ class _View:
             resolution=resolution,
             latched=latched,
             latched_by=mark if latched else None,
-            state="" if atom.per_work else self.state(atom, job_id),
+            state=state,
+            next_due_unix=clocks.due.get(slot, 0.0) if atom.is_timed else 0.0,
         )
 
 
@@ -375,28 +417,35 @@ def _callback(
     found = atoms(expr)
     shown = found[:max_atoms] if max_atoms else found
     work: tuple[WorkExplanation, ...] = ()
+    is_spent = not per_work(expr) and spent(cb.count, cb.maximum)
+    # Its clock atoms as their timers stand: a time that fired, or a clock a reload
+    # stopped, has none, and is due no more (the atom's text alone would say it is).
+    clocks = _Clocks(
+        TriggerStore.timers_of(db, cb.rowid) if any(atom.is_timed for atom in shown) else {},
+        cb.universal,
+        is_spent,
+    )
     if per_work(expr):
         # As an item no event has named stands (what latched for every item, if anything).
         unnamed = items.unnamed(cb)
         explained = tuple(
-            view.atom(slot, atom, unnamed.latches[slot], unnamed.latched_by[slot])
+            view.atom(slot, atom, unnamed.latches[slot], unnamed.latched_by[slot], clocks)
             for slot, atom in enumerate(shown)
         )
-        is_spent = False
         rest, open_slots = residual(expr, unnamed.latches)
         waiting = "" if rest is None else render(rest)
         waiting_for = tuple(
-            f"{explained[slot].atom}: {explained[slot].resolution}"
+            _unnamed_line(explained[slot], shown[slot])
             for slot in open_slots
             if slot < len(explained)
         )
-        work = _work_items(db, view, cb, expr, work_name, max_atoms)
+        work = _work_items(db, view, cb, expr, work_name, max_atoms, clocks)
     else:
         marks = cb.marks
         explained = tuple(
-            view.atom(slot, atom, cb.latches[slot], marks[slot]) for slot, atom in enumerate(shown)
+            view.atom(slot, atom, cb.latches[slot], marks[slot], clocks)
+            for slot, atom in enumerate(shown)
         )
-        is_spent = spent(cb.count, cb.maximum)
         waiting, waiting_for = (
             ("", ())
             if is_spent
@@ -436,14 +485,26 @@ def _listed(names: list[str], most: int = 10) -> str:
     return shown + (f", ... ({len(names)} items)" if len(names) > most else "")
 
 
+def _unnamed_line(item: AtomExplanation, atom: Atom) -> str:
+    """An open atom of an item no event has named: its context, and a clock's timer's state."""
+    line = f"{item.atom}: {item.resolution}"
+    return f"{line}, {item.state}" if atom.is_timed and item.state else line
+
+
 def _work_items(
-    db: Db, view: _View, cb: StoredCallback, expr: Expr, work_name: str, max_atoms: int
+    db: Db,
+    view: _View,
+    cb: StoredCallback,
+    expr: Expr,
+    work_name: str,
+    max_atoms: int,
+    clocks: _Clocks,
 ) -> tuple[WorkExplanation, ...]:
     size = len(atoms(expr))
     held = items.held(db, cb.rowid, size)
     if work_name:
         state = held.get(work_name, items.unnamed(cb))
-        return (_one_item(view, cb, expr, work_name, state, max_atoms),)
+        return (_one_item(view, cb, expr, work_name, state, max_atoms, clocks),)
     agenda = states.agenda(db, cb.job_id)
     # The agenda as a set once: made per held item, 1,000 latched items of a 100,000-frame
     # job took 5 s of each explanation (the dashboard's jobs page asks at every refresh).
@@ -452,7 +513,9 @@ def _work_items(
     latched = [name for name in names if name in held and any(held[name].latches)]
     single: list[WorkExplanation] = []
     if len(latched) <= MAX_ITEMS_IN_FULL:
-        single = [_one_item(view, cb, expr, name, held[name], max_atoms) for name in latched]
+        single = [
+            _one_item(view, cb, expr, name, held[name], max_atoms, clocks) for name in latched
+        ]
     groups: dict[tuple[int, tuple[bool, ...]], list[str]] = {}
     for name in names:
         state = held.get(name, items.unnamed(cb))
@@ -477,12 +540,18 @@ def _work_items(
 
 
 def _one_item(
-    view: _View, cb: StoredCallback, expr: Expr, name: str, state: WorkState, max_atoms: int
+    view: _View,
+    cb: StoredCallback,
+    expr: Expr,
+    name: str,
+    state: WorkState,
+    max_atoms: int,
+    clocks: _Clocks,
 ) -> WorkExplanation:
     item_expr = substitute_all(expr, name)
     found = atoms(item_expr)
     explained = tuple(
-        view.atom(slot, atom, state.latches[slot], state.latched_by[slot])
+        view.atom(slot, atom, state.latches[slot], state.latched_by[slot], clocks)
         for slot, atom in enumerate(found[:max_atoms] if max_atoms else found)
     )
     is_spent = spent(state.count, cb.maximum)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from executor.triggers.nodes import QB_TIME_EPOCH_OFFSET
 from supervisor_client import InvalidRequestError
 from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
 from tests.conftest import Stack
+from tests.helpers.waiting import eventually
 from tests.service.test_runs import cbexec
 
 pytestmark = pytest.mark.service
@@ -310,3 +313,77 @@ async def test_a_failed_reload_reports_its_errors_not_the_kept_sets_warnings(
     assert code != 0
     assert "warning" not in out and "-foo" not in out
     assert out.splitlines()[-1] == "kept the previous set: 1 active"
+
+
+def _qube_now() -> int:
+    return int(time.time()) - QB_TIME_EPOCH_OFFSET
+
+
+async def _fired(stack: Stack, job_id: int, count: int) -> bool:
+    async def check() -> bool:
+        (explained,) = (await stack.client.explain_callbacks(job_id)).callbacks
+        return explained.callback.count >= count
+
+    return bool(await eventually(check))
+
+
+async def test_a_repeat_ticking_past_the_year_9999_is_refused_with_its_column(
+    stack_warm: Stack,
+) -> None:
+    # It was accepted, and `triggers why` for its job died with "year 10026 is out of range".
+    trigger = f"dummy-repeat-self-{_qube_now() - 10}-252455597999"
+    job = {"id": 951, "user": "u", "callbacks": [{"triggers": trigger, "language": "python"}]}
+
+    with pytest.raises(InvalidRequestError, match=r"ticks past the year 9999 at column 29;"):
+        await stack_warm.client.register_job(job)
+    code, out, err = await cbexec("triggers", "check", trigger)
+    assert code != 0 and "ticks past the year 9999 at column 29" in out + err
+
+
+async def test_why_says_a_fired_time_and_a_removed_lines_clock_will_not_come(
+    stack_warm: Stack,
+) -> None:
+    stack = stack_warm
+    once = f"dummy-time-self-{_qube_now() - 1}"
+    await stack.client.register_job(
+        {
+            "id": 952,
+            "user": "u",
+            "callbacks": [
+                {"triggers": f"{once} && complete-job-self", "language": "python", "code": "1"}
+            ],
+        }
+    )
+    await stack.client.publish_event(name="complete", type="job", job_id=952, wait=True)
+    assert await _fired(stack, 952, 1)
+
+    code, out, err = await cbexec("triggers", "why", "952", "--address", stack.address)
+
+    assert (code, err) == (0, "")
+    # It was "due ... (4 s ago)", as if overdue (probe 92).
+    assert f"    {once}: this job: job 952 in pgrp 952, its clock has fired" in out
+    assert "ago" not in out
+
+    conf = stack.settings.data_dir / "callback"
+    conf.mkdir(exist_ok=True)
+    (conf / "tick.py").write_text("print('tick')\n")
+    repeat = f"globalrepeat-{_qube_now()}-2"
+    (conf / "callbacks.conf").write_text(f"tick.py = {repeat}\n")
+    assert (await stack.client.reload_universal_callbacks()).active == 1
+    await stack.client.register_job({"id": 953, "user": "u", "callbacks": []})
+    assert await _fired(stack, 953, 1)
+    (conf / "callbacks.conf").write_text("")
+    assert (await stack.client.reload_universal_callbacks()).active == 0
+
+    code, out, err = await cbexec("triggers", "why", "953", "--address", stack.address)
+
+    assert (code, err) == (0, "")
+    # It was "next tick ... (in 1 s), every 2 s", the line's removal unsaid.
+    assert "next tick" not in out
+    assert (
+        f"    {repeat}: no job (a global atom), its clock is stopped: its callbacks.conf line"
+        " was removed by a reload"
+    ) in out
+    code, out, _ = await cbexec("triggers", "why", "953", "--json", "--address", stack.address)
+    (explained,) = json.loads(out)["callbacks"]
+    assert explained["atoms"][0]["next_due_unix"] == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -153,22 +154,129 @@ async def test_why_gives_no_next_tick_of_a_spent_repeat(engines: Engines) -> Non
 
 
 @pytest.mark.parametrize(
-    ("atom", "due"),
+    ("atom", "due_qube", "due"),
     [
-        ("dummy-time-self-1000", "due 2000-01-01 05:16:40 UTC (40 s ago)"),
-        ("globaltime-1000", "due 2000-01-01 05:16:40 UTC (40 s ago)"),
-        ("dummy-time-self-1040", "due 2000-01-01 05:17:20 UTC (now)"),
-        # A repeat past its start: the next point of its grid after now.
-        ("dummy-repeat-self-1000-30", "next tick 2000-01-01 05:17:40 UTC (in 20 s), every 30 s"),
-        ("globalrepeat-1000-25", "next tick 2000-01-01 05:17:30 UTC (in 10 s), every 25 s"),
-        ("complete-job-self", ""),
-        ("global", ""),
+        ("dummy-time-self-1000", 1000, "due 2000-01-01 05:16:40 UTC (40 s ago)"),
+        ("globaltime-1000", 1000, "due 2000-01-01 05:16:40 UTC (40 s ago)"),
+        ("dummy-time-self-1040", 1040, "due 2000-01-01 05:17:20 UTC (now)"),
+        # A repeat past its start: its timer's next tick.
+        (
+            "dummy-repeat-self-1000-30",
+            1060,
+            "next tick 2000-01-01 05:17:40 UTC (in 20 s), every 30 s",
+        ),
+        ("globalrepeat-1000-25", 1050, "next tick 2000-01-01 05:17:30 UTC (in 10 s), every 25 s"),
+        (
+            "globalrepeat-1100-25",
+            1100,
+            "first tick 2000-01-01 05:18:20 UTC (in 60 s), then every 25 s",
+        ),
+        # No timer (it fired, or its clock was stopped): the explanation's state says why.
+        ("dummy-time-self-1000", 0, ""),
+        ("complete-job-self", 1000, ""),
+        ("global", 0, ""),
     ],
 )
-def test_a_clock_atoms_due_time_for_people(atom: str, due: str) -> None:
+def test_a_clock_atoms_due_time_for_people(atom: str, due_qube: int, due: str) -> None:
     now = 1040 + QB_TIME_EPOCH_OFFSET
+    due_unix = due_qube + QB_TIME_EPOCH_OFFSET if due_qube else 0
 
-    assert describe_due(atom, now) == due
+    assert describe_due(atom, due_unix, now) == due
+
+
+# 400 Gregorian years: the calendar's cycle.
+CYCLE_S = 146097 * 86400
+
+
+@pytest.mark.parametrize(
+    ("due_unix", "when"),
+    [
+        (253402300799, "9999-12-31 23:59:59 UTC"),
+        (253402300800, "10000-01-01 00:00:00 UTC"),
+        # 2026-12-06 10:00:00 UTC, 8000 years on.
+        (1796551200 + 20 * CYCLE_S, "10026-12-06 10:00:00 UTC"),
+    ],
+)
+def test_a_due_time_past_the_year_9999_is_a_date_too(due_unix: int, when: str) -> None:
+    # It was "ValueError: year 10026 is out of range", a traceback from `triggers why`.
+    now = 253402300799 - 100
+
+    assert describe_due("dummy-repeat-self-0-60", due_unix, now) == (
+        f"next tick {when} (in {due_unix - now} s), every 60 s"
+    )
+
+
+async def test_why_shows_a_next_tick_past_the_year_9999(engines: Engines) -> None:
+    # T + interval is at most the year 9999, but a tick after that one is not (probe 92).
+    start = 253370764800  # 9999-01-01 00:00:00 UTC
+    interval = 363 * 86400  # its second tick: 9999-12-30
+    now = start + 2 * interval - 363 * 86400 + 43200  # 9999-12-30 12:00:00 UTC
+    engine = engines(Recorder(), start=False, clock=lambda: now)
+    trigger = f"dummy-repeat-self-{start - QB_TIME_EPOCH_OFFSET}-{interval}"
+    engine.register_job({"id": 30, "pgrp": 30, "callbacks": [cb(trigger)]})
+    assert len(engine.fire_due_timers()) == 1  # the missed ticks coalesce: the next is past 9999
+
+    text = format_explanation(explanation_message(engine.explain(30)), now_unix=now)
+
+    tick = "next tick 10000-12-27 00:00:00 UTC (in 31320000 s), every 31363200 s"
+    assert f"    [0] {trigger}  ->  {tick}; this job: job 30 in pgrp 30" in text.splitlines()
+    plain = as_plain(explanation_message(engine.explain(30)))
+    assert plain["callbacks"][0]["atoms"][0]["next_due_unix"] == start + 2 * interval
+
+
+async def test_why_says_a_time_that_fired_will_not_come_again(engines: Engines) -> None:
+    now = 1_800_000_000
+    engine = engines(Recorder(), clock=lambda: now)
+    once = f"dummy-time-self-{now - QB_TIME_EPOCH_OFFSET - 5}"
+    engine.register_job({"id": 31, "pgrp": 31, "callbacks": [cb(f"{once} && complete-job-self")]})
+    engine.fire_due_timers()
+
+    text = format_explanation(explanation_message(engine.explain(31)), now_unix=now)
+
+    fired = "its clock has fired (a time fires once)"
+    assert f"    [0] {once}  ->  this job: job 31 in pgrp 31, {fired}" in text
+    assert "due" not in text and "ago" not in text
+
+    await engine.publish(Event("complete", "job", 31), wait=True)  # fires; the latches reset
+    text = format_explanation(explanation_message(engine.explain(31)), now_unix=now)
+
+    assert "  fired once, no maximum" in text.splitlines()
+    # It was "due 2027-01-15 07:59:55 UTC (5 s ago)", as if overdue (probe 92).
+    assert (
+        f"    {once}: this job: job 31 in pgrp 31, {fired}; it will not latch again"
+    ) in text.splitlines()
+    assert "due" not in text and "ago" not in text
+    (explained,) = explanation_message(engine.explain(31)).callbacks
+    assert explained.atoms[0].next_due_unix == 0
+
+
+async def test_why_says_a_removed_universal_lines_clock_is_stopped(
+    tmp_path: Path, engines: Engines
+) -> None:
+    now = 1_800_000_000
+    conf = tmp_path / "callback"
+    conf.mkdir()
+    (conf / "tick.py").write_text("print('tick')\n")
+    repeat = f"globalrepeat-{now - QB_TIME_EPOCH_OFFSET - 10}-2"
+    (conf / "callbacks.conf").write_text(f"tick.py = {repeat}\n")
+    engine = engines(Recorder(), start=False, clock=lambda: now, universal_dirs=[conf])
+    assert engine.reload_universal() == []
+    engine.register_job({"id": 32, "pgrp": 32})
+    assert len(engine.fire_due_timers()) == 1
+    text = format_explanation(explanation_message(engine.explain(32)), now_unix=now)
+    assert f"{repeat}: next tick 2027-01-15 08:00:02 UTC (in 2 s), every 2 s" in text
+
+    (conf / "callbacks.conf").write_text("")
+    assert engine.reload_universal() == []
+    text = format_explanation(explanation_message(engine.explain(32)), now_unix=now)
+
+    # It was "next tick ... (in 2 s), every 2 s" with nothing said of the line (probe 92).
+    assert "tick 2027" not in text
+    stopped = "its clock is stopped: its callbacks.conf line was removed by a reload"
+    assert any(
+        line.startswith(f"    {repeat}: no job (a global atom), {stopped}")
+        for line in text.splitlines()
+    )
 
 
 async def test_a_dry_run_says_why_per_callback(engines: Engines) -> None:

@@ -411,6 +411,22 @@ JOB_IDS = "a job id from 1 to 9223372036854775807"
             "repeat interval '99999999999999999999' too long at column 21;"
             " expected a repeat interval of at most 252455597999 seconds",
         ),
+        (
+            # Its second tick would be past the year 9999 (it was accepted, and `why` for it
+            # died with "year 10026 is out of range"; probe 92).
+            "dummy-repeat-self-849851933-252455597999",
+            29,
+            "repeat interval '252455597999' after time 849851933 ticks past the year 9999"
+            " at column 29; expected a repeat interval of at most 251605746066 seconds after"
+            " that time (T + interval at most 252455597999, 9999-12-31 23:59:59 UTC)",
+        ),
+        (
+            "globalrepeat-252455597000-1000",
+            27,
+            "repeat interval '1000' after time 252455597000 ticks past the year 9999"
+            " at column 27; expected a repeat interval of at most 999 seconds after"
+            " that time (T + interval at most 252455597999, 9999-12-31 23:59:59 UTC)",
+        ),
         ("globaltime-x", 12, f"bad time 'x' at column 12; expected {QTIME}"),
         ("globaltime", 11, f"missing time at column 11; expected {QTIME}"),
         ("dummy-repeat-self-5", 20, f"missing repeat interval at column 20; expected {INTERVAL}"),
@@ -736,3 +752,12 @@ def test_the_caret_stays_under_its_character_after_an_escape() -> None:
 
     shown, caret = error.pretty().splitlines()[1:]
     assert shown[caret.index("^") :] == "jb-self"
+
+
+def test_a_stored_repeat_ticking_past_the_year_9999_is_still_read() -> None:
+    # Registered before T + interval was bounded: its callback is still explained and fired.
+    (atom,) = atoms(parse("dummy-repeat-self-849851933-252455597999", stored=True))
+    assert atom.extra == "849851933-252455597999"
+    assert (
+        render(parse("globalrepeat-252455597999-5", stored=True)) == "globalrepeat-252455597999-5"
+    )

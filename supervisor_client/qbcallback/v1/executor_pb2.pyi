@@ -1187,6 +1187,7 @@ class AtomExplanation(_message.Message):
     LATCHED_FIELD_NUMBER: _builtins.int
     LATCHED_BY_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    NEXT_DUE_UNIX_FIELD_NUMBER: _builtins.int
     slot: _builtins.int
     """Its latch slot."""
     atom: _builtins.str
@@ -1202,7 +1203,14 @@ class AtomExplanation(_message.Message):
     latched: _builtins.bool
     """Its latch."""
     state: _builtins.str
-    """The last known state of what it watches, in words."""
+    """The last known state of what it watches, in words; for a clock atom without
+    a timer, why (its time fired, or its clock was stopped).
+    """
+    next_due_unix: _builtins.float
+    """A clock atom's timer: when it is next due, Unix seconds, as the engine stored
+    it (a repeat's next tick); 0 when it has none (it fired, or its clock was
+    stopped: see state) and for other atoms.
+    """
     @_builtins.property
     def latched_by(self) -> Global___SeenEvent:
         """The event that set the latch; unset when not latched (or set before the
@@ -1221,10 +1229,11 @@ class AtomExplanation(_message.Message):
         latched: _builtins.bool = ...,
         latched_by: Global___SeenEvent | None = ...,
         state: _builtins.str = ...,
+        next_due_unix: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["latched_by", b"latched_by"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["atom", b"atom", "description", b"description", "job_id", b"job_id", "latched", b"latched", "latched_by", b"latched_by", "pgrp", b"pgrp", "resolution", b"resolution", "slot", b"slot", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["atom", b"atom", "description", b"description", "job_id", b"job_id", "latched", b"latched", "latched_by", b"latched_by", "next_due_unix", b"next_due_unix", "pgrp", b"pgrp", "resolution", b"resolution", "slot", b"slot", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
