@@ -10,7 +10,9 @@ a call that does not fit its function with ``InvalidArgument``):
 - jobs: an id (int or string of ASCII digits), or a list of them: ``qb.unblock(12)``;
 - work items: ``'<jobid>:<workname>'``; a name may be a comma list and a numeric range
   ``'12:1-10'`` names frames 1..10, unless an item is literally named ``1-10`` (a chunk),
-  which wins; a list of such strings is accepted;
+  which wins, as an item named exactly as the whole spec (``5,6``) does; a list of such
+  strings is accepted; a qube ``<verb>-work-self`` sends the item that fired as an
+  ``ExactWork``, never read as a spec;
 - instances: ``'<jobid>.<subid>'``, or ``'<jobid>'`` for all instances;
 - ``jobinfo('-id', n)``, ``jobinfo('-pgrp', n)``, ``jobinfo(id=n)``, ``jobinfo(pgrp=n)``,
   ``jobinfo(n)``, and no selector meaning the callback's own job, with Qube's client
@@ -56,6 +58,7 @@ from executor.host_args import (
     STATUS_SHAPES,
     SUBJOB_TARGETS,
     WORK_TARGETS,
+    ExactWork,
     Shape,
     Spelling,
     check_shape,
@@ -203,7 +206,15 @@ class WorkSelection:
         return position
 
     def add(self, spec: str) -> None:
-        """Select the items ``spec`` names; HostCallError NoSuchWork when it names none."""
+        """Select the items ``spec`` names; HostCallError NoSuchWork when it names none.
+
+        A spec that is exactly an item's name is that item, as a chunk named ``1-10``
+        wins over the range: ``'12:' + qb.workid()`` names the item that fired, even one
+        named ``5,6`` or `` 5``.
+        """
+        if spec in self._known:
+            self._selected[spec] = None
+            return
         selects = False
         empty_ranges: list[str] = []
         for part in _spec_parts(spec):
@@ -587,8 +598,11 @@ class HostApi:
     def _work_verb(self, verb: str) -> Callable[..., Awaitable[tuple[int, str]]]:
         async def work_verb(seqs: range, *targets: Any) -> tuple[int, str]:
             async def act(target: Any, action_seq: int) -> ActionOutcome:
-                job_id, spec = parse_work_target(target, self._spelling)
-                names = await self._selected_work(job_id, spec)
+                if isinstance(target, ExactWork):
+                    job_id, names = target.job_id, [await self._exact_work(target)]
+                else:
+                    job_id, spec = parse_work_target(target, self._spelling)
+                    names = await self._selected_work(job_id, spec)
                 return await self._supervisor.work_action(
                     verb,
                     job_id,
@@ -602,18 +616,30 @@ class HostApi:
 
         return work_verb
 
+    async def _exact_work(self, target: ExactWork) -> str:
+        """The item ``target`` names, as the job has it: NoSuchWork when it has none."""
+        job_id, name = target.job_id, target.name
+        # The named read first; a supervisor that bends the hint gets a full read.
+        for work_names in ([name], None):
+            info = await self._job(job_id, work_names=work_names)
+            if any(work["name"] == name for work in info["agenda"]):
+                return name
+        raise HostCallError("NoSuchWork", f"job {job_id} has no work item {name!r}")
+
     async def _selected_work(self, job_id: int, spec: str) -> list[str]:
         """The items ``spec`` selects in job ``job_id``, reading no more than it needs.
 
-        Plain names are read alone; when every one is there they are the selection.
+        Plain names are read alone (with the whole spec, which may be one item's name);
+        when that item, or every one of them, is there, they are the selection.
         A range, or a name the job lacks, takes a read of the whole agenda, and the
         expansion (or its NoSuchWork) is then exactly a full read's.
         """
         plain = plain_work_names(spec)
         if plain is not None:
-            info = await self._job(job_id, work_names=plain)
+            # The whole spec too: an item may be named '5,6' (the whole name wins).
+            info = await self._job(job_id, work_names=list(dict.fromkeys([spec, *plain])))
             found = [work["name"] for work in info["agenda"]]
-            if set(plain) <= set(found):
+            if spec in found or set(plain) <= set(found):
                 return expand_work_names(spec, found)
         agenda = (await self._job(job_id))["agenda"]
 

@@ -109,6 +109,23 @@ def parse_job_id(value: Any, spelling: Spelling, what: str = "job id") -> int:
     return int(text)
 
 
+@dataclass(frozen=True, slots=True)
+class ExactWork:
+    """One work item by its exact name: what a qube ``<verb>-work-self`` acts on.
+
+    Only the executor makes one (a callback's frames carry JSON values), so the name is
+    never read as a work spec: the item that fired, named ``5,6`` or `` 5``, is that
+    item, not frames 5 and 6, or frame 5.
+    """
+
+    job_id: int
+    name: str
+
+    def __str__(self) -> str:
+        """As the action records show a work target: ``'<jobid>:<workname>'``."""
+        return f"{self.job_id}:{self.name}"
+
+
 def parse_work_target(target: Any, spelling: Spelling) -> tuple[int, str]:
     """``'<jobid>:<workname>'`` split into the job id and the work spec."""
     text = str(target)

@@ -298,7 +298,7 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
     def _selected_work(self, job_id: int, specs: Sequence[str]) -> list[str]:
         """The items ``specs`` select in job ``job_id``, reading no more than they need.
 
-        Specs of plain names (a worker's frame, an operator's few) are looked up alone;
+        Specs of one plain name each (a worker's frame, an operator's few) are looked up alone;
         when the job has every one, they are the selection a full read would make. A
         range, or a name the job lacks, is expanded over the agenda's names (one column,
         not its items), so the answer or the NotFound is exactly the whole agenda's.
@@ -306,7 +306,8 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
         plain: list[str] = []
         for spec in specs:
             names = plain_work_names(spec)
-            if names is None:
+            if names != [spec]:
+                # A range or a list; or one item's whole name ('5,6'): the agenda decides.
                 break
             plain += names
         else:

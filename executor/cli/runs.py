@@ -362,13 +362,16 @@ def _callback_source(args: argparse.Namespace) -> tuple[str, str]:
         raise ConfigError("give the callback as FILE or with --code (exactly one)")
     language = args.lang
     if args.file is not None:
+        language = language or _EXTENSIONS.get(args.file.suffix.lower())
+        # A callback's code is sent as UTF-8; a qube file's byte order mark is dropped,
+        # as callbacks.conf's loader drops it (Python's compiler takes it itself).
+        encoding = "utf-8-sig" if language == "qube" else "utf-8"
         try:
-            code = args.file.read_text(encoding="utf-8")  # a callback's code is sent as UTF-8
+            code = args.file.read_text(encoding=encoding)
         except OSError as err:
             raise ConfigError(f"FILE: cannot read {args.file}: {err.strerror or err}") from err
         except UnicodeDecodeError as err:
             raise ConfigError(f"FILE: {args.file} is not UTF-8 text: {err}") from err
-        language = language or _EXTENSIONS.get(args.file.suffix.lower())
     else:
         code = args.code
     if not language:

@@ -6,9 +6,11 @@ It needs no child process: every action is one host API call (``HostApi.call``),
 permissions, the supervisor round trip and the recorded actions are exactly those of
 a Python or Perl callback calling the same ``qb`` function.
 
-Syntax: the code is stripped of surrounding whitespace and lower-cased. Several code
-strings separated by newlines or ``;`` run in order (``unblock-self; mail-status``);
-blank parts and lines starting with ``#`` are skipped. Every part is checked before any
+Syntax (qube_codes.split_codes): several code strings separated by newlines or ``;``
+run in order (``unblock-self; mail-status``), each stripped of ASCII spaces and tabs
+and matched with ASCII letters in any case (a non-ASCII look-alike such as the Kelvin
+sign is an unknown code string); a ``#`` starts a comment to the end of its line, ``;``
+and all; blank parts are skipped. Every part is checked before any
 runs: an unknown code string rejects the whole callback (REJECTED, listing the valid
 ones); a work or instance code string when no work item or instance fired the callback
 fails it (FAILED). A failing call stops the run there (FAILED); what ran before stays
@@ -16,7 +18,8 @@ done.
 
 Targets:
 - ``<verb>-self`` acts on the job (``qb.<verb>(jobid)``);
-- ``<verb>-work-self`` on the triggering work item (``qb.work<verb>('<jobid>:<name>')``);
+- ``<verb>-work-self`` on the triggering work item, by its exact name (an
+  ``ExactWork``, never read as a work spec: an item named ``5,6`` is not a list);
 - ``<verb>-subjob-self`` on the triggering instance (``'<jobid>.<subid>'``);
   ``unblock-subjob-self`` without a triggering instance unblocks all the job's
   instances, ``unblock-subjob-self-single`` only ever the triggering one;
@@ -56,6 +59,7 @@ from typing import Any, Final
 
 from executor.errors import HostCallError
 from executor.host_api import HostApi
+from executor.host_args import ExactWork
 from executor.model import Event, Failure, Invocation, Language, Outcome, RunResult, Usage
 from executor.runtimes.mail import (
     Mailer,
@@ -246,7 +250,7 @@ class QubeInterpreter:
         self, code: str, invocation: Invocation, host: HostApi, *, acted: bool
     ) -> _Step:
         job_id = invocation.job_id
-        target: int | str
+        target: int | str | ExactWork
         if code in MAIL_CODES:
             return await self._mail(code, MAIL_CODES[code], invocation, host, acted=acted)
         if code == MAIL_LANGUAGE:
@@ -254,7 +258,9 @@ class QubeInterpreter:
         if code in JOB_CODES:
             fn, target = JOB_CODES[code], job_id
         elif code in WORK_CODES:
-            fn, target = "work" + WORK_CODES[code], f"{job_id}:{invocation.work_name}"
+            # The item that fired, by its exact name: never read as a work spec, whose
+            # commas make lists and whose spaces are dropped.
+            fn, target = "work" + WORK_CODES[code], ExactWork(job_id, invocation.work_name)
         elif code == UNBLOCK_SUBJOB_SINGLE:
             fn, target = "subjobunblock", f"{job_id}.{invocation.subjob_id}"
         else:

@@ -6,7 +6,7 @@ Stdlib only, so that the trigger engine checks a job's qube code when the job re
 
 from __future__ import annotations
 
-import re
+import string
 from typing import Final
 
 # What a job and each of its instances can be told (``unblock-self``, ``kill-subjob-self``).
@@ -44,7 +44,11 @@ CODE_STRINGS: Final[tuple[str, ...]] = (
     *MAIL_CODES,
 )
 
-_SEPARATORS = re.compile(r"[;\n]")
+# Around a code string; no other space (a no-break space is no separator, nor is a CR alone).
+_SPACE: Final = " \t\r\f\v"
+# Code strings are ASCII: str.lower() would make the Kelvin sign (U+212A) a 'k', so that
+# "unbloc\u212a-self" ran as unblock-self.
+_ASCII_LOWER: Final = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 # More is a loop, not a callback: 12,000 mail-status parts would mail 10,000 times.
 MAX_CODE_STRINGS: Final = 64
 
@@ -60,9 +64,17 @@ def _excerpt(part: str) -> str:
 
 
 def split_codes(code: str) -> list[str]:
-    """The code strings of a qube callback, in order (see qube.py's docstring)."""
-    parts = (part.strip().lower() for part in _SEPARATORS.split(code.strip()))
-    return [part for part in parts if part and not part.startswith("#")]
+    """The code strings of a qube callback, in order (see qube.py's docstring).
+
+    A ``#`` starts a comment that runs to the end of its line, ``;`` and all: no code
+    string holds a ``#``, and ``# not here; fail-self`` must run nothing. The checks
+    at registration, a ``.qcb`` file's at load and the run all split here.
+    """
+    parts: list[str] = []
+    for line in code.split("\n"):
+        text = line.partition("#")[0]
+        parts.extend(part.strip(_SPACE).translate(_ASCII_LOWER) for part in text.split(";"))
+    return [part for part in parts if part]
 
 
 def validate(code: str) -> str | None:

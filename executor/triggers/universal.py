@@ -3,13 +3,14 @@
 Format (qube-callbacks.md §4): one ``filename = trigger`` per line, ``#`` starts a
 comment line, blank lines are ignored. The file named sits in the same directory and
 its extension picks the language: ``.py`` python, ``.pl`` perl, ``.qcb`` qube (the
-file holds the code string). A directory without a ``callbacks.conf`` contributes
-nothing. Each file's code is checked at load by ``check_code`` (Python is compiled, qube
-code strings are looked up), so a syntax error is reported when the file is installed,
-not when it first fires. Every problem is reported as ``file:line: message``; a load
-with any problem is refused as a whole, so a reload keeps the last good set. A line the
-loader cannot take, however it fails, is such a problem: never an exception out of the
-load (start-up and a reload would go down with it).
+file holds the code strings; a byte order mark at its start is dropped). A directory
+without a ``callbacks.conf`` contributes nothing. Each file's code is checked at load
+by ``check_code`` (Python is compiled, qube code strings are looked up), so a syntax
+error is reported when the file is installed, not when it first fires. Every problem
+is reported as ``file:line: message``; a load with any problem is refused as a whole,
+so a reload keeps the last good set. A line the loader cannot take, however it fails,
+is such a problem: never an exception out of the load (start-up and a reload would go
+down with it).
 
 Every file is read only if it really is a regular file in its directory (``_read_inside``),
 callbacks.conf too: whoever may write a universal directory must not get any file the
@@ -307,7 +308,10 @@ def _load_line(
     if Path(filename).name != filename:
         return f"{where}: {_quoted(filename)} must be a file in {directory}"
     try:
-        code = _read_inside(directory, path)
+        # A Windows editor's byte order mark is no part of a code string (Python's
+        # compiler takes it itself).
+        encoding = "utf-8-sig" if language == "qube" else "utf-8"
+        code = _read_inside(directory, path, encoding=encoding)
     except _Unreadable as err:
         return f"{where}: {err.why(_cut(filename), directory)}"
     except (OSError, UnicodeDecodeError) as err:

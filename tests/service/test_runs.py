@@ -438,6 +438,23 @@ async def test_cbexec_run_through_a_running_executor(stack: Stack, tmp_path: Pat
     assert "outcome: FAILED" in out and "bad frame range" in out
 
 
+async def test_cbexec_run_drops_a_qcb_files_byte_order_mark(
+    stack_warm: Stack, tmp_path: Path
+) -> None:
+    # Probe 99: '\ufeffunblock-self' was an unknown code string.
+    job = stack_warm.supervisor.submit([{"name": "bom", "user": "alice", "status": "blocked"}])[0]
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps(job))
+    script = tmp_path / "unblock.qcb"
+    script.write_bytes("\ufeff# saved by Windows Notepad\r\nunblock-self\r\n".encode())
+    code, out, err = await cbexec(
+        "run", str(script), "--job", str(job_file), "--address", stack_warm.address
+    )
+    assert code == 0, out + err
+    assert "outcome: SUCCEEDED" in out
+    assert stack_warm.supervisor.job(job["id"])["status"] == "pending"
+
+
 async def run_embedded(
     stack: Stack, tmp_path: Path, job: dict[str, Any], *args: str
 ) -> tuple[int, str, str]:

@@ -119,14 +119,21 @@ async def test_reads_ask_for_only_the_items_they_need_and_get_only_those(
         # A named answer that lacks the item: the whole agenda decides, as for a verb.
         ("workstatus", [f"{j}:99999"], {}, [["99999"], None], [0, everything]),
         ("workunblock", [f"{j}:5"], {}, [["5"]], [1]),
-        ("workblock", [f"{j}:5, 7,Initialize"], {}, [["5", "7", "Initialize"]], [3]),
+        # A list asks for its whole text too: an item may be named so, and it wins.
+        (
+            "workblock",
+            [f"{j}:5, 7,Initialize"],
+            {},
+            [["5, 7,Initialize", "5", "7", "Initialize"]],
+            [3],
+        ),
         ("jobinfo", [], {"fields": ["status", "name"]}, [[]], [0]),
         ("jobinfo", ["-pgrp", j], {"fields": ["cpustally"]}, [[]], [0]),
         # A range (or a chunk named like one) reads the whole agenda ...
         ("workblock", [f"{j}:1-10"], {}, [None], [everything]),
         ("workblock", [f"{j}:005-007"], {}, [None], [everything]),
         # ... and so does a missing name, after the narrow read, for today's error.
-        ("workblock", [f"{j}:5,99999"], {}, [["5", "99999"], None], [1, everything]),
+        ("workblock", [f"{j}:5,99999"], {}, [["5,99999", "5", "99999"], None], [1, everything]),
         # What is made from the agenda needs all of it.
         ("jobinfo", [], {}, [None], [everything]),
         ("jobinfo", [], {"fields": ["todo"]}, [None], [everything]),

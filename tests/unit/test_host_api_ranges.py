@@ -72,6 +72,38 @@ async def test_a_work_list_acts_on_the_frames_that_exist(language: str) -> None:
     assert statuses == ["pending", "pending", "blocked", "pending", "pending"]
 
 
+@pytest.mark.parametrize(
+    ("agenda", "spec", "names"),
+    [
+        # Probe 99: the whole spec names an item, as a chunk's name wins over its range.
+        (["5,6", "5", "6"], "5,6", ["5,6"]),
+        ([" 5", "5"], " 5", [" 5"]),
+        (["3-4,9", "3", "4", "9"], "3-4,9", ["3-4,9"]),
+        (["5", "6"], "5,6", ["5", "6"]),  # no item so named: a list, as before
+        (["5"], " 5", ["5"]),
+    ],
+)
+def test_a_spec_that_is_an_items_whole_name_is_that_item(
+    agenda: list[str], spec: str, names: list[str]
+) -> None:
+    assert expand_work_names(spec, agenda) == names
+
+
+@pytest.mark.parametrize("language", ["python", "perl"])
+@pytest.mark.parametrize("item", ["5,6", " 5", "3-4,9"])
+async def test_the_triggering_items_name_acts_on_that_item(language: str, item: str) -> None:
+    # qb.workfail(qb.jobid() + ':' + qb.workid()), as the qube fail-work-self acts.
+    with ReferenceSupervisor() as sup:
+        agenda = [item, "3", "4", "5", "6", "9"]
+        (job,) = sup.submit([{"name": "a", "user": "alice", "agenda": agenda}])
+        invocation = invocation_for(job, "", language=language, work_name=item)
+        host = HostApi(ReferencePort(sup), invocation)
+        assert await host.call("workfail", [f"{job['id']}:{item}"], {}) == 1
+        statuses = {w["name"]: w["status"] for w in sup.job(job["id"])["agenda"]}
+    assert statuses.pop(item) == "failed"
+    assert set(statuses.values()) == {"pending"}
+
+
 def test_repeated_and_overlapping_ranges_select_each_item_once_in_order() -> None:
     agenda = [str(n) for n in range(1, 201)]
     # A callback's spec: 30,000 parts over 200 frames is one pass, not 6 million steps.

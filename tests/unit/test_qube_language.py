@@ -118,6 +118,48 @@ def test_split_codes_strips_separates_and_skips_comments() -> None:
     assert split_codes(code) == ["unblock-self", "mail-status", "kill-self"]
 
 
+@pytest.mark.parametrize(
+    ("code", "parts"),
+    [
+        # Probe 99: a ';' inside a comment started a new code string.
+        ("# NOTE: do not fail-self here; fail-self\nunblock-self\n", ["unblock-self"]),
+        ("# disabled: fail-self; kill-self\nunblock-self", ["unblock-self"]),
+        ("# mails the job status; see the wiki\nmail-status", ["mail-status"]),
+        # A '#' after code on a line comments out the rest of that line, and only that.
+        ("unblock-self # why; kill-self\nmail-status", ["unblock-self", "mail-status"]),
+        ("unblock-self;# kill-self\r\nmail-status", ["unblock-self", "mail-status"]),
+        ("   # indented; fail-self", []),
+    ],
+)
+def test_a_comment_runs_to_the_end_of_its_line(code: str, parts: list[str]) -> None:
+    assert split_codes(code) == parts
+
+
+def test_a_comment_holding_a_semicolon_is_not_checked_as_code() -> None:
+    assert validate("# mails the job status; see the wiki\nmail-status") is None
+    assert validate("# only a comment; fail-self") is not None  # no code string at all
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "unbloc\u212a-self",  # KELVIN SIGN, which str.lower() makes a 'k'
+        "\u212aill-self",
+        "unblock-self\u00a0",  # NO-BREAK SPACE, which str.strip() takes away
+        "\u2003unblock-self",
+    ],
+)
+def test_a_non_ascii_look_alike_is_an_unknown_code_string(code: str) -> None:
+    assert split_codes(code) == [code]
+    problem = validate(code)
+    assert problem is not None
+    assert problem.startswith(f"unknown qube code string {code!a}")
+
+
+def test_code_strings_match_ascii_letters_in_any_case() -> None:
+    assert split_codes("UNBLOCK-SELF;\tMail-Status ") == ["unblock-self", "mail-status"]
+
+
 # -- job level ----------------------------------------------------------------------------
 
 
@@ -242,6 +284,49 @@ async def test_unblock_work_self_unblocks_exactly_the_triggering_item(
     assert work_statuses(supervisor, job_id) == {"1": "blocked", "2": "pending", "3": "blocked"}
     (action,) = result.actions
     assert (action.verb, action.target) == ("workunblock", f"{job_id}:2")
+
+
+@pytest.mark.parametrize(
+    ("item", "code"),
+    [
+        ("5,6", "fail-work-self"),  # probe 99: failed frames 5 and 6, not the item
+        (" 5", "complete-work-self"),  # completed frame 5
+        ("5, 6", "complete-work-self"),
+        ("3-4,9", "fail-work-self"),  # NoSuchWork: no item '9'
+        ("7-9", "block-work-self"),  # a chunk's name, not frames 7 to 9
+    ],
+)
+async def test_a_work_code_string_acts_on_the_item_of_exactly_that_name(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor, item: str, code: str
+) -> None:
+    names = [item, "3", "4", "5", "6", "7", "8", "9"]
+    agenda = [{"name": name, "status": "pending"} for name in names]
+    job_id = submit(supervisor, status="pending", agenda=agenda)
+
+    result = await run(interpreter, supervisor, job_id, code, work_name=item)
+
+    assert result.outcome is Outcome.SUCCEEDED, result.failure
+    statuses = work_statuses(supervisor, job_id)
+    assert statuses.pop(item) != "pending"
+    assert set(statuses.values()) == {"pending"}  # no other item was touched
+    verb = code.removesuffix("-work-self")
+    (action,) = result.actions
+    assert (action.verb, action.target) == ("work" + verb, f"{job_id}:{item}")
+
+
+async def test_a_work_code_string_whose_item_is_gone_is_no_such_work(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor
+) -> None:
+    job_id = submit(supervisor, status="pending")
+
+    result = await run(interpreter, supervisor, job_id, "fail-work-self", work_name="1,2")
+
+    assert result.outcome is Outcome.FAILED
+    assert result.failure is not None
+    assert result.failure.message == (
+        f"fail-work-self: NoSuchWork: job {job_id} has no work item '1,2'"
+    )
+    assert work_statuses(supervisor, job_id) == {"1": "blocked", "2": "blocked", "3": "blocked"}
 
 
 async def test_work_code_without_a_work_event_fails(

@@ -219,3 +219,26 @@ def test_a_line_in_a_disabled_language_loads_with_a_warning(tmp_path: Path) -> N
     said = _universal(settings)
     assert said.startswith("2 from ")
     assert "WARNING: " + perl.warnings[0] in said
+
+
+def test_a_qcb_file_with_a_byte_order_mark_loads_without_it(tmp_path: Path) -> None:
+    # Probe 99: '\ufeffmail-status' was an unknown code string and refused the reload.
+    conf = _directory(tmp_path, "bom.qcb = done-job-self\n")
+    (conf / "bom.qcb").write_bytes("\ufeffmail-status\r\n".encode())
+
+    (loaded,) = load_universal([conf], lambda _: None, check_code=check_source)
+
+    assert (loaded.language, loaded.code) == ("qube", "mail-status")
+
+
+def test_a_qcb_comment_holding_a_semicolon_is_no_code(tmp_path: Path) -> None:
+    # Probe 99: "prose.qcb:1: unknown qube code string 'nothing else'" refused the reload.
+    conf = _directory(
+        tmp_path,
+        "prose.qcb = done-job-self\n",
+        **{"prose.qcb": "# Mails the status; nothing else\nmail-status\n"},
+    )
+
+    (loaded,) = load_universal([conf], lambda _: None, check_code=check_source)
+
+    assert loaded.source == f"{conf}/prose.qcb"
