@@ -228,7 +228,8 @@ _T = TypeVar("_T")
 # How often a transaction that lost a deadlock (a fleet's replicas racing) is run again.
 _CONFLICT_TRIES = 8
 # In a fleet: the version row replicas follow to reload the universal callbacks, and how
-# often they look (one indexed read a second per replica).
+# often they look, and how often each looks at the fleet's next due timer (``_run_timers``):
+# two indexed reads a second per replica.
 UNIVERSAL_VERSION = "universal"
 FLEET_POLL_S = 1.0
 # A ``wait`` publisher whose firing another replica re-ran looks for that run's result this
@@ -1391,11 +1392,22 @@ class TriggerEngine:
         return True
 
     async def _run_timers(self) -> None:
-        """Forever: sleep until the next due time atom (or a registration), then fire."""
+        """Forever: sleep until the next due time atom (or a registration), then fire.
+
+        In a fleet it also wakes every ``FLEET_POLL_S``: other replicas' registrations
+        and firings move the fleet's timers without waking this one, and the replica that
+        registered a timer may be gone by its due time, so every replica fires a due one
+        within a poll (each wake reads only the next due time; the timer is claimed by
+        one replica in ``_fire_due_timers``).
+        """
+        poll_s = FLEET_POLL_S if self._store.fleet else 3600.0
         while True:
             try:
-                self.fire_due_timers()
+                looked_at = self._clock()
                 due = self._store.next_timer_due()
+                if due is not None and due <= looked_at:
+                    self.fire_due_timers()
+                    due = self._store.next_timer_due()
             except UnavailableError as err:  # PostgreSQL restarting: the timers wait for it
                 logger.warning(
                     "timers: %s; trying again in %.0fs, once the storage is sound",
@@ -1405,7 +1417,14 @@ class TriggerEngine:
                 await asyncio.sleep(_STORE_RETRY_S)
                 await self._store.sound()
                 continue
-            delay = 3600.0 if due is None else max(0.0, min(3600.0, due - self._clock()))
+            if due is None:
+                delay = poll_s
+            elif due <= looked_at:
+                # Still due after firing: another replica's transaction holds it (it fires
+                # it), or it cannot fire; look again in a poll, not at once for ever.
+                delay = min(FLEET_POLL_S, poll_s)
+            else:
+                delay = max(0.0, min(poll_s, due - self._clock()))
             self._timer_wakeup.clear()
             # asyncio.timeout, not wait_for: in 3.11 wait_for swallows a cancellation that
             # races with a wake-up (a registration), and stop() then waits for ever.

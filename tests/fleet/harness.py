@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import signal
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -150,6 +151,16 @@ class Fleet:
         replica, stack = self.replicas[index], self._stacks[index]
         assert replica is not None and stack is not None
         replica.sigkill()
+        self.replicas[index] = None
+        self._stacks[index] = None
+        await stack.aclose()
+
+    async def stop(self, index: int) -> None:
+        """SIGTERM replica ``index`` (a rolling restart's stop), wait for it to end, reap it."""
+        replica, stack = self.replicas[index], self._stacks[index]
+        assert replica is not None and stack is not None
+        replica.proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(replica.proc.wait(), timeout=30)
         self.replicas[index] = None
         self._stacks[index] = None
         await stack.aclose()
