@@ -54,8 +54,9 @@ async def test_a_forked_spinner_ignoring_sigterm_counts_to_the_wall_limit(
     )
 
     assert_outcome(response, Outcome.OUTCOME_WALL_TIMEOUT)
-    # ~3 s spun while the main process slept (loosely: two shared cores).
-    assert response.usage.cpu_seconds >= 2, response.usage
+    # ~3 s spun while the main process slept; counted at all is what matters (the main
+    # process alone is ~0 s), and a loaded machine gave the spinner 1.15 s of its 3.
+    assert response.usage.cpu_seconds >= 0.5, response.usage
 
 
 async def test_a_normal_runs_cpu_is_its_own(arena: Arena, language: str) -> None:
