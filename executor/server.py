@@ -55,6 +55,7 @@ from executor.runs.metrics import Metrics
 from executor.runs.readings import ReadingSources, TierFlags
 from executor.runs.recorder import Recorder
 from executor.runtimes.check import check_source
+from executor.runtimes.mail import login_warnings as mail_login_warnings
 from executor.runtimes.qube import QubeInterpreter
 from executor.sandbox import host_limits
 from executor.sandbox.identity import UidClaim
@@ -361,6 +362,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             *bind_warnings(policies),
             *(api_embedded.shared_store_warnings(settings.store) if embedded else []),
             *open_to_others(settings),
+            *mail_login_warnings(settings.mail),
             *_own_limits_warnings(settings),
             *host_limits.warnings(
                 settings.default_limits,

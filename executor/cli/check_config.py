@@ -30,6 +30,7 @@ from executor.policies import (
     network_warnings,
     report,
 )
+from executor.runtimes import mail
 from executor.runtimes.check import check_source
 from executor.sandbox import host_limits
 from executor.sandbox.identity import UidClaim
@@ -190,6 +191,7 @@ def check(settings: config.Settings, out: TextIO) -> list[str]:
         ("universal callbacks", lambda: _universal(settings)),
         ("open files", lambda: _open_files(settings)),
         ("processes", lambda: _processes(settings)),
+        ("mail", lambda: _mail(settings)),
     ]
     problems: list[str] = []
     for name, run in checks:
@@ -222,6 +224,12 @@ def _processes(settings: config.Settings) -> str:
     ) + f"; max_concurrent = {settings.max_concurrent} may want ~{wanted} tasks"
     warning = process_limit.limit_warning(limit, settings.max_concurrent)
     return found if warning is None else f"{found}\n  WARNING: {warning}"
+
+
+def _mail(settings: config.Settings) -> str:
+    """Where mail goes; a WARNING when the relay's password would cross the network in clear."""
+    found = mail.describe(settings.mail_settings)
+    return "\n".join([found, *(f"  WARNING: {w}" for w in mail.login_warnings(settings.mail))])
 
 
 def _endpoint(settings: config.Settings) -> str:

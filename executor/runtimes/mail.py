@@ -31,13 +31,15 @@ Message-ID may not hold is replaced by its SHA-256.
 Delivery: ``file`` (default) writes one RFC 5322 message per file into a maildir
 (``directory``/tmp, then an atomic rename into ``directory``/new, named ``*.eml``);
 ``smtp`` sends through ``smtp_host``:``smtp_port`` with smtplib (optional STARTTLS and
-login). ``Mailer.deliver`` blocks; async callers run it with ``asyncio.to_thread``.
+login), and a recipient the relay refuses is a MailError naming it (``_send_smtp``).
+``Mailer.deliver`` blocks; async callers run it with ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import itertools
 import json
 import logging
@@ -108,7 +110,7 @@ class MailSettings:
     default_domain: str = "localhost"
 
     def __post_init__(self) -> None:
-        for key in ("delivery", "smtp_port"):
+        for key in ("delivery", "smtp_port", "smtp_host", "sender", "default_domain"):
             if problem := self.value_problem(key, getattr(self, key)):
                 raise ValueError(f"mail.{key}: {problem}")
 
@@ -117,12 +119,87 @@ class MailSettings:
         """What is wrong with one ``[mail]`` value, None if nothing.
 
         One key at a time, so the settings' check names every bad one, a line each.
+        Without these checks a bad sender or domain failed every mail, naming no setting.
         """
         if key == "delivery" and value not in DELIVERIES:
             return f"expected file or smtp, got {value!r}"
         if key == "smtp_port" and isinstance(value, int) and not 0 < value < 65536:
             return f"expected 1-65535, got {value}"
+        if key == "smtp_host" and isinstance(value, str) and not _HOST.match(value):
+            return f"expected the relay's host name or IP address, got {value!r}"
+        if key == "sender" and isinstance(value, str):
+            return _sender_problem(value)
+        if (
+            key == "default_domain"
+            and isinstance(value, str)
+            and value
+            and not is_address(f"x@{value}")
+        ):
+            return f"expected a mail domain such as farm.example, got {value!r}"
         return None
+
+
+# A host name, an IPv4 address, or an IPv6 one (no brackets: smtplib takes it as is).
+_HOST: Final = re.compile(r"^[A-Za-z0-9_.:-]+$")
+
+
+def _sender_problem(sender: str) -> str | None:
+    """Why ``sender`` cannot be the From: header and envelope sender, or None.
+
+    One address (``qube@farm.example``, or with a name: ``Render Farm <qube@farm.example>``),
+    on one line: the From: header would refuse a CR or LF, and a list would send as several.
+    """
+    expected = f"expected one address such as qube@farm.example, got {sender!r}"
+    if any(unicodedata.category(char) == "Cc" for char in sender):
+        return f"holds a control character; {expected}"
+    probe = EmailMessage()
+    try:
+        probe["From"] = sender
+        addresses = probe["From"].addresses
+    except (ValueError, IndexError, TypeError):
+        return expected
+    if len(addresses) != 1 or probe["From"].defects or not is_address(addresses[0].addr_spec):
+        return expected
+    if "@" not in addresses[0].addr_spec:
+        return f"has no domain; {expected}"
+    return None
+
+
+def describe(settings: MailSettings) -> str:
+    """Where mail goes, in a few words (``--check-config``'s ``mail:`` line)."""
+    if settings.delivery != "smtp":
+        return f"maildir {settings.directory}"
+    how = "STARTTLS" if settings.smtp_starttls else "plaintext"
+    login = f", login as {settings.smtp_user}" if settings.smtp_user else ""
+    return f"smtp://{settings.smtp_host}:{settings.smtp_port}, {how}{login}"
+
+
+def login_warnings(settings: MailSettings) -> list[str]:
+    """A warning when the relay login's password would cross the network in clear.
+
+    Said at start-up and by ``--check-config``, never refused (as for the executor's own
+    port): a site may trust its network, or reach a relay through a tunnel. A relay on
+    loopback is this host's own: nothing crosses a network.
+    """
+    if settings.delivery != "smtp" or not settings.smtp_user or settings.smtp_starttls:
+        return []
+    if _on_loopback(settings.smtp_host):
+        return []
+    return [
+        f"mail.smtp_user is set and mail.smtp_starttls is off: the relay login sends "
+        f"mail.smtp_password to {settings.smtp_host}:{settings.smtp_port} in clear, where "
+        "anyone on the path can read it; set smtp_starttls = true (or use a relay on "
+        "this host, 127.0.0.1)"
+    ]
+
+
+def _on_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: as far away as it resolves
 
 
 DEFAULT_TEMPLATES: Final[dict[str, str]] = {
@@ -493,18 +570,77 @@ class Mailer:
         return str(final)
 
     def _send_smtp(self, message: EmailMessage) -> str:
+        """Send ``message`` to each of its recipients; MailError naming any the relay refused.
+
+        A relay that caps the recipients of a message answers those past its limit 452
+        (RFC 5321 4.5.3.1.10) and expects them in another transaction: they get the same
+        message (the same Message-ID: one mail, each recipient a copy) in the next one.
+        """
         s = self.settings
         where = f"smtp://{s.smtp_host}:{s.smtp_port}"
+        pending = [address.addr_spec for address in message["To"].addresses]
+        sent: list[str] = []
+        refused: dict[str, tuple[int, bytes]] = {}
         try:
             with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout_seconds) as smtp:
                 if s.smtp_starttls:
                     smtp.starttls(context=ssl.create_default_context())
                 if s.smtp_user:
                     smtp.login(s.smtp_user, s.smtp_password)
-                refused = smtp.send_message(message)
+                while pending:
+                    try:
+                        answer = smtp.send_message(message, to_addrs=pending)
+                    except smtplib.SMTPRecipientsRefused as err:  # none of this transaction's
+                        refused.update(err.recipients)
+                        break
+                    # Each transaction takes at least one (else it raised): this ends.
+                    sent += [address for address in pending if address not in answer]
+                    later = [a for a in pending if answer.get(a, (0, b""))[0] == TOO_MANY_RCPT]
+                    refused.update((a, reply) for a, reply in answer.items() if a not in later)
+                    pending = later
         except (smtplib.SMTPException, OSError) as err:
-            raise MailError(f"could not send the mail through {where}: {err}") from err
+            if pending and len(pending) < len(message["To"].addresses):
+                into = ", ".join(pending)
+                raise MailError(
+                    f"could not send the mail through {where} to {into}: {_said(err)}"
+                    f"{_refused(refused)}{_sent_to(sent)}"
+                ) from err
+            raise MailError(f"could not send the mail through {where}: {_said(err)}") from err
         if refused:
-            logger.warning("mail server %s refused %s", where, ", ".join(refused))
+            if not sent:
+                raise MailError(
+                    f"could not send the mail through {where}: it refused every recipient"
+                    f"{_refused(refused)}"
+                )
+            raise MailError(f"{where} refused{_refused(refused)[1:]}{_sent_to(sent)}")
         logger.info("mail to %s sent through %s", message["To"], where)
         return where
+
+
+# A relay's "too many recipients" (RFC 5321 4.5.3.1.10): the rest go in another transaction.
+TOO_MANY_RCPT: Final = 452
+
+
+def _said(err: Exception) -> str:
+    """The relay's reply as it gave it (``451 4.3.0 try later``), else the error."""
+    if isinstance(err, smtplib.SMTPResponseException):
+        return f"{err.smtp_code} {_text_of(err.smtp_error)}"
+    return str(err)
+
+
+def _text_of(reply: bytes | str) -> str:
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+
+
+def _refused(refused: dict[str, tuple[int, bytes]]) -> str:
+    """``: a@b (550 5.1.1 no such user), ...``, each recipient with the relay's reply."""
+    if not refused:
+        return ""
+    said = (f"{address} ({code} {_text_of(reply)})" for address, (code, reply) in refused.items())
+    return ": " + ", ".join(said)
+
+
+def _sent_to(sent: list[str]) -> str:
+    if not sent:
+        return ""
+    return f"; sent to the {len(sent)} other recipient{'s' if len(sent) > 1 else ''}"

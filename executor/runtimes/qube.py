@@ -14,7 +14,9 @@ and all; blank parts are skipped. Every part is checked before any
 runs: an unknown code string rejects the whole callback (REJECTED, listing the valid
 ones); a work or instance code string when no work item or instance fired the callback
 fails it (FAILED). A failing call stops the run there (FAILED); what ran before stays
-done.
+done. A mail that cannot be rendered or sent does not stop it (``unblock-self`` after
+``mail-status`` must not wait on a relay): the code strings after it run, and the run
+is FAILED with the first failure.
 
 Targets:
 - ``<verb>-self`` acts on the job (``qb.<verb>(jobid)``);
@@ -151,9 +153,12 @@ class _Step:
 
 
 class _StepFailed(Exception):
-    def __init__(self, failure: Failure) -> None:
+    """A code string failed; ``stops`` unless it was a mail the code strings after need not wait on."""
+
+    def __init__(self, failure: Failure, *, stops: bool = True) -> None:
         super().__init__(failure.message)
         self.failure = failure
+        self.stops = stops
 
 
 class QubeInterpreter:
@@ -195,8 +200,13 @@ class QubeInterpreter:
                         try:
                             step = await self._run_one(part, invocation, host, acted=acted)
                         except _StepFailed as err:
-                            outcome, failure = Outcome.FAILED, err.failure
-                            break
+                            outcome, failure = Outcome.FAILED, failure or err.failure
+                            if err.stops:
+                                break
+                            lines.append(
+                                f"{part}: not sent: {err.failure.message.removeprefix(part + ': ')}"
+                            )
+                            continue
                         lines.append(f"{step.code}: {step.summary}")
                         acted = acted or (part not in MAIL_CODES and not invocation.shadow)
             except TimeoutError:
@@ -325,7 +335,10 @@ class QubeInterpreter:
             else:
                 where = await self._deliver(message, host)
         except (MailError, ValueError) as err:  # ValueError: a header the job's fields broke
-            raise _StepFailed(Failure(f"{code}: {err}", exception_type="MailError")) from err
+            # The mail is lost, visibly; what the callback does next (unblock-self) is not
+            # held up by a relay's hiccup.
+            failure = Failure(f"{code}: {err}", exception_type="MailError")
+            raise _StepFailed(failure, stops=False) from err
         of_item = {"subjob": subjob, "work": work}.get(kind)
         status = (of_item or job).get("status")
         return _Step(

@@ -278,3 +278,27 @@ async def test_a_policy_value_of_the_wrong_toml_type_is_named_with_its_file(tmp_
         f"cbexec: {config}: policies.job.env.VERBOSE: expected a string, got true",
         f"cbexec: {config}: policies.job.env.FRAMES: expected a string, got [1, 2]",
     ]
+
+
+async def test_bad_mail_settings_and_a_login_in_clear_are_said_by_name(tmp_path: Path) -> None:
+    # Both passed the check (probe 96): every mail then failed naming no setting.
+    bad = (
+        '[mail]\nsender = "qube@farm.example\\r\\nBcc: evil@x"\ndefault_domain = "farm example>"\n'
+    )
+    code, out, err = await check_config(config_file(tmp_path, bad))
+    assert code == 2 and "ok: start-up would succeed" not in out
+    assert "mail.sender: holds a control character" in err, err
+    assert "mail.default_domain: expected a mail domain such as farm.example" in err, err
+    # The relay's password in clear over the network is warned of, not refused.
+    login = '[mail]\ndelivery = "smtp"\nsmtp_host = "smtp.farm.example"\nsmtp_user = "farm"\n'
+    code, out, err = await check_config(config_file(tmp_path, login))
+    assert code == 0, err
+    assert "mail: smtp://smtp.farm.example:25, plaintext, login as farm" in out
+    assert (
+        "WARNING: mail.smtp_user is set and mail.smtp_starttls is off: the relay login sends "
+        "mail.smtp_password to smtp.farm.example:25 in clear"
+    ) in out
+    code, out, err = await check_config(config_file(tmp_path, login + "smtp_starttls = true\n"))
+    assert code == 0, err
+    assert "mail: smtp://smtp.farm.example:25, STARTTLS, login as farm" in out
+    assert "in clear" not in out

@@ -635,6 +635,30 @@ def test_every_bad_mail_setting_is_named_a_line_each(tmp_path: Path) -> None:
     ]
 
 
+def test_a_mail_sender_domain_or_host_that_cannot_work_is_named(tmp_path: Path) -> None:
+    # Accepted before (probe 96): every mail then failed with an error naming no setting.
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        '[mail]\nsender = "qube@farm.example\\r\\nBcc: evil@x"\n'
+        'default_domain = "farm example>"\nsmtp_host = ""\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        config.layered(toml, {}, {})
+    assert str(caught.value).splitlines() == [
+        f"{toml}: mail.sender: holds a control character; expected one address such as "
+        "qube@farm.example, got 'qube@farm.example\\r\\nBcc: evil@x'",
+        f"{toml}: mail.default_domain: expected a mail domain such as farm.example, "
+        "got 'farm example>'",
+        f"{toml}: mail.smtp_host: expected the relay's host name or IP address, got ''",
+    ]
+    toml.write_text('[mail]\nsender = "a@farm.example, evil@elsewhere.example"\n')
+    with pytest.raises(ConfigError, match=r"mail\.sender: expected one address"):
+        config.layered(toml, {}, {})
+    # An address with a display name is one sender.
+    toml.write_text('[mail]\nsender = "Render Farm <qube@farm.example>"\n')
+    assert config.layered(toml, {}, {}).mail.sender == "Render Farm <qube@farm.example>"
+
+
 def test_every_bad_limit_is_named_once() -> None:
     settings = config.apply(
         config.Settings(),

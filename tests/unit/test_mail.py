@@ -26,6 +26,7 @@ from executor.runtimes.mail import (
     template_variables,
 )
 from supervisor_client.mailaddress import first_non_address
+from tests.helpers.smtp_relay import SmtpRelay, smtp_relay
 
 pytestmark = pytest.mark.unit
 
@@ -461,3 +462,27 @@ def test_a_recipient_the_header_cannot_carry_is_never_sent_as_null(
     monkeypatch.setattr(mail_module, "recipients", lambda job, domain: ["ok@x.org", "a@b..c"])
     with pytest.raises(MailError, match=r"'a@b..c' is not a mail address the To: header"):
         render("job", JOB, None, None, "")
+
+
+async def test_smtp_names_each_refused_recipient_across_recipient_limited_transactions() -> None:
+    relay = SmtpRelay(max_rcpt=1, refuse_rcpt={"c@x.org": "550 5.1.1 no such user"})
+    async with smtp_relay(relay):
+        settings = MailSettings(
+            delivery="smtp", smtp_host="127.0.0.1", smtp_port=relay.port, smtp_timeout_seconds=5
+        )
+        message = render(
+            "job",
+            dict(JOB, mailaddress="a@x.org b@x.org c@x.org d@x.org"),
+            None,
+            None,
+            "",
+            settings,
+        )
+        with pytest.raises(MailError) as caught:
+            await asyncio.to_thread(Mailer(settings).deliver, message)
+
+    assert [m.rcpt_to for m in relay.accepted] == [["a@x.org"], ["b@x.org"], ["d@x.org"]]
+    assert str(caught.value) == (
+        f"smtp://127.0.0.1:{relay.port} refused c@x.org (550 5.1.1 no such user); "
+        "sent to the 3 other recipients"
+    )
