@@ -31,7 +31,8 @@ Message-ID may not hold is replaced by its SHA-256.
 Delivery: ``file`` (default) writes one RFC 5322 message per file into a maildir
 (``directory``/tmp, then an atomic rename into ``directory``/new, named ``*.eml``);
 ``smtp`` sends through ``smtp_host``:``smtp_port`` with smtplib (optional STARTTLS and
-login). ``Mailer.deliver`` blocks; async callers run it with ``asyncio.to_thread``.
+login). ``Mailer.deliver`` blocks; runs hand their mail to ``mail_queue.MailQueue``,
+whose threads call it.
 """
 
 from __future__ import annotations
