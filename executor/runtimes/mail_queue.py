@@ -215,7 +215,10 @@ class MailQueue:
         outcome: Outcome
         try:
             outcome = self._mailer.deliver(ticket.message)
-        except MailError as err:
+        except Exception as err:  # a bug must not end the thread: logged, the mail not sent
+            if not isinstance(err, MailError):
+                logger.error("mail %s: error inside the executor", ticket.message_id, exc_info=err)
+                err = MailError("not sent: internal error in the executor; its log has the details")
             outcome = err
             self.not_sent += 1
             logger.warning(
