@@ -55,7 +55,16 @@ from executor.errors import (
     UnavailableError,
 )
 from executor.host_api import HostApi
-from executor.model import ActionRecord, Failure, Invocation, Language, Limits, Outcome, RunResult
+from executor.model import (
+    ActionRecord,
+    Failure,
+    Invocation,
+    Language,
+    Limits,
+    Outcome,
+    RunResult,
+    Usage,
+)
 from executor.plurals import counted, counted_are
 from executor.policies import Policy, PolicySet
 from executor.runtimes.child import ChildRuntime, child_runtime
@@ -512,11 +521,13 @@ class Dispatcher:
         if run.language in _INTERPRETED:
             run.open_gate()
             run.stop.start()  # not stopped yet (``_run`` checked), and nothing awaited since
+            began = time.monotonic()
             try:
                 async with stoppable(run.stop):
                     return await self._qube.run(invocation, host), None
             except RunStopped:
-                return self._stopped(invocation, run.stop, tuple(host.actions)), None
+                wall_s = time.monotonic() - began  # what it ran before the stop
+                return self._stopped(invocation, run.stop, tuple(host.actions), wall_s), None
             except Exception:  # an executor bug: still a run, answered, recorded, reported
                 logger.exception("qube run %s failed inside the executor", invocation.invocation_id)
                 return self._failed_inside(invocation, host), None
@@ -588,12 +599,16 @@ class Dispatcher:
 
     @staticmethod
     def _stopped(
-        invocation: Invocation, stop: RunStop, actions: tuple[ActionRecord, ...]
+        invocation: Invocation,
+        stop: RunStop,
+        actions: tuple[ActionRecord, ...],
+        wall_s: float = 0.0,
     ) -> RunResult:
         return RunResult(
             invocation.invocation_id,
             Outcome.KILLED,
             failure=Failure(stop.reason),
+            usage=Usage(wall_seconds=wall_s),
             actions=actions,
         )
 

@@ -54,6 +54,7 @@ from executor.runs.invocation_ids import FleetIds
 from executor.runs.metrics import Metrics
 from executor.runs.readings import ReadingSources, TierFlags
 from executor.runs.recorder import Recorder
+from executor.runtimes import mail_queue
 from executor.runtimes.check import check_source
 from executor.runtimes.mail import login_warnings as mail_login_warnings
 from executor.runtimes.qube import QubeInterpreter
@@ -125,6 +126,20 @@ class RunningServer:
         await self._exit_stack.aclose()
 
 
+def _release_unless_mailing(lock: DataDirLock, qube: QubeInterpreter) -> None:
+    """Free the data dir, unless a mail thread still sends: then the process's exit frees it.
+
+    A restarted executor sends the spool's mails again; it must not start while this
+    process may still be sending one of them.
+    """
+    if qube.mail_queue.sending:
+        logger.warning(
+            "the data dir stays locked until the process has exited: a mail is still being sent"
+        )
+        return
+    lock.release()
+
+
 def _spawner(settings: Settings, options: SandboxOptions) -> Spawner:
     if settings.launcher == "zygote":
         return ZygoteSpawner(sys.executable, private_network=not options.network)
@@ -149,7 +164,11 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             stack.callback(options.bridge_network.close)
         policies = for_host(settings, options, os.environ)
         data_dir.make(settings.data_dir, data_dir.databases(settings))
-        stack.callback(DataDirLock.take(settings.data_dir).release)
+        qube = QubeInterpreter(
+            settings.mail_settings, spool=settings.data_dir / mail_queue.SPOOL_NAME
+        )
+        # Held until no mail thread sends (mail_queue.close): else until the process exits.
+        stack.callback(_release_unless_mailing, DataDirLock.take(settings.data_dir), qube)
         storage_health = StorageHealth(
             settings.data_dir, settings.store if is_postgres(settings.store) else ""
         )
@@ -211,7 +230,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             supervisor=GrpcSupervisor(
                 supervisor_channel, settings.supervisor_timeout_seconds, reach
             ),
-            qube=QubeInterpreter(settings.mail_settings),
+            qube=qube,
             languages=settings.languages,
             max_concurrent=settings.max_concurrent,
             max_queue=settings.max_queue,
@@ -223,6 +242,11 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
                 host_limits.refusal, nproc=options.caps_processes_with_nproc
             ),
         )
+
+        # After the drain (no run hands over more mail): the queue's last exchanges end.
+        stack.push_async_callback(qube.mail_queue.close)
+        # A stop's or crash's leftovers go first, before the re-runs that would mail again.
+        qube.mail_queue.load_spool()
 
         engine = TriggerEngine(
             trigger_store,
@@ -262,6 +286,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
                 engine,
                 trigger_store,
                 storage_health,
+                qube,
             ).read
         )
         farm = None
@@ -418,6 +443,7 @@ def _reading_sources(
     engine: TriggerEngine,
     store: TriggerStore,
     storage: StorageHealth,
+    qube: QubeInterpreter,
 ) -> ReadingSources:
     """Where each gauge of the metrics comes from (each read on the event loop)."""
     outbox = recorder.outbox
@@ -452,6 +478,7 @@ def _reading_sources(
         ),
         universal=lambda: (len(engine.universal), len(engine.universal_reload.errors)),
         zygotes=spawner.status if isinstance(spawner, ZygoteSpawner) else tuple,
+        mail=lambda: (qube.mail_queue.waiting, qube.mail_queue.sending, qube.mail_queue.not_sent),
     )
 
 

@@ -330,6 +330,16 @@ class ReadingsCollector(Collector):
             r.outbox_dead_letters,
         )
         yield gauge(
+            "mail_queued", "Mails handed over by runs, waiting for a mail thread.", r.mail_queued
+        )
+        yield gauge("mail_sending", "Mails in an exchange with the relay now.", r.mail_sending)
+        yield counter(
+            "mails_not_sent",
+            "Mails the relay refused or could not be reached for, after their run had them queued "
+            "(each logged with its Message-ID).",
+            r.mails_not_sent,
+        )
+        yield gauge(
             "storage_degraded",
             "1 while a write to the data dir fails (results cannot be recorded).",
             1 if r.storage_problem else 0,

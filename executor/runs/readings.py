@@ -60,6 +60,10 @@ class Readings:
     firings_held: str = ""
     universal_callbacks: int = 0
     universal_reload_errors: int = 0
+    # The mail queue: mails waiting for a thread, in an exchange, and not sent since start.
+    mail_queued: int = 0
+    mail_sending: int = 0
+    mails_not_sent: int = 0
     zygotes: tuple[ZygoteStatus, ...] = ()
     tier: TierFlags = TierFlags()
 
@@ -96,6 +100,7 @@ class ReadingSources:
     # (jobs, callbacks, firings queued)
     trigger_store: Callable[[], tuple[int, ...]] = lambda: (0, 0, 0)
     universal: Callable[[], tuple[int, int]] = lambda: (0, 0)  # (loaded, reload errors)
+    mail: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)  # (queued, sending, not sent)
     zygotes: Callable[[], tuple[ZygoteStatus, ...]] = tuple
 
     # The last counts each store-backed source gave, shown while its store cannot be read.
@@ -107,6 +112,7 @@ class ReadingSources:
         events, fired, forgotten, skipped = self._or_last("trigger_counts", self.trigger_counts, 4)
         jobs, callbacks, firings = self._or_last("trigger_store", self.trigger_store, 3)
         universal, reload_errors = self.universal()
+        mail_queued, mail_sending, mails_not_sent = self.mail()
         return Readings(
             active_children=self.load.active,
             prepared_children=self.prepared_children(),
@@ -127,6 +133,9 @@ class ReadingSources:
             firings_held=self.firings_held(),
             universal_callbacks=universal,
             universal_reload_errors=reload_errors,
+            mail_queued=mail_queued,
+            mail_sending=mail_sending,
+            mails_not_sent=mails_not_sent,
             zygotes=self.zygotes(),
             tier=self.tier,
         )

@@ -32,7 +32,8 @@ Delivery: ``file`` (default) writes one RFC 5322 message per file into a maildir
 (``directory``/tmp, then an atomic rename into ``directory``/new, named ``*.eml``);
 ``smtp`` sends through ``smtp_host``:``smtp_port`` with smtplib (optional STARTTLS and
 login), and a recipient the relay refuses is a MailError naming it (``_send_smtp``).
-``Mailer.deliver`` blocks; async callers run it with ``asyncio.to_thread``.
+``Mailer.deliver`` blocks; runs hand their mail to ``mail_queue.MailQueue``, whose
+threads call it.
 """
 
 from __future__ import annotations

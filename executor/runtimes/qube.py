@@ -27,7 +27,8 @@ Targets:
   instances, ``unblock-subjob-self-single`` only ever the triggering one;
 - ``mail-status`` (job template), ``mail-subjob-status`` (instance),
   ``mail-license-status``, ``mail-report-status``: read the job (``qb.jobinfo()``) so
-  its fields are current, render the template (``executor/runtimes/mail.py``) and deliver it,
+  its fields are current, render the template (``executor/runtimes/mail.py``) and hand it
+  to the mail queue (``mail_queue.py``), waiting for it at most ``MAIL_WAIT_SECONDS``,
   named by a Message-ID made of the invocation id and the mail's ``action_seq`` (the
   run's effects are numbered by ``HostApi.next_action_seq``), so a re-run's mail is
   recognisably the same mail. The status of the job, work item or instance whose event
@@ -54,9 +55,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any, Final
 
 from executor.errors import HostCallError
@@ -71,6 +72,7 @@ from executor.runtimes.mail import (
     message_id,
     render,
 )
+from executor.runtimes.mail_queue import MailQueue
 from executor.runtimes.qube_codes import (
     JOB_CODES,
     SUBJOB_CODES,
@@ -91,10 +93,10 @@ MAIL_CODES: Final[dict[str, MailKind]] = {
     "mail-license-status": "license",
     "mail-report-status": "report",
 }
-MAIL_THREADS: Final = 2
-MAIL_CUT_SHORT: Final = (
-    "cut short: the run ended while the mail was being sent; it may still be delivered"
-)
+# How long a run waits for its mail's outcome before it goes on without it: long enough
+# for a relay that answers (the run then says what it did), short enough that a slow one
+# holds the run's slot no longer than this (the mail itself waits in the mail queue).
+MAIL_WAIT_SECONDS: Final = 2.0
 # A callback in the ``mail`` language: no code string, it runs as this one step.
 MAIL_LANGUAGE: Final = "mail"
 # Event names that are also the status they leave their object in (qube-callbacks.md
@@ -164,9 +166,16 @@ class _StepFailed(Exception):
 class QubeInterpreter:
     """Runs qube code strings through a run's HostApi (dispatcher.QubeRunner)."""
 
-    def __init__(self, mail: MailSettings | None = None, *, mailer: Mailer | None = None) -> None:
+    def __init__(
+        self,
+        mail: MailSettings | None = None,
+        *,
+        mailer: Mailer | None = None,
+        spool: Path | None = None,
+    ) -> None:
+        """``spool``: where the mail queue keeps its mails until tried (``mail_queue``)."""
         self._mailer = mailer or Mailer(mail or MailSettings())
-        self._mail_threads = ThreadPoolExecutor(MAIL_THREADS, thread_name_prefix="cbexec-mail")
+        self.mail_queue = MailQueue(self._mailer, spool)
 
     @property
     def mail_settings(self) -> MailSettings:
@@ -224,29 +233,53 @@ class QubeInterpreter:
             actions=tuple(host.actions),
         )
 
-    async def _deliver(self, message: EmailMessage, host: HostApi) -> str:
-        """Send ``message`` on the mail threads; listed among the run's actions.
+    async def _deliver(self, message: EmailMessage, host: HostApi, run: str) -> str:
+        """Hand ``message`` to the mail queue and wait for it up to MAIL_WAIT_SECONDS.
 
         A mail is an effect like a qb action (it takes an action_seq), so the run lists
-        it: sent, failed, or cut short if the run ends first. A thread cannot be
-        stopped: an SMTP exchange the run's wall limit interrupts goes on, and may
-        deliver. Its own threads keep a slow relay from holding the executor's other
-        work (the event path's commits use the default pool).
+        it: sent, failed, or queued when it was not tried within the wait (or the run
+        ended first, or an earlier mail has taken longer than the wait already: then
+        the run does not wait at all): the queue then sends it later and logs the
+        outcome under its Message-ID, which the action names.
         """
         recipients = str(message["To"])
-        sending = asyncio.get_running_loop().run_in_executor(
-            self._mail_threads, self._mailer.deliver, message
-        )
+        message_id = str(message["Message-ID"])
         try:
-            where = await asyncio.shield(sending)
-        except asyncio.CancelledError:
-            host.note("mail", recipients, MAIL_CUT_SHORT, ok=False)
-            raise
+            sending = await self.mail_queue.submit(message, run=run)
         except MailError as err:
             host.note("mail", recipients, f"MailError: {err}", ok=False)
             raise
-        host.note("mail", recipients, f"mailed {message['Subject']!r}: {where}")
-        return where
+        queued = f"queued for {self.mail_queue.where}"
+        if self.mail_queue.backed_up(MAIL_WAIT_SECONDS):
+            # An earlier mail has taken longer than the wait already: this one would too,
+            # and runs that waited for theirs one after another would hold up the rest.
+            where = (
+                f"{queued}: not sent yet, the relay is slow over earlier mails; its outcome "
+                f"is logged under {message_id}"
+            )
+            host.note("mail", recipients, where)
+            return where
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(sending), MAIL_WAIT_SECONDS)
+        except TimeoutError:
+            where = (
+                f"{queued}: not sent within {MAIL_WAIT_SECONDS:g} s; its outcome is logged "
+                f"under {message_id}"
+            )
+            host.note("mail", recipients, where)
+            return where
+        except asyncio.CancelledError:
+            host.note(
+                "mail",
+                recipients,
+                f"{queued}: not sent when the run ended; its outcome is logged under {message_id}",
+            )
+            raise
+        if isinstance(outcome, MailError):
+            host.note("mail", recipients, f"MailError: {outcome}", ok=False)
+            raise outcome
+        host.note("mail", recipients, f"mailed {message['Subject']!r}: {outcome}")
+        return outcome
 
     async def _call(self, code: str, host: HostApi, fn: str, target: Any) -> Any:
         try:
@@ -333,7 +366,7 @@ class QubeInterpreter:
                 where = "shadow: rendered, not sent"
                 host.note("mail", str(message["To"]), f"shadow: would mail {message['Subject']!r}")
             else:
-                where = await self._deliver(message, host)
+                where = await self._deliver(message, host, invocation.invocation_id)
         except (MailError, ValueError) as err:  # ValueError: a header the job's fields broke
             # The mail is lost, visibly; what the callback does next (unblock-self) is not
             # held up by a relay's hiccup.

@@ -352,6 +352,17 @@ async def test_limits_the_host_cannot_enforce_refuse_a_childs_run_not_a_qube_one
     assert (await qube).outcome == Outcome.KILLED
 
 
+async def test_a_qube_run_a_stop_ends_keeps_the_time_it_ran() -> None:
+    # Its log line and record said wall=0.000s for a mail run stopped 3 s in (probe 96).
+    harness = Harness(slots=1, queue=1)
+    qube = harness.start("mail-status", language="qube")
+    await asyncio.sleep(0.2)
+    await harness.dispatcher.drain()
+    result = await qube
+    assert result.outcome == Outcome.KILLED
+    assert 0.2 <= result.usage.wall_seconds < 5
+
+
 async def test_a_cancelled_caller_stops_its_run_which_is_still_recorded() -> None:
     harness = Harness(slots=1, queue=1)
     caller = harness.start("a")

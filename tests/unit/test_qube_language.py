@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import email
 import email.policy
+import threading
 import time
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -19,10 +20,11 @@ from executor.host_api import CUT_SHORT, HostApi
 from executor.model import Event, Outcome, RunResult
 from executor.runtimes import qube_codes
 from executor.runtimes.mail import Mailer, MailSettings
-from executor.runtimes.qube import MAIL_CODES, MAIL_CUT_SHORT, QubeInterpreter
+from executor.runtimes.qube import MAIL_CODES, MAIL_WAIT_SECONDS, QubeInterpreter
 from executor.runtimes.qube_codes import CODE_STRINGS, JOB_CODES, split_codes, validate
 from supervisor_client.reference import ReferenceSupervisor
 from tests.helpers.supervisor_port import LIMITS, ReferencePort, invocation_for
+from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.unit
 
@@ -756,15 +758,22 @@ async def test_a_job_field_that_breaks_a_mail_header_fails_the_run_not_the_execu
 class SlowRelay(Mailer):
     """An SMTP relay that takes its time over every mail."""
 
+    def __init__(self, settings: MailSettings) -> None:
+        super().__init__(settings)
+        self.go = threading.Event()
+        self.sent: list[str] = []
+
     def deliver(self, message: EmailMessage) -> str:
-        time.sleep(0.6)
+        self.go.wait(30)
+        self.sent.append(str(message["Message-ID"]))
         return "relay"
 
 
-async def test_a_mail_the_wall_limit_interrupts_is_listed_as_cut_short(
+async def test_a_mail_the_wall_limit_interrupts_stays_queued_and_goes_out(
     supervisor: ReferenceSupervisor, tmp_path: Path
 ) -> None:
-    interpreter = QubeInterpreter(mailer=SlowRelay(MailSettings(directory=tmp_path)))
+    relay = SlowRelay(MailSettings(directory=tmp_path))
+    interpreter = QubeInterpreter(mailer=relay)
     job_id = submit(supervisor)
     limits = dataclasses.replace(LIMITS, wall_seconds=0.2)
     invocation = invocation_for(supervisor.job(job_id), "mail-status", limits=limits)
@@ -772,5 +781,58 @@ async def test_a_mail_the_wall_limit_interrupts_is_listed_as_cut_short(
     result = await interpreter.run(invocation, HostApi(ReferencePort(supervisor), invocation))
 
     assert result.outcome is Outcome.WALL_TIMEOUT
+    assert [(a.verb, a.ok) for a in result.actions] == [("jobinfo", True), ("mail", True)]
+    message_id = f"<cbexec.{invocation.invocation_id}.1@localhost>"
+    assert result.actions[1].message == (
+        f"queued for the maildir: not sent when the run ended; its outcome is logged under "
+        f"{message_id}"
+    )
+    relay.go.set()  # the queue sends it all the same, once the relay answers
+    assert await eventually(lambda: relay.sent == [message_id])
+
+
+async def test_a_mail_not_sent_within_the_wait_is_listed_queued_and_the_run_goes_on(
+    supervisor: ReferenceSupervisor, tmp_path: Path
+) -> None:
+    relay = SlowRelay(MailSettings(directory=tmp_path))
+    interpreter = QubeInterpreter(mailer=relay)
+    job_id = submit(supervisor, status="blocked")
+
+    result = await run(interpreter, supervisor, job_id, "mail-status; unblock-self")
+
+    assert result.outcome is Outcome.SUCCEEDED
+    assert [(a.verb, a.ok) for a in result.actions] == [
+        ("jobinfo", True),
+        ("mail", True),
+        ("unblock", True),
+    ]
+    assert result.actions[1].message.startswith(
+        f"queued for the maildir: not sent within {MAIL_WAIT_SECONDS:g} s; its outcome is logged"
+    )
+    assert result.usage.wall_seconds < MAIL_WAIT_SECONDS + 2
+    # The relay has taken longer than the wait over that mail: the next run does not wait.
+    again = await run(interpreter, supervisor, job_id, "mail-status")
+    assert again.outcome is Outcome.SUCCEEDED
+    assert again.actions[-1].message.startswith(
+        "queued for the maildir: not sent yet, the relay is slow over earlier mails; its "
+        "outcome is logged under <cbexec."
+    )
+    assert again.usage.wall_seconds < 1
+    relay.go.set()
+    assert await eventually(lambda: len(relay.sent) == 2)
+
+
+async def test_a_full_mail_queue_fails_the_mail_at_once(
+    supervisor: ReferenceSupervisor, tmp_path: Path
+) -> None:
+    relay = SlowRelay(MailSettings(directory=tmp_path))
+    interpreter = QubeInterpreter(mailer=relay)
+    interpreter.mail_queue.max_queued = 0  # every thread busy or not: nothing may wait
+    job_id = submit(supervisor)
+
+    result = await run(interpreter, supervisor, job_id, "mail-status")
+
+    assert result.outcome is Outcome.FAILED
     assert [(a.verb, a.ok) for a in result.actions] == [("jobinfo", True), ("mail", False)]
-    assert result.actions[1].message == MAIL_CUT_SHORT
+    assert "the mail queue is full (0 mails wait for the maildir" in result.actions[1].message
+    assert relay.sent == []
