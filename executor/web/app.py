@@ -9,6 +9,7 @@ script of its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import string
@@ -104,13 +105,10 @@ class Request:
         the ``Host`` header, which is ignored (RFC 9112 3.2.2): the Host check judges it.
         """
         authority = None
-        scheme, separator, rest = target.partition("://")
-        if separator and scheme.lower() in ("http", "https"):
-            ends = [at for at in (rest.find("/"), rest.find("?")) if at >= 0]
-            end = min(ends, default=len(rest))
-            authority, target = rest[:end], rest[end:]
-            if not target.startswith("/"):  # "http://host" or "http://host?q": path "/"
-                target = "/" + target
+        with contextlib.suppress(ValueError):  # the handler answers such a target 400 first
+            found = absolute_form(target)
+            if found is not None:
+                authority, target = found
         path, _, query = target.partition("?")
         pairs = headers.items() if isinstance(headers, Mapping) else headers
         named: dict[str, str] = {}
@@ -131,6 +129,32 @@ class Request:
             frozenset(repeated),
             target,
         )
+
+
+def absolute_form(target: str) -> tuple[str, str] | None:
+    """(authority, target in origin form) of a request target in absolute form, else None.
+
+    ``http://host:8080/runs?x`` is ("host:8080", "/runs?x"); ``http://host`` is ("host",
+    "/"). Raises ValueError for one with no host (RFC 9110 4.2.1: such a URI is invalid),
+    which would otherwise pass the Host check as a request without a Host.
+    """
+    scheme, separator, rest = target.partition("://")
+    if not separator or scheme.lower() not in ("http", "https"):
+        return None
+    ends = [at for at in (rest.find("/"), rest.find("?")) if at >= 0]
+    end = min(ends, default=len(rest))
+    authority, origin = rest[:end], rest[end:]
+    if not _host_part(authority):
+        raise ValueError("a target in absolute form must name a host (RFC 9110 4.2.1)")
+    return authority, origin if origin.startswith("/") else "/" + origin
+
+
+def _host_part(authority: str) -> str:
+    """The host of an authority (``user@host:port``, ``[v6]:port``), empty if it has none."""
+    host = authority.rpartition("@")[2]
+    if host.startswith("["):
+        return host.partition("]")[0][1:]
+    return host.partition(":")[0]
 
 
 @dataclass(frozen=True, slots=True)

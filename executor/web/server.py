@@ -40,7 +40,7 @@ from executor.config import Settings
 from executor.errors import ConfigError
 from executor.visible_text import escaped
 from executor.web import framing
-from executor.web.app import SECURITY_HEADERS, Dashboard, Request, Response
+from executor.web.app import SECURITY_HEADERS, Dashboard, Request, Response, absolute_form
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +167,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.body_length = framing.body_length(budget.lines)
         except framing.FramingError as err:
             self.send_error(err.status, err.why)
+            return False
+        try:
+            absolute_form(self.path)
+        except ValueError as err:  # "http:///metrics" would pass as a request without a Host
+            self.send_error(400, str(err))
             return False
         return True
 

@@ -129,3 +129,6 @@ async def test_a_target_in_absolute_form_is_served_as_its_path_and_judged_by_its
         assert await status_as(port, f"http://localhost:{port}/no-such-page") == 404
         for target in (f"http://evil.test:{port}/runs", "http://evil.test/healthz"):
             assert await status_as(port, target, "localhost") == 421, target
+        # No host in it (RFC 9110 4.2.1: invalid): it passed as a request without a Host.
+        for target in ("http:///metrics", f"http://:{port}/runs", "http://user@/healthz"):
+            assert await status_as(port, target, "evil.test") == 400, target
