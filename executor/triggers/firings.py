@@ -54,6 +54,7 @@ from executor import lease_renewal
 from executor.errors import CapacityError, UnavailableError
 from executor.logs import outside_any_run
 from executor.model import Outcome, RunResult
+from executor.plurals import counted
 from executor.runs.outbox import Backoff
 from executor.supervisor_link import SupervisorReachability
 from executor.triggers.store import PendingFiring, TriggerStore
@@ -176,6 +177,12 @@ class FiringWorker:
 
     async def close(self) -> None:
         """Cancel the runs in progress; what has not finished stays queued for the next start."""
+        if not self._closed and self._queued_ids:
+            logger.info(
+                "stopping: %s decided and not run to their end stay queued in the trigger "
+                "store (run at the next start, or by another replica of a fleet)",
+                counted(len(self._queued_ids), "fired callback"),
+            )
         self._closed = True
         for task in (self._claims, self._hold):
             if task is not None:

@@ -90,3 +90,40 @@ async def test_a_stop_answers_queued_calls_unavailable_unrecorded_and_kills_runn
     finally:
         await client.close()
         await again.stop()
+
+
+async def test_a_stop_logs_how_many_fired_callbacks_stay_queued(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Probe 100: the stop's line counted only the fired runs in a slot ("1 ... kept")
+    # while three stayed queued, the others never having reached a slot.
+    settings = stack_settings(tmp_path / "data", max_concurrent=1, max_queue=8)
+    running = await server.start(settings)
+    client = ExecutorClient(f"127.0.0.1:{running.port}")
+    try:
+        for job_id in (501, 502, 503):
+            await client.register_job(
+                {
+                    "id": job_id,
+                    "name": "slow",
+                    "user": "root",
+                    "callbacks": [
+                        {"triggers": "complete-job-self", "language": "python", "code": SLOW}
+                    ],
+                }
+            )
+            await client.publish_event(name="complete", type="job", job_id=job_id)
+        assert await eventually(lambda: running.dispatcher.running == 1, timeout_s=20)
+    finally:
+        await client.close()
+        with caplog.at_level("INFO"):
+            await running.stop()
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stopping: ")]
+    assert (
+        "stopping: 3 fired callbacks decided and not run to their end stay queued in the "
+        "trigger store (run at the next start, or by another replica of a fleet)"
+    ) in said, said
+    assert (
+        "stopping: killing 1 callback in progress (KILLED, recorded); 0 Execute calls not "
+        "started answered UNAVAILABLE (not recorded: to be sent again)"
+    ) in said, said
