@@ -278,14 +278,15 @@ class ChannelClient:
     ) -> _Response:
         """One call, its failure as the typed error (errors.py); ClientClosedError after close.
 
-        A list's first calls wait for ``_first_calls_spread`` first, within their deadline.
+        A list's first calls wait for ``_first_calls_spread`` first, for half their
+        deadline at most: the call itself keeps the other half.
         """
         deadline = check_timeout(timeout)
         if spread and self._spread is not None:
             loop = asyncio.get_running_loop()
             started = loop.time()
-            await self._first_calls_spread(CONNECT_WAIT_S if deadline is None else deadline)
-            if deadline is not None:  # what is left of it, but never none at all
+            await self._first_calls_spread(CONNECT_WAIT_S if deadline is None else deadline / 2)
+            if deadline is not None:  # the rest, but some even if the loop was held
                 deadline = max(deadline - (loop.time() - started), 0.001)
         return await checked_call(self._closed, lambda: method(request, timeout=deadline))
 
@@ -312,7 +313,8 @@ class ExecutorClient(ChannelClient):
             name), balanced round-robin over the executors that are healthy (see
             ``supervisor_client.targets``); a list's first call waits until every
             executor of it SERVING is in the round robin, at most
-            ``first_calls.CONNECT_WAIT_S`` (``supervisor_client.first_calls``). The
+            ``first_calls.CONNECT_WAIT_S`` and half the call's deadline
+            (``supervisor_client.first_calls``). The
             options below apply to such a channel only: with a channel given they are a
             ValueError.
         root_certificates: PEM CA that signed the executor's certificate; turns on TLS.

@@ -10,15 +10,21 @@ its process (``INSTANCE_KEY``, initial metadata), and before a client's first ca
 ``spread_first_calls``:
 
 1. asks each listed address's health on a channel of its own (the client's credentials,
-   options and authority), at once, for the executors that answer SERVING;
-2. asks health through the fleet channel until each of those has answered there: round
-   robin then holds them all, and the calls that follow are spread over them.
+   options and authority), all at once, for the executors that answer SERVING;
+2. meanwhile, as soon as two have answered SERVING, asks health through the fleet
+   channel until each executor that answered SERVING has answered there: round robin
+   then holds them all, and the calls that follow are spread over them.
 
 An address that refuses the connection, answers NOT_SERVING or fails, or an executor
-that names no process (an older one), is not waited for; nothing waits longer than
-``CONNECT_WAIT_S`` (an address where nothing answers at all) nor past the call's own
-deadline. Measured (probe 95's burst, three executors on loopback): the wait is a few
-milliseconds, and nine calls at once run 3/3/3.
+that names no process (an older one), is not waited for. One where nothing answers at
+all (a hung or stopped process: the connection is taken, then nothing) does not hold
+up the others: it is waited for until those that answered SERVING are in the round
+robin and ``LATE_ANSWER_S`` has passed since the last SERVING answer, then left to
+gRPC. Nothing waits longer than ``CONNECT_WAIT_S`` in all (while no address has
+answered SERVING, say), and a call waits for this for half its deadline at most
+(client.py), so that it keeps time to be made. Measured (nine calls at once on
+loopback): three executors answering, a few milliseconds and 3/3/3; one of them hung,
+0.25 s and 4/5 over the other two.
 """
 
 from __future__ import annotations
@@ -32,12 +38,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from supervisor_client.targets import HEALTH_SERVICE
 
-__all__ = ["CONNECT_WAIT_S", "INSTANCE_KEY", "spread_first_calls"]
+__all__ = ["CONNECT_WAIT_S", "INSTANCE_KEY", "LATE_ANSWER_S", "spread_first_calls"]
 
 #: The initial-metadata key of an executor's health answers: an id of its process.
 INSTANCE_KEY: Final = "cbexec-instance"
 #: The longest a new fleet client's first call waits for the other executors.
 CONNECT_WAIT_S: Final = 2.0
+#: How long after the last SERVING answer an address that answers nothing is waited for.
+LATE_ANSWER_S: Final = 0.25
 # How long to let a connection progress when a check brought no executor not yet seen.
 _PAUSE_S: Final = 0.005
 _CHECK: Final = health_pb2.HealthCheckRequest(service=HEALTH_SERVICE)
@@ -82,19 +90,43 @@ async def spread_first_calls(
     """Return once ``fleet``'s round robin holds every executor of ``addresses`` SERVING now.
 
     ``open_one(address)`` opens a channel to one address as the fleet's are opened.
-    Returns at ``timeout_s`` at the latest, whatever the executors do.
+    Returns at ``timeout_s`` at the latest, whatever the executors do, and
+    ``LATE_ANSWER_S`` after the last SERVING answer at the latest once those executors
+    are in the round robin.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    found = await asyncio.gather(*(_serving(open_one, a, timeout_s) for a in addresses))
-    waiting = {instance for instance in found if instance}
-    if len(waiting) < 2:
-        return  # nothing to spread over
-    while waiting and (left := deadline - loop.time()) > 0:
-        answer = await _answered(fleet, left, wait_for_ready=True)
-        if answer is None:
-            return  # the call that follows says why
-        if answer[1] in waiting:
-            waiting.discard(answer[1])
-        else:
-            await asyncio.sleep(_PAUSE_S)
+    fleet.get_state(try_to_connect=True)  # connecting meanwhile
+    checks = {asyncio.ensure_future(_serving(open_one, a, timeout_s)) for a in addresses}
+    serving: set[str] = set()  # the processes that answered SERVING at their own address
+    seen: set[str] = set()  # those the fleet channel has answered from
+    last_serving = loop.time()
+    try:
+        while (left := deadline - loop.time()) > 0:
+            unseen = serving - seen
+            if len(serving) >= 2 and unseen:
+                answer = await _answered(fleet, left, wait_for_ready=True)
+                if answer is None:
+                    return  # the call that follows says why
+                seen.add(answer[1])
+                if answer[1] not in unseen:
+                    await asyncio.sleep(_PAUSE_S)  # let the connections progress
+            elif not checks:
+                return  # every address has answered
+            else:  # wait for the next address's answer, but not for ever
+                wait = left
+                if serving:
+                    wait = min(wait, last_serving + LATE_ANSWER_S - loop.time())
+                    if wait <= 0:
+                        return  # the rest answer nothing: left to gRPC
+                await asyncio.wait(checks, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            for check in [check for check in checks if check.done()]:
+                checks.discard(check)
+                if instance := check.result():
+                    serving.add(instance)
+                    last_serving = loop.time()
+    finally:
+        for check in checks:
+            check.cancel()  # this function's own tasks
+        if checks:
+            await asyncio.wait(checks)

@@ -238,32 +238,76 @@ async def test_an_executor_that_is_down_does_not_hold_up_a_new_clients_first_cal
         assert min(each) >= 3, each  # 4/4
 
 
-async def test_an_address_that_never_answers_holds_up_a_new_clients_first_call_boundedly(
-    tmp_path: Path,
-) -> None:
-    """A peer that takes the connection and says nothing: waited for CONNECT_WAIT_S at most."""
+@asynccontextmanager
+async def hung_executor(port: int) -> AsyncIterator[str]:
+    """An address that takes the connection and never answers, as a stopped process does.
+
+    A port of its own per test: gRPC shares connections among a process's channels, and
+    one to an earlier listener, closed, fails at once for a while (backoff) instead of
+    hanging.
+    """
     held: list[asyncio.StreamWriter] = []
 
     async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         held.append(writer)  # kept open, silent, until the test ends
 
-    silent = await asyncio.start_server(hold, "127.0.0.1", 43196)
+    silent = await asyncio.start_server(hold, "127.0.0.1", port)
     try:
-        async with executor(tmp_path / "a", 1) as a, executor(tmp_path / "b", 2) as b:
-            direct = [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]
-            async with ExecutorClient([*direct, "127.0.0.1:43196"]) as fleet:
-                started = time.monotonic()
-                await run(fleet, 1)
-                waited = time.monotonic() - started
-                assert CONNECT_WAIT_S - 0.5 < waited < CONNECT_WAIT_S + 1.5, waited
-                await _burst(fleet, 8)
-            assert await eventually(lambda: _total(direct, 9), timeout_s=10)
-            assert min(await _runs_each(direct)) >= 3
+        yield f"127.0.0.1:{port}"
     finally:
         for writer in held:
             writer.close()
         silent.close()
         await silent.wait_closed()
+
+
+async def test_a_hung_executor_leaves_a_new_clients_first_call_its_deadline(
+    tmp_path: Path,
+) -> None:
+    """A first call with a 1 s deadline, one listed executor hung: it runs on a live one.
+
+    The spreading took the call's whole deadline waiting for the hung one, then sent the
+    call with 1 ms left: DEADLINE_EXCEEDED, though two executors were SERVING.
+    """
+    async with (
+        hung_executor(43196) as hung,
+        executor(tmp_path / "a", 1) as a,
+        executor(tmp_path / "b", 2) as b,
+    ):
+        direct = [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]
+        for addresses in ([hung, *direct], [direct[0], hung, direct[1]]):
+            async with ExecutorClient(addresses) as fleet:
+                started = time.monotonic()
+                response = await fleet.execute_callback(
+                    language="python", code="print('ok')", job={"id": 1}, timeout=1
+                )
+                assert response.outcome == executor_pb2.OUTCOME_SUCCEEDED, response.stderr
+                assert time.monotonic() - started < 1
+
+
+async def test_a_hung_executor_does_not_hold_up_a_new_clients_first_burst(
+    tmp_path: Path,
+) -> None:
+    """Nine calls at once, one listed executor hung: spread over the two live ones, at once.
+
+    The spreading waited the whole CONNECT_WAIT_S for the hung one's answer, and with it
+    its time to bring the others into the round robin: all nine went to one (9/0) after 2 s.
+    """
+    async with (
+        hung_executor(43197) as hung,
+        executor(tmp_path / "a", 1) as a,
+        executor(tmp_path / "b", 2) as b,
+    ):
+        direct = [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]
+        async with ExecutorClient([hung, *direct]) as fleet:
+            started = time.monotonic()
+            await _burst(fleet, 9)
+            took = time.monotonic() - started
+        assert await eventually(lambda: _total(direct, 9), timeout_s=10)
+        each = await _runs_each(direct)
+        assert min(each) >= 4, each  # 4/5
+        # ~1 s: the spreading 0.25 s (LATE_ANSWER_S), then nine 0.3 s callbacks on two.
+        assert took < CONNECT_WAIT_S, took
 
 
 async def test_a_list_of_any_length_reaches_its_executors(tmp_path: Path) -> None:
