@@ -478,6 +478,7 @@ class TriggerEngine:
         now = self._clock()
         if self._warn_missing_dirs:
             self._missing_dirs = [d for d in self._universal_dirs if not d.is_dir()]
+        before = self._set_before()
         try:
             loaded = load_universal(
                 self._universal_dirs,
@@ -487,6 +488,9 @@ class TriggerEngine:
                 warn=trigger_warnings,
                 policies=self._universal_policies,
                 known_policies=self._policies.names() if self._policies is not None else None,
+                # A callbacks.conf that had lines and has none is looked at again first:
+                # an editor's save window taken would stop their clocks at every job.
+                had_lines={Path(cb.source).parent for cb in before},
             )
         except UniversalConfigError as err:
             if not quiet:
@@ -497,7 +501,8 @@ class TriggerEngine:
             )
             return err.errors
         now_loaded = {line_name(cb.source, cb.triggers) for cb in loaded}
-        removed = (self._lines_before() | self._clocks_to_stop) - now_loaded
+        lines_before = {line_name(cb.source, cb.triggers) for cb in before}
+        removed = (lines_before | self._clocks_to_stop) - now_loaded
         self._set_universal(loaded)
         if removed:
             self._stop_clocks_of(removed)
@@ -551,8 +556,8 @@ class TriggerEngine:
         self.universal_reload = replace(self.universal_reload, loaded_at=loaded_at)
         return len(self._universal)
 
-    def _lines_before(self) -> set[tuple[str, str]]:
-        """The lines of the set active before this load (``line_name``).
+    def _set_before(self) -> list[UniversalCallback]:
+        """The set active before this load.
 
         Before the first load since the start, those of the set taken last before the
         restart (``<data_dir>/universal-last-good.json``): a line removed while the
@@ -566,7 +571,7 @@ class TriggerEngine:
             except UniversalConfigError:
                 kept = None  # unreadable: keep_last_good says so when it is needed
             before = kept[0] if kept is not None else []
-        return {line_name(cb.source, cb.triggers) for cb in before}
+        return before
 
     def _stop_clocks_of(self, removed: set[tuple[str, str]]) -> None:
         """Stop the clocks of the lines a load removed, at every job they are attached to.
