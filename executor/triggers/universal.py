@@ -192,7 +192,8 @@ def load_universal(
     """Load every directory's callbacks.conf, as the files stand between two saves.
 
     A load whose files changed while it read them (``Reads.changed``) reads again, up
-    to READ_TRIES times, and is refused when they never hold still. A directory of
+    to READ_TRIES times, and is refused when they never hold still; one with problems
+    is read once more after READ_PAUSE_S, and refused when they are still there. A directory of
     ``had_lines`` whose callbacks.conf is missing or holds no line is looked at again
     after EMPTY_CONF_PAUSE_S before that is taken: an editor's save window, not "nothing".
 
@@ -208,7 +209,7 @@ def load_universal(
             another loads, with a warning: each of its firings is refused.
         had_lines: The directories the set loaded before had lines from.
     """
-    waited = False
+    waited = rechecked = False
     tries = 0
     while True:
         tries += 1
@@ -242,9 +243,15 @@ def load_universal(
             tries -= 1
             time.sleep(EMPTY_CONF_PAUSE_S)
             continue
-        if isinstance(loaded, UniversalConfigError):
+        if not isinstance(loaded, UniversalConfigError):
+            return loaded
+        if rechecked:
             raise loaded
-        return loaded
+        # Problems are read once more after a pause: a file caught between its creation
+        # and its write (git's, an editor's) is empty, and as empty a moment later.
+        rechecked = True
+        tries -= 1
+        time.sleep(READ_PAUSE_S)
 
 
 def _load_once(

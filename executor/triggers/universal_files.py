@@ -9,19 +9,25 @@ As one saved state: a load reads ``callbacks.conf``, then each file it names. An
 save (vim renames the file away and writes a new one; others truncate, then write) or a
 ``git checkout`` (each file unlinked and created anew) may land between those reads, and
 the set would be one neither before nor after it. So each read notes what it read
-(``Reads``) and the load checks, once done, that every file is still what it read
-(``Reads.changed``), reading again otherwise (universal.load_universal).
+(``Reads``) and the load checks, once done, that every file is still what it read and
+that none changed in the last SETTLE_NS (``Reads.changed``: a checkout may be half-way
+through, its files still as it left them), reading again otherwise
+(universal.load_universal).
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 MAX_FILE_BYTES: Final = 1 << 20
+# A file changed this recently may be one of several a save or a checkout is still writing
+# (git writes callbacks.conf, then each file): read again once it has settled.
+SETTLE_NS: Final = 100_000_000
 # Group or others may write (the sticky bit does not help: they may add files).
 _LOOSE: Final = stat.S_IWGRP | stat.S_IWOTH
 
@@ -99,14 +105,14 @@ def unsafe_directory(directory: Path) -> str | None:
     return f"{directory}: {why}" if why else None
 
 
-# What a read saw of a file: (st_dev, st_ino, st_size, st_mtime_ns) or None when it could
-# not open it, and its text or None when it was not read.
-_Identity = tuple[int, int, int, int]
+# What a read saw of a file: (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) or None
+# when it could not open it, and its text or None when it was not read.
+_Identity = tuple[int, int, int, int, int]
 _Seen = tuple[_Identity | None, str | None]
 
 
 def _identity(status: os.stat_result) -> _Identity:
-    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
 
 
 @dataclass(slots=True)
@@ -124,11 +130,18 @@ class Reads:
         return read_inside(directory, path) if seen[1] is None else seen[1]
 
     def changed(self) -> set[Path]:
-        """The directories of the files no longer as they were read (read again, compared)."""
+        """The directories of the files not as they were read, or changed just before.
+
+        Each file is read again and compared; one changed within SETTLE_NS (its ctime:
+        ``cp -p`` keeps no mtime) may not be taken as saved yet.
+        """
+        now = time.time_ns()
         return {
             directory
             for path, (directory, seen) in self.seen.items()
             if _see(directory, path) != seen
+            # A ctime ahead of the clock (set back since) is no reason to wait for ever.
+            or (seen[0] is not None and 0 <= now - seen[0][4] < SETTLE_NS)
         }
 
 

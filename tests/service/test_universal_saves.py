@@ -16,15 +16,17 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from executor.cli.check_config import _universal
 from executor.errors import ConfigError
+from executor.triggers.nodes import QB_TIME_EPOCH_OFFSET
 from tests.conftest import Stack
 from tests.helpers.cli import cbexec
+from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.service
 
@@ -197,3 +199,38 @@ async def test_a_callback_directory_or_file_others_may_write_is_refused(
     with pytest.raises(ConfigError) as raised:
         _universal(stack_warm.settings.replace(strict=True))
     assert f"universal callbacks: {expected}" in str(raised.value)
+
+
+async def test_a_line_added_back_ticks_again_at_the_jobs_it_stayed_attached_to(
+    stack_warm: Stack,
+) -> None:
+    # Probe 102: a line removed by a reload (a save caught half-way, say) had its repeat
+    # stopped at every job, and stopped for good: added back, it ticked only at jobs
+    # registered after.
+    directory = _callbacks(stack_warm, "")
+    (directory / "tick.py").write_text("print('tick')\n")
+    start = int(time.time()) - QB_TIME_EPOCH_OFFSET
+    line = f"tick.py = globalrepeat-{start}-1\n"
+    (directory / "callbacks.conf").write_text(line)
+    assert (await stack_warm.client.reload_universal_callbacks()).active == 1
+    await stack_warm.client.register_job({"id": 961, "user": "u", "callbacks": []})
+
+    async def ticks() -> int:
+        (explained,) = (await stack_warm.client.explain_callbacks(961)).callbacks
+        return int(explained.callback.count)
+
+    assert await eventually(lambda: _more(ticks, 0))
+    (directory / "callbacks.conf").write_text("# tick.py is off for a while\n")
+    assert (await stack_warm.client.reload_universal_callbacks()).active == 0
+    stopped = await ticks()
+    await asyncio.sleep(1.5)
+    assert await ticks() == stopped, "its clock stopped with its line"
+
+    (directory / "callbacks.conf").write_text(line)
+    assert (await stack_warm.client.reload_universal_callbacks()).active == 1
+
+    assert await eventually(lambda: _more(ticks, stopped), timeout_s=5)
+
+
+async def _more(count: Callable[[], Awaitable[int]], than: int) -> bool:
+    return await count() > than
