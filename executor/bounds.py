@@ -20,7 +20,7 @@ from typing import Final
 
 # The largest callback code, in UTF-8 bytes, the executor takes: at Execute and at
 # RegisterJob alike (the reference farm's SubmitJobs has the same), so no path stores and
-# runs what another refuses. A callbacks.conf file has its own (universal.MAX_FILE_BYTES).
+# runs what another refuses. A callbacks.conf file has its own (universal_files.MAX_FILE_BYTES).
 MAX_CODE_BYTES: Final = 1 << 20
 MAX_VERB_CHARS: Final = 64
 MAX_TARGET_CHARS: Final = 512

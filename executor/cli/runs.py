@@ -363,11 +363,11 @@ def _callback_source(args: argparse.Namespace) -> tuple[str, str]:
     language = args.lang
     if args.file is not None:
         language = language or _EXTENSIONS.get(args.file.suffix.lower())
-        # A callback's code is sent as UTF-8; a qube file's byte order mark is dropped,
-        # as callbacks.conf's loader drops it (Python's compiler takes it itself).
-        encoding = "utf-8-sig" if language == "qube" else "utf-8"
+        # A callback's code is sent as UTF-8; a byte order mark at its start (a Windows
+        # editor's) is dropped, in every language, as callbacks.conf's loader drops it:
+        # Python's compile() of a str refuses it and perl takes it for code.
         try:
-            code = args.file.read_text(encoding=encoding)
+            code = args.file.read_text(encoding="utf-8-sig")
         except OSError as err:
             raise ConfigError(f"FILE: cannot read {args.file}: {err.strerror or err}") from err
         except UnicodeDecodeError as err:

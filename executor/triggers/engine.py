@@ -18,7 +18,8 @@ Semantics (documented in the README; every decision is one of evaluate's functio
   dropped: a spent repeat is no longer ticked, so it writes no journal entry per
   interval. Registering the job again schedules them again (a raised ``maximum``). A
   universal callback whose line a load removed has its timers dropped too, at every job
-  (``_stop_clocks_of``); a job registered again once the line is back ticks again.
+  (``_stop_clocks_of``); a reload that has the line back starts them again
+  (``_restart_clocks_of``).
   A repeat's tick that finds the firing of its clock's last tick unfinished (queued or
   running, in the shared queue) is skipped and counted (``_skips_tick``), so a callback
   slower than its interval never piles up; a tick that only finds its atom latched
@@ -478,6 +479,7 @@ class TriggerEngine:
         now = self._clock()
         if self._warn_missing_dirs:
             self._missing_dirs = [d for d in self._universal_dirs if not d.is_dir()]
+        before = self._set_before()
         try:
             loaded = load_universal(
                 self._universal_dirs,
@@ -487,6 +489,9 @@ class TriggerEngine:
                 warn=trigger_warnings,
                 policies=self._universal_policies,
                 known_policies=self._policies.names() if self._policies is not None else None,
+                # A callbacks.conf that had lines and has none is looked at again first:
+                # an editor's save window taken would stop their clocks at every job.
+                had_lines={Path(cb.source).parent for cb in before},
             )
         except UniversalConfigError as err:
             if not quiet:
@@ -497,10 +502,13 @@ class TriggerEngine:
             )
             return err.errors
         now_loaded = {line_name(cb.source, cb.triggers) for cb in loaded}
-        removed = (self._lines_before() | self._clocks_to_stop) - now_loaded
+        lines_before = {line_name(cb.source, cb.triggers) for cb in before}
+        removed = (lines_before | self._clocks_to_stop) - now_loaded
         self._set_universal(loaded)
         if removed:
             self._stop_clocks_of(removed)
+        if added := now_loaded - lines_before:
+            self._restart_clocks_of(added)
         # A line left out at start-up and not loaded now was removed from callbacks.conf.
         self._lines_seen.update(self._left_out)
         self._left_out.clear()
@@ -551,8 +559,8 @@ class TriggerEngine:
         self.universal_reload = replace(self.universal_reload, loaded_at=loaded_at)
         return len(self._universal)
 
-    def _lines_before(self) -> set[tuple[str, str]]:
-        """The lines of the set active before this load (``line_name``).
+    def _set_before(self) -> list[UniversalCallback]:
+        """The set active before this load.
 
         Before the first load since the start, those of the set taken last before the
         restart (``<data_dir>/universal-last-good.json``): a line removed while the
@@ -566,7 +574,7 @@ class TriggerEngine:
             except UniversalConfigError:
                 kept = None  # unreadable: keep_last_good says so when it is needed
             before = kept[0] if kept is not None else []
-        return {line_name(cb.source, cb.triggers) for cb in before}
+        return before
 
     def _stop_clocks_of(self, removed: set[tuple[str, str]]) -> None:
         """Stop the clocks of the lines a load removed, at every job they are attached to.
@@ -574,8 +582,8 @@ class TriggerEngine:
         A removed line's firings are refused (``_not_loaded``), but a repeat attached with
         no maximum is never spent: it would be refused anew each interval, for each job,
         for as long as the job is registered. Its event atoms stay (an event fires it, and
-        is refused, once per event). A line added back ticks again at a job registered
-        again (``_keep_callback``), and at a new one as any line.
+        is refused, once per event). A line added back ticks again at every job it is
+        still attached to (``_restart_clocks_of``), and at a new one as any line.
         """
 
         def stop() -> list[int]:
@@ -603,6 +611,65 @@ class TriggerEngine:
                 "universal callbacks: clocks stopped for %d callbacks of removed lines",
                 len(stopped),
             )
+
+    def _restart_clocks_of(self, added: set[tuple[str, str]]) -> None:
+        """Start the repeats of the lines a load added back again, at every job they stayed at.
+
+        A removed line's clocks were stopped (``_stop_clocks_of``); back, its event atoms
+        fire it again, and so do its repeats now, from their next point, unless the
+        callback is spent. A one-shot time atom stays stopped: whether it fired before
+        is not known. A line never loaded before is at no job yet: nothing to do.
+        """
+        now = self._clock()
+
+        def restart() -> int:
+            started = 0
+            with self._store.transaction() as db:
+                stopped = [
+                    rowid
+                    for rowid, source, trigger in TriggerStore.universal_repeats_stopped(db)
+                    if line_name(source, trigger) in added
+                ]
+                for callback in TriggerStore.load_callbacks(db, stopped):
+                    expr = _parsed(callback.triggers)
+                    if _spent(db, callback, expr):
+                        continue
+                    timers = [
+                        (slot, due)
+                        for slot, atom in enumerate(triggers.atoms(expr))
+                        if (due := next_fire(atom, now, last_fired_unix=now)) is not None
+                    ]
+                    if timers:  # it has none running (universal_repeats_stopped)
+                        TriggerStore.replace_timers(db, callback.rowid, timers)
+                        started += 1
+                return started
+
+        try:
+            started = _retrying(restart)
+        except (UnavailableError, StoreConflict) as err:
+            logger.warning("universal callbacks: the added lines' clocks stay stopped: %s", err)
+            return
+        if started:
+            logger.info(
+                "universal callbacks: clocks started again for %d callbacks of lines added back",
+                started,
+            )
+            self._wake_timers()
+
+    def _wake_timers(self) -> None:
+        """Wake the timers to look at their next due time, from the loop or another thread."""
+        if self._timers is None or self._timers.done():
+            return  # not started yet: they look when they start
+        loop = self._timers.get_loop()
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self._timer_wakeup.set()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._timer_wakeup.set)
 
     def _set_universal(self, loaded: list[UniversalCallback]) -> None:
         self._universal = loaded

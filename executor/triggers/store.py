@@ -1166,6 +1166,19 @@ class TriggerStore:
         return [(int(row[0]), str(row[1]), str(row[2])) for row in rows]
 
     @staticmethod
+    def universal_repeats_stopped(db: Db) -> list[tuple[int, str, str]]:
+        """(rowid, source, triggers) of each universal callback with a repeat and no clock running.
+
+        A cheap cut (a repeat atom's name holds "repeat"); the caller parses the trigger.
+        """
+        rows = db.execute(
+            "SELECT rowid, source, triggers FROM callbacks WHERE universal = 1"
+            " AND triggers LIKE '%repeat%'"
+            " AND rowid NOT IN (SELECT callback_rowid FROM timers) ORDER BY rowid"
+        ).fetchall()
+        return [(int(row[0]), str(row[1]), str(row[2])) for row in rows]
+
+    @staticmethod
     def drop_timers_of(db: Db, rowids: Collection[int]) -> None:
         """``drop_timers`` of many callbacks."""
         for part, marks in in_lists(sorted(rowids)):

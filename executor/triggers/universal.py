@@ -3,17 +3,19 @@
 Format (qube-callbacks.md §4): one ``filename = trigger`` per line, ``#`` starts a
 comment line, blank lines are ignored. The file named sits in the same directory and
 its extension picks the language: ``.py`` python, ``.pl`` perl, ``.qcb`` qube (the
-file holds the code strings; a byte order mark at its start is dropped). A directory
-without a ``callbacks.conf`` contributes nothing. Each file's code is checked at load
-by ``check_code`` (Python is compiled, qube code strings are looked up), so a syntax
-error is reported when the file is installed, not when it first fires. Every problem
+file holds the code strings); a byte order mark at the start of any of them is dropped.
+A directory without a ``callbacks.conf`` contributes nothing. Each file's code is checked
+at load by ``check_code`` (Python is compiled, qube code strings are looked up), so a
+syntax error is reported when the file is installed, not when it first fires; an empty
+``.py`` or ``.pl`` file is refused (a save caught half-way). Every problem
 is reported as ``file:line: message``; a load with any problem is refused as a whole,
 so a reload keeps the last good set. A line the loader cannot take, however it fails,
 is such a problem: never an exception out of the load (start-up and a reload would go
 down with it).
 
-Every file is read only if it really is a regular file in its directory (``_read_inside``),
-callbacks.conf too: whoever may write a universal directory must not get any file the
+Every file is read only if it really is a regular file in its directory that only root or
+the executor's user may change, and as one saved state (universal_files.py), callbacks.conf
+too: whoever may write a universal directory must not get any file the
 executor can read quoted back, line by line, in the errors; and a directory is known by
 its real path, so one named twice (through a link or "..") is an error, not a second copy
 of each of its callbacks.
@@ -53,7 +55,7 @@ import json
 import logging
 import os
 import re
-import stat
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -63,6 +65,7 @@ from executor.directory_names import DirectoryNames
 from executor.triggers.errors import TriggerSyntaxError
 from executor.triggers.nodes import render
 from executor.triggers.parser import parse
+from executor.triggers.universal_files import Reads, Unreadable, unsafe_directory
 from executor.visible_text import escaped
 
 logger = logging.getLogger(__name__)
@@ -71,7 +74,14 @@ CONF_NAME: Final = "callbacks.conf"
 MODES: Final = ("edge", "level")
 _OPTIONS: Final = re.compile(r"(?P<file>[^\[]*?)\s*\[(?P<options>[^\]]*)\]")
 LANGUAGE_BY_SUFFIX: Final = {".py": "python", ".pl": "perl", ".qcb": "qube"}
-MAX_FILE_BYTES: Final = 1 << 20
+# A load that meets its files changing (an editor's save, a git checkout) reads them
+# again, pausing longer each time, this many times in all; then it is refused.
+READ_TRIES: Final = 5
+READ_PAUSE_S: Final = 0.05
+# A callbacks.conf that holds no line where the set before had lines is looked at again
+# after this pause before it is taken: an editor's save (vim renames the file away and
+# writes a new one; others truncate, then write) leaves it missing or empty for a moment.
+EMPTY_CONF_PAUSE_S: Final = 0.3
 # How much of a line, file name or option an error quotes: enough to find it in the file.
 MAX_QUOTED_CHARS: Final = 60
 
@@ -177,8 +187,15 @@ def load_universal(
     policies: Mapping[Path, str] | None = None,
     known_policies: Collection[str] | None = None,
     languages: Collection[str] | None = None,
+    had_lines: Collection[Path] = (),
 ) -> list[UniversalCallback]:
-    """Load every directory's callbacks.conf.
+    """Load every directory's callbacks.conf, as the files stand between two saves.
+
+    A load whose files changed while it read them (``Reads.changed``) reads again, up
+    to READ_TRIES times, and is refused when they never hold still; one with problems
+    is read once more after READ_PAUSE_S, and refused when they are still there. A directory of
+    ``had_lines`` whose callbacks.conf is missing or holds no line is looked at again
+    after EMPTY_CONF_PAUSE_S before that is taken: an editor's save window, not "nothing".
 
     Args:
         directories: Where the callbacks.conf files are.
@@ -190,6 +207,69 @@ def load_universal(
         warn: The warnings for a usable trigger (kept on the callback, not errors).
         languages: The languages the executor runs (its ``languages`` setting); a line in
             another loads, with a warning: each of its firings is refused.
+        had_lines: The directories the set loaded before had lines from.
+    """
+    waited = rechecked = False
+    tries = 0
+    while True:
+        tries += 1
+        reads = Reads()
+        empty: set[Path] = set()
+        loaded = _load_once(
+            directories,
+            reads,
+            empty,
+            check_trigger,
+            check_code=check_code,
+            warn=warn,
+            policies=policies,
+            known_policies=known_policies,
+            languages=languages,
+        )
+        if changed := reads.changed():
+            if tries < READ_TRIES:
+                time.sleep(READ_PAUSE_S * tries)
+                continue
+            raise UniversalConfigError(
+                [
+                    f"{directory}: files changed while being read ({READ_TRIES} tries): not "
+                    "loaded; the previous set stays (reload again once the files are saved)"
+                    for directory in directories
+                    if directory in changed
+                ]
+            )
+        if not waited and empty & set(had_lines):
+            waited = True
+            tries -= 1
+            time.sleep(EMPTY_CONF_PAUSE_S)
+            continue
+        if not isinstance(loaded, UniversalConfigError):
+            return loaded
+        if rechecked:
+            raise loaded
+        # Problems are read once more after a pause: a file caught between its creation
+        # and its write (git's, an editor's) is empty, and as empty a moment later.
+        rechecked = True
+        tries -= 1
+        time.sleep(READ_PAUSE_S)
+
+
+def _load_once(
+    directories: list[Path],
+    reads: Reads,
+    empty: set[Path],
+    check_trigger: Callable[[str], str | None],
+    *,
+    check_code: CodeCheck,
+    warn: Callable[[str], list[str]] | None,
+    policies: Mapping[Path, str] | None,
+    known_policies: Collection[str] | None,
+    languages: Collection[str] | None,
+) -> list[UniversalCallback] | UniversalConfigError:
+    """One pass over the directories: the set, or its errors.
+
+    ``reads`` notes each file read; ``empty`` gets each directory whose callbacks.conf
+    is missing or holds no line.
     """
     callbacks: list[UniversalCallback] = []
     errors: list[str] = []
@@ -213,18 +293,22 @@ def load_universal(
                 f"{named!r} (configured: {', '.join(known_policies)})"
             )
             continue
+        if unsafe := unsafe_directory(directory):
+            errors.append(unsafe)
+            continue
         conf = directory / CONF_NAME
-        text = _conf_text(directory)
+        text = _conf_text(directory, reads)
         if isinstance(text, _Refused):
             errors.append(f"{conf}: {text.why}")
             continue
+        if not any(_is_line(raw) for raw in text.splitlines()):
+            empty.add(directory)
         for number, raw in enumerate(text.splitlines(), start=1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
+            if not _is_line(raw):
                 continue
-            where = f"{conf}:{number}"
+            line, where = raw.strip(), f"{conf}:{number}"
             try:
-                loaded = _load_line(directory, where, line, check_trigger, check_code)
+                loaded = _load_line(directory, where, line, reads, check_trigger, check_code)
             except Exception as err:  # one line's fault, never the whole load's
                 # A line that breaks the loader in a way not foreseen is this line's error:
                 # an exception out of here would take start-up, or a reload, down with it.
@@ -255,8 +339,14 @@ def load_universal(
     if errors:
         # A file name or trigger is the admin's text: its control characters are shown
         # as escapes in `triggers reload`, the log and the dashboard (executor.visible_text).
-        raise UniversalConfigError([escaped(error) for error in errors])
+        return UniversalConfigError([escaped(error) for error in errors])
     return callbacks
+
+
+def _is_line(raw: str) -> bool:
+    """Whether a line of callbacks.conf names a callback (not blank, not a comment)."""
+    line = raw.strip()
+    return bool(line) and not line.startswith("#")
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,16 +354,15 @@ class _Refused:
     why: str
 
 
-def _conf_text(directory: Path) -> str | _Refused:
+def _conf_text(directory: Path, reads: Reads) -> str | _Refused:
     """A directory's callbacks.conf ("" when it has none), or why it was not read."""
     try:
         # As a callback file is read (a link out of the directory would show whoever
-        # may write there any file the executor can, quoted line by line in errors);
-        # "-sig": a Windows editor's byte order mark is not part of the first line.
-        return _read_inside(directory, directory / CONF_NAME, encoding="utf-8-sig")
+        # may write there any file the executor can, quoted line by line in errors).
+        return reads.read(directory, directory / CONF_NAME)
     except FileNotFoundError:
         return ""  # no callbacks.conf (or a dangling link): the directory adds nothing
-    except _Unreadable as err:
+    except Unreadable as err:
         return _Refused(err.why(CONF_NAME, directory))
     except (OSError, UnicodeDecodeError) as err:
         return _Refused(f"cannot read: {getattr(err, 'strerror', None) or err}")
@@ -283,6 +372,7 @@ def _load_line(
     directory: Path,
     where: str,
     line: str,
+    reads: Reads,
     check_trigger: Callable[[str], str | None],
     check_code: CodeCheck,
 ) -> UniversalCallback | str:
@@ -308,14 +398,16 @@ def _load_line(
     if Path(filename).name != filename:
         return f"{where}: {_quoted(filename)} must be a file in {directory}"
     try:
-        # A Windows editor's byte order mark is no part of a code string (Python's
-        # compiler takes it itself).
-        encoding = "utf-8-sig" if language == "qube" else "utf-8"
-        code = _read_inside(directory, path, encoding=encoding)
-    except _Unreadable as err:
+        code = reads.read(directory, path)
+    except Unreadable as err:
         return f"{where}: {err.why(_cut(filename), directory)}"
     except (OSError, UnicodeDecodeError) as err:
         return f"{where}: cannot read {_cut(filename)}: {getattr(err, 'strerror', None) or err}"
+    if language != "qube" and not code.strip():
+        # Never a callback anyone meant: a save caught half-way, most likely; it would
+        # run as a no-op for every job registered meanwhile. (An empty .qcb is refused
+        # by check_code: it names no code string.)
+        return f"{where}: {_cut(filename)} is empty: no callback (saved half-way?)"
     problem = check_trigger(triggers)
     if problem:
         return f"{where}: {problem}"
@@ -391,62 +483,6 @@ def _cut(name: str) -> str:
     if len(name) <= MAX_QUOTED_CHARS:
         return name
     return f"{name[:MAX_QUOTED_CHARS]}... ({len(name)} characters)"
-
-
-class _Unreadable(Exception):
-    """A file refused before it is read: why, given its name and its directory."""
-
-    def why(self, name: str, directory: Path) -> str:
-        raise NotImplementedError
-
-
-class _Outside(_Unreadable):
-    """The file's real path is not inside its directory's."""
-
-    def why(self, name: str, directory: Path) -> str:
-        # A link out of the directory would let whoever may write there read any file
-        # the executor can (and see it quoted in this very error): not read at all.
-        return f"{name} leads outside {directory} (a symbolic link?): not read"
-
-
-class _NotRegular(_Unreadable):
-    """The file is no regular file (a FIFO, a device, a directory, a socket)."""
-
-    def why(self, name: str, directory: Path) -> str:
-        # A FIFO's read would wait for its writer, a device's may never end.
-        return f"{name} is not a regular file: not read"
-
-
-class _TooLarge(_Unreadable):
-    """The file is larger than MAX_FILE_BYTES."""
-
-    def why(self, name: str, directory: Path) -> str:
-        return f"{name} is larger than {MAX_FILE_BYTES} bytes"
-
-
-def _read_inside(directory: Path, path: Path, *, encoding: str = "utf-8") -> str:
-    """``path``'s text, if the file it opens really is a regular file inside ``directory``.
-
-    The checks are on the file opened (its /proc/self/fd link, its fstat), so a link
-    swapped between a check and the read cannot get around them. O_NONBLOCK: opening
-    a FIFO does not wait for a writer (it is then refused, unread).
-    """
-    inside = os.path.realpath(directory)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
-    with os.fdopen(fd, "rb") as handle:
-        opened = os.readlink(f"/proc/self/fd/{fd}")
-        if os.path.commonpath([opened, inside]) != inside:
-            raise _Outside
-        status = os.fstat(fd)
-        if not stat.S_ISREG(status.st_mode):
-            raise _NotRegular
-        if status.st_size > MAX_FILE_BYTES:
-            raise _TooLarge
-        data = handle.read(MAX_FILE_BYTES + 1)  # it may have grown since the fstat
-        if len(data) > MAX_FILE_BYTES:
-            raise _TooLarge
-        # Line ends as a text-mode read gives them (a Windows editor's CRLF is one).
-        return data.decode(encoding).replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _none(triggers: str) -> list[str]:

@@ -109,8 +109,8 @@ class _Clocks:
             return f"its clock has fired (a time fires once){again}"
         if self.universal:
             return (
-                "its clock is stopped: its callbacks.conf line was removed by a reload (a job"
-                f" registered again once the line is back ticks again){again}"
+                "its clock is stopped: its callbacks.conf line was removed by a reload (it"
+                f" ticks again once a reload has the line back){again}"
             )
         return f"its clock is stopped: no tick is scheduled{again}"
 

@@ -51,6 +51,8 @@ async def test_files_in_a_0755_data_dir_are_the_executor_s_own(tmp_path: Path) -
     callbacks.mkdir()
     (callbacks / "hello.py").write_text("print('hello')\n")
     (callbacks / "callbacks.conf").write_text("hello.py = submit-job-self\n")
+    for path in (callbacks, *callbacks.iterdir()):  # refused writable by others
+        path.chmod(0o755)
     settings = stack_settings(data, universal_callback_path=str(callbacks))
     async with running_stack(settings) as stack:
         (job,) = stack.supervisor.submit([{"name": "j", "user": "alice"}])
@@ -82,6 +84,8 @@ async def test_under_umask_000_the_log_tree_is_0750_and_a_planted_link_is_not_fo
     callbacks.mkdir()
     (callbacks / "hello.py").write_text("print('hello')\n")
     (callbacks / "callbacks.conf").write_text("hello.py = submit-job-self\n")
+    for path in (callbacks, *callbacks.iterdir()):  # refused writable by others
+        path.chmod(0o755)
     settings = stack_settings(data, universal_callback_path=str(callbacks))
     logs = data / "logs"
     async with running_stack(settings) as stack:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from executor.config import Settings
 from executor.errors import ConfigError
 from executor.model import Language
 from executor.runtimes.check import check_source
-from executor.triggers.universal import UniversalConfigError, load_universal
+from executor.triggers.universal import UniversalCallback, UniversalConfigError, load_universal
 from tests.helpers.trigger_engines import Engines, Recorder
 
 pytestmark = pytest.mark.unit
@@ -242,3 +243,76 @@ def test_a_qcb_comment_holding_a_semicolon_is_no_code(tmp_path: Path) -> None:
     (loaded,) = load_universal([conf], lambda _: None, check_code=check_source)
 
     assert loaded.source == f"{conf}/prose.qcb"
+
+
+def _checkout(directory: Path, version: str) -> None:
+    """As ``git checkout`` writes a file: unlinked, then created anew."""
+    for name, text in [
+        ("a.py", f"print('{version}')\n"),
+        ("b.py", f"print('{version}')\n"),
+        ("callbacks.conf", f"a.py = submit-job-self\nb.py = done-{version}-self\n"),
+    ]:
+        (directory / name).unlink(missing_ok=True)
+        (directory / name).write_text(text)
+
+
+def _as_read(callbacks: list[UniversalCallback]) -> list[tuple[str, str, str]]:
+    return [(Path(cb.source).name, cb.triggers, cb.code.strip()) for cb in callbacks]
+
+
+def test_a_load_that_meets_a_checkout_half_way_reads_again(tmp_path: Path) -> None:
+    # Probe 102: a load read v1's callbacks.conf and, the checkout going on meanwhile,
+    # v2's b.py, and took that mix as the new good set.
+    _checkout(tmp_path, "job")
+    checked: list[Path] = []
+
+    def check_while_checking_out(language: str, code: str, path: Path) -> str | None:
+        checked.append(path)
+        if len(checked) == 1:  # a.py read: the rest of the checkout lands now
+            _checkout(tmp_path, "work")
+        return None
+
+    loaded = load_universal([tmp_path], lambda _: None, check_code=check_while_checking_out)
+
+    assert _as_read(loaded) == [
+        ("a.py", "submit-job-self", "print('work')"),
+        ("b.py", "done-work-self", "print('work')"),
+    ]
+    assert len(checked) > 2, "read again: the first pass's files had changed"
+
+
+def test_files_that_never_hold_still_are_refused_and_the_set_kept(tmp_path: Path) -> None:
+    _checkout(tmp_path, "job")
+    versions = iter(["work", "job"] * 10)
+
+    def check_while_checking_out(language: str, code: str, path: Path) -> str | None:
+        if path.name == "a.py":
+            _checkout(tmp_path, next(versions))
+        return None
+
+    with pytest.raises(UniversalConfigError) as raised:
+        load_universal([tmp_path], lambda _: None, check_code=check_while_checking_out)
+
+    assert raised.value.errors == [
+        f"{tmp_path}: files changed while being read (5 tries): not loaded; the previous "
+        "set stays (reload again once the files are saved)"
+    ]
+
+
+def test_a_load_waits_for_a_checkout_that_pauses_half_way(tmp_path: Path) -> None:
+    # Read and checked again within the pause, the half-way state held still: files
+    # changed within the last 0.1 s are not taken as saved.
+    _checkout(tmp_path, "job")
+    time.sleep(0.2)
+    (tmp_path / "callbacks.conf").write_text("a.py = submit-job-self\nb.py = done-work-self\n")
+    rest = threading.Timer(0.03, _checkout, (tmp_path, "work"))
+    rest.start()
+    try:
+        loaded = load_universal([tmp_path], lambda _: None)
+    finally:
+        rest.join()
+
+    assert _as_read(loaded) == [
+        ("a.py", "submit-job-self", "print('work')"),
+        ("b.py", "done-work-self", "print('work')"),
+    ]
