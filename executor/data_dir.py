@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 # free per database refuses start-up ("disk I/O error: the storage refused it"), while
 # one with that much starts, NOT_SERVING until space is freed, as when it fills later.
 SHM_BYTES: Final = 32 << 10
+# The mail queue's spool, a directory the executor makes in the data dir when it first needs it.
+MAIL_QUEUE: Final = "mail-queue"
 
 
 def make(path: Path, databases: Sequence[str] = ()) -> None:
@@ -38,6 +41,7 @@ def make(path: Path, databases: Sequence[str] = ()) -> None:
     makes: SQLite would say only "unable to open database file".
     """
     _existing_problem(path)
+    _refuse_a_strange_mail_queue(path)
     if not path.is_dir():
         _writable(_first_missing(path).parent, f"{path} does not exist and")
     try:
@@ -62,6 +66,7 @@ def databases(settings: Settings) -> list[str]:
 def inspect(path: Path) -> str:
     """How start-up would find ``path``: "(exists)" or "(made at start-up)"; ConfigError if unusable."""
     _existing_problem(path)
+    _refuse_a_strange_mail_queue(path)
     if path.is_dir():
         _usable(path)
         return f"{path} (exists)"
@@ -85,6 +90,24 @@ def _existing_problem(path: Path) -> None:
             if step == path:
                 raise ConfigError(f"data_dir: {path} is not a directory")
             raise ConfigError(f"data_dir: cannot make {path}: {step} is not a directory")
+
+
+def _refuse_a_strange_mail_queue(path: Path) -> None:
+    """ConfigError if something but a directory is where the mail queue's goes (not followed).
+
+    Else every mail run would fail on it, and nothing would say so before.
+    """
+    spool = path / MAIL_QUEUE
+    try:
+        mode = os.lstat(spool).st_mode
+    except OSError:
+        return  # none yet (or no data dir): made when the first mail is handed over
+    if stat.S_ISDIR(mode):
+        return
+    what = "a symbolic link" if stat.S_ISLNK(mode) else "not a directory"
+    raise ConfigError(
+        f"data_dir: {spool} is {what}; the mail queue's directory goes there: move it away"
+    )
 
 
 def _first_missing(path: Path) -> Path:

@@ -495,3 +495,25 @@ async def test_a_directory_where_the_lock_file_goes_is_refused_alike_in_one_line
         f"cbexec: data_dir: {data_dir}/cbexec.lock is a directory; the executor's lock file"
         " goes there: move it away"
     )
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink"])
+async def test_something_but_a_directory_where_the_mail_queue_goes_is_refused_alike(
+    tmp_path: Path, kind: str
+) -> None:
+    # Start-up and --check-config said nothing, then every mail run failed (probe 103 F6).
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    if kind == "file":
+        (data_dir / "mail-queue").write_bytes(b"")
+    else:
+        (tmp_path / "elsewhere").mkdir()
+        (data_dir / "mail-queue").symlink_to(tmp_path / "elsewhere")
+
+    said = await _both_refuse(data_dir)
+
+    what = "not a directory" if kind == "file" else "a symbolic link"
+    assert said == (
+        f"cbexec: data_dir: {data_dir}/mail-queue is {what}; the mail queue's directory goes"
+        " there: move it away"
+    )
