@@ -212,9 +212,11 @@ class QubeInterpreter:
                             outcome, failure = Outcome.FAILED, failure or err.failure
                             if err.stops:
                                 break
-                            lines.append(
-                                f"{part}: not sent: {err.failure.message.removeprefix(part + ': ')}"
-                            )
+                            said = err.failure.message.removeprefix(part + ": ")
+                            # The queue's and the relay's MailErrors mostly say it already.
+                            if not said.startswith("not sent"):
+                                said = f"not sent: {said}"
+                            lines.append(f"{part}: {said}")
                             continue
                         lines.append(f"{step.code}: {step.summary}")
                         acted = acted or (part not in MAIL_CODES and not invocation.shadow)
@@ -233,32 +235,35 @@ class QubeInterpreter:
             actions=tuple(host.actions),
         )
 
-    async def _deliver(self, message: EmailMessage, host: HostApi, run: str) -> str:
+    async def _deliver(self, message: EmailMessage, host: HostApi, run: str) -> tuple[bool, str]:
         """Hand ``message`` to the mail queue and wait for it up to MAIL_WAIT_SECONDS.
 
         A mail is an effect like a qb action (it takes an action_seq), so the run lists
         it: sent, failed, or queued when it was not tried within the wait (or the run
         ended first, or an earlier mail has taken longer than the wait already: then
         the run does not wait at all): the queue then sends it later and logs the
-        outcome under its Message-ID, which the action names.
+        outcome under its Message-ID, which the action names. Whether it was sent, and
+        where it went (or how it is queued).
         """
         recipients = str(message["To"])
         message_id = str(message["Message-ID"])
         try:
-            sending = await self.mail_queue.submit(message, run=run)
+            ticket = await self.mail_queue.submit(message, run=run)
         except MailError as err:
             host.note("mail", recipients, f"MailError: {err}", ok=False)
             raise
         queued = f"queued for {self.mail_queue.where}"
-        if self.mail_queue.backed_up(MAIL_WAIT_SECONDS):
+        sending = ticket.future()
+        if not sending.done() and self.mail_queue.backed_up(MAIL_WAIT_SECONDS):
             # An earlier mail has taken longer than the wait already: this one would too,
             # and runs that waited for theirs one after another would hold up the rest.
             where = (
                 f"{queued}: not sent yet, the relay is slow over earlier mails; its outcome "
                 f"is logged under {message_id}"
             )
+            self.mail_queue.listed_queued(ticket)
             host.note("mail", recipients, where)
-            return where
+            return False, where
         try:
             outcome = await asyncio.wait_for(asyncio.shield(sending), MAIL_WAIT_SECONDS)
         except TimeoutError:
@@ -266,9 +271,11 @@ class QubeInterpreter:
                 f"{queued}: not sent within {MAIL_WAIT_SECONDS:g} s; its outcome is logged "
                 f"under {message_id}"
             )
+            self.mail_queue.listed_queued(ticket)
             host.note("mail", recipients, where)
-            return where
+            return False, where
         except asyncio.CancelledError:
+            self.mail_queue.listed_queued(ticket)
             host.note(
                 "mail",
                 recipients,
@@ -279,7 +286,7 @@ class QubeInterpreter:
             host.note("mail", recipients, f"MailError: {outcome}", ok=False)
             raise outcome
         host.note("mail", recipients, f"mailed {message['Subject']!r}: {outcome}")
-        return outcome
+        return True, outcome
 
     async def _call(self, code: str, host: HostApi, fn: str, target: Any) -> Any:
         try:
@@ -363,10 +370,10 @@ class QubeInterpreter:
             )
             if invocation.shadow:
                 # A shadow run renders the mail (its errors show) and sends nothing.
-                where = "shadow: rendered, not sent"
+                sent, where = False, "shadow: rendered, not sent"
                 host.note("mail", str(message["To"]), f"shadow: would mail {message['Subject']!r}")
             else:
-                where = await self._deliver(message, host, invocation.invocation_id)
+                sent, where = await self._deliver(message, host, invocation.invocation_id)
         except (MailError, ValueError) as err:  # ValueError: a header the job's fields broke
             # The mail is lost, visibly; what the callback does next (unblock-self) is not
             # held up by a relay's hiccup.
@@ -374,7 +381,6 @@ class QubeInterpreter:
             raise _StepFailed(failure, stops=False) from err
         of_item = {"subjob": subjob, "work": work}.get(kind)
         status = (of_item or job).get("status")
-        return _Step(
-            code,
-            f"mailed the {kind} status ({status}) of job {job['id']} to {message['To']}: {where}",
-        )
+        # "mailed" only for a mail that went: a queued or shadow one says what it is.
+        what = f"the {kind} status ({status}) of job {job['id']} to {message['To']}: {where}"
+        return _Step(code, f"mailed {what}" if sent else what)

@@ -810,6 +810,11 @@ async def test_a_mail_not_sent_within_the_wait_is_listed_queued_and_the_run_goes
         f"queued for the maildir: not sent within {MAIL_WAIT_SECONDS:g} s; its outcome is logged"
     )
     assert result.usage.wall_seconds < MAIL_WAIT_SECONDS + 2
+    # Not "mailed": it has not gone yet (probe 103 F4).
+    assert result.stdout.splitlines()[0].startswith(
+        "mail-status: the job status (blocked) of job "
+    ), result.stdout
+    assert "queued for the maildir: not sent within" in result.stdout.splitlines()[0]
     # The relay has taken longer than the wait over that mail: the next run does not wait.
     again = await run(interpreter, supervisor, job_id, "mail-status")
     assert again.outcome is Outcome.SUCCEEDED
@@ -835,4 +840,6 @@ async def test_a_full_mail_queue_fails_the_mail_at_once(
     assert result.outcome is Outcome.FAILED
     assert [(a.verb, a.ok) for a in result.actions] == [("jobinfo", True), ("mail", False)]
     assert "the mail queue is full (0 mails wait for the maildir" in result.actions[1].message
+    # Said once (probe 103 F4: "not sent: not sent: the mail queue is full").
+    assert result.stdout.startswith("mail-status: not sent: the mail queue is full (0 mails")
     assert relay.sent == []
