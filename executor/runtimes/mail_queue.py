@@ -242,7 +242,8 @@ class MailQueue:
             return 0
         self._remove_unfinished(self._spool)
         loaded = 0
-        for path in sorted(self._spool.glob("*.eml"), key=lambda p: _spool_order(p.name)):
+        names = [p for p in self._spool.glob("*.eml") if not p.name.startswith(_WRITING)]
+        for path in sorted(names, key=lambda p: _spool_order(p.name)):
             try:
                 message = _read_spooled(self._spool, path.name)
             except OSError as err:
@@ -291,8 +292,8 @@ class MailQueue:
             removed.append(path.name)
         if removed:
             logger.warning(
-                "mail queue: removed %d unfinished writes from %s (never handed over: their "
-                "runs listed the mails not sent): %s",
+                "mail queue: removed %d unfinished writes from %s (never handed over: no run "
+                "listed them queued): %s",
                 len(removed),
                 spool,
                 ", ".join(removed),
