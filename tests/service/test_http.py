@@ -280,7 +280,7 @@ async def test_healthz_answers_503_while_the_executor_drains(tmp_path: Path) -> 
         busy = asyncio.create_task(
             client.execute_callback(language="python", code=stubborn, job={"id": 1})
         )
-        await eventually(lambda: running.dispatcher.active == 1)
+        await eventually(lambda: running.dispatcher.running == 1)
         assert (await fetch(healthz))[0] == 200
 
         async def draining() -> bool:  # old code: the port closed at the stop's first moment

@@ -92,11 +92,11 @@ async def test_reads_of_a_big_job_ask_for_and_get_only_the_items_they_need(
         ("AGENDA_SCOPE_NONE", []),  # subjobstatus
         ("AGENDA_SCOPE_NAMED", ["5"]),  # workstatus
         ("AGENDA_SCOPE_NAMED", ["5"]),  # workunblock
-        ("AGENDA_SCOPE_NAMED", ["5", "7"]),  # workblock
+        ("AGENDA_SCOPE_NAMED", ["5,7", "5", "7"]),  # workblock: an item so named, or both
         ("AGENDA_SCOPE_NONE", []),  # jobinfo(fields=['status'])
         ("AGENDA_SCOPE_NAMED", ["1-10"]),  # workstatus names one item, whatever its name
         ("AGENDA_SCOPE_ALL", []),  # a range, or a chunk so named: only the agenda tells
-        ("AGENDA_SCOPE_NAMED", ["9", "99999"]),  # a missing name ...
+        ("AGENDA_SCOPE_NAMED", ["9,99999", "9", "99999"]),  # a missing name ...
         ("AGENDA_SCOPE_ALL", []),  # ... is looked for in the whole agenda, as before
         ("AGENDA_SCOPE_ALL", []),  # jobinfo()
     ]
