@@ -16,28 +16,10 @@ import pytest
 
 from supervisor_client import FarmClient
 from tests.helpers.executor_process import executor_process
-from tests.helpers.held_smtp import HeldRelay, held_relay
+from tests.helpers.held_smtp import MAILED_JOB, held_relay, relay_env
 from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.faults
-
-
-def _env(relay: HeldRelay) -> dict[str, str]:
-    return {
-        "CBEXEC_MAIL__DELIVERY": "smtp",
-        "CBEXEC_MAIL__SMTP_HOST": "127.0.0.1",
-        "CBEXEC_MAIL__SMTP_PORT": str(relay.port),
-        "CBEXEC_MAIL__SMTP_TIMEOUT_SECONDS": "120",
-        "CBEXEC_MAIL__DEFAULT_DOMAIN": "farm.example",
-    }
-
-
-JOB = {
-    "name": "mailed",
-    "user": "alice",
-    "agenda": ["1"],
-    "callbacks": [{"triggers": "done-job-self", "language": "mail"}],
-}
 
 
 async def test_a_rerun_after_a_crash_sends_the_spooled_mail_once(tmp_path: Path) -> None:
@@ -45,9 +27,9 @@ async def test_a_rerun_after_a_crash_sends_the_spooled_mail_once(tmp_path: Path)
     data = tmp_path / "data"
     spool = data / "mail-queue"
     async with held_relay() as relay:
-        async with executor_process(data, "", log, env=_env(relay)) as executor:
+        async with executor_process(data, "", log, env=relay_env(relay)) as executor:
             async with FarmClient(executor.address) as farm:
-                (job,) = (await farm.submit_jobs([JOB])).jobs
+                (job,) = (await farm.submit_jobs([MAILED_JOB])).jobs
                 await farm.change_work(job_id=job.id, work=["1"], change="complete")
             await relay.wait_for(connections=1)  # the run waits its 2 s for it
             executor.proc.kill()
@@ -55,7 +37,7 @@ async def test_a_rerun_after_a_crash_sends_the_spooled_mail_once(tmp_path: Path)
         assert len(list(spool.glob("*.eml"))) == 1
         ran_before = log.read_text().count("callback ran:")
 
-        async with executor_process(data, "", log, env=_env(relay)):
+        async with executor_process(data, "", log, env=relay_env(relay)):
             await relay.wait_for(connections=2)  # the spool's copy, in its exchange
             rerun = await eventually(
                 lambda: log.read_text().count("callback ran:") > ran_before, 60

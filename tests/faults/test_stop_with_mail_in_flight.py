@@ -20,28 +20,10 @@ import pytest
 from executor.runtimes.mail_queue import STOP_GRACE_SECONDS
 from supervisor_client import FarmClient
 from tests.helpers.executor_process import executor_process
-from tests.helpers.held_smtp import HeldRelay, held_relay
+from tests.helpers.held_smtp import MAILED_JOB, held_relay, relay_env
 from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.faults
-
-
-def _env(relay: HeldRelay) -> dict[str, str]:
-    return {
-        "CBEXEC_MAIL__DELIVERY": "smtp",
-        "CBEXEC_MAIL__SMTP_HOST": "127.0.0.1",
-        "CBEXEC_MAIL__SMTP_PORT": str(relay.port),
-        "CBEXEC_MAIL__SMTP_TIMEOUT_SECONDS": "120",
-        "CBEXEC_MAIL__DEFAULT_DOMAIN": "farm.example",
-    }
-
-
-JOB = {
-    "name": "mailed",
-    "user": "alice",
-    "agenda": ["1"],
-    "callbacks": [{"triggers": "done-job-self", "language": "mail"}],
-}
 
 
 async def test_a_stop_keeps_unsent_mail_for_the_next_start_and_exits_within_its_grace(
@@ -50,9 +32,9 @@ async def test_a_stop_keeps_unsent_mail_for_the_next_start_and_exits_within_its_
     log = tmp_path / "executor.log"
     data = tmp_path / "data"
     async with held_relay() as relay:
-        async with executor_process(data, "", log, env=_env(relay)) as executor:
+        async with executor_process(data, "", log, env=relay_env(relay)) as executor:
             async with FarmClient(executor.address) as farm:
-                jobs = (await farm.submit_jobs([JOB] * 4)).jobs
+                jobs = (await farm.submit_jobs([MAILED_JOB] * 4)).jobs
                 for job in jobs:
                     await farm.change_work(job_id=job.id, work=["1"], change="complete")
             # Two mails in an exchange (the mail threads), two waiting in the queue.
@@ -76,7 +58,7 @@ async def test_a_stop_keeps_unsent_mail_for_the_next_start_and_exits_within_its_
 
         # The next start (the lock is free again) sends them all, once the relay answers.
         relay.release()
-        async with executor_process(data, "", log, env=_env(relay)):
+        async with executor_process(data, "", log, env=relay_env(relay)):
             await relay.wait_for(accepted=4)
     ids = {str(m["Message-ID"]) for m in relay.accepted}
     assert len(ids) == 4, ids

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from email.message import Message
+from typing import Final
 
 
 @dataclass
@@ -110,3 +111,23 @@ async def held_relay(*, held: bool = True) -> AsyncIterator[HeldRelay]:
         relay.release()
         await asyncio.gather(*relay._serving, return_exceptions=True)
         await server.wait_closed()
+
+
+def relay_env(relay: HeldRelay) -> dict[str, str]:
+    """The environment that points an executor process's mail at ``relay``."""
+    return {
+        "CBEXEC_MAIL__DELIVERY": "smtp",
+        "CBEXEC_MAIL__SMTP_HOST": "127.0.0.1",
+        "CBEXEC_MAIL__SMTP_PORT": str(relay.port),
+        "CBEXEC_MAIL__SMTP_TIMEOUT_SECONDS": "120",
+        "CBEXEC_MAIL__DEFAULT_DOMAIN": "farm.example",
+    }
+
+
+# A farm job whose mail callback fires once its one frame is done.
+MAILED_JOB: Final = {
+    "name": "mailed",
+    "user": "alice",
+    "agenda": ["1"],
+    "callbacks": [{"triggers": "done-job-self", "language": "mail"}],
+}
