@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import resource
-import signal
-from collections.abc import Iterator
+import sys
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from executor.errors import ConfigError
 from executor.runtimes import mail_queue
 from executor.runtimes.mail import Mailer, MailError, MailSettings
 from executor.runtimes.mail_queue import MailQueue
+from tests.helpers.cli import ROOT
 from tests.helpers.held_smtp import HeldRelay, held_relay
 from tests.helpers.waiting import eventually
 
@@ -47,29 +46,44 @@ def _ids(relay: HeldRelay) -> list[str]:
     return sorted(str(m["Message-ID"]) for m in relay.accepted)
 
 
-@pytest.fixture
-def small_files() -> Iterator[None]:
-    """Files past 2 KiB cannot be written (EFBIG), as a full disk stops a write part-way."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (2048, hard))
+# In a process of its own: files past 2 KiB cannot be written there (EFBIG), as a full
+# disk stops a write part-way. (Set in the test's own process, the limit also cut off
+# pytest's output to a log file, and the run with it.)
+_FAILED_WRITE = """
+import asyncio, resource, sys
+from pathlib import Path
+from executor.runtimes.mail import MailError
+from tests.unit.test_mail_spool import _mail, _queue
+
+async def main() -> None:
+    queue = _queue(1, Path(sys.argv[1]))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2048, resource.RLIM_INFINITY))
     try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, previous)
+        await queue.submit(_mail(1, "x" * 8000), run="r1")
+    except MailError as err:
+        print("refused:", err)
+    await queue.close()
+
+asyncio.run(main())
+"""
 
 
-async def test_a_failed_spool_write_leaves_nothing_to_send(
-    tmp_path: Path, small_files: None
-) -> None:
+async def test_a_failed_spool_write_leaves_nothing_to_send(tmp_path: Path) -> None:
     spool = tmp_path / "mail-queue"
-    async with held_relay(held=False) as relay:
-        queue = _queue(relay, spool)
-        with pytest.raises(MailError, match="could not queue the mail"):
-            await queue.submit(_mail(1, "x" * 8000), run="r1")
-        assert [p.name for p in spool.iterdir()] == []
-        await queue.close()
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _FAILED_WRITE,
+        str(spool),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(child.communicate(), 60)
+    assert child.returncode == 0, err.decode()
+    assert out.decode().startswith("refused: "), (out, err)
+    assert "could not queue the mail" in out.decode()
+    assert [p.name for p in spool.iterdir()] == []
 
 
 async def test_load_removes_unfinished_writes_and_moves_junk_aside(
