@@ -58,7 +58,7 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from executor.owned_dirs import open_file, open_tree
+from executor.owned_dirs import OwnedDir, open_file, open_tree
 from executor.runtimes.mail_header import LiteralHeader
 from supervisor_client.mailaddress import EXPECTED, is_address, recipient_names
 
@@ -526,6 +526,28 @@ def _check_header_recipients(job: dict[str, Any], to: list[str], message: EmailM
         raise MailError(f"job {job.get('id')}'s To: header reads {read!r}, not {to!r}")
 
 
+def write_whole(
+    directory: OwnedDir, writing: str, target: OwnedDir, name: str, *parts: bytes
+) -> None:
+    """Write ``parts`` to a new 0600 file ``writing``, on disk, then rename it to ``name``.
+
+    Readers of ``target`` see the file whole or not at all; one that fails part-way (a
+    full disk) is removed, so nothing half-written is left to be taken for a mail.
+    """
+    fd = open_file(directory, writing, os.O_WRONLY | os.O_CREAT | os.O_EXCL, MAIL_MODE)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            for part in parts:
+                handle.write(part)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(writing, name, src_dir_fd=directory.fd, dst_dir_fd=target.fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(writing, dir_fd=directory.fd)
+        raise
+
+
 class Mailer:
     """Delivers rendered messages as ``settings`` say."""
 
@@ -552,19 +574,8 @@ class Mailer:
                 host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
                 name = f"{time.time_ns()}.P{os.getpid()}Q{next(_delivery_counter)}.{host}.eml"
                 final = new.path / name
-                data = message.as_bytes()
-                fd = open_file(tmp, name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, MAIL_MODE)
-                try:
-                    with os.fdopen(fd, "wb") as handle:
-                        handle.write(data)
-                        handle.flush()
-                        os.fsync(handle.fileno())
-                    # maildir: a message appears in new/ whole
-                    os.rename(name, name, src_dir_fd=tmp.fd, dst_dir_fd=new.fd)
-                except BaseException:
-                    with contextlib.suppress(OSError):
-                        os.unlink(name, dir_fd=tmp.fd)
-                    raise
+                # maildir: a message appears in new/ whole
+                write_whole(tmp, name, new, name, message.as_bytes())
         except OSError as err:
             raise MailError(f"could not store the mail in {root}: {err}") from err
         logger.info("mail to %s stored in %s", message["To"], final)

@@ -53,7 +53,7 @@ from typing import Final
 
 from executor.data_dir import MAIL_QUEUE
 from executor.owned_dirs import OwnedDir, open_file, open_tree
-from executor.runtimes.mail import MAIL_MODE, MAILDIR_MODE, Mailer, MailError
+from executor.runtimes.mail import MAIL_MODE, MAILDIR_MODE, Mailer, MailError, write_whole
 
 logger = logging.getLogger(__name__)
 
@@ -477,18 +477,7 @@ def _write_spool(spool: Path, message: EmailMessage) -> str:
     data = message.as_bytes()
     try:
         with open_tree(spool.parent, (spool.name,), MAILDIR_MODE) as directory:
-            fd = open_file(directory, writing, os.O_WRONLY | os.O_CREAT | os.O_EXCL, MAIL_MODE)
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(b"%s%d\n" % (_MAGIC, len(data)))
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.rename(writing, name, src_dir_fd=directory.fd, dst_dir_fd=directory.fd)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(writing, dir_fd=directory.fd)
-                raise
+            write_whole(directory, writing, directory, name, b"%s%d\n" % (_MAGIC, len(data)), data)
             _sync_directory(directory)
     except OSError as err:
         raise MailError(f"not sent: could not queue the mail in {spool}: {err}") from err
