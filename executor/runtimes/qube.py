@@ -252,35 +252,28 @@ class QubeInterpreter:
         except MailError as err:
             host.note("mail", recipients, f"MailError: {err}", ok=False)
             raise
-        queued = f"queued for {self.mail_queue.where}"
+
+        def list_queued(why: str) -> str:
+            """List the mail as queued, its outcome left to the queue's log; where it is."""
+            where = (
+                f"queued for {self.mail_queue.where}: {why}; its outcome is logged under "
+                f"{message_id}"
+            )
+            self.mail_queue.listed_queued(ticket)
+            host.note("mail", recipients, where)
+            return where
+
         sending = ticket.future()
         if not sending.done() and self.mail_queue.backed_up(MAIL_WAIT_SECONDS):
             # An earlier mail has taken longer than the wait already: this one would too,
             # and runs that waited for theirs one after another would hold up the rest.
-            where = (
-                f"{queued}: not sent yet, the relay is slow over earlier mails; its outcome "
-                f"is logged under {message_id}"
-            )
-            self.mail_queue.listed_queued(ticket)
-            host.note("mail", recipients, where)
-            return False, where
+            return False, list_queued("not sent yet, the relay is slow over earlier mails")
         try:
             outcome = await asyncio.wait_for(asyncio.shield(sending), MAIL_WAIT_SECONDS)
         except TimeoutError:
-            where = (
-                f"{queued}: not sent within {MAIL_WAIT_SECONDS:g} s; its outcome is logged "
-                f"under {message_id}"
-            )
-            self.mail_queue.listed_queued(ticket)
-            host.note("mail", recipients, where)
-            return False, where
+            return False, list_queued(f"not sent within {MAIL_WAIT_SECONDS:g} s")
         except asyncio.CancelledError:
-            self.mail_queue.listed_queued(ticket)
-            host.note(
-                "mail",
-                recipients,
-                f"{queued}: not sent when the run ended; its outcome is logged under {message_id}",
-            )
+            list_queued("not sent when the run ended")
             raise
         if isinstance(outcome, MailError):
             host.note("mail", recipients, f"MailError: {outcome}", ok=False)
