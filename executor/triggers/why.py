@@ -36,7 +36,10 @@ from executor.triggers.nodes import (
     EventName,
     EventType,
     Expr,
+    Or,
     atoms,
+    conjoin,
+    disjoin,
     per_work,
     render,
     render_atom,
@@ -365,12 +368,29 @@ def _waiting_for(
     explained: Sequence[AtomExplanation],
     latches: Sequence[bool],
 ) -> tuple[str, tuple[str, ...]]:
-    """(canonical residual, one line per open atom) of a latch vector."""
+    """(canonical residual, one line per open atom) of a latch vector.
+
+    A clock atom whose timer is gone (a time that fired, a stopped clock) will not latch
+    again: the ways through it are left out of both, and a trigger with no other way
+    says first that it will not fire again.
+    """
     rest, open_slots = residual(expr, latches)
     if rest is None:
         return "", ()
-    lines = []
     found = atoms(expr)
+    never = {
+        slot
+        for slot in open_slots
+        if slot < len(explained) and found[slot].is_timed and explained[slot].state
+    }
+    lines = []
+    if never:
+        live = _live_residual(expr, latches, never)
+        if live is None:  # no way left: say so, and keep what it would have needed
+            named = ", ".join(explained[slot].atom for slot in sorted(never))
+            lines.append(f"it will not fire again: it needs {named}, which will not latch again")
+        else:
+            rest, open_slots = live
     for slot in open_slots:
         if slot >= len(explained):  # past max_atoms: not explained, counted in atoms_left_out
             break
@@ -391,6 +411,44 @@ def _waiting_for(
                 line += " (already happened; this waits for the next such event)"
         lines.append(line)
     return render(rest), tuple(lines)
+
+
+def _live_residual(
+    expr: Expr, latches: Sequence[bool], never: set[int]
+) -> tuple[Expr, tuple[int, ...]] | None:
+    """``residual`` with the atoms of ``never`` false for good: None when it cannot hold."""
+    slots = iter(range(len(latches)))
+
+    def walk(node: Expr) -> tuple[Expr | None, list[int]] | None:
+        """(residual, or None when true; open slots), or None when it cannot hold."""
+        if isinstance(node, Atom):
+            slot = next(slots)
+            if latches[slot]:
+                return None, []
+            return None if slot in never else (node, [slot])
+        parts = [walk(term) for term in node.terms]  # every slot consumed, left to right
+        possible = [part for part in parts if part is not None]
+        if isinstance(node, Or):
+            if any(rest is None for rest, _ in possible):
+                return None, []
+            if not possible:
+                return None
+            return disjoin([rest for rest, _ in possible if rest is not None]), _joined(possible)
+        if len(possible) < len(parts):
+            return None
+        rests = [rest for rest, _ in possible if rest is not None]
+        return (conjoin(rests) if rests else None), _joined(possible)
+
+    walked = walk(expr)
+    if walked is None:
+        return None
+    rest, open_slots = walked
+    # Not true: with no latch added, an atom false for good cannot make it hold.
+    return (rest if rest is not None else expr), tuple(open_slots)
+
+
+def _joined(parts: Sequence[tuple[Expr | None, list[int]]]) -> list[int]:
+    return [slot for _, open_slots in parts for slot in open_slots]
 
 
 def _already(view: _View, atom: Atom, job_id: int) -> bool:

@@ -248,6 +248,29 @@ async def test_why_says_a_time_that_fired_will_not_come_again(engines: Engines) 
     assert "due" not in text and "ago" not in text
     (explained,) = explanation_message(engine.explain(31)).callbacks
     assert explained.atoms[0].next_due_unix == 0
+    # It went on "waiting for" the time as if it could come (probe 101).
+    assert explained.waiting_for[0] == (
+        f"it will not fire again: it needs {once}, which will not latch again"
+    )
+
+
+async def test_why_leaves_a_fired_time_out_of_what_a_trigger_waits_for(engines: Engines) -> None:
+    now = 1_800_000_000
+    engine = engines(Recorder(), clock=lambda: now)
+    once = f"dummy-time-self-{now - QB_TIME_EPOCH_OFFSET - 5}"
+    trigger = f"({once} && complete-job-self) || (failed-job-self && {once}) || killed-job-self"
+    engine.register_job({"id": 33, "pgrp": 33, "callbacks": [cb(trigger), cb(once)]})
+    engine.fire_due_timers()  # the first latches it; the second fires, its latch reset
+    await engine.publish(Event("complete", "job", 33), wait=True)  # the first fires
+
+    either, alone = explanation_message(engine.explain(33)).callbacks
+
+    assert either.waiting == "killed-job-self"
+    assert [line.split(":")[0] for line in either.waiting_for] == ["killed-job-self"]
+    assert alone.waiting == once
+    assert alone.waiting_for[0] == (
+        f"it will not fire again: it needs {once}, which will not latch again"
+    )
 
 
 async def test_why_says_a_removed_universal_lines_clock_is_stopped(

@@ -1313,7 +1313,10 @@ class CallbackExplanation(_message.Message):
     spent: _builtins.bool
     """True when it has fired its maximum."""
     waiting: _builtins.str
-    """What the trigger still waits for, canonical ("" when spent)."""
+    """What the trigger still waits for, canonical ("" when spent). A time atom without a
+    timer (it fired: a time fires once; its clock stopped) will not latch again: the
+    ways through it are left out, unless there is no other way.
+    """
     atoms_left_out: _builtins.int
     """How many of its atoms are not in atoms (nor their lines in waiting_for, nor in its
     single work items' atoms): those past the request's max_atoms. 0 when all are.
@@ -1328,7 +1331,9 @@ class CallbackExplanation(_message.Message):
 
     @_builtins.property
     def waiting_for(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The same in words, one line per open atom."""
+        """The same in words, one line per open atom; first, when no way is left, a line
+        saying it will not fire again and which atoms it needs.
+        """
 
     @_builtins.property
     def work_items(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkItemExplanation]:
