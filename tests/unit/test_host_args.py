@@ -347,3 +347,123 @@ async def test_a_list_inside_a_list_is_refused_not_opened(
     assert message.startswith(f"{call} takes one or more "), message
     assert message.endswith(f"; it was given {nested}"), message
     assert [action.ok for action in host.actions] == [False]  # nothing was acted on
+
+
+@pytest.mark.parametrize(
+    ("fn", "shape"),
+    [
+        ("jobstatus", "one job id, as in {call}(12)"),
+        ("workstatus", "one work item '<jobid>:<workname>', as in {call}('12:5')"),
+        ("subjobstatus", "one instance '<jobid>.<subid>', as in {call}('12.0')"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("language", "value", "given"),
+    [
+        ("python", ["1:1", "1.2"], "a list: ['1:1', '1.2']"),
+        ("python", ("1:1",), "a list: ('1:1',)"),
+        ("python", {"1:1": 1}, "a dict: {'1:1': 1}"),
+        ("perl", ["1:1", "1.2"], "an array reference: ['1:1', '1.2']"),
+        ("perl", {"1:1": 1}, "a hash reference: {'1:1' => 1}"),
+    ],
+)
+async def test_a_status_given_a_list_says_it_takes_one_and_shows_the_list(
+    sup: ReferenceSupervisor, fn: str, shape: str, language: str, value: Any, given: str
+) -> None:
+    # qb.workstatus(['1:1', '1:2']) said "expected a job id, got ['1": the list's repr
+    # cut at its first ':'.
+    call = f"qb.{fn}" if language == "python" else f"qb::{fn}"
+    message = await refusal(host_for(sup, language), fn, value)
+    assert message == f"{call} takes {shape.format(call=call)}; it was given {given}"
+
+
+@pytest.mark.parametrize(
+    ("fn", "target", "expected"),
+    [
+        ("workunblock", {"1:1": 1}, "expected '<jobid>:<workname>', got {'1:1': 1}"),
+        ("workunblock", 12, "expected '<jobid>:<workname>', got 12"),
+        ("subjobunblock", {"1.1": 1}, "expected '<jobid>.<subid>', got {'1.1': 1}"),
+    ],
+)
+async def test_a_target_that_is_no_text_is_shown_whole(
+    sup: ReferenceSupervisor, fn: str, target: Any, expected: str
+) -> None:
+    # A dict target was read as its repr and cut at the first ':' or '.': "got {'1".
+    assert await refusal(host_for(sup), fn, target) == expected
+
+
+@pytest.mark.parametrize(
+    ("language", "args", "expected"),
+    [
+        (
+            "python",
+            ["id", 1],
+            "qb.jobinfo: 'id' is not a job id; a flag is written with its dash, as in "
+            "qb.jobinfo('-id', 12), or by name, as in qb.jobinfo(id=12)",
+        ),
+        (
+            "python",
+            ["pgrp", 1],
+            "qb.jobinfo: 'pgrp' is not a job id; a flag is written with its dash, as in "
+            "qb.jobinfo('-pgrp', 12), or by name, as in qb.jobinfo(pgrp=12)",
+        ),
+        (
+            "python",
+            ["callbacks"],
+            "qb.jobinfo: 'callbacks' is not a job id; a flag is written with its dash, as in "
+            "qb.jobinfo('-callbacks'), or by name, as in qb.jobinfo(callbacks=True)",
+        ),
+        (
+            "python",
+            [1, "fields", ["name"]],
+            "qb.jobinfo: 'fields' is not a job id; a flag is written with its dash, as in "
+            "qb.jobinfo('-fields', ['name']), or by name, as in qb.jobinfo(fields=['name'])",
+        ),
+        # qb.pm sends `id => 1` as the flag: only a name with no value after it comes here.
+        (
+            "perl",
+            [1, "id"],
+            "qb::jobinfo: 'id' is not a job id; it takes a value, as in "
+            "qb::jobinfo(id => 12) or qb::jobinfo('-id', 12)",
+        ),
+        (
+            "perl",
+            ["status"],
+            "qb::jobinfo: 'status' is not a job id; it takes a value, as in "
+            "qb::jobinfo(status => 'running') or qb::jobinfo('-status', 'running')",
+        ),
+        (
+            "perl",
+            ["subjobs"],
+            "qb::jobinfo: 'subjobs' is not a job id; it takes a value, as in "
+            "qb::jobinfo(subjobs => 1), or is a flag with its dash, as in "
+            "qb::jobinfo('-subjobs')",
+        ),
+    ],
+)
+async def test_jobinfo_given_a_flags_name_without_its_dash_says_so(
+    sup: ReferenceSupervisor, language: str, args: list[Any], expected: str
+) -> None:
+    # qb.jobinfo('id', 1) said "it was given job id id, job id 1".
+    assert await refusal(host_for(sup, language), "jobinfo", *args) == expected
+
+
+async def test_subjobstatus_of_a_missing_instance_says_the_job_exists(
+    sup: ReferenceSupervisor,
+) -> None:
+    # It said "job 3 has no instance '3.5'", which read as if job 3 were missing.
+    (job,) = sup.submit([{"name": "c", "user": "alice", "agenda": ["1"], "cpus": 2}])
+    host = host_for(sup)
+    assert await host.call("subjobstatus", [f"{job['id']}.1"], {}) == "pending"
+    for target, expected in (
+        (f"{job['id']}.5", f"job {job['id']} has no instance 5 (the job exists, with 2 instances)"),
+        ("2", "job 2 has no instances (the job exists)"),
+        ("2.0", "job 2 has no instance 0 (the job exists, with no instances)"),
+    ):
+        with pytest.raises(HostCallError) as err:
+            await host.call("subjobstatus", [target], {})
+        # An instance is named as a job (Qube's '<jobid>.<subid>'), as the subjob verbs say.
+        assert (err.value.kind, err.value.message) == ("NoSuchJob", expected)
+    with pytest.raises(HostCallError) as err:
+        await host.call("subjobstatus", ["99.0"], {})
+    assert (err.value.kind, err.value.message) == ("NoSuchJob", "the supervisor has no job 99")

@@ -1,0 +1,88 @@
+"""What ``qb.event()['context']`` says: the job the event happened to, never a wrong one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisor_client import FarmClient
+from tests.conftest import Stack
+
+pytestmark = pytest.mark.service
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+PYTHON = "print(qb.event()['context'])"
+PERL = "print qb::event()->{context}, \"\\n\";"
+
+
+async def context_seen(stack: Stack, job: dict[str, Any], event: str, language: str) -> str:
+    name, type_, context, *extra = event.split("-", 3)
+    response = await stack.client.execute_callback(
+        language=language,
+        code=PYTHON if language == "python" else PERL,
+        job=job,
+        event={"name": name, "type": type_, "context": context, "extra": "".join(extra)},
+        work_name="".join(extra) if type_ == "work" else "",
+    )
+    assert response.stdout.endswith("\n"), response
+    return response.stdout.strip()
+
+
+@pytest.mark.parametrize("language", ["python", "perl"])
+async def test_an_executes_event_context_names_the_job_as_the_trigger_engine_would(
+    stack_warm: Stack, language: str
+) -> None:
+    # Any context not of digits read as the callback's own job: an event of job 900
+    # (labelled srclbl) showed 901, and qb.jobstatus(int(context)) read the wrong job.
+    await stack_warm.client.register_job(
+        {"id": 900, "pgrp": 900, "label": "srclbl", "user": "alice"}
+    )
+    job = {"id": 901, "pgrp": 900, "pid": 77, "label": "me", "user": "alice", "name": "x"}
+    orphan = {"id": 902, "pgrp": 902, "user": "alice", "name": "y"}
+    cases = [
+        (job, "complete-work-srclbl-2", "900"),  # a label registered in its pgrp
+        (job, "complete-job-parent", "77"),  # its pid
+        (job, "complete-job-self", "901"),
+        (job, "complete-job-me", "901"),  # its own label
+        (job, "complete-job-950", "950"),
+        # What the executor cannot resolve is shown as given, never as a job id.
+        (job, "complete-job-nosuch", "nosuch"),
+        (orphan, "complete-job-parent", "parent"),  # no pid
+        (orphan, "complete-job-srclbl", "srclbl"),  # that label is pgrp 900's
+    ]
+    for owner, event, expected in cases:
+        assert await context_seen(stack_warm, owner, event, language) == expected, event
+
+    (run, *_) = (await stack_warm.client.list_runs(job_id=902)).runs
+    assert (run.event.context, run.event.extra) == ("srclbl", "")  # as the history keeps it
+    said = (
+        "the id of the job it happened to; in an `Execute` run, a label or `parent` the "
+        "executor cannot resolve is shown as given"
+    )
+    assert said in " ".join(README.split()), said
+
+
+async def test_a_fired_callbacks_event_context_is_the_job_it_happened_to(
+    stack_warm: Stack,
+) -> None:
+    callback = {"triggers": "complete-work-src-1", "language": "python", "code": PYTHON}
+    async with FarmClient(stack_warm.channel) as farm:
+        source, owner = (
+            await farm.submit_jobs(
+                [
+                    {"name": "src", "label": "src", "agenda": [{"name": "1"}]},
+                    {"name": "own", "callbacks": [callback]},
+                ]
+            )
+        ).jobs
+        await stack_warm.settle()
+        stack_warm.supervisor.start_work(source.id, "1")
+        stack_warm.supervisor.complete_work(source.id, "1")
+        await stack_warm.settle()
+
+    (run,) = (await stack_warm.client.list_runs(job_id=owner.id)).runs
+    result = (await stack_warm.client.get_run(run.invocation_id)).result
+    assert result.stdout == f"{source.id}\n", result
+    assert run.event.context == str(source.id)
