@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from executor.child.protocol import EventContext, StartContext
@@ -79,12 +80,16 @@ class Event:
         name: complete, failed, killed, running, ... (``done`` is derived, never an
             occurrence); ``dummy`` for clock events.
         type: job, work, subjob, host; time, repeat, globaltime, globalrepeat for clocks.
-        job_id: The job it happened to; 0 for a global clock event.
+        job_id: The job it happened to; 0 for a global clock event, and for an event
+            whose context names a job the executor cannot tell (``unresolved``).
         work_name: The agenda item, for work events.
         subjob_id: The instance, for subjob events; -1 when none.
         host: The host, for host events.
         extra: A clock event's time (``T`` or ``T-interval``, Qube time).
         event_id: The publisher's idempotency key; "" when none.
+        unresolved: An Execute's context as given when it names a job the executor
+            cannot tell (a label no job registered in the pgrp holds, ``parent`` of a
+            job without one): shown so, rather than as some job's id.
     """
 
     name: str
@@ -95,6 +100,7 @@ class Event:
     host: str = ""
     extra: str = ""
     event_id: str = ""
+    unresolved: str = ""
 
     @property
     def item(self) -> str:
@@ -110,11 +116,11 @@ class Event:
     @property
     def context(self) -> str:
         """The job it happened to, as an atom's context names it ("" for global events)."""
-        return str(self.job_id) if self.job_id else ""
+        return str(self.job_id) if self.job_id else self.unresolved
 
     def as_dict(self) -> dict[str, Any]:
         """The plain form stored with a firing or a run (``from_dict`` reads it back)."""
-        return {
+        plain = {
             "name": self.name,
             "type": self.type,
             "job_id": self.job_id,
@@ -124,6 +130,13 @@ class Event:
             "extra": self.extra,
             "event_id": self.event_id,
         }
+        if self.unresolved:  # only an Execute's may have one: the others' stay as they were
+            plain["unresolved"] = self.unresolved
+        return plain
+
+    def resolved(self, job_id: int) -> Event:
+        """This event with its unresolved context found to name ``job_id``."""
+        return replace(self, job_id=job_id, unresolved="")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Event:
@@ -134,7 +147,6 @@ class Event:
                 str(data.get("type", "")),
                 str(data.get("context", "")),
                 str(data.get("extra", "")),
-                job_id=0,
             )
         return cls(
             name=str(data["name"]),
@@ -145,19 +157,33 @@ class Event:
             host=str(data.get("host", "")),
             extra=str(data.get("extra", "")),
             event_id=str(data.get("event_id", "")),
+            unresolved=str(data.get("unresolved", "")),
         )
 
     @classmethod
     def from_atom_form(
-        cls, name: str, type_: str, context: str, extra: str, *, job_id: int
+        cls,
+        name: str,
+        type_: str,
+        context: str,
+        extra: str,
+        *,
+        jobs: Mapping[str, int] | None = None,
     ) -> Event:
         """The event a ``name-type-context-extra`` description names.
 
-        ``context`` is a job id, or anything else (``self``, a label) meaning ``job_id``;
-        ``extra`` is the item (work name, instance, host) or a clock time, by type.
+        ``context`` is a job id, or a name ``jobs`` gives the id of (``self``, ``parent``,
+        a label); any other is kept as ``unresolved``, with job_id 0: the event claims
+        no job it may not be about. ``extra`` is the item (work name, instance, host)
+        or a clock time, by type.
         """
+        job_id, unresolved = 0, ""
         if context.isascii() and context.isdigit():
             job_id = int(context)
+        elif jobs and context in jobs:
+            job_id = jobs[context]
+        else:
+            unresolved = context
         subjob = extra.strip()
         return cls(
             name=name,
@@ -167,6 +193,7 @@ class Event:
             subjob_id=int(subjob) if type_ == "subjob" and subjob.lstrip("-").isdigit() else -1,
             host=extra if type_ == "host" else "",
             extra="" if type_ in ITEM_EVENT_TYPES else extra,
+            unresolved=unresolved,
         )
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import time
+from collections.abc import Callable
 from typing import Final
 
 from executor import logs
@@ -13,10 +15,12 @@ from executor.api.errors import Context, grpc_errors
 from executor.api.interceptors import request_bytes
 from executor.dispatcher import Dispatcher
 from executor.errors import PermissionDeniedError, UnavailableError
-from executor.model import Limits
+from executor.model import Invocation, Limits
 from executor.policies import PolicySet
 from executor.runs.invocation_ids import IdGate, InvocationIds
 from executor.storage import StorageHealth
+from executor.triggers.evaluate import JobPlace
+from executor.triggers.parser import is_label
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 
 # A job context of at least this many work items and instances is converted on a thread
@@ -36,8 +40,11 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
         policies: PolicySet | None = None,
         storage: StorageHealth | None = None,
         ids: InvocationIds | None = None,
+        label_owner: Callable[[int, str], int | None] | None = None,
     ) -> None:
+        """``label_owner``: the job holding a label in a pgrp, as the trigger engine has them."""
         self._dispatcher = dispatcher
+        self._label_owner = label_owner
         # What a caller's invocation id names already (executor.runs.invocation_ids).
         self._ids = ids
         self._default_limits = default_limits
@@ -78,6 +85,7 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
             # the 3.3 million a 16 MiB request holds), and on the loop every call waited.
             invocation = await asyncio.to_thread(convert_request)
         logs.invocation_id.set(invocation.invocation_id)
+        invocation = await self._resolve_label(invocation)
         named_id = bool(request.invocation_id)  # one the executor makes names no earlier run
         # The parsed request is a copy of the bytes gRPC holds (a 16 MiB one, 16 MiB more):
         # not kept while the run waits for a slot and runs; the invocation has what it needs.
@@ -99,3 +107,18 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
             if gate is not None:
                 gate.release()
         return convert.response_from_result(result)
+
+    async def _resolve_label(self, invocation: Invocation) -> Invocation:
+        """The invocation with its event's label resolved in the job's pgrp, as a trigger's is.
+
+        A label no job registered there holds stays as given (``Event.unresolved``).
+        """
+        event = invocation.event
+        if event is None or self._label_owner is None or not is_label(event.unresolved):
+            return invocation
+        pgrp = JobPlace.of(invocation.job).pgrp
+        # A read of the trigger store (in a fleet, a round trip): off the loop.
+        owner = await asyncio.to_thread(self._label_owner, pgrp, event.unresolved)
+        if owner is None:
+            return invocation
+        return dataclasses.replace(invocation, event=event.resolved(owner))

@@ -31,7 +31,7 @@ from executor.runs.outbox import DeadLetter
 from executor.sandbox.limits import merge
 from executor.triggers.decide import Fired
 from executor.triggers.engine import canonical_triggers, is_per_work
-from executor.triggers.nodes import EventName, EventType
+from executor.triggers.nodes import GLOBAL_TYPES, EventName, EventType
 from executor.triggers.store import LEVEL, StoredCallback
 from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
 
@@ -264,9 +264,7 @@ def invocation_from_request(
             if request.HasField("limits")
             else default_limits
         ),
-        event=_triggering_event(context.event, context.job.id)
-        if context.HasField("event")
-        else None,
+        event=_triggering_event(context.event, context.job) if context.HasField("event") else None,
         work_name=context.work_name,
         subjob_id=context.subjob_id if context.HasField("subjob_id") else -1,
         policy=policy,
@@ -287,8 +285,13 @@ def _subjob_extra(text: str) -> bool:
     return text.isascii() and text.isdigit() and len(text) <= 12 and int(text) <= MAX_SUBJOB_ID
 
 
-def _triggering_event(wire: types_pb2.Event, job_id: int) -> Event | None:
-    """ExecuteRequest's ``context.event``; None when it is empty, else checked by field."""
+def _triggering_event(wire: types_pb2.Event, job: types_pb2.Job) -> Event | None:
+    """ExecuteRequest's ``context.event``; None when it is empty, else checked by field.
+
+    Its context names a job as the trigger engine resolves one for ``job``, as far as
+    the request tells: ``self``, ``parent`` (its pid), its own label. Another label is
+    left unresolved here (the servicer asks the trigger engine's registrations).
+    """
     if not wire.name:
         if wire.type or wire.context or wire.extra:
             raise InvalidRequestError(
@@ -316,7 +319,13 @@ def _triggering_event(wire: types_pb2.Event, job_id: int) -> Event | None:
             f"context.event.extra: bad subjob id {wire.extra!r}; expected a subjob id "
             f"(0, 1, ... {MAX_SUBJOB_ID}) or '*'"
         )
-    return Event.from_atom_form(wire.name, wire.type, wire.context, wire.extra, job_id=job_id)
+    # The grammar reads `self` and `parent` as contexts, never as a job's label. None
+    # given (`cbexec run --event complete-job`) is the job's own, but for a global event.
+    jobs = {job.label: job.id} if job.label else {}
+    jobs |= {"self": job.id, **({"parent": job.pid} if job.pid else {})}
+    if wire.type not in GLOBAL_TYPES:
+        jobs[""] = job.id
+    return Event.from_atom_form(wire.name, wire.type, wire.context, wire.extra, jobs=jobs)
 
 
 def response_from_result(result: RunResult) -> executor_pb2.ExecuteResponse:

@@ -142,6 +142,7 @@ def build(
             policies=policies,
             storage=storage,
             ids=ids or LocalIds(engine.holds_firing, recorder.recorded),
+            label_owner=engine.store.label_owner,
         ),
     )
     guarded.register(

@@ -325,7 +325,11 @@ def workid(*args: Any, **kwargs: Any) -> str:
 
 
 def event(*args: Any, **kwargs: Any) -> EventContext | None:
-    """The triggering event: {'name', 'type', 'context', 'extra'}, or None when run by hand."""
+    """The triggering event: {'name', 'type', 'context', 'extra'}, or None when run by hand.
+
+    ``context`` is the id of the job it happened to, or an Execute's context as given
+    when the executor cannot resolve it (a label, ``parent``).
+    """
     _takes_nothing("event", args, kwargs)
     ev = _context["event"]
     return ev.copy() if ev else None
@@ -334,7 +338,8 @@ def event(*args: Any, **kwargs: Any) -> EventContext | None:
 def callback(*args: Any, **kwargs: Any) -> CallbackContext:
     """The running callback's record: id, pid, triggers, language, user, count, maximum.
 
-    ``count`` is its firings so far, this run's included (1 in its first run).
+    ``count`` is its firings so far, this run's included (1 in a fired run's first);
+    an Execute's is the caller's, as given (0 when none).
     """
     _takes_nothing("callback", args, kwargs)
     return _context["callback"].copy()

@@ -192,9 +192,7 @@ def seen_or_registered(known: KnownState, job_id: int, type_: str, item: str) ->
     """
     if known.seen is not None:
         return known.seen
-    return SeenEvent(
-        Event.from_atom_form(known.state, type_, str(job_id), item, job_id=job_id), 0.0
-    )
+    return SeenEvent(Event.from_atom_form(known.state, type_, str(job_id), item), 0.0)
 
 
 def remember_submissions(db: Db, seen: Iterable[SeenEvent]) -> None:

@@ -71,4 +71,5 @@ async def test_an_executes_count_is_the_callers_and_the_readme_says_so(
         "An `Execute` run's `count` is the request's `callback.count` as given, `0` when it "
         "gives none"
     )
-    assert said in " ".join(README.split()), said
+    found = said in " ".join(README.split())
+    assert found, said

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.service
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 PYTHON = "print(qb.event()['context'])"
-PERL = "print qb::event()->{context}, \"\\n\";"
+PERL = 'print qb::event()->{context}, "\\n";'
 
 
 async def context_seen(stack: Stack, job: dict[str, Any], event: str, language: str) -> str:
@@ -61,7 +61,8 @@ async def test_an_executes_event_context_names_the_job_as_the_trigger_engine_wou
         "the id of the job it happened to; in an `Execute` run, a label or `parent` the "
         "executor cannot resolve is shown as given"
     )
-    assert said in " ".join(README.split()), said
+    found = said in " ".join(README.split())
+    assert found, said
 
 
 async def test_a_fired_callbacks_event_context_is_the_job_it_happened_to(

@@ -187,16 +187,28 @@ def test_limits_may_lower_the_defaults_and_zero_means_default() -> None:
     [
         (("complete", "job", "self", ""), Event("complete", "job", 12)),
         (("complete", "work", "12", "5"), Event("complete", "work", 12, work_name="5")),
-        (("done", "subjob", "render", "3"), Event("done", "subjob", 12, subjob_id=3)),
+        (("done", "subjob", "comp", "3"), Event("done", "subjob", 12, subjob_id=3)),  # its label
+        (("complete", "job", "parent", ""), Event("complete", "job", 9)),
         (("assigned", "host", "40", "node7"), Event("assigned", "host", 40, host="node7")),
         (("dummy", "time", "", "790000000"), Event("dummy", "time", 12, extra="790000000")),
+        (
+            ("dummy", "globaltime", "", "790000000"),
+            Event("dummy", "globaltime", 0, extra="790000000"),
+        ),
+        # Not the callback's own job, as they were read: shown as given (the servicer
+        # resolves a label registered with the trigger engine).
+        (
+            ("done", "subjob", "render", "3"),
+            Event("done", "subjob", 0, subjob_id=3, unresolved="render"),
+        ),
+        (("complete", "job", "SELF", ""), Event("complete", "job", 0, unresolved="SELF")),
     ],
 )
 def test_the_triggering_event_names_its_job_by_id(
     wire: tuple[str, str, str, str], event: Event
 ) -> None:
     name, type_, context, extra = wire
-    message = request()
+    message = request(context__job__label="comp", context__job__pid=9)
     message.context.event.CopyFrom(
         types_pb2.Event(name=name, type=type_, context=context, extra=extra)
     )

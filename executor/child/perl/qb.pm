@@ -288,7 +288,8 @@ sub workid {
     return defined $context{work_name} ? "$context{work_name}" : '';
 }
 
-# The triggering event {name, type, context, extra} as a hashref, or undef.
+# The triggering event {name, type, context, extra} as a hashref, or undef (context as
+# qb.py's event says).
 sub event {
     _takes_nothing('event', @_);
     my $event = $context{event};
@@ -296,7 +297,7 @@ sub event {
 }
 
 # The running callback's record: id, pid, triggers, language, user, count (its firings,
-# this run's included), maximum.
+# this run's included, in a fired run; an Execute's is the caller's, as given), maximum.
 sub callback {
     _takes_nothing('callback', @_);
     return { %{ $context{callback} || {} } };

@@ -173,7 +173,11 @@ class Callback(_message.Message):
     this user's permissions by the supervisor.
     """
     count: _builtins.int
-    """Times the callback has run so far."""
+    """Times the callback has run so far. A fired run's (in its report and
+    qb.callback()) includes that run. An Execute's is the caller's count, which
+    the callback sees (qb.callback()['count']) and the report carries as given:
+    0 when none, as for a run no trigger fired.
+    """
     maximum: _builtins.int
     """Upper bound on runs; 0 means unlimited. For a trigger with the {work}
     placeholder, the bound of each work item.
@@ -337,8 +341,10 @@ class Event(_message.Message):
     globalrepeat.
     """
     context: _builtins.str
-    """The context as written in the trigger (self, parent, a label or an id),
-    or the job id the event happened to.
+    """The job it happened to: its id, or as a trigger names it (self, parent, a
+    label). An Execute's is resolved as the trigger engine resolves a trigger's
+    (qb.event() shows the same); the executor's answers (a run, a report) give
+    the id, or the context as given where it cannot resolve it.
     """
     extra: _builtins.str
     """Type-specific extra: the work name, the subjob id, the host name, a time."""
