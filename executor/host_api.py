@@ -571,10 +571,18 @@ class HostApi:
     async def subjobstatus(self, target: Any) -> tuple[str, str]:
         job_id, subids = parse_subjob_target(target, self._spelling)
         info = await self._job(job_id, work_names=[])
-        for sub in info["subjobs"]:
+        subjobs = info["subjobs"]
+        for sub in subjobs:
             if not subids or sub["id"] == subids[0]:
                 return str(sub["status"]), str(sub["status"])
-        raise HostCallError("NoSuchJob", f"job {job_id} has no instance {target!r}")
+        # NoSuchJob, as a subjob verb's (Qube names an instance as a job: '12.5'), and
+        # saying the job is there, only the instance is not.
+        if not subids:
+            raise HostCallError("NoSuchJob", f"job {job_id} has no instances (the job exists)")
+        has = counted(len(subjobs), "instance") if subjobs else "no instances"
+        raise HostCallError(
+            "NoSuchJob", f"job {job_id} has no instance {subids[0]} (the job exists, with {has})"
+        )
 
     # -- verbs (check_shape has made sure each has a target) --------------------------
 

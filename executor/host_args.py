@@ -128,8 +128,8 @@ class ExactWork:
 
 def parse_work_target(target: Any, spelling: Spelling) -> tuple[int, str]:
     """``'<jobid>:<workname>'`` split into the job id and the work spec."""
-    text = str(target)
-    job, sep, names = text.partition(":")
+    # Not a text's: a dict's was cut at its first ':'.
+    job, sep, names = target.partition(":") if isinstance(target, str) else ("", "", "")
     if not sep or not names:
         raise invalid(f"expected '<jobid>:<workname>', got {spelling.value(target)}")
     return parse_job_id(job, spelling), names
@@ -137,7 +137,12 @@ def parse_work_target(target: Any, spelling: Spelling) -> tuple[int, str]:
 
 def parse_subjob_target(target: Any, spelling: Spelling) -> tuple[int, list[int]]:
     """``'<jobid>.<subid>'`` as the job id and ``[subid]``; ``'<jobid>'`` as ``[]`` (all)."""
-    job, sep, sub = str(target).partition(".")
+    if not isinstance(target, str):
+        if isinstance(target, int) and not isinstance(target, bool):
+            return parse_job_id(target, spelling), []
+        # Not its text: 2.5 read as instance 5 of job 2, a dict was cut at its first '.'.
+        raise invalid(f"expected '<jobid>.<subid>', got {spelling.value(target)}")
+    job, sep, sub = target.partition(".")
     if sep and not _SUBJOB_ID.fullmatch(sub):
         raise invalid(f"expected '<jobid>.<subid>', got {spelling.value(target)}")
     jid = parse_job_id(job, spelling)
@@ -175,6 +180,13 @@ SUBJOB_TARGETS: Final = Shape(
 )
 
 
+def _container(value: list[Any] | tuple[Any, ...] | dict[Any, Any], spelling: Spelling) -> str:
+    """What ``value`` is, in the callback's words: a list, an array reference, ..."""
+    if isinstance(value, dict):
+        return "a hash reference" if spelling.perl else "a dict"
+    return "an array reference" if spelling.perl else "a list"
+
+
 def check_shape(
     fn: str, shape: Shape, args: list[Any], kwargs: Mapping[str, Any], spelling: Spelling
 ) -> None:
@@ -184,6 +196,10 @@ def check_shape(
     if kwargs:
         names = cut(", ".join(sorted(str(key) for key in kwargs)), MAX_TARGET_CHARS)
         raise invalid(f"{usage}; it takes no named arguments, and was given {names}")
+    if not shape.many and len(args) == 1 and isinstance(args[0], (list, tuple, dict)):
+        # As the verbs take them: said whole, not read as text and cut at its first ':'.
+        given = _container(args[0], spelling)
+        raise invalid(f"{usage}; it was given {given}: {spelling.value(args[0])}")
     targets = flatten(args) if shape.many else args
     if shape.many and any(isinstance(target, (list, tuple)) for target in targets):
         nested = "an array reference" if spelling.perl else "a list"

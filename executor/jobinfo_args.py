@@ -18,6 +18,8 @@ from executor.host_args import Spelling, invalid, parse_job_id
 
 # What jobinfo takes by name, in the order its messages list them.
 NAMES: Final = ("id", "pgrp", "status", "agenda", "subjobs", "callbacks", "fields")
+# A value each name that takes one is shown with, in a message saying how to write it.
+_EXAMPLES: Final = {"id": "12", "pgrp": "12", "fields": "['name']", "status": "'running'"}
 # Qube's status words (qube-callbacks.md §5.1), the ones a status filter may name.
 JOB_STATUSES: Final = frozenset(
     {
@@ -143,8 +145,34 @@ class _Reader:
                 f"{self._call}: unknown flag {self._spelling.value(head)}; "
                 f"expected {', '.join('-' + name for name in NAMES)}"
             )
+        elif isinstance(head, str) and head in NAMES:
+            raise invalid(self._undashed(head))
         else:
             self._selectors.append((f"job id {self._spelling.value(head)}", "id", head))
+
+    def _undashed(self, name: str) -> str:
+        """Why a flag's name written bare (``'id'``, not ``'-id'``) is refused, and how to write it.
+
+        Read as a job id it made "it was given job id id, job id 1". Perl's qb.pm sends
+        ``id => 12`` as the flag, so in Perl the name came with no value after it.
+        """
+        call, value = self._call, _EXAMPLES.get(name)
+        start = f"{call}: '{name}' is not a job id; "
+        if self._spelling.perl:
+            if value is None:
+                return (
+                    f"{start}it takes a value, as in {call}({name} => 1), or is a flag with "
+                    f"its dash, as in {call}('-{name}')"
+                )
+            return (
+                f"{start}it takes a value, as in {call}({name} => {value}) or "
+                f"{call}('-{name}', {value})"
+            )
+        dashed = f"{call}('-{name}')" if value is None else f"{call}('-{name}', {value})"
+        return (
+            f"{start}a flag is written with its dash, as in {dashed}, or by name, as in "
+            f"{call}({name}={'True' if value is None else value})"
+        )
 
     def request(self) -> JobinfoRequest:
         if len(self._selectors) > 1:

@@ -747,3 +747,25 @@ async def test_jobinfo_dump_is_json_compatible(
     succeeded(run)
     (job,) = json.loads(run.stdout)
     assert job == json.loads(json.dumps(supervisor.job(job_id)))
+
+
+async def test_a_bare_jobinfo_name_and_a_status_given_a_list_say_what_was_given(
+    runner: SandboxRunner, supervisor: ReferenceSupervisor, job_id: int
+) -> None:
+    # `id` with no value after it was read as a job id ("it was given job id 12, job id
+    # id"), and an array reference given to workstatus was cut at its first ':'.
+    code = r"""
+for my $call (sub { qb::jobinfo($qb::jobid, 'id') }, sub { qb::workstatus(["$qb::jobid:1"]) }) {
+    eval { $call->() };
+    print "$@->{kind}|$@->{message}\n";
+}
+"""
+    run = await run_perl(runner, supervisor, job_id, code)
+
+    succeeded(run)
+    assert run.stdout.splitlines() == [
+        "InvalidArgument|qb::jobinfo: 'id' is not a job id; it takes a value, as in "
+        "qb::jobinfo(id => 12) or qb::jobinfo('-id', 12)",
+        "InvalidArgument|qb::workstatus takes one work item '<jobid>:<workname>', as in "
+        f"qb::workstatus('12:5'); it was given an array reference: ['{job_id}:1']",
+    ]

@@ -457,8 +457,7 @@ async def test_subjobstatus_of_a_missing_instance_says_the_job_exists(
     assert await host.call("subjobstatus", [f"{job['id']}.1"], {}) == "pending"
     for target, expected in (
         (f"{job['id']}.5", f"job {job['id']} has no instance 5 (the job exists, with 2 instances)"),
-        ("2", "job 2 has no instances (the job exists)"),
-        ("2.0", "job 2 has no instance 0 (the job exists, with no instances)"),
+        ("2.3", "job 2 has no instance 3 (the job exists, with 1 instance)"),
     ):
         with pytest.raises(HostCallError) as err:
             await host.call("subjobstatus", [target], {})
@@ -466,4 +465,16 @@ async def test_subjobstatus_of_a_missing_instance_says_the_job_exists(
         assert (err.value.kind, err.value.message) == ("NoSuchJob", expected)
     with pytest.raises(HostCallError) as err:
         await host.call("subjobstatus", ["99.0"], {})
-    assert (err.value.kind, err.value.message) == ("NoSuchJob", "the supervisor has no job 99")
+    assert (err.value.kind, err.value.message) == ("NoSuchJob", "no job 99")  # no job at all
+
+
+@pytest.mark.parametrize(
+    ("language", "target", "shown"),
+    [("python", 2.5, "2.5"), ("python", None, "None"), ("perl", None, "undef")],
+)
+async def test_an_instance_target_that_is_no_text_is_refused_whole(
+    sup: ReferenceSupervisor, language: str, target: Any, shown: str
+) -> None:
+    # 2.5 was read as its text, '2.5': instance 5 of job 2.
+    message = await refusal(host_for(sup, language), "subjobstatus", target)
+    assert message == f"expected '<jobid>.<subid>', got {shown}"
