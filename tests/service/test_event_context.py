@@ -58,8 +58,8 @@ async def test_an_executes_event_context_names_the_job_as_the_trigger_engine_wou
     (run, *_) = (await stack_warm.client.list_runs(job_id=902)).runs
     assert (run.event.context, run.event.extra) == ("srclbl", "")  # as the history keeps it
     said = (
-        "the id of the job it happened to; in an `Execute` run, a label or `parent` the "
-        "executor cannot resolve is shown as given"
+        "the id of the job it happened to; in an `Execute` run, a context the executor "
+        "cannot resolve is shown as given"
     )
     found = said in " ".join(README.split())
     assert found, said
