@@ -30,12 +30,16 @@ if TYPE_CHECKING:
 # free per database refuses start-up ("disk I/O error: the storage refused it"), while
 # one with that much starts, NOT_SERVING until space is freed, as when it fills later.
 SHM_BYTES: Final = 32 << 10
+# A data dir start-up makes, and the missing directories above it (as ``mkdir -p`` under
+# root's usual umask 022 makes them), whatever the process umask.
+DATA_DIR_MODE: Final = 0o700
+PARENT_MODE: Final = 0o755
 # The mail queue's spool, a directory the executor makes in the data dir when it first needs it.
 MAIL_QUEUE: Final = "mail-queue"
 
 
 def make(path: Path, databases: Sequence[str] = ()) -> None:
-    """Create ``path`` (mode 0700, with its parents) and check it is usable; ConfigError if not.
+    """Create ``path`` (mode 0700, its missing parents 0755) and check it is usable; ConfigError if not.
 
     Also when its filesystem has no inodes left for the files opening ``databases``
     makes: SQLite would say only "unable to open database file".
@@ -45,12 +49,29 @@ def make(path: Path, databases: Sequence[str] = ()) -> None:
     if not path.is_dir():
         _writable(_first_missing(path).parent, f"{path} does not exist and")
     try:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _make_missing(path)
     except OSError as err:
         raise ConfigError(f"data_dir: cannot make {path}: {err.strerror or err}") from err
     _usable(path)
     if problem := _inodes_problem(path, databases):
         raise ConfigError(problem)
+
+
+def _make_missing(path: Path) -> None:
+    """Make ``path`` DATA_DIR_MODE and its missing parents PARENT_MODE, whatever the umask.
+
+    ``mkdir(parents=True)`` gives the parents the umask's mode (0777 under umask 000: any
+    local user could then move the data dir away and put their own in its place).
+    """
+    for step in [*reversed(path.parents), path]:
+        if step.is_dir():
+            continue
+        mode = DATA_DIR_MODE if step == path else PARENT_MODE
+        try:
+            step.mkdir(mode=mode)
+        except FileExistsError:
+            continue
+        os.chmod(step, mode)  # never more than mode (the umask only takes bits away)
 
 
 def databases(settings: Settings) -> list[str]:

@@ -25,6 +25,7 @@ from executor.api.connections import server_options
 from executor.api.farm import FarmServicer
 from executor.api.health import HealthService
 from executor.api.interceptors import CallGuard
+from executor.api.private_socket import PrivateSocket
 from executor.api.reflection import enable_reflection
 from executor.api.runs import RunServicer
 from executor.api.triggers import TriggerServicer
@@ -58,6 +59,8 @@ class Edge:
     services: tuple[str, ...] = SERVICES
     # Gives back the memory of large requests and answers after them (heap_return.py).
     trimmer: HeapTrimmer = field(default_factory=HeapTrimmer)
+    # Under TLS, the Unix socket ``own_channel`` reaches the server through (security.py).
+    internal_socket: PrivateSocket | None = None
     _stopping: bool = False
     _pending_health: asyncio.Future[None] | None = None
 
@@ -100,6 +103,8 @@ class Edge:
     async def close(self, grace_s: float) -> None:
         """Stop serving (calls in flight get ``grace_s`` to finish) and close our channel."""
         await self.server.stop(grace_s)
+        if self.internal_socket is not None:
+            self.internal_socket.remove()
         await self.own_channel.close()
         await self.trimmer.close()
 
@@ -157,5 +162,5 @@ def build(
     guarded.register(health_pb2_grpc.add_HealthServicer_to_server, health_servicer)
     enable_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = security.add_port(server, settings, credentials)
-    own_channel = security.own_channel(server, settings, port)
-    return Edge(server, port, health_servicer, own_channel, services, trimmer)
+    own_channel, internal_socket = security.own_channel(server, settings, port)
+    return Edge(server, port, health_servicer, own_channel, services, trimmer, internal_socket)

@@ -1,11 +1,12 @@
 """The embedded reference supervisor, served on a private Unix socket, never on the public port.
 
 The SupervisorService trusts the ``actor`` it is told; on the public port any client, a
-callback with network access included, could claim to be root. The socket sits in the
-0700 data dir, which the hardened tier hides from callbacks. The executor reaches it
-over gRPC like any site's supervisor, and its transitions reach the executor's
-TriggerService through ``EventForwarder``, as any scheduler's would; their events wait
-in supervisor.db until the executor has them, so a stop or a crash loses none.
+callback with network access included, could claim to be root. The socket is 0600
+whatever the umask (``private_socket``), in the data dir, which the hardened tier hides
+from callbacks. The executor reaches it over gRPC like any site's supervisor, and its
+transitions reach the executor's TriggerService through ``EventForwarder``, as any
+scheduler's would; their events wait in supervisor.db until the executor has them, so a
+stop or a crash loses none.
 
 The results reported to it are kept as long as the history keeps the run
 (``history_retention_days``), at most the last ``MAX_RESULTS`` (fewer when
@@ -25,13 +26,13 @@ import asyncio
 import contextlib
 import functools
 import sqlite3
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Protocol
 
 import grpc
 
+from executor.api import private_socket
 from executor.api.supervisor import SUPERVISOR_CHANNEL_OPTIONS
 from executor.data_dir_lock import SUPERVISOR_SOCKET
 from executor.errors import ConfigError
@@ -50,8 +51,6 @@ from supervisor_client.reference import ReferenceSupervisor, add_reference_super
 from supervisor_client.reference.forwarder import EventForwarder
 from supervisor_client.reference.store_thread import StoreThread
 
-# sun_path holds 108 bytes, the terminating NUL included.
-MAX_UNIX_SOCKET_PATH: Final = 107
 # The most results supervisor.db keeps (see the module doc): far more than one resent
 # batch of reports (64), and a few MB of typical results.
 MAX_RESULTS: Final = 1000
@@ -96,6 +95,7 @@ class EmbeddedSupervisor:
     reference: ReferenceSupervisor
     server: grpc.aio.Server
     channel: grpc.aio.Channel
+    socket: private_socket.PrivateSocket
     # The thread every call of the reference's runs on: the Supervisor service's, the farm's.
     store_thread: StoreThread = field(default_factory=StoreThread)
     forwarder: EventForwarder | None = None
@@ -146,6 +146,7 @@ class EmbeddedSupervisor:
         await self.stop_forwarding()
         await self.channel.close()
         await self.server.stop(grace_s)
+        self.socket.remove()
         self.store_thread.close()
         self.reference.close()
 
@@ -190,20 +191,15 @@ async def start(
         )
     except sqlite3.Error as err:  # damage, or the storage under it: the refusal says which
         raise ConfigError(unusable(path, err)) from err
-    socket_path = data_dir / SUPERVISOR_SOCKET
-    if len(str(socket_path)) > MAX_UNIX_SOCKET_PATH:
-        socket_path = Path(tempfile.mkdtemp(prefix="cbexec-")) / SUPERVISOR_SOCKET
-    socket_path.unlink(missing_ok=True)
-    address = f"unix:{socket_path}"
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes)])
     store_thread = StoreThread()
     add_reference_supervisor(server, reference, (StorageError,), store_thread)
     try:
-        if server.add_insecure_port(address) == 0:
-            raise ConfigError(f"data_dir: cannot listen on the supervisor socket {socket_path}")
+        # 0600 whatever the umask, and never reachable before (private_socket).
+        bound = private_socket.listen(server, data_dir / SUPERVISOR_SOCKET, "supervisor socket")
         await server.start()
     except BaseException:
         reference.close()
         raise
-    channel = grpc.aio.insecure_channel(address, options=list(SUPERVISOR_CHANNEL_OPTIONS))
-    return EmbeddedSupervisor(reference, server, channel, store_thread)
+    channel = grpc.aio.insecure_channel(bound.address, options=list(SUPERVISOR_CHANNEL_OPTIONS))
+    return EmbeddedSupervisor(reference, server, channel, bound, store_thread)

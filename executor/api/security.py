@@ -22,21 +22,18 @@ import ipaddress
 import re
 import socket
 import ssl
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
 
 import grpc
 
+from executor.api import private_socket
 from executor.api.interceptors import TokenAuthInterceptor
+from executor.api.private_socket import PrivateSocket
 from executor.config import Settings
 from executor.errors import ConfigError
 from supervisor_client.client import MAX_ANSWER_BYTES
 from supervisor_client.credentials import RECONNECT_OPTIONS, open_channel
-
-# sockaddr_un.sun_path is 108 bytes on Linux, NUL included.
-_MAX_UNIX_PATH: Final = 100
 
 
 def read_pem(setting: str, value: str) -> bytes:
@@ -237,23 +234,25 @@ def add_port(
     return port
 
 
-def own_channel(server: grpc.aio.Server, settings: Settings, port: int) -> grpc.aio.Channel:
+def own_channel(
+    server: grpc.aio.Server, settings: Settings, port: int
+) -> tuple[grpc.aio.Channel, PrivateSocket | None]:
     """A channel from the executor to its own services (call before the server starts).
 
-    Plain loopback, or under TLS a private Unix socket, with our token when one is set.
+    Plain loopback, or under TLS a private Unix socket (0600 whatever the umask: it
+    skips TLS), with our token when one is set; that socket is returned too.
     """
     address = f"127.0.0.1:{port}"
+    internal = None
     if settings.tls_cert:
-        socket_path = settings.data_dir / "internal.sock"
-        if len(str(socket_path)) > _MAX_UNIX_PATH:
-            socket_path = Path(tempfile.mkdtemp(prefix="cbexec-")) / "internal.sock"
-        address = f"unix:{socket_path}"
-        if server.add_insecure_port(address) == 0:
-            raise ConfigError(f"data_dir: cannot listen on the internal socket {socket_path}")
+        internal = private_socket.listen(
+            server, settings.data_dir / "internal.sock", "internal socket"
+        )
+        address = internal.address
     # Answers as large as the executor sends (a GetRun of a run with big output, for the
     # dashboard), not gRPC's default 4 MiB.
     options = [*RECONNECT_OPTIONS, ("grpc.max_receive_message_length", MAX_ANSWER_BYTES)]
-    return open_channel(address, token=settings.auth_token or None, options=options)
+    return open_channel(address, token=settings.auth_token or None, options=options), internal
 
 
 def server_interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:

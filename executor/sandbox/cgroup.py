@@ -48,6 +48,10 @@ logger = logging.getLogger(__name__)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PREFIX = "cbexec-"
 READ_CHUNK = 64 << 10
+# Pools and cells, whatever the umask: under umask 000 they were 0777, and a local user
+# made a cgroup in a cell (v1 gives its files to whoever makes it), parked processes
+# there against the cell's pids and memory limits, and they outlived the runs (probe 108).
+CGROUP_DIR_MODE = 0o755
 
 # Names tried for one pool before giving up (each taken one was made by another executor).
 MAX_POOL_NAMES = 64
@@ -175,12 +179,28 @@ def _pids_in(cgroup: Path | str) -> list[int]:
     return [int(line) for line in content.split()]
 
 
+def _below(cgroup: Path) -> list[Path]:
+    """The cgroups made inside ``cgroup`` (not itself), deepest first; none if it cannot be read."""
+    found: list[Path] = []
+    with contextlib.suppress(OSError), os.scandir(cgroup) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                found.extend(_below(Path(entry.path)))
+                found.append(Path(entry.path))
+    return found
+
+
 def _kill_and_remove(cgroup: Path) -> None:
-    for pid in _pids_in(cgroup):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(OSError):
-        cgroup.rmdir()
+    """SIGKILL what ``cgroup`` and the cgroups made inside it hold, and remove them all.
+
+    Inside first: a cgroup with one inside cannot be removed.
+    """
+    for group in [*_below(cgroup), cgroup]:
+        for pid in _pids_in(group):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            group.rmdir()
 
 
 def pool_name(pid: int, instance: int) -> str:
@@ -200,7 +220,7 @@ def _make_pool(
     for _ in range(MAX_POOL_NAMES):
         pool = hierarchy.root / name
         with contextlib.suppress(FileExistsError):
-            pool.mkdir()
+            _mkdir(pool)
             lock = _hold(pool)
             # Held and still the one we made: a sweep may take a pool between its mkdir
             # and its lock (and removes it, being empty).
@@ -221,7 +241,13 @@ def _fill_pool(pool: Path, controllers: list[str], hierarchy: _Hierarchy, cells:
     if hierarchy.v2:  # cells need the controllers enabled below the pool
         (pool / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in controllers))
     for cell in range(cells):
-        (pool / f"cell-{cell}").mkdir(exist_ok=True)
+        _mkdir(pool / f"cell-{cell}", exist_ok=True)
+
+
+def _mkdir(path: Path, *, exist_ok: bool = False) -> None:
+    """A cgroup made with CGROUP_DIR_MODE: never more (the umask only takes bits away), never less."""
+    path.mkdir(mode=CGROUP_DIR_MODE, exist_ok=exist_ok)
+    os.chmod(path, CGROUP_DIR_MODE)
 
 
 class CellCgroups:
@@ -400,11 +426,11 @@ class CellCgroups:
         for pool in self._distinct_pools:
             if not pool.exists():  # as it was made; ours now as before
                 controllers = [c for c, p in self._pools.items() if p == pool]
-                pool.mkdir()
+                _mkdir(pool)
                 if (lock := _hold(pool)) is not None:
                     self._locks.append(lock)
                 _fill_pool(pool, controllers, self._hierarchies[controllers[0]], 0)
-            (pool / name).mkdir(exist_ok=True)
+            _mkdir(pool / name, exist_ok=True)
         # Every file of the old cell: its kept descriptors, what was written to it.
         for path in [p for p in self._written if f"/{old}/" in p]:
             del self._written[path]
@@ -463,12 +489,15 @@ class CellCgroups:
         """Whether anything is left in the cell: its pids counter, else its process list.
 
         The counter is read through a kept descriptor: after nearly every run it says 0,
-        and the list (opened afresh, see ``pids``) is needed only when it does not.
+        and the list (opened afresh, see ``pids``) is needed only when it does not. The
+        counter includes the processes of cgroups made inside the cell; without it,
+        those cgroups are looked for too (``kill_all``).
         """
         if "pids" in self._pools:
             with contextlib.suppress(OSError, ValueError):
                 return int(self._read(self._file("pids", cell, "current"))) > 0
-        return bool(self.pids(cell))
+        name = self._cell_name(cell)
+        return bool(self.pids(cell)) or any(_below(pool / name) for pool in self._distinct_pools)
 
     def tasks(self, cell: int) -> int | None:
         """The cell's processes and threads now, zombies not yet reaped included; None unknown."""
@@ -483,23 +512,53 @@ class CellCgroups:
         return _pids_in(f"{self._listing}/{self._cell_name(cell)}")
 
     def kill_all(self, cell: int, timeout_s: float = 2.0) -> list[int]:
-        """SIGKILL every process in the cell until it is empty; returns the pids killed.
+        """SIGKILL every process in the cell until it is empty; returns the cell's pids killed.
 
         Killed processes leave cgroup.procs only once reaped; orphans are reaped by init
         (or our subreaper), so this polls briefly instead of assuming instant exit.
+
+        A cgroup made inside the cell is someone else's (the executor makes none, and
+        the callback's uid cannot): what it holds counts against the cell's limits
+        (v1 and v2 count a cgroup's processes and memory with its parent's), so it is
+        said with a WARNING, its processes are killed too and it is removed. Only the
+        cell's own pids are returned: the others were not the callback's.
         """
         killed: list[int] = []
         deadline = time.monotonic() + timeout_s
-        while pids := self.pids(cell):
-            for pid in pids:
+        foreign = self._foreign(cell)
+        while True:
+            own = self.pids(cell)
+            strangers = [pid for group in foreign for pid in _pids_in(group)]
+            if not own and not strangers:
+                break
+            for pid in (*own, *strangers):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            killed.extend(p for p in pids if p not in killed)
+            killed.extend(p for p in own if p not in killed)
             if time.monotonic() > deadline:
-                logger.warning("cell %d still has processes %s after SIGKILL", cell, pids)
+                logger.warning(
+                    "cell %d still has processes %s after SIGKILL", cell, own + strangers
+                )
                 break
             time.sleep(0.002)
+        for group in foreign:
+            with contextlib.suppress(OSError):
+                group.rmdir()
         return killed
+
+    def _foreign(self, cell: int) -> list[Path]:
+        """The cgroups someone made inside the cell, deepest first, said with a WARNING."""
+        name = self._cell_name(cell)
+        foreign = [group for pool in self._distinct_pools for group in _below(pool / name)]
+        if foreign:
+            logger.warning(
+                "cell %d holds cgroups the executor did not make (%s): the processes in "
+                "them are killed and they are removed; only root can make them (the "
+                "cells are 0755): look for what did",
+                cell,
+                ", ".join(map(str, foreign)),
+            )
+        return foreign
 
     def close(self) -> None:
         """Kill what is left and remove the pools."""
