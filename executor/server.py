@@ -557,21 +557,25 @@ async def serve_forever(settings: Settings) -> None:
 
 
 def _reload(engine: TriggerEngine) -> None:
-    """SIGHUP: re-read callbacks.conf here and, in a fleet, on every replica."""
-    try:
-        engine.reload_universal(fleet_wide=True)
-    except UnavailableError as err:
-        # The fleet's version row cannot be bumped now: this replica reloads anyway, and
-        # the others are told once the store answers.
-        logger.warning("SIGHUP: reloading here; the other replicas are told later: %s", err)
-        engine.reload_universal()
-        task = asyncio.get_running_loop().create_task(_tell_the_fleet(engine))
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+    """SIGHUP: re-read callbacks.conf here and, in a fleet, on every replica (off the loop)."""
+    task = asyncio.get_running_loop().create_task(_reload_everywhere(engine))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 # Tasks started by signal handlers, held until they end (the loop keeps only weak ones).
 _background: set[asyncio.Task[None]] = set()
+
+
+async def _reload_everywhere(engine: TriggerEngine) -> None:
+    try:
+        await engine.reload_universal_off_loop(fleet_wide=True)
+    except UnavailableError as err:
+        # The fleet's version row cannot be bumped now: this replica reloads anyway, and
+        # the others are told once the store answers.
+        logger.warning("SIGHUP: reloading here; the other replicas are told later: %s", err)
+        await engine.reload_universal_off_loop()
+        await _tell_the_fleet(engine)
 
 
 async def _tell_the_fleet(engine: TriggerEngine, interval_s: float = 1.0) -> None:
@@ -579,7 +583,7 @@ async def _tell_the_fleet(engine: TriggerEngine, interval_s: float = 1.0) -> Non
     while True:
         await asyncio.sleep(interval_s)
         try:
-            engine.reload_universal(fleet_wide=True)
+            await engine.reload_universal_off_loop(fleet_wide=True)
         except UnavailableError:
             continue
         logger.info("SIGHUP's reload reached the fleet")

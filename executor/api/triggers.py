@@ -125,7 +125,7 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
         self, request: executor_pb2.ReloadUniversalCallbacksRequest, context: Context
     ) -> executor_pb2.ReloadUniversalCallbacksResponse:
         """Re-read callbacks.conf (in a fleet, every replica does); on errors the last good set stays."""
-        errors = self._engine.reload_universal(fleet_wide=True)
+        errors = await self._engine.reload_universal_off_loop(fleet_wide=True)
         # A failed reload answers only its errors: the warnings are the kept set's, and
         # their file:line would point into the new, broken file.
         return executor_pb2.ReloadUniversalCallbacksResponse(

@@ -400,6 +400,8 @@ class TriggerEngine:
         self._journal = journal_limits
         self._universal_version = store.fleet_version(UNIVERSAL_VERSION) if store.fleet else 0
         self._follower: asyncio.Task[None] | None = None
+        # Reloads off the loop take turns (reload_universal_off_loop).
+        self._reloading = asyncio.Lock()
         self._journal_pruned_at = float("-inf")
         self._event_ids = event_ids.EventIdPruner(
             store,
@@ -475,13 +477,28 @@ class TriggerEngine:
             self._universal_version = self._store.bump_fleet_version(UNIVERSAL_VERSION)
         return self._reload_universal(quiet=quiet)
 
+    async def reload_universal_off_loop(self, *, fleet_wide: bool = False) -> list[str]:
+        """``reload_universal``, its files read and checked on a worker thread.
+
+        The loop goes on meanwhile: a callbacks.conf of a thousand lines takes a tenth
+        of a second to check, and files changing under the read pause it for tenths.
+        Reloads take turns; the set is changed on the loop.
+        """
+        async with self._reloading:
+            if fleet_wide and self._store.fleet:
+                self._universal_version = self._store.bump_fleet_version(UNIVERSAL_VERSION)
+            loaded = await asyncio.to_thread(self._load_universal, self._set_before())
+            return self._take_universal(loaded, quiet=False)
+
     def _reload_universal(self, *, quiet: bool) -> list[str]:
-        now = self._clock()
-        if self._warn_missing_dirs:
-            self._missing_dirs = [d for d in self._universal_dirs if not d.is_dir()]
-        before = self._set_before()
+        return self._take_universal(self._load_universal(self._set_before()), quiet=quiet)
+
+    def _load_universal(
+        self, before: list[UniversalCallback]
+    ) -> list[UniversalCallback] | UniversalConfigError:
+        """The callbacks.conf files read and checked: the set, or why it is not loaded."""
         try:
-            loaded = load_universal(
+            return load_universal(
                 self._universal_dirs,
                 check_trigger,
                 check_code=self._check_code,
@@ -494,13 +511,24 @@ class TriggerEngine:
                 had_lines={Path(cb.source).parent for cb in before},
             )
         except UniversalConfigError as err:
+            return err
+
+    def _take_universal(
+        self, loaded: list[UniversalCallback] | UniversalConfigError, *, quiet: bool
+    ) -> list[str]:
+        """A load's set made the active one, or its errors said and the set kept."""
+        now = self._clock()
+        if self._warn_missing_dirs:
+            self._missing_dirs = [d for d in self._universal_dirs if not d.is_dir()]
+        if isinstance(loaded, UniversalConfigError):
             if not quiet:
-                for line in err.errors:
+                for line in loaded.errors:
                     logger.error("universal callbacks not reloaded: %s", line)
             self.universal_reload = ReloadStatus(
-                now, self.universal_reload.loaded_at, tuple(err.errors)
+                now, self.universal_reload.loaded_at, tuple(loaded.errors)
             )
-            return err.errors
+            return loaded.errors
+        before = self._set_before()  # as it is now: another reload may have been taken
         now_loaded = {line_name(cb.source, cb.triggers) for cb in loaded}
         lines_before = {line_name(cb.source, cb.triggers) for cb in before}
         removed = (lines_before | self._clocks_to_stop) - now_loaded
@@ -681,6 +709,13 @@ class TriggerEngine:
         A job registered at a replica that has reloaded may fire here before this
         replica's poll (``_follow_fleet``) has seen the version row move.
         """
+        if not self._fleet_reloaded_since():
+            return False
+        self._reload_universal(quiet=False)
+        return True
+
+    def _fleet_reloaded_since(self) -> bool:
+        """In a fleet: whether another replica was asked to reload since (then noted as seen)."""
         if not self._store.fleet:
             return False
         try:
@@ -692,7 +727,6 @@ class TriggerEngine:
             return False
         self._universal_version = version
         logger.info("another replica reloaded the universal callbacks: reloading")
-        self._reload_universal(quiet=False)
         return True
 
     # -- registration ---------------------------------------------------------------
@@ -1527,7 +1561,8 @@ class TriggerEngine:
         """In a fleet: reload the universal callbacks when another replica was asked to."""
         while True:
             await asyncio.sleep(FLEET_POLL_S)
-            self._caught_up_with_fleet()
+            if self._fleet_reloaded_since():
+                await self.reload_universal_off_loop()
 
     @property
     def idle(self) -> bool:

@@ -84,6 +84,10 @@ READ_PAUSE_S: Final = 0.05
 EMPTY_CONF_PAUSE_S: Final = 0.3
 # How much of a line, file name or option an error quotes: enough to find it in the file.
 MAX_QUOTED_CHARS: Final = 60
+# The most lines of callbacks all directories' callbacks.conf hold together. Each is a
+# callback of every job: 32,000 lines made each RegisterJob take 2.4 s and each reload
+# seconds of checks (probe 109); a site has tens.
+MAX_UNIVERSAL_LINES: Final = 1000
 
 # (language, code, path) -> "line: message" or "message" when the code cannot run, else None.
 CodeCheck = Callable[[str, str, Path], str | None]
@@ -278,31 +282,26 @@ def _load_once(
     # would have every callback of it fire twice. Checked at each load, as a link may
     # have been changed since start-up.
     names = DirectoryNames()
+    total = 0  # lines of callbacks in the directories read so far
     for directory in directories:
-        if alias := names.alias(directory):
-            errors.append(
-                f"universal_callback_path: {str(directory)!r} is the directory "
-                f"{str(alias.first)!r} names too ({alias.real}); name each directory once"
-            )
-            continue
-        named = (policies or {}).get(directory, "")
-        if known_policies is not None and named and named not in known_policies:
-            # The setting names it, not a line of the file: say so, once for the directory.
-            errors.append(
-                f"universal_callback_path: '{directory} [policy={named}]': no policy "
-                f"{named!r} (configured: {', '.join(known_policies)})"
-            )
-            continue
-        if unsafe := unsafe_directory(directory):
-            errors.append(unsafe)
+        if refused := _directory_refused(directory, names, policies, known_policies):
+            errors.append(refused)
             continue
         conf = directory / CONF_NAME
         text = _conf_text(directory, reads)
         if isinstance(text, _Refused):
             errors.append(f"{conf}: {text.why}")
             continue
-        if not any(_is_line(raw) for raw in text.splitlines()):
+        lines = sum(1 for raw in text.splitlines() if _is_line(raw))
+        if not lines:
             empty.add(directory)
+        if (total := total + lines) > MAX_UNIVERSAL_LINES:
+            errors.append(
+                f"{conf}: {lines} lines of callbacks, {total} with the directories before "
+                f"it: at most {MAX_UNIVERSAL_LINES} in all (each is a callback of every job): "
+                "not read"
+            )
+            continue
         for number, raw in enumerate(text.splitlines(), start=1):
             if not _is_line(raw):
                 continue
@@ -341,6 +340,28 @@ def _load_once(
         # as escapes in `triggers reload`, the log and the dashboard (executor.visible_text).
         return UniversalConfigError([escaped(error) for error in errors])
     return callbacks
+
+
+def _directory_refused(
+    directory: Path,
+    names: DirectoryNames,
+    policies: Mapping[Path, str] | None,
+    known_policies: Collection[str] | None,
+) -> str | None:
+    """Why a directory's callbacks.conf is not read, or None."""
+    if alias := names.alias(directory):
+        return (
+            f"universal_callback_path: {str(directory)!r} is the directory "
+            f"{str(alias.first)!r} names too ({alias.real}); name each directory once"
+        )
+    named = (policies or {}).get(directory, "")
+    if known_policies is not None and named and named not in known_policies:
+        # The setting names it, not a line of the file: say so, once for the directory.
+        return (
+            f"universal_callback_path: '{directory} [policy={named}]': no policy "
+            f"{named!r} (configured: {', '.join(known_policies)})"
+        )
+    return unsafe_directory(directory)
 
 
 def _is_line(raw: str) -> bool:

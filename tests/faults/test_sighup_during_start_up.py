@@ -81,9 +81,17 @@ async def test_a_sighup_during_start_up_is_one_reload_once_up(tmp_path: Path, wh
             )
             assert running.proc.returncode is None, log.read_text()
             async with ExecutorClient(running.address) as client:
-                listed = await client.get_universal_callbacks()
-            names = [Path(cb.source).name for d in listed.directories for cb in d.callbacks]
-            assert names == ["first.py", "added.py"], log.read_text()
+
+                async def names() -> list[str]:
+                    listed = await client.get_universal_callbacks()
+                    return [Path(cb.source).name for d in listed.directories for cb in d.callbacks]
+
+                # The reload reads the files on a worker thread after the line is logged.
+                for _ in range(100):
+                    if await names() == ["first.py", "added.py"]:
+                        break
+                    await asyncio.sleep(0.1)
+                assert await names() == ["first.py", "added.py"], log.read_text()
             assert log.read_text().count(said) == 1
     finally:
         hup.cancel()

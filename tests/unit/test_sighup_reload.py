@@ -19,7 +19,7 @@ class Engine:
         self.store_away_for = store_away_for
         self.reloads: list[bool] = []
 
-    def reload_universal(self, *, fleet_wide: bool = False) -> list[str]:
+    async def reload_universal_off_loop(self, *, fleet_wide: bool = False) -> list[str]:
         if fleet_wide and self.store_away_for:
             self.store_away_for -= 1
             raise StoreUnavailable("PostgreSQL store unreachable")
@@ -38,7 +38,7 @@ async def test_a_sighup_with_the_store_away_reloads_here_and_tells_the_fleet_lat
 
     server._reload(engine)
 
-    assert engine.reloads == [False]  # here, at once
+    assert await eventually(lambda: engine.reloads == [False], timeout_s=5)  # here, at once
     assert await eventually(lambda: engine.reloads == [False, True], timeout_s=5)
     await asyncio.sleep(0)
     assert not server._background

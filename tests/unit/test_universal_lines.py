@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ import pytest
 from executor.api.triggers import TriggerServicer
 from executor.model import Event
 from executor.triggers.universal import (
+    MAX_UNIVERSAL_LINES,
     UniversalCallback,
     UniversalConfigError,
     find_line,
@@ -243,3 +246,42 @@ async def test_after_the_data_dir_moved_a_line_is_named_by_the_file_loaded_now(
     assert [cb.source for cb in listed.jobs[0].callbacks if cb.universal] == [str(now)]
     explained = moved.explain(8)
     assert [c.callback.source for c in explained.callbacks if c.callback.universal] == [str(now)]
+
+
+def test_more_lines_than_a_site_has_are_refused_unread(tmp_path: Path) -> None:
+    # Each line is a callback of every job: 32,000 lines made each RegisterJob take 2.4 s
+    # (probe 109).
+    first = _directory(
+        tmp_path / "first", "".join(f"blockme.py = complete-work-self-{n}\n" for n in range(600))
+    )
+    lines = "".join(f"blockme.py = complete-work-self-{n}\n" for n in range(401))
+    second = _directory(tmp_path / "second", f"# {MAX_UNIVERSAL_LINES} at most\n{lines}")
+
+    with pytest.raises(UniversalConfigError) as refused:
+        load_universal([first, second], lambda _: None)
+
+    assert refused.value.errors == [
+        f"{second}/callbacks.conf: 401 lines of callbacks, 1001 with the directories before "
+        "it: at most 1000 in all (each is a callback of every job): not read"
+    ]
+    assert len(load_universal([second], lambda _: None)) == 401
+
+
+async def test_a_reload_reads_and_checks_the_files_off_the_event_loop(
+    tmp_path: Path, engines: Engines
+) -> None:
+    # A reload of a long callbacks.conf held every call's answers for seconds (probe 109).
+    conf = _directory(tmp_path / "callback", "blockme.py = complete-job-self\n")
+    loop_ran = threading.Event()
+
+    def check_code(language: str, code: str, path: Path) -> str | None:
+        # Checked on the loop, this waits in vain: the loop cannot run meanwhile.
+        return None if loop_ran.wait(timeout=5) else "the loop did not run during the check"
+
+    engine = engines(Recorder(), universal_dirs=[conf], check_code=check_code)
+    reload = asyncio.ensure_future(engine.reload_universal_off_loop())
+    await asyncio.sleep(0.05)
+    loop_ran.set()
+
+    assert await reload == []
+    assert [cb.triggers for cb in engine.universal] == ["complete-job-self"]
