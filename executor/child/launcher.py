@@ -119,6 +119,26 @@ def mark_end() -> None:
         pass
 
 
+def flush_stdio() -> None:
+    """Flush ``sys.stdout`` and ``sys.stderr``, whatever the callback left there, then the originals.
+
+    At a Python child's end, on both paths (``zygote._child``, ``end_cold_callback``).
+    The originals when replaced: a callback that replaced sys.stdout (a tee over it) may
+    have left output in the real one's buffer, which finalization would have flushed.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:  # noqa: SIM105 - not contextlib.suppress: as in _report
+            stream.flush()
+        except Exception:  # noqa: BLE001, S110 - closed, None, no flush: as Python's exit
+            pass
+    if sys.stdout is not sys.__stdout__ or sys.stderr is not sys.__stderr__:
+        for stream in (sys.__stdout__, sys.__stderr__):
+            try:  # noqa: SIM105
+                stream.flush()  # type: ignore[union-attr]
+            except Exception:  # noqa: BLE001, S110
+                pass
+
+
 def silence_daemon_threads() -> None:
     """Point fds 1 and 2 at /dev/null: nothing this process's threads write reaches the run now.
 
@@ -368,13 +388,7 @@ def end_cold_callback(code: int) -> NoReturn:
         _run_exitfuncs()  # SIGTERM in one: a one-line note, then the next (python_bootstrap)
     finally:
         try:
-            # The originals too: a callback that replaced sys.stdout may have left
-            # output in the real one's buffer, which finalization would have flushed.
-            for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-                try:  # noqa: SIM105 - not contextlib.suppress: as in _report
-                    stream.flush()  # type: ignore[union-attr]
-                except Exception:  # noqa: BLE001, S110 - closed, broken or None: as Python's exit
-                    pass
+            flush_stdio()
             if getpid() == _callback_pid:
                 silence_daemon_threads()
         finally:

@@ -205,7 +205,10 @@ class ReplyFailed(TypedDict):
 
 
 class DoneFrame(TypedDict):
-    """child -> parent, last: how the callback ended (``exit_code`` always with ``exit``)."""
+    """child -> parent, last: how the callback ended (``exit_code`` always with ``exit``).
+
+    With ``exit``, a ``message`` is the reason of a ``sys.exit("reason")``.
+    """
 
     type: Literal["done"]
     status: DoneStatus

@@ -10,6 +10,7 @@ process's to report and end.
 
 from __future__ import annotations
 
+import _sitebuiltins
 import builtins
 import ctypes
 import os
@@ -85,6 +86,13 @@ _ignore_in_kernel = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p
 )
 # The SIGXCPU handler the run started with (run() records it): launcher.py's in a PID 1.
 _sigxcpu_handler: Any = SIG_DFL
+# A class's own name, never its metaclass's __name__ (Python code, which may raise or exit).
+_class_name = vars(type)["__name__"].__get__
+
+# site's exit() and quit(), which plain python and Qube's embedded Python have: the child
+# runs without site (-S). Set once, at import: in a zygote, before its children are forked.
+builtins.exit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")
+builtins.quit = _sitebuiltins.Quitter("quit", "Ctrl-D (i.e. EOF)")
 
 
 class Terminated(SystemExit):
@@ -120,7 +128,7 @@ def _report_unraisable(unraisable: Any) -> None:
     name = getattr(unraisable.object, "__qualname__", None)
     kind = "exit handler" if "atexit" in str(unraisable.err_msg) else "cleanup"
     what = f"{kind} {name}()" if isinstance(name, str) else kind
-    try:  # noqa: SIM105 - as in _exit_code
+    try:  # noqa: SIM105 - not contextlib.suppress: one more module for a child to touch
         sys.stderr.write(f"{what} was cut short: the run was stopped (SIGTERM)\n")
     except Exception:  # noqa: BLE001, S110 - its stderr may be gone
         pass
@@ -144,28 +152,62 @@ def _user_traceback(err: BaseException) -> str:
     return "".join(summary.format())
 
 
-def _exit_code(err: SystemExit) -> int:
-    if err.code is None:
-        return 0
-    if isinstance(err.code, int):
-        return int(err.code)  # sys.exit(False) / sys.exit(True): a bool is an int, 0 or 1
-    try:  # noqa: SIM105 - not contextlib.suppress: one more module for a child to touch
-        print(err.code, file=sys.stderr)  # sys.exit("message") prints it, as CPython does
-    except Exception:  # noqa: BLE001, S110 - an object whose str() raises: the exit is still 1
-        pass
-    return 1
+def _to_stderr(text: str) -> None:
+    """Write ``text`` to the callback's stderr as python would: ``sys.stderr``, else the original.
+
+    Python writes to fd 2 when ``sys.stderr`` is None; whatever the callback left there
+    (a tee whose write raises or exits) stops nothing.
+    """
+    for stream in (sys.stderr, sys.__stderr__):
+        try:
+            stream.write(text)  # type: ignore[union-attr]  # None raises, as anything else may
+        except Terminated:
+            raise  # SIGTERM: the run ends with its status, as everywhere
+        except BaseException:  # noqa: BLE001, S110 - the callback's stream, broken: the next
+            pass
+        else:
+            return
+
+
+def _exited(err: SystemExit) -> DoneFrame:
+    """The done frame of ``sys.exit(code)``, as CPython exits.
+
+    A code neither None nor an int (``sys.exit("no frames")``) is the status 1, its str()
+    printed to stderr and sent as the frame's message (nothing when its str() fails).
+    """
+    code = err.code
+    if code is None:
+        return {"type": "done", "status": "exit", "exit_code": 0}
+    if isinstance(code, int):
+        return {"type": "done", "status": "exit", "exit_code": int(code)}  # a bool: 0 or 1
+    try:
+        reason = "%s" % (code,)  # noqa: UP031 - a str, never a subclass with methods of its own
+    except Terminated:
+        raise
+    except BaseException:  # noqa: BLE001 - its str() raised or exited: the exit is still 1
+        return {"type": "done", "status": "exit", "exit_code": 1}
+    _to_stderr(reason + "\n")
+    return {"type": "done", "status": "exit", "exit_code": 1, "message": reason}
 
 
 def _raised(status: DoneStatus, err: BaseException, message: str = "") -> DoneFrame:
-    """The done frame of an exception; never raises, whatever the exception's str() does."""
-    name = type(err).__name__
+    """The done frame of an exception; never raises, whatever the exception's str() does.
+
+    Its str() may even raise SystemExit (a __str__ that calls sys.exit): the callback
+    raised, so the run failed, as plain python exits 1 then.
+    """
+    name = _class_name(type(err))
     try:
         message = message or f"{name}: {err}"
-    except Exception:  # noqa: BLE001 - the callback's own __str__ raised
+    except Terminated:
+        raise
+    except BaseException:  # noqa: BLE001 - the callback's own __str__ raised or exited
         message = f"{name}: <its str() raised>"
     try:
         trace = _user_traceback(err)
-    except Exception:  # noqa: BLE001 - as above, inside the traceback's formatting
+    except Terminated:
+        raise
+    except BaseException:  # noqa: BLE001 - as above, inside the traceback's formatting
         trace = ""
     return {
         "type": "done",
@@ -305,7 +347,7 @@ def _done_frame(ended: BaseException | None) -> DoneFrame:
     if isinstance(ended, Terminated):
         return {"type": "done", "status": "terminated", "exit_code": EXIT_ON_SIGTERM}
     if isinstance(ended, SystemExit):
-        return {"type": "done", "status": "exit", "exit_code": _exit_code(ended)}
+        return _exited(ended)
     if isinstance(ended, MemoryError):
         return _raised("memory", ended, "the callback ran out of memory (memory limit)")
     return _raised("exception", ended)
@@ -403,15 +445,34 @@ def run(bridge_fd: int, *, warm_up: bool = False) -> int:
 
 
 def _flush_output(trace: str) -> None:
-    """Flush stdout and stderr, writing ``trace`` (an uncaught exception's, or "") to stderr first."""
+    """Flush stdout and stderr, writing ``trace`` (an uncaught exception's, or "") to stderr first.
+
+    Whatever the callback left in ``sys.stdout`` and ``sys.stderr`` (None, a tee with
+    ``write`` alone, a flush that raises or exits, its stdio closed), the done frame
+    still goes. Then the originals, when replaced: a tee over one leaves what it wrote in
+    its buffer. Inline, not a loop of calls: each object a forked child touches is a
+    page fault.
+    """
     try:
-        sys.stdout.flush()
-        if trace:
-            # Printed as Python prints one (the callback's frames).
-            sys.stderr.write(trace)
+        sys.stdout.flush()  # None too: it raises, as anything else may
+    except Terminated:
+        raise  # SIGTERM: the run ends with its status, as everywhere
+    except BaseException:  # noqa: BLE001, S110 - the callback's stream: as Python's exit
+        pass
+    if trace:
+        _to_stderr(trace)  # printed as Python prints one (the callback's frames)
+    try:
         sys.stderr.flush()
-    except (OSError, ValueError):
-        pass  # the callback closed or broke its own stdio; the done frame still matters
+    except Terminated:
+        raise
+    except BaseException:  # noqa: BLE001, S110 - as above
+        pass
+    if sys.stdout is not sys.__stdout__ or sys.stderr is not sys.__stderr__:
+        for stream in (sys.__stdout__, sys.__stderr__):
+            try:  # noqa: SIM105 - not contextlib.suppress: one more module for a child to touch
+                stream.flush()  # type: ignore[union-attr]
+            except Exception:  # noqa: BLE001, S110 - closed by the callback: its output is gone
+                pass
 
 
 def _run_started(bridge_fd: int, start: StartFrame) -> int:

@@ -65,6 +65,7 @@ _HELD_SIGNALS = frozenset(valid_signals())
 # Why the bridge went out of step (a frame that cannot be one): every later call is
 # refused at once, rather than sent and its answer looked for in bytes out of step.
 _out_of_step = ""
+_OWN_GLOBALS = globals()  # tells this module's frames from a signal handler's (_the_bridges)
 
 
 class QbError(Exception):
@@ -195,6 +196,21 @@ def _call(fn: str, *args: Any, **kwargs: Any) -> Any:
     raise _ERRORS.get(error["kind"], QbError)(error["message"])
 
 
+def _the_bridges(err: OSError) -> bool:
+    """Whether ``err`` came from a call of this module's on the bridge, not from a signal handler.
+
+    A handler that raises while a call is under way ends it with its exception, raised
+    out of the syscall it interrupted (``write``, ``poll``) or at the next bytecode: a
+    ``TimeoutError`` or an ``InterruptedError`` is an OSError too, and is the callback's
+    to catch, never a broken bridge. Raised in the handler, its traceback ends in the
+    handler's frame; a syscall's own ends in this module's frame that made it.
+    """
+    last = err.__traceback__
+    while last is not None and last.tb_next is not None:
+        last = last.tb_next
+    return last is None or last.tb_frame.f_globals is _OWN_GLOBALS
+
+
 def _write_out() -> None:
     while _outbox:
         del _outbox[: write(_bridge_fd, _outbox)]  # by name: see launcher.py
@@ -218,6 +234,8 @@ def _send(fn: str, frame: bytes) -> None:
                 _outbox.clear()  # none of it went: nothing to finish, no answer to come
             raise
     except OSError as err:
+        if not _the_bridges(err):
+            raise
         raise QbError(
             f"qb.{fn} could not be sent: the bridge to the executor is broken ({err})"
         ) from err
@@ -238,6 +256,8 @@ def _receive(fn: str, call_id: int) -> protocol.ParentFrame:
             if answer["type"] != "reply" or answer["id"] >= call_id:
                 return answer
     except (OSError, protocol.FrameError) as err:
+        if isinstance(err, OSError) and not _the_bridges(err):
+            raise
         raise QbError(
             f"qb.{fn} was sent but no answer came: the bridge to the executor is broken "
             f"({err}); it may have been applied"

@@ -45,6 +45,7 @@ from __future__ import annotations
 import array
 import ctypes
 import gc
+import io
 import json
 import os
 import resource
@@ -69,6 +70,7 @@ from launcher import (
     EXIT_LAUNCH_FAILED,
     confine_and_run,
     exited_message,
+    flush_stdio,
     join_cgroups_through,
     mark_end,
     report_launch_failure,
@@ -428,12 +430,7 @@ def _child(
         own = -1
     finally:
         try:
-            for stream in (sys.stdout, sys.stderr):
-                # Not contextlib.suppress: one object fewer made in a forked child (page faults).
-                try:  # noqa: SIM105
-                    stream.flush()
-                except (OSError, ValueError):
-                    pass
+            flush_stdio()
             if getpid() == own:
                 silence_daemon_threads()
                 mark_end()  # after the exit handlers: nothing of the run's is left to do
@@ -586,6 +583,47 @@ def serve(control: socket.socket, *, private_network: bool = False) -> None:
                 )
 
 
+def _stdio_stream(fd: int, name: str, *, line_buffering: bool) -> io.TextIOWrapper:
+    """A text stream over ``fd`` as Python's start-up makes one, in UTF-8 with backslash escapes."""
+    buffered = open(fd, "wb", closefd=False)  # noqa: SIM115 - sys's for good
+    buffered.raw.name = name  # type: ignore[attr-defined]  # a FileIO's, as Python names it
+    return io.TextIOWrapper(
+        buffered,
+        encoding="utf-8",
+        errors="backslashreplace",
+        newline="\n",
+        line_buffering=line_buffering,
+    )
+
+
+def _make_children_stdio() -> None:
+    """Make ``sys.stdout`` and ``sys.stderr`` once for every child, as Python makes them over a pipe.
+
+    A child keeps them (a fresh wrapper per child would cost it ~0.4 ms of page faults)
+    and writes through them to fds 1 and 2, which ``_child`` makes its run's pipes. A
+    stream asks its file once whether it can seek, and keeps the answer: made over this
+    process's own stdout (/dev/null) they took themselves for seekable, and a callback's
+    ``sys.stdout.reconfigure(encoding=...)`` or ``tell()`` sought on its pipe (ESPIPE).
+    So they are made while a pipe stands on fds 1 and 2, before any child is forked.
+    Buffered as Python's (stderr by lines). The zygote itself never writes to stdout,
+    and to stderr only when it fails, so no child inherits buffered output.
+    """
+    read_end, write_end = os.pipe()
+    own = os.dup(1), os.dup(2)
+    try:
+        dup2(write_end, 1)
+        dup2(write_end, 2)
+        stdout = _stdio_stream(1, "<stdout>", line_buffering=False)
+        stderr = _stdio_stream(2, "<stderr>", line_buffering=True)
+    finally:
+        dup2(own[0], 1)
+        dup2(own[1], 2)
+        for fd in (*own, read_end, write_end):
+            os.close(fd)
+    sys.stdout = sys.__stdout__ = stdout  # type: ignore[misc]  # typeshed's Final: the originals now
+    sys.stderr = sys.__stderr__ = stderr  # type: ignore[misc]
+
+
 def main(argv: list[str]) -> int:
     """``python -I -S -B zygote.py CONTROL_FD``."""
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # no /proc/<pid>/mem or environ for callbacks
@@ -599,11 +637,7 @@ def main(argv: list[str]) -> int:
     # The control socket, a socketpair, keeps working across namespaces.
     if private_network and _libc.unshare(launcher.CLONE_NEWNET) != 0:
         return 1
-    # The children's stdout and stderr (fds 1 and 2 are replaced in each). A fresh
-    # wrapper per child would cost it ~0.4 ms of page faults. The zygote itself never
-    # writes to them, so no child inherits buffered output.
-    for stream in (sys.stdout, sys.stderr):
-        stream.reconfigure(encoding="utf-8", errors="backslashreplace")  # type: ignore[union-attr]
+    _make_children_stdio()
     control = socket.socket(fileno=int(argv[1]))
     python_bootstrap.warm_zygote()  # before serve()'s gc.freeze: shared by every child
     python_bootstrap.note_cut_short_exit_handlers()

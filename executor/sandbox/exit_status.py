@@ -345,7 +345,13 @@ def _classify_done(
                 f"the callback exited with status {code} (its process's exit status is "
                 f"{code & 0xFF}: the OS keeps the low 8 bits)"
             )
-        return Outcome.FAILED, Failure(f"the callback exited with status {code}")
+        # sys.exit("reason"): the reason as Python printed it (cut to size by _bounded).
+        reason = done.get("message", "")
+        return Outcome.FAILED, Failure(
+            f"the callback exited with status {code}: {reason}"
+            if reason
+            else f"the callback exited with status {code}"
+        )
     if status == "terminated":
         # Not the executor's (its wall deadline and stops are classified before this).
         return Outcome.KILLED, Failure(

@@ -111,6 +111,70 @@ async def test_a_python_call_interrupted_mid_write_is_finished_before_the_next(
     ]
 
 
+# A handler's own OSError (the TimeoutError a SIGALRM timeout raises, an InterruptedError)
+# raised mid-write and then mid-read: every read and write of the bridge takes 3 bytes at
+# most, and the second of each is interrupted.
+HANDLERS_OS_ERROR = """
+import os, signal
+import qb as module
+def handler(signum, frame): raise {exception}("alarm")
+signal.signal(signal.SIGUSR1, handler)
+cut = {{"write": 2, "read": 0}}
+seen = {{"write": 0, "read": 0}}
+real_write, real_read = os.write, os.read
+def write(fd, data):
+    seen["write"] += 1
+    if seen["write"] == cut["write"]:
+        os.kill(os.getpid(), signal.SIGUSR1)
+    return real_write(fd, bytes(data[:3]))
+def read(fd, size):
+    seen["read"] += 1
+    if seen["read"] == cut["read"]:
+        os.kill(os.getpid(), signal.SIGUSR1)
+    return real_read(fd, min(size, 3))
+module.write, module.read = write, read
+def attempt(job):
+    try:
+        print(repr(qb.jobstatus(job)))
+    except {exception} as err:
+        print("interrupted:", type(err).__name__, err)
+    except qb.QbError as err:
+        print(type(err).__name__, err)
+attempt(1000)
+attempt(5000)
+cut["read"] = seen["read"] + 2
+attempt(1001)
+attempt(5001)
+attempt(qb.jobid())
+"""
+
+
+@pytest.mark.parametrize("exception", ["TimeoutError", "InterruptedError", "ConnectionResetError"])
+async def test_a_handlers_os_error_ends_the_interrupted_call_as_itself(
+    stack: Stack, exception: str
+) -> None:
+    # Found by a prober: qb took a handler's OSError for the bridge's own and raised
+    # qb.QbError "the bridge to the executor is broken" instead, so `except TimeoutError`
+    # missed the timeout; the bridge was fine.
+    response = await run(stack, "python", HANDLERS_OS_ERROR.format(exception=exception))
+
+    assert response.outcome == Outcome.OUTCOME_SUCCEEDED, (response.failure, response.stderr)
+    assert response.stdout == (
+        f"interrupted: {exception} alarm\n"
+        "NoSuchJob no job 5000\n"
+        f"interrupted: {exception} alarm\n"
+        "NoSuchJob no job 5001\n"
+        "'blocked'\n"
+    )
+    assert [(action.verb, action.target) for action in response.actions] == [
+        ("jobstatus", "1000"),
+        ("jobstatus", "5000"),
+        ("jobstatus", "1001"),
+        ("jobstatus", "5001"),
+        ("jobstatus", "1"),
+    ]
+
+
 # The probe's timeout idiom: a timer whose handler raises, around a call, then a plain
 # call that must get its own answer. The old qb went out of step after 1 or 2 of them.
 PYTHON_TIMEOUTS = """
@@ -164,11 +228,15 @@ print "in step ", ($interrupted > 0 ? "True" : "False"), "\n";
 """
 
 
-@pytest.mark.parametrize("language", ["python", "perl"])
+@pytest.mark.parametrize("timeout", ["python", "python TimeoutError", "perl"])
 async def test_calls_interrupted_by_a_timeout_leave_qb_in_step(
-    stack_warm: Stack, language: str
+    stack_warm: Stack, timeout: str
 ) -> None:
-    code = PYTHON_TIMEOUTS if language == "python" else PERL_TIMEOUTS
+    # The handler's own class, or Python's TimeoutError (an OSError) as a timeout raises.
+    language, _, exception = timeout.partition(" ")
+    code = PERL_TIMEOUTS if language == "perl" else PYTHON_TIMEOUTS
+    if exception:
+        code = code.replace("class Timeout(Exception): pass", f"Timeout = {exception}")
     response = await run(stack_warm, language, code)
 
     assert response.outcome == Outcome.OUTCOME_SUCCEEDED, (response.failure, response.stderr)
