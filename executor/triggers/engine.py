@@ -948,8 +948,7 @@ class TriggerEngine:
             near_in_pgrp=sighting.also,
         )
         self._own(db, batch, decision.firings)
-        deferred.entries.extend(decision.entries)
-        deferred.fired(event, decision.fired)
+        deferred.take(db, event, decision)
         if event.name == EventName.REMOVED and event.type == EventType.JOB:
             deferred.flush(db)  # what waits for the job's states is written before they go
             TriggerStore.forget_job(db, event.job_id)
@@ -1037,8 +1036,7 @@ class TriggerEngine:
                 group=group,
                 hits_by_key=hits_by_key,
             )
-            deferred.entries.extend(decision.entries)
-            deferred.fired(event, decision.fired)
+            deferred.take(db, event, decision)
             applied.append((decision, False))
         last = events[-1]
         # What the segment wrote, in one round trip (the group's own reads are done).
