@@ -1088,13 +1088,18 @@ class TriggerEngine:
     def match(self, event: Event, *, dry: bool) -> Decision:
         """Apply (or, dry, simulate) one event; what it fires is queued for the worker.
 
+        A dry run reads on a snapshot of the store (``TriggerStore.snapshot``) for as long
+        as it takes: any thread may call it, and the servicer calls it on a worker thread
+        (an event that 30,000 callbacks wait for is decided for a second).
+
         Returns:
-            What it fired (would fire), latched without firing, and the journal entries
-            that say why (a dry run writes none of it). A repeat of an ``event_id``
-            already applied decides nothing.
+            What it fired (would fire), latched without firing (a dry run's only), and
+            the journal entries that say why (a dry run's only: an applied event's are
+            written). A dry run writes nothing. A repeat of an ``event_id`` already
+            applied decides nothing.
         """
         if dry:
-            with self._store.transaction() as db:
+            with self._store.snapshot() as db:
                 return self._decide(
                     db, event, "", dry=True, place=TriggerStore.place_in(db, event.job_id)
                 )
