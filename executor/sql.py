@@ -103,8 +103,12 @@ def pg_sql(sql: str) -> str:
 
 
 def row_lock(db: Db, *, skip_locked: bool = False) -> str:
-    """The row-lock clause for a SELECT on ``db``: "" on SQLite (one writer per file)."""
-    if not isinstance(db, PgDb):
+    """The row-lock clause for a SELECT on ``db``: "" on SQLite (one writer per file).
+
+    "" too on a read-only connection (a snapshot's: PostgreSQL refuses a lock in a
+    read-only transaction, and a reader that writes nothing needs none).
+    """
+    if not isinstance(db, PgDb) or db.read_only:
         return ""
     return " FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE"
 
@@ -257,6 +261,8 @@ class PgDb:
         self._prepared: set[bytes] = set()
         # A query ``send_prepared`` sent whose row ``take_sent_row`` has not taken yet.
         self._sent = False
+        # Set on the connections snapshots read on: ``row_lock`` then locks nothing.
+        self.read_only = False
         self._conn = self._new_connection()
         if stall_limits:  # migrate's steps may wait and work as long as they need
             _watchdog.watch(self)

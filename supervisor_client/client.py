@@ -547,7 +547,8 @@ class ExecutorClient(ChannelClient):
         """What an event would fire, without running or latching anything.
 
         Give the request, or its fields: ``name``, ``type``, ``job_id``, ``work_name``,
-        ``subjob_id``, ``host``.
+        ``subjob_id``, ``host``. Each list of the answer holds the first 1000 items at
+        most (and 4 MiB of them); its ``*_left_out`` field counts the others.
         """
         if request is None:
             request = request_from(executor_pb2.DryRunRequest, **fields)

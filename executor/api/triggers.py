@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Final
+from collections.abc import Callable, Iterable
+from typing import Any, Final, TypeVar
+
+from google.protobuf.message import Message
 
 from executor.api import convert, convert_status, explanations
 from executor.api.errors import Context, grpc_errors
@@ -19,6 +22,30 @@ DEFAULT_JOBS_LIMIT: Final = 50
 MAX_JOBS_LIMIT: Final = 1000
 # Events in one PublishEvents call (one transaction): a batch a scheduler has piled up.
 MAX_BATCH_EVENTS: Final = 1000
+# A DryRun answer's lists: at most this many items each, and this many bytes of them
+# (a trigger's text may be 64 KiB): three lists within the 16 MiB a client takes.
+MAX_DRY_RUN_ITEMS: Final = 1000
+MAX_DRY_RUN_LIST_BYTES: Final = 4 << 20
+
+_T = TypeVar("_T")
+_M = TypeVar("_M", bound=Message)
+
+
+def _first(found: Iterable[_T], to_message: Callable[[_T], _M]) -> tuple[list[_M], int]:
+    """The messages of ``found``'s first items within the DryRun bounds, and how many did not fit."""
+    kept: list[_M] = []
+    size = left_out = 0
+    for item in found:
+        if left_out or len(kept) == MAX_DRY_RUN_ITEMS:
+            left_out += 1
+            continue
+        message = to_message(item)
+        size += message.ByteSize()
+        if size > MAX_DRY_RUN_LIST_BYTES:
+            left_out += 1
+            continue
+        kept.append(message)
+    return kept, left_out
 
 
 class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
@@ -110,15 +137,34 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
     async def DryRun(
         self, request: executor_pb2.DryRunRequest, context: Context
     ) -> executor_pb2.DryRunResponse:
-        """What an event would fire or latch, and why; nothing runs and no state changes."""
-        decision = self._engine.match(convert.event_from_request(request), dry=True)
-        return executor_pb2.DryRunResponse(
-            would_fire=[convert.firing_message(f) for f in decision.fired],
-            would_latch=[
-                convert.registered_message(item.callback, item.latches) for item in decision.latched
-            ],
-            explanations=[explanations.journal_message(entry) for entry in decision.entries],
-        )
+        """What an event would fire or latch, and why; nothing runs and no state changes.
+
+        Each list of the answer is bounded (``MAX_DRY_RUN_ITEMS``, ``MAX_DRY_RUN_LIST_BYTES``),
+        the items left out counted.
+        """
+        event = convert.event_from_request(request)
+
+        def answer() -> executor_pb2.DryRunResponse:
+            decision = self._engine.match(event, dry=True)
+            would_fire, fire_left_out = _first(decision.fired, convert.firing_message)
+            would_latch, latch_left_out = _first(
+                decision.latched,
+                lambda item: convert.registered_message(item.callback, item.latches),
+            )
+            entries, entries_left_out = _first(decision.entries, explanations.journal_message)
+            return executor_pb2.DryRunResponse(
+                would_fire=would_fire,
+                would_latch=would_latch,
+                explanations=entries,
+                would_fire_left_out=fire_left_out,
+                would_latch_left_out=latch_left_out,
+                explanations_left_out=entries_left_out,
+            )
+
+        # An event that thousands of callbacks wait for is decided for a second or more:
+        # on a thread, on a snapshot connection, as explanations are read.
+        async with self._reading:
+            return await asyncio.to_thread(answer)
 
     @grpc_errors
     async def ReloadUniversalCallbacks(

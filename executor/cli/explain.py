@@ -249,7 +249,10 @@ def format_dry_run(reply: Any) -> str:
         f"latches={cb['latches']}"
         for cb in plain["would_latch"]
     )
-    if not plain["would_fire"] and not plain["would_latch"]:
+    for field, what in (("would_fire_left_out", "fire"), ("would_latch_left_out", "latch")):
+        if plain.get(field):
+            lines.append(f"and {plain[field]} more would {what} (not in the answer)")
+    if not lines:
         lines.append("nothing would fire or latch")
     if plain.get("explanations"):
         lines.append("why:")
@@ -259,4 +262,6 @@ def format_dry_run(reply: Any) -> str:
                 f"{_INDENT}job {entry['job_id']} callback {entry['callback_id']}{work}: "
                 f"{entry_effect(entry)}"
             )
+    if plain.get("explanations_left_out"):
+        lines.append(f"{_INDENT}and {plain['explanations_left_out']} more (not in the answer)")
     return "\n".join(escaped(line) for line in lines)

@@ -29,14 +29,20 @@ from executor.triggers.evaluate import AtomKey, JobPlace, Step, residual, step, 
 from executor.triggers.explain import near_miss_reason, outside_agenda_reason
 from executor.triggers.group_state import GroupState
 from executor.triggers.items import WorkState
-from executor.triggers.journal import EntryKind, JournalEntry, SeenEvent
+from executor.triggers.journal import (
+    MAX_ENTRY_TEXT_CHARS,
+    EntryKind,
+    JournalEntry,
+    SeenEvent,
+    cut_atoms,
+)
 from executor.triggers.nodes import (
     Atom,
     Expr,
     atoms,
     per_work,
-    render,
     render_atom,
+    render_cut,
     substitute_all,
 )
 from executor.triggers.store import LEVEL, PendingFiring, StoredCallback, TriggerStore
@@ -65,7 +71,12 @@ class Latched:
 
 @dataclass
 class Decision:
-    """What one event decided: in firing order, and the journal entries that say why."""
+    """What one event decided: in firing order, and the journal entries that say why.
+
+    ``latched`` is a dry run's only: nothing else reads it, and each holds its callback
+    (trigger, latches) while a batch of events is decided. An applied event's
+    ``entries`` go to its transaction's writes (``DeferredWrites.take``).
+    """
 
     fired: list[Fired] = field(default_factory=list)
     latched: list[Latched] = field(default_factory=list)
@@ -162,7 +173,7 @@ class Decider:
             return
         if moved.newly and not self._dry:
             self._save_state(cb.rowid, cb.count, moved.latches, marks)
-        if moved.newly:
+        if moved.newly and self._dry:
             self.decision.latched.append(Latched(cb, moved.latches))
         self._entry(cb, expr, moved, count=cb.count)
 
@@ -212,7 +223,7 @@ class Decider:
                 self._fire(cb, state.count + 1, item, item_expr, moved, per_item=True)
             else:
                 after = WorkState(state.count, moved.latches, marks)
-                if moved.newly:
+                if moved.newly and self._dry:
                     self.decision.latched.append(Latched(cb, moved.latches, item))
                 self._entry(cb, item_expr, moved, count=state.count, work_name=item, per_item=True)
             if not self._dry and (moved.fires or moved.newly):
@@ -252,7 +263,7 @@ class Decider:
             )
         if not told:
             return
-        if moved.newly:
+        if moved.newly and self._dry:
             self.decision.latched.append(Latched(cb, moved.latches))
         self._entry(cb, expr, moved, count=0, per_item=True)
 
@@ -330,8 +341,7 @@ class Decider:
             kind, reason, waiting = EntryKind.FIRED, "", ""
         else:
             kind, reason = EntryKind.MATCHED, ""
-            rest, _ = residual(expr, moved.latches)
-            waiting = "" if rest is None else render(rest)
+            waiting = _waiting_text(expr, moved.latches)
         self.decision.entries.append(
             JournalEntry(
                 job_id=cb.job_id,
@@ -339,8 +349,8 @@ class Decider:
                 kind=kind,
                 seen=self._seen,
                 work_name=work_name,
-                latched=tuple(render_atom(found[slot]) for slot in moved.newly),
-                already=tuple(render_atom(found[slot]) for slot in moved.already),
+                latched=_atom_texts(found, moved.newly),
+                already=_atom_texts(found, moved.already),
                 invocation_id=invocation_id,
                 count=count,
                 waiting_for=waiting,
@@ -360,7 +370,7 @@ class Decider:
                 seen=self._seen,
                 already=(),
                 latched=(),
-                waiting_for=" ".join(render_atom(found[slot]) for slot in slots),
+                waiting_for=" ".join(_atom_texts(found, list(slots))),
                 reason=reason,
                 # A {work} callback's near misses are kept as one more item's ("").
                 per_item=per_work(expr),
@@ -427,7 +437,6 @@ class Decider:
             return None
         latest = max((mark for mark in marks if mark is not None), key=lambda mark: mark.at)
         latches = tuple(mark is not None for mark in marks)
-        rest, _ = residual(expr, latches)
         found = atoms(expr)
         self.decision.entries.append(
             JournalEntry(
@@ -436,8 +445,8 @@ class Decider:
                 kind=EntryKind.LEVEL,
                 seen=SeenEvent(latest.event, self._seen.at),
                 per_item=True,
-                latched=tuple(render_atom(found[slot]) for slot in newly),
-                waiting_for="" if rest is None else render(rest),
+                latched=_atom_texts(found, newly),
+                waiting_for=_waiting_text(expr, latches),
             )
         )
         return WorkState(0, latches, tuple(marks))
@@ -481,7 +490,6 @@ class Decider:
                 TriggerStore.queue_firing(self._db, firing)
                 self.decision.firings.append(firing)
             self.decision.fired.append(Fired(cb, invocation_id, work_name=fired_work))
-        rest, _ = residual(expr, moved.latches)
         self.decision.entries.append(
             JournalEntry(
                 job_id=cb.job_id,
@@ -490,10 +498,21 @@ class Decider:
                 seen=seen,
                 work_name=work_name,
                 per_item=bool(work_name),
-                latched=tuple(render_atom(found[slot]) for slot in newly),
+                latched=_atom_texts(found, newly),
                 invocation_id=invocation_id,
                 count=after.count,
-                waiting_for="" if rest is None or moved.fires else render(rest),
+                waiting_for="" if moved.fires else _waiting_text(expr, moved.latches),
             )
         )
         return after
+
+
+def _atom_texts(found: Sequence[Atom], slots: Sequence[int]) -> tuple[str, ...]:
+    """The texts of the atoms in ``slots``, as many as an entry keeps (``cut_atoms``)."""
+    return cut_atoms((render_atom(found[slot]) for slot in slots), len(slots))
+
+
+def _waiting_text(expr: Expr, latches: Sequence[bool]) -> str:
+    """What ``expr`` still waits for, as an entry keeps it ("" when it is true)."""
+    rest, open_slots = residual(expr, latches)
+    return "" if rest is None else render_cut(rest, MAX_ENTRY_TEXT_CHARS, len(open_slots))

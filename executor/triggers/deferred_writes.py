@@ -8,18 +8,26 @@ A ``removed`` job forgets its states: what was waiting is written before it
 (``flush``), so the order of the writes is the events' order. The ``submit`` events of
 jobs never registered wait here too, to be remembered (``states.remember_submissions``),
 and what each event with an id fired, to be kept with the id (decided_firings.py).
+
+A batch of a thousand events over hundreds of callbacks makes hundreds of thousands of
+journal entries: past ``MAX_WAITING_ENTRIES`` the entries are written in the open
+transaction (``take``) rather than held to its end, as none of its reads needs them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from executor.model import Event
 from executor.sql import Db, PgDb
 from executor.triggers import decided_firings, group_writes, journal, states
-from executor.triggers.decide import Fired
+from executor.triggers.decide import Decision
 from executor.triggers.journal import JournalEntry, JournalLimits, SeenEvent
+
+# The most journal entries held for the end of a transaction (each at most a few KB:
+# journal.MAX_ENTRY_TEXT_CHARS per text); more are written at once.
+MAX_WAITING_ENTRIES: Final = 1000
 
 
 @dataclass
@@ -33,24 +41,36 @@ class DeferredWrites:
     # (event id, what it fired as decided_firings.to_json)
     decided: list[tuple[str, str]] = field(default_factory=list)
 
-    def fired(self, event: Event, fired: Sequence[Fired]) -> None:
-        """Keep what an event fired with its id (an event without one cannot be resent)."""
-        if event.event_id and fired:
-            self.decided.append((event.event_id, decided_firings.to_json(fired)))
+    def take(self, db: Db, event: Event, decision: Decision) -> None:
+        """Take an applied event's journal entries (out of ``decision``) and what it fired.
+
+        Past ``MAX_WAITING_ENTRIES`` entries they are written now, in ``db``'s open
+        transaction: the newest of each callback are what is kept either way.
+        """
+        self.entries.extend(decision.entries)
+        decision.entries = []
+        if event.event_id and decision.fired:
+            self.decided.append((event.event_id, decided_firings.to_json(decision.fired)))
+        if len(self.entries) >= MAX_WAITING_ENTRIES:
+            self._write_journal(db)
+
+    def _write_journal(self, db: Db) -> None:
+        if isinstance(db, PgDb):
+            group_writes.journal(db, self.entries, self.limits)
+        elif self.entries:
+            journal.append(db, self.entries, self.limits)
+        self.entries = []
 
     def flush(self, db: Db) -> None:
         """Write what waits, in the events' order, in the open transaction.
 
         On PostgreSQL one statement per table (group_writes.py), not one per row.
         """
+        self._write_journal(db)
         if isinstance(db, PgDb):
-            group_writes.journal(db, self.entries, self.limits)
             group_writes.known_states(db, states.record_rows(self.records))
-        else:
-            if self.entries:
-                journal.append(db, self.entries, self.limits)
-            if self.records:
-                states.record_all(db, self.records)
+        elif self.records:
+            states.record_all(db, self.records)
         states.remember_submissions(db, self.submissions)
         decided_firings.record(db, self.decided)
-        self.entries, self.records, self.submissions, self.decided = [], [], [], []
+        self.records, self.submissions, self.decided = [], [], []

@@ -982,8 +982,7 @@ class TriggerEngine:
             near_in_pgrp=sighting.also,
         )
         self._own(db, batch, decision.firings)
-        deferred.entries.extend(decision.entries)
-        deferred.fired(event, decision.fired)
+        deferred.take(db, event, decision)
         if event.name == EventName.REMOVED and event.type == EventType.JOB:
             deferred.flush(db)  # what waits for the job's states is written before they go
             TriggerStore.forget_job(db, event.job_id)
@@ -1071,8 +1070,7 @@ class TriggerEngine:
                 group=group,
                 hits_by_key=hits_by_key,
             )
-            deferred.entries.extend(decision.entries)
-            deferred.fired(event, decision.fired)
+            deferred.take(db, event, decision)
             applied.append((decision, False))
         last = events[-1]
         # What the segment wrote, in one round trip (the group's own reads are done).
@@ -1124,13 +1122,18 @@ class TriggerEngine:
     def match(self, event: Event, *, dry: bool) -> Decision:
         """Apply (or, dry, simulate) one event; what it fires is queued for the worker.
 
+        A dry run reads on a snapshot of the store (``TriggerStore.snapshot``) for as long
+        as it takes: any thread may call it, and the servicer calls it on a worker thread
+        (an event that 30,000 callbacks wait for is decided for a second).
+
         Returns:
-            What it fired (would fire), latched without firing, and the journal entries
-            that say why (a dry run writes none of it). A repeat of an ``event_id``
-            already applied decides nothing.
+            What it fired (would fire), latched without firing (a dry run's only), and
+            the journal entries that say why (a dry run's only: an applied event's are
+            written). A dry run writes nothing. A repeat of an ``event_id`` already
+            applied decides nothing.
         """
         if dry:
-            with self._store.transaction() as db:
+            with self._store.snapshot() as db:
                 return self._decide(
                     db, event, "", dry=True, place=TriggerStore.place_in(db, event.job_id)
                 )

@@ -12,9 +12,13 @@ journal and the state never disagree, after ``kill -9`` included. They are bound
 the newest ``JournalLimits.entries`` per callback (per work item for a ``{work}``
 callback, whose items are as many callbacks), and none older than
 ``JournalLimits.max_age_s`` (pruned at most once a minute, by the engine). An entry
-holds the texts of its atoms as they were. A job registered again keeps the entries of
-the callbacks it keeps, under their ids now, and drops those of the others
-(``follow_callbacks``): an id another callback takes never shows the old one's.
+holds the texts of its atoms as they were, each of its texts cut at
+``MAX_ENTRY_TEXT_CHARS`` (a trigger may hold thousands of atoms, and every event would
+otherwise store what is still open of it whole): a cut text, or list of atoms, ends
+with "… (N more atoms)", so what is shown is still true and says it is not all. A job
+registered again keeps the entries of the callbacks it keeps, under their ids now, and
+drops those of the others (``follow_callbacks``): an id another callback takes never
+shows the old one's.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from executor.model import Event
+from executor.plurals import counted
 from executor.sql import Db, Row, in_lists
 
 SCHEMA: Final = """
@@ -44,6 +49,36 @@ CREATE INDEX IF NOT EXISTS journal_by_age ON journal (at);
 
 # How often the engine prunes entries by age (each prune is one indexed DELETE).
 PRUNE_EVERY_S: Final = 60.0
+# The longest text an entry keeps of what is still open, and of the atoms an event
+# latched (found latched, missed): characters, the ending that says what was left out
+# included. A few atoms of the longest names fit.
+MAX_ENTRY_TEXT_CHARS: Final = 2048
+
+
+def cut_atoms(
+    texts: Iterable[str], count: int, limit: int = MAX_ENTRY_TEXT_CHARS
+) -> tuple[str, ...]:
+    """The atom texts of ``texts`` (``count`` of them) that fit in ``limit`` characters together.
+
+    When not all fit, the last item says how many were left out ("… (N more atoms)",
+    counted toward the limit). ``texts`` is read only as far as it fits.
+    """
+    kept: list[str] = []
+    size = 0
+    for text in texts:
+        if size + len(text) > limit:
+            break
+        kept.append(text)
+        size += len(text)
+    else:
+        return tuple(kept)
+    while kept and size + len(_left_out(count - len(kept))) > limit:
+        size -= len(kept.pop())
+    return (*kept, _left_out(count - len(kept)))
+
+
+def _left_out(count: int) -> str:
+    return f"… ({counted(count, 'more atom')})"
 
 
 class EntryKind(enum.StrEnum):
@@ -93,13 +128,14 @@ class JournalEntry:
         kind: What happened.
         seen: The event, and when the engine handled it.
         work_name: The work item of a ``{work}`` callback; "" otherwise.
-        latched: The atoms the event latched, as text (an item's atoms substituted).
-        already: The atoms it matched that were latched already.
+        latched: The atoms the event latched, as text (an item's atoms substituted);
+            at most ``MAX_ENTRY_TEXT_CHARS`` of them (``cut_atoms``).
+        already: The atoms it matched that were latched already; as many.
         invocation_id: The firing's run, for FIRED (and a LEVEL entry that fired);
             "" in a dry run.
         count: The callback's (the item's) count after the event.
         waiting_for: What the trigger still waits for after the event, canonical; ""
-            when it fired.
+            when it fired. Its first ``MAX_ENTRY_TEXT_CHARS`` (``nodes.render_cut``).
         reason: In words, why nothing fired (SPENT) or why it was a near miss.
         per_item: Whether it is kept with its work item's entries (a ``{work}``
             callback's), not with the callback's; not stored, only ``append`` reads it.

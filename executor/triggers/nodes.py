@@ -22,8 +22,11 @@ a latch vector per item (see evaluate); ``substitute`` gives an item's atom.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final, TypeAlias
+
+from executor.plurals import counted
 
 
 class EventName(enum.StrEnum):
@@ -151,6 +154,8 @@ class And:
     """All terms must hold. At least two terms, none of them an ``And``."""
 
     terms: tuple[Expr, ...]
+    # Its atoms once ``atoms`` listed them: a stored trigger's are asked for at every event.
+    _atoms: tuple[Atom, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_terms(self.terms, And)
@@ -161,6 +166,8 @@ class Or:
     """Any term must hold. At least two terms, none of them an ``Or``."""
 
     terms: tuple[Expr, ...]
+    # Its atoms once ``atoms`` listed them: a stored trigger's are asked for at every event.
+    _atoms: tuple[Atom, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_terms(self.terms, Or)
@@ -195,15 +202,19 @@ def disjoin(terms: list[Expr]) -> Expr:
 
 def atoms(expr: Expr) -> list[Atom]:
     """The atoms of ``expr`` left to right; an atom's index is its latch slot."""
-    found: list[Atom] = []
-    stack: list[Expr] = [expr]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, Atom):
-            found.append(node)
-        else:
-            stack.extend(reversed(node.terms))
-    return found
+    if isinstance(expr, Atom):
+        return [expr]
+    if expr._atoms is None:
+        found: list[Atom] = []
+        stack: list[Expr] = [expr]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, Atom):
+                found.append(node)
+            else:
+                stack.extend(reversed(node.terms))
+        object.__setattr__(expr, "_atoms", tuple(found))  # a cache: not part of its value
+    return list(expr._atoms or ())
 
 
 def per_work(expr: Expr) -> bool:
@@ -246,6 +257,54 @@ def render(expr: Expr) -> str:
     return " && ".join(
         f"({render(term)})" if isinstance(term, Or) else render(term) for term in expr.terms
     )
+
+
+def _pieces(expr: Expr) -> Iterator[tuple[str, bool]]:
+    """``render``'s text in pieces, left to right, each with whether it ends an atom."""
+    if isinstance(expr, Atom):
+        yield render_atom(expr), True
+        return
+    joint = " || " if isinstance(expr, Or) else " && "
+    for index, term in enumerate(expr.terms):
+        if index:
+            yield joint, False
+        wrapped = isinstance(expr, And) and isinstance(term, Or)
+        if wrapped:
+            yield "(", False
+        yield from _pieces(term)
+        if wrapped:
+            yield ")", False
+
+
+def _left_out(count: int, *, after_text: bool) -> str:
+    return f"{' ' if after_text else ''}… ({counted(count, 'more atom')})"
+
+
+def render_cut(expr: Expr, limit: int, count: int | None = None) -> str:
+    """``render(expr)``, or, when longer than ``limit`` characters, its first atoms and the rest counted.
+
+    A cut text ends after a whole atom, with `` … (N more atoms)``, which counts toward
+    ``limit``. Only what is shown is rendered: a trigger of thousands of atoms costs its
+    first ``limit`` characters, not its length. ``count``: how many atoms ``expr`` has,
+    when the caller knows it.
+    """
+    total = len(atoms(expr)) if count is None else count
+    parts: list[str] = []
+    size = shown = 0
+    kept = (0, 0)  # (parts, atoms) of the longest prefix that fits with its ending
+    for text, ends_atom in _pieces(expr):
+        parts.append(text)
+        size += len(text)
+        if size > limit:
+            break
+        if ends_atom:
+            shown += 1
+            if size + len(_left_out(total - shown, after_text=True)) <= limit:
+                kept = (len(parts), shown)
+    else:
+        return "".join(parts)
+    head = "".join(parts[: kept[0]])
+    return head + _left_out(total - kept[1], after_text=bool(head))
 
 
 def parse_warnings(expr: Expr) -> list[str]:

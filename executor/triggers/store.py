@@ -364,10 +364,13 @@ class TriggerStore:
                 raise
             self._outside_lock = threading.RLock()
             self._checkpoints = NoCheckpoints()
-            self._snapshots = SnapshotReaders(
-                lambda: open_postgres(path, application_name="cbexec-triggers-reads"),
-                begin=POSTGRES_BEGIN,
-            )
+
+            def reader() -> Db:
+                db = open_postgres(path, application_name="cbexec-triggers-reads")
+                db.read_only = True  # the reads shared with the event path lock no rows
+                return db
+
+            self._snapshots = SnapshotReaders(reader, begin=POSTGRES_BEGIN)
             return
         sqlite = open_database(path)
         sqlite.row_factory = sqlite3.Row

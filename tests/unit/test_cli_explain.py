@@ -321,6 +321,25 @@ async def test_a_dry_run_says_why_per_callback(engines: Engines) -> None:
     ]
 
 
+def test_a_dry_run_says_how_many_it_left_out() -> None:
+    reply = executor_pb2.DryRunResponse(
+        would_fire_left_out=3, would_latch_left_out=1, explanations_left_out=4
+    )
+    reply.would_fire.add(job_id=3, callback_id=2, language="qube", triggers="complete-job-2")
+    reply.explanations.add(
+        job_id=3, callback_id=2, kind=executor_pb2.JOURNAL_ENTRY_KIND_FIRED, count=1
+    )
+
+    assert format_dry_run(reply).splitlines() == [
+        "would fire: job 3 callback 2 (qube) complete-job-2",
+        "and 3 more would fire (not in the answer)",
+        "and 1 more would latch (not in the answer)",
+        "why:",
+        "  job 3 callback 2: FIRED (count 1)",
+        "  and 4 more (not in the answer)",
+    ]
+
+
 def test_every_trigger_rpc_is_served() -> None:
     service = executor_pb2.DESCRIPTOR.services_by_name["TriggerService"]
     for method in service.methods:

@@ -970,11 +970,26 @@ Global___PublishEventResponse: _TypeAlias = PublishEventResponse  # noqa: Y015
 
 @_typing.final
 class DryRunResponse(_message.Message):
+    """Each list holds at most 1000 items, and at most 4 MiB of them (as encoded), the
+    first ones in firing order; the *_left_out fields count the others. So the answer
+    stays within the 16 MiB a client takes, however many callbacks an event touches
+    (the event is still decided for all of them, as PublishEvent would).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     WOULD_FIRE_FIELD_NUMBER: _builtins.int
     WOULD_LATCH_FIELD_NUMBER: _builtins.int
     EXPLANATIONS_FIELD_NUMBER: _builtins.int
+    WOULD_FIRE_LEFT_OUT_FIELD_NUMBER: _builtins.int
+    WOULD_LATCH_LEFT_OUT_FIELD_NUMBER: _builtins.int
+    EXPLANATIONS_LEFT_OUT_FIELD_NUMBER: _builtins.int
+    would_fire_left_out: _builtins.int
+    """How many callbacks would fire (work items, for {work}) not in would_fire."""
+    would_latch_left_out: _builtins.int
+    """How many would latch not in would_latch."""
+    explanations_left_out: _builtins.int
+    """How many journal entries are not in explanations."""
     @_builtins.property
     def would_fire(self) -> _containers.RepeatedCompositeFieldContainer[Global___Firing]: ...
     @_builtins.property
@@ -996,10 +1011,13 @@ class DryRunResponse(_message.Message):
         would_fire: _abc.Iterable[Global___Firing] | None = ...,
         would_latch: _abc.Iterable[Global___RegisteredCallback] | None = ...,
         explanations: _abc.Iterable[Global___JournalEntry] | None = ...,
+        would_fire_left_out: _builtins.int = ...,
+        would_latch_left_out: _builtins.int = ...,
+        explanations_left_out: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["explanations", b"explanations", "would_fire", b"would_fire", "would_latch", b"would_latch"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["explanations", b"explanations", "explanations_left_out", b"explanations_left_out", "would_fire", b"would_fire", "would_fire_left_out", b"would_fire_left_out", "would_latch", b"would_latch", "would_latch_left_out", b"would_latch_left_out"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1133,7 +1151,8 @@ class JournalEntry(_message.Message):
     """The callback's (the work item's) count after the event."""
     waiting_for: _builtins.str
     """What the trigger still waits for afterwards, canonical; for a near miss,
-    the atom that missed.
+    the atom that missed. At most 2048 characters: a longer one is its first
+    atoms, ending " … (N more atoms)".
     """
     reason: _builtins.str
     """Why nothing fired, or why it was a near miss, in words."""
@@ -1143,11 +1162,13 @@ class JournalEntry(_message.Message):
 
     @_builtins.property
     def latched(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The atoms the event latched."""
+        """The atoms the event latched: at most 2048 characters of them together; when
+        more, the last item is "… (N more atoms)" instead.
+        """
 
     @_builtins.property
     def already_latched(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The atoms it matched that were latched already."""
+        """The atoms it matched that were latched already (as many as latched)."""
 
     def __init__(
         self,
