@@ -594,8 +594,7 @@ class Outbox:
         self._measure()
 
     def _measure(self) -> None:
-        """(SQLite, after each commit on the loop that changes what the file holds) Whether
-        the results waiting are past ``max_bytes``.
+        """(SQLite, after each commit on the loop) Whether the results waiting are past ``max_bytes``.
 
         Measured as outbox.db's pages in use (read from its header: no scan) less what
         the dead letters take, known since they last changed. Every such commit measures
