@@ -582,11 +582,24 @@ class Outbox:
         """Why no run may start now: outbox.db past ``max_bytes``; "" when one may."""
         return self._refusal
 
+    def _committed_freeing(self) -> None:
+        """After a commit on the loop that may have freed space (notes dropped, rows deleted).
+
+        Measured again at once: the refusal must lift as soon as the space is free. Found
+        by probe 104: delivery's last mark measured a file still holding the delivered
+        runs' notes (past the bound), the notes went without a measure, and with every
+        run refused no later commit came to lift it.
+        """
+        self._checkpoints.committed()
+        self._measure()
+
     def _measure(self) -> None:
-        """(SQLite, after a commit on the loop) Whether the results waiting are past ``max_bytes``.
+        """(SQLite, after each commit on the loop) Whether the results waiting are past ``max_bytes``.
 
         Measured as outbox.db's pages in use (read from its header: no scan) less what
-        the dead letters take, known since they last changed.
+        the dead letters take, known since they last changed. Every such commit measures
+        (``_committed``, ``_committed_freeing``, delivery's marks, the dead letters'
+        changes): a refusal that no later commit would measure again stops every run.
         """
         if self._max_bytes is None or self.fleet:
             return
@@ -595,7 +608,11 @@ class Outbox:
             waiting = max(0, in_use - self._dead_bytes)
             if waiting < self._max_bytes:
                 if self._refusal:
-                    logger.warning("outbox: the supervisor took results; runs start again")
+                    # Taken by the supervisor, or (none pending) recorded by the history.
+                    logger.warning(
+                        "outbox: what waits in outbox.db is within outbox_max_bytes again;"
+                        " runs start again"
+                    )
                 self._refusal = ""
                 return
             refusal = outbox_space.over_bound(self.pending(), waiting, self._max_bytes)
@@ -684,7 +701,7 @@ class Outbox:
                 with contextlib.suppress(Exception):  # the store's own error, either kind
                     self._db.execute("ROLLBACK")
                 raise
-        self._checkpoints.committed()
+        self._committed_freeing()
 
     def notes_written(self, runs: Sequence[tuple[str, float]]) -> None:
         """These runs (key, ended_at) are in the history now: drop their rows' notes soon.
@@ -750,7 +767,7 @@ class Outbox:
             logger.debug("outbox: notes of %d written runs kept for now: %s", len(written), err)
             return
         if db is self._db:
-            self._checkpoints.committed()
+            self._committed_freeing()
 
     # -- the delivery task ------------------------------------------------------------------
 
@@ -1284,4 +1301,4 @@ class Outbox:
                 f" ORDER BY seq DESC LIMIT {'ALL' if self.fleet else '-1'} OFFSET ?)",
                 (self._keep_delivered,),
             )
-        self._checkpoints.committed()
+        self._checkpoints.committed()  # measured by _mark_delivered, its only caller

@@ -50,8 +50,17 @@ def pages(db: sqlite3.Connection) -> tuple[int, int]:
 def over_bound(pending: int, waiting_bytes: int, max_bytes: int) -> str:
     """Why no run may start now, as Execute's refusal and the metrics say it.
 
-    ``waiting_bytes``: what the results waiting for delivery take of outbox.db.
+    ``waiting_bytes``: what the results waiting for delivery take of outbox.db. With
+    none pending, what is over the bound is the notes of runs delivered before the
+    history recorded them (``Outbox.notes_written``), and the supervisor is not behind.
     """
+    if not pending:
+        return (
+            f"the history has not recorded the runs of results the supervisor took, and"
+            f" their notes take {waiting_bytes / MIB:.1f} MiB of outbox.db"
+            f" (outbox_max_bytes = {max_bytes / MIB:.1f} MiB): the executor runs nothing"
+            f" until it has (fired callbacks wait)"
+        )
     they, them = ("it", "it") if pending == 1 else ("they", "them")
     return (
         f"the supervisor has not taken {counted(pending, 'result')}, and {they} take"

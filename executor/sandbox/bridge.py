@@ -75,6 +75,32 @@ def _next_frame(buffer: bytearray) -> ChildFrame | None:
     return protocol.parse_child_frame(body)
 
 
+def too_large(frame: CallFrame, size: int) -> ReplyFrame:
+    """The reply for an answer past the child's frame limit: a plain QbError saying so.
+
+    The supervisor's answer is bounded as protobuf (64 MiB), but the callback gets it as
+    JSON, 4.5 (an agenda) to 15 times (many small jobs) larger. Sent, the child would take
+    the frame for a broken bridge (bytes lost), refuse every later call, and tell a read
+    that it "may have been applied" (probe 104). Refused here, measured on the bytes that
+    would go, the bridge stays in step, and a call that asks for less goes on (only reads
+    answer more than a count).
+    """
+    return {
+        "type": "reply",
+        "id": frame["id"],
+        "ok": False,
+        "error": {
+            "kind": "QbError",
+            "message": (
+                f"the answer to {frame['fn']} is too large for the callback: {size} bytes"
+                f" as it gets them (JSON), and the bridge carries at most"
+                f" {protocol.MAX_PARENT_FRAME_BYTES} bytes (64 MiB); ask for less of it"
+                f" (some fields, no agenda, fewer jobs)"
+            ),
+        },
+    }
+
+
 class BridgeServer:
     """Finish sending the start frame, answer calls, keep the done frame; stop on EOF or garbage.
 
@@ -289,12 +315,15 @@ class BridgeServer:
             return
         finally:
             self.answering = False
+        encoded = await encode_in_steps(reply)
+        if len(encoded) - protocol.HEADER.size > protocol.MAX_PARENT_FRAME_BYTES:
+            encoded = protocol.encode(too_large(frame, len(encoded) - protocol.HEADER.size))
         with contextlib.suppress(OSError):
             # When it fails, the callback went away before its reply: what it sent
             # before going is still to be read, up to the EOF. A call a signal handler's
             # die cut short is followed by the done frame that reports the die, and a
             # cold child exits after it without waiting for the reply.
-            await self._loop.sock_sendall(self._sock, await encode_in_steps(reply))
+            await self._loop.sock_sendall(self._sock, encoded)
         self._task = None
         self._take_frames()
         if self._task is None:

@@ -356,3 +356,49 @@ async def test_finish_after_the_end_changes_nothing(served: Served) -> None:
     served.server.finish()
 
     assert served.server.end_marked and served.marks == 1 and not served.violations
+
+
+async def test_an_answer_up_to_the_childs_frame_limit_goes_and_one_byte_more_is_refused(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by probe 104: a reply past the child's limit was sent, and the child took it
+    # for a broken bridge; every later call was refused.
+    empty = len(protocol.encode({"type": "reply", "id": 1, "ok": True, "value": ""}))
+    chars = protocol.MAX_PARENT_FRAME_BYTES - (empty - protocol.HEADER.size)
+
+    async def answer(frame: CallFrame) -> ReplyFrame:
+        extra = int(frame["args"][0])
+        return {"type": "reply", "id": frame["id"], "ok": True, "value": "x" * (chars + extra)}
+
+    monkeypatch.setattr(served.server, "_on_call", answer)
+
+    def call(extra: int) -> dict[str, object]:
+        served.child.sendall(
+            protocol.encode(
+                {"type": "call", "id": 1, "fn": "jobinfo", "args": [extra], "kwargs": {}}
+            )
+        )
+        served.child.settimeout(30)
+        (size,) = protocol.HEADER.unpack(
+            served.child.recv(protocol.HEADER.size, socket.MSG_WAITALL)
+        )
+        body = bytearray()
+        while len(body) < size:
+            body += served.child.recv(size - len(body))
+        assert size <= protocol.MAX_PARENT_FRAME_BYTES
+        return protocol.decode_body(bytes(body))
+
+    fits = await asyncio.to_thread(call, 0)
+    assert fits["ok"] is True and len(str(fits["value"])) == chars
+    refused = await asyncio.to_thread(call, 1)
+    assert refused["ok"] is False
+    assert refused["error"] == {
+        "kind": "QbError",
+        "message": (
+            f"the answer to jobinfo is too large for the callback:"
+            f" {protocol.MAX_PARENT_FRAME_BYTES + 1} bytes as it gets them (JSON), and the"
+            f" bridge carries at most {protocol.MAX_PARENT_FRAME_BYTES} bytes (64 MiB); ask"
+            f" for less of it (some fields, no agenda, fewer jobs)"
+        ),
+    }
+    assert not served.violations

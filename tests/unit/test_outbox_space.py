@@ -11,6 +11,7 @@ import pytest
 
 from executor.errors import UnavailableError
 from executor.runs.outbox import DeliveryError, Outbox
+from tests.helpers.waiting import eventually
 from tests.unit.test_dispatcher import Harness
 
 pytestmark = pytest.mark.unit
@@ -165,3 +166,56 @@ async def test_dead_letters_past_the_bound_drop_the_oldest_with_a_warning(
         " history_max_bytes, history_retention_days)"
     ), dropped[0]
     assert all(r.levelname == "WARNING" for r in caplog.records if "dropped" in r.getMessage())
+
+
+async def test_the_bound_lifts_once_delivered_results_drop_their_notes(tmp_path: Path) -> None:
+    # Found by probe 104: three big runs were delivered, but their rows still held their
+    # notes (the history had not committed them yet), so the last measure was past the
+    # bound; the notes were then dropped without measuring again, and every Execute was
+    # refused for minutes ("has not taken 0 results") until an unrelated commit.
+    supervisor = Switchable()
+    supervisor.back = True
+    outbox = Outbox(tmp_path / "outbox.db", supervisor, max_bytes=256 * KIB)
+    runs = [(f"run-{n}", 100.0 + n) for n in range(3)]
+    try:
+        for key, ended_at in runs:
+            outbox.put(key, b"x" * KIB, ended_at, notes="n" * (150 * KIB))
+        assert "has not taken 3 results" in outbox.refusal()
+        outbox.start()
+        assert await outbox.flush(10.0)
+        # Taken, but their runs are not in the history yet: said so, not "0 results".
+        refusal = outbox.refusal()
+        assert "has not taken" not in refusal
+        assert "the history has not recorded" in refusal, refusal
+        outbox.notes_written(runs)
+        assert await eventually(lambda: not outbox.kept_notes())
+        assert outbox.refusal() == ""
+    finally:
+        await outbox.close()
+
+
+async def test_the_bound_lifts_when_a_start_up_drops_the_notes_of_recorded_runs(
+    tmp_path: Path,
+) -> None:
+    # A stop before the history had them leaves delivered rows with their notes; the
+    # next start finds them in the history and drops the notes (``recovery``).
+    path = tmp_path / "outbox.db"
+    supervisor = Switchable()
+    supervisor.back = True
+    outbox = Outbox(path, supervisor, max_bytes=256 * KIB)
+    try:
+        for n in range(3):
+            outbox.put(f"run-{n}", b"x" * KIB, 100.0 + n, notes="n" * (150 * KIB))
+        outbox.start()
+        assert await outbox.flush(10.0)
+    finally:
+        await outbox.close()
+    reopened = Outbox(path, supervisor, max_bytes=256 * KIB)
+    try:
+        kept = reopened.kept_notes()
+        assert len(kept) == 3
+        assert reopened.refusal() != ""
+        reopened.forget_notes([row.seq for row in kept])
+        assert reopened.refusal() == ""
+    finally:
+        await reopened.close()
