@@ -136,7 +136,9 @@ class Surroundings:
 
     Attributes:
         owner: The job.
-        labels: Label -> job id of the jobs of its pgrp (its own label included).
+        labels: Label -> job id of the jobs of its pgrp (its own label included); at
+            least the labels the checks of its atoms read (``labels_read``), and all of
+            them when one of those atoms names a label no job there holds.
         agendas: Job id -> the work names of its registered agenda, for the jobs the
             triggers name (the owner included); missing or empty: not known.
         published: The events the scheduler declared it publishes ("complete" or
@@ -311,16 +313,33 @@ def _atom_problems(
             yield CheckKind.UNKNOWN_WORK, message, 0, ""
 
 
+def labels_read(atom: Atom) -> list[str]:
+    """The labels whose holders in its pgrp a label atom's checks need (none for another atom).
+
+    Its own, and the hyphenated labels it could have meant (``_split_readings``); all
+    the pgrp's labels only when its own is held by no job (the check lists them).
+    """
+    if atom.context_kind is not ContextKind.LABEL:
+        return []
+    return [atom.context, *_split_readings(atom)]
+
+
+def _split_readings(atom: Atom) -> list[str]:
+    """The hyphenated labels the atom as written reads as, which the grammar split at a '-'.
+
+    What follows its name and type, whole and up to each '-', that begins with its label
+    and a '-'.
+    """
+    written = atom.text.split("-", 2)[2] if atom.text.count("-") >= 2 else atom.context
+    ends = [at for at, char in enumerate(written) if char == "-"] + [len(written)]
+    return [written[:end] for end in ends if written[:end].startswith(f"{atom.context}-")]
+
+
 def _label_problems(atom: Atom, where: Surroundings) -> Iterable[tuple[CheckKind, str, int, str]]:
     pgrp = where.owner.pgrp
-    written = atom.text.split("-", 2)[2] if atom.text.count("-") >= 2 else atom.context
+    readings = set(_split_readings(atom))
     for label in where.labels:
-        # The atom as written reads as this hyphenated label, which the grammar split.
-        if (
-            "-" in label
-            and label.startswith(f"{atom.context}-")
-            and (written == label or written.startswith(f"{label}-"))
-        ):
+        if label in readings:
             yield (
                 CheckKind.LABEL_SPLIT,
                 f"'{label}' is a label in pgrp {pgrp}, but the grammar splits it at '-': "

@@ -6,16 +6,28 @@ the event's own pgrp whose label no job there holds (a typo, or a job not regist
 yet), and atoms of other pgrps naming the event's job's label that does not resolve in
 their own pgrp (the job landed in another pgrp). Both walk the partial indexes on the
 label atoms (store.py), with the keys' names and extras as IN lists, and stop at a limit.
+Whether a job holds an atom's label is a lookup in the index of the jobs' labels
+(``UNRESOLVED``), so an event costs the same however many jobs are registered.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from executor.sql import Db
 from executor.triggers.evaluate import AtomKey
+
+# That no job of the atom ``a``'s pgrp holds its label: one lookup in the partial index
+# ``jobs_label`` per atom. Neither SQLite nor PostgreSQL infers the index's ``label != ''``
+# from ``= a.label`` (SQLite then read every registered job per atom); ``OFFSET 0`` keeps
+# PostgreSQL from planning an anti join over the pgrp's labels instead, which it sizes at
+# a pgrp's average (~1 job) and then read once per atom.
+UNRESOLVED: Final = (
+    "NOT EXISTS (SELECT 1 FROM jobs held WHERE held.pgrp = a.pgrp AND held.label = a.label"
+    " AND held.label != '' LIMIT 1 OFFSET 0)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +78,7 @@ def in_pgrp_subquery(
         " a.name, a.extra)), '[]') FROM (SELECT * FROM atoms a"
         f" WHERE a.pgrp = {pgrp_column} AND a.type = ? AND a.name IN ({_marks(names)})"
         f" AND a.extra IN ({_marks(extras)}) AND a.label != ''"
-        " AND NOT EXISTS (SELECT 1 FROM jobs j2 WHERE j2.pgrp = a.pgrp AND j2.label = a.label)"
-        " LIMIT ?) AS a)",
+        f" AND {UNRESOLVED} LIMIT ?) AS a)",
         (type_, *names, *extras, limit),
     )
 
@@ -107,8 +118,7 @@ def _label_atoms(
             "SELECT a.callback_rowid, a.slot, a.pgrp, a.label, a.name, a.extra FROM atoms a"  # noqa: S608
             f" WHERE {where} AND a.type = ? AND a.name IN ({_marks(names)})"
             f" AND a.extra IN ({_marks(extras)}) AND a.label != ''"
-            " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.pgrp = a.pgrp AND j.label = a.label)"
-            " LIMIT ?",
+            f" AND {UNRESOLVED} LIMIT ?",
             (*params, type_, *names, *extras, limit - len(found)),
         ).fetchall()
         found.extend(

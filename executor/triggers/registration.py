@@ -30,6 +30,7 @@ from executor.triggers.journal import SeenEvent
 from executor.triggers.nodes import (
     WILDCARD,
     Atom,
+    ContextKind,
     EventName,
     EventType,
     Expr,
@@ -230,20 +231,31 @@ def surroundings(
 ) -> checks.Surroundings:
     """What the checks need around a registering job.
 
-    Its pgrp's labels, the agendas of the jobs its triggers name.
+    The labels of its pgrp its atoms' checks read (``checks.labels_read``: a lookup each,
+    so a registration costs the same in a big pgrp as in a small one; all of them when
+    an atom names a label no job holds, which its check lists), the agendas of the jobs
+    its triggers name.
     """
-    labels = store.labels_in(place.pgrp)
-    if place.label:
-        labels[place.label] = place.job_id
+    found = [atom for expr in exprs for atom in atoms(expr)]
     own = [str(w["name"]) if isinstance(w, Mapping) else str(w) for w in job.get("agenda") or []]
-    partial = checks.Surroundings(place, labels, {place.job_id: own}, published)
     agendas: dict[int, Sequence[str]] = {place.job_id: own}
     with store.outside_transaction() as db:
-        for expr in exprs:
-            for atom in atoms(expr):
-                job_id = checks.referenced_job(atom, partial)
-                if atom.type is EventType.WORK and job_id is not None and job_id not in agendas:
-                    agendas[job_id] = states.agenda(db, job_id)
+        named = {label for atom in found for label in checks.labels_read(atom)}
+        labels = TriggerStore.labels_among(db, place.pgrp, named)
+        if any(
+            atom.context_kind is ContextKind.LABEL
+            and atom.context not in labels
+            and atom.context != place.label
+            for atom in found
+        ):
+            labels = TriggerStore.labels_of(db, place.pgrp)
+        if place.label:
+            labels[place.label] = place.job_id
+        partial = checks.Surroundings(place, labels, {place.job_id: own}, published)
+        for atom in found:
+            job_id = checks.referenced_job(atom, partial)
+            if atom.type is EventType.WORK and job_id is not None and job_id not in agendas:
+                agendas[job_id] = states.agenda(db, job_id)
     return checks.Surroundings(place, labels, agendas, published)
 
 
@@ -253,10 +265,17 @@ class _Known:
     def __init__(self, db: Db, place: JobPlace) -> None:
         self._db = db
         self._place = place
-        self._labels = TriggerStore.labels_of(db, place.pgrp)
+        # The holders of the labels looked up so far (not the pgrp's every label).
+        self._labels: dict[str, int] = {}
+        self._looked_up: set[str] = set()
         self._items: dict[tuple[int, str], dict[str, states.KnownState]] = {}
 
     def job_of(self, atom: Atom) -> int | None:
+        if atom.context_kind is ContextKind.LABEL and atom.context not in self._looked_up:
+            self._looked_up.add(atom.context)
+            self._labels.update(
+                TriggerStore.labels_among(self._db, self._place.pgrp, [atom.context])
+            )
         where = checks.Surroundings(self._place, self._labels, {})
         return checks.referenced_job(atom, where)
 
