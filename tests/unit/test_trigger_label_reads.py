@@ -48,7 +48,31 @@ async def engine(tmp_path: Path) -> AsyncIterator[TriggerEngine]:
 @contextmanager
 def steps(engine: TriggerEngine) -> Iterator[Callable[[], int]]:
     """The virtual machine steps the store's connection takes while the block runs."""
-    db = engine.store._db  # the SQLite connection whose steps are counted
+    with steps_of(engine.store._db) as taken:  # the SQLite connection whose steps are counted
+        yield taken
+
+
+@contextmanager
+def dry_steps(engine: TriggerEngine) -> Iterator[Callable[[], int]]:
+    """The steps of the snapshot connections a dry run reads on, while the block runs."""
+    real = engine.store.snapshot
+    counted: list[Callable[[], int]] = []
+
+    @contextmanager
+    def snapshot() -> Iterator[Any]:
+        with real() as db, steps_of(db) as taken:
+            counted.append(taken)
+            yield db
+
+    engine.store.snapshot = snapshot  # type: ignore[method-assign]
+    try:
+        yield lambda: sum(taken() for taken in counted)
+    finally:
+        del engine.store.snapshot
+
+
+@contextmanager
+def steps_of(db: object) -> Iterator[Callable[[], int]]:
     assert isinstance(db, sqlite3.Connection)
     taken = 0
 
@@ -92,7 +116,7 @@ async def test_an_events_near_miss_lookup_reads_no_more_when_more_jobs_are_regis
         event = Event("complete", "work", FIRST + 10, work_name="5", event_id=event_id)
         with steps(engine) as published:
             await engine.publish_many([event])
-        with steps(engine) as dry:
+        with dry_steps(engine) as dry:
             engine.match(event, dry=True)
         return published(), dry()
 
