@@ -235,6 +235,10 @@ class Settings:
     # starts (Execute UNAVAILABLE, fired callbacks wait) until it takes them. The dead
     # letters keep to as much besides (the oldest dropped first).
     outbox_max_bytes: int = 1 * GIB
+    # What registrations may take triggers.db to (its pages in use): past it RegisterJob
+    # is refused RESOURCE_EXHAUSTED until jobs are removed; events are never refused.
+    # Room for ~1.2 GB of event ids (event_id_max_count) and ~200 jobs of 14 MB besides.
+    triggers_max_bytes: int = 4 * GIB
     # The trigger engine's journal (cbexec triggers why) keeps this many entries per
     # callback (per work item of a {work} callback)...
     trigger_journal_entries: int = 20
@@ -971,6 +975,11 @@ def _check_history(settings: Settings) -> Iterator[str]:
         yield (
             f"outbox_max_bytes: must be at least {MIN_HISTORY_BYTES} (1 MiB; the value is "
             f"in bytes), got {settings.outbox_max_bytes}"
+        )
+    if settings.triggers_max_bytes < MIN_HISTORY_BYTES:
+        yield (
+            f"triggers_max_bytes: must be at least {MIN_HISTORY_BYTES} (1 MiB; the value is "
+            f"in bytes), got {settings.triggers_max_bytes}"
         )
     if settings.history_retention_days <= 0:
         yield "history_retention_days: must be positive"

@@ -7,6 +7,7 @@ ExecutorError
  +-- ChangedMeanwhileError    what the request continues changed since it began: start over
  +-- PermissionDeniedError    the caller's Qube user may not do what it asks (the farm)
  +-- CapacityError            every slot is busy and the queue is full
+ |    +-- StoreFullError      the registered jobs fill triggers.db to triggers_max_bytes
  +-- UnavailableError         draining, or a child could not be started
  +-- DataLossError            a database a request reads is damaged (the message names it)
  +-- ConfigError              settings that cannot work, naming the setting
@@ -51,6 +52,14 @@ class CapacityError(ExecutorError):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class StoreFullError(CapacityError):
+    """A registration would take triggers.db past ``triggers_max_bytes`` (the message says what to do)."""
+
+    def __init__(self, message: str) -> None:
+        # Jobs leave the store when the scheduler publishes their removal, not in seconds.
+        super().__init__(message, retry_after_s=60.0)
 
 
 class UnavailableError(ExecutorError):

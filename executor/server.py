@@ -204,6 +204,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             settings.store or str(settings.data_dir / "triggers.db"),
             health=storage_health,
             lease_s=settings.store_lease_seconds,
+            max_bytes=settings.triggers_max_bytes,
         )
         stack.callback(trigger_store.close)
         recorder = Recorder.open(

@@ -119,6 +119,12 @@ class NoCheckpoints:
     def committed(self) -> None:
         return None
 
+    def settle(self) -> None:
+        return None
+
+    def wait(self) -> None:
+        return None
+
     def close(self) -> None:
         return None
 

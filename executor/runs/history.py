@@ -457,6 +457,9 @@ class RunHistory:
                 and self._bytes_since_prune >= self._prune_every_bytes
             ):
                 self.prune()
+        # Off the lock its readers take: runs of big outputs back to back would otherwise
+        # append to a log the checkpoint is still copying (sqlite_checkpoints).
+        self._checkpoints.settle()
 
     def _insert_in_one_transaction(
         self, runs: Sequence[tuple[Invocation, RunResult, float]]

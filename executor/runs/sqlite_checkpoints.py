@@ -26,11 +26,24 @@ A restarted log is reused from its start but keeps its size: one burst of big re
 (16 MiB outputs) left a 130 MB log beside an 11 MB history for good. So the writer's
 log is cut back to ``max_log_bytes`` whenever it restarts (SQLite's
 ``journal_size_limit``); a log file larger than that has grown since it last restarted,
-which is what starts a checkpoint by size.
+which is what starts a checkpoint by size. A log only restarts at a write, though: the
+last of 30 big jobs' removals left a 440 MB log until the executor restarted (probe
+105). So a checkpoint that has copied everything into a log larger than
+``max_log_bytes`` empties it then (TRUNCATE: nothing left to copy, it only waits, at most
+``busy_timeout_s``, for a transaction or a reader to let go of the log; one that does
+not leaves it for the writer's next commit).
+
+And a writer that begins its next transaction while the checkpoint still copies the
+last one appends to the log: 10 registrations of 12 MiB jobs, back to back, made a
+126 MB log. A writer on a worker thread (a registration, the events' group commit)
+calls ``settle`` after a commit, outside its own locks: when the log is past
+``max_log_bytes`` it waits for the checkpoint to copy and empty it, as long as copying
+its own commit takes. A writer on the event loop never waits (its transactions are small).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sqlite3
@@ -108,6 +121,30 @@ class BackgroundCheckpoints:
         except OSError:
             return 0
 
+    def settle(self) -> None:
+        """Until a log past ``max_log_bytes`` is copied and emptied; at once on an event loop.
+
+        Called by a writer on a worker thread after its commit, holding none of its locks:
+        its next transaction then writes into a log cut back to size, not after the big
+        one (see the module docstring). A log another connection holds past the
+        checkpoint's busy timeout stays as it is (the next commit starts another).
+        """
+        if _on_event_loop():
+            return
+        for _ in range(2):  # a checkpoint that began before the commit may miss its frames
+            if self._log_bytes() <= self._max_log_bytes:
+                return
+            with self._lock:
+                running = self._running
+                if running is None or running.done():
+                    self._since = 0
+                    try:
+                        running = self._running = self._thread.submit(self._checkpoint)
+                    except RuntimeError as err:  # as in ``committed``
+                        logger.debug("checkpoint of %s put off: %s", self._path, err)
+                        return
+            running.result()
+
     def wait(self) -> None:
         """Until the checkpoint started last (if any) has finished."""
         running = self._running
@@ -128,7 +165,11 @@ class BackgroundCheckpoints:
             for _ in range(CATCH_UP_ROUNDS):
                 _, log, copied = self._pass("PASSIVE")
                 if copied >= log and log == seen:
-                    return  # all copied, nothing new: the writer's next commit restarts the log
+                    # All copied, nothing new: the writer's next commit restarts the log,
+                    # or, when it grew past its bound, it is emptied now.
+                    if self._log_bytes() > self._max_log_bytes:
+                        self._pass("TRUNCATE")
+                    return
                 seen = log
             if log > self._max_log_pages:
                 busy, log, copied = self._pass("TRUNCATE")
@@ -156,6 +197,15 @@ class BackgroundCheckpoints:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+def _on_event_loop() -> bool:
+    """Whether this thread runs an asyncio event loop (which must never wait here)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class LogNotEmptied(NamedTuple):

@@ -853,7 +853,7 @@ class TriggerEngine:
         agenda = list(where.agendas.get(job_id) or [])
         now = self._clock()
         batch = uuid.uuid4().hex
-        with self._store.transaction() as db:
+        with self._store.transaction() as db, self._store.within_bound(db, job_id):
             # Read (and in a fleet locked) in the transaction that writes it back: a copy
             # read before it would undo an event's latch committed meanwhile.
             previous = TriggerStore.callbacks_to_register(db, job_id)

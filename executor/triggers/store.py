@@ -44,7 +44,7 @@ from executor.storage import (
     wait_briefly_for_locks,
     writing,
 )
-from executor.triggers import checks, event_ids, items, journal, states
+from executor.triggers import checks, event_ids, items, journal, states, store_space
 from executor.triggers.evaluate import AtomKey, JobPlace, scope_label
 from executor.triggers.journal import SeenEvent, marks_from_json, marks_to_json
 from executor.triggers.snapshots import (
@@ -338,11 +338,19 @@ class TriggerStore:
     """
 
     def __init__(
-        self, path: str, *, health: StorageHealth | None = None, lease_s: float = 15.0
+        self,
+        path: str,
+        *,
+        health: StorageHealth | None = None,
+        lease_s: float = 15.0,
+        max_bytes: int | None = None,
     ) -> None:
         self._lock = threading.RLock()
         self._path = path
         self._health = health
+        # triggers_max_bytes: what a registration may take the file to (store_space.py);
+        # None: no bound, as in a fleet (PostgreSQL is its DBA's to size).
+        self._max_bytes = None if is_postgres(path) else max_bytes
         # Who this replica is in the firings' claims; fresh at each start, so a restarted
         # replica claims its own earlier firings like any other replica's.
         self.owner = uuid.uuid4().hex
@@ -474,16 +482,41 @@ class TriggerStore:
         PostgreSQL a lost connection is StoreUnavailable and a lost deadlock
         StoreConflict (run the transaction again: ``retrying``).
         """
-        with self._lock, writing(self._path, self._health):
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                if self._db.in_transaction:  # SQLite may have rolled back already
-                    self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-            self._checkpoints.committed()
+        try:
+            with self._lock, writing(self._path, self._health):
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    if self._db.in_transaction:  # SQLite may have rolled back already
+                        self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+                self._checkpoints.committed()
+        finally:
+            # Outside the lock, which the loop's statements take: a worker thread whose
+            # transaction took the log past its bound (a commit, or a refused registration's
+            # pages spilled into it) waits for it to be copied and emptied.
+            self._checkpoints.settle()
+
+    def wait_for_checkpoints(self) -> None:
+        """Until the log's checkpoint running now (if any) has finished (tests, tools)."""
+        self._checkpoints.wait()
+
+    @contextmanager
+    def within_bound(self, db: Db, job_id: int) -> Iterator[None]:
+        """What the block writes for a registration of ``job_id`` keeps to ``triggers_max_bytes``.
+
+        Inside the registration's transaction; raises StoreFullError (which rolls it
+        back) when the block took the file's pages in use past the bound (store_space.py).
+        """
+        if self._max_bytes is None:
+            yield
+            return
+        new_job = self.registration_in(db, job_id) is None
+        before = store_space.bytes_in_use(db)
+        yield
+        store_space.check_room(db, before, self._max_bytes, job_id, new_job=new_job)
 
     # -- jobs and callbacks -----------------------------------------------------------
 

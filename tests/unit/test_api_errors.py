@@ -19,6 +19,7 @@ from executor.errors import (
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
+    StoreFullError,
     UnavailableError,
 )
 from executor.storage import StorageError
@@ -43,6 +44,7 @@ DOCUMENTED = [
     (AlreadyExistsError("id of another run"), grpc.StatusCode.ALREADY_EXISTS),
     (ChangedMeanwhileError("job 5 was registered again"), grpc.StatusCode.ABORTED),
     (CapacityError("busy", retry_after_s=1.5), grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (StoreFullError("cannot register job 5: ..."), grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UnavailableError("stopping"), grpc.StatusCode.UNAVAILABLE),
     (StorageError("/data/outbox.db", "database or disk is full"), grpc.StatusCode.UNAVAILABLE),
     (ConfigError("bad setting"), grpc.StatusCode.FAILED_PRECONDITION),
@@ -64,7 +66,7 @@ async def test_each_domain_error_has_its_documented_status(
 
 def test_the_table_names_every_domain_error() -> None:
     named = {error_type for error_type, _ in STATUS_BY_ERROR}
-    assert named == {type(error) for error, _ in DOCUMENTED} - {StorageError}
+    assert named == {type(error) for error, _ in DOCUMENTED} - {StorageError, StoreFullError}
     assert status_for(ExecutorError("a new kind nobody mapped")) == grpc.StatusCode.INTERNAL
 
 

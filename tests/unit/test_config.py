@@ -193,6 +193,10 @@ def test_the_test_suites_and_clients_variables_are_not_settings() -> None:
             "history_max_bytes: must be at least 1048576 (1 MiB; the value is in bytes), got -1",
         ),
         (
+            {"CBEXEC_TRIGGERS_MAX_BYTES": "1000"},
+            "triggers_max_bytes: must be at least 1048576 (1 MiB; the value is in bytes), got 1000",
+        ),
+        (
             {"CBEXEC_CALLBACK_LOG_MAX_BYTES": "0"},
             "callback_log_max_bytes: must be at least 1, got 0",
         ),
@@ -220,6 +224,17 @@ def test_a_number_out_of_range_names_only_its_setting(
     with pytest.raises(ConfigError) as caught:
         config.validate(config.from_env(config.Settings(), variables))
     assert str(caught.value) == message
+
+
+def test_triggers_max_bytes_is_4_gib_by_default_and_taken_from_a_file_or_the_environment(
+    tmp_path: Path,
+) -> None:
+    assert config.Settings().triggers_max_bytes == 4 << 30
+    toml = tmp_path / "cbexec.toml"
+    toml.write_text("triggers_max_bytes = 268435456\n")
+    assert config.validate(config.from_toml(config.Settings(), toml)).triggers_max_bytes == 1 << 28
+    settings = config.from_env(config.Settings(), {"CBEXEC_TRIGGERS_MAX_BYTES": "1048576"})
+    assert config.validate(settings).triggers_max_bytes == 1 << 20
 
 
 def test_history_max_bytes_is_a_gib_by_default_and_taken_from_a_file_or_the_environment(

@@ -1,17 +1,24 @@
-"""What the trigger store keeps is bounded: a removed job's rows go with it, event ids by age."""
+"""What the trigger store keeps is bounded: a removed job's rows go with it, event ids by age, its size."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sqlite3
 import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from executor.errors import StoreFullError
 from executor.model import Event
 from executor.triggers import event_ids
 from executor.triggers.engine import TriggerEngine
-from tests.helpers.trigger_engines import Engines, Recorder, job
+from executor.triggers.store import TriggerStore
+from tests.helpers.trigger_engines import LIMITS, Engines, Recorder, engines_made, job
 from tests.helpers.trigger_rows import a_job_in_every_table, rows_of, seen_ids
 
 pytestmark = pytest.mark.unit
@@ -154,3 +161,114 @@ async def test_ids_past_the_most_kept_go_batch_by_batch(engines: Engines) -> Non
 
     assert seen_ids(engine.store) == {f"e{n}" for n in range(2_000, 2_500)}
     assert pruner.prune() == 0
+
+
+# triggers_max_bytes of the tests below, and what each job of theirs takes (its extra).
+MAX_BYTES = 8 << 20
+JOB_BYTES = 1 << 20
+
+
+@pytest.fixture
+async def bounded(tmp_path: Path) -> AsyncIterator[Callable[..., TriggerEngine]]:
+    """Engines on a store of at most MAX_BYTES (triggers_max_bytes)."""
+
+    def engine(recorder: Recorder, **kwargs: Any) -> TriggerEngine:
+        store = TriggerStore(str(tmp_path / "triggers.db"), max_bytes=MAX_BYTES)
+        return TriggerEngine(store, recorder, limits=LIMITS, **kwargs)
+
+    async with engines_made(engine) as make:
+        yield make
+
+
+def big_job(job_id: int) -> dict[str, Any]:
+    return job(job_id, ("complete-job-self", f"x{job_id}"), pgrp=job_id, blob="y" * JOB_BYTES)
+
+
+def pages_in_use(path: Path) -> tuple[int, int]:
+    """(bytes of pages in use, bytes of the file) of the database at ``path``."""
+    db = sqlite3.connect(path)
+    try:
+        (page_size,) = db.execute("PRAGMA page_size").fetchone()
+        (count,) = db.execute("PRAGMA page_count").fetchone()
+        (free,) = db.execute("PRAGMA freelist_count").fetchone()
+    finally:
+        db.close()
+    return (count - free) * page_size, os.stat(path).st_size
+
+
+async def test_registrations_past_triggers_max_bytes_are_refused_and_events_still_apply(
+    bounded: Callable[..., TriggerEngine], tmp_path: Path
+) -> None:
+    recorder = Recorder()
+    engine = bounded(recorder)
+    registered = []
+    refused = None
+    for job_id in range(1, 100):
+        try:
+            await engine.register(big_job(job_id))
+        except StoreFullError as err:
+            refused = err
+            break
+        registered.append(job_id)
+    # Each job all or nothing: the store stops at the last job that fits in.
+    assert 4 <= len(registered) < MAX_BYTES // JOB_BYTES
+    assert pages_in_use(tmp_path / "triggers.db")[0] <= MAX_BYTES
+    message = str(refused)
+    assert f"cannot register job {registered[-1] + 1}:" in message
+    assert "triggers_max_bytes = 8.0 MiB" in message
+    assert f"{len(registered)} registered jobs" in message
+    assert "publish 'removed'" in message
+    assert engine.store.job(registered[-1] + 1) is None
+    # What a refused transaction spilled into the log (more than SQLite's page cache
+    # holds) is not left there either.
+    with pytest.raises(StoreFullError):
+        await engine.register(dict(big_job(99), blob="y" * 12 * JOB_BYTES))
+    assert os.stat(f"{tmp_path / 'triggers.db'}-wal").st_size <= 4 << 20
+
+    # Events of the jobs registered are never refused for it.
+    await engine.publish(Event("complete", "job", 1), wait=True)
+    await recorder.ran(1)
+    assert recorder.codes == ["x1"]
+    # Nor is a registration of a job again that takes no more than it did.
+    await engine.register(big_job(2))
+    with pytest.raises(StoreFullError):
+        await engine.register(dict(big_job(2), blob="y" * 2 * JOB_BYTES))
+
+
+async def test_removed_jobs_give_their_space_to_new_ones_and_the_file_stops_growing(
+    bounded: Callable[..., TriggerEngine], tmp_path: Path
+) -> None:
+    engine = bounded(Recorder())
+    for job_id in range(1, 6):
+        await engine.register(big_job(job_id))
+    _, first_size = pages_in_use(tmp_path / "triggers.db")
+    next_id = 6
+    for _ in range(10):  # jobs come and go: 30 jobs of 1 MiB through a store of 8 MiB
+        for job_id in range(next_id - 5, next_id - 2):
+            await engine.publish(Event("removed", "job", job_id), wait=True)
+        for job_id in range(next_id, next_id + 3):
+            await engine.register(big_job(job_id))
+        next_id += 3
+    in_use, size = pages_in_use(tmp_path / "triggers.db")
+    assert in_use <= 6 * JOB_BYTES
+    assert size <= first_size + 2 * JOB_BYTES
+    assert os.stat(f"{tmp_path / 'triggers.db'}-wal").st_size <= 4 << 20
+
+
+async def test_a_big_job_registered_and_removed_leaves_the_log_within_its_bound(
+    engines: Engines, tmp_path: Path
+) -> None:
+    engine = engines(Recorder())
+    log = Path(f"{tmp_path / 'triggers.db'}-wal")
+    largest = 0
+    for job_id in range(1, 6):  # probe 105: 30 jobs of ~14 MB left a 440 MB log
+        await engine.register(job(job_id, ("complete-job-self", "x"), blob="y" * (8 << 20)))
+        largest = max(largest, log.stat().st_size)
+    for job_id in range(1, 6):
+        await engine.publish(Event("removed", "job", job_id), wait=True)
+        largest = max(largest, log.stat().st_size)
+    engine.store.wait_for_checkpoints()
+    assert log.stat().st_size <= 4 << 20
+    # One job's transaction at most (~8 MiB, twice with SQLite's secure_delete zeroing the
+    # pages a removal frees), never the jobs' together.
+    assert largest <= 20 << 20
