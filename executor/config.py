@@ -10,6 +10,7 @@ wrong type first, then the checks of what the others mean (``validate``).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -675,6 +676,16 @@ def _address_problem(name: str, value: str) -> str | None:
         return f"{name}: expected host:port, got {value!r}"
     if int(port) > 65535:
         return f"{name}: port {port} is out of range (1-65535, or 0 for any free port)"
+    # gRPC reads '::1:50051' as a name it cannot look up (so serve failed where the
+    # check passed): the clients' rule and words (supervisor_client.targets).
+    bracketed = host.startswith("[") and host.endswith("]")
+    if (":" in host.strip("[]") and not bracketed) or host.startswith("[") != host.endswith("]"):
+        return f"{name}: address {value!r}: write an IPv6 address in brackets, [IPv6]:PORT"
+    if bracketed:
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"{name}: address {value!r}: {host} is not an IPv6 address"
     return None
 
 

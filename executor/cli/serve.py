@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from executor import config, logs
+from executor import config, logs, stop_signal
 from executor.cli.connection import EXIT_OK, EXIT_RPC, EXIT_USAGE
 from executor.errors import ConfigError, UnavailableError
 
@@ -90,6 +90,8 @@ def _serve(args: argparse.Namespace) -> int:
     logs.configure(settings.log_level, settings.log_format)
     if args.check_config:
         from executor.cli.check_config import check
+
+        stop_signal.release()  # no service to stop: a Ctrl-C ends the check at once
 
         problems = check(settings, sys.stdout)
         for problem in problems:

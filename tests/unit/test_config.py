@@ -954,3 +954,12 @@ def test_a_config_file_that_is_not_utf8_is_refused_in_one_line_naming_it(
     assert str(caught.value) == expected
     assert main([*command, "--config", str(toml)]) == EXIT_USAGE
     assert capsys.readouterr().err == f"cbexec: {expected}\n"
+
+
+@pytest.mark.parametrize("name", ["bind", "http_bind"])
+def test_an_ipv6_bind_without_brackets_is_refused_with_the_clients_hint(name: str) -> None:
+    # gRPC cannot listen on '::1:50051' (a name it cannot look up); the clients say why.
+    for bad in ("::1:50051", "fe80::1:9000", "[::1:9000", "::1]:9000"):
+        with pytest.raises(ConfigError, match=f"{name}: address '.*'.*brackets, \\[IPv6\\]:PORT"):
+            config.validate(config.Settings().replace(**{name: bad}))
+    assert getattr(config.validate(config.Settings().replace(**{name: "[::1]:9000"})), name)
