@@ -51,12 +51,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         reload_signal.defer()
     try:
         # In the try: a Ctrl-C during these imports (~0.2 s) is an interrupt, not a traceback.
+        from executor.cli import undecodable_arguments
         from executor.cli.connection import EXIT_BROKEN_PIPE, EXIT_USAGE, say_error
         from executor.errors import ConfigError
 
-        args = build_parser().parse_args(given)
+        parser = build_parser()
+        args = parser.parse_args(given)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    if refusal := undecodable_arguments.refusal(parser, args):
+        say_error(refusal)
+        return EXIT_USAGE
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         code = handler(args)
