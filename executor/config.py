@@ -588,7 +588,8 @@ def read_toml(path: Path) -> dict[str, Any]:
             f" line {line}, column {column}; save it as UTF-8"
         ) from err
     try:
-        return tomllib.loads(text)
+        # A leading byte order mark (Notepad's UTF-8) is no TOML, nor part of the text.
+        return tomllib.loads(text.removeprefix("\ufeff"))
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file {path}: {err}") from err
 
