@@ -636,7 +636,11 @@ def from_env(settings: Settings, environ: Mapping[str, str]) -> Settings:
 
 
 def layered(
-    config_file: Path | None, environ: Mapping[str, str], flags: Mapping[str, object]
+    config_file: Path | None,
+    environ: Mapping[str, str],
+    flags: Mapping[str, object],
+    *,
+    beside: Callable[[Settings, frozenset[str]], list[str]] | None = None,
 ) -> Settings:
     """Defaults < TOML file < environment < flags given, validated.
 
@@ -644,6 +648,9 @@ def layered(
     type first (each source's, in order), then the checks of what the others mean. A
     refused value leaves its setting as the source below had it, and the checks say
     nothing about it: judging the value underneath would name a problem not written.
+    ``beside``: the problems of checks that otherwise come later (the policies', which
+    need the host's sandbox), named too when there are others; given the settings and
+    the names of those refused.
     """
     settings = Settings()
     problems: list[str] = []
@@ -666,6 +673,8 @@ def layered(
     if config_file is not None:
         settings = settings.replace(config_file=str(config_file))
     problems += _meaning_problems(settings, frozenset(refused))
+    if problems and beside is not None:
+        problems += beside(settings, frozenset(refused))
     if problems:
         raise ConfigError("\n".join(problems))
     return settings

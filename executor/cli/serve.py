@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import sys
@@ -62,7 +63,14 @@ def layered_settings(
     config_file = config_arg or (
         Path(environ["CBEXEC_CONFIG"]) if "CBEXEC_CONFIG" in environ else None
     )
-    return config.layered(config_file, environ, {k: v for k, v in flags.items() if v is not None})
+    from executor.policies import problems_beside
+
+    return config.layered(
+        config_file,
+        environ,
+        {k: v for k, v in flags.items() if v is not None},
+        beside=functools.partial(problems_beside, environ=environ),
+    )
 
 
 def load_settings(args: argparse.Namespace, environ: dict[str, str]) -> config.Settings:
