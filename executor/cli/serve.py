@@ -95,7 +95,8 @@ def _serve(args: argparse.Namespace) -> int:
     from executor import server
 
     settings = load_settings(args, dict(os.environ))
-    logs.configure(settings.log_level, settings.log_format)
+    grpc_debug = os.environ.get("GRPC_VERBOSITY", "").lower() == "debug"
+    logs.configure(settings.log_level, settings.log_format, grpc_debug=grpc_debug)
     if args.check_config:
         from executor.cli.check_config import check
 
