@@ -51,12 +51,14 @@ async def test_debug_is_the_executors_own_lines_not_grpcs(
     # (probe 107); GRPC_VERBOSITY=debug, gRPC's own switch, asks for them.
     log = tmp_path / "executor.log"
     env = {"GRPC_VERBOSITY": grpc_verbosity} if grpc_verbosity else {}
-    async with executor_process(
-        tmp_path / "data", "", log, extra_args=("--log-level", "DEBUG"), env=env
-    ) as running:
-        async with ExecutorClient(running.address) as client:
-            for _ in range(3):
-                await client.get_universal_callbacks()
+    async with (
+        executor_process(
+            tmp_path / "data", "", log, extra_args=("--log-level", "DEBUG"), env=env
+        ) as running,
+        ExecutorClient(running.address) as client,
+    ):
+        for _ in range(3):
+            await client.get_universal_callbacks()
     text = log.read_text()
     assert "serving on port" in text, text
     grpc_lines = [line for line in text.splitlines() if " DEBUG grpc." in line]
