@@ -1,6 +1,17 @@
 """The callback executor: runs render-farm job callbacks in sandboxed children."""
 
 import os
+import sys
+
+# ``cbexec serve`` (or ``python -m executor serve``): a SIGHUP (reload), SIGINT or SIGTERM
+# (stop) is noted from here on, the first code of ours the process runs, before anything
+# slow: until the service takes them over, their default actions would end it mid-start
+# (reload_signal, stop_signal).
+if sys.argv[1:2] == ["serve"]:
+    from executor import reload_signal, stop_signal
+
+    reload_signal.defer()
+    stop_signal.defer()
 
 __version__ = "0.1.0"
 

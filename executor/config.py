@@ -10,6 +10,7 @@ wrong type first, then the checks of what the others mean (``validate``).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -591,7 +592,8 @@ def read_toml(path: Path) -> dict[str, Any]:
             f" line {line}, column {column}; save it as UTF-8"
         ) from err
     try:
-        return tomllib.loads(text)
+        # A leading byte order mark (Notepad's UTF-8) is no TOML, nor part of the text.
+        return tomllib.loads(text.removeprefix("\ufeff"))
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file {path}: {err}") from err
 
@@ -638,7 +640,11 @@ def from_env(settings: Settings, environ: Mapping[str, str]) -> Settings:
 
 
 def layered(
-    config_file: Path | None, environ: Mapping[str, str], flags: Mapping[str, object]
+    config_file: Path | None,
+    environ: Mapping[str, str],
+    flags: Mapping[str, object],
+    *,
+    beside: Callable[[Settings, frozenset[str]], list[str]] | None = None,
 ) -> Settings:
     """Defaults < TOML file < environment < flags given, validated.
 
@@ -646,6 +652,9 @@ def layered(
     type first (each source's, in order), then the checks of what the others mean. A
     refused value leaves its setting as the source below had it, and the checks say
     nothing about it: judging the value underneath would name a problem not written.
+    ``beside``: the problems of checks that otherwise come later (the policies', which
+    need the host's sandbox), named too when there are others; given the settings and
+    the names of those refused.
     """
     settings = Settings()
     problems: list[str] = []
@@ -668,6 +677,8 @@ def layered(
     if config_file is not None:
         settings = settings.replace(config_file=str(config_file))
     problems += _meaning_problems(settings, frozenset(refused))
+    if problems and beside is not None:
+        problems += beside(settings, frozenset(refused))
     if problems:
         raise ConfigError("\n".join(problems))
     return settings
@@ -679,6 +690,16 @@ def _address_problem(name: str, value: str) -> str | None:
         return f"{name}: expected host:port, got {value!r}"
     if int(port) > 65535:
         return f"{name}: port {port} is out of range (1-65535, or 0 for any free port)"
+    # gRPC reads '::1:50051' as a name it cannot look up (so serve failed where the
+    # check passed): the clients' rule and words (supervisor_client.targets).
+    bracketed = host.startswith("[") and host.endswith("]")
+    if (":" in host.strip("[]") and not bracketed) or host.startswith("[") != host.endswith("]"):
+        return f"{name}: address {value!r}: write an IPv6 address in brackets, [IPv6]:PORT"
+    if bracketed:
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"{name}: address {value!r}: {host} is not an IPv6 address"
     return None
 
 

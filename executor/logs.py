@@ -97,8 +97,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure(level: str, fmt: str) -> None:
-    """Configure the root logger; only the CLI calls this."""
+# gRPC's own Python loggers: at DEBUG, a "[_cygrpc] Loaded running loop" line for every
+# call (22 of 30 lines of a short session; probe 107) buried the executor's own.
+GRPC_LOGGER: Final = "grpc"
+
+
+def configure(level: str, fmt: str, *, grpc_debug: bool = False) -> None:
+    """Configure the root logger; only the CLI calls this.
+
+    gRPC's own loggers log from INFO up even at DEBUG, unless ``grpc_debug``
+    (``GRPC_VERBOSITY=debug``, gRPC's own switch for its core's logs, asks for them).
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(InvocationFilter())
     if fmt == "json":
@@ -113,3 +122,5 @@ def configure(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    quieter = root.level < logging.INFO and not grpc_debug
+    logging.getLogger(GRPC_LOGGER).setLevel(logging.INFO if quieter else logging.NOTSET)

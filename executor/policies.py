@@ -937,6 +937,48 @@ def _for_host(settings: Settings, options: SandboxOptions, environ: Mapping[str,
     return policies
 
 
+# Settings the policies build on: one refused leaves them unjudged (config.layered's rule).
+_BUILT_ON: Final = ("policies", "default_limits", "max_limits", "languages")
+
+
+def problems_beside(
+    settings: Settings, refused: frozenset[str], environ: Mapping[str, str]
+) -> list[str]:
+    """The ``[policies]`` tables' problems that need nothing of the host, as lines.
+
+    For a config with other bad settings (``config.layered``'s ``beside``): each is
+    named with them, not after they are fixed. Their binds, and what the host's sandbox
+    cannot give, are checked once the other settings are right (``for_host``); nothing
+    is said while a setting they build on was refused.
+    """
+    if any(name.split(".")[0] in _BUILT_ON for name in refused):
+        return []
+    tables: Any = settings.policies
+    if isinstance(tables, Mapping):  # binds are judged against the host's mounts
+        tables = {
+            name: {k: v for k, v in t.items() if k != "binds"} if isinstance(t, Mapping) else t
+            for name, t in tables.items()
+        }
+    try:
+        resolve(
+            tables,
+            network_host=True,
+            languages=settings.languages,
+            default_limits=settings.default_limits,
+            max_limits=settings.max_limits,
+            data_dir=settings.data_dir,
+            protected_files=[],
+            keep=[],
+            environ=environ,
+        )
+    except ConfigError as err:
+        lines = str(err).splitlines()
+        return (
+            [f"{settings.config_file}: {line}" for line in lines] if settings.config_file else lines
+        )
+    return []
+
+
 def report(policies: PolicySet) -> list[str]:
     """One line per policy: its name and what it grants (start-up log, check-config)."""
     return [f"policy {policy.name}: {policy.grants()}" for policy in policies]

@@ -35,12 +35,13 @@ from typing import Any, Final
 
 import grpc
 
-from executor import data_dir, heap_return, open_files, process_limit, reload_signal
+from executor import data_dir, heap_return, open_files, process_limit, reload_signal, stop_signal
 from executor.api import edge as api_edge
 from executor.api import embedded as api_embedded
 from executor.api import security
 from executor.api.farm import FarmServicer
 from executor.api.reporting import GrpcReportTransport, ReportEncoder
+from executor.api.server_start import start_whole
 from executor.api.supervisor import SUPERVISOR_CHANNEL_OPTIONS, GrpcSupervisor
 from executor.api.supervisor_reach import SupervisorReach
 from executor.config import Settings
@@ -333,7 +334,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         side_ports: list[SidePort] = []
         stack.push_async_callback(_close_all, side_ports)
         stack.push_async_callback(edge.close, STOP_GRACE_S)
-        await edge.server.start()
+        await start_whole(edge.server)  # a stop meanwhile waits for it (server_start)
         recorder.start()
         if fleet_ids is not None:  # until the drain has ended the runs that hold claims
             stack.push_async_callback(_stop_tasks, [asyncio.create_task(fleet_ids.renew_forever())])
@@ -537,14 +538,19 @@ async def serve_forever(settings: Settings) -> None:
     before, after = open_files.raise_soft_limit()
     if after != before:
         logger.info("open-file limit raised from %d to the hard limit, %d", before, after)
-    running = await start(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in stop_signal.STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop.set)
+    if stop_signal.take_deferred() is not None:  # after the handlers: none is lost in between
+        stop.set()
+    running = await _start_unless_stopped(settings, stop)
+    if running is None:
+        logger.info("stopping during start-up: stopped what had started; not serving")
+        return
     # What start-up made (modules, stubs, the server) lives as long as the process: the
     # collector need not walk it again on every full collection while callbacks run.
     gc.freeze()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, functools.partial(_reload, running.engine))
     if reload_signal.take_deferred():  # after the handler: none is lost in between
         logger.info("SIGHUP during start-up: reloading callbacks.conf now that the executor is up")
@@ -555,6 +561,32 @@ async def serve_forever(settings: Settings) -> None:
         logger.info("stopping: admitting no new run; then ending the runs in progress")
     finally:
         await running.stop()
+
+
+async def _start_unless_stopped(settings: Settings, stop: asyncio.Event) -> RunningServer | None:
+    """``start``, cancelled (unwinding what it started) if ``stop`` is set first; None then.
+
+    A stop during start-up (a Ctrl-C, systemd's SIGTERM) is the same stop as later: the
+    parts started so far stop in order, and the process exits 0, with no traceback.
+    """
+    if stop.is_set():
+        return None
+    starting = asyncio.create_task(start(settings))
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not starting.done():
+            starting.cancel()
+            await asyncio.wait((starting,))  # its own unwinding: what it started is stopped
+    if starting.cancelled():
+        return None
+    running = starting.result()  # a start that failed says why, as without a stop
+    if stop.is_set():  # it ended as the stop came
+        await running.stop()
+        return None
+    return running
 
 
 def _reload(engine: TriggerEngine) -> None:

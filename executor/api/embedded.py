@@ -33,6 +33,7 @@ from typing import Final, Protocol
 import grpc
 
 from executor.api import private_socket
+from executor.api.server_start import start_whole
 from executor.api.supervisor import SUPERVISOR_CHANNEL_OPTIONS
 from executor.data_dir_lock import SUPERVISOR_SOCKET
 from executor.errors import ConfigError
@@ -197,9 +198,14 @@ async def start(
     try:
         # 0600 whatever the umask, and never reachable before (private_socket).
         bound = private_socket.listen(server, data_dir / SUPERVISOR_SOCKET, "supervisor socket")
-        await server.start()
     except BaseException:
         reference.close()
         raise
     channel = grpc.aio.insecure_channel(bound.address, options=list(SUPERVISOR_CHANNEL_OPTIONS))
-    return EmbeddedSupervisor(reference, server, channel, bound, store_thread)
+    embedded = EmbeddedSupervisor(reference, server, channel, bound, store_thread)
+    try:
+        await start_whole(server)
+    except BaseException:
+        await embedded.close(0)  # a stop (a Ctrl-C) during start-up: the server started whole
+        raise
+    return embedded

@@ -239,10 +239,11 @@ def own_channel(
 ) -> tuple[grpc.aio.Channel, PrivateSocket | None]:
     """A channel from the executor to its own services (call before the server starts).
 
-    Plain loopback, or under TLS a private Unix socket (0600 whatever the umask: it
-    skips TLS), with our token when one is set; that socket is returned too.
+    The address the server listens on (``dial_address``), or under TLS a private Unix
+    socket (0600 whatever the umask: it skips TLS), with our token when one is set;
+    that socket is returned too.
     """
-    address = f"127.0.0.1:{port}"
+    address = dial_address(settings.bind, port)
     internal = None
     if settings.tls_cert:
         internal = private_socket.listen(
@@ -253,6 +254,21 @@ def own_channel(
     # dashboard), not gRPC's default 4 MiB.
     options = [*RECONNECT_OPTIONS, ("grpc.max_receive_message_length", MAX_ANSWER_BYTES)]
     return open_channel(address, token=settings.auth_token or None, options=options), internal
+
+
+def dial_address(bind: str, port: int) -> str:
+    """Where a client on this host reaches a server bound to ``bind`` (its port now ``port``).
+
+    A wildcard (``0.0.0.0``, ``[::]``) listens on 127.0.0.1 too (gRPC binds ``[::]``
+    dual-stack, or 0.0.0.0 where there is no IPv6); an address or a name is dialled as
+    bound (``[::1]``, ``127.0.0.2``, a farm network's ``10.0.0.5``, ``localhost``: the
+    addresses it resolves to are the ones gRPC bound). 127.0.0.1 alone missed all but
+    the wildcards and 127.0.0.1 itself (probe 107).
+    """
+    host = bind.rpartition(":")[0]
+    if host.strip("[]") in ("0.0.0.0", "::"):  # noqa: S104 - recognised, not bound
+        host = "127.0.0.1"
+    return f"{host}:{port}"
 
 
 def server_interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:

@@ -4,7 +4,8 @@
 (triggers.py), ``outbox`` (outbox.py), ``metrics`` (metrics.py) and ``farm`` (farm.py)
 are clients of a running executor, through ``supervisor_client`` only; ``store``
 (store.py) prepares a fleet's PostgreSQL database.
-Exit codes are in connection.py.
+Exit codes are in connection.py, but for an interrupt's (here: it may come before that
+module is imported).
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ import os
 import select
 import sys
 from collections.abc import Callable, Sequence
+from typing import Final
 
 from executor import __version__, reload_signal
+
+# 128 + SIGINT, as a shell reports a command a Ctrl-C ended (``serve`` stops instead: 0).
+EXIT_INTERRUPTED: Final = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,12 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cbexec`` console script."""
     given = sys.argv[1:] if argv is None else list(argv)
-    if given[:1] == ["serve"]:  # before anything slow: see executor.reload_signal
+    if given[:1] == ["serve"]:  # called in a process of its own (a test's): as executor/__init__
         reload_signal.defer()
-    from executor.cli.connection import EXIT_BROKEN_PIPE, EXIT_USAGE, say_error
-    from executor.errors import ConfigError
+    try:
+        # In the try: a Ctrl-C during these imports (~0.2 s) is an interrupt, not a traceback.
+        from executor.cli import undecodable_arguments
+        from executor.cli.connection import EXIT_BROKEN_PIPE, EXIT_USAGE, say_error
+        from executor.errors import ConfigError
 
-    args = build_parser().parse_args(given)
+        parser = build_parser()
+        args = parser.parse_args(given)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    if refusal := undecodable_arguments.refusal(parser, args):
+        say_error(refusal)
+        return EXIT_USAGE
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         code = handler(args)
@@ -57,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             say_error(line)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         if not _reader_gone():
             raise  # another pipe's (a bug's): not ours to hide

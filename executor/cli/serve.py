@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from executor import config, logs
+from executor import config, logs, stop_signal
 from executor.cli.connection import EXIT_OK, EXIT_RPC, EXIT_USAGE
 from executor.errors import ConfigError, UnavailableError
 
@@ -62,7 +63,14 @@ def layered_settings(
     config_file = config_arg or (
         Path(environ["CBEXEC_CONFIG"]) if "CBEXEC_CONFIG" in environ else None
     )
-    return config.layered(config_file, environ, {k: v for k, v in flags.items() if v is not None})
+    from executor.policies import problems_beside
+
+    return config.layered(
+        config_file,
+        environ,
+        {k: v for k, v in flags.items() if v is not None},
+        beside=functools.partial(problems_beside, environ=environ),
+    )
 
 
 def load_settings(args: argparse.Namespace, environ: dict[str, str]) -> config.Settings:
@@ -87,9 +95,12 @@ def _serve(args: argparse.Namespace) -> int:
     from executor import server
 
     settings = load_settings(args, dict(os.environ))
-    logs.configure(settings.log_level, settings.log_format)
+    grpc_debug = os.environ.get("GRPC_VERBOSITY", "").lower() == "debug"
+    logs.configure(settings.log_level, settings.log_format, grpc_debug=grpc_debug)
     if args.check_config:
         from executor.cli.check_config import check
+
+        stop_signal.release()  # no service to stop: a Ctrl-C ends the check at once
 
         problems = check(settings, sys.stdout)
         for problem in problems:

@@ -302,3 +302,39 @@ async def test_bad_mail_settings_and_a_login_in_clear_are_said_by_name(tmp_path:
     assert code == 0, err
     assert "mail: smtp://smtp.farm.example:25, STARTTLS, login as farm" in out
     assert "in clear" not in out
+
+
+async def test_an_ipv6_bind_without_brackets_is_refused_by_check_and_serve_alike(
+    tmp_path: Path,
+) -> None:
+    # The check said ok, then serve could not bind it (gRPC's own add_port.cc line, exit 2,
+    # and under the example unit a restart every 2 s): both refuse it, in the clients' words.
+    env = {k: v for k, v in cli_env().items() if k != "CBEXEC_SANDBOX_UID_BASE"}
+    config = config_file(tmp_path)
+    for check in (["--check-config"], []):
+        said = await cbexec(
+            "serve", "--config", str(config), "--bind", "::1:43240", *check, env=env
+        )
+        assert (said.code, said.err) == (
+            2,
+            "cbexec: bind: address '::1:43240': write an IPv6 address in brackets, [IPv6]:PORT\n",
+        ), check
+
+
+async def test_a_bad_policy_is_named_beside_other_bad_settings(tmp_path: Path) -> None:
+    # Only the [default_limits] line was said; the policy's came after that was fixed.
+    config = config_file(
+        tmp_path,
+        '[default_limits]\nbogus = 1\n[policies.x]\nnetwork = "maybe"\nverbs = ["nope"]\n',
+    )
+    code, _, err = await check_config(config)
+    lines = err.splitlines()
+    assert (code, lines[:2]) == (
+        2,
+        [
+            f"cbexec: {config}: default_limits: unknown limit 'bogus'",
+            f"cbexec: {config}: policies.x.network: expected 'none' or 'host', got 'maybe'",
+        ],
+    ), err
+    assert len(lines) == 3, err
+    assert lines[2].startswith(f"cbexec: {config}: policies.x.verbs: unknown qb action 'nope'")

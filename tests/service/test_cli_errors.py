@@ -185,3 +185,39 @@ async def test_serve_with_its_store_unreachable_says_so_in_one_line(tmp_path: Pa
     assert said.code == 3, said.err
     assert said.err.startswith("cbexec: store: PostgreSQL store unreachable"), said.err
     assert "Traceback" not in said.err and "hunter2" not in said.err
+
+
+# A byte that is not UTF-8 (Python's surrogateescape gives it as '\udcff'), in each
+# command's text arguments: `runs show` raised a ValueError traceback (exit 1).
+NOT_UTF8 = "\udcff\udcfe"
+NOT_UTF8_CASES: list[tuple[str, ...]] = [
+    ("runs", "show", NOT_UTF8),
+    ("runs", "--page-token", NOT_UTF8),
+    ("runs", "--address", NOT_UTF8),
+    ("run", "--code", NOT_UTF8, "--lang", "python", "--job", "/dev/null"),
+    ("run", "--code", "pass", "--lang", "python", "--job", "/dev/null", "--owner", NOT_UTF8),
+    ("run", "--code", "pass", "--lang", "python", "--job", "/dev/null", "--work", NOT_UTF8),
+    ("triggers", "why", NOT_UTF8),
+    ("triggers", "why", "1", "--work", NOT_UTF8),
+    ("triggers", "check", NOT_UTF8),
+    ("triggers", "explain", NOT_UTF8),
+    ("triggers", "dry-run", "--event", NOT_UTF8),
+    ("triggers", "reload", "--token", NOT_UTF8),
+    ("outbox", "retry", NOT_UTF8),
+    ("metrics", "--address", NOT_UTF8),
+    ("farm", "submit", "job.json", "--user", NOT_UTF8),
+    ("farm", "submit", "job.py", "an-argument", NOT_UTF8),
+    ("farm", "start", NOT_UTF8),
+    ("farm", "complete", "1:1", "--host", NOT_UTF8),
+    ("serve", "--check-config", "--bind", NOT_UTF8),
+    ("serve", "--check-config", "--store", NOT_UTF8),
+    ("store", "migrate", "--store", NOT_UTF8),
+]
+
+
+@pytest.mark.parametrize("argv", NOT_UTF8_CASES, ids=[" ".join(c[:2]) for c in NOT_UTF8_CASES])
+async def test_an_argument_that_is_not_utf8_is_one_line(argv: tuple[str, ...]) -> None:
+    said = await cbexec(*argv, address=UNREACHABLE)
+    assert (said.code, said.out) == (2, ""), said
+    (line,) = said.err.splitlines()
+    assert line.startswith("cbexec: ") and "'\\xff\\xfe' is not UTF-8 text" in line, said

@@ -969,3 +969,24 @@ def test_a_config_file_that_is_not_utf8_is_refused_in_one_line_naming_it(
     assert str(caught.value) == expected
     assert main([*command, "--config", str(toml)]) == EXIT_USAGE
     assert capsys.readouterr().err == f"cbexec: {expected}\n"
+
+
+@pytest.mark.parametrize("name", ["bind", "http_bind"])
+def test_an_ipv6_bind_without_brackets_is_refused_with_the_clients_hint(name: str) -> None:
+    # gRPC cannot listen on '::1:50051' (a name it cannot look up); the clients say why.
+    for bad in ("::1:50051", "fe80::1:9000", "[::1:9000", "::1]:9000"):
+        with pytest.raises(ConfigError, match=f"{name}: address '.*'.*brackets, \\[IPv6\\]:PORT"):
+            config.validate(config.Settings().replace(**{name: bad}))
+    assert getattr(config.validate(config.Settings().replace(**{name: "[::1]:9000"})), name)
+
+
+def test_a_config_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    # Notepad saves UTF-8 with one: it was "Invalid statement (at line 1, column 1)" (probe 107).
+    toml = tmp_path / "cbexec.toml"
+    toml.write_bytes(b'\xef\xbb\xbfbind = "127.0.0.1:6000"\nmax_concurrent = 3\n')
+    settings = config.from_toml(config.Settings(), toml)
+    assert (settings.bind, settings.max_concurrent) == ("127.0.0.1:6000", 3)
+    # Only a leading one: elsewhere U+FEFF is a character TOML refuses where it stands.
+    toml.write_bytes(b'bind = "127.0.0.1:6000"\n\xef\xbb\xbfmax_concurrent = 3\n')
+    with pytest.raises(ConfigError, match="at line 2, column 1"):
+        config.from_toml(config.Settings(), toml)

@@ -58,3 +58,20 @@ def test_example_config_tables_name_every_field() -> None:
         # TOML has no null: a field whose default is None can only be shown commented out.
         fields = {f.name for f in dataclasses.fields(nested) if getattr(nested, f.name) is not None}
         assert sorted(fields - set(table)) == [], f"[{name}] misses fields"
+
+
+def test_the_example_unit_leaves_every_setting_to_the_example_config() -> None:
+    """No Environment= of the unit silently beats what the config file it points at says.
+
+    The unit's CBEXEC_LOG_FORMAT=json made the file's log_format (its comment invites a
+    choice) do nothing under systemd (probe 107): the file is the one place that decides.
+    """
+    unit = (EXAMPLE.parent / "cbexec.service").read_text()
+    names = set(tomllib.loads(EXAMPLE.read_text()))
+    set_by_unit = [
+        word.partition("=")[0]
+        for line in unit.splitlines()
+        if line.startswith("Environment=")
+        for word in line.removeprefix("Environment=").split()
+    ]
+    assert [n for n in set_by_unit if n.removeprefix("CBEXEC_").lower() in names] == []
