@@ -72,7 +72,9 @@ class StorageError(UnavailableError):
         self.cause = cause
 
 
-# What the probe inserts, and rolls back, once the store refused a result's row.
+# What the probe of a fleet's store inserts, and rolls back: a result's row, as a commit
+# writes one. Answering SELECT 1 says nothing of writes: a read-only server (a standby
+# after a failover, ``default_transaction_read_only``) answers it and refuses them all.
 _PROBE_RESULT: Final = "INSERT INTO outbox (key, payload, created_at) VALUES (?, ?, ?)"
 
 
@@ -563,7 +565,7 @@ class StorageHealth:
 
         The databases' logs are emptied first where they can be (``empty_logs``: on a
         full disk, what the executor's own files can give back). Then: a small file can be
-        written, synced and removed in the data dir, a fleet's PostgreSQL answers, the
+        written, synced and removed in the data dir, a fleet's PostgreSQL takes a write, the
         databases found locked can be locked by us, and those a write failed in take one.
         """
         locked = tuple(self._locked)
@@ -572,7 +574,7 @@ class StorageHealth:
         return (
             not self._data_dir_problem()
             and not self.replaced()
-            and self._probe_store(writes=self._store_url in refused)
+            and self._probe_store()
             and all(map(_lockable, locked))
             and all(map(_takes_a_write, refused))
         )
@@ -638,11 +640,12 @@ class StorageHealth:
                     log.error,
                 )
 
-    def _probe_store(self, *, writes: bool = False) -> bool:
-        """Whether a fleet's PostgreSQL answers; ``writes``: takes a result's row too.
+    def _probe_store(self) -> bool:
+        """Whether a fleet's PostgreSQL takes a write: a result's row, in a transaction rolled back.
 
-        After it refused a write (``StoreRefused``), answering says nothing: the row is
-        inserted as a result's is, in a transaction rolled back.
+        One round trip more than a ``SELECT 1``, once a second while degraded only, and
+        nothing stays: a read-only server, a privilege taken away (``StoreRefused``) or an
+        outbox locked past the lock timeout each refuse it.
         """
         if not self._store_url:
             return True
@@ -651,13 +654,11 @@ class StorageHealth:
         except UnavailableError:
             return False
         try:
-            db.execute("SELECT 1")
-            if writes:
-                db.execute("BEGIN")
-                try:
-                    db.execute(_PROBE_RESULT, ("cbexec-storage-probe", b"probe", 0.0))
-                finally:
-                    db.execute("ROLLBACK")
+            db.execute("BEGIN")
+            try:
+                db.execute(_PROBE_RESULT, ("cbexec-storage-probe", b"probe", 0.0))
+            finally:
+                db.execute("ROLLBACK")
         except UnavailableError:
             return False
         except Exception as err:
