@@ -38,7 +38,12 @@ from typing import Final
 
 from executor.errors import ConfigError, DataLossError, UnavailableError
 from executor.runs.sqlite_checkpoints import empty_logs
-from executor.sql import StorePermissionDenied, StoreUnavailable, connect_postgres
+from executor.sql import (
+    StoreLockTimeout,
+    StorePermissionDenied,
+    StoreUnavailable,
+    connect_postgres,
+)
 from executor.sqlite_codes import SQLITE_BUSY, SQLITE_LOCKED, primary_code
 
 logger = logging.getLogger(__name__)
@@ -797,7 +802,11 @@ def writing(
     their results are recorded in the outbox: nothing is lost, so nothing need stop).
     ``store_refusals``: a fleet's PostgreSQL refusing the write for a reason of its own
     (``refused_by_store``) is one too (``StoreRefused``): a result's commit, which must
-    wait for the store rather than be lost, as the run's effects have happened.
+    wait for the store rather than be lost, as the run's effects have happened. So is,
+    there only, a lock waited for past the lock timeout (``StoreLockTimeout``): a new
+    result's row waits only for a lock on the whole outbox (an admin's ``LOCK TABLE``),
+    and while it is held no run's result can be recorded. Elsewhere a held lock fails
+    only what needs it and ``health`` does not hear of it.
     """
     try:
         yield
@@ -816,6 +825,10 @@ def writing(
         raise error from err
     except StoreUnavailable as err:  # a fleet's PostgreSQL (its message names no URL)
         if health is not None:
+            health.failed(err)
+        raise
+    except StoreLockTimeout as err:
+        if store_refusals and health is not None:
             health.failed(err)
         raise
     except Exception as err:

@@ -105,7 +105,7 @@ async def test_a_row_lock_held_by_another_session_fails_only_the_events_that_nee
     await engine.publish(Event("running", "job", LOCKED_JOB, event_id="locked-1"), wait=False)
 
 
-async def test_the_outbox_commit_under_a_table_lock_fails_after_the_lock_timeout_alone(
+async def test_the_outbox_locked_whole_fails_a_commit_after_the_lock_timeout_once(
     pg_url: str, tmp_path: Path, admin: PgDb, unanswered_reset: None
 ) -> None:
     health = StorageHealth(tmp_path, pg_url)
@@ -116,12 +116,16 @@ async def test_the_outbox_commit_under_a_table_lock_fails_after_the_lock_timeout
         started = time.monotonic()
         with pytest.raises(UnavailableError, match="lock") as refused:
             await outbox.commit("locked-table-1", b"report")
-        # Once: not tried again as a dropped connection is, nor held by the watchdog.
+        # Once: not tried again as a dropped connection is, nor cut as a frozen server.
         assert time.monotonic() - started < sql.LOCK_TIMEOUT_S + 1.0
         assert not isinstance(refused.value, StoreUnavailable)
-        assert health.problem == ""
         assert sql._watchdog.unanswered_at == float("-inf")
+        # No result can be recorded while it is held: NOT_SERVING (Executes are refused
+        # before they run) until the probe's write goes through.
+        assert "lock" in health.problem
+        assert not await asyncio.to_thread(health.probe)
         admin.execute("ROLLBACK")
+        assert await asyncio.to_thread(health.probe)
         await outbox.commit("locked-table-1", b"report")
     finally:
         await outbox.close()
