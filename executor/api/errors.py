@@ -85,7 +85,7 @@ async def abort_internal(context: Context, what: str) -> None:
 # What a call is told when something it waited for was cancelled by the executor itself.
 GAVE_UP: Final = (
     "the executor gave up on this call (a step it waited for was cancelled, not by the"
-    " caller): nothing was recorded for it; try again"
+    " caller); try again"
 )
 
 
