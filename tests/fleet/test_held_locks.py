@@ -20,11 +20,13 @@ import pytest
 from executor import sql
 from executor.errors import UnavailableError
 from executor.model import Event
+from executor.runs.invocation_ids import FleetIds
 from executor.runs.outbox import Outbox
-from executor.sql import PgDb, StoreUnavailable, connect_postgres
+from executor.sql import PgDb, StoreLockTimeout, StoreUnavailable, connect_postgres
 from executor.storage import StorageHealth
 from executor.triggers.engine import TriggerEngine
 from executor.triggers.store import TriggerStore
+from tests.fleet.test_fleet_ids import CountingConnection
 from tests.fleet.test_store import RecordingReceiver
 from tests.helpers.postgres import PostgresServer
 from tests.helpers.trigger_engines import LIMITS, Recorder, job
@@ -147,3 +149,24 @@ def test_a_read_only_server_keeps_the_storage_degraded_until_it_takes_writes(
     finally:
         superuser.execute(f"ALTER DATABASE {database} RESET default_transaction_read_only")
         superuser.close()
+
+
+def test_an_execute_claim_under_a_table_lock_waits_the_lock_timeout_once(
+    pg_url: str, admin: PgDb, unanswered_reset: None
+) -> None:
+    # The claim was given back after it failed: a second statement on the locked table,
+    # and a second wait of the event loop, for a claim the first one never took.
+    connection = CountingConnection(pg_url)
+    ids = FleetIds(connection, lambda _: None, owner="replica-a", lease_s=60)
+    try:
+        admin.execute("BEGIN")
+        admin.execute("LOCK TABLE execute_claims IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        with pytest.raises(StoreLockTimeout):
+            ids.claim("locked-claim")
+        assert time.monotonic() - started < sql.LOCK_TIMEOUT_S + 1.0
+        assert connection.statements == [connection.statements[0]]  # the claim, alone
+        admin.execute("ROLLBACK")
+        assert ids.claim("locked-claim").claimed
+    finally:
+        connection.db.close()
