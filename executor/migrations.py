@@ -29,6 +29,7 @@ from typing import Final
 from executor.errors import ConfigError
 from executor.sql import (
     PgDb,
+    StoreLockTimeout,
     StorePermissionDenied,
     StoreUnavailable,
     connect_postgres,
@@ -249,11 +250,7 @@ def migrate(url: str) -> tuple[int, int]:
             logger.info("store migrated to schema version %d", version)
         db.execute("SELECT pg_advisory_unlock(?)", (_MIGRATION_LOCK,))
         return before, len(steps)
-    except StoreUnavailable as err:
-        from psycopg.errors import LockNotAvailable  # a fleet's driver, there once connected
-
-        if not isinstance(err.__cause__, LockNotAvailable):
-            raise
+    except StoreLockTimeout as err:
         raise StoreUnavailable(
             f"a table migrate must change stayed locked by another session for {LOCK_WAIT_S:g} s "
             "(an open transaction that read it, a VACUUM FULL, a replica of the older "

@@ -50,6 +50,13 @@ ANSWER_DEADLINE_S: Final = 5.0
 # this long (then one asks again): each would otherwise hold the event loop for its own
 # deadline, one after another, while the server stays frozen.
 UNANSWERED_QUIET_S: Final = 10.0
+# How long a statement waits for a row or table lock another session holds (PostgreSQL's
+# lock_timeout), then ``StoreLockTimeout``: well under ANSWER_DEADLINE_S, so a lock wait
+# always ends as the server's own lock timeout, never as a frozen server's cut connection
+# (equal, the watchdog won the race at times, and the whole replica stopped for
+# UNANSWERED_QUIET_S over one row an admin held; probe 110). It also bounds how long one
+# such statement holds the event loop.
+LOCK_TIMEOUT_S: Final = 2.0
 # How long a statement waits for a lost connection to be made again (``_connect_again``).
 RECONNECT_WAIT_S: Final = 0.5
 # libpq's PQpipelineStatus of a connection not in pipeline mode (psycopg.pq.PipelineStatus.OFF).
@@ -79,6 +86,15 @@ class Db(Protocol):
 
 class StoreUnavailable(UnavailableError):
     """PostgreSQL cannot be reached (down, restarting, the network): try again later."""
+
+
+class StoreLockTimeout(UnavailableError):
+    """A statement waited ``LOCK_TIMEOUT_S`` for a lock another session holds, and gave up.
+
+    Not an outage: the connection is sound and kept, and only what needs the locked rows
+    or table fails (an admin's transaction left open, a ``LOCK TABLE``, a ``VACUUM
+    FULL``). The storage is not marked degraded for it; try again later.
+    """
 
 
 class StoreConflict(UnavailableError):
@@ -186,16 +202,17 @@ def _pg_rows(cursor: Any) -> Any:
 
 # A PostgreSQL that stops answering without closing the connection (a partition, a
 # table an admin locked) must not hold the executor: its statements run on the event
-# loop. A lost peer is found by TCP within ~10 s, a lock waited for gives up after 5 s,
-# and no statement of ours runs 30 s; each is then StoreUnavailable, as a dropped
-# connection is (``cbexec store migrate`` makes its own connection, without them).
+# loop. A lost peer is found by TCP within ~10 s and no statement of ours runs 30 s,
+# each then StoreUnavailable, as a dropped connection is; a lock waited for gives up
+# after LOCK_TIMEOUT_S (StoreLockTimeout). ``cbexec store migrate`` makes its own
+# connection, without them.
 _STALL_LIMITS: Final[dict[str, Any]] = {
     "keepalives": 1,
     "keepalives_idle": 5,
     "keepalives_interval": 2,
     "keepalives_count": 3,
     "tcp_user_timeout": 10_000,
-    "options": "-c lock_timeout=5000 -c statement_timeout=30000",
+    "options": f"-c lock_timeout={round(LOCK_TIMEOUT_S * 1000)} -c statement_timeout=30000",
 }
 
 
@@ -623,7 +640,13 @@ class PgDb:
             raise StorePermissionDenied(
                 f"the PostgreSQL store's role '{role}': {_first_line(err)}"
             ) from err
-        except (errors.QueryCanceled, errors.LockNotAvailable) as err:  # _STALL_LIMITS
+        except errors.LockNotAvailable as err:  # lock_timeout (_STALL_LIMITS)
+            # The connection stays: only this statement (and its transaction) failed.
+            raise StoreLockTimeout(
+                f"PostgreSQL store: a lock another session holds was not let go within"
+                f" {LOCK_TIMEOUT_S:g} s ({_first_line(err)}); what needs it fails until it is"
+            ) from err
+        except errors.QueryCanceled as err:  # statement_timeout (_STALL_LIMITS)
             raise StoreUnavailable(f"PostgreSQL store too slow: {_first_line(err)}") from err
         except errors.ReadOnlySqlTransaction as err:
             # A standby (the address reaches the old primary after a failover): a new

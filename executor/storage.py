@@ -38,7 +38,12 @@ from typing import Final
 
 from executor.errors import ConfigError, DataLossError, UnavailableError
 from executor.runs.sqlite_checkpoints import empty_logs
-from executor.sql import StorePermissionDenied, StoreUnavailable, connect_postgres
+from executor.sql import (
+    StoreLockTimeout,
+    StorePermissionDenied,
+    StoreUnavailable,
+    connect_postgres,
+)
 from executor.sqlite_codes import SQLITE_BUSY, SQLITE_LOCKED, primary_code
 
 logger = logging.getLogger(__name__)
@@ -72,7 +77,9 @@ class StorageError(UnavailableError):
         self.cause = cause
 
 
-# What the probe inserts, and rolls back, once the store refused a result's row.
+# What the probe of a fleet's store inserts, and rolls back: a result's row, as a commit
+# writes one. Answering SELECT 1 says nothing of writes: a read-only server (a standby
+# after a failover, ``default_transaction_read_only``) answers it and refuses them all.
 _PROBE_RESULT: Final = "INSERT INTO outbox (key, payload, created_at) VALUES (?, ?, ?)"
 
 
@@ -563,7 +570,7 @@ class StorageHealth:
 
         The databases' logs are emptied first where they can be (``empty_logs``: on a
         full disk, what the executor's own files can give back). Then: a small file can be
-        written, synced and removed in the data dir, a fleet's PostgreSQL answers, the
+        written, synced and removed in the data dir, a fleet's PostgreSQL takes a write, the
         databases found locked can be locked by us, and those a write failed in take one.
         """
         locked = tuple(self._locked)
@@ -572,7 +579,7 @@ class StorageHealth:
         return (
             not self._data_dir_problem()
             and not self.replaced()
-            and self._probe_store(writes=self._store_url in refused)
+            and self._probe_store()
             and all(map(_lockable, locked))
             and all(map(_takes_a_write, refused))
         )
@@ -638,11 +645,12 @@ class StorageHealth:
                     log.error,
                 )
 
-    def _probe_store(self, *, writes: bool = False) -> bool:
-        """Whether a fleet's PostgreSQL answers; ``writes``: takes a result's row too.
+    def _probe_store(self) -> bool:
+        """Whether a fleet's PostgreSQL takes a write: a result's row, in a transaction rolled back.
 
-        After it refused a write (``StoreRefused``), answering says nothing: the row is
-        inserted as a result's is, in a transaction rolled back.
+        One round trip more than a ``SELECT 1``, once a second while degraded only, and
+        nothing stays: a read-only server, a privilege taken away (``StoreRefused``) or an
+        outbox locked past the lock timeout each refuse it.
         """
         if not self._store_url:
             return True
@@ -651,13 +659,11 @@ class StorageHealth:
         except UnavailableError:
             return False
         try:
-            db.execute("SELECT 1")
-            if writes:
-                db.execute("BEGIN")
-                try:
-                    db.execute(_PROBE_RESULT, ("cbexec-storage-probe", b"probe", 0.0))
-                finally:
-                    db.execute("ROLLBACK")
+            db.execute("BEGIN")
+            try:
+                db.execute(_PROBE_RESULT, ("cbexec-storage-probe", b"probe", 0.0))
+            finally:
+                db.execute("ROLLBACK")
         except UnavailableError:
             return False
         except Exception as err:
@@ -796,7 +802,11 @@ def writing(
     their results are recorded in the outbox: nothing is lost, so nothing need stop).
     ``store_refusals``: a fleet's PostgreSQL refusing the write for a reason of its own
     (``refused_by_store``) is one too (``StoreRefused``): a result's commit, which must
-    wait for the store rather than be lost, as the run's effects have happened.
+    wait for the store rather than be lost, as the run's effects have happened. So is,
+    there only, a lock waited for past the lock timeout (``StoreLockTimeout``): a new
+    result's row waits only for a lock on the whole outbox (an admin's ``LOCK TABLE``),
+    and while it is held no run's result can be recorded. Elsewhere a held lock fails
+    only what needs it and ``health`` does not hear of it.
     """
     try:
         yield
@@ -815,6 +825,10 @@ def writing(
         raise error from err
     except StoreUnavailable as err:  # a fleet's PostgreSQL (its message names no URL)
         if health is not None:
+            health.failed(err)
+        raise
+    except StoreLockTimeout as err:
+        if store_refusals and health is not None:
             health.failed(err)
         raise
     except Exception as err:

@@ -8,6 +8,7 @@ the log only, never to the caller).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import uuid
@@ -81,8 +82,22 @@ async def abort_internal(context: Context, what: str) -> None:
     )
 
 
+# What a call is told when something it waited for was cancelled by the executor itself.
+GAVE_UP: Final = (
+    "the executor gave up on this call (a step it waited for was cancelled, not by the"
+    " caller); try again"
+)
+
+
 def grpc_errors(handler: Handler[Request, Response]) -> Handler[Request, Response]:
-    """Turn domain errors into their status; log anything else and answer INTERNAL."""
+    """Turn domain errors into their status; log anything else and answer INTERNAL.
+
+    A CancelledError that is not the call's own (its task is not being cancelled: a
+    future or task of the executor's it awaited was) is UNAVAILABLE: let through, gRPC
+    sends no status (the call hangs to its deadline) or CANCELLED, which a client takes
+    for its own cancel and does not retry (probe 110). The caller's own cancellation
+    (it cancelled, its deadline passed, the server stops) propagates untouched.
+    """
 
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Request, context: Context) -> Response:
@@ -97,6 +112,12 @@ def grpc_errors(handler: Handler[Request, Response]) -> Handler[Request, Respons
             await context.abort(status_for(err), bounded(str(err)))
         except Exception:  # noqa: BLE001 - a bug of ours: INTERNAL with an incident id, logged
             await abort_internal(context, handler.__qualname__)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # the call's own
+            logger.warning("%s: %s", handler.__qualname__, GAVE_UP, exc_info=True)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, GAVE_UP)
         raise AssertionError("unreachable: context.abort raises")
 
     return wrapper

@@ -31,7 +31,7 @@ from executor.model import Invocation
 from executor.runs import run_notes
 from executor.runs.history import RunIdentity
 from executor.runs.outbox import Alongside
-from executor.sql import Db, PgDb, first_row
+from executor.sql import Db, PgDb, StoreLockTimeout, first_row
 
 logger = logging.getLogger(__name__)
 
@@ -287,6 +287,8 @@ class FleetIds:
         sent_at, self._ahead = self._ahead[1], None
         try:
             row = self._ahead_db.take_sent_row()
+        except StoreLockTimeout:
+            raise  # it took nothing, and made again it would wait out the same lock
         except UnavailableError:
             return None
         except BaseException:
@@ -320,6 +322,8 @@ class FleetIds:
         try:
             with self._connection() as db:
                 return first_row(db, _QUERY, self._parameters(invocation_id, self._clock()))
+        except StoreLockTimeout:
+            raise  # cancelled before it took anything: a give-back would wait the lock out too
         except BaseException:
             self._give_back_unread(invocation_id)
             raise

@@ -8,9 +8,12 @@ transaction holding its events has committed (what follows the commit, e.g. queu
 the firings, runs then even if the caller has gone away).
 
 A group that fails is applied again one call at a time, each in a transaction of its
-own, so an event that fails fails only its own call. A store that cannot be reached
-(``UnavailableError``) fails the whole group at once: every call is answered
-UNAVAILABLE and none of its events was applied.
+own, so an event that fails fails only its own call. So is a group that waited out the
+store's lock timeout (``StoreLockTimeout``: another session holds rows one of its events
+needs, an admin's transaction left open): the calls that need no locked row are applied,
+and a call of a job whose call met the lock again fails at once, without another wait.
+A store that cannot be reached (any other ``UnavailableError``) fails the whole group at
+once: every call is answered UNAVAILABLE and none of its events was applied.
 
 The transactions run on a thread of their own, one at a time: the event loop goes on
 accepting calls (and running callbacks) while the store works.
@@ -26,6 +29,7 @@ from typing import Any, Final, Generic, TypeVar
 from executor.errors import UnavailableError, own_copy
 from executor.logs import outside_any_run
 from executor.model import Event
+from executor.sql import StoreLockTimeout
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -118,6 +122,10 @@ class GroupCommit(Generic[T]):
         events = [event for call in group for event in call.events]
         try:
             results = self._apply(events)
+        except StoreLockTimeout as err:
+            if len(group) == 1:
+                return [err]
+            return self._apply_around_locks(group)
         except UnavailableError as err:
             return [err, *(own_copy(err) for _ in group[1:])]
         except Exception as err:  # noqa: BLE001 - the caller's answer: it is raised there
@@ -129,6 +137,26 @@ class GroupCommit(Generic[T]):
         for call in group:
             outcomes.append(results[start : start + len(call.events)])
             start += len(call.events)
+        return outcomes
+
+    def _apply_around_locks(self, group: list[_Call[T]]) -> list[list[T] | BaseException]:
+        """(On the worker thread.) Each call alone, after its group met a held lock.
+
+        A call of a job whose call met the lock fails at once with that error: its job's
+        rows are the ones held, and each wait would hold every call after it as long.
+        """
+        stuck: dict[int, StoreLockTimeout] = {}
+        outcomes: list[list[T] | BaseException] = []
+        for call in group:
+            jobs = {event.job_id for event in call.events if event.job_id}
+            met = next((stuck[job] for job in jobs if job in stuck), None)
+            if met is not None:
+                outcomes.append(own_copy(met))
+                continue
+            outcome = self._apply_alone(call)
+            if isinstance(outcome, StoreLockTimeout):
+                stuck.update(dict.fromkeys(jobs, outcome))
+            outcomes.append(outcome)
         return outcomes
 
     def _apply_alone(self, call: _Call[T]) -> list[T] | BaseException:

@@ -305,16 +305,15 @@ class Dashboard:
     def _healthz(self) -> Response:
         """The health service's status as JSON: 200 while SERVING, else 503 (a probe reads either).
 
-        An executor that does not answer either call in time is UNKNOWN, with why; one
-        that stopped between them (a stop began after this request was let in) is
-        NOT_SERVING, as from the stop's first moment. Always JSON, as a load balancer's
-        probe expects, never the 503 page.
+        While the event loop is held a moment, the last status known (at most the
+        source's timeout old) answers at once. An executor that does not answer in time
+        is UNKNOWN, with why; one that stopped meanwhile (a stop began after this request
+        was let in) is NOT_SERVING, as from the stop's first moment. Always JSON, as a
+        load balancer's probe expects, never the 503 page.
         """
         try:
-            status = self._source.health()
-            # Not asked after a health call that failed: a held event loop would make the
-            # probe wait the timeout twice, past its own.
-            problem = self._source.metrics().storage_problem
+            # The last known while the loop is held a moment (``ExecutorSource.health_now``).
+            status, problem = self._source.health_now()
         except SourceUnavailable as err:
             if self._stopping.is_set():
                 return _json(503, {"status": "NOT_SERVING", "why": STOPPING})

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
@@ -28,6 +29,8 @@ T = TypeVar("T")
 
 # A page waits at most this long for the loop; beyond it the page says the executor is busy.
 DEFAULT_TIMEOUT_S: Final = 5.0
+# /healthz waits this long for a fresh answer, then says the last one known (``health_now``).
+HEALTHZ_WAIT_S: Final = 0.5
 
 
 def parse_id(text: str) -> int:
@@ -71,8 +74,12 @@ class ExecutorSource:
         self._metrics = metrics
         self._timeout_s = timeout_s
         self._loop_thread = threading.get_ident()  # made on the loop's thread
+        # /healthz's ask in flight, and the last answer (status, storage problem, when).
+        self._health_lock = threading.Lock()
+        self._asking: concurrent.futures.Future[tuple[str, str]] | None = None
+        self._known: tuple[str, str, float] | None = None
 
-    def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+    def _submit(self, call: Callable[[], Awaitable[T]]) -> concurrent.futures.Future[T]:
         if threading.get_ident() == self._loop_thread:
             raise RuntimeError("the dashboard's source waits for the loop: never call it there")
 
@@ -80,11 +87,16 @@ class ExecutorSource:
             return await call()
 
         try:
-            future = asyncio.run_coroutine_threadsafe(run(), self._loop)
+            return asyncio.run_coroutine_threadsafe(run(), self._loop)
         except RuntimeError as err:  # the loop is closed: the executor is stopping
             raise SourceUnavailable("the executor is stopping") from err
+
+    def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+        return self._result(self._submit(call), self._timeout_s)
+
+    def _result(self, future: concurrent.futures.Future[T], timeout_s: float) -> T:
         try:
-            return future.result(self._timeout_s)
+            return future.result(timeout_s)
         except concurrent.futures.TimeoutError as err:
             future.cancel()
             # Not "the executor is down": a page asking more than it can read in time
@@ -167,6 +179,39 @@ class ExecutorSource:
     def health(self) -> str:
         """The health service's status for the whole executor."""
         return self._call(self._client.health)
+
+    def health_now(self) -> tuple[str, str]:
+        """/healthz's (status, storage problem): asked anew, or the last known if the loop is held.
+
+        A load balancer's probe gives up after a second or two, and the loop may be held
+        that long by a statement waiting on the store (its lock timeout): so the answer
+        is the last one known after ``HEALTHZ_WAIT_S``, as long as that is younger than
+        the source's timeout (the ask goes on and refreshes it). Older, or none yet, the
+        ask is waited for up to that timeout: a loop that answers nothing for so long is
+        SourceUnavailable, as for any page.
+        """
+        with self._health_lock:
+            asking = self._asking
+            if asking is None or asking.done():
+                asking = self._asking = self._submit(self._ask_health)
+                asking.add_done_callback(self._remember_health)
+        started = time.monotonic()
+        concurrent.futures.wait([asking], HEALTHZ_WAIT_S)
+        known = self._known
+        if not asking.done() and known is not None and started - known[2] < self._timeout_s:
+            return known[0], known[1]
+        status, problem = self._result(asking, self._timeout_s - (time.monotonic() - started))
+        return status, problem
+
+    async def _ask_health(self) -> tuple[str, str]:
+        # Not asked after a health call that failed: a held loop would be waited for twice.
+        status = await self._client.health()
+        return status, (await self._client.get_metrics()).storage_problem
+
+    def _remember_health(self, asked: concurrent.futures.Future[tuple[str, str]]) -> None:
+        if not asked.cancelled() and asked.exception() is None:
+            status, problem = asked.result()
+            self._known = (status, problem, time.monotonic())
 
     def refresh_metrics(self) -> None:
         """Take the readings for a scrape of /metrics (on the loop; the registry is then read here)."""

@@ -22,7 +22,14 @@ from executor.migrations import _steps, current_version, migrate, schema_version
 from executor.model import CallbackSpec, Invocation, Outcome
 from executor.runs.history import RunHistory, _row
 from executor.runs.outbox import Backoff, Outbox
-from executor.sql import PgDb, StoreConflict, StoreUnavailable, connect_postgres, pg_ddl
+from executor.sql import (
+    PgDb,
+    StoreConflict,
+    StoreLockTimeout,
+    StoreUnavailable,
+    connect_postgres,
+    pg_ddl,
+)
 from executor.triggers.store import TriggerStore
 from tests.conftest import TEST_UID_BASE
 from tests.helpers.cli import cbexec, cli_env
@@ -492,7 +499,7 @@ def test_a_table_locked_by_someone_else_is_unavailable_not_a_hang(pg_url: str) -
         db.execute("CREATE TABLE IF NOT EXISTS locked_away (n INTEGER)")
         admin.execute("BEGIN")
         admin.execute("LOCK TABLE locked_away IN ACCESS EXCLUSIVE MODE")
-        with pytest.raises(StoreUnavailable, match="too slow"):
+        with pytest.raises(StoreLockTimeout, match="not let go within 2 s"):
             db.execute("INSERT INTO locked_away VALUES (1)")
         admin.execute("ROLLBACK")
         db.execute("INSERT INTO locked_away VALUES (2)")  # and it works again at once

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -92,3 +93,38 @@ async def test_long_details_are_bounded() -> None:
     with pytest.raises(Aborted) as aborted:
         await Servicer(InvalidRequestError("x" * 10_000)).Call(None, as_context(FakeContext()))
     assert len(aborted.value.details) < 2100
+
+
+class Waiting:
+    """A handler waiting on something the executor itself may cancel (a task of its own)."""
+
+    def __init__(self) -> None:
+        self.inner: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.waiting = asyncio.Event()
+
+    @grpc_errors
+    async def Call(self, request: Any, context: Any) -> str:
+        self.waiting.set()
+        return await self.inner
+
+
+async def test_a_cancel_of_the_executors_own_is_unavailable_not_cancelled() -> None:
+    # gRPC answers a handler's CancelledError with no status at all (the call hangs to its
+    # deadline) or CANCELLED, which a client takes for its own close and never retries.
+    servicer = Waiting()
+    call = asyncio.ensure_future(servicer.Call(None, as_context(FakeContext())))
+    await servicer.waiting.wait()
+    servicer.inner.cancel()
+    with pytest.raises(Aborted) as refused:
+        await call
+    assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+    assert "try again" in refused.value.details
+
+
+async def test_the_callers_own_cancel_still_ends_the_handler() -> None:
+    servicer = Waiting()
+    call = asyncio.ensure_future(servicer.Call(None, as_context(FakeContext())))
+    await servicer.waiting.wait()
+    call.cancel()  # as gRPC does when the caller cancels or its deadline passes
+    with pytest.raises(asyncio.CancelledError):
+        await call

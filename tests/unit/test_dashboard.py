@@ -95,6 +95,11 @@ class FakeSource:
     def health(self) -> str:
         return "SERVING"
 
+    def health_now(self) -> tuple[str, str]:
+        # As ExecutorSource asks: the metrics only once the health call answered.
+        status = self.health()
+        return status, self.metrics().storage_problem
+
     def refresh_metrics(self) -> None:
         pass
 
@@ -244,6 +249,43 @@ def test_the_source_tells_a_refused_request_from_an_executor_that_is_away() -> N
         assert source.get_run("gone") is None
         with pytest.raises(SourceUnavailable, match="UNAVAILABLE: about down"):
             source.get_run("down")
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+def test_healthz_answers_at_once_from_the_last_status_while_the_loop_is_held() -> None:
+    # A statement waiting on the store's lock timeout holds the loop a moment: /healthz
+    # took 5-7 s then (probe 110), and a probe with a 1-2 s timeout took it for dead.
+    class Client:
+        async def health(self) -> str:
+            return "NOT_SERVING"
+
+        async def get_metrics(self) -> Any:
+            return executor_pb2.GetMetricsResponse(storage_problem="the store is read-only")
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+
+        async def make() -> ExecutorSource:  # made on the loop's thread, as the server does
+            return ExecutorSource(loop, cast(Any, Client()), cast(Any, None), timeout_s=1.5)
+
+        source = asyncio.run_coroutine_threadsafe(make(), loop).result(5)
+        dashboard = Dashboard(source, CollectorRegistry(), Access(""))
+        fresh = dashboard.handle(get("/healthz"))
+        said = {"status": "NOT_SERVING", "storage_problem": "the store is read-only"}
+        assert (fresh.status, json.loads(fresh.body)) == (503, said)
+        loop.call_soon_threadsafe(time.sleep, 5.0)  # the loop held
+        started = time.monotonic()
+        held = dashboard.handle(get("/healthz"))
+        assert time.monotonic() - started < 1.0
+        assert (held.status, json.loads(held.body)) == (503, said)
+        time.sleep(1.5)  # the last answer is now older than the source's timeout
+        unknown = json.loads(dashboard.handle(get("/healthz")).body)
+        assert unknown["status"] == "UNKNOWN" and "did not answer within 1.5 s" in unknown["why"]
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
