@@ -6,7 +6,7 @@ ExecutorError
  +-- AlreadyExistsError       the request's id already names something else (another run)
  +-- ChangedMeanwhileError    what the request continues changed since it began: start over
  +-- PermissionDeniedError    the caller's Qube user may not do what it asks (the farm)
- +-- CapacityError            every slot is busy and the queue is full (or another user took its place)
+ +-- CapacityError            every slot is busy and the queue is full
  +-- UnavailableError         draining, or a child could not be started
  +-- DataLossError            a database a request reads is damaged (the message names it)
  +-- ConfigError              settings that cannot work, naming the setting
