@@ -8,12 +8,14 @@ let 256 requests of 16 MiB take the executor to many GB. Python
 and Perl run in a sandboxed child; qube code strings run in the executor's own
 interpreter.
 
-Priority: slots are handed out first come, first served, to Execute requests and fired
-runs alike (``execute(..., fired=True)``: a callback the trigger engine fired, durable
-work that must not be lost). The only difference is at the queue's bound: a fired run
-is never refused for a full queue, it waits for a slot like the rest (so the queue may
-hold more than ``max_queue`` runs when fired ones are among them). Both are refused
-while draining.
+Priority (``executor.slots``): a freed slot goes round-robin over the users with runs
+waiting, first come first within a user, Execute requests and fired runs alike
+(``execute(..., fired=True)``: a callback the trigger engine fired, durable work that
+must not be lost). At the queue's bounds an Execute request of a user holding less of
+the queue may take the place of the newest of the user holding most, which is refused
+as at the door; a fired run is never refused for a full queue nor gives up its place,
+it waits for a slot like the rest (so the queue may hold more than ``max_queue`` runs
+when fired ones are among them). Both are refused while draining.
 
 Each run is a task of this dispatcher, keyed by its invocation id; its caller awaits it
 shielded. A run ends early only through a stop with a reason (``lifecycle.RunStop``):
@@ -37,8 +39,6 @@ never lost without a trace.
 from __future__ import annotations
 
 import asyncio
-import collections
-import functools
 import json
 import logging
 import time
@@ -65,12 +65,13 @@ from executor.model import (
     RunResult,
     Usage,
 )
-from executor.plurals import counted, counted_are
+from executor.plurals import counted
 from executor.policies import Policy, PolicySet
 from executor.runtimes.child import ChildRuntime, child_runtime
 from executor.sandbox.bridge import CallHandler
 from executor.sandbox.exit_status import SandboxResult
 from executor.sandbox.lifecycle import RunStop, RunStopped, stoppable
+from executor.slots import Slots
 from executor.supervisor_link import SupervisorPort
 from executor.visible_text import escaped
 
@@ -164,97 +165,6 @@ class ChildRunner(Protocol):
         ...
 
 
-def _mib(size_bytes: int) -> str:
-    return f"{size_bytes / (1 << 20):.1f} MiB"
-
-
-class _Slots:
-    """The concurrency slots, handed out first come, first served; a bounded queue for the rest."""
-
-    def __init__(self, count: int, max_queue: int, max_queue_bytes: int | None = None) -> None:
-        self.count = count
-        self.max_queue = max_queue
-        # None: no bound on the waiting requests' bytes (unit tests).
-        self.max_queue_bytes = max_queue_bytes
-        self.waiting_bytes = 0  # the waiting tickets' request bytes, counted as ``waiting``
-        # Free slots in the order they came back: the one idle longest goes first, so runs
-        # rotate over the cells (and over the children prepared in them).
-        self._free = collections.deque(range(count))
-        # A waiting run's ticket resolves to its slot, or to None when it is stopped first.
-        # Never a free slot while a ticket waits: release() hands each slot to the first
-        # waiting ticket, and a ticket is queued only when no slot is free.
-        self._queue: collections.deque[asyncio.Future[int | None]] = collections.deque()
-        self.waiting = 0  # tickets not resolved yet (a stale one counts until its callback)
-
-    @property
-    def busy(self) -> int:
-        return self.count - len(self._free)
-
-    def ticket(self, *, fired: bool, request_bytes: int = 0) -> asyncio.Future[int | None]:
-        """A place: a free slot at once, else in the queue. CapacityError past its bounds.
-
-        ``request_bytes``: what the run's request takes as received, held while it waits.
-        """
-        ticket: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        if self._free:
-            ticket.set_result(self._free.popleft())
-            return ticket
-        if not fired:
-            self._refuse_past_bounds(request_bytes)
-        self._queue.append(ticket)
-        self.waiting += 1
-        self.waiting_bytes += request_bytes
-        # A slot, a withdrawal or a cancellation.
-        ticket.add_done_callback(functools.partial(self._left_queue, request_bytes))
-        return ticket
-
-    def _refuse_past_bounds(self, request_bytes: int) -> None:
-        if self.waiting >= self.max_queue:
-            raise CapacityError(
-                f"{self._busy()} and {counted_are(self.waiting, 'run')} queued; retry later",
-                retry_after_s=1.0,
-            )
-        limit = self.max_queue_bytes
-        if limit is not None and self.waiting_bytes + request_bytes > limit:
-            raise CapacityError(
-                f"{self._busy()} and the {counted(self.waiting, 'queued request')} take "
-                f"{_mib(self.waiting_bytes)}; with this one's {_mib(request_bytes)} they would "
-                f"pass max_queue_bytes ({_mib(limit)}); retry later",
-                retry_after_s=1.0,
-            )
-
-    def _busy(self) -> str:
-        return "the 1 slot is busy" if self.count == 1 else f"all {self.count} slots are busy"
-
-    def _left_queue(self, request_bytes: int, ticket: asyncio.Future[int | None]) -> None:
-        self.waiting -= 1
-        self.waiting_bytes -= request_bytes
-
-    def withdraw(self, ticket: asyncio.Future[int | None]) -> None:
-        """A stopped run leaves the queue: its ticket resolves to None."""
-        if not ticket.done():
-            ticket.set_result(None)
-
-    async def take(self, ticket: asyncio.Future[int | None]) -> int | None:
-        """The ticket's slot once it is this run's turn; None if it was withdrawn first."""
-        try:
-            return await ticket
-        except asyncio.CancelledError:
-            # Cancelled with the task (the queue skips it), or handed a slot it will not use.
-            if not ticket.cancelled() and (slot := ticket.result()) is not None:
-                self.release(slot)
-            raise
-
-    def release(self, slot: int) -> None:
-        """Give ``slot`` to the first run still waiting, else back to the free ones."""
-        while self._queue:
-            ticket = self._queue.popleft()
-            if not ticket.done():
-                ticket.set_result(slot)
-                return
-        self._free.append(slot)
-
-
 @dataclass(slots=True)
 class _Run:
     """One admitted run: the task that owns it, and the way to stop it."""
@@ -305,7 +215,7 @@ class Dispatcher:
         self._supervisor = supervisor
         self._qube = qube
         self._languages = languages
-        self._slots = _Slots(max_concurrent, max_queue, max_queue_bytes)
+        self._slots = Slots(max_concurrent, max_queue, max_queue_bytes)
         self._runs: dict[str, _Run] = {}
         self._draining = False
         self._on_result = on_result
@@ -438,7 +348,7 @@ class Dispatcher:
             if same.fired and not fired:  # the engine made the id: never an Execute's
                 raise AlreadyExistsError(firings_id(invocation.invocation_id))
             raise UnavailableError(in_progress(invocation.invocation_id))
-        ticket = self._slots.ticket(fired=fired, request_bytes=request_bytes)
+        ticket = self._slots.ticket(user=invocation.actor, fired=fired, request_bytes=request_bytes)
         run = _Run(invocation, language, RunStop(), fired=fired, gate=gate)
         task = run.task = asyncio.create_task(
             self._run(run, ticket), name=f"run {invocation.invocation_id}"

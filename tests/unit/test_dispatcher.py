@@ -131,11 +131,17 @@ class Harness:
         )
 
     def start(
-        self, code: str, *, fired: bool = False, language: str = "python", request_bytes: int = 0
+        self,
+        code: str,
+        *,
+        fired: bool = False,
+        language: str = "python",
+        request_bytes: int = 0,
+        user: str = "alice",
     ) -> asyncio.Task[RunResult]:
         return asyncio.create_task(
             self.dispatcher.execute(
-                invocation(code, language), fired=fired, request_bytes=request_bytes
+                invocation(code, language, user), fired=fired, request_bytes=request_bytes
             )
         )
 
@@ -156,11 +162,11 @@ class Harness:
         }
 
 
-def invocation(code: str, language: str = "python") -> Invocation:
+def invocation(code: str, language: str = "python", user: str = "alice") -> Invocation:
     return Invocation(
         invocation_id=f"run-{code}",
         callback=CallbackSpec(language=language, code=code),
-        job={"id": 1, "user": "alice"},
+        job={"id": 1, "user": user},
         limits=LIMITS,
     )
 
@@ -273,6 +279,116 @@ async def test_a_fired_run_is_never_refused_for_a_full_queue() -> None:
         await settle()
     await asyncio.gather(running, queued, *fired)
     assert [code for code, _ in harness.runner.started] == ["a", "b", "fired0", "fired1", "fired2"]
+
+
+async def test_a_freed_slot_goes_round_robin_across_users_first_come_within_each() -> None:
+    # Probe 105: alice's twelve 15 s callbacks on 4 slots kept bob's trivial one waiting 44 s.
+    harness = Harness(slots=1, queue=8)
+    tasks = [harness.start("a0")]
+    await settle()
+    tasks += [harness.start(code) for code in ("a1", "a2", "a3")]
+    tasks += [harness.start(code, user="bob") for code in ("b1", "b2")]
+    tasks.append(harness.start("c1", user="carol", fired=True))  # a fired run takes turns alike
+    await settle()
+    assert harness.dispatcher.waiting == 6
+
+    for _ in range(6):
+        harness.runner.finish(harness.runner.started[-1][0])
+        await settle()
+    harness.runner.finish("a3")
+    await asyncio.gather(*tasks)
+    # alice, bob and carol in the order they began waiting; each one's own first come first.
+    started = [code for code, _ in harness.runner.started]
+    assert started == ["a0", "a1", "b1", "c1", "a2", "b2", "a3"]
+
+
+FULL = r"^the 1 slot is busy and 3 runs are queued; retry later$"
+
+
+async def test_a_user_is_admitted_to_a_queue_another_filled_in_place_of_its_newest_run() -> None:
+    # Probe 105: alice's 3000 calls filled the queue, and bob's one was refused.
+    harness = Harness(slots=1, queue=3)
+    running = harness.start("a0")
+    await settle()
+    alices = [harness.start(code) for code in ("a1", "a2", "a3")]
+    await settle()
+    bob = harness.start("b1", user="bob")
+    await settle()
+
+    with pytest.raises(CapacityError) as refused:
+        await alices[2]
+    assert str(refused.value) == (
+        "the 1 slot is busy and 3 runs are queued, the most of them (3) of user 'alice': "
+        "this one, the newest of them, gave its place to a run of user 'bob', who had fewer "
+        "queued; retry later"
+    )
+    assert refused.value.retry_after_s == 1.0
+    assert harness.dispatcher.waiting == 3  # a1, a2, b1
+    # alice 2, bob 1: neither would take the other's place and still hold fewer.
+    with pytest.raises(CapacityError, match=FULL):
+        await harness.execute("a4")
+    with pytest.raises(CapacityError, match=FULL):
+        await harness.dispatcher.execute(invocation("b2", user="bob"))
+
+    for code in ("a0", "a1", "b1", "a2"):
+        harness.runner.finish(code)
+        await settle()
+    await asyncio.gather(running, *alices[:2], bob)
+    assert [code for code, _ in harness.runner.started] == ["a0", "a1", "b1", "a2"]
+    assert "run-a3" not in harness.outcomes()  # refused, as at the door: not a run
+    assert (harness.dispatcher.active, harness.dispatcher.waiting) == (0, 0)
+
+
+async def test_a_user_is_admitted_past_the_queues_bytes_in_place_of_the_heaviest_users_newest() -> (
+    None
+):
+    harness = Harness(slots=1, queue=100, queue_bytes=32 * MIB)
+    running = harness.start("a", request_bytes=15 * MIB)
+    alices = [harness.start(code, request_bytes=15 * MIB) for code in "bc"]
+    await settle()
+    bob = harness.start("d", user="bob", request_bytes=15 * MIB)
+    await settle()
+
+    with pytest.raises(CapacityError) as refused:
+        await alices[1]
+    assert str(refused.value) == (
+        "the 1 slot is busy and the 2 queued requests take 30.0 MiB, the most of it "
+        "(30.0 MiB) of user 'alice'; with a 15.0 MiB request of user 'bob' they would pass "
+        "max_queue_bytes (32.0 MiB): this one, the newest of them, gave its place to it; "
+        "retry later"
+    )
+    assert harness.dispatcher.waiting_bytes == 30 * MIB
+    # alice 15 MiB, bob 15 MiB: bob's next would make bob the heavier; refused as ever.
+    with pytest.raises(CapacityError, match="would pass max_queue_bytes"):
+        await harness.dispatcher.execute(invocation("e", user="bob"), request_bytes=15 * MIB)
+
+    for code in "abd":
+        harness.runner.finish(code)
+        await settle()
+    await asyncio.gather(running, alices[0], bob)
+    assert (harness.dispatcher.waiting, harness.dispatcher.waiting_bytes) == (0, 0)
+
+
+async def test_runs_with_no_user_share_one_place_and_fired_runs_keep_theirs() -> None:
+    harness = Harness(slots=1, queue=3)
+    tasks = [harness.start("a0")]
+    await settle()
+    tasks.append(harness.start("f1", fired=True))  # alice's: counted, never given up
+    tasks += [harness.start(code, user="") for code in ("u1", "u2")]
+    await settle()
+    # The runs with no user are one group, not one each: u3 takes no place of theirs.
+    with pytest.raises(CapacityError, match=FULL):
+        await harness.dispatcher.execute(invocation("u3", user=""))
+    # alice has no Execute call waiting (f1 is fired): bob takes the place of u2.
+    tasks.append(harness.start("b1", user="bob"))
+    await settle()
+    with pytest.raises(CapacityError, match="the most of them \\(2\\) of no user: this one"):
+        await tasks.pop(3)
+    for code in ("a0", "f1", "u1", "b1"):
+        harness.runner.finish(code)
+        await settle()
+    await asyncio.gather(*tasks)
+    assert [code for code, _ in harness.runner.started] == ["a0", "f1", "u1", "b1"]
 
 
 async def test_drain_stops_every_run_records_it_and_answers_its_caller() -> None:
