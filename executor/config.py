@@ -170,9 +170,14 @@ class Settings:
     max_queue_bytes: int = 256 * MIB
     # The gRPC port's connections (api/connections.py): at most this many at once (a further
     # one is closed as it comes), each with at most max_streams calls open at once (a client
-    # queues the rest until one ends).
-    max_connections: int = 256
+    # queues most of the rest until one ends). gRPC counts a connection from accept, before
+    # any handshake: 256 (the default before) silent TCP connections shut everyone out.
+    max_connections: int = 1024
     max_streams: int = 1000
+    # A connection that has not finished its TLS handshake and sent HTTP/2's preface and
+    # SETTINGS within this long is closed (gRPC's own default: 120 s, and 60 s in effect
+    # for plaintext), so a silent one holds its place this long at most.
+    handshake_timeout_seconds: float = 5.0
     # The server pings each connection after this long without a frame from the peer, and
     # closes it when the ping is not answered within keepalive_timeout_seconds: a frozen or
     # vanished client lets go of the answers it was sent but never read.
@@ -900,7 +905,7 @@ def _check_connections(settings: Settings) -> Iterator[str]:
         value = getattr(settings, name)
         if not 1 <= value <= MAX_CONNECTION_COUNT:
             yield f"{name}: must be 1 to {MAX_CONNECTION_COUNT}, got {value}"
-    for name in ("keepalive_seconds", "keepalive_timeout_seconds"):
+    for name in ("keepalive_seconds", "keepalive_timeout_seconds", "handshake_timeout_seconds"):
         problem = _timeout_problem(name, getattr(settings, name))
         if problem is not None:
             yield problem

@@ -335,6 +335,9 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         stack.push_async_callback(_close_all, side_ports)
         stack.push_async_callback(edge.close, STOP_GRACE_S)
         await start_whole(edge.server)  # a stop meanwhile waits for it (server_start)
+        if edge.connections is not None:
+            watch = asyncio.create_task(edge.connections.watch_forever())
+            stack.push_async_callback(_stop_tasks, [watch])
         recorder.start()
         if fleet_ids is not None:  # until the drain has ended the runs that hold claims
             stack.push_async_callback(_stop_tasks, [asyncio.create_task(fleet_ids.renew_forever())])

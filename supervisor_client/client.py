@@ -38,6 +38,7 @@ from supervisor_client.errors import ClientClosedError, ExecutorRpcError, checke
 from supervisor_client.first_calls import CONNECT_WAIT_S, spread_first_calls
 from supervisor_client.jobdict import job_message
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc, types_pb2
+from supervisor_client.refused_streams import sent_again_while_refused
 from supervisor_client.targets import resolve_target
 
 __all__ = [
@@ -278,6 +279,9 @@ class ChannelClient:
     ) -> _Response:
         """One call, its failure as the typed error (errors.py); ClientClosedError after close.
 
+        A call the server refused unseen (past ``max_streams``) is sent again within the
+        deadline (refused_streams.py).
+
         A list's first calls wait for ``_first_calls_spread`` first, for half their
         deadline at most: the call itself keeps the other half.
         """
@@ -288,7 +292,10 @@ class ChannelClient:
             await self._first_calls_spread(CONNECT_WAIT_S if deadline is None else deadline / 2)
             if deadline is not None:  # the rest, but some even if the loop was held
                 deadline = max(deadline - (loop.time() - started), 0.001)
-        return await checked_call(self._closed, lambda: method(request, timeout=deadline))
+        return await sent_again_while_refused(
+            lambda left: checked_call(self._closed, lambda: method(request, timeout=left)),
+            deadline,
+        )
 
     async def __aenter__(self) -> Self:
         return self

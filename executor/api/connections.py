@@ -10,7 +10,16 @@ their window 840 MB, and 60,000 idle health Watch streams 1.2 GB (probe 85). So:
   peer lets go of everything sent to it;
 - at most ``max_connections`` connections at once (a further one is closed as it
   comes), each with at most ``max_streams`` calls open (advertised as HTTP/2's
-  ``SETTINGS_MAX_CONCURRENT_STREAMS``: a client queues the rest);
+  ``SETTINGS_MAX_CONCURRENT_STREAMS``: a client queues the rest, but a call it sends
+  before it has seen a stream end may be refused, RST_STREAM REFUSED_STREAM, which the
+  client library sends again);
+- gRPC counts a connection from accept, before any handshake, and keepalive cannot reach
+  one that never speaks HTTP/2: 256 TCP connections that sent nothing held every place
+  for 60 s (120 s under TLS; probe 105). So a connection that has not finished its TLS
+  handshake and sent HTTP/2's SETTINGS within ``handshake_timeout_seconds`` is closed
+  (gRPC's ``grpc.server_handshake_timeout_ms``, which bounds both: measured on grpcio
+  1.85, plaintext and TLS alike, silent peers lost their places at the timeout);
+  ``connection_watch.py`` says when the places are all taken, and by whom;
 - a connection with no call for ``MAX_CONNECTION_IDLE_MS`` is closed (GOAWAY; a channel
   reconnects for its next call);
 - a connection is told to go away (GOAWAY) after ``MAX_CONNECTION_AGE_MS``, and then
@@ -61,7 +70,11 @@ def server_options(
         # the peer froze would hold keepalive's back for gRPC's default 60 s).
         ("grpc.http2.ping_timeout_ms", keepalive_timeout_ms),
         ("grpc.http2.max_pings_without_data", 0),  # 0: no limit (the default stops at 2)
+        # Our SETTINGS unacknowledged, as a ping unanswered: gRPC's default, max(2 x that,
+        # 60 s), let a peer that sent HTTP/2's preface and nothing more hold its place 60 s.
+        ("grpc.http2.settings_timeout", keepalive_timeout_ms),
         ("grpc.max_allowed_incoming_connections", settings.max_connections),
+        ("grpc.server_handshake_timeout_ms", round(settings.handshake_timeout_seconds * 1000)),
         ("grpc.max_concurrent_streams", settings.max_streams),
         ("grpc.max_connection_idle_ms", idle_ms),
         ("grpc.max_connection_age_ms", age_ms),

@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from executor.api import security
 from executor.api.callback_executor import CallbackExecutorServicer
+from executor.api.connection_watch import LOOK_EVERY_S, ConnectionWatch
 from executor.api.connections import server_options
 from executor.api.farm import FarmServicer
 from executor.api.health import HealthService
@@ -61,6 +62,8 @@ class Edge:
     trimmer: HeapTrimmer = field(default_factory=HeapTrimmer)
     # Under TLS, the Unix socket ``own_channel`` reaches the server through (security.py).
     internal_socket: PrivateSocket | None = None
+    # Says when the port's connections fill max_connections (connection_watch.py).
+    connections: ConnectionWatch | None = None
     _stopping: bool = False
     _pending_health: asyncio.Future[None] | None = None
 
@@ -163,4 +166,10 @@ def build(
     enable_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = security.add_port(server, settings, credentials)
     own_channel, internal_socket = security.own_channel(server, settings, port)
-    return Edge(server, port, health_servicer, own_channel, services, trimmer, internal_socket)
+    # Several looks within a handshake timeout: silent peers hold their places that long.
+    look_s = min(LOOK_EVERY_S, settings.handshake_timeout_seconds / 4)
+    connections = ConnectionWatch(port, settings.max_connections, look_s)
+    metrics.registry.register(connections)
+    return Edge(
+        server, port, health_servicer, own_channel, services, trimmer, internal_socket, connections
+    )

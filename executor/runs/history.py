@@ -380,7 +380,8 @@ class RunHistory:
             if max_bytes is not None:
                 self._prune_every_bytes = max(max_bytes // 10, 1)
         else:
-            db = open_database(path)
+            # Its INSERTs bind each run's output: no kept statement keeps the last one's.
+            db = open_database(path, cached_statements=0)
             try:
                 with opening(path):
                     db.row_factory = sqlite3.Row

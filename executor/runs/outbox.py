@@ -420,7 +420,8 @@ class Outbox:
 
     @staticmethod
     def _open_sqlite(path: str) -> sqlite3.Connection:
-        db = open_database(path)
+        # Its INSERTs bind each result's report: no kept statement keeps the last one's.
+        db = open_database(path, cached_statements=0)
         db.execute("PRAGMA journal_mode = WAL")
         # WAL + NORMAL: a commit survives the executor's own crash (kill -9); only an OS
         # crash or power loss can drop the last commits. FULL fsyncs every run on the

@@ -10,6 +10,7 @@ large answer is followed by a heap trim as a large request is.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import struct
 import time
@@ -28,6 +29,7 @@ from executor.runs.metrics import Metrics
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import running_stack, stack_settings
 from tests.helpers.health import SERVING, health_list, health_updates
+from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.service
 
@@ -116,6 +118,57 @@ async def test_streams_per_connection_and_connections_are_capped(tmp_path: Path)
                     await asyncio.sleep(0.1)
         else:
             raise AssertionError("no connection was taken after the others closed")
+
+
+async def _served(port: int) -> bool:
+    """Whether a fresh client's call is answered (not refused at the connection cap)."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as fresh:
+        try:
+            return (await health_list(fresh))[""] == SERVING
+        except grpc.aio.AioRpcError:
+            return False
+
+
+async def test_silent_connections_lose_their_places_at_the_handshake_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Probe 105: 256 TCP connections that never sent a byte held every place for 60 s
+    # (120 s under TLS), no token needed, and nothing was logged.
+    settings = stack_settings(tmp_path / "data", max_connections=4, handshake_timeout_seconds=2.0)
+    async with running_stack(settings) as stack:
+        port = stack.running.port
+        await stack.channel.channel_ready()  # one place; three silent peers take the rest
+        with caplog.at_level(logging.WARNING, logger="executor.api.connection_watch"):
+            silent = [socket.create_connection(("127.0.0.1", port), timeout=0.2) for _ in range(3)]
+            try:
+                full = await eventually(lambda: _full_warnings(caplog), timeout_s=10)
+                assert full, "no WARNING while the silent peers held every place"
+                assert "127.0.0.1: 4" in full[0], full[0]  # who holds them, for a firewall
+                # Far sooner than gRPC's own 60 s: they are dropped at the handshake timeout.
+                assert await eventually(lambda: _served(port), timeout_s=20, interval_s=0.2)
+                for peer in silent:
+                    assert await asyncio.to_thread(_closed_within, peer, 5.0)
+            finally:
+                for peer in silent:
+                    peer.close()
+
+
+async def test_a_peer_that_never_acknowledges_our_settings_is_dropped(tmp_path: Path) -> None:
+    # HTTP/2's preface and nothing more held a place for gRPC's 60 s (probe 105).
+    settings = stack_settings(
+        tmp_path / "data", keepalive_seconds=600, keepalive_timeout_seconds=1.0
+    )
+    async with running_stack(settings) as stack:
+        peer = socket.create_connection(("127.0.0.1", stack.running.port), timeout=0.2)
+        try:
+            peer.sendall(PREFACE + SETTINGS)
+            assert await asyncio.to_thread(_closed_within, peer, 20.0)
+        finally:
+            peer.close()
+
+
+def _full_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "max_connections" in r.getMessage()]
 
 
 async def _bare_health(health: HealthService) -> tuple[grpc.aio.Server, grpc.aio.Channel]:
@@ -256,3 +309,15 @@ async def test_an_idle_connection_is_closed() -> None:
     finally:
         await channel.close()
         await server.stop(None)
+
+
+async def test_calls_past_max_streams_are_answered_not_refused(tmp_path: Path) -> None:
+    # gRPC's server refuses some of the calls a client sends past max_streams (RST_STREAM
+    # REFUSED_STREAM, "error code 7"): 12 of 1200 at 1000 (probe 105). Never seen by the
+    # server, the client library sends them again.
+    async with running_stack(stack_settings(tmp_path / "data", max_streams=2)) as stack:
+        results = await asyncio.gather(
+            *(stack.client.get_metrics(timeout=60) for _ in range(200)), return_exceptions=True
+        )
+        failures = [repr(r) for r in results if isinstance(r, BaseException)]
+        assert not failures, (len(failures), failures[:3])

@@ -24,6 +24,7 @@ from executor.model import (
 )
 from executor.runs.history import RunHistory, RunIdentity, result_from_json, result_to_json
 from tests.helpers.clock import Clock
+from tests.helpers.sqlite_memory import sqlite_memory_used
 
 pytestmark = pytest.mark.unit
 
@@ -428,3 +429,12 @@ def test_as_few_runs_go_as_bring_the_history_under_its_bytes(tmp_path: Path) -> 
     # One more of them would not have fitted: none went that did not have to.
     assert bounded.stored_bytes() <= 6 * MIB < bounded.stored_bytes() + MIB
     bounded.close()
+
+
+def test_a_large_output_is_not_kept_by_sqlite_once_recorded(history: RunHistory) -> None:
+    # A kept prepared statement kept the values it was last given: a run's 2 x 16 MiB of
+    # output stayed in SQLite's memory until the next run was recorded (probe 105).
+    before = sqlite_memory_used()
+    large = dataclasses.replace(result("a"), stdout="\ufffd" * (4 << 20), stderr="x" * (4 << 20))
+    history.record(invocation("a"), large, started_at=1000.0)
+    assert sqlite_memory_used() - before < 4 << 20  # its page cache: 2 MiB

@@ -25,6 +25,7 @@ import pytest
 from executor.runs.outbox import Backoff, DeliveryError, Outbox
 from executor.storage import DatabaseLocked, StorageHealth
 from supervisor_client.reference import ReferenceSupervisor
+from tests.helpers.sqlite_memory import sqlite_memory_used
 from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.unit
@@ -715,3 +716,15 @@ async def test_retrying_many_named_dead_letters_is_a_few_statements_in_one_trans
     assert sorted(letter.key for letter in outbox.dead_letters()) == [f"bad{n}" for n in range(4)]
     assert receiver.calls["bad1"] == receiver.calls["bad0"] + 1  # sent again, once
     await outbox.close()
+
+
+async def test_a_large_report_is_not_kept_by_sqlite_once_put(
+    tmp_path: Path, receiver: ReferenceReceiver
+) -> None:
+    outbox = Outbox(tmp_path / "outbox.db", receiver)
+    try:
+        before = sqlite_memory_used()
+        assert outbox.put("a", json.dumps({"stdout": "x" * (8 << 20)}).encode())
+        assert sqlite_memory_used() - before < 4 << 20  # its page cache: 2 MiB
+    finally:
+        await outbox.close()
