@@ -173,12 +173,12 @@ class Event:
         """The event a ``name-type-context-extra`` description names.
 
         ``context`` is a job id, or a name ``jobs`` gives the id of (``self``, ``parent``,
-        a label); any other is kept as ``unresolved``, with job_id 0: the event claims
-        no job it may not be about. ``extra`` is the item (work name, instance, host)
+        a label); any other (``0`` too: no job has it) is kept as ``unresolved``, with
+        job_id 0: the event claims no job it may not be about. ``extra`` is the item (work name, instance, host)
         or a clock time, by type.
         """
         job_id, unresolved = 0, ""
-        if context.isascii() and context.isdigit():
+        if context.isascii() and context.isdigit() and int(context):
             job_id = int(context)
         elif jobs and context in jobs:
             job_id = jobs[context]

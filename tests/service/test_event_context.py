@@ -47,6 +47,10 @@ async def test_an_executes_event_context_names_the_job_as_the_trigger_engine_wou
         (job, "complete-job-self", "901"),
         (job, "complete-job-me", "901"),  # its own label
         (job, "complete-job-950", "950"),
+        (job, "complete-job-007", "7"),
+        # No job is 0: it showed "" (probe 112).
+        (job, "complete-job-0", "0"),
+        (job, "complete-work-00-1", "00"),
         # What the executor cannot resolve is shown as given, never as a job id.
         (job, "complete-job-nosuch", "nosuch"),
         (orphan, "complete-job-parent", "parent"),  # no pid
