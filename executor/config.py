@@ -705,6 +705,16 @@ def _address_problem(name: str, value: str) -> str | None:
             ipaddress.IPv6Address(host[1:-1])
         except ValueError:
             return f"{name}: address {value!r}: {host} is not an IPv6 address"
+    elif host.replace(".", "").isdigit():
+        # The C library reads '127.1' as 127.0.0.1 (so the check passed) where gRPC's
+        # resolver refuses it (probe 112): an IPv4 address is its four parts.
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return (
+                f"{name}: address {value!r}: {host} is not an IPv4 address "
+                "(write its four parts, as 127.0.0.1)"
+            )
     return None
 
 

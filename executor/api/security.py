@@ -179,9 +179,11 @@ def _loopback(bind: str) -> bool:
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False  # no host (every address), or a name: as reachable as it resolves
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return (mapped or address).is_loopback  # [::ffff:127.0.0.1] is 127.0.0.1
 
 
 def check_bindable(bind: str, *, setting: str = "bind") -> None:

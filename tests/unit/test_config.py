@@ -11,6 +11,7 @@ from typing import Final
 import pytest
 
 from executor import config
+from executor.api.security import open_port_warnings
 from executor.cli import build_parser, main
 from executor.cli.connection import EXIT_USAGE
 from executor.cli.serve import load_settings
@@ -990,3 +991,19 @@ def test_a_config_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
     toml.write_bytes(b'bind = "127.0.0.1:6000"\n\xef\xbb\xbfmax_concurrent = 3\n')
     with pytest.raises(ConfigError, match="at line 2, column 1"):
         config.from_toml(config.Settings(), toml)
+
+
+@pytest.mark.parametrize("name", ["bind", "http_bind"])
+def test_an_ipv4_bind_of_fewer_than_four_parts_is_refused(name: str) -> None:
+    # The C library reads '127.1' as 127.0.0.1, so --check-config passed where gRPC's
+    # resolver then refused to listen (probe 112).
+    for bad in ("127.1:50051", "10.1.2:50051", "2130706433:50051", "1.2.3.4.5:50051"):
+        with pytest.raises(ConfigError, match=f"{name}: address .*: .* is not an IPv4 address"):
+            config.validate(config.Settings().replace(**{name: bad}))
+    assert getattr(config.validate(config.Settings().replace(**{name: "127.0.0.2:9000"})), name)
+
+
+def test_an_ipv4_mapped_loopback_bind_is_no_open_port() -> None:
+    for bind in ("[::ffff:127.0.0.1]:50051", "127.0.0.2:50051", "[::1]:50051"):
+        assert open_port_warnings(config.Settings(bind=bind)) == [], bind
+    assert open_port_warnings(config.Settings(bind="[::ffff:10.0.0.5]:50051"))
