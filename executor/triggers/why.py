@@ -362,7 +362,7 @@ class _View:
 
 def _waiting_for(
     view: _View,
-    mode: str,
+    cb: StoredCallback,
     count: int,
     expr: Expr,
     explained: Sequence[AtomExplanation],
@@ -372,7 +372,8 @@ def _waiting_for(
 
     A clock atom whose timer is gone (a time that fired, a stopped clock) will not latch
     again: the ways through it are left out of both, and a trigger with no other way
-    says first that it will not fire again.
+    says first that it will not fire again (a universal line's, until a reload brings
+    the line back and its clocks with it).
     """
     rest, open_slots = residual(expr, latches)
     if rest is None:
@@ -388,7 +389,10 @@ def _waiting_for(
         live = _live_residual(expr, latches, never)
         if live is None:  # no way left: say so, and keep what it would have needed
             named = ", ".join(explained[slot].atom for slot in sorted(never))
-            lines.append(f"it will not fire again: it needs {named}, which will not latch again")
+            until = " unless a reload brings its callbacks.conf line back" if cb.universal else ""
+            lines.append(
+                f"it will not fire again{until}: it needs {named}, which will not latch again"
+            )
         else:
             rest, open_slots = live
     for slot in open_slots:
@@ -401,7 +405,7 @@ def _waiting_for(
             if found[slot].name is EventName.SUBMIT:
                 # Nothing submits a job twice: there is no next such event to wait for.
                 line += " (already happened; a job is submitted once, so it will not come again)"
-            elif mode == EDGE and count == 0:
+            elif cb.mode == EDGE and count == 0:
                 # Never fired and not latched: the event came before the callback could see it.
                 line += (
                     " (already happened before it could latch: edge-triggered, this waits for"
@@ -505,9 +509,7 @@ def _callback(
             for slot, atom in enumerate(shown)
         )
         waiting, waiting_for = (
-            ("", ())
-            if is_spent
-            else _waiting_for(view, cb.mode, cb.count, expr, explained, cb.latches)
+            ("", ()) if is_spent else _waiting_for(view, cb, cb.count, expr, explained, cb.latches)
         )
     entries = journal.read(
         db,
@@ -616,7 +618,7 @@ def _one_item(
     waiting, waiting_for = (
         ("", ())
         if is_spent
-        else _waiting_for(view, cb.mode, state.count, item_expr, explained, state.latches)
+        else _waiting_for(view, cb, state.count, item_expr, explained, state.latches)
     )
     return WorkExplanation(
         work_names=(name,),

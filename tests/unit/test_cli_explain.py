@@ -300,6 +300,11 @@ async def test_why_says_a_removed_universal_lines_clock_is_stopped(
         line.startswith(f"    {repeat}: no job (a global atom), {stopped}")
         for line in text.splitlines()
     )
+    # Not "it will not fire again" alone: a reload that restores the line restarts it (probe 116).
+    assert (
+        "    it will not fire again unless a reload brings its callbacks.conf line back: it "
+        f"needs {repeat}, which will not latch again"
+    ) in text.splitlines()
 
 
 async def test_a_dry_run_says_why_per_callback(engines: Engines) -> None:
