@@ -26,20 +26,33 @@ their window 840 MB, and 60,000 idle health Watch streams 1.2 GB (probe 85). So:
   closed once its calls have ended, or after ``MAX_CONNECTION_AGE_GRACE_MS`` at the
   latest: a peer that answers pings but never reads its answers is let go of then. The
   grace is longer than any call the README allows (a ``WaitJobs`` of 3600 s, a run at the
-  3600 s wall cap after waiting for a slot), so no such call is cut.
+  3600 s wall cap after waiting for a slot), so no such call is cut;
+- every call within those caps is taken. gRPC holds a call that has arrived until the
+  application asks for it, and gRPC Python's aio server asks for one at a time, one
+  turn of the event loop each: calls sent at once pile up there. Past
+  ``grpc.server.max_pending_requests`` (gRPC's default 1000) gRPC refused new ones at
+  random, all of them past ``..._hard_limit`` (3000), and one held longer than
+  ``grpc.server_max_unrequested_time_in_server`` (30 s, a busy loop) was dropped: the
+  client saw CANCELLED "CANCELLED", as for its own cancel, and nothing was logged
+  (probe 111: 535-654 of 3000 WaitJobs sent at once on three connections; none of 1000
+  on one). Both limits are now the caps' product (``pending_calls_limit``), which the
+  streams bound already, and the wait is the caller's deadline's to end.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from executor.config import Settings
+from executor.config import MAX_CONNECTION_COUNT, Settings
 from supervisor_client.credentials import KEEPALIVE_TIME_MS
 
 HOUR_MS: Final = 3_600_000
 MAX_CONNECTION_IDLE_MS: Final = HOUR_MS // 4
 MAX_CONNECTION_AGE_MS: Final = HOUR_MS
 MAX_CONNECTION_AGE_GRACE_MS: Final = 2 * HOUR_MS
+# A call not yet taken by the application is let go of after this long (gRPC: seconds).
+# Longer than any call may last (the age's grace): its caller's deadline ends it first.
+MAX_UNREQUESTED_S: Final = MAX_CONNECTION_AGE_GRACE_MS // 1000
 
 # Accept the pings our clients send to find a frozen executor (credentials.KEEPALIVE_OPTIONS:
 # every 10 s, with or without a call). gRPC's defaults take a ping more often than every
@@ -48,6 +61,12 @@ KEEPALIVE_SERVER_OPTIONS: Final = (
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
 )
+
+
+def pending_calls_limit(settings: Settings) -> int:
+    """How many calls gRPC may hold untaken: as many as the port has open at most."""
+    # gRPC reads the count as a signed 32-bit number, as it does the two caps.
+    return min(settings.max_connections * settings.max_streams, MAX_CONNECTION_COUNT)
 
 
 def server_options(
@@ -76,6 +95,10 @@ def server_options(
         ("grpc.max_allowed_incoming_connections", settings.max_connections),
         ("grpc.server_handshake_timeout_ms", round(settings.handshake_timeout_seconds * 1000)),
         ("grpc.max_concurrent_streams", settings.max_streams),
+        # Soft and hard alike: none refused below it, and the streams keep below it.
+        ("grpc.server.max_pending_requests", pending_calls_limit(settings)),
+        ("grpc.server.max_pending_requests_hard_limit", pending_calls_limit(settings)),
+        ("grpc.server_max_unrequested_time_in_server", MAX_UNREQUESTED_S),
         ("grpc.max_connection_idle_ms", idle_ms),
         ("grpc.max_connection_age_ms", age_ms),
         ("grpc.max_connection_age_grace_ms", age_grace_ms),
