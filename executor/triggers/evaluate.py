@@ -100,6 +100,10 @@ STATE_EVENTS: Final = frozenset(
         EventName.WAITING,
     }
 )
+# The atom names a known state can show as happened (``happened``).
+HAPPENED_NAMES: Final = frozenset(
+    name.value for name in (*STATE_EVENTS, EventName.DONE, EventName.SUBMIT)
+)
 _ONE_SHOT: Final = frozenset({EventType.TIME, EventType.GLOBALTIME})
 _REPEATING: Final = frozenset({EventType.REPEAT, EventType.GLOBALREPEAT})
 
@@ -150,6 +154,14 @@ def scope_label(scope: str) -> tuple[int, str] | None:
         return None
     pgrp, _, label = rest.partition(":")
     return int(pgrp), label
+
+
+def scopes_of(place: JobPlace) -> list[str]:
+    """The scopes of the atoms that name this job: its id (also as a parent), its label."""
+    scopes = [_job_scope(place.job_id)]
+    if place.label:
+        scopes.append(_label_scope(place.pgrp, place.label))
+    return scopes
 
 
 def _atom_scope(atom: Atom, owner: JobPlace) -> str | None:
