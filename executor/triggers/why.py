@@ -460,6 +460,8 @@ def _joined(parts: Sequence[tuple[Expr | None, list[int]]]) -> list[int]:
     return [slot for _, open_slots in parts for slot in open_slots]
 
 
+# The atoms whose events leave a state the engine keeps (of a registered job).
+_STATE_TYPES: Final = frozenset({EventType.JOB, EventType.WORK, EventType.SUBJOB})
 # What level mode latches besides the events that come after it registers.
 _LEVEL_RULE: Final = (
     "a level callback latches what has happened when it registers and when the job"
@@ -473,7 +475,7 @@ def _not_registered(view: _View, atom: Atom, job_id: int) -> str:
     The engine keeps no state of such a job, only its submission (states.py), so an
     event of it from before the callback registered is not known. "" for any other atom.
     """
-    if not job_id or view.place(job_id) is not None or atom.is_timed:
+    if not job_id or atom.type not in _STATE_TYPES or view.place(job_id) is not None:
         return ""
     if atom.name is EventName.SUBMIT or atom.name.value not in HAPPENED_NAMES:
         return ""
