@@ -45,7 +45,8 @@ atom without the placeholder sets its latch in every item's vector. Each item st
 fires (in its own context: ``qb.workid()`` is the item), counts against ``maximum`` and
 resets on its own, exactly as one callback per item would.
 
-Level mode (opt-in per callback): at registration, an atom latches when its event has
+Level mode (opt-in per callback): at registration (its own, and the first one of a
+job it names: registration.take_registration), an atom latches when its event has
 already happened, judged by the last known state of each object it names
 (``happened``): the state the last state-changing event left it in (``state_after``), or
 the status the object's registration carried. ``done`` means complete, failed or
