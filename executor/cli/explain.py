@@ -86,8 +86,9 @@ def entry_effect(entry: Mapping[str, Any]) -> str:
         run = f" as {entry['invocation_id']}" if entry.get("invocation_id") else ""
         parts.append(f"FIRED{run} (count {entry['count']})")
     elif kind == "level":
-        parts.insert(0, "level mode at registration")
-        if entry.get("count"):
+        # Another job's registration (the reason names it), or the callback's own.
+        parts.insert(0, f"level mode at {entry.get('reason') or 'registration'}")
+        if entry.get("invocation_id"):  # it fired (a registration is never a dry run)
             run = f" as {entry['invocation_id']}" if entry.get("invocation_id") else ""
             parts.append(f"FIRED{run}")
     elif kind == "spent":

@@ -127,7 +127,7 @@ class Decider:
 
         A job is submitted once, and a level callback took the submission of a job the
         engine registered when it or the job registered (registration.level_pass,
-        take_submission): the event after it is the same submission, not a second one.
+        take_registration): the event after it is the same submission, not a second one.
         A job never registered (a scheduler registers only jobs with callbacks) has only
         its event, which level callbacks then take.
         """
@@ -424,32 +424,50 @@ class Decider:
     # -- level mode at registration ---------------------------------------------------
 
     def level_unnamed(
-        self, cb: StoredCallback, expr: Expr, marks: Sequence[SeenEvent | None]
+        self,
+        cb: StoredCallback,
+        expr: Expr,
+        marks: Sequence[SeenEvent | None],
+        *,
+        start: WorkState | None = None,
+        reason: str = "",
+        told: bool = True,
     ) -> WorkState | None:
-        """Level mode for a ``{work}`` callback of a job without an agenda.
+        """Level mode for the state the items of a ``{work}`` callback start from.
 
         What already happened of its atoms without ``{work}`` (``marks``) latches in the
-        state its items start from (``items.unnamed``); nothing fires, as no item is
-        known. None when nothing latched.
+        state its items start from (``items.unnamed``; ``start``, when not fresh);
+        nothing fires, as no item is known. None when nothing latched. ``told``: a
+        journal entry says so (kept as one more item's, ""), for a job without an
+        agenda; with one, its items' own entries do. ``reason``: as for ``level``.
         """
-        newly = tuple(slot for slot, mark in enumerate(marks) if mark is not None)
+        start = start or WorkState.fresh(len(marks))
+        newly = tuple(
+            slot for slot, mark in enumerate(marks) if mark is not None and not start.latches[slot]
+        )
         if not newly:
             return None
-        latest = max((mark for mark in marks if mark is not None), key=lambda mark: mark.at)
-        latches = tuple(mark is not None for mark in marks)
-        found = atoms(expr)
-        self.decision.entries.append(
-            JournalEntry(
-                job_id=cb.job_id,
-                callback_id=cb.callback_id,
-                kind=EntryKind.LEVEL,
-                seen=SeenEvent(latest.event, self._seen.at),
-                per_item=True,
-                latched=_atom_texts(found, newly),
-                waiting_for=_waiting_text(expr, latches),
-            )
+        latest = _latest(marks, newly)
+        latches = tuple(
+            latched or mark is not None for latched, mark in zip(start.latches, marks, strict=True)
         )
-        return WorkState(0, latches, tuple(marks))
+        held = tuple(
+            marks[slot] if slot in newly else start.latched_by[slot] for slot in range(len(marks))
+        )
+        if told:
+            self.decision.entries.append(
+                JournalEntry(
+                    job_id=cb.job_id,
+                    callback_id=cb.callback_id,
+                    kind=EntryKind.LEVEL,
+                    seen=SeenEvent(latest.event, self._seen.at),
+                    per_item=True,
+                    latched=_atom_texts(atoms(expr), newly),
+                    waiting_for=_waiting_text(expr, latches),
+                    reason=reason,
+                )
+            )
+        return WorkState(start.count, latches, held)
 
     def level(
         self,
@@ -457,8 +475,11 @@ class Decider:
         expr: Expr,
         marks: Sequence[SeenEvent | None],
         work_name: str = "",
+        *,
+        start: WorkState | None = None,
+        reason: str = "",
     ) -> WorkState | None:
-        """Latch what already happened in a new level callback's vector; fire if it is true.
+        """Latch what already happened in a level callback's vector; fire if it is true.
 
         The vector is an item's, for a ``{work}`` callback.
 
@@ -467,26 +488,42 @@ class Decider:
             expr: Its trigger (substituted for ``work_name``).
             marks: Per slot, the event that already happened (None: it has not).
             work_name: The item, for a ``{work}`` callback.
+            start: The vector as it stands (fresh, for a callback just registered):
+                another job's registration latches in it what that job's states show.
+            reason: Whose registration it is, when not the callback's own (the journal
+                entry says so).
 
-        Returns the vector's state to store (None when nothing latched). A firing runs
-        with the latest of the events, as if it had just happened: with its work item
-        too (``qb.workid()``, ``*-work-self``), as an edge firing on that event would.
+        Returns the vector's state to store (None when nothing latched: the slots were
+        latched already, or the vector is spent). A firing runs with the latest of the
+        events it latched, as if it had just happened: with its work item too
+        (``qb.workid()``, ``*-work-self``), as an edge firing on that event would.
         """
-        newly = tuple(slot for slot, mark in enumerate(marks) if mark is not None)
+        size = len(marks)
+        start = start or WorkState.fresh(size)
+        newly = tuple(
+            slot for slot, mark in enumerate(marks) if mark is not None and not start.latches[slot]
+        )
         if not newly:
             return None
-        latest = max((mark for mark in marks if mark is not None), key=lambda mark: mark.at)
+        moved = step(expr, start.latches, newly, count=start.count, maximum=cb.maximum)
+        if moved.spent:
+            return None
+        latest = _latest(marks, newly)
         seen = SeenEvent(latest.event, self._seen.at)
         fired_work = work_name or latest.event.work_name
-        moved = step(expr, [False] * len(marks), newly, count=0, maximum=cb.maximum)
         found = atoms(expr)
         invocation_id = ""
-        after = WorkState(0, moved.latches, tuple(marks))
+        held = tuple(
+            marks[slot] if slot in newly else start.latched_by[slot] for slot in range(size)
+        )
+        after = WorkState(start.count, moved.latches, held)
         if moved.fires:
-            after = WorkState(1, moved.latches, (None,) * len(marks))
+            after = WorkState(start.count + 1, moved.latches, (None,) * size)
             invocation_id = "" if self._dry else str(uuid.uuid4())
             if not self._dry:
-                firing = PendingFiring(invocation_id, cb, latest.event, self._batch, 1, fired_work)
+                firing = PendingFiring(
+                    invocation_id, cb, latest.event, self._batch, after.count, fired_work
+                )
                 TriggerStore.queue_firing(self._db, firing)
                 self.decision.firings.append(firing)
             self.decision.fired.append(Fired(cb, invocation_id, work_name=fired_work))
@@ -502,9 +539,18 @@ class Decider:
                 invocation_id=invocation_id,
                 count=after.count,
                 waiting_for="" if moved.fires else _waiting_text(expr, moved.latches),
+                reason=reason,
             )
         )
         return after
+
+
+def _latest(marks: Sequence[SeenEvent | None], slots: Sequence[int]) -> SeenEvent:
+    """The latest of the events in ``slots`` (the first of equals): the one a firing runs with."""
+    return max(
+        (mark for slot, mark in enumerate(marks) if slot in slots and mark is not None),
+        key=lambda mark: mark.at,
+    )
 
 
 def _atom_texts(found: Sequence[Atom], slots: Sequence[int]) -> tuple[str, ...]:

@@ -99,7 +99,7 @@ from executor.triggers.registration import (
     level_pass,
     store_job,
     surroundings,
-    take_submission,
+    take_registration,
 )
 from executor.triggers.store import LEVEL, NewAtom, PendingFiring, StoredCallback, TriggerStore
 from executor.triggers.universal import (
@@ -879,7 +879,7 @@ class TriggerEngine:
                     (stored,) = TriggerStore.load_callbacks(db, [rowid])
                     level_pass(db, decider, stored, expr, place, agenda)
             if first_time:
-                take_submission(db, decider, place)
+                take_registration(db, decider, place, _parsed)
             checks.replace_job(db, job_id, found)
             if label:
                 checks.resolve_label(

@@ -45,7 +45,8 @@ atom without the placeholder sets its latch in every item's vector. Each item st
 fires (in its own context: ``qb.workid()`` is the item), counts against ``maximum`` and
 resets on its own, exactly as one callback per item would.
 
-Level mode (opt-in per callback): at registration, an atom latches when its event has
+Level mode (opt-in per callback): at registration (its own, and the first one of a
+job it names: registration.take_registration), an atom latches when its event has
 already happened, judged by the last known state of each object it names
 (``happened``): the state the last state-changing event left it in (``state_after``), or
 the status the object's registration carried. ``done`` means complete, failed or
@@ -100,6 +101,10 @@ STATE_EVENTS: Final = frozenset(
         EventName.WAITING,
     }
 )
+# The atom names a known state can show as happened (``happened``).
+HAPPENED_NAMES: Final = frozenset(
+    name.value for name in (*STATE_EVENTS, EventName.DONE, EventName.SUBMIT)
+)
 _ONE_SHOT: Final = frozenset({EventType.TIME, EventType.GLOBALTIME})
 _REPEATING: Final = frozenset({EventType.REPEAT, EventType.GLOBALREPEAT})
 
@@ -150,6 +155,14 @@ def scope_label(scope: str) -> tuple[int, str] | None:
         return None
     pgrp, _, label = rest.partition(":")
     return int(pgrp), label
+
+
+def scopes_of(place: JobPlace) -> list[str]:
+    """The scopes of the atoms that name this job: its id (also as a parent), its label."""
+    scopes = [_job_scope(place.job_id)]
+    if place.label:
+        scopes.append(_label_scope(place.pgrp, place.label))
+    return scopes
 
 
 def _atom_scope(atom: Atom, owner: JobPlace) -> str | None:

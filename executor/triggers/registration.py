@@ -8,7 +8,9 @@ job's callbacks as its last registration left them (locked in a fleet:
 ``TriggerStore.callbacks_to_register``), which of them it keeps (``continued``: their
 rows are rewritten in place, ``store_job``), and the level pass (``level_pass``) for
 each new level callback: what has already happened latches, and what that makes true
-fires, in that same transaction.
+fires, in that same transaction. A job registered for the first time is that pass from
+the other side (``take_registration``): the level callbacks of other jobs that name it
+latch what its states show.
 """
 
 from __future__ import annotations
@@ -23,9 +25,16 @@ from executor.errors import InvalidRequestError
 from executor.model import Event, Language
 from executor.sql import Db
 from executor.triggers import checks, items, journal, states
-from executor.triggers.decide import Decider, Fired
+from executor.triggers.decide import Decider, Fired, firing_order
 from executor.triggers.errors import TriggerSyntaxError
-from executor.triggers.evaluate import JobPlace, event_keys, happened, scope_label
+from executor.triggers.evaluate import (
+    HAPPENED_NAMES,
+    JobPlace,
+    happened,
+    scope_label,
+    scopes_of,
+)
+from executor.triggers.items import WorkState
 from executor.triggers.journal import SeenEvent
 from executor.triggers.nodes import (
     WILDCARD,
@@ -287,7 +296,10 @@ class _Known:
 
     def mark(self, atom: Atom) -> SeenEvent | None:
         """The event that shows ``atom``'s event has already happened; None if it has not."""
-        job_id = self.job_of(atom)
+        return self.mark_of(atom, self.job_of(atom))
+
+    def mark_of(self, atom: Atom, job_id: int | None) -> SeenEvent | None:
+        """``mark`` of an atom known to name job ``job_id``."""
         if job_id is None or atom.is_timed:
             return None
         type_ = atom.type.value
@@ -391,34 +403,90 @@ def store_job(
     return first_time
 
 
-def take_submission(db: Db, decider: Decider, place: JobPlace) -> None:
-    """A job registered for the first time: other jobs' level callbacks take its submission.
+def take_registration(
+    db: Db, decider: Decider, place: JobPlace, parsed: Callable[[str], Expr]
+) -> None:
+    """A job registered for the first time: other jobs' level callbacks latch its states.
 
-    For level mode a job's submission is its registration ("submit: any job the engine
-    knows"): a level callback registered later latches it in its level pass, one
-    registered before the job latches it now, and the job's submit event latches level
-    callbacks no more (decide.Decider.matched), so one submission fires them once.
+    The same rule as a level callback's own registration, from the other side: each
+    atom of theirs that names the job (by id, as a parent, by the label it registers
+    with) latches what the job's states show has happened (``_Known.mark``), and fires
+    what that makes true, at once, as had the job registered first. Its submission too:
+    for level mode a job's registration is its submission ("submit: any job the engine
+    knows"), and its submit event latches level callbacks no more
+    (decide.Decider.matched), so one submission fires them once.
 
     When its submit event came before it registered (a job the engine was not given
-    then, whose submission it remembered: states.submission), the level callbacks
-    naming it by id took that event, or the remembered submission in their level pass;
-    only those naming it by the label it registers with, which could not, take it now.
+    then, whose submission it remembered: states.submission), its events reached the
+    callbacks naming it by id as they came, and those took the remembered submission in
+    their level pass: its registration is the same submission and the same states, and
+    only the callbacks naming it by the label it registers with, which could not see
+    them, take it now. Edge callbacks wait for the next such event, as ever.
     """
-    keys = event_keys(decider.event, place)
+    scopes = scopes_of(place)
     if states.forget_submission(db, place.job_id):  # its states take over from here
-        keys = [key for key in keys if scope_label(key.scope) is not None]
-        if not keys:
-            return
-    hits, callbacks = TriggerStore.matching_callbacks(db, keys)
-    taking = {
-        rowid
-        for rowid, cb in callbacks.items()
-        if cb.mode == LEVEL and cb.job_id != place.job_id  # the job's own: its level pass
-    }
-    decider.matched(
-        [(rowid, slot) for rowid, slot in hits if rowid in taking],
-        {rowid: callbacks[rowid] for rowid in taking},
+        scopes = [scope for scope in scopes if scope_label(scope) is not None]
+    hits, callbacks = TriggerStore.level_atoms_naming(db, scopes, HAPPENED_NAMES, place.job_id)
+    slots: dict[int, set[int]] = {}
+    for rowid, slot in hits:
+        slots.setdefault(rowid, set()).add(slot)
+    known = _Known(db, place)
+    reason = f"the registration of job {place.job_id}"
+    for cb in sorted(callbacks.values(), key=firing_order):
+        expr = parsed(cb.triggers)
+        naming = slots[cb.rowid]
+
+        def mark(slot: int, atom: Atom, naming: set[int] = naming) -> SeenEvent | None:
+            return known.mark_of(atom, place.job_id) if slot in naming else None
+
+        if per_work(expr):
+            _take_per_work(db, decider, cb, expr, mark, reason)
+            continue
+        marks = [mark(slot, atom) for slot, atom in enumerate(atoms(expr))]
+        start = WorkState(cb.count, cb.latches, cb.marks)
+        after = decider.level(cb, expr, marks, start=start, reason=reason)
+        if after is not None:
+            TriggerStore.save_state(db, cb.rowid, after.count, after.latches, after.latched_by)
+
+
+def _take_per_work(
+    db: Db,
+    decider: Decider,
+    cb: StoredCallback,
+    expr: Expr,
+    mark: Callable[[int, Atom], SeenEvent | None],
+    reason: str,
+) -> None:
+    """``take_registration`` for a ``{work}`` callback, as ``level_pass`` would have latched.
+
+    Its agenda's items (without one, the items events have named) latch what they
+    would have; a ``{work}`` atom only with an agenda, as in ``level_pass``.
+    """
+    found = atoms(expr)
+    size = len(found)
+    agenda = states.agenda(db, cb.job_id)
+    held = items.held(db, cb.rowid, size)
+    total = cb.count
+    for item in agenda or list(held):
+        item_expr = substitute_all(expr, item)
+        marks = [
+            mark(slot, atom) if agenda or not found[slot].per_work else None
+            for slot, atom in enumerate(atoms(item_expr))
+        ]
+        start = items.or_unnamed(held.get(item) or WorkState.fresh(size), cb)
+        after = decider.level(cb, item_expr, marks, item, start=start, reason=reason)
+        if after is not None:
+            items.save(db, cb.rowid, item, after)
+            total += after.count - start.count
+    # What latched for every item: the state an item not named yet starts from.
+    shared = [None if atom.per_work else mark(slot, atom) for slot, atom in enumerate(found)]
+    unnamed = decider.level_unnamed(
+        cb, expr, shared, start=items.unnamed(cb), reason=reason, told=not agenda
     )
+    if unnamed is not None:
+        TriggerStore.save_state(db, cb.rowid, total, unnamed.latches, unnamed.latched_by)
+    elif total != cb.count:
+        TriggerStore.save_count(db, cb.rowid, total)
 
 
 __all__ = [
@@ -430,5 +498,5 @@ __all__ = [
     "level_pass",
     "store_job",
     "surroundings",
-    "take_submission",
+    "take_registration",
 ]

@@ -583,7 +583,7 @@ class TriggerStore:
           registration and reads what it wrote (a kept row is rewritten in place,
           ``rewrite_callback``); the two orders agree, so they take turns and never
           deadlock. (The other jobs' level callbacks a first
-          registration latches, ``registration.take_submission``, are locked after
+          registration latches, ``registration.take_registration``, are locked after
           these, but a first registration has no rows of its own an event could hold.)
 
         On SQLite the transaction is the file's only writer already: a plain read.
@@ -605,7 +605,7 @@ class TriggerStore:
 
         The first registration of a job and its ``submit`` event are one submission: the
         registration latches the other jobs' level callbacks naming it unless the event
-        came first and left its submission remembered (``registration.take_submission``).
+        came first and left its submission remembered (``registration.take_registration``).
         At two replicas at once each could miss the other (the event reads the job as not
         registered while its registration latches; the registration reads no remembered
         submission while the event's transaction latches), and a watcher's level
@@ -960,6 +960,37 @@ class TriggerStore:
                 found.append((row["rowid"], row["atom_slot"]))
                 if row["rowid"] not in callbacks:
                     callbacks[row["rowid"]] = StoredCallback.from_row(row)
+        return found, callbacks
+
+    @staticmethod
+    def level_atoms_naming(
+        db: Db, scopes: Sequence[str], names: Iterable[str], job_id: int
+    ) -> tuple[list[tuple[int, int]], dict[int, StoredCallback]]:
+        """(callback rowid, slot) of the atoms under ``scopes`` named one of ``names``.
+
+        Of level callbacks of jobs other than ``job_id`` only, and those callbacks (locked
+        in ascending order in a fleet, as ``matching_callbacks`` locks them). Whatever
+        their extra: a registering job's states are of every item it has.
+        """
+        wanted = sorted(set(names))
+        if not scopes or not wanted:
+            return [], {}
+        types = ("job", "work", "subjob")
+        lock = " FOR UPDATE OF c" if row_lock(db) else ""
+        rows = db.execute(
+            "SELECT a.slot AS atom_slot, c.* FROM atoms a JOIN callbacks c"  # noqa: S608 - marks only
+            " ON c.rowid = a.callback_rowid"
+            f" WHERE a.name IN ({_marks(wanted)}) AND a.type IN ({_marks(types)})"
+            f" AND a.scope IN ({_marks(scopes)}) AND c.mode = ? AND c.job_id != ?"
+            f" ORDER BY c.rowid{lock}",
+            (*wanted, *types, *scopes, LEVEL, job_id),
+        ).fetchall()
+        found: list[tuple[int, int]] = []
+        callbacks: dict[int, StoredCallback] = {}
+        for row in rows:
+            found.append((row["rowid"], row["atom_slot"]))
+            if row["rowid"] not in callbacks:
+                callbacks[row["rowid"]] = StoredCallback.from_row(row)
         return found, callbacks
 
     @staticmethod

@@ -21,7 +21,7 @@ from typing import Final
 from executor.errors import ChangedMeanwhileError, InvalidRequestError, NotFoundError
 from executor.sql import Db
 from executor.triggers import checks, items, journal, states
-from executor.triggers.evaluate import JobPlace, happened, residual, spent
+from executor.triggers.evaluate import HAPPENED_NAMES, JobPlace, happened, residual, spent
 from executor.triggers.explain import (
     describe_atom,
     describe_job,
@@ -409,10 +409,15 @@ def _waiting_for(
                 # Never fired and not latched: the event came before the callback could see it.
                 line += (
                     " (already happened before it could latch: edge-triggered, this waits for"
-                    " the next such event; mode level would have latched it at registration)"
+                    f" the next such event; {_LEVEL_RULE})"
                 )
+            elif count == 0:
+                # Level, never fired: the state came in a way it does not latch (a registration again).
+                line += f" (already happened, but not latched: {_LEVEL_RULE}; this waits for the next such event)"
             else:
                 line += " (already happened; this waits for the next such event)"
+        elif cb.mode != EDGE and (unknown := _not_registered(view, found[slot], item.job_id)):
+            line += f" ({unknown})"
         lines.append(line)
     return render(rest), tuple(lines)
 
@@ -453,6 +458,36 @@ def _live_residual(
 
 def _joined(parts: Sequence[tuple[Expr | None, list[int]]]) -> list[int]:
     return [slot for _, open_slots in parts for slot in open_slots]
+
+
+# The atoms whose events leave a state the engine keeps (of a registered job).
+_STATE_TYPES: Final = frozenset({EventType.JOB, EventType.WORK, EventType.SUBJOB})
+# What level mode latches besides the events that come after it registers.
+_LEVEL_RULE: Final = (
+    "a level callback latches what has happened when it registers and when the job"
+    " it names first registers"
+)
+
+
+def _not_registered(view: _View, atom: Atom, job_id: int) -> str:
+    """For a level callback's atom on a job not registered here: why it did not latch.
+
+    The engine keeps no state of such a job, only its submission (states.py), so an
+    event of it from before the callback registered is not known. "" for any other atom.
+    """
+    if not job_id or atom.type not in _STATE_TYPES or view.place(job_id) is not None:
+        return ""
+    if atom.name is EventName.SUBMIT or atom.name.value not in HAPPENED_NAMES:
+        return ""
+    words = (
+        f"the engine keeps no state of job {job_id}, only its submission: a {atom.name.value}"
+        " event of it from before this callback registered is not known; this waits for"
+        " the next such event"
+    )
+    if states.submission(view.db, job_id) is None:
+        # Not submitted here yet: its first registration is taken as its states.
+        words += ", or its registration with that state"
+    return words
 
 
 def _already(view: _View, atom: Atom, job_id: int) -> bool:

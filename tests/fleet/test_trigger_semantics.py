@@ -209,3 +209,109 @@ async def test_an_item_a_registration_adds_to_the_agenda_starts_from_what_latche
         ]
     )
     assert [[f.work_name for f in fired] for fired, _ in decided] == [["2"], ["1"]]
+
+
+def watcher(job_id: int, *triggers: str, mode: str = "level", **extra: Any) -> dict[str, Any]:
+    return {
+        "id": job_id,
+        "pgrp": 1500,
+        **extra,
+        "callbacks": [
+            {"triggers": t, "language": "qube", "code": f"{job_id}:{t}", "mode": mode}
+            for t in triggers
+        ],
+    }
+
+
+def fired_by(fired: Any) -> list[tuple[int, int, str]]:
+    return sorted((f.callback.job_id, f.callback.callback_id, f.work_name) for f in fired)
+
+
+async def test_a_level_callback_takes_the_state_a_job_registers_with_after_it(
+    engines: MakeEngine,
+) -> None:
+    # Probe 116 F7: registered first, a level callback on a label never latched the
+    # finished state of the job that took the label later; the other way round it fired.
+    engine = engines()
+    engine.register_job(watcher(1500, "complete-job-ribgen"))
+    engine.register_job(watcher(1502, "complete-job-ribgen", mode="edge"))
+    ribgen = {"id": 1501, "pgrp": 1500, "label": "ribgen", "status": "complete"}
+
+    registered = engine.register_job(ribgen)
+
+    assert fired_by(registered.fired) == [(1500, 1, "")]
+    (level,) = engine.explain(1500).callbacks
+    assert level.callback.count == 1
+    (entry,) = level.journal
+    assert (entry.kind, entry.latched, entry.reason) == (
+        EntryKind.LEVEL,
+        ("complete-job-ribgen",),
+        "the registration of job 1501",
+    )
+    assert entry.seen.event == Event("complete", "job", 1501)
+    (edge,) = engine.explain(1502).callbacks  # edge waits for the next such event
+    assert (edge.callback.count, edge.journal) == (0, ())
+    assert engine.register_job(ribgen).fired == []  # the same state: not taken again
+
+
+async def test_level_callbacks_naming_a_job_by_id_or_parent_take_its_first_registration(
+    engines: MakeEngine,
+) -> None:
+    engine = engines()
+    engine.register_job(watcher(1510, "complete-job-parent", pid=1511))
+    engine.register_job(watcher(1512, "failed-job-1511 || done-job-1511 || submit-job-1511"))
+    engine.register_job(watcher(1513, "complete-job-1511 && complete-job-1514"))
+
+    registered = engine.register_job({"id": 1511, "pgrp": 1500, "status": "complete"})
+
+    # One firing for the ``||``: what the state shows latches at once, as at a registration.
+    assert fired_by(registered.fired) == [(1510, 1, ""), (1512, 1, "")]
+    (waiting,) = engine.explain(1513).callbacks
+    assert waiting.callback.latches == (True, False)
+    assert waiting.waiting == "complete-job-1514"
+    fired, _ = await engine.publish(Event("complete", "job", 1514), wait=True)
+    assert fired_by(fired) == [(1513, 1, "")]
+
+
+async def test_level_work_callbacks_take_the_item_states_a_job_registers_with(
+    engines: MakeEngine,
+) -> None:
+    engine = engines()
+    frames = ["1", "2", "3"]
+    engine.register_job(watcher(1520, "complete-work-ribgen-{work}", agenda=frames))
+    engine.register_job(watcher(1521, "complete-work-ribgen-*"))
+    engine.register_job(watcher(1522, "done-job-ribgen && complete-work-ribgen-2"))
+    states = ["complete", "pending", "complete"]
+    agenda = [{"name": n, "status": s} for n, s in zip(frames, states, strict=True)]
+
+    registered = engine.register_job(
+        {"id": 1523, "pgrp": 1500, "label": "ribgen", "status": "running", "agenda": agenda}
+    )
+
+    # A ``*`` atom latches once, with the last item in agenda order (no event times).
+    assert fired_by(registered.fired) == [(1520, 1, "1"), (1520, 1, "3"), (1521, 1, "3")]
+    (per_item,) = engine.explain(1520).callbacks
+    assert per_item.callback.count == 2
+    assert engine.explain(1522).callbacks[0].callback.latches == (False, False)
+    fired, _ = await engine.publish(Event("complete", "work", 1523, work_name="2"), wait=True)
+    assert (1520, 1, "2") in fired_by(fired)
+
+
+async def test_a_job_whose_events_came_before_it_registered_is_not_taken_twice(
+    engines: MakeEngine,
+) -> None:
+    # Its events reached the callbacks naming it by id as they came: its registration
+    # is the same submission and the same completion, not new ones.
+    engine = engines()
+    engine.register_job(watcher(1531, "complete-job-1530"))
+    decided = await engine.publish_many(
+        [Event("submit", "job", 1530, event_id="s1530"), Event("complete", "job", 1530)]
+    )
+    assert [fired_by(fired) for fired, _ in decided] == [[], [(1531, 1, "")]]
+    engine.register_job(watcher(1532, "complete-job-late"))
+
+    registered = engine.register_job(
+        {"id": 1530, "pgrp": 1500, "label": "late", "status": "complete"}
+    )
+
+    assert fired_by(registered.fired) == [(1532, 1, "")]  # the label one could not see them

@@ -154,7 +154,7 @@ async def test_level_mode_fires_once_for_a_job_submitted_after_its_dependency_co
     assert fired.callback.count == 1
     assert [e.kind for e in fired.journal] == [executor_pb2.JOURNAL_ENTRY_KIND_LEVEL]
     (waiting,) = (await stack.client.explain_callbacks(edge["id"])).callbacks
-    assert "mode level would have latched it at registration" in waiting.waiting_for[0]
+    assert "a level callback latches what has happened when it registers" in waiting.waiting_for[0]
     runs = await stack.client.list_runs(job_id=level["id"])
     assert [run.callback_id for run in runs.runs] == [1]  # once
 

@@ -250,7 +250,7 @@ async def test_why_says_when_an_edge_atom_waits_for_something_that_already_happe
 
     (line,) = engine.explain(20).callbacks[0].waiting_for
     assert line.startswith("complete-job-10: job 10 in pgrp 3, job 10 is complete (already")
-    assert "mode level would have latched it" in line
+    assert "a level callback latches what has happened when it registers" in line
 
 
 def test_why_of_a_job_or_callback_that_is_not_registered_is_not_found(

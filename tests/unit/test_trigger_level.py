@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from executor.cli.explain import entry_effect
 from executor.errors import InvalidRequestError
 from executor.model import Event
 from executor.triggers import states
@@ -297,3 +298,85 @@ def test_a_mode_that_is_not_known_is_refused(engines: Engines) -> None:
     engine = engines(Recorder(), start=False)
     with pytest.raises(InvalidRequestError, match=r"callbacks\[0\].mode: 'levle'; expected edge"):
         engine.register_job(waiter(20, "complete-job-10", "levle"))
+
+
+def waiting_line(engine: Any, job_id: int) -> str:
+    (line,) = engine.explain(job_id).callbacks[0].waiting_for
+    return str(line)
+
+
+async def test_why_tells_an_edge_callback_when_level_mode_latches(engines: Engines) -> None:
+    # Probe 116 F7: "mode level would have latched it at registration" was false for a
+    # job registered after the callback; level mode now latches it then too, and why
+    # says when level mode latches rather than that it would have here.
+    engine = engines(Recorder())
+    engine.register_job({"id": 10, "pgrp": 1, "label": "plates", "status": "complete"})
+    engine.register_job(waiter(20, "complete-job-plates", "edge"))
+
+    assert waiting_line(engine, 20) == (
+        "complete-job-plates: job 10 'plates' in pgrp 1, job 10 is complete (already happened"
+        " before it could latch: edge-triggered, this waits for the next such event; a level"
+        " callback latches what has happened when it registers and when the job it names"
+        " first registers)"
+    )
+
+
+async def test_why_says_a_level_callback_did_not_latch_a_state_told_after_it(
+    engines: Engines,
+) -> None:
+    # A registration again tells a state without an event: nothing latches it.
+    engine = engines(Recorder())
+    engine.register_job({"id": 10, "pgrp": 1, "status": "running"})
+    assert engine.register_job(waiter(20, "complete-job-10", "level")).fired == []
+
+    assert engine.register_job({"id": 10, "pgrp": 1, "status": "complete"}).fired == []
+
+    assert waiting_line(engine, 20) == (
+        "complete-job-10: job 10 in pgrp 1, job 10 is complete (already happened, but not"
+        " latched: a level callback latches what has happened when it registers and when"
+        " the job it names first registers; this waits for the next such event)"
+    )
+
+
+@pytest.mark.parametrize("submitted", [True, False])
+async def test_why_says_the_state_of_a_job_not_registered_is_not_known(
+    engines: Engines, submitted: bool
+) -> None:
+    # Probe 116 F2: its complete event came before the level callback registered.
+    engine = engines(Recorder())
+    if submitted:
+        await engine.publish(Event("submit", "job", 498), wait=True)
+    await engine.publish(Event("complete", "job", 498), wait=True)
+
+    assert engine.register_job(waiter(500, "complete-job-498", "level")).fired == []
+
+    then = ", or its registration with that state" if not submitted else ""
+    assert waiting_line(engine, 500) == (
+        "complete-job-498: job 498 (not registered here) (the engine keeps no state of job"
+        " 498, only its submission: a complete event of it from before this callback"
+        f" registered is not known; this waits for the next such event{then})"
+    )
+    # And so it does: registered with that state, it latches unless its events came here.
+    registered = engine.register_job({"id": 498, "pgrp": 2, "status": "complete"})
+    assert [f.callback.job_id for f in registered.fired] == ([] if submitted else [500])
+
+
+def test_a_level_entry_says_whose_registration_and_whether_it_fired() -> None:
+    fired = {
+        "kind": "JOURNAL_ENTRY_KIND_LEVEL",
+        "latched": ["complete-job-ribgen"],
+        "invocation_id": "6c0c",
+        "count": 1,
+        "reason": "the registration of job 1501",
+    }
+    assert entry_effect(fired) == (
+        "level mode at the registration of job 1501; latched complete-job-ribgen; FIRED as 6c0c"
+    )
+    # Latched on a callback that had fired before: a count, but no firing now.
+    latched = {**fired, "invocation_id": "", "count": 2, "waiting_for": "complete-job-11"}
+    assert entry_effect(latched) == (
+        "level mode at the registration of job 1501; latched complete-job-ribgen;"
+        " still waiting for complete-job-11"
+    )
+    own = {**fired, "reason": ""}
+    assert entry_effect(own).startswith("level mode at registration; latched")

@@ -154,7 +154,10 @@ class _JournalEntryKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Jour
     not in the job's agenda.
     """
     JOURNAL_ENTRY_KIND_LEVEL: _JournalEntryKind.ValueType  # 5
-    """Level mode latched events that had already happened, at registration."""
+    """Level mode latched events that had already happened, at registration: the
+    callback's own, or (reason says whose) the first registration of a job its
+    trigger names.
+    """
 
 class JournalEntryKind(_JournalEntryKind, metaclass=_JournalEntryKindEnumTypeWrapper):
     """What one event did to a callback."""
@@ -173,7 +176,10 @@ atom whose label names no job in its pgrp, or a {work} atom whose item is
 not in the job's agenda.
 """
 JOURNAL_ENTRY_KIND_LEVEL: JournalEntryKind.ValueType  # 5
-"""Level mode latched events that had already happened, at registration."""
+"""Level mode latched events that had already happened, at registration: the
+callback's own, or (reason says whose) the first registration of a job its
+trigger names.
+"""
 Global___JournalEntryKind: _TypeAlias = JournalEntryKind  # noqa: Y015
 
 @_typing.final
@@ -1155,7 +1161,10 @@ class JournalEntry(_message.Message):
     atoms, ending " … (N more atoms)".
     """
     reason: _builtins.str
-    """Why nothing fired, or why it was a near miss, in words."""
+    """Why nothing fired, or why it was a near miss, in words; on a LEVEL entry,
+    the registration of another job that it latched at ("the registration of
+    job 1501"), empty at the callback's own.
+    """
     @_builtins.property
     def seen(self) -> Global___SeenEvent:
         """The event."""
