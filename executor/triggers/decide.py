@@ -25,7 +25,15 @@ from typing import Final
 from executor.model import Event, RunResult
 from executor.sql import Db
 from executor.triggers import items, near_misses, states
-from executor.triggers.evaluate import AtomKey, JobPlace, Step, residual, step, work_targets
+from executor.triggers.evaluate import (
+    AtomKey,
+    JobPlace,
+    Step,
+    live_residual,
+    residual,
+    step,
+    work_targets,
+)
 from executor.triggers.explain import near_miss_reason, outside_agenda_reason
 from executor.triggers.group_state import GroupState
 from executor.triggers.items import WorkState
@@ -58,6 +66,10 @@ class Fired:
     invocation_id: str = ""
     result: RunResult | None = None
     work_name: str = ""
+    # Why its run is refused (REJECTED, not run) as things stood when it was decided, ""
+    # when it runs; whether it runs as a shadow (the engine's ``firing_refusal``).
+    refusal: str = ""
+    shadow: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +114,16 @@ class Decider:
         parsed: Callable[[str], Expr],
         group: GroupState | None = None,
         registering: bool = False,
+        judge: Callable[[StoredCallback], tuple[str, bool]] | None = None,
     ) -> None:
         """Decide in ``db``'s open transaction (or, ``dry``, decide without writing).
 
         ``group`` (PostgreSQL's group transactions): the state the group's earlier events
         left, which this event reads and writes instead of the database (group_state.py).
         ``registering``: a registration decides, its job's submission the event.
+        ``judge``: why a firing of a callback would be refused ("" when it runs) and
+        whether it runs as a shadow (``TriggerEngine.firing_refusal``): each firing, and
+        its journal entry, says so; None: every firing runs.
         """
         self._registering = registering
         self._db = db
@@ -116,6 +132,9 @@ class Decider:
         self._batch = batch
         self._dry = dry
         self._parsed = parsed
+        self._judge = judge
+        # Callback row -> the slots of its clock atoms without a timer (``_timerless``).
+        self._timerless: dict[int, frozenset[int]] = {}
         self.decision = Decision()
 
     @property
@@ -310,7 +329,10 @@ class Decider:
             else:
                 self._group.queue_firing(firing)
             self.decision.firings.append(firing)
-        self.decision.fired.append(Fired(cb, invocation_id, work_name=work_name))
+        refusal, shadow = self._judged(cb)
+        self.decision.fired.append(
+            Fired(cb, invocation_id, work_name=work_name, refusal=refusal, shadow=shadow)
+        )
         self._entry(
             cb,
             expr,
@@ -319,7 +341,49 @@ class Decider:
             work_name=work_name,
             invocation_id=invocation_id,
             per_item=per_item,
+            refusal=refusal,
         )
+
+    def _judged(self, cb: StoredCallback) -> tuple[str, bool]:
+        """(Why a firing of ``cb`` would be refused, "" when it runs; whether as a shadow)."""
+        return ("", False) if self._judge is None else self._judge(cb)
+
+    def _timerless_slots(self, cb: StoredCallback, found: Sequence[Atom]) -> frozenset[int]:
+        """The slots of ``cb``'s clock atoms without a timer (fired, stopped): never to latch again."""
+        if not any(atom.is_timed for atom in found):
+            return frozenset()
+        if cb.rowid not in self._timerless:
+            due = TriggerStore.timers_of(self._db, cb.rowid)
+            self._timerless[cb.rowid] = frozenset(
+                slot for slot, atom in enumerate(found) if atom.is_timed and slot not in due
+            )
+        return self._timerless[cb.rowid]
+
+    def _waiting(self, cb: StoredCallback, expr: Expr, latches: Sequence[bool]) -> tuple[str, str]:
+        """(What ``expr`` still waits for, as an entry keeps it; why it never fires, or "").
+
+        As ``why`` says it: a clock atom whose timer is gone will not latch again, so the
+        ways through it are left out, and a trigger with no other way says it will not
+        fire again (a universal line's, unless a reload brings the line back).
+        """
+        rest, open_slots = residual(expr, latches)
+        if rest is None:
+            return "", ""
+        found = atoms(expr)
+        dead = self._timerless_slots(cb, found).intersection(open_slots)
+        if dead:
+            live = live_residual(expr, latches, set(dead))
+            if live is None:
+                named = ", ".join(render_atom(found[slot]) for slot in sorted(dead))
+                until = (
+                    " unless a reload brings its callbacks.conf line back" if cb.universal else ""
+                )
+                return (
+                    "",
+                    f"it will not fire again{until}: it needs {named}, which will not latch again",
+                )
+            rest, open_slots = live
+        return render_cut(rest, MAX_ENTRY_TEXT_CHARS, len(open_slots)), ""
 
     def _entry(
         self,
@@ -331,6 +395,7 @@ class Decider:
         work_name: str = "",
         invocation_id: str = "",
         per_item: bool = False,
+        refusal: str = "",
     ) -> None:
         found = atoms(expr)
         if moved.spent:
@@ -338,10 +403,10 @@ class Decider:
             reason = f"maximum reached: fired {count} of {cb.maximum} times"
             waiting = ""
         elif moved.fires:
-            kind, reason, waiting = EntryKind.FIRED, "", ""
+            kind, reason, waiting = EntryKind.FIRED, refusal, ""
         else:
-            kind, reason = EntryKind.MATCHED, ""
-            waiting = _waiting_text(expr, moved.latches)
+            kind = EntryKind.MATCHED
+            waiting, reason = self._waiting(cb, expr, moved.latches)
         self.decision.entries.append(
             JournalEntry(
                 job_id=cb.job_id,
@@ -438,6 +503,7 @@ class Decider:
         latest = max((mark for mark in marks if mark is not None), key=lambda mark: mark.at)
         latches = tuple(mark is not None for mark in marks)
         found = atoms(expr)
+        waiting, never = self._waiting(cb, expr, latches)
         self.decision.entries.append(
             JournalEntry(
                 job_id=cb.job_id,
@@ -446,7 +512,8 @@ class Decider:
                 seen=SeenEvent(latest.event, self._seen.at),
                 per_item=True,
                 latched=_atom_texts(found, newly),
-                waiting_for=_waiting_text(expr, latches),
+                waiting_for=waiting,
+                reason=never,
             )
         )
         return WorkState(0, latches, tuple(marks))
@@ -482,6 +549,7 @@ class Decider:
         found = atoms(expr)
         invocation_id = ""
         after = WorkState(0, moved.latches, tuple(marks))
+        waiting, reason = ("", "") if moved.fires else self._waiting(cb, expr, moved.latches)
         if moved.fires:
             after = WorkState(1, moved.latches, (None,) * len(marks))
             invocation_id = "" if self._dry else str(uuid.uuid4())
@@ -489,7 +557,10 @@ class Decider:
                 firing = PendingFiring(invocation_id, cb, latest.event, self._batch, 1, fired_work)
                 TriggerStore.queue_firing(self._db, firing)
                 self.decision.firings.append(firing)
-            self.decision.fired.append(Fired(cb, invocation_id, work_name=fired_work))
+            reason, shadow = self._judged(cb)
+            self.decision.fired.append(
+                Fired(cb, invocation_id, work_name=fired_work, refusal=reason, shadow=shadow)
+            )
         self.decision.entries.append(
             JournalEntry(
                 job_id=cb.job_id,
@@ -501,7 +572,8 @@ class Decider:
                 latched=_atom_texts(found, newly),
                 invocation_id=invocation_id,
                 count=after.count,
-                waiting_for="" if moved.fires else _waiting_text(expr, moved.latches),
+                waiting_for=waiting,
+                reason=reason,
             )
         )
         return after
@@ -510,9 +582,3 @@ class Decider:
 def _atom_texts(found: Sequence[Atom], slots: Sequence[int]) -> tuple[str, ...]:
     """The texts of the atoms in ``slots``, as many as an entry keeps (``cut_atoms``)."""
     return cut_atoms((render_atom(found[slot]) for slot in slots), len(slots))
-
-
-def _waiting_text(expr: Expr, latches: Sequence[bool]) -> str:
-    """What ``expr`` still waits for, as an entry keeps it ("" when it is true)."""
-    rest, open_slots = residual(expr, latches)
-    return "" if rest is None else render_cut(rest, MAX_ENTRY_TEXT_CHARS, len(open_slots))
