@@ -45,7 +45,9 @@ jobs it was attached to even while the file is still named. The same file with t
 same trigger twice in one directory is a load error: the lines could not be told apart.
 
 Triggers get the registration checks a trigger alone allows (checks.static_checks) at
-load: those are warnings (``file:line: message``), not errors.
+load: those are warnings (``file:line: message``), not errors. So is a line in a
+language the executor's ``languages``, or its policy's, leaves out: each of its firings
+is refused (the dispatcher's check, said ahead of it).
 """
 
 from __future__ import annotations
