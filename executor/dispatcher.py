@@ -66,7 +66,7 @@ from executor.model import (
     Usage,
 )
 from executor.plurals import counted
-from executor.policies import Policy, PolicySet
+from executor.policies import Policy, PolicySet, language_refusal
 from executor.runtimes.child import ChildRuntime, child_runtime
 from executor.sandbox.bridge import CallHandler
 from executor.sandbox.exit_status import SandboxResult
@@ -286,19 +286,11 @@ class Dispatcher:
         unenforceable = None if language in _INTERPRETED else self._unenforceable(invocation.limits)
         if unenforceable is not None and not fired:
             raise InvalidRequestError(unenforceable)
-        refusal = invocation.refusal or unenforceable
-        if refusal is not None:
-            pass
-        elif language not in self._languages:
-            refusal = (
-                f"{language} callbacks are disabled by the executor's 'languages' setting "
-                "(Qube's supervisor_language_flags)"
-            )
-        elif (policy := self._policy(invocation)) is not None and language not in policy.languages:
-            refusal = (
-                f"{language} callbacks are not allowed by policy {policy.name!r} "
-                f"(policies.{policy.name}.languages)"
-            )
+        refusal = (
+            invocation.refusal
+            or unenforceable
+            or language_refusal(language, self._languages, self._policy(invocation))
+        )
         if refusal is not None:
             if gate is not None:
                 gate()

@@ -58,7 +58,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -256,6 +256,28 @@ class PolicySet:
         if policy is None:
             raise NotFoundError(not_configured(named, self._policies))
         return policy
+
+
+def language_refusal(
+    language: str, enabled: Collection[str] | None, policy: Policy | None
+) -> str | None:
+    """Why a run in ``language`` is refused, or None: the executor's ``languages``, then the policy's.
+
+    The dispatcher's words for a run it refuses (REJECTED); the trigger engine says
+    them ahead of time, in a registration's checks, a universal line's load warnings,
+    ``why`` and a dry run. ``enabled`` None: not known (every language).
+    """
+    if enabled is not None and language not in enabled:
+        return (
+            f"{language} callbacks are disabled by the executor's 'languages' setting "
+            "(Qube's supervisor_language_flags)"
+        )
+    if policy is not None and language not in policy.languages:
+        return (
+            f"{language} callbacks are not allowed by policy {policy.name!r} "
+            f"(policies.{policy.name}.languages)"
+        )
+    return None
 
 
 def not_configured(named: str, known: Iterable[str]) -> str:
@@ -935,6 +957,37 @@ def _for_host(settings: Settings, options: SandboxOptions, environ: Mapping[str,
     if problems:
         raise ConfigError("\n".join(problems))
     return policies
+
+
+def allowed_languages(
+    settings: Settings, environ: Mapping[str, str]
+) -> dict[str, frozenset[Language]] | None:
+    """Policy name -> the languages it allows, as configured (``--check-config``'s universal lines).
+
+    None when the policies do not resolve: the sandbox's check says why. Binds are left
+    out, as ``problems_beside`` leaves them: they need the host, and grant no language.
+    """
+    tables: Any = settings.policies
+    if isinstance(tables, Mapping):
+        tables = {
+            name: {k: v for k, v in t.items() if k != "binds"} if isinstance(t, Mapping) else t
+            for name, t in tables.items()
+        }
+    try:
+        resolved = resolve(
+            tables,
+            network_host=True,
+            languages=settings.languages,
+            default_limits=settings.default_limits,
+            max_limits=settings.max_limits,
+            data_dir=settings.data_dir,
+            protected_files=[],
+            keep=[],
+            environ=environ,
+        )
+    except ConfigError:
+        return None
+    return {policy.name: policy.languages for policy in resolved}
 
 
 # Settings the policies build on: one refused leaves them unjudged (config.layered's rule).

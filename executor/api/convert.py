@@ -493,6 +493,8 @@ def firing_message(fired: Fired) -> executor_pb2.Firing:
         universal=fired.callback.universal,
         invocation_id=fired.invocation_id,
         work_name=fired.work_name,
+        refusal=fired.refusal,
+        shadow=fired.shadow,
     )
     if fired.result is not None:
         message.result.CopyFrom(response_from_result(fired.result))

@@ -116,6 +116,9 @@ def _callback_message(
         journal=[journal_message(entry) for entry in explained.journal],
         checks=[check_message(job_id, check) for check in explained.checks],
         atoms_left_out=explained.atoms_left_out,
+        refusal=explained.refusal,
+        shadow=explained.shadow,
+        journal_left_out=saturated(explained.journal_left_out),
     )
 
 

@@ -24,6 +24,7 @@ from executor.errors import ConfigError
 from executor.plurals import counted
 from executor.policies import (
     BUILT_IN,
+    allowed_languages,
     bind_warnings,
     exposure_warnings,
     for_host,
@@ -114,6 +115,7 @@ def _universal(settings: config.Settings) -> str:
             policies=settings.universal_callback_policies,
             known_policies=known_policies,
             languages=settings.languages,
+            policy_languages=allowed_languages(settings, os.environ),
         )
     except UniversalConfigError as err:
         if settings.strict:

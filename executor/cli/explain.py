@@ -19,6 +19,7 @@ from functools import cache
 from typing import Any, Final
 
 from executor.triggers.explain import compact_names, describe_due
+from executor.triggers.why import MAX_JOURNAL_COUNTED
 from executor.visible_text import escaped, printable
 from supervisor_client.client import as_plain
 
@@ -82,21 +83,25 @@ def entry_effect(entry: Mapping[str, Any]) -> str:
         parts.append(f"latched {', '.join(entry['latched'])}")
     if entry.get("already_latched"):
         parts.append(f"already latched {', '.join(entry['already_latched'])}")
+    # A firing's reason: why its run was refused (REJECTED, not run).
+    refused = f", refused: {entry['reason']}" if entry.get("reason") else ""
     if kind == "fired":
         run = f" as {entry['invocation_id']}" if entry.get("invocation_id") else ""
-        parts.append(f"FIRED{run} (count {entry['count']})")
+        parts.append(f"FIRED{run} (count {entry['count']}){refused}")
     elif kind == "level":
         # Another job's registration (the reason names it), or the callback's own.
         parts.insert(0, f"level mode at {entry.get('reason') or 'registration'}")
         if entry.get("invocation_id"):  # it fired (a registration is never a dry run)
-            run = f" as {entry['invocation_id']}" if entry.get("invocation_id") else ""
-            parts.append(f"FIRED{run}")
+            parts.append(f"FIRED as {entry['invocation_id']}")
     elif kind == "spent":
         parts.append(f"not fired: {entry['reason']}")
     elif kind == "near miss":
         parts.append(f"near miss of {entry['waiting_for']}: {entry['reason']}")
     if entry.get("waiting_for") and kind in ("matched", "level"):
         parts.append(f"still waiting for {entry['waiting_for']}")
+    elif entry.get("reason") and kind == "matched":
+        # A clock it needs will not latch again: "it will not fire again: ...".
+        parts.append(entry["reason"])
     return "; ".join(parts) or kind
 
 
@@ -197,6 +202,11 @@ def format_callback(
         )
     else:
         lines.append(f"{inner}fired {times(cb['count'])}{maximum}")
+    if explained.get("refusal"):
+        # Fired or not, it never runs: its runs are REJECTED (`cbexec runs` shows them).
+        lines.append(f"{inner}each firing is refused (REJECTED), not run: {explained['refusal']}")
+    elif explained.get("shadow"):
+        lines.append(f"{inner}shadow: it runs, its qb actions are recorded, not applied")
     lines.append(f"{inner}atoms:")
     lines.extend(f"{inner}{_INDENT}{_atom_line(atom, due)}" for atom in explained["atoms"])
     if cb.get("per_work_item"):
@@ -209,11 +219,27 @@ def format_callback(
         lines.append(f"{inner}checks at registration:")
         lines.extend(f"{inner}{_INDENT}{format_check(check)}" for check in explained["checks"])
     if explained["journal"]:
-        lines.append(f"{inner}journal (oldest first):")
+        lines.append(f"{inner}journal (oldest first):{_journal_cut(explained)}")
         lines.extend(f"{inner}{_INDENT}{format_entry(entry)}" for entry in explained["journal"])
     else:
         lines.append(f"{inner}journal: no event has touched it yet")
     return [escaped(line) for line in lines]
+
+
+def _journal_cut(explained: Mapping[str, Any]) -> str:
+    """How many entries the journal shown leaves out, and how to see them ("" when none)."""
+    left = explained.get("journal_left_out") or 0
+    if not left:
+        return ""
+    shown = len(explained["journal"])
+    cb = explained["callback"]
+    of = f"{shown + left}" + (" or more" if left >= MAX_JOURNAL_COUNTED else "")
+    target = f"cbexec triggers why {cb['job_id']}:{cb['id']}"
+    if cb.get("per_work_item"):
+        how = f", of every work item ({target} --work NAME for one item's)"
+    else:
+        how = f" ({target} --journal N for more)"
+    return f" the newest {shown} entries of {of}{how}"
 
 
 def format_explanation(reply: Any, *, now_unix: float | None = None) -> str:
@@ -241,10 +267,15 @@ def format_dry_run(reply: Any) -> str:
     lines: list[str] = []
     for firing in plain["would_fire"]:
         work = f" for work {firing['work_name']}" if firing.get("work_name") else ""
-        lines.append(
-            f"would fire: job {firing['job_id']} callback {firing['callback_id']}{work} "
+        what = (
+            f"job {firing['job_id']} callback {firing['callback_id']}{work} "
             f"({firing['language']}) {firing['triggers']}"
         )
+        if firing.get("refusal"):  # it fires, and its run is REJECTED
+            lines.append(f"would be refused: {what}: {firing['refusal']}")
+        else:
+            shadow = " (shadow: actions not applied)" if firing.get("shadow") else ""
+            lines.append(f"would fire: {what}{shadow}")
     lines.extend(
         f"would latch: job {cb['job_id']} callback {cb['id']} {cb['triggers']} "
         f"latches={cb['latches']}"

@@ -8,7 +8,8 @@ alone (the universal callbacks at load, when there is no job). What they find:
   are there and the closest one (``self`` or ``parent`` for ``SELF`` or ``Parent``: a
   context in another case is a label, as a label is case sensitive). Jobs of one pgrp may register in any order, so this
   is kept as *pending*: when a job registers later with that label in that pgrp, the
-  check is marked resolved (``resolve_label``) and ``why`` says by which job.
+  check is marked resolved (``resolve_label``) and ``why`` says by which job; where the
+  label moved since, which job holds it now, or that none does (``as_it_stands``).
 * ``unknown_work``: a work name (or, for ``{work}``, the job's own items) missing from
   the referenced job's agenda, when that agenda is known. Work triggers name items by
   name only (Qube's doc also allows a "work id"): a number that is no name but an index
@@ -29,6 +30,9 @@ alone (the universal callbacks at load, when there is no job). What they find:
   not know (``fly-self``), or none, or too many (``code_checks``): every firing of it
   would be REJECTED. A warning like the others, not a refusal: a job registered before
   this check (a supervisor registering it again) keeps its other callbacks.
+* ``refused``: a job's own callback whose every firing its run would be refused
+  (``refusal_checks``): its language is one its owner's policy's ``languages`` (or the
+  executor's) leaves out. A warning too, for the same reason.
 
 A registration gets them as warnings; a strict one is refused instead (its own
 callbacks' checks only: a site's universal callbacks are not the submitter's to fix).
@@ -95,6 +99,7 @@ class CheckKind(enum.StrEnum):
     PARSE_WARNING = "parse_warning"
     LABEL_UNNAMEABLE = "label_unnameable"
     UNKNOWN_CODE = "unknown_code"
+    REFUSED = "refused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +226,19 @@ def code_checks(callback_id: int, language: str, code: str) -> list[Check]:
         Check(
             CheckKind.UNKNOWN_CODE,
             f"each firing would be REJECTED: {problem}",
+            callback_id=callback_id,
+        )
+    ]
+
+
+def refusal_checks(callback_id: int, refusal: str) -> list[Check]:
+    """A job's callback whose every firing would be refused (``refusal``: why; "" when none)."""
+    if not refusal:
+        return []
+    return [
+        Check(
+            CheckKind.REFUSED,
+            f"each firing would be REJECTED: {refusal}",
             callback_id=callback_id,
         )
     ]
@@ -466,15 +484,57 @@ def replace_job(db: Db, job_id: int, found: Iterable[Check]) -> None:
     )
 
 
-def resolve_label(db: Db, pgrp: int, label: str, resolution: str) -> int:
-    """Mark the pending ``unknown_label`` checks of ``label`` in ``pgrp`` resolved."""
+def resolution(label: str, job_id: int) -> str:
+    """The start of what ``resolve_label`` notes when ``job_id`` takes ``label``."""
+    return f"label '{label}' names job {job_id} since "
+
+
+def resolve_label(db: Db, pgrp: int, label: str, job_id: int, since: str) -> int:
+    """Mark the pending ``unknown_label`` checks of ``label`` in ``pgrp`` resolved by ``job_id``.
+
+    The first job to take the label is noted; where it moved since, ``why`` reads the
+    check as it stands (``as_it_stands``).
+    """
     return int(
         db.execute(
             "UPDATE trigger_checks SET resolved = ? WHERE pgrp = ? AND label = ? AND label != ''"
             " AND resolved = ''",
-            (resolution, pgrp, label),
+            (resolution(label, job_id) + since, pgrp, label),
         ).rowcount
     )
+
+
+def as_it_stands(check: Check, holder: int | None) -> Check:
+    """A check as the label it waited for stands now (``holder``: the job holding it, or None).
+
+    The table notes the job that resolved it first; a label moves (its job registered
+    again without it, or was removed; another took it), and what ``why`` says of the
+    check follows it, as its atoms do.
+    """
+    if check.kind is not CheckKind.UNKNOWN_LABEL or not check.label:
+        return check
+    if holder is not None:
+        if check.resolved.startswith(resolution(check.label, holder)):
+            return check
+        first = _first_holder(check)
+        held = f" ({first} held it first)" if first else ""
+        return replace(check, resolved=f"label '{check.label}' names job {holder} now{held}")
+    if not check.resolved:
+        return check
+    return replace(
+        check,
+        resolved=(
+            f"label '{check.label}' names no job in pgrp {check.pgrp} now"
+            f" ({_first_holder(check)} held it)"
+        ),
+    )
+
+
+def _first_holder(check: Check) -> str:
+    """``job N`` of a check resolved by job N ("" while pending)."""
+    if not check.resolved:
+        return ""
+    return check.resolved.removeprefix(f"label '{check.label}' names ").partition(" since ")[0]
 
 
 def forget_job(db: Db, job_id: int) -> None:

@@ -25,7 +25,15 @@ from typing import Final
 from executor.model import Event, RunResult
 from executor.sql import Db
 from executor.triggers import items, near_misses, states
-from executor.triggers.evaluate import AtomKey, JobPlace, Step, residual, step, work_targets
+from executor.triggers.evaluate import (
+    AtomKey,
+    JobPlace,
+    Step,
+    live_residual,
+    residual,
+    step,
+    work_targets,
+)
 from executor.triggers.explain import near_miss_reason, outside_agenda_reason
 from executor.triggers.group_state import GroupState
 from executor.triggers.items import WorkState
@@ -58,6 +66,10 @@ class Fired:
     invocation_id: str = ""
     result: RunResult | None = None
     work_name: str = ""
+    # Why its run is refused (REJECTED, not run) as things stood when it was decided, ""
+    # when it runs; whether it runs as a shadow (the engine's ``firing_refusal``).
+    refusal: str = ""
+    shadow: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +114,16 @@ class Decider:
         parsed: Callable[[str], Expr],
         group: GroupState | None = None,
         registering: bool = False,
+        judge: Callable[[StoredCallback], tuple[str, bool]] | None = None,
     ) -> None:
         """Decide in ``db``'s open transaction (or, ``dry``, decide without writing).
 
         ``group`` (PostgreSQL's group transactions): the state the group's earlier events
         left, which this event reads and writes instead of the database (group_state.py).
         ``registering``: a registration decides, its job's submission the event.
+        ``judge``: why a firing of a callback would be refused ("" when it runs) and
+        whether it runs as a shadow (``TriggerEngine.firing_refusal``): each firing, and
+        its journal entry, says so; None: every firing runs.
         """
         self._registering = registering
         self._db = db
@@ -116,6 +132,9 @@ class Decider:
         self._batch = batch
         self._dry = dry
         self._parsed = parsed
+        self._judge = judge
+        # Callback row -> the slots of its clock atoms without a timer (``_timerless``).
+        self._timerless: dict[int, frozenset[int]] = {}
         self.decision = Decision()
 
     @property
@@ -310,7 +329,10 @@ class Decider:
             else:
                 self._group.queue_firing(firing)
             self.decision.firings.append(firing)
-        self.decision.fired.append(Fired(cb, invocation_id, work_name=work_name))
+        refusal, shadow = self._judged(cb)
+        self.decision.fired.append(
+            Fired(cb, invocation_id, work_name=work_name, refusal=refusal, shadow=shadow)
+        )
         self._entry(
             cb,
             expr,
@@ -319,7 +341,49 @@ class Decider:
             work_name=work_name,
             invocation_id=invocation_id,
             per_item=per_item,
+            refusal=refusal,
         )
+
+    def _judged(self, cb: StoredCallback) -> tuple[str, bool]:
+        """(Why a firing of ``cb`` would be refused, "" when it runs; whether as a shadow)."""
+        return ("", False) if self._judge is None else self._judge(cb)
+
+    def _timerless_slots(self, cb: StoredCallback, found: Sequence[Atom]) -> frozenset[int]:
+        """The slots of ``cb``'s clock atoms without a timer (fired, stopped): never to latch again."""
+        if not any(atom.is_timed for atom in found):
+            return frozenset()
+        if cb.rowid not in self._timerless:
+            due = TriggerStore.timers_of(self._db, cb.rowid)
+            self._timerless[cb.rowid] = frozenset(
+                slot for slot, atom in enumerate(found) if atom.is_timed and slot not in due
+            )
+        return self._timerless[cb.rowid]
+
+    def _waiting(self, cb: StoredCallback, expr: Expr, latches: Sequence[bool]) -> tuple[str, str]:
+        """(What ``expr`` still waits for, as an entry keeps it; why it never fires, or "").
+
+        As ``why`` says it: a clock atom whose timer is gone will not latch again, so the
+        ways through it are left out, and a trigger with no other way says it will not
+        fire again (a universal line's, unless a reload brings the line back).
+        """
+        rest, open_slots = residual(expr, latches)
+        if rest is None:
+            return "", ""
+        found = atoms(expr)
+        dead = self._timerless_slots(cb, found).intersection(open_slots)
+        if dead:
+            live = live_residual(expr, latches, set(dead))
+            if live is None:
+                named = ", ".join(render_atom(found[slot]) for slot in sorted(dead))
+                until = (
+                    " unless a reload brings its callbacks.conf line back" if cb.universal else ""
+                )
+                return (
+                    "",
+                    f"it will not fire again{until}: it needs {named}, which will not latch again",
+                )
+            rest, open_slots = live
+        return render_cut(rest, MAX_ENTRY_TEXT_CHARS, len(open_slots)), ""
 
     def _entry(
         self,
@@ -331,6 +395,7 @@ class Decider:
         work_name: str = "",
         invocation_id: str = "",
         per_item: bool = False,
+        refusal: str = "",
     ) -> None:
         found = atoms(expr)
         if moved.spent:
@@ -338,10 +403,10 @@ class Decider:
             reason = f"maximum reached: fired {count} of {cb.maximum} times"
             waiting = ""
         elif moved.fires:
-            kind, reason, waiting = EntryKind.FIRED, "", ""
+            kind, reason, waiting = EntryKind.FIRED, refusal, ""
         else:
-            kind, reason = EntryKind.MATCHED, ""
-            waiting = _waiting_text(expr, moved.latches)
+            kind = EntryKind.MATCHED
+            waiting, reason = self._waiting(cb, expr, moved.latches)
         self.decision.entries.append(
             JournalEntry(
                 job_id=cb.job_id,
@@ -463,7 +528,9 @@ class Decider:
                     seen=SeenEvent(latest.event, self._seen.at),
                     per_item=True,
                     latched=_atom_texts(atoms(expr), newly),
-                    waiting_for=_waiting_text(expr, latches),
+                    # What a clock that will not latch again leaves (its "never" is for
+                    # MATCHED entries: a LEVEL entry's reason names the registration).
+                    waiting_for=self._waiting(cb, expr, latches)[0],
                     reason=reason,
                 )
             )
@@ -517,6 +584,7 @@ class Decider:
             marks[slot] if slot in newly else start.latched_by[slot] for slot in range(size)
         )
         after = WorkState(start.count, moved.latches, held)
+        waiting = "" if moved.fires else self._waiting(cb, expr, moved.latches)[0]
         if moved.fires:
             after = WorkState(start.count + 1, moved.latches, (None,) * size)
             invocation_id = "" if self._dry else str(uuid.uuid4())
@@ -526,7 +594,11 @@ class Decider:
                 )
                 TriggerStore.queue_firing(self._db, firing)
                 self.decision.firings.append(firing)
-            self.decision.fired.append(Fired(cb, invocation_id, work_name=fired_work))
+            # A LEVEL entry's reason names the registration: the refusal is the firing's.
+            refusal, shadow = self._judged(cb)
+            self.decision.fired.append(
+                Fired(cb, invocation_id, work_name=fired_work, refusal=refusal, shadow=shadow)
+            )
         self.decision.entries.append(
             JournalEntry(
                 job_id=cb.job_id,
@@ -538,7 +610,7 @@ class Decider:
                 latched=_atom_texts(found, newly),
                 invocation_id=invocation_id,
                 count=after.count,
-                waiting_for="" if moved.fires else _waiting_text(expr, moved.latches),
+                waiting_for=waiting,
                 reason=reason,
             )
         )
@@ -556,9 +628,3 @@ def _latest(marks: Sequence[SeenEvent | None], slots: Sequence[int]) -> SeenEven
 def _atom_texts(found: Sequence[Atom], slots: Sequence[int]) -> tuple[str, ...]:
     """The texts of the atoms in ``slots``, as many as an entry keeps (``cut_atoms``)."""
     return cut_atoms((render_atom(found[slot]) for slot in slots), len(slots))
-
-
-def _waiting_text(expr: Expr, latches: Sequence[bool]) -> str:
-    """What ``expr`` still waits for, as an entry keeps it ("" when it is true)."""
-    rest, open_slots = residual(expr, latches)
-    return "" if rest is None else render_cut(rest, MAX_ENTRY_TEXT_CHARS, len(open_slots))

@@ -59,7 +59,7 @@ from executor import triggers
 from executor.errors import InvalidRequestError, NotFoundError, UnavailableError
 from executor.model import CallbackSpec, Event, Invocation, Limits, RunResult
 from executor.plurals import counted
-from executor.policies import JOB, UNIVERSAL, PolicySet, not_configured
+from executor.policies import JOB, UNIVERSAL, Policy, PolicySet, language_refusal, not_configured
 from executor.runs.outbox import Backoff
 from executor.sql import Db, StoreConflict, pipelined
 from executor.supervisor_link import SupervisorReachability
@@ -503,6 +503,11 @@ class TriggerEngine:
                 check_trigger,
                 check_code=self._check_code,
                 languages=self._languages,
+                policy_languages=(
+                    {policy.name: policy.languages for policy in self._policies}
+                    if self._policies is not None
+                    else None
+                ),
                 warn=trigger_warnings,
                 policies=self._universal_policies,
                 known_policies=self._policies.names() if self._policies is not None else None,
@@ -844,8 +849,10 @@ class TriggerEngine:
             found += checks.trigger_checks(
                 expr, spec["id"], where, universal=spec["universal"], level=spec["mode"] == LEVEL
             )
-            if not spec["universal"]:  # a universal file's code was checked at its load
+            if not spec["universal"]:  # a universal file's code and language: at its load
                 found += checks.code_checks(spec["id"], spec["language"], spec["code"])
+                refusal, _ = self._refusal(spec["language"], spec["user"])
+                found += checks.refusal_checks(spec["id"], refusal)
         own = [check for check in found if not check.universal]
         if strict and own:
             problems = "; ".join(check.line() for check in own)
@@ -868,6 +875,7 @@ class TriggerEngine:
                 dry=False,
                 parsed=_parsed,
                 registering=True,
+                judge=self.firing_refusal,
             )
             for (spec, expr), kept in zip(specs, kept_as, strict=True):
                 atoms, timers = self._index(place, expr)
@@ -882,9 +890,7 @@ class TriggerEngine:
                 take_registration(db, decider, place, _parsed)
             checks.replace_job(db, job_id, found)
             if label:
-                checks.resolve_label(
-                    db, place.pgrp, label, f"label '{label}' names job {job_id} since {_iso(now)}"
-                )
+                checks.resolve_label(db, place.pgrp, label, job_id, _iso(now))
             journal.append(db, decider.decision.entries, self._journal)
             self._own(db, batch, decider.decision.firings)
             registered = TriggerStore.callbacks_in(db, job_id)
@@ -917,7 +923,9 @@ class TriggerEngine:
         """
         keys = event_keys(event, place)
         seen = SeenEvent(event, self._clock())
-        decider = Decider(db, seen, batch, dry=dry, parsed=_parsed, group=group)
+        decider = Decider(
+            db, seen, batch, dry=dry, parsed=_parsed, group=group, judge=self.firing_refusal
+        )
         if group is None or hits_by_key is None:
             hits, callbacks = TriggerStore.matching_callbacks(db, keys)
         else:
@@ -1243,10 +1251,12 @@ class TriggerEngine:
             registration=registration,
             max_atoms=max_atoms,
         )
-        callbacks = tuple(
-            replace(each, callback=self.as_loaded(each.callback)) for each in explained.callbacks
-        )
-        return replace(explained, callbacks=callbacks)
+        callbacks = []
+        for each in explained.callbacks:
+            refusal, shadow = self.firing_refusal(each.callback)
+            callback = self.as_loaded(each.callback)
+            callbacks.append(replace(each, callback=callback, refusal=refusal, shadow=shadow))
+        return replace(explained, callbacks=tuple(callbacks))
 
     async def _result_of_record(self, invocation_id: str) -> RunResult | None:
         """The firing's result in the history, once the firing is done.
@@ -1378,6 +1388,41 @@ class TriggerEngine:
             policy = self._policies.for_job_callback(invocation.actor)
         return replace(invocation, policy=policy.name, shadow=shadow, limits=policy.limits[0])
 
+    def firing_refusal(self, cb: StoredCallback) -> tuple[str, bool]:
+        """(Why a firing of ``cb`` is refused as things stand, "" when it runs; whether as a shadow).
+
+        What ``_with_policy`` and the dispatcher decide for its run, said ahead of it:
+        by ``why``, a dry run and the journal's entry of the firing (REJECTED runs read as
+        fired otherwise). Reads only what is in memory (the set loaded, the policies): any
+        thread may call it, in a transaction too. In a fleet, a line another replica has
+        just added may be found by the run's own look (``_caught_up_with_fleet``), not here.
+        """
+        return self._refusal(
+            cb.language, cb.user, (cb.source, cb.triggers) if cb.universal else None
+        )
+
+    def _refusal(
+        self, language: str, user: str, line: tuple[str, str] | None = None
+    ) -> tuple[str, bool]:
+        """``firing_refusal`` of a job's own callback (``line`` None) or a universal one's line."""
+        policy: Policy | None = None
+        shadow = False
+        if line is not None:
+            source, triggers = line
+            loaded = find_line(self._universal, source, triggers)
+            if loaded is None:
+                return self._not_loaded(source, triggers), False
+            shadow = loaded.shadow
+            if self._policies is not None:
+                try:
+                    policy = self._policies.for_universal(loaded.policy)
+                except NotFoundError as err:
+                    callback = f"universal callback {loaded.source} = {triggers}"
+                    return f"{callback}: not run: its {err}", shadow
+        elif self._policies is not None:
+            policy = self._policies.for_job_callback(user)
+        return language_refusal(language, self._languages, policy) or "", shadow
+
     def _not_loaded(self, source: str, triggers: str) -> str:
         """The refusal of a registered universal callback whose line is not in the set loaded.
 
@@ -1399,7 +1444,7 @@ class TriggerEngine:
         if line_name(source, triggers) in self._lines_seen:
             return (
                 f"{callback} is no longer in callbacks.conf (its line was removed, or its "
-                "trigger changed, by a reload): not run"
+                "trigger changed, by a reload): not run until a reload brings the line back"
             )
         return f"{callback} is not in this replica's callbacks.conf: not run"
 
@@ -1442,7 +1487,14 @@ class TriggerEngine:
                     skipped += 1
                     continue
                 batch = uuid.uuid4().hex
-                decider = Decider(db, SeenEvent(event, now), batch, dry=False, parsed=_parsed)
+                decider = Decider(
+                    db,
+                    SeenEvent(event, now),
+                    batch,
+                    dry=False,
+                    parsed=_parsed,
+                    judge=self.firing_refusal,
+                )
                 decider.matched([(rowid, slot)])
                 self._own(db, batch, decider.decision.firings)
                 # A tick that finds its atom latched changes nothing: an entry per tick

@@ -299,6 +299,49 @@ def residual(expr: Expr, latched: Sequence[bool]) -> tuple[Expr | None, tuple[in
     return rest, tuple(open_slots)
 
 
+def live_residual(
+    expr: Expr, latches: Sequence[bool], never: set[int]
+) -> tuple[Expr, tuple[int, ...]] | None:
+    """``residual`` with the atoms in slots ``never`` false for good: None when it cannot hold.
+
+    A clock atom whose timer is gone (a time that fired, a stopped clock) will not latch
+    again: what a trigger waits for leaves out the ways through it (``why``, the
+    journal, a dry run). Call it with the trigger not already true.
+    """
+    slots = iter(range(len(latches)))
+
+    def walk(node: Expr) -> tuple[Expr | None, list[int]] | None:
+        """(residual, or None when true; open slots), or None when it cannot hold."""
+        if isinstance(node, Atom):
+            slot = next(slots)
+            if latches[slot]:
+                return None, []
+            return None if slot in never else (node, [slot])
+        parts = [walk(term) for term in node.terms]  # every slot consumed, left to right
+        possible = [part for part in parts if part is not None]
+        if isinstance(node, Or):
+            if any(rest is None for rest, _ in possible):
+                return None, []
+            if not possible:
+                return None
+            return disjoin([rest for rest, _ in possible if rest is not None]), _joined(possible)
+        if len(possible) < len(parts):
+            return None
+        rests = [rest for rest, _ in possible if rest is not None]
+        return (conjoin(rests) if rests else None), _joined(possible)
+
+    walked = walk(expr)
+    if walked is None:
+        return None
+    rest, open_slots = walked
+    # Not true: with no latch added, an atom false for good cannot make it hold.
+    return (rest if rest is not None else expr), tuple(open_slots)
+
+
+def _joined(parts: Sequence[tuple[Expr | None, list[int]]]) -> list[int]:
+    return [slot for _, open_slots in parts for slot in open_slots]
+
+
 def _residual(expr: Expr, latched: Sequence[bool], slot: int) -> tuple[Expr | None, int, list[int]]:
     """(residual or None when true, the slot after ``expr``, the open slots)."""
     if isinstance(expr, Atom):

@@ -136,7 +136,11 @@ class JournalEntry:
         count: The callback's (the item's) count after the event.
         waiting_for: What the trigger still waits for after the event, canonical; ""
             when it fired. Its first ``MAX_ENTRY_TEXT_CHARS`` (``nodes.render_cut``).
-        reason: In words, why nothing fired (SPENT) or why it was a near miss.
+        reason: In words, why nothing fired (SPENT) or why it was a near miss; on a
+            firing's entry (FIRED, LEVEL), why its run was refused as things stood
+            (``TriggerEngine.firing_refusal``; "" when it was not); on a MATCHED one,
+            that it will not fire again, when a clock atom it needs will not latch
+            again and no other way is left (``waiting_for`` is then "").
         per_item: Whether it is kept with its work item's entries (a ``{work}``
             callback's), not with the callback's; not stored, only ``append`` reads it.
     """
@@ -276,6 +280,23 @@ def forget_job(db: Db, job_id: int) -> None:
 def prune_older_than(db: Db, cutoff: float) -> int:
     """Delete entries from before ``cutoff`` (Unix seconds); how many went."""
     return int(db.execute("DELETE FROM journal WHERE at < ?", (cutoff,)).rowcount)
+
+
+def counted_past(
+    db: Db, job_id: int, callback_id: int, *, past: int, most: int, work_name: str | None
+) -> int:
+    """How many entries of a callback (of one work item) there are past its newest ``past``.
+
+    At most ``most``: a {work} callback of 100,000 items keeps millions, and ``why`` (the
+    dashboard's jobs page, at every refresh) need not count them all to say more exist.
+    """
+    where = "job_id = ? AND callback_id = ?" + ("" if work_name is None else " AND work_name = ?")
+    args: tuple[Any, ...] = (job_id, callback_id) + (() if work_name is None else (work_name,))
+    row = db.execute(
+        f"SELECT COUNT(*) FROM (SELECT 1 FROM journal WHERE {where} LIMIT ?) AS kept",  # noqa: S608 - constant text
+        (*args, past + most),
+    ).fetchone()
+    return max(0, int(row[0]) - past)
 
 
 def read(

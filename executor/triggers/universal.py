@@ -45,7 +45,9 @@ jobs it was attached to even while the file is still named. The same file with t
 same trigger twice in one directory is a load error: the lines could not be told apart.
 
 Triggers get the registration checks a trigger alone allows (checks.static_checks) at
-load: those are warnings (``file:line: message``), not errors.
+load: those are warnings (``file:line: message``), not errors. So is a line in a
+language the executor's ``languages``, or its policy's, leaves out: each of its firings
+is refused (the dispatcher's check, said ahead of it).
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ CONF_NAME: Final = "callbacks.conf"
 MODES: Final = ("edge", "level")
 _OPTIONS: Final = re.compile(r"(?P<file>[^\[]*?)\s*\[(?P<options>[^\]]*)\]")
 LANGUAGE_BY_SUFFIX: Final = {".py": "python", ".pl": "perl", ".qcb": "qube"}
+# The policy of a line that names none, nor its directory (policies.UNIVERSAL).
+DEFAULT_POLICY: Final = "universal"
 # A load that meets its files changing (an editor's save, a git checkout) reads them
 # again, pausing longer each time, this many times in all; then it is refused.
 READ_TRIES: Final = 5
@@ -182,6 +186,29 @@ def _disabled(language: str) -> str:
     )
 
 
+def _not_allowed(language: str, policy: str) -> str:
+    """The warning for a line in a language its policy leaves out (the dispatcher's words)."""
+    return (
+        f"{language} callbacks are not allowed by policy {policy!r} (policies.{policy}.languages):"
+        " each firing of this line is refused (REJECTED)"
+    )
+
+
+def _language_warning(
+    line: UniversalCallback,
+    languages: Collection[str] | None,
+    policy_languages: Mapping[str, Collection[str]] | None,
+) -> list[str]:
+    """Why each firing of a line would be refused for its language (as the dispatcher checks)."""
+    if languages is not None and line.language not in languages:
+        return [_disabled(line.language)]
+    policy = line.policy or DEFAULT_POLICY
+    allowed = (policy_languages or {}).get(policy)
+    if allowed is not None and line.language not in allowed:
+        return [_not_allowed(line.language, policy)]
+    return []
+
+
 def load_universal(
     directories: list[Path],
     check_trigger: Callable[[str], str | None],
@@ -191,6 +218,7 @@ def load_universal(
     policies: Mapping[Path, str] | None = None,
     known_policies: Collection[str] | None = None,
     languages: Collection[str] | None = None,
+    policy_languages: Mapping[str, Collection[str]] | None = None,
     had_lines: Collection[Path] = (),
 ) -> list[UniversalCallback]:
     """Load every directory's callbacks.conf, as the files stand between two saves.
@@ -211,6 +239,9 @@ def load_universal(
         warn: The warnings for a usable trigger (kept on the callback, not errors).
         languages: The languages the executor runs (its ``languages`` setting); a line in
             another loads, with a warning: each of its firings is refused.
+        policy_languages: Policy name -> the languages it allows (``policies.NAME.languages``);
+            a line in another than its policy's (its line's, its directory's, else
+            ``universal``) loads with a warning too.
         had_lines: The directories the set loaded before had lines from.
     """
     waited = rechecked = False
@@ -229,6 +260,7 @@ def load_universal(
             policies=policies,
             known_policies=known_policies,
             languages=languages,
+            policy_languages=policy_languages,
         )
         if changed := reads.changed():
             if tries < READ_TRIES:
@@ -269,6 +301,7 @@ def _load_once(
     policies: Mapping[Path, str] | None,
     known_policies: Collection[str] | None,
     languages: Collection[str] | None,
+    policy_languages: Mapping[str, Collection[str]] | None,
 ) -> list[UniversalCallback] | UniversalConfigError:
     """One pass over the directories: the set, or its errors.
 
@@ -331,8 +364,7 @@ def _load_once(
                 continue
             seen[key] = f"line {number}"
             warnings = (warn or _none)(loaded.triggers)
-            if languages is not None and loaded.language not in languages:
-                warnings = [*warnings, _disabled(loaded.language)]
+            warnings += _language_warning(loaded, languages, policy_languages)
             shown = tuple(escaped(f"{where}: {w}") for w in warnings)
             callbacks.append(replace(loaded, warnings=shown))
     if errors:

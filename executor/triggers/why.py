@@ -21,7 +21,14 @@ from typing import Final
 from executor.errors import ChangedMeanwhileError, InvalidRequestError, NotFoundError
 from executor.sql import Db
 from executor.triggers import checks, items, journal, states
-from executor.triggers.evaluate import HAPPENED_NAMES, JobPlace, happened, residual, spent
+from executor.triggers.evaluate import (
+    HAPPENED_NAMES,
+    JobPlace,
+    happened,
+    live_residual,
+    residual,
+    spent,
+)
 from executor.triggers.explain import (
     describe_atom,
     describe_job,
@@ -36,10 +43,7 @@ from executor.triggers.nodes import (
     EventName,
     EventType,
     Expr,
-    Or,
     atoms,
-    conjoin,
-    disjoin,
     per_work,
     render,
     render_atom,
@@ -56,6 +60,8 @@ MAX_ITEMS_IN_FULL: Final = 10
 MAX_CALLBACKS_EXPLAINED: Final = 1000
 # A job without the callback asked for: its ids are listed, this many at most.
 MAX_IDS_LISTED: Final = 20
+# A callback's journal entries past those shown are counted up to this many ("10000 or more").
+MAX_JOURNAL_COUNTED: Final = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +158,13 @@ class CallbackExplanation:
     checks: tuple[checks.Check, ...]
     # Its atoms past the request's ``max_atoms``: not explained (nor their waiting_for lines).
     atoms_left_out: int = 0
+    # Why each of its firings is refused (REJECTED, not run) as things stand ("" when they
+    # run), and whether they run as a shadow: the engine's (``TriggerEngine.firing_refusal``),
+    # which knows the universal set loaded and the policies; the store does not.
+    refusal: str = ""
+    shadow: bool = False
+    # Its entries kept past those in ``journal`` (counted up to MAX_JOURNAL_COUNTED).
+    journal_left_out: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,10 +256,12 @@ def explain_job(
             )
         ids = (callbacks[0].callback_id, callbacks[-1].callback_id) if callbacks else (0, 0)
         found = checks.of_job(db, job_id, callback_ids=ids)
-        by_callback: dict[int, list[checks.Check]] = {}
-        for check in found:
-            by_callback.setdefault(check.callback_id, []).append(check)
         view = _View(db, place)
+        by_callback: dict[int, list[checks.Check]] = {}
+        for stored in found:
+            # As the label stands now, as the atoms are: it may have moved since.
+            check = checks.as_it_stands(stored, view.holder(stored.pgrp, stored.label))
+            by_callback.setdefault(check.callback_id, []).append(check)
         explained = tuple(
             _callback(
                 db,
@@ -281,6 +296,14 @@ class _View:
         self.owner = owner
         self.labels = TriggerStore.labels_of(db, owner.pgrp)
         self._places: dict[int, JobPlace | None] = {}
+
+    def holder(self, pgrp: int, label: str) -> int | None:
+        """The job holding ``label`` in ``pgrp`` now (None: none, or no label)."""
+        if not label:
+            return None
+        if pgrp == self.owner.pgrp:
+            return self.labels.get(label)
+        return TriggerStore.labels_among(self.db, pgrp, [label]).get(label)
 
     def place(self, job_id: int) -> JobPlace | None:
         if job_id not in self._places:
@@ -386,7 +409,7 @@ def _waiting_for(
     }
     lines = []
     if never:
-        live = _live_residual(expr, latches, never)
+        live = live_residual(expr, latches, never)
         if live is None:  # no way left: say so, and keep what it would have needed
             named = ", ".join(explained[slot].atom for slot in sorted(never))
             until = " unless a reload brings its callbacks.conf line back" if cb.universal else ""
@@ -420,44 +443,6 @@ def _waiting_for(
             line += f" ({unknown})"
         lines.append(line)
     return render(rest), tuple(lines)
-
-
-def _live_residual(
-    expr: Expr, latches: Sequence[bool], never: set[int]
-) -> tuple[Expr, tuple[int, ...]] | None:
-    """``residual`` with the atoms of ``never`` false for good: None when it cannot hold."""
-    slots = iter(range(len(latches)))
-
-    def walk(node: Expr) -> tuple[Expr | None, list[int]] | None:
-        """(residual, or None when true; open slots), or None when it cannot hold."""
-        if isinstance(node, Atom):
-            slot = next(slots)
-            if latches[slot]:
-                return None, []
-            return None if slot in never else (node, [slot])
-        parts = [walk(term) for term in node.terms]  # every slot consumed, left to right
-        possible = [part for part in parts if part is not None]
-        if isinstance(node, Or):
-            if any(rest is None for rest, _ in possible):
-                return None, []
-            if not possible:
-                return None
-            return disjoin([rest for rest, _ in possible if rest is not None]), _joined(possible)
-        if len(possible) < len(parts):
-            return None
-        rests = [rest for rest, _ in possible if rest is not None]
-        return (conjoin(rests) if rests else None), _joined(possible)
-
-    walked = walk(expr)
-    if walked is None:
-        return None
-    rest, open_slots = walked
-    # Not true: with no latch added, an atom false for good cannot make it hold.
-    return (rest if rest is not None else expr), tuple(open_slots)
-
-
-def _joined(parts: Sequence[tuple[Expr | None, list[int]]]) -> list[int]:
-    return [slot for _, open_slots in parts for slot in open_slots]
 
 
 # The atoms whose events leave a state the engine keeps (of a registered job).
@@ -546,12 +531,21 @@ def _callback(
         waiting, waiting_for = (
             ("", ()) if is_spent else _waiting_for(view, cb, cb.count, expr, explained, cb.latches)
         )
-    entries = journal.read(
-        db,
-        cb.job_id,
-        cb.callback_id,
-        limit=journal_limit,
-        work_name=work_name if work_name and per_work(expr) else None,
+    one_item = work_name if work_name and per_work(expr) else None
+    entries = journal.read(db, cb.job_id, cb.callback_id, limit=journal_limit, work_name=one_item)
+    # A full page may not be all: a {work} callback keeps entries per item, the journal
+    # shown is the newest of them all.
+    left_out = (
+        journal.counted_past(
+            db,
+            cb.job_id,
+            cb.callback_id,
+            past=len(entries),
+            most=MAX_JOURNAL_COUNTED,
+            work_name=one_item,
+        )
+        if len(entries) >= journal_limit
+        else 0
     )
     return CallbackExplanation(
         callback=cb,
@@ -565,6 +559,7 @@ def _callback(
         journal=tuple(entries),
         checks=checks_found,
         atoms_left_out=len(found) - len(shown),
+        journal_left_out=left_out,
     )
 
 

@@ -239,6 +239,11 @@ def explain_reply(reply: Any) -> dict[int, Explanation]:
     for item in reply.callbacks:
         atoms = tuple(AtomState(atom.atom, _atom_words(atom), atom.latched) for atom in item.atoms)
         lines = list(item.waiting_for) or ([item.waiting] if item.waiting else [])
+        # As `triggers why` says it: first, that its firings are refused, or shadow runs.
+        if item.refusal:
+            lines.insert(0, f"each firing is refused (REJECTED), not run: {item.refusal}")
+        elif item.shadow:
+            lines.insert(0, "shadow: it runs, its qb actions are recorded, not applied")
         work_lines = [line for work in item.work_items for line in _work_item_lines(work)]
         if len(work_lines) > MAX_WORK_ITEM_LINES:
             left_out = len(work_lines) - MAX_WORK_ITEM_LINES

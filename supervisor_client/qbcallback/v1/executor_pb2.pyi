@@ -104,6 +104,10 @@ class _TriggerCheckKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Trig
     """A qube callback whose code holds no code string the interpreter knows (a
     typo such as fly-self): each firing would be REJECTED.
     """
+    TRIGGER_CHECK_KIND_REFUSED: _TriggerCheckKind.ValueType  # 8
+    """A callback whose every firing would be refused (REJECTED) as things stand: its
+    language is one its policy's languages (or the executor's) leaves out.
+    """
 
 class TriggerCheckKind(_TriggerCheckKind, metaclass=_TriggerCheckKindEnumTypeWrapper):
     """What a check found in a trigger (or a job's label) at registration."""
@@ -131,6 +135,10 @@ letters, digits, '_' and '.', all digits (a job id), or self / parent.
 TRIGGER_CHECK_KIND_UNKNOWN_CODE: TriggerCheckKind.ValueType  # 7
 """A qube callback whose code holds no code string the interpreter knows (a
 typo such as fly-self): each firing would be REJECTED.
+"""
+TRIGGER_CHECK_KIND_REFUSED: TriggerCheckKind.ValueType  # 8
+"""A callback whose every firing would be refused (REJECTED) as things stand: its
+language is one its policy's languages (or the executor's) leaves out.
 """
 Global___TriggerCheckKind: _TypeAlias = TriggerCheckKind  # noqa: Y015
 
@@ -863,6 +871,8 @@ class Firing(_message.Message):
     INVOCATION_ID_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     WORK_NAME_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     callback_id: _builtins.int
     triggers: _builtins.str
@@ -873,6 +883,15 @@ class Firing(_message.Message):
     work_name: _builtins.str
     """The work item whose context the run has (qb.workid()): the event's, or, for
     a trigger with {work}, the item that fired.
+    """
+    refusal: _builtins.str
+    """Why its run is refused (REJECTED, not run), as things stood when it fired (a
+    dry run: as they stand): a universal line a reload removed, a language its
+    policy or the executor's languages setting leaves out; "" when it runs.
+    """
+    shadow: _builtins.bool
+    """True when it runs as a shadow (a callbacks.conf line marked shadow): its qb
+    actions are recorded, not applied.
     """
     @_builtins.property
     def result(self) -> Global___ExecuteResponse:
@@ -889,10 +908,12 @@ class Firing(_message.Message):
         invocation_id: _builtins.str = ...,
         result: Global___ExecuteResponse | None = ...,
         work_name: _builtins.str = ...,
+        refusal: _builtins.str = ...,
+        shadow: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_id", b"callback_id", "invocation_id", b"invocation_id", "job_id", b"job_id", "language", b"language", "result", b"result", "triggers", b"triggers", "universal", b"universal", "work_name", b"work_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_id", b"callback_id", "invocation_id", b"invocation_id", "job_id", b"job_id", "language", b"language", "refusal", b"refusal", "result", b"result", "shadow", b"shadow", "triggers", b"triggers", "universal", b"universal", "work_name", b"work_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1161,9 +1182,13 @@ class JournalEntry(_message.Message):
     atoms, ending " … (N more atoms)".
     """
     reason: _builtins.str
-    """Why nothing fired, or why it was a near miss, in words; on a LEVEL entry,
-    the registration of another job that it latched at ("the registration of
-    job 1501"), empty at the callback's own.
+    """Why nothing fired, or why it was a near miss, in words. On a FIRED entry:
+    why its run was refused (REJECTED, not run), as things stood when it fired;
+    "" when it was not. On a MATCHED entry: when a clock atom it needs will not
+    latch again and no other way is left, that it will not fire again
+    (waiting_for is then empty). On a LEVEL entry: the registration of another
+    job that it latched at ("the registration of job 1501"), empty at the
+    callback's own.
     """
     @_builtins.property
     def seen(self) -> Global___SeenEvent:
@@ -1340,6 +1365,9 @@ class CallbackExplanation(_message.Message):
     JOURNAL_FIELD_NUMBER: _builtins.int
     CHECKS_FIELD_NUMBER: _builtins.int
     ATOMS_LEFT_OUT_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
+    JOURNAL_LEFT_OUT_FIELD_NUMBER: _builtins.int
     spent: _builtins.bool
     """True when it has fired its maximum."""
     waiting: _builtins.str
@@ -1351,6 +1379,17 @@ class CallbackExplanation(_message.Message):
     """How many of its atoms are not in atoms (nor their lines in waiting_for, nor in its
     single work items' atoms): those past the request's max_atoms. 0 when all are.
     """
+    refusal: _builtins.str
+    """Why each of its firings is refused (REJECTED, not run) as things stand: its
+    callbacks.conf line removed by a reload, its language one its policy (or the
+    executor's languages setting) leaves out; "" when its firings run.
+    """
+    shadow: _builtins.bool
+    """True when its firings run as a shadow (its callbacks.conf line is marked
+    shadow): its qb actions are recorded, not applied.
+    """
+    journal_left_out: _builtins.int
+    """How many of its journal entries the executor keeps past those in journal."""
     @_builtins.property
     def callback(self) -> Global___RegisteredCallback:
         """The callback (trigger as written and canonical, count, maximum, mode)."""
@@ -1371,7 +1410,9 @@ class CallbackExplanation(_message.Message):
 
     @_builtins.property
     def journal(self) -> _containers.RepeatedCompositeFieldContainer[Global___JournalEntry]:
-        """Its newest journal entries, oldest first."""
+        """Its newest journal entries, oldest first (of every work item of a trigger
+        with {work}, unless the request named one).
+        """
 
     @_builtins.property
     def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___TriggerCheck]:
@@ -1389,10 +1430,13 @@ class CallbackExplanation(_message.Message):
         journal: _abc.Iterable[Global___JournalEntry] | None = ...,
         checks: _abc.Iterable[Global___TriggerCheck] | None = ...,
         atoms_left_out: _builtins.int = ...,
+        refusal: _builtins.str = ...,
+        shadow: _builtins.bool = ...,
+        journal_left_out: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["callback", b"callback"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["atoms", b"atoms", "atoms_left_out", b"atoms_left_out", "callback", b"callback", "checks", b"checks", "journal", b"journal", "spent", b"spent", "waiting", b"waiting", "waiting_for", b"waiting_for", "work_items", b"work_items"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["atoms", b"atoms", "atoms_left_out", b"atoms_left_out", "callback", b"callback", "checks", b"checks", "journal", b"journal", "journal_left_out", b"journal_left_out", "refusal", b"refusal", "shadow", b"shadow", "spent", b"spent", "waiting", b"waiting", "waiting_for", b"waiting_for", "work_items", b"work_items"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
