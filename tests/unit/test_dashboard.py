@@ -287,6 +287,12 @@ def test_healthz_answers_at_once_from_the_last_status_while_the_loop_is_held() -
         unknown = json.loads(dashboard.handle(get("/healthz")).body)
         assert unknown["status"] == "UNKNOWN" and "did not answer within 1.5 s" in unknown["why"]
     finally:
+
+        async def settle() -> None:  # the asks sent while the loop was held, answered
+            others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            await asyncio.gather(*others, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(settle(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
