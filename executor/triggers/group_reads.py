@@ -6,9 +6,9 @@ of read is one statement for the whole group, whatever its size:
 
 * ``sightings``: every event id's key (event_ids.py) recorded at once (``INSERT ... ON
   CONFLICT DO NOTHING RETURNING``; an id seen before, or earlier in the group, is a
-  repeat), with each
-  event's job's place and the near misses in its pgrp (``near_misses``' lookup, per
-  event, through a ``LATERAL`` subquery, an index lookup per atom as there).
+  repeat), with each event's job's place and the near misses in its pgrp
+  (``near_misses``' lookup, per event, through a ``LATERAL`` subquery, an index lookup
+  per atom as there).
 * ``matching``: the atoms under every key of every event, with their callbacks, locked
   in ascending order in that one statement (``FOR UPDATE``): two replicas' groups take
   the rows they share in the same order, so they take turns and never deadlock.
