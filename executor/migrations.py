@@ -123,6 +123,10 @@ def _steps() -> list[str]:
         # without the index each tick would read the whole queue. (A database made at an
         # earlier version by this code has the index already.)
         "CREATE INDEX IF NOT EXISTS firings_by_callback ON firings (callback_rowid);",
+        # The seen event ids kept as a fixed-size key of each (event_ids.key), not their
+        # text: an id of 1024 characters took ~3.6 KB. The ids remembered are keyed here (a
+        # database made at an earlier version by this code keys them already).
+        event_ids.PG_REKEY,
     ]
 
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from executor.sql import Db, PgDb
+from executor.triggers import event_ids
 from executor.triggers.decide import Fired
 from executor.triggers.store import EDGE, StoredCallback
 
@@ -75,20 +76,20 @@ def record(db: Db, decided: Sequence[tuple[str, str]]) -> None:
         return
     if isinstance(db, PgDb):  # one statement (one round trip) for a group's events
         db.execute(
-            "UPDATE seen_events s SET fired_json = d.fired FROM unnest(?::text[], ?::text[])"
-            " AS d(event_id, fired) WHERE s.event_id = d.event_id",
-            ([event_id for event_id, _ in decided], [fired for _, fired in decided]),
+            "UPDATE seen_events s SET fired_json = d.fired FROM unnest(?::bytea[], ?::text[])"
+            " AS d(id_key, fired) WHERE s.id_key = d.id_key",
+            ([event_ids.key(event_id) for event_id, _ in decided], [f for _, f in decided]),
         )
     else:
         db.executemany(
-            "UPDATE seen_events SET fired_json = ? WHERE event_id = ?",
-            [(fired, event_id) for event_id, fired in decided],
+            "UPDATE seen_events SET fired_json = ? WHERE id_key = ?",
+            [(fired, event_ids.key(event_id)) for event_id, fired in decided],
         )
 
 
 def fired_by(db: Db, event_id: str) -> list[Fired]:
     """What the event with this id fired when it was applied (none: nothing, or forgotten)."""
     row = db.execute(
-        "SELECT fired_json FROM seen_events WHERE event_id = ?", (event_id,)
+        "SELECT fired_json FROM seen_events WHERE id_key = ?", (event_ids.key(event_id),)
     ).fetchone()
     return from_json(row[0]) if row else []

@@ -8,6 +8,12 @@ with every event published (1M events made ``triggers.db`` 78 MB, all of which s
 ``quick_check`` reads). So an id is remembered for ``event_id_retention_hours`` after
 its event was applied, then forgotten: a repeat after that is a new event.
 
+The row holds the id's ``key`` (16 bytes of its SHA-256), not its text: an id of the
+allowed 1024 characters took ~6 KB of ``triggers.db`` as text (the table's row and the
+unique index's entry each in overflow pages), 60 GB at the default ``max_count`` (probe
+111); keyed, any id takes ~80 bytes. Nothing reads an id back from here: the journal and
+the firings keep the events they name whole.
+
 The pruning runs at start and every ``PRUNE_EVERY_S`` off the event path: on a thread,
 in batches of ``PRUNE_BATCH`` rows, each a transaction of its own, with a pause three
 times as long as the batch took before the next one. On SQLite the event loop shares the
@@ -53,7 +59,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -67,16 +75,123 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+_sha256: Final = hashlib.sha256
+
 # Created with the table on SQLite; a fleet's PostgreSQL gets it at ``cbexec store migrate``.
 SCHEMA: Final = """
 CREATE INDEX IF NOT EXISTS seen_events_by_age ON seen_events (seen_at);
 """
 
+# The bytes of an id's key: the first 16 of its SHA-256. Two different ids of the 10M
+# remembered share a key with a chance of about 1 in 10^23 (the birthday bound over
+# 2^128), so a repeat is still told exactly; a collision made on purpose would take
+# ~2^64 hashes and only make its maker's own second event a repeat.
+KEY_BYTES: Final = 16
+# ``key`` in PostgreSQL's SQL, of a text column (the migration's): the same bytes, as the
+# store holds the executor's UTF-8 (migrations.py takes no other encoding but SQL_ASCII,
+# which keeps the bytes as sent).
+PG_KEY_SQL: Final = f"substring(sha256(convert_to({{column}}, 'UTF8')) FROM 1 FOR {KEY_BYTES})"
+# About what an id takes of the store whatever its length (its row and two index entries,
+# the key's and the age's), as the README says: measured on the 2-core dev machine over
+# 1M ids, 81 bytes of triggers.db; over 500,000, 146 bytes of PostgreSQL's table and
+# indexes. With the text as the key it was 122 bytes for a uuid and 6.1 KB (SQLite) /
+# 3.6 KB (PostgreSQL) for an id of the allowed 1024 characters (overflow pages, the
+# text twice). An event that fired callbacks also keeps what it fired with its key
+# (decided_firings.py), as many bytes as its firings' names.
+SQLITE_BYTES_PER_ID: Final = 80
+PG_BYTES_PER_ID: Final = 150
+
+# A store that kept the ids' text (before 2026-12-06) keeps their keys instead from its
+# first start on this version (SQLite) or ``cbexec store migrate``'s step 12
+# (PostgreSQL); the rowids (SQLite's order of the ids, which the count's prune reads),
+# ages and what each fired are kept.
+_SQLITE_REKEY: Final = """
+CREATE TABLE seen_events_keyed (
+    id_key BLOB PRIMARY KEY,
+    seen_at REAL NOT NULL,
+    fired_json TEXT NOT NULL DEFAULT ''
+);
+INSERT OR IGNORE INTO seen_events_keyed (rowid, id_key, seen_at, fired_json)
+    SELECT rowid, cbexec_id_key(CAST(event_id AS BLOB)), seen_at, fired_json FROM seen_events;
+DROP TABLE seen_events;
+ALTER TABLE seen_events_keyed RENAME TO seen_events;
+"""
+# In place on PostgreSQL (a new table would lose the grants the executor's role was
+# given on this one); nothing to do for a table made with the keys (step 1 of this
+# version). The text column stays, empty, for the replicas of earlier versions still
+# running until they are restarted (migrations.py: the steps only add): their inserts
+# name the id's text, from which a trigger makes its key (only for a row without one:
+# the WHEN costs this version's inserts no call), so a repeat between an old and a new
+# replica is still found, on the key. An old replica then reads back (a resend's
+# firings, by the text's index of the rows that have it) and prunes only the rows it
+# wrote; the new ones prune them all.
+PG_REKEY: Final = f"""
+DO $$ BEGIN
+IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+    AND table_name = 'seen_events' AND column_name = 'event_id') THEN
+  ALTER TABLE seen_events ADD COLUMN id_key BYTEA;
+  ALTER TABLE seen_events DROP CONSTRAINT seen_events_pkey;
+  ALTER TABLE seen_events ALTER COLUMN event_id DROP NOT NULL;
+  UPDATE seen_events SET id_key = {PG_KEY_SQL.format(column="event_id")}, event_id = NULL;
+  ALTER TABLE seen_events ADD PRIMARY KEY (id_key);
+  CREATE INDEX seen_events_text ON seen_events (event_id) WHERE event_id IS NOT NULL;
+  CREATE OR REPLACE FUNCTION seen_events_key() RETURNS trigger LANGUAGE plpgsql AS $f$
+  BEGIN
+    NEW.id_key := {PG_KEY_SQL.format(column="NEW.event_id")};
+    RETURN NEW;
+  END $f$;
+  CREATE TRIGGER seen_events_key BEFORE INSERT ON seen_events FOR EACH ROW
+    WHEN (NEW.id_key IS NULL) EXECUTE FUNCTION seen_events_key();
+END IF;
+END $$;
+"""  # noqa: S608 - our own SQL
+
+
+def key(event_id: str) -> bytes:
+    """What the store keeps of an event id: the first ``KEY_BYTES`` of the SHA-256 of its UTF-8.
+
+    A fixed size whatever the id's length: the ids' text as the key took ~6 KB each for
+    ids of the allowed 1024 characters (overflow pages, the text in the table and again
+    in its unique index), ~60 GB at the default ``event_id_max_count`` (probe 111).
+    """
+    return _sha256(event_id.encode("utf-8", "surrogatepass")).digest()[:KEY_BYTES]
+
+
+def _key_of_bytes(utf8: bytes) -> bytes:
+    return _sha256(utf8).digest()[:KEY_BYTES]
+
+
+def rekey_sqlite(db: sqlite3.Connection) -> int:
+    """Key a ``seen_events`` that holds the ids' text by ``key`` instead; how many ids it kept.
+
+    One transaction: a crash part-way leaves the old table as it was. Once, at the first
+    start after the upgrade: 9.4 s over 1M uuid ids on the 2-core dev machine.
+    """
+    columns = {row[1] for row in db.execute("PRAGMA table_info(seen_events)")}
+    if "event_id" not in columns:
+        return 0
+    db.create_function("cbexec_id_key", 1, _key_of_bytes, deterministic=True)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _SQLITE_REKEY.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute(SCHEMA)
+        (kept,) = db.execute("SELECT count(*) FROM seen_events").fetchone()
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return int(kept)
+
+
 # How long an id is remembered unless told (``event_id_retention_hours``): a publisher's
 # resend after an outage of a day or two still finds it.
 DEFAULT_RETENTION_S: Final = 72 * 3600.0
-# The most ids remembered unless told (``event_id_max_count``): about 1.2 GB of
-# triggers.db with uuid ids, ~46 h of a steady 60 events/s, the 72 h of 38 events/s.
+# The most ids remembered unless told (``event_id_max_count``): about 0.8 GB of
+# triggers.db (``SQLITE_BYTES_PER_ID`` each), ~46 h of a steady 60 events/s, the 72 h of
+# 38 events/s.
 DEFAULT_MAX_COUNT: Final = 10_000_000
 # Index entries PostgreSQL counts per statement to find the ids past the most kept:
 # ~0.1 s each (measured: 1M in 70-110 ms on the 2-core dev machine).
@@ -94,7 +209,7 @@ _MIN_PAUSE_S: Final = 0.001
 def prune_batch(db: Db, cutoff: float, limit: int) -> int:
     """Forget at most ``limit`` ids seen before ``cutoff`` (Unix seconds); how many went."""
     cursor = db.execute(
-        "DELETE FROM seen_events WHERE event_id IN (SELECT event_id FROM seen_events"  # noqa: S608 - a clause of ours
+        "DELETE FROM seen_events WHERE id_key IN (SELECT id_key FROM seen_events"  # noqa: S608 - a clause of ours
         f" WHERE seen_at < ? LIMIT ?{row_lock(db, skip_locked=True)})",
         (cutoff, limit),
     )
@@ -155,7 +270,7 @@ def forget_batch(db: Db, mark: float, limit: int) -> int:
     """Forget at most ``limit`` of the ids up to ``mark`` (``past_max_count``); how many went."""
     if isinstance(db, PgDb):
         cursor = db.execute(
-            "DELETE FROM seen_events WHERE event_id IN (SELECT event_id FROM seen_events"
+            "DELETE FROM seen_events WHERE id_key IN (SELECT id_key FROM seen_events"
             " WHERE seen_at <= ? LIMIT ? FOR UPDATE SKIP LOCKED)",
             (mark, limit),
         )

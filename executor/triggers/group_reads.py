@@ -4,10 +4,11 @@ Read event by event, a group of 50 events costs ~150 round trips to a server tha
 a fleet, is on another machine (or, on a small box, shares its cores). Here each kind
 of read is one statement for the whole group, whatever its size:
 
-* ``sightings``: every event id recorded at once (``INSERT ... ON CONFLICT DO NOTHING
-  RETURNING``; an id seen before, or earlier in the group, is a repeat), with each
-  event's job's place and the near misses in its pgrp (``near_misses``' lookup, per
-  event, through a ``LATERAL`` subquery, an index lookup per atom as there).
+* ``sightings``: every event id's key (event_ids.py) recorded at once (``INSERT ... ON
+  CONFLICT DO NOTHING RETURNING``; an id seen before, or earlier in the group, is a
+  repeat), with each event's job's place and the near misses in its pgrp
+  (``near_misses``' lookup, per event, through a ``LATERAL`` subquery, an index lookup
+  per atom as there).
 * ``matching``: the atoms under every key of every event, with their callbacks, locked
   in ascending order in that one statement (``FOR UPDATE``): two replicas' groups take
   the rows they share in the same order, so they take turns and never deadlock.
@@ -29,6 +30,7 @@ from typing import Any
 
 from executor.model import Event
 from executor.sql import Db
+from executor.triggers import event_ids
 from executor.triggers.evaluate import AtomKey, JobPlace
 from executor.triggers.items import WorkState
 from executor.triggers.near_misses import UNRESOLVED
@@ -61,16 +63,25 @@ def sightings(
     ``events`` is new at most at its first occurrence, as if the events came one by one.
     """
     rows = [
-        {"n": n, "event_id": e.event_id, "job_id": e.job_id, "type": t, "names": ns, "extras": xs}
+        {
+            "n": n,
+            # The id's key (event_ids.key), in hex: a JSON string; '' for no id.
+            "id_key": event_ids.key(e.event_id).hex() if e.event_id else "",
+            "job_id": e.job_id,
+            "type": t,
+            "names": ns,
+            "extras": xs,
+        }
         for n, (e, (t, ns, xs)) in enumerate(zip(events, keys_of, strict=True))
     ]
     found = db.execute(
-        "WITH e AS (SELECT * FROM json_to_recordset(?::json) AS e(n int, event_id text,"  # noqa: S608 - a fragment of ours
+        "WITH e AS (SELECT * FROM json_to_recordset(?::json) AS e(n int, id_key text,"  # noqa: S608 - a fragment of ours
         " job_id bigint, type text, names text[], extras text[])),"
-        " seen AS (INSERT INTO seen_events (event_id, seen_at)"
-        " SELECT DISTINCT event_id, ?::double precision FROM e WHERE event_id != ''"
-        " ORDER BY event_id ON CONFLICT DO NOTHING RETURNING event_id)"
-        " SELECT e.n, e.event_id IN (SELECT event_id FROM seen) AS new, j.pgrp, j.label,"
+        " seen AS (INSERT INTO seen_events (id_key, seen_at)"
+        " SELECT DISTINCT decode(id_key, 'hex'), ?::double precision FROM e WHERE id_key != ''"
+        " ORDER BY 1 ON CONFLICT DO NOTHING RETURNING id_key)"
+        " SELECT e.n, decode(e.id_key, 'hex') IN (SELECT id_key FROM seen) AS new, j.pgrp,"
+        " j.label,"
         " CASE WHEN j.job_id IS NULL THEN NULL ELSE (SELECT coalesce(json_agg(json_build_array("
         "a.callback_rowid, a.slot, a.pgrp, a.label, a.name, a.extra)), '[]') FROM ("
         "SELECT * FROM atoms a WHERE a.pgrp = j.pgrp AND a.type = e.type"

@@ -121,7 +121,7 @@ CREATE TABLE IF NOT EXISTS firings (
 );
 CREATE INDEX IF NOT EXISTS firings_by_callback ON firings (callback_rowid);
 CREATE TABLE IF NOT EXISTS seen_events (
-    event_id TEXT PRIMARY KEY,
+    id_key BLOB PRIMARY KEY,
     seen_at REAL NOT NULL,
     fired_json TEXT NOT NULL DEFAULT ''
 );
@@ -417,7 +417,7 @@ class TriggerStore:
                     await self._health.sound()
 
     def _migrate(self, db: sqlite3.Connection) -> None:
-        """Add the columns a database from an earlier version lacks."""
+        """Add the columns a database from an earlier version lacks; key its event ids."""
         for table, column, definition in _ADDED_COLUMNS:
             present = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
             if column not in present:
@@ -432,6 +432,10 @@ class TriggerStore:
                             "UPDATE atoms SET pgrp = ?, label = ? WHERE rowid = ?",
                             (pgrp, label, rowid),
                         )
+        # Event ids kept as their text (before 2026-12-06): kept as their keys instead.
+        rekeyed = event_ids.rekey_sqlite(db)
+        if rekeyed:
+            logger.info("event ids: the %d remembered are now kept as their keys", rekeyed)
         # Jobs registered before registrations were numbered: each its own number, as if
         # registered now (one transaction, so a crash half-way leaves no number twice).
         unnumbered = db.execute("SELECT job_id FROM jobs WHERE registration = 0").fetchall()
@@ -1057,21 +1061,21 @@ class TriggerStore:
             return Sighting(True, TriggerStore.place_in(db, job_id))
         extra_sql, extra_params = also or ("NULL", ())
         row = db.execute(
-            "WITH seen AS (INSERT INTO seen_events (event_id, seen_at) SELECT ?, ? WHERE ? != ''"  # noqa: S608 - a subquery of ours
+            "WITH seen AS (INSERT INTO seen_events (id_key, seen_at) SELECT ?, ? WHERE ? != ''"  # noqa: S608 - a subquery of ours
             " ON CONFLICT DO NOTHING RETURNING 1)"
             f" SELECT ? = '' OR EXISTS (SELECT 1 FROM seen), j.pgrp, j.label, {extra_sql}"
             " FROM (SELECT 1) AS one LEFT JOIN jobs j ON j.job_id = ?",
-            (event_id, time.time(), event_id, event_id, *extra_params, job_id),
+            (event_ids.key(event_id), time.time(), event_id, event_id, *extra_params, job_id),
         ).fetchone()
         place = None if row[1] is None else JobPlace(job_id, pgrp=int(row[1]), label=str(row[2]))
         return Sighting(bool(row[0]), place, row[3] if also else None)
 
     @staticmethod
     def first_sighting(db: Db, event_id: str) -> bool:
-        """Record an event id; False when it had been seen (an idempotent repeat)."""
+        """Record an event id (its ``event_ids.key``); False when it had been seen (a repeat)."""
         cursor = db.execute(
-            "INSERT INTO seen_events (event_id, seen_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
-            (event_id, time.time()),
+            "INSERT INTO seen_events (id_key, seen_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            (event_ids.key(event_id), time.time()),
         )
         return bool(cursor.rowcount == 1)
 

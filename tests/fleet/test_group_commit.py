@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from executor.model import Event
+from executor.triggers import event_ids
 from executor.triggers.engine import TriggerEngine
 from executor.triggers.store import TriggerStore
 from tests.helpers.trigger_engines import LIMITS, Recorder, job
@@ -54,7 +55,9 @@ class Committed:
 
     def __call__(self, event_id: str) -> bool:
         with self._store.outside_transaction() as db:
-            row = db.execute("SELECT 1 FROM seen_events WHERE event_id = ?", (event_id,))
+            row = db.execute(
+                "SELECT 1 FROM seen_events WHERE id_key = ?", (event_ids.key(event_id),)
+            )
             return row.fetchone() is not None
 
     def close(self) -> None:

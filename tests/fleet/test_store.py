@@ -30,6 +30,7 @@ from executor.sql import (
     connect_postgres,
     pg_ddl,
 )
+from executor.triggers import decided_firings, event_ids
 from executor.triggers.store import TriggerStore
 from tests.conftest import TEST_UID_BASE
 from tests.helpers.cli import cbexec, cli_env
@@ -164,11 +165,11 @@ def test_an_error_in_a_pipeline_is_raised_at_its_end_as_the_stores_own(pg_url: s
     db = connect_postgres(pg_url)
     try:
         db.execute("BEGIN")
-        db.execute("INSERT INTO seen_events (event_id, seen_at) VALUES ('piped', 0)")
+        db.execute("INSERT INTO seen_events (id_key, seen_at) VALUES ('piped', 0)")
         with pytest.raises(StoreConflict), db.pipeline():
             db.executemany(
-                "INSERT INTO seen_events (event_id, seen_at) VALUES (?, 0)",
-                [("other",), ("piped",)],
+                "INSERT INTO seen_events (id_key, seen_at) VALUES (?, 0)",
+                [(b"other",), (b"piped",)],
             )
         assert db.transaction_failed()
         db.execute("ROLLBACK")
@@ -327,6 +328,69 @@ def test_the_runs_recorded_before_fired_was_kept_read_as_not_fired(
         }
     finally:
         history.close()
+
+
+# The schema step that keys the seen event ids by a digest of each.
+REKEY_STEP: Final = next(n for n, ddl in enumerate(_steps(), 1) if "ADD COLUMN id_key BYTEA" in ddl)
+
+
+def test_the_event_ids_kept_as_text_are_keyed_by_the_migration_and_still_repeats(
+    postgres: PostgresServer,
+) -> None:
+    # An id of 1024 characters took ~3 KB of the table and its index (probe 111).
+    url = postgres.create_database("seen_keys")
+    assert migrate(url) == (0, schema_version())
+    fired = '[["inv-1", 3, 1, "complete-job-1", "qube", false, ""]]'
+    long_id = "é" * 1024
+    db = connect_postgres(url)
+    try:
+        # The table as the step before left it: keyed by the ids' text.
+        db.execute("DROP TABLE seen_events")
+        db.executescript(
+            "CREATE TABLE seen_events (event_id TEXT PRIMARY KEY, seen_at DOUBLE PRECISION"
+            " NOT NULL, fired_json TEXT NOT NULL DEFAULT '');"
+            " CREATE INDEX seen_events_by_age ON seen_events (seen_at);"
+        )
+        db.executemany(
+            "INSERT INTO seen_events (event_id, seen_at, fired_json) VALUES (?, ?, ?)",
+            [("old-b", 1.0, fired), ("old-a", 2.0, ""), (long_id, 3.0, "")],
+        )
+        db.execute("DELETE FROM cbexec_schema WHERE version >= ?", (REKEY_STEP,))
+    finally:
+        db.close()
+    assert migrate(url) == (REKEY_STEP - 1, schema_version())
+    assert migrate(url) == (schema_version(), schema_version())
+    # A replica of the version before, still running until restarted, names the ids' text:
+    # a repeat between it and an upgraded replica is found either way.
+    old = connect_postgres(url)
+    try:
+        inserted = [
+            old.execute(
+                "INSERT INTO seen_events (event_id, seen_at) VALUES (?, 4.0)"
+                " ON CONFLICT DO NOTHING RETURNING event_id",
+                (event_id,),
+            ).fetchall()
+            for event_id in ("old-a", "from-old")
+        ]
+        assert inserted == [[], [("from-old",)]]
+    finally:
+        old.close()
+    store = TriggerStore(url)
+    try:
+        with store.transaction() as keyed:
+            seen = ("old-a", long_id, "from-old", "new")
+            assert [TriggerStore.first_sighting(keyed, i) for i in seen] == [False] * 3 + [True]
+            (firing,) = decided_firings.fired_by(keyed, "old-b")
+            assert (firing.invocation_id, firing.callback.job_id) == ("inv-1", 3)
+            ages = dict(keyed.execute("SELECT id_key, seen_at FROM seen_events").fetchall())
+        assert {bytes(k): at for k, at in ages.items() if at < 10} == {
+            event_ids.key("old-b"): 1.0,
+            event_ids.key("old-a"): 2.0,
+            event_ids.key(long_id): 3.0,
+            event_ids.key("from-old"): 4.0,
+        }
+    finally:
+        store.close()
 
 
 def test_a_migration_step_kept_waiting_by_a_reader_says_so_and_changes_nothing(

@@ -6,6 +6,7 @@ retention, and a recent one still answers a repeat.
 
 from __future__ import annotations
 
+import secrets
 import time
 
 import pytest
@@ -14,7 +15,7 @@ from executor.model import Event
 from executor.triggers import event_ids
 from executor.triggers.store import TriggerStore
 from tests.helpers.trigger_engines import MakeEngine, job
-from tests.helpers.trigger_rows import a_job_in_every_table, rows_of, seen_ids
+from tests.helpers.trigger_rows import a_job_in_every_table, id_bytes, keys, rows_of, seen_ids
 
 pytestmark = pytest.mark.service
 
@@ -51,7 +52,7 @@ async def test_event_ids_past_their_retention_are_forgotten_and_recent_ones_are_
     now[0] = between + 3600.0
     assert engine.prune_event_ids() == 2
 
-    assert seen_ids(engine.store) == {"new-1"}
+    assert seen_ids(engine.store) == keys("new-1")
     assert await repeats("new-1", "old-1") == [True, False]
 
 
@@ -66,10 +67,36 @@ async def test_past_the_most_ids_kept_the_oldest_are_forgotten_first(engines: Ma
 
     assert engine.prune_event_ids() == 2
 
-    assert seen_ids(engine.store) == {"c", "d", "e"}
+    assert seen_ids(engine.store) == keys("c", "d", "e")
     assert engine.stats.event_ids_forgotten_early == 2
     found = await engine.publish_many([Event("complete", "job", 1, event_id=i) for i in "ea"])
     assert [duplicate for _, duplicate in found] == [True, False]
+
+
+async def test_an_event_id_takes_a_few_bytes_of_the_store_whatever_its_length(
+    engines: MakeEngine,
+) -> None:
+    # Ids of the allowed 1024 characters took ~6 KB each of triggers.db, the text twice
+    # (table and unique index) in overflow pages: 60 GB at the default event_id_max_count
+    # (probe 111).
+    engine = engines(start=False)
+    per_id = {}
+    for length in (36, 1024):
+        before = id_bytes(engine.store)
+        # Random, so that neither store compresses them.
+        ids = [secrets.token_hex(length)[:length] for _ in range(4_000)]
+        for start in range(0, len(ids), 500):
+            found = await engine.publish_many(
+                [Event("complete", "job", 1, event_id=i) for i in ids[start : start + 500]]
+            )
+            assert not any(duplicate for _, duplicate in found)
+        per_id[length] = (id_bytes(engine.store) - before) / len(ids)
+        found = await engine.publish_many([Event("complete", "job", 1, event_id=ids[-1])])
+        assert [duplicate for _, duplicate in found] == [True]
+
+    # The README's figure (its pages are not yet as full over 4,000 ids as over millions).
+    figure = event_ids.PG_BYTES_PER_ID if engine.store.fleet else event_ids.SQLITE_BYTES_PER_ID
+    assert max(per_id.values()) <= 1.25 * figure, per_id
 
 
 @pytest.mark.parametrize("step", [1, 3, 7, 1_000])
@@ -83,8 +110,8 @@ def test_the_ids_past_the_most_kept_are_counted_step_by_step_ties_and_all(
         with store.transaction() as db:
             db.execute("DELETE FROM seen_events")
             db.executemany(
-                "INSERT INTO seen_events (event_id, seen_at) VALUES (?, ?)",
-                [(f"s{step}-{n}", at) for n, at in enumerate(seen_at)],
+                "INSERT INTO seen_events (id_key, seen_at) VALUES (?, ?)",
+                [(event_ids.key(f"s{step}-{n}"), at) for n, at in enumerate(seen_at)],
             )
         newest_first = sorted(seen_at, reverse=True)
         for most in range(len(seen_at) + 2):

@@ -10,6 +10,7 @@ from typing import Any
 from executor.model import Event
 from executor.sql import Db, PgDb
 from executor.triggers.engine import TriggerEngine
+from executor.triggers.event_ids import key as id_key
 from executor.triggers.store import FULL_SCHEMA, SQLITE_REGISTRATION_COUNTER, TriggerStore
 
 # Qube's clock counts from 2000-01-01 (local midnight on the farm's machines).
@@ -79,21 +80,27 @@ def rows_of(
     return counts
 
 
-def seen_ids(store: TriggerStore) -> set[str]:
-    """The event ids the store remembers."""
+def seen_ids(store: TriggerStore) -> set[bytes]:
+    """The keys of the event ids the store remembers (``keys`` of the ids)."""
     with store.outside_transaction() as db:
-        return {str(row[0]) for row in db.execute("SELECT event_id FROM seen_events")}
+        return {bytes(row[0]) for row in db.execute("SELECT id_key FROM seen_events")}
 
 
-def seen_in_order(store: TriggerStore) -> list[str]:
-    """The event ids the store remembers, in the order it applied their events (SQLite only).
+def keys(*event_ids: str) -> set[bytes]:
+    """What ``seen_ids`` reads for these ids."""
+    return {id_key(event_id) for event_id in event_ids}
 
-    ``seen_events`` keys on the id; its rowid is SQLite's, one above the largest at each
-    insert, so it counts the events in the order their transactions wrote them.
+
+def seen_in_order(store: TriggerStore) -> list[bytes]:
+    """The keys of the event ids the store remembers, in the order it applied their events.
+
+    SQLite only: ``seen_events`` keys on the id's key; its rowid is SQLite's, one above
+    the largest at each insert, so it counts the events in the order their transactions
+    wrote them.
     """
     with store.outside_transaction() as db:
         return [
-            str(row[0]) for row in db.execute("SELECT event_id FROM seen_events ORDER BY rowid")
+            bytes(row[0]) for row in db.execute("SELECT id_key FROM seen_events ORDER BY rowid")
         ]
 
 
@@ -127,3 +134,16 @@ async def a_job_in_every_table(engine: TriggerEngine) -> tuple[tuple[int, ...], 
     await engine.publish(Event("complete", "work", 7, work_name="1", event_id="w1"), wait=True)
     await engine.publish(Event("submit", "job", 8, event_id="s8"), wait=True)
     return (7, 8), callback_rowids(engine.store, [7])
+
+
+def id_bytes(store: TriggerStore) -> int:
+    """What the remembered event ids take of the store: ``seen_events`` and its indexes."""
+    with store.snapshot() as db:
+        if isinstance(db, PgDb):
+            row: Any = db.execute("SELECT pg_total_relation_size('seen_events')").fetchone()
+        else:
+            row = db.execute(
+                "SELECT sum(pgsize) FROM dbstat WHERE name IN"
+                " (SELECT name FROM sqlite_master WHERE tbl_name = 'seen_events')"
+            ).fetchone()
+    return int(row[0])

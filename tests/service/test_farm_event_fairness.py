@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from executor.triggers.event_ids import key as id_key
 from supervisor_client import FarmClient
 from supervisor_client.reference.forwarder import READ_BATCH
 from tests.conftest import Stack
@@ -63,7 +64,7 @@ async def test_a_flooded_job_holds_another_jobs_event_back_by_one_batch_at_most(
         sup.start_work(dep_a, "1")
         sup.complete_work(dep_a, "1")
         waiting = sup.unsent_events(limit=100_000)
-        flood = [e.event_id for e in waiting if e.transition.job_id == big]
+        flood = [id_key(e.event_id) for e in waiting if e.transition.job_id == big]
         (complete,) = [
             e
             for e in waiting
@@ -80,7 +81,9 @@ async def test_a_flooded_job_holds_another_jobs_event_back_by_one_batch_at_most(
         # waiting; the flood's own events kept their order.
         flooded = set(flood)
         ahead = sum(
-            1 for event_id in applied[: applied.index(complete.event_id)] if event_id in flooded
+            1
+            for event_id in applied[: applied.index(id_key(complete.event_id))]
+            if event_id in flooded
         )
         assert ahead <= 2 * READ_BATCH, (ahead, len(flood))
         assert [event_id for event_id in applied if event_id in flooded] == flood

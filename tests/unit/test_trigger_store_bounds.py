@@ -15,11 +15,17 @@ import pytest
 
 from executor.errors import StoreFullError
 from executor.model import Event
-from executor.triggers import event_ids
+from executor.triggers import decided_firings, event_ids
 from executor.triggers.engine import TriggerEngine
 from executor.triggers.store import TriggerStore
 from tests.helpers.trigger_engines import LIMITS, Engines, Recorder, engines_made, job
-from tests.helpers.trigger_rows import a_job_in_every_table, rows_of, seen_ids
+from tests.helpers.trigger_rows import (
+    a_job_in_every_table,
+    keys,
+    rows_of,
+    seen_ids,
+    seen_in_order,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -80,7 +86,7 @@ async def test_event_ids_past_their_retention_are_forgotten_and_recent_ones_are_
     now[0] = between + 3600.0  # an hour after the old ones, not yet after the new one
     assert engine.prune_event_ids() == 2
 
-    assert seen_ids(engine.store) == {"new-1"}
+    assert seen_ids(engine.store) == keys("new-1")
     assert await _publish_ids(engine, "new-1", "old-1") == [True, False]
 
 
@@ -101,23 +107,22 @@ async def test_a_prune_goes_batch_by_batch_until_every_old_id_is_gone(engines: E
     engine = engines(Recorder(), start=False)
     with engine.store.transaction() as db:
         db.executemany(
-            "INSERT INTO seen_events (event_id, seen_at) VALUES (?, ?)",
-            [(f"e{n}", 1000.0 + n) for n in range(2_500)],
+            "INSERT INTO seen_events (id_key, seen_at) VALUES (?, ?)",
+            [(event_ids.key(f"e{n}"), 1000.0 + n) for n in range(2_500)],
         )
     pruner = event_ids.EventIdPruner(engine.store, 100.0, lambda: 1000.0 + 2_100, batch=300)
 
     assert pruner.prune() == 2_000  # those seen before 2000.0: 7 batches, the last one short
 
-    assert len(seen_ids(engine.store)) == 500
-    assert min(seen_ids(engine.store), key=lambda i: int(i[1:])) == "e2000"
+    assert seen_ids(engine.store) == keys(*(f"e{n}" for n in range(2_000, 2_500)))
 
 
 async def test_a_stopped_pruner_ends_after_the_batch_it_is_in(engines: Engines) -> None:
     engine = engines(Recorder(), start=False)
     with engine.store.transaction() as db:
         db.executemany(
-            "INSERT INTO seen_events (event_id, seen_at) VALUES (?, 0)",
-            [(f"e{n}",) for n in range(1_000)],
+            "INSERT INTO seen_events (id_key, seen_at) VALUES (?, 0)",
+            [(event_ids.key(f"e{n}"),) for n in range(1_000)],
         )
     pruner = event_ids.EventIdPruner(engine.store, 1.0, time.time, batch=100)
     pruner.stop()
@@ -138,7 +143,7 @@ async def test_past_the_most_ids_kept_the_oldest_are_forgotten_first_and_said(
     with caplog.at_level(logging.WARNING, logger="executor.triggers.event_ids"):
         assert engine.prune_event_ids() == 2
 
-    assert seen_ids(engine.store) == {"c", "d", "e"}
+    assert seen_ids(engine.store) == keys("c", "d", "e")
     assert engine.stats.event_ids_forgotten_early == 2
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warning.startswith(
@@ -152,15 +157,53 @@ async def test_ids_past_the_most_kept_go_batch_by_batch(engines: Engines) -> Non
     engine = engines(Recorder(), start=False)
     with engine.store.transaction() as db:
         db.executemany(
-            "INSERT INTO seen_events (event_id, seen_at) VALUES (?, ?)",
-            [(f"e{n}", time.time()) for n in range(2_500)],
+            "INSERT INTO seen_events (id_key, seen_at) VALUES (?, ?)",
+            [(event_ids.key(f"e{n}"), time.time()) for n in range(2_500)],
         )
     pruner = event_ids.EventIdPruner(engine.store, 3600.0, time.time, max_count=500, batch=300)
 
     assert pruner.prune() == 2_000  # none past its age: the 2,000 oldest, in 7 batches
 
-    assert seen_ids(engine.store) == {f"e{n}" for n in range(2_000, 2_500)}
+    assert seen_ids(engine.store) == keys(*(f"e{n}" for n in range(2_000, 2_500)))
     assert pruner.prune() == 0
+
+
+# seen_events as the versions before 2026-12-06 made it: keyed by the ids' text.
+_TEXT_KEYED = """
+CREATE TABLE seen_events (
+    event_id TEXT PRIMARY KEY,
+    seen_at REAL NOT NULL,
+    fired_json TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX seen_events_by_age ON seen_events (seen_at);
+"""
+
+
+async def test_ids_kept_as_text_by_an_earlier_version_are_keyed_at_start_and_still_repeats(
+    engines: Engines, tmp_path: Path
+) -> None:
+    fired = '[["inv-1", 3, 1, "complete-job-1", "qube", false, ""]]'
+    with sqlite3.connect(tmp_path / "triggers.db") as db:
+        db.executescript(_TEXT_KEYED)
+        db.executemany(
+            "INSERT INTO seen_events (event_id, seen_at, fired_json) VALUES (?, ?, ?)",
+            [
+                ("old-b", time.time(), fired),
+                ("old-a", time.time(), ""),
+                ("é" * 1024, time.time(), ""),
+            ],
+        )
+    engine = engines(Recorder(), start=False, event_id_max_count=3)
+    engine.register_job(job(3, ("complete-job-1", "unblock-self")))
+
+    assert seen_in_order(engine.store) == [event_ids.key(i) for i in ("old-b", "old-a", "é" * 1024)]
+    assert await _publish_ids(engine, "old-a", "é" * 1024, "new") == [True, True, False]
+    with engine.store.outside_transaction() as db:
+        (firing,) = decided_firings.fired_by(db, "old-b")
+    assert (firing.invocation_id, firing.callback.job_id) == ("inv-1", 3)
+    # The order they were seen in is kept: the oldest goes first past the count.
+    assert engine.prune_event_ids() == 1
+    assert seen_ids(engine.store) == keys("old-a", "é" * 1024, "new")
 
 
 # triggers_max_bytes of the tests below, and what each job of theirs takes (its extra).
