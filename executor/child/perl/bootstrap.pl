@@ -182,6 +182,39 @@ my sub callback_exit (;$) {
 }
 *CORE::GLOBAL::exit = \&callback_exit;    # as this file runs: before any callback compiles
 
+# $^S as plain perl has it for the callback's code (0 at its top level, 1 in an eval), so
+# that a die hook's `return if $^S` (perlvar's guard) acts on an uncaught die: perl's own
+# reads 1 throughout, the code running under this file's evals and `do`. So $^S is tied:
+# perl's value where an eval of the callback's own is the innermost (eval, a signal
+# handler's or a DESTROY's), 0 where none lies between the read and the code's `do` frame;
+# a required file's frame takes the state around it, as in perl (caller tells a `do FILE`
+# of the callback's from a require by nothing: its file reads as a required one's).
+package qb::Bootstrap::EvalState {
+    my $perls = \$^S;    # perl's own, still read through the magic of its scalar
+    sub TIESCALAR { my $state; return bless \$state, $_[0] }
+    sub FETCH {
+        my $state = $$perls;
+        return $state if !$state;    # undef while compiling, 0 outside any eval
+        for (my $level = 1; my @frame = caller $level; $level++) {
+            next if $frame[3] ne '(eval)';
+            return $state if !$frame[7];    # an eval block or string, a handler's eval
+            next if $frame[6] ne qb::Bootstrap::CALLBACK_FILENAME
+                || $frame[1] ne qb::Bootstrap::CALLBACK_FILENAME;
+            return 0;    # the code's own `do`: no eval of the callback's around the read
+        }
+        return $state;    # not in the code's run (an END block, the report)
+    }
+    sub STORE {
+        my (undef, $file, $line) = caller;
+        die "Modification of a read-only value attempted at $file line $line.\n";
+    }
+}
+{
+    no strict 'refs';
+    *{"main::\cS"} = \my $eval_state;
+    tie $eval_state, 'qb::Bootstrap::EvalState';
+}
+
 my sub _chomped {
     my ($text) = @_;
     $text =~ s/\n+\z//;
@@ -223,14 +256,14 @@ my sub _exception_type {
     return ref $err;
 }
 
-# The die message plus where it was raised and the callback frames that led there.
+# The die message as plain perl prints it (a message without a newline holds its line
+# already; one with a newline, a reference or an object gets none), then the callback
+# frames that led there.
 my sub _traceback {
     my ($err, $message) = @_;
     return $message if !$last_die || !_same_error($last_die->[0], $err);
-    my ($location, @stack) = @{ $last_die->[1] };
-    my $text = $message;
-    $text .= " at $location" if $location && $text !~ / at \Q${\CALLBACK_FILENAME}\E line \d+/;
-    return join "\n", $text, map {"\t$_"} @stack;
+    my (undef, @stack) = @{ $last_die->[1] };
+    return join "\n", $message, map {"\t$_"} @stack;
 }
 
 my sub _record_die {
