@@ -113,6 +113,12 @@ def _total(outcomes: list[ActionOutcome]) -> tuple[int, str]:
     return sum(o.changed for o in outcomes), "; ".join(o.message for o in outcomes)
 
 
+def _with_instances(missing: str, subjobs: list[Any]) -> str:
+    """``job 12 has no instance 5`` saying the job is there, and how many instances it has."""
+    has = counted(len(subjobs), "instance") if subjobs else "no instances"
+    return f"{missing} (the job exists, with {has})"
+
+
 async def _each(
     targets: list[_T], seqs: range, act: Callable[[_T, int], Awaitable[ActionOutcome]]
 ) -> tuple[int, str]:
@@ -579,9 +585,8 @@ class HostApi:
         # saying the job is there, only the instance is not.
         if not subids:
             raise HostCallError("NoSuchJob", f"job {job_id} has no instances (the job exists)")
-        has = counted(len(subjobs), "instance") if subjobs else "no instances"
         raise HostCallError(
-            "NoSuchJob", f"job {job_id} has no instance {subids[0]} (the job exists, with {has})"
+            "NoSuchJob", _with_instances(f"job {job_id} has no instance {subids[0]}", subjobs)
         )
 
     # -- verbs (check_shape has made sure each has a target) --------------------------
@@ -666,14 +671,24 @@ class HostApi:
         async def subjob_verb(seqs: range, *targets: Any) -> tuple[int, str]:
             async def act(target: Any, action_seq: int) -> ActionOutcome:
                 job_id, subids = parse_subjob_target(target, self._spelling)
-                return await self._supervisor.subjob_action(
-                    verb,
-                    job_id,
-                    subids,
-                    actor=self._invocation.actor,
-                    invocation_id=self._invocation.invocation_id,
-                    action_seq=action_seq,
-                )
+                try:
+                    return await self._supervisor.subjob_action(
+                        verb,
+                        job_id,
+                        subids,
+                        actor=self._invocation.actor,
+                        invocation_id=self._invocation.invocation_id,
+                        action_seq=action_seq,
+                    )
+                except HostCallError as err:
+                    # An instance the job lacks: said as subjobstatus says it, the job
+                    # being there (a read on this path only).
+                    if err.kind != "NoSuchJob" or not err.message.startswith(
+                        f"job {job_id} has no instance "
+                    ):
+                        raise
+                    subjobs = (await self._job(job_id, work_names=[]))["subjobs"]
+                    raise HostCallError("NoSuchJob", _with_instances(err.message, subjobs)) from err
 
             return await _each(flatten(targets), seqs, act)
 

@@ -202,7 +202,7 @@ _EXIT_OF_STATUS: Final = {
 
 def expected_exit(done: DoneFrame) -> int:
     """The exit status (0-255) a process that sent ``done`` ends with."""
-    if done["status"] == "exit":
+    if done["status"] in ("exit", "signaled"):
         return done.get("exit_code", 0) & 0xFF
     return _EXIT_OF_STATUS[done["status"]]
 
@@ -270,6 +270,13 @@ def _classify_exit(child: ChildExit, limits: Limits) -> tuple[Outcome, Failure |
         return Outcome.KILLED, Failure(child.lost_reason)
     if _hit_cpu_limit(child, limits):
         return Outcome.CPU_LIMIT, Failure(_cpu_limit_message(child, limits))
+    if child.signal == signal.SIGSEGV and _ran_out_of_memory(child):
+        # perl's "Out of memory!" and then its SIGSEGV, as plain perl ends under `ulimit
+        # -v` (a deep recursion): the memory limit, which a TD can act on.
+        return Outcome.MEMORY_LIMIT, Failure(
+            f"the callback ran out of memory (limit {limits.memory_bytes} bytes) and then "
+            f"was killed by {describe_signal(child.signal)}"
+        )
     if child.signal:
         return Outcome.KILLED, Failure(
             f"the callback was killed by {describe_signal(child.signal)}"
@@ -283,11 +290,7 @@ def _classify_exit(child: ChildExit, limits: Limits) -> tuple[Outcome, Failure |
         believed = _classify_done(done, child, limits)
         if believed is not None:
             return believed
-    if (
-        done is None
-        and any(marker in child.stderr.tail(4096) for marker in _MEMORY_MARKERS)
-        and child.exit_code
-    ):
+    if _ran_out_of_memory(child) and child.exit_code:
         return Outcome.MEMORY_LIMIT, Failure(
             f"the callback ran out of memory (limit {limits.memory_bytes} bytes)"
         )
@@ -302,6 +305,13 @@ def _classify_exit(child: ChildExit, limits: Limits) -> tuple[Outcome, Failure |
     if done is not None:
         message += f" (after reporting {done['status']!r}, which is not how it ended)"
     return Outcome.FAILED, Failure(message)
+
+
+def _ran_out_of_memory(child: ChildExit) -> bool:
+    """Whether the child said, as it ended unreported, that an allocation was refused."""
+    return child.done is None and any(
+        marker in child.stderr.tail(4096) for marker in _MEMORY_MARKERS
+    )
 
 
 def _cpu_limit_message(child: ChildExit, limits: Limits) -> str:
@@ -351,6 +361,15 @@ def _classify_done(
             f"the callback exited with status {code}: {reason}"
             if reason
             else f"the callback exited with status {code}"
+        )
+    if status == "signaled":
+        # As PID 1 of its namespace the callback is spared a signal's default action, so
+        # the bootstrap's handler ends it as that action would, with the status a shell
+        # shows for it.
+        signum = done.get("exit_code", 0) - 128
+        return Outcome.KILLED, Failure(
+            f"the callback was killed by {describe_signal(signum)}, which it had no handler "
+            f"for (exit status {128 + signum}, as a shell shows that death)"
         )
     if status == "terminated":
         # Not the executor's (its wall deadline and stops are classified before this).

@@ -11,6 +11,9 @@
 #              this child and is reported)
 #   terminated SIGTERM: the executor's wall deadline or stop (which it knows of itself), or
 #              a signal from anyone else (an operator's pkill); exit status 143
+#   signaled   a signal whose default action ends a process, and which the callback has no
+#              handler for (`alarm 5` alone), in a PID 1 the kernel spares that action:
+#              exit status 128 + its number, as the action would (no END blocks run)
 #   exception  an uncaught die: exception_type "die" (or the qb::Error kind, or the class
 #              of a die object), message = the die message without its trailing newline,
 #              traceback = the message with the callback's call stack
@@ -182,6 +185,39 @@ my sub callback_exit (;$) {
 }
 *CORE::GLOBAL::exit = \&callback_exit;    # as this file runs: before any callback compiles
 
+# $^S as plain perl has it for the callback's code (0 at its top level, 1 in an eval), so
+# that a die hook's `return if $^S` (perlvar's guard) acts on an uncaught die: perl's own
+# reads 1 throughout, the code running under this file's evals and `do`. So $^S is tied:
+# perl's value where an eval of the callback's own is the innermost (eval, a signal
+# handler's or a DESTROY's), 0 where none lies between the read and the code's `do` frame;
+# a required file's frame takes the state around it, as in perl (caller tells a `do FILE`
+# of the callback's from a require by nothing: its file reads as a required one's).
+package qb::Bootstrap::EvalState {
+    my $perls = \$^S;    # perl's own, still read through the magic of its scalar
+    sub TIESCALAR { my $state; return bless \$state, $_[0] }
+    sub FETCH {
+        my $state = $$perls;
+        return $state if !$state;    # undef while compiling, 0 outside any eval
+        for (my $level = 1; my @frame = caller $level; $level++) {
+            next if $frame[3] ne '(eval)';
+            return $state if !$frame[7];    # an eval block or string, a handler's eval
+            next if $frame[6] ne qb::Bootstrap::CALLBACK_FILENAME
+                || $frame[1] ne qb::Bootstrap::CALLBACK_FILENAME;
+            return 0;    # the code's own `do`: no eval of the callback's around the read
+        }
+        return $state;    # not in the code's run (an END block, the report)
+    }
+    sub STORE {
+        my (undef, $file, $line) = caller;
+        die "Modification of a read-only value attempted at $file line $line.\n";
+    }
+}
+{
+    no strict 'refs';
+    *{"main::\cS"} = \my $eval_state;
+    tie $eval_state, 'qb::Bootstrap::EvalState';
+}
+
 my sub _chomped {
     my ($text) = @_;
     $text =~ s/\n+\z//;
@@ -223,14 +259,14 @@ my sub _exception_type {
     return ref $err;
 }
 
-# The die message plus where it was raised and the callback frames that led there.
+# The die message as plain perl prints it (a message without a newline holds its line
+# already; one with a newline, a reference or an object gets none), then the callback
+# frames that led there.
 my sub _traceback {
     my ($err, $message) = @_;
     return $message if !$last_die || !_same_error($last_die->[0], $err);
-    my ($location, @stack) = @{ $last_die->[1] };
-    my $text = $message;
-    $text .= " at $location" if $location && $text !~ / at \Q${\CALLBACK_FILENAME}\E line \d+/;
-    return join "\n", $text, map {"\t$_"} @stack;
+    my (undef, @stack) = @{ $last_die->[1] };
+    return join "\n", $message, map {"\t$_"} @stack;
 }
 
 my sub _record_die {
@@ -453,6 +489,38 @@ my sub _compile_errors {
         . " aborted due to compilation errors.\n";
 }
 
+# The signals whose default action ends a process, and that only a kill or a timer sends
+# (TERM, PIPE and XCPU have handlers of their own; the fault signals are the kernel's,
+# which ends even a PID 1 for a real fault; XFSZ makes a write past the file size limit
+# fail with EFBIG, as README says).
+my @ENDING_SIGNALS = qw(HUP INT QUIT ABRT USR1 USR2 ALRM STKFLT VTALRM PROF IO PWR);
+my %SIGNAL_NUMBER;
+@SIGNAL_NUMBER{ split ' ', $Config::Config{sig_name} } = split ' ', $Config::Config{sig_num};
+
+# A PID 1 of its namespace ignores a signal it has no handler for: `alarm 5` without
+# $SIG{ALRM} would never end the callback. These handlers end it as the default action
+# would (no END blocks, no DESTROY), reported, with the status a shell shows for that
+# death; a handler the callback sets replaces them, as the default action would be. In a
+# process the callback forked (no PID 1) the signal's own default action ends it.
+my sub end_as_the_default_action {
+    my ($name) = @_;
+    my $status = 128 + $SIGNAL_NUMBER{$name};
+    if ($$ == $main_pid) {
+        report({ status => 'signaled', exit_code => $status });
+        POSIX::_exit($status);
+    }
+    # perl blocks the signal while its handler runs: sent again, and unblocked, it ends
+    # this process.
+    $SIG{$name} = 'DEFAULT';
+    kill $name, $$;
+    POSIX::sigprocmask(POSIX::SIG_UNBLOCK(), POSIX::SigSet->new($SIGNAL_NUMBER{$name}));
+    POSIX::_exit($status);    # ignored by the kernel after all: still this death's status
+}
+my %END_AS_THE_DEFAULT_ACTION = map {
+    my $name = $_;
+    ($name => sub { end_as_the_default_action($name) })
+} grep { exists $SIGNAL_NUMBER{$_} } @ENDING_SIGNALS;
+
 my sub run {
     my ($fd) = @_;
     $main_pid = $$;
@@ -499,6 +567,9 @@ my sub run {
     };
     my $start = eval { qb::_read_frame() };
     return EXIT_BAD_START if !$start || ($start->{type} // '') ne 'start';
+    # Only now: a prepared child, idle until its start frame, is left alone by an
+    # operator's pkill of its cell's uid (as the Python bootstrap).
+    @SIG{ keys %END_AS_THE_DEFAULT_ACTION } = values %END_AS_THE_DEFAULT_ACTION if $$ == 1;
     # The policy's variables come with the run, never through the zygote (process.py).
     if (ref $start->{env} eq 'HASH') {
         $ENV{$_} = $start->{env}{$_} for keys %{ $start->{env} };

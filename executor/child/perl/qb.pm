@@ -62,6 +62,16 @@ our $_in_call = 0;
 # The call under way ("qb::jobstatus"), for what a broken bridge makes it die with.
 our $_calling;
 
+# A call's own failure ends it: the flag is cleared before the die, since perl runs a
+# $SIG{__DIE__} hook at the die, before `local` gives the flag back, and a hook may well
+# make a call of its own (block the job on any error). A signal handler's die keeps the
+# flag: the call it interrupted may still go on (a die caught in the handler).
+sub _fail_call {
+    my ($error) = @_;
+    $_in_call = 0;
+    die $error;
+}
+
 # Every job, work and instance verb of executor/host_api.py's table.
 my @JOB_VERBS = qw(unblock block kill remove retry requeue preempt interrupt migrate
     suspend resume complete retire fail);
@@ -120,8 +130,8 @@ sub _write_frame {
     my ($message) = @_;
     my $body = qb::JSON::encode(_to_text($message));
     if (length $body > MAX_FRAME_BYTES) {
-        die qb::Error->new('InvalidArgument', "qb::$message->{fn}: the call is "
-            . length($body) . ' bytes; at most ' . MAX_FRAME_BYTES . ' can be sent')
+        _fail_call(qb::Error->new('InvalidArgument', "qb::$message->{fn}: the call is "
+            . length($body) . ' bytes; at most ' . MAX_FRAME_BYTES . ' can be sent'))
             if ($message->{type} // '') eq 'call';
     }
     my $data = pack('N', length $body) . $body;
@@ -142,8 +152,8 @@ sub _write_out {
         my $written = syswrite($bridge, $outbox);
         if (!defined $written) {
             next if $! == EINTR;
-            die qb::Error->new('QbError', ($_calling // 'a frame')
-                . " could not be sent: the bridge to the executor is broken ($!)");
+            _fail_call(qb::Error->new('QbError', ($_calling // 'a frame')
+                . " could not be sent: the bridge to the executor is broken ($!)"));
         }
         substr($outbox, 0, $written, '');
     }
@@ -154,10 +164,10 @@ sub _write_out {
 # worded as qb.py words it, since the call may have been applied.
 sub _no_answer {
     my ($reason) = @_;
-    die qb::Error->new('QbError', "the bridge to the executor is broken ($reason)")
+    _fail_call(qb::Error->new('QbError', "the bridge to the executor is broken ($reason)"))
         if !defined $_calling;
-    die qb::Error->new('QbError', "$_calling was sent but no answer came: the bridge to the "
-        . "executor is broken ($reason); it may have been applied");
+    _fail_call(qb::Error->new('QbError', "$_calling was sent but no answer came: the bridge to the "
+        . "executor is broken ($reason); it may have been applied"));
 }
 
 # protocol.py's MAX_PARENT_FRAME_BYTES: a larger length is a bridge out of step, never
@@ -170,8 +180,8 @@ sub _read_frame {
         my $wanted = 4;
         if (length $inbox >= 4) {
             my $size = unpack('N', $inbox);
-            die qb::Error->new('QbError', "the executor's frame of $size bytes exceeds "
-                . MAX_PARENT_FRAME_BYTES . ': the bridge is out of step')
+            _fail_call(qb::Error->new('QbError', "the executor's frame of $size bytes exceeds "
+                . MAX_PARENT_FRAME_BYTES . ': the bridge is out of step'))
                 if $size > MAX_PARENT_FRAME_BYTES;
             $wanted = 4 + $size;
             if (length $inbox >= $wanted) {
@@ -185,9 +195,9 @@ sub _read_frame {
                     my $error = $@;
                     # A signal handler's die while decoding ends the call as itself.
                     die $error if ref $error ne 'qb::JSON::Malformed';
-                    die qb::Error->new('QbError', "the executor sent a malformed frame: $error");
+                    _fail_call(qb::Error->new('QbError', "the executor sent a malformed frame: $error"));
                 }
-                die qb::Error->new('QbError', 'the executor sent a frame that is not an object')
+                _fail_call(qb::Error->new('QbError', 'the executor sent a frame that is not an object'))
                     if ref $message ne 'HASH';
                 return $message;
             }
@@ -246,18 +256,18 @@ sub _call {
     $reply = _read_frame()    # the answer to a call abandoned before this one
         while ($reply->{type} // '') eq 'reply' && ($reply->{id} // $id) < $id;
     if (($reply->{type} // '') ne 'reply') {
-        die qb::Error->new('QbError',
-            "unexpected answer to qb::$fn: " . ($reply->{type} // 'no type'));
+        _fail_call(qb::Error->new('QbError',
+            "unexpected answer to qb::$fn: " . ($reply->{type} // 'no type')));
     }
     if (($reply->{id} // -1) != $id) {    # qb.py's _ANOTHER_CALLS_ANSWER
-        die qb::Error->new('QbError', "qb::$fn got the answer to another call (id "
+        _fail_call(qb::Error->new('QbError', "qb::$fn got the answer to another call (id "
             . ($reply->{id} // 'none') . "; its own is $id): a call frame written to the "
             . "bridge other than through qb (by a process the callback forked, say) took "
-            . "this call's answer");
+            . "this call's answer"));
     }
     return $reply->{value} if $reply->{ok};
     my $error = $reply->{error} || {};
-    die qb::Error->new($error->{kind} || 'QbError', $error->{message} // "qb::$fn failed");
+    _fail_call(qb::Error->new($error->{kind} || 'QbError', $error->{message} // "qb::$fn failed"));
 }
 
 # -- context, answered locally ----------------------------------------------------------
