@@ -26,6 +26,7 @@ from executor.errors import ConfigError
 from executor.model import Language, Limits
 from executor.runtimes.mail import MailSettings
 from executor.sandbox.limits import setting_problem as limit_problem
+from supervisor_client.credentials import token_length_problem
 from supervisor_client.targets import check_address
 
 MIB: Final = 1 << 20
@@ -1066,7 +1067,7 @@ def _check_smtp_timeout(settings: Settings) -> Iterator[str]:
 
 
 def _check_auth_token(settings: Settings) -> Iterator[str]:
-    """A token clients can send: gRPC metadata carries printable ASCII only."""
+    """A token clients can send: gRPC metadata carries printable ASCII only, and not much of it."""
     token = settings.auth_token
     if token and not token.strip():
         yield "auth_token: only whitespace; leave it empty for no token"
@@ -1078,6 +1079,8 @@ def _check_auth_token(settings: Settings) -> Iterator[str]:
             f"auth_token: character {bad} is not printable ASCII, which no client can send "
             "(gRPC metadata carries nothing else)"
         )
+    elif problem := token_length_problem(token.strip()):
+        yield f"auth_token: {problem}"
 
 
 def _check_store(settings: Settings) -> Iterator[str]:

@@ -22,6 +22,7 @@ services.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import functools
 import gc
 import logging
@@ -36,9 +37,9 @@ from typing import Any, Final
 import grpc
 
 from executor import data_dir, heap_return, open_files, process_limit, reload_signal, stop_signal
+from executor.api import certificate_checks, security
 from executor.api import edge as api_edge
 from executor.api import embedded as api_embedded
-from executor.api import security
 from executor.api.farm import FarmServicer
 from executor.api.reporting import GrpcReportTransport, ReportEncoder
 from executor.api.server_start import start_whole
@@ -372,7 +373,11 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         stack.callback(dispatcher.stop_admitting)
 
         logger.info("endpoint security: %s", security.describe(settings))
-        for warning in security.open_port_warnings(settings):
+        now = datetime.datetime.now(datetime.UTC)
+        for warning in [
+            *security.open_port_warnings(settings),
+            *certificate_checks.warnings(settings, now),
+        ]:
             logger.warning("%s", warning)
         logger.info(
             "serving on port %d; supervisor %s; sandbox: %s; languages: %s; slots %d, queue %d",

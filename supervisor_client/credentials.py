@@ -13,7 +13,9 @@ from typing import Any, Final
 
 import grpc
 
-__all__ = ["BearerTokenInterceptor", "check_tls", "clean_token", "open_channel"]
+from supervisor_client.tls_material import check_loadable
+
+__all__ = ["MAX_TOKEN_CHARS", "BearerTokenInterceptor", "check_tls", "clean_token", "open_channel"]
 
 #: Reconnect quickly after the peer comes back (gRPC's default backoff reaches 120 s).
 #: Not ``grpc.min_reconnect_backoff_ms``: gRPC takes it as each connection attempt's
@@ -46,12 +48,30 @@ KEEPALIVE_OPTIONS: Final = (
 # refuse the call with an error that names nothing (ExecuteBatchError).
 _TOKEN_CHARS: Final = frozenset(chr(c) for c in range(0x20, 0x7F))
 
+#: The longest token sent. gRPC bounds a call's headers together (``grpc.max_metadata_size``):
+#: past 8 KiB (the soft limit) a server refuses a random share of calls RESOURCE_EXHAUSTED,
+#: past 16 KiB every one. The token shares that space with the path, authority, user
+#: agent, deadline, request id and HPACK's 32 bytes per entry; 4096 leaves them about as
+#: much again. A random token needs far less (256 bits is 43 base64 characters).
+MAX_TOKEN_CHARS: Final = 4096
+
+
+def token_length_problem(token: str) -> str | None:
+    """Why ``token`` (stripped) is too long for gRPC metadata, without any of it; else None."""
+    if len(token) <= MAX_TOKEN_CHARS:
+        return None
+    return (
+        f"{len(token)} characters, more than {MAX_TOKEN_CHARS}: gRPC refuses calls whose "
+        "headers pass 8 KiB (some) or 16 KiB (all); use a shorter random token"
+    )
+
 
 def clean_token(token: str | None) -> str | None:
     """The token as sent: without surrounding whitespace (a token file's newline); None for none.
 
-    ValueError for a token with characters gRPC metadata cannot carry (printable ASCII
-    only). The executor strips its ``auth_token`` the same way.
+    ValueError for a token gRPC metadata cannot carry: a character that is not printable
+    ASCII, or more than ``MAX_TOKEN_CHARS``. The executor strips and checks its
+    ``auth_token`` the same way.
     """
     if token is None:
         return None
@@ -64,6 +84,8 @@ def clean_token(token: str | None) -> str | None:
         raise ValueError(
             f"token: character {bad} is not printable ASCII, and gRPC metadata carries nothing else"
         )
+    if problem := token_length_problem(token):
+        raise ValueError(f"token: {problem}")
     return token or None
 
 
@@ -85,7 +107,9 @@ def check_tls(
     """ValueError (or TypeError) for TLS material gRPC would misuse.
 
     gRPC takes an empty CA as none at all (a plaintext channel, the token in clear), and
-    aborts the whole process on half a client certificate.
+    aborts the whole process on half a client certificate. Material that has the markers
+    is then loaded with OpenSSL (``tls_material.check_loadable``): gRPC would fail every
+    call UNAVAILABLE for a CA or key it cannot load, as if the executor were down.
     """
     if (private_key is None) != (certificate_chain is None):
         given, missing = (
@@ -99,6 +123,7 @@ def check_tls(
     _pem("certificate_chain", certificate_chain, certificate, "certificate")
     # "-----BEGIN PRIVATE KEY-----", and the RSA, EC and ENCRYPTED forms.
     _pem("private_key", private_key, b"PRIVATE KEY-----", "private key")
+    check_loadable(root_certificates, private_key, certificate_chain)
 
 
 class BearerTokenInterceptor(

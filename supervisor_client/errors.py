@@ -79,15 +79,45 @@ def _explained(code: grpc.StatusCode, details: str) -> str:
     for a read such as GetMetrics, and gRPC says only "backend unhealthy": the executor
     answers why when asked directly, so the error says whom to ask.
     """
-    unhealthy = _ALL_UNHEALTHY.search(details)
-    if code != grpc.StatusCode.UNAVAILABLE or unhealthy is None:
+    if code != grpc.StatusCode.UNAVAILABLE:
         return details
+    unhealthy = _ALL_UNHEALTHY.search(details)
+    if unhealthy is None:
+        return _transport_hint(details)
     return (
         "no executor of the fleet is SERVING (each reports NOT_SERVING: its storage cannot"
         " record results, e.g. a full disk or PostgreSQL unreachable, or it is stopping);"
         " ask one by its own address for why, e.g."
         f" `cbexec metrics --address {unhealthy.group(1)}` (storage_problem) [{details}]"
     )
+
+
+# A connection closed before gRPC's handshake ended: what a plaintext client sees from a
+# TLS port, and a client without an accepted certificate from a mutual TLS port.
+_CLOSED: Final = "Socket closed"
+# What OpenSSL says when the peer's first bytes are no TLS record: a plaintext port.
+_NOT_TLS: Final = "WRONG_VERSION_NUMBER"
+
+
+def _transport_hint(details: str) -> str:
+    """``details`` with the likely transport mistake, when gRPC's words are only the symptom.
+
+    The client cannot tell these apart from the connection alone (the handshake error is
+    the server's to see), so the hint names each cause it may be.
+    """
+    if _NOT_TLS in details:
+        return (
+            f"{details} [the address does not speak TLS: the executor may be plaintext (no "
+            "tls_cert); leave out --tls-ca and the client certificate]"
+        )
+    if details.endswith(_CLOSED):
+        return (
+            f"{details} [the executor closed the connection before answering: if the executor "
+            "uses TLS (tls_cert), give its CA (--tls-ca, root_certificates); if it requires "
+            "client certificates (tls_client_ca), give one it trusts (--tls-cert/--tls-key); "
+            "or it had max_connections connections open]"
+        )
+    return details
 
 
 def from_rpc_error(err: grpc.aio.AioRpcError) -> ExecutorRpcError:

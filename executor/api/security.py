@@ -19,7 +19,6 @@ hold a client certificate for its own CA.
 from __future__ import annotations
 
 import ipaddress
-import re
 import socket
 import ssl
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from executor.config import Settings
 from executor.errors import ConfigError
 from supervisor_client.client import MAX_ANSWER_BYTES
 from supervisor_client.credentials import RECONNECT_OPTIONS, open_channel
+from supervisor_client.tls_material import openssl_reason
 
 
 def read_pem(setting: str, value: str) -> bytes:
@@ -67,7 +67,7 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=cert_path)
     except ssl.SSLError as err:
         raise ConfigError(
-            f"tls_cert: {cert_path} holds no certificate OpenSSL can read{_because(err)}"
+            f"tls_cert: {cert_path} holds no certificate OpenSSL can read{openssl_reason(err)}"
         ) from err
     try:
         context.load_cert_chain(cert_path, key_path, password=_refuse_passphrase(key_path))
@@ -78,7 +78,7 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
                 f"certificate {cert_path}"
             ) from err
         raise ConfigError(
-            f"tls_key: {key_path} holds no private key OpenSSL can read{_because(err)}"
+            f"tls_key: {key_path} holds no private key OpenSSL can read{openssl_reason(err)}"
         ) from err
     except OSError as err:
         raise ConfigError(f"tls_cert/tls_key: cannot read them: {err.strerror or err}") from err
@@ -89,7 +89,7 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
             context.load_verify_locations(cafile=ca_path)
         except ssl.SSLError as err:
             raise ConfigError(
-                f"tls_client_ca: {ca_path} holds no certificate OpenSSL can read{_because(err)}"
+                f"tls_client_ca: {ca_path} holds no certificate OpenSSL can read{openssl_reason(err)}"
             ) from err
         context.verify_mode = ssl.CERT_REQUIRED
     return context
@@ -108,17 +108,6 @@ def _refuse_passphrase(key_path: Path) -> Callable[[], bytes]:
         )
 
     return refuse
-
-
-def _because(err: ssl.SSLError) -> str:
-    """OpenSSL's reason in parentheses, when it says more than that the PEM did not parse.
-
-    ``[X509: NO_CERTIFICATE_OR_CRL_FOUND] no certificate or crl found (_ssl.c:4154)``
-    becomes `` (no certificate or crl found)``; ``[SSL] PEM lib (_ssl.c:3926)``, nothing.
-    """
-    text = re.sub(r"\s*\(_ssl\.c:\d+\)$", "", str(err.args[-1] if err.args else err))
-    text = re.sub(r"^\[[A-Z0-9_]+(: [A-Z0-9_]+)?\]\s*", "", text)
-    return "" if text in ("", "PEM lib") else f" ({text})"
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:

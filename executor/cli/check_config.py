@@ -13,12 +13,13 @@ line each, so a systemd ``ExecStartPre`` or a person sees the whole picture at o
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Callable
 from typing import TextIO
 
 from executor import config, data_dir, open_files, process_limit
-from executor.api import security
+from executor.api import certificate_checks, security
 from executor.data_dir_lock import DataDirLock
 from executor.errors import ConfigError
 from executor.plurals import counted
@@ -204,6 +205,28 @@ def check(settings: config.Settings, out: TextIO) -> list[str]:
     return problems
 
 
+def check_tls(settings: config.Settings, out: TextIO) -> list[str]:
+    """``--check-tls``: only the TLS files (and the token), so it runs beside a live executor.
+
+    ``--check-config`` also takes the data dir's lock, the port and the uid range, which
+    the running executor holds: it cannot check new files before the restart that
+    loads them. The settings were validated when loaded (the token's length with them).
+    """
+    if not settings.tls_cert:
+        return ["tls_cert: not set (plaintext): no TLS files to check"]
+    try:
+        security.server_credentials(settings)  # each file loads, the key the certificate's
+    except ConfigError as err:
+        return str(err).splitlines()
+    print(f"endpoint: {security.describe(settings)}", file=out)
+    for line in certificate_checks.describe(settings):
+        print(line, file=out)
+    now = datetime.datetime.now(datetime.UTC)
+    for warning in certificate_checks.warnings(settings, now):
+        print(f"  WARNING: {warning}", file=out)
+    return []
+
+
 def _open_files(settings: config.Settings) -> str:
     """The open-file limit start-up would raise itself to, against what the slots want."""
     reachable, soft = open_files.reachable_limit(), open_files.limit()
@@ -240,5 +263,7 @@ def _endpoint(settings: config.Settings) -> str:
     if settings.http_bind:
         security.check_bindable(settings.http_bind, setting="http_bind")
     http = f"; HTTP side port {settings.http_bind}" if settings.http_bind else ""
-    warnings = "".join(f"\n  WARNING: {w}" for w in security.open_port_warnings(settings))
+    now = datetime.datetime.now(datetime.UTC)
+    found = [*security.open_port_warnings(settings), *certificate_checks.warnings(settings, now)]
+    warnings = "".join(f"\n  WARNING: {w}" for w in found)
     return f"{settings.bind}, {security.describe(settings)}{http}{warnings}"

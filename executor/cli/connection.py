@@ -25,6 +25,7 @@ from executor.visible_text import escaped
 from supervisor_client import ExecutorClient, ExecutorRpcError, FarmClient
 from supervisor_client.client import MAX_TIMEOUT_S, check_timeout
 from supervisor_client.credentials import check_tls, clean_token
+from supervisor_client.tls_material import TlsMaterialError
 
 EXIT_OK: Final = 0
 EXIT_NOT_SUCCEEDED: Final = 1
@@ -168,6 +169,12 @@ def _credentials(args: argparse.Namespace) -> dict[str, Any]:
     given = {name: _read(getattr(args, dest), flag) for name, (flag, dest) in _TLS_FLAGS.items()}
     try:
         check_tls(**given)
+    except TlsMaterialError as err:
+        flag, dest = _TLS_FLAGS[err.argument]
+        reason = err.reason
+        for name, (other, _) in _TLS_FLAGS.items():
+            reason = reason.replace(name, other)
+        raise ConfigError(f"{flag} {getattr(args, dest)}: {reason}") from err
     except ValueError as err:
         message = str(err)
         for name, (flag, _) in _TLS_FLAGS.items():

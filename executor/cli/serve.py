@@ -53,6 +53,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="validate everything start-up would (settings, TLS files, port, sandbox, "
         "universal callbacks), print the effective settings, exit",
     )
+    serve.add_argument(
+        "--check-tls",
+        action="store_true",
+        help="validate only the TLS files (tls_cert, tls_key, tls_client_ca) and the token, "
+        "not the data dir, port or sandbox: runs beside the executor, before a restart "
+        "takes new files",
+    )
     serve.set_defaults(handler=_serve)
 
 
@@ -108,6 +115,16 @@ def _serve(args: argparse.Namespace) -> int:
         if problems:
             return EXIT_USAGE
         print("ok: start-up would succeed with these settings")
+        return EXIT_OK
+    if args.check_tls:
+        from executor.cli.check_config import check_tls
+
+        problems = check_tls(settings, sys.stdout)
+        for problem in problems:
+            print(f"cbexec: {problem}", file=sys.stderr)
+        if problems:
+            return EXIT_USAGE
+        print("ok: the TLS files load; restart to use them")
         return EXIT_OK
     try:
         with asyncio.Runner(loop_factory=event_loop_factory(settings.event_loop)) as runner:

@@ -216,7 +216,22 @@ class _Handler(BaseHTTPRequestHandler):
         # line is the sender's: raw, an escape sequence acts on the terminal of whoever
         # reads the log (a window title, colours, a cleared screen).
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("http %s: %s", self.address_string(), escaped(format % args))
+            line = hide_secret_parameters(format % args)
+            logger.debug("http %s: %s", self.address_string(), escaped(line))
+
+
+# A query parameter whose name says it holds a secret (token=, access_token=, password=,
+# api_key=...). The query string is no way to give the token (refused, 401), but one who
+# tries it left the real token in the access line at DEBUG (probe 115).
+_SECRET_PARAMETER: Final = re.compile(
+    r"([?&;][^=&;\s\"]*(?:token|auth|pass|secret|key|session|cred)[^=&;\s\"]*=)[^&;\s\"]*",
+    re.IGNORECASE,
+)
+
+
+def hide_secret_parameters(line: str) -> str:
+    """``line`` with the value of each query parameter named like a secret as ``(hidden)``."""
+    return _SECRET_PARAMETER.sub(r"\1(hidden)", line)
 
 
 def _version_refusal(words: list[bytes]) -> tuple[int, str] | None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import http.client
 import json
+import logging
 import socket
 import ssl
 import threading
@@ -634,3 +635,17 @@ async def test_a_refused_body_trickled_is_dropped_for_two_seconds_in_all(web: St
     line, closed_after_s = await asyncio.to_thread(_trickle_after_413, web.running.http_port or 0)
     assert line.startswith("HTTP/1.1 413 "), line
     assert closed_after_s < 10, closed_after_s
+
+
+async def test_a_token_in_a_query_string_is_not_written_to_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Refused (401), but the access line at DEBUG held it whole (probe 115).
+    caplog.set_level(logging.DEBUG, logger="executor.web.server")
+    async with running_stack(http_settings(tmp_path, auth_token=TOKEN)) as web:
+        for query in (f"token={TOKEN}", f"outcome=FAILED&access_token={TOKEN}&x=1"):
+            assert (await fetch(url(web, f"/healthz?{query}")))[0] == 401
+    lines = [r.getMessage() for r in caplog.records if r.name == "executor.web.server"]
+    assert not [line for line in lines if TOKEN in line], lines
+    assert any("GET /healthz?token=(hidden) HTTP/1.1" in line for line in lines), lines
+    assert any("?outcome=FAILED&access_token=(hidden)&x=1 " in line for line in lines), lines

@@ -20,9 +20,11 @@ from supervisor_client.client import MAX_TIMEOUT_S, check_timeout
 from supervisor_client.credentials import (
     KEEPALIVE_OPTIONS,
     KEEPALIVE_TIME_MS,
+    MAX_TOKEN_CHARS,
     check_tls,
     clean_token,
 )
+from tests.helpers.static_pki import CA_CERT, LEAF_CERT, LEAF_KEY, LEAF_KEY_ENCRYPTED, OTHER_KEY
 
 pytestmark = pytest.mark.unit
 
@@ -52,12 +54,60 @@ async def test_tls_material_gRPC_would_misuse_is_refused(
 
 
 def test_tls_material_that_can_work_passes() -> None:
-    check_tls(CA, None, None)
-    check_tls(CA, KEY, CA)
-    check_tls(None, b"-----BEGIN EC PRIVATE KEY-----\n", CA)
+    check_tls(CA_CERT, None, None)
+    check_tls(CA_CERT, LEAF_KEY, LEAF_CERT)
+    check_tls(None, LEAF_KEY, LEAF_CERT + CA_CERT)  # a chain
+    check_tls(CA_CERT + LEAF_CERT, None, None)  # a bundle
     check_tls(None, None, None)
     with pytest.raises(TypeError, match="expected PEM bytes, got str"):
         check_tls(CA.decode(), None, None)  # type: ignore[arg-type]
+
+
+# A marker with no certificate (or key) inside: gRPC failed every call with a retryable
+# UNAVAILABLE "Failed to create security handshaker", the reason only on its stderr.
+NOT_A_CERT = b"-----BEGIN CERTIFICATE-----\nZ2FyYmFnZQ==\n-----END CERTIFICATE-----\n"
+NOT_A_KEY = b"-----BEGIN PRIVATE KEY-----\nZ2FyYmFnZQ==\n-----END PRIVATE KEY-----\n"
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"root_certificates": NOT_A_CERT}, "root_certificates: holds no certificate OpenSSL"),
+        ({"root_certificates": CA_CERT + NOT_A_CERT}, "root_certificates: holds no cert"),
+        (
+            {"certificate_chain": NOT_A_CERT, "private_key": LEAF_KEY},
+            "certificate_chain: holds no certificate OpenSSL can read",
+        ),
+        (
+            {"certificate_chain": LEAF_CERT, "private_key": NOT_A_KEY},
+            "private_key: holds no private key OpenSSL can read",
+        ),
+        (
+            {"certificate_chain": LEAF_CERT, "private_key": LEAF_KEY_ENCRYPTED},
+            "private_key: is encrypted",
+        ),
+        (
+            {"certificate_chain": LEAF_CERT, "private_key": OTHER_KEY},
+            "private_key: is not the private key of the certificate in certificate_chain",
+        ),
+    ],
+)
+async def test_tls_material_openssl_cannot_use_is_refused_before_any_call(
+    given: dict[str, bytes], message: str
+) -> None:
+    for client in (ExecutorClient, FarmClient):
+        with pytest.raises(ValueError, match=message) as refused:
+            client(ADDRESS, **given)  # type: ignore[arg-type]
+        assert b"BEGIN" not in str(refused.value).encode(), "the material is never shown"
+
+
+def test_a_token_too_long_for_grpc_metadata_is_refused_without_showing_it() -> None:
+    # gRPC refuses a random share of calls whose headers pass 8 KiB, and all past 16 KiB.
+    assert clean_token("t" * MAX_TOKEN_CHARS) == "t" * MAX_TOKEN_CHARS
+    token = "s3cret" + "t" * MAX_TOKEN_CHARS
+    with pytest.raises(ValueError, match=f"{len(token)} characters, more than") as refused:
+        clean_token(token)
+    assert "s3cret" not in str(refused.value)
 
 
 def test_a_token_is_taken_without_surrounding_whitespace() -> None:

@@ -1007,3 +1007,13 @@ def test_an_ipv4_mapped_loopback_bind_is_no_open_port() -> None:
     for bind in ("[::ffff:127.0.0.1]:50051", "127.0.0.2:50051", "[::1]:50051"):
         assert open_port_warnings(config.Settings(bind=bind)) == [], bind
     assert open_port_warnings(config.Settings(bind="[::ffff:10.0.0.5]:50051"))
+
+
+def test_an_auth_token_too_long_for_grpc_metadata_is_refused_without_showing_it() -> None:
+    # Past gRPC's 8 KiB of headers a random share of calls failed RESOURCE_EXHAUSTED; past
+    # 16 KiB every one, and /healthz answered 503 (probe 115).
+    config.validate(config.Settings(auth_token="t" * 4096))
+    token = "s3cret" + "t" * 8094
+    with pytest.raises(ConfigError, match=r"^auth_token: 8100 characters, more than 4096") as no:
+        config.validate(config.Settings(auth_token=token))
+    assert "s3cret" not in str(no.value)
