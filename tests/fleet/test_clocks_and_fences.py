@@ -15,9 +15,9 @@ import psycopg
 import pytest
 
 from executor import errors
+from executor.model import Event
 from executor.runs.invocation_ids import FleetIds
 from executor.runs.outbox import Outbox
-from executor.model import Event
 from executor.triggers.store import PendingFiring, StoredCallback, TriggerStore
 from tests.fleet.test_fleet_ids import CountingConnection, claims_and_results
 from tests.fleet.test_store import RecordingReceiver
