@@ -5,6 +5,7 @@ ExecutorError
  +-- NotFoundError            the request names something the executor does not have
  +-- AlreadyExistsError       the request's id already names something else (another run)
  +-- ChangedMeanwhileError    what the request continues changed since it began: start over
+ +-- TakenOverError           another run of the invocation id took over (a fleet's stalled run)
  +-- PermissionDeniedError    the caller's Qube user may not do what it asks (the farm)
  +-- CapacityError            every slot is busy and the queue is full
  |    +-- StoreFullError      the registered jobs fill triggers.db to triggers_max_bytes
@@ -39,6 +40,14 @@ class ChangedMeanwhileError(ExecutorError):
     """What the request continues changed since it began (a job registered again between pages).
 
     Retrying the same request cannot help; starting over from the first page can.
+    """
+
+
+class TakenOverError(ExecutorError):
+    """A fleet's run lost its claim on its invocation id to another replica's run of it.
+
+    Its result is not the id's record (the other run's is): it is neither reported nor
+    kept. Resending cannot bring it back; a resend is a new run of the id.
     """
 
 

@@ -315,6 +315,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
                 recorder.pending,
                 owner=trigger_store.owner,
                 lease_s=trigger_store.lease_s,
+                clock=trigger_store.clock.now,  # the database's: the leases' clock
                 ahead=ahead,
             )
             recorder.give_back_claims(fleet_ids)

@@ -27,6 +27,7 @@ from executor.errors import (
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
+    TakenOverError,
     UnavailableError,
 )
 
@@ -40,6 +41,9 @@ STATUS_BY_ERROR: Final[tuple[tuple[type[ExecutorError], grpc.StatusCode], ...]] 
     # ABORTED, not FAILED_PRECONDITION: the client retries at a higher level (gRPC's
     # status guide: restart the sequence), here from the first page.
     (ChangedMeanwhileError, grpc.StatusCode.ABORTED),
+    # ABORTED, not UNAVAILABLE: a concurrency conflict the caller resolves (the other
+    # run's result is the id's), not one to retry blindly (a resend runs it again).
+    (TakenOverError, grpc.StatusCode.ABORTED),
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (CapacityError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),

@@ -9,8 +9,9 @@ id one of its runs has (``Dispatcher._admit``). A fleet's answers are in the sha
 store, and a run in progress at another replica is in neither the firings nor the
 history: so ``FleetIds`` also claims the id there for this run (table
 ``execute_claims``, under a lease this replica renews), in the one statement that asks
-the rest, and gives it back in the statement that commits the run's result
-(``Recorder``; on its own once the run was refused, or its result was not committed).
+the rest, and gives it back in the statement that commits the run's result, which
+commits it only while the claim is still this replica's (``Recorder``; on its own once
+the run was refused, or its result was not committed).
 Two replicas asked at once cannot both claim it: the second is answered as one executor
 answers a run's id in progress.
 """
@@ -36,7 +37,7 @@ from executor.sql import Db, PgDb, StoreLockTimeout, first_row
 logger = logging.getLogger(__name__)
 
 # A fleet's Execute runs in progress, by invocation id (made by ``cbexec store migrate``).
-# ``lease_until``: the claiming replica's clock, as the firings' leases are.
+# ``lease_until``: the database's clock (``FleetClock``), as the firings' leases are.
 CLAIMS_SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS execute_claims (
     invocation_id TEXT PRIMARY KEY,
@@ -69,7 +70,7 @@ _QUERY: Final = (
 )
 _RELEASE: Final = "DELETE FROM execute_claims WHERE invocation_id = ? AND owner = ?"
 # Claims whose lease ran out this long ago (or 10 leases, if longer) are deleted, every
-# PRUNE_EVERY_RENEWALS renewals: a claim's lease is its replica's clock, so well past it.
+# PRUNE_EVERY_RENEWALS renewals.
 PRUNE_AFTER_S: Final = 600.0
 PRUNE_EVERY_RENEWALS: Final = 30
 _PRUNE: Final = "DELETE FROM execute_claims WHERE lease_until < ?"
@@ -357,10 +358,15 @@ class FleetIds:
             self.release(invocation_id)
 
     def release_alongside(self, invocation_id: str) -> Alongside | None:
-        """The statement giving back this replica's claim on the id; None: it holds none."""
+        """The statement giving back this replica's claim on the id; None: it holds none.
+
+        A fence: the result is committed only if it gives the claim back. A claim gone
+        (this replica stalled past its lease, and another one's run of the id took it
+        over) leaves the result out: that run's is the id's (probe 114).
+        """
         if invocation_id not in self._held:
             return None
-        return Alongside(_RELEASE, (invocation_id, self._owner))
+        return Alongside(f"{_RELEASE} RETURNING 1", (invocation_id, self._owner))
 
     def released(self, invocation_id: str) -> None:
         """``release_alongside``'s statement was committed: ``release`` only forgets it."""

@@ -61,7 +61,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, NamedTuple, Protocol, TypeVar, cast, runtime_checkable
 
-from executor.errors import DataLossError, UnavailableError, own_copy
+from executor.errors import DataLossError, TakenOverError, UnavailableError, own_copy
+from executor.fleet_clock import FleetClock
 from executor.runs import outbox_space
 from executor.runs.latest import latest_per_key
 from executor.runs.outbox_rows import (
@@ -82,6 +83,7 @@ from executor.sql import (
     PgDb,
     StoreUnavailable,
     execute_counted,
+    first_row,
     in_lists,
     is_postgres,
     row_lock,
@@ -114,6 +116,16 @@ ASK_FOR_BATCHES_AGAIN_S: Final = 60.0
 _INSERT: Final = (
     "INSERT INTO outbox (key, payload, created_at, owner, lease_until, ended_at, notes)"
     " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING"
+)
+# _INSERT where a fence (Alongside, a WITH query before it) holds: one statement that
+# says whether it held and whether the message was added.
+_FENCED_INSERT: Final = (
+    "{fence}, added AS (INSERT INTO outbox"
+    " (key, payload, created_at, owner, lease_until, ended_at, notes)"
+    " SELECT ?::text, ?::bytea, ?::float8, ?::text, ?::float8, ?::float8, ?::text"
+    " WHERE EXISTS (SELECT 1 FROM held)"
+    " ON CONFLICT (key) DO NOTHING RETURNING 1)"
+    " SELECT EXISTS (SELECT 1 FROM held) AS held, EXISTS (SELECT 1 FROM added) AS added"
 )
 # Before _INSERT, when the key is there already: another message under it that ended no
 # earlier (a later run of the invocation id) takes the place of the one there, delivered
@@ -160,12 +172,15 @@ _DEAD_INDEX: Final = (
 
 
 class Alongside(NamedTuple):
-    """A statement committed with a message, in its transaction (a fleet's: PostgreSQL's).
+    """A fence committed with a message, in its transaction (a fleet's: PostgreSQL's).
 
-    A write that returns no rows, ``?`` for its parameters: an Execute's release of its
-    claim on the invocation id (``invocation_ids.FleetIds``) goes with its result, so
-    the answer waits for one round trip, not two, and the claim ends exactly as the
-    result becomes the id's record.
+    A write returning a row while the message may be committed (``RETURNING 1``), ``?``
+    for its parameters: an Execute's release of its claim on the invocation id
+    (``invocation_ids.FleetIds``) goes with its result, so the answer waits for one
+    round trip, not two, and the claim ends exactly as the result becomes the id's
+    record. A claim gone (another replica's run of the id took it over) leaves the
+    message out, and ``commit`` raises TakenOverError; unless that same message is there
+    already (a commit retried after its answer was lost).
     """
 
     sql: str
@@ -319,7 +334,7 @@ class Outbox:
         rng: jitter source, seedable in tests.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0915 - one attribute a statement
         self,
         path: Path | str,
         transport: Transport,
@@ -368,6 +383,8 @@ class Outbox:
         self._backoff = backoff
         self._keep_delivered = keep_delivered
         self._clock = clock
+        # The delivery claims' clock: the database's, in a fleet (FleetClock).
+        self._leases = FleetClock(clock)
         self._rng = rng or random.Random()
         self._db: Db
         self._checkpoints: BackgroundCheckpoints | NoCheckpoints
@@ -380,6 +397,7 @@ class Outbox:
             # (an Execute committing its result) must not wait behind them.
             self._ddb: Db = open_postgres(self._path, application_name="cbexec-delivery")
             self._checkpoints = NoCheckpoints()
+            self._leases.measure(self._ddb)
         else:
             with opening(self._path):  # a read-only filesystem, say: a refusal saying so
                 self._db = self._open_sqlite(self._path)
@@ -468,14 +486,21 @@ class Outbox:
         ValueError for an empty ``payload`` or an ``alongside`` outside a fleet.
         """
         message = self._message(key, payload, ended_at, notes, alongside)
-        sql, parameters = _INSERT, cast(tuple[object, ...], self._row(message))
         if alongside is not None:  # one statement: PostgreSQL's data-modifying WITH
-            sql = f"WITH alongside AS ({alongside.sql}) {_INSERT}"
-            parameters = (*alongside.parameters, *parameters)
-        with writing(self._path, self._health, store_refusals=True):
-            added = execute_counted(self._db, sql, parameters)
+            with writing(self._path, self._health, store_refusals=True):
+                row = first_row(
+                    self._db,
+                    _FENCED_INSERT.format(fence=_fence(alongside)),
+                    (*_fence_parameters(message, alongside), *self._row(message)),
+                )
+            if not row["held"]:
+                raise TakenOverError(f"the fence of the message under {key!r} no longer holds")
+            added = bool(row["added"])
+        else:
+            with writing(self._path, self._health, store_refusals=True):
+                added = bool(execute_counted(self._db, _INSERT, self._row(message)))
         if not added:  # the key is there: a repeat of the message, or another run's
-            return self._put_many([message])
+            return self._put_many([message._replace(alongside=None)])[0]  # fenced: held
         self._committed(added)
         return True
 
@@ -506,42 +531,63 @@ class Outbox:
         messages = [message for message, _ in gathered]
         try:
             try:
-                self._put_any(messages)
+                fenced = self._put_any(messages)
             except StoreUnavailable:
                 # A connection PostgreSQL dropped (a restart, an admin's kill) is met by the
                 # first statement after it: once more, on a new one. The inserts are
-                # idempotent on their message, so a commit that did land is not doubled.
-                self._put_any(messages)
+                # idempotent on their message, so a commit that did land is not doubled
+                # (nor fenced off by its own fence: its message is there).
+                fenced = self._put_any(messages)
         except Exception as err:  # noqa: BLE001 - the storage's, or a bug: each caller hears of it
             for n, (_, committed) in enumerate(gathered):
                 if not committed.done():
                     committed.set_exception(err if n == 0 else own_copy(err))
             return
-        for _, committed in gathered:
-            if not committed.done():
+        for n, (message, committed) in enumerate(gathered):
+            if committed.done():
+                continue
+            if n in fenced:
+                committed.set_exception(
+                    TakenOverError(
+                        f"the fence of the message under {message.key!r} no longer holds"
+                    )
+                )
+            else:
                 committed.set_result(None)
 
-    def _put_any(self, messages: list[_Message]) -> None:
+    def _put_any(self, messages: list[_Message]) -> set[int]:
+        """Commit the messages; the positions of those a fence left out."""
         if len(messages) == 1:
-            self.put(*messages[0])
-        else:
-            self._put_many(messages)
+            try:
+                self.put(*messages[0])
+            except TakenOverError:
+                return {0}
+            return set()
+        return self._put_many(messages)[1]
 
-    def _put_many(self, messages: list[_Message]) -> bool:
-        # Of two messages under one key, the one whose run ended last.
-        latest = latest_per_key(
-            messages, key=lambda message: message.key, ended_at=lambda message: message.ended_at
-        )
+    def _put_many(self, messages: list[_Message]) -> tuple[bool, set[int]]:
+        """Commit the messages in one transaction: whether any was added, and those fenced off."""
         with writing(self._path, self._health, store_refusals=True):
             self._db.execute("BEGIN")
             try:
-                self._db.executemany(_REPLACE, [message.replaced for message in latest])
-                added: int = self._db.executemany(
-                    _INSERT, [self._row(message) for message in latest]
-                ).rowcount
-                for alongside in [message.alongside for message in messages]:
-                    if alongside is not None:  # a message not latest keeps its own too
-                        self._db.execute(alongside.sql, alongside.parameters)
+                fenced = {
+                    n
+                    for n, message in enumerate(messages)
+                    if message.alongside is not None
+                    and not self._fence_holds(message, message.alongside)
+                }
+                # Of two messages under one key, the one whose run ended last.
+                latest = latest_per_key(
+                    [message for n, message in enumerate(messages) if n not in fenced],
+                    key=lambda message: message.key,
+                    ended_at=lambda message: message.ended_at,
+                )
+                added: int = 0
+                if latest:
+                    self._db.executemany(_REPLACE, [message.replaced for message in latest])
+                    added = self._db.executemany(
+                        _INSERT, [self._row(message) for message in latest]
+                    ).rowcount
                 self._db.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(Exception):  # the store's own error, either kind
@@ -549,7 +595,15 @@ class Outbox:
                 raise
         # A driver that cannot count the rows of a batch says -1: wake delivery anyway.
         self._committed(added != 0)
-        return added != 0
+        return added != 0, fenced
+
+    def _fence_holds(self, message: _Message, alongside: Alongside) -> bool:
+        """Run a message's fence (in the open transaction); whether it held.
+
+        A message not the latest under its key keeps its fence too: it ends that claim.
+        """
+        sql = f"{_fence(alongside)} SELECT EXISTS (SELECT 1 FROM held) AS held"  # noqa: S608 - constants
+        return bool(first_row(self._db, sql, _fence_parameters(message, alongside))["held"])
 
     def _message(
         self,
@@ -570,7 +624,8 @@ class Outbox:
         # The replica that ran it delivers it (its lease); another only if it dies.
         now = self._clock()
         key, payload, ended_at, notes, _ = message
-        return (key, payload, now, self._owner, now + self._lease_s, ended_at, notes)
+        lease_until = self._leases.now() + self._lease_s
+        return (key, payload, now, self._owner, lease_until, ended_at, notes)
 
     def _committed(self, added: int) -> None:
         self._checkpoints.committed()
@@ -825,6 +880,8 @@ class Outbox:
         now = self._clock()
         limit = self._batch_size + len(self._unmarked)  # those are skipped below
         if self.fleet:
+            self._leases.measure_if_due(self._ddb)
+            leases_now = self._leases.now()
             rows = self._ddb.execute(
                 "UPDATE outbox SET owner = ?, lease_until = ? WHERE seq IN (SELECT seq FROM outbox"  # noqa: S608 - a lock clause
                 " WHERE delivered_at IS NULL AND dead_at IS NULL AND (retry_at <= ? OR retry_at > ?)"
@@ -833,11 +890,11 @@ class Outbox:
                 + f") RETURNING {_PENDING_COLUMNS}",
                 (
                     self._owner,
-                    now + self._lease_s,
+                    leases_now + self._lease_s,
                     now,
                     UNREADABLE_TIME_ABOVE,
                     self._owner,
-                    now,
+                    leases_now,
                     limit,
                 ),
             ).fetchall()
@@ -1303,3 +1360,18 @@ class Outbox:
                 (self._keep_delivered,),
             )
         self._checkpoints.committed()  # measured by _mark_delivered, its only caller
+
+
+def _fence(alongside: Alongside) -> str:
+    """The WITH clause of a fenced write: ``held`` has a row while it may be committed.
+
+    The fence's own row, or the same message there already (a retried commit).
+    """
+    return (
+        f"WITH alongside AS ({alongside.sql}), held AS (SELECT 1 FROM alongside"  # noqa: S608 - the executor's own statement
+        " UNION ALL SELECT 1 FROM outbox WHERE key = ? AND payload = ?)"
+    )
+
+
+def _fence_parameters(message: _Message, alongside: Alongside) -> tuple[object, ...]:
+    return (*alongside.parameters, message.key, message.payload)

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
 from executor.config import Settings
-from executor.errors import UnavailableError
+from executor.errors import TakenOverError, UnavailableError
 from executor.model import Invocation, RunResult
 from executor.runs import run_notes
 from executor.runs.bookkeeping import BookkeepingWriter
@@ -236,6 +236,14 @@ class Recorder:
             report = self._encode_report(invocation, result, now)
             notes = run_notes.encode(invocation, result, now)
             if invocation.source == "execute":
+                claims = self._claims
+                alongside = (
+                    None if claims is None else claims.release_alongside(result.invocation_id)
+                )
+                if alongside is not None:  # a fleet's: its history record waits for it
+                    return self._record_fenced(
+                        self.outbox, invocation, result, now, report, notes, alongside
+                    )
                 committed = self._commit_or_owe(
                     self.outbox, result.invocation_id, report, now, notes
                 )
@@ -336,8 +344,59 @@ class Recorder:
         record = self.history.get(invocation_id)
         return None if record is None else record.result
 
+    async def _record_fenced(
+        self,
+        outbox: Outbox,
+        invocation: Invocation,
+        result: RunResult,
+        now: float,
+        report: bytes,
+        notes: str,
+        alongside: Alongside,
+    ) -> None:
+        """A fleet's Execute run: reported and put in the history only while its claim holds.
+
+        As a fired run's (``_record_claimed``), but checked in the commit itself: the
+        claim is given back by the statement that commits the result, which commits
+        nothing once another replica took the claim over (this one stalled past its
+        lease, and the caller's resend ran there). That run's result is the id's; this
+        one's stays in this replica's log line, ``.cb`` log and metrics only, and its
+        caller hears TakenOverError (ABORTED).
+        """
+        in_history = True
+        try:
+            await self._commit_or_owe(outbox, result.invocation_id, report, now, notes, alongside)
+        except TakenOverError as err:
+            in_history = False
+            logger.warning(
+                "Execute run of invocation_id %r ran here after its claim on the id ran out, "
+                "and another replica's run of it took the claim over: this run's result (%s) "
+                "is not reported nor put in the history; the other run's is the id's",
+                result.invocation_id,
+                result.outcome,
+            )
+            raise TakenOverError(
+                f"another run of invocation_id {result.invocation_id!r} took over while this"
+                " one was stalled past its claim's lease (a resend, at another replica): its"
+                " result is the id's; this run's is not reported nor recorded"
+            ) from err
+        finally:
+            self._writer.submit(
+                invocation,
+                result,
+                ended_at=now,
+                started_at=now - result.usage.wall_seconds,
+                in_history=in_history,
+            )
+
     async def _commit_or_owe(
-        self, outbox: Outbox, invocation_id: str, report: bytes, ended_at: float, notes: str
+        self,
+        outbox: Outbox,
+        invocation_id: str,
+        report: bytes,
+        ended_at: float,
+        notes: str,
+        alongside: Alongside | None = None,
     ) -> None:
         """An Execute's result: committed before its caller's answer, or the caller told at once.
 
@@ -348,7 +407,6 @@ class Recorder:
         one not committed is given back by the call (``CallbackExecutorServicer``).
         """
         claims = self._claims
-        alongside = None if claims is None else claims.release_alongside(invocation_id)
         try:
             await outbox.commit(invocation_id, report, ended_at, notes, alongside)
             if alongside is not None and claims is not None:

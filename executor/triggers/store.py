@@ -28,11 +28,12 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
+from executor.fleet_clock import FleetClock
 from executor.model import Event
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
 from executor.sql import Db, NoCheckpoints, PgDb, Row, in_lists, is_postgres, row_lock
@@ -344,6 +345,7 @@ class TriggerStore:
         health: StorageHealth | None = None,
         lease_s: float = 15.0,
         max_bytes: int | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._lock = threading.RLock()
         self._path = path
@@ -355,6 +357,8 @@ class TriggerStore:
         # replica claims its own earlier firings like any other replica's.
         self.owner = uuid.uuid4().hex
         self.lease_s = lease_s
+        # The leases' clock: the database's, in a fleet (``clock``: this replica's own).
+        self.clock = FleetClock(clock)
         self._db: Db
         self._outside_db: Db
         self._checkpoints: BackgroundCheckpoints | NoCheckpoints
@@ -372,6 +376,12 @@ class TriggerStore:
                 raise
             self._outside_lock = threading.RLock()
             self._checkpoints = NoCheckpoints()
+            try:
+                self.clock.measure(self._outside_db)  # before any lease is written
+            except BaseException:
+                self._outside_db.close()
+                self._db.close()
+                raise
 
             def reader() -> Db:
                 db = open_postgres(path, application_name="cbexec-triggers-reads")
@@ -1184,11 +1194,17 @@ class TriggerStore:
         )
 
     def lease_until(self) -> float:
-        return time.time() + self.lease_s
+        """When a lease taken now runs out, in the database's clock (``clock``)."""
+        return self.clock.now() + self.lease_s
 
     def renew_leases(self) -> int:
-        """Extend the lease of every firing this replica holds; how many it holds."""
+        """Extend the lease of every firing this replica holds; how many it holds.
+
+        The clock's offset from the database's is measured again here, once a minute.
+        """
         with self.outside_transaction() as db:
+            if self.fleet:
+                self.clock.measure_if_due(db)
             cursor = db.execute(
                 "UPDATE firings SET lease_until = ? WHERE owner = ?",
                 (self.lease_until(), self.owner),
@@ -1201,7 +1217,7 @@ class TriggerStore:
         ``FOR UPDATE SKIP LOCKED``: replicas claiming at once take different rows. Each
         claim raises the row's epoch, which fences off the replica that held it before.
         """
-        now = time.time()
+        now = self.clock.now()
         with self.outside_transaction() as db:
             rows = db.execute(
                 "UPDATE firings SET owner = ?, lease_until = ?, epoch = epoch + 1 WHERE seq IN"

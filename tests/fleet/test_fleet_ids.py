@@ -408,7 +408,7 @@ async def test_an_executes_claim_is_given_back_in_the_statement_that_commits_its
 async def test_a_result_whose_alongside_statement_fails_is_not_committed(pg_url: str) -> None:
     outbox = Outbox(pg_url, RecordingReceiver())
     try:
-        failing = Alongside("DELETE FROM no_such_table WHERE invocation_id = ?", ("x",))
+        failing = Alongside("DELETE FROM no_such_table WHERE invocation_id = ? RETURNING 1", ("x",))
         with pytest.raises(StoreRefused, match='relation "no_such_table" does not exist;'):
             await outbox.commit("not-alone", b"r", None, None, failing)
         assert claims_and_results(pg_url, ["not-alone"]) == ([], [])

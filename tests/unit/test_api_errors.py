@@ -21,6 +21,7 @@ from executor.errors import (
     NotFoundError,
     PermissionDeniedError,
     StoreFullError,
+    TakenOverError,
     UnavailableError,
 )
 from executor.storage import StorageError
@@ -44,6 +45,7 @@ DOCUMENTED = [
     (NotFoundError("no such run"), grpc.StatusCode.NOT_FOUND),
     (AlreadyExistsError("id of another run"), grpc.StatusCode.ALREADY_EXISTS),
     (ChangedMeanwhileError("job 5 was registered again"), grpc.StatusCode.ABORTED),
+    (TakenOverError("another run of invocation_id 'x' took over"), grpc.StatusCode.ABORTED),
     (CapacityError("busy", retry_after_s=1.5), grpc.StatusCode.RESOURCE_EXHAUSTED),
     (StoreFullError("cannot register job 5: ..."), grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UnavailableError("stopping"), grpc.StatusCode.UNAVAILABLE),
