@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any, Final, Protocol, TypeVar
 
@@ -50,6 +51,11 @@ ANSWER_DEADLINE_S: Final = 5.0
 # this long (then one asks again): each would otherwise hold the event loop for its own
 # deadline, one after another, while the server stays frozen.
 UNANSWERED_QUIET_S: Final = 10.0
+# How often the watchdog looks at the statements in flight; a look this much later than
+# asked for means the process itself was stalled (SIGSTOP, a paused VM, a swapping host),
+# not the server: the statements then in flight get a fresh ANSWER_DEADLINE_S from it.
+WATCH_TICK_S: Final = 0.25
+LATE_TICK_S: Final = 1.0
 # How long a statement waits for a row or table lock another session holds (PostgreSQL's
 # lock_timeout), then ``StoreLockTimeout``: well under ANSWER_DEADLINE_S, so a lock wait
 # always ends as the server's own lock timeout, never as a frozen server's cut connection
@@ -57,6 +63,15 @@ UNANSWERED_QUIET_S: Final = 10.0
 # UNANSWERED_QUIET_S over one row an admin held; probe 110). It also bounds how long one
 # such statement holds the event loop.
 LOCK_TIMEOUT_S: Final = 2.0
+# How long a session of ours may sit idle inside a transaction before the server ends it
+# (PostgreSQL's idle_in_transaction_session_timeout), which lets its row locks go: a
+# replica stopped mid-transaction (SIGSTOP, a paused VM) would otherwise hold them, and
+# every other replica's events of those jobs, for as long as it stays stopped (probe
+# 114). A transaction's statements follow one another without an await between them:
+# the longest gap is Python work of one thread (a group of 500 events decided, a big
+# job's explanation read between two statements), a second or two on a loaded box; this
+# is a few times that, and under the default lease (15 s).
+IDLE_IN_TRANSACTION_S: Final = 10.0
 # How long a statement waits for a lost connection to be made again (``_connect_again``).
 RECONNECT_WAIT_S: Final = 0.5
 # libpq's PQpipelineStatus of a connection not in pipeline mode (psycopg.pq.PipelineStatus.OFF).
@@ -205,15 +220,37 @@ def _pg_rows(cursor: Any) -> Any:
 # loop. A lost peer is found by TCP within ~10 s and no statement of ours runs 30 s,
 # each then StoreUnavailable, as a dropped connection is; a lock waited for gives up
 # after LOCK_TIMEOUT_S (StoreLockTimeout). ``cbexec store migrate`` makes its own
-# connection, without them.
-_STALL_LIMITS: Final[dict[str, Any]] = {
-    "keepalives": 1,
-    "keepalives_idle": 5,
-    "keepalives_interval": 2,
-    "keepalives_count": 3,
-    "tcp_user_timeout": 10_000,
-    "options": f"-c lock_timeout={round(LOCK_TIMEOUT_S * 1000)} -c statement_timeout=30000",
-}
+# connection, without them. A session left idle in its transaction is ended by the
+# server after IDLE_IN_TRANSACTION_S.
+def _stall_limits() -> dict[str, Any]:
+    return {
+        "keepalives": 1,
+        "keepalives_idle": 5,
+        "keepalives_interval": 2,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 10_000,
+        "options": f"-c lock_timeout={round(LOCK_TIMEOUT_S * 1000)} -c statement_timeout=30000"
+        f" -c idle_in_transaction_session_timeout={round(IDLE_IN_TRANSACTION_S * 1000)}",
+    }
+
+
+# How long the statements of this thread's transactions wait for a lock instead of
+# LOCK_TIMEOUT_S (``lock_waits``); None: LOCK_TIMEOUT_S.
+_lock_wait_s: ContextVar[float | None] = ContextVar("cbexec_lock_wait_s", default=None)
+
+
+@contextmanager
+def lock_waits(seconds: float) -> Iterator[None]:
+    """The transactions begun in the block wait ``seconds`` at most for a lock (``SET LOCAL``).
+
+    For work that has already waited out one lock timeout and only needs to know what is
+    still locked (group_commit.py): each further wait would hold everything after it.
+    """
+    token = _lock_wait_s.set(seconds)
+    try:
+        yield
+    finally:
+        _lock_wait_s.reset(token)
 
 
 class _Watchdog:
@@ -222,14 +259,24 @@ class _Watchdog:
     The statements run on the event loop, so an answer that never comes would hold the
     whole executor (health included). Shutting the socket down makes the waiting call
     fail at once, as a dropped connection does: ``StoreUnavailable``.
+
+    The process's own stall is not the server's (probe 114): woken after one, the
+    watchdog may look before the answer already waiting in the socket is read. So a look
+    far later than asked for gives the statements in flight a fresh deadline, and a
+    connection whose answer waits unread is not cut.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._watched: weakref.WeakSet[PgDb] = weakref.WeakSet()
         # When a statement was last cut off (monotonic); see UNANSWERED_QUIET_S.
         self.unanswered_at = float("-inf")
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._clock = clock
+        self._looked_at = clock()
+        # When the watchdog last looked late (the process was stalled): nothing in flight
+        # then is cut before ANSWER_DEADLINE_S after it.
+        self._stalled_until = float("-inf")
 
     def watch(self, db: PgDb) -> None:
         with self._lock:
@@ -242,12 +289,23 @@ class _Watchdog:
 
     def _run(self) -> None:
         while True:
-            time.sleep(0.25)
-            now = time.monotonic()
-            with self._lock:
-                overdue = [db for db in self._watched if 0 < db.answer_due < now]
-            for db in overdue:
-                db.cut_off()
+            time.sleep(WATCH_TICK_S)
+            self.look()
+
+    def look(self) -> list[PgDb]:
+        """Cut the connections whose statements are overdue; those it cut."""
+        now = self._clock()
+        if now - self._looked_at > WATCH_TICK_S + LATE_TICK_S:
+            self._stalled_until = now
+        self._looked_at = now
+        if now < self._stalled_until + ANSWER_DEADLINE_S:
+            return []
+        with self._lock:
+            overdue = [db for db in self._watched if 0 < db.answer_due < now]
+        cut = [db for db in overdue if not db.answer_waiting()]
+        for db in cut:
+            db.cut_off()
+        return cut
 
 
 _watchdog = _Watchdog()
@@ -270,7 +328,7 @@ class PgDb:
     ) -> None:
         self._url = url
         self._application_name = application_name
-        self._limits: dict[str, Any] = _STALL_LIMITS if stall_limits else {}
+        self._limits: dict[str, Any] = _stall_limits() if stall_limits else {}
         self._lock = threading.RLock()
         self._conn: Any = None
         self._in_transaction = False
@@ -506,6 +564,15 @@ class PgDb:
         self._connect_again()
         return True
 
+    def answer_waiting(self) -> bool:
+        """Whether input waits unread in the socket (the watchdog's thread): the server answered."""
+        try:
+            poller = select.poll()
+            poller.register(self._conn.pgconn.socket, select.POLLIN)
+            return bool(poller.poll(0))
+        except Exception:  # noqa: BLE001 - closed meanwhile: nothing to cut either
+            return False
+
     def cut_off(self) -> None:
         """Shut this connection's socket down (the watchdog's thread): its wait ends at once."""
         _watchdog.unanswered_at = time.monotonic()
@@ -568,6 +635,12 @@ class PgDb:
                 raise
             if verb == "BEGIN":
                 self._in_transaction = True
+                wait_s = _lock_wait_s.get()
+                if wait_s is not None:
+                    with self._errors_translated():
+                        self._conn.execute(
+                            f"SET LOCAL lock_timeout = {max(1, round(wait_s * 1000))}"
+                        )
             elif verb in {"COMMIT", "ROLLBACK"}:
                 self._in_transaction = False
             return cursor
@@ -640,13 +713,22 @@ class PgDb:
             raise StorePermissionDenied(
                 f"the PostgreSQL store's role '{role}': {_first_line(err)}"
             ) from err
-        except errors.LockNotAvailable as err:  # lock_timeout (_STALL_LIMITS)
+        except errors.LockNotAvailable as err:  # lock_timeout (_stall_limits)
             # The connection stays: only this statement (and its transaction) failed.
+            waited_s = _lock_wait_s.get() or LOCK_TIMEOUT_S
             raise StoreLockTimeout(
                 f"PostgreSQL store: a lock another session holds was not let go within"
-                f" {LOCK_TIMEOUT_S:g} s ({_first_line(err)}); what needs it fails until it is"
+                f" {waited_s:g} s ({_first_line(err)}); what needs it fails until it is"
             ) from err
-        except errors.QueryCanceled as err:  # statement_timeout (_STALL_LIMITS)
+        except errors.IdleInTransactionSessionTimeout as err:
+            # This process stalled mid-transaction (_stall_limits): the server ended the
+            # session, and the transaction with it.
+            self._discard()
+            raise StoreUnavailable(
+                f"PostgreSQL store ended this session, idle in its transaction for over"
+                f" {IDLE_IN_TRANSACTION_S:g} s: {_first_line(err)}"
+            ) from err
+        except errors.QueryCanceled as err:  # statement_timeout (_stall_limits)
             raise StoreUnavailable(f"PostgreSQL store too slow: {_first_line(err)}") from err
         except errors.ReadOnlySqlTransaction as err:
             # A standby (the address reaches the old primary after a failover): a new
@@ -885,7 +967,7 @@ def connect_postgres(
     """A ``PgDb`` on ``url``; ConfigError when psycopg is not installed.
 
     ``stall_limits``: the timeouts that keep a stalled PostgreSQL from holding the
-    executor (``_STALL_LIMITS``); a migration, which may wait and run long, goes without.
+    executor (``_stall_limits``); a migration, which may wait and run long, goes without.
     """
     try:
         import psycopg  # noqa: F401

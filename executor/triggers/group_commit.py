@@ -10,8 +10,12 @@ the firings, runs then even if the caller has gone away).
 A group that fails is applied again one call at a time, each in a transaction of its
 own, so an event that fails fails only its own call. So is a group that waited out the
 store's lock timeout (``StoreLockTimeout``: another session holds rows one of its events
-needs, an admin's transaction left open): the calls that need no locked row are applied,
-and a call of a job whose call met the lock again fails at once, without another wait.
+needs, an admin's transaction left open, a replica stopped mid-transaction): that one
+wait was the group's; its calls, each alone, then wait ``LOCK_PROBE_S`` at most for a
+lock, so the calls that need no locked row are applied at once and those that do fail
+with the group's error, a moment each (not a lock timeout each: 30 locked jobs held
+every other event a minute; probe 114). A call of a job whose call met the lock fails
+at once, without even that moment.
 A store that cannot be reached (any other ``UnavailableError``) fails the whole group at
 once: every call is answered UNAVAILABLE and none of its events was applied.
 
@@ -29,13 +33,17 @@ from typing import Any, Final, Generic, TypeVar
 from executor.errors import UnavailableError, own_copy
 from executor.logs import outside_any_run
 from executor.model import Event
-from executor.sql import StoreLockTimeout
+from executor.sql import StoreLockTimeout, lock_waits
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 # The most events one transaction takes: a bound on how long a group holds its row locks.
 MAX_GROUP_EVENTS: Final = 500
+# How long a call applied alone after its group met a held lock waits for a lock: long
+# enough for another replica's group to let go of rows they share, short as it is paid
+# once per call that meets a lock still held.
+LOCK_PROBE_S: Final = 0.1
 
 
 @dataclass
@@ -125,7 +133,7 @@ class GroupCommit(Generic[T]):
         except StoreLockTimeout as err:
             if len(group) == 1:
                 return [err]
-            return self._apply_around_locks(group)
+            return self._apply_around_locks(group, err)
         except UnavailableError as err:
             return [err, *(own_copy(err) for _ in group[1:])]
         except Exception as err:  # noqa: BLE001 - the caller's answer: it is raised there
@@ -139,23 +147,27 @@ class GroupCommit(Generic[T]):
             start += len(call.events)
         return outcomes
 
-    def _apply_around_locks(self, group: list[_Call[T]]) -> list[list[T] | BaseException]:
-        """(On the worker thread.) Each call alone, after its group met a held lock.
+    def _apply_around_locks(
+        self, group: list[_Call[T]], met: StoreLockTimeout
+    ) -> list[list[T] | BaseException]:
+        """(On the worker thread.) Each call alone, after its group waited out a held lock.
 
-        A call of a job whose call met the lock fails at once with that error: its job's
-        rows are the ones held, and each wait would hold every call after it as long.
+        Each waits ``LOCK_PROBE_S`` at most, and one that meets a lock fails with the
+        group's error ``met`` (the lock was held through the group's whole wait). A call
+        of a job whose call met a lock fails at once: its job's rows are the ones held.
         """
-        stuck: dict[int, StoreLockTimeout] = {}
+        stuck: set[int] = set()
         outcomes: list[list[T] | BaseException] = []
         for call in group:
             jobs = {event.job_id for event in call.events if event.job_id}
-            met = next((stuck[job] for job in jobs if job in stuck), None)
-            if met is not None:
+            if stuck & jobs:
                 outcomes.append(own_copy(met))
                 continue
-            outcome = self._apply_alone(call)
+            with lock_waits(LOCK_PROBE_S):
+                outcome = self._apply_alone(call)
             if isinstance(outcome, StoreLockTimeout):
-                stuck.update(dict.fromkeys(jobs, outcome))
+                stuck |= jobs
+                outcome = own_copy(met)
             outcomes.append(outcome)
         return outcomes
 
