@@ -1,6 +1,6 @@
 """``cbexec serve --check-config``: check everything start-up would, print the effective settings.
 
-Start-up refuses bad TLS files, a port it cannot bind, a data dir it cannot use, a
+Start-up refuses bad TLS files (the supervisor link's too), a port it cannot bind, a data dir it cannot use, a
 damaged database, a PostgreSQL store it cannot reach, that is not migrated or whose role
 lacks a privilege the executor needs (asked, not tried), a sandbox
 setting the host cannot satisfy, a sandbox uid range another executor holds; and with
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from executor import config, data_dir, open_files, process_limit
-from executor.api import certificate_checks, security
+from executor.api import certificate_checks, security, supervisor_channel
 from executor.data_dir_lock import DataDirLock
 from executor.errors import ConfigError
 from executor.plurals import counted
@@ -188,6 +188,7 @@ def check(settings: config.Settings, out: TextIO) -> list[str]:
         print(f"  {line}", file=out)
     checks: list[tuple[str, Callable[[], str]]] = [
         ("endpoint", lambda: _endpoint(settings)),
+        ("supervisor", lambda: _supervisor(settings)),
         ("data dir", lambda: _data_dir(settings)),
         ("store", lambda: _store(settings)),
         ("sandbox", lambda: _sandbox(settings)),
@@ -255,6 +256,14 @@ def _mail(settings: config.Settings) -> str:
     """Where mail goes; a WARNING when the relay's password would cross the network in clear."""
     found = mail.describe(settings.mail_settings)
     return "\n".join([found, *(f"  WARNING: {w}" for w in mail.login_warnings(settings.mail))])
+
+
+def _supervisor(settings: config.Settings) -> str:
+    """Where the supervisor is, how its link is secured (its files loaded), and a plaintext one's WARNING."""
+    if settings.supervisor:
+        supervisor_channel.link_material(settings)
+    warnings = "".join(f"\n  WARNING: {w}" for w in supervisor_channel.link_warnings(settings))
+    return f"{supervisor_channel.describe(settings)}{warnings}"
 
 
 def _endpoint(settings: config.Settings) -> str:
