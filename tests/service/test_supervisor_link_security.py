@@ -10,6 +10,7 @@ per problem; a link that fails its handshake says so in the callback's error.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -334,3 +335,20 @@ async def test_check_config_describes_the_link_and_warns_of_a_plaintext_one(
     assert "supervisor: 192.0.2.10:50060, TLS, token sent\n" in secured.out, secured.out
     assert "WARNING: supervisor" not in secured.out
     assert TOKEN not in secured.out + secured.err
+
+
+async def test_start_up_logs_the_link_and_warns_of_a_plaintext_one_off_this_host(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="executor.server")
+    running = await server.start(stack_settings(tmp_path / "data", supervisor="192.0.2.10:50060"))
+    await running.stop()
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "executor.server"]
+    assert ("INFO", "supervisor link: 192.0.2.10:50060, plaintext, no token") in said
+    warned = [m for level, m in said if level == "WARNING" and m.startswith("supervisor ")]
+    assert warned == [
+        "supervisor 192.0.2.10:50060 is reached in plaintext with no token: job data, qb "
+        "actions and results (with the callbacks' output) cross the network in clear, and "
+        "whoever answers at that address is taken for the supervisor; set supervisor_tls_ca "
+        "(and supervisor_token, supervisor_tls_cert/supervisor_tls_key as the supervisor asks)"
+    ]

@@ -7,8 +7,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from executor import config
 from executor.api.supervisor_channel import describe, link_warnings, what_failed
 from executor.config import Settings
+from executor.secret_files import secret_files, secrets_in_config
 
 pytestmark = pytest.mark.unit
 
@@ -91,3 +93,13 @@ def test_an_unauthenticated_answer_names_supervisor_token() -> None:
     )
     assert "check supervisor_token" in what_failed(code, "x", tls=False, token=True)
     assert what_failed(grpc.StatusCode.NOT_FOUND, "no job 7", tls=True, token=True) == ""
+
+
+def test_the_link_key_and_token_are_secrets() -> None:
+    linked = settings("10.0.0.5:50060", supervisor_tls_key="~/sup.key", supervisor_token="hush")
+    assert ("supervisor_tls_key", str(Path("~/sup.key").expanduser())) in secret_files(linked)
+    assert secrets_in_config({"supervisor_token": "hush"}) == ["supervisor_token"]
+    shown = config.describe(linked)
+    assert 'supervisor_token = "(set)"' in shown
+    assert not any("hush" in line for line in shown)
+    assert "hush" not in repr(linked)
