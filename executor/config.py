@@ -1132,6 +1132,8 @@ def _check_supervisor_link(settings: Settings) -> Iterator[str]:
             f"supervisor_token: character {bad} is not printable ASCII, which gRPC "
             "metadata cannot carry"
         )
+    elif problem := token_length_problem(token.strip()):
+        yield f"supervisor_token: {problem}"
 
 
 def _check_store(settings: Settings) -> Iterator[str]:

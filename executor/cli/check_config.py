@@ -212,20 +212,32 @@ def check_tls(settings: config.Settings, out: TextIO) -> list[str]:
     ``--check-config`` also takes the data dir's lock, the port and the uid range, which
     the running executor holds: it cannot check new files before the restart that
     loads them. The settings were validated when loaded (the token's length with them).
+    The supervisor link's files are checked too when it has any.
     """
-    if not settings.tls_cert:
+    link = bool(settings.supervisor and settings.supervisor_tls_ca)
+    if not settings.tls_cert and not link:
         return ["tls_cert: not set (plaintext): no TLS files to check"]
-    try:
-        security.server_credentials(settings)  # each file loads, the key the certificate's
-    except ConfigError as err:
-        return str(err).splitlines()
-    print(f"endpoint: {security.describe(settings)}", file=out)
-    for line in certificate_checks.describe(settings):
-        print(line, file=out)
-    now = datetime.datetime.now(datetime.UTC)
-    for warning in certificate_checks.warnings(settings, now):
-        print(f"  WARNING: {warning}", file=out)
-    return []
+    problems: list[str] = []
+    if settings.tls_cert:
+        try:
+            security.server_credentials(settings)  # each file loads, the key the certificate's
+        except ConfigError as err:
+            problems += str(err).splitlines()
+        else:
+            print(f"endpoint: {security.describe(settings)}", file=out)
+            for line in certificate_checks.describe(settings):
+                print(line, file=out)
+            now = datetime.datetime.now(datetime.UTC)
+            for warning in certificate_checks.warnings(settings, now):
+                print(f"  WARNING: {warning}", file=out)
+    if link:
+        try:
+            supervisor_channel.link_material(settings)
+        except ConfigError as err:
+            problems += str(err).splitlines()
+        else:
+            print(f"supervisor: {supervisor_channel.describe(settings)}", file=out)
+    return problems
 
 
 def _open_files(settings: config.Settings) -> str:

@@ -266,6 +266,11 @@ def test_link_settings_that_cannot_work_together_are_refused(tmp_path: Path) -> 
             "cannot carry",
         ),
         (
+            {**remote, "supervisor_token": "t" * 4097},
+            "supervisor_token: 4097 characters, more than 4096: gRPC refuses calls whose "
+            "headers pass 8 KiB (some) or 16 KiB (all); use a shorter random token",
+        ),
+        (
             {**remote, "supervisor_token": " \n"},
             "supervisor_token: only whitespace; leave it empty for no token",
         ),
@@ -351,4 +356,34 @@ async def test_start_up_logs_the_link_and_warns_of_a_plaintext_one_off_this_host
         "actions and results (with the callbacks' output) cross the network in clear, and "
         "whoever answers at that address is taken for the supervisor; set supervisor_tls_ca "
         "(and supervisor_token, supervisor_tls_cert/supervisor_tls_key as the supervisor asks)"
+    ]
+
+
+async def test_check_tls_checks_the_link_files_beside_a_running_executor(
+    tmp_path: Path, pki: Pki
+) -> None:
+    link = {
+        "CBEXEC_SUPERVISOR": "10.0.0.5:50060",
+        "CBEXEC_SUPERVISOR_TLS_CA": str(pki.ca),
+        "CBEXEC_SUPERVISOR_TOKEN": TOKEN,
+    }
+    argv = ("serve", "--check-tls", "--data-dir", str(tmp_path / "data"))
+    good = await cbexec(*argv, env=cli_env(**link))
+    assert good.code == 0, good
+    assert good.out.splitlines() == [
+        "supervisor: 10.0.0.5:50060, TLS, token sent",
+        "ok: the TLS files load; restart to use them",
+    ]
+    bad = await cbexec(
+        *argv,
+        env=cli_env(
+            **link,
+            CBEXEC_SUPERVISOR_TLS_CERT=str(pki.client_cert),
+            CBEXEC_SUPERVISOR_TLS_KEY=str(pki.server_key),
+        ),
+    )
+    assert bad.code == 2, bad
+    assert bad.err.splitlines() == [
+        f"cbexec: supervisor_tls_cert/supervisor_tls_key: the key {pki.server_key} is not "
+        f"the private key of the certificate {pki.client_cert}"
     ]
