@@ -223,6 +223,14 @@ class Settings:
     # The largest message the supervisor takes (gRPC's default receive limit is 4 MiB):
     # reports, and batches of them, stay under it; a larger result is reported reduced.
     supervisor_max_message_bytes: int = 4 * MIB
+    # The link to a remote supervisor (PEM files): the CA its certificate is checked
+    # against (TLS on when set), and a client certificate and key for mutual TLS.
+    supervisor_tls_ca: str = ""
+    supervisor_tls_cert: str = ""
+    supervisor_tls_key: str = ""
+    # Sent to a remote supervisor as "authorization: Bearer <token>"; "" = none. Its own,
+    # never auth_token: the supervisor is not a caller of ours.
+    supervisor_token: str = field(default="", repr=False)
     log_level: str = "INFO"
     # "text" or "json".
     log_format: str = "text"
@@ -755,7 +763,7 @@ def _not_a_directory(name: str, path: Path | None) -> str | None:
 
 
 # Settings whose values are secrets: shown as set or not, never printed.
-SECRETS: Final = frozenset({"auth_token", "mail.smtp_password"})
+SECRETS: Final = frozenset({"auth_token", "supervisor_token", "mail.smtp_password"})
 # Settings that may carry a password inside (a database URL): shown without it.
 _URLS: Final = frozenset({"store"})
 
@@ -1072,15 +1080,60 @@ def _check_auth_token(settings: Settings) -> Iterator[str]:
     if token and not token.strip():
         yield "auth_token: only whitespace; leave it empty for no token"
         return
-    # The position only: the message must not show any of the secret.
-    bad = next((n for n, c in enumerate(token.strip(), 1) if not " " <= c <= "~"), 0)
-    if bad:
+    if bad := _not_ascii(token):
         yield (
             f"auth_token: character {bad} is not printable ASCII, which no client can send "
             "(gRPC metadata carries nothing else)"
         )
     elif problem := token_length_problem(token.strip()):
         yield f"auth_token: {problem}"
+
+
+def _not_ascii(token: str) -> int:
+    """The position of the token's first character gRPC metadata cannot carry; 0 for none.
+
+    The position only: a message must not show any of the secret.
+    """
+    return next((n for n, c in enumerate(token.strip(), 1) if not " " <= c <= "~"), 0)
+
+
+# The settings of the link to a remote supervisor (supervisor_channel.py loads the files).
+SUPERVISOR_LINK: Final = (
+    "supervisor_tls_ca",
+    "supervisor_tls_cert",
+    "supervisor_tls_key",
+    "supervisor_token",
+)
+
+
+def _check_supervisor_link(settings: Settings) -> Iterator[str]:
+    given = [name for name in SUPERVISOR_LINK if getattr(settings, name)]
+    if given and not settings.supervisor:
+        yield (
+            f"{given[0]}: only for a remote supervisor (set supervisor); "
+            "the embedded one is reached over a private socket"
+        )
+        return
+    if bool(settings.supervisor_tls_cert) != bool(settings.supervisor_tls_key):
+        yield (
+            "supervisor_tls_cert and supervisor_tls_key: set both (a client certificate, "
+            "for mutual TLS) or neither"
+        )
+    elif settings.supervisor_tls_cert and not settings.supervisor_tls_ca:
+        yield (
+            "supervisor_tls_cert: a client certificate is sent over TLS only: "
+            "set supervisor_tls_ca too"
+        )
+    token = settings.supervisor_token
+    if token and not token.strip():
+        yield "supervisor_token: only whitespace; leave it empty for no token"
+    elif bad := _not_ascii(token):
+        yield (
+            f"supervisor_token: character {bad} is not printable ASCII, which gRPC "
+            "metadata cannot carry"
+        )
+    elif problem := token_length_problem(token.strip()):
+        yield f"supervisor_token: {problem}"
 
 
 def _check_store(settings: Settings) -> Iterator[str]:
@@ -1120,6 +1173,7 @@ _CHECKS: Final[tuple[Check, ...]] = (
     _check_event_ids,
     _check_tls,
     _check_auth_token,
+    _check_supervisor_link,
     _check_store,
     _check_universal_path,
 )

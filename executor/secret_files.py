@@ -1,11 +1,12 @@
 """The executor's own files that hold secrets: which they are, and whether other users may read them.
 
-They are the config file (``auth_token``, ``mail.smtp_password``, a store URL's password
-and the policies), the TLS key, and each policy's ``env_files`` (credentials): all read
-once, at start-up. The hardened tier hides each from every callback
-(``tier.isolation_plan``: a child binds ``/dev/null`` over it), whatever its mode. The
-other local users are a file's mode's business: ``open_to_others`` says which of these
-files they could read, for the start-up WARNING.
+They are the config file (``auth_token``, ``supervisor_token``, ``mail.smtp_password``, a
+store URL's password and the policies), the TLS keys (the port's and the supervisor
+link's), and each policy's ``env_files`` (credentials): all read once, at start-up. The
+hardened tier hides each from every callback (``tier.isolation_plan``: a child binds
+``/dev/null`` over it), whatever its mode. The other local users are a file's mode's
+business: ``open_to_others`` says which of these files they could read, for the start-up
+WARNING.
 """
 
 from __future__ import annotations
@@ -27,14 +28,17 @@ def secret_files(settings: Settings) -> list[tuple[str, str]]:
     """(setting, path) of each file start-up read that holds a secret, as the settings name it.
 
     The config file whatever it holds (it also lays out the policies), then the TLS
-    key, then the policies' ``env_files``. The TLS certificate and client CA are
+    keys, then the policies' ``env_files``. The TLS certificate and client CA are
     public. Malformed policy tables give nothing here: start-up refuses them anyway.
     """
     found: list[tuple[str, str]] = []
     if settings.config_file:
         found.append(("config file", settings.config_file))
-    if settings.tls_key:
-        found.append(("tls_key", str(Path(settings.tls_key).expanduser())))
+    found += [
+        (setting, str(Path(value).expanduser()))
+        for setting in ("tls_key", "supervisor_tls_key")
+        if (value := getattr(settings, setting))
+    ]
     policies = settings.policies if isinstance(settings.policies, Mapping) else {}
     for name, table in policies.items():
         files = table.get("env_files") if isinstance(table, Mapping) else None

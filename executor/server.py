@@ -43,7 +43,9 @@ from executor.api import embedded as api_embedded
 from executor.api.farm import FarmServicer
 from executor.api.reporting import GrpcReportTransport, ReportEncoder
 from executor.api.server_start import start_whole
-from executor.api.supervisor import SUPERVISOR_CHANNEL_OPTIONS, GrpcSupervisor
+from executor.api.supervisor import GrpcSupervisor
+from executor.api.supervisor_channel import describe as describe_link
+from executor.api.supervisor_channel import link_warnings, open_supervisor_channel
 from executor.api.supervisor_reach import SupervisorReach
 from executor.config import Settings
 from executor.data_dir_lock import DataDirLock
@@ -79,7 +81,6 @@ from executor.web.host_check import HostCheck, bind_name
 from executor.web.server import SidePort
 from executor.web.source import ExecutorSource
 from supervisor_client import ExecutorClient
-from supervisor_client.credentials import open_channel
 from supervisor_client.reference import ReferenceSupervisor
 from supervisor_client.reference.farm import Farm
 from supervisor_client.reference.forwarder import EventForwarder
@@ -153,6 +154,10 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
     heap_return.keep_large_blocks_apart()  # a large call's memory is given back after it
     async with AsyncExitStack() as stack:
         credentials = security.server_credentials(settings)  # bad TLS files fail first
+        # The supervisor link's files too: a start-up error, not a channel failing later.
+        remote = open_supervisor_channel(settings) if settings.supervisor else None
+        if remote is not None:
+            stack.push_async_callback(remote.close)
         security.check_bindable(settings.bind)
         if settings.http_bind:
             security.check_bindable(settings.http_bind, setting="http_bind")
@@ -176,12 +181,9 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         )
 
         embedded = None
-        if settings.supervisor:
-            # A remote supervisor never gets our token: it is not theirs.
-            supervisor_channel = open_channel(
-                settings.supervisor, options=SUPERVISOR_CHANNEL_OPTIONS
-            )
-            stack.push_async_callback(supervisor_channel.close)
+        if remote is not None:
+            # Its own token (supervisor_token), never ours: a supervisor is no caller of ours.
+            supervisor_channel = remote
         else:
             embedded = await api_embedded.start(
                 settings.data_dir,
@@ -374,10 +376,13 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         stack.callback(dispatcher.stop_admitting)
 
         logger.info("endpoint security: %s", security.describe(settings))
+        if remote is not None:
+            logger.info("supervisor link: %s", describe_link(settings))
         now = datetime.datetime.now(datetime.UTC)
         for warning in [
             *security.open_port_warnings(settings),
             *certificate_checks.warnings(settings, now),
+            *link_warnings(settings),
         ]:
             logger.warning("%s", warning)
         logger.info(

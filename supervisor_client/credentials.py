@@ -158,6 +158,7 @@ def open_channel(
     token: str | None = None,
     tls: bool = False,
     options: Sequence[tuple[str, Any]] = RECONNECT_OPTIONS,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
 ) -> grpc.aio.Channel:
     """A channel to ``address``: TLS when any certificate is given, plaintext otherwise.
 
@@ -173,16 +174,17 @@ def open_channel(
         token: the executor's ``auth_token``, sent as a bearer token on every call.
         tls: force TLS even without any certificate (system roots).
         options: gRPC channel options (by default: reconnect quickly).
+        interceptors: further client interceptors, after the token's.
     """
     check_tls(root_certificates, private_key, certificate_chain)
     token = clean_token(token)
-    interceptors = [BearerTokenInterceptor(token)] if token else None
+    chain = [*([BearerTokenInterceptor(token)] if token else []), *interceptors]
     given = (root_certificates, private_key, certificate_chain)
     if tls or any(value is not None for value in given):
         credentials = grpc.ssl_channel_credentials(
             root_certificates, private_key, certificate_chain
         )
         return grpc.aio.secure_channel(
-            address, credentials, options=list(options), interceptors=interceptors
+            address, credentials, options=list(options), interceptors=chain or None
         )
-    return grpc.aio.insecure_channel(address, options=list(options), interceptors=interceptors)
+    return grpc.aio.insecure_channel(address, options=list(options), interceptors=chain or None)

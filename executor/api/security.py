@@ -57,45 +57,66 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     """
     if not settings.tls_cert:
         return None
-    cert_path, key_path = (Path(v).expanduser() for v in (settings.tls_cert, settings.tls_key))
-    read_pem("tls_cert", settings.tls_cert)
-    read_pem("tls_key", settings.tls_key)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    load_key_pair(context, ("tls_cert", settings.tls_cert), ("tls_key", settings.tls_key))
+    if settings.tls_client_ca:
+        load_ca(context, "tls_client_ca", settings.tls_client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def load_key_pair(context: ssl.SSLContext, cert: tuple[str, str], key: tuple[str, str]) -> None:
+    """Load a certificate chain and its key, each a (setting, path), into ``context``.
+
+    ConfigError naming the setting and path for a file that does not read, a
+    certificate or key OpenSSL cannot load (an encrypted key among them), or a key that
+    is not the certificate's. Shared by the listening port and the supervisor link.
+    """
+    (cert_setting, cert_value), (key_setting, key_value) = cert, key
+    cert_path, key_path = (Path(v).expanduser() for v in (cert_value, key_value))
+    read_pem(cert_setting, cert_value)
+    read_pem(key_setting, key_value)
     try:
         # The chain alone first, so a bad certificate is not blamed on the key.
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=cert_path)
     except ssl.SSLError as err:
         raise ConfigError(
-            f"tls_cert: {cert_path} holds no certificate OpenSSL can read{openssl_reason(err)}"
+            f"{cert_setting}: {cert_path} holds no certificate OpenSSL can read"
+            f"{openssl_reason(err)}"
         ) from err
     try:
-        context.load_cert_chain(cert_path, key_path, password=_refuse_passphrase(key_path))
+        context.load_cert_chain(
+            cert_path, key_path, password=_refuse_passphrase(key_setting, key_path)
+        )
     except ssl.SSLError as err:
         if err.reason == "KEY_VALUES_MISMATCH":
             raise ConfigError(
-                f"tls_cert/tls_key: the key {key_path} is not the private key of the "
-                f"certificate {cert_path}"
+                f"{cert_setting}/{key_setting}: the key {key_path} is not the private key of "
+                f"the certificate {cert_path}"
             ) from err
         raise ConfigError(
-            f"tls_key: {key_path} holds no private key OpenSSL can read{openssl_reason(err)}"
+            f"{key_setting}: {key_path} holds no private key OpenSSL can read{openssl_reason(err)}"
         ) from err
     except OSError as err:
-        raise ConfigError(f"tls_cert/tls_key: cannot read them: {err.strerror or err}") from err
-    if settings.tls_client_ca:
-        read_pem("tls_client_ca", settings.tls_client_ca)
-        ca_path = Path(settings.tls_client_ca).expanduser()
-        try:
-            context.load_verify_locations(cafile=ca_path)
-        except ssl.SSLError as err:
-            raise ConfigError(
-                f"tls_client_ca: {ca_path} holds no certificate OpenSSL can read{openssl_reason(err)}"
-            ) from err
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
+        raise ConfigError(
+            f"{cert_setting}/{key_setting}: cannot read them: {err.strerror or err}"
+        ) from err
 
 
-def _refuse_passphrase(key_path: Path) -> Callable[[], bytes]:
+def load_ca(context: ssl.SSLContext, setting: str, value: str) -> None:
+    """Load the CA bundle ``setting`` names into ``context``; ConfigError naming it otherwise."""
+    read_pem(setting, value)
+    ca_path = Path(value).expanduser()
+    try:
+        context.load_verify_locations(cafile=ca_path)
+    except ssl.SSLError as err:
+        raise ConfigError(
+            f"{setting}: {ca_path} holds no certificate OpenSSL can read{openssl_reason(err)}"
+        ) from err
+
+
+def _refuse_passphrase(setting: str, key_path: Path) -> Callable[[], bytes]:
     """OpenSSL's passphrase callback: the executor has no passphrase to give (nor has gRPC).
 
     Without it OpenSSL would prompt on the terminal, or a systemd start would hang.
@@ -103,7 +124,7 @@ def _refuse_passphrase(key_path: Path) -> Callable[[], bytes]:
 
     def refuse() -> bytes:
         raise ConfigError(
-            f"tls_key: {key_path} is encrypted (it asks for a passphrase); "
+            f"{setting}: {key_path} is encrypted (it asks for a passphrase); "
             "give an unencrypted key, readable by the executor's user only"
         )
 
@@ -145,13 +166,13 @@ def open_port_warnings(settings: Settings) -> list[str]:
     a site may guard the port by other means.
     """
     warnings = []
-    if not settings.auth_token and not settings.tls_cert and not _loopback(settings.bind):
+    if not settings.auth_token and not settings.tls_cert and not is_loopback(settings.bind):
         warnings.append(
             f"bind {settings.bind} takes calls from the network in plaintext with no token: "
             "anyone who reaches it can run code as callbacks and act on the farm's jobs; "
             "set auth_token (and tls_cert/tls_key), or bind to 127.0.0.1"
         )
-    if settings.http_bind and not settings.auth_token and not _loopback(settings.http_bind):
+    if settings.http_bind and not settings.auth_token and not is_loopback(settings.http_bind):
         warnings.append(
             f"http_bind {settings.http_bind} serves the network with no token: anyone who "
             "reaches it reads the run history and callbacks' output; set auth_token, or "
@@ -160,7 +181,7 @@ def open_port_warnings(settings: Settings) -> list[str]:
     return warnings
 
 
-def _loopback(bind: str) -> bool:
+def is_loopback(bind: str) -> bool:
     """Whether ``bind`` (host:port, [v6]:port, or a unix: socket) is reachable from this host only."""
     if bind.startswith(("unix:", "unix-abstract:")):
         return True

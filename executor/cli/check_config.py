@@ -1,6 +1,6 @@
 """``cbexec serve --check-config``: check everything start-up would, print the effective settings.
 
-Start-up refuses bad TLS files, a port it cannot bind, a data dir it cannot use, a
+Start-up refuses bad TLS files (the supervisor link's too), a port it cannot bind, a data dir it cannot use, a
 damaged database, a PostgreSQL store it cannot reach, that is not migrated or whose role
 lacks a privilege the executor needs (asked, not tried), a sandbox
 setting the host cannot satisfy, a sandbox uid range another executor holds; and with
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from executor import config, data_dir, open_files, process_limit
-from executor.api import certificate_checks, security
+from executor.api import certificate_checks, security, supervisor_channel
 from executor.data_dir_lock import DataDirLock
 from executor.errors import ConfigError
 from executor.plurals import counted
@@ -188,6 +188,7 @@ def check(settings: config.Settings, out: TextIO) -> list[str]:
         print(f"  {line}", file=out)
     checks: list[tuple[str, Callable[[], str]]] = [
         ("endpoint", lambda: _endpoint(settings)),
+        ("supervisor", lambda: _supervisor(settings)),
         ("data dir", lambda: _data_dir(settings)),
         ("store", lambda: _store(settings)),
         ("sandbox", lambda: _sandbox(settings)),
@@ -211,20 +212,32 @@ def check_tls(settings: config.Settings, out: TextIO) -> list[str]:
     ``--check-config`` also takes the data dir's lock, the port and the uid range, which
     the running executor holds: it cannot check new files before the restart that
     loads them. The settings were validated when loaded (the token's length with them).
+    The supervisor link's files are checked too when it has any.
     """
-    if not settings.tls_cert:
+    link = bool(settings.supervisor and settings.supervisor_tls_ca)
+    if not settings.tls_cert and not link:
         return ["tls_cert: not set (plaintext): no TLS files to check"]
-    try:
-        security.server_credentials(settings)  # each file loads, the key the certificate's
-    except ConfigError as err:
-        return str(err).splitlines()
-    print(f"endpoint: {security.describe(settings)}", file=out)
-    for line in certificate_checks.describe(settings):
-        print(line, file=out)
-    now = datetime.datetime.now(datetime.UTC)
-    for warning in certificate_checks.warnings(settings, now):
-        print(f"  WARNING: {warning}", file=out)
-    return []
+    problems: list[str] = []
+    if settings.tls_cert:
+        try:
+            security.server_credentials(settings)  # each file loads, the key the certificate's
+        except ConfigError as err:
+            problems += str(err).splitlines()
+        else:
+            print(f"endpoint: {security.describe(settings)}", file=out)
+            for line in certificate_checks.describe(settings):
+                print(line, file=out)
+            now = datetime.datetime.now(datetime.UTC)
+            for warning in certificate_checks.warnings(settings, now):
+                print(f"  WARNING: {warning}", file=out)
+    if link:
+        try:
+            supervisor_channel.link_material(settings)
+        except ConfigError as err:
+            problems += str(err).splitlines()
+        else:
+            print(f"supervisor: {supervisor_channel.describe(settings)}", file=out)
+    return problems
 
 
 def _open_files(settings: config.Settings) -> str:
@@ -255,6 +268,14 @@ def _mail(settings: config.Settings) -> str:
     """Where mail goes; a WARNING when the relay's password would cross the network in clear."""
     found = mail.describe(settings.mail_settings)
     return "\n".join([found, *(f"  WARNING: {w}" for w in mail.login_warnings(settings.mail))])
+
+
+def _supervisor(settings: config.Settings) -> str:
+    """Where the supervisor is, how its link is secured (its files loaded), and a plaintext one's WARNING."""
+    if settings.supervisor:
+        supervisor_channel.link_material(settings)
+    warnings = "".join(f"\n  WARNING: {w}" for w in supervisor_channel.link_warnings(settings))
+    return f"{supervisor_channel.describe(settings)}{warnings}"
 
 
 def _endpoint(settings: config.Settings) -> str:

@@ -56,9 +56,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument(
         "--check-tls",
         action="store_true",
-        help="validate only the TLS files (tls_cert, tls_key, tls_client_ca) and the token, "
-        "not the data dir, port or sandbox: runs beside the executor, before a restart "
-        "takes new files",
+        help="validate only the TLS files (tls_cert, tls_key, tls_client_ca, and the "
+        "supervisor_tls_* of a remote supervisor's link) and the tokens, not the data dir, "
+        "port or sandbox: runs beside the executor, before a restart takes new files",
     )
     serve.set_defaults(handler=_serve)
 

@@ -7,7 +7,8 @@ history shows what was applied), and recording what each JobInfo asked of the ag
 ``HintIgnoringSupervisor`` answers every JobInfo with the whole agenda,
 ``NameDroppingSupervisor`` a named one without its first name,
 ``BrieflyUnavailableSupervisor`` UNAVAILABLE to the next calls it is told of; ``SupervisorEndpoint``
-serves it on one loopback port that can be stopped and started again.
+serves it on one loopback port that can be stopped and started again (in TLS, requiring a
+token, as a site's remote one may).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import grpc
 
 from supervisor_client import ReferenceSupervisor, SupervisorServicer
 from supervisor_client.qbcallback.v1 import supervisor_pb2, supervisor_pb2_grpc
+from supervisor_client.reference.security import BearerTokenCheck, add_supervisor_port
 
 
 class CountingSupervisor(SupervisorServicer):
@@ -202,12 +204,28 @@ class SupervisorEndpoint:
         *,
         max_receive_bytes: int | None = None,
         event_outbox: bool = False,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
+        client_ca: bytes | None = None,
+        token: str | None = None,
     ) -> None:
+        """With a chain and key it serves TLS (a client CA: mutual TLS); a token it requires."""
         self.store = ReferenceSupervisor(str(db), event_outbox=event_outbox)
         self.servicer = servicer(self.store)
         self.port = 0
         self.max_receive_bytes = max_receive_bytes
+        self._tls = {
+            "certificate_chain": certificate_chain,
+            "private_key": private_key,
+            "client_ca": client_ca,
+        }
+        self._token_check = BearerTokenCheck(token) if token is not None else None
         self._server: grpc.aio.Server | None = None
+
+    @property
+    def refused_tokens(self) -> int:
+        """Calls refused for their token (0 without a token)."""
+        return self._token_check.refused if self._token_check is not None else 0
 
     @property
     def address(self) -> str:
@@ -217,9 +235,10 @@ class SupervisorEndpoint:
         options = []
         if self.max_receive_bytes is not None:
             options.append(("grpc.max_receive_message_length", self.max_receive_bytes))
-        self._server = grpc.aio.server(options=options)
+        interceptors = [self._token_check] if self._token_check is not None else []
+        self._server = grpc.aio.server(options=options, interceptors=interceptors)
         supervisor_pb2_grpc.add_SupervisorServiceServicer_to_server(self.servicer, self._server)
-        bound = self._server.add_insecure_port(f"127.0.0.1:{self.port}")
+        bound = add_supervisor_port(self._server, f"127.0.0.1:{self.port}", **self._tls)
         assert bound and (self.port in (0, bound)), "could not rebind the supervisor's port"
         self.port = bound
         await self._server.start()
