@@ -252,19 +252,20 @@ class Settings:
     outbox_max_bytes: int = 1 * GIB
     # What registrations may take triggers.db to (its pages in use): past it RegisterJob
     # is refused RESOURCE_EXHAUSTED until jobs are removed; events are never refused.
-    # Room for ~0.8 GB of event ids (event_id_max_count) and ~230 jobs of 14 MB besides.
+    # Room for ~0.9 GB of event ids (event_id_max_count) and ~230 jobs of 14 MB besides.
     triggers_max_bytes: int = 4 * GIB
     # The trigger engine's journal (cbexec triggers why) keeps this many entries per
     # callback (per work item of a {work} callback)...
     trigger_journal_entries: int = 20
     # ...none older than this many days.
     trigger_journal_days: float = 7.0
-    # A published event's event_id is remembered this many hours (a repeat within them is
-    # ignored), then forgotten within about a minute: a publisher's resend after an outage
-    # of a day or two is still a repeat, and triggers.db does not keep every id for ever.
+    # A published event's event_id is remembered this many hours (a repeat of its event
+    # within them is ignored, another event under it refused), then forgotten within
+    # about a minute: a publisher's resend after an outage of a day or two is still a
+    # repeat, and triggers.db does not keep every id for ever.
     event_id_retention_hours: float = 72.0
     # ...and at most this many ids are (the oldest forgotten first, with a WARNING): about
-    # 0.8 GB of triggers.db whatever their length (event_ids.SQLITE_BYTES_PER_ID). The
+    # 0.9 GB of triggers.db whatever their length (event_ids.SQLITE_BYTES_PER_ID). The
     # farm's work verbs publish an event per frame changed, so age alone let a callback's
     # loop keep ~25 GB of ids an hour (probe 75).
     event_id_max_count: int = 10_000_000

@@ -4,6 +4,7 @@ ExecutorError
  +-- InvalidRequestError      the request is malformed or asks for more than the caps
  +-- NotFoundError            the request names something the executor does not have
  +-- AlreadyExistsError       the request's id already names something else (another run)
+ |    +-- EventIdReusedError  an event_id an earlier, different event was applied under
  +-- ChangedMeanwhileError    what the request continues changed since it began: start over
  +-- TakenOverError           another run of the invocation id took over (a fleet's stalled run)
  +-- PermissionDeniedError    the caller's Qube user may not do what it asks (the farm)
@@ -34,6 +35,19 @@ class NotFoundError(ExecutorError):
 
 class AlreadyExistsError(ExecutorError):
     """The request's idempotency key already names a different thing (another run)."""
+
+
+class EventIdReusedError(AlreadyExistsError):
+    """An event published under an event_id an earlier, different event was applied under.
+
+    Attributes:
+        index: The event's place among the events applied together (a PublishEvents
+            call's ``events[i]``).
+    """
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 class ChangedMeanwhileError(ExecutorError):

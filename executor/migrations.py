@@ -78,7 +78,7 @@ CREATE TABLE IF NOT EXISTS fleet_versions (
 def _steps() -> list[str]:
     """Migration steps, oldest first; step n brings a database to version n."""
     from executor.runs import history, history_size, invocation_ids, outbox
-    from executor.triggers import decided_firings, event_ids, states, store
+    from executor.triggers import decided_firings, event_id_reuse, event_ids, states, store
 
     return [
         pg_ddl(
@@ -127,6 +127,12 @@ def _steps() -> list[str]:
         # text: an id of 1024 characters took ~3.6 KB. The ids remembered are keyed here (a
         # database made at an earlier version by this code keys them already).
         event_ids.PG_REKEY,
+        # Each remembered event id's event's fingerprint (event_id_reuse.py): another event
+        # under an id already used is refused, not answered as its repeat. The ids kept
+        # before, and those a replica of an earlier version inserts until it is restarted,
+        # have none: unknown, taken for the same event. (A database made at an earlier
+        # version by this code has the column already.)
+        event_id_reuse.PG_COLUMN,
     ]
 
 

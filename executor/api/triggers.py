@@ -11,7 +11,7 @@ from google.protobuf.message import Message
 from executor.api import convert, convert_status, explanations
 from executor.api.errors import Context, grpc_errors
 from executor.api.struct_values import job_dict
-from executor.errors import InvalidRequestError
+from executor.errors import EventIdReusedError, InvalidRequestError
 from executor.triggers.engine import TriggerEngine
 from executor.triggers.snapshots import MOST_READERS
 from executor.triggers.store import TriggerStore
@@ -123,7 +123,10 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
                 events.append(convert.event_from_request(one))
             except InvalidRequestError as err:
                 raise InvalidRequestError(f"events[{index}]: {err}") from err
-        applied = await self._engine.publish_many(events)
+        try:
+            applied = await self._engine.publish_many(events)
+        except EventIdReusedError as err:  # all or none: named as its other refusals are
+            raise EventIdReusedError(f"events[{err.index}]: {err}", err.index) from err
         return executor_pb2.PublishEventsResponse(
             results=[
                 executor_pb2.PublishEventResponse(

@@ -48,7 +48,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
@@ -56,7 +56,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from executor import triggers
-from executor.errors import InvalidRequestError, NotFoundError, UnavailableError
+from executor.errors import (
+    EventIdReusedError,
+    InvalidRequestError,
+    NotFoundError,
+    UnavailableError,
+)
 from executor.model import CallbackSpec, Event, Invocation, Limits, RunResult
 from executor.plurals import counted
 from executor.policies import JOB, UNIVERSAL, Policy, PolicySet, language_refusal, not_configured
@@ -66,6 +71,7 @@ from executor.supervisor_link import SupervisorReachability
 from executor.triggers import (
     checks,
     decided_firings,
+    event_id_reuse,
     event_ids,
     group_reads,
     items,
@@ -963,23 +969,40 @@ class TriggerEngine:
         with self._store.transaction() as db:
             TriggerStore.submissions_take_turns(db, [event])  # first: before any row lock
             deferred = DeferredWrites(self._journal)
-            applied = self._apply_in(db, event, deferred)
+            applied = self._apply_in(db, event, deferred, event_id_reuse.FirstUses(), 0)
             deferred.flush(db)
         self._count(*applied)
         return applied
 
-    def _apply_in(self, db: Db, event: Event, deferred: DeferredWrites) -> tuple[Decision, bool]:
+    def _apply_in(
+        self,
+        db: Db,
+        event: Event,
+        deferred: DeferredWrites,
+        firsts: event_id_reuse.FirstUses,
+        index: int,
+    ) -> tuple[Decision, bool]:
         """One event's part of a transaction: its id checked, its decisions made.
 
         Its journal entries and states wait in ``deferred`` for the caller's ``flush``.
+        ``firsts``: the transaction's first uses of ids so far, of which this event is the
+        ``index``-th. EventIdReusedError when its id was first used for another event.
         """
         batch = uuid.uuid4().hex
         # The near misses in the job's pgrp are read with the event's id (names, type and
         # extras are the event's own; the job's place only adds scopes).
         near = near_misses.in_pgrp_subquery(event_keys(event, None), "j.pgrp", MAX_NEAR_MISSES)
-        sighting = TriggerStore.sighting(db, event.event_id, event.job_id, near)
+        sighting = TriggerStore.sighting(
+            db,
+            event.event_id,
+            event.job_id,
+            near,
+            event_id_reuse.fingerprint(event) if event.event_id else None,
+        )
         if not sighting.first:
+            firsts.check_repeat(db, index, event, sighting.earlier)
             return Decision(), True
+        firsts.add(index, event)
         decision = self._decide(
             db,
             event,
@@ -1016,7 +1039,11 @@ class TriggerEngine:
                 if self._store.fleet:
                     return self._apply_set_based(db, events)
                 deferred = DeferredWrites(self._journal)
-                applied = [self._apply_in(db, event, deferred) for event in events]
+                firsts = event_id_reuse.FirstUses()
+                applied = [
+                    self._apply_in(db, event, deferred, firsts, index)
+                    for index, event in enumerate(events)
+                ]
                 deferred.flush(db)
                 return applied
 
@@ -1035,22 +1062,35 @@ class TriggerEngine:
         TriggerStore.submissions_take_turns(db, events)
         applied: list[tuple[Decision, bool]] = []
         deferred = DeferredWrites(self._journal)
+        firsts = event_id_reuse.FirstUses()
         start = 0
         while start < len(events):
             end = start
             while end < len(events) - 1 and not _removes_job(events[end]):
                 end += 1
-            applied += self._apply_segment(db, events[start : end + 1], deferred)
+            applied += self._apply_segment(db, events[start : end + 1], deferred, firsts, start)
             start = end + 1
         self._prune(db)
         return applied
 
     def _apply_segment(
-        self, db: Db, events: Sequence[Event], deferred: DeferredWrites
+        self,
+        db: Db,
+        events: Sequence[Event],
+        deferred: DeferredWrites,
+        firsts: event_id_reuse.FirstUses,
+        offset: int,
     ) -> list[tuple[Decision, bool]]:
-        """``_apply_set_based``'s events up to and including a ``removed`` job's, if any."""
+        """``_apply_set_based``'s events up to and including a ``removed`` job's, if any.
+
+        ``offset``: the place of the segment's first event among the transaction's.
+        """
         found = group_reads.sightings(
-            db, events, [_key_parts(event_keys(event, None)) for event in events], MAX_NEAR_MISSES
+            db,
+            events,
+            [_key_parts(event_keys(event, None)) for event in events],
+            MAX_NEAR_MISSES,
+            [event_id_reuse.fingerprint(event) if event.event_id else b"" for event in events],
         )
         keys = [
             event_keys(event, seen.place) if seen.first else []
@@ -1062,10 +1102,12 @@ class TriggerEngine:
             db, _work_items(events, keys, hits_by_key, callbacks)
         )
         applied: list[tuple[Decision, bool]] = []
-        for event, seen in zip(events, found, strict=True):
+        for index, (event, seen) in enumerate(zip(events, found, strict=True), offset):
             if not seen.first:
+                firsts.check_repeat(db, index, event, seen.earlier)
                 applied.append((Decision(), True))
                 continue
+            firsts.add(index, event)
             decision = self._decide(
                 db,
                 event,
@@ -1108,10 +1150,13 @@ class TriggerEngine:
 
         Raises:
             UnavailableError: the engine is closing (nothing was applied).
+            EventIdReusedError: an event's id was first used for another event (nothing
+                was applied); its ``index`` is the event's in ``events``.
         """
         if self._firings.closed:
             raise UnavailableError("the trigger engine is stopping; publish the events again")
-        applied = await self._group.submit(events, self._applied)
+        with _reuse_logged():
+            applied = await self._group.submit(events, self._applied)
         return [(decision.fired, duplicate) for decision, duplicate in applied]
 
     def _prune(self, db: Db) -> None:
@@ -1145,7 +1190,8 @@ class TriggerEngine:
                 return self._decide(
                     db, event, "", dry=True, place=TriggerStore.place_in(db, event.job_id)
                 )
-        decision, _ = self._apply(event)
+        with _reuse_logged():
+            decision, _ = self._apply(event)
         self._firings.add(decision.firings)
         return decision
 
@@ -1161,6 +1207,7 @@ class TriggerEngine:
         Raises:
             UnavailableError: the engine is closing (the event was not applied, unless it
                 was while a ``wait`` publisher waited: its firings then run at restart).
+            EventIdReusedError: its id was first used for another event (not applied).
         """
         if self._firings.closed:
             raise UnavailableError("the trigger engine is stopping; publish the event again")
@@ -1173,7 +1220,8 @@ class TriggerEngine:
             return decision, duplicate, self._firings.add(decision.firings, wait=wait)
 
         # Group commit: the transaction holds the events of every call that came meanwhile.
-        decision, duplicate, futures = await self._group.submit([event], queued)
+        with _reuse_logged():
+            decision, duplicate, futures = await self._group.submit([event], queued)
         if not wait:
             return decision.fired, duplicate
         if duplicate:
@@ -1648,3 +1696,13 @@ class TriggerEngine:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         await self._firings.close()
+
+
+@contextlib.contextmanager
+def _reuse_logged() -> Iterator[None]:
+    """Log an event refused for its reused id at WARNING (a publisher's bug, else unseen)."""
+    try:
+        yield
+    except EventIdReusedError as err:
+        logger.warning("%s", err)
+        raise

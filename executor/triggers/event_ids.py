@@ -11,8 +11,9 @@ its event was applied, then forgotten: a repeat after that is a new event.
 The row holds the id's ``key`` (16 bytes of its SHA-256), not its text: an id of the
 allowed 1024 characters took ~6 KB of ``triggers.db`` as text (the table's row and the
 unique index's entry each in overflow pages), 60 GB at the default ``max_count`` (probe
-111); keyed, any id takes ~80 bytes. Nothing reads an id back from here: the journal and
-the firings keep the events they name whole.
+111); keyed, any id takes ~90 bytes, with its event's fingerprint (event_id_reuse.py: a
+repeat of the id for another event is refused). Nothing reads an id back from here: the
+journal and the firings keep the events they name whole.
 
 The pruning runs at start and every ``PRUNE_EVERY_S`` off the event path: on a thread,
 in batches of ``PRUNE_BATCH`` rows, each a transaction of its own, with a pause three
@@ -94,12 +95,13 @@ PG_KEY_SQL: Final = f"substring(sha256(convert_to({{column}}, 'UTF8')) FROM 1 FO
 # About what an id takes of the store whatever its length (its row and two index entries,
 # the key's and the age's), as the README says: measured on the 2-core dev machine over
 # 1M ids, 81 bytes of triggers.db; over 500,000, 146 bytes of PostgreSQL's table and
-# indexes. With the text as the key it was 122 bytes for a uuid and 6.1 KB (SQLite) /
+# indexes; with its event's 8-byte fingerprint (event_id_reuse.py), over 500,000, 90 and
+# 152 bytes. With the text as the key it was 122 bytes for a uuid and 6.1 KB (SQLite) /
 # 3.6 KB (PostgreSQL) for an id of the allowed 1024 characters (overflow pages, the
 # text twice). An event that fired callbacks also keeps what it fired with its key
 # (decided_firings.py), as many bytes as its firings' names.
-SQLITE_BYTES_PER_ID: Final = 80
-PG_BYTES_PER_ID: Final = 150
+SQLITE_BYTES_PER_ID: Final = 90
+PG_BYTES_PER_ID: Final = 155
 
 # A store that kept the ids' text (before 2026-12-06) keeps their keys instead from its
 # first start on this version (SQLite) or ``cbexec store migrate``'s step 12
@@ -109,7 +111,8 @@ _SQLITE_REKEY: Final = """
 CREATE TABLE seen_events_keyed (
     id_key BLOB PRIMARY KEY,
     seen_at REAL NOT NULL,
-    fired_json TEXT NOT NULL DEFAULT ''
+    fired_json TEXT NOT NULL DEFAULT '',
+    fingerprint BLOB
 );
 INSERT OR IGNORE INTO seen_events_keyed (rowid, id_key, seen_at, fired_json)
     SELECT rowid, cbexec_id_key(CAST(event_id AS BLOB)), seen_at, fired_json FROM seen_events;
@@ -189,7 +192,7 @@ def rekey_sqlite(db: sqlite3.Connection) -> int:
 # How long an id is remembered unless told (``event_id_retention_hours``): a publisher's
 # resend after an outage of a day or two still finds it.
 DEFAULT_RETENTION_S: Final = 72 * 3600.0
-# The most ids remembered unless told (``event_id_max_count``): about 0.8 GB of
+# The most ids remembered unless told (``event_id_max_count``): about 0.9 GB of
 # triggers.db (``SQLITE_BYTES_PER_ID`` each), ~46 h of a steady 60 events/s, the 72 h of
 # 38 events/s.
 DEFAULT_MAX_COUNT: Final = 10_000_000

@@ -4,9 +4,10 @@ Read event by event, a group of 50 events costs ~150 round trips to a server tha
 a fleet, is on another machine (or, on a small box, shares its cores). Here each kind
 of read is one statement for the whole group, whatever its size:
 
-* ``sightings``: every event id's key (event_ids.py) recorded at once (``INSERT ... ON
-  CONFLICT DO NOTHING RETURNING``; an id seen before, or earlier in the group, is a
-  repeat), with each event's job's place and the near misses in its pgrp
+* ``sightings``: every event id's key (event_ids.py) recorded at once, with its event's
+  fingerprint (event_id_reuse.py; ``INSERT ... ON CONFLICT DO NOTHING RETURNING``; an id
+  seen before, or earlier in the group, is a repeat, whose kept fingerprint is read
+  with it), with each event's job's place and the near misses in its pgrp
   (``near_misses``' lookup, per event, through a ``LATERAL`` subquery, an index lookup
   per atom as there).
 * ``matching``: the atoms under every key of every event, with their callbacks, locked
@@ -44,29 +45,39 @@ class GroupSighting:
     ``near`` holds the unresolved label atoms of the job's pgrp under the event's name,
     type and extras (as ``near_misses.in_pgrp_subquery`` reads them), ``near_elsewhere``
     those of other pgrps naming the job's label (``near_misses.unresolved_elsewhere``;
-    None when the job has no label).
+    None when the job has no label). ``earlier``: a repeat's fingerprint as kept before
+    the group (b"" when unknown); None when the id is new, first seen earlier in the
+    group, or committed by another transaction after the statement began.
     """
 
     first: bool
     place: JobPlace | None
     near: list[Any] | None
     near_elsewhere: list[Any] | None = None
+    earlier: bytes | None = None
 
 
 def sightings(
-    db: Db, events: Sequence[Event], keys_of: Sequence[tuple[str, list[str], list[str]]], limit: int
+    db: Db,
+    events: Sequence[Event],
+    keys_of: Sequence[tuple[str, list[str], list[str]]],
+    limit: int,
+    fingerprints: Sequence[bytes],
 ) -> list[GroupSighting]:
     """Record the events' ids and read their jobs' places and pgrps' near misses, at once.
 
     ``keys_of``: per event, the type, names and extras of its keys (``event_keys`` of the
-    event without a place: a place adds scopes only). An id that occurs twice in
-    ``events`` is new at most at its first occurrence, as if the events came one by one.
+    event without a place: a place adds scopes only); ``fingerprints``: per event, its
+    ``event_id_reuse.fingerprint``, kept with its id. An id that occurs twice in
+    ``events`` is new at most at its first occurrence, as if the events came one by one
+    (the fingerprint kept is that one's).
     """
     rows = [
         {
             "n": n,
             # The id's key (event_ids.key), in hex: a JSON string; '' for no id.
             "id_key": event_ids.key(e.event_id).hex() if e.event_id else "",
+            "fp": fingerprints[n].hex(),
             "job_id": e.job_id,
             "type": t,
             "names": ns,
@@ -75,11 +86,13 @@ def sightings(
         for n, (e, (t, ns, xs)) in enumerate(zip(events, keys_of, strict=True))
     ]
     found = db.execute(
-        "WITH e AS (SELECT * FROM json_to_recordset(?::json) AS e(n int, id_key text,"  # noqa: S608 - a fragment of ours
+        "WITH e AS (SELECT * FROM json_to_recordset(?::json) AS e(n int, id_key text, fp text,"  # noqa: S608 - a fragment of ours
         " job_id bigint, type text, names text[], extras text[])),"
-        " seen AS (INSERT INTO seen_events (id_key, seen_at)"
-        " SELECT DISTINCT decode(id_key, 'hex'), ?::double precision FROM e WHERE id_key != ''"
-        " ORDER BY 1 ON CONFLICT DO NOTHING RETURNING id_key)"
+        " seen AS (INSERT INTO seen_events (id_key, seen_at, fingerprint)"
+        " SELECT DISTINCT ON (decode(id_key, 'hex')) decode(id_key, 'hex'),"
+        " ?::double precision, decode(fp, 'hex') FROM e WHERE id_key != ''"
+        # In the keys' order, as before; of an id twice, its first event's fingerprint.
+        " ORDER BY decode(id_key, 'hex'), n ON CONFLICT DO NOTHING RETURNING id_key)"
         " SELECT e.n, decode(e.id_key, 'hex') IN (SELECT id_key FROM seen) AS new, j.pgrp,"
         " j.label,"
         " CASE WHEN j.job_id IS NULL THEN NULL ELSE (SELECT coalesce(json_agg(json_build_array("
@@ -91,7 +104,11 @@ def sightings(
         "json_build_array(a.callback_rowid, a.slot, a.pgrp, a.label, a.name, a.extra)), '[]')"
         " FROM (SELECT * FROM atoms a WHERE a.label = j.label AND a.pgrp != j.pgrp"
         " AND a.type = e.type AND a.name = ANY(e.names) AND a.extra = ANY(e.extras)"
-        f" AND a.label != '' AND {UNRESOLVED} LIMIT ?) AS a) END AS near_elsewhere"
+        f" AND a.label != '' AND {UNRESOLVED} LIMIT ?) AS a) END AS near_elsewhere,"
+        # A repeat's fingerprint as kept before this statement (read for repeats only).
+        " CASE WHEN e.id_key = '' OR decode(e.id_key, 'hex') IN (SELECT id_key FROM seen)"
+        " THEN NULL ELSE (SELECT coalesce(s.fingerprint, ''::bytea) FROM seen_events s"
+        " WHERE s.id_key = decode(e.id_key, 'hex')) END AS earlier"
         # A lookup of each event's job (OFFSET 0: not a hash join over a scan of every job,
         # which the planner prefers while it takes the group for 100 events of a few jobs).
         " FROM e LEFT JOIN LATERAL (SELECT job_id, pgrp, label FROM jobs"
@@ -106,7 +123,8 @@ def sightings(
         place = None
         if row[2] is not None:
             place = JobPlace(event.job_id, pgrp=int(row[2]), label=str(row[3]))
-        result.append(GroupSighting(first, place, row[4], row[5]))
+        earlier = None if first or row[6] is None else bytes(row[6])
+        result.append(GroupSighting(first, place, row[4], row[5], earlier))
     return result
 
 

@@ -124,7 +124,8 @@ CREATE INDEX IF NOT EXISTS firings_by_callback ON firings (callback_rowid);
 CREATE TABLE IF NOT EXISTS seen_events (
     id_key BLOB PRIMARY KEY,
     seen_at REAL NOT NULL,
-    fired_json TEXT NOT NULL DEFAULT ''
+    fired_json TEXT NOT NULL DEFAULT '',
+    fingerprint BLOB
 );
 """
 # Created after the columns they index exist (a database from before them gets those first).
@@ -155,6 +156,8 @@ _ADDED_COLUMNS: Final = (
     ("jobs", "registration", "INTEGER NOT NULL DEFAULT 0"),
     # What each event fired (decided_firings.py); ids seen before read as firing nothing.
     ("seen_events", "fired_json", "TEXT NOT NULL DEFAULT ''"),
+    # Each id's event's fingerprint (event_id_reuse.py); ids seen before read as unknown.
+    ("seen_events", "fingerprint", "BLOB"),
 )
 # SQLite's stand-in for PostgreSQL's sequence ``job_registrations`` (migrations.py): the
 # last number a job's registration was given. A counter of its own, not the largest
@@ -311,11 +314,16 @@ class JobHead:
 
 @dataclass(frozen=True, slots=True)
 class Sighting:
-    """An event's first read: whether it is new (not a repeat), its job, and what else was read."""
+    """An event's first read: whether it is new (not a repeat), its job, and what else was read.
+
+    ``earlier``, for a repeat: the fingerprint kept with its id (event_id_reuse.py; b""
+    when unknown), or None when not read.
+    """
 
     first: bool
     place: JobPlace | None
     also: Any = None
+    earlier: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1057,35 +1065,53 @@ class TriggerStore:
 
     @staticmethod
     def sighting(
-        db: Db, event_id: str, job_id: int, also: tuple[str, tuple[Any, ...]] | None = None
+        db: Db,
+        event_id: str,
+        job_id: int,
+        also: tuple[str, tuple[Any, ...]] | None = None,
+        fingerprint: bytes | None = None,
     ) -> Sighting:
         """``first_sighting`` (True when there is no id) and the job's ``place``, together.
 
         On PostgreSQL one statement (one round trip): the insert is a CTE of the read,
         and ``also`` (a subquery and its parameters, over the job's row ``j``) is read
-        with them. On SQLite ``also`` is not read (None).
+        with them. On SQLite ``also`` is not read (None). A repeat's ``earlier`` is the
+        fingerprint kept with its id; on PostgreSQL None when the statement could not
+        see the row (another transaction committed it meanwhile).
         """
         if not isinstance(db, PgDb):
-            if event_id and not TriggerStore.first_sighting(db, event_id):
-                return Sighting(False, None)
+            if event_id and not TriggerStore.first_sighting(db, event_id, fingerprint):
+                row = db.execute(
+                    "SELECT fingerprint FROM seen_events WHERE id_key = ?",
+                    (event_ids.key(event_id),),
+                ).fetchone()
+                return Sighting(False, None, earlier=bytes(row[0] or b"") if row else b"")
             return Sighting(True, TriggerStore.place_in(db, job_id))
         extra_sql, extra_params = also or ("NULL", ())
+        key = event_ids.key(event_id)
         row = db.execute(
-            "WITH seen AS (INSERT INTO seen_events (id_key, seen_at) SELECT ?, ? WHERE ? != ''"  # noqa: S608 - a subquery of ours
-            " ON CONFLICT DO NOTHING RETURNING 1)"
-            f" SELECT ? = '' OR EXISTS (SELECT 1 FROM seen), j.pgrp, j.label, {extra_sql}"
+            "WITH seen AS (INSERT INTO seen_events (id_key, seen_at, fingerprint)"  # noqa: S608 - a subquery of ours
+            " SELECT ?, ?, ? WHERE ? != '' ON CONFLICT DO NOTHING RETURNING 1)"
+            f" SELECT ? = '' OR EXISTS (SELECT 1 FROM seen), j.pgrp, j.label, {extra_sql},"
+            # A repeat's fingerprint, as the statement's snapshot has it (not a new row's).
+            " (SELECT coalesce(s.fingerprint, ''::bytea) FROM seen_events s WHERE s.id_key = ?)"
             " FROM (SELECT 1) AS one LEFT JOIN jobs j ON j.job_id = ?",
-            (event_ids.key(event_id), time.time(), event_id, event_id, *extra_params, job_id),
+            (key, time.time(), fingerprint, event_id, event_id, *extra_params, key, job_id),
         ).fetchone()
         place = None if row[1] is None else JobPlace(job_id, pgrp=int(row[1]), label=str(row[2]))
-        return Sighting(bool(row[0]), place, row[3] if also else None)
+        earlier = None if row[0] or row[4] is None else bytes(row[4])
+        return Sighting(bool(row[0]), place, row[3] if also else None, earlier)
 
     @staticmethod
-    def first_sighting(db: Db, event_id: str) -> bool:
-        """Record an event id (its ``event_ids.key``); False when it had been seen (a repeat)."""
+    def first_sighting(db: Db, event_id: str, fingerprint: bytes | None = None) -> bool:
+        """Record an event id (its ``event_ids.key``) with its event's ``fingerprint``.
+
+        False when it had been seen (a repeat).
+        """
         cursor = db.execute(
-            "INSERT INTO seen_events (id_key, seen_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
-            (event_ids.key(event_id), time.time()),
+            "INSERT INTO seen_events (id_key, seen_at, fingerprint) VALUES (?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
+            (event_ids.key(event_id), time.time(), fingerprint),
         )
         return bool(cursor.rowcount == 1)
 

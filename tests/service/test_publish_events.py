@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import grpc
 import pytest
 
-from supervisor_client import InvalidRequestError
+from supervisor_client import ExecutorRpcError, InvalidRequestError
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack
 from tests.helpers.waiting import eventually
@@ -61,3 +62,34 @@ async def test_a_batch_cannot_wait_and_has_a_size_limit(stack_warm: Stack) -> No
         await client.publish_events([event, {**event, "wait": True}])
     with pytest.raises(InvalidRequestError, match="at most 1000"):
         await client.publish_events([event] * 1001)
+
+
+async def test_an_id_reused_for_another_event_is_already_exists_naming_the_event(
+    stack_warm: Stack,
+) -> None:
+    # It was answered duplicate with the first event's firings, the second dropped (probe 116).
+    client = stack_warm.client
+    event = {"name": "complete", "type": "job"}
+    first = await client.publish_event(name="complete", type="job", job_id=35, event_id="reused")
+    assert not first.duplicate
+    with pytest.raises(ExecutorRpcError) as refused:
+        await client.publish_event(name="complete", type="job", job_id=36, event_id="reused")
+    assert refused.value.code == grpc.StatusCode.ALREADY_EXISTS
+    assert refused.value.details == (
+        "event_id 'reused' was first used for another event (it fired nothing; only a"
+        " fingerprint of it is kept), not for complete-job-36; an event_id names one event"
+        " (a resend of it is a repeat): publish this one under a new event_id"
+    )
+    with pytest.raises(ExecutorRpcError) as refused:
+        await client.publish_events(
+            [
+                {**event, "job_id": 37, "event_id": "b"},
+                {**event, "job_id": 35, "event_id": "reused"},
+                {**event, "job_id": 37, "event_id": "reused"},
+            ]
+        )
+    assert refused.value.code == grpc.StatusCode.ALREADY_EXISTS
+    assert refused.value.details.startswith("events[2]: event_id 'reused' was first used")
+    # All or none: the batch's first event was not applied.
+    again = await client.publish_events([{**event, "job_id": 37, "event_id": "b"}])
+    assert [r.duplicate for r in again.results] == [False]

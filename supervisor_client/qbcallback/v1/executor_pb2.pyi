@@ -784,9 +784,12 @@ class PublishEventRequest(_message.Message):
     dropped from job events.
     """
     event_id: _builtins.str
-    """Idempotency key: a repeated event_id is acknowledged and ignored (it
-    decides nothing again), within event_id_retention_hours while it is among
-    the newest event_id_max_count ids.
+    """Idempotency key: the same event repeated under its event_id is acknowledged
+    and ignored (it decides nothing again), within event_id_retention_hours while
+    it is among the newest event_id_max_count ids. Another event (name, type,
+    job_id, work_name, subjob_id or host differ) under an event_id already used
+    is refused ALREADY_EXISTS, naming the id and what its first event fired:
+    publish it under a new event_id.
     """
     wait: _builtins.bool
     """Answer only after the fired callbacks have run (their results inline). A
@@ -970,7 +973,8 @@ class PublishEventResponse(_message.Message):
     FIRED_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
     duplicate: _builtins.bool
-    """True when event_id had been seen before (nothing was decided again).
+    """True when event_id had been seen before for this same event (nothing was
+    decided again).
     Without wait, fired is then empty; with wait, it lists what the event fired
     when first applied (same invocation ids), each with its result once run (no
     result for a run the history does not have 30 s after it ended).

@@ -195,7 +195,8 @@ class TriggerServiceServicer:
         what a busy scheduler sends instead of one PublishEvent per transition. An
         event may not ask to `wait`. All are applied, or none (the call's error says
         why, naming the event as "events[i]: "; sending it again is safe, each
-        event_id is applied once).
+        event_id is applied once). An event whose event_id was first used for
+        another event refuses the call ALREADY_EXISTS so.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

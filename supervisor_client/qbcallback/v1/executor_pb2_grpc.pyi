@@ -85,7 +85,8 @@ class TriggerServiceStub:
     what a busy scheduler sends instead of one PublishEvent per transition. An
     event may not ask to `wait`. All are applied, or none (the call's error says
     why, naming the event as "events[i]: "; sending it again is safe, each
-    event_id is applied once).
+    event_id is applied once). An event whose event_id was first used for
+    another event refuses the call ALREADY_EXISTS so.
     """
     DryRun: _aio.UnaryUnaryMultiCallable[_executor_pb2.DryRunRequest, _executor_pb2.DryRunResponse]
     """What an event would fire, without running anything or touching latches."""
@@ -146,7 +147,8 @@ class TriggerServiceServicer(metaclass=_abc_1.ABCMeta):
         what a busy scheduler sends instead of one PublishEvent per transition. An
         event may not ask to `wait`. All are applied, or none (the call's error says
         why, naming the event as "events[i]: "; sending it again is safe, each
-        event_id is applied once).
+        event_id is applied once). An event whose event_id was first used for
+        another event refuses the call ALREADY_EXISTS so.
         """
 
     @_abc_1.abstractmethod
