@@ -18,7 +18,7 @@ import pytest
 
 from executor.model import Event
 from executor.sql import Db
-from executor.triggers import group_reads, near_misses
+from executor.triggers import event_id_reuse, group_reads, near_misses
 from executor.triggers.decide import MAX_NEAR_MISSES
 from executor.triggers.engine import TriggerEngine
 from executor.triggers.evaluate import event_keys
@@ -82,7 +82,10 @@ def test_a_groups_near_miss_reads_are_index_lookups(store: TriggerStore) -> None
     parts = (KEYS[0].type, sorted({k.name for k in KEYS}), sorted({k.extra for k in KEYS}))
 
     read, found = jobs_read(
-        store, lambda db: group_reads.sightings(db, [EVENT], [parts], MAX_NEAR_MISSES)
+        store,
+        lambda db: group_reads.sightings(
+            db, [EVENT], [parts], MAX_NEAR_MISSES, [event_id_reuse.fingerprint(EVENT)]
+        ),
     )
 
     assert read <= BOUND
