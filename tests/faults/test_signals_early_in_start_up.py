@@ -144,8 +144,11 @@ async def test_a_sighup_as_the_executor_imports_is_a_reload_once_up(tmp_path: Pa
 async def test_a_ctrl_c_as_a_client_command_starts_is_one_interrupt(tmp_path: Path) -> None:
     # A command that is no service: a Ctrl-C while its parser's modules import ends it,
     # 130 as a shell reports it, with no traceback.
+    # As a terminal's Ctrl-C finds it: a process started in the background (a CI job's
+    # `cmd &`) inherits SIGINT ignored, and Python then leaves it so.
     code = """
 import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import executor.cli as cli
 real = cli.build_parser
 def build_parser():
