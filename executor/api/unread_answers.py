@@ -1,0 +1,112 @@
+"""What the answers gRPC holds until their clients have read them may total, per connection and in all.
+
+gRPC keeps each answer whole until its client has read it (HTTP/2 flow control), and
+holds it about three times over (the message, its serialized bytes, the transport's
+copy): a client that sent 80 Execute calls on one connection and never opened its
+window held ~98 MB per 32 MiB answer and had the executor killed for memory, and 70
+GetRun calls of one big run did the same with no slot used (probe 111). So ``CallGuard``
+counts each answer of ``COUNTED_ANSWER_BYTES`` or more from when it is made until its
+call has ended (sent, or its connection gone), by connection (``context.peer()``), and:
+
+- a call of a method whose answer can be MiBs (``BIG_ANSWER_METHODS``) is refused
+  RESOURCE_EXHAUSTED, before it runs, while the answers counted total ``max_bytes`` or
+  more, or its own connection's reach its share (a ``CONNECTION_SHARE``-th of it): one
+  connection cannot take the whole of it, others go on;
+- the same check is made again just before the answer's work starts (an Execute's
+  callback, once it has a slot; a GetRun, once it has its turn, ``runs.py``): calls that
+  arrived together all pass the first, before any of their answers existed. A call
+  refused there ran nothing; one past it (a callback started) is answered whatever the
+  count then, so the bound is passed by the answers of the calls under way at most.
+
+Answers smaller than ``COUNTED_ANSWER_BYTES`` are not counted (a callback per call for
+them would cost every small call): a connection's ``max_streams`` of them hold ~190 MiB
+at most.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable
+from typing import Final
+
+from executor.errors import CapacityError
+
+# Answers of at least this many bytes (their ByteSize) are counted while unread.
+COUNTED_ANSWER_BYTES: Final = 64 << 10
+# A connection's answers may hold this fraction of the bound (1/4).
+CONNECTION_SHARE: Final = 4
+# Methods whose answer can be MiBs: an Execute's output, a GetRun's run. The others
+# answer KiBs (ListRuns lists no output) or are bounded by what their request holds.
+BIG_ANSWER_METHODS: Final = (
+    "/qbcallback.v1.CallbackExecutorService/Execute",
+    "/qbcallback.v1.RunService/GetRun",
+)
+# A refused caller may ask again this soon: answers read are let go of at once.
+RETRY_AFTER_S: Final = 1.0
+_MIB: Final = 1 << 20
+
+# The current call's check (set by CallGuard for BIG_ANSWER_METHODS): raises CapacityError
+# when its connection, or the executor, holds its share of unread answers.
+answer_room: Final = contextvars.ContextVar[Callable[[], None] | None]("answer_room", default=None)
+
+
+def check_answer_room() -> None:
+    """Raise CapacityError if the current call's answer may not be made now (see the module doc)."""
+    check = answer_room.get()
+    if check is not None:
+        check()
+
+
+class UnreadAnswers:
+    """The bytes of answers made and not yet read, by connection; the refusals past them."""
+
+    def __init__(self, max_bytes: int, share: int = CONNECTION_SHARE) -> None:
+        self.max_bytes = max_bytes
+        self.connection_bytes = max(1, max_bytes // share)
+        self.held_bytes = 0
+        self._by_peer: dict[str, int] = {}
+
+    def refusal(self, peer: str) -> str:
+        """Why a big answer may not be made for a call from ``peer`` now; "" when it may."""
+        own = self._by_peer.get(peer, 0)
+        if own >= self.connection_bytes:
+            return (
+                f"this connection holds {_mib(own)} of answers its client has not read, its"
+                f" share of unread_answers_max_bytes ({_mib(self.connection_bytes)} of"
+                f" {_mib(self.max_bytes)}): read them, or retry later"
+            )
+        if self.held_bytes >= self.max_bytes:
+            return (
+                f"the executor holds {_mib(self.held_bytes)} of answers their clients have"
+                f" not read, unread_answers_max_bytes ({_mib(self.max_bytes)}); retry later"
+            )
+        return ""
+
+    def check(self, peer: str) -> None:
+        """CapacityError (RESOURCE_EXHAUSTED, retryable) when ``refusal`` says why."""
+        if why := self.refusal(peer):
+            raise CapacityError(why, RETRY_AFTER_S)
+
+    def hold(self, peer: str, size: int) -> Callable[[], None]:
+        """Count ``size`` bytes of ``peer``'s; the function returned lets go of them (once)."""
+        self.held_bytes += size
+        self._by_peer[peer] = self._by_peer.get(peer, 0) + size
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            self.held_bytes -= size
+            left = self._by_peer[peer] - size
+            if left:
+                self._by_peer[peer] = left
+            else:
+                del self._by_peer[peer]
+
+        return release
+
+
+def _mib(size: int) -> str:
+    return f"{size / _MIB:.1f} MiB"
