@@ -172,7 +172,7 @@ class Settings:
     # sent (gRPC holds each about three times over until it is read): past it, or past a
     # connection's quarter of it, Execute and GetRun are refused RESOURCE_EXHAUSTED
     # (api/unread_answers.py). 80 unread 32 MiB answers had the executor killed for memory.
-    unread_answers_max_bytes: int = 512 * MIB
+    unread_answers_max_bytes: int = 256 * MIB
     # The gRPC port's connections (api/connections.py): at most this many at once (a further
     # one is closed as it comes), each with at most max_streams calls open at once (a client
     # queues most of the rest until one ends). gRPC counts a connection from accept, before

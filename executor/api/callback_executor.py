@@ -133,14 +133,14 @@ def _with_answer_room(gate: IdGate | None) -> Callable[[], None] | None:
 
     Calls sent together all pass that check at the door, before any of their answers
     exist: so it is made again as the callback is about to start, when a run refused
-    has run nothing and is not recorded.
+    has run nothing and is not recorded (waiting there would hold the slot).
     """
     room = answer_room.get()
     if room is None:
         return gate
 
     def checked() -> None:
-        room()
+        room.check()
         if gate is not None:
             gate()
 

@@ -46,6 +46,7 @@ from executor.api.unread_answers import (
     BIG_ANSWER_METHODS,
     COUNTED_ANSWER_BYTES,
     RETRY_AFTER_S,
+    AnswerRoom,
     UnreadAnswers,
     answer_room,
 )
@@ -389,7 +390,7 @@ async def _admit_big_answer(
         context.set_trailing_metadata((("retry-after-s", f"{RETRY_AFTER_S:g}"),))
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, why)
     # Checked again just before the answer's work starts (unread_answers.py).
-    answer_room.set(lambda: unread.check(peer))
+    answer_room.set(AnswerRoom(unread, peer))
 
 
 def _follow_answer(

@@ -13,8 +13,8 @@ GetRun answers with a whole run, up to 2 x 16 MiB of output, read and made into 
 message in ~0.25 s of the loop: 20 at once held another user's Execute 7.4 s, and each
 answer is held until read (probe 111). So GetRuns take turns, ``GET_RUNS_AT_ONCE`` at a
 time (as the dashboard's whole streams, ``web/stream_gate.py``), the others waiting
-within their deadline; and, its turn come, one whose connection (or the executor) holds
-its share of unread answers is refused (``unread_answers.py``).
+within their deadline; and one whose connection (or the executor) holds its share of
+unread answers waits, before its turn, until they have been read (``unread_answers.py``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Final
 
 from executor.api import convert, convert_status
 from executor.api.errors import Context, grpc_errors
-from executor.api.unread_answers import check_answer_room
+from executor.api.unread_answers import answer_room
 from executor.errors import InvalidRequestError, NotFoundError
 from executor.model import Language
 from executor.runs.paging import RunFilters, decode_page_token, encode_page_token
@@ -92,9 +92,13 @@ class RunServicer(executor_pb2_grpc.RunServiceServicer):
         """
         # Looked up as a key: a NUL no stored id holds is refused as it would be stored.
         wanted = convert.check_text("invocation_id", request.invocation_id)
-        async with self._get_run_turns:
-            check_answer_room()  # the answers made while this one waited count now
-            return await self._get_run(wanted)
+        room = answer_room.get()
+        while True:
+            if room is not None:  # answers made since the call came count now
+                await room.wait()
+            async with self._get_run_turns:
+                if room is None or room.free():  # none made while this one took its turn
+                    return await self._get_run(wanted)
 
     async def _get_run(self, wanted: str) -> executor_pb2.GetRunResponse:
         """GetRun's answer: the run of id ``wanted``, else of the one id it starts."""

@@ -12,11 +12,15 @@ call has ended (sent, or its connection gone), by connection (``context.peer()``
   RESOURCE_EXHAUSTED, before it runs, while the answers counted total ``max_bytes`` or
   more, or its own connection's reach its share (a ``CONNECTION_SHARE``-th of it): one
   connection cannot take the whole of it, others go on;
-- the same check is made again just before the answer's work starts (an Execute's
-  callback, once it has a slot; a GetRun, once it has its turn, ``runs.py``): calls that
-  arrived together all pass the first, before any of their answers existed. A call
-  refused there ran nothing; one past it (a callback started) is answered whatever the
-  count then, so the bound is passed by the answers of the calls under way at most.
+- calls that arrived together all pass that check, before any of their answers existed,
+  so it is made again just before the answer's work starts: an Execute whose callback is
+  about to start (it has a slot) is refused there, having run nothing (waiting would
+  hold the slot); a GetRun waits until its own connection is below its share again
+  (its answer is only read, and waits in nothing but its call), within its deadline,
+  then takes its turn (``runs.py``), and is refused while the executor's count is at the
+  bound (other clients', whom nothing makes read). A call past that (a callback started) is
+  answered whatever the count then, so the bound is passed by the answers of the calls
+  under way at most (the runs holding slots, the GetRuns having turns).
 
 Answers smaller than ``COUNTED_ANSWER_BYTES`` are not counted (a callback per call for
 them would cost every small call): a connection's ``max_streams`` of them hold ~190 MiB
@@ -25,8 +29,10 @@ at most.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final
 
 from executor.errors import CapacityError
@@ -45,16 +51,32 @@ BIG_ANSWER_METHODS: Final = (
 RETRY_AFTER_S: Final = 1.0
 _MIB: Final = 1 << 20
 
-# The current call's check (set by CallGuard for BIG_ANSWER_METHODS): raises CapacityError
-# when its connection, or the executor, holds its share of unread answers.
-answer_room: Final = contextvars.ContextVar[Callable[[], None] | None]("answer_room", default=None)
+
+@dataclass(frozen=True, slots=True)
+class AnswerRoom:
+    """One call's view of the count: may its answer be made now, from its connection?"""
+
+    unread: UnreadAnswers
+    peer: str
+
+    def check(self) -> None:
+        """CapacityError (RESOURCE_EXHAUSTED, retryable) while the share is held."""
+        self.unread.check(self.peer)
+
+    def free(self) -> bool:
+        """Whether the answer may be made now."""
+        return not self.unread.refusal(self.peer)
+
+    async def wait(self) -> None:
+        """Return once the answer may be made; CapacityError at the executor's bound.
+
+        Waits for the connection's own answers to be read (or the connection gone).
+        """
+        await self.unread.room(self.peer)
 
 
-def check_answer_room() -> None:
-    """Raise CapacityError if the current call's answer may not be made now (see the module doc)."""
-    check = answer_room.get()
-    if check is not None:
-        check()
+# The current call's room (set by CallGuard for BIG_ANSWER_METHODS; None elsewhere).
+answer_room: Final = contextvars.ContextVar["AnswerRoom | None"]("answer_room", default=None)
 
 
 class UnreadAnswers:
@@ -65,27 +87,49 @@ class UnreadAnswers:
         self.connection_bytes = max(1, max_bytes // share)
         self.held_bytes = 0
         self._by_peer: dict[str, int] = {}
+        # Set, and replaced by a new one, each time answers are let go of (``room``).
+        self._released = asyncio.Event()
 
     def refusal(self, peer: str) -> str:
         """Why a big answer may not be made for a call from ``peer`` now; "" when it may."""
+        return self._own_refusal(peer) or self._total_refusal()
+
+    def _own_refusal(self, peer: str) -> str:
         own = self._by_peer.get(peer, 0)
-        if own >= self.connection_bytes:
-            return (
-                f"this connection holds {_mib(own)} of answers its client has not read, its"
-                f" share of unread_answers_max_bytes ({_mib(self.connection_bytes)} of"
-                f" {_mib(self.max_bytes)}): read them, or retry later"
-            )
-        if self.held_bytes >= self.max_bytes:
-            return (
-                f"the executor holds {_mib(self.held_bytes)} of answers their clients have"
-                f" not read, unread_answers_max_bytes ({_mib(self.max_bytes)}); retry later"
-            )
-        return ""
+        if own < self.connection_bytes:
+            return ""
+        return (
+            f"this connection holds {_mib(own)} of answers its client has not read, its"
+            f" share of unread_answers_max_bytes ({_mib(self.connection_bytes)} of"
+            f" {_mib(self.max_bytes)}): read them, or retry later"
+        )
+
+    def _total_refusal(self) -> str:
+        if self.held_bytes < self.max_bytes:
+            return ""
+        return (
+            f"the executor holds {_mib(self.held_bytes)} of answers their clients have"
+            f" not read, unread_answers_max_bytes ({_mib(self.max_bytes)}); retry later"
+        )
 
     def check(self, peer: str) -> None:
         """CapacityError (RESOURCE_EXHAUSTED, retryable) when ``refusal`` says why."""
         if why := self.refusal(peer):
             raise CapacityError(why, RETRY_AFTER_S)
+
+    async def room(self, peer: str) -> None:
+        """Return once ``refusal(peer)`` says nothing; CapacityError at the executor's bound.
+
+        It waits while ``peer``'s own answers are its share (woken as answers are let go
+        of), not while the executor's are the bound: those are other clients', whom
+        nothing makes read.
+        """
+        while True:
+            if why := self._total_refusal():
+                raise CapacityError(why, RETRY_AFTER_S)
+            if not self._own_refusal(peer):
+                return
+            await self._released.wait()
 
     def hold(self, peer: str, size: int) -> Callable[[], None]:
         """Count ``size`` bytes of ``peer``'s; the function returned lets go of them (once)."""
@@ -104,6 +148,8 @@ class UnreadAnswers:
                 self._by_peer[peer] = left
             else:
                 del self._by_peer[peer]
+            released_now, self._released = self._released, asyncio.Event()
+            released_now.set()
 
         return release
 

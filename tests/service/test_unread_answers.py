@@ -65,25 +65,37 @@ async def test_unread_get_runs_are_bounded_per_connection_and_in_all(tmp_path: P
         assert ran.outcome == executor_pb2.Outcome.OUTCOME_SUCCEEDED
         request = executor_pb2.GetRunRequest(invocation_id="bigrun-1")
         async with peers(stack.running.port, 3) as unreading:
-            for peer in unreading:
+            first = unreading[0]
+            for _ in range(5):
+                await first.call(GET_RUN, request)
+            # A connection's share (4 MiB) takes two 3 MiB answers, a third at most (two
+            # GetRuns are made at once, each checked before the other's answer counts);
+            # its other calls wait for its answers to be read.
+            assert await eventually(lambda: first.held >= 2), first.headed
+            # Come now, a call is refused at once: its stream ends, unanswered.
+            late = await first.call(GET_RUN, request)
+            assert await eventually(lambda: late in first.ended), first.ended
+            assert first.held <= 3, (first.held, first.ended)
+
+            # Other connections do the same, until the answers held reach the bound.
+            async def refused_at_the_bound() -> grpc.aio.AioRpcError | None:
+                try:
+                    await get_run(stack, "bigrun-1")
+                except grpc.aio.AioRpcError as err:
+                    return err
+                return None
+
+            for peer in unreading[1:]:
                 for _ in range(5):
                     await peer.call(GET_RUN, request)
-                assert await eventually(lambda: peer.settled(5)), peer.headed  # noqa: B023
-                # A connection's share (4 MiB) takes two 3 MiB answers, a third at most
-                # (two GetRuns are made at once, each checked before the other's answer
-                # counts); its other calls are refused: their streams end, unanswered. The
-                # last connection's may all be, once the others hold the whole bound.
-                assert peer.held <= 3, (peer.held, peer.ended)
-            assert unreading[0].held >= 2, unreading[0].ended
-            # Three connections hold 16 MiB or more, the bound: anyone's GetRun and Execute
-            # are refused, retryably, before they run.
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await get_run(stack, "bigrun-1")
-            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "have not read, unread_answers_max_bytes (16.0 MiB)" in str(
-                refused.value.details()
-            )
-            assert ("retry-after-s", "1") in tuple(refused.value.trailing_metadata() or ())
+            # Three connections hold 16 MiB or more, the bound: anyone's GetRun and
+            # Execute are refused, retryably, before they run.
+            error = await eventually(refused_at_the_bound)
+            assert error is not None
+            assert all(peer.held <= 3 for peer in unreading), [p.held for p in unreading]
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "have not read, unread_answers_max_bytes (16.0 MiB)" in str(error.details())
+            assert ("retry-after-s", "1") in tuple(error.trailing_metadata() or ())
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stack.stub.Execute(big_run_request(), timeout=60)
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
