@@ -68,14 +68,14 @@ async def test_unread_get_runs_are_bounded_per_connection_and_in_all(tmp_path: P
             first = unreading[0]
             for _ in range(5):
                 await first.call(GET_RUN, request)
-            # A connection's share (4 MiB) takes two 3 MiB answers, a third at most (two
-            # GetRuns are made at once, each checked before the other's answer counts);
-            # its other calls wait for its answers to be read.
+            # A connection's share (4 MiB) takes two 3 MiB answers (GetRuns are made one
+            # at a time, each counted before the next is checked); its other calls wait
+            # for its answers to be read.
             assert await eventually(lambda: first.held >= 2), first.headed
             # Come now, a call is refused at once: its stream ends, unanswered.
             late = await first.call(GET_RUN, request)
             assert await eventually(lambda: late in first.ended), first.ended
-            assert first.held <= 3, (first.held, first.ended)
+            assert first.held == 2, (first.held, first.ended)
 
             # Other connections do the same, until the answers held reach the bound.
             async def refused_at_the_bound() -> grpc.aio.AioRpcError | None:
@@ -92,7 +92,7 @@ async def test_unread_get_runs_are_bounded_per_connection_and_in_all(tmp_path: P
             # Execute are refused, retryably, before they run.
             error = await eventually(refused_at_the_bound)
             assert error is not None
-            assert all(peer.held <= 3 for peer in unreading), [p.held for p in unreading]
+            assert all(peer.held <= 2 for peer in unreading), [p.held for p in unreading]
             assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "have not read, unread_answers_max_bytes (16.0 MiB)" in str(error.details())
             assert ("retry-after-s", "1") in tuple(error.trailing_metadata() or ())
