@@ -20,10 +20,10 @@ call has ended (sent, or its connection gone), by connection (``context.peer()``
   then takes its turn (``runs.py``), and is refused while the executor's count is at the
   bound (other clients', whom nothing makes read). A call past that (a callback started) is
   answered whatever the count then, so the bound is passed by the answers of the calls
-  under way at most (the runs holding slots, the GetRuns having turns).
+  under way at most (the runs holding slots, the GetRun having its turn).
 
 Answers smaller than ``COUNTED_ANSWER_BYTES`` are not counted (a callback per call for
-them would cost every small call): a connection's ``max_streams`` of them hold ~190 MiB
+them would cost every small call): a connection's ``max_streams`` of them hold ~190 MB
 at most.
 """
 
@@ -41,8 +41,9 @@ from executor.errors import CapacityError
 COUNTED_ANSWER_BYTES: Final = 64 << 10
 # A connection's answers may hold this fraction of the bound (1/4).
 CONNECTION_SHARE: Final = 4
-# Methods whose answer can be MiBs: an Execute's output, a GetRun's run. The others
-# answer KiBs (ListRuns lists no output) or are bounded by what their request holds.
+# Methods whose answer can be MiBs of output: an Execute's, a GetRun's run. Other large
+# answers (a registered job's callbacks, a farm job's agenda) are counted, not refused:
+# they hold what a caller first registered or submitted, within its own bounds.
 BIG_ANSWER_METHODS: Final = (
     "/qbcallback.v1.CallbackExecutorService/Execute",
     "/qbcallback.v1.RunService/GetRun",
