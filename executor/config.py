@@ -169,6 +169,11 @@ class Settings:
     # about twice over (its bytes, the job dict made of them): max_queue alone let 256
     # requests of 16 MiB hold ~8 GiB (~15 GB before the parsed copy was let go of).
     max_queue_bytes: int = 256 * MIB
+    # What the answers made and not yet read by their clients may total, by their size as
+    # sent (gRPC holds each about three times over until it is read): past it, or past a
+    # connection's quarter of it, Execute and GetRun are refused RESOURCE_EXHAUSTED
+    # (api/unread_answers.py). 80 unread 32 MiB answers had the executor killed for memory.
+    unread_answers_max_bytes: int = 256 * MIB
     # The gRPC port's connections (api/connections.py): at most this many at once (a further
     # one is closed as it comes), each with at most max_streams calls open at once (a client
     # queues most of the rest until one ends). gRPC counts a connection from accept, before
@@ -955,6 +960,11 @@ def _check_runs(settings: Settings) -> Iterator[str]:
         yield (
             f"max_queue: must be at most {MAX_QUEUE} (GetMetrics carries it in 32 bits),"
             f" got {settings.max_queue}"
+        )
+    if settings.unread_answers_max_bytes < MIB:
+        yield (
+            "unread_answers_max_bytes: must be at least 1048576 (1 MiB; the value is in"
+            f" bytes), got {settings.unread_answers_max_bytes}"
         )
     if settings.max_queue_bytes < MAX_REQUEST_BYTES:
         yield (

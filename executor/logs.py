@@ -59,8 +59,10 @@ class UnsentAnswerFilter(logging.Filter):
     The client closed the call while the answer was being sent: its receive limit is
     below the answer's size (gRPC's default 4 MiB; an Execute answer may reach
     2 x output_bytes plus about 1.1 MiB), or its deadline passed or it cancelled at the
-    last moment. The run is recorded either way. gRPC says nothing when the whole answer
-    had left before the client refused it, so a refused answer does not always show here.
+    last moment. The dashboard's own reads end so when a page gives up waiting (after
+    its 5 s): the client is then the executor's, not anyone's who made a call. The run is
+    recorded either way. gRPC says nothing when the whole answer had left before the
+    client refused it, so a refused answer does not always show here.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -68,9 +70,10 @@ class UnsentAnswerFilter(logging.Filter):
         if record.exc_info and message.startswith(_UNSENT_ANSWER):
             method = message.removeprefix(_UNSENT_ANSWER).strip(" []")
             record.msg = (
-                "the answer to %s could not be sent: the client closed the call first (a "
-                "receive limit below the answer's size, or its deadline or cancel at the last"
-                " moment; see the README's Limits and outcomes)"
+                "the answer to %s could not be sent: its call was ended on the client's side"
+                " first (a receive limit below the answer's size, its deadline or cancel at the"
+                " last moment, or the dashboard's page giving up on the read after its 5 s;"
+                " see the README's Limits and outcomes)"
             )
             record.args = (method,)
             record.levelno, record.levelname = logging.WARNING, "WARNING"

@@ -51,6 +51,7 @@ from executor.config import Settings
 from executor.data_dir_lock import DataDirLock
 from executor.dispatcher import Dispatcher
 from executor.errors import ConfigError, UnavailableError
+from executor.heap_return import HeapTrimmer
 from executor.plurals import counted
 from executor.policies import bind_warnings, exposure_warnings, for_host, network_warnings
 from executor.policies import report as policy_report
@@ -104,6 +105,8 @@ class RunningServer:
     recorder: Recorder
     # The HTTP side port's bound port; None when http_bind is empty.
     http_port: int | None = None
+    # What gives back the memory of large calls and pages (heap_return.py; its trims count).
+    trimmer: HeapTrimmer | None = None
     # The embedded reference supervisor, with its forwarder (embedded mode only).
     _embedded: api_embedded.EmbeddedSupervisor | None = field(default=None, repr=False)
     _exit_stack: AsyncExitStack = field(default_factory=AsyncExitStack, repr=False)
@@ -367,7 +370,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         http_port = None
         if settings.http_bind:
             # Last in, first out: pages and scrapes stop (503) before anything they read does.
-            side_port = _start_side_port(settings, edge.own_channel, metrics)
+            side_port = _start_side_port(settings, edge.own_channel, metrics, edge.trimmer)
             side_ports.append(side_port)
             stack.callback(side_port.drain)
             http_port = side_port.port
@@ -421,15 +424,23 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             engine=engine,
             recorder=recorder,
             http_port=http_port,
+            trimmer=edge.trimmer,
             _embedded=embedded,
             _exit_stack=stack.pop_all(),
         )
     raise AssertionError("unreachable: the block returns or raises")
 
 
-def _start_side_port(settings: Settings, channel: grpc.aio.Channel, metrics: Metrics) -> SidePort:
-    """The HTTP side port, reading through the executor's own channel (it carries the token)."""
-    source = ExecutorSource(asyncio.get_running_loop(), ExecutorClient(channel), metrics)
+def _start_side_port(
+    settings: Settings, channel: grpc.aio.Channel, metrics: Metrics, trimmer: HeapTrimmer
+) -> SidePort:
+    """The HTTP side port, reading through the executor's own channel (it carries the token).
+
+    Its large pages have the heap trimmed after them, as gRPC calls do (``trimmer``).
+    """
+    source = ExecutorSource(
+        asyncio.get_running_loop(), ExecutorClient(channel), metrics, trimmer=trimmer
+    )
 
     def dashboard(port: int) -> Dashboard:
         access = Access(

@@ -13,6 +13,7 @@ from executor import logs
 from executor.api import convert
 from executor.api.errors import Context, grpc_errors
 from executor.api.interceptors import request_bytes
+from executor.api.unread_answers import answer_room
 from executor.dispatcher import Dispatcher
 from executor.errors import PermissionDeniedError, UnavailableError
 from executor.model import Invocation, Limits
@@ -101,7 +102,10 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.monotonic() + remaining
             result = await self._dispatcher.execute(
-                invocation, deadline=deadline, request_bytes=request_bytes.get(), gate=gate
+                invocation,
+                deadline=deadline,
+                request_bytes=request_bytes.get(),
+                gate=_with_answer_room(gate),
             )
         finally:
             if gate is not None:
@@ -122,3 +126,22 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
         if owner is None:
             return invocation
         return dataclasses.replace(invocation, event=event.resolved(owner))
+
+
+def _with_answer_room(gate: IdGate | None) -> Callable[[], None] | None:
+    """``gate``, after the check of the caller's unread answers (``unread_answers.py``).
+
+    Calls sent together all pass that check at the door, before any of their answers
+    exist: so it is made again as the callback is about to start, when a run refused
+    has run nothing and is not recorded (waiting there would hold the slot).
+    """
+    room = answer_room.get()
+    if room is None:
+        return gate
+
+    def checked() -> None:
+        room.check()
+        if gate is not None:
+            gate()
+
+    return checked

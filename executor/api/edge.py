@@ -30,6 +30,7 @@ from executor.api.private_socket import PrivateSocket
 from executor.api.reflection import enable_reflection
 from executor.api.runs import RunServicer
 from executor.api.triggers import TriggerServicer
+from executor.api.unread_answers import UnreadAnswers
 from executor.bounds import MAX_REQUEST_BYTES
 from executor.config import Settings
 from executor.dispatcher import Dispatcher
@@ -58,7 +59,8 @@ class Edge:
     own_channel: grpc.aio.Channel
     # The services registered (health answers for each by name).
     services: tuple[str, ...] = SERVICES
-    # Gives back the memory of large requests and answers after them (heap_return.py).
+    # Gives back the memory of large requests and answers after them (heap_return.py), and
+    # of the side port's large pages.
     trimmer: HeapTrimmer = field(default_factory=HeapTrimmer)
     # Under TLS, the Unix socket ``own_channel`` reaches the server through (security.py).
     internal_socket: PrivateSocket | None = None
@@ -140,7 +142,9 @@ def build(
         ],
     )
     trimmer = HeapTrimmer()
-    guarded = CallGuard(server, metrics, trimmer)  # registers each service's methods guarded
+    unread = UnreadAnswers(settings.unread_answers_max_bytes)
+    # Registers each service's methods guarded.
+    guarded = CallGuard(server, metrics, trimmer, unread)
     guarded.register(
         executor_pb2_grpc.add_CallbackExecutorServiceServicer_to_server,
         CallbackExecutorServicer(

@@ -8,7 +8,9 @@ invalid UTF-8 is named (``undecodable.py``): protobuf's own error does not say w
 refused at capacity: those never reach the dispatcher's ``on_result`` (nothing ran), so
 they are counted where they become visible, as RESOURCE_EXHAUSTED leaving the server.
 After a call whose request or answer was large it has the heap trimmed
-(``heap_return.py``). And it tells the method how large its request came in (``request_bytes``): gRPC holds
+(``heap_return.py``), and counts a large answer until it has been read
+(``unread_answers.py``), refusing calls whose answers can be big past that count. And
+it tells the method how large its request came in (``request_bytes``): gRPC holds
 those bytes until the call ends, so a queued Execute counts them against
 ``max_queue_bytes``.
 
@@ -40,6 +42,14 @@ from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health
 
 from executor.api.undecodable import invalid_utf8_field
+from executor.api.unread_answers import (
+    BIG_ANSWER_METHODS,
+    COUNTED_ANSWER_BYTES,
+    RETRY_AFTER_S,
+    AnswerRoom,
+    UnreadAnswers,
+    answer_room,
+)
 from executor.heap_return import LARGE_CALL_BYTES, HeapTrimmer
 from executor.runs.metrics import Metrics
 
@@ -271,11 +281,17 @@ class CallGuard:
     """
 
     def __init__(
-        self, server: grpc.aio.Server, metrics: Metrics, trimmer: HeapTrimmer | None = None
+        self,
+        server: grpc.aio.Server,
+        metrics: Metrics,
+        trimmer: HeapTrimmer | None = None,
+        unread: UnreadAnswers | None = None,
     ) -> None:
         self._server = server
         self._metrics = metrics
         self._trimmer = trimmer or HeapTrimmer()
+        self._unread = unread
+        self._refusals = RefusalLog()
 
     def register(self, add_to_server: Callable[[S, Any], None], servicer: S) -> None:
         """``add_to_server(servicer, server)`` (generated), each method guarded."""
@@ -303,8 +319,13 @@ class CallGuard:
         metrics = self._metrics if method.startswith(ADMISSION_METHODS) else None
         request_type = _request_type(method)
         trimmer = self._trimmer
+        unread = self._unread
+        big = unread is not None and method in BIG_ANSWER_METHODS
+        refusals = self._refusals
 
         async def answer(raw: bytes, context: Context) -> Any:
+            if big and unread is not None:
+                await _admit_big_answer(unread, context, method, refusals, metrics)
             try:
                 request = decode(raw) if decode is not None else raw
             except (DecodeError, RecursionError, UnicodeDecodeError, ValueError) as err:
@@ -338,23 +359,60 @@ class CallGuard:
                 trimmer.after_call(size)
                 raise
             except BaseException:
-                trimmer.after_call(size)
+                # A cancelled GetRun or Execute may have made a big answer (the dashboard's
+                # page gives up after its 5 s): what it took is given back all the same.
+                trimmer.after_call(max(size, LARGE_CALL_BYTES if big else 0))
                 raise
-            # gRPC holds a large answer until the client has read it: trim once the call
-            # has ended (sent, or its connection gone), not when the answer was made.
-            reply_bytes = reply.ByteSize() if isinstance(reply, Message) else 0
-            largest = max(size, reply_bytes)
-            if largest >= LARGE_CALL_BYTES:  # the others pay no callback
-
-                def trim(_: Context) -> None:
-                    trimmer.after_call(largest)
-
-                context.add_done_callback(trim)  # type: ignore[arg-type]  # stubs: a class, no Protocol
+            _follow_answer(context, reply, size, unread, trimmer)
             return reply
 
         return grpc.unary_unary_rpc_method_handler(
             guarded, request_deserializer=None, response_serializer=handler.response_serializer
         )
+
+
+async def _admit_big_answer(
+    unread: UnreadAnswers,
+    context: Context,
+    method: str,
+    refusals: RefusalLog,
+    metrics: Metrics | None,
+) -> None:
+    """Refuse a call RESOURCE_EXHAUSTED while its share of unread answers is held.
+
+    Else the call is left the same check for later (``unread_answers.answer_room``).
+    """
+    peer = context.peer()
+    if why := unread.refusal(peer):
+        refusals.refused(peer_address(peer), method, "answers not read (unread_answers_max_bytes)")
+        if metrics is not None:
+            metrics.note_rejected()
+        context.set_trailing_metadata((("retry-after-s", f"{RETRY_AFTER_S:g}"),))
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, why)
+    # Checked again just before the answer's work starts (unread_answers.py).
+    answer_room.set(AnswerRoom(unread, peer))
+
+
+def _follow_answer(
+    context: Context, reply: object, size: int, unread: UnreadAnswers | None, trimmer: HeapTrimmer
+) -> None:
+    """Count a large answer until its call has ended, and trim once it has."""
+    # gRPC holds a large answer until the client has read it: count it and trim once the
+    # call has ended (sent, or its connection gone), not when it was made.
+    reply_bytes = reply.ByteSize() if isinstance(reply, Message) else 0
+    largest = max(size, reply_bytes)
+    release = None
+    if unread is not None and reply_bytes >= COUNTED_ANSWER_BYTES:
+        release = unread.hold(context.peer(), reply_bytes)
+    if largest < LARGE_CALL_BYTES and release is None:
+        return  # the others pay no callback
+
+    def ended(_: Context) -> None:
+        if release is not None:
+            release()
+        trimmer.after_call(largest)
+
+    context.add_done_callback(ended)  # type: ignore[arg-type]  # stubs: a class, no Protocol
 
 
 def _let_go_of_frames(aborted: BaseException) -> None:

@@ -227,6 +227,12 @@ class Dashboard:
             response = self._error(500, "Internal error", f"incident {incident}", request)
         return _secured(response)
 
+    def request_done(self) -> None:
+        """The request's answer has been sent (or its sending failed): its memory is let go of."""
+        done = getattr(self._source, "request_done", None)  # a test's own source may lack it
+        if done is not None:
+            done()
+
     def unreadable(self, status: int, why: str, target: str) -> Response:
         """The answer to a request the HTTP layer refused before routing it.
 

@@ -119,6 +119,7 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             if response.sent is not None:
                 response.sent()
+            self.server.dashboard.request_done()
 
     def _send(self, response: Response, *, body: bool) -> None:
         """The headers after the status line, and the body unless a HEAD asked."""

@@ -8,12 +8,19 @@ loop (``asyncio.run_coroutine_threadsafe``) and waited for in the HTTP thread, u
 deadline. The loop spends on a page what it spends on a ``cbexec runs`` (a run's page:
 a ``cbexec runs show``, the whole record, ~0.25 s for 2 x 16 MiB of output); rendering
 and sending happen in the HTTP thread.
+
+A request that read a large run (or gave up waiting for one) has the heap trimmed once
+its answer is sent (``request_done``), as a gRPC call with a large answer does
+(``heap_return.py``): the page is made and sent after the GetRun has ended, so the trim
+that call armed came too early, and loads of a big run's page left ~1.1 GB held
+(probe 111).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +29,7 @@ from typing import Any, Final, TypeVar
 import grpc
 
 from executor.bounds import MAX_ID
+from executor.heap_return import LARGE_CALL_BYTES, HeapTrimmer
 from executor.runs.metrics import Metrics
 from supervisor_client import ExecutorClient, ExecutorRpcError
 
@@ -68,8 +76,12 @@ class ExecutorSource:
         metrics: Metrics,
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        trimmer: HeapTrimmer | None = None,
     ) -> None:
         self._loop = loop
+        self._trimmer = trimmer
+        # Whether the current HTTP thread's request read a large run (``request_done``).
+        self._large = threading.local()
         self._client = client
         self._metrics = metrics
         self._timeout_s = timeout_s
@@ -140,9 +152,24 @@ class ExecutorSource:
     def get_run(self, invocation_id: str) -> Any | None:
         """One run with its result; None when unknown or pruned."""
         try:
-            return self._call(lambda: self._client.get_run(invocation_id))
+            run = self._call(lambda: self._client.get_run(invocation_id))
         except ExecutorRpcError:  # NOT_FOUND: _call lets only that one through
             return None
+        except SourceUnavailable:
+            self._large.seen = True  # it may have been made, large, after all
+            raise
+        if run.ByteSize() >= LARGE_CALL_BYTES:
+            self._large.seen = True
+        return run
+
+    def request_done(self) -> None:
+        """The HTTP thread's request has been answered: trim if it read a large run."""
+        if not getattr(self._large, "seen", False):
+            return
+        self._large.seen = False
+        if self._trimmer is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the executor stopped
+                self._loop.call_soon_threadsafe(self._trimmer.after_call, LARGE_CALL_BYTES)
 
     def list_jobs(self, *, job_id: int, limit: int, before: int) -> Any:
         """ListRegisteredJobs: one job, or a page of them."""

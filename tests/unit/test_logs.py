@@ -127,8 +127,9 @@ def test_an_answer_the_client_would_not_take_is_one_warning_line() -> None:
     assert (record.levelname, record.exc_info) == ("WARNING", None)
     assert record.getMessage().startswith(
         "the answer to /qbcallback.v1.CallbackExecutorService/Execute could not be sent: "
-        "the client closed the call first (a receive limit below the answer's size, or its "
-        "deadline or cancel at the last moment; see the README's Limits and outcomes)"
+        "its call was ended on the client's side first (a receive limit below the answer's"
+        " size, its deadline or cancel at the last moment, or the dashboard's page giving up"
+        " on the read after its 5 s; see the README's Limits and outcomes)"
     )
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert "\n## Limits and outcomes\n" in readme, "the section the line names"

@@ -52,7 +52,9 @@ class CallbackExecutorServiceServicer:
         response whose `outcome` says so; a request the executor cannot accept
         is a gRPC error (INVALID_ARGUMENT for malformed requests, naming the field,
         and limits above the server's caps, PERMISSION_DENIED for a policy the user
-        may not have, RESOURCE_EXHAUSTED when at capacity, ALREADY_EXISTS for an
+        may not have, RESOURCE_EXHAUSTED when at capacity (slots and queue full, or
+        answers not yet read by their clients at unread_answers_max_bytes or this
+        connection's share of it: then nothing is run or recorded), ALREADY_EXISTS for an
         invocation_id recorded for another run, UNAVAILABLE while a run with the same
         invocation_id is still in progress (at any replica of a fleet), while the
         service stops or its storage
@@ -568,7 +570,11 @@ class RunServiceServicer:
 
     def GetRun(self, request, context):
         """One run with its captured output, by its id or a unique prefix of it.
-        NOT_FOUND when unknown or pruned.
+        NOT_FOUND when unknown or pruned. Made one at a time, the others waiting
+        within their deadline. RESOURCE_EXHAUSTED (retry-after-s) while answers not
+        yet read by their clients reach unread_answers_max_bytes, or this
+        connection's share of it when it comes (one admitted then waits for its
+        connection's answers to be read).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
