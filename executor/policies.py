@@ -969,27 +969,36 @@ def allowed_languages(
     None when the policies do not resolve: the sandbox's check says why. Binds are left
     out, as ``problems_beside`` leaves them: they need the host, and grant no language.
     """
+    try:
+        resolved = _resolve_without_the_host(settings, environ)
+    except ConfigError:
+        return None
+    return {policy.name: policy.languages for policy in resolved}
+
+
+def _resolve_without_the_host(settings: Settings, environ: Mapping[str, str]) -> PolicySet:
+    """The ``[policies]`` tables resolved without what needs the host.
+
+    Their binds are left out (judged against the host's mounts), and the network is
+    taken as granted.
+    """
     tables: Any = settings.policies
     if isinstance(tables, Mapping):
         tables = {
             name: {k: v for k, v in t.items() if k != "binds"} if isinstance(t, Mapping) else t
             for name, t in tables.items()
         }
-    try:
-        resolved = resolve(
-            tables,
-            network_host=True,
-            languages=settings.languages,
-            default_limits=settings.default_limits,
-            max_limits=settings.max_limits,
-            data_dir=settings.data_dir,
-            protected_files=[],
-            keep=[],
-            environ=environ,
-        )
-    except ConfigError:
-        return None
-    return {policy.name: policy.languages for policy in resolved}
+    return resolve(
+        tables,
+        network_host=True,
+        languages=settings.languages,
+        default_limits=settings.default_limits,
+        max_limits=settings.max_limits,
+        data_dir=settings.data_dir,
+        protected_files=[],
+        keep=[],
+        environ=environ,
+    )
 
 
 # Settings the policies build on: one refused leaves them unjudged (config.layered's rule).
@@ -1008,24 +1017,8 @@ def problems_beside(
     """
     if any(name.split(".")[0] in _BUILT_ON for name in refused):
         return []
-    tables: Any = settings.policies
-    if isinstance(tables, Mapping):  # binds are judged against the host's mounts
-        tables = {
-            name: {k: v for k, v in t.items() if k != "binds"} if isinstance(t, Mapping) else t
-            for name, t in tables.items()
-        }
     try:
-        resolve(
-            tables,
-            network_host=True,
-            languages=settings.languages,
-            default_limits=settings.default_limits,
-            max_limits=settings.max_limits,
-            data_dir=settings.data_dir,
-            protected_files=[],
-            keep=[],
-            environ=environ,
-        )
+        _resolve_without_the_host(settings, environ)
     except ConfigError as err:
         lines = str(err).splitlines()
         return (
