@@ -104,28 +104,13 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(args, dict(os.environ))
     grpc_debug = os.environ.get("GRPC_VERBOSITY", "").lower() == "debug"
     logs.configure(settings.log_level, settings.log_format, grpc_debug=grpc_debug)
-    if args.check_config:
-        from executor.cli.check_config import check
+    if args.check_config or args.check_tls:
+        from executor.cli.check_config import check, check_tls
 
         stop_signal.release()  # no service to stop: a Ctrl-C ends the check at once
-
-        problems = check(settings, sys.stdout)
-        for problem in problems:
-            print(f"cbexec: {problem}", file=sys.stderr)
-        if problems:
-            return EXIT_USAGE
-        print("ok: start-up would succeed with these settings")
-        return EXIT_OK
-    if args.check_tls:
-        from executor.cli.check_config import check_tls
-
-        problems = check_tls(settings, sys.stdout)
-        for problem in problems:
-            print(f"cbexec: {problem}", file=sys.stderr)
-        if problems:
-            return EXIT_USAGE
-        print("ok: the TLS files load; restart to use them")
-        return EXIT_OK
+        if args.check_config:
+            return _said(check(settings, sys.stdout), "start-up would succeed with these settings")
+        return _said(check_tls(settings, sys.stdout), "the TLS files load; restart to use them")
     try:
         with asyncio.Runner(loop_factory=event_loop_factory(settings.event_loop)) as runner:
             runner.run(server.serve_forever(settings))
@@ -154,3 +139,13 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
         return None
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
+
+
+def _said(problems: list[str], ok: str) -> int:
+    """A check's problems on stderr (exit 2), or ``ok`` (exit 0)."""
+    for problem in problems:
+        print(f"cbexec: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_USAGE
+    print(f"ok: {ok}")
+    return EXIT_OK
