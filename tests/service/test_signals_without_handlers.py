@@ -124,35 +124,3 @@ async def test_the_callbacks_own_handler_still_wins(stack: Stack, language: str,
 
     assert response.outcome == Outcome.OUTCOME_FAILED, response
     assert response.failure.message.endswith("timeout"), response.failure
-
-
-@pytest.mark.parametrize(
-    ("language", "code"),
-    [
-        pytest.param(
-            "perl",
-            "if (my $pid = fork) { waitpid $pid, 0; print $? & 127, qq(\\n) }\n"
-            "else { kill USR1 => $$; sleep 5; exit 0 }\n",
-            marks=needs_perl,
-            id="perl",
-        ),
-        pytest.param(
-            "python",
-            "import os, signal, time\n"
-            "pid = os.fork()\n"
-            "if pid == 0:\n"
-            "    os.kill(os.getpid(), signal.SIGUSR1)\n"
-            "    time.sleep(5)\n"
-            "    os._exit(0)\n"
-            "print(os.waitpid(pid, 0)[1] & 127)\n",
-            id="python",
-        ),
-    ],
-)
-async def test_a_process_the_callback_forked_is_ended_by_the_signal_itself(
-    stack: Stack, language: str, code: str
-) -> None:
-    response = await run(stack, language, code)
-
-    assert response.outcome == Outcome.OUTCOME_SUCCEEDED, response
-    assert response.stdout == "10\n"  # killed by SIGUSR1, not an exit 138

@@ -509,12 +509,9 @@ my sub end_as_the_default_action {
         report({ status => 'signaled', exit_code => $status });
         POSIX::_exit($status);
     }
-    # perl blocks the signal while its handler runs: sent again, and unblocked, it ends
-    # this process.
     $SIG{$name} = 'DEFAULT';
     kill $name, $$;
-    POSIX::sigprocmask(POSIX::SIG_UNBLOCK(), POSIX::SigSet->new($SIGNAL_NUMBER{$name}));
-    POSIX::_exit($status);    # ignored by the kernel after all: still this death's status
+    POSIX::_exit($status);    # blocked, or ignored by the kernel: still this death's status
 }
 my %END_AS_THE_DEFAULT_ACTION = map {
     my $name = $_;
