@@ -17,9 +17,7 @@ child -> parent
     ``call``   ``CallFrame`` {id, fn, args: [...], kwargs: {...}}: one qb function call,
                answered by a reply
     ``done``   ``DoneFrame`` {status, exit_code?, exception_type?, message?, traceback?}
-               status: ok | exit | exception | memory | rejected | terminated | signaled
-               (signaled: a signal without a handler of the callback's, whose
-               default action a PID 1 is spared, ended it; exit_code is 128 + its number)
+               status: ok | exit | exception | memory | rejected | terminated
     ``launch_failed``  ``LaunchFailedFrame`` {reason, errno?}: the launcher (or a zygote's
                child) could not start the callback; sent only before the start frame
                is read, then the process exits 121 (never on a run that starts)
@@ -83,7 +81,7 @@ QB_ERROR_KINDS: Final[tuple[QbErrorKind, ...]] = (
 )
 
 # How a callback ended, in its own words.
-DoneStatus = Literal["ok", "exit", "exception", "memory", "rejected", "terminated", "signaled"]
+DoneStatus = Literal["ok", "exit", "exception", "memory", "rejected", "terminated"]
 DONE_STATUSES: Final[tuple[DoneStatus, ...]] = (
     "ok",
     "exit",
@@ -91,7 +89,6 @@ DONE_STATUSES: Final[tuple[DoneStatus, ...]] = (
     "memory",
     "rejected",
     "terminated",
-    "signaled",
 )
 
 
@@ -208,7 +205,7 @@ class ReplyFailed(TypedDict):
 
 
 class DoneFrame(TypedDict):
-    """child -> parent, last: how the callback ended (``exit_code`` always with ``exit``, ``signaled``).
+    """child -> parent, last: how the callback ended (``exit_code`` always with ``exit``).
 
     With ``exit``, a ``message`` is the reason of a ``sys.exit("reason")``.
     """
@@ -602,8 +599,6 @@ def parse_child_frame(body: bytes) -> ChildFrame:
             )
         if message["status"] == "exit" and "exit_code" not in message:
             raise FrameError("done frame with status 'exit' without 'exit_code'")
-        if message["status"] == "signaled" and not 128 < message.get("exit_code", 0) < 128 + 65:
-            raise FrameError("done frame with status 'signaled' without an 'exit_code' of 129-192")
         return cast(DoneFrame, message)
     if kind == "launch_failed":
         _check_fields(message, "launch_failed", _LAUNCH_FAILED_FIELDS, ("reason",))

@@ -86,29 +86,6 @@ _ignore_in_kernel = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p
 )
 # The SIGXCPU handler the run started with (run() records it): launcher.py's in a PID 1.
 _sigxcpu_handler: Any = SIG_DFL
-# The signals whose default action ends a process, and that only a kill or a timer sends
-# (SIGTERM and SIGXCPU have handlers of their own, SIGINT is KeyboardInterrupt as in
-# python; the fault signals are the kernel's, which ends even a PID 1 for a real fault;
-# SIGXFSZ makes a write past the file size limit fail with EFBIG, as README says; SIGPIPE
-# is ignored by python itself).
-_ENDING_SIGNALS = tuple(
-    int(signum)
-    for signum in (
-        signal.SIGHUP,
-        signal.SIGQUIT,
-        signal.SIGABRT,
-        signal.SIGUSR1,
-        signal.SIGUSR2,
-        signal.SIGALRM,
-        signal.SIGSTKFLT,
-        signal.SIGVTALRM,
-        signal.SIGPROF,
-        signal.SIGIO,
-        signal.SIGPWR,
-    )
-)
-# The bridge, for a handler that reports (run() sets it).
-_bridge_fd = -1
 # A class's own name, never its metaclass's __name__ (Python code, which may raise or exit).
 _class_name = vars(type)["__name__"].__get__
 
@@ -133,27 +110,6 @@ def _on_sigterm(signum: int, frame: types.FrameType | None) -> None:
     # The executor's wall deadline or stop (it knows those itself), or someone else's
     # kill: unwind the callback before SIGKILL, and say in the done frame how it ended.
     raise Terminated(EXIT_ON_SIGTERM)
-
-
-def _end_as_the_default_action(signum: int, frame: types.FrameType | None) -> None:
-    """A PID 1 is spared a signal's default action: end it as the action would, reported.
-
-    ``signal.alarm(5)`` without a SIGALRM handler would otherwise never end the callback.
-    No ``finally`` block or exit handler runs, as none would; the output so far is
-    flushed. In a process the callback forked (no PID 1) the signal's own action ends it.
-    """
-    status = 128 + signum
-    if getpid() == 1:
-        _flush_output("")
-        try:
-            qb._finish_sending()  # a call frame this handler cut short
-            write_frame(_bridge_fd, {"type": "done", "status": "signaled", "exit_code": status})
-        except OSError:
-            pass
-    else:
-        set_handler(signum, SIG_DFL)
-        os.kill(getpid(), signum)
-    os._exit(status)
 
 
 def _report_unraisable(unraisable: Any) -> None:
@@ -452,14 +408,9 @@ def _start_frame(bridge_fd: int) -> ParentFrame:
     an operator's pkill of the cell's uid leaves it ready for its run, instead of ending
     it or breaking the run it was made for.
     """
-    global _bridge_fd
     start = read_frame(bridge_fd)
     set_handler(SIGTERM, _on_sigterm)
     set_handler(SIGINT, default_int_handler)
-    if getpid() == 1:
-        _bridge_fd = bridge_fd
-        for signum in _ENDING_SIGNALS:
-            set_handler(signum, _end_as_the_default_action)
     return start
 
 

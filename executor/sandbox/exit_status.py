@@ -202,7 +202,7 @@ _EXIT_OF_STATUS: Final = {
 
 def expected_exit(done: DoneFrame) -> int:
     """The exit status (0-255) a process that sent ``done`` ends with."""
-    if done["status"] in ("exit", "signaled"):
+    if done["status"] == "exit":
         return done.get("exit_code", 0) & 0xFF
     return _EXIT_OF_STATUS[done["status"]]
 
@@ -361,15 +361,6 @@ def _classify_done(
             f"the callback exited with status {code}: {reason}"
             if reason
             else f"the callback exited with status {code}"
-        )
-    if status == "signaled":
-        # As PID 1 of its namespace the callback is spared a signal's default action, so
-        # the bootstrap's handler ends it as that action would, with the status a shell
-        # shows for it.
-        signum = done.get("exit_code", 0) - 128
-        return Outcome.KILLED, Failure(
-            f"the callback was killed by {describe_signal(signum)}, which it had no handler "
-            f"for (exit status {128 + signum}, as a shell shows that death)"
         )
     if status == "terminated":
         # Not the executor's (its wall deadline and stops are classified before this).

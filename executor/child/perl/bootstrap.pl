@@ -11,9 +11,6 @@
 #              this child and is reported)
 #   terminated SIGTERM: the executor's wall deadline or stop (which it knows of itself), or
 #              a signal from anyone else (an operator's pkill); exit status 143
-#   signaled   a signal whose default action ends a process, and which the callback has no
-#              handler for (`alarm 5` alone), in a PID 1 the kernel spares that action:
-#              exit status 128 + its number, as the action would (no END blocks run)
 #   exception  an uncaught die: exception_type "die" (or the qb::Error kind, or the class
 #              of a die object), message = the die message without its trailing newline,
 #              traceback = the message with the callback's call stack
@@ -489,35 +486,6 @@ my sub _compile_errors {
         . " aborted due to compilation errors.\n";
 }
 
-# The signals whose default action ends a process, and that only a kill or a timer sends
-# (TERM, PIPE and XCPU have handlers of their own; the fault signals are the kernel's,
-# which ends even a PID 1 for a real fault; XFSZ makes a write past the file size limit
-# fail with EFBIG, as README says).
-my @ENDING_SIGNALS = qw(HUP INT QUIT ABRT USR1 USR2 ALRM STKFLT VTALRM PROF IO PWR);
-my %SIGNAL_NUMBER;
-@SIGNAL_NUMBER{ split ' ', $Config::Config{sig_name} } = split ' ', $Config::Config{sig_num};
-
-# A PID 1 of its namespace ignores a signal it has no handler for: `alarm 5` without
-# $SIG{ALRM} would never end the callback. These handlers end it as the default action
-# would (no END blocks, no DESTROY), reported, with the status a shell shows for that
-# death; a handler the callback sets replaces them, as the default action would be. In a
-# process the callback forked (no PID 1) the signal's own default action ends it.
-my sub end_as_the_default_action {
-    my ($name) = @_;
-    my $status = 128 + $SIGNAL_NUMBER{$name};
-    if ($$ == $main_pid) {
-        report({ status => 'signaled', exit_code => $status });
-        POSIX::_exit($status);
-    }
-    $SIG{$name} = 'DEFAULT';
-    kill $name, $$;
-    POSIX::_exit($status);    # blocked, or ignored by the kernel: still this death's status
-}
-my %END_AS_THE_DEFAULT_ACTION = map {
-    my $name = $_;
-    ($name => sub { end_as_the_default_action($name) })
-} grep { exists $SIGNAL_NUMBER{$_} } @ENDING_SIGNALS;
-
 my sub run {
     my ($fd) = @_;
     $main_pid = $$;
@@ -564,9 +532,6 @@ my sub run {
     };
     my $start = eval { qb::_read_frame() };
     return EXIT_BAD_START if !$start || ($start->{type} // '') ne 'start';
-    # Only now: a prepared child, idle until its start frame, is left alone by an
-    # operator's pkill of its cell's uid (as the Python bootstrap).
-    @SIG{ keys %END_AS_THE_DEFAULT_ACTION } = values %END_AS_THE_DEFAULT_ACTION if $$ == 1;
     # The policy's variables come with the run, never through the zygote (process.py).
     if (ref $start->{env} eq 'HASH') {
         $ENV{$_} = $start->{env}{$_} for keys %{ $start->{env} };
