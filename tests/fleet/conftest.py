@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from executor import sql
 from executor.migrations import migrate
 from executor.triggers.engine import TriggerEngine
 from executor.triggers.store import TriggerStore
@@ -60,3 +61,9 @@ async def engines(either_store: str) -> AsyncIterator[MakeEngine]:
 
     async with engines_made(open_engine) as make:
         yield make
+
+
+@pytest.fixture
+def unanswered_reset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another test's cut-off must not make this one's statements fail at once."""
+    monkeypatch.setattr(sql._watchdog, "unanswered_at", float("-inf"))

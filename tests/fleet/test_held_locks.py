@@ -28,7 +28,7 @@ from executor.triggers.engine import TriggerEngine
 from executor.triggers.store import TriggerStore
 from tests.fleet.test_fleet_ids import CountingConnection
 from tests.fleet.test_store import RecordingReceiver
-from tests.helpers.postgres import PostgresServer
+from tests.helpers.postgres import PostgresServer, another_session
 from tests.helpers.trigger_engines import LIMITS, Recorder, job
 
 pytestmark = pytest.mark.service
@@ -40,19 +40,8 @@ FREE_JOB = 9002
 @pytest.fixture
 def admin(pg_url: str) -> Iterator[PgDb]:
     """Another application's session: no stall limits of ours, rolled back after."""
-    db = connect_postgres(pg_url, application_name="admin", stall_limits=False)
-    try:
+    with another_session(pg_url, "admin") as db:
         yield db
-    finally:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        db.close()
-
-
-@pytest.fixture
-def unanswered_reset(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Another test's cut-off must not make this one's statements fail at once.
-    monkeypatch.setattr(sql._watchdog, "unanswered_at", float("-inf"))
 
 
 @pytest.fixture

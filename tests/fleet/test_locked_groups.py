@@ -24,6 +24,7 @@ from executor.sql import PgDb, StoreLockTimeout, StoreUnavailable, connect_postg
 from executor.storage import StorageHealth
 from executor.triggers.engine import TriggerEngine
 from executor.triggers.store import TriggerStore
+from tests.helpers.postgres import another_session
 from tests.helpers.trigger_engines import LIMITS, Recorder, job
 
 pytestmark = pytest.mark.service
@@ -33,21 +34,10 @@ FREE_JOBS = range(9201, 9205)
 
 
 @pytest.fixture
-def unanswered_reset(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Another test's cut-off must not make this one's statements fail at once.
-    monkeypatch.setattr(sql._watchdog, "unanswered_at", float("-inf"))
-
-
-@pytest.fixture
 def holder(pg_url: str) -> Iterator[PgDb]:
     """Another session (a paused replica's, as the server sees it), rolled back after."""
-    db = connect_postgres(pg_url, application_name="paused-replica", stall_limits=False)
-    try:
+    with another_session(pg_url, "paused-replica") as db:
         yield db
-    finally:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        db.close()
 
 
 @pytest.fixture

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
+from executor.sql import PgDb, connect_postgres
+
 # Where Debian puts each major version's server programs.
 _BIN_GLOB: Final = "/usr/lib/postgresql/*/bin"
 
@@ -143,3 +145,18 @@ def running_server(prefix: str) -> Iterator[PostgresServer]:
         yield server
     finally:
         server.cleanup()
+
+
+@contextlib.contextmanager
+def another_session(pg_url: str, application_name: str) -> Iterator[PgDb]:
+    """Another application's session (an admin's, a paused replica's as the server sees it).
+
+    No stall limits of ours; its transaction is rolled back after.
+    """
+    db = connect_postgres(pg_url, application_name=application_name, stall_limits=False)
+    try:
+        yield db
+    finally:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        db.close()
