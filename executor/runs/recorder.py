@@ -261,9 +261,7 @@ class Recorder:
                     health=self._health,
                     refused=self._refused(invocation),
                 )
-        self._writer.submit(
-            invocation, result, ended_at=now, started_at=now - result.usage.wall_seconds
-        )
+        self._book(invocation, result, now)
         return committed
 
     async def _record_claimed(
@@ -302,13 +300,7 @@ class Recorder:
                 refused=self._refused(invocation),
             )
         finally:
-            self._writer.submit(
-                invocation,
-                result,
-                ended_at=now,
-                started_at=now - result.usage.wall_seconds,
-                in_history=kept,
-            )
+            self._book(invocation, result, now, in_history=kept)
         if not kept:
             logger.warning(
                 "firing %s ran here after its lease ran out, and another replica has claimed "
@@ -381,13 +373,19 @@ class Recorder:
                 " result is the id's; this run's is not reported nor recorded"
             ) from err
         finally:
-            self._writer.submit(
-                invocation,
-                result,
-                ended_at=now,
-                started_at=now - result.usage.wall_seconds,
-                in_history=in_history,
-            )
+            self._book(invocation, result, now, in_history=in_history)
+
+    def _book(
+        self, invocation: Invocation, result: RunResult, now: float, *, in_history: bool = True
+    ) -> None:
+        """The run handed to the bookkeeping thread (history, ``.cb`` log, metrics), ended now."""
+        self._writer.submit(
+            invocation,
+            result,
+            ended_at=now,
+            started_at=now - result.usage.wall_seconds,
+            in_history=in_history,
+        )
 
     async def _commit_or_owe(
         self,
