@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, ProcessCollector, disable_created_metrics
 from prometheus_client import Histogram as PromHistogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -144,6 +144,10 @@ class Metrics:
         if list(bounds_s) != sorted(bounds_s):
             raise ValueError("histogram bounds must be ascending")
         self.bounds_s = bounds_s
+        # No *_created series (each counter's and histogram's start time): the README's
+        # table is the whole list, and nothing reads them. The switch is the library's,
+        # for the process: the executor's metrics are its only ones.
+        disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=True)
         self._runs = Counter(
             f"{PREFIX}_runs",

@@ -30,6 +30,7 @@ import ssl
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -222,17 +223,26 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 # A query parameter whose name says it holds a secret (token=, access_token=, password=,
-# api_key=...). The query string is no way to give the token (refused, 401), but one who
-# tries it left the real token in the access line at DEBUG (probe 115).
-_SECRET_PARAMETER: Final = re.compile(
-    r"([?&;][^=&;\s\"]*(?:token|auth|pass|secret|key|session|cred)[^=&;\s\"]*=)[^&;\s\"]*",
-    re.IGNORECASE,
-)
+# api_key=, bearer=...), judged by its name decoded (t%6Fken= is token=, and so is
+# token%3D). The query string is no way to give the token (refused, 401), but one who
+# tries it left the real token in the access line at DEBUG (probes 115, 121).
+_PARAMETER: Final = re.compile(r"([?&;])([^&;\s\"]*)")
+_SECRET_NAME: Final = re.compile(r"token|auth|pass|secret|key|session|cred|bearer", re.IGNORECASE)
+
+
+def _hidden_if_secret(parameter: re.Match[str]) -> str:
+    separator, written = parameter.groups()
+    name = urllib.parse.unquote_plus(written).partition("=")[0]
+    if not _SECRET_NAME.search(name):
+        return parameter.group(0)
+    if "=" in written:  # its name as written, its value hidden
+        return f"{separator}{written.partition('=')[0]}=(hidden)"
+    return f"{separator}(hidden)"  # the = encoded too: where the name ends is not shown
 
 
 def hide_secret_parameters(line: str) -> str:
     """``line`` with the value of each query parameter named like a secret as ``(hidden)``."""
-    return _SECRET_PARAMETER.sub(r"\1(hidden)", line)
+    return _PARAMETER.sub(_hidden_if_secret, line)
 
 
 def _version_refusal(words: list[bytes]) -> tuple[int, str] | None:

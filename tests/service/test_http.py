@@ -640,12 +640,22 @@ async def test_a_refused_body_trickled_is_dropped_for_two_seconds_in_all(web: St
 async def test_a_token_in_a_query_string_is_not_written_to_the_log(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Refused (401), but the access line at DEBUG held it whole (probe 115).
+    # Refused (401), but the access line at DEBUG held it whole (probe 115), and with its
+    # name percent-escaped, or named bearer, still did (probe 121).
     caplog.set_level(logging.DEBUG, logger="executor.web.server")
     async with running_stack(http_settings(tmp_path, auth_token=TOKEN)) as web:
-        for query in (f"token={TOKEN}", f"outcome=FAILED&access_token={TOKEN}&x=1"):
+        for query in (
+            f"token={TOKEN}",
+            f"outcome=FAILED&access_token={TOKEN}&x=1",
+            f"t%6Fken={TOKEN}",
+            f"bearer={TOKEN}",
+            f"token%3D{TOKEN}&y=2",
+        ):
             assert (await fetch(url(web, f"/healthz?{query}")))[0] == 401
     lines = [r.getMessage() for r in caplog.records if r.name == "executor.web.server"]
     assert not [line for line in lines if TOKEN in line], lines
     assert any("GET /healthz?token=(hidden) HTTP/1.1" in line for line in lines), lines
     assert any("?outcome=FAILED&access_token=(hidden)&x=1 " in line for line in lines), lines
+    assert any("?t%6Fken=(hidden) " in line for line in lines), lines
+    assert any("?bearer=(hidden) " in line for line in lines), lines
+    assert any("?(hidden)&y=2 " in line for line in lines), lines
