@@ -147,7 +147,7 @@ class Metrics:
         # No *_created series (each counter's and histogram's start time): the README's
         # table is the whole list, and nothing reads them. The switch is the library's,
         # for the process: the executor's metrics are its only ones.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         self._runs = Counter(
             f"{PREFIX}_runs",
