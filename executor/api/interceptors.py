@@ -4,7 +4,8 @@
 (random bytes, a truncated message, invalid UTF-8 in a string field, nesting too deep)
 are answered INVALID_ARGUMENT with one log line, instead of gRPC Python's default
 UNKNOWN "Unexpected <class 'DecodeError'>" and a traceback. A string field holding
-invalid UTF-8 is named (``undecodable.py``): protobuf's own error does not say which. It also counts the calls
+invalid UTF-8, or whose messages nest too deep, is named (``undecodable.py``): protobuf's own error
+does not say which. It also counts the calls
 refused at capacity: those never reach the dispatcher's ``on_result`` (nothing ran), so
 they are counted where they become visible, as RESOURCE_EXHAUSTED leaving the server.
 After a call whose request or answer was large it has the heap trimmed
@@ -41,7 +42,7 @@ from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health
 
-from executor.api.undecodable import invalid_utf8_field
+from executor.api.undecodable import undecodable_field
 from executor.api.unread_answers import (
     BIG_ANSWER_METHODS,
     COUNTED_ANSWER_BYTES,
@@ -331,11 +332,9 @@ class CallGuard:
             except (DecodeError, RecursionError, UnicodeDecodeError, ValueError) as err:
                 logger.info("refused %s: the request does not decode: %s", method, err)
                 refusal = f"the request is not a valid {method.rsplit('/', 1)[-1]} message"
-                field = None if request_type is None else invalid_utf8_field(request_type, raw)
-                if field is not None:
-                    refusal += (
-                        f": {field} is not valid UTF-8 (no string field may hold other bytes)"
-                    )
+                why = None if request_type is None else undecodable_field(request_type, raw)
+                if why is not None:
+                    refusal += f": {why}"
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal)
             # Only the method holds the parsed request, so it can let go of it (Execute
             # does, once it has made its invocation: a queued run need not keep it).

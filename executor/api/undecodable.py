@@ -1,11 +1,13 @@
-"""Which string field of request bytes holds invalid UTF-8, when a request does not decode.
+"""Which field of request bytes makes them undecodable: a string not UTF-8, or nesting too deep.
 
-protobuf refuses such a request whole ("String field had bad UTF-8", naming no field).
+protobuf refuses such a request whole, naming no field ("String field had bad UTF-8";
+nesting past its limit of 100 messages is "Wire format was corrupt", as for garbage).
 Only then are the bytes walked here, field by field along the message's descriptor, to
 name the first string that is not UTF-8 as a path (``callback.code``, ``work[2]``,
-``events[1].host``); a string inside a ``google.protobuf.Struct`` is named by the Struct
-field (``context.job.extra``). Anything else the walk cannot read (a truncated message,
-a group, nesting deeper than protobuf's own limit) names nothing.
+``events[1].host``), or the field whose messages nest past the limit; a field inside a
+``google.protobuf.Struct`` is named by the Struct field (``context.job.extra``, where a
+list nests two messages and a dict three). Anything else the walk cannot read (a
+truncated message, a group) names nothing.
 """
 
 from __future__ import annotations
@@ -26,12 +28,28 @@ class _Unreadable(Exception):
     """The bytes are not a message the walk can follow."""
 
 
-def invalid_utf8_field(descriptor: Descriptor, data: bytes) -> str | None:
-    """The path of the first string field of ``data`` that is not UTF-8, or None."""
+class _TooDeep(Exception):
+    """Messages nest past protobuf's limit, in the field at ``where``."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(where)
+        self.where = where
+
+
+def undecodable_field(descriptor: Descriptor, data: bytes) -> str | None:
+    """Why ``data`` does not decode as ``descriptor``'s message, naming the field; None if unknown."""
     try:
-        return _walk(descriptor, memoryview(data), "", 0)
+        where = _walk(descriptor, memoryview(data), "", 0)
+    except _TooDeep as deep:
+        return (
+            f"{deep.where} nests messages more than {_MAX_DEPTH} deep, protobuf's limit"
+            " (in a Struct, a list takes two levels, a dict three)"
+        )
     except _Unreadable:
         return None
+    if where is None:
+        return None
+    return f"{where} is not valid UTF-8 (no string field may hold other bytes)"
 
 
 def _varint(data: memoryview, position: int) -> tuple[int, int]:
@@ -49,7 +67,7 @@ def _varint(data: memoryview, position: int) -> tuple[int, int]:
 
 def _walk(descriptor: Descriptor, data: memoryview, path: str, depth: int) -> str | None:
     if depth > _MAX_DEPTH:
-        raise _Unreadable
+        raise _TooDeep(path)
     seen: dict[int, int] = {}
     position = 0
     while position < len(data):
@@ -93,5 +111,8 @@ def _in_field(field: FieldDescriptor, payload: memoryview, where: str, depth: in
         return None
     if message.full_name in _STRUCT_TYPES:
         # A Struct's map entries and values are no field a caller wrote: name the Struct.
-        return where if _walk(message, payload, where, depth + 1) is not None else None
+        try:
+            return where if _walk(message, payload, where, depth + 1) is not None else None
+        except _TooDeep:
+            raise _TooDeep(where) from None
     return _walk(message, payload, where, depth + 1)

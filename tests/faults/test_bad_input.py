@@ -64,10 +64,19 @@ async def test_deeply_nested_job_extra_is_invalid_argument(stack_warm: Stack) ->
     job = varint(1 << 3) + varint(7)  # Job.id = 7
     job += field(18, nested_struct(200))  # Job.extra, nested beyond protobuf's limit
     request = field(2, field(3, b"python") + field(4, b"print(1)")) + field(3, field(1, job))
-    code = await raw_call(
-        stack_warm.channel, "/qbcallback.v1.CallbackExecutorService/Execute", request
+    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = stack_warm.channel.unary_unary(
+        "/qbcallback.v1.CallbackExecutorService/Execute",
+        request_serializer=None,
+        response_deserializer=None,
     )
-    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call(request, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # Named, not only "not a valid Execute message" as garbage is (probe 123).
+    assert refused.value.details() == (
+        "the request is not a valid Execute message: context.job.extra nests messages more"
+        " than 100 deep, protobuf's limit (in a Struct, a list takes two levels, a dict three)"
+    )
 
 
 async def test_invalid_utf8_is_refused_naming_its_field(stack_warm: Stack) -> None:
