@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from google.protobuf.message import DecodeError
 
@@ -81,7 +83,7 @@ def test_bytes_without_such_a_field_name_nothing(raw: bytes) -> None:
 
 
 def _nested(levels: int, inner: object) -> executor_pb2.ExecuteRequest:
-    value = inner
+    value: Any = inner
     for _ in range(levels):
         value = [value] if isinstance(inner, list) else {"a": value}
     message = executor_pb2.ExecuteRequest(invocation_id="deep")
