@@ -257,8 +257,14 @@ def classify(child: ChildExit, limits: Limits) -> tuple[Outcome, Failure | None]
 
 def _classify_exit(child: ChildExit, limits: Limits) -> tuple[Outcome, Failure | None]:
     if child.timed_out:
+        exceeded = f"the callback exceeded its wall-clock limit of {limits.wall_seconds:g}s"
+        if child.signal or child.exit_code == 128 + signal.SIGTERM:  # the runtimes' answer to it
+            return Outcome.WALL_TIMEOUT, Failure(f"{exceeded} and was killed")
+        # Not ended at the deadline, it exited by itself as the SIGTERM was on its way:
+        # still a timeout, but its exit status says no signal ended it.
         return Outcome.WALL_TIMEOUT, Failure(
-            f"the callback exceeded its wall-clock limit of {limits.wall_seconds:g}s and was killed"
+            f"{exceeded}: it had not ended then, and exited with code {child.exit_code} "
+            "as it was being stopped"
         )
     if child.stop_reason:
         return Outcome.KILLED, Failure(child.stop_reason)

@@ -331,3 +331,25 @@ def test_a_cpu_limit_message_quotes_the_limit_the_kernel_enforced(
     assert outcome == Outcome.CPU_LIMIT
     assert failure is not None
     assert failure.message == message
+
+
+@pytest.mark.parametrize(
+    ("status", "said"),
+    [
+        (killed(signal.SIGKILL), "the callback exceeded its wall-clock limit of 5s and was killed"),
+        # The runtimes' answer to the executor's SIGTERM (their finally and END blocks ran).
+        (exited(143), "the callback exceeded its wall-clock limit of 5s and was killed"),
+        # It ended by itself as the SIGTERM was on its way (a limit of 0.002 s, probe 119):
+        # "was killed" beside "exit: code 0" said two things.
+        (
+            exited(0),
+            "the callback exceeded its wall-clock limit of 5s: it had not ended then, and "
+            "exited with code 0 as it was being stopped",
+        ),
+    ],
+)
+def test_a_wall_timeout_message_never_contradicts_the_exit_status(status: int, said: str) -> None:
+    outcome, failure = classify(child(status, timed_out=True), LIMITS)
+
+    assert outcome == Outcome.WALL_TIMEOUT
+    assert failure is not None and failure.message == said
