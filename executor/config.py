@@ -41,6 +41,24 @@ NOT_SETTINGS: Final = frozenset({"CBEXEC_CONFIG", "CBEXEC_ADDRESS", "CBEXEC_PROT
 # The test suite's own variables (CBEXEC_TEST_UID_BASE, ...): a shell set up to run it
 # may start the service too. No setting's name starts with "test".
 TEST_SUITE_PREFIX: Final = "CBEXEC_TEST_"
+# Settings that are file system paths, as their variables name them: any bytes but NUL.
+# Every other variable's value must be UTF-8 text.
+PATH_VARIABLES: Final = frozenset(
+    f"{ENV_PREFIX}{name.upper()}"
+    for name in (
+        "data_dir",
+        "log_dir",
+        "universal_callback_path",
+        "tls_cert",
+        "tls_key",
+        "tls_client_ca",
+        "supervisor_tls_ca",
+        "supervisor_tls_cert",
+        "supervisor_tls_key",
+        "mail__directory",
+        "mail__templates_dir",
+    )
+)
 
 # Qube's supervisor_language_flags bits (qube-callbacks.md §6) for the languages we run.
 LANGUAGE_BITS: Final = {
@@ -638,6 +656,11 @@ def env_values(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         if key.startswith(TEST_SUITE_PREFIX):
             continue
+        if key not in PATH_VARIABLES and not _is_text(raw):
+            # Said as the command line says it, before any conversion (which quoted
+            # Python's '\udcff' as a value of the wrong type).
+            shown = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise ConfigError(f"${key}: '{shown}' is not UTF-8 text")
         name = key[len(ENV_PREFIX) :].lower()
         if name == "policies" or name.startswith("policies__"):
             raise ConfigError(
@@ -650,6 +673,14 @@ def env_values(environ: Mapping[str, str]) -> dict[str, Any]:
         else:
             values[name] = raw
     return values
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def from_env(settings: Settings, environ: Mapping[str, str]) -> Settings:
@@ -741,9 +772,16 @@ def _store_url_problem(url: str) -> str | None:
     except ImportError:
         return None  # connecting says psycopg is needed
     try:
-        conninfo.conninfo_to_dict(url)
+        params = conninfo.conninfo_to_dict(url)
     except Error as err:
         return f"store: not a valid PostgreSQL URL: {_url_problem(err, url)}"
+    # libpq parses any port and refuses it only when connecting, which is no bad setting
+    # but "unreachable" (exit 3, which a unit retries). One a host each: "5432,5433".
+    for port in str(params.get("port") or "").split(","):
+        if port and not port.isdigit():
+            return f"store: port {port!r} is not a number"
+        if port and not 1 <= int(port) <= 65535:
+            return f"store: port {port} is out of range (1 to 65535)"
     return None
 
 

@@ -28,8 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     # Here, not at the top: they take ~0.2 s (gRPC, the stubs), which ``main`` lets a
     # SIGHUP to ``cbexec serve`` find handled (reload_signal).
     from executor.cli import farm, metrics, outbox, runs, serve, store, triggers
+    from executor.cli.undecodable_arguments import Parser
 
-    parser = argparse.ArgumentParser(
+    # Parser: an argument that is not UTF-8 is refused before any converter sees it.
+    # (Typed as argparse's: its subcommands' parsers are Parsers too, of its class.)
+    parser: argparse.ArgumentParser = Parser(
         prog="cbexec", description="Sandboxed executor for render-farm job callbacks."
     )
     parser.add_argument("--version", action="version", version=f"cbexec {__version__}")
@@ -59,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(given)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except undecodable_arguments.NotTextError as err:
+        say_error(str(err))
+        return EXIT_USAGE
     if refusal := undecodable_arguments.refusal(parser, args):
         say_error(refusal)
         return EXIT_USAGE

@@ -20,6 +20,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+from executor.cli.undecodable_arguments import FromEnvironment
 from executor.errors import ConfigError
 from executor.visible_text import escaped
 from supervisor_client import ExecutorClient, ExecutorRpcError, FarmClient
@@ -116,6 +117,12 @@ def seconds(text: str) -> float:
     return value
 
 
+def _from_environment(variable: str) -> FromEnvironment | None:
+    """A variable's value, which errors name it by; None when unset or empty (as unset)."""
+    value = os.environ.get(variable)
+    return FromEnvironment(value, variable) if value else None
+
+
 def connection_options(*, suppress: bool = False) -> argparse.ArgumentParser:
     """Connection flags; ``suppress`` (for a sub-subcommand) leaves unset ones to the parent."""
     parent = argparse.ArgumentParser(
@@ -126,14 +133,14 @@ def connection_options(*, suppress: bool = False) -> argparse.ArgumentParser:
         action=AddressList,
         default=argparse.SUPPRESS
         if suppress
-        else os.environ.get("CBEXEC_ADDRESS", DEFAULT_ADDRESS),
+        else _from_environment("CBEXEC_ADDRESS") or DEFAULT_ADDRESS,
         help="executor host:port, or a fleet: IP:PORT,IP:PORT (or the flag repeated), or "
         "dns:///NAME:PORT, balanced round-robin over the healthy ones "
         "(default: $CBEXEC_ADDRESS, else 127.0.0.1:50051)",
     )
     parent.add_argument(
         "--token",
-        default=argparse.SUPPRESS if suppress else os.environ.get("CBEXEC_AUTH_TOKEN"),
+        default=argparse.SUPPRESS if suppress else _from_environment("CBEXEC_AUTH_TOKEN"),
         help="the executor's auth_token (default: $CBEXEC_AUTH_TOKEN)",
     )
     parent.add_argument("--tls-ca", type=Path, help="PEM CA of the executor's certificate")
@@ -203,7 +210,7 @@ def connect(args: argparse.Namespace, address: str | None = None) -> ExecutorCli
     try:
         return ExecutorClient(address or args.address, **credentials)
     except ValueError as err:
-        raise ConfigError(f"--address: {err}") from err
+        raise ConfigError(f"{_address_name(args)}: {err}") from err
 
 
 def connect_farm(args: argparse.Namespace) -> FarmClient:
@@ -216,8 +223,15 @@ def connect_farm(args: argparse.Namespace) -> FarmClient:
         return FarmClient(args.address, **credentials)
     except ValueError as err:
         raise ConfigError(
-            f"--address: {err}; the farm is one executor's embedded supervisor"
+            f"{_address_name(args)}: {err}; the farm is one executor's embedded supervisor"
         ) from err
+
+
+def _address_name(args: argparse.Namespace) -> str:
+    """Where the address came from: ``--address``, or ``$CBEXEC_ADDRESS`` when no flag gave one."""
+    if isinstance(args.address, FromEnvironment):
+        return f"${args.address.variable}"
+    return "--address"
 
 
 def rpc_command(work: Command) -> Callable[[argparse.Namespace], int]:

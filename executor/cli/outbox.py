@@ -55,7 +55,10 @@ def describe_dead_letter(letter: Any) -> str:
 
 
 async def _retry(args: argparse.Namespace, out: TextIO) -> int:
-    if bool(args.invocation_ids) == args.all:
+    if args.invocation_ids and args.all:
+        print("cbexec: give invocation ids or --all, not both", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.invocation_ids and not args.all:
         print("cbexec: name the invocation ids to retry, or give --all", file=sys.stderr)
         return EXIT_USAGE
     async with connect(args) as client:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import sys
@@ -38,6 +39,7 @@ from executor.cli.connection import (
     EXIT_OK,
     MAX_ID,
     MAX_LIST,
+    SUBJOB_IDS,
     connect,
     connection_options,
     rpc_command,
@@ -45,6 +47,7 @@ from executor.cli.connection import (
 )
 from executor.config import Settings
 from executor.errors import ConfigError
+from executor.sandbox.limits import MOST
 from executor.triggers.nodes import EventName, EventType
 from executor.visible_text import escaped, printable, visible
 from supervisor_client import ExecutorClient
@@ -285,6 +288,25 @@ def _since(text: str) -> float:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _wall_seconds(text: str) -> float:
+    """``--wall-seconds``: more than 0 and at most any cap can be (1e9), else exit 2.
+
+    Sent on, a bad value came back INVALID_ARGUMENT (exit 3), and 0 (the wire's "unset")
+    silently ran with the default: leaving the option out is how to ask for that.
+    """
+    most = MOST["wall_seconds"]
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= most:  # NaN too
+        raise argparse.ArgumentTypeError(
+            f"expected seconds, more than 0 and at most {most:g}, got {text!r}; "
+            "leave it out for the policy's default"
+        )
+    return value
+
+
 def _outcome(text: str) -> str:
     try:
         return outcome_name(outcome_value(text))
@@ -522,14 +544,24 @@ def add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     run.add_argument("--event", help="the triggering event, e.g. complete-job-self")
     run.add_argument("--work", help="the triggering work item's name")
-    run.add_argument("--subjob", type=int, default=-1, help="the triggering instance")
+    run.add_argument(
+        "--subjob",
+        type=whole_number(*SUBJOB_IDS),
+        default=-1,
+        help="the triggering instance (default -1: none)",
+    )
     run.add_argument(
         "--policy",
         help="the sandbox policy to ask for (one whose users list the owner; default: "
         "the owner's, else job)",
     )
     run.add_argument("--owner", help="the Qube user the callback acts as (default: job owner)")
-    run.add_argument("--wall-seconds", type=float, help="wall-time limit for this run")
+    run.add_argument(
+        "--wall-seconds",
+        type=_wall_seconds,
+        help="wall-time limit for this run, more than 0 (default: the policy's, 30 s unless "
+        "configured; above the executor's cap is refused)",
+    )
     run.add_argument(
         "--embedded",
         action="store_true",

@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = commands.add_parser("serve", help="run the executor service")
-    serve.add_argument("--config", type=Path, help="TOML settings file (also CBEXEC_CONFIG)")
+    serve.add_argument("--config", type=config_path, help="TOML settings file (also CBEXEC_CONFIG)")
     serve.add_argument("--bind", help="host:port to listen on (default 127.0.0.1:50051)")
     serve.add_argument(
         "--http",
@@ -47,13 +47,17 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="refuse to start when callbacks.conf has a problem (setting: strict)",
     )
-    serve.add_argument(
+    # Refused together: --check-config checks for an executor about to start (its port,
+    # data dir, uids), --check-tls beside a running one. Given both, --check-tls was
+    # dropped and a script took it for passed (probe 119).
+    checks = serve.add_mutually_exclusive_group()
+    checks.add_argument(
         "--check-config",
         action="store_true",
         help="validate everything start-up would (settings, TLS files, port, sandbox, "
         "universal callbacks), print the effective settings, exit",
     )
-    serve.add_argument(
+    checks.add_argument(
         "--check-tls",
         action="store_true",
         help="validate only the TLS files (tls_cert, tls_key, tls_client_ca, and the "
@@ -63,13 +67,25 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.set_defaults(handler=_serve)
 
 
+def config_path(text: str) -> Path:
+    """An argparse ``type`` for ``--config``: a path, not empty (``Path('')`` is ``.``)."""
+    if not text:
+        raise argparse.ArgumentTypeError(
+            "empty: give a TOML file's path, or leave --config out for none"
+        )
+    return Path(text)
+
+
 def layered_settings(
     config_arg: Path | None, environ: dict[str, str], flags: dict[str, object]
 ) -> config.Settings:
-    """Defaults < TOML file (``--config`` or ``CBEXEC_CONFIG``) < environment < flags set."""
-    config_file = config_arg or (
-        Path(environ["CBEXEC_CONFIG"]) if "CBEXEC_CONFIG" in environ else None
-    )
+    """Defaults < TOML file (``--config`` or ``CBEXEC_CONFIG``) < environment < flags set.
+
+    An empty ``CBEXEC_CONFIG`` is unset, as an empty ``CBEXEC_ADDRESS`` is (an
+    EnvironmentFile's template line ``CBEXEC_CONFIG=``).
+    """
+    from_env = environ.get("CBEXEC_CONFIG")
+    config_file = config_arg or (Path(from_env) if from_env else None)
     from executor.policies import problems_beside
 
     return config.layered(

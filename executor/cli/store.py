@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from executor.cli.connection import EXIT_OK, EXIT_RPC
-from executor.cli.serve import layered_settings
+from executor.cli.serve import config_path, layered_settings
 from executor.errors import UnavailableError
 
 
@@ -46,7 +45,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="create or upgrade the store's schema to this version (idempotent; run before "
         "the executors start)",
     )
-    migrate.add_argument("--config", type=Path, help="TOML settings file (also CBEXEC_CONFIG)")
+    migrate.add_argument(
+        "--config", type=config_path, help="TOML settings file (also CBEXEC_CONFIG)"
+    )
     migrate.add_argument(
         "--store", help="postgresql://user@host/db (default: the store setting, CBEXEC_STORE)"
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Stack, running_stack, stack_settings
-from tests.helpers.cli import cbexec
+from tests.helpers.cli import cbexec, cli_env
 from tests.helpers.supervisors import SupervisorEndpoint
 
 pytestmark = pytest.mark.service
@@ -104,6 +104,39 @@ CASES: list[tuple[tuple[str, ...], int, str]] = [
         2,
         "store: not a valid PostgreSQL URL: end of string reached",
     ),
+    # A port no database can have is a bad setting: it was "unreachable" (exit 3), which a
+    # unit that retries on 3 retried for ever.
+    (
+        ("store", "migrate", "--store", "postgresql://u@127.0.0.1:99999/db"),
+        2,
+        "store: port 99999 is out of range (1 to 65535)",
+    ),
+    (("store", "migrate", "--store", "postgresql://u@h:54x/db"), 2, "store: port '54x' is not"),
+    # Both were taken, and only --check-config ran: a script believed the TLS check passed.
+    (
+        ("serve", "--check-config", "--check-tls"),
+        2,
+        "argument --check-tls: not allowed with argument --check-config",
+    ),
+    # Path('') is '.': "config file .: Is a directory", a path never given.
+    (("serve", "--check-config", "--config", ""), 2, "argument --config: empty: give a TOML"),
+    (("store", "migrate", "--config", ""), 2, "argument --config: empty"),
+    # Sent on, these came back INVALID_ARGUMENT (exit 3); 0 silently meant the default.
+    *(
+        (
+            ("run", "--code", "pass", "--lang", "python", "--job", "{job}", "--wall-seconds", w),
+            2,
+            f"argument --wall-seconds: expected seconds, more than 0 and at most 1e+09, got '{w}'",
+        )
+        for w in ("-5", "nan", "inf", "1e20", "0", "soon")
+    ),
+    # Blamed on --job (the request's subjob_id) once the job file was read.
+    (
+        ("run", "--code", "pass", "--lang", "python", "--job", "{job}", "--subjob", "2147483648"),
+        2,
+        "argument --subjob: expected -2147483648 to 2147483647, got 2147483648",
+    ),
+    (("outbox", "retry", "--all", "0123abcd"), 2, "give invocation ids or --all, not both"),
 ]
 
 
@@ -221,3 +254,84 @@ async def test_an_argument_that_is_not_utf8_is_one_line(argv: tuple[str, ...]) -
     assert (said.code, said.out) == (2, ""), said
     (line,) = said.err.splitlines()
     assert line.startswith("cbexec: ") and "'\\xff\\xfe' is not UTF-8 text" in line, said
+
+
+# Each named as its usage names it. Options with a converter or choices ran those first:
+# the usage block and Python's '\udcff' (probe 119).
+NOT_UTF8_NAMED: list[tuple[tuple[str, ...], str]] = [
+    (("runs", "show", NOT_UTF8), "ID"),
+    (("runs", "--job", NOT_UTF8), "--job"),
+    (("runs", "--outcome", NOT_UTF8), "--outcome"),
+    (("runs", "--since", NOT_UTF8), "--since"),
+    (("runs", "--limit", NOT_UTF8), "--limit"),
+    (("runs", "show", "abcd", "--timeout", NOT_UTF8), "--timeout"),
+    (("farm", "show", NOT_UTF8), "ID"),
+    (("outbox", "dead", "--limit", NOT_UTF8), "--limit"),
+    (("run", "--code", "pass", "--lang", NOT_UTF8, "--job", "/dev/null"), "--lang"),
+    (("run", "--code", "pass", "--job", "/dev/null", "--wall-seconds", NOT_UTF8), "--wall-seconds"),
+    (("run", "--code", "pass", "--job", "/dev/null", "--subjob", NOT_UTF8), "--subjob"),
+    (("metrics", "--timeout", NOT_UTF8), "--timeout"),
+    (("serve", "--check-config", "--max-concurrent", NOT_UTF8), "--max-concurrent"),
+    (("serve", "--check-config", "--log-format", NOT_UTF8), "--log-format"),
+    (("farm", "submit", "job.py", "an-argument", NOT_UTF8), "ARGS"),
+    ((NOT_UTF8,), "COMMAND"),
+    (("farm", NOT_UTF8), "COMMAND"),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "name"), NOT_UTF8_NAMED, ids=[" ".join(c[0][:2]) for c in NOT_UTF8_NAMED]
+)
+async def test_an_argument_that_is_not_utf8_is_named(argv: tuple[str, ...], name: str) -> None:
+    said = await cbexec(*argv, address=UNREACHABLE)
+    assert (said.code, said.out) == (2, ""), said
+    assert said.err == f"cbexec: {name}: '\\xff\\xfe' is not UTF-8 text\n", said
+
+
+# The environment's values alike, named by their variable (no flag was given).
+NOT_UTF8_ENV: list[tuple[tuple[str, ...], str]] = [
+    (("metrics",), "CBEXEC_ADDRESS"),
+    (("metrics", "--address", UNREACHABLE), "CBEXEC_AUTH_TOKEN"),
+    (("store", "migrate"), "CBEXEC_MAX_CONCURRENT"),
+    (("store", "migrate"), "CBEXEC_DEFAULT_LIMITS__WALL_SECONDS"),
+    (("store", "migrate"), "CBEXEC_BIND"),
+]
+
+
+@pytest.mark.parametrize(("argv", "variable"), NOT_UTF8_ENV, ids=[v for _, v in NOT_UTF8_ENV])
+async def test_an_environment_value_that_is_not_utf8_is_one_line_naming_it(
+    argv: tuple[str, ...], variable: str
+) -> None:
+    said = await cbexec(*argv, env=cli_env(**{variable: NOT_UTF8}))
+    assert (said.code, said.out) == (2, ""), said
+    (line,) = said.err.splitlines()
+    assert line.endswith(f"${variable}: '\\xff\\xfe' is not UTF-8 text"), said
+
+
+async def test_a_path_in_the_environment_may_be_any_bytes(tmp_path: Path) -> None:
+    said = await cbexec("store", "migrate", env=cli_env(CBEXEC_LOG_DIR=f"{tmp_path}/{NOT_UTF8}"))
+    assert said.code == 0, said
+    assert "nothing to migrate" in said.out
+
+
+async def test_an_empty_config_variable_means_no_file() -> None:
+    # An EnvironmentFile's template line `CBEXEC_CONFIG=`: "config file .: Is a directory".
+    said = await cbexec("store", "migrate", env=cli_env(CBEXEC_CONFIG=""))
+    assert (said.code, said.err) == (0, ""), said
+    assert "store is SQLite (in the data dir): nothing to migrate" in said.out
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ("127.0.0.1", "address '127.0.0.1' needs a port: host:port"),
+        ("127.0.0.1:99999", "address '127.0.0.1:99999': port 99999 is out of range"),
+    ],
+)
+async def test_a_bad_address_variable_is_named_not_the_flag(value: str, text: str) -> None:
+    said = await cbexec("metrics", env=cli_env(value))
+    assert said.code == 2, said
+    assert said.err.startswith(f"cbexec: $CBEXEC_ADDRESS: {text}"), said
+    # The flag, when given, is named as before.
+    said = await cbexec("metrics", "--address", value)
+    assert said.err.startswith(f"cbexec: --address: {text}"), said
