@@ -323,10 +323,15 @@ class Settings:
 
     @property
     def mail_settings(self) -> MailSettings:
-        """The mail settings with the maildir defaulted into the data dir."""
-        if str(self.mail.directory) in ("", "."):
-            return dataclasses.replace(self.mail, directory=self.data_dir / "mail")
-        return self.mail
+        """The mail settings with the maildir defaulted into the data dir, "" templates built in."""
+        mail = self.mail
+        if str(mail.directory) in ("", "."):
+            mail = dataclasses.replace(mail, directory=self.data_dir / "mail")
+        # Path("") is ".": the working directory (/ under systemd), not the default an
+        # empty path is for every other path setting (probe 120).
+        if mail.templates_dir is not None and str(mail.templates_dir) in ("", "."):
+            mail = dataclasses.replace(mail, templates_dir=None)
+        return mail
 
     @property
     def http_allowed_host_names(self) -> list[str]:
@@ -580,9 +585,11 @@ def overlay(
             problems.append(f"{origin}: unknown setting {key!r}")
         elif key == "policies":
             # Tables of tables: resolved (and checked) by policies.resolve at start-up.
-            if not isinstance(raw, Mapping):
+            if isinstance(raw, Mapping):
+                changes[key] = raw
+            else:  # refused: policies.resolve would say it again
                 problems.append(f"{origin}: policies: expected [policies.NAME] tables")
-            changes[key] = raw
+                refused.add(key)
         elif key == "data_dir" and raw == "":
             # The default, as an empty log_dir is: Path("") is ".", the working directory
             # (/ under systemd), where the databases were once made without a word.

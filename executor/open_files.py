@@ -13,7 +13,8 @@ bridge. The cold launcher adds each prepared shim's pidfd and report pipe: 8 per
 cpu.stat, v1's cpuacct.usage where cells join cpuacct).
 
 Out of descriptors (EMFILE, or ENFILE for the whole host) when a run starts is a
-capacity refusal, not a bug (``shortage``): nothing of its child is left open.
+capacity refusal, not a bug (``shortage``): nothing of its child is left open. A limit
+that cannot hold even what start-up opens for the cells is refused before any is made.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ CELL_FDS: Final = {"zygote": 7, "cold": 9}
 # descriptors a run holds only while it starts.
 CONNECTIONS_MARGIN_FDS: Final = 256
 OUT_OF_DESCRIPTORS: Final = frozenset({errno.EMFILE, errno.ENFILE})
+# What each cell holds from start-up on, before any run: its kept counter files (three
+# at most) and its uid's lock. Below that start-up cannot make its cells at all.
+START_CELL_FDS: Final = 4
 
 
 def out_of_descriptors(err: BaseException) -> TypeGuard[OSError]:
@@ -74,6 +78,25 @@ def wanted(slots: int, launcher: str) -> tuple[int, int]:
     cells = slots * len(CHILD_RUNTIMES)
     idle = SERVICE_FDS + cells * CELL_FDS.get(launcher, max(CELL_FDS.values()))
     return idle, idle + CONNECTIONS_MARGIN_FDS
+
+
+def start_problem(open_files: int, slots: int) -> str | None:
+    """The start-up refusal when ``open_files`` cannot hold what start-up opens for ``slots``.
+
+    Past the limit the cells' counter files took every descriptor, and start-up died of
+    whatever wanted the next one ("No usable temporary directory found"; probe 120).
+    """
+    cells = slots * len(CHILD_RUNTIMES)
+    needed = SERVICE_FDS + cells * START_CELL_FDS
+    if open_files >= needed:
+        return None
+    fits = max(0, open_files - SERVICE_FDS) // (START_CELL_FDS * len(CHILD_RUNTIMES))
+    return (
+        f"max_concurrent: {slots} needs ~{needed} open files to start (~{START_CELL_FDS} for "
+        f"each of its {cells} cells, ~{SERVICE_FDS} for the service), above the open-file "
+        f"limit (RLIMIT_NOFILE) of {open_files}: raise the hard limit (systemd LimitNOFILE=, "
+        f"ulimit -Hn) or lower max_concurrent (at most {fits} start under this limit)"
+    )
 
 
 def limit_warning(open_files: int, slots: int, launcher: str) -> str | None:

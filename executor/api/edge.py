@@ -62,7 +62,7 @@ class Edge:
     # Gives back the memory of large requests and answers after them (heap_return.py), and
     # of the side port's large pages.
     trimmer: HeapTrimmer = field(default_factory=HeapTrimmer)
-    # Under TLS, the Unix socket ``own_channel`` reaches the server through (security.py).
+    # The Unix socket ``own_channel`` reaches the server through (security.py).
     internal_socket: PrivateSocket | None = None
     # Says when the port's connections fill max_connections (connection_watch.py).
     connections: ConnectionWatch | None = None
@@ -169,7 +169,7 @@ def build(
     guarded.register(health_pb2_grpc.add_HealthServicer_to_server, health_servicer)
     enable_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = security.add_port(server, settings, credentials)
-    own_channel, internal_socket = security.own_channel(server, settings, port)
+    own_channel, internal_socket = security.own_channel(server, settings)
     # Several looks within a handshake timeout: silent peers hold their places that long.
     look_s = min(LOOK_EVERY_S, settings.handshake_timeout_seconds / 4)
     connections = ConnectionWatch(port, settings.max_connections, look_s)

@@ -247,40 +247,22 @@ def add_port(
 
 
 def own_channel(
-    server: grpc.aio.Server, settings: Settings, port: int
-) -> tuple[grpc.aio.Channel, PrivateSocket | None]:
+    server: grpc.aio.Server, settings: Settings
+) -> tuple[grpc.aio.Channel, PrivateSocket]:
     """A channel from the executor to its own services (call before the server starts).
 
-    The address the server listens on (``dial_address``), or under TLS a private Unix
-    socket (0600 whatever the umask: it skips TLS), with our token when one is set;
-    that socket is returned too.
+    Through a private Unix socket (0600 whatever the umask; it skips TLS), with our token
+    when one is set; that socket is returned too. Not through ``bind``: gRPC counts
+    ``max_connections`` per listening address, and the embedded supervisor's long-lived
+    connection there took the one place of ``max_connections = 1`` for good, and any
+    place a client could take from it (probe 120).
     """
-    address = dial_address(settings.bind, port)
-    internal = None
-    if settings.tls_cert:
-        internal = private_socket.listen(
-            server, settings.data_dir / "internal.sock", "internal socket"
-        )
-        address = internal.address
+    internal = private_socket.listen(server, settings.data_dir / "internal.sock", "internal socket")
     # Answers as large as the executor sends (a GetRun of a run with big output, for the
     # dashboard), not gRPC's default 4 MiB.
     options = [*RECONNECT_OPTIONS, ("grpc.max_receive_message_length", MAX_ANSWER_BYTES)]
-    return open_channel(address, token=settings.auth_token or None, options=options), internal
-
-
-def dial_address(bind: str, port: int) -> str:
-    """Where a client on this host reaches a server bound to ``bind`` (its port now ``port``).
-
-    A wildcard (``0.0.0.0``, ``[::]``) listens on 127.0.0.1 too (gRPC binds ``[::]``
-    dual-stack, or 0.0.0.0 where there is no IPv6); an address or a name is dialled as
-    bound (``[::1]``, ``127.0.0.2``, a farm network's ``10.0.0.5``, ``localhost``: the
-    addresses it resolves to are the ones gRPC bound). 127.0.0.1 alone missed all but
-    the wildcards and 127.0.0.1 itself (probe 107).
-    """
-    host = bind.rpartition(":")[0]
-    if host.strip("[]") in ("0.0.0.0", "::"):  # noqa: S104 - recognised, not bound
-        host = "127.0.0.1"
-    return f"{host}:{port}"
+    channel = open_channel(internal.address, token=settings.auth_token or None, options=options)
+    return channel, internal
 
 
 def server_interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:

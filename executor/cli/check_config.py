@@ -183,6 +183,8 @@ def _store(settings: config.Settings) -> str:
 
 def check(settings: config.Settings, out: TextIO) -> list[str]:
     """Print the effective settings and each check's finding; the problems found."""
+    # As start-up does (serve_forever), before the sandbox's check makes the cells.
+    soft, _ = open_files.raise_soft_limit()
     print("effective settings (defaults < config file < CBEXEC_* < flags):", file=out)
     for line in config.describe(settings):
         print(f"  {line}", file=out)
@@ -193,7 +195,7 @@ def check(settings: config.Settings, out: TextIO) -> list[str]:
         ("store", lambda: _store(settings)),
         ("sandbox", lambda: _sandbox(settings)),
         ("universal callbacks", lambda: _universal(settings)),
-        ("open files", lambda: _open_files(settings)),
+        ("open files", lambda: _open_files(settings, soft)),
         ("processes", lambda: _processes(settings)),
         ("mail", lambda: _mail(settings)),
     ]
@@ -240,15 +242,20 @@ def check_tls(settings: config.Settings, out: TextIO) -> list[str]:
     return problems
 
 
-def _open_files(settings: config.Settings) -> str:
-    """The open-file limit start-up would raise itself to, against what the slots want."""
-    reachable, soft = open_files.reachable_limit(), open_files.limit()
+def _open_files(settings: config.Settings, soft: int) -> str:
+    """The open-file limit start-up would raise itself to, against what the slots want.
+
+    ``soft``: the soft limit the check was started with (``check`` raises it as start-up does).
+    """
+    reachable = open_files.reachable_limit()
     idle, wanted = open_files.wanted(settings.max_concurrent, settings.launcher)
     raised = "" if soft == reachable else f" (start-up raises the soft limit, {soft} here, to it)"
     found = (
         f"limit {reachable}{raised}; max_concurrent = {settings.max_concurrent} wants "
         f"~{wanted} (~{idle} at idle)"
     )
+    if open_files.start_problem(reachable, settings.max_concurrent) is not None:
+        return found  # refused by the sandbox's check: start-up could not make the cells
     warning = open_files.limit_warning(reachable, settings.max_concurrent, settings.launcher)
     return found if warning is None else f"{found}\n  WARNING: {warning}"
 

@@ -9,6 +9,7 @@ are active, and why not where one is not.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import json
 import logging
@@ -19,6 +20,7 @@ import sys
 import tempfile
 from typing import Final
 
+from executor import open_files
 from executor.child import seccomp
 from executor.child.isolation import under
 from executor.config import Settings
@@ -217,7 +219,21 @@ def _hardened_plan(
 
 
 def sandbox_options(settings: Settings) -> SandboxOptions:
-    """Probe the host once and decide the sandbox tier; 'on' settings must be satisfiable."""
+    """Probe the host once and decide the sandbox tier; 'on' settings must be satisfiable.
+
+    A refusal leaves nothing made behind (the cells, the empty network namespace): the
+    caller closes them only once it has the options.
+    """
+    if problem := open_files.start_problem(open_files.limit(), settings.max_concurrent):
+        raise ConfigError(problem)
+    with contextlib.ExitStack() as made:
+        options = _decide(settings, made)
+        made.pop_all()
+    return options
+
+
+def _decide(settings: Settings, made: contextlib.ExitStack) -> SandboxOptions:
+    """``sandbox_options``' work; what it makes goes on ``made``, to close if it refuses."""
     python = sys.executable
     inactive: list[tuple[str, str]] = []
     arch = seccomp.native_arch()
@@ -251,13 +267,16 @@ def sandbox_options(settings: Settings) -> SandboxOptions:
     bridge_network = None
     if host_network:
         inactive.append(("network namespace per cell", "callbacks use the host network"))
-    made = EmptyNetwork.create() if pid_namespace else no_namespaces
-    if isinstance(made, EmptyNetwork):
-        bridge_network = made
+    network = EmptyNetwork.create() if pid_namespace else no_namespaces
+    if isinstance(network, EmptyNetwork):
+        bridge_network = network
+        made.callback(network.close)
     else:
-        inactive.append(("bridge in an empty network namespace", made))
+        inactive.append(("bridge in an empty network namespace", network))
     cells = SandboxRunner.cells(settings.max_concurrent)
     cgroups = None if settings.cgroup == "off" else CellCgroups.create(cells)
+    if cgroups is not None:
+        made.callback(cgroups.close)
     if settings.cgroup == "on" and cgroups is None:
         raise ConfigError("cgroup: 'on' but no writable pids or memory cgroup was found")
     site_paths = tuple(p for p in site.getsitepackages() if os.path.isdir(p))

@@ -30,6 +30,7 @@ from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import running_stack, stack_settings
 from tests.helpers.health import SERVING, health_list, health_updates
 from tests.helpers.waiting import eventually
+from tests.service.test_http import fetch
 
 pytestmark = pytest.mark.service
 
@@ -321,3 +322,22 @@ async def test_calls_past_max_streams_are_answered_not_refused(tmp_path: Path) -
         )
         failures = [repr(r) for r in results if isinstance(r, BaseException)]
         assert not failures, (len(failures), failures[:3])
+
+
+async def test_the_executors_own_calls_take_no_clients_place(tmp_path: Path) -> None:
+    # With max_connections = 1, the embedded supervisor's channel to the executor's own
+    # port took the one place for good: every client was refused (probe 120).
+    settings = stack_settings(tmp_path / "data", max_connections=1, http_bind="127.0.0.1:0")
+    async with running_stack(settings) as stack:
+        # The side port reads, and the supervisor's transitions go, through the own channel.
+        status, _, _ = await fetch(f"http://127.0.0.1:{stack.running.http_port}/healthz")
+        assert status == 200
+        stack.supervisor.submit([{"name": "a", "user": "alice", "agenda": ["1"]}])
+        forwarder = stack.running.forwarder
+        assert forwarder is not None
+        await asyncio.wait_for(forwarder.drain(), 20)
+        # A connection of its own (not the global pool's, which the fixture's may share).
+        async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{stack.running.port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        ) as client:
+            assert (await health_list(client))[""] == SERVING

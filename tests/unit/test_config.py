@@ -14,7 +14,7 @@ from executor import config
 from executor.api.security import open_port_warnings
 from executor.cli import build_parser, main
 from executor.cli.connection import EXIT_USAGE
-from executor.cli.serve import load_settings
+from executor.cli.serve import layered_settings, load_settings
 from executor.errors import ConfigError
 from executor.model import Language
 from supervisor_client.qbcallback.v1 import executor_pb2
@@ -1017,3 +1017,33 @@ def test_an_auth_token_too_long_for_grpc_metadata_is_refused_without_showing_it(
     with pytest.raises(ConfigError, match=r"^auth_token: 8100 characters, more than 4096") as no:
         config.validate(config.Settings(auth_token=token))
     assert "s3cret" not in str(no.value)
+
+
+@pytest.mark.usefixtures("no_settings_in_the_environment")
+def test_an_empty_templates_dir_is_the_built_in_templates_not_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Path("") is ".": the mail runtime read <cwd>/job.mail (/ under systemd), where every
+    # other path setting takes "" as its default (probe 120).
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "job.mail").write_text("Subject: FROM THE WORKING DIRECTORY\n\nhello\n")
+    toml = tmp_path / "cbexec.toml"
+    toml.write_text(f'data_dir = "{tmp_path / "data"}"\n[mail]\ntemplates_dir = ""\n')
+    from_file = config.layered(toml, {}, {})
+    set_in_the_file = tmp_path / "set.toml"
+    set_in_the_file.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[mail]\ntemplates_dir = "/etc"\n'
+    )
+    set_then_emptied = config.layered(set_in_the_file, {"CBEXEC_MAIL__TEMPLATES_DIR": ""}, {})
+    for settings in (from_file, set_then_emptied):
+        assert settings.mail_settings.templates_dir is None
+        assert "mail.templates_dir = (unset)" in config.describe(settings)
+
+
+@pytest.mark.usefixtures("no_settings_in_the_environment")
+def test_policies_that_are_not_tables_are_said_once(tmp_path: Path) -> None:
+    toml = tmp_path / "t.toml"
+    toml.write_text("policies = 5\n")
+    with pytest.raises(ConfigError) as caught:
+        layered_settings(toml, {}, {})
+    assert str(caught.value).splitlines() == [f"{toml}: policies: expected [policies.NAME] tables"]
