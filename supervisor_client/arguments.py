@@ -80,7 +80,7 @@ def _kind(value: Any) -> str:
 
 
 def _misread(field: FieldDescriptor, value: Any) -> bool:
-    """True for a value protobuf takes as another: None as unset, a bool for a number, an int for a bool."""
+    """True for what protobuf takes as another value: None (unset), a bool (a number), ..."""
     if value is None:
         return True
     if _repeated(field):
@@ -116,11 +116,11 @@ def message_from(
     """
     # upb's descriptors, typed apart in the stubs, are these at run time.
     known = cast("Mapping[str, FieldDescriptor]", message.DESCRIPTOR.fields_by_name)
-    for name, value in fields.items():
+    # A caller's dict may hold any key, whatever its type says.
+    for name, value in cast("Mapping[object, Any]", fields).items():
         if not isinstance(name, str):  # before it is joined to ``where``, as check_json words it
-            raise TypeError(
-                f"{where.removesuffix('.') or 'fields'}: expected str keys, got {_kind(name)} {name!r}"
-            )
+            argument = where.removesuffix(".") or "fields"
+            raise TypeError(f"{argument}: expected str keys, got {_kind(name)} {name!r}")
         label = where + (names or {}).get(name, name)
         if name not in known:
             # A ValueError, as protobuf's own (which named the field but not where it was).

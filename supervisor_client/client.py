@@ -592,8 +592,9 @@ class ExecutorClient(ChannelClient):
         """What an event would fire, without running or latching anything.
 
         Give the request, or its fields (not both: ValueError): ``name``, ``type``,
-        ``job_id``, ``work_name``, ``subjob_id``, ``host``. Each list of the answer holds the first 1000 items at
-        most (and 4 MiB of them); its ``*_left_out`` field counts the others.
+        ``job_id``, ``work_name``, ``subjob_id``, ``host``. Each list of the answer
+        holds the first 1000 items at most (and 4 MiB of them); its ``*_left_out``
+        field counts the others.
         """
         check_request_alone(request, fields)
         if request is None:
@@ -691,12 +692,12 @@ class ExecutorClient(ChannelClient):
     ) -> executor_pb2.ListRunsResponse:
         """Run history, newest first, a page at a time.
 
-        Give the request, or filters (not both: ValueError): ``job_id``, ``outcome`` (a name such as "FAILED"),
-        ``since`` (Unix seconds), ``language``, ``limit``, ``shadow_only`` (only shadow
-        runs, each with its result: the actions it would have taken); none means every
-        run (the server's default limit applies). ``page_token``: the answer's
-        ``next_page_token`` for the page after it, with the same filters (empty: the
-        first page); the last page's ``next_page_token`` is empty.
+        Give the request, or filters (not both: ValueError): ``job_id``, ``outcome`` (a
+        name such as "FAILED"), ``since`` (Unix seconds), ``language``, ``limit``,
+        ``shadow_only`` (only shadow runs, each with its result: the actions it would
+        have taken); none means every run (the server's default limit applies).
+        ``page_token``: the answer's ``next_page_token`` for the page after it, with the
+        same filters (empty: the first page); the last page's ``next_page_token`` is empty.
         """
         filters = {
             "job_id": job_id,

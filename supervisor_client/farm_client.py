@@ -4,8 +4,9 @@ The farm is the executor's embedded reference supervisor driven from outside: su
 Qube job dicts, read jobs with their callbacks' latches and history, move work the way
 a worker or an operator would, take work as a simulated worker, wait for jobs to end.
 Each method takes plain values or its request message (not both) and returns the
-generated response; a failed call raises an ``ExecutorRpcError`` subclass, as ``ExecutorClient``
-does. An executor with a remote ``supervisor`` has no farm: its calls are UNIMPLEMENTED.
+generated response; a failed call raises an ``ExecutorRpcError`` subclass, as
+``ExecutorClient`` does. An executor with a remote ``supervisor`` has no farm: its calls
+are UNIMPLEMENTED.
 """
 
 from __future__ import annotations
