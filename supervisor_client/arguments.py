@@ -2,16 +2,19 @@
 
 Protobuf's own refusals name nothing ("bad argument type for built-in operation" for
 ``get_run(1)``), and it takes a str given for a repeated string field as its characters
-(``retry_dead_letters("abc")`` would retry "a", "b" and "c"); Python's name nothing
-either (``dict(5)``: "'int' object is not iterable"). Every check of both clients is
-here, each naming the argument (or the path inside one: ``events[1].job_id``).
+(``retry_dead_letters("abc")`` would retry "a", "b" and "c"), None as the field unset
+(``retry_dead_letters(None)`` would retry every dead letter), a bool as a number and an
+int as a bool; Python's name nothing either (``dict(5)``: "'int' object is not
+iterable"). Every check of both clients is here, each naming the argument (or the path
+inside one: ``events[1].job_id``).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, TypeVar, cast
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -21,6 +24,8 @@ __all__ = [
     "check_json",
     "check_mapping",
     "check_message",
+    "check_request_alone",
+    "check_seconds",
     "check_sequence",
     "check_str",
     "expects",
@@ -74,6 +79,19 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
+def _misread(field: FieldDescriptor, value: Any) -> bool:
+    """True for what protobuf takes as another value: None (unset), a bool (a number), ..."""
+    if value is None:
+        return True
+    if _repeated(field):
+        return False
+    if field.cpp_type == FieldDescriptor.CPPTYPE_BOOL:
+        return not isinstance(value, bool)
+    if field.cpp_type in (FieldDescriptor.CPPTYPE_DOUBLE, FieldDescriptor.CPPTYPE_FLOAT):
+        return isinstance(value, bool)
+    return False
+
+
 def request_from(message: type[_M], **fields: Any) -> _M:
     """``message(**fields)``; TypeError or ValueError naming the argument it cannot hold.
 
@@ -98,7 +116,11 @@ def message_from(
     """
     # upb's descriptors, typed apart in the stubs, are these at run time.
     known = cast("Mapping[str, FieldDescriptor]", message.DESCRIPTOR.fields_by_name)
-    for name, value in fields.items():
+    # A caller's dict may hold any key, whatever its type says.
+    for name, value in cast("Mapping[object, Any]", fields).items():
+        if not isinstance(name, str):  # before it is joined to ``where``, as check_json words it
+            argument = where.removesuffix(".") or "fields"
+            raise TypeError(f"{argument}: expected str keys, got {_kind(name)} {name!r}")
         label = where + (names or {}).get(name, name)
         if name not in known:
             # A ValueError, as protobuf's own (which named the field but not where it was).
@@ -106,7 +128,9 @@ def message_from(
                 f"{label}: not a field of {message.DESCRIPTOR.name}; expected one of "
                 + ", ".join(known)
             )
-        if _repeated(known[name]) and isinstance(value, str | bytes):
+        if (_repeated(known[name]) and isinstance(value, str | bytes)) or _misread(
+            known[name], value
+        ):
             raise TypeError(f"{label}: expected {_expected(known[name])}, got {_kind(value)}")
     try:
         return message(**fields)
@@ -125,6 +149,40 @@ def check_message(name: str, value: Any, message: type[_M]) -> _M:
         article = "an" if message.DESCRIPTOR.name[0] in "AEIOU" else "a"
         raise TypeError(f"{name}: expected {article} {message.DESCRIPTOR.name}, got {_kind(value)}")
     return value
+
+
+def check_request_alone(request: Any, fields: Mapping[str, Any]) -> None:
+    """ValueError naming the ``fields`` given with a whole ``request``: they would go unused.
+
+    A field keyword left empty (None, 0, "", False, an empty sequence: what each
+    method's keywords default to) is not counted as given.
+    """
+    if request is None:
+        return
+    given = [
+        name
+        for name, value in fields.items()
+        if not (value is None or (isinstance(value, str | int | float | Sequence) and not value))
+    ]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)}: give the request or its fields, not both"
+            " (the request's own fields would be sent, these dropped)"
+        )
+
+
+def check_seconds(name: str, value: Any) -> float:
+    """``value`` as seconds, a finite number more than 0; TypeError or ValueError naming ``name``.
+
+    NaN compares false with every bound (a prune ``time < now - nan`` deletes nothing), a
+    bool is not a number of seconds, and an int too large for a float is refused here,
+    not as an OverflowError of the arithmetic that uses it.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name}: expected seconds as a number, got {_kind(value)}")
+    if not 0 < value <= sys.float_info.max:  # false for NaN, infinity and huge ints
+        raise ValueError(f"{name}: expected seconds, a finite number more than 0; got {value!r}")
+    return float(value)
 
 
 def check_str(name: str, value: Any) -> str:
@@ -185,12 +243,33 @@ def check_json(where: str, value: Any, *, finite: bool) -> None:
 
 
 def as_json(where: str, value: Any) -> Any:
-    """``value`` as plain JSON values (dict subclasses, tuples as lists); refusals as ``check_json``."""
+    """``value`` as plain JSON values (dict subclasses, tuples as lists); refusals as ``check_json``.
+
+    A key that is not a str is refused too, where ``json.dumps`` would turn it into one
+    (``1`` into ``"1"``).
+    """
     try:
-        return json.loads(json.dumps(value, allow_nan=False))
+        plain = json.loads(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError):
         check_json(where, value, finite=True)
         raise
+    if not _str_keys(value):
+        check_json(where, value, finite=True)  # names it
+    return plain
+
+
+def _str_keys(value: Any) -> bool:
+    """True when every dict under ``value`` has only str keys (a walk of keys alone: quick)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            if not all(isinstance(key, str) for key in item):
+                return False
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return True
 
 
 def _check_one(message: type[Message], field: FieldDescriptor, value: Any, label: str) -> None:

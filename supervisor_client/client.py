@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from supervisor_client.arguments import (
     check_mapping,
     check_message,
+    check_request_alone,
     check_sequence,
     check_str,
     message_from,
@@ -71,16 +71,43 @@ def check_timeout(timeout: float | None) -> float | None:
     gRPC answers NaN, infinity, 0, a negative or a huge number with an immediate
     DEADLINE_EXCEEDED, as if the executor had been too slow.
     """
-    if timeout is None:
-        return None
+    return None if timeout is None else _timeout_s(timeout, ", or None for no deadline")
+
+
+def _timeout_s(timeout: float, or_none: str = "") -> float:
+    """``check_timeout`` for a timeout that must be given (``wait_until_serving``'s)."""
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise TypeError(f"timeout: expected seconds as a number, got {type(timeout).__name__}")
-    if not (math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT_S):
+    # False for NaN and infinity; compared as it is, an int too large for a float is too.
+    if not 0 < timeout <= MAX_TIMEOUT_S:
         raise ValueError(
-            f"timeout: expected seconds, more than 0 and at most {MAX_TIMEOUT_S:g}, or None "
-            f"for no deadline; got {timeout!r}"
+            f"timeout: expected seconds, more than 0 and at most {MAX_TIMEOUT_S:g}{or_none};"
+            f" got {timeout!r}"
         )
     return float(timeout)
+
+
+# gRPC's own words for a client made outside its loop or used from another name neither
+# ("There is no current event loop", "Event loop is closed").
+_ONE_LOOP: Final = (
+    "make the client inside the running event loop that uses it (in an async function),"
+    " one client per event loop: its channel belongs to the loop running when it is made"
+)
+
+
+def _loop_if_running() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _running_loop() -> asyncio.AbstractEventLoop:
+    """The running event loop, which a channel opened now belongs to; RuntimeError if none."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(f"no event loop is running: {_ONE_LOOP}") from None
 
 
 def build_execute_request(
@@ -175,6 +202,7 @@ def _open(
     where = resolve_target(channel_or_address)
     if where.is_fleet and not fleet:
         raise ValueError(f"expected one executor's address, got a fleet: {where.target}")
+    _running_loop()
     options: list[tuple[str, Any]] = [
         *RECONNECT_OPTIONS,
         *KEEPALIVE_OPTIONS,
@@ -241,6 +269,8 @@ class ChannelClient:
             fleet=fleet,
         )
         self._channel, self._owns_channel = opened.channel, opened.owned
+        # The loop the channel belongs to: for a channel given outside one, its first call's.
+        self._loop = _running_loop() if opened.owned else _loop_if_running()
         # Before a list's first call: its round robin holds every executor SERVING.
         self._spread: Callable[[], Awaitable[None]] | None = None
         if opened.open_one is not None and len(opened.listed) > 1:
@@ -286,8 +316,12 @@ class ChannelClient:
         deadline at most: the call itself keeps the other half.
         """
         deadline = check_timeout(timeout)
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop and not self._closed:  # after close(): ClientClosedError
+            raise RuntimeError(f"the client was made in another event loop: {_ONE_LOOP}")
         if spread and self._spread is not None:
-            loop = asyncio.get_running_loop()
             started = loop.time()
             await self._first_calls_spread(CONNECT_WAIT_S if deadline is None else deadline / 2)
             if deadline is not None:  # the rest, but some even if the loop was held
@@ -364,10 +398,11 @@ class ExecutorClient(ChannelClient):
         the list that answers SERVING then is in the channel's round robin (at most
         ``first_calls.CONNECT_WAIT_S`` more, within ``timeout``), so that the calls made
         next are spread over them all. Raises TimeoutError when none was SERVING within
-        ``timeout`` seconds.
+        ``timeout`` seconds (as ``check_timeout`` takes them, None excepted).
         """
+        wait_s = _timeout_s(timeout)  # NaN or -1 raised TimeoutError, the executor SERVING
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + wait_s
         while loop.time() < deadline:
             try:
                 if await self._health_status("", 1, spread=False) == "SERVING":
@@ -379,7 +414,7 @@ class ExecutorClient(ChannelClient):
             except ExecutorRpcError:
                 pass  # not up yet
             await asyncio.sleep(poll_s)
-        raise TimeoutError(f"the executor was not SERVING within {timeout:g}s")
+        raise TimeoutError(f"the executor was not SERVING within {wait_s:g}s")
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The standard health service's answer for ``service`` ("" = the whole executor).
@@ -480,7 +515,8 @@ class ExecutorClient(ChannelClient):
 
         Args:
             job: a Qube job dict (with ``callbacks``; a callback's ``mode`` may be
-                "level"), a Job, or the whole request (the options below are then unused).
+                "level"), a Job, or the whole request (then without the options below:
+                ValueError).
             strict: refuse the job (InvalidRequestError) when a check fails on one of its
                 own callbacks; otherwise the response's ``warnings`` list them.
             published_events: the events the scheduler publishes ("complete",
@@ -488,6 +524,7 @@ class ExecutorClient(ChannelClient):
             timeout: gRPC deadline in seconds.
         """
         if isinstance(job, executor_pb2.RegisterJobRequest):
+            check_request_alone(job, {"strict": strict, "published_events": published_events})
             request = job
         else:
             request = request_from(
@@ -507,9 +544,10 @@ class ExecutorClient(ChannelClient):
     ) -> executor_pb2.PublishEventResponse:
         """Publish one state transition; the executor runs what it fires.
 
-        Give the request, or its fields: ``name``, ``type``, ``job_id``, ``work_name``,
-        ``subjob_id``, ``host``, ``event_id``, ``wait``.
+        Give the request, or its fields (not both: ValueError): ``name``, ``type``,
+        ``job_id``, ``work_name``, ``subjob_id``, ``host``, ``event_id``, ``wait``.
         """
+        check_request_alone(request, fields)
         if request is None:
             request = request_from(executor_pb2.PublishEventRequest, **fields)
         request = check_message("request", request, executor_pb2.PublishEventRequest)
@@ -553,10 +591,12 @@ class ExecutorClient(ChannelClient):
     ) -> executor_pb2.DryRunResponse:
         """What an event would fire, without running or latching anything.
 
-        Give the request, or its fields: ``name``, ``type``, ``job_id``, ``work_name``,
-        ``subjob_id``, ``host``. Each list of the answer holds the first 1000 items at
-        most (and 4 MiB of them); its ``*_left_out`` field counts the others.
+        Give the request, or its fields (not both: ValueError): ``name``, ``type``,
+        ``job_id``, ``work_name``, ``subjob_id``, ``host``. Each list of the answer
+        holds the first 1000 items at most (and 4 MiB of them); its ``*_left_out``
+        field counts the others.
         """
+        check_request_alone(request, fields)
         if request is None:
             request = request_from(executor_pb2.DryRunRequest, **fields)
         request = check_message("request", request, executor_pb2.DryRunRequest)
@@ -652,23 +692,24 @@ class ExecutorClient(ChannelClient):
     ) -> executor_pb2.ListRunsResponse:
         """Run history, newest first, a page at a time.
 
-        Give the request, or filters: ``job_id``, ``outcome`` (a name such as "FAILED"),
-        ``since`` (Unix seconds), ``language``, ``limit``, ``shadow_only`` (only shadow
-        runs, each with its result: the actions it would have taken); none means every
-        run (the server's default limit applies). ``page_token``: the answer's
-        ``next_page_token`` for the page after it, with the same filters (empty: the
-        first page); the last page's ``next_page_token`` is empty.
+        Give the request, or filters (not both: ValueError): ``job_id``, ``outcome`` (a
+        name such as "FAILED"), ``since`` (Unix seconds), ``language``, ``limit``,
+        ``shadow_only`` (only shadow runs, each with its result: the actions it would
+        have taken); none means every run (the server's default limit applies).
+        ``page_token``: the answer's ``next_page_token`` for the page after it, with the
+        same filters (empty: the first page); the last page's ``next_page_token`` is empty.
         """
+        filters = {
+            "job_id": job_id,
+            "since": since,
+            "limit": limit,
+            "language": language,
+            "shadow_only": shadow_only,
+            "page_token": page_token,
+        }
+        check_request_alone(request, {**filters, "outcome": outcome})
         if request is None:
-            request = request_from(
-                executor_pb2.ListRunsRequest,
-                job_id=job_id,
-                since=since,
-                limit=limit,
-                language=language,
-                shadow_only=shadow_only,
-                page_token=page_token,
-            )
+            request = request_from(executor_pb2.ListRunsRequest, **filters)
             if check_str("outcome", outcome):
                 request.outcome = outcome_value(outcome)
         request = check_message("request", request, executor_pb2.ListRunsRequest)

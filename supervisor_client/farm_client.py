@@ -3,9 +3,10 @@
 The farm is the executor's embedded reference supervisor driven from outside: submit
 Qube job dicts, read jobs with their callbacks' latches and history, move work the way
 a worker or an operator would, take work as a simulated worker, wait for jobs to end.
-Each method takes plain values (or its request message) and returns the generated
-response; a failed call raises an ``ExecutorRpcError`` subclass, as ``ExecutorClient``
-does. An executor with a remote ``supervisor`` has no farm: its calls are UNIMPLEMENTED.
+Each method takes plain values or its request message (not both) and returns the
+generated response; a failed call raises an ``ExecutorRpcError`` subclass, as
+``ExecutorClient`` does. An executor with a remote ``supervisor`` has no farm: its calls
+are UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from supervisor_client.arguments import (
     check_json,
     check_mapping,
     check_message,
+    check_request_alone,
     check_sequence,
     check_str,
     message_from,
@@ -141,6 +143,7 @@ class FarmClient(ChannelClient):
         timeout: float | None = None,
     ) -> farm_pb2.ListJobsResponse:
         """The farm's jobs by id; ``status`` and ``pgrp`` filter (empty / 0: any)."""
+        check_request_alone(request, {"status": status, "pgrp": pgrp})
         if request is None:
             request = request_from(farm_pb2.ListJobsRequest, status=status, pgrp=pgrp)
         request = check_message("request", request, farm_pb2.ListJobsRequest)
@@ -171,6 +174,15 @@ class FarmClient(ChannelClient):
         unblock (an operator's); ``work`` holds names or ranges ("5", "1-10", "3,7-9").
         ValueError for an unknown change, before sending.
         """
+        fields = {
+            "job_id": job_id,
+            "work": work,
+            "change": change,
+            "host": host,
+            "actor": actor,
+            "result_package": result_package,
+        }
+        check_request_alone(request, fields)
         if request is None:
             request = request_from(
                 farm_pb2.ChangeWorkRequest,
@@ -203,6 +215,7 @@ class FarmClient(ChannelClient):
 
         ValueError for an unknown verb, before sending.
         """
+        check_request_alone(request, {"job_id": job_id, "verb": verb, "actor": actor})
         if request is None:
             request = request_from(
                 farm_pb2.ChangeJobRequest, job_id=job_id, verb=job_verb_value(verb), actor=actor

@@ -222,11 +222,17 @@ def _items(name: str, value: Any, what: str) -> Iterable[Any]:
 
 
 def _whole(value: Any) -> Any:
-    """Digits in a str as the int they spell (Qube's dicts may hold them); else ``value``."""
-    try:
-        return int(value)
-    except (TypeError, ValueError, OverflowError):
-        return value  # the wire's own check refuses it, named (``_added``)
+    """An int field's value: digits in a str or an integral float as the int; else as it is.
+
+    Qube's dicts may hold digits, JSON's and a Struct's numbers may be floats. Not
+    ``int(value)`` for the rest: it took 41.9 for job 41 and True for job 1.
+    """
+    if isinstance(value, str) or (isinstance(value, float) and value.is_integer()):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    return value  # the wire's own check refuses a bool, a fraction, ..., named (``_added``)
 
 
 def _added(repeated: Any, kind: type[Message], where: str, **fields: Any) -> Any:
@@ -290,7 +296,7 @@ def job_from_dict(job: Mapping[str, Any]) -> types_pb2.Job:
         if value is not None:
             field_type = type(getattr(message, name))
             try:
-                setattr(message, name, field_type(value))
+                setattr(message, name, _whole(value) if field_type is int else field_type(value))
             except (TypeError, ValueError, OverflowError) as err:
                 raise JobDictError(
                     f"job field {name!r}: expected {expects(types_pb2.Job, name)}, got {value!r}"
@@ -313,6 +319,9 @@ def job_from_dict(job: Mapping[str, Any]) -> types_pb2.Job:
         raise JobDictError(f"callbacks must be a list of dicts, got {callbacks!r}")
     message.callbacks.extend(_callback(index, cb) for index, cb in enumerate(callbacks))
     extra = {key: value for key, value in job.items() if key not in _DEDICATED}
+    for key in extra:
+        if not isinstance(key, str):  # the Struct's own error names nothing
+            raise JobDictError(f"job: expected str keys, got {type(key).__name__} {key!r}")
     if extra:
         try:
             message.extra.CopyFrom(dict_to_struct(extra))

@@ -26,6 +26,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Final
 
+from supervisor_client.arguments import check_seconds
 from supervisor_client.reference.errors import (
     NoSuchJobError,
     NoSuchWorkError,
@@ -101,10 +102,9 @@ class AppliedActions:
     """The ``applied_actions`` table of one supervisor database (used under its lock)."""
 
     def __init__(self, db: sqlite3.Connection, retention_s: float = DEFAULT_RETENTION_S) -> None:
-        if retention_s <= 0:
-            raise ValueError(f"action retention: expected seconds > 0, got {retention_s}")
         self._db = db
-        self._retention_s = retention_s
+        # Named as ReferenceSupervisor takes it; NaN would keep every answer for ever.
+        self._retention_s = check_seconds("action_retention_s", retention_s)
         self._pruned_at = float("-inf")
         db.executescript(SCHEMA)
 

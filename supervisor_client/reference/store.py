@@ -255,7 +255,7 @@ class ReferenceSupervisor:
         listeners: called with each Transition after its change is committed.
         clock: Unix time source, replaceable for deterministic tests.
         action_retention_s: how long the answer to a numbered action is kept to answer
-            a repeat (applied.py).
+            a repeat (applied.py): seconds, a finite number more than 0.
         event_outbox: keep each transition's event in the database, written in the
             transaction of its change, until ``remove_events`` (what a forwarder that must
             survive a stop or a crash reads: event_outbox.py).

@@ -173,7 +173,7 @@ def test_answers_survive_a_restart_and_expire_after_the_retention(
 
 
 def test_the_retention_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="action retention"):
+    with pytest.raises(ValueError, match="action_retention_s: expected seconds"):
         ReferenceSupervisor(action_retention_s=0)
 
 
