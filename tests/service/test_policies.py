@@ -720,6 +720,17 @@ async def test_a_policy_binding_the_data_dir_fails_start_up(tmp_path: Path) -> N
     assert f"policies.leaky.binds[0].path: {tmp_path} would expose the data dir" in said.err
 
 
+async def test_a_blank_user_name_fails_start_up(tmp_path: Path) -> None:
+    # Found by a probe: it gave the host network to every request naming no user.
+    config = tmp_path / "cbexec.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[policies.anon]\nnetwork = "host"\nusers = [""]\n'
+    )
+    said = await cbexec("serve", "--config", str(config), "--check-config", "--bind", "127.0.0.1:0")
+    assert said.code == 2, said.err
+    assert f"{config}: policies.anon.users[0]: an empty name: no Qube user has it" in said.err
+
+
 async def test_a_history_from_before_policies_is_migrated(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
