@@ -11,7 +11,10 @@ interpreter.
 Priority (``executor.slots``): a freed slot goes round-robin over the users with runs
 waiting, first come first within a user, Execute requests and fired runs alike
 (``execute(..., fired=True)``: a callback the trigger engine fired, durable work that
-must not be lost). At the queue's bounds an Execute request of a user holding less of
+must not be lost). A fired run may come with a ``recheck``: what it runs as is decided
+again when it takes its slot (a universal callback's line as the set loaded then says: a
+reload while it waited stops or demotes it), and a refusal then ends it REJECTED.
+At the queue's bounds an Execute request of a user holding less of
 the queue may take the place of the newest of the user holding most, which is refused
 as at the door; a fired run is never refused for a full queue nor gives up its place,
 it waits for a slot like the rest (so the queue may hold more than ``max_queue`` runs
@@ -175,6 +178,8 @@ class _Run:
     fired: bool = False
     # ``execute``'s gate until it is opened (``open_gate``); None: nothing (more) to check.
     gate: Callable[[], None] | None = None
+    # ``execute``'s recheck, applied when the run takes its slot.
+    recheck: Callable[[Invocation], Invocation] | None = None
     task: asyncio.Task[RunResult] | None = None
 
     def open_gate(self) -> None:
@@ -250,6 +255,7 @@ class Dispatcher:
         deadline: float | None = None,
         request_bytes: int = 0,
         gate: Callable[[], None] | None = None,
+        recheck: Callable[[Invocation], Invocation] | None = None,
     ) -> RunResult:
         """Run one invocation to its RunResult. Raises CapacityError / UnavailableError.
 
@@ -265,6 +271,11 @@ class Dispatcher:
         the child prepares the run meanwhile and waits for the go) and before a run that
         never started is recorded. What it raises is the caller's: the run is not
         recorded, and its child, if it had one, is ended without running the code.
+
+        ``recheck`` (a fired universal callback's: the trigger engine's look at its line)
+        is called with the invocation once the run has its slot, before anything of it
+        starts; the run goes on as what it returns, refused (REJECTED, recorded) as a
+        refusal here would be: the set loaded may have changed while it waited.
         """
         if self._draining:
             raise UnavailableError(SHUTTING_DOWN)
@@ -296,7 +307,12 @@ class Dispatcher:
                 gate()
             return await self._refused(invocation, language, refusal)
         run, task = self._admit(
-            invocation, language, fired=fired, request_bytes=request_bytes, gate=gate
+            invocation,
+            language,
+            fired=fired,
+            request_bytes=request_bytes,
+            gate=gate,
+            recheck=recheck,
         )
         try:
             return await asyncio.shield(task)
@@ -323,6 +339,18 @@ class Dispatcher:
         await self._finished(invocation, language, result)
         return result
 
+    def _rechecked(self, run: _Run) -> str | None:
+        """Apply the run's ``recheck`` (it has its slot); why it may not start now (None: it may)."""
+        if run.recheck is None:
+            return None
+        run.invocation = invocation = run.recheck(run.invocation)
+        interpreted = run.language in _INTERPRETED
+        return (
+            invocation.refusal
+            or (None if interpreted else self._unenforceable(invocation.limits))
+            or language_refusal(run.language, self._languages, self._policy(invocation))
+        )
+
     def _policy(self, invocation: Invocation) -> Policy | None:
         return self._policies.get(invocation.policy) if self._policies is not None else None
 
@@ -334,6 +362,7 @@ class Dispatcher:
         fired: bool,
         request_bytes: int,
         gate: Callable[[], None] | None,
+        recheck: Callable[[Invocation], Invocation] | None,
     ) -> tuple[_Run, asyncio.Task[RunResult]]:
         """Take a place for the run (CapacityError) and start the task that owns it."""
         if (same := self._runs.get(invocation.invocation_id)) is not None:
@@ -341,7 +370,7 @@ class Dispatcher:
                 raise AlreadyExistsError(firings_id(invocation.invocation_id))
             raise UnavailableError(in_progress(invocation.invocation_id))
         ticket = self._slots.ticket(user=invocation.actor, fired=fired, request_bytes=request_bytes)
-        run = _Run(invocation, language, RunStop(), fired=fired, gate=gate)
+        run = _Run(invocation, language, RunStop(), fired=fired, gate=gate, recheck=recheck)
         task = run.task = asyncio.create_task(
             self._run(run, ticket), name=f"run {invocation.invocation_id}"
         )
@@ -350,7 +379,7 @@ class Dispatcher:
 
     async def _run(self, run: _Run, ticket: asyncio.Future[int | None]) -> RunResult:
         """The owned task of one run: wait for a slot, run, release it, record the result."""
-        invocation = run.invocation
+        invocation_id = run.invocation.invocation_id
         try:
             queued_at = time.monotonic()
             with run.stop.calling(lambda: self._slots.withdraw(ticket)):
@@ -361,13 +390,16 @@ class Dispatcher:
                 # stop's withdrawal came too late): the slot goes on to the next run.
                 self._slots.release(slot)
                 slot = None
-            if slot is None:  # stopped before it started
+            if slot is not None and (refusal := self._rechecked(run)) is not None:
+                self._slots.release(slot)
+                result = RunResult(invocation_id, Outcome.REJECTED, failure=Failure(refusal))
+            elif slot is None:  # stopped before it started
                 if run.fired and self._draining:
                     # Never started: the firing stays in the engine's durable queue and
                     # runs at the next start, instead of ending as a run that never was.
                     raise UnavailableError(SHUTTING_DOWN)
                 self._refuse_unstarted(run)
-                result = self._stopped(invocation, run.stop, ())
+                result = self._stopped(run.invocation, run.stop, ())
             else:
                 finishing: Awaitable[None] | None = None
                 try:
@@ -381,9 +413,9 @@ class Dispatcher:
                     self._refuse_unstarted(run)
             result = replace(result, usage=replace(result.usage, queue_seconds=queue_s))
             run.open_gate()  # opened already, unless the run never started
-            await self._finished(invocation, run.language, result)
+            await self._finished(run.invocation, run.language, result)
         finally:
-            del self._runs[invocation.invocation_id]
+            del self._runs[invocation_id]
         if run.fired and result.outcome is Outcome.KILLED and run.stop.reason == SHUTTING_DOWN:
             # Recorded as it ended, but not done: the firing stays in the engine's durable
             # queue and runs again at the next start, under its invocation id, as after a

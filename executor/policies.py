@@ -599,6 +599,31 @@ def _names(name: str, key: str, raw: Any) -> list[str]:
     return list(raw)
 
 
+def _users(name: str, raw: Any) -> list[str]:
+    """``users``: names a Qube user can have, every bad one named.
+
+    Matched exactly: an empty name would give the policy to every request and job that
+    names no user, and one with whitespace around it would match no user.
+    """
+    users = _names(name, "users", raw)
+    problems = []
+    for i, user in enumerate(users):
+        if not user:
+            why = "an empty name: no Qube user has it (it would give this policy to every "
+            why += "request and job that names no user)"
+        elif user != user.strip():
+            why = f"{user!r} has whitespace around it: no Qube user name does (it would match "
+            why += f"only a request naming {user!r})"
+        elif any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in user):
+            why = f"{user!r} holds a control character: no Qube user name does"
+        else:
+            continue
+        problems.append(str(_error(name, f"users[{i}]", why)))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return users
+
+
 def _no_nul(name: str, key: str, value: str) -> str:
     """``value``, which an environment variable can hold: no NUL byte."""
     if "\0" in value:
@@ -764,9 +789,7 @@ def _policy(
     env: tuple[tuple[str, str], ...] = _named_each(
         problems, (), lambda: _environment(name, table, environ)
     )
-    users: list[str] = _named_each(
-        problems, [], lambda: _names(name, "users", table.get("users", []))
-    )
+    users: list[str] = _named_each(problems, [], lambda: _users(name, table.get("users", [])))
     if problems:
         raise ConfigError("\n".join(problems))
     return Policy(

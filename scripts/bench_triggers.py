@@ -70,7 +70,7 @@ def build_jobs(callbacks: int) -> list[dict[str, object]]:
     return jobs
 
 
-async def never_runs(invocation: Invocation) -> RunResult:
+async def never_runs(invocation: Invocation, *, recheck: object = None) -> RunResult:
     raise AssertionError("the benchmark runs no callbacks")
 
 

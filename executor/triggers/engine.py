@@ -48,12 +48,12 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from executor import triggers
 from executor.errors import (
@@ -307,6 +307,20 @@ def is_per_work(expression: str) -> bool:
     return per_work(_parsed(expression))
 
 
+class FiredRun(Protocol):
+    """Runs one fired invocation to its result (the dispatcher's ``execute``, fired).
+
+    ``recheck`` is applied to the invocation when its run takes a slot (``Dispatcher.execute``).
+    """
+
+    async def __call__(
+        self,
+        invocation: Invocation,
+        *,
+        recheck: Callable[[Invocation], Invocation] | None = None,
+    ) -> RunResult: ...
+
+
 class TriggerEngine:
     """Registers jobs, matches events, and fires callbacks through ``run`` on its own tasks.
 
@@ -318,7 +332,7 @@ class TriggerEngine:
     def __init__(
         self,
         store: TriggerStore,
-        run: Callable[[Invocation], Awaitable[RunResult]],
+        run: FiredRun,
         *,
         limits: Limits,
         universal_dirs: Sequence[Path] = (),
@@ -1392,13 +1406,21 @@ class TriggerEngine:
             source="universal" if cb.universal else "job",
             claim_epoch=firing.epoch if self._store.fleet else None,
         )
-        return await self._run(self._with_policy(invocation, universal=cb.universal))
+        if not cb.universal:
+            return await self._run(self._with_policy(invocation, universal=False))
+        # Looked at again when the run gets its slot: a reload while it waits for one
+        # applies to it (a line removed, turned shadow or moved to another policy).
+        return await self._run(
+            self._with_policy(invocation, universal=True),
+            recheck=lambda waited: self._with_policy(waited, universal=True),
+        )
 
     def _with_policy(self, invocation: Invocation, *, universal: bool) -> Invocation:
         """The invocation under its policy: a universal callback's as its (current) line says.
 
         Looked up in the set loaded last, not stored with the job: a reload that turns
-        shadow off or changes a policy applies to the next firing, and one that removes
+        shadow off or changes a policy applies to the next run (one waiting for a slot
+        too: this is looked at again when it gets one), and one that removes
         the line stops the callback (it is refused, not run under defaults: a shadow
         callback must never go live by being removed). Its source is the line's file as
         loaded now: the one stored names the file at registration, which a data dir

@@ -29,7 +29,11 @@ class Recorder:
         # ``recorded_result`` reads.
         self.results: dict[str, RunResult] = {}
 
-    async def __call__(self, invocation: Invocation) -> RunResult:
+    async def __call__(
+        self, invocation: Invocation, *, recheck: Callable[[Invocation], Invocation] | None = None
+    ) -> RunResult:
+        if recheck is not None:  # a dispatcher with a free slot looks again at once
+            invocation = recheck(invocation)
         self.runs.append(invocation)
         self._changed.set()
         result = RunResult(invocation.invocation_id, Outcome.SUCCEEDED)
@@ -60,12 +64,14 @@ class Gated(Recorder):
     def open(self, code: str) -> None:
         self._gates.setdefault(code, asyncio.Event()).set()
 
-    async def __call__(self, invocation: Invocation) -> RunResult:
+    async def __call__(
+        self, invocation: Invocation, *, recheck: Callable[[Invocation], Invocation] | None = None
+    ) -> RunResult:
         code = invocation.callback.code
         self._running.add(code)
         self.most_at_once = max(self.most_at_once, len(self._running))
         try:
-            result = await super().__call__(invocation)
+            result = await super().__call__(invocation, recheck=recheck)
             await self._gates.setdefault(code, asyncio.Event()).wait()
         finally:
             self._running.discard(code)
@@ -81,12 +87,14 @@ class Refusing(Recorder):
         self._left = times
         self.attempts: list[str] = []
 
-    async def __call__(self, invocation: Invocation) -> RunResult:
+    async def __call__(
+        self, invocation: Invocation, *, recheck: Callable[[Invocation], Invocation] | None = None
+    ) -> RunResult:
         self.attempts.append(invocation.callback.code)
         if self._left:
             self._left -= 1
             raise self._error
-        return await super().__call__(invocation)
+        return await super().__call__(invocation, recheck=recheck)
 
 
 def finish_firings(engine: TriggerEngine) -> None:

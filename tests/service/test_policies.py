@@ -7,6 +7,8 @@ checked from inside a callback that has it, and again from one that does not.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -26,6 +28,7 @@ from supervisor_client import ExecutorRpcError
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import TEST_UID_BASE, Stack, running_stack, stack_settings
 from tests.helpers.cli import cbexec, cli_env
+from tests.helpers.waiting import eventually
 
 pytestmark = [
     pytest.mark.service,
@@ -483,6 +486,71 @@ async def test_a_removed_shadow_line_stops_the_callback_instead_of_making_it_liv
         assert not full.result.actions
 
 
+# Read by the run: the policy's secret, then the kill a shadow records and a live run applies.
+QUEUED_LOOK: Final = "import os\nprint('SECRET', os.environ.get('SECRET'))\nqb.kill(qb.jobid())\n"
+
+
+@pytest.mark.parametrize(
+    ("reloaded", "policy", "outcome", "shadow", "said"),
+    [
+        ("", "universal", "REJECTED", False, "is no longer in callbacks.conf"),
+        ("look.py [shadow] = submit-job-self\n", "universal", "SUCCEEDED", True, "SECRET u-"),
+        ("look.py [policy=other] = submit-job-self\n", "other", "SUCCEEDED", False, "SECRET o-"),
+    ],
+    ids=["removed", "shadow", "other-policy"],
+)
+async def test_a_firing_waiting_for_a_slot_runs_as_the_line_loaded_when_it_starts(
+    tmp_path: Path, reloaded: str, policy: str, outcome: str, shadow: bool, said: str
+) -> None:
+    # Found by a probe: a firing handed to the dispatcher before a reload ran, once a slot
+    # freed, as the line was before it: removed, it ran; turned shadow, its kill was
+    # applied; moved to another policy, it ran with the old one's secret.
+    callbacks = tmp_path / "callback"
+    callbacks.mkdir()
+    (callbacks / "look.py").write_text(QUEUED_LOOK)
+    conf = callbacks / "callbacks.conf"
+    conf.write_text("look.py = submit-job-self\n")
+    settings = stack_settings(
+        tmp_path / "data",
+        max_concurrent=1,
+        universal_callback_path=str(callbacks),
+        policies={"universal": {"env": {"SECRET": "u-1"}}, "other": {"env": {"SECRET": "o-2"}}},
+    )
+    async with running_stack(settings) as stack:
+        dispatcher = stack.running.dispatcher
+        # Not a submitted job's: its submission would fire the line too.
+        blocker = asyncio.create_task(
+            stack.client.execute_callback(
+                language="python",
+                code="import time\ntime.sleep(60)\n",
+                job={"id": 1_000_000, "name": "blocker", "user": "bob"},
+                timeout=60,
+            )
+        )
+        try:
+            assert await eventually(lambda: dispatcher.running == 1)
+            (job,) = stack.supervisor.submit([{"name": "queued", "user": "bob"}])
+            assert await eventually(lambda: dispatcher.waiting == 1)
+            conf.write_text(reloaded)
+            done = await cbexec("triggers", "reload", address=stack.address)
+            assert done.code == 0, done.err
+        finally:
+            blocker.cancel()  # its run is killed, and the slot goes to the queued firing
+            with contextlib.suppress(asyncio.CancelledError):
+                await blocker
+        await stack.settle()
+
+        history = stack.running.recorder.history
+        (record,) = history.list_runs(job_id=job["id"])
+        full = history.get(record.invocation_id)
+        assert full is not None and full.result is not None
+        text = full.result.failure.message if full.result.failure else full.result.stdout
+        assert (record.policy, str(record.outcome), record.shadow) == (policy, outcome, shadow)
+        assert said in text
+        killed = stack.supervisor.job(job["id"])["status"] == "killed"
+        assert killed == (outcome == "SUCCEEDED" and not shadow)
+
+
 async def test_a_shadow_line_of_a_file_another_line_names_applies_nothing(
     tmp_path: Path,
 ) -> None:
@@ -650,6 +718,17 @@ async def test_a_policy_binding_the_data_dir_fails_start_up(tmp_path: Path) -> N
     said = await cbexec("serve", "--config", str(config), "--check-config")
     assert said.code != 0
     assert f"policies.leaky.binds[0].path: {tmp_path} would expose the data dir" in said.err
+
+
+async def test_a_blank_user_name_fails_start_up(tmp_path: Path) -> None:
+    # Found by a probe: it gave the host network to every request naming no user.
+    config = tmp_path / "cbexec.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[policies.anon]\nnetwork = "host"\nusers = [""]\n'
+    )
+    said = await cbexec("serve", "--config", str(config), "--check-config", "--bind", "127.0.0.1:0")
+    assert said.code == 2, said.err
+    assert f"{config}: policies.anon.users[0]: an empty name: no Qube user has it" in said.err
 
 
 async def test_a_history_from_before_policies_is_migrated(tmp_path: Path) -> None:

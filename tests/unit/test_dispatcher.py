@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -118,6 +119,7 @@ class Harness:
     ) -> None:
         self.runner = FakeRunner()
         self.recorded: list[RunResult] = []
+        self.recorded_as: list[Invocation] = []  # the invocation of each, as it ran
         self.dispatcher = Dispatcher(
             runner=self.runner,
             supervisor=None,  # type: ignore[arg-type]  # no qb call reaches it
@@ -126,9 +128,13 @@ class Harness:
             max_concurrent=slots,
             max_queue=queue,
             max_queue_bytes=queue_bytes,
-            on_result=lambda invocation, result: self.recorded.append(result),
+            on_result=self._record,
             unenforceable=lambda limits: unenforceable,
         )
+
+    def _record(self, invocation: Invocation, result: RunResult) -> None:
+        self.recorded_as.append(invocation)
+        self.recorded.append(result)
 
     def start(
         self,
@@ -190,6 +196,43 @@ async def test_a_refusal_at_capacity_counts_one_slot_and_one_queued_run_in_the_s
     await settle()
     harness.runner.finish("b")
     await asyncio.gather(*tasks)
+
+
+async def test_a_fired_runs_recheck_decides_what_it_runs_as_once_it_has_its_slot() -> None:
+    # Found by a probe: a universal firing waiting for a slot ran as its line was before
+    # a reload (removed, or turned shadow); the engine's recheck is its look at the line.
+    harness = Harness(slots=1, queue=1)
+    blocker = harness.start("a")
+    await settle()
+    looked: list[str] = []
+
+    def recheck(to: Invocation) -> Invocation:
+        looked.append(to.callback.code)
+        if to.callback.code == "removed":
+            return replace(to, refusal="its line is gone")
+        return replace(to, shadow=True)
+
+    fired = [
+        asyncio.create_task(
+            harness.dispatcher.execute(invocation(code), fired=True, recheck=recheck)
+        )
+        for code in ("removed", "shadowed")
+    ]
+    await settle()
+    assert looked == []  # waiting: nothing decided yet
+    harness.runner.finish("a")
+    await settle()
+    harness.runner.finish("shadowed")
+    removed, shadowed = await asyncio.gather(*fired)
+    await blocker
+
+    assert looked == ["removed", "shadowed"]
+    assert (removed.outcome, removed.failure) == (Outcome.REJECTED, Failure("its line is gone"))
+    assert shadowed.outcome is Outcome.SUCCEEDED
+    assert [code for code, _ in harness.runner.started] == ["a", "shadowed"]
+    shadows = {ran.callback.code: ran.shadow for ran in harness.recorded_as}
+    assert shadows == {"a": False, "removed": False, "shadowed": True}
+    assert harness.dispatcher.active == 0
 
 
 async def test_runs_take_free_slots_then_queue_in_order_then_are_refused() -> None:

@@ -365,6 +365,21 @@ def test_a_user_in_two_policies_is_refused_naming_both(tmp_path: Path) -> None:
     )
 
 
+def test_a_user_name_no_user_can_have_is_refused(tmp_path: Path) -> None:
+    # Found by a probe: users = [""] gave the policy to every request naming no user,
+    # and " admin" was taken but never matched admin.
+    said = refused(tmp_path, {"anon": {"users": ["ok", "", " admin", "bob\t", "a\nb"]}})
+    assert said.splitlines() == [
+        "policies.anon.users[1]: an empty name: no Qube user has it (it would give this "
+        "policy to every request and job that names no user)",
+        "policies.anon.users[2]: ' admin' has whitespace around it: no Qube user name does "
+        "(it would match only a request naming ' admin')",
+        "policies.anon.users[3]: 'bob\\t' has whitespace around it: no Qube user name does "
+        "(it would match only a request naming 'bob\\t')",
+        "policies.anon.users[4]: 'a\\nb' holds a control character: no Qube user name does",
+    ]
+
+
 def test_what_the_host_cannot_do_fails_start_up(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data", policies={"p": {"network": "none"}})
     no_namespaces = SandboxOptions(
