@@ -180,9 +180,10 @@ async def start(
             max_results=min(history_max_runs, MAX_RESULTS),
             max_result_bytes=max(history_max_bytes, max_message_bytes),
             storage_errors=functools.partial(writing, path, health),
-            # A farm submission runs on the executor's loop (every other call on a thread):
-            # a lock held by another process is waited for briefly, then answered
-            # UNAVAILABLE (``DatabaseLocked``).
+            # Every call runs on the one store thread, each behind the last: a lock held by
+            # another process is waited for briefly, then answered UNAVAILABLE
+            # (``DatabaseLocked``). Our checkpoint's TRUNCATE holds it a few ms, waited for
+            # as each write transaction takes the lock at its BEGIN (``together``).
             busy_timeout_s=LOOP_BUSY_TIMEOUT_S,
             # As the executor's own databases: off the loop, the log cut back to 4 MiB
             # when it restarts (SQLite's own kept its peak: 15.6 MB for 25 minutes).

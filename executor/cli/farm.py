@@ -16,6 +16,7 @@ asked alone exits 1, naming it.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import random
@@ -44,12 +45,17 @@ from executor.cli.connection import (
     whole_number,
 )
 from executor.cli.farm_submit import describe_submitted, registration_warnings, submit_file
-from executor.cli.farm_workers import WorkerPlan, Workers, run_until_signalled
+from executor.cli.farm_workers import (
+    REPORT_BACKOFF_S,
+    WorkerPlan,
+    Workers,
+    run_until_signalled,
+)
 from executor.errors import ConfigError
 from executor.plurals import counted
 from executor.triggers.explain import compact_names
 from executor.visible_text import escaped, printable, quoted
-from supervisor_client import ExecutorClient, ExecutorRpcError
+from supervisor_client import ExecutorClient, ExecutorRpcError, FarmClient, RetryableError
 from supervisor_client.client import as_plain
 from supervisor_client.jobdict import job_to_dict
 from supervisor_client.reference.qube_time import with_times_shown
@@ -338,13 +344,48 @@ async def _workers(args: argparse.Namespace, out: TextIO) -> int:
 
 async def _wait(args: argparse.Namespace, out: TextIO) -> int:
     async with connect_farm(args) as farm:
-        reply = await farm.wait_jobs(args.job_ids, wait_seconds=args.wait_timeout)
+        try:
+            reply = await _waited(farm, args)
+        except RetryableError as err:
+            say_error(
+                f"gave up waiting after {args.wait_timeout:g}s: {args.address} could not be "
+                f"reached ({err})"
+            )
+            return EXIT_RPC
     for job in reply.jobs:
         print(f"job {job.job_id}: {job.status}", file=out)
     if not reply.done:
         print(f"cbexec: still waiting after {args.wait_timeout:g}s", file=sys.stderr)
         return EXIT_NOT_SUCCEEDED
     return EXIT_OK
+
+
+async def _waited(farm: FarmClient, args: argparse.Namespace) -> Any:
+    """WaitJobs' answer within ``--wait-timeout``, asked again while the executor cannot answer.
+
+    A restart cancels the call in flight (UNAVAILABLE) and refuses the next ones until it
+    serves again: the wait rides it out as the workers do, with their pauses, within its
+    own deadline. RetryableError once that deadline has passed.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + args.wait_timeout
+    pause, longest = REPORT_BACKOFF_S
+    away = False
+    while True:
+        # Never 0, which WaitJobs takes for its default 60 s: an executor back at the
+        # deadline answers where the jobs stand then.
+        left = max(deadline - loop.time(), 0.001)
+        try:
+            return await farm.wait_jobs(args.job_ids, wait_seconds=left)
+        except RetryableError as err:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise
+            if not away:
+                say_error(f"{args.address} cannot answer now ({err}); asking again for {left:.0f}s")
+                away = True
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 2, longest)
 
 
 # -- the parser -------------------------------------------------------------------------

@@ -468,7 +468,11 @@ class ReferenceSupervisor:
             with self._transaction():
                 if not part:
                     # Begun now: a savepoint opening a transaction would commit it at its release.
-                    self._db.execute("BEGIN")
+                    # IMMEDIATE, the write lock taken here, waiting ``busy_timeout_s`` for it:
+                    # a transaction that reads and then writes (a worker's take) is refused at
+                    # once, unwaited, when another connection holds the lock at its first write
+                    # (the checkpoint's TRUNCATE, a few ms; probe 127).
+                    self._db.execute("BEGIN IMMEDIATE")
                 yield
 
     @contextmanager

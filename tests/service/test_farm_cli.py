@@ -6,11 +6,13 @@ import asyncio
 import io
 import json
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 import pytest
 
 from executor.cli import farm_workers
@@ -640,3 +642,61 @@ async def test_a_frame_whose_end_is_refused_as_a_bug_is_named_at_the_end() -> No
         "left running (taken, their end never reported): 4:7; once the executor "
         "answers, end them with: cbexec farm complete 4:7 (or fail, or kill then retry)"
     )
+
+
+async def test_farm_wait_rides_out_a_restart(tmp_path: Path) -> None:
+    """Probe 127 F4: `farm wait` met the restart as exit 3, `UNAVAILABLE: Cancelling all calls`.
+
+    It asks again until the executor is back, as the workers do, within its --wait-timeout.
+    """
+    log = tmp_path / "executor.log"
+    async with executor_process(tmp_path / "data", "", log) as first:
+        async with FarmClient(first.address) as farm:
+            await farm.submit_jobs([{"name": "frame", "agenda": ["1"]}])
+        waiting = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *("-m", "executor", "farm", "wait", "1", "--wait-timeout", "60"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=cli_env(first.address),
+        )
+        try:
+            port = int(first.address.rpartition(":")[2])
+
+            def connected() -> bool:  # its WaitJobs is in the executor's hands
+                return any(
+                    c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+                    for c in psutil.Process(waiting.pid).net_connections("tcp")
+                )
+
+            assert await eventually(connected, timeout_s=20)
+            first.proc.send_signal(signal.SIGTERM)
+            await first.proc.wait()
+            async with (
+                executor_process(
+                    tmp_path / "data", "", log, extra_args=["--bind", first.address]
+                ) as second,
+                FarmClient(second.address) as farm,
+            ):
+                await farm.change_work(job_id=1, work=["1"], change="complete")
+                out, err = await asyncio.wait_for(waiting.communicate(), 60)
+        finally:
+            if waiting.returncode is None:
+                waiting.kill()
+                await waiting.wait()
+    assert (waiting.returncode, out.decode()) == (0, "job 1: complete\n"), err.decode()
+    assert f"cbexec: {first.address} cannot answer now (UNAVAILABLE" in err.decode()
+
+
+async def test_farm_wait_gives_up_in_its_own_words(tmp_path: Path) -> None:
+    """An executor that stays away ends the wait at its --wait-timeout, exit 3, saying so."""
+    with socket.socket() as nobody:  # a port no one listens on: every call is refused
+        nobody.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{nobody.getsockname()[1]}"
+        said = await cbexec("farm", "wait", "1", "--wait-timeout", "1.5", address=address)
+    assert said.code == 3, said
+    assert said.out == ""
+    last = said.err.splitlines()[-1]
+    assert last.startswith(
+        f"cbexec: gave up waiting after 1.5s: {address} could not be reached (UNAVAILABLE: "
+    ), said.err
