@@ -116,8 +116,9 @@ _BUSY_CODES: Final = frozenset({SQLITE_BUSY, SQLITE_LOCKED})
 # worker thread (the history's bookkeeping, the checkpoints), SQLite's usual 5 s: nothing
 # waits for it but that thread.
 BUSY_TIMEOUT_S: Final = 5.0
-# On the event loop (the outbox's commit before an answer, the trigger store's and the
-# embedded supervisor's transactions) the wait stalls every request in flight. Those
+# On the event loop (the outbox's commit before an answer, the trigger store's
+# transactions) the wait stalls every request in flight; the embedded supervisor's
+# transactions, on its store thread, hold up every farm call as much. Those
 # databases have one writing connection each; the only other writer of ours is the
 # checkpoint thread's TRUNCATE (a log that could not restart), which holds the lock for
 # a copy of the last few frames and an fsync, and for at most two waits of
