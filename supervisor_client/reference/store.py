@@ -98,6 +98,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     preempted INTEGER NOT NULL DEFAULT 0,
     -- 1 when the supervisor gave the label (qube<N>): a resubmitted dict gets a fresh one.
     label_assigned INTEGER NOT NULL DEFAULT 0,
+    -- How often a job without an agenda was started: the attempt its worker reports.
+    starts INTEGER NOT NULL DEFAULT 0,
     UNIQUE (pgrp, label)
 );
 CREATE TABLE IF NOT EXISTS work (
@@ -355,6 +357,8 @@ class ReferenceSupervisor:
                 "UPDATE jobs SET label_assigned = 1 WHERE label GLOB 'qube[0-9]*'"
                 " AND substr(label, 5) NOT GLOB '*[^0-9]*'"
             )
+        if "starts" not in columns:  # from before a job's starts were its attempts
+            self._db.execute("ALTER TABLE jobs ADD COLUMN starts INTEGER NOT NULL DEFAULT 0")
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(subjobs)")}
         if "preempted" not in columns:  # a database from before the passive instance preempt
             self._db.execute("ALTER TABLE subjobs ADD COLUMN preempted INTEGER NOT NULL DEFAULT 0")
@@ -1582,6 +1586,11 @@ class ReferenceSupervisor:
             raise NoSuchWorkError(f"job {job_id} has no work item {name!r}")
         return row  # type: ignore[no-any-return]  # sqlite3 types fetchone() as Any
 
+    def job_starts(self, job_id: int) -> int:
+        """How often a job without an agenda was started: its running attempt's number."""
+        with self._using_db():
+            return int(self._job_row(job_id)["starts"])
+
     def start_job(self, job_id: int, host: str = "localhost") -> list[Transition]:
         """A job without an agenda starts: it and its pending instances run on ``host``."""
         return self._drive_job(job_id, Status.PENDING, Status.RUNNING, host)
@@ -1608,6 +1617,8 @@ class ReferenceSupervisor:
                     "UPDATE subjobs SET host = ? WHERE job_id = ? AND status = ?",
                     (host, job_id, Status.PENDING),
                 )
+            if new == Status.RUNNING:
+                self._db.execute("UPDATE jobs SET starts = starts + 1 WHERE id = ?", (job_id,))
             instances_from = NON_TERMINAL if is_terminal(new) else (Status.PENDING,)
             self._set_job_status(changes, job_id, new, instances_from)
             changes.note(job_id, f"[job] {expected} -> {new}" + (f" on {host}" if host else ""))

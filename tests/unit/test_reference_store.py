@@ -1485,3 +1485,15 @@ def test_a_database_from_before_keeps_its_items_in_agenda_order_by_status(tmp_pa
         assert store.next_pending(job["id"]) == ("b", 0)
         columns = [row[2] for row in store._db.execute("PRAGMA index_info(work_by_status)")]
     assert columns == ["job_id", "status", "position"]
+
+
+def test_an_older_database_gets_the_jobs_starts_column(tmp_path: Path) -> None:
+    path = tmp_path / "sup.db"
+    with ReferenceSupervisor(path) as first:
+        job_id = submit_one(first)
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE jobs DROP COLUMN starts")  # as a store before it made it
+    db.close()
+    with ReferenceSupervisor(path) as reopened:
+        reopened.start_job(job_id)
+        assert reopened.job_starts(job_id) == 1
