@@ -40,6 +40,7 @@ from supervisor_client.reference.applied import (
     AppliedActions,
     describe,
 )
+from supervisor_client.reference.dependency import check_not_itself
 from supervisor_client.reference.errors import (
     NoSuchJobError,
     NoSuchWorkError,
@@ -586,6 +587,7 @@ class ReferenceSupervisor:
             zip(jobs, pgrps, labels, strict=True)
         ):
             job_id = first_id + offset
+            check_not_itself(f"job {offset + 1} of the submission", job.waits_for, job_id, label)
             self._db.execute(
                 "INSERT INTO jobs (id, name, label, label_assigned, pgrp, pid, status, user,"
                 " priority, prototype, cpus, mailaddress, timesubmit, extra) VALUES (:id, :name,"

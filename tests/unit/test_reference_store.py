@@ -1487,6 +1487,50 @@ def test_a_database_from_before_keeps_its_items_in_agenda_order_by_status(tmp_pa
     assert columns == ["job_id", "status", "position"]
 
 
+# -- probe 127 findings 3 and 5 ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("jobs", "refusal"),
+    [
+        (
+            [{"name": "sd", "label": "sd", "agenda": ["1"], "dependency": "link-complete-job-sd"}],
+            "job 1 of the submission: dependency item 'link-complete-job-sd': 'sd' is this "
+            "job's own label (a job cannot wait for itself)",
+        ),
+        (
+            [{"name": "sd", "label": "sd", "agenda": ["1"], "dependency": "done-work-sd"}],
+            "job 1 of the submission: dependency item 'done-work-sd': 'sd' is this "
+            "job's own label (a job cannot wait for itself)",
+        ),
+        (  # the label the farm gives it, predicted
+            [{"name": "a"}, {"name": "b", "dependency": "link-complete-job-qube1"}],
+            "job 2 of the submission: dependency item 'link-complete-job-qube1': 'qube1' is "
+            "this job's own label (a job cannot wait for itself)",
+        ),
+        (  # its own id, predicted
+            [{"name": "a"}, {"name": "b", "waitfor": 3}],
+            "job 2 of the submission: dependency item 'link-done-job-3': 3 is this job's own "
+            "id (a job cannot wait for itself)",
+        ),
+    ],
+    ids=["label", "frame-link", "given-label", "id"],
+)
+def test_a_dependency_naming_the_job_itself_is_refused(
+    sup: ReferenceSupervisor, jobs: list[dict[str, Any]], refusal: str
+) -> None:
+    submit_one(sup)  # job 1: the submission's jobs would be 2 and 3
+    with pytest.raises(SubmitError) as refused:
+        sup.submit(jobs)
+    assert str(refused.value) == refusal
+    assert sup.job_ids() == [1], "nothing stored"
+    # Another job's label in the pgrp is no deadlock: it waits for that job.
+    (_, b) = sup.submit(
+        [{"name": "a", "label": "a"}, {"name": "b", "label": "b", "dependency": "done-job-a"}]
+    )
+    assert sup.job(b["id"])["status"] == "blocked"
+
+
 def test_an_older_database_gets_the_jobs_starts_column(tmp_path: Path) -> None:
     path = tmp_path / "sup.db"
     with ReferenceSupervisor(path) as first:
