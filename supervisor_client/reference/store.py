@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -1369,14 +1370,14 @@ class ReferenceSupervisor:
                 str(rule.refusal(_names(job_id, group), status))
                 for status, group in refused.items()
             ]
-            if moved:
-                self._derive_job_status(changes, job_id)
             result = ActionResult(len(moved), "; ".join(parts))
-            changes.note(
+            changes.note(  # before what it causes: the job's status from its agenda
                 job_id,
                 f"{_origin(invocation_id)} work{verb} by {actor}: {result.message}",
                 invocation_id,
             )
+            if moved:
+                self._derive_job_status(changes, job_id)
             return result
 
         request = describe(f"work{verb}", f"{job_id}:{','.join(names)}", "as", actor)
@@ -1448,15 +1449,15 @@ class ReferenceSupervisor:
                     )
                 else:
                     messages.append(str(refusal))
-            if changed:
-                self._derive_job_status(changes, job_id)
-                self._end_with_instances(changes, job_id)
             result = ActionResult(changed, "; ".join(messages))
-            changes.note(
+            changes.note(  # before what it causes: the job's status from its instances
                 job_id,
                 f"{_origin(invocation_id)} subjob{verb} by {actor}: {result.message}",
                 invocation_id,
             )
+            if changed:
+                self._derive_job_status(changes, job_id)
+                self._end_with_instances(changes, job_id)
             return result
 
         instances = f"{job_id}.{','.join(map(str, subjob_ids)) or 'all'}"
@@ -1654,6 +1655,12 @@ class ReferenceSupervisor:
                 raise ValueError("a result needs an invocation_id")
             if not 0 <= job_id <= MAX_ID:
                 raise ValueError(f"job_id {job_id} is out of range (0 to {MAX_ID})")
+            ended = payload.get("ended_at")
+            if isinstance(ended, float) and not math.isfinite(ended):
+                spelled = "NaN" if math.isnan(ended) else f"{'-' if ended < 0 else ''}Infinity"
+                raise ValueError(
+                    f"ended_at: {spelled} is not a time; Unix seconds must be a finite number"
+                )
             try:
                 text = json.dumps(dict(payload), allow_nan=False)
             except (TypeError, ValueError) as err:
@@ -1672,7 +1679,7 @@ class ReferenceSupervisor:
                 known = 0 < job_id <= last_id  # ids are never reused: one a job had
                 stored = self._db.execute(
                     "SELECT json_extract(payload, '$.outcome'), json_extract(payload, '$.ended_at'),"  # noqa: S608 - our expression
-                    f" {PAYLOAD_BYTES} FROM results WHERE invocation_id = ?",
+                    f" {PAYLOAD_BYTES}, job_id, job_known FROM results WHERE invocation_id = ?",
                     (invocation_id,),
                 ).fetchone()
                 line = f"[callback] result of invocation {invocation_id}: {outcome}"
@@ -1690,7 +1697,11 @@ class ReferenceSupervisor:
                         " WHERE invocation_id = ?",
                         (job_id, self._clock(), text, int(known), invocation_id),
                     )
-                    line += f" (a later run; replaces {stored[0] or 'no outcome'})"
+                    if stored[3] == job_id and stored[4]:
+                        line += f" (a later run; replaces {stored[0] or 'no outcome'})"
+                    else:  # a caller's reuse of the id: this job had no result of it
+                        apart = "" if stored[4] else ", a job this supervisor never had"
+                        line += f" (a later run; first reported for job {stored[3]}{apart})"
                     new_bytes += len(text) - int(stored[2])
                 else:
                     duplicates.append(True)

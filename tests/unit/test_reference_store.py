@@ -1531,6 +1531,69 @@ def test_a_dependency_naming_the_job_itself_is_refused(
     assert sup.job(b["id"])["status"] == "blocked"
 
 
+def test_a_frame_retry_of_an_ended_job_lists_its_cause_before_its_effect(
+    sup: ReferenceSupervisor,
+) -> None:
+    job_id = submit_one(sup, agenda=["1", "2"])
+    for name in ("1", "2"):
+        sup.start_work(job_id, name)
+        sup.fail_work(job_id, name)
+    assert sup.job(job_id)["status"] == "failed"
+
+    sup.work_action("retry", job_id, ["1"], "alice")
+
+    assert [line["text"] for line in sup.history(job_id)][-2:] == [
+        f"[user] workretry by alice: work {job_id}:1 -> pending",
+        "[job] failed -> pending (from its agenda)",
+    ]
+
+
+def test_a_subjob_verb_is_listed_before_the_job_status_it_caused(
+    sup: ReferenceSupervisor,
+) -> None:
+    job_id = submit_one(sup, agenda=["1"])
+    sup.start_work(job_id, "1")
+
+    sup.subjob_action("kill", job_id, [0], "alice")
+
+    texts = [line["text"] for line in sup.history(job_id)]
+    assert texts[-2].startswith("[user] subjobkill by alice: instance")
+    assert texts[-1].startswith("[job] running -> killed")
+
+
+@pytest.mark.parametrize(
+    ("value", "spelled"),
+    [(float("nan"), "NaN"), (float("inf"), "Infinity"), (float("-inf"), "-Infinity")],
+)
+def test_a_result_whose_ended_at_is_not_finite_is_refused_naming_the_field(
+    sup: ReferenceSupervisor, value: float, spelled: str
+) -> None:
+    job_id = submit_one(sup)
+    with pytest.raises(ValueError, match=r"^ended_at: ") as refused:
+        sup.report_result("inv", job_id, {"outcome": "OUTCOME_SUCCEEDED", "ended_at": value})
+    assert str(refused.value) == (
+        f"ended_at: {spelled} is not a time; Unix seconds must be a finite number"
+    )
+    assert sup.result("inv") is None
+
+
+def test_a_result_moved_from_a_job_never_given_out_replaces_nothing_of_the_real_one(
+    sup: ReferenceSupervisor,
+) -> None:
+    job_id = submit_one(sup)
+    sup.report_result("inv", 777, {"outcome": "OUTCOME_FAILED", "ended_at": 1.0})
+
+    assert (
+        sup.report_result("inv", job_id, {"outcome": "OUTCOME_SUCCEEDED", "ended_at": 2.0}) is False
+    )
+
+    assert [line["text"] for line in sup.history(job_id)][-1] == (
+        "[callback] result of invocation inv: OUTCOME_SUCCEEDED (a later run; first "
+        "reported for job 777, a job this supervisor never had)"
+    )
+    assert [r["invocation_id"] for r in sup.results(job_id)] == ["inv"]
+
+
 def test_an_older_database_gets_the_jobs_starts_column(tmp_path: Path) -> None:
     path = tmp_path / "sup.db"
     with ReferenceSupervisor(path) as first:
