@@ -166,12 +166,15 @@ class FarmClient(ChannelClient):
         host: str = "",
         actor: str = "",
         result_package: Mapping[str, Any] | None = None,
+        attempt: int = 0,
         timeout: float | None = None,
     ) -> farm_pb2.ChangeWorkResponse:
         """Change work items as a worker or an operator would.
 
         ``change`` is start, complete, fail (a worker's) or kill, retry, requeue, block,
         unblock (an operator's); ``work`` holds names or ranges ("5", "1-10", "3,7-9").
+        ``attempt``: a worker's complete or fail ends only the attempt it took (the
+        ``attempt`` of its TakeWork answer); 0 checks none.
         ValueError for an unknown change, before sending.
         """
         fields = {
@@ -191,6 +194,7 @@ class FarmClient(ChannelClient):
                 change=work_change_value(change),
                 host=host,
                 actor=actor,
+                attempt=attempt,
             )
             if result_package is not None and check_mapping("result_package", result_package):
                 try:

@@ -284,6 +284,7 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
                 host=request.host,
                 actor=request.actor,
                 resultpackage=package,
+                attempt=request.attempt,
             )
 
         with _farm_errors():

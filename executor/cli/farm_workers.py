@@ -143,6 +143,7 @@ class Workers:
                 work=[taken.work_name] if taken.work_name else [],
                 change=change,
                 host=host,
+                attempt=taken.attempt,  # an attempt taken from it meanwhile ends nothing
             ),
             until_stopped=False,  # a rendered frame is reported even while stopping
         )
@@ -182,7 +183,7 @@ class Workers:
             self.finished += 1
             if done.changed:
                 self._say(f"{host}: {item} {'failed' if change == 'fail' else 'complete'}")
-            else:  # killed or blocked by an operator meanwhile
+            else:  # killed, blocked, or given to another worker meanwhile
                 self._say(f"{host}: {item} left alone: {done.message}")
 
     async def run(self) -> None:

@@ -33,7 +33,7 @@ leaves out and makes again from the attributes, so no stale condition releases t
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -62,6 +62,8 @@ class Dependency:
     callbacks: tuple[dict[str, Any], ...] = ()
     holds_job: bool = False
     holds_frames: bool = False
+    #: (item as written, the job it names): checked once the job's id and label are known.
+    names: tuple[tuple[str, str], ...] = ()
 
 
 def parse_dependency(where: str, job: Mapping[str, Any]) -> Dependency:
@@ -69,12 +71,14 @@ def parse_dependency(where: str, job: Mapping[str, Any]) -> Dependency:
     items = [*_items(where, job.get("dependency")), *_waitfor(where, job.get("waitfor"))]
     job_atoms: list[str] = []
     work_atoms: list[str] = []
+    names: list[tuple[str, str]] = []
     for item in items:
         if item.startswith("info-"):
             continue
         if item.isdigit():
             _check_job_id(where, "dependency item", item, item)
             job_atoms.append(f"complete-job-{item}")
+            names.append((item, item))
             continue
         match = _LINK.match(item)
         if match is None:
@@ -96,6 +100,7 @@ def parse_dependency(where: str, job: Mapping[str, Any]) -> Dependency:
             )
         if other.isdigit():
             _check_job_id(where, "dependency item", item, other)
+        names.append((item, other))
         if kind == "job":
             job_atoms.append(f"{state}-job-{other}")
         else:
@@ -109,7 +114,30 @@ def parse_dependency(where: str, job: Mapping[str, Any]) -> Dependency:
         callbacks.append(_holding(" && ".join(job_atoms), "unblock-self", job))
     if work_atoms:
         callbacks.append(_holding(" && ".join(work_atoms), "unblock-work-self", job))
-    return Dependency(tuple(callbacks), holds_job=bool(job_atoms), holds_frames=bool(work_atoms))
+    return Dependency(
+        tuple(callbacks),
+        holds_job=bool(job_atoms),
+        holds_frames=bool(work_atoms),
+        names=tuple(names),
+    )
+
+
+def check_not_itself(where: str, names: Sequence[tuple[str, str]], job_id: int, label: str) -> None:
+    """SubmitError for a dependency item naming its own job, by the id or label it got.
+
+    Such a job waits for itself for ever, as ``self`` would; only known once the store
+    has given the job its id and label (a submitter may predict either).
+    """
+    for item, other in names:
+        if other.isdigit() and int(other) == job_id:
+            what = f"{int(other)} is this job's own id"
+        elif not other.isdigit() and other == label:
+            what = f"{other!r} is this job's own label"
+        else:
+            continue
+        raise SubmitError(
+            f"{where}: dependency item {item!r}: {what} (a job cannot wait for itself)"
+        )
 
 
 def is_holding_callback(callback: Any) -> bool:

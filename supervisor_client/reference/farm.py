@@ -252,7 +252,7 @@ class Farm:
                     return Taken(job_id, name, job["name"], count + 1)
                 if job["status"] == Status.PENDING and not supervisor.has_agenda(job_id):
                     supervisor.start_job(job_id, host)
-                    return Taken(job_id, "", job["name"], 1)
+                    return Taken(job_id, "", job["name"], supervisor.job_starts(job_id))
         return None
 
     # -- changes ------------------------------------------------------------------------
@@ -266,17 +266,26 @@ class Farm:
         host: str = "",
         actor: str = "",
         resultpackage: Mapping[str, Any] | None = None,
+        attempt: int = 0,
     ) -> WorkChangeResult:
         """Apply a worker's change or an operator's work verb to exact item names.
 
         Empty ``names`` with start, complete or fail drives a job without an agenda.
-        Raises ValueError (unknown change, names missing), NoSuchJobError,
+        ``attempt`` (complete and fail only; 0: unchecked) is the one the worker took
+        (``Taken.attempt``): an item not running it is left alone, as a stale report.
+        Raises ValueError (unknown change, names missing, an attempt with another
+        change), NoSuchJobError,
         NoSuchWorkError naming the unknown items and the agenda, PermissionDeniedError.
         One transaction (``together``): what it reads is what it changes, whatever the
         Supervisor service's thread does meanwhile.
         """
+        if attempt and change not in _ENDS:
+            raise ValueError(
+                f"attempt goes with complete or fail (a worker's end of the attempt it took), "
+                f"not {change}"
+            )
         with self._supervisor.together():
-            return self._change_work(change, job_id, names, host, actor, resultpackage)
+            return self._change_work(change, job_id, names, host, actor, resultpackage, attempt)
 
     def _change_work(
         self,
@@ -286,6 +295,7 @@ class Farm:
         host: str,
         actor: str,
         resultpackage: Mapping[str, Any] | None,
+        attempt: int,
     ) -> WorkChangeResult:
         job = self.job(job_id, include_callbacks=False, work_names=names)
         known = {w["name"] for w in job["agenda"]}  # a set: 30,000 names' lookups
@@ -315,7 +325,7 @@ class Farm:
                     f"name the work items to {change}: job {job_id}'s agenda is "
                     f"{describe_agenda(agenda)}"
                 )
-            return self._work_result(job_id, self._drive_job(change, job, host), ())
+            return self._work_result(job_id, self._drive_job(change, job, host, attempt), ())
         host = host or DEFAULT_HOST
         if job["status"] not in _DISPATCHABLE:
             refusal = f"job {job_id} is {job['status']}; work runs only in pending or running jobs"
@@ -326,7 +336,7 @@ class Farm:
                 "has ended and it is pending again"
             )
             return WorkChangeResult(0, tuple(names), refusal, job["status"])
-        return self._move_frames(change, job, names, host, resultpackage)
+        return self._move_frames(change, job, names, host, resultpackage, attempt)
 
     def _move_frames(
         self,
@@ -335,18 +345,30 @@ class Farm:
         names: Sequence[str],
         host: str,
         resultpackage: Mapping[str, Any] | None,
+        attempt: int,
     ) -> WorkChangeResult:
         """A worker's start, complete or fail of the named frames of a dispatchable job."""
         job_id = job["id"]
-        statuses = {w["name"]: w["status"] for w in job["agenda"]}
+        items = {w["name"]: w for w in job["agenda"]}
+        statuses = {name: w["status"] for name, w in items.items()}
         wanted = (Status.PENDING,) if change == "start" else _DISPATCHABLE
-        pending = [name for name in names if statuses[name] == Status.PENDING]
+        # A worker's end of an attempt taken from it: the item is another's, or pending.
+        stale = {
+            name: items[name]
+            for name in names
+            if attempt
+            and statuses[name] in _DISPATCHABLE
+            and (statuses[name] != Status.RUNNING or items[name]["count"] != attempt)
+        }
+        pending = [name for name in names if statuses[name] == Status.PENDING and name not in stale]
         starts_on, not_started = self._instances_for(change, job, pending)
         moved: list[str] = []
         refused: dict[str, list[str]] = {}
         with self._supervisor.together():  # every frame's change, or none (a full disk)
             for name in names:
                 status = statuses[name]
+                if name in stale:
+                    continue  # named below
                 if status not in wanted:
                     refused.setdefault(status, []).append(name)
                     continue
@@ -364,6 +386,11 @@ class Farm:
         parts += [
             f"work {job_id}:{','.join(group)} is {status}; {change} takes {accepts} work"
             for status, group in refused.items()
+        ]
+        parts += [
+            f"work {job_id}:{name} is {_holding(item)}; {_stale(attempt)}, the frame is not its "
+            "to end"
+            for name, item in stale.items()
         ]
         if not_started:
             parts.append(not_started)
@@ -433,13 +460,22 @@ class Farm:
             f"is pending or running (instances {instances})"
         )
 
-    def _drive_job(self, change: str, job: Mapping[str, Any], host: str) -> ActionResult:
+    def _drive_job(
+        self, change: str, job: Mapping[str, Any], host: str, attempt: int
+    ) -> ActionResult:
         """Start / complete / fail of a job without an agenda: the job itself runs or ends."""
         job_id, status = job["id"], job["status"]
         wanted = (Status.PENDING,) if change == "start" else _DISPATCHABLE
         if status not in wanted:
             accepts = " or ".join(wanted)
             return ActionResult(0, f"job {job_id} is {status}; {change} takes {accepts} jobs")
+        if attempt:
+            starts = self._supervisor.job_starts(job_id)
+            if status != Status.RUNNING or starts != attempt:
+                holds = f"running attempt {starts}" if status == Status.RUNNING else status
+                return ActionResult(
+                    0, f"job {job_id} is {holds}; {_stale(attempt)}, the job is not its to end"
+                )
         if status == Status.PENDING:
             self._supervisor.start_job(job_id, host or DEFAULT_HOST)
         if change == "complete":
@@ -467,3 +503,16 @@ class Farm:
 
 
 _TARGET: Final = {"start": Status.RUNNING, "complete": Status.COMPLETE, "fail": Status.FAILED}
+#: The worker's changes that end the attempt it took (and may name it).
+_ENDS: Final = ("complete", "fail")
+
+
+def _holding(item: Mapping[str, Any]) -> str:
+    """What holds a work item a stale report names: "running attempt 2 (on node)", or its status."""
+    if item["status"] != Status.RUNNING:
+        return str(item["status"])
+    return f"running attempt {item['count']} (on {item['host']})"
+
+
+def _stale(attempt: int) -> str:
+    return f"a report of attempt {attempt} is stale: that attempt was stopped"

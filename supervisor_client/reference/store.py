@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -40,6 +41,7 @@ from supervisor_client.reference.applied import (
     AppliedActions,
     describe,
 )
+from supervisor_client.reference.dependency import check_not_itself
 from supervisor_client.reference.errors import (
     NoSuchJobError,
     NoSuchWorkError,
@@ -98,6 +100,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     preempted INTEGER NOT NULL DEFAULT 0,
     -- 1 when the supervisor gave the label (qube<N>): a resubmitted dict gets a fresh one.
     label_assigned INTEGER NOT NULL DEFAULT 0,
+    -- How often a job without an agenda was started: the attempt its worker reports.
+    starts INTEGER NOT NULL DEFAULT 0,
     UNIQUE (pgrp, label)
 );
 CREATE TABLE IF NOT EXISTS work (
@@ -355,6 +359,8 @@ class ReferenceSupervisor:
                 "UPDATE jobs SET label_assigned = 1 WHERE label GLOB 'qube[0-9]*'"
                 " AND substr(label, 5) NOT GLOB '*[^0-9]*'"
             )
+        if "starts" not in columns:  # from before a job's starts were its attempts
+            self._db.execute("ALTER TABLE jobs ADD COLUMN starts INTEGER NOT NULL DEFAULT 0")
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(subjobs)")}
         if "preempted" not in columns:  # a database from before the passive instance preempt
             self._db.execute("ALTER TABLE subjobs ADD COLUMN preempted INTEGER NOT NULL DEFAULT 0")
@@ -586,6 +592,7 @@ class ReferenceSupervisor:
             zip(jobs, pgrps, labels, strict=True)
         ):
             job_id = first_id + offset
+            check_not_itself(f"job {offset + 1} of the submission", job.waits_for, job_id, label)
             self._db.execute(
                 "INSERT INTO jobs (id, name, label, label_assigned, pgrp, pid, status, user,"
                 " priority, prototype, cpus, mailaddress, timesubmit, extra) VALUES (:id, :name,"
@@ -1367,14 +1374,14 @@ class ReferenceSupervisor:
                 str(rule.refusal(_names(job_id, group), status))
                 for status, group in refused.items()
             ]
-            if moved:
-                self._derive_job_status(changes, job_id)
             result = ActionResult(len(moved), "; ".join(parts))
-            changes.note(
+            changes.note(  # before what it causes: the job's status from its agenda
                 job_id,
                 f"{_origin(invocation_id)} work{verb} by {actor}: {result.message}",
                 invocation_id,
             )
+            if moved:
+                self._derive_job_status(changes, job_id)
             return result
 
         request = describe(f"work{verb}", f"{job_id}:{','.join(names)}", "as", actor)
@@ -1446,15 +1453,15 @@ class ReferenceSupervisor:
                     )
                 else:
                     messages.append(str(refusal))
-            if changed:
-                self._derive_job_status(changes, job_id)
-                self._end_with_instances(changes, job_id)
             result = ActionResult(changed, "; ".join(messages))
-            changes.note(
+            changes.note(  # before what it causes: the job's status from its instances
                 job_id,
                 f"{_origin(invocation_id)} subjob{verb} by {actor}: {result.message}",
                 invocation_id,
             )
+            if changed:
+                self._derive_job_status(changes, job_id)
+                self._end_with_instances(changes, job_id)
             return result
 
         instances = f"{job_id}.{','.join(map(str, subjob_ids)) or 'all'}"
@@ -1586,6 +1593,11 @@ class ReferenceSupervisor:
             raise NoSuchWorkError(f"job {job_id} has no work item {name!r}")
         return row  # type: ignore[no-any-return]  # sqlite3 types fetchone() as Any
 
+    def job_starts(self, job_id: int) -> int:
+        """How often a job without an agenda was started: its running attempt's number."""
+        with self._using_db():
+            return int(self._job_row(job_id)["starts"])
+
     def start_job(self, job_id: int, host: str = "localhost") -> list[Transition]:
         """A job without an agenda starts: it and its pending instances run on ``host``."""
         return self._drive_job(job_id, Status.PENDING, Status.RUNNING, host)
@@ -1612,6 +1624,8 @@ class ReferenceSupervisor:
                     "UPDATE subjobs SET host = ? WHERE job_id = ? AND status = ?",
                     (host, job_id, Status.PENDING),
                 )
+            if new == Status.RUNNING:
+                self._db.execute("UPDATE jobs SET starts = starts + 1 WHERE id = ?", (job_id,))
             instances_from = NON_TERMINAL if is_terminal(new) else (Status.PENDING,)
             self._set_job_status(changes, job_id, new, instances_from)
             changes.note(job_id, f"[job] {expected} -> {new}" + (f" on {host}" if host else ""))
@@ -1645,6 +1659,12 @@ class ReferenceSupervisor:
                 raise ValueError("a result needs an invocation_id")
             if not 0 <= job_id <= MAX_ID:
                 raise ValueError(f"job_id {job_id} is out of range (0 to {MAX_ID})")
+            ended = payload.get("ended_at")
+            if isinstance(ended, float) and not math.isfinite(ended):
+                spelled = "NaN" if math.isnan(ended) else f"{'-' if ended < 0 else ''}Infinity"
+                raise ValueError(
+                    f"ended_at: {spelled} is not a time; Unix seconds must be a finite number"
+                )
             try:
                 text = json.dumps(dict(payload), allow_nan=False)
             except (TypeError, ValueError) as err:
@@ -1663,7 +1683,7 @@ class ReferenceSupervisor:
                 known = 0 < job_id <= last_id  # ids are never reused: one a job had
                 stored = self._db.execute(
                     "SELECT json_extract(payload, '$.outcome'), json_extract(payload, '$.ended_at'),"  # noqa: S608 - our expression
-                    f" {PAYLOAD_BYTES} FROM results WHERE invocation_id = ?",
+                    f" {PAYLOAD_BYTES}, job_id, job_known FROM results WHERE invocation_id = ?",
                     (invocation_id,),
                 ).fetchone()
                 line = f"[callback] result of invocation {invocation_id}: {outcome}"
@@ -1681,7 +1701,11 @@ class ReferenceSupervisor:
                         " WHERE invocation_id = ?",
                         (job_id, self._clock(), text, int(known), invocation_id),
                     )
-                    line += f" (a later run; replaces {stored[0] or 'no outcome'})"
+                    if stored[3] == job_id and stored[4]:
+                        line += f" (a later run; replaces {stored[0] or 'no outcome'})"
+                    else:  # a caller's reuse of the id: this job had no result of it
+                        apart = "" if stored[4] else ", a job this supervisor never had"
+                        line += f" (a later run; first reported for job {stored[3]}{apart})"
                     new_bytes += len(text) - int(stored[2])
                 else:
                     duplicates.append(True)

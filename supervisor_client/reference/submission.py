@@ -133,6 +133,8 @@ class NewJob:
     status: str
     agenda: tuple[_NewWork, ...]
     callbacks: tuple[NewCallback, ...]
+    #: The jobs its dependency names (item, id or label): none may be itself.
+    waits_for: tuple[tuple[str, str], ...] = ()
 
 
 def check_utf8_text(where: str, job: Mapping[str, Any]) -> None:
@@ -451,6 +453,7 @@ def _parse_job(number: int, job: Any, checks: Checks) -> NewJob:
         status=Status.BLOCKED if dependency.holds_job else status,
         agenda=agenda,
         callbacks=callbacks,
+        waits_for=dependency.names,
     )
 
 

@@ -700,3 +700,35 @@ async def test_farm_wait_gives_up_in_its_own_words(tmp_path: Path) -> None:
     assert last.startswith(
         f"cbexec: gave up waiting after 1.5s: {address} could not be reached (UNAVAILABLE: "
     ), said.err
+
+
+async def test_a_workers_end_of_a_frame_taken_from_it_is_left_alone(stack_warm: Stack) -> None:
+    """Probe 127 finding 1: the worker's report names its attempt, so a stale one ends nothing.
+
+    The worker renders frame 1 (attempt 1); the job is blocked and unblocked meanwhile, and
+    another worker takes the frame (attempt 2). The first worker's end is then left alone:
+    the frame stays running on the other worker, which completes it.
+    """
+    stack_warm.supervisor.submit([{"name": "stale", "agenda": ["1"]}])
+    out = io.StringIO()
+    async with FarmClient(stack_warm.channel) as farm:
+        workers = farm_workers.Workers(farm, WorkerPlan(1, 3.0, 0.0, 1), out)
+        running = asyncio.create_task(workers.run())
+        try:
+            assert await eventually(lambda: list(workers.in_flight.values()) == ["1:1"], 10)
+            await farm.change_job(job_id=1, verb="block")
+            await farm.change_job(job_id=1, verb="unblock")
+            taken = await farm.take_work("other")
+            assert (taken.work_name, taken.attempt) == ("1", 2)
+            assert await eventually(lambda: not workers.in_flight, 10)
+            workers.stop()
+            await asyncio.wait_for(running, 10)
+        finally:
+            running.cancel()
+        said = out.getvalue()
+        assert "worker-1: 1:1 left alone: work 1:1 is running attempt 2 (on other)" in said, said
+        assert stack_warm.supervisor.job(1)["agenda"][0]["status"] == "running"
+        done = await farm.change_work(
+            job_id=1, work=["1"], change="complete", host="other", attempt=2
+        )
+        assert (done.changed, done.job_status) == (1, "complete")

@@ -334,6 +334,22 @@ async def test_report_result_needs_an_invocation_id(served: Served) -> None:
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def test_report_result_with_a_nan_end_is_refused_naming_the_field(
+    served: Served, blocked_job: int
+) -> None:
+    request = supervisor_pb2.ReportResultRequest(
+        result=executor_pb2.ExecuteResponse(invocation_id="inv-nan"),
+        job_id=blocked_job,
+        ended_at=float("nan"),
+    )
+
+    error = await rpc_error(served.stub.ReportResult(request))
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == ("ended_at: NaN is not a time; Unix seconds must be a finite number")
+    assert served.supervisor.result("inv-nan") is None
+
+
 async def test_report_results_stores_a_batch_whole_or_refuses_it_whole(
     served: Served, blocked_job: int
 ) -> None:

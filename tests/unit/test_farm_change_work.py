@@ -288,3 +288,42 @@ async def test_a_worker_taking_its_next_frame_reads_no_agenda() -> None:
     again = farm.take_work("host-2")
     assert again is not None and (again.work_name, again.attempt) == ("2", 2)
     assert sum(store.whole) == 0
+
+
+async def test_a_workers_report_names_its_attempt_and_a_stale_one_changes_nothing() -> None:
+    """Probe 127 finding 1: worker A's late end completed worker B's attempt of the frame."""
+    servicer, job_id = _servicer(["1"])
+    farm = servicer._farm
+    farm.take_work("workerA")
+    farm.change_job("block", job_id)
+    farm.change_job("unblock", job_id)
+    taken = await servicer.TakeWork(
+        farm_pb2.TakeWorkRequest(host="workerB"), as_context(FakeContext())
+    )
+    assert taken.attempt == 2
+
+    def report(host: str, attempt: int) -> farm_pb2.ChangeWorkRequest:
+        return farm_pb2.ChangeWorkRequest(
+            job_id=job_id,
+            work=["1"],
+            change=farm_pb2.WORK_CHANGE_COMPLETE,
+            host=host,
+            attempt=attempt,
+        )
+
+    stale = await _change(servicer, report("workerA", 1))
+    assert (stale.changed, stale.job_status) == (0, "running")
+    assert "a report of attempt 1 is stale" in stale.message
+    real = await _change(servicer, report("workerB", 2))
+    assert (real.changed, real.job_status) == (1, "complete")
+
+
+async def test_an_attempt_with_an_operators_verb_is_refused_naming_the_field() -> None:
+    servicer, job_id = _servicer(["1"])
+    request = farm_pb2.ChangeWorkRequest(
+        job_id=job_id, work=["1"], change=farm_pb2.WORK_CHANGE_KILL, attempt=1
+    )
+    with pytest.raises(Aborted) as refused:
+        await _change(servicer, request)
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details.startswith("attempt goes with complete or fail")

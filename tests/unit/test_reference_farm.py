@@ -628,3 +628,92 @@ def test_a_submission_above_its_bounds_is_refused_whole(farm: Farm) -> None:
     stored = farm.submit([{"agenda": list(range(50_000))}] * 2)  # at the bounds: taken
 
     assert [len(job["agenda"]) for job in stored] == [50_000, 50_000]
+
+
+# -- a worker's report ends only the attempt it holds (probe 127, finding 1) -------------
+
+
+def taken_from_a_then_b(farm: Farm) -> int:
+    """Worker A takes frame 1; block and unblock send it back; worker B takes attempt 2."""
+    (job,) = farm.submit([{"name": "stale", "agenda": ["1", "2"]}])
+    job_id = int(job["id"])
+    a = farm.take_work("workerA")
+    assert a is not None and (a.work_name, a.attempt) == ("1", 1)
+    farm.change_job("block", job_id)
+    farm.change_job("unblock", job_id)
+    b = farm.take_work("workerB")
+    assert b is not None and (b.work_name, b.attempt) == ("1", 2)
+    return job_id
+
+
+@pytest.mark.parametrize("change", ["complete", "fail"])
+def test_a_stale_attempts_report_is_left_alone_and_the_holder_ends_the_frame(
+    farm: Farm, events: list[Transition], change: str
+) -> None:
+    job_id = taken_from_a_then_b(farm)
+    events.clear()
+
+    stale = farm.change_work(change, job_id, ["1"], host="workerA", attempt=1)
+
+    assert stale.changed == 0
+    assert stale.message == (
+        f"work {job_id}:1 is running attempt 2 (on workerB); a report of attempt 1 is "
+        "stale: that attempt was stopped, the frame is not its to end"
+    )
+    assert statuses(farm, job_id)["1"] == "running"
+    assert stale.job_status == "running"
+    assert events == []
+    real = farm.change_work("complete", job_id, ["1"], host="workerB", attempt=2)
+    assert (real.changed, statuses(farm, job_id)["1"]) == (1, "complete")
+    assert farm.job(job_id)["agenda"][0]["host"] == "workerB"
+
+
+def test_a_report_of_an_attempt_whose_frame_went_back_to_pending_starts_nothing(
+    farm: Farm,
+) -> None:
+    (job,) = farm.submit([{"name": "stale", "agenda": ["1"]}])
+    job_id = int(job["id"])
+    farm.take_work("workerA")
+    farm.change_job("block", job_id)
+    farm.change_job("unblock", job_id)  # frame 1 pending again, no worker on it yet
+
+    stale = farm.change_work("complete", job_id, ["1"], host="workerA", attempt=1)
+
+    assert stale.changed == 0
+    assert stale.message == (
+        f"work {job_id}:1 is pending; a report of attempt 1 is stale: that attempt was "
+        "stopped, the frame is not its to end"
+    )
+    assert statuses(farm, job_id) == {"1": "pending"}
+    # Without an attempt (an operator's `farm complete`) it is started and completed.
+    assert farm.change_work("complete", job_id, ["1"]).changed == 1
+
+
+def test_the_attempt_goes_only_with_a_workers_end(farm: Farm) -> None:
+    (job,) = farm.submit([{"name": "j", "agenda": ["1"]}])
+    job_id = int(job["id"])
+    for change in ("start", "kill", "retry"):
+        with pytest.raises(ValueError, match="attempt goes with complete or fail"):
+            farm.change_work(change, job_id, ["1"], attempt=1)
+
+
+def test_a_job_without_agenda_counts_its_starts_as_attempts(farm: Farm) -> None:
+    (job,) = farm.submit([{"name": "single"}])
+    job_id = int(job["id"])
+    a = farm.take_work("workerA")
+    assert a is not None and a.attempt == 1
+    farm.change_job("block", job_id)
+    farm.change_job("unblock", job_id)
+    b = farm.take_work("workerB")
+    assert b is not None and b.attempt == 2
+
+    stale = farm.change_work("complete", job_id, [], host="workerA", attempt=1)
+
+    assert stale.changed == 0
+    assert stale.message == (
+        f"job {job_id} is running attempt 2; a report of attempt 1 is stale: that attempt "
+        "was stopped, the job is not its to end"
+    )
+    assert farm.status(job_id) == "running"
+    assert farm.change_work("complete", job_id, [], attempt=2).changed == 1
+    assert farm.status(job_id) == "complete"

@@ -1485,3 +1485,122 @@ def test_a_database_from_before_keeps_its_items_in_agenda_order_by_status(tmp_pa
         assert store.next_pending(job["id"]) == ("b", 0)
         columns = [row[2] for row in store._db.execute("PRAGMA index_info(work_by_status)")]
     assert columns == ["job_id", "status", "position"]
+
+
+# -- probe 127 findings 3 and 5 ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("jobs", "refusal"),
+    [
+        (
+            [{"name": "sd", "label": "sd", "agenda": ["1"], "dependency": "link-complete-job-sd"}],
+            "job 1 of the submission: dependency item 'link-complete-job-sd': 'sd' is this "
+            "job's own label (a job cannot wait for itself)",
+        ),
+        (
+            [{"name": "sd", "label": "sd", "agenda": ["1"], "dependency": "done-work-sd"}],
+            "job 1 of the submission: dependency item 'done-work-sd': 'sd' is this "
+            "job's own label (a job cannot wait for itself)",
+        ),
+        (  # the label the farm gives it, predicted
+            [{"name": "a"}, {"name": "b", "dependency": "link-complete-job-qube1"}],
+            "job 2 of the submission: dependency item 'link-complete-job-qube1': 'qube1' is "
+            "this job's own label (a job cannot wait for itself)",
+        ),
+        (  # its own id, predicted
+            [{"name": "a"}, {"name": "b", "waitfor": 3}],
+            "job 2 of the submission: dependency item 'link-done-job-3': 3 is this job's own "
+            "id (a job cannot wait for itself)",
+        ),
+    ],
+    ids=["label", "frame-link", "given-label", "id"],
+)
+def test_a_dependency_naming_the_job_itself_is_refused(
+    sup: ReferenceSupervisor, jobs: list[dict[str, Any]], refusal: str
+) -> None:
+    submit_one(sup)  # job 1: the submission's jobs would be 2 and 3
+    with pytest.raises(SubmitError) as refused:
+        sup.submit(jobs)
+    assert str(refused.value) == refusal
+    assert sup.job_ids() == [1], "nothing stored"
+    # Another job's label in the pgrp is no deadlock: it waits for that job.
+    (_, b) = sup.submit(
+        [{"name": "a", "label": "a"}, {"name": "b", "label": "b", "dependency": "done-job-a"}]
+    )
+    assert sup.job(b["id"])["status"] == "blocked"
+
+
+def test_a_frame_retry_of_an_ended_job_lists_its_cause_before_its_effect(
+    sup: ReferenceSupervisor,
+) -> None:
+    job_id = submit_one(sup, agenda=["1", "2"])
+    for name in ("1", "2"):
+        sup.start_work(job_id, name)
+        sup.fail_work(job_id, name)
+    assert sup.job(job_id)["status"] == "failed"
+
+    sup.work_action("retry", job_id, ["1"], "alice")
+
+    assert [line["text"] for line in sup.history(job_id)][-2:] == [
+        f"[user] workretry by alice: work {job_id}:1 -> pending",
+        "[job] failed -> pending (from its agenda)",
+    ]
+
+
+def test_a_subjob_verb_is_listed_before_the_job_status_it_caused(
+    sup: ReferenceSupervisor,
+) -> None:
+    job_id = submit_one(sup, agenda=["1"])
+    sup.start_work(job_id, "1")
+
+    sup.subjob_action("kill", job_id, [0], "alice")
+
+    texts = [line["text"] for line in sup.history(job_id)]
+    assert texts[-2].startswith("[user] subjobkill by alice: instance")
+    assert texts[-1].startswith("[job] running -> killed")
+
+
+@pytest.mark.parametrize(
+    ("value", "spelled"),
+    [(float("nan"), "NaN"), (float("inf"), "Infinity"), (float("-inf"), "-Infinity")],
+)
+def test_a_result_whose_ended_at_is_not_finite_is_refused_naming_the_field(
+    sup: ReferenceSupervisor, value: float, spelled: str
+) -> None:
+    job_id = submit_one(sup)
+    with pytest.raises(ValueError, match=r"^ended_at: ") as refused:
+        sup.report_result("inv", job_id, {"outcome": "OUTCOME_SUCCEEDED", "ended_at": value})
+    assert str(refused.value) == (
+        f"ended_at: {spelled} is not a time; Unix seconds must be a finite number"
+    )
+    assert sup.result("inv") is None
+
+
+def test_a_result_moved_from_a_job_never_given_out_replaces_nothing_of_the_real_one(
+    sup: ReferenceSupervisor,
+) -> None:
+    job_id = submit_one(sup)
+    sup.report_result("inv", 777, {"outcome": "OUTCOME_FAILED", "ended_at": 1.0})
+
+    assert (
+        sup.report_result("inv", job_id, {"outcome": "OUTCOME_SUCCEEDED", "ended_at": 2.0}) is False
+    )
+
+    assert [line["text"] for line in sup.history(job_id)][-1] == (
+        "[callback] result of invocation inv: OUTCOME_SUCCEEDED (a later run; first "
+        "reported for job 777, a job this supervisor never had)"
+    )
+    assert [r["invocation_id"] for r in sup.results(job_id)] == ["inv"]
+
+
+def test_an_older_database_gets_the_jobs_starts_column(tmp_path: Path) -> None:
+    path = tmp_path / "sup.db"
+    with ReferenceSupervisor(path) as first:
+        job_id = submit_one(first)
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE jobs DROP COLUMN starts")  # as a store before it made it
+    db.close()
+    with ReferenceSupervisor(path) as reopened:
+        reopened.start_job(job_id)
+        assert reopened.job_starts(job_id) == 1

@@ -28,15 +28,15 @@ from supervisor_client.qbcallback.v1 import supervisor_pb2 as qbcallback_dot_v1_
 from supervisor_client.qbcallback.v1 import types_pb2 as qbcallback_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18qbcallback/v1/farm.proto\x12\rqbcallback.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1cqbcallback/v1/executor.proto\x1a\x1eqbcallback/v1/supervisor.proto\x1a\x19qbcallback/v1/types.proto\":\n\x11SubmitJobsRequest\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.google.protobuf.Struct\"6\n\x12SubmitJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.qbcallback.v1.Job\"/\n\x0fListJobsRequest\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0c\n\x04pgrp\x18\x02 \x01(\x04\"4\n\x10ListJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.qbcallback.v1.Job\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\"A\n\x0cHistoryEntry\x12\x0c\n\x04time\x18\x01 \x01(\x01\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rinvocation_id\x18\x03 \x01(\t\"\x95\x01\n\x0eGetJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.qbcallback.v1.Job\x12\x34\n\tcallbacks\x18\x02 \x03(\x0b\x32!.qbcallback.v1.RegisteredCallback\x12,\n\x07history\x18\x03 \x03(\x0b\x32\x1b.qbcallback.v1.HistoryEntry\"\xaa\x01\n\x11\x43hangeWorkRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\x0c\n\x04work\x18\x02 \x03(\t\x12)\n\x06\x63hange\x18\x03 \x01(\x0e\x32\x19.qbcallback.v1.WorkChange\x12\x0c\n\x04host\x18\x04 \x01(\t\x12/\n\x0eresult_package\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05\x61\x63tor\x18\x06 \x01(\t\"\\\n\x12\x43hangeWorkResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\r\x12\x10\n\x08selected\x18\x02 \x03(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x12\n\njob_status\x18\x04 \x01(\t\"W\n\x10\x43hangeJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12$\n\x04verb\x18\x02 \x01(\x0e\x32\x16.qbcallback.v1.JobVerb\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\"I\n\x11\x43hangeJobResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x12\n\njob_status\x18\x03 \x01(\t\"\x1f\n\x0fTakeWorkRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\"g\n\x10TakeWorkResponse\x12\r\n\x05taken\x18\x01 \x01(\x08\x12\x0e\n\x06job_id\x18\x02 \x01(\x04\x12\x11\n\twork_name\x18\x03 \x01(\t\x12\x10\n\x08job_name\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\r\";\n\x0fWaitJobsRequest\x12\x0f\n\x07job_ids\x18\x01 \x03(\x04\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\"+\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\x0e\n\x06status\x18\x02 \x01(\t\"H\n\x10WaitJobsResponse\x12\x0c\n\x04\x64one\x18\x01 \x01(\x08\x12&\n\x04jobs\x18\x02 \x03(\x0b\x32\x18.qbcallback.v1.JobStatus*\xe6\x01\n\nWorkChange\x12\x1b\n\x17WORK_CHANGE_UNSPECIFIED\x10\x00\x12\x15\n\x11WORK_CHANGE_START\x10\x01\x12\x18\n\x14WORK_CHANGE_COMPLETE\x10\x02\x12\x14\n\x10WORK_CHANGE_FAIL\x10\x03\x12\x14\n\x10WORK_CHANGE_KILL\x10\x04\x12\x15\n\x11WORK_CHANGE_RETRY\x10\x05\x12\x17\n\x13WORK_CHANGE_REQUEUE\x10\x06\x12\x15\n\x11WORK_CHANGE_BLOCK\x10\x07\x12\x17\n\x13WORK_CHANGE_UNBLOCK\x10\x08\x32\xb1\x04\n\x0b\x46\x61rmService\x12Q\n\nSubmitJobs\x12 .qbcallback.v1.SubmitJobsRequest\x1a!.qbcallback.v1.SubmitJobsResponse\x12K\n\x08ListJobs\x12\x1e.qbcallback.v1.ListJobsRequest\x1a\x1f.qbcallback.v1.ListJobsResponse\x12\x45\n\x06GetJob\x12\x1c.qbcallback.v1.GetJobRequest\x1a\x1d.qbcallback.v1.GetJobResponse\x12Q\n\nChangeWork\x12 .qbcallback.v1.ChangeWorkRequest\x1a!.qbcallback.v1.ChangeWorkResponse\x12N\n\tChangeJob\x12\x1f.qbcallback.v1.ChangeJobRequest\x1a .qbcallback.v1.ChangeJobResponse\x12K\n\x08TakeWork\x12\x1e.qbcallback.v1.TakeWorkRequest\x1a\x1f.qbcallback.v1.TakeWorkResponse\x12K\n\x08WaitJobs\x12\x1e.qbcallback.v1.WaitJobsRequest\x1a\x1f.qbcallback.v1.WaitJobsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18qbcallback/v1/farm.proto\x12\rqbcallback.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1cqbcallback/v1/executor.proto\x1a\x1eqbcallback/v1/supervisor.proto\x1a\x19qbcallback/v1/types.proto\":\n\x11SubmitJobsRequest\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.google.protobuf.Struct\"6\n\x12SubmitJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.qbcallback.v1.Job\"/\n\x0fListJobsRequest\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0c\n\x04pgrp\x18\x02 \x01(\x04\"4\n\x10ListJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.qbcallback.v1.Job\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\"A\n\x0cHistoryEntry\x12\x0c\n\x04time\x18\x01 \x01(\x01\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rinvocation_id\x18\x03 \x01(\t\"\x95\x01\n\x0eGetJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.qbcallback.v1.Job\x12\x34\n\tcallbacks\x18\x02 \x03(\x0b\x32!.qbcallback.v1.RegisteredCallback\x12,\n\x07history\x18\x03 \x03(\x0b\x32\x1b.qbcallback.v1.HistoryEntry\"\xbb\x01\n\x11\x43hangeWorkRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\x0c\n\x04work\x18\x02 \x03(\t\x12)\n\x06\x63hange\x18\x03 \x01(\x0e\x32\x19.qbcallback.v1.WorkChange\x12\x0c\n\x04host\x18\x04 \x01(\t\x12/\n\x0eresult_package\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05\x61\x63tor\x18\x06 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\r\"\\\n\x12\x43hangeWorkResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\r\x12\x10\n\x08selected\x18\x02 \x03(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x12\n\njob_status\x18\x04 \x01(\t\"W\n\x10\x43hangeJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12$\n\x04verb\x18\x02 \x01(\x0e\x32\x16.qbcallback.v1.JobVerb\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\"I\n\x11\x43hangeJobResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x12\n\njob_status\x18\x03 \x01(\t\"\x1f\n\x0fTakeWorkRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\"g\n\x10TakeWorkResponse\x12\r\n\x05taken\x18\x01 \x01(\x08\x12\x0e\n\x06job_id\x18\x02 \x01(\x04\x12\x11\n\twork_name\x18\x03 \x01(\t\x12\x10\n\x08job_name\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\r\";\n\x0fWaitJobsRequest\x12\x0f\n\x07job_ids\x18\x01 \x03(\x04\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\"+\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\x04\x12\x0e\n\x06status\x18\x02 \x01(\t\"H\n\x10WaitJobsResponse\x12\x0c\n\x04\x64one\x18\x01 \x01(\x08\x12&\n\x04jobs\x18\x02 \x03(\x0b\x32\x18.qbcallback.v1.JobStatus*\xe6\x01\n\nWorkChange\x12\x1b\n\x17WORK_CHANGE_UNSPECIFIED\x10\x00\x12\x15\n\x11WORK_CHANGE_START\x10\x01\x12\x18\n\x14WORK_CHANGE_COMPLETE\x10\x02\x12\x14\n\x10WORK_CHANGE_FAIL\x10\x03\x12\x14\n\x10WORK_CHANGE_KILL\x10\x04\x12\x15\n\x11WORK_CHANGE_RETRY\x10\x05\x12\x17\n\x13WORK_CHANGE_REQUEUE\x10\x06\x12\x15\n\x11WORK_CHANGE_BLOCK\x10\x07\x12\x17\n\x13WORK_CHANGE_UNBLOCK\x10\x08\x32\xb1\x04\n\x0b\x46\x61rmService\x12Q\n\nSubmitJobs\x12 .qbcallback.v1.SubmitJobsRequest\x1a!.qbcallback.v1.SubmitJobsResponse\x12K\n\x08ListJobs\x12\x1e.qbcallback.v1.ListJobsRequest\x1a\x1f.qbcallback.v1.ListJobsResponse\x12\x45\n\x06GetJob\x12\x1c.qbcallback.v1.GetJobRequest\x1a\x1d.qbcallback.v1.GetJobResponse\x12Q\n\nChangeWork\x12 .qbcallback.v1.ChangeWorkRequest\x1a!.qbcallback.v1.ChangeWorkResponse\x12N\n\tChangeJob\x12\x1f.qbcallback.v1.ChangeJobRequest\x1a .qbcallback.v1.ChangeJobResponse\x12K\n\x08TakeWork\x12\x1e.qbcallback.v1.TakeWorkRequest\x1a\x1f.qbcallback.v1.TakeWorkResponse\x12K\n\x08WaitJobs\x12\x1e.qbcallback.v1.WaitJobsRequest\x1a\x1f.qbcallback.v1.WaitJobsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'qbcallback.v1.farm_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WORKCHANGE']._serialized_start=1383
-  _globals['_WORKCHANGE']._serialized_end=1613
+  _globals['_WORKCHANGE']._serialized_start=1400
+  _globals['_WORKCHANGE']._serialized_end=1630
   _globals['_SUBMITJOBSREQUEST']._serialized_start=162
   _globals['_SUBMITJOBSREQUEST']._serialized_end=220
   _globals['_SUBMITJOBSRESPONSE']._serialized_start=222
@@ -52,23 +52,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETJOBRESPONSE']._serialized_start=482
   _globals['_GETJOBRESPONSE']._serialized_end=631
   _globals['_CHANGEWORKREQUEST']._serialized_start=634
-  _globals['_CHANGEWORKREQUEST']._serialized_end=804
-  _globals['_CHANGEWORKRESPONSE']._serialized_start=806
-  _globals['_CHANGEWORKRESPONSE']._serialized_end=898
-  _globals['_CHANGEJOBREQUEST']._serialized_start=900
-  _globals['_CHANGEJOBREQUEST']._serialized_end=987
-  _globals['_CHANGEJOBRESPONSE']._serialized_start=989
-  _globals['_CHANGEJOBRESPONSE']._serialized_end=1062
-  _globals['_TAKEWORKREQUEST']._serialized_start=1064
-  _globals['_TAKEWORKREQUEST']._serialized_end=1095
-  _globals['_TAKEWORKRESPONSE']._serialized_start=1097
-  _globals['_TAKEWORKRESPONSE']._serialized_end=1200
-  _globals['_WAITJOBSREQUEST']._serialized_start=1202
-  _globals['_WAITJOBSREQUEST']._serialized_end=1261
-  _globals['_JOBSTATUS']._serialized_start=1263
-  _globals['_JOBSTATUS']._serialized_end=1306
-  _globals['_WAITJOBSRESPONSE']._serialized_start=1308
-  _globals['_WAITJOBSRESPONSE']._serialized_end=1380
-  _globals['_FARMSERVICE']._serialized_start=1616
-  _globals['_FARMSERVICE']._serialized_end=2177
+  _globals['_CHANGEWORKREQUEST']._serialized_end=821
+  _globals['_CHANGEWORKRESPONSE']._serialized_start=823
+  _globals['_CHANGEWORKRESPONSE']._serialized_end=915
+  _globals['_CHANGEJOBREQUEST']._serialized_start=917
+  _globals['_CHANGEJOBREQUEST']._serialized_end=1004
+  _globals['_CHANGEJOBRESPONSE']._serialized_start=1006
+  _globals['_CHANGEJOBRESPONSE']._serialized_end=1079
+  _globals['_TAKEWORKREQUEST']._serialized_start=1081
+  _globals['_TAKEWORKREQUEST']._serialized_end=1112
+  _globals['_TAKEWORKRESPONSE']._serialized_start=1114
+  _globals['_TAKEWORKRESPONSE']._serialized_end=1217
+  _globals['_WAITJOBSREQUEST']._serialized_start=1219
+  _globals['_WAITJOBSREQUEST']._serialized_end=1278
+  _globals['_JOBSTATUS']._serialized_start=1280
+  _globals['_JOBSTATUS']._serialized_end=1323
+  _globals['_WAITJOBSRESPONSE']._serialized_start=1325
+  _globals['_WAITJOBSRESPONSE']._serialized_end=1397
+  _globals['_FARMSERVICE']._serialized_start=1633
+  _globals['_FARMSERVICE']._serialized_end=2194
 # @@protoc_insertion_point(module_scope)

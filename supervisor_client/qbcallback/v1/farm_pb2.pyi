@@ -313,6 +313,7 @@ class ChangeWorkRequest(_message.Message):
     HOST_FIELD_NUMBER: _builtins.int
     RESULT_PACKAGE_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     """The job owning the items."""
     change: Global___WorkChange.ValueType
@@ -324,6 +325,17 @@ class ChangeWorkRequest(_message.Message):
     actor: _builtins.str
     """The Qube user the operator's verbs act as (their permissions apply); empty
     means the job's owner. Unused by the worker's changes.
+    """
+    attempt: _builtins.int
+    """A worker's complete or fail ends only the attempt it took (TakeWorkResponse's
+    `attempt`): an item that is not running that attempt (the job was blocked,
+    interrupted or retried meanwhile, and the item is pending again or another
+    worker runs it) is left alone, named in the message ("work 7:1 is running
+    attempt 2 (on workerB); a report of attempt 1 is stale: ..."), and nothing
+    changes. For a job without an agenda it is the job's start. 0 (a client older
+    than this field, an operator's `farm complete`) checks no attempt: a running
+    item ends, a pending one is started and ended at once. With any other change
+    it is INVALID_ARGUMENT.
     """
     @_builtins.property
     def work(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -349,10 +361,11 @@ class ChangeWorkRequest(_message.Message):
         host: _builtins.str = ...,
         result_package: _struct_pb2.Struct | None = ...,
         actor: _builtins.str = ...,
+        attempt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["result_package", b"result_package"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "change", b"change", "host", b"host", "job_id", b"job_id", "result_package", b"result_package", "work", b"work"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "attempt", b"attempt", "change", b"change", "host", b"host", "job_id", b"job_id", "result_package", b"result_package", "work", b"work"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -506,7 +519,9 @@ class TakeWorkResponse(_message.Message):
     job_name: _builtins.str
     """The job's name, for the worker's log."""
     attempt: _builtins.int
-    """How many times the item has been started, this time included."""
+    """How many times the item (a job without an agenda: the job) has been started,
+    this time included; ChangeWorkRequest's `attempt` when the worker reports its end.
+    """
     def __init__(
         self,
         *,

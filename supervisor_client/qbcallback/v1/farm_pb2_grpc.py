@@ -114,7 +114,8 @@ class FarmServiceServicer:
     def ChangeWork(self, request, context):
         """Changes work items the way a worker (start, complete, fail) or an operator
         (kill, retry, requeue, block, unblock) would. Items the change does not apply
-        to are left alone and named in the answer's message.
+        to are left alone and named in the answer's message: so is a worker's end of
+        an attempt that was taken from it (`attempt`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

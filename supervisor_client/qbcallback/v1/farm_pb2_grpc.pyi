@@ -58,7 +58,8 @@ class FarmServiceStub:
     ChangeWork: _aio.UnaryUnaryMultiCallable[_farm_pb2.ChangeWorkRequest, _farm_pb2.ChangeWorkResponse]
     """Changes work items the way a worker (start, complete, fail) or an operator
     (kill, retry, requeue, block, unblock) would. Items the change does not apply
-    to are left alone and named in the answer's message.
+    to are left alone and named in the answer's message: so is a worker's end of
+    an attempt that was taken from it (`attempt`).
     """
     ChangeJob: _aio.UnaryUnaryMultiCallable[_farm_pb2.ChangeJobRequest, _farm_pb2.ChangeJobResponse]
     """Applies a job verb the way an operator would (block, unblock, kill, remove,
@@ -126,7 +127,8 @@ class FarmServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_farm_pb2.ChangeWorkResponse]:
         """Changes work items the way a worker (start, complete, fail) or an operator
         (kill, retry, requeue, block, unblock) would. Items the change does not apply
-        to are left alone and named in the answer's message.
+        to are left alone and named in the answer's message: so is a worker's end of
+        an attempt that was taken from it (`attempt`).
         """
 
     @_abc_1.abstractmethod
