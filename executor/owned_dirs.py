@@ -67,6 +67,14 @@ def open_tree(root: Path, names: Sequence[str], mode: int, *, make: bool = True)
     return current
 
 
+def open_subdir(parent: OwnedDir, name: str) -> OwnedDir:
+    """The directory ``name`` that is in ``parent`` (left open), checked as ``open_tree`` checks it.
+
+    Raises UnsafePathError for an entry planted there, FileNotFoundError when it is missing.
+    """
+    return _step(OwnedDir(os.dup(parent.fd), parent.path, parent.owners), name, 0, make=False)
+
+
 def open_file(directory: OwnedDir, name: str, flags: int, mode: int) -> int:
     """``name`` in ``directory`` opened with ``flags``; made with ``mode`` when missing and ``O_CREAT``.
 

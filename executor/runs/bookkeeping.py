@@ -16,7 +16,9 @@ must not lose more than a ``kill -9``, whose next start rebuilds them); one job'
 that refuses holds back that job's entries only. The thread also prunes the
 history every ``PRUNE_EVERY_S``, so runs past its retention age go within that while the
 executor runs, not only at start and every ``prune_every`` runs (a quiet executor kept
-them for days).
+them for days); the ``.cb`` logs likewise (``callback_log_space``: by the same age, and
+to their total at each batch that passes it), every ``LOG_CATCH_UP_S`` while there is
+more to do.
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ RETRY_UNRECORDED_S: Final = 1.0
 # How often the history is pruned however few runs end: one indexed DELETE in SQLite (a
 # count and a sum of the runs' sizes too in a fleet's PostgreSQL, ~6.5 ms per 100k runs).
 PRUNE_EVERY_S: Final = 60.0
+# How soon the .cb logs are pruned again while there is more to do: the walk of log_dir's
+# tree has not been round once (it counts the logs written before the start), or more
+# logs are due than a pass removes.
+LOG_CATCH_UP_S: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,10 +194,12 @@ class BookkeepingWriter:
 
     def _write_forever(self) -> None:
         next_prune = time.monotonic() + self._prune_every_s
+        # The logs' first pass soon: the walk that counts the logs already there begins.
+        next_log_prune = time.monotonic() + min(self._prune_every_s, LOG_CATCH_UP_S)
         while True:
             with self._changed:
                 # While runs wait for the history, it is tried again now and then.
-                wait_s = max(0.0, next_prune - time.monotonic())
+                wait_s = max(0.0, min(next_prune, next_log_prune) - time.monotonic())
                 if self._unrecorded or self._unlogged:
                     wait_s = min(wait_s, RETRY_UNRECORDED_S)
                 self._changed.wait_for(lambda: self._queue or self._closing, wait_s)
@@ -217,6 +225,11 @@ class BookkeepingWriter:
             if time.monotonic() >= next_prune:
                 self._prune()
                 next_prune = time.monotonic() + self._prune_every_s
+            if time.monotonic() >= next_log_prune:
+                more = self._prune_logs(walk=True)
+                next_log_prune = time.monotonic() + (
+                    min(self._prune_every_s, LOG_CATCH_UP_S) if more else self._prune_every_s
+                )
 
     def _written(self, batch: list[_Entry]) -> None:
         """``batch`` is written (or given up): flush() may return, the history shows it."""
@@ -237,6 +250,17 @@ class BookkeepingWriter:
                 return
             logger.debug("the history was not pruned (%s); tried again later", err)
 
+    def _prune_logs(self, *, walk: bool) -> bool:
+        """Prune the .cb logs now (``callback_log_space``); whether work is left for soon."""
+        space = self._callback_log.space
+        if space is None:
+            return False
+        try:
+            return space.prune(walk=walk)
+        except Exception:  # a bug of ours: the runs' bookkeeping goes on
+            logger.exception("pruning the callback logs failed")
+            return False
+
     def _gathered(self) -> bool:
         """Whether the queued runs are written now, without waiting for others to join."""
         return len(self._queue) >= GATHER_RUNS or self._closing or self._waiting_readers > 0
@@ -247,6 +271,9 @@ class BookkeepingWriter:
         # there already; the other way round, a run in the history would lose its entry.
         # (As it does when a kill -9 comes while its entry waits for the log's disk.)
         self._log([*self._unlogged, *batch], batch)
+        space = self._callback_log.space
+        if space is not None and space.over():  # held at each batch, as the history's bytes
+            self._prune_logs(walk=False)
         self.observe_pending()
         recorded = [entry for entry in batch if entry.in_history]
         if recorded or self._unrecorded:

@@ -8,7 +8,8 @@ invocation, the sandbox policy, and the word ``shadow`` for a shadow run), then
 stdout, then stderr and the failure when there are any.
 
 Size cap: a file that would grow past ``max_bytes`` is first rotated to ``<id>.cb.1``
-(replacing the older generation), so a job's logs never take more than twice the cap.
+(replacing the older generation), so a job's logs never take more than twice the cap;
+what all the jobs' logs take, and for how long, is ``callback_log_space``'s.
 An entry larger than the cap on its own keeps its header and section lines; its texts
 (stdout, stderr, the failure's message, the traceback) share the rest, a short one
 whole, a long one as its start and its end around a marker of the bytes left out: an
@@ -29,7 +30,8 @@ from pathlib import Path
 from typing import Final
 
 from executor.model import Invocation, RunResult
-from executor.owned_dirs import open_file, open_tree
+from executor.owned_dirs import OwnedDir, open_file, open_tree
+from executor.runs.callback_log_space import CallbackLogSpace
 from executor.visible_text import escaped, visible_lines
 
 logger = logging.getLogger(__name__)
@@ -212,9 +214,11 @@ def format_entry(
 class CallbackLog:
     """Appends run entries to per-job ``.cb`` files under ``root``, capped at ``max_bytes``."""
 
-    def __init__(self, root: Path, max_bytes: int) -> None:
+    def __init__(self, root: Path, max_bytes: int, space: CallbackLogSpace | None = None) -> None:
+        """``space`` hears what each job's log takes after each entry, and prunes the logs."""
         self._root = root
         self._max_bytes = max_bytes
+        self.space = space
         # Each job's log path, made once: a job's runs come in bursts, and building a
         # Path was a fifth of an entry's cost. Forgotten wholesale past a bound.
         self._paths: dict[int, Path] = {}
@@ -235,9 +239,11 @@ class CallbackLog:
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
         with open_tree(self._root, _directories(job_id), DIRECTORY_MODE) as directory:
             fd = open_file(directory, path.name, flags, LOG_MODE)
+            rotated_size = None
             try:
                 size = os.fstat(fd).st_size
                 if size and size + len(data) > self._max_bytes:
+                    rotated_size, size = size, 0
                     os.replace(
                         path.name,
                         path.name + ".1",
@@ -256,6 +262,10 @@ class CallbackLog:
                     with contextlib.suppress(OSError):
                         os.ftruncate(fd, os.fstat(fd).st_size - (len(data) - len(unwritten)))
                     raise
+                if self.space is not None:
+                    if rotated_size is None and not self.space.knows(job_id):
+                        rotated_size = _size_of(directory, path.name + ".1")
+                    self.space.written(job_id, size + len(data), rotated_size)
             finally:
                 os.close(fd)
         return path
@@ -294,6 +304,14 @@ class CallbackLog:
                 self._paths.clear()
             path = self._paths[job_id] = log_path(self._root, job_id)
         return path
+
+
+def _size_of(directory: OwnedDir, name: str) -> int:
+    """The size of the file ``name`` in ``directory``; 0 when there is none."""
+    try:
+        return os.stat(name, dir_fd=directory.fd, follow_symlinks=False).st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _directories(job_id: int) -> tuple[str, str, str]:

@@ -30,6 +30,7 @@ from executor.model import Invocation, RunResult
 from executor.runs import run_notes
 from executor.runs.bookkeeping import BookkeepingWriter
 from executor.runs.callback_log import CallbackLog
+from executor.runs.callback_log_space import CallbackLogSpace
 from executor.runs.history import RunHistory, RunIdentity
 from executor.runs.metrics import Metrics
 from executor.runs.outbox import MESSAGE_MARGIN_BYTES, Alongside, Outbox, Transport
@@ -167,7 +168,14 @@ class Recorder:
             max_bytes=settings.history_max_bytes,
             health=health,
         )
-        callback_log = CallbackLog(settings.callback_log_dir, settings.callback_log_max_bytes)
+        space = CallbackLogSpace(
+            settings.callback_log_dir,
+            max_bytes=settings.callback_logs_max_bytes,
+            retention_days=settings.history_retention_days,
+        )
+        callback_log = CallbackLog(
+            settings.callback_log_dir, settings.callback_log_max_bytes, space=space
+        )
         owed = (
             outbox is not None and recover_lost_bookkeeping(outbox, history, callback_log) is None
         )
