@@ -263,7 +263,7 @@ class Settings:
     callback_log_max_bytes: int = 10 * MIB
     # What all the .cb logs may take (the logs written longest ago go first, whole, never
     # the newest); they also go after history_retention_days without being written.
-    callback_logs_max_bytes: int = 1 * GIB
+    callback_log_total_max_bytes: int = 1 * GIB
     # Run history (<data_dir>/runs.db) keeps runs younger than this many days...
     history_retention_days: float = 30.0
     # ...and at most this many of them (the oldest go first)...
@@ -1076,10 +1076,10 @@ def _check_history(settings: Settings) -> Iterator[str]:
             f"history_max_bytes: must be at least {MIN_HISTORY_BYTES} (1 MiB; the value is "
             f"in bytes), got {settings.history_max_bytes}"
         )
-    if settings.callback_logs_max_bytes < MIN_HISTORY_BYTES:
+    if settings.callback_log_total_max_bytes < MIN_HISTORY_BYTES:
         yield (
-            f"callback_logs_max_bytes: must be at least {MIN_HISTORY_BYTES} (1 MiB; the value"
-            f" is in bytes), got {settings.callback_logs_max_bytes}"
+            f"callback_log_total_max_bytes: must be at least {MIN_HISTORY_BYTES} (1 MiB; the value"
+            f" is in bytes), got {settings.callback_log_total_max_bytes}"
         )
     if settings.outbox_max_bytes < MIN_HISTORY_BYTES:
         yield (

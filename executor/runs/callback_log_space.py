@@ -279,7 +279,7 @@ class CallbackLogSpace:
         self._warned = True
         logger.warning(
             "the .cb logs in %s cannot be removed: %s; they stay past history_retention_days"
-            " and outside callback_logs_max_bytes, and are tried again as log_dir is walked"
+            " and outside callback_log_total_max_bytes, and are tried again as log_dir is walked"
             " (said once: later refusals are logged at DEBUG)",
             where,
             reason,

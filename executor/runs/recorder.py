@@ -170,7 +170,7 @@ class Recorder:
         )
         space = CallbackLogSpace(
             settings.callback_log_dir,
-            max_bytes=settings.callback_logs_max_bytes,
+            max_bytes=settings.callback_log_total_max_bytes,
             retention_days=settings.history_retention_days,
         )
         callback_log = CallbackLog(

@@ -307,13 +307,13 @@ async def test_a_cut_callback_log_entry_keeps_why_the_callback_failed(tmp_path: 
     assert lines[-1] == "RuntimeError: boom", "the traceback's end"
 
 
-async def test_the_callback_logs_of_many_jobs_keep_within_callback_logs_max_bytes(
+async def test_the_callback_logs_of_many_jobs_keep_within_callback_log_total_max_bytes(
     tmp_path: Path,
 ) -> None:
     # Probe 125: 60 jobs each printing 1 MiB left 121 MB of .cb logs beside a history held
     # to 1 MiB; nothing ever removed a job's log.
     bound = 1 << 20
-    settings = stack_settings(tmp_path / "data", callback_logs_max_bytes=bound)
+    settings = stack_settings(tmp_path / "data", callback_log_total_max_bytes=bound)
     code = "import sys\nsys.stdout.write('o' * 300_000); sys.stderr.write('e' * 100_000)"
     async with running_stack(settings) as stack:
         for job_id in range(7001, 7011):

@@ -1,4 +1,4 @@
-"""The .cb logs kept within history_retention_days and callback_logs_max_bytes, on real files.
+"""The .cb logs kept within history_retention_days and callback_log_total_max_bytes, on real files.
 
 Before, nothing ever removed a job's ``<id>.cb``/``<id>.cb.1``: 60 jobs printing 1 MiB
 each left 121 MB of logs beside a history held to 1 MiB (probe 125), and a soak left a

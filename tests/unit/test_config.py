@@ -202,8 +202,8 @@ def test_the_test_suites_and_clients_variables_are_not_settings() -> None:
             "callback_log_max_bytes: must be at least 1, got 0",
         ),
         (
-            {"CBEXEC_CALLBACK_LOGS_MAX_BYTES": "65536"},
-            "callback_logs_max_bytes: must be at least 1048576 (1 MiB; the value is in bytes),"
+            {"CBEXEC_CALLBACK_LOG_TOTAL_MAX_BYTES": "65536"},
+            "callback_log_total_max_bytes: must be at least 1048576 (1 MiB; the value is in bytes),"
             " got 65536",
         ),
         # Shorter, a publisher's resend of an event it was unsure of would apply twice.
@@ -243,23 +243,27 @@ def test_triggers_max_bytes_is_4_gib_by_default_and_taken_from_a_file_or_the_env
     assert config.validate(settings).triggers_max_bytes == 1 << 20
 
 
-def test_callback_logs_max_bytes_is_a_gib_by_default_and_taken_from_a_file_or_the_environment(
+def test_callback_log_total_max_bytes_is_a_gib_by_default_and_taken_from_a_file_or_the_environment(
     tmp_path: Path,
 ) -> None:
     """The .cb logs' bound in all (before, they had none: a log per job, kept for ever)."""
-    assert config.Settings().callback_logs_max_bytes == 1 << 30
+    assert config.Settings().callback_log_total_max_bytes == 1 << 30
     toml = tmp_path / "cbexec.toml"
-    toml.write_text("callback_logs_max_bytes = 268435456\n")
+    toml.write_text("callback_log_total_max_bytes = 268435456\n")
     settings = config.validate(config.from_toml(config.Settings(), toml))
-    assert settings.callback_logs_max_bytes == 1 << 28
-    assert "callback_logs_max_bytes = 268435456" in config.describe(settings)
-    settings = config.from_env(config.Settings(), {"CBEXEC_CALLBACK_LOGS_MAX_BYTES": "1048576"})
-    assert config.validate(settings).callback_logs_max_bytes == 1 << 20
-    toml.write_text("callback_logs_max_bytes = 0\n")
-    with pytest.raises(ConfigError, match=r"^callback_logs_max_bytes: must be at least 1048576"):
+    assert settings.callback_log_total_max_bytes == 1 << 28
+    assert "callback_log_total_max_bytes = 268435456" in config.describe(settings)
+    settings = config.from_env(
+        config.Settings(), {"CBEXEC_CALLBACK_LOG_TOTAL_MAX_BYTES": "1048576"}
+    )
+    assert config.validate(settings).callback_log_total_max_bytes == 1 << 20
+    toml.write_text("callback_log_total_max_bytes = 0\n")
+    with pytest.raises(
+        ConfigError, match=r"^callback_log_total_max_bytes: must be at least 1048576"
+    ):
         config.validate(config.from_toml(config.Settings(), toml))
-    toml.write_text('callback_logs_max_bytes = "1GiB"\n')
-    with pytest.raises(ConfigError, match="callback_logs_max_bytes: expected a whole number"):
+    toml.write_text('callback_log_total_max_bytes = "1GiB"\n')
+    with pytest.raises(ConfigError, match="callback_log_total_max_bytes: expected a whole number"):
         config.from_toml(config.Settings(), toml)
 
 
