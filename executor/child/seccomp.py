@@ -203,6 +203,8 @@ SYSCALLS: Final[dict[str, tuple[int | None, int | None]]] = {
     "iopl": (172, None),
     "ioperm": (173, None),
     "uselib": (134, None),
+    # A process's own x86 segment table: old attack surface no callback uses (probe 131).
+    "modify_ldt": (154, None),
 }
 # Calls whose file mode is checked: the argument that holds it.
 MODE_ARGUMENT: Final = {

@@ -194,9 +194,10 @@ def test_ipv6_flow_labels_cannot_be_made(arch: str) -> None:
         assert decide(arch, "setsockopt", 3, level, option, 0x1000, 4) == ALLOW, (level, option)
 
 
-def test_io_port_calls_are_denied_on_x86_64() -> None:
+def test_io_port_and_segment_table_calls_are_denied_on_x86_64() -> None:
     assert decide("x86_64", "iopl", 3) == EPERM
     assert decide("x86_64", "ioperm", 0, 1024, 1) == EPERM
+    assert decide("x86_64", "modify_ldt", 0, 0, 0) == EPERM  # probe 131
 
 
 def test_ordinary_calls_are_allowed(arch: str) -> None:
