@@ -18,13 +18,13 @@ each of their events would be one. At most ``MAX_NEAR_MISSES`` per event.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from executor.model import Event, RunResult
 from executor.sql import Db
-from executor.triggers import items, near_misses, states
+from executor.triggers import items, near_misses, states, submissions
 from executor.triggers.evaluate import (
     AtomKey,
     JobPlace,
@@ -115,6 +115,7 @@ class Decider:
         group: GroupState | None = None,
         registering: bool = False,
         judge: Callable[[StoredCallback], tuple[str, bool]] | None = None,
+        submitted: Collection[int] = (),
     ) -> None:
         """Decide in ``db``'s open transaction (or, ``dry``, decide without writing).
 
@@ -123,7 +124,8 @@ class Decider:
         ``registering``: a registration decides, its job's submission the event.
         ``judge``: why a firing of a callback would be refused ("" when it runs) and
         whether it runs as a shadow (``TriggerEngine.firing_refusal``): each firing, and
-        its journal entry, says so; None: every firing runs.
+        its journal entry, says so; None: every firing runs. ``submitted``: the jobs
+        whose submit event an earlier event of the transaction applied (written at its end).
         """
         self._registering = registering
         self._db = db
@@ -133,6 +135,7 @@ class Decider:
         self._dry = dry
         self._parsed = parsed
         self._judge = judge
+        self._submitted = submitted
         # Callback row -> the slots of its clock atoms without a timer (``_timerless``).
         self._timerless: dict[int, frozenset[int]] = {}
         self.decision = Decision()
@@ -141,19 +144,20 @@ class Decider:
     def event(self) -> Event:
         return self._seen.event
 
-    def _submission_taken_at_registration(self) -> bool:
-        """Whether this is a registered job's submit event, whose submission level mode took.
+    def _submission_taken_already(self) -> bool:
+        """Whether this is a submit event of a job whose submission level mode took already.
 
         A job is submitted once, and a level callback took the submission of a job the
         engine registered when it or the job registered (registration.level_pass,
         take_registration): the event after it is the same submission, not a second one.
         A job never registered (a scheduler registers only jobs with callbacks) has only
-        its event, which level callbacks then take.
+        its event, which level callbacks then take, once: a repeat of it (a scheduler
+        resending without an event id) is the submission remembered.
         """
         event = self.event
         if self._registering or event.name != "submit" or event.type != "job":
             return False
-        return TriggerStore.place_in(self._db, event.job_id) is not None  # registered
+        return submissions.seen(self._db, event.job_id, level=True, meanwhile=self._submitted)
 
     def matched(
         self,
@@ -171,7 +175,7 @@ class Decider:
             loaded = TriggerStore.load_callbacks(self._db, slots)
         else:
             loaded = [callbacks[rowid] for rowid in sorted(slots)]
-        if self._submission_taken_at_registration():
+        if self._submission_taken_already():
             loaded = [cb for cb in loaded if cb.mode != LEVEL]
         for cb in sorted(loaded, key=firing_order):
             expr = self._parsed(cb.triggers)
@@ -362,22 +366,31 @@ class Decider:
     def _waiting(self, cb: StoredCallback, expr: Expr, latches: Sequence[bool]) -> tuple[str, str]:
         """(What ``expr`` still waits for, as an entry keeps it; why it never fires, or "").
 
-        As ``why`` says it: a clock atom whose timer is gone will not latch again, so the
-        ways through it are left out, and a trigger with no other way says it will not
-        fire again (a universal line's, unless a reload brings the line back).
+        As ``why`` says it: a clock atom whose timer is gone, and a submit atom whose
+        submission was seen (submissions.py), will not latch again, so the ways through
+        them are left out, and a trigger with no other way says it will not fire again (a
+        universal line's clock, unless a reload brings the line back).
         """
         rest, open_slots = residual(expr, latches)
         if rest is None:
             return "", ""
         found = atoms(expr)
-        dead = self._timerless_slots(cb, found).intersection(open_slots)
+        submitted = submissions.seen_slots(
+            self._db,
+            cb.job_id,
+            found,
+            open_slots,
+            level=cb.mode == LEVEL,
+            meanwhile=self._submitted,
+        )
+        dead = submitted.union(self._timerless_slots(cb, found).intersection(open_slots))
         if dead:
             live = live_residual(expr, latches, set(dead))
             if live is None:
                 named = ", ".join(render_atom(found[slot]) for slot in sorted(dead))
-                until = (
-                    " unless a reload brings its callbacks.conf line back" if cb.universal else ""
-                )
+                # A reload brings its clocks back; a submission never comes again.
+                revived = cb.universal and live_residual(expr, latches, set(submitted)) is not None
+                until = " unless a reload brings its callbacks.conf line back" if revived else ""
                 return (
                     "",
                     f"it will not fire again{until}: it needs {named}, which will not latch again",
