@@ -12,7 +12,8 @@ pgrp whose label no job there holds (a typo, or a job not registered yet), and a
 of other pgrps naming the event's job's label whose label does not resolve in their
 own pgrp (the job landed in another pgrp). An atom whose label does resolve is not a
 near miss of other pgrps' events: a farm reuses the same labels in every pgrp, and
-each of their events would be one. At most ``MAX_NEAR_MISSES`` per event.
+each of their events would be one. At most ``MAX_NEAR_MISSES`` per event, and none of a
+spent callback, which no event fires any more.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from executor.triggers.evaluate import (
     Step,
     live_residual,
     residual,
+    spent,
     step,
     work_targets,
 )
@@ -486,6 +488,10 @@ class Decider:
         callbacks = {
             cb.rowid: cb for cb in TriggerStore.load_callbacks(self._db, (r.rowid for r in refs))
         }
+        if self._group is not None:  # their counts as the group's events left them
+            callbacks.update(
+                (r, self._group.callbacks[r]) for r in callbacks if r in self._group.callbacks
+            )
         labels: dict[int, list[str]] = {}
         for ref in refs:
             cb = callbacks.get(ref.rowid)
@@ -495,7 +501,10 @@ class Decider:
                 continue
             if owner.pgrp not in labels:
                 labels[owner.pgrp] = list(TriggerStore.labels_of(self._db, owner.pgrp))
-            atom: Atom = atoms(self._parsed(cb.triggers))[ref.slot]
+            expr = self._parsed(cb.triggers)
+            if not per_work(expr) and spent(cb.count, cb.maximum):
+                continue  # no event fires it any more: nothing was missed
+            atom: Atom = atoms(expr)[ref.slot]
             reason = near_miss_reason(atom, owner, labels[owner.pgrp], self.event, place)
             self._near_miss(cb, [ref.slot], reason)
 

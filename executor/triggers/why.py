@@ -356,8 +356,15 @@ class _View:
             parts = ", ".join(f"{n} {state}" for state, n in sorted(tally.items()))
             return f"its {noun} items: {parts}"
         known = states.state(self.db, job_id, atom.type.value, atom.extra)
-        if known is None:
+        if known is None and atom.type is EventType.WORK and states.agenda_known(self.db, job_id):
             return f"{noun} {atom.extra} is not known (not in job {job_id}'s agenda)"
+        if known is None:  # the items an event names are the job's (items.py)
+            if atom.type is EventType.SUBJOB:
+                return f"no event of {noun} {atom.extra} yet"
+            return (
+                f"no event of {noun} {atom.extra} yet (job {job_id} was registered without"
+                " an agenda: any work name counts)"
+            )
         return f"{noun} {atom.extra} is {known.state or 'in the agenda, no event seen yet'}"
 
     def atom(

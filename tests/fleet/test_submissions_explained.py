@@ -3,7 +3,8 @@
 A job is submitted once: a callback whose every way needs a submission already seen
 will not fire again, and `why`, the dashboard's row and the journal say so, as of a
 clock that fired; a repeated submit of a job never registered fires no level callback
-again.
+again; the texts of a job without an agenda, of a dry run and of a spent callback say
+what the engine does.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from typing import Any
 
 import pytest
 
-from executor.api.explanations import explanation_message
+from executor.api.explanations import explanation_message, journal_message
+from executor.cli.explain import format_dry_run
 from executor.model import Event
+from executor.triggers.journal import EntryKind
 from executor.web.explain import explain_reply
+from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.helpers.trigger_engines import MakeEngine
 
 pytestmark = pytest.mark.service
@@ -124,3 +128,51 @@ async def test_a_repeated_submit_of_a_job_never_registered_fires_no_level_callba
     engine.register_job(_job(211, "submit-job-210", mode="level"))
     applied = await engine.publish_many([Event("submit", "job", 210)] * 2)
     assert [len(fired) for fired, _ in applied] == [1, 0]
+
+
+async def test_a_work_atom_of_a_job_without_an_agenda_is_not_said_unknown(
+    engines: MakeEngine,
+) -> None:
+    engine = engines()
+    engine.register_job(_job(300, "complete-work-self-1 && complete-work-self-2"))
+    await engine.publish(Event("complete", "work", 300, work_name="1"), wait=True)
+    (explained,) = engine.explain(300).callbacks
+    assert explained.atoms[1].state == (
+        "no event of work 2 yet (job 300 was registered without an agenda: any work name counts)"
+    )
+
+
+async def test_a_dry_run_says_what_would_happen(engines: MakeEngine) -> None:
+    engine = engines()
+    engine.register_job(
+        _job(400, "complete-job-1 && complete-job-2", "complete-job-2 && complete-job-3")
+    )
+    await engine.publish(Event("complete", "job", 3), wait=True)
+    decision = engine.match(Event("complete", "job", 2), dry=True)
+    reply = executor_pb2.DryRunResponse(
+        explanations=[journal_message(entry) for entry in decision.entries]
+    )
+    reply.would_fire.add(job_id=400, callback_id=2, language="qube", triggers="x")
+    reply.would_latch.add(
+        job_id=400, id=1, triggers="complete-job-1 && complete-job-2", latches=[False, True]
+    )
+    text = format_dry_run(reply).splitlines()
+    assert text[1] == (
+        "would latch: job 400 callback 1 complete-job-1 && complete-job-2"
+        " (then latched: complete-job-2)"
+    )
+    assert text[-1] == "  job 400 callback 2: would latch complete-job-2; would fire (count 1)"
+
+
+async def test_a_spent_callback_collects_no_near_misses(engines: MakeEngine) -> None:
+    engine = engines()
+    engine.register_job(_job(500, label="shot"))
+    registered = _job(501, "complete-job-dep || complete-job-self", pgrp=500, label="comp")
+    registered["callbacks"][0]["maximum"] = 1
+    engine.register_job(registered)
+    fired, _ = await engine.publish(Event("complete", "job", 501), wait=True)
+    assert len(fired) == 1
+    await engine.publish(Event("complete", "job", 500), wait=True)  # in its pgrp
+    (explained,) = engine.explain(501).callbacks
+    assert explained.spent
+    assert [entry.kind for entry in explained.journal] == [EntryKind.FIRED]
