@@ -18,12 +18,17 @@ from datetime import datetime
 from functools import cache
 from typing import Any, Final
 
+from executor.triggers.errors import TriggerSyntaxError
 from executor.triggers.explain import compact_names, describe_due
+from executor.triggers.nodes import atoms, render_atom
+from executor.triggers.parser import parse
 from executor.triggers.why import MAX_JOURNAL_COUNTED
 from executor.visible_text import escaped, printable
 from supervisor_client.client import as_plain
 
 _INDENT: Final = "  "
+# A dry run's "would latch" line names this many latched atoms at most (a trigger may hold thousands).
+_LATCHED_NAMED: Final = 10
 
 
 def _plain(message: Any) -> Mapping[str, Any]:
@@ -75,17 +80,25 @@ def format_entry(entry: Mapping[str, Any]) -> str:
     return escaped(f"{head}: {entry_effect(entry)}")
 
 
-def entry_effect(entry: Mapping[str, Any]) -> str:
-    """What a journal entry (or a dry run's explanation) says the event did, and why."""
+def entry_effect(entry: Mapping[str, Any], *, dry: bool = False) -> str:
+    """What a journal entry (or, ``dry``, a dry run's explanation) says the event did, and why.
+
+    A dry run's says what the event would do: ``would latch ...; would fire (count 1)``.
+    """
     kind = _short(entry["kind"], "JOURNAL_ENTRY_KIND_")
     parts: list[str] = []
     if entry.get("latched"):
-        parts.append(f"latched {', '.join(entry['latched'])}")
+        parts.append(f"{'would latch' if dry else 'latched'} {', '.join(entry['latched'])}")
     if entry.get("already_latched"):
         parts.append(f"already latched {', '.join(entry['already_latched'])}")
     # A firing's reason: why its run was refused (REJECTED, not run).
-    refused = f", refused: {entry['reason']}" if entry.get("reason") else ""
-    if kind == "fired":
+    if entry.get("reason"):
+        refused = f", {'would be refused' if dry else 'refused'}: {entry['reason']}"
+    else:
+        refused = ""
+    if kind == "fired" and dry:
+        parts.append(f"would fire (count {entry['count']}){refused}")
+    elif kind == "fired":
         run = f" as {entry['invocation_id']}" if entry.get("invocation_id") else ""
         parts.append(f"FIRED{run} (count {entry['count']}){refused}")
     elif kind == "level":
@@ -94,7 +107,7 @@ def entry_effect(entry: Mapping[str, Any]) -> str:
         if entry.get("invocation_id"):  # it fired (a registration is never a dry run)
             parts.append(f"FIRED as {entry['invocation_id']}")
     elif kind == "spent":
-        parts.append(f"not fired: {entry['reason']}")
+        parts.append(f"{'would not fire' if dry else 'not fired'}: {entry['reason']}")
     elif kind == "near miss":
         parts.append(f"near miss of {entry['waiting_for']}: {entry['reason']}")
     if entry.get("waiting_for") and kind in ("matched", "level"):
@@ -278,7 +291,7 @@ def format_dry_run(reply: Any) -> str:
             lines.append(f"would fire: {what}{shadow}")
     lines.extend(
         f"would latch: job {cb['job_id']} callback {cb['id']} {cb['triggers']} "
-        f"latches={cb['latches']}"
+        f"(then latched: {_latched(cb['triggers'], cb['latches'])})"
         for cb in plain["would_latch"]
     )
     for field, what in (("would_fire_left_out", "fire"), ("would_latch_left_out", "latch")):
@@ -292,8 +305,23 @@ def format_dry_run(reply: Any) -> str:
             work = f" [work {entry['work_name']}]" if entry.get("work_name") else ""
             lines.append(
                 f"{_INDENT}job {entry['job_id']} callback {entry['callback_id']}{work}: "
-                f"{entry_effect(entry)}"
+                f"{entry_effect(entry, dry=True)}"
             )
     if plain.get("explanations_left_out"):
         lines.append(f"{_INDENT}and {plain['explanations_left_out']} more (not in the answer)")
     return "\n".join(escaped(line) for line in lines)
+
+
+def _latched(triggers: str, latches: Sequence[bool]) -> str:
+    """The atoms latched, by name (``complete-job-2``), the first ``_LATCHED_NAMED`` of them."""
+    slots = [slot for slot, latched in enumerate(latches) if latched]
+    try:
+        found = atoms(parse(triggers, stored=True))
+    except TriggerSyntaxError:
+        found = []
+    if len(found) == len(latches):
+        names = [render_atom(found[slot]) for slot in slots[:_LATCHED_NAMED]]
+    else:  # not its trigger's atoms (cannot be, but say what is known): their slots
+        names = [f"atom [{slot}]" for slot in slots[:_LATCHED_NAMED]]
+    more = f" ... ({len(slots) - _LATCHED_NAMED} more)" if len(slots) > _LATCHED_NAMED else ""
+    return (", ".join(names) or "none") + more

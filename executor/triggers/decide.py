@@ -12,25 +12,27 @@ pgrp whose label no job there holds (a typo, or a job not registered yet), and a
 of other pgrps naming the event's job's label whose label does not resolve in their
 own pgrp (the job landed in another pgrp). An atom whose label does resolve is not a
 near miss of other pgrps' events: a farm reuses the same labels in every pgrp, and
-each of their events would be one. At most ``MAX_NEAR_MISSES`` per event.
+each of their events would be one. At most ``MAX_NEAR_MISSES`` per event, and none of a
+spent callback, which no event fires any more.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from executor.model import Event, RunResult
 from executor.sql import Db
-from executor.triggers import items, near_misses, states
+from executor.triggers import items, near_misses, states, submissions
 from executor.triggers.evaluate import (
     AtomKey,
     JobPlace,
     Step,
     live_residual,
     residual,
+    spent,
     step,
     work_targets,
 )
@@ -115,6 +117,7 @@ class Decider:
         group: GroupState | None = None,
         registering: bool = False,
         judge: Callable[[StoredCallback], tuple[str, bool]] | None = None,
+        submitted: Collection[int] = (),
     ) -> None:
         """Decide in ``db``'s open transaction (or, ``dry``, decide without writing).
 
@@ -123,7 +126,8 @@ class Decider:
         ``registering``: a registration decides, its job's submission the event.
         ``judge``: why a firing of a callback would be refused ("" when it runs) and
         whether it runs as a shadow (``TriggerEngine.firing_refusal``): each firing, and
-        its journal entry, says so; None: every firing runs.
+        its journal entry, says so; None: every firing runs. ``submitted``: the jobs
+        whose submit event an earlier event of the transaction applied (written at its end).
         """
         self._registering = registering
         self._db = db
@@ -133,6 +137,7 @@ class Decider:
         self._dry = dry
         self._parsed = parsed
         self._judge = judge
+        self._submitted = submitted
         # Callback row -> the slots of its clock atoms without a timer (``_timerless``).
         self._timerless: dict[int, frozenset[int]] = {}
         self.decision = Decision()
@@ -141,19 +146,20 @@ class Decider:
     def event(self) -> Event:
         return self._seen.event
 
-    def _submission_taken_at_registration(self) -> bool:
-        """Whether this is a registered job's submit event, whose submission level mode took.
+    def _submission_taken_already(self) -> bool:
+        """Whether this is a submit event of a job whose submission level mode took already.
 
         A job is submitted once, and a level callback took the submission of a job the
         engine registered when it or the job registered (registration.level_pass,
         take_registration): the event after it is the same submission, not a second one.
         A job never registered (a scheduler registers only jobs with callbacks) has only
-        its event, which level callbacks then take.
+        its event, which level callbacks then take, once: a repeat of it (a scheduler
+        resending without an event id) is the submission remembered.
         """
         event = self.event
         if self._registering or event.name != "submit" or event.type != "job":
             return False
-        return TriggerStore.place_in(self._db, event.job_id) is not None  # registered
+        return submissions.seen(self._db, event.job_id, level=True, meanwhile=self._submitted)
 
     def matched(
         self,
@@ -171,7 +177,7 @@ class Decider:
             loaded = TriggerStore.load_callbacks(self._db, slots)
         else:
             loaded = [callbacks[rowid] for rowid in sorted(slots)]
-        if self._submission_taken_at_registration():
+        if self._submission_taken_already():
             loaded = [cb for cb in loaded if cb.mode != LEVEL]
         for cb in sorted(loaded, key=firing_order):
             expr = self._parsed(cb.triggers)
@@ -362,22 +368,31 @@ class Decider:
     def _waiting(self, cb: StoredCallback, expr: Expr, latches: Sequence[bool]) -> tuple[str, str]:
         """(What ``expr`` still waits for, as an entry keeps it; why it never fires, or "").
 
-        As ``why`` says it: a clock atom whose timer is gone will not latch again, so the
-        ways through it are left out, and a trigger with no other way says it will not
-        fire again (a universal line's, unless a reload brings the line back).
+        As ``why`` says it: a clock atom whose timer is gone, and a submit atom whose
+        submission was seen (submissions.py), will not latch again, so the ways through
+        them are left out, and a trigger with no other way says it will not fire again (a
+        universal line's clock, unless a reload brings the line back).
         """
         rest, open_slots = residual(expr, latches)
         if rest is None:
             return "", ""
         found = atoms(expr)
-        dead = self._timerless_slots(cb, found).intersection(open_slots)
+        submitted = submissions.seen_slots(
+            self._db,
+            cb.job_id,
+            found,
+            open_slots,
+            level=cb.mode == LEVEL,
+            meanwhile=self._submitted,
+        )
+        dead = submitted.union(self._timerless_slots(cb, found).intersection(open_slots))
         if dead:
             live = live_residual(expr, latches, set(dead))
             if live is None:
                 named = ", ".join(render_atom(found[slot]) for slot in sorted(dead))
-                until = (
-                    " unless a reload brings its callbacks.conf line back" if cb.universal else ""
-                )
+                # A reload brings its clocks back; a submission never comes again.
+                revived = cb.universal and live_residual(expr, latches, set(submitted)) is not None
+                until = " unless a reload brings its callbacks.conf line back" if revived else ""
                 return (
                     "",
                     f"it will not fire again{until}: it needs {named}, which will not latch again",
@@ -473,6 +488,10 @@ class Decider:
         callbacks = {
             cb.rowid: cb for cb in TriggerStore.load_callbacks(self._db, (r.rowid for r in refs))
         }
+        if self._group is not None:  # their counts as the group's events left them
+            callbacks.update(
+                (r, self._group.callbacks[r]) for r in callbacks if r in self._group.callbacks
+            )
         labels: dict[int, list[str]] = {}
         for ref in refs:
             cb = callbacks.get(ref.rowid)
@@ -482,7 +501,10 @@ class Decider:
                 continue
             if owner.pgrp not in labels:
                 labels[owner.pgrp] = list(TriggerStore.labels_of(self._db, owner.pgrp))
-            atom: Atom = atoms(self._parsed(cb.triggers))[ref.slot]
+            expr = self._parsed(cb.triggers)
+            if not per_work(expr) and spent(cb.count, cb.maximum):
+                continue  # no event fires it any more: nothing was missed
+            atom: Atom = atoms(expr)[ref.slot]
             reason = near_miss_reason(atom, owner, labels[owner.pgrp], self.event, place)
             self._near_miss(cb, [ref.slot], reason)
 

@@ -7,7 +7,8 @@ the group's size, instead of a few statements (on PostgreSQL, round trips) per e
 A ``removed`` job forgets its states: what was waiting is written before it
 (``flush``), so the order of the writes is the events' order. The ``submit`` events of
 jobs never registered wait here too, to be remembered (``states.remember_submissions``),
-and what each event with an id fired, to be kept with the id (decided_firings.py).
+and what each event with an id fired, to be kept with the id (decided_firings.py); the
+transaction's later events read which jobs' submit events came (``submitted``) here.
 
 A batch of a thousand events over hundreds of callbacks makes hundreds of thousands of
 journal entries: past ``MAX_WAITING_ENTRIES`` the entries are written in the open
@@ -40,6 +41,8 @@ class DeferredWrites:
     submissions: list[SeenEvent] = field(default_factory=list)
     # (event id, what it fired as decided_firings.to_json)
     decided: list[tuple[str, str]] = field(default_factory=list)
+    # The jobs whose submit event came in the transaction: seen, though not written yet.
+    submitted: set[int] = field(default_factory=set)
 
     def take(self, db: Db, event: Event, decision: Decision) -> None:
         """Take an applied event's journal entries (out of ``decision``) and what it fired.
@@ -74,3 +77,4 @@ class DeferredWrites:
         states.remember_submissions(db, self.submissions)
         decided_firings.record(db, self.decided)
         self.records, self.submissions, self.decided = [], [], []
+        self.submitted = set()

@@ -944,7 +944,14 @@ class TriggerEngine:
         keys = event_keys(event, place)
         seen = SeenEvent(event, self._clock())
         decider = Decider(
-            db, seen, batch, dry=dry, parsed=_parsed, group=group, judge=self.firing_refusal
+            db,
+            seen,
+            batch,
+            dry=dry,
+            parsed=_parsed,
+            group=group,
+            judge=self.firing_refusal,
+            submitted=deferred.submitted if deferred is not None else (),
         )
         if group is None or hits_by_key is None:
             hits, callbacks = TriggerStore.matching_callbacks(db, keys)
@@ -967,6 +974,8 @@ class TriggerEngine:
         ):
             # A job never registered: level callbacks registered later take its submission.
             deferred.submissions.append(seen)
+        if deferred is not None and event.name == EventName.SUBMIT and event.type == EventType.JOB:
+            deferred.submitted.add(event.job_id)  # for this transaction's later events
         return decider.decision
 
     def _own(self, db: Db, batch: str, firings: Sequence[PendingFiring]) -> None:

@@ -424,7 +424,7 @@ def take_registration(
     them, take it now. Edge callbacks wait for the next such event, as ever.
     """
     scopes = scopes_of(place)
-    if states.forget_submission(db, place.job_id):  # its states take over from here
+    if states.take_submission(db, place.job_id):  # its states take over from here
         scopes = [scope for scope in scopes if scope_label(scope) is not None]
     hits, callbacks = TriggerStore.level_atoms_naming(db, scopes, HAPPENED_NAMES, place.job_id)
     slots: dict[int, set[int]] = {}

@@ -14,7 +14,13 @@ was never given (a scheduler registers only the jobs with callbacks) it keeps on
 thing: that it was submitted (its ``submit`` event), for the level callbacks registered
 after it (``remember_submissions``). Those are bounded: the newest
 ``MAX_REMEMBERED_SUBMISSIONS``, pruned by the engine (``prune_submissions``); the job's
-first registration (or its removal) takes its submission out.
+first registration (or its removal) takes its submission out, and a registration makes
+it the job's own (``take_submission``).
+
+A registered job's ``submit`` event is kept too, as a row of type ``submit``
+(``submitted``): a registration again keeps it, as the job is submitted once, and an
+edge callback waits for it until it comes (a scheduler publishes it after registering
+the job); once it has, no trigger waits for it again (submissions.py).
 """
 
 from __future__ import annotations
@@ -56,6 +62,8 @@ MAX_REMEMBERED_SUBMISSIONS: Final = 100_000
 JOB: Final = "job"
 WORK: Final = "work"
 SUBJOB: Final = "subjob"
+# The row of a registered job's submit event (no state: the event was seen).
+SUBMIT: Final = "submit"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +85,8 @@ class KnownState:
 def register_job(db: Db, job: Mapping[str, Any]) -> None:
     """Replace what is known of a job by what its registration says (status, agenda, instances)."""
     job_id = int(job["id"])
-    forget_job(db, job_id)
+    # Its submission stays: a job registered again (a retry) is not submitted again.
+    db.execute("DELETE FROM known_states WHERE job_id = ? AND type <> ?", (job_id, SUBMIT))
     rows: list[tuple[int, str, str, int, str]] = [
         (job_id, JOB, "", -1, str(job.get("status") or ""))
     ]
@@ -109,6 +118,9 @@ def record_rows(seen: Iterable[SeenEvent]) -> list[tuple[int, str, str, str, str
     for one in seen:
         event = one.event
         state = state_after(event)
+        if event.name == SUBMIT and event.type == JOB:
+            rows.append((event.job_id, SUBMIT, "", "submitted", json.dumps(one.as_dict())))
+            continue
         if state is None or event.type not in (JOB, WORK, SUBJOB):
             continue
         item = "" if event.type == JOB else event.item
@@ -212,6 +224,24 @@ def submission(db: Db, job_id: int) -> SeenEvent | None:
         "SELECT at FROM unregistered_submissions WHERE job_id = ?", (job_id,)
     ).fetchone()
     return None if row is None else SeenEvent(Event("submit", "job", job_id), float(row[0]))
+
+
+def submitted(db: Db, job_id: int) -> SeenEvent | None:
+    """The ``submit`` event seen of a job, registered or not; None if none is known."""
+    known = state(db, job_id, SUBMIT)
+    if known is not None and known.seen is not None:
+        return known.seen
+    return submission(db, job_id)
+
+
+def take_submission(db: Db, job_id: int) -> bool:
+    """A job's first registration: its remembered submission becomes its own; whether it had one."""
+    seen = submission(db, job_id)
+    if seen is None:
+        return False
+    forget_submission(db, job_id)
+    record_all(db, [seen])
+    return True
 
 
 def forget_submission(db: Db, job_id: int) -> bool:

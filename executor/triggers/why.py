@@ -20,7 +20,7 @@ from typing import Final
 
 from executor.errors import ChangedMeanwhileError, InvalidRequestError, NotFoundError
 from executor.sql import Db
-from executor.triggers import checks, items, journal, states
+from executor.triggers import checks, items, journal, states, submissions
 from executor.triggers.evaluate import (
     HAPPENED_NAMES,
     JobPlace,
@@ -356,8 +356,15 @@ class _View:
             parts = ", ".join(f"{n} {state}" for state, n in sorted(tally.items()))
             return f"its {noun} items: {parts}"
         known = states.state(self.db, job_id, atom.type.value, atom.extra)
-        if known is None:
+        if known is None and atom.type is EventType.WORK and states.agenda_known(self.db, job_id):
             return f"{noun} {atom.extra} is not known (not in job {job_id}'s agenda)"
+        if known is None:  # the items an event names are the job's (items.py)
+            if atom.type is EventType.SUBJOB:
+                return f"no event of {noun} {atom.extra} yet"
+            return (
+                f"no event of {noun} {atom.extra} yet (job {job_id} was registered without"
+                " an agenda: any work name counts)"
+            )
         return f"{noun} {atom.extra} is {known.state or 'in the agenda, no event seen yet'}"
 
     def atom(
@@ -393,26 +400,33 @@ def _waiting_for(
 ) -> tuple[str, tuple[str, ...]]:
     """(canonical residual, one line per open atom) of a latch vector.
 
-    A clock atom whose timer is gone (a time that fired, a stopped clock) will not latch
-    again: the ways through it are left out of both, and a trigger with no other way
-    says first that it will not fire again (a universal line's, until a reload brings
-    the line back and its clocks with it).
+    A clock atom whose timer is gone (a time that fired, a stopped clock), and a submit
+    atom whose submission was seen (submissions.py: a job is submitted once), will not
+    latch again: the ways through them are left out of both, and a trigger with no
+    other way says first that it will not fire again (a universal line's clock, until a
+    reload brings the line back and its clocks with it).
     """
     rest, open_slots = residual(expr, latches)
     if rest is None:
         return "", ()
     found = atoms(expr)
-    never = {
+    level = cb.mode != EDGE
+    shown = [slot for slot in open_slots if slot < len(explained)]
+    submitted = {
         slot
-        for slot in open_slots
-        if slot < len(explained) and found[slot].is_timed and explained[slot].state
+        for slot in shown
+        if submissions.is_submit(found[slot])
+        and _already(view, found[slot], explained[slot].job_id, level=level)
     }
+    never = submitted | {slot for slot in shown if found[slot].is_timed and explained[slot].state}
     lines = []
     if never:
         live = live_residual(expr, latches, never)
         if live is None:  # no way left: say so, and keep what it would have needed
             named = ", ".join(explained[slot].atom for slot in sorted(never))
-            until = " unless a reload brings its callbacks.conf line back" if cb.universal else ""
+            # A reload brings its clocks back; a submission never comes again.
+            revived = cb.universal and live_residual(expr, latches, submitted) is not None
+            until = " unless a reload brings its callbacks.conf line back" if revived else ""
             lines.append(
                 f"it will not fire again{until}: it needs {named}, which will not latch again"
             )
@@ -424,7 +438,7 @@ def _waiting_for(
         item = explained[slot]
         words = ", ".join(part for part in (item.resolution, item.state) if part)
         line = f"{item.atom}: {words}" if words else f"{item.atom}: {item.description}"
-        if _already(view, found[slot], item.job_id):
+        if _already(view, found[slot], item.job_id, level=level):
             if found[slot].name is EventName.SUBMIT:
                 # Nothing submits a job twice: there is no next such event to wait for.
                 line += " (already happened; a job is submitted once, so it will not come again)"
@@ -475,13 +489,14 @@ def _not_registered(view: _View, atom: Atom, job_id: int) -> str:
     return words
 
 
-def _already(view: _View, atom: Atom, job_id: int) -> bool:
+def _already(view: _View, atom: Atom, job_id: int, *, level: bool) -> bool:
+    """Whether the atom's event has happened (a submission: as a callback of that mode takes it)."""
     if not job_id or atom.per_work or atom.extra == WILDCARD or atom.is_timed:
         return False
+    if submissions.is_submit(atom):
+        return submissions.seen(view.db, job_id, level=level)
     item = "" if atom.type is EventType.JOB else atom.extra
     known = states.state(view.db, job_id, atom.type.value, item)
-    if known is None and atom.name is EventName.SUBMIT and atom.type is EventType.JOB:
-        return states.submission(view.db, job_id) is not None  # a job never registered
     return known is not None and happened(atom, [known.state])
 
 

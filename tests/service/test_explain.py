@@ -233,7 +233,7 @@ async def test_a_dry_run_explains_over_the_wire_and_the_cli(stack_warm: Stack) -
         "triggers", "dry-run", "--event", "complete-job-2", "--address", stack.address
     )
     assert code == 0
-    assert "job 700 callback 1: latched complete-job-2; still waiting for complete-job-1" in out
+    assert "job 700 callback 1: would latch complete-job-2; still waiting for complete-job-1" in out
     assert (await stack.client.explain_callbacks(700)).callbacks[0].journal == []
 
 

@@ -321,8 +321,8 @@ async def test_a_dry_run_says_why_per_callback(engines: Engines) -> None:
     assert format_dry_run(reply).splitlines() == [
         "would fire: job 3 callback 2 (qube) complete-job-2",
         "why:",
-        "  job 3 callback 1: latched complete-job-2; still waiting for complete-job-1",
-        "  job 3 callback 2: latched complete-job-2; FIRED (count 1)",
+        "  job 3 callback 1: would latch complete-job-2; still waiting for complete-job-1",
+        "  job 3 callback 2: would latch complete-job-2; would fire (count 1)",
     ]
 
 
@@ -340,7 +340,7 @@ def test_a_dry_run_says_how_many_it_left_out() -> None:
         "and 3 more would fire (not in the answer)",
         "and 1 more would latch (not in the answer)",
         "why:",
-        "  job 3 callback 2: FIRED (count 1)",
+        "  job 3 callback 2: would fire (count 1)",
         "  and 4 more (not in the answer)",
     ]
 

@@ -226,7 +226,9 @@ async def test_a_level_callback_registered_after_an_unregistered_jobs_submit_eve
         (2, "submit-job-self"),
     ]
     (_, _, edge) = engine.explain(13).callbacks
+    # A job is submitted once: it will not fire again (probe 128), and says why.
     assert edge.waiting_for == (
+        "it will not fire again: it needs submit-job-12, which will not latch again",
         "submit-job-12: job 12 (not registered here) (already happened; a job is submitted "
         "once, so it will not come again)",
     )
