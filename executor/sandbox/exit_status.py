@@ -248,10 +248,13 @@ def classify(child: ChildExit, limits: Limits) -> tuple[Outcome, Failure | None]
     if child.oom_kills and outcome in (Outcome.FAILED, Outcome.KILLED) and not child.stop_reason:
         if never_ran:
             return Outcome.MEMORY_LIMIT, memory_too_low(limits)
-        return Outcome.MEMORY_LIMIT, Failure(
+        message = (
             f"the callback's processes together exceeded the memory limit of "
             f"{limits.memory_bytes} bytes: the kernel killed {child.oom_kills} of them"
         )
+        if child.signal and child.signal != signal.SIGKILL:  # SIGKILL: the OOM kill itself
+            message += f", and then the callback was killed by {describe_signal(child.signal)}"
+        return Outcome.MEMORY_LIMIT, Failure(message)
     return outcome, failure
 
 

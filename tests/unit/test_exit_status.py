@@ -159,8 +159,15 @@ NEVER_RAN = (
             "the callback's processes together exceeded the memory limit of 268435456 bytes:"
             " the kernel killed 1 of them",
         ),
+        # A child OOM-killed, then the main process's own crash: both said (probe 135).
+        (
+            child(killed(signal.SIGSEGV), oom_kills=1),
+            "the callback's processes together exceeded the memory limit of 268435456 bytes:"
+            " the kernel killed 1 of them, and then the callback was killed by signal 11"
+            " (SIGSEGV)",
+        ),
     ],
-    ids=["oom-kill-before-start", "segv-before-start", "oom-kill-after-start"],
+    ids=["oom-kill-before-start", "segv-before-start", "oom-kill-after-start", "oom-then-segv"],
 )
 def test_a_process_that_could_not_start_within_its_memory_limit_never_ran(
     exit_: ChildExit, message: str
