@@ -46,8 +46,8 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
-from typing import Any, Final, Protocol
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, NamedTuple, Protocol
 
 from executor.child.protocol import StartFrame
 from executor.errors import (
@@ -168,6 +168,13 @@ class ChildRunner(Protocol):
         ...
 
 
+class RunProgress(NamedTuple):
+    """A run in progress, as GetRun tells it (``Dispatcher.progress``)."""
+
+    state: str  # "running", or "waiting for a slot"
+    admitted_at: float  # Unix seconds; a record of its id that ended before is an earlier run's
+
+
 @dataclass(slots=True)
 class _Run:
     """One admitted run: the task that owns it, and the way to stop it."""
@@ -181,6 +188,10 @@ class _Run:
     # ``execute``'s recheck, applied when the run takes its slot.
     recheck: Callable[[Invocation], Invocation] | None = None
     task: asyncio.Task[RunResult] | None = None
+    # Whether it has left the queue with a slot (GetRun says "running", else "waiting").
+    has_slot: bool = False
+    # Unix seconds: a record of its id that ended before is an earlier run's.
+    admitted_at: float = field(default_factory=time.time)
 
     def open_gate(self) -> None:
         """Open the run's gate, once; what it raises ends the run, unrecorded.
@@ -384,6 +395,7 @@ class Dispatcher:
             queued_at = time.monotonic()
             with run.stop.calling(lambda: self._slots.withdraw(ticket)):
                 slot = await self._slots.take(ticket)
+            run.has_slot = slot is not None
             queue_s = time.monotonic() - queued_at
             if slot is not None and run.stop.requested:
                 # Handed a slot, then stopped before this task woke to take it (the
@@ -569,6 +581,16 @@ class Dispatcher:
             recorded = self._on_result(invocation, result)
             if recorded is not None:
                 await recorded
+
+    def progress(self, invocation_id: str) -> RunProgress | None:
+        """How a run of the id is in progress here; None: none is.
+
+        Its record is made when it ends: until then GetRun and ListRuns say so (RunServicer).
+        """
+        run = self._runs.get(invocation_id)
+        if run is None:
+            return None
+        return RunProgress("running" if run.has_slot else "waiting for a slot", run.admitted_at)
 
     def stop_admitting(self) -> None:
         """Refuse new runs from now on (UnavailableError), the first step of a stop."""

@@ -217,6 +217,11 @@ def format_run(run: Any) -> str:
         f"policy: {run.policy or '-'}"
         + ("  (shadow run: qb actions recorded, not applied)" if run.shadow else ""),
     ]
+    if run.newer_run_in_progress:
+        head.append(
+            "newer run: in progress (this record is the previous run's; the newer run's"
+            " replaces it when it ends)"
+        )
     # The event's extra and the work name are a submitter's: one line each, whatever they hold.
     return "\n".join(escaped(line) for line in head) + "\n" + format_result(run.result)
 

@@ -570,7 +570,10 @@ class RunServiceServicer:
 
     def GetRun(self, request, context):
         """One run with its captured output, by its id or a unique prefix of it.
-        NOT_FOUND when unknown or pruned. Made one at a time, the others waiting
+        NOT_FOUND when unknown or pruned, and for the whole id of a run in progress
+        at this executor that has no record yet (a record is made when its run
+        ends), saying so: "run 'ID' is in progress (running) at this executor: its
+        record is made when it ends" ("waiting for a slot" while queued). Made one at a time, the others waiting
         within their deadline. RESOURCE_EXHAUSTED (retry-after-s) while answers not
         yet read by their clients reach unread_answers_max_bytes, or this
         connection's share of it when it comes (one admitted then waits for its
