@@ -27,11 +27,13 @@ shielded. A run ends early only through a stop with a reason (``lifecycle.RunSto
 stopped run ends as KILLED with that reason as its failure, its sandbox kills and reaps
 its child, and it is recorded through ``on_result`` like any other run; drain's callers
 get it as their answer, a cancelled caller its cancellation once the run has ended.
-Two exceptions, both for a drain: an Execute whose callback had not started (waiting
-for a slot, or its child not yet given its start) is no run: its caller gets
-UnavailableError (``NOT_STARTED``), nothing is recorded, and it may send it again. A
-fired run drain stopped (or never started): its caller, the trigger engine's queue,
-gets UnavailableError, and keeps the firing for the next start.
+Two exceptions. An Execute whose callback had not started (waiting for a slot, or its
+child not yet given its start) when a drain or its caller stopped it is no run: nothing
+is recorded or reported, and its caller may send it again; a drain's caller gets
+UnavailableError (``NOT_STARTED``), a cancelled caller its cancellation (the task's
+UnavailableError, ``_refuse_unstarted``, is only logged). A fired run drain stopped (or
+never started): its caller, the trigger engine's queue, gets UnavailableError, and keeps
+the firing for the next start.
 
 A run an executor bug ends (an unexpected exception) is an Execute caller's INTERNAL
 error; a qube run, and a fired run (it has no caller to tell), is instead a FAILED run
@@ -332,13 +334,17 @@ class Dispatcher:
                 raise  # not the caller: the run itself was cancelled
             late = deadline is not None and time.monotonic() >= deadline - _DEADLINE_SLACK_S
             run.stop.request(CALLER_DEADLINE if late else CALLER_CANCELLED)
-            # The run ends (KILLED, recorded) before the cancellation goes on; cancelling
-            # the caller again ends only this wait, the run still ends on its own.
+            # The run ends (KILLED, recorded; unless it never started) before the
+            # cancellation goes on; cancelling the caller again ends only this wait, the
+            # run still ends on its own.
             await asyncio.wait([task])
             if not task.cancelled() and (error := task.exception()) is not None:
                 if isinstance(error, ExecutorError):  # what the caller would have been told
-                    logger.warning(
-                        "run %s, whose caller has gone: %s", invocation.invocation_id, error
+                    logger.log(
+                        logging.WARNING if run.stop.started else logging.INFO,
+                        "run %s, whose caller has gone: %s",
+                        invocation.invocation_id,
+                        error,
                     )
                 else:
                     logger.error("run %s failed", invocation.invocation_id, exc_info=error)
@@ -438,15 +444,22 @@ class Dispatcher:
 
     @staticmethod
     def _refuse_unstarted(run: _Run) -> None:
-        """UnavailableError for an Execute whose callback a stop of the executor kept from starting.
+        """UnavailableError for an Execute whose callback a stop kept from starting.
 
         It waited for a slot, or its child had not been given its start: not a run, so
-        neither recorded nor reported, and its caller, told UNAVAILABLE, sends it again
-        (a fleet's client to another executor) under the same invocation id, which then
-        runs as a first attempt does. Answered KILLED, a rolling restart lost it.
+        neither recorded nor reported. Stopped by the executor's stop, its caller, told
+        UNAVAILABLE, sends it again (a fleet's client to another executor) under the same
+        invocation id, which then runs as a first attempt does (answered KILLED, a
+        rolling restart lost it). Stopped by its caller's deadline or cancel, the caller
+        has its DEADLINE_EXCEEDED or CANCELLED, and the history and the supervisor no
+        KILLED run that never ran (probe 129).
         """
-        if not run.fired and run.stop.reason == SHUTTING_DOWN and not run.stop.started:
+        if run.fired or run.stop.started:
+            return
+        if run.stop.reason == SHUTTING_DOWN:
             raise UnavailableError(NOT_STARTED)
+        if run.stop.reason in (CALLER_DEADLINE, CALLER_CANCELLED):
+            raise UnavailableError(f"{run.stop.reason} before the callback started: no run")
 
     def _hold_slot(self, slot: int, finishing: Awaitable[None]) -> None:
         """Keep ``slot`` taken until the run's child has been ended (answered at its end mark)."""

@@ -442,6 +442,41 @@ async def test_get_run_of_a_run_in_progress_says_so(one_slot_queued: ExecutorCli
     assert not (await client.get_run("queued-run")).newer_run_in_progress
 
 
+async def test_an_execute_whose_deadline_passed_while_queued_is_no_run(
+    one_slot_queued: ExecutorClient,
+) -> None:
+    client = one_slot_queued
+    running = asyncio.create_task(
+        client.execute_callback(language="python", code="import time; time.sleep(3)", job={"id": 9})
+    )
+
+    async def active() -> bool:
+        return (await client.get_metrics()).active_children == 1
+
+    assert await eventually(active)
+    with pytest.raises(ExecutorRpcError) as late:
+        await client.execute_callback(
+            language="python",
+            code="print('ran')",
+            job={"id": 9},
+            invocation_id="queued-late",
+            timeout=0.5,
+        )
+    assert late.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    await running
+
+    # It never started: neither recorded nor counted (nor reported), as at a stop.
+    with pytest.raises(ExecutorRpcError) as unknown:
+        await client.get_run("queued-late")
+    assert "unknown, or pruned" in unknown.value.details
+    assert dict((await client.get_metrics()).runs_by_outcome) == {"SUCCEEDED": 1}
+    # So a resend under the id runs as a first attempt.
+    again = await client.execute_callback(
+        language="python", code="print('ran')", job={"id": 9}, invocation_id="queued-late"
+    )
+    assert again.stdout == "ran\n"
+
+
 async def test_cbexec_runs_lists_filters_and_shows(stack: Stack) -> None:
     ok = await run_py(stack, "print('hello from 77')", 77)
     bad = await run_py(stack, FAIL, 78)
