@@ -1830,7 +1830,10 @@ class ListRunsRequest(_message.Message):
     for the first page (the newest runs). The other fields must be those of the
     request that gave it (limit may differ), else INVALID_ARGUMENT. A page starts
     after the last run of the one before by start time, not by count: runs
-    recorded in between neither shift nor repeat what later pages list.
+    recorded in between neither shift nor repeat what later pages list. A run
+    repeated under its id in between moves to the newest place (its record is
+    replaced, with the repeat's start time), ahead of the token: a walk that had
+    not reached it yet does not list it.
     """
     def __init__(
         self,
