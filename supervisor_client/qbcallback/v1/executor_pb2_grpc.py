@@ -561,7 +561,9 @@ class RunServiceServicer:
 
     def ListRuns(self, request, context):
         """History of runs, newest first, a page at a time (next_page_token leads to
-        the next page). INVALID_ARGUMENT for a page_token that is not one of its
+        the next page). A run is listed once it has ended (its record is made then;
+        Run.newer_run_in_progress marks a record whose id is running again here).
+        INVALID_ARGUMENT for a page_token that is not one of its
         own, or that was made for other filters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

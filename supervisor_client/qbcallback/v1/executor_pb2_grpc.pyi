@@ -214,7 +214,9 @@ class RunServiceStub:
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListRuns: _aio.UnaryUnaryMultiCallable[_executor_pb2.ListRunsRequest, _executor_pb2.ListRunsResponse]
     """History of runs, newest first, a page at a time (next_page_token leads to
-    the next page). INVALID_ARGUMENT for a page_token that is not one of its
+    the next page). A run is listed once it has ended (its record is made then;
+    Run.newer_run_in_progress marks a record whose id is running again here).
+    INVALID_ARGUMENT for a page_token that is not one of its
     own, or that was made for other filters.
     """
     GetRun: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetRunRequest, _executor_pb2.GetRunResponse]
@@ -247,7 +249,9 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _aio.ServicerContext[_executor_pb2.ListRunsRequest, _abc.Awaitable[_executor_pb2.ListRunsResponse]],
     ) -> _abc.Awaitable[_executor_pb2.ListRunsResponse]:
         """History of runs, newest first, a page at a time (next_page_token leads to
-        the next page). INVALID_ARGUMENT for a page_token that is not one of its
+        the next page). A run is listed once it has ended (its record is made then;
+        Run.newer_run_in_progress marks a record whose id is running again here).
+        INVALID_ARGUMENT for a page_token that is not one of its
         own, or that was made for other filters.
         """
 
