@@ -27,11 +27,13 @@ shielded. A run ends early only through a stop with a reason (``lifecycle.RunSto
 stopped run ends as KILLED with that reason as its failure, its sandbox kills and reaps
 its child, and it is recorded through ``on_result`` like any other run; drain's callers
 get it as their answer, a cancelled caller its cancellation once the run has ended.
-Two exceptions, both for a drain: an Execute whose callback had not started (waiting
-for a slot, or its child not yet given its start) is no run: its caller gets
-UnavailableError (``NOT_STARTED``), nothing is recorded, and it may send it again. A
-fired run drain stopped (or never started): its caller, the trigger engine's queue,
-gets UnavailableError, and keeps the firing for the next start.
+Two exceptions. An Execute whose callback had not started (waiting for a slot, or its
+child not yet given its start) when a drain or its caller stopped it is no run: nothing
+is recorded or reported, and its caller may send it again; a drain's caller gets
+UnavailableError (``NOT_STARTED``), a cancelled caller its cancellation (the task's
+UnavailableError, ``_refuse_unstarted``, is only logged). A fired run drain stopped (or
+never started): its caller, the trigger engine's queue, gets UnavailableError, and keeps
+the firing for the next start.
 
 A run an executor bug ends (an unexpected exception) is an Execute caller's INTERNAL
 error; a qube run, and a fired run (it has no caller to tell), is instead a FAILED run
@@ -46,8 +48,8 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
-from typing import Any, Final, Protocol
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, NamedTuple, Protocol
 
 from executor.child.protocol import StartFrame
 from executor.errors import (
@@ -168,6 +170,13 @@ class ChildRunner(Protocol):
         ...
 
 
+class RunProgress(NamedTuple):
+    """A run in progress, as GetRun tells it (``Dispatcher.progress``)."""
+
+    state: str  # "running", or "waiting for a slot"
+    admitted_at: float  # Unix seconds; a record of its id that ended before is an earlier run's
+
+
 @dataclass(slots=True)
 class _Run:
     """One admitted run: the task that owns it, and the way to stop it."""
@@ -181,6 +190,10 @@ class _Run:
     # ``execute``'s recheck, applied when the run takes its slot.
     recheck: Callable[[Invocation], Invocation] | None = None
     task: asyncio.Task[RunResult] | None = None
+    # Whether it has left the queue with a slot (GetRun says "running", else "waiting").
+    has_slot: bool = False
+    # Unix seconds: a record of its id that ended before is an earlier run's.
+    admitted_at: float = field(default_factory=time.time)
 
     def open_gate(self) -> None:
         """Open the run's gate, once; what it raises ends the run, unrecorded.
@@ -321,13 +334,17 @@ class Dispatcher:
                 raise  # not the caller: the run itself was cancelled
             late = deadline is not None and time.monotonic() >= deadline - _DEADLINE_SLACK_S
             run.stop.request(CALLER_DEADLINE if late else CALLER_CANCELLED)
-            # The run ends (KILLED, recorded) before the cancellation goes on; cancelling
-            # the caller again ends only this wait, the run still ends on its own.
+            # The run ends (KILLED, recorded; unless it never started) before the
+            # cancellation goes on; cancelling the caller again ends only this wait, the
+            # run still ends on its own.
             await asyncio.wait([task])
             if not task.cancelled() and (error := task.exception()) is not None:
                 if isinstance(error, ExecutorError):  # what the caller would have been told
-                    logger.warning(
-                        "run %s, whose caller has gone: %s", invocation.invocation_id, error
+                    logger.log(
+                        logging.WARNING if run.stop.started else logging.INFO,
+                        "run %s, whose caller has gone: %s",
+                        invocation.invocation_id,
+                        error,
                     )
                 else:
                     logger.error("run %s failed", invocation.invocation_id, exc_info=error)
@@ -384,6 +401,7 @@ class Dispatcher:
             queued_at = time.monotonic()
             with run.stop.calling(lambda: self._slots.withdraw(ticket)):
                 slot = await self._slots.take(ticket)
+            run.has_slot = slot is not None
             queue_s = time.monotonic() - queued_at
             if slot is not None and run.stop.requested:
                 # Handed a slot, then stopped before this task woke to take it (the
@@ -426,15 +444,22 @@ class Dispatcher:
 
     @staticmethod
     def _refuse_unstarted(run: _Run) -> None:
-        """UnavailableError for an Execute whose callback a stop of the executor kept from starting.
+        """UnavailableError for an Execute whose callback a stop kept from starting.
 
         It waited for a slot, or its child had not been given its start: not a run, so
-        neither recorded nor reported, and its caller, told UNAVAILABLE, sends it again
-        (a fleet's client to another executor) under the same invocation id, which then
-        runs as a first attempt does. Answered KILLED, a rolling restart lost it.
+        neither recorded nor reported. Stopped by the executor's stop, its caller, told
+        UNAVAILABLE, sends it again (a fleet's client to another executor) under the same
+        invocation id, which then runs as a first attempt does (answered KILLED, a
+        rolling restart lost it). Stopped by its caller's deadline or cancel, the caller
+        has its DEADLINE_EXCEEDED or CANCELLED, and the history and the supervisor no
+        KILLED run that never ran (probe 129).
         """
-        if not run.fired and run.stop.reason == SHUTTING_DOWN and not run.stop.started:
+        if run.fired or run.stop.started:
+            return
+        if run.stop.reason == SHUTTING_DOWN:
             raise UnavailableError(NOT_STARTED)
+        if run.stop.reason in (CALLER_DEADLINE, CALLER_CANCELLED):
+            raise UnavailableError(f"{run.stop.reason} before the callback started: no run")
 
     def _hold_slot(self, slot: int, finishing: Awaitable[None]) -> None:
         """Keep ``slot`` taken until the run's child has been ended (answered at its end mark)."""
@@ -569,6 +594,16 @@ class Dispatcher:
             recorded = self._on_result(invocation, result)
             if recorded is not None:
                 await recorded
+
+    def progress(self, invocation_id: str) -> RunProgress | None:
+        """How a run of the id is in progress here; None: none is.
+
+        Its record is made when it ends: until then GetRun and ListRuns say so (RunServicer).
+        """
+        run = self._runs.get(invocation_id)
+        if run is None:
+            return None
+        return RunProgress("running" if run.has_slot else "waiting for a slot", run.admitted_at)
 
     def stop_admitting(self) -> None:
         """Refuse new runs from now on (UnavailableError), the first step of a stop."""

@@ -160,7 +160,10 @@ def build(
     guarded.register(
         executor_pb2_grpc.add_TriggerServiceServicer_to_server, TriggerServicer(engine)
     )
-    guarded.register(executor_pb2_grpc.add_RunServiceServicer_to_server, RunServicer(recorder))
+    guarded.register(
+        executor_pb2_grpc.add_RunServiceServicer_to_server,
+        RunServicer(recorder, progress=dispatcher.progress),
+    )
     services = SERVICES
     if farm is not None:
         guarded.register(farm_pb2_grpc.add_FarmServiceServicer_to_server, farm)

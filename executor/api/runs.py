@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from typing import Final
 
 from executor.api import convert, convert_status
 from executor.api.errors import Context, grpc_errors
 from executor.api.unread_answers import answer_room
+from executor.dispatcher import RunProgress
 from executor.errors import InvalidRequestError, NotFoundError
 from executor.model import Language
+from executor.runs.history import RunRecord
 from executor.runs.paging import RunFilters, decode_page_token, encode_page_token
 from executor.runs.recorder import Recorder
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
@@ -51,8 +54,15 @@ MAX_RETRY_IDS: Final = 1000
 class RunServicer(executor_pb2_grpc.RunServiceServicer):
     """Implements qbcallback.v1.RunService."""
 
-    def __init__(self, recorder: Recorder, get_runs_at_once: int = GET_RUNS_AT_ONCE) -> None:
+    def __init__(
+        self,
+        recorder: Recorder,
+        get_runs_at_once: int = GET_RUNS_AT_ONCE,
+        progress: Callable[[str], RunProgress | None] = lambda _: None,
+    ) -> None:
+        """``progress``: how a run of an id is in progress here (``Dispatcher.progress``)."""
         self._recorder = recorder
+        self._progress = progress
         self._get_run_turns = asyncio.Semaphore(get_runs_at_once)
 
     @grpc_errors
@@ -80,7 +90,7 @@ class RunServicer(executor_pb2_grpc.RunServiceServicer):
             lambda history: history.list_page(filters, limit=limit, after=after)
         )
         return executor_pb2.ListRunsResponse(
-            runs=[convert.run_message(r) for r in page.runs],
+            runs=[self._run_message(r) for r in page.runs],
             next_page_token=encode_page_token(page.next, filters) if page.next else "",
         )
 
@@ -106,6 +116,12 @@ class RunServicer(executor_pb2_grpc.RunServiceServicer):
     async def _get_run(self, wanted: str) -> executor_pb2.GetRunResponse:
         """GetRun's answer: the run of id ``wanted``, else of the one id it starts."""
         record = await self._recorder.read_history(lambda history: history.get(wanted))
+        if record is None and (progress := self._progress(wanted)) is not None:
+            # NOT_FOUND as the contract has it: the history has no record of the id yet.
+            raise NotFoundError(
+                f"run {wanted!r} is in progress ({progress.state}) at this executor: its record"
+                " is made when it ends"
+            )
         if record is None and len(wanted) < MIN_PREFIX_CHARS:
             raise InvalidRequestError(
                 f"no run {wanted!r} in the history; as a prefix it is too short: give at "
@@ -125,7 +141,16 @@ class RunServicer(executor_pb2_grpc.RunServiceServicer):
                 record = await self._recorder.read_history(lambda history: history.get(match))
         if record is None:
             raise NotFoundError(f"no run {wanted!r} in the history (unknown, or pruned)")
-        return executor_pb2.GetRunResponse(run=convert.run_message(record))
+        return executor_pb2.GetRunResponse(run=self._run_message(record))
+
+    def _run_message(self, record: RunRecord) -> executor_pb2.Run:
+        """A record as sent, saying whether a newer run of its id is in progress here."""
+        run = convert.run_message(record)
+        progress = self._progress(record.invocation_id)
+        # Compared by time: the run's own record, written as it ends, is no earlier run's.
+        ended_at = record.started_at + record.usage.wall_seconds
+        run.newer_run_in_progress = progress is not None and ended_at < progress.admitted_at
+        return run
 
     @grpc_errors
     async def GetMetrics(

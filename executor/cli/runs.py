@@ -45,6 +45,7 @@ from executor.cli.connection import (
     rpc_command,
     whole_number,
 )
+from executor.cli.undecodable_arguments import Parser
 from executor.config import Settings
 from executor.errors import ConfigError
 from executor.sandbox.limits import MOST
@@ -217,6 +218,11 @@ def format_run(run: Any) -> str:
         f"policy: {run.policy or '-'}"
         + ("  (shadow run: qb actions recorded, not applied)" if run.shadow else ""),
     ]
+    if run.newer_run_in_progress:
+        head.append(
+            "newer run: in progress (this record is the previous run's; the newer run's"
+            " replaces it when it ends)"
+        )
     # The event's extra and the work name are a submitter's: one line each, whatever they hold.
     return "\n".join(escaped(line) for line in head) + "\n" + format_result(run.result)
 
@@ -349,16 +355,45 @@ def add_runs_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         help="list the page after an earlier listing (the token it printed; same filters)",
     )
     runs.add_argument("--json", action="store_true", help="one JSON object per run")
-    sub = runs.add_subparsers(dest="runs_command")
+    sub: argparse._SubParsersAction[argparse.ArgumentParser] = runs.add_subparsers(
+        dest="runs_command", parser_class=_ShowParser
+    )
     show = sub.add_parser(
         "show",
         parents=[connection_options(suppress=True)],
         help="one run with its captured output",
     )
     show.add_argument(
-        "invocation_id", metavar="ID", help="the invocation id, or a unique prefix (4+ chars)"
+        "invocation_id",
+        metavar="ID",
+        nargs="?",  # required: _ShowParser says so, once it has looked for one with a '-'
+        help="the invocation id, or a unique prefix (4+ chars); one that is also an option's"
+        " name goes after '--'",
     )
     runs.set_defaults(handler=rpc_command(_runs), runs_command=None)
+
+
+class _ShowParser(Parser):
+    """``runs show``'s parser: an ID that starts with '-' is the ID, not an unknown option.
+
+    Execute takes any printable ASCII id, ``-x1`` too, which argparse alone takes for an
+    option it does not know and then reports the ID missing (probe 129). The one argument
+    argparse left unknown is the ID; one that names an option (``--timeout``) must
+    follow ``--``.
+    """
+
+    def parse_known_args(  # type: ignore[override]  # typeshed's overloads; called as below
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, unknown = super().parse_known_args(args, namespace)
+        if parsed.invocation_id is None:
+            dashed = [arg for arg in unknown if arg.startswith("-")]
+            if len(dashed) != 1:
+                self.error("the following arguments are required: ID")
+            unknown.remove(dashed[0])
+            (action,) = [a for a in self._actions if a.dest == "invocation_id"]
+            parsed.invocation_id = self._get_value(action, dashed[0])  # its UTF-8 check too
+        return parsed, unknown
 
 
 # -- cbexec run -------------------------------------------------------------------------

@@ -7,6 +7,7 @@ over gRPC. Errors are in errors.py.
 """
 
 from supervisor_client.reference.errors import (
+    ActionConflictError,
     NoSuchJobError,
     NoSuchWorkError,
     PermissionDeniedError,
@@ -19,6 +20,7 @@ from supervisor_client.reference.store import ActionResult, Listener, ReferenceS
 
 __all__ = [
     "DEFAULT_SECURITY",
+    "ActionConflictError",
     "ActionResult",
     "Listener",
     "NoSuchJobError",

@@ -8,10 +8,15 @@ is answered from here and applies nothing: the same ``changed`` and message, or 
 error (a refused action is remembered too, outside the transaction that refused it,
 which rolled back and changed nothing).
 
-The key is the position, not the content: a re-run whose callback asks something else at
-the same position (it read the clock, say) gets the first answer, and a warning is
-logged. Unnumbered actions (``action_seq`` 0, or no invocation id: an operator's, or an
-older executor's) are applied every time.
+The key is the position; the action kept with it (verb, job or targets and arguments,
+not the actor) tells a repeat from another action under the same pair: a re-run whose
+callback asks something else at that position (it read the clock, say), or another
+callback under a reused invocation id (its first run cut off by a kill -9 before the
+executor recorded it), is refused with ActionConflictError, never given the other
+action's answer. An answer kept before the action was (column ``action`` empty) answers
+any request at its position, as it did, with a warning. Unnumbered actions
+(``action_seq`` 0, or no invocation id: an operator's, or an older executor's) are
+applied every time.
 
 Bounded: an answer is kept ``retention_s`` (7 days by default), long past any lease or
 retry that re-runs a firing; older ones are deleted, at most once an hour, when a new
@@ -28,6 +33,7 @@ from typing import Final
 
 from supervisor_client.arguments import check_seconds
 from supervisor_client.reference.errors import (
+    ActionConflictError,
     NoSuchJobError,
     NoSuchWorkError,
     PermissionDeniedError,
@@ -45,7 +51,7 @@ SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS applied_actions (
     invocation_id TEXT NOT NULL, action_seq INTEGER NOT NULL, time REAL NOT NULL,
     request TEXT NOT NULL, changed INTEGER NOT NULL, message TEXT NOT NULL,
-    error TEXT NOT NULL DEFAULT '',
+    error TEXT NOT NULL DEFAULT '', action TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (invocation_id, action_seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS applied_actions_by_time ON applied_actions (time);
@@ -82,6 +88,8 @@ class Answer:
     message: str
     # The error's name in REMEMBERED_ERRORS; "" for an answer that was not an error.
     error: str = ""
+    # What the action was, without its actor (``describe``); "" in rows kept before.
+    action: str = ""
 
     def raise_error(self) -> None:
         """Raise the remembered error again, if the answer was one."""
@@ -107,17 +115,30 @@ class AppliedActions:
         self._retention_s = check_seconds("action_retention_s", retention_s)
         self._pruned_at = float("-inf")
         db.executescript(SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(applied_actions)")}
+        if "action" not in columns:  # a database from before actions were compared
+            db.execute("ALTER TABLE applied_actions ADD COLUMN action TEXT NOT NULL DEFAULT ''")
 
-    def find(self, key: ActionKey, request: str) -> Answer | None:
-        """The answer given to ``key`` before, or None; warns when the request differs."""
+    def find(self, key: ActionKey, request: str, action: str) -> Answer | None:
+        """The answer given to ``key`` before, or None.
+
+        Raises ActionConflictError when ``key`` was applied for another ``action``; an
+        answer kept without its action is given whatever the request, with a warning.
+        """
         row = self._db.execute(
-            "SELECT request, changed, message, error FROM applied_actions"
+            "SELECT request, changed, message, error, action FROM applied_actions"
             " WHERE invocation_id = ? AND action_seq = ?",
             (key.invocation_id, key.action_seq),
         ).fetchone()
         if row is None:
             return None
-        answer = Answer(row[0], row[1], row[2], row[3])
+        answer = Answer(row[0], row[1], row[2], row[3], row[4])
+        if answer.action and answer.action != action:
+            raise ActionConflictError(
+                f"action_seq {key.action_seq} of invocation {key.invocation_id!r} was applied"
+                f" as {answer.action!r}; {action!r} is another action, not its repeat: refused"
+                " (was the invocation id reused for another callback?)"
+            )
         if answer.request != request:
             logger.warning(
                 "action %d of invocation %s repeated as %r, first made as %r:"
@@ -133,8 +154,8 @@ class AppliedActions:
         """Keep ``answer`` for ``key`` (the first one kept wins); prune old answers hourly."""
         self._db.execute(
             "INSERT INTO applied_actions"
-            " (invocation_id, action_seq, time, request, changed, message, error)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (invocation_id, action_seq) DO NOTHING",
+            " (invocation_id, action_seq, time, request, changed, message, error, action)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (invocation_id, action_seq) DO NOTHING",
             (
                 key.invocation_id,
                 key.action_seq,
@@ -143,6 +164,7 @@ class AppliedActions:
                 answer.changed,
                 answer.message,
                 answer.error,
+                answer.action,
             ),
         )
         if now - self._pruned_at >= PRUNE_EVERY_S:

@@ -4,7 +4,9 @@ ReferenceSupervisorError
 ├── SubmitError            a submission was rejected as a whole (INVALID_ARGUMENT)
 ├── NoSuchJobError         no job (or instance) with that id (NOT_FOUND)
 ├── NoSuchWorkError        the job has no work item of that name (NOT_FOUND)
-└── PermissionDeniedError  the actor may not apply the verb to the job (PERMISSION_DENIED)
+├── PermissionDeniedError  the actor may not apply the verb to the job (PERMISSION_DENIED)
+└── ActionConflictError    an (invocation_id, action_seq) applied for another action
+                           (FAILED_PRECONDITION)
 
 Unknown verbs and malformed arguments raise the built-in ValueError (INVALID_ARGUMENT).
 A verb that does not apply to the current state is not an error: it changes nothing.
@@ -31,3 +33,10 @@ class NoSuchWorkError(ReferenceSupervisorError):
 
 class PermissionDeniedError(ReferenceSupervisorError):
     """The actor's Qube permissions do not allow the verb on that job."""
+
+
+class ActionConflictError(ReferenceSupervisorError):
+    """The request's ``(invocation_id, action_seq)`` was applied for another action.
+
+    Not a repeat: answering it with the other action's answer would lose it unseen.
+    """

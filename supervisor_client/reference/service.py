@@ -5,7 +5,8 @@ calls with plain values, store errors become gRPC statuses (one table below), jo
 become ``Job`` messages through ``supervisor_client.jobdict``, the converter the
 executor uses in the other direction. Actions carry ``action_seq``, and the store
 applies each ``(invocation_id, action_seq)`` once (applied.py): a repeat gets the first
-answer, an error included. Every store call runs on the store's one thread
+answer, an error included, and another action under the pair is FAILED_PRECONDITION.
+Every store call runs on the store's one thread
 (``StoreThread``), never on the caller's event loop: a verb over 100,000 items takes a
 second or two of Python, and the executor that embeds this service runs every callback
 on that loop.
@@ -24,6 +25,7 @@ from google.protobuf.message import Message
 from supervisor_client.jobdict import job_from_dict
 from supervisor_client.qbcallback.v1 import supervisor_pb2, supervisor_pb2_grpc
 from supervisor_client.reference.errors import (
+    ActionConflictError,
     NoSuchJobError,
     NoSuchWorkError,
     PermissionDeniedError,
@@ -38,10 +40,11 @@ _T = TypeVar("_T")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 #: Store error → status and the exception kind a callback sees (sent as the trailing
-#: metadata ``qb-error-kind``, see supervisor.proto), most specific first. A verb that does
-#: not apply to the job's state is not an error (``changed`` = 0), so FAILED_PRECONDITION
-#: is unused.
+#: metadata ``qb-error-kind``, see supervisor.proto; none for "", a plain QbError), most
+#: specific first. A verb that does not apply to the job's state is not an error
+#: (``changed`` = 0); FAILED_PRECONDITION is only an action pair's conflict.
 STATUS_BY_ERROR: Final[tuple[tuple[type[Exception], grpc.StatusCode, str], ...]] = (
+    (ActionConflictError, grpc.StatusCode.FAILED_PRECONDITION, ""),
     (NoSuchWorkError, grpc.StatusCode.NOT_FOUND, "NoSuchWork"),
     (NoSuchJobError, grpc.StatusCode.NOT_FOUND, "NoSuchJob"),
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED, "PermissionDenied"),
@@ -152,7 +155,8 @@ class SupervisorServicer(supervisor_pb2_grpc.SupervisorServiceServicer):
                 )
             else:
                 code, message = mapped[0], str(err)
-                context.set_trailing_metadata(((ERROR_KIND_KEY, mapped[1]),))
+                if mapped[1]:
+                    context.set_trailing_metadata(((ERROR_KIND_KEY, mapped[1]),))
         await context.abort(code, message)
 
     async def JobInfo(

@@ -13,7 +13,8 @@ and ``max_result_bytes`` bound them (retention.py). The job history lines they a
 
 A numbered action (``invocation_id`` + ``action_seq``, from a callback's run) is applied
 once: its answer is kept in the same transaction (applied.py), and a repeat is answered
-from there without applying again.
+from there without applying again; another action under the pair is refused
+(ActionConflictError).
 
 One process owns the database file; inside it, one re-entrant lock serialises every use
 of the single connection, so the store is safe to call from any thread.
@@ -1238,25 +1239,34 @@ class ReferenceSupervisor:
     # -- verbs ------------------------------------------------------------------------
 
     def _once(
-        self, key: ActionKey | None, request: str, apply: Callable[[_Changes], ActionResult]
+        self,
+        key: ActionKey | None,
+        action: str,
+        actor: str,
+        apply: Callable[[_Changes], ActionResult],
     ) -> ActionResult:
-        """Apply a verb in one transaction; a numbered one only the first time (applied.py)."""
+        """Apply a verb in one transaction; a numbered one only the first time (applied.py).
+
+        ``action`` names the verb and its targets (``describe``); a numbered request under
+        a pair applied for another action raises ActionConflictError, and keeps nothing.
+        """
         if key is None:
             with self._transaction() as changes:
                 return apply(changes)
+        request = describe(action, "as", actor)
         try:
             with self._transaction() as changes:
-                earlier = self._applied.find(key, request)
+                earlier = self._applied.find(key, request, action)
                 if earlier is None:
                     result = apply(changes)
-                    answer = Answer(request, result.changed, result.message)
+                    answer = Answer(request, result.changed, result.message, action=action)
                     self._applied.remember(key, answer, self._clock())
                     return result
                 repeat = earlier  # answered after the (empty) transaction, outside the lock
         except tuple(REMEMBERED_ERRORS.values()) as err:
             # Refused: its transaction rolled back; a repeat is refused the same way.
             with self._using_db(), self._db:
-                refusal = Answer(request, 0, str(err), type(err).__name__)
+                refusal = Answer(request, 0, str(err), type(err).__name__, action)
                 self._applied.remember(key, refusal, self._clock())
             raise
         logger.info(
@@ -1326,8 +1336,8 @@ class ReferenceSupervisor:
             changes.note(job_id, line, invocation_id)
             return result
 
-        request = describe(verb, "job", job_id, "as", actor)
-        return self._once(ActionKey.of(invocation_id, action_seq), request, apply)
+        action = describe(verb, "job", job_id)
+        return self._once(ActionKey.of(invocation_id, action_seq), action, actor, apply)
 
     def work_action(
         self,
@@ -1384,8 +1394,8 @@ class ReferenceSupervisor:
                 self._derive_job_status(changes, job_id)
             return result
 
-        request = describe(f"work{verb}", f"{job_id}:{','.join(names)}", "as", actor)
-        return self._once(ActionKey.of(invocation_id, action_seq), request, apply)
+        action = describe(f"work{verb}", f"{job_id}:{','.join(names)}")
+        return self._once(ActionKey.of(invocation_id, action_seq), action, actor, apply)
 
     def subjob_action(
         self,
@@ -1465,8 +1475,8 @@ class ReferenceSupervisor:
             return result
 
         instances = f"{job_id}.{','.join(map(str, subjob_ids)) or 'all'}"
-        request = describe(f"subjob{verb}", instances, "as", actor)
-        return self._once(ActionKey.of(invocation_id, action_seq), request, apply)
+        action = describe(f"subjob{verb}", instances)
+        return self._once(ActionKey.of(invocation_id, action_seq), action, actor, apply)
 
     def _move_instance_work(
         self, changes: _Changes, job_id: int, subid: int, rule: VerbRule

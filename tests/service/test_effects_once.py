@@ -118,6 +118,39 @@ async def test_a_rerun_with_the_same_invocation_id_applies_its_effects_once(
     assert other.stdout.splitlines()[-1] == "blocked"
 
 
+async def test_an_id_reused_for_another_job_after_a_crash_is_refused_at_its_first_action(
+    tmp_path: Path, endpoint: SupervisorEndpoint
+) -> None:
+    # A kill -9 cut the first run off after its action 1 (block job A): the executor's
+    # history has no record of the id, the supervisor has the action.
+    store = endpoint.store
+    job_a, job_b = (
+        int(job["id"])
+        for job in store.submit(
+            [{"name": name, "user": "alice", "status": "pending"} for name in ("a", "b")]
+        )
+    )
+    store.job_action("block", job_a, "alice", invocation_id="cut-off", action_seq=1)
+    settings = stack_settings(tmp_path / "data", supervisor=endpoint.address)
+    running = await server.start(settings)
+    try:
+        async with ExecutorClient(f"127.0.0.1:{running.port}") as client:
+            response = await client.execute_callback(
+                language="python",
+                code="print(qb.block(qb.jobid()))",
+                job=store.job(job_b),
+                invocation_id="cut-off",
+            )
+    finally:
+        await running.stop()
+
+    # The block of job B is refused, visibly; it is not answered with job A's answer.
+    assert response.outcome == executor_pb2.OUTCOME_FAILED, response
+    assert response.failure.exception_type == "QbError"
+    assert "was applied as 'block job" in response.failure.message
+    assert store.job(job_b)["status"] == "pending"
+
+
 @pytest.fixture
 async def restarting(tmp_path: Path) -> AsyncIterator[SupervisorEndpoint]:
     db = tmp_path / "supervisor.db"

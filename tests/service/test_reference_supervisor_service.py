@@ -292,13 +292,37 @@ async def test_a_repeated_numbered_refusal_is_refused_the_same_way(
         action_seq=4,
     )
     first = await rpc_error(served.stub.WorkAction(request))
-    request.work_names[:] = ["1"]  # the same position: answered as the first time
     repeat = await rpc_error(served.stub.WorkAction(request))
 
     assert first.code() == repeat.code() == grpc.StatusCode.NOT_FOUND
     assert first.details() == repeat.details() == f"job {blocked_job} has no work item '9'"
     assert dict(repeat.trailing_metadata() or ())["qb-error-kind"] == "NoSuchWork"
     assert served.supervisor.job(blocked_job)["agenda"][0]["status"] == "blocked"
+
+
+async def test_another_action_under_an_applied_pair_is_refused_naming_both(
+    served: Served, blocked_job: int
+) -> None:
+    request = supervisor_pb2.JobActionRequest(
+        verb=JobVerb.JOB_VERB_UNBLOCK,
+        job_id=blocked_job,
+        actor="alice",
+        invocation_id="inv-3",
+        action_seq=1,
+    )
+    await served.stub.JobAction(request)
+    request.verb = JobVerb.JOB_VERB_KILL
+    refused = await rpc_error(served.stub.JobAction(request))
+
+    # A refusal of the site's own: the callback's qb call raises QbError with the message.
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.details() == (
+        f"action_seq 1 of invocation 'inv-3' was applied as 'unblock job {blocked_job}';"
+        f" 'kill job {blocked_job}' is another action, not its repeat: refused"
+        " (was the invocation id reused for another callback?)"
+    )
+    assert "qb-error-kind" not in dict(refused.trailing_metadata() or ())
+    assert served.supervisor.job(blocked_job)["status"] == "pending"
 
 
 # -- results ------------------------------------------------------------------------------

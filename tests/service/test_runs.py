@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from executor import server
+from executor.cli.runs import format_run
 from executor.runs.callback_log import log_path
 from supervisor_client import ExecutorClient, ExecutorRpcError
 from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
@@ -381,6 +382,99 @@ async def test_metrics_count_refusals_at_capacity(one_slot: ExecutorClient) -> N
     metrics = await one_slot.get_metrics()
     assert metrics.rejected_at_capacity == 1
     assert dict(metrics.runs_by_outcome) == {"SUCCEEDED": 1}
+
+
+@pytest.fixture
+async def one_slot_queued(tmp_path: Path) -> AsyncIterator[ExecutorClient]:
+    """An executor with one slot and a queue: a second concurrent run waits for its slot."""
+    running = await server.start(stack_settings(tmp_path / "data", max_concurrent=1, max_queue=4))
+    try:
+        async with ExecutorClient(f"127.0.0.1:{running.port}") as client:
+            yield client
+    finally:
+        await running.stop()
+
+
+async def test_get_run_of_a_run_in_progress_says_so(one_slot_queued: ExecutorClient) -> None:
+    client = one_slot_queued
+    slow = "import time; time.sleep(4)"
+
+    async def metric(name: str, value: int) -> bool:
+        return bool(getattr(await client.get_metrics(), name) == value)
+
+    def execute(invocation_id: str, code: str) -> asyncio.Task[executor_pb2.ExecuteResponse]:
+        return asyncio.create_task(
+            client.execute_callback(
+                language="python", code=code, job={"id": 9}, invocation_id=invocation_id
+            )
+        )
+
+    async def refusal(invocation_id: str) -> str:
+        with pytest.raises(ExecutorRpcError) as refused:
+            await client.get_run(invocation_id)
+        assert refused.value.code == grpc.StatusCode.NOT_FOUND
+        return refused.value.details
+
+    running = execute("slow-run", slow)
+    assert await eventually(lambda: metric("active_children", 1))
+    queued = execute("queued-run", "print('second')")
+    assert await eventually(lambda: metric("queue_depth", 1))
+    assert await refusal("slow-run") == (
+        "run 'slow-run' is in progress (running) at this executor: its record is made when it ends"
+    )
+    assert await refusal("queued-run") == (
+        "run 'queued-run' is in progress (waiting for a slot) at this executor: its record"
+        " is made when it ends"
+    )
+    assert "unknown, or pruned" in await refusal("no-such-run")
+    await asyncio.gather(running, queued)
+
+    # A repeat in progress: the record shown is the previous run's, and says so.
+    repeat = execute("queued-run", slow)
+    assert await eventually(lambda: metric("active_children", 1))
+    previous = await client.get_run("queued-run")
+    assert previous.result.stdout == "second\n" and previous.newer_run_in_progress
+    assert "\nnewer run: in progress (this record is the previous run's;" in format_run(previous)
+    listed = {run.invocation_id: run for run in (await client.list_runs()).runs}
+    assert listed["queued-run"].newer_run_in_progress
+    assert not listed["slow-run"].newer_run_in_progress
+    await repeat
+    assert not (await client.get_run("queued-run")).newer_run_in_progress
+
+
+async def test_an_execute_whose_deadline_passed_while_queued_is_no_run(
+    one_slot_queued: ExecutorClient,
+) -> None:
+    client = one_slot_queued
+    running = asyncio.create_task(
+        client.execute_callback(language="python", code="import time; time.sleep(3)", job={"id": 9})
+    )
+
+    async def active() -> bool:
+        return (await client.get_metrics()).active_children == 1
+
+    assert await eventually(active)
+    with pytest.raises(ExecutorRpcError) as late:
+        await client.execute_callback(
+            language="python",
+            code="print('ran')",
+            job={"id": 9},
+            invocation_id="queued-late",
+            timeout=0.5,
+        )
+    assert late.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    await running
+
+    # It never started: neither recorded nor counted (nor reported), as at a stop.
+    with pytest.raises(ExecutorRpcError) as unknown:
+        await client.get_run("queued-late")
+    assert "unknown, or pruned" in unknown.value.details
+    assert dict((await client.get_metrics()).runs_by_outcome) == {"SUCCEEDED": 1}
+    # So a resend under the id runs as a first attempt.
+    again = await client.execute_callback(
+        language="python", code="print('ran')", job={"id": 9}, invocation_id="queued-late"
+    )
+    assert again.stdout == "ran\n"
 
 
 async def test_cbexec_runs_lists_filters_and_shows(stack: Stack) -> None:

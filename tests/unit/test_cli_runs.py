@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from executor.cli import build_parser
 from executor.cli.runs import parse_event, parse_since
 
 pytestmark = pytest.mark.unit
@@ -56,3 +57,24 @@ def test_event_splits_into_name_type_context_extra() -> None:
     assert parse_event("done-job") == {"name": "done", "type": "job", "context": "", "extra": ""}
     with pytest.raises(ValueError, match="name-type"):
         parse_event("complete")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["runs", "show", "-x1796581591"], "-x1796581591"),  # Execute takes such an id
+        (["runs", "show", "--timeout", "5", "-x1"], "-x1"),
+        (["runs", "show", "-x1", "--timeout", "5"], "-x1"),
+        (["runs", "show", "--", "--address"], "--address"),  # an option's name: after --
+        (["runs", "show", "abcd"], "abcd"),
+    ],
+)
+def test_runs_show_takes_an_id_that_starts_with_a_dash(argv: list[str], expected: str) -> None:
+    assert build_parser().parse_args(argv).invocation_id == expected
+
+
+def test_runs_show_without_an_id_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["runs", "show"])
+    assert exited.value.code == 2
+    assert "the following arguments are required: ID" in capsys.readouterr().err

@@ -7,6 +7,7 @@ are stopped, and report what they were given.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -120,6 +121,7 @@ class Harness:
         self.runner = FakeRunner()
         self.recorded: list[RunResult] = []
         self.recorded_as: list[Invocation] = []  # the invocation of each, as it ran
+        self.refusal: Exception | None = None  # what recording raises (the store refusing it)
         self.dispatcher = Dispatcher(
             runner=self.runner,
             supervisor=None,  # type: ignore[arg-type]  # no qb call reaches it
@@ -133,6 +135,8 @@ class Harness:
         )
 
     def _record(self, invocation: Invocation, result: RunResult) -> None:
+        if self.refusal is not None:
+            raise self.refusal
         self.recorded_as.append(invocation)
         self.recorded.append(result)
 
@@ -543,11 +547,10 @@ async def test_a_refusal_a_gone_caller_would_have_been_told_is_logged_without_a_
 ) -> None:
     # The store refusing a result its caller left was logged as an executor bug (probe 88).
     harness = Harness(slots=1, queue=1)
-    running = harness.start("a")
+    harness.refusal = refusal = UnavailableError("the outbox refused the result for now")
+    waiting = harness.start("b")
     await settle()
-    refusal = UnavailableError("the outbox refused the result for now")
-    waiting = asyncio.create_task(harness.execute("b", gate=Gate(refusal)))
-    await settle()
+    assert [code for code, _ in harness.runner.started] == ["b"]
 
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -556,6 +559,26 @@ async def test_a_refusal_a_gone_caller_would_have_been_told_is_logged_without_a_
     (record,) = [r for r in caplog.records if "run-b" in r.getMessage()]
     assert (record.levelname, record.exc_info) == ("WARNING", None)
     assert record.getMessage() == f"run run-b, whose caller has gone: {refusal}"
+
+
+async def test_a_run_its_caller_left_in_the_queue_is_logged_as_no_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    harness = Harness(slots=1, queue=1)
+    running = harness.start("a")
+    waiting = harness.start("b")
+    await settle()
+
+    with caplog.at_level(logging.INFO, logger="executor.dispatcher"):
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+    (record,) = [r for r in caplog.records if "run-b" in r.getMessage()]
+    assert (record.levelname, record.exc_info) == ("INFO", None)
+    assert record.getMessage() == (
+        f"run run-b, whose caller has gone: {CALLER_CANCELLED} before the callback started: no run"
+    )
     harness.runner.finish("a")
     await running
 
@@ -576,7 +599,7 @@ async def test_a_caller_cancelled_in_the_queue_gives_up_its_place() -> None:
     await asyncio.gather(running, behind)
 
     assert [code for code, _ in harness.runner.started] == ["a", "c"]
-    assert harness.outcomes()["run-b"] == (Outcome.KILLED, CALLER_CANCELLED)
+    assert "run-b" not in harness.outcomes()  # it never started: no run (probe 129)
 
 
 async def test_a_disabled_language_is_rejected_and_recorded_without_a_slot() -> None:
@@ -705,9 +728,8 @@ async def test_an_execute_a_drain_stops_before_it_started_is_unavailable_and_unr
     await running
 
 
-async def test_a_run_its_caller_left_before_it_started_opens_its_gate_before_it_is_recorded() -> (
-    None
-):
+async def test_a_run_its_caller_left_before_it_started_is_no_run_and_opens_no_gate() -> None:
+    # Recorded KILLED before, as a run that never ran (probe 129); a stop's is no run either.
     harness = Harness(slots=1, queue=1)
     running = harness.start("a")
     await settle()
@@ -719,8 +741,8 @@ async def test_a_run_its_caller_left_before_it_started_opens_its_gate_before_it_
     with pytest.raises(asyncio.CancelledError):
         await waiting
 
-    assert gate.opened == 1
-    assert harness.outcomes() == {"run-b": (Outcome.KILLED, CALLER_CANCELLED)}
+    assert gate.opened == 0
+    assert harness.outcomes() == {}
     harness.runner.finish("a")
     await running
 
@@ -747,6 +769,9 @@ async def test_a_caller_cancelled_as_its_queued_run_gets_a_slot_gives_the_slot_b
     await settle()
 
     assert harness.dispatcher.active == 0
-    assert harness.outcomes()["run-b"] == (Outcome.KILLED, CALLER_CANCELLED)
+    # A run only once it started; one stopped before is no run (probe 129).
+    started = "b" in [code for code, _ in harness.runner.started]
+    expected = {"run-b": (Outcome.KILLED, CALLER_CANCELLED)} if started else {}
+    assert {k: v for k, v in harness.outcomes().items() if k == "run-b"} == expected
     harness.runner.finish("c")
     assert (await harness.execute("c")).outcome == Outcome.SUCCEEDED  # the slot came back

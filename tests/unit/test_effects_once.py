@@ -12,7 +12,8 @@ from __future__ import annotations
 import email
 import email.policy
 import logging
-from collections.abc import Iterator
+import sqlite3
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,9 @@ from executor.model import Outcome
 from executor.runtimes.mail import MailSettings, message_id
 from executor.runtimes.qube import QubeInterpreter
 from executor.supervisor_link import ActionOutcome
-from supervisor_client.reference import NoSuchWorkError, ReferenceSupervisor
+from supervisor_client.reference import ActionResult, NoSuchWorkError, ReferenceSupervisor
 from supervisor_client.reference.applied import PRUNE_EVERY_S
+from supervisor_client.reference.errors import ActionConflictError
 from tests.helpers.clock import Clock
 from tests.helpers.supervisor_port import ReferencePort, invocation_for
 
@@ -126,27 +128,68 @@ def test_a_refusal_is_repeated_without_looking_again(sup: ReferenceSupervisor) -
     job_id = submit(sup)
     with pytest.raises(NoSuchWorkError, match="no work item '9'") as first:
         sup.work_action("unblock", job_id, ["9"], "alice", invocation_id="r", action_seq=1)
+    sup.work_action("unblock", job_id, ["1"], "alice")  # an operator's, unnumbered
+    sup.work_action("block", job_id, ["1"], "alice")
 
-    # Matched by position: the first answer stands, even for a request that would succeed.
     with pytest.raises(NoSuchWorkError) as repeat:
-        sup.work_action("unblock", job_id, ["1"], "alice", invocation_id="r", action_seq=1)
+        sup.work_action("unblock", job_id, ["9"], "alice", invocation_id="r", action_seq=1)
 
     assert str(repeat.value) == str(first.value)
     assert sup.job(job_id)["agenda"][0]["status"] == "blocked"
 
 
-def test_another_request_at_the_same_position_gets_the_first_answer_and_a_warning(
-    sup: ReferenceSupervisor, caplog: pytest.LogCaptureFixture
+def test_another_action_under_a_pair_is_refused_not_answered_as_the_first(
+    sup: ReferenceSupervisor,
 ) -> None:
-    job_id = submit(sup)
-    first = sup.job_action("block", job_id, "alice", invocation_id="r", action_seq=1)
+    # A kill -9 cut a run off after its action 1 (block job A); the id, unknown to the
+    # executor's history, is then reused for another callback acting on job B.
+    job_a, job_b = submit(sup), submit(sup)
+    first = sup.job_action("block", job_a, "alice", invocation_id="r", action_seq=1)
 
-    with caplog.at_level(logging.WARNING, logger="supervisor_client.reference.applied"):
-        repeat = sup.job_action("kill", job_id, "alice", invocation_id="r", action_seq=1)
+    others: list[Callable[[], ActionResult]] = [
+        lambda: sup.job_action("block", job_b, "alice", invocation_id="r", action_seq=1),
+        lambda: sup.job_action("kill", job_a, "alice", invocation_id="r", action_seq=1),
+        lambda: sup.work_action("block", job_a, ["1"], "alice", invocation_id="r", action_seq=1),
+        lambda: sup.subjob_action("block", job_a, [0], "alice", invocation_id="r", action_seq=1),
+    ]
+    for other in others:
+        with pytest.raises(ActionConflictError) as refused:
+            other()
+        assert "action_seq 1 of invocation 'r' was applied as 'block job" in str(refused.value)
 
-    assert repeat == first
-    assert sup.job(job_id)["status"] == "blocked"
-    assert "answered as the first time" in caplog.text and "'kill job" in caplog.text
+    assert sup.job(job_b)["status"] == "pending" and sup.job(job_a)["status"] == "blocked"
+    # The pair keeps its first answer: the same action (whoever acts) is still its repeat.
+    assert sup.job_action("block", job_a, "bob", invocation_id="r", action_seq=1) == first
+    assert sup.applied_action_count() == 1
+
+
+def test_an_answer_kept_before_actions_were_compared_answers_any_request(
+    tmp_path: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "supervisor.db"
+    with ReferenceSupervisor(path, clock=clock) as sup:
+        job_id = submit(sup)
+    # The table as it was: no column naming the action.
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("DROP TABLE applied_actions")
+        db.execute(
+            "CREATE TABLE applied_actions (invocation_id TEXT NOT NULL,"
+            " action_seq INTEGER NOT NULL, time REAL NOT NULL, request TEXT NOT NULL,"
+            " changed INTEGER NOT NULL, message TEXT NOT NULL, error TEXT NOT NULL DEFAULT '',"
+            " PRIMARY KEY (invocation_id, action_seq)) WITHOUT ROWID"
+        )
+        db.execute(
+            "INSERT INTO applied_actions VALUES ('r', 1, ?, 'block job 1 as alice', 1, 'old', '')",
+            (clock.now,),
+        )
+    db.close()
+    with ReferenceSupervisor(path, clock=clock) as sup:
+        with caplog.at_level(logging.WARNING, logger="supervisor_client.reference.applied"):
+            repeat = sup.job_action("kill", job_id, "alice", invocation_id="r", action_seq=1)
+        assert (repeat.changed, repeat.message) == (1, "old")
+        assert sup.job(job_id)["status"] == "pending"
+        assert "answered as the first time" in caplog.text and "'kill job" in caplog.text
 
 
 def test_answers_survive_a_restart_and_expire_after_the_retention(

@@ -1830,7 +1830,10 @@ class ListRunsRequest(_message.Message):
     for the first page (the newest runs). The other fields must be those of the
     request that gave it (limit may differ), else INVALID_ARGUMENT. A page starts
     after the last run of the one before by start time, not by count: runs
-    recorded in between neither shift nor repeat what later pages list.
+    recorded in between neither shift nor repeat what later pages list. A run
+    repeated under its id in between moves to the newest place (its record is
+    replaced, with the repeat's start time), ahead of the token: a walk that had
+    not reached it yet does not list it.
     """
     def __init__(
         self,
@@ -1871,6 +1874,7 @@ class Run(_message.Message):
     SOURCE_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
     SHADOW_FIELD_NUMBER: _builtins.int
+    NEWER_RUN_IN_PROGRESS_FIELD_NUMBER: _builtins.int
     invocation_id: _builtins.str
     job_id: _builtins.int
     callback_id: _builtins.int
@@ -1887,6 +1891,12 @@ class Run(_message.Message):
     policy: _builtins.str
     """The sandbox policy it ran under; shadow: its qb actions were recorded, not applied."""
     shadow: _builtins.bool
+    newer_run_in_progress: _builtins.bool
+    """A newer run of this invocation id is in progress at this executor (running,
+    or waiting for a slot; an Execute's repeat or a fired run's re-run): this
+    record is the previous run's, and the newer run's replaces it when that run
+    ends. Filled by GetRun and ListRuns.
+    """
     @_builtins.property
     def usage(self) -> Global___Usage: ...
     @_builtins.property
@@ -1914,10 +1924,11 @@ class Run(_message.Message):
         source: _builtins.str = ...,
         policy: _builtins.str = ...,
         shadow: _builtins.bool = ...,
+        newer_run_in_progress: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "result", b"result", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_id", b"callback_id", "event", b"event", "invocation_id", b"invocation_id", "job_id", b"job_id", "language", b"language", "outcome", b"outcome", "policy", b"policy", "result", b"result", "shadow", b"shadow", "source", b"source", "started_at", b"started_at", "triggers", b"triggers", "usage", b"usage", "work_name", b"work_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_id", b"callback_id", "event", b"event", "invocation_id", b"invocation_id", "job_id", b"job_id", "language", b"language", "newer_run_in_progress", b"newer_run_in_progress", "outcome", b"outcome", "policy", b"policy", "result", b"result", "shadow", b"shadow", "source", b"source", "started_at", b"started_at", "triggers", b"triggers", "usage", b"usage", "work_name", b"work_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

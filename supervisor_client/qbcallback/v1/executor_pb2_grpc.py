@@ -561,7 +561,9 @@ class RunServiceServicer:
 
     def ListRuns(self, request, context):
         """History of runs, newest first, a page at a time (next_page_token leads to
-        the next page). INVALID_ARGUMENT for a page_token that is not one of its
+        the next page). A run is listed once it has ended (its record is made then;
+        Run.newer_run_in_progress marks a record whose id is running again here).
+        INVALID_ARGUMENT for a page_token that is not one of its
         own, or that was made for other filters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -570,7 +572,10 @@ class RunServiceServicer:
 
     def GetRun(self, request, context):
         """One run with its captured output, by its id or a unique prefix of it.
-        NOT_FOUND when unknown or pruned. Made one at a time, the others waiting
+        NOT_FOUND when unknown or pruned, and for the whole id of a run in progress
+        at this executor that has no record yet (a record is made when its run
+        ends), saying so: "run 'ID' is in progress (running) at this executor: its
+        record is made when it ends" ("waiting for a slot" while queued). Made one at a time, the others waiting
         within their deadline. RESOURCE_EXHAUSTED (retry-after-s) while answers not
         yet read by their clients reach unread_answers_max_bytes, or this
         connection's share of it when it comes (one admitted then waits for its

@@ -214,12 +214,17 @@ class RunServiceStub:
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListRuns: _aio.UnaryUnaryMultiCallable[_executor_pb2.ListRunsRequest, _executor_pb2.ListRunsResponse]
     """History of runs, newest first, a page at a time (next_page_token leads to
-    the next page). INVALID_ARGUMENT for a page_token that is not one of its
+    the next page). A run is listed once it has ended (its record is made then;
+    Run.newer_run_in_progress marks a record whose id is running again here).
+    INVALID_ARGUMENT for a page_token that is not one of its
     own, or that was made for other filters.
     """
     GetRun: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetRunRequest, _executor_pb2.GetRunResponse]
     """One run with its captured output, by its id or a unique prefix of it.
-    NOT_FOUND when unknown or pruned. Made one at a time, the others waiting
+    NOT_FOUND when unknown or pruned, and for the whole id of a run in progress
+    at this executor that has no record yet (a record is made when its run
+    ends), saying so: "run 'ID' is in progress (running) at this executor: its
+    record is made when it ends" ("waiting for a slot" while queued). Made one at a time, the others waiting
     within their deadline. RESOURCE_EXHAUSTED (retry-after-s) while answers not
     yet read by their clients reach unread_answers_max_bytes, or this
     connection's share of it when it comes (one admitted then waits for its
@@ -244,7 +249,9 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _aio.ServicerContext[_executor_pb2.ListRunsRequest, _abc.Awaitable[_executor_pb2.ListRunsResponse]],
     ) -> _abc.Awaitable[_executor_pb2.ListRunsResponse]:
         """History of runs, newest first, a page at a time (next_page_token leads to
-        the next page). INVALID_ARGUMENT for a page_token that is not one of its
+        the next page). A run is listed once it has ended (its record is made then;
+        Run.newer_run_in_progress marks a record whose id is running again here).
+        INVALID_ARGUMENT for a page_token that is not one of its
         own, or that was made for other filters.
         """
 
@@ -255,7 +262,10 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _aio.ServicerContext[_executor_pb2.GetRunRequest, _abc.Awaitable[_executor_pb2.GetRunResponse]],
     ) -> _abc.Awaitable[_executor_pb2.GetRunResponse]:
         """One run with its captured output, by its id or a unique prefix of it.
-        NOT_FOUND when unknown or pruned. Made one at a time, the others waiting
+        NOT_FOUND when unknown or pruned, and for the whole id of a run in progress
+        at this executor that has no record yet (a record is made when its run
+        ends), saying so: "run 'ID' is in progress (running) at this executor: its
+        record is made when it ends" ("waiting for a slot" while queued). Made one at a time, the others waiting
         within their deadline. RESOURCE_EXHAUSTED (retry-after-s) while answers not
         yet read by their clients reach unread_answers_max_bytes, or this
         connection's share of it when it comes (one admitted then waits for its

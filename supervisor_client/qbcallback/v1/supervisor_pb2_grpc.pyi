@@ -15,10 +15,14 @@ Effects once: a callback may run more than once with the same invocation id
 the firing). Every request that applies an action (JobAction, WorkAction,
 SubjobAction) therefore carries `invocation_id` and `action_seq`, the
 action's position among the run's effects. A supervisor applies each
-(invocation_id, action_seq) pair once: a repeat answers what the first call
-answered (the same response, or the same error) and changes nothing. The
-pair names a position, not a content: a re-run that asks something else at
-the same position gets the first answer. `action_seq` 0 (or an empty
+(invocation_id, action_seq) pair once: a repeat (the same verb, job or
+targets, and arguments under the pair; the actor is not part of it) answers
+what the first call answered (the same response, or the same error) and
+changes nothing. A request under a pair applied for another action is not a
+repeat: refuse it with FAILED_PRECONDITION naming the conflict, never with
+the other action's answer (a re-run that asks something else at a position,
+or another callback under an invocation id whose first run a crash cut off
+before the executor recorded it). `action_seq` 0 (or an empty
 `invocation_id`) means not numbered: apply it, nothing to deduplicate.
 JobInfo reads only and is never deduplicated.
 
