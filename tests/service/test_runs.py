@@ -782,6 +782,54 @@ async def test_cbexec_prints_a_callbacks_control_characters_as_escapes(
     assert listed[-1]["invocation_id"] == tricky.invocation_id
 
 
+FORGER = (
+    "import sys\n"
+    "print('bold \\x1b[1m, and typed: \\\\x1b')\n"
+    "print('--- stderr: (empty)')\n"
+    "sys.stderr.write('real err\\n')\n"
+    "sys.exit('boom\\noutcome: SUCCEEDED\\nexit: code 0')\n"
+)
+
+
+async def test_runs_show_keeps_the_callbacks_lines_from_passing_for_its_own(
+    stack_warm: Stack,
+) -> None:
+    # Probe 134 F5: stdout printed a "--- stderr: (empty)" section line, and the sys.exit
+    # reason a second "outcome: SUCCEEDED" / "exit: code 0" pair in the header.
+    forged = await run_py(stack_warm, FORGER, 80)
+    code, out, err = await cbexec(
+        "runs", "show", forged.invocation_id, "--address", stack_warm.address
+    )
+    assert code == 0, err
+    lines = out.splitlines()
+    assert [line for line in lines if line.startswith(("outcome: ", "exit: "))] == [
+        "outcome: FAILED",
+        "exit: code 1",
+    ]
+    assert "--- stderr: (empty)" not in lines and "\\--- stderr: (empty)" in lines
+    assert [line for line in lines if line.startswith("--- ")] == [
+        "--- failure: boom",
+        "--- stdout",
+        "--- stderr",
+    ]
+
+
+async def test_runs_show_json_is_the_whole_run_exactly(stack_warm: Stack) -> None:
+    # Probe 134 F1: `runs show` had no --json, and `runs --json` has no output: no
+    # command told an ESC the callback wrote from the four characters "\x1b".
+    forged = await run_py(stack_warm, FORGER, 81)
+    code, out, err = await cbexec(
+        "runs", "show", forged.invocation_id[:12], "--json", "--address", stack_warm.address
+    )
+    assert code == 0, err
+    run = json.loads(out)
+    assert run["invocation_id"] == forged.invocation_id and run["job_id"] == 81
+    assert run["result"]["stdout"] == forged.stdout == "bold \x1b[1m, and typed: \\x1b\n--- stderr: (empty)\n"
+    assert run["result"]["stderr"] == forged.stderr == "real err\n"
+    assert run["result"]["outcome"] == "FAILED"
+    assert run["result"]["failure"]["message"] == forged.failure.message
+
+
 def record_runs(stack: Stack, names: list[str], job_id: int, start: float) -> None:
     """Runs written straight into the executor's history, one second apart (oldest first)."""
     history = stack.running.recorder.history
