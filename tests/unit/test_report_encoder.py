@@ -132,6 +132,7 @@ def test_every_field_at_its_largest_still_fits() -> None:
     assert request.event.extra == name and request.callback.user == name
     assert request.result.stdout_truncated and request.result.stderr_truncated
     assert request.result.actions[-1].verb == "…"  # says how many were left out
+    assert re.search(r"…\[\d+ more bytes\]$", request.callback.code)  # little room, but said
 
 
 def test_a_report_whose_essentials_are_too_large_is_cut_to_a_minimal_one() -> None:
