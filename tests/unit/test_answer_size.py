@@ -131,7 +131,9 @@ def test_a_failure_of_four_byte_characters_is_cut_to_the_readmes_bytes() -> None
 
 def test_a_long_traceback_keeps_its_end_where_the_cause_is() -> None:
     # Probe 134 F3: the cut kept the first 64 KiB and lost the exception line.
-    frames = "".join(f'  File "<callback>", line {n}, in f{n}\n    {"€" * 60}\n' for n in range(400))
+    frames = "".join(
+        f'  File "<callback>", line {n}, in f{n}\n    {"€" * 60}\n' for n in range(400)
+    )
     traceback = f"Traceback (most recent call last):\n{frames}ValueError: cause\n"
     failure = answer(ActionLog(), failed_child("x", traceback=traceback)).failure
 
