@@ -34,7 +34,9 @@ def test_notes_keep_the_first_64_kib_of_a_large_output_with_their_own_marker() -
         assert cap - 4 < utf8_size(text) <= cap == 64 << 10
         head, marker = text.rsplit("…", 1)
         assert whole.startswith(head)
-        assert marker == f"[{utf8_size(whole) - utf8_size(head)} more bytes not in the rebuilt record]"
+        assert (
+            marker == f"[{utf8_size(whole) - utf8_size(head)} more bytes not in the rebuilt record]"
+        )
     assert not kept.stdout_truncated and kept.stderr_truncated  # the run's own flags
     entry = format_entry(invocation("n-2"), kept, 1.0)
     assert "[stdout truncated" not in entry and "[stderr truncated at the output_bytes" in entry
