@@ -7,7 +7,8 @@ report and history record carries them. So each has a size, stated in the README
   bytes are replaced), see ``sandbox/capture.py``;
 - actions: each record's verb, target and message cut to the sizes below, at most
   ``MAX_ACTIONS_BYTES`` of them together (later calls are counted, not kept);
-- a failure: its message, exception type and traceback cut to the sizes below.
+- a failure: its message, exception type and traceback cut to the sizes below (the
+  traceback keeps its end, where the cause is).
 
 A size in bytes counts UTF-8 bytes (a character may take four), one in characters counts
 characters: a bound on what goes on the wire must be in bytes, or a callback's 4-byte
@@ -78,26 +79,47 @@ def utf8_size(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
-def _bytes_marker(left_out: int) -> str:
-    return f"…[{left_out} more bytes]"
+def cut_utf8(text: str, max_bytes: int, left_out: str = "more bytes") -> str:
+    """``text``, or its start as fits in ``max_bytes`` of UTF-8 with a marker after it.
 
-
-def cut_utf8(text: str, max_bytes: int) -> str:
-    """``text``, or as much of it as fits in ``max_bytes`` of UTF-8 with a marker.
-
-    The cut falls on a character boundary; the marker says how many bytes were left out,
-    and counts toward the limit: the stated size holds.
+    The cut falls on a character boundary; the marker (``…[N more bytes]``, or the words
+    ``left_out`` gives) says how many bytes were left out, and counts toward the limit:
+    the stated size holds.
     """
     size = utf8_size(text)
     if size <= max_bytes:
         return text
-    data = text.encode("utf-8", "surrogatepass")
+    # Its first max_bytes + 1 characters hold the cut: megabytes are not encoded for it.
+    data = text[: max_bytes + 1].encode("utf-8", "surrogatepass")
     # Room for the marker at its longest: it never counts more than the whole text.
-    kept = max_bytes - utf8_size(_bytes_marker(size))
+    kept = max_bytes - utf8_size(f"…[{size} {left_out}]")
     with_marker = kept > 0
     if not with_marker:
         kept = max_bytes
     while kept > 0 and data[kept] & 0xC0 == 0x80:  # a continuation byte: back to its start
         kept -= 1
     head = data[:kept].decode("utf-8", "surrogatepass")
-    return f"{head}{_bytes_marker(size - kept)}" if with_marker else head
+    return f"{head}…[{size - kept} {left_out}]" if with_marker else head
+
+
+def cut_utf8_end(text: str, max_bytes: int) -> str:
+    """``text``, or its end as fits in ``max_bytes`` of UTF-8 after a marker.
+
+    For a traceback, whose end (the innermost frames and the exception line) says why
+    the run failed. The marker, ``…[N earlier bytes]``, comes first and counts toward
+    the limit; the cut falls on a character boundary.
+    """
+    size = utf8_size(text)
+    if size <= max_bytes:
+        return text
+    data = text[-(max_bytes + 1) :].encode("utf-8", "surrogatepass")  # holds the cut
+    kept = max_bytes - utf8_size(f"…[{size} earlier bytes]")
+    with_marker = kept > 0
+    if not with_marker:
+        kept = max_bytes
+    start = len(data) - kept
+    while start < len(data) and data[start] & 0xC0 == 0x80:  # inside a character: to the next
+        start += 1
+    tail = data[start:].decode("utf-8", "surrogatepass")
+    left_out = size - (len(data) - start)
+    return f"…[{left_out} earlier bytes]{tail}" if with_marker else tail

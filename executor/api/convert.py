@@ -17,6 +17,7 @@ from executor.api.struct_values import job_dict
 from executor.bounds import MAX_ID, MAX_NAME_CHARS, MAX_SUBJOB_ID, code_size_problem
 from executor.errors import InvalidRequestError
 from executor.model import (
+    ActionRecord,
     CallbackSpec,
     Event,
     Invocation,
@@ -345,11 +346,15 @@ def response_from_result(result: RunResult) -> executor_pb2.ExecuteResponse:
         response.failure.message = result.failure.message
         response.failure.exception_type = result.failure.exception_type
         response.failure.traceback = result.failure.traceback
-    for action in result.actions:
-        response.actions.add(
-            verb=action.verb, target=action.target, ok=action.ok, message=action.message
-        )
+    response.actions.extend(action_message(action) for action in result.actions)
     return response
+
+
+def action_message(action: ActionRecord) -> executor_pb2.Action:
+    """The wire form of one action record."""
+    return executor_pb2.Action(
+        verb=action.verb, target=action.target, ok=action.ok, message=action.message
+    )
 
 
 # -- the event path ---------------------------------------------------------------------

@@ -9,18 +9,20 @@ makes them, never larger than the supervisor takes, and ``GrpcReportTransport`` 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any, Final
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from executor.api import convert
 from executor.api.lenient_answers import supervisor_stub
 from executor.api.supervisor_reach import SupervisorReach
+from executor.bounds import ACTION_FRAMING_BYTES, cut_utf8, cut_utf8_end, utf8_size
 from executor.model import Invocation, RunResult
 from executor.runs.outbox import MESSAGE_MARGIN_BYTES, DeliveryError
-from supervisor_client.qbcallback.v1 import supervisor_pb2, types_pb2
+from supervisor_client.qbcallback.v1 import executor_pb2, supervisor_pb2, types_pb2
 
 # The receiver will refuse these again however often we retry: the result is set aside.
 PERMANENT_CODES: Final = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE})
@@ -57,17 +59,34 @@ def report_request(
     return request
 
 
-# Kept of a traceback when a report must shrink.
-SHRUNK_TRACEBACK_CHARS: Final = 4000
+# What a report too large for the supervisor keeps of its traceback (its end).
+SHRUNK_TRACEBACK_BYTES: Final = 16 << 10
+# Room counted for each text beside its bytes: its field's tag and length, and the
+# lengths of the messages around it, which grow with it.
+TEXT_FRAMING_BYTES: Final = 16
+# The most a cut's marker takes (``…[1048576 more bytes]``).
+MARKER_BYTES: Final = 32
+# The last resort's size for each text: a report whose other fields alone are too large.
+MINIMAL_TEXT_BYTES: Final = 1 << 10
+# The record that stands for the actions a shrunk report leaves out.
+ACTIONS_LEFT_OUT: Final = "not in this report: it must fit the supervisor's message limit"
 
 
 class ReportEncoder:
     """Serializes a run's ReportResultRequest for the outbox, never larger than ``max_bytes``.
 
-    A result too large for the supervisor's message limit (a few MB of output, or a
-    traceback of a deep recursion) is reported reduced: its output cut with the
-    ``*_truncated`` flags set, its traceback and actions shortened. The run history keeps
-    the whole result.
+    A report too large for the supervisor's message limit (a few MB of output, a deep
+    recursion's traceback, a large code) is cut until it fits, each cut said in what is
+    kept. Whole: the result's invocation id, outcome, exit, usage and failure message
+    and type, the job id, the event and the callback's id, language and user. Then, in
+    this order, each in what the ones before left: the traceback's last
+    ``SHRUNK_TRACEBACK_BYTES`` (``…[N earlier bytes]`` before it); the actions, the
+    first ones up to a quarter of the room (one last record counts the others); stdout
+    and stderr (the shorter up to half), their ``*_truncated`` flags set when cut; the
+    callback's trigger and code (the shorter up to half), their start with ``…[N more
+    bytes]``. Should the whole fields alone not fit (never within the request bounds),
+    the report is minimal: every text cut to ``MINIMAL_TEXT_BYTES`` with its marker,
+    but the invocation id. The run history keeps the whole result.
     """
 
     def __init__(self, max_message_bytes: int) -> None:
@@ -87,26 +106,103 @@ class ReportEncoder:
     def _shrunk(
         self, invocation: Invocation, result: RunResult, ended_at: float
     ) -> supervisor_pb2.ReportResultRequest:
-        request = report_request(invocation, replace(result, stdout="", stderr=""), ended_at)
+        failure = result.failure
+        bare = replace(result, stdout="", stderr="", actions=())
+        if failure is not None:
+            bare = replace(bare, failure=replace(failure, traceback=""))
+        callback = invocation.callback
+        request = report_request(
+            replace(invocation, callback=replace(callback, code="", triggers="")), bare, ended_at
+        )
         reported = request.result
-        if len(reported.failure.traceback) > SHRUNK_TRACEBACK_CHARS:
-            reported.failure.traceback = reported.failure.traceback[-SHRUNK_TRACEBACK_CHARS:]
-        # The actions are the callback's own words: at most a quarter of the room.
-        while reported.actions and request.ByteSize() > self.max_bytes // 4:
-            del reported.actions[len(reported.actions) // 2 :]
-        room = max(0, self.max_bytes - request.ByteSize() - 64)
-        texts = {"stdout": result.stdout, "stderr": result.stderr}
-        sizes = {name: _utf8_size(text, room) for name, text in texts.items()}
-        # The shorter stream keeps what it has, up to half the room; the other the rest.
-        short, long_ = sorted(texts, key=lambda name: sizes[name])
-        keep = {short: min(sizes[short], room // 2)}
-        keep[long_] = min(sizes[long_], room - keep[short])
-        for name, text in texts.items():
-            cut = sizes[name] > keep[name]
+        room = self.max_bytes - request.ByteSize() - 6 * TEXT_FRAMING_BYTES
+        if room < 0:
+            return self._minimal(invocation, result, ended_at)
+        if failure is not None and failure.traceback:
+            kept = cut_utf8_end(failure.traceback, min(SHRUNK_TRACEBACK_BYTES, room))
+            reported.failure.traceback = kept
+            room -= utf8_size(kept)
+        room -= _add_actions(reported, result, room // 4)
+        # Kept for the trigger's and the code's markers, however long the output.
+        room -= 2 * MARKER_BYTES
+        for name, text, cut in _shared(
+            {"stdout": result.stdout, "stderr": result.stderr}, room, _utf8_prefix
+        ):
+            setattr(reported, name, text)
             if cut:
                 setattr(reported, f"{name}_truncated", True)
-            setattr(reported, name, _utf8_prefix(text, keep[name]) if cut else text)
+            room -= utf8_size(text)
+        texts = {"triggers": callback.triggers, "code": callback.code}
+        for name, text, _ in _shared(texts, room + 2 * MARKER_BYTES, cut_utf8):
+            setattr(request.callback, name, text)
+        if request.ByteSize() > self.max_bytes:  # the sums above are meant to prevent it
+            return self._minimal(invocation, result, ended_at)
         return request
+
+    def _minimal(
+        self, invocation: Invocation, result: RunResult, ended_at: float
+    ) -> supervisor_pb2.ReportResultRequest:
+        """The report with every text cut to ``MINIMAL_TEXT_BYTES``, but the invocation id."""
+        request = report_request(
+            invocation, replace(result, stdout="", stderr="", actions=()), ended_at
+        )
+        _cut_texts(request, MINIMAL_TEXT_BYTES)
+        reported = request.result
+        reported.invocation_id = result.invocation_id  # the supervisor's key: whole
+        if result.failure is not None:
+            reported.failure.traceback = cut_utf8_end(result.failure.traceback, MINIMAL_TEXT_BYTES)
+        for name in ("stdout", "stderr"):
+            text = getattr(result, name)
+            kept = _utf8_prefix(text, MINIMAL_TEXT_BYTES)
+            setattr(reported, name, kept)
+            if len(kept) < len(text):
+                setattr(reported, f"{name}_truncated", True)
+        _add_actions(reported, result, 0)
+        return request
+
+
+def _add_actions(reported: executor_pb2.ExecuteResponse, result: RunResult, budget: int) -> int:
+    """Add the first actions within ``budget`` bytes, and a record counting the others; their bytes."""
+    before = reported.ByteSize()
+    used = 0
+    kept = 0
+    for action in result.actions:
+        record = convert.action_message(action)
+        used += record.ByteSize() + ACTION_FRAMING_BYTES
+        if used > budget:
+            break
+        reported.actions.append(record)
+        kept += 1
+    left_out = len(result.actions) - kept
+    if left_out:
+        reported.actions.add(verb="…", target=f"{left_out} more qb calls", message=ACTIONS_LEFT_OUT)
+    return reported.ByteSize() - before
+
+
+def _shared(
+    texts: dict[str, str], room: int, cut: Callable[[str, int], str]
+) -> Iterator[tuple[str, str, bool]]:
+    """Each of two texts, whole or ``cut`` to its share of ``room`` bytes, and whether it was cut.
+
+    The shorter keeps what it has, up to half the room; the other the rest.
+    """
+    room = max(0, room)
+    sizes = {name: _utf8_size(text, room) for name, text in texts.items()}
+    short, long_ = sorted(texts, key=lambda name: sizes[name])
+    keep = {short: min(sizes[short], room // 2)}
+    keep[long_] = min(sizes[long_], room - keep[short])
+    for name, text in texts.items():
+        cut_it = sizes[name] > keep[name]
+        yield name, cut(text, keep[name]) if cut_it else text, cut_it
+
+
+def _cut_texts(message: Message, max_bytes: int) -> None:
+    """Cut every string field of ``message``, and of the messages in it, to ``max_bytes``."""
+    for field, value in message.ListFields():
+        if field.type == field.TYPE_STRING and not field.is_repeated:
+            setattr(message, field.name, cut_utf8(value, max_bytes))
+        elif field.type == field.TYPE_MESSAGE and not field.is_repeated:
+            _cut_texts(value, max_bytes)
 
 
 def _utf8_size(text: str, room: int) -> int:

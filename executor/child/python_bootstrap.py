@@ -106,6 +106,13 @@ def _within(text: str, most: int) -> str:
     return f"{text[: most - 32]}…[{len(text) - most + 32} more characters]"
 
 
+def _within_end(text: str, most: int) -> str:
+    """``text``, or a marker and its last characters: a traceback's cause is at its end."""
+    if len(text) <= most:
+        return text
+    return f"…[{len(text) - most + 32} earlier characters]{text[-(most - 32) :]}"
+
+
 def _on_sigterm(signum: int, frame: types.FrameType | None) -> None:
     # The executor's wall deadline or stop (it knows those itself), or someone else's
     # kill: unwind the callback before SIGKILL, and say in the done frame how it ended.
@@ -514,7 +521,7 @@ def _run_started(bridge_fd: int, start: StartFrame) -> int:
         if "message" in done:
             done["message"] = _within(done["message"], DONE_MESSAGE_CHARS)
         if "traceback" in done:
-            done["traceback"] = _within(done["traceback"], DONE_TRACEBACK_CHARS)
+            done["traceback"] = _within_end(done["traceback"], DONE_TRACEBACK_CHARS)
         # Not contextlib.suppress: it is one more module a forked child would touch.
         try:
             qb._finish_sending()  # a call frame a signal handler's exception cut short

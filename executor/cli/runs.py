@@ -10,8 +10,9 @@ What a callback chose (its output, failure, traceback, action messages, the trig
 and names it ran for) is printed with its control characters as visible escapes
 (``visible_text``), to a terminal or a pipe alike: raw, an escape sequence in a
 callback's output would act on the admin's terminal (set its title, write its
-clipboard, clear it, overwrite the "failure:" line). ``--json`` stays exact JSON (whose
-own escapes already keep every control character out of the text).
+clipboard, clear it, overwrite the "outcome:" line). ``--json`` stays exact JSON (whose
+own escapes already keep every control character out of the text): ``runs show ID
+--json`` is the one that gives a run's output exactly.
 
 Exit codes: 0 success (for ``run``: the callback SUCCEEDED), 1 the callback did not
 succeed, 2 bad arguments or configuration, 3 the executor refused or could not be
@@ -50,7 +51,7 @@ from executor.config import Settings
 from executor.errors import ConfigError
 from executor.sandbox.limits import MOST
 from executor.triggers.nodes import EventName, EventType
-from executor.visible_text import escaped, printable, visible
+from executor.visible_text import backslashed_lines, escaped, printable, visible
 from supervisor_client import ExecutorClient
 from supervisor_client.client import (
     OUTCOMES,
@@ -170,7 +171,13 @@ def format_runs(runs: Sequence[Any]) -> str:
 
 
 def format_result(result: Any) -> str:
-    """Outcome, usage, failure, actions and output of one run, for a person."""
+    """Outcome, usage and actions of one run, then its failure and output, for a person.
+
+    The callback's texts come after our lines, each in a section (``--- failure:``,
+    ``--- stdout``, ``--- stderr``), and a line of theirs that begins as a section line
+    does gets a backslash before it, as in the ``.cb`` log: a printed ``--- stderr:
+    (empty)`` or a failure's ``outcome: SUCCEEDED`` line never passes for ours.
+    """
     lines = [f"outcome: {outcome_name(result.outcome)}"]
     lines.append(
         f"exit: signal {result.signal}" if result.signal else f"exit: code {result.exit_code}"
@@ -180,15 +187,15 @@ def format_result(result: Any) -> str:
         f"usage: wall {usage.wall_seconds:.3f}s, cpu {usage.cpu_seconds:.3f}s, "
         f"peak rss {usage.peak_rss_bytes // 1024} KiB, queued {usage.queue_seconds:.3f}s"
     )
-    if result.HasField("failure") and result.failure.message:
-        lines.append(f"failure: {result.failure.message}")
-        if result.failure.traceback:
-            lines.append(result.failure.traceback.rstrip("\n"))
     lines.append(f"actions: {len(result.actions)}")
     for action in result.actions:
         mark = "ok" if action.ok else "REFUSED"
         line = f"  {action.verb} {action.target}: {mark} {action.message}".rstrip()
         lines.append(escaped(line))  # targets are work names a submitter chose
+    if result.HasField("failure") and result.failure.message:
+        lines.append(f"--- failure: {_callback_text(result.failure.message)}")
+        if result.failure.traceback:
+            lines.append(_callback_text(result.failure.traceback.rstrip("\n")))
     for name, text, cut in (
         ("stdout", result.stdout, result.stdout_truncated),
         ("stderr", result.stderr, result.stderr_truncated),
@@ -196,8 +203,13 @@ def format_result(result: Any) -> str:
         suffix = " (truncated)" if cut else ""
         lines.append(f"--- {name}{suffix}" if text else f"--- {name}: (empty)")
         if text:
-            lines.append(text.rstrip("\n"))
+            lines.append(_callback_text(text.rstrip("\n")))
     return "\n".join(lines)
+
+
+def _callback_text(text: str) -> str:
+    """A text of the callback's as ``visible`` prints it, its lines unable to pass for ours."""
+    return backslashed_lines(visible(text))
 
 
 def format_run(run: Any) -> str:
@@ -231,7 +243,10 @@ async def _runs(args: argparse.Namespace, out: TextIO) -> int:
     async with connect(args) as client:
         if args.runs_command == "show":
             run = await client.get_run(args.invocation_id, timeout=args.timeout)
-            print(visible(format_run(run)), file=out)
+            if args.json:
+                print(json.dumps(as_plain(run)), file=out)
+            else:
+                print(visible(format_run(run)), file=out)
             return EXIT_OK
         listed: list[Any] = []
         page_token = args.page_token or ""
@@ -369,6 +384,12 @@ def add_runs_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         nargs="?",  # required: _ShowParser says so, once it has looked for one with a '-'
         help="the invocation id, or a unique prefix (4+ chars); one that is also an option's"
         " name goes after '--'",
+    )
+    show.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,  # `runs --json show ID` keeps the one given before
+        help="the whole run as one JSON object, its output exactly as the callback wrote it",
     )
     runs.set_defaults(handler=rpc_command(_runs), runs_command=None)
 

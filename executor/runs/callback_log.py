@@ -32,7 +32,7 @@ from typing import Final
 from executor.model import Invocation, RunResult
 from executor.owned_dirs import OwnedDir, open_file, open_tree
 from executor.runs.callback_log_space import CallbackLogSpace
-from executor.visible_text import escaped, visible_lines
+from executor.visible_text import backslashed_lines, escaped, visible_lines
 
 logger = logging.getLogger(__name__)
 
@@ -58,23 +58,9 @@ def log_path(root: Path, job_id: int) -> Path:
 # a reader could take for ours ("=== " opens a run's entry, "--- " a section) is escaped
 # with a backslash, and so is a line that begins with one (an escape's included).
 # Nothing else is changed.
-_OURS: Final = ("\\", "=== ", "--- ")  # the backslash first: its escape must not be escaped
-
-
 def _escaped(text: str) -> str:
-    """The callback's text, unable to act on a terminal or to forge a header or a section line.
-
-    The line starts by ``str.replace`` per prefix, not one regular expression: each
-    pass is a C search, so 16 MiB takes milliseconds (a regex with a lookbehind at
-    every position took ~0.8 s, holding the GIL, and the event loop with it).
-    """
-    text = visible_lines(text)
-    if text.startswith(_OURS):
-        text = "\\" + text
-    if "\n" in text:
-        for ours in _OURS:
-            text = text.replace("\n" + ours, "\n\\" + ours)
-    return text
+    """The callback's text, unable to act on a terminal or to forge a header or a section line."""
+    return backslashed_lines(visible_lines(text))
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,8 +6,11 @@ row carries these notes, in the same INSERT (no second commit on the request's p
 and a start-up after a crash or ``kill -9`` rebuilds from them what the writer never
 wrote (``recovery``). They hold what the history and the ``.cb`` entry need and nothing
 else: not the callback's code, the job's other fields, nor the limits; and of each output
-stream its first ``NOTES_OUTPUT_CHARS`` (marked truncated beyond), since they are encoded
-and committed on the request's path, where a run's megabytes of output would double.
+stream its first ``NOTES_OUTPUT_BYTES`` of UTF-8, since they are encoded and committed on
+the request's path, where a run's megabytes of output would double. That cut is marked in
+the text (``…[N more bytes not in the rebuilt record]``), not by the ``*_truncated``
+flags: those say the run's ``output_bytes`` limit cut it, and the rebuilt ``.cb`` entry
+says so for them.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final
 
+from executor.bounds import cut_utf8
 from executor.model import CallbackSpec, Event, Invocation, Limits, RunResult
 from executor.runs.history import result_from_plain, result_to_plain
 
 # An Invocation needs limits; neither the history nor the .cb entry shows them.
 _NO_LIMITS: Final = Limits(0.0, 0.0, 0, 0, 0, 0)
 # Of each stream, what a rebuilt record keeps (the history's own record keeps it all).
-NOTES_OUTPUT_CHARS: Final = 64 << 10
+NOTES_OUTPUT_BYTES: Final = 64 << 10
+NOTES_CUT_MARKER: Final = "more bytes not in the rebuilt record"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,13 +87,14 @@ def decode(text: str) -> RunNotes:
 
 
 def _cut_output(result: RunResult) -> RunResult:
-    """``result`` with each output stream cut to ``NOTES_OUTPUT_CHARS`` (and so marked)."""
-    if len(result.stdout) <= NOTES_OUTPUT_CHARS and len(result.stderr) <= NOTES_OUTPUT_CHARS:
-        return result
+    """``result`` with each output stream cut to ``NOTES_OUTPUT_BYTES``, marked in its text."""
+    if (
+        len(result.stdout) <= NOTES_OUTPUT_BYTES // 4
+        and len(result.stderr) <= NOTES_OUTPUT_BYTES // 4
+    ):
+        return result  # within the bytes whatever its characters: not encoded to be measured
     return dataclasses.replace(
         result,
-        stdout=result.stdout[:NOTES_OUTPUT_CHARS],
-        stderr=result.stderr[:NOTES_OUTPUT_CHARS],
-        stdout_truncated=result.stdout_truncated or len(result.stdout) > NOTES_OUTPUT_CHARS,
-        stderr_truncated=result.stderr_truncated or len(result.stderr) > NOTES_OUTPUT_CHARS,
+        stdout=cut_utf8(result.stdout, NOTES_OUTPUT_BYTES, NOTES_CUT_MARKER),
+        stderr=cut_utf8(result.stderr, NOTES_OUTPUT_BYTES, NOTES_CUT_MARKER),
     )

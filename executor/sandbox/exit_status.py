@@ -30,6 +30,7 @@ from executor.bounds import (
     MAX_TRACEBACK_BYTES,
     cut,
     cut_utf8,
+    cut_utf8_end,
 )
 from executor.child.protocol import DoneFrame
 from executor.model import Failure, Limits, Outcome, Usage
@@ -126,7 +127,7 @@ def _bounded(failure: Failure | None) -> Failure | None:
     return Failure(
         cut_utf8(failure.message, MAX_FAILURE_MESSAGE_BYTES),
         cut(failure.exception_type, MAX_EXCEPTION_TYPE_CHARS),
-        cut_utf8(failure.traceback, MAX_TRACEBACK_BYTES),
+        cut_utf8_end(failure.traceback, MAX_TRACEBACK_BYTES),
     )
 
 

@@ -377,6 +377,31 @@ async def test_callbacks_flooding_their_output_leave_the_data_dir_within_history
         assert payloads <= cap
 
 
+async def test_a_result_with_a_large_code_reaches_a_supervisor_at_the_smallest_limit(
+    tmp_path: Path,
+) -> None:
+    # Probe 134 F2: the report was 400 KB, refused RESOURCE_EXHAUSTED until set aside.
+    settings = stack_settings(tmp_path / "data", supervisor_max_message_bytes=256 << 10)
+    code = "# " + "c" * 400_000 + "\nprint('small')\n"
+    async with running_stack(settings) as stack, FarmClient(stack.channel) as farm:
+        (job,) = (await farm.submit_jobs([{"name": "big code", "user": "alice"}])).jobs
+        answer = await stack.client.execute_callback(
+            language="python", code=code, job={"id": job.id, "user": "alice"}
+        )
+        assert answer.outcome == Outcome.OUTCOME_SUCCEEDED
+
+        def reported() -> list[dict[str, Any]]:
+            return [
+                r for r in stack.supervisor.results() if r["invocation_id"] == answer.invocation_id
+            ]
+
+        assert await eventually(lambda: bool(reported()), timeout_s=15)
+        payload = reported()[0]["payload"]
+    assert payload["stdout"] == "small\n"
+    assert payload["callback"]["code"].startswith("# ccc")
+    assert payload["callback"]["code"].endswith(" more bytes]")
+
+
 async def test_the_embedded_supervisor_keeps_results_within_the_historys_bounds(
     tmp_path: Path,
 ) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import shutil
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -780,6 +782,93 @@ async def test_cbexec_prints_a_callbacks_control_characters_as_escapes(
     assert code == 0
     listed = [json.loads(line) for line in out.splitlines()]  # JSON still, escapes its own
     assert listed[-1]["invocation_id"] == tricky.invocation_id
+
+
+FORGER = (
+    "import sys\n"
+    "print('bold \\x1b[1m, and typed: \\\\x1b')\n"
+    "print('--- stderr: (empty)')\n"
+    "sys.stderr.write('real err\\n')\n"
+    "sys.exit('boom\\noutcome: SUCCEEDED\\nexit: code 0')\n"
+)
+
+
+async def test_runs_show_keeps_the_callbacks_lines_from_passing_for_its_own(
+    stack_warm: Stack,
+) -> None:
+    # Probe 134 F5: stdout printed a "--- stderr: (empty)" section line, and the sys.exit
+    # reason a second "outcome: SUCCEEDED" / "exit: code 0" pair in the header.
+    forged = await run_py(stack_warm, FORGER, 80)
+    code, out, err = await cbexec(
+        "runs", "show", forged.invocation_id, "--address", stack_warm.address
+    )
+    assert code == 0, err
+    lines = out.splitlines()
+    # Ours come first; the callback's texts only in the sections after them.
+    sections = [line for line in lines if line.startswith("--- ")]
+    header = lines[: lines.index(sections[0])]
+    assert [line for line in header if line.startswith(("outcome: ", "exit: "))] == [
+        "outcome: FAILED",
+        "exit: code 1",
+    ]
+    assert "--- stderr: (empty)" not in lines and "\\--- stderr: (empty)" in lines
+    assert sections[0].startswith("--- failure: ") and sections[1:] == ["--- stdout", "--- stderr"]
+
+
+async def test_runs_show_json_is_the_whole_run_exactly(stack_warm: Stack) -> None:
+    # Probe 134 F1: `runs show` had no --json, and `runs --json` has no output: no
+    # command told an ESC the callback wrote from the four characters "\x1b".
+    forged = await run_py(stack_warm, FORGER, 81)
+    code, out, err = await cbexec(
+        "runs", "show", forged.invocation_id[:12], "--json", "--address", stack_warm.address
+    )
+    assert code == 0, err
+    run = json.loads(out)
+    assert run["invocation_id"] == forged.invocation_id and run["job_id"] == 81
+    assert (
+        run["result"]["stdout"]
+        == forged.stdout
+        == "bold \x1b[1m, and typed: \\x1b\n--- stderr: (empty)\n"
+    )
+    assert run["result"]["stderr"] == forged.stderr and forged.stderr.startswith("real err\n")
+    assert run["result"]["outcome"] == "FAILED"
+    assert run["result"]["failure"]["message"] == forged.failure.message
+
+
+# 800 nested calls, each frame of a traceback about 150 characters: 120,000 in all.
+DEEP = (
+    "".join(f"def f{n}_{'x' * 40}():\n    f{n - 1}_{'x' * 40}()\n" for n in range(1, 800))
+    + f"def f0_{'x' * 40}():\n    raise ValueError('the real cause')\nf799_{'x' * 40}()\n"
+)
+
+
+async def test_a_long_tracebacks_end_is_kept_in_the_answer_and_the_history(
+    stack_warm: Stack,
+) -> None:
+    # Probe 134 F3: the cut kept the traceback's start; the exception line was gone.
+    failed = await run_py(stack_warm, DEEP, 82)
+    got = await stack_warm.client.get_run(failed.invocation_id)
+    for traceback in (failed.failure.traceback, got.result.failure.traceback):
+        assert len(traceback.encode()) <= 64 << 10
+        # The child cuts it to 64 Ki characters, the executor to 64 KiB: both keep its end.
+        assert re.match(r"…\[\d+ earlier (characters|bytes)\]", traceback)
+        assert traceback.endswith(
+            f"in f0_{'x' * 40}\n    raise ValueError('the real cause')\nValueError: the real cause\n"
+        )
+
+
+DEEP_PERL = 'sub f { my $n = shift; die "the real cause\\n" if !$n; f($n - 1) }\nf(2500);\n'
+
+
+@pytest.mark.skipif(shutil.which("perl") is None, reason="perl is not installed")
+async def test_a_long_perl_traceback_is_cut_as_a_python_one(stack_warm: Stack) -> None:
+    failed = await stack_warm.client.execute_callback(
+        language="perl", code=DEEP_PERL, job={"id": 83, "user": "alice"}
+    )
+    traceback = failed.failure.traceback
+    assert failed.failure.message.startswith("the real cause")
+    assert re.match(r"…\[\d+ earlier (characters|bytes)\]", traceback), traceback[:200]
+    assert traceback.endswith(" line 2"), traceback[-200:]  # the outermost call, f(2500)
 
 
 def record_runs(stack: Stack, names: list[str], job_id: int, start: float) -> None:

@@ -58,13 +58,13 @@ def stream(cap: int, data: bytes) -> CapturedStream:
     return captured
 
 
-def failed_child(text: str, output_bytes: int = 1024) -> ChildExit:
+def failed_child(text: str, output_bytes: int = 1024, traceback: str | None = None) -> ChildExit:
     """A child that raised with ``text`` as its exception's type, message and traceback."""
     frame: dict[str, Any] = {
         "status": "exception",
         "exception_type": text,
         "message": text,
-        "traceback": text,
+        "traceback": text if traceback is None else traceback,
     }
     return ChildExit(
         wait_status=1 << 8,
@@ -124,9 +124,22 @@ def test_a_failure_of_four_byte_characters_is_cut_to_the_readmes_bytes() -> None
     assert failure is not None
     assert utf8_size(failure.message) <= MAX_FAILURE_MESSAGE_BYTES == 4096
     assert utf8_size(failure.traceback) <= MAX_TRACEBACK_BYTES == 64 << 10
-    assert failure.traceback.endswith(" more bytes]")
+    assert failure.traceback.startswith("…[") and failure.traceback.endswith(WIDE)
     # The exception type is stated in characters.
     assert len(failure.exception_type) <= MAX_EXCEPTION_TYPE_CHARS == 256
+
+
+def test_a_long_traceback_keeps_its_end_where_the_cause_is() -> None:
+    # Probe 134 F3: the cut kept the first 64 KiB and lost the exception line.
+    frames = "".join(
+        f'  File "<callback>", line {n}, in f{n}\n    {"€" * 60}\n' for n in range(400)
+    )
+    traceback = f"Traceback (most recent call last):\n{frames}ValueError: cause\n"
+    failure = answer(ActionLog(), failed_child("x", traceback=traceback)).failure
+
+    assert failure is not None and utf8_size(failure.traceback) <= MAX_TRACEBACK_BYTES
+    assert failure.traceback.startswith("…[") and " earlier bytes]" in failure.traceback[:40]
+    assert failure.traceback.endswith("in f399\n    " + "€" * 60 + "\nValueError: cause\n")
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,10 @@
-"""``bounds.cut`` and ``bounds.cut_utf8``: text cut to a stated size, the marker included."""
+"""``bounds.cut``, ``bounds.cut_utf8`` and ``bounds.cut_utf8_end``: text cut to a stated size, the marker included."""
 
 from __future__ import annotations
 
 import pytest
 
-from executor.bounds import cut, cut_utf8, utf8_size
+from executor.bounds import cut, cut_utf8, cut_utf8_end, utf8_size
 
 
 def test_text_within_the_limit_is_kept_whole() -> None:
@@ -53,3 +53,19 @@ def test_a_limit_too_small_for_the_marker_keeps_whole_characters_only() -> None:
 def test_a_lone_surrogate_counts_the_three_bytes_of_the_u_fffd_it_becomes() -> None:
     assert utf8_size("\ud800") == utf8_size("\ufffd") == 3
     assert utf8_size(cut_utf8("\ud800" * 100, 50)) <= 50
+
+
+@pytest.mark.parametrize("limit", [4096, 4097, 4098, 4099, 65536])
+@pytest.mark.parametrize("text", ["x" * 70_000, "\U0001f600" * 20_000, MIXED * 8000])
+def test_a_text_cut_to_its_end_keeps_the_end_after_the_marker(text: str, limit: int) -> None:
+    kept = cut_utf8_end(text, limit)
+
+    assert utf8_size(kept) <= limit and utf8_size(kept) > limit - 4
+    marker, _, tail = kept.partition("]")
+    assert text.endswith(tail)
+    assert marker == f"…[{utf8_size(text) - utf8_size(tail)} earlier bytes"
+
+
+def test_a_text_within_the_limit_or_too_small_for_the_marker_keeps_whole_characters() -> None:
+    assert cut_utf8_end("\U0001f600" * 10, 40) == "\U0001f600" * 10
+    assert cut_utf8_end("a\U0001f600" * 10, 6) == "a\U0001f600"

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import pytest
 
 from executor.api.reporting import ReportEncoder
-from executor.model import Outcome, RunResult
+from executor.model import (
+    ActionRecord,
+    CallbackSpec,
+    Event,
+    Failure,
+    Invocation,
+    Outcome,
+    RunResult,
+)
 from supervisor_client.qbcallback.v1 import supervisor_pb2
+from supervisor_client.qbcallback.v1.executor_pb2 import OUTCOME_SUCCEEDED
 from tests.helpers.supervisor_port import invocation_for
 
 pytestmark = pytest.mark.unit
@@ -63,3 +75,75 @@ def test_a_cut_keeps_what_the_callback_flagged_and_never_splits_a_character() ->
 
     assert request.result.stdout_truncated and request.result.stderr_truncated
     assert set(request.result.stdout) == {"é"}
+
+
+SMALLEST = 256 << 10  # the least supervisor_max_message_bytes takes
+
+
+def encoded(invocation: Invocation, result: RunResult) -> supervisor_pb2.ReportResultRequest:
+    encoder = ReportEncoder(SMALLEST)
+    payload = encoder(invocation, result, 5.0)
+    assert len(payload) <= encoder.max_bytes
+    return supervisor_pb2.ReportResultRequest.FromString(payload)
+
+
+def test_a_large_code_is_cut_and_the_output_kept_whole() -> None:
+    # Probe 134 F2: a 400 KB code was never cut, and the supervisor refused the report.
+    code = "# " + "c" * 400_000 + "\nprint('small')\n"
+    big = invocation_for({"id": 7}, code, language="python")
+    request = encoded(big, RunResult(big.invocation_id, Outcome.SUCCEEDED, stdout="small\n"))
+
+    assert request.result.stdout == "small\n" and not request.result.stdout_truncated
+    kept = request.callback.code
+    assert kept.startswith("# ccc") and re.search(r"…\[\d+ more bytes\]$", kept)
+    head = kept[: kept.rindex("…")]
+    left_out = int(re.findall(r"\d+", kept[len(head) :])[0])
+    assert len(head.encode()) + left_out == len(code.encode())
+    assert len(kept.encode()) > SMALLEST // 2  # the room is used, not wasted
+
+
+def test_every_field_at_its_largest_still_fits() -> None:
+    four = "\U0001f600"  # 4 bytes of UTF-8
+    name = four * 1024  # MAX_NAME_CHARS of the widest characters
+    callback = CallbackSpec(
+        language=name, code=four * (1 << 18), triggers="t" * (64 << 10), id=3, user=name
+    )
+    event = Event(name=name, type=name, job_id=7, extra=name, unresolved="")
+    big = Invocation(
+        invocation_id="i" * 1024,
+        callback=callback,
+        job={"id": 7},
+        limits=INVOCATION.limits,
+        event=event,
+    )
+    result = RunResult(
+        big.invocation_id,
+        Outcome.FAILED,
+        stdout=four * (1 << 18),
+        stderr="e" * (1 << 20),
+        failure=Failure(four * 1024, four * 256, "frame\n" * 10_000 + "ValueError: cause\n"),
+        actions=tuple(ActionRecord("v" * 64, name[:128], True, "m" * 1024) for _ in range(700)),
+    )
+    request = encoded(big, result)
+
+    assert request.result.invocation_id == big.invocation_id
+    assert request.result.failure.message == four * 1024, "the failure's message is kept whole"
+    assert request.result.failure.traceback.endswith("ValueError: cause\n")
+    assert request.event.extra == name and request.callback.user == name
+    assert request.result.stdout_truncated and request.result.stderr_truncated
+    assert request.result.actions[-1].verb == "…"  # says how many were left out
+    assert re.search(r"…\[\d+ more bytes\]$", request.callback.code)  # little room, but said
+
+
+def test_a_report_whose_essentials_are_too_large_is_cut_to_a_minimal_one() -> None:
+    # Beyond what validation lets through (an event extra of 1 MB): still sent, and
+    # each text it cut says how much of it was left out.
+    event = Event(name="done", type="work", job_id=7, work_name="w" * (1 << 20))
+    big = dataclasses.replace(INVOCATION, event=event)
+    result = RunResult(big.invocation_id, Outcome.SUCCEEDED, stdout="small\n")
+    request = encoded(big, result)
+
+    assert request.result.invocation_id == big.invocation_id
+    assert request.result.outcome == OUTCOME_SUCCEEDED
+    assert re.search(r"…\[\d+ more bytes\]$", request.event.extra)
+    assert request.result.stdout == "small\n"

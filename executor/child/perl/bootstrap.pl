@@ -91,9 +91,13 @@ my sub report {
     # and short enough for the frame limit (the executor cuts them shorter still).
     for my $field (grep { exists $frame{$_} } qw(exception_type message traceback)) {
         my ($text, $most) = ($frame{$field} // '', $DONE_TEXT_CHARS{$field});
-        $text = substr($text, 0, $most - 32) . "\x{2026}[" . (length($text) - $most + 32)
-          . ' more characters]'
-          if length($text) > $most;
+        if (length($text) > $most) {
+            my $left_out = length($text) - $most + 32;
+            # A traceback keeps its end, as the executor's own cut of it does.
+            $text = $field eq 'traceback'
+              ? "\x{2026}[$left_out earlier characters]" . substr($text, $left_out)
+              : substr($text, 0, $most - 32) . "\x{2026}[$left_out more characters]";
+        }
         $frame{$field} = qb::JSON::text($text);
     }
     return eval { qb::_write_frame(\%frame); 1 } ? 1 : 0;

@@ -455,6 +455,13 @@ Global___SubjobActionResponse: _TypeAlias = SubjobActionResponse  # noqa: Y015
 
 @_typing.final
 class ReportResultRequest(_message.Message):
+    """A report is at most the supervisor's receive limit (the executor's
+    supervisor_max_message_bytes) less 64 KiB: a larger one keeps its other fields
+    whole and gives the room left, in this order, to the traceback's end, the
+    actions, the output, then the callback's triggers and code (README, Reporting),
+    each cut said by a marker or a `*_truncated` flag.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULT_FIELD_NUMBER: _builtins.int
@@ -471,11 +478,11 @@ class ReportResultRequest(_message.Message):
     """
     @_builtins.property
     def result(self) -> _executor_pb2.ExecuteResponse:
-        """The run's full result, invocation_id included."""
+        """The run's result, invocation_id included (whole but for the cuts above)."""
 
     @_builtins.property
     def callback(self) -> _types_pb2.Callback:
-        """The callback that ran."""
+        """The callback that ran; its code and triggers get the room the rest leaves."""
 
     @_builtins.property
     def event(self) -> _types_pb2.Event:
