@@ -295,6 +295,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
                 trigger_store,
                 storage_health,
                 qube,
+                embedded,
             ).read
         )
         farm = None
@@ -307,6 +308,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
                 embedded.registered,
                 engine.labels,
                 embedded.store_thread,
+                room=engine.store.room,
             )
         fleet_ids = None
         if trigger_store.fleet:  # Execute's id checks: one round trip to the shared store
@@ -471,6 +473,7 @@ def _reading_sources(
     store: TriggerStore,
     storage: StorageHealth,
     qube: QubeInterpreter,
+    embedded: api_embedded.EmbeddedSupervisor | None,
 ) -> ReadingSources:
     """Where each gauge of the metrics comes from (each read on the event loop)."""
     outbox = recorder.outbox
@@ -490,8 +493,13 @@ def _reading_sources(
         else lambda: (0, 0),
         outbox_last_error=outbox.last_error if outbox is not None else lambda: "",
         firings_held=lambda: engine.firings_held,
-        # The outbox past outbox_max_bytes is said here too: it stops every run as well.
-        storage_problem=lambda: storage.problem or (outbox.refusal() if outbox else ""),
+        # The outbox past outbox_max_bytes is said here too: it stops every run as well;
+        # and the jobs whose events wait for triggers.db's room: their callbacks never fire.
+        storage_problem=lambda: (
+            storage.problem
+            or (outbox.refusal() if outbox else "")
+            or (embedded.waits_for_room() if embedded else "")
+        ),
         trigger_counts=lambda: (
             stats.events_published,
             stats.callbacks_fired,

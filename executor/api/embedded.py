@@ -114,6 +114,9 @@ class EmbeddedSupervisor:
     async def settle(self, firings: Firings) -> None:
         """Until no event waits to be forwarded and no firing to run, both at once.
 
+        The events of a job waiting for the trigger store's room are not waited for: that
+        job is not registered, so none of them can fire anything yet (``EventForwarder``).
+
         Each feeds the other: a forwarded event fires callbacks, and a callback's qb call
         is a transition with its own event. The forwarder alone is not enough: the
         firings decided before a stop or a crash are in the engine's queue, while the
@@ -126,8 +129,18 @@ class EmbeddedSupervisor:
             if self.forwarder is not None:
                 await self.forwarder.drain()
             await firings.wait_idle()
-            if firings.idle and not self.reference.has_unsent_events():
+            if firings.idle and not self._unsent():
                 return
+
+    def _unsent(self) -> bool:
+        """Whether an event waits to be forwarded, but for those waiting for room."""
+        if self.forwarder is not None:
+            return self.forwarder.has_unsent_events()
+        return self.reference.has_unsent_events()
+
+    def waits_for_room(self) -> str:
+        """Which jobs' events wait for the trigger store's room (the forwarder's words), or ""."""
+        return "" if self.forwarder is None else self.forwarder.waits_for_room()
 
     async def registered(self, job_ids: list[int]) -> None:
         """Until the farm's just-submitted jobs are registered with the trigger engine."""

@@ -31,7 +31,7 @@ from google.protobuf import struct_pb2
 
 from executor.api import convert
 from executor.api.errors import Context, grpc_errors
-from executor.api.farm_registration import registration_problem
+from executor.api.farm_registration import RoomCheck, registration_problem
 from executor.api.struct_values import struct_dict
 from executor.errors import (
     HostCallError,
@@ -44,6 +44,7 @@ from executor.triggers.engine import check_trigger
 from executor.triggers.label_claims import Claims, LabelClaims
 from executor.triggers.registration import check_language
 from executor.triggers.store import StoredCallback
+from executor.triggers.store_space import Room
 from supervisor_client.jobdict import job_from_dict
 from supervisor_client.qbcallback.v1 import farm_pb2, farm_pb2_grpc, supervisor_pb2, types_pb2
 from supervisor_client.reference import errors as reference_errors
@@ -124,6 +125,7 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
         labels: the trigger engine's labels per pgrp, and its claims on them.
         store_thread: the thread the farm's calls run on (the Supervisor service's);
             None: one of its own.
+        room: triggers.db's room now (``TriggerStore.room``); None: not bounded.
     """
 
     def __init__(
@@ -134,6 +136,8 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
         registered: Registered,
         labels: LabelClaims,
         store_thread: StoreThread | None = None,
+        *,
+        room: Callable[[], Room | None] = lambda: None,
     ) -> None:
         self._farm = farm
         self._store = StoreThread() if store_thread is None else store_thread
@@ -141,6 +145,7 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
         self._settle = settle
         self._registered = registered
         self._labels = labels
+        self._room = room
         self._submissions: set[asyncio.Future[farm_pb2.SubmitJobsResponse]] = set()
 
     @grpc_errors
@@ -158,7 +163,9 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
         the forwarder, which could only log the refusal once the jobs are stored. The
         supervisor cannot import the grammar (supervisor_client never imports executor),
         and asking the engine over gRPC from this synchronous, in-loop submission would
-        block the loop that serves it.
+        block the loop that serves it. A submission whose jobs triggers.db has no room
+        for now (``triggers_max_bytes``) is refused RESOURCE_EXHAUSTED with RegisterJob's
+        words for it (``RoomCheck``; a check, not a reservation).
 
         A label given a job that another scheduler's job holds in its pgrp with the
         trigger engine (a RegisterJob made directly) refuses the submission too, naming
@@ -209,13 +216,21 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
     ) -> tuple[list[dict[str, Any]], Claims]:
         """The submission stored (on the store's thread), and the labels claimed for it."""
         jobs = [struct_dict(f"jobs[{index}]", job) for index, job in enumerate(request.jobs)]
+        room = RoomCheck(self._room)
+
+        def check_job(job: Mapping[str, Any]) -> str | None:
+            problem = registration_problem(job)
+            if problem is None:
+                room(job)  # StoreFullError: RESOURCE_EXHAUSTED, and nothing is stored
+            return problem
+
         with self._labels.locked():
             with _farm_errors():
                 stored = self._farm.submit(
                     jobs,
                     check_trigger=check_trigger,
                     check_language=check_language,
-                    check_job=registration_problem,
+                    check_job=check_job,
                     labels_held=self._labels.holders,
                 )
             claimed = self._labels.claim((job["pgrp"], job["label"], job["id"]) for job in stored)

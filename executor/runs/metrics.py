@@ -345,7 +345,8 @@ class ReadingsCollector(Collector):
         )
         yield gauge(
             "storage_degraded",
-            "1 while a write to the data dir fails (results cannot be recorded).",
+            "1 while storage_problem says something: a write to the data dir fails, outbox.db"
+            " is past outbox_max_bytes, or events wait in the forwarder for triggers.db's room.",
             1 if r.storage_problem else 0,
         )
         yield counter(

@@ -540,6 +540,14 @@ class TriggerStore:
         yield
         store_space.check_room(db, before, self._max_bytes, job_id, new_job=new_job)
 
+    def room(self) -> store_space.Room | None:
+        """The file's pages in use, its bound and its jobs now; None without a bound (a fleet)."""
+        if self._max_bytes is None:
+            return None
+        with self.outside_transaction() as db:
+            in_use = store_space.bytes_in_use(db)
+            return store_space.Room(in_use, self._max_bytes, self.count_jobs_in(db))
+
     # -- jobs and callbacks -----------------------------------------------------------
 
     def job(self, job_id: int) -> dict[str, Any] | None:

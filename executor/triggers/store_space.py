@@ -18,6 +18,7 @@ the space back). A fleet's PostgreSQL store is its DBA's to size: no bound here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
 from executor.errors import StoreFullError
@@ -35,6 +36,15 @@ def bytes_in_use(db: Db) -> int:
     return int((count - free) * page_size)
 
 
+@dataclass(frozen=True, slots=True)
+class Room:
+    """triggers.db as it is now: its pages in use, its bound, and its registered jobs."""
+
+    in_use: int
+    max_bytes: int
+    jobs: int
+
+
 def check_room(db: Db, before: int, max_bytes: int, job_id: int, *, new_job: bool) -> None:
     """Refuse the registration whose writes took the store from ``before`` past ``max_bytes``.
 
@@ -49,11 +59,19 @@ def check_room(db: Db, before: int, max_bytes: int, job_id: int, *, new_job: boo
         return
     (jobs,) = db.execute("SELECT count(*) FROM jobs").fetchone()
     jobs = int(jobs) - (1 if new_job else 0)
-    raise StoreFullError(
-        f"cannot register job {job_id}: triggers.db would take {after / MIB:.1f} MiB"
-        f" (triggers_max_bytes = {max_bytes / MIB:.1f} MiB); it takes {before / MIB:.1f} MiB,"
-        f" mostly for its {counted(jobs, 'registered job')} (their callbacks, agendas and"
-        " extra). A job stays until the scheduler publishes 'removed' for it: publish"
-        " 'removed' for the jobs that are done (their space is reused), or raise"
-        " triggers_max_bytes"
+    raise StoreFullError(refusal(f"job {job_id}", Room(before, max_bytes, jobs), after))
+
+
+def refusal(what: str, room: Room, after: int, *, at_least: bool = False) -> str:
+    """The refusal of a registration of ``what`` that would take the store to ``after`` bytes.
+
+    ``at_least``: ``after`` is a lower bound (the farm's check before it stores a job).
+    """
+    return (
+        f"cannot register {what}: triggers.db would take {'at least ' if at_least else ''}"
+        f"{after / MIB:.1f} MiB (triggers_max_bytes = {room.max_bytes / MIB:.1f} MiB); it takes"
+        f" {room.in_use / MIB:.1f} MiB, mostly for its {counted(room.jobs, 'registered job')}"
+        " (their callbacks, agendas and extra). A job stays until the scheduler publishes"
+        " 'removed' for it: publish 'removed' for the jobs that are done (their space is"
+        " reused), or raise triggers_max_bytes"
     )

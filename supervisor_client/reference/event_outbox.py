@@ -20,9 +20,10 @@ still read oldest first, and a job's later rows only once its earlier ones are r
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -39,12 +40,16 @@ CREATE TABLE IF NOT EXISTS event_outbox (
 CREATE INDEX IF NOT EXISTS event_outbox_by_job ON event_outbox (job_id);
 """
 _COLUMNS: Final = "seq, event_id, name, type, job_id, work_name, subjob_id, host"
+# The jobs left out of a read, as one JSON array: any number of them in one parameter.
+_NOT_LEFT_OUT: Final = "job_id NOT IN (SELECT value FROM json_each(?))"
 # A turn's two reads: the jobs after the one the last turn ended at, then round again.
 _JOBS_AFTER: Final = (
-    f"SELECT {_COLUMNS} FROM event_outbox WHERE job_id > ? ORDER BY job_id, seq LIMIT ?"  # noqa: S608 - ours
+    f"SELECT {_COLUMNS} FROM event_outbox WHERE job_id > ? AND {_NOT_LEFT_OUT}"  # noqa: S608 - ours
+    " ORDER BY job_id, seq LIMIT ?"
 )
 _JOBS_UP_TO: Final = (
-    f"SELECT {_COLUMNS} FROM event_outbox WHERE job_id <= ? ORDER BY job_id, seq LIMIT ?"  # noqa: S608 - ours
+    f"SELECT {_COLUMNS} FROM event_outbox WHERE job_id <= ? AND {_NOT_LEFT_OUT}"  # noqa: S608 - ours
+    " ORDER BY job_id, seq LIMIT ?"
 )
 
 
@@ -94,7 +99,7 @@ class EventOutbox:
         ).fetchall()
         return [_event(row) for row in rows]
 
-    def in_turn(self, after_job: int, limit: int) -> Turn:
+    def in_turn(self, after_job: int, limit: int, left_out: Collection[int] = ()) -> Turn:
         """Up to ``limit`` events, job by job from the first job after ``after_job``.
 
         The jobs are taken in id order, wrapping round to the lowest after the highest,
@@ -102,10 +107,13 @@ class EventOutbox:
         with a backlog of any size fills a batch at most, and the next turn begins with
         the jobs after it. The events come back oldest first (``seq``): each job's in its
         own order, and all of them in the order they were kept when they fit in one turn.
+        The jobs in ``left_out`` are passed over (their events wait for the trigger
+        store's room: forwarder.py).
         """
-        rows = self._db.execute(_JOBS_AFTER, (after_job, limit)).fetchall()
+        skip = json.dumps(sorted(left_out))
+        rows = self._db.execute(_JOBS_AFTER, (after_job, skip, limit)).fetchall()
         if len(rows) < limit:  # round again, up to and including the job it began after
-            rows += self._db.execute(_JOBS_UP_TO, (after_job, limit - len(rows))).fetchall()
+            rows += self._db.execute(_JOBS_UP_TO, (after_job, skip, limit - len(rows))).fetchall()
         if not rows:
             return Turn([], after_job)
         return Turn(sorted((_event(row) for row in rows), key=_seq), rows[-1][4])
@@ -114,9 +122,15 @@ class EventOutbox:
         """Forget events: the executor acknowledged them (or refused them for good)."""
         self._db.executemany("DELETE FROM event_outbox WHERE seq = ?", [(seq,) for seq in seqs])
 
-    def waiting(self) -> bool:
-        """Whether any event waits (asked at every removal while ``drain`` waits: no count)."""
-        return self._db.execute("SELECT 1 FROM event_outbox LIMIT 1").fetchone() is not None
+    def waiting(self, left_out: Collection[int] = ()) -> bool:
+        """Whether any event of a job not in ``left_out`` waits (no count: ``drain`` asks often)."""
+        return (
+            self._db.execute(
+                f"SELECT 1 FROM event_outbox WHERE {_NOT_LEFT_OUT} LIMIT 1",  # noqa: S608 - ours
+                (json.dumps(sorted(left_out)),),
+            ).fetchone()
+            is not None
+        )
 
 
 def _event(row: tuple[Any, ...]) -> UnsentEvent:

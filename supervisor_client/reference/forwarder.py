@@ -54,13 +54,26 @@ is over the executor's receive limit. A RegisterJob the executor's limit
 (``MAX_REQUEST_BYTES``) cannot carry is not sent at all (the farm's SubmitJobs refuses
 such a job; one stored before it did, or grown since by result packages, is set aside
 so). Retries are logged at WARNING, so a stalled event path shows in the log.
+
+A refusal for the trigger store's room (RESOURCE_EXHAUSTED of one call: a registration
+past ``triggers_max_bytes``) is not retried in place: later events would resolve it (a
+job's ``removed`` frees its space), and they would wait behind it for ever (probe 136).
+The job waits alone, with its later events (each job's order is all that is kept); the
+other jobs' events go on, ``removed`` ones included, and it is tried again with the
+backoff of any retry, and at once after a removal was forwarded. A WARNING says when it
+begins to wait (not each try), ``waits_for_room`` says it for the health line, and
+``drain`` does not wait for its events: its job is not registered, so none of them can
+fire anything yet. The farm's SubmitJobs refuses a job the store has no room for; one
+stored before it did, or past its check in a race, is what waits so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 import grpc
@@ -145,6 +158,8 @@ class EventForwarder:
         self._max_backoff_s = max_backoff_s
         # The job the last read ended at: the next begins after it (round-robin).
         self._last_job = 0
+        # Jobs whose registration the trigger store has no room for, each with its events.
+        self._held: dict[int, _Held] = {}
         supervisor.add_outbox_listener(self._on_kept)
 
     def _on_kept(self) -> None:
@@ -162,11 +177,29 @@ class EventForwarder:
         """Wait until every transition so far (and those they caused) has been forwarded.
 
         The database says what waits, so a change committed just before the call (on any
-        thread) counts.
+        thread) counts. The events of a job that waits for the trigger store's room are
+        not waited for (``waits_for_room``): nothing of theirs can fire before it has room.
         """
         async with self._removed:
-            while await asyncio.to_thread(self._supervisor.has_unsent_events):
+            while await asyncio.to_thread(self._supervisor.has_unsent_events, tuple(self._held)):
                 await self._removed.wait()
+
+    def has_unsent_events(self) -> bool:
+        """Whether an event waits to be forwarded, but for those waiting for room (on the loop)."""
+        return self._supervisor.has_unsent_events(tuple(self._held))
+
+    def waits_for_room(self) -> str:
+        """Which jobs' events wait for the trigger store's room, and why; "" when none do (on the loop)."""
+        if not self._held:
+            return ""
+        jobs = sorted(self._held)
+        first = self._held[jobs[0]]
+        named = ", ".join(map(str, jobs[:10])) + (", ..." if len(jobs) > 10 else "")
+        return (
+            f"the events of {len(jobs)} {'job' if len(jobs) == 1 else 'jobs'} ({named}) wait in"
+            " the forwarder for the trigger store's room, the other jobs' go on: job"
+            f" {jobs[0]}: {first.refusal}"
+        )
 
     def register_now(self, job_ids: list[int]) -> asyncio.Task[None]:
         """Register just-submitted jobs now, in order, ahead of the queue.
@@ -232,26 +265,80 @@ class EventForwarder:
         """
         while True:
             self._new.clear()  # before reading: a commit after the read sets it again
+            now = self._loop.time()
+            not_yet = [job_id for job_id, held in self._held.items() if held.due > now]
             try:
                 turn = await asyncio.to_thread(
-                    self._supervisor.unsent_events_in_turn, self._last_job, READ_BATCH
+                    self._supervisor.unsent_events_in_turn, self._last_job, READ_BATCH, not_yet
                 )
             except Exception:
                 logger.exception("cannot read the events to forward; trying again")
                 await asyncio.sleep(STORE_RETRY_S)
                 continue
             if not turn.events:
-                await self._new.wait()
+                await self._wait_new(not_yet)
                 continue
             self._last_job = turn.last_job
-            for group in _as_calls(turn.events):
+            waiting: set[int] = set()  # jobs that began to wait for room in this turn
+            for read in _as_calls(turn.events):
+                group = [e for e in read if e.transition.job_id not in waiting]
+                if not group:
+                    continue
                 try:
                     await self._with_retry(group)
+                except _NoRoomError as err:
+                    waiting.add(group[0].transition.job_id)
+                    await self._hold(group[0], err.refusal)
+                    continue
                 except Exception:
                     logger.exception(
                         "could not forward %s", ", ".join(str(e.transition) for e in group)
                     )
+                self._release(group)
                 await self._remove(group)
+
+    async def _wait_new(self, not_yet: list[int]) -> None:
+        """Until a transition is committed, or the first job waiting for room is due again."""
+        if not not_yet:
+            await self._new.wait()
+            return
+        due = min(self._held[job_id].due for job_id in not_yet)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, due - self._loop.time())):
+                await self._new.wait()
+
+    async def _hold(self, event: UnsentEvent, refusal: str) -> None:
+        """The job's registration found no room: its events wait, the other jobs' go on.
+
+        A WARNING when it begins to wait, not at each try: it is tried again with the
+        backoff of any retry, and at once when a job's removal was acknowledged.
+        """
+        job_id = event.transition.job_id
+        held = self._held.get(job_id)
+        if held is None:
+            held = self._held[job_id] = _Held(refusal)
+            logger.warning(
+                "%s waits for the trigger store's room (RESOURCE_EXHAUSTED: %s); the job's"
+                " later events wait with it, the other jobs' go on; tried again every %gs at"
+                " most, and once a job's removal is forwarded",
+                event.transition,
+                refusal,
+                self._max_backoff_s,
+            )
+            async with self._removed:
+                self._removed.notify_all()  # ``drain`` no longer waits for its events
+        held.refusal = refusal
+        held.due = self._loop.time() + min(0.05 * 2 ** min(held.tries, 16), self._max_backoff_s)
+        held.tries += 1
+
+    def _release(self, group: list[UnsentEvent]) -> None:
+        """After ``group`` was forwarded: a job that waited for room goes on; a removal makes room."""
+        for event in group:
+            if self._held.pop(event.transition.job_id, None) is not None:
+                logger.info("%s no longer waits for room; its job's events go on", event.transition)
+        if any(e.transition.name == "removed" for e in group):
+            for held in self._held.values():
+                held.due = 0.0  # its space may be what the next one waits for
 
     async def _remove(self, events: list[UnsentEvent]) -> None:
         while True:
@@ -283,6 +370,8 @@ class EventForwarder:
                 )
                 return
             except grpc.aio.AioRpcError as err:
+                if len(events) == 1 and _no_room(err):
+                    raise _NoRoomError(err.details() or "") from err
                 if not _retryable(err):
                     if len(events) > 1:
                         # A batch is applied whole or not at all: find the one refused.
@@ -332,6 +421,32 @@ class EventForwarder:
             await self._stub.PublishEvent(requests[0])
         else:
             await self._stub.PublishEvents(executor_pb2.PublishEventsRequest(events=requests))
+
+
+class _NoRoomError(Exception):
+    """The trigger store has no room for an event's job now (RESOURCE_EXHAUSTED)."""
+
+    def __init__(self, refusal: str) -> None:
+        super().__init__(refusal)
+        self.refusal = refusal
+
+
+@dataclass(slots=True)
+class _Held:
+    """A job whose events wait for the trigger store's room: why, and when to try again."""
+
+    refusal: str
+    tries: int = 0
+    due: float = 0.0
+
+
+def _no_room(err: grpc.aio.AioRpcError) -> bool:
+    """A refusal for the trigger store's room: RESOURCE_EXHAUSTED, a resend may pass.
+
+    The executor refuses nothing else of ours so (events never; a registration past
+    ``triggers_max_bytes``), and a removal of another job is what makes the room.
+    """
+    return err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _retryable(err)
 
 
 def _retryable(err: grpc.aio.AioRpcError) -> bool:

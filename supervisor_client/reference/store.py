@@ -417,22 +417,25 @@ class ReferenceSupervisor:
         with self._using_db():
             return self._events.oldest(limit)
 
-    def unsent_events_in_turn(self, after_job: int, limit: int) -> Turn:
+    def unsent_events_in_turn(
+        self, after_job: int, limit: int, left_out: Collection[int] = ()
+    ) -> Turn:
         """Up to ``limit`` kept events, job by job from the job after ``after_job`` (round-robin).
 
-        Each job's come oldest first; see ``EventOutbox.in_turn``. None without ``event_outbox``.
+        Each job's come oldest first, none of the jobs ``left_out``; see
+        ``EventOutbox.in_turn``. None without ``event_outbox``.
         """
         if self._events is None:
             return Turn([], after_job)
         with self._using_db():
-            return self._events.in_turn(after_job, limit)
+            return self._events.in_turn(after_job, limit, left_out)
 
-    def has_unsent_events(self) -> bool:
-        """Whether any kept event waits to be removed."""
+    def has_unsent_events(self, left_out: Collection[int] = ()) -> bool:
+        """Whether any kept event of a job not in ``left_out`` waits to be removed."""
         if self._events is None:
             return False
         with self._using_db():
-            return self._events.waiting()
+            return self._events.waiting(left_out)
 
     def remove_events(self, seqs: list[int]) -> None:
         """Forget kept events, in one transaction: they were delivered (or refused for good)."""

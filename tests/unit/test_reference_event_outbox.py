@@ -110,3 +110,20 @@ def test_events_are_read_job_by_job_each_jobs_oldest_first() -> None:
         third = sup.unsent_events_in_turn(second.last_job, 100)
         assert third.events == bigs[8:]
         assert third.last_job == big["id"]
+
+
+def test_the_jobs_left_out_are_passed_over_and_not_waited_for() -> None:
+    # A job waiting for the trigger store's room (forwarder.py): the others' events go on.
+    with ReferenceSupervisor(event_outbox=True) as sup:
+        held, other = sup.submit(
+            [{"name": "held", "user": "alice", "agenda": ["1"]}, {"name": "o", "user": "bob"}]
+        )
+        sup.start_work(held["id"], "1")
+        turn = sup.unsent_events_in_turn(0, 100, left_out=[held["id"]])
+        assert {e.transition.job_id for e in turn.events} == {other["id"]}
+        assert turn.last_job == other["id"]
+        sup.remove_events([event.seq for event in turn.events])
+        assert sup.unsent_events_in_turn(0, 100, left_out=[held["id"]]).events == []
+        assert not sup.has_unsent_events(left_out=[held["id"]])
+        assert sup.has_unsent_events()
+        assert sup.unsent_events_in_turn(0, 100).events[0].transition.name == "submit"
