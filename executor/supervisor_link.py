@@ -108,8 +108,8 @@ class SupervisorReachability(Protocol):
         ...
 
     @property
-    def unreachable_for_s(self) -> float:
-        """For how long it has been known unreachable (0 while it is not)."""
+    def last_unreachable(self) -> str:
+        """Why the last call that found it unreachable did, kept after an answer ("" before any)."""
         ...
 
     async def until_answering(self) -> None:

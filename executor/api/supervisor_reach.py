@@ -45,7 +45,7 @@ class SupervisorReach:
         self._backoff = backoff
         self._rng = rng or random.Random()
         self._why = ""
-        self._since = 0.0
+        self._last_why = ""
         self._losses = 0
 
     @property
@@ -59,16 +59,18 @@ class SupervisorReach:
         return self._why
 
     @property
-    def unreachable_for_s(self) -> float:
-        """For how long it has been known unreachable (0 while it is not)."""
-        return time.monotonic() - self._since if self._why else 0.0
+    def last_unreachable(self) -> str:
+        """Why the last call that found it unreachable did, kept after an answer ("" before any).
+
+        A hold says it while it lasts: another call's answer does not end it until the
+        hold looks again, and its own probe may find it away once more.
+        """
+        return self._last_why
 
     def lost(self, err: grpc.aio.AioRpcError) -> None:
         """A call met it unreachable (UNAVAILABLE, or DEADLINE_EXCEEDED after the whole deadline)."""
         self._losses += 1
-        if not self._why:
-            self._since = time.monotonic()
-        self._why = f"{err.code().name}: {err.details() or ''}".strip()
+        self._why = self._last_why = f"{err.code().name}: {err.details() or ''}".strip()
 
     def answered(self) -> None:
         """A call got an answer (any status the supervisor gave, or a response)."""

@@ -65,6 +65,7 @@ from executor.errors import DataLossError, TakenOverError, UnavailableError, own
 from executor.fleet_clock import FleetClock
 from executor.runs import outbox_space
 from executor.runs.latest import latest_per_key
+from executor.runs.outbox_outage import OutboxOutage
 from executor.runs.outbox_rows import (
     UNREADABLE_TIME_ABOVE,
     DamagedRow,
@@ -386,6 +387,10 @@ class Outbox:
         # The delivery claims' clock: the database's, in a fleet (FleetClock).
         self._leases = FleetClock(clock)
         self._rng = rng or random.Random()
+        # Spells of failed tries: their backoff, and their few lines in the log.
+        self._outage = OutboxOutage(backoff, self._rng)
+        # Results delivered by this process (the count a resumed spell tells).
+        self._delivered = 0
         self._db: Db
         self._checkpoints: BackgroundCheckpoints | NoCheckpoints
         if is_postgres(self._path):
@@ -941,8 +946,8 @@ class Outbox:
 
     async def _deliver_forever(self) -> None:
         """Deliver until cancelled; no error ends it (each is logged, then backed off from)."""
-        failures = 0
         while True:
+            delivered_before = self._delivered
             try:
                 delivered = await self._deliver_next()
             except UnavailableError as err:  # the disk is full, PostgreSQL is restarting: wait
@@ -964,19 +969,17 @@ class Outbox:
             if delivered is None:
                 continue  # nothing was pending: woken by a new message
             if delivered:
-                failures = 0
+                self._outage.went_through(self._delivered - delivered_before, self._pending_now())
                 continue
-            failures += 1
-            delay = self._backoff.delay(failures, self._rng)
-            # Why, each time: the only line an outage repeats at WARNING.
-            why = escaped(self._last_error)
-            try:
-                logger.warning(
-                    "outbox: %d pending, retrying in %.2fs (%s)", self.pending(), delay, why
-                )
-            except (UnavailableError, DataLossError):  # the store itself is what is away
-                logger.warning("outbox: retrying in %.2fs (%s)", delay, why)
+            delay = self._outage.failed(escaped(self._last_error), self._pending_now())
             await asyncio.sleep(delay)
+
+    def _pending_now(self) -> int | None:
+        """``pending()``, or None when the store itself is what is away."""
+        try:
+            return self.pending()
+        except (UnavailableError, DataLossError):
+            return None
 
     async def _io(self, step: Callable[[], _T]) -> _T:
         """A delivery step's database work: in a thread in a fleet, inline on SQLite."""
@@ -1082,9 +1085,13 @@ class Outbox:
             duplicates = await transport.deliver_many([(key, payload) for _, key, payload in batch])
         except DeliveryError as err:
             self._last_error = str(err)
-            # The receiver's words, escaped as the dead-letter line's (``_set_aside``).
-            logger.info(
-                "outbox: a batch of %d was not delivered (%s)", len(batch), escaped(str(err))
+            # The receiver's words, escaped as the dead-letter line's (``_set_aside``); out
+            # of reach, the outage's lines say it (``OutboxOutage``).
+            logger.log(
+                logging.DEBUG if err.unreachable else logging.INFO,
+                "outbox: a batch of %d was not delivered (%s)",
+                len(batch),
+                escaped(str(err)),
             )
             return err
         if duplicates is None:
@@ -1125,7 +1132,7 @@ class Outbox:
                 await self._io(lambda: self._set_aside(seq, key, f"refused: {error}"))
                 return True
             if err.unreachable:
-                logger.warning("outbox: delivery of %s failed (%s)", escaped(key), escaped(error))
+                logger.debug("outbox: delivery of %s failed (%s)", escaped(key), escaped(error))
                 # What answers next may be another supervisor (upgraded, replaced).
                 self._no_batches_since = None
                 return False  # nothing moves: back off as a whole
@@ -1344,6 +1351,7 @@ class Outbox:
             self._checkpoints.committed()
         delivered_now = len(self._unmarked)
         self._unmarked.clear()
+        self._delivered += delivered_now
         self._delivered_since_trim += delivered_now
         if self._delivered_since_trim >= 100:
             self._trim_delivered()

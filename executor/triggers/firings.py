@@ -47,6 +47,7 @@ import asyncio
 import itertools
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -111,8 +112,10 @@ class FiringWorker:
         self._closed = False
         self._claims: asyncio.Task[None] | None = None
         self._reach = reach
-        # While the supervisor is unreachable: the one wait every held run shares.
+        # While the supervisor is unreachable: the one wait every held run shares, and
+        # when it began (what ``held`` counts from).
         self._hold: asyncio.Task[None] | None = None
+        self._held_since = 0.0
         # The queue of the last run, event by event: one event's firings were queued in
         # one transaction, so they are neighbours sharing a batch.
         restored = store.pending_firings()
@@ -161,9 +164,12 @@ class FiringWorker:
         """Why fired runs are held now, with how long and how many wait; "" while they are not."""
         if self._hold is None or self._reach is None:
             return ""
+        # From the hold's start, with the last reason known: another call's answer
+        # meanwhile (a report) neither empties it nor restarts its clock (probe 137).
+        held_s = time.monotonic() - self._held_since
         return (
-            f"the supervisor has been unreachable for {self._reach.unreachable_for_s:.0f} s "
-            f"({self._reach.unreachable}); {len(self._queued_ids)} fired runs wait"
+            f"the supervisor has been unreachable for {held_s:.0f} s "
+            f"({self._reach.last_unreachable}); {len(self._queued_ids)} fired runs wait"
         )
 
     @property
@@ -365,6 +371,7 @@ class FiringWorker:
         if reach is None or not reach.unreachable:
             return
         if self._hold is None:
+            self._held_since = time.monotonic()
             self._hold = asyncio.get_running_loop().create_task(self._hold_while_away(reach))
         # Shielded: one run's cancellation (close) must not end the others' wait.
         await asyncio.shield(self._hold)

@@ -193,6 +193,18 @@ class BrieflyUnavailableSupervisor(CountingSupervisor):
         await self._away("SubjobAction", context)
         return await super().SubjobAction(request, context)
 
+    async def ReportResult(
+        self, request: supervisor_pb2.ReportResultRequest, context: Any
+    ) -> supervisor_pb2.ReportResultResponse:
+        await self._away("ReportResult", context)
+        return await super().ReportResult(request, context)
+
+    async def ReportResults(
+        self, request: supervisor_pb2.ReportResultsRequest, context: Any
+    ) -> supervisor_pb2.ReportResultsResponse:
+        await self._away("ReportResults", context)
+        return await super().ReportResults(request, context)
+
 
 class SupervisorEndpoint:
     """A Supervisor service on one loopback port that can be stopped and started again."""

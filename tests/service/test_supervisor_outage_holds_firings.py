@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,8 +22,8 @@ from typing import Any, Final
 import pytest
 
 from executor import server
-from supervisor_client import ExecutorClient
-from supervisor_client.qbcallback.v1 import executor_pb2
+from supervisor_client import ExecutorClient, ReferenceSupervisor
+from supervisor_client.qbcallback.v1 import executor_pb2, supervisor_pb2
 from tests.conftest import stack_settings
 from tests.helpers.supervisors import (
     BrieflyUnavailableSupervisor,
@@ -221,3 +222,83 @@ async def test_a_run_failed_for_the_outage_runs_again_once(
     assert len(_lines(caplog, "runs again once the supervisor answers")) == 1, caplog.text
     assert runs == {"FAILED": 2} if outcome == "FAILED" else {"FAILED": 1, "SUCCEEDED": 1}
     assert ("1" in blocked) == (outcome == "FAILED")
+
+
+class ProbeHoldingSupervisor(BrieflyUnavailableSupervisor):
+    """Keeps each probe of the executor's hold (a JobInfo of job 0) until the test answers it.
+
+    ``answer_probe(away)`` answers the oldest waiting probe UNAVAILABLE (away) or as ever.
+    """
+
+    def __init__(self, store: ReferenceSupervisor, delay_s: float = 0.0) -> None:
+        super().__init__(store, delay_s)
+        self.probes: asyncio.Queue[bool] = asyncio.Queue()
+        self.probes_waiting = 0
+
+    def answer_probe(self, *, away: bool) -> None:
+        self.probes.put_nowait(away)
+
+    async def JobInfo(
+        self, request: supervisor_pb2.JobInfoRequest, context: Any
+    ) -> supervisor_pb2.JobInfoResponse:
+        if request.id == 0:
+            self.probes_waiting += 1
+            try:
+                away = await self.probes.get()
+            finally:
+                self.probes_waiting -= 1
+            if away:
+                self.unavailable["JobInfo"] += 1
+        return await super().JobInfo(request, context)
+
+
+def _held_for_s(held: str) -> int:
+    found = re.search(r"unreachable for (\d+) s \((.+)\); 1 fired runs wait$", held)
+    assert found is not None and found[2] == "UNAVAILABLE: the supervisor is restarting", held
+    return int(found[1])
+
+
+async def test_the_held_text_keeps_its_reason_and_clock_while_the_hold_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another call's answer, then the hold's own probe failing, neither resets the text.
+
+    Probe 137 F1: a result report answered while the hold's probe was still out cleared
+    the reason (``unreachable for 0 s ()``), and the probe's failure after it restarted
+    the clock (2 s, 10 s, 18 s while the runs had been held 52 s).
+    """
+    caplog.set_level(logging.INFO, logger="executor.triggers.firings")
+    async with (
+        _farm(tmp_path, ProbeHoldingSupervisor) as (endpoint, job_id),
+        # Long enough for a probe the supervisor keeps to stay out through the test.
+        _executor(tmp_path, endpoint, supervisor_timeout_seconds=60) as running,
+        ExecutorClient(f"127.0.0.1:{running.port}") as client,
+    ):
+        servicer = endpoint.servicer
+        assert isinstance(servicer, ProbeHoldingSupervisor)
+        callback = {"triggers": "complete-work-self-*", "language": "python", "code": UNBLOCK}
+        await client.register_job(
+            {"id": job_id, "name": "frames", "user": "alice", "callbacks": [callback]}
+        )
+        # The run's read finds the supervisor away, and so do its result's reports.
+        servicer.unavailable["JobInfo"] = 1
+        servicer.unavailable["ReportResults"] = servicer.unavailable["ReportResult"] = 10**6
+        await client.publish_event(name="complete", type="work", job_id=job_id, work_name="1")
+        assert await eventually(lambda: _lines(caplog, HOLDING), timeout_s=20)
+        assert await eventually(lambda: servicer.probes_waiting == 1)
+        await asyncio.sleep(2.0)
+        # The report is answered while the hold's probe is still out.
+        servicer.unavailable["ReportResults"] = servicer.unavailable["ReportResult"] = 0
+        assert await outbox_drained(client)
+        answered = (await client.get_metrics()).firings_held
+        # Then the probe finds it away: the hold goes on, and its next probe waits.
+        servicer.answer_probe(away=True)
+        assert await eventually(lambda: servicer.probes_waiting == 1 and servicer.probes.empty())
+        lost_again = (await client.get_metrics()).firings_held
+        servicer.answer_probe(away=False)
+        assert await eventually(lambda: running.engine.idle, timeout_s=30)
+        blocked = _blocked(endpoint, job_id)
+    assert _held_for_s(answered) >= 2
+    assert _held_for_s(lost_again) >= _held_for_s(answered)
+    assert "1" not in blocked  # the run held went on once the supervisor answered
+    assert len(_lines(caplog, RESUMING)) == 1, caplog.text

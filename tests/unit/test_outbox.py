@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import random
+import re
 import sqlite3
 import time
 import traceback
@@ -443,8 +444,9 @@ async def test_a_refusal_is_logged_on_one_line_with_its_control_characters_escap
     [
         # Answered: the batch's line, then each result's own backoff.
         (False, ["a batch of 2 was not delivered ({})", "delivery of a failed ({}); retrying"]),
-        # Out of reach (a receiver without batches): each result's line, then the outage's.
-        (True, ["delivery of a failed ({})", "retrying in"]),
+        # Out of reach (a receiver without batches): each result's line (DEBUG), then the
+        # outage's.
+        (True, ["delivery of a failed ({})", "results cannot be delivered ({})"]),
     ],
 )
 async def test_a_failed_tries_words_are_logged_escaped_on_one_line(
@@ -467,14 +469,14 @@ async def test_a_failed_tries_words_are_logged_escaped_on_one_line(
     if isinstance(receiver, BatchReceiver):
         receiver.deliver_many = failing  # type: ignore[method-assign, assignment]
     outbox = Outbox(tmp_path / "outbox.db", receiver, backoff=FAST, min_refusing_s=30)
-    caplog.set_level(logging.INFO, logger="executor.runs.outbox")
+    caplog.set_level(logging.DEBUG, logger="executor.runs")
     outbox.start()
     outbox.put("a", payload(0))
     outbox.put("b", payload(1))
     wanted = [line.format(shown) for line in lines]
 
     def logged() -> list[str]:
-        return [r.getMessage() for r in caplog.records if r.name == "executor.runs.outbox"]
+        return [r.getMessage() for r in caplog.records if r.name.startswith("executor.runs.outbox")]
 
     assert await eventually(lambda: all(any(w in line for line in logged()) for w in wanted))
     await outbox.close()
@@ -728,3 +730,66 @@ async def test_a_large_report_is_not_kept_by_sqlite_once_put(
         assert sqlite_memory_used() - before < 4 << 20  # its page cache: 2 MiB
     finally:
         await outbox.close()
+
+
+def _outbox_lines(caplog: pytest.LogCaptureFixture, level: int = logging.INFO) -> list[str]:
+    return [
+        f"{r.levelname} {r.getMessage()}"
+        for r in caplog.records
+        if r.name.startswith("executor.runs.outbox") and r.levelno >= level
+    ]
+
+
+async def test_an_outage_is_logged_as_it_begins_and_as_it_ends_not_at_each_try(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Probe 137 F2: each retry logged an INFO and a WARNING saying the same thing.
+
+    That was ~2,300 lines an hour for a supervisor away overnight; each try is DEBUG now.
+    """
+    receiver = BatchReceiver(ReferenceSupervisor(":memory:"))
+    receiver.down = True
+    caplog.set_level(logging.DEBUG, logger="executor.runs")
+    outbox = Outbox(tmp_path / "outbox.db", receiver, backoff=FAST)
+    outbox.start()
+    outbox.put("a", payload(0))
+    outbox.put("b", payload(1))
+    assert await eventually(lambda: receiver.batch_calls >= 15)
+    failing = _outbox_lines(caplog)
+    receiver.down = False
+    assert await outbox.flush(5)
+    await outbox.close()
+    (began,) = failing
+    assert began.startswith("WARNING outbox: results cannot be delivered (UNAVAILABLE: "), began
+    assert "2 pending, retrying in " in began, began
+    (ended,) = _outbox_lines(caplog)[1:]
+    assert ended.startswith("INFO outbox: delivery resumed after "), ended
+    assert ended.endswith("tries failed): 2 delivered, 0 pending"), ended
+    tries = [line for line in _outbox_lines(caplog, logging.DEBUG) if "retrying in" in line]
+    assert len(tries) >= 15 and all(line.startswith("DEBUG") for line in tries[1:]), tries[:3]
+
+
+async def test_a_supervisor_that_answers_once_between_failures_does_not_restart_the_backoff(
+    tmp_path: Path, receiver: ReferenceReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Probe 137 F2: each answer of a flapping supervisor restarted the backoff at its floor."""
+    caplog.set_level(logging.DEBUG, logger="executor.runs")
+    receiver.down = True
+    outbox = Outbox(tmp_path / "outbox.db", receiver, backoff=FAST)
+    outbox.start()
+    outbox.put("a", payload(0))
+    assert await eventually(lambda: receiver.calls["a"] >= 6)  # its backoff at the cap, 0.05 s
+    receiver.down = False
+    assert await outbox.flush(5)
+    seen = len(caplog.records)
+    receiver.down = True  # away again at once
+    outbox.put("b", payload(1))
+    assert await eventually(lambda: receiver.calls["b"] >= 2)
+    await outbox.close()
+    (after_the_answer, *_) = [
+        float(found[1])
+        for r in caplog.records[seen:]
+        if (found := re.search(r"retrying in (\d+\.\d+)s", r.getMessage()))
+    ]
+    # From where it was (within [cap/2, cap]), not from the floor (at most first_s).
+    assert after_the_answer >= FAST.cap_s / 2, after_the_answer
