@@ -146,7 +146,8 @@ def continued(
         else:
             same = (spec["id"], trigger_key(spec["triggers"]), spec["code"], spec["mode"])
             found.append(own.get(same))
-    # The lines not found by path, by file name: taken only where that is unambiguous.
+    # The lines not found by path, by line_name (of a directory not configured here): taken
+    # only where that is unambiguous.
     was: dict[LineName, list[StoredCallback]] = {}
     for cb in lines.values():
         if found_by_name(cb.source, directories):
